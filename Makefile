@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8765
+DATA_DIR ?= ~/.bamboo/sessions
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/bamboo-session serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow setuptools' editable import hook, so it checks the package
+# through a farm of symlinks laid out as the installed package would be.
+typecheck: $(STAMP)
+	rm -rf build/typecheck && mkdir -p build/typecheck/bamboo_session
+	cp bamboo_session/__init__.py bamboo_session/py.typed build/typecheck/bamboo_session/
+	for pkg in protocol persistence server; do ln -s ../../../$$pkg build/typecheck/bamboo_session/$$pkg; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p bamboo_session
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache

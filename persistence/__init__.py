@@ -1,0 +1,1 @@
+"""Storage interfaces and backends for sessions, messages and event logs."""

@@ -1,0 +1,65 @@
+"""Wire data model, frames and codec of the Bamboo protocol: pure data, no I/O.
+
+The one exception is :mod:`bamboo_session.protocol.client`, the reference async client.
+"""
+
+from .errors import CloseCode, ErrorCode, InvalidSessionId, InvalidTransition, ProtocolError
+from .ids import check_session_id, is_valid_session_id, new_connection_id, new_session_id
+from .models import (
+    AgentEvent,
+    AnyAgentEvent,
+    Complete,
+    Custom,
+    ErrorEvent,
+    Message,
+    MessageEvent,
+    Role,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StateChange,
+    StoredEvent,
+    Thinking,
+    Token,
+    TokenUsage,
+    ToolCall,
+    ToolComplete,
+    ToolError,
+    ToolResult,
+    ToolStart,
+    utcnow,
+)
+
+__all__ = [
+    "AgentEvent",
+    "AnyAgentEvent",
+    "CloseCode",
+    "Complete",
+    "Custom",
+    "ErrorCode",
+    "ErrorEvent",
+    "InvalidSessionId",
+    "InvalidTransition",
+    "Message",
+    "MessageEvent",
+    "ProtocolError",
+    "Role",
+    "Session",
+    "SessionMetadata",
+    "SessionState",
+    "StateChange",
+    "StoredEvent",
+    "Thinking",
+    "Token",
+    "TokenUsage",
+    "ToolCall",
+    "ToolComplete",
+    "ToolError",
+    "ToolResult",
+    "ToolStart",
+    "check_session_id",
+    "is_valid_session_id",
+    "new_connection_id",
+    "new_session_id",
+    "utcnow",
+]

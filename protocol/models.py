@@ -1,0 +1,319 @@
+"""The session data model: messages, agent events, session metadata and state.
+
+Field names follow the bamboo-session data model (PROTOCOL.md "Data"), so records
+stored by either implementation read alike. Everything here is a msgspec Struct:
+plain data, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self
+
+import msgspec
+
+from .errors import InvalidTransition
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime (encoded as RFC 3339 with ``Z``)."""
+    return datetime.now(UTC)
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_urlsafe(12)
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class ToolCall(msgspec.Struct, omit_defaults=True):
+    id: str
+    name: str
+    arguments: Any = None
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """One entry of a session's history. ``id`` and ``created_at`` are filled in by
+    the constructors, and by the server when a peer leaves them out."""
+
+    role: Role
+    content: str = ""
+    id: str = ""
+    created_at: datetime | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    metadata: dict[str, Any] = {}
+
+    @classmethod
+    def _new(cls, role: Role, content: str, **fields: Any) -> Self:
+        return cls(role=role, content=content, id=new_message_id(), created_at=utcnow(), **fields)
+
+    @classmethod
+    def user(cls, content: str) -> Self:
+        return cls._new(Role.USER, content)
+
+    @classmethod
+    def assistant(cls, content: str) -> Self:
+        return cls._new(Role.ASSISTANT, content)
+
+    @classmethod
+    def system(cls, content: str) -> Self:
+        return cls._new(Role.SYSTEM, content)
+
+    @classmethod
+    def tool(cls, tool_call_id: str, content: str) -> Self:
+        return cls._new(Role.TOOL, content, tool_call_id=tool_call_id)
+
+    @classmethod
+    def assistant_with_tools(cls, content: str, tool_calls: list[ToolCall]) -> Self:
+        return cls._new(Role.ASSISTANT, content, tool_calls=list(tool_calls))
+
+    def completed(self) -> Message:
+        """This message with ``id`` and ``created_at`` filled in where absent."""
+        if self.id and self.created_at is not None:
+            return self
+        return msgspec.structs.replace(
+            self, id=self.id or new_message_id(), created_at=self.created_at or utcnow()
+        )
+
+
+class ToolResult(msgspec.Struct, omit_defaults=True):
+    success: bool
+    content: str = ""
+    error: str | None = None
+
+
+class TokenUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class AgentEvent(msgspec.Struct, tag_field="type", omit_defaults=True):
+    """Base of every agent event; the concrete variants below are tagged by ``type``.
+
+    The constructors mirror the seed's ``AgentEvent::token("Hi!")`` style.
+    """
+
+    @staticmethod
+    def token(content: str) -> Token:
+        return Token(content)
+
+    @staticmethod
+    def thinking(content: str) -> Thinking:
+        return Thinking(content)
+
+    @staticmethod
+    def message(message: Message) -> MessageEvent:
+        return MessageEvent(message)
+
+    @staticmethod
+    def tool_start(tool_call_id: str, tool_name: str, arguments: Any = None) -> ToolStart:
+        return ToolStart(tool_call_id, tool_name, arguments)
+
+    @staticmethod
+    def tool_complete(tool_call_id: str, result: ToolResult) -> ToolComplete:
+        return ToolComplete(tool_call_id, result)
+
+    @staticmethod
+    def tool_error(tool_call_id: str, error: str) -> ToolError:
+        return ToolError(tool_call_id, error)
+
+    @staticmethod
+    def complete(usage: TokenUsage | None = None) -> Complete:
+        return Complete(usage)
+
+    @staticmethod
+    def error(message: str, code: str | None = None) -> ErrorEvent:
+        return ErrorEvent(message, code)
+
+    @staticmethod
+    def state_change(from_state: str, to_state: str) -> StateChange:
+        return StateChange(from_state, to_state)
+
+    @staticmethod
+    def custom(name: str, data: Any = None) -> Custom:
+        return Custom(name, data)
+
+
+class Token(AgentEvent, tag="token"):
+    content: str
+
+
+class Thinking(AgentEvent, tag="thinking"):
+    content: str
+
+
+class MessageEvent(AgentEvent, tag="message"):
+    message: Message
+
+
+class ToolStart(AgentEvent, tag="tool_start"):
+    tool_call_id: str
+    tool_name: str
+    arguments: Any = None
+
+
+class ToolComplete(AgentEvent, tag="tool_complete"):
+    tool_call_id: str
+    result: ToolResult
+
+
+class ToolError(AgentEvent, tag="tool_error"):
+    tool_call_id: str
+    error: str
+
+
+class Complete(AgentEvent, tag="complete"):
+    usage: TokenUsage | None = None
+
+
+class ErrorEvent(AgentEvent, tag="error"):
+    message: str
+    code: str | None = None
+
+
+class StateChange(AgentEvent, tag="state_change"):
+    from_state: str = msgspec.field(name="from")
+    to_state: str = msgspec.field(name="to")
+
+
+class Custom(AgentEvent, tag="custom"):
+    name: str
+    data: Any = None
+
+
+AnyAgentEvent = (
+    Token
+    | Thinking
+    | MessageEvent
+    | ToolStart
+    | ToolComplete
+    | ToolError
+    | Complete
+    | ErrorEvent
+    | StateChange
+    | Custom
+)
+
+
+class StoredEvent(msgspec.Struct, omit_defaults=True):
+    """One line of a session's event log: ``seq`` counts from 1 with no gaps."""
+
+    seq: int
+    ts: datetime
+    event: AnyAgentEvent
+    key: str | None = None
+
+
+class SessionState(enum.StrEnum):
+    ACTIVE = "active"
+    IDLE = "idle"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+    EXPIRED = "expired"
+
+    def can_become(self, target: SessionState) -> bool:
+        return target == self or target in _TRANSITIONS[self]
+
+    def check_transition(self, target: SessionState) -> SessionState:
+        """``target`` if this state may move there, else :class:`InvalidTransition`."""
+        if not self.can_become(target):
+            raise InvalidTransition(f"session cannot go from {self.value} to {target.value}")
+        return target
+
+
+_LIVE = frozenset(
+    {SessionState.ACTIVE, SessionState.IDLE, SessionState.DISCONNECTED, SessionState.CLOSED}
+)
+_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.ACTIVE: _LIVE | {SessionState.EXPIRED},
+    SessionState.IDLE: _LIVE | {SessionState.EXPIRED},
+    SessionState.DISCONNECTED: _LIVE | {SessionState.EXPIRED},
+    # Closed and expired are final: history stays readable, nothing moves it on.
+    SessionState.CLOSED: frozenset({SessionState.EXPIRED}),
+    SessionState.EXPIRED: frozenset(),
+}
+
+
+def new_epoch() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class SessionMetadata(msgspec.Struct):
+    """What the index knows of a session. ``last_seq``, ``epoch`` and ``connections``
+    go beyond the original model; ``ttl`` (seconds, ``None`` for no expiry) is what
+    ``expires_at`` is computed from."""
+
+    id: str
+    user_id: str | None = None
+    title: str | None = None
+    state: SessionState = SessionState.ACTIVE
+    created_at: datetime = msgspec.field(default_factory=utcnow)
+    updated_at: datetime = msgspec.field(default_factory=utcnow)
+    last_activity_at: datetime = msgspec.field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    message_count: int = 0
+    extra: dict[str, Any] = {}
+    last_seq: int = 0
+    epoch: str = msgspec.field(default_factory=new_epoch)
+    connections: int = 0
+    ttl: int | None = None
+
+    def touch(self, now: datetime | None = None) -> None:
+        """Record activity: the sliding TTL starts again from ``now``."""
+        now = now or utcnow()
+        self.updated_at = now
+        self.last_activity_at = now
+        self.expires_at = None if self.ttl is None else now + timedelta(seconds=self.ttl)
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        if self.state == SessionState.EXPIRED:
+            return True
+        return self.expires_at is not None and self.expires_at <= (now or utcnow())
+
+
+class Session(msgspec.Struct):
+    """A session's metadata and its message history."""
+
+    metadata: SessionMetadata
+    messages: list[Message] = []
+
+    @classmethod
+    def new(
+        cls,
+        session_id: str,
+        user_id: str | None = None,
+        title: str | None = None,
+        ttl: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Self:
+        metadata = SessionMetadata(
+            id=session_id, user_id=user_id, title=title, ttl=ttl, extra=dict(extra or {})
+        )
+        metadata.touch(metadata.created_at)
+        return cls(metadata=metadata)
+
+    def with_user_id(self, user_id: str) -> Self:
+        self.metadata.user_id = user_id
+        return self
+
+    def with_title(self, title: str) -> Self:
+        self.metadata.title = title
+        return self
+
+    def with_ttl(self, ttl: int | None) -> Self:
+        self.metadata.ttl = ttl
+        self.metadata.touch(self.metadata.last_activity_at)
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.metadata.id

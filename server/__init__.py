@@ -1,0 +1,1 @@
+"""The running Bamboo server: WebSocket app, session actors, manager, HTTP, CLI."""
