@@ -7,6 +7,7 @@ from .errors import CloseCode, ErrorCode, InvalidSessionId, InvalidTransition, P
 from .ids import check_session_id, is_valid_session_id, new_connection_id, new_session_id
 from .models import (
     AgentEvent,
+    AgentEventBase,
     AnyAgentEvent,
     Complete,
     Custom,
@@ -32,6 +33,7 @@ from .models import (
 
 __all__ = [
     "AgentEvent",
+    "AgentEventBase",
     "AnyAgentEvent",
     "CloseCode",
     "Complete",

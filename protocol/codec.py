@@ -58,6 +58,8 @@ class Codec:
 
     def decode_client(self, data: bytes | str) -> ClientFrame:
         """A client frame, or :class:`ProtocolError` saying what is wrong with it."""
+        if isinstance(data, str):
+            data = data.encode()
         try:
             frame: ClientFrame = self._client.decode(data)
         except msgspec.ValidationError as exc:
@@ -70,12 +72,13 @@ class Codec:
 
     def decode_server(self, data: bytes | str) -> ServerFrame:
         """A server frame (for clients); raises ``msgspec.DecodeError`` when malformed."""
-        frame: ServerFrame = self._server.decode(data)
+        frame: ServerFrame = self._server.decode(data.encode() if isinstance(data, str) else data)
         return frame
 
-    def _salvage_id(self, data: bytes | str) -> RequestId:
+    def _salvage_id(self, data: bytes) -> RequestId:
         try:
-            return self._request_id.decode(data).id
+            request_id: RequestId = self._request_id.decode(data).id
+            return request_id
         except (msgspec.DecodeError, RecursionError):
             return None
 

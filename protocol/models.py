@@ -96,10 +96,14 @@ class TokenUsage(msgspec.Struct):
     total_tokens: int = 0
 
 
-class AgentEvent(msgspec.Struct, tag_field="type", omit_defaults=True):
-    """Base of every agent event; the concrete variants below are tagged by ``type``.
+class AgentEventBase(msgspec.Struct, tag_field="type", omit_defaults=True):
+    """Base of every agent event; the concrete variants below are tagged by ``type``."""
 
-    The constructors mirror the seed's ``AgentEvent::token("Hi!")`` style.
+
+class AgentEvent:
+    """Constructors of agent events, as in the seed: ``AgentEvent.token("Hi!")``.
+
+    A value of any variant has the type :data:`AnyAgentEvent`.
     """
 
     @staticmethod
@@ -143,49 +147,49 @@ class AgentEvent(msgspec.Struct, tag_field="type", omit_defaults=True):
         return Custom(name, data)
 
 
-class Token(AgentEvent, tag="token"):
+class Token(AgentEventBase, tag="token"):
     content: str
 
 
-class Thinking(AgentEvent, tag="thinking"):
+class Thinking(AgentEventBase, tag="thinking"):
     content: str
 
 
-class MessageEvent(AgentEvent, tag="message"):
+class MessageEvent(AgentEventBase, tag="message"):
     message: Message
 
 
-class ToolStart(AgentEvent, tag="tool_start"):
+class ToolStart(AgentEventBase, tag="tool_start"):
     tool_call_id: str
     tool_name: str
     arguments: Any = None
 
 
-class ToolComplete(AgentEvent, tag="tool_complete"):
+class ToolComplete(AgentEventBase, tag="tool_complete"):
     tool_call_id: str
     result: ToolResult
 
 
-class ToolError(AgentEvent, tag="tool_error"):
+class ToolError(AgentEventBase, tag="tool_error"):
     tool_call_id: str
     error: str
 
 
-class Complete(AgentEvent, tag="complete"):
+class Complete(AgentEventBase, tag="complete"):
     usage: TokenUsage | None = None
 
 
-class ErrorEvent(AgentEvent, tag="error"):
+class ErrorEvent(AgentEventBase, tag="error"):
     message: str
     code: str | None = None
 
 
-class StateChange(AgentEvent, tag="state_change"):
+class StateChange(AgentEventBase, tag="state_change"):
     from_state: str = msgspec.field(name="from")
     to_state: str = msgspec.field(name="to")
 
 
-class Custom(AgentEvent, tag="custom"):
+class Custom(AgentEventBase, tag="custom"):
     name: str
     data: Any = None
 
