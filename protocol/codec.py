@@ -7,14 +7,16 @@ every malformed frame to an ``error`` reply the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, Final
 
 import msgspec
 
 from .errors import ErrorCode, ProtocolError
 from .frames import ClientFrame, PublishEvent, PublishMessage, RequestId, ServerFrame
-from .models import Custom, MessageEvent, StoredEvent, ToolStart
+from .models import Custom, Message, MessageEvent, StoredEvent, ToolStart
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
@@ -24,10 +26,81 @@ class _RequestIdOnly(msgspec.Struct):
     id: RequestId = None
 
 
-# Events whose fields hold free-form values (``Any``): only these can carry a value that
-# JSON accepts and MessagePack cannot (an integer beyond 64 bits).
-_FREE_FORM_EVENTS = (Custom, ToolStart, MessageEvent)
-_msgpack_probe = msgspec.msgpack.Encoder()
+# Free-form values (``Any`` fields: custom ``data``, tool ``arguments``, message
+# ``metadata``) must be plain JSON values that both codecs carry alike: no integer
+# beyond what MessagePack holds, no NaN or infinity, no bytes, extension types or
+# timestamps (MessagePack), no object keys but strings. They are also refused past
+# MAX_NESTING levels, so that re-encoding them deep inside the server cannot hit
+# Python's recursion limit.
+MAX_NESTING: Final = 100
+_FREE_INT_MIN: Final = -(2**63)
+_FREE_INT_MAX: Final = 2**64 - 1
+
+
+def free_form_problem(value: Any) -> str | None:
+    """Why ``value`` is not a portable JSON value, or ``None`` when it is."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if item is None or kind is str or kind is bool:
+            continue
+        if kind is int:
+            if not _FREE_INT_MIN <= item <= _FREE_INT_MAX:
+                return "integer outside the 64-bit range"
+        elif kind is float:
+            if not math.isfinite(item):
+                return "NaN or infinite number"
+        elif kind is list or kind is dict:
+            if depth >= MAX_NESTING:
+                return f"value nested deeper than {MAX_NESTING} levels"
+            if kind is dict:
+                for key in item:
+                    if type(key) is not str:
+                        return "object key that is not a string"
+                item = item.values()
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            return f"{kind.__name__} value, not JSON"
+    return None
+
+
+def _published_message(frame: PublishEvent | PublishMessage) -> Message | None:
+    if isinstance(frame, PublishMessage):
+        return frame.message
+    return frame.event.message if isinstance(frame.event, MessageEvent) else None
+
+
+def _free_form_values(frame: PublishEvent | PublishMessage) -> list[Any]:
+    """The values of ``Any`` fields in a published event or message."""
+    message = _published_message(frame)
+    if message is not None:
+        values: list[Any] = [message.metadata]
+        values.extend(call.arguments for call in message.tool_calls or ())
+        return values
+    event = frame.event if isinstance(frame, PublishEvent) else None
+    if isinstance(event, Custom):
+        return [event.data]
+    if isinstance(event, ToolStart):
+        return [event.arguments]
+    return []
+
+
+def _check_published(frame: PublishEvent | PublishMessage) -> None:
+    """Normalize what a publisher sent, or refuse what not every peer could read."""
+    if frame.key == "":
+        frame.key = None  # an empty key is no key (a client's unset string field)
+    for value in _free_form_values(frame):
+        if (problem := free_form_problem(value)) is not None:
+            reason = f"value not carried by every codec: {problem}"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
+    message = _published_message(frame)
+    if message is not None and message.created_at is not None and message.created_at.utcoffset():
+        try:  # times travel in UTC; the decoder has already refused naive ones
+            message.created_at = message.created_at.astimezone(UTC)
+        except OverflowError:
+            reason = "created_at out of range in UTC"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id) from None
 
 
 class Codec:
@@ -40,34 +113,38 @@ class Codec:
         text: bool,
         encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder,
         make_decoder: Callable[[Any], msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]],
+        to_wire: Callable[[Any], Any] | None = None,
     ) -> None:
         self.name = name
         self.subprotocol = subprotocol
         self.text = text  # whether frames go out as WebSocket text frames
         self._encode = encoder.encode
+        self._to_wire = to_wire  # turns an object into what the encoder must see, if set
         self._client = make_decoder(ClientFrame)
         self._server = make_decoder(ServerFrame)
         self._request_id = make_decoder(_RequestIdOnly)
-        self._checks_portability = name == "json"
 
     def __repr__(self) -> str:
         return f"<Codec {self.name}>"
 
     def encode(self, obj: Any) -> bytes:
+        """``obj`` on the wire. A ``msgspec.Raw`` inside must hold this codec's format."""
+        if self._to_wire is not None:
+            obj = self._to_wire(obj)
         return self._encode(obj)
 
     def decode_client(self, data: bytes | str) -> ClientFrame:
-        """A client frame, or :class:`ProtocolError` saying what is wrong with it."""
-        if isinstance(data, str):
-            data = data.encode()
+        """A client frame, or :class:`ProtocolError` (``bad_request``) saying what is
+        wrong with it; never another exception, whatever the input."""
         try:
-            frame: ClientFrame = self._client.decode(data)
+            raw = data.encode() if isinstance(data, str) else data
+            frame: ClientFrame = self._client.decode(raw)
         except msgspec.ValidationError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(data)) from None
-        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
+        except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}") from None
-        if self._checks_portability and isinstance(frame, PublishEvent | PublishMessage):
-            _check_portable(frame)
+        if isinstance(frame, PublishEvent | PublishMessage):
+            _check_published(frame)
         return frame
 
     def decode_server(self, data: bytes | str) -> ServerFrame:
@@ -79,30 +156,38 @@ class Codec:
         try:
             request_id: RequestId = self._request_id.decode(data).id
             return request_id
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, UnicodeError):
             return None
-
-
-def _check_portable(frame: PublishEvent | PublishMessage) -> None:
-    payload = frame.event if isinstance(frame, PublishEvent) else frame.message
-    if isinstance(frame, PublishMessage) or isinstance(payload, _FREE_FORM_EVENTS):
-        try:
-            _msgpack_probe.encode(payload)
-        except (OverflowError, TypeError, ValueError) as exc:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"value not representable in every codec: {exc}", frame.id
-            ) from None
 
 
 JSON: Final = Codec(
     "json", JSON_SUBPROTOCOL, True, msgspec.json.Encoder(), lambda t: msgspec.json.Decoder(t)
 )
+
+
+def _msgpack_raw(obj: Any) -> Any:
+    if isinstance(obj, msgspec.Raw):
+        return msgspec.msgpack.decode(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _as_json_objects(obj: Any) -> Any:
+    """``obj`` as the plain objects its JSON encoding carries.
+
+    msgspec writes a datetime to MessagePack as a timestamp extension, but PROTOCOL.md
+    wants RFC 3339 strings in both codecs (and bytes as base64, keys as strings, as in
+    JSON). So MessagePack frames are built from the same builtins JSON would show.
+    """
+    return msgspec.to_builtins(obj, str_keys=True, enc_hook=_msgpack_raw)
+
+
 MSGPACK: Final = Codec(
     "msgpack",
     MSGPACK_SUBPROTOCOL,
     False,
     msgspec.msgpack.Encoder(),
     lambda t: msgspec.msgpack.Decoder(t),
+    to_wire=_as_json_objects,
 )
 CODECS_BY_SUBPROTOCOL: Final = {JSON.subprotocol: JSON, MSGPACK.subprotocol: MSGPACK}
 SUBPROTOCOLS: Final = (JSON.subprotocol, MSGPACK.subprotocol)

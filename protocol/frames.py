@@ -12,12 +12,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from .models import AnyAgentEvent, Message, SessionMetadata
+from .models import AnyAgentEvent, Int64, Message, SessionMetadata
 
-RequestId = str | int | None
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-Positive = Annotated[int, msgspec.Meta(ge=1)]
+RequestId = Int64 | str | None
+# PROTOCOL.md: a string of at most 128 characters. The codec reads an empty key as no key.
+IdempotencyKey = Annotated[str, msgspec.Meta(max_length=128)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 
 class ClientFrameBase(msgspec.Struct, tag_field="type", omit_defaults=True):

@@ -10,11 +10,17 @@ from __future__ import annotations
 import enum
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import msgspec
 
 from .errors import InvalidTransition
+
+# Integers in typed fields must fit a signed 64-bit integer: JSON could carry more, but
+# MessagePack cannot, and both codecs carry the same objects (msgspec bounds stop at int64).
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# A time sent by a peer must say its offset (RFC 3339); it is stored and sent in UTC.
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def utcnow() -> datetime:
@@ -33,7 +39,7 @@ class Role(enum.StrEnum):
     TOOL = "tool"
 
 
-class ToolCall(msgspec.Struct, omit_defaults=True):
+class ToolCall(msgspec.Struct):
     id: str
     name: str
     arguments: Any = None
@@ -41,12 +47,13 @@ class ToolCall(msgspec.Struct, omit_defaults=True):
 
 class Message(msgspec.Struct, omit_defaults=True):
     """One entry of a session's history. ``id`` and ``created_at`` are filled in by
-    the constructors, and by the server when a peer leaves them out."""
+    the constructors, and by the server when a peer leaves them out (:meth:`completed`).
+    ``content`` is required, so that it is always on the wire."""
 
     role: Role
-    content: str = ""
+    content: str
     id: str = ""
-    created_at: datetime | None = None
+    created_at: AwareDatetime | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     metadata: dict[str, Any] = {}
@@ -76,28 +83,38 @@ class Message(msgspec.Struct, omit_defaults=True):
         return cls._new(Role.ASSISTANT, content, tool_calls=list(tool_calls))
 
     def completed(self) -> Message:
-        """This message with ``id`` and ``created_at`` filled in where absent."""
-        if self.id and self.created_at is not None:
+        """This message with ``id`` and ``created_at`` filled in where absent, and
+        ``created_at`` in UTC (a naive time is taken as UTC)."""
+        created_at = self.created_at
+        if created_at is None:
+            created_at = utcnow()
+        elif (offset := created_at.utcoffset()) is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        elif offset:
+            created_at = created_at.astimezone(UTC)
+        if self.id and created_at is self.created_at:
             return self
-        return msgspec.structs.replace(
-            self, id=self.id or new_message_id(), created_at=self.created_at or utcnow()
-        )
+        return msgspec.structs.replace(self, id=self.id or new_message_id(), created_at=created_at)
 
 
-class ToolResult(msgspec.Struct, omit_defaults=True):
+class ToolResult(msgspec.Struct):
     success: bool
     content: str = ""
     error: str | None = None
 
 
 class TokenUsage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: Int64 = 0
+    completion_tokens: Int64 = 0
+    total_tokens: Int64 = 0
 
 
 class AgentEventBase(msgspec.Struct, tag_field="type", omit_defaults=True):
-    """Base of every agent event; the concrete variants below are tagged by ``type``."""
+    """Base of every agent event; the concrete variants below are tagged by ``type``.
+
+    Fields PROTOCOL.md calls optional (``complete.usage``, ``error.code``) are left out
+    when absent; every other field is always on the wire, ``null`` included.
+    """
 
 
 class AgentEvent:
@@ -159,7 +176,7 @@ class MessageEvent(AgentEventBase, tag="message"):
     message: Message
 
 
-class ToolStart(AgentEventBase, tag="tool_start"):
+class ToolStart(AgentEventBase, tag="tool_start", omit_defaults=False):
     tool_call_id: str
     tool_name: str
     arguments: Any = None
@@ -189,7 +206,7 @@ class StateChange(AgentEventBase, tag="state_change"):
     to_state: str = msgspec.field(name="to")
 
 
-class Custom(AgentEventBase, tag="custom"):
+class Custom(AgentEventBase, tag="custom", omit_defaults=False):
     name: str
     data: Any = None
 

@@ -1,0 +1,82 @@
+"""Session id validation and generated ids (protocol/ids.py)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bamboo_session.protocol import (
+    InvalidSessionId,
+    check_session_id,
+    is_valid_session_id,
+    new_connection_id,
+    new_session_id,
+)
+
+VALID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+
+
+@pytest.mark.parametrize("session_id", ["a", "A-b_c.d", "...", ".a", "a..", "x" * 128, "0"])
+def test_valid_ids(session_id: str) -> None:
+    assert is_valid_session_id(session_id)
+    assert check_session_id(session_id) == session_id
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    [
+        "",
+        ".",
+        "..",
+        "x" * 129,
+        "a\n",  # re's `$` would accept a trailing newline; fullmatch does not
+        "\na",
+        "a b",
+        "a/b",
+        "../etc",
+        "a\\b",
+        "a\x00",
+        "é",
+        "\u212a",  # KELVIN SIGN, lowercases to "k"
+        "\uff41",  # FULLWIDTH LATIN SMALL LETTER A
+        "\u0661",  # ARABIC-INDIC DIGIT ONE, matched by \d
+        "\u2010",  # HYPHEN, looks like "-"
+        "a\u200b",  # zero-width space
+        None,
+        1,
+        b"abc",
+        ["a"],
+    ],
+)
+def test_invalid_ids(session_id: object) -> None:
+    assert not is_valid_session_id(session_id)
+    with pytest.raises(InvalidSessionId):
+        check_session_id(session_id)
+
+
+def test_invalid_id_is_a_value_error_with_bounded_message() -> None:
+    with pytest.raises(ValueError, match="invalid session id") as info:
+        check_session_id("/" * 10_000)
+    assert len(str(info.value)) < 200
+
+
+@given(st.text(alphabet=VALID_CHARS, min_size=1, max_size=128))
+def test_every_id_of_the_alphabet_is_valid_but_dots(session_id: str) -> None:
+    assert is_valid_session_id(session_id) == (session_id not in (".", ".."))
+
+
+@given(st.text(max_size=140))
+def test_validity_matches_the_rule(session_id: str) -> None:
+    expected = (
+        1 <= len(session_id) <= 128
+        and all(c in VALID_CHARS for c in session_id)
+        and session_id not in (".", "..")
+    )
+    assert is_valid_session_id(session_id) == expected
+
+
+def test_generated_ids_are_valid_and_distinct() -> None:
+    sessions = {new_session_id() for _ in range(100)}
+    connections = {new_connection_id() for _ in range(100)}
+    assert len(sessions) == len(connections) == 100
+    assert all(s.startswith("s_") and is_valid_session_id(s) for s in sessions)
+    assert all(c.startswith("c_") and is_valid_session_id(c) for c in connections)
