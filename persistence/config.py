@@ -1,0 +1,140 @@
+"""Configuration of the embedded JSONL storage backend.
+
+``JsonlStorageConfig`` is immutable: each builder method (the seed's
+``with_default_ttl``, ``with_max_sessions``, ``with_cleanup_interval``,
+``disable_index``, plus ``with_durability``) returns a new config, so one base config can
+be shared and varied safely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Self
+
+from .base import DURABILITY_MODES, Durability
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JsonlStorageConfig:
+    """Where and how :class:`~bamboo_session.persistence.jsonl.JsonlStorage` keeps data.
+
+    - ``base_path``: the data directory (``~`` expands).
+    - ``default_ttl``: seconds of inactivity before a session without its own TTL expires;
+      ``None`` for no expiry.
+    - ``max_sessions``: refuse ``create_session`` beyond this many (``StorageFull``).
+    - ``cleanup_interval``: seconds between background removals of expired sessions.
+    - ``enable_index``: keep secondary indexes (by user, by state) for ``list_sessions``.
+    - ``durability``: ``fsync`` (ack after fsync), ``os`` (ack after write, fsync in the
+      background every ``fsync_interval`` seconds) or ``memory`` (ack at once; tests only).
+    - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint is
+      rewritten after that many appends, or after that many seconds.
+    - ``message_cache_size``: sessions whose message lists stay in memory.
+    - ``max_open_logs``: event-log file descriptors kept open by the writer.
+    """
+
+    base_path: Path
+    default_ttl: int | None = None
+    max_sessions: int | None = None
+    cleanup_interval: float = 3600
+    enable_index: bool = True
+    durability: Durability = "fsync"
+    checkpoint_every: int = 256
+    checkpoint_interval: float = 5.0
+    message_cache_size: int = 1024
+    max_open_logs: int = 256
+    fsync_interval: float = 1.0
+
+    def __init__(
+        self,
+        base_path: str | os.PathLike[str],
+        default_ttl: int | None = None,
+        max_sessions: int | None = None,
+        cleanup_interval: float = 3600,
+        enable_index: bool = True,
+        durability: Durability = "fsync",
+        checkpoint_every: int = 256,
+        checkpoint_interval: float = 5.0,
+        message_cache_size: int = 1024,
+        max_open_logs: int = 256,
+        fsync_interval: float = 1.0,
+    ) -> None:
+        # A hand-written __init__ so that base_path accepts str and "~" expands once,
+        # here, rather than at every use.
+        set_field = object.__setattr__
+        set_field(self, "base_path", Path(base_path).expanduser())
+        set_field(self, "default_ttl", default_ttl)
+        set_field(self, "max_sessions", max_sessions)
+        set_field(self, "cleanup_interval", cleanup_interval)
+        set_field(self, "enable_index", enable_index)
+        set_field(self, "durability", durability)
+        set_field(self, "checkpoint_every", checkpoint_every)
+        set_field(self, "checkpoint_interval", checkpoint_interval)
+        set_field(self, "message_cache_size", message_cache_size)
+        set_field(self, "max_open_logs", max_open_logs)
+        set_field(self, "fsync_interval", fsync_interval)
+        self._validate()
+
+    @classmethod
+    def new(cls, base_path: str | os.PathLike[str]) -> Self:
+        """The seed's ``JsonlStorageConfig::new(path)``."""
+        return cls(base_path)
+
+    def _validate(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ValueError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, not {self.durability!r}"
+            )
+        if self.default_ttl is not None and self.default_ttl <= 0:
+            raise ValueError("default_ttl must be positive (or None for no expiry)")
+        if self.max_sessions is not None and self.max_sessions < 0:
+            raise ValueError("max_sessions must not be negative")
+        for name in ("cleanup_interval", "checkpoint_interval", "fsync_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("checkpoint_every", "message_cache_size", "max_open_logs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    def _replace(self, **changes: object) -> Self:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(changes)
+        return type(self)(**fields)
+
+    def with_default_ttl(self, seconds: int | None) -> Self:
+        return self._replace(default_ttl=seconds)
+
+    def with_max_sessions(self, max_sessions: int | None) -> Self:
+        return self._replace(max_sessions=max_sessions)
+
+    def with_cleanup_interval(self, seconds: float) -> Self:
+        return self._replace(cleanup_interval=seconds)
+
+    def disable_index(self) -> Self:
+        return self._replace(enable_index=False)
+
+    def with_durability(self, durability: Durability) -> Self:
+        return self._replace(durability=durability)
+
+    def with_checkpointing(self, every: int | None = None, interval: float | None = None) -> Self:
+        return self._replace(
+            checkpoint_every=self.checkpoint_every if every is None else every,
+            checkpoint_interval=self.checkpoint_interval if interval is None else interval,
+        )
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.base_path / "sessions"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.base_path / "events"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.base_path / "index"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.base_path / "LOCK"

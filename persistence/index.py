@@ -1,0 +1,153 @@
+"""The in-memory index of session metadata: by id, and (optionally) by user and by state.
+
+``list_sessions`` starts from the smallest candidate set its filter allows (one user's
+sessions, or one state's), checks the remaining predicates on each candidate, and sorts
+only what matched: a selective query over 100,000 sessions touches a handful of entries.
+Without secondary indexes every query scans all sessions; results are the same.
+
+The index holds the storage's own ``SessionMetadata`` objects, which the storage mutates
+in place (activity, counts). ``user_id`` and ``state`` are the indexed fields, so a state
+change goes through :meth:`SessionIndex.set_state`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from bamboo_session.protocol.models import SessionMetadata, SessionState
+
+from .base import SessionFilter, SessionListResult, SortBy, SortOrder
+
+_SORT_KEYS: dict[SortBy, Callable[[SessionMetadata], Any]] = {
+    SortBy.CREATED_AT: lambda m: (m.created_at, m.id),
+    SortBy.UPDATED_AT: lambda m: (m.updated_at, m.id),
+    SortBy.LAST_ACTIVITY_AT: lambda m: (m.last_activity_at, m.id),
+    SortBy.MESSAGE_COUNT: lambda m: (m.message_count, m.id),
+}
+
+
+class SessionIndex:
+    """Every session's metadata, with secondary indexes when ``secondary`` is true."""
+
+    def __init__(self, secondary: bool = True) -> None:
+        self._secondary = secondary
+        self._by_id: dict[str, SessionMetadata] = {}
+        self._by_user: dict[str | None, set[str]] = {}
+        self._by_state: dict[SessionState, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._by_id
+
+    def __iter__(self) -> Iterator[SessionMetadata]:
+        return iter(self._by_id.values())
+
+    def get(self, session_id: str) -> SessionMetadata | None:
+        return self._by_id.get(session_id)
+
+    def add(self, metadata: SessionMetadata) -> None:
+        self.remove(metadata.id)
+        self._by_id[metadata.id] = metadata
+        if self._secondary:
+            self._by_user.setdefault(metadata.user_id, set()).add(metadata.id)
+            self._by_state.setdefault(metadata.state, set()).add(metadata.id)
+
+    def remove(self, session_id: str) -> SessionMetadata | None:
+        metadata = self._by_id.pop(session_id, None)
+        if metadata is not None and self._secondary:
+            _discard(self._by_user, metadata.user_id, session_id)
+            _discard(self._by_state, metadata.state, session_id)
+        return metadata
+
+    def set_state(self, session_id: str, state: SessionState) -> None:
+        metadata = self._by_id[session_id]
+        if self._secondary:
+            _discard(self._by_state, metadata.state, session_id)
+            self._by_state.setdefault(state, set()).add(session_id)
+        metadata.state = state
+
+    def of_user(self, user_id: str) -> list[SessionMetadata]:
+        """The user's sessions, newest first."""
+        matches = self._select(SessionFilter(user_id=user_id))
+        return sorted(matches, key=_SORT_KEYS[SortBy.CREATED_AT], reverse=True)
+
+    def query(self, query: SessionFilter) -> SessionListResult:
+        """The page of sessions matching ``query``. The metadata objects are the index's
+        own; the caller copies them before they leave the storage."""
+        matches = self._select(query)
+        offset, limit = max(query.offset, 0), max(query.limit, 0)
+        key = _SORT_KEYS[query.sort_by]
+        descending = query.sort_order == SortOrder.DESC
+        wanted = offset + limit
+        if wanted < len(matches) // 4:
+            # A small page of a large result: a heap beats sorting everything.
+            pick = heapq.nlargest if descending else heapq.nsmallest
+            ordered = pick(wanted, matches, key=key)
+        else:
+            ordered = sorted(matches, key=key, reverse=descending)
+        return SessionListResult(
+            sessions=ordered[offset:wanted], total=len(matches), offset=offset, limit=limit
+        )
+
+    def _select(self, query: SessionFilter) -> list[SessionMetadata]:
+        candidates = self._candidates(query)
+        checks = _predicates(query)
+        if not checks:
+            return list(candidates)
+        return [m for m in candidates if all(check(m) for check in checks)]
+
+    def _candidates(self, query: SessionFilter) -> Iterable[SessionMetadata]:
+        if not self._secondary:
+            return self._by_id.values()
+        sets: list[set[str]] = []
+        if query.user_id is not None:
+            sets.append(self._by_user.get(query.user_id, set()))
+        if query.state is not None:
+            sets.append(self._by_state.get(query.state, set()))
+        if not sets:
+            return self._by_id.values()
+        smallest = min(sets, key=len)
+        return [self._by_id[session_id] for session_id in smallest]
+
+
+def _predicates(query: SessionFilter) -> list[Callable[[SessionMetadata], bool]]:
+    checks: list[Callable[[SessionMetadata], bool]] = []
+    if query.user_id is not None:
+        user_id = query.user_id
+        checks.append(lambda m: m.user_id == user_id)
+    if query.state is not None:
+        state = query.state
+        checks.append(lambda m: m.state == state)
+    if query.created_after is not None:
+        created_after: datetime = query.created_after
+        checks.append(lambda m: m.created_at >= created_after)
+    if query.created_before is not None:
+        created_before: datetime = query.created_before
+        checks.append(lambda m: m.created_at < created_before)
+    if query.active_after is not None:
+        active_after: datetime = query.active_after
+        checks.append(lambda m: m.last_activity_at >= active_after)
+    if query.title_contains is not None:
+        needle = query.title_contains.casefold()
+        checks.append(lambda m: m.title is not None and needle in m.title.casefold())
+    return checks
+
+
+def _discard(sets: dict[Any, set[str]], key: Any, session_id: str) -> None:
+    members = sets.get(key)
+    if members is not None:
+        members.discard(session_id)
+        if not members:
+            del sets[key]
+
+
+def copy_metadata(metadata: SessionMetadata) -> SessionMetadata:
+    """A copy that the caller may keep and change without touching the index."""
+    return msgspec.structs.replace(metadata, extra=dict(metadata.extra))

@@ -1,0 +1,739 @@
+"""The embedded storage backend: JSONL event logs, JSON checkpoints, an in-memory index.
+
+Layout under ``base_path``::
+
+    sessions/<id>.json    checkpoint: metadata + messages, and how far into the log it
+                          reaches (written atomically: temp file, fsync, rename, fsync dir)
+    events/<id>.jsonl     the event log, one StoredEvent per line: the write-ahead log
+    index/                the index snapshot written on a clean close (fast start)
+    LOCK                  flock'ed while a storage has the directory open
+
+How it holds its promises:
+
+- ``seq`` is assigned synchronously, in call order, before any await; the group-commit
+  :class:`~.writer.LogWriter` writes each session's lines in that order. The in-memory
+  metadata (``last_seq``, ``message_count``, activity, cached messages) moves only when
+  the writer reports lines written, so it always describes what is in the log. When a
+  write fails, the session's next seq goes back to its last written one.
+- A message is an event in the log first. Its checkpoint is rewritten later: every
+  ``checkpoint_every`` appends, every ``checkpoint_interval`` seconds while dirty, on
+  ``checkpoint()`` and on close. Loading a history reads the checkpoint plus the log
+  lines after it, so nothing acknowledged is ever missing.
+- ``create_session``, ``update_session_state`` and ``delete_session`` are durable when
+  they return (except in ``memory`` mode).
+- Expired sessions (sliding TTL) refuse ``load_session``, ``get_session_history`` and
+  appends with :class:`SessionExpired`; their metadata and events stay readable until
+  cleanup removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import msgspec
+
+from bamboo_session.protocol.codec import decode_stored_event, encode_stored_event
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    Message,
+    MessageEvent,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+    utcnow,
+)
+
+from .base import (
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionFilter,
+    SessionListResult,
+    SessionNotFound,
+    StorageError,
+    StorageFull,
+)
+from .config import JsonlStorageConfig
+from .files import LockFile, fsync_dir, iter_lines, read_file, write_atomic
+from .index import SessionIndex, copy_metadata
+from .recovery import (
+    CHECKPOINT_SUFFIX,
+    LOG_SUFFIX,
+    TOMBSTONE_SUFFIX,
+    Checkpoint,
+    FileStamp,
+    RecoveryReport,
+    SnapshotEntry,
+    decode_checkpoint,
+    encode_checkpoint,
+    recover,
+    stamp_of,
+    write_snapshot,
+)
+from .writer import LogWriter
+
+__all__ = ["JsonlStorage", "JsonlStorageConfig"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A read of events after seq N seeks to the last known (seq, offset) at or before N;
+# one such mark is kept per this many bytes of log written.
+MARK_EVERY_BYTES: Final = 256 * 1024
+# Dirty sessions checkpointed at once by the periodic task and on close.
+CHECKPOINT_CONCURRENCY: Final = 16
+
+
+class _Record:
+    """What the storage holds for one session besides its index entry."""
+
+    __slots__ = (
+        "checkpoint_offset",
+        "checkpoint_pending",
+        "checkpoint_seq",
+        "checkpoint_stamp",
+        "lock",
+        "log_size",
+        "marks",
+        "meta",
+        "meta_dirty",
+        "next_seq",
+    )
+
+    def __init__(
+        self,
+        meta: SessionMetadata,
+        checkpoint_seq: int,
+        checkpoint_offset: int,
+        checkpoint_stamp: FileStamp | None,
+        log_size: int,
+    ) -> None:
+        self.meta = meta
+        self.next_seq = meta.last_seq  # the last seq handed out; > meta.last_seq in flight
+        self.log_size = log_size  # bytes of log holding events 1..meta.last_seq
+        self.checkpoint_seq = checkpoint_seq
+        self.checkpoint_offset = checkpoint_offset
+        self.checkpoint_stamp = checkpoint_stamp
+        self.meta_dirty = False  # metadata changed without a log append (state)
+        self.checkpoint_pending = False
+        self.lock: asyncio.Lock | None = None  # serialises checkpoint writes and delete
+        self.marks: list[tuple[int, int]] = [(0, 0)]
+        if checkpoint_seq:
+            self.marks.append((checkpoint_seq, checkpoint_offset))
+
+    def is_dirty(self) -> bool:
+        return self.meta_dirty or self.meta.last_seq > self.checkpoint_seq
+
+    def checkpoint_lock(self) -> asyncio.Lock:
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        return self.lock
+
+
+class JsonlStorage:
+    """Sessions, histories and event logs in plain files under one directory.
+
+    Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
+    may have a directory open at a time (:class:`StorageLocked`)."""
+
+    def __init__(self, config: JsonlStorageConfig) -> None:
+        self.config = config
+        self._durable = config.durability != "memory"
+        self._lock_file = LockFile(config.lock_path)
+        self._index = SessionIndex(secondary=config.enable_index)
+        self._records: dict[str, _Record] = {}
+        self._messages_cache: OrderedDict[str, list[Message]] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[list[Message]]] = {}
+        self._creating: set[str] = set()
+        self._deleting: dict[str, asyncio.Future[None]] = {}
+        self._dirty: set[str] = set()
+        self._in_flight = 0  # appends submitted and not yet written or failed
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._writer = LogWriter(
+            config.durability,
+            config.max_open_logs,
+            config.fsync_interval,
+            self._on_written,
+            self._on_failed,
+        )
+        self._ready = False
+        self._closed = False
+        self.recovery: RecoveryReport | None = None  # what open found and repaired
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, config: JsonlStorageConfig) -> Self:
+        """Lock the directory, repair what a crash left, build the index, start."""
+        storage = cls(config)
+        await storage._open()
+        return storage
+
+    async def _open(self) -> None:
+        await asyncio.to_thread(self.config.base_path.mkdir, parents=True, exist_ok=True)
+        self._lock_file.acquire()
+        try:
+            report = await asyncio.to_thread(recover, self.config)
+        except BaseException:
+            self._lock_file.release()
+            raise
+        self.recovery = report
+        for found in report.sessions:
+            record = _Record(
+                found.metadata,
+                found.checkpoint_seq,
+                found.checkpoint_offset,
+                found.checkpoint_stamp,
+                found.log_size,
+            )
+            self._records[found.metadata.id] = record
+            self._index.add(found.metadata)
+        report.sessions = []  # the records hold them now
+        self._writer.start()
+        self._loops = [
+            asyncio.create_task(self._cleanup_loop(), name="bamboo-storage-cleanup"),
+            asyncio.create_task(self._checkpoint_loop(), name="bamboo-storage-checkpoint"),
+        ]
+        self._ready = True
+
+    async def close(self) -> None:
+        """Write pending appends, checkpoint every dirty session, save the index
+        snapshot, release the lock. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        try:
+            for task in self._loops:
+                task.cancel()
+            await asyncio.gather(*self._loops, return_exceptions=True)
+            await self._writer.flush()
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self._checkpoint_dirty()
+            await self._writer.close()
+            if not self._dirty:
+                await asyncio.to_thread(write_snapshot, self.config, self._snapshot_entries())
+            else:
+                log.error("%d sessions could not be checkpointed on close", len(self._dirty))
+        finally:
+            self._lock_file.release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def create_session(self, session: Session) -> None:
+        self._require_open()
+        session_id = check_session_id(session.metadata.id)
+        while (deleting := self._deleting.get(session_id)) is not None:
+            await asyncio.shield(deleting)
+        if session_id in self._records or session_id in self._creating:
+            raise SessionExists(f"session {session_id!r} already exists")
+        limit = self.config.max_sessions
+        if limit is not None and len(self._records) + len(self._creating) >= limit:
+            raise StorageFull(f"the storage holds its maximum of {limit} sessions")
+        meta = self._new_metadata(session.metadata)
+        messages = [message.completed() for message in session.messages]
+        meta.message_count = len(messages)
+        self._creating.add(session_id)
+        try:
+            stamp = await self._io(self._write_new_session, meta, messages)
+        finally:
+            self._creating.discard(session_id)
+        self._records[session_id] = _Record(meta, 0, 0, stamp, 0)
+        self._index.add(meta)
+        self._cache_messages(session_id, messages)
+
+    def _new_metadata(self, given: SessionMetadata) -> SessionMetadata:
+        meta = copy_metadata(given)
+        meta.last_seq = 0  # a new log; whatever the caller set does not describe it
+        if meta.ttl is None and self.config.default_ttl is not None:
+            meta.ttl = self.config.default_ttl
+            meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+        return meta
+
+    def _write_new_session(self, meta: SessionMetadata, messages: list[Message]) -> FileStamp:
+        # Checkpoint first: a crash before the log exists leaves a valid empty session.
+        data = encode_checkpoint(Checkpoint(meta, messages, 0, 0))
+        stat = write_atomic(self._checkpoint_path(meta.id), data, self._durable)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        os.close(os.open(self._log_path(meta.id), flags, 0o644))
+        if self._durable:
+            fsync_dir(self.config.events_dir)
+        return stamp_of(stat)
+
+    async def load_session(self, session_id: str) -> Session | None:
+        check_session_id(session_id)
+        await self._settle()
+        record = self._records.get(session_id)
+        if record is None:
+            return None
+        self._check_not_expired(record)
+        try:
+            messages = await self._messages(session_id)
+        except SessionNotFound:
+            return None
+        record = self._records.get(session_id)
+        if record is None:
+            return None
+        return Session(metadata=copy_metadata(record.meta), messages=list(messages))
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        check_session_id(session_id)
+        await self._settle()
+        record = self._records.get(session_id)
+        return None if record is None else copy_metadata(record.meta)
+
+    async def delete_session(self, session_id: str) -> None:
+        self._require_open()
+        self._record(session_id)
+        await self._remove(session_id)
+
+    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
+        await self._settle()
+        result = self._index.query(filter)
+        result.sessions = [copy_metadata(meta) for meta in result.sessions]
+        return result
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
+        await self._settle()
+        return [copy_metadata(meta) for meta in self._index.of_user(user_id)]
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        await self._settle()
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        return list(await self._messages(session_id))
+
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        self._require_open()
+        record = self._record(session_id)
+        record.meta.state.check_transition(state)
+        self._index.set_state(session_id, state)
+        record.meta.touch()
+        record.meta_dirty = True
+        self._dirty.add(session_id)
+        # Durable before it returns: a state change has no log line to recover it from.
+        await self._checkpoint(session_id)
+        return copy_metadata(record.meta)
+
+    async def cleanup_expired_sessions(self) -> int:
+        self._require_open()
+        await self._settle()
+        now = utcnow()
+        expired = [meta.id for meta in self._index if meta.is_expired(now)]
+        removed = 0
+        for session_id in expired:
+            record = self._records.get(session_id)
+            if record is not None and record.meta.is_expired(now):
+                await self._remove(session_id)
+                removed += 1
+        if removed:
+            log.info("removed %d expired sessions", removed)
+        return removed
+
+    async def checkpoint(self, session_id: str) -> None:
+        self._record(session_id)
+        await self._checkpoint(session_id)
+
+    # -- events ---------------------------------------------------------------------
+
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> StoredEvent:
+        return (await self.append_events(session_id, [(event, key)]))[0]
+
+    async def append_message(
+        self, session_id: str, message: Message, key: str | None = None
+    ) -> StoredEvent:
+        return (await self.append_events(session_id, [(MessageEvent(message.completed()), key)]))[0]
+
+    async def append_events(
+        self, session_id: str, items: Sequence[tuple[AnyAgentEvent, str | None]]
+    ) -> list[StoredEvent]:
+        self._require_open()
+        record = self._record(session_id)
+        if record.meta.state == SessionState.CLOSED:
+            raise SessionClosed(f"session {session_id!r} is closed")
+        self._check_not_expired(record)
+        if not items:
+            return []
+        # From here to submit nothing awaits: seqs follow call order, with no gaps.
+        now = utcnow()
+        stored = [
+            StoredEvent(record.next_seq + i, now, _completed(event), key)
+            for i, (event, key) in enumerate(items, start=1)
+        ]
+        data = b"".join([encode_stored_event(event) + b"\n" for event in stored])
+        future = self._writer.submit(session_id, self._log_path(session_id), data, stored)
+        record.next_seq = stored[-1].seq
+        self._in_flight += 1
+        future.add_done_callback(self._append_done)
+        if self.config.durability != "memory":
+            await asyncio.shield(future)
+        return stored
+
+    def _append_done(self, future: asyncio.Future[None]) -> None:
+        self._in_flight -= 1
+        if not future.cancelled() and future.exception() is not None and not self._durable:
+            log.error("an append acknowledged in memory mode was lost: %s", future.exception())
+
+    async def read_events(
+        self, session_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        await self._settle()
+        record = self._record(session_id)
+        last = record.meta.last_seq  # only written events: nothing in flight is visible
+        if after_seq >= last or (limit is not None and limit <= 0):
+            return []
+        mark = bisect.bisect_right(record.marks, (after_seq, float("inf"))) - 1
+        start_seq, offset = record.marks[max(mark, 0)]
+        return await self._io(
+            _read_log_range, self._log_path(session_id), offset, start_seq, after_seq, last, limit
+        )
+
+    async def last_seq(self, session_id: str) -> int:
+        await self._settle()
+        return self._record(session_id).meta.last_seq
+
+    async def epoch(self, session_id: str) -> str:
+        return self._record(session_id).meta.epoch
+
+    # -- the writer's reports -------------------------------------------------------
+
+    def _on_written(self, session_id: str, events: list[StoredEvent], new_size: int) -> None:
+        record = self._records.get(session_id)
+        if record is None:  # deleted while its appends were queued
+            return
+        meta = record.meta
+        cached = self._messages_cache.get(session_id)
+        for event in events:
+            if isinstance(event.event, MessageEvent):
+                meta.message_count += 1
+                if cached is not None:
+                    cached.append(event.event.message)
+        meta.last_seq = events[-1].seq
+        record.log_size = new_size
+        meta.touch(max(events[-1].ts, meta.last_activity_at))
+        if new_size - record.marks[-1][1] >= MARK_EVERY_BYTES:
+            record.marks.append((meta.last_seq, new_size))
+        self._dirty.add(session_id)
+        if self._behind(record) and not record.checkpoint_pending:
+            record.checkpoint_pending = True
+            self._spawn(self._scheduled_checkpoint(session_id, record))
+
+    def _on_failed(self, session_id: str, error: OSError) -> None:
+        record = self._records.get(session_id)
+        log.error("appending to the log of session %r failed: %s", session_id, error)
+        if record is not None:
+            # Seqs handed out after the last written one were never stored: reuse them.
+            record.next_seq = record.meta.last_seq
+
+    # -- messages -------------------------------------------------------------------
+
+    async def _messages(self, session_id: str) -> list[Message]:
+        """The session's full history: the cached list (kept current by
+        ``_on_written``), or loaded from checkpoint + log into the cache."""
+        cached = self._messages_cache.get(session_id)
+        if cached is not None:
+            self._messages_cache.move_to_end(session_id)
+            return cached
+        loading = self._loading.get(session_id)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            messages = await self._load_messages(session_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, get it re-raised
+            raise
+        finally:
+            del self._loading[session_id]
+        future.set_result(messages)
+        return messages
+
+    async def _load_messages(self, session_id: str) -> list[Message]:
+        try:
+            data = await self._io(read_file, self._checkpoint_path(session_id))
+        except StorageError:
+            self._record(session_id)  # SessionNotFound when deleted meanwhile
+            raise
+        if data is None:
+            self._record(session_id)
+            raise StorageError(f"the checkpoint of session {session_id!r} is missing")
+        checkpoint = decode_checkpoint(data)
+        messages = list(checkpoint.messages)
+        seq, offset = checkpoint.last_seq, checkpoint.log_offset
+        # Catch up with the log until no write lands in between; then, with no await
+        # before the cache is set, _on_written keeps the list current.
+        while seq < (target := self._record(session_id).meta.last_seq):
+            tail, seq, offset = await self._io(
+                _read_messages, self._log_path(session_id), offset, seq, target
+            )
+            messages.extend(tail)
+        self._cache_messages(session_id, messages)
+        return messages
+
+    def _cache_messages(self, session_id: str, messages: list[Message]) -> None:
+        cache = self._messages_cache
+        cache[session_id] = messages
+        cache.move_to_end(session_id)
+        while len(cache) > self.config.message_cache_size:
+            cache.popitem(last=False)
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    async def _checkpoint(self, session_id: str) -> None:
+        """Rewrite the session's checkpoint if it is behind the log or its metadata."""
+        record = self._records.get(session_id)
+        if record is None:
+            return
+        async with record.checkpoint_lock():
+            if self._records.get(session_id) is not record or not record.is_dirty():
+                return
+            try:
+                messages = await self._messages(session_id)
+            except SessionNotFound:
+                return
+            if self._records.get(session_id) is not record:
+                return
+            # Taken together with no await in between: metadata, messages and log size
+            # describe the same point of the log.
+            meta = copy_metadata(record.meta)
+            snapshot = Checkpoint(meta, list(messages), meta.last_seq, record.log_size)
+            record.meta_dirty = False
+            try:
+                stamp = await self._io(self._write_checkpoint, snapshot)
+            except BaseException:
+                record.meta_dirty = True
+                raise
+            record.checkpoint_seq = snapshot.last_seq
+            record.checkpoint_offset = snapshot.log_offset
+            record.checkpoint_stamp = stamp
+            if not record.is_dirty():
+                self._dirty.discard(session_id)
+
+    def _write_checkpoint(self, checkpoint: Checkpoint) -> FileStamp:
+        path = self._checkpoint_path(checkpoint.metadata.id)
+        return stamp_of(write_atomic(path, encode_checkpoint(checkpoint), self._durable))
+
+    async def _scheduled_checkpoint(self, session_id: str, record: _Record) -> None:
+        # Appends go on while a checkpoint is written; if they left it far behind
+        # again, write the next one straight away.
+        try:
+            while self._records.get(session_id) is record and self._behind(record):
+                await self._checkpoint(session_id)
+        finally:
+            record.checkpoint_pending = False
+
+    def _behind(self, record: _Record) -> bool:
+        return record.meta.last_seq - record.checkpoint_seq >= self.config.checkpoint_every
+
+    async def _checkpoint_dirty(self) -> None:
+        """Checkpoint every dirty session, a few at a time; failures are logged."""
+        semaphore = asyncio.Semaphore(CHECKPOINT_CONCURRENCY)
+
+        async def one(session_id: str) -> None:
+            async with semaphore:
+                try:
+                    await self._checkpoint(session_id)
+                except Exception:
+                    log.exception("checkpoint of session %r failed", session_id)
+
+        await asyncio.gather(*(one(session_id) for session_id in list(self._dirty)))
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            await self._checkpoint_dirty()
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cleanup_interval)
+            try:
+                await self.cleanup_expired_sessions()
+            except Exception:
+                log.exception("cleanup of expired sessions failed")
+
+    def _snapshot_entries(self) -> list[SnapshotEntry]:
+        entries = []
+        for record in self._records.values():
+            if record.checkpoint_stamp is not None:
+                entries.append(
+                    SnapshotEntry(
+                        record.meta,
+                        record.checkpoint_seq,
+                        record.checkpoint_offset,
+                        record.checkpoint_stamp,
+                        record.log_size,
+                    )
+                )
+        return entries
+
+    # -- delete ---------------------------------------------------------------------
+
+    async def _remove(self, session_id: str) -> None:
+        """Forget the session, then delete its files once its queued appends and any
+        checkpoint in progress are done (so neither can recreate a file)."""
+        record = self._records.pop(session_id)
+        self._index.remove(session_id)
+        self._messages_cache.pop(session_id, None)
+        self._dirty.discard(session_id)
+        done = asyncio.get_running_loop().create_future()
+        self._deleting[session_id] = done
+        try:
+            await self._writer.forget(session_id)
+            async with record.checkpoint_lock():
+                await self._io(self._delete_files, session_id)
+        finally:
+            del self._deleting[session_id]
+            done.set_result(None)
+
+    def _delete_files(self, session_id: str) -> None:
+        # The checkpoint becomes a tombstone in one atomic rename, so a crash midway
+        # leaves a delete that open finishes, never a half-deleted session.
+        checkpoint = self._checkpoint_path(session_id)
+        tombstone = self.config.sessions_dir / (session_id + TOMBSTONE_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(checkpoint, tombstone)
+        if self._durable:
+            fsync_dir(self.config.sessions_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._log_path(session_id))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tombstone)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if not self._ready:
+            raise StorageError(f"storage at {self.config.base_path} is not open")
+
+    def _record(self, session_id: str) -> _Record:
+        check_session_id(session_id)
+        record = self._records.get(session_id)
+        if record is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return record
+
+    def _check_not_expired(self, record: _Record) -> None:
+        if record.meta.is_expired():
+            raise SessionExpired(f"session {record.meta.id!r} has expired")
+
+    async def _settle(self) -> None:
+        """In memory mode appends return before they are written; reads wait for them
+        so that a reader sees its own acknowledged appends."""
+        if not self._durable and self._in_flight:
+            await self._writer.flush()
+
+    def _checkpoint_path(self, session_id: str) -> Path:
+        return self.config.sessions_dir / (session_id + CHECKPOINT_SUFFIX)
+
+    def _log_path(self, session_id: str) -> Path:
+        return self.config.events_dir / (session_id + LOG_SUFFIX)
+
+    async def _io(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking file work in a thread; an OSError becomes a StorageError."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except OSError as exc:
+            raise StorageError(f"storage I/O failed: {exc}") from exc
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("storage background task failed: %r", exc, exc_info=exc)
+
+
+def _completed(event: AnyAgentEvent) -> AnyAgentEvent:
+    """A message event's message gets its id and created_at, as append_message does."""
+    if isinstance(event, MessageEvent):
+        message = event.message.completed()
+        if message is not event.message:
+            return msgspec.structs.replace(event, message=message)
+    return event
+
+
+def _read_log_range(
+    path: Path, offset: int, start_seq: int, after_seq: int, last_seq: int, limit: int | None
+) -> list[StoredEvent]:
+    """Events with ``after_seq < seq <= last_seq`` from the log, reading from ``offset``
+    (where the event after ``start_seq`` begins)."""
+    events: list[StoredEvent] = []
+    expected = start_seq + 1
+    for _end, line in iter_lines(path, offset):
+        event = _decode_line(path, line, expected)
+        expected += 1
+        if event.seq > after_seq:
+            events.append(event)
+            if limit is not None and len(events) >= limit:
+                break
+        if event.seq >= last_seq:
+            break
+    return events
+
+
+def _read_messages(
+    path: Path, offset: int, after_seq: int, last_seq: int
+) -> tuple[list[Message], int, int]:
+    """Messages in the log after ``after_seq`` up to ``last_seq``; returns them with the
+    seq and the offset reached."""
+    messages: list[Message] = []
+    seq, reached = after_seq, offset
+    for end, line in iter_lines(path, offset):
+        event = _decode_line(path, line, seq + 1)
+        seq, reached = event.seq, end
+        if isinstance(event.event, MessageEvent):
+            messages.append(event.event.message)
+        if seq >= last_seq:
+            break
+    if seq < last_seq:
+        raise StorageError(f"log {path} ends at seq {seq}, expected at least {last_seq}")
+    return messages, seq, reached
+
+
+def _decode_line(path: Path, line: bytes, expected_seq: int) -> StoredEvent:
+    try:
+        event = decode_stored_event(line)
+    except msgspec.DecodeError as exc:
+        raise StorageError(f"log {path} is damaged near seq {expected_seq}: {exc}") from exc
+    if event.seq != expected_seq:
+        raise StorageError(f"log {path} has seq {event.seq} where {expected_seq} belongs")
+    return event

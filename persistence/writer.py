@@ -1,0 +1,383 @@
+"""The group-commit writer: one task appends every session's event lines to its log.
+
+Appends from all sessions queue up while the previous batch is on disk. The writer then
+takes the whole queue as one batch: per log file one ``write`` of the joined lines, then
+one ``fdatasync`` per touched file, all in a dedicated I/O thread so the event loop never
+waits on the disk. So with many concurrent appenders one fsync covers many appends.
+
+Durability modes: ``fsync`` resolves an append's future after its file is synced;
+``os`` after the write (a background task syncs written files every ``fsync_interval``);
+``memory`` behaves like ``os`` here, and the storage simply does not wait.
+
+Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that file's
+appends in the batch is acknowledged, the file is truncated back to its last good size
+(no torn line survives), and the owner is told (``on_failed``) so it can reset the
+session's next seq. Appends of that session queued behind the failed ones carry seqs
+that no longer follow the log, so they fail too: each append records the session's
+*generation* when submitted, and a failure starts a new generation.
+
+File descriptors of recently used logs stay open in a bounded LRU, so a hundred thousand
+sessions never exhaust the process's descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from bamboo_session.protocol.models import StoredEvent
+
+from .base import Durability, StorageError
+from .files import datasync, write_all
+
+log = logging.getLogger(__name__)
+
+# Above this many files in one batch, syncs run on several threads: the filesystem
+# journal then commits them together instead of one after another.
+PARALLEL_SYNC_MIN: Final = 4
+SYNC_THREADS: Final = 8
+
+WrittenCallback = Callable[[str, list[StoredEvent], int], None]
+FailedCallback = Callable[[str, OSError], None]
+
+
+@dataclass(slots=True)
+class _Append:
+    session_id: str
+    path: Path
+    data: bytes
+    events: list[StoredEvent]
+    generation: int
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Control:
+    """A marker in the queue: done once every append queued before it is processed;
+    ``forget`` also closes that session's descriptor."""
+
+    future: asyncio.Future[None]
+    forget: str | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """One log file's share of a batch."""
+
+    session_id: str
+    path: Path
+    appends: list[_Append]
+    data: bytes = b""
+    new_size: int = 0
+    error: OSError | None = None
+
+
+@dataclass(slots=True)
+class _OpenLog:
+    fd: int
+    size: int  # bytes known good: every acknowledged line, nothing torn
+    unsynced: bool = False
+
+
+@dataclass(slots=True)
+class _Files:
+    """The writer thread's file state. Touched only from the I/O thread."""
+
+    max_open: int
+    open_logs: OrderedDict[str, _OpenLog] = field(default_factory=OrderedDict)
+    # Logs whose failed write could not be truncated away: size to cut back to first.
+    needs_truncate: dict[str, int] = field(default_factory=dict)
+
+
+class LogWriter:
+    """Appends event lines to per-session log files in batches (group commit)."""
+
+    def __init__(
+        self,
+        durability: Durability,
+        max_open: int,
+        fsync_interval: float,
+        on_written: WrittenCallback,
+        on_failed: FailedCallback,
+    ) -> None:
+        self._durability = durability
+        self._fsync_interval = fsync_interval
+        self._on_written = on_written
+        self._on_failed = on_failed
+        self._files = _Files(max_open)
+        self._queue: list[_Append | _Control] = []
+        self._generations: dict[str, int] = {}
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="bamboo-log-writer")
+        self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
+        self._tasks: list[asyncio.Task[None]] = []
+        self.batches = 0  # for tests and benchmarks: how many batches were written
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name="bamboo-log-writer"))
+        if self._durability != "fsync":
+            self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
+
+    def submit(
+        self, session_id: str, path: Path, data: bytes, events: list[StoredEvent]
+    ) -> asyncio.Future[None]:
+        """Queue ``data`` (whole lines) for ``path``; the future resolves when it is as
+        durable as the mode says, or fails with :class:`StorageError`."""
+        if self._closing:
+            raise StorageError("storage is closed")
+        future = asyncio.get_running_loop().create_future()
+        generation = self._generations.get(session_id, 0)
+        self._queue.append(_Append(session_id, path, data, events, generation, future))
+        self._wakeup.set()
+        return future
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is written (or failed)."""
+        await self._control(None)
+
+    async def forget(self, session_id: str) -> None:
+        """Finish the session's queued appends, then close its descriptor (before the
+        log is deleted)."""
+        await self._control(session_id)
+        self._generations.pop(session_id, None)
+
+    async def close(self) -> None:
+        """Write everything queued, sync every file, close every descriptor."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        for task in self._tasks:
+            if task.get_name() == "bamboo-log-sync":
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self._close_all)
+        self._io.shutdown()
+        self._sync_pool.shutdown()
+
+    async def _control(self, forget: str | None) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Control(future, forget))
+        self._wakeup.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, self._queue = self._queue, []
+            await self._process(batch)
+
+    async def _process(self, batch: list[_Append | _Control]) -> None:
+        groups: dict[str, _Group] = {}
+        controls: list[_Control] = []
+        for item in batch:
+            if isinstance(item, _Control):
+                controls.append(item)
+            elif item.generation != self._generations.get(item.session_id, 0):
+                _fail(item.future, _stale_error(item.session_id))
+            else:
+                group = groups.get(item.session_id)
+                if group is None:
+                    group = groups[item.session_id] = _Group(item.session_id, item.path, [])
+                group.appends.append(item)
+        ordered = list(groups.values())
+        forgets = [c.forget for c in controls if c.forget is not None]
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._write_batch, ordered, forgets)
+        except BaseException as exc:  # a bug, or cancellation: acknowledge nothing
+            log.exception("log writer failed")
+            for group in ordered:
+                if group.error is None:
+                    group.error = OSError(f"log writer failed: {exc!r}")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.batches += 1
+            self._settle(ordered, controls)
+
+    def _settle(self, groups: list[_Group], controls: list[_Control]) -> None:
+        for group in groups:
+            if group.error is None:
+                events = [e for a in group.appends for e in a.events]
+                self._on_written(group.session_id, events, group.new_size)
+                for append in group.appends:
+                    if not append.future.done():
+                        append.future.set_result(None)
+            else:
+                sid = group.session_id
+                self._generations[sid] = self._generations.get(sid, 0) + 1
+                self._on_failed(sid, group.error)
+                error = StorageError(
+                    f"could not append to the log of session {sid!r}: {group.error}; "
+                    "nothing of this append was stored"
+                )
+                for append in group.appends:
+                    _fail(append.future, error)
+        for control in controls:
+            if not control.future.done():
+                control.future.set_result(None)
+
+    # -- the I/O thread -------------------------------------------------------------
+
+    def _write_batch(self, groups: list[_Group], forgets: Sequence[str]) -> None:
+        written: list[tuple[_Group, _OpenLog, int]] = []
+        for group in groups:
+            group.data = b"".join(a.data for a in group.appends)
+            entry = self._write_group(group)
+            if entry is not None:
+                written.append(entry)
+        if self._durability == "fsync" and written:
+            self._sync_written(written)
+        else:
+            for _group, open_log, _before in written:
+                open_log.unsynced = True
+        for session_id in forgets:
+            self._forget(session_id)
+
+    def _write_group(self, group: _Group) -> tuple[_Group, _OpenLog, int] | None:
+        """Write one file's lines; on failure cut the file back and record the error."""
+        try:
+            open_log = self._open(group.session_id, group.path)
+        except OSError as exc:
+            group.error = exc
+            return None
+        before = open_log.size
+        try:
+            write_all(open_log.fd, group.data)
+        except OSError as exc:
+            group.error = exc
+            self._cut_back(group.session_id, open_log, before)
+            return None
+        open_log.size = before + len(group.data)
+        group.new_size = open_log.size
+        return group, open_log, before
+
+    def _sync_written(self, written: list[tuple[_Group, _OpenLog, int]]) -> None:
+        def sync(entry: tuple[_Group, _OpenLog, int]) -> OSError | None:
+            try:
+                datasync(entry[1].fd)
+            except OSError as exc:
+                return exc
+            return None
+
+        if len(written) >= PARALLEL_SYNC_MIN:
+            errors = list(self._sync_pool.map(sync, written))
+        else:
+            errors = [sync(entry) for entry in written]
+        for (group, open_log, before), error in zip(written, errors, strict=True):
+            if error is not None:
+                group.error = error
+                self._cut_back(group.session_id, open_log, before)
+
+    def _open(self, session_id: str, path: Path) -> _OpenLog:
+        files = self._files
+        open_log = files.open_logs.get(session_id)
+        if open_log is not None:
+            files.open_logs.move_to_end(session_id)
+            return open_log
+        while len(files.open_logs) >= files.max_open:
+            old_id, old = files.open_logs.popitem(last=False)
+            self._close_log(old_id, old)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            good = files.needs_truncate.get(session_id)
+            if good is not None:
+                # An earlier failure left bytes we could not cut; do it before appending.
+                os.ftruncate(fd, good)
+                os.fsync(fd)
+                size = good
+                del files.needs_truncate[session_id]
+        except OSError:
+            os.close(fd)
+            raise
+        open_log = files.open_logs[session_id] = _OpenLog(fd, size)
+        return open_log
+
+    def _cut_back(self, session_id: str, open_log: _OpenLog, good_size: int) -> None:
+        """Remove a failed batch's bytes. The descriptor is dropped either way: after a
+        failed fsync the kernel may have forgotten the error, so it is not trusted."""
+        files = self._files
+        try:
+            os.ftruncate(open_log.fd, good_size)
+            os.fsync(open_log.fd)
+        except OSError as exc:
+            log.error(
+                "could not truncate the log of session %r back to %d bytes: %s; retrying "
+                "before its next append",
+                session_id,
+                good_size,
+                exc,
+            )
+            files.needs_truncate[session_id] = good_size
+        files.open_logs.pop(session_id, None)
+        with contextlib.suppress(OSError):
+            os.close(open_log.fd)
+
+    def _close_log(self, session_id: str, open_log: _OpenLog) -> None:
+        if open_log.unsynced:
+            try:
+                datasync(open_log.fd)
+            except OSError as exc:
+                log.error("background sync of the log of session %r failed: %s", session_id, exc)
+        os.close(open_log.fd)
+
+    def _forget(self, session_id: str) -> None:
+        files = self._files
+        files.needs_truncate.pop(session_id, None)
+        open_log = files.open_logs.pop(session_id, None)
+        if open_log is not None:
+            os.close(open_log.fd)
+
+    def _sync_unsynced(self) -> None:
+        for session_id, open_log in self._files.open_logs.items():
+            if open_log.unsynced:
+                open_log.unsynced = False
+                try:
+                    datasync(open_log.fd)
+                except OSError as exc:
+                    log.error(
+                        "background sync of the log of session %r failed: %s", session_id, exc
+                    )
+
+    def _close_all(self) -> None:
+        files = self._files
+        while files.open_logs:
+            session_id, open_log = files.open_logs.popitem(last=False)
+            with contextlib.suppress(OSError):
+                self._close_log(session_id, open_log)
+
+    async def _sync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._fsync_interval)
+            await loop.run_in_executor(self._io, self._sync_unsynced)
+
+
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _stale_error(session_id: str) -> StorageError:
+    return StorageError(
+        f"could not append to the log of session {session_id!r}: an earlier append to it "
+        "failed, so this one was not stored either; retry"
+    )
