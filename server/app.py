@@ -1,0 +1,186 @@
+"""BambooServer: the websockets server, its storage and SessionManager, start to stop.
+
+Shutdown follows uvicorn's order: stop accepting, send ``closed`` and close every
+connection with 1012, let actors flush and checkpoint within a grace period, cancel the
+rest, close storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Self
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import NegotiationError
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from bamboo_session.persistence.base import SessionFilter, Storage
+from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import Hello
+from bamboo_session.protocol.models import SessionMetadata
+
+from .config import ServerConfig
+from .connection import Connection
+from .http import BadRoute, error_response, handle_get, is_upgrade, stream_route
+from .manager import SessionManager
+from .metrics import Metrics
+
+log = structlog.get_logger("bamboo_session.server")
+
+
+class BambooServer:
+    """One server instance: ``async with BambooServer(config) as server: ...``."""
+
+    def __init__(self, config: ServerConfig, storage: Storage | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._given_storage = storage
+        self.storage: Storage | None = storage
+        self._manager: SessionManager | None = None
+        self._server: Server | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.storage is None:
+            self.storage = await open_default_storage(self.config)
+        try:
+            await self._listen()
+        except BaseException:
+            if self._given_storage is None:
+                await self.storage.close()
+            raise
+
+    async def _listen(self) -> None:
+        assert self.storage is not None
+        self._manager = SessionManager(self.config.manager_config(), self.storage, self.metrics)
+        self._manager.start()
+        config = self.config
+        self._server = await serve(
+            self._handle,
+            config.host,
+            config.port,
+            process_request=self._process_request,
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            select_subprotocol=select_subprotocol,
+            compression="deflate" if config.compression else None,
+            max_size=config.max_frame_bytes,
+            max_queue=config.max_queue,
+            write_limit=config.write_limit,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=config.close_timeout,
+        )
+        log.info("listening", host=config.host, port=self.port, data_dir=config.data_dir)
+
+    async def stop(self) -> None:
+        """Graceful shutdown; safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.server.close()  # stop accepting first
+        grace = self.config.shutdown_grace
+        await self.manager.close(CloseCode.SERVICE_RESTART, "server restarting", grace)
+        server.close(
+            close_connections=True, code=CloseCode.SERVICE_RESTART, reason="server restarting"
+        )
+        try:
+            await asyncio.wait_for(server.wait_closed(), grace)
+        except TimeoutError:
+            log.warning("connections still open after the grace period")
+        if self._given_storage is None and self.storage is not None:
+            await self.storage.close()
+        log.info("stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def manager(self) -> SessionManager:
+        if self._manager is None:
+            raise RuntimeError("server not started")
+        return self._manager
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def ready(self) -> bool:
+        return self._server is not None and self.storage is not None and self.storage.ready
+
+    # -- requests ------------------------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        if not is_upgrade(request):
+            return await handle_get(self, request)
+        try:
+            stream_route(request.path)
+        except BadRoute as exc:
+            return error_response(exc.status, "bad_request", exc.message)
+        return self.authorize_upgrade(request)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        route = stream_route(ws.request.path if ws.request is not None else "")
+        codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
+        await Connection(self, ws, codec, route.session_id).run()
+
+    async def resolve_session(self, session_id: str | None, hello: Hello) -> str:
+        """The session a ``hello`` attaches to, created first where it asks for that."""
+        manager = self.manager
+        if session_id is None:
+            session = await manager.create_session(hello.user_id, hello.title)
+            return session.id
+        if hello.create:
+            await manager.get_or_create_session(session_id, hello.user_id, hello.title)
+        return session_id
+
+    # -- authorization (the hooks issue 4 fills in) ------------------------------------
+
+    def authorize_upgrade(self, request: Request) -> Response | None:
+        return None
+
+    def authorize_listing(
+        self, request: Request, filter: SessionFilter
+    ) -> tuple[Response | None, SessionFilter]:
+        return None, filter
+
+    def authorize_session(self, request: Request, metadata: SessionMetadata) -> Response | None:
+        return None
+
+
+def select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """The client's first offered subprotocol that we speak; none offered means JSON."""
+    if not offered:
+        return None
+    for subprotocol in offered:
+        if subprotocol in CODECS_BY_SUBPROTOCOL:
+            return subprotocol
+    raise NegotiationError(f"unsupported subprotocol; expected one of {', '.join(SUBPROTOCOLS)}")
+
+
+async def open_default_storage(config: ServerConfig) -> Storage:
+    """The embedded JSONL store in ``config.data_dir``."""
+    from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+
+    storage_config = JsonlStorageConfig(
+        config.data_dir,
+        default_ttl=config.default_ttl,
+        cleanup_interval=config.cleanup_interval,
+        durability=config.durability,
+    )
+    return await JsonlStorage.open(storage_config)

@@ -1,0 +1,157 @@
+"""The ``bamboo-session`` command: ``serve`` runs the server.
+
+Every setting of :class:`ServerConfig` is a flag of ``serve`` and a ``BAMBOO_*``
+environment variable; flags win over the environment, which wins over defaults.
+Errors end with a one-line reason and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from bamboo_session import __version__
+from bamboo_session.persistence.base import DURABILITY_MODES, StorageError
+
+from .config import ServerConfig, parse_value
+
+# Help for each ServerConfig field: one line, what it is and its unit.
+SERVE_HELP: dict[str, str] = {
+    "host": "address to listen on",
+    "port": "TCP port (0 picks a free one)",
+    "data_dir": "directory of the embedded JSONL store (~ expands)",
+    "durability": "when an append is acknowledged: fsync (after fsync), os (after write), memory",
+    "default_ttl": "seconds of inactivity after which a session expires (none: never)",
+    "cleanup_interval": "seconds between removals of expired sessions",
+    "log_format": "auto (JSON unless stderr is a terminal), json or console",
+    "log_level": "debug, info, warning or error",
+    "max_frame_bytes": "largest frame accepted; larger ones close the connection with 1009",
+    "max_queue": "incoming frames buffered per connection before reading pauses",
+    "write_limit": "outgoing bytes buffered per connection before a send waits",
+    "ping_interval": "seconds between keepalive pings (none: off)",
+    "ping_timeout": "seconds to wait for a pong before closing (none: forever)",
+    "close_timeout": "seconds to wait for the closing handshake before dropping the socket",
+    "compression": "permessage-deflate (true/false)",
+    "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
+    "shutdown_grace": "seconds connections and sessions get to finish on shutdown",
+    "idle_timeout": "seconds without traffic after which a connected session is idle",
+    "disconnect_retention": "seconds a session with no connection stays in memory",
+    "auto_save": "seconds between checkpoints of live sessions",
+    "max_sessions": "live sessions in memory at most (parked ones are evicted first)",
+    "send_queue_frames": "frames queued per connection before it is closed with 4429",
+    "ring_size": "recent events kept in memory per session for fast replay",
+    "max_history_page": "most messages one history request returns",
+    "max_events_page": "most events one events request returns",
+    "max_list_page": "most sessions one listing returns",
+}
+_CHOICES: dict[str, Sequence[str]] = {
+    "durability": DURABILITY_MODES,
+    "log_format": ("auto", "json", "console"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bamboo-session", description="Bamboo session server for AI agents."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_command(commands)
+    return parser
+
+
+def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Every flag can also be set as BAMBOO_<NAME> "
+        "(e.g. BAMBOO_PORT=9000); flags win.",
+    )
+    defaults = ServerConfig()
+    for field in dataclasses.fields(ServerConfig):
+        default = getattr(defaults, field.name)
+        serve.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=None,
+            choices=_CHOICES.get(field.name),
+            metavar=None if field.name in _CHOICES else field.name.upper(),
+            help=f"{SERVE_HELP[field.name]} (default: {default})",
+        )
+    serve.set_defaults(run=run_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Defaults, then BAMBOO_* variables, then flags."""
+    config = ServerConfig.from_env()
+    changes = {}
+    for field in dataclasses.fields(ServerConfig):
+        raw = getattr(args, field.name, None)
+        if raw is not None:
+            changes[field.name] = parse_value(field.name, raw, getattr(ServerConfig(), field.name))
+    return config.replace(**changes)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+
+    config = config_from_args(args)
+    configure_logging(config.log_format, config.log_level)
+    return run_event_loop(serve_until_signalled(config))
+
+
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.run(main)
+    result: int = uvloop.run(main)
+    return result
+
+
+async def serve_until_signalled(config: ServerConfig) -> int:
+    from .app import BambooServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = BambooServer(config)
+    try:
+        await server.start()
+    except (StorageError, OSError) as exc:
+        await server.stop()
+        fail(f"cannot start: {exc}")
+        return 1
+    print(f"bamboo-session listening on {config.host}:{server.port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    structlog.get_logger("bamboo_session.server").info("shutting down")
+    await server.stop()
+    return 0
+
+
+def fail(reason: str) -> None:
+    print(f"bamboo-session: {reason}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Command = args.run
+    try:
+        return run(args)
+    except ValueError as exc:
+        fail(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130

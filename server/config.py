@@ -1,0 +1,101 @@
+"""Server configuration: every limit and timeout in one frozen dataclass.
+
+Each field can come from a ``--flag`` of ``bamboo-session serve`` or from the matching
+``BAMBOO_*`` environment variable (``BAMBOO_PORT``, ``BAMBOO_DATA_DIR``, ...); flags win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from bamboo_session.persistence.base import Durability
+
+from .manager import SessionManagerConfig
+
+LogFormat = Literal["auto", "json", "console"]
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: str = "~/.bamboo/sessions"
+    durability: Durability = "fsync"
+    default_ttl: int | None = None
+    cleanup_interval: float = 3600
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+    # WebSocket limits, set explicitly on websockets.
+    max_frame_bytes: int = MIB
+    max_queue: int = 16  # incoming frames buffered before websockets stops reading
+    write_limit: int = 256 * 1024  # bytes buffered before a send waits for the socket
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    close_timeout: float = 5.0
+    compression: bool = False
+    hello_timeout: float = 10.0
+    shutdown_grace: float = 5.0
+    # Sessions (SessionManagerConfig).
+    idle_timeout: float = 300
+    disconnect_retention: float = 3600
+    auto_save: float = 60
+    max_sessions: int = 1000
+    send_queue_frames: int = 1024
+    ring_size: int = 1024
+    # Request limits.
+    max_history_page: int = 1000
+    max_events_page: int = 10_000
+    max_list_page: int = 1000
+
+    def manager_config(self) -> SessionManagerConfig:
+        return SessionManagerConfig(
+            idle_timeout=self.idle_timeout,
+            disconnect_retention=self.disconnect_retention,
+            auto_save=self.auto_save,
+            max_sessions=self.max_sessions,
+            send_queue_frames=self.send_queue_frames,
+            ring_size=self.ring_size,
+        )
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
+        """Defaults overridden by ``BAMBOO_<FIELD>`` variables."""
+        environ = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(f"BAMBOO_{field.name.upper()}")
+            if raw is not None:
+                changes[field.name] = parse_value(field.name, raw, getattr(cls(), field.name))
+        return cls(**changes)
+
+
+def parse_value(name: str, raw: str, default: object) -> object:
+    """``raw`` converted to the type of the field's default; ValueError names the field."""
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if raw.lower() in ("none", "") and name in _OPTIONAL:
+            return None
+        if isinstance(default, int) or name in _OPTIONAL_INT:
+            return int(raw)
+        if isinstance(default, float) or name in _OPTIONAL_FLOAT:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"BAMBOO_{name.upper()}: invalid value {raw!r}") from None
+    return raw
+
+
+_OPTIONAL_INT = frozenset({"default_ttl"})
+_OPTIONAL_FLOAT = frozenset({"ping_interval", "ping_timeout"})
+_OPTIONAL = _OPTIONAL_INT | _OPTIONAL_FLOAT

@@ -1,0 +1,285 @@
+"""One WebSocket connection: handshake (``hello``), then a reader and a writer task.
+
+The reader decodes frames and posts commands to the session's actor (waiting when the
+actor's inbox is full, which pushes back on the peer's socket); the writer drains the
+connection's outbox to the socket. Every failure of the peer maps to an ``error`` frame
+or a close code here; an unexpected exception closes with 1011 and tells the peer
+nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from bamboo_session.persistence.base import (
+    SessionClosed,
+    SessionExpired,
+    SessionNotFound,
+    StorageError,
+)
+from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from bamboo_session.protocol.frames import (
+    ClientFrame,
+    Error,
+    EventRecord,
+    Events,
+    EventsRequest,
+    Hello,
+    History,
+    HistoryRequest,
+    Ping,
+    Pong,
+    PublishEvent,
+    PublishMessage,
+    RequestId,
+    StateRequest,
+)
+from bamboo_session.protocol.ids import new_connection_id
+from bamboo_session.protocol.models import MessageEvent, SessionState
+
+from .actor import Append, SessionActor, SetState
+from .manager import ServerBusy
+from .outbox import CloseRequest, Outbound, Outbox, Replay
+
+if TYPE_CHECKING:
+    from .app import BambooServer
+
+log = structlog.get_logger("bamboo_session.connection")
+T = TypeVar("T")
+
+_ATTACH_FAILURES: dict[type[Exception], tuple[CloseCode, str]] = {
+    SessionNotFound: (CloseCode.NOT_FOUND, "session not found"),
+    SessionExpired: (CloseCode.NOT_FOUND, "session expired"),
+    SessionClosed: (CloseCode.SESSION_CLOSED, "session closed"),
+    ServerBusy: (CloseCode.TRY_AGAIN_LATER, "server at its session limit"),
+    StorageError: (CloseCode.INTERNAL_ERROR, "storage unavailable"),
+}
+
+
+class Connection:
+    """A peer attached (or attaching) to one session over one WebSocket."""
+
+    def __init__(
+        self, server: BambooServer, ws: ServerConnection, codec: Codec, session_id: str | None
+    ) -> None:
+        self.server = server
+        self.ws = ws
+        self.codec = codec
+        self.session_id = session_id
+        self.connection_id = new_connection_id()
+        self.actor: SessionActor | None = None
+        self.outbox: Outbox | None = None
+        self._close_counted = False
+        self._closer: asyncio.Task[None] | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.started = time.monotonic()
+        self.log = log.bind(connection_id=self.connection_id, session_id=session_id)
+
+    async def run(self) -> None:
+        try:
+            hello = await self._read_hello()
+            if hello is not None and await self._attach(hello):
+                await self._serve()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            self.log.exception("connection failed")
+            await self.ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._detach()
+            self._log_summary()
+
+    # -- handshake -------------------------------------------------------------
+
+    async def _read_hello(self) -> Hello | None:
+        timeout = self.server.config.hello_timeout
+        try:
+            data = await asyncio.wait_for(self.ws.recv(decode=False), timeout)
+        except TimeoutError:
+            await self.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
+            return None
+        self.frames_in += 1
+        try:
+            frame = self.codec.decode_client(data)
+        except ProtocolError as exc:
+            await self._refuse_hello(exc.message, exc.request_id)
+            return None
+        if not isinstance(frame, Hello):
+            await self._refuse_hello("the first frame must be hello", getattr(frame, "id", None))
+            return None
+        return frame
+
+    async def _refuse_hello(self, message: str, request_id: RequestId) -> None:
+        await self._send_now(Error(ErrorCode.BAD_REQUEST.value, message, id=request_id))
+        await self.ws.close(CloseCode.POLICY_VIOLATION, "first frame was not a valid hello")
+
+    async def _attach(self, hello: Hello) -> bool:
+        manager = self.server.manager
+        try:
+            session_id = await self.server.resolve_session(self.session_id, hello)
+            self.session_id = session_id
+            self.log = self.log.bind(session_id=session_id)
+            outbox = Outbox(
+                self.connection_id,
+                hello.role,
+                manager.config.send_queue_frames,
+                on_overflow=self._close_soon,
+            )
+            self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
+            self.outbox = outbox
+        except tuple(_ATTACH_FAILURES) as exc:
+            code, reason = next(v for t, v in _ATTACH_FAILURES.items() if isinstance(exc, t))
+            await self.ws.close(code, reason)
+            return False
+        return True
+
+    # -- attached ----------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        writer = asyncio.create_task(self._write(), name=f"writer:{self.connection_id}")
+        self.server.metrics.connections.inc()
+        try:
+            reader = asyncio.ensure_future(self._read())
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                # The writer ended (close requested): the reader ends with the socket.
+                await asyncio.wait({reader}, timeout=self.server.config.close_timeout + 1)
+                reader.cancel()
+            writer.cancel()
+            for task in (reader, writer):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await task
+        finally:
+            self.server.metrics.connections.dec()
+
+    async def _read(self) -> None:
+        assert self.actor is not None and self.outbox is not None
+        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_client
+        while True:
+            data = await self.ws.recv(decode=False)
+            self.frames_in += 1
+            actor.note_traffic()
+            try:
+                frame = decode(data)
+                await self._dispatch(frame, actor, outbox)
+            except ProtocolError as exc:
+                self._push_error(exc.code, exc.message, exc.request_id)
+
+    async def _dispatch(self, frame: ClientFrame, actor: SessionActor, outbox: Outbox) -> None:
+        match frame:
+            case PublishEvent(event=event, key=key, id=request_id):
+                if isinstance(event, MessageEvent):
+                    event = MessageEvent(event.message.completed())
+                await actor.submit(Append(event, key, outbox, request_id))
+            case PublishMessage(message=message, key=key, id=request_id):
+                await actor.submit(
+                    Append(MessageEvent(message.completed()), key, outbox, request_id)
+                )
+            case HistoryRequest():
+                await self._history(frame, outbox)
+            case EventsRequest():
+                await self._events(frame, actor, outbox)
+            case StateRequest(state=state, id=request_id):
+                await outbox.reserve()
+                await actor.submit(SetState(SessionState(state), outbox, request_id))
+            case Ping(id=request_id):
+                outbox.push(Outbound(Pong(id=request_id)))
+            case Hello():
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already received")
+
+    async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
+        assert self.session_id is not None
+        messages = await self._storage_read(
+            self.server.manager.get_session_history(self.session_id), request.id
+        )
+        limit = min(request.limit, self.server.config.max_history_page)
+        end = len(messages) if request.before is None else min(request.before, len(messages))
+        start = max(0, end - limit)
+        outbox.push(Outbound(History(messages[start:end], start > 0, id=request.id)))
+
+    async def _events(self, request: EventsRequest, actor: SessionActor, outbox: Outbox) -> None:
+        assert self.session_id is not None
+        limit = min(request.limit, self.server.config.max_events_page)
+        through = actor.published_seq  # only what is acknowledged, never an in-flight append
+        stored = await self._storage_read(
+            self.server.manager.read_events(self.session_id, request.after_seq, limit), request.id
+        )
+        records = [EventRecord(e.seq, e.ts, e.event) for e in stored if e.seq <= through]
+        outbox.push(Outbound(Events(records, through, id=request.id)))
+
+    async def _storage_read(self, read: Awaitable[T], request_id: RequestId) -> T:
+        try:
+            return await read
+        except (SessionNotFound, SessionExpired) as exc:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"session not found: {exc}", request_id
+            ) from None
+        except StorageError as exc:
+            raise ProtocolError(
+                ErrorCode.INTERNAL, f"storage read failed: {exc}", request_id
+            ) from None
+
+    def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
+        assert self.outbox is not None
+        self.outbox.push(Outbound(Error(code.value, message, id=request_id)))
+        self.server.metrics.errors.labels(code=code.value).inc()
+
+    async def _write(self) -> None:
+        assert self.outbox is not None and self.actor is not None
+        outbox, actor, ws, codec = self.outbox, self.actor, self.ws, self.codec
+        text = codec.text
+        while True:
+            item = await outbox.get()
+            if isinstance(item, Outbound):
+                await ws.send(item.encoded(codec), text=text)
+                self.frames_out += 1
+            elif isinstance(item, Replay):
+                async for page in actor.replay(item.after, item.through):
+                    for out in page:
+                        await ws.send(out.encoded(codec), text=text)
+                    self.frames_out += len(page)
+            else:
+                await self._close(item)
+                return
+
+    def _close_soon(self, request: CloseRequest) -> None:
+        self._closer = asyncio.create_task(self._close(request))
+
+    async def _close(self, request: CloseRequest) -> None:
+        if not self._close_counted:
+            self._close_counted = True
+            if request.code == CloseCode.TOO_SLOW:
+                self.server.metrics.send_queue_drops.inc()
+            self.server.metrics.closes.labels(code=str(int(request.code))).inc()
+        await self.ws.close(request.code, request.reason)
+
+    async def _send_now(self, frame: Error) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(self.codec.encode(frame), text=self.codec.text)
+            self.frames_out += 1
+
+    # -- teardown ----------------------------------------------------------------
+
+    def _detach(self) -> None:
+        if self.outbox is not None and self.session_id is not None:
+            self.server.manager.detach(self.session_id, self.connection_id)
+
+    def _log_summary(self) -> None:
+        self.log.info(
+            "connection closed",
+            close_code=self.ws.close_code,
+            close_reason=self.ws.close_reason,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            seconds=round(time.monotonic() - self.started, 3),
+        )

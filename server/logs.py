@@ -1,0 +1,62 @@
+"""Logging: one ``configure_logging()`` for structlog and the standard library.
+
+JSON lines (encoded by msgspec) when stderr is not a terminal, coloured console output
+when it is; ``session_id`` and ``connection_id`` come from bound loggers and contextvars.
+The standard library's records (websockets, asyncio) go through the same renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import msgspec
+import structlog
+
+_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _json_bytes(event: Any, **_: Any) -> bytes:
+    return _encoder.encode(event)
+
+
+def _json_text(event: Any, **_: Any) -> str:
+    return _encoder.encode(event).decode()
+
+
+def configure_logging(log_format: str = "auto", level: str = "info") -> None:
+    """Sets up structlog and the standard library's root logger; call once at start."""
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_json:
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer: Any = structlog.processors.JSONRenderer(serializer=_json_bytes)
+        text_renderer: Any = structlog.processors.JSONRenderer(serializer=_json_text)
+        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    else:
+        renderer = text_renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # websockets logs every connection at INFO; ours says the same once, with context.
+    logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))

@@ -1,0 +1,396 @@
+"""SessionManager: live sessions in memory, their connections, parking and eviction.
+
+The seed's ``SessionManager`` as a Python API, usable in-process without any socket;
+the WebSocket layer is built on this same API. Each live session is a
+:class:`SessionActor`; the manager spawns actors from storage on demand, keeps them in
+least-recently-used order, evicts parked ones when more than ``max_sessions`` are live,
+and refuses new ones (:class:`ServerBusy`, close 1013) when none can be evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+from typing import Self
+
+import structlog
+
+from bamboo_session.persistence.base import (
+    SessionExists,
+    SessionFilter,
+    SessionListResult,
+    SessionNotFound,
+    Storage,
+    StorageError,
+)
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import Welcome
+from bamboo_session.protocol.ids import check_session_id, new_connection_id, new_session_id
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    Message,
+    MessageEvent,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+from .actor import Append, AppendResult, Attach, Detach, SessionActor, SetState, Stop
+from .metrics import Metrics
+from .outbox import Outbox, Receiver
+
+log = structlog.get_logger("bamboo_session.manager")
+
+__all__ = ["AppendResult", "Receiver", "ServerBusy", "SessionManager", "SessionManagerConfig"]
+
+
+class ServerBusy(Exception):
+    """More than ``max_sessions`` sessions are live and none can be evicted."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionManagerConfig:
+    """How the manager keeps sessions. Times are in seconds.
+
+    ``idle_timeout``: a connected session with no traffic this long becomes ``idle``.
+    ``disconnect_retention``: how long a session with no connection stays in memory.
+    ``auto_save``: how often live sessions are checkpointed.
+    ``max_sessions``: live actors at most (parked ones are evicted first).
+    """
+
+    idle_timeout: float = 300
+    disconnect_retention: float = 3600
+    auto_save: float = 60
+    max_sessions: int = 1000
+    send_queue_frames: int = 1024
+    ring_size: int = 1024
+    inbox_limit: int = 4096
+
+    def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
+        return dataclasses.replace(self, idle_timeout=seconds)
+
+    def with_disconnect_retention(self, seconds: float) -> SessionManagerConfig:
+        return dataclasses.replace(self, disconnect_retention=seconds)
+
+    def with_auto_save(self, seconds: float) -> SessionManagerConfig:
+        return dataclasses.replace(self, auto_save=seconds)
+
+    def with_max_sessions(self, count: int) -> SessionManagerConfig:
+        return dataclasses.replace(self, max_sessions=count)
+
+    def with_send_queue_frames(self, count: int) -> SessionManagerConfig:
+        return dataclasses.replace(self, send_queue_frames=count)
+
+
+class SessionManager:
+    """Sessions, live and stored, behind one API (the seed's ``SessionManager``)."""
+
+    def __init__(
+        self,
+        config: SessionManagerConfig,
+        storage: Storage,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.metrics = metrics or Metrics()
+        self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
+        self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
+        self._retiring: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.metrics.watch_actors(lambda: len(self._actors), self._parked_count)
+
+    @classmethod
+    async def new(cls, config: SessionManagerConfig, storage: Storage) -> SessionManager:
+        """A started manager (the seed's ``SessionManager::new(config, storage)``)."""
+        manager = cls(config, storage)
+        manager.start()
+        return manager
+
+    def start(self) -> None:
+        self.track(asyncio.create_task(self._auto_save(), name="session-auto-save"))
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a background task referenced until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- session lifecycle -------------------------------------------------------
+
+    async def create_session(
+        self,
+        user_id: str | None = None,
+        title: str | None = None,
+        *,
+        session_id: str | None = None,
+        ttl: int | None = None,
+    ) -> Session:
+        session = Session.new(
+            check_session_id(session_id) if session_id else new_session_id(),
+            user_id=user_id,
+            title=title,
+            ttl=ttl,
+        )
+        await self.storage.create_session(session)
+        stored = await self.storage.load_session(session.id)
+        return stored or session
+
+    async def get_session(self, session_id: str) -> Session | None:
+        session = await self.storage.load_session(check_session_id(session_id))
+        if session is not None:
+            self._overlay_live(session.metadata)
+        return session
+
+    async def get_or_create_session(
+        self, session_id: str, user_id: str | None = None, title: str | None = None
+    ) -> Session:
+        existing = await self.get_session(session_id)
+        if existing is not None:
+            return existing
+        try:
+            return await self.create_session(user_id, title, session_id=session_id)
+        except SessionExists:
+            found = await self.get_session(session_id)
+            if found is None:  # created and deleted in between: let the caller retry
+                raise
+            return found
+
+    async def close_session(self, session_id: str) -> None:
+        """Closes the session: its connections get ``closed`` and code 1000."""
+        actor = await self._live_actor_or_none(session_id)
+        if actor is None:
+            await self.storage.update_session_state(session_id, SessionState.CLOSED)
+            return
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        actor.post(SetState(SessionState.CLOSED, future=done))
+        await done
+
+    async def delete_session(self, session_id: str) -> None:
+        """Removes the session; its connections are closed with 4404."""
+        check_session_id(session_id)
+        actor = self._actors.get(session_id)
+        if actor is not None:
+            await self._stop_actor(actor, CloseCode.NOT_FOUND, "session deleted")
+        await self._await_retired(session_id)
+        await self.storage.delete_session(session_id)
+
+    # -- connections ---------------------------------------------------------------
+
+    async def attach(
+        self, session_id: str, outbox: Outbox, last_seq: int | None = None, epoch: str | None = None
+    ) -> tuple[SessionActor, Welcome]:
+        """Attaches ``outbox`` to the session; the welcome (then any replay) is the
+        first thing queued on it. Raises SessionNotFound, SessionClosed,
+        SessionExpired, ServerBusy."""
+        actor = await self._actor(session_id)
+        welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
+        actor.post(Attach(outbox, last_seq, epoch, welcomed))
+        return actor, await welcomed
+
+    def detach(self, session_id: str, connection_id: str) -> None:
+        actor = self._actors.get(session_id)
+        if actor is not None:
+            actor.post(Detach(connection_id))
+
+    async def connect_session(
+        self,
+        session_id: str,
+        connection_id: str | None = None,
+        *,
+        last_seq: int | None = None,
+        epoch: str | None = None,
+        role: str = "client",
+    ) -> Receiver:
+        """Attaches an in-process subscriber; its receiver yields the session's events."""
+        outbox = Outbox(connection_id or new_connection_id(), role, self.config.send_queue_frames)
+        actor, _ = await self.attach(session_id, outbox, last_seq, epoch)
+        return Receiver(outbox, actor)
+
+    async def reconnect_session(
+        self,
+        session_id: str,
+        new_connection_id: str,
+        last_seq: int | None = None,
+        epoch: str | None = None,
+    ) -> Receiver:
+        """Attaches again, replaying what was missed after ``last_seq``."""
+        return await self.connect_session(
+            session_id, new_connection_id, last_seq=last_seq, epoch=epoch
+        )
+
+    async def disconnect_session(self, session_id: str, connection_id: str) -> None:
+        self.detach(session_id, connection_id)
+
+    # -- data and events ---------------------------------------------------------
+
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> AppendResult:
+        actor = await self._actor(session_id)
+        acked: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        actor.post(Append(event, key, future=acked))
+        return await acked
+
+    async def add_message(
+        self, session_id: str, message: Message, key: str | None = None
+    ) -> AppendResult:
+        return await self.append_event(session_id, MessageEvent(message.completed()), key)
+
+    async def list_sessions(self, filter: SessionFilter | None = None) -> SessionListResult:
+        result = await self.storage.list_sessions(filter or SessionFilter())
+        for metadata in result.sessions:
+            self._overlay_live(metadata)
+        return result
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        return await self.storage.get_session_history(check_session_id(session_id))
+
+    async def read_events(
+        self, session_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        return await self.storage.read_events(check_session_id(session_id), after_seq, limit)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        metadata = await self.storage.get_metadata(check_session_id(session_id))
+        if metadata is not None:
+            self._overlay_live(metadata)
+        return metadata
+
+    def live_actor(self, session_id: str) -> SessionActor | None:
+        return self._actors.get(session_id)
+
+    # -- actors ------------------------------------------------------------------
+
+    async def _actor(self, session_id: str) -> SessionActor:
+        check_session_id(session_id)
+        while True:
+            if self._closed:
+                raise StorageError("server is shutting down")
+            actor = self._actors.get(session_id)
+            if actor is not None and actor.accepting:
+                self._actors.move_to_end(session_id)
+                return actor
+            pending = self._spawning.get(session_id) or self._unfinished_retiring(session_id)
+            if pending is None:
+                spawn = asyncio.ensure_future(self._spawn(session_id))
+                self._spawning[session_id] = spawn
+                return await asyncio.shield(spawn)
+            # Wait for the spawn in progress, or for the old actor to finish flushing.
+            await asyncio.wait([pending])
+
+    def _unfinished_retiring(self, session_id: str) -> asyncio.Task[None] | None:
+        task = self._retiring.get(session_id)
+        if task is not None and task.done():
+            del self._retiring[session_id]
+            return None
+        return task
+
+    async def _spawn(self, session_id: str) -> SessionActor:
+        try:
+            self._make_room()
+            actor = await SessionActor.load(self, session_id)
+            self._make_room()
+            self._actors[session_id] = actor
+            actor.start()
+            return actor
+        finally:
+            self._spawning.pop(session_id, None)
+
+    async def _live_actor_or_none(self, session_id: str) -> SessionActor | None:
+        await self._await_spawning(session_id)
+        actor = self._actors.get(check_session_id(session_id))
+        return actor if actor is not None and actor.accepting else None
+
+    async def _await_spawning(self, session_id: str) -> None:
+        spawning = self._spawning.get(session_id)
+        if spawning is not None:
+            await asyncio.wait([spawning])
+
+    async def _await_retired(self, session_id: str) -> None:
+        await self._await_spawning(session_id)
+        retiring = self._unfinished_retiring(session_id)
+        if retiring is not None:
+            await asyncio.wait([retiring])
+
+    def _make_room(self) -> None:
+        """Evicts least recently used parked actors until one more fits."""
+        while len(self._actors) >= self.config.max_sessions:
+            victim = next((a for a in self._actors.values() if not a.outboxes), None)
+            if victim is None:
+                raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
+            log.info("evicting parked session", session_id=victim.session_id)
+            self._retire_actor(victim, Stop(CloseCode.TRY_AGAIN_LATER, "session evicted"))
+
+    def _retire_actor(self, actor: SessionActor, stop: Stop) -> None:
+        actor.accepting = False
+        self._actor_retired(actor)
+        actor.post(stop)
+
+    async def _stop_actor(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._retire_actor(actor, Stop(code, reason, stopped))
+        await stopped
+
+    def _actor_retired(self, actor: SessionActor) -> None:
+        """Called once an actor takes no more commands (it may still be flushing)."""
+        session_id = actor.session_id
+        if self._actors.get(session_id) is actor:
+            del self._actors[session_id]
+        task = actor.task
+        if task is not None and not task.done():
+            self._retiring[session_id] = task
+            task.add_done_callback(lambda _t: self._forget_retiring(session_id, task))
+
+    def _forget_retiring(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._retiring.get(session_id) is task:
+            del self._retiring[session_id]
+
+    def _parked_count(self) -> int:
+        return sum(1 for actor in self._actors.values() if not actor.outboxes)
+
+    def _overlay_live(self, metadata: SessionMetadata) -> None:
+        actor = self._actors.get(metadata.id)
+        metadata.connections = len(actor.outboxes) if actor is not None else 0
+
+    async def _auto_save(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.auto_save)
+            for session_id in list(self._actors):
+                try:
+                    await self.storage.checkpoint(session_id)
+                except (StorageError, SessionNotFound) as exc:
+                    log.warning("auto-save failed", session_id=session_id, error=str(exc))
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def close(
+        self,
+        code: CloseCode = CloseCode.SERVICE_RESTART,
+        reason: str = "server restarting",
+        grace: float = 5.0,
+    ) -> None:
+        """Closes every connection with ``code`` after a ``closed`` frame, lets each
+        actor flush and checkpoint, and cancels what is still running after ``grace``."""
+        self._closed = True
+        for actor in list(self._actors.values()):
+            self._retire_actor(actor, Stop(code, reason))
+        pending = [task for task in self._retiring.values() if not task.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

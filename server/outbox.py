@@ -1,0 +1,202 @@
+"""What flows from a session to one attached peer: outbound frames and the bounded outbox.
+
+An :class:`Outbound` is one server frame, encoded at most once per codec no matter how
+many connections send it. An :class:`Outbox` is one connection's bounded queue of them:
+producers never wait on it; when it is full, the connection is closed (4429) and the
+client resumes from the log. :class:`Receiver` is the in-process view of an outbox: an
+async iterator of the session's events, used by the Python API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import EventFrame, ServerFrame
+from bamboo_session.protocol.models import StoredEvent
+
+if TYPE_CHECKING:
+    from .actor import SessionActor
+
+
+class Outbound:
+    """One server frame, with its encodings cached per codec."""
+
+    __slots__ = ("_encoded", "frame", "stored")
+
+    def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
+        self.frame = frame
+        self.stored = stored
+        self._encoded: dict[str, bytes] = {}
+
+    @classmethod
+    def for_event(cls, stored: StoredEvent) -> Outbound:
+        return cls(EventFrame(stored.seq, stored.ts, stored.event), stored)
+
+    @property
+    def seq(self) -> int:
+        return self.stored.seq if self.stored is not None else 0
+
+    def encoded(self, codec: Codec) -> bytes:
+        data = self._encoded.get(codec.name)
+        if data is None:
+            data = self._encoded[codec.name] = codec.encode(self.frame)
+        return data
+
+
+class Replay:
+    """A placeholder in an outbox: send the session's events in ``(after, through]``
+    here, read from the actor's ring or from storage."""
+
+    __slots__ = ("after", "through")
+
+    def __init__(self, after: int, through: int) -> None:
+        self.after = after
+        self.through = through
+
+
+class CloseRequest:
+    """The last item of an outbox: close the connection with ``code``."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+OutboxItem = Outbound | Replay | CloseRequest
+
+
+class Outbox:
+    """A connection's bounded queue of frames, filled by producers that never wait."""
+
+    def __init__(
+        self,
+        connection_id: str,
+        role: str,
+        limit: int,
+        on_overflow: Callable[[CloseRequest], None] | None = None,
+    ) -> None:
+        self.connection_id = connection_id
+        self.role = role
+        self.limit = limit
+        self.actor: SessionActor | None = None
+        # A slow reader's writer is likely stuck in a send: this closes from outside it.
+        self.on_overflow = on_overflow
+        self.closing: CloseRequest | None = None
+        self._items: collections.deque[OutboxItem] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        # Requests read but not answered yet: capped so that a burst of replies always
+        # fits in the queue, which keeps a pipelining publisher from closing itself.
+        self.in_flight = 0
+        self.max_in_flight = max(1, limit // 2)
+        self._settled: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, item: Outbound | Replay) -> None:
+        """Queue ``item``; a full outbox closes its connection with 4429 instead."""
+        if self.closing is not None:
+            return
+        if len(self._items) >= self.limit:
+            self.close(CloseCode.TOO_SLOW, "too slow to read: send queue full")
+            return
+        self._items.append(item)
+        self._wake()
+
+    async def reserve(self) -> None:
+        """Waits until one more request may be in flight, then counts it."""
+        while self.in_flight >= self.max_in_flight and self.closing is None:
+            self._settled = asyncio.get_running_loop().create_future()
+            try:
+                await self._settled
+            finally:
+                self._settled = None
+        self.in_flight += 1
+
+    def settle(self) -> None:
+        """A request of this connection got its reply."""
+        self.in_flight -= 1
+        settled = self._settled
+        if settled is not None and not settled.done():
+            settled.set_result(None)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Ends the stream: frames already queued are still sent, then the close."""
+        if self.closing is not None:
+            return
+        self.closing = CloseRequest(code, reason)
+        if code == CloseCode.TOO_SLOW:
+            # A slow reader must not get the backlog first: close as soon as possible.
+            self._items.clear()
+            if self.on_overflow is not None:
+                self.on_overflow(self.closing)
+        self._items.append(self.closing)
+        self._wake()
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> OutboxItem:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def get_nowait(self) -> OutboxItem | None:
+        return self._items.popleft() if self._items else None
+
+
+class Receiver:
+    """The session's events for an in-process subscriber: ``async for`` or ``recv()``.
+
+    Yields :class:`StoredEvent` (replayed ones first, then live ones); iteration ends
+    when the subscription is closed (session closed, evicted, or too slow).
+    """
+
+    def __init__(self, outbox: Outbox, actor: SessionActor) -> None:
+        self.outbox = outbox
+        self._actor = actor
+        self._pending: collections.deque[StoredEvent] = collections.deque()
+        self.close_code: CloseCode | None = None
+
+    @property
+    def connection_id(self) -> str:
+        return self.outbox.connection_id
+
+    def __aiter__(self) -> AsyncIterator[StoredEvent]:
+        return self
+
+    async def __anext__(self) -> StoredEvent:
+        event = await self.recv()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def recv(self) -> StoredEvent | None:
+        """The next event, or None once the subscription has ended."""
+        while not self._pending:
+            if self.close_code is not None:
+                return None
+            item = await self.outbox.get()
+            if isinstance(item, CloseRequest):
+                self.close_code = item.code
+            elif isinstance(item, Replay):
+                async for page in self._actor.replay(item.after, item.through):
+                    self._pending.extend(out.stored for out in page if out.stored is not None)
+            elif item.stored is not None:
+                self._pending.append(item.stored)
+        return self._pending.popleft()

@@ -1,0 +1,158 @@
+"""Shared helpers of the integration tests: a real server on an ephemeral loopback port
+(``run_server``), and a thin raw WebSocket peer that speaks frames as dicts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.config import ServerConfig
+
+RECV_TIMEOUT = 5.0
+
+
+@contextlib.asynccontextmanager
+async def run_server(
+    data_dir: str | Path | None = None, **overrides: Any
+) -> AsyncIterator[BambooServer]:
+    """A started server on 127.0.0.1 and a free port, stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bamboo-test-"))
+        config = ServerConfig(
+            host="127.0.0.1", port=0, data_dir=str(data_dir), log_format="console"
+        ).replace(**overrides)
+        server = BambooServer(config)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+
+def stream_url(server: BambooServer, session_id: str | None = None) -> str:
+    base = f"ws://127.0.0.1:{server.port}/api/v1/stream"
+    return base if session_id is None else f"{base}/{session_id}"
+
+
+class Peer:
+    """A raw protocol peer: sends dict frames, receives dict frames (JSON or msgpack)."""
+
+    def __init__(self, ws: ClientConnection, msgpack: bool = False) -> None:
+        self.ws = ws
+        self.msgpack = msgpack
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.msgpack:
+            await self.ws.send(msgspec.msgpack.encode(frame))
+        else:
+            await self.ws.send(json.dumps(frame))
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        if self.msgpack:
+            assert isinstance(data, bytes), "msgpack frames are binary"
+            decoded: dict[str, Any] = msgspec.msgpack.decode(data)
+        else:
+            assert isinstance(data, str), "JSON frames are text"
+            decoded = json.loads(data)
+        return decoded
+
+    async def recv_type(self, frame_type: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """The next frame of ``frame_type``, skipping others (presence, events...)."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == frame_type:
+                return frame
+
+    async def request(self, frame: dict[str, Any], reply_type: str) -> dict[str, Any]:
+        await self.send(frame)
+        return await self.recv_type(reply_type)
+
+    async def closed(
+        self, timeout: float = RECV_TIMEOUT
+    ) -> tuple[int | None, list[dict[str, Any]]]:
+        """Reads until the server closes; the close code and the frames read meanwhile."""
+        frames = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frames.append(await self.recv(timeout))
+        await asyncio.wait_for(self.ws.wait_closed(), timeout)
+        return self.ws.close_code, frames
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@contextlib.asynccontextmanager
+async def attach(
+    server: BambooServer,
+    session_id: str | None = None,
+    *,
+    msgpack: bool = False,
+    headers: dict[str, str] | None = None,
+    **hello: Any,
+) -> AsyncIterator[tuple[Peer, dict[str, Any]]]:
+    """A peer that has sent ``hello`` and read ``welcome``."""
+    async with open_peer(server, session_id, msgpack=msgpack, headers=headers) as peer:
+        await peer.send({"type": "hello", **hello})
+        welcome = await peer.recv()
+        assert welcome["type"] == "welcome", welcome
+        yield peer, welcome
+
+
+@contextlib.asynccontextmanager
+async def open_peer(
+    server: BambooServer,
+    session_id: str | None = None,
+    *,
+    msgpack: bool = False,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[Peer]:
+    subprotocols = ["bamboo.v1.msgpack"] if msgpack else ["bamboo.v1"]
+    async with connect(
+        stream_url(server, session_id),
+        subprotocols=subprotocols,  # type: ignore[arg-type]
+        additional_headers=headers,
+        compression=None,
+        open_timeout=5,
+        close_timeout=2,
+    ) as ws:
+        yield Peer(ws, msgpack)
+
+
+def http_get(
+    server: BambooServer, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, str]:
+    """A blocking GET (run it in a thread): status, body and Content-Type."""
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers.get("Content-Type", "")
+
+
+async def get(
+    server: BambooServer, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """GET ``path``: status and the decoded JSON body (or the text for non-JSON)."""
+    status, body, content_type = await asyncio.to_thread(http_get, server, path, headers)
+    if content_type.startswith("application/json"):
+        return status, json.loads(body)
+    return status, body.decode()
+
+
+def token(content: str) -> dict[str, Any]:
+    return {"type": "token", "content": content}

@@ -1,0 +1,115 @@
+"""The SessionManager as an in-process Python API, with no socket, on real files."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
+from bamboo_session.persistence.base import SessionClosed, SessionNotFound
+from bamboo_session.protocol import AgentEvent, Message
+from bamboo_session.server.manager import ServerBusy, SessionManager, SessionManagerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[SessionManager]:
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path), durability="os"))
+    manager = await SessionManager.new(SessionManagerConfig(max_sessions=3), storage)
+    yield manager
+    await manager.close()
+    await storage.close()
+
+
+async def test_create_connect_append_receive(manager: SessionManager) -> None:
+    session = await manager.create_session("user-123", "Chat Title")
+    assert session.metadata.user_id == "user-123" and session.metadata.title == "Chat Title"
+    receiver = await manager.connect_session(session.id, "conn-001")
+    first = await manager.add_message(session.id, Message.user("Hello!"))
+    second = await manager.append_event(session.id, AgentEvent.token("Hi!"))
+    assert (first.seq, second.seq) == (1, 2) and not first.duplicate
+    got = [await receiver.recv(), await receiver.recv()]
+    assert [e.seq for e in got] == [1, 2] and got[1] is not None
+    assert got[1].event == AgentEvent.token("Hi!")
+    history = await manager.get_session_history(session.id)
+    assert [m.content for m in history] == ["Hello!"]
+    loaded = await manager.get_session(session.id)
+    assert loaded is not None and loaded.metadata.connections == 1
+    assert loaded.metadata.message_count == 1 and loaded.metadata.last_seq == 2
+
+
+async def test_reconnect_replays_what_was_missed(manager: SessionManager) -> None:
+    session = await manager.create_session()
+    receiver = await manager.connect_session(session.id, "a")
+    await manager.append_event(session.id, AgentEvent.token("1"))
+    assert (await receiver.recv()) is not None
+    await manager.disconnect_session(session.id, "a")
+    assert (await receiver.recv()) is None  # the receiver ends on disconnect
+    for i in range(2, 5):
+        await manager.append_event(session.id, AgentEvent.token(str(i)))
+    again = await manager.reconnect_session(session.id, "b", last_seq=1)
+    await manager.append_event(session.id, AgentEvent.token("5"))
+    seqs = []
+    async for event in again:
+        seqs.append(event.seq)
+        if event.seq == 5:
+            break
+    assert seqs == [2, 3, 4, 5]
+
+
+async def test_idempotent_append_and_closed_session(manager: SessionManager) -> None:
+    session = await manager.create_session()
+    first = await manager.append_event(session.id, AgentEvent.token("x"), key="k")
+    again = await manager.append_event(session.id, AgentEvent.token("x"), key="k")
+    assert again.seq == first.seq and again.duplicate
+    receiver = await manager.connect_session(session.id)
+    await manager.close_session(session.id)
+    assert (await receiver.recv()) is None
+    with pytest.raises(SessionClosed):
+        await manager.append_event(session.id, AgentEvent.token("late"))
+
+
+async def test_get_or_create_list_and_delete(manager: SessionManager) -> None:
+    created = await manager.get_or_create_session("s-1", "u1")
+    same = await manager.get_or_create_session("s-1", "u2")
+    assert created.id == same.id == "s-1" and same.metadata.user_id == "u1"
+    await manager.create_session("u2")
+    listing = await manager.list_sessions(SessionFilter(user_id="u1"))
+    assert [m.id for m in listing.sessions] == ["s-1"] and listing.total == 1
+    await manager.delete_session("s-1")
+    assert await manager.get_session("s-1") is None
+    with pytest.raises(SessionNotFound):
+        await manager.append_event("s-1", AgentEvent.token("x"))
+
+
+async def test_busy_when_every_live_session_is_connected(manager: SessionManager) -> None:
+    receivers = []
+    for _ in range(3):
+        session = await manager.create_session()
+        receivers.append(await manager.connect_session(session.id))
+    extra = await manager.create_session()
+    with pytest.raises(ServerBusy):
+        await manager.connect_session(extra.id)
+    await manager.disconnect_session(
+        receivers[0].outbox.actor.session_id, receivers[0].connection_id
+    )  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    assert await manager.connect_session(extra.id) is not None
+
+
+@pytest.mark.parametrize("example", ["session_manager.py", "gateway_integration.py"])
+def test_examples_run(example: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "seq=" in result.stdout or "no gap" in result.stdout

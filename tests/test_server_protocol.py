@@ -1,0 +1,284 @@
+"""Integration tests: every frame and rule of PROTOCOL.md against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.support import attach, open_peer, run_server, stream_url, token
+
+
+async def test_new_session_gets_an_id_and_a_welcome() -> None:
+    async with (
+        run_server() as server,
+        attach(server, user_id="u1", title="My chat") as (_, welcome),
+    ):
+        session = welcome["session"]
+        assert welcome["connection_id"].startswith("c_")
+        assert session["id"] and session["user_id"] == "u1" and session["title"] == "My chat"
+        assert session["state"] == "active" and session["connections"] == 1
+        assert welcome["epoch"] == session["epoch"] and welcome["last_seq"] == 0
+        assert welcome["resumed"] is False and welcome["replay"] == 0
+        for field in ("created_at", "updated_at", "last_activity_at"):
+            assert session[field].endswith("Z")
+
+
+async def test_missing_session_closes_4404_unless_create() -> None:
+    async with run_server() as server:
+        async with open_peer(server, "nope") as peer:
+            await peer.send({"type": "hello"})
+            code, frames = await peer.closed()
+            assert code == 4404 and frames == []
+        async with attach(server, "chat-1", create=True, user_id="u7", title="T") as (_, welcome):
+            assert welcome["session"]["id"] == "chat-1"
+            assert welcome["session"]["user_id"] == "u7"
+        # get-or-create: user_id and title apply only when the session is created
+        async with attach(server, "chat-1", create=True, user_id="other") as (_, welcome):
+            assert welcome["session"]["user_id"] == "u7"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/api/v1/stream/bad%20id", 400), ("/api/v1/stream/..", 400), ("/elsewhere", 404)],
+)
+async def test_bad_paths_are_refused_before_the_upgrade(path: str, status: int) -> None:
+    async with run_server() as server:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://127.0.0.1:{server.port}{path}", open_timeout=5):
+                pass
+        assert refused.value.response.status_code == status
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b'{"type": "ping", "id": 1}', b"not json", b'{"type": "hello", "last_seq": "x"}', b"[]"],
+)
+async def test_first_frame_must_be_a_valid_hello(first: bytes) -> None:
+    async with run_server() as server, open_peer(server) as peer:
+        await peer.ws.send(first.decode())
+        code, frames = await peer.closed()
+        assert code == 1008
+        assert [f["type"] for f in frames] == ["error"]
+        assert frames[0]["code"] == "bad_request"
+
+
+async def test_no_hello_in_time_closes_4408() -> None:
+    async with run_server(hello_timeout=0.2) as server, open_peer(server) as peer:
+        code, _ = await peer.closed()
+        assert code == 4408
+
+
+async def test_second_hello_is_a_bad_request_and_the_connection_stays() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        error = await peer.request({"type": "hello"}, "error")
+        assert error["code"] == "bad_request"
+        assert (await peer.request({"type": "ping", "id": "p"}, "pong")) == {
+            "type": "pong",
+            "id": "p",
+        }
+
+
+async def test_events_fan_out_to_others_not_the_publisher() -> None:
+    async with run_server() as server, attach(server, role="agent") as (agent, welcome):
+        session_id = welcome["session"]["id"]
+        async with attach(server, session_id) as (viewer, _):
+            presence = await agent.recv()
+            assert presence["type"] == "presence" and presence["role"] == "client"
+            assert presence["connections"] == 2 and presence["joined"]
+            ack = await agent.request({"type": "event", "id": 1, "event": token("Hi")}, "ack")
+            assert ack == {"type": "ack", "id": 1, "seq": 1}
+            frame = await viewer.recv()
+            assert frame["type"] == "event" and frame["seq"] == 1
+            assert frame["event"] == token("Hi") and frame["ts"].endswith("Z")
+            pong = await agent.request({"type": "ping", "id": 2}, "pong")
+            assert pong["id"] == 2  # the publisher never got its own event before this
+        left = await agent.recv()
+        assert left["type"] == "presence" and left["left"] and left["connections"] == 1
+
+
+async def test_message_goes_to_history_and_to_the_log() -> None:
+    async with run_server() as server, attach(server) as (peer, welcome):
+        session_id = welcome["session"]["id"]
+        async with attach(server, session_id) as (viewer, _):
+            message = {"role": "user", "content": "Hello!"}
+            ack = await peer.request({"type": "message", "id": "m", "message": message}, "ack")
+            assert ack["seq"] == 1
+            event = await viewer.recv_type("event")
+            stored = event["event"]["message"]
+            assert event["event"]["type"] == "message" and stored["content"] == "Hello!"
+            assert stored["id"] and stored["created_at"].endswith("Z")
+            history = await viewer.request({"type": "history", "id": 9}, "history")
+            assert history["id"] == 9 and history["has_more"] is False
+            assert [m["content"] for m in history["messages"]] == ["Hello!"]
+            assert history["messages"][0]["id"] == stored["id"]
+
+
+async def test_idempotency_key_acks_the_first_seq_as_duplicate() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        first = await peer.request(
+            {"type": "event", "id": 1, "event": token("a"), "key": "k1"}, "ack"
+        )
+        other = await peer.request({"type": "event", "id": 2, "event": token("b")}, "ack")
+        again = await peer.request(
+            {"type": "event", "id": 3, "event": token("a"), "key": "k1"}, "ack"
+        )
+        assert first == {"type": "ack", "id": 1, "seq": 1}
+        assert other["seq"] == 2
+        assert again == {"type": "ack", "id": 3, "seq": 1, "duplicate": True}
+        events = await peer.request({"type": "events", "id": 4}, "events")
+        assert [e["seq"] for e in events["events"]] == [1, 2] and events["last_seq"] == 2
+
+
+async def test_duplicate_keys_in_one_burst_are_appended_once() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        for request_id in range(20):
+            await peer.send({"type": "event", "id": request_id, "event": token("x"), "key": "same"})
+        acks = [await peer.recv_type("ack") for _ in range(20)]
+        assert [a["id"] for a in acks] == list(range(20))
+        assert {a["seq"] for a in acks} == {1}
+        assert sum(1 for a in acks if a.get("duplicate")) == 19
+
+
+async def test_keys_survive_a_restart(tmp_path: object) -> None:
+    async with (
+        run_server(data_dir=str(tmp_path)) as server,
+        attach(server, "s1", create=True) as (
+            peer,
+            _,
+        ),
+    ):
+        await peer.request({"type": "event", "id": 1, "event": token("a"), "key": "k"}, "ack")
+    async with run_server(data_dir=str(tmp_path)) as server, attach(server, "s1") as (peer, _):
+        again = await peer.request(
+            {"type": "event", "id": 2, "event": token("a"), "key": "k"}, "ack"
+        )
+        assert again == {"type": "ack", "id": 2, "seq": 1, "duplicate": True}
+
+
+async def test_history_pages_newest_first_within_oldest_first_pages() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        for i in range(5):
+            message = {"role": "user", "content": f"m{i}"}
+            await peer.request({"type": "message", "id": i, "message": message}, "ack")
+        page = await peer.request({"type": "history", "id": 1, "limit": 2}, "history")
+        assert [m["content"] for m in page["messages"]] == ["m3", "m4"] and page["has_more"]
+        page = await peer.request({"type": "history", "id": 2, "limit": 2, "before": 3}, "history")
+        assert [m["content"] for m in page["messages"]] == ["m1", "m2"] and page["has_more"]
+        page = await peer.request({"type": "history", "id": 3, "limit": 2, "before": 1}, "history")
+        assert [m["content"] for m in page["messages"]] == ["m0"] and not page["has_more"]
+        page = await peer.request({"type": "history", "id": 4}, "history")
+        assert len(page["messages"]) == 5 and not page["has_more"]
+
+
+async def test_events_pages_after_seq_with_limit() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        for i in range(7):
+            await peer.request({"type": "event", "id": i, "event": token(str(i))}, "ack")
+        page = await peer.request({"type": "events", "id": 1, "after_seq": 2, "limit": 3}, "events")
+        assert [e["seq"] for e in page["events"]] == [3, 4, 5]
+        assert page["last_seq"] == 7 and page["events"][0]["event"] == token("2")
+        assert set(page["events"][0]) == {"seq", "ts", "event"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "request_id"),
+    [
+        ({"type": "launch", "id": 5}, 5),
+        ({"type": "event", "id": 6}, 6),
+        ({"type": "event", "id": 7, "event": {"type": "token", "content": 3}}, 7),
+        ({"type": "event", "id": 8, "event": {"type": "warp"}}, 8),
+        ({"type": "event", "id": 9, "event": token("x"), "key": "k" * 129}, 9),
+        ({"type": "history", "id": 10, "limit": 0}, 10),
+        ({"type": "state", "id": 11, "state": "expired"}, 11),
+        ({"type": "events", "id": [1]}, None),
+    ],
+)
+async def test_bad_frames_get_bad_request_and_the_connection_stays(
+    frame: dict[str, object], request_id: object
+) -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        error = await peer.request(frame, "error")
+        assert error["code"] == "bad_request" and error["message"]
+        assert error.get("id") == request_id
+        assert (await peer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+
+
+async def test_unknown_fields_are_ignored() -> None:
+    async with run_server() as server, attach(server, extra_field=1) as (peer, _):
+        ack = await peer.request(
+            {"type": "event", "id": 1, "event": {**token("a"), "x": 1}, "y": [2]}, "ack"
+        )
+        assert ack["seq"] == 1
+
+
+async def test_frame_over_the_limit_closes_1009() -> None:
+    async with run_server(max_frame_bytes=4096) as server, attach(server) as (peer, _):
+        await peer.send({"type": "event", "id": 1, "event": token("x" * 5000)})
+        code, _ = await peer.closed()
+        assert code == 1009
+
+
+async def test_closing_a_session_closes_everyone_and_refuses_later_attaches() -> None:
+    async with run_server() as server, attach(server) as (peer, welcome):
+        session_id = welcome["session"]["id"]
+        async with attach(server, session_id) as (viewer, _):
+            await peer.recv_type("presence")
+            await peer.send({"type": "state", "id": 1, "state": "closed"})
+            code, frames = await peer.closed()
+            assert code == 1000
+            assert [f["type"] for f in frames] == ["ack", "closed"]
+            code, frames = await viewer.closed()
+            assert code == 1000 and frames[-1]["type"] == "closed"
+        async with open_peer(server, session_id) as late:
+            await late.send({"type": "hello"})
+            code, _ = await late.closed()
+            assert code == 4409
+        metadata = await server.manager.get_metadata(session_id)
+        assert metadata is not None and metadata.state == "closed"
+        assert [m.content for m in await server.manager.get_session_history(session_id)] == []
+
+
+async def test_state_idle_and_active_are_acked() -> None:
+    async with run_server() as server, attach(server) as (peer, welcome):
+        ack = await peer.request({"type": "state", "id": "s", "state": "idle"}, "ack")
+        assert ack == {"type": "ack", "id": "s", "seq": 0}
+        metadata = await server.manager.get_metadata(welcome["session"]["id"])
+        assert metadata is not None and metadata.state == "idle"
+        await peer.request({"type": "state", "id": "t", "state": "active"}, "ack")
+
+
+async def test_msgpack_carries_the_same_objects() -> None:
+    async with run_server() as server, attach(server, msgpack=True) as (agent, welcome):
+        assert welcome["session"]["state"] == "active"
+        session_id = welcome["session"]["id"]
+        async with (
+            attach(server, session_id) as (json_viewer, _),
+            attach(server, session_id, msgpack=True) as (mp_viewer, _),
+        ):
+            event = {"type": "custom", "name": "n", "data": {"a": [1, 2.5, None, "x"]}}
+            ack = await agent.request({"type": "event", "id": 1, "event": event}, "ack")
+            from_json = await json_viewer.recv_type("event")
+            from_msgpack = await mp_viewer.recv_type("event")
+            assert ack["seq"] == from_json["seq"] == from_msgpack["seq"]
+            assert from_json == from_msgpack and from_json["event"] == event
+
+
+async def test_huge_integers_are_refused_in_json() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        await peer.ws.send(
+            '{"type":"event","id":1,"event":{"type":"custom","name":"n","data":1' + "0" * 30 + "}}"
+        )
+        error = await peer.recv_type("error")
+        assert error["code"] == "bad_request" and error["id"] == 1
+
+
+async def test_offering_no_subprotocol_gets_json() -> None:
+    async with run_server() as server, connect(stream_url(server), open_timeout=5) as ws:
+        assert ws.subprotocol is None
+        await ws.send(json.dumps({"type": "hello"}))
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome"
