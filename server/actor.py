@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -189,7 +190,6 @@ class SessionActor:
         self._last_traffic = self._loop.time()
         self._timer_generation = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._log = log.bind(session_id=session_id)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -246,10 +246,15 @@ class SessionActor:
             command.future.set_result(None)
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"session-actor:{self.session_id}")
+        # A fresh context: the actor outlives the connection that happened to spawn it,
+        # and must not log with that connection's id.
+        self.task = asyncio.create_task(
+            self._run(), name=f"session-actor:{self.session_id}", context=contextvars.Context()
+        )
         self._arm_timer()
 
     async def _run(self) -> None:
+        structlog.contextvars.bind_contextvars(session_id=self.session_id)
         try:
             while self.accepting:
                 batch = await self.inbox.get_batch(_BATCH_MAX)
@@ -258,7 +263,7 @@ class SessionActor:
             self._close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         except Exception:
-            self._log.exception("session actor failed")
+            log.exception("session actor failed")
             self._close_all(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._retire()
@@ -328,7 +333,7 @@ class SessionActor:
                 self._fail(command, ErrorCode.CLOSED, "session closed")
             return
         except StorageError as exc:
-            self._log.error("append failed", error=str(exc), count=len(fresh))
+            log.error("append failed", error=str(exc), count=len(fresh))
             for command in appends:
                 self._fail(command, ErrorCode.INTERNAL, f"not stored, retry later: {exc}")
             return

@@ -98,7 +98,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     for field in dataclasses.fields(ServerConfig):
         raw = getattr(args, field.name, None)
         if raw is not None:
-            changes[field.name] = parse_value(field.name, raw, getattr(ServerConfig(), field.name))
+            flag = "--" + field.name.replace("_", "-")
+            try:
+                changes[field.name] = parse_value(
+                    field.name, raw, getattr(ServerConfig(), field.name)
+                )
+            except ValueError as exc:
+                raise ValueError(f"{flag}: {exc}") from None
     return config.replace(**changes)
 
 

@@ -70,14 +70,18 @@ class ServerConfig:
         environ = os.environ if environ is None else environ
         changes: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(f"BAMBOO_{field.name.upper()}")
+            variable = f"BAMBOO_{field.name.upper()}"
+            raw = environ.get(variable)
             if raw is not None:
-                changes[field.name] = parse_value(field.name, raw, getattr(cls(), field.name))
+                try:
+                    changes[field.name] = parse_value(field.name, raw, getattr(cls(), field.name))
+                except ValueError as exc:
+                    raise ValueError(f"{variable}: {exc}") from None
         return cls(**changes)
 
 
 def parse_value(name: str, raw: str, default: object) -> object:
-    """``raw`` converted to the type of the field's default; ValueError names the field."""
+    """``raw`` converted to the type of the field's default, or ValueError."""
     try:
         if isinstance(default, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -92,7 +96,7 @@ def parse_value(name: str, raw: str, default: object) -> object:
         if isinstance(default, float) or name in _OPTIONAL_FLOAT:
             return float(raw)
     except ValueError:
-        raise ValueError(f"BAMBOO_{name.upper()}: invalid value {raw!r}") from None
+        raise ValueError(f"invalid value {raw!r}") from None
     return raw
 
 

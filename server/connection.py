@@ -83,9 +83,12 @@ class Connection:
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()
-        self.log = log.bind(connection_id=self.connection_id, session_id=session_id)
 
     async def run(self) -> None:
+        # Every log line of this connection's tasks carries its ids (task-local context).
+        structlog.contextvars.bind_contextvars(
+            connection_id=self.connection_id, session_id=self.session_id
+        )
         try:
             hello = await self._read_hello()
             if hello is not None and await self._attach(hello):
@@ -93,7 +96,7 @@ class Connection:
         except ConnectionClosed:
             pass
         except Exception:
-            self.log.exception("connection failed")
+            log.exception("connection failed")
             await self.ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._detach()
@@ -128,7 +131,7 @@ class Connection:
         try:
             session_id = await self.server.resolve_session(self.session_id, hello)
             self.session_id = session_id
-            self.log = self.log.bind(session_id=session_id)
+            structlog.contextvars.bind_contextvars(session_id=session_id)
             outbox = Outbox(
                 self.connection_id,
                 hello.role,
@@ -275,7 +278,7 @@ class Connection:
             self.server.manager.detach(self.session_id, self.connection_id)
 
     def _log_summary(self) -> None:
-        self.log.info(
+        log.info(
             "connection closed",
             close_code=self.ws.close_code,
             close_reason=self.ws.close_reason,
