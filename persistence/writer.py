@@ -250,6 +250,7 @@ class LogWriter:
                 open_log.unsynced = True
         for session_id in forgets:
             self._forget(session_id)
+        self._trim()
 
     def _write_group(self, group: _Group) -> tuple[_Group, _OpenLog, int] | None:
         """Write one file's lines; on failure cut the file back and record the error."""
@@ -292,9 +293,6 @@ class LogWriter:
         if open_log is not None:
             files.open_logs.move_to_end(session_id)
             return open_log
-        while len(files.open_logs) >= files.max_open:
-            old_id, old = files.open_logs.popitem(last=False)
-            self._close_log(old_id, old)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(fd).st_size
@@ -310,6 +308,17 @@ class LogWriter:
             raise
         open_log = files.open_logs[session_id] = _OpenLog(fd, size)
         return open_log
+
+    def _trim(self) -> None:
+        """Close the least recently used descriptors beyond the bound. Only between
+        batches: a batch may need more descriptors than the bound until its syncs."""
+        files = self._files
+        while len(files.open_logs) > files.max_open:
+            session_id, open_log = files.open_logs.popitem(last=False)
+            try:
+                self._close_log(session_id, open_log)
+            except OSError as exc:
+                log.error("closing the log of session %r failed: %s", session_id, exc)
 
     def _cut_back(self, session_id: str, open_log: _OpenLog, good_size: int) -> None:
         """Remove a failed batch's bytes. The descriptor is dropped either way: after a

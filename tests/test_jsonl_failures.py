@@ -1,0 +1,98 @@
+"""Failed writes: nothing of a failed append is acknowledged or left in the log, seqs stay
+gap-free, and appends work again once the cause is gone.
+
+The disk-full case runs in a child process with RLIMIT_FSIZE (a limit on the whole
+process would break pytest itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.protocol.codec import decode_stored_event
+from bamboo_session.protocol.models import AgentEvent, Session
+
+CHILD = Path(__file__).with_name("jsonl_child.py")
+
+
+def test_disk_full_fails_cleanly_and_recovers(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, str(CHILD), "diskfull", str(base), "20000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    acked = [(seq, tag) for seq, tag, _message in report["acked"]]
+    message_tags = [tag for _seq, tag, message in report["acked"] if message]
+    seqs = [seq for seq, _tag in acked]
+    assert seqs == list(range(1, len(seqs) + 1)), "acknowledged seqs have a gap"
+    assert report["failed"], "the limit was never reached"
+    assert report["still_full"], "a failed append moved last_seq"
+    assert "write" in report["reasons"]
+    assert any(tag.startswith("after") for _seq, tag in acked), "no append after the disk freed"
+    # The log holds exactly the acknowledged appends, in seq order.
+    assert [tuple(pair) for pair in report["events"]] == acked
+    assert not set(report["failed"]) & {tag for _seq, tag in acked}
+    assert report["history"] == message_tags
+
+    raw = (base / "events" / "full.jsonl").read_bytes()
+    assert raw.endswith(b"\n")
+    lines = [decode_stored_event(line) for line in raw.splitlines()]
+    assert [event.seq for event in lines] == seqs
+
+    async def reopen() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            assert storage.recovery is not None and storage.recovery.torn_lines_cut == 0
+            events = await storage.read_events("full")
+            assert [event.seq for event in events] == seqs
+            history = await storage.get_session_history("full")
+            assert [m.content.split("|")[0] + "|" for m in history] == message_tags
+
+    asyncio.run(reopen())
+
+
+async def test_appends_queued_behind_a_failed_one_fail_too(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path, max_open_logs=1)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        await storage.create_session(Session.new("b"))
+        assert (await storage.append_event("a", AgentEvent.token("a1"))).seq == 1
+        await storage.append_event("b", AgentEvent.token("b1"))  # a's descriptor is closed
+        log = config.events_dir / "a.jsonl"
+        log.rename(log.with_suffix(".saved"))
+        log.mkdir()  # opening a's log now fails (EISDIR)
+
+        # One batch: a slow write to b, then a's append that fails. While the writer is
+        # busy with it, two more appends to a queue up behind with seqs 3 and 4.
+        slow = asyncio.create_task(storage.append_event("b", AgentEvent.token("x" * 30_000_000)))
+        failing = asyncio.create_task(storage.append_event("a", AgentEvent.token("a2")))
+        await asyncio.sleep(0.01)
+        behind = [
+            asyncio.create_task(storage.append_event("a", AgentEvent.token(f"a{i}")))
+            for i in (3, 4)
+        ]
+        await slow
+        with pytest.raises(StorageError, match="nothing of this append was stored"):
+            await failing
+        for task in behind:
+            with pytest.raises(StorageError, match="earlier append"):
+                await task
+        assert await storage.last_seq("a") == 1
+
+        log.rmdir()
+        log.with_suffix(".saved").rename(log)
+        assert (await storage.append_event("a", AgentEvent.token("a5"))).seq == 2
+        events = await storage.read_events("a")
+        assert [(e.seq, e.event) for e in events] == [
+            (1, AgentEvent.token("a1")),
+            (2, AgentEvent.token("a5")),
+        ]
