@@ -1,0 +1,49 @@
+"""The seed's basic example, line by line: open a JSONL storage with a 24-hour TTL,
+create a session, append a message, load the session back.
+
+Run: ``python examples/basic_usage.py [DATA_DIR]``. The data directory comes from the
+argument, else ``$BAMBOO_DATA_DIR``, else a fresh temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.protocol import Message, Session
+
+
+async def main(data_dir: str) -> None:
+    # Create the storage
+    config = JsonlStorageConfig.new(data_dir).with_default_ttl(86400)  # expires after 24 hours
+
+    storage = await JsonlStorage.open(config)
+
+    # Create a session
+    session = Session.new("session-001").with_user_id("user-123").with_title("My Chat")
+
+    await storage.create_session(session)
+
+    # Add a message
+    await storage.append_message(
+        session.metadata.id,
+        Message.user("Hello!"),
+    )
+
+    # Load the session
+    loaded = await storage.load_session("session-001")
+
+    assert loaded is not None
+    print(f"session {loaded.metadata.id} ({loaded.metadata.title}) of {loaded.metadata.user_id}")
+    for message in loaded.messages:
+        print(f"  {message.role.value}: {message.content}")
+    print(f"expires at {loaded.metadata.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+    await storage.close()
+
+
+if __name__ == "__main__":
+    data_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BAMBOO_DATA_DIR")
+    asyncio.run(main(data_dir or tempfile.mkdtemp(prefix="bamboo-example-")))
