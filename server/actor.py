@@ -146,6 +146,11 @@ class Inbox:
         return batch
 
 
+class ActorRetired(Exception):
+    """The actor stopped taking attaches before it got to this one: attach again, to
+    the session's next actor."""
+
+
 class KeyWindow:
     """Idempotency keys of the last ``size`` appends, with the seq each was given."""
 
@@ -239,9 +244,7 @@ class SessionActor:
         if isinstance(command, Append | SetState):
             self._fail(command, code, message)
         elif isinstance(command, Attach) and not command.future.done():
-            command.future.set_exception(
-                SessionClosed(message) if closed else StorageError(message)
-            )
+            command.future.set_exception(ActorRetired(self.session_id))
         elif isinstance(command, Stop) and command.future is not None:
             command.future.set_result(None)
 
@@ -415,6 +418,10 @@ class SessionActor:
             self.manager.metrics.errors.labels(code=code.value).inc()
 
     async def _attach(self, command: Attach) -> None:
+        if not self.accepting:
+            if not command.future.done():
+                command.future.set_exception(ActorRetired(self.session_id))
+            return
         metadata = await self.manager.storage.get_metadata(self.session_id)
         if metadata is None or self.state == SessionState.CLOSED:
             exc: Exception = (

@@ -37,7 +37,7 @@ from bamboo_session.protocol.models import (
     StoredEvent,
 )
 
-from .actor import Append, AppendResult, Attach, Detach, SessionActor, SetState, Stop
+from .actor import ActorRetired, Append, AppendResult, Attach, Detach, SessionActor, SetState, Stop
 from .metrics import Metrics
 from .outbox import Outbox, Receiver
 
@@ -192,10 +192,14 @@ class SessionManager:
         """Attaches ``outbox`` to the session; the welcome (then any replay) is the
         first thing queued on it. Raises SessionNotFound, SessionClosed,
         SessionExpired, ServerBusy."""
-        actor = await self._actor(session_id)
-        welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
-        actor.post(Attach(outbox, last_seq, epoch, welcomed))
-        return actor, await welcomed
+        while True:
+            actor = await self._actor(session_id)
+            welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
+            actor.post(Attach(outbox, last_seq, epoch, welcomed))
+            try:
+                return actor, await welcomed
+            except ActorRetired:
+                continue
 
     def detach(self, session_id: str, connection_id: str) -> None:
         actor = self._actors.get(session_id)
