@@ -79,7 +79,13 @@ def error_response(status: http.HTTPStatus, code: str, message: str) -> Response
 
 
 async def handle_get(server: BambooServer, request: Request) -> Response:
-    """The answer to a plain GET (not an upgrade)."""
+    """The answer to a plain HTTP request (not an upgrade): GET only."""
+    if request.method != "GET":
+        response = error_response(
+            http.HTTPStatus.METHOD_NOT_ALLOWED, "bad_request", "only GET is served here"
+        )
+        response.headers["Allow"] = "GET"
+        return response
     path, _, query = request.path.partition("?")
     params = dict(urllib.parse.parse_qsl(query, keep_blank_values=False))
     try:

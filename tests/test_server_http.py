@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.error
+import urllib.request
+
+import pytest
+
 from tests.support import attach, get, run_server, token
 
 
@@ -81,3 +87,14 @@ async def test_unknown_sessions_and_paths_are_404() -> None:
         ):
             status, body = await get(server, path)
             assert status == 404 and body["error"]["code"] == "not_found", path
+
+
+async def test_only_get_is_served() -> None:
+    async with run_server() as server:
+        for method in ("POST", "DELETE", "PUT"):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/healthz", method=method
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET"
