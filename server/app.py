@@ -8,6 +8,7 @@ rest, close storage.
 from __future__ import annotations
 
 import asyncio
+import http
 from collections.abc import Sequence
 from typing import Self
 
@@ -23,9 +24,22 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Hello
 from bamboo_session.protocol.models import SessionMetadata
 
+from .auth import (
+    Authenticator,
+    Forbidden,
+    Principal,
+    Unauthorized,
+    bearer_token,
+    check_access,
+    check_binding,
+    check_new_session,
+    check_session_id,
+    origin_allowed,
+)
 from .config import ServerConfig
 from .connection import Connection
 from .http import BadRoute, error_response, handle_get, is_upgrade, stream_route
+from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
 
@@ -42,6 +56,12 @@ class BambooServer:
         self.storage: Storage | None = storage
         self._manager: SessionManager | None = None
         self._server: Server | None = None
+        # Checked here, before any storage is opened: a bad config changes nothing.
+        check_binding(config.host, config.auth_secret, config.insecure)
+        self.authenticator = (
+            Authenticator(config.auth_secret) if config.auth_secret is not None else None
+        )
+        self.user_connections = ConnectionCounter(config.max_connections_per_user)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -137,28 +157,102 @@ class BambooServer:
         codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
         await Connection(self, ws, codec, route.session_id).run()
 
-    async def resolve_session(self, session_id: str | None, hello: Hello) -> str:
-        """The session a ``hello`` attaches to, created first where it asks for that."""
+    async def resolve_session(
+        self, session_id: str | None, hello: Hello, principal: Principal | None = None
+    ) -> str:
+        """The session a ``hello`` attaches to, created first where it asks for that.
+
+        Under auth, raises :class:`Forbidden` before anything is created or sent when
+        ``principal`` may not have it; a session created here belongs to its ``sub``."""
         manager = self.manager
+        owner = hello.user_id if principal is None else principal.sub
         if session_id is None:
-            session = await manager.create_session(hello.user_id, hello.title)
+            if principal is not None:
+                check_new_session(principal)
+            session = await manager.create_session(owner, hello.title)
             return session.id
+        if principal is not None:
+            check_session_id(principal, session_id)
+        metadata: SessionMetadata | None = None
         if hello.create:
-            await manager.get_or_create_session(session_id, hello.user_id, hello.title)
+            session = await manager.get_or_create_session(session_id, owner, hello.title)
+            metadata = session.metadata
+        if principal is not None:
+            metadata = metadata or await manager.get_metadata(session_id)
+            if metadata is not None:  # a missing one is 4404 when attaching
+                check_access(principal, metadata)
         return session_id
 
-    # -- authorization (the hooks issue 4 fills in) ------------------------------------
+    # -- authorization -------------------------------------------------------------------
+
+    def authenticate_hello(self, request: Request | None, hello: Hello) -> Principal | None:
+        """The principal of a connection (``hello.token``, else the upgrade's bearer
+        token), or None when auth is off. Raises :class:`Unauthorized`."""
+        if self.authenticator is None:
+            return None
+        token = hello.token
+        if not token and request is not None:
+            token = bearer_token(request.headers.get("Authorization"))
+        return self.authenticator.verify(token)
+
+    def connection_user(self, principal: Principal | None, hello: Hello) -> str | None:
+        """Whom a connection counts against in ``max_connections_per_user``: the token's
+        ``sub``, else ``hello.user_id``; anonymous connections are not counted."""
+        return principal.sub if principal is not None else hello.user_id
 
     def authorize_upgrade(self, request: Request) -> Response | None:
+        if not origin_allowed(request.headers.get("Origin"), self.config.allowed_origins):
+            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
+
+    def _authenticate_request(self, request: Request) -> Principal | Response | None:
+        if self.authenticator is None:
+            return None
+        try:
+            return self.authenticator.verify(bearer_token(request.headers.get("Authorization")))
+        except Unauthorized as exc:
+            response = error_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", str(exc))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="bamboo"'
+            return response
 
     def authorize_listing(
         self, request: Request, filter: SessionFilter
     ) -> tuple[Response | None, SessionFilter]:
+        """Under auth: only the caller's sessions (any for admin); asking for another
+        user's is 403, and a ``sid`` token may not list at all."""
+        principal = self._authenticate_request(request)
+        if principal is None:
+            return None, filter
+        if isinstance(principal, Response):
+            return principal, filter
+        if principal.sid is not None:
+            return _forbidden("this token is scoped to one session"), filter
+        if principal.is_admin:
+            return None, filter
+        if filter.user_id is not None and filter.user_id != principal.sub:
+            return _forbidden("you may list only your own sessions"), filter
+        filter.user_id = principal.sub
         return None, filter
 
-    def authorize_session(self, request: Request, metadata: SessionMetadata) -> Response | None:
+    def authorize_session(
+        self, request: Request, metadata: SessionMetadata | None
+    ) -> Response | None:
+        """Under auth: 401 without a valid token (even for a missing session), 403 for
+        a session the caller may not read. ``metadata`` None: only authenticate."""
+        principal = self._authenticate_request(request)
+        if principal is None or isinstance(principal, Response):
+            return principal
+        if metadata is None:
+            return None
+        try:
+            check_access(principal, metadata)
+        except Forbidden as exc:
+            return _forbidden(str(exc))
         return None
+
+
+def _forbidden(message: str) -> Response:
+    return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", message)
 
 
 def select_subprotocol(

@@ -50,6 +50,16 @@ SERVE_HELP: dict[str, str] = {
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",
+    "auth_secret": "HS256 secret (32+ bytes) that turns JWT auth on; prefer the env "
+    "variable, a flag shows in ps (unset: no auth, loopback only)",
+    "insecure": "allow listening on a non-loopback address without auth",
+    "allowed_origins": "comma-separated Origins allowed to upgrade; others get 403 "
+    "(empty: any; requests without Origin always pass)",
+    "rate_limit": "frames per second per connection; over it: rate_limited errors (0: off)",
+    "rate_limit_burst": "frames a connection may send at once above the rate",
+    "rate_limit_refusals": "rate-limited frames within about a second before close 4429",
+    "max_connections_per_user": "concurrent connections per user (token sub, else "
+    "hello.user_id); over it: close 4429 (0: off)",
 }
 _CHOICES: dict[str, Sequence[str]] = {
     "durability": DURABILITY_MODES,
@@ -86,6 +96,9 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
             default=None,
             choices=_CHOICES.get(field.name),
             metavar=None if field.name in _CHOICES else field.name.upper(),
+            # A boolean flag alone means true: `--insecure` as well as `--insecure true`.
+            nargs="?" if isinstance(default, bool) else None,
+            const="true" if isinstance(default, bool) else None,
             help=f"{SERVE_HELP[field.name]} (default: {default})",
         )
     serve.set_defaults(run=run_serve)

@@ -50,6 +50,16 @@ class ServerConfig:
     max_history_page: int = 1000
     max_events_page: int = 10_000
     max_list_page: int = 1000
+    # Auth (server/auth.py): no secret means no auth, which is only allowed on loopback
+    # unless ``insecure``. Kept out of repr so that it never reaches a log line.
+    auth_secret: str | None = dataclasses.field(default=None, repr=False)
+    insecure: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    # Per-peer limits (server/limits.py); 0 turns a limit off.
+    rate_limit: float = 1000.0
+    rate_limit_burst: int = 1000
+    rate_limit_refusals: int = 100
+    max_connections_per_user: int = 100
 
     def manager_config(self) -> SessionManagerConfig:
         return SessionManagerConfig(
@@ -82,6 +92,10 @@ class ServerConfig:
 
 def parse_value(name: str, raw: str, default: object) -> object:
     """``raw`` converted to the type of the field's default, or ValueError."""
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name in _OPTIONAL_STR:
+        return raw or None  # only an empty value means none: "none" could be a secret
     try:
         if isinstance(default, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -102,4 +116,5 @@ def parse_value(name: str, raw: str, default: object) -> object:
 
 _OPTIONAL_INT = frozenset({"default_ttl"})
 _OPTIONAL_FLOAT = frozenset({"ping_interval", "ping_timeout"})
+_OPTIONAL_STR = frozenset({"auth_secret"})
 _OPTIONAL = _OPTIONAL_INT | _OPTIONAL_FLOAT

@@ -47,6 +47,8 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import Append, SessionActor, SetState
+from .auth import Forbidden, Unauthorized
+from .limits import FrameLimiter, TooManyConnections
 from .manager import ServerBusy
 from .outbox import CloseRequest, Outbound, Outbox, Replay
 
@@ -62,6 +64,12 @@ _ATTACH_FAILURES: dict[type[Exception], tuple[CloseCode, str]] = {
     SessionClosed: (CloseCode.SESSION_CLOSED, "session closed"),
     ServerBusy: (CloseCode.TRY_AGAIN_LATER, "server at its session limit"),
     StorageError: (CloseCode.INTERNAL_ERROR, "storage unavailable"),
+    TooManyConnections: (CloseCode.TOO_SLOW, "too many connections for this user"),
+}
+# Refusals whose message (fixed strings of server/auth.py) becomes the close reason.
+_AUTH_FAILURES: dict[type[Exception], CloseCode] = {
+    Unauthorized: CloseCode.UNAUTHORIZED,
+    Forbidden: CloseCode.FORBIDDEN,
 }
 
 
@@ -83,6 +91,11 @@ class Connection:
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()
+        config = server.config
+        self.limiter = FrameLimiter(
+            config.rate_limit, config.rate_limit_burst, config.rate_limit_refusals
+        )
+        self.counted_user: str | None = None  # counted in server.user_connections
 
     async def run(self) -> None:
         # Every log line of this connection's tasks carries its ids (task-local context).
@@ -128,8 +141,14 @@ class Connection:
 
     async def _attach(self, hello: Hello) -> bool:
         manager = self.server.manager
+        server = self.server
         try:
-            session_id = await self.server.resolve_session(self.session_id, hello)
+            principal = server.authenticate_hello(self.ws.request, hello)
+            user = server.connection_user(principal, hello)
+            if user is not None:
+                server.user_connections.acquire(user)
+                self.counted_user = user
+            session_id = await server.resolve_session(self.session_id, hello, principal)
             self.session_id = session_id
             structlog.contextvars.bind_contextvars(session_id=session_id)
             outbox = Outbox(
@@ -140,6 +159,9 @@ class Connection:
             )
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
+        except tuple(_AUTH_FAILURES) as exc:
+            await self.ws.close(_AUTH_FAILURES[type(exc)], str(exc))
+            return False
         except tuple(_ATTACH_FAILURES) as exc:
             code, reason = next(v for t, v in _ATTACH_FAILURES.items() if isinstance(exc, t))
             await self.ws.close(code, reason)
@@ -168,15 +190,35 @@ class Connection:
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
         actor, outbox, decode = self.actor, self.outbox, self.codec.decode_client
+        limiter = self.limiter
         while True:
             data = await self.ws.recv(decode=False)
             self.frames_in += 1
+            if not limiter.admit():
+                self._refuse_frame(data, limiter, outbox)
+                continue
             actor.note_traffic()
             try:
                 frame = decode(data)
                 await self._dispatch(frame, actor, outbox)
             except ProtocolError as exc:
                 self._push_error(exc.code, exc.message, exc.request_id)
+
+    def _refuse_frame(self, data: bytes, limiter: FrameLimiter, outbox: Outbox) -> None:
+        """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or
+        close 4429 once the peer has ignored too many of those."""
+        if outbox.closing is not None:
+            return
+        if limiter.refuse():
+            log.info("rate limit persists, closing", refused=limiter.refused)
+            outbox.close(CloseCode.TOO_SLOW, "rate limited")
+            return
+        try:
+            request_id = getattr(self.codec.decode_client(data), "id", None)
+        except ProtocolError as exc:
+            request_id = exc.request_id
+        rate = self.server.config.rate_limit
+        self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
 
     async def _dispatch(self, frame: ClientFrame, actor: SessionActor, outbox: Outbox) -> None:
         match frame:
@@ -274,6 +316,9 @@ class Connection:
     # -- teardown ----------------------------------------------------------------
 
     def _detach(self) -> None:
+        if self.counted_user is not None:
+            self.server.user_connections.release(self.counted_user)
+            self.counted_user = None
         if self.outbox is not None and self.session_id is not None:
             self.server.manager.detach(self.session_id, self.connection_id)
 

@@ -131,11 +131,14 @@ async def _session_resource(
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
     manager = server.manager
     metadata = await manager.get_metadata(session_id)
-    if metadata is None or metadata.is_expired():
-        return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
+    if metadata is not None and metadata.is_expired():
+        metadata = None
+    # Authentication comes first (401 even for a missing session), then 404, then 403.
     refusal = server.authorize_session(request, metadata)
     if refusal is not None:
         return refusal
+    if metadata is None:
+        return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     if tail == "events":
         return await _events(server, session_id, params)
     try:

@@ -30,8 +30,10 @@ async def run_server(
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bamboo-test-"))
+        # Tests pipeline thousands of frames on one connection: the frame-rate limit is
+        # off unless a test sets it (tests/test_limits.py does).
         config = ServerConfig(
-            host="127.0.0.1", port=0, data_dir=str(data_dir), log_format="console"
+            host="127.0.0.1", port=0, data_dir=str(data_dir), log_format="console", rate_limit=0
         ).replace(**overrides)
         server = BambooServer(config)
         await server.start()

@@ -1,0 +1,179 @@
+"""Authentication and authorization: HS256 JWTs (PyJWT), and who may touch which session.
+
+With ``auth_secret`` set, every peer presents a token: ``hello.token`` on a WebSocket
+(else the upgrade's ``Authorization: Bearer``), ``Authorization: Bearer`` on the GET
+API. A token is an HS256 JWT with ``sub`` (the user) and ``exp``, and optionally
+``role`` (``user``, the default, ``agent`` or ``admin``) and ``sid`` (one session).
+Only HS256 is accepted: ``alg: none`` and every other algorithm are refused by PyJWT.
+
+The rules (docs/protocol.md, "Auth and limits"):
+
+- ``sid`` narrows a token to that one session, whatever its role.
+- ``admin`` may attach to and read any session (within its ``sid``, if any).
+- ``agent`` with ``sid`` may attach to that session whoever owns it: it is the
+  capability an agent runtime is given for the session it works in. Without ``sid`` an
+  agent is treated like a user.
+- ``user`` may attach only to sessions whose ``user_id`` is its ``sub``. A session with
+  no ``user_id`` belongs to nobody: only ``admin`` (or an agent scoped to it) gets in.
+- A session created under a token belongs to its ``sub``; ``hello.user_id`` is ignored.
+  A ``sid`` token cannot create a new session on ``/api/v1/stream`` (the id is not its
+  own), only get-or-create its own ``sid``.
+
+Without a secret there is no :class:`Principal`: the server trusts ``hello.user_id`` and
+refuses to bind a non-loopback address unless ``insecure`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+from collections.abc import Mapping
+
+import jwt
+
+from bamboo_session.protocol.ids import is_valid_session_id
+from bamboo_session.protocol.models import SessionMetadata
+
+ALGORITHMS = ["HS256"]
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as the hash
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    AGENT = "agent"
+    ADMIN = "admin"
+
+
+class Unauthorized(Exception):
+    """No token, or a bad one: close 4401, HTTP 401. The message is safe to send."""
+
+
+class Forbidden(Exception):
+    """A valid token that does not reach this session: close 4403, HTTP 403."""
+
+
+class InsecureConfig(ValueError):
+    """A configuration the server refuses to start with."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    sub: str
+    role: Role = Role.USER
+    sid: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+class Authenticator:
+    """Verifies tokens with one shared secret."""
+
+    def __init__(self, secret: str) -> None:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise InsecureConfig(
+                f"auth_secret must be at least {MIN_SECRET_BYTES} bytes (HS256 key length)"
+            )
+        self._secret = secret
+
+    def verify(self, token: str | None) -> Principal:
+        """The principal of a valid token; :class:`Unauthorized` for anything else."""
+        if not token:
+            raise Unauthorized("token required")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=ALGORITHMS,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidTokenError:
+            # Forged, malformed, wrong algorithm, missing claims: one answer for all, so a
+            # prober learns nothing about which check failed.
+            raise Unauthorized("invalid token") from None
+        return _principal(claims)
+
+
+def _principal(claims: Mapping[str, object]) -> Principal:
+    sub, role, sid = claims.get("sub"), claims.get("role", "user"), claims.get("sid")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("invalid token")
+    if role not in tuple(Role):
+        raise Unauthorized("invalid token")
+    if sid is not None and not is_valid_session_id(sid):
+        raise Unauthorized("invalid token")
+    assert isinstance(role, str)
+    return Principal(sub, Role(role), sid if isinstance(sid, str) else None)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if it is one."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+# -- rules -------------------------------------------------------------------------
+
+
+def check_new_session(principal: Principal) -> None:
+    """May this principal create a session whose id the server picks?"""
+    if principal.sid is not None:
+        raise Forbidden("this token is scoped to one session")
+
+
+def check_session_id(principal: Principal, session_id: str) -> None:
+    """The part of the rules that needs only the id (checked before get-or-create)."""
+    if principal.sid is not None and principal.sid != session_id:
+        raise Forbidden("this token is scoped to another session")
+
+
+def check_access(principal: Principal, metadata: SessionMetadata) -> None:
+    """May this principal attach to, or read, this session? Else :class:`Forbidden`."""
+    check_session_id(principal, metadata.id)
+    if principal.is_admin:
+        return
+    if principal.role == Role.AGENT and principal.sid == metadata.id:
+        return
+    if metadata.user_id is None or metadata.user_id != principal.sub:
+        raise Forbidden("not your session")
+
+
+# -- binding -----------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (names other than localhost are not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, auth_secret: str | None, insecure: bool) -> None:
+    """Without a secret, refuse a non-loopback address unless ``insecure`` says so."""
+    if auth_secret is None and not insecure and not is_loopback(host):
+        raise InsecureConfig(
+            f"refusing to listen on {host or 'all interfaces'} without auth: set "
+            "--auth-secret (BAMBOO_AUTH_SECRET), or pass --insecure to accept anyone"
+        )
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether an upgrade's ``Origin`` passes ``allowed`` (empty: no check). A request
+    without ``Origin`` comes from a non-browser client and passes."""
+    if not allowed or origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    return any(origin == entry.strip().rstrip("/").lower() for entry in allowed)

@@ -1,0 +1,97 @@
+"""Limits on what one peer may cost: frames per second, connections per user.
+
+:class:`TokenBucket` meters a connection's frames: over the rate, a frame is answered
+with ``rate_limited`` and not processed. Refusals are metered by a second bucket; a peer
+that keeps sending past its refusals budget is closed with 4429.
+:class:`ConnectionCounter` caps the concurrent connections of one user.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; full at the start.
+    A ``rate`` of 0 or less means no limit."""
+
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        """Spends one token if there is one."""
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+
+class FrameLimiter:
+    """One connection's frame rate: :meth:`admit` says whether to process a frame,
+    :meth:`exhausted` whether the peer has been refused too much and must go."""
+
+    __slots__ = ("_frames", "_refusals", "refused")
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        refusals: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._frames = TokenBucket(rate, burst, clock)
+        # ``refusals`` refused frames within about a second are tolerated (a client
+        # that backs off on rate_limited recovers); more means it is not listening.
+        self._refusals = TokenBucket(max(1, refusals), max(1, refusals), clock)
+        self.refused = 0
+
+    def admit(self) -> bool:
+        return self._frames.take()
+
+    def refuse(self) -> bool:
+        """Counts a refused frame; True once the refusals budget is spent."""
+        self.refused += 1
+        return not self._refusals.take()
+
+
+class TooManyConnections(Exception):
+    """The user already has the most concurrent connections allowed: close 4429."""
+
+
+class ConnectionCounter:
+    """Concurrent connections per user; ``limit`` 0 or less means no limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, user: str) -> None:
+        count = self._counts.get(user, 0)
+        if 0 < self.limit <= count:
+            raise TooManyConnections(f"more than {self.limit} connections for this user")
+        self._counts[user] = count + 1
+
+    def release(self, user: str) -> None:
+        count = self._counts.get(user, 0) - 1
+        if count > 0:
+            self._counts[user] = count
+        else:
+            self._counts.pop(user, None)
+
+    def count(self, user: str) -> int:
+        return self._counts.get(user, 0)
