@@ -1,0 +1,1 @@
+"""Load scripts: each answers one question a user asks about Bamboo (see RESULTS.md)."""
