@@ -126,12 +126,51 @@ class _Layout:
         self.sessions = config.sessions_dir
         self.events = config.events_dir
         self.index = config.index_dir
+        self._sessions_fd = -1
+        self._events_fd = -1
+
+    def __enter__(self) -> _Layout:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        self._sessions_fd = os.open(self.sessions, flags)
+        self._events_fd = os.open(self.events, flags)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self._sessions_fd)
+        os.close(self._events_fd)
 
     def checkpoint(self, session_id: str) -> Path:
         return self.sessions / (session_id + CHECKPOINT_SUFFIX)
 
     def log(self, session_id: str) -> Path:
         return self.events / (session_id + LOG_SUFFIX)
+
+    # Stats relative to the open directories: no pathlib and no path walk per file,
+    # which is most of the cost of validating 100,000 snapshot entries.
+    def stat_checkpoint(self, session_id: str) -> os.stat_result | None:
+        try:
+            return os.stat(session_id + CHECKPOINT_SUFFIX, dir_fd=self._sessions_fd)
+        except FileNotFoundError:
+            return None
+
+    def read_checkpoint(self, session_id: str) -> bytes | None:
+        try:
+            fd = os.open(session_id + CHECKPOINT_SUFFIX, os.O_RDONLY, dir_fd=self._sessions_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def log_size(self, session_id: str) -> int | None:
+        try:
+            return os.stat(session_id + LOG_SUFFIX, dir_fd=self._events_fd).st_size
+        except FileNotFoundError:
+            return None
 
 
 def stamp_of(stat: os.stat_result) -> FileStamp:
@@ -141,9 +180,13 @@ def stamp_of(stat: os.stat_result) -> FileStamp:
 def recover(config: JsonlStorageConfig) -> RecoveryReport:
     """Repair the data directory and return every session in it."""
     durable = config.durability != "memory"
-    layout = _Layout(config)
-    for directory in (layout.sessions, layout.events, layout.index):
+    for directory in (config.sessions_dir, config.events_dir, config.index_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    with _Layout(config) as layout:
+        return _recover(layout, config, durable)
+
+
+def _recover(layout: _Layout, config: JsonlStorageConfig, durable: bool) -> RecoveryReport:
     checkpoint_ids = _scan_sessions_dir(layout, durable)
     log_ids = _ids_with_suffix(layout.events, LOG_SUFFIX)
     snapshot = _consume_snapshot(layout, durable)
@@ -240,20 +283,17 @@ def _from_snapshot(
     if not has_checkpoint or entry.log_size != entry.checkpoint_offset:
         return None
     session_id = entry.metadata.id
-    try:
-        stamp = stamp_of(os.stat(layout.checkpoint(session_id)))
-    except FileNotFoundError:
+    stat = layout.stat_checkpoint(session_id)
+    if stat is None:
         return None
+    stamp = stamp_of(stat)
     if stamp != tuple(entry.checkpoint_stamp):
         return None
-    try:
-        log_size = os.stat(layout.log(session_id)).st_size
-    except FileNotFoundError:
-        log_size = -1
-    if log_size != entry.log_size and not (log_size == -1 and entry.log_size == 0):
+    log_size = layout.log_size(session_id)
+    if log_size != entry.log_size and not (log_size is None and entry.log_size == 0):
         return None
     return RecoveredSession(
-        entry.metadata, entry.checkpoint_seq, entry.checkpoint_offset, stamp, max(log_size, 0)
+        entry.metadata, entry.checkpoint_seq, entry.checkpoint_offset, stamp, log_size or 0
     )
 
 
@@ -304,13 +344,13 @@ def _cut_log(path: Path, size: int, good_end: int, durable: bool) -> None:
 
 
 def _read_head(layout: _Layout, session_id: str) -> _CheckpointHead | None:
-    path = layout.checkpoint(session_id)
-    data = read_file(path)
+    data = layout.read_checkpoint(session_id)
     if data is None:
         return None
     try:
         return _head_decoder.decode(data)
     except msgspec.DecodeError as exc:
+        path = layout.checkpoint(session_id)
         aside = path.with_name(path.name + f".damaged-{os.getpid()}")
         log.error("checkpoint %s is unreadable (%s); moved to %s", path, exc, aside)
         os.replace(path, aside)
@@ -326,21 +366,22 @@ def _recover_session(
     durable: bool,
 ) -> RecoveredSession | None:
     head = _read_head(layout, session_id) if has_checkpoint else None
-    log_path = layout.log(session_id)
-    try:
-        size = os.stat(log_path).st_size
-    except FileNotFoundError:
-        size = None
+    size = layout.log_size(session_id)
     if head is None and size is None:
         return None
     if head is not None and size == head.log_offset and head.metadata.last_seq == head.last_seq:
-        stamp = stamp_of(os.stat(layout.checkpoint(session_id)))
+        stamp = _checkpoint_stamp(layout, session_id)
         return RecoveredSession(head.metadata, head.last_seq, head.log_offset, stamp, size)
     if head is not None and size is None and head.last_seq == 0:
         # Created, then a crash before its (empty) log existed: nothing is missing.
-        stamp = stamp_of(os.stat(layout.checkpoint(session_id)))
+        stamp = _checkpoint_stamp(layout, session_id)
         return RecoveredSession(head.metadata, 0, 0, stamp, 0)
     return _repair_session(layout, config, session_id, head, size or 0, report, durable)
+
+
+def _checkpoint_stamp(layout: _Layout, session_id: str) -> FileStamp | None:
+    stat = layout.stat_checkpoint(session_id)
+    return None if stat is None else stamp_of(stat)
 
 
 def _repair_session(

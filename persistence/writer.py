@@ -180,8 +180,22 @@ class LogWriter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, self._queue = self._queue, []
-            await self._process(batch)
+            await self._process(self._take_batch())
+
+    def _take_batch(self) -> list[_Append | _Control]:
+        """The longest prefix of the queue that touches at most ``max_open`` files, so
+        a batch never needs more descriptors than the bound (a prefix keeps each
+        session's appends in order)."""
+        queue, limit = self._queue, self._files.max_open
+        sessions: set[str] = set()
+        for i, item in enumerate(queue):
+            if isinstance(item, _Append) and item.session_id not in sessions:
+                if len(sessions) == limit:
+                    self._queue = queue[i:]
+                    return queue[:i]
+                sessions.add(item.session_id)
+        self._queue = []
+        return queue
 
     async def _process(self, batch: list[_Append | _Control]) -> None:
         groups: dict[str, _Group] = {}
@@ -311,7 +325,8 @@ class LogWriter:
 
     def _trim(self) -> None:
         """Close the least recently used descriptors beyond the bound. Only between
-        batches: a batch may need more descriptors than the bound until its syncs."""
+        batches: a batch may hold up to twice the bound (the open ones it does not
+        touch, plus the ones it does) until its syncs are done."""
         files = self._files
         while len(files.open_logs) > files.max_open:
             session_id, open_log = files.open_logs.popitem(last=False)

@@ -61,12 +61,13 @@ def test_disk_full_fails_cleanly_and_recovers(tmp_path: Path) -> None:
 
 
 async def test_appends_queued_behind_a_failed_one_fail_too(tmp_path: Path) -> None:
-    config = JsonlStorageConfig(tmp_path, max_open_logs=1)
+    config = JsonlStorageConfig(tmp_path, max_open_logs=2)
     async with await JsonlStorage.open(config) as storage:
-        await storage.create_session(Session.new("a"))
-        await storage.create_session(Session.new("b"))
+        for session_id in "abc":
+            await storage.create_session(Session.new(session_id))
         assert (await storage.append_event("a", AgentEvent.token("a1"))).seq == 1
-        await storage.append_event("b", AgentEvent.token("b1"))  # a's descriptor is closed
+        await storage.append_event("b", AgentEvent.token("b1"))
+        await storage.append_event("c", AgentEvent.token("c1"))  # a's descriptor is closed
         log = config.events_dir / "a.jsonl"
         log.rename(log.with_suffix(".saved"))
         log.mkdir()  # opening a's log now fails (EISDIR)

@@ -662,3 +662,18 @@ def test_no_stray_files(tmp_path: Path) -> None:
     names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert names == ["LOCK", "events/s.jsonl", "index/snapshot.msgpack", "sessions/s.json"]
     assert os.path.getsize(tmp_path / "events" / "s.jsonl") > 0
+
+
+async def test_descriptors_stay_bounded(config: JsonlStorageConfig) -> None:
+    config = JsonlStorageConfig(config.base_path, max_open_logs=4, durability="memory")
+    async with await JsonlStorage.open(config) as storage:
+        for n in range(60):
+            await make(storage, f"s{n}")
+        fds_before = len(os.listdir("/proc/self/fd"))
+        # Memory mode does not wait, so one batch could touch every session at once.
+        for _ in range(3):
+            for n in range(60):
+                await storage.append_event(f"s{n}", AgentEvent.token("x"))
+        assert [await storage.last_seq(f"s{n}") for n in range(60)] == [3] * 60
+        assert len(storage._writer._files.open_logs) <= 4
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 4

@@ -1,0 +1,241 @@
+"""Storage benchmark: how fast is the JSONL backend where it matters?
+
+It answers three questions, each as a ratio or against a goal, within one run:
+
+1. Append throughput per durability mode (``fsync``, ``os``, ``memory``), with many
+   concurrent appenders over many sessions, against a raw loop that does ``os.write``
+   plus a sync (the same ``fdatasync`` the storage uses) of the same lines into the same
+   files, one line at a time. Group commit should put ``fsync`` mode well above it.
+2. ``list_sessions`` filtered by ``user_id`` over N sessions (goal: under 5 ms).
+3. Opening a data directory of N sessions, from the snapshot a clean close leaves and
+   by rebuilding from the checkpoints (goal: under 3 s).
+
+Run: ``python -m bench.storage_bench [--sessions 100000] [--events 20000]``;
+``--tiny`` runs in a couple of seconds (the test suite uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bamboo_session.persistence import (
+    Durability,
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionFilter,
+)
+from bamboo_session.persistence.files import datasync
+from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.models import AgentEvent, Session, StoredEvent
+
+LIST_GOAL_MS = 5.0
+OPEN_GOAL_S = 3.0
+SESSIONS_PER_USER = 10
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=100_000, help="sessions for 2 and 3")
+    parser.add_argument("--events", type=int, default=20_000, help="appends per mode in 1")
+    parser.add_argument("--appenders", type=int, default=64, help="concurrent appenders in 1")
+    parser.add_argument("--append-sessions", type=int, default=256, help="sessions in 1")
+    parser.add_argument("--queries", type=int, default=1000, help="list_sessions calls in 2")
+    parser.add_argument("--dir", help="where to put the data (default: a temp dir)")
+    parser.add_argument("--tiny", action="store_true", help="a quick run for the tests")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.sessions, args.events, args.appenders = 500, 300, 16
+        args.append_sessions, args.queries = 16, 50
+    return args
+
+
+# -- 1. append throughput ------------------------------------------------------------
+
+
+def sample_lines(count: int) -> list[bytes]:
+    """Lines like those the storage writes: a token event of a typical size."""
+    now = datetime.now(UTC)
+    return [
+        encode_stored_event(StoredEvent(i + 1, now, AgentEvent.token("tok " * 8))) + b"\n"
+        for i in range(count)
+    ]
+
+
+def raw_loop(directory: Path, sessions: int, lines: list[bytes], sync: bool) -> float:
+    """Events per second of write (+ sync) per line, round-robin over the files."""
+    directory.mkdir(parents=True)
+    fds = [
+        os.open(directory / f"s{i}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for i in range(sessions)
+    ]
+    try:
+        start = time.perf_counter()
+        for i, line in enumerate(lines):
+            fd = fds[i % sessions]
+            os.write(fd, line)
+            if sync:
+                datasync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return len(lines) / elapsed
+
+
+async def storage_appends(
+    directory: Path, durability: Durability, sessions: int, appenders: int, events: int
+) -> tuple[float, float]:
+    """Events per second through JsonlStorage, and the mean appends per batch."""
+    config = JsonlStorageConfig(directory, durability=durability)
+    async with await JsonlStorage.open(config) as storage:
+        ids = [f"s{i}" for i in range(sessions)]
+        for session_id in ids:
+            await storage.create_session(Session.new(session_id))
+        event = AgentEvent.token("tok " * 8)
+        per_appender = events // appenders
+        batches_before = storage._writer.batches
+
+        async def appender(worker: int) -> None:
+            for n in range(per_appender):
+                await storage.append_event(ids[(worker + n * appenders) % sessions], event)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(appender(worker) for worker in range(appenders)))
+        await storage._writer.flush()  # memory mode: count the writes too
+        elapsed = time.perf_counter() - start
+        batches = max(storage._writer.batches - batches_before, 1)
+    total = per_appender * appenders
+    return total / elapsed, total / batches
+
+
+async def bench_appends(root: Path, args: argparse.Namespace) -> None:
+    print(
+        f"1. appends: {args.events} events, {args.appenders} concurrent appenders over "
+        f"{args.append_sessions} sessions"
+    )
+    lines = sample_lines(args.events)
+    raw_sync = raw_loop(root / "raw-sync", args.append_sessions, lines, sync=True)
+    raw_write = raw_loop(root / "raw-write", args.append_sessions, lines, sync=False)
+    print(f"   raw write+fdatasync per line  {raw_sync:>10,.0f} events/s   1.00x")
+    print(f"   raw write per line (no sync)  {raw_write:>10,.0f} events/s")
+    for mode in ("fsync", "os", "memory"):
+        rate, per_batch = await storage_appends(
+            root / f"mode-{mode}", mode, args.append_sessions, args.appenders, args.events
+        )
+        print(
+            f"   JsonlStorage durability={mode:<7}{rate:>10,.0f} events/s  "
+            f"{rate / raw_sync:>5.2f}x raw sync, {rate / raw_write:.2f}x raw write "
+            f"({per_batch:.1f} appends per batch)"
+        )
+
+
+# -- 2 and 3. many sessions --------------------------------------------------------
+
+
+async def populate(directory: Path, sessions: int) -> None:
+    """N sessions, SESSIONS_PER_USER per user, each with one event; created through the
+    API in memory mode (no fsync) so that 100,000 take seconds, not minutes."""
+    config = JsonlStorageConfig(directory, durability="memory")
+    async with await JsonlStorage.open(config) as storage:
+        chunk = 500
+        for first in range(0, sessions, chunk):
+            ids = range(first, min(first + chunk, sessions))
+            await asyncio.gather(
+                *(
+                    storage.create_session(
+                        Session.new(f"s{i:07d}", user_id=f"u{i // SESSIONS_PER_USER}")
+                    )
+                    for i in ids
+                )
+            )
+            await asyncio.gather(
+                *(storage.append_event(f"s{i:07d}", AgentEvent.token("hi")) for i in ids)
+            )
+
+
+async def bench_list(directory: Path, args: argparse.Namespace) -> None:
+    async with await JsonlStorage.open(JsonlStorageConfig(directory)) as storage:
+        users = max(args.sessions // SESSIONS_PER_USER, 1)
+        rng = random.Random(7)
+        timings = []
+        for _ in range(args.queries):
+            query = SessionFilter(user_id=f"u{rng.randrange(users)}")
+            start = time.perf_counter()
+            result = await storage.list_sessions(query)
+            timings.append((time.perf_counter() - start) * 1000)
+            assert result.total == SESSIONS_PER_USER or args.sessions < SESSIONS_PER_USER
+        start = time.perf_counter()
+        await storage.list_sessions(SessionFilter(limit=100))
+        unfiltered_ms = (time.perf_counter() - start) * 1000
+    timings.sort()
+    p50 = statistics.median(timings)
+    p99 = timings[min(len(timings) - 1, int(len(timings) * 0.99))]
+    verdict = "meets" if p99 < LIST_GOAL_MS else "MISSES"
+    print(f"2. list_sessions(user_id=...) over {args.sessions:,} sessions ({args.queries} queries)")
+    print(
+        f"   p50 {p50:.3f} ms, p99 {p99:.3f} ms: {verdict} the {LIST_GOAL_MS:g} ms goal "
+        f"({LIST_GOAL_MS / p99:.0f}x margin at p99)"
+    )
+    print(f"   for scale, unfiltered newest 100 of all: {unfiltered_ms:.1f} ms")
+
+
+async def timed_open(directory: Path) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    storage = await JsonlStorage.open(JsonlStorageConfig(directory))
+    elapsed = time.perf_counter() - start
+    report = storage.recovery
+    assert report is not None
+    count = (await storage.list_sessions(SessionFilter(limit=1))).total
+    await storage.close()
+    return elapsed, count, report.from_snapshot
+
+
+async def bench_open(directory: Path, args: argparse.Namespace) -> None:
+    print(f"3. open over {args.sessions:,} sessions")
+    with_snapshot, count, from_snapshot = await timed_open(directory)
+    assert count == args.sessions and from_snapshot == args.sessions
+    (directory / "index" / "snapshot.msgpack").unlink()
+    rebuilt, count, from_snapshot = await timed_open(directory)
+    assert count == args.sessions and from_snapshot == 0
+    for name, seconds in (("from the snapshot", with_snapshot), ("rebuilt", rebuilt)):
+        verdict = "meets" if seconds < OPEN_GOAL_S else "MISSES"
+        print(
+            f"   {name:<18} {seconds:6.2f} s: {verdict} the {OPEN_GOAL_S:g} s goal "
+            f"({OPEN_GOAL_S / seconds:.1f}x margin)"
+        )
+
+
+async def run(root: Path, args: argparse.Namespace) -> None:
+    await bench_appends(root / "appends", args)
+    many = root / "many"
+    start = time.perf_counter()
+    await populate(many, args.sessions)
+    print(f"   (created {args.sessions:,} sessions in {time.perf_counter() - start:.1f} s)")
+    await bench_list(many, args)
+    await bench_open(many, args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    root = Path(args.dir or tempfile.mkdtemp(prefix="bamboo-storage-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"storage bench in {root} (nproc {os.cpu_count()})")
+    try:
+        asyncio.run(run(root, args))
+    finally:
+        if not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
