@@ -1,0 +1,127 @@
+"""A real ``bamboo-session serve`` in a child process, for the tests that need one: to
+kill it, to give it resource limits, or to read everything it logs.
+
+Its stderr (the "listening on HOST:PORT" line and every log line, as JSON) goes to a
+file, which :meth:`ServerProcess.log_records` parses afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(rb"bamboo-session listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        *extra: str,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.extra: Sequence[str] = extra
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bamboo_session.server",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+            "--log-format",
+            "json",
+            *self.extra,
+        ]
+
+    def start(self, timeout: float = 15.0) -> int:
+        """Starts the server and returns its port once it listens."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+            preexec_fn=self.preexec_fn,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                match = _LISTENING.search(f.read())
+            if match:
+                self.port = int(match.group(2))
+                return self.port
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log_tail()}")
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"server did not start in {timeout} s: {self.log_tail()}")
+
+    def url(self, session_id: str | None = None) -> str:
+        base = f"ws://127.0.0.1:{self.port}/api/v1/stream"
+        return base if session_id is None else f"{base}/{session_id}"
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, no checkpoint."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then the exit status (graceful shutdown)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log_tail(self, size: int = 2000) -> str:
+        return self.log_path.read_bytes()[-size:].decode(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every JSON log line; a line that is not JSON (a bare traceback) fails here."""
+        records = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("bamboo-session listening on") or not line.strip():
+                continue
+            records.append(json.loads(line))
+        return records
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
+
+def assert_no_tracebacks(records: list[dict[str, Any]], allowed: Sequence[str] = ()) -> None:
+    """No log record carries an exception, and none is at error level or worse, except
+    the events named in ``allowed``."""
+    for record in records:
+        if record.get("event") in allowed:
+            continue
+        assert "exception" not in record and "exc_info" not in record, record
+        assert record.get("level") not in ("error", "critical"), record
+        assert "Traceback" not in json.dumps(record), record
