@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -37,7 +38,8 @@ def write_atomic(path: Path, data: bytes, durable: bool) -> os.stat_result:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content,
     never a mix. Returns the new file's stat. With ``durable`` the new content and the
     rename are on disk when this returns."""
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of its own: a write can never truncate another write's temp file.
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         write_all(fd, data)

@@ -71,7 +71,6 @@ from .files import LockFile, fsync_dir, iter_lines, read_file, write_atomic
 from .index import SessionIndex, copy_metadata
 from .recovery import (
     CHECKPOINT_SUFFIX,
-    LOG_SUFFIX,
     TOMBSTONE_SUFFIX,
     Checkpoint,
     FileStamp,
@@ -83,7 +82,7 @@ from .recovery import (
     stamp_of,
     write_snapshot,
 )
-from .writer import LogWriter
+from .writer import LOG_SUFFIX, LogWriter
 
 __all__ = ["JsonlStorage", "JsonlStorageConfig"]
 
@@ -165,6 +164,7 @@ class JsonlStorage:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._writer = LogWriter(
+            config.events_dir,
             config.durability,
             config.max_open_logs,
             config.fsync_interval,
@@ -270,13 +270,16 @@ class JsonlStorage:
         messages = [message.completed() for message in session.messages]
         meta.message_count = len(messages)
         self._creating.add(session_id)
+        await _to_completion(self._create(meta, messages))
+
+    async def _create(self, meta: SessionMetadata, messages: list[Message]) -> None:
         try:
             stamp = await self._io(self._write_new_session, meta, messages)
         finally:
-            self._creating.discard(session_id)
-        self._records[session_id] = _Record(meta, 0, 0, stamp, 0)
+            self._creating.discard(meta.id)
+        self._records[meta.id] = _Record(meta, 0, 0, stamp, 0)
         self._index.add(meta)
-        self._cache_messages(session_id, messages)
+        self._cache_messages(meta.id, messages)
 
     def _new_metadata(self, given: SessionMetadata) -> SessionMetadata:
         meta = copy_metadata(given)
@@ -399,7 +402,7 @@ class JsonlStorage:
             for i, (event, key) in enumerate(items, start=1)
         ]
         data = b"".join([encode_stored_event(event) + b"\n" for event in stored])
-        future = self._writer.submit(session_id, self._log_path(session_id), data, stored)
+        future = self._writer.submit(session_id, data, stored)
         record.next_seq = stored[-1].seq
         self._in_flight += 1
         future.add_done_callback(self._append_done)
@@ -525,8 +528,12 @@ class JsonlStorage:
     async def _checkpoint(self, session_id: str) -> None:
         """Rewrite the session's checkpoint if it is behind the log or its metadata."""
         record = self._records.get(session_id)
-        if record is None:
-            return
+        if record is not None:
+            # A cancelled caller must not cut a checkpoint write short: the lock would
+            # be free while the write still runs in its thread.
+            await _to_completion(self._checkpoint_record(session_id, record))
+
+    async def _checkpoint_record(self, session_id: str, record: _Record) -> None:
         async with record.checkpoint_lock():
             if self._records.get(session_id) is not record or not record.is_dirty():
                 return
@@ -621,12 +628,15 @@ class JsonlStorage:
         done = asyncio.get_running_loop().create_future()
         self._deleting[session_id] = done
         try:
-            await self._writer.forget(session_id)
-            async with record.checkpoint_lock():
-                await self._io(self._delete_files, session_id)
+            await _to_completion(self._delete_after_writes(session_id, record))
         finally:
             del self._deleting[session_id]
             done.set_result(None)
+
+    async def _delete_after_writes(self, session_id: str, record: _Record) -> None:
+        await self._writer.forget(session_id)
+        async with record.checkpoint_lock():
+            await self._io(self._delete_files, session_id)
 
     def _delete_files(self, session_id: str) -> None:
         # The checkpoint becomes a tombstone in one atomic rename, so a crash midway
@@ -687,6 +697,20 @@ class JsonlStorage:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("storage background task failed: %r", exc, exc_info=exc)
+
+
+async def _to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile (then the
+    cancellation is raised after it ends): for file work that must not stop halfway."""
+    task = asyncio.ensure_future(coroutine)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("storage operation failed after its caller left: %r", task.exception())
+        raise
 
 
 @contextlib.contextmanager

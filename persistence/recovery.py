@@ -42,11 +42,11 @@ from bamboo_session.protocol.models import (
 
 from .config import JsonlStorageConfig
 from .files import fsync_dir, iter_lines, read_file, truncate_file, write_atomic
+from .writer import LOG_SUFFIX
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIX: Final = ".json"
-LOG_SUFFIX: Final = ".jsonl"
 TOMBSTONE_SUFFIX: Final = ".json.deleted"
 TMP_SUFFIX: Final = ".tmp"
 SNAPSHOT_NAME: Final = "snapshot.msgpack"
@@ -259,6 +259,8 @@ def _scan_sessions_dir(layout: _Layout, durable: bool) -> set[str]:
 def _consume_snapshot(layout: _Layout, durable: bool) -> dict[str, SnapshotEntry]:
     """The snapshot's entries by id; the file is removed (durably) before anything is
     written, so a later crash can never leave a stale snapshot behind."""
+    for leftover in layout.index.glob("*" + TMP_SUFFIX):
+        leftover.unlink()  # a snapshot write cut short by a crash
     path = layout.index / SNAPSHOT_NAME
     data = read_file(path)
     if data is None:

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PARALLEL_SYNC_MIN: Final = 4
 SYNC_THREADS: Final = 8
 
+LOG_SUFFIX: Final = ".jsonl"
+
 WrittenCallback = Callable[[str, list[StoredEvent], int], None]
 FailedCallback = Callable[[str, OSError], None]
 
@@ -52,7 +54,6 @@ FailedCallback = Callable[[str, OSError], None]
 @dataclass(slots=True)
 class _Append:
     session_id: str
-    path: Path
     data: bytes
     events: list[StoredEvent]
     generation: int
@@ -73,7 +74,6 @@ class _Group:
     """One log file's share of a batch."""
 
     session_id: str
-    path: Path
     appends: list[_Append]
     data: bytes = b""
     new_size: int = 0
@@ -102,12 +102,14 @@ class LogWriter:
 
     def __init__(
         self,
+        events_dir: Path,
         durability: Durability,
         max_open: int,
         fsync_interval: float,
         on_written: WrittenCallback,
         on_failed: FailedCallback,
     ) -> None:
+        self._events_dir = str(events_dir)
         self._durability = durability
         self._fsync_interval = fsync_interval
         self._on_written = on_written
@@ -128,15 +130,15 @@ class LogWriter:
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
 
     def submit(
-        self, session_id: str, path: Path, data: bytes, events: list[StoredEvent]
+        self, session_id: str, data: bytes, events: list[StoredEvent]
     ) -> asyncio.Future[None]:
-        """Queue ``data`` (whole lines) for ``path``; the future resolves when it is as
+        """Queue ``data`` (whole lines) for the session's log; the future resolves when it is as
         durable as the mode says, or fails with :class:`StorageError`."""
         if self._closing:
             raise StorageError("storage is closed")
         future = asyncio.get_running_loop().create_future()
         generation = self._generations.get(session_id, 0)
-        self._queue.append(_Append(session_id, path, data, events, generation, future))
+        self._queue.append(_Append(session_id, data, events, generation, future))
         self._wakeup.set()
         return future
 
@@ -208,7 +210,7 @@ class LogWriter:
             else:
                 group = groups.get(item.session_id)
                 if group is None:
-                    group = groups[item.session_id] = _Group(item.session_id, item.path, [])
+                    group = groups[item.session_id] = _Group(item.session_id, [])
                 group.appends.append(item)
         ordered = list(groups.values())
         forgets = [c.forget for c in controls if c.forget is not None]
@@ -269,7 +271,7 @@ class LogWriter:
     def _write_group(self, group: _Group) -> tuple[_Group, _OpenLog, int] | None:
         """Write one file's lines; on failure cut the file back and record the error."""
         try:
-            open_log = self._open(group.session_id, group.path)
+            open_log = self._open(group.session_id)
         except OSError as exc:
             group.error = exc
             return None
@@ -301,12 +303,13 @@ class LogWriter:
                 group.error = error
                 self._cut_back(group.session_id, open_log, before)
 
-    def _open(self, session_id: str, path: Path) -> _OpenLog:
+    def _open(self, session_id: str) -> _OpenLog:
         files = self._files
         open_log = files.open_logs.get(session_id)
         if open_log is not None:
             files.open_logs.move_to_end(session_id)
             return open_log
+        path = f"{self._events_dir}/{session_id}{LOG_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(fd).st_size

@@ -677,3 +677,24 @@ async def test_descriptors_stay_bounded(config: JsonlStorageConfig) -> None:
         assert [await storage.last_seq(f"s{n}") for n in range(60)] == [3] * 60
         assert len(storage._writer._files.open_logs) <= 4
         assert len(os.listdir("/proc/self/fd")) <= fds_before + 4
+
+
+async def test_cancelled_callers_do_not_cut_file_work_short(config: JsonlStorageConfig) -> None:
+    async with await JsonlStorage.open(config) as storage:
+        await make(storage, "s")
+        for i in range(30):
+            await storage.append_message("s", Message.user(str(i)))
+        states = [SessionState.IDLE, SessionState.ACTIVE] * 10
+        tasks = [asyncio.create_task(storage.update_session_state("s", state)) for state in states]
+        tasks += [asyncio.create_task(make(storage, f"new{i}")) for i in range(10)]
+        tasks += [asyncio.create_task(storage.delete_session("s"))]
+        await asyncio.sleep(0.002)
+        for task in tasks[::2]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        created = {m.id for m in (await storage.list_sessions(SessionFilter())).sessions}
+    assert not list(config.sessions_dir.glob("*.tmp"))
+    async with await JsonlStorage.open(config) as storage:
+        assert storage.recovery is not None and storage.recovery.from_snapshot == len(created)
+        assert {m.id for m in (await storage.list_sessions(SessionFilter())).sessions} == created
+        assert "s" not in created
