@@ -1,0 +1,156 @@
+"""Failure behaviour of a real server process: a full disk, a storage lock already held.
+
+The disk fills up for real: the server child runs under ``RLIMIT_FSIZE`` with SIGXFSZ
+ignored, so a write past the limit fails with EFBIG (a short write first, then the
+error), exactly the path of ENOSPC. A limit cannot be lifted from outside the process,
+so "space returns" is a restart without it on the same data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+import signal
+import subprocess
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.support import Peer
+
+FILE_LIMIT = 48 * 1024
+PAYLOAD = "z" * 1500
+
+
+def limit_file_size() -> None:  # runs in the child, before exec
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+
+@contextlib.asynccontextmanager
+async def peer_of(server: ServerProcess, session_id: str, **hello: Any) -> AsyncIterator[Peer]:
+    async with connect(server.url(session_id), subprotocols=["bamboo.v1"]) as ws:  # type: ignore[list-item]
+        peer = Peer(ws)
+        await peer.send({"type": "hello", **hello})
+        welcome = await peer.recv()
+        assert welcome["type"] == "welcome", welcome
+        peer.welcome = welcome  # type: ignore[attr-defined]
+        yield peer
+
+
+def http_json(server: ServerProcess, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def log_lines(data_dir: Path, session_id: str) -> list[dict[str, Any]]:
+    """Every line of the session's log, each of which must parse, ending in a newline."""
+    raw = (data_dir / "events" / f"{session_id}.jsonl").read_bytes()
+    assert raw == b"" or raw.endswith(b"\n"), "torn last line"
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+async def test_a_full_disk_refuses_appends_keeps_reads_and_recovers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    limited = ServerProcess(data_dir, tmp_path / "limited.log", preexec_fn=limit_file_size)
+    acked: dict[str, int] = {}
+    failed: list[str] = []
+    with limited:
+        async with peer_of(limited, "full", create=True) as peer:
+            for i in range(200):
+                frame = {"type": "event", "id": i, "key": f"k{i}", "event": token(f"k{i}")}
+                reply = await roundtrip(peer, frame)
+                if reply["type"] == "ack":
+                    assert not failed, "an append succeeded after one failed on a full file"
+                    acked[f"k{i}"] = reply["seq"]
+                else:
+                    assert reply["code"] == "internal", reply
+                    assert reply["message"].startswith("not stored, retry later:"), reply
+                    assert "File too large" in reply["message"], reply
+                    failed.append(f"k{i}")
+                    if len(failed) == 5:
+                        break
+            assert acked and len(failed) == 5
+            assert list(acked.values()) == list(range(1, len(acked) + 1))
+            # The log holds exactly what was acknowledged: no torn line, no failed event.
+            assert [line["key"] for line in log_lines(data_dir, "full")] == list(acked)
+            # Reads still work, over WebSocket and HTTP.
+            events = await roundtrip(peer, {"type": "events", "id": "e", "limit": 1000})
+            assert [name(e) for e in events["events"]] == list(acked)
+            history = await roundtrip(peer, {"type": "history", "id": "h"})
+            assert history["type"] == "history"
+            over_http = await asyncio.to_thread(http_json, limited, "/api/v1/sessions/full/events")
+            assert over_http["last_seq"] == len(acked)
+            # Other sessions (other files) are still served, appends included.
+            async with peer_of(limited, "other", create=True) as other:
+                ack = await roundtrip(other, {"type": "event", "id": 1, "event": token("x")})
+                assert ack["type"] == "ack"
+        assert limited.stop() == 0
+    # Only the storage's own complaint is an error in its log; no traceback.
+    records = limited.log_records()
+    assert any(r["event"] == "append failed" for r in records)
+    assert_no_tracebacks(
+        records,
+        allowed=("append failed", "appending to the log of session 'full' failed", "auto-save"),
+    )
+
+    # Space returns: the same directory, without the limit.
+    with ServerProcess(data_dir, tmp_path / "unlimited.log") as server:
+        async with peer_of(server, "full", last_seq=0) as peer:
+            welcome = peer.welcome  # type: ignore[attr-defined]
+            assert welcome["last_seq"] == len(acked) and welcome["resumed"] is True
+            replayed = [name(await peer.recv_type("event")) for _ in acked]
+            assert replayed == list(acked)
+            # A retry of a refused append is stored now, as a new event (it never was).
+            for key in failed:
+                frame = {"type": "event", "id": key, "key": key, "event": token(key)}
+                ack = await roundtrip(peer, frame)
+                assert ack["type"] == "ack" and not ack.get("duplicate"), ack
+            # A retry of an acknowledged one is a duplicate with its first seq.
+            first = next(iter(acked))
+            frame = {"type": "event", "id": "again", "key": first, "event": token(first)}
+            ack = await roundtrip(peer, frame)
+            assert (ack["seq"], ack["duplicate"]) == (acked[first], True)
+        assert server.stop() == 0
+    keys = [line["key"] for line in log_lines(data_dir, "full")]
+    assert keys == [*acked, *failed]
+
+
+async def roundtrip(peer: Peer, frame: dict[str, Any]) -> dict[str, Any]:
+    """Send a request and return its reply (or its error), skipping other frames."""
+    await peer.send(frame)
+    while True:
+        reply = await peer.recv(timeout=10)
+        if reply.get("id") == frame["id"] and reply["type"] != "event":
+            return reply
+
+
+def token(content: str) -> dict[str, Any]:
+    return {"type": "token", "content": content + ":" + PAYLOAD}
+
+
+def name(record: dict[str, Any]) -> str:
+    content: str = record["event"]["content"]
+    return content.partition(":")[0]
+
+
+def test_a_second_server_on_a_locked_directory_exits_with_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with ServerProcess(data_dir, tmp_path / "first.log"):
+        second = subprocess.run(
+            ServerProcess(data_dir, tmp_path / "second.log").argv(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert second.returncode != 0
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert lines[0].startswith("bamboo-session: cannot start:") and "lock" in lines[0].lower()
+    assert "Traceback" not in second.stderr
