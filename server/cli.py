@@ -21,6 +21,7 @@ from bamboo_session import __version__
 from bamboo_session.persistence.base import DURABILITY_MODES, StorageError
 
 from .config import ServerConfig, parse_value
+from .tools import add_tool_commands
 
 # Help for each ServerConfig field: one line, what it is and its unit.
 SERVE_HELP: dict[str, str] = {
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_command(commands)
+    add_tool_commands(commands)  # ls, show, tail, cleanup, publish (tools.py)
     return parser
 
 

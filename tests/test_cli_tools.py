@@ -1,0 +1,235 @@
+"""The operator subcommands: ``ls``, ``show``, ``cleanup`` offline on a data directory
+(in-process), and ``ls``/``show`` over HTTP, ``tail`` and ``publish`` against a real
+server (as subprocesses). Every error is one line on stderr and a non-zero status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.protocol import AgentEvent, Message, Session, utcnow
+from bamboo_session.protocol.client import BambooClient
+from bamboo_session.server.cli import main
+from tests.support import run_server
+
+TIMEOUT = 15.0
+
+
+def make_data_dir(path: Path) -> Path:
+    """Three sessions (two of u1, one of u2) and one that expired an hour ago."""
+
+    async def fill() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(path)) as storage:
+            for sid, user, title in [
+                ("a", "u1", "Alpha chat"),
+                ("b", "u1", "Beta"),
+                ("c", "u2", None),
+            ]:
+                session = Session.new(sid, user_id=user, title=title)
+                await storage.create_session(session)
+            await storage.append_message("a", Message.user("hello"))
+            await storage.append_message("a", Message.assistant("hi there"))
+            old = Session.new("old", user_id="u3", title="Old", ttl=60)
+            old.metadata.touch(utcnow() - timedelta(hours=1))
+            await storage.create_session(old)
+
+    asyncio.run(fill())
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return make_data_dir(tmp_path / "data")
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str) -> None:
+    assert code != 0
+    assert err.startswith("bamboo-session: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_ls_prints_a_table_and_filters(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["ls", "--data-dir", str(data_dir)], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "USER",
+        "STATE",
+        "MESSAGES",
+        "LAST_SEQ",
+        "LAST",
+        "ACTIVITY",
+        "TITLE",
+    ]
+    assert {line.split()[0] for line in lines[1:-1]} == {"a", "b", "c", "old"}
+    assert lines[-1] == "1-4 of 4 sessions"
+
+    code, out, _ = run(["ls", "--data-dir", str(data_dir), "--user-id", "u1", "--json"], capsys)
+    listing = json.loads(out)
+    assert code == 0 and listing["total"] == 2
+    assert {s["id"] for s in listing["sessions"]} == {"a", "b"}
+
+    argv = ["ls", "--data-dir", str(data_dir), "--title-contains", "CHAT", "--json"]
+    assert [s["id"] for s in json.loads(run(argv, capsys)[1])["sessions"]] == ["a"]
+    argv = [
+        "ls",
+        "--data-dir",
+        str(data_dir),
+        "--sort-by",
+        "message_count",
+        "--limit",
+        "1",
+        "--json",
+    ]
+    assert [s["id"] for s in json.loads(run(argv, capsys)[1])["sessions"]] == ["a"]
+    argv = ["ls", "--data-dir", str(data_dir), "--created-after", "2999-01-01", "--json"]
+    assert json.loads(run(argv, capsys)[1])["total"] == 0
+
+
+def test_show_prints_metadata_and_history(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["show", "a", "--data-dir", str(data_dir)], capsys)
+    assert code == 0
+    assert "id:            a" in out and "title:         Alpha chat" in out
+    assert out.rstrip().endswith("assistant: hi there") and "] user: hello" in out
+    code, out, _ = run(["show", "a", "--data-dir", str(data_dir), "--json"], capsys)
+    session = json.loads(out)
+    assert session["metadata"]["message_count"] == 2
+    assert [m["content"] for m in session["messages"]] == ["hello", "hi there"]
+
+
+def test_cleanup_removes_expired_sessions(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["cleanup", "--data-dir", str(data_dir)], capsys)[:2] == (0, "1\n")
+    assert run(["cleanup", "--data-dir", str(data_dir)], capsys)[:2] == (0, "0\n")
+    code, out, _ = run(["ls", "--data-dir", str(data_dir), "--json"], capsys)
+    assert code == 0 and {s["id"] for s in json.loads(out)["sessions"]} == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "--data-dir", "/nonexistent/bamboo"],
+        ["show", "missing", "--data-dir", "{data}"],
+        ["cleanup", "--data-dir", "/nonexistent/bamboo"],
+        ["ls", "--url", "ftp://example"],
+        ["ls", "--url", "http://127.0.0.1:1"],
+        ["publish", "x", "--event", "{not json", "--url", "ws://127.0.0.1:1"],
+        ["publish", "x", "--event", '{"type": "nope"}', "--url", "ws://127.0.0.1:1"],
+        [
+            "publish",
+            "x",
+            "--event",
+            '{"type": "token", "content": "x"}',
+            "--url",
+            "ws://127.0.0.1:1",
+        ],
+        ["tail", "x", "--url", "ws://127.0.0.1:1"],
+    ],
+)
+def test_errors_are_one_line(
+    argv: list[str], data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [arg.replace("{data}", str(data_dir)) for arg in argv]
+    code, out, err = run(argv, capsys)
+    assert_one_line_error(code, err)
+    assert out == ""
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["show", "../x"], ["ls", "--limit", "0"], ["ls", "--created-after", "soon"]):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_every_flag_has_help() -> None:
+    import argparse
+
+    from bamboo_session.server.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("ls", "show", "tail", "cleanup", "publish"):
+        for action in commands.choices[name]._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+# -- against a running server (subprocesses) ----------------------------------------------
+
+
+async def cli(*argv: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bamboo_session.server",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_online_commands(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "live", durability="memory") as server:
+        ws_url = f"ws://127.0.0.1:{server.port}"
+        http_url = f"http://127.0.0.1:{server.port}"
+        token = '{"type": "token", "content": "hi"}'
+        first = await cli("publish", "t", "--event", token, "--url", ws_url, "--create")
+        again, locked, listed, shown = await asyncio.gather(
+            cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1"),
+            cli("ls", "--data-dir", str(tmp_path / "live")),
+            cli("ls", "--url", http_url, "--json"),
+            cli("show", "t", "--url", ws_url, "--json"),
+        )
+        assert await cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1") == again
+        assert first == (0, "1\n", "") and again == (0, "2\n", "")  # the same key: once
+        assert_one_line_error(locked[0], locked[2])
+        assert "in use by a running server" in locked[2]
+        assert listed[0] == 0 and [s["id"] for s in json.loads(listed[1])["sessions"]] == ["t"]
+        assert shown[0] == 0 and json.loads(shown[1])["metadata"]["id"] == "t"
+
+        async with await BambooClient.connect(ws_url, "t") as agent:
+            await agent.publish(AgentEvent.token("second"))
+            await agent.publish(AgentEvent.token("third"))
+            code, out, err = await cli(
+                "tail", "t", "--url", ws_url, "--from-seq", "1", "--count", "3"
+            )
+            assert code == 0, err
+            lines = [json.loads(line) for line in out.splitlines()]
+            assert [line["seq"] for line in lines] == [2, 3, 4]
+            assert [line["event"]["content"] for line in lines] == ["hi", "second", "third"]
+
+            # Live: a tail without --count ends when the session is closed.
+            tail = asyncio.create_task(cli("tail", "t", "--url", ws_url, "--from-seq", "4"))
+            # Presence updates agent.connections; the session must not close before the
+            # tail attaches (it would get 4409), so wait for it.
+            while agent.connections < 2:  # noqa: ASYNC110 - a property, not an event
+                await asyncio.sleep(0.05)
+            await agent.publish(AgentEvent.token("live"))
+            await agent.set_state("closed")
+            code, out, err = await tail
+            assert code == 0, err
+            assert [json.loads(line)["event"]["content"] for line in out.splitlines()] == ["live"]
+
+        code, _, err = await cli("show", "nope", "--url", http_url)
+        assert_one_line_error(code, err)
+        assert "session not found" in err
