@@ -226,10 +226,12 @@ class JsonlStorage:
             for task in self._loops:
                 task.cancel()
             await asyncio.gather(*self._loops, return_exceptions=True)
-            await self._writer.flush()
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            await self._checkpoint_dirty()
-            await self._writer.close()
+            try:
+                await self._writer.flush()
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                await self._checkpoint_dirty()
+            finally:
+                await self._writer.close()
             if not self._dirty:
                 with _gc_paused():
                     entries = self._snapshot_entries()

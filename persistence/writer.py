@@ -78,6 +78,9 @@ class _Group:
     data: bytes = b""
     new_size: int = 0
     error: OSError | None = None
+    ok: bool = False  # written (and synced, in fsync mode): may be acknowledged
+    open_log: _OpenLog | None = None
+    size_before: int = 0
 
 
 @dataclass(slots=True)
@@ -214,23 +217,24 @@ class LogWriter:
                 group.appends.append(item)
         ordered = list(groups.values())
         forgets = [c.forget for c in controls if c.forget is not None]
-        loop = asyncio.get_running_loop()
+        done = asyncio.get_running_loop().run_in_executor(
+            self._io, self._write_batch, ordered, forgets
+        )
         try:
-            await loop.run_in_executor(self._io, self._write_batch, ordered, forgets)
-        except BaseException as exc:  # a bug, or cancellation: acknowledge nothing
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # Settle with what the thread really did, never with a guess.
+            await asyncio.wait({done})
+            raise
+        except Exception:
             log.exception("log writer failed")
-            for group in ordered:
-                if group.error is None:
-                    group.error = OSError(f"log writer failed: {exc!r}")
-            if not isinstance(exc, Exception):
-                raise
         finally:
             self.batches += 1
             self._settle(ordered, controls)
 
     def _settle(self, groups: list[_Group], controls: list[_Control]) -> None:
         for group in groups:
-            if group.error is None:
+            if group.ok:
                 events = [e for a in group.appends for e in a.events]
                 self._on_written(group.session_id, events, group.new_size)
                 for append in group.appends:
@@ -238,10 +242,11 @@ class LogWriter:
                         append.future.set_result(None)
             else:
                 sid = group.session_id
+                cause = group.error or OSError("the log writer failed")
                 self._generations[sid] = self._generations.get(sid, 0) + 1
-                self._on_failed(sid, group.error)
+                self._on_failed(sid, cause)
                 error = StorageError(
-                    f"could not append to the log of session {sid!r}: {group.error}; "
+                    f"could not append to the log of session {sid!r}: {cause}; "
                     "nothing of this append was stored"
                 )
                 for append in group.appends:
@@ -253,20 +258,30 @@ class LogWriter:
     # -- the I/O thread -------------------------------------------------------------
 
     def _write_batch(self, groups: list[_Group], forgets: Sequence[str]) -> None:
-        written: list[tuple[_Group, _OpenLog, int]] = []
-        for group in groups:
-            group.data = b"".join(a.data for a in group.appends)
-            entry = self._write_group(group)
-            if entry is not None:
-                written.append(entry)
-        if self._durability == "fsync" and written:
-            self._sync_written(written)
-        else:
-            for _group, open_log, _before in written:
-                open_log.unsynced = True
-        for session_id in forgets:
-            self._forget(session_id)
-        self._trim()
+        try:
+            written: list[tuple[_Group, _OpenLog, int]] = []
+            for group in groups:
+                group.data = b"".join(a.data for a in group.appends)
+                entry = self._write_group(group)
+                if entry is not None:
+                    written.append(entry)
+            if self._durability == "fsync" and written:
+                self._sync_written(written)
+            else:
+                for _group, open_log, _before in written:
+                    open_log.unsynced = True
+            for group, _open_log, _before in written:
+                group.ok = group.error is None
+        except BaseException:
+            # Unexpected (a bug, MemoryError): whatever was not fully done is cut away.
+            for group in groups:
+                if not group.ok and group.open_log is not None and group.error is None:
+                    self._cut_back(group.session_id, group.open_log, group.size_before)
+            raise
+        finally:
+            for session_id in forgets:
+                self._forget(session_id)
+            self._trim()
 
     def _write_group(self, group: _Group) -> tuple[_Group, _OpenLog, int] | None:
         """Write one file's lines; on failure cut the file back and record the error."""
@@ -275,7 +290,8 @@ class LogWriter:
         except OSError as exc:
             group.error = exc
             return None
-        before = open_log.size
+        before = group.size_before = open_log.size
+        group.open_log = open_log
         try:
             write_all(open_log.fd, group.data)
         except OSError as exc:
