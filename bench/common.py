@@ -70,6 +70,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._drain: threading.Thread | None = None
+        self._profiler: subprocess.Popen[bytes] | None = None
 
     def start(self, port: int = 0) -> ServerProcess:
         argv = [a.replace("{port}", str(port)) for a in self.argv]
@@ -105,7 +106,37 @@ class ServerProcess:
 
         self._drain = threading.Thread(target=drain, daemon=True)
         self._drain.start()
+        self._start_profiler()
         return self
+
+    def _start_profiler(self) -> None:
+        """``BENCH_PROFILE=DIR``: sample the Bamboo server with py-spy while it runs
+        (collapsed stacks in DIR, one file per server process; read with bench.profile)."""
+        target = os.environ.get("BENCH_PROFILE")
+        if not target or self.name != "bamboo":
+            return
+        out = Path(target) / f"{Path(sys.argv[0]).stem}-{self.pid}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        self._profiler = subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--threads",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     @property
     def pid(self) -> int:
@@ -125,6 +156,11 @@ class ServerProcess:
             code = self.proc.wait()
         if self._drain is not None:
             self._drain.join(5)
+        if self._profiler is not None:  # it writes its output once the server is gone
+            try:
+                self._profiler.wait(60)
+            except subprocess.TimeoutExpired:
+                self._profiler.kill()
         return code
 
     def url(self, path: str) -> str:

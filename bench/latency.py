@@ -170,7 +170,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     common.raise_nofile()
     with common.workdir("latency") as tmp:
         baseline = common.baseline_server(tmp / "baseline.log").start()
-        bamboo = common.bamboo_server(tmp / "data", tmp / "bamboo.log").start()
+        bamboo = common.bamboo_server(
+            tmp / "data", tmp / "bamboo.log", "--durability", args.durability
+        ).start()
         try:
             runs = {}
             for kind, server in (("baseline", baseline), ("bamboo", bamboo)):
@@ -191,6 +193,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=1_000 if full else 200)
     parser.add_argument("--seconds", type=float, default=20 if full else 5)
     parser.add_argument("--warmup", type=float, default=2 if full else 1)
+    parser.add_argument(
+        "--durability",
+        choices=("fsync", "os", "memory"),
+        default="fsync",
+        help="Bamboo's durability (the goal is for fsync; the others show what it costs)",
+    )
     common.add_common_args(parser)
     return parser.parse_args(argv)
 

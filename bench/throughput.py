@@ -105,7 +105,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     with common.workdir("throughput") as tmp:
         baseline = common.baseline_server(tmp / "baseline.log").start()
-        bamboo = common.bamboo_server(tmp / "data", tmp / "bamboo.log").start()
+        bamboo = common.bamboo_server(
+            tmp / "data", tmp / "bamboo.log", "--durability", args.durability
+        ).start()
         try:
             for sessions in args.sessions:
                 pair = {}
@@ -148,6 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=200, help="events per session")
     parser.add_argument("--window", type=int, default=32, help="unacked requests per agent")
+    parser.add_argument(
+        "--durability",
+        choices=("fsync", "os", "memory"),
+        default="fsync",
+        help="Bamboo's durability (the goal is for fsync; the others show what it costs)",
+    )
     common.add_common_args(parser)
     return parser.parse_args(argv)
 
