@@ -143,7 +143,8 @@ def http_get(
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers.get("Content-Type", "")
+        with error:
+            return error.code, error.read(), error.headers.get("Content-Type", "")
 
 
 async def get(

@@ -97,4 +97,5 @@ async def test_only_get_is_served() -> None:
             )
             with pytest.raises(urllib.error.HTTPError) as refused:
                 await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+            refused.value.close()
             assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET"
