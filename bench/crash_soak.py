@@ -50,9 +50,15 @@ LOST = (WebSocketException, OSError, TimeoutError)
 class Server:
     """The server child: started, SIGKILLed, restarted on the same directory."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        extra: tuple[str, ...] = ("--durability", "fsync", "--rate-limit", "0"),
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -71,10 +77,7 @@ class Server:
                     str(self.data_dir),
                     "--log-format",
                     "json",
-                    "--durability",
-                    "fsync",
-                    "--rate-limit",
-                    "0",
+                    *self.extra,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -198,7 +201,7 @@ async def retry_pending(server: Server, pub: Publisher) -> None:
             for index in sorted(waiting):
                 await ws.send(event_frame(index, pub.unacked[index]))
             while waiting:
-                waiting.discard(note_reply(pub, json.loads(await ws.recv())))  # type: ignore[arg-type]
+                waiting.discard(note_reply(pub, json.loads(await ws.recv())))
 
 
 async def follow(server: Server, reader: Reader, until_seq: int | None = None) -> None:

@@ -68,7 +68,8 @@ def mutated_frames(draw: st.DrawFn) -> str:
     for _ in range(draw(st.integers(1, 3))):
         target = frame
         nested = [k for k, v in frame.items() if isinstance(v, dict)]
-        if nested and draw(st.booleans()):
+        go_deeper = draw(st.booleans())
+        if nested and go_deeper:
             target = frame[draw(st.sampled_from(nested))]
         keys = sorted(target)
         action = draw(st.sampled_from(["replace", "delete", "add"]))
