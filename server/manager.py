@@ -99,6 +99,7 @@ class SessionManager:
         self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
         self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
+        self._creating: dict[str, asyncio.Future[Session]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.metrics.watch_actors(lambda: len(self._actors), self._parked_count)
@@ -154,11 +155,19 @@ class SessionManager:
     async def get_or_create_session(
         self, session_id: str, user_id: str | None = None, title: str | None = None
     ) -> Session:
+        # Concurrent callers for one id share one creation: the storage refuses the
+        # others with SessionExists before the winner's session is readable.
+        creating = self._creating.get(session_id)
+        if creating is not None:
+            await asyncio.wait([creating])
         existing = await self.get_session(session_id)
         if existing is not None:
             return existing
+        creation = asyncio.ensure_future(self.create_session(user_id, title, session_id=session_id))
+        self._creating[session_id] = creation
+        creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         try:
-            return await self.create_session(user_id, title, session_id=session_id)
+            return await asyncio.shield(creation)
         except SessionExists:
             found = await self.get_session(session_id)
             if found is None:  # created and deleted in between: let the caller retry

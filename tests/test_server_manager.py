@@ -88,6 +88,14 @@ async def test_get_or_create_list_and_delete(manager: SessionManager) -> None:
         await manager.append_event("s-1", AgentEvent.token("x"))
 
 
+async def test_concurrent_get_or_create_of_one_id_all_succeed(manager: SessionManager) -> None:
+    sessions = await asyncio.gather(
+        *(manager.get_or_create_session("shared", f"u{i}") for i in range(20))
+    )
+    assert {s.id for s in sessions} == {"shared"}
+    assert len({s.metadata.user_id for s in sessions}) == 1
+
+
 async def test_busy_when_every_live_session_is_connected(manager: SessionManager) -> None:
     receivers = []
     for _ in range(3):
