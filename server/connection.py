@@ -50,13 +50,14 @@ from .actor import Append, SessionActor, SetState
 from .auth import Forbidden, Unauthorized
 from .limits import FrameLimiter, TooManyConnections
 from .manager import ServerBusy
-from .outbox import CloseRequest, Outbound, Outbox, Replay
+from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
 
 if TYPE_CHECKING:
     from .app import BambooServer
 
 log = structlog.get_logger("bamboo_session.connection")
 T = TypeVar("T")
+_SEND_BATCH = 256  # frames written to the socket at once, at most
 
 _ATTACH_FAILURES: dict[type[Exception], tuple[CloseCode, str]] = {
     SessionNotFound: (CloseCode.NOT_FOUND, "session not found"),
@@ -286,12 +287,13 @@ class Connection:
         while True:
             item = await outbox.get()
             if isinstance(item, Outbound):
-                await ws.send(item.encoded(codec), text=text)
-                self.frames_out += 1
+                # Whatever is queued goes out in one write (outbox.send_frames).
+                batch = outbox.take_frames(item, _SEND_BATCH)
+                await send_frames(ws, [out.encoded(codec) for out in batch], text)
+                self.frames_out += len(batch)
             elif isinstance(item, Replay):
                 async for page in actor.replay(item.after, item.through):
-                    for out in page:
-                        await ws.send(out.encoded(codec), text=text)
+                    await send_frames(ws, [out.encoded(codec) for out in page], text)
                     self.frames_out += len(page)
             else:
                 await self._close(item)

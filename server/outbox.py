@@ -20,6 +20,8 @@ from bamboo_session.protocol.frames import EventFrame, ServerFrame
 from bamboo_session.protocol.models import StoredEvent
 
 if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
     from .actor import SessionActor
 
 
@@ -158,6 +160,39 @@ class Outbox:
 
     def get_nowait(self) -> OutboxItem | None:
         return self._items.popleft() if self._items else None
+
+    def take_frames(self, first: Outbound, limit: int) -> list[Outbound]:
+        """``first`` and the frames queued right behind it, up to ``limit`` in all, so
+        that a writer sends them together (it stops at a replay or the close)."""
+        frames = [first]
+        items = self._items
+        while items and len(frames) < limit and type(items[0]) is Outbound:
+            frames.append(items.popleft())  # type: ignore[arg-type]
+        return frames
+
+
+async def send_frames(ws: ServerConnection, frames: list[bytes], text: bool) -> None:
+    """Send ``frames`` with one write to the socket: one ``writev`` for the lot instead of
+    a ``send()``, its context manager and a ``write`` system call per frame, which is
+    most of what fanning out costs (bench/RESULTS.md). Flow control and errors are
+    websockets' own: this is ``send()``'s body with several frames in its context."""
+    if len(frames) == 1:
+        await ws.send(frames[0], text=text)
+        return
+    async with ws.send_context():
+        protocol = ws.protocol
+        send = protocol.send_text if text else protocol.send_binary
+        for data in frames:
+            send(data)
+        chunks = protocol.data_to_send()
+        if all(chunks):
+            ws.transport.writelines(chunks)
+        else:  # pragma: no cover - an empty chunk (EOF) only follows a close frame
+            for chunk in chunks:
+                if chunk:
+                    ws.transport.write(chunk)
+                elif ws.transport.can_write_eof():
+                    ws.transport.write_eof()
 
 
 class Receiver:
