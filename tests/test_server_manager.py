@@ -111,13 +111,14 @@ async def test_busy_when_every_live_session_is_connected(manager: SessionManager
     assert await manager.connect_session(extra.id) is not None
 
 
-@pytest.mark.parametrize("example", ["session_manager.py", "gateway_integration.py"])
-def test_examples_run(example: str, tmp_path: Path) -> None:
+def test_session_manager_example_runs(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / example), str(tmp_path)],
+        [sys.executable, str(ROOT / "examples" / "session_manager.py"), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "seq=" in result.stdout or "no gap" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("seq=1 MessageEvent(") and "Hello!" in lines[0]
+    assert lines[1] == "seq=2 Token(content='Hi!')"
