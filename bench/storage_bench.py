@@ -49,6 +49,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=20_000, help="appends per mode in 1")
     parser.add_argument("--appenders", type=int, default=64, help="concurrent appenders in 1")
     parser.add_argument("--append-sessions", type=int, default=256, help="sessions in 1")
+    parser.add_argument("--hot-sessions", type=int, default=8, help="few busy sessions in 1")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of 1")
     parser.add_argument("--queries", type=int, default=1000, help="list_sessions calls in 2")
     parser.add_argument("--dir", help="where to put the data (default: a temp dir)")
     parser.add_argument("--tiny", action="store_true", help="a quick run for the tests")
@@ -56,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.tiny:
         args.sessions, args.events, args.appenders = 500, 300, 16
         args.append_sessions, args.queries = 16, 50
+        args.hot_sessions, args.rounds = 4, 1
     return args
 
 
@@ -119,23 +122,53 @@ async def storage_appends(
 
 
 async def bench_appends(root: Path, args: argparse.Namespace) -> None:
+    """Each measurement ``--rounds`` times, interleaved, so that a noisy neighbour on
+    the disk hits all of them alike; the medians are compared."""
     print(
         f"1. appends: {args.events} events, {args.appenders} concurrent appenders over "
-        f"{args.append_sessions} sessions"
+        f"{args.append_sessions} sessions (medians of {args.rounds} interleaved rounds)"
     )
     lines = sample_lines(args.events)
-    raw_sync = raw_loop(root / "raw-sync", args.append_sessions, lines, sync=True)
-    raw_write = raw_loop(root / "raw-write", args.append_sessions, lines, sync=False)
-    print(f"   raw write+fdatasync per line  {raw_sync:>10,.0f} events/s   1.00x")
-    print(f"   raw write per line (no sync)  {raw_write:>10,.0f} events/s")
-    for mode in ("fsync", "os", "memory"):
-        rate, per_batch = await storage_appends(
-            root / f"mode-{mode}", mode, args.append_sessions, args.appenders, args.events
-        )
+    rates: dict[str, list[float]] = {}
+    per_batch: dict[str, float] = {}
+    modes: list[tuple[str, Durability, int]] = [
+        ("fsync", "fsync", args.append_sessions),
+        ("os", "os", args.append_sessions),
+        ("memory", "memory", args.append_sessions),
+        (f"fsync, {args.hot_sessions} hot sessions", "fsync", args.hot_sessions),
+    ]
+    for round_ in range(args.rounds):
+        here = root / f"round-{round_}"
+        for name, sync in (("raw sync", True), ("raw write", False)):
+            rate = raw_loop(here / name.replace(" ", "-"), args.append_sessions, lines, sync)
+            rates.setdefault(name, []).append(rate)
+        for number, (name, mode, sessions) in enumerate(modes):
+            rate, batch = await storage_appends(
+                here / f"storage-{number}",
+                mode,
+                sessions,
+                args.appenders,
+                args.events,
+            )
+            rates.setdefault(name, []).append(rate)
+            per_batch[name] = batch
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    raw_sync, raw_write = median["raw sync"], median["raw write"]
+
+    def spread(name: str) -> str:
+        values = rates[name]
+        return f" [{min(values):,.0f}..{max(values):,.0f}]" if len(values) > 1 else ""
+
+    label = "raw write+fdatasync per line"
+    print(f"   {label:<37}{raw_sync:>9,.0f} events/s   1.00x{spread('raw sync')}")
+    label = "raw write per line, no sync"
+    print(f"   {label:<37}{raw_write:>9,.0f} events/s{spread('raw write')}")
+    for name, _mode, _sessions in modes:
+        rate = median[name]
         print(
-            f"   JsonlStorage durability={mode:<7}{rate:>10,.0f} events/s  "
-            f"{rate / raw_sync:>5.2f}x raw sync, {rate / raw_write:.2f}x raw write "
-            f"({per_batch:.1f} appends per batch)"
+            f"   JsonlStorage {name:<24}{rate:>9,.0f} events/s  {rate / raw_sync:>5.2f}x raw "
+            f"sync, {rate / raw_write:.2f}x raw write, {per_batch[name]:.0f} per batch"
+            f"{spread(name)}"
         )
 
 
