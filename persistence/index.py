@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -126,18 +126,24 @@ def _predicates(query: SessionFilter) -> list[Callable[[SessionMetadata], bool]]
         state = query.state
         checks.append(lambda m: m.state == state)
     if query.created_after is not None:
-        created_after: datetime = query.created_after
+        created_after = _aware(query.created_after)
         checks.append(lambda m: m.created_at >= created_after)
     if query.created_before is not None:
-        created_before: datetime = query.created_before
+        created_before = _aware(query.created_before)
         checks.append(lambda m: m.created_at < created_before)
     if query.active_after is not None:
-        active_after: datetime = query.active_after
+        active_after = _aware(query.active_after)
         checks.append(lambda m: m.last_activity_at >= active_after)
     if query.title_contains is not None:
-        needle = query.title_contains.casefold()
-        checks.append(lambda m: m.title is not None and needle in m.title.casefold())
+        needle = query.title_contains  # case-sensitive, as the seed's ``contains``
+        checks.append(lambda m: m.title is not None and needle in m.title)
     return checks
+
+
+def _aware(moment: datetime) -> datetime:
+    """Stored times are UTC; a bound without a zone is read as UTC too (comparing
+    naive with aware datetimes would raise)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _discard(sets: dict[Any, set[str]], key: Any, session_id: str) -> None:

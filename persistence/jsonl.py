@@ -427,9 +427,19 @@ class JsonlStorage:
             return []
         mark = bisect.bisect_right(record.marks, (after_seq, float("inf"))) - 1
         start_seq, offset = record.marks[max(mark, 0)]
-        return await self._io(
-            _read_log_range, self._log_path(session_id), offset, start_seq, after_seq, last, limit
-        )
+        try:
+            return await self._io(
+                _read_log_range,
+                self._log_path(session_id),
+                offset,
+                start_seq,
+                after_seq,
+                last,
+                limit,
+            )
+        except StorageError:
+            self._record(session_id)  # deleted while reading: SessionNotFound
+            raise
 
     async def last_seq(self, session_id: str) -> int:
         await self._settle()

@@ -698,3 +698,14 @@ async def test_cancelled_callers_do_not_cut_file_work_short(config: JsonlStorage
         assert storage.recovery is not None and storage.recovery.from_snapshot == len(created)
         assert {m.id for m in (await storage.list_sessions(SessionFilter())).sessions} == created
         assert "s" not in created
+
+
+async def test_list_filters_accept_naive_times_as_utc(storage: JsonlStorage) -> None:
+    await make(storage, "s", title="Cats and Dogs")
+    naive_past = (utcnow() - timedelta(hours=1)).replace(tzinfo=None)
+    result = await storage.list_sessions(
+        SessionFilter(created_after=naive_past, active_after=naive_past)
+    )
+    assert [m.id for m in result.sessions] == ["s"]
+    assert (await storage.list_sessions(SessionFilter(title_contains="Dogs"))).total == 1
+    assert (await storage.list_sessions(SessionFilter(title_contains="dogs"))).total == 0
