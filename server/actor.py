@@ -41,6 +41,7 @@ log = structlog.get_logger("bamboo_session.actor")
 
 KEY_WINDOW = 10_000  # appends within which an idempotency key is remembered (PROTOCOL.md)
 REPLAY_PAGE = 512
+PARKED_RING_SIZE = 64
 _BATCH_MAX = 512
 
 
@@ -104,40 +105,31 @@ class Inbox:
     """The actor's command queue. Peers' frames wait for room (back-pressure on their
     socket); the actor's own timers and the manager never do."""
 
+    __slots__ = ("_has_room", "_items", "limit")
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._items: collections.deque[Command] = collections.deque()
-        self._has_items: asyncio.Future[None] | None = None
         self._has_room: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def post(self, command: Command) -> None:
+    def append(self, command: Command) -> None:
         self._items.append(command)
-        waiter = self._has_items
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
-    async def put(self, command: Command) -> None:
+    async def wait_for_room(self) -> None:
         while len(self._items) >= self.limit:
             if self._has_room is None or self._has_room.done():
                 self._has_room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._has_room)
-        self.post(command)
 
     def take_all(self) -> list[Command]:
         items = list(self._items)
         self._items.clear()
         return items
 
-    async def get_batch(self, max_items: int) -> list[Command]:
-        while not self._items:
-            self._has_items = asyncio.get_running_loop().create_future()
-            try:
-                await self._has_items
-            finally:
-                self._has_items = None
+    def take_batch(self, max_items: int) -> list[Command]:
         count = min(max_items, len(self._items))
         batch = [self._items.popleft() for _ in range(count)]
         room = self._has_room
@@ -154,16 +146,21 @@ class ActorRetired(Exception):
 class KeyWindow:
     """Idempotency keys of the last ``size`` appends, with the seq each was given."""
 
+    __slots__ = ("_order", "_seq_by_key", "size")
+
     def __init__(self, size: int = KEY_WINDOW) -> None:
         self.size = size
         self._seq_by_key: dict[str, int] = {}
-        self._order: collections.deque[tuple[int, str]] = collections.deque()
+        # Allocated with the first key: most sessions of a parked crowd have none.
+        self._order: collections.deque[tuple[int, str]] | None = None
 
     def get(self, key: str) -> int | None:
         return self._seq_by_key.get(key)
 
     def add(self, key: str, seq: int) -> None:
         self._seq_by_key[key] = seq
+        if self._order is None:
+            self._order = collections.deque()
         self._order.append((seq, key))
 
     def forget_before(self, last_seq: int) -> None:
@@ -176,7 +173,27 @@ class KeyWindow:
 
 
 class SessionActor:
-    """One live session: its task, inbox, ring, key window and attached outboxes."""
+    """One live session: its inbox, ring, key window and attached outboxes, and a task
+    that runs only while there are commands to handle (a parked crowd costs no tasks)."""
+
+    __slots__ = (
+        "_last_traffic",
+        "_loop",
+        "_timer",
+        "_timer_generation",
+        "accepting",
+        "epoch",
+        "finished",
+        "inbox",
+        "keys",
+        "manager",
+        "outboxes",
+        "published_seq",
+        "ring",
+        "session_id",
+        "state",
+        "task",
+    )
 
     def __init__(self, manager: SessionManager, session_id: str, epoch: str, last_seq: int) -> None:
         self.manager = manager
@@ -187,7 +204,8 @@ class SessionActor:
         self.accepting = True
         self.finished = False
         self.inbox = Inbox(manager.config.inbox_limit)
-        self.ring: collections.deque[Outbound] = collections.deque(maxlen=manager.config.ring_size)
+        # Recent events for replay without disk; allocated with the first event.
+        self.ring: collections.deque[Outbound] | None = None
         self.keys = KeyWindow()
         self.outboxes: dict[str, Outbox] = {}
         self.task: asyncio.Task[None] | None = None
@@ -218,7 +236,7 @@ class SessionActor:
             if stored.key is not None:
                 actor.keys.add(stored.key, stored.seq)
         for stored in tail[-manager.config.ring_size :]:
-            actor.ring.append(Outbound.for_event(stored))
+            actor._remember(Outbound.for_event(stored))
         if tail:
             actor.published_seq = tail[-1].seq
         return actor
@@ -227,14 +245,20 @@ class SessionActor:
         """Queue a command from the manager or a timer; never waits."""
         if self.finished:
             self._reject(command)
-        else:
-            self.inbox.post(command)
+            return
+        self.inbox.append(command)
+        task = self.task
+        if task is None or task.done():
+            # A fresh context: the actor outlives the connection that happened to wake
+            # it, and must not log with that connection's id.
+            self.task = asyncio.create_task(
+                self._run(), name=f"session-actor:{self.session_id}", context=contextvars.Context()
+            )
 
     async def submit(self, command: Command) -> None:
         """Queue a peer's command, waiting while the inbox is full (back-pressure)."""
-        await self.inbox.put(command)
-        if self.finished:
-            self._reject(command)
+        await self.inbox.wait_for_room()
+        self.post(command)
 
     def _reject(self, command: Command) -> None:
         """Answer a command that arrived after the actor finished its work."""
@@ -249,30 +273,32 @@ class SessionActor:
             command.future.set_result(None)
 
     def start(self) -> None:
-        # A fresh context: the actor outlives the connection that happened to spawn it,
-        # and must not log with that connection's id.
-        self.task = asyncio.create_task(
-            self._run(), name=f"session-actor:{self.session_id}", context=contextvars.Context()
-        )
         self._arm_timer()
 
     async def _run(self) -> None:
+        """Handles commands until the inbox is empty; retires the actor once it stops
+        accepting (closed, stopped, parked too long, or failed)."""
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
         try:
-            while self.accepting:
-                batch = await self.inbox.get_batch(_BATCH_MAX)
-                await self._handle_batch(batch)
+            while self.accepting and len(self.inbox):
+                await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
         except asyncio.CancelledError:
+            self.accepting = False
             self._close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         except Exception:
             log.exception("session actor failed")
+            self.accepting = False
             self._close_all(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            self._retire()
-            await self._drain_after_retire()
-            with contextlib.suppress(StorageError, SessionNotFound):
-                await self.manager.storage.checkpoint(self.session_id)
+            if not self.accepting and not self.finished:
+                await self._finish()
+
+    async def _finish(self) -> None:
+        self._retire()
+        await self._drain_after_retire()
+        with contextlib.suppress(StorageError, SessionNotFound):
+            await self.manager.storage.checkpoint(self.session_id)
 
     def _retire(self) -> None:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
@@ -285,7 +311,7 @@ class SessionActor:
         # Commands posted before the actor retired are answered, never dropped; from
         # the moment the inbox is found empty, new ones are rejected on arrival.
         while len(self.inbox):
-            await self._handle_batch(await self.inbox.get_batch(_BATCH_MAX))
+            await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
         self.finished = True
         for command in self.inbox.take_all():
             self._reject(command)
@@ -387,7 +413,7 @@ class SessionActor:
 
     def _publish(self, stored: StoredEvent, origin: Outbox | None) -> None:
         out = Outbound.for_event(stored)
-        self.ring.append(out)
+        self._remember(out)
         self.published_seq = stored.seq
         if stored.key is not None:
             self.keys.add(stored.key, stored.seq)
@@ -395,6 +421,23 @@ class SessionActor:
             if outbox is not origin:
                 outbox.push(out)
         self.manager.metrics.events_appended.inc()
+
+    def _remember(self, out: Outbound) -> None:
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = collections.deque(maxlen=self.manager.config.ring_size)
+        ring.append(out)
+
+    def _shrink_ring(self) -> None:
+        """A parked session keeps only its newest events in memory: a quick reconnect
+        still replays from memory, and a crowd of parked sessions stays small."""
+        ring = self.ring
+        if ring is None:
+            return
+        while len(ring) > PARKED_RING_SIZE:
+            ring.popleft()
+        if not ring:
+            self.ring = None
 
     def _reply(self, command: Append, result: AppendResult) -> None:
         if command.future is not None:
@@ -468,6 +511,7 @@ class SessionActor:
         self._presence(outbox, joined=False)
         if not self.outboxes and self.state != SessionState.CLOSED:
             await self._change_state(SessionState.DISCONNECTED)
+            self._shrink_ring()
             self._arm_timer()
 
     def _presence(self, subject: Outbox, *, joined: bool) -> None:
@@ -524,7 +568,7 @@ class SessionActor:
         config = self.manager.config
         delay = config.idle_timeout if self.outboxes else config.disconnect_retention
         generation = self._timer_generation
-        self._timer = self._loop.call_later(max(delay, 0.0), self.inbox.post, Tick(generation))
+        self._timer = self._loop.call_later(max(delay, 0.0), self.post, Tick(generation))
 
     async def _on_timer(self, generation: int) -> None:
         if generation != self._timer_generation:

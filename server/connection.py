@@ -77,6 +77,23 @@ _AUTH_FAILURES: dict[type[Exception], CloseCode] = {
 class Connection:
     """A peer attached (or attaching) to one session over one WebSocket."""
 
+    __slots__ = (
+        "_close_counted",
+        "_closer",
+        "actor",
+        "codec",
+        "connection_id",
+        "counted_user",
+        "frames_in",
+        "frames_out",
+        "limiter",
+        "outbox",
+        "server",
+        "session_id",
+        "started",
+        "ws",
+    )
+
     def __init__(
         self, server: BambooServer, ws: ServerConnection, codec: Codec, session_id: str | None
     ) -> None:
@@ -172,21 +189,23 @@ class Connection:
     # -- attached ----------------------------------------------------------------
 
     async def _serve(self) -> None:
+        """Reads in this task (one task fewer per connection) while a writer task sends;
+        whichever side closes the socket ends the other."""
         writer = asyncio.create_task(self._write(), name=f"writer:{self.connection_id}")
+        writer.add_done_callback(self._writer_done)
         self.server.metrics.connections.inc()
         try:
-            reader = asyncio.ensure_future(self._read())
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                # The writer ended (close requested): the reader ends with the socket.
-                await asyncio.wait({reader}, timeout=self.server.config.close_timeout + 1)
-                reader.cancel()
-            writer.cancel()
-            for task in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                    await task
+            await self._read()
         finally:
             self.server.metrics.connections.dec()
+            writer.cancel()
+
+    def _writer_done(self, writer: asyncio.Task[None]) -> None:
+        if writer.cancelled() or isinstance(writer.exception(), ConnectionClosed):
+            return
+        if writer.exception() is not None:
+            log.error("connection writer failed", exc_info=writer.exception())
+            self._close_soon(CloseRequest(CloseCode.INTERNAL_ERROR, "internal error"))
 
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None

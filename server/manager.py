@@ -346,8 +346,8 @@ class SessionManager:
 
     def _retire_actor(self, actor: SessionActor, stop: Stop) -> None:
         actor.accepting = False
+        actor.post(stop)  # wakes the actor's task, which retires it
         self._actor_retired(actor)
-        actor.post(stop)
 
     async def _stop_actor(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -74,8 +74,26 @@ class CloseRequest:
 OutboxItem = Outbound | Replay | CloseRequest
 
 
+_COMPACT_AFTER = 1024
+
+
 class Outbox:
     """A connection's bounded queue of frames, filled by producers that never wait."""
+
+    __slots__ = (
+        "_head",
+        "_items",
+        "_settled",
+        "_waiter",
+        "actor",
+        "closing",
+        "connection_id",
+        "in_flight",
+        "limit",
+        "max_in_flight",
+        "on_overflow",
+        "role",
+    )
 
     def __init__(
         self,
@@ -91,7 +109,10 @@ class Outbox:
         # A slow reader's writer is likely stuck in a send: this closes from outside it.
         self.on_overflow = on_overflow
         self.closing: CloseRequest | None = None
-        self._items: collections.deque[OutboxItem] = collections.deque()
+        # A list read from ``_head`` rather than a deque: an idle connection's empty
+        # list costs 56 bytes where an empty deque keeps a 760-byte block.
+        self._items: list[OutboxItem] = []
+        self._head = 0
         self._waiter: asyncio.Future[None] | None = None
         # Requests read but not answered yet: capped so that a burst of replies always
         # fits in the queue, which keeps a pipelining publisher from closing itself.
@@ -100,13 +121,26 @@ class Outbox:
         self._settled: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) - self._head
+
+    def _popleft(self) -> OutboxItem:
+        items, head = self._items, self._head
+        item = items[head]
+        head += 1
+        if head == len(items):
+            items.clear()  # frees the array: drained is the common, idle case
+            head = 0
+        elif head >= _COMPACT_AFTER:
+            del items[:head]  # a queue that never drains still frees what was sent
+            head = 0
+        self._head = head
+        return item
 
     def push(self, item: Outbound | Replay) -> None:
         """Queue ``item``; a full outbox closes its connection with 4429 instead."""
         if self.closing is not None:
             return
-        if len(self._items) >= self.limit:
+        if len(self) >= self.limit:
             self.close(CloseCode.TOO_SLOW, "too slow to read: send queue full")
             return
         self._items.append(item)
@@ -137,6 +171,7 @@ class Outbox:
         if code == CloseCode.TOO_SLOW:
             # A slow reader must not get the backlog first: close as soon as possible.
             self._items.clear()
+            self._head = 0
             if self.on_overflow is not None:
                 self.on_overflow(self.closing)
         self._items.append(self.closing)
@@ -150,24 +185,24 @@ class Outbox:
             waiter.set_result(None)
 
     async def get(self) -> OutboxItem:
-        while not self._items:
+        while not len(self):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._items.popleft()
+        return self._popleft()
 
     def get_nowait(self) -> OutboxItem | None:
-        return self._items.popleft() if self._items else None
+        return self._popleft() if len(self) else None
 
     def take_frames(self, first: Outbound, limit: int) -> list[Outbound]:
         """``first`` and the frames queued right behind it, up to ``limit`` in all, so
         that a writer sends them together (it stops at a replay or the close)."""
         frames = [first]
         items = self._items
-        while items and len(frames) < limit and type(items[0]) is Outbound:
-            frames.append(items.popleft())  # type: ignore[arg-type]
+        while len(self) and len(frames) < limit and type(items[self._head]) is Outbound:
+            frames.append(self._popleft())  # type: ignore[arg-type]
         return frames
 
 
