@@ -245,22 +245,34 @@ class Connection:
             case PublishEvent(event=event, key=key, id=request_id):
                 if isinstance(event, MessageEvent):
                     event = MessageEvent(event.message.completed())
-                await actor.submit(Append(event, key, outbox, request_id))
+                await self._submit(actor, outbox, Append(event, key, outbox, request_id))
             case PublishMessage(message=message, key=key, id=request_id):
-                await actor.submit(
-                    Append(MessageEvent(message.completed()), key, outbox, request_id)
-                )
+                event = MessageEvent(message.completed())
+                await self._submit(actor, outbox, Append(event, key, outbox, request_id))
             case HistoryRequest():
                 await self._history(frame, outbox)
             case EventsRequest():
                 await self._events(frame, actor, outbox)
             case StateRequest(state=state, id=request_id):
-                await outbox.reserve()
-                await actor.submit(SetState(SessionState(state), outbox, request_id))
+                command = SetState(SessionState(state), outbox, request_id)
+                await self._submit(actor, outbox, command)
             case Ping(id=request_id):
                 outbox.push(Outbound(Pong(id=request_id)))
             case Hello():
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already received")
+
+    @staticmethod
+    async def _submit(actor: SessionActor, outbox: Outbox, command: Append | SetState) -> None:
+        """Posts a request whose reply the actor sends, once this connection may have
+        one more in flight; waits (and so stops reading) only when it may not."""
+        if outbox.in_flight < outbox.max_in_flight:
+            outbox.in_flight += 1
+        else:
+            await outbox.reserve()
+        if len(actor.inbox) < actor.inbox.limit:
+            actor.post(command)
+        else:
+            await actor.submit(command)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None

@@ -96,3 +96,14 @@ async def test_a_slow_consumer_is_closed_4429_while_others_get_everything() -> N
                 assert code == 4429
         metrics = server.metrics.render().decode()
         assert "bamboo_send_queue_drops_total 1.0" in metrics
+
+
+async def test_a_pipelining_publisher_is_paced_not_closed() -> None:
+    # A burst of requests larger than the send queue: replies always fit, because the
+    # server reads at most half the queue's worth ahead of its replies.
+    async with run_server(send_queue_frames=16) as server, attach(server) as (agent, _):
+        for i in range(300):
+            await agent.send({"type": "event", "id": i, "event": token(str(i))})
+        acks = [await agent.recv_type("ack") for _ in range(300)]
+        assert [a["seq"] for a in acks] == list(range(1, 301))
+        assert (await agent.request({"type": "ping", "id": "p"}, "pong"))["id"] == "p"
