@@ -368,6 +368,7 @@ class SessionActor:
             return
         for command, event in zip(fresh, stored, strict=True):
             self._publish(event, command.origin)
+        self.manager.metrics.events_appended.inc(len(stored))
         self.keys.forget_before(self.published_seq)
         self.note_traffic()
         if self.state == SessionState.IDLE and self.outboxes:
@@ -420,7 +421,6 @@ class SessionActor:
         for outbox in self.outboxes.values():
             if outbox is not origin:
                 outbox.push(out)
-        self.manager.metrics.events_appended.inc()
 
     def _remember(self, out: Outbound) -> None:
         ring = self.ring
