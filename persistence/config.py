@@ -32,6 +32,10 @@ class JsonlStorageConfig:
       rewritten after that many appends, or after that many seconds.
     - ``message_cache_size``: sessions whose message lists stay in memory.
     - ``max_open_logs``: event-log file descriptors kept open by the writer.
+    - ``wal``: in ``fsync`` mode, sync one shared write-ahead log per group commit instead
+      of every session log it touched (see ``persistence/wal.py``); ``False`` syncs each
+      touched log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired
+      (its logs synced, then it is deleted) past that size or age.
     """
 
     base_path: Path
@@ -45,6 +49,9 @@ class JsonlStorageConfig:
     message_cache_size: int = 1024
     max_open_logs: int = 256
     fsync_interval: float = 1.0
+    wal: bool = True
+    wal_segment_bytes: int = 64 * 1024 * 1024
+    wal_segment_age: float = 30.0
 
     def __init__(
         self,
@@ -59,6 +66,9 @@ class JsonlStorageConfig:
         message_cache_size: int = 1024,
         max_open_logs: int = 256,
         fsync_interval: float = 1.0,
+        wal: bool = True,
+        wal_segment_bytes: int = 64 * 1024 * 1024,
+        wal_segment_age: float = 30.0,
     ) -> None:
         # A hand-written __init__ so that base_path accepts str and "~" expands once,
         # here, rather than at every use.
@@ -74,6 +84,9 @@ class JsonlStorageConfig:
         set_field(self, "message_cache_size", message_cache_size)
         set_field(self, "max_open_logs", max_open_logs)
         set_field(self, "fsync_interval", fsync_interval)
+        set_field(self, "wal", wal)
+        set_field(self, "wal_segment_bytes", wal_segment_bytes)
+        set_field(self, "wal_segment_age", wal_segment_age)
         self._validate()
 
     @classmethod
@@ -90,10 +103,20 @@ class JsonlStorageConfig:
             raise ValueError("default_ttl must be positive (or None for no expiry)")
         if self.max_sessions is not None and self.max_sessions < 0:
             raise ValueError("max_sessions must not be negative")
-        for name in ("cleanup_interval", "checkpoint_interval", "fsync_interval"):
+        for name in (
+            "cleanup_interval",
+            "checkpoint_interval",
+            "fsync_interval",
+            "wal_segment_age",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("checkpoint_every", "message_cache_size", "max_open_logs"):
+        for name in (
+            "checkpoint_every",
+            "message_cache_size",
+            "max_open_logs",
+            "wal_segment_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -117,6 +140,24 @@ class JsonlStorageConfig:
     def with_durability(self, durability: Durability) -> Self:
         return self._replace(durability=durability)
 
+    def with_wal(
+        self,
+        enabled: bool = True,
+        segment_bytes: int | None = None,
+        segment_age: float | None = None,
+    ) -> Self:
+        return self._replace(
+            wal=enabled,
+            wal_segment_bytes=self.wal_segment_bytes if segment_bytes is None else segment_bytes,
+            wal_segment_age=self.wal_segment_age if segment_age is None else segment_age,
+        )
+
+    @property
+    def uses_wal(self) -> bool:
+        """Whether appends go through the shared WAL (``fsync`` mode only: the other
+        modes never sync on the acknowledgement path, so a WAL would only cost)."""
+        return self.wal and self.durability == "fsync"
+
     def with_checkpointing(self, every: int | None = None, interval: float | None = None) -> Self:
         return self._replace(
             checkpoint_every=self.checkpoint_every if every is None else every,
@@ -134,6 +175,10 @@ class JsonlStorageConfig:
     @property
     def index_dir(self) -> Path:
         return self.base_path / "index"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.base_path / "wal"
 
     @property
     def lock_path(self) -> Path:

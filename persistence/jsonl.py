@@ -5,11 +5,17 @@ Layout under ``base_path``::
     sessions/<id>.json    checkpoint: metadata + messages, and how far into the log it
                           reaches (written atomically: temp file, fsync, rename, fsync dir)
     events/<id>.jsonl     the event log, one StoredEvent per line: the write-ahead log
+                          of the session (checkpoints are rebuilt from it)
+    wal/<n>.wal           ``fsync`` mode: the shared WAL segments, synced once per group
+                          commit; deleted once the logs they cover are synced
     index/                the index snapshot written on a clean close (fast start)
     LOCK                  flock'ed while a storage has the directory open
 
 How it holds its promises:
 
+- In ``fsync`` mode an append is acknowledged once its lines are in a synced WAL
+  segment (``persistence/wal.py``); the session log holds them too, synced later. Open
+  replays what remains of the WAL into the logs before anything else reads them.
 - ``seq`` is assigned synchronously, in call order, before any await; the group-commit
   :class:`~.writer.LogWriter` writes each session's lines in that order. The in-memory
   metadata (``last_seq``, ``message_count``, activity, cached messages) moves only when
@@ -82,6 +88,7 @@ from .recovery import (
     stamp_of,
     write_snapshot,
 )
+from .wal import SegmentFile
 from .writer import LOG_SUFFIX, LogWriter
 
 __all__ = ["JsonlStorage", "JsonlStorageConfig"]
@@ -170,6 +177,9 @@ class JsonlStorage:
             config.fsync_interval,
             self._on_written,
             self._on_failed,
+            SegmentFile(config.wal_dir, config.wal_segment_bytes, config.wal_segment_age)
+            if config.uses_wal
+            else None,
         )
         self._ready = False
         self._closed = False

@@ -8,7 +8,11 @@ A crash can leave, per session:
 - a checkpoint whose log is missing or shorter than it says: the history is lost, so the
   session gets a new ``epoch`` and ``last_seq`` becomes what the log really holds;
 - a ``.tmp`` file (a checkpoint being written): removed, the old checkpoint stands;
-- a ``.deleted`` tombstone (a delete in progress): the delete is finished.
+- a ``.deleted`` tombstone (a delete in progress): the delete is finished;
+- WAL segments (``wal/``, ``fsync`` mode): acknowledged lines a log may lack (its tail
+  was never synced) are replayed into it from the segments, before anything else reads
+  the logs, for every session that still has a checkpoint; then the segments are
+  deleted (see ``persistence/wal.py``).
 
 Fast start: a clean close writes ``index/snapshot.msgpack`` holding every session's
 metadata and the size and identity of its files. Open consumes it (deletes it before any
@@ -42,6 +46,7 @@ from bamboo_session.protocol.models import (
 
 from .config import JsonlStorageConfig
 from .files import fsync_dir, iter_lines, read_file, truncate_file, write_atomic
+from .wal import replay
 from .writer import LOG_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -119,6 +124,8 @@ class RecoveryReport:
     checkpoints_repaired: int = 0
     torn_lines_cut: int = 0
     epochs_renewed: int = 0
+    wal_segments: int = 0  # WAL segments found (a crash, or a close that could not sync)
+    wal_events_replayed: int = 0  # acknowledged events a log lacked, restored from them
 
 
 class _Layout:
@@ -180,7 +187,7 @@ def stamp_of(stat: os.stat_result) -> FileStamp:
 def recover(config: JsonlStorageConfig) -> RecoveryReport:
     """Repair the data directory and return every session in it."""
     durable = config.durability != "memory"
-    for directory in (config.sessions_dir, config.events_dir, config.index_dir):
+    for directory in (config.sessions_dir, config.events_dir, config.index_dir, config.wal_dir):
         directory.mkdir(parents=True, exist_ok=True)
     with _Layout(config) as layout:
         return _recover(layout, config, durable)
@@ -188,9 +195,18 @@ def recover(config: JsonlStorageConfig) -> RecoveryReport:
 
 def _recover(layout: _Layout, config: JsonlStorageConfig, durable: bool) -> RecoveryReport:
     checkpoint_ids = _scan_sessions_dir(layout, durable)
+    # Before the logs are read: a log may lack acknowledged lines that only the WAL holds.
+    replayed = replay(
+        config.wal_dir,
+        layout.events,
+        checkpoint_ids,
+        lambda path, size, good_end: _cut_log(path, size, good_end, durable=True),
+    )
     log_ids = _ids_with_suffix(layout.events, LOG_SUFFIX)
     snapshot = _consume_snapshot(layout, durable)
-    report = RecoveryReport()
+    report = RecoveryReport(
+        wal_segments=replayed.segments, wal_events_replayed=replayed.events_replayed
+    )
     for session_id in sorted(checkpoint_ids | log_ids):
         entry = snapshot.get(session_id)
         recovered = None

@@ -5,16 +5,26 @@ takes the whole queue as one batch: per log file one ``write`` of the joined lin
 one ``fdatasync`` per touched file, all in a dedicated I/O thread so the event loop never
 waits on the disk. So with many concurrent appenders one fsync covers many appends.
 
-Durability modes: ``fsync`` resolves an append's future after its file is synced;
+Durability modes: ``fsync`` resolves an append's future once its lines are synced;
 ``os`` after the write (a background task syncs written files every ``fsync_interval``);
 ``memory`` behaves like ``os`` here, and the storage simply does not wait.
 
+In ``fsync`` mode with the shared WAL (the default, ``persistence/wal.py``), a batch's
+lines are written to the session logs without a sync, then appended to the current WAL
+segment as one write, and that one file is synced: one ``fdatasync`` per batch whatever
+the number of sessions. Only then are the appends acknowledged. Past a size or an age
+the writer starts a new segment and retires the old one in the background: every log
+written during it is synced (threads, off the event loop), then it is deleted, strictly
+in order. Without the WAL (``wal=False``), every touched log is synced instead.
+
 Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that file's
-appends in the batch is acknowledged, the file is truncated back to its last good size
-(no torn line survives), and the owner is told (``on_failed``) so it can reset the
-session's next seq. Appends of that session queued behind the failed ones carry seqs
-that no longer follow the log, so they fail too: each append records the session's
-*generation* when submitted, and a failure starts a new generation.
+appends in the batch is acknowledged (when the WAL's write or sync fails: none of the
+batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
+the file is truncated back to its last good size (no torn line survives), and the owner
+is told (``on_failed``) so it can reset the session's next seq. Appends of that session
+queued behind the failed ones carry seqs that no longer follow the log, so they fail
+too: each append records the session's *generation* when submitted, and a failure
+starts a new generation.
 
 File descriptors of recently used logs stay open in a bounded LRU, so a hundred thousand
 sessions never exhaust the process's descriptors.
@@ -26,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +48,7 @@ from bamboo_session.protocol.models import StoredEvent
 
 from .base import Durability, StorageError
 from .files import datasync, write_all
+from .wal import Segment, SegmentFile, encode_deleted, encode_lines, remove_segment, sync_log
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +123,15 @@ class LogWriter:
         fsync_interval: float,
         on_written: WrittenCallback,
         on_failed: FailedCallback,
+        wal: SegmentFile | None = None,
     ) -> None:
         self._events_dir = str(events_dir)
+        self._wal = wal if durability == "fsync" else None
+        # Deletion records not yet in the WAL (their write failed): written first next time.
+        self._pending_deletes: list[bytes] = []
+        self._rotated: list[Segment] = []  # from the I/O thread, for retirement
+        self._retire_queue: list[Segment] = []  # oldest first; deleted strictly in order
+        self._retiring: asyncio.Task[None] | None = None
         self._durability = durability
         self._fsync_interval = fsync_interval
         self._on_written = on_written
@@ -168,6 +187,15 @@ class LogWriter:
             await asyncio.gather(*self._tasks)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._close_all)
+        if self._wal is not None:
+            # Every log synced, then every segment deleted (kept on failure: replayed at
+            # the next open).
+            current = self._wal.close()
+            if current is not None:
+                self._retire_queue.append(current)
+            if self._retiring is not None:
+                await asyncio.wait({self._retiring})
+            await self._retire()
         self._io.shutdown()
         self._sync_pool.shutdown()
 
@@ -231,6 +259,33 @@ class LogWriter:
         finally:
             self.batches += 1
             self._settle(ordered, controls)
+            if self._rotated:
+                self._retire_queue.extend(self._rotated)
+                self._rotated.clear()
+                if self._retiring is None or self._retiring.done():
+                    self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+
+    async def _retire(self) -> None:
+        """Delete retired segments, oldest first, each once every log it covers is
+        synced. On failure the segment stays (and so do the newer ones): retried at the
+        next rotation and on close, replayed at open if it is still there."""
+        loop = asyncio.get_running_loop()
+        while self._retire_queue:
+            segment = self._retire_queue[0]
+            syncs = [
+                loop.run_in_executor(self._sync_pool, sync_log, self._events_dir, session_id)
+                for session_id in segment.touched
+            ]
+            results = await asyncio.gather(*syncs, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            try:
+                if errors:
+                    raise errors[0]
+                await loop.run_in_executor(self._sync_pool, remove_segment, segment)
+            except OSError as exc:
+                log.error("could not retire the WAL segment %s: %s; kept", segment.path, exc)
+                return
+            del self._retire_queue[0]
 
     def _settle(self, groups: list[_Group], controls: list[_Control]) -> None:
         for group in groups:
@@ -265,7 +320,9 @@ class LogWriter:
                 entry = self._write_group(group)
                 if entry is not None:
                     written.append(entry)
-            if self._durability == "fsync" and written:
+            if self._wal is not None:
+                self._commit_wal(self._wal, written, forgets)
+            elif self._durability == "fsync" and written:
                 self._sync_written(written)
             else:
                 for _group, open_log, _before in written:
@@ -301,6 +358,48 @@ class LogWriter:
         open_log.size = before + len(group.data)
         group.new_size = open_log.size
         return group, open_log, before
+
+    def _commit_wal(
+        self,
+        wal: SegmentFile,
+        written: list[tuple[_Group, _OpenLog, int]],
+        forgets: Sequence[str],
+    ) -> None:
+        """Append the written groups' lines (and deletions) to the WAL and sync it once.
+        If that fails, every written group is cut back and fails: acknowledged means in
+        the synced WAL."""
+        records = [
+            encode_lines(group.session_id, group.appends[0].events[0].seq, before, group.data)
+            for group, _open_log, before in written
+        ]
+        deletes = [encode_deleted(session_id) for session_id in forgets]
+        if not records and not deletes and not self._pending_deletes:
+            return
+        data = b"".join([*self._pending_deletes, *records, *deletes])
+        try:
+            now = time.monotonic()
+            if wal.due(now, len(data)):
+                try:
+                    old = wal.rotate(now)
+                except OSError:
+                    if wal.current is None:
+                        raise
+                    log.exception("could not start a new WAL segment; going on with the old one")
+                else:
+                    if old is not None:
+                        self._rotated.append(old)
+            wal.append(data)
+        except OSError as exc:
+            self._pending_deletes.extend(deletes)
+            for group, open_log, before in written:
+                group.error = exc
+                self._cut_back(group.session_id, open_log, before)
+            return
+        self._pending_deletes.clear()
+        assert wal.current is not None
+        touched = wal.current.touched
+        for group, _open_log, _before in written:
+            touched.add(group.session_id)
 
     def _sync_written(self, written: list[tuple[_Group, _OpenLog, int]]) -> None:
         def sync(entry: tuple[_Group, _OpenLog, int]) -> OSError | None:

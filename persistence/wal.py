@@ -1,0 +1,380 @@
+"""The shared write-ahead log of ``fsync`` mode: one ``fdatasync`` per group commit.
+
+Without it, a group commit that touched S session logs costs S ``fdatasync`` calls (S
+journal commits). With it, each batch writes every session's lines to its own
+``events/<id>.jsonl`` *without* a sync, appends the same lines to one shared segment
+file ``wal/<n>.wal``, syncs that one file, and only then acknowledges. So an
+acknowledged event is always in a synced segment, whatever happens to the page cache of
+the session logs.
+
+A segment is one record per line, a JSON object encoded by msgspec:
+
+- ``{"sid": ID, "seq": FIRST, "off": OFFSET, "crc": CRC32, "lines": [LINE, ...]}``: a
+  session's share of one batch. ``lines`` are that batch's log lines verbatim (each is a
+  JSON object, embedded as ``msgspec.Raw``), ``seq`` the first one's seq, ``off`` the
+  byte offset in the session log where they start, ``crc`` the CRC-32 of the lines as
+  the log holds them (joined and ended by newlines). A record whose line is cut, does
+  not decode or fails its CRC is ignored (a torn tail).
+- ``{"sid": ID, "deleted": true}``: the session was deleted; its earlier records must
+  never flow into a new session of the same id.
+
+Rotation (``LogWriter``): when the current segment is larger than ``wal_segment_bytes``
+or older than ``wal_segment_age``, new batches go to a new segment; in the background,
+every session log written during the old one is synced, then the old segment is
+deleted. Segments are deleted strictly in order, and never before every log they cover
+is synced. A clean close syncs everything and deletes every segment.
+
+Replay (``replay``, at open, before the index is built): the records of all remaining
+segments, in order; a later record of a session starting at seq s replaces whatever
+earlier records held from s on (a failed batch's seqs are reused by the next one), and a
+deletion forgets the session's earlier records. Then for each session that still has a
+checkpoint, the log's valid lines are found from the offset of the first seq the
+segments hold, a torn or lost tail is cut, and the missing lines are appended from the
+segments, gap-free. Once those logs are synced, the segments are deleted.
+
+Everything here blocks; it runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from bamboo_session.protocol.codec import decode_stored_event
+
+from .files import datasync, fsync_dir, iter_lines, write_all
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX: Final = ".wal"
+CutLog = Callable[[Path, int, int], None]  # (log, its size, end of its valid lines)
+LOG_SUFFIX: Final = ".jsonl"  # the same as writer.LOG_SUFFIX (no import cycle)
+
+
+class _Record(msgspec.Struct, omit_defaults=True):
+    """A record as written: ``lines`` is the JSON array of the log lines, pre-built."""
+
+    sid: str
+    seq: int = 0
+    off: int = 0
+    crc: int = 0
+    lines: msgspec.Raw = msgspec.Raw(b"[]")
+    deleted: bool = False
+
+
+class _ReadRecord(msgspec.Struct):
+    """A record as read back: each line of the log, verbatim."""
+
+    sid: str
+    seq: int = 0
+    off: int = 0
+    crc: int = 0
+    lines: list[msgspec.Raw] = []
+    deleted: bool = False
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_ReadRecord)
+
+
+def encode_lines(session_id: str, first_seq: int, offset: int, data: bytes) -> bytes:
+    """The record of ``data`` (whole log lines, each ended by a newline) for one session,
+    newline included. A log line is compact JSON, so it holds no raw newline."""
+    lines = msgspec.Raw(b"[" + data[:-1].replace(b"\n", b",") + b"]")
+    record = _Record(session_id, first_seq, offset, zlib.crc32(data), lines)
+    return _encoder.encode(record) + b"\n"
+
+
+def encode_deleted(session_id: str) -> bytes:
+    return _encoder.encode(_Record(session_id, deleted=True)) + b"\n"
+
+
+def segment_name(number: int) -> str:
+    return f"{number:016d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(wal_dir: Path) -> list[tuple[int, Path]]:
+    """The segments in ``wal_dir``, oldest first."""
+    found = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(wal_dir) as entries:
+        for entry in entries:
+            stem = entry.name.removesuffix(SEGMENT_SUFFIX)
+            if entry.name.endswith(SEGMENT_SUFFIX) and stem.isdigit():
+                found.append((int(stem), Path(entry.path)))
+    return sorted(found)
+
+
+# -- the writer's side -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Segment:
+    number: int
+    path: Path
+    touched: set[str] = field(default_factory=set)  # sessions whose logs it covers
+
+
+class SegmentFile:
+    """The current segment, appended to by the writer's I/O thread only."""
+
+    def __init__(self, wal_dir: Path, segment_bytes: int, segment_age: float) -> None:
+        self.dir = wal_dir
+        self.segment_bytes = segment_bytes
+        self.segment_age = segment_age
+        self._next_number = 0  # found at the first rotation, after open's replay
+        self.current: Segment | None = None
+        self._fd = -1
+        self.size = 0
+        self._started = 0.0
+        # Bytes known good at the end of the segment, when cutting a failed write off
+        # did not work: retried before anything else is appended.
+        self.needs_truncate: int | None = None
+        self.must_rotate = False
+
+    def due(self, now: float, incoming: int) -> bool:
+        """Whether the next batch (``incoming`` bytes) should start a new segment."""
+        if self.current is None or self.must_rotate:
+            return True
+        if self.size == 0:
+            return False
+        if self.size >= self.segment_bytes or now - self._started >= self.segment_age:
+            return True
+        # A per-file size limit (RLIMIT_FSIZE) must not make the one shared file fail
+        # where the session logs, each far smaller, would not.
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return limit != resource.RLIM_INFINITY and self.size + incoming > limit
+
+    def rotate(self, now: float) -> Segment | None:
+        """Start a new segment (durably: its directory entry is synced); returns the old
+        one, whose records are all synced, for retirement."""
+        if not self._next_number:
+            segments = list_segments(self.dir)
+            self._next_number = segments[-1][0] + 1 if segments else 1
+        number = self._next_number
+        path = self.dir / segment_name(number)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
+        try:
+            fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        self._next_number = number + 1
+        old = self.current
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self.current = Segment(number, path)
+        self._fd, self.size, self._started = fd, 0, now
+        self.needs_truncate, self.must_rotate = None, False
+        return old
+
+    def append(self, data: bytes) -> None:
+        """Write and sync ``data``; on failure the segment is cut back to where it was
+        (or marked for that) and the error raised: nothing of ``data`` may be replayed."""
+        if self.needs_truncate is not None:
+            self._truncate(self.needs_truncate)
+        before = self.size
+        try:
+            write_all(self._fd, data)
+            datasync(self._fd)
+        except OSError:
+            try:
+                self._truncate(before)
+            except OSError as cut_error:
+                log.error(
+                    "could not cut the WAL segment %s back to %d bytes: %s; retrying before "
+                    "its next write",
+                    self.current.path if self.current else "?",
+                    before,
+                    cut_error,
+                )
+                self.needs_truncate = before
+            raise
+        self.size = before + len(data)
+
+    def _truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        datasync(self._fd)
+        self.size, self.needs_truncate = size, None
+
+    def close(self) -> Segment | None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        current, self.current = self.current, None
+        return current
+
+
+def sync_log(events_dir: str, session_id: str) -> None:
+    """Sync a session's log through a descriptor of its own (any descriptor flushes the
+    file's pages); a log deleted meanwhile needs nothing."""
+    try:
+        fd = os.open(f"{events_dir}/{session_id}{LOG_SUFFIX}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        datasync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_segment(segment: Segment) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(segment.path)
+    fsync_dir(segment.path.parent)
+
+
+# -- replay at open ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What the segments hold for one session: seq -> (offset in the log, line)."""
+
+    lines: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    last: int = 0
+
+    def add(self, first_seq: int, offset: int, lines: list[bytes]) -> None:
+        # A record from seq s on supersedes earlier records from s on.
+        for seq in range(first_seq, self.last + 1):
+            self.lines.pop(seq, None)
+        for i, line in enumerate(lines):
+            self.lines[first_seq + i] = (offset, line)
+            offset += len(line) + 1
+        self.last = first_seq + len(lines) - 1
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    segments: int = 0
+    events_replayed: int = 0
+    logs_cut: int = 0
+    records_ignored: int = 0
+
+
+def _records(path: Path, report: ReplayReport) -> Iterator[_ReadRecord]:
+    size = os.stat(path).st_size
+    end = 0
+    for end, raw in iter_lines(path, 0):
+        try:
+            record = _decoder.decode(raw)
+        except msgspec.DecodeError:
+            report.records_ignored += 1
+            log.error("WAL segment %s: a record before byte %d does not decode", path, end)
+            continue
+        if not record.deleted:
+            data = b"".join([bytes(line) + b"\n" for line in record.lines])
+            if not record.lines or zlib.crc32(data) != record.crc:
+                report.records_ignored += 1
+                log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
+                continue
+        yield record
+    if size > end:
+        report.records_ignored += 1  # a torn last record: never acknowledged
+        log.warning("WAL segment %s: ignoring a torn last record (%d bytes)", path, size - end)
+
+
+def replay(
+    wal_dir: Path, events_dir: Path, has_checkpoint: set[str], cut_log: CutLog
+) -> ReplayReport:
+    """Bring every session log up to what the remaining segments hold, then delete them.
+    ``has_checkpoint``: the sessions that exist (a deleted one must not come back);
+    ``cut_log(path, size, good_end)`` removes a log's invalid tail."""
+    report = ReplayReport()
+    segments = list_segments(wal_dir)
+    if not segments:
+        return report
+    pending: dict[str, _Pending] = {}
+    for _number, path in segments:
+        report.segments += 1
+        for record in _records(path, report):
+            if record.deleted:
+                pending.pop(record.sid, None)
+                continue
+            entry = pending.get(record.sid)
+            if entry is None:
+                entry = pending[record.sid] = _Pending()
+            entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
+    for session_id in sorted(pending):
+        if session_id in has_checkpoint and pending[session_id].lines:
+            _replay_session(events_dir, session_id, pending[session_id], cut_log, report)
+    if report.events_replayed or report.logs_cut:
+        fsync_dir(events_dir)
+    for _number, path in segments:
+        os.unlink(path)
+    fsync_dir(wal_dir)
+    if report.events_replayed:
+        log.warning(
+            "replayed %d events from %d WAL segments into the session logs",
+            report.events_replayed,
+            report.segments,
+        )
+    return report
+
+
+def _replay_session(
+    events_dir: Path, session_id: str, pending: _Pending, cut_log: CutLog, report: ReplayReport
+) -> None:
+    path = events_dir / f"{session_id}{LOG_SUFFIX}"
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        size = -1
+    first = min(pending.lines)
+    first_offset = pending.lines[first][0]
+    # Everything before the first seq the segments hold was synced before an older
+    # segment was deleted: scan from there. If the log is shorter, scan it all.
+    if 0 <= first_offset <= size:
+        last, end = _valid_lines(path, first_offset, first - 1)
+    else:
+        last, end = _valid_lines(path, 0, 0) if size > 0 else (0, 0)
+    if size > end:
+        cut_log(path, size, end)
+        report.logs_cut += 1
+    missing = []
+    seq = last + 1
+    while (entry := pending.lines.get(seq)) is not None:
+        missing.append(entry[1] + b"\n")
+        seq += 1
+    if not missing:
+        return
+    if seq <= pending.last:
+        log.error("session %r: the WAL lacks seq %d; replay stops there", session_id, seq)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    try:
+        write_all(fd, b"".join(missing))
+        datasync(fd)
+    finally:
+        os.close(fd)
+    report.events_replayed += len(missing)
+    log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
+
+
+def _valid_lines(path: Path, offset: int, after_seq: int) -> tuple[int, int]:
+    """(last seq, end offset) of the consecutive valid lines from ``offset``, where the
+    line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start)."""
+    last, end = after_seq, offset
+    with contextlib.suppress(FileNotFoundError):
+        for line_end, line in iter_lines(path, offset):
+            try:
+                seq = decode_stored_event(line).seq
+            except msgspec.DecodeError:
+                break
+            if seq != last + 1:
+                break
+            last, end = seq, line_end
+    return last, end

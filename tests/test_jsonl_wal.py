@@ -1,0 +1,266 @@
+"""The shared WAL of ``fsync`` mode (persistence/wal.py): one sync per group commit, and
+every acknowledged event comes back from it when a session log lost its unsynced tail.
+
+Crash states are made two ways: by SIGKILLing a child that appends (segments remain,
+as after any crash), or by hand: the segments are copied aside while the storage is
+open, then put back after a clean close (which deletes them), with the snapshot removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError, wal
+from bamboo_session.protocol.codec import decode_stored_event
+from bamboo_session.protocol.models import AgentEvent, Message, Session
+from tests.test_jsonl_crash import Acked, run_and_kill, verify
+
+
+def segments(config: JsonlStorageConfig) -> list[Path]:
+    return [path for _number, path in wal.list_segments(config.wal_dir)]
+
+
+def save_segments(config: JsonlStorageConfig, aside: Path) -> None:
+    aside.mkdir(exist_ok=True)
+    for path in segments(config):
+        shutil.copy(path, aside / path.name)
+
+
+def crash_with_segments(config: JsonlStorageConfig, aside: Path) -> None:
+    """After a clean close: the segments copied aside are back, the snapshot gone."""
+    for path in aside.iterdir():
+        shutil.copy(path, config.wal_dir / path.name)
+    (config.index_dir / "snapshot.msgpack").unlink(missing_ok=True)
+
+
+def log_lines(config: JsonlStorageConfig, session_id: str) -> list[bytes]:
+    return (config.events_dir / f"{session_id}.jsonl").read_bytes().splitlines(keepends=True)
+
+
+async def test_one_sync_per_batch_whatever_the_number_of_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path)
+    syncs: list[int] = []
+    real = wal.datasync
+    monkeypatch.setattr(wal, "datasync", lambda fd: (syncs.append(fd), real(fd))[1])
+    async with await JsonlStorage.open(config) as storage:
+        ids = [f"s{i}" for i in range(50)]
+        for session_id in ids:
+            await storage.create_session(Session.new(session_id))
+        syncs.clear()
+        before = storage._writer.batches
+        stored = await asyncio.gather(
+            *(storage.append_event(sid, AgentEvent.token(sid)) for sid in ids)
+        )
+        assert [event.seq for event in stored] == [1] * 50
+        batches = storage._writer.batches - before
+        assert batches < 50 and len(syncs) == batches  # one WAL sync per batch, no log sync
+        assert len(segments(config)) == 1
+    assert segments(config) == []  # a clean close syncs the logs and deletes the segments
+    async with await JsonlStorage.open(config) as storage:
+        assert storage.recovery is not None and storage.recovery.wal_segments == 0
+        for session_id in ids:
+            assert [e.seq for e in await storage.read_events(session_id)] == [1]
+
+
+async def test_a_log_that_lost_its_tail_is_restored_from_the_wal(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path / "data", checkpoint_every=3)
+    aside = tmp_path / "aside"
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        await storage.create_session(Session.new("t"))
+        for i in range(10):
+            await storage.append_event("s", AgentEvent.token(f"e{i}"))
+            if i % 3 == 0:
+                await storage.append_message("t", Message.user(f"m{i}"))
+        await storage.checkpoint("s")  # the checkpoint is ahead of what survives below
+        save_segments(config, aside)
+    crash_with_segments(config, aside)
+    lines = log_lines(config, "s")
+    # The last 4 lines never reached the disk, and half of one did.
+    (config.events_dir / "s.jsonl").write_bytes(b"".join(lines[:6]) + lines[6][:20])
+    (config.events_dir / "t.jsonl").write_bytes(b"")
+    async with await JsonlStorage.open(config) as storage:
+        assert storage.recovery is not None
+        assert storage.recovery.wal_events_replayed == 4 + 4
+        events = await storage.read_events("s")
+        assert [e.seq for e in events] == list(range(1, 11))
+        assert [e.event for e in events] == [AgentEvent.token(f"e{i}") for i in range(10)]
+        history = await storage.get_session_history("t")
+        assert [m.content for m in history] == ["m0", "m3", "m6", "m9"]
+        assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 11
+    assert segments(config) == []
+    assert log_lines(config, "s")[:10] == lines
+
+
+async def test_a_deleted_session_is_not_resurrected_by_replay(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path / "data")
+    aside = tmp_path / "aside"
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("gone", "again", "kept"):
+            await storage.create_session(Session.new(session_id))
+            for i in range(5):
+                await storage.append_event(session_id, AgentEvent.token(f"old{i}"))
+        await storage.delete_session("gone")
+        await storage.delete_session("again")
+        # A new session under a deleted id: the old one's records must not flow into it
+        # (even before it has records of its own that would supersede them).
+        await storage.create_session(Session.new("again"))
+        save_segments(config, aside)
+    crash_with_segments(config, aside)
+    (config.events_dir / "kept.jsonl").write_bytes(b"")
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("gone") is None
+        assert not (config.events_dir / "gone.jsonl").exists()
+        assert await storage.read_events("again") == []
+        assert (await storage.append_event("again", AgentEvent.token("new0"))).seq == 1
+        assert len(await storage.read_events("kept")) == 5
+
+
+async def test_segments_are_rotated_and_removed(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_bytes=2000)
+    async with await JsonlStorage.open(config) as storage:
+        ids = [f"r{i}" for i in range(8)]
+        for session_id in ids:
+            await storage.create_session(Session.new(session_id))
+        numbers: set[int] = set()
+        for _round in range(30):
+            await asyncio.gather(
+                *(storage.append_event(sid, AgentEvent.token("x" * 100)) for sid in ids)
+            )
+            numbers.update(number for number, _path in wal.list_segments(config.wal_dir))
+            await asyncio.sleep(0)
+        writer = storage._writer
+        if writer._retiring is not None:
+            await writer._retiring
+        assert len(numbers) > 5, "the segments never rotated"
+        assert len(segments(config)) <= 2  # the old ones were retired
+    assert segments(config) == []
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ids:
+            assert await storage.last_seq(session_id) == 30
+
+
+async def test_segments_rotate_by_age(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        await storage.append_event("a", AgentEvent.token("1"))
+        first = segments(config)
+        await asyncio.sleep(0.1)
+        await storage.append_event("a", AgentEvent.token("2"))
+        writer = storage._writer
+        if writer._retiring is not None:
+            await writer._retiring
+        assert segments(config) != first and len(segments(config)) == 1
+
+
+async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path / "data")
+    aside = tmp_path / "aside"
+    real = wal.datasync
+    failing = {"on": False}
+
+    def datasync(fd: int) -> None:
+        if failing["on"]:
+            failing["on"] = False
+            raise OSError(errno.EIO, "injected")
+        real(fd)
+
+    monkeypatch.setattr(wal, "datasync", datasync)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token("ok1"))
+        segment = segments(config)[0]
+        size = segment.stat().st_size
+        log_size = (config.events_dir / "a.jsonl").stat().st_size
+        failing["on"] = True
+        results = await asyncio.gather(
+            storage.append_event("a", AgentEvent.token("lost-a")),
+            storage.append_event("b", AgentEvent.token("lost-b")),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StorageError) for r in results), results
+        assert segment.stat().st_size == size  # cut back: nothing to replay
+        assert (config.events_dir / "a.jsonl").stat().st_size == log_size
+        assert await storage.last_seq("a") == 1
+        # Works again, with the seq the failed append had.
+        assert (await storage.append_event("a", AgentEvent.token("ok2"))).seq == 2
+        save_segments(config, aside)
+    crash_with_segments(config, aside)
+    for session_id in ("a", "b"):
+        (config.events_dir / f"{session_id}.jsonl").write_bytes(b"")
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.event for e in await storage.read_events("a")] == [
+            AgentEvent.token("ok1"),
+            AgentEvent.token("ok2"),
+        ]
+        assert [e.event for e in await storage.read_events("b")] == [AgentEvent.token("ok1")]
+
+
+async def test_a_torn_last_wal_record_is_ignored(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path / "data")
+    aside = tmp_path / "aside"
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        for i in range(3):
+            await storage.append_event("s", AgentEvent.token(f"e{i}"))
+        save_segments(config, aside)
+    crash_with_segments(config, aside)
+    segment = segments(config)[0]
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-7])  # the last record (seq 3) torn: it was never acked
+    (config.events_dir / "s.jsonl").write_bytes(b"".join(log_lines(config, "s")[:1]))
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.seq for e in await storage.read_events("s")] == [1, 2]
+
+
+class _Late(random.Random):
+    """Kills the child late enough that it appended for a while (one run, so every
+    line of every log is in the segments it left)."""
+
+    def choice(self, seq: Any) -> Any:
+        return 1.0
+
+
+def test_sigkill_then_lost_log_tails_every_acknowledged_event_comes_back(
+    tmp_path: Path,
+) -> None:
+    """The child appends through the WAL and is killed; then each log loses its last
+    lines (and keeps a torn half line), as if their pages never reached the disk."""
+    base = tmp_path / "data"
+    acked = Acked()
+    for line in run_and_kill(base, seed=7, rng=_Late()):
+        acked.add(line)
+    assert len(acked.events) == 3, "the child acknowledged too little to test anything"
+    config = JsonlStorageConfig(base)
+    assert segments(config), "the killed child left no WAL segment"
+    cut = 0
+    for log in (base / "events").glob("*.jsonl"):
+        kept = log.read_bytes().splitlines(keepends=True)
+        drop = min(len(kept) // 2, 6)
+        if drop:
+            log.write_bytes(b"".join(kept[:-drop]) + kept[-drop][: len(kept[-drop]) // 2])
+            cut += drop
+    assert cut, "nothing was cut"
+
+    async def reopen() -> None:
+        async with await JsonlStorage.open(config) as storage:
+            assert storage.recovery is not None and storage.recovery.wal_events_replayed >= cut
+            for log in (base / "events").glob("*.jsonl"):
+                seqs = [decode_stored_event(x).seq for x in log.read_bytes().splitlines()]
+                assert seqs == list(range(1, len(seqs) + 1))
+
+    asyncio.run(reopen())
+    asyncio.run(verify(base, acked))
