@@ -145,7 +145,7 @@ def _add_ls(commands: SubParsers) -> None:
     ls.add_argument("--created-after", type=_time, help="created at or after this time")
     ls.add_argument("--created-before", type=_time, help="created before this time")
     ls.add_argument("--active-after", type=_time, help="last activity at or after this time")
-    ls.add_argument("--title-contains", help="title contains this text (case-insensitive)")
+    ls.add_argument("--title-contains", help="title contains this text (case-sensitive)")
     ls.add_argument(
         "--sort-by",
         choices=[s.value for s in SortBy],

@@ -82,7 +82,7 @@ def test_ls_prints_a_table_and_filters(data_dir: Path, capsys: pytest.CaptureFix
     assert code == 0 and listing["total"] == 2
     assert {s["id"] for s in listing["sessions"]} == {"a", "b"}
 
-    argv = ["ls", "--data-dir", str(data_dir), "--title-contains", "CHAT", "--json"]
+    argv = ["ls", "--data-dir", str(data_dir), "--title-contains", "chat", "--json"]
     assert [s["id"] for s in json.loads(run(argv, capsys)[1])["sessions"]] == ["a"]
     argv = [
         "ls",
