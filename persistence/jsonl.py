@@ -358,6 +358,8 @@ class JsonlStorage:
         self._require_open()
         record = self._record(session_id)
         record.meta.state.check_transition(state)
+        if state != SessionState.EXPIRED:
+            self._check_not_expired(record)  # a state change does not revive a session
         self._index.set_state(session_id, state)
         record.meta.touch()
         record.meta_dirty = True

@@ -33,6 +33,9 @@ class Hello(ClientFrameBase, tag="hello"):
     last_seq: NonNegative | None = None
     epoch: str | None = None
     role: Literal["client", "agent"] = "client"
+    # Not in PROTOCOL.md's hello: read so that an error about a hello (a second one)
+    # echoes it like any other request's.
+    id: RequestId = None
 
 
 class PublishEvent(ClientFrameBase, tag="event"):

@@ -30,7 +30,12 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.protocol.errors import CloseCode, ErrorCode
 from bamboo_session.protocol.frames import Ack, Closed, Error, Presence, RequestId, Welcome
-from bamboo_session.protocol.models import AnyAgentEvent, SessionState, StoredEvent
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
 
 from .outbox import Outbound, Outbox, Replay
 
@@ -141,6 +146,18 @@ class Inbox:
 class ActorRetired(Exception):
     """The actor stopped taking attaches before it got to this one: attach again, to
     the session's next actor."""
+
+
+def _attach_refusal(
+    session_id: str, metadata: SessionMetadata | None, state: SessionState
+) -> Exception | None:
+    if metadata is None:
+        return SessionNotFound(session_id)
+    if metadata.is_expired():
+        return SessionExpired(session_id)
+    if state == SessionState.CLOSED:
+        return SessionClosed(session_id)
+    return None
 
 
 class KeyWindow:
@@ -361,6 +378,10 @@ class SessionActor:
             for command in appends:
                 self._fail(command, ErrorCode.CLOSED, "session closed")
             return
+        except (SessionExpired, SessionNotFound) as exc:
+            for command in appends:
+                self._fail(command, ErrorCode.NOT_FOUND, f"session gone: {exc}")
+            return
         except StorageError as exc:
             log.error("append failed", error=str(exc), count=len(fresh))
             for command in appends:
@@ -401,7 +422,10 @@ class SessionActor:
             key = command.key
             if key is not None:
                 seen = self.keys.get(key)
-                if seen is not None:
+                # Within the last KEY_WINDOW appends as counted at this very append,
+                # not at the start of the batch.
+                next_seq = self.published_seq + len(fresh) + 1
+                if seen is not None and next_seq - seen <= self.keys.size:
                     replies.append((command, seen))
                     continue
                 if key in pending:
@@ -465,18 +489,17 @@ class SessionActor:
             if not command.future.done():
                 command.future.set_exception(ActorRetired(self.session_id))
             return
-        metadata = await self.manager.storage.get_metadata(self.session_id)
-        if metadata is None or self.state == SessionState.CLOSED:
-            exc: Exception = (
-                SessionNotFound(self.session_id)
-                if metadata is None
-                else SessionClosed(self.session_id)
-            )
+        storage = self.manager.storage
+        metadata = await storage.get_metadata(self.session_id)
+        refusal = _attach_refusal(self.session_id, metadata, self.state)
+        if refusal is not None or metadata is None:
             if not command.future.done():
-                command.future.set_exception(exc)
+                command.future.set_exception(refusal or SessionNotFound(self.session_id))
             return
         if self.state != SessionState.ACTIVE:
             await self._change_state(SessionState.ACTIVE)
+            # The welcome carries the metadata as of this attach, activity included.
+            metadata = await storage.get_metadata(self.session_id) or metadata
         outbox = command.outbox
         outbox.actor = self
         self.outboxes[outbox.connection_id] = outbox
@@ -545,7 +568,12 @@ class SessionActor:
         if state == self.state:
             return
         self.state.check_transition(state)
-        await self.manager.storage.update_session_state(self.session_id, state)
+        try:
+            await self.manager.storage.update_session_state(self.session_id, state)
+        except SessionExpired:
+            # Expired under our feet: the state stays in memory only, and cleanup
+            # removes the session; a state change is not activity that revives it.
+            log.info("session expired", state=state.value)
         self.state = state
 
     def _close_all(self, code: CloseCode, reason: str) -> None:
@@ -578,9 +606,18 @@ class SessionActor:
             self.accepting = False  # parked for the whole retention: retire
             return
         quiet = self._loop.time() - self._last_traffic
-        if quiet >= config.idle_timeout and self.state == SessionState.ACTIVE:
-            await self._change_state(SessionState.IDLE)
+        if quiet >= config.idle_timeout:
+            if self.state == SessionState.ACTIVE:
+                await self._change_state(SessionState.IDLE)
+        else:
+            await self._keep_alive()
         self._arm_timer()
+
+    async def _keep_alive(self) -> None:
+        """Peers sent frames since the last tick (pings included): that is activity, so
+        the session's TTL starts again, as it does on every append."""
+        with contextlib.suppress(SessionExpired, SessionNotFound):
+            await self.manager.storage.update_session_state(self.session_id, self.state)
 
     # -- replay ------------------------------------------------------------------
 

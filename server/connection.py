@@ -258,8 +258,8 @@ class Connection:
                 await self._submit(actor, outbox, command)
             case Ping(id=request_id):
                 outbox.push(Outbound(Pong(id=request_id)))
-            case Hello():
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already received")
+            case Hello(id=request_id):
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already received", request_id)
 
     @staticmethod
     async def _submit(actor: SessionActor, outbox: Outbox, command: Append | SetState) -> None:

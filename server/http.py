@@ -110,6 +110,9 @@ async def handle_get(server: BambooServer, request: Request) -> Response:
 async def _list_sessions(
     server: BambooServer, request: Request, params: dict[str, str]
 ) -> Response:
+    unauthenticated = server.authorize_session(request, None)  # 401 before anything else
+    if unauthenticated is not None:
+        return unauthenticated
     try:
         filter = msgspec.convert(params, SessionFilter, strict=False)
     except msgspec.ValidationError as exc:
@@ -126,6 +129,9 @@ async def _list_sessions(
 async def _session_resource(
     server: BambooServer, request: Request, rest: str, params: dict[str, str]
 ) -> Response:
+    unauthenticated = server.authorize_session(request, None)  # 401 before anything else
+    if unauthenticated is not None:
+        return unauthenticated
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")

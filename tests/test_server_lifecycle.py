@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tests.support import attach, open_peer, run_server, token
+from tests.support import attach, get, open_peer, run_server, token
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -107,3 +107,30 @@ async def test_a_pipelining_publisher_is_paced_not_closed() -> None:
         acks = [await agent.recv_type("ack") for _ in range(300)]
         assert [a["seq"] for a in acks] == list(range(1, 301))
         assert (await agent.request({"type": "ping", "id": "p"}, "pong"))["id"] == "p"
+
+
+async def test_an_expired_session_is_not_found_even_while_parked_in_memory() -> None:
+    async with run_server(default_ttl=1, disconnect_retention=60) as server:
+        async with attach(server, "ttl", create=True) as (peer, _):
+            await peer.request({"type": "event", "id": 1, "event": token("x")}, "ack")
+            await asyncio.sleep(1.3)
+            # expired while attached and quiet: appends are refused, not retried forever
+            error = await peer.request({"type": "event", "id": 2, "event": token("y")}, "error")
+            assert error["code"] == "not_found" and error["id"] == 2
+        assert server.manager.live_actor("ttl") is not None  # parked, state in memory
+        async with open_peer(server, "ttl") as late:
+            await late.send({"type": "hello"})
+            code, _ = await late.closed()
+            assert code == 4404
+        status, _ = await get(server, "/api/v1/sessions/ttl")
+        assert status == 404  # the disconnect did not revive it
+
+
+async def test_frames_from_attached_peers_keep_a_session_alive() -> None:
+    async with run_server(default_ttl=1, idle_timeout=0.25) as server:
+        async with attach(server, "kept", create=True) as (peer, _):
+            for i in range(10):  # 2 s of pings, twice the TTL
+                await peer.request({"type": "ping", "id": i}, "pong")
+                await asyncio.sleep(0.2)
+            ack = await peer.request({"type": "event", "id": "e", "event": token("x")}, "ack")
+            assert ack["seq"] == 1

@@ -122,3 +122,19 @@ def test_session_manager_example_runs(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("seq=1 MessageEvent(") and "Hello!" in lines[0]
     assert lines[1] == "seq=2 Token(content='Hi!')"
+
+
+async def test_the_key_window_is_exactly_the_last_10000_appends(manager: SessionManager) -> None:
+    session = await manager.create_session()
+    first = await manager.append_event(session.id, AgentEvent.token("k"), key="k")
+    # 9,999 more appends, posted at once so that they land in large batches
+    await asyncio.gather(
+        *(manager.append_event(session.id, AgentEvent.token(str(i))) for i in range(9_999))
+    )
+    inside = await manager.append_event(session.id, AgentEvent.token("k"), key="k")
+    assert inside.duplicate and inside.seq == first.seq  # seq 10,001: 10,000 appends later
+    filler = await asyncio.gather(
+        manager.append_event(session.id, AgentEvent.token("x")),
+        manager.append_event(session.id, AgentEvent.token("k"), key="k"),
+    )
+    assert not filler[1].duplicate and filler[1].seq == 10_002  # 10,001 appends later

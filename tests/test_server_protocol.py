@@ -74,8 +74,8 @@ async def test_no_hello_in_time_closes_4408() -> None:
 
 async def test_second_hello_is_a_bad_request_and_the_connection_stays() -> None:
     async with run_server() as server, attach(server) as (peer, _):
-        error = await peer.request({"type": "hello"}, "error")
-        assert error["code"] == "bad_request"
+        error = await peer.request({"type": "hello", "id": "h2"}, "error")
+        assert error["code"] == "bad_request" and error["id"] == "h2"
         assert (await peer.request({"type": "ping", "id": "p"}, "pong")) == {
             "type": "pong",
             "id": "p",
