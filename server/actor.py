@@ -191,13 +191,15 @@ class KeyWindow:
 
 class SessionActor:
     """One live session: its inbox, ring, key window and attached outboxes, and a task
-    that runs only while there are commands to handle (a parked crowd costs no tasks)."""
+    that runs while connections are attached or commands wait (a parked crowd costs no
+    tasks)."""
 
     __slots__ = (
         "_last_traffic",
         "_loop",
         "_timer",
         "_timer_generation",
+        "_wakeup",
         "accepting",
         "epoch",
         "finished",
@@ -226,6 +228,7 @@ class SessionActor:
         self.keys = KeyWindow()
         self.outboxes: dict[str, Outbox] = {}
         self.task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._last_traffic = self._loop.time()
         self._timer_generation = 0
@@ -264,6 +267,11 @@ class SessionActor:
             self._reject(command)
             return
         self.inbox.append(command)
+        waiting = self._wakeup
+        if waiting is not None:
+            if not waiting.done():
+                waiting.set_result(None)
+            return
         task = self.task
         if task is None or task.done():
             # A fresh context: the actor outlives the connection that happened to wake
@@ -293,12 +301,18 @@ class SessionActor:
         self._arm_timer()
 
     async def _run(self) -> None:
-        """Handles commands until the inbox is empty; retires the actor once it stops
-        accepting (closed, stopped, parked too long, or failed)."""
+        """Handles commands until the inbox is empty and no connection is attached;
+        retires the actor once it stops accepting (closed, stopped, parked too long, or
+        failed)."""
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
         try:
-            while self.accepting and len(self.inbox):
-                await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
+            while self.accepting:
+                if len(self.inbox):
+                    await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
+                elif self.outboxes:
+                    await self._wait_for_commands()
+                else:
+                    break
         except asyncio.CancelledError:
             self.accepting = False
             self._close_all(CloseCode.SERVICE_RESTART, "server restarting")
@@ -310,6 +324,15 @@ class SessionActor:
         finally:
             if not self.accepting and not self.finished:
                 await self._finish()
+
+    async def _wait_for_commands(self) -> None:
+        """While connections are attached the task waits here instead of ending, so a
+        busy session does not pay for a new task on every command."""
+        self._wakeup = self._loop.create_future()
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
 
     async def _finish(self) -> None:
         self._retire()

@@ -94,6 +94,7 @@ class BambooServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
+            backlog=config.backlog,
         )
         log.info("listening", host=config.host, port=self.port, data_dir=config.data_dir)
 

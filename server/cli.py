@@ -33,6 +33,7 @@ SERVE_HELP: dict[str, str] = {
     "cleanup_interval": "seconds between removals of expired sessions",
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
     "log_level": "debug, info, warning or error",
+    "backlog": "connections the kernel queues before accepting (a reconnect storm needs many)",
     "max_frame_bytes": "largest frame accepted; larger ones close the connection with 1009",
     "max_queue": "incoming frames buffered per connection before reading pauses",
     "write_limit": "outgoing bytes buffered per connection before a send waits",

@@ -30,6 +30,9 @@ class ServerConfig:
     log_format: LogFormat = "auto"
     log_level: str = "info"
     # WebSocket limits, set explicitly on websockets.
+    # Pending connections the kernel queues for accept (capped by net.core.somaxconn):
+    # asyncio's default of 100 makes a reconnect storm wait on SYN retransmits.
+    backlog: int = 4096
     max_frame_bytes: int = MIB
     max_queue: int = 16  # incoming frames buffered before websockets stops reading
     write_limit: int = 256 * 1024  # bytes buffered before a send waits for the socket
