@@ -183,8 +183,13 @@ class SessionStorage(EventStorage, Protocol):
         ``created_at`` where absent) and to the history."""
         ...
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
-        """Moves the session to ``state`` (InvalidTransition if the table forbids it)."""
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, durable: bool = True
+    ) -> SessionMetadata:
+        """Moves the session to ``state`` (InvalidTransition if the table forbids it).
+        ``durable=False`` returns before the change is on disk (it is written with the
+        next checkpoint): for transient states a crash may lose, such as a server's own
+        moves between active, idle and disconnected."""
         ...
 
     async def cleanup_expired_sessions(self) -> int:

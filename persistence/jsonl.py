@@ -26,7 +26,8 @@ How it holds its promises:
   ``checkpoint()`` and on close. Loading a history reads the checkpoint plus the log
   lines after it, so nothing acknowledged is ever missing.
 - ``create_session``, ``update_session_state`` and ``delete_session`` are durable when
-  they return (except in ``memory`` mode).
+  they return (except in ``memory`` mode, and for a state change asked with
+  ``durable=False``, which goes to disk with the next checkpoint).
 - Expired sessions (sliding TTL) refuse ``load_session``, ``get_session_history`` and
   appends with :class:`SessionExpired`; their metadata and events stay readable until
   cleanup removes them.
@@ -354,7 +355,9 @@ class JsonlStorage:
         self._check_not_expired(record)
         return list(await self._messages(session_id))
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, durable: bool = True
+    ) -> SessionMetadata:
         self._require_open()
         record = self._record(session_id)
         record.meta.state.check_transition(state)
@@ -364,8 +367,9 @@ class JsonlStorage:
         record.meta.touch()
         record.meta_dirty = True
         self._dirty.add(session_id)
-        # Durable before it returns: a state change has no log line to recover it from.
-        await self._checkpoint(session_id)
+        if durable:
+            # A state change has no log line to recover it from: the checkpoint is it.
+            await self._checkpoint(session_id)
         return copy_metadata(record.meta)
 
     async def cleanup_expired_sessions(self) -> int:

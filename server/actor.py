@@ -114,31 +114,41 @@ class Inbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._items: collections.deque[Command] = collections.deque()
+        # A deque keeps a 760-byte block even when empty: a parked session drops it.
+        self._items: collections.deque[Command] | None = None
         self._has_room: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     def append(self, command: Command) -> None:
+        if self._items is None:
+            self._items = collections.deque()
         self._items.append(command)
 
+    def release(self) -> None:
+        """Drops the empty queue's storage (a parked session keeps none)."""
+        if not self._items:
+            self._items = None
+
     async def wait_for_room(self) -> None:
-        while len(self._items) >= self.limit:
+        while len(self) >= self.limit:
             if self._has_room is None or self._has_room.done():
                 self._has_room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._has_room)
 
     def take_all(self) -> list[Command]:
-        items = list(self._items)
-        self._items.clear()
+        items = list(self._items or ())
+        self._items = None
         return items
 
     def take_batch(self, max_items: int) -> list[Command]:
-        count = min(max_items, len(self._items))
-        batch = [self._items.popleft() for _ in range(count)]
+        items = self._items
+        if items is None:
+            return []
+        batch = [items.popleft() for _ in range(min(max_items, len(items)))]
         room = self._has_room
-        if room is not None and not room.done() and len(self._items) < self.limit:
+        if room is not None and not room.done() and len(items) < self.limit:
             room.set_result(None)
         return batch
 
@@ -312,6 +322,8 @@ class SessionActor:
                 elif self.outboxes:
                     await self._wait_for_commands()
                 else:
+                    self.inbox.release()
+                    self.task = None  # nothing to run until the next command
                     break
         except asyncio.CancelledError:
             self.accepting = False
@@ -574,7 +586,7 @@ class SessionActor:
 
     async def _set_state(self, command: SetState) -> None:
         try:
-            await self._change_state(command.state)
+            await self._change_state(command.state, durable=True)
         except (StorageError, ValueError) as exc:
             self._fail(command, ErrorCode.CONFLICT, str(exc))
             return
@@ -587,12 +599,16 @@ class SessionActor:
             self._close_all(CloseCode.NORMAL, "session closed")
             self.accepting = False
 
-    async def _change_state(self, state: SessionState) -> None:
+    async def _change_state(self, state: SessionState, *, durable: bool = False) -> None:
+        """Moves the session to ``state``. The server's own moves (active on attach,
+        disconnected, idle) are written with the next checkpoint rather than each
+        fsynced on the spot: after a crash no connection is attached anyway. A state a
+        peer asked for (``durable``) is on disk before it is acknowledged."""
         if state == self.state:
             return
         self.state.check_transition(state)
         try:
-            await self.manager.storage.update_session_state(self.session_id, state)
+            await self.manager.storage.update_session_state(self.session_id, state, durable=durable)
         except SessionExpired:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
@@ -640,7 +656,9 @@ class SessionActor:
         """Peers sent frames since the last tick (pings included): that is activity, so
         the session's TTL starts again, as it does on every append."""
         with contextlib.suppress(SessionExpired, SessionNotFound):
-            await self.manager.storage.update_session_state(self.session_id, self.state)
+            await self.manager.storage.update_session_state(
+                self.session_id, self.state, durable=False
+            )
 
     # -- replay ------------------------------------------------------------------
 

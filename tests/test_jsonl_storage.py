@@ -709,3 +709,20 @@ async def test_list_filters_accept_naive_times_as_utc(storage: JsonlStorage) -> 
     assert [m.id for m in result.sessions] == ["s"]
     assert (await storage.list_sessions(SessionFilter(title_contains="Dogs"))).total == 1
     assert (await storage.list_sessions(SessionFilter(title_contains="dogs"))).total == 0
+
+
+async def test_a_state_change_that_is_not_durable_is_written_with_the_next_checkpoint(
+    tmp_path: Path,
+) -> None:
+    config = JsonlStorageConfig(str(tmp_path)).with_checkpointing(256, 0.05)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        before = (tmp_path / "sessions" / "s.json").read_bytes()
+        meta = await storage.update_session_state("s", SessionState.IDLE, durable=False)
+        assert meta.state == SessionState.IDLE
+        assert (tmp_path / "sessions" / "s.json").read_bytes() == before  # not yet
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if b'"idle"' in (tmp_path / "sessions" / "s.json").read_bytes():
+                break
+        assert b'"idle"' in (tmp_path / "sessions" / "s.json").read_bytes()
