@@ -314,12 +314,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=1_000 if full else 100)
     parser.add_argument("--viewers", type=int, default=5, help="viewers per session")
-    parser.add_argument("--events", type=int, default=200, help="events per session")
     parser.add_argument(
-        "--pace", type=float, default=0.02, help="seconds between an agent's live events"
+        "--events",
+        type=int,
+        default=60 if full else 200,  # full: ~20 s of live stream at the default pace
+        help="events per session",
+    )
+    # The live stream offers 2,000 events/s in all whatever the size (the latency
+    # question's rate), so the storm measures reconnecting, not a server already
+    # saturated by fan-out: at 0.02 s, 1,000 agents offered 50,000 events/s to 5 viewers
+    # each, beyond what one process (and the driver) can deliver.
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        help="seconds between an agent's live events (default: sessions / 2000)",
     )
     common.add_common_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pace is None:
+        args.pace = args.sessions / 2000
+    return args
 
 
 if __name__ == "__main__":

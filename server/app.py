@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import time
 from collections.abc import Sequence
 from typing import Self
 
@@ -103,6 +104,7 @@ class BambooServer:
         server, self._server = self._server, None
         if server is None:
             return
+        started = time.monotonic()
         server.server.close()  # stop accepting first
         grace = self.config.shutdown_grace
         await self.manager.close(CloseCode.SERVICE_RESTART, "server restarting", grace)
@@ -113,9 +115,14 @@ class BambooServer:
             await asyncio.wait_for(server.wait_closed(), grace)
         except TimeoutError:
             log.warning("connections still open after the grace period")
+        closed = time.monotonic()
         if self._given_storage is None and self.storage is not None:
             await self.storage.close()
-        log.info("stopped")
+        log.info(
+            "stopped",
+            connections_seconds=round(closed - started, 3),
+            storage_seconds=round(time.monotonic() - closed, 3),
+        )
 
     async def __aenter__(self) -> Self:
         await self.start()
