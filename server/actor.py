@@ -158,6 +158,13 @@ class ActorRetired(Exception):
     the session's next actor."""
 
 
+# What the in-process API raises for an error code (the WebSocket API sends the code).
+_ERRORS_BY_CODE: dict[ErrorCode, type[StorageError]] = {
+    ErrorCode.CLOSED: SessionClosed,
+    ErrorCode.NOT_FOUND: SessionNotFound,
+}
+
+
 def _attach_refusal(
     session_id: str, metadata: SessionMetadata | None, state: SessionState
 ) -> Exception | None:
@@ -511,9 +518,8 @@ class SessionActor:
     def _fail(self, command: Append | SetState, code: ErrorCode, message: str) -> None:
         if command.future is not None:
             if not command.future.done():
-                closed = code == ErrorCode.CLOSED
-                error = SessionClosed(message) if closed else StorageError(message)
-                command.future.set_exception(error)
+                error_type = _ERRORS_BY_CODE.get(code, StorageError)
+                command.future.set_exception(error_type(message))
         elif command.origin is not None:
             command.origin.settle()
             command.origin.push(Outbound(Error(code.value, message, id=command.request_id)))

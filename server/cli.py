@@ -48,6 +48,7 @@ SERVE_HELP: dict[str, str] = {
     "auto_save": "seconds between checkpoints of live sessions",
     "max_sessions": "live sessions in memory at most (parked ones are evicted first)",
     "send_queue_frames": "frames queued per connection before it is closed with 4429",
+    "inbox_limit": "requests queued per session before its peers' readers wait",
     "ring_size": "recent events kept in memory per session for fast replay",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",

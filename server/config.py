@@ -49,6 +49,7 @@ class ServerConfig:
     max_sessions: int = 1000
     send_queue_frames: int = 1024
     ring_size: int = 1024
+    inbox_limit: int = 4096
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000
@@ -72,6 +73,7 @@ class ServerConfig:
             max_sessions=self.max_sessions,
             send_queue_frames=self.send_queue_frames,
             ring_size=self.ring_size,
+            inbox_limit=self.inbox_limit,
         )
 
     def replace(self, **changes: Any) -> ServerConfig:

@@ -134,3 +134,26 @@ async def test_frames_from_attached_peers_keep_a_session_alive() -> None:
                 await asyncio.sleep(0.2)
             ack = await peer.request({"type": "event", "id": "e", "event": token("x")}, "ack")
             assert ack["seq"] == 1
+
+
+async def test_publishers_wait_for_room_in_a_full_inbox_and_lose_nothing() -> None:
+    # Three connections pipelining into one session whose inbox holds 4 requests: their
+    # readers wait (TCP back-pressure) instead of queueing without bound.
+    async with run_server(inbox_limit=4) as server, attach(server) as (first, welcome):
+        session_id = welcome["session"]["id"]
+        async with (
+            attach(server, session_id) as (second, _),
+            attach(server, session_id) as (
+                third,
+                _,
+            ),
+        ):
+            peers = (first, second, third)
+            for i in range(60):
+                for n, peer in enumerate(peers):
+                    await peer.send({"type": "event", "id": i, "event": token(f"{n}:{i}")})
+            for peer in peers:
+                acks = [await peer.recv_type("ack") for _ in range(60)]
+                assert [a["id"] for a in acks] == list(range(60))
+            events = await first.request({"type": "events", "id": "all"}, "events")
+            assert [e["seq"] for e in events["events"]] == list(range(1, 181))
