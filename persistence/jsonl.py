@@ -657,6 +657,17 @@ class JsonlStorage:
         self._deleting[session_id] = done
         try:
             await _to_completion(self._delete_after_writes(session_id, record))
+        except BaseException:
+            # Not deleted (the WAL could not record it, or the files stay): the session
+            # is still there on disk, so it stays in the index too.
+            if (
+                session_id not in self._records
+                and (self.config.sessions_dir / (session_id + CHECKPOINT_SUFFIX)).exists()
+            ):
+                self._records[session_id] = record
+                self._index.add(record.meta)
+                self._dirty.add(session_id)
+            raise
         finally:
             del self._deleting[session_id]
             done.set_result(None)

@@ -138,11 +138,10 @@ class SegmentFile:
         # Bytes known good at the end of the segment, when cutting a failed write off
         # did not work: retried before anything else is appended.
         self.needs_truncate: int | None = None
-        self.must_rotate = False
 
     def due(self, now: float, incoming: int) -> bool:
         """Whether the next batch (``incoming`` bytes) should start a new segment."""
-        if self.current is None or self.must_rotate:
+        if self.current is None:
             return True
         if self.size == 0:
             return False
@@ -156,6 +155,10 @@ class SegmentFile:
     def rotate(self, now: float) -> Segment | None:
         """Start a new segment (durably: its directory entry is synced); returns the old
         one, whose records are all synced, for retirement."""
+        if self.needs_truncate is not None:
+            # A failed batch's record must be cut before this segment is left behind:
+            # abandoned, it would be replayed as if it had been acknowledged.
+            self._truncate(self.needs_truncate)
         if not self._next_number:
             segments = list_segments(self.dir)
             self._next_number = segments[-1][0] + 1 if segments else 1
@@ -177,7 +180,7 @@ class SegmentFile:
                 os.close(self._fd)
         self.current = Segment(number, path)
         self._fd, self.size, self._started = fd, 0, now
-        self.needs_truncate, self.must_rotate = None, False
+        self.needs_truncate = None
         return old
 
     def append(self, data: bytes) -> None:
@@ -263,6 +266,7 @@ class ReplayReport:
     events_replayed: int = 0
     logs_cut: int = 0
     records_ignored: int = 0
+    segments_kept: bool = False  # a log had lost lines the WAL no longer covers
 
 
 def _records(path: Path, report: ReplayReport) -> Iterator[_ReadRecord]:
@@ -313,6 +317,8 @@ def replay(
             _replay_session(events_dir, session_id, pending[session_id], cut_log, report)
     if report.events_replayed or report.logs_cut:
         fsync_dir(events_dir)
+    if report.segments_kept:
+        return report
     for _number, path in segments:
         os.unlink(path)
     fsync_dir(wal_dir)
@@ -340,6 +346,17 @@ def _replay_session(
     if 0 <= first_offset <= size:
         last, end = _valid_lines(path, first_offset, first - 1)
     else:
+        # Lines a deleted segment had covered are gone: data was lost below the WAL's
+        # reach. Say so, and keep the segments as evidence.
+        log.error(
+            "session %r: its log (%d bytes) is shorter than the WAL's first offset %d; "
+            "acknowledged events before seq %d are missing; WAL segments kept",
+            session_id,
+            size,
+            first_offset,
+            first,
+        )
+        report.segments_kept = True
         last, end = _valid_lines(path, 0, 0) if size > 0 else (0, 0)
     if size > end:
         cut_log(path, size, end)

@@ -79,6 +79,9 @@ class _Control:
 
     future: asyncio.Future[None]
     forget: str | None = None
+    # Set by the I/O thread when the deletion record could not be synced: the delete
+    # must not go on, or a crash could feed the old events into a new session.
+    error: OSError | None = None
 
 
 @dataclass(slots=True)
@@ -127,8 +130,10 @@ class LogWriter:
     ) -> None:
         self._events_dir = str(events_dir)
         self._wal = wal if durability == "fsync" else None
-        # Deletion records not yet in the WAL (their write failed): written first next time.
-        self._pending_deletes: list[bytes] = []
+        # Set once a session log's fsync has failed: the kernel may then report later
+        # syncs as clean although the pages were lost, so no WAL segment is deleted any
+        # more in this process; the next open replays them all.
+        self._sync_failed = False
         self._rotated: list[Segment] = []  # from the I/O thread, for retirement
         self._retire_queue: list[Segment] = []  # oldest first; deleted strictly in order
         self._retiring: asyncio.Task[None] | None = None
@@ -244,7 +249,7 @@ class LogWriter:
                     group = groups[item.session_id] = _Group(item.session_id, [])
                 group.appends.append(item)
         ordered = list(groups.values())
-        forgets = [c.forget for c in controls if c.forget is not None]
+        forgets = [c for c in controls if c.forget is not None]
         done = asyncio.get_running_loop().run_in_executor(
             self._io, self._write_batch, ordered, forgets
         )
@@ -270,7 +275,7 @@ class LogWriter:
         synced. On failure the segment stays (and so do the newer ones): retried at the
         next rotation and on close, replayed at open if it is still there."""
         loop = asyncio.get_running_loop()
-        while self._retire_queue:
+        while self._retire_queue and not self._sync_failed:
             segment = self._retire_queue[0]
             syncs = [
                 loop.run_in_executor(self._sync_pool, sync_log, self._events_dir, session_id)
@@ -283,7 +288,14 @@ class LogWriter:
                     raise errors[0]
                 await loop.run_in_executor(self._sync_pool, remove_segment, segment)
             except OSError as exc:
-                log.error("could not retire the WAL segment %s: %s; kept", segment.path, exc)
+                if errors:
+                    self._sync_failed = True
+                log.error(
+                    "could not retire the WAL segment %s: %s; it and every later one are "
+                    "kept for replay at the next open",
+                    segment.path,
+                    exc,
+                )
                 return
             del self._retire_queue[0]
 
@@ -307,12 +319,18 @@ class LogWriter:
                 for append in group.appends:
                     _fail(append.future, error)
         for control in controls:
-            if not control.future.done():
+            if control.future.done():
+                continue
+            if control.error is not None:
+                control.future.set_exception(
+                    StorageError(f"could not record the deletion in the WAL: {control.error}")
+                )
+            else:
                 control.future.set_result(None)
 
     # -- the I/O thread -------------------------------------------------------------
 
-    def _write_batch(self, groups: list[_Group], forgets: Sequence[str]) -> None:
+    def _write_batch(self, groups: list[_Group], forgets: Sequence[_Control]) -> None:
         try:
             written: list[tuple[_Group, _OpenLog, int]] = []
             for group in groups:
@@ -336,8 +354,9 @@ class LogWriter:
                     self._cut_back(group.session_id, group.open_log, group.size_before)
             raise
         finally:
-            for session_id in forgets:
-                self._forget(session_id)
+            for control in forgets:
+                assert control.forget is not None
+                self._forget(control.forget)
             self._trim()
 
     def _write_group(self, group: _Group) -> tuple[_Group, _OpenLog, int] | None:
@@ -363,7 +382,7 @@ class LogWriter:
         self,
         wal: SegmentFile,
         written: list[tuple[_Group, _OpenLog, int]],
-        forgets: Sequence[str],
+        forgets: Sequence[_Control],
     ) -> None:
         """Append the written groups' lines (and deletions) to the WAL and sync it once.
         If that fails, every written group is cut back and fails: acknowledged means in
@@ -372,10 +391,10 @@ class LogWriter:
             encode_lines(group.session_id, group.appends[0].events[0].seq, before, group.data)
             for group, _open_log, before in written
         ]
-        deletes = [encode_deleted(session_id) for session_id in forgets]
-        if not records and not deletes and not self._pending_deletes:
+        deletes = [encode_deleted(c.forget) for c in forgets if c.forget is not None]
+        if not records and not deletes:
             return
-        data = b"".join([*self._pending_deletes, *records, *deletes])
+        data = b"".join([*records, *deletes])
         try:
             now = time.monotonic()
             if wal.due(now, len(data)):
@@ -390,12 +409,12 @@ class LogWriter:
                         self._rotated.append(old)
             wal.append(data)
         except OSError as exc:
-            self._pending_deletes.extend(deletes)
+            for control in forgets:
+                control.error = exc
             for group, open_log, before in written:
                 group.error = exc
                 self._cut_back(group.session_id, open_log, before)
             return
-        self._pending_deletes.clear()
         assert wal.current is not None
         touched = wal.current.touched
         for group, _open_log, _before in written:
@@ -461,6 +480,7 @@ class LogWriter:
             os.ftruncate(open_log.fd, good_size)
             os.fsync(open_log.fd)
         except OSError as exc:
+            self._sync_failed = True
             log.error(
                 "could not truncate the log of session %r back to %d bytes: %s; retrying "
                 "before its next append",

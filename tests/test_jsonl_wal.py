@@ -264,3 +264,106 @@ def test_sigkill_then_lost_log_tails_every_acknowledged_event_comes_back(
 
     asyncio.run(reopen())
     asyncio.run(verify(base, acked))
+
+
+def failing_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> dict[str, bool]:
+    """Makes ``module.name`` raise EIO on its next call while ``switch["on"]``."""
+    real = getattr(module, name)
+    switch = {"on": False}
+
+    def wrapper(*args: Any) -> Any:
+        if switch["on"]:
+            switch["on"] = False
+            raise OSError(errno.EIO, "injected")
+        return real(*args)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return switch
+
+
+async def test_a_delete_that_the_wal_cannot_record_fails_and_keeps_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path)
+    failing = failing_once(monkeypatch, wal, "datasync")
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("old"))
+        await storage.append_event("old", AgentEvent.token("secret"))
+        failing["on"] = True
+        with pytest.raises(StorageError, match="deletion"):
+            await storage.delete_session("old")
+        # Still there, whole: a crash now cannot feed its events into a new "old".
+        assert [e.event for e in await storage.read_events("old")] == [AgentEvent.token("secret")]
+        await storage.delete_session("old")  # works once the WAL does
+        await storage.create_session(Session.new("old"))
+        assert await storage.read_events("old") == []
+
+
+async def test_no_segment_is_deleted_after_a_failed_log_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bamboo_session.persistence import writer
+
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    failing = failing_once(monkeypatch, writer, "sync_log")
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        failing["on"] = True
+        for i in range(4):  # each append after 0.06 s rotates; retirement syncs "a"
+            await storage.append_event("a", AgentEvent.token(str(i)))
+            await asyncio.sleep(0.06)
+        retiring = storage._writer._retiring
+        if retiring is not None:
+            await retiring
+        # After a failed sync the kernel may report later ones clean: keep everything.
+        assert len(segments(config)) >= 3
+    assert len(segments(config)) >= 3  # not even a clean close deletes them
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.last_seq("a") == 4
+    assert segments(config) == []  # replayed at open, then removed
+
+
+async def test_a_segment_is_not_left_behind_with_a_failed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    sync_fails = failing_once(monkeypatch, wal, "datasync")
+    truncate_fails = failing_once(monkeypatch, wal.os, "ftruncate")
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        await storage.append_event("a", AgentEvent.token("ok1"))
+        segment = segments(config)[0]
+        size = segment.stat().st_size
+        sync_fails["on"] = truncate_fails["on"] = True
+        with pytest.raises(StorageError):
+            await storage.append_event("a", AgentEvent.token("FAILED"))
+        assert segment.stat().st_size > size  # the cut failed: the record is still there
+        await asyncio.sleep(0.06)  # the next append rotates by age
+        await storage.append_event("a", AgentEvent.token("ok2"))
+        # The old segment was cut before being left behind (it may be retired already).
+        assert not segment.exists() or segment.stat().st_size == size
+        assert [e.event for e in await storage.read_events("a")] == [
+            AgentEvent.token("ok1"),
+            AgentEvent.token("ok2"),
+        ]
+
+
+async def test_replay_keeps_the_segments_when_a_log_lost_what_they_no_longer_cover(
+    tmp_path: Path,
+) -> None:
+    config = JsonlStorageConfig(tmp_path / "data").with_wal(segment_bytes=600)
+    aside = tmp_path / "aside"
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        for i in range(20):
+            await storage.append_event("a", AgentEvent.token(str(i)))
+        retiring = storage._writer._retiring
+        if retiring is not None:
+            await retiring
+        save_segments(config, aside)  # the newest segments only: the old ones retired
+    crash_with_segments(config, aside)
+    log = config.events_dir / "a.jsonl"
+    log.write_bytes(b"".join(log_lines(config, "a")[:2]))  # lost below the WAL's reach
+    async with await JsonlStorage.open(config):
+        pass
+    assert segments(config), "the evidence was deleted"
