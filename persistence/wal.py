@@ -344,7 +344,9 @@ def _replay_session(
     # Everything before the first seq the segments hold was synced before an older
     # segment was deleted: scan from there. If the log is shorter, scan it all.
     if 0 <= first_offset <= size:
-        last, end = _valid_lines(path, first_offset, first - 1)
+        # Lines past the WAL's last seq for this session were written by a batch whose
+        # WAL record never made it: never acknowledged, so cut (a batch is all or none).
+        last, end = _valid_lines(path, first_offset, first - 1, upto_seq=pending.last)
     else:
         # Lines a deleted segment had covered are gone: data was lost below the WAL's
         # reach. Say so, and keep the segments as evidence.
@@ -381,12 +383,17 @@ def _replay_session(
     log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
 
 
-def _valid_lines(path: Path, offset: int, after_seq: int) -> tuple[int, int]:
+def _valid_lines(
+    path: Path, offset: int, after_seq: int, upto_seq: int | None = None
+) -> tuple[int, int]:
     """(last seq, end offset) of the consecutive valid lines from ``offset``, where the
-    line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start)."""
+    line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start), up to
+    ``upto_seq`` at most."""
     last, end = after_seq, offset
     with contextlib.suppress(FileNotFoundError):
         for line_end, line in iter_lines(path, offset):
+            if last == upto_seq:
+                break
             try:
                 seq = decode_stored_event(line).seq
             except msgspec.DecodeError:

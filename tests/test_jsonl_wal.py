@@ -367,3 +367,24 @@ async def test_replay_keeps_the_segments_when_a_log_lost_what_they_no_longer_cov
     async with await JsonlStorage.open(config):
         pass
     assert segments(config), "the evidence was deleted"
+
+
+async def test_log_lines_of_a_batch_the_wal_never_got_are_cut_at_open(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path / "data")
+    aside = tmp_path / "aside"
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        for i in range(3):
+            await storage.append_event("a", AgentEvent.token(str(i)))
+        save_segments(config, aside)
+    crash_with_segments(config, aside)
+    # The crash came after a batch reached the log but before its WAL record did.
+    lines = log_lines(config, "a")
+    unacked = lines[-1].replace(b'"seq":3', b'"seq":4').replace(b'"2"', b'"unacked"')
+    with (config.events_dir / "a.jsonl").open("ab") as log:
+        log.write(unacked)
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.event for e in await storage.read_events("a")] == [
+            AgentEvent.token(str(i)) for i in range(3)
+        ]
+        assert (await storage.append_event("a", AgentEvent.token("next"))).seq == 4
