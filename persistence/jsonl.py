@@ -673,7 +673,7 @@ class JsonlStorage:
             done.set_result(None)
 
     async def _delete_after_writes(self, session_id: str, record: _Record) -> None:
-        await self._writer.forget(session_id)
+        await self._writer.forget(session_id, record.meta.epoch)
         async with record.checkpoint_lock():
             await self._io(self._delete_files, session_id)
 

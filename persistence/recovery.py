@@ -46,7 +46,7 @@ from bamboo_session.protocol.models import (
 
 from .config import JsonlStorageConfig
 from .files import fsync_dir, iter_lines, read_file, truncate_file, write_atomic
-from .wal import replay
+from .wal import discard_segments, replay
 from .writer import LOG_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,8 @@ def _recover(layout: _Layout, config: JsonlStorageConfig, durable: bool) -> Reco
         checkpoint_ids,
         lambda path, size, good_end: _cut_log(path, size, good_end, durable=True),
     )
+    _finish_recorded_deletes(layout, replayed.deleted, checkpoint_ids, durable)
+    discard_segments(config.wal_dir, replayed)
     log_ids = _ids_with_suffix(layout.events, LOG_SUFFIX)
     snapshot = _consume_snapshot(layout, durable)
     report = RecoveryReport(
@@ -221,6 +223,30 @@ def _recover(layout: _Layout, config: JsonlStorageConfig, durable: bool) -> Reco
         if recovered is not None:
             report.sessions.append(recovered)
     return report
+
+
+def _finish_recorded_deletes(
+    layout: _Layout, deleted: dict[str, str], checkpoint_ids: set[str], durable: bool
+) -> None:
+    """A deletion the WAL recorded, of a session still there with the same epoch, was
+    interrupted before its tombstone: finish it (a re-created session of the same id has
+    another epoch and stays)."""
+    finished = False
+    for session_id, epoch in deleted.items():
+        if session_id not in checkpoint_ids:
+            continue
+        head = _read_head(layout, session_id)
+        if head is None or not epoch or head.metadata.epoch != epoch:
+            continue
+        log.warning("finishing the interrupted delete of session %r", session_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.log(session_id))
+        os.unlink(layout.checkpoint(session_id))
+        checkpoint_ids.discard(session_id)
+        finished = True
+    if finished and durable:
+        fsync_dir(layout.events)
+        fsync_dir(layout.sessions)
 
 
 def write_snapshot(config: JsonlStorageConfig, entries: list[SnapshotEntry]) -> None:

@@ -69,6 +69,7 @@ class _Record(msgspec.Struct, omit_defaults=True):
     crc: int = 0
     lines: msgspec.Raw = msgspec.Raw(b"[]")
     deleted: bool = False
+    epoch: str = ""  # of the deleted session: a re-created one has another
 
 
 class _ReadRecord(msgspec.Struct):
@@ -80,6 +81,7 @@ class _ReadRecord(msgspec.Struct):
     crc: int = 0
     lines: list[msgspec.Raw] = []
     deleted: bool = False
+    epoch: str = ""
 
 
 _encoder = msgspec.json.Encoder()
@@ -94,8 +96,8 @@ def encode_lines(session_id: str, first_seq: int, offset: int, data: bytes) -> b
     return _encoder.encode(record) + b"\n"
 
 
-def encode_deleted(session_id: str) -> bytes:
-    return _encoder.encode(_Record(session_id, deleted=True)) + b"\n"
+def encode_deleted(session_id: str, epoch: str) -> bytes:
+    return _encoder.encode(_Record(session_id, deleted=True, epoch=epoch)) + b"\n"
 
 
 def segment_name(number: int) -> str:
@@ -267,6 +269,20 @@ class ReplayReport:
     logs_cut: int = 0
     records_ignored: int = 0
     segments_kept: bool = False  # a log had lost lines the WAL no longer covers
+    # Sessions whose last record is their deletion, with the epoch deleted: a delete
+    # that may not have finished, for open to finish if the session is still that one.
+    deleted: dict[str, str] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)  # the segments replayed
+
+
+def discard_segments(wal_dir: Path, report: ReplayReport) -> None:
+    """Deletes the replayed segments, once open has acted on everything they said
+    (kept instead when a log had lost lines they no longer cover)."""
+    if report.segments_kept or not report.paths:
+        return
+    for path in report.paths:
+        os.unlink(path)
+    fsync_dir(wal_dir)
 
 
 def _records(path: Path, report: ReplayReport) -> Iterator[_ReadRecord]:
@@ -294,7 +310,8 @@ def _records(path: Path, report: ReplayReport) -> Iterator[_ReadRecord]:
 def replay(
     wal_dir: Path, events_dir: Path, has_checkpoint: set[str], cut_log: CutLog
 ) -> ReplayReport:
-    """Bring every session log up to what the remaining segments hold, then delete them.
+    """Bring every session log up to what the remaining segments hold (then
+    :func:`discard_segments` deletes them).
     ``has_checkpoint``: the sessions that exist (a deleted one must not come back);
     ``cut_log(path, size, good_end)`` removes a log's invalid tail."""
     report = ReplayReport()
@@ -307,7 +324,9 @@ def replay(
         for record in _records(path, report):
             if record.deleted:
                 pending.pop(record.sid, None)
+                report.deleted[record.sid] = record.epoch
                 continue
+            report.deleted.pop(record.sid, None)
             entry = pending.get(record.sid)
             if entry is None:
                 entry = pending[record.sid] = _Pending()
@@ -317,11 +336,7 @@ def replay(
             _replay_session(events_dir, session_id, pending[session_id], cut_log, report)
     if report.events_replayed or report.logs_cut:
         fsync_dir(events_dir)
-    if report.segments_kept:
-        return report
-    for _number, path in segments:
-        os.unlink(path)
-    fsync_dir(wal_dir)
+    report.paths = [path for _number, path in segments]
     if report.events_replayed:
         log.warning(
             "replayed %d events from %d WAL segments into the session logs",

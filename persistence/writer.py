@@ -79,6 +79,7 @@ class _Control:
 
     future: asyncio.Future[None]
     forget: str | None = None
+    epoch: str = ""  # of the session forgotten, for its deletion record
     # Set by the I/O thread when the deletion record could not be synced: the delete
     # must not go on, or a crash could feed the old events into a new session.
     error: OSError | None = None
@@ -173,10 +174,10 @@ class LogWriter:
         """Return once everything queued before this call is written (or failed)."""
         await self._control(None)
 
-    async def forget(self, session_id: str) -> None:
-        """Finish the session's queued appends, then close its descriptor (before the
-        log is deleted)."""
-        await self._control(session_id)
+    async def forget(self, session_id: str, epoch: str = "") -> None:
+        """Finish the session's queued appends, record its deletion in the WAL, then
+        close its descriptor (before the log is deleted)."""
+        await self._control(session_id, epoch)
         self._generations.pop(session_id, None)
 
     async def close(self) -> None:
@@ -204,9 +205,9 @@ class LogWriter:
         self._io.shutdown()
         self._sync_pool.shutdown()
 
-    async def _control(self, forget: str | None) -> None:
+    async def _control(self, forget: str | None, epoch: str = "") -> None:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Control(future, forget))
+        self._queue.append(_Control(future, forget, epoch))
         self._wakeup.set()
         await future
 
@@ -391,7 +392,7 @@ class LogWriter:
             encode_lines(group.session_id, group.appends[0].events[0].seq, before, group.data)
             for group, _open_log, before in written
         ]
-        deletes = [encode_deleted(c.forget) for c in forgets if c.forget is not None]
+        deletes = [encode_deleted(c.forget, c.epoch) for c in forgets if c.forget is not None]
         if not records and not deletes:
             return
         data = b"".join([*records, *deletes])

@@ -388,3 +388,28 @@ async def test_log_lines_of_a_batch_the_wal_never_got_are_cut_at_open(tmp_path: 
             AgentEvent.token(str(i)) for i in range(3)
         ]
         assert (await storage.append_event("a", AgentEvent.token("next"))).seq == 4
+
+
+async def test_a_delete_the_wal_recorded_but_that_did_not_finish_is_finished_at_open(
+    tmp_path: Path,
+) -> None:
+    config = JsonlStorageConfig(tmp_path / "data")
+    aside = tmp_path / "aside"
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("gone", "kept"):
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token("x"))
+        gone = await storage.get_metadata("gone")
+        assert gone is not None
+        # The crash comes after the deletion records are synced, before the tombstones:
+        # "gone" is the deleted session itself; "kept" was re-created since (another
+        # epoch), so its record is about an older session of the same id.
+        await storage._writer.forget("gone", gone.epoch)
+        await storage._writer.forget("kept", "an-older-epoch")
+        save_segments(config, aside)
+    crash_with_segments(config, aside)
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("gone") is None
+        assert not (config.events_dir / "gone.jsonl").exists()
+        assert [e.event for e in await storage.read_events("kept")] == [AgentEvent.token("x")]
+    assert segments(config) == []
