@@ -183,8 +183,7 @@ class BambooServer:
             check_session_id(principal, session_id)
         metadata: SessionMetadata | None = None
         if hello.create:
-            session = await manager.get_or_create_session(session_id, owner, hello.title)
-            metadata = session.metadata
+            metadata = await manager.ensure_session(session_id, owner, hello.title)
         if principal is not None:
             metadata = metadata or await manager.get_metadata(session_id)
             if metadata is not None:  # a missing one is 4404 when attaching

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 from typing import Self
 
@@ -18,6 +19,7 @@ import structlog
 
 from bamboo_session.persistence.base import (
     SessionExists,
+    SessionExpired,
     SessionFilter,
     SessionListResult,
     SessionNotFound,
@@ -155,24 +157,36 @@ class SessionManager:
     async def get_or_create_session(
         self, session_id: str, user_id: str | None = None, title: str | None = None
     ) -> Session:
+        await self.ensure_session(session_id, user_id, title)
+        session = await self.get_session(session_id)
+        if session is None:  # created and deleted in between: let the caller retry
+            raise SessionNotFound(session_id)
+        return session
+
+    async def ensure_session(
+        self, session_id: str, user_id: str | None = None, title: str | None = None
+    ) -> SessionMetadata:
+        """get-or-create without reading the history: what an attach with ``create``
+        needs, so a reconnect storm does not load every session's messages."""
         # Concurrent callers for one id share one creation: the storage refuses the
         # others with SessionExists before the winner's session is readable.
         creating = self._creating.get(session_id)
         if creating is not None:
             await asyncio.wait([creating])
-        existing = await self.get_session(session_id)
+        existing = await self.get_metadata(session_id)
         if existing is not None:
+            if existing.is_expired():
+                raise SessionExpired(session_id)
             return existing
         creation = asyncio.ensure_future(self.create_session(user_id, title, session_id=session_id))
         self._creating[session_id] = creation
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
-        try:
-            return await asyncio.shield(creation)
-        except SessionExists:
-            found = await self.get_session(session_id)
-            if found is None:  # created and deleted in between: let the caller retry
-                raise
-            return found
+        with contextlib.suppress(SessionExists):  # another caller created it first
+            await asyncio.shield(creation)
+        found = await self.get_metadata(session_id)
+        if found is None:  # created and deleted in between: let the caller retry
+            raise SessionNotFound(session_id)
+        return found
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000."""
