@@ -138,3 +138,21 @@ async def test_the_key_window_is_exactly_the_last_10000_appends(manager: Session
         manager.append_event(session.id, AgentEvent.token("k"), key="k"),
     )
     assert not filler[1].duplicate and filler[1].seq == 10_002  # 10,001 appends later
+
+
+def test_config_builder_reads_like_the_seed() -> None:
+    config = (
+        SessionManagerConfig()
+        .with_idle_timeout(300)  # 5 minutes idle timeout
+        .with_disconnect_retention(3600)  # 1 hour retention after disconnect
+        .with_max_sessions(1000)
+        .with_auto_save(30)
+        .with_send_queue_frames(64)
+    )
+    assert (config.idle_timeout, config.disconnect_retention, config.max_sessions) == (
+        300,
+        3600,
+        1000,
+    )
+    assert (config.auto_save, config.send_queue_frames) == (30, 64)
+    assert SessionManagerConfig() == SessionManagerConfig().with_max_sessions(1000)
