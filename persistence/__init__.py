@@ -1,9 +1,22 @@
-"""Storage interfaces and backends for sessions, messages and event logs."""
+"""The storage contract and its backends: sessions, message histories and event logs.
+
+``open_storage(url)`` opens a store by URL (``persistence/url.py``). The contract is in
+``base.py``; each backend lives in a module of its own and is imported only when it is
+used, so ``from bamboo_session.persistence import JsonlStorage`` (the seed's name) costs
+the JSONL backend's import, and ``open_storage("memory://")`` does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .base import (
-    DURABILITY_MODES,
-    Durability,
+    KEY_WINDOW,
+    Appended,
+    AppendItem,
     EventStorage,
+    HistoryPage,
     InvalidSessionId,
     InvalidTransition,
     SessionClosed,
@@ -19,18 +32,39 @@ from .base import (
     StorageError,
     StorageFull,
     StorageLocked,
+    Subscription,
 )
-from .config import JsonlStorageConfig
-from .jsonl import JsonlStorage
+from .url import StoreOptions, open_storage, parse_store_url
+
+if TYPE_CHECKING:
+    from .jsonl import JsonlStorage, JsonlStorageConfig
+    from .memory import MemoryStorage
+
+_LAZY = {
+    "JsonlStorage": "bamboo_session.persistence.jsonl",
+    "JsonlStorageConfig": "bamboo_session.persistence.jsonl",
+    "MemoryStorage": "bamboo_session.persistence.memory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
-    "DURABILITY_MODES",
-    "Durability",
+    "KEY_WINDOW",
+    "AppendItem",
+    "Appended",
     "EventStorage",
+    "HistoryPage",
     "InvalidSessionId",
     "InvalidTransition",
     "JsonlStorage",
     "JsonlStorageConfig",
+    "MemoryStorage",
     "SessionClosed",
     "SessionExists",
     "SessionExpired",
@@ -44,4 +78,8 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageLocked",
+    "StoreOptions",
+    "Subscription",
+    "open_storage",
+    "parse_store_url",
 ]

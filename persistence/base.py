@@ -1,24 +1,36 @@
-"""Storage interfaces (typing.Protocol), query types and typed errors shared by backends.
+"""The storage contract (typing.Protocol) every backend implements, its query and result
+types, and the typed errors every backend raises.
 
 The methods follow the seed's ``SessionStorage`` trait, plus the event log that resume
-is built on. Every backend honours the same contract:
+is built on. Every backend means them the same way, and one contract test suite
+(``tests/test_storage_contract.py``) holds each backend to it:
 
-- ``seq`` is assigned by the storage, from 1, gap-free per session, in call order, even
-  when several tasks append to one session at once.
-- An append returns once it is as durable as the configured mode says; what was
-  returned is never lost and never reordered, across crashes and restarts.
+- ``seq`` is assigned by the store, from 1, gap-free per session, in call order, even
+  when several tasks (or, on a shared store, several processes) append at once.
+- An append returns once it is acknowledged: as durable as the backend is configured
+  to make it. What was acknowledged is never lost and never reordered.
+- Idempotency is the store's: an item whose key was accepted in this session within its
+  last ``KEY_WINDOW`` appends is not appended again; the store answers with the first
+  seq and ``duplicate=True``. The window survives restarts.
+- Reads (``read_events``, histories, ``subscribe``) show acknowledged events only.
 - A ``message`` AgentEvent in the log *is* a history message: ``append_message`` writes
-  one, and ``append_event`` with a ``MessageEvent`` counts as a message too. The history
-  is rebuilt from the log, so a lost checkpoint loses nothing.
+  one, and so does ``append_events`` with a ``MessageEvent``. Its ``id`` and
+  ``created_at`` are filled in where absent.
+- Live delivery goes through the store: ``subscribe`` yields what is stored after a seq,
+  then every new append, in order, with no gap and no duplicate, whichever process
+  appended it.
+- ``touch`` records activity (sliding TTL). Checkpoints, write-ahead logs and
+  durability modes are a backend's own business, not the contract's.
 - Session ids are validated before any path or key is built from them.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -32,19 +44,19 @@ from bamboo_session.protocol.models import (
     StoredEvent,
 )
 
-Durability = Literal["fsync", "os", "memory"]
-DURABILITY_MODES: tuple[Durability, ...] = ("fsync", "os", "memory")
-
 __all__ = [
-    "DURABILITY_MODES",
-    "Durability",
+    "KEY_WINDOW",
+    "AppendItem",
+    "Appended",
     "EventStorage",
+    "HistoryPage",
     "InvalidSessionId",
     "InvalidTransition",
     "SessionClosed",
     "SessionExists",
     "SessionExpired",
     "SessionFilter",
+    "SessionImport",
     "SessionListResult",
     "SessionNotFound",
     "SessionStorage",
@@ -54,11 +66,17 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageLocked",
+    "Subscription",
 ]
+
+KEY_WINDOW: Final = 10_000  # appends within which an idempotency key is remembered
+
+AppendItem = tuple[AnyAgentEvent, str | None]  # an event and its idempotency key
 
 
 class StorageError(Exception):
-    """Storage failed (I/O error, disk full, corrupt file). Nothing was acknowledged."""
+    """Storage failed (I/O error, disk full, corrupt file, store unreachable). Nothing
+    of the failed call was acknowledged."""
 
 
 class SessionNotFound(StorageError):
@@ -78,11 +96,11 @@ class SessionClosed(StorageError):
 
 
 class StorageFull(StorageError):
-    """``max_sessions`` is reached."""
+    """The store holds its maximum number of sessions."""
 
 
 class StorageLocked(StorageError):
-    """Another process holds this storage's lock."""
+    """Another process holds this store (an embedded store has one owner)."""
 
 
 class SortBy(enum.StrEnum):
@@ -120,32 +138,106 @@ class SessionListResult(msgspec.Struct):
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one appended item became: its seq, and whether it was a duplicate (then
+    ``seq`` is the seq its key was first accepted with, and nothing was appended)."""
+
+    seq: int
+    duplicate: bool = False
+
+
+class HistoryPage(msgspec.Struct):
+    """Messages ``start .. start + len(messages)`` of a history (indexes from 0, oldest
+    first); ``has_more`` says whether older ones exist before ``start``."""
+
+    messages: list[Message]
+    start: int
+    has_more: bool
+
+
+class Subscription(Protocol):
+    """A session's events after a seq, in seq order with no gap and no duplicate: first
+    what is stored, then every new append. ``async for`` yields them one at a time;
+    :meth:`next_batch` returns whatever is ready (waiting for at least one), which is
+    what a fan-out loop wants. Ends (StopAsyncIteration, or an empty batch) when the
+    subscription is closed, or when the session is closed or deleted (``ended``)."""
+
+    @property
+    def position(self) -> int:
+        """The seq of the last event handed out."""
+        ...
+
+    @property
+    def ended(self) -> str | None:
+        """Why the subscription ended: ``"closed"``, ``"deleted"``, ``"unsubscribed"``,
+        or None while it runs."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether :meth:`next_batch` would return without waiting."""
+        ...
+
+    def on_ready(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback()`` (from the event loop, without arguments) whenever the
+        subscription becomes ready; None stops it. For consumers that wait on several
+        sources at once."""
+        ...
+
+    async def next_batch(self, limit: int = 512) -> list[StoredEvent]:
+        """The next events, at most ``limit``; waits for one; empty once ended."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[StoredEvent]: ...
+
+    async def __anext__(self) -> StoredEvent: ...
+
+    def close(self) -> None:
+        """Stop following the session; ends the iteration."""
+        ...
+
+
 @runtime_checkable
 class EventStorage(Protocol):
     """The append-only event log of each session."""
 
-    async def append_event(
-        self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> StoredEvent:
-        """Append one event; raises SessionNotFound, SessionClosed, StorageError."""
+    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+        """Append ``(event, key)`` items as one batch, in order: each fresh item gets the
+        next seq, each duplicate (see the module docstring) gets its first seq. All or
+        nothing: on error none of them is in the log. Raises SessionNotFound,
+        SessionExpired, SessionClosed, StorageError."""
         ...
 
-    async def append_events(
-        self, session_id: str, items: Sequence[tuple[AnyAgentEvent, str | None]]
-    ) -> list[StoredEvent]:
-        """Append ``(event, key)`` pairs as one batch, in order, with consecutive seqs.
-        All or nothing: on error none of them is in the log."""
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> Appended:
+        """``append_events`` for one item."""
         ...
 
     async def read_events(
-        self, session_id: str, after_seq: int = 0, limit: int | None = None
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
-        """Events with ``seq > after_seq``, oldest first, at most ``limit``."""
+        """Acknowledged events with ``seq > after_seq``, oldest first: at most ``limit``,
+        and no more than ``max_bytes`` of encoded events (but always the first one, if
+        there is one). Raises SessionNotFound."""
         ...
 
-    async def last_seq(self, session_id: str) -> int: ...
+    async def subscribe(self, session_id: str, after_seq: int) -> Subscription:
+        """Follow the session's log after ``after_seq`` (see :class:`Subscription`).
+        Raises SessionNotFound."""
+        ...
 
-    async def epoch(self, session_id: str) -> str: ...
+    async def last_seq(self, session_id: str) -> int:
+        """The last acknowledged seq (0 for an empty log); raises SessionNotFound."""
+        ...
+
+    async def epoch(self, session_id: str) -> str:
+        """The log's epoch; raises SessionNotFound."""
+        ...
 
 
 @runtime_checkable
@@ -153,7 +245,8 @@ class SessionStorage(EventStorage, Protocol):
     """Sessions, their history and their event logs (the seed's ``SessionStorage``)."""
 
     async def create_session(self, session: Session) -> None:
-        """Raises SessionExists, StorageFull, InvalidSessionId."""
+        """Stores a new session (its messages, if any, become its first log events).
+        Raises SessionExists, StorageFull, InvalidSessionId."""
         ...
 
     async def load_session(self, session_id: str) -> Session | None:
@@ -161,11 +254,12 @@ class SessionStorage(EventStorage, Protocol):
         ...
 
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
-        """The index's metadata, without reading messages; None if absent."""
+        """The session's metadata, without reading messages; None if absent."""
         ...
 
     async def delete_session(self, session_id: str) -> None:
-        """Removes the session and its log; raises SessionNotFound."""
+        """Removes the session and its log; raises SessionNotFound. Its subscriptions
+        end with ``"deleted"``."""
         ...
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult: ...
@@ -173,31 +267,59 @@ class SessionStorage(EventStorage, Protocol):
     async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]: ...
 
     async def get_session_history(self, session_id: str) -> list[Message]:
-        """Every acknowledged message, oldest first; raises SessionNotFound."""
+        """Every acknowledged message, oldest first; raises SessionNotFound,
+        SessionExpired."""
+        ...
+
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        """The newest ``limit`` messages before index ``before`` (default: the end),
+        oldest first. Reads about ``limit`` messages, however long the history.
+        Raises SessionNotFound, SessionExpired."""
         ...
 
     async def append_message(
         self, session_id: str, message: Message, key: str | None = None
-    ) -> StoredEvent:
-        """Appends the message to the log as a ``message`` event (filling ``id`` and
-        ``created_at`` where absent) and to the history."""
+    ) -> Appended:
+        """Appends the message to the log as a ``message`` event, which adds it to the
+        history."""
         ...
 
-    async def update_session_state(
-        self, session_id: str, state: SessionState, *, durable: bool = True
-    ) -> SessionMetadata:
-        """Moves the session to ``state`` (InvalidTransition if the table forbids it).
-        ``durable=False`` returns before the change is on disk (it is written with the
-        next checkpoint): for transient states a crash may lose, such as a server's own
-        moves between active, idle and disconnected."""
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        """Moves the session to ``state`` (InvalidTransition if the state table forbids
+        it). A move to ``closed`` is durable when this returns, and ends the session's
+        subscriptions with ``"closed"``; a backend may write moves among the live states
+        (active, idle, disconnected) lazily, since they describe connections, which a
+        crash ends anyway. Raises SessionNotFound, SessionExpired."""
+        ...
+
+    async def touch(self, session_id: str) -> None:
+        """Records activity now: ``last_activity_at``, and ``expires_at`` slides with it.
+        Raises SessionNotFound, SessionExpired (activity does not revive a session)."""
         ...
 
     async def cleanup_expired_sessions(self) -> int:
         """Removes every session whose TTL has passed; returns how many."""
         ...
 
-    async def checkpoint(self, session_id: str) -> None:
-        """Writes the session's checkpoint now, if it is behind the log."""
+
+@runtime_checkable
+class SessionImport(Protocol):
+    """A store that can take in a session exactly as another store holds it: what
+    ``bamboo-session migrate`` needs beyond the contract. The session is created first
+    with ``create_session`` (which keeps the given id, epoch, owner, title, ttl and
+    creation time), then its events come in order, then its final metadata."""
+
+    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
+        """Appends ``events`` with their own seq, ts and key; the first must follow the
+        session's last seq, and each the one before. Message events count as history.
+        Raises SessionNotFound, and ValueError for a seq out of order."""
+        ...
+
+    async def import_metadata(self, metadata: SessionMetadata) -> None:
+        """Sets the session's state, ``updated_at``, ``last_activity_at``,
+        ``expires_at``, ``ttl`` and ``extra`` as given, durably. Raises SessionNotFound."""
         ...
 
 
@@ -207,9 +329,10 @@ class Storage(SessionStorage, Protocol):
 
     @property
     def ready(self) -> bool:
-        """Open and accepting writes (``/readyz``)."""
+        """Open and accepting appends (``/readyz``)."""
         ...
 
     async def close(self) -> None:
-        """Flushes pending appends, checkpoints every session, releases the lock."""
+        """Finishes pending appends, releases what the backend holds; ends every
+        subscription. Safe to call twice."""
         ...

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from .base import DURABILITY_MODES, Durability
+Durability = Literal["fsync", "os"]
+DURABILITY_MODES: tuple[Durability, ...] = ("fsync", "os")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,10 +25,12 @@ class JsonlStorageConfig:
     - ``default_ttl``: seconds of inactivity before a session without its own TTL expires;
       ``None`` for no expiry.
     - ``max_sessions``: refuse ``create_session`` beyond this many (``StorageFull``).
-    - ``cleanup_interval``: seconds between background removals of expired sessions.
+    - ``cleanup_interval``: seconds between background removals of expired sessions
+      (None: only when asked).
     - ``enable_index``: keep secondary indexes (by user, by state) for ``list_sessions``.
-    - ``durability``: ``fsync`` (ack after fsync), ``os`` (ack after write, fsync in the
-      background every ``fsync_interval`` seconds) or ``memory`` (ack at once; tests only).
+    - ``durability``: ``fsync`` (ack after fsync) or ``os`` (ack after write, fsync in
+      the background every ``fsync_interval`` seconds). For a store that keeps nothing,
+      use ``MemoryStorage`` (``memory://``).
     - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint is
       rewritten after that many appends, or after that many seconds.
     - ``message_cache_size``: sessions whose message lists stay in memory.
@@ -41,7 +44,7 @@ class JsonlStorageConfig:
     base_path: Path
     default_ttl: int | None = None
     max_sessions: int | None = None
-    cleanup_interval: float = 3600
+    cleanup_interval: float | None = 3600
     enable_index: bool = True
     durability: Durability = "fsync"
     checkpoint_every: int = 256
@@ -58,7 +61,7 @@ class JsonlStorageConfig:
         base_path: str | os.PathLike[str],
         default_ttl: int | None = None,
         max_sessions: int | None = None,
-        cleanup_interval: float = 3600,
+        cleanup_interval: float | None = 3600,
         enable_index: bool = True,
         durability: Durability = "fsync",
         checkpoint_every: int = 256,
@@ -103,8 +106,9 @@ class JsonlStorageConfig:
             raise ValueError("default_ttl must be positive (or None for no expiry)")
         if self.max_sessions is not None and self.max_sessions < 0:
             raise ValueError("max_sessions must not be negative")
+        if self.cleanup_interval is not None and self.cleanup_interval <= 0:
+            raise ValueError("cleanup_interval must be positive (or None: on demand only)")
         for name in (
-            "cleanup_interval",
             "checkpoint_interval",
             "fsync_interval",
             "wal_segment_age",
@@ -131,7 +135,7 @@ class JsonlStorageConfig:
     def with_max_sessions(self, max_sessions: int | None) -> Self:
         return self._replace(max_sessions=max_sessions)
 
-    def with_cleanup_interval(self, seconds: float) -> Self:
+    def with_cleanup_interval(self, seconds: float | None) -> Self:
         return self._replace(cleanup_interval=seconds)
 
     def disable_index(self) -> Self:

@@ -64,6 +64,10 @@ from bamboo_session.protocol.models import (
 )
 
 from .base import (
+    KEY_WINDOW,
+    Appended,
+    AppendItem,
+    HistoryPage,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -73,9 +77,12 @@ from .base import (
     StorageError,
     StorageFull,
 )
-from .config import JsonlStorageConfig
+from .config import DURABILITY_MODES, Durability, JsonlStorageConfig
+from .events import completed_event, page_bounds
+from .feed import CLOSED, DELETED, Feed, FeedSubscription
 from .files import LockFile, fsync_dir, iter_lines, read_file, write_atomic
 from .index import SessionIndex, copy_metadata
+from .keys import KeyWindow, split_duplicates
 from .recovery import (
     CHECKPOINT_SUFFIX,
     TOMBSTONE_SUFFIX,
@@ -89,6 +96,7 @@ from .recovery import (
     stamp_of,
     write_snapshot,
 )
+from .url import StoreOptions, StoreURL
 from .wal import SegmentFile
 from .writer import LOG_SUFFIX, LogWriter
 
@@ -103,6 +111,11 @@ T = TypeVar("T")
 MARK_EVERY_BYTES: Final = 256 * 1024
 # Dirty sessions checkpointed at once by the periodic task and on close.
 CHECKPOINT_CONCURRENCY: Final = 16
+# Sessions whose idempotency-key window stays in memory; others read theirs again from
+# their log (seqs and keys only) at their next keyed append.
+KEY_WINDOWS_KEPT: Final = 1024
+# States with no log line to recover them from: on disk before the change returns.
+_FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
 
 
 class _Record:
@@ -113,6 +126,7 @@ class _Record:
         "checkpoint_pending",
         "checkpoint_seq",
         "checkpoint_stamp",
+        "keys",
         "lock",
         "log_size",
         "marks",
@@ -138,6 +152,7 @@ class _Record:
         self.meta_dirty = False  # metadata changed without a log append (state)
         self.checkpoint_pending = False
         self.lock: asyncio.Lock | None = None  # serialises checkpoint writes and delete
+        self.keys: KeyWindow | None = None  # loaded at the first keyed append
         self.marks: list[tuple[int, int]] = [(0, 0)]
         if checkpoint_seq:
             self.marks.append((checkpoint_seq, checkpoint_offset))
@@ -159,7 +174,6 @@ class JsonlStorage:
 
     def __init__(self, config: JsonlStorageConfig) -> None:
         self.config = config
-        self._durable = config.durability != "memory"
         self._lock_file = LockFile(config.lock_path)
         self._index = SessionIndex(secondary=config.enable_index)
         self._records: dict[str, _Record] = {}
@@ -168,7 +182,9 @@ class JsonlStorage:
         self._creating: set[str] = set()
         self._deleting: dict[str, asyncio.Future[None]] = {}
         self._dirty: set[str] = set()
-        self._in_flight = 0  # appends submitted and not yet written or failed
+        self._feed = Feed()
+        self._key_windows: OrderedDict[str, _Record] = OrderedDict()
+        self._keys_loading: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._writer = LogWriter(
@@ -208,9 +224,12 @@ class JsonlStorage:
         self.recovery = report
         self._writer.start()
         self._loops = [
-            asyncio.create_task(self._cleanup_loop(), name="bamboo-storage-cleanup"),
-            asyncio.create_task(self._checkpoint_loop(), name="bamboo-storage-checkpoint"),
+            asyncio.create_task(self._checkpoint_loop(), name="bamboo-storage-checkpoint")
         ]
+        if self.config.cleanup_interval is not None:
+            self._loops.append(
+                asyncio.create_task(self._cleanup_loop(), name="bamboo-storage-cleanup")
+            )
         self._ready = True
 
     def _load_records(self, report: RecoveryReport) -> None:
@@ -233,6 +252,7 @@ class JsonlStorage:
             return
         self._closed = True
         self._ready = False
+        self._feed.end_all()
         try:
             for task in self._loops:
                 task.cancel()
@@ -280,41 +300,42 @@ class JsonlStorage:
         if limit is not None and len(self._records) + len(self._creating) >= limit:
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
         meta = self._new_metadata(session.metadata)
-        messages = [message.completed() for message in session.messages]
-        meta.message_count = len(messages)
         self._creating.add(session_id)
-        await _to_completion(self._create(meta, messages))
+        await _to_completion(self._create(meta))
+        if session.messages:
+            await self.append_events(
+                session_id, [(MessageEvent(message), None) for message in session.messages]
+            )
 
-    async def _create(self, meta: SessionMetadata, messages: list[Message]) -> None:
+    async def _create(self, meta: SessionMetadata) -> None:
         try:
-            stamp = await self._io(self._write_new_session, meta, messages)
+            stamp = await self._io(self._write_new_session, meta)
         finally:
             self._creating.discard(meta.id)
         self._records[meta.id] = _Record(meta, 0, 0, stamp, 0)
         self._index.add(meta)
-        self._cache_messages(meta.id, messages)
+        self._cache_messages(meta.id, [])
 
     def _new_metadata(self, given: SessionMetadata) -> SessionMetadata:
         meta = copy_metadata(given)
         meta.last_seq = 0  # a new log; whatever the caller set does not describe it
+        meta.message_count = 0
         if meta.ttl is None and self.config.default_ttl is not None:
             meta.ttl = self.config.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
         return meta
 
-    def _write_new_session(self, meta: SessionMetadata, messages: list[Message]) -> FileStamp:
+    def _write_new_session(self, meta: SessionMetadata) -> FileStamp:
         # Checkpoint first: a crash before the log exists leaves a valid empty session.
-        data = encode_checkpoint(Checkpoint(meta, messages, 0, 0))
-        stat = write_atomic(self._checkpoint_path(meta.id), data, self._durable)
+        data = encode_checkpoint(Checkpoint(meta, [], 0, 0))
+        stat = write_atomic(self._checkpoint_path(meta.id), data, durable=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         os.close(os.open(self._log_path(meta.id), flags, 0o644))
-        if self._durable:
-            fsync_dir(self.config.events_dir)
+        fsync_dir(self.config.events_dir)
         return stamp_of(stat)
 
     async def load_session(self, session_id: str) -> Session | None:
         check_session_id(session_id)
-        await self._settle()
         record = self._records.get(session_id)
         if record is None:
             return None
@@ -330,7 +351,6 @@ class JsonlStorage:
 
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
         check_session_id(session_id)
-        await self._settle()
         record = self._records.get(session_id)
         return None if record is None else copy_metadata(record.meta)
 
@@ -340,41 +360,58 @@ class JsonlStorage:
         await self._remove(session_id)
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
-        await self._settle()
         result = self._index.query(filter)
         result.sessions = [copy_metadata(meta) for meta in result.sessions]
         return result
 
     async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
-        await self._settle()
         return [copy_metadata(meta) for meta in self._index.of_user(user_id)]
 
     async def get_session_history(self, session_id: str) -> list[Message]:
-        await self._settle()
         record = self._record(session_id)
         self._check_not_expired(record)
         return list(await self._messages(session_id))
 
-    async def update_session_state(
-        self, session_id: str, state: SessionState, *, durable: bool = True
-    ) -> SessionMetadata:
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        messages = await self._messages(session_id)
+        start, end = page_bounds(len(messages), limit, before)
+        return HistoryPage(messages[start:end], start, start > 0)
+
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        """Closed and expired are on disk when this returns; moves among the live states
+        go to disk with the session's next checkpoint (a crash ends connections anyway)."""
         self._require_open()
         record = self._record(session_id)
         record.meta.state.check_transition(state)
         if state != SessionState.EXPIRED:
             self._check_not_expired(record)  # a state change does not revive a session
         self._index.set_state(session_id, state)
-        record.meta.touch()
-        record.meta_dirty = True
-        self._dirty.add(session_id)
-        if durable:
+        record.meta.updated_at = utcnow()
+        self._mark_dirty(session_id, record)
+        if state in _FINAL_STATES:
             # A state change has no log line to recover it from: the checkpoint is it.
             await self._checkpoint(session_id)
+        if state == SessionState.CLOSED:
+            self._feed.end(session_id, CLOSED)
         return copy_metadata(record.meta)
+
+    async def touch(self, session_id: str) -> None:
+        self._require_open()
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        record.meta.touch()
+        self._mark_dirty(session_id, record)
+
+    def _mark_dirty(self, session_id: str, record: _Record) -> None:
+        record.meta_dirty = True
+        self._dirty.add(session_id)
 
     async def cleanup_expired_sessions(self) -> int:
         self._require_open()
-        await self._settle()
         now = utcnow()
         expired = [meta.id for meta in self._index if meta.is_expired(now)]
         removed = 0
@@ -387,56 +424,103 @@ class JsonlStorage:
             log.info("removed %d expired sessions", removed)
         return removed
 
-    async def checkpoint(self, session_id: str) -> None:
-        self._record(session_id)
-        await self._checkpoint(session_id)
-
     # -- events ---------------------------------------------------------------------
 
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> StoredEvent:
+    ) -> Appended:
         return (await self.append_events(session_id, [(event, key)]))[0]
 
     async def append_message(
         self, session_id: str, message: Message, key: str | None = None
-    ) -> StoredEvent:
-        return (await self.append_events(session_id, [(MessageEvent(message.completed()), key)]))[0]
+    ) -> Appended:
+        return await self.append_event(session_id, MessageEvent(message), key)
 
-    async def append_events(
-        self, session_id: str, items: Sequence[tuple[AnyAgentEvent, str | None]]
-    ) -> list[StoredEvent]:
+    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
         self._require_open()
+        record = self._appendable(session_id)
+        if not items:
+            return []
+        if record.keys is None and any(key is not None for _event, key in items):
+            await self._load_keys(session_id, record)
+            record = self._appendable(session_id)
+        # From here to submit nothing awaits: seqs follow call order, with no gaps.
+        window = record.keys if record.keys is not None else KeyWindow()
+        fresh, results = split_duplicates(items, record.next_seq, window)
+        if fresh:
+            now = utcnow()
+            stored = [
+                StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh
+            ]
+            for event in stored:
+                if event.key is not None:
+                    window.add(event.key, event.seq)
+            data = b"".join([encode_stored_event(event) + b"\n" for event in stored])
+            future = self._writer.submit(session_id, data, stored)
+            record.next_seq = stored[-1].seq
+            await asyncio.shield(future)
+        await self._await_originals(session_id, results)
+        return results
+
+    def _appendable(self, session_id: str) -> _Record:
         record = self._record(session_id)
         if record.meta.state == SessionState.CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(record)
-        if not items:
-            return []
-        # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        now = utcnow()
-        stored = [
-            StoredEvent(record.next_seq + i, now, _completed(event), key)
-            for i, (event, key) in enumerate(items, start=1)
-        ]
-        data = b"".join([encode_stored_event(event) + b"\n" for event in stored])
-        future = self._writer.submit(session_id, data, stored)
-        record.next_seq = stored[-1].seq
-        self._in_flight += 1
-        future.add_done_callback(self._append_done)
-        if self.config.durability != "memory":
-            await asyncio.shield(future)
-        return stored
+        return record
 
-    def _append_done(self, future: asyncio.Future[None]) -> None:
-        self._in_flight -= 1
-        if not future.cancelled() and future.exception() is not None and not self._durable:
-            log.error("an append acknowledged in memory mode was lost: %s", future.exception())
+    async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
+        """A duplicate of an append still being written is acknowledged only once that
+        one is: if it fails, so does this call (the caller retries with the same key)."""
+        newest = max((r.seq for r in results if r.duplicate), default=0)
+        record = self._records.get(session_id)
+        if record is None or newest <= record.meta.last_seq:
+            return
+        await self._writer.flush()
+        record = self._records.get(session_id)
+        if record is None or newest > record.meta.last_seq:
+            raise StorageError(
+                f"the first append with this key to session {session_id!r} failed; retry"
+            )
+
+    async def _load_keys(self, session_id: str, record: _Record) -> None:
+        """The session's key window, read from its log (seqs and keys only), once; a
+        window of a session written by nobody for a while is dropped again (LRU)."""
+        loading = self._keys_loading.get(session_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._read_keys(session_id, record))
+            self._keys_loading[session_id] = loading
+            loading.add_done_callback(lambda _: self._keys_loading.pop(session_id, None))
+        await asyncio.shield(loading)
+
+    async def _read_keys(self, session_id: str, record: _Record) -> None:
+        last = record.meta.last_seq
+        start = max(0, last - KEY_WINDOW)
+        mark = bisect.bisect_right(record.marks, (start, float("inf"))) - 1
+        mark_seq, offset = record.marks[max(mark, 0)]
+        pairs = await self._io(_read_keys, self._log_path(session_id), offset, mark_seq, last)
+        if self._records.get(session_id) is not record or record.keys is not None:
+            return
+        window = KeyWindow()
+        for seq, key in pairs:
+            if seq > start:
+                window.add(key, seq)
+        record.keys = window
+        self._key_windows[session_id] = record
+        while len(self._key_windows) > KEY_WINDOWS_KEPT:
+            old_id, old = next(iter(self._key_windows.items()))
+            if old.next_seq != old.meta.last_seq:
+                break  # appends in flight: its window holds their keys
+            del self._key_windows[old_id]
+            old.keys = None
 
     async def read_events(
-        self, session_id: str, after_seq: int = 0, limit: int | None = None
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
-        await self._settle()
         record = self._record(session_id)
         last = record.meta.last_seq  # only written events: nothing in flight is visible
         if after_seq >= last or (limit is not None and limit <= 0):
@@ -452,13 +536,24 @@ class JsonlStorage:
                 after_seq,
                 last,
                 limit,
+                max_bytes,
             )
         except StorageError:
             self._record(session_id)  # deleted while reading: SessionNotFound
             raise
 
+    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
+        record = self._record(session_id)
+
+        async def read(after: int, limit: int) -> list[StoredEvent]:
+            return await self.read_events(session_id, after, limit)
+
+        subscription = self._feed.subscribe(session_id, after_seq, record.meta.last_seq, read)
+        if record.meta.state == SessionState.CLOSED:
+            subscription.end(CLOSED)
+        return subscription
+
     async def last_seq(self, session_id: str) -> int:
-        await self._settle()
         return self._record(session_id).meta.last_seq
 
     async def epoch(self, session_id: str) -> str:
@@ -478,6 +573,8 @@ class JsonlStorage:
                 if cached is not None:
                     cached.append(event.event.message)
         meta.last_seq = events[-1].seq
+        if record.keys is not None:
+            record.keys.forget_before(meta.last_seq)
         record.log_size = new_size
         meta.touch(max(events[-1].ts, meta.last_activity_at))
         if new_size - record.marks[-1][1] >= MARK_EVERY_BYTES:
@@ -486,6 +583,7 @@ class JsonlStorage:
         if self._behind(record) and not record.checkpoint_pending:
             record.checkpoint_pending = True
             self._spawn(self._scheduled_checkpoint(session_id, record))
+        self._feed.publish(session_id, events)
 
     def _on_failed(self, session_id: str, error: OSError) -> None:
         record = self._records.get(session_id)
@@ -493,6 +591,8 @@ class JsonlStorage:
         if record is not None:
             # Seqs handed out after the last written one were never stored: reuse them.
             record.next_seq = record.meta.last_seq
+            if record.keys is not None:
+                record.keys.discard_from(record.next_seq + 1)
 
     # -- messages -------------------------------------------------------------------
 
@@ -589,7 +689,7 @@ class JsonlStorage:
 
     def _write_checkpoint(self, checkpoint: Checkpoint) -> FileStamp:
         path = self._checkpoint_path(checkpoint.metadata.id)
-        return stamp_of(write_atomic(path, encode_checkpoint(checkpoint), self._durable))
+        return stamp_of(write_atomic(path, encode_checkpoint(checkpoint), durable=True))
 
     async def _scheduled_checkpoint(self, session_id: str, record: _Record) -> None:
         # Appends go on while a checkpoint is written; if they left it far behind
@@ -622,6 +722,7 @@ class JsonlStorage:
             await self._checkpoint_dirty()
 
     async def _cleanup_loop(self) -> None:
+        assert self.config.cleanup_interval is not None
         while True:
             await asyncio.sleep(self.config.cleanup_interval)
             try:
@@ -650,6 +751,8 @@ class JsonlStorage:
         """Forget the session, then delete its files once its queued appends and any
         checkpoint in progress are done (so neither can recreate a file)."""
         record = self._records.pop(session_id)
+        self._feed.end(session_id, DELETED)
+        self._key_windows.pop(session_id, None)
         self._index.remove(session_id)
         self._messages_cache.pop(session_id, None)
         self._dirty.discard(session_id)
@@ -684,8 +787,7 @@ class JsonlStorage:
         tombstone = self.config.sessions_dir / (session_id + TOMBSTONE_SUFFIX)
         with contextlib.suppress(FileNotFoundError):
             os.replace(checkpoint, tombstone)
-        if self._durable:
-            fsync_dir(self.config.sessions_dir)
+        fsync_dir(self.config.sessions_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._log_path(session_id))
         with contextlib.suppress(FileNotFoundError):
@@ -707,12 +809,6 @@ class JsonlStorage:
     def _check_not_expired(self, record: _Record) -> None:
         if record.meta.is_expired():
             raise SessionExpired(f"session {record.meta.id!r} has expired")
-
-    async def _settle(self) -> None:
-        """In memory mode appends return before they are written; reads wait for them
-        so that a reader sees its own acknowledged appends."""
-        if not self._durable and self._in_flight:
-            await self._writer.flush()
 
     def _checkpoint_path(self, session_id: str) -> Path:
         return self.config.sessions_dir / (session_id + CHECKPOINT_SUFFIX)
@@ -766,26 +862,29 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _completed(event: AnyAgentEvent) -> AnyAgentEvent:
-    """A message event's message gets its id and created_at, as append_message does."""
-    if isinstance(event, MessageEvent):
-        message = event.message.completed()
-        if message is not event.message:
-            return msgspec.structs.replace(event, message=message)
-    return event
-
-
 def _read_log_range(
-    path: Path, offset: int, start_seq: int, after_seq: int, last_seq: int, limit: int | None
+    path: Path,
+    offset: int,
+    start_seq: int,
+    after_seq: int,
+    last_seq: int,
+    limit: int | None,
+    max_bytes: int | None,
 ) -> list[StoredEvent]:
     """Events with ``after_seq < seq <= last_seq`` from the log, reading from ``offset``
-    (where the event after ``start_seq`` begins)."""
+    (where the event after ``start_seq`` begins), at most ``limit`` and ``max_bytes``
+    (but at least one)."""
     events: list[StoredEvent] = []
     expected = start_seq + 1
+    budget = max_bytes
     for _end, line in iter_lines(path, offset):
         event = _decode_line(path, line, expected)
         expected += 1
         if event.seq > after_seq:
+            if budget is not None:
+                budget -= event.size
+                if budget < 0 and events:
+                    break
             events.append(event)
             if limit is not None and len(events) >= limit:
                 break
@@ -821,3 +920,56 @@ def _decode_line(path: Path, line: bytes, expected_seq: int) -> StoredEvent:
     if event.seq != expected_seq:
         raise StorageError(f"log {path} has seq {event.seq} where {expected_seq} belongs")
     return event
+
+
+class _KeyLine(msgspec.Struct):
+    """Just the seq and the key of a log line: decoding skips the event."""
+
+    seq: int
+    key: str | None = None
+
+
+_key_line_decoder = msgspec.json.Decoder(_KeyLine)
+
+
+def _read_keys(path: Path, offset: int, start_seq: int, last_seq: int) -> list[tuple[int, str]]:
+    """``(seq, key)`` of the keyed events after ``start_seq`` up to ``last_seq``."""
+    pairs: list[tuple[int, str]] = []
+    expected = start_seq + 1
+    for _end, line in iter_lines(path, offset):
+        try:
+            parsed = _key_line_decoder.decode(line)
+        except msgspec.DecodeError as exc:
+            raise StorageError(f"log {path} is damaged near seq {expected}: {exc}") from exc
+        if parsed.seq != expected:
+            raise StorageError(f"log {path} has seq {parsed.seq} where {expected} belongs")
+        expected += 1
+        if parsed.key is not None:
+            pairs.append((parsed.seq, parsed.key))
+        if parsed.seq >= last_seq:
+            break
+    return pairs
+
+
+async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
+    """``jsonl:///path?durability=os``: the store in that directory."""
+    url.check_params({"durability"})
+    durability = _durability(url)
+    config = JsonlStorageConfig(
+        url.location,
+        default_ttl=options.default_ttl,
+        max_sessions=options.max_sessions,
+        cleanup_interval=options.cleanup_interval,
+        durability=durability,
+    )
+    return await JsonlStorage.open(config)
+
+
+def _durability(url: StoreURL) -> Durability:
+    given = url.take("durability", "fsync")
+    for mode in DURABILITY_MODES:
+        if given == mode:
+            return mode
+    raise ValueError(
+        f"store URL {url.text!r}: durability must be one of {', '.join(DURABILITY_MODES)}"
+    )

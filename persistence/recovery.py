@@ -186,7 +186,7 @@ def stamp_of(stat: os.stat_result) -> FileStamp:
 
 def recover(config: JsonlStorageConfig) -> RecoveryReport:
     """Repair the data directory and return every session in it."""
-    durable = config.durability != "memory"
+    durable = True  # every durability mode syncs what recovery repairs
     for directory in (config.sessions_dir, config.events_dir, config.index_dir, config.wal_dir):
         directory.mkdir(parents=True, exist_ok=True)
     with _Layout(config) as layout:
@@ -251,7 +251,7 @@ def _finish_recorded_deletes(
 
 def write_snapshot(config: JsonlStorageConfig, entries: list[SnapshotEntry]) -> None:
     data = _snapshot_encoder.encode(_Snapshot(SNAPSHOT_VERSION, entries))
-    write_atomic(config.index_dir / SNAPSHOT_NAME, data, durable=config.durability != "memory")
+    write_atomic(config.index_dir / SNAPSHOT_NAME, data, durable=True)
 
 
 def _ids_with_suffix(directory: Path, suffix: str) -> set[str]:

@@ -46,7 +46,8 @@ from typing import Final
 
 from bamboo_session.protocol.models import StoredEvent
 
-from .base import Durability, StorageError
+from .base import StorageError
+from .config import Durability
 from .files import datasync, write_all
 from .wal import Segment, SegmentFile, encode_deleted, encode_lines, remove_segment, sync_log
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
@@ -128,7 +128,8 @@ class Codec:
         return f"<Codec {self.name}>"
 
     def encode(self, obj: Any) -> bytes:
-        """``obj`` on the wire. A ``msgspec.Raw`` inside must hold this codec's format."""
+        """``obj`` on the wire. A ``msgspec.Raw`` inside holds JSON (an event's bytes as
+        stored), which the MessagePack codec converts."""
         if self._to_wire is not None:
             obj = self._to_wire(obj)
         return self._encode(obj)
@@ -166,8 +167,8 @@ JSON: Final = Codec(
 
 
 def _msgpack_raw(obj: Any) -> Any:
-    if isinstance(obj, msgspec.Raw):
-        return msgspec.msgpack.decode(obj)
+    if isinstance(obj, msgspec.Raw):  # an event's JSON (StoredEvent.event_json)
+        return msgspec.json.decode(obj)
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
@@ -192,15 +193,28 @@ MSGPACK: Final = Codec(
 CODECS_BY_SUBPROTOCOL: Final = {JSON.subprotocol: JSON, MSGPACK.subprotocol: MSGPACK}
 SUBPROTOCOLS: Final = (JSON.subprotocol, MSGPACK.subprotocol)
 
+
+class _LogLine(msgspec.Struct, omit_defaults=True):
+    """An event-log line: the StoredEvent with its AgentEvent as embedded JSON."""
+
+    seq: int
+    ts: datetime
+    event: msgspec.Raw
+    key: str | None = None
+
+
 # The storage line format: one StoredEvent per line, JSON.
 _log_encoder = msgspec.json.Encoder()
-_log_decoder = msgspec.json.Decoder(StoredEvent)
+_log_decoder = msgspec.json.Decoder(_LogLine)
 
 
 def encode_stored_event(event: StoredEvent) -> bytes:
-    """One event-log line (without the trailing newline)."""
-    return _log_encoder.encode(event)
+    """One event-log line (without the trailing newline), around the event's JSON."""
+    return _log_encoder.encode(_LogLine(event.seq, event.ts, event.event_json, event.key))
 
 
 def decode_stored_event(line: bytes) -> StoredEvent:
-    return _log_decoder.decode(line)
+    """A log line back; its AgentEvent stays JSON until someone reads ``.event``.
+    Raises ``msgspec.DecodeError`` when the line is not a log line."""
+    parsed = _log_decoder.decode(line)
+    return StoredEvent(parsed.seq, parsed.ts, key=parsed.key, event_json=parsed.event)

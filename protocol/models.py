@@ -225,13 +225,75 @@ AnyAgentEvent = (
 )
 
 
-class StoredEvent(msgspec.Struct, omit_defaults=True):
-    """One line of a session's event log: ``seq`` counts from 1 with no gaps."""
+_event_encoder = msgspec.json.Encoder()
+_event_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
 
-    seq: int
-    ts: datetime
-    event: AnyAgentEvent
-    key: str | None = None
+
+class StoredEvent:
+    """One event of a session's log: ``seq`` counts from 1 with no gaps, ``ts`` is when it
+    was stored, ``key`` the publisher's idempotency key (stored, never sent to peers).
+
+    The AgentEvent is held in the form it came in, decoded (``event``) or as its JSON
+    (``event_json``), and the other form is made the first time it is asked for, then
+    kept. So an event is encoded once for its log line and for every wire frame, and a
+    replay from the log sends the stored bytes without decoding them.
+    """
+
+    __slots__ = ("_event", "_json", "key", "seq", "ts")
+
+    def __init__(
+        self,
+        seq: int,
+        ts: datetime,
+        event: AnyAgentEvent | None = None,
+        key: str | None = None,
+        *,
+        event_json: msgspec.Raw | None = None,
+    ) -> None:
+        if event is None and event_json is None:
+            raise TypeError("StoredEvent needs event or event_json")
+        self.seq = seq
+        self.ts = ts
+        self.key = key
+        self._event = event
+        self._json = event_json
+
+    @property
+    def event(self) -> AnyAgentEvent:
+        event = self._event
+        if event is None:
+            assert self._json is not None
+            event = self._event = _event_decoder.decode(self._json)
+        return event
+
+    @property
+    def event_json(self) -> msgspec.Raw:
+        """The AgentEvent as JSON, ready to embed in a log line or a JSON frame."""
+        data = self._json
+        if data is None:
+            data = self._json = msgspec.Raw(_event_encoder.encode(self._event))
+        return data
+
+    @property
+    def size(self) -> int:
+        """Bytes of the encoded event: what memory and page budgets count."""
+        return len(self.event_json)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return (self.seq, self.ts, self.key, self.event) == (
+            other.seq,
+            other.ts,
+            other.key,
+            other.event,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        key = "" if self.key is None else f", key={self.key!r}"
+        return f"StoredEvent(seq={self.seq}, ts={self.ts!r}, event={self.event!r}{key})"
 
 
 class SessionState(enum.StrEnum):

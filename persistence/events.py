@@ -1,0 +1,37 @@
+"""What every backend does to events the same way: complete a published message, and
+cut pages of events and messages by count and by bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent, StoredEvent
+
+
+def completed_event(event: AnyAgentEvent) -> AnyAgentEvent:
+    """A ``message`` event's message gets its ``id`` and ``created_at`` where absent."""
+    if isinstance(event, MessageEvent):
+        message = event.message.completed()
+        if message is not event.message:
+            return msgspec.structs.replace(event, message=message)
+    return event
+
+
+def within_bytes(events: Sequence[StoredEvent], max_bytes: int) -> list[StoredEvent]:
+    """The longest prefix of ``events`` within ``max_bytes`` of encoded events, and
+    always the first event: a page never comes back empty because one event is big."""
+    total = 0
+    for count, event in enumerate(events):
+        total += event.size
+        if total > max_bytes and count:
+            return list(events[:count])
+    return list(events)
+
+
+def page_bounds(count: int, limit: int, before: int | None) -> tuple[int, int]:
+    """``(start, end)`` of the newest ``limit`` items before index ``before`` (default:
+    the end) of ``count`` items."""
+    end = count if before is None else max(0, min(before, count))
+    return max(0, end - max(limit, 0)), end

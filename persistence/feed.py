@@ -1,0 +1,254 @@
+"""Live delivery from a store: a :class:`Feed` of the subscriptions by session, and
+:class:`FeedSubscription`, the one implementation of the storage contract's
+``Subscription`` that every backend hands out.
+
+A backend calls :meth:`Feed.publish` with events once they are acknowledged (a local
+store right after its commit; Redis from its pub/sub listener), and :meth:`Feed.end`
+when a session is closed or deleted. A subscription buffers what is published, bounded
+in events and in bytes; whatever it cannot take from its buffer in order (the start of
+the subscription, a gap in what was published, a buffer that overflowed) it reads from
+the store. So a subscriber always gets every event after its position exactly once, in
+order, however late, lost or repeated the published copies are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+from bamboo_session.protocol.models import StoredEvent
+
+from .base import SessionNotFound
+
+# (after_seq, limit) -> acknowledged events after after_seq, oldest first
+ReadEvents = Callable[[int, int], Awaitable[list[StoredEvent]]]
+
+BUFFER_EVENTS: Final = 1024
+BUFFER_BYTES: Final = 4 * 1024 * 1024
+
+CLOSED: Final = "closed"
+DELETED: Final = "deleted"
+UNSUBSCRIBED: Final = "unsubscribed"
+
+
+class FeedSubscription:
+    """A session's events after ``position``, gap-free (see the storage contract)."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffered_bytes",
+        "_callback",
+        "_ending",
+        "_feed",
+        "_known_last",
+        "_max_bytes",
+        "_max_events",
+        "_pending",
+        "_position",
+        "_read",
+        "_waiter",
+        "ended",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        feed: Feed,
+        session_id: str,
+        after_seq: int,
+        known_last: int,
+        read: ReadEvents,
+        max_events: int = BUFFER_EVENTS,
+        max_bytes: int = BUFFER_BYTES,
+    ) -> None:
+        self._feed = feed
+        self.session_id = session_id
+        self._read = read
+        self._position = after_seq
+        self._known_last = known_last  # the newest seq known to be stored
+        self._buffer: collections.deque[StoredEvent] = collections.deque()
+        self._buffered_bytes = 0
+        self._pending: collections.deque[StoredEvent] = collections.deque()  # for __anext__
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._waiter: asyncio.Future[None] | None = None
+        self._callback: Callable[[], object] | None = None
+        self._ending: str | None = None  # closed: deliver what is stored, then end
+        self.ended: str | None = None
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    # -- the producer's side (the store) ----------------------------------------
+
+    def offer(self, events: list[StoredEvent]) -> None:
+        """Events acknowledged by the store, ascending; copies of ones already seen and
+        gaps are fine (a gap is read from the store)."""
+        if self.ended is not None:
+            return
+        buffer = self._buffer
+        for event in events:
+            seq = event.seq
+            if seq > self._known_last:
+                self._known_last = seq
+            newest = buffer[-1].seq if buffer else self._position
+            if seq <= newest:
+                continue  # a copy of one already buffered or handed out
+            if seq != newest + 1 or len(buffer) >= self._max_events:
+                self._drop_buffer()  # the gap, or the overflow, is read from the store
+                continue
+            buffer.append(event)
+            self._buffered_bytes += event.size
+            if self._buffered_bytes > self._max_bytes:
+                self._drop_buffer()
+        self._wake()
+
+    def end(self, reason: str) -> None:
+        """``closed``: what is stored is still delivered, then the iteration ends;
+        anything else ends it now."""
+        if self.ended is not None:
+            return
+        if reason == CLOSED:
+            self._ending = reason
+        else:
+            self._finish(reason)
+        self._wake()
+
+    # -- the consumer's side ------------------------------------------------------
+
+    def ready(self) -> bool:
+        if self.ended is not None or self._position < self._known_last:
+            return True
+        return self._ending is not None
+
+    def on_ready(self, callback: Callable[[], object] | None) -> None:
+        self._callback = callback
+
+    async def next_batch(self, limit: int = 512) -> list[StoredEvent]:
+        while True:
+            if self.ended is not None:
+                return []
+            if self._position < self._known_last:
+                batch = self._take_buffered(limit) or await self._read_behind(limit)
+                if batch:
+                    self._position = batch[-1].seq
+                    return batch
+            elif self._ending is not None:
+                self._finish(self._ending)
+                return []
+            else:
+                await self._wait()
+
+    def __aiter__(self) -> AsyncIterator[StoredEvent]:
+        return self
+
+    async def __anext__(self) -> StoredEvent:
+        pending = self._pending
+        if not pending:
+            pending.extend(await self.next_batch())
+            if not pending:
+                raise StopAsyncIteration
+        return pending.popleft()
+
+    def close(self) -> None:
+        self._finish(UNSUBSCRIBED)
+        self._wake()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _take_buffered(self, limit: int) -> list[StoredEvent]:
+        buffer = self._buffer
+        while buffer and buffer[0].seq <= self._position:
+            self._buffered_bytes -= buffer.popleft().size
+        if not buffer or buffer[0].seq != self._position + 1:
+            return []
+        batch = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        self._buffered_bytes -= sum(event.size for event in batch)
+        return batch
+
+    async def _read_behind(self, limit: int) -> list[StoredEvent]:
+        """Events after the position from the store, up to the buffer's start."""
+        buffer = self._buffer
+        if buffer:
+            limit = min(limit, buffer[0].seq - self._position - 1)
+        try:
+            batch = await self._read(self._position, limit)
+        except SessionNotFound:
+            self._finish(DELETED)
+            return []
+        if self.ended is not None:
+            return []
+        if not batch:
+            # Published but not readable yet (a store whose copies can overtake its
+            # reads): wait for the next offer rather than spin.
+            self._known_last = self._position
+            return []
+        return [event for event in batch if event.seq > self._position]
+
+    def _drop_buffer(self) -> None:
+        self._buffer.clear()
+        self._buffered_bytes = 0
+
+    def _finish(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+            self._drop_buffer()
+            self._feed.discard(self)
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._callback is not None and self.ready():
+            self._callback()
+
+
+class Feed:
+    """Every live subscription of one store, by session id."""
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, set[FeedSubscription]] = {}
+
+    def subscribe(
+        self, session_id: str, after_seq: int, known_last: int, read: ReadEvents
+    ) -> FeedSubscription:
+        """A subscription registered before anything more is appended: call it with
+        the session's last acknowledged seq, with no await in between."""
+        subscription = FeedSubscription(self, session_id, after_seq, known_last, read)
+        self._subscriptions.setdefault(session_id, set()).add(subscription)
+        return subscription
+
+    def has_subscribers(self, session_id: str) -> bool:
+        return session_id in self._subscriptions
+
+    def sessions(self) -> list[str]:
+        return list(self._subscriptions)
+
+    def publish(self, session_id: str, events: list[StoredEvent]) -> None:
+        for subscription in list(self._subscriptions.get(session_id, ())):
+            subscription.offer(events)
+
+    def end(self, session_id: str, reason: str) -> None:
+        for subscription in list(self._subscriptions.get(session_id, ())):
+            subscription.end(reason)
+
+    def end_all(self, reason: str = UNSUBSCRIBED) -> None:
+        for session_id in list(self._subscriptions):
+            self.end(session_id, reason)
+
+    def discard(self, subscription: FeedSubscription) -> None:
+        subscriptions = self._subscriptions.get(subscription.session_id)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[subscription.session_id]

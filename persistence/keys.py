@@ -1,0 +1,82 @@
+"""Idempotency keys: the window of a session's recent keys, and how a batch of keyed
+items splits into fresh appends and duplicates. Shared by the local backends (Redis
+does the same inside its append script)."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from typing import TypeVar
+
+from .base import KEY_WINDOW, Appended
+
+T = TypeVar("T")
+
+
+class KeyWindow:
+    """Idempotency keys of a session's last ``size`` appends, each with the seq it was
+    first accepted with."""
+
+    __slots__ = ("_order", "_seq_by_key", "size")
+
+    def __init__(self, size: int = KEY_WINDOW) -> None:
+        self.size = size
+        self._seq_by_key: dict[str, int] = {}
+        self._order: collections.deque[tuple[int, str]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._seq_by_key)
+
+    def seq_of(self, key: str, next_seq: int) -> int | None:
+        """The seq ``key`` was accepted with, if that is within the window as counted
+        at an append that would get ``next_seq``."""
+        seq = self._seq_by_key.get(key)
+        if seq is not None and next_seq - seq <= self.size:
+            return seq
+        return None
+
+    def add(self, key: str, seq: int) -> None:
+        self._seq_by_key[key] = seq
+        self._order.append((seq, key))
+
+    def discard_from(self, seq: int) -> None:
+        """Forget keys accepted at ``seq`` or later (their appends failed)."""
+        order = self._order
+        while order and order[-1][0] >= seq:
+            _, key = order.pop()
+            if self._seq_by_key.get(key, 0) >= seq:
+                del self._seq_by_key[key]
+
+    def forget_before(self, last_seq: int) -> None:
+        """Drop keys that fell out of the window once the log reached ``last_seq``."""
+        horizon = last_seq - self.size
+        order = self._order
+        while order and order[0][0] <= horizon:
+            _, key = order.popleft()
+            if self._seq_by_key.get(key, 0) <= horizon:
+                self._seq_by_key.pop(key, None)
+
+
+def split_duplicates(
+    items: Sequence[tuple[T, str | None]], last_seq: int, window: KeyWindow
+) -> tuple[list[tuple[int, T, str | None]], list[Appended]]:
+    """The items to append, each with its seq (from ``last_seq + 1``), and what every
+    item became. A key seen in the window, or earlier in this same batch, makes a
+    duplicate of its first seq; the window is counted at each item, not at the batch's
+    start. The caller adds the fresh keys to the window once they are stored."""
+    fresh: list[tuple[int, T, str | None]] = []
+    results: list[Appended] = []
+    in_batch: dict[str, int] = {}
+    for item, key in items:
+        next_seq = last_seq + len(fresh) + 1
+        if key is not None:
+            seen = in_batch.get(key)
+            if seen is None:
+                seen = window.seq_of(key, next_seq)
+            if seen is not None:
+                results.append(Appended(seen, duplicate=True))
+                continue
+            in_batch[key] = next_seq
+        fresh.append((next_seq, item, key))
+        results.append(Appended(next_seq))
+    return fresh, results

@@ -1,0 +1,337 @@
+"""MemoryStorage: the storage contract held in this process's memory, for tests and for
+embedding. Nothing survives the process; everything else behaves as on the durable
+backends (``memory://``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Self
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    Message,
+    MessageEvent,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+    utcnow,
+)
+
+from .base import (
+    Appended,
+    AppendItem,
+    HistoryPage,
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionFilter,
+    SessionListResult,
+    SessionNotFound,
+    StorageError,
+    StorageFull,
+)
+from .events import completed_event, page_bounds, within_bytes
+from .feed import CLOSED, DELETED, Feed, FeedSubscription
+from .index import SessionIndex, copy_metadata
+from .keys import KeyWindow, split_duplicates
+from .url import StoreOptions, StoreURL
+
+log = logging.getLogger(__name__)
+
+
+class _Log:
+    """One session's events, and the seqs of its ``message`` events."""
+
+    __slots__ = ("events", "keys", "message_seqs")
+
+    def __init__(self) -> None:
+        self.events: list[StoredEvent] = []
+        self.message_seqs: list[int] = []
+        self.keys = KeyWindow()
+
+
+class MemoryStorage:
+    """Sessions and their logs in dictionaries. ``async with MemoryStorage() as s``, or
+    ``await MemoryStorage.open()``."""
+
+    def __init__(
+        self,
+        default_ttl: int | None = None,
+        max_sessions: int | None = None,
+        cleanup_interval: float | None = None,
+    ) -> None:
+        self.default_ttl = default_ttl
+        self.max_sessions = max_sessions
+        self._cleanup_interval = cleanup_interval
+        self._index = SessionIndex()
+        self._logs: dict[str, _Log] = {}
+        self._feed = Feed()
+        self._cleanup: asyncio.Task[None] | None = None
+        self._open = True
+
+    @classmethod
+    async def open(
+        cls,
+        default_ttl: int | None = None,
+        max_sessions: int | None = None,
+        cleanup_interval: float | None = None,
+    ) -> Self:
+        storage = cls(default_ttl, max_sessions, cleanup_interval)
+        if cleanup_interval is not None:
+            storage._cleanup = asyncio.create_task(storage._cleanup_loop())
+        return storage
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._open
+
+    async def close(self) -> None:
+        self._open = False
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cleanup
+        self._feed.end_all()
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def create_session(self, session: Session) -> None:
+        self._require_open()
+        session_id = check_session_id(session.metadata.id)
+        if session_id in self._index:
+            raise SessionExists(f"session {session_id!r} already exists")
+        if self.max_sessions is not None and len(self._index) >= self.max_sessions:
+            raise StorageFull(f"the storage holds its maximum of {self.max_sessions} sessions")
+        meta = copy_metadata(session.metadata)
+        meta.last_seq = 0
+        meta.message_count = 0
+        if meta.ttl is None and self.default_ttl is not None:
+            meta.ttl = self.default_ttl
+            meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+        self._index.add(meta)
+        self._logs[session_id] = _Log()
+        if session.messages:
+            await self.append_events(
+                session_id, [(MessageEvent(message), None) for message in session.messages]
+            )
+
+    async def load_session(self, session_id: str) -> Session | None:
+        meta = self._index.get(check_session_id(session_id))
+        if meta is None:
+            return None
+        self._check_not_expired(meta)
+        return Session(copy_metadata(meta), self._messages(session_id, 0, meta.message_count))
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        meta = self._index.get(check_session_id(session_id))
+        return None if meta is None else copy_metadata(meta)
+
+    async def delete_session(self, session_id: str) -> None:
+        self._require_open()
+        self._meta(session_id)
+        self._remove(session_id)
+
+    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
+        result = self._index.query(filter)
+        result.sessions = [copy_metadata(meta) for meta in result.sessions]
+        return result
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
+        return [copy_metadata(meta) for meta in self._index.of_user(user_id)]
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        meta = self._meta(session_id)
+        self._check_not_expired(meta)
+        return self._messages(session_id, 0, meta.message_count)
+
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        meta = self._meta(session_id)
+        self._check_not_expired(meta)
+        start, end = page_bounds(meta.message_count, limit, before)
+        return HistoryPage(self._messages(session_id, start, end), start, start > 0)
+
+    async def append_message(
+        self, session_id: str, message: Message, key: str | None = None
+    ) -> Appended:
+        return await self.append_event(session_id, MessageEvent(message), key)
+
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        self._require_open()
+        meta = self._meta(session_id)
+        meta.state.check_transition(state)
+        if state != SessionState.EXPIRED:
+            self._check_not_expired(meta)  # a state change does not revive a session
+        self._index.set_state(session_id, state)
+        meta.updated_at = utcnow()
+        if state == SessionState.CLOSED:
+            self._feed.end(session_id, CLOSED)
+        return copy_metadata(meta)
+
+    async def touch(self, session_id: str) -> None:
+        self._require_open()
+        meta = self._meta(session_id)
+        self._check_not_expired(meta)
+        meta.touch()
+
+    async def cleanup_expired_sessions(self) -> int:
+        self._require_open()
+        now = utcnow()
+        expired = [meta.id for meta in self._index if meta.is_expired(now)]
+        for session_id in expired:
+            self._remove(session_id)
+        return len(expired)
+
+    # -- events ---------------------------------------------------------------------
+
+    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+        self._require_open()
+        meta = self._meta(session_id)
+        if meta.state == SessionState.CLOSED:
+            raise SessionClosed(f"session {session_id!r} is closed")
+        self._check_not_expired(meta)
+        log_ = self._logs[session_id]
+        fresh, results = split_duplicates(items, meta.last_seq, log_.keys)
+        if not fresh:
+            return results
+        now = utcnow()
+        stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
+        for event in stored:
+            log_.events.append(event)
+            if event.key is not None:
+                log_.keys.add(event.key, event.seq)
+            if isinstance(event.event, MessageEvent):
+                log_.message_seqs.append(event.seq)
+        meta.last_seq = stored[-1].seq
+        meta.message_count = len(log_.message_seqs)
+        log_.keys.forget_before(meta.last_seq)
+        meta.touch(now)
+        self._feed.publish(session_id, stored)
+        return results
+
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> Appended:
+        return (await self.append_events(session_id, [(event, key)]))[0]
+
+    async def read_events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        self._meta(session_id)
+        events = self._logs[session_id].events
+        end = len(events) if limit is None else min(len(events), after_seq + max(limit, 0))
+        page = events[max(after_seq, 0) : end]
+        if max_bytes is None:
+            return page
+        return within_bytes(page, max_bytes)
+
+    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
+        meta = self._meta(session_id)
+
+        async def read(after: int, limit: int) -> list[StoredEvent]:
+            return await self.read_events(session_id, after, limit)
+
+        subscription = self._feed.subscribe(session_id, after_seq, meta.last_seq, read)
+        if meta.state == SessionState.CLOSED:
+            subscription.end(CLOSED)
+        return subscription
+
+    async def last_seq(self, session_id: str) -> int:
+        return self._meta(session_id).last_seq
+
+    async def epoch(self, session_id: str) -> str:
+        return self._meta(session_id).epoch
+
+    # -- import (SessionImport) -----------------------------------------------------
+
+    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
+        meta = self._meta(session_id)
+        log_ = self._logs[session_id]
+        expected = meta.last_seq + 1
+        for event in events:
+            if event.seq != expected:
+                raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
+            expected += 1
+        for event in events:
+            log_.events.append(event)
+            if event.key is not None:
+                log_.keys.add(event.key, event.seq)
+            if isinstance(event.event, MessageEvent):
+                log_.message_seqs.append(event.seq)
+        if events:
+            meta.last_seq = events[-1].seq
+            meta.message_count = len(log_.message_seqs)
+            log_.keys.forget_before(meta.last_seq)
+            self._feed.publish(session_id, list(events))
+
+    async def import_metadata(self, metadata: SessionMetadata) -> None:
+        meta = self._meta(metadata.id)
+        self._index.set_state(meta.id, metadata.state)
+        meta.updated_at = metadata.updated_at
+        meta.last_activity_at = metadata.last_activity_at
+        meta.expires_at = metadata.expires_at
+        meta.ttl = metadata.ttl
+        meta.extra = dict(metadata.extra)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _messages(self, session_id: str, start: int, end: int) -> list[Message]:
+        log_ = self._logs[session_id]
+        messages = []
+        for seq in log_.message_seqs[start:end]:
+            event = log_.events[seq - 1].event
+            assert isinstance(event, MessageEvent)
+            messages.append(event.message)
+        return messages
+
+    def _remove(self, session_id: str) -> None:
+        self._index.remove(session_id)
+        del self._logs[session_id]
+        self._feed.end(session_id, DELETED)
+
+    def _meta(self, session_id: str) -> SessionMetadata:
+        meta = self._index.get(check_session_id(session_id))
+        if meta is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return meta
+
+    def _check_not_expired(self, meta: SessionMetadata) -> None:
+        if meta.is_expired():
+            raise SessionExpired(f"session {meta.id!r} has expired")
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise StorageError("storage is closed")
+
+    async def _cleanup_loop(self) -> None:
+        assert self._cleanup_interval is not None
+        while True:
+            await asyncio.sleep(self._cleanup_interval)
+            removed = await self.cleanup_expired_sessions()
+            if removed:
+                log.info("removed %d expired sessions", removed)
+
+
+async def open_from_url(url: StoreURL, options: StoreOptions) -> MemoryStorage:
+    """``memory://``: a new, empty store (there is nothing to read only)."""
+    url.check_params(set())
+    return await MemoryStorage.open(
+        options.default_ttl, options.max_sessions, options.cleanup_interval
+    )

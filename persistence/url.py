@@ -1,0 +1,129 @@
+"""``open_storage(url)``: a store from its URL, importing only the backend it names.
+
+- ``jsonl:///var/lib/bamboo`` (as in file URLs: three slashes, then an absolute path),
+  or a bare path, absolute or relative (``~`` expands): the embedded JSONL store.
+  Query parameters set its options, e.g. ``?durability=os``.
+- ``memory://``: the in-memory store (tests, embedding).
+- ``sqlite:///path/to/file.db`` and ``redis://host:port/db``, once those backends exist.
+
+Options every backend takes (``StoreOptions``) come as keyword arguments; a backend's
+own options come in the URL's query. An unknown scheme or option is a ``ValueError``
+whose message names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .base import Storage
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """What every backend takes: ``default_ttl`` (seconds; None: sessions never expire),
+    ``max_sessions`` (None: no limit), ``cleanup_interval`` (seconds between removals
+    of expired sessions; None: only on demand), ``read_only`` (offline tools: refuse to
+    create a store, and write nothing)."""
+
+    default_ttl: int | None = None
+    max_sessions: int | None = None
+    cleanup_interval: float | None = 3600
+    read_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreURL:
+    scheme: str
+    location: str  # a path for file stores, ``host:port/db`` for servers, "" for memory
+    params: dict[str, str]
+    text: str  # as given, for messages
+
+    def take(self, name: str, default: str | None = None) -> str | None:
+        return self.params.get(name, default)
+
+    def check_params(self, known: set[str]) -> None:
+        unknown = sorted(set(self.params) - known)
+        if unknown:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise ValueError(
+                f"store URL {self.text!r}: unknown option {unknown[0]!r} (known: {allowed})"
+            )
+
+
+class Opener(Protocol):
+    async def __call__(self, url: StoreURL, options: StoreOptions) -> Storage: ...
+
+
+# scheme -> "module:function", imported on first use of that scheme.
+_OPENERS: dict[str, str] = {
+    "jsonl": "bamboo_session.persistence.jsonl:open_from_url",
+    "memory": "bamboo_session.persistence.memory:open_from_url",
+    "sqlite": "bamboo_session.persistence.sqlite:open_from_url",
+    "redis": "bamboo_session.persistence.redis:open_from_url",
+}
+
+
+def parse_store_url(text: str) -> StoreURL:
+    """``text`` as a store URL (a bare path means jsonl), or ValueError."""
+    if not text:
+        raise ValueError("store URL is empty")
+    if "://" not in text:
+        return StoreURL("jsonl", str(Path(text).expanduser()), {}, text)
+    parts = urllib.parse.urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in _OPENERS:
+        known = ", ".join(f"{name}://" for name in _OPENERS)
+        raise ValueError(f"store URL {text!r}: unknown scheme {scheme!r} (known: {known})")
+    params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    if scheme in ("jsonl", "sqlite"):
+        location = _file_path(text, parts)
+    elif scheme == "memory":
+        location = ""
+    else:
+        location = parts.netloc + parts.path
+    return StoreURL(scheme, location, params, text)
+
+
+def _file_path(text: str, parts: urllib.parse.SplitResult) -> str:
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(
+            f"store URL {text!r}: a file store needs three slashes then an absolute path "
+            f"(like {parts.scheme}:///var/lib/bamboo), not a host {parts.netloc!r}"
+        )
+    path = urllib.parse.unquote(parts.path)
+    # SQLAlchemy writes an absolute path with four slashes: sqlite:////var/db.
+    while path.startswith("//"):
+        path = path[1:]
+    if not path or path == "/":
+        raise ValueError(f"store URL {text!r} names no path")
+    return str(Path(path).expanduser())
+
+
+async def open_storage(
+    url: str,
+    *,
+    default_ttl: int | None = None,
+    max_sessions: int | None = None,
+    cleanup_interval: float | None = 3600,
+    read_only: bool = False,
+) -> Storage:
+    """The store ``url`` names, open (see the module docstring)."""
+    parsed = parse_store_url(url)
+    options = StoreOptions(default_ttl, max_sessions, cleanup_interval, read_only)
+    module_name, _, function = _OPENERS[parsed.scheme].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("bamboo_session"):
+            raise ValueError(f"store URL {url!r}: no {parsed.scheme} backend yet") from None
+        raise ValueError(
+            f"store URL {url!r}: the {parsed.scheme} backend needs {exc.name!r} "
+            f"(pip install 'bamboo-session[{parsed.scheme}]')"
+        ) from None
+    opener: Opener = getattr(module, function)
+    return await opener(parsed, options)
