@@ -126,12 +126,14 @@ def measure_parked(parked: int, data_dir: Path) -> dict[str, Any]:
 
 async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
     """In the child: create, then park, ``parked`` sessions; RSS at each step."""
-    from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+    from bamboo_session.persistence import MemoryStorage
     from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 
-    storage = await JsonlStorage.open(JsonlStorageConfig(str(data_dir), durability="memory"))
+    # The in-memory store: what is measured is the live side (parked actors), and the
+    # store's own record of a session beside it.
+    storage = await MemoryStorage.open()
     config = SessionManagerConfig(
-        idle_timeout=1e6, disconnect_retention=1e6, auto_save=1e6, max_sessions=parked + 10
+        idle_timeout=1e6, disconnect_retention=1e6, max_sessions=parked + 10
     )
     manager = SessionManager(config, storage)
     manager.start()
@@ -151,7 +153,7 @@ async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             live = [manager.live_actor(sid) for sid in ids]
-            if all(a is not None and not a.outboxes and not len(a.inbox) for a in live):
+            if all(a is not None and not a.room.outboxes and not len(a.inbox) for a in live):
                 break
             await asyncio.sleep(0.2)
         else:

@@ -1,249 +1,121 @@
-"""SessionActor: the one task that owns a live session.
+"""SessionActor: the one task that owns a live session in this process.
 
-It alone appends to the session's log, so it alone assigns ``seq``; it keeps a ring of
-recent events for replay without touching disk, the idempotency-key window, and the
-set of attached outboxes. Commands arrive in its inbox and are handled in batches: a run
-of appends becomes one storage batch (one group commit), then each stored event is
-encoded once and pushed to every other outbox. Because attaching is handled between
-batches, a joining connection sees every event exactly once: older ones replayed, newer
-ones live.
+Commands (server/commands.py) arrive in its inbox and are handled in batches: a run of
+appends becomes one ``append_events`` call (one group commit), whose results answer the
+requesters. Fan-out does not come from those results but from the store: while
+connections are attached the actor follows the session with ``storage.subscribe``, and
+hands each event to its :class:`~.room.SessionRoom`, which sends it to every connection
+but its publisher's. So events appended by another process (a shared store) reach this
+process's viewers the same way as its own.
+
+Spawning an actor reads the session's metadata and nothing else; idempotency is the
+store's. A parked actor (no connection) holds no task, no subscription and a small ring.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
-import itertools
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
 from bamboo_session.persistence.base import (
+    Appended,
     SessionClosed,
     SessionExpired,
     SessionNotFound,
+    Storage,
     StorageError,
+    Subscription,
 )
-from bamboo_session.protocol.errors import CloseCode, ErrorCode
-from bamboo_session.protocol.frames import Ack, Closed, Error, Presence, RequestId, Welcome
-from bamboo_session.protocol.models import (
-    AnyAgentEvent,
-    SessionMetadata,
-    SessionState,
-    StoredEvent,
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import Ack, Error
+from bamboo_session.protocol.models import SessionMetadata, SessionState
+
+from .commands import (
+    ActorRetired,
+    Append,
+    Attach,
+    Command,
+    Detach,
+    Inbox,
+    Request,
+    SetState,
+    Stop,
+    Tick,
 )
-
-from .outbox import Outbound, Outbox, Replay
-
-if TYPE_CHECKING:
-    from .manager import SessionManager
+from .failures import request_error
+from .manager_config import SessionManagerConfig
+from .metrics import Metrics
+from .outbox import Outbound
+from .room import REPLAY_PAGE, SessionRoom
 
 log = structlog.get_logger("bamboo_session.actor")
 
-KEY_WINDOW = 10_000  # appends within which an idempotency key is remembered (PROTOCOL.md)
-REPLAY_PAGE = 512
 PARKED_RING_SIZE = 64
 _BATCH_MAX = 512
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    seq: int
-    duplicate: bool = False
-
-
-@dataclass(slots=True)
-class Append:
-    event: AnyAgentEvent
-    key: str | None = None
-    origin: Outbox | None = None
-    request_id: RequestId = None
-    future: asyncio.Future[AppendResult] | None = None
-
-
-@dataclass(slots=True)
-class Attach:
-    outbox: Outbox
-    last_seq: int | None
-    epoch: str | None
-    future: asyncio.Future[Welcome]
-
-
-@dataclass(slots=True)
-class Detach:
-    connection_id: str
-
-
-@dataclass(slots=True)
-class SetState:
-    state: SessionState
-    origin: Outbox | None = None
-    request_id: RequestId = None
-    future: asyncio.Future[int] | None = None
-
-
-@dataclass(slots=True)
-class Stop:
-    """Close every connection with ``code`` (after a ``closed`` frame) and retire."""
-
-    code: CloseCode
-    reason: str
-    future: asyncio.Future[None] | None = field(default=None)
-
-
-@dataclass(slots=True)
-class Tick:
-    """A timer fired: check idleness or the end of parking (``generation`` guards
-    against a timer that outlived the park it was set for)."""
-
-    generation: int
-
-
-Command = Append | Attach | Detach | SetState | Stop | Tick
-
-
-class Inbox:
-    """The actor's command queue. Peers' frames wait for room (back-pressure on their
-    socket); the actor's own timers and the manager never do."""
-
-    __slots__ = ("_has_room", "_items", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        # A deque keeps a 760-byte block even when empty: a parked session drops it.
-        self._items: collections.deque[Command] | None = None
-        self._has_room: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._items) if self._items is not None else 0
-
-    def append(self, command: Command) -> None:
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(command)
-
-    def release(self) -> None:
-        """Drops the empty queue's storage (a parked session keeps none)."""
-        if not self._items:
-            self._items = None
-
-    async def wait_for_room(self) -> None:
-        while len(self) >= self.limit:
-            if self._has_room is None or self._has_room.done():
-                self._has_room = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._has_room)
-
-    def take_all(self) -> list[Command]:
-        items = list(self._items or ())
-        self._items = None
-        return items
-
-    def take_batch(self, max_items: int) -> list[Command]:
-        items = self._items
-        if items is None:
-            return []
-        batch = [items.popleft() for _ in range(min(max_items, len(items)))]
-        room = self._has_room
-        if room is not None and not room.done() and len(items) < self.limit:
-            room.set_result(None)
-        return batch
-
-
-class ActorRetired(Exception):
-    """The actor stopped taking attaches before it got to this one: attach again, to
-    the session's next actor."""
-
-
-# What the in-process API raises for an error code (the WebSocket API sends the code).
-_ERRORS_BY_CODE: dict[ErrorCode, type[StorageError]] = {
-    ErrorCode.CLOSED: SessionClosed,
-    ErrorCode.NOT_FOUND: SessionNotFound,
+_SUBSCRIPTION_ENDS: dict[str, tuple[CloseCode, str]] = {
+    "closed": (CloseCode.NORMAL, "session closed"),
+    "deleted": (CloseCode.NOT_FOUND, "session deleted"),
 }
 
 
-def _attach_refusal(
-    session_id: str, metadata: SessionMetadata | None, state: SessionState
-) -> Exception | None:
+def attach_refusal(metadata: SessionMetadata | None, session_id: str) -> Exception | None:
+    """Why a session may not be attached to, if it may not."""
     if metadata is None:
         return SessionNotFound(session_id)
     if metadata.is_expired():
         return SessionExpired(session_id)
-    if state == SessionState.CLOSED:
+    if metadata.state == SessionState.CLOSED:
         return SessionClosed(session_id)
     return None
 
 
-class KeyWindow:
-    """Idempotency keys of the last ``size`` appends, with the seq each was given."""
-
-    __slots__ = ("_order", "_seq_by_key", "size")
-
-    def __init__(self, size: int = KEY_WINDOW) -> None:
-        self.size = size
-        self._seq_by_key: dict[str, int] = {}
-        # Allocated with the first key: most sessions of a parked crowd have none.
-        self._order: collections.deque[tuple[int, str]] | None = None
-
-    def get(self, key: str) -> int | None:
-        return self._seq_by_key.get(key)
-
-    def add(self, key: str, seq: int) -> None:
-        self._seq_by_key[key] = seq
-        if self._order is None:
-            self._order = collections.deque()
-        self._order.append((seq, key))
-
-    def forget_before(self, last_seq: int) -> None:
-        horizon = last_seq - self.size
-        order = self._order
-        while order and order[0][0] <= horizon:
-            _, key = order.popleft()
-            if self._seq_by_key.get(key, 0) <= horizon:
-                self._seq_by_key.pop(key, None)
-
-
 class SessionActor:
-    """One live session: its inbox, ring, key window and attached outboxes, and a task
-    that runs while connections are attached or commands wait (a parked crowd costs no
-    tasks)."""
+    """One live session: its inbox, its room, and a task that runs while connections
+    are attached or commands wait (a parked crowd costs no tasks)."""
 
     __slots__ = (
         "_last_traffic",
         "_loop",
+        "_on_retired",
         "_timer",
         "_timer_generation",
         "_wakeup",
         "accepting",
-        "epoch",
+        "config",
         "finished",
         "inbox",
-        "keys",
-        "manager",
-        "outboxes",
-        "published_seq",
-        "ring",
+        "metrics",
+        "room",
         "session_id",
         "state",
+        "storage",
+        "subscription",
         "task",
     )
 
-    def __init__(self, manager: SessionManager, session_id: str, epoch: str, last_seq: int) -> None:
-        self.manager = manager
-        self.session_id = session_id
-        self.epoch = epoch
-        self.published_seq = last_seq  # every event up to here is durable and fanned out
-        self.state = SessionState.DISCONNECTED
+    def __init__(
+        self,
+        metadata: SessionMetadata,
+        storage: Storage,
+        config: SessionManagerConfig,
+        metrics: Metrics,
+        on_retired: Callable[[SessionActor], None],
+    ) -> None:
+        self.session_id = metadata.id
+        self.storage = storage
+        self.config = config
+        self.metrics = metrics
+        self._on_retired = on_retired
+        self.state = metadata.state
+        self.room = SessionRoom(metadata.epoch, metadata.last_seq, config.ring_size)
+        self.subscription: Subscription | None = None
         self.accepting = True
         self.finished = False
-        self.inbox = Inbox(manager.config.inbox_limit)
-        # Recent events for replay without disk; allocated with the first event.
-        self.ring: collections.deque[Outbound] | None = None
-        self.keys = KeyWindow()
-        self.outboxes: dict[str, Outbox] = {}
+        self.inbox = Inbox(config.inbox_limit)
         self.task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -251,32 +123,27 @@ class SessionActor:
         self._timer_generation = 0
         self._timer: asyncio.TimerHandle | None = None
 
-    # -- lifecycle ---------------------------------------------------------------
-
     @classmethod
-    async def load(cls, manager: SessionManager, session_id: str) -> SessionActor:
-        """An actor for a stored session, its ring and key window filled from the log."""
-        storage = manager.storage
+    async def load(
+        cls,
+        session_id: str,
+        storage: Storage,
+        config: SessionManagerConfig,
+        metrics: Metrics,
+        on_retired: Callable[[SessionActor], None],
+    ) -> SessionActor:
+        """An actor for a stored session: its metadata is all it reads."""
         metadata = await storage.get_metadata(session_id)
-        if metadata is None:
-            raise SessionNotFound(session_id)
-        if metadata.is_expired():
-            raise SessionExpired(session_id)
-        if metadata.state == SessionState.CLOSED:
-            raise SessionClosed(session_id)
-        actor = cls(manager, session_id, metadata.epoch, metadata.last_seq)
-        actor.state = metadata.state
-        tail = await storage.read_events(
-            session_id, after_seq=max(0, metadata.last_seq - KEY_WINDOW)
-        )
-        for stored in tail:
-            if stored.key is not None:
-                actor.keys.add(stored.key, stored.seq)
-        for stored in tail[-manager.config.ring_size :]:
-            actor._remember(Outbound.for_event(stored))
-        if tail:
-            actor.published_seq = tail[-1].seq
-        return actor
+        refusal = attach_refusal(metadata, session_id)
+        if refusal is not None or metadata is None:
+            raise refusal or SessionNotFound(session_id)
+        return cls(metadata, storage, config, metrics, on_retired)
+
+    @property
+    def published_seq(self) -> int:
+        return self.room.published_seq
+
+    # -- commands in ---------------------------------------------------------------
 
     def post(self, command: Command) -> None:
         """Queue a command from the manager or a timer; never waits."""
@@ -284,6 +151,14 @@ class SessionActor:
             self._reject(command)
             return
         self.inbox.append(command)
+        self._wake()
+
+    async def submit(self, command: Command) -> None:
+        """Queue a peer's command, waiting while the inbox is full (back-pressure)."""
+        await self.inbox.wait_for_room()
+        self.post(command)
+
+    def _wake(self) -> None:
         waiting = self._wakeup
         if waiting is not None:
             if not waiting.done():
@@ -297,18 +172,13 @@ class SessionActor:
                 self._run(), name=f"session-actor:{self.session_id}", context=contextvars.Context()
             )
 
-    async def submit(self, command: Command) -> None:
-        """Queue a peer's command, waiting while the inbox is full (back-pressure)."""
-        await self.inbox.wait_for_room()
-        self.post(command)
-
     def _reject(self, command: Command) -> None:
         """Answer a command that arrived after the actor finished its work."""
-        closed = self.state == SessionState.CLOSED
-        code = ErrorCode.CLOSED if closed else ErrorCode.INTERNAL
-        message = "session closed" if closed else "session went offline, reconnect and retry"
         if isinstance(command, Append | SetState):
-            self._fail(command, code, message)
+            if self.state == SessionState.CLOSED:
+                self._fail(command, SessionClosed(self.session_id))
+            else:
+                self._fail(command, StorageError("session went offline, reconnect and retry"))
         elif isinstance(command, Attach) and not command.future.done():
             command.future.set_exception(ActorRetired(self.session_id))
         elif isinstance(command, Stop) and command.future is not None:
@@ -317,34 +187,39 @@ class SessionActor:
     def start(self) -> None:
         self._arm_timer()
 
+    # -- the task -------------------------------------------------------------------
+
     async def _run(self) -> None:
-        """Handles commands until the inbox is empty and no connection is attached;
-        retires the actor once it stops accepting (closed, stopped, parked too long, or
-        failed)."""
+        """Handles commands and delivers events until nothing is left to do and no
+        connection is attached; retires the actor once it stops accepting (closed,
+        stopped, parked too long, or failed)."""
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
         try:
             while self.accepting:
-                if len(self.inbox):
+                subscription = self.subscription
+                if subscription is not None and subscription.ready():
+                    await self._deliver(subscription)
+                elif len(self.inbox):
                     await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
-                elif self.outboxes:
-                    await self._wait_for_commands()
+                elif self.room.outboxes:
+                    await self._wait_for_work()
                 else:
                     self.inbox.release()
                     self.task = None  # nothing to run until the next command
                     break
         except asyncio.CancelledError:
             self.accepting = False
-            self._close_all(CloseCode.SERVICE_RESTART, "server restarting")
+            self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         except Exception:
             log.exception("session actor failed")
             self.accepting = False
-            self._close_all(CloseCode.INTERNAL_ERROR, "internal error")
+            self.room.close_all(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if not self.accepting and not self.finished:
                 await self._finish()
 
-    async def _wait_for_commands(self) -> None:
+    async def _wait_for_work(self) -> None:
         """While connections are attached the task waits here instead of ending, so a
         busy session does not pay for a new task on every command."""
         self._wakeup = self._loop.create_future()
@@ -355,18 +230,6 @@ class SessionActor:
 
     async def _finish(self) -> None:
         self._retire()
-        await self._drain_after_retire()
-        with contextlib.suppress(StorageError, SessionNotFound):
-            await self.manager.storage.checkpoint(self.session_id)
-
-    def _retire(self) -> None:
-        """Stop taking commands; from here on the manager spawns a new actor if needed."""
-        self.accepting = False
-        if self._timer is not None:
-            self._timer.cancel()
-        self.manager._actor_retired(self)
-
-    async def _drain_after_retire(self) -> None:
         # Commands posted before the actor retired are answered, never dropped; from
         # the moment the inbox is found empty, new ones are rejected on arrival.
         while len(self.inbox):
@@ -375,7 +238,15 @@ class SessionActor:
         for command in self.inbox.take_all():
             self._reject(command)
 
-    # -- command handling --------------------------------------------------------
+    def _retire(self) -> None:
+        """Stop taking commands; from here on the manager spawns a new actor if needed."""
+        self.accepting = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._unsubscribe()
+        self._on_retired(self)
+
+    # -- commands -------------------------------------------------------------------
 
     async def _handle_batch(self, batch: list[Command]) -> None:
         appends: list[Append] = []
@@ -399,7 +270,7 @@ class SessionActor:
             case SetState():
                 await self._set_state(command)
             case Stop():
-                self._close_all(command.code, command.reason)
+                self.room.close_all(command.code, command.reason)
                 self.accepting = False
                 if command.future is not None and not command.future.done():
                     command.future.set_result(None)
@@ -409,103 +280,32 @@ class SessionActor:
                 raise AssertionError(command)
 
     async def _append(self, appends: list[Append]) -> None:
-        if self.state == SessionState.CLOSED:
-            for command in appends:
-                self._fail(command, ErrorCode.CLOSED, "session closed")
-            return
-        fresh, answers = self._split_duplicates(appends)
+        items = [(command.event, command.key) for command in appends]
         try:
-            stored = await self._store(fresh)
-        except SessionClosed:
+            results = await self.storage.append_events(self.session_id, items)
+        except (StorageError, ValueError) as exc:
+            if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
+                log.error("append failed", error=str(exc), count=len(appends))
             for command in appends:
-                self._fail(command, ErrorCode.CLOSED, "session closed")
+                self._fail(command, exc)
             return
-        except (SessionExpired, SessionNotFound) as exc:
-            for command in appends:
-                self._fail(command, ErrorCode.NOT_FOUND, f"session gone: {exc}")
-            return
-        except StorageError as exc:
-            log.error("append failed", error=str(exc), count=len(fresh))
-            for command in appends:
-                self._fail(command, ErrorCode.INTERNAL, f"not stored, retry later: {exc}")
-            return
-        for command, event in zip(fresh, stored, strict=True):
-            self._publish(event, command.origin)
-        self.manager.metrics.events_appended.inc(len(stored))
-        self.keys.forget_before(self.published_seq)
+        fresh = 0
+        following = self.subscription is not None
+        for command, result in zip(appends, results, strict=True):
+            if not result.duplicate:
+                fresh += 1
+                if following and command.origin is not None:
+                    self.room.expect(result.seq, command.origin)
+            self._reply(command, result)
+        if not following and fresh:
+            # Nobody watches: the ring would miss these events, so it starts after them.
+            self.room.restart_at(max(r.seq for r in results if not r.duplicate))
+        self.metrics.events_appended.inc(fresh)
         self.note_traffic()
-        if self.state == SessionState.IDLE and self.outboxes:
+        if self.state == SessionState.IDLE and self.room.outboxes:
             await self._change_state(SessionState.ACTIVE)
-        seq_of = {id(command): event.seq for command, event in zip(fresh, stored, strict=True)}
-        for command, answer in answers:
-            if answer is None:
-                self._reply(command, AppendResult(seq_of[id(command)]))
-            elif isinstance(answer, int):
-                self._reply(command, AppendResult(answer, duplicate=True))
-            else:
-                self._reply(command, AppendResult(seq_of[id(answer)], duplicate=True))
 
-    async def _store(self, fresh: list[Append]) -> list[StoredEvent]:
-        if not fresh:
-            return []
-        items = [(command.event, command.key) for command in fresh]
-        return await self.manager.storage.append_events(self.session_id, items)
-
-    def _split_duplicates(
-        self, appends: list[Append]
-    ) -> tuple[list[Append], list[tuple[Append, Append | int | None]]]:
-        """The appends to write, and for each append in order what answers it: itself
-        (``None``), the seq of an earlier append with its key, or an earlier append of
-        this same batch with its key."""
-        fresh: list[Append] = []
-        replies: list[tuple[Append, Append | int | None]] = []
-        pending: dict[str, Append] = {}
-        for command in appends:
-            key = command.key
-            if key is not None:
-                seen = self.keys.get(key)
-                # Within the last KEY_WINDOW appends as counted at this very append,
-                # not at the start of the batch.
-                next_seq = self.published_seq + len(fresh) + 1
-                if seen is not None and next_seq - seen <= self.keys.size:
-                    replies.append((command, seen))
-                    continue
-                if key in pending:
-                    replies.append((command, pending[key]))
-                    continue
-                pending[key] = command
-            fresh.append(command)
-            replies.append((command, None))
-        return fresh, replies
-
-    def _publish(self, stored: StoredEvent, origin: Outbox | None) -> None:
-        out = Outbound.for_event(stored)
-        self._remember(out)
-        self.published_seq = stored.seq
-        if stored.key is not None:
-            self.keys.add(stored.key, stored.seq)
-        for outbox in self.outboxes.values():
-            if outbox is not origin:
-                outbox.push(out)
-
-    def _remember(self, out: Outbound) -> None:
-        ring = self.ring
-        if ring is None:
-            ring = self.ring = collections.deque(maxlen=self.manager.config.ring_size)
-        ring.append(out)
-
-    def _shrink_ring(self) -> None:
-        """A parked session keeps only its newest events in memory: a quick reconnect
-        still replays from memory, and a crowd of parked sessions stays small."""
-        ring = self.ring
-        if ring is None:
-            return
-        while len(ring) > PARKED_RING_SIZE:
-            ring.popleft()
-        if not ring:
-            self.ring = None
-
-    def _reply(self, command: Append, result: AppendResult) -> None:
+    def _reply(self, command: Append, result: Appended) -> None:
         if command.future is not None:
             if not command.future.done():
                 command.future.set_result(result)
@@ -515,118 +315,122 @@ class SessionActor:
                 Outbound(Ack(result.seq, id=command.request_id, duplicate=result.duplicate))
             )
 
-    def _fail(self, command: Append | SetState, code: ErrorCode, message: str) -> None:
+    def _fail(self, command: Request, exc: BaseException) -> None:
         if command.future is not None:
             if not command.future.done():
-                error_type = _ERRORS_BY_CODE.get(code, StorageError)
-                command.future.set_exception(error_type(message))
+                command.future.set_exception(exc)
         elif command.origin is not None:
+            error = request_error(exc, command.request_id)
             command.origin.settle()
-            command.origin.push(Outbound(Error(code.value, message, id=command.request_id)))
-            self.manager.metrics.errors.labels(code=code.value).inc()
+            command.origin.push(
+                Outbound(Error(error.code.value, error.message, id=error.request_id))
+            )
+            self.metrics.errors.labels(code=error.code.value).inc()
 
     async def _attach(self, command: Attach) -> None:
         if not self.accepting:
             if not command.future.done():
                 command.future.set_exception(ActorRetired(self.session_id))
             return
-        storage = self.manager.storage
-        metadata = await storage.get_metadata(self.session_id)
-        refusal = _attach_refusal(self.session_id, metadata, self.state)
+        metadata = await self.storage.get_metadata(self.session_id)
+        refusal = attach_refusal(metadata, self.session_id)
         if refusal is not None or metadata is None:
             if not command.future.done():
                 command.future.set_exception(refusal or SessionNotFound(self.session_id))
             return
+        if self.subscription is None:
+            self.room.restart_at(metadata.last_seq)
+            await self._subscribe()
         if self.state != SessionState.ACTIVE:
+            # A session nobody was attached to becomes active: that is activity too.
             await self._change_state(SessionState.ACTIVE)
-            # The welcome carries the metadata as of this attach, activity included.
-            metadata = await storage.get_metadata(self.session_id) or metadata
-        outbox = command.outbox
-        outbox.actor = self
-        self.outboxes[outbox.connection_id] = outbox
-        through = self.published_seq
-        last_seq = command.last_seq
-        resumed = (
-            last_seq is not None
-            and (command.epoch is None or command.epoch == self.epoch)
-            and last_seq <= through
-        )
-        replay = through - last_seq if resumed and last_seq is not None else 0
-        self.note_traffic()
-        if len(self.outboxes) == 1:
-            self._arm_timer()  # parked until now: from here on, watch for idleness
-        metadata.connections = len(self.outboxes)
+            await self._touch()
         metadata.state = self.state
-        metadata.last_seq = through
-        welcome = Welcome(outbox.connection_id, metadata, self.epoch, through, resumed, replay)
-        outbox.push(Outbound(welcome))
-        if replay and last_seq is not None:
-            outbox.push(Replay(last_seq, through))
-            self.manager.metrics.events_replayed.inc(replay)
-        self._presence(outbox, joined=True)
+        welcome = self.room.join(command.outbox, command.last_seq, command.epoch, metadata)
+        if welcome.replay:
+            self.metrics.events_replayed.inc(welcome.replay)
+        self.note_traffic()
+        if len(self.room.outboxes) == 1:
+            self._arm_timer()  # parked until now: from here on, watch for idleness
         if not command.future.done():
             command.future.set_result(welcome)
 
     async def _detach(self, connection_id: str) -> None:
-        outbox = self.outboxes.pop(connection_id, None)
-        if outbox is None:
+        if self.room.leave(connection_id) is None:
             return
-        outbox.close(CloseCode.NORMAL, "disconnected")
-        self._presence(outbox, joined=False)
-        if not self.outboxes and self.state != SessionState.CLOSED:
+        if not self.room.outboxes and self.state != SessionState.CLOSED:
+            self._unsubscribe()
             await self._change_state(SessionState.DISCONNECTED)
-            self._shrink_ring()
+            self.room.shrink_ring(PARKED_RING_SIZE)
             self._arm_timer()
-
-    def _presence(self, subject: Outbox, *, joined: bool) -> None:
-        frame = Presence(
-            role=subject.role,
-            connections=len(self.outboxes),
-            joined=subject.connection_id if joined else None,
-            left=None if joined else subject.connection_id,
-        )
-        out = Outbound(frame)
-        for outbox in self.outboxes.values():
-            if outbox is not subject:
-                outbox.push(out)
 
     async def _set_state(self, command: SetState) -> None:
         try:
-            await self._change_state(command.state, durable=True)
+            await self._change_state(command.state)
+            await self._touch()  # a state a peer asks for is activity
         except (StorageError, ValueError) as exc:
-            self._fail(command, ErrorCode.CONFLICT, str(exc))
+            self._fail(command, exc)
             return
         if command.future is not None and not command.future.done():
-            command.future.set_result(self.published_seq)
+            command.future.set_result(self.room.published_seq)
         elif command.origin is not None:
             command.origin.settle()
-            command.origin.push(Outbound(Ack(self.published_seq, id=command.request_id)))
+            command.origin.push(Outbound(Ack(self.room.published_seq, id=command.request_id)))
         if command.state == SessionState.CLOSED:
-            self._close_all(CloseCode.NORMAL, "session closed")
+            self.room.close_all(CloseCode.NORMAL, "session closed")
             self.accepting = False
 
-    async def _change_state(self, state: SessionState, *, durable: bool = False) -> None:
-        """Moves the session to ``state``. The server's own moves (active on attach,
-        disconnected, idle) are written with the next checkpoint rather than each
-        fsynced on the spot: after a crash no connection is attached anyway. A state a
-        peer asked for (``durable``) is on disk before it is acknowledged."""
+    async def _change_state(self, state: SessionState) -> None:
         if state == self.state:
             return
         self.state.check_transition(state)
         try:
-            await self.manager.storage.update_session_state(self.session_id, state, durable=durable)
+            await self.storage.update_session_state(self.session_id, state)
         except SessionExpired:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
             log.info("session expired", state=state.value)
         self.state = state
 
-    def _close_all(self, code: CloseCode, reason: str) -> None:
-        closed = Outbound(Closed(reason))
-        for outbox in self.outboxes.values():
-            outbox.push(closed)
-            outbox.close(code, reason)
-        self.outboxes.clear()
+    async def _touch(self) -> None:
+        with contextlib.suppress(SessionExpired, SessionNotFound):
+            await self.storage.touch(self.session_id)
+
+    # -- live events from the store -------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        subscription = await self.storage.subscribe(self.session_id, self.room.published_seq)
+        subscription.on_ready(self._wake)
+        self.subscription = subscription
+
+    def _unsubscribe(self) -> None:
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            subscription.on_ready(None)
+            subscription.close()
+        self.room.origins.clear()
+
+    async def _deliver(self, subscription: Subscription) -> None:
+        try:
+            events = await subscription.next_batch(_BATCH_MAX)
+        except StorageError as exc:
+            log.error("reading the session's events failed", error=str(exc))
+            self._end(CloseCode.INTERNAL_ERROR, "storage unavailable")
+            return
+        if events:
+            self.room.deliver(events)
+            return
+        if subscription is self.subscription and subscription.ended is not None:
+            code, reason = _SUBSCRIPTION_ENDS.get(
+                subscription.ended, (CloseCode.SERVICE_RESTART, "server restarting")
+            )
+            if subscription.ended == "closed":
+                self.state = SessionState.CLOSED
+            self._end(code, reason)
+
+    def _end(self, code: CloseCode, reason: str) -> None:
+        self.room.close_all(code, reason)
+        self.accepting = False
 
     # -- timers: idleness while connected, the end of parking when not -----------
 
@@ -638,44 +442,37 @@ class SessionActor:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_generation += 1
-        config = self.manager.config
-        delay = config.idle_timeout if self.outboxes else config.disconnect_retention
+        config = self.config
+        delay = config.idle_timeout if self.room.outboxes else config.disconnect_retention
         generation = self._timer_generation
         self._timer = self._loop.call_later(max(delay, 0.0), self.post, Tick(generation))
 
     async def _on_timer(self, generation: int) -> None:
         if generation != self._timer_generation:
             return
-        config = self.manager.config
-        if not self.outboxes:
+        if not self.room.outboxes:
             self.accepting = False  # parked for the whole retention: retire
             return
         quiet = self._loop.time() - self._last_traffic
-        if quiet >= config.idle_timeout:
+        if quiet >= self.config.idle_timeout:
             if self.state == SessionState.ACTIVE:
                 await self._change_state(SessionState.IDLE)
         else:
-            await self._keep_alive()
+            # Peers sent frames since the last tick (pings included): that is activity,
+            # so the session's TTL starts again, as it does on every append.
+            await self._touch()
         self._arm_timer()
-
-    async def _keep_alive(self) -> None:
-        """Peers sent frames since the last tick (pings included): that is activity, so
-        the session's TTL starts again, as it does on every append."""
-        with contextlib.suppress(SessionExpired, SessionNotFound):
-            await self.manager.storage.update_session_state(
-                self.session_id, self.state, durable=False
-            )
 
     # -- replay ------------------------------------------------------------------
 
     async def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
         """Events in ``(after, through]`` in pages, from the ring when it still holds
-        them, else from storage."""
+        them, else from the store."""
         position = after
         while position < through:
-            page = self._ring_page(position, through)
+            page = self.room.ring_page(position, through)
             if page is None:
-                stored = await self.manager.storage.read_events(
+                stored = await self.storage.read_events(
                     self.session_id, after_seq=position, limit=min(REPLAY_PAGE, through - position)
                 )
                 page = [Outbound.for_event(s) for s in stored if s.seq <= through]
@@ -683,11 +480,3 @@ class SessionActor:
                 return
             yield page
             position = page[-1].seq
-
-    def _ring_page(self, after: int, through: int) -> list[Outbound] | None:
-        ring = self.ring
-        if not ring or ring[0].seq > after + 1:
-            return None
-        start = after + 1 - ring[0].seq
-        count = min(REPLAY_PAGE, through - after)
-        return list(itertools.islice(ring, start, start + count))

@@ -19,30 +19,18 @@ from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from bamboo_session.persistence.base import SessionFilter, Storage
+from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Hello
-from bamboo_session.protocol.models import SessionMetadata
 
-from .auth import (
-    Authenticator,
-    Forbidden,
-    Principal,
-    Unauthorized,
-    bearer_token,
-    check_access,
-    check_binding,
-    check_new_session,
-    check_session_id,
-    origin_allowed,
-)
+from .auth import AccessPolicy, Authenticator, check_binding, origin_allowed
 from .config import ServerConfig
 from .connection import Connection
 from .http import BadRoute, error_response, handle_get, is_upgrade, stream_route
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .services import Services
 
 log = structlog.get_logger("bamboo_session.server")
 
@@ -56,10 +44,11 @@ class BambooServer:
         self._given_storage = storage
         self.storage: Storage | None = storage
         self._manager: SessionManager | None = None
+        self._services: Services | None = None
         self._server: Server | None = None
         # Checked here, before any storage is opened: a bad config changes nothing.
         check_binding(config.host, config.auth_secret, config.insecure)
-        self.authenticator = (
+        self.access = AccessPolicy(
             Authenticator(config.auth_secret) if config.auth_secret is not None else None
         )
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
@@ -68,7 +57,7 @@ class BambooServer:
 
     async def start(self) -> None:
         if self.storage is None:
-            self.storage = await open_default_storage(self.config)
+            self.storage = await open_configured_storage(self.config)
         try:
             await self._listen()
         except BaseException:
@@ -80,6 +69,14 @@ class BambooServer:
         assert self.storage is not None
         self._manager = SessionManager(self.config.manager_config(), self.storage, self.metrics)
         self._manager.start()
+        self._services = Services(
+            self.config,
+            self._manager,
+            self.metrics,
+            self.access,
+            self.user_connections,
+            lambda: self.ready,
+        )
         config = self.config
         self._server = await serve(
             self._handle,
@@ -97,7 +94,7 @@ class BambooServer:
             close_timeout=config.close_timeout,
             backlog=config.backlog,
         )
-        log.info("listening", host=config.host, port=self.port, data_dir=config.data_dir)
+        log.info("listening", host=config.host, port=self.port, store=config.store_url())
 
     async def stop(self) -> None:
         """Graceful shutdown; safe to call twice."""
@@ -132,6 +129,12 @@ class BambooServer:
         await self.stop()
 
     @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("server not started")
+        return self._services
+
+    @property
     def manager(self) -> SessionManager:
         if self._manager is None:
             raise RuntimeError("server not started")
@@ -153,113 +156,23 @@ class BambooServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         if not is_upgrade(request):
-            return await handle_get(self, request)
+            return await handle_get(self.services, request)
         try:
             stream_route(request.path)
         except BadRoute as exc:
-            return error_response(exc.status, "bad_request", exc.message)
+            code = "not_found" if exc.status == http.HTTPStatus.NOT_FOUND else "bad_request"
+            return error_response(exc.status, code, exc.message)
         return self.authorize_upgrade(request)
 
     async def _handle(self, ws: ServerConnection) -> None:
         route = stream_route(ws.request.path if ws.request is not None else "")
         codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
-        await Connection(self, ws, codec, route.session_id).run()
-
-    async def resolve_session(
-        self, session_id: str | None, hello: Hello, principal: Principal | None = None
-    ) -> str:
-        """The session a ``hello`` attaches to, created first where it asks for that.
-
-        Under auth, raises :class:`Forbidden` before anything is created or sent when
-        ``principal`` may not have it; a session created here belongs to its ``sub``."""
-        manager = self.manager
-        owner = hello.user_id if principal is None else principal.sub
-        if session_id is None:
-            if principal is not None:
-                check_new_session(principal)
-            session = await manager.create_session(owner, hello.title)
-            return session.id
-        if principal is not None:
-            check_session_id(principal, session_id)
-        metadata: SessionMetadata | None = None
-        if hello.create:
-            metadata = await manager.ensure_session(session_id, owner, hello.title)
-        if principal is not None:
-            metadata = metadata or await manager.get_metadata(session_id)
-            if metadata is not None:  # a missing one is 4404 when attaching
-                check_access(principal, metadata)
-        return session_id
-
-    # -- authorization -------------------------------------------------------------------
-
-    def authenticate_hello(self, request: Request | None, hello: Hello) -> Principal | None:
-        """The principal of a connection (``hello.token``, else the upgrade's bearer
-        token), or None when auth is off. Raises :class:`Unauthorized`."""
-        if self.authenticator is None:
-            return None
-        token = hello.token
-        if not token and request is not None:
-            token = bearer_token(request.headers.get("Authorization"))
-        return self.authenticator.verify(token)
-
-    def connection_user(self, principal: Principal | None, hello: Hello) -> str | None:
-        """Whom a connection counts against in ``max_connections_per_user``: the token's
-        ``sub``, else ``hello.user_id``; anonymous connections are not counted."""
-        return principal.sub if principal is not None else hello.user_id
+        await Connection(self.services, ws, codec, route.session_id).run()
 
     def authorize_upgrade(self, request: Request) -> Response | None:
         if not origin_allowed(request.headers.get("Origin"), self.config.allowed_origins):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
-
-    def _authenticate_request(self, request: Request) -> Principal | Response | None:
-        if self.authenticator is None:
-            return None
-        try:
-            return self.authenticator.verify(bearer_token(request.headers.get("Authorization")))
-        except Unauthorized as exc:
-            response = error_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", str(exc))
-            response.headers["WWW-Authenticate"] = 'Bearer realm="bamboo"'
-            return response
-
-    def authorize_listing(
-        self, request: Request, filter: SessionFilter
-    ) -> tuple[Response | None, SessionFilter]:
-        """Under auth: only the caller's sessions (any for admin); asking for another
-        user's is 403, and a ``sid`` token may not list at all."""
-        principal = self._authenticate_request(request)
-        if principal is None:
-            return None, filter
-        if isinstance(principal, Response):
-            return principal, filter
-        if principal.sid is not None:
-            return _forbidden("this token is scoped to one session"), filter
-        if principal.is_admin:
-            return None, filter
-        if filter.user_id is not None and filter.user_id != principal.sub:
-            return _forbidden("you may list only your own sessions"), filter
-        filter.user_id = principal.sub
-        return None, filter
-
-    def authorize_session(
-        self, request: Request, metadata: SessionMetadata | None
-    ) -> Response | None:
-        """Under auth: 401 without a valid token (even for a missing session), 403 for
-        a session the caller may not read. ``metadata`` None: only authenticate."""
-        principal = self._authenticate_request(request)
-        if principal is None or isinstance(principal, Response):
-            return principal
-        if metadata is None:
-            return None
-        try:
-            check_access(principal, metadata)
-        except Forbidden as exc:
-            return _forbidden(str(exc))
-        return None
-
-
-def _forbidden(message: str) -> Response:
-    return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", message)
 
 
 def select_subprotocol(
@@ -274,14 +187,12 @@ def select_subprotocol(
     raise NegotiationError(f"unsupported subprotocol; expected one of {', '.join(SUBPROTOCOLS)}")
 
 
-async def open_default_storage(config: ServerConfig) -> Storage:
-    """The embedded JSONL store in ``config.data_dir``."""
-    from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+async def open_configured_storage(config: ServerConfig) -> Storage:
+    """The store ``config`` names (``--store``, else the JSONL store in ``--data-dir``)."""
+    from bamboo_session.persistence import open_storage
 
-    storage_config = JsonlStorageConfig(
-        config.data_dir,
+    return await open_storage(
+        config.store_url(),
         default_ttl=config.default_ttl,
         cleanup_interval=config.cleanup_interval,
-        durability=config.durability,
     )
-    return await JsonlStorage.open(storage_config)

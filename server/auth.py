@@ -32,6 +32,8 @@ from collections.abc import Mapping
 
 import jwt
 
+from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.protocol.frames import Hello
 from bamboo_session.protocol.ids import is_valid_session_id
 from bamboo_session.protocol.models import SessionMetadata
 
@@ -112,6 +114,56 @@ def _principal(claims: Mapping[str, object]) -> Principal:
     return Principal(sub, Role(role), sid if isinstance(sid, str) else None)
 
 
+class AccessPolicy:
+    """Who a peer is, and what it may reach: the rules above applied to requests.
+    Without an authenticator (auth off) everyone is anonymous and may reach anything."""
+
+    def __init__(self, authenticator: Authenticator | None) -> None:
+        self.authenticator = authenticator
+
+    @property
+    def enabled(self) -> bool:
+        return self.authenticator is not None
+
+    def authenticate_hello(self, hello: Hello, authorization: str | None) -> Principal | None:
+        """The principal of a connection: ``hello.token``, else the upgrade's bearer
+        token; None when auth is off. Raises :class:`Unauthorized`."""
+        if self.authenticator is None:
+            return None
+        return self.authenticator.verify(hello.token or bearer_token(authorization))
+
+    def authenticate_request(self, authorization: str | None) -> Principal | None:
+        """The principal of an HTTP request (``Authorization: Bearer``)."""
+        if self.authenticator is None:
+            return None
+        return self.authenticator.verify(bearer_token(authorization))
+
+    @staticmethod
+    def connection_user(principal: Principal | None, hello: Hello) -> str | None:
+        """Whom a connection counts against in ``max_connections_per_user``: the token's
+        ``sub``, else ``hello.user_id``; anonymous connections are not counted."""
+        return principal.sub if principal is not None else hello.user_id
+
+    @staticmethod
+    def listing_filter(principal: Principal | None, filter: SessionFilter) -> SessionFilter:
+        """Under auth: only the caller's sessions (any for admin); asking for another
+        user's is Forbidden, and a ``sid`` token may not list at all."""
+        if principal is None or (principal.is_admin and principal.sid is None):
+            return filter
+        if principal.sid is not None:
+            raise Forbidden("this token is scoped to one session")
+        if filter.user_id is not None and filter.user_id != principal.sub:
+            raise Forbidden("you may list only your own sessions")
+        filter.user_id = principal.sub
+        return filter
+
+    @staticmethod
+    def check_session(principal: Principal | None, metadata: SessionMetadata) -> None:
+        """May this principal read this session? Else :class:`Forbidden`."""
+        if principal is not None:
+            check_access(principal, metadata)
+
+
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if it is one."""
     if authorization is None:
@@ -131,7 +183,7 @@ def check_new_session(principal: Principal) -> None:
         raise Forbidden("this token is scoped to one session")
 
 
-def check_session_id(principal: Principal, session_id: str) -> None:
+def check_session_id_for(principal: Principal, session_id: str) -> None:
     """The part of the rules that needs only the id (checked before get-or-create)."""
     if principal.sid is not None and principal.sid != session_id:
         raise Forbidden("this token is scoped to another session")
@@ -139,7 +191,7 @@ def check_session_id(principal: Principal, session_id: str) -> None:
 
 def check_access(principal: Principal, metadata: SessionMetadata) -> None:
     """May this principal attach to, or read, this session? Else :class:`Forbidden`."""
-    check_session_id(principal, metadata.id)
+    check_session_id_for(principal, metadata.id)
     if principal.is_admin:
         return
     if principal.role == Role.AGENT and principal.sid == metadata.id:

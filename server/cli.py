@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from bamboo_session import __version__
-from bamboo_session.persistence.base import DURABILITY_MODES, StorageError
+from bamboo_session.persistence.base import StorageError
 
 from .config import ServerConfig, parse_value
 from .tools import add_tool_commands
@@ -27,8 +27,9 @@ from .tools import add_tool_commands
 SERVE_HELP: dict[str, str] = {
     "host": "address to listen on",
     "port": "TCP port (0 picks a free one)",
-    "data_dir": "directory of the embedded JSONL store (~ expands)",
-    "durability": "when an append is acknowledged: fsync (after fsync), os (after write), memory",
+    "store": "the store's URL: jsonl:///path, sqlite:///path, redis://host:port/db, memory://",
+    "data_dir": "directory of the embedded JSONL store when --store is not given (~ expands)",
+    "durability": "of the JSONL store in --data-dir: fsync (ack after fsync) or os (after write)",
     "default_ttl": "seconds of inactivity after which a session expires (none: never)",
     "cleanup_interval": "seconds between removals of expired sessions",
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
@@ -45,7 +46,6 @@ SERVE_HELP: dict[str, str] = {
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",
     "idle_timeout": "seconds without traffic after which a connected session is idle",
     "disconnect_retention": "seconds a session with no connection stays in memory",
-    "auto_save": "seconds between checkpoints of live sessions",
     "max_sessions": "live sessions in memory at most (parked ones are evicted first)",
     "send_queue_frames": "frames queued per connection before it is closed with 4429",
     "inbox_limit": "requests queued per session before its peers' readers wait",
@@ -65,7 +65,7 @@ SERVE_HELP: dict[str, str] = {
     "hello.user_id); over it: close 4429 (0: off)",
 }
 _CHOICES: dict[str, Sequence[str]] = {
-    "durability": DURABILITY_MODES,
+    "durability": ("fsync", "os"),
     "log_format": ("auto", "json", "console"),
     "log_level": ("debug", "info", "warning", "error"),
 }

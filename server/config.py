@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from bamboo_session.persistence.base import Durability
-
-from .manager import SessionManagerConfig
+from .manager_config import SessionManagerConfig
 
 LogFormat = Literal["auto", "json", "console"]
+Durability = Literal["fsync", "os"]  # of the JSONL store in ``data_dir``
 MIB = 1024 * 1024
 
 
@@ -23,6 +23,9 @@ MIB = 1024 * 1024
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
+    # The store: a URL (persistence/url.py), else the JSONL store in ``data_dir`` with
+    # ``durability``.
+    store: str | None = None
     data_dir: str = "~/.bamboo/sessions"
     durability: Durability = "fsync"
     default_ttl: int | None = None
@@ -45,7 +48,6 @@ class ServerConfig:
     # Sessions (SessionManagerConfig).
     idle_timeout: float = 300
     disconnect_retention: float = 3600
-    auto_save: float = 60
     max_sessions: int = 1000
     send_queue_frames: int = 1024
     ring_size: int = 1024
@@ -69,12 +71,19 @@ class ServerConfig:
         return SessionManagerConfig(
             idle_timeout=self.idle_timeout,
             disconnect_retention=self.disconnect_retention,
-            auto_save=self.auto_save,
             max_sessions=self.max_sessions,
             send_queue_frames=self.send_queue_frames,
             ring_size=self.ring_size,
             inbox_limit=self.inbox_limit,
         )
+
+    def store_url(self) -> str:
+        """The store's URL: ``store``, or the JSONL store in ``data_dir``."""
+        if self.store:
+            return self.store
+        path = os.path.abspath(os.path.expanduser(self.data_dir))
+        query = "" if self.durability == "fsync" else f"?durability={self.durability}"
+        return f"jsonl://{urllib.parse.quote(path)}{query}"
 
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
@@ -121,5 +130,5 @@ def parse_value(name: str, raw: str, default: object) -> object:
 
 _OPTIONAL_INT = frozenset({"default_ttl"})
 _OPTIONAL_FLOAT = frozenset({"ping_interval", "ping_timeout"})
-_OPTIONAL_STR = frozenset({"auth_secret"})
+_OPTIONAL_STR = frozenset({"auth_secret", "store"})
 _OPTIONAL = _OPTIONAL_INT | _OPTIONAL_FLOAT

@@ -2,8 +2,8 @@
 
 The reader decodes frames and posts commands to the session's actor (waiting when the
 actor's inbox is full, which pushes back on the peer's socket); the writer drains the
-connection's outbox to the socket. Every failure of the peer maps to an ``error`` frame
-or a close code here; an unexpected exception closes with 1011 and tells the peer
+connection's outbox to the socket. Failures become ``error`` frames or close codes as
+server/failures.py says; an unexpected exception closes with 1011 and tells the peer
 nothing more.
 """
 
@@ -13,18 +13,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from bamboo_session.persistence.base import (
-    SessionClosed,
-    SessionExpired,
-    SessionNotFound,
-    StorageError,
-)
+from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import (
@@ -46,32 +41,20 @@ from bamboo_session.protocol.frames import (
 from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
-from .actor import Append, SessionActor, SetState
+from .actor import SessionActor
 from .auth import Forbidden, Unauthorized
+from .commands import Append, SetState
+from .failures import ServerBusy, failure_of, request_error
 from .limits import FrameLimiter, TooManyConnections
-from .manager import ServerBusy
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
-
-if TYPE_CHECKING:
-    from .app import BambooServer
+from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
 T = TypeVar("T")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
 
-_ATTACH_FAILURES: dict[type[Exception], tuple[CloseCode, str]] = {
-    SessionNotFound: (CloseCode.NOT_FOUND, "session not found"),
-    SessionExpired: (CloseCode.NOT_FOUND, "session expired"),
-    SessionClosed: (CloseCode.SESSION_CLOSED, "session closed"),
-    ServerBusy: (CloseCode.TRY_AGAIN_LATER, "server at its session limit"),
-    StorageError: (CloseCode.INTERNAL_ERROR, "storage unavailable"),
-    TooManyConnections: (CloseCode.TOO_SLOW, "too many connections for this user"),
-}
-# Refusals whose message (fixed strings of server/auth.py) becomes the close reason.
-_AUTH_FAILURES: dict[type[Exception], CloseCode] = {
-    Unauthorized: CloseCode.UNAUTHORIZED,
-    Forbidden: CloseCode.FORBIDDEN,
-}
+# What attaching may fail with; each closes the connection as server/failures.py says.
+_ATTACH_FAILURES = (StorageError, ServerBusy, TooManyConnections, Unauthorized, Forbidden)
 
 
 class Connection:
@@ -88,16 +71,16 @@ class Connection:
         "frames_out",
         "limiter",
         "outbox",
-        "server",
+        "services",
         "session_id",
         "started",
         "ws",
     )
 
     def __init__(
-        self, server: BambooServer, ws: ServerConnection, codec: Codec, session_id: str | None
+        self, services: Services, ws: ServerConnection, codec: Codec, session_id: str | None
     ) -> None:
-        self.server = server
+        self.services = services
         self.ws = ws
         self.codec = codec
         self.session_id = session_id
@@ -109,11 +92,11 @@ class Connection:
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()
-        config = server.config
+        config = services.config
         self.limiter = FrameLimiter(
             config.rate_limit, config.rate_limit_burst, config.rate_limit_refusals
         )
-        self.counted_user: str | None = None  # counted in server.user_connections
+        self.counted_user: str | None = None  # counted in services.user_connections
 
     async def run(self) -> None:
         # Every log line of this connection's tasks carries its ids (task-local context).
@@ -136,7 +119,7 @@ class Connection:
     # -- handshake -------------------------------------------------------------
 
     async def _read_hello(self) -> Hello | None:
-        timeout = self.server.config.hello_timeout
+        timeout = self.services.config.hello_timeout
         try:
             data = await asyncio.wait_for(self.ws.recv(decode=False), timeout)
         except TimeoutError:
@@ -158,15 +141,17 @@ class Connection:
         await self.ws.close(CloseCode.POLICY_VIOLATION, "first frame was not a valid hello")
 
     async def _attach(self, hello: Hello) -> bool:
-        manager = self.server.manager
-        server = self.server
+        services = self.services
+        manager = services.manager
         try:
-            principal = server.authenticate_hello(self.ws.request, hello)
-            user = server.connection_user(principal, hello)
+            request = self.ws.request
+            authorization = request.headers.get("Authorization") if request else None
+            principal = services.access.authenticate_hello(hello, authorization)
+            user = services.access.connection_user(principal, hello)
             if user is not None:
-                server.user_connections.acquire(user)
+                services.user_connections.acquire(user)
                 self.counted_user = user
-            session_id = await server.resolve_session(self.session_id, hello, principal)
+            session_id = await manager.resolve_session(self.session_id, hello, principal)
             self.session_id = session_id
             structlog.contextvars.bind_contextvars(session_id=session_id)
             outbox = Outbox(
@@ -177,12 +162,9 @@ class Connection:
             )
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
-        except tuple(_AUTH_FAILURES) as exc:
-            await self.ws.close(_AUTH_FAILURES[type(exc)], str(exc))
-            return False
-        except tuple(_ATTACH_FAILURES) as exc:
-            code, reason = next(v for t, v in _ATTACH_FAILURES.items() if isinstance(exc, t))
-            await self.ws.close(code, reason)
+        except _ATTACH_FAILURES as exc:
+            failure = failure_of(exc)
+            await self.ws.close(failure.close, failure.reason)
             return False
         return True
 
@@ -193,11 +175,11 @@ class Connection:
         whichever side closes the socket ends the other."""
         writer = asyncio.create_task(self._write(), name=f"writer:{self.connection_id}")
         writer.add_done_callback(self._writer_done)
-        self.server.metrics.connections.inc()
+        self.services.metrics.connections.inc()
         try:
             await self._read()
         finally:
-            self.server.metrics.connections.dec()
+            self.services.metrics.connections.dec()
             writer.cancel()
 
     def _writer_done(self, writer: asyncio.Task[None]) -> None:
@@ -237,7 +219,7 @@ class Connection:
             request_id = getattr(self.codec.decode_client(data), "id", None)
         except ProtocolError as exc:
             request_id = exc.request_id
-        rate = self.server.config.rate_limit
+        rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
 
     async def _dispatch(self, frame: ClientFrame, actor: SessionActor, outbox: Outbox) -> None:
@@ -252,7 +234,7 @@ class Connection:
             case HistoryRequest():
                 await self._history(frame, outbox)
             case EventsRequest():
-                await self._events(frame, actor, outbox)
+                await self._events(frame, outbox)
             case StateRequest(state=state, id=request_id):
                 command = SetState(SessionState(state), outbox, request_id)
                 await self._submit(actor, outbox, command)
@@ -276,40 +258,35 @@ class Connection:
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
-        messages = await self._storage_read(
-            self.server.manager.get_session_history(self.session_id), request.id
+        storage = self.services.manager.storage
+        limit = min(request.limit, self.services.config.max_history_page)
+        page = await self._storage_read(
+            storage.get_history_page(self.session_id, limit, request.before), request.id
         )
-        limit = min(request.limit, self.server.config.max_history_page)
-        end = len(messages) if request.before is None else min(request.before, len(messages))
-        start = max(0, end - limit)
-        outbox.push(Outbound(History(messages[start:end], start > 0, id=request.id)))
+        outbox.push(Outbound(History(page.messages, page.has_more, id=request.id)))
 
-    async def _events(self, request: EventsRequest, actor: SessionActor, outbox: Outbox) -> None:
+    async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
-        limit = min(request.limit, self.server.config.max_events_page)
-        through = actor.published_seq  # only what is acknowledged, never an in-flight append
+        storage = self.services.manager.storage
+        limit = min(request.limit, self.services.config.max_events_page)
         stored = await self._storage_read(
-            self.server.manager.read_events(self.session_id, request.after_seq, limit), request.id
+            storage.read_events(self.session_id, request.after_seq, limit), request.id
         )
-        records = [EventRecord(e.seq, e.ts, e.event) for e in stored if e.seq <= through]
-        outbox.push(Outbound(Events(records, through, id=request.id)))
+        last_seq = await self._storage_read(storage.last_seq(self.session_id), request.id)
+        records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
+        last_seq = max(last_seq, stored[-1].seq if stored else 0)
+        outbox.push(Outbound(Events(records, last_seq, id=request.id)))
 
     async def _storage_read(self, read: Awaitable[T], request_id: RequestId) -> T:
         try:
             return await read
-        except (SessionNotFound, SessionExpired) as exc:
-            raise ProtocolError(
-                ErrorCode.NOT_FOUND, f"session not found: {exc}", request_id
-            ) from None
         except StorageError as exc:
-            raise ProtocolError(
-                ErrorCode.INTERNAL, f"storage read failed: {exc}", request_id
-            ) from None
+            raise request_error(exc, request_id) from None
 
     def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None
         self.outbox.push(Outbound(Error(code.value, message, id=request_id)))
-        self.server.metrics.errors.labels(code=code.value).inc()
+        self.services.metrics.errors.labels(code=code.value).inc()
 
     async def _write(self) -> None:
         assert self.outbox is not None and self.actor is not None
@@ -337,8 +314,8 @@ class Connection:
         if not self._close_counted:
             self._close_counted = True
             if request.code == CloseCode.TOO_SLOW:
-                self.server.metrics.send_queue_drops.inc()
-            self.server.metrics.closes.labels(code=str(int(request.code))).inc()
+                self.services.metrics.send_queue_drops.inc()
+            self.services.metrics.closes.labels(code=str(int(request.code))).inc()
         await self.ws.close(request.code, request.reason)
 
     async def _send_now(self, frame: Error) -> None:
@@ -350,10 +327,10 @@ class Connection:
 
     def _detach(self) -> None:
         if self.counted_user is not None:
-            self.server.user_connections.release(self.counted_user)
+            self.services.user_connections.release(self.counted_user)
             self.counted_user = None
         if self.outbox is not None and self.session_id is not None:
-            self.server.manager.detach(self.session_id, self.connection_id)
+            self.services.manager.detach(self.session_id, self.connection_id)
 
     def _log_summary(self) -> None:
         log.info(

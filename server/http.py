@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import http
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from bamboo_session.persistence.base import SessionExpired, SessionFilter, StorageError
+from bamboo_session.persistence.base import SessionFilter, StorageError
 from bamboo_session.protocol.frames import EventRecord
 from bamboo_session.protocol.ids import is_valid_session_id
 
+from .auth import Forbidden, Unauthorized
+from .failures import failure_of
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from .app import BambooServer
+from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
@@ -78,7 +78,16 @@ def error_response(status: http.HTTPStatus, code: str, message: str) -> Response
     return json_response(status, {"error": {"code": code, "message": message}})
 
 
-async def handle_get(server: BambooServer, request: Request) -> Response:
+def failure_response(exc: BaseException) -> Response:
+    """The JSON error answer to ``exc``, as server/failures.py maps it."""
+    failure = failure_of(exc)
+    response = error_response(failure.status, failure.error.value, failure.message(exc))
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="bamboo"'
+    return response
+
+
+async def handle_get(services: Services, request: Request) -> Response:
     """The answer to a plain HTTP request (not an upgrade): GET only."""
     if request.method != "GET":
         response = error_response(
@@ -92,69 +101,57 @@ async def handle_get(server: BambooServer, request: Request) -> Response:
         if path == "/healthz":
             return text_response(http.HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/readyz":
-            ready = server.ready
+            ready = services.is_ready()
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return text_response(status, b"ready\n" if ready else b"not ready\n", "text/plain")
         if path == "/metrics":
-            body = server.metrics.render()
+            body = services.metrics.render()
             return text_response(http.HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
         if path == SESSIONS_PATH:
-            return await _list_sessions(server, request, params)
+            return await _list_sessions(services, request, params)
         if path.startswith(SESSIONS_PATH + "/"):
-            return await _session_resource(server, request, path[len(SESSIONS_PATH) + 1 :], params)
-    except StorageError as exc:
-        return error_response(http.HTTPStatus.SERVICE_UNAVAILABLE, "internal", str(exc))
+            rest = path[len(SESSIONS_PATH) + 1 :]
+            return await _session_resource(services, request, rest, params)
+    except (StorageError, Unauthorized, Forbidden) as exc:
+        return failure_response(exc)
     return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
 
 
-async def _list_sessions(
-    server: BambooServer, request: Request, params: dict[str, str]
-) -> Response:
-    unauthenticated = server.authorize_session(request, None)  # 401 before anything else
-    if unauthenticated is not None:
-        return unauthenticated
+async def _list_sessions(services: Services, request: Request, params: dict[str, str]) -> Response:
+    # 401 before anything else.
+    principal = services.access.authenticate_request(request.headers.get("Authorization"))
     try:
         filter = msgspec.convert(params, SessionFilter, strict=False)
     except msgspec.ValidationError as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
-    if not 0 < filter.limit <= server.config.max_list_page or filter.offset < 0:
-        message = f"limit must be 1..{server.config.max_list_page}, offset >= 0"
+    max_page = services.config.max_list_page
+    if not 0 < filter.limit <= max_page or filter.offset < 0:
+        message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
-    refusal, filter = server.authorize_listing(request, filter)
-    if refusal is not None:
-        return refusal
-    return json_response(http.HTTPStatus.OK, await server.manager.list_sessions(filter))
+    filter = services.access.listing_filter(principal, filter)
+    return json_response(http.HTTPStatus.OK, await services.manager.list_sessions(filter))
 
 
 async def _session_resource(
-    server: BambooServer, request: Request, rest: str, params: dict[str, str]
+    services: Services, request: Request, rest: str, params: dict[str, str]
 ) -> Response:
-    unauthenticated = server.authorize_session(request, None)  # 401 before anything else
-    if unauthenticated is not None:
-        return unauthenticated
+    # Authentication comes first (401 even for a missing session), then 404, then 403.
+    principal = services.access.authenticate_request(request.headers.get("Authorization"))
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
-    manager = server.manager
+    manager = services.manager
     metadata = await manager.get_metadata(session_id)
-    if metadata is not None and metadata.is_expired():
-        metadata = None
-    # Authentication comes first (401 even for a missing session), then 404, then 403.
-    refusal = server.authorize_session(request, metadata)
-    if refusal is not None:
-        return refusal
-    if metadata is None:
+    if metadata is None or metadata.is_expired():
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
+    services.access.check_session(principal, metadata)
     if tail == "events":
-        return await _events(server, session_id, params)
-    try:
-        messages = await manager.get_session_history(session_id)
-    except SessionExpired:
-        return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
+        return await _events(services, session_id, params)
+    messages = await manager.get_session_history(session_id)
     return json_response(http.HTTPStatus.OK, {"metadata": metadata, "messages": messages})
 
 
-async def _events(server: BambooServer, session_id: str, params: dict[str, str]) -> Response:
+async def _events(services: Services, session_id: str, params: dict[str, str]) -> Response:
     try:
         after_seq = int(params.get("after_seq", "0"))
         limit = int(params.get("limit", "1000"))
@@ -164,14 +161,10 @@ async def _events(server: BambooServer, session_id: str, params: dict[str, str])
         return error_response(
             http.HTTPStatus.BAD_REQUEST, "bad_request", "after_seq >= 0, limit >= 1"
         )
-    actor = server.manager.live_actor(session_id)
-    stored = await server.manager.read_events(
-        session_id, after_seq, min(limit, server.config.max_events_page)
+    storage = services.manager.storage
+    stored = await storage.read_events(
+        session_id, after_seq, min(limit, services.config.max_events_page)
     )
-    # A live session's in-flight appends are not acknowledged yet: never show them.
-    through = actor.published_seq if actor is not None else None
-    records = [
-        EventRecord(e.seq, e.ts, e.event) for e in stored if through is None or e.seq <= through
-    ]
-    last_seq = through if through is not None else await server.manager.storage.last_seq(session_id)
+    records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
+    last_seq = max(await storage.last_seq(session_id), stored[-1].seq if stored else 0)
     return json_response(http.HTTPStatus.OK, {"events": records, "last_seq": last_seq})

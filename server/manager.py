@@ -4,7 +4,8 @@ The seed's ``SessionManager`` as a Python API, usable in-process without any soc
 the WebSocket layer is built on this same API. Each live session is a
 :class:`SessionActor`; the manager spawns actors from storage on demand, keeps them in
 least-recently-used order, evicts parked ones when more than ``max_sessions`` are live,
-and refuses new ones (:class:`ServerBusy`, close 1013) when none can be evicted.
+and refuses new ones (:class:`ServerBusy`, close 1013) when none can be evicted. It also
+resolves which session a ``hello`` attaches to, creating it where asked.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 from typing import Self
 
 import structlog
 
 from bamboo_session.persistence.base import (
+    Appended,
     SessionExists,
     SessionExpired,
     SessionFilter,
@@ -27,7 +28,7 @@ from bamboo_session.persistence.base import (
     StorageError,
 )
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Welcome
+from bamboo_session.protocol.frames import Hello, Welcome
 from bamboo_session.protocol.ids import check_session_id, new_connection_id, new_session_id
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
@@ -39,51 +40,21 @@ from bamboo_session.protocol.models import (
     StoredEvent,
 )
 
-from .actor import ActorRetired, Append, AppendResult, Attach, Detach, SessionActor, SetState, Stop
+from .actor import SessionActor
+from .auth import Principal, check_access, check_new_session, check_session_id_for
+from .commands import ActorRetired, Append, Attach, Detach, SetState, Stop
+from .failures import ServerBusy
+from .manager_config import SessionManagerConfig
 from .metrics import Metrics
-from .outbox import Outbox, Receiver
+from .outbox import Outbox
+from .receiver import Receiver
 
 log = structlog.get_logger("bamboo_session.manager")
 
 __all__ = ["AppendResult", "Receiver", "ServerBusy", "SessionManager", "SessionManagerConfig"]
 
 
-class ServerBusy(Exception):
-    """More than ``max_sessions`` sessions are live and none can be evicted."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SessionManagerConfig:
-    """How the manager keeps sessions. Times are in seconds.
-
-    ``idle_timeout``: a connected session with no traffic this long becomes ``idle``.
-    ``disconnect_retention``: how long a session with no connection stays in memory.
-    ``auto_save``: how often live sessions are checkpointed.
-    ``max_sessions``: live actors at most (parked ones are evicted first).
-    """
-
-    idle_timeout: float = 300
-    disconnect_retention: float = 3600
-    auto_save: float = 60
-    max_sessions: int = 1000
-    send_queue_frames: int = 1024
-    ring_size: int = 1024
-    inbox_limit: int = 4096
-
-    def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
-        return dataclasses.replace(self, idle_timeout=seconds)
-
-    def with_disconnect_retention(self, seconds: float) -> SessionManagerConfig:
-        return dataclasses.replace(self, disconnect_retention=seconds)
-
-    def with_auto_save(self, seconds: float) -> SessionManagerConfig:
-        return dataclasses.replace(self, auto_save=seconds)
-
-    def with_max_sessions(self, count: int) -> SessionManagerConfig:
-        return dataclasses.replace(self, max_sessions=count)
-
-    def with_send_queue_frames(self, count: int) -> SessionManagerConfig:
-        return dataclasses.replace(self, send_queue_frames=count)
+AppendResult = Appended  # the in-process API's name for what an append became
 
 
 class SessionManager:
@@ -114,7 +85,8 @@ class SessionManager:
         return manager
 
     def start(self) -> None:
-        self.track(asyncio.create_task(self._auto_save(), name="session-auto-save"))
+        """Kept for the seed's lifecycle (``new`` starts the manager): nothing runs in
+        the background; actors run on demand."""
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -198,6 +170,30 @@ class SessionManager:
         actor.post(SetState(SessionState.CLOSED, future=done))
         await done
 
+    async def resolve_session(
+        self, session_id: str | None, hello: Hello, principal: Principal | None = None
+    ) -> str:
+        """The session a ``hello`` attaches to, created first where it asks for that.
+
+        Under auth, raises Forbidden before anything is created or sent when
+        ``principal`` may not have it; a session created here belongs to its ``sub``."""
+        owner = hello.user_id if principal is None else principal.sub
+        if session_id is None:
+            if principal is not None:
+                check_new_session(principal)
+            session = await self.create_session(owner, hello.title)
+            return session.id
+        if principal is not None:
+            check_session_id_for(principal, session_id)
+        metadata: SessionMetadata | None = None
+        if hello.create:
+            metadata = await self.ensure_session(session_id, owner, hello.title)
+        if principal is not None:
+            metadata = metadata or await self.get_metadata(session_id)
+            if metadata is not None:  # a missing one is 4404 when attaching
+                check_access(principal, metadata)
+        return session_id
+
     async def delete_session(self, session_id: str) -> None:
         """Removes the session; its connections are closed with 4404."""
         check_session_id(session_id)
@@ -241,7 +237,7 @@ class SessionManager:
         """Attaches an in-process subscriber; its receiver yields the session's events."""
         outbox = Outbox(connection_id or new_connection_id(), role, self.config.send_queue_frames)
         actor, _ = await self.attach(session_id, outbox, last_seq, epoch)
-        return Receiver(outbox, actor)
+        return Receiver(outbox, actor.replay)
 
     async def reconnect_session(
         self,
@@ -262,15 +258,15 @@ class SessionManager:
 
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> AppendResult:
+    ) -> Appended:
         actor = await self._actor(session_id)
-        acked: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        acked: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         actor.post(Append(event, key, future=acked))
         return await acked
 
     async def add_message(
         self, session_id: str, message: Message, key: str | None = None
-    ) -> AppendResult:
+    ) -> Appended:
         return await self.append_event(session_id, MessageEvent(message.completed()), key)
 
     async def list_sessions(self, filter: SessionFilter | None = None) -> SessionListResult:
@@ -325,7 +321,9 @@ class SessionManager:
     async def _spawn(self, session_id: str) -> SessionActor:
         try:
             self._make_room()
-            actor = await SessionActor.load(self, session_id)
+            actor = await SessionActor.load(
+                session_id, self.storage, self.config, self.metrics, self._actor_retired
+            )
             self._make_room()
             self._actors[session_id] = actor
             actor.start()
@@ -352,7 +350,7 @@ class SessionManager:
     def _make_room(self) -> None:
         """Evicts least recently used parked actors until one more fits."""
         while len(self._actors) >= self.config.max_sessions:
-            victim = next((a for a in self._actors.values() if not a.outboxes), None)
+            victim = next((a for a in self._actors.values() if not a.room.outboxes), None)
             if victim is None:
                 raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
             log.info("evicting parked session", session_id=victim.session_id)
@@ -383,20 +381,11 @@ class SessionManager:
             del self._retiring[session_id]
 
     def _parked_count(self) -> int:
-        return sum(1 for actor in self._actors.values() if not actor.outboxes)
+        return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
 
     def _overlay_live(self, metadata: SessionMetadata) -> None:
         actor = self._actors.get(metadata.id)
-        metadata.connections = len(actor.outboxes) if actor is not None else 0
-
-    async def _auto_save(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.auto_save)
-            for session_id in list(self._actors):
-                try:
-                    await self.storage.checkpoint(session_id)
-                except (StorageError, SessionNotFound) as exc:
-                    log.warning("auto-save failed", session_id=session_id, error=str(exc))
+        metadata.connections = len(actor.room.outboxes) if actor is not None else 0
 
     # -- shutdown ----------------------------------------------------------------
 

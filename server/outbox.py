@@ -1,17 +1,16 @@
 """What flows from a session to one attached peer: outbound frames and the bounded outbox.
 
 An :class:`Outbound` is one server frame, encoded at most once per codec no matter how
-many connections send it. An :class:`Outbox` is one connection's bounded queue of them:
-producers never wait on it; when it is full, the connection is closed (4429) and the
-client resumes from the log. :class:`Receiver` is the in-process view of an outbox: an
-async iterator of the session's events, used by the Python API.
+many connections send it; an event's frame embeds the event's JSON as stored (encoded
+once, for the log line and every frame). An :class:`Outbox` is one connection's bounded
+queue of them: producers never wait on it; when it is full, the connection is closed
+(4429) and the client resumes from the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bamboo_session.protocol.codec import Codec
@@ -21,8 +20,6 @@ from bamboo_session.protocol.models import StoredEvent
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
-
-    from .actor import SessionActor
 
 
 class Outbound:
@@ -37,7 +34,7 @@ class Outbound:
 
     @classmethod
     def for_event(cls, stored: StoredEvent) -> Outbound:
-        return cls(EventFrame(stored.seq, stored.ts, stored.event), stored)
+        return cls(EventFrame(stored.seq, stored.ts, stored.event_json), stored)
 
     @property
     def seq(self) -> int:
@@ -85,7 +82,6 @@ class Outbox:
         "_items",
         "_settled",
         "_waiter",
-        "actor",
         "closing",
         "connection_id",
         "in_flight",
@@ -105,7 +101,6 @@ class Outbox:
         self.connection_id = connection_id
         self.role = role
         self.limit = limit
-        self.actor: SessionActor | None = None
         # A slow reader's writer is likely stuck in a send: this closes from outside it.
         self.on_overflow = on_overflow
         self.closing: CloseRequest | None = None
@@ -228,45 +223,3 @@ async def send_frames(ws: ServerConnection, frames: list[bytes], text: bool) -> 
                     ws.transport.write(chunk)
                 elif ws.transport.can_write_eof():
                     ws.transport.write_eof()
-
-
-class Receiver:
-    """The session's events for an in-process subscriber: ``async for`` or ``recv()``.
-
-    Yields :class:`StoredEvent` (replayed ones first, then live ones); iteration ends
-    when the subscription is closed (session closed, evicted, or too slow).
-    """
-
-    def __init__(self, outbox: Outbox, actor: SessionActor) -> None:
-        self.outbox = outbox
-        self._actor = actor
-        self._pending: collections.deque[StoredEvent] = collections.deque()
-        self.close_code: CloseCode | None = None
-
-    @property
-    def connection_id(self) -> str:
-        return self.outbox.connection_id
-
-    def __aiter__(self) -> AsyncIterator[StoredEvent]:
-        return self
-
-    async def __anext__(self) -> StoredEvent:
-        event = await self.recv()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def recv(self) -> StoredEvent | None:
-        """The next event, or None once the subscription has ended."""
-        while not self._pending:
-            if self.close_code is not None:
-                return None
-            item = await self.outbox.get()
-            if isinstance(item, CloseRequest):
-                self.close_code = item.code
-            elif isinstance(item, Replay):
-                async for page in self._actor.replay(item.after, item.through):
-                    self._pending.extend(out.stored for out in page if out.stored is not None)
-            elif item.stored is not None:
-                self._pending.append(item.stored)
-        return self._pending.popleft()

@@ -189,7 +189,7 @@ async def cli(*argv: str) -> tuple[int, str, str]:
 
 
 async def test_online_commands(tmp_path: Path) -> None:
-    async with run_server(tmp_path / "live", durability="memory") as server:
+    async with run_server(tmp_path / "live", durability="os") as server:
         ws_url = f"ws://127.0.0.1:{server.port}"
         http_url = f"http://127.0.0.1:{server.port}"
         token = '{"type": "token", "content": "hi"}'

@@ -51,7 +51,7 @@ def test_stream_url() -> None:
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
 async def test_publish_and_receive_every_kind_of_request(codec: str) -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         url = base_url(server)
         async with (
             await BambooClient.connect(url, "chat-1", create=True, role="agent") as agent,
@@ -79,7 +79,7 @@ async def test_publish_and_receive_every_kind_of_request(codec: str) -> None:
 
 
 async def test_a_key_given_twice_appends_once() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         async with await BambooClient.connect(base_url(server), "k", create=True) as client:
             first = await client.publish(AgentEvent.token("x"), key="same")
             again = await client.publish(AgentEvent.token("x"), key="same")
@@ -88,7 +88,7 @@ async def test_a_key_given_twice_appends_once() -> None:
 
 
 async def test_a_new_session_gets_its_id_from_the_server() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         url = base_url(server)
         async with await BambooClient.connect(url, user_id="u1", title="T") as client:
             assert client.session_id.startswith("s_")
@@ -99,7 +99,7 @@ async def test_a_new_session_gets_its_id_from_the_server() -> None:
 
 
 async def test_resume_from_a_saved_position_and_reset_when_impossible() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         url = base_url(server)
         async with await BambooClient.connect(url, "r", create=True) as agent:
             for i in range(5):
@@ -119,7 +119,7 @@ async def test_resume_from_a_saved_position_and_reset_when_impossible() -> None:
 
 
 async def test_closing_the_session_ends_events_and_fails_requests() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         url = base_url(server)
         agent = await BambooClient.connect(url, "c", create=True)
         viewer = await BambooClient.connect(url, "c")
@@ -138,7 +138,7 @@ async def test_closing_the_session_ends_events_and_fails_requests() -> None:
 
 
 async def test_refusals_are_typed_and_not_retried() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         url = base_url(server)
         with pytest.raises(Refused) as refused:
             await BambooClient.connect(url, "missing")
@@ -152,7 +152,7 @@ async def test_refusals_are_typed_and_not_retried() -> None:
 
 
 async def test_an_error_reply_fails_only_its_request() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         async with await BambooClient.connect(base_url(server), "e", create=True) as client:
             with pytest.raises(RequestError) as error:
                 await client.history(limit=0)
@@ -161,7 +161,7 @@ async def test_an_error_reply_fails_only_its_request() -> None:
 
 
 async def test_close_fails_waiting_requests_and_ends_events() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         client = await BambooClient.connect(base_url(server), "w", create=True)
         reader = asyncio.create_task(take(client, 1))
         await asyncio.sleep(0.05)

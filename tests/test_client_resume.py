@@ -132,7 +132,7 @@ def assert_gap_free(seen: list[StoredEvent], count: int) -> None:
 
 async def test_burst_survives_cuts_of_the_tcp_stream() -> None:
     async with (
-        run_server(durability="memory") as server,
+        run_server(store="memory://") as server,
         TcpProxy(server.port) as proxy,
     ):
         url = proxy.url
@@ -158,7 +158,7 @@ async def test_burst_survives_cuts_of_the_tcp_stream() -> None:
 
 async def test_sequential_publishes_survive_cuts_while_disconnected() -> None:
     async with (
-        run_server(durability="memory") as server,
+        run_server(store="memory://") as server,
         TcpProxy(server.port) as proxy,
     ):
         async with await BambooClient.connect(proxy.url, "q", create=True, **FAST) as agent:

@@ -46,7 +46,7 @@ def test_agent_runtime_streams_a_tool_call_and_reruns_idempotently(tmp_path: Pat
 
 
 async def test_examples_against_a_running_server() -> None:
-    async with run_server(durability="memory") as server:
+    async with run_server(store="memory://") as server:
         url = f"ws://127.0.0.1:{server.port}"
         for name in ("gateway_integration.py", "agent_runtime.py") * 2:  # reruns are fine
             out = await asyncio.to_thread(run_example, name, "--url", url)

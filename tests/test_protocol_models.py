@@ -31,6 +31,7 @@ from bamboo_session.protocol import (
     ToolStart,
     utcnow,
 )
+from bamboo_session.protocol.codec import encode_stored_event
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -260,12 +261,24 @@ def test_times_are_rfc3339_utc_with_z() -> None:
 
 def test_stored_event_line_shape() -> None:
     stored = StoredEvent(3, T0, Token("a"))
-    assert wire(stored) == {
+    assert msgspec.json.decode(encode_stored_event(stored)) == {
         "seq": 3,
         "ts": "2024-05-01T12:00:00.123456Z",
         "event": {"type": "token", "content": "a"},
     }
-    assert wire(StoredEvent(3, T0, Token("a"), key="k"))["key"] == "k"
+    keyed = encode_stored_event(StoredEvent(3, T0, Token("a"), key="k"))
+    assert msgspec.json.decode(keyed)["key"] == "k"
+
+
+def test_stored_event_encodes_and_decodes_its_event_once() -> None:
+    stored = StoredEvent(1, T0, Token("a"))
+    assert stored.event_json is stored.event_json  # encoded once, then kept
+    assert bytes(stored.event_json) == b'{"type":"token","content":"a"}'
+    from_json = StoredEvent(1, T0, event_json=msgspec.Raw(b'{"type":"token","content":"a"}'))
+    assert from_json.event is from_json.event == Token("a")  # decoded once, then kept
+    assert from_json == stored and from_json.size == stored.size == 30
+    with pytest.raises(TypeError):
+        StoredEvent(1, T0)
 
 
 # --- SessionState ----------------------------------------------------------------------

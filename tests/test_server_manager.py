@@ -97,16 +97,17 @@ async def test_concurrent_get_or_create_of_one_id_all_succeed(manager: SessionMa
 
 
 async def test_busy_when_every_live_session_is_connected(manager: SessionManager) -> None:
-    receivers = []
+    receivers, sessions = [], []
     for _ in range(3):
         session = await manager.create_session()
+        sessions.append(session)
         receivers.append(await manager.connect_session(session.id))
     extra = await manager.create_session()
     with pytest.raises(ServerBusy):
         await manager.connect_session(extra.id)
-    await manager.disconnect_session(
-        receivers[0].outbox.actor.session_id, receivers[0].connection_id
-    )  # type: ignore[union-attr]
+    first = manager.live_actor(sessions[0].id)
+    assert first is not None and receivers[0].connection_id in first.room.outboxes
+    await manager.disconnect_session(sessions[0].id, receivers[0].connection_id)
     await asyncio.sleep(0.05)
     assert await manager.connect_session(extra.id) is not None
 
@@ -146,7 +147,6 @@ def test_config_builder_reads_like_the_seed() -> None:
         .with_idle_timeout(300)  # 5 minutes idle timeout
         .with_disconnect_retention(3600)  # 1 hour retention after disconnect
         .with_max_sessions(1000)
-        .with_auto_save(30)
         .with_send_queue_frames(64)
     )
     assert (config.idle_timeout, config.disconnect_retention, config.max_sessions) == (
@@ -154,5 +154,5 @@ def test_config_builder_reads_like_the_seed() -> None:
         3600,
         1000,
     )
-    assert (config.auto_save, config.send_queue_frames) == (30, 64)
+    assert config.send_queue_frames == 64
     assert SessionManagerConfig() == SessionManagerConfig().with_max_sessions(1000)

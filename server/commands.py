@@ -1,0 +1,122 @@
+"""What a session actor is asked to do (its commands), and the inbox they wait in.
+
+Peers' requests (appends, state changes) carry the outbox their reply goes to; the
+in-process API's carry a future instead. The inbox is bounded for peers: a reader
+whose session is busy waits for room, which pushes back on that peer's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+
+from bamboo_session.persistence.base import Appended
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import RequestId, Welcome
+from bamboo_session.protocol.models import AnyAgentEvent, SessionState
+
+from .outbox import Outbox
+
+
+@dataclass(slots=True)
+class Append:
+    event: AnyAgentEvent
+    key: str | None = None
+    origin: Outbox | None = None
+    request_id: RequestId = None
+    future: asyncio.Future[Appended] | None = None
+
+
+@dataclass(slots=True)
+class Attach:
+    outbox: Outbox
+    last_seq: int | None
+    epoch: str | None
+    future: asyncio.Future[Welcome]
+
+
+@dataclass(slots=True)
+class Detach:
+    connection_id: str
+
+
+@dataclass(slots=True)
+class SetState:
+    state: SessionState
+    origin: Outbox | None = None
+    request_id: RequestId = None
+    future: asyncio.Future[int] | None = None
+
+
+@dataclass(slots=True)
+class Stop:
+    """Close every connection with ``code`` (after a ``closed`` frame) and retire."""
+
+    code: CloseCode
+    reason: str
+    future: asyncio.Future[None] | None = field(default=None)
+
+
+@dataclass(slots=True)
+class Tick:
+    """A timer fired: check idleness or the end of parking (``generation`` guards
+    against a timer that outlived the park it was set for)."""
+
+    generation: int
+
+
+Command = Append | Attach | Detach | SetState | Stop | Tick
+Request = Append | SetState  # commands whose requester waits for a reply
+
+
+class ActorRetired(Exception):
+    """The actor stopped taking attaches before it got to this one: attach again, to
+    the session's next actor."""
+
+
+class Inbox:
+    """The actor's command queue. Peers' frames wait for room (back-pressure on their
+    socket); the actor's own timers and the manager never do."""
+
+    __slots__ = ("_has_room", "_items", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # A deque keeps a 760-byte block even when empty: a parked session drops it.
+        self._items: collections.deque[Command] | None = None
+        self._has_room: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def append(self, command: Command) -> None:
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(command)
+
+    def release(self) -> None:
+        """Drops the empty queue's storage (a parked session keeps none)."""
+        if not self._items:
+            self._items = None
+
+    async def wait_for_room(self) -> None:
+        while len(self) >= self.limit:
+            if self._has_room is None or self._has_room.done():
+                self._has_room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._has_room)
+
+    def take_all(self) -> list[Command]:
+        items = list(self._items or ())
+        self._items = None
+        return items
+
+    def take_batch(self, max_items: int) -> list[Command]:
+        items = self._items
+        if items is None:
+            return []
+        batch = [items.popleft() for _ in range(min(max_items, len(items)))]
+        room = self._has_room
+        if room is not None and not room.done() and len(items) < self.limit:
+            room.set_result(None)
+        return batch

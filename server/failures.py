@@ -1,0 +1,112 @@
+"""The one place that maps a failure to what a peer is told: an ``error`` frame's code, a
+WebSocket close code, an HTTP status, and the words they carry.
+
+Every layer raises typed exceptions (storage errors, auth refusals, limits, protocol
+errors) and asks :func:`failure_of` how to report one. An exception that is not in the
+table is a bug: 1011 / ``internal`` / 500, and the peer learns nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http
+
+from bamboo_session.persistence.base import (
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+    StorageError,
+    StorageFull,
+)
+from bamboo_session.protocol.errors import (
+    CloseCode,
+    ErrorCode,
+    InvalidSessionId,
+    InvalidTransition,
+    ProtocolError,
+)
+
+from .auth import Forbidden, Unauthorized
+from .limits import TooManyConnections
+
+
+class ServerBusy(Exception):
+    """More sessions are live than the server keeps, and none can be evicted."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    """``reason`` is a short fixed text, fit for a close frame (at most 123 bytes, never
+    built from an id or a path). ``detailed`` failures add the exception's own text in
+    ``error`` frames and HTTP bodies, where it helps the peer (disk full, say)."""
+
+    close: CloseCode
+    error: ErrorCode
+    status: http.HTTPStatus
+    reason: str
+    detailed: bool = False
+
+    def message(self, exc: BaseException) -> str:
+        return f"{self.reason}: {exc}" if self.detailed and str(exc) else self.reason
+
+
+_S = http.HTTPStatus
+_C = CloseCode
+_E = ErrorCode
+_TABLE: dict[type[BaseException], Failure] = {
+    SessionNotFound: Failure(_C.NOT_FOUND, _E.NOT_FOUND, _S.NOT_FOUND, "session not found"),
+    SessionExpired: Failure(_C.NOT_FOUND, _E.NOT_FOUND, _S.NOT_FOUND, "session expired"),
+    SessionClosed: Failure(_C.SESSION_CLOSED, _E.CLOSED, _S.CONFLICT, "session closed"),
+    SessionExists: Failure(_C.POLICY_VIOLATION, _E.CONFLICT, _S.CONFLICT, "session exists"),
+    InvalidSessionId: Failure(
+        _C.POLICY_VIOLATION, _E.BAD_REQUEST, _S.BAD_REQUEST, "invalid session id"
+    ),
+    InvalidTransition: Failure(
+        _C.POLICY_VIOLATION, _E.CONFLICT, _S.CONFLICT, "state change not allowed", True
+    ),
+    StorageFull: Failure(
+        _C.TRY_AGAIN_LATER, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "the store is full"
+    ),
+    ServerBusy: Failure(
+        _C.TRY_AGAIN_LATER, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "server at its session limit"
+    ),
+    StorageError: Failure(
+        _C.INTERNAL_ERROR,
+        _E.INTERNAL,
+        _S.SERVICE_UNAVAILABLE,
+        "storage failed, nothing was changed; retry later",
+        True,
+    ),
+    TooManyConnections: Failure(
+        _C.TOO_SLOW, _E.RATE_LIMITED, _S.TOO_MANY_REQUESTS, "too many connections for this user"
+    ),
+}
+_UNEXPECTED = Failure(_C.INTERNAL_ERROR, _E.INTERNAL, _S.INTERNAL_SERVER_ERROR, "internal error")
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """How to report ``exc``: the entry of its nearest class in the table."""
+    if isinstance(exc, ProtocolError):
+        return Failure(_C.POLICY_VIOLATION, exc.code, _S.BAD_REQUEST, exc.message)
+    if isinstance(exc, Unauthorized | Forbidden):
+        # Their texts are fixed strings of server/auth.py, safe for a close frame.
+        if isinstance(exc, Unauthorized):
+            return Failure(_C.UNAUTHORIZED, _E.UNAUTHORIZED, _S.UNAUTHORIZED, str(exc))
+        return Failure(_C.FORBIDDEN, _E.FORBIDDEN, _S.FORBIDDEN, str(exc))
+    for cls in type(exc).__mro__:
+        failure = _TABLE.get(cls)
+        if failure is not None:
+            return failure
+    return _UNEXPECTED
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is one the table knows (anything else is logged as a bug)."""
+    return failure_of(exc) is not _UNEXPECTED
+
+
+def request_error(exc: BaseException, request_id: str | int | None) -> ProtocolError:
+    """``exc``, raised while answering a request, as the ``error`` frame to send."""
+    failure = failure_of(exc)
+    return ProtocolError(failure.error, failure.message(exc), request_id)

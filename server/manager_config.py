@@ -1,0 +1,37 @@
+"""SessionManagerConfig: how the manager keeps sessions live (the seed's builder API)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionManagerConfig:
+    """How the manager keeps sessions. Times are in seconds.
+
+    ``idle_timeout``: a connected session with no traffic this long becomes ``idle``.
+    ``disconnect_retention``: how long a session with no connection stays in memory.
+    ``max_sessions``: live actors at most (parked ones are evicted first).
+    ``send_queue_frames``: frames queued per connection before it is closed (4429).
+    ``ring_size``: recent events kept per live session, to replay without the store.
+    ``inbox_limit``: requests queued per session before its peers' readers wait.
+    """
+
+    idle_timeout: float = 300
+    disconnect_retention: float = 3600
+    max_sessions: int = 1000
+    send_queue_frames: int = 1024
+    ring_size: int = 1024
+    inbox_limit: int = 4096
+
+    def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
+        return dataclasses.replace(self, idle_timeout=seconds)
+
+    def with_disconnect_retention(self, seconds: float) -> SessionManagerConfig:
+        return dataclasses.replace(self, disconnect_retention=seconds)
+
+    def with_max_sessions(self, count: int) -> SessionManagerConfig:
+        return dataclasses.replace(self, max_sessions=count)
+
+    def with_send_queue_frames(self, count: int) -> SessionManagerConfig:
+        return dataclasses.replace(self, send_queue_frames=count)

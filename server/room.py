@@ -1,0 +1,143 @@
+"""SessionRoom: the connections attached to one session and what they have been sent,
+with no event loop and no I/O (the sans-I/O core of a session actor).
+
+The actor feeds it what happened (an event stored, a connection joining or leaving) and
+the room decides what each outbox gets: welcome and replay for a joiner, the event for
+every connection but its publisher, presence for the others. Because the actor calls
+it between its awaits, a joiner sees every event exactly once: older ones replayed from
+the ring or the store, newer ones live.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import Closed, Presence, Welcome
+from bamboo_session.protocol.models import SessionMetadata, StoredEvent
+
+from .outbox import Outbound, Outbox, Replay
+
+REPLAY_PAGE = 512  # events per page of a replay
+
+
+class SessionRoom:
+    __slots__ = ("epoch", "origins", "outboxes", "published_seq", "ring", "ring_size")
+
+    def __init__(self, epoch: str, published_seq: int, ring_size: int) -> None:
+        self.epoch = epoch
+        self.published_seq = published_seq  # every event up to here has been fanned out
+        self.ring_size = ring_size
+        # Recent events for replay without the store; allocated with the first event.
+        self.ring: collections.deque[Outbound] | None = None
+        self.outboxes: dict[str, Outbox] = {}
+        # seq -> the outbox that published it, until it is fanned out (to all but it).
+        self.origins: dict[int, Outbox] = {}
+
+    # -- events -------------------------------------------------------------------
+
+    def expect(self, seq: int, origin: Outbox) -> None:
+        """``origin`` published ``seq``: when it arrives, it is not sent back there."""
+        if seq > self.published_seq:
+            self.origins[seq] = origin
+
+    def deliver(self, events: list[StoredEvent]) -> None:
+        """Stored events, in seq order, following ``published_seq``: each goes to the
+        ring and to every outbox but its publisher's."""
+        outboxes = self.outboxes.values()
+        origins = self.origins
+        for stored in events:
+            out = Outbound.for_event(stored)
+            self._remember(out)
+            self.published_seq = stored.seq
+            origin = origins.pop(stored.seq, None) if origins else None
+            for outbox in outboxes:
+                if outbox is not origin:
+                    outbox.push(out)
+
+    def restart_at(self, last_seq: int) -> None:
+        """The log moved on while nobody watched (appends while parked, another
+        process): the ring no longer follows it, so it starts again at ``last_seq``."""
+        if last_seq != self.published_seq:
+            self.ring = None
+            self.origins.clear()
+            self.published_seq = last_seq
+
+    # -- connections ----------------------------------------------------------------
+
+    def join(
+        self, outbox: Outbox, last_seq: int | None, epoch: str | None, metadata: SessionMetadata
+    ) -> Welcome:
+        """Attach ``outbox``: its welcome, then the replay it asked for, are queued on it;
+        the others learn of it by presence."""
+        self.outboxes[outbox.connection_id] = outbox
+        through = self.published_seq
+        resumed = (
+            last_seq is not None and (epoch is None or epoch == self.epoch) and last_seq <= through
+        )
+        replay = through - last_seq if resumed and last_seq is not None else 0
+        metadata.connections = len(self.outboxes)
+        metadata.last_seq = through
+        welcome = Welcome(outbox.connection_id, metadata, self.epoch, through, resumed, replay)
+        outbox.push(Outbound(welcome))
+        if replay and last_seq is not None:
+            outbox.push(Replay(last_seq, through))
+        self._presence(outbox, joined=True)
+        return welcome
+
+    def leave(self, connection_id: str) -> Outbox | None:
+        outbox = self.outboxes.pop(connection_id, None)
+        if outbox is not None:
+            outbox.close(CloseCode.NORMAL, "disconnected")
+            self._presence(outbox, joined=False)
+        return outbox
+
+    def close_all(self, code: CloseCode, reason: str) -> None:
+        """A ``closed`` frame, then the close, for every connection."""
+        closed = Outbound(Closed(reason))
+        for outbox in self.outboxes.values():
+            outbox.push(closed)
+            outbox.close(code, reason)
+        self.outboxes.clear()
+        self.origins.clear()
+
+    def _presence(self, subject: Outbox, *, joined: bool) -> None:
+        frame = Presence(
+            role=subject.role,
+            connections=len(self.outboxes),
+            joined=subject.connection_id if joined else None,
+            left=None if joined else subject.connection_id,
+        )
+        out = Outbound(frame)
+        for outbox in self.outboxes.values():
+            if outbox is not subject:
+                outbox.push(out)
+
+    # -- the ring -------------------------------------------------------------------
+
+    def _remember(self, out: Outbound) -> None:
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = collections.deque(maxlen=self.ring_size)
+        ring.append(out)
+
+    def shrink_ring(self, keep: int) -> None:
+        """Keep only the newest ``keep`` events (a parked session stays small)."""
+        ring = self.ring
+        if ring is None:
+            return
+        while len(ring) > keep:
+            ring.popleft()
+        if not ring:
+            self.ring = None
+
+    def ring_page(self, after: int, through: int) -> list[Outbound] | None:
+        """Events in ``(after, through]`` from the ring, a page at most; None when the
+        ring does not reach back to ``after + 1``."""
+        ring = self.ring
+        if not ring or ring[0].seq > after + 1:
+            return None
+        start = after + 1 - ring[0].seq
+        count = min(REPLAY_PAGE, through - after)
+        return list(itertools.islice(ring, start, start + count))

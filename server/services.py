@@ -1,0 +1,23 @@
+"""Services: what a connection and the HTTP handlers use of the running server, handed
+to them instead of the server itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from .auth import AccessPolicy
+from .config import ServerConfig
+from .limits import ConnectionCounter
+from .manager import SessionManager
+from .metrics import Metrics
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Services:
+    config: ServerConfig
+    manager: SessionManager
+    metrics: Metrics
+    access: AccessPolicy
+    user_connections: ConnectionCounter
+    is_ready: Callable[[], bool]
