@@ -72,7 +72,7 @@ async def test_readme_python_block_runs(line: int, code: str, tmp_path: Path) ->
     workdir = tmp_path / "work"
     home.mkdir()
     workdir.mkdir()
-    async with run_server(tmp_path / "server-data", durability="memory") as server:
+    async with run_server(tmp_path / "server-data", durability="os") as server:
         env = dict(os.environ)
         env.update(
             HOME=str(home),
