@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from bamboo_session.persistence.base import (
-    Appended,
     SessionClosed,
     SessionExpired,
     SessionNotFound,
@@ -31,7 +30,6 @@ from bamboo_session.persistence.base import (
     Subscription,
 )
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Ack, Error
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .commands import (
@@ -46,20 +44,18 @@ from .commands import (
     Stop,
     Tick,
 )
-from .failures import request_error
+from .failures import subscription_end
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbound
-from .room import REPLAY_PAGE, SessionRoom
+from .replay import replay_pages
+from .room import SessionRoom
+from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
 
 PARKED_RING_SIZE = 64
 _BATCH_MAX = 512
-_SUBSCRIPTION_ENDS: dict[str, tuple[CloseCode, str]] = {
-    "closed": (CloseCode.NORMAL, "session closed"),
-    "deleted": (CloseCode.NOT_FOUND, "session deleted"),
-}
 
 
 def attach_refusal(metadata: SessionMetadata | None, session_id: str) -> Exception | None:
@@ -78,11 +74,9 @@ class SessionActor:
     are attached or commands wait (a parked crowd costs no tasks)."""
 
     __slots__ = (
-        "_last_traffic",
         "_loop",
         "_on_retired",
         "_timer",
-        "_timer_generation",
         "_wakeup",
         "accepting",
         "config",
@@ -119,9 +113,7 @@ class SessionActor:
         self.task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._last_traffic = self._loop.time()
-        self._timer_generation = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
 
     @classmethod
     async def load(
@@ -176,9 +168,9 @@ class SessionActor:
         """Answer a command that arrived after the actor finished its work."""
         if isinstance(command, Append | SetState):
             if self.state == SessionState.CLOSED:
-                self._fail(command, SessionClosed(self.session_id))
+                self._refuse(command, SessionClosed(self.session_id))
             else:
-                self._fail(command, StorageError("session went offline, reconnect and retry"))
+                self._refuse(command, StorageError("session went offline, reconnect and retry"))
         elif isinstance(command, Attach) and not command.future.done():
             command.future.set_exception(ActorRetired(self.session_id))
         elif isinstance(command, Stop) and command.future is not None:
@@ -241,8 +233,7 @@ class SessionActor:
     def _retire(self) -> None:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
         self.accepting = False
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self._unsubscribe()
         self._on_retired(self)
 
@@ -287,7 +278,7 @@ class SessionActor:
             if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
                 log.error("append failed", error=str(exc), count=len(appends))
             for command in appends:
-                self._fail(command, exc)
+                self._refuse(command, exc)
             return
         fresh = 0
         following = self.subscription is not None
@@ -296,7 +287,7 @@ class SessionActor:
                 fresh += 1
                 if following and command.origin is not None:
                     self.room.expect(result.seq, command.origin)
-            self._reply(command, result)
+            command.answer(result)
         if not following and fresh:
             # Nobody watches: the ring would miss these events, so it starts after them.
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
@@ -305,27 +296,10 @@ class SessionActor:
         if self.state == SessionState.IDLE and self.room.outboxes:
             await self._change_state(SessionState.ACTIVE)
 
-    def _reply(self, command: Append, result: Appended) -> None:
-        if command.future is not None:
-            if not command.future.done():
-                command.future.set_result(result)
-        elif command.origin is not None:
-            command.origin.settle()
-            command.origin.push(
-                Outbound(Ack(result.seq, id=command.request_id, duplicate=result.duplicate))
-            )
-
-    def _fail(self, command: Request, exc: BaseException) -> None:
-        if command.future is not None:
-            if not command.future.done():
-                command.future.set_exception(exc)
-        elif command.origin is not None:
-            error = request_error(exc, command.request_id)
-            command.origin.settle()
-            command.origin.push(
-                Outbound(Error(error.code.value, error.message, id=error.request_id))
-            )
-            self.metrics.errors.labels(code=error.code.value).inc()
+    def _refuse(self, command: Request, exc: BaseException) -> None:
+        code = command.refuse(exc)
+        if code is not None:
+            self.metrics.errors.labels(code=code).inc()
 
     async def _attach(self, command: Attach) -> None:
         if not self.accepting:
@@ -369,13 +343,9 @@ class SessionActor:
             await self._change_state(command.state)
             await self._touch()  # a state a peer asks for is activity
         except (StorageError, ValueError) as exc:
-            self._fail(command, exc)
+            self._refuse(command, exc)
             return
-        if command.future is not None and not command.future.done():
-            command.future.set_result(self.room.published_seq)
-        elif command.origin is not None:
-            command.origin.settle()
-            command.origin.push(Outbound(Ack(self.room.published_seq, id=command.request_id)))
+        command.answer(self.room.published_seq)
         if command.state == SessionState.CLOSED:
             self.room.close_all(CloseCode.NORMAL, "session closed")
             self.accepting = False
@@ -421,9 +391,7 @@ class SessionActor:
             self.room.deliver(events)
             return
         if subscription is self.subscription and subscription.ended is not None:
-            code, reason = _SUBSCRIPTION_ENDS.get(
-                subscription.ended, (CloseCode.SERVICE_RESTART, "server restarting")
-            )
+            code, reason = subscription_end(subscription.ended)
             if subscription.ended == "closed":
                 self.state = SessionState.CLOSED
             self._end(code, reason)
@@ -436,25 +404,19 @@ class SessionActor:
 
     def note_traffic(self) -> None:
         """A peer sent a frame: the session is not idle."""
-        self._last_traffic = self._loop.time()
+        self._timer.note_traffic()
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_generation += 1
         config = self.config
-        delay = config.idle_timeout if self.room.outboxes else config.disconnect_retention
-        generation = self._timer_generation
-        self._timer = self._loop.call_later(max(delay, 0.0), self.post, Tick(generation))
+        self._timer.arm(config.idle_timeout if self.room.outboxes else config.disconnect_retention)
 
     async def _on_timer(self, generation: int) -> None:
-        if generation != self._timer_generation:
+        if not self._timer.is_current(generation):
             return
         if not self.room.outboxes:
             self.accepting = False  # parked for the whole retention: retire
             return
-        quiet = self._loop.time() - self._last_traffic
-        if quiet >= self.config.idle_timeout:
+        if self._timer.quiet_for() >= self.config.idle_timeout:
             if self.state == SessionState.ACTIVE:
                 await self._change_state(SessionState.IDLE)
         else:
@@ -463,20 +425,6 @@ class SessionActor:
             await self._touch()
         self._arm_timer()
 
-    # -- replay ------------------------------------------------------------------
-
-    async def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
-        """Events in ``(after, through]`` in pages, from the ring when it still holds
-        them, else from the store."""
-        position = after
-        while position < through:
-            page = self.room.ring_page(position, through)
-            if page is None:
-                stored = await self.storage.read_events(
-                    self.session_id, after_seq=position, limit=min(REPLAY_PAGE, through - position)
-                )
-                page = [Outbound.for_event(s) for s in stored if s.seq <= through]
-            if not page:
-                return
-            yield page
-            position = page[-1].seq
+    def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
+        """Events in ``(after, through]`` in pages (server/replay.py)."""
+        return replay_pages(self.room, self.storage, self.session_id, after, through)

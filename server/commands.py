@@ -1,8 +1,9 @@
 """What a session actor is asked to do (its commands), and the inbox they wait in.
 
-Peers' requests (appends, state changes) carry the outbox their reply goes to; the
-in-process API's carry a future instead. The inbox is bounded for peers: a reader
-whose session is busy waits for room, which pushes back on that peer's socket.
+Requests (appends, state changes) come from a peer, whose reply goes to its outbox, or
+from the in-process API, whose reply resolves a future; a request answers its
+requester either way. The inbox is bounded for peers: a reader whose session is busy
+waits for room, which pushes back on that peer's socket.
 """
 
 from __future__ import annotations
@@ -10,22 +11,58 @@ from __future__ import annotations
 import asyncio
 import collections
 from dataclasses import dataclass, field
+from typing import Any
 
 from bamboo_session.persistence.base import Appended
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import RequestId, Welcome
+from bamboo_session.protocol.frames import Ack, Error, RequestId, Welcome
 from bamboo_session.protocol.models import AnyAgentEvent, SessionState
 
-from .outbox import Outbox
+from .failures import request_error
+from .outbox import Outbound, Outbox
+
+
+class _Request:
+    """A command whose requester waits for a reply: a peer (``origin``, ``request_id``)
+    or the in-process API (``future``)."""
+
+    __slots__ = ()
+    origin: Outbox | None
+    request_id: RequestId
+    future: asyncio.Future[Any] | None
+
+    def _answer(self, value: object, ack: Ack) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_result(value)
+        elif self.origin is not None:
+            self.origin.settle()
+            self.origin.push(Outbound(ack))
+
+    def refuse(self, exc: BaseException) -> str | None:
+        """Answer with a failure; returns the ``error`` code sent to a peer, if any."""
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_exception(exc)
+            return None
+        if self.origin is None:
+            return None
+        error = request_error(exc, self.request_id)
+        self.origin.settle()
+        self.origin.push(Outbound(Error(error.code.value, error.message, id=error.request_id)))
+        return error.code.value
 
 
 @dataclass(slots=True)
-class Append:
+class Append(_Request):
     event: AnyAgentEvent
     key: str | None = None
     origin: Outbox | None = None
     request_id: RequestId = None
     future: asyncio.Future[Appended] | None = None
+
+    def answer(self, result: Appended) -> None:
+        self._answer(result, Ack(result.seq, id=self.request_id, duplicate=result.duplicate))
 
 
 @dataclass(slots=True)
@@ -42,11 +79,15 @@ class Detach:
 
 
 @dataclass(slots=True)
-class SetState:
+class SetState(_Request):
     state: SessionState
     origin: Outbox | None = None
     request_id: RequestId = None
     future: asyncio.Future[int] | None = None
+
+    def answer(self, last_seq: int) -> None:
+        """Done; a peer's ``ack`` carries the session's last seq."""
+        self._answer(last_seq, Ack(last_seq, id=self.request_id))
 
 
 @dataclass(slots=True)

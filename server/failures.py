@@ -110,3 +110,15 @@ def request_error(exc: BaseException, request_id: str | int | None) -> ProtocolE
     """``exc``, raised while answering a request, as the ``error`` frame to send."""
     failure = failure_of(exc)
     return ProtocolError(failure.error, failure.message(exc), request_id)
+
+
+_SUBSCRIPTION_ENDS: dict[str, tuple[CloseCode, str]] = {
+    "closed": (_C.NORMAL, "session closed"),
+    "deleted": (_C.NOT_FOUND, "session deleted"),
+}
+
+
+def subscription_end(reason: str) -> tuple[CloseCode, str]:
+    """How connections are closed when the store ends their session's subscription:
+    closed or deleted (perhaps by another server process), else the store went away."""
+    return _SUBSCRIPTION_ENDS.get(reason, (_C.SERVICE_RESTART, "server restarting"))

@@ -1,0 +1,41 @@
+"""ActivityTimer: when a live session next needs looking at. While connections are
+attached, after ``idle_timeout`` (is it idle? else the peers' traffic is activity);
+while parked, after ``disconnect_retention`` (retire). One timer handle at a time; a
+tick from a timer that was re-armed since is recognised by its generation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class ActivityTimer:
+    __slots__ = ("_fire", "_generation", "_handle", "_last_traffic", "_loop")
+
+    def __init__(self, fire: Callable[[int], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fire = fire  # called with the generation of the timer that fired
+        self._generation = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._last_traffic = self._loop.time()
+
+    def note_traffic(self) -> None:
+        """A peer sent a frame: the session is not idle."""
+        self._last_traffic = self._loop.time()
+
+    def quiet_for(self) -> float:
+        """Seconds since a peer last sent a frame."""
+        return self._loop.time() - self._last_traffic
+
+    def arm(self, delay: float) -> None:
+        self.cancel()
+        self._generation += 1
+        self._handle = self._loop.call_later(max(delay, 0.0), self._fire, self._generation)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def is_current(self, generation: int) -> bool:
+        return generation == self._generation
