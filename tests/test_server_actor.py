@@ -1,0 +1,186 @@
+"""The session actor on its own, over a real in-memory store, with outboxes for
+connections: appends and their answers, fan-out through the store's subscription
+(appends by anyone, as another process would make them on a shared store), what a
+store-side close or delete does, parking, and idleness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bamboo_session.persistence import Appended, MemoryStorage, SessionClosed
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import Ack, Closed, EventFrame, Welcome
+from bamboo_session.protocol.models import AgentEvent, Session, SessionState
+from bamboo_session.server.actor import SessionActor
+from bamboo_session.server.commands import Append, Attach, Detach, SetState
+from bamboo_session.server.manager_config import SessionManagerConfig
+from bamboo_session.server.metrics import Metrics
+from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox, OutboxItem
+
+WAIT = 5.0
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStorage]:
+    storage = await MemoryStorage.open()
+    await storage.create_session(Session.new("s"))
+    yield storage
+    await storage.close()
+
+
+async def spawn(store: MemoryStorage, **config: float) -> SessionActor:
+    retired: list[SessionActor] = []
+    actor = await SessionActor.load(
+        "s",
+        store,
+        SessionManagerConfig(**config),
+        Metrics(),
+        retired.append,  # type: ignore[arg-type]
+    )
+    actor.start()
+    return actor
+
+
+async def attach(
+    actor: SessionActor, name: str, last_seq: int | None = None, epoch: str | None = None
+) -> tuple[Outbox, Welcome]:
+    outbox = Outbox(name, "client", limit=1000)
+    welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
+    actor.post(Attach(outbox, last_seq, epoch, welcomed))
+    return outbox, await asyncio.wait_for(welcomed, WAIT)
+
+
+async def append(actor: SessionActor, text: str, key: str | None = None) -> Appended:
+    done: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+    actor.post(Append(AgentEvent.token(text), key, future=done))
+    return await asyncio.wait_for(done, WAIT)
+
+
+async def next_items(outbox: Outbox, count: int) -> list[OutboxItem]:
+    return [await asyncio.wait_for(outbox.get(), WAIT) for _ in range(count)]
+
+
+def event_seqs(items: list[OutboxItem]) -> list[int]:
+    return [
+        item.frame.seq
+        for item in items
+        if isinstance(item, Outbound) and isinstance(item.frame, EventFrame)
+    ]
+
+
+async def test_spawning_reads_no_events(store: MemoryStorage) -> None:
+    await store.append_events("s", [(AgentEvent.token("x"), None)] * 3)
+    actor = await spawn(store)
+    assert actor.published_seq == 3 and actor.room.ring is None
+    assert actor.subscription is None and actor.task is None  # parked: nothing runs
+
+
+async def test_appends_are_answered_and_duplicates_come_from_the_store(
+    store: MemoryStorage,
+) -> None:
+    actor = await spawn(store)
+    assert await append(actor, "a", "k1") == Appended(1)
+    assert await append(actor, "b") == Appended(2)
+    assert await append(actor, "a again", "k1") == Appended(1, duplicate=True)
+    assert await store.last_seq("s") == 2
+
+
+async def test_a_peer_gets_others_events_not_its_own(store: MemoryStorage) -> None:
+    actor = await spawn(store)
+    publisher, _ = await attach(actor, "p")
+    viewer, _ = await attach(actor, "v")
+    await next_items(publisher, 2)  # welcome, presence of the viewer
+    await next_items(viewer, 1)  # welcome
+    publisher.in_flight += 1  # what a connection's reader counts before posting
+    actor.post(Append(AgentEvent.token("hi"), None, publisher, request_id=7))
+    (ack,) = await next_items(publisher, 1)
+    assert isinstance(ack, Outbound) and ack.frame == Ack(1, id=7)
+    assert event_seqs(await next_items(viewer, 1)) == [1]
+    await asyncio.sleep(0.01)
+    assert len(publisher) == 0  # never its own event
+
+
+async def test_appends_made_by_another_writer_reach_viewers(store: MemoryStorage) -> None:
+    actor = await spawn(store)
+    viewer, welcome = await attach(actor, "v")
+    assert welcome.last_seq == 0
+    await next_items(viewer, 0)
+    await store.append_events("s", [(AgentEvent.token(f"{i}"), None) for i in range(3)])
+    await store.append_event("s", AgentEvent.token("late"))
+    items = await next_items(viewer, 5)  # welcome, then 4 events
+    assert event_seqs(items) == [1, 2, 3, 4]
+    assert actor.published_seq == 4
+
+
+async def test_a_resume_replays_from_the_store_after_parking(store: MemoryStorage) -> None:
+    actor = await spawn(store, disconnect_retention=60)
+    await attach(actor, "v")
+    actor.post(Detach("v"))
+    await asyncio.sleep(0.01)
+    assert actor.subscription is None and actor.state == SessionState.DISCONNECTED
+    for text in "abc":  # appended while nobody watches: the ring cannot follow
+        await append(actor, text)
+    again, welcome = await attach(actor, "v2", last_seq=0, epoch=welcome_epoch(actor))
+    assert (welcome.last_seq, welcome.resumed, welcome.replay) == (3, True, 3)
+    pages = [page async for page in actor.replay(0, 3)]
+    assert [out.seq for page in pages for out in page] == [1, 2, 3]
+    await store.append_event("s", AgentEvent.token("d"))
+    assert event_seqs(await next_items(again, 3))[-1] == 4  # welcome, replay marker, event
+
+
+def welcome_epoch(actor: SessionActor) -> str:
+    return actor.room.epoch
+
+
+async def test_a_close_by_another_writer_closes_every_connection(store: MemoryStorage) -> None:
+    actor = await spawn(store)
+    viewer, _ = await attach(actor, "v")
+    await store.append_event("s", AgentEvent.token("last words"))
+    await store.update_session_state("s", SessionState.CLOSED)
+    items = await next_items(viewer, 4)  # welcome, the event, closed, the close
+    assert event_seqs(items) == [1]
+    assert isinstance(items[2], Outbound) and items[2].frame == Closed("session closed")
+    assert isinstance(items[3], CloseRequest) and items[3].code == CloseCode.NORMAL
+    await asyncio.sleep(0.01)
+    assert not actor.accepting and actor.state == SessionState.CLOSED
+    with pytest.raises(SessionClosed):
+        await append(actor, "too late")
+
+
+async def test_a_delete_by_another_writer_closes_with_4404(store: MemoryStorage) -> None:
+    actor = await spawn(store)
+    viewer, _ = await attach(actor, "v")
+    await store.delete_session("s")
+    items = await next_items(viewer, 3)
+    assert isinstance(items[-1], CloseRequest) and items[-1].code == CloseCode.NOT_FOUND
+
+
+async def test_a_state_request_is_answered_and_closed_ends_the_session(
+    store: MemoryStorage,
+) -> None:
+    actor = await spawn(store)
+    viewer, _ = await attach(actor, "v")
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    actor.post(SetState(SessionState.CLOSED, future=done))
+    assert await asyncio.wait_for(done, WAIT) == 0
+    items = await next_items(viewer, 3)
+    assert isinstance(items[-1], CloseRequest) and items[-1].code == CloseCode.NORMAL
+    meta = await store.get_metadata("s")
+    assert meta is not None and meta.state == SessionState.CLOSED
+
+
+async def test_a_quiet_session_becomes_idle(store: MemoryStorage) -> None:
+    actor = await spawn(store, idle_timeout=0.05)
+    await attach(actor, "v")
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if actor.state == SessionState.IDLE:
+            break
+    assert actor.state == SessionState.IDLE
+    meta = await store.get_metadata("s")
+    assert meta is not None and meta.state == SessionState.IDLE
+    await append(actor, "wake up")
+    assert actor.state == SessionState.ACTIVE

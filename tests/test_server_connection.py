@@ -1,0 +1,126 @@
+"""One connection end to end: the handshake (paths, subprotocols, hello and its
+deadline), and how frames are read: bad ones get bad_request and the connection
+stays, oversized ones close 1009, MessagePack carries the same objects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.support import attach, open_peer, run_server, stream_url, token
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/api/v1/stream/bad%20id", 400), ("/api/v1/stream/..", 400), ("/elsewhere", 404)],
+)
+async def test_bad_paths_are_refused_before_the_upgrade(path: str, status: int) -> None:
+    async with run_server() as server:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://127.0.0.1:{server.port}{path}", open_timeout=5):
+                pass
+        assert refused.value.response.status_code == status
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b'{"type": "ping", "id": 1}', b"not json", b'{"type": "hello", "last_seq": "x"}', b"[]"],
+)
+async def test_first_frame_must_be_a_valid_hello(first: bytes) -> None:
+    async with run_server() as server, open_peer(server) as peer:
+        await peer.ws.send(first.decode())
+        code, frames = await peer.closed()
+        assert code == 1008
+        assert [f["type"] for f in frames] == ["error"]
+        assert frames[0]["code"] == "bad_request"
+
+
+async def test_no_hello_in_time_closes_4408() -> None:
+    async with run_server(hello_timeout=0.2) as server, open_peer(server) as peer:
+        code, _ = await peer.closed()
+        assert code == 4408
+
+
+async def test_second_hello_is_a_bad_request_and_the_connection_stays() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        error = await peer.request({"type": "hello", "id": "h2"}, "error")
+        assert error["code"] == "bad_request" and error["id"] == "h2"
+        assert (await peer.request({"type": "ping", "id": "p"}, "pong")) == {
+            "type": "pong",
+            "id": "p",
+        }
+
+
+@pytest.mark.parametrize(
+    ("frame", "request_id"),
+    [
+        ({"type": "launch", "id": 5}, 5),
+        ({"type": "event", "id": 6}, 6),
+        ({"type": "event", "id": 7, "event": {"type": "token", "content": 3}}, 7),
+        ({"type": "event", "id": 8, "event": {"type": "warp"}}, 8),
+        ({"type": "event", "id": 9, "event": token("x"), "key": "k" * 129}, 9),
+        ({"type": "history", "id": 10, "limit": 0}, 10),
+        ({"type": "state", "id": 11, "state": "expired"}, 11),
+        ({"type": "events", "id": [1]}, None),
+    ],
+)
+async def test_bad_frames_get_bad_request_and_the_connection_stays(
+    frame: dict[str, object], request_id: object
+) -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        error = await peer.request(frame, "error")
+        assert error["code"] == "bad_request" and error["message"]
+        assert error.get("id") == request_id
+        assert (await peer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+
+
+async def test_unknown_fields_are_ignored() -> None:
+    async with run_server() as server, attach(server, extra_field=1) as (peer, _):
+        ack = await peer.request(
+            {"type": "event", "id": 1, "event": {**token("a"), "x": 1}, "y": [2]}, "ack"
+        )
+        assert ack["seq"] == 1
+
+
+async def test_frame_over_the_limit_closes_1009() -> None:
+    async with run_server(max_frame_bytes=4096) as server, attach(server) as (peer, _):
+        await peer.send({"type": "event", "id": 1, "event": token("x" * 5000)})
+        code, _ = await peer.closed()
+        assert code == 1009
+
+
+async def test_msgpack_carries_the_same_objects() -> None:
+    async with run_server() as server, attach(server, msgpack=True) as (agent, welcome):
+        assert welcome["session"]["state"] == "active"
+        session_id = welcome["session"]["id"]
+        async with (
+            attach(server, session_id) as (json_viewer, _),
+            attach(server, session_id, msgpack=True) as (mp_viewer, _),
+        ):
+            event = {"type": "custom", "name": "n", "data": {"a": [1, 2.5, None, "x"]}}
+            ack = await agent.request({"type": "event", "id": 1, "event": event}, "ack")
+            from_json = await json_viewer.recv_type("event")
+            from_msgpack = await mp_viewer.recv_type("event")
+            assert ack["seq"] == from_json["seq"] == from_msgpack["seq"]
+            assert from_json == from_msgpack and from_json["event"] == event
+
+
+async def test_huge_integers_are_refused_in_json() -> None:
+    async with run_server() as server, attach(server) as (peer, _):
+        await peer.ws.send(
+            '{"type":"event","id":1,"event":{"type":"custom","name":"n","data":1' + "0" * 30 + "}}"
+        )
+        error = await peer.recv_type("error")
+        assert error["code"] == "bad_request" and error["id"] == 1
+
+
+async def test_offering_no_subprotocol_gets_json() -> None:
+    async with run_server() as server, connect(stream_url(server), open_timeout=5) as ws:
+        assert ws.subprotocol is None
+        await ws.send(json.dumps({"type": "hello"}))
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome"
