@@ -423,6 +423,11 @@ class SessionActor:
             # Peers sent frames since the last tick (pings included): that is activity,
             # so the session's TTL starts again, as it does on every append.
             await self._touch()
+        metadata = await self.storage.get_metadata(self.session_id)
+        if metadata is None or metadata.is_expired():
+            # Its peers were silent for its whole TTL: tell them, as a delete would.
+            self._end(CloseCode.NOT_FOUND, "session expired")
+            return
         self._arm_timer()
 
     def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:

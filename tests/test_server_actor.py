@@ -184,3 +184,16 @@ async def test_a_quiet_session_becomes_idle(store: MemoryStorage) -> None:
     assert meta is not None and meta.state == SessionState.IDLE
     await append(actor, "wake up")
     assert actor.state == SessionState.ACTIVE
+
+
+async def test_a_session_that_expires_while_attached_is_closed_4404() -> None:
+    storage = await MemoryStorage.open()
+    try:
+        await storage.create_session(Session.new("s", ttl=1))
+        actor = await spawn(storage, idle_timeout=0.3)
+        viewer, _ = await attach(actor, "v")
+        items = await next_items(viewer, 3)  # welcome, closed, the close (after ~1 s)
+        assert isinstance(items[1], Outbound) and items[1].frame == Closed("session expired")
+        assert isinstance(items[2], CloseRequest) and items[2].code == CloseCode.NOT_FOUND
+    finally:
+        await storage.close()

@@ -594,3 +594,15 @@ async def test_ready_until_closed(backend: Backend, tmp_path: Path) -> None:
     await storage.close()
     assert not storage.ready
     await storage.close()  # twice is fine
+
+
+async def test_equal_sort_keys_are_ordered_by_id(store: Storage) -> None:
+    for name in ("b", "a", "c"):
+        await new_session(store, name)
+    by_count = SessionFilter(sort_by=SortBy.MESSAGE_COUNT)
+    result = await store.list_sessions(by_count)
+    assert [m.id for m in result.sessions] == ["c", "b", "a"]
+    by_count.sort_order = SortOrder.ASC
+    by_count.limit, by_count.offset = 2, 1
+    result = await store.list_sessions(by_count)
+    assert [m.id for m in result.sessions] == ["b", "c"]
