@@ -746,6 +746,7 @@ export class BambooClient extends EventTarget {
   #attach(ws) {
     this.#ws = ws;
     this.#generation += 1;
+    if (this.#generation > 1) this.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
     ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
     this.#resend(ws);
@@ -842,7 +843,6 @@ export class BambooClient extends EventTarget {
       attempt += 1;
       try {
         await this.#open();
-        this.reconnects += 1;
         return;
       } catch (failure) {
         if (failure instanceof Retry) error = failure;

@@ -207,6 +207,7 @@ class SessionView {
     this.connState.textContent = state === "open" ? "live" : state;
     this.connState.className = `badge conn-${state}`;
     this.connState.dataset.state = state;
+    this.connState.dataset.reconnects = String(this.client?.reconnects ?? 0);
   }
 
   /** @param {any} m */
