@@ -38,7 +38,6 @@ CONTENT_TYPES = {
     ".ts": "text/plain; charset=utf-8",
     ".svg": "image/svg+xml",
     ".png": "image/png",
-    ".json": "application/json",
 }
 # A Host header fit to appear in the CSP: a host name or address, and a port.
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
