@@ -1,6 +1,8 @@
-"""The JavaScript client on Node: tests/js/client.test.mjs (node:test) against a real
-server. Node 22+ has a global WebSocket; Node 20.10+ gets it from a flag. Without a
-Node that has one, this test skips with one line saying what to install."""
+"""The JavaScript on Node: the client's tests (tests/js/client.test.mjs, node:test)
+against a real server, and a type check of the JSDoc of server/web/. Node 22+ has a
+global WebSocket; Node 20.10+ gets it from a flag. Without a Node that has one, or
+without TypeScript installed (npm ci --prefix tests/js), each skips with one line
+saying what to install."""
 
 from __future__ import annotations
 
@@ -52,3 +54,15 @@ async def test_js_client_on_node() -> None:
     report = output.decode(errors="replace")
     assert process.returncode == 0, report
     assert "# pass 3" in report and "# fail 0" in report, report
+
+
+def test_jsdoc_types_check() -> None:
+    """The JSDoc of the client and the console type-checks under ``tsc --strict``, so
+    editors complete what it says. TypeScript comes from tests/js/package-lock.json."""
+    tsc = ROOT / "tests" / "js" / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        pytest.skip("type check of the JavaScript: npm ci --prefix tests/js")
+    result = subprocess.run(
+        [str(tsc), "-p", str(ROOT / "tests" / "js")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -274,7 +274,9 @@ class SequenceCheck {
   }
 }
 
-const END = Symbol("end"); // queued after the last item of events()
+/** Queued after the last item of events(). @type {unique symbol} */
+const END = Symbol("end");
+/** @typedef {StoredEvent | Reset | typeof END} QueueItem */
 
 /**
  * @typedef {object} Pending a request waiting for its reply; resent after a reconnect
@@ -309,9 +311,9 @@ export class BambooClient extends EventTarget {
   #nextId = 1;
   /** @type {Map<number, Pending>} */
   #pending = new Map();
-  /** @type {Array<StoredEvent | Reset | typeof END>} */
+  /** @type {Array<QueueItem>} */
   #queue = [];
-  /** @type {((item: StoredEvent | Reset | typeof END) => void) | null} */
+  /** @type {((item: QueueItem) => void) | null} */
   #waiter = null;
   /** @type {WebSocket | null} the connection in use, once welcomed */
   #ws = null;
@@ -617,7 +619,7 @@ export class BambooClient extends EventTarget {
     }
   }
 
-  /** @returns {Promise<StoredEvent | Reset | typeof END>} */
+  /** @returns {Promise<QueueItem>} */
   #next() {
     const item = this.#queue[0];
     if (item === undefined) return new Promise((resolve) => (this.#waiter = resolve));
@@ -625,7 +627,7 @@ export class BambooClient extends EventTarget {
     return Promise.resolve(item);
   }
 
-  /** @param {StoredEvent | Reset | typeof END} item */
+  /** @param {QueueItem} item */
   #push(item) {
     const waiter = this.#waiter;
     if (waiter !== null && this.#queue.length === 0) {

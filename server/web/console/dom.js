@@ -28,9 +28,10 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** Replace every child of `el`. @param {Element} el @param {...(Node | string)} children */
+/** Replace every child of `el`, leaving out nulls.
+ * @param {Element} el @param {...(Node | string | null)} children */
 export function fill(el, ...children) {
-  el.replaceChildren(...children);
+  el.replaceChildren(...children.filter((child) => child !== null));
   return el;
 }
 
@@ -46,6 +47,7 @@ export function ago(iso) {
   if (!iso) return "–";
   const seconds = (Date.now() - new Date(iso).getTime()) / 1000;
   if (!Number.isFinite(seconds)) return iso;
+  /** @type {Array<[number, string]>} */
   const units = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
   for (const [size, unit] of units) {
     if (Math.abs(seconds) >= size) return `${Math.floor(seconds / size)} ${unit} ago`;

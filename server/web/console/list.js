@@ -101,7 +101,7 @@ function filterForm(params) {
   function apply(event) {
     event.preventDefault();
     const next = new URLSearchParams();
-    for (const [name, value] of new FormData(form)) {
+    for (const [name, value] of new FormData(/** @type {HTMLFormElement} */ (form))) {
       if (typeof value === "string" && value.trim()) next.set(name, value.trim());
     }
     if (next.get("limit") === "25") next.delete("limit");
