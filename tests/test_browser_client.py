@@ -367,3 +367,82 @@ async def test_a_message_from_python_reaches_a_page_client(browser: Any, app_ori
         assert item["event"]["message"]["content"] == "from Python"
         assert item["event"]["message"]["id"]  # filled in by the server
         await page.evaluate("window.c.close()")
+
+
+RESUME_CODES = [1001, 1011, 1012, 1013, 4408, 4429]
+FINAL_CODES = {
+    1000: ["SessionEnded", 1000],
+    4409: ["SessionEnded", 4409],
+    1008: ["Refused", 1008],
+    1009: ["Refused", 1009],
+    4401: ["Unauthorized", 4401],
+    4403: ["Forbidden", 4403],
+    4404: ["NotFound", 4404],
+    4000: ["Refused", 4000],
+}
+
+
+@contextlib.asynccontextmanager
+async def closing_server(code: int) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """A fake server: the first connection gets seq 1, then a close with ``code``; a
+    later one is resumed with seq 2. Yields its port and the hellos it received."""
+    hellos: list[dict[str, Any]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        hellos.append(json.loads(await ws.recv()))
+        first = len(hellos) == 1
+        session = {"id": "fake", "connections": 1, "last_seq": 1 if first else 2}
+        welcome = {"type": "welcome", "connection_id": f"c_{len(hellos)}", "session": session}
+        last_seq, replay = (0, 0) if first else (2, 1)
+        resume = {"epoch": "e1", "last_seq": last_seq, "resumed": not first, "replay": replay}
+        await ws.send(json.dumps({**welcome, **resume}))
+        seq = 1 if first else 2
+        event = {"type": "token", "content": f"t{seq}"}
+        await ws.send(json.dumps({"type": "event", "seq": seq, "ts": "", "event": event}))
+        if first:
+            await ws.close(code, "test")
+        else:
+            with contextlib.suppress(Exception):
+                await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, subprotocols=["bamboo.v1"]) as fake:  # type: ignore[list-item]
+        yield next(iter(fake.sockets)).getsockname()[1], hellos
+
+
+async def test_close_codes_resume_or_end_the_client(browser: Any, app_origin: str) -> None:
+    """Each close code of the protocol's table: a resumable one reconnects and resumes
+    from the last seq seen and its epoch; any other ends the client with its error."""
+    async with serving() as server:
+        page = await client_page(browser, server.port, app_origin)
+        watch = """async (url) => {
+          const c = await window.bamboo.BambooClient.connect(url, {
+            sessionId: "fake", create: true, backoffInitial: 10,
+          });
+          const seqs = [];
+          try {
+            for await (const item of c.events()) {
+              seqs.push(item.seq);
+              if (item.seq === 2) break;
+            }
+          } catch (error) {
+            return { seqs, error: [error.name, error.code] };
+          }
+          const ended = c.error && [c.error.name, c.error.code];
+          await c.close();
+          return { seqs, reconnects: c.reconnects, ended };
+        }"""
+        for code in RESUME_CODES:
+            async with closing_server(code) as (port, hellos):
+                outcome = await page.evaluate(watch, f"ws://127.0.0.1:{port}")
+            assert outcome == {"seqs": [1, 2], "reconnects": 1, "ended": None}, code
+            assert hellos[0]["create"] is True and "last_seq" not in hellos[0]
+            assert hellos[1]["create"] is False, code
+            assert (hellos[1]["last_seq"], hellos[1]["epoch"]) == (1, "e1"), code
+        for code, error in FINAL_CODES.items():
+            async with closing_server(code) as (port, hellos):
+                outcome = await page.evaluate(watch, f"ws://127.0.0.1:{port}")
+            if error[0] == "SessionEnded":  # events() just ends
+                assert outcome == {"seqs": [1], "reconnects": 0, "ended": error}, code
+            else:
+                assert outcome == {"seqs": [1], "error": error}, code
+            assert len(hellos) == 1, code
