@@ -82,6 +82,9 @@ for await (const item of client.events()) {
     streaming.classList.remove("streaming");
     streaming = null;
   }
-  sessionStorage.setItem(positionKey, JSON.stringify({ lastSeq: client.lastSeq, epoch: client.epoch }));
+  sessionStorage.setItem(
+    positionKey,
+    JSON.stringify({ lastSeq: client.lastSeq, epoch: client.epoch }),
+  );
 }
 status.textContent = client.closedReason ? `closed: ${client.closedReason}` : "closed";

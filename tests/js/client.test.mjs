@@ -3,12 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import {
-  BambooClient,
-  NotFound,
-  SessionEnded,
-  streamUrl,
-} from "../../server/web/client/bamboo.js";
+import { BambooClient, NotFound, SessionEnded, streamUrl } from "../../server/web/client/bamboo.js";
 
 const url = process.env.BAMBOO_URL;
 
@@ -21,7 +16,11 @@ test("stream URLs", () => {
 });
 
 test("publish, receive, read back", async () => {
-  const agent = await BambooClient.connect(url, { sessionId: "node-1", create: true, role: "agent" });
+  const agent = await BambooClient.connect(url, {
+    sessionId: "node-1",
+    create: true,
+    role: "agent",
+  });
   const viewer = await BambooClient.connect(url, { sessionId: "node-1" });
   const seq = await agent.publish({ type: "token", content: "Hi" }, { key: "k1" });
   assert.equal(await agent.publish({ type: "token", content: "Hi" }, { key: "k1" }), seq);
@@ -31,11 +30,20 @@ test("publish, receive, read back", async () => {
     seen.push([item.seq, item.event.type]);
     if (seen.length === 2) break;
   }
-  assert.deepEqual(seen, [[1, "token"], [2, "message"]]);
+  assert.deepEqual(seen, [
+    [1, "token"],
+    [2, "message"],
+  ]);
   const history = await viewer.history({ limit: 10 });
-  assert.deepEqual(history.messages.map((m) => m.content), ["Hello from Node"]);
+  assert.deepEqual(
+    history.messages.map((m) => m.content),
+    ["Hello from Node"],
+  );
   const events = await viewer.readAllEvents({ page: 1 });
-  assert.deepEqual(events.map((e) => e.seq), [1, 2]);
+  assert.deepEqual(
+    events.map((e) => e.seq),
+    [1, 2],
+  );
   assert.equal(viewer.lastSeq, 2);
   assert.equal(typeof viewer.epoch, "string");
   await viewer.close();

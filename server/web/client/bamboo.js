@@ -114,7 +114,9 @@ export class ClientError extends Error {
 export class Refused extends ClientError {
   /** @param {number} code the close code @param {string} reason */
   constructor(code, reason) {
-    super(reason ? `refused by the server (${code}): ${reason}` : `refused by the server (${code})`);
+    super(
+      reason ? `refused by the server (${code}): ${reason}` : `refused by the server (${code})`,
+    );
     this.code = code;
     this.reason = reason;
   }
@@ -171,7 +173,8 @@ class Retry extends Error {}
  * @returns {Retry | ClientError}
  */
 function closeError(code, reason, closedReason) {
-  if (code === ABNORMAL_CLOSURE) return new Retry(`connection dropped${reason ? `: ${reason}` : ""}`);
+  if (code === ABNORMAL_CLOSURE)
+    return new Retry(`connection dropped${reason ? `: ${reason}` : ""}`);
   if (RESUMABLE.has(code)) return new Retry(`closed ${code} ${reason}`.trim());
   if (code === 1000 || code === 4409) {
     return new SessionEnded(closedReason || reason || "session closed", code);
@@ -280,7 +283,8 @@ const END = Symbol("end");
 
 /**
  * @typedef {object} Pending a request waiting for its reply; resent after a reconnect
- * @property {Record<string, unknown>} frame
+ * @property {string} data the request, encoded
+ * @property {string} type its frame type
  * @property {(value: any) => void} resolve
  * @property {(error: Error) => void} reject
  * @property {boolean} isPublish
@@ -555,8 +559,18 @@ export class BambooClient extends EventTarget {
     if (this.#failure !== null) return Promise.reject(this.#failure);
     const id = this.#nextId++;
     frame.id = id;
+    // Encoded now: a resend carries exactly what was asked, whatever the caller does
+    // with its objects afterwards.
+    const data = JSON.stringify(frame);
     /** @type {Pending} */
-    const pending = { frame, resolve: () => {}, reject: () => {}, isPublish, sentOn: -1 };
+    const pending = {
+      data,
+      type: String(frame.type),
+      resolve: () => {},
+      reject: () => {},
+      isPublish,
+      sentOn: -1,
+    };
     const reply = new Promise((resolve, reject) => {
       pending.resolve = resolve;
       pending.reject = reject;
@@ -566,7 +580,7 @@ export class BambooClient extends EventTarget {
     if (this.#ready && this.#ws !== null) {
       // Sent now; if the connection drops first, the reconnect resends it.
       pending.sentOn = this.#generation;
-      this.#send(this.#ws, frame);
+      this.#send(this.#ws, data);
     }
     const timeout = this.#options.requestTimeout;
     if (timeout == null) return reply;
@@ -575,7 +589,7 @@ export class BambooClient extends EventTarget {
         // A publish stays pending until answered: it may be stored already, and its
         // seq must be accounted for.
         if (!isPublish) this.#pending.delete(id);
-        reject(new RequestTimeout(`no reply to ${frame.type} in ${timeout} ms`));
+        reject(new RequestTimeout(`no reply to ${pending.type} in ${timeout} ms`));
       }, timeout);
       reply.then(
         (value) => (clearTimeout(timer), resolve(value)),
@@ -600,10 +614,10 @@ export class BambooClient extends EventTarget {
     return count;
   }
 
-  /** @param {WebSocket} ws @param {Record<string, unknown>} frame */
-  #send(ws, frame) {
+  /** @param {WebSocket} ws @param {string} data a JSON frame */
+  #send(ws, data) {
     try {
-      ws.send(JSON.stringify(frame));
+      ws.send(data);
     } catch {
       // The connection is going: its close handler reconnects and resends.
     }
@@ -615,7 +629,7 @@ export class BambooClient extends EventTarget {
       if (pending.sentOn === this.#generation) continue;
       if (pending.sentOn >= 0) this.resent += 1;
       pending.sentOn = this.#generation;
-      this.#send(ws, pending.frame);
+      this.#send(ws, pending.data);
     }
   }
 
@@ -686,14 +700,18 @@ export class BambooClient extends EventTarget {
         if (ws.readyState !== ws.CLOSED) ws.close();
         reject(error);
       };
-      let timer = setTimeout(() => fail(new Retry("no upgrade in time")), this.#options.openTimeout);
+      let timer = setTimeout(
+        () => fail(new Retry("no upgrade in time")),
+        this.#options.openTimeout,
+      );
       ws.onopen = () => {
         clearTimeout(timer);
         timer = setTimeout(() => fail(new Retry("no welcome in time")), this.#options.openTimeout);
-        this.#send(ws, this.#hello());
+        this.#send(ws, JSON.stringify(this.#hello()));
       };
       ws.onerror = () => {}; // the close event that follows says what happened
-      ws.onclose = (event) => fail(closeError(event.code, event.reason || refusal, this.closedReason));
+      ws.onclose = (event) =>
+        fail(closeError(event.code, event.reason || refusal, this.closedReason));
       ws.onmessage = (message) => {
         if (settled) return;
         const frame = decodeFrame(message.data);
@@ -827,7 +845,8 @@ export class BambooClient extends EventTarget {
     if (this.#failure !== null) return;
     const error = closeError(code, reason, this.closedReason);
     if (!(error instanceof Retry)) this.#finish(error);
-    else if (!this.#options.reconnect) this.#finish(new ConnectionLost(`connection lost: ${error.message}`));
+    else if (!this.#options.reconnect)
+      this.#finish(new ConnectionLost(`connection lost: ${error.message}`));
     else void this.#reconnect(error);
   }
 
@@ -835,7 +854,7 @@ export class BambooClient extends EventTarget {
   async #reconnect(error) {
     this.#setState("reconnecting");
     const { maxRetries } = this.#options;
-    for (let attempt = 0; this.#failure === null; ) {
+    for (let attempt = 0; this.#failure === null;) {
       if (maxRetries != null && attempt >= maxRetries) {
         this.#finish(new ConnectionLost(`gave up after ${attempt} attempts: ${error.message}`));
         return;
@@ -848,7 +867,8 @@ export class BambooClient extends EventTarget {
         return;
       } catch (failure) {
         if (failure instanceof Retry) error = failure;
-        else this.#finish(failure instanceof ClientError ? failure : new ClientError(String(failure)));
+        else
+          this.#finish(failure instanceof ClientError ? failure : new ClientError(String(failure)));
       }
     }
   }
@@ -909,9 +929,12 @@ export class BambooClient extends EventTarget {
 /** A server frame as an object, or null when it is not one. @param {unknown} data */
 function decodeFrame(data) {
   try {
-    const text = typeof data === "string" ? data : new TextDecoder().decode(/** @type {ArrayBuffer} */ (data));
+    const text =
+      typeof data === "string" ? data : new TextDecoder().decode(/** @type {ArrayBuffer} */ (data));
     const frame = JSON.parse(text);
-    return frame !== null && typeof frame === "object" && typeof frame.type === "string" ? frame : null;
+    return frame !== null && typeof frame === "object" && typeof frame.type === "string"
+      ? frame
+      : null;
   } catch {
     return null;
   }

@@ -48,7 +48,12 @@ export function ago(iso) {
   const seconds = (Date.now() - new Date(iso).getTime()) / 1000;
   if (!Number.isFinite(seconds)) return iso;
   /** @type {Array<[number, string]>} */
-  const units = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
+  const units = [
+    [86400, "d"],
+    [3600, "h"],
+    [60, "min"],
+    [1, "s"],
+  ];
   for (const [size, unit] of units) {
     if (Math.abs(seconds) >= size) return `${Math.floor(seconds / size)} ${unit} ago`;
   }
@@ -67,5 +72,8 @@ export function json(value) {
 
 /** A message to the user inside `root`. @param {Element} root @param {string} text @param {string} [kind] */
 export function notice(root, text, kind = "error") {
-  return fill(root, h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text));
+  return fill(
+    root,
+    h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text),
+  );
 }

@@ -70,7 +70,9 @@ function filterForm(params) {
     const el = h("select", {});
     if (empty !== undefined) el.append(h("option", { value: "" }, empty));
     for (const option of options) {
-      el.append(h("option", { value: option, selected: option === current }, option.replaceAll("_", " ")));
+      el.append(
+        h("option", { value: option, selected: option === current }, option.replaceAll("_", " ")),
+      );
     }
     return el;
   };
@@ -124,7 +126,17 @@ function navigate(params) {
 /** @param {any[]} sessions */
 function table(sessions) {
   if (sessions.length === 0) return h("p", { class: "empty" }, "No sessions match.");
-  const head = ["Session", "Title", "User", "State", "Msgs", "Events", "Conns", "Created", "Last activity"];
+  const head = [
+    "Session",
+    "Title",
+    "User",
+    "State",
+    "Msgs",
+    "Events",
+    "Conns",
+    "Created",
+    "Last activity",
+  ];
   return h(
     "table",
     { id: "sessions", class: "sessions" },
@@ -136,10 +148,18 @@ function table(sessions) {
         h(
           "tr",
           { dataset: { id: s.id } },
-          h("td", { "data-label": "Session" }, h("a", { href: `#/s/${encodeURIComponent(s.id)}` }, s.id)),
+          h(
+            "td",
+            { "data-label": "Session" },
+            h("a", { href: `#/s/${encodeURIComponent(s.id)}` }, s.id),
+          ),
           h("td", { "data-label": "Title" }, s.title ?? "–"),
           h("td", { "data-label": "User" }, s.user_id ?? "–"),
-          h("td", { "data-label": "State" }, h("span", { class: `badge state-${s.state}` }, s.state)),
+          h(
+            "td",
+            { "data-label": "State" },
+            h("span", { class: `badge state-${s.state}` }, s.state),
+          ),
           h("td", { "data-label": "Msgs", class: "num" }, s.message_count),
           h("td", { "data-label": "Events", class: "num" }, s.last_seq),
           h("td", { "data-label": "Conns", class: "num" }, s.connections),
@@ -165,8 +185,30 @@ function pager(page, params) {
   return h(
     "nav",
     { class: "pager", "aria-label": "Pages" },
-    h("button", { type: "button", id: "prev", disabled: offset === 0, onclick: go(Math.max(0, offset - limit)) }, "← Previous"),
-    h("span", { id: "range" }, shown ? `${offset + 1}–${offset + shown} of ${total}` : `0 of ${total}`),
-    h("button", { type: "button", id: "next", disabled: offset + shown >= total, onclick: go(offset + limit) }, "Next →"),
+    h(
+      "button",
+      {
+        type: "button",
+        id: "prev",
+        disabled: offset === 0,
+        onclick: go(Math.max(0, offset - limit)),
+      },
+      "← Previous",
+    ),
+    h(
+      "span",
+      { id: "range" },
+      shown ? `${offset + 1}–${offset + shown} of ${total}` : `0 of ${total}`,
+    ),
+    h(
+      "button",
+      {
+        type: "button",
+        id: "next",
+        disabled: offset + shown >= total,
+        onclick: go(offset + limit),
+      },
+      "Next →",
+    ),
   );
 }

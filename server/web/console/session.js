@@ -7,13 +7,7 @@
  * and no duplicate. A closed session shows what storage keeps (history, metadata).
  */
 
-import {
-  BambooClient,
-  Forbidden,
-  NotFound,
-  SessionEnded,
-  Unauthorized,
-} from "/client/bamboo.js";
+import { BambooClient, Forbidden, NotFound, SessionEnded, Unauthorized } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
 import { fill, h, json, notice, timeEl, when } from "./dom.js";
 import { Tail } from "./tail.js";
@@ -53,20 +47,37 @@ class SessionView {
     this.presence = h("div", { id: "presence" });
     this.actions = h("div", { id: "actions" });
     this.messages = h("ol", { id: "messages", class: "messages" });
-    this.older = h("button", { type: "button", id: "older", hidden: true, onclick: () => this.loadOlder() }, "Load older messages");
+    this.older = h(
+      "button",
+      { type: "button", id: "older", hidden: true, onclick: () => this.loadOlder() },
+      "Load older messages",
+    );
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
     this.connState = h("span", { id: "conn-state", class: "badge" }, "loading");
     fill(
       root,
       h("p", {}, h("a", { href: "#/", class: "back" }, "← Sessions")),
-      h("h1", { class: "session-title" }, h("span", { id: "session-title" }, sessionId), " ", this.connState),
+      h(
+        "h1",
+        { class: "session-title" },
+        h("span", { id: "session-title" }, sessionId),
+        " ",
+        this.connState,
+      ),
       this.status,
       h(
         "div",
         { class: "session-grid" },
         h("section", { class: "card" }, h("h2", {}, "Metadata"), this.meta),
-        h("section", { class: "card" }, h("h2", {}, "Presence"), this.presence, h("h2", {}, "Actions"), this.actions),
+        h(
+          "section",
+          { class: "card" },
+          h("h2", {}, "Presence"),
+          this.presence,
+          h("h2", {}, "Actions"),
+          this.actions,
+        ),
         h("section", { class: "card history" }, h("h2", {}, "Messages"), this.older, this.messages),
         h("section", { class: "card tail-card" }, h("h2", {}, "Live events"), this.tailEl),
       ),
@@ -108,7 +119,8 @@ class SessionView {
       });
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
-      if (error instanceof SessionEnded) this.#showStored(storedMessages, "This session is closed: no live events.");
+      if (error instanceof SessionEnded)
+        this.#showStored(storedMessages, "This session is closed: no live events.");
       else this.#refused(error);
       return;
     }
@@ -135,12 +147,15 @@ class SessionView {
     try {
       for await (const item of client.events()) {
         if ("reset" in item) {
-          this.tail.note(`Events ${item.previousLastSeq + 1}–${item.lastSeq} are no longer kept; following live events.`);
+          this.tail.note(
+            `Events ${item.previousLastSeq + 1}–${item.lastSeq} are no longer kept; following live events.`,
+          );
           continue;
         }
         this.tail.add(item);
         this.#put("meta-last_seq", String(item.seq));
-        if (item.event.type === "message" && item.seq > attachedAt) this.#addMessage(item.event.message);
+        if (item.event.type === "message" && item.seq > attachedAt)
+          this.#addMessage(item.event.message);
         if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
       }
       if (this.alive) this.#ended(client.closedReason ?? "client closed");
@@ -170,7 +185,10 @@ class SessionView {
     this.tail.note(text);
     fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
     fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
-    this.fetchPage = async (before) => ({ messages: all.slice(Math.max(0, before - PAGE), before), hasMore: before - PAGE > 0 });
+    this.fetchPage = async (before) => ({
+      messages: all.slice(Math.max(0, before - PAGE), before),
+      hasMore: before - PAGE > 0,
+    });
     this.oldest = all.length;
     void this.loadOlder();
   }
@@ -226,29 +244,69 @@ class SessionView {
       ["epoch", m.epoch],
       ["connections", String(m.connections)],
     ];
-    fill(this.meta, ...rows.flatMap(([name, value]) => [h("dt", {}, name.replaceAll("_", " ")), h("dd", { id: `meta-${name}` }, value)]));
+    fill(
+      this.meta,
+      ...rows.flatMap(([name, value]) => [
+        h("dt", {}, name.replaceAll("_", " ")),
+        h("dd", { id: `meta-${name}` }, value),
+      ]),
+    );
     document.getElementById("session-title")?.replaceChildren(m.title || m.id);
-    if (Object.keys(m.extra ?? {}).length) this.meta.append(h("dt", {}, "extra"), h("dd", {}, h("pre", {}, json(m.extra))));
+    if (Object.keys(m.extra ?? {}).length)
+      this.meta.append(h("dt", {}, "extra"), h("dd", {}, h("pre", {}, json(m.extra))));
   }
 
   #showPresence() {
     const client = this.client;
     if (client === null) return;
-    const known = [["you", "client", client.connectionId], ...[...this.peers].map(([id, role]) => [id, role, id])];
+    const known = [
+      ["you", "client", client.connectionId],
+      ...[...this.peers].map(([id, role]) => [id, role, id]),
+    ];
     const unknown = Math.max(0, client.connections - known.length);
     this.#put("meta-connections", String(client.connections));
     fill(
       this.presence,
-      h("p", {}, h("strong", { id: "presence-count" }, String(client.connections)), client.connections === 1 ? " connection attached" : " connections attached"),
-      h("ul", { id: "presence-list", class: "presence" }, ...known.map(([label, role, id]) => h("li", { title: id ?? "", dataset: { role } }, h("span", { class: `badge role-${role}` }, role), " ", label))),
-      unknown ? h("p", { class: "muted" }, `${unknown} attached before you (roles not known)`) : null,
+      h(
+        "p",
+        {},
+        h("strong", { id: "presence-count" }, String(client.connections)),
+        client.connections === 1 ? " connection attached" : " connections attached",
+      ),
+      h(
+        "ul",
+        { id: "presence-list", class: "presence" },
+        ...known.map(([label, role, id]) =>
+          h(
+            "li",
+            { title: id ?? "", dataset: { role } },
+            h("span", { class: `badge role-${role}` }, role),
+            " ",
+            label,
+          ),
+        ),
+      ),
+      unknown
+        ? h("p", { class: "muted" }, `${unknown} attached before you (roles not known)`)
+        : null,
     );
   }
 
   #showActions() {
     const client = /** @type {BambooClient} */ (this.client);
-    const type = h("select", { id: "pub-type", name: "type" }, h("option", { value: "custom" }, "custom event"), h("option", { value: "token" }, "token"));
-    const text = h("input", { id: "pub-text", name: "text", type: "text", value: "hello from the console", required: true });
+    const type = h(
+      "select",
+      { id: "pub-type", name: "type" },
+      h("option", { value: "custom" }, "custom event"),
+      h("option", { value: "token" }, "token"),
+    );
+    const text = h("input", {
+      id: "pub-text",
+      name: "text",
+      type: "text",
+      value: "hello from the console",
+      required: true,
+    });
     const result = h("span", { id: "pub-result", class: "muted", role: "status" });
     const publish = h(
       "form",
@@ -258,9 +316,10 @@ class SessionView {
         onsubmit: async (/** @type {SubmitEvent} */ event) => {
           event.preventDefault();
           const value = /** @type {HTMLInputElement} */ (text).value;
-          const event_ = /** @type {HTMLSelectElement} */ (type).value === "token"
-            ? { type: "token", content: value }
-            : { type: "custom", name: "console.test", data: { text: value } };
+          const event_ =
+            /** @type {HTMLSelectElement} */ (type).value === "token"
+              ? { type: "token", content: value }
+              : { type: "custom", name: "console.test", data: { text: value } };
           try {
             const seq = await client.publish(/** @type {any} */ (event_));
             this.tail.add({ seq, ts: new Date().toISOString(), event: event_ }, true);
@@ -276,8 +335,16 @@ class SessionView {
       h("button", { type: "submit" }, "Publish"),
       result,
     );
-    const confirm = h("button", { type: "button", id: "confirm-close", class: "danger", hidden: true }, "Yes, close it for everyone");
-    const ask = h("button", { type: "button", id: "close-session", class: "danger" }, "Close session…");
+    const confirm = h(
+      "button",
+      { type: "button", id: "confirm-close", class: "danger", hidden: true },
+      "Yes, close it for everyone",
+    );
+    const ask = h(
+      "button",
+      { type: "button", id: "close-session", class: "danger" },
+      "Close session…",
+    );
     ask.addEventListener("click", () => {
       confirm.hidden = !confirm.hidden;
     });
@@ -286,7 +353,8 @@ class SessionView {
       try {
         await client.setState("closed");
       } catch (error) {
-        if (!(error instanceof SessionEnded)) result.textContent = `not closed: ${error instanceof Error ? error.message : error}`;
+        if (!(error instanceof SessionEnded))
+          result.textContent = `not closed: ${error instanceof Error ? error.message : error}`;
       }
     });
     fill(this.actions, publish, h("div", { class: "inline" }, ask, confirm));
@@ -304,10 +372,21 @@ class SessionView {
     return h(
       "li",
       { class: `msg role-${m.role}`, dataset: { index } },
-      h("div", { class: "msg-head" }, h("span", { class: `badge role-${m.role}` }, m.role), " ", timeEl(m.created_at)),
+      h(
+        "div",
+        { class: "msg-head" },
+        h("span", { class: `badge role-${m.role}` }, m.role),
+        " ",
+        timeEl(m.created_at),
+      ),
       h("div", { class: "msg-body" }, m.content),
       ...(m.tool_calls ?? []).map((/** @type {any} */ call) =>
-        h("details", { class: "tool-call" }, h("summary", {}, `tool call: ${call.name}`), h("pre", {}, json(call.arguments ?? null))),
+        h(
+          "details",
+          { class: "tool-call" },
+          h("summary", {}, `tool call: ${call.name}`),
+          h("pre", {}, json(call.arguments ?? null)),
+        ),
       ),
     );
   }

@@ -24,7 +24,8 @@ export function watchStats() {
       put("stat-live", String(figures.sessions_live));
       put("stat-parked", String(figures.sessions_parked));
       if (previous !== null && figures.time > previous.time) {
-        const rate = (figures.events_appended - previous.events_appended) / (figures.time - previous.time);
+        const rate =
+          (figures.events_appended - previous.events_appended) / (figures.time - previous.time);
         put("stat-rate", rate >= 10 ? rate.toFixed(0) : rate.toFixed(1));
       }
       previous = figures;

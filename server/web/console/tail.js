@@ -71,14 +71,28 @@ export class Tail {
     switch (event.type) {
       case "message": {
         const m = event.message ?? {};
-        return h("div", { class: `ev ev-message role-${m.role}` }, tag, h("b", {}, m.role), " ", m.content ?? "");
+        return h(
+          "div",
+          { class: `ev ev-message role-${m.role}` },
+          tag,
+          h("b", {}, m.role),
+          " ",
+          m.content ?? "",
+        );
       }
       case "tool_start": {
         const details = /** @type {HTMLDetailsElement} */ (
           h(
             "details",
             { class: "ev ev-tool", dataset: { tool: event.tool_call_id, status: "running" } },
-            h("summary", {}, tag, h("b", {}, event.tool_name), " ", h("span", { class: "status" }, "running…")),
+            h(
+              "summary",
+              {},
+              tag,
+              h("b", {}, event.tool_name),
+              " ",
+              h("span", { class: "status" }, "running…"),
+            ),
             h("div", { class: "label" }, "arguments"),
             h("pre", {}, json(event.arguments ?? null)),
           )
@@ -93,7 +107,10 @@ export class Tail {
         const body =
           event.type === "tool_error"
             ? [h("div", { class: "label" }, "error"), h("pre", {}, String(event.error))]
-            : [h("div", { class: "label" }, ok ? "result" : "failed"), h("pre", {}, resultText(event.result))];
+            : [
+                h("div", { class: "label" }, ok ? "result" : "failed"),
+                h("pre", {}, resultText(event.result)),
+              ];
         if (details !== undefined && details.isConnected) {
           details.dataset.status = ok ? "done" : "failed";
           const status = details.querySelector(".status");
@@ -103,18 +120,35 @@ export class Tail {
         }
         return h(
           "details",
-          { class: "ev ev-tool", dataset: { tool: event.tool_call_id, status: ok ? "done" : "failed" } },
-          h("summary", {}, tag, h("b", {}, event.tool_call_id), " ", h("span", { class: "status" }, ok ? "done" : "failed")),
+          {
+            class: "ev ev-tool",
+            dataset: { tool: event.tool_call_id, status: ok ? "done" : "failed" },
+          },
+          h(
+            "summary",
+            {},
+            tag,
+            h("b", {}, event.tool_call_id),
+            " ",
+            h("span", { class: "status" }, ok ? "done" : "failed"),
+          ),
           ...body,
         );
       }
       case "complete": {
         const u = event.usage;
-        const usage = u ? ` (${u.prompt_tokens} + ${u.completion_tokens} = ${u.total_tokens} tokens)` : "";
+        const usage = u
+          ? ` (${u.prompt_tokens} + ${u.completion_tokens} = ${u.total_tokens} tokens)`
+          : "";
         return h("div", { class: "ev ev-complete" }, tag, `complete${usage}`);
       }
       case "error":
-        return h("div", { class: "ev ev-error" }, tag, `error${event.code ? ` ${event.code}` : ""}: ${event.message}`);
+        return h(
+          "div",
+          { class: "ev ev-error" },
+          tag,
+          `error${event.code ? ` ${event.code}` : ""}: ${event.message}`,
+        );
       case "state_change":
         return h("div", { class: "ev ev-state" }, tag, `state ${event.from} → ${event.to}`);
       case "custom":

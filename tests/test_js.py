@@ -1,8 +1,8 @@
 """The JavaScript on Node: the client's tests (tests/js/client.test.mjs, node:test)
-against a real server, and a type check of the JSDoc of server/web/. Node 22+ has a
-global WebSocket; Node 20.10+ gets it from a flag. Without a Node that has one, or
-without TypeScript installed (npm ci --prefix tests/js), each skips with one line
-saying what to install."""
+against a real server, a type check of the JSDoc of server/web/ (tsc), and its format
+(prettier). Node 22+ has a global WebSocket; Node 20.10+ gets it from a flag. Without a
+Node that has one, or without the tools of tests/js/package-lock.json (``npm ci
+--prefix tests/js``, which .ci/run does), each skips with one line saying so."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import pytest
 from tests.support import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_FILE = ROOT / "tests" / "js" / "client.test.mjs"
+JS_DIR = ROOT / "tests" / "js"
+TEST_FILE = JS_DIR / "client.test.mjs"
 HINT = "install Node.js 22+ (or 20.10+) for the Node test of the JavaScript client"
 
 
@@ -56,13 +57,27 @@ async def test_js_client_on_node() -> None:
     assert "# pass 3" in report and "# fail 0" in report, report
 
 
+def js_tool(name: str) -> Path:
+    tool = JS_DIR / "node_modules" / ".bin" / name
+    if not tool.exists():
+        pytest.skip(f"{name} for the JavaScript checks: npm ci --prefix tests/js")
+    return tool
+
+
 def test_jsdoc_types_check() -> None:
     """The JSDoc of the client and the console type-checks under ``tsc --strict``, so
-    editors complete what it says. TypeScript comes from tests/js/package-lock.json."""
-    tsc = ROOT / "tests" / "js" / "node_modules" / ".bin" / "tsc"
-    if not tsc.exists():
-        pytest.skip("type check of the JavaScript: npm ci --prefix tests/js")
-    result = subprocess.run(
-        [str(tsc), "-p", str(ROOT / "tests" / "js")], capture_output=True, text=True, timeout=120
-    )
+    editors complete what it says."""
+    tsc = js_tool("tsc")
+    result = subprocess.run([tsc, "-p", JS_DIR], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_javascript_is_formatted() -> None:
+    """``prettier --check``, as ``ruff format --check`` for the Python."""
+    prettier = js_tool("prettier")
+    sources = [*(ROOT / "server" / "web").rglob("*"), *(ROOT / "examples" / "browser").iterdir()]
+    files = [f for f in sorted(sources) if f.suffix in (".js", ".css", ".html")]
+    assert len(files) >= 12
+    command = [prettier, "--config", JS_DIR / ".prettierrc.json", "--check", *files]
+    result = subprocess.run([*command, TEST_FILE], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
