@@ -389,6 +389,7 @@ class BambooClient:
             if isinstance(cause, OSError | TimeoutError):
                 raise cause from None
             raise ConnectionLost(str(exc)) from cause
+        client._ws = ws  # close() before the runner first runs must still close it
         client._runner = asyncio.create_task(client._run(ws), name="bamboo-client")
         return client
 

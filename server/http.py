@@ -1,8 +1,9 @@
 """HTTP on the WebSocket port: routing of upgrades, and the GET endpoints.
 
-``/healthz``, ``/readyz``, ``/metrics`` and the read-only JSON API of PROTOCOL.md. A
-request for the stream endpoint is checked here (path, session id) before the upgrade;
-anything else is answered here and never reaches a WebSocket handler.
+``/healthz``, ``/readyz``, ``/metrics`` (and its figures as JSON, ``/api/v1/stats``), the
+read-only JSON API of docs/protocol.md, and the browser side (``web.py``: ``/client/``,
+``/console``). A request for the stream endpoint is checked here (path, session id)
+before the upgrade; anything else is answered here and never reaches a WebSocket handler.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bamboo_session.persistence.base import SessionFilter, StorageError
 from bamboo_session.protocol.frames import EventRecord
 from bamboo_session.protocol.ids import is_valid_session_id
 
+from . import web
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -26,6 +28,7 @@ from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
+STATS_PATH = "/api/v1/stats"
 _json = msgspec.json.Encoder()
 
 
@@ -107,6 +110,10 @@ async def handle_get(services: Services, request: Request) -> Response:
         if path == "/metrics":
             body = services.metrics.render()
             return text_response(http.HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
+        if path == STATS_PATH:
+            return json_response(http.HTTPStatus.OK, services.metrics.figures())
+        if web.is_web_path(path):
+            return web.serve(request, path)
         if path == SESSIONS_PATH:
             return await _list_sessions(services, request, params)
         if path.startswith(SESSIONS_PATH + "/"):

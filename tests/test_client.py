@@ -160,6 +160,18 @@ async def test_an_error_reply_fails_only_its_request() -> None:
             assert await client.publish(AgentEvent.token("still fine")) == 1
 
 
+async def test_close_right_after_connect_closes_the_connection() -> None:
+    """close() before the client's task first ran must still close its WebSocket."""
+    async with run_server(store="memory://") as server:
+        async with await BambooClient.connect(base_url(server), "quick", create=True):
+            pass
+        for _ in range(100):
+            if server.metrics.figures()["connections"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert server.metrics.figures()["connections"] == 0
+
+
 async def test_close_fails_waiting_requests_and_ends_events() -> None:
     async with run_server(store="memory://") as server:
         client = await BambooClient.connect(base_url(server), "w", create=True)

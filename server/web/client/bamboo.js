@@ -1,0 +1,941 @@
+// @ts-check
+/**
+ * bamboo.js: the JavaScript client of the Bamboo session protocol v1, with resume,
+ * gap checks and exactly-once publish built in. One dependency-free ES module for
+ * browsers and Node (22+ has a global WebSocket; on older Node pass the `ws` package's
+ * as `{ WebSocket }`). It behaves like the Python client, `bamboo_session.protocol.client`.
+ *
+ * - One connection at a time to one session. When it drops for a reason the protocol
+ *   says to resume from (close 1001, 1011, 1012, 1013, 4408, 4429, or a network
+ *   failure), the client reconnects with exponential backoff and full jitter, sends
+ *   `hello` with `last_seq` and `epoch`, and resends every unanswered request in its
+ *   original order before any new one.
+ * - Every publish carries an idempotency key (generated when none is given), so a
+ *   resent publish the server had already stored is answered with its first `seq`.
+ * - Every `event` must carry the next `seq` after those seen; seqs of our own
+ *   publishes count as seen (the server never echoes them back). A hole is tolerated
+ *   while an unanswered publish of ours could fill it; a duplicate or an unexplained
+ *   gap ends the client with a {@link SequenceError}.
+ * - A reconnect the server cannot resume (`resumed: false`) is yielded by
+ *   {@link BambooClient#events} as `{ reset: true, … }`; reload with `history()` and
+ *   `readEvents()`.
+ * - Refusals end the client with a typed error: {@link Unauthorized} (4401),
+ *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409).
+ *
+ * @example
+ * import { BambooClient } from "/client/bamboo.js";
+ * const c = await BambooClient.connect(location.origin, { sessionId: "chat-1", create: true });
+ * const seq = await c.publish({ type: "token", content: "Hi" });
+ * for await (const item of c.events()) console.log(item);
+ *
+ * @module bamboo
+ */
+
+/**
+ * @typedef {{ success: boolean, content?: string, error?: string | null }} ToolResult
+ * @typedef {{ prompt_tokens?: number, completion_tokens?: number, total_tokens?: number }} Usage
+ * @typedef {{ id: string, name: string, arguments?: unknown }} ToolCall
+ * @typedef {{
+ *   id?: string, role: "system" | "user" | "assistant" | "tool", content: string,
+ *   created_at?: string, tool_calls?: ToolCall[], tool_call_id?: string,
+ *   metadata?: Record<string, unknown>
+ * }} Message
+ * @typedef {{ type: "token", content: string }
+ *   | { type: "thinking", content: string }
+ *   | { type: "message", message: Message }
+ *   | { type: "tool_start", tool_call_id: string, tool_name: string, arguments?: unknown }
+ *   | { type: "tool_complete", tool_call_id: string, result: ToolResult }
+ *   | { type: "tool_error", tool_call_id: string, error: string }
+ *   | { type: "complete", usage?: Usage }
+ *   | { type: "error", message: string, code?: string }
+ *   | { type: "state_change", from: string, to: string }
+ *   | { type: "custom", name: string, data?: unknown }} AgentEvent
+ * @typedef {{
+ *   id: string, user_id: string | null, title: string | null,
+ *   state: "active" | "idle" | "disconnected" | "closed" | "expired",
+ *   created_at: string, updated_at: string, last_activity_at: string,
+ *   expires_at: string | null, message_count: number, extra: Record<string, unknown>,
+ *   last_seq: number, epoch: string, connections: number, ttl: number | null
+ * }} SessionMetadata
+ * @typedef {{ seq: number, ts: string, event: AgentEvent }} StoredEvent
+ *   An event of the session's log: `seq` from 1 with no gaps, `ts` RFC 3339 UTC.
+ * @typedef {{ reset: true, epoch: string, lastSeq: number,
+ *   previousEpoch: string | null, previousLastSeq: number }} Reset
+ *   A (re)connect could not resume: events after `previousLastSeq` up to `lastSeq`
+ *   were not replayed. Live events continue after `lastSeq`.
+ * @typedef {{ messages: Message[], hasMore: boolean }} HistoryPage
+ * @typedef {{ events: StoredEvent[], lastSeq: number }} EventPage
+ * @typedef {{ joined?: string, left?: string, role: string, connections: number }} Presence
+ * @typedef {"connecting" | "open" | "reconnecting" | "closed"} ConnectionState
+ * @typedef {{ state: ConnectionState, error?: ClientError }} StateChange
+ *
+ * @typedef {object} ConnectOptions
+ * @property {string} [sessionId] the session to attach to; none: a new session
+ * @property {boolean} [create] create `sessionId` if it does not exist (get-or-create)
+ * @property {string} [userId] owner of a session created here (ignored under auth)
+ * @property {string} [title] title of a session created here
+ * @property {string} [token] a JWT, when the server requires one
+ * @property {"client" | "agent"} [role] shown in presence; default "client"
+ * @property {number} [lastSeq] resume after this seq (0 replays the retained log)
+ * @property {string} [epoch] the epoch `lastSeq` belongs to
+ * @property {boolean} [reconnect] resume on its own after a drop; default true
+ * @property {number | null} [maxRetries] consecutive failed reconnects before
+ *   {@link ConnectionLost}; default null (no limit)
+ * @property {number} [backoffInitial] first backoff ceiling in ms; default 100
+ * @property {number} [backoffMax] largest backoff ceiling in ms; default 5000
+ * @property {number} [openTimeout] ms for the upgrade and for the welcome; default 10000
+ * @property {number | null} [requestTimeout] ms a request may wait for its reply,
+ *   across reconnects; default null (no limit)
+ * @property {boolean} [receiveEvents] false: a publish-only client whose events are
+ *   checked but not queued for `events()`; default true
+ * @property {typeof WebSocket} [WebSocket] the WebSocket class (Node < 22: the `ws` package's)
+ */
+
+export const STREAM_PATH = "/api/v1/stream";
+export const SUBPROTOCOL = "bamboo.v1";
+/** Close codes after which the client reconnects and resumes. */
+export const RESUME_CODES = Object.freeze([1001, 1011, 1012, 1013, 4408, 4429]);
+const RESUMABLE = new Set(RESUME_CODES);
+const ABNORMAL_CLOSURE = 1006; // what browsers report for a network failure
+const SESSION_ID = /^[A-Za-z0-9_.-]{1,128}$/;
+
+// -- errors -------------------------------------------------------------------------
+
+/** Base of every error the client raises. */
+export class ClientError extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** The server refused in a way a reconnect would not fix (1008, 1009, 4401, 4403, 4404, …). */
+export class Refused extends ClientError {
+  /** @param {number} code the close code @param {string} reason */
+  constructor(code, reason) {
+    super(
+      reason ? `refused by the server (${code}): ${reason}` : `refused by the server (${code})`,
+    );
+    this.code = code;
+    this.reason = reason;
+  }
+}
+/** Close 4401: no token, or a bad one. */
+export class Unauthorized extends Refused {}
+/** Close 4403: this token may not attach to this session. */
+export class Forbidden extends Refused {}
+/** Close 4404: no such session (attach with `create` to make it). */
+export class NotFound extends Refused {}
+
+/** The session was closed (close 1000, or 4409 when attaching), or `close()` was called. */
+export class SessionEnded extends ClientError {
+  /** @param {string} reason @param {number} code the close code, 1000 or 4409 */
+  constructor(reason, code) {
+    super(reason);
+    this.reason = reason;
+    this.code = code;
+  }
+}
+
+/** The connection dropped and could not be brought back (`maxRetries`, or `reconnect: false`). */
+export class ConnectionLost extends ClientError {}
+
+/** The server sent an impossible sequence: a duplicate `seq`, or a gap. */
+export class SequenceError extends ClientError {
+  /** @param {string} message @param {number} expected @param {number} got */
+  constructor(message, expected, got) {
+    super(message);
+    this.expected = expected;
+    this.got = got;
+  }
+}
+
+/** The server answered a request with an `error` frame (`code`: `bad_request`, `closed`, …). */
+export class RequestError extends ClientError {
+  /** @param {string} code @param {string} detail */
+  constructor(code, detail) {
+    super(`${code}: ${detail}`);
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+/** A request got no reply within `requestTimeout`. A publish may still be stored. */
+export class RequestTimeout extends ClientError {}
+
+/** Internal: this connection failed in a way worth a reconnect. */
+class Retry extends Error {}
+
+/**
+ * What a close code means: a {@link Retry}, or the error that ends the client.
+ * @param {number} code @param {string} reason @param {string | null} closedReason
+ * @returns {Retry | ClientError}
+ */
+function closeError(code, reason, closedReason) {
+  if (code === ABNORMAL_CLOSURE)
+    return new Retry(`connection dropped${reason ? `: ${reason}` : ""}`);
+  if (RESUMABLE.has(code)) return new Retry(`closed ${code} ${reason}`.trim());
+  if (code === 1000 || code === 4409) {
+    return new SessionEnded(closedReason || reason || "session closed", code);
+  }
+  if (code === 4401) return new Unauthorized(code, reason);
+  if (code === 4403) return new Forbidden(code, reason);
+  if (code === 4404) return new NotFound(code, reason);
+  return new Refused(code, reason);
+}
+
+// -- helpers ----------------------------------------------------------------------------
+
+/**
+ * The stream endpoint for `sessionId` (a new session when omitted) under a server's
+ * base URL: `ws://host:8765`, `http://host:8765` or, in a page, a relative URL.
+ * @param {string} baseUrl @param {string | null} [sessionId] @returns {string}
+ */
+export function streamUrl(baseUrl, sessionId) {
+  const base = globalThis.location ? globalThis.location.href : undefined;
+  const url = new URL(baseUrl, base);
+  if (url.protocol === "http:") url.protocol = "ws:";
+  else if (url.protocol === "https:") url.protocol = "wss:";
+  if (url.protocol !== "ws:" && url.protocol !== "wss:") {
+    throw new TypeError(`URL must be ws://, wss://, http:// or https://: ${baseUrl}`);
+  }
+  let path = url.pathname.replace(/\/+$/, "");
+  if (!path.endsWith(STREAM_PATH)) path += STREAM_PATH;
+  if (sessionId != null) path += `/${encodeURIComponent(checkSessionId(sessionId))}`;
+  url.pathname = path;
+  url.search = "";
+  url.hash = "";
+  return url.href;
+}
+
+/** @param {string} sessionId @returns {string} */
+function checkSessionId(sessionId) {
+  if (!SESSION_ID.test(sessionId) || sessionId === "." || sessionId === "..") {
+    throw new TypeError(`invalid session id: ${JSON.stringify(sessionId)}`);
+  }
+  return sessionId;
+}
+
+/** A fresh idempotency key: 128 random bits in hex (works outside secure contexts too). */
+export function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Checks that seqs arrive with no gap and no duplicate. `contiguous`: every seq up to
+ * here was seen; `above`: seqs seen beyond it (the holes below them belong to publishes
+ * of ours whose `ack` has not arrived yet).
+ */
+class SequenceCheck {
+  /** @param {number} lastSeq */
+  constructor(lastSeq) {
+    this.contiguous = lastSeq;
+    this.highest = lastSeq;
+    /** @type {Set<number>} */
+    this.above = new Set();
+  }
+
+  get holes() {
+    return this.highest - this.contiguous - this.above.size;
+  }
+
+  /** @param {number} seq @param {string} what */
+  see(seq, what) {
+    if (seq <= this.contiguous || this.above.has(seq)) {
+      throw new SequenceError(
+        `duplicate ${what} seq ${seq} (already seen through ${this.highest})`,
+        this.contiguous + 1,
+        seq,
+      );
+    }
+    if (seq === this.contiguous + 1) {
+      this.contiguous = seq;
+      while (this.above.delete(this.contiguous + 1)) this.contiguous += 1;
+    } else {
+      this.above.add(seq);
+    }
+    this.highest = Math.max(this.highest, seq);
+  }
+
+  /** @param {number} seq */
+  isHole(seq) {
+    return this.contiguous < seq && seq < this.highest && !this.above.has(seq);
+  }
+
+  /** A hole that none of our unanswered publishes can fill is a gap. @param {number} unanswered */
+  check(unanswered) {
+    if (this.holes <= unanswered) return;
+    let missing = this.contiguous + 1;
+    while (this.above.has(missing)) missing += 1;
+    throw new SequenceError(
+      `gap: seq ${missing} never arrived (seen through ${this.highest})`,
+      missing,
+      this.highest,
+    );
+  }
+}
+
+/** Queued after the last item of events(). @type {unique symbol} */
+const END = Symbol("end");
+/** @typedef {StoredEvent | Reset | typeof END} QueueItem */
+
+/**
+ * @typedef {object} Pending a request waiting for its reply; resent after a reconnect
+ * @property {string} data the request, encoded
+ * @property {string} type its frame type
+ * @property {(value: any) => void} resolve
+ * @property {(error: Error) => void} reject
+ * @property {boolean} isPublish
+ * @property {number} sentOn the connection generation it was last sent on
+ */
+
+/**
+ * A connection to one session, kept alive across drops. Create with
+ * {@link BambooClient.connect}; end with {@link BambooClient#close}.
+ *
+ * Events it dispatches (as `CustomEvent`s whose `detail` is given; `on()` passes the detail):
+ * - `"presence"` ({@link Presence}): a connection joined or left the session;
+ * - `"state"` ({@link StateChange}): this client's connection state changed;
+ * - `"warning"` (`{ code, message }`): an `error` frame that answers no request.
+ */
+export class BambooClient extends EventTarget {
+  #baseUrl;
+  #options;
+  /** @type {typeof WebSocket} */
+  #WebSocket;
+  /** @type {string | null} */
+  #sessionId;
+  /** @type {number | null} what the first hello asks to resume from */
+  #resumeFrom;
+  /** @type {string | null} */
+  #epoch;
+  #seq;
+  #nextId = 1;
+  /** @type {Map<number, Pending>} */
+  #pending = new Map();
+  /** @type {Array<QueueItem>} */
+  #queue = [];
+  /** @type {((item: QueueItem) => void) | null} */
+  #waiter = null;
+  /** @type {WebSocket | null} the connection in use, once welcomed */
+  #ws = null;
+  /** @type {WebSocket | null} a connection being opened */
+  #opening = null;
+  #generation = 0;
+  #ready = false; // connected, and every earlier request resent
+  /** @type {ClientError | null} why this client is finished */
+  #failure = null;
+  /** @type {{ timer: ReturnType<typeof setTimeout>, wake: () => void } | null} */
+  #sleeper = null;
+  /** @type {ConnectionState} */
+  #state = "connecting";
+
+  /** @param {string} url @param {ConnectOptions} options */
+  constructor(url, options) {
+    super();
+    const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof WebSocketClass !== "function") {
+      throw new TypeError("no WebSocket here: pass { WebSocket } (on Node < 22, the ws package's)");
+    }
+    streamUrl(url); // refuse a bad URL before any I/O
+    if (options.sessionId != null) checkSessionId(options.sessionId);
+    this.#baseUrl = url;
+    this.#WebSocket = WebSocketClass;
+    this.#options = {
+      create: false,
+      role: "client",
+      reconnect: true,
+      maxRetries: null,
+      backoffInitial: 100,
+      backoffMax: 5000,
+      openTimeout: 10000,
+      requestTimeout: null,
+      receiveEvents: true,
+      ...options,
+    };
+    this.#sessionId = options.sessionId ?? null;
+    this.#resumeFrom = options.lastSeq ?? null;
+    this.#epoch = options.epoch ?? null;
+    this.#seq = new SequenceCheck(options.lastSeq ?? 0);
+    /** @type {string | null} */
+    this.connectionId = null;
+    /** @type {SessionMetadata | null} the session's metadata as of the last welcome */
+    this.session = null;
+    /** connections attached to the session (from welcome and presence) */
+    this.connections = 0;
+    /** @type {string | null} the reason of the server's `closed` frame */
+    this.closedReason = null;
+    /** successful reconnects so far */
+    this.reconnects = 0;
+    /** requests sent again after a reconnect */
+    this.resent = 0;
+  }
+
+  /**
+   * Attach to a session on the server at `url` (`ws://host:8765`, or in a page
+   * `location.origin`). The first connection is not retried: a wrong URL, a refused
+   * token or a missing session rejects here.
+   * @param {string} url @param {ConnectOptions} [options] @returns {Promise<BambooClient>}
+   */
+  static async connect(url, options = {}) {
+    const client = new BambooClient(url, options);
+    try {
+      await client.#open();
+    } catch (error) {
+      client.#state = "closed";
+      if (error instanceof Retry) throw new ConnectionLost(`cannot connect: ${error.message}`);
+      throw error;
+    }
+    return client;
+  }
+
+  /** Close the connection (1000) and stop: waiting requests fail with
+   * {@link SessionEnded}, and `events()` ends. Safe to call twice. */
+  async close() {
+    this.#finish(new SessionEnded("client closed", 1000));
+    const ws = this.#ws ?? this.#opening;
+    if (ws === null || ws.readyState === ws.CLOSED) return;
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        resolve(undefined);
+      });
+    });
+  }
+
+  // -- state --------------------------------------------------------------------------
+
+  /** @returns {string} the session's id (known once `connect()` resolved) */
+  get sessionId() {
+    return /** @type {string} */ (this.#sessionId);
+  }
+
+  /** @returns {string | null} the epoch of the log `lastSeq` belongs to */
+  get epoch() {
+    return this.#epoch;
+  }
+
+  /** @returns {number} the highest seq seen, as an event or as our own publish's ack:
+   * where a later `connect({ lastSeq, epoch })` resumes from */
+  get lastSeq() {
+    return this.#seq.highest;
+  }
+
+  /** @returns {boolean} connected, and every earlier request resent */
+  get connected() {
+    return this.#ready;
+  }
+
+  /** @returns {ConnectionState} */
+  get state() {
+    return this.#state;
+  }
+
+  /** @returns {boolean} true once the client has ended (see `error`) */
+  get finished() {
+    return this.#failure !== null;
+  }
+
+  /** @returns {ClientError | null} why the client ended, once it has */
+  get error() {
+    return this.#failure;
+  }
+
+  /**
+   * `addEventListener` for the detail alone; returns a function that removes it.
+   * @template {"presence" | "state" | "warning"} T
+   * @param {T} type
+   * @param {(detail: T extends "presence" ? Presence : T extends "state" ? StateChange
+   *   : { code: string, message: string }) => void} listener
+   * @returns {() => void}
+   */
+  on(type, listener) {
+    /** @param {Event} event */
+    const handler = (event) => listener(/** @type {CustomEvent} */ (event).detail);
+    this.addEventListener(type, handler);
+    return () => this.removeEventListener(type, handler);
+  }
+
+  // -- requests -------------------------------------------------------------------------
+
+  /**
+   * Append `event` to the session's log; resolves to its `seq`. Exactly once across
+   * drops: `key` (generated when not given) makes the server answer a resend with
+   * the first `seq` instead of appending again.
+   * @param {AgentEvent} event @param {{ key?: string }} [options] @returns {Promise<number>}
+   */
+  async publish(event, { key } = {}) {
+    const ack = await this.#request({ type: "event", event, key: key || newKey() }, true);
+    return ack.seq;
+  }
+
+  /**
+   * Append `message` to the history (and as a `message` event to the log); resolves
+   * to its `seq`. Exactly once, like {@link BambooClient#publish}.
+   * @param {Message} message @param {{ key?: string }} [options] @returns {Promise<number>}
+   */
+  async sendMessage(message, { key } = {}) {
+    const ack = await this.#request({ type: "message", message, key: key || newKey() }, true);
+    return ack.seq;
+  }
+
+  /**
+   * The newest `limit` messages before index `before` (default: the end), oldest first.
+   * @param {{ limit?: number, before?: number }} [options] @returns {Promise<HistoryPage>}
+   */
+  async history({ limit = 100, before } = {}) {
+    const reply = await this.#request({ type: "history", limit, before });
+    return { messages: reply.messages, hasMore: reply.has_more };
+  }
+
+  /**
+   * Up to `limit` events of the log with `seq > afterSeq`, oldest first.
+   * @param {{ afterSeq?: number, limit?: number }} [options] @returns {Promise<EventPage>}
+   */
+  async readEvents({ afterSeq = 0, limit = 1000 } = {}) {
+    const reply = await this.#request({ type: "events", after_seq: afterSeq, limit });
+    return { events: reply.events, lastSeq: reply.last_seq };
+  }
+
+  /**
+   * Every event of the log after `afterSeq`, read page by page.
+   * @param {{ afterSeq?: number, page?: number }} [options] @returns {Promise<StoredEvent[]>}
+   */
+  async readAllEvents({ afterSeq = 0, page = 1000 } = {}) {
+    /** @type {StoredEvent[]} */
+    const events = [];
+    for (;;) {
+      const got = await this.readEvents({ afterSeq, limit: page });
+      events.push(...got.events);
+      const last = got.events.at(-1);
+      if (last === undefined || last.seq >= got.lastSeq) return events;
+      afterSeq = last.seq;
+    }
+  }
+
+  /**
+   * Ask for a session state; `"closed"` ends the session for every peer. Resolves to
+   * the session's `last_seq`.
+   * @param {"active" | "idle" | "closed"} state @returns {Promise<number>}
+   */
+  async setState(state) {
+    const ack = await this.#request({ type: "state", state });
+    return ack.seq;
+  }
+
+  /** A round trip to the server, in ms. @returns {Promise<number>} */
+  async ping() {
+    const started = performance.now();
+    await this.#request({ type: "ping" });
+    return performance.now() - started;
+  }
+
+  /**
+   * The session's events as they arrive, resuming across drops with no gap and no
+   * duplicate, and `{ reset: true, … }` when a reconnect could not resume. Ends when
+   * the session is closed or `close()` is called; throws {@link SequenceError},
+   * {@link Refused} or {@link ConnectionLost} when the stream cannot go on. Our own
+   * publishes are not in it. Iterate from one loop at a time.
+   * @returns {AsyncGenerator<StoredEvent | Reset, void, undefined>}
+   */
+  async *events() {
+    for (;;) {
+      const item = await this.#next();
+      if (item === END) {
+        if (this.#failure instanceof SessionEnded) return;
+        throw this.#failure;
+      }
+      yield item;
+    }
+  }
+
+  // -- request plumbing -------------------------------------------------------------------
+
+  /** @param {Record<string, unknown>} frame @param {boolean} [isPublish] @returns {Promise<any>} */
+  #request(frame, isPublish = false) {
+    if (this.#failure !== null) return Promise.reject(this.#failure);
+    const id = this.#nextId++;
+    frame.id = id;
+    // Encoded now: a resend carries exactly what was asked, whatever the caller does
+    // with its objects afterwards.
+    const data = JSON.stringify(frame);
+    /** @type {Pending} */
+    const pending = {
+      data,
+      type: String(frame.type),
+      resolve: () => {},
+      reject: () => {},
+      isPublish,
+      sentOn: -1,
+    };
+    const reply = new Promise((resolve, reject) => {
+      pending.resolve = resolve;
+      pending.reject = reject;
+    });
+    reply.catch(() => {}); // a reply nobody awaits any more must not be "unhandled"
+    this.#pending.set(id, pending);
+    if (this.#ready && this.#ws !== null) {
+      // Sent now; if the connection drops first, the reconnect resends it.
+      pending.sentOn = this.#generation;
+      this.#send(this.#ws, data);
+    }
+    const timeout = this.#options.requestTimeout;
+    if (timeout == null) return reply;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        // A publish stays pending until answered: it may be stored already, and its
+        // seq must be accounted for.
+        if (!isPublish) this.#pending.delete(id);
+        reject(new RequestTimeout(`no reply to ${pending.type} in ${timeout} ms`));
+      }, timeout);
+      reply.then(
+        (value) => (clearTimeout(timer), resolve(value)),
+        (error) => (clearTimeout(timer), reject(error)),
+      );
+    });
+  }
+
+  /** @param {unknown} id @param {any} result @param {Error} [error] */
+  #answer(id, result, error) {
+    const pending = typeof id === "number" ? this.#pending.get(id) : undefined;
+    if (pending === undefined) return; // a reply to no waiting request
+    this.#pending.delete(/** @type {number} */ (id));
+    if (error) pending.reject(error);
+    else pending.resolve(result);
+    if (pending.isPublish) this.#seq.check(this.#unansweredPublishes());
+  }
+
+  #unansweredPublishes() {
+    let count = 0;
+    for (const pending of this.#pending.values()) if (pending.isPublish) count += 1;
+    return count;
+  }
+
+  /** @param {WebSocket} ws @param {string} data a JSON frame */
+  #send(ws, data) {
+    try {
+      ws.send(data);
+    } catch {
+      // The connection is going: its close handler reconnects and resends.
+    }
+  }
+
+  /** Send every request not yet sent on this connection, oldest first. @param {WebSocket} ws */
+  #resend(ws) {
+    for (const pending of this.#pending.values()) {
+      if (pending.sentOn === this.#generation) continue;
+      if (pending.sentOn >= 0) this.resent += 1;
+      pending.sentOn = this.#generation;
+      this.#send(ws, pending.data);
+    }
+  }
+
+  /** @returns {Promise<QueueItem>} */
+  #next() {
+    const item = this.#queue[0];
+    if (item === undefined) return new Promise((resolve) => (this.#waiter = resolve));
+    if (item !== END) this.#queue.shift(); // END stays, for any later iteration
+    return Promise.resolve(item);
+  }
+
+  /** @param {QueueItem} item */
+  #push(item) {
+    const waiter = this.#waiter;
+    if (waiter !== null && this.#queue.length === 0) {
+      this.#waiter = null;
+      waiter(item);
+      if (item !== END) return;
+    }
+    this.#queue.push(item);
+  }
+
+  // -- connection -------------------------------------------------------------------------
+
+  #hello() {
+    const first = this.#generation === 0;
+    const lastSeq = first ? this.#resumeFrom : this.#seq.highest;
+    const o = this.#options;
+    return {
+      type: "hello",
+      token: o.token,
+      user_id: o.userId,
+      title: o.title,
+      create: Boolean(o.create) && first, // a reconnect never creates a session
+      last_seq: lastSeq ?? undefined,
+      epoch: lastSeq != null ? (this.#epoch ?? undefined) : undefined,
+      role: o.role,
+    };
+  }
+
+  /**
+   * One connection: upgrade, hello, welcome, then every unanswered request resent.
+   * Rejects with {@link Retry} for failures worth retrying, a {@link ClientError} for
+   * the others.
+   * @returns {Promise<void>}
+   */
+  #open() {
+    const url = streamUrl(this.#baseUrl, this.#sessionId);
+    return new Promise((resolve, reject) => {
+      /** @type {WebSocket} */
+      let ws;
+      try {
+        ws = new this.#WebSocket(url, [SUBPROTOCOL]);
+      } catch (error) {
+        reject(new Retry(`cannot connect: ${error}`));
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      this.#opening = ws;
+      let settled = false;
+      let refusal = ""; // an error frame sent before the close
+      /** @param {Error} error */
+      const fail = (error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.#opening = null;
+        if (ws.readyState !== ws.CLOSED) ws.close();
+        reject(error);
+      };
+      let timer = setTimeout(
+        () => fail(new Retry("no upgrade in time")),
+        this.#options.openTimeout,
+      );
+      ws.onopen = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => fail(new Retry("no welcome in time")), this.#options.openTimeout);
+        this.#send(ws, JSON.stringify(this.#hello()));
+      };
+      ws.onerror = () => {}; // the close event that follows says what happened
+      ws.onclose = (event) =>
+        fail(closeError(event.code, event.reason || refusal, this.closedReason));
+      ws.onmessage = (message) => {
+        if (settled) return;
+        const frame = decodeFrame(message.data);
+        if (frame?.type === "welcome" && this.#failure !== null) {
+          fail(this.#failure); // closed while this connection was being opened
+        } else if (frame?.type === "welcome") {
+          settled = true;
+          clearTimeout(timer);
+          this.#opening = null;
+          this.#welcomed(frame);
+          this.#attach(ws);
+          resolve();
+        } else if (frame?.type === "error") {
+          refusal = String(frame.message);
+        } else if (frame?.type === "closed") {
+          this.closedReason = String(frame.reason);
+        } else {
+          fail(new Refused(1008, `no welcome: ${frame === null ? "malformed frame" : frame.type}`));
+        }
+      };
+    });
+  }
+
+  /** @param {any} welcome */
+  #welcomed(welcome) {
+    const askedToResume = this.#generation > 0 || this.#resumeFrom !== null;
+    const previousEpoch = this.#epoch;
+    const previousLastSeq = this.#seq.highest;
+    this.#sessionId = welcome.session.id;
+    this.session = welcome.session;
+    this.connectionId = welcome.connection_id;
+    this.connections = welcome.session.connections;
+    this.closedReason = null;
+    this.#epoch = welcome.epoch;
+    if (!askedToResume) {
+      this.#seq = new SequenceCheck(welcome.last_seq); // live events only, from here
+    } else if (!welcome.resumed) {
+      this.#seq = new SequenceCheck(welcome.last_seq);
+      if (this.#options.receiveEvents) {
+        this.#push({
+          reset: true,
+          epoch: welcome.epoch,
+          lastSeq: welcome.last_seq,
+          previousEpoch,
+          previousLastSeq,
+        });
+      }
+    }
+  }
+
+  /** Make a welcomed connection the one in use. @param {WebSocket} ws */
+  #attach(ws) {
+    this.#ws = ws;
+    this.#generation += 1;
+    if (this.#generation > 1) this.reconnects += 1;
+    ws.onmessage = (message) => this.#onMessage(ws, message.data);
+    ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
+    this.#resend(ws);
+    this.#ready = true;
+    this.#setState("open");
+  }
+
+  /** @param {WebSocket} ws @param {unknown} data */
+  #onMessage(ws, data) {
+    if (ws !== this.#ws || this.#failure !== null) return;
+    const frame = decodeFrame(data);
+    try {
+      if (frame === null) throw new ClientError("malformed frame from the server");
+      this.#handle(frame);
+    } catch (error) {
+      this.#finish(error instanceof ClientError ? error : new ClientError(String(error)));
+    }
+  }
+
+  /** @param {any} frame */
+  #handle(frame) {
+    switch (frame.type) {
+      case "event": {
+        if (!Number.isSafeInteger(frame.seq)) throw new ClientError("event without a seq");
+        this.#seq.see(frame.seq, "event");
+        this.#seq.check(this.#unansweredPublishes());
+        if (this.#options.receiveEvents) {
+          this.#push({ seq: frame.seq, ts: frame.ts, event: frame.event });
+        }
+        break;
+      }
+      case "ack": {
+        const pending = typeof frame.id === "number" ? this.#pending.get(frame.id) : undefined;
+        if (pending?.isPublish) {
+          if (!frame.duplicate) this.#seq.see(frame.seq, "ack");
+          // Stored before a drop that lost its ack: it fills the hole.
+          else if (this.#seq.isHole(frame.seq)) this.#seq.see(frame.seq, "ack");
+        }
+        this.#answer(frame.id, frame);
+        break;
+      }
+      case "history":
+      case "events":
+      case "pong":
+        this.#answer(frame.id, frame);
+        break;
+      case "error":
+        if (frame.id == null) {
+          this.#dispatch("warning", { code: frame.code, message: frame.message });
+        } else {
+          this.#answer(frame.id, null, new RequestError(frame.code, frame.message));
+        }
+        break;
+      case "presence":
+        this.connections = frame.connections;
+        this.#dispatch("presence", {
+          joined: frame.joined ?? undefined,
+          left: frame.left ?? undefined,
+          role: frame.role,
+          connections: frame.connections,
+        });
+        break;
+      case "closed":
+        this.closedReason = frame.reason;
+        break;
+      default: // a second welcome, or a frame type from a later protocol version
+        break;
+    }
+  }
+
+  /** @param {WebSocket} ws @param {number} code @param {string} reason */
+  #onClose(ws, code, reason) {
+    if (ws !== this.#ws) return;
+    this.#ws = null;
+    this.#ready = false;
+    if (this.#failure !== null) return;
+    const error = closeError(code, reason, this.closedReason);
+    if (!(error instanceof Retry)) this.#finish(error);
+    else if (!this.#options.reconnect)
+      this.#finish(new ConnectionLost(`connection lost: ${error.message}`));
+    else void this.#reconnect(error);
+  }
+
+  /** Reconnect with backoff until welcomed, refused, given up or closed. @param {Error} error */
+  async #reconnect(error) {
+    this.#setState("reconnecting");
+    const { maxRetries } = this.#options;
+    for (let attempt = 0; this.#failure === null;) {
+      if (maxRetries != null && attempt >= maxRetries) {
+        this.#finish(new ConnectionLost(`gave up after ${attempt} attempts: ${error.message}`));
+        return;
+      }
+      await this.#sleep(this.#backoff(attempt));
+      if (this.#failure !== null) return;
+      attempt += 1;
+      try {
+        await this.#open();
+        return;
+      } catch (failure) {
+        if (failure instanceof Retry) error = failure;
+        else
+          this.#finish(failure instanceof ClientError ? failure : new ClientError(String(failure)));
+      }
+    }
+  }
+
+  /** Full jitter: uniform in [0, min(max, initial * 2**attempt)]; the first retry waits
+   * at least half of it, so a closing server is not hammered. @param {number} attempt */
+  #backoff(attempt) {
+    const { backoffInitial, backoffMax } = this.#options;
+    const ceiling = Math.min(backoffMax, backoffInitial * 2 ** attempt);
+    const floor = attempt === 0 ? ceiling / 2 : 0;
+    return floor + Math.random() * (ceiling - floor);
+  }
+
+  /** A wait that `close()` cuts short. @param {number} ms @returns {Promise<void>} */
+  #sleep(ms) {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#sleeper = null;
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#sleeper = { timer, wake };
+    });
+  }
+
+  /** End this client: fail what waits, end `events()`, close the connection.
+   * @param {ClientError} failure */
+  #finish(failure) {
+    if (this.#failure !== null) return;
+    this.#failure = failure;
+    this.#ready = false;
+    for (const pending of this.#pending.values()) pending.reject(failure);
+    this.#pending.clear();
+    this.#push(END);
+    this.#sleeper?.wake();
+    for (const ws of [this.#ws, this.#opening]) {
+      if (ws !== null && ws.readyState !== ws.CLOSING && ws.readyState !== ws.CLOSED) {
+        ws.close(1000);
+      }
+    }
+    this.#setState("closed", failure);
+  }
+
+  /** @param {ConnectionState} state @param {ClientError} [error] */
+  #setState(state, error) {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#dispatch("state", error ? { state, error } : { state });
+  }
+
+  /** @param {string} type @param {unknown} detail */
+  #dispatch(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/** A server frame as an object, or null when it is not one. @param {unknown} data */
+function decodeFrame(data) {
+  try {
+    const text =
+      typeof data === "string" ? data : new TextDecoder().decode(/** @type {ArrayBuffer} */ (data));
+    const frame = JSON.parse(text);
+    return frame !== null && typeof frame === "object" && typeof frame.type === "string"
+      ? frame
+      : null;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,110 @@
+// @ts-check
+/**
+ * app.js: the console's entry point. Routes on the URL's hash (`#/?filters` for the
+ * session list, `#/s/<id>` for one session), asks for a token when the server wants
+ * one, and keeps the server's figures in the top bar up to date.
+ */
+
+import { ApiError, getToken, setToken, tokenClaims } from "./api.js";
+import { fill, h } from "./dom.js";
+import { showList } from "./list.js";
+import { showSession } from "./session.js";
+import { watchStats } from "./stats.js";
+
+const main = /** @type {HTMLElement} */ (document.getElementById("main"));
+const who = /** @type {HTMLElement} */ (document.getElementById("who"));
+
+/** @typedef {{ destroy(): void }} View */
+/** @type {View | null} */
+let current = null;
+
+/**
+ * What views call when the server wants a (better) token.
+ * @param {string} [reason]
+ */
+function askForToken(reason) {
+  current?.destroy();
+  current = null;
+  const input = h("input", {
+    id: "token-input",
+    name: "token",
+    type: "password",
+    autocomplete: "off",
+    spellcheck: "false",
+    required: true,
+    placeholder: "eyJhbGciOi…",
+  });
+  const form = h(
+    "form",
+    {
+      id: "login",
+      class: "card login",
+      onsubmit: (/** @type {SubmitEvent} */ event) => {
+        event.preventDefault();
+        setToken(/** @type {HTMLInputElement} */ (input).value.trim());
+        render();
+      },
+    },
+    h("h1", {}, "Sign in"),
+    h("p", {}, "This server requires a token (a JWT). It is kept in this tab only."),
+    reason ? h("p", { class: "notice notice-error", role: "alert" }, reason) : null,
+    h("label", { for: "token-input" }, "Token"),
+    input,
+    h("button", { type: "submit", class: "primary" }, "Sign in"),
+  );
+  fill(main, form);
+  input.focus();
+}
+
+function showWho() {
+  const token = getToken();
+  if (!token) {
+    fill(who);
+    return;
+  }
+  const claims = tokenClaims(token);
+  const label = claims?.sub ? `${claims.sub} (${claims.role ?? "user"})` : "token set";
+  fill(
+    who,
+    h("span", { id: "who-name" }, label),
+    h(
+      "button",
+      {
+        type: "button",
+        class: "link",
+        onclick: () => {
+          setToken(null);
+          render();
+        },
+      },
+      "Sign out",
+    ),
+  );
+}
+
+/** The error handler every view shares: 401 asks for a token, the rest is shown. */
+const context = {
+  /** @param {unknown} error @returns {boolean} true when handled by asking for a token */
+  unauthorized(error) {
+    const status = error instanceof ApiError ? error.status : /** @type {any} */ (error)?.code;
+    if (status !== 401 && status !== 4401) return false;
+    askForToken(getToken() ? "That token was refused: it is invalid or has expired." : undefined);
+    return true;
+  },
+};
+
+function render() {
+  current?.destroy();
+  showWho();
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query = ""] = hash.split("?", 2);
+  if (path.startsWith("/s/")) {
+    current = showSession(main, decodeURIComponent(path.slice(3)), context);
+  } else {
+    current = showList(main, new URLSearchParams(query), context);
+  }
+}
+
+window.addEventListener("hashchange", render);
+render();
+watchStats();

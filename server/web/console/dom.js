@@ -1,0 +1,79 @@
+// @ts-check
+/**
+ * dom.js: small DOM helpers of the console. Text always goes in as text (never as
+ * HTML): the page runs under Trusted Types, where an HTML string sink would throw.
+ */
+
+/**
+ * An element with attributes and children: `h("a", { href: "#/" }, "home")`.
+ * Attributes starting with `on` are event listeners; `false`/`null` ones are left out.
+ * @param {string} tag
+ * @param {Record<string, any>} [attrs]
+ * @param {...(Node | string | number | null | undefined | false)} children
+ * @returns {HTMLElement}
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === false || value == null) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(el.dataset, value);
+    else if (value === true) el.setAttribute(name, "");
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(typeof child === "number" ? String(child) : child);
+  }
+  return el;
+}
+
+/** Replace every child of `el`, leaving out nulls.
+ * @param {Element} el @param {...(Node | string | null)} children */
+export function fill(el, ...children) {
+  el.replaceChildren(...children.filter((child) => child !== null));
+  return el;
+}
+
+/** An RFC 3339 time as local date and time, or "–". @param {string | null | undefined} iso */
+export function when(iso) {
+  if (!iso) return "–";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+/** How long ago, briefly ("5 s ago", "3 min ago"). @param {string | null | undefined} iso */
+export function ago(iso) {
+  if (!iso) return "–";
+  const seconds = (Date.now() - new Date(iso).getTime()) / 1000;
+  if (!Number.isFinite(seconds)) return iso;
+  /** @type {Array<[number, string]>} */
+  const units = [
+    [86400, "d"],
+    [3600, "h"],
+    [60, "min"],
+    [1, "s"],
+  ];
+  for (const [size, unit] of units) {
+    if (Math.abs(seconds) >= size) return `${Math.floor(seconds / size)} ${unit} ago`;
+  }
+  return "just now";
+}
+
+/** A `<time>` element: relative text, the exact time as its tooltip. @param {string | null} iso */
+export function timeEl(iso) {
+  return h("time", { datetime: iso ?? false, title: when(iso) }, ago(iso));
+}
+
+/** Any JSON value, indented. @param {unknown} value */
+export function json(value) {
+  return JSON.stringify(value, null, 2) ?? "null";
+}
+
+/** A message to the user inside `root`. @param {Element} root @param {string} text @param {string} [kind] */
+export function notice(root, text, kind = "error") {
+  return fill(
+    root,
+    h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text),
+  );
+}

@@ -1,0 +1,399 @@
+// @ts-check
+/**
+ * session.js: one session. Its metadata, message history (paged, newest first loaded),
+ * presence, and a live tail of its events, through the JavaScript client: the page
+ * attaches to the session resuming a little before its last event, so the tail opens
+ * with the latest events and then follows live, across server restarts, with no gap
+ * and no duplicate. A closed session shows what storage keeps (history, metadata).
+ */
+
+import { BambooClient, Forbidden, NotFound, SessionEnded, Unauthorized } from "/client/bamboo.js";
+import { ApiError, getJson, getToken } from "./api.js";
+import { fill, h, json, notice, timeEl, when } from "./dom.js";
+import { Tail } from "./tail.js";
+
+const PAGE = 50; // messages per history page
+const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
+
+/**
+ * @param {HTMLElement} root @param {string} sessionId
+ * @param {{ unauthorized(error: unknown): boolean }} context
+ */
+export function showSession(root, sessionId, context) {
+  const view = new SessionView(root, sessionId, context);
+  void view.start();
+  return { destroy: () => view.destroy() };
+}
+
+class SessionView {
+  /** @type {BambooClient | null} */
+  client = null;
+  alive = true;
+  oldest = 0; // index of the oldest message shown
+  /** @type {(before: number) => Promise<{ messages: any[], hasMore: boolean }>} */
+  fetchPage = async () => ({ messages: [], hasMore: false });
+  /** @type {Map<string, string>} connection id -> role, as presence told */
+  peers = new Map();
+
+  /**
+   * @param {HTMLElement} root @param {string} sessionId
+   * @param {{ unauthorized(error: unknown): boolean }} context
+   */
+  constructor(root, sessionId, context) {
+    this.id = sessionId;
+    this.context = context;
+    this.status = h("p", { id: "status", class: "status", role: "status" });
+    this.meta = h("dl", { id: "meta", class: "meta" });
+    this.presence = h("div", { id: "presence" });
+    this.actions = h("div", { id: "actions" });
+    this.messages = h("ol", { id: "messages", class: "messages" });
+    this.older = h(
+      "button",
+      { type: "button", id: "older", hidden: true, onclick: () => this.loadOlder() },
+      "Load older messages",
+    );
+    this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
+    this.tail = new Tail(this.tailEl);
+    this.connState = h("span", { id: "conn-state", class: "badge" }, "loading");
+    fill(
+      root,
+      h("p", {}, h("a", { href: "#/", class: "back" }, "← Sessions")),
+      h(
+        "h1",
+        { class: "session-title" },
+        h("span", { id: "session-title" }, sessionId),
+        " ",
+        this.connState,
+      ),
+      this.status,
+      h(
+        "div",
+        { class: "session-grid" },
+        h("section", { class: "card" }, h("h2", {}, "Metadata"), this.meta),
+        h(
+          "section",
+          { class: "card" },
+          h("h2", {}, "Presence"),
+          this.presence,
+          h("h2", {}, "Actions"),
+          this.actions,
+        ),
+        h("section", { class: "card history" }, h("h2", {}, "Messages"), this.older, this.messages),
+        h("section", { class: "card tail-card" }, h("h2", {}, "Live events"), this.tailEl),
+      ),
+    );
+  }
+
+  destroy() {
+    this.alive = false;
+    void this.client?.close();
+  }
+
+  async start() {
+    let stored;
+    try {
+      stored = await getJson(`/api/v1/sessions/${encodeURIComponent(this.id)}`);
+    } catch (error) {
+      if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
+      return;
+    }
+    if (!this.alive) return;
+    const metadata = stored.metadata;
+    this.#showMeta(metadata);
+    if (metadata.state === "closed" || metadata.state === "expired") {
+      this.#showStored(stored.messages, `This session is ${metadata.state}: no live events.`);
+      return;
+    }
+    await this.#attach(metadata, stored.messages);
+  }
+
+  /** @param {any} metadata @param {any[]} storedMessages */
+  async #attach(metadata, storedMessages) {
+    let client;
+    try {
+      client = await BambooClient.connect(location.origin, {
+        sessionId: this.id,
+        token: getToken() ?? undefined,
+        lastSeq: Math.max(0, metadata.last_seq - TAIL_REPLAY),
+        epoch: metadata.epoch,
+      });
+    } catch (error) {
+      if (!this.alive || this.context.unauthorized(error)) return;
+      if (error instanceof SessionEnded)
+        this.#showStored(storedMessages, "This session is closed: no live events.");
+      else this.#refused(error);
+      return;
+    }
+    if (!this.alive) {
+      void client.close();
+      return;
+    }
+    this.client = client;
+    const session = /** @type {any} */ (client.session);
+    const attachedAt = session.last_seq; // message events after this are new messages
+    this.#showMeta(session);
+    this.#setConnState(client.state);
+    client.on("state", ({ state }) => this.#setConnState(state));
+    client.on("presence", (p) => {
+      if (p.joined) this.peers.set(p.joined, p.role);
+      if (p.left) this.peers.delete(p.left);
+      this.#showPresence();
+    });
+    this.#showPresence();
+    this.#showActions();
+    this.fetchPage = async (before) => client.history({ limit: PAGE, before });
+    this.oldest = session.message_count;
+    await this.loadOlder();
+    try {
+      for await (const item of client.events()) {
+        if ("reset" in item) {
+          this.tail.note(
+            `Events ${item.previousLastSeq + 1}–${item.lastSeq} are no longer kept; following live events.`,
+          );
+          continue;
+        }
+        this.tail.add(item);
+        this.#put("meta-last_seq", String(item.seq));
+        if (item.event.type === "message" && item.seq > attachedAt)
+          this.#addMessage(item.event.message);
+        if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
+      }
+      if (this.alive) this.#ended(client.closedReason ?? "client closed");
+    } catch (error) {
+      if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
+    }
+  }
+
+  async loadOlder() {
+    const before = this.oldest;
+    this.older.setAttribute("disabled", "");
+    try {
+      const page = await this.fetchPage(before);
+      this.oldest = before - page.messages.length;
+      this.messages.prepend(...page.messages.map((m, i) => this.#message(m, this.oldest + i)));
+      this.older.hidden = !page.hasMore;
+    } catch (error) {
+      if (this.alive) this.status.textContent = `Could not load messages: ${error}`;
+    } finally {
+      this.older.removeAttribute("disabled");
+    }
+  }
+
+  /** History from the stored copy (a closed session), paged here. @param {any[]} all @param {string} text */
+  #showStored(all, text) {
+    this.#setConnState("closed");
+    this.tail.note(text);
+    fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
+    fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
+    this.fetchPage = async (before) => ({
+      messages: all.slice(Math.max(0, before - PAGE), before),
+      hasMore: before - PAGE > 0,
+    });
+    this.oldest = all.length;
+    void this.loadOlder();
+  }
+
+  /** @param {string} reason */
+  async #ended(reason) {
+    this.#setConnState("closed");
+    this.tail.note(`Session closed: ${reason}`);
+    fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
+    try {
+      const stored = await getJson(`/api/v1/sessions/${encodeURIComponent(this.id)}`);
+      if (this.alive) this.#showMeta(stored.metadata);
+    } catch {
+      // The metadata shown stays; the notice above says what happened.
+    }
+  }
+
+  /** @param {unknown} error */
+  #refused(error) {
+    this.#setConnState("closed");
+    let text = String(error instanceof Error ? error.message : error);
+    if (error instanceof Forbidden || (error instanceof ApiError && error.status === 403)) {
+      text = "This token may not see this session.";
+    } else if (error instanceof NotFound || (error instanceof ApiError && error.status === 404)) {
+      text = "No such session (it may have expired).";
+    } else if (error instanceof Unauthorized) {
+      text = "The server refused the token.";
+    }
+    notice(this.status, text);
+  }
+
+  /** @param {string} state */
+  #setConnState(state) {
+    this.connState.textContent = state === "open" ? "live" : state;
+    this.connState.className = `badge conn-${state}`;
+    this.connState.dataset.state = state;
+    this.connState.dataset.reconnects = String(this.client?.reconnects ?? 0);
+  }
+
+  /** @param {any} m */
+  #showMeta(m) {
+    /** @type {Array<[string, string | Node]>} */
+    const rows = [
+      ["id", m.id],
+      ["title", m.title ?? "–"],
+      ["user_id", m.user_id ?? "–"],
+      ["state", m.state],
+      ["created_at", when(m.created_at)],
+      ["last_activity_at", timeEl(m.last_activity_at)],
+      ["expires_at", m.expires_at ? when(m.expires_at) : "never"],
+      ["message_count", String(m.message_count)],
+      ["last_seq", String(m.last_seq)],
+      ["epoch", m.epoch],
+      ["connections", String(m.connections)],
+    ];
+    fill(
+      this.meta,
+      ...rows.flatMap(([name, value]) => [
+        h("dt", {}, name.replaceAll("_", " ")),
+        h("dd", { id: `meta-${name}` }, value),
+      ]),
+    );
+    document.getElementById("session-title")?.replaceChildren(m.title || m.id);
+    if (Object.keys(m.extra ?? {}).length)
+      this.meta.append(h("dt", {}, "extra"), h("dd", {}, h("pre", {}, json(m.extra))));
+  }
+
+  #showPresence() {
+    const client = this.client;
+    if (client === null) return;
+    const known = [
+      ["you", "client", client.connectionId],
+      ...[...this.peers].map(([id, role]) => [id, role, id]),
+    ];
+    const unknown = Math.max(0, client.connections - known.length);
+    this.#put("meta-connections", String(client.connections));
+    fill(
+      this.presence,
+      h(
+        "p",
+        {},
+        h("strong", { id: "presence-count" }, String(client.connections)),
+        client.connections === 1 ? " connection attached" : " connections attached",
+      ),
+      h(
+        "ul",
+        { id: "presence-list", class: "presence" },
+        ...known.map(([label, role, id]) =>
+          h(
+            "li",
+            { title: id ?? "", dataset: { role } },
+            h("span", { class: `badge role-${role}` }, role),
+            " ",
+            label,
+          ),
+        ),
+      ),
+      unknown
+        ? h("p", { class: "muted" }, `${unknown} attached before you (roles not known)`)
+        : null,
+    );
+  }
+
+  #showActions() {
+    const client = /** @type {BambooClient} */ (this.client);
+    const type = h(
+      "select",
+      { id: "pub-type", name: "type" },
+      h("option", { value: "custom" }, "custom event"),
+      h("option", { value: "token" }, "token"),
+    );
+    const text = h("input", {
+      id: "pub-text",
+      name: "text",
+      type: "text",
+      value: "hello from the console",
+      required: true,
+    });
+    const result = h("span", { id: "pub-result", class: "muted", role: "status" });
+    const publish = h(
+      "form",
+      {
+        id: "publish",
+        class: "inline",
+        onsubmit: async (/** @type {SubmitEvent} */ event) => {
+          event.preventDefault();
+          const value = /** @type {HTMLInputElement} */ (text).value;
+          const event_ =
+            /** @type {HTMLSelectElement} */ (type).value === "token"
+              ? { type: "token", content: value }
+              : { type: "custom", name: "console.test", data: { text: value } };
+          try {
+            const seq = await client.publish(/** @type {any} */ (event_));
+            this.tail.add({ seq, ts: new Date().toISOString(), event: event_ }, true);
+            result.textContent = `published as #${seq}`;
+          } catch (error) {
+            result.textContent = `not published: ${error instanceof Error ? error.message : error}`;
+          }
+        },
+      },
+      h("label", { for: "pub-type" }, "Publish a test event"),
+      type,
+      text,
+      h("button", { type: "submit" }, "Publish"),
+      result,
+    );
+    const confirm = h(
+      "button",
+      { type: "button", id: "confirm-close", class: "danger", hidden: true },
+      "Yes, close it for everyone",
+    );
+    const ask = h(
+      "button",
+      { type: "button", id: "close-session", class: "danger" },
+      "Close session…",
+    );
+    ask.addEventListener("click", () => {
+      confirm.hidden = !confirm.hidden;
+    });
+    confirm.addEventListener("click", async () => {
+      confirm.setAttribute("disabled", "");
+      try {
+        await client.setState("closed");
+      } catch (error) {
+        if (!(error instanceof SessionEnded))
+          result.textContent = `not closed: ${error instanceof Error ? error.message : error}`;
+      }
+    });
+    fill(this.actions, publish, h("div", { class: "inline" }, ask, confirm));
+  }
+
+  /** @param {any} message */
+  #addMessage(message) {
+    this.messages.append(this.#message(message, this.messages.childElementCount + this.oldest));
+    const count = document.getElementById("meta-message_count");
+    if (count) count.textContent = String(this.oldest + this.messages.childElementCount);
+  }
+
+  /** @param {any} m @param {number} index */
+  #message(m, index) {
+    return h(
+      "li",
+      { class: `msg role-${m.role}`, dataset: { index } },
+      h(
+        "div",
+        { class: "msg-head" },
+        h("span", { class: `badge role-${m.role}` }, m.role),
+        " ",
+        timeEl(m.created_at),
+      ),
+      h("div", { class: "msg-body" }, m.content),
+      ...(m.tool_calls ?? []).map((/** @type {any} */ call) =>
+        h(
+          "details",
+          { class: "tool-call" },
+          h("summary", {}, `tool call: ${call.name}`),
+          h("pre", {}, json(call.arguments ?? null)),
+        ),
+      ),
+    );
+  }
+
+  /** @param {string} id @param {string} text */
+  #put(id, text) {
+    const el = document.getElementById(id);
+    if (el) el.textContent = text;
+  }
+}

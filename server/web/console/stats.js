@@ -1,0 +1,38 @@
+// @ts-check
+/**
+ * stats.js: the server's figures in the top bar, read from `/api/v1/stats` every two
+ * seconds; events per second is the change of `events_appended` between two reads.
+ */
+
+import { getJson } from "./api.js";
+
+const PERIOD_MS = 2000;
+
+/** @param {string} id @param {string} text */
+function put(id, text) {
+  const el = document.getElementById(id);
+  if (el) el.textContent = text;
+}
+
+export function watchStats() {
+  /** @type {{ time: number, events_appended: number } | null} */
+  let previous = null;
+  const read = async () => {
+    try {
+      const figures = await getJson("/api/v1/stats");
+      put("stat-connections", String(figures.connections));
+      put("stat-live", String(figures.sessions_live));
+      put("stat-parked", String(figures.sessions_parked));
+      if (previous !== null && figures.time > previous.time) {
+        const rate =
+          (figures.events_appended - previous.events_appended) / (figures.time - previous.time);
+        put("stat-rate", rate >= 10 ? rate.toFixed(0) : rate.toFixed(1));
+      }
+      previous = figures;
+    } catch {
+      previous = null; // the server is away (restarting?): show the last figures
+    }
+  };
+  void read();
+  setInterval(read, PERIOD_MS);
+}

@@ -1,0 +1,128 @@
+"""Helpers of the browser tests: Debian's headless Chromium driven by Playwright.
+
+The browser is the system's ``/usr/bin/chromium`` (``BAMBOO_CHROMIUM`` overrides it);
+Playwright never downloads one. Without it, or without the ``playwright`` package, the
+browser tests skip with one line saying how to install it. Each test module gets one
+browser (Playwright starts it with a fresh, temporary profile), each page a fresh
+context; the ``browser`` fixture of ``conftest.py`` saves a screenshot of every page a
+failed test left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("BAMBOO_CHROMIUM", "/usr/bin/chromium")
+INSTALL_HINT = "install Debian's chromium: apt-get install -y chromium"
+ARTIFACTS = Path(os.environ.get("BAMBOO_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
+# The machine has no network: nothing that phones home, no QUIC, no GPU.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT = 10.0  # seconds any one expectation in a page may take
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return INSTALL_HINT
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "install the dev extras (pip install -e '.[dev]') for playwright"
+    return None
+
+
+@contextlib.asynccontextmanager
+async def launch() -> AsyncIterator[Any]:
+    """A headless Chromium (a Playwright ``Browser``), closed on exit."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def save_screenshots(contexts: list[Any], name: str) -> list[Path]:
+    """A PNG of every open page of ``contexts``, under ARTIFACTS, named after the test."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    saved = []
+    for c, context in enumerate(contexts):
+        for p, page in enumerate(context.pages):
+            path = ARTIFACTS / f"{name}-{c}-{p}.png"
+            with contextlib.suppress(Exception):  # a crashed page has no picture
+                await page.screenshot(path=str(path), full_page=True, timeout=5000)
+                saved.append(path)
+    return saved
+
+
+def watch_page(page: Any) -> list[str]:
+    """Collects the page's uncaught errors and console errors (CSP violations
+    included); a test asserts the list is empty."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and "net::ERR_CONNECTION_REFUSED" not in message.text:
+            problems.append(f"console error: {message.text}")
+
+    page.on("console", on_console)
+    return problems
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT
+) -> None:
+    """Polls ``check`` until it holds; fails naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def static_server(directory: Path) -> Iterator[str]:
+    """Serves ``directory`` on a loopback port; yields its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def have_node() -> str | None:
+    return shutil.which("node")

@@ -1,0 +1,402 @@
+"""The web console in a real headless Chromium: the session list and its filters, one
+session's history and live tail as an agent (the Python client) publishes, presence
+and actions, a server restart while watching, auth, and a narrow screen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from bamboo_session.protocol import AgentEvent, Message
+from bamboo_session.protocol.client import BambooClient, StoredEvent
+from bamboo_session.protocol.models import ToolResult
+from bamboo_session.server.app import BambooServer
+from tests.browser import watch_page
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.support import run_server
+
+playwright = pytest.importorskip("playwright.async_api")
+expect = playwright.expect
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+expect.set_options(timeout=10_000)
+
+SECRET = "console-test-secret-" + "x" * 32
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
+DASH = "\N{EN DASH}"  # the pager says "1 DASH 10 of 13"
+
+
+def console_url(port: int, route: str = "") -> str:
+    return f"http://127.0.0.1:{port}/console{route}"
+
+
+def ws_url(server: BambooServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+def make_token(sub: str, role: str = "user") -> str:
+    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, SECRET, "HS256")
+
+
+async def make_session(
+    url: str, session_id: str, user_id: str | None, title: str, **kw: Any
+) -> None:
+    async with await BambooClient.connect(
+        url, session_id, create=True, user_id=user_id, title=title, **kw
+    ):
+        pass
+
+
+@contextlib.asynccontextmanager
+async def collecting(client: BambooClient) -> AsyncIterator[list[StoredEvent]]:
+    """The events ``client`` receives, collected in the background."""
+    seen: list[StoredEvent] = []
+
+    async def collect() -> None:
+        async for item in client.events():
+            if isinstance(item, StoredEvent):
+                seen.append(item)
+
+    task = asyncio.create_task(collect())
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def submit_filters(page: Any, **fields: str) -> None:
+    for name, value in fields.items():
+        control = page.locator(f"#f-{name}")
+        if await control.evaluate("el => el.tagName") == "SELECT":
+            await control.select_option(value)
+        else:
+            await control.fill(value)
+    await page.click("#filters button[type=submit]")
+
+
+async def test_list_filters_sorts_and_pages(browser: Any) -> None:
+    async with run_server() as server:
+        url = ws_url(server)
+        for i in range(8):
+            await make_session(url, f"alice-{i}", "alice", f"Alice chat {i}")
+        for i in range(4):
+            await make_session(url, f"bob-{i}", "bob", f"Groceries {i}")
+        async with await BambooClient.connect(url, "bob-3") as closer:
+            await closer.set_state("closed")
+        async with await BambooClient.connect(url, "weather", create=True, user_id="alice") as c:
+            for text in ("one", "two", "three"):
+                await c.send_message(Message.user(text))
+
+        page = await browser.new_page()
+        problems = watch_page(page)
+        await page.goto(f"http://127.0.0.1:{server.port}/")  # redirects to the console
+        rows = page.locator("#sessions tbody tr")
+        await expect(rows).to_have_count(13)
+        await expect(page.locator("#range")).to_have_text(f"1{DASH}13 of 13")
+        assert page.url.startswith(console_url(server.port))
+
+        await submit_filters(page, user_id="bob")
+        await expect(rows).to_have_count(4)
+        assert "user_id=bob" in page.url
+        await submit_filters(page, state="closed")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_attribute("data-id", "bob-3")
+
+        await page.click("#filters a:text('Reset')")
+        await expect(rows).to_have_count(13)
+        await submit_filters(page, title_contains="chat 7")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_attribute("data-id", "alice-7")
+
+        await page.click("#filters a:text('Reset')")
+        await submit_filters(page, sort_by="message_count", sort_order="desc")
+        await expect(rows.first).to_have_attribute("data-id", "weather")
+        await expect(rows.first.locator("td[data-label=Msgs]")).to_have_text("3")
+
+        await submit_filters(page, limit="10")
+        await expect(page.locator("#range")).to_have_text(f"1{DASH}10 of 13")
+        await page.click("#next")
+        await expect(page.locator("#range")).to_have_text(f"11{DASH}13 of 13")
+        await expect(rows).to_have_count(3)
+        await expect(page.locator("#next")).to_be_disabled()
+        await page.go_back()
+        await expect(page.locator("#range")).to_have_text(f"1{DASH}10 of 13")
+
+        await page.click("#filters a:text('Reset')")
+        await submit_filters(page, created_after="2999-01-01T00:00")
+        await expect(page.locator("#results .empty")).to_have_text("No sessions match.")
+        await submit_filters(page, created_after="2000-01-01T00:00")
+        await expect(rows).to_have_count(13)
+        await expect(page.locator("#stat-connections")).to_have_text("0")
+        assert problems == []
+
+
+async def test_session_shows_history_then_live_tokens_tools_and_presence(browser: Any) -> None:
+    async with run_server() as server:
+        url = ws_url(server)
+        agent = await BambooClient.connect(
+            url, "weather", create=True, user_id="alice", title="Weather chat", role="agent"
+        )
+        async with agent:
+            await agent.send_message(Message.user("What's the weather in Paris?"))
+            await agent.send_message(Message.assistant("Let me check."))
+
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port))
+            await page.click("#sessions a:text('weather')")
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            await expect(page.locator("#session-title")).to_have_text("Weather chat")
+            messages = page.locator("#messages li")
+            await expect(messages).to_have_count(2)
+            await expect(messages.first.locator(".msg-body")).to_have_text(
+                "What's the weather in Paris?"
+            )
+            await expect(page.locator("#older")).to_be_hidden()
+
+            # Tokens grow one block of text as they arrive.
+            text = page.locator("#tail .ev-text .text")
+            await agent.publish(AgentEvent.token("Sunny"))
+            await expect(text).to_have_text("Sunny")
+            await agent.publish(AgentEvent.token(" and"))
+            await agent.publish(AgentEvent.token(" warm."))
+            await expect(text).to_have_text("Sunny and warm.")
+
+            # A tool call is one collapsible block, completed by its result.
+            await agent.publish(AgentEvent.tool_start("call-1", "get_weather", {"city": "Paris"}))
+            tool = page.locator('#tail details.ev-tool[data-tool="call-1"]')
+            await expect(tool).to_have_attribute("data-status", "running")
+            await expect(tool.locator("pre").first).to_be_hidden()  # collapsed
+            await agent.publish(AgentEvent.tool_complete("call-1", ToolResult(True, "18 °C")))
+            await expect(tool).to_have_attribute("data-status", "done")
+            await tool.locator("summary").click()
+            await expect(tool.locator("pre").first).to_contain_text('"city": "Paris"')
+            await expect(tool.locator("pre").last).to_have_text("18 °C")
+            await agent.publish(AgentEvent.token("Anything else?"))
+            await expect(text).to_have_count(2)  # a new block after the tool call
+            await expect(text.last).to_have_text("Anything else?")
+
+            # A new message joins the history too.
+            await agent.send_message(Message.assistant("It is sunny and warm."))
+            await expect(messages).to_have_count(3)
+            await expect(messages.last.locator(".msg-body")).to_have_text("It is sunny and warm.")
+            await expect(page.locator("#meta-message_count")).to_have_text("3")
+
+            # Presence: who is attached, with their role.
+            await expect(page.locator("#presence-count")).to_have_text("2")
+            async with await BambooClient.connect(url, "weather", role="agent"):
+                await expect(page.locator("#presence-count")).to_have_text("3")
+                await expect(page.locator('#presence-list li[data-role="agent"]')).to_have_count(1)
+            await expect(page.locator("#presence-count")).to_have_text("2")
+            await expect(page.locator('#presence-list li[data-role="agent"]')).to_have_count(0)
+            await expect(page.locator("#stat-connections")).to_have_text("2")
+        assert problems == []
+
+
+async def test_history_pages_back_to_the_first_message(browser: Any) -> None:
+    async with run_server() as server:
+        async with await BambooClient.connect(ws_url(server), "long", create=True) as agent:
+            for i in range(120):
+                await agent.send_message(Message.user(f"message {i}"))
+        page = await browser.new_page()
+        await page.goto(console_url(server.port, "#/s/long"))
+        messages = page.locator("#messages li")
+        await expect(messages).to_have_count(50)
+        await expect(messages.first.locator(".msg-body")).to_have_text("message 70")
+        await page.click("#older")
+        await expect(messages).to_have_count(100)
+        await page.click("#older")
+        await expect(messages).to_have_count(120)
+        await expect(messages.first.locator(".msg-body")).to_have_text("message 0")
+        await expect(messages.first).to_have_attribute("data-index", "0")
+        await expect(page.locator("#older")).to_be_hidden()
+
+
+async def test_console_publishes_a_test_event_and_closes_the_session(browser: Any) -> None:
+    async with run_server() as server:
+        agent = await BambooClient.connect(ws_url(server), "acts", create=True, role="agent")
+        async with agent, collecting(agent) as seen:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/acts"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            await page.fill("#pub-text", "ping from the console")
+            await page.click("#publish button[type=submit]")
+            await expect(page.locator("#pub-result")).to_have_text("published as #1")
+            await expect(page.locator("#tail .ev-custom.own")).to_have_count(1)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert [(e.seq, e.event.name, e.event.data) for e in seen] == [  # type: ignore[union-attr]
+                (1, "console.test", {"text": "ping from the console"})
+            ]
+
+            await expect(page.locator("#confirm-close")).to_be_hidden()
+            await page.click("#close-session")
+            await page.click("#confirm-close")
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
+            await expect(page.locator("#meta-state")).to_have_text("closed")
+            await expect(page.locator("#tail .ev-note")).to_contain_text("Session closed")
+            for _ in range(100):
+                if agent.finished:
+                    break
+                await asyncio.sleep(0.05)
+            assert agent.finished and agent.closed_reason is not None
+        # A closed session still shows its stored side.
+        await page.reload()
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
+        await expect(page.locator("#meta-state")).to_have_text("closed")
+        await expect(page.locator("#actions")).to_contain_text("No actions")
+        assert problems == []
+
+
+async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path) -> None:
+    """The server stops (1012) and starts again while the console watches and an agent
+    keeps publishing: the tail goes on with no gap and no repeated text."""
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    await asyncio.to_thread(server.start)
+    server.extra = ("--port", str(server.port))  # the restart comes back on the same port
+    try:
+        url = f"ws://127.0.0.1:{server.port}"
+        agent = await BambooClient.connect(url, "restart", create=True, role="agent", **FAST)
+        async with agent:
+            before = [f"a{i} " for i in range(10)]
+            for piece in before:
+                await agent.publish(AgentEvent.token(piece))
+            page = await browser.new_page()
+            await page.goto(console_url(server.port, "#/s/restart"))
+            text = page.locator("#tail .ev-text .text")
+            await expect(text).to_have_text("".join(before))
+
+            after = [f"b{i} " for i in range(40)]
+
+            async def publish_slowly() -> None:
+                for piece in after:
+                    await agent.publish(AgentEvent.token(piece))
+                    await asyncio.sleep(0.01)
+
+            publishing = asyncio.create_task(publish_slowly())
+            await asyncio.sleep(0.1)
+            assert await asyncio.to_thread(server.stop) == 0
+            await asyncio.to_thread(server.start)
+            await asyncio.wait_for(publishing, 30)
+
+            await expect(text).to_have_text("".join(before + after))
+            await expect(text).to_have_count(1)
+            state = page.locator("#conn-state")
+            await expect(state).to_have_attribute("data-state", "open")
+            assert int(await state.get_attribute("data-reconnects") or "0") >= 1
+            assert agent.reconnects >= 1
+            await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "50")
+    finally:
+        server.kill()
+    assert_no_tracebacks(server.log_records())
+
+
+async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -> None:
+    async with run_server(auth_secret=SECRET) as server:
+        url = ws_url(server)
+        alice, bob = make_token("alice"), make_token("bob")
+        for sid, owner, title in [("a-1", alice, "Alice one"), ("a-2", alice, "Alice two")]:
+            await make_session(url, sid, None, title, token=owner)
+        await make_session(url, "b-1", None, "Bob one", token=bob)
+
+        page = await browser.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto(console_url(server.port))
+        await expect(page.locator("#login")).to_be_visible()
+        await page.fill("#token-input", "not-a-token")
+        await page.click("#login button[type=submit]")
+        await expect(page.locator("#login .notice")).to_contain_text("refused")
+
+        await page.fill("#token-input", alice)
+        await page.click("#login button[type=submit]")
+        rows = page.locator("#sessions tbody tr")
+        await expect(rows).to_have_count(2)
+        assert sorted(await rows.evaluate_all("rows => rows.map(r => r.dataset.id)")) == [
+            "a-1",
+            "a-2",
+        ]
+        await expect(page.locator("#who-name")).to_have_text("alice (user)")
+
+        await submit_filters(page, user_id="bob")
+        await expect(page.locator("#results .notice")).to_contain_text("403")
+
+        await page.goto(console_url(server.port, "#/s/b-1"))
+        await expect(page.locator("#status")).to_have_text("This token may not see this session.")
+        await expect(page.locator("#meta dd")).to_have_count(0)
+
+        await page.goto(console_url(server.port, "#/s/a-1"))
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+        async with await BambooClient.connect(url, "a-1", token=alice, role="agent") as agent:
+            await agent.publish(AgentEvent.token("for alice only"))
+            await expect(page.locator("#tail .ev-text .text")).to_have_text("for alice only")
+
+        stored = await page.evaluate("sessionStorage.getItem('bamboo.console.token')")
+        assert stored == alice
+        assert not [u for u in requests if alice in u or "token" in u.split("/")[-1]]
+        assert alice not in page.url
+
+        await page.goto(console_url(server.port))
+        await page.click("#who button")
+        await expect(page.locator("#login")).to_be_visible()
+        assert await page.evaluate("sessionStorage.getItem('bamboo.console.token')") is None
+        await page.fill("#token-input", make_token("root", role="admin"))
+        await page.click("#login button[type=submit]")
+        await expect(rows).to_have_count(3)
+        await expect(page.locator("#who-name")).to_have_text("root (admin)")
+
+
+async def test_console_fits_a_narrow_screen(browser: Any) -> None:
+    async with run_server() as server:
+        url = ws_url(server)
+        for i in range(3):
+            await make_session(url, f"narrow-{i}", "alice", f"A rather long session title {i}")
+        page = await browser.new_page(viewport={"width": 375, "height": 740})
+        problems = watch_page(page)
+        await page.goto(console_url(server.port))
+        await expect(page.locator("#sessions tbody tr")).to_have_count(3)
+        await expect(page.locator("#sessions thead")).to_be_hidden()  # rows become cards
+        fits = "document.documentElement.scrollWidth <= window.innerWidth"
+        assert await page.evaluate(fits)
+        await page.click("#sessions a:text('narrow-1')")
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+        assert await page.evaluate(fits)
+        meta, tail = page.locator("#meta"), page.locator("#tail")
+        meta_box, tail_box = await meta.bounding_box(), await tail.bounding_box()
+        assert meta_box is not None and tail_box is not None
+        assert tail_box["y"] > meta_box["y"]  # one column
+        assert problems == []
+
+
+async def test_console_shows_markup_as_text_and_its_policy_blocks_injection(browser: Any) -> None:
+    async with run_server() as server:
+        title = '<img src=x onerror="window.pwned=1"><b>bold</b>'
+        await make_session(ws_url(server), "xss", "mallory", title)
+        page = await browser.new_page()
+        await page.goto(console_url(server.port))
+        cell = page.locator('#sessions tr[data-id="xss"] td[data-label="Title"]')
+        await expect(cell).to_have_text(title)
+        assert await cell.locator("img, b").count() == 0
+        await page.goto(console_url(server.port, "#/s/xss"))
+        await expect(page.locator("#session-title")).to_have_text(title)
+        assert await page.evaluate("window.pwned") is None
+
+        # Trusted Types: string sinks for HTML and script URLs throw on this page.
+        for sink in (
+            "document.body.innerHTML = '<i>x</i>'",
+            "document.createElement('script').src = 'data:text/javascript,window.pwned=1'",
+        ):
+            attempt = f"() => {{ try {{ {sink}; return 'done'; }} catch (e) {{ return e.name; }} }}"
+            assert await page.evaluate(attempt) == "TypeError", sink
+        assert await page.evaluate("window.pwned") is None

@@ -1,0 +1,83 @@
+"""The JavaScript on Node: the client's tests (tests/js/client.test.mjs, node:test)
+against a real server, a type check of the JSDoc of server/web/ (tsc), and its format
+(prettier). Node 22+ has a global WebSocket; Node 20.10+ gets it from a flag. Without a
+Node that has one, or without the tools of tests/js/package-lock.json (``npm ci
+--prefix tests/js``, which .ci/run does), each skips with one line saying so."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import run_server
+
+ROOT = Path(__file__).resolve().parent.parent
+JS_DIR = ROOT / "tests" / "js"
+TEST_FILE = JS_DIR / "client.test.mjs"
+HINT = "install Node.js 22+ (or 20.10+) for the Node test of the JavaScript client"
+
+
+@functools.cache
+def node_command() -> list[str] | None:
+    """``node`` with whatever flag gives it a global WebSocket, or None."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    for flags in ([], ["--experimental-websocket"]):
+        probe = [node, *flags, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"]
+        if subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+            return [node, *flags]
+    return None
+
+
+async def test_js_client_on_node() -> None:
+    command = node_command()
+    if command is None:
+        pytest.skip(HINT)
+    async with run_server() as server:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            "--test",
+            "--test-reporter=tap",
+            str(TEST_FILE),
+            cwd=ROOT,
+            env={**os.environ, "BAMBOO_URL": f"ws://127.0.0.1:{server.port}"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    report = output.decode(errors="replace")
+    assert process.returncode == 0, report
+    assert "# pass 3" in report and "# fail 0" in report, report
+
+
+def js_tool(name: str) -> Path:
+    tool = JS_DIR / "node_modules" / ".bin" / name
+    if not tool.exists():
+        pytest.skip(f"{name} for the JavaScript checks: npm ci --prefix tests/js")
+    return tool
+
+
+def test_jsdoc_types_check() -> None:
+    """The JSDoc of the client and the console type-checks under ``tsc --strict``, so
+    editors complete what it says."""
+    tsc = js_tool("tsc")
+    result = subprocess.run([tsc, "-p", JS_DIR], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_javascript_is_formatted() -> None:
+    """``prettier --check``, as ``ruff format --check`` for the Python."""
+    prettier = js_tool("prettier")
+    sources = [*(ROOT / "server" / "web").rglob("*"), *(ROOT / "examples" / "browser").iterdir()]
+    files = [f for f in sorted(sources) if f.suffix in (".js", ".css", ".html")]
+    assert len(files) >= 12
+    command = [prettier, "--config", JS_DIR / ".prettierrc.json", "--check", *files]
+    result = subprocess.run([*command, TEST_FILE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
