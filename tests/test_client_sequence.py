@@ -82,3 +82,69 @@ def test_reset_forgets_everything_seen() -> None:
     seq.reset(10)
     assert (seq.contiguous, seq.highest, seq.above, seq.resume_point) == (10, 10, set(), 10)
     seq.event(11, 0)
+
+
+# -- acks and other peers' events in either order ----------------------------------------
+
+
+def test_an_ack_may_overtake_events_of_others_with_lower_seqs() -> None:
+    seq = SequenceChecker(0)
+    seq.ack(3, duplicate=False)  # ours; 1 and 2 (someone else's) are still on their way
+    seq.check(0)
+    assert seq.resume_point == 0, "a reconnect now must not skip 1 and 2"
+    assert seq.event(1, 0) and seq.event(2, 0)
+    assert seq.resume_point == 3 and seq.contiguous == 3
+    assert seq.event(4, 0)
+
+
+def test_a_gap_behind_an_overtaking_ack_is_still_found() -> None:
+    seq = SequenceChecker(0)
+    seq.ack(2, duplicate=False)
+    seq.check(0)
+    with pytest.raises(SequenceError, match="gap: seq 1 never arrived"):
+        seq.event(3, 0)
+
+
+def test_a_resumed_connection_gets_our_own_seqs_back_and_does_not_deliver_them() -> None:
+    seq = SequenceChecker(0)
+    seq.ack(2, duplicate=False)
+    seq.ack(4, duplicate=False)
+    assert seq.resume() == 0 == seq.resume(), "asking twice changes nothing"
+    # The new connection sends 1..4: 2 and 4 are echoes of our publishes.
+    assert [seq.event(s, 0) for s in (1, 2, 3, 4, 5)] == [True, False, True, False, True]
+    assert (seq.contiguous, seq.above, seq.echoes) == (5, set(), set())
+
+
+def test_without_a_reconnect_our_own_seq_as_an_event_is_a_duplicate() -> None:
+    seq = SequenceChecker(0)
+    seq.ack(2, duplicate=False)
+    seq.event(1, 0)
+    with pytest.raises(SequenceError, match="duplicate event seq 2"):
+        seq.event(2, 0)
+
+
+def test_an_event_below_the_last_one_is_out_of_order() -> None:
+    seq = SequenceChecker(0)
+    seq.event(1, 1)
+    seq.event(3, 1)  # 2 may be our publish...
+    with pytest.raises(SequenceError, match="out of order"):
+        seq.event(2, 1)  # ...but events never come back down
+
+
+def test_a_duplicate_ack_above_the_last_event_waits_for_its_event() -> None:
+    seq = SequenceChecker(0)
+    seq.event(1, 1)
+    seq.ack(3, duplicate=True)  # same key as 3, someone else's (or ours, earlier)
+    seq.check(0)
+    assert seq.resume_point == 1
+    assert seq.event(2, 0) and seq.event(3, 0), "3 arrives as an event and is delivered"
+
+
+def test_a_hole_of_ours_below_the_resume_point_is_filled_by_the_resent_publish() -> None:
+    seq = SequenceChecker(0)
+    seq.event(1, 1)
+    seq.event(3, 1)  # 2 is our publish; the connection drops before its ack
+    assert seq.resume() == 3
+    seq.ack(2, duplicate=True)  # resent on the new connection: stored already, as 2
+    seq.check(0)
+    assert seq.event(4, 0) and seq.contiguous == 4

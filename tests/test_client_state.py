@@ -63,10 +63,10 @@ def request(
 def test_the_first_hello_is_as_given_and_a_reconnect_resumes_without_creating() -> None:
     first = Hello(token="t", user_id="u", title="T", create=True, role="agent")
     state = ClientState(first, "s1", receive_events=True)
-    assert state.hello() is first
+    assert state.next_hello() is first
     state.welcomed(welcome(3, resumed=False), first.last_seq)
     assert drain(state) == [], "no resume asked, no Reset"
-    again = state.hello()
+    again = state.next_hello()
     assert (again.create, again.last_seq, again.epoch) == (False, 3, "E")
     assert (again.token, again.user_id, again.title, again.role) == ("t", "u", "T", "agent")
 

@@ -183,8 +183,10 @@ class BambooClient:
 
     @property
     def last_seq(self) -> int:
-        """The highest seq seen, as an event or as our own publish's ack: where a later
-        :meth:`connect` (``last_seq=..., epoch=...``) resumes from."""
+        """Where a later :meth:`connect` (``last_seq=..., epoch=...``) resumes from: every
+        seq up to it was seen, as an event or as our own publish's ack. It is the
+        highest seq seen, except while an ack of ours has overtaken other peers' events
+        with lower seqs: then it stays below them until they arrive."""
         return self._state.sequence.resume_point
 
     @property

@@ -77,7 +77,7 @@ class Link:
     async def open(self) -> ClientConnection:
         """One connection, attached and welcomed (see :meth:`.Dialer.open`)."""
         state = self.state
-        hello = state.hello()
+        hello = state.next_hello()
         ws, welcome = await self.dialer.open(state.session_id, hello, state.closed_reason)
         state.welcomed(welcome, hello.last_seq)
         return ws

@@ -61,15 +61,16 @@ class ClientState:
 
     # -- attaching ------------------------------------------------------------------------
 
-    def hello(self) -> Hello:
-        """The ``hello`` of the next connection: the first one as given; a reconnect
-        resumes where this client is and never creates a session."""
+    def next_hello(self) -> Hello:
+        """The ``hello`` of the next connection attempt (ask once per attempt): the first
+        one as given; a reconnect resumes where this client is and never creates a
+        session."""
         if not self.welcomed_once:
             return self._first_hello
         return msgspec.structs.replace(
             self._first_hello,
             create=False,
-            last_seq=self.sequence.resume_point,
+            last_seq=self.sequence.resume(),
             epoch=self.epoch,
         )
 
@@ -100,8 +101,8 @@ class ClientState:
         pending = self.pending
         match frame:
             case EventFrame(seq=seq, ts=ts, event=event):
-                self.sequence.event(seq, pending.unanswered_publishes)
-                if self._receive_events:
+                deliver = self.sequence.event(seq, pending.unanswered_publishes)
+                if deliver and self._receive_events:
                     self.feed.put_nowait(StoredEvent(seq, ts, event))  # type: ignore[arg-type]
             case Ack(id=request_id, seq=seq, duplicate=duplicate):
                 request = pending.get(request_id)
