@@ -64,33 +64,35 @@ class Dialer:
     token: str | None
     open_timeout: float
 
-    async def open(
-        self, session_id: str | None, hello: Hello, closed_reason: str | None
-    ) -> tuple[ClientConnection, Welcome]:
+    async def open(self, session_id: str | None, hello: Hello) -> tuple[ClientConnection, Welcome]:
         """One connection to ``session_id`` (a new session when ``None``): upgrade,
         ``hello``, ``welcome``. Raises :class:`.Retry` for failures worth retrying,
         :class:`.Refused` / :class:`.SessionEnded` / :class:`.ClientError` for the
         others."""
         ws = await self._upgrade(stream_url(self.base_url, session_id))
+        try:
+            return ws, await self._attach(ws, hello)
+        except BaseException:  # cancelled too: a half-open attach must not stay open
+            await ws.close()
+            raise
+
+    async def _attach(self, ws: ClientConnection, hello: Hello) -> Welcome:
         codec = self.codec
         try:
             await ws.send(codec.encode(hello), text=codec.text)
             data = await asyncio.wait_for(ws.recv(decode=False), WELCOME_TIMEOUT)
             welcome = codec.decode_server(data)
         except ConnectionClosed as exc:
-            await ws.close()
-            raise closed_outcome(exc, closed_reason) from None
+            # A refusal comes before any frame: no closed frame explains it.
+            raise closed_outcome(exc, None) from None
         except (TimeoutError, OSError) as exc:
-            await ws.close()
             raise Retry(f"no welcome: {exc}") from exc
         except msgspec.DecodeError as exc:
-            await ws.close()
             raise ClientError(f"malformed frame from the server: {exc}") from None
         if not isinstance(welcome, Welcome):
-            await ws.close()
             message = welcome.message if isinstance(welcome, Error) else type(welcome).__name__
             raise Refused(int(CloseCode.POLICY_VIOLATION), f"no welcome: {message}")
-        return ws, welcome
+        return welcome
 
     async def _upgrade(self, url: str) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None

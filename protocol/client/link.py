@@ -78,7 +78,7 @@ class Link:
         """One connection, attached and welcomed (see :meth:`.Dialer.open`)."""
         state = self.state
         hello = state.next_hello()
-        ws, welcome = await self.dialer.open(state.session_id, hello, state.closed_reason)
+        ws, welcome = await self.dialer.open(state.session_id, hello)
         state.welcomed(welcome, hello.last_seq)
         return ws
 
