@@ -298,7 +298,9 @@ class BambooClient:
         :class:`Refused` or :class:`ConnectionLost` when the stream cannot go on.
 
         Our own publishes are not in it: the server sends events to every peer but
-        their publisher. Iterate from one task at a time."""
+        their publisher. The one exception: a publish stored just before a drop that
+        lost its ``ack`` comes to the new connection as an event, before the resent
+        publish's ``ack`` could tell it is ours. Iterate from one task at a time."""
         feed = self._state.feed
         while True:
             item: Any = await feed.get()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 from ..frames import RequestId
@@ -48,9 +47,6 @@ class PendingRequests:
 
     def __len__(self) -> int:
         return len(self._requests)
-
-    def __iter__(self) -> Iterator[PendingRequest]:
-        return iter(self._requests.values())
 
     def next_id(self) -> int:
         return next(self._ids)
