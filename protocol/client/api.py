@@ -1,0 +1,314 @@
+"""BambooClient: the public face of the reference client, one connection to one session.
+
+It turns calls into request frames and replies into results; keeping the connection up
+is :class:`.Link`'s job, knowing the session :class:`.ClientState`'s. Publishes always
+carry an idempotency key (generated when not given), so one that is resent after a
+reconnect is stored once: the server answers a resent publish it had already stored
+with the first ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Self
+
+from ..codec import JSON, MSGPACK, Codec
+from ..frames import (
+    Ack,
+    Events,
+    EventsRequest,
+    Hello,
+    History,
+    HistoryRequest,
+    Ping,
+    PublishEvent,
+    PublishMessage,
+    StateRequest,
+)
+from ..ids import check_session_id
+from ..models import AnyAgentEvent, Message, SessionMetadata, StoredEvent
+from .errors import ConnectionLost, Retry, SessionEnded
+from .handshake import Dialer, stream_url
+from .link import Link, ReconnectPolicy
+from .results import EventPage, HistoryPage, Reset
+from .state import END, ClientState
+
+_CODECS = {"json": JSON, "msgpack": MSGPACK}
+
+
+class BambooClient:
+    """A connection to one session, kept alive across drops. Create with
+    :meth:`connect`; use as ``async with``; end with :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        session_id: str | None,
+        create: bool,
+        user_id: str | None,
+        title: str | None,
+        token: str | None,
+        role: Literal["client", "agent"],
+        codec: Codec,
+        last_seq: int | None,
+        epoch: str | None,
+        reconnect: bool,
+        max_retries: int | None,
+        backoff_initial: float,
+        backoff_max: float,
+        open_timeout: float,
+        request_timeout: float | None,
+        receive_events: bool,
+    ) -> None:
+        self._base_url = url
+        first_hello = Hello(
+            token=token,
+            user_id=user_id,
+            title=title,
+            create=create,
+            last_seq=last_seq,
+            epoch=epoch if last_seq is not None else None,
+            role=role,
+        )
+        self._state = ClientState(first_hello, session_id, receive_events)
+        self._link = Link(
+            self._state,
+            Dialer(url, codec, token, open_timeout),
+            ReconnectPolicy(reconnect, max_retries, backoff_initial, backoff_max),
+            request_timeout,
+        )
+
+    # -- opening and closing ------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        session_id: str | None = None,
+        *,
+        create: bool = False,
+        user_id: str | None = None,
+        title: str | None = None,
+        token: str | None = None,
+        role: Literal["client", "agent"] = "client",
+        codec: Literal["json", "msgpack"] | Codec = "json",
+        last_seq: int | None = None,
+        epoch: str | None = None,
+        reconnect: bool = True,
+        max_retries: int | None = None,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        open_timeout: float = 10.0,
+        request_timeout: float | None = None,
+        receive_events: bool = True,
+    ) -> Self:
+        """Attach to ``session_id`` on the server at ``url`` (``ws://host:port``), or to a
+        new session when ``session_id`` is ``None``.
+
+        - ``create``: create ``session_id`` if it does not exist (get-or-create);
+          ``user_id`` and ``title`` apply only to a session created here.
+        - ``last_seq`` (+ ``epoch``): resume from there, e.g. a position saved earlier;
+          ``last_seq=0`` replays the whole retained log. Without it, live events only.
+        - ``reconnect``: resume on its own after a drop; ``max_retries`` consecutive
+          failed attempts (``None``: no limit) end in :class:`ConnectionLost`.
+        - ``request_timeout``: seconds a request may wait for its reply, across
+          reconnects (``None``: no limit).
+        - ``receive_events=False``: a publish-only client; events are checked for
+          sequence but not queued, so nothing piles up unread.
+
+        The first connection is not retried: a wrong URL, a refused token or a missing
+        session fails here, with :class:`Refused`, ``OSError`` or ``TimeoutError``.
+        """
+        if isinstance(codec, str):
+            if codec not in _CODECS:
+                raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
+            codec = _CODECS[codec]
+        if session_id is not None:
+            check_session_id(session_id)
+        stream_url(url)  # refuse a bad URL before any I/O
+        client = cls(
+            url,
+            session_id=session_id,
+            create=create,
+            user_id=user_id,
+            title=title,
+            token=token,
+            role=role,
+            codec=codec,
+            last_seq=last_seq,
+            epoch=epoch,
+            reconnect=reconnect,
+            max_retries=max_retries,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            open_timeout=open_timeout,
+            request_timeout=request_timeout,
+            receive_events=receive_events,
+        )
+        try:
+            ws = await client._link.open()
+        except Retry as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError | TimeoutError):
+                raise cause from None
+            raise ConnectionLost(str(exc)) from cause
+        client._link.start(ws)
+        return client
+
+    async def close(self) -> None:
+        """Close the connection (1000) and stop: waiting requests fail with
+        :class:`SessionEnded`, and :meth:`events` ends. Safe to call twice."""
+        await self._link.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        session_id = self._state.session_id
+        assert session_id is not None  # known once connect() returned
+        return session_id
+
+    @property
+    def epoch(self) -> str | None:
+        return self._state.epoch
+
+    @property
+    def last_seq(self) -> int:
+        """Where a later :meth:`connect` (``last_seq=..., epoch=...``) resumes from: every
+        seq up to it was seen, as an event or as our own publish's ack. It is the
+        highest seq seen, except while an ack of ours has overtaken other peers' events
+        with lower seqs: then it stays below them until they arrive."""
+        return self._state.sequence.resume_point
+
+    @property
+    def connected(self) -> bool:
+        return self._link.ready
+
+    @property
+    def finished(self) -> bool:
+        return self._state.failure is not None
+
+    @property
+    def connection_id(self) -> str | None:
+        """This connection's id, as other peers see it in ``presence``."""
+        return self._state.connection_id
+
+    @property
+    def session(self) -> SessionMetadata | None:
+        """The session's metadata as of the last ``welcome``."""
+        return self._state.session
+
+    @property
+    def connections(self) -> int:
+        """Connections attached to the session, as the last ``presence`` said."""
+        return self._state.connections
+
+    @property
+    def closed_reason(self) -> str | None:
+        """The reason of the server's ``closed`` frame, when one came."""
+        return self._state.closed_reason
+
+    @property
+    def reconnects(self) -> int:
+        """Successful reconnects so far."""
+        return self._link.reconnects
+
+    @property
+    def resent(self) -> int:
+        """Requests sent again after a reconnect."""
+        return self._link.resent
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def publish(self, event: AnyAgentEvent, key: str | None = None) -> int:
+        """Append ``event`` to the session's log; its ``seq``. ``key`` (an idempotency
+        key, generated when not given) makes retries safe: the same key within the
+        server's window returns the first ``seq`` instead of appending again."""
+        request_id = self._next_id()
+        frame = PublishEvent(event, id=request_id, key=key or uuid.uuid4().hex)
+        reply: Ack = await self._link.request(request_id, frame, is_publish=True)
+        return reply.seq
+
+    async def send_message(self, message: Message, key: str | None = None) -> int:
+        """Append ``message`` to the history (and as a ``message`` event to the log);
+        its ``seq``. Idempotent like :meth:`publish`."""
+        request_id = self._next_id()
+        frame = PublishMessage(message, id=request_id, key=key or uuid.uuid4().hex)
+        reply: Ack = await self._link.request(request_id, frame, is_publish=True)
+        return reply.seq
+
+    async def history(self, limit: int = 100, before: int | None = None) -> HistoryPage:
+        """The newest ``limit`` messages before index ``before`` (default: the end)."""
+        request_id = self._next_id()
+        frame = HistoryRequest(id=request_id, limit=limit, before=before)
+        reply: History = await self._link.request(request_id, frame)
+        return HistoryPage(reply.messages, reply.has_more)
+
+    async def read_events(self, after_seq: int = 0, limit: int = 1000) -> EventPage:
+        """Up to ``limit`` events of the log with ``seq > after_seq``, oldest first."""
+        request_id = self._next_id()
+        frame = EventsRequest(id=request_id, after_seq=after_seq, limit=limit)
+        reply: Events = await self._link.request(request_id, frame)
+        events = [StoredEvent(r.seq, r.ts, r.event) for r in reply.events]  # type: ignore[arg-type]
+        return EventPage(events, reply.last_seq)
+
+    async def read_all_events(self, after_seq: int = 0, page: int = 1000) -> list[StoredEvent]:
+        """Every event of the log after ``after_seq``, read page by page."""
+        events: list[StoredEvent] = []
+        while True:
+            got = await self.read_events(after_seq, page)
+            events.extend(got.events)
+            if not got.events or got.events[-1].seq >= got.last_seq:
+                return events
+            after_seq = got.events[-1].seq
+
+    async def set_state(self, state: Literal["active", "idle", "closed"]) -> int:
+        """Ask for a session state; ``closed`` ends the session for every peer."""
+        request_id = self._next_id()
+        reply: Ack = await self._link.request(request_id, StateRequest(state, id=request_id))
+        return reply.seq
+
+    async def ping(self) -> float:
+        """A round trip to the session's server, in seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        request_id = self._next_id()
+        await self._link.request(request_id, Ping(id=request_id))
+        return loop.time() - started
+
+    def _next_id(self) -> int:
+        return self._state.pending.next_id()
+
+    # -- events -------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[StoredEvent | Reset]:
+        """The session's events as they arrive (``StoredEvent`` with ``seq``, ``ts`` and a
+        typed ``event``), resuming across drops with no gap and no duplicate, and a
+        :class:`Reset` when a reconnect could not resume. Ends when the session is
+        closed or :meth:`close` is called; raises :class:`SequenceError`,
+        :class:`Refused` or :class:`ConnectionLost` when the stream cannot go on.
+
+        Our own publishes are not in it: the server sends events to every peer but
+        their publisher. The one exception: a publish stored just before a drop that
+        lost its ``ack`` comes to the new connection as an event, before the resent
+        publish's ``ack`` could tell it is ours. Iterate from one task at a time."""
+        feed = self._state.feed
+        while True:
+            item: Any = await feed.get()
+            if item is END:
+                feed.put_nowait(END)  # for any later iteration
+                failure = self._state.failure
+                if isinstance(failure, SessionEnded):
+                    return
+                assert failure is not None
+                raise failure
+            yield item

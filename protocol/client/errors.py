@@ -1,0 +1,79 @@
+"""The errors a BambooClient raises, and what each way a connection can end means.
+
+:func:`close_outcome` is the one place that maps a close code to what the client does
+next: reconnect and resume (:class:`Retry`), or stop with a typed :class:`ClientError`.
+The table it follows is docs/protocol.md's "Close codes".
+"""
+
+from __future__ import annotations
+
+from ..errors import CloseCode
+
+
+class ClientError(Exception):
+    """Base of every error the client raises."""
+
+
+class Refused(ClientError):
+    """The server closed the connection (or refused the upgrade) for a reason that a
+    reconnect would not fix: 1008, 1009, 4401, 4403, 4404, 4409, or an HTTP status.
+    ``code`` is the close code, or the HTTP status when the upgrade was refused."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"refused by the server ({code}): {reason}" if reason else f"{code}")
+        self.code = code
+        self.reason = reason
+
+
+class SessionEnded(ClientError):
+    """The session was closed (``closed`` frame, close 1000 or 4409), or this client was
+    closed: nothing more will come on this client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped and reconnecting gave up (``max_retries`` reached)."""
+
+
+class SequenceError(ClientError):
+    """The server sent an impossible sequence: a duplicate ``seq`` or a gap."""
+
+    def __init__(self, message: str, expected: int, got: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class RequestError(ClientError):
+    """The server answered a request with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Retry(Exception):
+    """Internal: a connection, or an attempt to open one, failed in a way that a
+    reconnect with resume may fix."""
+
+
+def close_outcome(code: int | None, reason: str, closed_reason: str | None) -> ClientError | Retry:
+    """What a connection that ended with close ``code`` means: :class:`Retry` (resume),
+    or the error that ends the client. ``code`` is ``None`` when no close frame came (a
+    network failure); ``closed_reason`` is the reason of a ``closed`` frame received just
+    before, which says better than the close why a session ended."""
+    if code is None:
+        return Retry(f"connection dropped: {reason}" if reason else "connection dropped")
+    try:
+        close_code = CloseCode(code)
+    except ValueError:
+        return Refused(code, reason)  # a code the contract does not list: stop
+    if close_code.should_resume:
+        return Retry(f"closed {code} {reason}".strip())
+    if close_code in (CloseCode.NORMAL, CloseCode.SESSION_CLOSED):
+        return SessionEnded(closed_reason or reason or "session closed")
+    return Refused(code, reason)

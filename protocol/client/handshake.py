@@ -1,0 +1,130 @@
+"""Opening one connection to a session: the stream URL, the upgrade, ``hello`` and
+``welcome``.
+
+:meth:`Dialer.open` either returns an attached connection with its ``welcome``, or
+raises what the attempt means: :class:`.Retry` when a later attempt may succeed (no
+route, a timeout, an overloaded server or gateway, a resumable close code), a typed
+:class:`.ClientError` when it would not (a refusal, a closed session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.typing import Subprotocol
+
+from ..codec import Codec
+from ..errors import CloseCode
+from ..frames import Error, Hello, Welcome
+from ..ids import check_session_id
+from .errors import ClientError, Refused, Retry, close_outcome
+
+STREAM_PATH: Final = "/api/v1/stream"
+WELCOME_TIMEOUT: Final = 10.0
+# HTTP statuses of a refused upgrade worth retrying (overload, restarts, proxies).
+RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def stream_url(base_url: str, session_id: str | None = None) -> str:
+    """The stream endpoint for ``session_id`` (a new session when ``None``) under a
+    server's base URL such as ``ws://127.0.0.1:8765``. A URL that already names the
+    stream endpoint is kept as it is, with ``session_id`` appended when given."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"URL must start with ws:// or wss://: {base_url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith(STREAM_PATH):
+        path += STREAM_PATH
+    if session_id is not None:
+        path += "/" + urllib.parse.quote(check_session_id(session_id), safe="")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def closed_outcome(exc: ConnectionClosed, closed_reason: str | None) -> ClientError | Retry:
+    """What a connection that closed with ``exc`` means (see :func:`.close_outcome`)."""
+    received = exc.rcvd
+    if received is None:
+        return close_outcome(None, str(exc), closed_reason)
+    return close_outcome(received.code, received.reason, closed_reason)
+
+
+@dataclass(frozen=True)
+class Dialer:
+    """How to reach the server: its base URL, the codec and the credentials."""
+
+    base_url: str
+    codec: Codec
+    token: str | None
+    open_timeout: float
+
+    async def open(self, session_id: str | None, hello: Hello) -> tuple[ClientConnection, Welcome]:
+        """One connection to ``session_id`` (a new session when ``None``): upgrade,
+        ``hello``, ``welcome``. Raises :class:`.Retry` for failures worth retrying,
+        :class:`.Refused` / :class:`.SessionEnded` / :class:`.ClientError` for the
+        others."""
+        ws = await self._upgrade(stream_url(self.base_url, session_id))
+        try:
+            return ws, await self._attach(ws, hello)
+        except BaseException:  # cancelled too: a half-open attach must not stay open
+            await ws.close()
+            raise
+
+    async def _attach(self, ws: ClientConnection, hello: Hello) -> Welcome:
+        codec = self.codec
+        try:
+            await ws.send(codec.encode(hello), text=codec.text)
+            data = await asyncio.wait_for(ws.recv(decode=False), WELCOME_TIMEOUT)
+            welcome = codec.decode_server(data)
+        except ConnectionClosed as exc:
+            # A refusal comes before any frame: no closed frame explains it.
+            raise closed_outcome(exc, None) from None
+        except (TimeoutError, OSError) as exc:
+            raise Retry(f"no welcome: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise ClientError(f"malformed frame from the server: {exc}") from None
+        if not isinstance(welcome, Welcome):
+            message = welcome.message if isinstance(welcome, Error) else type(welcome).__name__
+            raise Refused(int(CloseCode.POLICY_VIOLATION), f"no welcome: {message}")
+        return welcome
+
+    async def _upgrade(self, url: str) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            return await ws_connect(
+                url,
+                subprotocols=[Subprotocol(self.codec.subprotocol)],
+                additional_headers=headers,
+                compression=None,
+                open_timeout=self.open_timeout,
+                close_timeout=2,
+                max_size=None,  # pages of history or events may be several MiB
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in RETRY_STATUSES:
+                raise Retry(f"HTTP {status}") from exc
+            body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+            raise Refused(status, http_reason(body) or f"HTTP {status}") from None
+        except InvalidURI as exc:
+            raise ValueError(str(exc)) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise Retry(f"cannot connect: {exc}") from exc
+
+
+def http_reason(body: str) -> str:
+    """The message of the server's JSON error body, or the first line of the body."""
+    try:
+        decoded = msgspec.json.decode(body)
+        message = decoded["error"]["message"]
+        if isinstance(message, str):
+            return message
+    except (msgspec.DecodeError, KeyError, TypeError):
+        pass
+    return body.splitlines()[0][:200] if body else ""

@@ -1,0 +1,214 @@
+"""Link: keeps a client attached to its session across drops.
+
+One task per client reads the connection and hands every frame to :class:`.ClientState`.
+When the connection ends in a way worth retrying (:func:`.close_outcome`), the link
+reconnects with exponential backoff and full jitter (:class:`ReconnectPolicy`), with the
+``hello`` the state gives (resume from ``last_seq`` and ``epoch``), then resends every
+unanswered request in its original order before any new request goes out. Anything
+else ends the client through :meth:`Link.finish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from .errors import ClientError, ConnectionLost, Retry, SessionEnded
+from .handshake import Dialer, closed_outcome
+from .state import ClientState
+
+log = logging.getLogger("bamboo_session.client")
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Whether and how often to reconnect after a drop."""
+
+    enabled: bool
+    max_retries: int | None  # consecutive failed attempts before giving up; None: never
+    backoff_initial: float
+    backoff_max: float
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]; the first retry
+        waits at least a little, so a closing server is not hammered."""
+        ceiling = min(self.backoff_max, self.backoff_initial * 2**attempt)
+        return random.uniform(ceiling / 2 if attempt == 0 else 0, ceiling)
+
+    def gives_up(self, attempt: int) -> bool:
+        return self.max_retries is not None and attempt >= self.max_retries
+
+
+class Link:
+    """The connection side of one client: opens, reads, resends, reconnects."""
+
+    def __init__(
+        self,
+        state: ClientState,
+        dialer: Dialer,
+        policy: ReconnectPolicy,
+        request_timeout: float | None,
+    ) -> None:
+        self.state = state
+        self.dialer = dialer
+        self.policy = policy
+        self.request_timeout = request_timeout
+        self._ws: ClientConnection | None = None
+        self._generation = 0  # counts connections; a request remembers the one it went on
+        self._ready = False  # connected, and every earlier request resent
+        self._runner: asyncio.Task[None] | None = None
+        self.reconnects = 0  # successful reconnects so far
+        self.resent = 0  # requests sent again after a reconnect
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- opening ------------------------------------------------------------------------
+
+    async def open(self) -> ClientConnection:
+        """One connection, attached and welcomed (see :meth:`.Dialer.open`)."""
+        state = self.state
+        hello = state.next_hello()
+        ws, welcome = await self.dialer.open(state.session_id, hello)
+        state.welcomed(welcome, hello.last_seq)
+        return ws
+
+    def start(self, ws: ClientConnection) -> None:
+        """Run the link on ``ws``, the first connection, until the client ends."""
+        self._ws = ws  # close() before the runner first runs must still close it
+        self._runner = asyncio.create_task(self._run(ws), name="bamboo-client")
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def request(self, request_id: int, frame: Any, is_publish: bool = False) -> Any:
+        """Send ``frame`` (now, or after the reconnect under way) and wait for its reply,
+        resending it after every reconnect until it comes."""
+        state = self.state
+        if state.failure is not None:
+            raise state.failure
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = state.pending.add(request_id, frame, future, is_publish)
+        try:
+            if self._ready and self._ws is not None:
+                # Sent now; if the connection drops first, the reconnect resends it.
+                pending.mark_sent(self._generation)
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send(self._ws, frame)
+            return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
+        finally:
+            state.pending.release(request_id)
+
+    async def _send(self, ws: ClientConnection, frame: Any) -> None:
+        codec = self.dialer.codec
+        await ws.send(codec.encode(frame), text=codec.text)
+
+    # -- the task -------------------------------------------------------------------------
+
+    async def _run(self, ws: ClientConnection) -> None:
+        """Read a connection until it drops, then reconnect; until the client ends."""
+        try:
+            while True:
+                self._ws = ws
+                self._generation += 1
+                error = await self._serve(ws)
+                self._ready = False
+                self._ws = None
+                if error is None:
+                    return  # finished (closed, ended or a sequence error)
+                if not self.policy.enabled:
+                    self.finish(ConnectionLost(f"connection lost: {error}"))
+                    return
+                log.info("connection lost (%s); reconnecting", error)
+                reconnected = await self._reconnect(error)
+                if reconnected is None:
+                    return
+                ws = reconnected
+                self.reconnects += 1
+        except ClientError as exc:
+            self.finish(exc)
+        except Exception as exc:  # a bug must not leave callers waiting forever
+            log.exception("client failed")
+            self.finish(ClientError(f"client failed: {exc!r}"))
+
+    async def _reconnect(self, error: Retry) -> ClientConnection | None:
+        """A new connection, after backoff; ``None`` when the policy gives up."""
+        attempt = 0
+        while not self.policy.gives_up(attempt):
+            await asyncio.sleep(self.policy.delay(attempt))
+            attempt += 1
+            try:
+                return await self.open()
+            except Retry as exc:
+                error = exc
+        self.finish(ConnectionLost(f"gave up after {attempt} attempts: {error}"))
+        return None
+
+    async def _serve(self, ws: ClientConnection) -> Retry | None:
+        """Read ``ws`` while resending what is unanswered; the error to reconnect after,
+        or ``None`` when the client is finished."""
+        reader = asyncio.create_task(self._read(ws))
+        with contextlib.suppress(ConnectionClosed):  # the reader sees why, below
+            await self._resend(ws)
+        try:
+            await reader
+        except ConnectionClosed as exc:
+            error = closed_outcome(exc, self.state.closed_reason)
+            if isinstance(error, Retry):
+                return error
+            self.finish(error)
+        except (msgspec.DecodeError, ClientError) as exc:
+            self.finish(exc if isinstance(exc, ClientError) else ClientError(str(exc)))
+            await ws.close()
+        return None
+
+    async def _resend(self, ws: ClientConnection) -> None:
+        """Send every request not yet sent on this connection, oldest first, until none
+        is left; only then may new requests go out directly."""
+        generation = self._generation
+        while unsent := self.state.pending.unsent(generation):
+            for pending in unsent:
+                if pending.mark_sent(generation):
+                    self.resent += 1
+                await self._send(ws, pending.frame)
+        self._ready = True
+
+    async def _read(self, ws: ClientConnection) -> None:
+        decode = self.dialer.codec.decode_server
+        state = self.state
+        while True:
+            state.receive(decode(await ws.recv(decode=False)))
+            if state.failure is not None:
+                raise state.failure
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(self, failure: ClientError) -> None:
+        """End the client: fail what waits, end events(), close the connection unless
+        the session ended (the server closes it then)."""
+        if not self.state.finish(failure):
+            return
+        self._ready = False
+        ws = self._ws
+        if ws is not None and not isinstance(failure, SessionEnded):
+            asyncio.get_running_loop().create_task(ws.close())
+
+    async def close(self) -> None:
+        """Stop the task and close the connection (1000)."""
+        self.finish(SessionEnded("client closed"))
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()

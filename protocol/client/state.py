@@ -1,0 +1,144 @@
+"""ClientState: what a BambooClient knows of its session and what it still owes, kept
+across connections, with no I/O.
+
+The connection layer (:mod:`.link`) feeds it every frame the server sends and asks it
+for the ``hello`` of each new connection. In return it answers waiting requests (by
+``id``, through :class:`.PendingRequests`), checks seqs (:class:`.SequenceChecker`),
+queues events and :class:`.Reset` markers for :meth:`BambooClient.events`, and keeps the
+session's metadata, epoch and presence count. :meth:`ClientState.finish` ends it all
+once: every waiting request fails, and the events feed ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+import msgspec
+
+from ..frames import (
+    Ack,
+    Closed,
+    Error,
+    EventFrame,
+    Events,
+    Hello,
+    History,
+    Pong,
+    Presence,
+    ServerFrame,
+    Welcome,
+)
+from ..models import SessionMetadata, StoredEvent
+from .errors import ClientError, RequestError
+from .pending import PendingRequests
+from .results import Reset
+from .sequence import SequenceChecker
+
+log = logging.getLogger("bamboo_session.client")
+
+END: Final = object()  # queued after the last item of the events feed
+
+
+class ClientState:
+    """One client's session knowledge and obligations; see the module docstring."""
+
+    def __init__(self, first_hello: Hello, session_id: str | None, receive_events: bool) -> None:
+        self._first_hello = first_hello  # the hello of the first connection
+        self._receive_events = receive_events
+        self.session_id = session_id  # None until the server picks one for a new session
+        self.epoch = first_hello.epoch
+        self.sequence = SequenceChecker(first_hello.last_seq or 0)
+        self.pending = PendingRequests()
+        self.feed: asyncio.Queue[Any] = asyncio.Queue()  # events, Resets, then END
+        self.welcomed_once = False
+        self.connection_id: str | None = None
+        self.session: SessionMetadata | None = None  # as of the last welcome
+        self.connections = 0  # connections attached to the session (from presence)
+        self.closed_reason: str | None = None  # from the server's closed frame
+        self.failure: ClientError | None = None  # why this client is finished
+
+    # -- attaching ------------------------------------------------------------------------
+
+    def next_hello(self) -> Hello:
+        """The ``hello`` of the next connection attempt (ask once per attempt): the first
+        one as given; a reconnect resumes where this client is and never creates a
+        session."""
+        if not self.welcomed_once:
+            return self._first_hello
+        return msgspec.structs.replace(
+            self._first_hello,
+            create=False,
+            last_seq=self.sequence.resume(),
+            epoch=self.epoch,
+        )
+
+    def welcomed(self, welcome: Welcome, asked_after: int | None) -> None:
+        """The server's ``welcome`` to a hello that asked to resume after
+        ``asked_after`` (``None``: it did not ask)."""
+        previous_epoch = self.epoch
+        self.welcomed_once = True
+        self.session_id = welcome.session.id
+        self.session = welcome.session
+        self.connection_id = welcome.connection_id
+        self.connections = welcome.session.connections
+        self.closed_reason = None
+        self.epoch = welcome.epoch
+        if asked_after is None:
+            self.sequence.reset(welcome.last_seq)  # live events only, from here
+        elif not welcome.resumed:
+            self.sequence.reset(welcome.last_seq)
+            reset = Reset(welcome.epoch, welcome.last_seq, previous_epoch, asked_after)
+            if self._receive_events:
+                self.feed.put_nowait(reset)
+            log.info("could not resume from seq %d: %r", asked_after, reset)
+
+    # -- frames of an attached connection ---------------------------------------------------
+
+    def receive(self, frame: ServerFrame) -> None:
+        """Route one frame; raises :class:`SequenceError` when the seqs went wrong."""
+        pending = self.pending
+        match frame:
+            case EventFrame(seq=seq, ts=ts, event=event):
+                deliver = self.sequence.event(seq, pending.unanswered_publishes)
+                if deliver and self._receive_events:
+                    self.feed.put_nowait(StoredEvent(seq, ts, event))  # type: ignore[arg-type]
+            case Ack(id=request_id, seq=seq, duplicate=duplicate):
+                request = pending.get(request_id)
+                if request is not None and request.is_publish:
+                    self.sequence.ack(seq, duplicate)
+                self._answer(request_id, frame)
+            case History() | Events() | Pong():
+                self._answer(frame.id, frame)
+            case Error(id=request_id, code=code, message=message):
+                if request_id is None:
+                    log.warning("error from the server: %s: %s", code, message)
+                else:
+                    self._answer(request_id, error=RequestError(code, message))
+            case Presence(connections=connections):
+                self.connections = connections
+            case Closed(reason=reason):
+                self.closed_reason = reason
+            case Welcome():
+                log.warning("unexpected second welcome ignored")
+
+    def _answer(self, request_id: Any, result: Any = None, error: Exception | None = None) -> None:
+        request = self.pending.answer(request_id, result, error)
+        if request is None:
+            log.debug("reply to no waiting request: %r", request_id)
+        elif request.is_publish:
+            # One publish fewer that could fill a hole.
+            self.sequence.check(self.pending.unanswered_publishes)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(self, failure: ClientError) -> bool:
+        """End this client with ``failure``: waiting requests fail with it, the events
+        feed ends. False when it had already ended."""
+        if self.failure is not None:
+            return False
+        self.failure = failure
+        self.pending.fail_all(failure)
+        self.feed.put_nowait(END)
+        return True

@@ -1,0 +1,53 @@
+"""Opening a connection (protocol/client/handshake.py) against scripted servers: what
+a refusal during a reconnect says, and that a handshake cut short leaves no socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from bamboo_session.protocol.client import BambooClient, SessionEnded
+from tests.test_client_resume import FAST, TIMEOUT, fake_server, url_of, welcome
+
+
+async def test_close_while_a_reconnect_waits_for_welcome_closes_that_socket() -> None:
+    waiting_for_welcome = asyncio.Event()
+    second_closed = asyncio.Event()
+
+    async def script(ws: ServerConnection, hello: dict[str, Any], attempt: int) -> None:
+        if attempt == 1:
+            await welcome(ws)
+            await ws.close(1012)
+        else:
+            waiting_for_welcome.set()  # and never send it
+            await ws.wait_closed()
+            second_closed.set()
+
+    async with fake_server(script) as hellos:
+        client = await BambooClient.connect(url_of(hellos), "f", **FAST)
+        await asyncio.wait_for(waiting_for_welcome.wait(), TIMEOUT)
+        await client.close()
+        await asyncio.wait_for(second_closed.wait(), 3.0)
+
+
+async def test_a_refusal_while_reconnecting_says_why_itself() -> None:
+    async def script(ws: ServerConnection, hello: dict[str, Any], attempt: int) -> None:
+        if attempt == 1:
+            await welcome(ws)
+            await ws.send(json.dumps({"type": "closed", "reason": "server restarting"}))
+            await ws.close(1012, "server restarting")
+        else:
+            await ws.close(4409, "session closed")  # closed meanwhile: no frame, a close
+
+    async with fake_server(script) as hellos:
+        client = await BambooClient.connect(url_of(hellos), "f", **FAST)
+        async for _ in client.events():
+            pass  # ends: the session ended
+        with pytest.raises(SessionEnded) as ended:
+            await client.ping()
+        assert ended.value.reason == "session closed"
+        await client.close()
