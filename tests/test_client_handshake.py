@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from bamboo_session.protocol.client import BambooClient, SessionEnded
+from bamboo_session.protocol.client import BambooClient, ConnectionLost, SessionEnded
 from tests.test_client_resume import FAST, TIMEOUT, fake_server, url_of, welcome
 
 
@@ -50,4 +50,24 @@ async def test_a_refusal_while_reconnecting_says_why_itself() -> None:
         with pytest.raises(SessionEnded) as ended:
             await client.ping()
         assert ended.value.reason == "session closed"
+        await client.close()
+
+
+async def test_welcomes_that_close_at_once_keep_backing_off_and_count_as_retries() -> None:
+    """A server that welcomes, then closes with a resumable code straight away, is not
+    a recovery: the backoff grows and max_retries still ends the client."""
+
+    async def script(ws: ServerConnection, hello: dict[str, Any], attempt: int) -> None:
+        await welcome(ws)
+        await ws.close(4429, "too slow to read")
+
+    async with fake_server(script) as hellos:
+        client = await BambooClient.connect(
+            url_of(hellos), "f", max_retries=4, backoff_initial=0.01, backoff_max=10.0
+        )
+        with pytest.raises(ConnectionLost, match="gave up after 4 attempts"):
+            async for _ in client.events():
+                pass
+            await client.ping()
+        assert len(hellos) <= 5  # the first connection and 4 attempts, not a storm
         await client.close()

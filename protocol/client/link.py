@@ -27,6 +27,11 @@ from .state import ClientState
 
 log = logging.getLogger("bamboo_session.client")
 
+# A connection that lasted less than this did not really recover: the backoff goes on
+# growing (and counts towards max_retries) instead of starting again from the bottom,
+# so a server that welcomes then closes at once is not hammered.
+STABLE_AFTER = 10.0
+
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
@@ -115,10 +120,13 @@ class Link:
 
     async def _run(self, ws: ClientConnection) -> None:
         """Read a connection until it drops, then reconnect; until the client ends."""
+        loop = asyncio.get_running_loop()
+        attempt = 0  # reconnect attempts since the last connection that held
         try:
             while True:
                 self._ws = ws
                 self._generation += 1
+                started = loop.time()
                 error = await self._serve(ws)
                 self._ready = False
                 self._ws = None
@@ -128,7 +136,9 @@ class Link:
                     self.finish(ConnectionLost(f"connection lost: {error}"))
                     return
                 log.info("connection lost (%s); reconnecting", error)
-                reconnected = await self._reconnect(error)
+                if loop.time() - started >= STABLE_AFTER:
+                    attempt = 0
+                reconnected, attempt = await self._reconnect(error, attempt)
                 if reconnected is None:
                     return
                 ws = reconnected
@@ -139,18 +149,20 @@ class Link:
             log.exception("client failed")
             self.finish(ClientError(f"client failed: {exc!r}"))
 
-    async def _reconnect(self, error: Retry) -> ClientConnection | None:
-        """A new connection, after backoff; ``None`` when the policy gives up."""
-        attempt = 0
+    async def _reconnect(
+        self, error: Retry, attempt: int
+    ) -> tuple[ClientConnection | None, int]:
+        """A new connection after backoff, and the attempts made so far (counting from
+        ``attempt``); no connection when the policy gives up."""
         while not self.policy.gives_up(attempt):
             await asyncio.sleep(self.policy.delay(attempt))
             attempt += 1
             try:
-                return await self.open()
+                return await self.open(), attempt
             except Retry as exc:
                 error = exc
         self.finish(ConnectionLost(f"gave up after {attempt} attempts: {error}"))
-        return None
+        return None, attempt
 
     async def _serve(self, ws: ClientConnection) -> Retry | None:
         """Read ``ws`` while resending what is unanswered; the error to reconnect after,
