@@ -13,13 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Throughput with the line-up it had before Socket.IO joined (and its RATIO lines as
-# then); the full line-up has its own test below.
+# Throughput and latency with the line-up they had before Socket.IO joined (and their
+# RATIO lines as then); the full line-up has its own test below.
 BEFORE_SOCKETIO = ["--peers", "relay", "--durability", "fsync"]
 TINY_THROUGHPUT = ["--sessions", "3", "--events", "20"]
+TINY_LATENCY = ["--rate", "200", "--sessions", "4", "--seconds", "1", "--warmup", "0.2"]
 TINY = {
     "throughput": [*TINY_THROUGHPUT, *BEFORE_SOCKETIO],
-    "latency": ["--rate", "200", "--sessions", "4", "--seconds", "1", "--warmup", "0.2"],
+    "latency": [*TINY_LATENCY, *BEFORE_SOCKETIO],
     "connections": ["--connections", "40", "--parked", "200"],
     "reconnect_storm": ["--sessions", "3", "--viewers", "2", "--events", "40"],
 }
@@ -55,21 +56,31 @@ def test_script_runs_and_prints_ratios(name: str, tmp_path: Path) -> None:
     assert results["command"].startswith(f"python -m bench.{name}")
 
 
-def test_socketio_and_bamboo_os_run_beside_the_relay(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["throughput", "latency"])
+def test_socketio_and_bamboo_os_run_beside_the_relay(name: str, tmp_path: Path) -> None:
     from bench import socketio_peer
 
     reason = socketio_peer.unavailable()  # installs socket.io with npm ci when missing
     if reason is not None:
         pytest.skip(f"Socket.IO peer: {reason}")
-    out = tmp_path / "throughput.json"
-    stdout = run_bench("throughput", out, TINY_THROUGHPUT)
+    # Two latency drivers: the load is split over processes and the samples merged.
+    args = TINY_THROUGHPUT if name == "throughput" else [*TINY_LATENCY, "--drivers", "2"]
+    out = tmp_path / f"{name}.json"
+    stdout = run_bench(name, out, args)
     ratios = [line.split(" = ")[0] for line in stdout.splitlines() if line.startswith("RATIO")]
     for pair in ("bamboo-fsync/socketio", "bamboo-os/relay", "bamboo-os/socketio"):
         assert any(line.endswith(pair) for line in ratios), stdout
     assert any(line.endswith("socketio/relay") for line in ratios), stdout
-    (point,) = json.loads(out.read_text())["points"]
-    runs = point["runs"]
-    assert all(run["events"] == 3 * 20 for run in runs.values())
+    results = json.loads(out.read_text())
+    if name == "throughput":
+        (point,) = results["points"]
+        runs = point["runs"]
+        assert all(run["events"] == 3 * 20 for run in runs.values())
+    else:
+        runs = results["runs"]
+        for run in runs.values():
+            assert (run["drivers"], run["sent"], run["missing"]) == (2, 200, 0), run
+            assert run["measured"] == 160  # the 0.2 s of warm-up at 200/s dropped
     assert list(runs) == ["relay", "socketio", "bamboo-fsync", "bamboo-os"]
     assert all(run["server_cpu_us_per_event"] >= 0 for run in runs.values())
 
