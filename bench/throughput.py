@@ -28,15 +28,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
+from pathlib import Path
 from typing import Any
 
 from . import common, compare, socketio_peer
 from .peers import bamboo_attach, open_ws, publish_unacked, publish_windowed, receive_events
-from .workers import DriverGroup
+from .workers import DriverProcess
 
 RUN_TIMEOUT = 300.0  # no single measurement may take longer than this
 CONNECT_CONCURRENCY = 50
+WARMUP_EVENTS = 20_000
 
 
 async def measure_baseline(server: common.ServerProcess, sessions: int, events: int) -> float:
@@ -83,46 +86,86 @@ async def measure_bamboo(
         await asyncio.gather(*(ws.close() for ws in [*agents, *viewers]), return_exceptions=True)
 
 
-async def measure_socketio(
-    server: common.ServerProcess, sessions: int, events: int, window: int
-) -> tuple[float, float]:
-    """(seconds, driver CPU seconds): the Node driver times the run itself."""
-    names = [f"tp{sessions}-{i}-{time.monotonic_ns()}" for i in range(sessions)]
-    config = {
-        "mode": "throughput",
-        "url": socketio_peer.url(server),
-        "sessions": names,
-        "events": events,
-        "window": window,
-    }
-    driver = socketio_peer.driver("socketio", config)
-    async with DriverGroup([driver]) as group:
-        await group.ready()
-        group.go(lead=0.0)
-        (result,) = await group.results()
-    return result["seconds"], result["driver_cpu_s"]
+class SocketIODriver:
+    """One Node driver process for the whole invocation, fed one run after another, so
+    its JIT stays warm as the in-process Python driver does (a fresh Node driver ran at
+    a third of the speed it reached by its fourth run)."""
 
+    def __init__(self) -> None:
+        self.process: DriverProcess | None = None
 
-async def run_once(
-    kind: str, server: common.ServerProcess, sessions: int, events: int, window: int
-) -> tuple[float, float]:
-    """(seconds, driver CPU seconds) of one run of ``kind``."""
-    driver_before = time.process_time()
-    async with asyncio.timeout(RUN_TIMEOUT):
-        if kind == compare.SOCKETIO:  # driven by a Node process, which counts its own CPU
-            return await measure_socketio(server, sessions, events, window)
-        if kind == compare.RELAY:
-            elapsed = await measure_baseline(server, sessions, events)
+    async def run(
+        self, server: common.ServerProcess, sessions: int, events: int, window: int
+    ) -> tuple[float, float]:
+        """(seconds, driver CPU seconds): the driver times the run and counts its CPU."""
+        config = {
+            "mode": "throughput",
+            "url": socketio_peer.url(server),
+            "sessions": [f"tp{sessions}-{i}-{time.monotonic_ns()}" for i in range(sessions)],
+            "events": events,
+            "window": window,
+        }
+        if self.process is None:
+            self.process = socketio_peer.driver("socketio", config)
+            await self.process.start()
         else:
-            elapsed = await measure_bamboo(server, sessions, events, window)
-    return elapsed, time.process_time() - driver_before
+            self.process.submit(config)
+        await self.process.ready()
+        self.process.go(time.perf_counter())
+        result = await self.process.result()
+        return result["seconds"], result["driver_cpu_s"]
+
+    async def close(self) -> None:
+        if self.process is not None:
+            await self.process.stop(grace=10.0)
+
+
+class Servers:
+    """This invocation's servers, one per kind, and the Socket.IO driver, started on
+    entry and stopped on exit."""
+
+    def __init__(self, lineup: list[str], tmp: Path) -> None:
+        self.lineup = lineup
+        self.tmp = tmp
+        self.by_kind: dict[str, common.ServerProcess] = {}
+        self.socketio_driver = SocketIODriver()
+
+    async def __aenter__(self) -> Servers:
+        try:
+            for kind in self.lineup:
+                self.by_kind[kind] = compare.server(kind, self.tmp).start()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.socketio_driver.close()
+        for server in self.by_kind.values():
+            server.terminate()
+
+    async def run_once(
+        self, kind: str, sessions: int, events: int, window: int
+    ) -> tuple[float, float]:
+        """(seconds, driver CPU seconds) of one run of ``kind``."""
+        server = self.by_kind[kind]
+        driver_before = time.process_time()
+        async with asyncio.timeout(RUN_TIMEOUT):
+            if kind == compare.SOCKETIO:  # a Node process, which counts its own CPU
+                return await self.socketio_driver.run(server, sessions, events, window)
+            if kind == compare.RELAY:
+                elapsed = await measure_baseline(server, sessions, events)
+            else:
+                elapsed = await measure_bamboo(server, sessions, events, window)
+        return elapsed, time.process_time() - driver_before
 
 
 async def measure(
-    kind: str, server: common.ServerProcess, sessions: int, events: int, window: int
+    servers: Servers, kind: str, sessions: int, events: int, window: int
 ) -> dict[str, Any]:
+    server = servers.by_kind[kind]
     cpu_before = common.cpu_seconds(server.pid)
-    elapsed, driver_cpu = await run_once(kind, server, sessions, events, window)
+    elapsed, driver_cpu = await servers.run_once(kind, sessions, events, window)
     total = sessions * events
     # CPU is counted over connect + run + close: the same overheads for every kind.
     server_cpu = common.cpu_seconds(server.pid) - cpu_before
@@ -202,15 +245,15 @@ def table(points: list[dict[str, Any]]) -> str:
     return compare.markdown_table(header, rows)
 
 
-async def warm_up(
-    lineup: list[str], servers: dict[str, common.ServerProcess], sessions: int, args: Any
-) -> None:
-    """One unmeasured run per peer first: Node's JIT compiles Socket.IO's hot paths during
-    its first thousands of events (85 us/event of server CPU in a cold first run at 20
-    sessions, 32 once warm), and every server fills its caches and pools."""
+async def warm_up(servers: Servers, args: argparse.Namespace) -> None:
+    """One unmeasured run per peer first, of about WARMUP_EVENTS: V8 compiles the hot
+    paths of Socket.IO's server and client over their first ten thousand events or so
+    (a fresh pair delivered 14,000, 26,000, 38,000 then 51,000 events/s in four runs of
+    4,000 events at 20 sessions), and every server fills its caches and pools."""
+    sessions = min(max(args.sessions), math.ceil(WARMUP_EVENTS / args.events))
     print(f"warm-up: one unmeasured run per peer at {sessions} sessions", flush=True)
-    for kind in lineup:
-        await run_once(kind, servers[kind], sessions, args.events, args.window)
+    for kind in servers.lineup:
+        await servers.run_once(kind, sessions, args.events, args.window)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,22 +261,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     lineup = compare.kinds(args)
     points: list[dict[str, Any]] = []
     with common.workdir("throughput") as tmp:
-        servers: dict[str, common.ServerProcess] = {}
-        try:
-            for kind in lineup:
-                servers[kind] = compare.server(kind, tmp).start()
+        async with Servers(lineup, tmp) as servers:
             if args.warmup:
-                await warm_up(lineup, servers, min(args.sessions), args)
+                await warm_up(servers, args)
             for sessions in args.sessions:
                 runs = {}
                 for kind in lineup:
-                    runs[kind] = await measure(
-                        kind, servers[kind], sessions, args.events, args.window
-                    )
+                    runs[kind] = await measure(servers, kind, sessions, args.events, args.window)
                 points.append(report_point(sessions, runs))
-        finally:
-            for server in servers.values():
-                server.terminate()
     print(table(points), flush=True)
     return {"question": "throughput", "window": args.window, "points": points}
 

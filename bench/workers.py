@@ -10,7 +10,9 @@ Every driver speaks the same JSON lines on its stdin and stdout:
     stdin   line 2  {"start": T}                    go; T in time.perf_counter() seconds
                                                     (CLOCK_MONOTONIC: one clock for every
                                                     process on the machine)
-    stdout          {"result": {...}}               then the driver closes and exits
+    stdout          {"result": {...}}               then the driver closes and exits, or,
+                                                    if it takes jobs one after another (the
+                                                    Node driver), reads the next config
 
 Anything else a driver has to say goes to stderr, which is the bench script's own.
 """
@@ -55,6 +57,11 @@ class DriverProcess:
             preexec_fn=common.raise_nofile,
         )
         self._write(self.config)
+
+    def submit(self, config: dict[str, Any]) -> None:
+        """The next job, for a driver that runs one after another."""
+        self.config = config
+        self._write(config)
 
     async def ready(self) -> None:
         async with asyncio.timeout(READY_TIMEOUT):
