@@ -39,8 +39,8 @@ from .workers import DriverGroup, DriverProcess
 
 HISTOGRAM_BINS = 200
 # One Python driver process at 10,000 events/s over 1,000 sessions used ~40% of a core
-# and sent late (p99 13 to 54 ms behind schedule against the relay); two kept within 2 to
-# 6 ms; four did no better than two on 2 cores (bench/RESULTS.md).
+# and sent p99 2 to 54 ms behind schedule against the relay (three runs); two sent 2 to
+# 12 ms late (four runs); four did no better than two on 2 cores (bench/RESULTS.md).
 RATE_PER_DRIVER = 5_000
 RESULT_TIMEOUT_EXTRA = 90.0  # past --seconds: stragglers (5 s) and a slow machine
 
