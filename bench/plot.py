@@ -1,5 +1,6 @@
 """Plots of the bench results (matplotlib, Agg): the latency distribution and the
-throughput-vs-sessions curve, each Bamboo against the baseline relay.
+throughput-vs-sessions curve, each Bamboo (at each durability) against the relay and
+Socket.IO.
 
     python -m bench.plot    # from bench/out/*.json to bench/latency.png, bench/throughput.png
 """
@@ -70,26 +71,39 @@ def plot_latency(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+LABELS = {"relay": "relay", "socketio": "Socket.IO", "baseline": "relay"}
+
+
 def plot_throughput(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     points = results["points"]
-    sessions = [p["bamboo"]["sessions"] for p in points]
+    sessions = [p["sessions"] for p in points]
+    kinds = list(dict.fromkeys(kind for p in points for kind in p["runs"]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for kind in ("baseline", "bamboo"):
-        label = "baseline relay" if kind == "baseline" else "Bamboo (fsync)"
-        ax.plot(sessions, [p[kind]["events_per_s"] for p in points], marker="o", label=label)
-    ax.plot(
-        sessions,
-        [0.6 * p["baseline"]["events_per_s"] for p in points],
-        linestyle=":",
-        color="grey",
-        label="goal: 0.6x baseline",
-    )
+    for kind in kinds:
+        label = LABELS.get(kind, kind.replace("bamboo-", "Bamboo ("))
+        label += ")" if kind.startswith("bamboo-") else ""
+        ax.plot(
+            sessions,
+            [p["runs"][kind]["events_per_s"] if kind in p["runs"] else None for p in points],
+            marker="o",
+            label=label,
+        )
+    if all("relay" in p["runs"] for p in points):
+        ax.plot(
+            sessions,
+            [0.6 * p["runs"]["relay"]["events_per_s"] for p in points],
+            linestyle=":",
+            color="grey",
+            label="goal: 0.6x relay",
+        )
     for p in points:
+        if "ratio" not in p:
+            continue
         ax.annotate(
             f"{p['ratio']:.2f}x",
-            (p["bamboo"]["sessions"], p["bamboo"]["events_per_s"]),
+            (p["sessions"], p["runs"][p["goal_kind"]]["events_per_s"]),
             textcoords="offset points",
             xytext=(0, 6),
             ha="center",

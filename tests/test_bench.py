@@ -13,19 +13,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Throughput and latency with the line-up they had before Socket.IO joined (and their
+# RATIO lines as then); the full line-up has its own test below.
+BEFORE_SOCKETIO = ["--peers", "relay", "--durability", "fsync"]
+TINY_THROUGHPUT = ["--sessions", "3", "--events", "20"]
+TINY_LATENCY = ["--rate", "200", "--sessions", "4", "--seconds", "1", "--warmup", "0.2"]
 TINY = {
-    "throughput": ["--sessions", "3", "--events", "20"],
-    "latency": ["--rate", "200", "--sessions", "4", "--seconds", "1", "--warmup", "0.2"],
+    "throughput": [*TINY_THROUGHPUT, *BEFORE_SOCKETIO],
+    "latency": [*TINY_LATENCY, *BEFORE_SOCKETIO],
     "connections": ["--connections", "40", "--parked", "200"],
     "reconnect_storm": ["--sessions", "3", "--viewers", "2", "--events", "40"],
 }
 RATIO_LINES = {"throughput": 1, "latency": 2, "connections": 3, "reconnect_storm": 3}
 
 
-def run_bench(name: str, out: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_FULL"}
+def run_bench(
+    name: str, out: Path, args: list[str] | None = None, env: dict[str, str] | None = None
+) -> str:
+    env = {k: v for k, v in (env or os.environ).items() if k != "BENCH_FULL"}
     done = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", *TINY[name], "--json", str(out)],
+        [sys.executable, "-m", f"bench.{name}", *(args or TINY[name]), "--json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -47,6 +54,45 @@ def test_script_runs_and_prints_ratios(name: str, tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert results["nproc"] == os.cpu_count()
     assert results["command"].startswith(f"python -m bench.{name}")
+
+
+@pytest.mark.parametrize("name", ["throughput", "latency"])
+def test_socketio_and_bamboo_os_run_beside_the_relay(name: str, tmp_path: Path) -> None:
+    from bench import socketio_peer
+
+    reason = socketio_peer.unavailable()  # installs socket.io with npm ci when missing
+    if reason is not None:
+        pytest.skip(f"Socket.IO peer: {reason}")
+    # Two latency drivers: the load is split over processes and the samples merged.
+    args = TINY_THROUGHPUT if name == "throughput" else [*TINY_LATENCY, "--drivers", "2"]
+    out = tmp_path / f"{name}.json"
+    stdout = run_bench(name, out, args)
+    ratios = [line.split(" = ")[0] for line in stdout.splitlines() if line.startswith("RATIO")]
+    for pair in ("bamboo-fsync/socketio", "bamboo-os/relay", "bamboo-os/socketio"):
+        assert any(line.endswith(pair) for line in ratios), stdout
+    assert any(line.endswith("socketio/relay") for line in ratios), stdout
+    results = json.loads(out.read_text())
+    if name == "throughput":
+        (point,) = results["points"]
+        runs = point["runs"]
+        assert all(run["events"] == 3 * 20 for run in runs.values())
+    else:
+        runs = results["runs"]
+        for run in runs.values():
+            assert (run["drivers"], run["sent"], run["missing"]) == (2, 200, 0), run
+            assert run["measured"] == 160  # the 0.2 s of warm-up at 200/s dropped
+    assert list(runs) == ["relay", "socketio", "bamboo-fsync", "bamboo-os"]
+    assert all(run["server_cpu_us_per_event"] >= 0 for run in runs.values())
+
+
+def test_socketio_peer_is_skipped_in_one_line_without_node(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no node on it; Python runs by full path
+    stdout = run_bench("throughput", tmp_path / "t.json", TINY_THROUGHPUT, env=env)
+    skipped = [line for line in stdout.splitlines() if "skipped" in line]
+    reason = "node not found (install Node.js >= 18: apt-get install -y nodejs npm)"
+    assert skipped == [f"socketio     skipped: {reason}"], stdout
+    assert "RATIO throughput sessions=3 = " in stdout
+    assert "bamboo-os/relay" in stdout
 
 
 def test_plots_draw(tmp_path: Path) -> None:

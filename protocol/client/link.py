@@ -149,9 +149,7 @@ class Link:
             log.exception("client failed")
             self.finish(ClientError(f"client failed: {exc!r}"))
 
-    async def _reconnect(
-        self, error: Retry, attempt: int
-    ) -> tuple[ClientConnection | None, int]:
+    async def _reconnect(self, error: Retry, attempt: int) -> tuple[ClientConnection | None, int]:
         """A new connection after backoff, and the attempts made so far (counting from
         ``attempt``); no connection when the policy gives up."""
         while not self.policy.gives_up(attempt):

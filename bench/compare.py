@@ -1,0 +1,94 @@
+"""The line-up of the comparative benches (throughput, latency): which peers run beside
+Bamboo, their servers, and the ratios between them.
+
+Kinds, in the order they are measured: ``relay`` (bench/baseline_relay.py), ``socketio``
+(bench/socketio/, skipped with one line where node is missing), then ``bamboo-fsync``,
+``bamboo-os``, ... one Bamboo server per ``--durability`` given (fsync and os by
+default, so the price of the disk shows). Every ratio is taken between runs of one
+invocation, since absolute figures drift on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import common, socketio_peer
+
+RELAY = "relay"
+SOCKETIO = socketio_peer.KIND
+PEERS = (RELAY, SOCKETIO)
+BAMBOO = "bamboo-"
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=PEERS,
+        default=list(PEERS),
+        help="what Bamboo is compared with (default: both); the relay gives the goal ratio",
+    )
+    parser.add_argument(
+        "--durability",
+        nargs="+",
+        choices=("fsync", "os", "memory"),
+        default=["fsync", "os"],
+        help="Bamboo's durability, one server each (the goal is for the first: fsync)",
+    )
+
+
+def kinds(args: argparse.Namespace) -> list[str]:
+    """What this invocation measures; prints the one skip line if Socket.IO cannot run."""
+    lineup = [RELAY] if RELAY in args.peers else []
+    if SOCKETIO in args.peers:
+        skipped = socketio_peer.skip_line()
+        if skipped is None:
+            lineup.append(SOCKETIO)
+        else:
+            print(skipped, flush=True)
+    durabilities = list(dict.fromkeys(args.durability))
+    return lineup + [BAMBOO + d for d in durabilities]
+
+
+def is_bamboo(kind: str) -> bool:
+    return kind.startswith(BAMBOO)
+
+
+def server(kind: str, tmp: Path) -> common.ServerProcess:
+    if kind == RELAY:
+        return common.baseline_server(tmp / "relay.log")
+    if kind == SOCKETIO:
+        return socketio_peer.server(tmp / "socketio.log")
+    durability = kind.removeprefix(BAMBOO)
+    return common.bamboo_server(
+        tmp / f"data-{durability}", tmp / f"{kind}.log", "--durability", durability
+    )
+
+
+def pairs(lineup: Sequence[str]) -> list[tuple[str, str]]:
+    """(numerator, denominator) of every comparison: each Bamboo against each peer, and
+    Socket.IO against the relay."""
+    peers = [k for k in lineup if not is_bamboo(k)]
+    found = [(b, p) for b in lineup if is_bamboo(b) for p in peers]
+    if RELAY in lineup and SOCKETIO in lineup:
+        found.append((SOCKETIO, RELAY))
+    return found
+
+
+def ratio(values: dict[str, float], pair: tuple[str, str]) -> float:
+    return values[pair[0]] / max(values[pair[1]], 1e-9)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def versus(values: dict[str, float], kind: str, peer: str, fmt: Callable[[float], str]) -> str:
+    """``kind``'s value over ``peer``'s, or "-" where one of them did not run."""
+    if peer not in values or kind not in values:
+        return "-"
+    return fmt(values[kind] / max(values[peer], 1e-9))
