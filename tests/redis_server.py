@@ -62,6 +62,7 @@ class RedisServer:
                 "--appendonly", "yes",
                 "--appendfsync", "always",
                 "--save", "",
+                "--repl-diskless-sync-delay", "0",
                 "--logfile", str(self.directory / "redis.log"),
                 "--daemonize", "no",
             ],
@@ -84,12 +85,17 @@ class RedisServer:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(sig)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # Again and again: Redis refuses a SIGTERM while it writes its first AOF.
+            process.send_signal(sig)
+            try:
+                process.wait(0.2)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        process.kill()
+        process.wait(10)
 
     def _answers(self) -> bool:
         try:
