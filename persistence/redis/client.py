@@ -4,6 +4,7 @@ replicas (``wait_replicas``) before anything written is acknowledged or publishe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,4 +92,17 @@ class Commands:
             raise unreachable(exc) from exc
 
 
-__all__ = ["Commands", "StorageError", "connect", "server_version"]
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it to end. Again if need be: a cancellation that
+    meets a socket timeout at the same instant can come out as a TimeoutError, which
+    the task's loop takes for a Redis error and survives."""
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    if not task.cancelled():
+        task.exception()  # retrieved: the task's failure was logged where it happened
+
+
+__all__ = ["Commands", "StorageError", "connect", "server_version", "stop_task"]

@@ -28,6 +28,7 @@ from redis.asyncio.client import PubSub
 
 from ..base import StorageError
 from ..feed import CLOSED, DELETED, Feed
+from .client import stop_task
 from .layout import (
     CLOSED_NOTICE,
     DELETED_NOTICE,
@@ -73,7 +74,9 @@ class Listener:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._catch_up: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # unsubscribes under way
         self._closing = False
+        self._broken = False
         self._last_heard = 0.0
         self.reconnects = 0
 
@@ -87,11 +90,8 @@ class Listener:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._task, self._catch_up):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in (self._task, self._catch_up, *self._background):
+            await stop_task(task)
         await self._disconnect()
 
     # -- what the store asks ------------------------------------------------------------
@@ -114,9 +114,10 @@ class Listener:
 
     def unwatch(self, session_id: str) -> None:
         """The session's last subscription closed: unsubscribe, in the background."""
-        if session_id in self._subscribed and self._connected.is_set():
+        if session_id in self._subscribed and self._connected.is_set() and not self._closing:
             task = asyncio.get_running_loop().create_task(self._sync_quietly())
-            task.add_done_callback(_ignore)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -191,6 +192,8 @@ class Listener:
                 attempt += 1
 
     async def _read(self, pubsub: PubSub) -> None:
+        if self._broken:
+            raise StorageError("the pub/sub connection is to be replaced")
         loop = asyncio.get_running_loop()
         message = await pubsub.get_message(timeout=POLL)
         now = loop.time()
@@ -236,6 +239,7 @@ class Listener:
             await pubsub.aclose()
             raise
         self._pubsub = pubsub
+        self._broken = False
         self._subscribed = set()
         self._last_heard = asyncio.get_running_loop().time()
         self._connected.set()
@@ -253,10 +257,7 @@ class Listener:
             await self._on_reconnect(set(self._subscribed))
         except StorageError as exc:
             log.warning("catching up after a reconnect failed: %s", exc)
-            pubsub = self._pubsub
-            if pubsub is not None:  # start over with a fresh connection
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+            self._broken = True  # the reader starts over with a fresh connection
 
     async def _disconnect(self) -> None:
         self._connected.clear()
@@ -268,8 +269,3 @@ class Listener:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
-
-
-def _ignore(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 from bamboo_session.protocol.models import utcnow
 
 from ..base import StorageError
+from .client import stop_task
 from .layout import to_micros
 from .lease import Lease
 from .scripts import Fenced
@@ -52,6 +53,7 @@ class Maintenance:
         )
         self._interval = config.cleanup_interval
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.runs = 0  # cleanups this instance ran under the lease
 
     def start(self) -> None:
@@ -59,11 +61,9 @@ class Maintenance:
             self._task = asyncio.create_task(self._loop(self._interval), name="bamboo-cleanup")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
         with contextlib.suppress(StorageError):
             await self.lease.release()
 
@@ -87,7 +87,7 @@ class Maintenance:
     async def _loop(self, interval: float) -> None:
         lease = self.lease
         next_run = time.monotonic() + interval
-        while True:
+        while not self._stopping:
             await asyncio.sleep(min(lease.ttl / 3, max(0.0, next_run - time.monotonic())))
             try:
                 if not await lease.keep():
