@@ -49,7 +49,10 @@ class Maintenance:
         self._storage = storage
         config = storage.config
         self.lease = Lease(
-            storage.redis.client, storage.layout.lease("cleanup"), instance_name(), config.lease_ttl
+            storage.redis.client,
+            storage.layout.lease("cleanup"),
+            storage.instance,
+            config.lease_ttl,
         )
         self._interval = config.cleanup_interval
         self._task: asyncio.Task[None] | None = None

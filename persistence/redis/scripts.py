@@ -35,6 +35,7 @@ NAMES: Final = (
     "import",
     "import_meta",
     "list",
+    "presence",
     "read",
     "state",
     "touch",

@@ -76,9 +76,13 @@ class RedisStorage:
         self.redis = Commands(client, config, sharded)
         self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
         self._open = True
-        from .maintenance import Maintenance  # it imports this module: a cycle otherwise
+        from .maintenance import Maintenance, instance_name  # they import this module
 
+        self.instance = instance_name()  # in lease tokens and presence notices
         self.maintenance = Maintenance(self)
+        from .presence import RedisPresence
+
+        self.presence = RedisPresence(self)
 
     @classmethod
     async def open(cls, config: RedisConfig) -> Self:
