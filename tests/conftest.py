@@ -10,7 +10,7 @@ line saying how to install it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,26 @@ from tests.redis_server import INSTALL_HINT, RedisServer, available, start_redis
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[[str], RedisServer]]:
+    """Start redis-servers of this test's own (to kill, restart, or replicate), each in
+    ``tmp_path / name``; all stopped by pid at the end."""
+    if not available():
+        pytest.skip(INSTALL_HINT)
+    started: list[RedisServer] = []
+
+    def start(name: str) -> RedisServer:
+        server = start_redis_server(tmp_path / name)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
-from tests.redis_server import RedisServer, prefix_for, start_redis_server
+from tests.redis_server import RedisServer, prefix_for
 
 RECV = 5.0
 
@@ -203,8 +203,10 @@ async def test_classic_pubsub_delivers_across_instances(url: Callable[..., str])
 # -- a redis-server restart --------------------------------------------------------------------
 
 
-async def test_a_redis_restart_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    server = start_redis_server(tmp_path / "own-redis")
+async def test_a_redis_restart_loses_nothing_acknowledged(
+    start_redis: Callable[[str], RedisServer],
+) -> None:
+    server = start_redis("own-redis")
     store = await open_storage(server.url(prefix="restart"))
     try:
         await store.create_session(Session.new("s1"))
@@ -234,7 +236,6 @@ async def test_a_redis_restart_loses_nothing_acknowledged(tmp_path: Path) -> Non
         assert store.ready
     finally:
         await store.close()
-        server.stop()
 
 
 # -- options and durability --------------------------------------------------------------------
@@ -258,9 +259,9 @@ async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_wait_replicas_acknowledges_once_a_replica_has_it(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    replica = start_redis_server(tmp_path / "replica")
+    replica = start_redis("replica")
     admin = redis.asyncio.Redis(port=replica.port)
     try:
         await admin.execute_command("REPLICAOF", "127.0.0.1", redis_server.port)
@@ -286,7 +287,6 @@ async def test_wait_replicas_acknowledges_once_a_replica_has_it(
             await watcher.close()
     finally:
         await admin.aclose()
-        replica.stop()
 
 
 async def test_wait_replicas_without_replicas_is_an_error(url: Callable[..., str]) -> None:
