@@ -25,6 +25,7 @@ from bamboo_session.persistence import (
     Subscription,
     open_storage,
 )
+from bamboo_session.persistence.base import SessionImport
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
 from tests.redis_server import RedisServer, prefix_for
@@ -353,3 +354,56 @@ async def test_list_sessions_matches_the_memory_index(url: Callable[..., str]) -
     finally:
         await redis_store.close()
         await memory.close()
+
+
+# -- import (SessionImport) -------------------------------------------------------------------
+
+
+async def test_a_session_is_imported_as_another_store_holds_it(url: Callable[..., str]) -> None:
+    source = await MemoryStorage.open()
+    target = await open_storage(url())
+    try:
+        assert isinstance(target, SessionImport)
+        original = Session.new("s1", user_id="u", title="T", ttl=3600, extra={"k": 1})
+        await source.create_session(original)
+        await source.append_message("s1", Message.user("hi"), "m1")
+        await source.append_events(
+            "s1", [(AgentEvent.token("a"), "k1"), (AgentEvent.token("b"), None)]
+        )
+        await source.update_session_state("s1", SessionState.IDLE)
+        meta = await source.get_metadata("s1")
+        events = await source.read_events("s1")
+        assert meta is not None
+
+        await target.create_session(Session(original.metadata, []))
+        watcher = await target.subscribe("s1", 0)
+        with pytest.raises(ValueError, match="seq"):
+            await target.import_events("s1", events[1:])
+        await target.import_events("s1", events[:1])
+        await target.import_events("s1", events[1:])
+        await target.import_metadata(meta)
+
+        assert await target.read_events("s1") == events
+        assert await collect(watcher, 3) == [1, 2, 3]
+        assert [m.content for m in await target.get_session_history("s1")] == ["hi"]
+        assert await target.append_event("s1", AgentEvent.token("a"), "k1") == Appended(2, True)
+        imported = await target.get_metadata("s1")
+        assert imported is not None
+        assert (imported.state, imported.ttl, imported.extra, imported.epoch) == (
+            SessionState.IDLE,
+            3600,
+            {"k": 1},
+            meta.epoch,
+        )
+        assert (imported.expires_at, imported.last_activity_at, imported.created_at) == (
+            meta.expires_at,
+            meta.last_activity_at,
+            meta.created_at,
+        )
+        assert (imported.last_seq, imported.message_count) == (3, 1)
+        idle = await target.list_sessions(SessionFilter(state=SessionState.IDLE))
+        assert [m.id for m in idle.sessions] == ["s1"]
+        assert (await target.list_sessions(SessionFilter(state=SessionState.ACTIVE))).total == 0
+    finally:
+        await source.close()
+        await target.close()
