@@ -106,6 +106,14 @@ class FeedSubscription:
                 self._drop_buffer()
         self._wake()
 
+    def stored_up_to(self, seq: int) -> None:
+        """The store holds events up to ``seq``, learnt other than from an offer (a
+        subscriber's start, a store's lost notifications): whatever of them is not
+        buffered is read from the store."""
+        if self.ended is None and seq > self._known_last:
+            self._known_last = seq
+            self._wake()
+
     def end(self, reason: str) -> None:
         """``closed``: what is stored is still delivered, then the iteration ends;
         anything else ends it now."""
@@ -237,6 +245,11 @@ class Feed:
     def publish(self, session_id: str, events: list[StoredEvent]) -> None:
         for subscription in list(self._subscriptions.get(session_id, ())):
             subscription.offer(events)
+
+    def stored_up_to(self, session_id: str, seq: int) -> None:
+        """Every subscription of the session: the store holds events up to ``seq``."""
+        for subscription in list(self._subscriptions.get(session_id, ())):
+            subscription.stored_up_to(seq)
 
     def end(self, session_id: str, reason: str) -> None:
         for subscription in list(self._subscriptions.get(session_id, ())):

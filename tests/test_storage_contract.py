@@ -44,7 +44,7 @@ RECV = 5.0
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
 def backend(request: pytest.FixtureRequest) -> Backend:
     chosen: Backend = request.param
-    return chosen
+    return chosen.bound(request)
 
 
 @pytest.fixture

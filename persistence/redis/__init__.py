@@ -1,0 +1,22 @@
+"""The Redis backend: several Bamboo instances share one store, and a client may
+attach, publish and resume on any of them (``redis://host:port/db?prefix=bamboo``).
+
+Modules: ``storage`` (RedisStorage, the contract), ``layout`` (keys and encodings),
+``scripts`` and the ``*.lua`` files (every write, atomic in Redis), ``listener`` (pub/sub
+to the Feed), ``queries`` (list_sessions), ``maintenance`` (cleanup under the lease),
+``lease`` (the fenced lease), ``presence`` (connections across instances), ``config``
+(URL options). The layout and the durability settings: docs/storage-redis.md.
+"""
+
+from __future__ import annotations
+
+from ..url import StoreOptions, StoreURL
+from .config import RedisConfig
+from .storage import RedisStorage
+
+__all__ = ["RedisConfig", "RedisStorage", "open_from_url"]
+
+
+async def open_from_url(url: StoreURL, options: StoreOptions) -> RedisStorage:
+    """``redis://host:port/db?prefix=...``: the store under that prefix."""
+    return await RedisStorage.open(RedisConfig.from_url(url, options))

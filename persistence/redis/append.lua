@@ -1,0 +1,53 @@
+-- Append a batch of events to one session's log, atomically: check the session,
+-- give each fresh item the next seq, answer duplicates from the key window, update
+-- the metadata and the index, and publish the batch.
+-- KEYS: meta, log, keys, msgs
+-- ARGV: id, index prefix, key window, publish command ('' : the caller publishes),
+--       channel, then per item: flags ('k' keyed, 'm' message), key, event JSON
+-- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
+
+local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl')
+if not s[1] then fail('NOTFOUND') end
+if s[1] == 'closed' then fail('CLOSED') end
+local now = clock()
+if has_expired(s[1], s[2], now) then fail('EXPIRED') end
+
+local first_seq, count = tonumber(s[3]), tonumber(s[4])
+local last, first_count = first_seq, count
+local results, batch = {now, ''}, {}
+for i = 6, #ARGV, 3 do
+  local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local keyed = string.find(flags, 'k', 1, true) ~= nil
+  local seq = last + 1
+  local duplicate_of = nil
+  if keyed then
+    local first = redis.call('ZSCORE', keys, key)
+    if first and seq - tonumber(first) <= window then
+      duplicate_of = tonumber(first)
+    end
+  end
+  if duplicate_of then
+    results[#results + 1] = -duplicate_of
+  else
+    last = seq
+    local is_message = string.find(flags, 'm', 1, true) ~= nil
+    if is_message then count = count + 1 end
+    batch[#batch + 1] = write_event(log, keys, msgs, seq, now, keyed and key or nil, is_message, json)
+    results[#results + 1] = seq
+  end
+end
+if last == first_seq then return results end
+
+redis.call('HSET', meta, 'seq', last, 'msgs', count)
+record_activity(meta, idx, id, now, s[5])
+if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
+redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
+local payload = '[' .. table.concat(batch, ',') .. ']'
+if publish ~= '' then
+  redis.call(publish, channel, payload)
+else
+  results[2] = payload
+end
+return results

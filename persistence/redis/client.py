@@ -1,0 +1,108 @@
+"""The store's connection to Redis, and the one way its commands and scripts are run:
+no silent retries, Redis errors as the contract's exceptions, and the ``WAIT`` for
+replicas (``wait_replicas``) before anything written is acknowledged or published."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..base import StorageError
+from .config import RedisConfig
+from .scripts import Arg, run, run_and_wait, unreachable
+
+
+def connect(config: RedisConfig, **options: Any) -> Redis:
+    """A client that never retries by itself: a script whose reply was lost may have
+    run, and only the caller knows whether running it again is safe."""
+    return Redis.from_url(
+        config.url,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        **options,
+    )
+
+
+async def server_version(client: Redis) -> tuple[int, int]:
+    try:
+        info = await client.execute_command("INFO", "server")
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+    major, minor = info["redis_version"].split(".")[:2]
+    return int(major), int(minor)
+
+
+class Commands:
+    """Commands and scripts on one client. ``publish`` is the command a script
+    publishes with, or ``""`` when the caller must publish after ``WAIT``."""
+
+    def __init__(self, client: Redis, config: RedisConfig, sharded: bool) -> None:
+        self.client = client
+        self._replicas = config.wait_replicas
+        self._wait_ms = config.wait_timeout_ms
+        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self.publish = "" if self._replicas else self.publish_command
+
+    async def call(self, *command: Arg) -> Any:
+        try:
+            return await self.client.execute_command(*command)
+        except redis.exceptions.RedisError as exc:
+            raise unreachable(exc) from exc
+
+    async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """A script that only reads, or whose writes need no replica's word."""
+        return await run(self.client, name, keys, args)
+
+    async def write(
+        self,
+        name: str,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        *,
+        deferred: bool = False,
+        notice: bytes | None = None,
+        channel: str = "",
+    ) -> Any:
+        """Run a writing script; with ``wait_replicas``, wait for the replicas, then
+        publish what the script left to the caller (``deferred``: the batch it
+        returned as its second item; else ``notice``, if the script did anything)."""
+        if not self._replicas:
+            return await run(self.client, name, keys, args)
+        reply = await run_and_wait(self.client, name, keys, args, self._replicas, self._wait_ms)
+        payload = reply[1] if deferred else (notice if reply else None)
+        if payload:
+            await self.call(self.publish_command, channel, payload)
+        return reply
+
+    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Commands in one round trip (not atomic); StorageError if Redis is away."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            return await pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise unreachable(exc) from exc
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it to end. Again if need be: a cancellation that
+    meets a socket timeout at the same instant can come out as a TimeoutError, which
+    the task's loop takes for a Redis error and survives."""
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    if not task.cancelled():
+        task.exception()  # retrieved: the task's failure was logged where it happened
+
+
+__all__ = ["Commands", "StorageError", "connect", "server_version", "stop_task"]

@@ -1,0 +1,92 @@
+-- Shared by every Bamboo script: prepended to each one before it is loaded.
+-- Times are strings of integer microseconds since the epoch: a Lua number would print
+-- in %.14g and lose digits, so arithmetic goes through int().
+
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local function clock()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+-- A typed error: the client maps the word after BAMBOO_ to an exception. Scripts
+-- check everything before their first write, since Redis does not roll a script back.
+local function fail(code)
+  error({err = 'BAMBOO_' .. code})
+end
+
+local function hash_of(flat)
+  local h = {}
+  for i = 1, #flat, 2 do
+    h[flat[i]] = flat[i + 1]
+  end
+  return h
+end
+
+local function has_expired(state, expires, now)
+  return state == 'expired' or (expires and tonumber(expires) <= tonumber(now))
+end
+
+-- The session's entries in the sorted sets of the index.
+local function index_add(idx, id, m)
+  redis.call('ZADD', idx .. 'created', m.created, id)
+  redis.call('ZADD', idx .. 'updated', m.updated, id)
+  redis.call('ZADD', idx .. 'active', m.active, id)
+  redis.call('ZADD', idx .. 'msgs', m.msgs, id)
+  if m.expires then
+    redis.call('ZADD', idx .. 'expires', m.expires, id)
+  end
+  if m.user then
+    redis.call('ZADD', idx .. 'user:' .. m.user, m.created, id)
+  end
+  redis.call('ZADD', idx .. 'state:' .. m.state, m.created, id)
+end
+
+local function index_remove(idx, id, user, state)
+  for _, name in ipairs({'created', 'updated', 'active', 'msgs', 'expires'}) do
+    redis.call('ZREM', idx .. name, id)
+  end
+  if user then
+    redis.call('ZREM', idx .. 'user:' .. user, id)
+  end
+  redis.call('ZREM', idx .. 'state:' .. state, id)
+end
+
+-- Activity now: last_activity_at and updated_at, and the sliding expiry.
+local function record_activity(meta, idx, id, now, ttl)
+  redis.call('HSET', meta, 'updated', now, 'active', now)
+  redis.call('ZADD', idx .. 'updated', now, id)
+  redis.call('ZADD', idx .. 'active', now, id)
+  if ttl then
+    local expires = int(tonumber(now) + tonumber(ttl) * 1000000)
+    redis.call('HSET', meta, 'expires', expires)
+    redis.call('ZADD', idx .. 'expires', expires, id)
+  end
+end
+
+-- One event into the log (and the history, and the key window); returns its entry
+-- of a published batch: [seq, ts, key, event].
+local function write_event(log, keys, msgs, seq, ts, key, is_message, json)
+  local published
+  if key then
+    redis.call('ZADD', keys, seq, key)
+    redis.call('XADD', log, seq .. '-0', 'e', json, 't', ts, 'k', key)
+    published = '[' .. seq .. ',' .. ts .. ',' .. cjson.encode(key) .. ',' .. json .. ']'
+  else
+    redis.call('XADD', log, seq .. '-0', 'e', json, 't', ts)
+    published = '[' .. seq .. ',' .. ts .. ',null,' .. json .. ']'
+  end
+  if is_message then
+    redis.call('RPUSH', msgs, seq)
+  end
+  return published
+end
+
+local function notify(publish, channel, payload)
+  if publish ~= '' then
+    redis.call(publish, channel, payload)
+  end
+end
+

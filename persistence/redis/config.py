@@ -1,0 +1,81 @@
+"""Settings of the Redis backend, read from its store URL:
+``redis://[user:password@]host:port/db?prefix=bamboo&wait_replicas=1&...``.
+
+- ``prefix`` (default ``bamboo``): the start of every key, so several stores share
+  one Redis (tests use one per test). Letters, digits and ``_.:-``.
+- ``wait_replicas`` (default 0): acknowledge an append, a close or a delete only once
+  that many replicas have it (``WAIT``), within ``wait_timeout_ms`` (default 1000).
+- ``pubsub``: ``sharded`` (SSUBSCRIBE/SPUBLISH, Redis 7.0 and later; on a Cluster a
+  session's messages then stay on its shard) or ``classic``; by default sharded when
+  the server has it.
+- ``lease_ttl`` (seconds, default 30): how long the cleanup lease lasts unless renewed.
+- ``heartbeat`` (seconds, default 30): how long a connection counts in presence after
+  its instance last refreshed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal
+
+from ..url import StoreOptions, StoreURL
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+PubSubMode = Literal["sharded", "classic"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str  # what redis-py connects to
+    prefix: str = "bamboo"
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
+    pubsub: PubSubMode | None = None  # None: sharded if the server has it
+    lease_ttl: float = 30.0
+    heartbeat: float = 30.0
+    default_ttl: int | None = None
+    max_sessions: int | None = None
+    cleanup_interval: float | None = None
+    read_only: bool = False
+
+    @classmethod
+    def from_url(cls, url: StoreURL, options: StoreOptions) -> RedisConfig:
+        url.check_params(
+            {"prefix", "wait_replicas", "wait_timeout_ms", "pubsub", "lease_ttl", "heartbeat"}
+        )
+        prefix = url.take("prefix", "bamboo") or ""
+        if not _PREFIX.fullmatch(prefix):
+            raise ValueError(
+                f"store URL {url.text!r}: prefix must be 1 to 64 of A-Z a-z 0-9 _ . : -"
+            )
+        pubsub = url.take("pubsub")
+        if pubsub not in (None, "sharded", "classic"):
+            raise ValueError(f"store URL {url.text!r}: pubsub must be sharded or classic")
+        return cls(
+            url=f"redis://{url.location}",
+            prefix=prefix,
+            wait_replicas=int(_number(url, "wait_replicas", 0, whole=True)),
+            wait_timeout_ms=int(_number(url, "wait_timeout_ms", 1000, whole=True)),
+            pubsub=pubsub,  # type: ignore[arg-type]
+            lease_ttl=_number(url, "lease_ttl", 30.0),
+            heartbeat=_number(url, "heartbeat", 30.0),
+            default_ttl=options.default_ttl,
+            max_sessions=options.max_sessions,
+            cleanup_interval=options.cleanup_interval,
+            read_only=options.read_only,
+        )
+
+
+def _number(url: StoreURL, name: str, default: float, whole: bool = False) -> float:
+    text = url.take(name)
+    if text is None:
+        return default
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = -1
+    if not value >= 0:
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"store URL {url.text!r}: {name} must be {kind} >= 0, not {text!r}")
+    return value

@@ -1,0 +1,31 @@
+-- Import events into a session's log with their own seq, ts and key (migration from
+-- another store). The first must follow the log's last seq; each the one before.
+-- KEYS: meta, log, keys, msgs
+-- ARGV: id, index prefix, key window, publish command, channel, then per event:
+--       seq, ts, flags ('k' keyed, 'm' message), key, event JSON
+
+local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local s = redis.call('HMGET', meta, 'seq', 'msgs')
+if not s[1] then fail('NOTFOUND') end
+local last, count = tonumber(s[1]), tonumber(s[2])
+for i = 6, #ARGV, 5 do
+  last = last + 1
+  if tonumber(ARGV[i]) ~= last then fail('ORDER ' .. ARGV[i] .. ' ' .. last) end
+end
+last = tonumber(s[1])
+local batch = {}
+for i = 6, #ARGV, 5 do
+  local seq, ts, flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local keyed = string.find(flags, 'k', 1, true) ~= nil
+  local is_message = string.find(flags, 'm', 1, true) ~= nil
+  if is_message then count = count + 1 end
+  last = tonumber(seq)
+  batch[#batch + 1] = write_event(log, keys, msgs, last, ts, keyed and key or nil, is_message, json)
+end
+if #batch == 0 then return 0 end
+redis.call('HSET', meta, 'seq', last, 'msgs', count)
+redis.call('ZADD', idx .. 'msgs', count, id)
+redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
+notify(publish, channel, '[' .. table.concat(batch, ',') .. ']')
+return #batch

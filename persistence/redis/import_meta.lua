@@ -1,0 +1,22 @@
+-- Set an imported session's state, times, ttl and extra as another store held them,
+-- and move its index entries with them.
+-- KEYS: meta
+-- ARGV: id, index prefix, state, updated, active, expires (''), ttl (''), extra JSON
+
+local meta = KEYS[1]
+local id, idx = ARGV[1], ARGV[2]
+local h = redis.call('HGETALL', meta)
+if #h == 0 then fail('NOTFOUND') end
+local old = hash_of(h)
+local m = {id = id, user = old.user, created = old.created, msgs = old.msgs,
+           state = ARGV[3], updated = ARGV[4], active = ARGV[5]}
+redis.call('HSET', meta, 'state', m.state, 'updated', m.updated, 'active', m.active, 'extra', ARGV[8])
+redis.call('HDEL', meta, 'expires', 'ttl')
+if ARGV[6] ~= '' then
+  m.expires = ARGV[6]
+  redis.call('HSET', meta, 'expires', ARGV[6])
+end
+if ARGV[7] ~= '' then redis.call('HSET', meta, 'ttl', ARGV[7]) end
+index_remove(idx, id, old.user, old.state)
+index_add(idx, id, m)
+return 1

@@ -1,0 +1,63 @@
+"""What ``bamboo-session migrate`` needs of a Redis store beyond the contract
+(``SessionImport``): events with their own seq, ts and key, and a session's final
+metadata, each written by one script (``import.lua``, ``import_meta.lua``)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import SessionMetadata, StoredEvent
+
+from ..base import KEY_WINDOW
+from .layout import flags_of, to_micros
+
+if TYPE_CHECKING:
+    from .storage import RedisStorage
+
+
+async def import_events(
+    storage: RedisStorage, session_id: str, events: Sequence[StoredEvent]
+) -> None:
+    """Appends ``events`` as they are; the store checks that the first follows the
+    session's last seq (ValueError if not)."""
+    storage.require_writable()
+    for before, after in itertools.pairwise(events):
+        if after.seq != before.seq + 1:
+            raise ValueError(f"import of {session_id!r}: seq {after.seq} after {before.seq}")
+    layout = storage.layout
+    args: list[str | bytes | int] = [
+        session_id,
+        layout.index,
+        KEY_WINDOW,
+        storage.redis.publish,
+        layout.channel(session_id),
+    ]
+    for event in events:
+        key = event.key
+        args += [event.seq, to_micros(event.ts), flags_of(key, event.event), key or ""]
+        args.append(bytes(event.event_json))
+    await storage.redis.write("import", layout.session_keys(session_id)[:4], args)
+
+
+async def import_metadata(storage: RedisStorage, metadata: SessionMetadata) -> None:
+    """Sets state, times, ttl and extra as given, and moves the index entries."""
+    storage.require_writable()
+    session_id = check_session_id(metadata.id)
+    expires = "" if metadata.expires_at is None else to_micros(metadata.expires_at)
+    ttl = "" if metadata.ttl is None else metadata.ttl
+    args = [
+        session_id,
+        storage.layout.index,
+        metadata.state.value,
+        to_micros(metadata.updated_at),
+        to_micros(metadata.last_activity_at),
+        expires,
+        ttl,
+        msgspec.json.encode(metadata.extra),
+    ]
+    await storage.redis.write("import_meta", [storage.layout.meta(session_id)], args)

@@ -1,0 +1,206 @@
+"""The Redis key layout of a Bamboo store, and how its values are encoded.
+
+Every key of one session carries the session's hash tag, ``{session_id}``, so a
+session lives in one Redis Cluster slot and a script may touch all of its keys::
+
+    <prefix>:{<id>}:meta     hash: the session's metadata (fields below)
+    <prefix>:{<id>}:log      stream: the event log, entry id "<seq>-0", fields e t [k]
+    <prefix>:{<id>}:keys     sorted set: idempotency key -> seq it was accepted with
+    <prefix>:{<id>}:msgs     list: the seqs of the log's ``message`` events (history)
+    <prefix>:{<id>}:conns    sorted set: connection -> heartbeat deadline (presence)
+    <prefix>:{<id>}:chan     pub/sub channel: new events and state changes
+
+The indexes share one tag of their own, ``{idx}``::
+
+    <prefix>:{idx}:created   sorted sets of session ids, by created_at,
+    <prefix>:{idx}:updated   updated_at, last_activity_at, message_count,
+    <prefix>:{idx}:active    and expires_at (sessions with a ttl only)
+    <prefix>:{idx}:msgs
+    <prefix>:{idx}:expires
+    <prefix>:{idx}:user:<u>  by created_at: one user's sessions
+    <prefix>:{idx}:state:<s> by created_at: the sessions in one state
+
+Times are integers, microseconds since the Unix epoch, in hashes and scores alike
+(exact in a double until the year 2255), so scripts compute expiry without parsing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    MessageEvent,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Control messages on a session's channel; event batches start with "[".
+CLOSED_NOTICE: Final = b"closed"
+DELETED_NOTICE: Final = b"deleted"
+PRESENCE_NOTICE: Final = b"p"  # b"p" + JSON of a presence notice
+
+
+def to_micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+class Layout:
+    """Key and channel names under one prefix."""
+
+    __slots__ = ("index", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.index = f"{prefix}:{{idx}}:"  # scripts append created, user:<u>, ...
+
+    def session(self, session_id: str) -> str:
+        """The common start of a session's keys; scripts append meta, log, ..."""
+        return f"{self.prefix}:{{{session_id}}}:"
+
+    def session_keys(self, session_id: str) -> list[str]:
+        """meta, log, keys, msgs, conns: in the order every script takes them."""
+        start = self.session(session_id)
+        return [start + name for name in ("meta", "log", "keys", "msgs", "conns")]
+
+    def meta(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{session_id}}}:meta"
+
+    def log(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{session_id}}}:log"
+
+    def conns(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{session_id}}}:conns"
+
+    def channel(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{session_id}}}:chan"
+
+    def session_of_channel(self, channel: bytes) -> str | None:
+        """The session id a channel name belongs to, or None for another channel."""
+        text = channel.decode()
+        start = len(self.prefix) + 2
+        if not (text.startswith(f"{self.prefix}:{{") and text.endswith("}:chan")):
+            return None
+        return text[start:-6]
+
+    def lease(self, name: str) -> str:
+        return f"{self.prefix}:{{lease:{name}}}"
+
+
+# -- metadata <-> hash ----------------------------------------------------------------
+
+
+def metadata_fields(meta: SessionMetadata) -> list[str | bytes | int]:
+    """``meta`` as HSET field/value pairs (absent optional fields are left out)."""
+    fields: list[str | bytes | int] = [
+        "id",
+        meta.id,
+        "state",
+        meta.state.value,
+        "created",
+        to_micros(meta.created_at),
+        "updated",
+        to_micros(meta.updated_at),
+        "active",
+        to_micros(meta.last_activity_at),
+        "msgs",
+        meta.message_count,
+        "seq",
+        meta.last_seq,
+        "epoch",
+        meta.epoch,
+        "extra",
+        msgspec.json.encode(meta.extra),
+    ]
+    if meta.user_id is not None:
+        fields += ["user", meta.user_id]
+    if meta.title is not None:
+        fields += ["title", meta.title]
+    if meta.ttl is not None:
+        fields += ["ttl", meta.ttl]
+    if meta.expires_at is not None:
+        fields += ["expires", to_micros(meta.expires_at)]
+    return fields
+
+
+def metadata_from(reply: list[bytes] | dict[bytes, bytes]) -> SessionMetadata:
+    """A session's metadata from an HGETALL reply: flat (field, value, ...) as scripts
+    return it, or the dict redis-py makes of it."""
+    if isinstance(reply, dict):
+        return metadata_from_hash(reply)
+    return metadata_from_hash(dict(zip(reply[::2], reply[1::2], strict=True)))
+
+
+def metadata_from_hash(hash_: dict[bytes, bytes]) -> SessionMetadata:
+    def text(name: bytes) -> str | None:
+        value = hash_.get(name)
+        return None if value is None else value.decode()
+
+    def number(name: bytes) -> int | None:
+        value = hash_.get(name)
+        return None if value is None else int(value)
+
+    expires = number(b"expires")
+    extra: dict[str, Any] = msgspec.json.decode(hash_.get(b"extra", b"{}"))
+    return SessionMetadata(
+        id=hash_[b"id"].decode(),
+        user_id=text(b"user"),
+        title=text(b"title"),
+        state=SessionState(hash_[b"state"].decode()),
+        created_at=from_micros(int(hash_[b"created"])),
+        updated_at=from_micros(int(hash_[b"updated"])),
+        last_activity_at=from_micros(int(hash_[b"active"])),
+        expires_at=None if expires is None else from_micros(expires),
+        message_count=int(hash_[b"msgs"]),
+        extra=extra,
+        last_seq=int(hash_[b"seq"]),
+        epoch=hash_[b"epoch"].decode(),
+        ttl=number(b"ttl"),
+    )
+
+
+def flags_of(key: str | None, event: AnyAgentEvent) -> str:
+    """How the scripts learn of an item: ``k`` keyed, ``m`` a message (history)."""
+    return ("k" if key is not None else "") + ("m" if isinstance(event, MessageEvent) else "")
+
+
+# -- stream entries and published batches ----------------------------------------------
+
+
+def event_from_entry(entry: list[Any]) -> StoredEvent:
+    """A StoredEvent from one XRANGE entry: ``[b"<seq>-0", [b"e", json, b"t", us, ...]]``."""
+    entry_id, flat = entry
+    fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
+    key = fields.get(b"k")
+    return StoredEvent(
+        int(entry_id.partition(b"-")[0]),
+        from_micros(int(fields[b"t"])),
+        key=None if key is None else key.decode(),
+        event_json=msgspec.Raw(fields[b"e"]),
+    )
+
+
+# A batch as the append script publishes it: [[seq, ts, key, event], ...]
+_Batch = list[tuple[int, int, str | None, msgspec.Raw]]
+_batch_decoder = msgspec.json.Decoder(_Batch)
+
+
+def events_from_batch(payload: bytes) -> list[StoredEvent]:
+    """The events of a published batch, each event's JSON kept as published."""
+    return [
+        StoredEvent(seq, from_micros(ts), key=key, event_json=raw)
+        for seq, ts, key, raw in _batch_decoder.decode(payload)
+    ]

@@ -1,0 +1,271 @@
+"""The pub/sub listener of a Redis store: one connection and one task per store
+instance, subscribed to the channels of the sessions this process has subscriptions
+for, dispatching what arrives to the store's :class:`Feed`.
+
+- A session's channel is subscribed when its first subscription opens (:meth:`watch`
+  returns once Redis confirmed it, so nothing published after that is missed) and
+  unsubscribed when its last one closes. Changes go out one command at a time, each
+  confirmed before the next, so a confirmation is never mistaken for another's.
+- Event batches go to :meth:`Feed.publish`; ``closed`` and ``deleted`` notices end the
+  session's subscriptions; presence notices go to the presence callback.
+- A lost connection is noticed (an error, or no answer to a ping within
+  ``PING_TIMEOUT``). The listener connects again, subscribes to every channel it
+  should, then has the store catch every session up (``on_reconnect``): whatever was
+  published meanwhile is read from the streams by the subscriptions themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Final
+
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from ..base import StorageError
+from ..feed import CLOSED, DELETED, Feed
+from .client import stop_task
+from .layout import (
+    CLOSED_NOTICE,
+    DELETED_NOTICE,
+    PRESENCE_NOTICE,
+    Layout,
+    events_from_batch,
+)
+
+log = logging.getLogger(__name__)
+
+POLL: Final = 1.0  # seconds a read waits before the listener looks at its health
+PING_EVERY: Final = 5.0  # seconds of silence before a ping
+PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
+CONFIRM_TIMEOUT: Final = 10.0
+RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+OnReconnect = Callable[[Collection[str]], Awaitable[None]]
+OnPresence = Callable[[str, bytes], None]
+
+
+class Listener:
+    """Subscribes to the sessions the feed has subscribers for (see module docstring)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        layout: Layout,
+        feed: Feed,
+        sharded: bool,
+        on_reconnect: OnReconnect,
+    ) -> None:
+        self._client = client  # with no retries: a lost connection must be seen here
+        self._layout = layout
+        self._feed = feed
+        self._sharded = sharded
+        self._on_reconnect = on_reconnect
+        self.on_presence: OnPresence | None = None
+        self._pubsub: PubSub | None = None
+        self._subscribed: set[str] = set()  # sessions whose channel Redis confirmed
+        self._pinned: dict[str, int] = {}  # sessions being watched, not yet in the feed
+        self._confirming: dict[bytes, asyncio.Future[None]] = {}
+        self._sync_lock = asyncio.Lock()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._catch_up: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # unsubscribes under way
+        self._closing = False
+        self._broken = False
+        self._last_heard = 0.0
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._run(), name="bamboo-redis-listener")
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._task, self._catch_up, *self._background):
+            await stop_task(task)
+        await self._disconnect()
+
+    # -- what the store asks ------------------------------------------------------------
+
+    async def watch(self, session_id: str) -> None:
+        """Return once the session's channel is subscribed (confirmed by Redis)."""
+        self._pinned[session_id] = self._pinned.get(session_id, 0) + 1
+        try:
+            if not self._connected.is_set():
+                raise StorageError("redis unavailable: the pub/sub connection is down")
+            await self._sync()
+            if session_id not in self._subscribed:
+                raise StorageError("redis unavailable: could not subscribe")
+        finally:
+            left = self._pinned[session_id] - 1
+            if left:
+                self._pinned[session_id] = left
+            else:
+                del self._pinned[session_id]
+
+    def unwatch(self, session_id: str) -> None:
+        """The session's last subscription closed: unsubscribe, in the background."""
+        if session_id in self._subscribed and self._connected.is_set() and not self._closing:
+            task = asyncio.get_running_loop().create_task(self._sync_quietly())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # -- subscribing ----------------------------------------------------------------------
+
+    def _wanted(self) -> set[str]:
+        return set(self._feed.sessions()) | set(self._pinned)
+
+    async def _sync(self) -> None:
+        """Subscribe and unsubscribe until Redis has exactly the wanted channels."""
+        async with self._sync_lock:
+            while True:
+                pubsub = self._pubsub
+                if pubsub is None or not self._connected.is_set():
+                    return
+                wanted = self._wanted()
+                add = wanted - self._subscribed
+                drop = self._subscribed - wanted
+                if add:
+                    await self._command(pubsub, add, subscribe=True)
+                    self._subscribed |= add
+                elif drop:
+                    self._subscribed -= drop
+                    await self._command(pubsub, drop, subscribe=False)
+                else:
+                    return
+
+    async def _sync_quietly(self) -> None:
+        with contextlib.suppress(StorageError):
+            await self._sync()
+
+    async def _command(self, pubsub: PubSub, sessions: set[str], subscribe: bool) -> None:
+        channels = [self._layout.channel(session_id) for session_id in sorted(sessions)]
+        loop = asyncio.get_running_loop()
+        waiting = {channel.encode(): loop.create_future() for channel in channels}
+        self._confirming.update(waiting)
+        try:
+            if self._sharded:
+                for channel in channels:  # one by one: on a Cluster each has its own slot
+                    if subscribe:
+                        await pubsub.ssubscribe(channel)
+                    else:
+                        await pubsub.sunsubscribe(channel)
+            elif subscribe:
+                await pubsub.subscribe(*channels)
+            else:
+                await pubsub.unsubscribe(*channels)
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                await asyncio.gather(*waiting.values())
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise StorageError(f"redis unavailable: pub/sub: {exc!r}") from exc
+        finally:
+            for name in waiting:
+                self._confirming.pop(name, None)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            pubsub = self._pubsub
+            try:
+                if pubsub is None:
+                    await self._connect()
+                    self._resubscribe()
+                    attempt = 0
+                    continue
+                await self._read(pubsub)
+            except (redis.exceptions.RedisError, OSError, StorageError) as exc:
+                if self._connected.is_set():
+                    log.warning("redis pub/sub connection lost: %r", exc)
+                await self._disconnect()
+                await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                attempt += 1
+
+    async def _read(self, pubsub: PubSub) -> None:
+        if self._broken:
+            raise StorageError("the pub/sub connection is to be replaced")
+        loop = asyncio.get_running_loop()
+        message = await pubsub.get_message(timeout=POLL)
+        now = loop.time()
+        if message is None:
+            silent = now - self._last_heard
+            if silent > PING_TIMEOUT:
+                raise StorageError("no answer from redis on the pub/sub connection")
+            if silent > PING_EVERY:
+                await pubsub.ping()
+            return
+        self._last_heard = now
+        self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind in ("message", "smessage"):
+            session_id = self._layout.session_of_channel(message["channel"])
+            if session_id is not None:
+                self._deliver(session_id, message["data"])
+        elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
+            waiter = self._confirming.get(message["channel"])
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _deliver(self, session_id: str, data: bytes) -> None:
+        if data[:1] == b"[":
+            if self._feed.has_subscribers(session_id):
+                self._feed.publish(session_id, events_from_batch(data))
+        elif data == CLOSED_NOTICE:
+            self._feed.end(session_id, CLOSED)
+        elif data == DELETED_NOTICE:
+            self._feed.end(session_id, DELETED)
+        elif data[:1] == PRESENCE_NOTICE and self.on_presence is not None:
+            self.on_presence(session_id, data[1:])
+
+    # -- connecting -----------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.connect()
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+        self._broken = False
+        self._subscribed = set()
+        self._last_heard = asyncio.get_running_loop().time()
+        self._connected.set()
+
+    def _resubscribe(self) -> None:
+        """After a reconnect: subscribe again, then catch every session up. In a task
+        of its own, since confirmations come through this listener's reads."""
+        self.reconnects += 1
+        log.info("redis pub/sub connection back; catching %d sessions up", len(self._wanted()))
+        self._catch_up = asyncio.get_running_loop().create_task(self._resubscribe_and_catch_up())
+
+    async def _resubscribe_and_catch_up(self) -> None:
+        try:
+            await self._sync()
+            await self._on_reconnect(set(self._subscribed))
+        except StorageError as exc:
+            log.warning("catching up after a reconnect failed: %s", exc)
+            self._broken = True  # the reader starts over with a fresh connection
+
+    async def _disconnect(self) -> None:
+        self._connected.clear()
+        pubsub, self._pubsub = self._pubsub, None
+        self._subscribed = set()
+        for waiter in self._confirming.values():
+            if not waiter.done():
+                waiter.set_exception(StorageError("redis unavailable: pub/sub connection lost"))
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

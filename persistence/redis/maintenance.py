@@ -1,0 +1,110 @@
+"""Cleanup of expired sessions on a Redis store, and the lease that makes one instance
+at a time run it.
+
+``cleanup()`` finds candidates in the index (the ``expires`` sorted set up to now, and
+the sessions in state ``expired``) and deletes each with ``delete.lua`` in mode
+``expired``, which checks the TTL again inside Redis. It is safe to run anywhere at any
+time (``cleanup_expired_sessions`` does, on demand); the background loop runs it every
+``cleanup_interval`` on the one instance that holds the ``cleanup`` lease, fenced: its
+deletes are refused as soon as the lease is no longer its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING, Final
+
+from bamboo_session.protocol.models import utcnow
+
+from ..base import StorageError
+from .client import stop_task
+from .layout import to_micros
+from .lease import Lease
+from .scripts import Fenced
+
+if TYPE_CHECKING:
+    from .storage import RedisStorage
+
+log = logging.getLogger(__name__)
+
+BATCH: Final = 500
+
+
+def instance_name() -> str:
+    """This process, as a lease holder: host, pid and a random part."""
+    host = socket.gethostname().replace(":", "_") or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class Maintenance:
+    """The cleanup of one store instance, and its hold on the cleanup lease."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._storage = storage
+        config = storage.config
+        self.lease = Lease(
+            storage.redis.client,
+            storage.layout.lease("cleanup"),
+            storage.instance,
+            config.lease_ttl,
+        )
+        self._interval = config.cleanup_interval
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.runs = 0  # cleanups this instance ran under the lease
+
+    def start(self) -> None:
+        if self._interval is not None and not self._storage.config.read_only:
+            self._task = asyncio.create_task(self._loop(self._interval), name="bamboo-cleanup")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
+        with contextlib.suppress(StorageError):
+            await self.lease.release()
+
+    async def cleanup(self, fence: tuple[str, str] | None = None) -> int:
+        """Remove every session whose TTL has passed; how many went."""
+        storage = self._storage
+        index = storage.layout.index
+        removed = 0
+        while True:
+            now = to_micros(utcnow())
+            candidates = await storage.redis.call(
+                "ZRANGEBYSCORE", index + "expires", "-inf", now, "LIMIT", 0, BATCH
+            )
+            candidates += await storage.redis.call("ZRANGE", index + "state:expired", 0, BATCH - 1)
+            ids = sorted({candidate.decode() for candidate in candidates})
+            done = await storage.remove_sessions(ids, only_expired=True, fence=fence)
+            removed += done
+            if done == 0 or len(ids) < BATCH:
+                return removed
+
+    async def _loop(self, interval: float) -> None:
+        lease = self.lease
+        next_run = time.monotonic() + interval
+        while not self._stopping:
+            await asyncio.sleep(min(lease.ttl / 3, max(0.0, next_run - time.monotonic())))
+            try:
+                if not await lease.keep():
+                    next_run = time.monotonic() + interval
+                    continue
+                if time.monotonic() < next_run:
+                    continue
+                next_run = time.monotonic() + interval
+                removed = await self.cleanup(fence=lease.fence_args())
+                self.runs += 1
+                if removed:
+                    log.info("removed %d expired sessions", removed)
+            except Fenced:
+                log.warning("lost the cleanup lease during a cleanup; another instance has it")
+                lease.token = None
+            except StorageError as exc:
+                log.warning("cleanup failed: %s", exc)

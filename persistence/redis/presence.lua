@@ -1,0 +1,47 @@
+-- Presence of one session: its connections on every instance, each a member
+-- '<role>|<connection id>' of a sorted set scored by its heartbeat deadline (ms, Redis
+-- clock). Every call first removes the connections whose deadline passed and
+-- announces them as left.
+-- KEYS: conns
+-- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
+--       leave, refresh), then members ('<role>|<id>')
+-- Returns the session-wide count after the call.
+
+local conns = KEYS[1]
+local id, instance, heartbeat = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local publish, channel, mode = ARGV[4], ARGV[5], ARGV[6]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function announce(member, joined, count, expired)
+  local bar = string.find(member, '|', 1, true)
+  notify(publish, channel, 'p' .. cjson.encode({
+    s = id, c = string.sub(member, bar + 1), r = string.sub(member, 1, bar - 1),
+    j = joined, n = count, i = instance, x = expired}))
+end
+
+local dead = redis.call('ZRANGEBYSCORE', conns, '-inf', now)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', conns, '-inf', now)
+  local count = redis.call('ZCARD', conns)
+  for _, member in ipairs(dead) do announce(member, false, count, true) end
+end
+
+local deadline = int(now + heartbeat)
+for i = 7, #ARGV do
+  local member = ARGV[i]
+  if mode == 'join' then
+    redis.call('ZADD', conns, deadline, member)
+    announce(member, true, redis.call('ZCARD', conns), false)
+  elseif mode == 'leave' then
+    if redis.call('ZREM', conns, member) == 1 then
+      announce(member, false, redis.call('ZCARD', conns), false)
+    end
+  else
+    redis.call('ZADD', conns, 'XX', deadline, member)
+  end
+end
+if redis.call('ZCARD', conns) > 0 then
+  redis.call('PEXPIRE', conns, heartbeat * 2)
+end
+return redis.call('ZCARD', conns)

@@ -1,0 +1,88 @@
+"""Presence across instances on a Redis store (the optional ``PresenceStore`` of
+persistence/presence.py): each session's connections in a sorted set
+``<prefix>:{<id>}:conns`` scored by heartbeat deadline, changed by ``presence.lua``,
+which also sweeps out dead instances' connections and publishes every join and leave
+on the session's channel. The store's listener hands the notices back here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from bamboo_session.protocol.ids import check_session_id
+
+from ..presence import PresenceNotice
+
+if TYPE_CHECKING:
+    from .storage import RedisStorage
+
+
+class _Wire(msgspec.Struct):
+    s: str  # session
+    c: str  # connection
+    r: str  # role
+    j: bool  # joined
+    n: int  # count after
+    i: str  # instance
+    x: bool = False  # expired
+
+
+_decoder = msgspec.json.Decoder(_Wire)
+
+
+class RedisPresence:
+    """Session-wide connection counts for one store instance (``storage.presence``)."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._storage = storage
+        self._instance = storage.instance
+        self._callback: Callable[[PresenceNotice], object] | None = None
+        storage.live.listener.on_presence = self._deliver
+
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    @property
+    def heartbeat(self) -> float:
+        return self._storage.config.heartbeat
+
+    async def join(self, session_id: str, connection_id: str, role: str) -> int:
+        return await self._run(session_id, "join", [f"{role}|{connection_id}"])
+
+    async def leave(self, session_id: str, connection_id: str, role: str) -> int:
+        return await self._run(session_id, "leave", [f"{role}|{connection_id}"])
+
+    async def refresh(self, connections: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        for session_id, held in connections.items():
+            await self._run(session_id, "refresh", [f"{role}|{cid}" for cid, role in held])
+
+    async def count(self, session_id: str) -> int:
+        return await self._run(session_id, "refresh", [])  # sweeps the dead, then counts
+
+    def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:
+        self._callback = callback
+
+    async def _run(self, session_id: str, mode: str, members: list[str]) -> int:
+        storage = self._storage
+        layout = storage.layout
+        session_id = check_session_id(session_id)
+        args: list[str | int] = [
+            session_id,
+            self._instance,
+            round(self.heartbeat * 1000),
+            storage.redis.publish_command,  # notices need no WAIT: nothing durable
+            layout.channel(session_id),
+            mode,
+            *members,
+        ]
+        count: int = await storage.redis.run("presence", [layout.conns(session_id)], args)
+        return count
+
+    def _deliver(self, session_id: str, data: bytes) -> None:
+        if self._callback is None:
+            return
+        wire = _decoder.decode(data)
+        self._callback(PresenceNotice(session_id, wire.c, wire.r, wire.j, wire.n, wire.i, wire.x))

@@ -1,0 +1,147 @@
+"""The Lua scripts of the Redis backend (the ``*.lua`` files beside this module), and
+how they are called: by SHA, loaded again when the server lost its script cache (a
+restart), with their typed errors turned into the storage contract's exceptions and
+an unreachable server into :class:`StorageError`.
+
+Each script runs atomically in Redis and checks everything before its first write, so
+a script that fails wrote nothing. ``common.lua`` is prepended to every script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections.abc import Sequence
+from typing import Any, Final
+
+import redis.exceptions
+from redis.asyncio import Redis
+
+from ..base import (
+    InvalidTransition,
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+    StorageError,
+    StorageFull,
+)
+
+NAMES: Final = (
+    "append",
+    "create",
+    "delete",
+    "history",
+    "import",
+    "import_meta",
+    "list",
+    "presence",
+    "read",
+    "state",
+    "touch",
+)
+
+Arg = str | bytes | int
+
+
+class Fenced(StorageError):
+    """The lease named in a fenced call is no longer held by the caller's token."""
+
+
+class Script:
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: bytes) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source).hexdigest()
+
+
+def _load() -> dict[str, Script]:
+    folder = importlib.resources.files(__package__)
+    common = (folder / "common.lua").read_bytes()
+    return {name: Script(name, common + (folder / f"{name}.lua").read_bytes()) for name in NAMES}
+
+
+SCRIPTS: Final = _load()
+
+
+async def run(client: Redis, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+    """Run script ``name``; its errors as the contract's exceptions."""
+    script = SCRIPTS[name]
+    try:
+        try:
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+    except redis.exceptions.ResponseError as exc:
+        raise translate(exc) from None
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+
+
+async def run_and_wait(
+    client: Redis,
+    name: str,
+    keys: Sequence[Arg],
+    args: Sequence[Arg],
+    replicas: int,
+    timeout_ms: int,
+) -> Any:
+    """Run script ``name``, then ``WAIT`` on the same connection until ``replicas``
+    replicas have its writes; StorageError if fewer confirm within ``timeout_ms``
+    (the write is on the primary then, and may yet be lost with it)."""
+    script = SCRIPTS[name]
+    try:
+        for command, body in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            pipe = client.pipeline(transaction=False)
+            pipe.execute_command(command, body, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            reply, confirmed = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                continue
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise translate(reply)
+            if isinstance(reply, Exception):
+                raise reply
+            if confirmed < replicas:
+                raise StorageError(
+                    f"only {confirmed} of {replicas} replicas confirmed the write within "
+                    f"{timeout_ms} ms; it is on the primary, and may be lost with it"
+                )
+            return reply
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+    raise StorageError(f"redis: script {name} could not be loaded")
+
+
+def translate(exc: redis.exceptions.ResponseError) -> Exception:
+    """A script's typed error as the contract's exception; anything else as a
+    StorageError naming what Redis said."""
+    text = str(exc)
+    if not text.startswith("BAMBOO_"):
+        return StorageError(f"redis: {text}")
+    code, _, rest = text.removeprefix("BAMBOO_").partition(" ")
+    match code:
+        case "NOTFOUND":
+            return SessionNotFound("session not found")
+        case "EXISTS":
+            return SessionExists("session already exists")
+        case "FULL":
+            return StorageFull("the storage holds its maximum number of sessions")
+        case "CLOSED":
+            return SessionClosed("session is closed")
+        case "EXPIRED":
+            return SessionExpired("session has expired")
+        case "INVALID":
+            return InvalidTransition(f"session cannot leave state {rest.split()[0]}")
+        case "FENCED":
+            return Fenced("the lease is no longer held by this holder")
+        case "ORDER":
+            seq, expected = rest.split()[:2]
+            return ValueError(f"import: seq {seq}, not {expected}")
+    return StorageError(f"redis: {text}")
+
+
+def unreachable(exc: redis.exceptions.RedisError) -> StorageError:
+    return StorageError(f"redis unavailable: {exc.__class__.__name__}: {exc}")

@@ -1,0 +1,25 @@
+-- Move a session to another state, as the state table allows; a move to closed
+-- tells every instance, so that they end the session's subscriptions.
+-- KEYS: meta
+-- ARGV: id, index prefix, target state, the states it may be reached from (space
+--       separated), publish command ('' : the caller publishes), channel
+-- Returns the metadata hash (HGETALL).
+
+local meta = KEYS[1]
+local id, idx, target, allowed, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local s = redis.call('HMGET', meta, 'state', 'expires', 'created')
+if not s[1] then fail('NOTFOUND') end
+local current = s[1]
+if current ~= target and not string.find(' ' .. allowed .. ' ', ' ' .. current .. ' ', 1, true) then
+  fail('INVALID ' .. current)
+end
+local now = clock()
+if target ~= 'expired' and has_expired(current, s[2], now) then fail('EXPIRED') end
+redis.call('HSET', meta, 'state', target, 'updated', now)
+redis.call('ZADD', idx .. 'updated', now, id)
+if current ~= target then
+  redis.call('ZREM', idx .. 'state:' .. current, id)
+  redis.call('ZADD', idx .. 'state:' .. target, s[3], id)
+  if target == 'closed' then notify(publish, channel, 'closed') end
+end
+return redis.call('HGETALL', meta)

@@ -1,0 +1,357 @@
+"""RedisStorage: the storage contract on a Redis server that several Bamboo instances
+share (``redis://host:port/db?prefix=bamboo``).
+
+Every write is one Lua script, run atomically by Redis (``scripts.py``, the ``*.lua``
+files): seq assignment, the idempotency window, metadata and index updates and the
+pub/sub notice of an append happen together or not at all, whichever instance runs
+them. Live delivery (``live.py``): the append script publishes each batch on the
+session's channel, and every instance's listener hands it to its subscriptions, which
+read from the stream whatever they did not get in order. An instance offers its own
+appends to its own subscriptions at once, without the round trip.
+
+Durability is Redis's: see docs/storage-redis.md (``appendonly yes`` and
+``appendfsync always`` for acknowledged-means-on-disk; ``wait_replicas`` for copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Final, Self
+
+import msgspec
+from redis.asyncio import Redis
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    Message,
+    MessageEvent,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+from ..base import (
+    KEY_WINDOW,
+    Appended,
+    AppendItem,
+    HistoryPage,
+    SessionFilter,
+    SessionListResult,
+    SessionNotFound,
+    StorageError,
+)
+from ..events import completed_event, within_bytes
+from ..feed import CLOSED, DELETED, FeedSubscription
+from ..index import copy_metadata
+from . import importing
+from .client import Commands, connect, server_version
+from .config import RedisConfig
+from .layout import (
+    CLOSED_NOTICE,
+    DELETED_NOTICE,
+    Layout,
+    event_from_entry,
+    flags_of,
+    from_micros,
+    metadata_fields,
+    metadata_from,
+)
+from .live import Live
+from .queries import list_args
+
+_encoder: Final = msgspec.json.Encoder()
+_message_of = msgspec.json.Decoder(MessageEvent)
+EVERYTHING: Final = 2**31
+
+
+class RedisStorage:
+    """The storage contract on Redis; ``await RedisStorage.open(config)``."""
+
+    def __init__(self, config: RedisConfig, client: Redis, sharded: bool) -> None:
+        self.config = config
+        self.layout = Layout(config.prefix)
+        self.redis = Commands(client, config, sharded)
+        self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
+        self._open = True
+        from .maintenance import Maintenance, instance_name  # they import this module
+
+        self.instance = instance_name()  # in lease tokens and presence notices
+        self.maintenance = Maintenance(self)
+        from .presence import RedisPresence
+
+        self.presence = RedisPresence(self)
+
+    @classmethod
+    async def open(cls, config: RedisConfig) -> Self:
+        client = connect(config)
+        try:
+            version = await server_version(client)
+            sharded = version >= (7, 0) if config.pubsub is None else config.pubsub == "sharded"
+            if sharded and version < (7, 0):
+                raise StorageError(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
+            storage = cls(config, client, sharded)
+            await storage.live.listener.start()
+        except BaseException:
+            await client.aclose()
+            raise
+        storage.maintenance.start()
+        return storage
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._open and self.live.listener.connected
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        await self.maintenance.stop()
+        self.live.feed.end_all()
+        await self.live.listener.close()
+        await self.redis.client.aclose()
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def create_session(self, session: Session) -> None:
+        self.require_writable()
+        session_id = check_session_id(session.metadata.id)
+        meta = copy_metadata(session.metadata)
+        meta.last_seq = 0
+        meta.message_count = 0
+        if meta.ttl is None and self.config.default_ttl is not None:
+            meta.ttl = self.config.default_ttl
+            meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+        maximum = self.config.max_sessions
+        await self.redis.write(
+            "create",
+            self.layout.session_keys(session_id)[:4],
+            [session_id, self.layout.index, _optional(maximum), *metadata_fields(meta)],
+        )
+        if session.messages:
+            await self.append_events(
+                session_id, [(MessageEvent(message), None) for message in session.messages]
+            )
+
+    async def load_session(self, session_id: str) -> Session | None:
+        try:
+            meta, _, messages = await self._history(session_id, ["all"])
+        except SessionNotFound:
+            return None
+        return Session(meta, messages)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        flat = await self.redis.call("HGETALL", self.layout.meta(check_session_id(session_id)))
+        return metadata_from(flat) if flat else None
+
+    async def delete_session(self, session_id: str) -> None:
+        self.require_writable()
+        await self.remove_sessions([check_session_id(session_id)], only_expired=False)
+
+    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
+        reply = await self.redis.run("list", [], list_args(self.layout, filter))
+        return SessionListResult(
+            sessions=[metadata_from(flat) for flat in reply[1:]],
+            total=int(reply[0]),
+            offset=max(filter.offset, 0),
+            limit=max(filter.limit, 0),
+        )
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
+        result = await self.list_sessions(SessionFilter(user_id=user_id, limit=EVERYTHING))
+        return result.sessions
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        _, _, messages = await self._history(session_id, ["all"])
+        return messages
+
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        args: list[str | int] = ["page", limit, "" if before is None else before]
+        _, start, messages = await self._history(session_id, args)
+        return HistoryPage(messages, start, start > 0)
+
+    async def append_message(
+        self, session_id: str, message: Message, key: str | None = None
+    ) -> Appended:
+        return await self.append_event(session_id, MessageEvent(message), key)
+
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        self.require_writable()
+        session_id = check_session_id(session_id)
+        allowed = " ".join(s.value for s in SessionState if s.can_become(state))
+        channel = self.layout.channel(session_id)
+        flat = await self.redis.write(
+            "state",
+            [self.layout.meta(session_id)],
+            [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel],
+            notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
+            channel=channel,
+        )
+        if state == SessionState.CLOSED:
+            self.live.feed.end(session_id, CLOSED)
+        return metadata_from(flat)
+
+    async def touch(self, session_id: str) -> None:
+        self.require_writable()
+        session_id = check_session_id(session_id)
+        await self.redis.run(
+            "touch", [self.layout.meta(session_id)], [session_id, self.layout.index]
+        )
+
+    async def cleanup_expired_sessions(self) -> int:
+        self.require_writable()
+        return await self.maintenance.cleanup()
+
+    async def remove_sessions(
+        self,
+        session_ids: Sequence[str],
+        only_expired: bool,
+        fence: tuple[str, str] | None = None,
+    ) -> int:
+        """Delete sessions, each atomically with its index entries and the notice to
+        every instance; with ``only_expired`` only those whose TTL passed, and with a
+        lease's ``fence`` only while that lease is held (else Fenced). Returns how
+        many went."""
+        lease_key, token = fence or ("", "")
+        mode = "expired" if only_expired else "any"
+        removed = 0
+        for session_id in session_ids:
+            channel = self.layout.channel(session_id)
+            done = await self.redis.write(
+                "delete",
+                self.layout.session_keys(session_id),
+                [
+                    session_id,
+                    self.layout.index,
+                    self.redis.publish,
+                    channel,
+                    mode,
+                    lease_key,
+                    token,
+                ],
+                notice=DELETED_NOTICE,
+                channel=channel,
+            )
+            if done:
+                removed += 1
+                self.live.feed.end(session_id, DELETED)
+        return removed
+
+    # -- events ---------------------------------------------------------------------
+
+    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+        self.require_writable()
+        session_id = check_session_id(session_id)
+        events = [completed_event(event) for event, _ in items]
+        encoded = [msgspec.Raw(_encoder.encode(event)) for event in events]
+        args: list[str | bytes | int] = [
+            session_id,
+            self.layout.index,
+            KEY_WINDOW,
+            self.redis.publish,
+            self.layout.channel(session_id),
+        ]
+        for (_, key), event, raw in zip(items, events, encoded, strict=True):
+            args += [flags_of(key, event), "" if key is None else key, bytes(raw)]
+        keys = self.layout.session_keys(session_id)[:4]
+        channel = self.layout.channel(session_id)
+        reply = await self.redis.write("append", keys, args, deferred=True, channel=channel)
+        results = [Appended(seq) if seq > 0 else Appended(-seq, True) for seq in reply[2:]]
+        if self.live.feed.has_subscribers(session_id):
+            ts = from_micros(int(reply[0]))
+            every = zip(results, items, events, encoded, strict=True)
+            fresh = [
+                StoredEvent(result.seq, ts, event, key, event_json=raw)
+                for result, (_, key), event, raw in every
+                if not result.duplicate
+            ]
+            self.live.publish(session_id, fresh)
+        return results
+
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> Appended:
+        return (await self.append_events(session_id, [(event, key)]))[0]
+
+    async def read_events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        session_id = check_session_id(session_id)
+        count: int | str = "" if limit is None else max(limit, 0)
+        keys = [self.layout.meta(session_id), self.layout.log(session_id)]
+        if count == 0:
+            await self.last_seq(session_id)  # SessionNotFound still applies
+            return []
+        entries = await self.redis.run("read", keys, [max(after_seq, 0), count])
+        events = [event_from_entry(entry) for entry in entries]
+        return events if max_bytes is None else within_bytes(events, max_bytes)
+
+    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
+        session_id = check_session_id(session_id)
+        self._require_open()
+
+        async def read(after: int, limit: int) -> list[StoredEvent]:
+            return await self.read_events(session_id, after, limit)
+
+        return await self.live.subscribe(session_id, after_seq, read)
+
+    async def last_seq(self, session_id: str) -> int:
+        return int(await self._field(session_id, "seq"))
+
+    async def epoch(self, session_id: str) -> str:
+        return (await self._field(session_id, "epoch")).decode()
+
+    # -- import (SessionImport) -----------------------------------------------------
+
+    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
+        await importing.import_events(self, check_session_id(session_id), events)
+        self.live.publish(session_id, list(events))
+
+    async def import_metadata(self, metadata: SessionMetadata) -> None:
+        await importing.import_metadata(self, metadata)
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _history(
+        self, session_id: str, args: list[str | int]
+    ) -> tuple[SessionMetadata, int, list[Message]]:
+        session_id = check_session_id(session_id)
+        meta, log, _, msgs, _ = self.layout.session_keys(session_id)
+        reply = await self.redis.run("history", [meta, msgs, log], args)
+        messages = [_message_of.decode(data).message for data in reply[2:]]
+        return metadata_from(reply[0]), int(reply[1]), messages
+
+    async def _field(self, session_id: str, name: str) -> bytes:
+        meta = self.layout.meta(check_session_id(session_id))
+        value = await self.redis.call("HGET", meta, name)
+        if value is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        assert isinstance(value, bytes)
+        return value
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise StorageError("storage is closed")
+
+    def require_writable(self) -> None:
+        self._require_open()
+        if self.config.read_only:
+            raise StorageError("storage is open read-only")
+
+
+def _optional(value: int | None) -> str | int:
+    return "" if value is None else value

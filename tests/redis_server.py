@@ -1,0 +1,130 @@
+"""A real redis-server for tests: started on a free loopback port in a temporary
+directory (``appendonly yes``, ``appendfsync always``), stopped by its pid.
+
+The ``redis_server`` fixture (tests/conftest.py) starts one per test session; a test
+that restarts or kills Redis starts its own with :func:`start_redis_server`. Where the
+binary is missing, the tests that need it are skipped, and the run ends with one line
+saying how to install it (:data:`INSTALL_HINT`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+INSTALL_HINT = "install redis-server: apt-get install -y redis-server"
+# BAMBOO_REDIS_SERVER names another binary (or a missing one, to see the skips).
+REDIS_SERVER = (
+    os.environ.get("BAMBOO_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+)
+
+
+def available() -> bool:
+    return os.access(REDIS_SERVER, os.X_OK)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One redis-server process; :meth:`stop` and :meth:`start` again keep its port
+    and its directory (and so its append-only file)."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def url(self, prefix: str | None = None, **params: object) -> str:
+        query = {"prefix": prefix, **params} if prefix else params
+        tail = "&".join(f"{name}={value}" for name, value in query.items())
+        return f"redis://127.0.0.1:{self.port}/0" + (f"?{tail}" if tail else "")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--save", "",
+                "--repl-diskless-sync-delay", "0",
+                "--logfile", str(self.directory / "redis.log"),
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
+            if self._answers():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout}s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it by pid: SIGTERM (a clean shutdown) or SIGKILL (a crash)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # Again and again: Redis refuses a SIGTERM while it writes its first AOF.
+            process.send_signal(sig)
+            try:
+                process.wait(0.2)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        process.kill()
+        process.wait(10)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def start_redis_server(directory: Path) -> RedisServer:
+    """A new redis-server in ``directory``, up and answering."""
+    for _ in range(3):  # a free port may be taken before the server binds it
+        server = RedisServer(directory)
+        try:
+            server.start()
+            return server
+        except RuntimeError:
+            if not available():
+                raise
+    server = RedisServer(directory)
+    server.start()
+    return server
+
+
+def prefix_for(directory: Path) -> str:
+    """A key prefix of its own for each test directory (so reopening the same
+    directory finds the same keys, and no two tests share any)."""
+    return "t" + hashlib.sha1(str(directory).encode()).hexdigest()[:16]

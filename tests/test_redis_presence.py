@@ -1,0 +1,71 @@
+"""Presence across instances on Redis (persistence/redis/presence.py): joins and
+leaves on one instance reach the others with the session-wide count, and a dead
+instance's connections expire after the heartbeat and are announced as left."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.presence import PresenceNotice, PresenceStore
+from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.protocol.models import Session
+from tests.redis_server import RedisServer, prefix_for
+
+
+async def next_notice(notices: asyncio.Queue[PresenceNotice]) -> PresenceNotice:
+    return await asyncio.wait_for(notices.get(), 5.0)
+
+
+async def test_presence_is_session_wide(redis_server: RedisServer, tmp_path: Path) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=0.5)
+    a, b = await open_storage(url), await open_storage(url)
+    assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
+    try:
+        assert isinstance(a.presence, PresenceStore)
+        await a.create_session(Session.new("s1"))
+        seen: asyncio.Queue[PresenceNotice] = asyncio.Queue()
+        b.presence.on_presence(seen.put_nowait)
+        subscription = await b.subscribe("s1", 0)  # b follows the session
+
+        assert await a.presence.join("s1", "c_a1", "agent") == 1
+        notice = await next_notice(seen)
+        assert (notice.connection_id, notice.role, notice.joined, notice.connections) == (
+            "c_a1",
+            "agent",
+            True,
+            1,
+        )
+        assert notice.instance == a.presence.instance != b.presence.instance
+        assert await b.presence.join("s1", "c_b1", "client") == 2
+        assert (await next_notice(seen)).instance == b.presence.instance  # its own, too
+        assert await a.presence.count("s1") == 2
+        assert await a.presence.leave("s1", "c_a1", "agent") == 1
+        left = await next_notice(seen)
+        assert (left.connection_id, left.joined, left.connections, left.expired) == (
+            "c_a1",
+            False,
+            1,
+            False,
+        )
+
+        # a dies with a connection registered: b's heartbeats keep b's alive, and the
+        # first of them after a's deadline announces a's as left.
+        assert await a.presence.join("s1", "c_a2", "client") == 2
+        await next_notice(seen)
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            await b.presence.refresh({"s1": [("c_b1", "client")]})
+        gone = await next_notice(seen)
+        assert (gone.connection_id, gone.joined, gone.expired, gone.connections) == (
+            "c_a2",
+            False,
+            True,
+            1,
+        )
+        assert await b.presence.count("s1") == 1
+        subscription.close()
+    finally:
+        await a.close()
+        await b.close()
