@@ -75,8 +75,8 @@ AppendItem = tuple[AnyAgentEvent, str | None]  # an event and its idempotency ke
 
 
 class StorageError(Exception):
-    """Storage failed (I/O error, disk full, corrupt file, store unreachable). Nothing
-    of the failed call was acknowledged."""
+    """Storage failed (I/O error, disk full, corrupt file, store unreachable). The failed
+    call was not acknowledged; see ``append_events`` for whether it took effect."""
 
 
 class SessionNotFound(StorageError):
@@ -185,7 +185,9 @@ class Subscription(Protocol):
         ...
 
     async def next_batch(self, limit: int = 512) -> list[StoredEvent]:
-        """The next events, at most ``limit``; waits for one; empty once ended."""
+        """The next events, at most ``limit``; waits for one; empty once ended. Raises
+        StorageError when what it must read from the store cannot be read (the
+        subscription stays usable: a later call tries again)."""
         ...
 
     def __aiter__(self) -> AsyncIterator[StoredEvent]: ...
@@ -203,9 +205,12 @@ class EventStorage(Protocol):
 
     async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
         """Append ``(event, key)`` items as one batch, in order: each fresh item gets the
-        next seq, each duplicate (see the module docstring) gets its first seq. All or
-        nothing: on error none of them is in the log. Raises SessionNotFound,
-        SessionExpired, SessionClosed, StorageError."""
+        next seq, each duplicate (see the module docstring) gets its first seq. The
+        batch is stored whole or not at all. On a local store a StorageError means not
+        at all; on a networked one the reply may be lost after the store took the batch,
+        so a StorageError means "maybe": retry with the same keys, and the retry gets
+        the first seqs as duplicates. Raises SessionNotFound, SessionExpired,
+        SessionClosed, StorageError."""
         ...
 
     async def append_event(
