@@ -1,0 +1,296 @@
+"""What the SQLite store writes, as operations that run inside a group commit.
+
+Each operation is a function ``(batch, ...)`` run on the writer thread inside the
+batch's one transaction (``persistence/sqlite/writer.py``). The rule that keeps a batch
+sound: an operation checks everything that can refuse it (SessionNotFound,
+SessionClosed, SessionExpired, InvalidTransition, ValueError) *before* it changes
+anything, so a refused operation leaves nothing behind and the others in its batch go
+on. Any other failure (an SQLite error: disk full, I/O error) rolls the whole batch back.
+
+Sessions touched by a batch are read once into a :class:`Row` and written back once, at
+the end of the batch (:meth:`Batch.flush`), however many appends they had: seqs, the
+message count and the activity times move in memory, the events go straight in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    MessageEvent,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+from ..base import (
+    KEY_WINDOW,
+    Appended,
+    AppendItem,
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+    StorageFull,
+)
+from ..events import completed_event
+from .schema import SESSION_COLUMNS, encode_extra, expiry_text, metadata_of, row_of, time_text
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (session_id, seq, ts, key, message_index, event) "
+    "VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT))"
+)
+_NEWEST_OF_KEY: Final = (
+    "SELECT seq FROM events WHERE session_id = ? AND key = ? ORDER BY seq DESC LIMIT 1"
+)
+_UPDATE_SESSION: Final = (
+    "UPDATE sessions SET state = ?, updated_at = ?, last_activity_at = ?, expires_at = ?, "
+    "ttl = ?, message_count = ?, last_seq = ?, extra = ? WHERE id = ?"
+)
+_FINAL_CLOSED: Final = SessionState.CLOSED.value
+_EXPIRED: Final = SessionState.EXPIRED.value
+
+
+class Row:
+    """A session's row while a batch changes it."""
+
+    __slots__ = ("dirty", "values")
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values  # in SESSION_COLUMNS order
+        self.dirty = False
+
+    # Named views of the columns the writes use.
+    @property
+    def session_id(self) -> str:
+        return str(self.values[0])
+
+    @property
+    def state(self) -> str:
+        return str(self.values[3])
+
+    @property
+    def ttl(self) -> int | None:
+        ttl = self.values[8]
+        return None if ttl is None else int(ttl)
+
+    @property
+    def message_count(self) -> int:
+        return int(self.values[9])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.values[10])
+
+    def is_expired(self, now: str) -> bool:
+        expires_at = self.values[7]
+        return self.state == _EXPIRED or (expires_at is not None and str(expires_at) <= now)
+
+    def set(self, **changes: object) -> None:
+        for name, value in changes.items():
+            self.values[_COLUMN[name]] = value
+        self.dirty = True
+
+    def touch(self, now: str) -> None:
+        self.set(updated_at=now, last_activity_at=now, expires_at=expiry_text(now, self.ttl))
+
+    def metadata(self) -> SessionMetadata:
+        return metadata_of(tuple(self.values))
+
+
+_COLUMN: Final = {name.strip(): i for i, name in enumerate(SESSION_COLUMNS.split(","))}
+
+
+class Batch:
+    """One group commit's transaction: the connection, its time, the rows it touched."""
+
+    def __init__(self, db: sqlite3.Connection, now: datetime, session_count: int | None) -> None:
+        self.db = db
+        self.now = now
+        self.now_text = time_text(now)
+        self.rows: dict[str, Row | None] = {}  # None: deleted in this batch
+        self.session_count = session_count  # known count at the batch's start, or None
+        self.session_delta = 0
+
+    def row(self, session_id: str) -> Row | None:
+        if session_id in self.rows:
+            return self.rows[session_id]
+        found = self.db.execute(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        row = self.rows[session_id] = None if found is None else Row(list(found))
+        return row
+
+    def existing(self, session_id: str) -> Row:
+        row = self.row(session_id)
+        if row is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return row
+
+    def live(self, session_id: str) -> Row:
+        row = self.existing(session_id)
+        if row.is_expired(self.now_text):
+            raise SessionExpired(f"session {session_id!r} has expired")
+        return row
+
+    def sessions(self) -> int:
+        if self.session_count is None:
+            counted: int = self.db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+            self.session_count = counted - self.session_delta  # as at the batch's start
+        return self.session_count + self.session_delta
+
+    def flush(self) -> None:
+        """Write back every row the batch changed."""
+        updates = []
+        for row in self.rows.values():
+            if row is not None and row.dirty:
+                v = row.values
+                updates.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[0]))
+                row.dirty = False
+        if updates:
+            self.db.executemany(_UPDATE_SESSION, updates)
+
+
+# -- operations -----------------------------------------------------------------------
+
+
+def create(
+    batch: Batch, meta: SessionMetadata, messages: Sequence[AnyAgentEvent], max_sessions: int | None
+) -> None:
+    session_id = meta.id
+    if batch.row(session_id) is not None:
+        raise SessionExists(f"session {session_id!r} already exists")
+    if max_sessions is not None and batch.sessions() >= max_sessions:
+        raise StorageFull(f"the storage holds its maximum of {max_sessions} sessions")
+    values = row_of(meta)
+    batch.db.execute(
+        f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+        values,
+    )
+    batch.rows[session_id] = Row(list(values))
+    batch.session_delta += 1
+    if messages:
+        append(batch, session_id, [(message, None) for message in messages])
+
+
+def append(
+    batch: Batch, session_id: str, items: Sequence[AppendItem]
+) -> tuple[list[Appended], list[StoredEvent]]:
+    """Append fresh items with the next seqs; a key accepted within the window (or
+    earlier in ``items``) makes a duplicate of its first seq."""
+    row = batch.existing(session_id)
+    if row.state == _FINAL_CLOSED:
+        raise SessionClosed(f"session {session_id!r} is closed")
+    if row.is_expired(batch.now_text):
+        raise SessionExpired(f"session {session_id!r} has expired")
+    db, now, now_text = batch.db, batch.now, batch.now_text
+    last_seq, message_count = row.last_seq, row.message_count
+    results: list[Appended] = []
+    stored: list[StoredEvent] = []
+    inserts: list[tuple[object, ...]] = []
+    in_items: dict[str, int] = {}
+    for event, key in items:
+        next_seq = last_seq + len(stored) + 1
+        if key is not None:
+            seen = in_items.get(key)
+            if seen is None:
+                newest = db.execute(_NEWEST_OF_KEY, (session_id, key)).fetchone()
+                if newest is not None and next_seq - newest[0] <= KEY_WINDOW:
+                    seen = newest[0]
+            if seen is not None:
+                results.append(Appended(seen, duplicate=True))
+                continue
+            in_items[key] = next_seq
+        event = completed_event(event)
+        index = None
+        if isinstance(event, MessageEvent):
+            index = message_count
+            message_count += 1
+        new = StoredEvent(next_seq, now, event, key)
+        stored.append(new)
+        inserts.append((session_id, next_seq, now_text, key, index, bytes(new.event_json)))
+        results.append(Appended(next_seq))
+    if stored:
+        db.executemany(_INSERT_EVENT, inserts)
+        row.set(last_seq=stored[-1].seq, message_count=message_count)
+        row.touch(now_text)
+    return results, stored
+
+
+def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) -> None:
+    row = batch.existing(session_id)
+    expected = row.last_seq + 1
+    for event in events:
+        if event.seq != expected:
+            raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
+        expected += 1
+    message_count = row.message_count
+    inserts: list[tuple[object, ...]] = []
+    for event in events:
+        index = None
+        if isinstance(event.event, MessageEvent):
+            index = message_count
+            message_count += 1
+        ts = time_text(event.ts)
+        inserts.append((session_id, event.seq, ts, event.key, index, bytes(event.event_json)))
+    if inserts:
+        batch.db.executemany(_INSERT_EVENT, inserts)
+        row.set(last_seq=events[-1].seq, message_count=message_count)
+
+
+def import_metadata(batch: Batch, meta: SessionMetadata) -> None:
+    row = batch.existing(meta.id)
+    row.set(
+        state=meta.state.value,
+        updated_at=time_text(meta.updated_at),
+        last_activity_at=time_text(meta.last_activity_at),
+        expires_at=None if meta.expires_at is None else time_text(meta.expires_at),
+        ttl=meta.ttl,
+        extra=encode_extra(meta.extra),
+    )
+
+
+def set_state(batch: Batch, session_id: str, state: SessionState) -> SessionMetadata:
+    row = batch.existing(session_id)
+    SessionState(row.state).check_transition(state)
+    if state != SessionState.EXPIRED and row.is_expired(batch.now_text):
+        # A state change does not revive a session.
+        raise SessionExpired(f"session {session_id!r} has expired")
+    row.set(state=state.value, updated_at=batch.now_text)
+    return row.metadata()
+
+
+def touch(batch: Batch, session_id: str) -> None:
+    batch.live(session_id).touch(batch.now_text)
+
+
+def delete(batch: Batch, session_id: str) -> None:
+    batch.existing(session_id)
+    _remove(batch, session_id)
+
+
+def cleanup(batch: Batch) -> list[str]:
+    """Remove every expired session; their ids."""
+    batch.flush()  # the query below must see this batch's activity
+    expired = [
+        session_id
+        for (session_id,) in batch.db.execute(
+            "SELECT id FROM sessions WHERE state = ? UNION "
+            "SELECT id FROM sessions WHERE expires_at <= ?",
+            (_EXPIRED, batch.now_text),
+        ).fetchall()
+    ]
+    for session_id in expired:
+        _remove(batch, session_id)
+    return expired
+
+
+def _remove(batch: Batch, session_id: str) -> None:
+    batch.db.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
+    batch.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+    batch.rows[session_id] = None
+    batch.session_delta -= 1
