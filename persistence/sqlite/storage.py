@@ -308,8 +308,8 @@ class SqliteStorage:
             raise StorageError(f"SQLite store {self.config.path} is open read-only")
         if not self._ready:
             raise StorageError(f"SQLite store {self.config.path} is not open")
-        # Shielded: a caller that leaves does not undo a write that may be committed.
-        return await asyncio.shield(writer.submit(work, after))
+        # A caller that leaves cancels only its wait: the write goes on in its batch.
+        return await writer.submit(work, after)
 
     async def _read(self, query: Callable[..., T], *args: Any) -> T:
         if not self._ready:

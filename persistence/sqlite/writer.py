@@ -28,7 +28,7 @@ from bamboo_session.protocol.errors import InvalidSessionId, InvalidTransition
 from bamboo_session.protocol.models import utcnow
 
 from ..base import StorageError
-from .writes import Batch
+from .writes import Batch, RowCache
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 # Operations in one transaction at most: bounds the time a batch holds its callers.
 MAX_BATCH: Final = 4096
+# Sessions whose rows the writer keeps between batches.
+ROW_CACHE: Final = 16_384
 # What an operation may raise on its own, before it has changed anything.
 REFUSALS: Final = (StorageError, InvalidSessionId, InvalidTransition, ValueError)
 
@@ -67,6 +69,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._session_count: int | None = None  # known after a batch counted them
+        self._rows = RowCache(ROW_CACHE)
         self.batches = 0  # for tests and benchmarks: transactions committed or failed
 
     async def start(self) -> None:
@@ -130,7 +133,7 @@ class Writer:
     def _write(self, ops: list[_Op[Any]]) -> list[tuple[bool, Any]]:
         db = self._db
         assert db is not None
-        batch = Batch(db, utcnow(), self._session_count)
+        batch = Batch(db, utcnow(), self._rows, self._session_count)
         outcomes: list[tuple[bool, Any]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -142,8 +145,10 @@ class Writer:
             batch.flush()
             db.execute("COMMIT")
         except BaseException:
-            # Nothing of the batch stays: the count is the one at its start again.
+            # Nothing of the batch stays: the count is the one at its start again, and
+            # the rows it changed in memory are dropped.
             self._session_count = batch.session_count
+            self._rows.rows.clear()
             self._rollback(db)
             raise
         count = batch.session_count

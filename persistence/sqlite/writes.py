@@ -7,14 +7,18 @@ SessionClosed, SessionExpired, InvalidTransition, ValueError) *before* it change
 anything, so a refused operation leaves nothing behind and the others in its batch go
 on. Any other failure (an SQLite error: disk full, I/O error) rolls the whole batch back.
 
-Sessions touched by a batch are read once into a :class:`Row` and written back once, at
+Sessions touched by a batch are read into a :class:`Row` once and written back once, at
 the end of the batch (:meth:`Batch.flush`), however many appends they had: seqs, the
-message count and the activity times move in memory, the events go straight in.
+message count and the activity times move in memory, and the batch's events go in with
+one statement at the end too (the keys among them are looked up in memory first). The
+writer keeps the rows of recently written sessions between batches (it is the only
+writer, so they stay true) and drops them all when a batch fails.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -95,8 +99,11 @@ class Row:
             self.values[_COLUMN[name]] = value
         self.dirty = True
 
-    def touch(self, now: str) -> None:
-        self.set(updated_at=now, last_activity_at=now, expires_at=expiry_text(now, self.ttl))
+    def touch(self, now: str, expires_at: str | None) -> None:
+        values = self.values
+        values[5] = values[6] = now  # updated_at, last_activity_at
+        values[7] = expires_at
+        self.dirty = True
 
     def metadata(self) -> SessionMetadata:
         return metadata_of(tuple(self.values))
@@ -105,24 +112,54 @@ class Row:
 _COLUMN: Final = {name.strip(): i for i, name in enumerate(SESSION_COLUMNS.split(","))}
 
 
+class RowCache:
+    """Rows of recently written sessions, kept by the writer between batches."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: OrderedDict[str, Row] = OrderedDict()
+
+    def get(self, session_id: str) -> Row | None:
+        row = self.rows.get(session_id)
+        if row is not None:
+            self.rows.move_to_end(session_id)
+        return row
+
+    def put(self, session_id: str, row: Row) -> None:
+        self.rows[session_id] = row
+        if len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+
+
 class Batch:
     """One group commit's transaction: the connection, its time, the rows it touched."""
 
-    def __init__(self, db: sqlite3.Connection, now: datetime, session_count: int | None) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, now: datetime, cache: RowCache, session_count: int | None
+    ) -> None:
         self.db = db
         self.now = now
         self.now_text = time_text(now)
-        self.rows: dict[str, Row | None] = {}  # None: deleted in this batch
+        self.cache = cache
+        self.rows: dict[str, Row | None] = {}  # None: absent, or deleted in this batch
         self.session_count = session_count  # known count at the batch's start, or None
         self.session_delta = 0
+        self.inserts: list[tuple[object, ...]] = []  # events, written by flush
+        self.keys: dict[tuple[str, str], int] = {}  # (session, key) -> seq, of inserts
+        self._expiry: dict[int, str] = {}
 
     def row(self, session_id: str) -> Row | None:
         if session_id in self.rows:
             return self.rows[session_id]
-        found = self.db.execute(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
-        ).fetchone()
-        row = self.rows[session_id] = None if found is None else Row(list(found))
+        row = self.cache.get(session_id)
+        if row is None:
+            found = self.db.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if found is not None:
+                row = Row(list(found))
+                self.cache.put(session_id, row)
+        self.rows[session_id] = row
         return row
 
     def existing(self, session_id: str) -> Row:
@@ -137,6 +174,23 @@ class Batch:
             raise SessionExpired(f"session {session_id!r} has expired")
         return row
 
+    def expiry(self, ttl: int | None) -> str | None:
+        """When a session with ``ttl`` active now expires."""
+        if ttl is None:
+            return None
+        text = self._expiry.get(ttl)
+        if text is None:
+            text = self._expiry[ttl] = expiry_text(self.now_text, ttl)
+        return text
+
+    def seq_of_key(self, session_id: str, key: str) -> int | None:
+        """The newest seq ``key`` was accepted with in the session (this batch first)."""
+        seq = self.keys.get((session_id, key))
+        if seq is None:
+            newest = self.db.execute(_NEWEST_OF_KEY, (session_id, key)).fetchone()
+            seq = None if newest is None else newest[0]
+        return seq
+
     def sessions(self) -> int:
         if self.session_count is None:
             counted: int = self.db.execute("SELECT count(*) FROM sessions").fetchone()[0]
@@ -144,7 +198,10 @@ class Batch:
         return self.session_count + self.session_delta
 
     def flush(self) -> None:
-        """Write back every row the batch changed."""
+        """Write the batch's events, and every row it changed."""
+        if self.inserts:
+            self.db.executemany(_INSERT_EVENT, self.inserts)
+            self.inserts = []
         updates = []
         for row in self.rows.values():
             if row is not None and row.dirty:
@@ -171,7 +228,8 @@ def create(
         f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
         values,
     )
-    batch.rows[session_id] = Row(list(values))
+    row = batch.rows[session_id] = Row(list(values))
+    batch.cache.put(session_id, row)
     batch.session_delta += 1
     if messages:
         append(batch, session_id, [(message, None) for message in messages])
@@ -187,24 +245,19 @@ def append(
         raise SessionClosed(f"session {session_id!r} is closed")
     if row.is_expired(batch.now_text):
         raise SessionExpired(f"session {session_id!r} has expired")
-    db, now, now_text = batch.db, batch.now, batch.now_text
+    now, now_text = batch.now, batch.now_text
     last_seq, message_count = row.last_seq, row.message_count
     results: list[Appended] = []
     stored: list[StoredEvent] = []
-    inserts: list[tuple[object, ...]] = []
-    in_items: dict[str, int] = {}
+    inserts = batch.inserts
     for event, key in items:
         next_seq = last_seq + len(stored) + 1
         if key is not None:
-            seen = in_items.get(key)
-            if seen is None:
-                newest = db.execute(_NEWEST_OF_KEY, (session_id, key)).fetchone()
-                if newest is not None and next_seq - newest[0] <= KEY_WINDOW:
-                    seen = newest[0]
-            if seen is not None:
+            seen = batch.seq_of_key(session_id, key)
+            if seen is not None and next_seq - seen <= KEY_WINDOW:
                 results.append(Appended(seen, duplicate=True))
                 continue
-            in_items[key] = next_seq
+            batch.keys[session_id, key] = next_seq
         event = completed_event(event)
         index = None
         if isinstance(event, MessageEvent):
@@ -215,9 +268,10 @@ def append(
         inserts.append((session_id, next_seq, now_text, key, index, bytes(new.event_json)))
         results.append(Appended(next_seq))
     if stored:
-        db.executemany(_INSERT_EVENT, inserts)
-        row.set(last_seq=stored[-1].seq, message_count=message_count)
-        row.touch(now_text)
+        values = row.values
+        values[9] = message_count
+        values[10] = stored[-1].seq
+        row.touch(now_text, batch.expiry(row.ttl))
     return results, stored
 
 
@@ -229,16 +283,16 @@ def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) 
             raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
         expected += 1
     message_count = row.message_count
-    inserts: list[tuple[object, ...]] = []
     for event in events:
         index = None
         if isinstance(event.event, MessageEvent):
             index = message_count
             message_count += 1
+        if event.key is not None:
+            batch.keys[session_id, event.key] = event.seq
         ts = time_text(event.ts)
-        inserts.append((session_id, event.seq, ts, event.key, index, bytes(event.event_json)))
-    if inserts:
-        batch.db.executemany(_INSERT_EVENT, inserts)
+        batch.inserts.append((session_id, event.seq, ts, event.key, index, bytes(event.event_json)))
+    if events:
         row.set(last_seq=events[-1].seq, message_count=message_count)
 
 
@@ -265,7 +319,8 @@ def set_state(batch: Batch, session_id: str, state: SessionState) -> SessionMeta
 
 
 def touch(batch: Batch, session_id: str) -> None:
-    batch.live(session_id).touch(batch.now_text)
+    row = batch.live(session_id)
+    row.touch(batch.now_text, batch.expiry(row.ttl))
 
 
 def delete(batch: Batch, session_id: str) -> None:
@@ -290,7 +345,10 @@ def cleanup(batch: Batch) -> list[str]:
 
 
 def _remove(batch: Batch, session_id: str) -> None:
+    batch.flush()  # events of the session queued in this batch go too
+    batch.keys = {key: seq for key, seq in batch.keys.items() if key[0] != session_id}
     batch.db.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
     batch.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
     batch.rows[session_id] = None
+    batch.cache.rows.pop(session_id, None)
     batch.session_delta -= 1
