@@ -12,8 +12,7 @@ on them. docs/storage-sqlite.md documents all of it for operators.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -181,12 +180,6 @@ def time_text(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
-def expiry_text(activity: str, ttl: int | None) -> str | None:
-    if ttl is None:
-        return None
-    return time_text(datetime.fromisoformat(activity) + timedelta(seconds=ttl))
-
-
 def encode_extra(extra: dict[str, Any]) -> str:
     return _extra_encoder.encode(extra).decode()
 
@@ -246,10 +239,3 @@ def row_of(meta: SessionMetadata) -> SessionRow:
 def event_of(row: EventRow) -> StoredEvent:
     seq, ts, key, data = row
     return StoredEvent(seq, datetime.fromisoformat(ts), key=key, event_json=msgspec.Raw(data))
-
-
-def storage_error(action: str, exc: sqlite3.Error) -> StorageError:
-    return StorageError(f"{action}: {exc}")
-
-
-Translate = Callable[[sqlite3.Error], StorageError]

@@ -178,7 +178,7 @@ class SqliteStorage:
         if meta.ttl is None and default_ttl is not None:
             meta.ttl = default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=default_ttl)
-        messages = [MessageEvent(message) for message in session.messages]
+        messages = writes.prepare([(MessageEvent(message), None) for message in session.messages])
         work = functools.partial(
             writes.create, meta=meta, messages=messages, max_sessions=self.config.max_sessions
         )
@@ -239,7 +239,7 @@ class SqliteStorage:
 
     async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
         check_session_id(session_id)
-        work = functools.partial(writes.append, session_id=session_id, items=list(items))
+        work = functools.partial(writes.append, session_id=session_id, items=writes.prepare(items))
         results, _stored = await self._write(
             work, lambda done: self._published(session_id, done[1])
         )

@@ -20,8 +20,10 @@ from __future__ import annotations
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
+
+import msgspec
 
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
@@ -42,7 +44,7 @@ from ..base import (
     StorageFull,
 )
 from ..events import completed_event
-from .schema import SESSION_COLUMNS, encode_extra, expiry_text, metadata_of, row_of, time_text
+from .schema import SESSION_COLUMNS, encode_extra, metadata_of, row_of, time_text
 
 _INSERT_EVENT: Final = (
     "INSERT INTO events (session_id, seq, ts, key, message_index, event) "
@@ -180,7 +182,7 @@ class Batch:
             return None
         text = self._expiry.get(ttl)
         if text is None:
-            text = self._expiry[ttl] = expiry_text(self.now_text, ttl)
+            text = self._expiry[ttl] = time_text(self.now + timedelta(seconds=ttl))
         return text
 
     def seq_of_key(self, session_id: str, key: str) -> int | None:
@@ -215,8 +217,23 @@ class Batch:
 # -- operations -----------------------------------------------------------------------
 
 
+# An item to append as the event loop prepares it, so that the writer thread has little
+# left to do between two commits: (completed event, key, its JSON, is it a message).
+Prepared = tuple[AnyAgentEvent, str | None, bytes, bool]
+_event_encoder = msgspec.json.Encoder()
+
+
+def prepare(items: Sequence[AppendItem]) -> list[Prepared]:
+    prepared: list[Prepared] = []
+    encode = _event_encoder.encode
+    for event, key in items:
+        event = completed_event(event)
+        prepared.append((event, key, encode(event), isinstance(event, MessageEvent)))
+    return prepared
+
+
 def create(
-    batch: Batch, meta: SessionMetadata, messages: Sequence[AnyAgentEvent], max_sessions: int | None
+    batch: Batch, meta: SessionMetadata, messages: Sequence[Prepared], max_sessions: int | None
 ) -> None:
     session_id = meta.id
     if batch.row(session_id) is not None:
@@ -232,11 +249,11 @@ def create(
     batch.cache.put(session_id, row)
     batch.session_delta += 1
     if messages:
-        append(batch, session_id, [(message, None) for message in messages])
+        append(batch, session_id, messages)
 
 
 def append(
-    batch: Batch, session_id: str, items: Sequence[AppendItem]
+    batch: Batch, session_id: str, items: Sequence[Prepared]
 ) -> tuple[list[Appended], list[StoredEvent]]:
     """Append fresh items with the next seqs; a key accepted within the window (or
     earlier in ``items``) makes a duplicate of its first seq."""
@@ -250,7 +267,7 @@ def append(
     results: list[Appended] = []
     stored: list[StoredEvent] = []
     inserts = batch.inserts
-    for event, key in items:
+    for event, key, data, is_message in items:
         next_seq = last_seq + len(stored) + 1
         if key is not None:
             seen = batch.seq_of_key(session_id, key)
@@ -258,14 +275,12 @@ def append(
                 results.append(Appended(seen, duplicate=True))
                 continue
             batch.keys[session_id, key] = next_seq
-        event = completed_event(event)
         index = None
-        if isinstance(event, MessageEvent):
+        if is_message:
             index = message_count
             message_count += 1
-        new = StoredEvent(next_seq, now, event, key)
-        stored.append(new)
-        inserts.append((session_id, next_seq, now_text, key, index, bytes(new.event_json)))
+        stored.append(StoredEvent(next_seq, now, event, key, event_json=msgspec.Raw(data)))
+        inserts.append((session_id, next_seq, now_text, key, index, data))
         results.append(Appended(next_seq))
     if stored:
         values = row.values
