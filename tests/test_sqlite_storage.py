@@ -301,3 +301,25 @@ async def test_subscribing_while_appends_commit_misses_nothing(tmp_path: Path) -
                 await asyncio.sleep(0.0001 * (round_ % 7))
             await append
             assert set(await asyncio.gather(*subscribers)) <= {round_, round_ + 1}
+
+
+async def test_checkpoints_run_beside_the_writer(tmp_path: Path) -> None:
+    """The WAL is folded into the database file by the background checkpointer, while
+    the store is open: the file alone (immutable=1 ignores the WAL) has the events."""
+    path = tmp_path / "store.db"
+    storage = await SqliteStorage.open(SqliteStorageConfig(path))
+    try:
+        await storage.create_session(Session.new("s1"))
+        await storage.append_events("s1", [(AgentEvent.token(str(i)), None) for i in range(50)])
+        checkpointer = storage._checkpointer
+        assert checkpointer is not None
+        for _ in range(40):
+            if checkpointer.checkpoints >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert checkpointer.checkpoints >= 1
+        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (50,)
+        db.close()
+    finally:
+        await storage.close()

@@ -25,6 +25,8 @@ from ..base import StorageError
 # 'Bamb': PRAGMA application_id, so that a file of another program is never taken over.
 APPLICATION_ID: Final = 0x42616D62
 SCHEMA_VERSION: Final = 1
+# WAL pages past which the writer checkpoints itself (SQLite's default is 1,000).
+WRITER_AUTOCHECKPOINT: Final = 16_000
 
 _V1: Final = (
     """
@@ -98,10 +100,19 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
         connection.execute(f"PRAGMA synchronous = {synchronous}")
         # Bound the WAL on disk after a checkpoint has emptied it.
         connection.execute("PRAGMA journal_size_limit = 67108864")
+        # Checkpoints run beside the writer (checkpoint.py); this is the safety net.
+        connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
         _migrate(connection, path)
     except BaseException:
         connection.close()
         raise
+    return connection
+
+
+def connect_checkpointer(path: Path) -> sqlite3.Connection:
+    """A connection that only folds the WAL into the database file."""
+    connection = _connect(f"file:{_quote(path)}?mode=rw")
+    connection.execute("PRAGMA wal_autocheckpoint = 0")
     return connection
 
 

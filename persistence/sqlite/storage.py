@@ -52,6 +52,7 @@ from ..base import (
 from ..feed import CLOSED, DELETED, Feed, FeedSubscription
 from ..index import copy_metadata
 from . import reads, writes
+from .checkpoint import Checkpointer
 from .lock import StoreLock
 from .reads import Readers
 from .schema import check_readable, connect_writer
@@ -95,9 +96,11 @@ class SqliteStorage:
         self._lock = StoreLock(path, exclusive=not config.read_only)
         self._readers = Readers(path, config.readers)
         self._writer: Writer | None = None
+        self._checkpointer: Checkpointer | None = None
         if not config.read_only:
             connect = functools.partial(connect_writer, path, SYNCHRONOUS[config.durability])
             self._writer = Writer(path, connect)
+            self._checkpointer = Checkpointer(path)
         self._feed = Feed()
         # Sessions whose log or state moved, by a generation number: see subscribe.
         self._generation = 0
@@ -125,9 +128,13 @@ class SqliteStorage:
         try:
             if self._writer is not None:
                 await self._writer.start()
+            if self._checkpointer is not None:
+                await self._checkpointer.start()
             await self._readers.start()
         except BaseException as exc:
             await self._readers.close()
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
             if self._writer is not None:
                 await self._writer.close()
             self._lock.release()
@@ -162,8 +169,10 @@ class SqliteStorage:
                 await self._cleanup
         try:
             await self._readers.close()
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
             if self._writer is not None:
-                await self._writer.close()
+                await self._writer.close()  # the last connection: folds the WAL in
         finally:
             self._lock.release()
 
