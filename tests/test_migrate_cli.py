@@ -281,3 +281,17 @@ def test_a_client_resumes_against_the_new_store(tmp_path: Path) -> None:
         welcome, replayed = asyncio.run(hello(url, last_seq=4, epoch=epoch))
         assert welcome["resumed"] is True
         assert replayed == list(range(5, last_seq + 1))
+
+
+def test_a_second_server_on_the_same_file_fails_at_start(tmp_path: Path) -> None:
+    if not serve_takes_a_store_url():
+        pytest.skip("serve has no --store yet on this branch (server/ wiring is the lead's)")
+    store = sqlite_url(tmp_path / "one.db")
+    with StoreServer(store, tmp_path / "first.log"):
+        second = StoreServer(store, tmp_path / "second.log")
+        with pytest.raises(RuntimeError, match="server exited 1"):
+            second.start()
+        reasons = [
+            line for line in second.log_tail().splitlines() if line.startswith("bamboo-session:")
+        ]
+        assert len(reasons) == 1 and "in use" in reasons[0], second.log_tail()
