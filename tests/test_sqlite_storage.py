@@ -323,3 +323,29 @@ async def test_checkpoints_run_beside_the_writer(tmp_path: Path) -> None:
         db.close()
     finally:
         await storage.close()
+
+
+async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
+    """docs/storage-sqlite.md shows the tables and indexes an operator finds in a file."""
+    doc = (Path(__file__).parent.parent / "docs" / "storage-sqlite.md").read_text()
+    documented = sqlite3.connect(":memory:")
+    documented.executescript(
+        doc.split("## Schema (version 1)")[1].split("```sql")[1].split("```")[0]
+    )
+    path = tmp_path / "store.db"
+    await filled(path)
+    real = sqlite3.connect(path)
+
+    def shape(db: sqlite3.Connection) -> list[tuple[object, ...]]:
+        found: list[tuple[object, ...]] = []
+        for kind, name, table in db.execute(
+            "SELECT type, name, tbl_name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        ):
+            info = "table_info" if kind == "table" else "index_xinfo"
+            columns = [row[1:4] for row in db.execute(f"PRAGMA {info}({name})")]
+            found.append((kind, name, table, columns))
+        return found
+
+    assert shape(documented) == shape(real)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
