@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -349,3 +351,44 @@ async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
 
     assert shape(documented) == shape(real)
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_a_store_in_a_read_only_directory_opens_read_only() -> None:
+    """A mounted backup: readable, no lock file to make, nothing created; a writing open
+    fails in one line. Runs as an unprivileged user (root writes anywhere)."""
+    drop: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("needs setpriv to drop root (apt-get install util-linux)")
+        drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    backup = Path(tempfile.mkdtemp(prefix="bamboo-ro-"))  # /tmp: reachable by nobody
+    try:
+        asyncio.run(filled(backup / "store.db"))
+        (backup / "store.db.lock").unlink()
+        (backup / "store.db").chmod(0o644)
+        backup.chmod(0o555)
+        script = (
+            "import asyncio\n"
+            "from bamboo_session.persistence import open_storage, StorageError\n"
+            "async def main():\n"
+            f"    url = {url(backup / 'store.db')!r}\n"
+            "    async with await open_storage(url, read_only=True) as storage:\n"
+            "        print(await storage.last_seq('s1'))\n"
+            "    try:\n"
+            "        await open_storage(url)\n"
+            "    except StorageError as exc:\n"
+            "        print(exc)\n"
+            "asyncio.run(main())\n"
+        )
+        result = subprocess.run(
+            [*drop, sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        seq, refusal = result.stdout.splitlines()
+        assert seq == "2"
+        assert refusal.startswith("cannot lock SQLite store") and "Permission denied" in refusal
+        assert sorted(os.listdir(backup)) == ["store.db"]
+    finally:
+        backup.chmod(0o755)
+        shutil.rmtree(backup)

@@ -11,11 +11,12 @@ they are per connection, and WAL mode lets any number of processes write in turn
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 
-from ..base import StorageLocked
+from ..base import StorageError, StorageLocked
 
 
 def lock_path(database: Path) -> Path:
@@ -32,7 +33,18 @@ class StoreLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if self.exclusive or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise StorageError(f"cannot lock SQLite store {self.database}: {exc}") from exc
+            # A reader in a directory it may not write to (a mounted backup): no server
+            # can run there either (SQLite's WAL needs the directory), so the lock file
+            # is taken if it exists, and not needed if it does not.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -11,6 +11,7 @@ on them. docs/storage-sqlite.md documents all of it for operators.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,8 +118,11 @@ def connect_checkpointer(path: Path) -> sqlite3.Connection:
 
 
 def connect_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection: in WAL mode it never waits for the writer."""
-    connection = _connect(f"file:{_quote(path)}?mode=ro")
+    """A read-only connection: in WAL mode it never waits for the writer. In a directory
+    we may not write to (a mounted backup), SQLite could not make the WAL's shared-memory
+    file; no writer can work there either, so the file is read as immutable."""
+    immutable = "" if os.access(path.parent, os.W_OK) else "&immutable=1"
+    connection = _connect(f"file:{_quote(path)}?mode=ro{immutable}")
     connection.execute("PRAGMA query_only = ON")
     return connection
 
@@ -127,16 +131,19 @@ def check_readable(path: Path) -> None:
     """For a read-only open: the file exists, is ours, and is of a version we read."""
     if not path.is_file():
         raise StorageError(f"no SQLite store at {path}")
-    connection = connect_reader(path)
     try:
-        version = _version(connection, path)
-        if version != SCHEMA_VERSION:
-            raise StorageError(
-                f"{path} has schema version {version}; open it once for writing to migrate "
-                f"it to version {SCHEMA_VERSION}"
-            )
-    finally:
-        connection.close()
+        connection = connect_reader(path)
+        try:
+            version = _version(connection, path)
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read SQLite store {path}: {exc}") from exc
+    if version != SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}; open it once for writing to migrate "
+            f"it to version {SCHEMA_VERSION}"
+        )
 
 
 def _connect(uri: str) -> sqlite3.Connection:
