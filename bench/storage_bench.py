@@ -6,7 +6,9 @@ measured in the same invocation, so the figures compare as ratios:
 1. Append throughput, many concurrent appenders over many sessions, per backend and
    durability mode, against a raw loop that does ``os.write`` plus ``fdatasync`` of the
    same lines into as many files, one line at a time. Goal: SQLite's durable appends at
-   least 0.8x JSONL's (``RATIO`` line).
+   least 0.8x JSONL's (``RATIO`` line). With each: the process's CPU per event (all
+   threads) and the bytes it wrote per event (``/proc/self/io``), which the neighbours
+   of a shared machine disturb less than the rate.
 2. ``list_sessions`` filtered by ``user_id`` over N sessions, per backend (goal: p99
    under 5 ms).
 3. Opening a store of N sessions: JSONL from its snapshot and rebuilt from its
@@ -121,8 +123,25 @@ def raw_loop(directory: Path, sessions: int, lines: list[bytes]) -> float:
     return len(lines) / elapsed
 
 
-async def store_appends(url: str, sessions: int, appenders: int, events: int) -> float:
-    """Events per second through the store, each append acknowledged."""
+@dataclasses.dataclass
+class Appends:
+    rate: float  # events per second
+    cpu_us: float  # CPU of the whole process (every thread) per event, microseconds
+    written: float  # bytes written to storage per event (/proc/self/io write_bytes)
+
+
+def bytes_written() -> int:
+    try:
+        with open("/proc/self/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+    except OSError:  # not Linux
+        return 0
+    return int(fields["write_bytes"])
+
+
+async def store_appends(url: str, sessions: int, appenders: int, events: int) -> Appends:
+    """Events per second through the store, each append acknowledged; CPU and bytes
+    written per event."""
     storage = await open_storage(url, cleanup_interval=None)
     try:
         ids = [f"s{i}" for i in range(sessions)]
@@ -135,12 +154,15 @@ async def store_appends(url: str, sessions: int, appenders: int, events: int) ->
             for n in range(per_appender):
                 await storage.append_event(ids[(worker + n * appenders) % sessions], event)
 
+        written, cpu = bytes_written(), time.process_time()
         start = time.perf_counter()
         await asyncio.gather(*(appender(worker) for worker in range(appenders)))
         elapsed = time.perf_counter() - start
+        cpu, written = time.process_time() - cpu, bytes_written() - written
     finally:
         await storage.close()
-    return per_appender * appenders / elapsed
+    total = per_appender * appenders
+    return Appends(total / elapsed, cpu / total * 1e6, written / total)
 
 
 async def bench_appends(root: Path, args: argparse.Namespace) -> None:
@@ -157,14 +179,16 @@ async def bench_appends(root: Path, args: argparse.Namespace) -> None:
         for store in APPEND_STORES[:2]
     ]
     rates: dict[str, list[float]] = {}
+    costs: dict[str, list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
         here = root / f"round-{round_}"
         rate = raw_loop(here / "raw", args.append_sessions, lines)
         rates.setdefault("raw", []).append(rate)
         for number, (name, store, sessions) in enumerate(cases):
             url = store.url(here / f"store-{number}")
-            rate = await store_appends(url, sessions, args.appenders, args.events)
-            rates.setdefault(name, []).append(rate)
+            done = await store_appends(url, sessions, args.appenders, args.events)
+            rates.setdefault(name, []).append(done.rate)
+            costs.setdefault(name, []).append((done.cpu_us, done.written))
     median = {name: statistics.median(values) for name, values in rates.items()}
 
     def spread(name: str) -> str:
@@ -176,7 +200,12 @@ async def bench_appends(root: Path, args: argparse.Namespace) -> None:
     print(f"   {label:<32}{raw:>9,.0f} events/s   1.00x{spread('raw')}")
     for name, _store, _sessions in cases:
         rate = median[name]
-        print(f"   {name:<32}{rate:>9,.0f} events/s  {rate / raw:>5.2f}x raw sync{spread(name)}")
+        cpu = statistics.median(c for c, _ in costs[name])
+        written = statistics.median(w for _, w in costs[name])
+        print(
+            f"   {name:<32}{rate:>9,.0f} events/s  {rate / raw:>5.2f}x raw sync{spread(name)}; "
+            f"CPU {cpu:.1f} us/event, {written:,.0f} B written/event"
+        )
     for suffix in ("fsync", "os", f"fsync, {args.hot_sessions} hot sessions"):
         ratio = median[f"sqlite {suffix}"] / median[f"jsonl {suffix}"]
         goal = f" (goal >= {SQLITE_VS_JSONL_GOAL})" if suffix == "fsync" else ""
