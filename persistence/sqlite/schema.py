@@ -101,6 +101,7 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
         connection.execute(f"PRAGMA synchronous = {synchronous}")
         # Bound the WAL on disk after a checkpoint has emptied it.
         connection.execute("PRAGMA journal_size_limit = 67108864")
+        connection.execute("PRAGMA cache_size = -32768")  # KiB: the hot pages of a big store
         # Checkpoints run beside the writer (checkpoint.py); this is the safety net.
         connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
         _migrate(connection, path)
@@ -124,6 +125,7 @@ def connect_reader(path: Path) -> sqlite3.Connection:
     immutable = "" if os.access(path.parent, os.W_OK) else "&immutable=1"
     connection = _connect(f"file:{_quote(path)}?mode=ro{immutable}")
     connection.execute("PRAGMA query_only = ON")
+    connection.execute("PRAGMA cache_size = -16384")  # KiB
     return connection
 
 

@@ -53,10 +53,17 @@ _INSERT_EVENT: Final = (
 _NEWEST_OF_KEY: Final = (
     "SELECT seq FROM events WHERE session_id = ? AND key = ? ORDER BY seq DESC LIMIT 1"
 )
+# An append moves only these columns: naming no other keeps SQLite from rewriting the
+# entries of indexes on columns it did not change (state's, for one).
+_UPDATE_ACTIVITY: Final = (
+    "UPDATE sessions SET updated_at = ?, last_activity_at = ?, expires_at = ?, "
+    "message_count = ?, last_seq = ? WHERE id = ?"
+)
 _UPDATE_SESSION: Final = (
     "UPDATE sessions SET state = ?, updated_at = ?, last_activity_at = ?, expires_at = ?, "
     "ttl = ?, message_count = ?, last_seq = ?, extra = ? WHERE id = ?"
 )
+CLEAN, MOVED, CHANGED = 0, 1, 2  # a row's state of writing: nothing, activity, anything
 _FINAL_CLOSED: Final = SessionState.CLOSED.value
 _EXPIRED: Final = SessionState.EXPIRED.value
 
@@ -68,7 +75,7 @@ class Row:
 
     def __init__(self, values: list[Any]) -> None:
         self.values = values  # in SESSION_COLUMNS order
-        self.dirty = False
+        self.dirty = CLEAN
 
     # Named views of the columns the writes use.
     @property
@@ -99,13 +106,19 @@ class Row:
     def set(self, **changes: object) -> None:
         for name, value in changes.items():
             self.values[_COLUMN[name]] = value
-        self.dirty = True
+        self.dirty = CHANGED
+
+    def advance(self, last_seq: int, message_count: int) -> None:
+        values = self.values
+        values[9] = message_count
+        values[10] = last_seq
+        self.dirty = max(self.dirty, MOVED)
 
     def touch(self, now: str, expires_at: str | None) -> None:
         values = self.values
         values[5] = values[6] = now  # updated_at, last_activity_at
         values[7] = expires_at
-        self.dirty = True
+        self.dirty = max(self.dirty, MOVED)
 
     def metadata(self) -> SessionMetadata:
         return metadata_of(tuple(self.values))
@@ -204,14 +217,20 @@ class Batch:
         if self.inserts:
             self.db.executemany(_INSERT_EVENT, self.inserts)
             self.inserts = []
-        updates = []
+        moved, changed = [], []
         for row in self.rows.values():
-            if row is not None and row.dirty:
-                v = row.values
-                updates.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[0]))
-                row.dirty = False
-        if updates:
-            self.db.executemany(_UPDATE_SESSION, updates)
+            if row is None or row.dirty == CLEAN:
+                continue
+            v = row.values
+            if row.dirty == MOVED:
+                moved.append((v[5], v[6], v[7], v[9], v[10], v[0]))
+            else:
+                changed.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[0]))
+            row.dirty = CLEAN
+        if moved:
+            self.db.executemany(_UPDATE_ACTIVITY, moved)
+        if changed:
+            self.db.executemany(_UPDATE_SESSION, changed)
 
 
 # -- operations -----------------------------------------------------------------------
@@ -283,9 +302,7 @@ def append(
         inserts.append((session_id, next_seq, now_text, key, index, data))
         results.append(Appended(next_seq))
     if stored:
-        values = row.values
-        values[9] = message_count
-        values[10] = stored[-1].seq
+        row.advance(stored[-1].seq, message_count)
         row.touch(now_text, batch.expiry(row.ttl))
     return results, stored
 
@@ -308,7 +325,7 @@ def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) 
         ts = time_text(event.ts)
         batch.inserts.append((session_id, event.seq, ts, event.key, index, bytes(event.event_json)))
     if events:
-        row.set(last_seq=events[-1].seq, message_count=message_count)
+        row.advance(events[-1].seq, message_count)
 
 
 def import_metadata(batch: Batch, meta: SessionMetadata) -> None:
