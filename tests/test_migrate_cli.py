@@ -96,7 +96,9 @@ def test_a_killed_run_finishes_when_run_again(tmp_path: Path) -> None:
     rerun = migrate("--from", source, "--to", target, "--verify", "--progress", "none")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     summary = rerun.stdout.splitlines()[0]
-    skipped = int(re.search(r"skipped ([\d,]+)", summary).group(1).replace(",", ""))  # type: ignore[union-attr]
+    found = re.search(r"skipped ([\d,]+)", summary)
+    assert found is not None, summary
+    skipped = int(found.group(1).replace(",", ""))
     assert skipped > 0, summary  # the killed run had copied some sessions whole
     assert "verify: all 200 sessions match" in rerun.stdout
 

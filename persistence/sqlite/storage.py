@@ -367,7 +367,11 @@ class SqliteStorage:
 
 
 def config_from_url(location: str, durability: str | None, **options: Any) -> SqliteStorageConfig:
-    given = durability or "fsync"
-    if given not in SYNCHRONOUS:
-        raise ValueError(f"durability must be one of {', '.join(SYNCHRONOUS)}, not {given!r}")
-    return SqliteStorageConfig(Path(location), durability=given, **options)  # type: ignore[arg-type]
+    return SqliteStorageConfig(Path(location), durability=_durability(durability), **options)
+
+
+def _durability(given: str | None) -> Durability:
+    for mode in ("fsync", "os"):
+        if (given or "fsync") == mode:
+            return mode
+    raise ValueError(f"durability must be one of {', '.join(SYNCHRONOUS)}, not {given!r}")
