@@ -2,7 +2,8 @@
 create a session, append a message, load the session back.
 
 Run: ``python examples/basic_usage.py [DATA_DIR]``. The data directory comes from the
-argument, else ``$BAMBOO_DATA_DIR``, else a fresh temporary directory.
+argument, else ``$BAMBOO_DATA_DIR``, else a fresh temporary directory. Or on any backend
+by its URL: ``python examples/basic_usage.py --store sqlite:///tmp/bamboo.db``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import os
 import sys
 import tempfile
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Storage, open_storage
 from bamboo_session.protocol import Message, Session
 
 
-async def main(data_dir: str) -> None:
+async def main(data_dir: str, store_url: str | None = None) -> None:
     # Create the storage
-    config = JsonlStorageConfig.new(data_dir).with_default_ttl(86400)  # expires after 24 hours
+    if store_url is None:
+        config = JsonlStorageConfig.new(data_dir).with_default_ttl(86400)  # expires after 24 hours
 
-    storage = await JsonlStorage.open(config)
+        storage: Storage = await JsonlStorage.open(config)
+    else:  # any backend by its URL, e.g. sqlite:///var/lib/bamboo/sessions.db
+        storage = await open_storage(store_url, default_ttl=86400)
 
     # Create a session
     session = Session.new("session-001").with_user_id("user-123").with_title("My Chat")
@@ -45,5 +49,9 @@ async def main(data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    data_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BAMBOO_DATA_DIR")
-    asyncio.run(main(data_dir or tempfile.mkdtemp(prefix="bamboo-example-")))
+    args = sys.argv[1:]
+    store_url = None
+    if args[:1] == ["--store"] and len(args) > 1:
+        store_url, args = args[1], args[2:]
+    data_dir = args[0] if args else os.environ.get("BAMBOO_DATA_DIR")
+    asyncio.run(main(data_dir or tempfile.mkdtemp(prefix="bamboo-example-"), store_url))

@@ -21,6 +21,7 @@ from bamboo_session import __version__
 from bamboo_session.persistence.base import StorageError
 
 from .config import ServerConfig, parse_value
+from .migrate_cli import add_migrate_command
 from .tools import add_tool_commands
 
 # Help for each ServerConfig field: one line, what it is and its unit.
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_command(commands)
     add_tool_commands(commands)  # ls, show, tail, cleanup, publish (tools.py)
+    add_migrate_command(commands)  # migrate (migrate_cli.py)
     return parser
 
 

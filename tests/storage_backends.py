@@ -53,5 +53,7 @@ BACKENDS: list[Backend] = [
     Backend("memory", lambda _directory: "memory://", durable=False),
     Backend("jsonl", lambda directory: f"jsonl://{directory / 'store'}"),
     Backend("jsonl-os", lambda directory: f"jsonl://{directory / 'store'}?durability=os"),
+    Backend("sqlite", lambda directory: f"sqlite://{directory / 'store.db'}"),
+    Backend("sqlite-os", lambda directory: f"sqlite://{directory / 'store.db'}?durability=os"),
     Backend("redis", _unbound, server="redis_server", url_on=_redis_url),
 ]

@@ -1,0 +1,313 @@
+"""Moving sessions from one store to another, whatever their backends: the logic of
+``bamboo-session migrate``, storage to storage, with no terminal and no argument parsing.
+
+A session is copied as the source holds it: created in the destination with its id,
+epoch, owner, title, ttl and creation time; its events imported in pages with their own
+seq, ts and key; then its final metadata (state, activity times, expiry, ttl, extra).
+The source needs only the storage contract; the destination also
+:class:`~.base.SessionImport`. A client that saw events up to ``last_seq`` of the old
+store resumes against the new one with the same epoch and no gap.
+
+Resuming: a session whose copy is whole (same epoch, same last seq, same final
+metadata) is skipped; one cut short (by an interruption or a SIGKILL) goes on from the
+destination's last seq, after checking that the destination's last event is the
+source's; a session of the same id but another epoch is a conflict, left alone and
+reported. So a rerun finishes the job.
+
+Verifying compares every session of both stores: counts, last seq, epoch, state, and a
+checksum of the events (seq, ts, key and the event, re-encoded so that two backends'
+byte-for-byte spellings of one event agree).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+
+from bamboo_session.protocol.models import Session, SessionMetadata, SessionState, StoredEvent
+
+from .base import SessionFilter, SessionImport, SortBy, SortOrder, Storage, StorageError
+
+PAGE_SESSIONS: Final = 1000  # metadata listed at a time
+PAGE_EVENTS: Final = 2000  # events read and imported at a time
+PAGE_BYTES: Final = 4 * 1024 * 1024
+CONCURRENCY: Final = 16  # sessions copied at once (their imports share group commits)
+
+_encoder = msgspec.json.Encoder()
+
+
+class Action(enum.StrEnum):
+    COPY = "copy"  # absent from the destination
+    RESUME = "resume"  # partly copied: goes on from the destination's last seq
+    SKIP = "skip"  # copied whole already
+    CONFLICT = "conflict"  # the destination has another session of that id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Planned:
+    session_id: str
+    action: Action
+    events: int  # events still to copy
+    reason: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class Progress:
+    """Counters of a run, updated as it goes (for a progress display)."""
+
+    sessions_total: int = 0
+    events_total: int = 0
+    sessions_done: int = 0  # copied, resumed, skipped or in conflict
+    events_done: int = 0
+    copied: int = 0
+    resumed: int = 0
+    skipped: int = 0
+    conflicts: list[Planned] = dataclasses.field(default_factory=list)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class MigrationError(StorageError):
+    """The migration cannot run (a destination that cannot import, a source that
+    changed under it)."""
+
+
+async def source_sessions(source: Storage) -> AsyncIterator[SessionMetadata]:
+    """Every session of ``source``, oldest first, a page at a time (the source is not
+    written meanwhile: it is held by the migration, not by a server)."""
+    offset = 0
+    while True:
+        query = SessionFilter(
+            limit=PAGE_SESSIONS,
+            offset=offset,
+            sort_by=SortBy.CREATED_AT,
+            sort_order=SortOrder.ASC,
+        )
+        page = (await source.list_sessions(query)).sessions
+        for meta in page:
+            yield meta
+        if len(page) < PAGE_SESSIONS:
+            return
+        offset += len(page)
+
+
+async def plan_session(source: Storage, target: Storage, meta: SessionMetadata) -> Planned:
+    """What a run would do with this source session."""
+    found = await target.get_metadata(meta.id)
+    if found is None:
+        return Planned(meta.id, Action.COPY, meta.last_seq)
+    if found.epoch != meta.epoch:
+        reason = f"the destination holds another session {meta.id!r} (epoch {found.epoch})"
+        return Planned(meta.id, Action.CONFLICT, 0, reason)
+    if found.last_seq > meta.last_seq:
+        reason = f"the destination is ahead of the source (seq {found.last_seq} > {meta.last_seq})"
+        return Planned(meta.id, Action.CONFLICT, 0, reason)
+    if found.last_seq:
+        mine = await source.read_events(meta.id, found.last_seq - 1, limit=1)
+        theirs = await target.read_events(meta.id, found.last_seq - 1, limit=1)
+        if [_fingerprint(e) for e in mine] != [_fingerprint(e) for e in theirs]:
+            reason = f"event {found.last_seq} differs between source and destination"
+            return Planned(meta.id, Action.CONFLICT, 0, reason)
+    if found.last_seq == meta.last_seq and _final_fields(found) == _final_fields(meta):
+        return Planned(meta.id, Action.SKIP, 0)
+    return Planned(meta.id, Action.RESUME, meta.last_seq - found.last_seq)
+
+
+async def migrate(
+    source: Storage,
+    target: Storage,
+    *,
+    dry_run: bool = False,
+    on_progress: ProgressCallback | None = None,
+    concurrency: int = CONCURRENCY,
+) -> Progress:
+    """Copy every session of ``source`` into ``target`` (see the module docstring).
+    With ``dry_run`` only plan: the returned counters say what a run would do."""
+    if not dry_run and not isinstance(target, SessionImport):
+        raise MigrationError(
+            f"the destination ({type(target).__name__}) cannot import sessions "
+            "(it does not implement SessionImport)"
+        )
+    progress = Progress()
+    plans: list[tuple[SessionMetadata, Planned]] = []
+    async for meta in source_sessions(source):
+        planned = await plan_session(source, target, meta)
+        plans.append((meta, planned))
+        progress.sessions_total += 1
+        progress.events_total += planned.events
+    if on_progress is not None:
+        on_progress(progress)
+    if dry_run:
+        for _meta, planned in plans:
+            _count(progress, planned)
+        return progress
+    assert isinstance(target, SessionImport)
+    run = _Run(source, target, target, progress, on_progress)
+    queue = iter(plans)
+    await asyncio.gather(*(run.worker(queue) for _ in range(max(concurrency, 1))))
+    if run.failure is not None:
+        raise run.failure
+    return progress
+
+
+def _count(progress: Progress, planned: Planned) -> None:
+    progress.sessions_done += 1
+    if planned.action == Action.COPY:
+        progress.copied += 1
+    elif planned.action == Action.RESUME:
+        progress.resumed += 1
+    elif planned.action == Action.SKIP:
+        progress.skipped += 1
+    else:
+        progress.conflicts.append(planned)
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """One copying run, shared by its workers. When one fails, the others stop at their
+    next page, so that nothing is still being written when :func:`migrate` raises."""
+
+    source: Storage
+    target: Storage
+    importer: SessionImport
+    progress: Progress
+    on_progress: ProgressCallback | None
+    failure: Exception | None = None
+
+    async def worker(self, queue: Iterator[tuple[SessionMetadata, Planned]]) -> None:
+        for meta, planned in queue:
+            if self.failure is not None:
+                return
+            try:
+                if planned.action in (Action.COPY, Action.RESUME):
+                    await self._copy(meta, planned)
+                _count(self.progress, planned)
+                self._report()
+            except Exception as exc:
+                if self.failure is None:
+                    self.failure = exc
+                return
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    async def _copy(self, meta: SessionMetadata, planned: Planned) -> None:
+        if planned.action == Action.COPY:
+            # Created live and empty: the events come next, the final state last (a
+            # closed or expired session would refuse them otherwise, on some backends).
+            live = msgspec.structs.replace(meta, state=SessionState.ACTIVE, extra=dict(meta.extra))
+            await self.target.create_session(Session(live, []))
+            position = 0
+        else:
+            position = await self.target.last_seq(meta.id)
+        while position < meta.last_seq:
+            if self.failure is not None:
+                return
+            limit = min(PAGE_EVENTS, meta.last_seq - position)
+            page = await self.source.read_events(
+                meta.id, position, limit=limit, max_bytes=PAGE_BYTES
+            )
+            if not page:
+                raise MigrationError(
+                    f"session {meta.id!r}: the source ends at seq {position}, "
+                    f"not {meta.last_seq}; is a server writing to it?"
+                )
+            await self.importer.import_events(meta.id, page)
+            position = page[-1].seq
+            self.progress.events_done += len(page)
+            self._report()
+        await self.importer.import_metadata(meta)
+
+
+# -- verify ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Difference:
+    session_id: str
+    what: str
+
+
+async def verify(source: Storage, target: Storage) -> tuple[int, list[Difference]]:
+    """Compare every session of both stores; how many were compared, and what differs."""
+    differences: list[Difference] = []
+    seen: set[str] = set()
+    async for meta in source_sessions(source):
+        seen.add(meta.id)
+        found = await target.get_metadata(meta.id)
+        if found is None:
+            differences.append(Difference(meta.id, "missing from the destination"))
+            continue
+        differences.extend(Difference(meta.id, what) for what in _compare(meta, found))
+        if found.epoch == meta.epoch and found.last_seq == meta.last_seq:
+            mine, theirs = await _checksum(source, meta.id), await _checksum(target, meta.id)
+            if mine != theirs:
+                differences.append(Difference(meta.id, f"event checksum {mine} != {theirs}"))
+    async for meta in source_sessions(target):
+        if meta.id not in seen:
+            differences.append(Difference(meta.id, "only in the destination"))
+    return len(seen), differences
+
+
+def _compare(mine: SessionMetadata, theirs: SessionMetadata) -> list[str]:
+    fields = ("epoch", "last_seq", "message_count", "user_id", "title", "created_at")
+    found = [
+        f"{name}: {getattr(mine, name)!r} != {getattr(theirs, name)!r}"
+        for name in fields
+        if _plain(getattr(mine, name)) != _plain(getattr(theirs, name))
+    ]
+    for name, a, b in zip(
+        ("state", "updated_at", "last_activity_at", "expires_at", "ttl", "extra"),
+        _final_fields(mine),
+        _final_fields(theirs),
+        strict=True,
+    ):
+        if a != b:
+            found.append(f"{name}: {a!r} != {b!r}")
+    return found
+
+
+async def _checksum(store: Storage, session_id: str) -> str:
+    digest = hashlib.sha256()
+    position = 0
+    while True:
+        page = await store.read_events(session_id, position, limit=PAGE_EVENTS)
+        if not page:
+            return digest.hexdigest()[:16]
+        for event in page:
+            digest.update(_fingerprint(event))
+        position = page[-1].seq
+
+
+def _fingerprint(event: StoredEvent) -> bytes:
+    """The event as two backends must agree on it, whatever their spelling of it."""
+    return _encoder.encode((event.seq, _plain(event.ts), event.key, event.event)) + b"\n"
+
+
+def _final_fields(meta: SessionMetadata) -> tuple[object, ...]:
+    """What ``import_metadata`` sets, in comparable form."""
+    return (
+        meta.state.value,
+        _plain(meta.updated_at),
+        _plain(meta.last_activity_at),
+        _plain(meta.expires_at),
+        meta.ttl,
+        meta.extra,
+    )
+
+
+def _plain(value: object) -> object:
+    """Times as UTC text with microseconds, so equal instants compare equal."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return value

@@ -1,0 +1,263 @@
+"""The SQLite store's read side: a pool of read-only connections on their own threads,
+and the queries the contract's reads need.
+
+In WAL mode a reader sees the last commit made before its read began and never waits
+for the writer, so reads run beside the group commit. A read that takes several
+statements runs them in one read transaction (one snapshot). Every query here is served
+by an index: a session by its id, a page of its log by ``(session_id, seq)``, a page of
+its history by ``(session_id, message_index)``, a listing by the index of its filter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import queue
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from bamboo_session.protocol.models import Message, SessionMetadata, StoredEvent
+
+from ..base import SessionExpired, SessionFilter, SessionNotFound, SortBy, SortOrder, StorageError
+from ..events import page_bounds
+from .schema import (
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    SessionRow,
+    connect_reader,
+    event_of,
+    metadata_of,
+    time_text,
+)
+
+T = TypeVar("T")
+
+_SORT_COLUMNS: Final = {
+    SortBy.CREATED_AT: "created_at",
+    SortBy.UPDATED_AT: "updated_at",
+    SortBy.LAST_ACTIVITY_AT: "last_activity_at",
+    SortBy.MESSAGE_COUNT: "message_count",
+}
+
+
+class _MessageEnvelope(msgspec.Struct):
+    """A ``message`` event's JSON, decoded for its message only."""
+
+    message: Message
+
+
+_message_decoder = msgspec.json.Decoder(_MessageEnvelope)
+
+
+class Readers:
+    """``threads`` read-only connections, each used by one read at a time."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self._path = path
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._connections: list[sqlite3.Connection] = []
+
+    async def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="bamboo-sqlite-read")
+        loop = asyncio.get_running_loop()
+        for _ in range(self._threads):
+            connection = await loop.run_in_executor(self._pool, connect_reader, self._path)
+            self._connections.append(connection)
+            self._idle.put(connection)
+
+    async def run(self, query: Callable[..., T], *args: Any) -> T:
+        """``query(connection, *args)`` on a reader thread; an SQLite error becomes a
+        StorageError."""
+        if self._pool is None:
+            raise StorageError(f"SQLite store at {self._path} is not open")
+        call = functools.partial(self._call, query, args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def _call(self, query: Callable[..., T], args: tuple[Any, ...]) -> T:
+        connection = self._idle.get()
+        try:
+            return query(connection, *args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"reading the SQLite store at {self._path} failed: {exc}") from exc
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            self._idle.put(connection)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        for connection in self._connections:
+            connection.close()
+        self._connections.clear()
+
+
+# -- queries (each runs on a reader thread with its connection) --------------------------
+
+
+def session_row(db: sqlite3.Connection, session_id: str) -> SessionRow | None:
+    row: SessionRow | None = db.execute(
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    return row
+
+
+def metadata(db: sqlite3.Connection, session_id: str) -> SessionMetadata | None:
+    row = session_row(db, session_id)
+    return None if row is None else metadata_of(row)
+
+
+def existing(db: sqlite3.Connection, session_id: str) -> SessionMetadata:
+    row = session_row(db, session_id)
+    if row is None:
+        raise SessionNotFound(f"session {session_id!r} not found")
+    return metadata_of(row)
+
+
+def live(db: sqlite3.Connection, session_id: str) -> SessionMetadata:
+    meta = existing(db, session_id)
+    if meta.is_expired():
+        raise SessionExpired(f"session {session_id!r} has expired")
+    return meta
+
+
+def log_position(db: sqlite3.Connection, session_id: str) -> tuple[int, str, str]:
+    """``(last_seq, state, epoch)`` of an existing session."""
+    row = db.execute(
+        "SELECT last_seq, state, epoch FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    if row is None:
+        raise SessionNotFound(f"session {session_id!r} not found")
+    return row[0], row[1], row[2]
+
+
+def load_session(
+    db: sqlite3.Connection, session_id: str
+) -> tuple[SessionMetadata, list[Message]] | None:
+    db.execute("BEGIN")
+    row = session_row(db, session_id)
+    if row is None:
+        return None
+    meta = metadata_of(row)
+    if meta.is_expired():
+        raise SessionExpired(f"session {session_id!r} has expired")
+    return meta, _messages(db, session_id, 0, meta.message_count)
+
+
+def history(db: sqlite3.Connection, session_id: str) -> list[Message]:
+    db.execute("BEGIN")
+    meta = live(db, session_id)
+    return _messages(db, session_id, 0, meta.message_count)
+
+
+def history_page(
+    db: sqlite3.Connection, session_id: str, limit: int, before: int | None
+) -> tuple[list[Message], int]:
+    db.execute("BEGIN")
+    meta = live(db, session_id)
+    start, end = page_bounds(meta.message_count, limit, before)
+    return _messages(db, session_id, start, end), start
+
+
+def _messages(db: sqlite3.Connection, session_id: str, start: int, end: int) -> list[Message]:
+    if end <= start:
+        return []
+    rows = db.execute(
+        "SELECT CAST(event AS BLOB) FROM events WHERE session_id = ? "
+        "AND message_index >= ? AND message_index < ? ORDER BY message_index",
+        (session_id, start, end),
+    )
+    decode = _message_decoder.decode
+    return [decode(data).message for (data,) in rows]
+
+
+def events(
+    db: sqlite3.Connection,
+    session_id: str,
+    after_seq: int,
+    limit: int | None,
+    max_bytes: int | None,
+) -> list[StoredEvent]:
+    db.execute("BEGIN")
+    if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+        raise SessionNotFound(f"session {session_id!r} not found")
+    if limit is not None and limit <= 0:
+        return []
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ? AND seq > ? ORDER BY seq"
+    if limit is None:
+        rows = db.execute(sql, (session_id, after_seq))
+    else:
+        rows = db.execute(sql + " LIMIT ?", (session_id, after_seq, limit))
+    if max_bytes is None:
+        return [event_of(row) for row in rows]
+    found: list[StoredEvent] = []
+    total = 0
+    for row in rows:  # stepped lazily: a small budget reads a few rows of a long log
+        total += len(row[3])
+        if total > max_bytes and found:
+            break
+        found.append(event_of(row))
+    return found
+
+
+def list_sessions(
+    db: sqlite3.Connection, query: SessionFilter
+) -> tuple[list[SessionMetadata], int]:
+    """One page of the sessions matching ``query``, and how many match in all."""
+    where, params = _where(query)
+    column = _SORT_COLUMNS[query.sort_by]
+    direction = "DESC" if query.sort_order == SortOrder.DESC else "ASC"
+    db.execute("BEGIN")
+    total: int = db.execute(f"SELECT count(*) FROM sessions{where}", params).fetchone()[0]
+    rows = db.execute(
+        f"SELECT {SESSION_COLUMNS} FROM sessions{where} "
+        f"ORDER BY {column} {direction}, id {direction} LIMIT ? OFFSET ?",
+        [*params, max(query.limit, 0), max(query.offset, 0)],
+    )
+    return [metadata_of(row) for row in rows], total
+
+
+def user_sessions(db: sqlite3.Connection, user_id: str) -> list[SessionMetadata]:
+    rows = db.execute(
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ? "
+        "ORDER BY created_at DESC, id DESC",
+        (user_id,),
+    )
+    return [metadata_of(row) for row in rows]
+
+
+def _where(query: SessionFilter) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+
+    def add(clause: str, value: object) -> None:
+        clauses.append(clause)
+        params.append(value)
+
+    if query.user_id is not None:
+        add("user_id = ?", query.user_id)
+    if query.state is not None:
+        add("state = ?", query.state.value)
+    if query.created_after is not None:
+        add("created_at >= ?", _bound(query.created_after))
+    if query.created_before is not None:
+        add("created_at < ?", _bound(query.created_before))
+    if query.active_after is not None:
+        add("last_activity_at >= ?", _bound(query.active_after))
+    if query.title_contains is not None:
+        # instr is case-sensitive, as the seed's contains (LIKE is not, for ASCII).
+        add("instr(title, ?) > 0", query.title_contains)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _bound(moment: datetime) -> str:
+    return time_text(moment)

@@ -1,0 +1,377 @@
+"""SqliteStorage: the storage contract in one SQLite file (``sqlite:///path/to/file.db``).
+
+How it holds the contract's promises:
+
+- Every write goes through the group-commit writer (``writer.py``): one connection, one
+  thread, one transaction per batch, in submission order, so seqs follow call order and
+  are gap-free. An append is acknowledged after its batch's COMMIT: with
+  ``durability=fsync`` (the default, ``synchronous=FULL``) the WAL is synced by then;
+  with ``durability=os`` (``synchronous=NORMAL``) it is written to the OS, which
+  survives a crash of the process but not of the machine.
+- Idempotency keys are looked up in an index of the log (``writes.py``), in the same
+  transaction that appends: the window needs no memory and survives restarts.
+- Reads run on their own read-only connections (``reads.py``) and never wait for the
+  writer. Nothing is loaded at open: the file *is* the index.
+- Live delivery: after a commit, the store publishes what it acknowledged to its
+  :class:`~..feed.Feed`, and ends a session's subscriptions when it is closed or deleted.
+- One process holds the file (``lock.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, Literal, Self, TypeVar
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    Message,
+    MessageEvent,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+from ..base import (
+    Appended,
+    AppendItem,
+    HistoryPage,
+    SessionFilter,
+    SessionListResult,
+    StorageError,
+)
+from ..feed import CLOSED, DELETED, Feed, FeedSubscription
+from ..index import copy_metadata
+from . import reads, writes
+from .checkpoint import Checkpointer
+from .lock import StoreLock
+from .reads import Readers
+from .schema import check_readable, connect_writer
+from .writer import Writer
+from .writes import Batch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Durability = Literal["fsync", "os"]
+SYNCHRONOUS: Final[dict[str, str]] = {"fsync": "FULL", "os": "NORMAL"}
+# Writes remembered for subscribe's consistency check (see _touched_since).
+RECENT_WRITES: Final = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SqliteStorageConfig:
+    """Where and how :class:`SqliteStorage` keeps data: ``path`` (the database file),
+    ``default_ttl``, ``max_sessions``, ``cleanup_interval`` (as every backend),
+    ``durability`` (``fsync``: ``synchronous=FULL``; ``os``: ``synchronous=NORMAL``),
+    ``read_only`` (open an existing file without writing), ``readers`` (read
+    connections, each on its own thread)."""
+
+    path: Path
+    default_ttl: int | None = None
+    max_sessions: int | None = None
+    cleanup_interval: float | None = 3600
+    durability: Durability = "fsync"
+    read_only: bool = False
+    readers: int = 2
+
+
+class SqliteStorage:
+    """Sessions, histories and event logs in one SQLite file. Open with ``await
+    SqliteStorage.open(config)``; only one process may hold a file (StorageLocked)."""
+
+    def __init__(self, config: SqliteStorageConfig) -> None:
+        self.config = config
+        path = config.path
+        self._lock = StoreLock(path, exclusive=not config.read_only)
+        self._readers = Readers(path, config.readers)
+        self._writer: Writer | None = None
+        self._checkpointer: Checkpointer | None = None
+        if not config.read_only:
+            connect = functools.partial(connect_writer, path, SYNCHRONOUS[config.durability])
+            self._writer = Writer(path, connect)
+            self._checkpointer = Checkpointer(path)
+        self._feed = Feed()
+        # Sessions whose log or state moved, by a generation number: see subscribe.
+        self._generation = 0
+        self._recent: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_WRITES)
+        self._cleanup: asyncio.Task[None] | None = None
+        self._ready = False
+        self._closed = False
+
+    @classmethod
+    async def open(cls, config: SqliteStorageConfig) -> Self:
+        storage = cls(config)
+        await storage._open()
+        return storage
+
+    async def _open(self) -> None:
+        path = self.config.path
+        try:
+            if self.config.read_only:
+                await asyncio.to_thread(check_readable, path)
+            else:
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
+        self._lock.acquire()
+        try:
+            if self._writer is not None:
+                await self._writer.start()
+            if self._checkpointer is not None:
+                await self._checkpointer.start()
+            await self._readers.start()
+        except BaseException as exc:
+            await self._readers.close()
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
+            if self._writer is not None:
+                await self._writer.close()
+            self._lock.release()
+            if isinstance(exc, StorageError | asyncio.CancelledError):
+                raise
+            raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
+        if self._writer is not None and self.config.cleanup_interval is not None:
+            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="bamboo-sqlite-cleanup")
+        self._ready = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def close(self) -> None:
+        """Commit what is queued, close the connections (the last one folds the WAL into
+        the database file), release the lock. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        self._feed.end_all()
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cleanup
+        try:
+            await self._readers.close()
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
+            if self._writer is not None:
+                await self._writer.close()  # the last connection: folds the WAL in
+        finally:
+            self._lock.release()
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def create_session(self, session: Session) -> None:
+        session_id = check_session_id(session.metadata.id)
+        meta = copy_metadata(session.metadata)
+        meta.last_seq = 0  # a new log; whatever the caller set does not describe it
+        meta.message_count = 0
+        default_ttl = self.config.default_ttl
+        if meta.ttl is None and default_ttl is not None:
+            meta.ttl = default_ttl
+            meta.expires_at = meta.last_activity_at + timedelta(seconds=default_ttl)
+        messages = writes.prepare([(MessageEvent(message), None) for message in session.messages])
+        work = functools.partial(
+            writes.create, meta=meta, messages=messages, max_sessions=self.config.max_sessions
+        )
+        await self._write(work, lambda _: self._moved(session_id))
+
+    async def load_session(self, session_id: str) -> Session | None:
+        found = await self._read(reads.load_session, check_session_id(session_id))
+        return None if found is None else Session(found[0], found[1])
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        return await self._read(reads.metadata, check_session_id(session_id))
+
+    async def delete_session(self, session_id: str) -> None:
+        work = functools.partial(writes.delete, session_id=check_session_id(session_id))
+        await self._write(work, lambda _: self._removed([session_id]))
+
+    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
+        sessions, total = await self._read(reads.list_sessions, filter)
+        return SessionListResult(sessions, total, max(filter.offset, 0), max(filter.limit, 0))
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
+        return await self._read(reads.user_sessions, user_id)
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        return await self._read(reads.history, check_session_id(session_id))
+
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        query = reads.history_page
+        messages, start = await self._read(query, check_session_id(session_id), limit, before)
+        return HistoryPage(messages, start, start > 0)
+
+    async def append_message(
+        self, session_id: str, message: Message, key: str | None = None
+    ) -> Appended:
+        return await self.append_event(session_id, MessageEvent(message), key)
+
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        check_session_id(session_id)
+
+        def after(meta: SessionMetadata) -> None:
+            if meta.state == SessionState.CLOSED:
+                self._moved(session_id)
+                self._feed.end(session_id, CLOSED)
+
+        work = functools.partial(writes.set_state, session_id=session_id, state=state)
+        return await self._write(work, after)
+
+    async def touch(self, session_id: str) -> None:
+        await self._write(functools.partial(writes.touch, session_id=check_session_id(session_id)))
+
+    async def cleanup_expired_sessions(self) -> int:
+        removed = await self._write(writes.cleanup, self._removed)
+        return len(removed)
+
+    # -- events ---------------------------------------------------------------------
+
+    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+        check_session_id(session_id)
+        work = functools.partial(writes.append, session_id=session_id, items=writes.prepare(items))
+        results, _stored = await self._write(
+            work, lambda done: self._published(session_id, done[1])
+        )
+        return results
+
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> Appended:
+        return (await self.append_events(session_id, [(event, key)]))[0]
+
+    async def read_events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        session_id = check_session_id(session_id)
+        return await self._read(reads.events, session_id, after_seq, limit, max_bytes)
+
+    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
+        check_session_id(session_id)
+        # The Feed wants the last acknowledged seq with no await before subscribing. A
+        # read takes an await, during which a commit may be published; so read until no
+        # write to this session was acknowledged while reading.
+        while True:
+            generation = self._generation
+            last_seq, state, _epoch = await self._read(reads.log_position, session_id)
+            if not self._touched_since(session_id, generation):
+                break
+
+        async def read(after: int, limit: int) -> list[StoredEvent]:
+            return await self.read_events(session_id, after, limit)
+
+        subscription = self._feed.subscribe(session_id, after_seq, last_seq, read)
+        if state == SessionState.CLOSED:
+            subscription.end(CLOSED)
+        return subscription
+
+    async def last_seq(self, session_id: str) -> int:
+        return (await self._read(reads.log_position, check_session_id(session_id)))[0]
+
+    async def epoch(self, session_id: str) -> str:
+        return (await self._read(reads.log_position, check_session_id(session_id)))[2]
+
+    # -- import (SessionImport) -----------------------------------------------------
+
+    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
+        check_session_id(session_id)
+        batch = list(events)
+        work = functools.partial(writes.import_events, session_id=session_id, events=batch)
+        await self._write(work, lambda _: self._published(session_id, batch))
+
+    async def import_metadata(self, metadata: SessionMetadata) -> None:
+        check_session_id(metadata.id)
+        work = functools.partial(writes.import_metadata, meta=metadata)
+        await self._write(work)
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _write(
+        self, work: Callable[[Batch], T], after: Callable[[T], None] | None = None
+    ) -> T:
+        writer = self._writer
+        if writer is None:
+            raise StorageError(f"SQLite store {self.config.path} is open read-only")
+        if not self._ready:
+            raise StorageError(f"SQLite store {self.config.path} is not open")
+        # A caller that leaves cancels only its wait: the write goes on in its batch.
+        return await writer.submit(work, after)
+
+    async def _read(self, query: Callable[..., T], *args: Any) -> T:
+        if not self._ready:
+            raise StorageError(f"SQLite store {self.config.path} is not open")
+        return await self._readers.run(query, *args)
+
+    def _published(self, session_id: str, events: list[StoredEvent]) -> None:
+        if events:
+            self._moved(session_id)
+            self._feed.publish(session_id, events)
+
+    def _removed(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            self._moved(session_id)
+            self._feed.end(session_id, DELETED)
+        if session_ids:
+            log.info("removed %d sessions", len(session_ids))
+
+    def _moved(self, session_id: str) -> None:
+        self._generation += 1
+        self._recent.append((self._generation, session_id))
+
+    def _touched_since(self, session_id: str, generation: int) -> bool:
+        """Whether a write to the session was acknowledged after ``generation`` (true
+        too when the record of writes no longer reaches back that far)."""
+        if generation == self._generation:
+            return False
+        recent = self._recent
+        if not recent or recent[0][0] > generation + 1:
+            return True
+        for moved_at, moved in reversed(recent):
+            if moved_at <= generation:
+                return False
+            if moved == session_id:
+                return True
+        return False
+
+    async def _cleanup_loop(self) -> None:
+        assert self.config.cleanup_interval is not None
+        while True:
+            await asyncio.sleep(self.config.cleanup_interval)
+            try:
+                await self.cleanup_expired_sessions()
+            except Exception:
+                log.exception("cleanup of expired sessions failed")
+
+
+def config_from_url(location: str, durability: str | None, **options: Any) -> SqliteStorageConfig:
+    return SqliteStorageConfig(Path(location), durability=_durability(durability), **options)
+
+
+def _durability(given: str | None) -> Durability:
+    for mode in ("fsync", "os"):
+        if (given or "fsync") == mode:
+            return mode
+    raise ValueError(f"durability must be one of {', '.join(SYNCHRONOUS)}, not {given!r}")

@@ -1,0 +1,386 @@
+"""What the SQLite store writes, as operations that run inside a group commit.
+
+Each operation is a function ``(batch, ...)`` run on the writer thread inside the
+batch's one transaction (``persistence/sqlite/writer.py``). The rule that keeps a batch
+sound: an operation checks everything that can refuse it (SessionNotFound,
+SessionClosed, SessionExpired, InvalidTransition, ValueError) *before* it changes
+anything, so a refused operation leaves nothing behind and the others in its batch go
+on. Any other failure (an SQLite error: disk full, I/O error) rolls the whole batch back.
+
+Sessions touched by a batch are read into a :class:`Row` once and written back once, at
+the end of the batch (:meth:`Batch.flush`), however many appends they had: seqs, the
+message count and the activity times move in memory, and the batch's events go in with
+one statement at the end too (the keys among them are looked up in memory first). The
+writer keeps the rows of recently written sessions between batches (it is the only
+writer, so they stay true) and drops them all when a batch fails.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    MessageEvent,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+from ..base import (
+    KEY_WINDOW,
+    Appended,
+    AppendItem,
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+    StorageFull,
+)
+from ..events import completed_event
+from .schema import SESSION_COLUMNS, encode_extra, metadata_of, row_of, time_text
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (session_id, seq, ts, key, message_index, event) "
+    "VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT))"
+)
+_NEWEST_OF_KEY: Final = (
+    "SELECT seq FROM events WHERE session_id = ? AND key = ? ORDER BY seq DESC LIMIT 1"
+)
+# An append moves only these columns: naming no other keeps SQLite from rewriting the
+# entries of indexes on columns it did not change (state's, for one).
+_UPDATE_ACTIVITY: Final = (
+    "UPDATE sessions SET updated_at = ?, last_activity_at = ?, expires_at = ?, "
+    "message_count = ?, last_seq = ? WHERE id = ?"
+)
+_UPDATE_SESSION: Final = (
+    "UPDATE sessions SET state = ?, updated_at = ?, last_activity_at = ?, expires_at = ?, "
+    "ttl = ?, message_count = ?, last_seq = ?, extra = ? WHERE id = ?"
+)
+CLEAN, MOVED, CHANGED = 0, 1, 2  # a row's state of writing: nothing, activity, anything
+_FINAL_CLOSED: Final = SessionState.CLOSED.value
+_EXPIRED: Final = SessionState.EXPIRED.value
+
+
+class Row:
+    """A session's row while a batch changes it."""
+
+    __slots__ = ("dirty", "values")
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values  # in SESSION_COLUMNS order
+        self.dirty = CLEAN
+
+    # Named views of the columns the writes use.
+    @property
+    def session_id(self) -> str:
+        return str(self.values[0])
+
+    @property
+    def state(self) -> str:
+        return str(self.values[3])
+
+    @property
+    def ttl(self) -> int | None:
+        ttl = self.values[8]
+        return None if ttl is None else int(ttl)
+
+    @property
+    def message_count(self) -> int:
+        return int(self.values[9])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.values[10])
+
+    def is_expired(self, now: str) -> bool:
+        expires_at = self.values[7]
+        return self.state == _EXPIRED or (expires_at is not None and str(expires_at) <= now)
+
+    def set(self, **changes: object) -> None:
+        for name, value in changes.items():
+            self.values[_COLUMN[name]] = value
+        self.dirty = CHANGED
+
+    def advance(self, last_seq: int, message_count: int) -> None:
+        values = self.values
+        values[9] = message_count
+        values[10] = last_seq
+        self.dirty = max(self.dirty, MOVED)
+
+    def touch(self, now: str, expires_at: str | None) -> None:
+        values = self.values
+        values[5] = values[6] = now  # updated_at, last_activity_at
+        values[7] = expires_at
+        self.dirty = max(self.dirty, MOVED)
+
+    def metadata(self) -> SessionMetadata:
+        return metadata_of(tuple(self.values))
+
+
+_COLUMN: Final = {name.strip(): i for i, name in enumerate(SESSION_COLUMNS.split(","))}
+
+
+class RowCache:
+    """Rows of recently written sessions, kept by the writer between batches."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: OrderedDict[str, Row] = OrderedDict()
+
+    def get(self, session_id: str) -> Row | None:
+        row = self.rows.get(session_id)
+        if row is not None:
+            self.rows.move_to_end(session_id)
+        return row
+
+    def put(self, session_id: str, row: Row) -> None:
+        self.rows[session_id] = row
+        if len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+
+
+class Batch:
+    """One group commit's transaction: the connection, its time, the rows it touched."""
+
+    def __init__(
+        self, db: sqlite3.Connection, now: datetime, cache: RowCache, session_count: int | None
+    ) -> None:
+        self.db = db
+        self.now = now
+        self.now_text = time_text(now)
+        self.cache = cache
+        self.rows: dict[str, Row | None] = {}  # None: absent, or deleted in this batch
+        self.session_count = session_count  # known count at the batch's start, or None
+        self.session_delta = 0
+        self.inserts: list[tuple[object, ...]] = []  # events, written by flush
+        self.keys: dict[tuple[str, str], int] = {}  # (session, key) -> seq, of inserts
+        self._expiry: dict[int, str] = {}
+
+    def row(self, session_id: str) -> Row | None:
+        if session_id in self.rows:
+            return self.rows[session_id]
+        row = self.cache.get(session_id)
+        if row is None:
+            found = self.db.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if found is not None:
+                row = Row(list(found))
+                self.cache.put(session_id, row)
+        self.rows[session_id] = row
+        return row
+
+    def existing(self, session_id: str) -> Row:
+        row = self.row(session_id)
+        if row is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return row
+
+    def live(self, session_id: str) -> Row:
+        row = self.existing(session_id)
+        if row.is_expired(self.now_text):
+            raise SessionExpired(f"session {session_id!r} has expired")
+        return row
+
+    def expiry(self, ttl: int | None) -> str | None:
+        """When a session with ``ttl`` active now expires."""
+        if ttl is None:
+            return None
+        text = self._expiry.get(ttl)
+        if text is None:
+            text = self._expiry[ttl] = time_text(self.now + timedelta(seconds=ttl))
+        return text
+
+    def seq_of_key(self, session_id: str, key: str) -> int | None:
+        """The newest seq ``key`` was accepted with in the session (this batch first)."""
+        seq = self.keys.get((session_id, key))
+        if seq is None:
+            newest = self.db.execute(_NEWEST_OF_KEY, (session_id, key)).fetchone()
+            seq = None if newest is None else newest[0]
+        return seq
+
+    def sessions(self) -> int:
+        if self.session_count is None:
+            counted: int = self.db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+            self.session_count = counted - self.session_delta  # as at the batch's start
+        return self.session_count + self.session_delta
+
+    def flush(self) -> None:
+        """Write the batch's events, and every row it changed."""
+        if self.inserts:
+            self.db.executemany(_INSERT_EVENT, self.inserts)
+            self.inserts = []
+        moved, changed = [], []
+        for row in self.rows.values():
+            if row is None or row.dirty == CLEAN:
+                continue
+            v = row.values
+            if row.dirty == MOVED:
+                moved.append((v[5], v[6], v[7], v[9], v[10], v[0]))
+            else:
+                changed.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[0]))
+            row.dirty = CLEAN
+        if moved:
+            self.db.executemany(_UPDATE_ACTIVITY, moved)
+        if changed:
+            self.db.executemany(_UPDATE_SESSION, changed)
+
+
+# -- operations -----------------------------------------------------------------------
+
+
+# An item to append as the event loop prepares it, so that the writer thread has little
+# left to do between two commits: (completed event, key, its JSON, is it a message).
+Prepared = tuple[AnyAgentEvent, str | None, bytes, bool]
+_event_encoder = msgspec.json.Encoder()
+
+
+def prepare(items: Sequence[AppendItem]) -> list[Prepared]:
+    prepared: list[Prepared] = []
+    encode = _event_encoder.encode
+    for event, key in items:
+        event = completed_event(event)
+        prepared.append((event, key, encode(event), isinstance(event, MessageEvent)))
+    return prepared
+
+
+def create(
+    batch: Batch, meta: SessionMetadata, messages: Sequence[Prepared], max_sessions: int | None
+) -> None:
+    session_id = meta.id
+    if batch.row(session_id) is not None:
+        raise SessionExists(f"session {session_id!r} already exists")
+    if max_sessions is not None and batch.sessions() >= max_sessions:
+        raise StorageFull(f"the storage holds its maximum of {max_sessions} sessions")
+    values = row_of(meta)
+    batch.db.execute(
+        f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+        values,
+    )
+    row = batch.rows[session_id] = Row(list(values))
+    batch.cache.put(session_id, row)
+    batch.session_delta += 1
+    if messages:
+        append(batch, session_id, messages)
+
+
+def append(
+    batch: Batch, session_id: str, items: Sequence[Prepared]
+) -> tuple[list[Appended], list[StoredEvent]]:
+    """Append fresh items with the next seqs; a key accepted within the window (or
+    earlier in ``items``) makes a duplicate of its first seq."""
+    row = batch.existing(session_id)
+    if row.state == _FINAL_CLOSED:
+        raise SessionClosed(f"session {session_id!r} is closed")
+    if row.is_expired(batch.now_text):
+        raise SessionExpired(f"session {session_id!r} has expired")
+    now, now_text = batch.now, batch.now_text
+    last_seq, message_count = row.last_seq, row.message_count
+    results: list[Appended] = []
+    stored: list[StoredEvent] = []
+    inserts = batch.inserts
+    for event, key, data, is_message in items:
+        next_seq = last_seq + len(stored) + 1
+        if key is not None:
+            seen = batch.seq_of_key(session_id, key)
+            if seen is not None and next_seq - seen <= KEY_WINDOW:
+                results.append(Appended(seen, duplicate=True))
+                continue
+            batch.keys[session_id, key] = next_seq
+        index = None
+        if is_message:
+            index = message_count
+            message_count += 1
+        stored.append(StoredEvent(next_seq, now, event, key, event_json=msgspec.Raw(data)))
+        inserts.append((session_id, next_seq, now_text, key, index, data))
+        results.append(Appended(next_seq))
+    if stored:
+        row.advance(stored[-1].seq, message_count)
+        row.touch(now_text, batch.expiry(row.ttl))
+    return results, stored
+
+
+def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) -> None:
+    row = batch.existing(session_id)
+    expected = row.last_seq + 1
+    for event in events:
+        if event.seq != expected:
+            raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
+        expected += 1
+    message_count = row.message_count
+    for event in events:
+        index = None
+        if isinstance(event.event, MessageEvent):
+            index = message_count
+            message_count += 1
+        if event.key is not None:
+            batch.keys[session_id, event.key] = event.seq
+        ts = time_text(event.ts)
+        batch.inserts.append((session_id, event.seq, ts, event.key, index, bytes(event.event_json)))
+    if events:
+        row.advance(events[-1].seq, message_count)
+
+
+def import_metadata(batch: Batch, meta: SessionMetadata) -> None:
+    row = batch.existing(meta.id)
+    row.set(
+        state=meta.state.value,
+        updated_at=time_text(meta.updated_at),
+        last_activity_at=time_text(meta.last_activity_at),
+        expires_at=None if meta.expires_at is None else time_text(meta.expires_at),
+        ttl=meta.ttl,
+        extra=encode_extra(meta.extra),
+    )
+
+
+def set_state(batch: Batch, session_id: str, state: SessionState) -> SessionMetadata:
+    row = batch.existing(session_id)
+    SessionState(row.state).check_transition(state)
+    if state != SessionState.EXPIRED and row.is_expired(batch.now_text):
+        # A state change does not revive a session.
+        raise SessionExpired(f"session {session_id!r} has expired")
+    row.set(state=state.value, updated_at=batch.now_text)
+    return row.metadata()
+
+
+def touch(batch: Batch, session_id: str) -> None:
+    row = batch.live(session_id)
+    row.touch(batch.now_text, batch.expiry(row.ttl))
+
+
+def delete(batch: Batch, session_id: str) -> None:
+    batch.existing(session_id)
+    _remove(batch, session_id)
+
+
+def cleanup(batch: Batch) -> list[str]:
+    """Remove every expired session; their ids."""
+    batch.flush()  # the query below must see this batch's activity
+    expired = [
+        session_id
+        for (session_id,) in batch.db.execute(
+            "SELECT id FROM sessions WHERE state = ? UNION "
+            "SELECT id FROM sessions WHERE expires_at <= ?",
+            (_EXPIRED, batch.now_text),
+        ).fetchall()
+    ]
+    for session_id in expired:
+        _remove(batch, session_id)
+    return expired
+
+
+def _remove(batch: Batch, session_id: str) -> None:
+    batch.flush()  # events of the session queued in this batch go too
+    batch.keys = {key: seq for key, seq in batch.keys.items() if key[0] != session_id}
+    batch.db.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
+    batch.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+    batch.rows[session_id] = None
+    batch.cache.rows.pop(session_id, None)
+    batch.session_delta -= 1

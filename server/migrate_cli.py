@@ -1,0 +1,263 @@
+"""``bamboo-session migrate --from URL --to URL``: move every session between stores.
+
+The copying is ``persistence/migrate.py``'s; this module is the command around it:
+opening both stores (the source read-only, so a store a running server holds is refused
+with the reason), showing progress on stderr (a live display with rich when stderr is a
+terminal and rich is installed, ``pip install 'bamboo-session[progress]'``; plain lines
+otherwise), ``--dry-run``, ``--verify``, and the exit status: 0 when everything was
+copied (and verified), 1 when a session is in conflict or differs, or a store fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+from bamboo_session.persistence import Storage, StorageError, StorageLocked, open_storage
+from bamboo_session.persistence.memory import MemoryStorage
+from bamboo_session.persistence.migrate import Progress, migrate, verify
+
+if TYPE_CHECKING:  # argparse's class is generic to type checkers only
+    SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+PLAIN_EVERY = 2.0  # seconds between plain progress lines
+
+
+def add_migrate_command(commands: SubParsers) -> None:
+    """Register ``migrate`` as a subcommand of ``bamboo-session``."""
+    parser = commands.add_parser(
+        "migrate", help="copy every session from one store to another", description=DESCRIPTION
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_migrate)
+
+
+DESCRIPTION = (
+    "Copy every session (metadata, state, TTL, messages, events with their seq, ts and "
+    "keys, and epoch) from one store to another, e.g. --from jsonl:///var/lib/bamboo "
+    "--to sqlite:///var/lib/bamboo/sessions.db. Rerun it after an interruption: sessions "
+    "already copied whole are skipped. Neither store may be held by a running server."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", required=True, metavar="URL", help="source")
+    parser.add_argument("--to", dest="target", required=True, metavar="URL", help="destination")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="then compare every session of both stores (counts, last_seq, epoch, state, "
+        "a checksum of the events); exit 1 if anything differs",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="say what would be copied, change nothing"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "rich", "plain", "none"),
+        default="auto",
+        help="progress on stderr: auto (rich on a terminal when installed, else plain lines)",
+    )
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.run(_migrate(args))
+    status: int = uvloop.run(_migrate(args))
+    return status
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    try:
+        source = await open_storage(args.source, read_only=True, cleanup_interval=None)
+    except StorageError as exc:
+        return _fail(f"cannot read the source {args.source}: {exc}")
+    try:
+        target = await _open_target(args)
+    except StorageError as exc:
+        await source.close()
+        return _fail(f"cannot open the destination {args.target}: {exc}")
+    try:
+        return await _run(args, source, target)
+    except StorageError as exc:
+        return _fail(f"migrate failed: {exc}; rerun to finish")
+    finally:
+        await target.close()
+        await source.close()
+
+
+async def _open_target(args: argparse.Namespace) -> Storage:
+    if not args.dry_run:
+        return await open_storage(args.target, cleanup_interval=None)
+    try:
+        return await open_storage(args.target, read_only=True, cleanup_interval=None)
+    except StorageLocked:
+        raise
+    except StorageError as exc:
+        # Nothing there yet, most likely: a dry run compares against an empty store.
+        print(f"destination: {exc}; planning against an empty store", file=sys.stderr)
+        return await MemoryStorage.open()
+
+
+async def _run(args: argparse.Namespace, source: Storage, target: Storage) -> int:
+    display = _display(args.progress)
+    try:
+        progress = await migrate(source, target, dry_run=args.dry_run, on_progress=display.update)
+    finally:
+        display.close()
+    _summary(progress, args.dry_run)
+    status = 1 if progress.conflicts else 0
+    if args.verify and not args.dry_run:
+        compared, differences = await verify(source, target)
+        for difference in differences:
+            print(f"differs: {difference.session_id}: {difference.what}", flush=True)
+        if differences:
+            sessions = len({d.session_id for d in differences})
+            print(f"verify: {sessions} of {compared} sessions differ", flush=True)
+            status = 1
+        else:
+            print(f"verify: all {compared} sessions match", flush=True)
+    return status
+
+
+def _summary(progress: Progress, dry_run: bool) -> None:
+    would = "would copy" if dry_run else "copied"
+    print(
+        f"{would} {progress.copied:,} sessions, resumed {progress.resumed:,}, "
+        f"skipped {progress.skipped:,} already copied; "
+        f"{progress.events_total:,} events {'to copy' if dry_run else 'copied'}",
+        flush=True,
+    )
+    for conflict in progress.conflicts:
+        print(f"conflict: {conflict.session_id}: {conflict.reason}", flush=True)
+
+
+def _fail(reason: str) -> int:
+    print(f"bamboo-session: {reason}", file=sys.stderr, flush=True)
+    return 1
+
+
+# -- progress ---------------------------------------------------------------------------
+
+
+class _Display(Protocol):
+    def update(self, progress: Progress) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _display(mode: str) -> _Display:
+    if mode == "none":
+        return _Silent()
+    if mode == "plain" or (mode == "auto" and not sys.stderr.isatty()):
+        return _PlainLines()
+    try:
+        return _RichDisplay()
+    except ImportError:
+        if mode == "rich":
+            print("bamboo-session: rich is not installed; plain progress", file=sys.stderr)
+        return _PlainLines()
+
+
+class _Silent:
+    def update(self, progress: Progress) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _PlainLines:
+    """A line every few seconds: sessions and events done, rate and ETA."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._last = 0.0
+        self._progress: Progress | None = None
+
+    def update(self, progress: Progress) -> None:
+        self._progress = progress
+        now = time.monotonic()
+        if now - self._last >= PLAIN_EVERY:
+            self._last = now
+            self._print(progress, now)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._print(self._progress, time.monotonic())
+
+    def _print(self, p: Progress, now: float) -> None:
+        elapsed = max(now - self._start, 1e-6)
+        rate = p.events_done / elapsed
+        left = p.events_total - p.events_done
+        eta = f"{left / rate:,.0f} s" if rate > 0 else "-"
+        print(
+            f"migrate: {p.sessions_done:,}/{p.sessions_total:,} sessions, "
+            f"{p.events_done:,}/{p.events_total:,} events, {rate:,.0f} events/s, ETA {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class _RichDisplay:
+    """Two live bars on the terminal: sessions and events, with rate and ETA."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bars = Progress(
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._sessions: Any = self._bars.add_task("sessions", total=None, rate="")
+        self._events: Any = self._bars.add_task("events", total=None, rate="")
+        self._start = time.monotonic()
+        self._bars.start()
+
+    def update(self, progress: Progress) -> None:
+        rate = progress.events_done / max(time.monotonic() - self._start, 1e-6)
+        bars = self._bars
+        bars.update(self._sessions, total=progress.sessions_total, completed=progress.sessions_done)
+        bars.update(
+            self._events,
+            total=progress.events_total,
+            completed=progress.events_done,
+            rate=f"{rate:,.0f}/s",
+        )
+
+    def close(self) -> None:
+        self._bars.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bamboo_session.server.migrate_cli --from URL --to URL``: the same
+    command without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="bamboo-session migrate", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_migrate(args)
+    except ValueError as exc:
+        return _fail(str(exc)) + 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

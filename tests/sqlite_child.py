@@ -1,0 +1,139 @@
+"""A child process for the SQLite crash and write-failure tests (run as a script, not
+collected).
+
+``python tests/sqlite_child.py crash FILE SEED``: appends events and messages to a few
+sessions from several concurrent tasks forever, printing one line per acknowledged
+append (``ack <session> <seqs> <kind> <tag>``), flushed at once; the parent kills it.
+The seed picks the durability mode, both of which survive the death of the process.
+
+``python tests/sqlite_child.py writefail FILE LIMIT``: with RLIMIT_FSIZE at LIMIT bytes
+(so SQLite's writes fail with EFBIG, which it reports as a disk I/O error), appends
+until appends fail, checks that failed appends moved nothing, lifts the limit, appends
+again, and prints a JSON report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import sys
+
+from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.protocol.models import AgentEvent, Message, Session, StoredEvent
+
+CRASH_SESSIONS = ("c0", "c1", "c2")
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def crash(path: str, seed: int) -> None:
+    rng = random.Random(seed)
+    durability = rng.choice(["fsync", "os"])
+    storage = await open_storage(f"sqlite://{path}?durability={durability}")
+    for session_id in CRASH_SESSIONS:
+        if await storage.get_metadata(session_id) is None:
+            await storage.create_session(Session.new(session_id, user_id="crash"))
+    say("ready")
+
+    async def appender(worker: int) -> None:
+        n = 0
+        while True:
+            n += 1
+            session_id = rng.choice(CRASH_SESSIONS)
+            tag = f"{seed}-{worker}-{n}"
+            roll = rng.random()
+            if roll < 0.3:
+                stored = [await storage.append_message(session_id, Message.user(tag), key=tag)]
+                kind = "message"
+            elif roll < 0.4:
+                batch = [(AgentEvent.token(f"{tag}.{i}"), None) for i in range(3)]
+                stored = await storage.append_events(session_id, batch)
+                kind = "batch"
+            else:
+                stored = [await storage.append_event(session_id, AgentEvent.token(tag))]
+                kind = "token"
+            seqs = ",".join(str(appended.seq) for appended in stored)
+            say(f"ack {session_id} {seqs} {kind} {tag}")
+
+    await asyncio.gather(*(appender(worker) for worker in range(4)))
+
+
+async def writefail(path: str, limit: int) -> None:
+    storage = await open_storage(f"sqlite://{path}")
+    await storage.create_session(Session.new("full"))
+    acked: list[tuple[int, str, bool]] = []  # (seq, tag, is a message) of each ack
+    failed: list[str] = []
+    reasons: set[str] = set()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    payload = "x" * 300
+
+    async def append(tag: str, message: bool) -> None:
+        try:
+            if message:
+                appended = await storage.append_message("full", Message.user(tag + payload))
+            else:
+                appended = await storage.append_event("full", AgentEvent.token(tag + payload))
+        except StorageError as exc:
+            failed.append(tag)
+            reasons.add(str(exc))
+        else:
+            acked.append((appended.seq, tag, message))
+
+    wave = 0
+    while not failed:
+        wave += 1
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.create_task(append(f"w{wave}.{i}|", i % 4 == 0)))
+            if i % 3 == 2:  # let the writer take what is queued, so batches overlap
+                await asyncio.sleep(0.0003)
+        await asyncio.gather(*tasks)
+    last_before = await storage.last_seq("full")
+    for i in range(5):  # still failing: every one fails, and nothing moves
+        await append(f"again{i}|", i % 2 == 0)
+    still_failing = await storage.last_seq("full") == last_before
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    await asyncio.gather(*(append(f"after{i}|", i % 3 == 0) for i in range(6)))
+    history = [_tag_of(m.content) for m in await storage.get_session_history("full")]
+    events = [(e.seq, _tag(e)) for e in await storage.read_events("full")]
+    await storage.close()
+    say(
+        json.dumps(
+            {
+                "acked": sorted(acked),
+                "failed": failed,
+                "reasons": sorted(reasons),
+                "last_before": last_before,
+                "still_failing": still_failing,
+                "history": history,
+                "events": events,
+            }
+        )
+    )
+
+
+def _tag(event: StoredEvent) -> str:
+    payload = event.event
+    text = getattr(payload, "content", None)
+    if text is None:
+        text = payload.message.content  # type: ignore[union-attr]
+    return _tag_of(str(text))
+
+
+def _tag_of(text: str) -> str:
+    return text.split("|")[0] + "|"
+
+
+if __name__ == "__main__":
+    mode, target, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "crash":
+        asyncio.run(crash(target, number))
+    else:
+        asyncio.run(writefail(target, number))

@@ -1,0 +1,148 @@
+"""Crash and write-failure tests of the SQLite backend, as JSONL's: a child process
+appends (printing each acknowledged append at once) and is SIGKILLed at a random
+instant, several times over one file; after each kill every acknowledged event and
+message is there once, in order, gap-free, and the file passes SQLite's integrity
+check. Writes that fail (RLIMIT_FSIZE: EFBIG, a disk I/O error to SQLite) acknowledge
+nothing, leave nothing, and appends work again once the cause is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.protocol.models import MessageEvent
+
+CHILD = Path(__file__).with_name("sqlite_child.py")
+ROUNDS = 6
+
+
+@dataclass
+class Acked:
+    """Everything the children acknowledged, per session: seq -> tag."""
+
+    events: dict[str, dict[int, str]] = field(default_factory=dict)
+    messages: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def add(self, line: str) -> None:
+        _ack, session_id, seqs, kind, tag = line.split(" ")
+        numbers = [int(seq) for seq in seqs.split(",")]
+        by_seq = self.events.setdefault(session_id, {})
+        for i, seq in enumerate(numbers):
+            assert seq not in by_seq, f"seq {seq} of {session_id} acknowledged twice"
+            by_seq[seq] = f"{tag}.{i}" if kind == "batch" else tag
+        if kind == "message":
+            self.messages.setdefault(session_id, []).append((numbers[0], tag))
+
+
+def _tag(event: object) -> str:
+    if isinstance(event, MessageEvent):
+        return event.message.content
+    content = getattr(event, "content", "")
+    assert isinstance(content, str)
+    return content
+
+
+def run_and_kill(path: Path, seed: int, rng: random.Random) -> list[str]:
+    """Start a child, kill it at a random instant, return its complete ack lines."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), "crash", str(path), str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    # Sometimes during start-up, mostly while appending.
+    delay = rng.choice([rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.8)])
+    try:
+        out, err = child.communicate(timeout=delay)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate(timeout=30)
+    assert child.returncode == -9, err.decode()
+    # A line cut by the kill has no newline: it was never fully acknowledged.
+    text = out.decode()
+    complete = text[: text.rfind("\n") + 1]
+    return [line for line in complete.splitlines() if line.startswith("ack ")]
+
+
+async def verify(path: Path, acked: Acked) -> None:
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        db.close()
+    async with await open_storage(f"sqlite://{path}") as storage:
+        for session_id, by_seq in acked.events.items():
+            events = await storage.read_events(session_id)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            found = {e.seq: _tag(e.event) for e in events}
+            for seq, tag in by_seq.items():
+                assert found.get(seq) == tag, f"acknowledged {session_id} seq {seq} lost"
+            history = await storage.get_session_history(session_id)
+            in_log = [
+                (e.seq, e.event.message.content)
+                for e in events
+                if isinstance(e.event, MessageEvent)
+            ]
+            assert [m.content for m in history] == [content for _, content in in_log]
+            positions = {seq: i for i, (seq, _content) in enumerate(in_log)}
+            for seq, tag in acked.messages.get(session_id, []):
+                assert in_log[positions[seq]][1] == tag
+            meta = await storage.get_metadata(session_id)
+            assert meta is not None
+            assert meta.last_seq == len(events) and meta.message_count == len(history)
+
+
+def test_sigkill_at_random_instants_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4)))
+    path = tmp_path / "store.db"
+    acked = Acked()
+    total = 0
+    for round_ in range(ROUNDS):
+        lines = run_and_kill(path, seed=round_, rng=rng)
+        for line in lines:
+            acked.add(line)
+        total += len(lines)
+        if path.exists():
+            asyncio.run(verify(path, acked))
+    assert total > 50, "the children acknowledged too little to test anything"
+
+
+def test_failed_writes_fail_cleanly_and_recover(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    result = subprocess.run(
+        [sys.executable, str(CHILD), "writefail", str(path), "150000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    acked = [(seq, tag) for seq, tag, _message in report["acked"]]
+    message_tags = [tag for _seq, tag, message in report["acked"] if message]
+    seqs = [seq for seq, _tag in acked]
+    assert seqs == list(range(1, len(seqs) + 1)), "acknowledged seqs have a gap"
+    assert report["failed"], "the limit was never reached"
+    assert report["still_failing"], "a failed append moved last_seq"
+    for reason in report["reasons"]:
+        assert "\n" not in reason
+        assert "could not write to the SQLite store" in reason
+        assert "nothing of this call was stored" in reason
+    assert any(tag.startswith("after") for _seq, tag in acked), "no append after the limit"
+    # The store holds exactly the acknowledged appends, in seq order.
+    assert [tuple(pair) for pair in report["events"]] == acked
+    assert not set(report["failed"]) & {tag for _seq, tag in acked}
+    assert report["history"] == message_tags
+
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert [s for (s,) in db.execute("SELECT seq FROM events ORDER BY seq")] == seqs
+    db.close()
