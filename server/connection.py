@@ -121,13 +121,14 @@ class Connection:
     async def _read_hello(self) -> Hello | None:
         timeout = self.services.config.hello_timeout
         try:
-            data = await asyncio.wait_for(self.ws.recv(decode=False), timeout)
+            # Text frames arrive as str, checked as UTF-8 (else websockets closes 1007).
+            data = await asyncio.wait_for(self.ws.recv(), timeout)
         except TimeoutError:
             await self.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return None
         self.frames_in += 1
         try:
-            frame = self.codec.decode_client(data)
+            frame = self.codec.decode_frame(data)
         except ProtocolError as exc:
             await self._refuse_hello(exc.message, exc.request_id)
             return None
@@ -191,10 +192,10 @@ class Connection:
 
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
-        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_client
+        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_frame
         limiter = self.limiter
         while True:
-            data = await self.ws.recv(decode=False)
+            data = await self.ws.recv()
             self.frames_in += 1
             if not limiter.admit():
                 self._refuse_frame(data, limiter, outbox)
@@ -206,7 +207,7 @@ class Connection:
             except ProtocolError as exc:
                 self._push_error(exc.code, exc.message, exc.request_id)
 
-    def _refuse_frame(self, data: bytes, limiter: FrameLimiter, outbox: Outbox) -> None:
+    def _refuse_frame(self, data: bytes | str, limiter: FrameLimiter, outbox: Outbox) -> None:
         """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or
         close 4429 once the peer has ignored too many of those."""
         if outbox.closing is not None:
@@ -216,7 +217,7 @@ class Connection:
             outbox.close(CloseCode.TOO_SLOW, "rate limited")
             return
         try:
-            request_id = getattr(self.codec.decode_client(data), "id", None)
+            request_id = getattr(self.codec.decode_frame(data), "id", None)
         except ProtocolError as exc:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
