@@ -159,7 +159,7 @@ class Connection:
                 self.connection_id,
                 hello.role,
                 manager.config.send_queue_frames,
-                on_overflow=self._close_soon,
+                on_close=self._on_outbox_closed,
             )
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
@@ -197,6 +197,8 @@ class Connection:
         while True:
             data = await self.ws.recv()
             self.frames_in += 1
+            if outbox.closing is not None:
+                continue  # closing: read on (for the closing handshake), answer nothing
             if not limiter.admit():
                 self._refuse_frame(data, limiter, outbox)
                 continue
@@ -308,13 +310,23 @@ class Connection:
                 await self._close(item)
                 return
 
+    def _on_outbox_closed(self, request: CloseRequest) -> None:
+        if request.overflow:
+            self._close_soon(request)
+        else:
+            # The writer sends what is queued, then closes; should the peer stop
+            # reading meanwhile, the close happens from outside the stuck writer.
+            grace = self.services.config.close_timeout
+            asyncio.get_running_loop().call_later(grace, self._close_soon, request)
+
     def _close_soon(self, request: CloseRequest) -> None:
-        self._closer = asyncio.create_task(self._close(request))
+        if self._closer is None and self.ws.close_code is None:
+            self._closer = asyncio.create_task(self._close(request))
 
     async def _close(self, request: CloseRequest) -> None:
         if not self._close_counted:
             self._close_counted = True
-            if request.code == CloseCode.TOO_SLOW:
+            if request.overflow:
                 self.services.metrics.send_queue_drops.inc()
             self.services.metrics.closes.labels(code=str(int(request.code))).inc()
         await self.ws.close(request.code, request.reason)

@@ -59,13 +59,15 @@ class Replay:
 
 
 class CloseRequest:
-    """The last item of an outbox: close the connection with ``code``."""
+    """The last item of an outbox: close the connection with ``code``. ``overflow``
+    marks the close of a reader too slow for its queue, whose backlog was dropped."""
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "overflow", "reason")
 
-    def __init__(self, code: CloseCode, reason: str) -> None:
+    def __init__(self, code: CloseCode, reason: str, *, overflow: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.overflow = overflow
 
 
 OutboxItem = Outbound | Replay | CloseRequest
@@ -87,7 +89,7 @@ class Outbox:
         "in_flight",
         "limit",
         "max_in_flight",
-        "on_overflow",
+        "on_close",
         "role",
     )
 
@@ -96,13 +98,15 @@ class Outbox:
         connection_id: str,
         role: str,
         limit: int,
-        on_overflow: Callable[[CloseRequest], None] | None = None,
+        on_close: Callable[[CloseRequest], None] | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.role = role
         self.limit = limit
-        # A slow reader's writer is likely stuck in a send: this closes from outside it.
-        self.on_overflow = on_overflow
+        # Told of the close as soon as it is asked for: a slow reader's writer is likely
+        # stuck in a send, so an overflow is closed from outside it at once (and any
+        # other close after a grace period, should the peer stop reading meanwhile).
+        self.on_close = on_close
         self.closing: CloseRequest | None = None
         # A list read from ``_head`` rather than a deque: an idle connection's empty
         # list costs 56 bytes where an empty deque keeps a 760-byte block.
@@ -136,7 +140,7 @@ class Outbox:
         if self.closing is not None:
             return
         if len(self) >= self.limit:
-            self.close(CloseCode.TOO_SLOW, "too slow to read: send queue full")
+            self.overflow()
             return
         self._items.append(item)
         self._wake()
@@ -160,19 +164,27 @@ class Outbox:
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Ends the stream: frames already queued are still sent, then the close."""
-        if self.closing is not None:
-            return
-        self.closing = CloseRequest(code, reason)
-        if code == CloseCode.TOO_SLOW:
-            # A slow reader must not get the backlog first: close as soon as possible.
+        if self.closing is None:
+            self._end(CloseRequest(code, reason))
+
+    def overflow(self) -> None:
+        """The reader is too slow for its queue: the backlog is dropped, and the
+        connection closed with 4429 as soon as possible; it resumes from the log."""
+        if self.closing is None:
             self._items.clear()
             self._head = 0
-            if self.on_overflow is not None:
-                self.on_overflow(self.closing)
-        self._items.append(self.closing)
+            self._end(
+                CloseRequest(CloseCode.TOO_SLOW, "too slow to read: send queue full", overflow=True)
+            )
+
+    def _end(self, closing: CloseRequest) -> None:
+        self.closing = closing
+        self._items.append(closing)
         self._wake()
         if self._settled is not None and not self._settled.done():
             self._settled.set_result(None)
+        if self.on_close is not None:
+            self.on_close(closing)
 
     def _wake(self) -> None:
         waiter = self._waiter
