@@ -139,7 +139,7 @@ class Codec:
         wrong with it; never another exception, whatever the input."""
         try:
             # msgspec reads JSON from a str as it is; MessagePack only from bytes.
-            raw = data.encode() if isinstance(data, str) and not self.text else data
+            raw: Any = data.encode() if isinstance(data, str) and not self.text else data
             frame: ClientFrame = self._client.decode(raw)
         except msgspec.ValidationError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
@@ -167,7 +167,7 @@ class Codec:
 
     def _salvage_id(self, data: bytes | str) -> RequestId:
         try:
-            request_id: RequestId = self._request_id.decode(data).id
+            request_id: RequestId = self._request_id.decode(data).id  # type: ignore[arg-type]
             return request_id
         except (msgspec.DecodeError, RecursionError, UnicodeError):
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import time
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -272,6 +273,8 @@ class SessionActor:
 
     async def _append(self, appends: list[Append]) -> None:
         items = [(command.event, command.key) for command in appends]
+        metrics = self.metrics
+        started = time.monotonic()
         try:
             results = await self.storage.append_events(self.session_id, items)
         except (StorageError, ValueError) as exc:
@@ -280,6 +283,10 @@ class SessionActor:
             for command in appends:
                 self._refuse(command, exc)
             return
+        now = time.monotonic()
+        metrics.group_commit_events.observe(len(items))
+        metrics.group_commit_seconds.observe(now - started)
+        observe_ack = metrics.append_ack_seconds.observe
         fresh = 0
         following = self.subscription is not None
         for command, result in zip(appends, results, strict=True):
@@ -288,6 +295,8 @@ class SessionActor:
                 if following and command.origin is not None:
                     self.room.expect(result.seq, command.origin)
             command.answer(result)
+            if command.received:
+                observe_ack(now - command.received)
         if not following and fresh:
             # Nobody watches: the ring would miss these events, so it starts after them.
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
@@ -389,6 +398,9 @@ class SessionActor:
             return
         if events:
             self.room.deliver(events)
+            now, observe_lag = time.time(), self.metrics.delivery_lag_seconds.observe
+            for event in events:
+                observe_lag(max(0.0, now - event.ts.timestamp()))
             return
         if subscription is self.subscription and subscription.ended is not None:
             code, reason = subscription_end(subscription.ended)

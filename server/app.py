@@ -31,6 +31,7 @@ from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
 from .services import Services
+from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
 
@@ -67,17 +68,20 @@ class BambooServer:
 
     async def _listen(self) -> None:
         assert self.storage is not None
-        self._manager = SessionManager(self.config.manager_config(), self.storage, self.metrics)
+        config = self.config
+        self._manager = SessionManager(config.manager_config(), self.storage, self.metrics)
         self._manager.start()
+        # A store handed in may live anywhere: its files are not ours to size.
+        store_url = "" if self._given_storage is not None else config.store_url()
         self._services = Services(
-            self.config,
+            config,
             self._manager,
             self.metrics,
             self.access,
             self.user_connections,
             lambda: self.ready,
+            StoreStats(self.storage, store_url, self.metrics),
         )
-        config = self.config
         self._server = await serve(
             self._handle,
             config.host,

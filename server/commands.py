@@ -60,6 +60,7 @@ class Append(_Request):
     origin: Outbox | None = None
     request_id: RequestId = None
     future: asyncio.Future[Appended] | None = None
+    received: float = 0.0  # time.monotonic() when it was read: append-to-ack latency
 
     def answer(self, result: Appended) -> None:
         self._answer(result, Ack(result.seq, id=self.request_id, duplicate=result.duplicate))

@@ -61,8 +61,8 @@ class Connection:
     """A peer attached (or attaching) to one session over one WebSocket."""
 
     __slots__ = (
-        "_close_counted",
         "_closer",
+        "_overflow_counted",
         "actor",
         "codec",
         "connection_id",
@@ -87,7 +87,7 @@ class Connection:
         self.connection_id = new_connection_id()
         self.actor: SessionActor | None = None
         self.outbox: Outbox | None = None
-        self._close_counted = False
+        self._overflow_counted = False
         self._closer: asyncio.Task[None] | None = None
         self.frames_in = 0
         self.frames_out = 0
@@ -103,6 +103,7 @@ class Connection:
         structlog.contextvars.bind_contextvars(
             connection_id=self.connection_id, session_id=self.session_id
         )
+        self.services.metrics.connections_total.inc()
         try:
             hello = await self._read_hello()
             if hello is not None and await self._attach(hello):
@@ -114,6 +115,7 @@ class Connection:
             await self.ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._detach()
+            self._count_close()
             self._log_summary()
 
     # -- handshake -------------------------------------------------------------
@@ -230,10 +232,12 @@ class Connection:
             case PublishEvent(event=event, key=key, id=request_id):
                 if isinstance(event, MessageEvent):
                     event = MessageEvent(event.message.completed())
-                await self._submit(actor, outbox, Append(event, key, outbox, request_id))
+                append = Append(event, key, outbox, request_id, received=time.monotonic())
+                await self._submit(actor, outbox, append)
             case PublishMessage(message=message, key=key, id=request_id):
                 event = MessageEvent(message.completed())
-                await self._submit(actor, outbox, Append(event, key, outbox, request_id))
+                append = Append(event, key, outbox, request_id, received=time.monotonic())
+                await self._submit(actor, outbox, append)
             case HistoryRequest():
                 await self._history(frame, outbox)
             case EventsRequest():
@@ -324,11 +328,9 @@ class Connection:
             self._closer = asyncio.create_task(self._close(request))
 
     async def _close(self, request: CloseRequest) -> None:
-        if not self._close_counted:
-            self._close_counted = True
-            if request.overflow:
-                self.services.metrics.send_queue_drops.inc()
-            self.services.metrics.closes.labels(code=str(int(request.code))).inc()
+        if request.overflow and not self._overflow_counted:
+            self._overflow_counted = True
+            self.services.metrics.send_queue_drops.inc()
         await self.ws.close(request.code, request.reason)
 
     async def _send_now(self, frame: Error) -> None:
@@ -344,6 +346,14 @@ class Connection:
             self.counted_user = None
         if self.outbox is not None and self.session_id is not None:
             self.services.manager.detach(self.session_id, self.connection_id)
+
+    def _count_close(self) -> None:
+        """Every close the server started, by code: refusals during the handshake
+        (4401, 4403, 4404, 4408, 1008, 4429, 1013) as well as later ones."""
+        protocol = self.ws.protocol
+        sent = protocol.close_sent
+        if sent is not None and not protocol.close_rcvd_then_sent:
+            self.services.metrics.closes.labels(code=str(sent.code)).inc()
 
     def _log_summary(self) -> None:
         log.info(

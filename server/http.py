@@ -105,6 +105,7 @@ async def handle_get(services: Services, request: Request) -> Response:
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return text_response(status, b"ready\n" if ready else b"not ready\n", "text/plain")
         if path == "/metrics":
+            await services.store_stats.refresh()
             body = services.metrics.render()
             return text_response(http.HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
         if path == SESSIONS_PATH:

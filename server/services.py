@@ -11,6 +11,7 @@ from .config import ServerConfig
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .store_stats import StoreStats
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -21,3 +22,4 @@ class Services:
     access: AccessPolicy
     user_connections: ConnectionCounter
     is_ready: Callable[[], bool]
+    store_stats: StoreStats
