@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Self
 
 import structlog
@@ -55,6 +56,8 @@ __all__ = ["AppendResult", "Receiver", "ServerBusy", "SessionManager", "SessionM
 
 
 AppendResult = Appended  # the in-process API's name for what an append became
+# Called with a new session's owner right before it is created; refuses by raising.
+Admission = Callable[[str | None], Awaitable[None]]
 
 
 class SessionManager:
@@ -136,10 +139,15 @@ class SessionManager:
         return session
 
     async def ensure_session(
-        self, session_id: str, user_id: str | None = None, title: str | None = None
+        self,
+        session_id: str,
+        user_id: str | None = None,
+        title: str | None = None,
+        admit: Admission | None = None,
     ) -> SessionMetadata:
         """get-or-create without reading the history: what an attach with ``create``
-        needs, so a reconnect storm does not load every session's messages."""
+        needs, so a reconnect storm does not load every session's messages. ``admit``
+        runs right before a creation, and refuses it by raising."""
         # Concurrent callers for one id share one creation: the storage refuses the
         # others with SessionExists before the winner's session is readable.
         creating = self._creating.get(session_id)
@@ -150,7 +158,9 @@ class SessionManager:
             if existing.is_expired():
                 raise SessionExpired(session_id)
             return existing
-        creation = asyncio.ensure_future(self.create_session(user_id, title, session_id=session_id))
+        creation = asyncio.ensure_future(
+            self._create_admitted(admit, user_id, title, session_id=session_id)
+        )
         self._creating[session_id] = creation
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
@@ -171,28 +181,59 @@ class SessionManager:
         await done
 
     async def resolve_session(
-        self, session_id: str | None, hello: Hello, principal: Principal | None = None
+        self,
+        session_id: str | None,
+        hello: Hello,
+        principal: Principal | None = None,
+        admit: Admission | None = None,
     ) -> str:
         """The session a ``hello`` attaches to, created first where it asks for that.
 
         Under auth, raises Forbidden before anything is created or sent when
-        ``principal`` may not have it; a session created here belongs to its ``sub``."""
+        ``principal`` may not have it; a session created here belongs to its ``sub``.
+        Nothing is created when the attach that follows could not be served
+        (ServerBusy), nor when ``admit`` (the caller's quotas) refuses it."""
         owner = hello.user_id if principal is None else principal.sub
         if session_id is None:
             if principal is not None:
                 check_new_session(principal)
-            session = await self.create_session(owner, hello.title)
+            session = await self._create_admitted(admit, owner, hello.title)
             return session.id
         if principal is not None:
             check_session_id_for(principal, session_id)
         metadata: SessionMetadata | None = None
         if hello.create:
-            metadata = await self.ensure_session(session_id, owner, hello.title)
+            metadata = await self.ensure_session(session_id, owner, hello.title, admit)
         if principal is not None:
             metadata = metadata or await self.get_metadata(session_id)
             if metadata is not None:  # a missing one is 4404 when attaching
                 check_access(principal, metadata)
         return session_id
+
+    async def _create_admitted(
+        self,
+        admit: Admission | None,
+        user_id: str | None,
+        title: str | None,
+        *,
+        session_id: str | None = None,
+    ) -> Session:
+        """A session for an attach: refused before anything is stored when no actor
+        could be spawned for it (a client refused with 1013 retries, and each retry
+        would leave an orphan), or when ``admit`` says no."""
+        self.check_room()
+        if admit is not None:
+            await admit(user_id)
+        return await self.create_session(user_id, title, session_id=session_id)
+
+    def check_room(self) -> None:
+        """ServerBusy unless one more live session fits, evicting a parked one if need
+        be (spawns in progress count as live)."""
+        if len(self._actors) + len(self._spawning) < self.config.max_sessions:
+            return
+        if any(not actor.room.outboxes for actor in self._actors.values()):
+            return
+        raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
 
     async def delete_session(self, session_id: str) -> None:
         """Removes the session; its connections are closed with 4404."""
