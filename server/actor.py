@@ -33,6 +33,7 @@ from bamboo_session.persistence.base import (
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
+from .budget import MemoryBudget
 from .commands import (
     ActorRetired,
     Append,
@@ -99,6 +100,7 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.session_id = metadata.id
         self.storage = storage
@@ -106,11 +108,13 @@ class SessionActor:
         self.metrics = metrics
         self._on_retired = on_retired
         self.state = metadata.state
-        self.room = SessionRoom(metadata.epoch, metadata.last_seq, config.ring_size)
+        self.room = SessionRoom(
+            metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
+        )
         self.subscription: Subscription | None = None
         self.accepting = True
         self.finished = False
-        self.inbox = Inbox(config.inbox_limit)
+        self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -124,13 +128,14 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        budget: MemoryBudget | None = None,
     ) -> SessionActor:
         """An actor for a stored session: its metadata is all it reads."""
         metadata = await storage.get_metadata(session_id)
         refusal = attach_refusal(metadata, session_id)
         if refusal is not None or metadata is None:
             raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired)
+        return cls(metadata, storage, config, metrics, on_retired, budget)
 
     @property
     def published_seq(self) -> int:
@@ -236,6 +241,7 @@ class SessionActor:
         self.accepting = False
         self._timer.cancel()
         self._unsubscribe()
+        self.room.drop_ring()
         self._on_retired(self)
 
     # -- commands -------------------------------------------------------------------

@@ -48,11 +48,18 @@ SERVE_HELP: dict[str, str] = {
     "disconnect_retention": "seconds a session with no connection stays in memory",
     "max_sessions": "live sessions in memory at most (parked ones are evicted first)",
     "send_queue_frames": "frames queued per connection before it is closed with 4429",
+    "send_queue_bytes": "bytes queued per connection before it is closed with 4429",
     "inbox_limit": "requests queued per session before its peers' readers wait",
+    "inbox_bytes": "bytes of requests queued per session before its peers' readers wait",
     "ring_size": "recent events kept in memory per session for fast replay",
+    "ring_bytes": "bytes of recent events kept in memory per session for fast replay",
+    "memory_budget": "bytes all rings, send queues and inboxes may hold together; past "
+    "it rings keep nothing and backed-up connections close with 4429 (0: no limit)",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",
+    "max_page_bytes": "bytes of messages or events one page holds at most (at least one "
+    "item): history, events and their HTTP endpoints",
     "auth_secret": "HS256 secret (32+ bytes) that turns JWT auth on; prefer the env "
     "variable, a flag shows in ps (unset: no auth, loopback only)",
     "insecure": "allow listening on a non-loopback address without auth",

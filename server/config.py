@@ -50,12 +50,17 @@ class ServerConfig:
     disconnect_retention: float = 3600
     max_sessions: int = 1000
     send_queue_frames: int = 1024
+    send_queue_bytes: int = 8 * MIB
     ring_size: int = 1024
+    ring_bytes: int = 1 * MIB
     inbox_limit: int = 4096
+    inbox_bytes: int = 8 * MIB
+    memory_budget: int = 256 * MIB
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000
     max_list_page: int = 1000
+    max_page_bytes: int = 1 * MIB
     # Auth (server/auth.py): no secret means no auth, which is only allowed on loopback
     # unless ``insecure``. Kept out of repr so that it never reaches a log line.
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
@@ -73,8 +78,12 @@ class ServerConfig:
             disconnect_retention=self.disconnect_retention,
             max_sessions=self.max_sessions,
             send_queue_frames=self.send_queue_frames,
+            send_queue_bytes=self.send_queue_bytes,
             ring_size=self.ring_size,
+            ring_bytes=self.ring_bytes,
             inbox_limit=self.inbox_limit,
+            inbox_bytes=self.inbox_bytes,
+            memory_budget=self.memory_budget,
         )
 
     def store_url(self) -> str:

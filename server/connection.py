@@ -47,6 +47,7 @@ from .commands import Append, SetState
 from .failures import ServerBusy, failure_of, request_error
 from .limits import FrameLimiter, TooManyConnections
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
+from .pages import events_page, history_page
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -162,6 +163,9 @@ class Connection:
                 hello.role,
                 manager.config.send_queue_frames,
                 on_close=self._on_outbox_closed,
+                max_bytes=manager.config.send_queue_bytes,
+                codec=self.codec,
+                budget=manager.budget,
             )
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
@@ -207,7 +211,7 @@ class Connection:
             actor.note_traffic()
             try:
                 frame = decode(data)
-                await self._dispatch(frame, actor, outbox)
+                await self._dispatch(frame, actor, outbox, len(data))
             except ProtocolError as exc:
                 self._push_error(exc.code, exc.message, exc.request_id)
 
@@ -227,16 +231,22 @@ class Connection:
         rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
 
-    async def _dispatch(self, frame: ClientFrame, actor: SessionActor, outbox: Outbox) -> None:
+    async def _dispatch(
+        self, frame: ClientFrame, actor: SessionActor, outbox: Outbox, size: int
+    ) -> None:
         match frame:
             case PublishEvent(event=event, key=key, id=request_id):
                 if isinstance(event, MessageEvent):
                     event = MessageEvent(event.message.completed())
-                append = Append(event, key, outbox, request_id, received=time.monotonic())
+                append = Append(
+                    event, key, outbox, request_id, received=time.monotonic(), size=size
+                )
                 await self._submit(actor, outbox, append)
             case PublishMessage(message=message, key=key, id=request_id):
                 event = MessageEvent(message.completed())
-                append = Append(event, key, outbox, request_id, received=time.monotonic())
+                append = Append(
+                    event, key, outbox, request_id, received=time.monotonic(), size=size
+                )
                 await self._submit(actor, outbox, append)
             case HistoryRequest():
                 await self._history(frame, outbox)
@@ -258,27 +268,29 @@ class Connection:
             outbox.in_flight += 1
         else:
             await outbox.reserve()
-        if len(actor.inbox) < actor.inbox.limit:
+        if actor.inbox.has_room():
             actor.post(command)
         else:
             await actor.submit(command)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
+        config = self.services.config
         storage = self.services.manager.storage
-        limit = min(request.limit, self.services.config.max_history_page)
-        page = await self._storage_read(
-            storage.get_history_page(self.session_id, limit, request.before), request.id
-        )
+        limit = min(request.limit, config.max_history_page)
+        read = history_page(storage, self.session_id, limit, request.before, config.max_page_bytes)
+        page = await self._storage_read(read, request.id)
         outbox.push(Outbound(History(page.messages, page.has_more, id=request.id)))
 
     async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
+        config = self.services.config
         storage = self.services.manager.storage
-        limit = min(request.limit, self.services.config.max_events_page)
-        stored = await self._storage_read(
-            storage.read_events(self.session_id, request.after_seq, limit), request.id
+        limit = min(request.limit, config.max_events_page)
+        read = events_page(
+            storage, self.session_id, request.after_seq, limit, config.max_page_bytes
         )
+        stored = await self._storage_read(read, request.id)
         last_seq = await self._storage_read(storage.last_seq(self.session_id), request.id)
         records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
         last_seq = max(last_seq, stored[-1].seq if stored else 0)
@@ -341,6 +353,8 @@ class Connection:
     # -- teardown ----------------------------------------------------------------
 
     def _detach(self) -> None:
+        if self.outbox is not None:
+            self.outbox.discard()  # what was never sent holds no budget
         if self.counted_user is not None:
             self.services.user_connections.release(self.counted_user)
             self.counted_user = None

@@ -18,14 +18,17 @@ from websockets.http11 import Request, Response
 from bamboo_session.persistence.base import SessionFilter, StorageError
 from bamboo_session.protocol.frames import EventRecord
 from bamboo_session.protocol.ids import is_valid_session_id
+from bamboo_session.protocol.models import SessionMetadata
 
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .pages import events_page, history_page
 from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
+DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id} without a limit
 _json = msgspec.json.Encoder()
 
 
@@ -148,23 +151,63 @@ async def _session_resource(
     services.access.check_session(principal, metadata)
     if tail == "events":
         return await _events(services, session_id, params)
-    messages = await manager.get_session_history(session_id)
-    return json_response(http.HTTPStatus.OK, {"metadata": metadata, "messages": messages})
+    return await _session(services, metadata, params)
+
+
+class _BadParameter(ValueError):
+    pass
+
+
+def _integer(params: dict[str, str], name: str, default: int | None, minimum: int) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadParameter(f"{name} must be an integer") from None
+    if value < minimum:
+        raise _BadParameter(f"{name} must be >= {minimum}")
+    return value
+
+
+async def _session(
+    services: Services, metadata: SessionMetadata, params: dict[str, str]
+) -> Response:
+    """The metadata and a page of the history: the newest ``limit`` messages before
+    index ``before``, oldest first, bounded in bytes too (``has_more``, ``start``)."""
+    config = services.config
+    try:
+        limit = _integer(params, "limit", DEFAULT_HISTORY_PAGE, 1) or DEFAULT_HISTORY_PAGE
+        before = _integer(params, "before", None, 0)
+    except _BadParameter as exc:
+        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
+    page = await history_page(
+        services.manager.storage,
+        metadata.id,
+        min(limit, config.max_history_page),
+        before,
+        config.max_page_bytes,
+    )
+    body = {
+        "metadata": metadata,
+        "messages": page.messages,
+        "has_more": page.has_more,
+        "start": page.start,
+    }
+    return json_response(http.HTTPStatus.OK, body)
 
 
 async def _events(services: Services, session_id: str, params: dict[str, str]) -> Response:
+    config = services.config
     try:
-        after_seq = int(params.get("after_seq", "0"))
-        limit = int(params.get("limit", "1000"))
-    except ValueError:
-        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", "integers expected")
-    if after_seq < 0 or limit < 1:
-        return error_response(
-            http.HTTPStatus.BAD_REQUEST, "bad_request", "after_seq >= 0, limit >= 1"
-        )
+        after_seq = _integer(params, "after_seq", 0, 0) or 0
+        limit = _integer(params, "limit", 1000, 1) or 1000
+    except _BadParameter as exc:
+        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     storage = services.manager.storage
-    stored = await storage.read_events(
-        session_id, after_seq, min(limit, services.config.max_events_page)
+    stored = await events_page(
+        storage, session_id, after_seq, min(limit, config.max_events_page), config.max_page_bytes
     )
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
     last_seq = max(await storage.last_seq(session_id), stored[-1].seq if stored else 0)

@@ -43,6 +43,7 @@ from bamboo_session.protocol.models import (
 
 from .actor import SessionActor
 from .auth import Principal, check_access, check_new_session, check_session_id_for
+from .budget import MemoryBudget
 from .commands import ActorRetired, Append, Attach, Detach, SetState, Stop
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
@@ -72,13 +73,17 @@ class SessionManager:
         self.config = config
         self.storage = storage
         self.metrics = metrics or Metrics()
+        # What live sessions and their connections hold, against config.memory_budget.
+        self.budget = MemoryBudget(config.memory_budget)
         self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
         self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._creating: dict[str, asyncio.Future[Session]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.metrics.watch_actors(lambda: len(self._actors), self._parked_count)
+        self.metrics.watch_actors(
+            lambda: len(self._actors), self._parked_count, lambda: self.budget.used
+        )
 
     @classmethod
     async def new(cls, config: SessionManagerConfig, storage: Storage) -> SessionManager:
@@ -276,7 +281,14 @@ class SessionManager:
         role: str = "client",
     ) -> Receiver:
         """Attaches an in-process subscriber; its receiver yields the session's events."""
-        outbox = Outbox(connection_id or new_connection_id(), role, self.config.send_queue_frames)
+        # Not charged to the budget: an in-process subscriber reads at its own pace, and
+        # may drop its receiver unread; its queue is bounded all the same.
+        outbox = Outbox(
+            connection_id or new_connection_id(),
+            role,
+            self.config.send_queue_frames,
+            max_bytes=self.config.send_queue_bytes,
+        )
         actor, _ = await self.attach(session_id, outbox, last_seq, epoch)
         return Receiver(outbox, actor.replay)
 
@@ -363,7 +375,12 @@ class SessionManager:
         try:
             self._make_room()
             actor = await SessionActor.load(
-                session_id, self.storage, self.config, self.metrics, self._actor_retired
+                session_id,
+                self.storage,
+                self.config,
+                self.metrics,
+                self._actor_retired,
+                self.budget,
             )
             self._make_room()
             self._actors[session_id] = actor

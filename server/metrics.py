@@ -106,6 +106,11 @@ class Metrics:
             "Bytes the store takes on disk (file stores; read at most every 30 s)",
             registry=r,
         )
+        self.buffered_bytes = Gauge(
+            "bamboo_buffered_bytes",
+            "Bytes held in replay rings, send queues and inboxes (see --memory-budget)",
+            registry=r,
+        )
         self.events_appended = Counter(
             "bamboo_events_appended", "Events appended to session logs", registry=r
         )
@@ -151,9 +156,12 @@ class Metrics:
         self.registry.register(histogram)
         return histogram
 
-    def watch_actors(self, live: Callable[[], int], parked: Callable[[], int]) -> None:
+    def watch_actors(
+        self, live: Callable[[], int], parked: Callable[[], int], buffered: Callable[[], int]
+    ) -> None:
         self.live_actors.set_function(live)
         self.parked_actors.set_function(parked)
+        self.buffered_bytes.set_function(buffered)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,21 +2,24 @@
 
 An :class:`Outbound` is one server frame, encoded at most once per codec no matter how
 many connections send it; an event's frame embeds the event's JSON as stored (encoded
-once, for the log line and every frame). An :class:`Outbox` is one connection's bounded
-queue of them: producers never wait on it; when it is full, the connection is closed
-(4429) and the client resumes from the log.
+once, for the log line and every frame). An :class:`Outbox` is one connection's queue of
+them, bounded in frames and in bytes and charged to the process's memory budget:
+producers never wait on it; when it is full, the connection is closed (4429) and the
+client resumes from the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.codec import JSON, Codec
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import EventFrame, ServerFrame
 from bamboo_session.protocol.models import StoredEvent
+
+from .budget import MemoryBudget
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -45,6 +48,19 @@ class Outbound:
         if data is None:
             data = self._encoded[codec.name] = codec.encode(self.frame)
         return data
+
+    def size(self, codec: Codec) -> int:
+        """The bytes this frame takes in a queue: an event's as stored plus its
+        envelope, without encoding it (fan-out encodes once, in the writers); any other
+        frame encoded for ``codec`` (which its writer would do anyway)."""
+        stored = self.stored
+        if stored is not None:
+            return stored.size + EVENT_FRAME_OVERHEAD
+        return len(self.encoded(codec))
+
+
+# An event frame around its event's JSON: type, seq and ts (`{"type":"event",…}`).
+EVENT_FRAME_OVERHEAD: Final = 96
 
 
 class Replay:
@@ -84,10 +100,14 @@ class Outbox:
         "_items",
         "_settled",
         "_waiter",
+        "budget",
+        "bytes",
         "closing",
+        "codec",
         "connection_id",
         "in_flight",
         "limit",
+        "max_bytes",
         "max_in_flight",
         "on_close",
         "role",
@@ -99,10 +119,18 @@ class Outbox:
         role: str,
         limit: int,
         on_close: Callable[[CloseRequest], None] | None = None,
+        *,
+        max_bytes: int = 0,
+        codec: Codec = JSON,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.role = role
-        self.limit = limit
+        self.limit = limit  # frames
+        self.max_bytes = max_bytes  # 0: no limit in bytes
+        self.codec = codec  # what the writer encodes frames with: their size in bytes
+        self.budget = budget if budget is not None else MemoryBudget(0)
+        self.bytes = 0
         # Told of the close as soon as it is asked for: a slow reader's writer is likely
         # stuck in a send, so an overflow is closed from outside it at once (and any
         # other close after a grace period, should the peer stop reading meanwhile).
@@ -125,6 +153,10 @@ class Outbox:
     def _popleft(self) -> OutboxItem:
         items, head = self._items, self._head
         item = items[head]
+        if type(item) is Outbound:
+            size = item.size(self.codec)
+            self.bytes -= size
+            self.budget.release(size)
         head += 1
         if head == len(items):
             items.clear()  # frees the array: drained is the common, idle case
@@ -136,14 +168,29 @@ class Outbox:
         return item
 
     def push(self, item: Outbound | Replay) -> None:
-        """Queue ``item``; a full outbox closes its connection with 4429 instead."""
+        """Queue ``item``; a full outbox closes its connection with 4429 instead. One
+        frame always fits in an empty queue, whatever its size."""
         if self.closing is not None:
             return
-        if len(self) >= self.limit:
+        size = item.size(self.codec) if type(item) is Outbound else 0
+        if len(self) and self._full(size):
             self.overflow()
             return
         self._items.append(item)
+        if size:
+            self.bytes += size
+            self.budget.charge(size)
         self._wake()
+
+    def _full(self, size: int) -> bool:
+        if len(self) >= self.limit:
+            return True
+        max_bytes = self.max_bytes
+        if max_bytes and self.bytes + size > max_bytes:
+            return True
+        # Over the process's budget, a queue that is backing up goes first: one that
+        # keeps up holds a few frames at most, and is left alone.
+        return self.budget.exceeded and self.bytes + size > (max_bytes or 1 << 20) // 8
 
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""
@@ -171,11 +218,17 @@ class Outbox:
         """The reader is too slow for its queue: the backlog is dropped, and the
         connection closed with 4429 as soon as possible; it resumes from the log."""
         if self.closing is None:
-            self._items.clear()
-            self._head = 0
+            self.discard()
             self._end(
                 CloseRequest(CloseCode.TOO_SLOW, "too slow to read: send queue full", overflow=True)
             )
+
+    def discard(self) -> None:
+        """Drops whatever is queued (the connection is gone, or too slow for it)."""
+        self._items.clear()
+        self._head = 0
+        self.budget.release(self.bytes)
+        self.bytes = 0
 
     def _end(self, closing: CloseRequest) -> None:
         self.closing = closing

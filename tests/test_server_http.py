@@ -77,6 +77,36 @@ async def test_session_detail_and_events() -> None:
         assert [(e["seq"], e["event"]) for e in body["events"]] == [(2, token("t"))]
 
 
+async def test_session_detail_pages_its_history_in_count_and_bytes() -> None:
+    async with run_server(max_history_page=50, max_page_bytes=200_000) as server:
+        async with attach(server) as (peer, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(120):
+                message = {"role": "user", "content": str(i)}
+                await peer.request({"type": "message", "id": i, "message": message}, "ack")
+            path = f"/api/v1/sessions/{session_id}"
+            status, body = await get(server, path)  # the default page: the newest 100 at most
+            assert status == 200 and body["metadata"]["message_count"] == 120
+            assert len(body["messages"]) == 50  # lowered to --max-history-page
+            assert body["messages"][-1]["content"] == "119"
+            assert (body["start"], body["has_more"]) == (70, True)
+            status, body = await get(server, f"{path}?limit=30&before=70")
+            assert [m["content"] for m in body["messages"]] == [str(i) for i in range(40, 70)]
+            assert (body["start"], body["has_more"]) == (40, True)
+            status, body = await get(server, f"{path}?limit=50&before=10")
+            assert [m["content"] for m in body["messages"]] == [str(i) for i in range(10)]
+            assert (body["start"], body["has_more"]) == (0, False)
+            # Bounded in bytes too: 100 KB messages, 200 KB pages.
+            for i in range(3):
+                message = {"role": "user", "content": "x" * 100_000}
+                await peer.request({"type": "message", "id": i, "message": message}, "ack")
+            status, body = await get(server, path)
+            assert len(body["messages"]) == 1 and body["start"] == 122 and body["has_more"]
+            for query in ("limit=0", "limit=x", "before=-1", "before=1.5"):
+                status, body = await get(server, f"{path}?{query}")
+                assert status == 400 and body["error"]["code"] == "bad_request", query
+
+
 async def test_unknown_sessions_and_paths_are_404() -> None:
     async with run_server() as server:
         for path in (
