@@ -30,6 +30,7 @@ from .http import BadRoute, error_response, handle_get, is_upgrade, stream_route
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .quotas import SessionQuotas
 from .services import Services
 from .store_stats import StoreStats
 
@@ -81,6 +82,12 @@ class BambooServer:
             self.user_connections,
             lambda: self.ready,
             StoreStats(self.storage, store_url, self.metrics),
+            SessionQuotas(
+                self.storage,
+                config.max_sessions_per_user,
+                config.session_create_rate,
+                config.session_create_burst,
+            ),
         )
         self._server = await serve(
             self._handle,

@@ -55,6 +55,14 @@ SERVE_HELP: dict[str, str] = {
     "ring_bytes": "bytes of recent events kept in memory per session for fast replay",
     "memory_budget": "bytes all rings, send queues and inboxes may hold together; past "
     "it rings keep nothing and backed-up connections close with 4429 (0: no limit)",
+    "max_sessions_per_user": "sessions a user (token sub, else hello.user_id) keeps, closed "
+    "ones aside; one more is refused with close 4403 (0: no cap)",
+    "session_create_rate": "new sessions per second per creator (token sub, else peer "
+    "address); over it: close 4429 (0: no limit)",
+    "session_create_burst": "new sessions a creator may make at once above the rate",
+    "max_title_length": "characters of a session title at most (bad_request above)",
+    "max_user_id_length": "characters of a session's user_id at most (bad_request above)",
+    "max_extra_bytes": "bytes of a session's extra (JSON) at most",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",

@@ -56,6 +56,13 @@ class ServerConfig:
     inbox_limit: int = 4096
     inbox_bytes: int = 8 * MIB
     memory_budget: int = 256 * MIB
+    # New sessions (server/quotas.py).
+    max_sessions_per_user: int = 1000
+    session_create_rate: float = 20.0
+    session_create_burst: int = 1000
+    max_title_length: int = 1024
+    max_user_id_length: int = 256
+    max_extra_bytes: int = 64 * 1024
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000
@@ -84,6 +91,9 @@ class ServerConfig:
             inbox_limit=self.inbox_limit,
             inbox_bytes=self.inbox_bytes,
             memory_budget=self.memory_budget,
+            max_title_length=self.max_title_length,
+            max_user_id_length=self.max_user_id_length,
+            max_extra_bytes=self.max_extra_bytes,
         )
 
     def store_url(self) -> str:

@@ -48,6 +48,7 @@ from .failures import ServerBusy, failure_of, request_error
 from .limits import FrameLimiter, TooManyConnections
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
 from .pages import events_page, history_page
+from .quotas import CreatingTooFast, TooManySessions, creator_key
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -55,7 +56,15 @@ T = TypeVar("T")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
 
 # What attaching may fail with; each closes the connection as server/failures.py says.
-_ATTACH_FAILURES = (StorageError, ServerBusy, TooManyConnections, Unauthorized, Forbidden)
+_ATTACH_FAILURES = (
+    StorageError,
+    ServerBusy,
+    TooManyConnections,
+    TooManySessions,
+    CreatingTooFast,
+    Unauthorized,
+    Forbidden,
+)
 
 
 class Connection:
@@ -155,7 +164,9 @@ class Connection:
             if user is not None:
                 services.user_connections.acquire(user)
                 self.counted_user = user
-            session_id = await manager.resolve_session(self.session_id, hello, principal)
+            creator = creator_key(principal.sub if principal else None, self._peer_address())
+            admission = services.quotas.admission(creator)
+            session_id = await manager.resolve_session(self.session_id, hello, principal, admission)
             self.session_id = session_id
             structlog.contextvars.bind_contextvars(session_id=session_id)
             outbox = Outbox(
@@ -173,7 +184,14 @@ class Connection:
             failure = failure_of(exc)
             await self.ws.close(failure.close, failure.reason)
             return False
+        except ProtocolError as exc:  # a field of the hello over its limit
+            await self._refuse_hello(exc.message, hello.id)
+            return False
         return True
+
+    def _peer_address(self) -> str | None:
+        address = self.ws.remote_address
+        return str(address[0]) if address else None
 
     # -- attached ----------------------------------------------------------------
 

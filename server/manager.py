@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -49,6 +48,7 @@ from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
+from .quotas import Admission, check_fields
 from .receiver import Receiver
 
 log = structlog.get_logger("bamboo_session.manager")
@@ -57,8 +57,6 @@ __all__ = ["AppendResult", "Receiver", "ServerBusy", "SessionManager", "SessionM
 
 
 AppendResult = Appended  # the in-process API's name for what an append became
-# Called with a new session's owner right before it is created; refuses by raising.
-Admission = Callable[[str | None], Awaitable[None]]
 
 
 class SessionManager:
@@ -117,12 +115,17 @@ class SessionManager:
         *,
         session_id: str | None = None,
         ttl: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Session:
+        """A new session. Raises FieldTooLong when ``user_id``, ``title`` or ``extra``
+        is over its limit (the index keeps them in memory), SessionExists."""
+        check_fields(self.config, user_id, title, extra)
         session = Session.new(
             check_session_id(session_id) if session_id else new_session_id(),
             user_id=user_id,
             title=title,
             ttl=ttl,
+            extra=extra,
         )
         await self.storage.create_session(session)
         stored = await self.storage.load_session(session.id)
@@ -152,7 +155,7 @@ class SessionManager:
     ) -> SessionMetadata:
         """get-or-create without reading the history: what an attach with ``create``
         needs, so a reconnect storm does not load every session's messages. ``admit``
-        runs right before a creation, and refuses it by raising."""
+        wraps a creation, and refuses it by raising."""
         # Concurrent callers for one id share one creation: the storage refuses the
         # others with SessionExists before the winner's session is readable.
         creating = self._creating.get(session_id)
@@ -227,9 +230,10 @@ class SessionManager:
         could be spawned for it (a client refused with 1013 retries, and each retry
         would leave an orphan), or when ``admit`` says no."""
         self.check_room()
-        if admit is not None:
-            await admit(user_id)
-        return await self.create_session(user_id, title, session_id=session_id)
+        if admit is None:
+            return await self.create_session(user_id, title, session_id=session_id)
+        async with admit(user_id):
+            return await self.create_session(user_id, title, session_id=session_id)
 
     def check_room(self) -> None:
         """ServerBusy unless one more live session fits, evicting a parked one if need

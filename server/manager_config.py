@@ -23,6 +23,8 @@ class SessionManagerConfig:
     readers wait.
     ``memory_budget``: bytes all of those together may hold in the process (0: no
     limit); see server/budget.py.
+    ``max_title_length`` / ``max_user_id_length`` (characters) and ``max_extra_bytes``
+    (encoded): what a new session may carry (its metadata stays in memory).
     """
 
     idle_timeout: float = 300
@@ -35,6 +37,9 @@ class SessionManagerConfig:
     inbox_limit: int = 4096
     inbox_bytes: int = 8 * MIB
     memory_budget: int = 256 * MIB
+    max_title_length: int = 1024
+    max_user_id_length: int = 256
+    max_extra_bytes: int = 64 * 1024
 
     def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
         return dataclasses.replace(self, idle_timeout=seconds)

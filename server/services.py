@@ -11,6 +11,7 @@ from .config import ServerConfig
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .quotas import SessionQuotas
 from .store_stats import StoreStats
 
 
@@ -23,3 +24,4 @@ class Services:
     user_connections: ConnectionCounter
     is_ready: Callable[[], bool]
     store_stats: StoreStats
+    quotas: SessionQuotas
