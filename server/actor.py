@@ -50,6 +50,7 @@ from .failures import subscription_end
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbound
+from .readiness import AppendHealth
 from .replay import replay_pages
 from .room import SessionRoom
 from .timers import ActivityTimer
@@ -83,6 +84,7 @@ class SessionActor:
         "accepting",
         "config",
         "finished",
+        "health",
         "inbox",
         "metrics",
         "room",
@@ -101,8 +103,10 @@ class SessionActor:
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
         budget: MemoryBudget | None = None,
+        health: AppendHealth | None = None,
     ) -> None:
         self.session_id = metadata.id
+        self.health = health if health is not None else AppendHealth()
         self.storage = storage
         self.config = config
         self.metrics = metrics
@@ -129,13 +133,14 @@ class SessionActor:
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
         budget: MemoryBudget | None = None,
+        health: AppendHealth | None = None,
     ) -> SessionActor:
         """An actor for a stored session: its metadata is all it reads."""
         metadata = await storage.get_metadata(session_id)
         refusal = attach_refusal(metadata, session_id)
         if refusal is not None or metadata is None:
             raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired, budget)
+        return cls(metadata, storage, config, metrics, on_retired, budget, health)
 
     @property
     def published_seq(self) -> int:
@@ -286,9 +291,13 @@ class SessionActor:
         except (StorageError, ValueError) as exc:
             if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
                 log.error("append failed", error=str(exc), count=len(appends))
+                if isinstance(exc, StorageError):
+                    self.health.failed(str(exc))  # /readyz: 503 until appends work
             for command in appends:
                 self._refuse(command, exc)
             return
+        if self.health.failure is not None:
+            self.health.succeeded()
         now = time.monotonic()
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)

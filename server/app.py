@@ -31,6 +31,7 @@ from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
 from .quotas import SessionQuotas
+from .readiness import Readiness
 from .services import Services
 from .store_stats import StoreStats
 
@@ -80,7 +81,13 @@ class BambooServer:
             self.metrics,
             self.access,
             self.user_connections,
-            lambda: self.ready,
+            Readiness(
+                self.storage,
+                self._manager.append_health,
+                store_url,
+                config.max_frame_bytes,
+                serving=lambda: self._server is not None,
+            ),
             StoreStats(self.storage, store_url, self.metrics),
             SessionQuotas(
                 self.storage,

@@ -104,9 +104,11 @@ async def handle_get(services: Services, request: Request) -> Response:
         if path == "/healthz":
             return text_response(http.HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/readyz":
-            ready = services.is_ready()
-            status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return text_response(status, b"ready\n" if ready else b"not ready\n", "text/plain")
+            reason = await services.readiness.reason()
+            if reason is None:
+                return text_response(http.HTTPStatus.OK, b"ready\n", "text/plain")
+            body = f"not ready: {reason}\n".encode()
+            return text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, body, "text/plain")
         if path == "/metrics":
             await services.store_stats.refresh()
             body = services.metrics.render()

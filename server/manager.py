@@ -49,6 +49,7 @@ from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
 from .quotas import Admission, check_fields
+from .readiness import AppendHealth
 from .receiver import Receiver
 
 log = structlog.get_logger("bamboo_session.manager")
@@ -73,6 +74,7 @@ class SessionManager:
         self.metrics = metrics or Metrics()
         # What live sessions and their connections hold, against config.memory_budget.
         self.budget = MemoryBudget(config.memory_budget)
+        self.append_health = AppendHealth()  # what the actors' appends say of the store
         self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
         self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
@@ -385,6 +387,7 @@ class SessionManager:
                 self.metrics,
                 self._actor_retired,
                 self.budget,
+                self.append_health,
             )
             self._make_room()
             self._actors[session_id] = actor

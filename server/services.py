@@ -4,7 +4,6 @@ to them instead of the server itself."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 from .auth import AccessPolicy
 from .config import ServerConfig
@@ -12,6 +11,7 @@ from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
 from .quotas import SessionQuotas
+from .readiness import Readiness
 from .store_stats import StoreStats
 
 
@@ -22,6 +22,6 @@ class Services:
     metrics: Metrics
     access: AccessPolicy
     user_connections: ConnectionCounter
-    is_ready: Callable[[], bool]
+    readiness: Readiness
     store_stats: StoreStats
     quotas: SessionQuotas

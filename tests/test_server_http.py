@@ -29,6 +29,24 @@ async def test_health_readiness_and_metrics() -> None:
             assert line in text, line
 
 
+async def test_readyz_probes_the_store_after_a_failed_append() -> None:
+    async with run_server() as server:
+        # As the actors report it when an append fails (disk full, say):
+        server.manager.append_health.failed("storage failed: [Errno 28] No space left")
+        # The store's directory takes a frame's worth of bytes again: ready at once,
+        # though no append came to prove it (a balancer sends none to a 503).
+        assert await get(server, "/readyz") == (200, "ready\n")
+        assert server.manager.append_health.failure is None
+
+
+async def test_readyz_is_503_with_a_closed_store() -> None:
+    async with run_server() as server:
+        assert server.storage is not None
+        await server.storage.close()
+        status, body = await get(server, "/readyz")
+        assert (status, body) == (503, "not ready: storage is not open\n")
+
+
 async def test_list_sessions_filters_sorts_and_pages() -> None:
     async with run_server() as server:
         manager = server.manager
