@@ -26,7 +26,16 @@ from bamboo_session.protocol.errors import CloseCode
 from .auth import AccessPolicy, Authenticator, check_binding, origin_allowed
 from .config import ServerConfig
 from .connection import Connection
-from .http import BadRoute, error_response, handle_get, is_upgrade, stream_route
+from .http import (
+    BadRoute,
+    error_response,
+    handle_get,
+    is_stream_path,
+    is_upgrade,
+    stream_route,
+    upgrade_required,
+)
+from .http_wire import BambooConnection
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
@@ -101,6 +110,7 @@ class BambooServer:
             config.host,
             config.port,
             process_request=self._process_request,
+            create_connection=BambooConnection,
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=select_subprotocol,
             compression="deflate" if config.compression else None,
@@ -174,6 +184,8 @@ class BambooServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         if not is_upgrade(request):
+            if is_stream_path(request.path):
+                return upgrade_required()
             return await handle_get(self.services, request)
         try:
             stream_route(request.path)

@@ -22,6 +22,7 @@ from bamboo_session.protocol.models import SessionMetadata
 
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
+from .http_wire import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import events_page, history_page
 from .services import Services
@@ -58,6 +59,11 @@ def stream_route(raw_path: str) -> Route:
     raise BadRoute(http.HTTPStatus.NOT_FOUND, "no such endpoint")
 
 
+def is_stream_path(raw_path: str) -> bool:
+    path = raw_path.partition("?")[0]
+    return path == STREAM_PATH or path.startswith(STREAM_PATH + "/")
+
+
 def is_upgrade(request: Request) -> bool:
     return "websocket" in request.headers.get("Upgrade", "").lower()
 
@@ -91,13 +97,34 @@ def failure_response(exc: BaseException) -> Response:
 
 
 async def handle_get(services: Services, request: Request) -> Response:
-    """The answer to a plain HTTP request (not an upgrade): GET only."""
-    if request.method != "GET":
+    """The answer to a plain HTTP request (not an upgrade): GET, and HEAD (the same
+    answer without its body)."""
+    if request.method not in ("GET", "HEAD"):
         response = error_response(
-            http.HTTPStatus.METHOD_NOT_ALLOWED, "bad_request", "only GET is served here"
+            http.HTTPStatus.METHOD_NOT_ALLOWED,
+            "bad_request",
+            f"only {ALLOWED_METHODS} are served here",
         )
-        response.headers["Allow"] = "GET"
+        response.headers["Allow"] = ALLOWED_METHODS
         return response
+    response = await _answer_get(services, request)
+    if request.method == "HEAD":
+        return Response(response.status_code, response.reason_phrase, response.headers, b"")
+    return response
+
+
+def upgrade_required() -> Response:
+    """A plain request to a stream endpoint: it is a WebSocket, not a page."""
+    response = error_response(
+        http.HTTPStatus.UPGRADE_REQUIRED,
+        "bad_request",
+        "this is a WebSocket endpoint: open it with a WebSocket client",
+    )
+    response.headers["Upgrade"] = "websocket"
+    return response
+
+
+async def _answer_get(services: Services, request: Request) -> Response:
     path, _, query = request.path.partition("?")
     params = dict(urllib.parse.parse_qsl(query, keep_blank_values=False))
     try:

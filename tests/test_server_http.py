@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -137,13 +139,102 @@ async def test_unknown_sessions_and_paths_are_404() -> None:
             assert status == 404 and body["error"]["code"] == "not_found", path
 
 
-async def test_only_get_is_served() -> None:
+async def test_only_get_and_head_are_served() -> None:
     async with run_server() as server:
-        for method in ("POST", "DELETE", "PUT"):
+        for method in ("POST", "DELETE", "PUT", "OPTIONS"):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{server.port}/healthz", method=method
             )
             with pytest.raises(urllib.error.HTTPError) as refused:
                 await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
-            refused.value.close()
-            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET"
+            with refused.value:
+                body = json.loads(refused.value.read())
+            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+            assert body["error"]["code"] == "bad_request"
+
+
+async def raw_http(server: Any, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends ``request`` as it is; the status, headers and body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def error_of(headers: dict[str, str], body: bytes) -> dict[str, str]:
+    assert headers["content-type"] == "application/json", headers
+    assert int(headers["content-length"]) == len(body)
+    error: dict[str, str] = json.loads(body)["error"]
+    return error
+
+
+async def test_every_http_error_has_a_json_body() -> None:
+    async with run_server() as server:
+        long_line = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        status, headers, body = await raw_http(server, long_line)
+        assert status == 414 and error_of(headers, body)["code"] == "bad_request"
+        big_header = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"b" * 9000
+        status, headers, body = await raw_http(server, big_header + b"\r\n\r\n")
+        assert status == 431 and error_of(headers, body)["code"] == "bad_request"
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(300))
+        status, headers, body = await raw_http(
+            server, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n"
+        )
+        assert status == 431 and error_of(headers, body)["code"] == "bad_request"
+        # A request with a body, which websockets used to drop without a word.
+        for request in (
+            b"POST /api/v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}",
+            b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello",
+        ):
+            status, headers, body = await raw_http(server, request)
+            assert status == 405 and headers["allow"] == "GET, HEAD", request
+            assert "without a body" in error_of(headers, body)["message"]
+        # A failed upgrade, and a subprotocol refusal.
+        upgrade = (
+            b"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        )
+        status, headers, body = await raw_http(server, upgrade + b"\r\n")
+        assert status == 400 and error_of(headers, body)["code"] == "bad_request"
+        offer = (
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Protocol: chat.v9\r\n\r\n"
+        )
+        status, headers, body = await raw_http(server, upgrade + offer)
+        assert status == 400 and "subprotocol" in error_of(headers, body)["message"]
+
+
+async def test_a_plain_get_on_a_stream_path_is_426() -> None:
+    async with run_server() as server:
+        for path in ("/api/v1/stream", "/api/v1/stream/s1"):
+            status, headers, body = await raw_http(
+                server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            assert status == 426 and headers["upgrade"] == "websocket"
+            assert error_of(headers, body)["code"] == "bad_request"
+
+
+async def test_head_answers_as_get_without_the_body() -> None:
+    async with run_server() as server:
+        for path, length in (("/healthz", 3), ("/readyz", 6)):
+            status, headers, body = await raw_http(
+                server, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            assert (status, body) == (200, b"")
+            assert int(headers["content-length"]) == length
+        status, headers, body = await raw_http(
+            server, b"HEAD /api/v1/sessions/nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        assert (status, body) == (404, b"") and headers["content-type"] == "application/json"
