@@ -23,7 +23,7 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
-from .auth import AccessPolicy, Authenticator, check_binding, origin_allowed
+from .auth import AccessPolicy, Authenticator, check_binding
 from .config import ServerConfig
 from .connection import Connection
 from .http import (
@@ -39,12 +39,15 @@ from .http_wire import BambooConnection
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .readiness import Readiness
 from .services import Services
 from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
+# Headers whose value decides something: two of them are ambiguous, and refused.
+_SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")
 
 
 class BambooServer:
@@ -64,6 +67,12 @@ class BambooServer:
             Authenticator(config.auth_secret) if config.auth_secret is not None else None
         )
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
+        self.guard = RequestGuard(
+            config.host,
+            config.auth_secret is not None,
+            config.allowed_origins,
+            config.allowed_hosts,
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -183,6 +192,13 @@ class BambooServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        for name in _SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                message = f"more than one {name} header"
+                return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
+        if not self.guard.host_allowed(request.headers.get("Host")):
+            # A page rebinding its own name to this server: it reads nothing here.
+            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
         if not is_upgrade(request):
             if is_stream_path(request.path):
                 return upgrade_required()
@@ -200,7 +216,7 @@ class BambooServer:
         await Connection(self.services, ws, codec, route.session_id).run()
 
     def authorize_upgrade(self, request: Request) -> Response | None:
-        if not origin_allowed(request.headers.get("Origin"), self.config.allowed_origins):
+        if not self.guard.origin_allowed(request.headers.get("Origin")):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
 

@@ -220,12 +220,3 @@ def check_binding(host: str, auth_secret: str | None, insecure: bool) -> None:
             f"refusing to listen on {host or 'all interfaces'} without auth: set "
             "--auth-secret (BAMBOO_AUTH_SECRET), or pass --insecure to accept anyone"
         )
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether an upgrade's ``Origin`` passes ``allowed`` (empty: no check). A request
-    without ``Origin`` comes from a non-browser client and passes."""
-    if not allowed or origin is None:
-        return True
-    origin = origin.strip().rstrip("/").lower()
-    return any(origin == entry.strip().rstrip("/").lower() for entry in allowed)

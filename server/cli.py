@@ -71,8 +71,11 @@ SERVE_HELP: dict[str, str] = {
     "auth_secret": "HS256 secret (32+ bytes) that turns JWT auth on; prefer the env "
     "variable, a flag shows in ps (unset: no auth, loopback only)",
     "insecure": "allow listening on a non-loopback address without auth",
-    "allowed_origins": "comma-separated Origins allowed to upgrade; others get 403 "
-    "(empty: any; requests without Origin always pass)",
+    "allowed_origins": "comma-separated Origins allowed to upgrade, beside loopback ones; "
+    "others get 403 (* for any; requests without Origin always pass; with auth and "
+    "none given: any)",
+    "allowed_hosts": "comma-separated Host names the server answers to, beside loopback "
+    "ones and its own address; others get 403 (* for any; with auth and none given: any)",
     "rate_limit": "frames per second per connection; over it: rate_limited errors (0: off)",
     "rate_limit_burst": "frames a connection may send at once above the rate",
     "rate_limit_refusals": "rate-limited frames within about a second before close 4429",

@@ -72,7 +72,9 @@ class ServerConfig:
     # unless ``insecure``. Kept out of repr so that it never reaches a log line.
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
     insecure: bool = False
+    # Without auth, only loopback Origins and Hosts (server/origins.py); these add more.
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     # Per-peer limits (server/limits.py); 0 turns a limit off.
     rate_limit: float = 1000.0
     rate_limit_burst: int = 1000
