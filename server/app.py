@@ -63,9 +63,15 @@ class BambooServer:
         self._server: Server | None = None
         # Checked here, before any storage is opened: a bad config changes nothing.
         check_binding(config.host, config.auth_secret, config.insecure)
-        self.access = AccessPolicy(
-            Authenticator(config.auth_secret) if config.auth_secret is not None else None
-        )
+        authenticator = None
+        if config.auth_secret is not None:
+            authenticator = Authenticator(
+                config.auth_secret,
+                leeway=config.auth_leeway,
+                audience=config.auth_audience,
+                issuer=config.auth_issuer,
+            )
+        self.access = AccessPolicy(authenticator)
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
         self.guard = RequestGuard(
             config.host,

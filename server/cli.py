@@ -70,6 +70,9 @@ SERVE_HELP: dict[str, str] = {
     "item): history, events and their HTTP endpoints",
     "auth_secret": "HS256 secret (32+ bytes) that turns JWT auth on; prefer the env "
     "variable, a flag shows in ps (unset: no auth, loopback only)",
+    "auth_leeway": "seconds of clock difference allowed on a token's exp, nbf and iat",
+    "auth_audience": "a token's aud must name this (unset: tokens with aud are refused)",
+    "auth_issuer": "a token's iss must be this (unset: not checked)",
     "insecure": "allow listening on a non-loopback address without auth",
     "allowed_origins": "comma-separated Origins allowed to upgrade, beside loopback ones; "
     "others get 403 (* for any; requests without Origin always pass; with auth and "

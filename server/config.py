@@ -71,6 +71,9 @@ class ServerConfig:
     # Auth (server/auth.py): no secret means no auth, which is only allowed on loopback
     # unless ``insecure``. Kept out of repr so that it never reaches a log line.
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
+    auth_leeway: float = 5.0
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
     insecure: bool = False
     # Without auth, only loopback Origins and Hosts (server/origins.py); these add more.
     allowed_origins: tuple[str, ...] = ()
@@ -151,5 +154,5 @@ def parse_value(name: str, raw: str, default: object) -> object:
 
 _OPTIONAL_INT = frozenset({"default_ttl"})
 _OPTIONAL_FLOAT = frozenset({"ping_interval", "ping_timeout"})
-_OPTIONAL_STR = frozenset({"auth_secret", "store"})
+_OPTIONAL_STR = frozenset({"auth_secret", "store", "auth_audience", "auth_issuer"})
 _OPTIONAL = _OPTIONAL_INT | _OPTIONAL_FLOAT

@@ -72,6 +72,7 @@ class Connection:
 
     __slots__ = (
         "_closer",
+        "_expiry",
         "_overflow_counted",
         "actor",
         "codec",
@@ -99,6 +100,7 @@ class Connection:
         self.outbox: Outbox | None = None
         self._overflow_counted = False
         self._closer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()
@@ -180,6 +182,8 @@ class Connection:
             )
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
+            if principal is not None and principal.valid_until is not None:
+                self._close_at_expiry(principal.valid_until, outbox)
         except _ATTACH_FAILURES as exc:
             failure = failure_of(exc)
             await self.ws.close(failure.close, failure.reason)
@@ -188,6 +192,14 @@ class Connection:
             await self._refuse_hello(exc.message, hello.id)
             return False
         return True
+
+    def _close_at_expiry(self, valid_until: float, outbox: Outbox) -> None:
+        """A connection does not outlive its token: at expiry it is closed with 4401
+        (after what is queued), and the client resumes with a fresh token."""
+        delay = max(0.0, valid_until - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, outbox.close, CloseCode.UNAUTHORIZED, "token expired"
+        )
 
     def _peer_address(self) -> str | None:
         address = self.ws.remote_address
@@ -371,6 +383,8 @@ class Connection:
     # -- teardown ----------------------------------------------------------------
 
     def _detach(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.outbox is not None:
             self.outbox.discard()  # what was never sent holds no budget
         if self.counted_user is not None:
