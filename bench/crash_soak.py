@@ -39,7 +39,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(rb"bamboo-session listening on (\S+):(\d+)")
+_LISTENING = re.compile(rb"listening on ([^\s:\"]+|\[[^\]]*\]):(\d+)")
 SESSIONS = ("soak-a", "soak-b")
 WINDOW = 32  # events in flight per publisher
 # How a killed server shows in a client: a dropped connection, a refused or broken

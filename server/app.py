@@ -137,7 +137,13 @@ class BambooServer:
             close_timeout=config.close_timeout,
             backlog=config.backlog,
         )
-        log.info("listening", host=config.host, port=self.port, store=config.store_url())
+        # One line that says where, whatever the log format: scripts look for it.
+        log.info(
+            f"listening on {config.host}:{self.port}",
+            host=config.host,
+            port=self.port,
+            store=config.store_url(),
+        )
 
     async def stop(self) -> None:
         """Graceful shutdown; safe to call twice."""

@@ -1,7 +1,8 @@
 """The ``bamboo-session`` command: ``serve`` runs the server.
 
-Every setting of :class:`ServerConfig` is a flag of ``serve`` and a ``BAMBOO_*``
-environment variable; flags win over the environment, which wins over defaults.
+Every setting of :class:`ServerConfig` is a flag of ``serve``, a ``BAMBOO_*``
+environment variable and a key of a TOML file (``--config``); flags win over the
+environment, which wins over the file, which wins over defaults (server/settings.py).
 Errors end with a one-line reason and a non-zero status, never a traceback.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,7 +22,8 @@ import structlog
 from bamboo_session import __version__
 from bamboo_session.persistence.base import StorageError
 
-from .config import ServerConfig, parse_value
+from .config import ServerConfig, choices
+from .settings import CONFIG_VARIABLE, flag_name, load_config
 from .tools import add_tool_commands
 
 # Help for each ServerConfig field: one line, what it is and its unit.
@@ -85,11 +88,6 @@ SERVE_HELP: dict[str, str] = {
     "max_connections_per_user": "concurrent connections per user (token sub, else "
     "hello.user_id); over it: close 4429 (0: off)",
 }
-_CHOICES: dict[str, Sequence[str]] = {
-    "durability": ("fsync", "os"),
-    "log_format": ("auto", "json", "console"),
-    "log_level": ("debug", "info", "warning", "error"),
-}
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -110,48 +108,62 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "serve",
         help="run the server",
         description="Run the server. Every flag can also be set as BAMBOO_<NAME> "
-        "(e.g. BAMBOO_PORT=9000); flags win.",
+        "(e.g. BAMBOO_PORT=9000), or as a key of a TOML file (port = 9000) given with "
+        "--config; flags win over the environment, which wins over the file.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        default=None,
+        help=f"a TOML file of settings, keys named as these flags (default: ${CONFIG_VARIABLE})",
     )
     defaults = ServerConfig()
     for field in dataclasses.fields(ServerConfig):
         default = getattr(defaults, field.name)
+        fixed = choices(field.name)
         serve.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag_name(field.name),
             dest=field.name,
             default=None,
-            choices=_CHOICES.get(field.name),
-            metavar=None if field.name in _CHOICES else field.name.upper(),
+            choices=fixed,
+            metavar=None if fixed else field.name.upper(),
             # A boolean flag alone means true: `--insecure` as well as `--insecure true`.
             nargs="?" if isinstance(default, bool) else None,
             const="true" if isinstance(default, bool) else None,
-            help=f"{SERVE_HELP[field.name]} (default: {default})",
+            help=f"{SERVE_HELP[field.name]} (default: {_shown(default)})",
         )
     serve.set_defaults(run=run_serve)
 
 
+def _shown(default: object) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default) or "none"
+    return "none" if default is None else str(default)
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Defaults, then BAMBOO_* variables, then flags."""
-    config = ServerConfig.from_env()
-    changes = {}
-    for field in dataclasses.fields(ServerConfig):
-        raw = getattr(args, field.name, None)
-        if raw is not None:
-            flag = "--" + field.name.replace("_", "-")
-            try:
-                changes[field.name] = parse_value(
-                    field.name, raw, getattr(ServerConfig(), field.name)
-                )
-            except ValueError as exc:
-                raise ValueError(f"{flag}: {exc}") from None
-    return config.replace(**changes)
+    """Defaults, then the TOML file, then BAMBOO_* variables, then flags."""
+    flags = {
+        field.name: getattr(args, field.name, None) for field in dataclasses.fields(ServerConfig)
+    }
+    return load_config(flags, os.environ, getattr(args, "config", None))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
-    config = config_from_args(args)
+    config = config_from_args(args)  # a bad setting: one plain line, status 2 (main)
     configure_logging(config.log_format, config.log_level)
-    return run_event_loop(serve_until_signalled(config))
+    # From here on, everything said goes through the log, as JSON in JSON mode.
+    log = structlog.get_logger("bamboo_session.server")
+    try:
+        return run_event_loop(serve_until_signalled(config))
+    except ValueError as exc:  # a configuration the server refuses (InsecureConfig)
+        log.error(f"cannot start: {exc}")
+        return 2
+    except Exception:
+        log.exception("server failed")
+        return 1
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -166,20 +178,20 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
 async def serve_until_signalled(config: ServerConfig) -> int:
     from .app import BambooServer
 
+    log = structlog.get_logger("bamboo_session.server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     server = BambooServer(config)
     try:
-        await server.start()
+        await server.start()  # logs "listening on HOST:PORT"
     except (StorageError, OSError) as exc:
         await server.stop()
-        fail(f"cannot start: {exc}")
+        log.error(f"cannot start: {exc}")
         return 1
-    print(f"bamboo-session listening on {config.host}:{server.port}", file=sys.stderr, flush=True)
     await stop.wait()
-    structlog.get_logger("bamboo_session.server").info("shutting down")
+    log.info("shutting down")
     await server.stop()
     return 0
 

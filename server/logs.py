@@ -58,5 +58,6 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    logging.captureWarnings(True)  # warnings too are log lines, in the same format
     # websockets logs every connection at INFO; ours says the same once, with context.
     logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))

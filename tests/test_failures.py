@@ -153,7 +153,9 @@ def test_a_second_server_on_a_locked_directory_exits_with_one_line(tmp_path: Pat
     assert second.returncode != 0
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1, second.stderr
-    assert lines[0].startswith("bamboo-session: cannot start:") and "lock" in lines[0].lower()
+    record = json.loads(lines[0])  # --log-format json: every line is JSON, this one too
+    assert record["level"] == "error", record
+    assert record["event"].startswith("cannot start:") and "lock" in record["event"].lower()
     assert "Traceback" not in second.stderr
 
 
