@@ -37,6 +37,7 @@ from .http import (
 )
 from .http_wire import BambooConnection
 from .limits import ConnectionCounter
+from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
 from .origins import RequestGuard
@@ -137,8 +138,8 @@ class BambooServer:
             close_timeout=config.close_timeout,
             backlog=config.backlog,
         )
-        # One line that says where, whatever the log format: scripts look for it.
-        log.info(
+        # One line that says where, whatever the log format and level: scripts wait for it.
+        announce(
             f"listening on {config.host}:{self.port}",
             host=config.host,
             port=self.port,

@@ -145,7 +145,7 @@ async def test_pages_are_bounded_in_bytes_and_always_hold_one() -> None:
             events = await peer.request({"type": "events", "id": "e", "limit": 100}, "events")
             assert [e["seq"] for e in events["events"]] == [1, 2]
             assert events["last_seq"] == 6
-        async with run_server(max_page_bytes=1000) as small:
+        async with run_server(max_page_bytes=1024) as small:
             async with attach(small) as (peer, _):
                 message = {"role": "user", "content": "z" * 5000}
                 await peer.request({"type": "message", "id": 1, "message": message}, "ack")

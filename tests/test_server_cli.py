@@ -215,6 +215,27 @@ async def test_in_json_mode_every_line_of_the_log_is_json(tmp_path: Path) -> Non
     assert "connection closed" in events and "stopped" in events
 
 
+async def test_the_listening_line_comes_out_whatever_the_log_level(tmp_path: Path) -> None:
+    lines: list[str] = []
+    async with serve_process(tmp_path, "--log-level", "error", lines=lines) as (process, port):
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    (record,) = (json.loads(line) for line in lines if "listening on" in line)
+    assert record["event"] == f"listening on 127.0.0.1:{port}" and record["port"] == port
+    assert record["level"] == "info" and record["timestamp"].endswith("Z")
+
+
+async def test_console_logs_into_a_pipe_carry_no_colour_codes(tmp_path: Path) -> None:
+    lines: list[str] = []
+    async with serve_process(tmp_path, "--log-format", "console", lines=lines) as (process, _):
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert process.stderr is not None
+        lines += (await process.stderr.read()).decode().splitlines()
+    assert any("listening on" in line for line in lines)
+    assert not any("\x1b[" in line for line in lines), lines
+
+
 def test_a_refusal_after_logging_is_set_up_is_a_json_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [
