@@ -12,17 +12,25 @@ with 4429 (the client resumes from the log).
 
 from __future__ import annotations
 
+import sys
+from typing import Final
+
+NO_LIMIT: Final = sys.maxsize  # a limit that is never reached: one comparison, no branch
+
 
 class MemoryBudget:
+    """``used`` bytes against ``limit``. The buffers on the hot path update ``used``
+    and compare it with ``limit`` directly (an attribute, not a call, per frame)."""
+
     __slots__ = ("limit", "used")
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit  # bytes; 0 or less: no limit
+        self.limit = limit if limit > 0 else NO_LIMIT  # bytes; 0 or less: no limit
         self.used = 0
 
     @property
     def exceeded(self) -> bool:
-        return 0 < self.limit < self.used
+        return self.used > self.limit
 
     def charge(self, size: int) -> None:
         self.used += size

@@ -18,7 +18,7 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Ack, Error, RequestId, Welcome
 from bamboo_session.protocol.models import AnyAgentEvent, SessionState
 
-from .budget import MemoryBudget
+from .budget import NO_LIMIT, MemoryBudget
 from .failures import request_error
 from .outbox import Outbound, Outbox
 
@@ -129,7 +129,7 @@ class Inbox:
 
     def __init__(self, limit: int, max_bytes: int = 0, budget: MemoryBudget | None = None) -> None:
         self.limit = limit
-        self.max_bytes = max_bytes  # 0: no limit in bytes
+        self.max_bytes = max_bytes if max_bytes > 0 else NO_LIMIT
         self.budget = budget if budget is not None else MemoryBudget(0)
         self.bytes = 0
         # A deque keeps a 760-byte block even when empty: a parked session drops it.
@@ -140,26 +140,29 @@ class Inbox:
         return len(self._items) if self._items is not None else 0
 
     def has_room(self) -> bool:
-        count = len(self)
-        if not count:
+        items = self._items
+        if not items:
             return True
-        if count >= self.limit or (self.max_bytes and self.bytes >= self.max_bytes):
-            return False
-        return not self.budget.exceeded
+        budget = self.budget
+        return (
+            len(items) < self.limit and self.bytes < self.max_bytes and budget.used <= budget.limit
+        )
 
     def append(self, command: Command) -> None:
         if self._items is None:
             self._items = collections.deque()
         self._items.append(command)
-        if type(command) is Append and command.size:
+        if type(command) is Append:
             self.bytes += command.size
-            self.budget.charge(command.size)
+            self.budget.used += command.size
 
     def _released(self, commands: list[Command]) -> None:
-        size = sum(c.size for c in commands if type(c) is Append)
-        if size:
-            self.bytes -= size
-            self.budget.release(size)
+        size = 0
+        for command in commands:
+            if type(command) is Append:
+                size += command.size
+        self.bytes -= size
+        self.budget.used -= size
 
     def release(self) -> None:
         """Drops the empty queue's storage (a parked session keeps none)."""

@@ -268,15 +268,11 @@ class Connection:
             case PublishEvent(event=event, key=key, id=request_id):
                 if isinstance(event, MessageEvent):
                     event = MessageEvent(event.message.completed())
-                append = Append(
-                    event, key, outbox, request_id, received=time.monotonic(), size=size
-                )
+                append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
                 await self._submit(actor, outbox, append)
             case PublishMessage(message=message, key=key, id=request_id):
                 event = MessageEvent(message.completed())
-                append = Append(
-                    event, key, outbox, request_id, received=time.monotonic(), size=size
-                )
+                append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
                 await self._submit(actor, outbox, append)
             case HistoryRequest():
                 await self._history(frame, outbox)

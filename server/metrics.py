@@ -146,7 +146,8 @@ class Metrics:
         )
         self.delivery_lag_seconds = self._histogram(
             "bamboo_delivery_lag_seconds",
-            "From an event's store acknowledgement (its ts) to its fan-out to viewers",
+            "From the store's acknowledgement (ts) of the oldest event of each fan-out "
+            "batch to its fan-out to viewers",
             LATENCY_BUCKETS,
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, _resident_memory_bytes…

@@ -19,7 +19,7 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import EventFrame, ServerFrame
 from bamboo_session.protocol.models import StoredEvent
 
-from .budget import MemoryBudget
+from .budget import NO_LIMIT, MemoryBudget
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 class Outbound:
     """One server frame, with its encodings cached per codec."""
 
-    __slots__ = ("_encoded", "frame", "stored")
+    __slots__ = ("_encoded", "event_size", "frame", "stored")
 
     def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
         self.frame = frame
         self.stored = stored
         self._encoded: dict[str, bytes] = {}
+        # An event frame's size in a queue, counted once for every queue it goes to.
+        self.event_size = 0 if stored is None else stored.size + EVENT_FRAME_OVERHEAD
 
     @classmethod
     def for_event(cls, stored: StoredEvent) -> Outbound:
@@ -53,10 +55,7 @@ class Outbound:
         """The bytes this frame takes in a queue: an event's as stored plus its
         envelope, without encoding it (fan-out encodes once, in the writers); any other
         frame encoded for ``codec`` (which its writer would do anyway)."""
-        stored = self.stored
-        if stored is not None:
-            return stored.size + EVENT_FRAME_OVERHEAD
-        return len(self.encoded(codec))
+        return self.event_size or len(self.encoded(codec))
 
 
 # An event frame around its event's JSON: type, seq and ts (`{"type":"event",…}`).
@@ -96,6 +95,7 @@ class Outbox:
     """A connection's bounded queue of frames, filled by producers that never wait."""
 
     __slots__ = (
+        "_backed_up",
         "_head",
         "_items",
         "_settled",
@@ -127,10 +127,13 @@ class Outbox:
         self.connection_id = connection_id
         self.role = role
         self.limit = limit  # frames
-        self.max_bytes = max_bytes  # 0: no limit in bytes
+        self.max_bytes = max_bytes if max_bytes > 0 else NO_LIMIT
         self.codec = codec  # what the writer encodes frames with: their size in bytes
         self.budget = budget if budget is not None else MemoryBudget(0)
         self.bytes = 0
+        # Over the process's budget, a queue that is backing up goes first: one that
+        # keeps up holds a few frames at most, and is left alone.
+        self._backed_up = min(self.max_bytes, 8 * 1024 * 1024) // 8
         # Told of the close as soon as it is asked for: a slow reader's writer is likely
         # stuck in a send, so an overflow is closed from outside it at once (and any
         # other close after a grace period, should the peer stop reading meanwhile).
@@ -154,9 +157,9 @@ class Outbox:
         items, head = self._items, self._head
         item = items[head]
         if type(item) is Outbound:
-            size = item.size(self.codec)
+            size = item.event_size or len(item.encoded(self.codec))
             self.bytes -= size
-            self.budget.release(size)
+            self.budget.used -= size
         head += 1
         if head == len(items):
             items.clear()  # frees the array: drained is the common, idle case
@@ -172,25 +175,23 @@ class Outbox:
         frame always fits in an empty queue, whatever its size."""
         if self.closing is not None:
             return
-        size = item.size(self.codec) if type(item) is Outbound else 0
-        if len(self) and self._full(size):
-            self.overflow()
-            return
+        size = 0
+        if type(item) is Outbound:
+            size = item.event_size or len(item.encoded(self.codec))
+        queued = len(self._items) - self._head
+        if queued:
+            after, budget = self.bytes + size, self.budget
+            if (
+                queued >= self.limit
+                or after > self.max_bytes
+                or (budget.used > budget.limit and after > self._backed_up)
+            ):
+                self.overflow()
+                return
         self._items.append(item)
-        if size:
-            self.bytes += size
-            self.budget.charge(size)
+        self.bytes += size
+        self.budget.used += size
         self._wake()
-
-    def _full(self, size: int) -> bool:
-        if len(self) >= self.limit:
-            return True
-        max_bytes = self.max_bytes
-        if max_bytes and self.bytes + size > max_bytes:
-            return True
-        # Over the process's budget, a queue that is backing up goes first: one that
-        # keeps up holds a few frames at most, and is left alone.
-        return self.budget.exceeded and self.bytes + size > (max_bytes or 1 << 20) // 8
 
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""
@@ -227,7 +228,7 @@ class Outbox:
         """Drops whatever is queued (the connection is gone, or too slow for it)."""
         self._items.clear()
         self._head = 0
-        self.budget.release(self.bytes)
+        self.budget.used -= self.bytes
         self.bytes = 0
 
     def _end(self, closing: CloseRequest) -> None:

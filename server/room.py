@@ -16,12 +16,11 @@ from __future__ import annotations
 import collections
 import itertools
 
-from bamboo_session.protocol.codec import JSON
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Closed, Presence, Welcome
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
-from .budget import MemoryBudget
+from .budget import NO_LIMIT, MemoryBudget
 from .outbox import Outbound, Outbox, Replay
 
 REPLAY_PAGE = 512  # events per page of a replay
@@ -51,7 +50,7 @@ class SessionRoom:
         self.epoch = epoch
         self.published_seq = published_seq  # every event up to here has been fanned out
         self.ring_size = ring_size
-        self.ring_max_bytes = ring_max_bytes  # 0: no limit in bytes
+        self.ring_max_bytes = ring_max_bytes if ring_max_bytes > 0 else NO_LIMIT
         self.ring_bytes = 0
         self.budget = budget if budget is not None else MemoryBudget(0)
         # Recent events for replay without the store; allocated with the first event.
@@ -144,17 +143,18 @@ class SessionRoom:
     def _remember(self, out: Outbound) -> None:
         ring = self.ring
         if ring is None:
-            ring = self.ring = collections.deque()
-        size = out.size(JSON)
+            if not self.ring_size:
+                return
+            ring = self.ring = collections.deque(maxlen=self.ring_size)
+        size, budget = out.event_size, self.budget
+        if len(ring) == self.ring_size:  # the oldest falls off as this one comes in
+            dropped = ring[0].event_size
+            self.ring_bytes -= dropped
+            budget.used -= dropped
         ring.append(out)
         self.ring_bytes += size
-        self.budget.charge(size)
-        max_bytes = self.ring_max_bytes
-        if (
-            len(ring) > self.ring_size
-            or (max_bytes and self.ring_bytes > max_bytes)
-            or self.budget.exceeded
-        ):
+        budget.used += size
+        if self.ring_bytes > self.ring_max_bytes or budget.used > budget.limit:
             self.shrink_ring(self.ring_size)
 
     def shrink_ring(self, keep: int) -> None:
@@ -165,17 +165,17 @@ class SessionRoom:
             return
         max_bytes, budget = self.ring_max_bytes, self.budget
         while ring and (
-            len(ring) > keep or (max_bytes and self.ring_bytes > max_bytes) or budget.exceeded
+            len(ring) > keep or self.ring_bytes > max_bytes or budget.used > budget.limit
         ):
-            size = ring.popleft().size(JSON)
+            size = ring.popleft().event_size
             self.ring_bytes -= size
-            budget.release(size)
+            budget.used -= size
         if not ring:
             self.ring = None
 
     def drop_ring(self) -> None:
         """Forget every event kept (the log moved on, or the session retires)."""
-        self.budget.release(self.ring_bytes)
+        self.budget.used -= self.ring_bytes
         self.ring_bytes = 0
         self.ring = None
 

@@ -106,7 +106,7 @@ async def test_histograms_process_and_store_figures() -> None:
     assert value(text, "bamboo_group_commit_events_count") >= 1
     assert value(text, "bamboo_group_commit_events_sum") == 5
     assert value(text, "bamboo_group_commit_seconds_count") >= 1
-    assert value(text, "bamboo_delivery_lag_seconds_count") == 5
+    assert 1 <= value(text, "bamboo_delivery_lag_seconds_count") <= 5  # one per batch
     assert "# TYPE bamboo_delivery_lag_seconds histogram" in text
     assert value(text, "process_resident_memory_bytes") > 1e6
     assert value(text, "process_cpu_seconds_total") > 0
