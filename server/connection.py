@@ -353,6 +353,8 @@ class Connection:
                 return
 
     def _on_outbox_closed(self, request: CloseRequest) -> None:
+        if self.ws.close_code is not None:
+            return  # already closed: the peer left first (a detach)
         if request.overflow:
             self._close_soon(request)
         else:
