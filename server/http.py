@@ -24,7 +24,7 @@ from .auth import Forbidden, Unauthorized
 from .failures import failure_of
 from .http_wire import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .pages import events_page, history_page
+from .pages import events_page, history_page, within_bytes
 from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
@@ -162,7 +162,9 @@ async def _list_sessions(services: Services, request: Request, params: dict[str,
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
-    return json_response(http.HTTPStatus.OK, await services.manager.list_sessions(filter))
+    result = await services.manager.list_sessions(filter)
+    result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
+    return json_response(http.HTTPStatus.OK, result)
 
 
 async def _session_resource(

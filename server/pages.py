@@ -1,4 +1,5 @@
-"""Pages of a session's history and log for replies, bounded in items and in bytes.
+"""Pages of a session's history and log (and of a listing) for replies, bounded in
+items and in bytes.
 
 A page holds at most ``limit`` items and about ``max_bytes`` of them (always at least
 one, so that a client always makes progress), and reading one costs about what it
@@ -9,7 +10,8 @@ is not read a thousand at a time to answer with a few.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -20,6 +22,7 @@ FIRST_CHUNK: Final = 16  # messages read first, before their size is known
 MAX_CHUNK: Final = 256
 
 _json = msgspec.json.Encoder()
+T = TypeVar("T")
 
 
 def message_size(message: Message) -> int:
@@ -64,3 +67,15 @@ async def events_page(
     """Events after ``after_seq``, oldest first: at most ``limit``, and no more than
     ``max_bytes`` of encoded events but at least one."""
     return await storage.read_events(session_id, after_seq, limit, max_bytes)
+
+
+def within_bytes(items: Sequence[T], max_bytes: int) -> list[T]:
+    """The first of ``items`` whose JSON fits in ``max_bytes`` (at least one)."""
+    kept: list[T] = []
+    used = 0
+    for item in items:
+        used += len(_json.encode(item))
+        if kept and used > max_bytes:
+            break
+        kept.append(item)
+    return kept

@@ -68,6 +68,18 @@ async def test_list_sessions_filters_sorts_and_pages() -> None:
         assert body["total"] == 2
 
 
+async def test_a_listing_page_is_bounded_in_bytes() -> None:
+    async with run_server(max_page_bytes=4096) as server:
+        for i in range(10):
+            await server.manager.create_session("u", "t" * 1000, extra={"n": i})
+        status, body = await get(server, "/api/v1/sessions?limit=10")
+        assert status == 200 and body["total"] == 10 and body["limit"] == 10
+        assert 1 <= len(body["sessions"]) < 10  # about 1 KB each: what 4 KiB holds
+        offset = len(body["sessions"])
+        status, more = await get(server, f"/api/v1/sessions?limit=10&offset={offset}")
+        assert more["sessions"] and more["sessions"][0]["id"] != body["sessions"][-1]["id"]
+
+
 async def test_list_sessions_refuses_bad_parameters() -> None:
     async with run_server() as server:
         for query in (
