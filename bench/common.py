@@ -188,6 +188,8 @@ def bamboo_server(data_dir: Path, log_path: Path, *extra: str) -> ServerProcess:
         "warning",
         "--max-sessions",
         "1000000",
+        "--session-create-rate",  # benches create a thousand sessions at a time
+        "0",
         *extra,
     ]
     return ServerProcess("bamboo", argv, log_path)

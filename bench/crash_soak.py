@@ -13,8 +13,16 @@ server is stopped with SIGTERM, and the files are checked:
 - the log is ``seq`` 1..N with no gap, every line and every checkpoint parses;
 - each reader saw 1..N exactly once, in order, across all the crashes.
 
-Run: ``python -m bench.crash_soak --cycles 50`` (tests/test_crash.py runs 4 cycles).
-Exit status 0 when every check holds; the figures go to stdout as one JSON object.
+Those cycles last well under a second, far from the WAL's segment retirement (a
+segment is retired, its logs synced and it deleted, after 30 s). So ``--wal-cycles N``
+adds N cycles on a server whose WAL retires segments after ``--wal-segment-age``
+seconds (0.2 by default), each lasting a few of those ages, so that kills land before,
+during and after retirements; the soak watches the WAL directory and reports how many
+segments it saw retired while the server ran (``wal_segments_retired``).
+
+Run: ``python -m bench.crash_soak --cycles 50 --wal-cycles 20`` (tests/test_crash.py
+runs a few of each). Exit status 0 when every check holds; the figures go to stdout as
+one JSON object.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(rb"bamboo-session listening on (\S+):(\d+)")
+_LISTENING = re.compile(rb"listening on ([^\s:\"]+|\[[^\]]*\]):(\d+)")
 SESSIONS = ("soak-a", "soak-b")
 WINDOW = 32  # events in flight per publisher
 # How a killed server shows in a client: a dropped connection, a refused or broken
@@ -59,26 +67,40 @@ class Server:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra = extra
+        self.wal_segment_age: float | None = None  # set: a server that retires that soon
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+
+    def argv(self) -> list[str]:
+        if self.wal_segment_age is not None:
+            return [
+                sys.executable,
+                "-m",
+                "bench.crash_soak",
+                "--serve-child",
+                str(self.data_dir),
+                "--wal-segment-age",
+                str(self.wal_segment_age),
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "bamboo_session.server",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+            "--log-format",
+            "json",
+            *self.extra,
+        ]
 
     def start(self, timeout: float = 20.0) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bamboo_session.server",
-                    "serve",
-                    "--port",
-                    "0",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--log-format",
-                    "json",
-                    *self.extra,
-                ],
+                self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -226,13 +248,48 @@ async def follow(server: Server, reader: Reader, until_seq: int | None = None) -
             reader.contents.append(frame["event"]["content"])
 
 
+class WalWatch:
+    """How many WAL segments appeared in the data directory while the server ran, and
+    how many went away (retired: their logs synced, then deleted), polled as the soak
+    runs. (Counted as they come and go: a restarted server may reuse a number.)"""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.wal_dir = data_dir / "wal"
+        self.seen = 0
+        self.retired = 0
+
+    def segments(self) -> set[str]:
+        try:
+            return {p.name for p in self.wal_dir.iterdir() if p.name.endswith(".wal")}
+        except FileNotFoundError:
+            return set()
+
+    async def watch(self, seconds: float, every: float = 0.02) -> None:
+        deadline = time.monotonic() + seconds
+        previous = self.segments()
+        self.seen += len(previous)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(every)
+            now = self.segments()
+            self.retired += len(previous - now)
+            self.seen += len(now - previous)
+            previous = now
+
+
 async def run_cycle(
-    server: Server, pubs: list[Publisher], readers: list[Reader], run_for: float
+    server: Server,
+    pubs: list[Publisher],
+    readers: list[Reader],
+    run_for: float,
+    wal: WalWatch | None = None,
 ) -> None:
     tasks = [asyncio.create_task(follow(server, r)) for r in readers]
     await asyncio.sleep(0.02)  # readers attach first, so they see live events too
     tasks += [asyncio.create_task(publish(server, p)) for p in pubs]
-    await asyncio.sleep(run_for)
+    if wal is not None:
+        await wal.watch(run_for)
+    else:
+        await asyncio.sleep(run_for)
     server.kill()
     done, pending = await asyncio.wait(tasks, timeout=10)
     for task in pending:
@@ -244,18 +301,31 @@ async def run_cycle(
 
 
 async def soak(
-    data_dir: Path, log_path: Path, cycles: int, publishers: int = 4, seed: int | None = None
+    data_dir: Path,
+    log_path: Path,
+    cycles: int,
+    publishers: int = 4,
+    seed: int | None = None,
+    wal_cycles: int = 0,
+    wal_segment_age: float = 0.2,
 ) -> dict[str, Any]:
-    """Runs ``cycles`` kill-and-restart cycles, then checks everything; the figures,
-    with ``problems`` empty when every check held."""
+    """Runs ``cycles`` kill-and-restart cycles, then ``wal_cycles`` on a server whose WAL
+    retires segments after ``wal_segment_age`` seconds, each lasting 2 to 5 of those,
+    then checks everything; the figures, with ``problems`` empty when every check held."""
     rng = random.Random(seed)
     server = Server(data_dir, log_path)
     pubs = [Publisher(f"p{i}", SESSIONS[i % len(SESSIONS)]) for i in range(publishers)]
     readers = [Reader(s) for s in SESSIONS]
+    wal = WalWatch(data_dir)
     started = time.monotonic()
     for _ in range(cycles):
         server.start()
         await run_cycle(server, pubs, readers, rng.uniform(0.05, 0.4))
+    server.wal_segment_age = wal_segment_age
+    for _ in range(wal_cycles):
+        server.start()
+        run_for = wal_segment_age * rng.uniform(2.0, 5.0)
+        await run_cycle(server, pubs, readers, run_for, wal)
     # The last start: retry everything pending, let readers catch up, stop cleanly.
     server.start()
     await asyncio.wait_for(asyncio.gather(*(retry_pending(server, p) for p in pubs)), 60)
@@ -269,8 +339,14 @@ async def soak(
     problems = check(data_dir, pubs, readers)
     if status != 0:
         problems.append(f"server exited {status} on SIGTERM")
+    if wal_cycles and not wal.retired:
+        problems.append(f"no WAL segment was retired in {wal_cycles} cycles")
     return {
         "cycles": cycles,
+        "wal_cycles": wal_cycles,
+        "wal_segment_age": wal_segment_age if wal_cycles else None,
+        "wal_segments_seen": wal.seen,
+        "wal_segments_retired": wal.retired,
         "publishers": publishers,
         "acknowledged": sum(len(p.acked) for p in pubs),
         "duplicate_acks_after_retry": sum(p.duplicates for p in pubs),
@@ -320,16 +396,53 @@ def check(data_dir: Path, pubs: list[Publisher], readers: list[Reader]) -> list[
     return problems
 
 
+async def serve_child(data_dir: Path, wal_segment_age: float) -> int:
+    """The server of the WAL cycles: ``serve`` as the CLI runs it, on a JSONL store
+    whose WAL segments are retired after ``wal_segment_age`` seconds."""
+    from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+    from bamboo_session.server.app import BambooServer
+    from bamboo_session.server.config import ServerConfig
+    from bamboo_session.server.logs import configure_logging
+
+    configure_logging("json")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    config = JsonlStorageConfig(data_dir, durability="fsync", wal_segment_age=wal_segment_age)
+    storage = await JsonlStorage.open(config)
+    server = BambooServer(ServerConfig(port=0, data_dir=str(data_dir), rate_limit=0), storage)
+    try:
+        await server.start()
+        await stop.wait()
+        await server.stop()
+    finally:
+        await storage.close()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument("--wal-cycles", type=int, default=20, help="cycles crossing WAL retirement")
+    parser.add_argument("--wal-segment-age", type=float, default=0.2, help="seconds")
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--serve-child", type=Path, metavar="DATA_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_child is not None:
+        return asyncio.run(serve_child(args.serve_child, args.wal_segment_age))
     work = Path(tempfile.mkdtemp(prefix="bamboo-crash-soak-"))
     result = asyncio.run(
-        soak(work / "data", work / "server.log", args.cycles, args.publishers, args.seed)
+        soak(
+            work / "data",
+            work / "server.log",
+            args.cycles,
+            args.publishers,
+            args.seed,
+            args.wal_cycles,
+            args.wal_segment_age,
+        )
     )
     result["nproc"] = os.cpu_count()
     result["workdir"] = str(work) if args.keep or result["problems"] else None

@@ -138,7 +138,8 @@ class Codec:
         """A client frame, or :class:`ProtocolError` (``bad_request``) saying what is
         wrong with it; never another exception, whatever the input."""
         try:
-            raw = data.encode() if isinstance(data, str) else data
+            # msgspec reads JSON from a str as it is; MessagePack only from bytes.
+            raw: Any = data.encode() if isinstance(data, str) and not self.text else data
             frame: ClientFrame = self._client.decode(raw)
         except msgspec.ValidationError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
@@ -148,14 +149,25 @@ class Codec:
             _check_published(frame)
         return frame
 
+    def decode_frame(self, data: bytes | str) -> ClientFrame:
+        """A client frame as received: ``str`` for a WebSocket text frame (already
+        checked as UTF-8), ``bytes`` for a binary one. A frame of the other type than
+        this codec's is ``bad_request``, as a malformed frame is."""
+        if isinstance(data, str) != self.text:
+            kind = "binary" if self.text else "text"
+            message = f"a {kind} frame on the {self.subprotocol} subprotocol"
+            raw = data.encode() if isinstance(data, str) else data
+            raise ProtocolError(ErrorCode.BAD_REQUEST, message, self._salvage_id(raw))
+        return self.decode_client(data)
+
     def decode_server(self, data: bytes | str) -> ServerFrame:
         """A server frame (for clients); raises ``msgspec.DecodeError`` when malformed."""
         frame: ServerFrame = self._server.decode(data.encode() if isinstance(data, str) else data)
         return frame
 
-    def _salvage_id(self, data: bytes) -> RequestId:
+    def _salvage_id(self, data: bytes | str) -> RequestId:
         try:
-            request_id: RequestId = self._request_id.decode(data).id
+            request_id: RequestId = self._request_id.decode(data).id  # type: ignore[arg-type]
             return request_id
         except (msgspec.DecodeError, RecursionError, UnicodeError):
             return None

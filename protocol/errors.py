@@ -24,6 +24,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    INVALID_DATA = 1007  # a text frame that is not UTF-8
     POLICY_VIOLATION = 1008  # first frame was not a valid hello
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import time
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -32,6 +33,7 @@ from bamboo_session.persistence.base import (
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
+from .budget import MemoryBudget
 from .commands import (
     ActorRetired,
     Append,
@@ -48,6 +50,7 @@ from .failures import subscription_end
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbound
+from .readiness import AppendHealth
 from .replay import replay_pages
 from .room import SessionRoom
 from .timers import ActivityTimer
@@ -81,6 +84,7 @@ class SessionActor:
         "accepting",
         "config",
         "finished",
+        "health",
         "inbox",
         "metrics",
         "room",
@@ -98,18 +102,23 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        budget: MemoryBudget | None = None,
+        health: AppendHealth | None = None,
     ) -> None:
         self.session_id = metadata.id
+        self.health = health if health is not None else AppendHealth()
         self.storage = storage
         self.config = config
         self.metrics = metrics
         self._on_retired = on_retired
         self.state = metadata.state
-        self.room = SessionRoom(metadata.epoch, metadata.last_seq, config.ring_size)
+        self.room = SessionRoom(
+            metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
+        )
         self.subscription: Subscription | None = None
         self.accepting = True
         self.finished = False
-        self.inbox = Inbox(config.inbox_limit)
+        self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -123,13 +132,15 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        budget: MemoryBudget | None = None,
+        health: AppendHealth | None = None,
     ) -> SessionActor:
         """An actor for a stored session: its metadata is all it reads."""
         metadata = await storage.get_metadata(session_id)
         refusal = attach_refusal(metadata, session_id)
         if refusal is not None or metadata is None:
             raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired)
+        return cls(metadata, storage, config, metrics, on_retired, budget, health)
 
     @property
     def published_seq(self) -> int:
@@ -235,6 +246,7 @@ class SessionActor:
         self.accepting = False
         self._timer.cancel()
         self._unsubscribe()
+        self.room.drop_ring()
         self._on_retired(self)
 
     # -- commands -------------------------------------------------------------------
@@ -272,14 +284,24 @@ class SessionActor:
 
     async def _append(self, appends: list[Append]) -> None:
         items = [(command.event, command.key) for command in appends]
+        metrics = self.metrics
+        started = time.monotonic()
         try:
             results = await self.storage.append_events(self.session_id, items)
         except (StorageError, ValueError) as exc:
             if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
                 log.error("append failed", error=str(exc), count=len(appends))
+                if isinstance(exc, StorageError):
+                    self.health.failed(str(exc))  # /readyz: 503 until appends work
             for command in appends:
                 self._refuse(command, exc)
             return
+        if self.health.failure is not None:
+            self.health.succeeded()
+        now = time.monotonic()
+        metrics.group_commit_events.observe(len(items))
+        metrics.group_commit_seconds.observe(now - started)
+        observe_ack = metrics.append_ack_seconds.observe
         fresh = 0
         following = self.subscription is not None
         for command, result in zip(appends, results, strict=True):
@@ -288,6 +310,8 @@ class SessionActor:
                 if following and command.origin is not None:
                     self.room.expect(result.seq, command.origin)
             command.answer(result)
+            if command.received:
+                observe_ack(now - command.received)
         if not following and fresh:
             # Nobody watches: the ring would miss these events, so it starts after them.
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
@@ -389,6 +413,10 @@ class SessionActor:
             return
         if events:
             self.room.deliver(events)
+            # Once per batch, for its oldest event: the lag that batch's viewers saw at
+            # most, at a cost that does not grow with the batch.
+            lag = time.time() - events[0].ts.timestamp()
+            self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
             return
         if subscription is self.subscription and subscription.ended is not None:
             code, reason = subscription_end(subscription.ended)

@@ -23,16 +23,32 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
-from .auth import AccessPolicy, Authenticator, check_binding, origin_allowed
+from .auth import AccessPolicy, Authenticator, check_binding
 from .config import ServerConfig
 from .connection import Connection
-from .http import BadRoute, error_response, handle_get, is_upgrade, stream_route
+from .http import (
+    BadRoute,
+    error_response,
+    handle_get,
+    is_stream_path,
+    is_upgrade,
+    stream_route,
+    upgrade_required,
+)
+from .http_wire import BambooConnection
 from .limits import ConnectionCounter
+from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
+from .origins import RequestGuard
+from .quotas import SessionQuotas
+from .readiness import Readiness
 from .services import Services
+from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
+# Headers whose value decides something: two of them are ambiguous, and refused.
+_SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")
 
 
 class BambooServer:
@@ -48,10 +64,22 @@ class BambooServer:
         self._server: Server | None = None
         # Checked here, before any storage is opened: a bad config changes nothing.
         check_binding(config.host, config.auth_secret, config.insecure)
-        self.access = AccessPolicy(
-            Authenticator(config.auth_secret) if config.auth_secret is not None else None
-        )
+        authenticator = None
+        if config.auth_secret is not None:
+            authenticator = Authenticator(
+                config.auth_secret,
+                leeway=config.auth_leeway,
+                audience=config.auth_audience,
+                issuer=config.auth_issuer,
+            )
+        self.access = AccessPolicy(authenticator)
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
+        self.guard = RequestGuard(
+            config.host,
+            config.auth_secret is not None,
+            config.allowed_origins,
+            config.allowed_hosts,
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -67,22 +95,38 @@ class BambooServer:
 
     async def _listen(self) -> None:
         assert self.storage is not None
-        self._manager = SessionManager(self.config.manager_config(), self.storage, self.metrics)
+        config = self.config
+        self._manager = SessionManager(config.manager_config(), self.storage, self.metrics)
         self._manager.start()
+        # A store handed in may live anywhere: its files are not ours to size.
+        store_url = "" if self._given_storage is not None else config.store_url()
         self._services = Services(
-            self.config,
+            config,
             self._manager,
             self.metrics,
             self.access,
             self.user_connections,
-            lambda: self.ready,
+            Readiness(
+                self.storage,
+                self._manager.append_health,
+                store_url,
+                config.max_frame_bytes,
+                serving=lambda: self._server is not None,
+            ),
+            StoreStats(self.storage, store_url, self.metrics),
+            SessionQuotas(
+                self.storage,
+                config.max_sessions_per_user,
+                config.session_create_rate,
+                config.session_create_burst,
+            ),
         )
-        config = self.config
         self._server = await serve(
             self._handle,
             config.host,
             config.port,
             process_request=self._process_request,
+            create_connection=BambooConnection,
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=select_subprotocol,
             compression="deflate" if config.compression else None,
@@ -94,7 +138,13 @@ class BambooServer:
             close_timeout=config.close_timeout,
             backlog=config.backlog,
         )
-        log.info("listening", host=config.host, port=self.port, store=config.store_url())
+        # One line that says where, whatever the log format and level: scripts wait for it.
+        announce(
+            f"listening on {config.host}:{self.port}",
+            host=config.host,
+            port=self.port,
+            store=config.store_url(),
+        )
 
     async def stop(self) -> None:
         """Graceful shutdown; safe to call twice."""
@@ -155,7 +205,16 @@ class BambooServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        for name in _SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                message = f"more than one {name} header"
+                return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
+        if not self.guard.host_allowed(request.headers.get("Host")):
+            # A page rebinding its own name to this server: it reads nothing here.
+            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
         if not is_upgrade(request):
+            if is_stream_path(request.path):
+                return upgrade_required()
             return await handle_get(self.services, request)
         try:
             stream_route(request.path)
@@ -170,7 +229,7 @@ class BambooServer:
         await Connection(self.services, ws, codec, route.session_id).run()
 
     def authorize_upgrade(self, request: Request) -> Response | None:
-        if not origin_allowed(request.headers.get("Origin"), self.config.allowed_origins):
+        if not self.guard.origin_allowed(request.headers.get("Origin")):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
 

@@ -66,6 +66,9 @@ class Principal:
     sub: str
     role: Role = Role.USER
     sid: str | None = None
+    # When the token stops being accepted (its exp plus the leeway), seconds since the
+    # epoch: a connection it opened is closed then (4401).
+    valid_until: float | None = dataclasses.field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -73,14 +76,34 @@ class Principal:
 
 
 class Authenticator:
-    """Verifies tokens with one shared secret."""
+    """Verifies tokens with one shared secret.
 
-    def __init__(self, secret: str) -> None:
+    ``leeway`` (seconds) absorbs clock differences: a token issued a little in the
+    future, or expired a little ago, by this server's clock, still passes. ``audience``
+    and ``issuer``, when set, must be the token's ``aud`` (one of them, for a list) and
+    ``iss``; without ``audience`` a token that names one is refused (RFC 7519 4.1.3).
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        leeway: float = 5.0,
+        audience: str | None = None,
+        issuer: str | None = None,
+    ) -> None:
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise InsecureConfig(
                 f"auth_secret must be at least {MIN_SECRET_BYTES} bytes (HS256 key length)"
             )
         self._secret = secret
+        self.leeway = leeway
+        self.audience = audience
+        self.issuer = issuer
+        required = ["sub", "exp"]
+        required += ["aud"] if audience is not None else []
+        required += ["iss"] if issuer is not None else []
+        self._required = required
 
     def verify(self, token: str | None) -> Principal:
         """The principal of a valid token; :class:`Unauthorized` for anything else."""
@@ -91,7 +114,10 @@ class Authenticator:
                 token,
                 self._secret,
                 algorithms=ALGORITHMS,
-                options={"require": ["sub", "exp"]},
+                options={"require": self._required},
+                leeway=self.leeway,
+                audience=self.audience,
+                issuer=self.issuer,
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
@@ -99,11 +125,21 @@ class Authenticator:
             # Forged, malformed, wrong algorithm, missing claims: one answer for all, so a
             # prober learns nothing about which check failed.
             raise Unauthorized("invalid token") from None
-        return _principal(claims)
+        principal = _principal(claims)
+        exp = claims["exp"]
+        assert isinstance(exp, int | float)  # _principal checked it
+        return dataclasses.replace(principal, valid_until=exp + self.leeway)
+
+
+def _numeric_date(value: object) -> bool:
+    """RFC 7519's NumericDate: a JSON number, not a string that looks like one."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _principal(claims: Mapping[str, object]) -> Principal:
     sub, role, sid = claims.get("sub"), claims.get("role", "user"), claims.get("sid")
+    if not all(_numeric_date(claims[name]) for name in ("exp", "nbf", "iat") if name in claims):
+        raise Unauthorized("invalid token")
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("invalid token")
     if role not in tuple(Role):
@@ -220,12 +256,3 @@ def check_binding(host: str, auth_secret: str | None, insecure: bool) -> None:
             f"refusing to listen on {host or 'all interfaces'} without auth: set "
             "--auth-secret (BAMBOO_AUTH_SECRET), or pass --insecure to accept anyone"
         )
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether an upgrade's ``Origin`` passes ``allowed`` (empty: no check). A request
-    without ``Origin`` comes from a non-browser client and passes."""
-    if not allowed or origin is None:
-        return True
-    origin = origin.strip().rstrip("/").lower()
-    return any(origin == entry.strip().rstrip("/").lower() for entry in allowed)

@@ -1,7 +1,8 @@
 """The ``bamboo-session`` command: ``serve`` runs the server.
 
-Every setting of :class:`ServerConfig` is a flag of ``serve`` and a ``BAMBOO_*``
-environment variable; flags win over the environment, which wins over defaults.
+Every setting of :class:`ServerConfig` is a flag of ``serve``, a ``BAMBOO_*``
+environment variable and a key of a TOML file (``--config``); flags win over the
+environment, which wins over the file, which wins over defaults (server/settings.py).
 Errors end with a one-line reason and a non-zero status, never a traceback.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,8 +22,9 @@ import structlog
 from bamboo_session import __version__
 from bamboo_session.persistence.base import StorageError
 
-from .config import ServerConfig, parse_value
+from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
+from .settings import CONFIG_VARIABLE, flag_name, load_config
 from .tools import add_tool_commands
 
 # Help for each ServerConfig field: one line, what it is and its unit.
@@ -49,26 +52,42 @@ SERVE_HELP: dict[str, str] = {
     "disconnect_retention": "seconds a session with no connection stays in memory",
     "max_sessions": "live sessions in memory at most (parked ones are evicted first)",
     "send_queue_frames": "frames queued per connection before it is closed with 4429",
+    "send_queue_bytes": "bytes queued per connection before it is closed with 4429",
     "inbox_limit": "requests queued per session before its peers' readers wait",
+    "inbox_bytes": "bytes of requests queued per session before its peers' readers wait",
     "ring_size": "recent events kept in memory per session for fast replay",
+    "ring_bytes": "bytes of recent events kept in memory per session for fast replay",
+    "memory_budget": "bytes all rings, send queues and inboxes may hold together; past "
+    "it rings keep nothing and backed-up connections close with 4429 (0: no limit)",
+    "max_sessions_per_user": "sessions a user (token sub, else hello.user_id) keeps, closed "
+    "ones aside; one more is refused with close 4403 (0: no cap)",
+    "session_create_rate": "new sessions per second per creator (token sub, else peer "
+    "address); over it: close 4429 (0: no limit)",
+    "session_create_burst": "new sessions a creator may make at once above the rate",
+    "max_title_length": "characters of a session title at most (bad_request above)",
+    "max_user_id_length": "characters of a session's user_id at most (bad_request above)",
+    "max_extra_bytes": "bytes of a session's extra (JSON) at most",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",
+    "max_page_bytes": "bytes of messages or events one page holds at most (at least one "
+    "item): history, events and their HTTP endpoints",
     "auth_secret": "HS256 secret (32+ bytes) that turns JWT auth on; prefer the env "
     "variable, a flag shows in ps (unset: no auth, loopback only)",
+    "auth_leeway": "seconds of clock difference allowed on a token's exp, nbf and iat",
+    "auth_audience": "a token's aud must name this (unset: tokens with aud are refused)",
+    "auth_issuer": "a token's iss must be this (unset: not checked)",
     "insecure": "allow listening on a non-loopback address without auth",
-    "allowed_origins": "comma-separated Origins allowed to upgrade; others get 403 "
-    "(empty: any; requests without Origin always pass)",
+    "allowed_origins": "comma-separated Origins allowed to upgrade, beside loopback ones; "
+    "others get 403 (* for any; requests without Origin always pass; with auth and "
+    "none given: any)",
+    "allowed_hosts": "comma-separated Host names the server answers to, beside loopback "
+    "ones and its own address; others get 403 (* for any; with auth and none given: any)",
     "rate_limit": "frames per second per connection; over it: rate_limited errors (0: off)",
     "rate_limit_burst": "frames a connection may send at once above the rate",
     "rate_limit_refusals": "rate-limited frames within about a second before close 4429",
     "max_connections_per_user": "concurrent connections per user (token sub, else "
     "hello.user_id); over it: close 4429 (0: off)",
-}
-_CHOICES: dict[str, Sequence[str]] = {
-    "durability": ("fsync", "os"),
-    "log_format": ("auto", "json", "console"),
-    "log_level": ("debug", "info", "warning", "error"),
 }
 
 Command = Callable[[argparse.Namespace], int]
@@ -91,48 +110,62 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "serve",
         help="run the server",
         description="Run the server. Every flag can also be set as BAMBOO_<NAME> "
-        "(e.g. BAMBOO_PORT=9000); flags win.",
+        "(e.g. BAMBOO_PORT=9000), or as a key of a TOML file (port = 9000) given with "
+        "--config; flags win over the environment, which wins over the file.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        default=None,
+        help=f"a TOML file of settings, keys named as these flags (default: ${CONFIG_VARIABLE})",
     )
     defaults = ServerConfig()
     for field in dataclasses.fields(ServerConfig):
         default = getattr(defaults, field.name)
+        fixed = choices(field.name)
         serve.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag_name(field.name),
             dest=field.name,
             default=None,
-            choices=_CHOICES.get(field.name),
-            metavar=None if field.name in _CHOICES else field.name.upper(),
+            choices=fixed,
+            metavar=None if fixed else field.name.upper(),
             # A boolean flag alone means true: `--insecure` as well as `--insecure true`.
             nargs="?" if isinstance(default, bool) else None,
             const="true" if isinstance(default, bool) else None,
-            help=f"{SERVE_HELP[field.name]} (default: {default})",
+            help=f"{SERVE_HELP[field.name]} (default: {_shown(default)})",
         )
     serve.set_defaults(run=run_serve)
 
 
+def _shown(default: object) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default) or "none"
+    return "none" if default is None else str(default)
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Defaults, then BAMBOO_* variables, then flags."""
-    config = ServerConfig.from_env()
-    changes = {}
-    for field in dataclasses.fields(ServerConfig):
-        raw = getattr(args, field.name, None)
-        if raw is not None:
-            flag = "--" + field.name.replace("_", "-")
-            try:
-                changes[field.name] = parse_value(
-                    field.name, raw, getattr(ServerConfig(), field.name)
-                )
-            except ValueError as exc:
-                raise ValueError(f"{flag}: {exc}") from None
-    return config.replace(**changes)
+    """Defaults, then the TOML file, then BAMBOO_* variables, then flags."""
+    flags = {
+        field.name: getattr(args, field.name, None) for field in dataclasses.fields(ServerConfig)
+    }
+    return load_config(flags, os.environ, getattr(args, "config", None))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
-    config = config_from_args(args)
+    config = config_from_args(args)  # a bad setting: one plain line, status 2 (main)
     configure_logging(config.log_format, config.log_level)
-    return run_event_loop(serve_until_signalled(config))
+    # From here on, everything said goes through the log, as JSON in JSON mode.
+    log = structlog.get_logger("bamboo_session.server")
+    try:
+        return run_event_loop(serve_until_signalled(config))
+    except ValueError as exc:  # a configuration the server refuses (InsecureConfig)
+        log.error(f"cannot start: {exc}")
+        return 2
+    except Exception:
+        log.exception("server failed")
+        return 1
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -147,20 +180,20 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
 async def serve_until_signalled(config: ServerConfig) -> int:
     from .app import BambooServer
 
+    log = structlog.get_logger("bamboo_session.server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     server = BambooServer(config)
     try:
-        await server.start()
+        await server.start()  # logs "listening on HOST:PORT"
     except (StorageError, OSError) as exc:
         await server.stop()
-        fail(f"cannot start: {exc}")
+        log.error(f"cannot start: {exc}")
         return 1
-    print(f"bamboo-session listening on {config.host}:{server.port}", file=sys.stderr, flush=True)
     await stop.wait()
-    structlog.get_logger("bamboo_session.server").info("shutting down")
+    log.info("shutting down")
     await server.stop()
     return 0
 

@@ -18,6 +18,7 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Ack, Error, RequestId, Welcome
 from bamboo_session.protocol.models import AnyAgentEvent, SessionState
 
+from .budget import NO_LIMIT, MemoryBudget
 from .failures import request_error
 from .outbox import Outbound, Outbox
 
@@ -60,6 +61,8 @@ class Append(_Request):
     origin: Outbox | None = None
     request_id: RequestId = None
     future: asyncio.Future[Appended] | None = None
+    received: float = 0.0  # time.monotonic() when it was read: append-to-ack latency
+    size: int = 0  # bytes of the frame it came in: what it holds in the inbox
 
     def answer(self, result: Appended) -> None:
         self._answer(result, Ack(result.seq, id=self.request_id, duplicate=result.duplicate))
@@ -117,13 +120,18 @@ class ActorRetired(Exception):
 
 
 class Inbox:
-    """The actor's command queue. Peers' frames wait for room (back-pressure on their
-    socket); the actor's own timers and the manager never do."""
+    """The actor's command queue, bounded in commands and in bytes (and charged to the
+    process's memory budget). Peers' frames wait for room (back-pressure on their
+    socket); the actor's own timers and the manager never do. An empty inbox always
+    has room, so that one large request is never stuck."""
 
-    __slots__ = ("_has_room", "_items", "limit")
+    __slots__ = ("_has_room", "_items", "budget", "bytes", "limit", "max_bytes")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int = 0, budget: MemoryBudget | None = None) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes if max_bytes > 0 else NO_LIMIT
+        self.budget = budget if budget is not None else MemoryBudget(0)
+        self.bytes = 0
         # A deque keeps a 760-byte block even when empty: a parked session drops it.
         self._items: collections.deque[Command] | None = None
         self._has_room: asyncio.Future[None] | None = None
@@ -131,10 +139,30 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
 
+    def has_room(self) -> bool:
+        items = self._items
+        if not items:
+            return True
+        budget = self.budget
+        return (
+            len(items) < self.limit and self.bytes < self.max_bytes and budget.used <= budget.limit
+        )
+
     def append(self, command: Command) -> None:
         if self._items is None:
             self._items = collections.deque()
         self._items.append(command)
+        if type(command) is Append:
+            self.bytes += command.size
+            self.budget.used += command.size
+
+    def _released(self, commands: list[Command]) -> None:
+        size = 0
+        for command in commands:
+            if type(command) is Append:
+                size += command.size
+        self.bytes -= size
+        self.budget.used -= size
 
     def release(self) -> None:
         """Drops the empty queue's storage (a parked session keeps none)."""
@@ -142,7 +170,7 @@ class Inbox:
             self._items = None
 
     async def wait_for_room(self) -> None:
-        while len(self) >= self.limit:
+        while not self.has_room():
             if self._has_room is None or self._has_room.done():
                 self._has_room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._has_room)
@@ -150,6 +178,7 @@ class Inbox:
     def take_all(self) -> list[Command]:
         items = list(self._items or ())
         self._items = None
+        self._released(items)
         return items
 
     def take_batch(self, max_items: int) -> list[Command]:
@@ -157,7 +186,8 @@ class Inbox:
         if items is None:
             return []
         batch = [items.popleft() for _ in range(min(max_items, len(items)))]
+        self._released(batch)
         room = self._has_room
-        if room is not None and not room.done() and len(items) < self.limit:
+        if room is not None and not room.done() and self.has_room():
             room.set_result(None)
         return batch

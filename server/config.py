@@ -1,13 +1,19 @@
-"""Server configuration: every limit and timeout in one frozen dataclass.
+"""Server configuration: every limit and timeout in one frozen dataclass, each value
+checked when the config is made (type and range).
 
-Each field can come from a ``--flag`` of ``bamboo-session serve`` or from the matching
-``BAMBOO_*`` environment variable (``BAMBOO_PORT``, ``BAMBOO_DATA_DIR``, ...); flags win.
+A field comes from a ``--flag`` of ``bamboo-session serve``, a ``BAMBOO_*`` environment
+variable, or a key of a TOML file (``--config``); flags win over the environment, which
+wins over the file, which wins over the defaults. server/settings.py reads those
+sources, all through :func:`parse_text` / :func:`check_setting` here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
+import typing
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -15,6 +21,7 @@ from typing import Any, Literal
 from .manager_config import SessionManagerConfig
 
 LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 Durability = Literal["fsync", "os"]  # of the JSONL store in ``data_dir``
 MIB = 1024 * 1024
 
@@ -31,7 +38,7 @@ class ServerConfig:
     default_ttl: int | None = None
     cleanup_interval: float = 3600
     log_format: LogFormat = "auto"
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     # WebSocket limits, set explicitly on websockets.
     # Pending connections the kernel queues for accept (capped by net.core.somaxconn):
     # asyncio's default of 100 makes a reconnect storm wait on SYN retransmits.
@@ -50,17 +57,34 @@ class ServerConfig:
     disconnect_retention: float = 3600
     max_sessions: int = 1000
     send_queue_frames: int = 1024
+    send_queue_bytes: int = 8 * MIB
     ring_size: int = 1024
+    ring_bytes: int = 1 * MIB
     inbox_limit: int = 4096
+    inbox_bytes: int = 8 * MIB
+    memory_budget: int = 256 * MIB
+    # New sessions (server/quotas.py).
+    max_sessions_per_user: int = 1000
+    session_create_rate: float = 20.0
+    session_create_burst: int = 1000
+    max_title_length: int = 1024
+    max_user_id_length: int = 256
+    max_extra_bytes: int = 64 * 1024
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000
     max_list_page: int = 1000
+    max_page_bytes: int = 1 * MIB
     # Auth (server/auth.py): no secret means no auth, which is only allowed on loopback
     # unless ``insecure``. Kept out of repr so that it never reaches a log line.
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
+    auth_leeway: float = 5.0
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
     insecure: bool = False
+    # Without auth, only loopback Origins and Hosts (server/origins.py); these add more.
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     # Per-peer limits (server/limits.py); 0 turns a limit off.
     rate_limit: float = 1000.0
     rate_limit_burst: int = 1000
@@ -73,8 +97,15 @@ class ServerConfig:
             disconnect_retention=self.disconnect_retention,
             max_sessions=self.max_sessions,
             send_queue_frames=self.send_queue_frames,
+            send_queue_bytes=self.send_queue_bytes,
             ring_size=self.ring_size,
+            ring_bytes=self.ring_bytes,
             inbox_limit=self.inbox_limit,
+            inbox_bytes=self.inbox_bytes,
+            memory_budget=self.memory_budget,
+            max_title_length=self.max_title_length,
+            max_user_id_length=self.max_user_id_length,
+            max_extra_bytes=self.max_extra_bytes,
         )
 
     def store_url(self) -> str:
@@ -88,47 +119,159 @@ class ServerConfig:
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            try:
+                check_setting(field.name, getattr(self, field.name))
+            except ValueError as exc:
+                raise ValueError(f"{field.name}: {exc}") from None
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
         """Defaults overridden by ``BAMBOO_<FIELD>`` variables."""
-        environ = os.environ if environ is None else environ
-        changes: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            variable = f"BAMBOO_{field.name.upper()}"
-            raw = environ.get(variable)
-            if raw is not None:
-                try:
-                    changes[field.name] = parse_value(field.name, raw, getattr(cls(), field.name))
-                except ValueError as exc:
-                    raise ValueError(f"{variable}: {exc}") from None
-        return cls(**changes)
+        from .settings import settings_from_env
+
+        return cls(**settings_from_env(os.environ if environ is None else environ))
 
 
-def parse_value(name: str, raw: str, default: object) -> object:
-    """``raw`` converted to the type of the field's default, or ValueError."""
-    if isinstance(default, tuple):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if name in _OPTIONAL_STR:
-        return raw or None  # only an empty value means none: "none" could be a secret
+# -- what each field takes ------------------------------------------------------------
+
+_HINTS: dict[str, Any] = typing.get_type_hints(ServerConfig)
+FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ServerConfig))
+
+# Inclusive bounds of the numbers; a number without an entry must be >= 0. Times are
+# seconds, sizes bytes; 0 turns off what the help of the flag says it turns off.
+_BOUNDS: dict[str, tuple[float, float | None]] = {
+    "port": (0, 65535),
+    "default_ttl": (1, None),
+    "cleanup_interval": (0.001, None),
+    "backlog": (1, None),
+    "max_frame_bytes": (64, None),
+    "max_queue": (1, None),
+    "write_limit": (1024, None),
+    "ping_interval": (0.001, None),
+    "ping_timeout": (0.001, None),
+    "hello_timeout": (0.001, None),
+    "idle_timeout": (0.001, None),
+    "max_sessions": (1, None),
+    "send_queue_frames": (2, None),
+    "send_queue_bytes": (1024, None),
+    "inbox_limit": (1, None),
+    "inbox_bytes": (1024, None),
+    "rate_limit_burst": (1, None),
+    "rate_limit_refusals": (1, None),
+    "session_create_burst": (1, None),
+    "max_title_length": (1, None),
+    "max_user_id_length": (1, None),
+    "max_history_page": (1, None),
+    "max_events_page": (1, None),
+    "max_list_page": (1, None),
+    "max_page_bytes": (1024, None),
+}
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None``, else ``(hint, False)``."""
+    if isinstance(hint, types.UnionType) and type(None) in hint.__args__:
+        (inner,) = (arg for arg in hint.__args__ if arg is not type(None))
+        return inner, True
+    return hint, False
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(typing.get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "a comma-separated list"
+    )
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The values a field may take, when they are a fixed few."""
+    hint, _ = _optional(_HINTS[name])
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def check_setting(name: str, value: object) -> None:
+    """ValueError, saying what is expected, unless ``value`` fits the field ``name``."""
+    hint, optional = _optional(_HINTS[name])
+    if value is None:
+        if not optional:
+            raise ValueError(f"expected {_describe(hint)}, not none")
+        return
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"expected {_describe(hint)}, not {value!r}")
+        return
+    if hint == tuple[str, ...]:
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return
+    kind = type(value)
+    if hint is float and kind is int:
+        kind = float
+    if kind is not hint:
+        raise ValueError(f"expected {_describe(hint)}, not {value!r}")
+    if hint in (int, float):
+        _check_bounds(name, value)  # type: ignore[arg-type]
+
+
+def _check_bounds(name: str, number: float) -> None:
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, not {number!r}")
+    low, high = _BOUNDS.get(name, (0, None))
+    if number < low or (high is not None and number > high):
+        span = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise ValueError(f"must be {span}, not {number:g}")
+
+
+def parse_text(name: str, raw: str) -> object:
+    """A field's value from text (a flag or an environment variable), checked."""
+    hint, optional = _optional(_HINTS[name])
+    value: object
+    if optional and (raw == "" or (raw.lower() == "none" and hint is not str)):
+        value = None  # for a string only "" means none: "none" could be a secret
+    elif hint is bool:
+        value = _boolean(raw)
+    elif hint == tuple[str, ...]:
+        value = tuple(part.strip() for part in raw.split(",") if part.strip())
+    elif hint is int:
+        value = _number(raw, int)
+    elif hint is float:
+        value = _number(raw, float)
+    else:
+        value = raw
+    check_setting(name, value)
+    return value
+
+
+def parse_toml_value(name: str, value: object) -> object:
+    """A field's value from a TOML file, checked: TOML's own types, a list or a
+    comma-separated string for a list, "none" (or "" for a string) for none."""
+    hint, optional = _optional(_HINTS[name])
+    # TOML has no null: "none" for a number, "" for a string ("none" may be a secret).
+    none = value == "" or (hint is not str and str(value).lower() == "none")
+    if optional and isinstance(value, str) and none:
+        return None
+    if hint == tuple[str, ...]:
+        if isinstance(value, str):
+            return parse_text(name, value)
+        if isinstance(value, list):
+            value = tuple(value)
+    check_setting(name, value)
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {raw!r}")
+
+
+def _number(raw: str, kind: type[int] | type[float]) -> int | float:
     try:
-        if isinstance(default, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if raw.lower() in ("none", "") and name in _OPTIONAL:
-            return None
-        if isinstance(default, int) or name in _OPTIONAL_INT:
-            return int(raw)
-        if isinstance(default, float) or name in _OPTIONAL_FLOAT:
-            return float(raw)
+        return kind(raw.strip())
     except ValueError:
-        raise ValueError(f"invalid value {raw!r}") from None
-    return raw
-
-
-_OPTIONAL_INT = frozenset({"default_ttl"})
-_OPTIONAL_FLOAT = frozenset({"ping_interval", "ping_timeout"})
-_OPTIONAL_STR = frozenset({"auth_secret", "store"})
-_OPTIONAL = _OPTIONAL_INT | _OPTIONAL_FLOAT
+        raise ValueError(f"expected {_describe(kind)}, not {raw!r}") from None

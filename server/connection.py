@@ -47,6 +47,8 @@ from .commands import Append, SetState
 from .failures import ServerBusy, failure_of, request_error
 from .limits import FrameLimiter, TooManyConnections
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
+from .pages import events_page, history_page
+from .quotas import CreatingTooFast, TooManySessions, creator_key
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -54,15 +56,24 @@ T = TypeVar("T")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
 
 # What attaching may fail with; each closes the connection as server/failures.py says.
-_ATTACH_FAILURES = (StorageError, ServerBusy, TooManyConnections, Unauthorized, Forbidden)
+_ATTACH_FAILURES = (
+    StorageError,
+    ServerBusy,
+    TooManyConnections,
+    TooManySessions,
+    CreatingTooFast,
+    Unauthorized,
+    Forbidden,
+)
 
 
 class Connection:
     """A peer attached (or attaching) to one session over one WebSocket."""
 
     __slots__ = (
-        "_close_counted",
         "_closer",
+        "_expiry",
+        "_overflow_counted",
         "actor",
         "codec",
         "connection_id",
@@ -87,8 +98,9 @@ class Connection:
         self.connection_id = new_connection_id()
         self.actor: SessionActor | None = None
         self.outbox: Outbox | None = None
-        self._close_counted = False
+        self._overflow_counted = False
         self._closer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()
@@ -103,6 +115,7 @@ class Connection:
         structlog.contextvars.bind_contextvars(
             connection_id=self.connection_id, session_id=self.session_id
         )
+        self.services.metrics.connections_total.inc()
         try:
             hello = await self._read_hello()
             if hello is not None and await self._attach(hello):
@@ -114,6 +127,7 @@ class Connection:
             await self.ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._detach()
+            self._count_close()
             self._log_summary()
 
     # -- handshake -------------------------------------------------------------
@@ -121,13 +135,14 @@ class Connection:
     async def _read_hello(self) -> Hello | None:
         timeout = self.services.config.hello_timeout
         try:
-            data = await asyncio.wait_for(self.ws.recv(decode=False), timeout)
+            # Text frames arrive as str, checked as UTF-8 (else websockets closes 1007).
+            data = await asyncio.wait_for(self.ws.recv(), timeout)
         except TimeoutError:
             await self.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return None
         self.frames_in += 1
         try:
-            frame = self.codec.decode_client(data)
+            frame = self.codec.decode_frame(data)
         except ProtocolError as exc:
             await self._refuse_hello(exc.message, exc.request_id)
             return None
@@ -151,22 +166,44 @@ class Connection:
             if user is not None:
                 services.user_connections.acquire(user)
                 self.counted_user = user
-            session_id = await manager.resolve_session(self.session_id, hello, principal)
+            creator = creator_key(principal.sub if principal else None, self._peer_address())
+            admission = services.quotas.admission(creator)
+            session_id = await manager.resolve_session(self.session_id, hello, principal, admission)
             self.session_id = session_id
             structlog.contextvars.bind_contextvars(session_id=session_id)
             outbox = Outbox(
                 self.connection_id,
                 hello.role,
                 manager.config.send_queue_frames,
-                on_overflow=self._close_soon,
+                on_close=self._on_outbox_closed,
+                max_bytes=manager.config.send_queue_bytes,
+                codec=self.codec,
+                budget=manager.budget,
             )
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
+            if principal is not None and principal.valid_until is not None:
+                self._close_at_expiry(principal.valid_until, outbox)
         except _ATTACH_FAILURES as exc:
             failure = failure_of(exc)
             await self.ws.close(failure.close, failure.reason)
             return False
+        except ProtocolError as exc:  # a field of the hello over its limit
+            await self._refuse_hello(exc.message, hello.id)
+            return False
         return True
+
+    def _close_at_expiry(self, valid_until: float, outbox: Outbox) -> None:
+        """A connection does not outlive its token: at expiry it is closed with 4401
+        (after what is queued), and the client resumes with a fresh token."""
+        delay = max(0.0, valid_until - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, outbox.close, CloseCode.UNAUTHORIZED, "token expired"
+        )
+
+    def _peer_address(self) -> str | None:
+        address = self.ws.remote_address
+        return str(address[0]) if address else None
 
     # -- attached ----------------------------------------------------------------
 
@@ -191,22 +228,24 @@ class Connection:
 
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
-        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_client
+        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_frame
         limiter = self.limiter
         while True:
-            data = await self.ws.recv(decode=False)
+            data = await self.ws.recv()
             self.frames_in += 1
+            if outbox.closing is not None:
+                continue  # closing: read on (for the closing handshake), answer nothing
             if not limiter.admit():
                 self._refuse_frame(data, limiter, outbox)
                 continue
             actor.note_traffic()
             try:
                 frame = decode(data)
-                await self._dispatch(frame, actor, outbox)
+                await self._dispatch(frame, actor, outbox, len(data))
             except ProtocolError as exc:
                 self._push_error(exc.code, exc.message, exc.request_id)
 
-    def _refuse_frame(self, data: bytes, limiter: FrameLimiter, outbox: Outbox) -> None:
+    def _refuse_frame(self, data: bytes | str, limiter: FrameLimiter, outbox: Outbox) -> None:
         """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or
         close 4429 once the peer has ignored too many of those."""
         if outbox.closing is not None:
@@ -216,21 +255,25 @@ class Connection:
             outbox.close(CloseCode.TOO_SLOW, "rate limited")
             return
         try:
-            request_id = getattr(self.codec.decode_client(data), "id", None)
+            request_id = getattr(self.codec.decode_frame(data), "id", None)
         except ProtocolError as exc:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
 
-    async def _dispatch(self, frame: ClientFrame, actor: SessionActor, outbox: Outbox) -> None:
+    async def _dispatch(
+        self, frame: ClientFrame, actor: SessionActor, outbox: Outbox, size: int
+    ) -> None:
         match frame:
             case PublishEvent(event=event, key=key, id=request_id):
                 if isinstance(event, MessageEvent):
                     event = MessageEvent(event.message.completed())
-                await self._submit(actor, outbox, Append(event, key, outbox, request_id))
+                append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
+                await self._submit(actor, outbox, append)
             case PublishMessage(message=message, key=key, id=request_id):
                 event = MessageEvent(message.completed())
-                await self._submit(actor, outbox, Append(event, key, outbox, request_id))
+                append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
+                await self._submit(actor, outbox, append)
             case HistoryRequest():
                 await self._history(frame, outbox)
             case EventsRequest():
@@ -251,27 +294,29 @@ class Connection:
             outbox.in_flight += 1
         else:
             await outbox.reserve()
-        if len(actor.inbox) < actor.inbox.limit:
+        if actor.inbox.has_room():
             actor.post(command)
         else:
             await actor.submit(command)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
+        config = self.services.config
         storage = self.services.manager.storage
-        limit = min(request.limit, self.services.config.max_history_page)
-        page = await self._storage_read(
-            storage.get_history_page(self.session_id, limit, request.before), request.id
-        )
+        limit = min(request.limit, config.max_history_page)
+        read = history_page(storage, self.session_id, limit, request.before, config.max_page_bytes)
+        page = await self._storage_read(read, request.id)
         outbox.push(Outbound(History(page.messages, page.has_more, id=request.id)))
 
     async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
+        config = self.services.config
         storage = self.services.manager.storage
-        limit = min(request.limit, self.services.config.max_events_page)
-        stored = await self._storage_read(
-            storage.read_events(self.session_id, request.after_seq, limit), request.id
+        limit = min(request.limit, config.max_events_page)
+        read = events_page(
+            storage, self.session_id, request.after_seq, limit, config.max_page_bytes
         )
+        stored = await self._storage_read(read, request.id)
         last_seq = await self._storage_read(storage.last_seq(self.session_id), request.id)
         records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
         last_seq = max(last_seq, stored[-1].seq if stored else 0)
@@ -307,15 +352,25 @@ class Connection:
                 await self._close(item)
                 return
 
+    def _on_outbox_closed(self, request: CloseRequest) -> None:
+        if self.ws.close_code is not None:
+            return  # already closed: the peer left first (a detach)
+        if request.overflow:
+            self._close_soon(request)
+        else:
+            # The writer sends what is queued, then closes; should the peer stop
+            # reading meanwhile, the close happens from outside the stuck writer.
+            grace = self.services.config.close_timeout
+            asyncio.get_running_loop().call_later(grace, self._close_soon, request)
+
     def _close_soon(self, request: CloseRequest) -> None:
-        self._closer = asyncio.create_task(self._close(request))
+        if self._closer is None and self.ws.close_code is None:
+            self._closer = asyncio.create_task(self._close(request))
 
     async def _close(self, request: CloseRequest) -> None:
-        if not self._close_counted:
-            self._close_counted = True
-            if request.code == CloseCode.TOO_SLOW:
-                self.services.metrics.send_queue_drops.inc()
-            self.services.metrics.closes.labels(code=str(int(request.code))).inc()
+        if request.overflow and not self._overflow_counted:
+            self._overflow_counted = True
+            self.services.metrics.send_queue_drops.inc()
         await self.ws.close(request.code, request.reason)
 
     async def _send_now(self, frame: Error) -> None:
@@ -326,11 +381,23 @@ class Connection:
     # -- teardown ----------------------------------------------------------------
 
     def _detach(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.outbox is not None:
+            self.outbox.discard()  # what was never sent holds no budget
         if self.counted_user is not None:
             self.services.user_connections.release(self.counted_user)
             self.counted_user = None
         if self.outbox is not None and self.session_id is not None:
             self.services.manager.detach(self.session_id, self.connection_id)
+
+    def _count_close(self) -> None:
+        """Every close the server started, by code: refusals during the handshake
+        (4401, 4403, 4404, 4408, 1008, 4429, 1013) as well as later ones."""
+        protocol = self.ws.protocol
+        sent = protocol.close_sent
+        if sent is not None and not protocol.close_rcvd_then_sent:
+            self.services.metrics.closes.labels(code=str(sent.code)).inc()
 
     def _log_summary(self) -> None:
         log.info(

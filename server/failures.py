@@ -29,6 +29,7 @@ from bamboo_session.protocol.errors import (
 
 from .auth import Forbidden, Unauthorized
 from .limits import TooManyConnections
+from .quotas import CreatingTooFast, TooManySessions
 
 
 class ServerBusy(Exception):
@@ -80,6 +81,12 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     TooManyConnections: Failure(
         _C.TOO_SLOW, _E.RATE_LIMITED, _S.TOO_MANY_REQUESTS, "too many connections for this user"
+    ),
+    TooManySessions: Failure(
+        _C.FORBIDDEN, _E.FORBIDDEN, _S.FORBIDDEN, "too many sessions for this user"
+    ),
+    CreatingTooFast: Failure(
+        _C.TOO_SLOW, _E.RATE_LIMITED, _S.TOO_MANY_REQUESTS, "creating sessions too fast"
     ),
 }
 _UNEXPECTED = Failure(_C.INTERNAL_ERROR, _E.INTERNAL, _S.INTERNAL_SERVER_ERROR, "internal error")

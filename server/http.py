@@ -19,16 +19,20 @@ from websockets.http11 import Request, Response
 from bamboo_session.persistence.base import SessionFilter, StorageError
 from bamboo_session.protocol.frames import EventRecord
 from bamboo_session.protocol.ids import is_valid_session_id
+from bamboo_session.protocol.models import SessionMetadata
 
 from . import web
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
+from .http_wire import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .pages import events_page, history_page, within_bytes
 from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
 STATS_PATH = "/api/v1/stats"
+DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id} without a limit
 _json = msgspec.json.Encoder()
 
 
@@ -56,6 +60,11 @@ def stream_route(raw_path: str) -> Route:
             raise BadRoute(http.HTTPStatus.BAD_REQUEST, "invalid session id")
         return Route(session_id)
     raise BadRoute(http.HTTPStatus.NOT_FOUND, "no such endpoint")
+
+
+def is_stream_path(raw_path: str) -> bool:
+    path = raw_path.partition("?")[0]
+    return path == STREAM_PATH or path.startswith(STREAM_PATH + "/")
 
 
 def is_upgrade(request: Request) -> bool:
@@ -91,23 +100,47 @@ def failure_response(exc: BaseException) -> Response:
 
 
 async def handle_get(services: Services, request: Request) -> Response:
-    """The answer to a plain HTTP request (not an upgrade): GET only."""
-    if request.method != "GET":
+    """The answer to a plain HTTP request (not an upgrade): GET, and HEAD (the same
+    answer without its body)."""
+    if request.method not in ("GET", "HEAD"):
         response = error_response(
-            http.HTTPStatus.METHOD_NOT_ALLOWED, "bad_request", "only GET is served here"
+            http.HTTPStatus.METHOD_NOT_ALLOWED,
+            "bad_request",
+            f"only {ALLOWED_METHODS} are served here",
         )
-        response.headers["Allow"] = "GET"
+        response.headers["Allow"] = ALLOWED_METHODS
         return response
+    response = await _answer_get(services, request)
+    if request.method == "HEAD":
+        return Response(response.status_code, response.reason_phrase, response.headers, b"")
+    return response
+
+
+def upgrade_required() -> Response:
+    """A plain request to a stream endpoint: it is a WebSocket, not a page."""
+    response = error_response(
+        http.HTTPStatus.UPGRADE_REQUIRED,
+        "bad_request",
+        "this is a WebSocket endpoint: open it with a WebSocket client",
+    )
+    response.headers["Upgrade"] = "websocket"
+    return response
+
+
+async def _answer_get(services: Services, request: Request) -> Response:
     path, _, query = request.path.partition("?")
     params = dict(urllib.parse.parse_qsl(query, keep_blank_values=False))
     try:
         if path == "/healthz":
             return text_response(http.HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/readyz":
-            ready = services.is_ready()
-            status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return text_response(status, b"ready\n" if ready else b"not ready\n", "text/plain")
+            reason = await services.readiness.reason()
+            if reason is None:
+                return text_response(http.HTTPStatus.OK, b"ready\n", "text/plain")
+            body = f"not ready: {reason}\n".encode()
+            return text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, body, "text/plain")
         if path == "/metrics":
+            await services.store_stats.refresh()
             body = services.metrics.render()
             return text_response(http.HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
         if path == STATS_PATH:
@@ -136,7 +169,9 @@ async def _list_sessions(services: Services, request: Request, params: dict[str,
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
-    return json_response(http.HTTPStatus.OK, await services.manager.list_sessions(filter))
+    result = await services.manager.list_sessions(filter)
+    result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
+    return json_response(http.HTTPStatus.OK, result)
 
 
 async def _session_resource(
@@ -154,23 +189,63 @@ async def _session_resource(
     services.access.check_session(principal, metadata)
     if tail == "events":
         return await _events(services, session_id, params)
-    messages = await manager.get_session_history(session_id)
-    return json_response(http.HTTPStatus.OK, {"metadata": metadata, "messages": messages})
+    return await _session(services, metadata, params)
+
+
+class _BadParameter(ValueError):
+    pass
+
+
+def _integer(params: dict[str, str], name: str, default: int | None, minimum: int) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadParameter(f"{name} must be an integer") from None
+    if value < minimum:
+        raise _BadParameter(f"{name} must be >= {minimum}")
+    return value
+
+
+async def _session(
+    services: Services, metadata: SessionMetadata, params: dict[str, str]
+) -> Response:
+    """The metadata and a page of the history: the newest ``limit`` messages before
+    index ``before``, oldest first, bounded in bytes too (``has_more``, ``start``)."""
+    config = services.config
+    try:
+        limit = _integer(params, "limit", DEFAULT_HISTORY_PAGE, 1) or DEFAULT_HISTORY_PAGE
+        before = _integer(params, "before", None, 0)
+    except _BadParameter as exc:
+        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
+    page = await history_page(
+        services.manager.storage,
+        metadata.id,
+        min(limit, config.max_history_page),
+        before,
+        config.max_page_bytes,
+    )
+    body = {
+        "metadata": metadata,
+        "messages": page.messages,
+        "has_more": page.has_more,
+        "start": page.start,
+    }
+    return json_response(http.HTTPStatus.OK, body)
 
 
 async def _events(services: Services, session_id: str, params: dict[str, str]) -> Response:
+    config = services.config
     try:
-        after_seq = int(params.get("after_seq", "0"))
-        limit = int(params.get("limit", "1000"))
-    except ValueError:
-        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", "integers expected")
-    if after_seq < 0 or limit < 1:
-        return error_response(
-            http.HTTPStatus.BAD_REQUEST, "bad_request", "after_seq >= 0, limit >= 1"
-        )
+        after_seq = _integer(params, "after_seq", 0, 0) or 0
+        limit = _integer(params, "limit", 1000, 1) or 1000
+    except _BadParameter as exc:
+        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     storage = services.manager.storage
-    stored = await storage.read_events(
-        session_id, after_seq, min(limit, services.config.max_events_page)
+    stored = await events_page(
+        storage, session_id, after_seq, min(limit, config.max_events_page), config.max_page_bytes
     )
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
     last_seq = max(await storage.last_seq(session_id), stored[-1].seq if stored else 0)

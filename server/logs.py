@@ -1,14 +1,16 @@
 """Logging: one ``configure_logging()`` for structlog and the standard library.
 
 JSON lines (encoded by msgspec) when stderr is not a terminal, coloured console output
-when it is; ``session_id`` and ``connection_id`` come from bound loggers and contextvars.
-The standard library's records (websockets, asyncio) go through the same renderer.
+when it is (console output into a pipe or a file has no colour codes); ``session_id``
+and ``connection_id`` come from bound loggers and contextvars. The standard library's
+records (websockets, asyncio) and warnings go through the same renderer.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,8 +27,24 @@ def _json_text(event: Any, **_: Any) -> str:
     return _encoder.encode(event).decode()
 
 
+# Set by configure_logging: writes one record whatever the level (see announce()).
+_announcer: Callable[[dict[str, Any]], None] | None = None
+
+
+def announce(event: str, **fields: Any) -> None:
+    """Logs ``event`` at info level even when the log level is higher: the lines scripts
+    wait for ("listening on HOST:PORT") must come out whatever level an operator sets,
+    in the log's own format."""
+    if _announcer is None:
+        structlog.get_logger("bamboo_session.server").info(event, **fields)
+        return
+    record = {"event": event, **fields, "level": "info"}
+    _announcer(dict(structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", record)))
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Sets up structlog and the standard library's root logger; call once at start."""
+    global _announcer
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
@@ -40,7 +58,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         text_renderer: Any = structlog.processors.JSONRenderer(serializer=_json_text)
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        renderer = text_renderer = structlog.dev.ConsoleRenderer()
+        renderer = text_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[*shared, renderer],
@@ -55,8 +73,19 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
         )
     )
+    if use_json:
+        _announcer = lambda record: _write_line(_encoder.encode(record).decode())  # noqa: E731
+    else:
+        console = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        _announcer = lambda record: _write_line(str(console(None, "info", record)))  # noqa: E731
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    logging.captureWarnings(True)  # warnings too are log lines, in the same format
     # websockets logs every connection at INFO; ours says the same once, with context.
     logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))
+
+
+def _write_line(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

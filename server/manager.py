@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -42,11 +42,14 @@ from bamboo_session.protocol.models import (
 
 from .actor import SessionActor
 from .auth import Principal, check_access, check_new_session, check_session_id_for
+from .budget import MemoryBudget
 from .commands import ActorRetired, Append, Attach, Detach, SetState, Stop
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
+from .quotas import Admission, check_fields
+from .readiness import AppendHealth
 from .receiver import Receiver
 
 log = structlog.get_logger("bamboo_session.manager")
@@ -69,13 +72,18 @@ class SessionManager:
         self.config = config
         self.storage = storage
         self.metrics = metrics or Metrics()
+        # What live sessions and their connections hold, against config.memory_budget.
+        self.budget = MemoryBudget(config.memory_budget)
+        self.append_health = AppendHealth()  # what the actors' appends say of the store
         self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
         self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._creating: dict[str, asyncio.Future[Session]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.metrics.watch_actors(lambda: len(self._actors), self._parked_count)
+        self.metrics.watch_actors(
+            lambda: len(self._actors), self._parked_count, lambda: self.budget.used
+        )
 
     @classmethod
     async def new(cls, config: SessionManagerConfig, storage: Storage) -> SessionManager:
@@ -109,12 +117,17 @@ class SessionManager:
         *,
         session_id: str | None = None,
         ttl: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Session:
+        """A new session. Raises FieldTooLong when ``user_id``, ``title`` or ``extra``
+        is over its limit (the index keeps them in memory), SessionExists."""
+        check_fields(self.config, user_id, title, extra)
         session = Session.new(
             check_session_id(session_id) if session_id else new_session_id(),
             user_id=user_id,
             title=title,
             ttl=ttl,
+            extra=extra,
         )
         await self.storage.create_session(session)
         stored = await self.storage.load_session(session.id)
@@ -136,10 +149,15 @@ class SessionManager:
         return session
 
     async def ensure_session(
-        self, session_id: str, user_id: str | None = None, title: str | None = None
+        self,
+        session_id: str,
+        user_id: str | None = None,
+        title: str | None = None,
+        admit: Admission | None = None,
     ) -> SessionMetadata:
         """get-or-create without reading the history: what an attach with ``create``
-        needs, so a reconnect storm does not load every session's messages."""
+        needs, so a reconnect storm does not load every session's messages. ``admit``
+        wraps a creation, and refuses it by raising."""
         # Concurrent callers for one id share one creation: the storage refuses the
         # others with SessionExists before the winner's session is readable.
         creating = self._creating.get(session_id)
@@ -150,7 +168,9 @@ class SessionManager:
             if existing.is_expired():
                 raise SessionExpired(session_id)
             return existing
-        creation = asyncio.ensure_future(self.create_session(user_id, title, session_id=session_id))
+        creation = asyncio.ensure_future(
+            self._create_admitted(admit, user_id, title, session_id=session_id)
+        )
         self._creating[session_id] = creation
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
@@ -171,28 +191,60 @@ class SessionManager:
         await done
 
     async def resolve_session(
-        self, session_id: str | None, hello: Hello, principal: Principal | None = None
+        self,
+        session_id: str | None,
+        hello: Hello,
+        principal: Principal | None = None,
+        admit: Admission | None = None,
     ) -> str:
         """The session a ``hello`` attaches to, created first where it asks for that.
 
         Under auth, raises Forbidden before anything is created or sent when
-        ``principal`` may not have it; a session created here belongs to its ``sub``."""
+        ``principal`` may not have it; a session created here belongs to its ``sub``.
+        Nothing is created when the attach that follows could not be served
+        (ServerBusy), nor when ``admit`` (the caller's quotas) refuses it."""
         owner = hello.user_id if principal is None else principal.sub
         if session_id is None:
             if principal is not None:
                 check_new_session(principal)
-            session = await self.create_session(owner, hello.title)
+            session = await self._create_admitted(admit, owner, hello.title)
             return session.id
         if principal is not None:
             check_session_id_for(principal, session_id)
         metadata: SessionMetadata | None = None
         if hello.create:
-            metadata = await self.ensure_session(session_id, owner, hello.title)
+            metadata = await self.ensure_session(session_id, owner, hello.title, admit)
         if principal is not None:
             metadata = metadata or await self.get_metadata(session_id)
             if metadata is not None:  # a missing one is 4404 when attaching
                 check_access(principal, metadata)
         return session_id
+
+    async def _create_admitted(
+        self,
+        admit: Admission | None,
+        user_id: str | None,
+        title: str | None,
+        *,
+        session_id: str | None = None,
+    ) -> Session:
+        """A session for an attach: refused before anything is stored when no actor
+        could be spawned for it (a client refused with 1013 retries, and each retry
+        would leave an orphan), or when ``admit`` says no."""
+        self.check_room()
+        if admit is None:
+            return await self.create_session(user_id, title, session_id=session_id)
+        async with admit(user_id):
+            return await self.create_session(user_id, title, session_id=session_id)
+
+    def check_room(self) -> None:
+        """ServerBusy unless one more live session fits, evicting a parked one if need
+        be (spawns in progress count as live)."""
+        if len(self._actors) + len(self._spawning) < self.config.max_sessions:
+            return
+        if any(not actor.room.outboxes for actor in self._actors.values()):
+            return
+        raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
 
     async def delete_session(self, session_id: str) -> None:
         """Removes the session; its connections are closed with 4404."""
@@ -235,7 +287,14 @@ class SessionManager:
         role: str = "client",
     ) -> Receiver:
         """Attaches an in-process subscriber; its receiver yields the session's events."""
-        outbox = Outbox(connection_id or new_connection_id(), role, self.config.send_queue_frames)
+        # Not charged to the budget: an in-process subscriber reads at its own pace, and
+        # may drop its receiver unread; its queue is bounded all the same.
+        outbox = Outbox(
+            connection_id or new_connection_id(),
+            role,
+            self.config.send_queue_frames,
+            max_bytes=self.config.send_queue_bytes,
+        )
         actor, _ = await self.attach(session_id, outbox, last_seq, epoch)
         return Receiver(outbox, actor.replay)
 
@@ -322,7 +381,13 @@ class SessionManager:
         try:
             self._make_room()
             actor = await SessionActor.load(
-                session_id, self.storage, self.config, self.metrics, self._actor_retired
+                session_id,
+                self.storage,
+                self.config,
+                self.metrics,
+                self._actor_retired,
+                self.budget,
+                self.append_health,
             )
             self._make_room()
             self._actors[session_id] = actor

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Final
+
+MIB: Final = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -12,17 +15,31 @@ class SessionManagerConfig:
     ``idle_timeout``: a connected session with no traffic this long becomes ``idle``.
     ``disconnect_retention``: how long a session with no connection stays in memory.
     ``max_sessions``: live actors at most (parked ones are evicted first).
-    ``send_queue_frames``: frames queued per connection before it is closed (4429).
-    ``ring_size``: recent events kept per live session, to replay without the store.
-    ``inbox_limit``: requests queued per session before its peers' readers wait.
+    ``send_queue_frames`` / ``send_queue_bytes``: what may be queued per connection
+    before it is closed (4429).
+    ``ring_size`` / ``ring_bytes``: recent events kept per live session, to replay
+    without the store.
+    ``inbox_limit`` / ``inbox_bytes``: requests queued per session before its peers'
+    readers wait.
+    ``memory_budget``: bytes all of those together may hold in the process (0: no
+    limit); see server/budget.py.
+    ``max_title_length`` / ``max_user_id_length`` (characters) and ``max_extra_bytes``
+    (encoded): what a new session may carry (its metadata stays in memory).
     """
 
     idle_timeout: float = 300
     disconnect_retention: float = 3600
     max_sessions: int = 1000
     send_queue_frames: int = 1024
+    send_queue_bytes: int = 8 * MIB
     ring_size: int = 1024
+    ring_bytes: int = 1 * MIB
     inbox_limit: int = 4096
+    inbox_bytes: int = 8 * MIB
+    memory_budget: int = 256 * MIB
+    max_title_length: int = 1024
+    max_user_id_length: int = 256
+    max_extra_bytes: int = 64 * 1024
 
     def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
         return dataclasses.replace(self, idle_timeout=seconds)

@@ -1,14 +1,86 @@
-"""Prometheus metrics of one server: counters bumped on the hot path, gauges read at
-scrape time, all in a registry of their own so several servers can share a process."""
+"""Prometheus metrics of one server: counters bumped on the hot path, histograms of
+latencies and batch sizes, gauges read at scrape time, and the process's own figures
+(``process_*``), all in a registry of their own so several servers can share a process.
+
+Histograms on the hot path are :class:`Histogram` below, not prometheus_client's: an
+observation there takes a lock and costs about 2 µs, which at tens of thousands of
+events a second is a few percent of a core; here it is a bisect and an increment. They
+are exposed as ordinary Prometheus histograms (``_bucket{le=…}``, ``_sum``, ``_count``),
+so ``histogram_quantile()`` graphs them as they are.
+"""
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds, from a fraction of a millisecond (an ack in memory) to seconds (a stalled
+# disk): the range in which appends and deliveries are worth telling apart.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Histogram(Collector):
+    """A histogram for one event loop's hot path: ``observe`` is not thread-safe, and
+    needs no lock since only the loop's thread calls it (and renders it)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((_le(bound), cumulative))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=buckets, sum_value=self.sum
+        )
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class Metrics:
@@ -25,6 +97,21 @@ class Metrics:
         self.parked_actors = Gauge(
             "bamboo_parked_actors", "Session actors kept with no connection", registry=r
         )
+        self.sessions_stored = Gauge(
+            "bamboo_sessions_stored",
+            "Sessions in the store (read at most every few seconds)",
+            registry=r,
+        )
+        self.store_bytes = Gauge(
+            "bamboo_store_bytes",
+            "Bytes the store takes on disk (file stores; read at most every 30 s)",
+            registry=r,
+        )
+        self.buffered_bytes = Gauge(
+            "bamboo_buffered_bytes",
+            "Bytes held in replay rings, send queues and inboxes (see --memory-budget)",
+            registry=r,
+        )
         self.events_appended = Counter(
             "bamboo_events_appended", "Events appended to session logs", registry=r
         )
@@ -38,12 +125,45 @@ class Metrics:
         )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
         self.closes = Counter(
-            "bamboo_closes", "Connections closed by the server, by close code", ["code"], registry=r
+            "bamboo_closes",
+            "Connections closed by the server, by close code (handshake refusals included)",
+            ["code"],
+            registry=r,
         )
+        self.append_ack_seconds = self._histogram(
+            "bamboo_append_ack_seconds",
+            "From reading an append to queueing its ack (stored as durably as configured)",
+            LATENCY_BUCKETS,
+        )
+        self.group_commit_events = self._histogram(
+            "bamboo_group_commit_events",
+            "Events per store append: a session's queued appends go to the store together",
+            BATCH_BUCKETS,
+        )
+        self.group_commit_seconds = self._histogram(
+            "bamboo_group_commit_seconds",
+            "Time the store takes for one such append (its write and sync)",
+            LATENCY_BUCKETS,
+        )
+        self.delivery_lag_seconds = self._histogram(
+            "bamboo_delivery_lag_seconds",
+            "From the store's acknowledgement (ts) of the oldest event of each fan-out "
+            "batch to its fan-out to viewers",
+            LATENCY_BUCKETS,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, _resident_memory_bytes…
 
-    def watch_actors(self, live: Callable[[], int], parked: Callable[[], int]) -> None:
+    def _histogram(self, name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
+        histogram = Histogram(name, documentation, buckets)
+        self.registry.register(histogram)
+        return histogram
+
+    def watch_actors(
+        self, live: Callable[[], int], parked: Callable[[], int], buffered: Callable[[], int]
+    ) -> None:
         self.live_actors.set_function(live)
         self.parked_actors.set_function(parked)
+        self.buffered_bytes.set_function(buffered)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,21 +2,24 @@
 
 An :class:`Outbound` is one server frame, encoded at most once per codec no matter how
 many connections send it; an event's frame embeds the event's JSON as stored (encoded
-once, for the log line and every frame). An :class:`Outbox` is one connection's bounded
-queue of them: producers never wait on it; when it is full, the connection is closed
-(4429) and the client resumes from the log.
+once, for the log line and every frame). An :class:`Outbox` is one connection's queue of
+them, bounded in frames and in bytes and charged to the process's memory budget:
+producers never wait on it; when it is full, the connection is closed (4429) and the
+client resumes from the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.codec import JSON, Codec
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import EventFrame, ServerFrame
 from bamboo_session.protocol.models import StoredEvent
+
+from .budget import NO_LIMIT, MemoryBudget
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -25,12 +28,14 @@ if TYPE_CHECKING:
 class Outbound:
     """One server frame, with its encodings cached per codec."""
 
-    __slots__ = ("_encoded", "frame", "stored")
+    __slots__ = ("_encoded", "event_size", "frame", "stored")
 
     def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
         self.frame = frame
         self.stored = stored
         self._encoded: dict[str, bytes] = {}
+        # An event frame's size in a queue, counted once for every queue it goes to.
+        self.event_size = 0 if stored is None else stored.size + EVENT_FRAME_OVERHEAD
 
     @classmethod
     def for_event(cls, stored: StoredEvent) -> Outbound:
@@ -46,6 +51,16 @@ class Outbound:
             data = self._encoded[codec.name] = codec.encode(self.frame)
         return data
 
+    def size(self, codec: Codec) -> int:
+        """The bytes this frame takes in a queue: an event's as stored plus its
+        envelope, without encoding it (fan-out encodes once, in the writers); any other
+        frame encoded for ``codec`` (which its writer would do anyway)."""
+        return self.event_size or len(self.encoded(codec))
+
+
+# An event frame around its event's JSON: type, seq and ts (`{"type":"event",…}`).
+EVENT_FRAME_OVERHEAD: Final = 96
+
 
 class Replay:
     """A placeholder in an outbox: send the session's events in ``(after, through]``
@@ -59,13 +74,15 @@ class Replay:
 
 
 class CloseRequest:
-    """The last item of an outbox: close the connection with ``code``."""
+    """The last item of an outbox: close the connection with ``code``. ``overflow``
+    marks the close of a reader too slow for its queue, whose backlog was dropped."""
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "overflow", "reason")
 
-    def __init__(self, code: CloseCode, reason: str) -> None:
+    def __init__(self, code: CloseCode, reason: str, *, overflow: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.overflow = overflow
 
 
 OutboxItem = Outbound | Replay | CloseRequest
@@ -78,16 +95,21 @@ class Outbox:
     """A connection's bounded queue of frames, filled by producers that never wait."""
 
     __slots__ = (
+        "_backed_up",
         "_head",
         "_items",
         "_settled",
         "_waiter",
+        "budget",
+        "bytes",
         "closing",
+        "codec",
         "connection_id",
         "in_flight",
         "limit",
+        "max_bytes",
         "max_in_flight",
-        "on_overflow",
+        "on_close",
         "role",
     )
 
@@ -96,13 +118,26 @@ class Outbox:
         connection_id: str,
         role: str,
         limit: int,
-        on_overflow: Callable[[CloseRequest], None] | None = None,
+        on_close: Callable[[CloseRequest], None] | None = None,
+        *,
+        max_bytes: int = 0,
+        codec: Codec = JSON,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.role = role
-        self.limit = limit
-        # A slow reader's writer is likely stuck in a send: this closes from outside it.
-        self.on_overflow = on_overflow
+        self.limit = limit  # frames
+        self.max_bytes = max_bytes if max_bytes > 0 else NO_LIMIT
+        self.codec = codec  # what the writer encodes frames with: their size in bytes
+        self.budget = budget if budget is not None else MemoryBudget(0)
+        self.bytes = 0
+        # Over the process's budget, a queue that is backing up goes first: one that
+        # keeps up holds a few frames at most, and is left alone.
+        self._backed_up = min(self.max_bytes, 8 * 1024 * 1024) // 8
+        # Told of the close as soon as it is asked for: a slow reader's writer is likely
+        # stuck in a send, so an overflow is closed from outside it at once (and any
+        # other close after a grace period, should the peer stop reading meanwhile).
+        self.on_close = on_close
         self.closing: CloseRequest | None = None
         # A list read from ``_head`` rather than a deque: an idle connection's empty
         # list costs 56 bytes where an empty deque keeps a 760-byte block.
@@ -121,6 +156,10 @@ class Outbox:
     def _popleft(self) -> OutboxItem:
         items, head = self._items, self._head
         item = items[head]
+        if type(item) is Outbound:
+            size = item.event_size or len(item.encoded(self.codec))
+            self.bytes -= size
+            self.budget.used -= size
         head += 1
         if head == len(items):
             items.clear()  # frees the array: drained is the common, idle case
@@ -132,13 +171,26 @@ class Outbox:
         return item
 
     def push(self, item: Outbound | Replay) -> None:
-        """Queue ``item``; a full outbox closes its connection with 4429 instead."""
+        """Queue ``item``; a full outbox closes its connection with 4429 instead. One
+        frame always fits in an empty queue, whatever its size."""
         if self.closing is not None:
             return
-        if len(self) >= self.limit:
-            self.close(CloseCode.TOO_SLOW, "too slow to read: send queue full")
-            return
+        size = 0
+        if type(item) is Outbound:
+            size = item.event_size or len(item.encoded(self.codec))
+        queued = len(self._items) - self._head
+        if queued:
+            after, budget = self.bytes + size, self.budget
+            if (
+                queued >= self.limit
+                or after > self.max_bytes
+                or (budget.used > budget.limit and after > self._backed_up)
+            ):
+                self.overflow()
+                return
         self._items.append(item)
+        self.bytes += size
+        self.budget.used += size
         self._wake()
 
     async def reserve(self) -> None:
@@ -160,19 +212,33 @@ class Outbox:
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Ends the stream: frames already queued are still sent, then the close."""
-        if self.closing is not None:
-            return
-        self.closing = CloseRequest(code, reason)
-        if code == CloseCode.TOO_SLOW:
-            # A slow reader must not get the backlog first: close as soon as possible.
-            self._items.clear()
-            self._head = 0
-            if self.on_overflow is not None:
-                self.on_overflow(self.closing)
-        self._items.append(self.closing)
+        if self.closing is None:
+            self._end(CloseRequest(code, reason))
+
+    def overflow(self) -> None:
+        """The reader is too slow for its queue: the backlog is dropped, and the
+        connection closed with 4429 as soon as possible; it resumes from the log."""
+        if self.closing is None:
+            self.discard()
+            self._end(
+                CloseRequest(CloseCode.TOO_SLOW, "too slow to read: send queue full", overflow=True)
+            )
+
+    def discard(self) -> None:
+        """Drops whatever is queued (the connection is gone, or too slow for it)."""
+        self._items.clear()
+        self._head = 0
+        self.budget.used -= self.bytes
+        self.bytes = 0
+
+    def _end(self, closing: CloseRequest) -> None:
+        self.closing = closing
+        self._items.append(closing)
         self._wake()
         if self._settled is not None and not self._settled.done():
             self._settled.set_result(None)
+        if self.on_close is not None:
+            self.on_close(closing)
 
     def _wake(self) -> None:
         waiter = self._waiter

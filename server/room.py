@@ -6,6 +6,9 @@ the room decides what each outbox gets: welcome and replay for a joiner, the eve
 every connection but its publisher, presence for the others. Because the actor calls
 it between its awaits, a joiner sees every event exactly once: older ones replayed from
 the ring or the store, newer ones live.
+
+The ring of recent events is bounded in events and in bytes, and charged to the
+process's memory budget: past that budget it keeps nothing, and replays read the store.
 """
 
 from __future__ import annotations
@@ -17,18 +20,39 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Closed, Presence, Welcome
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
+from .budget import NO_LIMIT, MemoryBudget
 from .outbox import Outbound, Outbox, Replay
 
 REPLAY_PAGE = 512  # events per page of a replay
 
 
 class SessionRoom:
-    __slots__ = ("epoch", "origins", "outboxes", "published_seq", "ring", "ring_size")
+    __slots__ = (
+        "budget",
+        "epoch",
+        "origins",
+        "outboxes",
+        "published_seq",
+        "ring",
+        "ring_bytes",
+        "ring_max_bytes",
+        "ring_size",
+    )
 
-    def __init__(self, epoch: str, published_seq: int, ring_size: int) -> None:
+    def __init__(
+        self,
+        epoch: str,
+        published_seq: int,
+        ring_size: int,
+        ring_max_bytes: int = 0,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.epoch = epoch
         self.published_seq = published_seq  # every event up to here has been fanned out
         self.ring_size = ring_size
+        self.ring_max_bytes = ring_max_bytes if ring_max_bytes > 0 else NO_LIMIT
+        self.ring_bytes = 0
+        self.budget = budget if budget is not None else MemoryBudget(0)
         # Recent events for replay without the store; allocated with the first event.
         self.ring: collections.deque[Outbound] | None = None
         self.outboxes: dict[str, Outbox] = {}
@@ -60,7 +84,7 @@ class SessionRoom:
         """The log moved on while nobody watched (appends while parked, another
         process): the ring no longer follows it, so it starts again at ``last_seq``."""
         if last_seq != self.published_seq:
-            self.ring = None
+            self.drop_ring()
             self.origins.clear()
             self.published_seq = last_seq
 
@@ -119,18 +143,41 @@ class SessionRoom:
     def _remember(self, out: Outbound) -> None:
         ring = self.ring
         if ring is None:
+            if not self.ring_size:
+                return
             ring = self.ring = collections.deque(maxlen=self.ring_size)
+        size, budget = out.event_size, self.budget
+        if len(ring) == self.ring_size:  # the oldest falls off as this one comes in
+            dropped = ring[0].event_size
+            self.ring_bytes -= dropped
+            budget.used -= dropped
         ring.append(out)
+        self.ring_bytes += size
+        budget.used += size
+        if self.ring_bytes > self.ring_max_bytes or budget.used > budget.limit:
+            self.shrink_ring(self.ring_size)
 
     def shrink_ring(self, keep: int) -> None:
-        """Keep only the newest ``keep`` events (a parked session stays small)."""
+        """Keep at most the newest ``keep`` events, within the ring's bytes and the
+        process's budget (a parked session stays small)."""
         ring = self.ring
         if ring is None:
             return
-        while len(ring) > keep:
-            ring.popleft()
+        max_bytes, budget = self.ring_max_bytes, self.budget
+        while ring and (
+            len(ring) > keep or self.ring_bytes > max_bytes or budget.used > budget.limit
+        ):
+            size = ring.popleft().event_size
+            self.ring_bytes -= size
+            budget.used -= size
         if not ring:
             self.ring = None
+
+    def drop_ring(self) -> None:
+        """Forget every event kept (the log moved on, or the session retires)."""
+        self.budget.used -= self.ring_bytes
+        self.ring_bytes = 0
+        self.ring = None
 
     def ring_page(self, after: int, through: int) -> list[Outbound] | None:
         """Events in ``(after, through]`` from the ring, a page at most; None when the

@@ -4,13 +4,15 @@ to them instead of the server itself."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 from .auth import AccessPolicy
 from .config import ServerConfig
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .quotas import SessionQuotas
+from .readiness import Readiness
+from .store_stats import StoreStats
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -20,4 +22,6 @@ class Services:
     metrics: Metrics
     access: AccessPolicy
     user_connections: ConnectionCounter
-    is_ready: Callable[[], bool]
+    readiness: Readiness
+    store_stats: StoreStats
+    quotas: SessionQuotas

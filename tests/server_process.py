@@ -1,7 +1,7 @@
 """A real ``bamboo-session serve`` in a child process, for the tests that need one: to
 kill it, to give it resource limits, or to read everything it logs.
 
-Its stderr (the "listening on HOST:PORT" line and every log line, as JSON) goes to a
+Its stderr (every log line as JSON, "listening on HOST:PORT" the first) goes to a
 file, which :meth:`ServerProcess.log_records` parses afterwards.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(rb"bamboo-session listening on (\S+):(\d+)")
+_LISTENING = re.compile(rb"listening on ([^\s:\"]+|\[[^\]]*\]):(\d+)")
 
 
 class ServerProcess:
@@ -103,7 +103,7 @@ class ServerProcess:
         """Every JSON log line; a line that is not JSON (a bare traceback) fails here."""
         records = []
         for line in self.log_path.read_text().splitlines():
-            if line.startswith("bamboo-session listening on") or not line.strip():
+            if not line.strip():
                 continue
             records.append(json.loads(line))
         return records

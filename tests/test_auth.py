@@ -27,7 +27,6 @@ from bamboo_session.server.auth import (
     check_access,
     check_binding,
     is_loopback,
-    origin_allowed,
 )
 from bamboo_session.server.config import ServerConfig
 from tests.support import attach, get, open_peer, run_server
@@ -84,6 +83,56 @@ def test_verify_refuses_every_bad_token(name: str) -> None:
         Authenticator(SECRET).verify(BAD_TOKENS[name])
 
 
+def test_numeric_dates_must_be_numbers() -> None:
+    auth = Authenticator(SECRET)
+    now = int(time.time())
+    for claims in (
+        {"exp": str(now + 60)},
+        {"nbf": str(now - 10)},
+        {"iat": str(now)},
+        {"exp": True},
+    ):
+        token = jwt.encode({"sub": "alice", "exp": now + 60, **claims}, SECRET, "HS256")
+        with pytest.raises(Unauthorized):
+            auth.verify(token)
+    assert auth.verify(make_token(nbf=now - 10, iat=now + 0.5)).sub == "alice"
+
+
+def test_the_leeway_absorbs_a_small_clock_difference() -> None:
+    now = time.time()
+    early = make_token(iat=int(now) + 2, nbf=int(now) + 2)  # its issuer's clock is ahead
+    late = make_token(ttl=-2)  # just expired, by our clock
+    for token in (early, late):
+        assert Authenticator(SECRET).verify(token).sub == "alice"  # 5 s by default
+        with pytest.raises(Unauthorized):
+            Authenticator(SECRET, leeway=0).verify(token)
+    with pytest.raises(Unauthorized, match="token expired"):
+        Authenticator(SECRET).verify(make_token(ttl=-30))
+    principal = Authenticator(SECRET, leeway=3).verify(make_token(ttl=60))
+    assert principal.valid_until is not None
+    assert abs(principal.valid_until - (int(now + 60) + 3)) <= 1
+
+
+def test_audience_and_issuer_checks() -> None:
+    plain = Authenticator(SECRET)
+    with pytest.raises(Unauthorized):
+        plain.verify(make_token(aud="bamboo"))  # an audience nobody here claims to be
+    assert plain.verify(make_token(iss="anyone")).sub == "alice"
+    scoped = Authenticator(SECRET, audience="bamboo", issuer="https://auth.example")
+    good = {"aud": "bamboo", "iss": "https://auth.example"}
+    assert scoped.verify(make_token(**good)).sub == "alice"
+    assert scoped.verify(make_token(**{**good, "aud": ["other", "bamboo"]})).sub == "alice"
+    for bad in (
+        {"aud": "other"},
+        {"iss": "https://evil.example"},
+        {"aud": None},
+        {"iss": None},
+    ):
+        claims = {k: v for k, v in {**good, **bad}.items() if v is not None}
+        with pytest.raises(Unauthorized):
+            scoped.verify(make_token(**claims))
+
+
 def test_a_short_secret_is_refused() -> None:
     with pytest.raises(InsecureConfig):
         Authenticator("short")
@@ -122,7 +171,7 @@ def _metadata(session_id: str, user_id: str | None) -> SessionMetadata:
     return Session.new(session_id, user_id=user_id).metadata
 
 
-def test_binding_and_origin_rules() -> None:
+def test_binding_rules() -> None:
     for host in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
         assert is_loopback(host), host
         check_binding(host, None, insecure=False)
@@ -132,13 +181,6 @@ def test_binding_and_origin_rules() -> None:
             check_binding(host, None, insecure=False)
         check_binding(host, None, insecure=True)
         check_binding(host, SECRET, insecure=False)
-    allowed = ("https://app.example.com", "http://localhost:3000/")
-    assert origin_allowed(None, allowed)
-    assert origin_allowed("https://APP.example.com", allowed)
-    assert origin_allowed("http://localhost:3000", allowed)
-    assert not origin_allowed("https://evil.example.com", allowed)
-    assert not origin_allowed("null", allowed)
-    assert origin_allowed("https://anything", ())
 
 
 def test_server_config_refuses_public_host_without_auth() -> None:
@@ -292,6 +334,32 @@ async def test_without_auth_hello_user_id_is_trusted() -> None:
     async with run_server() as server:
         async with attach(server, user_id="u1", token="ignored") as (_, welcome):
             assert welcome["session"]["user_id"] == "u1"
+
+
+async def test_a_connection_is_closed_4401_when_its_token_expires() -> None:
+    async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
+        token = make_token(ttl=1.5)
+        async with attach(server, "s1", create=True, token=token) as (peer, welcome):
+            assert (await peer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+            code, frames = await peer.closed(timeout=5)
+            assert (code, peer.ws.close_reason, frames) == (4401, "token expired", [])
+        # With a fresh token the client resumes where it was.
+        fresh = make_token(ttl=60)
+        async with attach(server, "s1", token=fresh, last_seq=0, epoch=welcome["epoch"]) as (
+            _,
+            resumed,
+        ):
+            assert resumed["resumed"] is True
+
+
+async def test_leeway_audience_and_issuer_come_from_the_config() -> None:
+    config = {"auth_secret": SECRET, "auth_audience": "bamboo", "auth_issuer": "me"}
+    async with run_server(**config) as server:
+        async with attach(server, token=make_token(aud="bamboo", iss="me")) as (_, welcome):
+            assert welcome["type"] == "welcome"
+        async with open_peer(server) as peer:
+            await peer.send({"type": "hello", "token": make_token(aud="bamboo")})
+            assert (await peer.closed())[0] == 4401
 
 
 async def test_origins_not_listed_get_403_before_the_upgrade() -> None:

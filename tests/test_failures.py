@@ -14,6 +14,7 @@ import json
 import resource
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -152,5 +153,41 @@ def test_a_second_server_on_a_locked_directory_exits_with_one_line(tmp_path: Pat
     assert second.returncode != 0
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1, second.stderr
-    assert lines[0].startswith("bamboo-session: cannot start:") and "lock" in lines[0].lower()
+    record = json.loads(lines[0])  # --log-format json: every line is JSON, this one too
+    assert record["level"] == "error", record
+    assert record["event"].startswith("cannot start:") and "lock" in record["event"].lower()
     assert "Traceback" not in second.stderr
+
+
+def readyz(server: ServerProcess) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{server.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+
+
+async def test_readyz_is_503_with_the_reason_until_appends_work_again(tmp_path: Path) -> None:
+    limited = ServerProcess(tmp_path / "data", tmp_path / "limited.log", preexec_fn=limit_file_size)
+    with limited:
+        assert await asyncio.to_thread(readyz, limited) == (200, "ready\n")
+        async with peer_of(limited, "full", create=True) as peer:
+            for i in range(200):
+                frame = {"type": "event", "id": i, "key": f"k{i}", "event": token(f"k{i}")}
+                if (await roundtrip(peer, frame))["type"] == "error":
+                    break
+            # No append can succeed on this disk: not ready, and why; the probe (a
+            # frame's worth of bytes, written and synced) keeps failing too.
+            for _ in range(3):
+                status, body = await asyncio.to_thread(readyz, limited)
+                assert status == 503, body
+                assert body.startswith("not ready: appends are failing"), body
+                assert "File too large" in body
+                await asyncio.sleep(0.6)
+        # An append that works (a small file, under this limit) says appends work again.
+        async with peer_of(limited, "other", create=True) as other:
+            ack = await roundtrip(other, {"type": "event", "id": 1, "event": token("x")})
+            assert ack["type"] == "ack"
+        assert await asyncio.to_thread(readyz, limited) == (200, "ready\n")

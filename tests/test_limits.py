@@ -104,11 +104,20 @@ async def test_a_peer_that_keeps_flooding_is_closed_4429_and_others_are_unaffect
                 except Exception:
                     break
             code, frames = await flooder.closed()
-            # (the rate_limited errors still queued are dropped with the close, as for a
-            # slow reader: the peer was not listening to them)
             assert (code, flooder.ws.close_reason) == (4429, "rate limited")
-            assert len([f for f in frames if f["type"] == "pong"]) <= 21
+            pongs = [f["id"] for f in frames if f["type"] == "pong"]
+            refused = [f["id"] for f in frames if f["type"] == "error"]
+            assert len(pongs) <= 21
+            # Every frame read before the close got its answer: the rate_limited errors
+            # queued are sent before the close, not dropped as a slow reader's backlog.
+            assert sorted(pongs + refused) == list(range(len(pongs) + len(refused)))
+            assert len(refused) >= 30
+            assert all(f["code"] == "rate_limited" for f in frames if f["type"] == "error")
             assert (await other.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+        # A rate-limit close is no send-queue overflow.
+        metrics = (await get(server, "/metrics"))[1]
+        assert "bamboo_send_queue_drops_total 0.0" in metrics
+        assert 'bamboo_closes_total{code="4429"} 1.0' in metrics
 
 
 async def test_connections_per_user_are_capped_at_hello() -> None:

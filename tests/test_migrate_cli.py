@@ -278,6 +278,8 @@ def test_a_second_server_on_the_same_file_fails_at_start(tmp_path: Path) -> None
         with pytest.raises(RuntimeError, match="server exited 1"):
             second.start()
         reasons = [
-            line for line in second.log_tail().splitlines() if line.startswith("bamboo-session:")
+            json.loads(line)["event"]
+            for line in second.log_tail().splitlines()
+            if line.startswith("{") and "cannot start" in line
         ]
         assert len(reasons) == 1 and "in use" in reasons[0], second.log_tail()

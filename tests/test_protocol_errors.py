@@ -25,6 +25,7 @@ CLOSE_TABLE = {
     1000: False,  # stop
     1001: True,  # reconnect with resume
     1012: True,
+    1007: False,  # fix the client (not UTF-8)
     1008: False,  # fix the client
     1009: False,  # fix the sender
     1011: True,  # reconnect with resume

@@ -17,11 +17,15 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.server.config import ServerConfig
+from bamboo_session.server.settings import load_config, settings_from_flags
 
 
 @asynccontextmanager
 async def serve_process(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    lines: list[str] | None = None,
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """``python -m bamboo_session.server serve`` on a free port; yields (process, port)."""
     process = await asyncio.create_subprocess_exec(
@@ -40,7 +44,7 @@ async def serve_process(
         env={**os.environ, **(env or {})},
     )
     try:
-        port = await asyncio.wait_for(_read_port(process), 20)
+        port = await asyncio.wait_for(_read_port(process, lines), 20)
         yield process, port
     finally:
         if process.returncode is None:
@@ -48,11 +52,13 @@ async def serve_process(
             await process.wait()
 
 
-async def _read_port(process: asyncio.subprocess.Process) -> int:
+async def _read_port(process: asyncio.subprocess.Process, lines: list[str] | None) -> int:
     assert process.stderr is not None
     while True:
         line = (await process.stderr.readline()).decode()
         assert line, "server exited before listening"
+        if lines is not None:
+            lines.append(line)
         found = re.search(r"listening on [\d.]+:(\d+)", line)
         if found:
             return int(found.group(1))
@@ -92,15 +98,166 @@ async def test_sigterm_closes_connections_with_1012_and_exits_0_then_resume_work
         assert await asyncio.wait_for(process.wait(), 10) == 0
 
 
-def test_bad_flag_values_fail_with_one_line_and_status_2(tmp_path: Path) -> None:
+def serve_refusal(*args: str, env: dict[str, str] | None = None) -> str:
+    """The one line ``serve`` exits with (status 2) for a bad setting."""
     result = subprocess.run(
-        [sys.executable, "-m", "bamboo_session.server", "serve", "--port", "many"],
+        [sys.executable, "-m", "bamboo_session.server", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_flag_values_fail_with_one_line_and_status_2() -> None:
+    assert serve_refusal("--port", "many") == (
+        "bamboo-session: --port: expected an integer, not 'many'"
+    )
+    # A number out of range no longer wraps around (70000 was 4464).
+    assert serve_refusal("--port", "70000") == (
+        "bamboo-session: --port: must be between 0 and 65535, not 70000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--max-sessions", "0", "must be at least 1, not 0"),
+        ("--ping-interval", "nan", "expected a finite number"),
+        ("--rate-limit", "-1", "must be at least 0, not -1"),
+        ("--hello-timeout", "0", "must be at least 0.001, not 0"),
+        ("--max-frame-bytes", "1.5", "expected an integer, not '1.5'"),
+        ("--compression", "maybe", "expected true or false, not 'maybe'"),
+        ("--default-ttl", "0", "must be at least 1, not 0"),
+    ],
+)
+def test_every_number_is_checked(flag: str, value: str, says: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        settings_from_flags({flag.removeprefix("--").replace("-", "_"): value})
+    message = str(refused.value)
+    assert message.startswith(f"{flag}: ") and says in message, message
+
+
+def test_the_environment_is_checked_as_flags_are() -> None:
+    line = serve_refusal(env={"BAMBOO_LOG_FORMAT": "xml"})
+    assert line == (
+        "bamboo-session: BAMBOO_LOG_FORMAT: expected one of auto, json, console, not 'xml'"
+    )
+    assert "BAMBOO_PORT: must be between" in serve_refusal(env={"BAMBOO_PORT": "-5"})
+    with pytest.raises(ValueError, match="log_level"):
+        ServerConfig(log_level="loud")  # type: ignore[arg-type]
+
+
+def test_a_toml_file_sets_what_env_and_flags_do_not(tmp_path: Path) -> None:
+    path = tmp_path / "bamboo.toml"
+    path.write_text(
+        'port = 9100\nlog-format = "json"\nallowed_origins = ["https://a.example"]\n'
+        'ping_interval = "none"\nmax_sessions = 7\ncompression = true\nrate_limit = 5\n'
+    )
+    config = load_config({}, {}, str(path))
+    assert (config.port, config.log_format, config.allowed_origins) == (
+        9100,
+        "json",
+        ("https://a.example",),
+    )
+    assert config.ping_interval is None and config.compression and config.rate_limit == 5.0
+    # The environment wins over the file, flags over both.
+    config = load_config(
+        {"port": "9300"}, {"BAMBOO_PORT": "9200", "BAMBOO_MAX_SESSIONS": "8"}, str(path)
+    )
+    assert (config.port, config.max_sessions) == (9300, 8)
+    # BAMBOO_CONFIG names the file when --config does not.
+    assert load_config({}, {"BAMBOO_CONFIG": str(path)}, None).port == 9100
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("prot = 1\n", "unknown setting 'prot'"),
+        ('port = "x"\n', "port: expected an integer, not 'x'"),
+        ("port = 1.5\n", "port: expected an integer, not 1.5"),
+        ("compression = 1\n", "compression: expected true or false, not 1"),
+        ("[serve]\nport = 1\n", "unknown setting 'serve'"),
+        ("port = \n", "not TOML"),
+        ('log_format = "xml"\n', "log_format: expected one of auto, json, console, not 'xml'"),
+        ("port = 70000\n", "port: must be between 0 and 65535, not 70000"),
+    ],
+)
+def test_a_bad_toml_file_is_one_line_naming_the_key(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    line = serve_refusal("--config", str(path))
+    assert line == f"bamboo-session: {path}: {says}" or (
+        says == "not TOML" and line.startswith(f"bamboo-session: {path}: not TOML")
+    ), line
+    missing = serve_refusal("--config", str(tmp_path / "nowhere.toml"))
+    assert missing.startswith(f"bamboo-session: {tmp_path / 'nowhere.toml'}: ")
+
+
+async def test_in_json_mode_every_line_of_the_log_is_json(tmp_path: Path) -> None:
+    lines: list[str] = []
+    async with serve_process(tmp_path, lines=lines) as (process, port):
+        url = f"ws://127.0.0.1:{port}/api/v1/stream/s1"
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "hello", "create": True}))
+            assert json.loads(await ws.recv())["type"] == "welcome"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert process.stderr is not None
+        lines += (await process.stderr.read()).decode().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    events = [r["event"] for r in records]
+    assert f"listening on 127.0.0.1:{port}" in events
+    assert "connection closed" in events and "stopped" in events
+
+
+async def test_the_listening_line_comes_out_whatever_the_log_level(tmp_path: Path) -> None:
+    lines: list[str] = []
+    async with serve_process(tmp_path, "--log-level", "error", lines=lines) as (process, port):
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    (record,) = (json.loads(line) for line in lines if "listening on" in line)
+    assert record["event"] == f"listening on 127.0.0.1:{port}" and record["port"] == port
+    assert record["level"] == "info" and record["timestamp"].endswith("Z")
+
+
+async def test_console_logs_into_a_pipe_carry_no_colour_codes(tmp_path: Path) -> None:
+    lines: list[str] = []
+    async with serve_process(tmp_path, "--log-format", "console", lines=lines) as (process, _):
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert process.stderr is not None
+        lines += (await process.stderr.read()).decode().splitlines()
+    assert any("listening on" in line for line in lines)
+    assert not any("\x1b[" in line for line in lines), lines
+
+
+def test_a_refusal_after_logging_is_set_up_is_a_json_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bamboo_session.server",
+            "serve",
+            "--log-format",
+            "json",
+            "--host",
+            "0.0.0.0",
+            "--data-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["bamboo-session: --port: invalid value 'many'"]
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and record["event"].startswith("cannot start: refusing")
 
 
 def test_environment_sets_defaults_and_flags_win() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,24 @@ async def test_health_readiness_and_metrics() -> None:
             assert line in text, line
 
 
+async def test_readyz_probes_the_store_after_a_failed_append() -> None:
+    async with run_server() as server:
+        # As the actors report it when an append fails (disk full, say):
+        server.manager.append_health.failed("storage failed: [Errno 28] No space left")
+        # The store's directory takes a frame's worth of bytes again: ready at once,
+        # though no append came to prove it (a balancer sends none to a 503).
+        assert await get(server, "/readyz") == (200, "ready\n")
+        assert server.manager.append_health.failure is None
+
+
+async def test_readyz_is_503_with_a_closed_store() -> None:
+    async with run_server() as server:
+        assert server.storage is not None
+        await server.storage.close()
+        status, body = await get(server, "/readyz")
+        assert (status, body) == (503, "not ready: storage is not open\n")
+
+
 async def test_list_sessions_filters_sorts_and_pages() -> None:
     async with run_server() as server:
         manager = server.manager
@@ -46,6 +66,18 @@ async def test_list_sessions_filters_sorts_and_pages() -> None:
         assert [s["title"] for s in body["sessions"]] == ["chat 3"]
         status, body = await get(server, "/api/v1/sessions?state=active&user_id=bob")
         assert body["total"] == 2
+
+
+async def test_a_listing_page_is_bounded_in_bytes() -> None:
+    async with run_server(max_page_bytes=4096) as server:
+        for i in range(10):
+            await server.manager.create_session("u", "t" * 1000, extra={"n": i})
+        status, body = await get(server, "/api/v1/sessions?limit=10")
+        assert status == 200 and body["total"] == 10 and body["limit"] == 10
+        assert 1 <= len(body["sessions"]) < 10  # about 1 KB each: what 4 KiB holds
+        offset = len(body["sessions"])
+        status, more = await get(server, f"/api/v1/sessions?limit=10&offset={offset}")
+        assert more["sessions"] and more["sessions"][0]["id"] != body["sessions"][-1]["id"]
 
 
 async def test_list_sessions_refuses_bad_parameters() -> None:
@@ -77,6 +109,36 @@ async def test_session_detail_and_events() -> None:
         assert [(e["seq"], e["event"]) for e in body["events"]] == [(2, token("t"))]
 
 
+async def test_session_detail_pages_its_history_in_count_and_bytes() -> None:
+    async with run_server(max_history_page=50, max_page_bytes=200_000) as server:
+        async with attach(server) as (peer, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(120):
+                message = {"role": "user", "content": str(i)}
+                await peer.request({"type": "message", "id": i, "message": message}, "ack")
+            path = f"/api/v1/sessions/{session_id}"
+            status, body = await get(server, path)  # the default page: the newest 100 at most
+            assert status == 200 and body["metadata"]["message_count"] == 120
+            assert len(body["messages"]) == 50  # lowered to --max-history-page
+            assert body["messages"][-1]["content"] == "119"
+            assert (body["start"], body["has_more"]) == (70, True)
+            status, body = await get(server, f"{path}?limit=30&before=70")
+            assert [m["content"] for m in body["messages"]] == [str(i) for i in range(40, 70)]
+            assert (body["start"], body["has_more"]) == (40, True)
+            status, body = await get(server, f"{path}?limit=50&before=10")
+            assert [m["content"] for m in body["messages"]] == [str(i) for i in range(10)]
+            assert (body["start"], body["has_more"]) == (0, False)
+            # Bounded in bytes too: 100 KB messages, 200 KB pages.
+            for i in range(3):
+                message = {"role": "user", "content": "x" * 100_000}
+                await peer.request({"type": "message", "id": i, "message": message}, "ack")
+            status, body = await get(server, path)
+            assert len(body["messages"]) == 1 and body["start"] == 122 and body["has_more"]
+            for query in ("limit=0", "limit=x", "before=-1", "before=1.5"):
+                status, body = await get(server, f"{path}?{query}")
+                assert status == 400 and body["error"]["code"] == "bad_request", query
+
+
 async def test_unknown_sessions_and_paths_are_404() -> None:
     async with run_server() as server:
         for path in (
@@ -89,13 +151,102 @@ async def test_unknown_sessions_and_paths_are_404() -> None:
             assert status == 404 and body["error"]["code"] == "not_found", path
 
 
-async def test_only_get_is_served() -> None:
+async def test_only_get_and_head_are_served() -> None:
     async with run_server() as server:
-        for method in ("POST", "DELETE", "PUT"):
+        for method in ("POST", "DELETE", "PUT", "OPTIONS"):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{server.port}/healthz", method=method
             )
             with pytest.raises(urllib.error.HTTPError) as refused:
                 await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
-            refused.value.close()
-            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET"
+            with refused.value:
+                body = json.loads(refused.value.read())
+            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+            assert body["error"]["code"] == "bad_request"
+
+
+async def raw_http(server: Any, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends ``request`` as it is; the status, headers and body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def error_of(headers: dict[str, str], body: bytes) -> dict[str, str]:
+    assert headers["content-type"] == "application/json", headers
+    assert int(headers["content-length"]) == len(body)
+    error: dict[str, str] = json.loads(body)["error"]
+    return error
+
+
+async def test_every_http_error_has_a_json_body() -> None:
+    async with run_server() as server:
+        long_line = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        status, headers, body = await raw_http(server, long_line)
+        assert status == 414 and error_of(headers, body)["code"] == "bad_request"
+        big_header = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"b" * 9000
+        status, headers, body = await raw_http(server, big_header + b"\r\n\r\n")
+        assert status == 431 and error_of(headers, body)["code"] == "bad_request"
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(300))
+        status, headers, body = await raw_http(
+            server, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n"
+        )
+        assert status == 431 and error_of(headers, body)["code"] == "bad_request"
+        # A request with a body, which websockets used to drop without a word.
+        for request in (
+            b"POST /api/v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}",
+            b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello",
+        ):
+            status, headers, body = await raw_http(server, request)
+            assert status == 405 and headers["allow"] == "GET, HEAD", request
+            assert "without a body" in error_of(headers, body)["message"]
+        # A failed upgrade, and a subprotocol refusal.
+        upgrade = (
+            b"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        )
+        status, headers, body = await raw_http(server, upgrade + b"\r\n")
+        assert status == 400 and error_of(headers, body)["code"] == "bad_request"
+        offer = (
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Protocol: chat.v9\r\n\r\n"
+        )
+        status, headers, body = await raw_http(server, upgrade + offer)
+        assert status == 400 and "subprotocol" in error_of(headers, body)["message"]
+
+
+async def test_a_plain_get_on_a_stream_path_is_426() -> None:
+    async with run_server() as server:
+        for path in ("/api/v1/stream", "/api/v1/stream/s1"):
+            status, headers, body = await raw_http(
+                server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            assert status == 426 and headers["upgrade"] == "websocket"
+            assert error_of(headers, body)["code"] == "bad_request"
+
+
+async def test_head_answers_as_get_without_the_body() -> None:
+    async with run_server() as server:
+        for path, length in (("/healthz", 3), ("/readyz", 6)):
+            status, headers, body = await raw_http(
+                server, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            assert (status, body) == (200, b"")
+            assert int(headers["content-length"]) == length
+        status, headers, body = await raw_http(
+            server, b"HEAD /api/v1/sessions/nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        assert (status, body) == (404, b"") and headers["content-type"] == "application/json"

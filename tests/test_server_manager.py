@@ -14,6 +14,7 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Session
 from bamboo_session.persistence.base import SessionClosed, SessionNotFound
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.server.manager import ServerBusy, SessionManager, SessionManagerConfig
+from tests.support import attach, open_peer, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,3 +157,18 @@ def test_config_builder_reads_like_the_seed() -> None:
     )
     assert config.send_queue_frames == 64
     assert SessionManagerConfig() == SessionManagerConfig().with_max_sessions(1000)
+
+
+async def test_a_1013_refusal_stores_no_session() -> None:
+    # A client refused for want of room backs off and retries, as the protocol tells
+    # it to: no retry may leave a session behind.
+    async with run_server(max_sessions=1) as server, attach(server, "held", create=True):
+        for attempt in range(5):
+            async with open_peer(server) as peer:
+                await peer.send({"type": "hello"})
+                assert (await peer.closed())[0] == 1013
+            async with open_peer(server, f"new-{attempt}") as peer:
+                await peer.send({"type": "hello", "create": True})
+                assert (await peer.closed())[0] == 1013
+        listed = await server.manager.list_sessions()
+        assert [m.id for m in listed.sessions] == ["held"]

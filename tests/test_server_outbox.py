@@ -26,7 +26,7 @@ async def test_items_come_out_in_order_across_compactions() -> None:
 
 async def test_overflow_drops_the_backlog_and_closes_4429() -> None:
     overflowed: list[CloseRequest] = []
-    outbox = Outbox("c", "client", limit=3, on_overflow=overflowed.append)
+    outbox = Outbox("c", "client", limit=3, on_close=overflowed.append)
     for out in frames(4):
         outbox.push(out)
     item = await outbox.get()

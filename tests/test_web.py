@@ -73,11 +73,16 @@ async def test_console_is_served_under_a_strict_policy() -> None:
 
 
 async def test_a_hostile_host_header_never_reaches_the_policy() -> None:
-    async with run_server() as server:
+    # Hosts outside --allowed-hosts are refused before any page (403); an allowed one
+    # that is not a plain host name must still not be written into the policy.
+    async with run_server(allowed_hosts=("evil.example; script-src *",)) as server:
         reply = await fetch(server, "/console", Host="evil.example; script-src *")
         policy = reply.headers["content-security-policy"]
         assert "evil" not in policy
         assert "connect-src 'self';" in policy
+    async with run_server() as server:
+        refused = await fetch(server, "/console", Host="evil.example")
+        assert refused.status == 403
 
 
 async def test_every_page_reference_and_module_import_resolves() -> None:

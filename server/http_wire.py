@@ -1,0 +1,138 @@
+"""HTTP refusals made inside websockets, answered as the rest of the API answers them.
+
+websockets refuses some requests on its own, before the server sees them: a request line
+or headers too long (414, 431), a request with a body (the connection was just dropped),
+a failed upgrade (400, 426, 500, 503, the subprotocol refusal). Its refusals are plain
+text; a client of this server expects ``{"error": {"code", "message"}}`` on every error.
+
+:class:`BambooConnection` is the ``create_connection`` of ``serve()``: it gives its
+websockets protocol a ``reject`` that writes that JSON body, and a request parser that
+answers a request with a body (or chunked) with 405, since only GET and HEAD without a
+body are served here, where websockets dropped the connection without a word.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+from collections.abc import Generator
+from typing import Any
+
+import msgspec
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    InvalidMessage,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
+
+_json = msgspec.json.Encoder()
+_CODES = {
+    http.HTTPStatus.UNAUTHORIZED: "unauthorized",
+    http.HTTPStatus.FORBIDDEN: "forbidden",
+    http.HTTPStatus.NOT_FOUND: "not_found",
+    http.HTTPStatus.TOO_MANY_REQUESTS: "rate_limited",
+    http.HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
+    http.HTTPStatus.SERVICE_UNAVAILABLE: "internal",
+}
+ALLOWED_METHODS = "GET, HEAD"
+
+
+def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
+    """The JSON error body for ``status`` and its ``code``."""
+    code = _CODES.get(status, "internal" if status >= 500 else "bad_request")
+    return _json.encode({"error": {"code": code, "message": message}}), code
+
+
+def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
+    """``ServerProtocol.reject`` with a JSON body: the websockets refusals' answer."""
+    status = http.HTTPStatus(status)
+    body, _ = error_body(status, text.strip().replace("\n\n", " ").replace("\n", " "))
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+class BambooConnection(ServerConnection):
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        protocol.reject = json_reject  # type: ignore[method-assign]
+        protocol.parser = _parse_request(protocol)
+        next(protocol.parser)
+        super().__init__(protocol, *args, **kwargs)
+
+
+def _parse_request(protocol: ServerProtocol) -> Generator[None]:
+    """``ServerProtocol.parse`` (websockets 17), except that a request whose line parsed
+    but which has a body gets 405 instead of a dropped connection."""
+    first_line: list[bytes] = []
+
+    def read_line(
+        limit: int, too_long: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes | bytearray]:
+        line = yield from protocol.reader.read_line(limit, too_long)
+        if not first_line:
+            first_line.append(bytes(line))
+        return line
+
+    try:
+        request = yield from Request.parse(read_line)
+    except Exception as exc:
+        response = _refusal(exc, first_line)
+        if response is None:
+            yield from _parse_refused(protocol, exc)
+            return  # pragma: no cover - the generator above never ends
+        protocol.handshake_exc = exc
+        protocol.send_response(response)
+        yield
+        return  # pragma: no cover - send_response replaced this parser
+    protocol.events.append(request)
+    yield from Protocol.parse(protocol)
+
+
+def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
+    """The answer to a request that did not parse, or None to drop the connection (it
+    was not HTTP at all, or the peer is gone: nothing sensible to say)."""
+    if isinstance(exc, RequestLineTooLong):
+        return json_reject(http.HTTPStatus.REQUEST_URI_TOO_LONG, f"request line too long: {exc}")
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+        status = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        return json_reject(status, f"header fields too large: {exc}")
+    if isinstance(exc, EOFError) or not first_line or not _is_request_line(first_line[0]):
+        return None
+    # websockets refuses a body with these two, once the request line and the
+    # headers have parsed (Content-Length other than 0, or Transfer-Encoding).
+    if isinstance(exc, NotImplementedError) or str(exc) == "unsupported request body":
+        response = json_reject(
+            http.HTTPStatus.METHOD_NOT_ALLOWED,
+            f"only {ALLOWED_METHODS} without a body are served here",
+        )
+        response.headers["Allow"] = ALLOWED_METHODS
+        return response
+    return json_reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {exc}")
+
+
+def _is_request_line(line: bytes) -> bool:
+    parts = line.rstrip(b"\r\n").split(b" ")
+    return len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0") and parts[0].isalpha()
+
+
+def _parse_refused(protocol: ServerProtocol, exc: Exception) -> Generator[None]:
+    """What websockets does with a request that is not HTTP: drop the connection."""
+    protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+    protocol.handshake_exc.__cause__ = exc
+    protocol.send_eof()
+    protocol.parser = protocol.discard()
+    next(protocol.parser)
+    yield

@@ -1,0 +1,92 @@
+"""Which ``Origin`` may open a WebSocket, and which ``Host`` the server answers to.
+
+Without auth (the default) the server trusts whoever reaches it, which is safe only if
+nobody but the developer's own programs can. A web page the developer visits can reach
+a local server too: it may open a WebSocket to it (cross-site WebSocket hijacking: the
+browser sends the page's ``Origin``), or rebind its own host name to 127.0.0.1 and read
+the HTTP API as a same-origin page (DNS rebinding: the browser sends the page's
+``Host``). So without auth, and unless the operator widens them:
+
+- ``Host`` must name a loopback address (``localhost``, ``*.localhost``, 127.0.0.0/8,
+  ``[::1]``) or the address the server is bound to; bound to every interface, any IP
+  address passes (a rebinding page always sends its own name). A request without
+  ``Host`` (HTTP/1.0) is not a browser's and passes.
+- ``Origin`` must be absent (not a browser) or name a loopback host.
+
+``allowed_hosts`` and ``allowed_origins`` add entries (``*`` allows any). With auth,
+tokens are not sent by browsers on their own, so by default any ``Host`` and ``Origin``
+pass; lists given still apply, on top of the loopback ones.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+
+from .auth import is_loopback
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def _split_host(value: str) -> str:
+    """The host name of a ``Host`` header value (``host``, ``host:port``, ``[v6]:port``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.find("]") + 1] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback_name(host: str) -> bool:
+    return is_loopback(host) or host.endswith(".localhost")
+
+
+def _normalized_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+class RequestGuard:
+    """The Origin and Host rules of one server (see the module docstring)."""
+
+    def __init__(
+        self,
+        bound_host: str,
+        auth_enabled: bool,
+        allowed_origins: tuple[str, ...] = (),
+        allowed_hosts: tuple[str, ...] = (),
+    ) -> None:
+        self.bound_host = bound_host.strip().lower()
+        self.origins = frozenset(_normalized_origin(o) for o in allowed_origins if o.strip())
+        self.hosts = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
+        self.any_origin = "*" in self.origins or (auth_enabled and not self.origins)
+        self.any_host = "*" in self.hosts or (auth_enabled and not self.hosts)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if self.any_host or host_header is None:
+            return True
+        value = host_header.strip().lower()
+        host = _split_host(value)
+        if value in self.hosts or host in self.hosts or _is_loopback_name(host):
+            return True
+        bound = self.bound_host
+        if bound in _WILDCARDS:
+            return _is_ip(host)
+        return host.strip("[]") == bound.strip("[]")
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if self.any_origin or origin is None:
+            return True
+        normalized = _normalized_origin(origin)
+        if normalized in self.origins:
+            return True
+        parts = urllib.parse.urlsplit(normalized)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False  # "null" (a sandboxed page, a file), or not a URL at all
+        return _is_loopback_name(parts.hostname)

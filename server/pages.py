@@ -1,0 +1,81 @@
+"""Pages of a session's history and log (and of a listing) for replies, bounded in
+items and in bytes.
+
+A page holds at most ``limit`` items and about ``max_bytes`` of them (always at least
+one, so that a client always makes progress), and reading one costs about what it
+holds: events come from ``read_events(max_bytes=…)``; the history is read newest first
+in chunks sized from what the previous chunk weighed, so a history of large messages
+is not read a thousand at a time to answer with a few.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, TypeVar
+
+import msgspec
+
+from bamboo_session.persistence.base import HistoryPage, SessionStorage
+from bamboo_session.protocol.models import Message, StoredEvent
+
+FIRST_CHUNK: Final = 16  # messages read first, before their size is known
+MAX_CHUNK: Final = 256
+
+_json = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+def message_size(message: Message) -> int:
+    return len(_json.encode(message))
+
+
+async def history_page(
+    storage: SessionStorage, session_id: str, limit: int, before: int | None, max_bytes: int
+) -> HistoryPage:
+    """The newest messages before index ``before`` (default: the end), oldest first: at
+    most ``limit``, and no more than ``max_bytes`` of encoded messages but at least one.
+    ``has_more`` says whether older ones exist. Raises what ``get_history_page`` does."""
+    newest_first: list[Message] = []
+    used = 0
+    end = before
+    chunk = min(limit, FIRST_CHUNK)
+    start: int | None = None
+    while True:
+        page = await storage.get_history_page(session_id, chunk, end)
+        taken = 0
+        for message in reversed(page.messages):
+            size = message_size(message)
+            if newest_first and used + size > max_bytes:
+                break
+            newest_first.append(message)
+            used += size
+            taken += 1
+        start = page.start + len(page.messages) - taken
+        remaining = limit - len(newest_first)
+        if taken < len(page.messages) or not page.has_more or remaining <= 0:
+            break
+        end = page.start
+        average = max(1, used // len(newest_first))
+        chunk = max(1, min(remaining, MAX_CHUNK, (max_bytes - used) // average + 1))
+    newest_first.reverse()
+    return HistoryPage(newest_first, start, start > 0)
+
+
+async def events_page(
+    storage: SessionStorage, session_id: str, after_seq: int, limit: int, max_bytes: int
+) -> list[StoredEvent]:
+    """Events after ``after_seq``, oldest first: at most ``limit``, and no more than
+    ``max_bytes`` of encoded events but at least one."""
+    return await storage.read_events(session_id, after_seq, limit, max_bytes)
+
+
+def within_bytes(items: Sequence[T], max_bytes: int) -> list[T]:
+    """The first of ``items`` whose JSON fits in ``max_bytes`` (at least one)."""
+    kept: list[T] = []
+    used = 0
+    for item in items:
+        used += len(_json.encode(item))
+        if kept and used > max_bytes:
+            break
+        kept.append(item)
+    return kept

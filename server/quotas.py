@@ -1,0 +1,156 @@
+"""Quotas on new sessions: what one may carry, how many one user may keep, how fast
+one creator may make them.
+
+- Field lengths (``check_fields``): a session's ``title``, ``user_id`` and ``extra`` stay
+  in memory in the store's index for as long as it exists, so each has a cap. Over it:
+  :class:`FieldTooLong`, a ``bad_request`` (a ``hello`` that would create such a session
+  gets ``error`` and close 1008).
+- Sessions per user (:class:`SessionQuotas`): a user (the token's ``sub``, else
+  ``hello.user_id``) keeps at most ``max_sessions_per_user`` sessions that are not
+  closed. Counted by the store right before a creation, so it holds across server
+  processes sharing a store; within one process creations of one user are serialized,
+  across processes two creations racing for the last place may both succeed (the
+  window is one store round trip). Over it: :class:`TooManySessions`, close 4403.
+- Creation rate: a token bucket per creator: the token's ``sub`` under auth, the peer's
+  address without (an IPv6 peer's /64, which one host usually holds whole). Over it:
+  :class:`CreatingTooFast`, close 4429; the client backs off and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final
+
+import msgspec
+
+from bamboo_session.persistence.base import SessionFilter, SessionStorage
+from bamboo_session.protocol.errors import ErrorCode, ProtocolError
+from bamboo_session.protocol.models import SessionState
+
+from .limits import TokenBucket
+from .manager_config import SessionManagerConfig
+
+MAX_CREATORS: Final = 10_000  # creators whose buckets are kept (least recently used go)
+
+
+class FieldTooLong(ProtocolError):
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, message)
+
+
+class TooManySessions(Exception):
+    """The user already keeps the most sessions allowed."""
+
+
+class CreatingTooFast(Exception):
+    """This creator made too many sessions too quickly."""
+
+
+def check_fields(
+    config: SessionManagerConfig,
+    user_id: str | None,
+    title: str | None,
+    extra: dict[str, Any] | None,
+) -> None:
+    """FieldTooLong unless a new session's fields are within their limits."""
+    if user_id is not None and len(user_id) > config.max_user_id_length:
+        raise FieldTooLong(f"user_id is longer than {config.max_user_id_length} characters")
+    if title is not None and len(title) > config.max_title_length:
+        raise FieldTooLong(f"title is longer than {config.max_title_length} characters")
+    if extra and len(msgspec.json.encode(extra)) > config.max_extra_bytes:
+        raise FieldTooLong(f"extra is larger than {config.max_extra_bytes} bytes")
+
+
+def creator_key(user: str | None, address: str | None) -> str | None:
+    """Whose creation rate a new session counts against: the user under auth (``user``
+    given), else the peer's address; None when neither is known."""
+    if user is not None:
+        return "user:" + user
+    if address is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "addr:" + address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return "addr:" + str(ip.ipv4_mapped)
+        return "addr:" + str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return "addr:" + str(ip)
+
+
+# Wraps the creation of a session for an owner: refuses it by raising on entry.
+Admission = Callable[[str | None], AbstractAsyncContextManager[None]]
+
+
+class SessionQuotas:
+    """The per-user cap and the creation rates of one server process."""
+
+    def __init__(self, storage: SessionStorage, max_per_user: int, rate: float, burst: int) -> None:
+        self.storage = storage
+        self.max_per_user = max_per_user  # 0: no cap
+        self.rate = rate  # sessions per second per creator; 0: no limit
+        self.burst = burst
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        # Owners with a creation under way in this process: their lock and its users.
+        self._owners: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def admission(self, creator: str | None) -> Admission:
+        """What wraps the creation of a session made by ``creator``."""
+
+        @contextlib.asynccontextmanager
+        async def admit(owner: str | None) -> AsyncIterator[None]:
+            self._check_rate(creator)
+            if owner is None or self.max_per_user <= 0:
+                yield
+                return
+            # One creation at a time per owner in this process, from its count to its
+            # end: two of them never both take the last place.
+            async with self._owner_lock(owner):
+                kept = await self._count(owner)
+                if kept >= self.max_per_user:
+                    raise TooManySessions(f"{owner!r} keeps {kept} sessions")
+                yield
+
+        return admit
+
+    @contextlib.asynccontextmanager
+    async def _owner_lock(self, owner: str) -> AsyncIterator[None]:
+        entry = self._owners.get(owner)
+        if entry is None:
+            entry = self._owners[owner] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._owners[owner]
+
+    def _check_rate(self, creator: str | None) -> None:
+        if creator is None or self.rate <= 0:
+            return
+        bucket = self._buckets.get(creator)
+        if bucket is None:
+            bucket = self._buckets[creator] = TokenBucket(self.rate, self.burst)
+            while len(self._buckets) > MAX_CREATORS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(creator)
+        if not bucket.take():
+            raise CreatingTooFast(f"over {self.rate:g} new sessions/s")
+
+    async def _count(self, owner: str) -> int:
+        storage = self.storage
+        mine = await storage.list_sessions(SessionFilter(user_id=owner, limit=1))
+        closed = await storage.list_sessions(
+            SessionFilter(user_id=owner, state=SessionState.CLOSED, limit=1)
+        )
+        return mine.total - closed.total

@@ -1,0 +1,80 @@
+"""Figures about the store for /metrics: sessions stored and bytes on disk.
+
+Both cost more than a scrape should pay each time (counting walks an index, sizing
+walks a directory), so each is read at most once per interval and kept meanwhile.
+Bytes on disk are known for file stores (JSONL: its directory; SQLite: its file with
+its journal and WAL); for others the gauge stays unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Final
+
+from bamboo_session.persistence.base import SessionFilter, Storage, StorageError
+from bamboo_session.persistence.url import parse_store_url
+
+from .metrics import Metrics
+
+COUNT_EVERY: Final = 5.0  # seconds between counts of the sessions stored
+SIZE_EVERY: Final = 30.0  # seconds between walks of the store's files
+
+
+def store_location(url: str) -> tuple[str, Path] | None:
+    """``("dir", path)`` or ``("file", path)`` for a file store, else None."""
+    try:
+        parsed = parse_store_url(url)
+    except ValueError:
+        return None
+    if parsed.scheme == "jsonl":
+        return "dir", Path(parsed.location)
+    if parsed.scheme == "sqlite":
+        return "file", Path(parsed.location)
+    return None
+
+
+def bytes_on_disk(kind: str, path: Path) -> int:
+    """Bytes the files of a store take (blocking: run it in a thread)."""
+    if kind == "file":
+        names = [path.name + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+        return sum(_size(path.parent / name) for name in names)
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        total += sum(_size(Path(root) / name) for name in files)
+    return total
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # removed meanwhile, or never there
+        return 0
+
+
+class StoreStats:
+    """Refreshes the store gauges of ``metrics`` when they are older than they may be."""
+
+    def __init__(self, storage: Storage, url: str, metrics: Metrics) -> None:
+        self.storage = storage
+        self.location = store_location(url)
+        self.metrics = metrics
+        self._counted_at = -COUNT_EVERY
+        self._sized_at = -SIZE_EVERY
+
+    async def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._counted_at >= COUNT_EVERY:
+            self._counted_at = now
+            try:
+                found = await self.storage.list_sessions(SessionFilter(limit=1))
+            except StorageError:
+                pass  # the gauge keeps its last value; /readyz tells the failure
+            else:
+                self.metrics.sessions_stored.set(found.total)
+        if self.location is not None and now - self._sized_at >= SIZE_EVERY:
+            self._sized_at = now
+            kind, path = self.location
+            self.metrics.store_bytes.set(await asyncio.to_thread(bytes_on_disk, kind, path))

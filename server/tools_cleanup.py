@@ -1,0 +1,124 @@
+"""``cleanup``: remove the sessions of a store whose TTL has passed.
+
+First a read-only pass finds them (so a directory that is not a store is refused before
+anything is written to it); ``--dry-run`` stops there and lists them. Then the store is
+opened for writing and each is removed, rechecked first (it may have been touched
+since). Progress goes to stderr at most once a second, and once at the end; stdout gets
+the count, as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Final
+
+from bamboo_session.persistence.base import (
+    SessionFilter,
+    SessionNotFound,
+    SessionStorage,
+    SortBy,
+    SortOrder,
+)
+from bamboo_session.protocol.models import SessionMetadata, utcnow
+
+from .tools import runner, short_time
+from .tools_store import add_store_options, offline_store
+
+if TYPE_CHECKING:
+    from .tools import SubParsers
+
+SCAN_PAGE: Final = 10_000  # sessions read per page of the scan
+PROGRESS_EVERY: Final = 1.0  # seconds between progress lines
+
+
+def add_command(commands: SubParsers) -> None:
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove expired sessions",
+        description="Remove the sessions of a store whose TTL has passed; prints how many. "
+        "Progress goes to stderr.",
+    )
+    add_store_options(cleanup, with_url=False)
+    cleanup.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only list the expired sessions (id and expiry, one per line), remove nothing",
+    )
+    cleanup.set_defaults(run=runner(_cleanup))
+
+
+class Progress:
+    """A line on stderr at most every PROGRESS_EVERY seconds, and a last one."""
+
+    def __init__(self, verb: str, total: int | None = None) -> None:
+        self.verb = verb
+        self.total = total
+        self.done = 0
+        self._shown_at = time.monotonic()
+
+    def step(self, count: int = 1) -> None:
+        self.done += count
+        if time.monotonic() - self._shown_at >= PROGRESS_EVERY:
+            self.show()
+
+    def show(self) -> None:
+        self._shown_at = time.monotonic()
+        of = f" of {self.total}" if self.total is not None else ""
+        print(f"bamboo-session: cleanup: {self.verb} {self.done}{of}", file=sys.stderr, flush=True)
+
+
+async def expired_sessions(storage: SessionStorage) -> list[SessionMetadata]:
+    """Every session whose TTL has passed, scanning the store a page at a time."""
+    now = utcnow()
+    expired: list[SessionMetadata] = []
+    progress = Progress("sessions scanned:")
+    offset = 0
+    while True:
+        page = await storage.list_sessions(
+            SessionFilter(
+                limit=SCAN_PAGE,
+                offset=offset,
+                sort_by=SortBy.CREATED_AT,
+                sort_order=SortOrder.ASC,
+            )
+        )
+        progress.total = page.total
+        expired += [m for m in page.sessions if m.is_expired(now)]
+        progress.step(len(page.sessions))
+        offset += len(page.sessions)
+        if not page.sessions or offset >= page.total:
+            return expired
+
+
+async def _cleanup(args: argparse.Namespace) -> int:
+    async with offline_store(args, read_only=True) as storage:
+        expired = await expired_sessions(storage)
+    if args.dry_run:
+        for metadata in expired:
+            expires = short_time(metadata.expires_at) if metadata.expires_at else "-"
+            print(f"{metadata.id}\t{expires}")
+        print(f"bamboo-session: cleanup: {len(expired)} expired, none removed", file=sys.stderr)
+        return 0
+    removed = 0
+    if expired:
+        progress = Progress("expired sessions removed:", len(expired))
+        async with offline_store(args, read_only=False) as storage:
+            for metadata in expired:
+                removed += await _remove_if_expired(storage, metadata.id)
+                progress.step()
+        progress.show()
+    print(removed)
+    return 0
+
+
+async def _remove_if_expired(storage: SessionStorage, session_id: str) -> int:
+    metadata = await storage.get_metadata(session_id)
+    if metadata is None or not metadata.is_expired():
+        return 0  # gone, or touched since the scan
+    try:
+        await storage.delete_session(session_id)
+    except SessionNotFound:
+        return 0
+    return 1

@@ -1,0 +1,169 @@
+"""Where the operator tools read from: a store opened offline, or a running server's
+HTTP API.
+
+Offline, the store is ``--store URL`` or ``--data-dir DIR``, else what ``serve`` would
+use: ``BAMBOO_STORE``, else ``BAMBOO_DATA_DIR``, else ``~/.bamboo/sessions``. Reads open
+it read-only (``open_storage(url, read_only=True)``): they create nothing, write
+nothing, and refuse a directory that is not a store, naming it. Only ``cleanup``'s
+removals open it for writing, and only once a read-only pass found a store there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bamboo_session.persistence import open_storage, parse_store_url
+from bamboo_session.persistence.base import Storage, StorageError, StorageLocked
+
+from .tools import ToolError, path_argument
+
+DEFAULT_DATA_DIR = "~/.bamboo/sessions"
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+def add_store_options(parser: argparse.ArgumentParser, *, with_url: bool) -> None:
+    """``--store`` / ``--data-dir`` (offline), or ``--url`` (a running server)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--store",
+        default=None,
+        help="the store's URL, as serve takes it (default: $BAMBOO_STORE, else "
+        "--data-dir); read offline, refused while a server holds it",
+    )
+    source.add_argument(
+        "--data-dir",
+        type=path_argument,
+        default=None,
+        help=f"data directory of the JSONL store (default: $BAMBOO_DATA_DIR, else "
+        f"{DEFAULT_DATA_DIR})",
+    )
+    if with_url:
+        source.add_argument(
+            "--url",
+            default=None,
+            help="ask a running server instead, e.g. http://127.0.0.1:8765 (ws:// works too)",
+        )
+        add_token(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BAMBOO_TOKEN"),
+        help="bearer token (JWT) when the server requires one (default: $BAMBOO_TOKEN)",
+    )
+
+
+def add_online(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("BAMBOO_URL", DEFAULT_URL),
+        help=f"server base URL (default: $BAMBOO_URL or {DEFAULT_URL})",
+    )
+    add_token(parser)
+
+
+def store_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """The store the offline tools read: flags, then the environment, then the default."""
+    environ = os.environ if environ is None else environ
+    if args.store:
+        return str(args.store)
+    if args.data_dir is not None:
+        return str(args.data_dir)
+    if environ.get("BAMBOO_STORE"):
+        return environ["BAMBOO_STORE"]
+    return str(path_argument(environ.get("BAMBOO_DATA_DIR") or DEFAULT_DATA_DIR))
+
+
+@contextlib.asynccontextmanager
+async def offline_store(args: argparse.Namespace, *, read_only: bool) -> AsyncIterator[Storage]:
+    """The store ``args`` names, open (read-only unless told otherwise), closed after."""
+    url = store_url(args)
+    try:
+        parsed = parse_store_url(url)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+    where = parsed.location or url
+    if parsed.scheme == "jsonl" and not await asyncio.to_thread(Path(where).is_dir):
+        raise ToolError(f"no data directory at {where}")
+    try:
+        storage = await open_storage(url, read_only=read_only, cleanup_interval=None)
+    except StorageLocked:
+        raise ToolError(
+            f"{where} is in use by a running server; ask it with --url instead"
+        ) from None
+    except StorageError as exc:  # not a store, a damaged one...: say which
+        message = str(exc)
+        raise ToolError(message if where in message else f"{where}: {message}") from None
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+# -- a running server's HTTP API --------------------------------------------------------------
+
+
+def http_base(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise ToolError(f"not an http(s) or ws(s) URL: {url!r}")
+    return urllib.parse.urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def ws_base(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ToolError(f"not a ws(s) or http(s) URL: {url!r}")
+    return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+
+def _http_get(url: str, token: str | None) -> bytes:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError as error:
+        with error:
+            raise ToolError(f"HTTP {error.code}: {_error_message(error.read())}") from None
+    except urllib.error.URLError as error:
+        base = url.partition("?")[0]
+        raise ToolError(f"cannot reach {base}: {error.reason}") from None
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        message = json.loads(body)["error"]["message"]
+        return str(message)
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace").strip().splitlines()[0] if body.strip() else "error"
+
+
+async def get_json(args: argparse.Namespace, path: str, query: dict[str, str]) -> Any:
+    url = http_base(args.url) + path
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    body = await asyncio.to_thread(_http_get, url, args.token)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ToolError(f"not JSON from {url}") from None

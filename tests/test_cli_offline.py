@@ -1,0 +1,175 @@
+"""The offline tools as an operator meets them: they read the store ``serve`` would use
+(flags, then ``BAMBOO_STORE`` / ``BAMBOO_DATA_DIR``), read it without writing, refuse
+what is not a store, and ``cleanup`` lists before it removes, showing progress.
+
+The tests that a read creates and changes nothing, and that a directory that is not a
+store is refused, need the JSONL backend's read-only opening (``open_storage(url,
+read_only=True)``, on the jsonl branch)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.protocol import Message, Session, utcnow
+from tests.support import attach, run_server
+from tests.test_cli_tools import make_data_dir
+
+TIMEOUT = 30.0
+
+
+def tool(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``bamboo-session ARGV`` as a process, with only ``env`` of the BAMBOO_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BAMBOO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bamboo_session.server", *argv],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**clean, **(env or {})},
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and directory under ``root``, with its size and mtime."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+    }
+
+
+# -- reading creates and changes nothing (needs read-only JSONL opening) ------------------
+
+
+@pytest.mark.parametrize("command", [["ls"], ["show", "a"]])
+def test_reading_an_arbitrary_directory_creates_nothing_and_names_it(
+    tmp_path: Path, command: list[str]
+) -> None:
+    stranger = tmp_path / "photos"
+    stranger.mkdir()
+    (stranger / "cat.jpg").write_bytes(b"\xff\xd8")
+    before = snapshot(stranger)
+    code, out, err = tool(*command, "--data-dir", str(stranger))
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bamboo-session: "), err
+    assert str(stranger) in lines[0]
+    assert snapshot(stranger) == before  # no LOCK, events/, sessions/ or wal/
+
+
+def test_reading_a_store_writes_nothing(tmp_path: Path) -> None:
+    data_dir = make_data_dir(tmp_path / "data")
+    before = snapshot(data_dir)
+    for command in (["ls"], ["show", "a"], ["cleanup", "--dry-run"]):
+        code, _, err = tool(*command, "--data-dir", str(data_dir))
+        assert code == 0, err
+        assert snapshot(data_dir) == before, command
+
+
+def test_cleanup_refuses_a_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    stranger = tmp_path / "home"
+    stranger.mkdir()
+    code, out, err = tool("cleanup", "--data-dir", str(stranger))
+    assert code != 0 and out == "" and str(stranger) in err
+    assert snapshot(stranger) == {}
+
+
+# -- where the store is --------------------------------------------------------------------
+
+
+def test_the_store_comes_from_flags_then_the_environment(tmp_path: Path) -> None:
+    data_dir = make_data_dir(tmp_path / "data")
+    for env in ({"BAMBOO_DATA_DIR": str(data_dir)}, {"BAMBOO_STORE": f"jsonl://{data_dir}"}):
+        code, out, err = tool("ls", "--json", env=env)
+        assert code == 0, err
+        assert {s["id"] for s in json.loads(out)["sessions"]} == {"a", "b", "c", "old"}, env
+        code, out, err = tool("show", "a", "--json", env=env)
+        assert code == 0 and json.loads(out)["metadata"]["id"] == "a", err
+    # BAMBOO_STORE wins over BAMBOO_DATA_DIR, as for serve; a flag wins over both.
+    both = {"BAMBOO_STORE": "memory://", "BAMBOO_DATA_DIR": str(data_dir)}
+    code, out, _ = tool("ls", "--json", env=both)
+    assert code == 0 and json.loads(out)["total"] == 0
+    code, out, _ = tool("ls", "--json", "--data-dir", str(data_dir), env=both)
+    assert code == 0 and json.loads(out)["total"] == 4
+    code, out, _ = tool("ls", "--json", "--store", "memory://", env={"BAMBOO_DATA_DIR": "/x"})
+    assert code == 0 and json.loads(out)["total"] == 0
+    code, _, err = tool("cleanup", "--dry-run", env={"BAMBOO_DATA_DIR": str(data_dir)})
+    assert code == 0 and "1 expired" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"BAMBOO_STORE": "ftp://x"}, "unknown scheme 'ftp'"),
+        ({"BAMBOO_DATA_DIR": "/nonexistent/bamboo"}, "no data directory at /nonexistent/bamboo"),
+    ],
+)
+def test_a_bad_store_from_the_environment_is_one_line(env: dict[str, str], says: str) -> None:
+    for command in (["ls"], ["show", "a"], ["cleanup"]):
+        code, out, err = tool(*command, env=env)
+        assert code == 1 and out == "", err
+        assert err.count("\n") == 1 and says in err, err
+
+
+# -- cleanup -------------------------------------------------------------------------------
+
+
+def make_expired(path: Path, count: int) -> None:
+    async def fill() -> None:
+        config = JsonlStorageConfig(path, durability="os")
+        async with await JsonlStorage.open(config) as storage:
+            await storage.create_session(Session.new("kept", user_id="u"))
+            for i in range(count):
+                old = Session.new(f"old-{i}", ttl=60)
+                old.metadata.touch(utcnow() - timedelta(hours=1))
+                await storage.create_session(old)
+            await storage.append_message("kept", Message.user("still here"))
+
+    asyncio.run(fill())
+
+
+def test_cleanup_dry_run_lists_and_removes_nothing_then_cleanup_removes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    make_expired(data_dir, 30)
+    code, out, err = tool("cleanup", "--dry-run", "--data-dir", str(data_dir))
+    assert code == 0, err
+    listed = [line.split("\t")[0] for line in out.splitlines()]
+    assert sorted(listed) == sorted(f"old-{i}" for i in range(30))
+    assert "30 expired, none removed" in err
+    code, out, err = tool("ls", "--json", "--limit", "1000", "--data-dir", str(data_dir))
+    assert json.loads(out)["total"] == 31
+    code, out, err = tool("cleanup", "--data-dir", str(data_dir))
+    assert (code, out) == (0, "30\n"), err
+    assert (
+        err.strip().splitlines()[-1]
+        == "bamboo-session: cleanup: expired sessions removed: 30 of 30"
+    )
+    code, out, _ = tool("ls", "--json", "--data-dir", str(data_dir))
+    assert [s["id"] for s in json.loads(out)["sessions"]] == ["kept"]
+
+
+# -- show over HTTP reads every page --------------------------------------------------------
+
+
+async def test_show_over_http_reads_a_long_history_page_by_page(tmp_path: Path) -> None:
+    async with run_server(tmp_path, durability="os", max_history_page=300) as server:
+        async with attach(server, "long", create=True) as (peer, _):
+            for i in range(1_100):
+                message = {"role": "user", "content": f"m{i}"}
+                await peer.send({"type": "message", "id": i, "message": message})
+            for _ in range(1_100):
+                await peer.recv_type("ack")
+        url = f"http://127.0.0.1:{server.port}"
+        code, out, err = await asyncio.to_thread(tool, "show", "long", "--url", url, "--json")
+    assert code == 0, err
+    session = json.loads(out)
+    assert [m["content"] for m in session["messages"]] == [f"m{i}" for i in range(1_100)]

@@ -1,0 +1,237 @@
+"""Memory is bounded in bytes, not only in counts: send queues, replay rings, inboxes and
+their sum (the process's memory budget); pages are bounded in bytes; reading costs what
+is asked, measured with tracemalloc around real requests on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bamboo_session.protocol.frames import Pong
+from bamboo_session.protocol.models import StoredEvent, Token
+from bamboo_session.server.budget import MemoryBudget
+from bamboo_session.server.commands import Append, Inbox
+from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox
+from bamboo_session.server.room import SessionRoom
+from tests.support import attach, get, run_server, token
+from tests.test_server_lifecycle import eventually
+
+T = TypeVar("T")
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def event(seq: int, size: int) -> Outbound:
+    return Outbound.for_event(StoredEvent(seq, _ts(), Token("x" * size)))
+
+
+def _ts() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- the buffers on their own ----------------------------------------------------------
+
+
+async def test_a_send_queue_over_its_bytes_overflows_though_few_frames() -> None:
+    budget = MemoryBudget(0)
+    outbox = Outbox("c", "client", limit=1000, max_bytes=100 * KIB, budget=budget)
+    outbox.push(event(1, 200 * KIB))  # one frame always fits in an empty queue
+    assert outbox.closing is None and budget.used > 200 * KIB
+    outbox.push(event(2, 10))
+    outbox.push(event(3, 200 * KIB))
+    assert outbox.closing is not None and outbox.closing.overflow
+    assert isinstance(await outbox.get(), CloseRequest)
+    assert budget.used == 0 and outbox.bytes == 0
+
+
+async def test_past_the_process_budget_a_backed_up_queue_closes_a_keeping_up_one_stays() -> None:
+    budget = MemoryBudget(1 * MIB)
+    backed_up = Outbox("slow", "client", 10_000, max_bytes=4 * MIB, budget=budget)
+    keeping_up = Outbox("fast", "client", 10_000, max_bytes=4 * MIB, budget=budget)
+    for seq in range(1, 20):
+        frame = event(seq, 100 * KIB)
+        backed_up.push(frame)
+        keeping_up.push(frame)
+        assert isinstance(await keeping_up.get(), Outbound)  # its writer keeps up
+    assert backed_up.closing is not None and backed_up.closing.overflow
+    assert keeping_up.closing is None
+    assert budget.used == 0
+
+
+async def test_sent_frames_release_their_bytes() -> None:
+    budget = MemoryBudget(0)
+    outbox = Outbox("c", "client", limit=100, max_bytes=MIB, budget=budget)
+    for i in range(10):
+        outbox.push(Outbound(Pong(id=i)))
+    assert budget.used == outbox.bytes > 0
+    first = await outbox.get()
+    assert isinstance(first, Outbound)
+    outbox.take_frames(first, 100)
+    assert budget.used == outbox.bytes == 0
+    outbox.push(event(1, 1000))
+    outbox.discard()
+    assert budget.used == 0
+
+
+def test_the_ring_keeps_what_its_bytes_allow_and_nothing_past_the_budget() -> None:
+    budget = MemoryBudget(0)
+    room = SessionRoom("e", 0, ring_size=1000, ring_max_bytes=300 * KIB, budget=budget)
+    room.deliver([StoredEvent(seq, _ts(), Token("x" * 100 * KIB)) for seq in range(1, 11)])
+    assert room.ring is not None and [o.seq for o in room.ring] == [9, 10]
+    assert room.ring_page(8, 10) is not None and room.ring_page(7, 10) is None
+    assert budget.used == room.ring_bytes <= 300 * KIB
+    room.drop_ring()
+    assert budget.used == 0
+    tight = MemoryBudget(50 * KIB)
+    poor = SessionRoom("e", 0, ring_size=1000, ring_max_bytes=MIB, budget=tight)
+    poor.deliver([StoredEvent(1, _ts(), Token("x" * 100 * KIB))])
+    assert poor.ring is None and tight.used == 0  # replays will read the store
+
+
+async def test_the_inbox_is_bounded_in_bytes_but_always_takes_one() -> None:
+    budget = MemoryBudget(0)
+    inbox = Inbox(limit=1000, max_bytes=100 * KIB, budget=budget)
+    assert inbox.has_room()
+    inbox.append(Append(Token("a"), size=150 * KIB))
+    assert not inbox.has_room() and budget.used == 150 * KIB
+    waiter = asyncio.create_task(inbox.wait_for_room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert len(inbox.take_batch(10)) == 1
+    await asyncio.wait_for(waiter, 1)
+    assert budget.used == 0 and inbox.bytes == 0
+
+
+# -- over real connections -------------------------------------------------------------
+
+
+async def test_a_slow_reader_of_large_events_is_closed_by_bytes_not_frames() -> None:
+    config = {"send_queue_frames": 100_000, "send_queue_bytes": MIB, "durability": "os"}
+    async with run_server(**config) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            async with attach(server, session_id) as (slow, _):
+                await agent.recv_type("presence")
+                # 400 x 60 KB: more than loopback's socket buffers hold, so the slow
+                # reader's queue backs up past 1 MiB, at a few hundred frames at most.
+                for i in range(400):
+                    frame = {"type": "event", "id": i, "event": token("y" * 60_000)}
+                    await agent.request(frame, "ack")
+                code, _ = await slow.closed(timeout=20)
+                assert code == 4429
+        metrics = server.metrics.render().decode()
+        assert "bamboo_send_queue_drops_total 1.0" in metrics
+        # Once everyone has left, what is held is the parked session's ring, no more.
+        actor = server.manager.live_actor(session_id)
+        assert actor is not None
+        await eventually(lambda: not actor.room.outboxes)
+        assert server.manager.budget.used == actor.room.ring_bytes <= MIB
+
+
+async def test_pages_are_bounded_in_bytes_and_always_hold_one() -> None:
+    async with run_server(max_page_bytes=700_000) as server:
+        async with attach(server) as (peer, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(6):
+                message = {"role": "user", "content": f"{i}" + "m" * 300_000}
+                await peer.request({"type": "message", "id": i, "message": message}, "ack")
+            history = await peer.request({"type": "history", "id": "h", "limit": 100}, "history")
+            assert [m["content"][0] for m in history["messages"]] == ["4", "5"]
+            assert history["has_more"] is True
+            events = await peer.request({"type": "events", "id": "e", "limit": 100}, "events")
+            assert [e["seq"] for e in events["events"]] == [1, 2]
+            assert events["last_seq"] == 6
+        async with run_server(max_page_bytes=1024) as small:
+            async with attach(small) as (peer, _):
+                message = {"role": "user", "content": "z" * 5000}
+                await peer.request({"type": "message", "id": 1, "message": message}, "ack")
+                history = await peer.request({"type": "history", "id": "h"}, "history")
+                assert len(history["messages"]) == 1 and history["has_more"] is False
+        status, body = await get(server, f"/api/v1/sessions/{session_id}/events?limit=100")
+        assert status == 200 and [e["seq"] for e in body["events"]] == [1, 2]
+
+
+async def test_past_the_memory_budget_replay_reads_the_store() -> None:
+    async with run_server(memory_budget=16 * KIB) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id, epoch = welcome["session"]["id"], welcome["epoch"]
+            async with attach(server, session_id) as (viewer, _):
+                await agent.recv_type("presence")
+                for i in range(5):
+                    frame = {"type": "event", "id": i, "event": token(f"{i}" + "r" * 40_000)}
+                    await agent.request(frame, "ack")
+                    await viewer.recv_type("event")
+                actor = server.manager.live_actor(session_id)
+                assert actor is not None and actor.room.ring is None
+                async with attach(server, session_id, last_seq=1, epoch=epoch) as (late, w):
+                    assert w["resumed"] and w["replay"] == 4
+                    seqs = [(await late.recv_type("event"))["seq"] for _ in range(4)]
+                    assert seqs == [2, 3, 4, 5]
+
+
+# -- reading costs what is asked ---------------------------------------------------------
+
+
+async def peak_during(action: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """What ``action`` returns, and the most memory it held above where it started."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        result = await action()
+        return result, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+BIG = 900_000
+COUNT = 24  # 24 x 900 KB: about 21 MB of history; reading it all would hold more
+
+
+async def test_attach_and_resume_read_only_what_they_replay(tmp_path: Path) -> None:
+    await fill_with_large_messages(tmp_path)
+    async with run_server(tmp_path) as server:  # a restart: nothing cached
+
+        async def hello() -> dict[str, Any]:
+            async with attach(server, "big") as (_, welcome):
+                return welcome
+
+        welcome, peak = await peak_during(hello)
+        assert welcome["session"]["message_count"] == COUNT
+        assert peak < 2 * BIG, f"attach held {peak} bytes"
+
+        async def resume_one() -> dict[str, Any]:
+            async with attach(server, "big", last_seq=COUNT - 1) as (peer, w):
+                assert w["replay"] == 1
+                return await peer.recv_type("event")
+
+        replayed, peak = await peak_during(resume_one)
+        assert replayed["seq"] == COUNT
+        # One event's copies on both ends (line, frame, client's str and object).
+        assert peak < 8 * BIG, f"resuming for one event held {peak} bytes"
+
+
+async def test_history_of_one_reads_about_one_message(tmp_path: Path) -> None:
+    # Needs a store whose get_history_page reads about what it returns (the JSONL
+    # backend's history cache, on its own branch).
+    await fill_with_large_messages(tmp_path)
+    async with run_server(tmp_path) as server, attach(server, "big") as (peer, _):
+
+        async def history() -> dict[str, Any]:
+            return await peer.request({"type": "history", "id": "h", "limit": 1}, "history")
+
+        reply, peak = await peak_during(history)
+        assert len(reply["messages"]) == 1 and reply["has_more"]
+        assert peak < 8 * BIG, f"history limit=1 held {peak} bytes"
+
+
+async def fill_with_large_messages(data_dir: Path) -> None:
+    async with run_server(data_dir, durability="os") as server:
+        async with attach(server, "big", create=True) as (peer, _):
+            for i in range(COUNT):
+                message = {"role": "assistant", "content": f"{i:02}" + "b" * BIG}
+                await peer.request({"type": "message", "id": i, "message": message}, "ack")

@@ -1,0 +1,138 @@
+"""Safe defaults for Origin and Host: without auth, a web page the developer visits can
+neither open a WebSocket to their local server (cross-site WebSocket hijacking) nor read
+its HTTP API by rebinding its own name to 127.0.0.1 (DNS rebinding)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from bamboo_session.server.origins import RequestGuard
+from tests.support import get, open_peer, run_server
+from tests.test_server_http import raw_http
+
+SECRET = "o" * 32
+
+
+def test_without_auth_only_loopback_hosts_and_origins_pass() -> None:
+    guard = RequestGuard("127.0.0.1", auth_enabled=False)
+    for host in (
+        None,
+        "127.0.0.1:8765",
+        "localhost",
+        "LOCALHOST:80",
+        "[::1]:8765",
+        "app.localhost",
+    ):
+        assert guard.host_allowed(host), host
+    for host in ("evil.example", "evil.example:8765", "10.0.0.5:8765", "127.0.0.1.evil.example"):
+        assert not guard.host_allowed(host), host
+    for origin in (None, "http://localhost:3000", "http://127.0.0.1:8765", "https://[::1]"):
+        assert guard.origin_allowed(origin), origin
+    for origin in ("https://evil.example", "null", "http://localhost.evil.example", "file://"):
+        assert not guard.origin_allowed(origin), origin
+
+
+def test_the_flags_widen_the_lists() -> None:
+    guard = RequestGuard(
+        "127.0.0.1",
+        auth_enabled=False,
+        allowed_origins=("https://App.example/",),
+        allowed_hosts=("bamboo.internal", "proxy.example:8443"),
+    )
+    assert guard.origin_allowed("https://app.example")
+    assert guard.origin_allowed("http://localhost:5173")  # still
+    assert not guard.origin_allowed("https://other.example")
+    assert guard.host_allowed("bamboo.internal:8765") and guard.host_allowed("proxy.example:8443")
+    assert guard.host_allowed("localhost")
+    assert not guard.host_allowed("proxy.example:9999") and not guard.host_allowed("evil.example")
+    anything = RequestGuard("127.0.0.1", False, allowed_origins=("*",), allowed_hosts=("*",))
+    assert anything.origin_allowed("https://evil.example") and anything.host_allowed("x.example")
+
+
+def test_the_bound_address_passes_and_any_ip_when_bound_everywhere() -> None:
+    lan = RequestGuard("192.168.1.5", auth_enabled=False)
+    assert lan.host_allowed("192.168.1.5:8765") and not lan.host_allowed("192.168.1.6:8765")
+    everywhere = RequestGuard("0.0.0.0", auth_enabled=False)
+    assert everywhere.host_allowed("192.168.1.5:8765") and everywhere.host_allowed("[fe80::1]")
+    assert not everywhere.host_allowed("rebound.evil.example:8765")
+
+
+def test_with_auth_any_host_and_origin_pass_unless_listed() -> None:
+    open_guard = RequestGuard("0.0.0.0", auth_enabled=True)
+    assert open_guard.host_allowed("bamboo.example.com")
+    assert open_guard.origin_allowed("https://app.example.com")
+    listed = RequestGuard("0.0.0.0", True, allowed_origins=("https://app.example.com",))
+    assert listed.origin_allowed("https://app.example.com")
+    assert not listed.origin_allowed("https://evil.example")
+
+
+async def upgrade_status(server: Any, headers: dict[str, str]) -> int:
+    try:
+        async with open_peer(server, headers=headers) as peer:
+            await peer.send({"type": "hello"})
+            assert (await peer.recv())["type"] == "welcome"
+            return 101
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+async def test_by_default_a_foreign_origin_cannot_open_a_websocket() -> None:
+    async with run_server() as server:
+        assert await upgrade_status(server, {"Origin": "https://evil.example"}) == 403
+        assert await upgrade_status(server, {"Origin": "null"}) == 403
+        assert await upgrade_status(server, {"Origin": "http://localhost:3000"}) == 101
+        assert await upgrade_status(server, {}) == 101  # not a browser
+    async with run_server(allowed_origins=("https://app.example",)) as server:
+        assert await upgrade_status(server, {"Origin": "https://app.example"}) == 101
+        assert await upgrade_status(server, {"Origin": "https://evil.example"}) == 403
+
+
+async def test_by_default_a_rebound_host_reads_nothing() -> None:
+    async with run_server() as server:
+        await server.manager.create_session("u", "secret plans")
+        for path in ("/api/v1/sessions", "/healthz", "/metrics"):
+            status, body = await get(server, path, {"Host": "rebound.evil.example:8765"})
+            assert status == 403 and body["error"] == {
+                "code": "forbidden",
+                "message": "host not allowed",
+            }, path
+        assert (await get(server, "/api/v1/sessions", {"Host": "localhost"}))[0] == 200
+        upgrade = (
+            b"GET /api/v1/stream HTTP/1.1\r\nHost: rebound.evil.example\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        assert (await raw_http(server, upgrade))[0] == 403
+    async with run_server(allowed_hosts=("bamboo.internal",)) as server:
+        assert (await get(server, "/healthz", {"Host": "bamboo.internal:80"}))[0] == 200
+
+
+async def test_a_second_host_header_is_a_bad_request() -> None:
+    async with run_server() as server:
+        status, _, body = await raw_http(
+            server, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n"
+        )
+        assert status == 400 and b"more than one Host header" in body
+        assert await upgrade_status(server, {"Origin": "http://localhost"}) == 101
+        assert await upgrade_status(server, {"Host": "localhost"}) == 400  # plus its own
+
+
+async def test_with_auth_hosts_and_origins_are_not_restricted_by_default() -> None:
+    token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, SECRET, "HS256")
+    async with run_server(auth_secret=SECRET) as server:
+        status, _ = await get(server, "/healthz", {"Host": "bamboo.example.com"})
+        assert status == 200
+        async with open_peer(server, headers={"Origin": "https://app.example.com"}) as peer:
+            await peer.send({"type": "hello", "token": token})
+            assert (await peer.recv())["type"] == "welcome"
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_empty_lists_are_no_lists(value: str) -> None:
+    guard = RequestGuard("127.0.0.1", False, allowed_hosts=tuple(value.split(",")))
+    assert not guard.host_allowed("evil.example")

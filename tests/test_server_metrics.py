@@ -1,0 +1,125 @@
+"""What /metrics tells an operator: connections opened, every close the server starts
+(handshake refusals included), latency and batch histograms in Prometheus form, the
+process's own figures and the store's."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import jwt
+from prometheus_client.parser import text_string_to_metric_families
+
+from bamboo_session.server.metrics import Histogram
+from bamboo_session.server.store_stats import bytes_on_disk
+from tests.support import attach, get, open_peer, run_server, token
+
+SECRET = "m" * 32
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, by name and labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(server: object) -> str:
+    status, text = await get(server, "/metrics")  # type: ignore[arg-type]
+    assert status == 200
+    assert isinstance(text, str)
+    return text
+
+
+def test_histogram_renders_cumulative_buckets() -> None:
+    histogram = Histogram("h_seconds", "h", (0.1, 1.0))
+    for observed in (0.05, 0.1, 0.5, 3.0):
+        histogram.observe(observed)
+    (family,) = histogram.collect()
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "h_seconds_bucket"}
+    assert buckets == {"0.1": 2, "1.0": 3, "+Inf": 4}
+    count = next(s.value for s in family.samples if s.name == "h_seconds_count")
+    assert count == 4 and histogram.sum == 3.65
+
+
+async def test_connections_opened_and_handshake_closes_are_counted() -> None:
+    async with run_server(hello_timeout=0.3, max_connections_per_user=1) as server:
+        async with open_peer(server) as silent:  # 4408
+            assert (await silent.closed())[0] == 4408
+        async with open_peer(server) as bad:  # 1008
+            await bad.send({"type": "ping"})
+            assert (await bad.closed())[0] == 1008
+        async with open_peer(server, "missing") as missing:  # 4404
+            await missing.send({"type": "hello"})
+            assert (await missing.closed())[0] == 4404
+        async with attach(server, user_id="u") as (_, welcome):
+            async with open_peer(server, welcome["session"]["id"]) as second:  # 4429
+                await second.send({"type": "hello", "user_id": "u"})
+                assert (await second.closed())[0] == 4429
+        text = await scrape(server)
+    assert value(text, "bamboo_connections_opened_total") == 5
+    for code in ("4408", "1008", "4404", "4429"):
+        assert value(text, "bamboo_closes_total", code=code) == 1, code
+
+
+async def test_auth_refusals_are_counted() -> None:
+    def make(sub: str, **claims: object) -> str:
+        return jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, SECRET)
+
+    async with run_server(auth_secret=SECRET) as server:
+        async with attach(server, "mine", create=True, token=make("alice")):
+            pass
+        async with open_peer(server, "mine") as stranger:
+            await stranger.send({"type": "hello", "token": make("bob")})
+            assert (await stranger.closed())[0] == 4403
+        async with open_peer(server, "mine") as anonymous:
+            await anonymous.send({"type": "hello"})
+            assert (await anonymous.closed())[0] == 4401
+        text = await scrape(server)
+    assert value(text, "bamboo_closes_total", code="4403") == 1
+    assert value(text, "bamboo_closes_total", code="4401") == 1
+
+
+async def test_histograms_process_and_store_figures() -> None:
+    async with run_server() as server:
+        async with (
+            attach(server) as (agent, welcome),
+            attach(server, welcome["session"]["id"]) as (
+                viewer,
+                _,
+            ),
+        ):
+            for i in range(5):
+                await agent.request({"type": "event", "id": i, "event": token(str(i))}, "ack")
+            for _ in range(5):
+                await viewer.recv_type("event")
+            text = await scrape(server)
+    assert value(text, "bamboo_append_ack_seconds_count") == 5
+    assert value(text, "bamboo_append_ack_seconds_bucket", le="+Inf") == 5
+    assert value(text, "bamboo_group_commit_events_count") >= 1
+    assert value(text, "bamboo_group_commit_events_sum") == 5
+    assert value(text, "bamboo_group_commit_seconds_count") >= 1
+    assert 1 <= value(text, "bamboo_delivery_lag_seconds_count") <= 5  # one per batch
+    assert "# TYPE bamboo_delivery_lag_seconds histogram" in text
+    assert value(text, "process_resident_memory_bytes") > 1e6
+    assert value(text, "process_cpu_seconds_total") > 0
+    assert value(text, "bamboo_sessions_stored") == 1
+    assert value(text, "bamboo_store_bytes") > 0
+
+
+async def test_store_bytes_follow_the_data_directory(tmp_path: Path) -> None:
+    async with run_server(tmp_path) as server:
+        async with attach(server) as (agent, _):
+            await agent.request({"type": "event", "id": 1, "event": token("x" * 50_000)}, "ack")
+        text = await scrape(server)
+    on_disk = bytes_on_disk("dir", tmp_path)
+    reported = value(text, "bamboo_store_bytes")
+    assert reported >= 50_000 and abs(reported - on_disk) < on_disk * 0.5 + 65536
+    assert re.search(r"^bamboo_sessions_stored 1\.0$", text, re.M)
