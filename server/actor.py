@@ -15,7 +15,6 @@ store's. A parked actor (no connection) holds no task, no subscription and a sma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
 
@@ -27,13 +26,13 @@ from bamboo_session.persistence.base import (
     SessionNotFound,
     Storage,
     StorageError,
-    Subscription,
 )
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .commands import (
     ActorRetired,
+    Announce,
     Append,
     Attach,
     Command,
@@ -43,30 +42,23 @@ from .commands import (
     SetState,
     Stop,
     Tick,
+    answer_late,
+    attach_refusal,
 )
-from .failures import subscription_end
+from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbound
+from .presence import LOCAL, LocalPresence
 from .replay import replay_pages
 from .room import SessionRoom
+from .status import SessionStatus
 from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
 
 PARKED_RING_SIZE = 64
 _BATCH_MAX = 512
-
-
-def attach_refusal(metadata: SessionMetadata | None, session_id: str) -> Exception | None:
-    """Why a session may not be attached to, if it may not."""
-    if metadata is None:
-        return SessionNotFound(session_id)
-    if metadata.is_expired():
-        return SessionExpired(session_id)
-    if metadata.state == SessionState.CLOSED:
-        return SessionClosed(session_id)
-    return None
 
 
 class SessionActor:
@@ -81,13 +73,14 @@ class SessionActor:
         "accepting",
         "config",
         "finished",
+        "following",
         "inbox",
         "metrics",
+        "presence",
         "room",
         "session_id",
-        "state",
+        "status",
         "storage",
-        "subscription",
         "task",
     )
 
@@ -98,15 +91,17 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        presence: LocalPresence = LOCAL,
     ) -> None:
         self.session_id = metadata.id
         self.storage = storage
         self.config = config
         self.metrics = metrics
         self._on_retired = on_retired
-        self.state = metadata.state
+        self.presence = presence  # session-wide, on a store processes share (presence.py)
+        self.status = SessionStatus(self.session_id, metadata.state, storage)
         self.room = SessionRoom(metadata.epoch, metadata.last_seq, config.ring_size)
-        self.subscription: Subscription | None = None
+        self.following = Following(storage, self.session_id, self._wake)
         self.accepting = True
         self.finished = False
         self.inbox = Inbox(config.inbox_limit)
@@ -123,17 +118,26 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        presence: LocalPresence = LOCAL,
     ) -> SessionActor:
         """An actor for a stored session: its metadata is all it reads."""
         metadata = await storage.get_metadata(session_id)
         refusal = attach_refusal(metadata, session_id)
         if refusal is not None or metadata is None:
             raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired)
+        return cls(metadata, storage, config, metrics, on_retired, presence)
 
     @property
     def published_seq(self) -> int:
         return self.room.published_seq
+
+    @property
+    def subscription(self) -> object | None:
+        return self.following.subscription
+
+    @property
+    def state(self) -> SessionState:
+        return self.status.state
 
     # -- commands in ---------------------------------------------------------------
 
@@ -166,15 +170,9 @@ class SessionActor:
 
     def _reject(self, command: Command) -> None:
         """Answer a command that arrived after the actor finished its work."""
-        if isinstance(command, Append | SetState):
-            if self.state == SessionState.CLOSED:
-                self._refuse(command, SessionClosed(self.session_id))
-            else:
-                self._refuse(command, StorageError("session went offline, reconnect and retry"))
-        elif isinstance(command, Attach) and not command.future.done():
-            command.future.set_exception(ActorRetired(self.session_id))
-        elif isinstance(command, Stop) and command.future is not None:
-            command.future.set_result(None)
+        code = answer_late(command, self.state == SessionState.CLOSED, self.session_id)
+        if code is not None:
+            self.metrics.errors.labels(code=code).inc()
 
     def start(self) -> None:
         self._arm_timer()
@@ -188,9 +186,8 @@ class SessionActor:
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
         try:
             while self.accepting:
-                subscription = self.subscription
-                if subscription is not None and subscription.ready():
-                    await self._deliver(subscription)
+                if self.following.ready():
+                    await self._deliver()
                 elif len(self.inbox):
                     await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
                 elif self.room.outboxes:
@@ -226,6 +223,7 @@ class SessionActor:
         # the moment the inbox is found empty, new ones are rejected on arrival.
         while len(self.inbox):
             await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
+        await self.presence.leave_session(self.session_id)
         self.finished = True
         for command in self.inbox.take_all():
             self._reject(command)
@@ -234,7 +232,7 @@ class SessionActor:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
         self.accepting = False
         self._timer.cancel()
-        self._unsubscribe()
+        self._unfollow()
         self._on_retired(self)
 
     # -- commands -------------------------------------------------------------------
@@ -267,6 +265,8 @@ class SessionActor:
                     command.future.set_result(None)
             case Tick():
                 await self._on_timer(command.generation)
+            case Announce(connection_id, role, joined, connections):
+                self.room.announce(connection_id, role, joined, connections)
             case _:  # pragma: no cover - Append is batched by the caller
                 raise AssertionError(command)
 
@@ -281,7 +281,7 @@ class SessionActor:
                 self._refuse(command, exc)
             return
         fresh = 0
-        following = self.subscription is not None
+        following = self.following.active
         for command, result in zip(appends, results, strict=True):
             if not result.duplicate:
                 fresh += 1
@@ -294,7 +294,7 @@ class SessionActor:
         self.metrics.events_appended.inc(fresh)
         self.note_traffic()
         if self.state == SessionState.IDLE and self.room.outboxes:
-            await self._change_state(SessionState.ACTIVE)
+            await self.status.become(SessionState.ACTIVE)
 
     def _refuse(self, command: Request, exc: BaseException) -> None:
         code = command.refuse(exc)
@@ -312,15 +312,17 @@ class SessionActor:
             if not command.future.done():
                 command.future.set_exception(refusal or SessionNotFound(self.session_id))
             return
-        if self.subscription is None:
+        if not self.following.active:
             self.room.restart_at(metadata.last_seq)
-            await self._subscribe()
+            await self.following.start(self.room.published_seq)
         if self.state != SessionState.ACTIVE:
             # A session nobody was attached to becomes active: that is activity too.
-            await self._change_state(SessionState.ACTIVE)
-            await self._touch()
+            await self.status.become(SessionState.ACTIVE)
+            await self.status.touch()
         metadata.state = self.state
-        welcome = self.room.join(command.outbox, command.last_seq, command.epoch, metadata)
+        outbox = command.outbox
+        connections = await self.presence.join(self.session_id, outbox.connection_id, outbox.role)
+        welcome = self.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
         if welcome.replay:
             self.metrics.events_replayed.inc(welcome.replay)
         self.note_traffic()
@@ -330,18 +332,21 @@ class SessionActor:
             command.future.set_result(welcome)
 
     async def _detach(self, connection_id: str) -> None:
-        if self.room.leave(connection_id) is None:
+        outbox = self.room.outboxes.get(connection_id)
+        if outbox is None:
             return
+        connections = await self.presence.leave(self.session_id, connection_id, outbox.role)
+        self.room.leave(connection_id, connections)
         if not self.room.outboxes and self.state != SessionState.CLOSED:
-            self._unsubscribe()
-            await self._change_state(SessionState.DISCONNECTED)
+            self._unfollow()
+            await self.status.become(SessionState.DISCONNECTED)
             self.room.shrink_ring(PARKED_RING_SIZE)
             self._arm_timer()
 
     async def _set_state(self, command: SetState) -> None:
         try:
-            await self._change_state(command.state)
-            await self._touch()  # a state a peer asks for is activity
+            await self.status.become(command.state)
+            await self.status.touch()  # a state a peer asks for is activity
         except (StorageError, ValueError) as exc:
             self._refuse(command, exc)
             return
@@ -350,50 +355,20 @@ class SessionActor:
             self.room.close_all(CloseCode.NORMAL, "session closed")
             self.accepting = False
 
-    async def _change_state(self, state: SessionState) -> None:
-        if state == self.state:
-            return
-        self.state.check_transition(state)
-        try:
-            await self.storage.update_session_state(self.session_id, state)
-        except SessionExpired:
-            # Expired under our feet: the state stays in memory only, and cleanup
-            # removes the session; a state change is not activity that revives it.
-            log.info("session expired", state=state.value)
-        self.state = state
-
-    async def _touch(self) -> None:
-        with contextlib.suppress(SessionExpired, SessionNotFound):
-            await self.storage.touch(self.session_id)
-
     # -- live events from the store -------------------------------------------------
 
-    async def _subscribe(self) -> None:
-        subscription = await self.storage.subscribe(self.session_id, self.room.published_seq)
-        subscription.on_ready(self._wake)
-        self.subscription = subscription
-
-    def _unsubscribe(self) -> None:
-        subscription, self.subscription = self.subscription, None
-        if subscription is not None:
-            subscription.on_ready(None)
-            subscription.close()
+    def _unfollow(self) -> None:
+        self.following.stop()
         self.room.origins.clear()
 
-    async def _deliver(self, subscription: Subscription) -> None:
-        try:
-            events = await subscription.next_batch(_BATCH_MAX)
-        except StorageError as exc:
-            log.error("reading the session's events failed", error=str(exc))
-            self._end(CloseCode.INTERNAL_ERROR, "storage unavailable")
-            return
-        if events:
-            self.room.deliver(events)
-            return
-        if subscription is self.subscription and subscription.ended is not None:
-            code, reason = subscription_end(subscription.ended)
-            if subscription.ended == "closed":
-                self.state = SessionState.CLOSED
+    async def _deliver(self) -> None:
+        taken = await self.following.take(_BATCH_MAX)
+        if isinstance(taken, list):
+            self.room.deliver(taken)
+        elif taken is not None:
+            code, reason, ended = taken
+            if ended == "closed":
+                self.status.state = SessionState.CLOSED
             self._end(code, reason)
 
     def _end(self, code: CloseCode, reason: str) -> None:
@@ -418,13 +393,12 @@ class SessionActor:
             return
         if self._timer.quiet_for() >= self.config.idle_timeout:
             if self.state == SessionState.ACTIVE:
-                await self._change_state(SessionState.IDLE)
+                await self.status.become(SessionState.IDLE)
         else:
             # Peers sent frames since the last tick (pings included): that is activity,
             # so the session's TTL starts again, as it does on every append.
-            await self._touch()
-        metadata = await self.storage.get_metadata(self.session_id)
-        if metadata is None or metadata.is_expired():
+            await self.status.touch()
+        if await self.status.expired():
             # Its peers were silent for its whole TTL: tell them, as a delete would.
             self._end(CloseCode.NOT_FOUND, "session expired")
             return

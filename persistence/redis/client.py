@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 
 from ..base import StorageError
 from .config import RedisConfig
-from .scripts import Arg, run, run_and_wait, unreachable
+from .scripts import Arg, run, run_and_wait, run_many, unreachable
 
 
 def connect(config: RedisConfig, **options: Any) -> Redis:
@@ -59,6 +59,12 @@ class Commands:
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script that only reads, or whose writes need no replica's word."""
         return await run(self.client, name, keys, args)
+
+    async def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        """A script run once per ``(keys, args)`` in one round trip (scripts.run_many)."""
+        return await run_many(self.client, name, calls) if calls else []
 
     async def write(
         self,
