@@ -15,6 +15,7 @@ store's. A parked actor (no connection) holds no task, no subscription and a sma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
 
@@ -246,7 +247,10 @@ class SessionActor:
             if appends:
                 await self._append(appends)
                 appends = []
-            await self._handle(command)
+            try:
+                await self._handle(command)
+            except StorageError as exc:
+                self._store_failed(command, exc)
         if appends:
             await self._append(appends)
 
@@ -269,6 +273,17 @@ class SessionActor:
                 self.room.announce(connection_id, role, joined, connections)
             case _:  # pragma: no cover - Append is batched by the caller
                 raise AssertionError(command)
+
+    def _store_failed(self, command: Command, exc: StorageError) -> None:
+        """The store failed under a command (Redis away): it fails, the session goes on."""
+        log.warning("storage failed", command=type(command).__name__, error=str(exc))
+        if isinstance(command, Attach):
+            if not self.room.outboxes:
+                self._unfollow()
+            if not command.future.done():
+                command.future.set_exception(exc)
+        elif isinstance(command, Tick):
+            self._arm_timer()  # look again later
 
     async def _append(self, appends: list[Append]) -> None:
         items = [(command.event, command.key) for command in appends]
@@ -294,7 +309,8 @@ class SessionActor:
         self.metrics.events_appended.inc(fresh)
         self.note_traffic()
         if self.state == SessionState.IDLE and self.room.outboxes:
-            await self.status.become(SessionState.ACTIVE)
+            with contextlib.suppress(StorageError):  # the next append tries again
+                await self.status.become(SessionState.ACTIVE)
 
     def _refuse(self, command: Request, exc: BaseException) -> None:
         code = command.refuse(exc)

@@ -38,8 +38,11 @@ log = structlog.get_logger("bamboo_session.server")
 class BambooServer:
     """One server instance: ``async with BambooServer(config) as server: ...``."""
 
-    def __init__(self, config: ServerConfig, storage: Storage | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, storage: Storage | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # one of several workers on one port (supervisor.py)
         self.metrics = Metrics()
         self._given_storage = storage
         self.storage: Storage | None = storage
@@ -93,8 +96,9 @@ class BambooServer:
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
             backlog=config.backlog,
+            reuse_port=self.reuse_port,
         )
-        log.info("listening", host=config.host, port=self.port, store=config.store_url())
+        log.info("listening", host=config.host, port=self.port, store=config.store_for_logs())
 
     async def stop(self) -> None:
         """Graceful shutdown; safe to call twice."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -34,6 +35,12 @@ SERVE_HELP: dict[str, str] = {
     "cleanup_interval": "seconds between removals of expired sessions",
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
     "log_level": "debug, info, warning or error",
+    "workers": "server processes on one port (SO_REUSEPORT) under one supervisor; more "
+    "than 1 needs a redis:// store",
+    "redis_wait_replicas": "Redis store: acknowledge a write once this many replicas have "
+    "it (WAIT; the URL's wait_replicas)",
+    "redis_wait_timeout_ms": "Redis store: how long WAIT may take before a write fails "
+    "(the URL's wait_timeout_ms)",
     "backlog": "connections the kernel queues before accepting (a reconnect storm needs many)",
     "max_frame_bytes": "largest frame accepted; larger ones close the connection with 1009",
     "max_queue": "incoming frames buffered per connection before reading pauses",
@@ -130,7 +137,23 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     configure_logging(config.log_format, config.log_level)
-    return run_event_loop(serve_until_signalled(config))
+    if config.workers == 1:
+        return run_event_loop(serve_until_signalled(config))
+    from .supervisor import Supervisor
+
+    try:
+        return Supervisor(config, run_worker).run()
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+        return 1
+
+
+def run_worker(config: ServerConfig, number: int) -> int:
+    """One of ``serve --workers N``'s processes (server/supervisor.py)."""
+    from .logs import configure_logging
+
+    configure_logging(config.log_format, config.log_level, {"worker": number})
+    return run_event_loop(serve_until_signalled(config, worker=number))
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -142,21 +165,25 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
     return result
 
 
-async def serve_until_signalled(config: ServerConfig) -> int:
+async def serve_until_signalled(config: ServerConfig, worker: int | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; ``worker``: one of several on one port."""
     from .app import BambooServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = BambooServer(config)
+    server = BambooServer(config, reuse_port=worker is not None)
     try:
         await server.start()
     except (StorageError, OSError) as exc:
         await server.stop()
         fail(f"cannot start: {exc}")
         return 1
-    print(f"bamboo-session listening on {config.host}:{server.port}", file=sys.stderr, flush=True)
+    who = "" if worker is None else f" (worker {worker}, pid {os.getpid()})"
+    print(
+        f"bamboo-session listening on {config.host}:{server.port}{who}", file=sys.stderr, flush=True
+    )
     await stop.wait()
     structlog.get_logger("bamboo_session.server").info("shutting down")
     await server.stop()

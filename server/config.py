@@ -32,6 +32,12 @@ class ServerConfig:
     cleanup_interval: float = 3600
     log_format: LogFormat = "auto"
     log_level: str = "info"
+    # Server processes on one port (server/supervisor.py); more than one needs a store
+    # that several processes share (redis://).
+    workers: int = 1
+    # Redis store options (persistence/redis/config.py), set in its URL unless None.
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout_ms: int | None = None
     # WebSocket limits, set explicitly on websockets.
     # Pending connections the kernel queues for accept (capped by net.core.somaxconn):
     # asyncio's default of 100 makes a reconnect storm wait on SYN retransmits.
@@ -78,12 +84,30 @@ class ServerConfig:
         )
 
     def store_url(self) -> str:
-        """The store's URL: ``store``, or the JSONL store in ``data_dir``."""
+        """The store's URL: ``store``, or the JSONL store in ``data_dir``; the
+        ``redis_*`` options go into a Redis store's URL (ValueError for another)."""
         if self.store:
-            return self.store
+            return with_redis_options(self.store, self._redis_options())
+        if self._redis_options():
+            raise ValueError("--redis-* options need a redis:// store (--store)")
         path = os.path.abspath(os.path.expanduser(self.data_dir))
         query = "" if self.durability == "fsync" else f"?durability={self.durability}"
         return f"jsonl://{urllib.parse.quote(path)}{query}"
+
+    def store_for_logs(self) -> str:
+        """The store's URL with any password masked."""
+        parts = urllib.parse.urlsplit(self.store_url())
+        if parts.password is None:
+            return parts.geturl()
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+    def _redis_options(self) -> dict[str, int]:
+        options = {
+            "wait_replicas": self.redis_wait_replicas,
+            "wait_timeout_ms": self.redis_wait_timeout_ms,
+        }
+        return {name: value for name, value in options.items() if value is not None}
 
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
@@ -102,6 +126,18 @@ class ServerConfig:
                 except ValueError as exc:
                     raise ValueError(f"{variable}: {exc}") from None
         return cls(**changes)
+
+
+def with_redis_options(url: str, options: Mapping[str, int]) -> str:
+    """``url`` with ``options`` in its query (they win over the URL's own)."""
+    if not options:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "redis":
+        raise ValueError(f"--redis-* options need a redis:// store, not {parts.scheme}://")
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query.update({name: str(value) for name, value in options.items()})
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def parse_value(name: str, raw: str, default: object) -> object:
@@ -128,7 +164,7 @@ def parse_value(name: str, raw: str, default: object) -> object:
     return raw
 
 
-_OPTIONAL_INT = frozenset({"default_ttl"})
+_OPTIONAL_INT = frozenset({"default_ttl", "redis_wait_replicas", "redis_wait_timeout_ms"})
 _OPTIONAL_FLOAT = frozenset({"ping_interval", "ping_timeout"})
 _OPTIONAL_STR = frozenset({"auth_secret", "store"})
 _OPTIONAL = _OPTIONAL_INT | _OPTIONAL_FLOAT

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -25,8 +26,11 @@ def _json_text(event: Any, **_: Any) -> str:
     return _encoder.encode(event).decode()
 
 
-def configure_logging(log_format: str = "auto", level: str = "info") -> None:
-    """Sets up structlog and the standard library's root logger; call once at start."""
+def configure_logging(
+    log_format: str = "auto", level: str = "info", fields: Mapping[str, Any] | None = None
+) -> None:
+    """Sets up structlog and the standard library's root logger; call once at start
+    (and again in a worker process: ``fields``, such as its number, go on every line)."""
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
@@ -34,6 +38,8 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.insert(0, _adder(dict(fields)))
     if use_json:
         shared.append(structlog.processors.dict_tracebacks)
         renderer: Any = structlog.processors.JSONRenderer(serializer=_json_bytes)
@@ -60,3 +66,12 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root.setLevel(numeric_level)
     # websockets logs every connection at INFO; ours says the same once, with context.
     logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))
+
+
+def _adder(fields: dict[str, Any]) -> Any:
+    def add_fields(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        for name, value in fields.items():
+            event.setdefault(name, value)
+        return event
+
+    return add_fields
