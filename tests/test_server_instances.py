@@ -15,7 +15,7 @@ import pytest
 
 from bamboo_session.server.app import BambooServer
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, get, run_server, token
+from tests.support import attach, get, open_peer, run_server, token
 
 
 @pytest.fixture
@@ -135,3 +135,35 @@ async def test_a_stopping_server_says_its_connections_left(
                     await b.stop()  # graceful: its connections leave presence at once
                     left = await asyncio.wait_for(presence(viewer), 5)
                     assert (left["left"], left["connections"]) == (welcome["connection_id"], 1)
+
+
+async def test_while_redis_is_away_requests_fail_and_the_session_goes_on(
+    start_redis: Any, tmp_path: Path
+) -> None:
+    """Redis stops under a live session: an attach is refused with 1011 (at once, not
+    hung), a publish gets ``internal``; the attached peer stays, and once Redis is
+    back (its AOF kept everything) both work again, with nothing acknowledged lost."""
+    redis = start_redis("redis")
+    url = redis.url(prefix="outage")
+    async with run_server(store=url) as server, attach(server, "o", create=True) as (agent, _):
+        ack = await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+        assert ack["seq"] == 1
+        redis.stop()
+        async with open_peer(server, "o") as late:
+            await late.send({"type": "hello"})
+            code, _frames = await late.closed()
+            assert code == 1011
+        error = await agent.request({"type": "event", "id": 2, "event": token("b")}, "error")
+        assert (error["id"], error["code"]) == (2, "internal")
+        assert "redis unavailable" in error["message"]
+        redis.start()
+        for attempt in range(50):  # the pool reconnects on the next call
+            await agent.send({"type": "event", "id": 3 + attempt, "key": "b", "event": token("b")})
+            reply = await agent.recv()
+            if reply["type"] == "ack":
+                break
+            await asyncio.sleep(0.1)
+        assert reply["seq"] == 2
+        async with attach(server, "o", last_seq=0) as (viewer, welcome):
+            assert welcome["resumed"] and welcome["replay"] == 2
+            assert [(await viewer.recv_type("event"))["seq"] for _ in range(2)] == [1, 2]
