@@ -133,10 +133,6 @@ class SessionActor:
         return self.room.published_seq
 
     @property
-    def subscription(self) -> object | None:
-        return self.following.subscription
-
-    @property
     def state(self) -> SessionState:
         return self.status.state
 
@@ -407,14 +403,7 @@ class SessionActor:
         if not self.room.outboxes:
             self.accepting = False  # parked for the whole retention: retire
             return
-        if self._timer.quiet_for() >= self.config.idle_timeout:
-            if self.state == SessionState.ACTIVE:
-                await self.status.become(SessionState.IDLE)
-        else:
-            # Peers sent frames since the last tick (pings included): that is activity,
-            # so the session's TTL starts again, as it does on every append.
-            await self.status.touch()
-        if await self.status.expired():
+        if not await self.status.check(idle=self._timer.quiet_for() >= self.config.idle_timeout):
             # Its peers were silent for its whole TTL: tell them, as a delete would.
             self._end(CloseCode.NOT_FOUND, "session expired")
             return

@@ -40,7 +40,13 @@ class SessionStatus:
         with contextlib.suppress(SessionExpired, SessionNotFound):
             await self.storage.touch(self.session_id)
 
-    async def expired(self) -> bool:
-        """Whether the store no longer has the session alive (its TTL passed)."""
+    async def check(self, idle: bool) -> bool:
+        """A timer's look at a connected session: ``idle`` (no traffic for the idle
+        timeout) makes it idle; else its peers' traffic (pings included) is activity,
+        and its TTL starts again, as on every append. Whether it is still alive."""
+        if not idle:
+            await self.touch()
+        elif self.state == SessionState.ACTIVE:
+            await self.become(SessionState.IDLE)
         metadata = await self.storage.get_metadata(self.session_id)
-        return metadata is None or metadata.is_expired()
+        return metadata is not None and not metadata.is_expired()
