@@ -8,7 +8,11 @@ import urllib.request
 
 import pytest
 
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import attach, get, run_server, token
+
+__all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
+pytestmark = pytest.mark.usefixtures("server_store")
 
 
 async def test_health_readiness_and_metrics() -> None:
