@@ -29,7 +29,7 @@ class ServerConfig:
     data_dir: str = "~/.bamboo/sessions"
     durability: Durability = "fsync"
     default_ttl: int | None = None
-    cleanup_interval: float = 3600
+    cleanup_interval: float = 3600.0
     log_format: LogFormat = "auto"
     log_level: str = "info"
     # Server processes on one port (server/supervisor.py); more than one needs a store
@@ -52,8 +52,8 @@ class ServerConfig:
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
     # Sessions (SessionManagerConfig).
-    idle_timeout: float = 300
-    disconnect_retention: float = 3600
+    idle_timeout: float = 300.0
+    disconnect_retention: float = 3600.0
     max_sessions: int = 1000
     send_queue_frames: int = 1024
     ring_size: int = 1024
