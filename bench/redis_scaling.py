@@ -44,6 +44,7 @@ from . import common, compare, latency, throughput
 from .workers import DriverGroup
 
 KINDS = ("jsonl", "redis-1", "redis-2")
+RATIOS = (("redis-1", "jsonl"), ("redis-2", "jsonl"), ("redis-2", "redis-1"))
 WARMUP_EVENTS = 5_000
 REDIS_SERVER = os.environ.get("BAMBOO_REDIS_SERVER") or shutil.which("redis-server") or ""
 
@@ -146,20 +147,29 @@ class Meter:
     """CPU of the Bamboo processes and of redis-server, and Redis's counters, over one
     measurement."""
 
-    def __init__(self, server: common.ServerProcess, redis: Redis | None, kind: str) -> None:
+    def __init__(
+        self,
+        server: common.ServerProcess,
+        redis: Redis | None,
+        kind: str,
+        driver_pids: list[int] | None = None,
+    ) -> None:
         self.pids = bamboo_pids(server)
         self.redis = redis if kind.startswith("redis") else None
+        self.driver_pids = driver_pids or []  # driver processes, beside this one
 
     def __enter__(self) -> Meter:
         self.bamboo_before = sum(common.cpu_seconds(pid) for pid in self.pids)
         self.redis_before = common.cpu_seconds(self.redis.proc.pid) if self.redis else 0.0
         self.counters_before = self.redis.counters() if self.redis else {}
-        self.driver_before = time.process_time()
+        self.driver_before = self._driver_cpu()
+        self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.bamboo_cpu = sum(common.cpu_seconds(pid) for pid in self.pids) - self.bamboo_before
-        self.driver_cpu = time.process_time() - self.driver_before
+        self.wall = time.perf_counter() - self.started
+        self.driver_cpu = self._driver_cpu() - self.driver_before
         self.redis_cpu = 0.0
         self.counts: dict[str, float] = {}
         if self.redis is not None:
@@ -171,9 +181,17 @@ class Meter:
                     self.counts[name] = delta
             self.counts["reads"] -= 2  # the INFO calls of the first counters()
 
+    def _driver_cpu(self) -> float:
+        return time.process_time() + sum(common.cpu_seconds(pid) for pid in self.driver_pids)
+
     def per_event(self, events: int) -> dict[str, Any]:
         commands = {k: v / events for k, v in self.counts.items() if k != "reads"}
         return {
+            # Shares of one core over the measurement (connecting and closing included,
+            # as in the CPU per event): 2.0 would be the whole machine.
+            "bamboo_cpu_share": self.bamboo_cpu / self.wall,
+            "redis_cpu_share": self.redis_cpu / self.wall,
+            "driver_cpu_share": self.driver_cpu / self.wall,
             "bamboo_cpu_us_per_event": 1e6 * self.bamboo_cpu / events,
             "redis_cpu_us_per_event": 1e6 * self.redis_cpu / events,
             "redis_round_trips_per_event": self.counts.get("reads", 0.0) / events,
@@ -204,10 +222,16 @@ async def measure_throughput(
         f"CPU us/event: bamboo {result['bamboo_cpu_us_per_event']:6.1f} "
         f"redis {result['redis_cpu_us_per_event']:6.1f}  redis round trips/event "
         f"{result['redis_round_trips_per_event']:.2f}, commands/event "
-        f"{result['redis_commands_per_event']:.1f}",
+        f"{result['redis_commands_per_event']:.1f}; CPU of a core: {shares(result)}",
         flush=True,
     )
     return result
+
+
+def shares(result: dict[str, Any]) -> str:
+    """Bamboo / redis-server / driver, in percent of one core."""
+    parts = ("bamboo_cpu_share", "redis_cpu_share", "driver_cpu_share")
+    return " / ".join(f"{100 * result[part]:.0f}%" for part in parts)
 
 
 async def measure_latency(
@@ -218,7 +242,7 @@ async def measure_latency(
     drivers = latency.drivers_for("bamboo-" + kind, url, names, latency_args(args), tmp)
     async with DriverGroup(drivers) as group:
         await group.ready()
-        with Meter(server, redis, kind) as meter:
+        with Meter(server, redis, kind, [d.pid for d in drivers]) as meter:
             group.go()
             async with asyncio.timeout(args.seconds + latency.RESULT_TIMEOUT_EXTRA):
                 results = await group.results()
@@ -228,8 +252,6 @@ async def measure_latency(
     sent = max(summary["sent"], 1)
     summary.pop("histogram_ms")
     summary.update(meter.per_event(sent))
-    summary["bamboo_cpu_share"] = meter.bamboo_cpu / args.seconds
-    summary["redis_cpu_share"] = meter.redis_cpu / args.seconds
     print(
         f"  CPU: bamboo {summary['bamboo_cpu_share']:.0%} "
         f"({summary['bamboo_cpu_us_per_event']:.1f} us/event), redis "
@@ -290,18 +312,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    base = "jsonl" if "jsonl" in runs else None
+    pairs = [(a, b) for a, b in RATIOS if a in runs and b in runs]
     for index, sessions in enumerate(args.sessions):
         rate = {kind: run["throughput"][index]["events_per_s"] for kind, run in runs.items()}
-        for kind in runs:
-            if base is not None and kind != base:
-                name = f"throughput sessions={sessions} {kind}/{base}"
-                print(common.ratio_line("redis_scaling", name, rate[kind] / rate[base], "-"))
+        for a, b in pairs:
+            name = f"throughput sessions={sessions} {a}/{b}"
+            print(common.ratio_line("redis_scaling", name, rate[a] / rate[b], "-"))
     p99 = {kind: run["latency"]["p99_ms"] for kind, run in runs.items()}
-    for kind in runs:
-        if base is not None and kind != base:
-            name = f"latency p99 {kind}/{base}"
-            print(common.ratio_line("redis_scaling", name, p99[kind] / p99[base], "-"))
+    for a, b in pairs:
+        print(common.ratio_line("redis_scaling", f"latency p99 {a}/{b}", p99[a] / p99[b], "-"))
     rows = []
     for kind, run in runs.items():
         for point in run["throughput"]:
@@ -317,6 +336,7 @@ def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
         "redis CPU us/event",
         "redis round trips/event",
         "redis commands/event",
+        "CPU: Bamboo / redis / driver (% of a core)",
     ]
     print(compare.markdown_table(header, rows), flush=True)
 
@@ -332,6 +352,7 @@ def row(kind: str, question: str, result: dict[str, Any], p99: str) -> list[str]
         f"{result['redis_cpu_us_per_event']:.1f}",
         f"{result['redis_round_trips_per_event']:.2f}",
         f"{result['redis_commands_per_event']:.1f}",
+        shares(result),
     ]
 
 

@@ -34,7 +34,8 @@ def test_redis_scaling_runs_and_prints_ratios(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     ratios = [line for line in done.stdout.splitlines() if line.startswith("RATIO redis_scaling")]
-    assert len(ratios) == 4, done.stdout  # throughput and latency, redis-1 and -2 vs jsonl
+    # Throughput and latency: redis-1 and redis-2 against jsonl, redis-2 against redis-1.
+    assert len(ratios) == 6, done.stdout
     results = json.loads(out.read_text())
     assert results["command"].startswith("python -m bench.redis_scaling")
     assert list(results["runs"]) == ["jsonl", "redis-1", "redis-2"]
