@@ -167,3 +167,20 @@ async def test_while_redis_is_away_requests_fail_and_the_session_goes_on(
         async with attach(server, "o", last_seq=0) as (viewer, welcome):
             assert welcome["resumed"] and welcome["replay"] == 2
             assert [(await viewer.recv_type("event"))["seq"] for _ in range(2)] == [1, 2]
+
+
+async def test_an_expired_session_closes_its_connections_on_both(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Its peers stay silent past the session's TTL: whichever instance notices first
+    (its idle timer, or the cleanup that deletes it under the lease), every connection
+    on both is closed with 4404."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=0.6)
+    settings = {"default_ttl": 1, "idle_timeout": 0.3, "cleanup_interval": 0.2}
+    async with run_server(store=url, **settings) as a, run_server(store=url, **settings) as b:
+        async with attach(a, "e", create=True) as (on_a, _), attach(b, "e") as (on_b, _):
+            for peer in (on_a, on_b):
+                code, _frames = await peer.closed(timeout=10)
+                assert code == 4404
+        status, _body = await get(b, "/api/v1/sessions/e")
+        assert status == 404
