@@ -4,9 +4,11 @@ session-wide. A store that one process owns (memory, jsonl, sqlite) needs none o
 the server counts its own connections, as it always has.
 
 A connection is registered with a heartbeat deadline; its instance refreshes the
-deadlines of all its connections every ``heartbeat / 3`` seconds. A connection whose
-deadline passed (its instance died) is removed by the next join, leave or refresh of
-any instance on that session, and announced as ``left`` then. Notices of joins and
+deadlines of all its connections every ``heartbeat / 3`` seconds (and registers again,
+announced as joined, any that went missing meanwhile: an outage of the store longer
+than the heartbeat). A connection whose deadline passed (its instance died) is removed
+by the next join, leave, refresh or count of any instance on that session, and
+announced as ``left`` then. Notices of joins and
 leaves reach every instance subscribed to the session (it has a subscription to the
 session's events), through the callback given to :meth:`PresenceStore.on_presence`.
 """
@@ -56,12 +58,21 @@ class PresenceStore(Protocol):
         """Unregister a connection; the session-wide count after it."""
         ...
 
+    async def leave_all(self, session_id: str, connections: Sequence[tuple[str, str]]) -> int:
+        """Unregister several ``(connection_id, role)`` at once; the count after."""
+        ...
+
     async def refresh(self, connections: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-        """Heartbeat: every ``(connection_id, role)`` this instance holds, by session."""
+        """Heartbeat: every ``(connection_id, role)`` this instance holds, by session,
+        in one round trip."""
         ...
 
     async def count(self, session_id: str) -> int:
         """Connections to the session on every instance, dead ones not counted."""
+        ...
+
+    async def counts(self, session_ids: Sequence[str]) -> list[int]:
+        """:meth:`count` of each session, in one round trip."""
         ...
 
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:

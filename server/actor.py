@@ -28,7 +28,6 @@ from bamboo_session.persistence.base import (
     SessionNotFound,
     Storage,
     StorageError,
-    Subscription,
 )
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState
@@ -36,6 +35,7 @@ from bamboo_session.protocol.models import SessionMetadata, SessionState
 from .budget import MemoryBudget
 from .commands import (
     ActorRetired,
+    Announce,
     Append,
     Attach,
     Command,
@@ -45,31 +45,24 @@ from .commands import (
     SetState,
     Stop,
     Tick,
+    answer_late,
+    attach_refusal,
 )
-from .failures import subscription_end
+from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbound
+from .presence import LOCAL, LocalPresence
 from .readiness import AppendHealth
 from .replay import replay_pages
 from .room import SessionRoom
+from .status import SessionStatus
 from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
 
 PARKED_RING_SIZE = 64
 _BATCH_MAX = 512
-
-
-def attach_refusal(metadata: SessionMetadata | None, session_id: str) -> Exception | None:
-    """Why a session may not be attached to, if it may not."""
-    if metadata is None:
-        return SessionNotFound(session_id)
-    if metadata.is_expired():
-        return SessionExpired(session_id)
-    if metadata.state == SessionState.CLOSED:
-        return SessionClosed(session_id)
-    return None
 
 
 class SessionActor:
@@ -84,14 +77,15 @@ class SessionActor:
         "accepting",
         "config",
         "finished",
+        "following",
         "health",
         "inbox",
         "metrics",
+        "presence",
         "room",
         "session_id",
-        "state",
+        "status",
         "storage",
-        "subscription",
         "task",
     )
 
@@ -102,6 +96,7 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        presence: LocalPresence = LOCAL,
         budget: MemoryBudget | None = None,
         health: AppendHealth | None = None,
     ) -> None:
@@ -111,11 +106,12 @@ class SessionActor:
         self.config = config
         self.metrics = metrics
         self._on_retired = on_retired
-        self.state = metadata.state
+        self.presence = presence  # session-wide, on a store processes share (presence.py)
+        self.status = SessionStatus(self.session_id, metadata.state, storage)
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
         )
-        self.subscription: Subscription | None = None
+        self.following = Following(storage, self.session_id, self._wake)
         self.accepting = True
         self.finished = False
         self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
@@ -132,6 +128,7 @@ class SessionActor:
         config: SessionManagerConfig,
         metrics: Metrics,
         on_retired: Callable[[SessionActor], None],
+        presence: LocalPresence = LOCAL,
         budget: MemoryBudget | None = None,
         health: AppendHealth | None = None,
     ) -> SessionActor:
@@ -140,11 +137,15 @@ class SessionActor:
         refusal = attach_refusal(metadata, session_id)
         if refusal is not None or metadata is None:
             raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired, budget, health)
+        return cls(metadata, storage, config, metrics, on_retired, presence, budget, health)
 
     @property
     def published_seq(self) -> int:
         return self.room.published_seq
+
+    @property
+    def state(self) -> SessionState:
+        return self.status.state
 
     # -- commands in ---------------------------------------------------------------
 
@@ -177,15 +178,9 @@ class SessionActor:
 
     def _reject(self, command: Command) -> None:
         """Answer a command that arrived after the actor finished its work."""
-        if isinstance(command, Append | SetState):
-            if self.state == SessionState.CLOSED:
-                self._refuse(command, SessionClosed(self.session_id))
-            else:
-                self._refuse(command, StorageError("session went offline, reconnect and retry"))
-        elif isinstance(command, Attach) and not command.future.done():
-            command.future.set_exception(ActorRetired(self.session_id))
-        elif isinstance(command, Stop) and command.future is not None:
-            command.future.set_result(None)
+        code = answer_late(command, self.state == SessionState.CLOSED, self.session_id)
+        if code is not None:
+            self.metrics.errors.labels(code=code).inc()
 
     def start(self) -> None:
         self._arm_timer()
@@ -199,9 +194,8 @@ class SessionActor:
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
         try:
             while self.accepting:
-                subscription = self.subscription
-                if subscription is not None and subscription.ready():
-                    await self._deliver(subscription)
+                if self.following.ready():
+                    await self._deliver()
                 elif len(self.inbox):
                     await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
                 elif self.room.outboxes:
@@ -237,6 +231,7 @@ class SessionActor:
         # the moment the inbox is found empty, new ones are rejected on arrival.
         while len(self.inbox):
             await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
+        await self.presence.leave_session(self.session_id)
         self.finished = True
         for command in self.inbox.take_all():
             self._reject(command)
@@ -245,7 +240,7 @@ class SessionActor:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
         self.accepting = False
         self._timer.cancel()
-        self._unsubscribe()
+        self._unfollow()
         self.room.drop_ring()
         self._on_retired(self)
 
@@ -260,7 +255,10 @@ class SessionActor:
             if appends:
                 await self._append(appends)
                 appends = []
-            await self._handle(command)
+            try:
+                await self._handle(command)
+            except StorageError as exc:
+                self._store_failed(command, exc)
         if appends:
             await self._append(appends)
 
@@ -279,8 +277,21 @@ class SessionActor:
                     command.future.set_result(None)
             case Tick():
                 await self._on_timer(command.generation)
+            case Announce(connection_id, role, joined, connections):
+                self.room.announce(connection_id, role, joined, connections)
             case _:  # pragma: no cover - Append is batched by the caller
                 raise AssertionError(command)
+
+    def _store_failed(self, command: Command, exc: StorageError) -> None:
+        """The store failed under a command (Redis away): it fails, the session goes on."""
+        log.warning("storage failed", command=type(command).__name__, error=str(exc))
+        if isinstance(command, Attach):
+            if not self.room.outboxes:
+                self._unfollow()
+            if not command.future.done():
+                command.future.set_exception(exc)
+        elif isinstance(command, Tick):
+            self._arm_timer()  # look again later
 
     async def _append(self, appends: list[Append]) -> None:
         items = [(command.event, command.key) for command in appends]
@@ -302,8 +313,12 @@ class SessionActor:
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)
         observe_ack = metrics.append_ack_seconds.observe
+        if self.state == SessionState.IDLE and self.room.outboxes:
+            # Before the acks: a peer that sees its ack sees the session active again.
+            with contextlib.suppress(StorageError):  # the next append tries again
+                await self.status.become(SessionState.ACTIVE)
         fresh = 0
-        following = self.subscription is not None
+        following = self.following.active
         for command, result in zip(appends, results, strict=True):
             if not result.duplicate:
                 fresh += 1
@@ -317,8 +332,6 @@ class SessionActor:
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
         self.metrics.events_appended.inc(fresh)
         self.note_traffic()
-        if self.state == SessionState.IDLE and self.room.outboxes:
-            await self._change_state(SessionState.ACTIVE)
 
     def _refuse(self, command: Request, exc: BaseException) -> None:
         code = command.refuse(exc)
@@ -336,15 +349,17 @@ class SessionActor:
             if not command.future.done():
                 command.future.set_exception(refusal or SessionNotFound(self.session_id))
             return
-        if self.subscription is None:
+        if not self.following.active:
             self.room.restart_at(metadata.last_seq)
-            await self._subscribe()
+            await self.following.start(self.room.published_seq)
         if self.state != SessionState.ACTIVE:
             # A session nobody was attached to becomes active: that is activity too.
-            await self._change_state(SessionState.ACTIVE)
-            await self._touch()
+            await self.status.become(SessionState.ACTIVE)
+            await self.status.touch()
         metadata.state = self.state
-        welcome = self.room.join(command.outbox, command.last_seq, command.epoch, metadata)
+        outbox = command.outbox
+        connections = await self.presence.join(self.session_id, outbox.connection_id, outbox.role)
+        welcome = self.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
         if welcome.replay:
             self.metrics.events_replayed.inc(welcome.replay)
         self.note_traffic()
@@ -354,18 +369,21 @@ class SessionActor:
             command.future.set_result(welcome)
 
     async def _detach(self, connection_id: str) -> None:
-        if self.room.leave(connection_id) is None:
+        outbox = self.room.outboxes.get(connection_id)
+        if outbox is None:
             return
+        connections = await self.presence.leave(self.session_id, connection_id, outbox.role)
+        self.room.leave(connection_id, connections)
         if not self.room.outboxes and self.state != SessionState.CLOSED:
-            self._unsubscribe()
-            await self._change_state(SessionState.DISCONNECTED)
+            self._unfollow()
+            await self.status.become(SessionState.DISCONNECTED)
             self.room.shrink_ring(PARKED_RING_SIZE)
             self._arm_timer()
 
     async def _set_state(self, command: SetState) -> None:
         try:
-            await self._change_state(command.state)
-            await self._touch()  # a state a peer asks for is activity
+            await self.status.become(command.state)
+            await self.status.touch()  # a state a peer asks for is activity
         except (StorageError, ValueError) as exc:
             self._refuse(command, exc)
             return
@@ -374,54 +392,24 @@ class SessionActor:
             self.room.close_all(CloseCode.NORMAL, "session closed")
             self.accepting = False
 
-    async def _change_state(self, state: SessionState) -> None:
-        if state == self.state:
-            return
-        self.state.check_transition(state)
-        try:
-            await self.storage.update_session_state(self.session_id, state)
-        except SessionExpired:
-            # Expired under our feet: the state stays in memory only, and cleanup
-            # removes the session; a state change is not activity that revives it.
-            log.info("session expired", state=state.value)
-        self.state = state
-
-    async def _touch(self) -> None:
-        with contextlib.suppress(SessionExpired, SessionNotFound):
-            await self.storage.touch(self.session_id)
-
     # -- live events from the store -------------------------------------------------
 
-    async def _subscribe(self) -> None:
-        subscription = await self.storage.subscribe(self.session_id, self.room.published_seq)
-        subscription.on_ready(self._wake)
-        self.subscription = subscription
-
-    def _unsubscribe(self) -> None:
-        subscription, self.subscription = self.subscription, None
-        if subscription is not None:
-            subscription.on_ready(None)
-            subscription.close()
+    def _unfollow(self) -> None:
+        self.following.stop()
         self.room.origins.clear()
 
-    async def _deliver(self, subscription: Subscription) -> None:
-        try:
-            events = await subscription.next_batch(_BATCH_MAX)
-        except StorageError as exc:
-            log.error("reading the session's events failed", error=str(exc))
-            self._end(CloseCode.INTERNAL_ERROR, "storage unavailable")
-            return
-        if events:
-            self.room.deliver(events)
+    async def _deliver(self) -> None:
+        taken = await self.following.take(_BATCH_MAX)
+        if isinstance(taken, list):
+            self.room.deliver(taken)
             # Once per batch, for its oldest event: the lag that batch's viewers saw at
             # most, at a cost that does not grow with the batch.
-            lag = time.time() - events[0].ts.timestamp()
+            lag = time.time() - taken[0].ts.timestamp()
             self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
-            return
-        if subscription is self.subscription and subscription.ended is not None:
-            code, reason = subscription_end(subscription.ended)
-            if subscription.ended == "closed":
-                self.state = SessionState.CLOSED
+        elif taken is not None:
+            code, reason, ended = taken
+            if ended == "closed":
+                self.status.state = SessionState.CLOSED
             self._end(code, reason)
 
     def _end(self, code: CloseCode, reason: str) -> None:
@@ -444,15 +432,7 @@ class SessionActor:
         if not self.room.outboxes:
             self.accepting = False  # parked for the whole retention: retire
             return
-        if self._timer.quiet_for() >= self.config.idle_timeout:
-            if self.state == SessionState.ACTIVE:
-                await self._change_state(SessionState.IDLE)
-        else:
-            # Peers sent frames since the last tick (pings included): that is activity,
-            # so the session's TTL starts again, as it does on every append.
-            await self._touch()
-        metadata = await self.storage.get_metadata(self.session_id)
-        if metadata is None or metadata.is_expired():
+        if not await self.status.check(idle=self._timer.quiet_for() >= self.config.idle_timeout):
             # Its peers were silent for its whole TTL: tell them, as a delete would.
             self._end(CloseCode.NOT_FOUND, "session expired")
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import os
 import time
 from collections.abc import Sequence
 from typing import Self
@@ -54,8 +55,11 @@ _SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")
 class BambooServer:
     """One server instance: ``async with BambooServer(config) as server: ...``."""
 
-    def __init__(self, config: ServerConfig, storage: Storage | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, storage: Storage | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # one of several workers on one port (supervisor.py)
         self.metrics = Metrics()
         self._given_storage = storage
         self.storage: Storage | None = storage
@@ -137,13 +141,15 @@ class BambooServer:
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
             backlog=config.backlog,
+            reuse_port=self.reuse_port,
         )
         # One line that says where, whatever the log format and level: scripts wait for it.
         announce(
             f"listening on {config.host}:{self.port}",
             host=config.host,
             port=self.port,
-            store=config.store_url(),
+            store=config.store_for_logs(),
+            pid=os.getpid(),
         )
 
     async def stop(self) -> None:

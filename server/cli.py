@@ -38,6 +38,12 @@ SERVE_HELP: dict[str, str] = {
     "cleanup_interval": "seconds between removals of expired sessions",
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
     "log_level": "debug, info, warning or error",
+    "workers": "server processes on one port (SO_REUSEPORT) under one supervisor; more "
+    "than 1 needs a redis:// store",
+    "redis_wait_replicas": "Redis store: acknowledge a write once this many replicas have "
+    "it (WAIT; the URL's wait_replicas)",
+    "redis_wait_timeout_ms": "Redis store: how long WAIT may take before a write fails "
+    "(the URL's wait_timeout_ms)",
     "backlog": "connections the kernel queues before accepting (a reconnect storm needs many)",
     "max_frame_bytes": "largest frame accepted; larger ones close the connection with 1009",
     "max_queue": "incoming frames buffered per connection before reading pauses",
@@ -159,13 +165,28 @@ def run_serve(args: argparse.Namespace) -> int:
     # From here on, everything said goes through the log, as JSON in JSON mode.
     log = structlog.get_logger("bamboo_session.server")
     try:
-        return run_event_loop(serve_until_signalled(config))
+        if config.workers == 1:
+            return run_event_loop(serve_until_signalled(config))
+        from .supervisor import Supervisor
+
+        return Supervisor(config, run_worker).run()
     except ValueError as exc:  # a configuration the server refuses (InsecureConfig)
         log.error(f"cannot start: {exc}")
         return 2
+    except OSError as exc:
+        log.error(f"cannot start: {exc}")
+        return 1
     except Exception:
         log.exception("server failed")
         return 1
+
+
+def run_worker(config: ServerConfig, number: int) -> int:
+    """One of ``serve --workers N``'s processes (server/supervisor.py)."""
+    from .logs import configure_logging
+
+    configure_logging(config.log_format, config.log_level, {"worker": number})
+    return run_event_loop(serve_until_signalled(config, worker=number))
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -177,7 +198,8 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
     return result
 
 
-async def serve_until_signalled(config: ServerConfig) -> int:
+async def serve_until_signalled(config: ServerConfig, worker: int | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; ``worker``: one of several on one port."""
     from .app import BambooServer
 
     log = structlog.get_logger("bamboo_session.server")
@@ -185,7 +207,7 @@ async def serve_until_signalled(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = BambooServer(config)
+    server = BambooServer(config, reuse_port=worker is not None)
     try:
         await server.start()  # logs "listening on HOST:PORT"
     except (StorageError, OSError) as exc:

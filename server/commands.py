@@ -13,10 +13,16 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from bamboo_session.persistence.base import Appended
+from bamboo_session.persistence.base import (
+    Appended,
+    SessionClosed,
+    SessionExpired,
+    SessionNotFound,
+    StorageError,
+)
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Ack, Error, RequestId, Welcome
-from bamboo_session.protocol.models import AnyAgentEvent, SessionState
+from bamboo_session.protocol.models import AnyAgentEvent, SessionMetadata, SessionState
 
 from .budget import NO_LIMIT, MemoryBudget
 from .failures import request_error
@@ -110,13 +116,48 @@ class Tick:
     generation: int
 
 
-Command = Append | Attach | Detach | SetState | Stop | Tick
+@dataclass(slots=True)
+class Announce:
+    """A connection to the session on another server process joined or left
+    (server/presence.py); ``connections`` is the session-wide count after it."""
+
+    connection_id: str
+    role: str
+    joined: bool
+    connections: int
+
+
+Command = Append | Attach | Detach | SetState | Stop | Tick | Announce
 Request = Append | SetState  # commands whose requester waits for a reply
 
 
 class ActorRetired(Exception):
     """The actor stopped taking attaches before it got to this one: attach again, to
     the session's next actor."""
+
+
+def attach_refusal(metadata: SessionMetadata | None, session_id: str) -> Exception | None:
+    """Why a session may not be attached to, if it may not."""
+    if metadata is None:
+        return SessionNotFound(session_id)
+    if metadata.is_expired():
+        return SessionExpired(session_id)
+    if metadata.state == SessionState.CLOSED:
+        return SessionClosed(session_id)
+    return None
+
+
+def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
+    """Answer a command that reached an actor after it finished its work; the error
+    code sent to a peer, if any."""
+    if isinstance(command, Append | SetState):
+        reason = "session went offline, reconnect and retry"
+        return command.refuse(SessionClosed(session_id) if closed else StorageError(reason))
+    if isinstance(command, Attach) and not command.future.done():
+        command.future.set_exception(ActorRetired(session_id))
+    elif isinstance(command, Stop) and command.future is not None:
+        command.future.set_result(None)
+    return None
 
 
 class Inbox:

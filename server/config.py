@@ -36,9 +36,15 @@ class ServerConfig:
     data_dir: str = "~/.bamboo/sessions"
     durability: Durability = "fsync"
     default_ttl: int | None = None
-    cleanup_interval: float = 3600
+    cleanup_interval: float = 3600.0
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
+    # Server processes on one port (server/supervisor.py); more than one needs a store
+    # that several processes share (redis://).
+    workers: int = 1
+    # Redis store options (persistence/redis/config.py), set in its URL unless None.
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout_ms: int | None = None
     # WebSocket limits, set explicitly on websockets.
     # Pending connections the kernel queues for accept (capped by net.core.somaxconn):
     # asyncio's default of 100 makes a reconnect storm wait on SYN retransmits.
@@ -53,8 +59,8 @@ class ServerConfig:
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
     # Sessions (SessionManagerConfig).
-    idle_timeout: float = 300
-    disconnect_retention: float = 3600
+    idle_timeout: float = 300.0
+    disconnect_retention: float = 3600.0
     max_sessions: int = 1000
     send_queue_frames: int = 1024
     send_queue_bytes: int = 8 * MIB
@@ -109,12 +115,30 @@ class ServerConfig:
         )
 
     def store_url(self) -> str:
-        """The store's URL: ``store``, or the JSONL store in ``data_dir``."""
+        """The store's URL: ``store``, or the JSONL store in ``data_dir``; the
+        ``redis_*`` options go into a Redis store's URL (ValueError for another)."""
         if self.store:
-            return self.store
+            return with_redis_options(self.store, self._redis_options())
+        if self._redis_options():
+            raise ValueError("--redis-* options need a redis:// store (--store)")
         path = os.path.abspath(os.path.expanduser(self.data_dir))
         query = "" if self.durability == "fsync" else f"?durability={self.durability}"
         return f"jsonl://{urllib.parse.quote(path)}{query}"
+
+    def store_for_logs(self) -> str:
+        """The store's URL with any password masked."""
+        parts = urllib.parse.urlsplit(self.store_url())
+        if parts.password is None:
+            return parts.geturl()
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+    def _redis_options(self) -> dict[str, int]:
+        options = {
+            "wait_replicas": self.redis_wait_replicas,
+            "wait_timeout_ms": self.redis_wait_timeout_ms,
+        }
+        return {name: value for name, value in options.items() if value is not None}
 
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
@@ -134,6 +158,18 @@ class ServerConfig:
         return cls(**settings_from_env(os.environ if environ is None else environ))
 
 
+def with_redis_options(url: str, options: Mapping[str, int]) -> str:
+    """``url`` with ``options`` in its query (they win over the URL's own)."""
+    if not options:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "redis":
+        raise ValueError(f"--redis-* options need a redis:// store, not {parts.scheme}://")
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query.update({name: str(value) for name, value in options.items()})
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 # -- what each field takes ------------------------------------------------------------
 
 _HINTS: dict[str, Any] = typing.get_type_hints(ServerConfig)
@@ -143,6 +179,9 @@ FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ServerConfig))
 # seconds, sizes bytes; 0 turns off what the help of the flag says it turns off.
 _BOUNDS: dict[str, tuple[float, float | None]] = {
     "port": (0, 65535),
+    "workers": (1, 256),
+    "redis_wait_replicas": (0, None),
+    "redis_wait_timeout_ms": (1, None),
     "default_ttl": (1, None),
     "cleanup_interval": (0.001, None),
     "backlog": (1, None),

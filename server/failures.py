@@ -76,7 +76,7 @@ _TABLE: dict[type[BaseException], Failure] = {
         _C.INTERNAL_ERROR,
         _E.INTERNAL,
         _S.SERVICE_UNAVAILABLE,
-        "storage failed, nothing was changed; retry later",
+        "storage failed; retry later (a publish with the same key is safe)",
         True,
     ),
     TooManyConnections: Failure(

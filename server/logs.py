@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -27,24 +27,30 @@ def _json_text(event: Any, **_: Any) -> str:
     return _encoder.encode(event).decode()
 
 
-# Set by configure_logging: writes one record whatever the level (see announce()).
+# Set by configure_logging: writes one record whatever the level (see announce()), and
+# the fields every line of this process carries (a worker's number).
 _announcer: Callable[[dict[str, Any]], None] | None = None
+_process_fields: dict[str, Any] = {}
 
 
 def announce(event: str, **fields: Any) -> None:
     """Logs ``event`` at info level even when the log level is higher: the lines scripts
     wait for ("listening on HOST:PORT") must come out whatever level an operator sets,
-    in the log's own format."""
+    in the log's own format, with this process's fields."""
     if _announcer is None:
         structlog.get_logger("bamboo_session.server").info(event, **fields)
         return
-    record = {"event": event, **fields, "level": "info"}
+    record = {"event": event, **_process_fields, **fields, "level": "info"}
     _announcer(dict(structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", record)))
 
 
-def configure_logging(log_format: str = "auto", level: str = "info") -> None:
-    """Sets up structlog and the standard library's root logger; call once at start."""
-    global _announcer
+def configure_logging(
+    log_format: str = "auto", level: str = "info", fields: Mapping[str, Any] | None = None
+) -> None:
+    """Sets up structlog and the standard library's root logger; call once at start
+    (and again in a worker process: ``fields``, such as its number, go on every line)."""
+    global _announcer, _process_fields
+    _process_fields = dict(fields or {})
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
@@ -52,6 +58,8 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.insert(0, _adder(dict(fields)))
     if use_json:
         shared.append(structlog.processors.dict_tracebacks)
         renderer: Any = structlog.processors.JSONRenderer(serializer=_json_bytes)
@@ -89,3 +97,12 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
 def _write_line(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def _adder(fields: dict[str, Any]) -> Any:
+    def add_fields(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        for name, value in fields.items():
+            event.setdefault(name, value)
+        return event
+
+    return add_fields

@@ -43,11 +43,12 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .auth import Principal, check_access, check_new_session, check_session_id_for
 from .budget import MemoryBudget
-from .commands import ActorRetired, Append, Attach, Detach, SetState, Stop
+from .commands import ActorRetired, Announce, Append, Attach, Detach, SetState, Stop
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
+from .presence import LOCAL, PresenceNotice, shared_presence
 from .quotas import Admission, check_fields
 from .readiness import AppendHealth
 from .receiver import Receiver
@@ -81,6 +82,8 @@ class SessionManager:
         self._creating: dict[str, asyncio.Future[Session]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Session-wide presence when the store is shared by several processes.
+        self.shared_presence = shared_presence(storage, self._announce)
         self.metrics.watch_actors(
             lambda: len(self._actors), self._parked_count, lambda: self.budget.used
         )
@@ -93,8 +96,10 @@ class SessionManager:
         return manager
 
     def start(self) -> None:
-        """Kept for the seed's lifecycle (``new`` starts the manager): nothing runs in
-        the background; actors run on demand."""
+        """Starts the presence heartbeat on a shared store (``new`` starts the manager);
+        nothing else runs in the background: actors run on demand."""
+        if self.shared_presence is not None:
+            self.shared_presence.start()
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -136,7 +141,7 @@ class SessionManager:
     async def get_session(self, session_id: str) -> Session | None:
         session = await self.storage.load_session(check_session_id(session_id))
         if session is not None:
-            self._overlay_live(session.metadata)
+            await self._overlay_live([session.metadata])
         return session
 
     async def get_or_create_session(
@@ -163,7 +168,7 @@ class SessionManager:
         creating = self._creating.get(session_id)
         if creating is not None:
             await asyncio.wait([creating])
-        existing = await self.get_metadata(session_id)
+        existing = await self.storage.get_metadata(check_session_id(session_id))
         if existing is not None:
             if existing.is_expired():
                 raise SessionExpired(session_id)
@@ -175,7 +180,7 @@ class SessionManager:
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
-        found = await self.get_metadata(session_id)
+        found = await self.storage.get_metadata(session_id)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found
@@ -215,7 +220,7 @@ class SessionManager:
         if hello.create:
             metadata = await self.ensure_session(session_id, owner, hello.title, admit)
         if principal is not None:
-            metadata = metadata or await self.get_metadata(session_id)
+            metadata = metadata or await self.storage.get_metadata(session_id)
             if metadata is not None:  # a missing one is 4404 when attaching
                 check_access(principal, metadata)
         return session_id
@@ -330,8 +335,7 @@ class SessionManager:
 
     async def list_sessions(self, filter: SessionFilter | None = None) -> SessionListResult:
         result = await self.storage.list_sessions(filter or SessionFilter())
-        for metadata in result.sessions:
-            self._overlay_live(metadata)
+        await self._overlay_live(result.sessions)
         return result
 
     async def get_session_history(self, session_id: str) -> list[Message]:
@@ -345,7 +349,7 @@ class SessionManager:
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
         metadata = await self.storage.get_metadata(check_session_id(session_id))
         if metadata is not None:
-            self._overlay_live(metadata)
+            await self._overlay_live([metadata])
         return metadata
 
     def live_actor(self, session_id: str) -> SessionActor | None:
@@ -386,6 +390,7 @@ class SessionManager:
                 self.config,
                 self.metrics,
                 self._actor_retired,
+                self.shared_presence or LOCAL,
                 self.budget,
                 self.append_health,
             )
@@ -448,9 +453,25 @@ class SessionManager:
     def _parked_count(self) -> int:
         return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
 
-    def _overlay_live(self, metadata: SessionMetadata) -> None:
-        actor = self._actors.get(metadata.id)
-        metadata.connections = len(actor.room.outboxes) if actor is not None else 0
+    async def _overlay_live(self, found: list[SessionMetadata]) -> None:
+        """Live connection counts: this process's, or every process's on a shared store."""
+        if self.shared_presence is not None:
+            counts = await self.shared_presence.counts([metadata.id for metadata in found])
+            for metadata, count in zip(found, counts, strict=True):
+                metadata.connections = count
+            return
+        for metadata in found:
+            actor = self._actors.get(metadata.id)
+            metadata.connections = len(actor.room.outboxes) if actor is not None else 0
+
+    def _announce(self, notice: PresenceNotice) -> None:
+        """Another process's connection to a session joined or left: this process's
+        connections to it hear of it from their actor."""
+        actor = self._actors.get(notice.session_id)
+        if actor is not None and actor.accepting and actor.room.outboxes:
+            actor.post(
+                Announce(notice.connection_id, notice.role, notice.joined, notice.connections)
+            )
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -472,6 +493,8 @@ class SessionManager:
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=1.0)
+        if self.shared_presence is not None:
+            await self.shared_presence.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -3,7 +3,9 @@ with no event loop and no I/O (the sans-I/O core of a session actor).
 
 The actor feeds it what happened (an event stored, a connection joining or leaving) and
 the room decides what each outbox gets: welcome and replay for a joiner, the event for
-every connection but its publisher, presence for the others. Because the actor calls
+every connection but its publisher, presence for the others. The ``connections`` count
+in welcome and presence is the room's own, unless the actor gives the session-wide one
+(server/presence.py, for a store that several processes share). Because the actor calls
 it between its awaits, a joiner sees every event exactly once: older ones replayed from
 the ring or the store, newer ones live.
 
@@ -91,31 +93,43 @@ class SessionRoom:
     # -- connections ----------------------------------------------------------------
 
     def join(
-        self, outbox: Outbox, last_seq: int | None, epoch: str | None, metadata: SessionMetadata
+        self,
+        outbox: Outbox,
+        last_seq: int | None,
+        epoch: str | None,
+        metadata: SessionMetadata,
+        connections: int | None = None,
     ) -> Welcome:
         """Attach ``outbox``: its welcome, then the replay it asked for, are queued on it;
         the others learn of it by presence."""
         self.outboxes[outbox.connection_id] = outbox
+        if connections is None:
+            connections = len(self.outboxes)
         through = self.published_seq
         resumed = (
             last_seq is not None and (epoch is None or epoch == self.epoch) and last_seq <= through
         )
         replay = through - last_seq if resumed and last_seq is not None else 0
-        metadata.connections = len(self.outboxes)
+        metadata.connections = connections
         metadata.last_seq = through
         welcome = Welcome(outbox.connection_id, metadata, self.epoch, through, resumed, replay)
         outbox.push(Outbound(welcome))
         if replay and last_seq is not None:
             outbox.push(Replay(last_seq, through))
-        self._presence(outbox, joined=True)
+        self._presence(outbox.connection_id, outbox.role, True, connections)
         return welcome
 
-    def leave(self, connection_id: str) -> Outbox | None:
+    def leave(self, connection_id: str, connections: int | None = None) -> Outbox | None:
         outbox = self.outboxes.pop(connection_id, None)
         if outbox is not None:
             outbox.close(CloseCode.NORMAL, "disconnected")
-            self._presence(outbox, joined=False)
+            count = len(self.outboxes) if connections is None else connections
+            self._presence(connection_id, outbox.role, False, count)
         return outbox
+
+    def announce(self, connection_id: str, role: str, joined: bool, connections: int) -> None:
+        """A connection to this session on another process joined or left."""
+        self._presence(connection_id, role, joined, connections)
 
     def close_all(self, code: CloseCode, reason: str) -> None:
         """A ``closed`` frame, then the close, for every connection."""
@@ -126,16 +140,17 @@ class SessionRoom:
         self.outboxes.clear()
         self.origins.clear()
 
-    def _presence(self, subject: Outbox, *, joined: bool) -> None:
+    def _presence(self, subject: str, role: str, joined: bool, connections: int) -> None:
+        """Everyone but ``subject`` learns that it joined or left."""
         frame = Presence(
-            role=subject.role,
-            connections=len(self.outboxes),
-            joined=subject.connection_id if joined else None,
-            left=None if joined else subject.connection_id,
+            role=role,
+            connections=connections,
+            joined=subject if joined else None,
+            left=None if joined else subject,
         )
         out = Outbound(frame)
-        for outbox in self.outboxes.values():
-            if outbox is not subject:
+        for connection_id, outbox in self.outboxes.items():
+            if connection_id != subject:
                 outbox.push(out)
 
     # -- the ring -------------------------------------------------------------------

@@ -20,13 +20,18 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 
 RECV_TIMEOUT = 5.0
+# The store of every run_server that names none (tests/server_backends.py sets it).
+default_store: str | None = None
 
 
 @contextlib.asynccontextmanager
 async def run_server(
     data_dir: str | Path | None = None, **overrides: Any
 ) -> AsyncIterator[BambooServer]:
-    """A started server on 127.0.0.1 and a free port, stopped on exit."""
+    """A started server on 127.0.0.1 and a free port, stopped on exit; its store is
+    ``overrides["store"]``, else ``default_store``, else JSONL in ``data_dir``."""
+    if default_store is not None:
+        overrides.setdefault("store", default_store)
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bamboo-test-"))

@@ -25,7 +25,10 @@ from bamboo_session.protocol.client import (
 )
 from bamboo_session.protocol.codec import JSON
 from bamboo_session.protocol.frames import Welcome
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import run_server
+
+__all__ = ["pytest_generate_tests", "server_store"]  # the stores the server tests run on
 
 TIMEOUT = 10.0
 BURST = 500
@@ -130,9 +133,10 @@ def assert_gap_free(seen: list[StoredEvent], count: int) -> None:
     assert [e.event.content for e in seen] == [str(i) for i in range(count)]  # type: ignore[union-attr]
 
 
+@pytest.mark.usefixtures("server_store")
 async def test_burst_survives_cuts_of_the_tcp_stream() -> None:
     async with (
-        run_server(store="memory://") as server,
+        run_server() as server,
         TcpProxy(server.port) as proxy,
     ):
         url = proxy.url
@@ -156,9 +160,10 @@ async def test_burst_survives_cuts_of_the_tcp_stream() -> None:
             await assert_log_exactly_once(agent, BURST)
 
 
+@pytest.mark.usefixtures("server_store")
 async def test_sequential_publishes_survive_cuts_while_disconnected() -> None:
     async with (
-        run_server(store="memory://") as server,
+        run_server() as server,
         TcpProxy(server.port) as proxy,
     ):
         async with await BambooClient.connect(proxy.url, "q", create=True, **FAST) as agent:
@@ -172,6 +177,8 @@ async def test_sequential_publishes_survive_cuts_while_disconnected() -> None:
             await assert_log_exactly_once(agent, 200)
 
 
+@pytest.mark.durable
+@pytest.mark.usefixtures("server_store")
 async def test_burst_survives_a_server_restart() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         async with contextlib.AsyncExitStack() as stack:

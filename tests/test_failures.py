@@ -72,7 +72,7 @@ async def test_a_full_disk_refuses_appends_keeps_reads_and_recovers(tmp_path: Pa
                     acked[f"k{i}"] = reply["seq"]
                 else:
                     assert reply["code"] == "internal", reply
-                    assert reply["message"].startswith("storage failed, nothing was changed"), reply
+                    assert reply["message"].startswith("storage failed; retry later"), reply
                     assert "File too large" in reply["message"], reply
                     failed.append(f"k{i}")
                     if len(failed) == 5:

@@ -69,3 +69,43 @@ async def test_presence_is_session_wide(redis_server: RedisServer, tmp_path: Pat
     finally:
         await a.close()
         await b.close()
+
+
+async def test_refresh_registers_again_what_went_missing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An instance that lost Redis for longer than the heartbeat still holds its
+    connections: its next refresh registers them again, announced as joined; counts
+    of several sessions come in one call; several connections leave at once."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=0.3)
+    a, b = await open_storage(url), await open_storage(url)
+    assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
+    try:
+        for session_id in ("s1", "s2"):
+            await a.create_session(Session.new(session_id))
+        seen: asyncio.Queue[PresenceNotice] = asyncio.Queue()
+        b.presence.on_presence(seen.put_nowait)
+        subscription = await b.subscribe("s1", 0)
+        held = [("c1", "client"), ("c2", "agent")]
+        await a.presence.join("s1", *held[0])
+        await a.presence.join("s1", *held[1])
+        assert [(await next_notice(seen)).connection_id for _ in held] == ["c1", "c2"]
+
+        await asyncio.sleep(0.4)  # a's heartbeat deadline passes: both are gone
+        assert await a.presence.counts(["s1", "s2"]) == [0, 0]
+        assert {(await next_notice(seen)).expired for _ in held} == {True}
+        await a.presence.refresh({"s1": held})
+        again = [await next_notice(seen) for _ in held]
+        assert [(n.connection_id, n.joined, n.connections) for n in again] == [
+            ("c1", True, 1),
+            ("c2", True, 2),
+        ]
+        await a.presence.refresh({"s1": held})  # still there: nothing to announce
+        assert await a.presence.counts(["s1", "s2"]) == [2, 0]
+        assert seen.empty()
+        assert await a.presence.leave_all("s1", held) == 0
+        assert {(await next_notice(seen)).joined for _ in held} == {False}
+        subscription.close()
+    finally:
+        await a.close()
+        await b.close()

@@ -253,6 +253,21 @@ async def test_url_options_are_checked(url: Callable[..., str]) -> None:
         await open_storage(url(pubsub="loud"))
 
 
+async def test_more_calls_at_once_than_connections_wait_for_one(
+    url: Callable[..., str],
+) -> None:
+    """A burst of calls beyond ``max_connections`` is paced by the pool, not failed
+    (redis-py's own pool refuses the 101st with "Too many connections")."""
+    store = await open_storage(url(max_connections=4))
+    try:
+        names = [f"b{i}" for i in range(300)]
+        await asyncio.gather(*(store.create_session(Session.new(name)) for name in names))
+        found = await asyncio.gather(*(store.get_metadata(name) for name in names))
+        assert [metadata.id for metadata in found if metadata is not None] == names
+    finally:
+        await store.close()
+
+
 async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)  # a free port nobody listens on
     with pytest.raises(StorageError, match="redis unavailable"):

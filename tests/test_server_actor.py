@@ -75,7 +75,7 @@ async def test_spawning_reads_no_events(store: MemoryStorage) -> None:
     await store.append_events("s", [(AgentEvent.token("x"), None)] * 3)
     actor = await spawn(store)
     assert actor.published_seq == 3 and actor.room.ring is None
-    assert actor.subscription is None and actor.task is None  # parked: nothing runs
+    assert not actor.following.active and actor.task is None  # parked: nothing runs
 
 
 async def test_appends_are_answered_and_duplicates_come_from_the_store(
@@ -120,7 +120,7 @@ async def test_a_resume_replays_from_the_store_after_parking(store: MemoryStorag
     await attach(actor, "v")
     actor.post(Detach("v"))
     await asyncio.sleep(0.01)
-    assert actor.subscription is None and actor.state == SessionState.DISCONNECTED
+    assert not actor.following.active and actor.state == SessionState.DISCONNECTED
     for text in "abc":  # appended while nobody watches: the ring cannot follow
         await append(actor, text)
     again, welcome = await attach(actor, "v2", last_seq=0, epoch=welcome_epoch(actor))

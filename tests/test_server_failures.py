@@ -51,7 +51,7 @@ def test_close_reasons_never_carry_ids_or_paths() -> None:
 def test_storage_errors_tell_requests_the_cause() -> None:
     error = request_error(StorageError("[Errno 28] No space left on device"), 7)
     assert error.code == ErrorCode.INTERNAL and error.request_id == 7
-    assert error.message.startswith("storage failed, nothing was changed")
+    assert error.message.startswith("storage failed; retry later")
     assert "No space left" in error.message
 
 

@@ -6,11 +6,16 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import attach, get, run_server, token
+
+__all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
+pytestmark = pytest.mark.usefixtures("server_store")
 
 
 async def test_health_readiness_and_metrics() -> None:
@@ -31,8 +36,10 @@ async def test_health_readiness_and_metrics() -> None:
             assert line in text, line
 
 
-async def test_readyz_probes_the_store_after_a_failed_append() -> None:
-    async with run_server() as server:
+async def test_readyz_probes_the_store_after_a_failed_append(tmp_path: Path) -> None:
+    # A store in a directory, which the probe writes into (the other stores are retried
+    # after a while instead).
+    async with run_server(store=f"jsonl://{tmp_path / 'probed'}") as server:
         # As the actors report it when an append fails (disk full, say):
         server.manager.append_health.failed("storage failed: [Errno 28] No space left")
         # The store's directory takes a frame's worth of bytes again: ready at once,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import attach, get, open_peer, run_server, token
+
+__all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
+pytestmark = pytest.mark.usefixtures("server_store")
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import attach, open_peer, run_server, token
+
+__all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
+pytestmark = pytest.mark.usefixtures("server_store")
 
 
 async def test_new_session_gets_an_id_and_a_welcome() -> None:
@@ -95,6 +101,7 @@ async def test_duplicate_keys_in_one_burst_are_appended_once() -> None:
         assert sum(1 for a in acks if a.get("duplicate")) == 19
 
 
+@pytest.mark.durable
 async def test_keys_survive_a_restart(tmp_path: object) -> None:
     async with (
         run_server(data_dir=str(tmp_path)) as server,

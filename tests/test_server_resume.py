@@ -7,7 +7,13 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import Peer, attach, run_server, token
+
+__all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
+pytestmark = pytest.mark.usefixtures("server_store")
 
 
 async def publish(peer: Peer, count: int, start: int = 0) -> list[int]:
@@ -89,6 +95,7 @@ async def test_resume_while_events_are_being_published_has_no_gap_and_no_duplica
             assert seqs == list(range(1, total + 1))
 
 
+@pytest.mark.durable
 async def test_resume_after_a_restart_reads_the_log_from_disk(tmp_path: Path) -> None:
     async with (
         run_server(data_dir=tmp_path) as server,
@@ -122,6 +129,7 @@ async def test_resume_after_parking_expired_reads_from_disk() -> None:
             assert [(await peer.recv())["seq"] for _ in range(3)] == [2, 3, 4]
 
 
+@pytest.mark.durable
 async def test_graceful_shutdown_sends_closed_and_1012_then_resume_works(tmp_path: Path) -> None:
     server_cm = run_server(data_dir=tmp_path)
     server = await server_cm.__aenter__()

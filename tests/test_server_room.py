@@ -99,6 +99,24 @@ def test_leaving_closes_and_tells_the_others() -> None:
     assert (left.frame.left, left.frame.connections) == ("a", 1)
 
 
+def test_session_wide_counts_given_by_the_actor_replace_the_rooms_own() -> None:
+    """On a store several processes share, the actor passes the counts of every
+    process (server/presence.py); another process's joins and leaves are announced."""
+    room, (a,) = room_with("a")
+    b = Outbox("b", "agent", limit=100)
+    welcome = room.join(b, None, None, SessionMetadata(id="s"), connections=5)
+    assert welcome.session.connections == 5
+    joined = drain(a)[-1]
+    assert isinstance(joined, Outbound) and joined.frame == Presence("agent", 5, joined="b")
+    room.announce("elsewhere", "client", False, 4)
+    for outbox in (a, b):
+        (left,) = [item for item in drain(outbox) if isinstance(item, Outbound)][-1:]
+        assert left.frame == Presence("client", 4, left="elsewhere")
+    room.leave("b", connections=3)
+    left = drain(a)[-1]
+    assert isinstance(left, Outbound) and left.frame == Presence("agent", 3, left="b")
+
+
 def test_close_all_sends_closed_then_the_code() -> None:
     room, (a,) = room_with("a")
     room.close_all(CloseCode.SESSION_CLOSED, "bye")

@@ -9,25 +9,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..base import StorageError
 from .config import RedisConfig
-from .scripts import Arg, run, run_and_wait, unreachable
+from .scripts import Arg, run, run_and_wait, run_many, unreachable
+
+POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
 
 
-def connect(config: RedisConfig, **options: Any) -> Redis:
+def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
     """A client that never retries by itself: a script whose reply was lost may have
-    run, and only the caller knows whether running it again is safe."""
-    return Redis.from_url(
+    run, and only the caller knows whether running it again is safe. At most
+    ``max_connections`` (the URL's) at once: a call beyond them waits for a free one,
+    which paces a burst of sessions instead of failing it."""
+    pool = BlockingConnectionPool.from_url(
         config.url,
+        max_connections=max_connections or config.max_connections,
+        timeout=POOL_WAIT,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=10,
         socket_connect_timeout=5,
-        **options,
     )
+    return Redis.from_pool(pool)
 
 
 async def server_version(client: Redis) -> tuple[int, int]:
@@ -59,6 +65,12 @@ class Commands:
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script that only reads, or whose writes need no replica's word."""
         return await run(self.client, name, keys, args)
+
+    async def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        """A script run once per ``(keys, args)`` in one round trip (scripts.run_many)."""
+        return await run_many(self.client, name, calls) if calls else []
 
     async def write(
         self,

@@ -11,6 +11,8 @@
 - ``lease_ttl`` (seconds, default 30): how long the cleanup lease lasts unless renewed.
 - ``heartbeat`` (seconds, default 30): how long a connection counts in presence after
   its instance last refreshed it.
+- ``max_connections`` (default 50): connections to Redis from one instance at most;
+  more calls at once wait for a free one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RedisConfig:
     pubsub: PubSubMode | None = None  # None: sharded if the server has it
     lease_ttl: float = 30.0
     heartbeat: float = 30.0
+    max_connections: int = 50
     default_ttl: int | None = None
     max_sessions: int | None = None
     cleanup_interval: float | None = None
@@ -42,7 +45,15 @@ class RedisConfig:
     @classmethod
     def from_url(cls, url: StoreURL, options: StoreOptions) -> RedisConfig:
         url.check_params(
-            {"prefix", "wait_replicas", "wait_timeout_ms", "pubsub", "lease_ttl", "heartbeat"}
+            {
+                "prefix",
+                "wait_replicas",
+                "wait_timeout_ms",
+                "pubsub",
+                "lease_ttl",
+                "heartbeat",
+                "max_connections",
+            }
         )
         prefix = url.take("prefix", "bamboo") or ""
         if not _PREFIX.fullmatch(prefix):
@@ -60,6 +71,7 @@ class RedisConfig:
             pubsub=pubsub,  # type: ignore[arg-type]
             lease_ttl=_number(url, "lease_ttl", 30.0),
             heartbeat=_number(url, "heartbeat", 30.0),
+            max_connections=max(1, int(_number(url, "max_connections", 50, whole=True))),
             default_ttl=options.default_ttl,
             max_sessions=options.max_sessions,
             cleanup_interval=options.cleanup_interval,

@@ -1,7 +1,8 @@
 -- Presence of one session: its connections on every instance, each a member
 -- '<role>|<connection id>' of a sorted set scored by its heartbeat deadline (ms, Redis
 -- clock). Every call first removes the connections whose deadline passed and
--- announces them as left.
+-- announces them as left. A refresh registers again (and announces as joined) a
+-- connection that went missing: its instance lost Redis for longer than the heartbeat.
 -- KEYS: conns
 -- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
 --       leave, refresh), then members ('<role>|<id>')
@@ -37,8 +38,8 @@ for i = 7, #ARGV do
     if redis.call('ZREM', conns, member) == 1 then
       announce(member, false, redis.call('ZCARD', conns), false)
     end
-  else
-    redis.call('ZADD', conns, 'XX', deadline, member)
+  elseif redis.call('ZADD', conns, deadline, member) == 1 then
+    announce(member, true, redis.call('ZCARD', conns), false)
   end
 end
 if redis.call('ZCARD', conns) > 0 then

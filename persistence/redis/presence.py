@@ -50,22 +50,36 @@ class RedisPresence:
         return self._storage.config.heartbeat
 
     async def join(self, session_id: str, connection_id: str, role: str) -> int:
-        return await self._run(session_id, "join", [f"{role}|{connection_id}"])
+        return await self._run(session_id, "join", [(connection_id, role)])
 
     async def leave(self, session_id: str, connection_id: str, role: str) -> int:
-        return await self._run(session_id, "leave", [f"{role}|{connection_id}"])
+        return await self._run(session_id, "leave", [(connection_id, role)])
+
+    async def leave_all(self, session_id: str, connections: Sequence[tuple[str, str]]) -> int:
+        return await self._run(session_id, "leave", connections)
 
     async def refresh(self, connections: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-        for session_id, held in connections.items():
-            await self._run(session_id, "refresh", [f"{role}|{cid}" for cid, role in held])
+        calls = [self._call(sid, "refresh", held) for sid, held in connections.items()]
+        await self._storage.redis.run_many("presence", calls)
 
     async def count(self, session_id: str) -> int:
         return await self._run(session_id, "refresh", [])  # sweeps the dead, then counts
 
+    async def counts(self, session_ids: Sequence[str]) -> list[int]:
+        calls = [self._call(session_id, "refresh", []) for session_id in session_ids]
+        return [int(count) for count in await self._storage.redis.run_many("presence", calls)]
+
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:
         self._callback = callback
 
-    async def _run(self, session_id: str, mode: str, members: list[str]) -> int:
+    async def _run(self, session_id: str, mode: str, connections: Sequence[tuple[str, str]]) -> int:
+        keys, args = self._call(session_id, mode, connections)
+        count: int = await self._storage.redis.run("presence", keys, args)
+        return count
+
+    def _call(
+        self, session_id: str, mode: str, connections: Sequence[tuple[str, str]]
+    ) -> tuple[list[str], list[str | int]]:
         storage = self._storage
         layout = storage.layout
         session_id = check_session_id(session_id)
@@ -76,10 +90,9 @@ class RedisPresence:
             storage.redis.publish_command,  # notices need no WAIT: nothing durable
             layout.channel(session_id),
             mode,
-            *members,
+            *(f"{role}|{connection_id}" for connection_id, role in connections),
         ]
-        count: int = await storage.redis.run("presence", [layout.conns(session_id)], args)
-        return count
+        return [layout.conns(session_id)], args
 
     def _deliver(self, session_id: str, data: bytes) -> None:
         if self._callback is None:

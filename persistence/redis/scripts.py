@@ -80,6 +80,35 @@ async def run(client: Redis, name: str, keys: Sequence[Arg], args: Sequence[Arg]
         raise unreachable(exc) from exc
 
 
+async def run_many(
+    client: Redis, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+) -> list[Any]:
+    """Run script ``name`` once per ``(keys, args)``, in one round trip (not atomic as
+    a whole); the replies in order. A failed call raises, as :func:`run` would."""
+    script = SCRIPTS[name]
+    try:
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = list(await pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                # The script cache was lost (a restart): these calls did not run.
+                keys, args = calls[i]
+                replies[i] = await client.execute_command(
+                    "EVAL", script.source, len(keys), *keys, *args
+                )
+            elif isinstance(reply, redis.exceptions.ResponseError):
+                raise translate(reply)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+    except redis.exceptions.ResponseError as exc:
+        raise translate(exc) from None
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+
+
 async def run_and_wait(
     client: Redis,
     name: str,

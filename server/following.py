@@ -1,0 +1,67 @@
+"""Following: a session actor's subscription to its session in the store, held while
+connections are attached. It brings every event appended after the room's position,
+by this process or another one sharing the store, in order and once, and tells how
+the session's connections are to be closed when the session was closed or deleted or
+its events could not be read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from bamboo_session.persistence.base import Storage, StorageError, Subscription
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.models import StoredEvent
+
+from .failures import subscription_end
+
+log = structlog.get_logger("bamboo_session.actor")
+
+Ending = tuple[CloseCode, str, str | None]  # the close, and how the feed ended
+
+
+class Following:
+    __slots__ = ("_on_ready", "_session_id", "_storage", "subscription")
+
+    def __init__(self, storage: Storage, session_id: str, on_ready: Callable[[], object]) -> None:
+        self._storage = storage
+        self._session_id = session_id
+        self._on_ready = on_ready  # wakes the actor: events wait, or the feed ended
+        self.subscription: Subscription | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.subscription is not None
+
+    def ready(self) -> bool:
+        subscription = self.subscription
+        return subscription is not None and subscription.ready()
+
+    async def start(self, after_seq: int) -> None:
+        subscription = await self._storage.subscribe(self._session_id, after_seq)
+        subscription.on_ready(self._on_ready)
+        self.subscription = subscription
+
+    def stop(self) -> None:
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            subscription.on_ready(None)
+            subscription.close()
+
+    async def take(self, limit: int) -> list[StoredEvent] | Ending | None:
+        """The next events; or, once the feed ended, how to close the connections
+        (with the store's reason: ``closed``, ``deleted``...); None if nothing waits."""
+        subscription = self.subscription
+        if subscription is None:
+            return None
+        try:
+            events = await subscription.next_batch(limit)
+        except StorageError as exc:
+            log.error("reading the session's events failed", error=str(exc))
+            return CloseCode.INTERNAL_ERROR, "storage unavailable", None
+        if events:
+            return events
+        if subscription is self.subscription and subscription.ended is not None:
+            return (*subscription_end(subscription.ended), subscription.ended)
+        return None

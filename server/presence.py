@@ -1,0 +1,163 @@
+"""Session-wide presence, for a server whose store several processes share (a store
+with a ``PresenceStore``, persistence/presence.py: Redis).
+
+:class:`SharedPresence` is this process's side of it: which of its connections it has
+registered in the store (the one owner of that), one heartbeat task that refreshes
+them all every ``heartbeat / 3`` seconds, and the notices of other processes' joins
+and leaves, handed on (the manager posts each to the session's actor, whose room sends
+a ``presence`` frame). Actors register a connection when it attaches and unregister it
+when it leaves; the counts the store answers go into ``welcome`` and ``presence``.
+
+A failure of the store here never fails an attach: the room's own count stands in,
+the heartbeat registers a connection whose join failed, and one whose leave failed
+expires after the heartbeat. Without a PresenceStore (memory, jsonl, sqlite) the
+server has none of this, and each room counts its own connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.presence import PresenceNotice, PresenceStore
+
+__all__ = ["LOCAL", "LocalPresence", "PresenceNotice", "SharedPresence", "shared_presence"]
+
+log = structlog.get_logger("bamboo_session.presence")
+
+
+class LocalPresence:
+    """No presence beyond this process: each room counts its own connections."""
+
+    async def join(self, session_id: str, connection_id: str, role: str) -> int | None:
+        return None
+
+    async def leave(self, session_id: str, connection_id: str, role: str) -> int | None:
+        return None
+
+    async def leave_session(self, session_id: str) -> None:
+        return None
+
+
+LOCAL = LocalPresence()
+
+
+class SharedPresence(LocalPresence):
+    """This process's connections in a shared store's presence (module docstring)."""
+
+    def __init__(self, store: PresenceStore, notify: Callable[[PresenceNotice], None]) -> None:
+        self.store = store
+        self._notify = notify
+        # session -> connection -> role: what this process registered in the store.
+        self._held: dict[str, dict[str, str]] = {}
+        self._refreshing: asyncio.Event | None = None  # set once a refresh under way ends
+        self._task: asyncio.Task[None] | None = None
+        self.refreshes = 0
+
+    def start(self) -> None:
+        self.store.on_presence(self._on_notice)
+        self._task = asyncio.create_task(self._heartbeat(), name="bamboo-presence-heartbeat")
+
+    async def stop(self) -> None:
+        self.store.on_presence(None)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def held(self, session_id: str) -> int:
+        """This process's connections registered for the session."""
+        return len(self._held.get(session_id, ()))
+
+    # -- what actors ask ----------------------------------------------------------
+
+    async def join(self, session_id: str, connection_id: str, role: str) -> int | None:
+        """Register a connection; the session-wide count, or None if the store failed."""
+        self._held.setdefault(session_id, {})[connection_id] = role
+        try:
+            return await self.store.join(session_id, connection_id, role)
+        except StorageError as exc:
+            log.warning("presence join failed; the heartbeat registers it", error=str(exc))
+            return None
+
+    async def leave(self, session_id: str, connection_id: str, role: str) -> int | None:
+        """Unregister a connection; the session-wide count, or None if the store failed."""
+        held = self._held.get(session_id)
+        if held is None or held.pop(connection_id, None) is None:
+            return None
+        if not held:
+            del self._held[session_id]
+        await self._refreshed()
+        try:
+            return await self.store.leave(session_id, connection_id, role)
+        except StorageError as exc:
+            log.warning("presence leave failed; it expires after the heartbeat", error=str(exc))
+            return None
+
+    async def leave_session(self, session_id: str) -> None:
+        """Unregister every connection still registered for the session (its actor
+        closed them all: the session ended, or the server is stopping)."""
+        held = self._held.pop(session_id, None)
+        if not held:
+            return
+        await self._refreshed()
+        try:
+            await self.store.leave_all(session_id, list(held.items()))
+        except StorageError as exc:
+            log.warning("presence leave failed; they expire after the heartbeat", error=str(exc))
+
+    async def counts(self, session_ids: Sequence[str]) -> list[int]:
+        """Session-wide connection counts (listings, metadata)."""
+        return await self.store.counts(session_ids) if session_ids else []
+
+    # -- the heartbeat, and notices ---------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.store.heartbeat / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._held:
+                await self.refresh()
+
+    async def refresh(self) -> None:
+        """Refresh every connection this process holds, in one round trip."""
+        done = self._refreshing = asyncio.Event()
+        snapshot = {session_id: list(held.items()) for session_id, held in self._held.items()}
+        try:
+            await self.store.refresh(snapshot)
+            self.refreshes += 1
+        except StorageError as exc:
+            log.warning("presence heartbeat failed", error=str(exc))
+        finally:
+            self._refreshing = None
+            done.set()
+
+    async def _refreshed(self) -> None:
+        """A leave waits for the refresh under way, which could otherwise register
+        again a connection whose leave overtook it."""
+        refreshing = self._refreshing
+        if refreshing is not None:
+            await refreshing.wait()
+
+    def _on_notice(self, notice: PresenceNotice) -> None:
+        # This process announced its own joins and leaves itself; and its rooms know
+        # better than another process whether a connection of theirs is still there.
+        if notice.instance == self.store.instance and not notice.expired:
+            return
+        if notice.connection_id in self._held.get(notice.session_id, ()):
+            return
+        self._notify(notice)
+
+
+def shared_presence(
+    storage: object, notify: Callable[[PresenceNotice], None]
+) -> SharedPresence | None:
+    """The server's presence for ``storage``: shared if the store offers it, else None
+    (each room counts its own connections)."""
+    store = getattr(storage, "presence", None)
+    return SharedPresence(store, notify) if isinstance(store, PresenceStore) else None

@@ -1,0 +1,225 @@
+"""``serve --workers N``: N server processes on one port, under one supervisor.
+
+Each worker is a whole server (its own event loop, actors and listening socket) bound
+to the same address with SO_REUSEPORT, so the kernel spreads new connections over
+them; they share one store that several processes may use (Redis), which makes them
+act as one server, as separate instances would. Stores that one process must own
+(jsonl, sqlite, memory) are refused for more than one worker.
+
+The supervisor forks the workers and does nothing else: it holds the port (bound, not
+listening, so that a worker started again finds the same port, even one picked with
+``--port 0``), restarts a worker that dies (after a backoff that grows while workers
+keep dying young, and at most ``RESTART_BURST`` restarts a minute), and passes SIGTERM
+and SIGINT on to every worker for a graceful shutdown, exiting once all have exited.
+A worker that exits with status 2 (a configuration error) is not restarted: the
+supervisor stops the others and exits 2.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+from bamboo_session.persistence.url import parse_store_url
+
+from .config import ServerConfig
+
+log = structlog.get_logger("bamboo_session.supervisor")
+
+SHARED_SCHEMES: Final = frozenset({"redis"})  # stores several processes may share
+BACKOFF_INITIAL: Final = 0.5  # seconds before restarting a worker that died young
+BACKOFF_MAX: Final = 30.0
+STABLE_AFTER: Final = 10.0  # a worker that lived this long died of something new
+RESTART_BURST: Final = 10  # restarts within RESTART_WINDOW at most, over all workers
+RESTART_WINDOW: Final = 60.0
+CONFIG_ERROR: Final = 2  # a worker's exit status for a bad configuration: not retried
+_SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+
+Worker = Callable[[ServerConfig, int], int]  # (config, worker number) -> exit status
+
+
+def check_workers(config: ServerConfig) -> None:
+    """ValueError when ``config`` asks for several workers on a store one process owns."""
+    if config.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    scheme = parse_store_url(config.store_url()).scheme
+    if config.workers > 1 and scheme not in SHARED_SCHEMES:
+        raise ValueError(
+            f"--workers {config.workers} needs a store several processes can share "
+            f"(redis://); a {scheme} store belongs to one process"
+        )
+
+
+@dataclasses.dataclass
+class Slot:
+    """One worker's place: the process in it now, and how its last ones fared."""
+
+    number: int
+    pid: int | None = None
+    started: float = 0.0
+    failures: int = 0  # deaths in a row, each soon after its start
+    restart_at: float | None = None
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, worker: Worker) -> None:
+        check_workers(config)
+        self.config = config
+        self.worker = worker
+        self.slots = [Slot(number) for number in range(1, config.workers + 1)]
+        self.restarts: collections.deque[float] = collections.deque()
+        self.stopping = False
+        self.status = 0
+        self._port_holder: socket.socket | None = None
+
+    def run(self) -> int:
+        """Start the workers and look after them until they have all exited."""
+        self._port_holder = hold_port(self.config.host, self.config.port)
+        port = self._port_holder.getsockname()[1]
+        self.worker_config = self.config.replace(port=port)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            log.info("supervising", workers=len(self.slots), port=port, pid=os.getpid())
+            for slot in self.slots:
+                self._start(slot)
+            while any(slot.pid is not None for slot in self.slots) or not self.stopping:
+                self._wait_and_handle()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            self._port_holder.close()
+        log.info("workers stopped", status=self.status)
+        return self.status
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _wait_and_handle(self) -> None:
+        pending = [s.restart_at for s in self.slots if s.restart_at is not None]
+        timeout = max(0.0, min(pending) - time.monotonic()) if pending else 3600.0
+        info = signal.sigtimedwait(_SIGNALS, timeout)
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            self._stop(info.si_signo)
+        self._reap()
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is None or slot.restart_at > now or self.stopping:
+                continue
+            allowed = self._next_restart_allowed(now)
+            if allowed > now:
+                slot.restart_at = allowed
+                wait = round(allowed - now, 2)
+                log.warning("too many restarts; waiting", worker=slot.number, seconds=wait)
+            else:
+                self._start(slot)
+
+    def _stop(self, signum: int) -> None:
+        """First signal: pass it on (a graceful shutdown). Another: kill the workers."""
+        forced = self.stopping
+        self.stopping = True
+        for slot in self.slots:
+            slot.restart_at = None
+            if slot.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # exited already
+                    os.kill(slot.pid, signal.SIGKILL if forced else signum)
+        log.info("stopping workers", signal=signal.Signals(signum).name, forced=forced)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is not None:
+                self._exited(slot, os.waitstatus_to_exitcode(wait_status))
+
+    def _exited(self, slot: Slot, code: int) -> None:
+        slot.pid = None
+        now = time.monotonic()
+        if self.stopping:
+            log.info("worker exited", worker=slot.number, status=code)
+            return
+        if code == CONFIG_ERROR:
+            log.error("worker refused its configuration; stopping", worker=slot.number)
+            self.status = CONFIG_ERROR
+            self._stop(signal.SIGTERM)
+            return
+        slot.failures = 1 if now - slot.started >= STABLE_AFTER else slot.failures + 1
+        delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (slot.failures - 1))
+        slot.restart_at = now + delay
+        log.warning(
+            "worker died; restarting",
+            worker=slot.number,
+            status=code,
+            restart_in=round(slot.restart_at - now, 2),
+        )
+
+    def _next_restart_allowed(self, now: float) -> float:
+        restarts = self.restarts
+        while restarts and restarts[0] <= now - RESTART_WINDOW:
+            restarts.popleft()
+        return restarts[0] + RESTART_WINDOW if len(restarts) >= RESTART_BURST else now
+
+    # -- workers --------------------------------------------------------------------
+
+    def _start(self, slot: Slot) -> None:
+        if slot.restart_at is not None:
+            self.restarts.append(time.monotonic())
+        slot.restart_at = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self._be_worker(slot.number)
+        slot.pid = pid
+        slot.started = time.monotonic()
+        log.info("worker started", worker=slot.number, pid=pid)
+
+    def _be_worker(self, number: int) -> None:
+        """In the child: run one server, then exit with its status (never returns)."""
+        status = 1
+        try:
+            if self._port_holder is not None:
+                self._port_holder.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            status = self.worker(self.worker_config, number)
+        except KeyboardInterrupt:
+            status = 130
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with SO_REUSEPORT and not listening: it keeps
+    the port (``port`` 0 picks one) for the workers, who bind it the same way, and
+    takes no connection. OSError if the port is taken by a process without it."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    holder = socket.socket(family, kind, proto)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(address)
+    except BaseException:
+        holder.close()
+        raise
+    return holder

@@ -1,0 +1,46 @@
+"""bench/redis_scaling.py runs at a tiny size (never asserting speed): JSONL, Redis with
+one worker and with two, each through throughput and latency, with the CPU split and
+Redis's round trips per event."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import INSTALL_HINT, available
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_redis_scaling_runs_and_prints_ratios(tmp_path: Path) -> None:
+    if not available():
+        pytest.skip(INSTALL_HINT)
+    out = tmp_path / "redis_scaling.json"
+    args = ["--sessions", "3", "--events", "20", "--rate", "200", "--seconds", "1"]
+    args += ["--warmup", "0.2", "--latency-sessions", "4", "--json", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_FULL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.redis_scaling", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ratios = [line for line in done.stdout.splitlines() if line.startswith("RATIO redis_scaling")]
+    # Throughput and latency: redis-1 and redis-2 against jsonl, redis-2 against redis-1.
+    assert len(ratios) == 6, done.stdout
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python -m bench.redis_scaling")
+    assert list(results["runs"]) == ["jsonl", "redis-1", "redis-2"]
+    for kind in ("redis-1", "redis-2"):
+        point = results["runs"][kind]["throughput"][0]
+        assert point["events"] == 60
+        assert point["redis_round_trips_per_event"] > 0 and point["bamboo_cpu_us_per_event"] > 0
+        assert "evalsha" in point["redis_commands_by_name"]

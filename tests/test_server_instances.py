@@ -1,0 +1,186 @@
+"""Two servers on one Redis store act as one server (in this process, on real sockets):
+events published on one reach viewers on the other, presence and connection counts
+are session-wide (welcome, presence frames, listings and metadata), and a session
+closed or deleted on one closes its connections on both. Real processes, killed and
+restarted, are tests/test_redis_instances.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bamboo_session.server.app import BambooServer
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach, get, open_peer, run_server, token
+
+
+@pytest.fixture
+async def pair(
+    redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[tuple[BambooServer, BambooServer]]:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    async with run_server(store=url) as a, run_server(store=url) as b:
+        yield a, b
+
+
+async def presence(peer: Any) -> dict[str, Any]:
+    return await peer.recv_type("presence")
+
+
+async def test_events_published_on_one_reach_viewers_on_the_other(
+    pair: tuple[BambooServer, BambooServer],
+) -> None:
+    a, b = pair
+    async with (
+        attach(a, "s", create=True, role="agent") as (agent, _),
+        attach(b, "s") as (viewer, _),
+    ):
+        for i in range(20):
+            await agent.send({"type": "event", "id": i, "event": token(str(i))})
+        seqs = [(await viewer.recv_type("event"))["seq"] for _ in range(20)]
+        assert seqs == list(range(1, 21))
+
+
+async def test_presence_and_counts_are_session_wide(
+    pair: tuple[BambooServer, BambooServer],
+) -> None:
+    a, b = pair
+    async with attach(a, "p", create=True) as (viewer, welcome):
+        assert welcome["session"]["connections"] == 1
+        async with attach(b, "p", role="agent") as (agent, agent_welcome):
+            assert agent_welcome["session"]["connections"] == 2
+            joined = await presence(viewer)
+            assert joined == {
+                "type": "presence",
+                "joined": agent_welcome["connection_id"],
+                "role": "agent",
+                "connections": 2,
+            }
+            for server in (a, b):
+                status, body = await get(server, "/api/v1/sessions/p")
+                assert status == 200 and body["metadata"]["connections"] == 2
+                status, listing = await get(server, "/api/v1/sessions")
+                assert [s["connections"] for s in listing["sessions"]] == [2]
+            async with attach(a, "p") as (_second, second_welcome):
+                assert second_welcome["session"]["connections"] == 3
+                assert (await presence(agent))["joined"] == second_welcome["connection_id"]
+                assert (await presence(viewer))["connections"] == 3
+            for peer in (agent, viewer):
+                left = await presence(peer)
+                assert (left["left"], left["connections"]) == (second_welcome["connection_id"], 2)
+        left = await presence(viewer)
+        assert left == {
+            "type": "presence",
+            "left": agent_welcome["connection_id"],
+            "role": "agent",
+            "connections": 1,
+        }
+    status, body = await get(b, "/api/v1/sessions/p")
+    assert body["metadata"]["connections"] == 0
+
+
+async def test_a_connection_whose_presence_was_lost_is_registered_again(
+    pair: tuple[BambooServer, BambooServer], redis_server: RedisServer
+) -> None:
+    """Redis lost the registration (an outage longer than the heartbeat): the next
+    heartbeat of its server registers it again and the other server announces it."""
+    a, b = pair
+    async with (
+        attach(a, "r", create=True) as (viewer, _),
+        attach(b, "r", role="agent") as (_agent, agent_welcome),
+    ):
+        await presence(viewer)
+        store = b.manager.storage
+        conns = store.layout.conns("r")  # type: ignore[attr-defined]
+        await store.redis.call("ZREM", conns, f"agent|{agent_welcome['connection_id']}")  # type: ignore[attr-defined]
+        again = await presence(viewer)  # within a heartbeat (1 s) / 3
+        assert (again["joined"], again["connections"]) == (agent_welcome["connection_id"], 2)
+
+
+async def test_closing_on_one_closes_connections_on_both(
+    pair: tuple[BambooServer, BambooServer],
+) -> None:
+    a, b = pair
+    async with (
+        attach(a, "c", create=True) as (on_a, _),
+        attach(b, "c") as (on_b, _),
+    ):
+        ack = await on_a.request({"type": "state", "id": 1, "state": "closed"}, "ack")
+        assert ack["id"] == 1
+        for peer in (on_a, on_b):
+            code, frames = await peer.closed()
+            assert code == 1000
+            assert {"type": "closed", "reason": "session closed"} in frames
+    async with attach(a, "c2", create=True) as (on_a, _), attach(b, "c2") as (on_b, _):
+        await a.manager.delete_session("c2")
+        code, _frames = await on_b.closed()
+        assert code == 4404
+        code, _frames = await on_a.closed()
+        assert code == 4404
+
+
+async def test_a_stopping_server_says_its_connections_left(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    async with run_server(store=url) as a:
+        async with attach(a, "g", create=True) as (viewer, _):
+            async with run_server(store=url) as b:
+                async with attach(b, "g", role="agent") as (_agent, welcome):
+                    await presence(viewer)
+                    await b.stop()  # graceful: its connections leave presence at once
+                    left = await asyncio.wait_for(presence(viewer), 5)
+                    assert (left["left"], left["connections"]) == (welcome["connection_id"], 1)
+
+
+async def test_while_redis_is_away_requests_fail_and_the_session_goes_on(
+    start_redis: Any, tmp_path: Path
+) -> None:
+    """Redis stops under a live session: an attach is refused with 1011 (at once, not
+    hung), a publish gets ``internal``; the attached peer stays, and once Redis is
+    back (its AOF kept everything) both work again, with nothing acknowledged lost."""
+    redis = start_redis("redis")
+    url = redis.url(prefix="outage")
+    async with run_server(store=url) as server, attach(server, "o", create=True) as (agent, _):
+        ack = await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+        assert ack["seq"] == 1
+        redis.stop()
+        async with open_peer(server, "o") as late:
+            await late.send({"type": "hello"})
+            code, _frames = await late.closed()
+            assert code == 1011
+        error = await agent.request({"type": "event", "id": 2, "event": token("b")}, "error")
+        assert (error["id"], error["code"]) == (2, "internal")
+        assert "redis unavailable" in error["message"]
+        redis.start()
+        for attempt in range(50):  # the pool reconnects on the next call
+            await agent.send({"type": "event", "id": 3 + attempt, "key": "b", "event": token("b")})
+            reply = await agent.recv()
+            if reply["type"] == "ack":
+                break
+            await asyncio.sleep(0.1)
+        assert reply["seq"] == 2
+        async with attach(server, "o", last_seq=0) as (viewer, welcome):
+            assert welcome["resumed"] and welcome["replay"] == 2
+            assert [(await viewer.recv_type("event"))["seq"] for _ in range(2)] == [1, 2]
+
+
+async def test_an_expired_session_closes_its_connections_on_both(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Its peers stay silent past the session's TTL: whichever instance notices first
+    (its idle timer, or the cleanup that deletes it under the lease), every connection
+    on both is closed with 4404."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=0.6)
+    settings = {"default_ttl": 1, "idle_timeout": 0.3, "cleanup_interval": 0.2}
+    async with run_server(store=url, **settings) as a, run_server(store=url, **settings) as b:
+        async with attach(a, "e", create=True) as (on_a, _), attach(b, "e") as (on_b, _):
+            for peer in (on_a, on_b):
+                code, _frames = await peer.closed(timeout=10)
+                assert code == 4404
+        status, _body = await get(b, "/api/v1/sessions/e")
+        assert status == 404

@@ -1,0 +1,173 @@
+"""``serve --workers N`` as an operator runs it: N worker processes on one port under a
+supervisor, sharing one Redis store. Connections are spread over the workers; a worker
+killed with SIGKILL is restarted and its clients resume on the others; SIGTERM to the
+supervisor shuts every worker down gracefully; stores one process must own are refused
+with a one-line reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.protocol import AgentEvent
+from bamboo_session.protocol.client import BambooClient
+from tests.redis_server import RedisServer, prefix_for
+from tests.server_process import ROOT, assert_no_tracebacks
+
+_LISTENING = re.compile(
+    r'"event":"listening on [^"]+:(\d+)"[^\n]*?"worker":(\d+)[^\n]*?"pid":(\d+)'
+)
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.3}
+
+
+class Workers:
+    """``bamboo-session serve --workers N`` in a child process, its output in a file."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        argv = [sys.executable, "-m", "bamboo_session.server", "serve", "--port", "0"]
+        argv += ["--log-format", "json", *args]
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT)
+        self.pids: set[int] = set()  # workers seen listening
+
+    def listening(self, count: int, timeout: float = 20.0) -> dict[int, int]:
+        """Waits for ``count`` "listening" lines in all; worker number -> its last pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _LISTENING.findall(self.log_path.read_text())
+            if len(found) >= count:
+                self.port = int(found[0][0])
+                self.pids.update(int(pid) for _, _, pid in found)
+                return {int(worker): int(pid) for _, worker, pid in found}
+            assert self.proc.poll() is None, self.log_path.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"no {count} listening lines: {self.log_path.read_text()}")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def records(self) -> list[dict[str, object]]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def kill(self) -> None:
+        """SIGKILL to the supervisor and to every worker seen (by pid)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+    store = redis_server.url(prefix=prefix_for(tmp_path))
+    server = Workers(tmp_path / "serve.log", "--store", store, "--workers", "2")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_workers_share_the_port_and_a_dead_one_is_restarted(workers: Workers) -> None:
+    pids = workers.listening(2)
+    assert set(pids) == {1, 2} and len(set(pids.values())) == 2
+
+    async def scenario() -> None:
+        # Enough clients that SO_REUSEPORT gives each worker some (all on one: 2**-23).
+        async with asyncio.TaskGroup() as group:
+            clients = [
+                group.create_task(BambooClient.connect(workers.url, f"w{i}", create=True, **FAST))
+                for i in range(24)
+            ]
+        agents = [task.result() for task in clients]
+        try:
+            for i, agent in enumerate(agents):
+                assert await agent.publish(AgentEvent.token(str(i))) == 1
+            os.kill(pids[1], signal.SIGKILL)
+            # Clients of the dead worker reconnect to the other (then to both), resume,
+            # and every session still takes publishes exactly once.
+            for i, agent in enumerate(agents):
+                seq = await asyncio.wait_for(agent.publish(AgentEvent.token(f"{i}b")), 20)
+                assert seq == 2
+            assert sum(agent.reconnects for agent in agents) >= 1
+        finally:
+            for agent in agents:
+                await agent.close()
+
+    asyncio.run(scenario())
+    restarted = workers.listening(3)
+    assert restarted[1] != pids[1] and restarted[2] == pids[2]
+    records = workers.records()
+    # Worker 1's clients reconnected (above), worker 2 served clients to their end.
+    served_by = {r.get("worker") for r in records if r.get("event") == "connection closed"}
+    assert 2 in served_by
+    died = [r for r in records if r.get("event") == "worker died; restarting"]
+    assert [(r["worker"], r["status"]) for r in died] == [(1, -signal.SIGKILL)]
+
+    assert workers.stop() == 0  # SIGTERM: passed on, every worker exits gracefully
+    records = workers.records()
+    exits = {(r["worker"], r["status"]) for r in records if r.get("event") == "worker exited"}
+    assert exits == {(1, 0), (2, 0)}
+    assert sum(1 for r in records if r.get("event") == "stopped") == 2
+    assert_no_tracebacks(records, allowed=("worker died",))
+
+
+@pytest.mark.parametrize("store", ["jsonl", "memory://"])
+def test_stores_one_process_owns_refuse_several_workers(store: str, tmp_path: Path) -> None:
+    args = ["--workers", "2"]
+    if store != "jsonl":
+        args += ["--store", store]
+    done = subprocess.run(
+        [sys.executable, "-m", "bamboo_session.server", "serve", "--port", "0", *args],
+        cwd=ROOT,
+        env={**os.environ, "BAMBOO_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()  # --log-format json: every line is JSON, this one too
+    record = json.loads(line)
+    assert record["level"] == "error", record
+    assert record["event"].startswith("cannot start: --workers 2 needs a store several processes")
+
+
+def test_workers_that_keep_dying_are_restarted_ever_more_slowly(tmp_path: Path) -> None:
+    """Workers that cannot start (no Redis there) are restarted after a backoff that
+    doubles, and at most RESTART_BURST times a minute over all of them."""
+    from bamboo_session.server.supervisor import BACKOFF_INITIAL, RESTART_BURST
+    from tests.redis_server import free_port
+
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    server = Workers(tmp_path / "serve.log", "--store", nowhere, "--workers", "4")
+    try:
+        time.sleep(5)
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    records = server.records()
+    died = [r for r in records if r.get("event") == "worker died; restarting"]
+    first = [r["restart_in"] for r in died if r["worker"] == 1]
+    assert first[:3] == [BACKOFF_INITIAL, 2 * BACKOFF_INITIAL, 4 * BACKOFF_INITIAL]
+    started = [r for r in records if r.get("event") == "worker started"]
+    assert 4 + RESTART_BURST >= len(started) > 4 + 8, "bounded, and not by the backoff alone"
+    assert "cannot start: redis unavailable" in server.log_path.read_text()
