@@ -2,17 +2,16 @@
 
 The seed's ``SessionManager`` as a Python API, usable in-process without any socket;
 the WebSocket layer is built on this same API. Each live session is a
-:class:`SessionActor`; the manager spawns actors from storage on demand, keeps them in
-least-recently-used order, evicts parked ones when more than ``max_sessions`` are live,
-and refuses new ones (:class:`ServerBusy`, close 1013) when none can be evicted. It also
-resolves which session a ``hello`` attaches to, creating it where asked.
+:class:`SessionActor`, which the manager's :class:`ActorRegistry` spawns, evicts and
+retires (server/actors.py). The manager also resolves which session a ``hello``
+attaches to, creating it where asked, and relays other processes' presence notices.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+from collections.abc import Callable
 from typing import Any, Self
 
 import structlog
@@ -25,7 +24,6 @@ from bamboo_session.persistence.base import (
     SessionListResult,
     SessionNotFound,
     Storage,
-    StorageError,
 )
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Hello, Welcome
@@ -41,9 +39,10 @@ from bamboo_session.protocol.models import (
 )
 
 from .actor import SessionActor
+from .actors import ActorRegistry
 from .auth import Principal, check_access, check_new_session, check_session_id_for
 from .budget import MemoryBudget
-from .commands import ActorRetired, Announce, Append, Attach, Detach, SetState, Stop
+from .commands import ActorRetired, Announce, Append, Attach, Detach, SetState
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -76,16 +75,13 @@ class SessionManager:
         # What live sessions and their connections hold, against config.memory_budget.
         self.budget = MemoryBudget(config.memory_budget)
         self.append_health = AppendHealth()  # what the actors' appends say of the store
-        self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
-        self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
-        self._retiring: dict[str, asyncio.Task[None]] = {}
+        self.actors = ActorRegistry(config.max_sessions, self._load_actor)
         self._creating: dict[str, asyncio.Future[Session]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce)
         self.metrics.watch_actors(
-            lambda: len(self._actors), self._parked_count, lambda: self.budget.used
+            lambda: len(self.actors), self.actors.parked_count, lambda: self.budget.used
         )
 
     @classmethod
@@ -187,7 +183,7 @@ class SessionManager:
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000."""
-        actor = await self._live_actor_or_none(session_id)
+        actor = await self.actors.live_or_none(session_id)
         if actor is None:
             await self.storage.update_session_state(session_id, SessionState.CLOSED)
             return
@@ -243,21 +239,16 @@ class SessionManager:
             return await self.create_session(user_id, title, session_id=session_id)
 
     def check_room(self) -> None:
-        """ServerBusy unless one more live session fits, evicting a parked one if need
-        be (spawns in progress count as live)."""
-        if len(self._actors) + len(self._spawning) < self.config.max_sessions:
-            return
-        if any(not actor.room.outboxes for actor in self._actors.values()):
-            return
-        raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
+        """ServerBusy unless one more live session fits (see ActorRegistry)."""
+        self.actors.check_room()
 
     async def delete_session(self, session_id: str) -> None:
         """Removes the session; its connections are closed with 4404."""
         check_session_id(session_id)
-        actor = self._actors.get(session_id)
+        actor = self.actors.get(session_id)
         if actor is not None:
-            await self._stop_actor(actor, CloseCode.NOT_FOUND, "session deleted")
-        await self._await_retired(session_id)
+            await self.actors.stop(actor, CloseCode.NOT_FOUND, "session deleted")
+        await self.actors.await_retired(session_id)
         await self.storage.delete_session(session_id)
 
     # -- connections ---------------------------------------------------------------
@@ -269,7 +260,7 @@ class SessionManager:
         first thing queued on it. Raises SessionNotFound, SessionClosed,
         SessionExpired, ServerBusy."""
         while True:
-            actor = await self._actor(session_id)
+            actor = await self.actors.actor(session_id)
             welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
             actor.post(Attach(outbox, last_seq, epoch, welcomed))
             try:
@@ -278,7 +269,7 @@ class SessionManager:
                 continue
 
     def detach(self, session_id: str, connection_id: str) -> None:
-        actor = self._actors.get(session_id)
+        actor = self.actors.get(session_id)
         if actor is not None:
             actor.post(Detach(connection_id))
 
@@ -323,7 +314,7 @@ class SessionManager:
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None
     ) -> Appended:
-        actor = await self._actor(session_id)
+        actor = await self.actors.actor(session_id)
         acked: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         actor.post(Append(event, key, future=acked))
         return await acked
@@ -353,105 +344,23 @@ class SessionManager:
         return metadata
 
     def live_actor(self, session_id: str) -> SessionActor | None:
-        return self._actors.get(session_id)
+        return self.actors.get(session_id)
 
     # -- actors ------------------------------------------------------------------
 
-    async def _actor(self, session_id: str) -> SessionActor:
-        check_session_id(session_id)
-        while True:
-            if self._closed:
-                raise StorageError("server is shutting down")
-            actor = self._actors.get(session_id)
-            if actor is not None and actor.accepting:
-                self._actors.move_to_end(session_id)
-                return actor
-            pending = self._spawning.get(session_id) or self._unfinished_retiring(session_id)
-            if pending is None:
-                spawn = asyncio.ensure_future(self._spawn(session_id))
-                self._spawning[session_id] = spawn
-                return await asyncio.shield(spawn)
-            # Wait for the spawn in progress, or for the old actor to finish flushing.
-            await asyncio.wait([pending])
-
-    def _unfinished_retiring(self, session_id: str) -> asyncio.Task[None] | None:
-        task = self._retiring.get(session_id)
-        if task is not None and task.done():
-            del self._retiring[session_id]
-            return None
-        return task
-
-    async def _spawn(self, session_id: str) -> SessionActor:
-        try:
-            self._make_room()
-            actor = await SessionActor.load(
-                session_id,
-                self.storage,
-                self.config,
-                self.metrics,
-                self._actor_retired,
-                self.shared_presence or LOCAL,
-                self.budget,
-                self.append_health,
-            )
-            self._make_room()
-            self._actors[session_id] = actor
-            actor.start()
-            return actor
-        finally:
-            self._spawning.pop(session_id, None)
-
-    async def _live_actor_or_none(self, session_id: str) -> SessionActor | None:
-        await self._await_spawning(session_id)
-        actor = self._actors.get(check_session_id(session_id))
-        return actor if actor is not None and actor.accepting else None
-
-    async def _await_spawning(self, session_id: str) -> None:
-        spawning = self._spawning.get(session_id)
-        if spawning is not None:
-            await asyncio.wait([spawning])
-
-    async def _await_retired(self, session_id: str) -> None:
-        await self._await_spawning(session_id)
-        retiring = self._unfinished_retiring(session_id)
-        if retiring is not None:
-            await asyncio.wait([retiring])
-
-    def _make_room(self) -> None:
-        """Evicts least recently used parked actors until one more fits."""
-        while len(self._actors) >= self.config.max_sessions:
-            victim = next((a for a in self._actors.values() if not a.room.outboxes), None)
-            if victim is None:
-                raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
-            log.info("evicting parked session", session_id=victim.session_id)
-            self._retire_actor(victim, Stop(CloseCode.TRY_AGAIN_LATER, "session evicted"))
-
-    def _retire_actor(self, actor: SessionActor, stop: Stop) -> None:
-        actor.accepting = False
-        actor.post(stop)  # wakes the actor's task, which retires it
-        self._actor_retired(actor)
-
-    async def _stop_actor(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
-        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._retire_actor(actor, Stop(code, reason, stopped))
-        await stopped
-
-    def _actor_retired(self, actor: SessionActor) -> None:
-        """Called once an actor takes no more commands (it may still be flushing)."""
-        session_id = actor.session_id
-        if self._actors.get(session_id) is actor:
-            del self._actors[session_id]
-        task = actor.task
-        if task is not None and not task.done():
-            self._retiring[session_id] = task
-            task.add_done_callback(lambda _t: self._forget_retiring(session_id, task))
-
-    def _forget_retiring(self, session_id: str, task: asyncio.Task[None]) -> None:
-        if self._retiring.get(session_id) is task:
-            del self._retiring[session_id]
-
-    def _parked_count(self) -> int:
-        return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
+    async def _load_actor(
+        self, session_id: str, on_retired: Callable[[SessionActor], None]
+    ) -> SessionActor:
+        return await SessionActor.load(
+            session_id,
+            self.storage,
+            self.config,
+            self.metrics,
+            on_retired,
+            self.shared_presence or LOCAL,
+            self.budget,
+            self.append_health,
+        )
 
     async def _overlay_live(self, found: list[SessionMetadata]) -> None:
         """Live connection counts: this process's, or every process's on a shared store."""
@@ -461,13 +370,13 @@ class SessionManager:
                 metadata.connections = count
             return
         for metadata in found:
-            actor = self._actors.get(metadata.id)
+            actor = self.actors.get(metadata.id)
             metadata.connections = len(actor.room.outboxes) if actor is not None else 0
 
     def _announce(self, notice: PresenceNotice) -> None:
         """Another process's connection to a session joined or left: this process's
         connections to it hear of it from their actor."""
-        actor = self._actors.get(notice.session_id)
+        actor = self.actors.get(notice.session_id)
         if actor is not None and actor.accepting and actor.room.outboxes:
             actor.post(
                 Announce(notice.connection_id, notice.role, notice.joined, notice.connections)
@@ -483,16 +392,7 @@ class SessionManager:
     ) -> None:
         """Closes every connection with ``code`` after a ``closed`` frame, lets each
         actor flush and checkpoint, and cancels what is still running after ``grace``."""
-        self._closed = True
-        for actor in list(self._actors.values()):
-            self._retire_actor(actor, Stop(code, reason))
-        pending = [task for task in self._retiring.values() if not task.done()]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=grace)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1.0)
+        await self.actors.close(code, reason, grace)
         if self.shared_presence is not None:
             await self.shared_presence.stop()
         for task in list(self._tasks):

@@ -1,0 +1,164 @@
+"""ActorRegistry: the session actors live in this process, in least-recently-used order.
+
+It spawns an actor from the store on demand (one spawn per session at a time), keeps at
+most ``max_sessions`` of them by evicting the least recently used parked ones, refuses
+one more (:class:`ServerBusy`, close 1013) when none can be evicted, and tracks actors
+that retired but are still finishing, so that a session never has two at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Iterator
+
+import structlog
+
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.ids import check_session_id
+
+from .actor import SessionActor
+from .commands import Stop
+from .failures import ServerBusy
+
+log = structlog.get_logger("bamboo_session.manager")
+
+# (session id, on_retired) -> the session's actor, loaded from the store, which reports
+# its retirement to on_retired
+ActorLoader = Callable[[str, Callable[[SessionActor], None]], Awaitable[SessionActor]]
+
+
+class ActorRegistry:
+    def __init__(self, max_sessions: int, load: ActorLoader) -> None:
+        self.max_sessions = max_sessions
+        self._load = load
+        self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
+        self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
+        self._retiring: dict[str, asyncio.Task[None]] = {}
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def __iter__(self) -> Iterator[SessionActor]:
+        return iter(list(self._actors.values()))
+
+    def get(self, session_id: str) -> SessionActor | None:
+        """The session's actor in this process, if any (accepting or not)."""
+        return self._actors.get(session_id)
+
+    def parked_count(self) -> int:
+        return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
+
+    async def actor(self, session_id: str) -> SessionActor:
+        """The session's accepting actor, spawned from the store if need be."""
+        check_session_id(session_id)
+        while True:
+            if self.closed:
+                raise StorageError("server is shutting down")
+            actor = self._actors.get(session_id)
+            if actor is not None and actor.accepting:
+                self._actors.move_to_end(session_id)
+                return actor
+            pending = self._spawning.get(session_id) or self._unfinished_retiring(session_id)
+            if pending is None:
+                spawn = asyncio.ensure_future(self._spawn(session_id))
+                self._spawning[session_id] = spawn
+                return await asyncio.shield(spawn)
+            # Wait for the spawn in progress, or for the old actor to finish flushing.
+            await asyncio.wait([pending])
+
+    async def live_or_none(self, session_id: str) -> SessionActor | None:
+        """The session's accepting actor if it is live, without spawning one."""
+        await self._await_spawning(session_id)
+        actor = self._actors.get(check_session_id(session_id))
+        return actor if actor is not None and actor.accepting else None
+
+    async def await_retired(self, session_id: str) -> None:
+        """Returns once no actor of the session is spawning or finishing."""
+        await self._await_spawning(session_id)
+        retiring = self._unfinished_retiring(session_id)
+        if retiring is not None:
+            await asyncio.wait([retiring])
+
+    def check_room(self) -> None:
+        """ServerBusy unless one more live session fits, evicting a parked one if need
+        be (spawns in progress count as live)."""
+        if len(self._actors) + len(self._spawning) < self.max_sessions:
+            return
+        if any(not actor.room.outboxes for actor in self._actors.values()):
+            return
+        raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
+
+    def retire(self, actor: SessionActor, stop: Stop) -> None:
+        """Stop taking commands for ``actor``, which finishes in its own task."""
+        actor.accepting = False
+        actor.post(stop)  # wakes the actor's task, which retires it
+        self.retired(actor)
+
+    async def stop(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.retire(actor, Stop(code, reason, stopped))
+        await stopped
+
+    def retired(self, actor: SessionActor) -> None:
+        """Called once an actor takes no more commands (it may still be flushing)."""
+        session_id = actor.session_id
+        if self._actors.get(session_id) is actor:
+            del self._actors[session_id]
+        task = actor.task
+        if task is not None and not task.done():
+            self._retiring[session_id] = task
+            task.add_done_callback(lambda _t: self._forget_retiring(session_id, task))
+
+    async def close(self, code: CloseCode, reason: str, grace: float) -> None:
+        """Retire every actor; cancel those still finishing after ``grace`` seconds."""
+        self.closed = True
+        for actor in list(self._actors.values()):
+            self.retire(actor, Stop(code, reason))
+        pending = [task for task in self._retiring.values() if not task.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+
+    # -- internals ----------------------------------------------------------------
+
+    async def _spawn(self, session_id: str) -> SessionActor:
+        try:
+            self._make_room()
+            actor = await self._load(session_id, self.retired)
+            self._make_room()
+            self._actors[session_id] = actor
+            actor.start()
+            return actor
+        finally:
+            self._spawning.pop(session_id, None)
+
+    def _make_room(self) -> None:
+        """Evicts least recently used parked actors until one more fits."""
+        while len(self._actors) >= self.max_sessions:
+            victim = next((a for a in self._actors.values() if not a.room.outboxes), None)
+            if victim is None:
+                raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
+            log.info("evicting parked session", session_id=victim.session_id)
+            self.retire(victim, Stop(CloseCode.TRY_AGAIN_LATER, "session evicted"))
+
+    async def _await_spawning(self, session_id: str) -> None:
+        spawning = self._spawning.get(session_id)
+        if spawning is not None:
+            await asyncio.wait([spawning])
+
+    def _unfinished_retiring(self, session_id: str) -> asyncio.Task[None] | None:
+        task = self._retiring.get(session_id)
+        if task is not None and task.done():
+            del self._retiring[session_id]
+            return None
+        return task
+
+    def _forget_retiring(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._retiring.get(session_id) is task:
+            del self._retiring[session_id]
