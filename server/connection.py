@@ -25,11 +25,8 @@ from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import (
     ClientFrame,
     Error,
-    EventRecord,
-    Events,
     EventsRequest,
     Hello,
-    History,
     HistoryRequest,
     Ping,
     Pong,
@@ -47,7 +44,7 @@ from .commands import Append, SetState
 from .failures import ServerBusy, failure_of, request_error
 from .limits import FrameLimiter, TooManyConnections
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
-from .pages import events_page, history_page
+from .pages import events_reply, history_reply
 from .quotas import CreatingTooFast, TooManySessions, creator_key
 from .services import Services
 
@@ -301,26 +298,19 @@ class Connection:
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
-        config = self.services.config
-        storage = self.services.manager.storage
-        limit = min(request.limit, config.max_history_page)
-        read = history_page(storage, self.session_id, limit, request.before, config.max_page_bytes)
-        page = await self._storage_read(read, request.id)
-        outbox.push(Outbound(History(page.messages, page.has_more, id=request.id)))
+        config, storage = self.services.config, self.services.manager.storage
+        read = history_reply(
+            storage, self.session_id, request, config.max_history_page, config.max_page_bytes
+        )
+        outbox.push(Outbound(await self._storage_read(read, request.id)))
 
     async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
-        config = self.services.config
-        storage = self.services.manager.storage
-        limit = min(request.limit, config.max_events_page)
-        read = events_page(
-            storage, self.session_id, request.after_seq, limit, config.max_page_bytes
+        config, storage = self.services.config, self.services.manager.storage
+        read = events_reply(
+            storage, self.session_id, request, config.max_events_page, config.max_page_bytes
         )
-        stored = await self._storage_read(read, request.id)
-        last_seq = await self._storage_read(storage.last_seq(self.session_id), request.id)
-        records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
-        last_seq = max(last_seq, stored[-1].seq if stored else 0)
-        outbox.push(Outbound(Events(records, last_seq, id=request.id)))
+        outbox.push(Outbound(await self._storage_read(read, request.id)))
 
     async def _storage_read(self, read: Awaitable[T], request_id: RequestId) -> T:
         try:

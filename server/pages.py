@@ -16,6 +16,13 @@ from typing import Final, TypeVar
 import msgspec
 
 from bamboo_session.persistence.base import HistoryPage, SessionStorage
+from bamboo_session.protocol.frames import (
+    EventRecord,
+    Events,
+    EventsRequest,
+    History,
+    HistoryRequest,
+)
 from bamboo_session.protocol.models import Message, StoredEvent
 
 FIRST_CHUNK: Final = 16  # messages read first, before their size is known
@@ -79,3 +86,32 @@ def within_bytes(items: Sequence[T], max_bytes: int) -> list[T]:
             break
         kept.append(item)
     return kept
+
+
+async def history_reply(
+    storage: SessionStorage,
+    session_id: str,
+    request: HistoryRequest,
+    max_messages: int,
+    max_bytes: int,
+) -> History:
+    """The ``history`` reply to ``request``: one page, at most the server's maximums."""
+    limit = min(request.limit, max_messages)
+    page = await history_page(storage, session_id, limit, request.before, max_bytes)
+    return History(page.messages, page.has_more, id=request.id)
+
+
+async def events_reply(
+    storage: SessionStorage,
+    session_id: str,
+    request: EventsRequest,
+    max_events: int,
+    max_bytes: int,
+) -> Events:
+    """The ``events`` reply to ``request``: one page, each event as stored (its JSON is
+    not encoded again), and the session's last seq."""
+    limit = min(request.limit, max_events)
+    stored = await events_page(storage, session_id, request.after_seq, limit, max_bytes)
+    last_seq = await storage.last_seq(session_id)
+    records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
+    return Events(records, max(last_seq, stored[-1].seq if stored else 0), id=request.id)
