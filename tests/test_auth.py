@@ -3,6 +3,7 @@ checks, and the refusal to listen on a public address without auth."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -14,7 +15,8 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bamboo_session.protocol.models import Session, SessionMetadata
+from bamboo_session.protocol.client import BambooClient, Refused
+from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.auth import (
     Authenticator,
@@ -431,3 +433,37 @@ async def test_listing_shows_only_the_callers_sessions_unless_admin() -> None:
         assert (await listed(None))[0] == 401
         assert (await listed(BAD_TOKENS["alg none"]))[0] == 401
         assert (await listed(BAD_TOKENS["expired"]))[0] == 401
+
+
+async def test_the_client_resumes_with_a_fresh_token_when_its_token_expires() -> None:
+    """A client given a token function gets a new token when the server closes its
+    connection at the old one's expiry, and resumes: nothing published is lost."""
+    issued: list[str] = []
+
+    async def fresh_token() -> str:
+        issued.append(make_token("alice", ttl=1.5))
+        return issued[-1]
+
+    async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(
+            url, "renewed", create=True, token=fresh_token, backoff_initial=0.02
+        ) as agent:
+            seqs = []
+            for i in range(12):  # across at least one expiry
+                seqs.append(await agent.publish(AgentEvent.token(f"t{i}")))
+                await asyncio.sleep(0.25)
+            assert seqs == list(range(1, 13))
+            assert agent.reconnects >= 1 and len(issued) >= 2
+
+
+async def test_a_client_with_a_fixed_token_stops_at_its_expiry() -> None:
+    async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        token = make_token("alice", ttl=1.5)
+        async with await BambooClient.connect(url, "fixed", create=True, token=token) as client:
+            with pytest.raises(Refused) as refused:
+                for _ in range(50):
+                    await client.ping()
+                    await asyncio.sleep(0.1)
+            assert refused.value.code == 4401

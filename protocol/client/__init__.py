@@ -38,7 +38,7 @@ from .errors import (
     SequenceError,
     SessionEnded,
 )
-from .handshake import STREAM_PATH, stream_url
+from .handshake import STREAM_PATH, TokenSource, stream_url
 from .results import EventPage, HistoryPage, Reset
 from .sequence import SequenceChecker
 
@@ -57,5 +57,6 @@ __all__ = [
     "SequenceError",
     "SessionEnded",
     "StoredEvent",
+    "TokenSource",
     "stream_url",
 ]

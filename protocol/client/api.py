@@ -30,7 +30,7 @@ from ..frames import (
 from ..ids import check_session_id
 from ..models import AnyAgentEvent, Message, SessionMetadata, StoredEvent
 from .errors import ConnectionLost, Retry, SessionEnded
-from .handshake import Dialer, stream_url
+from .handshake import Dialer, TokenSource, stream_url
 from .link import Link, ReconnectPolicy
 from .results import EventPage, HistoryPage, Reset
 from .state import END, ClientState
@@ -50,7 +50,7 @@ class BambooClient:
         create: bool,
         user_id: str | None,
         title: str | None,
-        token: str | None,
+        token: str | TokenSource | None,
         role: Literal["client", "agent"],
         codec: Codec,
         last_seq: int | None,
@@ -65,7 +65,7 @@ class BambooClient:
     ) -> None:
         self._base_url = url
         first_hello = Hello(
-            token=token,
+            token=None,  # the Dialer puts the current token in every hello
             user_id=user_id,
             title=title,
             create=create,
@@ -92,7 +92,7 @@ class BambooClient:
         create: bool = False,
         user_id: str | None = None,
         title: str | None = None,
-        token: str | None = None,
+        token: str | TokenSource | None = None,
         role: Literal["client", "agent"] = "client",
         codec: Literal["json", "msgpack"] | Codec = "json",
         last_seq: int | None = None,
@@ -116,6 +116,9 @@ class BambooClient:
           failed attempts (``None``: no limit) end in :class:`ConnectionLost`.
         - ``request_timeout``: seconds a request may wait for its reply, across
           reconnects (``None``: no limit).
+        - ``token``: a JWT, or an async function returning a fresh one, asked before
+          every connection; with a function, a connection the server closes with 4401
+          when its token expires is resumed with a new token instead of ending.
         - ``receive_events=False``: a publish-only client; events are checked for
           sequence but not queued, so nothing piles up unread.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -55,21 +56,36 @@ def closed_outcome(exc: ConnectionClosed, closed_reason: str | None) -> ClientEr
     return close_outcome(received.code, received.reason, closed_reason)
 
 
+TokenSource = Callable[[], Awaitable[str]]
+
+
 @dataclass(frozen=True)
 class Dialer:
-    """How to reach the server: its base URL, the codec and the credentials."""
+    """How to reach the server: its base URL, the codec and the credentials (a token,
+    or an async function that returns a fresh one, asked before every connection)."""
 
     base_url: str
     codec: Codec
-    token: str | None
+    token: str | TokenSource | None
     open_timeout: float
+
+    @property
+    def refreshes_tokens(self) -> bool:
+        return callable(self.token)
+
+    async def current_token(self) -> str | None:
+        token = self.token
+        return await token() if callable(token) else token
 
     async def open(self, session_id: str | None, hello: Hello) -> tuple[ClientConnection, Welcome]:
         """One connection to ``session_id`` (a new session when ``None``): upgrade,
         ``hello``, ``welcome``. Raises :class:`.Retry` for failures worth retrying,
         :class:`.Refused` / :class:`.SessionEnded` / :class:`.ClientError` for the
         others."""
-        ws = await self._upgrade(stream_url(self.base_url, session_id))
+        token = await self.current_token()
+        if token is not None:
+            hello = msgspec.structs.replace(hello, token=token)
+        ws = await self._upgrade(stream_url(self.base_url, session_id), token)
         try:
             return ws, await self._attach(ws, hello)
         except BaseException:  # cancelled too: a half-open attach must not stay open
@@ -94,8 +110,8 @@ class Dialer:
             raise Refused(int(CloseCode.POLICY_VIOLATION), f"no welcome: {message}")
         return welcome
 
-    async def _upgrade(self, url: str) -> ClientConnection:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+    async def _upgrade(self, url: str, token: str | None) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             return await ws_connect(
                 url,

@@ -21,6 +21,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from ..errors import CloseCode
 from .errors import ClientError, ConnectionLost, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
 from .state import ClientState
@@ -174,11 +175,23 @@ class Link:
             error = closed_outcome(exc, self.state.closed_reason)
             if isinstance(error, Retry):
                 return error
+            if self._token_expired(exc):
+                return Retry("token expired: reconnecting with a fresh one")
             self.finish(error)
         except (msgspec.DecodeError, ClientError) as exc:
             self.finish(exc if isinstance(exc, ClientError) else ClientError(str(exc)))
             await ws.close()
         return None
+
+    def _token_expired(self, exc: ConnectionClosed) -> bool:
+        """The server closed an open connection with 4401 (its token expired), and the
+        client can get a fresh token: resume with it rather than stop."""
+        received = exc.rcvd
+        return (
+            received is not None
+            and received.code == CloseCode.UNAUTHORIZED
+            and self.dialer.refreshes_tokens
+        )
 
     async def _resend(self, ws: ClientConnection) -> None:
         """Send every request not yet sent on this connection, oldest first, until none
