@@ -35,7 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=("fsync", "os", "memory"),
         default=["fsync", "os"],
-        help="Bamboo's durability, one server each (the goal is for the first: fsync)",
+        help="Bamboo's durability, one server each (the goal is for the first: fsync); "
+        "memory: the in-memory store (memory://)",
     )
 
 
@@ -62,6 +63,10 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
     if kind == SOCKETIO:
         return socketio_peer.server(tmp / "socketio.log")
     durability = kind.removeprefix(BAMBOO)
+    if durability == "memory":  # the in-memory store: what Bamboo costs without a disk
+        return common.bamboo_server(
+            tmp / "data-memory", tmp / f"{kind}.log", "--store", "memory://"
+        )
     return common.bamboo_server(
         tmp / f"data-{durability}", tmp / f"{kind}.log", "--durability", durability
     )

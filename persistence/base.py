@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -138,10 +137,10 @@ class SessionListResult(msgspec.Struct):
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
+class Appended(NamedTuple):
     """What one appended item became: its seq, and whether it was a duplicate (then
-    ``seq`` is the seq its key was first accepted with, and nothing was appended)."""
+    ``seq`` is the seq its key was first accepted with, and nothing was appended).
+    A named tuple: one is made per appended item, on the hot path."""
 
     seq: int
     duplicate: bool = False

@@ -16,7 +16,19 @@ import msgspec
 
 from .errors import ErrorCode, ProtocolError
 from .frames import ClientFrame, PublishEvent, PublishMessage, RequestId, ServerFrame
-from .models import Custom, Message, MessageEvent, StoredEvent, ToolStart
+from .models import (
+    Complete,
+    Custom,
+    ErrorEvent,
+    Message,
+    MessageEvent,
+    StateChange,
+    StoredEvent,
+    Thinking,
+    Token,
+    ToolError,
+    ToolStart,
+)
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
@@ -86,10 +98,16 @@ def _free_form_values(frame: PublishEvent | PublishMessage) -> list[Any]:
     return []
 
 
+# Events with no free-form value and no message: nothing to check but the key.
+_PLAIN_EVENTS: Final = (Token, Thinking, ToolError, Complete, ErrorEvent, StateChange)
+
+
 def _check_published(frame: PublishEvent | PublishMessage) -> None:
     """Normalize what a publisher sent, or refuse what not every peer could read."""
     if frame.key == "":
         frame.key = None  # an empty key is no key (a client's unset string field)
+    if type(frame) is PublishEvent and isinstance(frame.event, _PLAIN_EVENTS):
+        return  # the common case (a streamed token): nothing else to look at
     for value in _free_form_values(frame):
         if (problem := free_form_problem(value)) is not None:
             reason = f"value not carried by every codec: {problem}"

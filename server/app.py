@@ -27,6 +27,7 @@ from bamboo_session.protocol.errors import CloseCode
 from .auth import AccessPolicy, Authenticator, check_binding
 from .config import ServerConfig
 from .connection import Connection
+from .flush import Flusher
 from .http import (
     BadRoute,
     error_response,
@@ -124,6 +125,7 @@ class BambooServer:
                 config.session_create_rate,
                 config.session_create_burst,
             ),
+            Flusher(),
         )
         self._server = await serve(
             self._handle,

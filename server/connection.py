@@ -42,6 +42,7 @@ from .actor import SessionActor
 from .auth import Forbidden, Unauthorized
 from .commands import Append, SetState
 from .failures import ServerBusy, failure_of, request_error
+from .flush import WebSocketSink
 from .limits import FrameLimiter, TooManyConnections
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
 from .pages import events_reply, history_reply
@@ -177,6 +178,8 @@ class Connection:
                 codec=self.codec,
                 budget=manager.budget,
             )
+            outbox.sink = WebSocketSink(self.ws, self._framed, self._count_out)
+            outbox.flusher = services.flusher
             self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
             self.outbox = outbox
             if principal is not None and principal.valid_until is not None:
@@ -324,23 +327,30 @@ class Connection:
         self.services.metrics.errors.labels(code=code.value).inc()
 
     async def _write(self) -> None:
+        """Sends what the flusher leaves to this task (server/flush.py): frames that must
+        wait for room in the socket's buffer, replays, and the close."""
         assert self.outbox is not None and self.actor is not None
         outbox, actor, ws, codec = self.outbox, self.actor, self.ws, self.codec
-        text = codec.text
         while True:
             item = await outbox.get()
             if isinstance(item, Outbound):
                 # Whatever is queued goes out in one write (outbox.send_frames).
                 batch = outbox.take_frames(item, _SEND_BATCH)
-                await send_frames(ws, [out.encoded(codec) for out in batch], text)
+                await send_frames(ws, [out.framed(codec) for out in batch])
                 self.frames_out += len(batch)
             elif isinstance(item, Replay):
                 async for page in actor.replay(item.after, item.through):
-                    await send_frames(ws, [out.encoded(codec) for out in page], text)
+                    await send_frames(ws, [out.framed(codec) for out in page])
                     self.frames_out += len(page)
             else:
                 await self._close(item)
                 return
+
+    def _framed(self, out: Outbound) -> bytes:
+        return out.framed(self.codec)
+
+    def _count_out(self, frames: int) -> None:
+        self.frames_out += frames
 
     def _on_outbox_closed(self, request: CloseRequest) -> None:
         if self.ws.close_code is not None:

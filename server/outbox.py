@@ -20,20 +20,24 @@ from bamboo_session.protocol.frames import EventFrame, ServerFrame
 from bamboo_session.protocol.models import StoredEvent
 
 from .budget import NO_LIMIT, MemoryBudget
+from .flush import DirectSink, Flusher, unframe, websocket_frame
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
 
 class Outbound:
-    """One server frame, with its encodings cached per codec."""
+    """One server frame, framed for the wire at most once per codec (a WebSocket frame
+    around its encoding), whatever the number of connections it goes to."""
 
-    __slots__ = ("_encoded", "event_size", "frame", "stored")
+    __slots__ = ("_json", "_msgpack", "event_size", "frame", "stored")
 
     def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
         self.frame = frame
         self.stored = stored
-        self._encoded: dict[str, bytes] = {}
+        # Framed for each codec at most once (two slots: cheaper than a dict per frame).
+        self._json: bytes | None = None
+        self._msgpack: bytes | None = None
         # An event frame's size in a queue, counted once for every queue it goes to.
         self.event_size = 0 if stored is None else stored.size + EVENT_FRAME_OVERHEAD
 
@@ -45,17 +49,24 @@ class Outbound:
     def seq(self) -> int:
         return self.stored.seq if self.stored is not None else 0
 
-    def encoded(self, codec: Codec) -> bytes:
-        data = self._encoded.get(codec.name)
+    def framed(self, codec: Codec) -> bytes:
+        """The frame as ``codec`` encodes it, in one unmasked WebSocket frame: the same
+        bytes for every connection of that codec."""
+        if codec.text:
+            data = self._json
+            if data is None:
+                data = self._json = websocket_frame(codec.encode(self.frame), True)
+            return data
+        data = self._msgpack
         if data is None:
-            data = self._encoded[codec.name] = codec.encode(self.frame)
+            data = self._msgpack = websocket_frame(codec.encode(self.frame), False)
         return data
 
     def size(self, codec: Codec) -> int:
         """The bytes this frame takes in a queue: an event's as stored plus its
-        envelope, without encoding it (fan-out encodes once, in the writers); any other
-        frame encoded for ``codec`` (which its writer would do anyway)."""
-        return self.event_size or len(self.encoded(codec))
+        envelope, without encoding it (fan-out encodes once, when it is written); any
+        other frame as framed for ``codec`` (which its writer would do anyway)."""
+        return self.event_size or len(self.framed(codec))
 
 
 # An event frame around its event's JSON: type, seq and ts (`{"type":"event",…}`).
@@ -98,6 +109,7 @@ class Outbox:
         "_backed_up",
         "_head",
         "_items",
+        "_scheduled",
         "_settled",
         "_waiter",
         "budget",
@@ -105,12 +117,14 @@ class Outbox:
         "closing",
         "codec",
         "connection_id",
+        "flusher",
         "in_flight",
         "limit",
         "max_bytes",
         "max_in_flight",
         "on_close",
         "role",
+        "sink",
     )
 
     def __init__(
@@ -143,7 +157,12 @@ class Outbox:
         # list costs 56 bytes where an empty deque keeps a 760-byte block.
         self._items: list[OutboxItem] = []
         self._head = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
+        # Frames go straight to the socket at the end of the loop's turn while the
+        # writer is idle (server/flush.py); without a sink, the writer sends them.
+        self.sink: DirectSink | None = None
+        self.flusher: Flusher | None = None
+        self._scheduled = False
         # Requests read but not answered yet: capped so that a burst of replies always
         # fits in the queue, which keeps a pipelining publisher from closing itself.
         self.in_flight = 0
@@ -157,7 +176,7 @@ class Outbox:
         items, head = self._items, self._head
         item = items[head]
         if type(item) is Outbound:
-            size = item.event_size or len(item.encoded(self.codec))
+            size = item.event_size or len(item.framed(self.codec))
             self.bytes -= size
             self.budget.used -= size
         head += 1
@@ -177,7 +196,7 @@ class Outbox:
             return
         size = 0
         if type(item) is Outbound:
-            size = item.event_size or len(item.encoded(self.codec))
+            size = item.event_size or len(item.framed(self.codec))
         queued = len(self._items) - self._head
         if queued:
             after, budget = self.bytes + size, self.budget
@@ -191,7 +210,7 @@ class Outbox:
         self._items.append(item)
         self.bytes += size
         self.budget.used += size
-        self._wake()
+        self._notify()
 
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""
@@ -245,6 +264,36 @@ class Outbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _notify(self) -> None:
+        """Something was queued: an idle writer is woken, or, with a sink, the frames are
+        flushed at the end of this turn of the loop without waking it."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the writer is at work: it takes what was queued
+        if self.sink is None or self.flusher is None:
+            waiter.set_result(None)
+        elif not self._scheduled:
+            self._scheduled = True
+            self.flusher.add(self)
+
+    def flush(self) -> None:
+        """Writes the queued frames to the sink while the writer is idle; what needs
+        the writer (a replay, the close, a socket that is full) wakes it."""
+        self._scheduled = False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        items = self._items
+        if len(self) and type(items[self._head]) is Outbound:
+            assert self.sink is not None
+            if self.sink.can_write():
+                frames: list[Outbound] = []
+                while len(self) and type(items[self._head]) is Outbound:
+                    frames.append(self._popleft())  # type: ignore[arg-type]
+                self.sink.write(frames)
+        if len(self):
+            waiter.set_result(None)
+
     async def get(self) -> OutboxItem:
         while not len(self):
             self._waiter = asyncio.get_running_loop().create_future()
@@ -267,25 +316,24 @@ class Outbox:
         return frames
 
 
-async def send_frames(ws: ServerConnection, frames: list[bytes], text: bool) -> None:
-    """Send ``frames`` with one write to the socket: one ``writev`` for the lot instead of
-    a ``send()``, its context manager and a ``write`` system call per frame, which is
-    most of what fanning out costs (bench/RESULTS.md). Flow control and errors are
-    websockets' own: this is ``send()``'s body with several frames in its context."""
-    if len(frames) == 1:
-        await ws.send(frames[0], text=text)
-        return
+async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
+    """Send already framed ``frames`` (:meth:`Outbound.framed`) with one write to the
+    socket, with websockets' flow control and error handling: this is ``send()``'s
+    context around one ``writelines`` instead of a frame at a time. The writer task's
+    way, when it must await room in the socket's buffer; server/flush.py writes the same
+    bytes without awaiting when there is room. With an extension (compression) frames
+    are left to websockets to transform."""
+    protocol = ws.protocol
     async with ws.send_context():
-        protocol = ws.protocol
-        send = protocol.send_text if text else protocol.send_binary
-        for data in frames:
-            send(data)
-        chunks = protocol.data_to_send()
-        if all(chunks):
+        if protocol.extensions:
+            for data in frames:
+                # websockets builds (and compresses) each frame itself: the payload.
+                payload, text = unframe(data)
+                if text:
+                    protocol.send_text(payload)
+                else:
+                    protocol.send_binary(payload)
+        else:
+            chunks = protocol.data_to_send()
+            chunks.extend(frames)
             ws.transport.writelines(chunks)
-        else:  # pragma: no cover - an empty chunk (EOF) only follows a close frame
-            for chunk in chunks:
-                if chunk:
-                    ws.transport.write(chunk)
-                elif ws.transport.can_write_eof():
-                    ws.transport.write_eof()

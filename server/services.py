@@ -7,6 +7,7 @@ import dataclasses
 
 from .auth import AccessPolicy
 from .config import ServerConfig
+from .flush import Flusher
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
@@ -25,3 +26,4 @@ class Services:
     readiness: Readiness
     store_stats: StoreStats
     quotas: SessionQuotas
+    flusher: Flusher  # writes frames to idle connections' sockets, once per loop turn

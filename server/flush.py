@@ -1,0 +1,119 @@
+"""Writing frames to sockets without a task switch per frame.
+
+Producers (a session's actor fanning out an event, answering a request) put frames
+into connections' outboxes. A connection whose writer task is idle does not need waking
+for that: the :class:`Flusher` collects every outbox that got frames during one turn of
+the event loop and, in one callback at the end of that turn, writes each one's frames
+with one ``writelines`` (its :class:`DirectSink`). The writer task runs only for what
+needs awaiting: a replay read from the store, a close, a socket whose buffer is full.
+
+A frame is framed once for all the connections it goes to (:func:`websocket_frame`):
+server frames are never masked, so the bytes are the same for every peer of a codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from websockets.protocol import OPEN
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from .outbox import Outbound, Outbox
+
+_TEXT = 0x81  # FIN + text opcode
+_BINARY = 0x82  # FIN + binary opcode
+
+
+def websocket_frame(payload: bytes, text: bool) -> bytes:
+    """``payload`` as one unmasked, unfragmented WebSocket frame (RFC 6455 5.2)."""
+    first = _TEXT if text else _BINARY
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 65536:
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+def unframe(frame: bytes) -> tuple[bytes, bool]:
+    """The payload of a frame made by :func:`websocket_frame`, and whether it is text."""
+    length = frame[1]
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return frame[start:], frame[0] == _TEXT
+
+
+class DirectSink(Protocol):
+    """Where an outbox's frames go without its writer task: the socket itself."""
+
+    def can_write(self) -> bool:
+        """Whether frames may be written now (connection open, buffer not full)."""
+        ...
+
+    def write(self, frames: list[Outbound]) -> None:
+        """Write ``frames`` to the socket, in order, in one go."""
+        ...
+
+
+class WebSocketSink:
+    """A connection's socket, written to as websockets' ``send()`` would, minus the
+    await: only while the connection is open, its write buffer below the high-water
+    mark, and no extension (compression) transforms frames."""
+
+    __slots__ = ("_count", "encode", "ws")
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        framed: Callable[[Outbound], bytes],
+        count: Callable[[int], None],
+    ) -> None:
+        self.ws = ws
+        self.encode = framed
+        self._count = count
+
+    def can_write(self) -> bool:
+        ws = self.ws
+        protocol = ws.protocol
+        return (
+            protocol.state is OPEN
+            and not ws.paused
+            and not protocol.extensions
+            and not protocol.expect_continuation_frame
+        )
+
+    def write(self, frames: list[Outbound]) -> None:
+        ws = self.ws
+        # Whatever websockets itself has queued (a pong) goes first, as send() would.
+        chunks = ws.protocol.data_to_send()
+        encode = self.encode
+        chunks.extend(encode(out) for out in frames)
+        ws.transport.writelines(chunks)
+        self._count(len(frames))
+
+
+class Flusher:
+    """Outboxes with frames to write, flushed once per turn of the event loop."""
+
+    __slots__ = ("_dirty", "_handle", "_loop")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._dirty: list[Outbox] = []
+        self._handle: asyncio.Handle | None = None
+
+    def add(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if self._handle is None:
+            self._handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._handle = None
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox.flush()
