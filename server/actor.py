@@ -107,7 +107,7 @@ class SessionActor:
         self.metrics = metrics
         self._on_retired = on_retired
         self.presence = presence  # session-wide, on a store processes share (presence.py)
-        self.status = SessionStatus(self.session_id, metadata.state, storage)
+        self.status = SessionStatus(self.session_id, metadata.state, storage, metadata.ttl)
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
         )
@@ -424,7 +424,13 @@ class SessionActor:
 
     def _arm_timer(self) -> None:
         config = self.config
-        self._timer.arm(config.idle_timeout if self.room.outboxes else config.disconnect_retention)
+        if not self.room.outboxes:
+            self._timer.arm(config.disconnect_retention)
+            return
+        # Often enough that peers who keep sending frames keep a short-lived session
+        # alive: their traffic is recorded as activity at every look.
+        ttl = self.status.ttl
+        self._timer.arm(config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3))
 
     async def _on_timer(self, generation: int) -> None:
         if not self._timer.is_current(generation):
@@ -432,7 +438,9 @@ class SessionActor:
         if not self.room.outboxes:
             self.accepting = False  # parked for the whole retention: retire
             return
-        if not await self.status.check(idle=self._timer.quiet_for() >= self.config.idle_timeout):
+        timer = self._timer
+        idle = timer.quiet_for() >= self.config.idle_timeout
+        if not await self.status.check(idle, traffic=timer.traffic_since_armed()):
             # Its peers were silent for its whole TTL: tell them, as a delete would.
             self._end(CloseCode.NOT_FOUND, "session expired")
             return

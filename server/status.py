@@ -15,12 +15,15 @@ log = structlog.get_logger("bamboo_session.actor")
 
 
 class SessionStatus:
-    __slots__ = ("session_id", "state", "storage")
+    __slots__ = ("session_id", "state", "storage", "ttl")
 
-    def __init__(self, session_id: str, state: SessionState, storage: Storage) -> None:
+    def __init__(
+        self, session_id: str, state: SessionState, storage: Storage, ttl: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.state = state
         self.storage = storage
+        self.ttl = ttl  # seconds of inactivity before it expires; None: never
 
     async def become(self, state: SessionState) -> None:
         """Change to ``state`` (InvalidTransition if it may not), in the store too."""
@@ -40,13 +43,14 @@ class SessionStatus:
         with contextlib.suppress(SessionExpired, SessionNotFound):
             await self.storage.touch(self.session_id)
 
-    async def check(self, idle: bool) -> bool:
-        """A timer's look at a connected session: ``idle`` (no traffic for the idle
-        timeout) makes it idle; else its peers' traffic (pings included) is activity,
-        and its TTL starts again, as on every append. Whether it is still alive."""
-        if not idle:
+    async def check(self, idle: bool, traffic: bool) -> bool:
+        """A timer's look at a connected session: ``traffic`` (peers sent frames since
+        the last look, pings included) is activity, and its TTL starts again, as on
+        every append; ``idle`` (no frame for the idle timeout) makes it idle. Whether
+        the session is still alive."""
+        if traffic:
             await self.touch()
-        elif self.state == SessionState.ACTIVE:
+        if idle and self.state == SessionState.ACTIVE:
             await self.become(SessionState.IDLE)
         metadata = await self.storage.get_metadata(self.session_id)
         return metadata is not None and not metadata.is_expired()

@@ -1,5 +1,6 @@
 """ActivityTimer: when a live session next needs looking at. While connections are
-attached, after ``idle_timeout`` (is it idle? else the peers' traffic is activity);
+attached, after ``idle_timeout`` or a third of the session's TTL, whichever is sooner
+(is it idle? did its peers send frames since the last look, which is activity?);
 while parked, after ``disconnect_retention`` (retire). One timer handle at a time; a
 tick from a timer that was re-armed since is recognised by its generation."""
 
@@ -10,14 +11,14 @@ from collections.abc import Callable
 
 
 class ActivityTimer:
-    __slots__ = ("_fire", "_generation", "_handle", "_last_traffic", "_loop")
+    __slots__ = ("_armed_at", "_fire", "_generation", "_handle", "_last_traffic", "_loop")
 
     def __init__(self, fire: Callable[[int], None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._fire = fire  # called with the generation of the timer that fired
         self._generation = 0
         self._handle: asyncio.TimerHandle | None = None
-        self._last_traffic = self._loop.time()
+        self._last_traffic = self._armed_at = self._loop.time()
 
     def note_traffic(self) -> None:
         """A peer sent a frame: the session is not idle."""
@@ -27,8 +28,13 @@ class ActivityTimer:
         """Seconds since a peer last sent a frame."""
         return self._loop.time() - self._last_traffic
 
+    def traffic_since_armed(self) -> bool:
+        """Whether a peer sent a frame since the timer was last armed."""
+        return self._last_traffic >= self._armed_at
+
     def arm(self, delay: float) -> None:
         self.cancel()
+        self._armed_at = self._loop.time()
         self._generation += 1
         self._handle = self._loop.call_later(max(delay, 0.0), self._fire, self._generation)
 

@@ -115,15 +115,14 @@ async def test_a_pipelining_publisher_is_paced_not_closed() -> None:
         assert (await agent.request({"type": "ping", "id": "p"}, "pong"))["id"] == "p"
 
 
-async def test_an_expired_session_is_not_found_even_while_parked_in_memory() -> None:
+async def test_an_expired_session_is_closed_and_then_not_found() -> None:
     async with run_server(default_ttl=1, disconnect_retention=60) as server:
         async with attach(server, "ttl", create=True) as (peer, _):
             await peer.request({"type": "event", "id": 1, "event": token("x")}, "ack")
-            await asyncio.sleep(1.3)
-            # expired while attached and quiet: appends are refused, not retried forever
-            error = await peer.request({"type": "event", "id": 2, "event": token("y")}, "error")
-            assert error["code"] == "not_found" and error["id"] == 2
-        assert server.manager.live_actor("ttl") is not None  # parked, state in memory
+            # Quiet for its whole TTL while attached: the server notices within a third
+            # of the TTL and closes, as a delete would.
+            code, frames = await peer.closed(timeout=3)
+            assert code == 4404 and frames[-1] == {"type": "closed", "reason": "session expired"}
         async with open_peer(server, "ttl") as late:
             await late.send({"type": "hello"})
             code, _ = await late.closed()
@@ -136,6 +135,18 @@ async def test_frames_from_attached_peers_keep_a_session_alive() -> None:
     async with run_server(default_ttl=1, idle_timeout=0.25) as server:
         async with attach(server, "kept", create=True) as (peer, _):
             for i in range(10):  # 2 s of pings, twice the TTL
+                await peer.request({"type": "ping", "id": i}, "pong")
+                await asyncio.sleep(0.2)
+            ack = await peer.request({"type": "event", "id": "e", "event": token("x")}, "ack")
+            assert ack["seq"] == 1
+
+
+async def test_pings_keep_alive_a_session_whose_ttl_is_shorter_than_the_idle_timeout() -> None:
+    # The look at a connected session comes at a third of its TTL, not only at the idle
+    # timeout: a peer that keeps pinging keeps it alive, whatever the two settings.
+    async with run_server(default_ttl=1, idle_timeout=5) as server:
+        async with attach(server, "short", create=True) as (peer, _):
+            for i in range(12):  # 2.4 s of pings, more than twice the TTL
                 await peer.request({"type": "ping", "id": i}, "pong")
                 await asyncio.sleep(0.2)
             ack = await peer.request({"type": "event", "id": "e", "event": token("x")}, "ack")
