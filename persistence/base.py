@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Final, NamedTuple, Protocol, runtime_checkable
+from typing import Annotated, Final, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -114,6 +114,10 @@ class SortOrder(enum.StrEnum):
     DESC = "desc"
 
 
+# A count or an offset: what a 64-bit signed integer holds (every store can take it).
+NonNegative64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class SessionFilter(msgspec.Struct, kw_only=True):
     """A ``list_sessions`` query: every given field must match; times are inclusive
     lower bounds (``*_after``) and exclusive upper bounds (``created_before``)."""
@@ -124,8 +128,8 @@ class SessionFilter(msgspec.Struct, kw_only=True):
     created_before: datetime | None = None
     active_after: datetime | None = None
     title_contains: str | None = None
-    limit: int = 100
-    offset: int = 0
+    limit: NonNegative64 = 100
+    offset: NonNegative64 = 0
     sort_by: SortBy = SortBy.CREATED_AT
     sort_order: SortOrder = SortOrder.DESC
 

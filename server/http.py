@@ -196,16 +196,19 @@ class _BadParameter(ValueError):
     pass
 
 
+_INT64_MAX = 2**63 - 1  # as the protocol's integers (docs/protocol.md, Integers)
+
+
 def _integer(params: dict[str, str], name: str, default: int | None, minimum: int) -> int | None:
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _BadParameter(f"{name} must be an integer") from None
-    if value < minimum:
-        raise _BadParameter(f"{name} must be >= {minimum}")
+    # Plain decimal digits only: int() would also take "1_0", " 7" or "+7".
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise _BadParameter(f"{name} must be an integer from {minimum} to {_INT64_MAX}")
+    value = int(raw)
+    if not minimum <= value <= _INT64_MAX:
+        raise _BadParameter(f"{name} must be an integer from {minimum} to {_INT64_MAX}")
     return value
 
 

@@ -257,3 +257,24 @@ async def test_head_answers_as_get_without_the_body() -> None:
             server, b"HEAD /api/v1/sessions/nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         )
         assert (status, body) == (404, b"") and headers["content-type"] == "application/json"
+
+
+async def test_numbers_out_of_range_or_not_plain_digits_are_400() -> None:
+    async with run_server() as server:
+        async with attach(server, "n", create=True) as (peer, _):
+            await peer.request({"type": "event", "id": 1, "event": token("x")}, "ack")
+        huge = "99999999999999999999999"
+        for path in (
+            f"/api/v1/sessions?offset={huge}",
+            f"/api/v1/sessions?limit={huge}",
+            "/api/v1/sessions?limit=1_0",
+            f"/api/v1/sessions/n/events?after_seq={huge}",
+            "/api/v1/sessions/n/events?after_seq=9223372036854775808",
+            "/api/v1/sessions/n/events?limit=1_0",
+            "/api/v1/sessions/n/events?limit=%205",
+            "/api/v1/sessions/n?before=-1",
+        ):
+            status, body = await get(server, path)
+            assert status == 400 and body["error"]["code"] == "bad_request", (path, body)
+        status, body = await get(server, "/api/v1/sessions/n/events?after_seq=9223372036854775807")
+        assert status == 200 and body["events"] == []

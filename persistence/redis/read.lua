@@ -1,11 +1,12 @@
 -- Events of one session's log after a seq (at most a count), and the session's
 -- state: one atomic read, so a deleted session is told from an empty log.
 -- KEYS: meta, log
--- ARGV: after seq, count ('' : all)
+-- ARGV: the first seq to read (after seq + 1, as a decimal string: Lua numbers are
+--       doubles, which tostring() writes as 1e+14 past 10^14), count ('' : all)
 -- Returns {XRANGE entries}
 
 if redis.call('EXISTS', KEYS[1]) == 0 then fail('NOTFOUND') end
-local start = tostring(tonumber(ARGV[1]) + 1)
+local start = ARGV[1]
 if ARGV[2] == '' then
   return redis.call('XRANGE', KEYS[2], start, '+')
 end

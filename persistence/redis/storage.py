@@ -296,7 +296,7 @@ class RedisStorage:
         if count == 0:
             await self.last_seq(session_id)  # SessionNotFound still applies
             return []
-        entries = await self.redis.run("read", keys, [max(after_seq, 0), count])
+        entries = await self.redis.run("read", keys, [str(max(after_seq, 0) + 1), count])
         events = [event_from_entry(entry) for entry in entries]
         return events if max_bytes is None else within_bytes(events, max_bytes)
 
