@@ -6,8 +6,7 @@ one ``fdatasync`` per touched file, all in a dedicated I/O thread so the event l
 waits on the disk. So with many concurrent appenders one fsync covers many appends.
 
 Durability modes: ``fsync`` resolves an append's future once its lines are synced;
-``os`` after the write (a background task syncs written files every ``fsync_interval``);
-``memory`` behaves like ``os`` here, and the storage simply does not wait.
+``os`` after the write (a background task syncs written files every ``fsync_interval``).
 
 In ``fsync`` mode with the shared WAL (the default, ``persistence/wal.py``), a batch's
 lines are written to the session logs without a sync, then appended to the current WAL
@@ -21,7 +20,9 @@ Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that fi
 appends in the batch is acknowledged (when the WAL's write or sync fails: none of the
 batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
 the file is truncated back to its last good size (no torn line survives), and the owner
-is told (``on_failed``) so it can reset the session's next seq. Appends of that session
+is told (``on_failed``) so it can reset the session's next seq. Once a batch is
+acknowledged the owner is told first (``on_written``, with where each append's lines
+start in the log), so its metadata always describes what is in the log. Appends of that session
 queued behind the failed ones carry seqs that no longer follow the log, so they fail
 too: each append records the session's *generation* when submitted, and a failure
 starts a new generation.
@@ -41,14 +42,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 from bamboo_session.protocol.models import StoredEvent
 
-from .base import StorageError
+from ..base import StorageError
 from .config import Durability
 from .files import datasync, write_all
+from .layout import Layout
 from .wal import Segment, SegmentFile, encode_deleted, encode_lines, remove_segment, sync_log
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,27 @@ log = logging.getLogger(__name__)
 PARALLEL_SYNC_MIN: Final = 4
 SYNC_THREADS: Final = 8
 
-LOG_SUFFIX: Final = ".jsonl"
 
-WrittenCallback = Callable[[str, list[StoredEvent], int], None]
+@dataclass(slots=True)
+class Batch:
+    """The events of one append call, encoded (``data``: whole lines) and as objects."""
+
+    events: list[StoredEvent]
+    data: bytes
+    # (seq, offset in data, length without the newline) of each ``message`` event
+    messages: list[tuple[int, int, int]] = field(default_factory=list)
+    imported: bool = False  # carried over from another store: not activity
+
+
+# (session id, [(where the batch's lines start in the log, batch)], new log size)
+WrittenCallback = Callable[[str, list[tuple[int, Batch]], int], None]
 FailedCallback = Callable[[str, OSError], None]
 
 
 @dataclass(slots=True)
 class _Append:
     session_id: str
-    data: bytes
-    events: list[StoredEvent]
+    batch: Batch
     generation: int
     future: asyncio.Future[None]
 
@@ -122,7 +133,7 @@ class LogWriter:
 
     def __init__(
         self,
-        events_dir: Path,
+        layout: Layout,
         durability: Durability,
         max_open: int,
         fsync_interval: float,
@@ -130,7 +141,7 @@ class LogWriter:
         on_failed: FailedCallback,
         wal: SegmentFile | None = None,
     ) -> None:
-        self._events_dir = str(events_dir)
+        self._layout = layout
         self._wal = wal if durability == "fsync" else None
         # Set once a session log's fsync has failed: the kernel may then report later
         # syncs as clean although the pages were lost, so no WAL segment is deleted any
@@ -158,16 +169,14 @@ class LogWriter:
         if self._durability != "fsync":
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
 
-    def submit(
-        self, session_id: str, data: bytes, events: list[StoredEvent]
-    ) -> asyncio.Future[None]:
-        """Queue ``data`` (whole lines) for the session's log; the future resolves when it is as
-        durable as the mode says, or fails with :class:`StorageError`."""
+    def submit(self, session_id: str, batch: Batch) -> asyncio.Future[None]:
+        """Queue the batch's lines for the session's log; the future resolves when they
+        are as durable as the mode says, or fails with :class:`StorageError`."""
         if self._closing:
             raise StorageError("storage is closed")
         future = asyncio.get_running_loop().create_future()
         generation = self._generations.get(session_id, 0)
-        self._queue.append(_Append(session_id, data, events, generation, future))
+        self._queue.append(_Append(session_id, batch, generation, future))
         self._wakeup.set()
         return future
 
@@ -280,7 +289,7 @@ class LogWriter:
         while self._retire_queue and not self._sync_failed:
             segment = self._retire_queue[0]
             syncs = [
-                loop.run_in_executor(self._sync_pool, sync_log, self._events_dir, session_id)
+                loop.run_in_executor(self._sync_pool, sync_log, self._layout, session_id)
                 for session_id in segment.touched
             ]
             results = await asyncio.gather(*syncs, return_exceptions=True)
@@ -304,8 +313,11 @@ class LogWriter:
     def _settle(self, groups: list[_Group], controls: list[_Control]) -> None:
         for group in groups:
             if group.ok:
-                events = [e for a in group.appends for e in a.events]
-                self._on_written(group.session_id, events, group.new_size)
+                written, offset = [], group.size_before
+                for append in group.appends:
+                    written.append((offset, append.batch))
+                    offset += len(append.batch.data)
+                self._on_written(group.session_id, written, group.new_size)
                 for append in group.appends:
                     if not append.future.done():
                         append.future.set_result(None)
@@ -336,7 +348,7 @@ class LogWriter:
         try:
             written: list[tuple[_Group, _OpenLog, int]] = []
             for group in groups:
-                group.data = b"".join(a.data for a in group.appends)
+                group.data = b"".join(a.batch.data for a in group.appends)
                 entry = self._write_group(group)
                 if entry is not None:
                     written.append(entry)
@@ -390,7 +402,7 @@ class LogWriter:
         If that fails, every written group is cut back and fails: acknowledged means in
         the synced WAL."""
         records = [
-            encode_lines(group.session_id, group.appends[0].events[0].seq, before, group.data)
+            encode_lines(group.session_id, group.appends[0].batch.events[0].seq, before, group.data)
             for group, _open_log, before in written
         ]
         deletes = [encode_deleted(c.forget, c.epoch) for c in forgets if c.forget is not None]
@@ -445,7 +457,7 @@ class LogWriter:
         if open_log is not None:
             files.open_logs.move_to_end(session_id)
             return open_log
-        path = f"{self._events_dir}/{session_id}{LOG_SUFFIX}"
+        path = self._layout.log_file(session_id)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(fd).st_size
