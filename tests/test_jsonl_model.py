@@ -188,7 +188,7 @@ class StorageMachine(RuleBasedStateMachine):
     @rule()
     def reopen_without_snapshot(self) -> None:
         self.run(self.storage.close())
-        (self.config.index_dir / "snapshot.msgpack").unlink(missing_ok=True)
+        (self.config.layout.index / "snapshot.msgpack").unlink(missing_ok=True)
         self.storage = self.run(JsonlStorage.open(self.config))
 
     @invariant()

@@ -603,8 +603,11 @@ async def test_checkpoints_follow_appends(config: JsonlStorageConfig) -> None:
         await make(storage, "s")
         for i in range(12):
             await storage.append_message("s", Message.user(str(i)))
-        await asyncio.sleep(0.05)  # the scheduled checkpoint runs in the background
-        checkpoint = saved(config, "s")
+        for _ in range(200):  # the scheduled checkpoint runs in the background
+            checkpoint = saved(config, "s")
+            if checkpoint.metadata.last_seq >= 10:
+                break
+            await asyncio.sleep(0.01)
         assert checkpoint.metadata.last_seq >= 10
         assert checkpoint.metadata.message_count == checkpoint.metadata.last_seq
         assert checkpoint.index.count == checkpoint.metadata.last_seq  # entries flushed

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from bamboo_session.protocol.models import SessionMetadata
 
@@ -31,13 +31,13 @@ from .config import JsonlStorageConfig
 from .files import fsync_dir
 from .reads import HistoryReader
 from .record import SessionRecord
+from .tasks import run_io, to_completion
 
 log = logging.getLogger(__name__)
 
 # Dirty sessions checkpointed at once by the periodic task and on close.
 CONCURRENCY: Final = 16
 
-Io = Callable[..., Awaitable[Any]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
@@ -47,14 +47,12 @@ class Checkpointer:
         config: JsonlStorageConfig,
         records: dict[str, SessionRecord],
         history: HistoryReader,
-        io: Io,
         spawn: Spawn,
     ) -> None:
         self.config = config
         self.layout = config.layout
         self._records = records
         self._history = history
-        self._io = io
         self._spawn = spawn
         self.dirty: set[str] = set()
 
@@ -91,7 +89,7 @@ class Checkpointer:
 
     async def create(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
         """A new session's checkpoint and empty log, durably."""
-        return await self._io(self._create_files, meta)  # type: ignore[no-any-return]
+        return await run_io(self._create_files, meta)
 
     def _create_files(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
         # Checkpoint first: a crash before the log exists leaves a valid empty session.
@@ -126,7 +124,7 @@ class Checkpointer:
             )  # fmt: skip
             record.meta_dirty = False
             try:
-                record.slots, record.stamp = await self._io(
+                record.slots, record.stamp = await run_io(
                     checkpoint.update, self.layout.checkpoint(session_id), saved, record.slots,
                     durable,
                 )  # fmt: skip
@@ -149,7 +147,7 @@ class Checkpointer:
             count = record.pending_count
             after = Coverage(record.index.count + count, record.meta.last_seq, record.log_size)
             if count:
-                await self._io(
+                await run_io(
                     message_index.append,
                     self.layout.message_index(record.session_id),
                     record.meta.epoch,
@@ -179,20 +177,3 @@ class Checkpointer:
         while True:
             await asyncio.sleep(self.config.checkpoint_interval)
             await self.write_dirty()
-
-
-T = TypeVar("T")
-
-
-async def to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile (then the
-    cancellation is raised after it ends): for file work that must not stop halfway."""
-    task = asyncio.ensure_future(coroutine)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
-            log.error("storage operation failed after its caller left: %r", task.exception())
-        raise

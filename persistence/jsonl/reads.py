@@ -14,8 +14,7 @@ The functions block (worker threads); :class:`HistoryReader` is the asyncio side
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import msgspec
 
@@ -28,9 +27,7 @@ from .layout import Layout
 from .message_index import Entry, StaleIndex
 from .record import Place, SessionRecord
 from .scan import decode_key, decode_stored_event, lines, locate, read_spans
-
-T = TypeVar("T")
-Io = Callable[..., Awaitable[Any]]
+from .tasks import run_io
 
 
 def events_after(
@@ -93,10 +90,9 @@ class HistoryReader:
     """Pages of a session's history: the preamble (old format), then the log's
     messages."""
 
-    def __init__(self, layout: Layout, cache: MessageCache, io: Io, writable: bool) -> None:
+    def __init__(self, layout: Layout, cache: MessageCache, writable: bool) -> None:
         self.layout = layout
         self.cache = cache
-        self._io = io
         self.writable = writable
 
     async def read(self, record: SessionRecord, start: int, end: int) -> list[Message]:
@@ -121,7 +117,7 @@ class HistoryReader:
     async def _preamble(self, record: SessionRecord) -> list[Message]:
         if record.preamble_messages is not None:
             return record.preamble_messages
-        messages: list[Message] = await self._io(
+        messages: list[Message] = await run_io(
             read_preamble, self.layout.preamble(record.session_id)
         )
         return messages
@@ -139,7 +135,7 @@ class HistoryReader:
         self, record: SessionRecord, first: int, last: int
     ) -> list[tuple[Message, int]]:
         entries = await self._entries(record, first, last)
-        found: list[tuple[Message, int]] = await self._io(
+        found: list[tuple[Message, int]] = await run_io(
             messages_at, self.layout.log_file(record.session_id), entries
         )
         return found
@@ -155,7 +151,7 @@ class HistoryReader:
                 raise StaleIndex(f"the message index of {record.session_id!r} is incomplete")
             entries: list[Entry] = []
             if first < count:
-                entries = await self._io(
+                entries = await run_io(
                     message_index.read,
                     self.layout.message_index(record.session_id),
                     first,
@@ -169,7 +165,7 @@ class HistoryReader:
         if record.index_checked and record.index.offset == record.pending_offset:
             return
         session_id = record.session_id
-        coverage, gap = await self._io(
+        coverage, gap = await run_io(
             message_index.prepare,
             self.layout.message_index(session_id),
             self.layout.log(session_id),

@@ -30,22 +30,18 @@ Everything here blocks; the storage runs it in a worker thread.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Final
 
-from bamboo_session.protocol.models import Message, SessionMetadata, new_epoch
+from bamboo_session.protocol.models import SessionMetadata
 
-from . import checkpoint, message_index, snapshot, wal
-from .checkpoint import Checkpoint, CheckpointDamaged, Coverage, FileStamp, LegacyCheckpoint
+from . import checkpoint, snapshot, wal
+from .checkpoint import CheckpointDamaged, LegacyCheckpoint
 from .config import JsonlStorageConfig
-from .files import fsync_dir, read_at, unlink_quietly
+from .files import fsync_dir, unlink_quietly
 from .layout import (
     CHECKPOINT_SUFFIX,
     INDEX_SUFFIX,
@@ -53,83 +49,13 @@ from .layout import (
     PREAMBLE_SUFFIX,
     TMP_SUFFIX,
     TOMBSTONE_SUFFIX,
-    Layout,
     id_with_suffix,
 )
-from .repair import cut_tail
-from .scan import BrokenLine, decode_head, lines
+from .session_recovery import Directories, RecoveredSession, RecoveryReport, SessionRecovery
+
+__all__ = ["RecoveredSession", "RecoveryReport", "recover"]
 
 log = logging.getLogger(__name__)
-
-_DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-@dataclass(slots=True)
-class RecoveredSession:
-    """One session as found on disk (after repair). Its checkpoint covers the log up to
-    ``checkpoint_offset`` (seq ``checkpoint_seq``); the index entries of the messages
-    after that are in ``pending`` (the index file holds ``index``)."""
-
-    metadata: SessionMetadata
-    checkpoint_seq: int
-    checkpoint_offset: int
-    log_size: int
-    index: Coverage = field(default_factory=Coverage)
-    pending: bytes = b""
-    preamble: int = 0
-    stamp: FileStamp | None = None
-    preamble_messages: list[Message] | None = None  # read-only: not written anywhere
-
-
-@dataclass(slots=True)
-class RecoveryReport:
-    sessions: list[RecoveredSession] = field(default_factory=list)
-    from_snapshot: int = 0
-    checkpoints_repaired: int = 0
-    converted: int = 0  # checkpoints of the old format, converted
-    torn_lines_cut: int = 0  # logs whose unacknowledged tail was cut (an ordinary crash)
-    damaged: int = 0  # files kept aside as damaged (see JsonlStorage.damaged_files)
-    epochs_renewed: int = 0
-    wal_segments: int = 0  # WAL segments found (a crash, or a close that could not sync)
-    wal_events_replayed: int = 0  # acknowledged events a log lacked, restored from them
-
-
-class _Dirs:
-    """The session and event directories, open: stats and reads relative to them skip
-    the path walk per file, most of the cost of checking 100,000 sessions."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self._sessions = os.open(layout.sessions, _DIRECTORY)
-        try:
-            self._events = os.open(layout.events, _DIRECTORY)
-        except BaseException:
-            os.close(self._sessions)
-            raise
-
-    def close(self) -> None:
-        os.close(self._sessions)
-        os.close(self._events)
-
-    def checkpoint_stat(self, session_id: str) -> os.stat_result | None:
-        with contextlib.suppress(FileNotFoundError):
-            return os.stat(Layout.checkpoint_name(session_id), dir_fd=self._sessions)
-        return None
-
-    def read_checkpoint(self, session_id: str) -> bytes | None:
-        try:
-            fd = os.open(Layout.checkpoint_name(session_id), os.O_RDONLY, dir_fd=self._sessions)
-        except FileNotFoundError:
-            return None
-        try:
-            return read_at(fd, 0, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
-
-    def log_size(self, session_id: str) -> int | None:
-        with contextlib.suppress(FileNotFoundError):
-            return os.stat(Layout.log_name(session_id), dir_fd=self._events).st_size
-        return None
 
 
 def recover(config: JsonlStorageConfig) -> RecoveryReport:
@@ -138,7 +64,7 @@ def recover(config: JsonlStorageConfig) -> RecoveryReport:
     if not config.read_only:
         for directory in layout.directories():
             directory.mkdir(parents=True, exist_ok=True)
-    dirs = _Dirs(layout)
+    dirs = Directories(layout)
     try:
         return _Recovery(config, dirs).run()
     finally:
@@ -146,12 +72,13 @@ def recover(config: JsonlStorageConfig) -> RecoveryReport:
 
 
 class _Recovery:
-    def __init__(self, config: JsonlStorageConfig, dirs: _Dirs) -> None:
+    def __init__(self, config: JsonlStorageConfig, dirs: Directories) -> None:
         self.config = config
         self.layout = config.layout
         self.dirs = dirs
         self.writable = not config.read_only
         self.report = RecoveryReport()
+        self.sessions = SessionRecovery(config, dirs, self.report)
 
     def run(self) -> RecoveryReport:
         checkpoint_ids, deleted = self._scan_sessions_dir()
@@ -179,11 +106,11 @@ class _Recovery:
             entry = entries.get(session_id)
             found = None
             if entry is not None and session_id in checkpoint_ids:
-                found = self._from_snapshot(entry)
+                found = self.sessions.from_snapshot(entry)
             if found is not None:
                 self.report.from_snapshot += 1
             else:
-                found = self._recover(session_id, session_id in checkpoint_ids)
+                found = self.sessions.recover(session_id, session_id in checkpoint_ids)
             if found is not None:
                 self.report.sessions.append(found)
         return self.report
@@ -259,207 +186,6 @@ class _Recovery:
         return None
 
     # -- one session ----------------------------------------------------------------------
-
-    def _from_snapshot(self, entry: snapshot.SnapshotEntry) -> RecoveredSession | None:
-        """The entry, if the session's files are exactly as the snapshot saw them."""
-        session_id = entry.metadata.id
-        stat = self.dirs.checkpoint_stat(session_id)
-        if stat is None or checkpoint.stamp_of(stat) != tuple(entry.stamp):
-            return None
-        if (self.dirs.log_size(session_id) or 0) != entry.log_offset:
-            return None
-        meta = entry.metadata
-        return RecoveredSession(
-            meta,
-            meta.last_seq,
-            entry.log_offset,
-            entry.log_offset,
-            entry.index,
-            preamble=entry.preamble,
-            stamp=checkpoint.stamp_of(stat),
-        )
-
-    def _recover(self, session_id: str, has_checkpoint: bool) -> RecoveredSession | None:
-        found = self._read_checkpoint(session_id) if has_checkpoint else None
-        size = self.dirs.log_size(session_id)
-        if found is None and size is None:
-            return None
-        if isinstance(found, LegacyCheckpoint):
-            return self._convert(session_id, found, size or 0)
-        if found is None:
-            log.warning("session %r has a log but no checkpoint: read from the log", session_id)
-            metadata = SessionMetadata(id=session_id, ttl=self.config.default_ttl)
-            return self._rebuild(session_id, metadata, 0, size or 0, orphan=True)
-        saved = found.checkpoint
-        meta, covered, covered_seq = saved.metadata, saved.log_offset, saved.metadata.last_seq
-        stat = self.dirs.checkpoint_stat(session_id)
-        stamp = None if stat is None else checkpoint.stamp_of(stat)
-        if size == covered or (size is None and covered_seq == 0):
-            # Up to date; or created, then a crash before its (empty) log existed.
-            return RecoveredSession(
-                meta, covered_seq, covered, covered, saved.index, b"", saved.preamble, stamp
-            )
-        if size is not None and size > covered:
-            tail = _scan(self.layout.log(session_id), covered, covered_seq, size)
-            if tail.last_seq > covered_seq or _is_fragment(self.layout, session_id, covered):
-                self._cut(session_id, size, tail)
-                meta.last_seq = tail.last_seq
-                meta.message_count += tail.messages
-                _touch(meta, tail.last_ts)
-                return RecoveredSession(
-                    meta, covered_seq, covered, tail.end, saved.index,
-                    bytes(tail.entries), saved.preamble, stamp,
-                )  # fmt: skip
-        # The log is shorter than the checkpoint says, or does not continue where it
-        # says: read it all (a new epoch if history the checkpoint had seen is gone).
-        return self._rebuild(session_id, meta, saved.preamble, size or 0, orphan=False)
-
-    def _read_checkpoint(self, session_id: str) -> checkpoint.Found | LegacyCheckpoint | None:
-        data = self.dirs.read_checkpoint(session_id)
-        if data is None:
-            return None
-        try:
-            return checkpoint.parse(data)
-        except CheckpointDamaged as exc:
-            path = self.layout.checkpoint(session_id)
-            if self.writable:
-                aside = self.layout.damaged(path, str(os.getpid()))
-                log.error("checkpoint %s is unreadable (%s); moved to %s", path, exc, aside)
-                os.replace(path, aside)
-                self.report.damaged += 1
-            else:
-                log.error("checkpoint %s is unreadable (%s)", path, exc)
-            return None
-
-    def _rebuild(
-        self, session_id: str, meta: SessionMetadata, preamble: int, size: int, orphan: bool
-    ) -> RecoveredSession:
-        """The session as its whole log says (a log without checkpoint, or one that lost
-        history: then a new epoch tells clients their seqs mean other events now)."""
-        scan = _scan(self.layout.log(session_id), 0, None, size) if size else _Scan()
-        self._cut(session_id, size, scan)
-        if orphan:
-            if scan.first_ts is not None:
-                meta.created_at = scan.first_ts
-            meta.touch(scan.last_ts or meta.created_at)
-        elif scan.last_seq >= meta.last_seq:
-            _touch(meta, scan.last_ts)
-        else:
-            log.warning(
-                "session %r: its log holds seqs up to %d, less than its checkpoint covered "
-                "(%d); starting a new epoch",
-                session_id,
-                scan.last_seq,
-                meta.last_seq,
-            )
-            meta.epoch = new_epoch()
-            self.report.epochs_renewed += 1
-            _touch(meta, scan.last_ts)
-        meta.last_seq = scan.last_seq
-        meta.message_count = preamble + scan.messages
-        return self._save(session_id, Checkpoint(metadata=meta, preamble=preamble), scan)
-
-    def _convert(self, session_id: str, legacy: LegacyCheckpoint, size: int) -> RecoveredSession:
-        """An old-format checkpoint: its messages the log does not hold (by id) become
-        the preamble; the rest of the history is the log's."""
-        scan = _scan(self.layout.log(session_id), 0, None, size, with_ids=True) if size else _Scan()
-        self._cut(session_id, size, scan)
-        in_log = collections.Counter(mid for seq, mid in scan.ids if seq <= legacy.last_seq)
-        preamble = []
-        for message in legacy.messages:
-            if in_log[message.id] > 0:
-                in_log[message.id] -= 1
-            else:
-                preamble.append(message)
-        meta = legacy.metadata
-        if scan.last_seq < legacy.last_seq:
-            log.warning("session %r: its log lost history; starting a new epoch", session_id)
-            meta.epoch = new_epoch()
-            self.report.epochs_renewed += 1
-        meta.last_seq = scan.last_seq
-        meta.message_count = len(preamble) + scan.messages
-        _touch(meta, scan.last_ts)
-        self.report.converted += 1
-        if self.writable and preamble:
-            checkpoint.write_preamble(self.layout.preamble(session_id), preamble)
-        elif self.writable:
-            unlink_quietly(self.layout.preamble(session_id))  # of a conversion cut short
-        saved = Checkpoint(metadata=meta, preamble=len(preamble))
-        recovered = self._save(session_id, saved, scan)
-        if not self.writable:
-            recovered.preamble_messages = preamble
-        return recovered
-
-    def _save(self, session_id: str, saved: Checkpoint, scan: _Scan) -> RecoveredSession:
-        """A rebuilt session's index and checkpoint, written (durably: the checkpoint is
-        all there is of its metadata); in memory only when read-only."""
-        meta = saved.metadata
-        if not self.writable:
-            return RecoveredSession(
-                meta, 0, 0, scan.end, Coverage(), bytes(scan.entries), saved.preamble
-            )
-        message_index.create(self.layout.message_index(session_id), meta.epoch, bytes(scan.entries))
-        saved.index = Coverage(scan.messages, scan.last_seq, scan.end)
-        saved.log_offset = scan.end
-        _slots, stamp = checkpoint.create(self.layout.checkpoint(session_id), saved)
-        self.report.checkpoints_repaired += 1
-        return RecoveredSession(
-            meta, meta.last_seq, scan.end, scan.end, saved.index, b"", saved.preamble, stamp
-        )
-
-    def _cut(self, session_id: str, size: int, scan: _Scan) -> None:
-        if size > scan.end and self.writable:
-            cut = cut_tail(self.layout, self.layout.log(session_id), size, scan.end, scan.last_seq)
-            self.report.torn_lines_cut += cut.damaged is None
-            self.report.damaged += cut.damaged is not None
-
-
-@dataclass(slots=True)
-class _Scan:
-    """What a scan of (part of) a log found: its valid lines and their messages."""
-
-    first_seq: int | None = None
-    last_seq: int = 0
-    end: int = 0
-    messages: int = 0
-    entries: bytearray = field(default_factory=bytearray)  # message index entries
-    ids: list[tuple[int, str]] = field(default_factory=list)  # (seq, message id)
-    first_ts: datetime | None = None
-    last_ts: datetime | None = None
-
-
-def _scan(
-    path: Path, offset: int, after_seq: int | None, end: int, with_ids: bool = False
-) -> _Scan:
-    """The valid lines from ``offset`` (following ``after_seq``; None: from whatever
-    seq the first holds), up to the first that does not decode or follow."""
-    scan = _Scan(last_seq=after_seq or 0, end=offset)
-    with contextlib.suppress(BrokenLine, FileNotFoundError):
-        for head, start, stop in lines(path, offset, after_seq, decode_head, end):
-            if scan.first_seq is None:
-                scan.first_seq, scan.first_ts = head.seq, head.ts
-            scan.last_seq, scan.end, scan.last_ts = head.seq, stop, head.ts
-            if head.is_message:
-                scan.messages += 1
-                scan.entries += message_index.pack(head.seq, start, stop - start - 1)
-                if with_ids:
-                    scan.ids.append((head.seq, head.message_id))
-    return scan
-
-
-def _is_fragment(layout: Layout, session_id: str, offset: int) -> bool:
-    """Whether the log holds no newline from ``offset`` on: a last line cut short."""
-    with open(layout.log(session_id), "rb") as file:
-        file.seek(offset)
-        while chunk := file.read(1 << 16):
-            if b"\n" in chunk:
-                return False
-    return True
-
-
-def _touch(meta: SessionMetadata, last_ts: datetime | None) -> None:
-    if last_ts is not None and last_ts > meta.last_activity_at:
-        meta.touch(last_ts)
 
 
 def _ids(directory: Path, *suffixes: str) -> list[set[str]]:
