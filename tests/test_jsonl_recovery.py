@@ -211,3 +211,29 @@ async def test_expired_sessions_survive_restart_until_cleanup(config: JsonlStora
         await storage.create_session(session)
     async with await JsonlStorage.open(config) as storage:
         assert await storage.cleanup_expired_sessions() == 1
+
+
+async def test_derived_files_of_gone_sessions_are_removed(config: JsonlStorageConfig) -> None:
+    await seed(config)
+    layout = config.layout
+    layout.message_index("gone").write_bytes(b"stale")  # a delete cut short
+    layout.preamble("gone").write_bytes(b"[]")
+    async with await JsonlStorage.open(config) as storage:
+        assert [m.id for m in (await storage.list_sessions(SessionFilter())).sessions] == ["s"]
+    assert not layout.message_index("gone").exists()
+    assert not layout.preamble("gone").exists()
+    assert layout.message_index("s").exists()
+
+
+async def test_a_checkpoint_damaged_in_both_slots_is_kept_aside(config: JsonlStorageConfig) -> None:
+    await seed(config)
+    crash_state(config)
+    path = config.layout.checkpoint("s")
+    path.write_bytes(b"\x00" * path.stat().st_size)
+    async with await JsonlStorage.open(config) as storage:
+        # Its metadata is lost; the log still tells the session's events and history.
+        meta = await storage.get_metadata("s")
+        assert meta is not None and meta.user_id is None and meta.last_seq == 5
+        assert len(await storage.get_session_history("s")) == 3
+        damaged = await storage.damaged_files()
+        assert [p.name.split(".damaged-")[0] for p in damaged] == ["s.json"]

@@ -186,6 +186,7 @@ class Appender:
         last = events[-1]
         record.written(last.seq, size)
         self.keys.forget_before(session_id, last.seq)
+        self.keys.trim(self._busy)  # windows grow with appends: back within bounds
         if not written[-1][1].imported:
             meta.touch(max(last.ts, meta.last_activity_at))
         if messages:

@@ -74,11 +74,13 @@ class KeyWindows:
 
     def trim(self, busy: Callable[[str], bool]) -> None:
         """Drop the least recently used windows past the bounds (not busy ones)."""
+        if len(self._windows) <= self.max_windows and self.bytes <= self.max_bytes:
+            return
         for session_id in list(self._windows):
-            if len(self._windows) <= self.max_windows and self.bytes <= self.max_bytes:
-                return
             if not busy(session_id):
                 self.drop(session_id)
+            if len(self._windows) <= self.max_windows and self.bytes <= self.max_bytes:
+                return
 
 
 class _Tail:

@@ -8,7 +8,7 @@ waits on the disk. So with many concurrent appenders one fsync covers many appen
 Durability modes: ``fsync`` resolves an append's future once its lines are synced;
 ``os`` after the write (a background task syncs written files every ``fsync_interval``).
 
-In ``fsync`` mode with the shared WAL (the default, ``persistence/wal.py``), a batch's
+In ``fsync`` mode with the shared WAL (the default, ``wal.py``), a batch's
 lines are written to the session logs without a sync, then appended to the current WAL
 segment as one write, and that one file is synced: one ``fdatasync`` per batch whatever
 the number of sessions. Only then are the appends acknowledged. Past a size or an age
@@ -16,19 +16,21 @@ the writer starts a new segment and retires the old one in the background: every
 written during it is synced (threads, off the event loop), then it is deleted, strictly
 in order. Without the WAL (``wal=False``), every touched log is synced instead.
 
+Before appends are acknowledged, the owner is told (``on_written``, with where each
+append's lines start in the log), so its metadata always describes what is in the log.
+
 Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that file's
 appends in the batch is acknowledged (when the WAL's write or sync fails: none of the
 batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
 the file is truncated back to its last good size (no torn line survives), and the owner
-is told (``on_failed``) so it can reset the session's next seq. Once a batch is
-acknowledged the owner is told first (``on_written``, with where each append's lines
-start in the log), so its metadata always describes what is in the log. Appends of that session
+is told (``on_failed``) so it can reset the session's next seq. Appends of that session
 queued behind the failed ones carry seqs that no longer follow the log, so they fail
 too: each append records the session's *generation* when submitted, and a failure
 starts a new generation.
 
-File descriptors of recently used logs stay open in a bounded LRU, so a hundred thousand
-sessions never exhaust the process's descriptors.
+The files themselves are ``logfiles.py``'s, in the writer's one I/O thread: recently
+used log descriptors stay open in a bounded LRU, so a hundred thousand sessions never
+exhaust the process's descriptors.
 """
 
 from __future__ import annotations
