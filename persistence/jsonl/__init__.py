@@ -1,7 +1,22 @@
 """The embedded storage backend: JSONL event logs, small checkpoints, an in-memory index.
 
 ``jsonl:///path`` (or a bare path) opens it through ``open_storage``; or build a
-:class:`JsonlStorageConfig` and ``await JsonlStorage.open(config)``.
+:class:`JsonlStorageConfig` and ``await JsonlStorage.open(config)``. A store::
+
+    LOCK                    flock'ed while a storage has the store open for writing
+    sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
+    sessions/<id>.preamble  history from the old format that has no log line (rare)
+    events/<id>.jsonl       the event log, one StoredEvent per line: the truth
+    events/<id>.idx         message index: where each message event is (derived)
+    wal/<n>.wal             fsync mode's shared write-ahead log (one sync per batch)
+    index/snapshot.msgpack  the index snapshot a clean close leaves (fast open)
+
+Its promises: an append is acknowledged once as durable as the mode says (``fsync``:
+in a synced WAL segment; ``os``: written); seqs follow call order with no gap; a
+session's history is its log's ``message`` events; creation and moves to closed or
+expired are on disk when they return; a crash at any instant loses nothing
+acknowledged (open repairs, and cuts what was never acknowledged, quietly); memory is
+bounded in bytes; bytes written per byte appended stay a small constant.
 
 The modules, one concern each:
 
@@ -12,12 +27,15 @@ The modules, one concern each:
 - ``checkpoint``: checkpoint files (two slots, written in place) and the old format;
 - ``message_index``: where each message of a log is (derived, checked on use);
 - ``snapshot``: the index snapshot a clean close leaves, for a fast open;
-- ``writer``: the group-commit writer; ``wal``: fsync mode's shared write-ahead log;
-- ``recovery``: what open repairs, converts and finds; ``repair``: cutting a log's
-  tail, and telling an ordinary crash from damage; ``removal``: deleting files;
-- ``record``, ``caches``, ``reads``, ``checkpointer``: the storage's per-session state,
-  its memory caches, its reads and its checkpoint scheduling;
-- ``storage``: :class:`JsonlStorage`, the contract itself.
+- ``writer`` and ``logfiles``: the group-commit writer and its I/O thread; ``wal``:
+  fsync mode's shared write-ahead log;
+- ``opening``, ``recovery``, ``session_recovery``: what open repairs, converts and
+  finds; ``repair``: cutting a log's tail, telling an ordinary crash from damage;
+- ``record``, ``caches``, ``reads``, ``appends``, ``checkpointer``, ``lifecycle``,
+  ``tasks``: the storage's per-session state, its memory caches, its reads, its
+  append path, its checkpoint scheduling, its sessions' files coming and going, and
+  its work off the event loop;
+- ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ from bamboo_session.protocol.models import Message
 from ..keys import KeyWindow
 
 SESSION_SHARE = 32  # a session's tail holds at most 1/SESSION_SHARE of the budget
+# What holding things costs besides the bytes they count (estimates, for the budgets):
+# a window's dict and deque; a tail's entry, object and deque; a decoded Message.
+WINDOW_BYTES = 1024
+TAIL_BYTES = 1024
+MESSAGE_BYTES = 256
 
 
 class KeyWindows:
@@ -44,7 +49,7 @@ class KeyWindows:
         the one just kept: its append is about to use it)."""
         self.drop(session_id)
         self._windows[session_id] = window
-        self.bytes += window.bytes
+        self.bytes += window.bytes + WINDOW_BYTES
         self.trim(lambda other: other == session_id or busy(other))
 
     def add(self, session_id: str, window: KeyWindow, key: str, seq: int) -> None:
@@ -70,7 +75,7 @@ class KeyWindows:
     def drop(self, session_id: str) -> None:
         window = self._windows.pop(session_id, None)
         if window is not None:
-            self.bytes -= window.bytes
+            self.bytes -= window.bytes + WINDOW_BYTES
 
     def trim(self, busy: Callable[[str], bool]) -> None:
         """Drop the least recently used windows past the bounds (not busy ones)."""
@@ -89,7 +94,7 @@ class _Tail:
     def __init__(self, start: int) -> None:
         self.start = start  # the history index of items[0]
         self.items: collections.deque[tuple[Message, int]] = collections.deque()
-        self.bytes = 0
+        self.bytes = TAIL_BYTES
 
     @property
     def end(self) -> int:
@@ -115,13 +120,15 @@ class MessageCache:
         if tail is None or tail.end != first:
             self.drop(session_id)
             tail = self._tails[session_id] = _Tail(first)
+            self.bytes += tail.bytes
         else:
             self._tails.move_to_end(session_id)
         for message, size in messages:
+            size += MESSAGE_BYTES
             tail.items.append((message, size))
             tail.bytes += size
             self.bytes += size
-        while tail.bytes > self.session_bytes:
+        while tail.items and tail.bytes > self.session_bytes:
             _message, size = tail.items.popleft()
             tail.start += 1
             tail.bytes -= size

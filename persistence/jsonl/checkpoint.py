@@ -28,6 +28,7 @@ Everything here blocks; it runs in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import zlib
@@ -141,13 +142,14 @@ def parse(data: bytes) -> Found | LegacyCheckpoint:
     """The checkpoint a file holds: its newest valid slot, or the old format."""
     if data.startswith(_SLOT_START) and len(data) % 2 == 0:
         capacity = len(data) // 2
-        best: Found | None = None
-        for slot in (0, 1):
-            parsed = _parse_slot(data[slot * capacity : (slot + 1) * capacity])
-            if parsed is not None and (best is None or parsed[0] > best.generation):
-                best = Found(parsed[1], parsed[0], capacity, slot)
-        if best is not None:
-            return best
+        slots = [_slot(data[slot * capacity : (slot + 1) * capacity]) for slot in (0, 1)]
+        # Newest first; only the one taken is decoded further (open reads 100,000s).
+        for index in sorted((0, 1), key=lambda i: -slots[i][0]):
+            generation, payload = slots[index]
+            if payload is not None:
+                with contextlib.suppress(msgspec.DecodeError):
+                    checkpoint = _checkpoint_decoder.decode(payload)
+                    return Found(checkpoint, generation, capacity, index)
     try:
         return _legacy_decoder.decode(data)
     except msgspec.DecodeError:
@@ -155,14 +157,15 @@ def parse(data: bytes) -> Found | LegacyCheckpoint:
     raise CheckpointDamaged("neither slot holds a valid checkpoint")
 
 
-def _parse_slot(data: bytes) -> tuple[int, Checkpoint] | None:
+def _slot(data: bytes) -> tuple[int, msgspec.Raw | None]:
+    """A slot's generation and checkpoint JSON; (-1, None) unless whole and valid."""
     try:
         slot = _slot_decoder.decode(data.rstrip(b" \n"))
-        if zlib.crc32(slot.checkpoint) != slot.crc:
-            return None
-        return slot.gen, _checkpoint_decoder.decode(slot.checkpoint)
     except msgspec.DecodeError:
-        return None
+        return -1, None
+    if zlib.crc32(slot.checkpoint) != slot.crc:
+        return -1, None
+    return slot.gen, slot.checkpoint
 
 
 def read(path: Path) -> Found | LegacyCheckpoint | None:

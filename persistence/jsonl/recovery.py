@@ -175,11 +175,11 @@ class _Recovery:
             fsync_dir(self.layout.sessions)
 
     def _metadata_only(self, session_id: str) -> SessionMetadata | None:
-        data = self.dirs.read_checkpoint(session_id)
-        if data is None:
+        read = self.dirs.read_checkpoint(session_id)
+        if read is None:
             return None
         with contextlib.suppress(CheckpointDamaged):
-            found = checkpoint.parse(data)
+            found = checkpoint.parse(read[0])
             if isinstance(found, LegacyCheckpoint):
                 return found.metadata
             return found.checkpoint.metadata

@@ -89,13 +89,15 @@ class Directories:
             return os.stat(Layout.checkpoint_name(session_id), dir_fd=self._sessions)
         return None
 
-    def read_checkpoint(self, session_id: str) -> bytes | None:
+    def read_checkpoint(self, session_id: str) -> tuple[bytes, os.stat_result] | None:
+        """The checkpoint file's content and stat (its stamp), or None."""
         try:
             fd = os.open(Layout.checkpoint_name(session_id), os.O_RDONLY, dir_fd=self._sessions)
         except FileNotFoundError:
             return None
         try:
-            return read_at(fd, 0, os.fstat(fd).st_size)
+            stat = os.fstat(fd)
+            return read_at(fd, 0, stat.st_size), stat
         finally:
             os.close(fd)
 
@@ -137,7 +139,7 @@ class SessionRecovery:
         )
 
     def recover(self, session_id: str, has_checkpoint: bool) -> RecoveredSession | None:
-        found = self._read_checkpoint(session_id) if has_checkpoint else None
+        found, stamp = self._read_checkpoint(session_id) if has_checkpoint else (None, None)
         size = self.dirs.log_size(session_id)
         if found is None and size is None:
             return None
@@ -149,8 +151,6 @@ class SessionRecovery:
             return self.rebuild(session_id, metadata, 0, size or 0, orphan=True)
         saved = found.checkpoint
         meta, covered, covered_seq = saved.metadata, saved.log_offset, saved.metadata.last_seq
-        stat = self.dirs.checkpoint_stat(session_id)
-        stamp = None if stat is None else checkpoint.stamp_of(stat)
         if size == covered or (size is None and covered_seq == 0):
             # Up to date; or created, then a crash before its (empty) log existed.
             return RecoveredSession(
@@ -171,12 +171,15 @@ class SessionRecovery:
         # says: read it all (a new epoch if history the checkpoint had seen is gone).
         return self.rebuild(session_id, meta, saved.preamble, size or 0, orphan=False)
 
-    def _read_checkpoint(self, session_id: str) -> checkpoint.Found | LegacyCheckpoint | None:
-        data = self.dirs.read_checkpoint(session_id)
-        if data is None:
-            return None
+    def _read_checkpoint(
+        self, session_id: str
+    ) -> tuple[checkpoint.Found | LegacyCheckpoint | None, FileStamp | None]:
+        read = self.dirs.read_checkpoint(session_id)
+        if read is None:
+            return None, None
+        data, stat = read
         try:
-            return checkpoint.parse(data)
+            return checkpoint.parse(data), checkpoint.stamp_of(stat)
         except CheckpointDamaged as exc:
             path = self.layout.checkpoint(session_id)
             if self.writable:
@@ -186,7 +189,7 @@ class SessionRecovery:
                 self.report.damaged += 1
             else:
                 log.error("checkpoint %s is unreadable (%s)", path, exc)
-            return None
+            return None, None
 
     def rebuild(
         self, session_id: str, meta: SessionMetadata, preamble: int, size: int, orphan: bool
