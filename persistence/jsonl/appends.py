@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from bamboo_session.protocol.codec import encode_stored_event
@@ -72,31 +72,26 @@ class Appender:
             wal if config.uses_wal else None,
         )
 
-    async def window_for(self, session_id: str, keys: Iterable[str | None]) -> KeyWindow:
-        """The key window an append or import with these keys needs."""
-        if any(key is not None for key in keys):
-            return await self.key_window(session_id)
-        return _NO_KEYS
-
     async def append(
-        self, record: SessionRecord, items: Sequence[AppendItem], window: KeyWindow
+        self, record: SessionRecord, items: Sequence[AppendItem], window: KeyWindow | None
     ) -> list[Appended]:
         """Append the items (the caller checked, with no await since, that the session
-        takes them, and got ``window`` from :meth:`window_for`)."""
-        session_id = record.session_id
+        takes them, and got ``window`` from :meth:`key_window` if any item has a key).
+        The hot path: no await but the acknowledgement's."""
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        fresh, results = split_duplicates(items, record.next_seq, window)
+        fresh, results = split_duplicates(items, record.next_seq, window or _NO_KEYS)
         if fresh:
             now = utcnow()
             stored = [
                 StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh
             ]
-            await self._submit(record, stored, window, imported=False)
-        await self._await_originals(session_id, results)
+            await asyncio.shield(self._submit(record, stored, window, imported=False))
+        if len(fresh) != len(items):  # duplicates: acknowledged once their originals are
+            await self._await_originals(record.session_id, results)
         return results
 
     async def import_events(
-        self, record: SessionRecord, events: Sequence[StoredEvent], window: KeyWindow
+        self, record: SessionRecord, events: Sequence[StoredEvent], window: KeyWindow | None
     ) -> None:
         """Append events as they are, with their own seq, ts and key."""
         session_id = record.session_id
@@ -105,18 +100,27 @@ class Appender:
             if event.seq != expected:
                 raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
             expected += 1
-        await self._submit(record, list(events), window, imported=True)
+        await asyncio.shield(self._submit(record, list(events), window, imported=True))
 
-    async def _submit(
-        self, record: SessionRecord, stored: list[StoredEvent], window: KeyWindow, imported: bool
-    ) -> None:
+    def _submit(
+        self,
+        record: SessionRecord,
+        stored: list[StoredEvent],
+        window: KeyWindow | None,
+        imported: bool,
+    ) -> asyncio.Future[None]:
         session_id = record.session_id
-        for event in stored:
-            if event.key is not None:
-                self.keys.add(session_id, window, event.key, event.seq)
+        if window is not None:
+            keys = self.keys
+            for event in stored:
+                if event.key is not None:
+                    keys.add(session_id, window, event.key, event.seq)
+            # Windows grow here only: back within bounds, keeping this one (its append
+            # is not in flight yet) and the ones of appends in flight.
+            keys.trim(lambda other: other == session_id or self._busy(other))
         future = self.writer.submit(session_id, _batch(stored, imported))
         record.next_seq = stored[-1].seq
-        await asyncio.shield(future)
+        return future
 
     async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
         """A duplicate of an append still being written is acknowledged only once that
@@ -171,28 +175,33 @@ class Appender:
         if record is None:  # deleted while its appends were queued
             return
         meta = record.meta
-        first_message = meta.message_count
-        messages: list[tuple[Message, int]] = []
-        events: list[StoredEvent] = []
+        if len(written) == 1:
+            events = written[0][1].events
+        else:
+            events = [event for _offset, batch in written for event in batch.events]
         for offset, batch in written:
-            first_seq = batch.events[0].seq
-            for seq, at, length in batch.messages:
-                record.add_message(seq, offset + at, length)
-                event = batch.events[seq - first_seq].event
-                assert isinstance(event, MessageEvent)
-                messages.append((event.message, length + 1))
-            events.extend(batch.events)
-        meta.message_count += len(messages)
+            if batch.messages:
+                self._add_messages(record, offset, batch)
         last = events[-1]
         record.written(last.seq, size)
         self.keys.forget_before(session_id, last.seq)
-        self.keys.trim(self._busy)  # windows grow with appends: back within bounds
         if not written[-1][1].imported:
             meta.touch(max(last.ts, meta.last_activity_at))
-        if messages:
-            self._messages.extend(session_id, first_message, messages)
         self._checkpoints.appended(record)
         self._feed.publish(session_id, events)
+
+    def _add_messages(self, record: SessionRecord, offset: int, batch: Batch) -> None:
+        """The batch's messages: counted, indexed (pending entries), cached."""
+        meta = record.meta
+        first_seq = batch.events[0].seq
+        messages: list[tuple[Message, int]] = []
+        for seq, at, length in batch.messages:
+            record.add_message(seq, offset + at, length)
+            event = batch.events[seq - first_seq].event
+            assert isinstance(event, MessageEvent)
+            messages.append((event.message, length + 1))
+        self._messages.extend(record.session_id, meta.message_count, messages)
+        meta.message_count += len(messages)
 
     def _on_failed(self, session_id: str, error: OSError) -> None:
         log.error("appending to the log of session %r failed: %s", session_id, error)
@@ -205,6 +214,12 @@ class Appender:
 
 def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
     """The events as log lines, with where each message's line is among them."""
+    if len(stored) == 1:  # most appends: one event
+        event = stored[0]
+        line = encode_stored_event(event) + b"\n"
+        if isinstance(event.event, MessageEvent):
+            return Batch(stored, line, [(event.seq, 0, len(line) - 1)], imported)
+        return Batch(stored, line, [], imported)
     lines = [encode_stored_event(event) + b"\n" for event in stored]
     messages = []
     offset = 0

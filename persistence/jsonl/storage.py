@@ -315,11 +315,16 @@ class JsonlStorage:
 
     async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
         self._require_writable()
-        self._appendable(session_id)
+        record = self._appendable(session_id)
         if not items:
             return []
-        window = await self._appends.window_for(session_id, (key for _event, key in items))
-        return await self._appends.append(self._appendable(session_id), items, window)
+        window = None
+        for _event, key in items:
+            if key is not None:
+                window = await self._appends.key_window(session_id)
+                record = self._appendable(session_id)
+                break
+        return await self._appends.append(record, items, window)
 
     def _appendable(self, session_id: str) -> SessionRecord:
         record = self._record(session_id)
@@ -377,7 +382,9 @@ class JsonlStorage:
         self._record(session_id)
         if not events:
             return
-        window = await self._appends.window_for(session_id, (event.key for event in events))
+        window = None
+        if any(event.key is not None for event in events):
+            window = await self._appends.key_window(session_id)
         await self._appends.import_events(self._record(session_id), events, window)
 
     async def import_metadata(self, metadata: SessionMetadata) -> None:
