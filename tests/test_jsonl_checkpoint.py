@@ -82,7 +82,7 @@ def test_a_write_cut_short_leaves_the_synced_checkpoint(tmp_path: Path) -> None:
     data[20:60] = b"\x00" * 40  # slot 0, half written when the power went
     path.write_bytes(bytes(data))
     assert read(path).checkpoint == state(7)
-    data[slots.capacity + 30] ^= 0x01  # and slot 1 fails its CRC too
+    data[slots.capacity + 100] ^= 0x01  # and slot 1 fails its CRC too
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointDamaged, match=str(path)):
         checkpoint.read(path)
@@ -165,3 +165,14 @@ def test_stamps_name_the_inode_size_and_time(tmp_path: Path) -> None:
     _slots, stamp = checkpoint.create(path, state(0))
     stat = os.stat(path)
     assert stamp == (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def test_a_slot_whose_generation_changed_is_not_taken(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    slots, _ = checkpoint.create(path, state(0))
+    slots, _ = checkpoint.update(path, state(1), slots, durable=True)  # slot 1, gen 2
+    checkpoint.update(path, state(2), slots, durable=False)  # slot 0, gen 3
+    data = bytearray(path.read_bytes())
+    data[slots.capacity + 22] = ord("f")  # slot 1 now claims a far newer generation
+    path.write_bytes(bytes(data))
+    assert read(path).checkpoint == state(2)

@@ -2,10 +2,12 @@
 reaches. The history is not in it: that is the log's ``message`` events.
 
 A checkpoint file is two *slots* of equal size, each one line: a JSON object
-``{"gen": N, "crc": C, "checkpoint": {...}}`` padded with spaces to the slot's size.
-The valid slot with the highest ``gen`` is the checkpoint (``crc`` is the CRC-32 of the
-``checkpoint`` JSON). A new one is written in place over the *other* slot than the one
-last synced, so whatever a crash cuts short, one whole slot is left:
+``{"gen":"<16 hex digits>","crc":"<8 hex digits>","checkpoint":{...}}`` padded with
+spaces to the slot's size (fixed-width fields, so each part is found at a fixed place:
+an open reads 100,000s of these). The valid slot with the highest ``gen`` is the
+checkpoint (``crc``: the CRC-32 of the ``checkpoint`` JSON, seeded with ``gen``). A
+new one is written in place over the *other* slot than the one last synced, so
+whatever a crash cuts short, one whole slot is left:
 
 - creating a session writes the whole file (both slots) atomically and durably;
 - a periodic checkpoint is one ``pwrite`` of a few hundred bytes and no sync: no new
@@ -28,12 +30,10 @@ Everything here blocks; it runs in worker threads.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import zlib
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -42,9 +42,13 @@ from bamboo_session.protocol.models import Message, SessionMetadata
 from ..base import StorageError
 from .files import datasync, read_at, read_file, write_atomic
 
-MIN_SLOT: Final = 1024
-SLOT_ALIGN: Final = 512
-_SLOT_START: Final = b'{"gen":'
+MIN_SLOT: Final = 512
+SLOT_ALIGN: Final = 256
+_SLOT_START: Final = b'{"gen":"'
+_SLOT_HEAD: Final = b'{"gen":"%016x","crc":"%08x","checkpoint":'
+_HEAD_SIZE: Final = len(_SLOT_HEAD % (0, 0))  # where the checkpoint JSON starts
+_GEN: Final = slice(len(_SLOT_START), len(_SLOT_START) + 16)
+_CRC: Final = slice(_GEN.stop + len(b'","crc":"'), _GEN.stop + len(b'","crc":"') + 8)
 
 FileStamp = tuple[int, int, int]  # (inode, size, mtime_ns): a file's identity and state
 
@@ -78,14 +82,7 @@ class LegacyCheckpoint(msgspec.Struct):
     log_offset: int = 0
 
 
-class _Slot(msgspec.Struct):
-    gen: int
-    crc: int
-    checkpoint: msgspec.Raw
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SlotFile:
+class SlotFile(NamedTuple):
     """What the writer knows of a checkpoint file: the newest slot's generation, the
     slots' size, and which slot is known to be on disk (None: not known)."""
 
@@ -94,8 +91,7 @@ class SlotFile:
     synced: int | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Found:
+class Found(NamedTuple):
     """A checkpoint file's newest valid slot: its checkpoint, generation and index."""
 
     checkpoint: Checkpoint
@@ -112,7 +108,6 @@ class CheckpointDamaged(StorageError):
 
 
 _encoder = msgspec.json.Encoder()
-_slot_decoder = msgspec.json.Decoder(_Slot)
 _checkpoint_decoder = msgspec.json.Decoder(Checkpoint)
 _legacy_decoder = msgspec.json.Decoder(LegacyCheckpoint)
 _messages_decoder = msgspec.json.Decoder(list[Message])
@@ -125,12 +120,20 @@ def stamp_of(stat: os.stat_result) -> FileStamp:
 def encode_slot(checkpoint: Checkpoint, generation: int) -> bytes:
     """The slot's line without its padding."""
     payload = _encoder.encode(checkpoint)
-    return _encoder.encode(_Slot(generation, zlib.crc32(payload), msgspec.Raw(payload)))
+    return _SLOT_HEAD % (generation, _crc(generation, payload)) + payload + b"}"
+
+
+def _crc(generation: int, payload: bytes) -> int:
+    """The CRC-32 of the checkpoint JSON, seeded with the generation: a slot whose
+    generation and content do not belong together fails it."""
+    return zlib.crc32(payload, generation & 0xFFFFFFFF)
 
 
 def capacity_for(body: bytes) -> int:
-    """A slot size with room for the checkpoint to grow to twice its size."""
-    wanted = 2 * (len(body) + 1)
+    """A slot size with room for the checkpoint to grow by a quarter and more (counters
+    gain digits; metadata only grows through an import, and outgrowing a slot costs
+    one atomic rewrite)."""
+    wanted = (len(body) + 1) * 5 // 4 + 64
     return max(MIN_SLOT, -(-wanted // SLOT_ALIGN) * SLOT_ALIGN)
 
 
@@ -140,16 +143,21 @@ def _padded(body: bytes, capacity: int) -> bytes:
 
 def parse(data: bytes) -> Found | LegacyCheckpoint:
     """The checkpoint a file holds: its newest valid slot, or the old format."""
-    if data.startswith(_SLOT_START) and len(data) % 2 == 0:
-        capacity = len(data) // 2
-        slots = [_slot(data[slot * capacity : (slot + 1) * capacity]) for slot in (0, 1)]
-        # Newest first; only the one taken is decoded further (open reads 100,000s).
-        for index in sorted((0, 1), key=lambda i: -slots[i][0]):
-            generation, payload = slots[index]
+    size = len(data)
+    if size % 2 == 0 and data.startswith(_SLOT_START):
+        capacity = size // 2
+        first, second = _generation(data, 0), _generation(data, capacity)
+        # The newest first; only the one taken is checked and decoded.
+        for at, generation in (
+            ((capacity, second), (0, first)) if second > first else ((0, first), (capacity, second))
+        ):
+            payload = _payload(data, at, capacity, generation)
             if payload is not None:
-                with contextlib.suppress(msgspec.DecodeError):
+                try:
                     checkpoint = _checkpoint_decoder.decode(payload)
-                    return Found(checkpoint, generation, capacity, index)
+                except msgspec.DecodeError:
+                    continue
+                return Found(checkpoint, generation, capacity, at // capacity)
     try:
         return _legacy_decoder.decode(data)
     except msgspec.DecodeError:
@@ -157,15 +165,27 @@ def parse(data: bytes) -> Found | LegacyCheckpoint:
     raise CheckpointDamaged("neither slot holds a valid checkpoint")
 
 
-def _slot(data: bytes) -> tuple[int, msgspec.Raw | None]:
-    """A slot's generation and checkpoint JSON; (-1, None) unless whole and valid."""
+def _generation(data: bytes, at: int) -> int:
+    """The generation the slot at ``at`` claims (:func:`_payload` checks it); -1 if
+    the slot does not start as :func:`encode_slot` writes it."""
+    if not data.startswith(_SLOT_START, at):
+        return -1
     try:
-        slot = _slot_decoder.decode(data.rstrip(b" \n"))
-    except msgspec.DecodeError:
-        return -1, None
-    if zlib.crc32(slot.checkpoint) != slot.crc:
-        return -1, None
-    return slot.gen, slot.checkpoint
+        return int(data[at + _GEN.start : at + _GEN.stop], 16)
+    except ValueError:
+        return -1
+
+
+def _payload(data: bytes, at: int, capacity: int, generation: int) -> bytes | None:
+    """The checkpoint JSON of the slot at ``at``, if its CRC vouches for it (and for
+    the generation it claims)."""
+    end = data.rfind(b"}", at, at + capacity)
+    payload = data[at + _HEAD_SIZE : end]
+    try:
+        crc = int(data[at + _CRC.start : at + _CRC.stop], 16)
+    except ValueError:
+        return None
+    return payload if end > 0 and _crc(generation, payload) == crc else None
 
 
 def read(path: Path) -> Found | LegacyCheckpoint | None:

@@ -27,7 +27,7 @@ from bamboo_session.protocol.models import Message, SessionMetadata, new_epoch
 from . import checkpoint, message_index, snapshot
 from .checkpoint import Checkpoint, CheckpointDamaged, Coverage, FileStamp, LegacyCheckpoint
 from .config import JsonlStorageConfig
-from .files import read_at, unlink_quietly
+from .files import unlink_quietly
 from .layout import Layout
 from .repair import cut_tail
 from .scan import BrokenLine, decode_head, lines
@@ -85,9 +85,10 @@ class Directories:
         os.close(self._events)
 
     def checkpoint_stat(self, session_id: str) -> os.stat_result | None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             return os.stat(Layout.checkpoint_name(session_id), dir_fd=self._sessions)
-        return None
+        except FileNotFoundError:
+            return None
 
     def read_checkpoint(self, session_id: str) -> tuple[bytes, os.stat_result] | None:
         """The checkpoint file's content and stat (its stamp), or None."""
@@ -97,14 +98,15 @@ class Directories:
             return None
         try:
             stat = os.fstat(fd)
-            return read_at(fd, 0, stat.st_size), stat
+            return os.pread(fd, stat.st_size, 0), stat  # small: one read takes it all
         finally:
             os.close(fd)
 
     def log_size(self, session_id: str) -> int | None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             return os.stat(Layout.log_name(session_id), dir_fd=self._events).st_size
-        return None
+        except FileNotFoundError:
+            return None
 
 
 class SessionRecovery:
