@@ -172,8 +172,3 @@ class Checkpointer:
                     log.exception("checkpoint of session %r failed", session_id)
 
         await asyncio.gather(*(one(session_id) for session_id in list(self.dirty)))
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.checkpoint_interval)
-            await self.write_dirty()

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
+from ..index import copy_metadata
 from .checkpointer import Checkpointer
 from .files import fsync_dir, unlink_quietly
 from .layout import Layout
@@ -73,6 +75,18 @@ class SessionFiles:
         await self._writer.forget(record.session_id, record.meta.epoch)
         async with record.checkpoint_lock():
             await run_io(delete_session_files, self.layout, record.session_id)
+
+
+def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMetadata:
+    """A new session's metadata: the caller's, with a new log's counts and the store's
+    default TTL if it has none."""
+    meta = copy_metadata(given)
+    meta.last_seq = 0  # a new log; whatever the caller set does not describe it
+    meta.message_count = 0
+    if meta.ttl is None and default_ttl is not None:
+        meta.ttl = default_ttl
+        meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+    return meta
 
 
 def delete_session_files(layout: Layout, session_id: str) -> None:

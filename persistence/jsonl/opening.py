@@ -1,10 +1,18 @@
 """Opening a JSONL store, and what its clean close leaves for the next open.
 
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
-time). Read-only, nothing is created or locked: the directory must already be a store,
-and whoever holds it is named in the log. Then recovery (``recovery.py``) runs in a
-worker thread, and its sessions become :class:`~.record.SessionRecord` objects. A clean
-close writes the index snapshot from the records.
+time). Then recovery (``recovery.py``) runs in a worker thread, and its sessions become
+:class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
+the records.
+
+Read-only (``JsonlStorageConfig.read_only``, ``open_storage(url, read_only=True)``) is
+for offline tools. It opens an existing store only (a directory without ``sessions/``
+and ``events/`` is refused, naming it), creates and changes nothing (not even
+``LOCK``), and the storage refuses every write with ``StorageError``. It neither waits
+for a server that holds the store nor takes the lock from it, nor could stop one from
+starting later (a shared lock would): it reads the files as they are, without repair
+(a torn tail is left out, WAL segments are not replayed, a lazily written state may be
+older), a best-effort view; the log names the process that holds the store, if any.
 """
 
 from __future__ import annotations

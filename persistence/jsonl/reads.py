@@ -30,6 +30,25 @@ from .scan import decode_key, decode_stored_event, lines, locate, read_spans
 from .tasks import run_io
 
 
+async def read_events(
+    layout: Layout,
+    record: SessionRecord,
+    after_seq: int,
+    limit: int | None,
+    max_bytes: int | None,
+) -> list[StoredEvent]:
+    """The session's written events after ``after_seq`` (nothing in flight is seen)."""
+    after_seq = max(after_seq, 0)
+    if after_seq >= record.meta.last_seq or (limit is not None and limit <= 0):
+        return []
+    low, high = record.bracket(after_seq)
+    path = layout.log_file(record.session_id)
+    events: list[StoredEvent] = await run_io(
+        events_after, path, after_seq, low, high, record.log_size, limit, max_bytes
+    )
+    return events
+
+
 def events_after(
     path: str,
     after_seq: int,

@@ -103,6 +103,15 @@ class SessionRecord:
             self.lock = asyncio.Lock()
         return self.lock
 
+    def take_metadata(self, given: SessionMetadata) -> None:
+        """An import's metadata (its state goes through the index, by the caller)."""
+        meta = self.meta
+        meta.updated_at = given.updated_at
+        meta.last_activity_at = given.last_activity_at
+        meta.expires_at = given.expires_at
+        meta.ttl = given.ttl
+        meta.extra = dict(given.extra)
+
     # -- what the writer reports --------------------------------------------------------
 
     def written(self, last_seq: int, log_size: int) -> None:

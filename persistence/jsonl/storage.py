@@ -7,21 +7,16 @@ through ``reads.py``; the history is the log's ``message`` events. Expired sessi
 (sliding TTL) refuse ``load_session``, histories and appends with
 :class:`SessionExpired`; their metadata and events stay readable until cleanup.
 
-Read-only (``config.read_only``, ``open_storage(url, read_only=True)``): for offline
-tools. It opens an existing store only (a directory without ``sessions/`` and
-``events/`` is refused, naming it), creates and changes nothing, takes no lock, and
-refuses every write with :class:`StorageError`. It does not wait for a server that holds
-the store, nor stop one from starting: it reads the files as they are, without repair
-(a torn tail is left out, WAL segments are not replayed), a best-effort view; it logs
-which process holds the store, if any.
+Read-only (``open_storage(url, read_only=True)``): no lock, nothing created, changed or
+repaired, every write refused; a best-effort view beside a running server
+(``opening.py`` says why that choice).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final, Self, TypeVar
 
@@ -59,12 +54,12 @@ from .caches import MessageCache
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
 from .files import LockFile
-from .lifecycle import SessionFiles, remove_damaged
+from .lifecycle import SessionFiles, new_metadata, remove_damaged
 from .opening import open_files, records_of, snapshot_entries
-from .reads import HistoryReader, events_after
+from .reads import HistoryReader, read_events
 from .record import SessionRecord
 from .recovery import RecoveryReport
-from .tasks import BackgroundTasks, run_io, to_completion
+from .tasks import BackgroundTasks, every, run_io, to_completion
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +117,15 @@ class JsonlStorage:
         if self._read_only:
             return
         self._writer.start()
-        self._loops = [asyncio.create_task(self._checkpoints.run(), name="bamboo-checkpoints")]
+        loops: list[tuple[float, Callable[[], Awaitable[object]], str]] = [
+            (self.config.checkpoint_interval, self._checkpoints.write_dirty, "checkpoints")
+        ]
         if self.config.cleanup_interval is not None:
-            self._loops.append(asyncio.create_task(self._cleanup_loop(), name="bamboo-cleanup"))
+            loops.append((self.config.cleanup_interval, self.cleanup_expired_sessions, "cleanup"))
+        self._loops = [
+            asyncio.create_task(every(seconds, work, what), name=f"bamboo-{what}")
+            for seconds, work, what in loops
+        ]
         self._ready = True
 
     async def close(self) -> None:
@@ -185,7 +186,8 @@ class JsonlStorage:
         if limit is not None and len(self._records) + len(creating) >= limit:
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
         self._files.reserve(session_id)
-        await to_completion(self._create(self._new_metadata(session.metadata)))
+        meta = new_metadata(session.metadata, self.config.default_ttl)
+        await to_completion(self._create(meta))
         if session.messages:
             await self.append_events(
                 session_id, [(MessageEvent(message), None) for message in session.messages]
@@ -196,15 +198,6 @@ class JsonlStorage:
         self._records[meta.id] = record
         self._index.add(meta)
         self._messages.start(meta.id, 0)
-
-    def _new_metadata(self, given: SessionMetadata) -> SessionMetadata:
-        meta = copy_metadata(given)
-        meta.last_seq = 0  # a new log; whatever the caller set does not describe it
-        meta.message_count = 0
-        if meta.ttl is None and self.config.default_ttl is not None:
-            meta.ttl = self.config.default_ttl
-            meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
-        return meta
 
     async def load_session(self, session_id: str) -> Session | None:
         record = self._records.get(check_session_id(session_id))
@@ -292,15 +285,6 @@ class JsonlStorage:
             log.info("removed %d expired sessions", removed)
         return removed
 
-    async def _cleanup_loop(self) -> None:
-        assert self.config.cleanup_interval is not None
-        while True:
-            await asyncio.sleep(self.config.cleanup_interval)
-            try:
-                await self.cleanup_expired_sessions()
-            except Exception:
-                log.exception("cleanup of expired sessions failed")
-
     # -- events ---------------------------------------------------------------------
 
     async def append_event(
@@ -341,20 +325,11 @@ class JsonlStorage:
         max_bytes: int | None = None,
     ) -> list[StoredEvent]:
         record = self._record(session_id)
-        last = record.meta.last_seq  # only written events: nothing in flight is visible
-        after_seq = max(after_seq, 0)
-        if after_seq >= last or (limit is not None and limit <= 0):
-            return []
-        low, high = record.bracket(after_seq)
-        path = self.layout.log_file(session_id)
         try:
-            events: list[StoredEvent] = await run_io(
-                events_after, path, after_seq, low, high, record.log_size, limit, max_bytes
-            )
+            return await read_events(self.layout, record, after_seq, limit, max_bytes)
         except StorageError:
             self._record(session_id)  # deleted while reading: SessionNotFound
             raise
-        return events
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         record = self._record(session_id)
@@ -391,17 +366,12 @@ class JsonlStorage:
         """Sets the session's state, times, ttl and extra as given, durably."""
         self._require_writable()
         record = self._record(metadata.id)
-        meta = record.meta
-        self._index.set_state(meta.id, metadata.state)
-        meta.updated_at = metadata.updated_at
-        meta.last_activity_at = metadata.last_activity_at
-        meta.expires_at = metadata.expires_at
-        meta.ttl = metadata.ttl
-        meta.extra = dict(metadata.extra)
+        self._index.set_state(metadata.id, metadata.state)
+        record.take_metadata(metadata)
         self._checkpoints.changed(record)
-        await self._checkpoints.write(meta.id, durable=True)
+        await self._checkpoints.write(metadata.id, durable=True)
         if metadata.state == SessionState.CLOSED:
-            self._feed.end(meta.id, CLOSED)
+            self._feed.end(metadata.id, CLOSED)
 
     # -- damaged files --------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..base import StorageError
@@ -36,6 +36,17 @@ async def to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
         if not task.cancelled() and task.exception() is not None:
             log.error("storage operation failed after its caller left: %r", task.exception())
         raise
+
+
+async def every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run ``work`` every ``seconds``, for ever; a failure is logged, and the next
+    round comes all the same."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed", what)
 
 
 class BackgroundTasks:
