@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from bamboo_session.persistence import (
     Appended,
@@ -348,16 +355,20 @@ class JsonlMachine(StorageMachine):
 
 
 _settings = settings(
-    max_examples=60,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-_examples = {"memory": 150, "jsonl": 80, "jsonl-os": 50}
+_EXAMPLES = {"memory": 150, "jsonl": 80, "jsonl-os": 50}
 
-for _backend in BACKENDS:
-    _base = JsonlMachine if _backend.name.startswith("jsonl") else StorageMachine
-    _machine = type(f"{_base.__name__}_{_backend.name}", (_base,), {"backend": _backend})
-    _machine.TestCase.settings = settings(_settings, max_examples=_examples.get(_backend.name, 50))
-    _name = "Test" + "".join(part.title() for part in _backend.name.split("-")) + "Model"
-    globals()[_name] = _machine.TestCase
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS])
+def test_storage_agrees_with_the_model(backend: Backend, request: pytest.FixtureRequest) -> None:
+    # A backend on a server gets its server from a fixture (Backend.bound, where the
+    # backends list has one).
+    bind = getattr(backend, "bound", None)
+    bound: Backend = bind(request) if bind is not None else backend
+    base = JsonlMachine if backend.name.startswith("jsonl") else StorageMachine
+    machine = type(f"{base.__name__}_{backend.name}", (base,), {"backend": bound})
+    examples = _EXAMPLES.get(backend.name, 50)
+    run_state_machine_as_test(machine, settings=settings(_settings, max_examples=examples))
