@@ -46,6 +46,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.jsonl import checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"listening on ([^\s:\"]+|\[[^\]]*\]):(\d+)")
 SESSIONS = ("soak-a", "soak-b")
@@ -359,8 +362,8 @@ def check(data_dir: Path, pubs: list[Publisher], readers: list[Reader]) -> list[
     problems: list[str] = []
     for path in sorted((data_dir / "sessions").glob("*.json")):
         try:
-            json.loads(path.read_bytes())
-        except ValueError as exc:
+            checkpoint.read(path)  # a valid slot, whatever the crash cut short
+        except StorageError as exc:
             problems.append(f"{path.name} does not parse: {exc}")
     for session_id in SESSIONS:
         raw = (data_dir / "events" / f"{session_id}.jsonl").read_bytes()

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bamboo_session.persistence import SessionFilter, Storage, open_storage
-from bamboo_session.persistence.files import datasync
+from bamboo_session.persistence.jsonl.files import datasync
 from bamboo_session.protocol.codec import encode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Session, StoredEvent
 

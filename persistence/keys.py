@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .base import KEY_WINDOW, Appended
 
 T = TypeVar("T")
 
+# What one remembered key costs besides its characters: its dict slot, its entry in the
+# order deque (a tuple and an int) and the str object's header. An estimate for byte
+# budgets, not an exact count.
+KEY_OVERHEAD_BYTES: Final = 160
+
 
 class KeyWindow:
     """Idempotency keys of a session's last ``size`` appends, each with the seq it was
-    first accepted with."""
+    first accepted with. ``bytes`` estimates the memory the keys hold."""
 
-    __slots__ = ("_order", "_seq_by_key", "size")
+    __slots__ = ("_order", "_seq_by_key", "bytes", "size")
 
     def __init__(self, size: int = KEY_WINDOW) -> None:
         self.size = size
+        self.bytes = 0
         self._seq_by_key: dict[str, int] = {}
         self._order: collections.deque[tuple[int, str]] = collections.deque()
 
@@ -38,12 +44,14 @@ class KeyWindow:
     def add(self, key: str, seq: int) -> None:
         self._seq_by_key[key] = seq
         self._order.append((seq, key))
+        self.bytes += len(key) + KEY_OVERHEAD_BYTES
 
     def discard_from(self, seq: int) -> None:
         """Forget keys accepted at ``seq`` or later (their appends failed)."""
         order = self._order
         while order and order[-1][0] >= seq:
             _, key = order.pop()
+            self.bytes -= len(key) + KEY_OVERHEAD_BYTES
             if self._seq_by_key.get(key, 0) >= seq:
                 del self._seq_by_key[key]
 
@@ -53,6 +61,7 @@ class KeyWindow:
         order = self._order
         while order and order[0][0] <= horizon:
             _, key = order.popleft()
+            self.bytes -= len(key) + KEY_OVERHEAD_BYTES
             if self._seq_by_key.get(key, 0) <= horizon:
                 self._seq_by_key.pop(key, None)
 

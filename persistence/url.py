@@ -28,12 +28,15 @@ class StoreOptions:
     """What every backend takes: ``default_ttl`` (seconds; None: sessions never expire),
     ``max_sessions`` (None: no limit), ``cleanup_interval`` (seconds between removals
     of expired sessions; None: only on demand), ``read_only`` (offline tools: refuse to
-    create a store, and write nothing)."""
+    create a store, and write nothing), ``offline`` (with ``read_only``: refuse a store
+    that a running server holds, with StorageLocked, where the backend can tell; for a
+    tool, such as migrate, that needs the store to stand still)."""
 
     default_ttl: int | None = None
     max_sessions: int | None = None
     cleanup_interval: float | None = 3600
     read_only: bool = False
+    offline: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,10 +114,11 @@ async def open_storage(
     max_sessions: int | None = None,
     cleanup_interval: float | None = 3600,
     read_only: bool = False,
+    offline: bool = False,
 ) -> Storage:
     """The store ``url`` names, open (see the module docstring)."""
     parsed = parse_store_url(url)
-    options = StoreOptions(default_ttl, max_sessions, cleanup_interval, read_only)
+    options = StoreOptions(default_ttl, max_sessions, cleanup_interval, read_only, offline)
     module_name, _, function = _OPENERS[parsed.scheme].partition(":")
     try:
         module = importlib.import_module(module_name)

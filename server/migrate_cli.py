@@ -74,7 +74,9 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 async def _migrate(args: argparse.Namespace) -> int:
     try:
-        source = await open_storage(args.source, read_only=True, cleanup_interval=None)
+        source = await open_storage(
+            args.source, read_only=True, offline=True, cleanup_interval=None
+        )
     except StorageError as exc:
         return _fail(f"cannot read the source {args.source}: {exc}")
     try:

@@ -7,17 +7,24 @@ append (``ack <session> <seq> <kind> <tag>``), flushed at once; the parent kills
 ``python tests/jsonl_child.py diskfull DIR LIMIT``: with RLIMIT_FSIZE at LIMIT bytes,
 appends until appends fail, checks that failed appends moved nothing, lifts the limit,
 appends again, and prints a JSON report.
+
+``python tests/jsonl_child.py killsync DIR N``: appends N events to session ``k`` (each
+acknowledged), then one more batch, and SIGKILLs itself when the writer is about to
+append that batch to the WAL: its lines are in the log, never synced nor acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import resource
+import signal
 import sys
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import Appended, JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.models import AgentEvent, Message, Session, StoredEvent
 
 CRASH_SESSIONS = ("c0", "c1", "c2")
@@ -30,7 +37,11 @@ def say(text: str) -> None:
 
 async def crash(base: str, seed: int) -> None:
     rng = random.Random(seed)
-    config = JsonlStorageConfig(base, checkpoint_every=rng.choice([3, 20, 256]))
+    config = JsonlStorageConfig(
+        base,
+        checkpoint_every=rng.choice([3, 20, 256]),
+        checkpoint_interval=rng.choice([0.01, 0.2, 5.0]),
+    )
     storage = await JsonlStorage.open(config)
     for session_id in CRASH_SESSIONS:
         if await storage.get_metadata(session_id) is None:
@@ -55,7 +66,7 @@ async def crash(base: str, seed: int) -> None:
                 stored = [await storage.append_event(session_id, AgentEvent.token(tag))]
                 kind = "token"
             if roll > 0.97:
-                await storage.checkpoint(session_id)
+                await storage.touch(session_id)  # metadata moves: a checkpoint follows
             seqs = ",".join(str(event.seq) for event in stored)
             say(f"ack {session_id} {seqs} {kind} {tag}")
 
@@ -75,9 +86,7 @@ async def diskfull(base: str, limit: int) -> None:
     async def append(tag: str, message: bool) -> None:
         try:
             if message:
-                stored: StoredEvent = await storage.append_message(
-                    "full", Message.user(tag + payload)
-                )
+                stored: Appended = await storage.append_message("full", Message.user(tag + payload))
             else:
                 stored = await storage.append_event("full", AgentEvent.token(tag + payload))
         except StorageError as exc:
@@ -134,9 +143,26 @@ def _tag_of(text: str) -> str:
     return text.split("|")[0] + "|"
 
 
+async def killsync(base: str, acked: int) -> None:
+    storage = await JsonlStorage.open(JsonlStorageConfig(base))
+    await storage.create_session(Session.new("k"))
+    for i in range(acked):
+        await storage.append_event("k", AgentEvent.token(f"acked{i}"))
+    say("acked")
+
+    def die(segment: wal.SegmentFile, data: bytes) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    wal.SegmentFile.append = die  # type: ignore[method-assign]
+    await storage.append_events("k", [(AgentEvent.token(f"never{i}"), None) for i in range(3)])
+    say("not killed")
+
+
 if __name__ == "__main__":
     mode, directory, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "crash":
         asyncio.run(crash(directory, number))
+    elif mode == "killsync":
+        asyncio.run(killsync(directory, number))
     else:
         asyncio.run(diskfull(directory, number))

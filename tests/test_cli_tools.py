@@ -194,7 +194,7 @@ async def test_online_commands(tmp_path: Path) -> None:
         http_url = f"http://127.0.0.1:{server.port}"
         token = '{"type": "token", "content": "hi"}'
         first = await cli("publish", "t", "--event", token, "--url", ws_url, "--create")
-        again, locked, listed, shown = await asyncio.gather(
+        again, offline, listed, shown = await asyncio.gather(
             cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1"),
             cli("ls", "--data-dir", str(tmp_path / "live")),
             cli("ls", "--url", http_url, "--json"),
@@ -202,8 +202,10 @@ async def test_online_commands(tmp_path: Path) -> None:
         )
         assert await cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1") == again
         assert first == (0, "1\n", "") and again == (0, "2\n", "")  # the same key: once
-        assert_one_line_error(locked[0], locked[2])
-        assert "in use by a running server" in locked[2]
+        # Reading a store a server holds: a read-only view, no lock taken, nothing written.
+        assert offline[0] == 0 and "t" in offline[1].split(), offline
+        nothing = await cli("cleanup", "--data-dir", str(tmp_path / "live"))
+        assert nothing[:2] == (0, "0\n"), nothing  # found nothing expired: wrote nothing
         assert listed[0] == 0 and [s["id"] for s in json.loads(listed[1])["sessions"]] == ["t"]
         assert shown[0] == 0 and json.loads(shown[1])["metadata"]["id"] == "t"
 

@@ -1,11 +1,13 @@
-"""Crash test: a child process appends (printing each acknowledged append at once) and
+"""Crash tests: a child process appends (printing each acknowledged append at once) and
 is SIGKILLed at a random instant, several times over one data directory. After each
 kill, every acknowledged event and message is there, in order, gap-free, and no line of
-any log is torn."""
+any log is torn. And an ordinary kill -9 is not damage: lines written but never
+acknowledged are cut at the next open, quietly, and nothing is kept aside."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -15,9 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol.codec import decode_stored_event
-from bamboo_session.protocol.models import MessageEvent
+from bamboo_session.protocol.models import AgentEvent, MessageEvent
 
 CHILD = Path(__file__).with_name("jsonl_child.py")
 ROUNDS = 6
@@ -113,3 +117,38 @@ def test_sigkill_at_random_instants_loses_no_acknowledged_write(tmp_path: Path) 
         if base.exists():
             asyncio.run(verify(base, acked))
     assert total > 50, "the children acknowledged too little to test anything"
+
+
+def test_a_kill_between_write_and_sync_is_no_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed after a batch reached the log but before its WAL record was written: the
+    batch was never acknowledged, and the next open cuts it as ordinary recovery, at
+    info level, keeping no ``.damaged-`` file."""
+    base = tmp_path / "data"
+    child = subprocess.run(
+        [sys.executable, str(CHILD), "killsync", str(base), "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.splitlines() == ["acked"]
+    lines = (base / "events" / "k.jsonl").read_bytes().splitlines()
+    assert len(lines) == 8, "the unacknowledged batch should be in the log before the open"
+
+    async def reopen() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            events = await storage.read_events("k")
+            assert [e.event for e in events] == [AgentEvent.token(f"acked{i}") for i in range(5)]
+            assert storage.recovery is not None
+            assert (storage.recovery.torn_lines_cut, storage.recovery.damaged) == (1, 0)
+            assert await storage.damaged_files() == []
+            assert (await storage.append_event("k", AgentEvent.token("next"))).seq == 6
+
+    with caplog.at_level(logging.INFO, logger="bamboo_session.persistence"):
+        asyncio.run(reopen())
+    assert not list(base.rglob("*damaged*"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    cut = [r for r in caplog.records if "unacknowledged" in r.getMessage()]
+    assert cut and all(r.levelno == logging.INFO for r in cut), caplog.text

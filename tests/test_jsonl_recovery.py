@@ -6,7 +6,6 @@ would have left them, and the index snapshot removed), so each test checks one r
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bamboo_session.protocol.models import (
     StoredEvent,
     utcnow,
 )
+from tests.jsonl_support import crash_state, log_path, saved
 
 
 @pytest.fixture
@@ -39,15 +39,6 @@ async def seed(config: JsonlStorageConfig, messages: int = 3, events: int = 2) -
         for i in range(events):
             await storage.append_event("s", AgentEvent.token(f"t{i}"))
         return await storage.epoch("s")
-
-
-def crash_state(config: JsonlStorageConfig) -> None:
-    """Forget the snapshot, as after a crash (a clean close is the only writer of one)."""
-    (config.index_dir / "snapshot.msgpack").unlink(missing_ok=True)
-
-
-def log_path(config: JsonlStorageConfig, session_id: str = "s") -> Path:
-    return config.events_dir / f"{session_id}.jsonl"
 
 
 def line(seq: int, event: object, key: str | None = None) -> bytes:
@@ -87,7 +78,8 @@ async def test_checkpoint_behind_log_is_brought_up_to_date(config: JsonlStorageC
         f.write(line(6, MessageEvent(message), key="late-key"))
         f.write(line(7, AgentEvent.token("t")))
     async with await JsonlStorage.open(config) as storage:
-        assert storage.recovery is not None and storage.recovery.checkpoints_repaired == 1
+        # Read from the log; the checkpoint follows later (here: at close).
+        assert storage.recovery is not None and storage.recovery.checkpoints_repaired == 0
         meta = await storage.get_metadata("s")
         assert meta is not None
         assert (meta.last_seq, meta.message_count, meta.epoch) == (7, 4, epoch)
@@ -95,12 +87,13 @@ async def test_checkpoint_behind_log_is_brought_up_to_date(config: JsonlStorageC
         assert history[-1] == message
         events = await storage.read_events("s", after_seq=5)
         assert [(e.seq, e.key) for e in events] == [(6, "late-key"), (7, None)]
-    saved = json.loads((config.sessions_dir / "s.json").read_bytes())
-    assert saved["last_seq"] == 7 and len(saved["messages"]) == 4
+    checkpoint = saved(config, "s")
+    assert (checkpoint.metadata.last_seq, checkpoint.metadata.message_count) == (7, 4)
+    assert checkpoint.log_offset == log_path(config).stat().st_size
 
 
 async def test_log_without_checkpoint_is_recovered(config: JsonlStorageConfig) -> None:
-    config.events_dir.mkdir(parents=True)
+    config.layout.events.mkdir(parents=True)
     log_path(config, "orphan").write_bytes(
         line(1, MessageEvent(Message.user("hello"))) + line(2, AgentEvent.token("x"))
     )
@@ -121,8 +114,9 @@ async def test_missing_log_means_a_new_epoch(config: JsonlStorageConfig) -> None
         assert storage.recovery is not None and storage.recovery.epochs_renewed == 1
         assert await storage.epoch("s") != epoch
         assert await storage.last_seq("s") == 0
-        # Messages the checkpoint held are still the history.
-        assert len(await storage.get_session_history("s")) == 3
+        # The history was the log's messages: gone with it (the new epoch says so).
+        assert await storage.get_session_history("s") == []
+        assert (await storage.get_metadata("s")).message_count == 0  # type: ignore[union-attr]
         assert (await storage.append_event("s", AgentEvent.token("x"))).seq == 1
         new_epoch = await storage.epoch("s")
     async with await JsonlStorage.open(config) as storage:
@@ -153,20 +147,20 @@ async def test_created_but_log_never_made(config: JsonlStorageConfig) -> None:
 async def test_interrupted_delete_is_finished(config: JsonlStorageConfig) -> None:
     await seed(config)
     crash_state(config)
-    (config.sessions_dir / "s.json").rename(config.sessions_dir / "s.json.deleted")
+    (config.layout.sessions / "s.json").rename(config.layout.sessions / "s.json.deleted")
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("s") is None
     assert not log_path(config).exists()
-    assert not (config.sessions_dir / "s.json.deleted").exists()
+    assert not (config.layout.sessions / "s.json.deleted").exists()
 
 
 async def test_interrupted_checkpoint_leaves_the_old_one(config: JsonlStorageConfig) -> None:
     await seed(config)
     crash_state(config)
-    (config.sessions_dir / "s.json.tmp").write_bytes(b'{"metadata": {"id": "s", "us')
+    (config.layout.sessions / "s.json.tmp").write_bytes(b'{"metadata": {"id": "s", "us')
     async with await JsonlStorage.open(config) as storage:
         assert len(await storage.get_session_history("s")) == 3
-    assert not (config.sessions_dir / "s.json.tmp").exists()
+    assert not (config.layout.sessions / "s.json.tmp").exists()
 
 
 async def test_damaged_middle_is_kept_aside(config: JsonlStorageConfig) -> None:
@@ -177,18 +171,23 @@ async def test_damaged_middle_is_kept_aside(config: JsonlStorageConfig) -> None:
     log_path(config).write_bytes(b"".join(lines))
     async with await JsonlStorage.open(config) as storage:
         assert await storage.last_seq("s") == 2
-    aside = list(config.events_dir.glob("s.jsonl.damaged-*"))
-    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"garbage\n")
+        assert storage.recovery is not None and storage.recovery.damaged == 1
+        aside = await storage.damaged_files()
+        assert len(aside) == 1 and aside[0].name.startswith("s.jsonl.damaged-")
+        assert aside[0].read_bytes().startswith(b"garbage\n")
+        assert await storage.clear_damaged() == aside
+        assert await storage.damaged_files() == []
+    assert not aside[0].exists()
 
 
 async def test_stale_snapshot_is_not_trusted(config: JsonlStorageConfig) -> None:
     await seed(config)
-    snapshot = (config.index_dir / "snapshot.msgpack").read_bytes()
+    snapshot = (config.layout.index / "snapshot.msgpack").read_bytes()
     async with await JsonlStorage.open(config) as storage:
         await storage.append_message("s", Message.user("after the snapshot"))
         await storage.update_session_state("s", SessionState.IDLE)
     # As if the snapshot had survived from the earlier close (it cannot: open deletes it).
-    (config.index_dir / "snapshot.msgpack").write_bytes(snapshot)
+    (config.layout.index / "snapshot.msgpack").write_bytes(snapshot)
     async with await JsonlStorage.open(config) as storage:
         meta = await storage.get_metadata("s")
         assert meta is not None
@@ -199,10 +198,10 @@ async def test_snapshot_is_consumed_on_open(config: JsonlStorageConfig) -> None:
     await seed(config)
     storage = await JsonlStorage.open(config)
     try:
-        assert not (config.index_dir / "snapshot.msgpack").exists()
+        assert not (config.layout.index / "snapshot.msgpack").exists()
     finally:
         await storage.close()
-    assert (config.index_dir / "snapshot.msgpack").exists()
+    assert (config.layout.index / "snapshot.msgpack").exists()
 
 
 async def test_expired_sessions_survive_restart_until_cleanup(config: JsonlStorageConfig) -> None:
@@ -212,3 +211,29 @@ async def test_expired_sessions_survive_restart_until_cleanup(config: JsonlStora
         await storage.create_session(session)
     async with await JsonlStorage.open(config) as storage:
         assert await storage.cleanup_expired_sessions() == 1
+
+
+async def test_derived_files_of_gone_sessions_are_removed(config: JsonlStorageConfig) -> None:
+    await seed(config)
+    layout = config.layout
+    layout.message_index("gone").write_bytes(b"stale")  # a delete cut short
+    layout.preamble("gone").write_bytes(b"[]")
+    async with await JsonlStorage.open(config) as storage:
+        assert [m.id for m in (await storage.list_sessions(SessionFilter())).sessions] == ["s"]
+    assert not layout.message_index("gone").exists()
+    assert not layout.preamble("gone").exists()
+    assert layout.message_index("s").exists()
+
+
+async def test_a_checkpoint_damaged_in_both_slots_is_kept_aside(config: JsonlStorageConfig) -> None:
+    await seed(config)
+    crash_state(config)
+    path = config.layout.checkpoint("s")
+    path.write_bytes(b"\x00" * path.stat().st_size)
+    async with await JsonlStorage.open(config) as storage:
+        # Its metadata is lost; the log still tells the session's events and history.
+        meta = await storage.get_metadata("s")
+        assert meta is not None and meta.user_id is None and meta.last_seq == 5
+        assert len(await storage.get_session_history("s")) == 3
+        damaged = await storage.damaged_files()
+        assert [p.name.split(".damaged-")[0] for p in damaged] == ["s.json"]

@@ -39,6 +39,7 @@ from bamboo_session.protocol.models import (
     SessionState,
     utcnow,
 )
+from tests.jsonl_support import saved
 
 BAD_IDS = ["", ".", "..", "../etc", "a/b", "a b", "x" * 129, "é", "a\x00b"]
 
@@ -150,7 +151,7 @@ async def test_second_open_from_another_process_is_refused(storage: JsonlStorage
         timeout=30,
     )
     assert result.stdout.startswith("locked:"), result.stderr
-    assert str(storage.config.lock_path) in result.stdout
+    assert str(storage.layout.lock) in result.stdout
 
 
 async def test_lock_is_released_on_close(config: JsonlStorageConfig) -> None:
@@ -184,7 +185,7 @@ async def test_create_keeps_initial_messages(storage: JsonlStorage) -> None:
     assert [m.content for m in history] == ["be brief", "hi"]
     assert all(m.id and m.created_at for m in history)
     meta = await storage.get_metadata("s")
-    assert meta is not None and meta.message_count == 2 and meta.last_seq == 0
+    assert meta is not None and meta.message_count == 2 and meta.last_seq == 2  # in the log
 
 
 async def test_create_twice_is_refused(storage: JsonlStorage) -> None:
@@ -239,7 +240,8 @@ async def test_invalid_ids_are_refused_everywhere(storage: JsonlStorage, bad: st
         storage.last_seq(bad),
         storage.epoch(bad),
         storage.update_session_state(bad, SessionState.IDLE),
-        storage.checkpoint(bad),
+        storage.get_history_page(bad, 10),
+        storage.touch(bad),
     ]
     for call in calls:
         with pytest.raises(InvalidSessionId):
@@ -257,7 +259,8 @@ async def test_unknown_session_is_not_found(storage: JsonlStorage) -> None:
         storage.last_seq("ghost"),
         storage.epoch("ghost"),
         storage.update_session_state("ghost", SessionState.IDLE),
-        storage.checkpoint("ghost"),
+        storage.get_history_page("ghost", 10),
+        storage.touch("ghost"),
     ]
     for call in calls:
         with pytest.raises(SessionNotFound):
@@ -298,9 +301,10 @@ async def test_append_message_fills_and_counts(storage: JsonlStorage) -> None:
     before = session.metadata.last_activity_at
     bare = Message(role=Role.USER, content="hello")
     stored = await storage.append_message("s", bare)
-    assert stored.seq == 1
-    assert isinstance(stored.event, MessageEvent)
-    message = stored.event.message
+    assert stored.seq == 1 and not stored.duplicate
+    event = (await storage.read_events("s"))[0].event
+    assert isinstance(event, MessageEvent)
+    message = event.message
     assert message.id and message.created_at is not None
     await storage.append_message("s", Message.assistant("hi there"))
     history = await storage.get_session_history("s")
@@ -333,7 +337,7 @@ async def test_events_are_read_back_with_keys(storage: JsonlStorage) -> None:
     events = await storage.read_events("s")
     assert [e.seq for e in events] == [1, 2, 3]
     assert [e.key for e in events] == ["k-1", None, "k-3"]
-    assert events[0] == first
+    assert events[0].seq == first.seq and events[0].event == AgentEvent.token("a")
     assert [e.seq for e in await storage.read_events("s", after_seq=1)] == [2, 3]
     assert [e.seq for e in await storage.read_events("s", after_seq=1, limit=1)] == [2]
     assert await storage.read_events("s", after_seq=3) == []
@@ -347,7 +351,8 @@ async def test_append_events_is_one_consecutive_batch(storage: JsonlStorage) -> 
     batch = [(AgentEvent.token(str(i)), f"k{i}") for i in range(1, 6)]
     stored = await storage.append_events("s", batch)
     assert [e.seq for e in stored] == [2, 3, 4, 5, 6]
-    assert [e.key for e in stored] == ["k1", "k2", "k3", "k4", "k5"]
+    events = await storage.read_events("s", after_seq=1)
+    assert [e.key for e in events] == ["k1", "k2", "k3", "k4", "k5"]
     assert await storage.append_events("s", []) == []
     assert await storage.last_seq("s") == 6
 
@@ -403,11 +408,10 @@ async def test_state_transitions(storage: JsonlStorage) -> None:
     assert meta.state == SessionState.IDLE
     result = await storage.list_sessions(SessionFilter(state=SessionState.IDLE))
     assert [m.id for m in result.sessions] == ["s"]
-    # Durable at once: the checkpoint on disk says so.
-    data = json.loads((storage.config.base_path / "sessions" / "s.json").read_bytes())
-    assert data["metadata"]["state"] == "idle"
     await storage.append_message("s", Message.user("last words"))
     await storage.update_session_state("s", SessionState.CLOSED)
+    # Durable at once: the checkpoint on disk says so.
+    assert saved(storage.config, "s").metadata.state == SessionState.CLOSED
     with pytest.raises(SessionClosed):
         await storage.append_event("s", AgentEvent.token("after"))
     with pytest.raises(SessionClosed):
@@ -554,7 +558,7 @@ async def test_listed_metadata_is_a_copy(storage: JsonlStorage) -> None:
 # -- durability modes and restart -------------------------------------------------
 
 
-@pytest.mark.parametrize("durability", ["fsync", "os", "memory"])
+@pytest.mark.parametrize("durability", ["fsync", "os"])
 async def test_durability_modes_round_trip(config: JsonlStorageConfig, durability: str) -> None:
     config = config.with_durability(durability)  # type: ignore[arg-type]
     async with await JsonlStorage.open(config) as storage:
@@ -580,7 +584,7 @@ async def test_restart_keeps_everything(config: JsonlStorageConfig, snapshot: bo
         before = await storage.list_sessions(SessionFilter(limit=1000))
         histories = {m.id: await storage.get_session_history(m.id) for m in before.sessions}
     if not snapshot:
-        (config.index_dir / "snapshot.msgpack").unlink()
+        config.layout.snapshot.unlink()
     async with await JsonlStorage.open(config) as storage:
         assert storage.recovery is not None
         assert storage.recovery.from_snapshot == (12 if snapshot else 0)
@@ -599,14 +603,17 @@ async def test_checkpoints_follow_appends(config: JsonlStorageConfig) -> None:
         await make(storage, "s")
         for i in range(12):
             await storage.append_message("s", Message.user(str(i)))
-        await asyncio.sleep(0.05)  # the scheduled checkpoint runs in the background
-        saved = json.loads((config.sessions_dir / "s.json").read_bytes())
-        assert saved["last_seq"] >= 10
-        assert len(saved["messages"]) == saved["last_seq"]
-        await storage.checkpoint("s")
-        saved = json.loads((config.sessions_dir / "s.json").read_bytes())
-        assert saved["last_seq"] == 12 and saved["metadata"]["message_count"] == 12
-        assert saved["log_offset"] == (config.events_dir / "s.jsonl").stat().st_size
+        for _ in range(200):  # the scheduled checkpoint runs in the background
+            checkpoint = saved(config, "s")
+            if checkpoint.metadata.last_seq >= 10:
+                break
+            await asyncio.sleep(0.01)
+        assert checkpoint.metadata.last_seq >= 10
+        assert checkpoint.metadata.message_count == checkpoint.metadata.last_seq
+        assert checkpoint.index.count == checkpoint.metadata.last_seq  # entries flushed
+    checkpoint = saved(config, "s")  # the close wrote the last one
+    assert checkpoint.metadata.last_seq == 12 and checkpoint.metadata.message_count == 12
+    assert checkpoint.log_offset == config.layout.log("s").stat().st_size
 
 
 async def test_periodic_checkpoint(config: JsonlStorageConfig) -> None:
@@ -616,14 +623,14 @@ async def test_periodic_checkpoint(config: JsonlStorageConfig) -> None:
         await storage.append_message("s", Message.user("x"))
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if json.loads((config.sessions_dir / "s.json").read_bytes())["last_seq"] == 1:
+            if saved(config, "s").metadata.last_seq == 1:
                 break
-        assert json.loads((config.sessions_dir / "s.json").read_bytes())["last_seq"] == 1
+        assert saved(config, "s").metadata.last_seq == 1
 
 
 async def test_small_caches_stay_correct(config: JsonlStorageConfig) -> None:
     config = JsonlStorageConfig(
-        config.base_path, message_cache_size=2, max_open_logs=2, checkpoint_every=3
+        config.base_path, message_cache_bytes=4096, max_open_logs=2, checkpoint_every=3
     )
     async with await JsonlStorage.open(config) as storage:
         for n in range(6):
@@ -635,7 +642,7 @@ async def test_small_caches_stay_correct(config: JsonlStorageConfig) -> None:
             for n in range(6):
                 history = await storage.get_session_history(f"s{n}")
                 assert [m.content for m in history] == [f"{n}.{r}" for r in range(round_ + 1)]
-        assert len(storage._messages_cache) <= 2
+        assert storage._messages.bytes <= 4096
 
 
 async def test_appends_after_close_fail_clearly(config: JsonlStorageConfig) -> None:
@@ -654,26 +661,33 @@ def test_no_stray_files(tmp_path: Path) -> None:
         async with await JsonlStorage.open(config) as storage:
             await make(storage, "s")
             await storage.append_message("s", Message.user("x"))
-            await storage.checkpoint("s")
             await make(storage, "gone")
+            await storage.append_message("gone", Message.user("y"))
             await storage.delete_session("gone")
 
     asyncio.run(scenario())
     names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert names == ["LOCK", "events/s.jsonl", "index/snapshot.msgpack", "sessions/s.json"]
+    assert names == [
+        "LOCK",
+        "events/s.idx",
+        "events/s.jsonl",
+        "index/snapshot.msgpack",
+        "sessions/s.json",
+    ]
     assert os.path.getsize(tmp_path / "events" / "s.jsonl") > 0
 
 
 async def test_descriptors_stay_bounded(config: JsonlStorageConfig) -> None:
-    config = JsonlStorageConfig(config.base_path, max_open_logs=4, durability="memory")
+    config = JsonlStorageConfig(config.base_path, max_open_logs=4, durability="os")
     async with await JsonlStorage.open(config) as storage:
         for n in range(60):
             await make(storage, f"s{n}")
         fds_before = len(os.listdir("/proc/self/fd"))
-        # Memory mode does not wait, so one batch could touch every session at once.
+        # All at once, so that one batch could touch every session.
         for _ in range(3):
-            for n in range(60):
-                await storage.append_event(f"s{n}", AgentEvent.token("x"))
+            await asyncio.gather(
+                *(storage.append_event(f"s{n}", AgentEvent.token("x")) for n in range(60))
+            )
         assert [await storage.last_seq(f"s{n}") for n in range(60)] == [3] * 60
         assert len(storage._writer._files.open_logs) <= 4
         assert len(os.listdir("/proc/self/fd")) <= fds_before + 4
@@ -693,7 +707,7 @@ async def test_cancelled_callers_do_not_cut_file_work_short(config: JsonlStorage
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         created = {m.id for m in (await storage.list_sessions(SessionFilter())).sessions}
-    assert not list(config.sessions_dir.glob("*.tmp"))
+    assert not list(config.layout.sessions.glob("*.tmp"))
     async with await JsonlStorage.open(config) as storage:
         assert storage.recovery is not None and storage.recovery.from_snapshot == len(created)
         assert {m.id for m in (await storage.list_sessions(SessionFilter())).sessions} == created
@@ -711,18 +725,16 @@ async def test_list_filters_accept_naive_times_as_utc(storage: JsonlStorage) -> 
     assert (await storage.list_sessions(SessionFilter(title_contains="dogs"))).total == 0
 
 
-async def test_a_state_change_that_is_not_durable_is_written_with_the_next_checkpoint(
-    tmp_path: Path,
-) -> None:
+async def test_a_live_state_change_is_written_with_the_next_checkpoint(tmp_path: Path) -> None:
     config = JsonlStorageConfig(str(tmp_path)).with_checkpointing(256, 0.05)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
-        before = (tmp_path / "sessions" / "s.json").read_bytes()
-        meta = await storage.update_session_state("s", SessionState.IDLE, durable=False)
+        before = config.layout.checkpoint("s").read_bytes()
+        meta = await storage.update_session_state("s", SessionState.IDLE)
         assert meta.state == SessionState.IDLE
-        assert (tmp_path / "sessions" / "s.json").read_bytes() == before  # not yet
+        assert config.layout.checkpoint("s").read_bytes() == before  # not yet
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if b'"idle"' in (tmp_path / "sessions" / "s.json").read_bytes():
+            if saved(config, "s").metadata.state == SessionState.IDLE:
                 break
-        assert b'"idle"' in (tmp_path / "sessions" / "s.json").read_bytes()
+        assert saved(config, "s").metadata.state == SessionState.IDLE

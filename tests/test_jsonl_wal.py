@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError, wal
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl import wal, writer
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests.test_jsonl_crash import Acked, run_and_kill, verify
 
 
 def segments(config: JsonlStorageConfig) -> list[Path]:
-    return [path for _number, path in wal.list_segments(config.wal_dir)]
+    return [path for _number, path in config.layout.segments()]
 
 
 def save_segments(config: JsonlStorageConfig, aside: Path) -> None:
@@ -36,12 +37,12 @@ def save_segments(config: JsonlStorageConfig, aside: Path) -> None:
 def crash_with_segments(config: JsonlStorageConfig, aside: Path) -> None:
     """After a clean close: the segments copied aside are back, the snapshot gone."""
     for path in aside.iterdir():
-        shutil.copy(path, config.wal_dir / path.name)
-    (config.index_dir / "snapshot.msgpack").unlink(missing_ok=True)
+        shutil.copy(path, config.layout.wal / path.name)
+    config.layout.snapshot.unlink(missing_ok=True)
 
 
 def log_lines(config: JsonlStorageConfig, session_id: str) -> list[bytes]:
-    return (config.events_dir / f"{session_id}.jsonl").read_bytes().splitlines(keepends=True)
+    return (config.layout.events / f"{session_id}.jsonl").read_bytes().splitlines(keepends=True)
 
 
 async def test_one_sync_per_batch_whatever_the_number_of_sessions(
@@ -81,13 +82,13 @@ async def test_a_log_that_lost_its_tail_is_restored_from_the_wal(tmp_path: Path)
             await storage.append_event("s", AgentEvent.token(f"e{i}"))
             if i % 3 == 0:
                 await storage.append_message("t", Message.user(f"m{i}"))
-        await storage.checkpoint("s")  # the checkpoint is ahead of what survives below
+        await storage._checkpoints.write("s")  # ahead of what survives below
         save_segments(config, aside)
     crash_with_segments(config, aside)
     lines = log_lines(config, "s")
     # The last 4 lines never reached the disk, and half of one did.
-    (config.events_dir / "s.jsonl").write_bytes(b"".join(lines[:6]) + lines[6][:20])
-    (config.events_dir / "t.jsonl").write_bytes(b"")
+    (config.layout.events / "s.jsonl").write_bytes(b"".join(lines[:6]) + lines[6][:20])
+    (config.layout.events / "t.jsonl").write_bytes(b"")
     async with await JsonlStorage.open(config) as storage:
         assert storage.recovery is not None
         assert storage.recovery.wal_events_replayed == 4 + 4
@@ -116,10 +117,10 @@ async def test_a_deleted_session_is_not_resurrected_by_replay(tmp_path: Path) ->
         await storage.create_session(Session.new("again"))
         save_segments(config, aside)
     crash_with_segments(config, aside)
-    (config.events_dir / "kept.jsonl").write_bytes(b"")
+    (config.layout.events / "kept.jsonl").write_bytes(b"")
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("gone") is None
-        assert not (config.events_dir / "gone.jsonl").exists()
+        assert not (config.layout.events / "gone.jsonl").exists()
         assert await storage.read_events("again") == []
         assert (await storage.append_event("again", AgentEvent.token("new0"))).seq == 1
         assert len(await storage.read_events("kept")) == 5
@@ -136,7 +137,7 @@ async def test_segments_are_rotated_and_removed(tmp_path: Path) -> None:
             await asyncio.gather(
                 *(storage.append_event(sid, AgentEvent.token("x" * 100)) for sid in ids)
             )
-            numbers.update(number for number, _path in wal.list_segments(config.wal_dir))
+            numbers.update(number for number, _path in config.layout.segments())
             await asyncio.sleep(0)
         writer = storage._writer
         if writer._retiring is not None:
@@ -184,7 +185,7 @@ async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
             await storage.append_event(session_id, AgentEvent.token("ok1"))
         segment = segments(config)[0]
         size = segment.stat().st_size
-        log_size = (config.events_dir / "a.jsonl").stat().st_size
+        log_size = (config.layout.events / "a.jsonl").stat().st_size
         failing["on"] = True
         results = await asyncio.gather(
             storage.append_event("a", AgentEvent.token("lost-a")),
@@ -193,14 +194,14 @@ async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
         )
         assert all(isinstance(r, StorageError) for r in results), results
         assert segment.stat().st_size == size  # cut back: nothing to replay
-        assert (config.events_dir / "a.jsonl").stat().st_size == log_size
+        assert (config.layout.events / "a.jsonl").stat().st_size == log_size
         assert await storage.last_seq("a") == 1
         # Works again, with the seq the failed append had.
         assert (await storage.append_event("a", AgentEvent.token("ok2"))).seq == 2
         save_segments(config, aside)
     crash_with_segments(config, aside)
     for session_id in ("a", "b"):
-        (config.events_dir / f"{session_id}.jsonl").write_bytes(b"")
+        (config.layout.events / f"{session_id}.jsonl").write_bytes(b"")
     async with await JsonlStorage.open(config) as storage:
         assert [e.event for e in await storage.read_events("a")] == [
             AgentEvent.token("ok1"),
@@ -221,7 +222,7 @@ async def test_a_torn_last_wal_record_is_ignored(tmp_path: Path) -> None:
     segment = segments(config)[0]
     data = segment.read_bytes()
     segment.write_bytes(data[:-7])  # the last record (seq 3) torn: it was never acked
-    (config.events_dir / "s.jsonl").write_bytes(b"".join(log_lines(config, "s")[:1]))
+    (config.layout.events / "s.jsonl").write_bytes(b"".join(log_lines(config, "s")[:1]))
     async with await JsonlStorage.open(config) as storage:
         assert [e.seq for e in await storage.read_events("s")] == [1, 2]
 
@@ -302,8 +303,6 @@ async def test_a_delete_that_the_wal_cannot_record_fails_and_keeps_the_session(
 async def test_no_segment_is_deleted_after_a_failed_log_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bamboo_session.persistence import writer
-
     config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
     failing = failing_once(monkeypatch, writer, "sync_log")
     async with await JsonlStorage.open(config) as storage:
@@ -362,7 +361,7 @@ async def test_replay_keeps_the_segments_when_a_log_lost_what_they_no_longer_cov
             await retiring
         save_segments(config, aside)  # the newest segments only: the old ones retired
     crash_with_segments(config, aside)
-    log = config.events_dir / "a.jsonl"
+    log = config.layout.events / "a.jsonl"
     log.write_bytes(b"".join(log_lines(config, "a")[:2]))  # lost below the WAL's reach
     async with await JsonlStorage.open(config):
         pass
@@ -381,13 +380,16 @@ async def test_log_lines_of_a_batch_the_wal_never_got_are_cut_at_open(tmp_path: 
     # The crash came after a batch reached the log but before its WAL record did.
     lines = log_lines(config, "a")
     unacked = lines[-1].replace(b'"seq":3', b'"seq":4').replace(b'"2"', b'"unacked"')
-    with (config.events_dir / "a.jsonl").open("ab") as log:
+    with (config.layout.events / "a.jsonl").open("ab") as log:
         log.write(unacked)
     async with await JsonlStorage.open(config) as storage:
         assert [e.event for e in await storage.read_events("a")] == [
             AgentEvent.token(str(i)) for i in range(3)
         ]
         assert (await storage.append_event("a", AgentEvent.token("next"))).seq == 4
+        # An ordinary crash, not damage: nothing is kept aside.
+        assert storage.recovery is not None and storage.recovery.damaged == 0
+        assert await storage.damaged_files() == []
 
 
 async def test_a_delete_the_wal_recorded_but_that_did_not_finish_is_finished_at_open(
@@ -410,6 +412,6 @@ async def test_a_delete_the_wal_recorded_but_that_did_not_finish_is_finished_at_
     crash_with_segments(config, aside)
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("gone") is None
-        assert not (config.events_dir / "gone.jsonl").exists()
+        assert not (config.layout.events / "gone.jsonl").exists()
         assert [e.event for e in await storage.read_events("kept")] == [AgentEvent.token("x")]
     assert segments(config) == []

@@ -1,8 +1,8 @@
-"""Blocking file primitives of the JSONL backend: atomic replace, directory fsync, the
-lock file, and reading or repairing an event log.
+"""Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
+whole writes and positioned reads, and the lock file.
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
-about sessions beyond file names and log lines.
+about sessions or log lines.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
 
-from .base import StorageLocked
-
-READ_CHUNK: Final = 1 << 16
+from ..base import StorageLocked
+from .layout import temporary_path
 
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
 # it skips the timestamp update that a full fsync also writes.
@@ -38,8 +34,7 @@ def write_atomic(path: Path, data: bytes, durable: bool) -> os.stat_result:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content,
     never a mix. Returns the new file's stat. With ``durable`` the new content and the
     rename are on disk when this returns."""
-    # A name of its own: a write can never truncate another write's temp file.
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         write_all(fd, data)
@@ -78,44 +73,36 @@ def read_file(path: Path) -> bytes | None:
         return None
 
 
-def file_size(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None
+def read_at(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
 
 
-def iter_lines(path: Path, offset: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """Complete lines of ``path`` from byte ``offset`` (a line start) as ``(end_offset,
-    line)`` pairs, the newline stripped; a last line without newline is not yielded.
-    Reads in chunks, so a caller that stops early reads little of a long log."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        pending = b""
-        position = offset
-        while end is None or position < end:
-            size = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
-            chunk = f.read(size)
-            if not chunk:
-                return
-            position += len(chunk)
-            data = pending + chunk
-            start = 0
-            base = position - len(data)
-            while (newline := data.find(b"\n", start)) != -1:
-                yield base + newline + 1, data[start:newline]
-                start = newline + 1
-            pending = data[start:]
-
-
-def truncate_file(path: Path, size: int, durable: bool) -> None:
+def truncate_file(path: Path, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes, durably."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, size)
-        if durable:
-            os.fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def unlink_quietly(path: Path) -> bool:
+    """Remove ``path``; whether it was there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class LockFile:
@@ -152,6 +139,28 @@ class LockFile:
             fd, self._fd = self._fd, None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def holder(self) -> int | None:
+        """The pid holding the lock now, or None (nobody, or not known). Asks the
+        kernel's lock table rather than the lock itself, so it takes nothing and
+        creates nothing: a read-only open may call it while a server starts."""
+        try:
+            inode = os.stat(self.path).st_ino
+            with open("/proc/locks", encoding="ascii") as locks:
+                table = locks.read().splitlines()
+        except OSError:
+            return None
+        for line in table:
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+            if (
+                len(fields) >= 6
+                and (fields[1], fields[3]) == ("FLOCK", "WRITE")
+                and fields[5].rsplit(":", 1)[-1] == str(inode)
+                and fields[4].isdigit()
+            ):
+                return int(fields[4])
+        return None
 
 
 def _read_holder(fd: int) -> str:

@@ -29,7 +29,9 @@ segments, in order; a later record of a session starting at seq s replaces whate
 earlier records held from s on (a failed batch's seqs are reused by the next one), and a
 deletion forgets the session's earlier records. Then for each session that still has a
 checkpoint, the log's valid lines are found from the offset of the first seq the
-segments hold, a torn or lost tail is cut, and the missing lines are appended from the
+segments hold; lines past the last seq the segments hold were written by a batch whose
+record never made it, so they were never acknowledged and are cut (``repair.py``: an
+ordinary crash, logged at info level); and the missing lines are appended from the
 segments, gap-free. Once those logs are synced, the segments are deleted.
 
 Everything here blocks; it runs in worker threads.
@@ -42,22 +44,18 @@ import logging
 import os
 import resource
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 import msgspec
 
-from bamboo_session.protocol.codec import decode_stored_event
-
-from .files import datasync, fsync_dir, iter_lines, write_all
+from .files import datasync, fsync_dir, write_all
+from .layout import Layout
+from .repair import cut_tail
+from .scan import BrokenLine, decode_key, lines, raw_lines
 
 log = logging.getLogger(__name__)
-
-SEGMENT_SUFFIX: Final = ".wal"
-CutLog = Callable[[Path, int, int], None]  # (log, its size, end of its valid lines)
-LOG_SUFFIX: Final = ".jsonl"  # the same as writer.LOG_SUFFIX (no import cycle)
 
 
 class _Record(msgspec.Struct, omit_defaults=True):
@@ -100,21 +98,6 @@ def encode_deleted(session_id: str, epoch: str) -> bytes:
     return _encoder.encode(_Record(session_id, deleted=True, epoch=epoch)) + b"\n"
 
 
-def segment_name(number: int) -> str:
-    return f"{number:016d}{SEGMENT_SUFFIX}"
-
-
-def list_segments(wal_dir: Path) -> list[tuple[int, Path]]:
-    """The segments in ``wal_dir``, oldest first."""
-    found = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(wal_dir) as entries:
-        for entry in entries:
-            stem = entry.name.removesuffix(SEGMENT_SUFFIX)
-            if entry.name.endswith(SEGMENT_SUFFIX) and stem.isdigit():
-                found.append((int(stem), Path(entry.path)))
-    return sorted(found)
-
-
 # -- the writer's side -----------------------------------------------------------------
 
 
@@ -128,8 +111,8 @@ class Segment:
 class SegmentFile:
     """The current segment, appended to by the writer's I/O thread only."""
 
-    def __init__(self, wal_dir: Path, segment_bytes: int, segment_age: float) -> None:
-        self.dir = wal_dir
+    def __init__(self, layout: Layout, segment_bytes: int, segment_age: float) -> None:
+        self._layout = layout
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
         self._next_number = 0  # found at the first rotation, after open's replay
@@ -162,14 +145,14 @@ class SegmentFile:
             # abandoned, it would be replayed as if it had been acknowledged.
             self._truncate(self.needs_truncate)
         if not self._next_number:
-            segments = list_segments(self.dir)
+            segments = self._layout.segments()
             self._next_number = segments[-1][0] + 1 if segments else 1
         number = self._next_number
-        path = self.dir / segment_name(number)
+        path = self._layout.segment(number)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         fd = os.open(path, flags, 0o644)
         try:
-            fsync_dir(self.dir)
+            fsync_dir(self._layout.wal)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -223,11 +206,11 @@ class SegmentFile:
         return current
 
 
-def sync_log(events_dir: str, session_id: str) -> None:
+def sync_log(layout: Layout, session_id: str) -> None:
     """Sync a session's log through a descriptor of its own (any descriptor flushes the
     file's pages); a log deleted meanwhile needs nothing."""
     try:
-        fd = os.open(f"{events_dir}/{session_id}{LOG_SUFFIX}", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(layout.log_file(session_id), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
@@ -268,6 +251,7 @@ class ReplayReport:
     events_replayed: int = 0
     logs_cut: int = 0
     records_ignored: int = 0
+    damaged: int = 0  # logs with damage kept aside (not an unacknowledged tail)
     segments_kept: bool = False  # a log had lost lines the WAL no longer covers
     # Sessions whose last record is their deletion, with the epoch deleted: a delete
     # that may not have finished, for open to finish if the session is still that one.
@@ -275,47 +259,45 @@ class ReplayReport:
     paths: list[Path] = field(default_factory=list)  # the segments replayed
 
 
-def discard_segments(wal_dir: Path, report: ReplayReport) -> None:
+def discard_segments(layout: Layout, report: ReplayReport) -> None:
     """Deletes the replayed segments, once open has acted on everything they said
     (kept instead when a log had lost lines they no longer cover)."""
     if report.segments_kept or not report.paths:
         return
     for path in report.paths:
         os.unlink(path)
-    fsync_dir(wal_dir)
+    fsync_dir(layout.wal)
 
 
 def _records(path: Path, report: ReplayReport) -> Iterator[_ReadRecord]:
     size = os.stat(path).st_size
     end = 0
-    for end, raw in iter_lines(path, 0):
-        try:
-            record = _decoder.decode(raw)
-        except msgspec.DecodeError:
-            report.records_ignored += 1
-            log.error("WAL segment %s: a record before byte %d does not decode", path, end)
-            continue
-        if not record.deleted:
-            data = b"".join([bytes(line) + b"\n" for line in record.lines])
-            if not record.lines or zlib.crc32(data) != record.crc:
+    with open(path, "rb") as file:
+        for _start, end, raw in raw_lines(file, 0):
+            try:
+                record = _decoder.decode(raw)
+            except msgspec.DecodeError:
                 report.records_ignored += 1
-                log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
+                log.error("WAL segment %s: a record before byte %d does not decode", path, end)
                 continue
-        yield record
+            if not record.deleted:
+                data = b"".join([bytes(line) + b"\n" for line in record.lines])
+                if not record.lines or zlib.crc32(data) != record.crc:
+                    report.records_ignored += 1
+                    log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
+                    continue
+            yield record
     if size > end:
         report.records_ignored += 1  # a torn last record: never acknowledged
-        log.warning("WAL segment %s: ignoring a torn last record (%d bytes)", path, size - end)
+        log.info("WAL segment %s: ignoring a torn last record (%d bytes)", path, size - end)
 
 
-def replay(
-    wal_dir: Path, events_dir: Path, has_checkpoint: set[str], cut_log: CutLog
-) -> ReplayReport:
+def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     """Bring every session log up to what the remaining segments hold (then
-    :func:`discard_segments` deletes them).
-    ``has_checkpoint``: the sessions that exist (a deleted one must not come back);
-    ``cut_log(path, size, good_end)`` removes a log's invalid tail."""
+    :func:`discard_segments` deletes them). ``has_checkpoint``: the sessions that exist
+    (a deleted one must not come back)."""
     report = ReplayReport()
-    segments = list_segments(wal_dir)
+    segments = layout.segments()
     if not segments:
         return report
     pending: dict[str, _Pending] = {}
@@ -333,9 +315,9 @@ def replay(
             entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
     for session_id in sorted(pending):
         if session_id in has_checkpoint and pending[session_id].lines:
-            _replay_session(events_dir, session_id, pending[session_id], cut_log, report)
+            _replay_session(layout, session_id, pending[session_id], report)
     if report.events_replayed or report.logs_cut:
-        fsync_dir(events_dir)
+        fsync_dir(layout.events)
     report.paths = [path for _number, path in segments]
     if report.events_replayed:
         log.warning(
@@ -347,9 +329,9 @@ def replay(
 
 
 def _replay_session(
-    events_dir: Path, session_id: str, pending: _Pending, cut_log: CutLog, report: ReplayReport
+    layout: Layout, session_id: str, pending: _Pending, report: ReplayReport
 ) -> None:
-    path = events_dir / f"{session_id}{LOG_SUFFIX}"
+    path = layout.log(session_id)
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
@@ -376,8 +358,9 @@ def _replay_session(
         report.segments_kept = True
         last, end = _valid_lines(path, 0, 0) if size > 0 else (0, 0)
     if size > end:
-        cut_log(path, size, end)
+        cut = cut_tail(layout, path, size, end, last)
         report.logs_cut += 1
+        report.damaged += cut.damaged is not None
     missing = []
     seq = last + 1
     while (entry := pending.lines.get(seq)) is not None:
@@ -405,15 +388,9 @@ def _valid_lines(
     line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start), up to
     ``upto_seq`` at most."""
     last, end = after_seq, offset
-    with contextlib.suppress(FileNotFoundError):
-        for line_end, line in iter_lines(path, offset):
+    with contextlib.suppress(FileNotFoundError, BrokenLine):
+        for head, _start, stop in lines(path, offset, after_seq, decode_key):
             if last == upto_seq:
                 break
-            try:
-                seq = decode_stored_event(line).seq
-            except msgspec.DecodeError:
-                break
-            if seq != last + 1:
-                break
-            last, end = seq, line_end
+            last, end = head.seq, stop
     return last, end

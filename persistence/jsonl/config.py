@@ -2,8 +2,8 @@
 
 ``JsonlStorageConfig`` is immutable: each builder method (the seed's
 ``with_default_ttl``, ``with_max_sessions``, ``with_cleanup_interval``,
-``disable_index``, plus ``with_durability``) returns a new config, so one base config can
-be shared and varied safely.
+``disable_index``, plus ``with_durability`` and the others below) returns a new config,
+so one base config can be shared and varied safely.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import dataclasses
 import os
 from pathlib import Path
 from typing import Literal, Self
+
+from .layout import Layout
 
 Durability = Literal["fsync", "os"]
 DURABILITY_MODES: tuple[Durability, ...] = ("fsync", "os")
@@ -31,14 +33,21 @@ class JsonlStorageConfig:
     - ``durability``: ``fsync`` (ack after fsync) or ``os`` (ack after write, fsync in
       the background every ``fsync_interval`` seconds). For a store that keeps nothing,
       use ``MemoryStorage`` (``memory://``).
-    - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint is
-      rewritten after that many appends, or after that many seconds.
-    - ``message_cache_size``: sessions whose message lists stay in memory.
+    - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint
+      (metadata and log position, written in place without a sync) is rewritten after
+      that many appends, or after that many seconds.
+    - ``message_cache_bytes``: bytes of recent messages kept decoded in memory, over all
+      sessions (each session's newest, up to a 32nd of the budget per session).
+    - ``key_cache_bytes``: bytes of idempotency keys kept in memory, over all sessions
+      (a session whose keys were dropped reads them again from its log when needed).
     - ``max_open_logs``: event-log file descriptors kept open by the writer.
     - ``wal``: in ``fsync`` mode, sync one shared write-ahead log per group commit instead
-      of every session log it touched (see ``persistence/wal.py``); ``False`` syncs each
-      touched log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired
-      (its logs synced, then it is deleted) past that size or age.
+      of every session log it touched (see ``wal.py``); ``False`` syncs each touched
+      log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired (its
+      logs synced, then it is deleted) past that size or age.
+    - ``read_only``: open an existing store to read it (offline tools): no lock, no
+      repair, no file created or changed, and every write refused (see ``storage.py``).
+      ``offline``: and refuse it (StorageLocked) while a process holds its lock.
     """
 
     base_path: Path
@@ -49,12 +58,15 @@ class JsonlStorageConfig:
     durability: Durability = "fsync"
     checkpoint_every: int = 256
     checkpoint_interval: float = 5.0
-    message_cache_size: int = 1024
+    message_cache_bytes: int = 32 * 1024 * 1024
+    key_cache_bytes: int = 64 * 1024 * 1024
     max_open_logs: int = 256
     fsync_interval: float = 1.0
     wal: bool = True
     wal_segment_bytes: int = 64 * 1024 * 1024
     wal_segment_age: float = 30.0
+    read_only: bool = False
+    offline: bool = False
 
     def __init__(
         self,
@@ -66,12 +78,15 @@ class JsonlStorageConfig:
         durability: Durability = "fsync",
         checkpoint_every: int = 256,
         checkpoint_interval: float = 5.0,
-        message_cache_size: int = 1024,
+        message_cache_bytes: int = 32 * 1024 * 1024,
+        key_cache_bytes: int = 64 * 1024 * 1024,
         max_open_logs: int = 256,
         fsync_interval: float = 1.0,
         wal: bool = True,
         wal_segment_bytes: int = 64 * 1024 * 1024,
         wal_segment_age: float = 30.0,
+        read_only: bool = False,
+        offline: bool = False,
     ) -> None:
         # A hand-written __init__ so that base_path accepts str and "~" expands once,
         # here, rather than at every use.
@@ -84,12 +99,15 @@ class JsonlStorageConfig:
         set_field(self, "durability", durability)
         set_field(self, "checkpoint_every", checkpoint_every)
         set_field(self, "checkpoint_interval", checkpoint_interval)
-        set_field(self, "message_cache_size", message_cache_size)
+        set_field(self, "message_cache_bytes", message_cache_bytes)
+        set_field(self, "key_cache_bytes", key_cache_bytes)
         set_field(self, "max_open_logs", max_open_logs)
         set_field(self, "fsync_interval", fsync_interval)
         set_field(self, "wal", wal)
         set_field(self, "wal_segment_bytes", wal_segment_bytes)
         set_field(self, "wal_segment_age", wal_segment_age)
+        set_field(self, "read_only", read_only)
+        set_field(self, "offline", offline)
         self._validate()
 
     @classmethod
@@ -108,21 +126,15 @@ class JsonlStorageConfig:
             raise ValueError("max_sessions must not be negative")
         if self.cleanup_interval is not None and self.cleanup_interval <= 0:
             raise ValueError("cleanup_interval must be positive (or None: on demand only)")
-        for name in (
-            "checkpoint_interval",
-            "fsync_interval",
-            "wal_segment_age",
-        ):
+        for name in ("checkpoint_interval", "fsync_interval", "wal_segment_age"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in (
-            "checkpoint_every",
-            "message_cache_size",
-            "max_open_logs",
-            "wal_segment_bytes",
-        ):
+        for name in ("checkpoint_every", "max_open_logs", "wal_segment_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("message_cache_bytes", "key_cache_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
 
     def _replace(self, **changes: object) -> Self:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -156,34 +168,29 @@ class JsonlStorageConfig:
             wal_segment_age=self.wal_segment_age if segment_age is None else segment_age,
         )
 
-    @property
-    def uses_wal(self) -> bool:
-        """Whether appends go through the shared WAL (``fsync`` mode only: the other
-        modes never sync on the acknowledgement path, so a WAL would only cost)."""
-        return self.wal and self.durability == "fsync"
-
     def with_checkpointing(self, every: int | None = None, interval: float | None = None) -> Self:
         return self._replace(
             checkpoint_every=self.checkpoint_every if every is None else every,
             checkpoint_interval=self.checkpoint_interval if interval is None else interval,
         )
 
-    @property
-    def sessions_dir(self) -> Path:
-        return self.base_path / "sessions"
+    def with_caches(self, message_bytes: int | None = None, key_bytes: int | None = None) -> Self:
+        if message_bytes is None:
+            message_bytes = self.message_cache_bytes
+        if key_bytes is None:
+            key_bytes = self.key_cache_bytes
+        return self._replace(message_cache_bytes=message_bytes, key_cache_bytes=key_bytes)
+
+    def with_read_only(self, read_only: bool = True) -> Self:
+        return self._replace(read_only=read_only)
 
     @property
-    def events_dir(self) -> Path:
-        return self.base_path / "events"
+    def uses_wal(self) -> bool:
+        """Whether appends go through the shared WAL (``fsync`` mode only: ``os`` mode
+        never syncs on the acknowledgement path, so a WAL would only cost)."""
+        return self.wal and self.durability == "fsync" and not self.read_only
 
     @property
-    def index_dir(self) -> Path:
-        return self.base_path / "index"
-
-    @property
-    def wal_dir(self) -> Path:
-        return self.base_path / "wal"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.base_path / "LOCK"
+    def layout(self) -> Layout:
+        """The store's paths (``layout.py``)."""
+        return Layout(self.base_path)

@@ -1,0 +1,72 @@
+"""The embedded storage backend: JSONL event logs, small checkpoints, an in-memory index.
+
+``jsonl:///path`` (or a bare path) opens it through ``open_storage``; or build a
+:class:`JsonlStorageConfig` and ``await JsonlStorage.open(config)``. A store::
+
+    LOCK                    flock'ed while a storage has the store open for writing
+    sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
+    sessions/<id>.preamble  history from the old format that has no log line (rare)
+    events/<id>.jsonl       the event log, one StoredEvent per line: the truth
+    events/<id>.idx         message index: where each message event is (derived)
+    wal/<n>.wal             fsync mode's shared write-ahead log (one sync per batch)
+    index/snapshot.msgpack  the index snapshot a clean close leaves (fast open)
+
+Its promises: an append is acknowledged once as durable as the mode says (``fsync``:
+in a synced WAL segment; ``os``: written); seqs follow call order with no gap; a
+session's history is its log's ``message`` events; creation and moves to closed or
+expired are on disk when they return; a crash at any instant loses nothing
+acknowledged (open repairs, and cuts what was never acknowledged, quietly); memory is
+bounded in bytes; bytes written per byte appended stay a small constant.
+
+The modules, one concern each:
+
+- ``layout``: every path and file name of a store;
+- ``config``: :class:`JsonlStorageConfig`;
+- ``files``: blocking file primitives (atomic replace, syncs, the lock file);
+- ``scan``: the one reader of log lines (decoding no more than asked, bisection);
+- ``checkpoint``: checkpoint files (two slots, written in place) and the old format;
+- ``message_index``: where each message of a log is (derived, checked on use);
+- ``snapshot``: the index snapshot a clean close leaves, for a fast open;
+- ``writer`` and ``logfiles``: the group-commit writer and its I/O thread; ``wal``:
+  fsync mode's shared write-ahead log;
+- ``opening``, ``recovery``, ``session_recovery``: what open repairs, converts and
+  finds; ``repair``: cutting a log's tail, telling an ordinary crash from damage;
+- ``record``, ``caches``, ``reads``, ``appends``, ``checkpointer``, ``lifecycle``,
+  ``tasks``: the storage's per-session state, its memory caches, its reads, its
+  append path, its checkpoint scheduling, its sessions' files coming and going, and
+  its work off the event loop;
+- ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too).
+"""
+
+from __future__ import annotations
+
+from ..url import StoreOptions, StoreURL
+from .config import DURABILITY_MODES, Durability, JsonlStorageConfig
+from .storage import JsonlStorage
+
+__all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig", "open_from_url"]
+
+
+async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
+    """``jsonl:///path?durability=os``: the store in that directory."""
+    url.check_params({"durability"})
+    config = JsonlStorageConfig(
+        url.location,
+        default_ttl=options.default_ttl,
+        max_sessions=options.max_sessions,
+        cleanup_interval=options.cleanup_interval,
+        durability=_durability(url),
+        read_only=options.read_only,
+        offline=options.offline,
+    )
+    return await JsonlStorage.open(config)
+
+
+def _durability(url: StoreURL) -> Durability:
+    given = url.take("durability", "fsync")
+    for mode in DURABILITY_MODES:
+        if given == mode:
+            return mode
+    raise ValueError(
+        f"store URL {url.text!r}: durability must be one of {', '.join(DURABILITY_MODES)}"
+    )

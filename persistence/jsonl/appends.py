@@ -1,0 +1,230 @@
+"""The JSONL storage's append path: seqs, idempotency keys, the group-commit writer, and
+what happens when it reports lines written or failed.
+
+- ``seq`` is assigned synchronously, in call order, before any await (``next_seq`` of
+  the session's record runs ahead while appends are in flight); the writer writes each
+  session's lines in that order.
+- A session's idempotency-key window is read from its log (seqs and keys only) at its
+  first keyed append, however many appends wait for it, and kept in the byte-bounded
+  :class:`~.caches.KeyWindows`.
+- The writer reports lines written before their appends are acknowledged; only then do
+  the metadata (``last_seq``, ``message_count``, activity), the message index entries,
+  the message cache and the subscribers move. When a write fails, the session's next
+  seq goes back to its last written one and the keys of the failed appends are
+  forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent, utcnow
+
+from ..base import KEY_WINDOW, Appended, AppendItem, StorageError
+from ..events import completed_event
+from ..feed import Feed
+from ..keys import KeyWindow, split_duplicates
+from .caches import KeyWindows, MessageCache
+from .checkpointer import Checkpointer
+from .config import JsonlStorageConfig
+from .logfiles import Batch
+from .reads import keys_after
+from .record import SessionRecord
+from .tasks import run_io
+from .wal import SegmentFile
+from .writer import LogWriter
+
+log = logging.getLogger(__name__)
+
+# Sessions whose idempotency-key window stays in memory at most (besides the bytes).
+KEY_WINDOWS_KEPT: Final = 1024
+_NO_KEYS: Final = KeyWindow()  # for appends without keys: never written to
+
+
+class Appender:
+    def __init__(
+        self,
+        config: JsonlStorageConfig,
+        records: dict[str, SessionRecord],
+        checkpoints: Checkpointer,
+        messages: MessageCache,
+        feed: Feed,
+    ) -> None:
+        self.layout = config.layout
+        self._records = records
+        self._checkpoints = checkpoints
+        self._messages = messages
+        self._feed = feed
+        self.keys = KeyWindows(KEY_WINDOWS_KEPT, config.key_cache_bytes)
+        self._keys_loading: dict[str, asyncio.Future[KeyWindow]] = {}
+        wal = SegmentFile(self.layout, config.wal_segment_bytes, config.wal_segment_age)
+        self.writer = LogWriter(
+            self.layout,
+            config.durability,
+            config.max_open_logs,
+            config.fsync_interval,
+            self._on_written,
+            self._on_failed,
+            wal if config.uses_wal else None,
+        )
+
+    async def append(
+        self, record: SessionRecord, items: Sequence[AppendItem], window: KeyWindow | None
+    ) -> list[Appended]:
+        """Append the items (the caller checked, with no await since, that the session
+        takes them, and got ``window`` from :meth:`key_window` if any item has a key).
+        The hot path: no await but the acknowledgement's."""
+        # From here to submit nothing awaits: seqs follow call order, with no gaps.
+        fresh, results = split_duplicates(items, record.next_seq, window or _NO_KEYS)
+        if fresh:
+            now = utcnow()
+            stored = [
+                StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh
+            ]
+            await asyncio.shield(self._submit(record, stored, window, imported=False))
+        if len(fresh) != len(items):  # duplicates: acknowledged once their originals are
+            await self._await_originals(record.session_id, results)
+        return results
+
+    async def import_events(
+        self, record: SessionRecord, events: Sequence[StoredEvent], window: KeyWindow | None
+    ) -> None:
+        """Append events as they are, with their own seq, ts and key."""
+        session_id = record.session_id
+        expected = record.next_seq + 1
+        for event in events:
+            if event.seq != expected:
+                raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
+            expected += 1
+        await asyncio.shield(self._submit(record, list(events), window, imported=True))
+
+    def _submit(
+        self,
+        record: SessionRecord,
+        stored: list[StoredEvent],
+        window: KeyWindow | None,
+        imported: bool,
+    ) -> asyncio.Future[None]:
+        session_id = record.session_id
+        if window is not None:
+            keys = self.keys
+            for event in stored:
+                if event.key is not None:
+                    keys.add(session_id, window, event.key, event.seq)
+            # Windows grow here only: back within bounds, keeping this one (its append
+            # is not in flight yet) and the ones of appends in flight.
+            keys.trim(lambda other: other == session_id or self._busy(other))
+        future = self.writer.submit(session_id, _batch(stored, imported))
+        record.next_seq = stored[-1].seq
+        return future
+
+    async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
+        """A duplicate of an append still being written is acknowledged only once that
+        one is: if it fails, so does this call (the caller retries with the same key)."""
+        newest = max((r.seq for r in results if r.duplicate), default=0)
+        record = self._records.get(session_id)
+        if record is None or newest <= record.meta.last_seq:
+            return
+        await self.writer.flush()
+        record = self._records.get(session_id)
+        if record is None or newest > record.meta.last_seq:
+            raise StorageError(
+                f"the first append with this key to session {session_id!r} failed; retry"
+            )
+
+    async def key_window(self, session_id: str) -> KeyWindow:
+        """The session's key window: cached, or read from its log once, however many
+        appends wait for it."""
+        window = self.keys.get(session_id)
+        if window is not None:
+            return window
+        loading = self._keys_loading.get(session_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._read_key_window(session_id))
+            self._keys_loading[session_id] = loading
+            loading.add_done_callback(lambda _: self._keys_loading.pop(session_id, None))
+        return await asyncio.shield(loading)
+
+    async def _read_key_window(self, session_id: str) -> KeyWindow:
+        record = self._records[session_id]
+        start = max(0, record.meta.last_seq - KEY_WINDOW)
+        low, high = record.bracket(start)
+        path = self.layout.log_file(session_id)
+        pairs = await run_io(keys_after, path, start, low, high, record.log_size)
+        window = KeyWindow()
+        for seq, key in pairs:
+            window.add(key, seq)
+        if self._records.get(session_id) is record:
+            window.forget_before(record.meta.last_seq)
+            self.keys.put(session_id, window, self._busy)
+        return window
+
+    def _busy(self, session_id: str) -> bool:
+        """Whether appends to the session are in flight (its key window holds them)."""
+        record = self._records.get(session_id)
+        return record is not None and record.next_seq != record.meta.last_seq
+
+    # -- the writer's reports -------------------------------------------------------
+
+    def _on_written(self, session_id: str, written: list[tuple[int, Batch]], size: int) -> None:
+        record = self._records.get(session_id)
+        if record is None:  # deleted while its appends were queued
+            return
+        meta = record.meta
+        if len(written) == 1:
+            events = written[0][1].events
+        else:
+            events = [event for _offset, batch in written for event in batch.events]
+        for offset, batch in written:
+            if batch.messages:
+                self._add_messages(record, offset, batch)
+        last = events[-1]
+        record.written(last.seq, size)
+        self.keys.forget_before(session_id, last.seq)
+        if not written[-1][1].imported:
+            meta.touch(max(last.ts, meta.last_activity_at))
+        self._checkpoints.appended(record)
+        self._feed.publish(session_id, events)
+
+    def _add_messages(self, record: SessionRecord, offset: int, batch: Batch) -> None:
+        """The batch's messages: counted, indexed (pending entries), cached."""
+        meta = record.meta
+        first_seq = batch.events[0].seq
+        messages: list[tuple[Message, int]] = []
+        for seq, at, length in batch.messages:
+            record.add_message(seq, offset + at, length)
+            event = batch.events[seq - first_seq].event
+            assert isinstance(event, MessageEvent)
+            messages.append((event.message, length + 1))
+        self._messages.extend(record.session_id, meta.message_count, messages)
+        meta.message_count += len(messages)
+
+    def _on_failed(self, session_id: str, error: OSError) -> None:
+        log.error("appending to the log of session %r failed: %s", session_id, error)
+        record = self._records.get(session_id)
+        if record is not None:
+            # Seqs handed out after the last written one were never stored: reuse them.
+            record.next_seq = record.meta.last_seq
+            self.keys.discard_from(session_id, record.next_seq + 1)
+
+
+def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
+    """The events as log lines, with where each message's line is among them."""
+    if len(stored) == 1:  # most appends: one event
+        event = stored[0]
+        line = encode_stored_event(event) + b"\n"
+        if isinstance(event.event, MessageEvent):
+            return Batch(stored, line, [(event.seq, 0, len(line) - 1)], imported)
+        return Batch(stored, line, [], imported)
+    lines = [encode_stored_event(event) + b"\n" for event in stored]
+    messages = []
+    offset = 0
+    for event, line in zip(stored, lines, strict=True):
+        if isinstance(event.event, MessageEvent):
+            messages.append((event.seq, offset, len(line) - 1))
+        offset += len(line)
+    return Batch(stored, b"".join(lines), messages, imported)

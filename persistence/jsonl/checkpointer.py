@@ -1,0 +1,174 @@
+"""When and how the JSONL storage writes checkpoints, off the acknowledgement path.
+
+A session is *dirty* when its log or its metadata moved since its last checkpoint. A
+dirty session is checkpointed after ``checkpoint_every`` appends (a task spawned by the
+writer's report, never awaited by an append), every ``checkpoint_interval`` seconds, and
+on close. Such a periodic checkpoint first appends the message index entries written
+since (derived data: a failure there is logged and repaired later), then writes the
+metadata and log position in place, without a sync (``checkpoint.py``): a few hundred
+bytes per checkpoint, whatever the length of the history.
+
+Durable checkpoints are for what no log line can bring back: a session's creation
+(``create``) and its moves to ``closed`` or ``expired``, and imported metadata
+(``write(durable=True)``); they are on disk when they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from bamboo_session.protocol.models import SessionMetadata
+
+from ..base import StorageError
+from ..index import copy_metadata
+from . import checkpoint, message_index
+from .checkpoint import Checkpoint, Coverage, FileStamp, SlotFile
+from .config import JsonlStorageConfig
+from .files import fsync_dir
+from .reads import HistoryReader
+from .record import SessionRecord
+from .tasks import run_io, to_completion
+
+log = logging.getLogger(__name__)
+
+# Dirty sessions checkpointed at once by the periodic task and on close.
+CONCURRENCY: Final = 16
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        config: JsonlStorageConfig,
+        records: dict[str, SessionRecord],
+        history: HistoryReader,
+        spawn: Spawn,
+    ) -> None:
+        self.config = config
+        self.layout = config.layout
+        self._records = records
+        self._history = history
+        self._spawn = spawn
+        self.dirty: set[str] = set()
+
+    # -- what the storage reports ----------------------------------------------------
+
+    def changed(self, record: SessionRecord) -> None:
+        """The session's metadata moved without a log line (state, activity)."""
+        record.meta_dirty = True
+        self.dirty.add(record.session_id)
+
+    def appended(self, record: SessionRecord) -> None:
+        """Lines were written to the session's log."""
+        self.dirty.add(record.session_id)
+        if self._behind(record) and not record.checkpoint_pending:
+            record.checkpoint_pending = True
+            self._spawn(self._catch_up(record))
+
+    def forget(self, session_id: str) -> None:
+        self.dirty.discard(session_id)
+
+    def _behind(self, record: SessionRecord) -> bool:
+        return record.meta.last_seq - record.checkpoint_seq >= self.config.checkpoint_every
+
+    async def _catch_up(self, record: SessionRecord) -> None:
+        # Appends go on while a checkpoint is written; if they left it far behind
+        # again, write the next one straight away.
+        try:
+            while self._records.get(record.session_id) is record and self._behind(record):
+                await self.write(record.session_id)
+        finally:
+            record.checkpoint_pending = False
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def create(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
+        """A new session's checkpoint and empty log, durably."""
+        return await run_io(self._create_files, meta)
+
+    def _create_files(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
+        # Checkpoint first: a crash before the log exists leaves a valid empty session.
+        found = checkpoint.create(self.layout.checkpoint(meta.id), Checkpoint(metadata=meta))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        os.close(os.open(self.layout.log(meta.id), flags, 0o644))
+        fsync_dir(self.layout.events)
+        return found
+
+    async def write(self, session_id: str, durable: bool = False) -> None:
+        """Checkpoint the session if it is dirty (always, when ``durable``). A cancelled
+        caller does not cut it short: the lock would be free while a thread still
+        writes."""
+        record = self._records.get(session_id)
+        if record is not None:
+            await to_completion(self._write(record, durable))
+
+    async def _write(self, record: SessionRecord, durable: bool) -> None:
+        session_id = record.session_id
+        async with record.checkpoint_lock():
+            if self._records.get(session_id) is not record:
+                return
+            if not record.is_dirty() and not durable:
+                return
+            await self._flush_index(record)
+            # Taken together with no await in between: metadata, log position and index
+            # coverage describe the same point of the log.
+            meta = copy_metadata(record.meta)
+            saved = Checkpoint(
+                metadata=meta, log_offset=record.log_size, index=record.index,
+                preamble=record.preamble,
+            )  # fmt: skip
+            record.meta_dirty = False
+            try:
+                record.slots, record.stamp = await run_io(
+                    checkpoint.update, self.layout.checkpoint(session_id), saved, record.slots,
+                    durable,
+                )  # fmt: skip
+            except BaseException:
+                record.meta_dirty = True
+                raise
+            record.checkpoint_seq, record.checkpoint_offset = meta.last_seq, saved.log_offset
+            if not record.is_dirty():
+                self.dirty.discard(session_id)
+
+    async def _flush_index(self, record: SessionRecord) -> None:
+        """Append the pending message index entries to the file (derived data: a
+        failure is logged, and the index is checked again before its next use)."""
+        if not record.pending and record.index.offset == record.log_size:
+            return
+        try:
+            await self._history.prepare_index(record)
+            # From here to the append's start nothing awaits: the entries, the seq and
+            # the log size describe the same point of the log.
+            count = record.pending_count
+            after = Coverage(record.index.count + count, record.meta.last_seq, record.log_size)
+            if count:
+                await run_io(
+                    message_index.append,
+                    self.layout.message_index(record.session_id),
+                    record.meta.epoch,
+                    record.index.count,
+                    bytes(record.pending),
+                )
+        except StorageError as exc:
+            log.warning("message index of session %r not written: %s", record.session_id, exc)
+            record.index_checked = False
+            return
+        record.index_flushed(after, count)
+
+    async def write_dirty(self) -> None:
+        """Checkpoint every dirty session, a few at a time; failures are logged."""
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(session_id: str) -> None:
+            async with semaphore:
+                try:
+                    await self.write(session_id)
+                except Exception:
+                    log.exception("checkpoint of session %r failed", session_id)
+
+        await asyncio.gather(*(one(session_id) for session_id in list(self.dirty)))

@@ -1,0 +1,156 @@
+"""Where everything of a JSONL store lives: the one place that builds its paths and
+file names, and reads names back into session ids.
+
+::
+
+    <base>/LOCK                   flock'ed while a storage has the store open for writing
+    <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
+    <base>/sessions/<id>.preamble history from the old format that has no log line
+    <base>/events/<id>.jsonl      the event log: the truth of the session's events
+    <base>/events/<id>.idx        message index: seq and place of each message event
+    <base>/wal/<n>.wal            fsync mode's shared write-ahead log segments
+    <base>/index/snapshot.msgpack the index snapshot a clean close leaves (fast start)
+
+A session id is ``[A-Za-z0-9_.-]{1,128}``, so suffixes never collide: a name is read
+back by its suffix alone. Files kept aside for inspection carry ``.damaged-`` in their
+name; temporary files end with ``.tmp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bamboo_session.protocol.ids import is_valid_session_id
+
+CHECKPOINT_SUFFIX: Final = ".json"
+PREAMBLE_SUFFIX: Final = ".preamble"
+TOMBSTONE_SUFFIX: Final = ".json.deleted"
+LOG_SUFFIX: Final = ".jsonl"
+INDEX_SUFFIX: Final = ".idx"
+SEGMENT_SUFFIX: Final = ".wal"
+TMP_SUFFIX: Final = ".tmp"
+DAMAGED_MARK: Final = ".damaged-"
+SNAPSHOT_NAME: Final = "snapshot.msgpack"
+LOCK_NAME: Final = "LOCK"
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh name beside ``path`` for writing its next content (then renamed over it):
+    one of its own, so a write can never truncate another write's file."""
+    return path.with_name(f"{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def id_with_suffix(name: str, suffix: str) -> str | None:
+    """The session id of file ``name`` if it ends with ``suffix`` and the rest is a
+    valid id."""
+    if not name.endswith(suffix):
+        return None
+    session_id = name[: -len(suffix)]
+    return session_id if is_valid_session_id(session_id) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The paths of the store under ``base``."""
+
+    base: Path
+
+    @property
+    def sessions(self) -> Path:
+        return self.base / "sessions"
+
+    @property
+    def events(self) -> Path:
+        return self.base / "events"
+
+    @property
+    def index(self) -> Path:
+        return self.base / "index"
+
+    @property
+    def wal(self) -> Path:
+        return self.base / "wal"
+
+    @property
+    def lock(self) -> Path:
+        return self.base / LOCK_NAME
+
+    @property
+    def snapshot(self) -> Path:
+        return self.index / SNAPSHOT_NAME
+
+    def directories(self) -> tuple[Path, ...]:
+        """The directories an open for writing creates."""
+        return (self.sessions, self.events, self.index, self.wal)
+
+    def is_store(self) -> bool:
+        """Whether ``base`` holds a store (what a read-only open requires)."""
+        return self.sessions.is_dir() and self.events.is_dir()
+
+    # -- one session's files -----------------------------------------------------------
+
+    @staticmethod
+    def checkpoint_name(session_id: str) -> str:
+        return session_id + CHECKPOINT_SUFFIX
+
+    @staticmethod
+    def log_name(session_id: str) -> str:
+        return session_id + LOG_SUFFIX
+
+    def checkpoint(self, session_id: str) -> Path:
+        return self.sessions / (session_id + CHECKPOINT_SUFFIX)
+
+    def tombstone(self, session_id: str) -> Path:
+        return self.sessions / (session_id + TOMBSTONE_SUFFIX)
+
+    def preamble(self, session_id: str) -> Path:
+        return self.sessions / (session_id + PREAMBLE_SUFFIX)
+
+    def log(self, session_id: str) -> Path:
+        return self.events / (session_id + LOG_SUFFIX)
+
+    def log_file(self, session_id: str) -> str:
+        """:meth:`log` as a string, for the writer's hot path."""
+        return f"{self.base}/events/{session_id}{LOG_SUFFIX}"
+
+    def message_index(self, session_id: str) -> Path:
+        return self.events / (session_id + INDEX_SUFFIX)
+
+    def session_files(self, session_id: str) -> tuple[Path, ...]:
+        """Every file of a session but its checkpoint, for a delete to remove."""
+        return (self.log(session_id), self.message_index(session_id), self.preamble(session_id))
+
+    # -- the WAL -----------------------------------------------------------------------
+
+    def segment(self, number: int) -> Path:
+        return self.wal / f"{number:016d}{SEGMENT_SUFFIX}"
+
+    def segments(self) -> list[tuple[int, Path]]:
+        """The WAL segments, oldest first."""
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.wal) as entries:
+            for entry in entries:
+                stem = entry.name.removesuffix(SEGMENT_SUFFIX)
+                if entry.name.endswith(SEGMENT_SUFFIX) and stem.isdigit():
+                    found.append((int(stem), Path(entry.path)))
+        return sorted(found)
+
+    # -- files kept aside ----------------------------------------------------------------
+
+    @staticmethod
+    def damaged(path: Path, tag: str) -> Path:
+        """Where a damaged part of ``path`` is kept for inspection."""
+        return path.with_name(f"{path.name}{DAMAGED_MARK}{tag}")
+
+    def damaged_files(self) -> list[Path]:
+        """Every file kept aside as damaged, in the session and event directories."""
+        found: list[Path] = []
+        for directory in (self.sessions, self.events):
+            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+                found.extend(Path(e.path) for e in entries if DAMAGED_MARK in e.name)
+        return sorted(found)

@@ -1,0 +1,105 @@
+"""Opening a JSONL store, and what its clean close leaves for the next open.
+
+For writing, the directory is created if need be and locked (``LOCK``: one writer at a
+time). Then recovery (``recovery.py``) runs in a worker thread, and its sessions become
+:class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
+the records.
+
+Read-only (``JsonlStorageConfig.read_only``, ``open_storage(url, read_only=True)``) is
+for offline tools. It opens an existing store only (a directory without ``sessions/``
+and ``events/`` is refused, naming it), creates and changes nothing (not even
+``LOCK``), and the storage refuses every write with ``StorageError``. It neither waits
+for a server that holds the store nor takes the lock from it, nor could stop one from
+starting later (a shared lock would): it reads the files as they are, without repair
+(a torn tail is left out, WAL segments are not replayed, a lazily written state may be
+older), a best-effort view; the log names the process that holds the store, if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import Iterable, Iterator
+
+from ..base import StorageError, StorageLocked
+from . import snapshot
+from .config import JsonlStorageConfig
+from .files import LockFile
+from .record import SessionRecord
+from .recovery import RecoveryReport, recover
+
+log = logging.getLogger(__name__)
+
+
+async def open_files(config: JsonlStorageConfig, lock_file: LockFile) -> RecoveryReport:
+    """Lock (unless read-only) and recover the store; the lock is released on failure."""
+    base, layout = config.base_path, config.layout
+    if config.read_only:
+        if not await asyncio.to_thread(layout.is_store):
+            raise StorageError(
+                f"{base} is not a bamboo JSONL store (it has no sessions/ and events/ "
+                "directories); a read-only open does not create one"
+            )
+        holder = await asyncio.to_thread(lock_file.holder)
+        if holder is not None and config.offline:
+            raise StorageLocked(
+                f"store at {base} is in use by pid {holder}; stop that server first"
+            )
+        if holder is not None:
+            log.info("read-only: %s is in use by pid %d; reading it as it is", base, holder)
+    else:
+        await asyncio.to_thread(base.mkdir, parents=True, exist_ok=True)
+        lock_file.acquire()
+    try:
+        with gc_paused():
+            return await asyncio.to_thread(recover, config)
+    except BaseException:
+        lock_file.release()
+        raise
+
+
+def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:
+    """The records of the sessions recovery found (it keeps none of them)."""
+    found, report.sessions = report.sessions, []
+    with gc_paused():
+        for session in found:
+            record = SessionRecord(
+                session.metadata,
+                session.checkpoint_seq,
+                session.checkpoint_offset,
+                session.log_size,
+                session.index,
+                session.pending,
+                session.preamble,
+                session.stamp,
+            )
+            record.preamble_messages = session.preamble_messages
+            yield record
+
+
+def snapshot_entries(records: Iterable[SessionRecord]) -> list[snapshot.SnapshotEntry]:
+    """What the index snapshot holds of each checkpointed session."""
+    with gc_paused():
+        return [
+            snapshot.SnapshotEntry(
+                record.meta, record.log_size, record.index, record.preamble, record.stamp
+            )
+            for record in records
+            if record.stamp is not None
+        ]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while 100,000s of objects are made at once
+    (open, snapshot): none of them is garbage, yet each full collection would walk them
+    all, which costs about a third of the time of an open."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -1,0 +1,197 @@
+"""Reading one session's log, each read no bigger than what it is asked for:
+
+- :func:`events_after`: events after a seq, at most ``limit`` and ``max_bytes``; it
+  bisects the log to the first one (``scan.locate``) and stops reading once either
+  budget is used;
+- :func:`keys_after`: the ``(seq, key)`` pairs of the last appends (the idempotency
+  window), decoding seqs and keys only;
+- :class:`HistoryReader`: pages of the message history, from the message cache or
+  through the message index: a page of N messages reads N entries and N log lines,
+  however long the history.
+
+The functions block (worker threads); :class:`HistoryReader` is the asyncio side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
+
+from . import message_index
+from .caches import MessageCache
+from .checkpoint import read_preamble
+from .layout import Layout
+from .message_index import Entry, StaleIndex
+from .record import Place, SessionRecord
+from .scan import decode_key, decode_stored_event, lines, locate, read_spans
+from .tasks import run_io
+
+
+async def read_events(
+    layout: Layout,
+    record: SessionRecord,
+    after_seq: int,
+    limit: int | None,
+    max_bytes: int | None,
+) -> list[StoredEvent]:
+    """The session's written events after ``after_seq`` (nothing in flight is seen)."""
+    after_seq = max(after_seq, 0)
+    if after_seq >= record.meta.last_seq or (limit is not None and limit <= 0):
+        return []
+    low, high = record.bracket(after_seq)
+    path = layout.log_file(record.session_id)
+    events: list[StoredEvent] = await run_io(
+        events_after, path, after_seq, low, high, record.log_size, limit, max_bytes
+    )
+    return events
+
+
+def events_after(
+    path: str,
+    after_seq: int,
+    low: Place,
+    high: Place,
+    end: int,
+    limit: int | None,
+    max_bytes: int | None,
+) -> list[StoredEvent]:
+    """Events with seq > ``after_seq`` in ``log[.., end)``, oldest first; at most
+    ``limit``, and within ``max_bytes`` of encoded events (but at least one)."""
+    seq, offset = locate(path, after_seq, low, high)
+    events: list[StoredEvent] = []
+    budget = max_bytes
+    for event, _start, _stop in lines(path, offset, seq, decode_stored_event, end):
+        if event.seq <= after_seq:
+            continue
+        if budget is not None:
+            budget -= event.size
+            if budget < 0 and events:
+                break
+        events.append(event)
+        if limit is not None and len(events) >= limit:
+            break
+    return events
+
+
+def keys_after(
+    path: str, after_seq: int, low: Place, high: Place, end: int
+) -> list[tuple[int, str]]:
+    """``(seq, key)`` of the keyed events with seq > ``after_seq`` in ``log[.., end)``."""
+    seq, offset = locate(path, after_seq, low, high)
+    return [
+        (head.seq, head.key)
+        for head, _start, _stop in lines(path, offset, seq, decode_key, end)
+        if head.seq > after_seq and head.key is not None
+    ]
+
+
+def messages_at(path: str, entries: Sequence[Entry]) -> list[tuple[Message, int]]:
+    """The messages the entries point at, with their lines' sizes; StaleIndex when a
+    line there is not that message."""
+    raw = read_spans(path, [(offset, length) for _seq, offset, length in entries])
+    found = []
+    for (seq, _offset, length), line in zip(entries, raw, strict=True):
+        try:
+            stored = decode_stored_event(line)
+            event = stored.event
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise StaleIndex(f"log {path}: no message line where the index says") from None
+        if stored.seq != seq or not isinstance(event, MessageEvent):
+            raise StaleIndex(f"log {path}: seq {stored.seq} where the index says {seq}")
+        found.append((event.message, length + 1))
+    return found
+
+
+class HistoryReader:
+    """Pages of a session's history: the preamble (old format), then the log's
+    messages."""
+
+    def __init__(self, layout: Layout, cache: MessageCache, writable: bool) -> None:
+        self.layout = layout
+        self.cache = cache
+        self.writable = writable
+
+    async def read(self, record: SessionRecord, start: int, end: int) -> list[Message]:
+        """History messages ``start .. end`` (which must exist)."""
+        session_id = record.session_id
+        cached = self.cache.get(session_id, start, end)
+        if cached is not None:
+            return cached
+        messages: list[Message] = []
+        preamble = record.preamble
+        if start < preamble:
+            messages += (await self._preamble(record))[start : min(end, preamble)]
+        first, last = max(start, preamble) - preamble, end - preamble
+        if last > first:
+            found = await self._log_messages(record, first, last)
+            messages += [message for message, _size in found]
+            newest = end == record.meta.message_count
+            if newest and start >= preamble and self.cache.get(session_id, end, end) is None:
+                self.cache.extend(session_id, start, found)  # the newest: seed the cache
+        return messages
+
+    async def _preamble(self, record: SessionRecord) -> list[Message]:
+        if record.preamble_messages is not None:
+            return record.preamble_messages
+        messages: list[Message] = await run_io(
+            read_preamble, self.layout.preamble(record.session_id)
+        )
+        return messages
+
+    async def _log_messages(
+        self, record: SessionRecord, first: int, last: int
+    ) -> list[tuple[Message, int]]:
+        try:
+            return await self._try_log_messages(record, first, last)
+        except StaleIndex:
+            record.forget_index()  # rebuilt from the log by the next preparation
+            return await self._try_log_messages(record, first, last)
+
+    async def _try_log_messages(
+        self, record: SessionRecord, first: int, last: int
+    ) -> list[tuple[Message, int]]:
+        entries = await self._entries(record, first, last)
+        found: list[tuple[Message, int]] = await run_io(
+            messages_at, self.layout.log_file(record.session_id), entries
+        )
+        return found
+
+    async def _entries(self, record: SessionRecord, first: int, last: int) -> list[Entry]:
+        """The index entries of the log's messages ``first .. last``."""
+        if not record.needs_index_file(first):
+            return [record.pending_entry(p) for p in range(first, last)]
+        async with record.checkpoint_lock():
+            await self.prepare_index(record)
+            count = record.index.count
+            if count + record.pending_count != record.log_messages:
+                raise StaleIndex(f"the message index of {record.session_id!r} is incomplete")
+            entries: list[Entry] = []
+            if first < count:
+                entries = await run_io(
+                    message_index.read,
+                    self.layout.message_index(record.session_id),
+                    first,
+                    min(last, count) - first,
+                )
+        return entries + [record.pending_entry(p) for p in range(max(first, count), last)]
+
+    async def prepare_index(self, record: SessionRecord) -> None:
+        """Make the index file describe every message older than the pending ones (or,
+        read-only, keep those the file lacks in memory). Under the record's lock."""
+        if record.index_checked and record.index.offset == record.pending_offset:
+            return
+        session_id = record.session_id
+        coverage, gap = await run_io(
+            message_index.prepare,
+            self.layout.message_index(session_id),
+            self.layout.log(session_id),
+            record.meta.epoch,
+            record.index,
+            record.pending_seq,
+            record.pending_offset,
+            self.writable,
+        )
+        record.index_in_memory(coverage, gap)

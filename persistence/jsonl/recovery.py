@@ -1,0 +1,204 @@
+"""Opening a JSONL store: repair what a crash left, convert the old format, and find
+every session.
+
+A crash can leave, per session:
+- log lines the checkpoint does not cover yet (appends since the last checkpoint): read
+  (their heads only) to bring the metadata up to date; the checkpoint follows later;
+- a last line cut short, or lines never acknowledged (``repair.py``): cut;
+- a log without a checkpoint: recovered as a session with default metadata;
+- a checkpoint whose log is missing or shorter than it says: the history is lost, so the
+  session gets a new ``epoch`` and ``last_seq`` becomes what the log really holds;
+- a ``.tmp`` file (a checkpoint being written): removed, the old checkpoint stands;
+- a ``.deleted`` tombstone (a delete in progress): the delete is finished;
+- WAL segments (``wal/``, ``fsync`` mode): acknowledged lines a log may lack (its tail
+  was never synced) are replayed into it from the segments, before anything else reads
+  the logs, for every session that still has a checkpoint; then the segments are
+  deleted (``wal.py``).
+
+A checkpoint in the old format (metadata and every message in one JSON file) is
+converted: its messages that the log does not hold become the preamble, the message
+index is built from the log, and a new checkpoint replaces it (``checkpoint.py``).
+
+Fast start: the index snapshot of a clean close (``snapshot.py``) stands in for every
+checkpoint whose files are as it saw them.
+
+Read-only (``config.read_only``): the same reading, with nothing written, cut, removed
+or replayed: a best-effort view of the store as its files are now.
+
+Everything here blocks; the storage runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from bamboo_session.protocol.models import SessionMetadata
+
+from . import checkpoint, snapshot, wal
+from .checkpoint import CheckpointDamaged, LegacyCheckpoint
+from .config import JsonlStorageConfig
+from .files import fsync_dir, unlink_quietly
+from .layout import (
+    CHECKPOINT_SUFFIX,
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    PREAMBLE_SUFFIX,
+    TMP_SUFFIX,
+    TOMBSTONE_SUFFIX,
+    id_with_suffix,
+)
+from .session_recovery import Directories, RecoveredSession, RecoveryReport, SessionRecovery
+
+__all__ = ["RecoveredSession", "RecoveryReport", "recover"]
+
+log = logging.getLogger(__name__)
+
+
+def recover(config: JsonlStorageConfig) -> RecoveryReport:
+    """Repair the store (unless read-only) and return every session in it."""
+    layout = config.layout
+    if not config.read_only:
+        for directory in layout.directories():
+            directory.mkdir(parents=True, exist_ok=True)
+    dirs = Directories(layout)
+    try:
+        return _Recovery(config, dirs).run()
+    finally:
+        dirs.close()
+
+
+class _Recovery:
+    def __init__(self, config: JsonlStorageConfig, dirs: Directories) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.dirs = dirs
+        self.writable = not config.read_only
+        self.report = RecoveryReport()
+        self.sessions = SessionRecovery(config, dirs, self.report)
+
+    def run(self) -> RecoveryReport:
+        checkpoint_ids, deleted = self._scan_sessions_dir()
+        if self.writable:
+            # Before the logs are read: a log may lack acknowledged lines only the WAL holds.
+            replayed = wal.replay(self.layout, checkpoint_ids)
+            self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
+            wal.discard_segments(self.layout, replayed)
+            self.report.wal_segments = replayed.segments
+            self.report.wal_events_replayed = replayed.events_replayed
+            self.report.damaged += replayed.damaged
+            self.report.torn_lines_cut += replayed.logs_cut - replayed.damaged
+        elif segments := self.layout.segments():
+            log.info(
+                "read-only: %d WAL segments are not replayed; events they hold that a log "
+                "lacks are not in this view",
+                len(segments),
+            )
+        log_ids, index_ids = _ids(self.layout.events, LOG_SUFFIX, INDEX_SUFFIX)
+        log_ids -= deleted
+        if self.writable:
+            self._remove_strays(index_ids - log_ids - checkpoint_ids, self.layout.message_index)
+        entries = snapshot.consume(self.layout, read_only=not self.writable)
+        for session_id in sorted(checkpoint_ids | log_ids):
+            entry = entries.get(session_id)
+            found = None
+            if entry is not None and session_id in checkpoint_ids:
+                found = self.sessions.from_snapshot(entry)
+            if found is not None:
+                self.report.from_snapshot += 1
+            else:
+                found = self.sessions.recover(session_id, session_id in checkpoint_ids)
+            if found is not None:
+                self.report.sessions.append(found)
+        return self.report
+
+    # -- directories --------------------------------------------------------------------
+
+    def _scan_sessions_dir(self) -> tuple[set[str], set[str]]:
+        """Checkpoint ids, and ids whose delete was under way; leftovers of interrupted
+        checkpoints and deletes are dealt with (when writable)."""
+        checkpoint_ids, tombstones, preambles = set(), set(), set()
+        with os.scandir(self.layout.sessions) as entries:
+            for entry in entries:
+                name = entry.name
+                # The common case first: 100,000s of these at an open.
+                if (session_id := id_with_suffix(name, CHECKPOINT_SUFFIX)) is not None:
+                    checkpoint_ids.add(session_id)
+                elif name.endswith(TMP_SUFFIX):
+                    if self.writable:  # a write cut short before its rename
+                        os.unlink(entry.path)
+                elif (session_id := id_with_suffix(name, TOMBSTONE_SUFFIX)) is not None:
+                    tombstones.add(session_id)
+                elif (session_id := id_with_suffix(name, PREAMBLE_SUFFIX)) is not None:
+                    preambles.add(session_id)
+                elif name.endswith(CHECKPOINT_SUFFIX):
+                    log.warning("ignoring %s: not a valid session id", entry.path)
+        deleted = tombstones - checkpoint_ids
+        if self.writable:
+            for session_id in tombstones:
+                if session_id in deleted:  # the checkpoint became the tombstone: finish
+                    for path in self.layout.session_files(session_id):
+                        unlink_quietly(path)
+                os.unlink(self.layout.tombstone(session_id))
+            self._remove_strays(preambles - checkpoint_ids, self.layout.preamble)
+            if tombstones:
+                fsync_dir(self.layout.events)
+                fsync_dir(self.layout.sessions)
+        return checkpoint_ids, deleted
+
+    def _remove_strays(self, session_ids: set[str], path_of: Callable[[str], Path]) -> None:
+        """Derived files whose session is gone (a delete cut short)."""
+        for session_id in session_ids:
+            unlink_quietly(path_of(session_id))
+
+    def _finish_recorded_deletes(self, deleted: dict[str, str], checkpoint_ids: set[str]) -> None:
+        """A deletion the WAL recorded, of a session still there with the same epoch,
+        was interrupted before its tombstone: finish it (a re-created session of the
+        same id has another epoch and stays)."""
+        finished = False
+        for session_id, epoch in deleted.items():
+            if session_id not in checkpoint_ids or not epoch:
+                continue
+            metadata = self._metadata_only(session_id)
+            if metadata is None or metadata.epoch != epoch:
+                continue
+            log.warning("finishing the interrupted delete of session %r", session_id)
+            for path in self.layout.session_files(session_id):
+                unlink_quietly(path)
+            os.unlink(self.layout.checkpoint(session_id))
+            checkpoint_ids.discard(session_id)
+            finished = True
+        if finished:
+            fsync_dir(self.layout.events)
+            fsync_dir(self.layout.sessions)
+
+    def _metadata_only(self, session_id: str) -> SessionMetadata | None:
+        read = self.dirs.read_checkpoint(session_id)
+        if read is None:
+            return None
+        with contextlib.suppress(CheckpointDamaged):
+            found = checkpoint.parse(read[0])
+            if isinstance(found, LegacyCheckpoint):
+                return found.metadata
+            return found.checkpoint.metadata
+        return None
+
+    # -- one session ----------------------------------------------------------------------
+
+
+def _ids(directory: Path, *suffixes: str) -> list[set[str]]:
+    """The session ids of the files in ``directory`` with each suffix."""
+    found: list[set[str]] = [set() for _ in suffixes]
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            for ids, suffix in zip(found, suffixes, strict=True):
+                if name.endswith(suffix):
+                    session_id = id_with_suffix(name, suffix)
+                    if session_id is not None:
+                        ids.add(session_id)
+                    break
+    return found

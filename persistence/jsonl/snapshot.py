@@ -1,0 +1,83 @@
+"""The index snapshot: ``index/snapshot.msgpack``, every session's metadata and the
+state of its files as a clean close left them, so that the next open reads one file
+instead of one checkpoint per session.
+
+Open consumes it (deletes it, durably, before anything is written), and takes an entry
+only while the session's files are exactly as the entry saw them (the checkpoint's
+inode, size and mtime; the log's size). So a stale snapshot can never hide a change. A
+read-only open reads it without deleting it. A snapshot of another version is ignored
+(the checkpoints are read instead).
+
+Everything here blocks; it runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Final
+
+import msgspec
+
+from bamboo_session.protocol.models import SessionMetadata
+
+from .checkpoint import Coverage, FileStamp
+from .files import fsync_dir, read_file, write_atomic
+from .layout import TMP_SUFFIX, Layout
+
+log = logging.getLogger(__name__)
+
+VERSION: Final = 2
+
+
+class SnapshotEntry(msgspec.Struct, array_like=True):
+    metadata: SessionMetadata
+    log_offset: int  # where the checkpoint says the log ends: the log's size at close
+    index: Coverage
+    preamble: int
+    stamp: FileStamp  # of the checkpoint file
+
+
+class _Snapshot(msgspec.Struct):
+    version: int
+    entries: list[SnapshotEntry]
+
+
+class _Version(msgspec.Struct):
+    version: int
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Snapshot)
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+
+
+def write(layout: Layout, entries: list[SnapshotEntry]) -> None:
+    data = _encoder.encode(_Snapshot(VERSION, entries))
+    write_atomic(layout.snapshot, data, durable=True)
+
+
+def consume(layout: Layout, read_only: bool) -> dict[str, SnapshotEntry]:
+    """The snapshot's entries by id; unless ``read_only``, the file is removed first
+    (durably), so that a later crash can never leave a stale snapshot behind."""
+    if not read_only:
+        for leftover in layout.index.glob("*" + TMP_SUFFIX):
+            leftover.unlink()  # a snapshot write cut short by a crash
+    data = read_file(layout.snapshot)
+    if data is None:
+        return {}
+    if not read_only:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.snapshot)
+        fsync_dir(layout.index)
+    try:
+        version = _version_decoder.decode(data).version
+        if version != VERSION:
+            log.info("ignoring the index snapshot of version %s: reading checkpoints", version)
+            return {}
+        snapshot = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        log.warning("ignoring the index snapshot %s: %s", layout.snapshot, exc)
+        return {}
+    return {entry.metadata.id: entry for entry in snapshot.entries}

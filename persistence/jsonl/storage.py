@@ -1,0 +1,426 @@
+"""JsonlStorage: the storage contract (``persistence/base.py``) on JSONL event logs.
+
+Appends go through ``appends.py`` (seqs in call order, keys, the group-commit writer),
+checkpoints through ``checkpointer.py`` (off the acknowledgement path, but creation, a
+move to closed or expired, and imported metadata are on disk when they return), reads
+through ``reads.py``; the history is the log's ``message`` events. Expired sessions
+(sliding TTL) refuse ``load_session``, histories and appends with
+:class:`SessionExpired`; their metadata and events stay readable until cleanup.
+
+Read-only (``open_storage(url, read_only=True)``): no lock, nothing created, changed or
+repaired, every write refused; a best-effort view beside a running server
+(``opening.py`` says why that choice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Final, Self, TypeVar
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    Message,
+    MessageEvent,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+    utcnow,
+)
+
+from ..base import (
+    Appended,
+    AppendItem,
+    HistoryPage,
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionFilter,
+    SessionListResult,
+    SessionNotFound,
+    StorageError,
+    StorageFull,
+)
+from ..events import page_bounds
+from ..feed import CLOSED, DELETED, Feed, FeedSubscription
+from ..index import SessionIndex, copy_metadata
+from . import snapshot
+from .appends import Appender
+from .caches import MessageCache
+from .checkpointer import Checkpointer
+from .config import JsonlStorageConfig
+from .files import LockFile
+from .lifecycle import SessionFiles, new_metadata, remove_damaged
+from .opening import open_files, records_of, snapshot_entries
+from .reads import HistoryReader, read_events
+from .record import SessionRecord
+from .recovery import RecoveryReport
+from .tasks import BackgroundTasks, every, run_io, to_completion
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# States with no log line to recover them from: on disk before the change returns.
+_FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
+
+
+class JsonlStorage:
+    """Sessions, histories and event logs in plain files under one directory.
+
+    Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
+    may have a directory open for writing at a time (:class:`StorageLocked`)."""
+
+    def __init__(self, config: JsonlStorageConfig) -> None:
+        self.config = config
+        self.layout = config.layout
+        self._read_only = config.read_only
+        self._lock_file = LockFile(self.layout.lock)
+        self._index = SessionIndex(secondary=config.enable_index)
+        self._records: dict[str, SessionRecord] = {}
+        self._feed = Feed()
+        self._messages = MessageCache(config.message_cache_bytes)
+        self._tasks = BackgroundTasks()
+        self._history = HistoryReader(self.layout, self._messages, not config.read_only)
+        self._checkpoints = Checkpointer(config, self._records, self._history, self._tasks.spawn)
+        self._appends = Appender(
+            config, self._records, self._checkpoints, self._messages, self._feed
+        )
+        self._writer = self._appends.writer
+        self._files = SessionFiles(self.layout, self._checkpoints, self._writer)
+        self._loops: list[asyncio.Task[None]] = []
+        self._ready = False
+        self._closed = False
+        self.recovery: RecoveryReport | None = None  # what open found and repaired
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, config: JsonlStorageConfig) -> Self:
+        """Lock the directory, repair what a crash left, build the index, start (or,
+        read-only: read what is there)."""
+        storage = cls(config)
+        await storage._open()
+        return storage
+
+    async def _open(self) -> None:
+        self.recovery = await open_files(self.config, self._lock_file)
+        for record in records_of(self.recovery):
+            self._records[record.session_id] = record
+            self._index.add(record.meta)
+            if record.is_dirty() and not self._read_only:
+                self._checkpoints.dirty.add(record.session_id)
+        if self._read_only:
+            return
+        self._writer.start()
+        loops: list[tuple[float, Callable[[], Awaitable[object]], str]] = [
+            (self.config.checkpoint_interval, self._checkpoints.write_dirty, "checkpoints")
+        ]
+        if self.config.cleanup_interval is not None:
+            loops.append((self.config.cleanup_interval, self.cleanup_expired_sessions, "cleanup"))
+        self._loops = [
+            asyncio.create_task(every(seconds, work, what), name=f"bamboo-{what}")
+            for seconds, work, what in loops
+        ]
+        self._ready = True
+
+    async def close(self) -> None:
+        """Write pending appends, checkpoint every dirty session, save the index
+        snapshot, release the lock. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        self._feed.end_all()
+        if self._read_only:
+            await self._writer.close()
+            return
+        try:
+            for task in self._loops:
+                task.cancel()
+            await asyncio.gather(*self._loops, return_exceptions=True)
+            try:
+                await self._writer.flush()
+                await self._tasks.wait()
+                await self._checkpoints.write_dirty()
+            finally:
+                await self._writer.close()
+            if not self._checkpoints.dirty:
+                entries = snapshot_entries(self._records.values())
+                await asyncio.to_thread(snapshot.write, self.layout, entries)
+            else:
+                count = len(self._checkpoints.dirty)
+                log.error("%d sessions could not be checkpointed on close", count)
+        finally:
+            self._lock_file.release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def ready(self) -> bool:
+        """Open and accepting appends (never, when read-only)."""
+        return self._ready
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def create_session(self, session: Session) -> None:
+        self._require_writable()
+        session_id = check_session_id(session.metadata.id)
+        await self._files.wait_deleted(session_id)
+        creating = self._files.creating
+        if session_id in self._records or session_id in creating:
+            raise SessionExists(f"session {session_id!r} already exists")
+        limit = self.config.max_sessions
+        if limit is not None and len(self._records) + len(creating) >= limit:
+            raise StorageFull(f"the storage holds its maximum of {limit} sessions")
+        self._files.reserve(session_id)
+        meta = new_metadata(session.metadata, self.config.default_ttl)
+        await to_completion(self._create(meta))
+        if session.messages:
+            await self.append_events(
+                session_id, [(MessageEvent(message), None) for message in session.messages]
+            )
+
+    async def _create(self, meta: SessionMetadata) -> None:
+        record = await self._files.create(meta)
+        self._records[meta.id] = record
+        self._index.add(meta)
+        self._messages.start(meta.id, 0)
+
+    async def load_session(self, session_id: str) -> Session | None:
+        record = self._records.get(check_session_id(session_id))
+        if record is None:
+            return None
+        self._check_not_expired(record)
+        try:
+            messages = await self._read_history(record, 0, record.meta.message_count)
+        except SessionNotFound:
+            return None
+        return Session(metadata=copy_metadata(record.meta), messages=messages)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        record = self._records.get(check_session_id(session_id))
+        return None if record is None else copy_metadata(record.meta)
+
+    async def delete_session(self, session_id: str) -> None:
+        self._require_writable()
+        self._record(session_id)
+        await self._remove(session_id)
+
+    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
+        result = self._index.query(filter)
+        result.sessions = [copy_metadata(meta) for meta in result.sessions]
+        return result
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
+        return [copy_metadata(meta) for meta in self._index.of_user(user_id)]
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        return await self._read_history(record, 0, record.meta.message_count)
+
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        start, end = page_bounds(record.meta.message_count, limit, before)
+        return HistoryPage(await self._read_history(record, start, end), start, start > 0)
+
+    async def _read_history(self, record: SessionRecord, start: int, end: int) -> list[Message]:
+        try:
+            return await self._history.read(record, start, end)
+        except StorageError:
+            self._record(record.session_id)  # deleted while reading: SessionNotFound
+            raise
+
+    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+        """Closed and expired are on disk when this returns; moves among the live states
+        go to disk with the session's next checkpoint (a crash ends connections anyway)."""
+        self._require_writable()
+        record = self._record(session_id)
+        record.meta.state.check_transition(state)
+        if state != SessionState.EXPIRED:
+            self._check_not_expired(record)  # a state change does not revive a session
+        self._index.set_state(session_id, state)
+        record.meta.updated_at = utcnow()
+        self._checkpoints.changed(record)
+        if state in _FINAL_STATES:
+            await self._checkpoints.write(session_id, durable=True)
+        if state == SessionState.CLOSED:
+            self._feed.end(session_id, CLOSED)
+        return copy_metadata(record.meta)
+
+    async def touch(self, session_id: str) -> None:
+        self._require_writable()
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        record.meta.touch()
+        self._checkpoints.changed(record)
+
+    async def cleanup_expired_sessions(self) -> int:
+        self._require_writable()
+        now = utcnow()
+        expired = [meta.id for meta in self._index if meta.is_expired(now)]
+        removed = 0
+        for session_id in expired:
+            record = self._records.get(session_id)
+            if record is not None and record.meta.is_expired(now):
+                await self._remove(session_id)
+                removed += 1
+        if removed:
+            log.info("removed %d expired sessions", removed)
+        return removed
+
+    # -- events ---------------------------------------------------------------------
+
+    async def append_event(
+        self, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> Appended:
+        return (await self.append_events(session_id, [(event, key)]))[0]
+
+    async def append_message(
+        self, session_id: str, message: Message, key: str | None = None
+    ) -> Appended:
+        return await self.append_event(session_id, MessageEvent(message), key)
+
+    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+        self._require_writable()
+        record = self._appendable(session_id)
+        if not items:
+            return []
+        window = None
+        for _event, key in items:
+            if key is not None:
+                window = await self._appends.key_window(session_id)
+                record = self._appendable(session_id)
+                break
+        return await self._appends.append(record, items, window)
+
+    def _appendable(self, session_id: str) -> SessionRecord:
+        record = self._record(session_id)
+        if record.meta.state == SessionState.CLOSED:
+            raise SessionClosed(f"session {session_id!r} is closed")
+        self._check_not_expired(record)
+        return record
+
+    async def read_events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        record = self._record(session_id)
+        try:
+            return await read_events(self.layout, record, after_seq, limit, max_bytes)
+        except StorageError:
+            self._record(session_id)  # deleted while reading: SessionNotFound
+            raise
+
+    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
+        record = self._record(session_id)
+
+        async def read(after: int, limit: int) -> list[StoredEvent]:
+            return await self.read_events(session_id, after, limit)
+
+        subscription = self._feed.subscribe(session_id, after_seq, record.meta.last_seq, read)
+        if record.meta.state == SessionState.CLOSED:
+            subscription.end(CLOSED)
+        return subscription
+
+    async def last_seq(self, session_id: str) -> int:
+        return self._record(session_id).meta.last_seq
+
+    async def epoch(self, session_id: str) -> str:
+        return self._record(session_id).meta.epoch
+
+    # -- import (SessionImport) -----------------------------------------------------
+
+    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
+        """Appends ``events`` with their own seq, ts and key, through the writer (as
+        durable as appends); the first must follow the session's last seq."""
+        self._require_writable()
+        self._record(session_id)
+        if not events:
+            return
+        window = None
+        if any(event.key is not None for event in events):
+            window = await self._appends.key_window(session_id)
+        await self._appends.import_events(self._record(session_id), events, window)
+
+    async def import_metadata(self, metadata: SessionMetadata) -> None:
+        """Sets the session's state, times, ttl and extra as given, durably."""
+        self._require_writable()
+        record = self._record(metadata.id)
+        self._index.set_state(metadata.id, metadata.state)
+        record.take_metadata(metadata)
+        self._checkpoints.changed(record)
+        await self._checkpoints.write(metadata.id, durable=True)
+        if metadata.state == SessionState.CLOSED:
+            self._feed.end(metadata.id, CLOSED)
+
+    # -- damaged files --------------------------------------------------------------
+
+    async def damaged_files(self) -> list[Path]:
+        """Files kept aside because they held damage (not an ordinary crash's torn or
+        unacknowledged tail): for an operator to inspect, then clear."""
+        return await asyncio.to_thread(self.layout.damaged_files)
+
+    async def clear_damaged(self) -> list[Path]:
+        """Removes the files :meth:`damaged_files` lists; returns them."""
+        self._require_writable()
+        return await run_io(remove_damaged, self.layout)
+
+    # -- delete ---------------------------------------------------------------------
+
+    async def _remove(self, session_id: str) -> None:
+        """Forget the session, then delete its files once its queued appends and any
+        checkpoint in progress are done (so neither can recreate a file)."""
+        record = self._records.pop(session_id)
+        self._feed.end(session_id, DELETED)
+        self._appends.keys.drop(session_id)
+        self._index.remove(session_id)
+        self._messages.drop(session_id)
+        self._checkpoints.forget(session_id)
+        try:
+            await self._files.delete(record)
+        except BaseException:
+            # Not deleted (the WAL could not record it, or the files stay): the session
+            # is still there on disk, so it stays in the index too.
+            if session_id not in self._records and self.layout.checkpoint(session_id).exists():
+                self._records[session_id] = record
+                self._index.add(record.meta)
+                self._checkpoints.changed(record)
+            raise
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if self._read_only:
+            raise StorageError(f"storage at {self.config.base_path} is open read-only")
+        if not self._ready:
+            raise StorageError(f"storage at {self.config.base_path} is not open")
+
+    def _record(self, session_id: str) -> SessionRecord:
+        record = self._records.get(check_session_id(session_id))
+        if record is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return record
+
+    def _check_not_expired(self, record: SessionRecord) -> None:
+        if record.meta.is_expired():
+            raise SessionExpired(f"session {record.meta.id!r} has expired")

@@ -1,0 +1,307 @@
+"""The group-commit writer: one task appends every session's event lines to its log.
+
+Appends from all sessions queue up while the previous batch is on disk. The writer then
+takes the whole queue as one batch: per log file one ``write`` of the joined lines, then
+one ``fdatasync`` per touched file, all in a dedicated I/O thread so the event loop never
+waits on the disk. So with many concurrent appenders one fsync covers many appends.
+
+Durability modes: ``fsync`` resolves an append's future once its lines are synced;
+``os`` after the write (a background task syncs written files every ``fsync_interval``).
+
+In ``fsync`` mode with the shared WAL (the default, ``wal.py``), a batch's
+lines are written to the session logs without a sync, then appended to the current WAL
+segment as one write, and that one file is synced: one ``fdatasync`` per batch whatever
+the number of sessions. Only then are the appends acknowledged. Past a size or an age
+the writer starts a new segment and retires the old one in the background: every log
+written during it is synced (threads, off the event loop), then it is deleted, strictly
+in order. Without the WAL (``wal=False``), every touched log is synced instead.
+
+Before appends are acknowledged, the owner is told (``on_written``, with where each
+append's lines start in the log), so its metadata always describes what is in the log.
+
+Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that file's
+appends in the batch is acknowledged (when the WAL's write or sync fails: none of the
+batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
+the file is truncated back to its last good size (no torn line survives), and the owner
+is told (``on_failed``) so it can reset the session's next seq. Appends of that session
+queued behind the failed ones carry seqs that no longer follow the log, so they fail
+too: each append records the session's *generation* when submitted, and a failure
+starts a new generation.
+
+The files themselves are ``logfiles.py``'s, in the writer's one I/O thread: recently
+used log descriptors stay open in a bounded LRU, so a hundred thousand sessions never
+exhaust the process's descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from ..base import StorageError
+from .config import Durability
+from .layout import Layout
+from .logfiles import Batch, Forget, Group, LogFiles
+from .wal import Segment, SegmentFile, remove_segment, sync_log
+
+log = logging.getLogger(__name__)
+
+SYNC_THREADS: Final = 8
+
+
+# (session id, [(where the batch's lines start in the log, batch)], new log size)
+WrittenCallback = Callable[[str, list[tuple[int, Batch]], int], None]
+FailedCallback = Callable[[str, OSError], None]
+
+
+@dataclass(slots=True)
+class _Append:
+    session_id: str
+    batch: Batch
+    generation: int
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Control:
+    """A marker in the queue: done once every append queued before it is processed;
+    with ``forget``, that session's deletion is recorded and its descriptor closed."""
+
+    future: asyncio.Future[None]
+    forget: Forget | None = None
+
+
+class LogWriter:
+    """Appends event lines to per-session log files in batches (group commit)."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        durability: Durability,
+        max_open: int,
+        fsync_interval: float,
+        on_written: WrittenCallback,
+        on_failed: FailedCallback,
+        wal: SegmentFile | None = None,
+    ) -> None:
+        self._layout = layout
+        self._wal = wal if durability == "fsync" else None
+        self._retire_queue: list[Segment] = []  # oldest first; deleted strictly in order
+        self._retiring: asyncio.Task[None] | None = None
+        self._durability = durability
+        self._fsync_interval = fsync_interval
+        self._on_written = on_written
+        self._on_failed = on_failed
+        self._queue: list[_Append | _Control] = []
+        self._generations: dict[str, int] = {}
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="bamboo-log-writer")
+        self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
+        self._files = LogFiles(layout, durability, max_open, self._wal, self._sync_pool)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.batches = 0  # for tests and benchmarks: how many batches were written
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name="bamboo-log-writer"))
+        if self._durability != "fsync":
+            self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
+
+    def submit(self, session_id: str, batch: Batch) -> asyncio.Future[None]:
+        """Queue the batch's lines for the session's log; the future resolves when they
+        are as durable as the mode says, or fails with :class:`StorageError`."""
+        if self._closing:
+            raise StorageError("storage is closed")
+        future = asyncio.get_running_loop().create_future()
+        generation = self._generations.get(session_id, 0)
+        self._queue.append(_Append(session_id, batch, generation, future))
+        self._wakeup.set()
+        return future
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is written (or failed)."""
+        await self._control(None)
+
+    async def forget(self, session_id: str, epoch: str = "") -> None:
+        """Finish the session's queued appends, record its deletion in the WAL, then
+        close its descriptor (before the log is deleted)."""
+        await self._control(Forget(session_id, epoch))
+        self._generations.pop(session_id, None)
+
+    async def close(self) -> None:
+        """Write everything queued, sync every file, close every descriptor."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        for task in self._tasks:
+            if task.get_name() == "bamboo-log-sync":
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self._files.close_all)
+        if self._wal is not None:
+            # Every log synced, then every segment deleted (kept on failure: replayed at
+            # the next open).
+            current = self._wal.close()
+            if current is not None:
+                self._retire_queue.append(current)
+            if self._retiring is not None:
+                await asyncio.wait({self._retiring})
+            await self._retire()
+        self._io.shutdown()
+        self._sync_pool.shutdown()
+
+    async def _control(self, forget: Forget | None) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Control(future, forget))
+        self._wakeup.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._process(self._take_batch())
+
+    def _take_batch(self) -> list[_Append | _Control]:
+        """The longest prefix of the queue that touches at most ``max_open`` files, so
+        a batch never needs more descriptors than the bound (a prefix keeps each
+        session's appends in order)."""
+        queue, limit = self._queue, self._files.max_open
+        sessions: set[str] = set()
+        for i, item in enumerate(queue):
+            if isinstance(item, _Append) and item.session_id not in sessions:
+                if len(sessions) == limit:
+                    self._queue = queue[i:]
+                    return queue[:i]
+                sessions.add(item.session_id)
+        self._queue = []
+        return queue
+
+    async def _process(self, batch: list[_Append | _Control]) -> None:
+        groups: dict[str, tuple[Group, list[_Append]]] = {}
+        controls: list[_Control] = []
+        for item in batch:
+            if isinstance(item, _Control):
+                controls.append(item)
+            elif item.generation != self._generations.get(item.session_id, 0):
+                _fail(item.future, _stale_error(item.session_id))
+            else:
+                entry = groups.get(item.session_id)
+                if entry is None:
+                    entry = groups[item.session_id] = (Group(item.session_id, []), [])
+                entry[0].batches.append(item.batch)
+                entry[1].append(item)
+        ordered = list(groups.values())
+        forgets = [control.forget for control in controls if control.forget is not None]
+        done = asyncio.get_running_loop().run_in_executor(
+            self._io, self._files.write_batch, [group for group, _ in ordered], forgets
+        )
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # Settle with what the thread really did, never with a guess.
+            await asyncio.wait({done})
+            raise
+        except Exception:
+            log.exception("log writer failed")
+        finally:
+            self.batches += 1
+            self._settle(ordered, controls)
+            rotated = self._files.rotated
+            if rotated:
+                self._retire_queue.extend(rotated)
+                rotated.clear()
+                if self._retiring is None or self._retiring.done():
+                    self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+
+    async def _retire(self) -> None:
+        """Delete retired segments, oldest first, each once every log it covers is
+        synced. On failure the segment stays (and so do the newer ones): retried at the
+        next rotation and on close, replayed at open if it is still there."""
+        loop = asyncio.get_running_loop()
+        while self._retire_queue and not self._files.sync_failed:
+            segment = self._retire_queue[0]
+            syncs = [
+                loop.run_in_executor(self._sync_pool, sync_log, self._layout, session_id)
+                for session_id in segment.touched
+            ]
+            results = await asyncio.gather(*syncs, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            try:
+                if errors:
+                    raise errors[0]
+                await loop.run_in_executor(self._sync_pool, remove_segment, segment)
+            except OSError as exc:
+                if errors:
+                    self._files.sync_failed = True
+                log.error(
+                    "could not retire the WAL segment %s: %s; it and every later one are "
+                    "kept for replay at the next open",
+                    segment.path,
+                    exc,
+                )
+                return
+            del self._retire_queue[0]
+
+    def _settle(self, groups: list[tuple[Group, list[_Append]]], controls: list[_Control]) -> None:
+        for group, appends in groups:
+            if group.ok:
+                written, offset = [], group.size_before
+                for batch in group.batches:
+                    written.append((offset, batch))
+                    offset += len(batch.data)
+                self._on_written(group.session_id, written, group.new_size)
+                for append in appends:
+                    if not append.future.done():
+                        append.future.set_result(None)
+            else:
+                sid = group.session_id
+                cause = group.error or OSError("the log writer failed")
+                self._generations[sid] = self._generations.get(sid, 0) + 1
+                self._on_failed(sid, cause)
+                error = StorageError(
+                    f"could not append to the log of session {sid!r}: {cause}; "
+                    "nothing of this append was stored"
+                )
+                for append in appends:
+                    _fail(append.future, error)
+        for control in controls:
+            if control.future.done():
+                continue
+            failed = control.forget.error if control.forget is not None else None
+            if failed is not None:
+                control.future.set_exception(
+                    StorageError(f"could not record the deletion in the WAL: {failed}")
+                )
+            else:
+                control.future.set_result(None)
+
+    async def _sync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._fsync_interval)
+            await loop.run_in_executor(self._io, self._files.sync_unsynced)
+
+
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _stale_error(session_id: str) -> StorageError:
+    return StorageError(
+        f"could not append to the log of session {session_id!r}: an earlier append to it "
+        "failed, so this one was not stored either; retry"
+    )

@@ -1,0 +1,100 @@
+"""The JSONL storage's memory caches (persistence/jsonl/caches.py) stay within their
+bounds in bytes, and the storage stays correct whatever they dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bamboo_session.persistence import Appended, JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence.jsonl.caches import (
+    MESSAGE_BYTES,
+    SESSION_SHARE,
+    TAIL_BYTES,
+    WINDOW_BYTES,
+    KeyWindows,
+    MessageCache,
+)
+from bamboo_session.persistence.keys import KEY_OVERHEAD_BYTES, KeyWindow
+from bamboo_session.protocol.models import AgentEvent, Message, Session
+
+
+def messages(*texts: str) -> list[tuple[Message, int]]:
+    return [(Message.user(text), 100) for text in texts]
+
+
+def share_of(messages: int) -> int:
+    """A budget whose share per session holds that many 100-byte messages."""
+    return SESSION_SHARE * (TAIL_BYTES + messages * (100 + MESSAGE_BYTES))
+
+
+def test_the_message_cache_keeps_each_sessions_newest_within_its_share() -> None:
+    cache = MessageCache(share_of(3))
+    cache.extend("a", 0, messages("0", "1", "2"))
+    assert [m.content for m in cache.get("a", 0, 3) or []] == ["0", "1", "2"]
+    cache.extend("a", 3, messages("3"))
+    assert cache.get("a", 0, 1) is None  # the oldest went
+    assert [m.content for m in cache.get("a", 1, 4) or []] == ["1", "2", "3"]
+    cache.extend("a", 7, messages("7"))  # not following: the tail starts again
+    assert cache.get("a", 3, 4) is None and cache.get("a", 7, 8) is not None
+    assert cache.bytes == TAIL_BYTES + 100 + MESSAGE_BYTES
+
+
+def test_the_message_cache_drops_whole_sessions_past_its_budget() -> None:
+    cache = MessageCache(share_of(3))
+    for n in range(200):
+        cache.extend(f"s{n}", 0, messages("x", "y"))
+        assert cache.bytes <= cache.max_bytes
+    assert len(cache) == cache.max_bytes // (TAIL_BYTES + 2 * (100 + MESSAGE_BYTES))
+    assert cache.get("s0", 0, 1) is None and cache.get("s199", 0, 2) is not None
+    empty = MessageCache(0)
+    empty.extend("a", 0, messages("x"))
+    assert empty.get("a", 0, 1) is None and empty.bytes == 0
+
+
+def test_key_windows_are_bounded_in_count_and_bytes() -> None:
+    windows = KeyWindows(max_windows=3, max_bytes=2 * WINDOW_BYTES + 10 * (KEY_OVERHEAD_BYTES + 2))
+    for n in range(5):
+        window = KeyWindow()
+        for i in range(3):
+            window.add(f"k{i}", i + 1)
+        windows.put(f"s{n}", window, busy=lambda _session_id: False)
+        assert windows.bytes <= windows.max_bytes and len(windows) <= 3
+    assert windows.get("s0") is None and windows.get("s4") is not None
+    busy = KeyWindow()
+    for i in range(20):  # over the budget alone, but appends are in flight
+        busy.add(f"b{i:02d}", i + 1)
+    windows.put("busy", busy, busy=lambda session_id: session_id == "busy")
+    windows.trim(busy=lambda session_id: session_id == "busy")
+    assert windows.get("busy") is busy and len(windows) == 1
+    windows.forget_before("busy", 10_015)  # keys leave the window: their bytes too
+    assert windows.bytes == WINDOW_BYTES + 5 * (KEY_OVERHEAD_BYTES + 3)
+
+
+async def test_keys_stay_known_when_their_window_was_dropped(tmp_path: Path) -> None:
+    budget = 3 * WINDOW_BYTES + 30 * (KEY_OVERHEAD_BYTES + 8)
+    config = JsonlStorageConfig(tmp_path, durability="os").with_caches(key_bytes=budget)
+    async with await JsonlStorage.open(config) as storage:
+        for n in range(10):
+            await storage.create_session(Session.new(f"s{n}"))
+            for i in range(10):
+                await storage.append_event(f"s{n}", AgentEvent.token("x"), f"key-{i:03d}")
+            assert storage._appends.keys.bytes <= budget
+        assert len(storage._appends.keys) < 10  # windows were dropped...
+        for n in range(10):  # ...and read again from the logs when needed
+            again = await storage.append_event(f"s{n}", AgentEvent.token("x"), "key-004")
+            assert again == Appended(5, duplicate=True)
+        assert storage._appends.keys.bytes <= budget
+
+
+async def test_histories_stay_whole_with_a_tiny_message_cache(tmp_path: Path) -> None:
+    budget = share_of(5)
+    config = JsonlStorageConfig(tmp_path, durability="os").with_caches(message_bytes=budget)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        for i in range(100):
+            await storage.append_message("s", Message.user(f"message {i}"))
+            assert storage._messages.bytes <= budget
+        history = await storage.get_session_history("s")
+        assert [m.content for m in history] == [f"message {i}" for i in range(100)]
+        page = await storage.get_history_page("s", 3, before=50)
+        assert [m.content for m in page.messages] == ["message 47", "message 48", "message 49"]

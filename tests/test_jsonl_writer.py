@@ -1,0 +1,156 @@
+"""The group-commit writer (persistence/jsonl/writer.py, logfiles.py) on its own: it
+reports where each batch's lines start before acknowledging them, batches concurrent
+appends, keeps descriptors bounded, fails only what failed, and syncs as its mode says."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import StorageError
+from bamboo_session.persistence.jsonl import logfiles
+from bamboo_session.persistence.jsonl.config import Durability
+from bamboo_session.persistence.jsonl.layout import Layout
+from bamboo_session.persistence.jsonl.logfiles import Batch
+from bamboo_session.persistence.jsonl.wal import SegmentFile
+from bamboo_session.persistence.jsonl.writer import LogWriter
+from bamboo_session.protocol.codec import decode_stored_event, encode_stored_event
+from bamboo_session.protocol.models import AgentEvent, StoredEvent, utcnow
+
+
+@dataclass
+class Reports:
+    written: list[tuple[str, list[tuple[int, int]], int]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def on_written(self, session_id: str, batches: list[tuple[int, Batch]], size: int) -> None:
+        self.written.append(
+            (session_id, [(offset, batch.events[0].seq) for offset, batch in batches], size)
+        )
+
+    def on_failed(self, session_id: str, error: OSError) -> None:
+        self.failed.append(session_id)
+
+
+def batch(*seqs: int) -> Batch:
+    events = [StoredEvent(seq, utcnow(), AgentEvent.token(f"t{seq}")) for seq in seqs]
+    return Batch(events, b"".join(encode_stored_event(e) + b"\n" for e in events))
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    layout = Layout(tmp_path)
+    for directory in layout.directories():
+        directory.mkdir()
+    return layout
+
+
+async def started(
+    layout: Layout, reports: Reports, durability: Durability = "fsync", max_open: int = 256,
+    wal: bool = True,
+) -> LogWriter:  # fmt: skip
+    segments = SegmentFile(layout, 1 << 20, 30.0) if wal and durability == "fsync" else None
+    writer = LogWriter(
+        layout, durability, max_open, 0.02, reports.on_written, reports.on_failed, segments
+    )
+    writer.start()
+    return writer
+
+
+@pytest.fixture
+async def reports() -> AsyncIterator[Reports]:
+    yield Reports()
+
+
+async def test_each_batch_is_reported_where_its_lines_start(
+    layout: Layout, reports: Reports
+) -> None:
+    writer = await started(layout, reports)
+    first, second = batch(1, 2), batch(3)
+    await asyncio.gather(writer.submit("a", first), writer.submit("a", second))
+    await writer.close()
+    data = layout.log("a").read_bytes()
+    offsets = [offset for _sid, written, _size in reports.written for offset, _seq in written]
+    assert offsets == [0, len(first.data)]
+    assert reports.written[-1][2] == len(data)
+    assert [decode_stored_event(line).seq for line in data.splitlines()] == [1, 2, 3]
+
+
+async def test_concurrent_appends_share_batches(layout: Layout, reports: Reports) -> None:
+    writer = await started(layout, reports)
+    futures = [writer.submit(f"s{i}", batch(1)) for i in range(40)]
+    await asyncio.gather(*futures)
+    assert writer.batches < 40  # the first batch took one; the rest queued behind it
+    await writer.close()
+
+
+async def test_descriptors_stay_within_the_bound(layout: Layout, reports: Reports) -> None:
+    writer = await started(layout, reports, durability="os", max_open=3)
+    before = len(os.listdir("/proc/self/fd"))
+    for seq in (1, 2):
+        await asyncio.gather(*(writer.submit(f"s{i}", batch(seq)) for i in range(20)))
+        assert len(writer._files.open_logs) <= 3
+        assert len(os.listdir("/proc/self/fd")) <= before + 3 + 1
+    await writer.close()
+    for i in range(20):
+        assert len(layout.log(f"s{i}").read_bytes().splitlines()) == 2
+
+
+async def test_a_failed_file_fails_its_appends_only(layout: Layout, reports: Reports) -> None:
+    writer = await started(layout, reports)
+    layout.log("bad").mkdir()  # opening it fails (EISDIR)
+    good = writer.submit("good", batch(1))
+    bad = writer.submit("bad", batch(1))
+    behind = writer.submit("bad", batch(2))
+    await good
+    with pytest.raises(StorageError, match="nothing of this append was stored"):
+        await bad
+    with pytest.raises(StorageError):
+        await behind  # queued behind the failed one: its seq no longer follows the log
+    assert reports.failed == ["bad"]
+    layout.log("bad").rmdir()
+    await writer.submit("bad", batch(1))  # a new generation: works again
+    await writer.close()
+
+
+@pytest.mark.parametrize(("durability", "wal"), [("fsync", True), ("fsync", False), ("os", True)])
+async def test_syncs_as_the_mode_says(
+    layout: Layout,
+    reports: Reports,
+    monkeypatch: pytest.MonkeyPatch,
+    durability: Durability,
+    wal: bool,
+) -> None:
+    synced: list[int] = []
+    real = logfiles.datasync
+    monkeypatch.setattr(logfiles, "datasync", lambda fd: (synced.append(fd), real(fd))[1])
+    writer = await started(layout, reports, durability=durability, wal=wal)
+    await asyncio.gather(*(writer.submit(f"s{i}", batch(1)) for i in range(5)))
+    if durability == "os":
+        assert synced == []  # acknowledged after the write
+        for _ in range(100):  # the background sync follows
+            await asyncio.sleep(0.01)
+            if len(synced) == 5:
+                break
+        assert len(synced) == 5
+    elif wal:
+        assert synced == []  # the WAL segment is synced instead, once per batch
+    else:
+        assert len(synced) == 5  # every written log, before the acknowledgement
+    await writer.close()
+
+
+async def test_close_writes_what_is_queued(layout: Layout, reports: Reports) -> None:
+    writer = await started(layout, reports, durability="os")
+    futures = [writer.submit("a", batch(seq)) for seq in range(1, 6)]
+    await writer.close()
+    await asyncio.gather(*futures)
+    assert len(layout.log("a").read_bytes().splitlines()) == 5
+    assert writer._files.open_logs == {}
+    with pytest.raises(StorageError, match="closed"):
+        writer.submit("a", batch(6))
