@@ -13,6 +13,7 @@ body are served here, where websockets dropped the connection without a word.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import http
 from collections.abc import Generator
@@ -66,11 +67,34 @@ def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
 
 
 class BambooConnection(ServerConnection):
+    """websockets' server connection, with our answers to bad requests, and a socket
+    read only while it can be written to: websockets answers a peer's pings itself,
+    straight into the socket's buffer, outside every queue the server bounds, so a peer
+    that pings without reading the pongs would grow that buffer without end."""
+
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         protocol.reject = json_reject  # type: ignore[method-assign]
         protocol.parser = _parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # websockets pauses reading while its incoming queue is full; resume only when
+        # writing is not paused too (and the other way round, below).
+        self.recv_messages.resume = self._resume_reading
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.paused and not self.recv_messages.paused:
+            self.transport.resume_reading()
 
 
 def _parse_request(protocol: ServerProtocol) -> Generator[None]:

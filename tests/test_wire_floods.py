@@ -1,0 +1,78 @@
+"""Floods of control frames from a peer that does not read: websockets answers pings
+with pongs itself, outside every queue the server bounds, so a peer that pings without
+reading must not grow the server's memory (server/http_wire.py reads a socket only
+while it can be written to). Run against a real server process, whose RSS is read."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from tests.server_process import ServerProcess
+
+
+def masked_frame(payload: bytes, opcode: int) -> bytes:
+    """A client frame (masked with a zero key), ``payload`` < 126 bytes."""
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+def upgraded_socket(port: int, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads next to nothing
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert b" 101 " in answer.split(b"\r\n")[0], answer
+    return sock
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_pings_from_a_peer_that_never_reads_do_not_grow_memory(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    port = server.start()
+    assert server.proc is not None
+    try:
+        sock = upgraded_socket(port, "/api/v1/stream/flood")
+        hello = json.dumps({"type": "hello", "create": True}).encode()
+        sock.sendall(masked_frame(hello, 0x1))
+        sock.settimeout(0.2)
+        before = rss_kib(server.proc.pid)
+        pings = masked_frame(b"p" * 125, 0x9) * 512
+        stop, sent = threading.Event(), [0]
+
+        def flood() -> None:
+            while not stop.is_set():
+                try:
+                    sock.sendall(pings)
+                    sent[0] += len(pings)
+                except (TimeoutError, OSError):
+                    continue
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        time.sleep(4)  # unbounded, this grew the server by ~180 MiB in 4 s
+        stop.set()
+        flooder.join(5)
+        grown = rss_kib(server.proc.pid) - before
+        # Once its socket buffer is full the server stops reading: the pings wait in TCP.
+        assert grown < 32 * 1024, f"server grew {grown} KiB after {sent[0]} bytes of pings"
+        sock.close()
+    finally:
+        server.kill()
