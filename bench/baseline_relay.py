@@ -73,7 +73,7 @@ async def main(host: str, port: int) -> None:
         port,
         compression=None,
         max_size=1024 * 1024,
-        max_queue=16,
+        max_queue=4,
         write_limit=256 * 1024,
         ping_interval=20.0,
         ping_timeout=20.0,

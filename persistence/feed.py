@@ -26,7 +26,7 @@ from .base import SessionNotFound
 ReadEvents = Callable[[int, int], Awaitable[list[StoredEvent]]]
 
 BUFFER_EVENTS: Final = 1024
-BUFFER_BYTES: Final = 4 * 1024 * 1024
+BUFFER_BYTES: Final = 1024 * 1024  # past it, a subscription reads from the store
 
 CLOSED: Final = "closed"
 DELETED: Final = "deleted"

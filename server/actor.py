@@ -197,7 +197,7 @@ class SessionActor:
                 if self.following.ready():
                     await self._deliver()
                 elif len(self.inbox):
-                    await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
+                    await self._handle_taken()
                 elif self.room.outboxes:
                     await self._wait_for_work()
                 else:
@@ -230,7 +230,7 @@ class SessionActor:
         # Commands posted before the actor retired are answered, never dropped; from
         # the moment the inbox is found empty, new ones are rejected on arrival.
         while len(self.inbox):
-            await self._handle_batch(self.inbox.take_batch(_BATCH_MAX))
+            await self._handle_taken()
         await self.presence.leave_session(self.session_id)
         self.finished = True
         for command in self.inbox.take_all():
@@ -245,6 +245,13 @@ class SessionActor:
         self._on_retired(self)
 
     # -- commands -------------------------------------------------------------------
+
+    async def _handle_taken(self) -> None:
+        batch = self.inbox.take_batch(_BATCH_MAX)
+        try:
+            await self._handle_batch(batch)
+        finally:
+            self.inbox.finished(batch)
 
     async def _handle_batch(self, batch: list[Command]) -> None:
         appends: list[Append] = []

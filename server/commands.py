@@ -182,11 +182,13 @@ class Inbox:
 
     def has_room(self) -> bool:
         items = self._items
-        if not items:
-            return True
+        if not items and not self.bytes:
+            return True  # one command always fits, whatever its size
         budget = self.budget
         return (
-            len(items) < self.limit and self.bytes < self.max_bytes and budget.used <= budget.limit
+            len(items or ()) < self.limit
+            and self.bytes < self.max_bytes
+            and budget.used <= budget.limit
         )
 
     def append(self, command: Command) -> None:
@@ -223,12 +225,17 @@ class Inbox:
         return items
 
     def take_batch(self, max_items: int) -> list[Command]:
+        """The next commands, at most ``max_items``; their bytes stay counted (peers
+        wait for room) until :meth:`finished` says the batch was handled: a batch being
+        written is in memory as much as one waiting."""
         items = self._items
         if items is None:
             return []
-        batch = [items.popleft() for _ in range(min(max_items, len(items)))]
+        return [items.popleft() for _ in range(min(max_items, len(items)))]
+
+    def finished(self, batch: list[Command]) -> None:
+        """A batch from :meth:`take_batch` was handled: its bytes are free again."""
         self._released(batch)
         room = self._has_room
         if room is not None and not room.done() and self.has_room():
             room.set_result(None)
-        return batch

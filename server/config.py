@@ -50,7 +50,9 @@ class ServerConfig:
     # asyncio's default of 100 makes a reconnect storm wait on SYN retransmits.
     backlog: int = 4096
     max_frame_bytes: int = MIB
-    max_queue: int = 16  # incoming frames buffered before websockets stops reading
+    # Incoming frames websockets buffers before it stops reading (not in the memory
+    # budget, so few: at max_frame_bytes each, 4 MiB a connection at most).
+    max_queue: int = 4
     write_limit: int = 256 * 1024  # bytes buffered before a send waits for the socket
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
