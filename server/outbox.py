@@ -100,6 +100,10 @@ OutboxItem = Outbound | Replay | CloseRequest
 
 
 _COMPACT_AFTER = 1024
+# One write to a socket: at most this many bytes of frames (one frame at least), and
+# FLUSH_FRAMES frames; the rest waits in the queue (counted, bounded) for the next one.
+WRITE_BYTES: Final = 256 * 1024
+FLUSH_FRAMES: Final = 256
 
 
 class Outbox:
@@ -287,10 +291,7 @@ class Outbox:
         if len(self) and type(items[self._head]) is Outbound:
             assert self.sink is not None
             if self.sink.can_write():
-                frames: list[Outbound] = []
-                while len(self) and type(items[self._head]) is Outbound:
-                    frames.append(self._popleft())  # type: ignore[arg-type]
-                self.sink.write(frames)
+                self.sink.write(self.take_frames(None, FLUSH_FRAMES))
         if len(self):
             waiter.set_result(None)
 
@@ -306,12 +307,20 @@ class Outbox:
     def get_nowait(self) -> OutboxItem | None:
         return self._popleft() if len(self) else None
 
-    def take_frames(self, first: Outbound, limit: int) -> list[Outbound]:
-        """``first`` and the frames queued right behind it, up to ``limit`` in all, so
-        that a writer sends them together (it stops at a replay or the close)."""
-        frames = [first]
+    def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]:
+        """``first`` (if given) and the frames queued right behind it, up to ``limit``
+        frames and about :data:`WRITE_BYTES`, so that they go to the socket together (it
+        stops at a replay or the close). What is taken leaves the queue's count of bytes
+        and the budget's; bounding a write keeps what sits in the socket's buffer,
+        uncounted, to about one write past its high-water mark."""
+        frames = [] if first is None else [first]
+        written = 0 if first is None else first.size(self.codec)
         items = self._items
-        while len(self) and len(frames) < limit and type(items[self._head]) is Outbound:
+        while len(self) and len(frames) < limit and written < WRITE_BYTES:
+            head = items[self._head]
+            if type(head) is not Outbound:
+                break
+            written += head.size(self.codec)
             frames.append(self._popleft())  # type: ignore[arg-type]
         return frames
 
