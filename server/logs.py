@@ -17,6 +17,11 @@ import msgspec
 import structlog
 
 _encoder = msgspec.json.Encoder(enc_hook=str)
+# Tracebacks as JSON, without the frames' local variables: a request's locals hold its
+# headers, and a bearer token must never reach a log.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 def _json_bytes(event: Any, **_: Any) -> bytes:
@@ -61,7 +66,7 @@ def configure_logging(
     if fields:
         shared.insert(0, _adder(dict(fields)))
     if use_json:
-        shared.append(structlog.processors.dict_tracebacks)
+        shared.append(_TRACEBACKS)
         renderer: Any = structlog.processors.JSONRenderer(serializer=_json_bytes)
         text_renderer: Any = structlog.processors.JSONRenderer(serializer=_json_text)
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
