@@ -125,6 +125,10 @@ class Authenticator:
             # Forged, malformed, wrong algorithm, missing claims: one answer for all, so a
             # prober learns nothing about which check failed.
             raise Unauthorized("invalid token") from None
+        if self.audience is None and "aud" in claims:
+            # A token meant for some audience is not meant for a server that names none
+            # (RFC 7519 4.1.3); PyJWT would let an empty one ("" or []) through.
+            raise Unauthorized("invalid token")
         principal = _principal(claims)
         exp = claims["exp"]
         assert isinstance(exp, int | float)  # _principal checked it

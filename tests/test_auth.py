@@ -117,8 +117,9 @@ def test_the_leeway_absorbs_a_small_clock_difference() -> None:
 
 def test_audience_and_issuer_checks() -> None:
     plain = Authenticator(SECRET)
-    with pytest.raises(Unauthorized):
-        plain.verify(make_token(aud="bamboo"))  # an audience nobody here claims to be
+    for audience in ("bamboo", "", []):  # an audience nobody here claims to be, or empty
+        with pytest.raises(Unauthorized):
+            plain.verify(make_token(aud=audience))
     assert plain.verify(make_token(iss="anyone")).sub == "alice"
     scoped = Authenticator(SECRET, audience="bamboo", issuer="https://auth.example")
     good = {"aud": "bamboo", "iss": "https://auth.example"}
