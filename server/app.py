@@ -30,7 +30,6 @@ from .connection import Connection
 from .flush import Flusher
 from .http import (
     BadRoute,
-    error_response,
     handle_get,
     is_stream_path,
     is_upgrade,
@@ -45,6 +44,7 @@ from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .readiness import Readiness
+from .responses import error_response
 from .services import Services
 from .store_stats import StoreStats
 
@@ -213,6 +213,14 @@ class BambooServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        response = await self._answer_request(request)
+        if response is not None and request.method == "HEAD" and response.body:
+            # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
+            return Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response
+
+    async def _answer_request(self, request: Request) -> Response | None:
+        """The answer to a request that does not become a WebSocket, else None."""
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 message = f"more than one {name} header"
@@ -221,7 +229,7 @@ class BambooServer:
             # A page rebinding its own name to this server: it reads nothing here.
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
         if not is_upgrade(request):
-            if is_stream_path(request.path):
+            if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
             return await handle_get(self.services, request)
         try:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import http
 import urllib.parse
-from typing import Any
 
 import msgspec
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from bamboo_session.persistence.base import SessionFilter, StorageError
@@ -27,13 +25,13 @@ from .failures import failure_of
 from .http_wire import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import events_page, history_page, within_bytes
+from .responses import error_response, json_response, text_response
 from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
 STATS_PATH = "/api/v1/stats"
 DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id} without a limit
-_json = msgspec.json.Encoder()
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -71,25 +69,6 @@ def is_upgrade(request: Request) -> bool:
     return "websocket" in request.headers.get("Upgrade", "").lower()
 
 
-def text_response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
-
-
-def json_response(status: http.HTTPStatus, payload: Any) -> Response:
-    return text_response(status, _json.encode(payload), "application/json")
-
-
-def error_response(status: http.HTTPStatus, code: str, message: str) -> Response:
-    return json_response(status, {"error": {"code": code, "message": message}})
-
-
 def failure_response(exc: BaseException) -> Response:
     """The JSON error answer to ``exc``, as server/failures.py maps it."""
     failure = failure_of(exc)
@@ -110,10 +89,8 @@ async def handle_get(services: Services, request: Request) -> Response:
         )
         response.headers["Allow"] = ALLOWED_METHODS
         return response
-    response = await _answer_get(services, request)
-    if request.method == "HEAD":
-        return Response(response.status_code, response.reason_phrase, response.headers, b"")
-    return response
+    # A HEAD gets the GET's answer; the server drops its body (app.py), for every answer.
+    return await _answer_get(services, request)
 
 
 def upgrade_required() -> Response:

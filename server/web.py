@@ -27,6 +27,8 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .responses import error_response
+
 WEB_DIR = Path(__file__).resolve().parent / "web"
 CONSOLE_PATH = "/console"
 CLIENT_PREFIX = "/client/"
@@ -77,7 +79,7 @@ def serve(request: Request, path: str) -> Response:
         return _redirect(CONSOLE_PATH)
     asset = assets().get(path)
     if asset is None:
-        return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+        return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such file")
     headers = _headers(request, path, asset)
     if request.headers.get("If-None-Match") == asset.etag:
         return Response(304, "Not Modified", headers, b"")

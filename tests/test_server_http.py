@@ -257,6 +257,33 @@ async def test_head_answers_as_get_without_the_body() -> None:
             server, b"HEAD /api/v1/sessions/nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         )
         assert (status, body) == (404, b"") and headers["content-type"] == "application/json"
+        # Every answer, the early refusals too: a stream path, a Host not allowed.
+        for request in (
+            b"HEAD /api/v1/stream/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            b"HEAD /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+            b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n",
+        ):
+            status, headers, body = await raw_http(server, request)
+            assert status in (400, 403, 426) and body == b"", request
+            assert int(headers["content-length"]) > 0
+
+
+async def test_other_methods_on_a_stream_path_are_405_not_426() -> None:
+    async with run_server() as server:
+        status, headers, body = await raw_http(
+            server, b"POST /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        assert status == 405 and headers["allow"] == "GET, HEAD"
+        assert error_of(headers, body)["code"] == "bad_request"
+
+
+async def test_a_missing_console_file_has_the_json_error_body() -> None:
+    async with run_server() as server:
+        for path in ("/console/nope.js", "/client/nope.js", "/client/"):
+            status, headers, body = await raw_http(
+                server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            assert status == 404 and error_of(headers, body)["code"] == "not_found", path
 
 
 async def test_numbers_out_of_range_or_not_plain_digits_are_400() -> None:
