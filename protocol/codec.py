@@ -174,8 +174,7 @@ class Codec:
         if isinstance(data, str) != self.text:
             kind = "binary" if self.text else "text"
             message = f"a {kind} frame on the {self.subprotocol} subprotocol"
-            raw = data.encode() if isinstance(data, str) else data
-            raise ProtocolError(ErrorCode.BAD_REQUEST, message, self._salvage_id(raw))
+            raise ProtocolError(ErrorCode.BAD_REQUEST, message, _id_of_any_kind(data))
         return self.decode_client(data)
 
     def decode_server(self, data: bytes | str) -> ServerFrame:
@@ -189,6 +188,24 @@ class Codec:
             return request_id
         except (msgspec.DecodeError, RecursionError, UnicodeError):
             return None
+
+
+_json_id = msgspec.json.Decoder(_RequestIdOnly)
+_msgpack_id = msgspec.msgpack.Decoder(_RequestIdOnly)
+
+
+def _id_of_any_kind(data: bytes | str) -> RequestId:
+    """The ``id`` of a frame sent with the wrong type for the subprotocol, read as what
+    it most likely holds: a text frame JSON, a binary one MessagePack (or JSON)."""
+    decoders = (_json_id,) if isinstance(data, str) else (_msgpack_id, _json_id)
+    raw = data.encode() if isinstance(data, str) else data
+    for decoder in decoders:
+        try:
+            request_id: RequestId = decoder.decode(raw).id
+            return request_id
+        except (msgspec.DecodeError, RecursionError):
+            continue
+    return None
 
 
 JSON: Final = Codec(

@@ -23,7 +23,7 @@ async def test_a_text_frame_on_the_msgpack_subprotocol_is_a_bad_request() -> Non
         await peer.ws.send(json.dumps({"type": "ping", "id": 7}))
         error = await peer.recv()
         assert error["type"] == "error" and error["code"] == "bad_request", error
-        assert "text" in error["message"]
+        assert "text" in error["message"] and error.get("id") == 7  # read as the JSON it is
         assert (await peer.request({"type": "ping", "id": 8}, "pong"))["id"] == 8
 
 
