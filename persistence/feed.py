@@ -43,6 +43,7 @@ class FeedSubscription:
         "_ending",
         "_feed",
         "_known_last",
+        "_loop",
         "_max_bytes",
         "_max_events",
         "_pending",
@@ -74,6 +75,7 @@ class FeedSubscription:
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._callback: Callable[[], object] | None = None
         self._ending: str | None = None  # closed: deliver what is stored, then end
         self.ended: str | None = None
@@ -207,7 +209,10 @@ class FeedSubscription:
             self._feed.discard(self)
 
     async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # asked once: on Python 3.11 that is a getpid() call
+            loop = self._loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         try:
             await waiter
         finally:

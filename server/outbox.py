@@ -113,6 +113,7 @@ class Outbox:
         "_backed_up",
         "_head",
         "_items",
+        "_loop",
         "_scheduled",
         "_settled",
         "_waiter",
@@ -162,6 +163,7 @@ class Outbox:
         self._items: list[OutboxItem] = []
         self._head = 0
         self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Frames go straight to the socket at the end of the loop's turn while the
         # writer is idle (server/flush.py); without a sink, the writer sends them.
         self.sink: DirectSink | None = None
@@ -219,7 +221,7 @@ class Outbox:
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""
         while self.in_flight >= self.max_in_flight and self.closing is None:
-            self._settled = asyncio.get_running_loop().create_future()
+            self._settled = self._event_loop().create_future()
             try:
                 await self._settled
             finally:
@@ -263,6 +265,13 @@ class Outbox:
         if self.on_close is not None:
             self.on_close(closing)
 
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        # Asked once: on Python 3.11, asyncio.get_running_loop() is a getpid() call.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -297,7 +306,7 @@ class Outbox:
 
     async def get(self) -> OutboxItem:
         while not len(self):
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._event_loop().create_future()
             try:
                 await self._waiter
             finally:

@@ -99,7 +99,11 @@ class LogWriter:
         self._on_failed = on_failed
         self._queue: list[_Append | _Control] = []
         self._generations: dict[str, int] = {}
-        self._wakeup = asyncio.Event()
+        # Woken by submit while idle. A future of our own rather than an asyncio.Event:
+        # Event.wait() asks for the running loop at every wait, which on Python 3.11 is
+        # a getpid() system call, and this is once per group commit.
+        self._wakeup: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._io = ThreadPoolExecutor(1, thread_name_prefix="bamboo-log-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
@@ -108,6 +112,7 @@ class LogWriter:
         self.batches = 0  # for tests and benchmarks: how many batches were written
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks.append(asyncio.create_task(self._run(), name="bamboo-log-writer"))
         if self._durability != "fsync":
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
@@ -117,11 +122,17 @@ class LogWriter:
         are as durable as the mode says, or fails with :class:`StorageError`."""
         if self._closing:
             raise StorageError("storage is closed")
-        future = asyncio.get_running_loop().create_future()
+        assert self._loop is not None, "start() the writer first"
+        future = self._loop.create_future()
         generation = self._generations.get(session_id, 0)
         self._queue.append(_Append(session_id, batch, generation, future))
-        self._wakeup.set()
+        self._wake()
         return future
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     async def flush(self) -> None:
         """Return once everything queued before this call is written (or failed)."""
@@ -138,7 +149,7 @@ class LogWriter:
         if self._closing:
             return
         self._closing = True
-        self._wakeup.set()
+        self._wake()
         for task in self._tasks:
             if task.get_name() == "bamboo-log-sync":
                 task.cancel()
@@ -161,16 +172,20 @@ class LogWriter:
     async def _control(self, forget: Forget | None) -> None:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Control(future, forget))
-        self._wakeup.set()
+        self._wake()
         await future
 
     async def _run(self) -> None:
+        assert self._loop is not None
         while True:
             if not self._queue:
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                self._wakeup = self._loop.create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
                 continue
             await self._process(self._take_batch())
 
@@ -205,7 +220,8 @@ class LogWriter:
                 entry[1].append(item)
         ordered = list(groups.values())
         forgets = [control.forget for control in controls if control.forget is not None]
-        done = asyncio.get_running_loop().run_in_executor(
+        assert self._loop is not None
+        done = self._loop.run_in_executor(
             self._io, self._files.write_batch, [group for group, _ in ordered], forgets
         )
         try:
