@@ -276,17 +276,16 @@ class LogFiles:
         if open_log is not None:
             os.close(open_log.fd)
 
-    def sync_unsynced(self) -> None:
-        """``os`` mode's background sync of the logs written since the last one."""
+    def take_unsynced(self) -> list[tuple[str, int]]:
+        """``os`` mode: the logs written since the last background sync, each with a
+        duplicate of its descriptor. The syncs then run on other threads (``sync_dups``)
+        while this one goes on writing, and may close its own descriptors meanwhile."""
+        taken = []
         for session_id, open_log in self.open_logs.items():
             if open_log.unsynced:
                 open_log.unsynced = False
-                try:
-                    datasync(open_log.fd)
-                except OSError as exc:
-                    log.error(
-                        "background sync of the log of session %r failed: %s", session_id, exc
-                    )
+                taken.append((session_id, os.dup(open_log.fd)))
+        return taken
 
     def close_all(self) -> None:
         """Sync what is unsynced and close every descriptor."""
@@ -294,3 +293,14 @@ class LogFiles:
             session_id, open_log = self.open_logs.popitem(last=False)
             with contextlib.suppress(OSError):
                 self._close_log(session_id, open_log)
+
+
+def sync_dups(taken: list[tuple[str, int]]) -> None:
+    """Sync and close the descriptors ``take_unsynced`` handed out."""
+    for session_id, fd in taken:
+        try:
+            datasync(fd)
+        except OSError as exc:
+            log.error("background sync of the log of session %r failed: %s", session_id, exc)
+        finally:
+            os.close(fd)

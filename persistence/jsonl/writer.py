@@ -46,7 +46,7 @@ from typing import Final
 from ..base import StorageError
 from .config import Durability
 from .layout import Layout
-from .logfiles import Batch, Forget, Group, LogFiles
+from .logfiles import Batch, Forget, Group, LogFiles, sync_dups
 from .wal import Segment, SegmentFile, remove_segment, sync_log
 
 log = logging.getLogger(__name__)
@@ -305,10 +305,22 @@ class LogWriter:
                 control.future.set_result(None)
 
     async def _sync_loop(self) -> None:
+        """``os`` mode's background sync. The syncs run on the sync threads, a share
+        each: on the I/O thread they held every append queued behind them (p99 80 ms at
+        2,000 events/s over 200 sessions, against 6 ms in ``fsync`` mode)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._fsync_interval)
-            await loop.run_in_executor(self._io, self._files.sync_unsynced)
+            taken = await loop.run_in_executor(self._io, self._files.take_unsynced)
+            shares = [taken[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(taken)))]
+            syncs = asyncio.gather(
+                *(loop.run_in_executor(self._sync_pool, sync_dups, share) for share in shares)
+            )
+            try:
+                await asyncio.shield(syncs)
+            except asyncio.CancelledError:
+                await asyncio.wait({syncs})  # every taken descriptor synced and closed
+                raise
 
 
 def _fail(future: asyncio.Future[None], error: BaseException) -> None:
