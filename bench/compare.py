@@ -22,6 +22,9 @@ PEERS = (RELAY, SOCKETIO)
 BAMBOO = "bamboo-"
 
 
+COMMIT_WINDOW = 0.002  # seconds: the JSONL store's commit_window for fsync-window
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peers",
@@ -33,9 +36,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--durability",
         nargs="+",
-        choices=("fsync", "os", "memory"),
+        choices=("fsync", "fsync-window", "os", "memory"),
         default=["fsync", "os"],
         help="Bamboo's durability, one server each (the goal is for the first: fsync); "
+        f"fsync-window: fsync with a {COMMIT_WINDOW * 1000:g} ms commit window; "
         "memory: the in-memory store (memory://)",
     )
 
@@ -67,6 +71,9 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
         return common.bamboo_server(
             tmp / "data-memory", tmp / f"{kind}.log", "--store", "memory://"
         )
+    if durability == "fsync-window":  # lone events wait a little to share an fsync
+        store = f"jsonl://{tmp / 'data-window'}?commit_window={COMMIT_WINDOW}"
+        return common.bamboo_server(tmp / "data-window", tmp / f"{kind}.log", "--store", store)
     return common.bamboo_server(
         tmp / f"data-{durability}", tmp / f"{kind}.log", "--durability", durability
     )

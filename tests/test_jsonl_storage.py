@@ -29,6 +29,7 @@ from bamboo_session.persistence import (
     StorageError,
     StorageFull,
     StorageLocked,
+    open_storage,
 )
 from bamboo_session.protocol.models import (
     AgentEvent,
@@ -101,11 +102,28 @@ def test_config_builders_return_new_configs() -> None:
         {"max_sessions": -1},
         {"cleanup_interval": 0},
         {"checkpoint_every": 0},
+        {"commit_window": -0.001},
+        {"commit_window": 1.0},
     ],
 )
 def test_config_rejects_nonsense(change: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         JsonlStorageConfig("/tmp/x", **change)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["soon", "nan", "inf", "-1", "0.5"])
+async def test_a_bad_commit_window_in_the_url_is_named(tmp_path: Path, given: str) -> None:
+    with pytest.raises(ValueError, match="commit_window must be"):
+        await open_storage(f"jsonl://{tmp_path}/store?commit_window={given}")
+    assert not (tmp_path / "store").exists()
+
+
+async def test_the_commit_window_comes_from_the_url(tmp_path: Path) -> None:
+    async with await open_storage(f"jsonl://{tmp_path}?commit_window=0.002") as storage:
+        assert isinstance(storage, JsonlStorage)
+        assert storage.config.commit_window == 0.002
+        await storage.create_session(Session.new("s1"))
+        assert (await storage.append_event("s1", AgentEvent.token("t"))).seq == 1
 
 
 # -- lifecycle and layout ----------------------------------------------------------

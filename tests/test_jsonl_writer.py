@@ -52,12 +52,13 @@ def layout(tmp_path: Path) -> Layout:
 
 async def started(
     layout: Layout, reports: Reports, durability: Durability = "fsync", max_open: int = 256,
-    wal: bool = True,
+    wal: bool = True, commit_window: float = 0.0,
 ) -> LogWriter:  # fmt: skip
     segments = SegmentFile(layout, 1 << 20, 30.0) if wal and durability == "fsync" else None
     writer = LogWriter(
-        layout, durability, max_open, 0.02, reports.on_written, reports.on_failed, segments
-    )
+        layout, durability, max_open, 0.02, commit_window, reports.on_written,
+        reports.on_failed, segments,
+    )  # fmt: skip
     writer.start()
     return writer
 
@@ -65,6 +66,31 @@ async def started(
 @pytest.fixture
 async def reports() -> AsyncIterator[Reports]:
     yield Reports()
+
+
+async def test_a_commit_window_gathers_lone_appends_into_one_batch(
+    layout: Layout, reports: Reports
+) -> None:
+    writer = await started(layout, reports, commit_window=0.5)
+    await asyncio.sleep(0.01)  # the writer is idle
+    appends = []
+    for n in range(5):  # five sessions, one event each, arriving one after another
+        appends.append(asyncio.ensure_future(writer.submit(f"s{n}", batch(n + 1))))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*appends)
+    assert writer.batches == 1
+    await writer.close()
+
+
+async def test_without_a_commit_window_a_lone_append_is_written_at_once(
+    layout: Layout, reports: Reports
+) -> None:
+    writer = await started(layout, reports)
+    for n in range(3):
+        await asyncio.wait_for(writer.submit(f"s{n}", batch(n + 1)), 0.4)
+        await asyncio.sleep(0.01)
+    assert writer.batches == 3
+    await writer.close()
 
 
 async def test_each_batch_is_reported_where_its_lines_start(

@@ -41,21 +41,23 @@ The modules, one concern each:
 from __future__ import annotations
 
 from ..url import StoreOptions, StoreURL
-from .config import DURABILITY_MODES, Durability, JsonlStorageConfig
+from .config import DURABILITY_MODES, MAX_COMMIT_WINDOW, Durability, JsonlStorageConfig
 from .storage import JsonlStorage
 
 __all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig", "open_from_url"]
 
 
 async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
-    """``jsonl:///path?durability=os``: the store in that directory."""
-    url.check_params({"durability"})
+    """``jsonl:///path?durability=os``: the store in that directory. Options:
+    ``durability`` (fsync or os) and ``commit_window`` (seconds, e.g. 0.002)."""
+    url.check_params({"durability", "commit_window"})
     config = JsonlStorageConfig(
         url.location,
         default_ttl=options.default_ttl,
         max_sessions=options.max_sessions,
         cleanup_interval=options.cleanup_interval,
         durability=_durability(url),
+        commit_window=_commit_window(url),
         read_only=options.read_only,
         offline=options.offline,
     )
@@ -70,3 +72,18 @@ def _durability(url: StoreURL) -> Durability:
     raise ValueError(
         f"store URL {url.text!r}: durability must be one of {', '.join(DURABILITY_MODES)}"
     )
+
+
+def _commit_window(url: StoreURL) -> float:
+    name, given = "commit_window", url.take("commit_window")
+    if given is None:
+        return 0.0
+    try:
+        seconds = float(given)
+    except ValueError:
+        raise ValueError(f"store URL {url.text!r}: {name} must be a number of seconds") from None
+    if not 0 <= seconds <= MAX_COMMIT_WINDOW:  # also refuses nan and inf
+        raise ValueError(
+            f"store URL {url.text!r}: {name} must be from 0 to {MAX_COMMIT_WINDOW} seconds"
+        )
+    return seconds

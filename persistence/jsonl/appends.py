@@ -67,6 +67,7 @@ class Appender:
             config.durability,
             config.max_open_logs,
             config.fsync_interval,
+            config.commit_window,
             self._on_written,
             self._on_failed,
             wal if config.uses_wal else None,

@@ -11,10 +11,12 @@ Durability modes: ``fsync`` resolves an append's future once its lines are synce
 In ``fsync`` mode with the shared WAL (the default, ``wal.py``), a batch's
 lines are written to the session logs without a sync, then appended to the current WAL
 segment as one write, and that one file is synced: one ``fdatasync`` per batch whatever
-the number of sessions. Only then are the appends acknowledged. Past a size or an age
-the writer starts a new segment and retires the old one in the background: every log
-written during it is synced (threads, off the event loop), then it is deleted, strictly
-in order. Without the WAL (``wal=False``), every touched log is synced instead.
+the number of sessions. Only then are the appends acknowledged. With a commit window,
+a writer woken from idle waits that long first, so that lone appends share a batch.
+Past a size or an age the writer starts a new segment and retires the old one in the
+background: every log written during it is synced (threads, off the event loop), then
+it is deleted, strictly in order. Without the WAL (``wal=False``), every touched log
+is synced instead.
 
 Before appends are acknowledged, the owner is told (``on_written``, with where each
 append's lines start in the log), so its metadata always describes what is in the log.
@@ -85,6 +87,7 @@ class LogWriter:
         durability: Durability,
         max_open: int,
         fsync_interval: float,
+        commit_window: float,
         on_written: WrittenCallback,
         on_failed: FailedCallback,
         wal: SegmentFile | None = None,
@@ -95,6 +98,7 @@ class LogWriter:
         self._retiring: asyncio.Task[None] | None = None
         self._durability = durability
         self._fsync_interval = fsync_interval
+        self._commit_window = commit_window if durability == "fsync" else 0.0
         self._on_written = on_written
         self._on_failed = on_failed
         self._queue: list[_Append | _Control] = []
@@ -186,6 +190,8 @@ class LogWriter:
                     await self._wakeup
                 finally:
                     self._wakeup = None
+                if self._commit_window:
+                    await asyncio.sleep(self._commit_window)
                 continue
             await self._process(self._take_batch())
 
