@@ -122,6 +122,10 @@ def _parse_request(protocol: ServerProtocol) -> Generator[None]:
         yield
         return  # pragma: no cover - send_response replaced this parser
     protocol.events.append(request)
+    # This generator parses frames for the connection's whole life: it keeps neither
+    # the request (headers and all) nor its first line past the handshake.
+    del request
+    first_line.clear()
     yield from Protocol.parse(protocol)
 
 
