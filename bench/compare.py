@@ -6,11 +6,18 @@ Kinds, in the order they are measured: ``relay`` (bench/baseline_relay.py), ``so
 ``bamboo-os``, ... one Bamboo server per ``--durability`` given (fsync and os by
 default, so the price of the disk shows). Every ratio is taken between runs of one
 invocation, since absolute figures drift on a shared machine.
+
+``BENCH_BEFORE=/path/to/an/older/checkout`` adds ``before``, after the peers: that
+tree's Bamboo server (fsync, its own flags), to show that a change did not cost speed
+(``git worktree add /tmp/before <commit>``). Its drivers are this tree's: the wire
+protocol is the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +27,14 @@ RELAY = "relay"
 SOCKETIO = socketio_peer.KIND
 PEERS = (RELAY, SOCKETIO)
 BAMBOO = "bamboo-"
+BEFORE = "before"
+BEFORE_TREE_ENV = "BENCH_BEFORE"
+# Runs the older tree's server: its folders go first on sys.path (a package of
+# symlinks, as pyproject's package-dir maps them), ahead of this tree's editable install.
+_BEFORE_BOOT = (
+    "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('bamboo_session.server', run_name='__main__', alter_sys=True)"
+)
 
 
 COMMIT_WINDOW = 0.002  # seconds: the JSONL store's commit_window for fsync-window
@@ -53,6 +68,8 @@ def kinds(args: argparse.Namespace) -> list[str]:
             lineup.append(SOCKETIO)
         else:
             print(skipped, flush=True)
+    if os.environ.get(BEFORE_TREE_ENV):
+        lineup.append(BEFORE)
     durabilities = list(dict.fromkeys(args.durability))
     return lineup + [BAMBOO + d for d in durabilities]
 
@@ -61,11 +78,18 @@ def is_bamboo(kind: str) -> bool:
     return kind.startswith(BAMBOO)
 
 
+def speaks_bamboo(kind: str) -> bool:
+    """Whether the Bamboo drivers run against ``kind``: this tree's or an older one's."""
+    return is_bamboo(kind) or kind == BEFORE
+
+
 def server(kind: str, tmp: Path) -> common.ServerProcess:
     if kind == RELAY:
         return common.baseline_server(tmp / "relay.log")
     if kind == SOCKETIO:
         return socketio_peer.server(tmp / "socketio.log")
+    if kind == BEFORE:
+        return before_server(Path(os.environ[BEFORE_TREE_ENV]), tmp)
     durability = kind.removeprefix(BAMBOO)
     if durability == "memory":  # the in-memory store: what Bamboo costs without a disk
         return common.bamboo_server(
@@ -77,6 +101,20 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
     return common.bamboo_server(
         tmp / f"data-{durability}", tmp / f"{kind}.log", "--durability", durability
     )
+
+
+def before_server(tree: Path, tmp: Path) -> common.ServerProcess:
+    """The server of an older checkout at ``tree``, fsync, with the flags it had."""
+    package = tmp / "before-package" / "bamboo_session"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_bytes((tree / "bamboo_session" / "__init__.py").read_bytes())
+    for folder in ("protocol", "persistence", "server"):
+        (package / folder).symlink_to(tree.resolve() / folder)
+    argv = [sys.executable, "-c", _BEFORE_BOOT, str(package.parent), "serve"]
+    argv += ["--host", common.HOST, "--port", "{port}", "--data-dir", str(tmp / "data-before")]
+    argv += ["--durability", "fsync", "--log-format", "json", "--log-level", "warning"]
+    argv += ["--max-sessions", "1000000"]
+    return common.ServerProcess(BEFORE, argv, tmp / "before.log")
 
 
 def pairs(lineup: Sequence[str]) -> list[tuple[str, str]]:

@@ -55,7 +55,7 @@ def drivers_for(
         share = names[index::count]
         config = {
             "mode": "latency",
-            "kind": "bamboo" if compare.is_bamboo(kind) else kind,
+            "kind": "bamboo" if compare.speaks_bamboo(kind) else kind,
             "url": url,
             "sessions": share,
             "rate": args.rate * len(share) / len(names),
