@@ -25,6 +25,7 @@ from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOC
 from bamboo_session.protocol.errors import CloseCode
 
 from .auth import AccessPolicy, Authenticator, check_binding
+from .budget import NO_LIMIT
 from .config import ServerConfig
 from .connection import Connection
 from .flush import Flusher
@@ -44,7 +45,7 @@ from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .readiness import Readiness
-from .responses import error_response
+from .responses import UnreadAnswers, error_response
 from .services import Services
 from .store_stats import StoreStats
 
@@ -79,6 +80,10 @@ class BambooServer:
             )
         self.access = AccessPolicy(authenticator)
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
+        # Plain HTTP answers not yet read get a quarter of the memory budget, apart from
+        # the sessions' share: a server busy streaming still serves its pages.
+        budget = config.memory_budget // 4 if config.memory_budget > 0 else NO_LIMIT
+        self.unread_answers = UnreadAnswers(budget)
         self.guard = RequestGuard(
             config.host,
             config.auth_secret is not None,
@@ -214,10 +219,12 @@ class BambooServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         response = await self._answer_request(request)
-        if response is not None and request.method == "HEAD" and response.body:
+        if response is None:
+            return None
+        if request.method == "HEAD" and response.body:
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
             return Response(response.status_code, response.reason_phrase, response.headers, b"")
-        return response
+        return self.unread_answers.admit(connection, response)
 
     async def _answer_request(self, request: Request) -> Response | None:
         """The answer to a request that does not become a WebSocket, else None."""

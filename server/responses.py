@@ -1,5 +1,6 @@
-"""HTTP answers on the WebSocket port: plain text, JSON, and the JSON error body every
-refusal carries (``{"error": {"code": …, "message": …}}``)."""
+"""HTTP answers on the WebSocket port: plain text, JSON, the JSON error body every
+refusal carries (``{"error": {"code": …, "message": …}}``), and the account of answers
+written but not yet read (``UnreadAnswers``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import http
 from typing import Any
 
 import msgspec
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
@@ -30,3 +32,42 @@ def json_response(status: http.HTTPStatus, payload: Any) -> Response:
 
 def error_response(status: http.HTTPStatus, code: str, message: str) -> Response:
     return json_response(status, {"error": {"code": code, "message": message}})
+
+
+# An answer this small is always sent: probes and error bodies stay served while big
+# pages wait (a peer's connection costs more than that anyway).
+SMALL_ANSWER_BYTES = 4096
+
+
+class UnreadAnswers:
+    """Bytes of HTTP answers written but not yet read by their peers, against a limit.
+
+    A plain HTTP answer sits in its socket's buffer until the peer reads it, outside
+    every queue the server bounds: 2,000 peers asking for a 1 MiB page and never
+    reading held 2.3 GB. Each answer is charged here until its connection is gone; one
+    that would go past the limit gets 503 instead (the first always fits)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def admit(self, connection: ServerConnection, response: Response) -> Response:
+        size = len(response.body)
+        if size <= SMALL_ANSWER_BYTES:
+            return response
+        if self.used and self.used + size > self.limit:
+            busy = error_response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                "internal",
+                "busy: answers not yet read by their peers fill the server's buffer; retry later",
+            )
+            busy.headers["Retry-After"] = "1"
+            return busy
+        self.used += size
+        connection.connection_lost_waiter.add_done_callback(lambda _: self._release(size))
+        return response
+
+    def _release(self, size: int) -> None:
+        self.used -= size

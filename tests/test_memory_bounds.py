@@ -5,6 +5,7 @@ is asked, measured with tracemalloc around real requests on a real server."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -239,3 +240,51 @@ async def fill_with_large_messages(data_dir: Path) -> None:
             for i in range(COUNT):
                 message = {"role": "assistant", "content": f"{i:02}" + "b" * BIG}
                 await peer.request({"type": "message", "id": i, "message": message}, "ack")
+
+
+# -- HTTP answers nobody reads -----------------------------------------------------------
+
+
+def unread_get(port: int, path: str) -> socket.socket:
+    """A peer that asks for ``path`` and does not read the answer (a tiny buffer)."""
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect(("127.0.0.1", port))
+    peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return peer
+
+
+def status_of(port: int, path: str) -> tuple[int, str]:
+    """The status and Retry-After of a GET whose answer is read in full."""
+    with socket.create_connection(("127.0.0.1", port)) as peer:
+        peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        answer = b""
+        while chunk := peer.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode()
+    lines = head.split("\r\n")
+    retry = next((h.split(":")[1].strip() for h in lines if h.startswith("Retry-After")), "")
+    return int(head.split()[1]), retry
+
+
+async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
+    # A 2 MiB budget: HTTP answers not yet read may hold a quarter of it, 512 KiB.
+    async with run_server(memory_budget=2 * MIB) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(3):
+                message = {"role": "user", "content": f"{i}" + "m" * 120_000}
+                await agent.request({"type": "message", "id": i, "message": message}, "ack")
+        page = f"/api/v1/sessions/{session_id}?limit=1000"  # ~360 KB of messages
+        loop = asyncio.get_running_loop()
+        stalled = await loop.run_in_executor(None, unread_get, server.port, page)
+        try:
+            await eventually(lambda: server.unread_answers.used > 300_000)
+            assert await loop.run_in_executor(None, status_of, server.port, page) == (503, "1")
+            # Small answers stay served whatever is held.
+            health = await loop.run_in_executor(None, status_of, server.port, "/healthz")
+            assert health[0] == 200
+        finally:
+            stalled.close()
+        await eventually(lambda: server.unread_answers.used == 0)
+        assert (await loop.run_in_executor(None, status_of, server.port, page))[0] == 200
