@@ -29,7 +29,7 @@ from websockets.exceptions import (
     TooManyHeaders,
 )
 from websockets.http11 import Request, Response
-from websockets.protocol import Protocol
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 _json = msgspec.json.Encoder()
@@ -77,6 +77,11 @@ class BambooConnection(ServerConnection):
         protocol.parser = _parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        await super().handshake(*args, **kwargs)
+        if self.protocol.state is State.OPEN:
+            self.data_received(b"")  # frames sent along with the request: read them now
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -126,6 +131,12 @@ def _parse_request(protocol: ServerProtocol) -> Generator[None]:
     # the request (headers and all) nor its first line past the handshake.
     del request
     first_line.clear()
+    # Bytes after the request wait for its answer. A refusal discards them (its
+    # send_response replaces this parser); an accepted upgrade resumes it (handshake
+    # above). Read at once, they were frames of a connection not yet open: a stray CRLF
+    # after a GET failed the connection under the answer being sent (AssertionError).
+    while protocol.state is State.CONNECTING:
+        yield
     yield from Protocol.parse(protocol)
 
 

@@ -1,7 +1,10 @@
-"""Floods of control frames from a peer that does not read: websockets answers pings
-with pongs itself, outside every queue the server bounds, so a peer that pings without
+"""Raw bytes on the wire, against a real server process (its RSS and its log are read).
+
+Floods of control frames from a peer that does not read: websockets answers pings with
+pongs itself, outside every queue the server bounds, so a peer that pings without
 reading must not grow the server's memory (server/http_wire.py reads a socket only
-while it can be written to). Run against a real server process, whose RSS is read."""
+while it can be written to). And bytes sent behind a request in the same write, which
+wait for its answer (server/http_wire.py's request parser)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, assert_no_tracebacks
 
 
 def masked_frame(payload: bytes, opcode: int) -> bytes:
@@ -76,3 +79,50 @@ def test_pings_from_a_peer_that_never_reads_do_not_grow_memory(tmp_path: Path) -
         sock.close()
     finally:
         server.kill()
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` in one write, then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_bytes_after_a_request_wait_for_its_answer(tmp_path: Path) -> None:
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        port = server.port
+        # A stray CRLF, or a second request pipelined behind the first: the first is
+        # answered, the rest discarded with the connection (no pipelining here).
+        for trailer in (b"\r\n", get, b"\x00" * 64):
+            answer = exchange(port, get + trailer)
+            assert answer.startswith(b"HTTP/1.1 200 OK"), (trailer, answer)
+            assert answer.count(b"HTTP/1.1") == 1
+        # A refused upgrade with bytes behind it: refused, no answer to the rest.
+        upgrade = (
+            b"GET /api/v1/stream/bad!id HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        refused = exchange(port, upgrade + b"\r\n")
+        assert refused.startswith(b"HTTP/1.1 400"), refused
+        # A hello sent in the same write as the upgrade is read once the upgrade is done.
+        key = base64.b64encode(os.urandom(16)).decode()
+        hello = json.dumps({"type": "hello", "create": True}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"GET /api/v1/stream/pipelined HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+                + masked_frame(hello, 0x1)
+            )
+            answer = b""
+            while b'"welcome"' not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert b" 101 " in answer.split(b"\r\n")[0]
+    assert_no_tracebacks(server.log_records())
