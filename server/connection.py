@@ -314,7 +314,9 @@ class Connection:
         read = history_reply(
             storage, self.session_id, request, config.max_history_page, config.max_page_bytes
         )
-        outbox.push(Outbound(await self._storage_read(read, request.id)))
+        async with self.services.page_reads:
+            reply = await self._storage_read(read, request.id)
+            outbox.push(Outbound.reply(reply, self.codec))
 
     async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
@@ -322,7 +324,9 @@ class Connection:
         read = events_reply(
             storage, self.session_id, request, config.max_events_page, config.max_page_bytes
         )
-        outbox.push(Outbound(await self._storage_read(read, request.id)))
+        async with self.services.page_reads:
+            reply = await self._storage_read(read, request.id)
+            outbox.push(Outbound.reply(reply, self.codec))
 
     async def _storage_read(self, read: Awaitable[T], request_id: RequestId) -> T:
         try:

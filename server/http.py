@@ -164,9 +164,10 @@ async def _session_resource(
     if metadata is None or metadata.is_expired():
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     services.access.check_session(principal, metadata)
-    if tail == "events":
-        return await _events(services, session_id, params)
-    return await _session(services, metadata, params)
+    async with services.page_reads:
+        if tail == "events":
+            return await _events(services, session_id, params)
+        return await _session(services, metadata, params)
 
 
 class _BadParameter(ValueError):

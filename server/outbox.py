@@ -33,7 +33,7 @@ class Outbound:
     __slots__ = ("_json", "_msgpack", "event_size", "frame", "stored")
 
     def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
-        self.frame = frame
+        self.frame: ServerFrame | None = frame
         self.stored = stored
         # Framed for each codec at most once (two slots: cheaper than a dict per frame).
         self._json: bytes | None = None
@@ -45,6 +45,16 @@ class Outbound:
     def for_event(cls, stored: StoredEvent) -> Outbound:
         return cls(EventFrame(stored.seq, stored.ts, stored.event_json), stored)
 
+    @classmethod
+    def reply(cls, frame: ServerFrame, codec: Codec) -> Outbound:
+        """A frame for one connection, framed for its codec now and kept only as bytes:
+        a page of history or events, decoded, is several times its encoding, and would
+        otherwise stay beside it for as long as it waits in the queue."""
+        out = cls(frame)
+        out.framed(codec)
+        out.frame = None
+        return out
+
     @property
     def seq(self) -> int:
         return self.stored.seq if self.stored is not None else 0
@@ -55,12 +65,16 @@ class Outbound:
         if codec.text:
             data = self._json
             if data is None:
-                data = self._json = websocket_frame(codec.encode(self.frame), True)
+                data = self._json = websocket_frame(codec.encode(self._frame()), True)
             return data
         data = self._msgpack
         if data is None:
-            data = self._msgpack = websocket_frame(codec.encode(self.frame), False)
+            data = self._msgpack = websocket_frame(codec.encode(self._frame()), False)
         return data
+
+    def _frame(self) -> ServerFrame:
+        assert self.frame is not None, "a reply is framed for its one connection's codec"
+        return self.frame
 
     def size(self, codec: Codec) -> int:
         """The bytes this frame takes in a queue: an event's as stored plus its

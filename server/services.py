@@ -3,6 +3,7 @@ to them instead of the server itself."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from .auth import AccessPolicy
@@ -14,6 +15,8 @@ from .metrics import Metrics
 from .quotas import SessionQuotas
 from .readiness import Readiness
 from .store_stats import StoreStats
+
+PAGE_READS_AT_ONCE = 8
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,3 +30,9 @@ class Services:
     store_stats: StoreStats
     quotas: SessionQuotas
     flusher: Flusher  # writes frames to idle connections' sockets, once per loop turn
+    # Pages (history, events) read and encoded at once, over all connections and HTTP:
+    # a page of at most --max-page-bytes encoded is several times that while decoded,
+    # and 50 peers asking at once without reading took RSS to 670 MiB.
+    page_reads: asyncio.Semaphore = dataclasses.field(
+        default_factory=lambda: asyncio.Semaphore(PAGE_READS_AT_ONCE)
+    )

@@ -5,6 +5,7 @@ is asked, measured with tracemalloc around real requests on a real server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox
 from bamboo_session.server.room import SessionRoom
 from tests.support import attach, get, run_server, token
 from tests.test_server_lifecycle import eventually
+from tests.test_wire_floods import masked_frame, upgraded_socket
 
 T = TypeVar("T")
 KIB = 1024
@@ -288,3 +290,36 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
             stalled.close()
         await eventually(lambda: server.unread_answers.used == 0)
         assert (await loop.run_in_executor(None, status_of, server.port, page))[0] == 200
+
+
+async def test_a_reply_waiting_for_a_slow_reader_is_held_once(tmp_path: Path) -> None:
+    """A page of history waiting in a send queue is kept as its encoded bytes only, not
+    beside its decoded messages (which doubled what unread replies held)."""
+    await fill_with_large_messages(tmp_path)
+    async with run_server(tmp_path, send_queue_bytes=64 * MIB, memory_budget=256 * MIB) as server:
+        loop = asyncio.get_running_loop()
+        peer = await loop.run_in_executor(None, upgraded_socket, server.port, "/api/v1/stream/big")
+        try:
+            hello = json.dumps({"type": "hello"}).encode()
+            await loop.run_in_executor(None, peer.sendall, masked_frame(hello, 0x1))
+            await eventually(lambda: server.manager.budget.used == 0)
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                pages = 20  # one 900 KB message each, never read (the kernel takes a few)
+                requests = b"".join(
+                    masked_frame(json.dumps({"type": "history", "id": n, "limit": 1,
+                                             "before": COUNT - n}).encode(), 0x1)
+                    for n in range(pages)
+                )  # fmt: skip
+                await loop.run_in_executor(None, peer.sendall, requests)
+                await eventually(lambda: server.manager.budget.used >= 8 * BIG)
+                await asyncio.sleep(0.2)
+                held = tracemalloc.get_traced_memory()[0] - base
+            finally:
+                tracemalloc.stop()
+            queued = server.manager.budget.used
+            # The queued bytes, plus what the transport has taken and the last page read.
+            assert held < 1.5 * queued, f"{held} bytes held for {queued} queued"
+        finally:
+            peer.close()
