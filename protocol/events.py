@@ -1,0 +1,215 @@
+"""Agent events: what an agent runtime publishes into a session, one msgspec Struct per
+variant tagged by ``type`` (``token``, ``tool_start``, ...), the ``AgentEvent``
+constructors, and :class:`StoredEvent`, an event as a session's log holds it.
+
+Field names follow the bamboo-session data model (PROTOCOL.md "Data"). No I/O;
+:mod:`.models` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .messages import Int64, Message
+
+
+class ToolResult(msgspec.Struct):
+    success: bool
+    content: str = ""
+    error: str | None = None
+
+
+class TokenUsage(msgspec.Struct):
+    prompt_tokens: Int64 = 0
+    completion_tokens: Int64 = 0
+    total_tokens: Int64 = 0
+
+
+class AgentEventBase(msgspec.Struct, tag_field="type", omit_defaults=True):
+    """Base of every agent event; the concrete variants below are tagged by ``type``.
+
+    Fields PROTOCOL.md calls optional (``complete.usage``, ``error.code``) are left out
+    when absent; every other field is always on the wire, ``null`` included.
+    """
+
+
+class AgentEvent:
+    """Constructors of agent events, as in the seed: ``AgentEvent.token("Hi!")``.
+
+    A value of any variant has the type :data:`AnyAgentEvent`.
+    """
+
+    @staticmethod
+    def token(content: str) -> Token:
+        return Token(content)
+
+    @staticmethod
+    def thinking(content: str) -> Thinking:
+        return Thinking(content)
+
+    @staticmethod
+    def message(message: Message) -> MessageEvent:
+        return MessageEvent(message)
+
+    @staticmethod
+    def tool_start(tool_call_id: str, tool_name: str, arguments: Any = None) -> ToolStart:
+        return ToolStart(tool_call_id, tool_name, arguments)
+
+    @staticmethod
+    def tool_complete(tool_call_id: str, result: ToolResult) -> ToolComplete:
+        return ToolComplete(tool_call_id, result)
+
+    @staticmethod
+    def tool_error(tool_call_id: str, error: str) -> ToolError:
+        return ToolError(tool_call_id, error)
+
+    @staticmethod
+    def complete(usage: TokenUsage | None = None) -> Complete:
+        return Complete(usage)
+
+    @staticmethod
+    def error(message: str, code: str | None = None) -> ErrorEvent:
+        return ErrorEvent(message, code)
+
+    @staticmethod
+    def state_change(from_state: str, to_state: str) -> StateChange:
+        return StateChange(from_state, to_state)
+
+    @staticmethod
+    def custom(name: str, data: Any = None) -> Custom:
+        return Custom(name, data)
+
+
+class Token(AgentEventBase, tag="token"):
+    content: str
+
+
+class Thinking(AgentEventBase, tag="thinking"):
+    content: str
+
+
+class MessageEvent(AgentEventBase, tag="message"):
+    message: Message
+
+
+class ToolStart(AgentEventBase, tag="tool_start", omit_defaults=False):
+    tool_call_id: str
+    tool_name: str
+    arguments: Any = None
+
+
+class ToolComplete(AgentEventBase, tag="tool_complete"):
+    tool_call_id: str
+    result: ToolResult
+
+
+class ToolError(AgentEventBase, tag="tool_error"):
+    tool_call_id: str
+    error: str
+
+
+class Complete(AgentEventBase, tag="complete"):
+    usage: TokenUsage | None = None
+
+
+class ErrorEvent(AgentEventBase, tag="error"):
+    message: str
+    code: str | None = None
+
+
+class StateChange(AgentEventBase, tag="state_change"):
+    from_state: str = msgspec.field(name="from")
+    to_state: str = msgspec.field(name="to")
+
+
+class Custom(AgentEventBase, tag="custom", omit_defaults=False):
+    name: str
+    data: Any = None
+
+
+AnyAgentEvent = (
+    Token
+    | Thinking
+    | MessageEvent
+    | ToolStart
+    | ToolComplete
+    | ToolError
+    | Complete
+    | ErrorEvent
+    | StateChange
+    | Custom
+)
+
+
+_event_encoder = msgspec.json.Encoder()
+_event_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
+
+
+class StoredEvent:
+    """One event of a session's log: ``seq`` counts from 1 with no gaps, ``ts`` is when it
+    was stored, ``key`` the publisher's idempotency key (stored, never sent to peers).
+
+    The AgentEvent is held in the form it came in, decoded (``event``) or as its JSON
+    (``event_json``), and the other form is made the first time it is asked for, then
+    kept. So an event is encoded once for its log line and for every wire frame, and a
+    replay from the log sends the stored bytes without decoding them.
+    """
+
+    __slots__ = ("_event", "_json", "key", "seq", "ts")
+
+    def __init__(
+        self,
+        seq: int,
+        ts: datetime,
+        event: AnyAgentEvent | None = None,
+        key: str | None = None,
+        *,
+        event_json: msgspec.Raw | None = None,
+    ) -> None:
+        if event is None and event_json is None:
+            raise TypeError("StoredEvent needs event or event_json")
+        self.seq = seq
+        self.ts = ts
+        self.key = key
+        self._event = event
+        self._json = event_json
+
+    @property
+    def event(self) -> AnyAgentEvent:
+        event = self._event
+        if event is None:
+            assert self._json is not None
+            event = self._event = _event_decoder.decode(self._json)
+        return event
+
+    @property
+    def event_json(self) -> msgspec.Raw:
+        """The AgentEvent as JSON, ready to embed in a log line or a JSON frame."""
+        data = self._json
+        if data is None:
+            data = self._json = msgspec.Raw(_event_encoder.encode(self._event))
+        return data
+
+    @property
+    def size(self) -> int:
+        """Bytes of the encoded event: what memory and page budgets count."""
+        return len(self.event_json)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return (self.seq, self.ts, self.key, self.event) == (
+            other.seq,
+            other.ts,
+            other.key,
+            other.event,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        key = "" if self.key is None else f", key={self.key!r}"
+        return f"StoredEvent(seq={self.seq}, ts={self.ts!r}, event={self.event!r}{key})"

@@ -1,0 +1,95 @@
+"""Messages: the entries of a session's history, and the time and integer types the
+whole data model shares (``utcnow``, ``Int64``, ``AwareDatetime``).
+
+Field names follow the bamboo-session data model (PROTOCOL.md "Data"). Plain msgspec
+Structs, no I/O; :mod:`.models` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
+
+import msgspec
+
+# Integers in typed fields must fit a signed 64-bit integer: JSON could carry more, but
+# MessagePack cannot, and both codecs carry the same objects (msgspec bounds stop at int64).
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# A time sent by a peer must say its offset (RFC 3339); it is stored and sent in UTC.
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime (encoded as RFC 3339 with ``Z``)."""
+    return datetime.now(UTC)
+
+
+def new_message_id() -> str:
+    return "m_" + secrets.token_urlsafe(12)
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class ToolCall(msgspec.Struct):
+    id: str
+    name: str
+    arguments: Any = None
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """One entry of a session's history. ``id`` and ``created_at`` are filled in by
+    the constructors, and by the server when a peer leaves them out (:meth:`completed`).
+    ``content`` is required, so that it is always on the wire."""
+
+    role: Role
+    content: str
+    id: str = ""
+    created_at: AwareDatetime | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    metadata: dict[str, Any] = {}
+
+    @classmethod
+    def _new(cls, role: Role, content: str, **fields: Any) -> Self:
+        return cls(role=role, content=content, id=new_message_id(), created_at=utcnow(), **fields)
+
+    @classmethod
+    def user(cls, content: str) -> Self:
+        return cls._new(Role.USER, content)
+
+    @classmethod
+    def assistant(cls, content: str) -> Self:
+        return cls._new(Role.ASSISTANT, content)
+
+    @classmethod
+    def system(cls, content: str) -> Self:
+        return cls._new(Role.SYSTEM, content)
+
+    @classmethod
+    def tool(cls, tool_call_id: str, content: str) -> Self:
+        return cls._new(Role.TOOL, content, tool_call_id=tool_call_id)
+
+    @classmethod
+    def assistant_with_tools(cls, content: str, tool_calls: list[ToolCall]) -> Self:
+        return cls._new(Role.ASSISTANT, content, tool_calls=list(tool_calls))
+
+    def completed(self) -> Message:
+        """This message with ``id`` and ``created_at`` filled in where absent, and
+        ``created_at`` in UTC (a naive time is taken as UTC)."""
+        created_at = self.created_at
+        if created_at is None:
+            created_at = utcnow()
+        elif (offset := created_at.utcoffset()) is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        elif offset:
+            created_at = created_at.astimezone(UTC)
+        if self.id and created_at is self.created_at:
+            return self
+        return msgspec.structs.replace(self, id=self.id or new_message_id(), created_at=created_at)
