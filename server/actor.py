@@ -10,6 +10,8 @@ process's viewers the same way as its own.
 
 Spawning an actor reads the session's metadata and nothing else; idempotency is the
 store's. A parked actor (no connection) holds no task, no subscription and a small ring.
+This module holds the task, the appends and the delivery of events (the hot path); the
+other commands (attach, detach, state, stop, tick, presence) are in server/control.py.
 """
 
 from __future__ import annotations
@@ -33,21 +35,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .budget import MemoryBudget
-from .commands import (
-    ActorRetired,
-    Announce,
-    Append,
-    Attach,
-    Command,
-    Detach,
-    Inbox,
-    Request,
-    SetState,
-    Stop,
-    Tick,
-    answer_late,
-    attach_refusal,
-)
+from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
+from .control import handle, store_failed
 from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -61,7 +50,6 @@ from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
 
-PARKED_RING_SIZE = 64
 _BATCH_MAX = 512
 
 
@@ -183,7 +171,7 @@ class SessionActor:
             self.metrics.errors.labels(code=code).inc()
 
     def start(self) -> None:
-        self._arm_timer()
+        self.arm_timer()
 
     # -- the task -------------------------------------------------------------------
 
@@ -240,7 +228,7 @@ class SessionActor:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
         self.accepting = False
         self._timer.cancel()
-        self._unfollow()
+        self.unfollow()
         self.room.drop_ring()
         self._on_retired(self)
 
@@ -263,42 +251,11 @@ class SessionActor:
                 await self._append(appends)
                 appends = []
             try:
-                await self._handle(command)
+                await handle(self, command)
             except StorageError as exc:
-                self._store_failed(command, exc)
+                store_failed(self, command, exc)
         if appends:
             await self._append(appends)
-
-    async def _handle(self, command: Command) -> None:
-        match command:
-            case Attach():
-                await self._attach(command)
-            case Detach():
-                await self._detach(command.connection_id)
-            case SetState():
-                await self._set_state(command)
-            case Stop():
-                self.room.close_all(command.code, command.reason)
-                self.accepting = False
-                if command.future is not None and not command.future.done():
-                    command.future.set_result(None)
-            case Tick():
-                await self._on_timer(command.generation)
-            case Announce(connection_id, role, joined, connections):
-                self.room.announce(connection_id, role, joined, connections)
-            case _:  # pragma: no cover - Append is batched by the caller
-                raise AssertionError(command)
-
-    def _store_failed(self, command: Command, exc: StorageError) -> None:
-        """The store failed under a command (Redis away): it fails, the session goes on."""
-        log.warning("storage failed", command=type(command).__name__, error=str(exc))
-        if isinstance(command, Attach):
-            if not self.room.outboxes:
-                self._unfollow()
-            if not command.future.done():
-                command.future.set_exception(exc)
-        elif isinstance(command, Tick):
-            self._arm_timer()  # look again later
 
     async def _append(self, appends: list[Append]) -> None:
         items = [(command.event, command.key) for command in appends]
@@ -312,7 +269,7 @@ class SessionActor:
                 if isinstance(exc, StorageError):
                     self.health.failed(str(exc))  # /readyz: 503 until appends work
             for command in appends:
-                self._refuse(command, exc)
+                self.refuse(command, exc)
             return
         if self.health.failure is not None:
             self.health.succeeded()
@@ -340,68 +297,16 @@ class SessionActor:
         self.metrics.events_appended.inc(fresh)
         self.note_traffic()
 
-    def _refuse(self, command: Request, exc: BaseException) -> None:
+    def refuse(self, command: Request, exc: BaseException) -> None:
+        """Answers a request with the error it failed with, and counts the error."""
         code = command.refuse(exc)
         if code is not None:
             self.metrics.errors.labels(code=code).inc()
 
-    async def _attach(self, command: Attach) -> None:
-        if not self.accepting:
-            if not command.future.done():
-                command.future.set_exception(ActorRetired(self.session_id))
-            return
-        metadata = await self.storage.get_metadata(self.session_id)
-        refusal = attach_refusal(metadata, self.session_id)
-        if refusal is not None or metadata is None:
-            if not command.future.done():
-                command.future.set_exception(refusal or SessionNotFound(self.session_id))
-            return
-        if not self.following.active:
-            self.room.restart_at(metadata.last_seq)
-            await self.following.start(self.room.published_seq)
-        if self.state != SessionState.ACTIVE:
-            # A session nobody was attached to becomes active: that is activity too.
-            await self.status.become(SessionState.ACTIVE)
-            await self.status.touch()
-        metadata.state = self.state
-        outbox = command.outbox
-        connections = await self.presence.join(self.session_id, outbox.connection_id, outbox.role)
-        welcome = self.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
-        if welcome.replay:
-            self.metrics.events_replayed.inc(welcome.replay)
-        self.note_traffic()
-        if len(self.room.outboxes) == 1:
-            self._arm_timer()  # parked until now: from here on, watch for idleness
-        if not command.future.done():
-            command.future.set_result(welcome)
-
-    async def _detach(self, connection_id: str) -> None:
-        outbox = self.room.outboxes.get(connection_id)
-        if outbox is None:
-            return
-        connections = await self.presence.leave(self.session_id, connection_id, outbox.role)
-        self.room.leave(connection_id, connections)
-        if not self.room.outboxes and self.state != SessionState.CLOSED:
-            self._unfollow()
-            await self.status.become(SessionState.DISCONNECTED)
-            self.room.shrink_ring(PARKED_RING_SIZE)
-            self._arm_timer()
-
-    async def _set_state(self, command: SetState) -> None:
-        try:
-            await self.status.become(command.state)
-            await self.status.touch()  # a state a peer asks for is activity
-        except (StorageError, ValueError) as exc:
-            self._refuse(command, exc)
-            return
-        command.answer(self.room.published_seq)
-        if command.state == SessionState.CLOSED:
-            self.room.close_all(CloseCode.NORMAL, "session closed")
-            self.accepting = False
-
     # -- live events from the store -------------------------------------------------
 
-    def _unfollow(self) -> None:
+    def unfollow(self) -> None:
+        """Stops following the store's events (no connection left to hand them to)."""
         self.following.stop()
         self.room.origins.clear()
 
@@ -429,7 +334,9 @@ class SessionActor:
         """A peer sent a frame: the session is not idle."""
         self._timer.note_traffic()
 
-    def _arm_timer(self) -> None:
+    def arm_timer(self) -> None:
+        """Look again after a while: for idleness while connections are attached, for
+        the end of parking when none is."""
         config = self.config
         if not self.room.outboxes:
             self._timer.arm(config.disconnect_retention)
@@ -439,7 +346,9 @@ class SessionActor:
         ttl = self.status.ttl
         self._timer.arm(config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3))
 
-    async def _on_timer(self, generation: int) -> None:
+    async def on_timer(self, generation: int) -> None:
+        """A timer fired: retire a session parked too long, check an attached one for
+        idleness and expiry, and look again later."""
         if not self._timer.is_current(generation):
             return
         if not self.room.outboxes:
@@ -451,7 +360,7 @@ class SessionActor:
             # Its peers were silent for its whole TTL: tell them, as a delete would.
             self._end(CloseCode.NOT_FOUND, "session expired")
             return
-        self._arm_timer()
+        self.arm_timer()
 
     def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
         """Events in ``(after, through]`` in pages (server/replay.py)."""

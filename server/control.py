@@ -1,0 +1,128 @@
+"""A session actor's control commands: everything it is asked but appends.
+
+Attach (check the stored session, follow it, join presence and the room, welcome),
+detach (leave; the last connection out parks the session), a peer's state change, stop,
+the timer's tick and another process's presence notice; and what a failing store does
+to each of them. Appends and the delivery of events are the actor's hot path and stay
+in server/actor.py; these run far less often, between its batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from bamboo_session.persistence.base import SessionNotFound, StorageError
+from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.models import SessionState
+
+from .commands import (
+    ActorRetired,
+    Announce,
+    Attach,
+    Command,
+    Detach,
+    SetState,
+    Stop,
+    Tick,
+    attach_refusal,
+)
+
+if TYPE_CHECKING:
+    from .actor import SessionActor
+
+log = structlog.get_logger("bamboo_session.actor")
+
+PARKED_RING_SIZE = 64
+
+
+async def handle(actor: SessionActor, command: Command) -> None:
+    """Carries out one command other than an append."""
+    match command:
+        case Attach():
+            await attach(actor, command)
+        case Detach():
+            await detach(actor, command.connection_id)
+        case SetState():
+            await set_state(actor, command)
+        case Stop():
+            actor.room.close_all(command.code, command.reason)
+            actor.accepting = False
+            if command.future is not None and not command.future.done():
+                command.future.set_result(None)
+        case Tick():
+            await actor.on_timer(command.generation)
+        case Announce(connection_id, role, joined, connections):
+            actor.room.announce(connection_id, role, joined, connections)
+        case _:  # pragma: no cover - Append is batched by the caller
+            raise AssertionError(command)
+
+
+def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:
+    """The store failed under a command (Redis away): it fails, the session goes on."""
+    log.warning("storage failed", command=type(command).__name__, error=str(exc))
+    if isinstance(command, Attach):
+        if not actor.room.outboxes:
+            actor.unfollow()
+        if not command.future.done():
+            command.future.set_exception(exc)
+    elif isinstance(command, Tick):
+        actor.arm_timer()  # look again later
+
+
+async def attach(actor: SessionActor, command: Attach) -> None:
+    if not actor.accepting:
+        if not command.future.done():
+            command.future.set_exception(ActorRetired(actor.session_id))
+        return
+    metadata = await actor.storage.get_metadata(actor.session_id)
+    refusal = attach_refusal(metadata, actor.session_id)
+    if refusal is not None or metadata is None:
+        if not command.future.done():
+            command.future.set_exception(refusal or SessionNotFound(actor.session_id))
+        return
+    if not actor.following.active:
+        actor.room.restart_at(metadata.last_seq)
+        await actor.following.start(actor.room.published_seq)
+    if actor.state != SessionState.ACTIVE:
+        # A session nobody was attached to becomes active: that is activity too.
+        await actor.status.become(SessionState.ACTIVE)
+        await actor.status.touch()
+    metadata.state = actor.state
+    outbox = command.outbox
+    connections = await actor.presence.join(actor.session_id, outbox.connection_id, outbox.role)
+    welcome = actor.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
+    if welcome.replay:
+        actor.metrics.events_replayed.inc(welcome.replay)
+    actor.note_traffic()
+    if len(actor.room.outboxes) == 1:
+        actor.arm_timer()  # parked until now: from here on, watch for idleness
+    if not command.future.done():
+        command.future.set_result(welcome)
+
+
+async def detach(actor: SessionActor, connection_id: str) -> None:
+    outbox = actor.room.outboxes.get(connection_id)
+    if outbox is None:
+        return
+    connections = await actor.presence.leave(actor.session_id, connection_id, outbox.role)
+    actor.room.leave(connection_id, connections)
+    if not actor.room.outboxes and actor.state != SessionState.CLOSED:
+        actor.unfollow()
+        await actor.status.become(SessionState.DISCONNECTED)
+        actor.room.shrink_ring(PARKED_RING_SIZE)
+        actor.arm_timer()
+
+
+async def set_state(actor: SessionActor, command: SetState) -> None:
+    try:
+        await actor.status.become(command.state)
+        await actor.status.touch()  # a state a peer asks for is activity
+    except (StorageError, ValueError) as exc:
+        actor.refuse(command, exc)
+        return
+    command.answer(actor.room.published_seq)
+    if command.state == SessionState.CLOSED:
+        actor.room.close_all(CloseCode.NORMAL, "session closed")
+        actor.accepting = False
