@@ -1,4 +1,5 @@
-"""One WebSocket connection: handshake (``hello``), then a reader and a writer task.
+"""One WebSocket connection: handshake (``hello``, server/handshake.py), then a reader
+and a writer task.
 
 The reader decodes frames and posts commands to the session's actor (waiting when the
 actor's inbox is full, which pushes back on the peer's socket); the writer drains the
@@ -10,16 +11,13 @@ nothing more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import structlog
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request
 
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.codec import Codec
@@ -41,30 +39,17 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
-from .auth import Forbidden, Unauthorized
 from .commands import Append, SetState
-from .failures import ServerBusy, failure_of, request_error
-from .flush import WebSocketSink
-from .limits import FrameLimiter, TooManyConnections
+from .failures import request_error
+from .handshake import attach, read_hello
+from .limits import FrameLimiter
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
 from .pages import events_reply, history_reply
-from .quotas import CreatingTooFast, TooManySessions, creator_key
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
 T = TypeVar("T")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
-
-# What attaching may fail with; each closes the connection as server/failures.py says.
-_ATTACH_FAILURES = (
-    StorageError,
-    ServerBusy,
-    TooManyConnections,
-    TooManySessions,
-    CreatingTooFast,
-    Unauthorized,
-    Forbidden,
-)
 
 
 class Connection:
@@ -72,12 +57,12 @@ class Connection:
 
     __slots__ = (
         "_closer",
-        "_expiry",
         "_overflow_counted",
         "actor",
         "codec",
         "connection_id",
         "counted_user",
+        "expiry",
         "frames_in",
         "frames_out",
         "limiter",
@@ -100,7 +85,7 @@ class Connection:
         self.outbox: Outbox | None = None
         self._overflow_counted = False
         self._closer: asyncio.Task[None] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self.expiry: asyncio.TimerHandle | None = None  # the close at the token's expiry
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()
@@ -117,8 +102,8 @@ class Connection:
         )
         self.services.metrics.connections_total.inc()
         try:
-            hello = await self._read_hello()
-            if hello is not None and await self._attach(hello):
+            hello = await read_hello(self)
+            if hello is not None and await attach(self, hello):
                 await self._serve()
         except ConnectionClosed:
             pass
@@ -129,90 +114,6 @@ class Connection:
             self._detach()
             self._count_close()
             self._log_summary()
-
-    # -- handshake -------------------------------------------------------------
-
-    async def _read_hello(self) -> Hello | None:
-        timeout = self.services.config.hello_timeout
-        try:
-            # Text frames arrive as str, checked as UTF-8 (else websockets closes 1007).
-            data = await asyncio.wait_for(self.ws.recv(), timeout)
-        except TimeoutError:
-            await self.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
-            return None
-        self.frames_in += 1
-        try:
-            frame = self.codec.decode_frame(data)
-        except ProtocolError as exc:
-            await self._refuse_hello(exc.message, exc.request_id)
-            return None
-        if not isinstance(frame, Hello):
-            await self._refuse_hello("the first frame must be hello", getattr(frame, "id", None))
-            return None
-        return frame
-
-    async def _refuse_hello(self, message: str, request_id: RequestId) -> None:
-        await self._send_now(Error(ErrorCode.BAD_REQUEST.value, message, id=request_id))
-        await self.ws.close(CloseCode.POLICY_VIOLATION, "first frame was not a valid hello")
-
-    async def _attach(self, hello: Hello) -> bool:
-        services = self.services
-        manager = services.manager
-        try:
-            request = self.ws.request
-            authorization = request.headers.get("Authorization") if request else None
-            if request is not None:
-                # Nothing reads the handshake's headers past here, and websockets would
-                # keep them, the request's and the response's, for as long as the
-                # connection stays open: about 3.5 KiB of an idle connection. (A
-                # request stays: websockets reads None as "no handshake yet".)
-                self.ws.request = Request(request.path, Headers())
-                self.ws.response = None
-            principal = services.access.authenticate_hello(hello, authorization)
-            user = services.access.connection_user(principal, hello)
-            if user is not None:
-                services.user_connections.acquire(user)
-                self.counted_user = user
-            creator = creator_key(principal.sub if principal else None, self._peer_address())
-            admission = services.quotas.admission(creator)
-            session_id = await manager.resolve_session(self.session_id, hello, principal, admission)
-            self.session_id = session_id
-            structlog.contextvars.bind_contextvars(session_id=session_id)
-            outbox = Outbox(
-                self.connection_id,
-                hello.role,
-                manager.config.send_queue_frames,
-                on_close=self._on_outbox_closed,
-                max_bytes=manager.config.send_queue_bytes,
-                codec=self.codec,
-                budget=manager.budget,
-            )
-            outbox.sink = WebSocketSink(self.ws, self._framed, self._count_out)
-            outbox.flusher = services.flusher
-            self.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
-            self.outbox = outbox
-            if principal is not None and principal.valid_until is not None:
-                self._close_at_expiry(principal.valid_until, outbox)
-        except _ATTACH_FAILURES as exc:
-            failure = failure_of(exc)
-            await self.ws.close(failure.close, failure.reason)
-            return False
-        except ProtocolError as exc:  # a field of the hello over its limit
-            await self._refuse_hello(exc.message, hello.id)
-            return False
-        return True
-
-    def _close_at_expiry(self, valid_until: float, outbox: Outbox) -> None:
-        """A connection does not outlive its token: at expiry it is closed with 4401
-        (after what is queued), and the client resumes with a fresh token."""
-        delay = max(0.0, valid_until - time.time())
-        self._expiry = asyncio.get_running_loop().call_later(
-            delay, outbox.close, CloseCode.UNAUTHORIZED, "token expired"
-        )
-
-    def _peer_address(self) -> str | None:
-        address = self.ws.remote_address
-        return str(address[0]) if address else None
 
     # -- attached ----------------------------------------------------------------
 
@@ -363,13 +264,16 @@ class Connection:
                 await self._close(item)
                 return
 
-    def _framed(self, out: Outbound) -> bytes:
+    def framed(self, out: Outbound) -> bytes:
+        """``out`` as this connection's codec frames it (for the flusher's sink)."""
         return out.framed(self.codec)
 
-    def _count_out(self, frames: int) -> None:
+    def count_out(self, frames: int) -> None:
+        """Frames the flusher sent on this connection's behalf."""
         self.frames_out += frames
 
-    def _on_outbox_closed(self, request: CloseRequest) -> None:
+    def on_outbox_closed(self, request: CloseRequest) -> None:
+        """The outbox asks for a close: at once on overflow, else after what is queued."""
         if self.ws.close_code is not None:
             return  # already closed: the peer left first (a detach)
         if request.overflow:
@@ -390,16 +294,11 @@ class Connection:
             self.services.metrics.send_queue_drops.inc()
         await self.ws.close(request.code, request.reason)
 
-    async def _send_now(self, frame: Error) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(self.codec.encode(frame), text=self.codec.text)
-            self.frames_out += 1
-
     # -- teardown ----------------------------------------------------------------
 
     def _detach(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        if self.expiry is not None:
+            self.expiry.cancel()
         if self.outbox is not None:
             self.outbox.discard()  # what was never sent holds no budget
         if self.counted_user is not None:

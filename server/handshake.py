@@ -1,0 +1,145 @@
+"""A connection's handshake: the ``hello`` that must come first (in time, and valid),
+then attaching the connection to its session: who the peer is, the per-user and
+session-creation quotas, which session (created where asked), the connection's outbox,
+and a close when its token expires.
+
+A refusal closes the connection as server/failures.py says; a frame that is not a
+valid ``hello`` gets an ``error`` frame first, then close 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
+
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from bamboo_session.protocol.frames import Error, Hello, RequestId
+
+from .auth import Forbidden, Unauthorized
+from .failures import ServerBusy, failure_of
+from .flush import WebSocketSink
+from .limits import TooManyConnections
+from .outbox import Outbox
+from .quotas import CreatingTooFast, TooManySessions, creator_key
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from .connection import Connection
+
+# What attaching may fail with; each closes the connection as server/failures.py says.
+_ATTACH_FAILURES = (
+    StorageError,
+    ServerBusy,
+    TooManyConnections,
+    TooManySessions,
+    CreatingTooFast,
+    Unauthorized,
+    Forbidden,
+)
+
+
+async def read_hello(conn: Connection) -> Hello | None:
+    """The connection's first frame if it is a valid ``hello`` in time; else the
+    connection is closed (after an ``error`` frame if it sent something else)."""
+    timeout = conn.services.config.hello_timeout
+    try:
+        # Text frames arrive as str, checked as UTF-8 (else websockets closes 1007).
+        data = await asyncio.wait_for(conn.ws.recv(), timeout)
+    except TimeoutError:
+        await conn.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
+        return None
+    conn.frames_in += 1
+    try:
+        frame = conn.codec.decode_frame(data)
+    except ProtocolError as exc:
+        await _refuse_hello(conn, exc.message, exc.request_id)
+        return None
+    if not isinstance(frame, Hello):
+        await _refuse_hello(conn, "the first frame must be hello", getattr(frame, "id", None))
+        return None
+    return frame
+
+
+async def _refuse_hello(conn: Connection, message: str, request_id: RequestId) -> None:
+    await _send_now(conn, Error(ErrorCode.BAD_REQUEST.value, message, id=request_id))
+    await conn.ws.close(CloseCode.POLICY_VIOLATION, "first frame was not a valid hello")
+
+
+async def _send_now(conn: Connection, frame: Error) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await conn.ws.send(conn.codec.encode(frame), text=conn.codec.text)
+        conn.frames_out += 1
+
+
+async def attach(conn: Connection, hello: Hello) -> bool:
+    """Attaches the connection to the session its ``hello`` asks for, setting its
+    session, actor and outbox; False if refused (the connection is closed then)."""
+    services = conn.services
+    manager = services.manager
+    ws = conn.ws
+    try:
+        request = ws.request
+        authorization = request.headers.get("Authorization") if request else None
+        if request is not None:
+            # Nothing reads the handshake's headers past here, and websockets would
+            # keep them, the request's and the response's, for as long as the
+            # connection stays open: about 3.5 KiB of an idle connection. (A
+            # request stays: websockets reads None as "no handshake yet".)
+            ws.request = Request(request.path, Headers())
+            ws.response = None
+        principal = services.access.authenticate_hello(hello, authorization)
+        user = services.access.connection_user(principal, hello)
+        if user is not None:
+            services.user_connections.acquire(user)
+            conn.counted_user = user
+        creator = creator_key(principal.sub if principal else None, _peer_address(ws))
+        admission = services.quotas.admission(creator)
+        session_id = await manager.resolve_session(conn.session_id, hello, principal, admission)
+        conn.session_id = session_id
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+        outbox = Outbox(
+            conn.connection_id,
+            hello.role,
+            manager.config.send_queue_frames,
+            on_close=conn.on_outbox_closed,
+            max_bytes=manager.config.send_queue_bytes,
+            codec=conn.codec,
+            budget=manager.budget,
+        )
+        outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out)
+        outbox.flusher = services.flusher
+        conn.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
+        conn.outbox = outbox
+        if principal is not None and principal.valid_until is not None:
+            conn.expiry = _close_at_expiry(principal.valid_until, outbox)
+    except _ATTACH_FAILURES as exc:
+        failure = failure_of(exc)
+        await ws.close(failure.close, failure.reason)
+        return False
+    except ProtocolError as exc:  # a field of the hello over its limit
+        await _refuse_hello(conn, exc.message, hello.id)
+        return False
+    return True
+
+
+def _close_at_expiry(valid_until: float, outbox: Outbox) -> asyncio.TimerHandle:
+    """A connection does not outlive its token: at expiry it is closed with 4401
+    (after what is queued), and the client resumes with a fresh token."""
+    delay = max(0.0, valid_until - time.time())
+    return asyncio.get_running_loop().call_later(
+        delay, outbox.close, CloseCode.UNAUTHORIZED, "token expired"
+    )
+
+
+def _peer_address(ws: ServerConnection) -> str | None:
+    address = ws.remote_address
+    return str(address[0]) if address else None
