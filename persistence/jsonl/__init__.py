@@ -35,7 +35,8 @@ The modules, one concern each:
   ``tasks``: the storage's per-session state, its memory caches, its reads, its
   append path, its checkpoint scheduling, its sessions' files coming and going, and
   its work off the event loop;
-- ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too).
+- ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too),
+  on ``queries``: its base class, what it holds in memory and every read.
 """
 
 from __future__ import annotations

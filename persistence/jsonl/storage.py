@@ -2,10 +2,11 @@
 
 Appends go through ``appends.py`` (seqs in call order, keys, the group-commit writer),
 checkpoints through ``checkpointer.py`` (off the acknowledgement path, but creation, a
-move to closed or expired, and imported metadata are on disk when they return), reads
-through ``reads.py``; the history is the log's ``message`` events. Expired sessions
-(sliding TTL) refuse ``load_session``, histories and appends with
-:class:`SessionExpired`; their metadata and events stay readable until cleanup.
+move to closed or expired, and imported metadata are on disk when they return); every
+read is its base class's, :class:`~.queries.JsonlQueries` (through ``reads.py``); the
+history is the log's ``message`` events. Expired sessions (sliding TTL) refuse
+``load_session``, histories and appends with :class:`SessionExpired`; their metadata
+and events stay readable until cleanup.
 
 Read-only (``open_storage(url, read_only=True)``): no lock, nothing created, changed or
 repaired, every write refused; a best-effort view beside a running server
@@ -35,28 +36,21 @@ from bamboo_session.protocol.models import (
 from ..base import (
     Appended,
     AppendItem,
-    HistoryPage,
     SessionClosed,
     SessionExists,
-    SessionExpired,
-    SessionFilter,
-    SessionListResult,
-    SessionNotFound,
     StorageError,
     StorageFull,
 )
-from ..events import page_bounds
-from ..feed import CLOSED, DELETED, Feed, FeedSubscription
-from ..index import SessionIndex, copy_metadata
+from ..feed import CLOSED, DELETED
+from ..index import copy_metadata
 from . import snapshot
 from .appends import Appender
-from .caches import MessageCache
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
 from .files import LockFile
 from .lifecycle import SessionFiles, new_metadata, remove_damaged
 from .opening import open_files, records_of, snapshot_entries
-from .reads import HistoryReader, read_events
+from .queries import JsonlQueries
 from .record import SessionRecord
 from .recovery import RecoveryReport
 from .tasks import BackgroundTasks, every, run_io, to_completion
@@ -69,23 +63,16 @@ T = TypeVar("T")
 _FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
 
 
-class JsonlStorage:
+class JsonlStorage(JsonlQueries):
     """Sessions, histories and event logs in plain files under one directory.
 
     Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
     may have a directory open for writing at a time (:class:`StorageLocked`)."""
 
     def __init__(self, config: JsonlStorageConfig) -> None:
-        self.config = config
-        self.layout = config.layout
-        self._read_only = config.read_only
+        super().__init__(config)  # the records, index, feed and caches reads use
         self._lock_file = LockFile(self.layout.lock)
-        self._index = SessionIndex(secondary=config.enable_index)
-        self._records: dict[str, SessionRecord] = {}
-        self._feed = Feed()
-        self._messages = MessageCache(config.message_cache_bytes)
         self._tasks = BackgroundTasks()
-        self._history = HistoryReader(self.layout, self._messages, not config.read_only)
         self._checkpoints = Checkpointer(config, self._records, self._history, self._tasks.spawn)
         self._appends = Appender(
             config, self._records, self._checkpoints, self._messages, self._feed
@@ -169,10 +156,6 @@ class JsonlStorage:
         """Open and accepting appends (never, when read-only)."""
         return self._ready
 
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
-
     # -- sessions -------------------------------------------------------------------
 
     async def create_session(self, session: Session) -> None:
@@ -199,53 +182,10 @@ class JsonlStorage:
         self._index.add(meta)
         self._messages.start(meta.id, 0)
 
-    async def load_session(self, session_id: str) -> Session | None:
-        record = self._records.get(check_session_id(session_id))
-        if record is None:
-            return None
-        self._check_not_expired(record)
-        try:
-            messages = await self._read_history(record, 0, record.meta.message_count)
-        except SessionNotFound:
-            return None
-        return Session(metadata=copy_metadata(record.meta), messages=messages)
-
-    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
-        record = self._records.get(check_session_id(session_id))
-        return None if record is None else copy_metadata(record.meta)
-
     async def delete_session(self, session_id: str) -> None:
         self._require_writable()
         self._record(session_id)
         await self._remove(session_id)
-
-    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
-        result = self._index.query(filter)
-        result.sessions = [copy_metadata(meta) for meta in result.sessions]
-        return result
-
-    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
-        return [copy_metadata(meta) for meta in self._index.of_user(user_id)]
-
-    async def get_session_history(self, session_id: str) -> list[Message]:
-        record = self._record(session_id)
-        self._check_not_expired(record)
-        return await self._read_history(record, 0, record.meta.message_count)
-
-    async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None
-    ) -> HistoryPage:
-        record = self._record(session_id)
-        self._check_not_expired(record)
-        start, end = page_bounds(record.meta.message_count, limit, before)
-        return HistoryPage(await self._read_history(record, start, end), start, start > 0)
-
-    async def _read_history(self, record: SessionRecord, start: int, end: int) -> list[Message]:
-        try:
-            return await self._history.read(record, start, end)
-        except StorageError:
-            self._record(record.session_id)  # deleted while reading: SessionNotFound
-            raise
 
     async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
         """Closed and expired are on disk when this returns; moves among the live states
@@ -317,37 +257,6 @@ class JsonlStorage:
         self._check_not_expired(record)
         return record
 
-    async def read_events(
-        self,
-        session_id: str,
-        after_seq: int = 0,
-        limit: int | None = None,
-        max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
-        record = self._record(session_id)
-        try:
-            return await read_events(self.layout, record, after_seq, limit, max_bytes)
-        except StorageError:
-            self._record(session_id)  # deleted while reading: SessionNotFound
-            raise
-
-    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
-        record = self._record(session_id)
-
-        async def read(after: int, limit: int) -> list[StoredEvent]:
-            return await self.read_events(session_id, after, limit)
-
-        subscription = self._feed.subscribe(session_id, after_seq, record.meta.last_seq, read)
-        if record.meta.state == SessionState.CLOSED:
-            subscription.end(CLOSED)
-        return subscription
-
-    async def last_seq(self, session_id: str) -> int:
-        return self._record(session_id).meta.last_seq
-
-    async def epoch(self, session_id: str) -> str:
-        return self._record(session_id).meta.epoch
-
     # -- import (SessionImport) -----------------------------------------------------
 
     async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
@@ -414,13 +323,3 @@ class JsonlStorage:
             raise StorageError(f"storage at {self.config.base_path} is open read-only")
         if not self._ready:
             raise StorageError(f"storage at {self.config.base_path} is not open")
-
-    def _record(self, session_id: str) -> SessionRecord:
-        record = self._records.get(check_session_id(session_id))
-        if record is None:
-            raise SessionNotFound(f"session {session_id!r} not found")
-        return record
-
-    def _check_not_expired(self, record: SessionRecord) -> None:
-        if record.meta.is_expired():
-            raise SessionExpired(f"session {record.meta.id!r} has expired")

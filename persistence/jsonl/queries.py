@@ -1,0 +1,145 @@
+"""JsonlQueries: the read side of :class:`~.storage.JsonlStorage`, its base class.
+
+It owns what the store keeps in memory of its sessions (their records, the index,
+the live feed, the message cache) and answers every read of the storage contract
+from them and the files: metadata, listings, histories, pages of events and live
+subscriptions. :class:`~.storage.JsonlStorage` adds opening, closing and every write.
+
+Expired sessions (sliding TTL) refuse ``load_session`` and histories with
+:class:`SessionExpired`; their metadata and events stay readable until cleanup.
+"""
+
+from __future__ import annotations
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import (
+    Message,
+    Session,
+    SessionMetadata,
+    SessionState,
+    StoredEvent,
+)
+
+from ..base import (
+    HistoryPage,
+    SessionExpired,
+    SessionFilter,
+    SessionListResult,
+    SessionNotFound,
+    StorageError,
+)
+from ..events import page_bounds
+from ..feed import CLOSED, Feed, FeedSubscription
+from ..index import SessionIndex, copy_metadata
+from .caches import MessageCache
+from .config import JsonlStorageConfig
+from .reads import HistoryReader, read_events
+from .record import SessionRecord
+
+
+class JsonlQueries:
+    """Sessions as a JSONL store holds them in memory, and the reads served from them."""
+
+    def __init__(self, config: JsonlStorageConfig) -> None:
+        self.config = config
+        self.layout = config.layout
+        self._read_only = config.read_only
+        self._index = SessionIndex(secondary=config.enable_index)
+        self._records: dict[str, SessionRecord] = {}
+        self._feed = Feed()
+        self._messages = MessageCache(config.message_cache_bytes)
+        self._history = HistoryReader(self.layout, self._messages, not config.read_only)
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def load_session(self, session_id: str) -> Session | None:
+        record = self._records.get(check_session_id(session_id))
+        if record is None:
+            return None
+        self._check_not_expired(record)
+        try:
+            messages = await self._read_history(record, 0, record.meta.message_count)
+        except SessionNotFound:
+            return None
+        return Session(metadata=copy_metadata(record.meta), messages=messages)
+
+    async def get_metadata(self, session_id: str) -> SessionMetadata | None:
+        record = self._records.get(check_session_id(session_id))
+        return None if record is None else copy_metadata(record.meta)
+
+    async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
+        result = self._index.query(filter)
+        result.sessions = [copy_metadata(meta) for meta in result.sessions]
+        return result
+
+    async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
+        return [copy_metadata(meta) for meta in self._index.of_user(user_id)]
+
+    async def get_session_history(self, session_id: str) -> list[Message]:
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        return await self._read_history(record, 0, record.meta.message_count)
+
+    async def get_history_page(
+        self, session_id: str, limit: int, before: int | None = None
+    ) -> HistoryPage:
+        record = self._record(session_id)
+        self._check_not_expired(record)
+        start, end = page_bounds(record.meta.message_count, limit, before)
+        return HistoryPage(await self._read_history(record, start, end), start, start > 0)
+
+    async def _read_history(self, record: SessionRecord, start: int, end: int) -> list[Message]:
+        try:
+            return await self._history.read(record, start, end)
+        except StorageError:
+            self._record(record.session_id)  # deleted while reading: SessionNotFound
+            raise
+
+    # -- events ---------------------------------------------------------------------
+
+    async def read_events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        record = self._record(session_id)
+        try:
+            return await read_events(self.layout, record, after_seq, limit, max_bytes)
+        except StorageError:
+            self._record(session_id)  # deleted while reading: SessionNotFound
+            raise
+
+    async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
+        record = self._record(session_id)
+
+        async def read(after: int, limit: int) -> list[StoredEvent]:
+            return await self.read_events(session_id, after, limit)
+
+        subscription = self._feed.subscribe(session_id, after_seq, record.meta.last_seq, read)
+        if record.meta.state == SessionState.CLOSED:
+            subscription.end(CLOSED)
+        return subscription
+
+    async def last_seq(self, session_id: str) -> int:
+        return self._record(session_id).meta.last_seq
+
+    async def epoch(self, session_id: str) -> str:
+        return self._record(session_id).meta.epoch
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _record(self, session_id: str) -> SessionRecord:
+        record = self._records.get(check_session_id(session_id))
+        if record is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return record
+
+    def _check_not_expired(self, record: SessionRecord) -> None:
+        if record.meta.is_expired():
+            raise SessionExpired(f"session {record.meta.id!r} has expired")
