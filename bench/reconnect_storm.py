@@ -7,7 +7,8 @@ the past as replay, then live events) while the agents keep publishing at a stea
 pace. Then the server gets SIGTERM (graceful: ``closed`` and close 1012), and a new
 server process starts on the same port with the same data directory. Every peer
 reconnects with jittered retries; viewers resume with ``last_seq`` and ``epoch``, agents
-resend what was not acknowledged with the same idempotency key. Each viewer must end
+resend what was not acknowledged with the same idempotency key (the agents and viewers
+run in ``--drivers`` processes, bench/storm_worker.py). Each viewer must end
 with seqs 1..M exactly, every token index exactly once. Goal: all resumed, 0 lost,
 0 duplicated, all resumed within 5 s of being disconnected (issue 14; 10 s before).
 
@@ -23,159 +24,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
-
 from . import common
-from .peers import bamboo_attach, decode_frame, open_ws, token_frame, token_index
+from .peers import open_ws
+from .storm_worker import with_retries
+from .workers import DriverGroup, DriverProcess
 
 CONNECT_CONCURRENCY = 100  # handshakes in flight at once, as jittered clients would spread
 RUN_TIMEOUT = 300.0
-RETRY_FOR = 60.0  # a peer gives up reconnecting after this long
 GOAL_SECONDS = 5.0  # from the first viewer dropped to the last one resumed
 
 
-@dataclass
-class Viewer:
-    session_id: str
-    epoch: str = ""
-    last_seq: int = 0
-    indexes: list[int] = field(default_factory=list)
-    duplicates: int = 0
-    gaps: int = 0
-    closes: list[int | None] = field(default_factory=list)
-    disconnected_at: float = 0.0
-    resumed_at: float = 0.0
-    resumed: list[bool] = field(default_factory=list)
-
-
-async def with_retries(connect: Any, gate: asyncio.Semaphore) -> Any:
-    """``await connect()`` until it works, with jittered backoff, for RETRY_FOR seconds."""
-    deadline = time.monotonic() + RETRY_FOR
-    delay = 0.05
-    while True:
-        try:
-            async with gate:
-                return await connect()
-        except (OSError, ConnectionClosed, TimeoutError, RuntimeError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 1.0)
-
-
-async def run_viewer(
-    base: str, viewer: Viewer, total: int, gate: asyncio.Semaphore, attached: asyncio.Event
-) -> None:
-    """Attach (full replay), read; on a drop, reconnect and resume; until seq ``total``."""
-    first = True
-    while viewer.last_seq < total:
-        ws, welcome = await with_retries(
-            lambda: bamboo_attach(
-                base,
-                viewer.session_id,
-                last_seq=viewer.last_seq,
-                epoch=viewer.epoch or None,
-            ),
-            gate,
-        )
-        viewer.epoch = welcome.epoch
-        if not first:
-            viewer.resumed.append(welcome.resumed)
-            viewer.resumed_at = time.perf_counter()
-        first = False
-        attached.set()
-        try:
-            while viewer.last_seq < total:
-                frame = decode_frame(await ws.recv(decode=False))
-                if frame.type != "event":
-                    continue
-                if frame.seq <= viewer.last_seq:
-                    viewer.duplicates += 1
-                    continue
-                if frame.seq != viewer.last_seq + 1:
-                    viewer.gaps += 1
-                viewer.last_seq = frame.seq
-                viewer.indexes.append(token_index(frame))
-        except ConnectionClosed:
-            viewer.closes.append(ws.close_code)
-            viewer.disconnected_at = time.perf_counter()
-        finally:
-            await ws.close()
-
-
-async def run_agent(
-    base: str,
-    session_id: str,
-    total: int,
-    pace: float,
-    gate: asyncio.Semaphore,
-    first_part: asyncio.Event,
-    go_on: asyncio.Event,
-) -> None:
-    """Publish ``total`` keyed events, ``pace`` seconds apart after the first quarter;
-    after a drop, reconnect and resend every unacknowledged one with its key."""
-    acked = 0
-    quarter = total // 4
-    while acked < total:
-        ws, _ = await with_retries(
-            lambda: bamboo_attach(base, session_id, role="agent", create=True), gate
-        )
-        try:
-            next_index = acked
-            while acked < total:
-                if next_index == quarter and not go_on.is_set():
-                    first_part.set()
-                    await go_on.wait()
-                if next_index < total and next_index - acked < 8:
-                    await ws.send(token_frame(next_index, key=f"k{next_index}"), text=True)
-                    next_index += 1
-                    if next_index > quarter:
-                        await asyncio.sleep(pace)
-                    continue
-                frame = decode_frame(await ws.recv(decode=False))
-                if frame.type == "ack":
-                    acked += 1
-                elif frame.type == "error":
-                    raise RuntimeError(f"publish refused: {frame.code} {frame.message}")
-        except ConnectionClosed:
-            pass
-        finally:
-            await ws.close()
-
-
 async def storm_bamboo(
-    tmp: Path, sessions: int, viewers_per: int, events: int, pace: float
+    tmp: Path, sessions: int, viewers_per: int, events: int, pace: float, drivers: int
 ) -> dict[str, Any]:
     data_dir = tmp / "data"
     first = common.bamboo_server(data_dir, tmp / "bamboo.log").start()
     port = first.port
-    base = f"ws://{common.HOST}:{port}"
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     ids = [f"storm-{i}" for i in range(sessions)]
-    viewers = [Viewer(sid) for sid in ids for _ in range(viewers_per)]
-    go_on = asyncio.Event()
-    quartered = [asyncio.Event() for _ in ids]
-    agents = [
-        asyncio.ensure_future(run_agent(base, sid, events, pace, gate, quartered[i], go_on))
-        for i, sid in enumerate(ids)
-    ]
+    count = max(1, min(drivers, sessions))
+    group = DriverGroup(
+        [
+            DriverProcess(
+                f"storm[{index}]",
+                [sys.executable, "-m", "bench.storm_worker"],
+                {
+                    "base": f"ws://{common.HOST}:{port}",
+                    "sessions": ids[index::count],
+                    "viewers": viewers_per,
+                    "events": events,
+                    "pace": pace,
+                    "concurrency": max(1, CONNECT_CONCURRENCY // count),
+                },
+            )
+            for index in range(count)
+        ]
+    )
     second: common.ServerProcess | None = None
     try:
-        async with asyncio.timeout(RUN_TIMEOUT):
-            await asyncio.gather(*(e.wait() for e in quartered))
-            attached = [asyncio.Event() for _ in viewers]
-            watching = [
-                asyncio.ensure_future(run_viewer(base, v, events, gate, attached[i]))
-                for i, v in enumerate(viewers)
-            ]
-            await asyncio.gather(*(e.wait() for e in attached))
-            go_on.set()  # mid-stream: agents publish live while viewers watch
+        async with asyncio.timeout(RUN_TIMEOUT), group:
+            await group.ready()
+            group.go()
             # Restart while the agents are still publishing (a quarter into the live part).
             await asyncio.sleep(min(1.0, 0.25 * (events - events // 4) * pace))
             stopped_at = time.perf_counter()
@@ -184,34 +77,40 @@ async def storm_bamboo(
             second = common.bamboo_server(data_dir, tmp / "bamboo.log")
             await asyncio.to_thread(second.start, port)
             ready_at = time.perf_counter()
-            await asyncio.gather(*watching, *agents)
+            parts = await group.results()
     finally:
-        for task in agents:
-            task.cancel()
         if second is not None:
             second.terminate()
         first.terminate()
-    resumed = sum(1 for v in viewers if v.resumed and all(v.resumed))
-    lost = sum(len(set(range(events)) - set(v.indexes)) for v in viewers)
-    duplicated = sum(v.duplicates + len(v.indexes) - len(set(v.indexes)) for v in viewers)
-    gaps = sum(v.gaps for v in viewers)
-    restarted = [v for v in viewers if v.resumed]
-    first_drop = min((v.disconnected_at for v in restarted), default=stopped_at)
-    last_resume = max((v.resumed_at for v in restarted), default=ready_at)
+    return merged(parts, stopped_at, down_at, ready_at, exit_code, sessions, events)
+
+
+def merged(
+    parts: list[dict[str, Any]],
+    stopped_at: float,
+    down_at: float,
+    ready_at: float,
+    exit_code: int | None,
+    sessions: int,
+    events: int,
+) -> dict[str, Any]:
+    """The drivers' counts added up, and the storm's times from their clocks."""
     closes: dict[str, int] = {}
-    for v in viewers:
-        for code in v.closes:
-            closes[str(code)] = closes.get(str(code), 0) + 1
+    for part in parts:
+        for code, n in part["close_codes"].items():
+            closes[code] = closes.get(code, 0) + n
+    drops = [p["first_drop"] for p in parts if p["first_drop"] is not None]
+    resumes = [p["last_resume"] for p in parts if p["last_resume"] is not None]
+    first_drop = min(drops, default=stopped_at)
+    last_resume = max(resumes, default=ready_at)
+    total = {k: sum(p[k] for p in parts) for k in ("viewers", "reconnected", "resumed")}
+    total |= {k: sum(p[k] for p in parts) for k in ("lost", "duplicated", "gaps")}
     return {
         "kind": "bamboo",
-        "viewers": len(viewers),
+        **total,
         "sessions": sessions,
         "events_per_session": events,
-        "reconnected": len(restarted),
-        "resumed": resumed,
-        "lost": lost,
-        "duplicated": duplicated,
-        "gaps": gaps,
+        "drivers": len(parts),
         "close_codes": closes,
         "old_server_exit": exit_code,
         "shutdown_s": down_at - stopped_at,
@@ -282,14 +181,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"shutdown {baseline['shutdown_s']:.2f} s, start {baseline['restart_s']:.2f} s)",
             flush=True,
         )
-        bamboo = await storm_bamboo(tmp, args.sessions, args.viewers, args.events, args.pace)
+        bamboo = await storm_bamboo(
+            tmp, args.sessions, args.viewers, args.events, args.pace, args.drivers
+        )
     print(
         f"bamboo    {bamboo['viewers']} viewers: {bamboo['resumed']} resumed, "
         f"{bamboo['lost']} lost, {bamboo['duplicated']} duplicated, {bamboo['gaps']} gaps; "
         f"all back {bamboo['all_back_after_drop_s']:.2f} s after the first drop "
         f"({bamboo['all_back_after_ready_s']:.2f} s after the new server listened; shutdown "
         f"{bamboo['shutdown_s']:.2f} s, start {bamboo['restart_s']:.2f} s); close codes "
-        f"{bamboo['close_codes']}",
+        f"{bamboo['close_codes']}; {bamboo['drivers']} driver process(es)",
         flush=True,
     )
     ratio = bamboo["all_back_after_drop_s"] / max(baseline["all_back_after_drop_s"], 1e-9)
@@ -333,6 +234,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="seconds between an agent's live events (default: sessions / 2000)",
+    )
+    parser.add_argument(
+        "--drivers",
+        type=int,
+        default=1,
+        help="driver processes for Bamboo's agents and viewers (on 2 cores more than one "
+        "only takes CPU from the server: 5.5, 6.5 and 8.6 s with 1, 2 and 3)",
     )
     common.add_common_args(parser)
     args = parser.parse_args(argv)
