@@ -260,6 +260,7 @@ class Connection:
                 async for page in actor.replay(item.after, item.through):
                     await send_frames(ws, [out.framed(codec) for out in page])
                     self.frames_out += len(page)
+                    del page  # as the batch above: not held while the connection idles
             else:
                 await self._close(item)
                 return

@@ -42,6 +42,9 @@ _CODES = {
     http.HTTPStatus.SERVICE_UNAVAILABLE: "internal",
 }
 ALLOWED_METHODS = "GET, HEAD"
+# Bytes a peer may send before its request is answered: an upgrade's first frames, or a
+# stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
+EARLY_BYTES = 64 * 1024
 
 
 def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
@@ -77,6 +80,16 @@ class BambooConnection(ServerConnection):
         protocol.parser = _parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (
+            self.protocol.state is State.CONNECTING
+            and len(self.protocol.reader.buffer) > EARLY_BYTES
+        ):
+            # Bytes behind a request wait for its answer (_parse_request): a peer that
+            # sends this much before it is answered is not a WebSocket client.
+            self.transport.abort()
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         await super().handshake(*args, **kwargs)
@@ -135,7 +148,8 @@ def _parse_request(protocol: ServerProtocol) -> Generator[None]:
     # send_response replaces this parser); an accepted upgrade resumes it (handshake
     # above). Read at once, they were frames of a connection not yet open: a stray CRLF
     # after a GET failed the connection under the answer being sent (AssertionError).
-    while protocol.state is State.CONNECTING:
+    # The peer's end of stream is not waited on: websockets must see it to let go.
+    while protocol.state is State.CONNECTING and not protocol.reader.eof:
         yield
     yield from Protocol.parse(protocol)
 

@@ -5,7 +5,9 @@ appends, keeps descriptors bounded, fails only what failed, and syncs as its mod
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +170,59 @@ async def test_syncs_as_the_mode_says(
         assert synced == []  # the WAL segment is synced instead, once per batch
     else:
         assert len(synced) == 5  # every written log, before the acknowledgement
+    await writer.close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_close_during_a_background_sync_syncs_every_log_and_leaks_nothing(
+    layout: Layout, reports: Reports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_sync, real_take = logfiles.datasync, logfiles.LogFiles.take_unsynced
+    monkeypatch.setattr(logfiles, "datasync", lambda fd: (synced.append(fd), real_sync(fd))[1])
+
+    def slow_take(files: logfiles.LogFiles) -> list[tuple[str, int]]:
+        taken = real_take(files)
+        time.sleep(0.2)  # close() comes while the descriptors are being handed out
+        return taken
+
+    monkeypatch.setattr(logfiles.LogFiles, "take_unsynced", slow_take)
+    before = open_descriptors()
+    writer = await started(layout, reports, durability="os")  # background sync: 0.02 s
+    await asyncio.gather(*(writer.submit(f"s{i}", batch(1)) for i in range(3)))
+    await asyncio.sleep(0.1)  # the round has taken them
+    await writer.close()
+    assert len(synced) == 3
+    assert open_descriptors() == before
+
+
+async def test_a_background_sync_out_of_descriptors_tries_again(
+    layout: Layout, reports: Reports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_sync, real_dup = logfiles.datasync, os.dup
+    monkeypatch.setattr(logfiles, "datasync", lambda fd: (synced.append(fd), real_sync(fd))[1])
+    exhausted = [True]
+
+    def dup(fd: int) -> int:
+        if exhausted[0]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+
+    monkeypatch.setattr(logfiles.os, "dup", dup)
+    writer = await started(layout, reports, durability="os")
+    await asyncio.gather(*(writer.submit(f"s{i}", batch(1)) for i in range(3)))
+    await asyncio.sleep(0.1)  # a few rounds fail
+    assert synced == []
+    exhausted[0] = False
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(synced) == 3:
+            break
+    assert len(synced) == 3
     await writer.close()
 
 

@@ -5,6 +5,7 @@ is asked, measured with tracemalloc around real requests on a real server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import tracemalloc
@@ -323,3 +324,24 @@ async def test_a_reply_waiting_for_a_slow_reader_is_held_once(tmp_path: Path) ->
             assert held < 1.5 * queued, f"{held} bytes held for {queued} queued"
         finally:
             peer.close()
+
+
+async def test_an_idle_viewer_does_not_hold_its_last_replay_page(tmp_path: Path) -> None:
+    await fill_with_large_messages(tmp_path)
+    async with run_server(tmp_path) as server:  # a restart: replays read the store
+        async with contextlib.AsyncExitStack() as stack:
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                for _ in range(5):
+                    peer, welcome = await stack.enter_async_context(
+                        attach(server, "big", last_seq=COUNT - 2)
+                    )
+                    assert welcome["replay"] == 2
+                    for _ in range(2):
+                        await peer.recv_type("event")
+                await asyncio.sleep(0.2)  # replays done; five viewers idle
+                held = tracemalloc.get_traced_memory()[0] - base
+            finally:
+                tracemalloc.stop()
+        assert held < 2 * BIG, f"five idle viewers hold {held} bytes"

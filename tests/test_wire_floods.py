@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from websockets.sync.client import connect
+
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
 
@@ -125,4 +127,40 @@ def test_bytes_after_a_request_wait_for_its_answer(tmp_path: Path) -> None:
                 assert chunk, answer
                 answer += chunk
             assert b" 101 " in answer.split(b"\r\n")[0]
+    assert_no_tracebacks(server.log_records())
+
+
+def test_a_peer_that_sends_too_much_before_its_answer_is_dropped(tmp_path: Path) -> None:
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            try:
+                sock.sendall(get + b"\r\n" * 100_000)  # 200 KB behind the request
+                answer = sock.recv(100)
+            except ConnectionResetError:
+                answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200"), answer
+        assert exchange(server.port, get).startswith(b"HTTP/1.1 200 OK")
+    assert_no_tracebacks(server.log_records())
+
+
+def test_answers_to_peers_gone_before_them_are_not_counted_as_unread(tmp_path: Path) -> None:
+    # A 2 MiB budget: answers not yet read may hold 512 KiB; the page is ~600 KB.
+    with ServerProcess(
+        tmp_path / "data", tmp_path / "server.log", "--memory-budget", str(2 << 20)
+    ) as server:
+        with connect(f"ws://127.0.0.1:{server.port}/api/v1/stream/page") as ws:
+            ws.send(json.dumps({"type": "hello", "create": True}))
+            ws.recv()
+            for i in range(3):
+                message = {"role": "user", "content": f"{i}" + "p" * 200_000}
+                ws.send(json.dumps({"type": "message", "id": i, "message": message}))
+                ws.recv()
+        page = b"GET /api/v1/sessions/page?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        for _ in range(5):  # ask, then leave before the answer: its charge must go
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(page)
+                sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)
+        assert exchange(server.port, page).startswith(b"HTTP/1.1 200 OK")
     assert_no_tracebacks(server.log_records())

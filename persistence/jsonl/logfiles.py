@@ -283,8 +283,13 @@ class LogFiles:
         taken = []
         for session_id, open_log in self.open_logs.items():
             if open_log.unsynced:
+                try:
+                    fd = os.dup(open_log.fd)
+                except OSError as exc:  # out of descriptors: the rest waits a round
+                    log.error("background sync postponed: %s", exc)
+                    break
                 open_log.unsynced = False
-                taken.append((session_id, os.dup(open_log.fd)))
+                taken.append((session_id, fd))
         return taken
 
     def close_all(self) -> None:
