@@ -66,7 +66,7 @@ async def test_js_client_on_node() -> None:
         output, _ = await asyncio.wait_for(process.communicate(), 60)
     report = output.decode(errors="replace")
     assert process.returncode == 0, report
-    assert "# pass 6" in report and "# fail 0" in report, report
+    assert "# pass 7" in report and "# fail 0" in report, report
 
 
 def js_tool(name: str) -> Path:

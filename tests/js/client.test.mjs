@@ -9,6 +9,7 @@ import { test } from "node:test";
 import {
   BambooClient,
   ClientError,
+  ConnectionLost,
   NotFound,
   Refused,
   SessionEnded,
@@ -196,5 +197,25 @@ test(
     assert.ok(error instanceof ClientError && !(error instanceof Refused), String(error));
     assert.equal(error.cause.message, "no token service");
     assert.equal(calls, 2);
+  },
+);
+
+test(
+  "tokens that expire soon after each welcome keep backing off, to maxRetries",
+  { timeout: 15000 },
+  async () => {
+    let calls = 0;
+    const client = await BambooClient.connect(authUrl, {
+      sessionId: "short-tokens",
+      create: true,
+      maxRetries: 2,
+      backoffInitial: 20,
+      token: () => (calls++, makeToken("alice", 1)),
+    });
+    const error = await endOf(client);
+    assert.ok(error instanceof ConnectionLost, String(error));
+    assert.match(error.message, /^gave up after 2 attempts: token expired/);
+    assert.equal(calls, 3); // the first connection and 2 reconnects, each held for 1 s
+    assert.equal(client.reconnects, 2);
   },
 );

@@ -86,8 +86,8 @@
  * @property {number} [lastSeq] resume after this seq (0 replays the retained log)
  * @property {string} [epoch] the epoch `lastSeq` belongs to
  * @property {boolean} [reconnect] resume on its own after a drop; default true
- * @property {number | null} [maxRetries] consecutive failed reconnects before
- *   {@link ConnectionLost}; default null (no limit)
+ * @property {number | null} [maxRetries] reconnect attempts since the last connection
+ *   that held 10 s before {@link ConnectionLost}; default null (no limit)
  * @property {number} [backoffInitial] first backoff ceiling in ms; default 100
  * @property {number} [backoffMax] largest backoff ceiling in ms; default 5000
  * @property {number} [openTimeout] ms for the upgrade and for the welcome; default 10000
@@ -104,6 +104,10 @@ export const SUBPROTOCOL = "bamboo.v1";
 export const RESUME_CODES = Object.freeze([1001, 1011, 1012, 1013, 4408, 4429]);
 const RESUMABLE = new Set(RESUME_CODES);
 const ABNORMAL_CLOSURE = 1006; // what browsers report for a network failure
+// A connection that held less than this (ms) was no recovery: the backoff goes on growing
+// and counting towards maxRetries instead of starting again from the first wait, so a
+// server that welcomes then closes at once (or tokens that expire at once) is not hammered.
+const STABLE_AFTER = 10_000;
 const SESSION_ID = /^[A-Za-z0-9_.-]{1,128}$/;
 
 // -- errors -------------------------------------------------------------------------
@@ -332,6 +336,8 @@ export class BambooClient extends EventTarget {
   #opening = null;
   #generation = 0;
   #ready = false; // connected, and every earlier request resent
+  #attempts = 0; // reconnect attempts since the last connection that held STABLE_AFTER
+  #welcomedAt = 0; // performance.now() at the last welcome
   /** @type {ClientError | null} why this client is finished */
   #failure = null;
   /** @type {{ timer: ReturnType<typeof setTimeout>, wake: () => void } | null} */
@@ -792,6 +798,7 @@ export class BambooClient extends EventTarget {
   /** Make a welcomed connection the one in use. @param {WebSocket} ws */
   #attach(ws) {
     this.#ws = ws;
+    this.#welcomedAt = performance.now();
     this.#generation += 1;
     if (this.#generation > 1) this.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
@@ -892,15 +899,17 @@ export class BambooClient extends EventTarget {
   /** Reconnect with backoff until welcomed, refused, given up or closed. @param {Error} error */
   async #reconnect(error) {
     this.#setState("reconnecting");
+    if (performance.now() - this.#welcomedAt >= STABLE_AFTER) this.#attempts = 0;
     const { maxRetries } = this.#options;
-    for (let attempt = 0; this.#failure === null;) {
-      if (maxRetries != null && attempt >= maxRetries) {
-        this.#finish(new ConnectionLost(`gave up after ${attempt} attempts: ${error.message}`));
+    while (this.#failure === null) {
+      const attempts = this.#attempts;
+      if (maxRetries != null && attempts >= maxRetries) {
+        this.#finish(new ConnectionLost(`gave up after ${attempts} attempts: ${error.message}`));
         return;
       }
-      await this.#sleep(this.#backoff(attempt));
+      await this.#sleep(this.#backoff(attempts));
       if (this.#failure !== null) return;
-      attempt += 1;
+      this.#attempts += 1;
       try {
         await this.#open();
         return;
