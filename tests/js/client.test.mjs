@@ -109,7 +109,13 @@ test(
       role: "agent",
       token: tokenOf("agent"),
     });
-    const viewer = await BambooClient.connect(authUrl, { ...options, token: tokenOf("viewer") });
+    // The viewer waits at least 200 ms before it reconnects: events published meanwhile
+    // reach it only through the resume.
+    const viewer = await BambooClient.connect(authUrl, {
+      ...options,
+      backoffInitial: 400,
+      token: tokenOf("viewer"),
+    });
     const seen = [];
     const watching = (async () => {
       for await (const item of viewer.events()) {
@@ -118,10 +124,17 @@ test(
       }
     })();
     const seqs = [];
-    for (let i = 1; i <= 30; i++) {
-      // Across two expiries of each client's token, 3 s in all.
-      seqs.push(await agent.publish({ type: "token", content: `t${i}` }));
-      await sleep(100);
+    try {
+      for (let i = 1; i <= 30; i++) {
+        // Across two expiries of each client's token, 3 s in all.
+        seqs.push(await agent.publish({ type: "token", content: `t${i}` }));
+        await sleep(100);
+      }
+      // Then judge what has arrived (an unref timer does not keep Node alive).
+      await Promise.race([watching, sleep(5000, null, { ref: false })]);
+    } finally {
+      await viewer.close(); // ends events(), should the viewer still wait for some
+      await agent.close();
     }
     await watching;
     assert.deepEqual(seqs, range(30));
@@ -132,9 +145,6 @@ test(
     );
     assert.equal(issued.agent, agent.reconnects + 1);
     assert.equal(issued.viewer, viewer.reconnects + 1);
-    assert.equal(viewer.error, null);
-    await viewer.close();
-    await agent.close();
   },
 );
 
@@ -148,7 +158,7 @@ test(
       token: makeToken("alice", 1),
       backoffInitial: 20,
     });
-    assert.equal(await client.ping().then(() => "pong"), "pong");
+    await client.ping(); // open, until the token expires
     const error = await endOf(client);
     assert.ok(error instanceof Unauthorized, String(error));
     assert.equal(error.code, 4401);
