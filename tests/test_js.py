@@ -1,5 +1,6 @@
 """The JavaScript on Node: the client's tests (tests/js/client.test.mjs, node:test)
-against a real server, a type check of the JSDoc of server/web/ (tsc), and its format
+against real servers (one without auth, one with auth and no leeway, so that tokens
+expire on time), a type check of the JSDoc of server/web/ (tsc), and its format
 (prettier). Node 22+ has a global WebSocket; Node 20.10+ gets it from a flag. Without a
 Node that has one, or without the tools of tests/js/package-lock.json (``npm ci
 --prefix tests/js``, which .ci/run does), each skips with one line saying so."""
@@ -10,6 +11,7 @@ import asyncio
 import functools
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -21,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = ROOT / "tests" / "js"
 TEST_FILE = JS_DIR / "client.test.mjs"
 HINT = "install Node.js 22+ (or 20.10+) for the Node test of the JavaScript client"
+# The Node tests sign their own tokens with it (HS256, node:crypto).
+AUTH_SECRET = "js-test-secret-" + "s" * 32
+NODE_TIMEOUT = 60
 
 
 @functools.cache
@@ -40,21 +45,40 @@ async def test_js_client_on_node() -> None:
     command = node_command()
     if command is None:
         pytest.skip(HINT)
-    async with run_server() as server:
+    async with (
+        run_server() as server,
+        run_server(auth_secret=AUTH_SECRET, auth_leeway=0) as authed,
+    ):
+        env = {
+            **os.environ,
+            "BAMBOO_URL": f"ws://127.0.0.1:{server.port}",
+            "BAMBOO_AUTH_URL": f"ws://127.0.0.1:{authed.port}",
+            "BAMBOO_AUTH_SECRET": AUTH_SECRET,
+        }
         process = await asyncio.create_subprocess_exec(
             *command,
             "--test",
             "--test-reporter=tap",
             str(TEST_FILE),
             cwd=ROOT,
-            env={**os.environ, "BAMBOO_URL": f"ws://127.0.0.1:{server.port}"},
+            env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # node --test runs the file in a child of its own
         )
-        output, _ = await asyncio.wait_for(process.communicate(), 60)
-    report = output.decode(errors="replace")
+        assert process.stdout is not None
+        reading = asyncio.create_task(process.stdout.read())
+        try:
+            await asyncio.wait_for(process.wait(), NODE_TIMEOUT)
+        except TimeoutError:
+            os.killpg(process.pid, signal.SIGKILL)  # a client that never ends keeps Node alive
+            await process.wait()
+        report = (await reading).decode(errors="replace")
+    assert process.returncode is not None and process.returncode >= 0, (
+        f"the Node tests took over {NODE_TIMEOUT} s:\n{report}"
+    )
     assert process.returncode == 0, report
-    assert "# pass 3" in report and "# fail 0" in report, report
+    assert "# pass 7" in report and "# fail 0" in report, report
 
 
 def js_tool(name: str) -> Path:

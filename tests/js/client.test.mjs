@@ -1,11 +1,45 @@
 // The JavaScript client on Node (node:test), against the server whose ws:// URL is in
-// BAMBOO_URL: tests/test_js_node.py starts one and runs this file.
+// BAMBOO_URL, and the one with auth (no leeway) in BAMBOO_AUTH_URL, whose secret is in
+// BAMBOO_AUTH_SECRET: tests/test_js.py starts both and runs this file.
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 
-import { BambooClient, NotFound, SessionEnded, streamUrl } from "../../server/web/client/bamboo.js";
+import {
+  BambooClient,
+  ClientError,
+  ConnectionLost,
+  NotFound,
+  Refused,
+  SessionEnded,
+  Unauthorized,
+  streamUrl,
+} from "../../server/web/client/bamboo.js";
 
 const url = process.env.BAMBOO_URL;
+const authUrl = process.env.BAMBOO_AUTH_URL;
+const secret = process.env.BAMBOO_AUTH_SECRET;
+
+/** An HS256 JWT for `sub` that the server (leeway 0) accepts for `ttl` more seconds. */
+function makeToken(sub, ttl, key = secret) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const claims = { sub, exp: Date.now() / 1000 + ttl };
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  return `${body}.${createHmac("sha256", key).update(body).digest("base64url")}`;
+}
+
+/** The error that ends `client.events()`. */
+async function endOf(client) {
+  try {
+    for await (const item of client.events()) void item;
+  } catch (error) {
+    return error;
+  }
+  return null;
+}
+
+const range = (n) => Array.from({ length: n }, (_, i) => i + 1);
 
 test("stream URLs", () => {
   assert.equal(streamUrl("ws://h:1"), "ws://h:1/api/v1/stream");
@@ -58,3 +92,140 @@ test("a missing session is a typed refusal", async () => {
     return true;
   });
 });
+
+test(
+  "a token function is asked again at expiry; nothing is lost or repeated",
+  { timeout: 30000 },
+  async () => {
+    const issued = { agent: 0, viewer: 0 };
+    const tokenOf = (who) => async () => {
+      issued[who] += 1;
+      return makeToken("alice", 1.5); // the server closes the connection 1.5 s from now
+    };
+    const options = { sessionId: "refresh-1", backoffInitial: 20 };
+    const agent = await BambooClient.connect(authUrl, {
+      ...options,
+      create: true,
+      role: "agent",
+      token: tokenOf("agent"),
+    });
+    // The viewer waits at least 200 ms before it reconnects: events published meanwhile
+    // reach it only through the resume.
+    const viewer = await BambooClient.connect(authUrl, {
+      ...options,
+      backoffInitial: 400,
+      token: tokenOf("viewer"),
+    });
+    const seen = [];
+    const watching = (async () => {
+      for await (const item of viewer.events()) {
+        seen.push(item.reset ? "reset" : item.seq);
+        if (seen.length === 30) break;
+      }
+    })();
+    const seqs = [];
+    try {
+      for (let i = 1; i <= 30; i++) {
+        // Across two expiries of each client's token, 3 s in all.
+        seqs.push(await agent.publish({ type: "token", content: `t${i}` }));
+        await sleep(100);
+      }
+      // Then judge what has arrived (an unref timer does not keep Node alive).
+      await Promise.race([watching, sleep(5000, null, { ref: false })]);
+    } finally {
+      await viewer.close(); // ends events(), should the viewer still wait for some
+      await agent.close();
+    }
+    await watching;
+    assert.deepEqual(seqs, range(30));
+    assert.deepEqual(seen, range(30));
+    assert.ok(
+      agent.reconnects >= 1 && viewer.reconnects >= 1,
+      `${agent.reconnects}, ${viewer.reconnects}`,
+    );
+    assert.equal(issued.agent, agent.reconnects + 1);
+    assert.equal(issued.viewer, viewer.reconnects + 1);
+  },
+);
+
+test(
+  "a fixed token ends the client with Unauthorized when it expires",
+  { timeout: 10000 },
+  async () => {
+    const client = await BambooClient.connect(authUrl, {
+      sessionId: "fixed-1",
+      create: true,
+      token: makeToken("alice", 1),
+      backoffInitial: 20,
+    });
+    await client.ping(); // open, until the token expires
+    const error = await endOf(client);
+    assert.ok(error instanceof Unauthorized, String(error));
+    assert.equal(error.code, 4401);
+    assert.equal(error.reason, "token expired");
+    assert.equal(client.reconnects, 0);
+    await assert.rejects(client.ping(), Unauthorized);
+  },
+);
+
+test(
+  "a token function that gives a bad token ends the client, no loop",
+  { timeout: 15000 },
+  async () => {
+    const stale = makeToken("alice", 1);
+    const refreshers = {
+      "token expired": () => stale, // never refreshed: the same token again
+      "invalid token": () => makeToken("alice", 60, "not the server's secret, 32 bytes"),
+    };
+    for (const [reason, refresh] of Object.entries(refreshers)) {
+      let calls = 0;
+      const client = await BambooClient.connect(authUrl, {
+        sessionId: `bad-refresh-${reason.split(" ")[0]}`,
+        create: true,
+        backoffInitial: 20,
+        token: () => (++calls === 1 ? makeToken("alice", 1) : refresh()),
+      });
+      const error = await endOf(client);
+      assert.ok(error instanceof Unauthorized, String(error));
+      assert.equal(error.code, 4401, reason);
+      assert.equal(error.reason, reason);
+      assert.equal(calls, 2, reason); // the first connection, then the refused refresh
+      assert.equal(client.reconnects, 0);
+    }
+    // One that throws ends it too, with what it threw as the cause.
+    let calls = 0;
+    const client = await BambooClient.connect(authUrl, {
+      sessionId: "bad-refresh-throws",
+      create: true,
+      backoffInitial: 20,
+      token: async () => {
+        if (++calls > 1) throw new Error("no token service");
+        return makeToken("alice", 1);
+      },
+    });
+    const error = await endOf(client);
+    assert.ok(error instanceof ClientError && !(error instanceof Refused), String(error));
+    assert.equal(error.cause.message, "no token service");
+    assert.equal(calls, 2);
+  },
+);
+
+test(
+  "tokens that expire soon after each welcome keep backing off, to maxRetries",
+  { timeout: 15000 },
+  async () => {
+    let calls = 0;
+    const client = await BambooClient.connect(authUrl, {
+      sessionId: "short-tokens",
+      create: true,
+      maxRetries: 2,
+      backoffInitial: 20,
+      token: () => (calls++, makeToken("alice", 1)),
+    });
+    const error = await endOf(client);
+    assert.ok(error instanceof ConnectionLost, String(error));
+    assert.match(error.message, /^gave up after 2 attempts: token expired/);
+    assert.equal(calls, 3); // the first connection and 2 reconnects, each held for 1 s
+    assert.equal(client.reconnects, 2);
+  },
+);

@@ -21,6 +21,8 @@
  *   `readEvents()`.
  * - Refusals end the client with a typed error: {@link Unauthorized} (4401),
  *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409).
+ *   The one exception: given a token function, a 4401 that ends an open connection
+ *   (its token expired) is a reconnect with a fresh token and resume.
  *
  * @example
  * import { BambooClient } from "/client/bamboo.js";
@@ -68,19 +70,24 @@
  * @typedef {{ joined?: string, left?: string, role: string, connections: number }} Presence
  * @typedef {"connecting" | "open" | "reconnecting" | "closed"} ConnectionState
  * @typedef {{ state: ConnectionState, error?: ClientError }} StateChange
+ * @typedef {string | (() => string | Promise<string>)} TokenSource
+ *   A JWT, or a function that returns one (or a promise of one), asked before every
+ *   connection.
  *
  * @typedef {object} ConnectOptions
  * @property {string} [sessionId] the session to attach to; none: a new session
  * @property {boolean} [create] create `sessionId` if it does not exist (get-or-create)
  * @property {string} [userId] owner of a session created here (ignored under auth)
  * @property {string} [title] title of a session created here
- * @property {string} [token] a JWT, when the server requires one
+ * @property {TokenSource} [token] a JWT, when the server requires one; or a function
+ *   returning a fresh one, asked before every connection: then a 4401 that closes an open
+ *   connection (its token expired) is a reconnect with a new token and resume, not the end
  * @property {"client" | "agent"} [role] shown in presence; default "client"
  * @property {number} [lastSeq] resume after this seq (0 replays the retained log)
  * @property {string} [epoch] the epoch `lastSeq` belongs to
  * @property {boolean} [reconnect] resume on its own after a drop; default true
- * @property {number | null} [maxRetries] consecutive failed reconnects before
- *   {@link ConnectionLost}; default null (no limit)
+ * @property {number | null} [maxRetries] reconnect attempts since the last connection
+ *   that held 10 s before {@link ConnectionLost}; default null (no limit)
  * @property {number} [backoffInitial] first backoff ceiling in ms; default 100
  * @property {number} [backoffMax] largest backoff ceiling in ms; default 5000
  * @property {number} [openTimeout] ms for the upgrade and for the welcome; default 10000
@@ -97,6 +104,10 @@ export const SUBPROTOCOL = "bamboo.v1";
 export const RESUME_CODES = Object.freeze([1001, 1011, 1012, 1013, 4408, 4429]);
 const RESUMABLE = new Set(RESUME_CODES);
 const ABNORMAL_CLOSURE = 1006; // what browsers report for a network failure
+// A connection that held less than this (ms) was no recovery: the backoff goes on growing
+// and counting towards maxRetries instead of starting again from the first wait, so a
+// server that welcomes then closes at once (or tokens that expire at once) is not hammered.
+const STABLE_AFTER = 10_000;
 const SESSION_ID = /^[A-Za-z0-9_.-]{1,128}$/;
 
 // -- errors -------------------------------------------------------------------------
@@ -121,7 +132,7 @@ export class Refused extends ClientError {
     this.reason = reason;
   }
 }
-/** Close 4401: no token, or a bad one. */
+/** Close 4401: no token, or a bad one; or a fixed token expired on an open connection. */
 export class Unauthorized extends Refused {}
 /** Close 4403: this token may not attach to this session. */
 export class Forbidden extends Refused {}
@@ -325,6 +336,8 @@ export class BambooClient extends EventTarget {
   #opening = null;
   #generation = 0;
   #ready = false; // connected, and every earlier request resent
+  #attempts = 0; // reconnect attempts since the last connection that held STABLE_AFTER
+  #welcomedAt = 0; // performance.now() at the last welcome
   /** @type {ClientError | null} why this client is finished */
   #failure = null;
   /** @type {{ timer: ReturnType<typeof setTimeout>, wake: () => void } | null} */
@@ -654,13 +667,14 @@ export class BambooClient extends EventTarget {
 
   // -- connection -------------------------------------------------------------------------
 
-  #hello() {
+  /** @param {string | undefined} token */
+  #hello(token) {
     const first = this.#generation === 0;
     const lastSeq = first ? this.#resumeFrom : this.#seq.highest;
     const o = this.#options;
     return {
       type: "hello",
-      token: o.token,
+      token,
       user_id: o.userId,
       title: o.title,
       create: Boolean(o.create) && first, // a reconnect never creates a session
@@ -671,12 +685,31 @@ export class BambooClient extends EventTarget {
   }
 
   /**
-   * One connection: upgrade, hello, welcome, then every unanswered request resent.
-   * Rejects with {@link Retry} for failures worth retrying, a {@link ClientError} for
-   * the others.
+   * One connection: the current token, upgrade, hello, welcome, then every unanswered
+   * request resent. Rejects with {@link Retry} for failures worth retrying, a
+   * {@link ClientError} for the others, and what a token function threw.
    * @returns {Promise<void>}
    */
-  #open() {
+  async #open() {
+    const token = await this.#currentToken();
+    if (this.#failure !== null) throw this.#failure; // closed while the token came
+    return this.#dial(token);
+  }
+
+  /** The token for the next connection: the fixed one, or what the function gives now.
+   * @returns {Promise<string | undefined>} */
+  async #currentToken() {
+    const { token } = this.#options;
+    if (typeof token !== "function") return token;
+    const fresh = await token();
+    if (typeof fresh !== "string") {
+      throw new TypeError(`the token function gave ${typeof fresh}, not a string`);
+    }
+    return fresh;
+  }
+
+  /** @param {string | undefined} token @returns {Promise<void>} */
+  #dial(token) {
     const url = streamUrl(this.#baseUrl, this.#sessionId);
     return new Promise((resolve, reject) => {
       /** @type {WebSocket} */
@@ -707,7 +740,7 @@ export class BambooClient extends EventTarget {
       ws.onopen = () => {
         clearTimeout(timer);
         timer = setTimeout(() => fail(new Retry("no welcome in time")), this.#options.openTimeout);
-        this.#send(ws, JSON.stringify(this.#hello()));
+        this.#send(ws, JSON.stringify(this.#hello(token)));
       };
       ws.onerror = () => {}; // the close event that follows says what happened
       ws.onclose = (event) =>
@@ -765,6 +798,7 @@ export class BambooClient extends EventTarget {
   /** Make a welcomed connection the one in use. @param {WebSocket} ws */
   #attach(ws) {
     this.#ws = ws;
+    this.#welcomedAt = performance.now();
     this.#generation += 1;
     if (this.#generation > 1) this.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
@@ -843,32 +877,45 @@ export class BambooClient extends EventTarget {
     this.#ws = null;
     this.#ready = false;
     if (this.#failure !== null) return;
-    const error = closeError(code, reason, this.closedReason);
+    const error = this.#tokenExpired(code)
+      ? new Retry("token expired")
+      : closeError(code, reason, this.closedReason);
     if (!(error instanceof Retry)) this.#finish(error);
     else if (!this.#options.reconnect)
       this.#finish(new ConnectionLost(`connection lost: ${error.message}`));
     else void this.#reconnect(error);
   }
 
+  /**
+   * The server closed an open connection with 4401 (its token expired) and a token
+   * function can give a fresh one: resume with it rather than stop. A 4401 at the
+   * handshake with that fresh token still ends the client, so a token function that
+   * gives bad tokens cannot make it loop. @param {number} code
+   */
+  #tokenExpired(code) {
+    return code === 4401 && typeof this.#options.token === "function";
+  }
+
   /** Reconnect with backoff until welcomed, refused, given up or closed. @param {Error} error */
   async #reconnect(error) {
     this.#setState("reconnecting");
+    if (performance.now() - this.#welcomedAt >= STABLE_AFTER) this.#attempts = 0;
     const { maxRetries } = this.#options;
-    for (let attempt = 0; this.#failure === null;) {
-      if (maxRetries != null && attempt >= maxRetries) {
-        this.#finish(new ConnectionLost(`gave up after ${attempt} attempts: ${error.message}`));
+    while (this.#failure === null) {
+      const attempts = this.#attempts;
+      if (maxRetries != null && attempts >= maxRetries) {
+        this.#finish(new ConnectionLost(`gave up after ${attempts} attempts: ${error.message}`));
         return;
       }
-      await this.#sleep(this.#backoff(attempt));
+      await this.#sleep(this.#backoff(attempts));
       if (this.#failure !== null) return;
-      attempt += 1;
+      this.#attempts += 1;
       try {
         await this.#open();
         return;
       } catch (failure) {
         if (failure instanceof Retry) error = failure;
-        else
-          this.#finish(failure instanceof ClientError ? failure : new ClientError(String(failure)));
+        else this.#finish(asClientError(failure));
       }
     }
   }
@@ -924,6 +971,15 @@ export class BambooClient extends EventTarget {
   #dispatch(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** What ends the client for `failure`: itself when a {@link ClientError}, else (a token
+ * function that threw) a ClientError whose `cause` it is. @param {unknown} failure */
+function asClientError(failure) {
+  if (failure instanceof ClientError) return failure;
+  const error = new ClientError(`client failed: ${failure}`);
+  error.cause = failure;
+  return error;
 }
 
 /** A server frame as an object, or null when it is not one. @param {unknown} data */
