@@ -8,7 +8,9 @@ text; a client of this server expects ``{"error": {"code", "message"}}`` on ever
 :class:`BambooConnection` is the ``create_connection`` of ``serve()``: it gives its
 websockets protocol a ``reject`` that writes that JSON body, and a request parser that
 answers a request with a body (or chunked) with 405, since only GET and HEAD without a
-body are served here, where websockets dropped the connection without a word.
+body are served here, where websockets dropped the connection without a word. The same
+parser holds what a peer sends behind its request until the request is answered (at
+most 64 KiB), and the connection reads its socket only while it can be written to.
 """
 
 from __future__ import annotations
