@@ -257,29 +257,13 @@ class Connection:
                 self.frames_out += len(batch)
                 del batch
             elif isinstance(item, Replay):
-                await self._send_replay(actor, outbox, item)
+                async for page in actor.replay(item.after, item.through):
+                    await send_frames(ws, [out.framed(codec) for out in page])
+                    self.frames_out += len(page)
+                    del page  # as the batch above: not held while the connection idles
             else:
                 await self._close(item)
                 return
-
-    async def _send_replay(self, actor: SessionActor, outbox: Outbox, replay: Replay) -> None:
-        """Send a resume's missed events a page at a time. A page counts against the
-        memory budget while it is written; past the budget the replay stops and the
-        connection closes with 4429, as a backed-up send queue does (the peer resumes
-        later from where it got to)."""
-        budget = outbox.budget
-        async for page in actor.replay(replay.after, replay.through):
-            if budget.used > budget.limit:
-                outbox.overflow()
-                return
-            frames = [out.framed(self.codec) for out in page]
-            size = sum(len(frame) for frame in frames)
-            budget.used += size
-            try:
-                await send_frames(self.ws, frames)
-            finally:
-                budget.used -= size
-            self.frames_out += len(page)
 
     def framed(self, out: Outbound) -> bytes:
         """``out`` as this connection's codec frames it (for the flusher's sink)."""
