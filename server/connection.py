@@ -301,7 +301,11 @@ class Connection:
         if self.expiry is not None:
             self.expiry.cancel()
         if self.outbox is not None:
-            self.outbox.discard()  # what was never sent holds no budget
+            # The peer is gone: what was never sent holds no budget, and nothing more is
+            # queued (a closed outbox drops what is pushed) in the moment before the
+            # actor takes it out of the room.
+            self.outbox.close(CloseCode.GOING_AWAY, "disconnected")
+            self.outbox.discard()
         if self.counted_user is not None:
             self.services.user_connections.release(self.counted_user)
             self.counted_user = None

@@ -345,3 +345,35 @@ async def test_an_idle_viewer_does_not_hold_its_last_replay_page(tmp_path: Path)
             finally:
                 tracemalloc.stop()
         assert held < 2 * BIG, f"five idle viewers hold {held} bytes"
+
+
+async def test_viewers_that_come_and_go_leave_no_budget_behind() -> None:
+    """What a departing viewer's outbox is charged in the moment between its connection
+    ending and the actor taking it out of the room is given back: with no viewer left,
+    the budget holds what the ring holds and nothing more."""
+    async with run_server(memory_budget=64 * MIB) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            viewers_done = asyncio.Event()
+
+            async def publish() -> None:
+                n = 0
+                while not viewers_done.is_set():
+                    frame = {"type": "event", "id": n, "event": token("t" * 20_000)}
+                    await agent.request(frame, "ack")
+                    n += 1
+                    await asyncio.sleep(0.005)
+
+            async def come_and_go() -> None:
+                for _ in range(15):
+                    async with attach(server, session_id) as (viewer, _):
+                        await viewer.recv_type("event")
+
+            async def viewers() -> None:
+                await asyncio.gather(*(come_and_go() for _ in range(20)))
+                viewers_done.set()
+
+            await asyncio.gather(publish(), viewers())
+        await asyncio.sleep(0.5)
+        rings = sum(actor.room.ring_bytes for actor in server.manager.actors)
+        assert server.manager.budget.used == rings
