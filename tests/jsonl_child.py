@@ -6,7 +6,7 @@ append (``ack <session> <seq> <kind> <tag>``), flushed at once; the parent kills
 
 ``python tests/jsonl_child.py diskfull DIR LIMIT``: with RLIMIT_FSIZE at LIMIT bytes,
 appends until appends fail, checks that failed appends moved nothing, lifts the limit,
-appends again, and prints a JSON report.
+appends again, and prints a JSON report (tests/write_failures.py, shared with SQLite).
 
 ``python tests/jsonl_child.py killsync DIR N``: appends N events to session ``k`` (each
 acknowledged), then one more batch, and SIGKILLs itself when the writer is about to
@@ -16,16 +16,16 @@ append that batch to the WAL: its lines are in the log, never synced nor acknowl
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import resource
 import signal
 import sys
 
-from bamboo_session.persistence import Appended, JsonlStorage, JsonlStorageConfig, StorageError
+from write_failures import write_past_limit
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.persistence.jsonl import wal
-from bamboo_session.protocol.models import AgentEvent, Message, Session, StoredEvent
+from bamboo_session.protocol.models import AgentEvent, Message, Session
 
 CRASH_SESSIONS = ("c0", "c1", "c2")
 
@@ -75,72 +75,11 @@ async def crash(base: str, seed: int) -> None:
 
 async def diskfull(base: str, limit: int) -> None:
     storage = await JsonlStorage.open(JsonlStorageConfig(base))
-    await storage.create_session(Session.new("full"))
-    acked: list[tuple[int, str, bool]] = []  # (seq, tag, is a message) of each ack
-    failed: list[str] = []
-    reasons: set[str] = set()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    payload = "x" * 300
-
-    async def append(tag: str, message: bool) -> None:
-        try:
-            if message:
-                stored: Appended = await storage.append_message("full", Message.user(tag + payload))
-            else:
-                stored = await storage.append_event("full", AgentEvent.token(tag + payload))
-        except StorageError as exc:
-            failed.append(tag)
-            reasons.add("behind a failed one" if "earlier append" in str(exc) else "write")
-        else:
-            acked.append((stored.seq, tag, message))
-
-    # Concurrent waves: the batch that crosses the limit fails, and so do the appends
-    # queued behind it.
-    wave = 0
-    while not failed:
-        wave += 1
-        tasks = []
-        for i in range(8):
-            tasks.append(asyncio.create_task(append(f"w{wave}.{i}|", i % 4 == 0)))
-            if i % 3 == 2:  # let the writer take what is queued, so batches overlap
-                await asyncio.sleep(0.0003)
-        await asyncio.gather(*tasks)
-    last_before = await storage.last_seq("full")
-    for i in range(5):  # still full: every one fails, and nothing moves
-        await append(f"again{i}|", i % 2 == 0)
-    still_full = await storage.last_seq("full") == last_before
-
-    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
-    await asyncio.gather(*(append(f"after{i}|", i % 3 == 0) for i in range(6)))
-    history = [_tag_of(m.content) for m in await storage.get_session_history("full")]
-    events = [(e.seq, _tag(e)) for e in await storage.read_events("full")]
-    await storage.close()
-    say(
-        json.dumps(
-            {
-                "acked": sorted(acked),
-                "failed": failed,
-                "reasons": sorted(reasons),
-                "last_before": last_before,
-                "still_full": still_full,
-                "history": history,
-                "events": events,
-            }
-        )
-    )
+    await write_past_limit(storage, limit, _reason)
 
 
-def _tag(event: StoredEvent) -> str:
-    payload = event.event
-    text = getattr(payload, "content", None)
-    if text is None:
-        text = payload.message.content  # type: ignore[union-attr]
-    return _tag_of(str(text))
-
-
-def _tag_of(text: str) -> str:
-    return text.split("|")[0] + "|"
+def _reason(exc: StorageError) -> str:
+    return "behind a failed one" if "earlier append" in str(exc) else "write"
 
 
 async def killsync(base: str, acked: int) -> None:

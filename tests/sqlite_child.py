@@ -9,19 +9,19 @@ The seed picks the durability mode, both of which survive the death of the proce
 ``python tests/sqlite_child.py writefail FILE LIMIT``: with RLIMIT_FSIZE at LIMIT bytes
 (so SQLite's writes fail with EFBIG, which it reports as a disk I/O error), appends
 until appends fail, checks that failed appends moved nothing, lifts the limit, appends
-again, and prints a JSON report.
+again, and prints a JSON report (tests/write_failures.py, shared with JSONL).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import resource
 import sys
 
-from bamboo_session.persistence import StorageError, open_storage
-from bamboo_session.protocol.models import AgentEvent, Message, Session, StoredEvent
+from write_failures import write_past_limit
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.protocol.models import AgentEvent, Message, Session
 
 CRASH_SESSIONS = ("c0", "c1", "c2")
 
@@ -65,70 +65,7 @@ async def crash(path: str, seed: int) -> None:
 
 async def writefail(path: str, limit: int) -> None:
     storage = await open_storage(f"sqlite://{path}")
-    await storage.create_session(Session.new("full"))
-    acked: list[tuple[int, str, bool]] = []  # (seq, tag, is a message) of each ack
-    failed: list[str] = []
-    reasons: set[str] = set()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    payload = "x" * 300
-
-    async def append(tag: str, message: bool) -> None:
-        try:
-            if message:
-                appended = await storage.append_message("full", Message.user(tag + payload))
-            else:
-                appended = await storage.append_event("full", AgentEvent.token(tag + payload))
-        except StorageError as exc:
-            failed.append(tag)
-            reasons.add(str(exc))
-        else:
-            acked.append((appended.seq, tag, message))
-
-    wave = 0
-    while not failed:
-        wave += 1
-        tasks = []
-        for i in range(8):
-            tasks.append(asyncio.create_task(append(f"w{wave}.{i}|", i % 4 == 0)))
-            if i % 3 == 2:  # let the writer take what is queued, so batches overlap
-                await asyncio.sleep(0.0003)
-        await asyncio.gather(*tasks)
-    last_before = await storage.last_seq("full")
-    for i in range(5):  # still failing: every one fails, and nothing moves
-        await append(f"again{i}|", i % 2 == 0)
-    still_failing = await storage.last_seq("full") == last_before
-
-    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
-    await asyncio.gather(*(append(f"after{i}|", i % 3 == 0) for i in range(6)))
-    history = [_tag_of(m.content) for m in await storage.get_session_history("full")]
-    events = [(e.seq, _tag(e)) for e in await storage.read_events("full")]
-    await storage.close()
-    say(
-        json.dumps(
-            {
-                "acked": sorted(acked),
-                "failed": failed,
-                "reasons": sorted(reasons),
-                "last_before": last_before,
-                "still_failing": still_failing,
-                "history": history,
-                "events": events,
-            }
-        )
-    )
-
-
-def _tag(event: StoredEvent) -> str:
-    payload = event.event
-    text = getattr(payload, "content", None)
-    if text is None:
-        text = payload.message.content  # type: ignore[union-attr]
-    return _tag_of(str(text))
-
-
-def _tag_of(text: str) -> str:
-    return text.split("|")[0] + "|"
+    await write_past_limit(storage, limit, str)
 
 
 if __name__ == "__main__":
