@@ -216,11 +216,26 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of ``pid`` (all its threads) and of its live children (the
+    JSONL store's sync helper, a Node peer's workers), in seconds."""
+    return sum(_own_ticks(p) for p in (pid, *_children(pid))) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # a child that just ended
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return children
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:

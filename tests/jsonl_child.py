@@ -89,10 +89,11 @@ async def killsync(base: str, acked: int) -> None:
         await storage.append_event("k", AgentEvent.token(f"acked{i}"))
     say("acked")
 
-    def die(segment: wal.SegmentFile, data: bytes) -> None:
+    def die(segment: wal.SegmentFile, data: bytes) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
+        return 0
 
-    wal.SegmentFile.append = die  # type: ignore[method-assign]
+    wal.SegmentFile.write = die  # type: ignore[method-assign]
     await storage.append_events("k", [(AgentEvent.token(f"never{i}"), None) for i in range(3)])
     say("not killed")
 

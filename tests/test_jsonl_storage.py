@@ -707,8 +707,10 @@ async def test_descriptors_stay_bounded(config: JsonlStorageConfig) -> None:
                 *(storage.append_event(f"s{n}", AgentEvent.token("x")) for n in range(60))
             )
         assert [await storage.last_seq(f"s{n}") for n in range(60)] == [3] * 60
+        await storage._writer.flush()  # between batches: what was trimmed is closed
         assert len(storage._writer._files.open_logs) <= 4
-        assert len(os.listdir("/proc/self/fd")) <= fds_before + 4
+        # the open logs, and at most as many duplicates in a background sync's hands
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2 * 4
 
 
 async def test_cancelled_callers_do_not_cut_file_work_short(config: JsonlStorageConfig) -> None:

@@ -48,7 +48,7 @@ def log_lines(config: JsonlStorageConfig, session_id: str) -> list[bytes]:
 async def test_one_sync_per_batch_whatever_the_number_of_sessions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = JsonlStorageConfig(tmp_path)
+    config = JsonlStorageConfig(tmp_path, sync_helper=False)
     syncs: list[int] = []
     real = wal.datasync
     monkeypatch.setattr(wal, "datasync", lambda fd: (syncs.append(fd), real(fd))[1])
@@ -167,7 +167,7 @@ async def test_segments_rotate_by_age(tmp_path: Path) -> None:
 async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = JsonlStorageConfig(tmp_path / "data")
+    config = JsonlStorageConfig(tmp_path / "data", sync_helper=False)
     aside = tmp_path / "aside"
     real = wal.datasync
     failing = {"on": False}
@@ -285,7 +285,7 @@ def failing_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> dic
 async def test_a_delete_that_the_wal_cannot_record_fails_and_keeps_the_session(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = JsonlStorageConfig(tmp_path)
+    config = JsonlStorageConfig(tmp_path, sync_helper=False)
     failing = failing_once(monkeypatch, wal, "datasync")
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("old"))
@@ -325,7 +325,7 @@ async def test_no_segment_is_deleted_after_a_failed_log_sync(
 async def test_a_segment_is_not_left_behind_with_a_failed_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    config = JsonlStorageConfig(tmp_path, sync_helper=False).with_wal(segment_age=0.05)
     sync_fails = failing_once(monkeypatch, wal, "datasync")
     truncate_fails = failing_once(monkeypatch, wal.os, "ftruncate")
     async with await JsonlStorage.open(config) as storage:

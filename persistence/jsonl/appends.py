@@ -28,10 +28,10 @@ from ..base import KEY_WINDOW, Appended, AppendItem, StorageError
 from ..events import completed_event
 from ..feed import Feed
 from ..keys import KeyWindow, split_duplicates
+from .batch import Batch
 from .caches import KeyWindows, MessageCache
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
-from .logfiles import Batch
 from .reads import keys_after
 from .record import SessionRecord
 from .tasks import run_io
@@ -71,6 +71,7 @@ class Appender:
             self._on_written,
             self._on_failed,
             wal if config.uses_wal else None,
+            config.sync_helper,
         )
 
     async def append(

@@ -53,6 +53,9 @@ class JsonlStorageConfig:
       of every session log it touched (see ``wal.py``); ``False`` syncs each touched
       log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired (its
       logs synced, then it is deleted) past that size or age.
+    - ``sync_helper``: with the WAL, a small child process runs each group commit's
+      ``fdatasync`` (``syncer.py``: no GIL hand-off per commit); ``False``, or where it
+      cannot start, the writer's I/O thread does.
     - ``read_only``: open an existing store to read it (offline tools): no lock, no
       repair, no file created or changed, and every write refused (see ``storage.py``).
       ``offline``: and refuse it (StorageLocked) while a process holds its lock.
@@ -74,6 +77,7 @@ class JsonlStorageConfig:
     wal: bool = True
     wal_segment_bytes: int = 64 * 1024 * 1024
     wal_segment_age: float = 30.0
+    sync_helper: bool = True
     read_only: bool = False
     offline: bool = False
 
@@ -95,6 +99,7 @@ class JsonlStorageConfig:
         wal: bool = True,
         wal_segment_bytes: int = 64 * 1024 * 1024,
         wal_segment_age: float = 30.0,
+        sync_helper: bool = True,
         read_only: bool = False,
         offline: bool = False,
     ) -> None:
@@ -117,6 +122,7 @@ class JsonlStorageConfig:
         set_field(self, "wal", wal)
         set_field(self, "wal_segment_bytes", wal_segment_bytes)
         set_field(self, "wal_segment_age", wal_segment_age)
+        set_field(self, "sync_helper", sync_helper)
         set_field(self, "read_only", read_only)
         set_field(self, "offline", offline)
         self._validate()

@@ -1,11 +1,15 @@
 """Running the JSONL storage's work off the event loop: blocking file work in worker
-threads (an ``OSError`` becomes a :class:`StorageError`), file work that must finish
-even when its caller is cancelled, and tracked background tasks."""
+threads (an ``OSError`` becomes a :class:`StorageError`), the log writer's own I/O
+thread, file work that must finish even when its caller is cancelled, and tracked
+background tasks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,6 +26,67 @@ async def run_io(function: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(function, *args)
     except OSError as exc:
         raise StorageError(f"storage I/O failed: {exc}") from exc
+
+
+class IoThread:
+    """One thread that runs blocking calls one at a time, in the order given, each
+    answered through an asyncio future: the log writer's group commits. A round trip
+    costs about a third of a ``ThreadPoolExecutor``'s (10 against 30 microseconds of
+    CPU here: a C ``SimpleQueue`` and one ``call_soon_threadsafe``, no
+    ``concurrent.futures.Future`` chained to an asyncio one), and the writer pays one
+    per group commit."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    def run(
+        self, loop: asyncio.AbstractEventLoop, function: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        if not self._thread.is_alive():
+            self._thread.start()  # at the first call: a store that never writes has none
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, function, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._calls.put(None)
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, future, function, args = call
+            try:
+                result = function(*args)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                _answer(loop, _set_exception, future, exc)
+            else:
+                _answer(loop, _set_result, future, result)
+
+
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+def _answer(
+    loop: asyncio.AbstractEventLoop,
+    settle: Callable[[asyncio.Future[Any], Any], None],
+    future: asyncio.Future[Any],
+    value: Any,
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle, future, value)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 async def to_completion(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -168,6 +168,16 @@ class SegmentFile:
         self.needs_truncate = None
         return old
 
+    @property
+    def fd(self) -> int:
+        """The current segment's descriptor (-1 before the first)."""
+        return self._fd
+
+    def ready(self, now: float, incoming: int) -> bool:
+        """Whether the next batch can go in without first starting a segment or cutting
+        a failed record away: both sync, so they belong on the I/O thread."""
+        return self.needs_truncate is None and not self.due(now, incoming)
+
     def append(self, data: bytes) -> None:
         """Write and sync ``data``; on failure the segment is cut back to where it was
         (or marked for that) and the error raised: nothing of ``data`` may be replayed."""
@@ -175,22 +185,41 @@ class SegmentFile:
             self._truncate(self.needs_truncate)
         before = self.size
         try:
-            write_all(self._fd, data)
+            self.write(data)
+        except OSError:
+            self.cut_back(before)
+            raise
+        self.sync(before)
+
+    def write(self, data: bytes) -> int:
+        """Write ``data`` without a sync; the size before it, to ``sync`` or cut back to.
+        On failure the caller cuts back (``cut_back``) before anything else is written."""
+        before = self.size
+        self.size = before + len(data)
+        write_all(self._fd, data)
+        return before
+
+    def sync(self, before: int) -> None:
+        """Sync what was written since ``before``; on failure cut it off and raise."""
+        try:
             datasync(self._fd)
         except OSError:
-            try:
-                self._truncate(before)
-            except OSError as cut_error:
-                log.error(
-                    "could not cut the WAL segment %s back to %d bytes: %s; retrying before "
-                    "its next write",
-                    self.current.path if self.current else "?",
-                    before,
-                    cut_error,
-                )
-                self.needs_truncate = before
+            self.cut_back(before)
             raise
-        self.size = before + len(data)
+
+    def cut_back(self, before: int) -> None:
+        """Cut the segment back to ``before``, or mark it for that when it fails."""
+        try:
+            self._truncate(before)
+        except OSError as cut_error:
+            log.error(
+                "could not cut the WAL segment %s back to %d bytes: %s; retrying before "
+                "its next write",
+                self.current.path if self.current else "?",
+                before,
+                cut_error,
+            )
+            self.needs_truncate = before
 
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)

@@ -1,9 +1,11 @@
 """The group-commit writer: one task appends every session's event lines to its log.
 
 Appends from all sessions queue up while the previous batch is on disk. The writer then
-takes the whole queue as one batch: per log file one ``write`` of the joined lines, then
-one ``fdatasync`` per touched file, all in a dedicated I/O thread so the event loop never
-waits on the disk. So with many concurrent appenders one fsync covers many appends.
+takes the whole queue as one batch: per log file one ``write`` of the joined lines (on
+the event loop's thread: a write to the page cache is cheaper than a hand-off), then
+the sync, on the writer's own I/O thread so that the event loop never waits on the disk
+(``logfiles.py`` says which step runs where). So with many concurrent appenders one
+fsync covers many appends, and a lone append costs one thread round trip.
 
 Durability modes: ``fsync`` resolves an append's future once its lines are synced;
 ``os`` after the write (a background task syncs written files every ``fsync_interval``).
@@ -30,9 +32,8 @@ queued behind the failed ones carry seqs that no longer follow the log, so they 
 too: each append records the session's *generation* when submitted, and a failure
 starts a new generation.
 
-The files themselves are ``logfiles.py``'s, in the writer's one I/O thread: recently
-used log descriptors stay open in a bounded LRU, so a hundred thousand sessions never
-exhaust the process's descriptors.
+The files themselves are ``logfiles.py``'s: recently used log descriptors stay open in
+a bounded LRU, so a hundred thousand sessions never exhaust the process's descriptors.
 """
 
 from __future__ import annotations
@@ -40,15 +41,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
 from ..base import StorageError
+from .batch import Batch, Commit, Forget, Group
 from .config import Durability
 from .layout import Layout
-from .logfiles import Batch, Forget, Group, LogFiles, sync_dups
+from .logfiles import LogFiles, sync_dups
+from .syncer import Syncer
+from .tasks import IoThread
 from .wal import Segment, SegmentFile, remove_segment, sync_log
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,7 @@ class LogWriter:
         on_written: WrittenCallback,
         on_failed: FailedCallback,
         wal: SegmentFile | None = None,
+        sync_helper: bool = False,
     ) -> None:
         self._layout = layout
         self._wal = wal if durability == "fsync" else None
@@ -109,14 +114,18 @@ class LogWriter:
         self._wakeup: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="bamboo-log-writer")
+        self._io = IoThread("bamboo-log-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
         self._files = LogFiles(layout, durability, max_open, self._wal, self._sync_pool)
         self._tasks: list[asyncio.Task[None]] = []
+        self._sync_helper = sync_helper
+        self._syncer: Syncer | None = None
         self.batches = 0  # for tests and benchmarks: how many batches were written
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._wal is not None and self._sync_helper:
+            self._syncer = Syncer.start()
         self._tasks.append(asyncio.create_task(self._run(), name="bamboo-log-writer"))
         if self._durability != "fsync":
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
@@ -159,8 +168,7 @@ class LogWriter:
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, self._files.close_all)
+        await self._in_thread(self._files.close_all)
         if self._wal is not None:
             # Every log synced, then every segment deleted (kept on failure: replayed at
             # the next open).
@@ -170,6 +178,8 @@ class LogWriter:
             if self._retiring is not None:
                 await asyncio.wait({self._retiring})
             await self._retire()
+        if self._syncer is not None:
+            await self._syncer.close()
         self._io.shutdown()
         self._sync_pool.shutdown()
 
@@ -226,27 +236,41 @@ class LogWriter:
                 entry[1].append(item)
         ordered = list(groups.values())
         forgets = [control.forget for control in controls if control.forget is not None]
-        assert self._loop is not None
-        done = self._loop.run_in_executor(
-            self._io, self._files.write_batch, [group for group, _ in ordered], forgets
-        )
+        commit = self._files.write([group for group, _ in ordered], forgets)
         try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            # Settle with what the thread really did, never with a guess.
-            await asyncio.wait({done})
-            raise
-        except Exception:
-            log.exception("log writer failed")
+            if commit.blocks:
+                await _to_completion(self._finish(commit))
         finally:
             self.batches += 1
+            self._files.conclude(commit)
             self._settle(ordered, controls)
+            if self._files.unsynced_closing:
+                await self._in_thread(self._files.close_unsynced)
             rotated = self._files.rotated
             if rotated:
                 self._retire_queue.extend(rotated)
                 rotated.clear()
                 if self._retiring is None or self._retiring.done():
                     self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+
+    async def _finish(self, commit: Commit) -> None:
+        """What blocks: in the common commit only the WAL's sync, by the helper process;
+        anything else, or a failed sync (then the batch is cut back), on the I/O thread."""
+        syncer = self._syncer
+        if syncer is not None and not syncer.broken and commit.only_wal_sync:
+            assert self._wal is not None
+            commit.wal_error = await syncer.sync(self._wal.current, self._wal.fd)
+            if commit.wal_error is None:
+                return
+        try:
+            await self._io.run(self._loop or asyncio.get_running_loop(), self._files.finish, commit)
+        except Exception:
+            log.exception("log writer failed")
+            commit.failed = True
+
+    async def _in_thread(self, function: Callable[..., None], *args: object) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        await _to_completion(self._io.run(loop, function, *args))
 
     async def _retire(self) -> None:
         """Delete retired segments, oldest first, each once every log it covers is
@@ -327,15 +351,26 @@ class LogWriter:
                 log.exception("background sync failed")
 
     async def _sync_round(self) -> None:
-        """The I/O thread only hands out duplicates of the unsynced descriptors; the sync
-        threads sync them, a share each. On the I/O thread the syncs held every append
-        queued behind them (p99 80 ms at 2,000 events/s over 200 sessions)."""
+        """The loop's thread only hands out duplicates of the unsynced descriptors; the
+        sync threads sync them, a share each. On the I/O thread the syncs held every
+        append queued behind them (p99 80 ms at 2,000 events/s over 200 sessions)."""
         loop = asyncio.get_running_loop()
-        taken = await loop.run_in_executor(self._io, self._files.take_unsynced)
+        taken = self._files.take_unsynced()
         shares = [taken[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(taken)))]
         await asyncio.gather(
             *(loop.run_in_executor(self._sync_pool, sync_dups, share) for share in shares)
         )
+
+
+async def _to_completion(work: Awaitable[None]) -> None:
+    """Run ``work`` to its end even when the caller is cancelled: a batch is settled
+    with what the disk really did, never with a guess."""
+    done = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait({done})
+        raise
 
 
 def _fail(future: asyncio.Future[None], error: BaseException) -> None:

@@ -1,0 +1,86 @@
+"""What the log writer passes around for one group commit: an append's encoded lines
+(``Batch``), one log file's share of the commit (``Group``), a session's deletion
+(``Forget``), an open log descriptor (``OpenLog``), and the commit between the halves
+that run on the event loop's thread and on the I/O thread (``Commit``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bamboo_session.protocol.models import StoredEvent
+
+
+@dataclass(slots=True)
+class Batch:
+    """The events of one append call, encoded (``data``: whole lines) and as objects."""
+
+    events: list[StoredEvent]
+    data: bytes
+    # (seq, offset in data, length without the newline) of each ``message`` event
+    messages: list[tuple[int, int, int]] = field(default_factory=list)
+    imported: bool = False  # carried over from another store: not activity
+
+
+@dataclass(slots=True)
+class Group:
+    """One log file's share of a batch."""
+
+    session_id: str
+    batches: list[Batch]
+    data: bytes = b""
+    new_size: int = 0
+    error: OSError | None = None
+    ok: bool = False  # written (and synced, in fsync mode): may be acknowledged
+    open_log: OpenLog | None = None
+    size_before: int = 0
+
+
+@dataclass(slots=True)
+class Forget:
+    """A session deleted: its deletion goes to the WAL, its descriptor is closed.
+    ``error``: the deletion could not be recorded (then the delete must not go on, or
+    a crash could feed the old events into a new session of the same id)."""
+
+    session_id: str
+    epoch: str
+    error: OSError | None = None
+
+
+@dataclass(slots=True)
+class OpenLog:
+    fd: int
+    size: int  # bytes known good: every acknowledged line, nothing torn
+    unsynced: bool = False
+
+
+@dataclass(slots=True)
+class Commit:
+    """One batch between its halves: what :meth:`LogFiles.write` did on the loop's
+    thread, and what :meth:`LogFiles.finish` must still do on the I/O thread."""
+
+    groups: list[Group]
+    forgets: Sequence[Forget]
+    written: list[tuple[Group, OpenLog, int]] = field(default_factory=list)  # (.., size before)
+    cuts: list[tuple[Group, OpenLog, int]] = field(default_factory=list)  # to cut back
+    wal_written: bool = False  # the records are in the segment, unsynced
+    wal_before: int = 0  # the segment's size before them
+    wal_error: OSError | None = None  # their write failed
+    wal_data: bytes = b""  # the records, when a new segment must start first
+    sync_logs: bool = False  # ``fsync`` without the WAL: every written log
+    failed: bool = False  # something unexpected: nothing of the batch may stay
+
+    @property
+    def only_wal_sync(self) -> bool:
+        """All that is left is syncing the WAL records written (the common commit)."""
+        return self.wal_written and not (
+            self.cuts or self.wal_error or self.wal_data or self.sync_logs or self.failed
+        )
+
+    @property
+    def blocks(self) -> bool:
+        """Whether :meth:`LogFiles.finish` has anything to do (in ``os`` mode only after
+        a failure)."""
+        return bool(self.cuts or self.wal_written or self.wal_data or self.sync_logs) or (
+            self.failed
+        )

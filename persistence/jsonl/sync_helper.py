@@ -1,0 +1,46 @@
+"""The WAL's sync helper: a small child process that runs ``fdatasync`` for the log
+writer (``syncer.py`` starts it and talks to it).
+
+Run by path, not as a module, so that it imports the standard library only:
+``python -I sync_helper.py FD``, where FD is its end of a ``SOCK_SEQPACKET`` socket pair.
+Each message it reads is one request:
+
+- ``F`` with a descriptor attached (``SCM_RIGHTS``): from now on, sync that file (the
+  current WAL segment); the previous descriptor is closed. No answer.
+- ``S``: ``fdatasync`` the current file; the answer is 4 bytes, the ``errno`` of the
+  failure as a little-endian integer, or 0.
+
+It exits at the end of the stream: when the server closes the storage, or dies.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+
+
+def serve(channel: socket.socket) -> None:
+    current = -1
+    while True:
+        request, fds, _flags, _address = socket.recv_fds(channel, 16, 1)
+        if not request:
+            return
+        if request == b"F" and fds:
+            if current >= 0:
+                os.close(current)
+            current = fds[0]
+        elif request == b"S":
+            error = 0
+            try:
+                os.fdatasync(current)
+            except OSError as exc:
+                error = exc.errno or 5  # EIO when the error has no number
+            channel.send(error.to_bytes(4, "little"))
+
+
+if __name__ == "__main__":
+    with (
+        socket.socket(fileno=int(sys.argv[1])) as channel,
+        contextlib.suppress(ConnectionError, KeyboardInterrupt),
+    ):
+        serve(channel)

@@ -1,0 +1,121 @@
+"""The loop's side of the WAL's sync helper (``sync_helper.py``): the ``fdatasync`` of
+each group commit runs in a child process instead of a thread of this one.
+
+Why a process: a thread that syncs must take the GIL back to report, and while the
+event loop is busy it waits for it, up to the interpreter's switch interval (5 ms),
+with a dozen futex calls and context switches per commit. The child has a GIL of its
+own; the loop sends one byte on a socket and reads four back when it becomes readable,
+as it does for any peer. The commit is acknowledged only once the child answered that
+the sync succeeded, so a crash of either process loses no acknowledged append.
+
+The helper is optional: where it cannot start (no ``SOCK_SEQPACKET`` or descriptor
+passing on this platform), or once it failed, the writer syncs on its I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_HELPER = Path(__file__).with_name("sync_helper.py")
+
+
+class Syncer:
+    """One helper process, one sync at a time (the writer's commits are sequential)."""
+
+    def __init__(self, channel: socket.socket, process: subprocess.Popen[bytes]) -> None:
+        self._channel = channel
+        self._process = process
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[int] | None = None
+        self._file: object = None  # what the helper syncs: set by ``sync``'s ``key``
+        self.broken = False
+        self._loop.add_reader(channel.fileno(), self._on_readable)
+
+    @classmethod
+    def start(cls) -> Syncer | None:
+        """Start a helper, or None where this platform cannot run one."""
+        if not hasattr(socket, "send_fds") or not hasattr(os, "fdatasync"):
+            return None
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            return None
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", str(_HELPER), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            log.warning("no WAL sync helper (%s): syncing on a thread instead", exc)
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(ours, process)
+
+    async def sync(self, key: object, fd: int) -> OSError | None:
+        """``fdatasync`` the file ``fd`` refers to (``key`` names it: a new key hands the
+        helper a new descriptor). The error, when the sync failed or the helper is gone
+        (then nothing may be assumed synced)."""
+        if self.broken:
+            return OSError(errno.EIO, "the WAL sync helper stopped")
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            if key is not self._file:
+                socket.send_fds(self._channel, [b"F"], [fd])
+                self._file = key
+            self._channel.send(b"S")
+            code = await waiter
+        except OSError as exc:
+            self._break(exc)
+            return OSError(errno.EIO, f"the WAL sync helper stopped: {exc}")
+        finally:
+            self._waiter = None
+        return OSError(code, os.strerror(code)) if code else None
+
+    def _on_readable(self) -> None:
+        error: OSError | None = None
+        try:
+            answer = self._channel.recv(16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            answer, error = b"", exc
+        waiter = self._waiter
+        if len(answer) != 4:
+            self._break(error or EOFError("the helper closed its end"))
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(OSError(errno.EIO, "the WAL sync helper stopped"))
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_result(int.from_bytes(answer, "little"))
+
+    def _break(self, cause: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            log.error("the WAL sync helper failed (%s); syncing on a thread from now on", cause)
+            self._loop.remove_reader(self._channel.fileno())
+
+    async def close(self) -> None:
+        """Close the socket: the helper sees the end of its stream and exits."""
+        if not self.broken:
+            self._loop.remove_reader(self._channel.fileno())
+            self.broken = True
+        self._channel.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self._process.wait, 10.0)
+        if self._process.poll() is None:
+            self._process.kill()
+            await asyncio.to_thread(self._process.wait)

@@ -1,0 +1,117 @@
+"""The WAL's sync helper (persistence/jsonl/syncer.py, sync_helper.py): a real child
+process syncs each group commit; its failures fail the commit, never acknowledge it;
+once it is gone the writer syncs on its thread; it never outlives the store."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl.syncer import Syncer
+from bamboo_session.protocol.models import AgentEvent, Session
+
+
+def helper_pids() -> list[int]:
+    """This process's children running the sync helper."""
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"sync_helper.py" in cmdline:
+                pids.append(int(child))
+    return pids
+
+
+async def test_the_helper_syncs_a_file_and_reports_a_failure(tmp_path: Path) -> None:
+    syncer = Syncer.start()
+    assert syncer is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(fd, b"x")
+        assert await syncer.sync("file", fd) is None
+        # fdatasync of a pipe fails for real (EINVAL): the error comes back, numbered.
+        error = await syncer.sync("pipe", read_end)
+        assert isinstance(error, OSError) and error.errno == errno.EINVAL
+        assert await syncer.sync("file", fd) is None  # "file" again: a new descriptor
+        assert not syncer.broken
+    finally:
+        await syncer.close()
+        for descriptor in (fd, read_end, write_end):
+            os.close(descriptor)
+    assert helper_pids() == []
+
+
+async def test_a_store_has_one_helper_and_it_ends_with_the_store(tmp_path: Path) -> None:
+    before = helper_pids()
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
+        await storage.create_session(Session.new("a"))
+        await storage.append_event("a", AgentEvent.token("x"))
+        assert len(helper_pids()) == len(before) + 1
+    assert helper_pids() == before
+    os_mode = JsonlStorageConfig(tmp_path, durability="os")
+    async with await JsonlStorage.open(os_mode) as storage:  # nothing to sync per commit
+        await storage.append_event("a", AgentEvent.token("y"))
+        assert helper_pids() == before
+
+
+async def test_a_killed_helper_loses_nothing_acknowledged_and_the_thread_takes_over(
+    tmp_path: Path,
+) -> None:
+    config = JsonlStorageConfig(tmp_path)
+    acked: list[int] = []
+    hundred_acked = asyncio.Event()
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+
+        async def appender(worker: int) -> None:
+            for i in range(150):
+                try:
+                    stored = await storage.append_event("a", AgentEvent.token(f"{worker}:{i}"))
+                except StorageError:
+                    continue  # the commit in flight when the helper died: not acknowledged
+                acked.append(stored.seq)
+                if len(acked) == 100:
+                    hundred_acked.set()
+
+        appenders = [asyncio.create_task(appender(n)) for n in range(4)]
+        await hundred_acked.wait()
+        (helper,) = helper_pids()
+        os.kill(helper, signal.SIGKILL)
+        await asyncio.gather(*appenders)
+        assert storage._writer._syncer is not None and storage._writer._syncer.broken
+        stored_seqs = [event.seq for event in await storage.read_events("a", limit=10_000)]
+    assert len(acked) >= 550  # at most the commit in flight failed
+    async with await JsonlStorage.open(config) as storage:
+        seqs = [event.seq for event in await storage.read_events("a", limit=10_000)]
+    assert seqs == stored_seqs == list(range(1, len(seqs) + 1))
+    assert set(acked) <= set(seqs)
+
+
+@pytest.mark.parametrize("sync_helper", [True, False])
+async def test_both_ways_to_sync_keep_every_acknowledged_event(
+    tmp_path: Path, sync_helper: bool
+) -> None:
+    config = JsonlStorageConfig(tmp_path, sync_helper=sync_helper)
+    async with await JsonlStorage.open(config) as storage:
+        for n in range(20):
+            await storage.create_session(Session.new(f"s{n}"))
+        await asyncio.gather(
+            *(
+                storage.append_event(f"s{n}", AgentEvent.token(str(i)))
+                for i in range(10)
+                for n in range(20)
+            )
+        )
+        assert bool(helper_pids()) == sync_helper
+    async with await JsonlStorage.open(config) as storage:
+        assert [await storage.last_seq(f"s{n}") for n in range(20)] == [10] * 20
