@@ -39,7 +39,8 @@ class JsonlStorageConfig:
     - ``commit_window``: in ``fsync`` mode, seconds the writer waits, once woken from
       idle, for more appends to join the group commit (0: none). A lone event then waits
       up to that long for its acknowledgement; in exchange, at a few thousand events/s
-      over many sessions, one ``fdatasync`` and one thread hand-off serve several events.
+      over many sessions, one ``fdatasync`` and one round trip to the sync helper serve
+      several events.
       Under load the window never applies: appends queue while the previous batch syncs.
     - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint
       (metadata and log position, written in place without a sync) is rewritten after
