@@ -115,3 +115,18 @@ async def test_both_ways_to_sync_keep_every_acknowledged_event(
         assert bool(helper_pids()) == sync_helper
     async with await JsonlStorage.open(config) as storage:
         assert [await storage.last_seq(f"s{n}") for n in range(20)] == [10] * 20
+
+
+async def test_a_ctrl_c_or_a_stop_to_the_process_group_leaves_the_helper_syncing(
+    tmp_path: Path,
+) -> None:
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
+        await storage.create_session(Session.new("a"))
+        (helper,) = helper_pids()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            os.kill(helper, signal_number)
+        await asyncio.sleep(0.1)
+        await storage.append_event("a", AgentEvent.token("after"))
+        assert helper_pids() == [helper]
+        assert storage._writer._syncer is not None and not storage._writer._syncer.broken
+    assert helper_pids() == []

@@ -10,11 +10,14 @@ Each message it reads is one request:
 - ``S``: ``fdatasync`` the current file; the answer is 4 bytes, the ``errno`` of the
   failure as a little-endian integer, or 0.
 
-It exits at the end of the stream: when the server closes the storage, or dies.
+It exits at the end of the stream: when the server closes the storage, or dies. It
+ignores SIGINT and SIGTERM: a Ctrl-C or a stop sent to the whole process group must not
+take it away while the server shuts down gracefully and still syncs.
 """
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 
@@ -39,8 +42,7 @@ def serve(channel: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    with (
-        socket.socket(fileno=int(sys.argv[1])) as channel,
-        contextlib.suppress(ConnectionError, KeyboardInterrupt),
-    ):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with socket.socket(fileno=int(sys.argv[1])) as channel, contextlib.suppress(ConnectionError):
         serve(channel)
