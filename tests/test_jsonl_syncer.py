@@ -122,6 +122,7 @@ async def test_a_ctrl_c_or_a_stop_to_the_process_group_leaves_the_helper_syncing
 ) -> None:
     async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
         await storage.create_session(Session.new("a"))
+        await storage.append_event("a", AgentEvent.token("before"))  # the helper is up
         (helper,) = helper_pids()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             os.kill(helper, signal_number)

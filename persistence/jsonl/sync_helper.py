@@ -11,8 +11,10 @@ Each message it reads is one request:
   failure as a little-endian integer, or 0.
 
 It exits at the end of the stream: when the server closes the storage, or dies. It
-ignores SIGINT and SIGTERM: a Ctrl-C or a stop sent to the whole process group must not
-take it away while the server shuts down gracefully and still syncs.
+ignores SIGINT and SIGTERM once it runs: a Ctrl-C or a stop sent to the whole process
+group must not take it away while the server shuts down gracefully and still syncs.
+(One that comes in the few milliseconds before, or a SIGKILL, ends it: the writer then
+syncs on its thread.)
 """
 
 import contextlib
