@@ -122,7 +122,8 @@ async def test_a_ctrl_c_or_a_stop_to_the_process_group_leaves_the_helper_syncing
 ) -> None:
     async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
         await storage.create_session(Session.new("a"))
-        await storage.append_event("a", AgentEvent.token("before"))  # the helper is up
+        for text in ("starts a segment", "synced by the helper: it is up"):
+            await storage.append_event("a", AgentEvent.token(text))
         (helper,) = helper_pids()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             os.kill(helper, signal_number)
