@@ -120,7 +120,8 @@ class Metrics:
         )
         self.send_queue_drops = Counter(
             "bamboo_send_queue_drops",
-            "Connections closed with 4429 because their send queue was full",
+            "Connections closed with 4429 as too slow to read: their send queue was full, "
+            "or they did not take a page of their replay in time",
             registry=r,
         )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)

@@ -1,0 +1,175 @@
+"""Resume replays on a real server: a resumer that does not read is closed with 4429 at
+its page's deadline while a reader on the same server gets everything; store reads of
+replay pages wait for a page-read slot; a replay stops once its connection is closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from tests.support import Peer, attach, run_server, token
+from tests.test_server_lifecycle import eventually
+from tests.test_wire_floods import masked_frame
+
+KIB = 1024
+
+
+async def publish(agent: Peer, count: int, size: int = 10) -> None:
+    """``count`` events, pipelined, each acknowledged before this returns."""
+    for i in range(count):
+        await agent.send({"type": "event", "id": i, "event": token(f"{i}:" + "e" * size)})
+    for _ in range(count):
+        await agent.recv_type("ack", timeout=30)
+
+
+def stalled_resumer(port: int, session_id: str, last_seq: int) -> socket.socket:
+    """A peer that resumes and then reads nothing: its receive buffer is made tiny before
+    it connects, so that the window it offers stays tiny too."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock.sendall(
+        f"GET /api/v1/stream/{session_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert b" 101 " in answer.split(b"\r\n")[0], answer
+    sock.sendall(masked_frame(json.dumps({"type": "hello", "last_seq": last_seq}).encode(), 1))
+    return sock
+
+
+def server_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, payload) of each whole (unmasked) server frame at the start of ``data``."""
+    at = 0
+    while at + 2 <= len(data):
+        length, head = data[at + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        if at + head + length > len(data):
+            return
+        yield data[at] & 0x0F, data[at + head : at + head + length]
+        at += head + length
+
+
+def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], int | None]:
+    """Reads what the server sent: the seqs of its event frames, and its close code
+    (None if no close frame came within ``timeout``)."""
+    sock.settimeout(0.2)
+    data = b""
+    ends = time.monotonic() + timeout
+    while time.monotonic() < ends:
+        with contextlib.suppress(TimeoutError):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        if any(opcode == 0x8 for opcode, _ in server_frames(data)):
+            break
+    seqs, code = [], None
+    for opcode, payload in server_frames(data):
+        if opcode == 0x1 and json.loads(payload)["type"] == "event":
+            seqs.append(json.loads(payload)["seq"])
+        elif opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+    return seqs, code
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_everything() -> None:
+    deadline, count = 1.5, 40
+    # A ring too small for one event: every replay reads the store, 5 events a page.
+    # 8 MB: more than the kernel's socket buffers take (up to 4 MiB on loopback).
+    config: dict[str, Any] = {"replay_page_timeout": deadline, "ring_bytes": 64 * KIB}
+    async with run_server(durability="os", **config) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, count, size=200_000)
+        loop = asyncio.get_running_loop()
+        stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+        try:
+            stalled_at = loop.time()
+            async with attach(server, session_id, last_seq=0) as (reader, resumed):
+                assert resumed["replay"] == count
+                seqs = [(await reader.recv_type("event"))["seq"] for _ in range(count)]
+            assert seqs == list(range(1, count + 1))
+            # Past the deadline the stalled peer reads: what was written to it, then 4429.
+            await asyncio.sleep(max(0.0, stalled_at + deadline + 0.5 - loop.time()))
+            got, code = await loop.run_in_executor(None, read_until_close, stalled, 3.0)
+        finally:
+            stalled.close()
+        assert code == 4429
+        assert 0 < len(got) < count and got == list(range(1, len(got) + 1))
+        metrics = server.metrics.render().decode()
+        assert metric(metrics, "bamboo_send_queue_drops_total") == 1
+        await eventually(
+            lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
+        )
+
+
+async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None:
+    async with run_server(ring_size=0) as server:  # no ring: replays read the store
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 3)
+        slots = server.services.page_reads
+        held = 0
+        try:
+            for _ in range(PAGE_READS_AT_ONCE):
+                await slots.acquire()
+                held += 1
+            async with attach(server, session_id, last_seq=0) as (peer, resumed):
+                assert resumed["replay"] == 3
+                with pytest.raises(TimeoutError):  # eight pages are being read elsewhere
+                    await peer.recv(timeout=0.5)
+                slots.release()
+                held -= 1
+                assert [(await peer.recv_type("event"))["seq"] for _ in range(3)] == [1, 2, 3]
+        finally:
+            for _ in range(held):
+                slots.release()
+
+
+async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
+    async with run_server(ring_size=0) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 20)
+            slots = server.services.page_reads
+            held = 0
+            try:
+                for _ in range(PAGE_READS_AT_ONCE):
+                    await slots.acquire()
+                    held += 1
+                async with attach(server, session_id, last_seq=0) as (viewer, resumed):
+                    assert resumed["replay"] == 20  # its page waits for a slot
+                    await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+                    for _ in range(held):
+                        slots.release()
+                    held = 0
+                    code, frames = await viewer.closed()
+            finally:
+                for _ in range(held):
+                    slots.release()
+        assert code == 1000
+        assert [frame["type"] for frame in frames] == ["closed"]  # nothing of the replay
