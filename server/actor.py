@@ -100,7 +100,7 @@ class SessionActor:
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
         )
-        self.replay_reads = ReplayReads(self.room, storage, self.session_id)
+        self.replay_reads = ReplayReads(self.room, storage, self.session_id, metrics)
         self.following = Following(storage, self.session_id, self._wake)
         self.accepting = True
         self.finished = False

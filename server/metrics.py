@@ -118,6 +118,12 @@ class Metrics:
         self.events_replayed = Counter(
             "bamboo_events_replayed", "Events replayed to resuming connections", registry=r
         )
+        self.replay_store_reads = Counter(
+            "bamboo_replay_store_reads",
+            "Pages of events read from the store for resuming connections (one read "
+            "serves every resumer waiting for that page)",
+            registry=r,
+        )
         self.send_queue_drops = Counter(
             "bamboo_send_queue_drops",
             "Connections closed with 4429 as too slow to read: their send queue was full, "

@@ -1,6 +1,7 @@
 """Resume replays on a real server: a resumer that does not read is closed with 4429 at
 its page's deadline while a reader on the same server gets everything; store reads of
-replay pages wait for a page-read slot; a replay stops once its connection is closing.
+replay pages wait for a page-read slot; a replay stops once its connection is closing;
+and after a restart, the viewers of a session who resume at once cause one store read.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
 from tests.test_server_lifecycle import eventually
 from tests.test_wire_floods import masked_frame
@@ -173,3 +178,54 @@ async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
                     slots.release()
         assert code == 1000
         assert [frame["type"] for frame in frames] == ["closed"]  # nothing of the replay
+        metrics = server.metrics.render().decode()
+        assert metric(metrics, "bamboo_replay_store_reads_total") == 1  # no page after it
+
+
+# -- after a restart -----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def peer_on(server: ServerProcess, session_id: str, **hello: Any) -> AsyncIterator[Peer]:
+    async with connect(server.url(session_id), subprotocols=["bamboo.v1"]) as ws:  # type: ignore[list-item]
+        peer = Peer(ws)
+        await peer.send({"type": "hello", **hello})
+        peer.welcome = await peer.recv()  # type: ignore[attr-defined]
+        yield peer
+
+
+def store_reads(server: ServerProcess) -> float:
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return metric(response.read().decode(), "bamboo_replay_store_reads_total")
+
+
+async def test_after_a_restart_the_viewers_of_a_session_resume_with_one_store_read(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--durability", "os")
+    server.start()
+    try:
+        async with peer_on(server, "talk", create=True, role="agent") as agent:
+            epoch = agent.welcome["epoch"]  # type: ignore[attr-defined]
+            await publish(agent, 30)
+        assert server.stop() == 0
+        server.start()  # a new process: every ring is empty
+
+        async def resume(last_seq: int) -> list[int]:
+            async with peer_on(server, "talk", last_seq=last_seq, epoch=epoch) as viewer:
+                welcome = viewer.welcome  # type: ignore[attr-defined]
+                assert welcome["resumed"] and welcome["replay"] == 30 - last_seq
+                return [(await viewer.recv_type("event"))["seq"] for _ in range(30 - last_seq)]
+
+        viewers = await asyncio.gather(*(resume(10) for _ in range(5)))
+        assert viewers == [list(range(11, 31))] * 5  # each missed event once, in order
+        assert await asyncio.to_thread(store_reads, server) == 1
+        # Further back: one more read, for what the ring does not hold; then none.
+        assert await resume(4) == list(range(5, 31))
+        assert await resume(4) == list(range(5, 31))
+        assert await asyncio.to_thread(store_reads, server) == 2
+        assert server.stop() == 0
+        assert_no_tracebacks(server.log_records())
+    finally:
+        server.kill()
