@@ -214,8 +214,8 @@ class SessionRoom:
         first and the first that does not fit, or does not come right before, ends it.
         Only while connections are attached, when the room follows the log (it gets
         every new event) so that the ring is the log's tail: not parked, and not once
-        ``close_all`` has run (a deletion, a close, a stop; an actor retires through it,
-        and a new epoch means a new actor), so a read that ends after that adds nothing.
+        ``close_all`` has run (a deletion, a close, a stop: an actor retires through it),
+        so a read that ends after that adds nothing.
 
         The replay's store read calls this, not the actor's task: that is safe because
         both run on the one event loop thread and this method does not await, so it

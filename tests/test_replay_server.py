@@ -26,6 +26,7 @@ from tests.test_server_lifecycle import eventually
 from tests.test_wire_floods import masked_frame
 
 KIB = 1024
+MIB = 1024 * KIB
 
 
 async def publish(agent: Peer, count: int, size: int = 10) -> None:
@@ -94,6 +95,14 @@ def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], in
     return seqs, code
 
 
+def kernel_send_buffer_max() -> int:
+    """The most a TCP socket's send buffer grows to (the third field of tcp_wmem)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * MIB
+
+
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -102,14 +111,15 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_everything() -> None:
-    deadline, count = 1.5, 40
     # A ring too small for one event: every replay reads the store, 5 events a page.
-    # 8 MB: more than the kernel's socket buffers take (up to 4 MiB on loopback).
+    # 4 MiB more than the kernel's send buffer takes: the stalled peer's pages back up.
+    deadline, size = 1.5, 200_000
+    count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
     config: dict[str, Any] = {"replay_page_timeout": deadline, "ring_bytes": 64 * KIB}
     async with run_server(durability="os", **config) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
-            await publish(agent, count, size=200_000)
+            await publish(agent, count, size=size)
         loop = asyncio.get_running_loop()
         stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
         try:
