@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,26 @@ async def storm_bamboo(
             await asyncio.to_thread(second.start, port)
             ready_at = time.perf_counter()
             parts = await group.results()
+            # The new server's work for the storm and the live stream after it, and the
+            # pages its replays read from the store (a server without the metric: None).
+            server_cpu = common.cpu_seconds(second.pid)
+            store_reads = await asyncio.to_thread(replay_store_reads, second.port)
     finally:
         if second is not None:
             second.terminate()
         first.terminate()
-    return merged(parts, stopped_at, down_at, ready_at, exit_code, sessions, events)
+    result = merged(parts, stopped_at, down_at, ready_at, exit_code, sessions, events)
+    return result | {"new_server_cpu_s": server_cpu, "replay_store_reads": store_reads}
+
+
+def replay_store_reads(port: int) -> int | None:
+    """``bamboo_replay_store_reads_total`` of the server on ``port``, if it has it."""
+    url = f"http://{common.HOST}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("bamboo_replay_store_reads_total "):
+                return int(float(line.split()[1]))
+    return None
 
 
 def merged(
@@ -104,7 +120,7 @@ def merged(
     first_drop = min(drops, default=stopped_at)
     last_resume = max(resumes, default=ready_at)
     total = {k: sum(p[k] for p in parts) for k in ("viewers", "reconnected", "resumed")}
-    total |= {k: sum(p[k] for p in parts) for k in ("lost", "duplicated", "gaps")}
+    total |= {k: sum(p[k] for p in parts) for k in ("lost", "duplicated", "gaps", "replays")}
     return {
         "kind": "bamboo",
         **total,
@@ -191,6 +207,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         f"({bamboo['all_back_after_ready_s']:.2f} s after the new server listened; shutdown "
         f"{bamboo['shutdown_s']:.2f} s, start {bamboo['restart_s']:.2f} s); close codes "
         f"{bamboo['close_codes']}; {bamboo['drivers']} driver process(es)",
+        flush=True,
+    )
+    print(
+        f"bamboo    new server: {bamboo['new_server_cpu_s']:.2f} s of CPU until the agents "
+        f"were done; {bamboo['replays']} resumes had events to replay; replay pages read "
+        f"from the store: {bamboo['replay_store_reads']}",
         flush=True,
     )
     ratio = bamboo["all_back_after_drop_s"] / max(baseline["all_back_after_drop_s"], 1e-9)

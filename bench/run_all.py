@@ -19,7 +19,14 @@ import time
 
 from . import common
 
-SCRIPTS = ("throughput", "latency", "connections", "reconnect_storm", "storage_bench")
+SCRIPTS = (
+    "throughput",
+    "latency",
+    "connections",
+    "reconnect_storm",
+    "missed_storm",
+    "storage_bench",
+)
 SCRIPT_TIMEOUT = 3600
 
 

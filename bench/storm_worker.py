@@ -41,6 +41,7 @@ class Viewer:
     disconnected_at: float = 0.0
     resumed_at: float = 0.0
     resumed: list[bool] = field(default_factory=list)
+    replays: int = 0  # resumes with events to replay
 
 
 async def with_retries(connect: Any, gate: asyncio.Semaphore) -> Any:
@@ -77,6 +78,7 @@ async def run_viewer(
         if not first:
             viewer.resumed.append(welcome.resumed)
             viewer.resumed_at = time.perf_counter()
+            viewer.replays += welcome.replay > 0
         first = False
         attached.set()
         try:
@@ -183,6 +185,7 @@ def summary(viewers: list[Viewer], events: int) -> dict[str, Any]:
         "lost": sum(len(set(range(events)) - set(v.indexes)) for v in viewers),
         "duplicated": sum(v.duplicates + len(v.indexes) - len(set(v.indexes)) for v in viewers),
         "gaps": sum(v.gaps for v in viewers),
+        "replays": sum(v.replays for v in viewers),
         "close_codes": closes,
         "first_drop": min((v.disconnected_at for v in restarted), default=None),
         "last_resume": max((v.resumed_at for v in restarted), default=None),

@@ -43,7 +43,7 @@ from .metrics import Metrics
 from .outbox import Outbound
 from .presence import LOCAL, LocalPresence
 from .readiness import AppendHealth
-from .replay import replay_pages
+from .replay import ReplayReads
 from .room import SessionRoom
 from .status import SessionStatus
 from .timers import ActivityTimer
@@ -70,6 +70,7 @@ class SessionActor:
         "inbox",
         "metrics",
         "presence",
+        "replay_reads",
         "room",
         "session_id",
         "status",
@@ -99,6 +100,7 @@ class SessionActor:
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
         )
+        self.replay_reads = ReplayReads(self.room, storage, self.session_id, metrics)
         self.following = Following(storage, self.session_id, self._wake)
         self.accepting = True
         self.finished = False
@@ -364,4 +366,4 @@ class SessionActor:
 
     def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
         """Events in ``(after, through]`` in pages (server/replay.py)."""
-        return replay_pages(self.room, self.storage, self.session_id, after, through)
+        return self.replay_reads.pages(after, through)

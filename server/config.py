@@ -57,6 +57,9 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     close_timeout: float = 5.0
+    # A resuming connection's time to take each page of its replay (up to 1 MiB of
+    # events, held in its socket's buffer meanwhile); else it is closed with 4429.
+    replay_page_timeout: float = 20.0
     compression: bool = False
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
@@ -193,6 +196,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "ping_interval": (0.001, None),
     "ping_timeout": (0.001, None),
     "hello_timeout": (0.001, None),
+    "replay_page_timeout": (0.001, None),
     "idle_timeout": (0.001, None),
     "max_sessions": (1, None),
     "send_queue_frames": (2, None),

@@ -118,9 +118,16 @@ class Metrics:
         self.events_replayed = Counter(
             "bamboo_events_replayed", "Events replayed to resuming connections", registry=r
         )
+        self.replay_store_reads = Counter(
+            "bamboo_replay_store_reads",
+            "Pages of events read from the store for resuming connections (one read "
+            "serves every resumer waiting for that page)",
+            registry=r,
+        )
         self.send_queue_drops = Counter(
             "bamboo_send_queue_drops",
-            "Connections closed with 4429 because their send queue was full",
+            "Connections closed with 4429 as too slow to read: their send queue was full, "
+            "or they did not take a page of their replay in time",
             registry=r,
         )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)

@@ -100,7 +100,8 @@ class Replay:
 
 class CloseRequest:
     """The last item of an outbox: close the connection with ``code``. ``overflow``
-    marks the close of a reader too slow for its queue, whose backlog was dropped."""
+    marks a close at once, whose backlog was dropped: a reader too slow for its queue
+    or its replay, or a replay that could not go on."""
 
     __slots__ = ("code", "overflow", "reason")
 
@@ -257,11 +258,14 @@ class Outbox:
     def overflow(self) -> None:
         """The reader is too slow for its queue: the backlog is dropped, and the
         connection closed with 4429 as soon as possible; it resumes from the log."""
+        self.drop(CloseCode.TOO_SLOW, "too slow to read: send queue full")
+
+    def drop(self, code: CloseCode, reason: str) -> None:
+        """Ends the stream now: the backlog is dropped and the connection closed as soon
+        as possible, not after what is queued (which could not follow in order)."""
         if self.closing is None:
             self.discard()
-            self._end(
-                CloseRequest(CloseCode.TOO_SLOW, "too slow to read: send queue full", overflow=True)
-            )
+            self._end(CloseRequest(code, reason, overflow=True))
 
     def discard(self) -> None:
         """Drops whatever is queued (the connection is gone, or too slow for it)."""

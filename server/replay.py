@@ -1,36 +1,107 @@
-"""Replay: the events a resuming connection missed, in pages, from the session room's
-ring while it still holds them, else from the store (a page bounded in events and in
-bytes, so a session of large events never loads more than a page at once)."""
+"""Replay: the events a resuming connection missed, a page at a time, from the session
+room's ring while it still holds them, else from the store.
+
+A page read from the store is bounded in events and in bytes, and takes one of the
+server's page-read slots while it is read, as ``history`` and ``events`` requests do.
+It is read once for every resumer that needs it at that moment: the first starts the
+read, and resumers that ask for the same start meanwhile wait for it (after a restart,
+the viewers of a session all resume at once from the same seq). A page that reaches up
+to where the ring begins then goes in front of the ring (``SessionRoom.seed_ring``), so
+that resumers who come later replay it from memory.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Final
 
 from bamboo_session.persistence.base import EventStorage
 
+from .metrics import Metrics
 from .outbox import Outbound
 from .room import REPLAY_PAGE, SessionRoom
 
 REPLAY_PAGE_BYTES: Final = 1024 * 1024
 
 
-async def replay_pages(
-    room: SessionRoom, storage: EventStorage, session_id: str, after: int, through: int
-) -> AsyncIterator[list[Outbound]]:
-    """Events in ``(after, through]``, oldest first, a page at a time."""
-    position = after
-    while position < through:
-        page = room.ring_page(position, through)
-        if page is None:
-            stored = await storage.read_events(
-                session_id,
-                after_seq=position,
-                limit=min(REPLAY_PAGE, through - position),
-                max_bytes=REPLAY_PAGE_BYTES,
-            )
-            page = [Outbound.for_event(event) for event in stored if event.seq <= through]
-        if not page:
-            return
-        yield page
-        position = page[-1].seq
+class ReplayReads:
+    """One session's replay pages, with at most one store read in flight per start."""
+
+    __slots__ = ("_reads", "metrics", "room", "session_id", "storage")
+
+    def __init__(
+        self, room: SessionRoom, storage: EventStorage, session_id: str, metrics: Metrics
+    ) -> None:
+        self.room = room
+        self.storage = storage
+        self.session_id = session_id
+        self.metrics = metrics
+        # The store reads in flight, by the seq they read after.
+        self._reads: dict[int, asyncio.Task[list[Outbound]]] = {}
+
+    async def page(
+        self, after: int, through: int, slots: asyncio.Semaphore | None = None
+    ) -> list[Outbound]:
+        """Events in ``(after, through]``, oldest first, a page at most; [] when there
+        are none. Raises what the store's ``read_events`` raises (so does every resumer
+        that waited for the same read; the next one reads again)."""
+        if after >= through:
+            return []
+        page = self.room.ring_page(after, through)
+        if page is not None:
+            return page
+        read = self._reads.get(after)
+        if read is None:
+            read = self._start(after, through, slots)
+        # Shielded: a resumer that goes away does not cancel what the others wait for.
+        stored = await asyncio.shield(read)
+        return [out for out in stored if out.seq <= through]
+
+    async def pages(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
+        """Every page of ``(after, through]`` in turn (the in-process Receiver's replay)."""
+        position = after
+        while position < through:
+            page = await self.page(position, through)
+            if not page:
+                return
+            position = page[-1].seq
+            yield page
+
+    def _start(
+        self, after: int, through: int, slots: asyncio.Semaphore | None
+    ) -> asyncio.Task[list[Outbound]]:
+        # Up to where the ring begins: what it holds is not read again.
+        end = min(through, self.room.ring_start - 1)
+        limit = min(REPLAY_PAGE, max(1, end - after))
+        read = asyncio.create_task(
+            self._read(after, limit, slots), name=f"replay-read:{self.session_id}:{after}"
+        )
+        self._reads[after] = read
+        read.add_done_callback(functools.partial(self._finished, after))
+        return read
+
+    def _finished(self, after: int, read: asyncio.Task[list[Outbound]]) -> None:
+        if self._reads.get(after) is read:
+            del self._reads[after]  # done, or failed: the next resumer reads again
+        if not read.cancelled():
+            read.exception()  # its waiters have it; should none be left, it is not "lost"
+
+    async def _read(
+        self, after: int, limit: int, slots: asyncio.Semaphore | None
+    ) -> list[Outbound]:
+        if slots is None:
+            page = await self._read_events(after, limit)
+        else:
+            async with slots:
+                page = await self._read_events(after, limit)
+        self.room.seed_ring(page)
+        return page
+
+    async def _read_events(self, after: int, limit: int) -> list[Outbound]:
+        self.metrics.replay_store_reads.inc()
+        stored = await self.storage.read_events(
+            self.session_id, after_seq=after, limit=limit, max_bytes=REPLAY_PAGE_BYTES
+        )
+        return [Outbound.for_event(event) for event in stored]

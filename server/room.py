@@ -11,6 +11,9 @@ the ring or the store, newer ones live.
 
 The ring of recent events is bounded in events and in bytes, and charged to the
 process's memory budget: past that budget it keeps nothing, and replays read the store.
+A page a replay reads from the store that ends where the ring begins goes in front of
+it (``seed_ring``): after a restart the ring is empty, and the first resumer's read then
+serves the session's other resumers from memory.
 """
 
 from __future__ import annotations
@@ -193,6 +196,59 @@ class SessionRoom:
         self.budget.used -= self.ring_bytes
         self.ring_bytes = 0
         self.ring = None
+
+    @property
+    def ring_start(self) -> int:
+        """The seq the ring begins at: its oldest event's or, while it is empty, the
+        next one to come (it always ends at ``published_seq``, with no gap)."""
+        ring = self.ring
+        return ring[0].seq if ring else self.published_seq + 1
+
+    def seed_ring(self, page: list[Outbound]) -> int:
+        """Events read from the store (a replay's page, oldest first, no gap) that reach
+        up to where the ring begins go in front of it, so that the next resumers of the
+        session replay them from memory; returns how many went in.
+
+        The ring stays as :meth:`deliver` keeps it: gap-free up to ``published_seq``,
+        within its events, its bytes and the budget, the newest kept. Events go in newest
+        first and the first that does not fit, or does not come right before, ends it.
+        Only while connections are attached, when the room follows the log (it gets
+        every new event) so that the ring is the log's tail: not parked, and not once
+        ``close_all`` has run (a deletion, a close, a stop: an actor retires through it),
+        so a read that ends after that adds nothing.
+
+        The replay's store read calls this, not the actor's task: that is safe because
+        both run on the one event loop thread and this method does not await, so it
+        never sees the ring halfway through a delivery, and the room checks here that
+        the page still joins the ring (live events may have moved it on meanwhile).
+        """
+        if not self.outboxes or not self.ring_size or not page:
+            return 0
+        expected = self.ring_start - 1  # the seq the ring needs next, in front
+        index = expected - page[0].seq  # a store page has no gap: seq i is at i - first
+        if not 0 <= index < len(page):
+            return 0
+        ring = self.ring if self.ring is not None else collections.deque(maxlen=self.ring_size)
+        max_bytes, budget = self.ring_max_bytes, self.budget
+        kept = 0
+        while index >= 0 and len(ring) < self.ring_size:
+            out = page[index]
+            size = out.event_size
+            if (
+                out.seq != expected
+                or self.ring_bytes + size > max_bytes
+                or budget.used + size > budget.limit
+            ):
+                break
+            ring.appendleft(out)
+            self.ring_bytes += size
+            budget.used += size
+            kept += 1
+            expected -= 1
+            index -= 1
+        if kept:
+            self.ring = ring
+        return kept
 
     def ring_page(self, after: int, through: int) -> list[Outbound] | None:
         """Events in ``(after, through]`` from the ring, a page at most; None when the

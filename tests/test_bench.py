@@ -23,8 +23,15 @@ TINY = {
     "latency": [*TINY_LATENCY, *BEFORE_SOCKETIO],
     "connections": ["--connections", "40", "--parked", "200"],
     "reconnect_storm": ["--sessions", "3", "--viewers", "2", "--events", "40"],
+    "missed_storm": ["--sessions", "3", "--viewers", "2", "--events", "10", "--missed", "5"],
 }
-RATIO_LINES = {"throughput": 1, "latency": 2, "connections": 3, "reconnect_storm": 3}
+RATIO_LINES = {
+    "throughput": 1,
+    "latency": 2,
+    "connections": 3,
+    "reconnect_storm": 3,
+    "missed_storm": 2,
+}
 
 
 def run_bench(

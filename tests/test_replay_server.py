@@ -1,0 +1,241 @@
+"""Resume replays on a real server: a resumer that does not read is closed with 4429 at
+its page's deadline while a reader on the same server gets everything; store reads of
+replay pages wait for a page-read slot; a replay stops once its connection is closing;
+and after a restart, the viewers of a session who resume at once cause one store read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.support import Peer, attach, run_server, token
+from tests.test_server_lifecycle import eventually
+from tests.test_wire_floods import masked_frame
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+async def publish(agent: Peer, count: int, size: int = 10) -> None:
+    """``count`` events, pipelined, each acknowledged before this returns."""
+    for i in range(count):
+        await agent.send({"type": "event", "id": i, "event": token(f"{i}:" + "e" * size)})
+    for _ in range(count):
+        await agent.recv_type("ack", timeout=30)
+
+
+def stalled_resumer(port: int, session_id: str, last_seq: int) -> socket.socket:
+    """A peer that resumes and then reads nothing: its receive buffer is made tiny before
+    it connects, so that the window it offers stays tiny too."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock.sendall(
+        f"GET /api/v1/stream/{session_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert b" 101 " in answer.split(b"\r\n")[0], answer
+    sock.sendall(masked_frame(json.dumps({"type": "hello", "last_seq": last_seq}).encode(), 1))
+    return sock
+
+
+def server_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, payload) of each whole (unmasked) server frame at the start of ``data``."""
+    at = 0
+    while at + 2 <= len(data):
+        length, head = data[at + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        if at + head + length > len(data):
+            return
+        yield data[at] & 0x0F, data[at + head : at + head + length]
+        at += head + length
+
+
+def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], int | None]:
+    """Reads what the server sent: the seqs of its event frames, and its close code
+    (None if no close frame came within ``timeout``)."""
+    sock.settimeout(0.2)
+    data = b""
+    ends = time.monotonic() + timeout
+    while time.monotonic() < ends:
+        with contextlib.suppress(TimeoutError):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        if any(opcode == 0x8 for opcode, _ in server_frames(data)):
+            break
+    seqs, code = [], None
+    for opcode, payload in server_frames(data):
+        if opcode == 0x1 and json.loads(payload)["type"] == "event":
+            seqs.append(json.loads(payload)["seq"])
+        elif opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+    return seqs, code
+
+
+def kernel_send_buffer_max() -> int:
+    """The most a TCP socket's send buffer grows to (the third field of tcp_wmem)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * MIB
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_everything() -> None:
+    # A ring too small for one event: every replay reads the store, 5 events a page.
+    # 4 MiB more than the kernel's send buffer takes: the stalled peer's pages back up.
+    deadline, size = 1.5, 200_000
+    count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
+    config: dict[str, Any] = {"replay_page_timeout": deadline, "ring_bytes": 64 * KIB}
+    async with run_server(durability="os", **config) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, count, size=size)
+        loop = asyncio.get_running_loop()
+        stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+        try:
+            stalled_at = loop.time()
+            async with attach(server, session_id, last_seq=0) as (reader, resumed):
+                assert resumed["replay"] == count
+                seqs = [(await reader.recv_type("event"))["seq"] for _ in range(count)]
+            assert seqs == list(range(1, count + 1))
+            # Past the deadline the stalled peer reads: what was written to it, then 4429.
+            await asyncio.sleep(max(0.0, stalled_at + deadline + 0.5 - loop.time()))
+            got, code = await loop.run_in_executor(None, read_until_close, stalled, 3.0)
+        finally:
+            stalled.close()
+        assert code == 4429
+        assert 0 < len(got) < count and got == list(range(1, len(got) + 1))
+        metrics = server.metrics.render().decode()
+        assert metric(metrics, "bamboo_send_queue_drops_total") == 1
+        await eventually(
+            lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
+        )
+
+
+async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None:
+    async with run_server(ring_size=0) as server:  # no ring: replays read the store
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 3)
+        slots = server.services.page_reads
+        held = 0
+        try:
+            for _ in range(PAGE_READS_AT_ONCE):
+                await slots.acquire()
+                held += 1
+            async with attach(server, session_id, last_seq=0) as (peer, resumed):
+                assert resumed["replay"] == 3
+                with pytest.raises(TimeoutError):  # eight pages are being read elsewhere
+                    await peer.recv(timeout=0.5)
+                slots.release()
+                held -= 1
+                assert [(await peer.recv_type("event"))["seq"] for _ in range(3)] == [1, 2, 3]
+        finally:
+            for _ in range(held):
+                slots.release()
+
+
+async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
+    async with run_server(ring_size=0) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 20)
+            slots = server.services.page_reads
+            held = 0
+            try:
+                for _ in range(PAGE_READS_AT_ONCE):
+                    await slots.acquire()
+                    held += 1
+                async with attach(server, session_id, last_seq=0) as (viewer, resumed):
+                    assert resumed["replay"] == 20  # its page waits for a slot
+                    await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+                    for _ in range(held):
+                        slots.release()
+                    held = 0
+                    code, frames = await viewer.closed()
+            finally:
+                for _ in range(held):
+                    slots.release()
+        assert code == 1000
+        assert [frame["type"] for frame in frames] == ["closed"]  # nothing of the replay
+        metrics = server.metrics.render().decode()
+        assert metric(metrics, "bamboo_replay_store_reads_total") == 1  # no page after it
+
+
+# -- after a restart -----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def peer_on(server: ServerProcess, session_id: str, **hello: Any) -> AsyncIterator[Peer]:
+    async with connect(server.url(session_id), subprotocols=["bamboo.v1"]) as ws:  # type: ignore[list-item]
+        peer = Peer(ws)
+        await peer.send({"type": "hello", **hello})
+        peer.welcome = await peer.recv()  # type: ignore[attr-defined]
+        yield peer
+
+
+def store_reads(server: ServerProcess) -> float:
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return metric(response.read().decode(), "bamboo_replay_store_reads_total")
+
+
+async def test_after_a_restart_the_viewers_of_a_session_resume_with_one_store_read(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--durability", "os")
+    server.start()
+    try:
+        async with peer_on(server, "talk", create=True, role="agent") as agent:
+            epoch = agent.welcome["epoch"]  # type: ignore[attr-defined]
+            await publish(agent, 30)
+        assert server.stop() == 0
+        server.start()  # a new process: every ring is empty
+
+        async def resume(last_seq: int) -> list[int]:
+            async with peer_on(server, "talk", last_seq=last_seq, epoch=epoch) as viewer:
+                welcome = viewer.welcome  # type: ignore[attr-defined]
+                assert welcome["resumed"] and welcome["replay"] == 30 - last_seq
+                return [(await viewer.recv_type("event"))["seq"] for _ in range(30 - last_seq)]
+
+        viewers = await asyncio.gather(*(resume(10) for _ in range(5)))
+        assert viewers == [list(range(11, 31))] * 5  # each missed event once, in order
+        assert await asyncio.to_thread(store_reads, server) == 1
+        # Further back: one more read, for what the ring does not hold; then none.
+        assert await resume(4) == list(range(5, 31))
+        assert await resume(4) == list(range(5, 31))
+        assert await asyncio.to_thread(store_reads, server) == 2
+        assert server.stop() == 0
+        assert_no_tracebacks(server.log_records())
+    finally:
+        server.kill()
