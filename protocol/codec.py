@@ -180,6 +180,12 @@ class Codec:
             obj = self._to_wire(obj)
         return self._encode(obj)
 
+    def encode_envelope(self, obj: Any) -> bytes:
+        """``obj`` encoded as it is, without what :meth:`encode` converts: a frame of
+        strings, integers and ``msgspec.Raw`` pieces already in this codec's encoding
+        (the client's publishes, encoded once, then framed alone or in a batch)."""
+        return self._encode(obj)
+
     def decode_client(self, data: bytes | str) -> ClientFrame:
         """A client frame, or :class:`ProtocolError` (``bad_request``) saying what is
         wrong with it; never another exception, whatever the input."""
