@@ -4,7 +4,10 @@ Bamboo, their servers, and the ratios between them.
 Kinds, in the order they are measured: ``relay`` (bench/baseline_relay.py), ``socketio``
 (bench/socketio/, skipped with one line where node is missing), then ``bamboo-fsync``,
 ``bamboo-os``, ... one Bamboo server per ``--durability`` given (fsync and os by
-default, so the price of the disk shows). Every ratio is taken between runs of one
+default, so the price of the disk shows). Where a bench offers batches (throughput),
+``fsync-batch`` (``os-batch``, ...) is that server again, its own process and data,
+whose agents publish in ``batch`` frames (docs/protocol.md, "Extension: batch
+publish"). Every ratio is taken between runs of one
 invocation, since absolute figures drift on a shared machine.
 
 ``BENCH_BEFORE=/path/to/an/older/checkout`` adds ``before``, after the peers: that
@@ -38,9 +41,14 @@ _BEFORE_BOOT = (
 
 
 COMMIT_WINDOW = 0.002  # seconds: the JSONL store's commit_window for fsync-window
+DURABILITIES = ("fsync", "fsync-window", "os", "memory")
+BATCH = "-batch"  # a durability with this suffix: its agents send batch frames
 
 
-def add_args(parser: argparse.ArgumentParser) -> None:
+def add_args(parser: argparse.ArgumentParser, batches: bool = False) -> None:
+    """The line-up's flags; with ``batches``, the ``-batch`` variants too (and
+    ``--batch``, which adds one for each ``--durability``)."""
+    choices = DURABILITIES + (tuple(d + BATCH for d in DURABILITIES) if batches else ())
     parser.add_argument(
         "--peers",
         nargs="*",
@@ -51,12 +59,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--durability",
         nargs="+",
-        choices=("fsync", "fsync-window", "os", "memory"),
+        choices=choices,
         default=["fsync", "os"],
         help="Bamboo's durability, one server each (the goal is for the first: fsync); "
         f"fsync-window: fsync with a {COMMIT_WINDOW * 1000:g} ms commit window; "
-        "memory: the in-memory store (memory://)",
+        "memory: the in-memory store (memory://)"
+        + ("; with -batch (fsync-batch): agents publish in batch frames" if batches else ""),
     )
+    if batches:
+        parser.add_argument(
+            "--batch",
+            action="store_true",
+            help="also measure each --durability with agents that publish in batch frames",
+        )
 
 
 def kinds(args: argparse.Namespace) -> list[str]:
@@ -70,12 +85,19 @@ def kinds(args: argparse.Namespace) -> list[str]:
             print(skipped, flush=True)
     if os.environ.get(BEFORE_TREE_ENV):
         lineup.append(BEFORE)
-    durabilities = list(dict.fromkeys(args.durability))
-    return lineup + [BAMBOO + d for d in durabilities]
+    durabilities = list(args.durability)
+    if getattr(args, "batch", False):
+        durabilities += [d + BATCH for d in args.durability if not d.endswith(BATCH)]
+    return lineup + [BAMBOO + d for d in dict.fromkeys(durabilities)]
 
 
 def is_bamboo(kind: str) -> bool:
     return kind.startswith(BAMBOO)
+
+
+def batches(kind: str) -> bool:
+    """Whether ``kind``'s agents publish in batch frames."""
+    return is_bamboo(kind) and kind.endswith(BATCH)
 
 
 def speaks_bamboo(kind: str) -> bool:
@@ -90,17 +112,15 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
         return socketio_peer.server(tmp / "socketio.log")
     if kind == BEFORE:
         return before_server(Path(os.environ[BEFORE_TREE_ENV]), tmp)
-    durability = kind.removeprefix(BAMBOO)
+    label = kind.removeprefix(BAMBOO)  # each server its own data
+    durability = label.removesuffix(BATCH)
+    data, log = tmp / f"data-{label}", tmp / f"{kind}.log"
     if durability == "memory":  # the in-memory store: what Bamboo costs without a disk
-        return common.bamboo_server(
-            tmp / "data-memory", tmp / f"{kind}.log", "--store", "memory://"
-        )
+        return common.bamboo_server(data, log, "--store", "memory://")
     if durability == "fsync-window":  # lone events wait a little to share an fsync
-        store = f"jsonl://{tmp / 'data-window'}?commit_window={COMMIT_WINDOW}"
-        return common.bamboo_server(tmp / "data-window", tmp / f"{kind}.log", "--store", store)
-    return common.bamboo_server(
-        tmp / f"data-{durability}", tmp / f"{kind}.log", "--durability", durability
-    )
+        store = f"jsonl://{data}?commit_window={COMMIT_WINDOW}"
+        return common.bamboo_server(data, log, "--store", store)
+    return common.bamboo_server(data, log, "--durability", durability)
 
 
 def before_server(tree: Path, tmp: Path) -> common.ServerProcess:

@@ -11,7 +11,9 @@ from the first publish to the last delivery. In the same invocation, at each P:
   session, the agent emits each event with an acknowledgement callback, at most
   ``--window`` unacknowledged, the viewer in the room checks the seq of the broadcast
   (driven by a Node socket.io-client process, bench/socketio/driver.js);
-- Bamboo at each ``--durability`` (fsync and os: the price of the disk).
+- Bamboo at each ``--durability`` (fsync and os: the price of the disk); a durability
+  with ``-batch`` (``fsync-batch``, or ``--batch`` for each) is that server again, whose
+  agents send whatever their window has room for as one ``batch`` frame per write.
 Goal: Bamboo (fsync) >= 0.6x the relay (stretch 0.8x).
 
 Also reported: server CPU microseconds per event (from /proc/PID/stat; less sensitive
@@ -22,6 +24,7 @@ share the machine's cores.
     BENCH_FULL=1 python -m bench.throughput     # P in 100, 250, 500, 1000; N = 200
     python -m bench.throughput --sessions 3 --events 20   # a smoke run
     python -m bench.throughput --peers relay --durability fsync   # the pre-Socket.IO line-up
+    python -m bench.throughput --sessions 100 1000 --events 1000 --durability fsync fsync-batch
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ async def measure_baseline(server: common.ServerProcess, sessions: int, events: 
 
 
 async def measure_bamboo(
-    server: common.ServerProcess, sessions: int, events: int, window: int
+    server: common.ServerProcess, sessions: int, events: int, window: int, batch: bool = False
 ) -> float:
     base = f"ws://{common.HOST}:{server.port}"
     ids = [f"tp{sessions}-{i}-{time.monotonic_ns()}" for i in range(sessions)]
@@ -80,7 +83,8 @@ async def measure_bamboo(
         receiving = [
             asyncio.ensure_future(receive_events(v, events, numbered="seq")) for v in viewers
         ]
-        await asyncio.gather(*(publish_windowed(a, events, window) for a in agents), *receiving)
+        publishing = (publish_windowed(a, events, window, batch) for a in agents)
+        await asyncio.gather(*publishing, *receiving)
         return time.perf_counter() - start
     finally:
         await asyncio.gather(*(ws.close() for ws in [*agents, *viewers]), return_exceptions=True)
@@ -156,7 +160,8 @@ class Servers:
             if kind == compare.RELAY:
                 elapsed = await measure_baseline(server, sessions, events)
             else:
-                elapsed = await measure_bamboo(server, sessions, events, window)
+                batch = compare.batches(kind)
+                elapsed = await measure_bamboo(server, sessions, events, window, batch)
         return elapsed, time.process_time() - driver_before
 
 
@@ -179,7 +184,7 @@ async def measure(
         "driver_cpu_s": driver_cpu,
     }
     print(
-        f"{kind:12s} sessions={sessions:5d} events={total:7d} "
+        f"{kind:18s} sessions={sessions:5d} events={total:7d} "
         f"{result['events_per_s']:9.0f} events/s  server CPU "
         f"{result['server_cpu_us_per_event']:6.1f} us/event  driver CPU {driver_cpu:.1f} s",
         flush=True,
@@ -206,6 +211,18 @@ def report_point(sessions: int, runs: dict[str, dict[str, Any]]) -> dict[str, An
         point["ratios"][name] = compare.ratio(rate, pair)
         value = point["ratios"][name]
         print(common.ratio_line("throughput", f"sessions={sessions} {name}", value, "-"))
+    for kind in lineup:  # each batching agent against the same server kind without
+        base = kind.removesuffix(compare.BATCH)
+        if compare.batches(kind) and base in runs:
+            name = f"{kind}/{base}"
+            point["ratios"][name] = compare.ratio(rate, (kind, base))
+            print(
+                common.ratio_line(
+                    "throughput", f"sessions={sessions} {name}", point["ratios"][name], "-"
+                )
+            )
+            point.setdefault("cpu_ratios", {})[name] = compare.ratio(cpu, (kind, base))
+            print(f"  server CPU us/event {name} = {point['cpu_ratios'][name]:.3f}", flush=True)
     costs = ", ".join(f"{kind} {value:.1f}" for kind, value in cpu.items())
     print(f"  server CPU us/event: {costs}", flush=True)
     if "cpu_ratio" in point:
@@ -291,7 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="skip the unmeasured first run per peer",
     )
-    compare.add_args(parser)
+    compare.add_args(parser, batches=True)
     common.add_common_args(parser)
     return parser.parse_args(argv)
 

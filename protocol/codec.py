@@ -15,8 +15,16 @@ from typing import Any, Final
 import msgspec
 
 from .errors import ErrorCode, ProtocolError
-from .frames import ClientFrame, PublishEvent, PublishMessage, RequestId, ServerFrame
+from .frames import (
+    ClientFrame,
+    PublishBatch,
+    PublishEvent,
+    PublishMessage,
+    RequestId,
+    ServerFrame,
+)
 from .models import (
+    AnyAgentEvent,
     Complete,
     Custom,
     ErrorEvent,
@@ -77,20 +85,12 @@ def free_form_problem(value: Any) -> str | None:
     return None
 
 
-def _published_message(frame: PublishEvent | PublishMessage) -> Message | None:
-    if isinstance(frame, PublishMessage):
-        return frame.message
-    return frame.event.message if isinstance(frame.event, MessageEvent) else None
-
-
-def _free_form_values(frame: PublishEvent | PublishMessage) -> list[Any]:
+def _free_form_values(event: AnyAgentEvent | None, message: Message | None) -> list[Any]:
     """The values of ``Any`` fields in a published event or message."""
-    message = _published_message(frame)
     if message is not None:
         values: list[Any] = [message.metadata]
         values.extend(call.arguments for call in message.tool_calls or ())
         return values
-    event = frame.event if isinstance(frame, PublishEvent) else None
     if isinstance(event, Custom):
         return [event.data]
     if isinstance(event, ToolStart):
@@ -102,23 +102,51 @@ def _free_form_values(frame: PublishEvent | PublishMessage) -> list[Any]:
 _PLAIN_EVENTS: Final = (Token, Thinking, ToolError, Complete, ErrorEvent, StateChange)
 
 
-def _check_published(frame: PublishEvent | PublishMessage) -> None:
-    """Normalize what a publisher sent, or refuse what not every peer could read."""
-    if frame.key == "":
-        frame.key = None  # an empty key is no key (a client's unset string field)
-    if type(frame) is PublishEvent and isinstance(frame.event, _PLAIN_EVENTS):
+def check_content(
+    event: AnyAgentEvent | None, message: Message | None, request_id: RequestId, where: str = ""
+) -> None:
+    """Refuse what not every peer could read in a published event or message (one of
+    the two; ``where`` prefixes the reason), and bring its time to UTC. The client runs
+    it too, to keep a publish the server would refuse out of a batch."""
+    if message is None and isinstance(event, MessageEvent):
+        message = event.message
+    elif isinstance(event, _PLAIN_EVENTS):
         return  # the common case (a streamed token): nothing else to look at
-    for value in _free_form_values(frame):
+    for value in _free_form_values(event, message):
         if (problem := free_form_problem(value)) is not None:
-            reason = f"value not carried by every codec: {problem}"
-            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
-    message = _published_message(frame)
+            reason = f"{where}value not carried by every codec: {problem}"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id)
     if message is not None and message.created_at is not None and message.created_at.utcoffset():
         try:  # times travel in UTC; the decoder has already refused naive ones
             message.created_at = message.created_at.astimezone(UTC)
         except OverflowError:
-            reason = "created_at out of range in UTC"
-            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id) from None
+            reason = f"{where}created_at out of range in UTC"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id) from None
+
+
+def _check_published(frame: PublishEvent | PublishMessage) -> None:
+    """Normalize what a publisher sent, or refuse what not every peer could read."""
+    if frame.key == "":
+        frame.key = None  # an empty key is no key (a client's unset string field)
+    if isinstance(frame, PublishEvent):
+        check_content(frame.event, None, frame.id)
+    else:
+        check_content(None, frame.message, frame.id)
+
+
+def _check_batch(frame: PublishBatch) -> None:
+    """:func:`_check_published` for each item of a batch, whose reason names the item;
+    and a batch holds at least one item, each with exactly one of event and message.
+    (How many items at most is the server's limit, checked where it is known.)"""
+    if not frame.items:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch holds at least one item", frame.id)
+    for index, item in enumerate(frame.items):
+        if (item.event is None) == (item.message is None):
+            reason = f"items[{index}]: an item holds exactly one of event and message"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
+        if item.key == "":
+            item.key = None
+        check_content(item.event, item.message, frame.id, f"items[{index}]: ")
 
 
 class Codec:
@@ -152,6 +180,12 @@ class Codec:
             obj = self._to_wire(obj)
         return self._encode(obj)
 
+    def encode_envelope(self, obj: Any) -> bytes:
+        """``obj`` encoded as it is, without what :meth:`encode` converts: a frame of
+        strings, integers and ``msgspec.Raw`` pieces already in this codec's encoding
+        (the client's publishes, encoded once, then framed alone or in a batch)."""
+        return self._encode(obj)
+
     def decode_client(self, data: bytes | str) -> ClientFrame:
         """A client frame, or :class:`ProtocolError` (``bad_request``) saying what is
         wrong with it; never another exception, whatever the input."""
@@ -165,6 +199,8 @@ class Codec:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}") from None
         if isinstance(frame, PublishEvent | PublishMessage):
             _check_published(frame)
+        elif type(frame) is PublishBatch:
+            _check_batch(frame)
         return frame
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:

@@ -50,6 +50,23 @@ class PublishMessage(ClientFrameBase, tag="message"):
     key: IdempotencyKey | None = None
 
 
+class BatchItem(msgspec.Struct, omit_defaults=True):
+    """One append of a ``batch`` frame: exactly one of ``event`` and ``message`` (the
+    codec refuses an item with both or neither), and its idempotency key."""
+
+    event: AnyAgentEvent | None = None
+    message: Message | None = None
+    key: IdempotencyKey | None = None
+
+
+class PublishBatch(ClientFrameBase, tag="batch"):
+    """Several appends in one frame, answered by one ``acks`` (docs/protocol.md,
+    "Extension: batch publish")."""
+
+    items: list[BatchItem]
+    id: RequestId = None
+
+
 class HistoryRequest(ClientFrameBase, tag="history"):
     id: RequestId = None
     limit: Positive = 100
@@ -72,7 +89,14 @@ class Ping(ClientFrameBase, tag="ping"):
 
 
 ClientFrame = (
-    Hello | PublishEvent | PublishMessage | HistoryRequest | EventsRequest | StateRequest | Ping
+    Hello
+    | PublishEvent
+    | PublishMessage
+    | PublishBatch
+    | HistoryRequest
+    | EventsRequest
+    | StateRequest
+    | Ping
 )
 
 
@@ -87,6 +111,10 @@ class Welcome(ServerFrameBase, tag="welcome"):
     last_seq: int
     resumed: bool
     replay: int
+    # Extensions this server speaks (docs/protocol.md): "batch". Left out when none, as
+    # a version 1 server does; a client reads a missing list as empty.
+    extensions: list[str] = []
+    max_batch_items: int = 0  # with "batch": the most items one batch frame may hold
 
 
 class EventRecord(msgspec.Struct):
@@ -107,6 +135,16 @@ class Ack(ServerFrameBase, tag="ack"):
     seq: int
     id: RequestId = None
     duplicate: bool = False
+
+
+class Acks(ServerFrameBase, tag="acks"):
+    """The reply to a ``batch``: ``seqs[i]`` is item ``i``'s seq; ``duplicates`` lists,
+    in increasing order, the indexes of the items that were duplicates (left out when
+    none), whose seq is that of the first append with their key."""
+
+    seqs: list[int]
+    id: RequestId = None
+    duplicates: list[int] = []
 
 
 class History(ServerFrameBase, tag="history"):
@@ -142,4 +180,6 @@ class Error(ServerFrameBase, tag="error"):
     id: RequestId = None
 
 
-ServerFrame = Welcome | EventFrame | Ack | History | Events | Presence | Pong | Closed | Error
+ServerFrame = (
+    Welcome | EventFrame | Ack | Acks | History | Events | Presence | Pong | Closed | Error
+)

@@ -2,10 +2,12 @@
 
 Commands (server/commands.py) arrive in its inbox and are handled in batches: a run of
 appends becomes one ``append_events`` call (one group commit), whose results answer the
-requesters. Fan-out does not come from those results but from the store: while
-connections are attached the actor follows the session with ``storage.subscribe``, and
-hands each event to its :class:`~.room.SessionRoom`, which sends it to every connection
-but its publisher's. So events appended by another process (a shared store) reach this
+requesters. The items of a peer's ``batch`` frame are such appends, queued together and
+never split between two calls, so that the store takes them whole or not at all.
+Fan-out does not come from those results but from the store: while connections are
+attached the actor follows the session with ``storage.subscribe``, and hands each event
+to its :class:`~.room.SessionRoom`, which sends it to every connection but its
+publisher's. So events appended by another process (a shared store) reach this
 process's viewers the same way as its own.
 
 Spawning an actor reads the session's metadata and nothing else; idempotency is the
@@ -151,6 +153,14 @@ class SessionActor:
         """Queue a peer's command, waiting while the inbox is full (back-pressure)."""
         await self.inbox.wait_for_room()
         self.post(command)
+
+    async def submit_batch(self, appends: list[Append]) -> None:
+        """Queue the items of a peer's batch frame one after another (nothing comes
+        between them), once the inbox has room for all of them."""
+        if not self.inbox.has_room(len(appends)):
+            await self.inbox.wait_for_room(len(appends))
+        for append in appends:
+            self.post(append)
 
     def _wake(self) -> None:
         waiting = self._wakeup

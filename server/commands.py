@@ -2,8 +2,10 @@
 
 Requests (appends, state changes) come from a peer, whose reply goes to its outbox, or
 from the in-process API, whose reply resolves a future; a request answers its
-requester either way. The inbox is bounded for peers: a reader whose session is busy
-waits for room, which pushes back on that peer's socket.
+requester either way. The items of a peer's ``batch`` frame are appends like any other,
+queued together, that answer their :class:`BatchReply` instead: one ``acks`` frame (or
+one ``error``) for the lot. The inbox is bounded for peers: a reader whose session is
+busy waits for room, which pushes back on that peer's socket.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from bamboo_session.persistence.base import (
     StorageError,
 )
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Ack, Error, RequestId, Welcome
+from bamboo_session.protocol.frames import Ack, Acks, Error, RequestId, ServerFrame, Welcome
 from bamboo_session.protocol.models import AnyAgentEvent, SessionMetadata, SessionState
 
 from .budget import NO_LIMIT, MemoryBudget
@@ -38,7 +40,7 @@ class _Request:
     request_id: RequestId
     future: asyncio.Future[Any] | None
 
-    def _answer(self, value: object, ack: Ack) -> None:
+    def _answer(self, value: object, ack: ServerFrame) -> None:
         if self.future is not None:
             if not self.future.done():
                 self.future.set_result(value)
@@ -68,10 +70,55 @@ class Append(_Request):
     request_id: RequestId = None
     future: asyncio.Future[Appended] | None = None
     received: float = 0.0  # time.monotonic() when it was read: append-to-ack latency
-    size: int = 0  # bytes of the frame it came in: what it holds in the inbox
+    size: int = 0  # bytes of the frame it came in (its share of a batch's): inbox bytes
+    batch: BatchReply | None = None  # an item of a batch frame answers through it
 
     def answer(self, result: Appended) -> None:
-        self._answer(result, Ack(result.seq, id=self.request_id, duplicate=result.duplicate))
+        if self.batch is not None:
+            self.batch.answer(result)
+        else:
+            self._answer(result, Ack(result.seq, id=self.request_id, duplicate=result.duplicate))
+
+    def refuse(self, exc: BaseException) -> str | None:
+        if self.batch is not None:
+            return self.batch.refuse(exc)
+        return _Request.refuse(self, exc)
+
+
+class BatchReply(_Request):
+    """The one reply to a peer's ``batch`` frame, whose items are queued as consecutive
+    :class:`Append` commands. The actor never splits them between two store appends
+    (:meth:`Inbox.take_batch`), and a store append is stored whole or not at all, so
+    they are answered together: ``acks`` with every seq, once the last is answered, or
+    one ``error`` (the first refusal; the others say nothing more)."""
+
+    __slots__ = ("duplicates", "future", "origin", "request_id", "seqs", "settled", "size")
+
+    def __init__(self, origin: Outbox, request_id: RequestId, size: int) -> None:
+        self.origin: Outbox | None = origin
+        self.request_id = request_id
+        self.future = None
+        self.size = size  # items
+        self.seqs: list[int] = []
+        self.duplicates: list[int] = []
+        self.settled = False
+
+    def answer(self, result: Appended) -> None:
+        if self.settled:
+            return
+        seqs = self.seqs
+        if result.duplicate:
+            self.duplicates.append(len(seqs))
+        seqs.append(result.seq)
+        if len(seqs) == self.size:
+            self.settled = True
+            self._answer(None, Acks(seqs, id=self.request_id, duplicates=self.duplicates))
+
+    def refuse(self, exc: BaseException) -> str | None:
+        if self.settled:
+            return None
+        self.settled = True
+        return _Request.refuse(self, exc)
 
 
 @dataclass(slots=True)
@@ -180,13 +227,14 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
 
-    def has_room(self) -> bool:
+    def has_room(self, count: int = 1) -> bool:
+        """Whether ``count`` more commands (a batch's items) may be queued."""
         items = self._items
         if not items and not self.bytes:
-            return True  # one command always fits, whatever its size
+            return True  # one command (or batch) always fits, whatever its size
         budget = self.budget
         return (
-            len(items or ()) < self.limit
+            len(items or ()) + count <= self.limit
             and self.bytes < self.max_bytes
             and budget.used <= budget.limit
         )
@@ -212,8 +260,8 @@ class Inbox:
         if not self._items:
             self._items = None
 
-    async def wait_for_room(self) -> None:
-        while not self.has_room():
+    async def wait_for_room(self, count: int = 1) -> None:
+        while not self.has_room(count):
             if self._has_room is None or self._has_room.done():
                 self._has_room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._has_room)
@@ -225,13 +273,20 @@ class Inbox:
         return items
 
     def take_batch(self, max_items: int) -> list[Command]:
-        """The next commands, at most ``max_items``; their bytes stay counted (peers
-        wait for room) until :meth:`finished` says the batch was handled: a batch being
-        written is in memory as much as one waiting."""
+        """The next commands, at most ``max_items``, but never part of a batch frame's
+        items: those go to the store together. Their bytes stay counted (peers wait for
+        room) until :meth:`finished` says the batch was handled: a batch being written
+        is in memory as much as one waiting."""
         items = self._items
         if items is None:
             return []
-        return [items.popleft() for _ in range(min(max_items, len(items)))]
+        taken = [items.popleft() for _ in range(min(max_items, len(items)))]
+        last = taken[-1] if taken else None
+        if type(last) is Append and last.batch is not None:
+            reply = last.batch
+            while items and type(head := items[0]) is Append and head.batch is reply:
+                taken.append(items.popleft())
+        return taken
 
     def finished(self, batch: list[Command]) -> None:
         """A batch from :meth:`take_batch` was handled: its bytes are free again."""

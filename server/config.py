@@ -86,6 +86,10 @@ class ServerConfig:
     max_events_page: int = 10_000
     max_list_page: int = 1000
     max_page_bytes: int = 1 * MIB
+    # The batch publish extension (docs/protocol.md): off, the server is a plain
+    # version 1 server (no "batch" in welcome, a batch frame is bad_request).
+    batch_frames: bool = True
+    max_batch_items: int = 1000
     # Auth (server/auth.py): no secret means no auth, which is only allowed on loopback
     # unless ``insecure``. Kept out of repr so that it never reaches a log line.
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
@@ -212,6 +216,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "max_events_page": (1, None),
     "max_list_page": (1, None),
     "max_page_bytes": (1024, None),
+    "max_batch_items": (1, None),
 }
 
 

@@ -30,6 +30,7 @@ from bamboo_session.protocol.frames import (
     HistoryRequest,
     Ping,
     Pong,
+    PublishBatch,
     PublishEvent,
     PublishMessage,
     RequestId,
@@ -39,7 +40,7 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
-from .commands import Append, SetState
+from .commands import Append, BatchReply, SetState
 from .failures import failure_of, request_error
 from .handshake import attach, read_hello
 from .limits import FrameLimiter
@@ -158,11 +159,7 @@ class Connection:
     def _refuse_frame(self, data: bytes | str, limiter: FrameLimiter, outbox: Outbox) -> None:
         """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or
         close 4429 once the peer has ignored too many of those."""
-        if outbox.closing is not None:
-            return
-        if limiter.refuse():
-            log.info("rate limit persists, closing", refused=limiter.refused)
-            outbox.close(CloseCode.TOO_SLOW, "rate limited")
+        if outbox.closing is not None or self._closed_for_rate(limiter, outbox):
             return
         try:
             request_id = getattr(self.codec.decode_frame(data), "id", None)
@@ -170,6 +167,16 @@ class Connection:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
+
+    @staticmethod
+    def _closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:
+        """Counts a refused frame; closes with 4429 (and says so) once there were too
+        many."""
+        if not limiter.refuse():
+            return False
+        log.info("rate limit persists, closing", refused=limiter.refused)
+        outbox.close(CloseCode.TOO_SLOW, "rate limited")
+        return True
 
     async def _dispatch(
         self, frame: ClientFrame, actor: SessionActor, outbox: Outbox, size: int
@@ -184,6 +191,8 @@ class Connection:
                 event = MessageEvent(message.completed())
                 append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
                 await self._submit(actor, outbox, append)
+            case PublishBatch():
+                await self._batch(frame, actor, outbox, size)
             case HistoryRequest():
                 await self._history(frame, outbox)
             case EventsRequest():
@@ -208,6 +217,45 @@ class Connection:
             actor.post(command)
         else:
             await actor.submit(command)
+
+    async def _batch(
+        self, frame: PublishBatch, actor: SessionActor, outbox: Outbox, size: int
+    ) -> None:
+        """A batch frame: its items become appends, queued together, answered with one
+        ``acks`` (server/commands.py ``BatchReply``). Each item counts as a frame
+        against the rate and as a request in the inbox; the batch is one request in
+        flight, since it has one reply."""
+        config, items = self.services.config, frame.items
+        if not config.batch_frames:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "unknown frame type 'batch'", frame.id)
+        count = len(items)
+        if count > config.max_batch_items:
+            reason = f"a batch holds at most {config.max_batch_items} items, not {count}"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
+        if count > 1 and not self.limiter.admit_items(count - 1):
+            if outbox.closing is None and not self._closed_for_rate(self.limiter, outbox):
+                reason = f"over {config.rate_limit:g} frames/s (a batch counts each item)"
+                self._push_error(ErrorCode.RATE_LIMITED, reason, frame.id)
+            return
+        self.services.metrics.batch_items.observe(count)
+        reply = BatchReply(outbox, frame.id, count)
+        received = time.monotonic()
+        share = size // count  # the frame's bytes, spread over its items
+        appends = []
+        for item in items:
+            event = item.event
+            if item.message is not None:
+                event = MessageEvent(item.message.completed())
+            elif isinstance(event, MessageEvent):
+                event = MessageEvent(event.message.completed())
+            assert event is not None  # the codec checked: one of event and message
+            appends.append(Append(event, item.key, outbox, None, None, received, share, reply))
+        appends[0].size += size - share * count
+        if outbox.in_flight < outbox.max_in_flight:
+            outbox.in_flight += 1
+        else:
+            await outbox.reserve()
+        await actor.submit_batch(appends)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None

@@ -115,6 +115,8 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             codec=conn.codec,
             budget=manager.budget,
         )
+        if services.config.batch_frames:
+            outbox.max_batch_items = services.config.max_batch_items
         outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out)
         outbox.flusher = services.flusher
         conn.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)

@@ -1,8 +1,9 @@
 """Limits on what one peer may cost: frames per second, connections per user.
 
 :class:`TokenBucket` meters a connection's frames: over the rate, a frame is answered
-with ``rate_limited`` and not processed. Refusals are metered by a second bucket; a peer
-that keeps sending past its refusals budget is closed with 4429.
+with ``rate_limited`` and not processed; a batch frame costs a token per item. Refusals
+are metered by a second bucket; a peer that keeps sending past its refusals budget is
+closed with 4429.
 :class:`ConnectionCounter` caps the concurrent connections of one user.
 """
 
@@ -27,15 +28,15 @@ class TokenBucket:
         self._tokens = self.burst
         self._stamp = clock()
 
-    def take(self) -> bool:
-        """Spends one token if there is one."""
+    def take(self, count: float = 1.0) -> bool:
+        """Spends ``count`` tokens if there are that many, else none."""
         if self.rate <= 0:
             return True
         now = self._clock()
         tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
+        if tokens >= count:
+            self._tokens = tokens - count
             return True
         self._tokens = tokens
         return False
@@ -62,6 +63,12 @@ class FrameLimiter:
 
     def admit(self) -> bool:
         return self._frames.take()
+
+    def admit_items(self, extra: int) -> bool:
+        """A batch frame, already admitted as one frame, costs ``extra`` tokens more
+        (one per item beyond the first); without them it is refused as a whole, and
+        only its frame's token is spent."""
+        return self._frames.take(extra)
 
     def refuse(self) -> bool:
         """Counts a refused frame; True once the refusals budget is spent."""

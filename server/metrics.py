@@ -47,7 +47,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Histogram(Collector):
@@ -145,6 +145,11 @@ class Metrics:
         self.group_commit_events = self._histogram(
             "bamboo_group_commit_events",
             "Events per store append: a session's queued appends go to the store together",
+            BATCH_BUCKETS,
+        )
+        self.batch_items = self._histogram(
+            "bamboo_batch_items",
+            "Items per batch frame accepted (the batch publish extension)",
             BATCH_BUCKETS,
         )
         self.group_commit_seconds = self._histogram(

@@ -116,6 +116,9 @@ class SessionRoom:
         metadata.connections = connections
         metadata.last_seq = through
         welcome = Welcome(outbox.connection_id, metadata, self.epoch, through, resumed, replay)
+        if outbox.max_batch_items:
+            welcome.extensions = ["batch"]
+            welcome.max_batch_items = outbox.max_batch_items
         outbox.push(Outbound(welcome))
         if replay and last_seq is not None:
             outbox.push(Replay(last_seq, through))

@@ -92,6 +92,17 @@ def test_socketio_and_bamboo_os_run_beside_the_relay(name: str, tmp_path: Path) 
     assert all(run["server_cpu_us_per_event"] >= 0 for run in runs.values())
 
 
+def test_throughput_with_batching_agents_beside_single_frames(tmp_path: Path) -> None:
+    args = [*TINY_THROUGHPUT, "--peers", "relay", "--durability", "fsync", "--batch"]
+    out = tmp_path / "t.json"
+    stdout = run_bench("throughput", out, args)
+    assert "RATIO throughput sessions=3 bamboo-fsync-batch/bamboo-fsync = " in stdout
+    (point,) = json.loads(out.read_text())["points"]
+    assert list(point["runs"]) == ["relay", "bamboo-fsync", "bamboo-fsync-batch"]
+    assert point["runs"]["bamboo-fsync-batch"]["events"] == 3 * 20  # every one delivered
+    assert point["cpu_ratios"]["bamboo-fsync-batch/bamboo-fsync"] >= 0
+
+
 def test_socketio_peer_is_skipped_in_one_line_without_node(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path)}  # no node on it; Python runs by full path
     stdout = run_bench("throughput", tmp_path / "t.json", TINY_THROUGHPUT, env=env)

@@ -106,3 +106,20 @@ def test_fail_all_fails_every_waiter_and_empties_the_book(
     book.fail_all(ended)
     assert [f.exception() for f in futures[1:]] == [ended, ended]
     assert len(book) == 0 and book.unanswered_publishes == 0 and book.unsent(1) == []
+
+
+def test_a_batch_maps_its_reply_to_its_publishes_for_one_connection(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    book = PendingRequests()
+    ids = [add(book, loop)[0] for _ in range(3)]
+    batch_id = book.next_id()
+    book.add_batch(batch_id, ids[:2])
+    assert book.take_batch(ids[2]) is None  # a request of its own, not a batch
+    assert book.take_batch(batch_id) == ids[:2]
+    assert book.take_batch(batch_id) is None  # one reply per batch
+    book.add_batch(book.next_id(), ids)
+    book.forget_batches()  # a new connection: its batches are gone, their publishes stay
+    assert book.take_batch(batch_id + 1) is None and len(book) == 3
+    book.answer(ids[0], "ack")
+    assert [p.settled for p in book.unsent(9)] == [False, False]

@@ -37,12 +37,15 @@ FAST = {"backoff_initial": 0.02, "backoff_max": 0.2}
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target port; :meth:`cut` aborts every stream
-    (both sides, no close frame), as a network failure would."""
+    (both sides, no close frame), as a network failure would. While ``downstream`` is
+    clear, what the server sends is held (and lost at the next cut)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.transports: list[asyncio.WriteTransport] = []
         self.cuts = 0
+        self.downstream = asyncio.Event()
+        self.downstream.set()
 
     async def __aenter__(self) -> TcpProxy:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -66,14 +69,20 @@ class TcpProxy:
             return
         self.transports += [writer.transport, up_writer.transport]  # type: ignore[list-item]
 
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pump(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, gate: asyncio.Event | None
+        ) -> None:
             with contextlib.suppress(OSError):
                 while data := await source.read(65536):
+                    if gate is not None:
+                        await gate.wait()
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(
+            pump(reader, up_writer, None), pump(up_reader, writer, self.downstream)
+        )
 
     def cut(self) -> None:
         self.cuts += 1

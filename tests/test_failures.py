@@ -123,6 +123,39 @@ async def test_a_full_disk_refuses_appends_keeps_reads_and_recovers(tmp_path: Pa
     assert keys == [*acked, *failed]
 
 
+async def test_a_batch_that_does_not_fit_is_stored_not_at_all(tmp_path: Path) -> None:
+    """The batch that crosses the file limit is written short, then fails: it gets one
+    ``internal`` error and none of its items stays in the log, not even the first."""
+    data_dir = tmp_path / "data"
+    acked: list[str] = []
+    with ServerProcess(data_dir, tmp_path / "limited.log", preexec_fn=limit_file_size) as limited:
+        async with peer_of(limited, "full", create=True) as peer:
+            for b in range(40):
+                keys = [f"b{b}.{i}" for i in range(5)]
+                items = [{"event": token(key), "key": key} for key in keys]
+                reply = await roundtrip(peer, {"type": "batch", "id": b, "items": items})
+                if reply["type"] == "error":
+                    assert reply["code"] == "internal" and "File too large" in reply["message"]
+                    break
+                assert reply["seqs"] == list(range(len(acked) + 1, len(acked) + 6))
+                acked += keys
+            else:
+                raise AssertionError("the limit was never reached")
+            assert acked, "the first batch already failed"
+            assert [line["key"] for line in log_lines(data_dir, "full")] == acked
+            events = await roundtrip(peer, {"type": "events", "id": "e", "limit": 1000})
+            assert [name(e) for e in events["events"]] == acked
+        assert limited.stop() == 0
+    # Space returns: the refused batch, resent with its keys, is stored whole, once.
+    with ServerProcess(data_dir, tmp_path / "unlimited.log") as server:
+        async with peer_of(server, "full") as peer:
+            items = [{"event": token(f"b{b}.{i}"), "key": f"b{b}.{i}"} for i in range(5)]
+            reply = await roundtrip(peer, {"type": "batch", "id": "again", "items": items})
+            assert reply["seqs"] == list(range(len(acked) + 1, len(acked) + 6))
+            assert "duplicates" not in reply
+        assert server.stop() == 0
+
+
 async def roundtrip(peer: Peer, frame: dict[str, Any]) -> dict[str, Any]:
     """Send a request and return its reply (or its error), skipping other frames."""
     await peer.send(frame)

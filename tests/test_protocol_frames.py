@@ -7,9 +7,12 @@ import msgspec
 import pytest
 
 from bamboo_session.protocol import Message, Role, SessionMetadata, Token
-from bamboo_session.protocol.codec import JSON
+from bamboo_session.protocol.codec import JSON, MSGPACK
+from bamboo_session.protocol.errors import ProtocolError
 from bamboo_session.protocol.frames import (
     Ack,
+    Acks,
+    BatchItem,
     Closed,
     Error,
     EventFrame,
@@ -22,6 +25,7 @@ from bamboo_session.protocol.frames import (
     Ping,
     Pong,
     Presence,
+    PublishBatch,
     PublishEvent,
     PublishMessage,
     StateRequest,
@@ -180,6 +184,11 @@ def test_welcome_shape() -> None:
             Presence("client", 0, left="c_1"),
             {"type": "presence", "left": "c_1", "role": "client", "connections": 0},
         ),
+        (Acks([3, 4], 7), {"type": "acks", "id": 7, "seqs": [3, 4]}),  # no duplicates
+        (
+            Acks([3, 1, 4], 7, [1]),
+            {"type": "acks", "id": 7, "seqs": [3, 1, 4], "duplicates": [1]},
+        ),
         (Pong(1), {"type": "pong", "id": 1}),
         (Closed("session closed"), {"type": "closed", "reason": "session closed"}),
         (
@@ -191,6 +200,56 @@ def test_welcome_shape() -> None:
 )
 def test_server_frame_shapes(frame: Any, expected: dict[str, Any]) -> None:
     assert wire(frame) == expected
+
+
+def test_welcome_lists_extensions_only_when_there_are_some() -> None:
+    metadata = SessionMetadata(id="s", created_at=T0, updated_at=T0, last_activity_at=T0, epoch="e")
+    welcome = Welcome("c_1", metadata, "e", 0, False, 0, ["batch"], 1000)
+    assert wire(welcome)["extensions"] == ["batch"] and wire(welcome)["max_batch_items"] == 1000
+    old = JSON.decode_server(JSON.encode(Welcome("c_1", metadata, "e", 0, False, 0)))
+    assert isinstance(old, Welcome) and (old.extensions, old.max_batch_items) == ([], 0)
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_a_batch_frame_decodes_on_both_codecs(codec: Any) -> None:
+    frame = {
+        "type": "batch",
+        "id": 7,
+        "items": [
+            {"event": {"type": "token", "content": "a"}, "key": "k1"},
+            {
+                "message": {
+                    "role": "user",
+                    "content": "hi",
+                    "created_at": "2024-05-01T14:00:00+02:00",
+                }
+            },
+            {"event": {"type": "token", "content": "b"}, "key": ""},
+        ],
+    }
+    data = msgspec.json.encode(frame) if codec is JSON else msgspec.msgpack.encode(frame)
+    decoded = codec.decode_client(data)
+    assert isinstance(decoded, PublishBatch) and decoded.id == 7
+    first, second, third = decoded.items
+    assert first == BatchItem(event=Token("a"), key="k1")
+    assert second.event is None and second.message is not None
+    assert second.message.created_at == T0  # brought to UTC, as on a message frame
+    assert third.key is None  # an empty key is no key
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        ([], "at least one item"),
+        ([{}], "items[0]: an item holds exactly one of event and message"),
+        ([{"event": {"type": "custom", "name": "n", "data": float("inf")}}], "items[0]: value"),
+    ],
+)
+def test_bad_batches_name_the_item(items: list[Any], says: str) -> None:
+    data = msgspec.msgpack.encode({"type": "batch", "id": "b", "items": items})
+    with pytest.raises(ProtocolError) as refused:
+        MSGPACK.decode_client(data)
+    assert says in refused.value.message and refused.value.request_id == "b"
 
 
 def test_raw_event_is_spliced_as_is() -> None:

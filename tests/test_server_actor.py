@@ -12,10 +12,10 @@ import pytest
 
 from bamboo_session.persistence import Appended, MemoryStorage, SessionClosed
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Ack, Closed, EventFrame, Welcome
+from bamboo_session.protocol.frames import Ack, Acks, Closed, Error, EventFrame, Welcome
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from bamboo_session.server.actor import SessionActor
-from bamboo_session.server.commands import Append, Attach, Detach, SetState
+from bamboo_session.server.commands import Append, Attach, BatchReply, Detach, Inbox, SetState
 from bamboo_session.server.manager_config import SessionManagerConfig
 from bamboo_session.server.metrics import Metrics
 from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox, OutboxItem
@@ -197,3 +197,56 @@ async def test_a_session_that_expires_while_attached_is_closed_4404() -> None:
         assert isinstance(items[2], CloseRequest) and items[2].code == CloseCode.NOT_FOUND
     finally:
         await storage.close()
+
+
+# -- the items of a batch frame ---------------------------------------------------------
+
+
+def batch_of(outbox: Outbox, texts: list[str], request_id: int) -> list[Append]:
+    """The appends a connection makes of a batch frame's items (server/connection.py)."""
+    reply = BatchReply(outbox, request_id, len(texts))
+    outbox.in_flight += 1  # one reply: one request in flight
+    return [Append(AgentEvent.token(t), None, outbox, None, batch=reply) for t in texts]
+
+
+async def test_a_batch_is_answered_once_with_every_seq(store: MemoryStorage) -> None:
+    actor = await spawn(store)
+    publisher, _ = await attach(actor, "p")
+    viewer, _ = await attach(actor, "v")
+    await next_items(publisher, 2)  # welcome, presence of the viewer
+    await next_items(viewer, 1)
+    await actor.submit_batch(batch_of(publisher, ["a", "b", "c"], 7))
+    (acks,) = await next_items(publisher, 1)
+    assert isinstance(acks, Outbound) and acks.frame == Acks([1, 2, 3], id=7)
+    assert publisher.in_flight == 0
+    assert event_seqs(await next_items(viewer, 3)) == [1, 2, 3]
+    await asyncio.sleep(0.01)
+    assert len(publisher) == 0  # none of its own events
+
+
+async def test_a_batch_refused_by_the_store_gets_one_error(store: MemoryStorage) -> None:
+    actor = await spawn(store)
+    outbox = Outbox("p", "client", limit=1000)  # a peer whose attach raced the close
+    await store.update_session_state("s", SessionState.CLOSED)  # by another process
+    await actor.submit_batch(batch_of(outbox, ["a", "b", "c"], 8))
+    (error,) = await next_items(outbox, 1)
+    assert isinstance(error, Outbound) and isinstance(error.frame, Error)
+    assert (error.frame.code, error.frame.id) == ("closed", 8)
+    await asyncio.sleep(0.01)
+    assert len(outbox) == 0 and outbox.in_flight == 0  # one reply, settled once
+    assert await store.last_seq("s") == 0
+
+
+def test_the_inbox_never_splits_a_batch() -> None:
+    inbox = Inbox(limit=10)
+    outbox = Outbox("p", "client", limit=1000)
+    for i in range(3):
+        inbox.append(Append(AgentEvent.token(str(i))))
+    first, second = batch_of(outbox, ["a", "b", "c"], 1), batch_of(outbox, ["d", "e"], 2)
+    for command in [*first, *second]:
+        inbox.append(command)
+    assert inbox.has_room(2) and not inbox.has_room(3)  # items count, not frames
+    taken = inbox.take_batch(4)  # three singles and the first item of a batch...
+    assert taken[3:] == first  # ... and the rest of that batch, never the next one
+    assert inbox.take_batch(1) == second
+    assert len(inbox) == 0 and inbox.has_room(1000)  # an empty inbox takes any batch

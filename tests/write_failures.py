@@ -1,7 +1,8 @@
 """Appending past a file-size limit, shared by the tests of every file-backed store.
 
 The child's side, :func:`write_past_limit`: in a child process, with RLIMIT_FSIZE at
-``limit`` bytes, append events and messages in concurrent waves until appends fail,
+``limit`` bytes, append events, messages and batches of several events (one
+``append_events`` call, stored whole or not at all) in concurrent waves until appends fail,
 check that failed appends move nothing, lift the limit, append again, and print a
 report as one JSON line. The parent's side, :func:`check_report`: the acknowledged
 appends are gap-free, none of them is among the failed, and the store holds exactly
@@ -37,17 +38,30 @@ async def write_past_limit(
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     payload = "x" * 300
 
-    async def append(tag: str, message: bool) -> None:
+    async def append(tag: str, message: bool, size: int = len(payload)) -> None:
+        text = tag + "x" * size
         try:
             if message:
-                appended = await storage.append_message(SESSION, Message.user(tag + payload))
+                appended = await storage.append_message(SESSION, Message.user(text))
             else:
-                appended = await storage.append_event(SESSION, AgentEvent.token(tag + payload))
+                appended = await storage.append_event(SESSION, AgentEvent.token(text))
         except StorageError as exc:
             failed.append(tag)
             reasons.add(reason_of(exc))
         else:
             acked.append((appended.seq, tag, message))
+
+    async def append_batch(tags: list[str], size: int = len(payload)) -> None:
+        items = [(AgentEvent.token(tag + "x" * size), None) for tag in tags]
+        try:
+            results = await storage.append_events(SESSION, items)
+        except StorageError as exc:
+            failed.extend(tags)
+            reasons.add(reason_of(exc))
+        else:
+            acked.extend(
+                (result.seq, tag, False) for result, tag in zip(results, tags, strict=True)
+            )
 
     # Concurrent waves: the batch that crosses the limit fails, and so do the appends
     # queued behind it.
@@ -56,13 +70,20 @@ async def write_past_limit(
         wave += 1
         tasks = []
         for i in range(8):
-            tasks.append(asyncio.create_task(append(f"w{wave}.{i}|", i % 4 == 0)))
+            if i % 4 == 2:
+                tags = [f"w{wave}.{i}.{j}|" for j in range(3)]
+                tasks.append(asyncio.create_task(append_batch(tags)))
+            else:
+                tasks.append(asyncio.create_task(append(f"w{wave}.{i}|", i % 4 == 0)))
             if i % 3 == 2:  # let the writer take what is queued, so batches overlap
                 await asyncio.sleep(0.0003)
         await asyncio.gather(*tasks)
     last_before = await storage.last_seq(SESSION)
-    for i in range(5):  # still over the limit: every one fails, and nothing moves
-        await append(f"again{i}|", i % 2 == 0)
+    # Still over the limit (the failed wave was cut back, and what room it left is less
+    # than the limit): every one fails, and nothing moves.
+    for i in range(5):
+        await append(f"again{i}|", i % 2 == 0, size=limit)
+    await append_batch(["again.b0|", "again.b1|"], size=limit // 2)
     still_failing = await storage.last_seq(SESSION) == last_before
 
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))

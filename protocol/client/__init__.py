@@ -5,14 +5,16 @@ drops: when the connection ends for a reason docs/protocol.md says to resume fro
 1011, 1012, 1013, 4408, 4429, or a network failure), it reconnects with exponential
 backoff and full jitter, sends ``hello`` with ``last_seq`` and ``epoch``, and resends
 every unanswered request in its original order before any new one. Publishes always
-carry an idempotency key, so a resent publish is stored once. Every ``event`` frame is
+carry an idempotency key, so a resent publish is stored once; publishes that queue up
+together go as one ``batch`` frame when the server offers it. Every ``event`` frame is
 checked for gaps and duplicates (:class:`SequenceError`); a reconnect that the server
 cannot resume is yielded by :meth:`BambooClient.events` as a :class:`Reset`.
 
 The modules, each on its own:
 
 - :mod:`.api`: :class:`BambooClient`, the public calls;
-- :mod:`.link`: the connection loop: read, resend, reconnect with backoff;
+- :mod:`.link`: the connection loop: read, send and resend, reconnect with backoff;
+- :mod:`.outgoing`: publishes encoded once, framed alone or in batches (no I/O);
 - :mod:`.handshake`: one connection: the stream URL, upgrade, ``hello``, ``welcome``;
 - :mod:`.state`: what the client knows of the session, fed every server frame (no I/O);
 - :mod:`.sequence`: the gap and duplicate check (no I/O);

@@ -235,7 +235,12 @@ class BambooClient:
     async def publish(self, event: AnyAgentEvent, key: str | None = None) -> int:
         """Append ``event`` to the session's log; its ``seq``. ``key`` (an idempotency
         key, generated when not given) makes retries safe: the same key within the
-        server's window returns the first ``seq`` instead of appending again."""
+        server's window returns the first ``seq`` instead of appending again.
+
+        Publishes that queue up together (made by several tasks at once, or while the
+        connection is down) go out as one ``batch`` frame when the server offers it;
+        each still gets its own ``seq``, in the order of the calls. A lone publish goes
+        out at once, on its own."""
         request_id = self._next_id()
         frame = PublishEvent(event, id=request_id, key=key or uuid.uuid4().hex)
         reply: Ack = await self._link.request(request_id, frame, is_publish=True)

@@ -1,11 +1,18 @@
 """Link: keeps a client attached to its session across drops.
 
-One task per client reads the connection and hands every frame to :class:`.ClientState`.
-When the connection ends in a way worth retrying (:func:`.close_outcome`), the link
-reconnects with exponential backoff and full jitter (:class:`ReconnectPolicy`), with the
-``hello`` the state gives (resume from ``last_seq`` and ``epoch``), then resends every
-unanswered request in its original order before any new request goes out. Anything
-else ends the client through :meth:`Link.finish`.
+One task per client reads the connection and hands every frame to :class:`.ClientState`;
+a sender task per connection writes requests, in the order they were made. When the
+connection ends in a way worth retrying (:func:`.close_outcome`), the link reconnects
+with exponential backoff and full jitter (:class:`ReconnectPolicy`), with the ``hello``
+the state gives (resume from ``last_seq`` and ``epoch``), then resends every unanswered
+request in its original order before any new request goes out. Anything else ends the
+client through :meth:`Link.finish`.
+
+Requests wait for the sender in a queue; it takes whatever is there when it runs. A
+lone request goes out at once, with no wait for company; publishes that queued up
+together (made in one turn of the loop, or while the sender was writing, or before a
+reconnect) go as one ``batch`` frame when the server offers the extension
+(:mod:`.outgoing`).
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from ..errors import CloseCode
+from ..frames import PublishEvent, PublishMessage
 from .errors import ClientError, ConnectionLost, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
+from .outgoing import MAX_BATCH_ITEMS, Publish, batch_frame, plan, single_frame
+from .pending import PendingRequest
 from .state import ClientState
 
 log = logging.getLogger("bamboo_session.client")
@@ -70,6 +80,8 @@ class Link:
         self._ws: ClientConnection | None = None
         self._generation = 0  # counts connections; a request remembers the one it went on
         self._ready = False  # connected, and every earlier request resent
+        self._queued: list[PendingRequest] = []  # for the sender, oldest first
+        self._wakeup: asyncio.Future[None] | None = None  # set while the sender waits
         self._runner: asyncio.Task[None] | None = None
         self.reconnects = 0  # successful reconnects so far
         self.resent = 0  # requests sent again after a reconnect
@@ -96,26 +108,68 @@ class Link:
     # -- requests -----------------------------------------------------------------------
 
     async def request(self, request_id: int, frame: Any, is_publish: bool = False) -> Any:
-        """Send ``frame`` (now, or after the reconnect under way) and wait for its reply,
-        resending it after every reconnect until it comes."""
+        """Send ``frame`` (soon, or after the reconnect under way) and wait for its reply,
+        resending it after every reconnect until it comes. A publish is encoded here,
+        so that what cannot be encoded fails its caller, not the sender."""
         state = self.state
         if state.failure is not None:
             raise state.failure
+        if isinstance(frame, PublishEvent | PublishMessage):
+            frame = Publish(self.dialer.codec, frame)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         pending = state.pending.add(request_id, frame, future, is_publish)
+        # Queued for this connection's sender; if there is none (reconnecting), the
+        # next connection's sender takes it from the book with everything unanswered.
+        self._queued.append(pending)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
         try:
-            if self._ready and self._ws is not None:
-                # Sent now; if the connection drops first, the reconnect resends it.
-                pending.mark_sent(self._generation)
-                with contextlib.suppress(ConnectionClosed):
-                    await self._send(self._ws, frame)
             return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
         finally:
             state.pending.release(request_id)
 
-    async def _send(self, ws: ClientConnection, frame: Any) -> None:
-        codec = self.dialer.codec
-        await ws.send(codec.encode(frame), text=codec.text)
+    async def _send_all(self, ws: ClientConnection) -> None:
+        """This connection's sender: every request not yet sent on it, oldest first, then
+        new ones as they are queued, until the connection closes."""
+        generation = self._generation
+        book = self.state.pending
+        book.forget_batches()
+        self._queued = []  # the book lists them all, in order
+        queue = book.unsent(generation)
+        loop = asyncio.get_running_loop()
+        while True:
+            if queue:
+                await self._send(ws, queue, generation)
+            elif not self._queued:
+                self._ready = True  # everything from before this connection is resent
+                self._wakeup = loop.create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+            queue, self._queued = self._queued, []
+
+    async def _send(
+        self, ws: ClientConnection, queue: list[PendingRequest], generation: int
+    ) -> None:
+        """``queue`` on ``ws``, a frame per group of :func:`.plan`."""
+        codec, book = self.dialer.codec, self.state.pending
+        unsent = [p for p in queue if not p.settled and p.sent_on != generation]
+        for group in plan(unsent, min(MAX_BATCH_ITEMS, self.state.max_batch_items)):
+            for pending in group:
+                if pending.mark_sent(generation):
+                    self.resent += 1
+            first = group[0].frame
+            if len(group) > 1:
+                batch_id = book.next_id()
+                book.add_batch(batch_id, [p.frame.id for p in group])
+                data = batch_frame(codec, batch_id, [p.frame for p in group])
+            elif isinstance(first, Publish):
+                data = single_frame(codec, first)
+            else:
+                data = codec.encode(first)
+            await ws.send(data, text=codec.text)
 
     # -- the task -------------------------------------------------------------------------
 
@@ -164,13 +218,28 @@ class Link:
         return None, attempt
 
     async def _serve(self, ws: ClientConnection) -> Retry | None:
-        """Read ``ws`` while resending what is unanswered; the error to reconnect after,
-        or ``None`` when the client is finished."""
-        reader = asyncio.create_task(self._read(ws))
-        with contextlib.suppress(ConnectionClosed):  # the reader sees why, below
-            await self._resend(ws)
+        """Read ``ws`` while its sender writes; the error to reconnect after, or ``None``
+        when the client is finished."""
+        sender = asyncio.create_task(self._sender(ws))
         try:
-            await reader
+            return await self._read_until_closed(ws)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        try:
+            await self._send_all(ws)
+        except ConnectionClosed:
+            pass  # the reader sees why
+        except Exception as exc:  # a bug must not leave callers waiting forever
+            log.exception("client sender failed")
+            self.finish(ClientError(f"client failed: {exc!r}"))
+
+    async def _read_until_closed(self, ws: ClientConnection) -> Retry | None:
+        try:
+            await self._read(ws)
         except ConnectionClosed as exc:
             error = closed_outcome(exc, self.state.closed_reason)
             if isinstance(error, Retry):
@@ -192,17 +261,6 @@ class Link:
             and received.code == CloseCode.UNAUTHORIZED
             and self.dialer.refreshes_tokens
         )
-
-    async def _resend(self, ws: ClientConnection) -> None:
-        """Send every request not yet sent on this connection, oldest first, until none
-        is left; only then may new requests go out directly."""
-        generation = self._generation
-        while unsent := self.state.pending.unsent(generation):
-            for pending in unsent:
-                if pending.mark_sent(generation):
-                    self.resent += 1
-                await self._send(ws, pending.frame)
-        self._ready = True
 
     async def _read(self, ws: ClientConnection) -> None:
         decode = self.dialer.codec.decode_server

@@ -6,6 +6,11 @@ after a reconnect :meth:`PendingRequests.unsent` lists, oldest first, what the n
 connection must resend before anything new goes out. A publish whose caller stopped
 waiting (cancelled, timed out) stays until answered: it may already be stored, and its
 seq must be accounted for by the sequence check.
+
+Publishes sent together in one ``batch`` frame stay separate requests here, each with
+its own id; the book also knows which went in which batch (by the batch frame's id) for
+as long as that connection lasts, so that the batch's one reply answers each of them.
+A reconnect forgets the batches: their publishes are resent, perhaps grouped otherwise.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from ..frames import RequestId
 class PendingRequest:
     """A request waiting for its reply; resent after a reconnect until answered."""
 
-    __slots__ = ("frame", "future", "is_publish", "sent_on")
+    __slots__ = ("frame", "future", "is_publish", "sent_on", "settled")
 
     def __init__(self, frame: Any, future: asyncio.Future[Any], is_publish: bool) -> None:
         self.frame = frame
         self.future = future
         self.is_publish = is_publish
         self.sent_on = -1  # the connection generation it was last sent on; -1: never
+        self.settled = False  # out of the book: answered, or nobody waits any more
 
     def mark_sent(self, generation: int) -> bool:
         """It goes out on connection ``generation``; whether it went out before."""
@@ -44,6 +50,7 @@ class PendingRequests:
         # id order, which is the order requests must be (re)sent in.
         self._requests: dict[int, PendingRequest] = {}
         self._publishes = 0
+        self._batches: dict[int, list[int]] = {}  # a batch frame's id: its publishes' ids
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -69,7 +76,23 @@ class PendingRequests:
         pending = self._requests.pop(request_id, None)
         if pending is not None:
             self._publishes -= pending.is_publish
+            pending.settled = True
         return pending
+
+    # -- batches --------------------------------------------------------------------------
+
+    def add_batch(self, batch_id: int, request_ids: list[int]) -> None:
+        """Publishes ``request_ids`` went out together, as batch frame ``batch_id``."""
+        self._batches[batch_id] = request_ids
+
+    def take_batch(self, batch_id: RequestId) -> list[int] | None:
+        """The ids of the publishes in batch ``batch_id`` (whose reply came), or None
+        when no such batch is out on this connection."""
+        return self._batches.pop(batch_id, None) if isinstance(batch_id, int) else None
+
+    def forget_batches(self) -> None:
+        """A new connection: no reply to an earlier connection's batch will come."""
+        self._batches.clear()
 
     def answer(
         self, request_id: RequestId, result: Any = None, error: BaseException | None = None
@@ -102,8 +125,10 @@ class PendingRequests:
     def fail_all(self, error: BaseException) -> None:
         """Fail every request still waiting with ``error``, and forget them all."""
         for pending in self._requests.values():
+            pending.settled = True
             if not pending.future.done():
                 pending.future.set_exception(error)
                 pending.future.exception()  # retrieved: no warning if nobody awaits it
         self._requests.clear()
+        self._batches.clear()
         self._publishes = 0

@@ -19,6 +19,7 @@ import msgspec
 
 from ..frames import (
     Ack,
+    Acks,
     Closed,
     Error,
     EventFrame,
@@ -58,6 +59,7 @@ class ClientState:
         self.connections = 0  # connections attached to the session (from presence)
         self.closed_reason: str | None = None  # from the server's closed frame
         self.failure: ClientError | None = None  # why this client is finished
+        self.max_batch_items = 0  # publishes one batch frame may hold here; 0: no batches
 
     # -- attaching ------------------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class ClientState:
         self.connections = welcome.session.connections
         self.closed_reason = None
         self.epoch = welcome.epoch
+        self.max_batch_items = welcome.max_batch_items if "batch" in welcome.extensions else 0
         if asked_after is None:
             self.sequence.reset(welcome.last_seq)  # live events only, from here
         elif not welcome.resumed:
@@ -109,19 +112,39 @@ class ClientState:
                 if request is not None and request.is_publish:
                     self.sequence.ack(seq, duplicate)
                 self._answer(request_id, frame)
+            case Acks(id=batch_id, seqs=seqs, duplicates=duplicates):
+                self._answer_batch(batch_id, seqs, duplicates)
             case History() | Events() | Pong():
                 self._answer(frame.id, frame)
             case Error(id=request_id, code=code, message=message):
                 if request_id is None:
                     log.warning("error from the server: %s: %s", code, message)
-                else:
-                    self._answer(request_id, error=RequestError(code, message))
+                    return
+                # A batch's error is each of its publishes' (none of them was stored).
+                batch: list[Any] | None = pending.take_batch(request_id)
+                for each in batch or [request_id]:
+                    self._answer(each, error=RequestError(code, message))
             case Presence(connections=connections):
                 self.connections = connections
             case Closed(reason=reason):
                 self.closed_reason = reason
             case Welcome():
                 log.warning("unexpected second welcome ignored")
+
+    def _answer_batch(self, batch_id: Any, seqs: list[int], duplicates: list[int]) -> None:
+        """A batch's ``acks``: each of its publishes answered as by its own ``ack``."""
+        request_ids = self.pending.take_batch(batch_id)
+        if request_ids is None:
+            log.debug("acks of no batch out: %r", batch_id)
+            return
+        if len(seqs) != len(request_ids):
+            raise ClientError(f"acks with {len(seqs)} seqs for a batch of {len(request_ids)}")
+        duplicated = set(duplicates)
+        for index, (request_id, seq) in enumerate(zip(request_ids, seqs, strict=True)):
+            duplicate = index in duplicated
+            if self.pending.get(request_id) is not None:
+                self.sequence.ack(seq, duplicate)
+            self._answer(request_id, Ack(seq, id=request_id, duplicate=duplicate))
 
     def _answer(self, request_id: Any, result: Any = None, error: Exception | None = None) -> None:
         request = self.pending.answer(request_id, result, error)

@@ -1,0 +1,119 @@
+"""Outgoing publishes: each encoded once, when the caller publishes, then framed on its
+own or, with others queued beside it, in one ``batch`` frame. No I/O.
+
+A :class:`Publish` keeps its event's (or message's) encoding and its key for as long as
+it is unanswered, so a resend after a reconnect is the same bytes under the same key,
+in whatever frame it then goes. :func:`plan` groups a queue of requests, in order, into
+what goes out as one frame: a run of publishes up to a count and a byte size, and
+every other request alone. A publish the server would refuse (a value not every codec
+carries, a key over 128 characters) is never batched, so it is refused alone, as it
+would be without batches, and takes no other publish with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import msgspec
+
+from ..codec import Codec, check_content
+from ..errors import ProtocolError
+from ..frames import PublishEvent, PublishMessage
+from .pending import PendingRequest
+
+MAX_BATCH_ITEMS: Final = 100  # publishes in one batch frame, at most
+# Bytes of encoded publishes in one batch frame, at most: well under any frame limit a
+# server would set (1 MiB by default). A larger publish goes alone.
+MAX_BATCH_BYTES: Final = 64 * 1024
+_MAX_KEY: Final = 128  # characters, as the server checks
+_ITEM_OVERHEAD: Final = 24  # an item's braces, field names and separators, about
+
+
+class Publish:
+    """An ``event`` or ``message`` request, its body encoded once for the connection's
+    codec."""
+
+    __slots__ = ("batchable", "body", "id", "is_message", "key", "size")
+
+    def __init__(self, codec: Codec, frame: PublishEvent | PublishMessage) -> None:
+        assert frame.key is not None and isinstance(frame.id, int)
+        self.id: int = frame.id
+        self.key: str = frame.key
+        self.is_message = isinstance(frame, PublishMessage)
+        event = frame.event if isinstance(frame, PublishEvent) else None
+        message = frame.message if isinstance(frame, PublishMessage) else None
+        try:
+            check_content(event, message, frame.id)  # (also brings created_at to UTC)
+            self.batchable = len(self.key) <= _MAX_KEY
+        except ProtocolError:
+            self.batchable = False  # the server refuses it: alone, so only it
+        self.body = codec.encode(message if message is not None else event)
+        self.size = len(self.body) + len(self.key) + _ITEM_OVERHEAD
+
+
+class _EventFrame(msgspec.Struct, tag="event", tag_field="type"):
+    event: msgspec.Raw
+    id: int
+    key: str
+
+
+class _MessageFrame(msgspec.Struct, tag="message", tag_field="type"):
+    message: msgspec.Raw
+    id: int
+    key: str
+
+
+class _Item(msgspec.Struct, omit_defaults=True):
+    event: msgspec.Raw | None = None
+    message: msgspec.Raw | None = None
+    key: str | None = None
+
+
+class _BatchFrame(msgspec.Struct, tag="batch", tag_field="type"):
+    id: int
+    items: list[_Item]
+
+
+def single_frame(codec: Codec, publish: Publish) -> bytes:
+    """The ``event`` or ``message`` frame of one publish."""
+    body = msgspec.Raw(publish.body)
+    if publish.is_message:
+        return codec.encode_envelope(_MessageFrame(body, publish.id, publish.key))
+    return codec.encode_envelope(_EventFrame(body, publish.id, publish.key))
+
+
+def batch_frame(codec: Codec, batch_id: int, publishes: Sequence[Publish]) -> bytes:
+    """One ``batch`` frame of several publishes, in order; ``batch_id`` is its own id."""
+    items = [
+        _Item(message=msgspec.Raw(p.body), key=p.key)
+        if p.is_message
+        else _Item(event=msgspec.Raw(p.body), key=p.key)
+        for p in publishes
+    ]
+    return codec.encode_envelope(_BatchFrame(batch_id, items))
+
+
+def plan(
+    queue: Sequence[PendingRequest], max_items: int, max_bytes: int = MAX_BATCH_BYTES
+) -> Iterator[list[PendingRequest]]:
+    """``queue`` in order, in groups of one frame each: consecutive batchable publishes
+    together, up to ``max_items`` (0 or 1: no batches) and about ``max_bytes``; every
+    other request alone. A lone publish is a group of one, sent as its own frame."""
+    group: list[PendingRequest] = []
+    size = 0
+    for pending in queue:
+        frame = pending.frame
+        if not (isinstance(frame, Publish) and frame.batchable and max_items > 1):
+            if group:
+                yield group
+                group, size = [], 0
+            yield [pending]
+            continue
+        if group and (len(group) >= max_items or size + frame.size > max_bytes):
+            yield group
+            group, size = [], 0
+        group.append(pending)
+        size += frame.size
+    if group:
+        yield group
