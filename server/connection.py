@@ -41,11 +41,12 @@ from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
 from .commands import Append, BatchReply, SetState
-from .failures import failure_of, request_error
+from .failures import request_error
 from .handshake import attach, read_hello
 from .limits import FrameLimiter
 from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
 from .pages import events_reply, history_reply
+from .replay import send_replay
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -311,44 +312,16 @@ class Connection:
                 return
 
     async def _replay(self, replay: Replay) -> None:
-        """A resume's missed events, a page at a time (server/replay.py), each written
-        before the next is read. The peer has ``replay_page_timeout`` to take each page
-        (the first one included, so a 4429 here always comes after some progress): one
-        that does not is closed with 4429, since it is what holds the page in memory.
-        A replay whose outbox is closing goes no further."""
-        assert self.outbox is not None
-        outbox, ws = self.outbox, self.ws
-        deadline = self.services.config.replay_page_timeout
-        position, through = replay.after, replay.through
-        while position < through and outbox.closing is None:
-            try:
-                frames, position = await self._replay_frames(position, through)
-            except StorageError as exc:
-                log.warning("replay failed", error=str(exc))
-                failure = failure_of(exc)
-                outbox.drop(failure.close, failure.reason)  # live events cannot follow a gap
-                return
-            if not frames or outbox.closing is not None:
-                return
-            try:
-                async with asyncio.timeout(deadline):
-                    await send_frames(ws, frames)
-            except TimeoutError:
-                outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
-                return
-            self.frames_out += len(frames)
-            del frames  # not held while the next page is read
-
-    async def _replay_frames(self, after: int, through: int) -> tuple[list[bytes], int]:
-        """The next page of a replay as this connection's frames, and the seq it ends
-        at. The page's events (decoded, or shared with the ring and other resumers) go
-        with this call: what a stalled peer holds is the frames, no more."""
-        assert self.actor is not None
-        page = await self.actor.replay_reads.page(after, through, self.services.page_reads)
-        if not page:
-            return [], after
-        codec = self.codec
-        return [out.framed(codec) for out in page], page[-1].seq
+        assert self.outbox is not None and self.actor is not None
+        self.frames_out += await send_replay(
+            replay,
+            self.actor.replay_reads,
+            self.services.page_reads,
+            self.outbox,
+            self.ws,
+            self.codec,
+            self.services.config.replay_page_timeout,
+        )
 
     def framed(self, out: Outbound) -> bytes:
         """``out`` as this connection's codec frames it (for the flusher's sink)."""

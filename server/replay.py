@@ -8,6 +8,8 @@ read, and resumers that ask for the same start meanwhile wait for it (after a re
 the viewers of a session all resume at once from the same seq). A page that reaches up
 to where the ring begins then goes in front of the ring (``SessionRoom.seed_ring``), so
 that resumers who come later replay it from memory.
+
+``send_replay`` sends a connection's replay, page after page, each within a deadline.
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Final
 
-from bamboo_session.persistence.base import EventStorage
+import structlog
+from websockets.asyncio.server import ServerConnection
 
+from bamboo_session.persistence.base import EventStorage, StorageError
+from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.errors import CloseCode
+
+from .failures import failure_of
 from .metrics import Metrics
-from .outbox import Outbound
+from .outbox import Outbound, Outbox, Replay, send_frames
 from .room import REPLAY_PAGE, SessionRoom
+
+log = structlog.get_logger("bamboo_session.replay")
 
 REPLAY_PAGE_BYTES: Final = 1024 * 1024
 
@@ -105,3 +115,51 @@ class ReplayReads:
             self.session_id, after_seq=after, limit=limit, max_bytes=REPLAY_PAGE_BYTES
         )
         return [Outbound.for_event(event) for event in stored]
+
+
+async def send_replay(
+    replay: Replay,
+    reads: ReplayReads,
+    slots: asyncio.Semaphore,
+    outbox: Outbox,
+    ws: ServerConnection,
+    codec: Codec,
+    page_timeout: float,
+) -> int:
+    """Send a resume's missed events on ``ws``, a page at a time, each written before
+    the next is read; the number of frames sent. The peer has ``page_timeout`` to take
+    each page (the first one included, so a 4429 here always comes after some
+    progress): one that does not is closed with 4429, since it is what holds the page
+    in memory. A replay whose outbox is closing goes no further."""
+    position, through, sent = replay.after, replay.through, 0
+    while position < through and outbox.closing is None:
+        try:
+            frames, position = await _page_frames(reads, slots, codec, position, through)
+        except StorageError as exc:
+            log.warning("replay failed", error=str(exc))
+            failure = failure_of(exc)
+            outbox.drop(failure.close, failure.reason)  # live events cannot follow a gap
+            return sent
+        if not frames or outbox.closing is not None:
+            return sent
+        try:
+            async with asyncio.timeout(page_timeout):
+                await send_frames(ws, frames)
+        except TimeoutError:
+            outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
+            return sent
+        sent += len(frames)
+        del frames  # not held while the next page is read
+    return sent
+
+
+async def _page_frames(
+    reads: ReplayReads, slots: asyncio.Semaphore, codec: Codec, after: int, through: int
+) -> tuple[list[bytes], int]:
+    """The next page of a replay as this connection's frames, and the seq it ends at.
+    The page's events (decoded, or shared with the ring and other resumers) go with
+    this call: what a stalled peer holds is the frames, no more."""
+    page = await reads.page(after, through, slots)
+    if not page:
+        return [], after
+    return [out.framed(codec) for out in page], page[-1].seq
