@@ -32,8 +32,8 @@ class Group:
     new_size: int = 0
     error: OSError | None = None
     ok: bool = False  # written (and synced, in fsync mode): may be acknowledged
-    open_log: OpenLog | None = None
-    size_before: int = 0
+    open_log: OpenLog | None = None  # the descriptor written to
+    size_before: int = 0  # the log's good size before this batch: where a cut goes
 
 
 @dataclass(slots=True)
@@ -56,31 +56,32 @@ class OpenLog:
 
 @dataclass(slots=True)
 class Commit:
-    """One batch between its halves: what :meth:`LogFiles.write` did on the loop's
-    thread, and what :meth:`LogFiles.finish` must still do on the I/O thread."""
+    """One batch between its steps (``commits.py``): what ``write`` did, and what
+    ``finish`` must still do, on the I/O thread or in the sync helper."""
 
     groups: list[Group]
     forgets: Sequence[Forget]
-    written: list[tuple[Group, OpenLog, int]] = field(default_factory=list)  # (.., size before)
-    cuts: list[tuple[Group, OpenLog, int]] = field(default_factory=list)  # to cut back
-    wal_written: bool = False  # the records are in the segment, unsynced
-    wal_before: int = 0  # the segment's size before them
-    wal_error: OSError | None = None  # their write failed
+    written: list[Group] = field(default_factory=list)  # whole in their logs
+    cuts: list[Group] = field(default_factory=list)  # to cut back to their size_before
+    # The WAL records went into the segment (unsynced; when ``wal_error``, perhaps in
+    # part): its size before them, to sync from or to cut back to.
+    wal_before: int | None = None
+    wal_error: OSError | None = None
     wal_data: bytes = b""  # the records, when a new segment must start first
     sync_logs: bool = False  # ``fsync`` without the WAL: every written log
     failed: bool = False  # something unexpected: nothing of the batch may stay
+    cut_done: bool = False  # ``finish`` ran: whatever failed is cut back
 
     @property
     def only_wal_sync(self) -> bool:
         """All that is left is syncing the WAL records written (the common commit)."""
-        return self.wal_written and not (
+        return self.wal_before is not None and not (
             self.cuts or self.wal_error or self.wal_data or self.sync_logs or self.failed
         )
 
     @property
     def blocks(self) -> bool:
-        """Whether :meth:`LogFiles.finish` has anything to do (in ``os`` mode only after
-        a failure)."""
-        return bool(self.cuts or self.wal_written or self.wal_data or self.sync_logs) or (
-            self.failed
+        """Whether ``finish`` has anything to do (in ``os`` mode, only after a failure)."""
+        return bool(self.cuts or self.wal_data or self.sync_logs or self.failed) or (
+            self.wal_before is not None
         )

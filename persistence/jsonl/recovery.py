@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
-from . import checkpoint, snapshot, wal
+from . import checkpoint, snapshot, wal_replay
 from .checkpoint import CheckpointDamaged, LegacyCheckpoint
 from .config import JsonlStorageConfig
 from .files import fsync_dir, unlink_quietly
@@ -84,9 +84,9 @@ class _Recovery:
         checkpoint_ids, deleted = self._scan_sessions_dir()
         if self.writable:
             # Before the logs are read: a log may lack acknowledged lines only the WAL holds.
-            replayed = wal.replay(self.layout, checkpoint_ids)
+            replayed = wal_replay.replay(self.layout, checkpoint_ids)
             self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
-            wal.discard_segments(self.layout, replayed)
+            wal_replay.discard_segments(self.layout, replayed)
             self.report.wal_segments = replayed.segments
             self.report.wal_events_replayed = replayed.events_replayed
             self.report.damaged += replayed.damaged

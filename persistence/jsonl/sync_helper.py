@@ -2,11 +2,13 @@
 writer (``syncer.py`` starts it and talks to it).
 
 Run by path, not as a module, so that it imports the standard library only:
-``python -I sync_helper.py FD``, where FD is its end of a ``SOCK_SEQPACKET`` socket pair.
+``python -I -S sync_helper.py FD``, where FD is its end of a ``SOCK_SEQPACKET`` socket pair.
 Each message it reads is one request:
 
 - ``F`` with a descriptor attached (``SCM_RIGHTS``): from now on, sync that file (the
-  current WAL segment); the previous descriptor is closed. No answer.
+  current WAL segment); the previous descriptor is closed. No answer. An ``F`` whose
+  descriptor did not arrive (the helper out of descriptors: ``MSG_CTRUNC``) ends the
+  helper: syncing the previous file instead would report unsynced records as synced.
 - ``S``: ``fdatasync`` the current file; the answer is 4 bytes, the ``errno`` of the
   failure as a little-endian integer, or 0.
 
@@ -27,10 +29,12 @@ import sys
 def serve(channel: socket.socket) -> None:
     current = -1
     while True:
-        request, fds, _flags, _address = socket.recv_fds(channel, 16, 1)
+        request, fds, flags, _address = socket.recv_fds(channel, 16, 1)
         if not request:
             return
-        if request == b"F" and fds:
+        if request == b"F":
+            if len(fds) != 1 or flags & socket.MSG_CTRUNC:
+                return
             if current >= 0:
                 os.close(current)
             current = fds[0]

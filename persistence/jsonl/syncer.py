@@ -52,7 +52,8 @@ class Syncer:
             return None
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", str(_HELPER), str(theirs.fileno())],
+                # -I -S: no environment, no site packages: the standard library only.
+                [sys.executable, "-I", "-S", str(_HELPER), str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -65,22 +66,35 @@ class Syncer:
         ours.setblocking(False)
         return cls(ours, process)
 
+    def use(self, key: object, fd: int) -> None:
+        """Have the helper sync the file ``fd`` refers to from now on (``key`` names it;
+        the helper closes its descriptor of the previous one)."""
+        if self.broken or key is self._file or fd < 0:
+            return
+        try:
+            socket.send_fds(self._channel, [b"F"], [fd])
+        except OSError as exc:
+            self._break(exc)
+            return
+        self._file = key
+
     async def sync(self, key: object, fd: int) -> OSError | None:
-        """``fdatasync`` the file ``fd`` refers to (``key`` names it: a new key hands the
-        helper a new descriptor). The error, when the sync failed or the helper is gone
-        (then nothing may be assumed synced)."""
+        """``fdatasync`` the file ``fd`` refers to. The error, when the sync failed or
+        the helper is gone (then nothing may be assumed synced). A cancelled sync drops
+        the helper: its answer may still come, and would be taken for the next one's."""
+        self.use(key, fd)
         if self.broken:
             return OSError(errno.EIO, "the WAL sync helper stopped")
         waiter = self._waiter = self._loop.create_future()
         try:
-            if key is not self._file:
-                socket.send_fds(self._channel, [b"F"], [fd])
-                self._file = key
             self._channel.send(b"S")
             code = await waiter
         except OSError as exc:
             self._break(exc)
             return OSError(errno.EIO, f"the WAL sync helper stopped: {exc}")
+        except asyncio.CancelledError:
+            self._break(RuntimeError("a sync was cancelled"))
+            raise
         finally:
             self._waiter = None
         return OSError(code, os.strerror(code)) if code else None
@@ -107,13 +121,15 @@ class Syncer:
             self.broken = True
             log.error("the WAL sync helper failed (%s); syncing on a thread from now on", cause)
             self._loop.remove_reader(self._channel.fileno())
+            self._channel.close()  # a helper still running sees the end and exits
+            self._process.poll()  # reaped now if it is already gone
 
     async def close(self) -> None:
         """Close the socket: the helper sees the end of its stream and exits."""
         if not self.broken:
             self._loop.remove_reader(self._channel.fileno())
             self.broken = True
-        self._channel.close()
+            self._channel.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(self._process.wait, 10.0)
         if self._process.poll() is None:

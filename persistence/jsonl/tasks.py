@@ -89,10 +89,11 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-async def to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile (then the
-    cancellation is raised after it ends): for file work that must not stop halfway."""
-    task = asyncio.ensure_future(coroutine)
+async def to_completion(work: Awaitable[T]) -> T:
+    """Run ``work`` (a coroutine, or a future such as an ``IoThread`` call) to its end
+    even if the caller is cancelled meanwhile (then the cancellation is raised after it
+    ends): for file work that must not stop halfway."""
+    task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:

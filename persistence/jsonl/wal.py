@@ -24,17 +24,11 @@ every session log written during the old one is synced, then the old segment is
 deleted. Segments are deleted strictly in order, and never before every log they cover
 is synced. A clean close syncs everything and deletes every segment.
 
-Replay (``replay``, at open, before the index is built): the records of all remaining
-segments, in order; a later record of a session starting at seq s replaces whatever
-earlier records held from s on (a failed batch's seqs are reused by the next one), and a
-deletion forgets the session's earlier records. Then for each session that still has a
-checkpoint, the log's valid lines are found from the offset of the first seq the
-segments hold; lines past the last seq the segments hold were written by a batch whose
-record never made it, so they were never acknowledged and are cut (``repair.py``: an
-ordinary crash, logged at info level); and the missing lines are appended from the
-segments, gap-free. Once those logs are synced, the segments are deleted.
+Replay at open is ``wal_replay.py``'s.
 
-Everything here blocks; it runs in worker threads.
+The segment is used by one step of a group commit at a time (``commits.py``): its
+``write`` runs on the event loop's thread for a small batch; ``sync``, ``cut_back`` and
+``rotate`` block, and run on the writer's I/O thread (or the sync helper syncs).
 """
 
 from __future__ import annotations
@@ -44,7 +38,6 @@ import logging
 import os
 import resource
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +45,6 @@ import msgspec
 
 from .files import datasync, fsync_dir, write_all
 from .layout import Layout
-from .repair import cut_tail
-from .scan import BrokenLine, decode_key, lines, raw_lines
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +61,7 @@ class _Record(msgspec.Struct, omit_defaults=True):
     epoch: str = ""  # of the deleted session: a re-created one has another
 
 
-class _ReadRecord(msgspec.Struct):
+class ReadRecord(msgspec.Struct):
     """A record as read back: each line of the log, verbatim."""
 
     sid: str
@@ -83,7 +74,7 @@ class _ReadRecord(msgspec.Struct):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(_ReadRecord)
+_decoder = msgspec.json.Decoder(ReadRecord)
 
 
 def encode_lines(session_id: str, first_seq: int, offset: int, data: bytes) -> bytes:
@@ -98,6 +89,10 @@ def encode_deleted(session_id: str, epoch: str) -> bytes:
     return _encoder.encode(_Record(session_id, deleted=True, epoch=epoch)) + b"\n"
 
 
+def decode_record(line: bytes) -> ReadRecord:
+    return _decoder.decode(line)
+
+
 # -- the writer's side -----------------------------------------------------------------
 
 
@@ -109,7 +104,7 @@ class Segment:
 
 
 class SegmentFile:
-    """The current segment, appended to by the writer's I/O thread only."""
+    """The current segment, appended to by one step of a group commit at a time."""
 
     def __init__(self, layout: Layout, segment_bytes: int, segment_age: float) -> None:
         self._layout = layout
@@ -252,174 +247,3 @@ def remove_segment(segment: Segment) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(segment.path)
     fsync_dir(segment.path.parent)
-
-
-# -- replay at open ----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Pending:
-    """What the segments hold for one session: seq -> (offset in the log, line)."""
-
-    lines: dict[int, tuple[int, bytes]] = field(default_factory=dict)
-    last: int = 0
-
-    def add(self, first_seq: int, offset: int, lines: list[bytes]) -> None:
-        # A record from seq s on supersedes earlier records from s on.
-        for seq in range(first_seq, self.last + 1):
-            self.lines.pop(seq, None)
-        for i, line in enumerate(lines):
-            self.lines[first_seq + i] = (offset, line)
-            offset += len(line) + 1
-        self.last = first_seq + len(lines) - 1
-
-
-@dataclass(slots=True)
-class ReplayReport:
-    segments: int = 0
-    events_replayed: int = 0
-    logs_cut: int = 0
-    records_ignored: int = 0
-    damaged: int = 0  # logs with damage kept aside (not an unacknowledged tail)
-    segments_kept: bool = False  # a log had lost lines the WAL no longer covers
-    # Sessions whose last record is their deletion, with the epoch deleted: a delete
-    # that may not have finished, for open to finish if the session is still that one.
-    deleted: dict[str, str] = field(default_factory=dict)
-    paths: list[Path] = field(default_factory=list)  # the segments replayed
-
-
-def discard_segments(layout: Layout, report: ReplayReport) -> None:
-    """Deletes the replayed segments, once open has acted on everything they said
-    (kept instead when a log had lost lines they no longer cover)."""
-    if report.segments_kept or not report.paths:
-        return
-    for path in report.paths:
-        os.unlink(path)
-    fsync_dir(layout.wal)
-
-
-def _records(path: Path, report: ReplayReport) -> Iterator[_ReadRecord]:
-    size = os.stat(path).st_size
-    end = 0
-    with open(path, "rb") as file:
-        for _start, end, raw in raw_lines(file, 0):
-            try:
-                record = _decoder.decode(raw)
-            except msgspec.DecodeError:
-                report.records_ignored += 1
-                log.error("WAL segment %s: a record before byte %d does not decode", path, end)
-                continue
-            if not record.deleted:
-                data = b"".join([bytes(line) + b"\n" for line in record.lines])
-                if not record.lines or zlib.crc32(data) != record.crc:
-                    report.records_ignored += 1
-                    log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
-                    continue
-            yield record
-    if size > end:
-        report.records_ignored += 1  # a torn last record: never acknowledged
-        log.info("WAL segment %s: ignoring a torn last record (%d bytes)", path, size - end)
-
-
-def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
-    """Bring every session log up to what the remaining segments hold (then
-    :func:`discard_segments` deletes them). ``has_checkpoint``: the sessions that exist
-    (a deleted one must not come back)."""
-    report = ReplayReport()
-    segments = layout.segments()
-    if not segments:
-        return report
-    pending: dict[str, _Pending] = {}
-    for _number, path in segments:
-        report.segments += 1
-        for record in _records(path, report):
-            if record.deleted:
-                pending.pop(record.sid, None)
-                report.deleted[record.sid] = record.epoch
-                continue
-            report.deleted.pop(record.sid, None)
-            entry = pending.get(record.sid)
-            if entry is None:
-                entry = pending[record.sid] = _Pending()
-            entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
-    for session_id in sorted(pending):
-        if session_id in has_checkpoint and pending[session_id].lines:
-            _replay_session(layout, session_id, pending[session_id], report)
-    if report.events_replayed or report.logs_cut:
-        fsync_dir(layout.events)
-    report.paths = [path for _number, path in segments]
-    if report.events_replayed:
-        log.warning(
-            "replayed %d events from %d WAL segments into the session logs",
-            report.events_replayed,
-            report.segments,
-        )
-    return report
-
-
-def _replay_session(
-    layout: Layout, session_id: str, pending: _Pending, report: ReplayReport
-) -> None:
-    path = layout.log(session_id)
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        size = -1
-    first = min(pending.lines)
-    first_offset = pending.lines[first][0]
-    # Everything before the first seq the segments hold was synced before an older
-    # segment was deleted: scan from there. If the log is shorter, scan it all.
-    if 0 <= first_offset <= size:
-        # Lines past the WAL's last seq for this session were written by a batch whose
-        # WAL record never made it: never acknowledged, so cut (a batch is all or none).
-        last, end = _valid_lines(path, first_offset, first - 1, upto_seq=pending.last)
-    else:
-        # Lines a deleted segment had covered are gone: data was lost below the WAL's
-        # reach. Say so, and keep the segments as evidence.
-        log.error(
-            "session %r: its log (%d bytes) is shorter than the WAL's first offset %d; "
-            "acknowledged events before seq %d are missing; WAL segments kept",
-            session_id,
-            size,
-            first_offset,
-            first,
-        )
-        report.segments_kept = True
-        last, end = _valid_lines(path, 0, 0) if size > 0 else (0, 0)
-    if size > end:
-        cut = cut_tail(layout, path, size, end, last)
-        report.logs_cut += 1
-        report.damaged += cut.damaged is not None
-    missing = []
-    seq = last + 1
-    while (entry := pending.lines.get(seq)) is not None:
-        missing.append(entry[1] + b"\n")
-        seq += 1
-    if not missing:
-        return
-    if seq <= pending.last:
-        log.error("session %r: the WAL lacks seq %d; replay stops there", session_id, seq)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o644)
-    try:
-        write_all(fd, b"".join(missing))
-        datasync(fd)
-    finally:
-        os.close(fd)
-    report.events_replayed += len(missing)
-    log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
-
-
-def _valid_lines(
-    path: Path, offset: int, after_seq: int, upto_seq: int | None = None
-) -> tuple[int, int]:
-    """(last seq, end offset) of the consecutive valid lines from ``offset``, where the
-    line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start), up to
-    ``upto_seq`` at most."""
-    last, end = after_seq, offset
-    with contextlib.suppress(FileNotFoundError, BrokenLine):
-        for head, _start, stop in lines(path, offset, after_seq, decode_key):
-            if last == upto_seq:
-                break
-            last, end = head.seq, stop
-    return last, end

@@ -41,23 +41,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from ..base import StorageError
 from .batch import Batch, Commit, Forget, Group
+from .commits import Committer
 from .config import Durability
 from .layout import Layout
 from .logfiles import LogFiles, sync_dups
 from .syncer import Syncer
-from .tasks import IoThread
+from .tasks import IoThread, to_completion
 from .wal import Segment, SegmentFile, remove_segment, sync_log
 
 log = logging.getLogger(__name__)
 
 SYNC_THREADS: Final = 8
+
+T = TypeVar("T")
 
 
 # (session id, [(where the batch's lines start in the log, batch)], new log size)
@@ -116,7 +119,11 @@ class LogWriter:
         self._closing = False
         self._io = IoThread("bamboo-log-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
-        self._files = LogFiles(layout, durability, max_open, self._wal, self._sync_pool)
+        self._files = LogFiles(layout, max_open, self._sync_pool)
+        self._commits = Committer(self._files, self._wal, durability)
+        # The files have one user at a time: a commit's steps, or the background sync
+        # handing out descriptors (``os`` mode), even while a step runs on a thread.
+        self._files_in_use = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_helper = sync_helper
         self._syncer: Syncer | None = None
@@ -236,41 +243,58 @@ class LogWriter:
                 entry[1].append(item)
         ordered = list(groups.values())
         forgets = [control.forget for control in controls if control.forget is not None]
-        commit = self._files.write([group for group, _ in ordered], forgets)
-        try:
-            if commit.blocks:
-                await _to_completion(self._finish(commit))
-        finally:
-            self.batches += 1
-            self._files.conclude(commit)
+        async with self._files_in_use:
+            await self._commit([group for group, _ in ordered], forgets)
             self._settle(ordered, controls)
             if self._files.unsynced_closing:
                 await self._in_thread(self._files.close_unsynced)
-            rotated = self._files.rotated
-            if rotated:
-                self._retire_queue.extend(rotated)
-                rotated.clear()
-                if self._retiring is None or self._retiring.done():
-                    self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+        rotated = self._commits.rotated
+        if rotated:
+            self._retire_queue.extend(rotated)
+            rotated.clear()
+            if self._syncer is not None and self._wal is not None:
+                # The helper lets go of the retired segment now, not at the next commit.
+                self._syncer.use(self._wal.current, self._wal.fd)
+            if self._retiring is None or self._retiring.done():
+                self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+
+    async def _commit(self, groups: list[Group], forgets: list[Forget]) -> None:
+        commits = self._commits
+        if commits.on_loop(groups):
+            commit = commits.write(groups, forgets)
+        else:
+            commit = await self._in_thread(commits.write, groups, forgets)
+        try:
+            if commit.blocks:
+                await to_completion(self._finish(commit))
+        finally:
+            self.batches += 1
+            commits.conclude(commit)
 
     async def _finish(self, commit: Commit) -> None:
         """What blocks: in the common commit only the WAL's sync, by the helper process;
-        anything else, or a failed sync (then the batch is cut back), on the I/O thread."""
+        anything else, or a failed sync (then the batch is cut back), on the I/O thread.
+        A cancelled sync fails the commit (``conclude`` then marks it for cutting): its
+        answer is unknown, and the helper is dropped, since the answer may still come."""
         syncer = self._syncer
-        if syncer is not None and not syncer.broken and commit.only_wal_sync:
-            assert self._wal is not None
-            commit.wal_error = await syncer.sync(self._wal.current, self._wal.fd)
-            if commit.wal_error is None:
-                return
         try:
-            await self._io.run(self._loop or asyncio.get_running_loop(), self._files.finish, commit)
+            if syncer is not None and not syncer.broken and commit.only_wal_sync:
+                assert self._wal is not None
+                commit.wal_error = await syncer.sync(self._wal.current, self._wal.fd)
+                if commit.wal_error is None:
+                    return
+            await self._in_thread(self._commits.finish, commit)
         except Exception:
             log.exception("log writer failed")
             commit.failed = True
+        except BaseException:
+            if not commit.cut_done:  # cancelled before the outcome was known
+                commit.failed = True
+            raise
 
-    async def _in_thread(self, function: Callable[..., None], *args: object) -> None:
+    async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = self._loop or asyncio.get_running_loop()
-        await _to_completion(self._io.run(loop, function, *args))
+        return await to_completion(self._io.run(loop, function, *args))
 
     async def _retire(self) -> None:
         """Delete retired segments, oldest first, each once every log it covers is
@@ -355,22 +379,12 @@ class LogWriter:
         sync threads sync them, a share each. On the I/O thread the syncs held every
         append queued behind them (p99 80 ms at 2,000 events/s over 200 sessions)."""
         loop = asyncio.get_running_loop()
-        taken = self._files.take_unsynced()
+        async with self._files_in_use:
+            taken = self._files.take_unsynced()
         shares = [taken[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(taken)))]
         await asyncio.gather(
             *(loop.run_in_executor(self._sync_pool, sync_dups, share) for share in shares)
         )
-
-
-async def _to_completion(work: Awaitable[None]) -> None:
-    """Run ``work`` to its end even when the caller is cancelled: a batch is settled
-    with what the disk really did, never with a guess."""
-    done = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(done)
-    except asyncio.CancelledError:
-        await asyncio.wait({done})
-        raise
 
 
 def _fail(future: asyncio.Future[None], error: BaseException) -> None:

@@ -1,0 +1,208 @@
+"""One group commit of the log writer, in three steps that the writer's task runs one
+after the other (so the files and the WAL segment have one user at a time):
+
+- ``write``: each session's share of the batch goes to its log with one ``write``, and
+  the batch's WAL records to the current segment with one more. A small batch
+  (``on_loop``: up to 64 KiB, no earlier failure to cut first) is written from the
+  event loop's thread: a write to the page cache costs microseconds, less than a
+  hand-off to a thread and back. A larger one is written on the writer's I/O thread, so
+  that a disk that throttles writers stalls that thread, not the loop.
+- ``finish``, only when something blocks: the WAL's sync (in the common commit, by the
+  sync helper process: see ``writer.py``), or on the I/O thread a new segment started
+  first, every written log synced (``fsync`` without the WAL), and whatever failed cut
+  back to the log's last good size, so that no torn or unacknowledged line survives a
+  failed append. In ``os`` mode a batch that did not fail has nothing to finish.
+- ``conclude``, on the loop's thread: what succeeded may be acknowledged; whatever
+  failed and could not be cut back is marked to be cut before its file's next write;
+  the descriptors of cut-back, deleted and least recently used logs are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from .batch import Commit, Forget, Group
+from .config import Durability
+from .files import write_all
+from .logfiles import LogFiles
+from .wal import Segment, SegmentFile, encode_deleted, encode_lines
+
+log = logging.getLogger(__name__)
+
+LOOP_WRITE_BYTES: Final = 64 * 1024
+
+
+class Committer:
+    """The steps of a group commit over the writer's files and WAL segment."""
+
+    def __init__(self, files: LogFiles, wal: SegmentFile | None, durability: Durability) -> None:
+        self.files = files
+        self.wal = wal
+        self._durability = durability
+        self.rotated: list[Segment] = []  # WAL segments left behind, for retirement
+
+    def on_loop(self, groups: list[Group]) -> bool:
+        """Whether ``write`` may run on the loop's thread: a small batch, and nothing an
+        earlier failure left to cut first (a cut syncs)."""
+        size = 0
+        for group in groups:
+            if group.session_id in self.files.needs_truncate:
+                return False
+            size += sum(len(batch.data) for batch in group.batches)
+        return size <= LOOP_WRITE_BYTES
+
+    def write(self, groups: list[Group], forgets: Sequence[Forget]) -> Commit:
+        """The first step: the lines and the WAL records to the page cache."""
+        commit = Commit(groups, forgets)
+        try:
+            for group in groups:
+                group.data = b"".join(batch.data for batch in group.batches)
+                self._write_group(group, commit)
+            if self.wal is not None:
+                self._write_wal(self.wal, commit)
+            elif self._durability == "fsync":
+                commit.sync_logs = bool(commit.written)
+            else:
+                for group in commit.written:
+                    assert group.open_log is not None
+                    group.open_log.unsynced = True
+        except Exception:
+            # Unexpected (a bug, MemoryError): whatever was written is cut away.
+            log.exception("log writer failed")
+            commit.failed = True
+        return commit
+
+    def finish(self, commit: Commit) -> None:
+        """The blocking step, on the I/O thread: the WAL synced (after starting a new
+        segment if due), or every written log (``fsync`` without the WAL); whatever
+        failed cut back. Touches descriptors, never the LRU of open logs."""
+        try:
+            if commit.failed:
+                return  # the finally below cuts everything back
+            if self.wal is not None:
+                self._commit_wal(self.wal, commit)
+            elif commit.sync_logs:
+                self.files.sync_logs(commit)
+        except Exception:
+            commit.failed = True
+            raise
+        finally:
+            if commit.failed:
+                if self.wal is not None and commit.wal_before is not None:
+                    self.wal.cut_back(commit.wal_before)
+                _fail(commit, None)
+            for group in commit.cuts:
+                self.files.cut_back(group)
+            commit.cut_done = True
+
+    def conclude(self, commit: Commit) -> None:
+        """The last step, on the loop's thread; never raises, so that every append of
+        the batch is settled whatever happens here."""
+        wal = self.wal
+        touched = wal.current.touched if wal is not None and wal.current else None
+        for group in commit.written:
+            group.ok = group.error is None and not commit.failed
+            if group.ok and touched is not None:
+                touched.add(group.session_id)
+        if commit.failed and not commit.cut_done:
+            # ``finish`` never ran (its thread could not start, or it was cancelled):
+            # what the batch wrote is cut before its file's next write.
+            _fail(commit, None)
+            for group in commit.cuts:
+                self.files.needs_truncate.setdefault(group.session_id, group.size_before)
+            if wal is not None and commit.wal_before is not None:
+                wal.needs_truncate = commit.wal_before
+        for group in commit.cuts:
+            self.files.drop(group)
+        for forget in commit.forgets:
+            self.files.forget(forget.session_id)
+        self.files.trim()
+
+    def _write_group(self, group: Group, commit: Commit) -> None:
+        """Write one file's lines; a failure is recorded, and cut back by ``finish``."""
+        try:
+            open_log = self.files.open(group.session_id)
+        except OSError as exc:
+            group.error = exc
+            return
+        group.open_log, group.size_before = open_log, open_log.size
+        try:
+            write_all(open_log.fd, group.data)
+        except OSError as exc:
+            group.error = exc
+            commit.cuts.append(group)
+            return
+        open_log.size = group.size_before + len(group.data)
+        group.new_size = open_log.size
+        commit.written.append(group)
+
+    def _write_wal(self, wal: SegmentFile, commit: Commit) -> None:
+        """The written groups' records (and deletions), written to the WAL now when the
+        current segment takes them, else kept for ``finish`` to start a new one."""
+        records = [
+            encode_lines(
+                group.session_id, group.batches[0].events[0].seq, group.size_before, group.data
+            )
+            for group in commit.written
+        ]
+        deletes = [encode_deleted(forget.session_id, forget.epoch) for forget in commit.forgets]
+        if not records and not deletes:
+            return
+        data = b"".join([*records, *deletes])
+        if not wal.ready(time.monotonic(), len(data)):
+            commit.wal_data = data
+            return
+        commit.wal_before = wal.size
+        try:
+            wal.write(data)
+        except OSError as exc:
+            commit.wal_error = exc
+
+    def _commit_wal(self, wal: SegmentFile, commit: Commit) -> None:
+        """Sync the WAL once for the batch (after starting a new segment if due). If that
+        fails, every written group is cut back and fails: acknowledged means in the
+        synced WAL."""
+        try:
+            if commit.wal_before is not None:
+                if commit.wal_error is not None:
+                    wal.cut_back(commit.wal_before)
+                    raise commit.wal_error
+                wal.sync(commit.wal_before)
+            elif commit.wal_data:
+                self._rotate_if_due(wal, len(commit.wal_data))
+                wal.append(commit.wal_data)
+        except OSError as exc:
+            _fail(commit, exc)
+
+    def _rotate_if_due(self, wal: SegmentFile, incoming: int) -> None:
+        now = time.monotonic()
+        if not wal.due(now, incoming):
+            return
+        try:
+            old = wal.rotate(now)
+        except OSError:
+            if wal.current is None:
+                raise
+            log.exception("could not start a new WAL segment; going on with the old one")
+        else:
+            if old is not None:
+                self.rotated.append(old)
+
+
+def _record(group: Group) -> bytes:
+    first_seq = group.batches[0].events[0].seq
+    return encode_lines(group.session_id, first_seq, group.size_before, group.data)
+
+
+def _fail(commit: Commit, exc: OSError | None) -> None:
+    """Every written group (and deletion) of the batch failed: each is to be cut back."""
+    error = exc or OSError("the log writer failed")
+    for forget in commit.forgets:
+        forget.error = forget.error or error
+    for group in commit.written:
+        group.error = group.error or error
+        commit.cuts.append(group)
+    commit.written.clear()
