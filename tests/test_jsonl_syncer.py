@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl import syncer
 from bamboo_session.persistence.jsonl.syncer import Syncer
 from bamboo_session.protocol.models import AgentEvent, Session
 
@@ -29,6 +30,10 @@ def helper_pids() -> list[int]:
             if b"sync_helper.py" in cmdline:
                 pids.append(int(child))
     return pids
+
+
+def held_files(pid: int) -> list[str]:
+    return [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
 
 
 async def test_the_helper_syncs_a_file_and_reports_a_failure(tmp_path: Path) -> None:
@@ -132,3 +137,67 @@ async def test_a_ctrl_c_or_a_stop_to_the_process_group_leaves_the_helper_syncing
         assert helper_pids() == [helper]
         assert storage._writer._syncer is not None and not storage._writer._syncer.broken
     assert helper_pids() == []
+
+
+async def test_a_sync_that_fails_in_the_helper_acknowledges_nothing_and_cuts_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger = tmp_path / "fail-next-sync"
+    monkeypatch.setenv("BAMBOO_TEST_FAIL_SYNC", str(trigger))
+    monkeypatch.setattr(syncer, "_HELPER", Path(__file__).with_name("failing_sync_helper.py"))
+    config = JsonlStorageConfig(tmp_path / "data")
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token("ok1"))
+        (segment,) = config.layout.wal.glob("*.wal")
+        size = segment.stat().st_size
+        log_size = (config.layout.events / "a.jsonl").stat().st_size
+        trigger.touch()
+        results = await asyncio.gather(
+            storage.append_event("a", AgentEvent.token("lost-a")),
+            storage.append_event("b", AgentEvent.token("lost-b")),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StorageError) for r in results), results
+        assert not trigger.exists()  # the helper's sync failed, for real
+        assert segment.stat().st_size == size  # cut back: nothing to replay
+        assert (config.layout.events / "a.jsonl").stat().st_size == log_size
+        assert (await storage.append_event("a", AgentEvent.token("ok2"))).seq == 2
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.event for e in await storage.read_events("a")] == [
+            AgentEvent.token("ok1"),
+            AgentEvent.token("ok2"),
+        ]
+        assert [e.event for e in await storage.read_events("b")] == [AgentEvent.token("ok1")]
+
+
+async def test_a_descriptor_that_does_not_arrive_ends_the_helper(tmp_path: Path) -> None:
+    helper = Syncer.start()
+    assert helper is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        assert await helper.sync("file", fd) is None
+        helper._channel.send(b"F")  # as if its descriptor had been lost on the way
+        error = await helper.sync("file", fd)
+        assert isinstance(error, OSError)  # not a sync of the previous file
+        assert helper.broken
+    finally:
+        await helper.close()
+        os.close(fd)
+    assert helper_pids() == []
+
+
+async def test_the_helper_lets_go_of_a_retired_segment(tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        for i in range(3):
+            await storage.append_event("a", AgentEvent.token(str(i)))
+            await asyncio.sleep(0.06)  # the next append starts a new segment
+        retiring = storage._writer._retiring
+        if retiring is not None:
+            await retiring
+        (helper,) = helper_pids()
+        held = [path for path in held_files(helper) if ".wal" in path]
+        assert held == [str(config.layout.wal / f"{3:016d}.wal")]  # only the current one
