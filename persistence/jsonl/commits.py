@@ -5,8 +5,9 @@ after the other (so the files and the WAL segment have one user at a time):
   the batch's WAL records to the current segment with one more. A small batch
   (``on_loop``: up to 64 KiB, no earlier failure to cut first) is written from the
   event loop's thread: a write to the page cache costs microseconds, less than a
-  hand-off to a thread and back. A larger one is written on the writer's I/O thread, so
-  that a disk that throttles writers stalls that thread, not the loop.
+  hand-off to a thread and back. A larger one is written and finished on the writer's
+  I/O thread in one hand-off (``write_and_finish``), so that a disk that throttles
+  writers stalls that thread, not the loop.
 - ``finish``, only when something blocks: the WAL's sync (in the common commit, by the
   sync helper process: see ``writer.py``), or on the I/O thread a new segment started
   first, every written log synced (``fsync`` without the WAL), and whatever failed cut
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Final
 
-from .batch import Commit, Forget, Group
+from .batch import Commit, Group
 from .config import Durability
 from .files import write_all
 from .logfiles import LogFiles
@@ -54,11 +54,10 @@ class Committer:
             size += sum(len(batch.data) for batch in group.batches)
         return size <= LOOP_WRITE_BYTES
 
-    def write(self, groups: list[Group], forgets: Sequence[Forget]) -> Commit:
+    def write(self, commit: Commit) -> None:
         """The first step: the lines and the WAL records to the page cache."""
-        commit = Commit(groups, forgets)
         try:
-            for group in groups:
+            for group in commit.groups:
                 group.data = b"".join(batch.data for batch in group.batches)
                 self._write_group(group, commit)
             if self.wal is not None:
@@ -73,7 +72,13 @@ class Committer:
             # Unexpected (a bug, MemoryError): whatever was written is cut away.
             log.exception("log writer failed")
             commit.failed = True
-        return commit
+
+    def write_and_finish(self, commit: Commit) -> None:
+        """Both steps at once, on the I/O thread, for a batch too large for the loop:
+        one hand-off, and its sync right there."""
+        self.write(commit)
+        if commit.blocks:
+            self.finish(commit)
 
     def finish(self, commit: Commit) -> None:
         """The blocking step, on the I/O thread: the WAL synced (after starting a new

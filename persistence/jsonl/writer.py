@@ -259,25 +259,30 @@ class LogWriter:
                 self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
 
     async def _commit(self, groups: list[Group], forgets: list[Forget]) -> None:
-        commits = self._commits
-        if commits.on_loop(groups):
-            commit = commits.write(groups, forgets)
-        else:
-            commit = await self._in_thread(commits.write, groups, forgets)
+        commits, commit = self._commits, Commit(groups, forgets)
         try:
-            if commit.blocks:
-                await to_completion(self._finish(commit))
+            if commits.on_loop(groups):
+                commits.write(commit)
+                if commit.blocks:
+                    await to_completion(self._finish(commit))
+            else:
+                await to_completion(self._finish(commit, whole=True))
         finally:
             self.batches += 1
             commits.conclude(commit)
 
-    async def _finish(self, commit: Commit) -> None:
+    async def _finish(self, commit: Commit, whole: bool = False) -> None:
         """What blocks: in the common commit only the WAL's sync, by the helper process;
-        anything else, or a failed sync (then the batch is cut back), on the I/O thread.
-        A cancelled sync fails the commit (``conclude`` then marks it for cutting): its
-        answer is unknown, and the helper is dropped, since the answer may still come."""
+        anything else, or a failed sync (then the batch is cut back), on the I/O thread;
+        with ``whole``, a batch too large for the loop is written and finished there in
+        one hand-off. A cancelled sync fails the commit (``conclude`` then marks it for
+        cutting): its answer is unknown, and the helper is dropped, since the answer may
+        still come."""
         syncer = self._syncer
         try:
+            if whole:
+                await self._in_thread(self._commits.write_and_finish, commit)
+                return
             if syncer is not None and not syncer.broken and commit.only_wal_sync:
                 assert self._wal is not None
                 commit.wal_error = await syncer.sync(self._wal.current, self._wal.fd)
