@@ -80,10 +80,12 @@ async def write_past_limit(
         await asyncio.gather(*tasks)
     last_before = await storage.last_seq(SESSION)
     # Still over the limit (the failed wave was cut back, and what room it left is less
-    # than the limit): every one fails, and nothing moves.
+    # than the limit): every one fails, and nothing moves. Each is twice the limit: at
+    # the limit itself, a store whose file had just been restarted from its start
+    # (SQLite's WAL after a checkpoint) could fit it, give or take its page headers.
     for i in range(5):
-        await append(f"again{i}|", i % 2 == 0, size=limit)
-    await append_batch(["again.b0|", "again.b1|"], size=limit // 2)
+        await append(f"again{i}|", i % 2 == 0, size=2 * limit)
+    await append_batch(["again.b0|", "again.b1|"], size=limit)
     still_failing = await storage.last_seq(SESSION) == last_before
 
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
