@@ -146,3 +146,18 @@ def test_baseline_relay_forwards_frames_unchanged(tmp_path: Path) -> None:
         assert common.run(scenario(relay)) == [b'{"a":1}', b'{"b":2}']
     finally:
         assert relay.terminate() == 0
+
+
+def test_fsync_floor_measures_both_ways_to_sync(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.fsync_floor", "--dir", str(tmp_path), "--syncs", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith(("appending", "pre-written")) for line in lines) == 4
+    assert lines[-1].startswith("RATIO fdatasync CPU pre-written/appending = ")
+    assert list(tmp_path.iterdir()) == []  # its files are gone
