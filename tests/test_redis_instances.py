@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import random
 import signal
 from collections.abc import Callable, Iterator
@@ -82,16 +84,26 @@ async def test_an_instance_killed_under_load_loses_and_duplicates_nothing(
             ) as viewers:
                 # 12 clients round-robin over 3 instances: 4 on each.
                 watching = [asyncio.create_task(watch(v, events)) for v in viewers]
-                acked = 0
+                acked = dict.fromkeys(names, 0)
+                killed = False
 
-                def kill_at_a_third() -> None:
-                    nonlocal acked
-                    acked += 1
-                    if acked == sessions * events // 3:
-                        group.kill(1)
+                def kill_at_a_third(name: str) -> None:
+                    # When the first agent is a third through, every agent is mid-stream.
+                    # The instance is frozen first, so that what its agents send next
+                    # stays unanswered, then killed: publishes are surely in flight.
+                    # (Killed at once, at a third of all acks, its agents could be
+                    # between two batch frames, or done: batch frames are fast.)
+                    nonlocal killed
+                    acked[name] += 1
+                    if not killed and acked[name] == events // 3:
+                        killed = True
+                        frozen = group.processes[1].proc
+                        assert frozen is not None
+                        os.kill(frozen.pid, signal.SIGSTOP)
+                        asyncio.get_running_loop().call_later(0.2, group.kill, 1)
 
                 bursts = [
-                    publish_burst(agent, name, events, kill_at_a_third)
+                    publish_burst(agent, name, events, functools.partial(kill_at_a_third, name))
                     for agent, name in zip(agents, names, strict=True)
                 ]
                 results = await asyncio.wait_for(asyncio.gather(*bursts), TIMEOUT)
