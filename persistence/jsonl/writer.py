@@ -1,24 +1,21 @@
 """The group-commit writer: one task appends every session's event lines to its log.
 
-Appends from all sessions queue up while the previous batch is on disk. The writer then
-takes the whole queue as one batch: per log file one ``write`` of the joined lines (on
-the event loop's thread: a write to the page cache is cheaper than a hand-off), then
-the sync, on the writer's own I/O thread so that the event loop never waits on the disk
-(``logfiles.py`` says which step runs where). So with many concurrent appenders one
-fsync covers many appends, and a lone append costs one thread round trip.
+Appends from all sessions queue up while the previous batch is on disk; the writer then
+takes the whole queue as one batch, one ``write`` per log file and one sync for all
+(``commits.py`` says which step runs where: the loop's thread, the writer's I/O thread,
+or the sync helper process). So with many concurrent appenders one fsync covers many
+appends, and a lone append costs one round trip to the helper.
 
 Durability modes: ``fsync`` resolves an append's future once its lines are synced;
 ``os`` after the write (a background task syncs written files every ``fsync_interval``).
-
-In ``fsync`` mode with the shared WAL (the default, ``wal.py``), a batch's
-lines are written to the session logs without a sync, then appended to the current WAL
-segment as one write, and that one file is synced: one ``fdatasync`` per batch whatever
-the number of sessions. Only then are the appends acknowledged. With a commit window,
-a writer woken from idle waits that long first, so that lone appends share a batch.
-Past a size or an age the writer starts a new segment and retires the old one in the
-background: every log written during it is synced (threads, off the event loop), then
-it is deleted, strictly in order. Without the WAL (``wal=False``), every touched log
-is synced instead.
+In ``fsync`` mode with the shared WAL (the default, ``wal.py``) a batch's lines go to
+the session logs unsynced and to the current WAL segment as one write, and that one
+file is synced; only then are the appends acknowledged. With a commit window, a writer
+woken from idle waits that long first, so that lone appends share a batch. Past a size
+or an age the writer starts a new segment and retires the old one in the background:
+every log written during it is synced (threads, off the event loop), then it is
+deleted, strictly in order. Without the WAL (``wal=False``), every touched log is
+synced instead.
 
 Before appends are acknowledged, the owner is told (``on_written``, with where each
 append's lines start in the log), so its metadata always describes what is in the log.
@@ -26,14 +23,11 @@ append's lines start in the log), so its metadata always describes what is in th
 Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that file's
 appends in the batch is acknowledged (when the WAL's write or sync fails: none of the
 batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
-the file is truncated back to its last good size (no torn line survives), and the owner
-is told (``on_failed``) so it can reset the session's next seq. Appends of that session
+the file is cut back to its last good size (no torn line survives), and the owner is
+told (``on_failed``) so it can reset the session's next seq. Appends of that session
 queued behind the failed ones carry seqs that no longer follow the log, so they fail
 too: each append records the session's *generation* when submitted, and a failure
 starts a new generation.
-
-The files themselves are ``logfiles.py``'s: recently used log descriptors stay open in
-a bounded LRU, so a hundred thousand sessions never exhaust the process's descriptors.
 """
 
 from __future__ import annotations
