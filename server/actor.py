@@ -34,7 +34,7 @@ from bamboo_session.persistence.base import (
     StorageError,
 )
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.models import SessionMetadata, SessionState
+from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 
 from .budget import MemoryBudget
 from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
@@ -322,19 +322,32 @@ class SessionActor:
         self.following.stop()
         self.room.origins.clear()
 
+    async def catch_up(self) -> None:
+        """Deliver every event already stored and waiting: a close must not overtake
+        events that were acknowledged before it. (An end of the feed is left to the
+        caller, which closes the room itself.)"""
+        while self.accepting and self.following.ready():
+            taken = await self.following.take(_BATCH_MAX)
+            if not isinstance(taken, list):
+                return
+            self._give(taken)
+
     async def _deliver(self) -> None:
         taken = await self.following.take(_BATCH_MAX)
         if isinstance(taken, list):
-            self.room.deliver(taken)
-            # Once per batch, for its oldest event: the lag that batch's viewers saw at
-            # most, at a cost that does not grow with the batch.
-            lag = time.time() - taken[0].ts.timestamp()
-            self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
+            self._give(taken)
         elif taken is not None:
             code, reason, ended = taken
             if ended == "closed":
                 self.status.state = SessionState.CLOSED
             self._end(code, reason)
+
+    def _give(self, events: list[StoredEvent]) -> None:
+        self.room.deliver(events)
+        # Once per batch, for its oldest event: the lag that batch's viewers saw at
+        # most, at a cost that does not grow with the batch.
+        lag = time.time() - events[0].ts.timestamp()
+        self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
 
     def _end(self, code: CloseCode, reason: str) -> None:
         self.room.close_all(code, reason)

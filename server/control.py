@@ -122,6 +122,8 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     except (StorageError, ValueError) as exc:
         actor.refuse(command, exc)
         return
+    if command.state == SessionState.CLOSED:
+        await actor.catch_up()  # viewers get every acknowledged event before the close
     command.answer(actor.room.published_seq)
     if command.state == SessionState.CLOSED:
         actor.room.close_all(CloseCode.NORMAL, "session closed")

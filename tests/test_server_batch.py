@@ -208,3 +208,31 @@ async def test_with_the_extension_off_the_server_speaks_plain_version_1() -> Non
         error = await peer.request({"type": "batch", "id": 1, "items": [item("a")]}, "error")
         assert error["code"] == "bad_request" and error["id"] == 1
         assert await log_of(peer) == []
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_a_close_pipelined_behind_appends_comes_after_their_events(batched: bool) -> None:
+    """Appends, then ``state: closed``, sent without waiting: every viewer gets every
+    acknowledged event before ``closed``, and the state's ``ack`` carries the last seq.
+    (Found by review: the close used to overtake events not yet handed to viewers.)"""
+    async with run_server() as server:
+        for round_ in range(5):
+            session = f"close-race-{batched}-{round_}"
+            async with (
+                attach(server, session, create=True, role="agent") as (agent, _),
+                attach(server, session) as (viewer, _),
+            ):
+                if batched:
+                    items = [item(str(i), f"k{i}") for i in range(5)]
+                    await agent.send({"type": "batch", "id": "b", "items": items})
+                else:
+                    for i in range(5):
+                        await agent.send({"type": "event", "id": i, "event": token(str(i))})
+                await agent.send({"type": "state", "id": "close", "state": "closed"})
+                for reply in ["acks"] if batched else ["ack"] * 5:
+                    await agent.recv_type(reply)
+                assert await agent.recv_type("ack") == {"type": "ack", "id": "close", "seq": 5}
+                _code, frames = await viewer.closed()
+                seen = [f for f in frames if f["type"] != "presence"]
+                assert [f["type"] for f in seen] == ["event"] * 5 + ["closed"]
+                assert [f["seq"] for f in seen[:5]] == [1, 2, 3, 4, 5]
