@@ -52,8 +52,8 @@ SERVE_HELP: dict[str, str] = {
     "ping_interval": "seconds between keepalive pings (none: off)",
     "ping_timeout": "seconds to wait for a pong before closing (none: forever)",
     "close_timeout": "seconds to wait for the closing handshake before dropping the socket",
-    "replay_page_timeout": "seconds a resuming connection has to take each page of its "
-    "replay (about 1 MiB); else it is closed with 4429",
+    "replay_page_timeout": "seconds a resuming connection's replay may make no progress "
+    "(nothing of it delivered); then it is closed with 4429",
     "compression": "permessage-deflate (true/false)",
     "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",

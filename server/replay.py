@@ -15,9 +15,12 @@ that resumers who come later replay it from memory.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
+import sys
+import termios
+import time
 from collections.abc import AsyncIterator
-from typing import Final
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -29,11 +32,9 @@ from bamboo_session.protocol.errors import CloseCode
 from .failures import failure_of
 from .metrics import Metrics
 from .outbox import Outbound, Outbox, Replay, send_frames
-from .room import REPLAY_PAGE, SessionRoom
+from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 
 log = structlog.get_logger("bamboo_session.replay")
-
-REPLAY_PAGE_BYTES: Final = 1024 * 1024
 
 
 class ReplayReads:
@@ -127,10 +128,11 @@ async def send_replay(
     page_timeout: float,
 ) -> int:
     """Send a resume's missed events on ``ws``, a page at a time, each written before
-    the next is read; the number of frames sent. The peer has ``page_timeout`` to take
-    each page (the first one included, so a 4429 here always comes after some
-    progress): one that does not is closed with 4429, since it is what holds the page
-    in memory. A replay whose outbox is closing goes no further."""
+    the next is read; the number of frames sent. A peer that takes nothing of its
+    replay for ``page_timeout`` (the first page included, so a 4429 here always comes
+    after some progress) is closed with 4429, since it is what holds the page in
+    memory; one that reads slowly but steadily is not. A replay whose outbox is closing
+    goes no further."""
     position, through, sent = replay.after, replay.through, 0
     while position < through and outbox.closing is None:
         try:
@@ -142,10 +144,7 @@ async def send_replay(
             return sent
         if not frames or outbox.closing is not None:
             return sent
-        try:
-            async with asyncio.timeout(page_timeout):
-                await send_frames(ws, frames)
-        except TimeoutError:
+        if not await _send_page(ws, frames, page_timeout):
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
         sent += len(frames)
@@ -163,3 +162,62 @@ async def _page_frames(
     if not page:
         return [], after
     return [out.framed(codec) for out in page], page[-1].seq
+
+
+async def _send_page(ws: ServerConnection, frames: list[bytes], stall_timeout: float) -> bool:
+    """Send a page; False when the peer took nothing of it for ``stall_timeout``.
+
+    Progress is what left the process or the kernel: a deadline for the whole page
+    would close slow but steady readers, because the kernel reports a full socket
+    writable again only once a good part of its buffer (megabytes, autotuned) drained."""
+    sending = asyncio.ensure_future(send_frames(ws, frames))
+    waiting = _Waiting(ws)
+    check = min(1.0, stall_timeout / 4)
+    try:
+        while True:
+            done, _ = await asyncio.wait({sending}, timeout=check)
+            if done:
+                sending.result()
+                return True
+            if waiting.stalled_for() >= stall_timeout:
+                return False
+    finally:
+        if not sending.done():
+            sending.cancel()
+            await asyncio.wait({sending})
+
+
+class _Waiting:
+    """The bytes a connection has yet to deliver, in its transport and in the kernel's
+    send queue, and how long they have not gone down."""
+
+    __slots__ = ("_fd", "_last", "_since", "_transport")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._transport = ws.transport
+        sock = ws.transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+        self._last = self._bytes()
+        self._since = time.monotonic()
+
+    def stalled_for(self) -> float:
+        now, waiting = time.monotonic(), self._bytes()
+        if waiting < self._last:
+            self._since = now
+        self._last = waiting
+        return now - self._since
+
+    def _bytes(self) -> int:
+        return self._transport.get_write_buffer_size() + _kernel_queue(self._fd)
+
+
+def _kernel_queue(fd: int) -> int:
+    """Bytes in a socket's send queue, not yet acknowledged by the peer (Linux's
+    SIOCOUTQ; 0 where it cannot be read)."""
+    if fd < 0:
+        return 0
+    try:
+        answer = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(answer, sys.byteorder)

@@ -29,6 +29,10 @@ from .budget import NO_LIMIT, MemoryBudget
 from .outbox import Outbound, Outbox, Replay
 
 REPLAY_PAGE = 512  # events per page of a replay
+# And bytes: a page is what a stalled resumer holds, and what a slow one must take
+# within the page deadline (256 KiB in 20 s is 13 KB/s, slower than any reader that
+# makes progress).
+REPLAY_PAGE_BYTES = 256 * 1024
 
 
 class SessionRoom:
@@ -261,4 +265,11 @@ class SessionRoom:
             return None
         start = after + 1 - ring[0].seq
         count = min(REPLAY_PAGE, through - after)
-        return list(itertools.islice(ring, start, start + count))
+        page: list[Outbound] = []
+        size = 0
+        for out in itertools.islice(ring, start, start + count):
+            if page and size + out.event_size > REPLAY_PAGE_BYTES:
+                break
+            page.append(out)
+            size += out.event_size
+        return page

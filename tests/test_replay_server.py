@@ -129,7 +129,9 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
                 seqs = [(await reader.recv_type("event"))["seq"] for _ in range(count)]
             assert seqs == list(range(1, count + 1))
             # Past the deadline the stalled peer reads: what was written to it, then 4429.
-            await asyncio.sleep(max(0.0, stalled_at + deadline + 0.5 - loop.time()))
+            # (Dropped at most a quarter of the deadline after it: that is how often the
+            # server looks for progress.)
+            await asyncio.sleep(max(0.0, stalled_at + deadline + 1.0 - loop.time()))
             got, code = await loop.run_in_executor(None, read_until_close, stalled, 3.0)
         finally:
             stalled.close()
@@ -140,6 +142,61 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
         await eventually(
             lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
         )
+
+
+def paced_reader(
+    sock: socket.socket, rate: int, timeout: float, events: int
+) -> tuple[list[int], int | None]:
+    """Reads ``rate`` bytes a second, every 50 ms, until a close frame, ``events``
+    whole frames, or ``timeout``: a slow reader that never stops. The seqs of the
+    events read, and the close code."""
+    sock.setblocking(False)
+    data, ends = b"", time.monotonic() + timeout
+    while time.monotonic() < ends:
+        budget = rate // 20
+        while budget > 0:
+            try:
+                chunk = sock.recv(min(budget, 65536))
+            except BlockingIOError:
+                break
+            if not chunk:
+                ends = 0
+                break
+            data, budget = data + chunk, budget - len(chunk)
+        frames = [opcode for opcode, _ in server_frames(data)]
+        if 0x8 in frames or frames.count(0x1) > events:  # the welcome, then the events
+            break
+        time.sleep(0.05)
+    seqs, code = [], None
+    for opcode, payload in server_frames(data):
+        if opcode == 0x1 and json.loads(payload)["type"] == "event":
+            seqs.append(json.loads(payload)["seq"])
+        elif opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+    return seqs, code
+
+
+async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay() -> None:
+    # More than the kernel's send buffer takes, read at 2 MB/s: the kernel reports the
+    # socket writable again only after a large part of its buffer drained (longer than
+    # the page deadline here), but bytes leave all the time. Found by review: a deadline
+    # per page closed such readers.
+    deadline, size = 0.5, 200_000
+    count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
+    config: dict[str, Any] = {"replay_page_timeout": deadline, "ring_bytes": 64 * KIB}
+    async with run_server(durability="os", **config) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, count, size=size)
+        loop = asyncio.get_running_loop()
+        slow = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+        try:
+            got, code = await loop.run_in_executor(None, paced_reader, slow, 2_000_000, 30.0, count)
+        finally:
+            slow.close()
+        assert code is None and got == list(range(1, count + 1))
+        metrics = server.metrics.render().decode()
+        assert metric(metrics, "bamboo_send_queue_drops_total") == 0
 
 
 async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None:
