@@ -115,6 +115,7 @@ class Welcome(ServerFrameBase, tag="welcome"):
     # a version 1 server does; a client reads a missing list as empty.
     extensions: list[str] = []
     max_batch_items: int = 0  # with "batch": the most items one batch frame may hold
+    max_batch_bytes: int = 0  # with "batch": the most bytes one batch frame may be
 
 
 class EventRecord(msgspec.Struct):

@@ -24,6 +24,7 @@ from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import Error, Hello, RequestId
 
 from .auth import Forbidden, Unauthorized
+from .config import ServerConfig
 from .failures import ServerBusy, failure_of
 from .flush import WebSocketSink
 from .limits import TooManyConnections
@@ -116,7 +117,8 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             budget=manager.budget,
         )
         if services.config.batch_frames:
-            outbox.max_batch_items = services.config.max_batch_items
+            outbox.max_batch_items = batch_items(services.config)
+            outbox.max_batch_bytes = services.config.max_frame_bytes
         outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out)
         outbox.flusher = services.flusher
         conn.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
@@ -145,3 +147,11 @@ def _close_at_expiry(valid_until: float, outbox: Outbox) -> asyncio.TimerHandle:
 def _peer_address(ws: ServerConnection) -> str | None:
     address = ws.remote_address
     return str(address[0]) if address else None
+
+
+def batch_items(config: ServerConfig) -> int:
+    """The most items a batch frame may hold here: never more than the rate limit's
+    burst, which a larger batch could never pass."""
+    if config.rate_limit > 0:
+        return min(config.max_batch_items, config.rate_limit_burst)
+    return config.max_batch_items

@@ -140,6 +140,7 @@ class Outbox:
         "flusher",
         "in_flight",
         "limit",
+        "max_batch_bytes",
         "max_batch_items",
         "max_bytes",
         "max_in_flight",
@@ -163,6 +164,7 @@ class Outbox:
         self.role = role
         # What its welcome offers: batch frames of this many items at most (0: none).
         self.max_batch_items = 0
+        self.max_batch_bytes = 0
         self.limit = limit  # frames
         self.max_bytes = max_bytes if max_bytes > 0 else NO_LIMIT
         self.codec = codec  # what the writer encodes frames with: their size in bytes

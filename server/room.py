@@ -123,6 +123,7 @@ class SessionRoom:
         if outbox.max_batch_items:
             welcome.extensions = ["batch"]
             welcome.max_batch_items = outbox.max_batch_items
+            welcome.max_batch_bytes = outbox.max_batch_bytes
         outbox.push(Outbound(welcome))
         if replay and last_seq is not None:
             outbox.push(Replay(last_seq, through))

@@ -202,3 +202,20 @@ async def test_batches_on_both_codecs(codec: str) -> None:
         assert isinstance(events[0].event, Token) and events[0].event.content == "a"
         assert events[1].event.message.metadata == {"n": 1}  # type: ignore[union-attr]
         assert events[2].event.arguments == {"q": "x"}  # type: ignore[union-attr]
+
+
+async def test_batches_stay_within_a_low_frame_limit_and_burst() -> None:
+    """Found by review: the client batched up to 64 KiB and 100 items whatever the
+    server allowed; against a 16 KiB frame limit every batch closed the connection
+    with 1009, and against a burst of 10 every batch was refused as rate limited."""
+    config = {"max_frame_bytes": 16 * 1024, "rate_limit_burst": 10, "rate_limit": 1_000_000}
+    async with (
+        run_server(**config) as server,
+        await BambooClient.connect(url_of(server), "low", create=True) as agent,
+    ):
+        texts = [f"{i}:" + "x" * 2000 for i in range(20)]  # 40 KB in all, 2 KB each
+        assert await publish_all(agent, texts) == list(range(1, 21))
+        frames, items = await batches_seen(server)
+        assert items == 20 and frames >= 3  # at most 8 KiB (half the limit) each
+        assert agent.reconnects == 0
+        assert await contents(agent) == texts

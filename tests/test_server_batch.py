@@ -34,9 +34,14 @@ def _what(event: dict[str, Any]) -> str:
     return str(event["content"] if event["type"] == "token" else event["message"]["content"])
 
 
-async def test_the_welcome_lists_the_extension_and_its_limit() -> None:
+async def test_the_welcome_lists_the_extension_and_its_limits() -> None:
     async with run_server(max_batch_items=50) as server, attach(server) as (_, welcome):
         assert welcome["extensions"] == ["batch"] and welcome["max_batch_items"] == 50
+        assert welcome["max_batch_bytes"] == 1024 * 1024  # the frame size limit
+    # Never more items than the rate limit's burst lets through at once (found by review).
+    limits = {"rate_limit": 1000, "rate_limit_burst": 20}
+    async with run_server(**limits) as server, attach(server) as (_, welcome):
+        assert welcome["max_batch_items"] == 20
 
 
 async def test_a_batch_appends_in_order_and_viewers_get_one_event_each() -> None:

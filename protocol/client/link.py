@@ -32,7 +32,7 @@ from ..errors import CloseCode
 from ..frames import PublishEvent, PublishMessage
 from .errors import ClientError, ConnectionLost, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
-from .outgoing import MAX_BATCH_ITEMS, Publish, batch_frame, plan, single_frame
+from .outgoing import MAX_BATCH_ITEMS, Publish, batch_bytes, batch_frame, plan, single_frame
 from .pending import PendingRequest
 from .state import ClientState
 
@@ -156,7 +156,8 @@ class Link:
         """``queue`` on ``ws``, a frame per group of :func:`.plan`."""
         codec, book = self.dialer.codec, self.state.pending
         unsent = [p for p in queue if not p.settled and p.sent_on != generation]
-        for group in plan(unsent, min(MAX_BATCH_ITEMS, self.state.max_batch_items)):
+        items = min(MAX_BATCH_ITEMS, self.state.max_batch_items)
+        for group in plan(unsent, items, batch_bytes(self.state.max_batch_bytes)):
             for pending in group:
                 if pending.mark_sent(generation):
                     self.resent += 1

@@ -94,6 +94,12 @@ def batch_frame(codec: Codec, batch_id: int, publishes: Sequence[Publish]) -> by
     return codec.encode_envelope(_BatchFrame(batch_id, items))
 
 
+def batch_bytes(server_limit: int) -> int:
+    """The bytes a batch is kept to: ``MAX_BATCH_BYTES``, or half the server's frame
+    limit when that is lower (the frame's envelope and escaping need room)."""
+    return min(MAX_BATCH_BYTES, server_limit // 2) if server_limit else MAX_BATCH_BYTES
+
+
 def plan(
     queue: Sequence[PendingRequest], max_items: int, max_bytes: int = MAX_BATCH_BYTES
 ) -> Iterator[list[PendingRequest]]:

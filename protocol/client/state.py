@@ -60,6 +60,7 @@ class ClientState:
         self.closed_reason: str | None = None  # from the server's closed frame
         self.failure: ClientError | None = None  # why this client is finished
         self.max_batch_items = 0  # publishes one batch frame may hold here; 0: no batches
+        self.max_batch_bytes = 0  # and the bytes it may be (0: not said)
 
     # -- attaching ------------------------------------------------------------------------
 
@@ -87,7 +88,9 @@ class ClientState:
         self.connections = welcome.session.connections
         self.closed_reason = None
         self.epoch = welcome.epoch
-        self.max_batch_items = welcome.max_batch_items if "batch" in welcome.extensions else 0
+        batches = "batch" in welcome.extensions
+        self.max_batch_items = welcome.max_batch_items if batches else 0
+        self.max_batch_bytes = welcome.max_batch_bytes if batches else 0
         if asked_after is None:
             self.sequence.reset(welcome.last_seq)  # live events only, from here
         elif not welcome.resumed:
