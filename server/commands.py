@@ -213,7 +213,7 @@ class Inbox:
     socket); the actor's own timers and the manager never do. An empty inbox always
     has room, so that one large request is never stuck."""
 
-    __slots__ = ("_has_room", "_items", "budget", "bytes", "limit", "max_bytes")
+    __slots__ = ("_items", "_room_changed", "_waiters", "budget", "bytes", "limit", "max_bytes")
 
     def __init__(self, limit: int, max_bytes: int = 0, budget: MemoryBudget | None = None) -> None:
         self.limit = limit
@@ -222,7 +222,9 @@ class Inbox:
         self.bytes = 0
         # A deque keeps a 760-byte block even when empty: a parked session drops it.
         self._items: collections.deque[Command] | None = None
-        self._has_room: asyncio.Future[None] | None = None
+        # Peers waiting for room, in arrival order, and what wakes them to look again.
+        self._waiters: collections.deque[object] | None = None
+        self._room_changed: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
@@ -261,15 +263,36 @@ class Inbox:
             self._items = None
 
     async def wait_for_room(self, count: int = 1) -> None:
-        while not self.has_room(count):
-            if self._has_room is None or self._has_room.done():
-                self._has_room = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._has_room)
+        """Return once ``count`` commands may be queued, in arrival order: a peer never
+        overtakes one that waits before it (so single appends do not starve a batch
+        that waits for room for all its items). The caller queues them right away,
+        before the next in line looks."""
+        if not self._waiters and self.has_room(count):
+            return
+        if self._waiters is None:
+            self._waiters = collections.deque()
+        me = object()
+        self._waiters.append(me)
+        try:
+            while not (self._waiters[0] is me and self.has_room(count)):
+                if self._room_changed is None or self._room_changed.done():
+                    self._room_changed = asyncio.get_running_loop().create_future()
+                await asyncio.shield(self._room_changed)
+        finally:
+            self._waiters.remove(me)
+            self._notify()  # the next in line looks, once this one's caller queued
+
+    def _notify(self) -> None:
+        room_changed = self._room_changed
+        if room_changed is not None and not room_changed.done():
+            room_changed.set_result(None)
 
     def take_all(self) -> list[Command]:
         items = list(self._items or ())
         self._items = None
         self._released(items)
+        if self._waiters:
+            self._notify()
         return items
 
     def take_batch(self, max_items: int) -> list[Command]:
@@ -291,6 +314,5 @@ class Inbox:
     def finished(self, batch: list[Command]) -> None:
         """A batch from :meth:`take_batch` was handled: its bytes are free again."""
         self._released(batch)
-        room = self._has_room
-        if room is not None and not room.done() and self.has_room():
-            room.set_result(None)
+        if self._waiters:
+            self._notify()
