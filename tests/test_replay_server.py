@@ -72,6 +72,17 @@ def server_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
         at += head + length
 
 
+def events_and_close(data: bytes) -> tuple[list[int], int | None]:
+    """The seqs of the event frames in what a peer read, and the close code, if any."""
+    seqs, code = [], None
+    for opcode, payload in server_frames(data):
+        if opcode == 0x1 and json.loads(payload)["type"] == "event":
+            seqs.append(json.loads(payload)["seq"])
+        elif opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+    return seqs, code
+
+
 def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], int | None]:
     """Reads what the server sent: the seqs of its event frames, and its close code
     (None if no close frame came within ``timeout``)."""
@@ -86,13 +97,7 @@ def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], in
             data += chunk
         if any(opcode == 0x8 for opcode, _ in server_frames(data)):
             break
-    seqs, code = [], None
-    for opcode, payload in server_frames(data):
-        if opcode == 0x1 and json.loads(payload)["type"] == "event":
-            seqs.append(json.loads(payload)["seq"])
-        elif opcode == 0x8:
-            code = int.from_bytes(payload[:2], "big")
-    return seqs, code
+    return events_and_close(data)
 
 
 def kernel_send_buffer_max() -> int:
@@ -167,13 +172,7 @@ def paced_reader(
         if 0x8 in frames or frames.count(0x1) > events:  # the welcome, then the events
             break
         time.sleep(0.05)
-    seqs, code = [], None
-    for opcode, payload in server_frames(data):
-        if opcode == 0x1 and json.loads(payload)["type"] == "event":
-            seqs.append(json.loads(payload)["seq"])
-        elif opcode == 0x8:
-            code = int.from_bytes(payload[:2], "big")
-    return seqs, code
+    return events_and_close(data)
 
 
 async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay() -> None:
