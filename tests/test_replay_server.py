@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from bamboo_session.server.app import BambooServer
 from bamboo_session.server.services import PAGE_READS_AT_ONCE
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
@@ -115,16 +116,26 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"no {name} in /metrics")
 
 
-async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_everything() -> None:
-    # A ring too small for one event: every replay reads the store, 5 events a page.
-    # 4 MiB more than the kernel's send buffer takes: the stalled peer's pages back up.
-    deadline, size = 1.5, 200_000
+@contextlib.asynccontextmanager
+async def session_past_the_send_buffer(
+    replay_deadline: float,
+) -> AsyncIterator[tuple[BambooServer, str, int]]:
+    """A server with that replay deadline and a session of 200 KB events, 4 MiB more
+    than the kernel's send buffer takes (so a replay backs up), and a ring too small
+    for one event (so every replay reads the store): (server, session id, events)."""
+    size = 200_000
     count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
-    config: dict[str, Any] = {"replay_page_timeout": deadline, "ring_bytes": 64 * KIB}
+    config: dict[str, Any] = {"replay_page_timeout": replay_deadline, "ring_bytes": 64 * KIB}
     async with run_server(durability="os", **config) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, count, size=size)
+        yield server, session_id, count
+
+
+async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_everything() -> None:
+    deadline = 1.5
+    async with session_past_the_send_buffer(deadline) as (server, session_id, count):
         loop = asyncio.get_running_loop()
         stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
         try:
@@ -180,13 +191,7 @@ async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay() 
     # socket writable again only after a large part of its buffer drained (longer than
     # the page deadline here), but bytes leave all the time. Found by review: a deadline
     # per page closed such readers.
-    deadline, size = 0.5, 200_000
-    count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
-    config: dict[str, Any] = {"replay_page_timeout": deadline, "ring_bytes": 64 * KIB}
-    async with run_server(durability="os", **config) as server:
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, count, size=size)
+    async with session_past_the_send_buffer(0.5) as (server, session_id, count):
         loop = asyncio.get_running_loop()
         slow = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
         try:
