@@ -300,4 +300,4 @@ def decode_stored_event(line: bytes) -> StoredEvent:
     """A log line back; its AgentEvent stays JSON until someone reads ``.event``.
     Raises ``msgspec.DecodeError`` when the line is not a log line."""
     parsed = _log_decoder.decode(line)
-    return StoredEvent(parsed.seq, parsed.ts, key=parsed.key, event_json=parsed.event)
+    return StoredEvent.from_json(parsed.seq, parsed.ts, parsed.event, parsed.key)

@@ -148,40 +148,40 @@ _event_encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
 
 
-class StoredEvent:
+class StoredEvent(msgspec.Struct, gc=False):
     """One event of a session's log: ``seq`` counts from 1 with no gaps, ``ts`` is when it
     was stored, ``key`` the publisher's idempotency key (stored, never sent to peers).
 
-    The AgentEvent is held in the form it came in, decoded (``event``) or as its JSON
-    (``event_json``), and the other form is made the first time it is asked for, then
-    kept. So an event is encoded once for its log line and for every wire frame, and a
-    replay from the log sends the stored bytes without decoding them.
+    The AgentEvent is held in the form it came in, decoded (``StoredEvent(seq, ts,
+    event, key)``) or as its JSON (:meth:`from_json`), and the other form is made the
+    first time it is asked for, then kept. So an event is encoded once for its log line
+    and for every wire frame, and a replay from the log sends the stored bytes without
+    decoding them.
+
+    Out of the cycle collector's sight (``gc=False``): a server keeps hundreds of
+    thousands of these in its replay rings, and the collector re-walked them all at
+    every full collection, for nothing, since an event never refers back to anything
+    that holds it.
     """
 
-    __slots__ = ("_event", "_json", "key", "seq", "ts")
+    seq: int
+    ts: datetime
+    _event: AnyAgentEvent | None
+    key: str | None = None
+    _json: msgspec.Raw | None = None
 
-    def __init__(
-        self,
-        seq: int,
-        ts: datetime,
-        event: AnyAgentEvent | None = None,
-        key: str | None = None,
-        *,
-        event_json: msgspec.Raw | None = None,
-    ) -> None:
-        if event is None and event_json is None:
-            raise TypeError("StoredEvent needs event or event_json")
-        self.seq = seq
-        self.ts = ts
-        self.key = key
-        self._event = event
-        self._json = event_json
+    @classmethod
+    def from_json(
+        cls, seq: int, ts: datetime, event_json: msgspec.Raw, key: str | None = None
+    ) -> StoredEvent:
+        """An event read back as JSON (from a log line, a row, a Redis entry)."""
+        return cls(seq, ts, None, key, event_json)
 
     @property
     def event(self) -> AnyAgentEvent:
         event = self._event
         if event is None:
-            assert self._json is not None
+            assert self._json is not None, "a StoredEvent holds its event in one form"
             event = self._event = _event_decoder.decode(self._json)
         return event
 

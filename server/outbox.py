@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+import msgspec
+
 from bamboo_session.protocol.codec import JSON, Codec
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import EventFrame, ServerFrame
@@ -26,24 +28,26 @@ if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
 
-class Outbound:
+class Outbound(msgspec.Struct, gc=False):
     """One server frame, framed for the wire at most once per codec (a WebSocket frame
-    around its encoding), whatever the number of connections it goes to."""
+    around its encoding), whatever the number of connections it goes to.
 
-    __slots__ = ("_json", "_msgpack", "event_size", "frame", "stored")
+    ``event_size`` is an event frame's size in a queue, counted once for every queue it
+    goes to (0 for other frames). Out of the cycle collector's sight (``gc=False``),
+    like the StoredEvent it carries: the replay rings hold hundreds of thousands, and
+    none refers back to anything that holds it."""
 
-    def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
-        self.frame: ServerFrame | None = frame
-        self.stored = stored
-        # Framed for each codec at most once (two slots: cheaper than a dict per frame).
-        self._json: bytes | None = None
-        self._msgpack: bytes | None = None
-        # An event frame's size in a queue, counted once for every queue it goes to.
-        self.event_size = 0 if stored is None else stored.size + EVENT_FRAME_OVERHEAD
+    frame: ServerFrame | None
+    stored: StoredEvent | None = None
+    event_size: int = 0
+    # Framed for each codec at most once (two fields: cheaper than a dict per frame).
+    _json: bytes | None = None
+    _msgpack: bytes | None = None
 
     @classmethod
     def for_event(cls, stored: StoredEvent) -> Outbound:
-        return cls(EventFrame(stored.seq, stored.ts, stored.event_json), stored)
+        frame = EventFrame(stored.seq, stored.ts, stored.event_json)
+        return cls(frame, stored, stored.size + EVENT_FRAME_OVERHEAD)
 
     @classmethod
     def reply(cls, frame: ServerFrame, codec: Codec) -> Outbound:

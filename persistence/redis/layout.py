@@ -185,11 +185,11 @@ def event_from_entry(entry: list[Any]) -> StoredEvent:
     entry_id, flat = entry
     fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
     key = fields.get(b"k")
-    return StoredEvent(
+    return StoredEvent.from_json(
         int(entry_id.partition(b"-")[0]),
         from_micros(int(fields[b"t"])),
-        key=None if key is None else key.decode(),
-        event_json=msgspec.Raw(fields[b"e"]),
+        msgspec.Raw(fields[b"e"]),
+        None if key is None else key.decode(),
     )
 
 
@@ -201,6 +201,6 @@ _batch_decoder = msgspec.json.Decoder(_Batch)
 def events_from_batch(payload: bytes) -> list[StoredEvent]:
     """The events of a published batch, each event's JSON kept as published."""
     return [
-        StoredEvent(seq, from_micros(ts), key=key, event_json=raw)
+        StoredEvent.from_json(seq, from_micros(ts), raw, key)
         for seq, ts, key, raw in _batch_decoder.decode(payload)
     ]

@@ -271,7 +271,7 @@ class RedisStorage:
             ts = from_micros(int(reply[0]))
             every = zip(results, items, events, encoded, strict=True)
             fresh = [
-                StoredEvent(result.seq, ts, event, key, event_json=raw)
+                StoredEvent(result.seq, ts, event, key, raw)
                 for result, (_, key), event, raw in every
                 if not result.duplicate
             ]

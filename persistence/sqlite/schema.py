@@ -258,4 +258,4 @@ def row_of(meta: SessionMetadata) -> SessionRow:
 
 def event_of(row: EventRow) -> StoredEvent:
     seq, ts, key, data = row
-    return StoredEvent(seq, datetime.fromisoformat(ts), key=key, event_json=msgspec.Raw(data))
+    return StoredEvent.from_json(seq, datetime.fromisoformat(ts), msgspec.Raw(data), key)

@@ -298,7 +298,7 @@ def append(
         if is_message:
             index = message_count
             message_count += 1
-        stored.append(StoredEvent(next_seq, now, event, key, event_json=msgspec.Raw(data)))
+        stored.append(StoredEvent(next_seq, now, event, key, msgspec.Raw(data)))
         inserts.append((session_id, next_seq, now_text, key, index, data))
         results.append(Appended(next_seq))
     if stored:
