@@ -13,7 +13,8 @@ invocation, since absolute figures drift on a shared machine.
 ``BENCH_BEFORE=/path/to/an/older/checkout`` adds ``before``, after the peers: that
 tree's Bamboo server (fsync, its own flags), to show that a change did not cost speed
 (``git worktree add /tmp/before <commit>``). Its drivers are this tree's: the wire
-protocol is the same.
+protocol is the same. Where a ``-batch`` durability is measured, ``before-batch`` is
+that older server again, with agents that publish in batch frames.
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ def kinds(args: argparse.Namespace) -> list[str]:
             lineup.append(SOCKETIO)
         else:
             print(skipped, flush=True)
-    if os.environ.get(BEFORE_TREE_ENV):
-        lineup.append(BEFORE)
     durabilities = list(args.durability)
     if getattr(args, "batch", False):
         durabilities += [d + BATCH for d in args.durability if not d.endswith(BATCH)]
+    if os.environ.get(BEFORE_TREE_ENV):
+        lineup.append(BEFORE)
+        if any(d.endswith(BATCH) for d in durabilities):
+            lineup.append(BEFORE + BATCH)
     return lineup + [BAMBOO + d for d in dict.fromkeys(durabilities)]
 
 
@@ -97,12 +100,12 @@ def is_bamboo(kind: str) -> bool:
 
 def batches(kind: str) -> bool:
     """Whether ``kind``'s agents publish in batch frames."""
-    return is_bamboo(kind) and kind.endswith(BATCH)
+    return speaks_bamboo(kind) and kind.endswith(BATCH)
 
 
 def speaks_bamboo(kind: str) -> bool:
     """Whether the Bamboo drivers run against ``kind``: this tree's or an older one's."""
-    return is_bamboo(kind) or kind == BEFORE
+    return is_bamboo(kind) or kind.removesuffix(BATCH) == BEFORE
 
 
 def server(kind: str, tmp: Path) -> common.ServerProcess:
@@ -110,8 +113,8 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
         return common.baseline_server(tmp / "relay.log")
     if kind == SOCKETIO:
         return socketio_peer.server(tmp / "socketio.log")
-    if kind == BEFORE:
-        return before_server(Path(os.environ[BEFORE_TREE_ENV]), tmp)
+    if kind.removesuffix(BATCH) == BEFORE:
+        return before_server(kind, Path(os.environ[BEFORE_TREE_ENV]), tmp)
     label = kind.removeprefix(BAMBOO)  # each server its own data
     durability = label.removesuffix(BATCH)
     data, log = tmp / f"data-{label}", tmp / f"{kind}.log"
@@ -123,18 +126,18 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
     return common.bamboo_server(data, log, "--durability", durability)
 
 
-def before_server(tree: Path, tmp: Path) -> common.ServerProcess:
+def before_server(kind: str, tree: Path, tmp: Path) -> common.ServerProcess:
     """The server of an older checkout at ``tree``, fsync, with the flags it had."""
-    package = tmp / "before-package" / "bamboo_session"
+    package = tmp / f"{kind}-package" / "bamboo_session"
     package.mkdir(parents=True)
     (package / "__init__.py").write_bytes((tree / "bamboo_session" / "__init__.py").read_bytes())
     for folder in ("protocol", "persistence", "server"):
         (package / folder).symlink_to(tree.resolve() / folder)
     argv = [sys.executable, "-c", _BEFORE_BOOT, str(package.parent), "serve"]
-    argv += ["--host", common.HOST, "--port", "{port}", "--data-dir", str(tmp / "data-before")]
+    argv += ["--host", common.HOST, "--port", "{port}", "--data-dir", str(tmp / f"data-{kind}")]
     argv += ["--durability", "fsync", "--log-format", "json", "--log-level", "warning"]
     argv += ["--max-sessions", "1000000"]
-    return common.ServerProcess(BEFORE, argv, tmp / "before.log")
+    return common.ServerProcess(kind, argv, tmp / f"{kind}.log")
 
 
 def pairs(lineup: Sequence[str]) -> list[tuple[str, str]]:
