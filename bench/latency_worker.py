@@ -130,6 +130,7 @@ async def main() -> None:
     config = json.loads(sys.stdin.readline())
     cpu_before = time.process_time()
     agents, viewers = await connect(config)
+    common.settle_driver_collector()
     say({"ready": True})
     start = json.loads(await asyncio.to_thread(sys.stdin.readline))["start"]
     measure_from = start + config["warmup"]

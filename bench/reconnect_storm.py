@@ -164,6 +164,7 @@ async def storm_baseline(tmp: Path, sessions: int, viewers_per: int) -> dict[str
             attached = [asyncio.Event() for _ in names]
             tasks = [asyncio.ensure_future(subscriber(n, attached[i])) for i, n in enumerate(names)]
             await asyncio.gather(*(e.wait() for e in attached))
+            common.settle_driver_collector()  # as the Bamboo drivers do
             stopped_at = time.perf_counter()
             await asyncio.to_thread(first.terminate)
             down_at = time.perf_counter()

@@ -24,6 +24,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from .common import settle_driver_collector
 from .peers import bamboo_attach, decode_frame, token_frame, token_index
 
 RETRY_FOR = 60.0  # a peer gives up reconnecting after this long
@@ -162,6 +163,7 @@ async def run(config: dict[str, Any], started: asyncio.Future[None]) -> dict[str
             for i, v in enumerate(viewers)
         ]
         await asyncio.gather(*(e.wait() for e in attached))
+        settle_driver_collector()
         print(json.dumps({"ready": True}), flush=True)
         await started
         go_on.set()  # mid-stream: agents publish live while viewers watch
