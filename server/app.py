@@ -80,8 +80,9 @@ class BambooServer:
             )
         self.access = AccessPolicy(authenticator)
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
-        # Plain HTTP answers not yet read get a quarter of the memory budget, apart from
-        # the sessions' share: a server busy streaming still serves its pages.
+        # Plain HTTP answers not yet taken by their peers get a quarter of the memory
+        # budget, apart from the sessions' share: a server busy streaming still serves
+        # its pages.
         budget = config.memory_budget // 4 if config.memory_budget > 0 else NO_LIMIT
         self.unread_answers = UnreadAnswers(budget)
         self.guard = RequestGuard(
@@ -224,6 +225,7 @@ class BambooServer:
         if request.method == "HEAD" and response.body:
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
             return Response(response.status_code, response.reason_phrase, response.headers, b"")
+        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         return self.unread_answers.admit(connection, response)
 
     async def _answer_request(self, request: Request) -> Response | None:

@@ -67,7 +67,8 @@ SERVE_HELP: dict[str, str] = {
     "ring_size": "recent events kept in memory per session for fast replay",
     "ring_bytes": "bytes of recent events kept in memory per session for fast replay",
     "memory_budget": "bytes all rings, send queues and inboxes may hold together; past "
-    "it rings keep nothing and backed-up connections close with 4429 (0: no limit)",
+    "it rings keep nothing and backed-up connections close with 4429 (0: no limit); a "
+    "quarter of it more for HTTP answers not yet taken by their peers (then 503)",
     "max_sessions_per_user": "sessions a user (token sub, else hello.user_id) keeps, closed "
     "ones aside; one more is refused with close 4403 (0: no cap)",
     "session_create_rate": "new sessions per second per creator (token sub, else peer "
