@@ -43,10 +43,11 @@ from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
 from .origins import RequestGuard
+from .pages import PageReads
 from .quotas import SessionQuotas
 from .readiness import Readiness
 from .responses import UnreadAnswers, error_response
-from .services import Services
+from .services import PAGE_READS_AT_ONCE, Services
 from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
@@ -132,6 +133,7 @@ class BambooServer:
                 config.session_create_burst,
             ),
             Flusher(),
+            PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout),
         )
         self._server = await serve(
             self._handle,
