@@ -11,8 +11,9 @@ client resumes from the log.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from bamboo_session.protocol.codec import JSON, Codec
 from bamboo_session.protocol.errors import CloseCode
@@ -26,11 +27,17 @@ if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
 
+class FrameKeeper(Protocol):
+    """The replay ring (server/room.py), told of each frame made of an event it keeps."""
+
+    def frame_kept(self, size: int) -> None: ...
+
+
 class Outbound:
     """One server frame, framed for the wire at most once per codec (a WebSocket frame
     around its encoding), whatever the number of connections it goes to."""
 
-    __slots__ = ("_json", "_msgpack", "event_size", "frame", "stored")
+    __slots__ = ("_json", "_msgpack", "event_size", "frame", "held", "ring", "stored")
 
     def __init__(self, frame: ServerFrame, stored: StoredEvent | None = None) -> None:
         self.frame: ServerFrame | None = frame
@@ -40,6 +47,11 @@ class Outbound:
         self._msgpack: bytes | None = None
         # An event frame's size in a queue, counted once for every queue it goes to.
         self.event_size = 0 if stored is None else stored.size + EVENT_FRAME_OVERHEAD
+        # What it keeps: its event (event_size) and each frame made of it. The ring
+        # that keeps it, if one does, counts its frames as they are made (weak: the
+        # ring keeps it, not the other way round).
+        self.held = self.event_size
+        self.ring: weakref.ReferenceType[FrameKeeper] | None = None
 
     @classmethod
     def for_event(cls, stored: StoredEvent) -> Outbound:
@@ -66,11 +78,19 @@ class Outbound:
             data = self._json
             if data is None:
                 data = self._json = websocket_frame(codec.encode(self._frame()), True)
+                self._keep(len(data))
             return data
         data = self._msgpack
         if data is None:
             data = self._msgpack = websocket_frame(codec.encode(self._frame()), False)
+            self._keep(len(data))
         return data
+
+    def _keep(self, size: int) -> None:
+        self.held += size
+        keeper = self.ring() if self.ring is not None else None
+        if keeper is not None:
+            keeper.frame_kept(size)
 
     def _frame(self) -> ServerFrame:
         assert self.frame is not None, "a reply is framed for its one connection's codec"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bamboo_session.protocol.codec import JSON, MSGPACK
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
 from bamboo_session.server.budget import MemoryBudget
@@ -94,6 +95,25 @@ def test_the_ring_keeps_what_its_bytes_allow_and_nothing_past_the_budget() -> No
     poor = SessionRoom("e", 0, ring_size=1000, ring_max_bytes=MIB, budget=tight)
     poor.deliver([StoredEvent(1, _ts(), Token("x" * 100 * KIB))])
     assert poor.ring is None and tight.used == 0  # replays will read the store
+
+
+def test_the_ring_counts_the_frames_its_events_keep() -> None:
+    budget = MemoryBudget(0)
+    room = SessionRoom("e", 0, ring_size=1000, ring_max_bytes=300 * KIB, budget=budget)
+    room.deliver([StoredEvent(seq, _ts(), Token("x" * 40 * KIB)) for seq in range(1, 6)])
+    assert room.ring is not None and [o.seq for o in room.ring] == [1, 2, 3, 4, 5]
+    first = room.ring[0]
+    for codec in (JSON, MSGPACK):  # sent to peers of each codec: each frame is kept
+        for out in list(room.ring or ()):
+            out.framed(codec)
+    kept = list(room.ring or ())
+    held = sum(o.event_size + len(o.framed(JSON)) + len(o.framed(MSGPACK)) for o in kept)
+    assert room.ring_bytes == budget.used == held <= 300 * KIB
+    assert [o.seq for o in kept] == [4, 5]  # the oldest went, to stay within its bytes
+    first.framed(MSGPACK)  # framed after it left the ring: its sender's, not counted
+    assert budget.used == held
+    room.drop_ring()
+    assert budget.used == 0
 
 
 async def test_the_inbox_is_bounded_in_bytes_but_always_takes_one() -> None:
@@ -179,6 +199,40 @@ async def test_past_the_memory_budget_replay_reads_the_store() -> None:
                     assert w["resumed"] and w["replay"] == 4
                     seqs = [(await late.recv_type("event"))["seq"] for _ in range(4)]
                     assert seqs == [2, 3, 4, 5]
+
+
+async def test_dropping_a_ring_frees_no_more_than_it_counted() -> None:
+    """What a session's ring keeps once its events went to peers of both codecs, as
+    tracemalloc sees it. The memory store keeps every stored event itself, so what
+    dropping the ring frees is what the ring alone holds: its frames and their objects."""
+    tracemalloc.start()
+    try:
+        async with run_server(store="memory://", ring_size=10_000, ring_bytes=64 * MIB) as server:
+            async with contextlib.AsyncExitStack() as stack:
+                agent, welcome = await stack.enter_async_context(attach(server, role="agent"))
+                session_id = welcome["session"]["id"]
+                viewers = []
+                for msgpack in (False, True):
+                    peer, _ = await stack.enter_async_context(
+                        attach(server, session_id, msgpack=msgpack)
+                    )
+                    viewers.append(peer)
+                    await agent.recv_type("presence")
+                for i in range(300):
+                    frame = {"type": "event", "id": i, "event": token(f"{i:04}" + "r" * 2000)}
+                    await agent.request(frame, "ack")
+                for viewer in viewers:
+                    while (await viewer.recv_type("event"))["seq"] < 300:
+                        pass
+                actor = server.manager.live_actor(session_id)
+                assert actor is not None and actor.room.ring is not None
+                counted = actor.room.ring_bytes
+                before = tracemalloc.get_traced_memory()[0]
+                actor.room.drop_ring()
+                freed = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert 0 < freed <= counted, f"dropping the ring freed {freed} bytes, it counted {counted}"
 
 
 # -- reading costs what is asked ---------------------------------------------------------
