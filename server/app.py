@@ -43,10 +43,11 @@ from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
 from .origins import RequestGuard
+from .pages import PageReads
 from .quotas import SessionQuotas
 from .readiness import Readiness
 from .responses import UnreadAnswers, error_response
-from .services import Services
+from .services import PAGE_READS_AT_ONCE, Services
 from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
@@ -80,8 +81,9 @@ class BambooServer:
             )
         self.access = AccessPolicy(authenticator)
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
-        # Plain HTTP answers not yet read get a quarter of the memory budget, apart from
-        # the sessions' share: a server busy streaming still serves its pages.
+        # Plain HTTP answers not yet taken by their peers get a quarter of the memory
+        # budget, apart from the sessions' share: a server busy streaming still serves
+        # its pages.
         budget = config.memory_budget // 4 if config.memory_budget > 0 else NO_LIMIT
         self.unread_answers = UnreadAnswers(budget)
         self.guard = RequestGuard(
@@ -131,6 +133,7 @@ class BambooServer:
                 config.session_create_burst,
             ),
             Flusher(),
+            PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout),
         )
         self._server = await serve(
             self._handle,
@@ -224,6 +227,7 @@ class BambooServer:
         if request.method == "HEAD" and response.body:
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
             return Response(response.status_code, response.reason_phrase, response.headers, b"")
+        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         return self.unread_answers.admit(connection, response)
 
     async def _answer_request(self, request: Request) -> Response | None:

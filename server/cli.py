@@ -54,6 +54,10 @@ SERVE_HELP: dict[str, str] = {
     "close_timeout": "seconds to wait for the closing handshake before dropping the socket",
     "replay_page_timeout": "seconds a resuming connection's replay may make no progress "
     "(nothing of it delivered); then it is closed with 4429",
+    "store_read_timeout": "seconds a page read from the store (history, events, a "
+    "replay's page; waiting for one of the 8 read slots included), or an HTTP API "
+    "request's store reads, may take; then abandoned: error internal, HTTP 503, a "
+    "replay closes with 1011",
     "compression": "permessage-deflate (true/false)",
     "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",
@@ -65,9 +69,11 @@ SERVE_HELP: dict[str, str] = {
     "inbox_limit": "requests queued per session before its peers' readers wait",
     "inbox_bytes": "bytes of requests queued per session before its peers' readers wait",
     "ring_size": "recent events kept in memory per session for fast replay",
-    "ring_bytes": "bytes of recent events kept in memory per session for fast replay",
+    "ring_bytes": "bytes of recent events kept in memory per session for fast replay: "
+    "their JSON and the frames sent of them (one per codec)",
     "memory_budget": "bytes all rings, send queues and inboxes may hold together; past "
-    "it rings keep nothing and backed-up connections close with 4429 (0: no limit)",
+    "it rings keep nothing and backed-up connections close with 4429 (0: no limit); a "
+    "quarter of it more for HTTP answers not yet taken by their peers (then 503)",
     "max_sessions_per_user": "sessions a user (token sub, else hello.user_id) keeps, closed "
     "ones aside; one more is refused with close 4403 (0: no cap)",
     "session_create_rate": "new sessions per second per creator (token sub, else peer "

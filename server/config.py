@@ -60,6 +60,11 @@ class ServerConfig:
     # A resuming connection's time to take each page of its replay (up to 1 MiB of
     # events, held in its socket's buffer meanwhile); else it is closed with 4429.
     replay_page_timeout: float = 20.0
+    # A page read from the store (history, events, a replay's page), its wait for one
+    # of the page-read slots included, and an HTTP API request's store reads, are
+    # abandoned after this long: a store that hangs would keep every slot. Below
+    # websockets' open_timeout (10 s), within which an HTTP request must be answered.
+    store_read_timeout: float = 5.0
     compression: bool = False
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
@@ -201,6 +206,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "ping_timeout": (0.001, None),
     "hello_timeout": (0.001, None),
     "replay_page_timeout": (0.001, None),
+    "store_read_timeout": (0.001, None),
     "idle_timeout": (0.001, None),
     "max_sessions": (1, None),
     "send_queue_frames": (2, None),

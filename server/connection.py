@@ -11,8 +11,9 @@ nothing more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
@@ -261,26 +262,23 @@ class Connection:
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
         config, storage = self.services.config, self.services.manager.storage
-        read = history_reply(
-            storage, self.session_id, request, config.max_history_page, config.max_page_bytes
-        )
-        async with self.services.page_reads:
-            reply = await self._storage_read(read, request.id)
-            outbox.push(Outbound.reply(reply, self.codec))
+        limits = (config.max_history_page, config.max_page_bytes)
+        read = functools.partial(history_reply, storage, self.session_id, request, *limits)
+        outbox.push(Outbound.reply(await self._storage_read(read, request.id), self.codec))
 
     async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
         config, storage = self.services.config, self.services.manager.storage
-        read = events_reply(
-            storage, self.session_id, request, config.max_events_page, config.max_page_bytes
-        )
-        async with self.services.page_reads:
-            reply = await self._storage_read(read, request.id)
-            outbox.push(Outbound.reply(reply, self.codec))
+        limits = (config.max_events_page, config.max_page_bytes)
+        read = functools.partial(events_reply, storage, self.session_id, request, *limits)
+        outbox.push(Outbound.reply(await self._storage_read(read, request.id), self.codec))
 
-    async def _storage_read(self, read: Awaitable[T], request_id: RequestId) -> T:
+    async def _storage_read(self, read: Callable[[], Awaitable[T]], request_id: RequestId) -> T:
+        """A page read (a slot, a deadline); its failure as the request's ``error``. The
+        reply is framed in the same step as the read returns, so the slots still bound
+        the pages decoded at once."""
         try:
-            return await read
+            return await self.services.page_reads.read(read)
         except StorageError as exc:
             raise request_error(exc, request_id) from None
 

@@ -29,6 +29,7 @@ from bamboo_session.protocol.errors import (
 
 from .auth import Forbidden, Unauthorized
 from .limits import TooManyConnections
+from .pages import StoreTimeout
 from .quotas import CreatingTooFast, TooManySessions
 
 
@@ -71,6 +72,9 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     ServerBusy: Failure(
         _C.TRY_AGAIN_LATER, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "server at its session limit"
+    ),
+    StoreTimeout: Failure(
+        _C.INTERNAL_ERROR, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "storage unavailable", True
     ),
     StorageError: Failure(
         _C.INTERNAL_ERROR,

@@ -146,7 +146,7 @@ async def _list_sessions(services: Services, request: Request, params: dict[str,
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
-    result = await services.manager.list_sessions(filter)
+    result = await services.page_reads.lookup(lambda: services.manager.list_sessions(filter))
     result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
     return json_response(http.HTTPStatus.OK, result)
 
@@ -159,15 +159,17 @@ async def _session_resource(
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
-    manager = services.manager
-    metadata = await manager.get_metadata(session_id)
+    reads = services.page_reads
+    # One deadline for every store read of the request (websockets drops a request
+    # not answered within its open_timeout); the page takes a slot too.
+    deadline = reads.deadline()
+    metadata = await reads.lookup(lambda: services.manager.get_metadata(session_id), deadline)
     if metadata is None or metadata.is_expired():
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     services.access.check_session(principal, metadata)
-    async with services.page_reads:
-        if tail == "events":
-            return await _events(services, session_id, params)
-        return await _session(services, metadata, params)
+    if tail == "events":
+        return await reads.read(lambda: _events(services, session_id, params), deadline)
+    return await reads.read(lambda: _session(services, metadata, params), deadline)
 
 
 class _BadParameter(ValueError):

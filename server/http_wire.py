@@ -19,7 +19,7 @@ import asyncio
 import email.utils
 import http
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from websockets.asyncio.server import ServerConnection
@@ -33,6 +33,9 @@ from websockets.exceptions import (
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+
+if TYPE_CHECKING:
+    from .responses import UnreadAnswers
 
 _json = msgspec.json.Encoder()
 _CODES = {
@@ -77,6 +80,11 @@ class BambooConnection(ServerConnection):
     straight into the socket's buffer, outside every queue the server bounds, so a peer
     that pings without reading the pongs would grow that buffer without end."""
 
+    # The account of a big HTTP answer (responses.py) and how much of it is still
+    # charged there; class defaults, so that a WebSocket connection carries neither.
+    _answers: UnreadAnswers | None = None
+    _answer_held = 0
+
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         protocol.reject = json_reject  # type: ignore[method-assign]
         protocol.parser = _parse_request(protocol)
@@ -104,6 +112,12 @@ class BambooConnection(ServerConnection):
         # writing is not paused too (and the other way round, below).
         self.recv_messages.resume = self._resume_reading
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._answer_left(0)  # whatever was left unsent is gone with the transport
+
     def pause_writing(self) -> None:
         super().pause_writing()
         self.transport.pause_reading()
@@ -111,6 +125,34 @@ class BambooConnection(ServerConnection):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._resume_reading()
+        self._follow_answer()
+
+    def hold_answer(self, answers: UnreadAnswers, size: int) -> None:
+        """The answer about to be written, ``size`` bytes charged to ``answers``: the
+        charge follows its bytes out of the transport's buffer."""
+        self._answers, self._answer_held = answers, size
+        # This connection only answers, then closes: no stream to pace, so its buffer
+        # may as well report when it is empty (writing pauses as soon as it holds a
+        # byte and resumes once it holds none), when the charge goes.
+        self.transport.set_write_buffer_limits(high=0)
+        # websockets writes the answer in the same step as process_request returns it;
+        # by the next turn of the loop, what the kernel did not take is in the buffer.
+        self.loop.call_soon(self._follow_answer)
+
+    def _follow_answer(self) -> None:
+        if self._answers is not None:
+            self._answer_left(self.transport.get_write_buffer_size())
+
+    def _answer_left(self, buffered: int) -> None:
+        """Release the answer's charge down to the ``buffered`` bytes still to send."""
+        answers = self._answers
+        if answers is None:
+            return
+        held = min(self._answer_held, buffered)
+        answers.release(self._answer_held - held)
+        self._answer_held = held
+        if not held:
+            self._answers = None
 
     def _resume_reading(self) -> None:
         if not self.paused and not self.recv_messages.paused:

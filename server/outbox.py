@@ -11,8 +11,9 @@ client resumes from the log.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
@@ -28,18 +29,29 @@ if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
 
+class FrameKeeper(Protocol):
+    """The replay ring (server/room.py), told of each frame made of an event it keeps."""
+
+    def frame_kept(self, size: int) -> None: ...
+
+
 class Outbound(msgspec.Struct, gc=False):
     """One server frame, framed for the wire at most once per codec (a WebSocket frame
     around its encoding), whatever the number of connections it goes to.
 
     ``event_size`` is an event frame's size in a queue, counted once for every queue it
-    goes to (0 for other frames). Out of the cycle collector's sight (``gc=False``),
-    like the StoredEvent it carries: the replay rings hold hundreds of thousands, and
-    none refers back to anything that holds it."""
+    goes to (0 for other frames). ``held`` is what it keeps: its event (``event_size``)
+    and each frame made of it. The ring that keeps it, if one does (``ring``), counts
+    its frames as they are made; the reference is weak, since the ring keeps the frame
+    and not the other way round. Out of the cycle collector's sight (``gc=False``), like
+    the StoredEvent it carries: the replay rings hold hundreds of thousands, and none
+    refers back to anything that holds it."""
 
     frame: ServerFrame | None
     stored: StoredEvent | None = None
     event_size: int = 0
+    held: int = 0
+    ring: weakref.ReferenceType[FrameKeeper] | None = None
     # Framed for each codec at most once (two fields: cheaper than a dict per frame).
     _json: bytes | None = None
     _msgpack: bytes | None = None
@@ -47,7 +59,8 @@ class Outbound(msgspec.Struct, gc=False):
     @classmethod
     def for_event(cls, stored: StoredEvent) -> Outbound:
         frame = EventFrame(stored.seq, stored.ts, stored.event_json)
-        return cls(frame, stored, stored.size + EVENT_FRAME_OVERHEAD)
+        size = stored.size + EVENT_FRAME_OVERHEAD
+        return cls(frame, stored, size, size)
 
     @classmethod
     def reply(cls, frame: ServerFrame, codec: Codec) -> Outbound:
@@ -70,11 +83,19 @@ class Outbound(msgspec.Struct, gc=False):
             data = self._json
             if data is None:
                 data = self._json = websocket_frame(codec.encode(self._frame()), True)
+                self._keep(len(data))
             return data
         data = self._msgpack
         if data is None:
             data = self._msgpack = websocket_frame(codec.encode(self._frame()), False)
+            self._keep(len(data))
         return data
+
+    def _keep(self, size: int) -> None:
+        self.held += size
+        keeper = self.ring() if self.ring is not None else None
+        if keeper is not None:
+            keeper.frame_kept(size)
 
     def _frame(self) -> ServerFrame:
         assert self.frame is not None, "a reply is framed for its one connection's codec"

@@ -6,16 +6,20 @@ one, so that a client always makes progress), and reading one costs about what i
 holds: events come from ``read_events(max_bytes=…)``; the history is read newest first
 in chunks sized from what the previous chunk weighed, so a history of large messages
 is not read a thousand at a time to answer with a few.
+
+:class:`PageReads` is how many pages the server reads at once, and how long a read
+may take before it is abandoned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, TypeVar
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import msgspec
 
-from bamboo_session.persistence.base import HistoryPage, SessionStorage
+from bamboo_session.persistence.base import HistoryPage, SessionStorage, StorageError
 from bamboo_session.protocol.frames import (
     EventRecord,
     Events,
@@ -30,6 +34,73 @@ MAX_CHUNK: Final = 256
 
 _json = msgspec.json.Encoder()
 T = TypeVar("T")
+
+
+class StoreTimeout(StorageError):
+    """The store did not answer a read in time (a Redis that stopped, a disk that
+    stalls): the read was abandoned."""
+
+
+class PageReads:
+    """The server's page reads, over all connections and the HTTP API: ``history`` and
+    ``events`` pages, and the pages of replays that are not in memory.
+
+    At most ``slots`` are read at once: a page decoded is several times its bytes, and
+    50 peers asking at once without reading took RSS to 670 MiB. Each must end within
+    ``timeout`` seconds, its wait for a slot included, or it is abandoned with
+    :class:`StoreTimeout` and its slot freed: a store that hangs would otherwise keep
+    every slot, and every later read would wait behind them for as long as it hangs."""
+
+    __slots__ = ("slots", "timeout")
+
+    def __init__(self, slots: int, timeout: float) -> None:
+        self.slots = asyncio.Semaphore(slots)
+        self.timeout = timeout
+
+    def deadline(self) -> float:
+        """When a read that starts now must end (the event loop's clock)."""
+        return asyncio.get_running_loop().time() + self.timeout
+
+    async def read(self, read: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
+        """``read()`` in a slot, by ``deadline`` (default: ``timeout`` from now)."""
+        deadline = self.deadline() if deadline is None else deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise self._late() from None
+        try:
+            return await self.lookup(read, deadline)
+        finally:
+            self.slots.release()
+
+    async def lookup(self, read: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
+        """``read()`` by ``deadline``, without a slot: a store read that is not a page (a
+        session's metadata, a listing), or one that has its slot already."""
+        deadline = self.deadline() if deadline is None else deadline
+        loop = asyncio.get_running_loop()
+        # In a task of its own, given up on at the deadline rather than awaited until
+        # its cancellation lands: a cancelled redis-py call may not end (its
+        # asyncio.wait_for swallows a cancellation that meets a finished send, on
+        # Python 3.11), and the slot must be freed all the same.
+        work = asyncio.ensure_future(read())
+        try:
+            await asyncio.wait((work,), timeout=max(0.0, deadline - loop.time()))
+        finally:
+            if not work.done():
+                work.cancel()  # abandoned: it ends when its store call does
+                work.add_done_callback(_forget)
+        if not work.done():
+            raise self._late()
+        return work.result()
+
+    def _late(self) -> StoreTimeout:
+        return StoreTimeout(f"no answer from the store within {self.timeout:g} s")
+
+
+def _forget(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()  # an abandoned read's failure: nobody is waiting for it
 
 
 def message_size(message: Message) -> int:

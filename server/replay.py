@@ -2,7 +2,8 @@
 room's ring while it still holds them, else from the store.
 
 A page read from the store is bounded in events and in bytes, and takes one of the
-server's page-read slots while it is read, as ``history`` and ``events`` requests do.
+server's page-read slots while it is read, within their deadline, as ``history`` and
+``events`` requests do (server/pages.py, ``PageReads``).
 It is read once for every resumer that needs it at that moment: the first starts the
 read, and resumers that ask for the same start meanwhile wait for it (after a restart,
 the viewers of a session all resume at once from the same seq). A page that reaches up
@@ -32,6 +33,7 @@ from bamboo_session.protocol.errors import CloseCode
 from .failures import failure_of
 from .metrics import Metrics
 from .outbox import Outbound, Outbox, Replay, send_frames
+from .pages import PageReads
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 
 log = structlog.get_logger("bamboo_session.replay")
@@ -53,11 +55,12 @@ class ReplayReads:
         self._reads: dict[int, asyncio.Task[list[Outbound]]] = {}
 
     async def page(
-        self, after: int, through: int, slots: asyncio.Semaphore | None = None
+        self, after: int, through: int, reads: PageReads | None = None
     ) -> list[Outbound]:
         """Events in ``(after, through]``, oldest first, a page at most; [] when there
-        are none. Raises what the store's ``read_events`` raises (so does every resumer
-        that waited for the same read; the next one reads again)."""
+        are none. A store read goes through ``reads`` when given (a slot, a deadline).
+        Raises what the store's ``read_events`` raises, or StoreTimeout (so does every
+        resumer that waited for the same read; the next one reads again)."""
         if after >= through:
             return []
         page = self.room.ring_page(after, through)
@@ -65,7 +68,7 @@ class ReplayReads:
             return page
         read = self._reads.get(after)
         if read is None:
-            read = self._start(after, through, slots)
+            read = self._start(after, through, reads)
         # Shielded: a resumer that goes away does not cancel what the others wait for.
         stored = await asyncio.shield(read)
         return [out for out in stored if out.seq <= through]
@@ -81,13 +84,13 @@ class ReplayReads:
             yield page
 
     def _start(
-        self, after: int, through: int, slots: asyncio.Semaphore | None
+        self, after: int, through: int, reads: PageReads | None
     ) -> asyncio.Task[list[Outbound]]:
         # Up to where the ring begins: what it holds is not read again.
         end = min(through, self.room.ring_start - 1)
         limit = min(REPLAY_PAGE, max(1, end - after))
         read = asyncio.create_task(
-            self._read(after, limit, slots), name=f"replay-read:{self.session_id}:{after}"
+            self._read(after, limit, reads), name=f"replay-read:{self.session_id}:{after}"
         )
         self._reads[after] = read
         read.add_done_callback(functools.partial(self._finished, after))
@@ -99,14 +102,12 @@ class ReplayReads:
         if not read.cancelled():
             read.exception()  # its waiters have it; should none be left, it is not "lost"
 
-    async def _read(
-        self, after: int, limit: int, slots: asyncio.Semaphore | None
-    ) -> list[Outbound]:
-        if slots is None:
+    async def _read(self, after: int, limit: int, reads: PageReads | None) -> list[Outbound]:
+        if reads is None:
             page = await self._read_events(after, limit)
         else:
-            async with slots:
-                page = await self._read_events(after, limit)
+            # The deadline is this shared read's: every resumer waiting for it fails with it.
+            page = await reads.read(functools.partial(self._read_events, after, limit))
         self.room.seed_ring(page)
         return page
 
@@ -121,7 +122,7 @@ class ReplayReads:
 async def send_replay(
     replay: Replay,
     reads: ReplayReads,
-    slots: asyncio.Semaphore,
+    page_reads: PageReads,
     outbox: Outbox,
     ws: ServerConnection,
     codec: Codec,
@@ -136,7 +137,7 @@ async def send_replay(
     position, through, sent = replay.after, replay.through, 0
     while position < through and outbox.closing is None:
         try:
-            frames, position = await _page_frames(reads, slots, codec, position, through)
+            frames, position = await _page_frames(reads, page_reads, codec, position, through)
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
@@ -153,12 +154,12 @@ async def send_replay(
 
 
 async def _page_frames(
-    reads: ReplayReads, slots: asyncio.Semaphore, codec: Codec, after: int, through: int
+    reads: ReplayReads, page_reads: PageReads, codec: Codec, after: int, through: int
 ) -> tuple[list[bytes], int]:
     """The next page of a replay as this connection's frames, and the seq it ends at.
     The page's events (decoded, or shared with the ring and other resumers) go with
     this call: what a stalled peer holds is the frames, no more."""
-    page = await reads.page(after, through, slots)
+    page = await reads.page(after, through, page_reads)
     if not page:
         return [], after
     return [out.framed(codec) for out in page], page[-1].seq

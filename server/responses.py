@@ -1,16 +1,18 @@
 """HTTP answers on the WebSocket port: plain text, JSON, the JSON error body every
 refusal carries (``{"error": {"code": …, "message": …}}``), and the account of answers
-written but not yet read (``UnreadAnswers``)."""
+written but not yet taken by their peers (``UnreadAnswers``)."""
 
 from __future__ import annotations
 
 import http
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Response
+
+if TYPE_CHECKING:
+    from .http_wire import BambooConnection
 
 _json = msgspec.json.Encoder()
 
@@ -40,12 +42,15 @@ SMALL_ANSWER_BYTES = 4096
 
 
 class UnreadAnswers:
-    """Bytes of HTTP answers written but not yet read by their peers, against a limit.
+    """Bytes of HTTP answers written but not yet taken by their peers, against a limit.
 
-    A plain HTTP answer sits in its socket's buffer until the peer reads it, outside
-    every queue the server bounds: 2,000 peers asking for a 1 MiB page and never
-    reading held 2.3 GB. Each answer is charged here until its connection is gone; one
-    that would go past the limit gets 503 instead (the first always fits)."""
+    A plain HTTP answer waits in its connection's buffer until the peer reads it (the
+    kernel takes what fits in the socket's own buffer), outside every queue the server
+    bounds: 2,000 peers asking for a 1 MiB page and never reading held 2.3 GB. Each
+    answer is charged here until its bytes have left that buffer: its connection
+    releases them as the buffer drains, and at the latest when it is lost
+    (:meth:`BambooConnection.hold_answer`). One that would go past the limit gets 503
+    instead (the first always fits)."""
 
     __slots__ = ("limit", "used")
 
@@ -53,10 +58,10 @@ class UnreadAnswers:
         self.limit = limit
         self.used = 0
 
-    def admit(self, connection: ServerConnection, response: Response) -> Response:
+    def admit(self, connection: BambooConnection, response: Response) -> Response:
         size = len(response.body)
-        if size <= SMALL_ANSWER_BYTES:
-            return response
+        if size <= SMALL_ANSWER_BYTES or connection.transport.is_closing():
+            return response  # small, or to a peer already gone: nothing will be written
         if self.used and self.used + size > self.limit:
             busy = error_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -66,8 +71,8 @@ class UnreadAnswers:
             busy.headers["Retry-After"] = "1"
             return busy
         self.used += size
-        connection.connection_lost_waiter.add_done_callback(lambda _: self._release(size))
+        connection.hold_answer(self, size)
         return response
 
-    def _release(self, size: int) -> None:
+    def release(self, size: int) -> None:
         self.used -= size

@@ -11,6 +11,9 @@ the ring or the store, newer ones live.
 
 The ring of recent events is bounded in events and in bytes, and charged to the
 process's memory budget: past that budget it keeps nothing, and replays read the store.
+Its bytes are what its events keep: each event's JSON (``Outbound.event_size``) and the
+frames made of it for peers, one per codec at most, counted as they are made
+(``frame_kept``).
 A page a replay reads from the store that ends where the ring begins goes in front of
 it (``seed_ring``): after a restart the ring is empty, and the first resumer's read then
 serves the session's other resumers from memory.
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import collections
 import itertools
+import weakref
 
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Closed, Presence, Welcome
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
 from .budget import NO_LIMIT, MemoryBudget
-from .outbox import Outbound, Outbox, Replay
+from .outbox import FrameKeeper, Outbound, Outbox, Replay
 
 REPLAY_PAGE = 512  # events per page of a replay
 # And bytes: a page is what a stalled resumer holds, and what a slow one must take
@@ -37,6 +41,8 @@ REPLAY_PAGE_BYTES = 256 * 1024
 
 class SessionRoom:
     __slots__ = (
+        "__weakref__",
+        "_keeper",
         "budget",
         "epoch",
         "origins",
@@ -67,6 +73,8 @@ class SessionRoom:
         self.outboxes: dict[str, Outbox] = {}
         # seq -> the outbox that published it, until it is fanned out (to all but it).
         self.origins: dict[int, Outbox] = {}
+        # What the ring's events point to, to count the frames made of them.
+        self._keeper: weakref.ReferenceType[FrameKeeper] = weakref.ref(self)
 
     # -- events -------------------------------------------------------------------
 
@@ -172,12 +180,24 @@ class SessionRoom:
             if not self.ring_size:
                 return
             ring = self.ring = collections.deque(maxlen=self.ring_size)
-        size, budget = out.event_size, self.budget
+        size, budget = out.held, self.budget
         if len(ring) == self.ring_size:  # the oldest falls off as this one comes in
-            dropped = ring[0].event_size
+            oldest = ring[0]
+            oldest.ring = None  # frames made of it from here on are its senders'
+            dropped = oldest.held
             self.ring_bytes -= dropped
             budget.used -= dropped
         ring.append(out)
+        out.ring = self._keeper
+        self.ring_bytes += size
+        budget.used += size
+        if self.ring_bytes > self.ring_max_bytes or budget.used > budget.limit:
+            self.shrink_ring(self.ring_size)
+
+    def frame_kept(self, size: int) -> None:
+        """An event of the ring was framed for a codec (Outbound.framed): the ring keeps
+        those bytes too, within its bounds."""
+        budget = self.budget
         self.ring_bytes += size
         budget.used += size
         if self.ring_bytes > self.ring_max_bytes or budget.used > budget.limit:
@@ -193,7 +213,9 @@ class SessionRoom:
         while ring and (
             len(ring) > keep or self.ring_bytes > max_bytes or budget.used > budget.limit
         ):
-            size = ring.popleft().event_size
+            out = ring.popleft()
+            out.ring = None
+            size = out.held
             self.ring_bytes -= size
             budget.used -= size
         if not ring:
@@ -201,6 +223,8 @@ class SessionRoom:
 
     def drop_ring(self) -> None:
         """Forget every event kept (the log moved on, or the session retires)."""
+        for out in self.ring or ():
+            out.ring = None
         self.budget.used -= self.ring_bytes
         self.ring_bytes = 0
         self.ring = None
@@ -241,7 +265,7 @@ class SessionRoom:
         kept = 0
         while index >= 0 and len(ring) < self.ring_size:
             out = page[index]
-            size = out.event_size
+            size = out.held
             if (
                 out.seq != expected
                 or self.ring_bytes + size > max_bytes
@@ -249,6 +273,7 @@ class SessionRoom:
             ):
                 break
             ring.appendleft(out)
+            out.ring = self._keeper
             self.ring_bytes += size
             budget.used += size
             kept += 1

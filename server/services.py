@@ -3,7 +3,6 @@ to them instead of the server itself."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 from .auth import AccessPolicy
@@ -12,6 +11,7 @@ from .flush import Flusher
 from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
+from .pages import PageReads
 from .quotas import SessionQuotas
 from .readiness import Readiness
 from .store_stats import StoreStats
@@ -30,9 +30,6 @@ class Services:
     store_stats: StoreStats
     quotas: SessionQuotas
     flusher: Flusher  # writes frames to idle connections' sockets, once per loop turn
-    # Pages (history, events) read and encoded at once, over all connections and HTTP:
-    # a page of at most --max-page-bytes encoded is several times that while decoded,
-    # and 50 peers asking at once without reading took RSS to 670 MiB.
-    page_reads: asyncio.Semaphore = dataclasses.field(
-        default_factory=lambda: asyncio.Semaphore(PAGE_READS_AT_ONCE)
-    )
+    # Pages (history, events, replays) read from the store at once, each within
+    # --store-read-timeout (server/pages.py).
+    page_reads: PageReads

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bamboo_session.protocol.codec import JSON, MSGPACK
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
 from bamboo_session.server.budget import MemoryBudget
@@ -94,6 +95,25 @@ def test_the_ring_keeps_what_its_bytes_allow_and_nothing_past_the_budget() -> No
     poor = SessionRoom("e", 0, ring_size=1000, ring_max_bytes=MIB, budget=tight)
     poor.deliver([StoredEvent(1, _ts(), Token("x" * 100 * KIB))])
     assert poor.ring is None and tight.used == 0  # replays will read the store
+
+
+def test_the_ring_counts_the_frames_its_events_keep() -> None:
+    budget = MemoryBudget(0)
+    room = SessionRoom("e", 0, ring_size=1000, ring_max_bytes=300 * KIB, budget=budget)
+    room.deliver([StoredEvent(seq, _ts(), Token("x" * 40 * KIB)) for seq in range(1, 6)])
+    assert room.ring is not None and [o.seq for o in room.ring] == [1, 2, 3, 4, 5]
+    first = room.ring[0]
+    for codec in (JSON, MSGPACK):  # sent to peers of each codec: each frame is kept
+        for out in list(room.ring or ()):
+            out.framed(codec)
+    kept = list(room.ring or ())
+    held = sum(o.event_size + len(o.framed(JSON)) + len(o.framed(MSGPACK)) for o in kept)
+    assert room.ring_bytes == budget.used == held <= 300 * KIB
+    assert [o.seq for o in kept] == [4, 5]  # the oldest went, to stay within its bytes
+    first.framed(MSGPACK)  # framed after it left the ring: its sender's, not counted
+    assert budget.used == held
+    room.drop_ring()
+    assert budget.used == 0
 
 
 async def test_the_inbox_is_bounded_in_bytes_but_always_takes_one() -> None:
@@ -181,6 +201,40 @@ async def test_past_the_memory_budget_replay_reads_the_store() -> None:
                     assert seqs == [2, 3, 4, 5]
 
 
+async def test_dropping_a_ring_frees_no_more_than_it_counted() -> None:
+    """What a session's ring keeps once its events went to peers of both codecs, as
+    tracemalloc sees it. The memory store keeps every stored event itself, so what
+    dropping the ring frees is what the ring alone holds: its frames and their objects."""
+    tracemalloc.start()
+    try:
+        async with run_server(store="memory://", ring_size=10_000, ring_bytes=64 * MIB) as server:
+            async with contextlib.AsyncExitStack() as stack:
+                agent, welcome = await stack.enter_async_context(attach(server, role="agent"))
+                session_id = welcome["session"]["id"]
+                viewers = []
+                for msgpack in (False, True):
+                    peer, _ = await stack.enter_async_context(
+                        attach(server, session_id, msgpack=msgpack)
+                    )
+                    viewers.append(peer)
+                    await agent.recv_type("presence")
+                for i in range(300):
+                    frame = {"type": "event", "id": i, "event": token(f"{i:04}" + "r" * 2000)}
+                    await agent.request(frame, "ack")
+                for viewer in viewers:
+                    while (await viewer.recv_type("event"))["seq"] < 300:
+                        pass
+                actor = server.manager.live_actor(session_id)
+                assert actor is not None and actor.room.ring is not None
+                counted = actor.room.ring_bytes
+                before = tracemalloc.get_traced_memory()[0]
+                actor.room.drop_ring()
+                freed = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert 0 < freed <= counted, f"dropping the ring freed {freed} bytes, it counted {counted}"
+
+
 # -- reading costs what is asked ---------------------------------------------------------
 
 
@@ -262,7 +316,7 @@ def status_of(port: int, path: str) -> tuple[int, str]:
     with socket.create_connection(("127.0.0.1", port)) as peer:
         peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         answer = b""
-        while chunk := peer.recv(65536):
+        while chunk := peer.recv(1 << 20):
             answer += chunk
     head = answer.split(b"\r\n\r\n", 1)[0].decode()
     lines = head.split("\r\n")
@@ -270,19 +324,32 @@ def status_of(port: int, path: str) -> tuple[int, str]:
     return int(head.split()[1]), retry
 
 
+def kernel_send_buffer() -> int:
+    """The most of an answer the kernel takes into a socket's send buffer (Linux grows
+    it up to tcp_wmem's maximum); the rest waits in the server's own buffer."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * MIB
+
+
 async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
-    # A 2 MiB budget: HTTP answers not yet read may hold a quarter of it, 512 KiB.
-    async with run_server(memory_budget=2 * MIB) as server:
+    # A 4 MiB budget: HTTP answers not yet taken may hold a quarter of it, 1 MiB. The
+    # page is 2 MiB more than the kernel takes off the server's hands.
+    page_bytes = kernel_send_buffer() + 2 * MIB
+    part = 512 * KIB
+    config = {"memory_budget": 4 * MIB, "max_page_bytes": page_bytes + MIB}
+    async with run_server(**config) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
-            for i in range(3):
-                message = {"role": "user", "content": f"{i}" + "m" * 120_000}
+            for i in range(page_bytes // part + 1):
+                message = {"role": "user", "content": f"{i}" + "m" * part}
                 await agent.request({"type": "message", "id": i, "message": message}, "ack")
-        page = f"/api/v1/sessions/{session_id}?limit=1000"  # ~360 KB of messages
+        page = f"/api/v1/sessions/{session_id}?limit=1000"
         loop = asyncio.get_running_loop()
         stalled = await loop.run_in_executor(None, unread_get, server.port, page)
         try:
-            await eventually(lambda: server.unread_answers.used > 300_000)
+            await eventually(lambda: server.unread_answers.used > MIB)
             assert await loop.run_in_executor(None, status_of, server.port, page) == (503, "1")
             # Small answers stay served whatever is held.
             health = await loop.run_in_executor(None, status_of, server.port, "/healthz")
@@ -291,6 +358,38 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
             stalled.close()
         await eventually(lambda: server.unread_answers.used == 0)
         assert (await loop.run_in_executor(None, status_of, server.port, page))[0] == 200
+
+
+def read_and_stay(port: int, path: str) -> tuple[socket.socket, bytes]:
+    """A peer that reads its whole answer (to the server's end of it) and keeps its
+    connection open, as a keep-alive pool does."""
+    peer = socket.create_connection(("127.0.0.1", port))
+    peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    answer = b""
+    while chunk := peer.recv(65536):
+        answer += chunk
+    return peer, answer
+
+
+async def test_an_answer_read_in_full_is_not_counted_while_its_connection_stays_open() -> None:
+    # 512 KiB for answers not yet read, the page ~360 KB: two do not fit at once. The
+    # server waits close_timeout for a peer to close after its answer: long here.
+    async with run_server(memory_budget=2 * MIB, close_timeout=60) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(3):
+                message = {"role": "user", "content": f"{i}" + "m" * 120_000}
+                await agent.request({"type": "message", "id": i, "message": message}, "ack")
+        page = f"/api/v1/sessions/{session_id}?limit=1000"
+        loop = asyncio.get_running_loop()
+        staying, answer = await loop.run_in_executor(None, read_and_stay, server.port, page)
+        try:
+            assert answer.startswith(b"HTTP/1.1 200") and len(answer) > 360_000
+            # Its bytes have left: the next big answer fits, and nothing is counted.
+            assert await loop.run_in_executor(None, status_of, server.port, page) == (200, "")
+            await eventually(lambda: server.unread_answers.used == 0)
+        finally:
+            staying.close()
 
 
 async def test_a_reply_waiting_for_a_slow_reader_is_held_once(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata,
 from bamboo_session.server.actor import SessionActor
 from bamboo_session.server.budget import MemoryBudget
 from bamboo_session.server.outbox import Outbound, Outbox
+from bamboo_session.server.pages import PageReads
 from bamboo_session.server.room import SessionRoom
 from tests.test_server_actor import append, attach, spawn
 
@@ -112,17 +113,17 @@ def store_reads(actor: SessionActor) -> float:
 async def test_resumers_that_need_the_same_page_share_one_read(store: MemoryStorage) -> None:
     actor = await spawn(store)  # a fresh actor, as after a restart: its ring is empty
     await attach(actor, "v", last_seq=2)
-    slots = asyncio.Semaphore(1)
-    async with slots:  # the read waits for a slot while the others arrive
-        waiters = [asyncio.create_task(actor.replay_reads.page(2, 6, slots)) for _ in range(5)]
+    reads = PageReads(1, 10.0)
+    async with reads.slots:  # the read waits for a slot while the others arrive
+        waiters = [asyncio.create_task(actor.replay_reads.page(2, 6, reads)) for _ in range(5)]
         await asyncio.sleep(0.05)
         assert not any(w.done() for w in waiters)
     pages = await asyncio.gather(*waiters)
     assert [[out.seq for out in p] for p in pages] == [[3, 4, 5, 6]] * 5
     assert store_reads(actor) == 1
     assert ring_seqs(actor.room) == [3, 4, 5, 6]  # seeded: the next resumer reads nothing
-    assert [out.seq for out in await actor.replay_reads.page(2, 6, slots)] == [3, 4, 5, 6]
-    assert [out.seq for out in await actor.replay_reads.page(0, 6, slots)] == [1, 2]
+    assert [out.seq for out in await actor.replay_reads.page(2, 6, reads)] == [3, 4, 5, 6]
+    assert [out.seq for out in await actor.replay_reads.page(0, 6, reads)] == [1, 2]
     assert store_reads(actor) == 2 and ring_seqs(actor.room) == [1, 2, 3, 4, 5, 6]
 
 
@@ -131,9 +132,9 @@ async def test_a_failed_read_fails_every_waiter_and_the_next_resumer_reads_again
 ) -> None:
     actor = await spawn(store)
     await attach(actor, "v", last_seq=0)
-    slots = asyncio.Semaphore(1)
-    async with slots:
-        waiters = [asyncio.create_task(actor.replay_reads.page(0, 6, slots)) for _ in range(3)]
+    reads = PageReads(1, 10.0)
+    async with reads.slots:
+        waiters = [asyncio.create_task(actor.replay_reads.page(0, 6, reads)) for _ in range(3)]
         await asyncio.sleep(0.05)
         await store.delete_session("s")  # the read will fail: the log is gone
     results = await asyncio.gather(*waiters, return_exceptions=True)
@@ -141,16 +142,16 @@ async def test_a_failed_read_fails_every_waiter_and_the_next_resumer_reads_again
     assert store_reads(actor) == 1 and actor.room.ring is None
     await store.create_session(Session.new("s"))
     await store.append_event("s", AgentEvent.token("again"))
-    assert [out.seq for out in await actor.replay_reads.page(0, 1, slots)] == [1]
+    assert [out.seq for out in await actor.replay_reads.page(0, 1, reads)] == [1]
     assert store_reads(actor) == 2
 
 
 async def test_a_read_seeds_the_ring_only_if_it_still_joins_it(store: MemoryStorage) -> None:
     actor = await spawn(store, ring_size=3)
     await attach(actor, "v", last_seq=0)
-    slots = asyncio.Semaphore(1)
-    async with slots:
-        read = asyncio.create_task(actor.replay_reads.page(0, 6, slots))
+    reads = PageReads(1, 10.0)
+    async with reads.slots:
+        read = asyncio.create_task(actor.replay_reads.page(0, 6, reads))
         await asyncio.sleep(0.05)
         for text in "ghij":  # live events arrive meanwhile, and push the ring past 7
             await append(actor, text)
@@ -165,9 +166,9 @@ async def test_a_read_that_ends_after_the_session_stopped_seeds_nothing(
 ) -> None:
     actor = await spawn(store)
     await attach(actor, "v", last_seq=0)
-    slots = asyncio.Semaphore(1)
-    async with slots:
-        read = asyncio.create_task(actor.replay_reads.page(0, 6, slots))
+    reads = PageReads(1, 10.0)
+    async with reads.slots:
+        read = asyncio.create_task(actor.replay_reads.page(0, 6, reads))
         await asyncio.sleep(0.05)
         actor.room.close_all(CloseCode.NOT_FOUND, "session deleted")
     assert [out.seq for out in await read] == [1, 2, 3, 4, 5, 6]

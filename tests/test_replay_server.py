@@ -208,7 +208,7 @@ async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, 3)
-        slots = server.services.page_reads
+        slots = server.services.page_reads.slots
         held = 0
         try:
             for _ in range(PAGE_READS_AT_ONCE):
@@ -231,7 +231,7 @@ async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, 20)
-            slots = server.services.page_reads
+            slots = server.services.page_reads.slots
             held = 0
             try:
                 for _ in range(PAGE_READS_AT_ONCE):

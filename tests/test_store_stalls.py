@@ -1,0 +1,125 @@
+"""A store that stops answering (a Redis frozen with SIGSTOP, as a stalled disk or a
+hung network would leave a store): page reads are abandoned after
+``--store-read-timeout``, their page-read slots go back, and each requester hears it at
+once: ``error`` ``internal`` for ``history`` and ``events``, 503 for the HTTP API, close
+1011 for a replay. Once the store answers again, so do reads: no slot and no Redis
+connection was left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bamboo_session.server.pages import PageReads, StoreTimeout
+from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import Peer, attach, get, run_server, token
+
+DEADLINE = 1.0
+# Without the deadline a read ends with redis-py's socket timeout (10 s,
+# persistence/redis/client.py) at best, and never on a store without one.
+WITHIN = DEADLINE + 3.0
+VIEWERS = PAGE_READS_AT_ONCE + 2  # more readers at once than there are slots
+
+
+async def stubborn(answer: asyncio.Event) -> str:
+    """A store call that does not end when cancelled, until the store answers: as a
+    redis-py call may not, whose asyncio.wait_for (Python 3.11) swallows a cancellation
+    that comes as its send completes."""
+    while True:
+        try:
+            await answer.wait()
+            return "late"
+        except asyncio.CancelledError:
+            continue
+
+
+async def test_a_read_that_ignores_its_cancellation_is_abandoned_at_the_deadline() -> None:
+    reads = PageReads(1, DEADLINE)
+    answer = asyncio.Event()
+    started = time.monotonic()
+    with pytest.raises(StoreTimeout, match="no answer from the store within 1 s"):
+        await reads.read(lambda: stubborn(answer))
+    assert time.monotonic() - started < WITHIN
+    assert not reads.slots.locked()  # its slot is free, though the call goes on
+    assert await reads.read(lambda: asyncio.sleep(0, "next")) == "next"
+    answer.set()  # the store answers the abandoned call at last: nobody is waiting
+    await asyncio.sleep(0.01)
+
+
+@contextlib.contextmanager
+def frozen(redis: RedisServer) -> Iterator[None]:
+    assert redis.pid is not None
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+
+
+async def history_reply(viewer: Peer, request_id: str) -> dict[str, Any]:
+    """The reply to a ``history`` request: the page, or an ``error``."""
+    await viewer.send({"type": "history", "id": request_id, "limit": 10})
+    while True:
+        frame = await viewer.recv(timeout=WITHIN)
+        if frame.get("id") == request_id:
+            return frame
+
+
+async def test_reads_of_a_frozen_store_fail_within_the_deadline_and_give_back_their_slots(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    config = {
+        "store": redis.url(prefix=prefix_for(tmp_path)),
+        "store_read_timeout": DEADLINE,
+        "ring_size": 0,  # replays read the store
+    }
+    async with run_server(**config) as server, contextlib.AsyncExitStack() as stack:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(3):
+                await agent.request({"type": "event", "id": i, "event": token(f"t{i}")}, "ack")
+            message = {"role": "user", "content": "hello"}
+            await agent.request({"type": "message", "id": "m", "message": message}, "ack")
+        viewers = [
+            (await stack.enter_async_context(attach(server, session_id)))[0] for _ in range(VIEWERS)
+        ]
+        slots = server.services.page_reads.slots
+        for _ in range(PAGE_READS_AT_ONCE):  # the resumer's first page waits for a slot
+            await slots.acquire()
+        resumer, resumed = await stack.enter_async_context(attach(server, session_id, last_seq=0))
+        assert resumed["replay"] == 4
+
+        with frozen(redis):
+            started = time.monotonic()
+            for _ in range(PAGE_READS_AT_ONCE):
+                slots.release()  # the replay's read goes to the store, and hangs there
+            replies = [history_reply(viewer, f"h{n}") for n, viewer in enumerate(viewers)]
+            http = get(server, f"/api/v1/sessions/{session_id}/events")
+            *errors, (status, body), (code, frames) = await asyncio.gather(
+                *replies, http, resumer.closed(timeout=WITHIN)
+            )
+            elapsed = time.monotonic() - started
+        assert [e["type"] for e in errors] == ["error"] * VIEWERS, errors
+        assert {e["code"] for e in errors} == {"internal"}
+        assert status == 503 and body["error"]["code"] == "internal", body
+        assert code == 1011 and not [f for f in frames if f["type"] == "event"]
+        assert elapsed < WITHIN
+
+        # The store is back: every slot is free again, and reads succeed.
+        pages = await asyncio.gather(*(history_reply(v, f"g{n}") for n, v in enumerate(viewers)))
+        assert [p["type"] for p in pages] == ["history"] * VIEWERS, pages
+        assert pages[0]["messages"][0]["content"] == "hello"
+        status, body = await get(server, f"/api/v1/sessions/{session_id}/events")
+        assert status == 200 and [e["seq"] for e in body["events"]] == [1, 2, 3, 4]
+        late, resumed = await stack.enter_async_context(attach(server, session_id, last_seq=0))
+        assert [(await late.recv_type("event"))["seq"] for _ in range(4)] == [1, 2, 3, 4]
