@@ -301,3 +301,22 @@ def decode_stored_event(line: bytes) -> StoredEvent:
     Raises ``msgspec.DecodeError`` when the line is not a log line."""
     parsed = _log_decoder.decode(line)
     return StoredEvent.from_json(parsed.seq, parsed.ts, parsed.event, parsed.key)
+
+
+_appended_encoder = msgspec.json.Encoder()
+_appended_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
+
+
+def checked_event(event: AnyAgentEvent) -> AnyAgentEvent:
+    """An event appended in-process, as a peer's frame would bring it: encoded, then
+    decoded with every check the wire applies (field types, free-form values), so that
+    what is stored is what every reader can read back, and a copy: nothing of the
+    caller's object graph is kept. ``ValueError`` says what is wrong."""
+    try:
+        copy = _appended_decoder.decode(_appended_encoder.encode(event))
+        check_content(copy, None, None)
+    except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
+        raise ValueError(f"event cannot be stored: {exc}") from None
+    except ProtocolError as exc:
+        raise ValueError(f"event cannot be stored: {exc.message}") from None
+    return copy

@@ -148,7 +148,7 @@ _event_encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
 
 
-class StoredEvent(msgspec.Struct, gc=False):
+class StoredEvent(msgspec.Struct):
     """One event of a session's log: ``seq`` counts from 1 with no gaps, ``ts`` is when it
     was stored, ``key`` the publisher's idempotency key (stored, never sent to peers).
 
@@ -158,10 +158,10 @@ class StoredEvent(msgspec.Struct, gc=False):
     and for every wire frame, and a replay from the log sends the stored bytes without
     decoding them.
 
-    Out of the cycle collector's sight (``gc=False``): a server keeps hundreds of
-    thousands of these in its replay rings, and the collector re-walked them all at
-    every full collection, for nothing, since an event never refers back to anything
-    that holds it.
+    Tracked by the cycle collector: it may hold the very object an in-process caller
+    appended, and what that refers to is the caller's business. The replay rings keep
+    an event's frame instead (server/outbox.py ``EventOutbound``), which holds no
+    object of the caller's.
     """
 
     seq: int

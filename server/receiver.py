@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import StoredEvent
 
-from .outbox import CloseRequest, Outbound, Outbox, Replay
+from .outbox import CloseRequest, EventOutbound, Outbound, Outbox, Replay
 
 ReplayPages = Callable[[int, int], AsyncIterator[list[Outbound]]]
 
@@ -48,7 +48,9 @@ class Receiver:
                 self.close_code = item.code
             elif isinstance(item, Replay):
                 async for page in self._replay(item.after, item.through):
-                    self._pending.extend(out.stored for out in page if out.stored is not None)
-            elif item.stored is not None:
-                self._pending.append(item.stored)
+                    self._pending.extend(
+                        out.stored_event() for out in page if isinstance(out, EventOutbound)
+                    )
+            elif isinstance(item, EventOutbound):
+                self._pending.append(item.stored_event())
         return self._pending.popleft()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
 from bamboo_session.persistence.base import SessionClosed, SessionNotFound
 from bamboo_session.protocol import AgentEvent, Message
+from bamboo_session.protocol.models import Token
 from bamboo_session.server.manager import ServerBusy, SessionManager, SessionManagerConfig
 from tests.support import attach, open_peer, run_server
 
@@ -62,6 +65,44 @@ async def test_reconnect_replays_what_was_missed(manager: SessionManager) -> Non
         if event.seq == 5:
             break
     assert seqs == [2, 3, 4, 5]
+
+
+async def test_an_event_that_refers_to_what_its_publisher_received_is_collected(
+    manager: SessionManager,
+) -> None:
+    """An in-process agent may publish an event whose data refers to a list that later
+    holds the events it receives, its own among them: a reference cycle, which the
+    cycle collector must be able to see (a StoredEvent or frame kept out of its sight
+    would leak the lot for good)."""
+
+    class Transcript(list[object]):
+        """A list that can be watched for its end (a plain list cannot be weakly
+        referred to)."""
+
+    session = await manager.create_session()
+    receiver = await manager.connect_session(session.id, "agent")
+    transcript = Transcript()
+    await manager.append_event(session.id, AgentEvent.custom("snapshot", {"so_far": transcript}))
+    transcript.append(await receiver.recv())  # the agent keeps what it received
+    watch = weakref.ref(transcript)
+    await manager.delete_session(session.id)
+    del transcript, receiver
+    gc.collect()
+    assert watch() is None
+
+
+async def test_an_event_no_reader_could_read_back_is_refused_before_it_is_stored(
+    manager: SessionManager,
+) -> None:
+    session = await manager.create_session()
+    receiver = await manager.connect_session(session.id, "viewer")
+    for bad in (AgentEvent.custom("x", object()), Token(content=5)):  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="cannot be stored"):
+            await manager.append_event(session.id, bad)
+    ok = await manager.append_event(session.id, AgentEvent.token("fine"))
+    assert ok.seq == 1  # nothing was stored for the refused ones, the session goes on
+    got = await asyncio.wait_for(receiver.recv(), 5)
+    assert got is not None and got.seq == 1 and got.event == AgentEvent.token("fine")
 
 
 async def test_idempotent_append_and_closed_session(manager: SessionManager) -> None:

@@ -3,12 +3,20 @@ what a joiner is welcomed and replayed, presence, the ring."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Closed, EventFrame, Presence, Welcome
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent, Token
-from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox, OutboxItem, Replay
+from bamboo_session.server.outbox import (
+    CloseRequest,
+    EventOutbound,
+    Outbound,
+    Outbox,
+    OutboxItem,
+    Replay,
+)
 from bamboo_session.server.room import REPLAY_PAGE, SessionRoom
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -61,7 +69,12 @@ def test_events_share_one_frame_encoded_from_the_stored_json() -> None:
     (second,) = drain(b)
     assert first is second  # one Outbound, so one encoding per codec for all connections
     assert isinstance(first, Outbound) and isinstance(first.frame, EventFrame)
-    assert first.frame.event == first.stored.event_json  # type: ignore[union-attr]
+    stored = events(1, 1)[0]
+    assert first.frame.event == stored.event_json  # the stored bytes, not re-encoded
+    # The rings hold many: the cycle collector must not re-walk them, and it need not,
+    # since the frame keeps the event's JSON and no object the append was given.
+    assert isinstance(first, EventOutbound) and not gc.is_tracked(first)
+    assert not gc.is_tracked(first.frame) and first.stored_event() == stored
 
 
 def test_a_joiner_is_welcomed_then_replayed_what_it_missed() -> None:
