@@ -199,8 +199,10 @@ _batch_decoder = msgspec.json.Decoder(_Batch)
 
 
 def events_from_batch(payload: bytes) -> list[StoredEvent]:
-    """The events of a published batch, each event's JSON kept as published."""
+    """The events of a published batch, each event's JSON kept as published, in bytes
+    of its own: a decoded Raw is a view of the whole payload, and one event kept in a
+    replay ring would keep every other event of its batch with it."""
     return [
-        StoredEvent.from_json(seq, from_micros(ts), raw, key)
+        StoredEvent.from_json(seq, from_micros(ts), raw.copy(), key)
         for seq, ts, key, raw in _batch_decoder.decode(payload)
     ]
