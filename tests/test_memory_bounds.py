@@ -360,6 +360,30 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
         assert (await loop.run_in_executor(None, status_of, server.port, page))[0] == 200
 
 
+async def test_answers_nobody_reads_are_counted_though_the_kernel_could_take_them() -> None:
+    # Answers not yet read may hold 1 MiB (a quarter of the budget); the page is about
+    # 1 MB, less than the kernel's send buffer can grow to (tcp_wmem, 4 MiB here): a
+    # kernel left to itself took it whole, so that it was not counted, and every peer
+    # that never reads could hold another.
+    config = {"memory_budget": 4 * MIB, "max_page_bytes": 2 * MIB}
+    async with run_server(**config) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            for i in range(8):
+                message = {"role": "user", "content": f"{i}" + "m" * 120_000}
+                await agent.request({"type": "message", "id": i, "message": message}, "ack")
+        page = f"/api/v1/sessions/{session_id}?limit=1000"
+        loop = asyncio.get_running_loop()
+        stalled = await loop.run_in_executor(None, unread_get, server.port, page)
+        try:
+            await asyncio.sleep(0.2)  # what the kernel takes, it takes at once
+            assert server.unread_answers.used > 512 * KIB  # most of the page is counted
+            assert await loop.run_in_executor(None, status_of, server.port, page) == (503, "1")
+        finally:
+            stalled.close()
+        await eventually(lambda: server.unread_answers.used == 0)
+
+
 def read_and_stay(port: int, path: str) -> tuple[socket.socket, bytes]:
     """A peer that reads its whole answer (to the server's end of it) and keeps its
     connection open, as a keep-alive pool does."""
