@@ -36,6 +36,11 @@ _json = msgspec.json.Encoder()
 T = TypeVar("T")
 
 
+# Reads given up on whose store call has not ended (each a task, and on a threaded
+# store a queued job): past this many, a read fails at once instead of adding one.
+ABANDONED_READS_MAX: Final = 64
+
+
 class StoreTimeout(StorageError):
     """The store did not answer a read in time (a Redis that stopped, a disk that
     stalls): the read was abandoned."""
@@ -51,11 +56,12 @@ class PageReads:
     :class:`StoreTimeout` and its slot freed: a store that hangs would otherwise keep
     every slot, and every later read would wait behind them for as long as it hangs."""
 
-    __slots__ = ("slots", "timeout")
+    __slots__ = ("abandoned", "slots", "timeout")
 
     def __init__(self, slots: int, timeout: float) -> None:
         self.slots = asyncio.Semaphore(slots)
         self.timeout = timeout
+        self.abandoned = 0  # reads given up on whose store call has not ended yet
 
     def deadline(self) -> float:
         """When a read that starts now must end (the event loop's clock)."""
@@ -78,6 +84,9 @@ class PageReads:
         """``read()`` by ``deadline``, without a slot: a store read that is not a page (a
         session's metadata, a listing), or one that has its slot already."""
         deadline = self.deadline() if deadline is None else deadline
+        if self.abandoned >= ABANDONED_READS_MAX:
+            # The store answers none of them: one more would only pile up behind.
+            raise StoreTimeout(f"the store has not answered {self.abandoned} reads")
         loop = asyncio.get_running_loop()
         # In a task of its own, given up on at the deadline rather than awaited until
         # its cancellation lands: a cancelled redis-py call may not end (its
@@ -89,7 +98,8 @@ class PageReads:
         finally:
             if not work.done():
                 work.cancel()  # abandoned: it ends when its store call does
-                work.add_done_callback(_forget)
+                self.abandoned += 1
+                work.add_done_callback(self._forget)
         if not work.done():
             raise self._late()
         return work.result()
@@ -97,10 +107,10 @@ class PageReads:
     def _late(self) -> StoreTimeout:
         return StoreTimeout(f"no answer from the store within {self.timeout:g} s")
 
-
-def _forget(work: asyncio.Future[Any]) -> None:
-    if not work.cancelled():
-        work.exception()  # an abandoned read's failure: nobody is waiting for it
+    def _forget(self, work: asyncio.Future[Any]) -> None:
+        self.abandoned -= 1
+        if not work.cancelled():
+            work.exception()  # an abandoned read's failure: nobody is waiting for it
 
 
 def message_size(message: Message) -> int:

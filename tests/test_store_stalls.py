@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.server.pages import PageReads, StoreTimeout
+from bamboo_session.server.pages import ABANDONED_READS_MAX, PageReads, StoreTimeout
 from bamboo_session.server.services import PAGE_READS_AT_ONCE
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, get, run_server, token
@@ -53,6 +53,25 @@ async def test_a_read_that_ignores_its_cancellation_is_abandoned_at_the_deadline
     assert await reads.read(lambda: asyncio.sleep(0, "next")) == "next"
     answer.set()  # the store answers the abandoned call at last: nobody is waiting
     await asyncio.sleep(0.01)
+
+
+async def test_reads_of_a_store_that_answers_none_stop_piling_up() -> None:
+    reads = PageReads(1, 0.01)
+    answer = asyncio.Event()
+    try:
+        for _ in range(ABANDONED_READS_MAX):
+            with pytest.raises(StoreTimeout, match="no answer from the store"):
+                await reads.lookup(lambda: stubborn(answer))
+        # Each abandoned call is a task the store still holds; one more would add one.
+        pending = len(asyncio.all_tasks())
+        with pytest.raises(StoreTimeout, match=f"has not answered {ABANDONED_READS_MAX} reads"):
+            await reads.read(lambda: stubborn(answer))
+        assert len(asyncio.all_tasks()) == pending and not reads.slots.locked()
+    finally:
+        answer.set()  # the store is back: the abandoned calls end, and reads are served
+    await asyncio.sleep(0.01)
+    assert reads.abandoned == 0
+    assert await reads.read(lambda: asyncio.sleep(0, "back")) == "back"
 
 
 @contextlib.contextmanager
