@@ -24,7 +24,9 @@ const secret = process.env.BAMBOO_AUTH_SECRET;
 /** An HS256 JWT for `sub` that the server (leeway 0) accepts for `ttl` more seconds. */
 function makeToken(sub, ttl, key = secret) {
   const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const claims = { sub, exp: Date.now() / 1000 + ttl };
+  // Whole seconds, rounded up: the server (PyJWT) truncates exp, and a fractional one
+  // made at 12.9995 s left a 1 s token half a millisecond of life.
+  const claims = { sub, exp: Math.ceil(Date.now() / 1000 + ttl) };
   const body = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
   return `${body}.${createHmac("sha256", key).update(body).digest("base64url")}`;
 }
