@@ -333,6 +333,15 @@ def kernel_send_buffer() -> int:
         return 4 * MIB
 
 
+async def history_page_of(server: Any, messages: int, size: int) -> str:
+    """The path of a page of a new session's history: ``messages`` of ``size`` bytes."""
+    async with attach(server, role="agent") as (agent, welcome):
+        for i in range(messages):
+            message = {"role": "user", "content": f"{i}" + "m" * size}
+            await agent.request({"type": "message", "id": i, "message": message}, "ack")
+    return f"/api/v1/sessions/{welcome['session']['id']}?limit=1000"
+
+
 async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
     # A 4 MiB budget: HTTP answers not yet taken may hold a quarter of it, 1 MiB. The
     # page is 2 MiB more than the kernel takes off the server's hands.
@@ -340,12 +349,7 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
     part = 512 * KIB
     config = {"memory_budget": 4 * MIB, "max_page_bytes": page_bytes + MIB}
     async with run_server(**config) as server:
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            for i in range(page_bytes // part + 1):
-                message = {"role": "user", "content": f"{i}" + "m" * part}
-                await agent.request({"type": "message", "id": i, "message": message}, "ack")
-        page = f"/api/v1/sessions/{session_id}?limit=1000"
+        page = await history_page_of(server, page_bytes // part + 1, part)
         loop = asyncio.get_running_loop()
         stalled = await loop.run_in_executor(None, unread_get, server.port, page)
         try:
@@ -367,12 +371,7 @@ async def test_answers_nobody_reads_are_counted_though_the_kernel_could_take_the
     # that never reads could hold another.
     config = {"memory_budget": 4 * MIB, "max_page_bytes": 2 * MIB}
     async with run_server(**config) as server:
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            for i in range(8):
-                message = {"role": "user", "content": f"{i}" + "m" * 120_000}
-                await agent.request({"type": "message", "id": i, "message": message}, "ack")
-        page = f"/api/v1/sessions/{session_id}?limit=1000"
+        page = await history_page_of(server, 8, 120_000)
         loop = asyncio.get_running_loop()
         stalled = await loop.run_in_executor(None, unread_get, server.port, page)
         try:
@@ -399,12 +398,7 @@ async def test_an_answer_read_in_full_is_not_counted_while_its_connection_stays_
     # 512 KiB for answers not yet read, the page ~360 KB: two do not fit at once. The
     # server waits close_timeout for a peer to close after its answer: long here.
     async with run_server(memory_budget=2 * MIB, close_timeout=60) as server:
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            for i in range(3):
-                message = {"role": "user", "content": f"{i}" + "m" * 120_000}
-                await agent.request({"type": "message", "id": i, "message": message}, "ack")
-        page = f"/api/v1/sessions/{session_id}?limit=1000"
+        page = await history_page_of(server, 3, 120_000)
         loop = asyncio.get_running_loop()
         staying, answer = await loop.run_in_executor(None, read_and_stay, server.port, page)
         try:
