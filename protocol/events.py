@@ -160,7 +160,7 @@ class StoredEvent(msgspec.Struct):
 
     Tracked by the cycle collector: it may hold the very object an in-process caller
     appended, and what that refers to is the caller's business. The replay rings keep
-    an event's frame instead (server/outbox.py ``EventOutbound``), which holds no
+    an event's frame instead (server/outbound.py ``EventOutbound``), which holds no
     object of the caller's.
     """
 

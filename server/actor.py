@@ -42,7 +42,7 @@ from .control import handle, store_failed
 from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
-from .outbox import Outbound
+from .outbound import Outbound
 from .presence import LOCAL, LocalPresence
 from .readiness import AppendHealth
 from .replay import ReplayReads

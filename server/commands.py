@@ -28,7 +28,8 @@ from bamboo_session.protocol.models import AnyAgentEvent, SessionMetadata, Sessi
 
 from .budget import NO_LIMIT, MemoryBudget
 from .failures import request_error
-from .outbox import Outbound, Outbox
+from .outbound import Outbound
+from .outbox import Outbox
 
 
 class _Request:

@@ -45,7 +45,8 @@ from .commands import Append, BatchReply, SetState
 from .failures import request_error
 from .handshake import attach, read_hello
 from .limits import FrameLimiter
-from .outbox import CloseRequest, Outbound, Outbox, Replay, send_frames
+from .outbound import Outbound
+from .outbox import CloseRequest, Outbox, Replay, send_frames
 from .pages import events_reply, history_reply
 from .replay import send_replay
 from .services import Services

@@ -22,7 +22,8 @@ from websockets.protocol import OPEN
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from .outbox import Outbound, Outbox
+    from .outbound import Outbound
+    from .outbox import Outbox
 
 _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import StoredEvent
 
-from .outbox import CloseRequest, EventOutbound, Outbound, Outbox, Replay
+from .outbound import EventOutbound, Outbound
+from .outbox import CloseRequest, Outbox, Replay
 
 ReplayPages = Callable[[int, int], AsyncIterator[list[Outbound]]]
 

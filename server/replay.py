@@ -32,7 +32,8 @@ from bamboo_session.protocol.errors import CloseCode
 
 from .failures import failure_of
 from .metrics import Metrics
-from .outbox import Outbound, Outbox, Replay, send_frames
+from .outbound import Outbound
+from .outbox import Outbox, Replay, send_frames
 from .pages import PageReads
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 

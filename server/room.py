@@ -30,7 +30,8 @@ from bamboo_session.protocol.frames import Closed, Presence, Welcome
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
 from .budget import NO_LIMIT, MemoryBudget
-from .outbox import FrameKeeper, Outbound, Outbox, Replay
+from .outbound import FrameKeeper, Outbound
+from .outbox import Outbox, Replay
 
 REPLAY_PAGE = 512  # events per page of a replay
 # And bytes: a page is what a stalled resumer holds, and what a slow one must take

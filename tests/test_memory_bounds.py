@@ -19,7 +19,8 @@ from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
 from bamboo_session.server.budget import MemoryBudget
 from bamboo_session.server.commands import Append, Inbox
-from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox
+from bamboo_session.server.outbound import Outbound
+from bamboo_session.server.outbox import CloseRequest, Outbox
 from bamboo_session.server.room import SessionRoom
 from tests.support import attach, get, run_server, token
 from tests.test_server_lifecycle import eventually

@@ -17,7 +17,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata, StoredEvent, Token
 from bamboo_session.server.actor import SessionActor
 from bamboo_session.server.budget import MemoryBudget
-from bamboo_session.server.outbox import Outbound, Outbox
+from bamboo_session.server.outbound import Outbound
+from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.pages import PageReads
 from bamboo_session.server.room import SessionRoom
 from tests.test_server_actor import append, attach, spawn

@@ -18,7 +18,8 @@ from bamboo_session.server.actor import SessionActor
 from bamboo_session.server.commands import Append, Attach, BatchReply, Detach, Inbox, SetState
 from bamboo_session.server.manager_config import SessionManagerConfig
 from bamboo_session.server.metrics import Metrics
-from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox, OutboxItem
+from bamboo_session.server.outbound import Outbound
+from bamboo_session.server.outbox import CloseRequest, Outbox, OutboxItem
 
 WAIT = 5.0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Pong
-from bamboo_session.server.outbox import CloseRequest, Outbound, Outbox, Replay
+from bamboo_session.server.outbound import Outbound
+from bamboo_session.server.outbox import CloseRequest, Outbox, Replay
 
 
 def frames(count: int) -> list[Outbound]:
