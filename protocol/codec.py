@@ -17,6 +17,7 @@ import msgspec
 from .errors import ErrorCode, ProtocolError
 from .frames import (
     ClientFrame,
+    IdempotencyKey,
     PublishBatch,
     PublishEvent,
     PublishMessage,
@@ -308,10 +309,14 @@ _appended_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(An
 
 
 def checked_event(event: AnyAgentEvent) -> AnyAgentEvent:
-    """An event appended in-process, as a peer's frame would bring it: encoded, then
-    decoded with every check the wire applies (field types, free-form values), so that
-    what is stored is what every reader can read back, and a copy: nothing of the
-    caller's object graph is kept. ``ValueError`` says what is wrong."""
+    """An event appended in-process, as a peer's frame would bring it: its free-form
+    values checked as the wire checks them, then encoded and decoded with the wire's
+    types, so that what is stored is what every reader can read back, and a copy:
+    nothing of the caller's object graph is kept. ``ValueError`` says what is wrong."""
+    message = event.message if isinstance(event, MessageEvent) else None
+    for value in _free_form_values(event, message):  # on the caller's own values: a
+        if (problem := free_form_problem(value)) is not None:  # NaN would become null
+            raise ValueError(f"event cannot be stored: value not carried by every codec: {problem}")
     try:
         copy = _appended_decoder.decode(_appended_encoder.encode(event))
         check_content(copy, None, None)
@@ -320,3 +325,14 @@ def checked_event(event: AnyAgentEvent) -> AnyAgentEvent:
     except ProtocolError as exc:
         raise ValueError(f"event cannot be stored: {exc.message}") from None
     return copy
+
+
+def checked_key(key: str | None) -> str | None:
+    """An idempotency key given in-process, held to the wire's rules (a string of at
+    most 128 characters), as a plain ``str``. ``ValueError`` says what is wrong."""
+    try:
+        checked = msgspec.convert(key, IdempotencyKey | None)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"key cannot be stored: {exc}") from None
+    # A str subclass could carry any object along; the key is kept for a long time.
+    return None if checked is None else "".join([checked])

@@ -25,7 +25,7 @@ from bamboo_session.persistence.base import (
     SessionNotFound,
     Storage,
 )
-from bamboo_session.protocol.codec import checked_event
+from bamboo_session.protocol.codec import checked_event, checked_key
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Hello, Welcome
 from bamboo_session.protocol.ids import check_session_id, new_connection_id, new_session_id
@@ -315,7 +315,7 @@ class SessionManager:
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None
     ) -> Appended:
-        event = checked_event(event)  # ValueError before anything is stored
+        event, key = checked_event(event), checked_key(key)  # ValueError: nothing stored
         actor = await self.actors.actor(session_id)
         acked: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         actor.post(Append(event, key, future=acked))

@@ -36,8 +36,10 @@ _json = msgspec.json.Encoder()
 T = TypeVar("T")
 
 
-# Reads given up on whose store call has not ended (each a task, and on a threaded
-# store a queued job): past this many, a read fails at once instead of adding one.
+# Reads given up on whose store call has not ended (each a task): past this many, a
+# read fails at once instead of adding one. A threaded store's call (JSONL, SQLite)
+# ends when cancelled, while its job may still wait in the thread pool's queue: those
+# jobs are not counted here.
 ABANDONED_READS_MAX: Final = 64
 
 

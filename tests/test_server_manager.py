@@ -75,18 +75,18 @@ async def test_an_event_that_refers_to_what_its_publisher_received_is_collected(
     cycle collector must be able to see (a StoredEvent or frame kept out of its sight
     would leak the lot for good)."""
 
-    class Transcript(list[object]):
-        """A list that can be watched for its end (a plain list cannot be weakly
-        referred to)."""
+    class Marker:
+        """Something in the transcript that can be watched for its end."""
 
     session = await manager.create_session()
     receiver = await manager.connect_session(session.id, "agent")
-    transcript = Transcript()
+    transcript: list[object] = []
     await manager.append_event(session.id, AgentEvent.custom("snapshot", {"so_far": transcript}))
-    transcript.append(await receiver.recv())  # the agent keeps what it received
-    watch = weakref.ref(transcript)
+    marker = Marker()
+    transcript += [await receiver.recv(), marker]  # the agent keeps what it received
+    watch = weakref.ref(marker)
     await manager.delete_session(session.id)
-    del transcript, receiver
+    del transcript, receiver, marker
     gc.collect()
     assert watch() is None
 
@@ -96,9 +96,16 @@ async def test_an_event_no_reader_could_read_back_is_refused_before_it_is_stored
 ) -> None:
     session = await manager.create_session()
     receiver = await manager.connect_session(session.id, "viewer")
-    for bad in (AgentEvent.custom("x", object()), Token(content=5)):  # type: ignore[arg-type]
+    looped: dict[str, object] = {}
+    looped["self"] = looped
+    events = [AgentEvent.custom("x", object()), Token(content=5)]  # type: ignore[arg-type]
+    events += [AgentEvent.custom("x", {"n": float("nan")}), AgentEvent.custom("x", looped)]
+    for bad in events:
         with pytest.raises(ValueError, match="cannot be stored"):
             await manager.append_event(session.id, bad)
+    for key in (5, "k" * 129):  # the wire's rules for keys: a string, 128 at most
+        with pytest.raises(ValueError, match="key cannot be stored"):
+            await manager.append_event(session.id, AgentEvent.token("t"), key)  # type: ignore[arg-type]
     ok = await manager.append_event(session.id, AgentEvent.token("fine"))
     assert ok.seq == 1  # nothing was stored for the refused ones, the session goes on
     got = await asyncio.wait_for(receiver.recv(), 5)
