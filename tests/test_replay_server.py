@@ -203,27 +203,41 @@ async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay() 
         assert metric(metrics, "bamboo_send_queue_drops_total") == 0
 
 
+class SlotsTaken:
+    """Every page-read slot of ``server`` held (as if eight pages were being read
+    elsewhere) until ``give_back`` or the end of the ``async with``."""
+
+    def __init__(self, server: BambooServer) -> None:
+        self.slots = server.services.page_reads.slots
+        self.held = 0
+
+    async def __aenter__(self) -> SlotsTaken:
+        for _ in range(PAGE_READS_AT_ONCE):
+            await self.slots.acquire()
+            self.held += 1
+        return self
+
+    def give_back(self, count: int | None = None) -> None:
+        for _ in range(self.held if count is None else count):
+            self.slots.release()
+            self.held -= 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.give_back()
+
+
 async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None:
     async with run_server(ring_size=0) as server:  # no ring: replays read the store
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, 3)
-        slots = server.services.page_reads.slots
-        held = 0
-        try:
-            for _ in range(PAGE_READS_AT_ONCE):
-                await slots.acquire()
-                held += 1
+        async with SlotsTaken(server) as taken:
             async with attach(server, session_id, last_seq=0) as (peer, resumed):
                 assert resumed["replay"] == 3
                 with pytest.raises(TimeoutError):  # eight pages are being read elsewhere
                     await peer.recv(timeout=0.5)
-                slots.release()
-                held -= 1
+                taken.give_back(1)
                 assert [(await peer.recv_type("event"))["seq"] for _ in range(3)] == [1, 2, 3]
-        finally:
-            for _ in range(held):
-                slots.release()
 
 
 async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
@@ -231,22 +245,12 @@ async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, 20)
-            slots = server.services.page_reads.slots
-            held = 0
-            try:
-                for _ in range(PAGE_READS_AT_ONCE):
-                    await slots.acquire()
-                    held += 1
+            async with SlotsTaken(server) as taken:
                 async with attach(server, session_id, last_seq=0) as (viewer, resumed):
                     assert resumed["replay"] == 20  # its page waits for a slot
                     await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
-                    for _ in range(held):
-                        slots.release()
-                    held = 0
+                    taken.give_back()
                     code, frames = await viewer.closed()
-            finally:
-                for _ in range(held):
-                    slots.release()
         assert code == 1000
         assert [frame["type"] for frame in frames] == ["closed"]  # nothing of the replay
         metrics = server.metrics.render().decode()
