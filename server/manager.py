@@ -93,8 +93,7 @@ class SessionManager:
         return manager
 
     def start(self) -> None:
-        """Starts the presence heartbeat on a shared store (``new`` starts the manager);
-        nothing else runs in the background: actors run on demand."""
+        """Starts the shared store's presence heartbeat, the one background task."""
         if self.shared_presence is not None:
             self.shared_presence.start()
 
@@ -376,8 +375,7 @@ class SessionManager:
             metadata.connections = len(actor.room.outboxes) if actor is not None else 0
 
     def _announce(self, notice: PresenceNotice) -> None:
-        """Another process's connection to a session joined or left: this process's
-        connections to it hear of it from their actor."""
+        """Another process's peer joined or left a session: its peers here hear it."""
         actor = self.actors.get(notice.session_id)
         if actor is not None and actor.accepting and actor.room.outboxes:
             actor.post(
