@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Final, NamedTuple, Protocol, runtime_checkable
+from typing import Annotated, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -141,10 +141,13 @@ class SessionListResult(msgspec.Struct):
     limit: int
 
 
-class Appended(NamedTuple):
+class Appended(msgspec.Struct, frozen=True, gc=False):
     """What one appended item became: its seq, and whether it was a duplicate (then
     ``seq`` is the seq its key was first accepted with, and nothing was appended).
-    A named tuple: one is made per appended item, on the hot path."""
+
+    One is made per appended item, on the hot path, and lives until the item is
+    acknowledged: a struct of two scalars, out of the cycle collector's sight (a named
+    tuple stays tracked for life, and costs five times as much to make)."""
 
     seq: int
     duplicate: bool = False
