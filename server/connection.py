@@ -154,8 +154,9 @@ class Connection:
                 continue
             actor.note_traffic()
             try:
-                frame = decode(data)
-                await self._dispatch(frame, actor, outbox, len(data))
+                # No local keeps the frame: a batch's items would stay alive (and be
+                # walked by the cycle collector) until the next frame comes in.
+                await self._dispatch(decode(data), actor, outbox, len(data))
             except ProtocolError as exc:
                 self._push_error(exc.code, exc.message, exc.request_id)
 

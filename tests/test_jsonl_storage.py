@@ -734,6 +734,29 @@ async def test_cancelled_callers_do_not_cut_file_work_short(config: JsonlStorage
         assert "s" not in created
 
 
+async def test_an_append_whose_caller_is_cancelled_is_stored_all_the_same(
+    config: JsonlStorageConfig,
+) -> None:
+    """Cancelling a caller who waits for the acknowledgement does not unmake its append:
+    its seq is taken, its line is written, and the next append follows it."""
+    async with await JsonlStorage.open(config) as storage:
+        await make(storage, "s")
+        tasks = [
+            asyncio.create_task(storage.append_event("s", AgentEvent.token(str(i))))
+            for i in range(20)
+        ]
+        await asyncio.sleep(0)  # every append is queued, none acknowledged yet
+        for task in tasks[::2]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 10
+        assert (await storage.append_event("s", AgentEvent.token("after"))).seq == 21
+    async with await JsonlStorage.open(config) as storage:
+        events = await storage.read_events("s")
+    assert [e.seq for e in events] == list(range(1, 22))
+    assert [e.event.content for e in events] == [str(i) for i in range(20)] + ["after"]
+
+
 async def test_list_filters_accept_naive_times_as_utc(storage: JsonlStorage) -> None:
     await make(storage, "s", title="Cats and Dogs")
     naive_past = (utcnow() - timedelta(hours=1)).replace(tzinfo=None)

@@ -81,14 +81,12 @@ class Appender:
         takes them, and got ``window`` from :meth:`key_window` if any item has a key).
         The hot path: no await but the acknowledgement's."""
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        fresh, results = split_duplicates(items, record.next_seq, window or _NO_KEYS)
-        if fresh:
-            now = utcnow()
-            stored = [
-                StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh
-            ]
-            await asyncio.shield(self._submit(record, stored, window, imported=False))
-        if len(fresh) != len(items):  # duplicates: acknowledged once their originals are
+        stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
+        if stored:
+            # Not shielded: a caller cancelled meanwhile cancels only this future of its
+            # own, and the writer writes the lines all the same (it skips a done future).
+            await self._submit(record, stored, window, imported=False)
+        if len(stored) != len(items):  # duplicates: acknowledged once their originals are
             await self._await_originals(record.session_id, results)
         return results
 
@@ -212,6 +210,18 @@ class Appender:
             # Seqs handed out after the last written one were never stored: reuse them.
             record.next_seq = record.meta.last_seq
             self.keys.discard_from(session_id, record.next_seq + 1)
+
+
+def _to_store(
+    items: Sequence[AppendItem], next_seq: int, window: KeyWindow
+) -> tuple[list[StoredEvent], list[Appended]]:
+    """The items' fresh events as stored, and what each item became. A function of
+    its own so that nothing of the split outlives it: what an append in flight holds
+    until its commit, the cycle collector walks again and again."""
+    fresh, results = split_duplicates(items, next_seq, window)
+    now = utcnow()
+    stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
+    return stored, results
 
 
 def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
