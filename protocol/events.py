@@ -9,7 +9,7 @@ Field names follow the bamboo-session data model (PROTOCOL.md "Data"). No I/O;
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -147,6 +147,18 @@ AnyAgentEvent = (
 _event_encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
 
+# msgspec's encode() hands back its growth buffer, which holds up to half again as
+# much as the JSON in it (it does not shrink it, on purpose). From this size on, an
+# event's JSON that is kept (replay rings, stores in memory) is copied to an
+# allocation of its own size: a copy costs less than the slack it frees.
+EXACT_FROM: Final = 512
+
+
+def encode_event(event: AnyAgentEvent) -> bytes:
+    """The event's JSON, in an allocation of its size (a small one: about it)."""
+    data = _event_encoder.encode(event)
+    return bytes(memoryview(data)) if len(data) >= EXACT_FROM else data
+
 
 class StoredEvent(msgspec.Struct):
     """One event of a session's log: ``seq`` counts from 1 with no gaps, ``ts`` is when it
@@ -190,7 +202,7 @@ class StoredEvent(msgspec.Struct):
         """The AgentEvent as JSON, ready to embed in a log line or a JSON frame."""
         data = self._json
         if data is None:
-            data = self._json = msgspec.Raw(_event_encoder.encode(self._event))
+            data = self._json = msgspec.Raw(encode_event(self._event))
         return data
 
     @property

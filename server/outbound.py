@@ -5,6 +5,7 @@ once, for the log line and every frame) and is what the replay rings keep.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Final, Protocol
 
@@ -68,12 +69,12 @@ class Outbound(msgspec.Struct):
             data = self._json
             if data is None:
                 data = self._json = websocket_frame(codec.encode(self._frame()), True)
-                self._keep(len(data))
+                self._keep(len(data) + BYTES_HEADER)
             return data
         data = self._msgpack
         if data is None:
             data = self._msgpack = websocket_frame(codec.encode(self._frame()), False)
-            self._keep(len(data))
+            self._keep(len(data) + BYTES_HEADER)
         return data
 
     def _keep(self, size: int) -> None:
@@ -113,3 +114,5 @@ class EventOutbound(Outbound, gc=False):
 # its EventFrame, time, key and bytes headers: about 250). Counted as 96 before, a
 # ring of token events held 2 to 3.8 times what it counted.
 EVENT_FRAME_OVERHEAD: Final = 320
+# What a frame's bytes object takes besides its bytes.
+BYTES_HEADER: Final = sys.getsizeof(b"")

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -108,7 +109,11 @@ def test_the_ring_counts_the_frames_its_events_keep() -> None:
         for out in list(room.ring or ()):
             out.framed(codec)
     kept = list(room.ring or ())
-    held = sum(o.event_size + len(o.framed(JSON)) + len(o.framed(MSGPACK)) for o in kept)
+    # a frame's bytes object, header included
+    held = sum(
+        o.event_size + sys.getsizeof(o.framed(JSON)) + sys.getsizeof(o.framed(MSGPACK))
+        for o in kept
+    )
     assert room.ring_bytes == budget.used == held <= 300 * KIB
     assert [o.seq for o in kept] == [4, 5]  # the oldest went, to stay within its bytes
     first.framed(MSGPACK)  # framed after it left the ring: its sender's, not counted
@@ -234,6 +239,31 @@ async def test_dropping_a_ring_frees_no_more_than_it_counted() -> None:
     finally:
         tracemalloc.stop()
     assert 0 < freed <= counted, f"dropping the ring freed {freed} bytes, it counted {counted}"
+
+
+async def test_a_ring_of_big_events_nobody_framed_holds_what_it_counts(tmp_path: Path) -> None:
+    """The publisher alone is attached: its events go to the ring and to no peer, so no
+    frame of them is made. The ring is their only holder (JSONL), and what it keeps of
+    each is the event's JSON: exactly its bytes, not the encoder's growth buffer."""
+    tracemalloc.start()
+    try:
+        async with run_server(tmp_path, ring_size=10_000, ring_bytes=64 * MIB) as server:
+            async with attach(server, role="agent") as (agent, welcome):
+                session_id = welcome["session"]["id"]
+                for i in range(20):
+                    frame = {"type": "event", "id": i, "event": token(f"{i:04}" + "b" * 100_000)}
+                    await agent.request(frame, "ack")
+                actor = server.manager.live_actor(session_id)
+                assert actor is not None and actor.room.ring is not None
+                assert len(actor.room.ring) == 20
+                counted = actor.room.ring_bytes
+                before = tracemalloc.get_traced_memory()[0]
+                actor.room.drop_ring()
+                freed = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # (one event may still be held elsewhere: the last one delivered)
+    assert 19 * 100_000 < freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
 
 
 # -- reading costs what is asked ---------------------------------------------------------

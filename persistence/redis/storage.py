@@ -22,6 +22,7 @@ from typing import Final, Self
 import msgspec
 from redis.asyncio import Redis
 
+from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
@@ -62,7 +63,6 @@ from .layout import (
 from .live import Live
 from .queries import list_args
 
-_encoder: Final = msgspec.json.Encoder()
 _message_of = msgspec.json.Decoder(MessageEvent)
 EVERYTHING: Final = 2**31
 
@@ -253,7 +253,7 @@ class RedisStorage:
         self.require_writable()
         session_id = check_session_id(session_id)
         events = [completed_event(event) for event, _ in items]
-        encoded = [msgspec.Raw(_encoder.encode(event)) for event in events]
+        encoded = [msgspec.Raw(encode_event(event)) for event in events]
         args: list[str | bytes | int] = [
             session_id,
             self.layout.index,

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
+from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
     MessageEvent,
@@ -239,15 +240,13 @@ class Batch:
 # An item to append as the event loop prepares it, so that the writer thread has little
 # left to do between two commits: (completed event, key, its JSON, is it a message).
 Prepared = tuple[AnyAgentEvent, str | None, bytes, bool]
-_event_encoder = msgspec.json.Encoder()
 
 
 def prepare(items: Sequence[AppendItem]) -> list[Prepared]:
     prepared: list[Prepared] = []
-    encode = _event_encoder.encode
     for event, key in items:
         event = completed_event(event)
-        prepared.append((event, key, encode(event), isinstance(event, MessageEvent)))
+        prepared.append((event, key, encode_event(event), isinstance(event, MessageEvent)))
     return prepared
 
 
