@@ -146,7 +146,15 @@ async def send_replay(
             return sent
         if not frames or outbox.closing is not None:
             return sent
-        if not await _send_page(ws, frames, page_timeout):
+        # In the process's memory budget until the peer has taken it: a stalled
+        # resumer holds a page for up to page_timeout, and there may be thousands.
+        charged = sum(map(len, frames))
+        outbox.budget.used += charged
+        try:
+            taken = await _send_page(ws, frames, page_timeout)
+        finally:
+            outbox.budget.used -= charged
+        if not taken:
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
         sent += len(frames)

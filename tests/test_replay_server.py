@@ -140,6 +140,9 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
         stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
         try:
             stalled_at = loop.time()
+            # The page it does not take is in the memory budget, beside the small ring.
+            budget = server.manager.budget
+            await eventually(lambda: budget.used >= 200_000)
             async with attach(server, session_id, last_seq=0) as (reader, resumed):
                 assert resumed["replay"] == count
                 seqs = [(await reader.recv_type("event"))["seq"] for _ in range(count)]
@@ -158,6 +161,7 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
         await eventually(
             lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
         )
+        assert budget.used <= 64 * KIB  # the ring's, no page's
 
 
 def paced_reader(
