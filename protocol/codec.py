@@ -107,8 +107,8 @@ def check_content(
     event: AnyAgentEvent | None, message: Message | None, request_id: RequestId, where: str = ""
 ) -> None:
     """Refuse what not every peer could read in a published event or message (one of
-    the two; ``where`` prefixes the reason), and bring its time to UTC. The client runs
-    it too, to keep a publish the server would refuse out of a batch."""
+    the two; ``where`` prefixes the reason). Changes nothing: the client runs it on its
+    caller's objects too, to keep a publish the server would refuse out of a batch."""
     if message is None and isinstance(event, MessageEvent):
         message = event.message
     elif isinstance(event, _PLAIN_EVENTS):
@@ -118,11 +118,20 @@ def check_content(
             reason = f"{where}value not carried by every codec: {problem}"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id)
     if message is not None and message.created_at is not None and message.created_at.utcoffset():
-        try:  # times travel in UTC; the decoder has already refused naive ones
-            message.created_at = message.created_at.astimezone(UTC)
+        try:  # times travel in UTC (in_utc); the decoder has already refused naive ones
+            message.created_at.astimezone(UTC)
         except OverflowError:
             reason = f"{where}created_at out of range in UTC"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id) from None
+
+
+def in_utc(event: AnyAgentEvent | None, message: Message | None) -> None:
+    """Bring a published message's time to UTC, in place: for objects the caller owns
+    (decoded from a frame, or a copy), once :func:`check_content` has passed them."""
+    if message is None and isinstance(event, MessageEvent):
+        message = event.message
+    if message is not None and message.created_at is not None and message.created_at.utcoffset():
+        message.created_at = message.created_at.astimezone(UTC)
 
 
 def _check_published(frame: PublishEvent | PublishMessage) -> None:
@@ -131,8 +140,10 @@ def _check_published(frame: PublishEvent | PublishMessage) -> None:
         frame.key = None  # an empty key is no key (a client's unset string field)
     if isinstance(frame, PublishEvent):
         check_content(frame.event, None, frame.id)
+        in_utc(frame.event, None)
     else:
         check_content(None, frame.message, frame.id)
+        in_utc(None, frame.message)
 
 
 def _check_batch(frame: PublishBatch) -> None:
@@ -148,6 +159,7 @@ def _check_batch(frame: PublishBatch) -> None:
         if item.key == "":
             item.key = None
         check_content(item.event, item.message, frame.id, f"items[{index}]: ")
+        in_utc(item.event, item.message)
 
 
 class Codec:
@@ -320,6 +332,7 @@ def checked_event(event: AnyAgentEvent) -> AnyAgentEvent:
     try:
         copy = _appended_decoder.decode(_appended_encoder.encode(event))
         check_content(copy, None, None)
+        in_utc(copy, None)
     except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
         raise ValueError(f"event cannot be stored: {exc}") from None
     except ProtocolError as exc:

@@ -44,7 +44,7 @@ class Publish:
         event = frame.event if isinstance(frame, PublishEvent) else None
         message = frame.message if isinstance(frame, PublishMessage) else None
         try:
-            check_content(event, message, frame.id)  # (also brings created_at to UTC)
+            check_content(event, message, frame.id)
             self.batchable = len(self.key) <= _MAX_KEY
         except ProtocolError:
             self.batchable = False  # the server refuses it: alone, so only it
