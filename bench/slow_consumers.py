@@ -33,7 +33,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from .crash_soak import Server
+from .soak_server import Server
 
 WINDOW = 64
 
