@@ -38,8 +38,9 @@ T = TypeVar("T")
 
 # Reads given up on whose store call has not ended (each a task): past this many, a
 # read fails at once instead of adding one. A threaded store's call (JSONL, SQLite)
-# ends when cancelled, while its job may still wait in the thread pool's queue: those
-# jobs are not counted here.
+# waits for one of its pool's threads before it hands its job over, and once it has,
+# ends only when the job has ended in that thread (persistence/threads.py): every read
+# still at the store is counted here, and none waits uncounted in a pool's queue.
 ABANDONED_READS_MAX: Final = 64
 
 
