@@ -29,6 +29,7 @@ from bamboo_session.protocol.frames import (
 )
 from bamboo_session.protocol.models import Message, StoredEvent
 
+PAGE_READS_AT_ONCE: Final = 8
 FIRST_CHUNK: Final = 16  # messages read first, before their size is known
 MAX_CHUNK: Final = 256
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from bamboo_session.server.pages import PAGE_READS_AT_ONCE
 from tests.instances import eventually
 from tests.support import Peer, attach, run_server, token
 
@@ -55,7 +55,8 @@ def jobs_queued() -> int:
 
 
 async def http_get(server: BambooServer, path: str) -> tuple[int, Any]:
-    """A GET on its own socket (not in a thread: the test counts the threads' jobs)."""
+    """A GET on its own socket (not in a thread: the test counts the threads' jobs);
+    the status and the JSON body (or its text)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         host = f"127.0.0.1:{server.port}"
@@ -64,7 +65,8 @@ async def http_get(server: BambooServer, path: str) -> tuple[int, Any]:
     finally:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
+    json_body = b"application/json" in head
+    return int(head.split()[1]), json.loads(body) if json_body else body.decode()
 
 
 async def events_reply(viewer: Peer, request_id: str) -> dict[str, Any]:

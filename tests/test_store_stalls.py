@@ -2,8 +2,9 @@
 hung network would leave a store): page reads are abandoned after
 ``--store-read-timeout``, their page-read slots go back, and each requester hears it at
 once: ``error`` ``internal`` for ``history`` and ``events``, 503 for the HTTP API, close
-1011 for a replay. Once the store answers again, so do reads: no slot and no Redis
-connection was left behind."""
+1011 for a replay, and for a ``hello`` whose session must be loaded; an in-process
+receiver's replay ends with 1011. Once the store answers again, so do reads: no slot
+and no Redis connection was left behind."""
 
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.server.pages import ABANDONED_READS_MAX, PageReads, StoreTimeout
-from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from bamboo_session.persistence import open_storage
+from bamboo_session.protocol import AgentEvent
+from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from bamboo_session.server.pages import (
+    ABANDONED_READS_MAX,
+    PAGE_READS_AT_ONCE,
+    PageReads,
+    StoreTimeout,
+)
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import Peer, attach, get, run_server, token
+from tests.support import Peer, attach, get, open_peer, run_server, token
 
 DEADLINE = 1.0
 # Without the deadline a read ends with redis-py's socket timeout (10 s,
@@ -142,3 +150,49 @@ async def test_reads_of_a_frozen_store_fail_within_the_deadline_and_give_back_th
         assert status == 200 and [e["seq"] for e in body["events"]] == [1, 2, 3, 4]
         late, resumed = await stack.enter_async_context(attach(server, session_id, last_seq=0))
         assert [(await late.recv_type("event"))["seq"] for _ in range(4)] == [1, 2, 3, 4]
+
+
+async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        # Stored, and not live in this server: an attach loads it from the store.
+        session = await server.manager.create_session("u1", session_id="cold")
+        assert server.manager.live_actor(session.id) is None
+        with frozen(redis):
+            started = time.monotonic()
+            closes = []
+            for hello in ({}, {"create": True}):  # a create reads the session first
+                async with open_peer(server, "cold") as peer:
+                    await peer.send({"type": "hello", **hello})
+                    closes.append(await peer.closed(timeout=WITHIN))
+            elapsed = time.monotonic() - started
+        assert [code for code, _frames in closes] == [1011, 1011], closes
+        assert not [frames for _code, frames in closes if frames]  # no welcome, no error
+        assert elapsed < 2 * WITHIN
+        async with attach(server, "cold") as (_peer, welcome):  # the store is back
+            assert welcome["session"]["id"] == "cold"
+
+
+async def test_an_in_process_replay_of_a_frozen_store_ends_its_receiver_with_1011(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    storage = await open_storage(redis.url(prefix=prefix_for(tmp_path)))
+    # Without a ring, replays read the store.
+    config = SessionManagerConfig(ring_size=0, store_read_timeout=DEADLINE)
+    async with SessionManager(config, storage) as manager:
+        session = await manager.create_session("u1")
+        for i in range(3):
+            await manager.append_event(session.id, AgentEvent.token(f"t{i}"))
+        receiver = await manager.connect_session(session.id, last_seq=0)
+        with frozen(redis):
+            assert await asyncio.wait_for(receiver.recv(), WITHIN) is None
+        assert receiver.close_code == 1011 and receiver.close_reason == "storage unavailable"
+        await manager.disconnect_session(session.id, receiver.connection_id)
+        again = await manager.connect_session(session.id, last_seq=0)  # the store is back
+        events = [await asyncio.wait_for(again.recv(), WITHIN) for _ in range(3)]
+        assert [event.seq for event in events if event is not None] == [1, 2, 3]
+    await storage.close()
