@@ -122,9 +122,10 @@ class BambooServer:
                 self._manager.append_health,
                 store_url,
                 config.max_frame_bytes,
+                self._manager.page_reads,
                 serving=lambda: self._server is not None,
             ),
-            StoreStats(self.storage, store_url, self.metrics),
+            StoreStats(self.storage, store_url, self.metrics, self._manager.page_reads),
             SessionQuotas(
                 self.storage,
                 config.max_sessions_per_user,

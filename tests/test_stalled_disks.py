@@ -7,7 +7,10 @@ Reads are given up on at ``--store-read-timeout`` (``error`` ``internal``, HTTP 
 and the job of each one that reached a thread stays counted until it ends there: no
 thread pool of the process queues jobs, however many rounds of readers give up, and
 once the disk answers again the server does too. Before the jobs were counted, every
-round left as many jobs queued as it had readers."""
+round left as many jobs queued as it had readers.
+
+``/readyz``'s probe of a disk (a file it writes beside the store's, here a FIFO with no
+reader) is given up on the same way: 503, and never a second probe while one hangs."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import gc
 import json
 import os
 import sys
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -170,3 +174,39 @@ async def test_an_sqlite_file_whose_locks_another_process_holds_queues_no_jobs(
             holder.kill()  # its locks go with it
             await holder.wait()
         await reads_work_again(server, session_id, viewers)
+
+
+def probes_under_way() -> int:
+    """Threads of this process inside a readiness probe's write (server/readiness.py)."""
+    frames = sys._current_frames().values()
+    return sum(any(f.name == "write_probe" for f in traceback.extract_stack(t)) for t in frames)
+
+
+def drain(fifo: Path) -> None:
+    """Be the FIFO's reader until its writer is done (the probe writes a frame's worth
+    of bytes, then fails to sync a FIFO)."""
+    with open(fifo, "rb") as reader:
+        while reader.read(65536):
+            pass
+
+
+async def test_readyz_is_503_while_its_probe_of_a_stalled_disk_hangs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with run_server(store=f"jsonl://{data}", store_read_timeout=DEADLINE) as server:
+        # As the actors report an append that failed; /readyz then probes the disk.
+        server.manager.append_health.failed("storage failed: [Errno 5] Input/output error")
+        probe = data / f".bamboo-probe-{os.getpid()}"
+        os.mkfifo(probe)  # where the probe writes: opening it waits for a reader
+        try:
+            for _ in range(4):
+                status, body = await http_get(server, "/readyz")
+                assert status == 503 and body.startswith("not ready: appends are failing")
+                await asyncio.sleep(0.4)  # past the once-a-second probes, by the end
+            assert probes_under_way() == 1  # the hung one is not started again
+        finally:
+            await asyncio.to_thread(drain, probe)
+        await eventually(lambda: ready(server), WITHIN)  # the disk takes a probe again
+
+
+async def ready(server: BambooServer) -> bool:
+    return await http_get(server, "/readyz") == (200, "ready\n")

@@ -2,9 +2,10 @@
 hung network would leave a store): page reads are abandoned after
 ``--store-read-timeout``, their page-read slots go back, and each requester hears it at
 once: ``error`` ``internal`` for ``history`` and ``events``, 503 for the HTTP API, close
-1011 for a replay, and for a ``hello`` whose session must be loaded; an in-process
-receiver's replay ends with 1011. Once the store answers again, so do reads: no slot
-and no Redis connection was left behind."""
+1011 for a replay, and for a ``hello`` whose session must be loaded; ``/readyz`` says
+503, ``/metrics`` serves the figures it has, an in-process receiver's replay ends with
+1011. Once the store answers again, so do reads: no slot and no Redis connection was
+left behind."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol import AgentEvent
+from bamboo_session.server import readiness, store_stats
+from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import (
     ABANDONED_READS_MAX,
@@ -28,6 +31,7 @@ from bamboo_session.server.pages import (
     PageReads,
     StoreTimeout,
 )
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, get, open_peer, run_server, token
 
@@ -174,6 +178,62 @@ async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
         assert elapsed < 2 * WITHIN
         async with attach(server, "cold") as (_peer, welcome):  # the store is back
             assert welcome["session"]["id"] == "cold"
+
+
+async def test_readyz_is_503_while_the_store_answers_no_read(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        assert await get(server, "/readyz") == (200, "ready\n")
+        await asyncio.sleep(readiness.PROBE_EVERY)  # the store's last answer is too old
+        with frozen(redis):
+            status, body = await get(server, "/readyz")
+            assert status == 503, body
+            reason = "reads from the store fail: no answer from the store within 1 s"
+            assert body == f"not ready: {reason}\n"
+            # The read the store did not answer is not started again: every later
+            # /readyz answers at once from it, and no read piles up behind it.
+            for _ in range(3):
+                await asyncio.sleep(0.4)  # past the once-a-second reads, by the end
+                assert (await get(server, "/readyz"))[0] == 503
+            assert reads_under_way("Readiness._read_store") == 1
+        await eventually(lambda: ready(server), WITHIN)
+
+
+def reads_under_way(name: str) -> int:
+    """Tasks of this event loop running the coroutine function ``name`` (a qualname)."""
+    return sum(task.get_coro().__qualname__ == name for task in asyncio.all_tasks())
+
+
+async def ready(server: BambooServer) -> bool:
+    return await get(server, "/readyz") == (200, "ready\n")
+
+
+async def test_metrics_serve_what_they_have_while_the_store_answers_no_read(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_stats, "COUNT_EVERY", 0.0)  # every scrape counts sessions
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        for _ in range(2):
+            await server.manager.create_session("u1")
+        assert "bamboo_sessions_stored 2.0" in (await get(server, "/metrics"))[1]
+        await server.manager.create_session("u1")
+        with frozen(redis):
+            for _ in range(2):  # the count the store did not answer is not asked again
+                status, text = await get(server, "/metrics")
+                assert status == 200 and "bamboo_sessions_stored 2.0" in text, text
+                assert "bamboo_connections 0.0" in text
+            assert reads_under_way("StoreStats._count") == 1
+        # The store is back: the count it owed arrives, and is served.
+        await eventually(lambda: stored_sessions(server, 3), WITHIN)
+
+
+async def stored_sessions(server: BambooServer, count: int) -> bool:
+    return f"bamboo_sessions_stored {count:.1f}" in (await get(server, "/metrics"))[1]
 
 
 async def test_an_in_process_replay_of_a_frozen_store_ends_its_receiver_with_1011(
