@@ -8,11 +8,13 @@ answering (a disk that stalls, a lock another process holds), every read the ser
 gave up on would leave a job in the queue, without bound, and nothing would count it.
 
 Here a job holds one of ``threads`` slots from before it is submitted until it has
-ended in its thread (or was cancelled before it started): the pool's queue stays empty,
-and work beyond the threads waits for a slot on the event loop, where a caller that
-gives up leaves nothing behind. A caller cancelled while its job runs stays until the
-job ends, then raises the cancellation: whoever counts the calls it gave up on (the
-server's abandoned reads, server/pages.py) counts that one until it really ends.
+ended in its thread: the pool's queue stays empty (a submitted job always has a thread
+to itself), and work beyond the threads waits for a slot on the event loop, where a
+caller that gives up leaves nothing behind. A caller cancelled once its job was
+submitted stays until the job ends, then raises the cancellation: whoever counts the
+calls it gave up on (the server's abandoned reads, server/pages.py) counts that one
+until it really ends. A job's end comes back to the loop in one call, which frees its
+slot and answers its caller, as ``asyncio.to_thread`` costs.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from .base import StorageError
@@ -47,29 +48,47 @@ class ThreadJobs:
         """``function(*args)`` in a thread, with this task's context variables."""
         await self._slots.acquire()
         loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        context = contextvars.copy_context()
         try:
-            job = self._pool.submit(contextvars.copy_context().run, function, *args)
-        except RuntimeError:  # shut down: nothing was submitted
+            self._pool.submit(self._job, loop, answer, context, function, args)
+        except RuntimeError as exc:  # shut down: nothing was submitted
             self._slots.release()
-            raise StorageError("the store is closed") from None
+            raise StorageError(f"the store takes no more work: {exc}") from None
         self.unfinished += 1
-        # Called once: in the job's thread when it ends, or here when cancelled unstarted.
-        job.add_done_callback(functools.partial(self._ended, loop))
-        answer = asyncio.wrap_future(job, loop=loop)
         try:
             return await asyncio.shield(answer)
         except asyncio.CancelledError:
-            if not job.cancel():  # it started: wait for its end, whatever comes
-                await _outlast(answer)
+            # The job has a thread (it holds a slot): wait for its end, whatever comes.
+            await _outlast(answer)
             raise
 
-    def _ended(self, loop: asyncio.AbstractEventLoop, _job: Future[Any]) -> None:
+    def _job(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        answer: asyncio.Future[Any],
+        context: contextvars.Context,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        """In a pool thread: the call, then one call back to the loop, which frees the
+        slot and answers (one per job, whether its caller still waits or not)."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = context.run(function, *args)
+        except BaseException as exc:  # handed to the caller, whatever it is
+            error = exc
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(self._release)
+            loop.call_soon_threadsafe(self._ended, answer, result, error)
 
-    def _release(self) -> None:
+    def _ended(self, answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
         self.unfinished -= 1
         self._slots.release()
+        if error is None:
+            answer.set_result(result)
+        else:
+            answer.set_exception(error)
 
     def shutdown(self, wait: bool) -> None:
         """No more jobs; with ``wait``, returns once those under way have ended."""
@@ -81,5 +100,4 @@ async def _outlast(answer: asyncio.Future[Any]) -> None:
     while not answer.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait((answer,))
-    if not answer.cancelled():
-        answer.exception()  # the caller left: its failure is nobody's to report
+    answer.exception()  # the caller left: its failure is nobody's to report

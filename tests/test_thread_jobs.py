@@ -82,6 +82,6 @@ async def test_a_job_that_fails_frees_its_slot(jobs: ThreadJobs) -> None:
 
 async def test_no_job_after_shutdown(jobs: ThreadJobs) -> None:
     jobs.shutdown(wait=True)
-    with pytest.raises(StorageError, match="closed"):
+    with pytest.raises(StorageError, match="takes no more work"):
         await jobs.run(str, 1)
     assert jobs.unfinished == 0
