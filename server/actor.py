@@ -43,6 +43,7 @@ from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbound import Outbound
+from .pages import PageReads
 from .presence import LOCAL, LocalPresence
 from .readiness import AppendHealth
 from .replay import ReplayReads
@@ -387,6 +388,9 @@ class SessionActor:
             return
         self.arm_timer()
 
-    def replay(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
-        """Events in ``(after, through]`` in pages (server/replay.py)."""
-        return self.replay_reads.pages(after, through)
+    def replay(
+        self, after: int, through: int, reads: PageReads | None = None
+    ) -> AsyncIterator[list[Outbound]]:
+        """Events in ``(after, through]`` in pages, each read from the store through
+        ``reads`` when given (server/replay.py)."""
+        return self.replay_reads.pages(after, through, reads)

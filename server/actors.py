@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
@@ -21,6 +22,7 @@ from bamboo_session.protocol.ids import check_session_id
 from .actor import SessionActor
 from .commands import Stop
 from .failures import ServerBusy
+from .pages import PageReads
 
 log = structlog.get_logger("bamboo_session.manager")
 
@@ -30,9 +32,10 @@ ActorLoader = Callable[[str, Callable[[SessionActor], None]], Awaitable[SessionA
 
 
 class ActorRegistry:
-    def __init__(self, max_sessions: int, load: ActorLoader) -> None:
+    def __init__(self, max_sessions: int, load: ActorLoader, reads: PageReads) -> None:
         self.max_sessions = max_sessions
         self._load = load
+        self._reads = reads  # a load is a store read a hello waits for: its deadline
         self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
         self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
@@ -47,6 +50,11 @@ class ActorRegistry:
     def get(self, session_id: str) -> SessionActor | None:
         """The session's actor in this process, if any (accepting or not)."""
         return self._actors.get(session_id)
+
+    def connections(self, session_id: str) -> int:
+        """The session's connections in this process."""
+        actor = self._actors.get(session_id)
+        return len(actor.room.outboxes) if actor is not None else 0
 
     def parked_count(self) -> int:
         return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
@@ -130,7 +138,10 @@ class ActorRegistry:
     async def _spawn(self, session_id: str) -> SessionActor:
         try:
             self._make_room()
-            actor = await self._load(session_id, self.retired)
+            # Abandoned at the deadline (StoreTimeout), which every attach waiting for
+            # this spawn gets; an actor loaded later is dropped, never started.
+            load = functools.partial(self._load, session_id, self.retired)
+            actor = await self._reads.lookup(load)
             self._make_room()
             self._actors[session_id] = actor
             actor.start()

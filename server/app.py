@@ -43,11 +43,10 @@ from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
 from .origins import RequestGuard
-from .pages import PageReads
 from .quotas import SessionQuotas
 from .readiness import Readiness
 from .responses import UnreadAnswers, error_response
-from .services import PAGE_READS_AT_ONCE, Services
+from .services import Services
 from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
@@ -123,9 +122,10 @@ class BambooServer:
                 self._manager.append_health,
                 store_url,
                 config.max_frame_bytes,
+                self._manager.page_reads,
                 serving=lambda: self._server is not None,
             ),
-            StoreStats(self.storage, store_url, self.metrics),
+            StoreStats(self.storage, store_url, self.metrics, self._manager.page_reads),
             SessionQuotas(
                 self.storage,
                 config.max_sessions_per_user,
@@ -133,7 +133,7 @@ class BambooServer:
                 config.session_create_burst,
             ),
             Flusher(),
-            PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout),
+            self._manager.page_reads,
         )
         self._server = await serve(
             self._handle,

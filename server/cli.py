@@ -55,9 +55,10 @@ SERVE_HELP: dict[str, str] = {
     "replay_page_timeout": "seconds a resuming connection's replay may make no progress "
     "(nothing of it delivered); then it is closed with 4429",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
-    "replay's page; waiting for one of the 8 read slots included), or an HTTP API "
-    "request's store reads, may take; then abandoned: error internal, HTTP 503, a "
-    "replay closes with 1011",
+    "replay's page; waiting for one of the 8 read slots included), a hello's read of "
+    "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "
+    "take; then abandoned: error internal, HTTP 503, a replay or a hello closes with "
+    "1011, /readyz 503, /metrics serves the figures it has",
     "compression": "permessage-deflate (true/false)",
     "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",

@@ -126,6 +126,7 @@ class ServerConfig:
             max_title_length=self.max_title_length,
             max_user_id_length=self.max_user_id_length,
             max_extra_bytes=self.max_extra_bytes,
+            store_read_timeout=self.store_read_timeout,
         )
 
     def store_url(self) -> str:

@@ -48,7 +48,8 @@ from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
-from .presence import LOCAL, PresenceNotice, shared_presence
+from .pages import PAGE_READS_AT_ONCE, PageReads
+from .presence import LOCAL, PresenceNotice, overlay_live, shared_presence
 from .quotas import Admission, check_fields
 from .readiness import AppendHealth
 from .receiver import Receiver
@@ -76,7 +77,10 @@ class SessionManager:
         # What live sessions and their connections hold, against config.memory_budget.
         self.budget = MemoryBudget(config.memory_budget)
         self.append_health = AppendHealth()  # what the actors' appends say of the store
-        self.actors = ActorRegistry(config.max_sessions, self._load_actor)
+        # Store reads a peer waits for (pages, replays, a session's load), each within
+        # config.store_read_timeout, and how many pages are read at once (pages.py).
+        self.page_reads = PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout)
+        self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
         self._creating: dict[str, asyncio.Future[Session]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
@@ -159,12 +163,12 @@ class SessionManager:
         """get-or-create without reading the history: what an attach with ``create``
         needs, so a reconnect storm does not load every session's messages. ``admit``
         wraps a creation, and refuses it by raising."""
-        # Concurrent callers for one id share one creation: the storage refuses the
-        # others with SessionExists before the winner's session is readable.
-        creating = self._creating.get(session_id)
-        if creating is not None:
+        existing = await self._stored_metadata(check_session_id(session_id))
+        # Concurrent callers for one id share one creation (the storage refuses the
+        # others with SessionExists before the winner's is readable): wait, read again.
+        if existing is None and (creating := self._creating.get(session_id)) is not None:
             await asyncio.wait([creating])
-        existing = await self.storage.get_metadata(check_session_id(session_id))
+            existing = await self._stored_metadata(session_id)
         if existing is not None:
             if existing.is_expired():
                 raise SessionExpired(session_id)
@@ -176,7 +180,7 @@ class SessionManager:
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
-        found = await self.storage.get_metadata(session_id)
+        found = await self._stored_metadata(session_id)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found
@@ -216,10 +220,14 @@ class SessionManager:
         if hello.create:
             metadata = await self.ensure_session(session_id, owner, hello.title, admit)
         if principal is not None:
-            metadata = metadata or await self.storage.get_metadata(session_id)
+            metadata = metadata or await self._stored_metadata(session_id)
             if metadata is not None:  # a missing one is 4404 when attaching
                 check_access(principal, metadata)
         return session_id
+
+    async def _stored_metadata(self, session_id: str) -> SessionMetadata | None:
+        """A hello's read of the session, within the deadline (StoreTimeout: 1011)."""
+        return await self.page_reads.lookup(lambda: self.storage.get_metadata(session_id))
 
     async def _create_admitted(
         self,
@@ -292,7 +300,7 @@ class SessionManager:
             max_bytes=self.config.send_queue_bytes,
         )
         actor, _ = await self.attach(session_id, outbox, last_seq, epoch)
-        return Receiver(outbox, actor.replay)
+        return Receiver(outbox, actor.replay, self.page_reads)
 
     async def reconnect_session(
         self,
@@ -364,15 +372,7 @@ class SessionManager:
         )
 
     async def _overlay_live(self, found: list[SessionMetadata]) -> None:
-        """Live connection counts: this process's, or every process's on a shared store."""
-        if self.shared_presence is not None:
-            counts = await self.shared_presence.counts([metadata.id for metadata in found])
-            for metadata, count in zip(found, counts, strict=True):
-                metadata.connections = count
-            return
-        for metadata in found:
-            actor = self.actors.get(metadata.id)
-            metadata.connections = len(actor.room.outboxes) if actor is not None else 0
+        await overlay_live(found, self.shared_presence, self.actors.connections)
 
     def _announce(self, notice: PresenceNotice) -> None:
         """Another process's peer joined or left a session: its peers here hear it."""

@@ -25,6 +25,9 @@ class SessionManagerConfig:
     limit); see server/budget.py.
     ``max_title_length`` / ``max_user_id_length`` (characters) and ``max_extra_bytes``
     (encoded): what a new session may carry (its metadata stays in memory).
+    ``store_read_timeout``: how long a read from the store that a peer waits for (a
+    page, a replay's page, a session's load) may take before it is abandoned
+    (``StoreTimeout``; server/pages.py).
     """
 
     idle_timeout: float = 300
@@ -40,6 +43,7 @@ class SessionManagerConfig:
     max_title_length: int = 1024
     max_user_id_length: int = 256
     max_extra_bytes: int = 64 * 1024
+    store_read_timeout: float = 5.0
 
     def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
         return dataclasses.replace(self, idle_timeout=seconds)

@@ -8,14 +8,15 @@ in chunks sized from what the previous chunk weighed, so a history of large mess
 is not read a thousand at a time to answer with a few.
 
 :class:`PageReads` is how many pages the server reads at once, and how long a read
-may take before it is abandoned.
+may take before it is abandoned; :class:`SharedRead`, a store call that whoever asks
+while it runs waits for (``/readyz``'s and ``/metrics``'s), under the same deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -29,6 +30,7 @@ from bamboo_session.protocol.frames import (
 )
 from bamboo_session.protocol.models import Message, StoredEvent
 
+PAGE_READS_AT_ONCE: Final = 8
 FIRST_CHUNK: Final = 16  # messages read first, before their size is known
 MAX_CHUNK: Final = 256
 
@@ -38,8 +40,9 @@ T = TypeVar("T")
 
 # Reads given up on whose store call has not ended (each a task): past this many, a
 # read fails at once instead of adding one. A threaded store's call (JSONL, SQLite)
-# ends when cancelled, while its job may still wait in the thread pool's queue: those
-# jobs are not counted here.
+# waits for one of its pool's threads before it hands its job over, and once it has,
+# ends only when the job has ended in that thread (persistence/threads.py): every read
+# still at the store is counted here, and none waits uncounted in a pool's queue.
 ABANDONED_READS_MAX: Final = 64
 
 
@@ -98,11 +101,12 @@ class PageReads:
         try:
             await asyncio.wait((work,), timeout=max(0.0, deadline - loop.time()))
         finally:
-            if not work.done():
+            late = not work.done()  # before cancel(), which ends a mere future at once
+            if late:
                 work.cancel()  # abandoned: it ends when its store call does
                 self.abandoned += 1
                 work.add_done_callback(self._forget)
-        if not work.done():
+        if late:
             raise self._late()
         return work.result()
 
@@ -113,6 +117,36 @@ class PageReads:
         self.abandoned -= 1
         if not work.cancelled():
             work.exception()  # an abandoned read's failure: nobody is waiting for it
+
+
+class SharedRead(Generic[T]):
+    """``call()`` at most once at a time: whoever asks while it runs waits for the same
+    call, within the deadline it was started with (``reads.timeout``), then fails with
+    :class:`StoreTimeout`. A call the store does not answer is not started again until
+    it ends, however often it is asked for: each would hold a thread, or a connection,
+    for as long as the store hangs."""
+
+    __slots__ = ("_call", "_deadline", "_reads", "_running")
+
+    def __init__(self, reads: PageReads, call: Callable[[], Awaitable[T]]) -> None:
+        self._reads = reads
+        self._call = call
+        self._running: asyncio.Future[T] | None = None
+        self._deadline = 0.0
+
+    async def result(self) -> T:
+        running = self._running
+        if running is None or running.done():
+            running = self._running = asyncio.ensure_future(self._call())
+            running.add_done_callback(_retrieve)  # its askers may all have given up
+            self._deadline = self._reads.deadline()
+        # Shielded: an asker that gives up leaves the call to the others, and running.
+        return await self._reads.lookup(lambda: asyncio.shield(running), self._deadline)
+
+
+def _retrieve(call: asyncio.Future[Any]) -> None:
+    if not call.cancelled():
+        call.exception()
 
 
 def message_size(message: Message) -> int:

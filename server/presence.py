@@ -24,8 +24,16 @@ import structlog
 
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.persistence.presence import PresenceNotice, PresenceStore
+from bamboo_session.protocol.models import SessionMetadata
 
-__all__ = ["LOCAL", "LocalPresence", "PresenceNotice", "SharedPresence", "shared_presence"]
+__all__ = [
+    "LOCAL",
+    "LocalPresence",
+    "PresenceNotice",
+    "SharedPresence",
+    "overlay_live",
+    "shared_presence",
+]
 
 log = structlog.get_logger("bamboo_session.presence")
 
@@ -161,3 +169,19 @@ def shared_presence(
     (each room counts its own connections)."""
     store = getattr(storage, "presence", None)
     return SharedPresence(store, notify) if isinstance(store, PresenceStore) else None
+
+
+async def overlay_live(
+    found: list[SessionMetadata],
+    shared: SharedPresence | None,
+    here: Callable[[str], int],
+) -> None:
+    """Sets each one's live connection count: every process's on a shared store, else
+    this process's (``here``, by session id)."""
+    if shared is not None:
+        counts = await shared.counts([metadata.id for metadata in found])
+        for metadata, count in zip(found, counts, strict=True):
+            metadata.connections = count
+        return
+    for metadata in found:
+        metadata.connections = here(metadata.id)

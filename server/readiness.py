@@ -1,13 +1,19 @@
 """Readiness: can an append succeed right now? What ``/readyz`` answers.
 
-Not ready while the store is not open (``storage.ready``), and from the moment an append
-fails for a reason of the store's (disk full, I/O error, store unreachable) until appends
-work again: the next append that succeeds, or a probe. Without a probe, a server that a
-load balancer takes out of rotation for its 503 would get no more appends to prove
-itself well, so while appends fail, ``/readyz`` probes (at most once a second) what a
-failed append needed: for a file store, writing and syncing as many bytes as the largest
-frame beside its files. A store without files is trusted again ``RETRY_AFTER`` seconds
-after its last failure, so that traffic tries it.
+Not ready while the store is not open (``storage.ready``); while it does not answer a
+read within ``--store-read-timeout`` (a stopped Redis, a file another process keeps
+locked): ``/readyz`` reads one session's metadata, at most once a second; and from the
+moment an append fails for a reason of the store's (disk full, I/O error, store
+unreachable) until appends work again: the next append that succeeds, or a probe.
+Without a probe, a server that a load balancer takes out of rotation for its 503 would
+get no more appends to prove itself well, so while appends fail, ``/readyz`` probes (at
+most once a second) what a failed append needed: for a file store, writing and syncing
+as many bytes as the largest frame beside its files, within the same deadline. A store
+without files is trusted again ``RETRY_AFTER`` seconds after its last failure, so that
+traffic tries it.
+
+A read or a probe the store does not answer is not started again until it ends (each
+would hold a thread, or a connection): ``/readyz`` answers 503 meanwhile, at once.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.persistence.base import Storage
+from bamboo_session.persistence.base import Storage, StorageError
+from bamboo_session.protocol.models import SessionMetadata
 
+from .pages import PageReads, SharedRead
 from .store_stats import store_location
 
-PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail
+PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
 RETRY_AFTER: Final = 10.0  # seconds a store that cannot be probed stays unready
+# The session whose metadata /readyz reads: any id would do (it need not exist).
+READ_PROBE_ID: Final = "bamboo-readyz"
 
 
 class AppendHealth:
@@ -52,6 +62,7 @@ class Readiness:
         health: AppendHealth,
         store_url: str,
         probe_bytes: int,
+        reads: PageReads,
         serving: Callable[[], bool] = lambda: True,
     ) -> None:
         self.storage = storage
@@ -64,7 +75,10 @@ class Readiness:
             self._probe_dir = path if kind == "dir" else path.parent
         self._probe_bytes = probe_bytes
         self._probed_at = -PROBE_EVERY
-        self._probing: asyncio.Lock = asyncio.Lock()
+        self._probing = SharedRead(reads, self._write_probe)
+        self._reading = SharedRead(reads, self._read_store)
+        self._read_at = -PROBE_EVERY
+        self._unanswered: str | None = None  # why the last read failed
 
     async def reason(self) -> str | None:
         """Why the server is not ready, or None when it is."""
@@ -72,6 +86,9 @@ class Readiness:
             return "not serving (starting or stopping)"
         if not self.storage.ready:
             return "storage is not open"
+        unanswered = await self._store_unanswered()
+        if unanswered is not None:
+            return unanswered
         health = self.health
         if health.failure is None:
             return None
@@ -83,19 +100,36 @@ class Readiness:
             return None
         return f"appends are failing: {health.failure}"
 
+    async def _store_unanswered(self) -> str | None:
+        """Why the store seems not to answer reads (None: it answered the last one,
+        read at most ``PROBE_EVERY`` ago)."""
+        if time.monotonic() - self._read_at >= PROBE_EVERY:
+            self._read_at = time.monotonic()
+            try:
+                await self._reading.result()
+                self._unanswered = None
+            except StorageError as exc:  # StoreTimeout among them
+                self._unanswered = f"reads from the store fail: {exc}"
+        return self._unanswered
+
+    async def _read_store(self) -> SessionMetadata | None:
+        return await self.storage.get_metadata(READ_PROBE_ID)
+
     async def _probe(self) -> bool:
         """Whether appends should work again: a probe succeeded (now or lately)."""
-        async with self._probing:
-            if time.monotonic() - self._probed_at < PROBE_EVERY:
-                return self.health.failure is None
-            self._probed_at = time.monotonic()
-            assert self._probe_dir is not None
-            try:
-                await asyncio.to_thread(write_probe, self._probe_dir, self._probe_bytes)
-            except OSError:
-                return False  # the reason stays that of the append that failed
-            self.health.succeeded()
-            return True
+        if time.monotonic() - self._probed_at < PROBE_EVERY:
+            return self.health.failure is None
+        self._probed_at = time.monotonic()
+        try:
+            await self._probing.result()
+        except (OSError, StorageError):  # StoreTimeout: the disk did not answer in time
+            return False  # the reason stays that of the append that failed
+        self.health.succeeded()
+        return True
+
+    async def _write_probe(self) -> None:
+        assert self._probe_dir is not None
+        await asyncio.to_thread(write_probe, self._probe_dir, self._probe_bytes)
 
 
 def write_probe(directory: Path, size: int) -> None:

@@ -6,25 +6,35 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncIterator, Callable
 
+import structlog
+
+from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import StoredEvent
 
+from .failures import failure_of
 from .outbound import EventOutbound, Outbound
 from .outbox import CloseRequest, Outbox, Replay
+from .pages import PageReads
 
-ReplayPages = Callable[[int, int], AsyncIterator[list[Outbound]]]
+log = structlog.get_logger("bamboo_session.receiver")
+
+ReplayPages = Callable[[int, int, PageReads], AsyncIterator[list[Outbound]]]
 
 
 class Receiver:
     """``async for`` or ``recv()``: :class:`StoredEvent` objects, replayed ones first,
     then live ones; iteration ends when the subscription is closed (session closed,
-    evicted, or too slow to read)."""
+    evicted, too slow to read, or a page of its replay not read from the store within
+    the manager's ``store_read_timeout``: ``close_code`` says which)."""
 
-    def __init__(self, outbox: Outbox, replay: ReplayPages) -> None:
+    def __init__(self, outbox: Outbox, replay: ReplayPages, reads: PageReads) -> None:
         self.outbox = outbox
         self._replay = replay
+        self._reads = reads
         self._pending: collections.deque[StoredEvent] = collections.deque()
         self.close_code: CloseCode | None = None
+        self.close_reason: str | None = None
 
     @property
     def connection_id(self) -> str:
@@ -46,12 +56,24 @@ class Receiver:
                 return None
             item = await self.outbox.get()
             if isinstance(item, CloseRequest):
-                self.close_code = item.code
+                self.close_code, self.close_reason = item.code, item.reason
             elif isinstance(item, Replay):
-                async for page in self._replay(item.after, item.through):
-                    self._pending.extend(
-                        out.stored_event() for out in page if isinstance(out, EventOutbound)
-                    )
+                await self._take_replay(item)
             elif isinstance(item, EventOutbound):
                 self._pending.append(item.stored_event())
         return self._pending.popleft()
+
+    async def _take_replay(self, replay: Replay) -> None:
+        """The missed events, a page at a time (a slot and a deadline each, as for a
+        WebSocket's replay). A page the store does not give ends the subscription as it
+        closes a WebSocket (1011): live events cannot follow a gap. The pages read
+        before it are still received."""
+        try:
+            async for page in self._replay(replay.after, replay.through, self._reads):
+                self._pending.extend(
+                    out.stored_event() for out in page if isinstance(out, EventOutbound)
+                )
+        except StorageError as exc:
+            log.warning("replay failed", error=str(exc))
+            failure = failure_of(exc)
+            self.outbox.drop(failure.close, failure.reason)

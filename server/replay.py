@@ -74,11 +74,14 @@ class ReplayReads:
         stored = await asyncio.shield(read)
         return [out for out in stored if out.seq <= through]
 
-    async def pages(self, after: int, through: int) -> AsyncIterator[list[Outbound]]:
-        """Every page of ``(after, through]`` in turn (the in-process Receiver's replay)."""
+    async def pages(
+        self, after: int, through: int, reads: PageReads | None = None
+    ) -> AsyncIterator[list[Outbound]]:
+        """Every page of ``(after, through]`` in turn (the in-process Receiver's replay);
+        raises what :meth:`page` raises."""
         position = after
         while position < through:
-            page = await self.page(position, through)
+            page = await self.page(position, through, reads)
             if not page:
                 return
             position = page[-1].seq

@@ -16,8 +16,6 @@ from .quotas import SessionQuotas
 from .readiness import Readiness
 from .store_stats import StoreStats
 
-PAGE_READS_AT_ONCE = 8
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Services:
@@ -31,5 +29,5 @@ class Services:
     quotas: SessionQuotas
     flusher: Flusher  # writes frames to idle connections' sockets, once per loop turn
     # Pages (history, events, replays) read from the store at once, each within
-    # --store-read-timeout (server/pages.py).
+    # --store-read-timeout (server/pages.py): the manager's.
     page_reads: PageReads

@@ -4,6 +4,11 @@ Both cost more than a scrape should pay each time (counting walks an index, sizi
 walks a directory), so each is read at most once per interval and kept meanwhile.
 Bytes on disk are known for file stores (JSONL: its directory; SQLite: its file with
 its journal and WAL); for others the gauge stays unset.
+
+A scrape waits for a figure at most ``--store-read-timeout``: a store that does not
+answer leaves the gauge at its last value (the scrape serves what it has); the read,
+or the walk, is not started again until it ends, and its figure, should it come late,
+is kept for the next scrape.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from bamboo_session.persistence.base import SessionFilter, Storage, StorageError
 from bamboo_session.persistence.url import parse_store_url
 
 from .metrics import Metrics
+from .pages import PageReads, SharedRead
 
 COUNT_EVERY: Final = 5.0  # seconds between counts of the sessions stored
 SIZE_EVERY: Final = 30.0  # seconds between walks of the store's files
@@ -57,24 +63,35 @@ def _size(path: Path) -> int:
 class StoreStats:
     """Refreshes the store gauges of ``metrics`` when they are older than they may be."""
 
-    def __init__(self, storage: Storage, url: str, metrics: Metrics) -> None:
+    def __init__(self, storage: Storage, url: str, metrics: Metrics, reads: PageReads) -> None:
         self.storage = storage
         self.location = store_location(url)
         self.metrics = metrics
         self._counted_at = -COUNT_EVERY
         self._sized_at = -SIZE_EVERY
+        self._counting = SharedRead(reads, self._count)
+        self._sizing = SharedRead(reads, self._size)
 
     async def refresh(self) -> None:
+        """Reads the figures that are due, at once. A failure (StoreTimeout among them)
+        leaves a gauge at its last value; /readyz tells the failure."""
         now = time.monotonic()
+        due = []
         if now - self._counted_at >= COUNT_EVERY:
             self._counted_at = now
-            try:
-                found = await self.storage.list_sessions(SessionFilter(limit=1))
-            except StorageError:
-                pass  # the gauge keeps its last value; /readyz tells the failure
-            else:
-                self.metrics.sessions_stored.set(found.total)
+            due.append(self._counting.result())
         if self.location is not None and now - self._sized_at >= SIZE_EVERY:
             self._sized_at = now
-            kind, path = self.location
-            self.metrics.store_bytes.set(await asyncio.to_thread(bytes_on_disk, kind, path))
+            due.append(self._sizing.result())
+        for outcome in await asyncio.gather(*due, return_exceptions=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, StorageError):
+                raise outcome
+
+    async def _count(self) -> None:
+        found = await self.storage.list_sessions(SessionFilter(limit=1))
+        self.metrics.sessions_stored.set(found.total)
+
+    async def _size(self) -> None:
+        assert self.location is not None
+        kind, path = self.location
+        self.metrics.store_bytes.set(await asyncio.to_thread(bytes_on_disk, kind, path))

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from bamboo_session.server.pages import PAGE_READS_AT_ONCE
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
 from tests.test_server_lifecycle import eventually

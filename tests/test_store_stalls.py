@@ -2,8 +2,10 @@
 hung network would leave a store): page reads are abandoned after
 ``--store-read-timeout``, their page-read slots go back, and each requester hears it at
 once: ``error`` ``internal`` for ``history`` and ``events``, 503 for the HTTP API, close
-1011 for a replay. Once the store answers again, so do reads: no slot and no Redis
-connection was left behind."""
+1011 for a replay, and for a ``hello`` whose session must be loaded; ``/readyz`` says
+503, ``/metrics`` serves the figures it has, an in-process receiver's replay ends with
+1011. Once the store answers again, so do reads: no slot and no Redis connection was
+left behind."""
 
 from __future__ import annotations
 
@@ -18,10 +20,20 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.server.pages import ABANDONED_READS_MAX, PageReads, StoreTimeout
-from bamboo_session.server.services import PAGE_READS_AT_ONCE
+from bamboo_session.persistence import open_storage
+from bamboo_session.protocol import AgentEvent
+from bamboo_session.server import readiness, store_stats
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from bamboo_session.server.pages import (
+    ABANDONED_READS_MAX,
+    PAGE_READS_AT_ONCE,
+    PageReads,
+    StoreTimeout,
+)
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import Peer, attach, get, run_server, token
+from tests.support import Peer, attach, get, open_peer, run_server, token
 
 DEADLINE = 1.0
 # Without the deadline a read ends with redis-py's socket timeout (10 s,
@@ -142,3 +154,105 @@ async def test_reads_of_a_frozen_store_fail_within_the_deadline_and_give_back_th
         assert status == 200 and [e["seq"] for e in body["events"]] == [1, 2, 3, 4]
         late, resumed = await stack.enter_async_context(attach(server, session_id, last_seq=0))
         assert [(await late.recv_type("event"))["seq"] for _ in range(4)] == [1, 2, 3, 4]
+
+
+async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        # Stored, and not live in this server: an attach loads it from the store.
+        session = await server.manager.create_session("u1", session_id="cold")
+        assert server.manager.live_actor(session.id) is None
+        with frozen(redis):
+            started = time.monotonic()
+            closes = []
+            for hello in ({}, {"create": True}):  # a create reads the session first
+                async with open_peer(server, "cold") as peer:
+                    await peer.send({"type": "hello", **hello})
+                    closes.append(await peer.closed(timeout=WITHIN))
+            elapsed = time.monotonic() - started
+        assert [code for code, _frames in closes] == [1011, 1011], closes
+        assert not [frames for _code, frames in closes if frames]  # no welcome, no error
+        assert elapsed < 2 * WITHIN
+        async with attach(server, "cold") as (_peer, welcome):  # the store is back
+            assert welcome["session"]["id"] == "cold"
+
+
+async def test_readyz_is_503_while_the_store_answers_no_read(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        assert await get(server, "/readyz") == (200, "ready\n")
+        await asyncio.sleep(readiness.PROBE_EVERY)  # the store's last answer is too old
+        with frozen(redis):
+            status, body = await get(server, "/readyz")
+            assert status == 503, body
+            reason = "reads from the store fail: no answer from the store within 1 s"
+            assert body == f"not ready: {reason}\n"
+            # The read the store did not answer is not started again: every later
+            # /readyz answers at once from it, and no read piles up behind it.
+            for _ in range(3):
+                await asyncio.sleep(0.4)  # past the once-a-second reads, by the end
+                assert (await get(server, "/readyz"))[0] == 503
+            assert reads_under_way("Readiness._read_store") == 1
+        await eventually(lambda: ready(server), WITHIN)
+
+
+def reads_under_way(name: str) -> int:
+    """Tasks of this event loop running the coroutine function ``name`` (a qualname)."""
+    return sum(task.get_coro().__qualname__ == name for task in asyncio.all_tasks())
+
+
+async def ready(server: BambooServer) -> bool:
+    return await get(server, "/readyz") == (200, "ready\n")
+
+
+async def test_metrics_serve_what_they_have_while_the_store_answers_no_read(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_stats, "COUNT_EVERY", 0.0)  # every scrape counts sessions
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        for _ in range(2):
+            await server.manager.create_session("u1")
+        assert "bamboo_sessions_stored 2.0" in (await get(server, "/metrics"))[1]
+        await server.manager.create_session("u1")
+        with frozen(redis):
+            for _ in range(2):  # the count the store did not answer is not asked again
+                status, text = await get(server, "/metrics")
+                assert status == 200 and "bamboo_sessions_stored 2.0" in text, text
+                assert "bamboo_connections 0.0" in text
+            assert reads_under_way("StoreStats._count") == 1
+        # The store is back: the count it owed arrives, and is served.
+        await eventually(lambda: stored_sessions(server, 3), WITHIN)
+
+
+async def stored_sessions(server: BambooServer, count: int) -> bool:
+    return f"bamboo_sessions_stored {count:.1f}" in (await get(server, "/metrics"))[1]
+
+
+async def test_an_in_process_replay_of_a_frozen_store_ends_its_receiver_with_1011(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    storage = await open_storage(redis.url(prefix=prefix_for(tmp_path)))
+    # Without a ring, replays read the store.
+    config = SessionManagerConfig(ring_size=0, store_read_timeout=DEADLINE)
+    async with SessionManager(config, storage) as manager:
+        session = await manager.create_session("u1")
+        for i in range(3):
+            await manager.append_event(session.id, AgentEvent.token(f"t{i}"))
+        receiver = await manager.connect_session(session.id, last_seq=0)
+        with frozen(redis):
+            assert await asyncio.wait_for(receiver.recv(), WITHIN) is None
+        assert receiver.close_code == 1011 and receiver.close_reason == "storage unavailable"
+        await manager.disconnect_session(session.id, receiver.connection_id)
+        again = await manager.connect_session(session.id, last_seq=0)  # the store is back
+        events = [await asyncio.wait_for(again.recv(), WITHIN) for _ in range(3)]
+        assert [event.seq for event in events if event is not None] == [1, 2, 3]
+    await storage.close()

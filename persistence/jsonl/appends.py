@@ -34,7 +34,7 @@ from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
 from .reads import keys_after
 from .record import SessionRecord
-from .tasks import run_io
+from .tasks import FileJobs
 from .wal import SegmentFile
 from .writer import LogWriter
 
@@ -53,8 +53,10 @@ class Appender:
         checkpoints: Checkpointer,
         messages: MessageCache,
         feed: Feed,
+        jobs: FileJobs,
     ) -> None:
         self.layout = config.layout
+        self._jobs = jobs
         self._records = records
         self._checkpoints = checkpoints
         self._messages = messages
@@ -154,7 +156,7 @@ class Appender:
         start = max(0, record.meta.last_seq - KEY_WINDOW)
         low, high = record.bracket(start)
         path = self.layout.log_file(session_id)
-        pairs = await run_io(keys_after, path, start, low, high, record.log_size)
+        pairs = await self._jobs.run(keys_after, path, start, low, high, record.log_size)
         window = KeyWindow()
         for seq, key in pairs:
             window.add(key, seq)

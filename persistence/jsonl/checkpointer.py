@@ -31,7 +31,7 @@ from .config import JsonlStorageConfig
 from .files import fsync_dir
 from .reads import HistoryReader
 from .record import SessionRecord
-from .tasks import run_io, to_completion
+from .tasks import FileJobs, to_completion
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,14 @@ class Checkpointer:
         records: dict[str, SessionRecord],
         history: HistoryReader,
         spawn: Spawn,
+        jobs: FileJobs,
     ) -> None:
         self.config = config
         self.layout = config.layout
         self._records = records
         self._history = history
         self._spawn = spawn
+        self._jobs = jobs
         self.dirty: set[str] = set()
 
     # -- what the storage reports ----------------------------------------------------
@@ -89,7 +91,7 @@ class Checkpointer:
 
     async def create(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
         """A new session's checkpoint and empty log, durably."""
-        return await run_io(self._create_files, meta)
+        return await self._jobs.run(self._create_files, meta)
 
     def _create_files(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
         # Checkpoint first: a crash before the log exists leaves a valid empty session.
@@ -124,7 +126,7 @@ class Checkpointer:
             )  # fmt: skip
             record.meta_dirty = False
             try:
-                record.slots, record.stamp = await run_io(
+                record.slots, record.stamp = await self._jobs.run(
                     checkpoint.update, self.layout.checkpoint(session_id), saved, record.slots,
                     durable,
                 )  # fmt: skip
@@ -147,7 +149,7 @@ class Checkpointer:
             count = record.pending_count
             after = Coverage(record.index.count + count, record.meta.last_seq, record.log_size)
             if count:
-                await run_io(
+                await self._jobs.run(
                     message_index.append,
                     self.layout.message_index(record.session_id),
                     record.meta.epoch,

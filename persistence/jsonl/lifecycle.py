@@ -26,13 +26,16 @@ from .checkpointer import Checkpointer
 from .files import fsync_dir, unlink_quietly
 from .layout import Layout
 from .record import SessionRecord
-from .tasks import run_io, to_completion
+from .tasks import FileJobs, to_completion
 from .writer import LogWriter
 
 
 class SessionFiles:
-    def __init__(self, layout: Layout, checkpoints: Checkpointer, writer: LogWriter) -> None:
+    def __init__(
+        self, layout: Layout, checkpoints: Checkpointer, writer: LogWriter, jobs: FileJobs
+    ) -> None:
         self.layout = layout
+        self._jobs = jobs
         self._checkpoints = checkpoints
         self._writer = writer
         self.creating: set[str] = set()
@@ -74,7 +77,7 @@ class SessionFiles:
     async def _delete_after_writes(self, record: SessionRecord) -> None:
         await self._writer.forget(record.session_id, record.meta.epoch)
         async with record.checkpoint_lock():
-            await run_io(delete_session_files, self.layout, record.session_id)
+            await self._jobs.run(delete_session_files, self.layout, record.session_id)
 
 
 def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMetadata:

@@ -35,6 +35,7 @@ from .caches import MessageCache
 from .config import JsonlStorageConfig
 from .reads import HistoryReader, read_events
 from .record import SessionRecord
+from .tasks import FileJobs
 
 
 class JsonlQueries:
@@ -48,7 +49,9 @@ class JsonlQueries:
         self._records: dict[str, SessionRecord] = {}
         self._feed = Feed()
         self._messages = MessageCache(config.message_cache_bytes)
-        self._history = HistoryReader(self.layout, self._messages, not config.read_only)
+        # The store's threads for file work (reads, checkpoints, deletions): see tasks.py.
+        self._jobs = FileJobs()
+        self._history = HistoryReader(self.layout, self._messages, not config.read_only, self._jobs)
 
     @property
     def read_only(self) -> bool:
@@ -110,7 +113,7 @@ class JsonlQueries:
     ) -> list[StoredEvent]:
         record = self._record(session_id)
         try:
-            return await read_events(self.layout, record, after_seq, limit, max_bytes)
+            return await read_events(self._jobs, self.layout, record, after_seq, limit, max_bytes)
         except StorageError:
             self._record(session_id)  # deleted while reading: SessionNotFound
             raise

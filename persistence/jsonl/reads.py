@@ -27,10 +27,11 @@ from .layout import Layout
 from .message_index import Entry, StaleIndex
 from .record import Place, SessionRecord
 from .scan import decode_key, decode_stored_event, lines, locate, read_spans
-from .tasks import run_io
+from .tasks import FileJobs
 
 
 async def read_events(
+    jobs: FileJobs,
     layout: Layout,
     record: SessionRecord,
     after_seq: int,
@@ -43,7 +44,7 @@ async def read_events(
         return []
     low, high = record.bracket(after_seq)
     path = layout.log_file(record.session_id)
-    events: list[StoredEvent] = await run_io(
+    events: list[StoredEvent] = await jobs.run(
         events_after, path, after_seq, low, high, record.log_size, limit, max_bytes
     )
     return events
@@ -109,10 +110,11 @@ class HistoryReader:
     """Pages of a session's history: the preamble (old format), then the log's
     messages."""
 
-    def __init__(self, layout: Layout, cache: MessageCache, writable: bool) -> None:
+    def __init__(self, layout: Layout, cache: MessageCache, writable: bool, jobs: FileJobs) -> None:
         self.layout = layout
         self.cache = cache
         self.writable = writable
+        self.jobs = jobs
 
     async def read(self, record: SessionRecord, start: int, end: int) -> list[Message]:
         """History messages ``start .. end`` (which must exist)."""
@@ -136,7 +138,7 @@ class HistoryReader:
     async def _preamble(self, record: SessionRecord) -> list[Message]:
         if record.preamble_messages is not None:
             return record.preamble_messages
-        messages: list[Message] = await run_io(
+        messages: list[Message] = await self.jobs.run(
             read_preamble, self.layout.preamble(record.session_id)
         )
         return messages
@@ -154,7 +156,7 @@ class HistoryReader:
         self, record: SessionRecord, first: int, last: int
     ) -> list[tuple[Message, int]]:
         entries = await self._entries(record, first, last)
-        found: list[tuple[Message, int]] = await run_io(
+        found: list[tuple[Message, int]] = await self.jobs.run(
             messages_at, self.layout.log_file(record.session_id), entries
         )
         return found
@@ -170,7 +172,7 @@ class HistoryReader:
                 raise StaleIndex(f"the message index of {record.session_id!r} is incomplete")
             entries: list[Entry] = []
             if first < count:
-                entries = await run_io(
+                entries = await self.jobs.run(
                     message_index.read,
                     self.layout.message_index(record.session_id),
                     first,
@@ -184,7 +186,7 @@ class HistoryReader:
         if record.index_checked and record.index.offset == record.pending_offset:
             return
         session_id = record.session_id
-        coverage, gap = await run_io(
+        coverage, gap = await self.jobs.run(
             message_index.prepare,
             self.layout.message_index(session_id),
             self.layout.log(session_id),

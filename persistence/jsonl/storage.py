@@ -53,7 +53,7 @@ from .opening import open_files, records_of, snapshot_entries
 from .queries import JsonlQueries
 from .record import SessionRecord
 from .recovery import RecoveryReport
-from .tasks import BackgroundTasks, every, run_io, to_completion
+from .tasks import BackgroundTasks, every, to_completion
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,14 @@ class JsonlStorage(JsonlQueries):
         super().__init__(config)  # the records, index, feed and caches reads use
         self._lock_file = LockFile(self.layout.lock)
         self._tasks = BackgroundTasks()
-        self._checkpoints = Checkpointer(config, self._records, self._history, self._tasks.spawn)
+        self._checkpoints = Checkpointer(
+            config, self._records, self._history, self._tasks.spawn, self._jobs
+        )
         self._appends = Appender(
-            config, self._records, self._checkpoints, self._messages, self._feed
+            config, self._records, self._checkpoints, self._messages, self._feed, self._jobs
         )
         self._writer = self._appends.writer
-        self._files = SessionFiles(self.layout, self._checkpoints, self._writer)
+        self._files = SessionFiles(self.layout, self._checkpoints, self._writer, self._jobs)
         self._loops: list[asyncio.Task[None]] = []
         self._ready = False
         self._closed = False
@@ -125,6 +127,7 @@ class JsonlStorage(JsonlQueries):
         self._feed.end_all()
         if self._read_only:
             await self._writer.close()
+            self._jobs.shutdown(wait=False)
             return
         try:
             for task in self._loops:
@@ -144,6 +147,8 @@ class JsonlStorage(JsonlQueries):
                 log.error("%d sessions could not be checkpointed on close", count)
         finally:
             self._lock_file.release()
+            # Not waited for: a job of a disk that stalls would hold the close as long.
+            self._jobs.shutdown(wait=False)
 
     async def __aenter__(self) -> Self:
         return self
@@ -292,7 +297,7 @@ class JsonlStorage(JsonlQueries):
     async def clear_damaged(self) -> list[Path]:
         """Removes the files :meth:`damaged_files` lists; returns them."""
         self._require_writable()
-        return await run_io(remove_damaged, self.layout)
+        return await self._jobs.run(remove_damaged, self.layout)
 
     # -- delete ---------------------------------------------------------------------
 

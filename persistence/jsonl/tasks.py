@@ -1,7 +1,7 @@
-"""Running the JSONL storage's work off the event loop: blocking file work in worker
-threads (an ``OSError`` becomes a :class:`StorageError`), the log writer's own I/O
-thread, file work that must finish even when its caller is cancelled, and tracked
-background tasks."""
+"""Running the JSONL storage's work off the event loop: blocking file work on the
+store's worker threads (:class:`FileJobs`: an ``OSError`` becomes a
+:class:`StorageError`), the log writer's own I/O thread, file work that must finish
+even when its caller is cancelled, and tracked background tasks."""
 
 from __future__ import annotations
 
@@ -14,18 +14,28 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..base import StorageError
+from ..threads import DEFAULT_THREADS, ThreadJobs
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-async def run_io(function: Callable[..., T], *args: Any) -> T:
-    """Run blocking file work in a thread; an OSError becomes a StorageError."""
-    try:
-        return await asyncio.to_thread(function, *args)
-    except OSError as exc:
-        raise StorageError(f"storage I/O failed: {exc}") from exc
+class FileJobs(ThreadJobs):
+    """The store's threads for blocking file work: its reads, checkpoints, deletions
+    and key scans, counted together (persistence/threads.py), so that no job of a disk
+    that stalls waits in a queue uncounted. As many as asyncio's default executor has,
+    which did this work before."""
+
+    def __init__(self, threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(threads, "bamboo-jsonl-io")
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking file work in a thread; an OSError becomes a StorageError."""
+        try:
+            return await super().run(function, *args)
+        except OSError as exc:
+            raise StorageError(f"storage I/O failed: {exc}") from exc
 
 
 class IoThread:

@@ -11,11 +11,9 @@ its history by ``(session_id, message_index)``, a listing by the index of its fi
 from __future__ import annotations
 
 import asyncio
-import functools
 import queue
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -26,6 +24,7 @@ from bamboo_session.protocol.models import Message, SessionMetadata, StoredEvent
 
 from ..base import SessionExpired, SessionFilter, SessionNotFound, SortBy, SortOrder, StorageError
 from ..events import page_bounds
+from ..threads import ThreadJobs
 from .schema import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
@@ -56,30 +55,32 @@ _message_decoder = msgspec.json.Decoder(_MessageEnvelope)
 
 
 class Readers:
-    """``threads`` read-only connections, each used by one read at a time."""
+    """``threads`` read-only connections, each used by one read at a time, on as many
+    threads. A read holds its thread from before it is handed over until its query has
+    ended there, even when its caller gave up on it (persistence/threads.py): reads of
+    a file another process keeps locked wait for a thread, and are never queued
+    uncounted behind those that wait for the lock."""
 
     def __init__(self, path: Path, threads: int) -> None:
         self._path = path
         self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: ThreadJobs | None = None
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._connections: list[sqlite3.Connection] = []
 
     async def start(self) -> None:
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="bamboo-sqlite-read")
-        loop = asyncio.get_running_loop()
+        self._jobs = ThreadJobs(self._threads, "bamboo-sqlite-read")
         for _ in range(self._threads):
-            connection = await loop.run_in_executor(self._pool, connect_reader, self._path)
+            connection = await self._jobs.run(connect_reader, self._path)
             self._connections.append(connection)
             self._idle.put(connection)
 
     async def run(self, query: Callable[..., T], *args: Any) -> T:
         """``query(connection, *args)`` on a reader thread; an SQLite error becomes a
         StorageError."""
-        if self._pool is None:
+        if self._jobs is None:
             raise StorageError(f"SQLite store at {self._path} is not open")
-        call = functools.partial(self._call, query, args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return await self._jobs.run(self._call, query, args)
 
     def _call(self, query: Callable[..., T], args: tuple[Any, ...]) -> T:
         connection = self._idle.get()
@@ -93,9 +94,9 @@ class Readers:
             self._idle.put(connection)
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            await asyncio.to_thread(jobs.shutdown, True)
         for connection in self._connections:
             connection.close()
         self._connections.clear()

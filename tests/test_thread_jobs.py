@@ -1,0 +1,87 @@
+"""ThreadJobs (persistence/threads.py): a job holds its slot from before it is handed to
+a thread until it has ended there, once, whether its caller waited for it or gave up;
+a caller that gives up on a running job stays until the job ends; one that gives up
+while it waits for a slot leaves nothing behind. The jobs here are ordinary blocking
+calls that wait for the test to let them end (tests/test_stalled_disks.py stalls real
+stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.threads import ThreadJobs
+
+WAIT = 5.0  # bounds every wait of the test
+
+
+@pytest_asyncio.fixture
+async def jobs() -> AsyncIterator[ThreadJobs]:
+    pool = ThreadJobs(2, "test-jobs")
+    yield pool
+    await asyncio.to_thread(pool.shutdown, True)
+
+
+def held(gate: threading.Event, started: threading.Event | None = None) -> str:
+    if started is not None:
+        started.set()
+    assert gate.wait(WAIT)
+    return "done"
+
+
+async def started(job: asyncio.Task[str], flag: threading.Event) -> asyncio.Task[str]:
+    assert await asyncio.to_thread(flag.wait, WAIT)
+    return job
+
+
+async def test_a_caller_that_gives_up_on_a_running_job_stays_until_it_ends(
+    jobs: ThreadJobs,
+) -> None:
+    gate, flag = threading.Event(), threading.Event()
+    job = await started(asyncio.create_task(jobs.run(held, gate, flag)), flag)
+    job.cancel()
+    await asyncio.sleep(0.05)
+    assert not job.done() and jobs.unfinished == 1  # its thread still runs it
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(job, WAIT)
+    assert jobs.unfinished == 0
+    assert await asyncio.wait_for(jobs.run(str, 7), WAIT) == "7"
+
+
+async def test_jobs_beyond_the_threads_wait_for_a_slot_not_in_the_queue(
+    jobs: ThreadJobs,
+) -> None:
+    gate, flags = threading.Event(), [threading.Event(), threading.Event()]
+    running = [
+        await started(asyncio.create_task(jobs.run(held, gate, flag)), flag) for flag in flags
+    ]
+    waiting = [asyncio.create_task(jobs.run(held, gate)) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    assert jobs.unfinished == 2 and jobs._pool._work_queue.qsize() == 0
+    for task in waiting[:5]:
+        task.cancel()  # given up on before they had a thread: nothing of them is left
+    await asyncio.wait(waiting[:5])
+    assert jobs.unfinished == 2
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*running, *waiting[5:]), WAIT)
+    assert results == ["done"] * 7 and jobs.unfinished == 0
+
+
+async def test_a_job_that_fails_frees_its_slot(jobs: ThreadJobs) -> None:
+    for _ in range(5):  # more than the slots: each failure gave its slot back
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.wait_for(jobs.run(divmod, 1, 0), WAIT)
+    assert jobs.unfinished == 0
+
+
+async def test_no_job_after_shutdown(jobs: ThreadJobs) -> None:
+    jobs.shutdown(wait=True)
+    with pytest.raises(StorageError, match="takes no more work"):
+        await jobs.run(str, 1)
+    assert jobs.unfinished == 0
