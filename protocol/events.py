@@ -202,7 +202,9 @@ class StoredEvent(msgspec.Struct):
         """The AgentEvent as JSON, ready to embed in a log line or a JSON frame."""
         data = self._json
         if data is None:
-            data = self._json = msgspec.Raw(encode_event(self._event))
+            event = self._event
+            assert event is not None, "a StoredEvent holds its event in one form"
+            data = self._json = msgspec.Raw(encode_event(event))
         return data
 
     @property
