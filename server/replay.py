@@ -32,7 +32,7 @@ from bamboo_session.protocol.errors import CloseCode
 
 from .failures import failure_of
 from .metrics import Metrics
-from .outbound import Outbound
+from .outbound import BYTES_HEADER, Outbound
 from .outbox import Outbox, Replay, send_frames
 from .pages import PageReads
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
@@ -141,7 +141,9 @@ async def send_replay(
     position, through, sent = replay.after, replay.through, 0
     while position < through and outbox.closing is None:
         try:
-            frames, position = await _page_frames(reads, page_reads, codec, position, through)
+            frames, position, charge = await _page_frames(
+                reads, page_reads, codec, position, through
+            )
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
@@ -149,14 +151,13 @@ async def send_replay(
             return sent
         if not frames or outbox.closing is not None:
             return sent
-        # In the process's memory budget until the peer has taken it: a stalled
+        # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
-        charged = sum(map(len, frames))
-        outbox.budget.used += charged
+        outbox.budget.used += charge
         try:
             taken = await _send_page(ws, frames, page_timeout)
         finally:
-            outbox.budget.used -= charged
+            outbox.budget.used -= charge
         if not taken:
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
@@ -167,14 +168,22 @@ async def send_replay(
 
 async def _page_frames(
     reads: ReplayReads, page_reads: PageReads, codec: Codec, after: int, through: int
-) -> tuple[list[bytes], int]:
-    """The next page of a replay as this connection's frames, and the seq it ends at.
-    The page's events (decoded, or shared with the ring and other resumers) go with
-    this call: what a stalled peer holds is the frames, no more."""
+) -> tuple[list[bytes], int, int]:
+    """The next page of a replay as this connection's frames, the seq it ends at, and
+    the bytes to charge to the memory budget while they are sent: the frames no ring
+    counts already (a page read from the store; resumers who share one each charge
+    it). The page's events go with this call: what a stalled peer holds is the
+    frames, no more."""
     page = await reads.page(after, through, page_reads)
     if not page:
-        return [], after
-    return [out.framed(codec) for out in page], page[-1].seq
+        return [], after, 0
+    frames = [out.framed(codec) for out in page]
+    charge = sum(
+        len(frame) + BYTES_HEADER
+        for out, frame in zip(page, frames, strict=True)
+        if out.ring is None
+    )
+    return frames, page[-1].seq, charge
 
 
 async def _send_page(ws: ServerConnection, frames: list[bytes], stall_timeout: float) -> bool:
@@ -198,6 +207,8 @@ async def _send_page(ws: ServerConnection, frames: list[bytes], stall_timeout: f
         if not sending.done():
             sending.cancel()
             await asyncio.wait({sending})
+        if not sending.cancelled():
+            sending.exception()  # a connection that ended says why elsewhere: no traceback
 
 
 class _Waiting:

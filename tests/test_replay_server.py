@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
+import struct
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -118,14 +120,16 @@ def metric(text: str, name: str) -> float:
 
 @contextlib.asynccontextmanager
 async def session_past_the_send_buffer(
-    replay_deadline: float,
+    replay_deadline: float, ring_bytes: int = 64 * KIB
 ) -> AsyncIterator[tuple[BambooServer, str, int]]:
     """A server with that replay deadline and a session of 200 KB events, 4 MiB more
-    than the kernel's send buffer takes (so a replay backs up), and a ring too small
-    for one event (so every replay reads the store): (server, session id, events)."""
+    than the kernel's send buffer takes (so a replay backs up), and by default a ring
+    too small for one event (so every replay reads the store): (server, session id,
+    events)."""
     size = 200_000
     count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
-    config: dict[str, Any] = {"replay_page_timeout": replay_deadline, "ring_bytes": 64 * KIB}
+    config: dict[str, Any] = {"replay_page_timeout": replay_deadline, "ring_bytes": ring_bytes}
+    config["memory_budget"] = max(256 * MIB, 4 * ring_bytes)
     async with run_server(durability="os", **config) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
@@ -162,6 +166,50 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
             lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
         )
         assert budget.used <= 64 * KIB  # the ring's, no page's
+
+
+async def test_a_stalled_resumer_that_resets_gives_its_page_back_and_logs_nothing() -> None:
+    reports: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    async with session_past_the_send_buffer(30.0) as (server, session_id, _count):
+        budget = server.manager.budget
+        stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+        await eventually(lambda: budget.used >= 200_000)  # its page is charged, stalled
+        # A reset, as a peer that vanishes with unread data sends one.
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stalled.close()
+        await eventually(
+            lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
+        )
+        assert budget.used <= 64 * KIB  # the ring's, no page's
+    gc.collect()  # a task whose failure nobody retrieved is reported when collected
+    assert not reports, [report.get("message") for report in reports]
+
+
+async def test_resumers_stalled_on_the_ring_charge_nothing_more() -> None:
+    """Pages replayed from the ring are its frames, counted once by the ring, however
+    many resumers send them: a reconnect storm of one session's viewers must not make
+    the budget look spent and shed every other session's ring."""
+    ring_bytes = 2 * (kernel_send_buffer_max() + 4 * MIB)
+    loop = asyncio.get_running_loop()
+    async with session_past_the_send_buffer(30.0, ring_bytes) as (server, session_id, count):
+        actor = server.manager.live_actor(session_id)
+        assert actor is not None and actor.room.ring is not None
+        start = actor.room.ring_start - 1  # from there on, replays come from the ring
+        assert count - start > kernel_send_buffer_max() // 200_000 + 4  # more than a socket takes
+        budget = server.manager.budget
+        stalled = [
+            await loop.run_in_executor(None, stalled_resumer, server.port, session_id, start)
+            for _ in range(4)
+        ]
+        try:
+            await eventually(lambda: len(actor.room.outboxes) == 4)
+            await asyncio.sleep(0.5)  # their first pages are sent, and stall
+            assert budget.used - actor.room.ring_bytes <= 64 * KIB
+        finally:
+            for sock in stalled:
+                sock.close()
 
 
 def paced_reader(
