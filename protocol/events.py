@@ -9,7 +9,7 @@ Field names follow the bamboo-session data model (PROTOCOL.md "Data"). No I/O;
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
@@ -147,17 +147,13 @@ AnyAgentEvent = (
 _event_encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
 
-# msgspec's encode() hands back its growth buffer, which holds up to half again as
-# much as the JSON in it (it does not shrink it, on purpose). From this size on, an
-# event's JSON that is kept (replay rings, stores in memory) is copied to an
-# allocation of its own size: a copy costs less than the slack it frees.
-EXACT_FROM: Final = 512
-
 
 def encode_event(event: AnyAgentEvent) -> bytes:
-    """The event's JSON, in an allocation of its size (a small one: about it)."""
-    data = _event_encoder.encode(event)
-    return bytes(memoryview(data)) if len(data) >= EXACT_FROM else data
+    """The event's JSON, in an allocation of its size. msgspec's encode() hands back its
+    growth buffer, which holds up to half again as much as the JSON in it (it does not
+    shrink it, on purpose), and an event's JSON is kept (replay rings, stores in
+    memory): a copy of a few hundred bytes costs less than the slack it frees."""
+    return bytes(memoryview(_event_encoder.encode(event)))
 
 
 class StoredEvent(msgspec.Struct):

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from bamboo_session.protocol.codec import JSON, MSGPACK
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
@@ -264,6 +266,41 @@ async def test_a_ring_of_big_events_nobody_framed_holds_what_it_counts(tmp_path:
         tracemalloc.stop()
     # (one event may still be held elsewhere: the last one delivered)
     assert 19 * 100_000 < freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
+
+
+async def ring_freed_and_counted(store: str, size: int, keyed: bool) -> tuple[int, int]:
+    """What dropping a ring of 300 events of ``size`` bytes frees, as tracemalloc sees
+    it, and what the ring counted; the publisher alone is attached (nothing framed)."""
+    tracemalloc.start()
+    try:
+        async with run_server(store=store, ring_size=10_000, ring_bytes=64 * MIB) as server:
+            async with attach(server, role="agent") as (agent, welcome):
+                session_id = welcome["session"]["id"]
+                for i in range(300):
+                    frame = {"type": "event", "id": i, "event": token(f"{i:04}" + "b" * size)}
+                    if keyed:
+                        frame["key"] = f"{i:04}" + "k" * 120
+                    await agent.request(frame, "ack")
+                actor = server.manager.live_actor(session_id)
+                assert actor is not None and actor.room.ring is not None
+                counted = actor.room.ring_bytes
+                before = tracemalloc.get_traced_memory()[0]
+                actor.room.drop_ring()
+                return before - tracemalloc.get_traced_memory()[0], counted
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("size", [20, 300, 440])
+async def test_a_ring_of_small_events_holds_what_it_counts(tmp_path: Path, size: int) -> None:
+    freed, counted = await ring_freed_and_counted(f"jsonl://{tmp_path}/j", size, keyed=False)
+    assert freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
+
+
+async def test_a_ring_of_keyed_events_holds_what_it_counts(tmp_path: Path) -> None:
+    """On SQLite the ring is the key's only holder (JSONL's key window keeps its own)."""
+    freed, counted = await ring_freed_and_counted(f"sqlite://{tmp_path}/s.db", 600, keyed=True)
+    assert freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
 
 
 # -- reading costs what is asked ---------------------------------------------------------

@@ -253,7 +253,7 @@ class RedisStorage:
         self.require_writable()
         session_id = check_session_id(session_id)
         events = [completed_event(event) for event, _ in items]
-        encoded = [msgspec.Raw(encode_event(event)) for event in events]
+        encoded = [encode_event(event) for event in events]
         args: list[str | bytes | int] = [
             session_id,
             self.layout.index,
@@ -261,8 +261,8 @@ class RedisStorage:
             self.redis.publish,
             self.layout.channel(session_id),
         ]
-        for (_, key), event, raw in zip(items, events, encoded, strict=True):
-            args += [flags_of(key, event), "" if key is None else key, bytes(raw)]
+        for (_, key), event, data in zip(items, events, encoded, strict=True):
+            args += [flags_of(key, event), "" if key is None else key, data]
         keys = self.layout.session_keys(session_id)[:4]
         channel = self.layout.channel(session_id)
         reply = await self.redis.write("append", keys, args, deferred=True, channel=channel)
@@ -271,8 +271,8 @@ class RedisStorage:
             ts = from_micros(int(reply[0]))
             every = zip(results, items, events, encoded, strict=True)
             fresh = [
-                StoredEvent(result.seq, ts, event, key, raw)
-                for result, (_, key), event, raw in every
+                StoredEvent(result.seq, ts, event, key, msgspec.Raw(data))
+                for result, (_, key), event, data in every
                 if not result.duplicate
             ]
             self.live.publish(session_id, fresh)
