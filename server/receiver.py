@@ -32,6 +32,7 @@ class Receiver:
         self.outbox = outbox
         self._replay = replay
         self._reads = reads
+        self._pages: AsyncIterator[list[Outbound]] | None = None  # a replay under way
         self._pending: collections.deque[StoredEvent] = collections.deque()
         self.close_code: CloseCode | None = None
         self.close_reason: str | None = None
@@ -52,28 +53,35 @@ class Receiver:
     async def recv(self) -> StoredEvent | None:
         """The next event, or None once the subscription has ended."""
         while not self._pending:
+            if self._pages is not None:
+                await self._next_page(self._pages)
+                continue
             if self.close_code is not None:
                 return None
             item = await self.outbox.get()
             if isinstance(item, CloseRequest):
                 self.close_code, self.close_reason = item.code, item.reason
             elif isinstance(item, Replay):
-                await self._take_replay(item)
+                self._pages = self._replay(item.after, item.through, self._reads)
             elif isinstance(item, EventOutbound):
                 self._pending.append(item.stored_event())
         return self._pending.popleft()
 
-    async def _take_replay(self, replay: Replay) -> None:
-        """The missed events, a page at a time (a slot and a deadline each, as for a
-        WebSocket's replay). A page the store does not give ends the subscription as it
-        closes a WebSocket (1011): live events cannot follow a gap. The pages read
-        before it are still received."""
+    async def _next_page(self, pages: AsyncIterator[list[Outbound]]) -> None:
+        """The next page of the missed events, once the last one was received: one page
+        at a time in memory (a slot and a deadline each, as for a WebSocket's replay).
+        A page the store does not give ends the subscription as it closes a WebSocket
+        (1011): live events cannot follow a gap. The pages read before it were
+        received."""
         try:
-            async for page in self._replay(replay.after, replay.through, self._reads):
-                self._pending.extend(
-                    out.stored_event() for out in page if isinstance(out, EventOutbound)
-                )
+            page = await anext(pages)
+        except StopAsyncIteration:
+            self._pages = None
+            return
         except StorageError as exc:
+            self._pages = None
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
             self.outbox.drop(failure.close, failure.reason)
+            return
+        self._pending.extend(out.stored_event() for out in page if isinstance(out, EventOutbound))

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import tracemalloc
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,6 +111,26 @@ async def test_an_event_no_reader_could_read_back_is_refused_before_it_is_stored
     assert ok.seq == 1  # nothing was stored for the refused ones, the session goes on
     got = await asyncio.wait_for(receiver.recv(), 5)
     assert got is not None and got.seq == 1 and got.event == AgentEvent.token("fine")
+
+
+async def test_a_receiver_resuming_far_back_holds_one_page_at_a_time(tmp_path: Path) -> None:
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path), durability="os"))
+    config = SessionManagerConfig(ring_size=16)  # the replay is read from the store
+    async with storage, await SessionManager.new(config, storage) as manager:
+        session = await manager.create_session()
+        for i in range(3000):  # about 6 MB of JSON, 13 MB once decoded
+            await manager.append_event(session.id, AgentEvent.token(f"{i:04}" + "x" * 2000))
+        tracemalloc.start()
+        try:
+            receiver = await manager.connect_session(session.id, last_seq=0)
+            first = await receiver.recv()
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert first is not None and first.seq == 1
+        assert held < 3_000_000, f"{held} bytes held after the first event"
+        seqs = [first.seq] + [(await receiver.recv()).seq for _ in range(2999)]  # type: ignore[union-attr]
+        assert seqs == list(range(1, 3001))
 
 
 async def test_idempotent_append_and_closed_session(manager: SessionManager) -> None:
