@@ -87,33 +87,39 @@ class Append(_Request):
 
 
 class BatchReply(_Request):
-    """The one reply to a peer's ``batch`` frame, whose items are queued as consecutive
-    :class:`Append` commands. The actor never splits them between two store appends
-    (:meth:`Inbox.take_batch`), and a store append is stored whole or not at all, so
-    they are answered together: ``acks`` with every seq, once the last is answered, or
-    one ``error`` (the first refusal; the others say nothing more)."""
+    """The one reply to appends queued together: a peer's ``batch`` frame, or an
+    in-process ``append_events`` (``future``). The actor never splits them between two
+    store appends (:meth:`Inbox.take_batch`), and a store append is stored whole or not
+    at all, so they are answered together: once the last is answered, ``acks`` with
+    every seq (the future: what each became), or one ``error`` (the first refusal; the
+    others say nothing more)."""
 
-    __slots__ = ("duplicates", "future", "origin", "request_id", "seqs", "settled", "size")
+    __slots__ = ("future", "origin", "request_id", "results", "settled", "size")
 
-    def __init__(self, origin: Outbox, request_id: RequestId, size: int) -> None:
-        self.origin: Outbox | None = origin
+    def __init__(
+        self,
+        origin: Outbox | None,
+        request_id: RequestId,
+        size: int,
+        future: asyncio.Future[list[Appended]] | None = None,
+    ) -> None:
+        self.origin = origin
         self.request_id = request_id
-        self.future = None
+        self.future = future
         self.size = size  # items
-        self.seqs: list[int] = []
-        self.duplicates: list[int] = []
+        self.results: list[Appended] = []
         self.settled = False
 
     def answer(self, result: Appended) -> None:
         if self.settled:
             return
-        seqs = self.seqs
-        if result.duplicate:
-            self.duplicates.append(len(seqs))
-        seqs.append(result.seq)
-        if len(seqs) == self.size:
+        results = self.results
+        results.append(result)
+        if len(results) == self.size:
             self.settled = True
-            self._answer(None, Acks(seqs, id=self.request_id, duplicates=self.duplicates))
+            duplicates = [index for index, done in enumerate(results) if done.duplicate]
+            acks = Acks([done.seq for done in results], id=self.request_id, duplicates=duplicates)
+            self._answer(results, acks)
 
     def refuse(self, exc: BaseException) -> str | None:
         if self.settled:

@@ -22,19 +22,28 @@ from websockets.http11 import Request
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import Error, Hello, RequestId
+from bamboo_session.protocol.models import SessionMetadata
 
-from .auth import Forbidden, Unauthorized
+from .auth import (
+    Forbidden,
+    Principal,
+    Unauthorized,
+    check_access,
+    check_new_session,
+    check_session_id_for,
+)
 from .config import ServerConfig
 from .failures import ServerBusy, failure_of
 from .flush import WebSocketSink
 from .limits import TooManyConnections
 from .outbox import Outbox
-from .quotas import CreatingTooFast, TooManySessions, creator_key
+from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
     from .connection import Connection
+    from .manager import SessionManager
 
 # What attaching may fail with; each closes the connection as server/failures.py says.
 _ATTACH_FAILURES = (
@@ -104,7 +113,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             conn.counted_user = user
         creator = creator_key(principal.sub if principal else None, _peer_address(ws))
         admission = services.quotas.admission(creator)
-        session_id = await manager.resolve_session(conn.session_id, hello, principal, admission)
+        session_id = await resolve_session(manager, conn.session_id, hello, principal, admission)
         conn.session_id = session_id
         structlog.contextvars.bind_contextvars(session_id=session_id)
         outbox = Outbox(
@@ -155,3 +164,35 @@ def batch_items(config: ServerConfig) -> int:
     if config.rate_limit > 0:
         return min(config.max_batch_items, config.rate_limit_burst)
     return config.max_batch_items
+
+
+async def resolve_session(
+    manager: SessionManager,
+    session_id: str | None,
+    hello: Hello,
+    principal: Principal | None,
+    admit: Admission | None,
+) -> str:
+    """The session a ``hello`` attaches to, created first where it asks for that.
+
+    Under auth, raises Forbidden before anything is created or sent when ``principal``
+    may not have it; a session created here belongs to its ``sub``. Nothing is created
+    when the attach that follows could not be served (ServerBusy), nor when ``admit``
+    (the connection's quotas) refuses it. The reads are within the store's read
+    deadline (StoreTimeout: 1011)."""
+    owner = hello.user_id if principal is None else principal.sub
+    if session_id is None:
+        if principal is not None:
+            check_new_session(principal)
+        session = await manager.create_admitted(admit, owner, hello.title)
+        return session.id
+    if principal is not None:
+        check_session_id_for(principal, session_id)
+    metadata: SessionMetadata | None = None
+    if hello.create:
+        metadata = await manager.ensure_session(session_id, owner, hello.title, admit)
+    if principal is not None:
+        metadata = metadata or await manager.stored_metadata(session_id)
+        if metadata is not None:  # a missing one is 4404 when attaching
+            check_access(principal, metadata)
+    return session_id

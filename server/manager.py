@@ -3,15 +3,16 @@
 The seed's ``SessionManager`` as a Python API, usable in-process without any socket;
 the WebSocket layer is built on this same API. Each live session is a
 :class:`SessionActor`, which the manager's :class:`ActorRegistry` spawns, evicts and
-retires (server/actors.py). The manager also resolves which session a ``hello``
-attaches to, creating it where asked, and relays other processes' presence notices.
+retires (server/actors.py). The manager also creates the session a ``hello`` asks
+for (server/handshake.py resolves which one), and relays other processes' presence
+notices.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import structlog
@@ -41,9 +42,8 @@ from bamboo_session.protocol.models import (
 
 from .actor import SessionActor
 from .actors import ActorRegistry
-from .auth import Principal, check_access, check_new_session, check_session_id_for
 from .budget import MemoryBudget
-from .commands import ActorRetired, Announce, Append, Attach, Detach, SetState
+from .commands import ActorRetired, Announce, Append, Attach, BatchReply, Detach, SetState
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -163,24 +163,24 @@ class SessionManager:
         """get-or-create without reading the history: what an attach with ``create``
         needs, so a reconnect storm does not load every session's messages. ``admit``
         wraps a creation, and refuses it by raising."""
-        existing = await self._stored_metadata(check_session_id(session_id))
+        existing = await self.stored_metadata(check_session_id(session_id))
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
         if existing is None and (creating := self._creating.get(session_id)) is not None:
             await asyncio.wait([creating])
-            existing = await self._stored_metadata(session_id)
+            existing = await self.stored_metadata(session_id)
         if existing is not None:
             if existing.is_expired():
                 raise SessionExpired(session_id)
             return existing
         creation = asyncio.ensure_future(
-            self._create_admitted(admit, user_id, title, session_id=session_id)
+            self.create_admitted(admit, user_id, title, session_id=session_id)
         )
         self._creating[session_id] = creation
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
-        found = await self._stored_metadata(session_id)
+        found = await self.stored_metadata(session_id)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found
@@ -195,41 +195,11 @@ class SessionManager:
         actor.post(SetState(SessionState.CLOSED, future=done))
         await done
 
-    async def resolve_session(
-        self,
-        session_id: str | None,
-        hello: Hello,
-        principal: Principal | None = None,
-        admit: Admission | None = None,
-    ) -> str:
-        """The session a ``hello`` attaches to, created first where it asks for that.
-
-        Under auth, raises Forbidden before anything is created or sent when
-        ``principal`` may not have it; a session created here belongs to its ``sub``.
-        Nothing is created when the attach that follows could not be served
-        (ServerBusy), nor when ``admit`` (the caller's quotas) refuses it."""
-        owner = hello.user_id if principal is None else principal.sub
-        if session_id is None:
-            if principal is not None:
-                check_new_session(principal)
-            session = await self._create_admitted(admit, owner, hello.title)
-            return session.id
-        if principal is not None:
-            check_session_id_for(principal, session_id)
-        metadata: SessionMetadata | None = None
-        if hello.create:
-            metadata = await self.ensure_session(session_id, owner, hello.title, admit)
-        if principal is not None:
-            metadata = metadata or await self._stored_metadata(session_id)
-            if metadata is not None:  # a missing one is 4404 when attaching
-                check_access(principal, metadata)
-        return session_id
-
-    async def _stored_metadata(self, session_id: str) -> SessionMetadata | None:
+    async def stored_metadata(self, session_id: str) -> SessionMetadata | None:
         """A hello's read of the session, within the deadline (StoreTimeout: 1011)."""
         return await self.page_reads.lookup(lambda: self.storage.get_metadata(session_id))
 
-    async def _create_admitted(
+    async def create_admitted(
         self,
         admit: Admission | None,
         user_id: str | None,
@@ -237,9 +207,9 @@ class SessionManager:
         *,
         session_id: str | None = None,
     ) -> Session:
-        """A session for an attach: refused before anything is stored when no actor
-        could be spawned for it (a client refused with 1013 retries, and each retry
-        would leave an orphan), or when ``admit`` says no."""
+        """A session for an attach (server/handshake.py): refused before anything is
+        stored when no actor could be spawned for it (a client refused with 1013
+        retries, and each retry would leave an orphan), or when ``admit`` says no."""
         self.check_room()
         if admit is None:
             return await self.create_session(user_id, title, session_id=session_id)
@@ -322,10 +292,26 @@ class SessionManager:
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None
     ) -> Appended:
-        event, key = checked_event(event), checked_key(key)  # ValueError: nothing stored
+        (result,) = await self.append_events(session_id, [(event, key)])
+        return result
+
+    async def append_events(
+        self, session_id: str, items: Sequence[tuple[AnyAgentEvent, str | None]]
+    ) -> list[Appended]:
+        """Appends ``(event, key)`` items together, in order, as a peer's ``batch`` frame
+        does: stored whole or not at all; what each became. ValueError, with nothing
+        stored, for a bad event or key, or more than ``inbox_limit`` items."""
+        checked = [(checked_event(event), checked_key(key)) for event, key in items]
+        if len(checked) > self.config.inbox_limit:
+            limit = self.config.inbox_limit
+            raise ValueError(f"a batch holds at most {limit} items, not {len(checked)}")
+        if not checked:
+            return []
         actor = await self.actors.actor(session_id)
-        acked: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        actor.post(Append(event, key, future=acked))
+        acked: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        reply = BatchReply(None, None, len(checked), acked)
+        for event, key in checked:  # queued one after another: taken together
+            actor.post(Append(event, key, batch=reply))
         return await acked
 
     async def add_message(

@@ -145,6 +145,42 @@ async def test_idempotent_append_and_closed_session(manager: SessionManager) -> 
         await manager.append_event(session.id, AgentEvent.token("late"))
 
 
+async def test_append_events_stores_a_batch_together_in_order(manager: SessionManager) -> None:
+    session = await manager.create_session()
+    receiver = await manager.connect_session(session.id, "viewer")
+    await manager.append_event(session.id, AgentEvent.token("first"), key="k0")
+    items = [
+        (AgentEvent.token("a"), "k1"),
+        (AgentEvent.token("again"), "k0"),  # a key seen before: its first seq
+        (AgentEvent.message(Message.user("m")), None),
+        (AgentEvent.token("a again"), "k1"),  # a key seen earlier in this batch
+    ]
+    results = await manager.append_events(session.id, items)
+    assert [(r.seq, r.duplicate) for r in results] == [(2, False), (1, True), (3, False), (2, True)]
+    assert await manager.append_events(session.id, []) == []
+    got = [await asyncio.wait_for(receiver.recv(), 5) for _ in range(3)]
+    assert [g.seq for g in got if g is not None] == [1, 2, 3]
+    assert [m.content for m in await manager.get_session_history(session.id)] == ["m"]
+
+
+async def test_append_events_refuses_the_whole_batch_for_one_bad_item(
+    manager: SessionManager,
+) -> None:
+    session = await manager.create_session()
+    bad_event = [(AgentEvent.token("ok"), None), (AgentEvent.custom("x", float("nan")), None)]
+    bad_key = [(AgentEvent.token("ok"), None), (AgentEvent.token("t"), "k" * 129)]
+    for items in (bad_event, bad_key):
+        with pytest.raises(ValueError, match="cannot be stored"):
+            await manager.append_events(session.id, items)
+    too_many = [(AgentEvent.token(str(i)), None) for i in range(manager.config.inbox_limit + 1)]
+    with pytest.raises(ValueError, match="at most"):
+        await manager.append_events(session.id, too_many)
+    assert await manager.read_events(session.id) == []  # nothing of any was stored
+    await manager.close_session(session.id)
+    with pytest.raises(SessionClosed):
+        await manager.append_events(session.id, [(AgentEvent.token("late"), None)])
+
+
 async def test_get_or_create_list_and_delete(manager: SessionManager) -> None:
     created = await manager.get_or_create_session("s-1", "u1")
     same = await manager.get_or_create_session("s-1", "u2")
