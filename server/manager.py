@@ -28,7 +28,7 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.protocol.codec import checked_event, checked_key
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Hello, Welcome
+from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id, new_connection_id, new_session_id
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
