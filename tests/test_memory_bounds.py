@@ -243,40 +243,18 @@ async def test_dropping_a_ring_frees_no_more_than_it_counted() -> None:
     assert 0 < freed <= counted, f"dropping the ring freed {freed} bytes, it counted {counted}"
 
 
-async def test_a_ring_of_big_events_nobody_framed_holds_what_it_counts(tmp_path: Path) -> None:
-    """The publisher alone is attached: its events go to the ring and to no peer, so no
-    frame of them is made. The ring is their only holder (JSONL), and what it keeps of
-    each is the event's JSON: exactly its bytes, not the encoder's growth buffer."""
-    tracemalloc.start()
-    try:
-        async with run_server(tmp_path, ring_size=10_000, ring_bytes=64 * MIB) as server:
-            async with attach(server, role="agent") as (agent, welcome):
-                session_id = welcome["session"]["id"]
-                for i in range(20):
-                    frame = {"type": "event", "id": i, "event": token(f"{i:04}" + "b" * 100_000)}
-                    await agent.request(frame, "ack")
-                actor = server.manager.live_actor(session_id)
-                assert actor is not None and actor.room.ring is not None
-                assert len(actor.room.ring) == 20
-                counted = actor.room.ring_bytes
-                before = tracemalloc.get_traced_memory()[0]
-                actor.room.drop_ring()
-                freed = before - tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    # (one event may still be held elsewhere: the last one delivered)
-    assert 19 * 100_000 < freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
-
-
-async def ring_freed_and_counted(store: str, size: int, keyed: bool) -> tuple[int, int]:
-    """What dropping a ring of 300 events of ``size`` bytes frees, as tracemalloc sees
-    it, and what the ring counted; the publisher alone is attached (nothing framed)."""
+async def ring_freed_and_counted(
+    store: str, size: int, keyed: bool = False, count: int = 300
+) -> tuple[int, int]:
+    """What dropping a ring of ``count`` events of ``size`` bytes frees, as tracemalloc
+    sees it, and what the ring counted. The publisher alone is attached: its events go
+    to the ring and to no peer, so no frame of them is made."""
     tracemalloc.start()
     try:
         async with run_server(store=store, ring_size=10_000, ring_bytes=64 * MIB) as server:
             async with attach(server, role="agent") as (agent, welcome):
                 session_id = welcome["session"]["id"]
-                for i in range(300):
+                for i in range(count):
                     frame = {"type": "event", "id": i, "event": token(f"{i:04}" + "b" * size)}
                     if keyed:
                         frame["key"] = f"{i:04}" + "k" * 120
@@ -291,9 +269,17 @@ async def ring_freed_and_counted(store: str, size: int, keyed: bool) -> tuple[in
         tracemalloc.stop()
 
 
+async def test_a_ring_of_big_events_nobody_framed_holds_what_it_counts(tmp_path: Path) -> None:
+    """The ring is the events' only holder (JSONL), and what it keeps of each is the
+    event's JSON: exactly its bytes, not the encoder's growth buffer."""
+    freed, counted = await ring_freed_and_counted(f"jsonl://{tmp_path}/j", 100_000, count=20)
+    # (one event may still be held elsewhere: the last one delivered)
+    assert 19 * 100_000 < freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
+
+
 @pytest.mark.parametrize("size", [20, 300, 440])
 async def test_a_ring_of_small_events_holds_what_it_counts(tmp_path: Path, size: int) -> None:
-    freed, counted = await ring_freed_and_counted(f"jsonl://{tmp_path}/j", size, keyed=False)
+    freed, counted = await ring_freed_and_counted(f"jsonl://{tmp_path}/j", size)
     assert freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
 
 
