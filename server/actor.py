@@ -272,20 +272,23 @@ class SessionActor:
 
     async def _append(self, appends: list[Append]) -> None:
         items = [(command.event, command.key) for command in appends]
-        metrics = self.metrics
+        metrics, health = self.metrics, self.health
         started = time.monotonic()
+        health.began(id(items), started)  # /readyz sees an append the store holds up
         try:
             results = await self.storage.append_events(self.session_id, items)
         except (StorageError, ValueError) as exc:
             if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
                 log.error("append failed", error=str(exc), count=len(appends))
                 if isinstance(exc, StorageError):
-                    self.health.failed(str(exc))  # /readyz: 503 until appends work
+                    health.failed(str(exc))  # /readyz: 503 until appends work
             for command in appends:
                 self.refuse(command, exc)
             return
-        if self.health.failure is not None:
-            self.health.succeeded()
+        finally:
+            health.ended(id(items))
+        if health.failure is not None:
+            health.succeeded()
         now = time.monotonic()
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)

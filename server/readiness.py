@@ -2,7 +2,9 @@
 
 Not ready while the store is not open (``storage.ready``); while it does not answer a
 read within ``--store-read-timeout`` (a stopped Redis, a file another process keeps
-locked): ``/readyz`` reads one session's metadata, at most once a second; and from the
+locked): ``/readyz`` reads one session's metadata, at most once a second; while an
+append has waited that long for the store (a disk that stalls writes, a write lock
+another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable) until appends work again: the next append that succeeds, or a probe.
 Without a probe, a server that a load balancer takes out of rotation for its 503 would
@@ -39,13 +41,17 @@ READ_PROBE_ID: Final = "bamboo-readyz"
 
 
 class AppendHealth:
-    """What the session actors report of their appends (owned by the manager)."""
+    """What the session actors report of their appends (owned by the manager): the last
+    failure, and the appends the store has not answered yet."""
 
-    __slots__ = ("failed_at", "failure")
+    __slots__ = ("_waiting", "failed_at", "failure")
 
     def __init__(self) -> None:
         self.failure: str | None = None
         self.failed_at = 0.0
+        # Store appends under way, by a key of each, with when each began: a dict keeps
+        # them in the order they began, so the first is the oldest.
+        self._waiting: dict[int, float] = {}
 
     def failed(self, reason: str) -> None:
         self.failure = reason
@@ -53,6 +59,18 @@ class AppendHealth:
 
     def succeeded(self) -> None:
         self.failure = None
+
+    def began(self, key: int, at: float) -> None:
+        self._waiting[key] = at
+
+    def ended(self, key: int) -> None:
+        del self._waiting[key]
+
+    def longest_wait(self) -> float:
+        """Seconds the oldest store append under way has waited (0: none is)."""
+        for began in self._waiting.values():
+            return time.monotonic() - began
+        return 0.0
 
 
 class Readiness:
@@ -75,6 +93,7 @@ class Readiness:
             self._probe_dir = path if kind == "dir" else path.parent
         self._probe_bytes = probe_bytes
         self._probed_at = -PROBE_EVERY
+        self._reads = reads
         self._probing = SharedRead(reads, self._write_probe)
         self._reading = SharedRead(reads, self._read_store)
         self._read_at = -PROBE_EVERY
@@ -90,6 +109,9 @@ class Readiness:
         if unanswered is not None:
             return unanswered
         health = self.health
+        waited = health.longest_wait()
+        if waited >= self._reads.timeout:  # a disk or a lock that holds appends, not reads
+            return f"an append has waited {waited:.1f} s for the store"
         if health.failure is None:
             return None
         if self._probe_dir is None:

@@ -210,3 +210,47 @@ async def test_readyz_is_503_while_its_probe_of_a_stalled_disk_hangs(tmp_path: P
 
 async def ready(server: BambooServer) -> bool:
     return await http_get(server, "/readyz") == (200, "ready\n")
+
+
+async def test_readyz_is_503_while_an_append_waits_for_a_write_lock(tmp_path: Path) -> None:
+    """Reads are answered (SQLite's WAL readers do not wait for writers) while another
+    process holds the write lock: the append waits in SQLite's busy handler, and
+    /readyz says so once it has waited the read deadline, then recovers."""
+    path = tmp_path / "bamboo.db"
+    async with (
+        run_server(store=f"sqlite://{path}", store_read_timeout=DEADLINE) as server,
+        attach(server, role="agent") as (agent, _welcome),
+    ):
+        assert await ready(server)
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            HOLD_WRITE_LOCK,
+            str(path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None
+            assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
+            await agent.send({"type": "event", "id": 1, "event": token("held up")})
+            await asyncio.sleep(DEADLINE + 0.2)
+            status, body = await http_get(server, "/readyz")
+            assert status == 503, body
+            assert body.startswith("not ready: an append has waited"), body
+        finally:
+            holder.kill()  # its lock goes with it
+            await holder.wait()
+        ack = await asyncio.wait_for(agent.recv_type("ack"), WITHIN)
+        assert ack["id"] == 1 and ack["seq"] == 1  # it waited, and was stored
+        await eventually(lambda: ready(server), WITHIN)
+
+
+# Holds an SQLite database's write lock until killed (BEGIN IMMEDIATE).
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()
+"""
