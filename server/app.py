@@ -131,6 +131,7 @@ class BambooServer:
                 config.max_sessions_per_user,
                 config.session_create_rate,
                 config.session_create_burst,
+                self._manager.page_reads,
             ),
             Flusher(),
             self._manager.page_reads,

@@ -34,6 +34,7 @@ from bamboo_session.protocol.models import SessionState
 
 from .limits import TokenBucket
 from .manager_config import SessionManagerConfig
+from .pages import PageReads
 
 MAX_CREATORS: Final = 10_000  # creators whose buckets are kept (least recently used go)
 
@@ -91,8 +92,16 @@ Admission = Callable[[str | None], AbstractAsyncContextManager[None]]
 class SessionQuotas:
     """The per-user cap and the creation rates of one server process."""
 
-    def __init__(self, storage: SessionStorage, max_per_user: int, rate: float, burst: int) -> None:
+    def __init__(
+        self,
+        storage: SessionStorage,
+        max_per_user: int,
+        rate: float,
+        burst: int,
+        reads: PageReads | None = None,
+    ) -> None:
         self.storage = storage
+        self.reads = reads  # the store's read deadline, for the count of an owner's sessions
         self.max_per_user = max_per_user  # 0: no cap
         self.rate = rate  # sessions per second per creator; 0: no limit
         self.burst = burst
@@ -148,6 +157,13 @@ class SessionQuotas:
             raise CreatingTooFast(f"over {self.rate:g} new sessions/s")
 
     async def _count(self, owner: str) -> int:
+        """The owner's sessions that count against the cap, within the read deadline
+        (StoreTimeout, which closes the hello with 1011)."""
+        if self.reads is None:
+            return await self._count_in_store(owner)
+        return await self.reads.lookup(lambda: self._count_in_store(owner))
+
+    async def _count_in_store(self, owner: str) -> int:
         storage = self.storage
         mine = await storage.list_sessions(SessionFilter(user_id=owner, limit=1))
         closed = await storage.list_sessions(

@@ -180,6 +180,25 @@ async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
             assert welcome["session"]["id"] == "cold"
 
 
+async def test_a_hello_that_creates_a_session_on_a_frozen_store_closes_1011(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A new session for a user: its per-user cap reads how many they keep first."""
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        with frozen(redis):
+            started = time.monotonic()
+            async with open_peer(server) as peer:
+                await peer.send({"type": "hello", "user_id": "u1"})
+                code, frames = await peer.closed(timeout=WITHIN)
+            elapsed = time.monotonic() - started
+        assert code == 1011 and not frames
+        assert elapsed < WITHIN
+        async with attach(server, user_id="u1") as (_peer, welcome):  # the store is back
+            assert welcome["session"]["user_id"] == "u1"
+
+
 async def test_readyz_is_503_while_the_store_answers_no_read(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
