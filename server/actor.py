@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -42,8 +42,6 @@ from .control import handle, store_failed
 from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
-from .outbound import Outbound
-from .pages import PageReads
 from .presence import LOCAL, LocalPresence
 from .readiness import AppendHealth
 from .replay import ReplayReads
@@ -390,10 +388,3 @@ class SessionActor:
             self._end(CloseCode.NOT_FOUND, "session expired")
             return
         self.arm_timer()
-
-    def replay(
-        self, after: int, through: int, reads: PageReads | None = None
-    ) -> AsyncIterator[list[Outbound]]:
-        """Events in ``(after, through]`` in pages, each read from the store through
-        ``reads`` when given (server/replay.py)."""
-        return self.replay_reads.pages(after, through, reads)

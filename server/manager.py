@@ -270,7 +270,7 @@ class SessionManager:
             max_bytes=self.config.send_queue_bytes,
         )
         actor, _ = await self.attach(session_id, outbox, last_seq, epoch)
-        return Receiver(outbox, actor.replay, self.page_reads)
+        return Receiver(outbox, actor.replay_reads, self.page_reads)
 
     async def reconnect_session(
         self,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -13,13 +13,12 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import StoredEvent
 
 from .failures import failure_of
-from .outbound import EventOutbound, Outbound
+from .outbound import EventOutbound
 from .outbox import CloseRequest, Outbox, Replay
 from .pages import PageReads
+from .replay import ReplayReads
 
 log = structlog.get_logger("bamboo_session.receiver")
-
-ReplayPages = Callable[[int, int, PageReads], AsyncIterator[list[Outbound]]]
 
 
 class Receiver:
@@ -28,11 +27,12 @@ class Receiver:
     evicted, too slow to read, or a page of its replay not read from the store within
     the manager's ``store_read_timeout``: ``close_code`` says which)."""
 
-    def __init__(self, outbox: Outbox, replay: ReplayPages, reads: PageReads) -> None:
+    def __init__(self, outbox: Outbox, replay: ReplayReads, reads: PageReads) -> None:
         self.outbox = outbox
         self._replay = replay
         self._reads = reads
-        self._pages: AsyncIterator[list[Outbound]] | None = None  # a replay under way
+        # The replay under way: the seq after which the next page starts, and its end.
+        self._missed: tuple[int, int] | None = None
         self._pending: collections.deque[StoredEvent] = collections.deque()
         self.close_code: CloseCode | None = None
         self.close_reason: str | None = None
@@ -51,10 +51,11 @@ class Receiver:
         return event
 
     async def recv(self) -> StoredEvent | None:
-        """The next event, or None once the subscription has ended."""
+        """The next event, or None once the subscription has ended. A caller that stops
+        waiting (a timeout of its own) loses nothing: the next call goes on."""
         while not self._pending:
-            if self._pages is not None:
-                await self._next_page(self._pages)
+            if self._missed is not None:
+                await self._next_page(*self._missed)
                 continue
             if self.close_code is not None:
                 return None
@@ -62,26 +63,26 @@ class Receiver:
             if isinstance(item, CloseRequest):
                 self.close_code, self.close_reason = item.code, item.reason
             elif isinstance(item, Replay):
-                self._pages = self._replay(item.after, item.through, self._reads)
+                self._missed = (item.after, item.through)
             elif isinstance(item, EventOutbound):
                 self._pending.append(item.stored_event())
         return self._pending.popleft()
 
-    async def _next_page(self, pages: AsyncIterator[list[Outbound]]) -> None:
-        """The next page of the missed events, once the last one was received: one page
-        at a time in memory (a slot and a deadline each, as for a WebSocket's replay).
-        A page the store does not give ends the subscription as it closes a WebSocket
-        (1011): live events cannot follow a gap. The pages read before it were
-        received."""
+    async def _next_page(self, after: int, through: int) -> None:
+        """The next page of the missed events, once the last one was handed out: one
+        page at a time in memory (a slot and a deadline each, as for a WebSocket's
+        replay). A page the store does not give ends the subscription as it closes a
+        WebSocket (1011), and what was queued behind the replay goes with it: live
+        events cannot follow a gap. The pages read before it were handed out."""
         try:
-            page = await anext(pages)
-        except StopAsyncIteration:
-            self._pages = None
-            return
+            page = await self._replay.page(after, through, self._reads)
         except StorageError as exc:
-            self._pages = None
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
-            self.outbox.drop(failure.close, failure.reason)
+            self._missed = None
+            self.outbox.drop(failure.close, failure.reason)  # no live event after this
+            self.outbox.discard()  # nor any queued already, should it have been closing
+            self.close_code, self.close_reason = failure.close, failure.reason
             return
+        self._missed = (page[-1].seq, through) if page and page[-1].seq < through else None
         self._pending.extend(out.stored_event() for out in page if isinstance(out, EventOutbound))

@@ -21,7 +21,6 @@ import functools
 import sys
 import termios
 import time
-from collections.abc import AsyncIterator
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -73,19 +72,6 @@ class ReplayReads:
         # Shielded: a resumer that goes away does not cancel what the others wait for.
         stored = await asyncio.shield(read)
         return [out for out in stored if out.seq <= through]
-
-    async def pages(
-        self, after: int, through: int, reads: PageReads | None = None
-    ) -> AsyncIterator[list[Outbound]]:
-        """Every page of ``(after, through]`` in turn (the in-process Receiver's replay);
-        raises what :meth:`page` raises."""
-        position = after
-        while position < through:
-            page = await self.page(position, through, reads)
-            if not page:
-                return
-            position = page[-1].seq
-            yield page
 
     def _start(
         self, after: int, through: int, reads: PageReads | None

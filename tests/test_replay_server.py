@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.pages import PAGE_READS_AT_ONCE
+from bamboo_session.server.pages import PAGE_READS_AT_ONCE, PageReads
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
 from tests.test_server_lifecycle import eventually
@@ -256,11 +256,11 @@ async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay() 
 
 
 class SlotsTaken:
-    """Every page-read slot of ``server`` held (as if eight pages were being read
-    elsewhere) until ``give_back`` or the end of the ``async with``."""
+    """Every page-read slot held (as if eight pages were being read elsewhere) until
+    ``give_back`` or the end of the ``async with``."""
 
-    def __init__(self, server: BambooServer) -> None:
-        self.slots = server.services.page_reads.slots
+    def __init__(self, reads: PageReads) -> None:
+        self.slots = reads.slots
         self.held = 0
 
     async def __aenter__(self) -> SlotsTaken:
@@ -283,7 +283,7 @@ async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, 3)
-        async with SlotsTaken(server) as taken:
+        async with SlotsTaken(server.services.page_reads) as taken:
             async with attach(server, session_id, last_seq=0) as (peer, resumed):
                 assert resumed["replay"] == 3
                 with pytest.raises(TimeoutError):  # eight pages are being read elsewhere
@@ -297,7 +297,7 @@ async def test_a_replay_stops_when_its_session_closes_under_it() -> None:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, 20)
-            async with SlotsTaken(server) as taken:
+            async with SlotsTaken(server.services.page_reads) as taken:
                 async with attach(server, session_id, last_seq=0) as (viewer, resumed):
                     assert resumed["replay"] == 20  # its page waits for a slot
                     await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import subprocess
 import sys
@@ -17,8 +18,14 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Session
 from bamboo_session.persistence.base import SessionClosed, SessionNotFound
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.models import Token
-from bamboo_session.server.manager import ServerBusy, SessionManager, SessionManagerConfig
+from bamboo_session.server.manager import (
+    Receiver,
+    ServerBusy,
+    SessionManager,
+    SessionManagerConfig,
+)
 from tests.support import attach, open_peer, run_server
+from tests.test_replay_server import SlotsTaken
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,6 +138,59 @@ async def test_a_receiver_resuming_far_back_holds_one_page_at_a_time(tmp_path: P
         assert held < 3_000_000, f"{held} bytes held after the first event"
         seqs = [first.seq] + [(await receiver.recv()).seq for _ in range(2999)]  # type: ignore[union-attr]
         assert seqs == list(range(1, 3001))
+
+
+@contextlib.asynccontextmanager
+async def replaying(
+    tmp_path: Path, read_timeout: float = 5.0
+) -> AsyncIterator[tuple[SessionManager, str, Receiver]]:
+    """A session of 1,200 events (replay pages of 512, 512 and 176, read from the
+    store), and a receiver that has taken the first page of its replay from 0."""
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path), durability="os"))
+    config = SessionManagerConfig(ring_size=0, store_read_timeout=read_timeout)
+    async with storage, await SessionManager.new(config, storage) as manager:
+        session = await manager.create_session()
+        tokens = [(AgentEvent.token(f"t{i}"), None) for i in range(1200)]
+        await manager.append_events(session.id, tokens)
+        receiver = await manager.connect_session(session.id, last_seq=0)
+        for seq in range(1, 513):
+            event = await asyncio.wait_for(receiver.recv(), 5)
+            assert event is not None and event.seq == seq
+        yield manager, session.id, receiver
+
+
+async def test_a_receiver_whose_caller_stops_waiting_mid_replay_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    async with replaying(tmp_path) as (manager, session_id, receiver):
+        async with SlotsTaken(manager.page_reads):  # the next page waits for a slot...
+            with pytest.raises(TimeoutError):  # ...and the caller stops waiting for it
+                await asyncio.wait_for(receiver.recv(), 0.3)
+        await manager.append_event(session_id, AgentEvent.token("live"))  # seq 1201
+        seqs = [(await asyncio.wait_for(receiver.recv(), 5)).seq for _ in range(689)]  # type: ignore[union-attr]
+        assert seqs == list(range(513, 1202))
+
+
+async def test_a_replay_that_fails_lets_no_live_event_past_its_gap(tmp_path: Path) -> None:
+    """The session is closed while its receiver is mid-replay, with a live event queued
+    before the close, and the next page is not read in time: the receiver ends (1011)
+    without that event, which would follow a gap."""
+    async with replaying(tmp_path, read_timeout=0.5) as (manager, session_id, receiver):
+        await manager.append_event(session_id, AgentEvent.token("live"))  # 1201, queued
+        await manager.close_session(session_id)  # its close queued behind it
+        async with SlotsTaken(manager.page_reads):
+            assert await asyncio.wait_for(receiver.recv(), 5) is None
+        assert receiver.close_code == 1011
+
+
+async def test_a_replay_whose_session_is_deleted_lets_no_live_event_past_its_gap(
+    tmp_path: Path,
+) -> None:
+    async with replaying(tmp_path) as (manager, session_id, receiver):
+        await manager.append_event(session_id, AgentEvent.token("live"))  # 1201, queued
+        await manager.delete_session(session_id)  # the next page's read: not found
+        assert await asyncio.wait_for(receiver.recv(), 5) is None
+        assert receiver.close_code == 4404
 
 
 async def test_idempotent_append_and_closed_session(manager: SessionManager) -> None:
