@@ -17,7 +17,7 @@ from bamboo_session.protocol.errors import CloseCode
 
 from .budget import NO_LIMIT, MemoryBudget
 from .flush import DirectSink, Flusher, unframe
-from .outbound import Outbound
+from .outbound import EventOutbound, Outbound
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -203,10 +203,26 @@ class Outbox:
 
     def drop(self, code: CloseCode, reason: str) -> None:
         """Ends the stream now: the backlog is dropped and the connection closed as soon
-        as possible, not after what is queued (which could not follow in order)."""
+        as possible, not after what is queued (which could not follow in order); by
+        the close already asked for, if there is one."""
         if self.closing is None:
             self.discard()
             self._end(CloseRequest(code, reason, overflow=True))
+        else:
+            self.cut_to_close()
+
+    def cut_to_close(self) -> None:
+        """Drops the events queued ahead of the close already asked for: behind a replay
+        that stopped short, they would come after a gap. The other frames (the
+        ``closed`` notice, an ``error``) and the close itself stay."""
+        kept: list[OutboxItem] = []
+        for item in self._items[self._head :]:
+            if isinstance(item, EventOutbound):
+                self.bytes -= item.event_size
+                self.budget.used -= item.event_size
+            else:
+                kept.append(item)
+        self._items, self._head = kept, 0
 
     def discard(self) -> None:
         """Drops whatever is queued (the connection is gone, or too slow for it)."""

@@ -123,20 +123,19 @@ async def send_replay(
     replay for ``page_timeout`` (the first page included, so a 4429 here always comes
     after some progress) is closed with 4429, since it is what holds the page in
     memory; one that reads slowly but steadily is not. A replay whose outbox is closing
-    goes no further."""
+    goes no further, and takes what was queued behind it along: those live events
+    would come after a gap."""
     position, through, sent = replay.after, replay.through, 0
     while position < through and outbox.closing is None:
         try:
-            frames, position, charge = await _page_frames(
-                reads, page_reads, codec, position, through
-            )
+            frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
             outbox.drop(failure.close, failure.reason)  # live events cannot follow a gap
             return sent
         if not frames or outbox.closing is not None:
-            return sent
+            break
         # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
         outbox.budget.used += charge
@@ -147,8 +146,10 @@ async def send_replay(
         if not taken:
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
-        sent += len(frames)
+        sent, position = sent + len(frames), end
         del frames  # not held while the next page is read
+    if position < through and outbox.closing is not None:
+        outbox.cut_to_close()  # what was queued behind the replay would follow a gap
     return sent
 
 

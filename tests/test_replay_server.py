@@ -278,6 +278,26 @@ class SlotsTaken:
         self.give_back()
 
 
+async def test_a_replay_cut_short_by_a_close_sends_no_live_event_past_its_gap() -> None:
+    """A live event is queued behind a replay, then the session closes: the replay
+    stops, and the live event goes too (it would follow a gap); the close comes."""
+    async with run_server(ring_size=0) as server:  # no ring: replays read the store
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 20)
+            async with SlotsTaken(server.services.page_reads) as taken:
+                async with attach(server, session_id, last_seq=0) as (viewer, resumed):
+                    assert resumed["replay"] == 20  # its first page waits for a slot
+                    live = {"type": "event", "id": "live", "event": token("x")}
+                    await agent.request(live, "ack")  # seq 21, queued behind the replay
+                    await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+                    taken.give_back()
+                    code, frames = await viewer.closed()
+        seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
+        assert seqs in ([], list(range(1, 22))), f"events {seqs} after a replay that stopped"
+        assert code == 1000
+
+
 async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None:
     async with run_server(ring_size=0) as server:  # no ring: replays read the store
         async with attach(server, role="agent") as (agent, welcome):
