@@ -52,7 +52,11 @@ class ThreadJobs:
         context = contextvars.copy_context()
         try:
             self._pool.submit(self._job, loop, answer, context, function, args)
-        except RuntimeError as exc:  # shut down: nothing was submitted
+        except RuntimeError as exc:
+            # Shut down, or no thread could be started for it: in that case the job is
+            # queued all the same, and may run on a thread that frees up. Its answer,
+            # cancelled here, tells its end that its slot was given back already.
+            answer.cancel()
             self._slots.release()
             raise StorageError(f"the store takes no more work: {exc}") from None
         self.unfinished += 1
@@ -77,12 +81,17 @@ class ThreadJobs:
         error: BaseException | None = None
         try:
             result = context.run(function, *args)
+        except StopIteration as exc:  # a future refuses it (it would end a coroutine)
+            error = RuntimeError(f"{function!r} raised StopIteration")
+            error.__cause__ = exc
         except BaseException as exc:  # handed to the caller, whatever it is
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(self._ended, answer, result, error)
 
     def _ended(self, answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        if answer.cancelled():  # given up before it counted (run): nothing to free
+            return
         self.unfinished -= 1
         self._slots.release()
         if error is None:

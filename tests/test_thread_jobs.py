@@ -85,3 +85,37 @@ async def test_no_job_after_shutdown(jobs: ThreadJobs) -> None:
     with pytest.raises(StorageError, match="takes no more work"):
         await jobs.run(str, 1)
     assert jobs.unfinished == 0
+
+
+async def test_a_job_whose_thread_cannot_start_gives_its_slot_back_once(
+    jobs: ThreadJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool queues a job before it starts a thread for it; when the thread cannot
+    start (out of threads or memory: made to happen here, once), the caller gets
+    StorageError and its slot back, and when the queued job runs later on a thread
+    that frees up, it gives nothing back a second time."""
+    gate, flag = threading.Event(), threading.Event()
+    first = await started(asyncio.create_task(jobs.run(held, gate, flag)), flag)
+    real_start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        monkeypatch.setattr(threading.Thread, "start", real_start)  # this once
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(StorageError, match="takes no more work"):
+        await jobs.run(str, "second")
+    gate.set()
+    assert await asyncio.wait_for(first, WAIT) == "done"
+    results = await asyncio.wait_for(asyncio.gather(*(jobs.run(str, i) for i in range(4))), WAIT)
+    assert results == ["0", "1", "2", "3"]
+    assert jobs.unfinished == 0
+    assert jobs._slots._value == jobs.threads  # every slot free, none twice
+
+
+async def test_a_job_that_raises_stopiteration_answers_its_caller(jobs: ThreadJobs) -> None:
+    """A future refuses StopIteration: the caller gets a RuntimeError instead of
+    waiting for ever."""
+    with pytest.raises(RuntimeError, match="raised StopIteration"):
+        await asyncio.wait_for(jobs.run(next, iter(())), WAIT)
+    assert await asyncio.wait_for(jobs.run(str, 1), WAIT) == "1"
