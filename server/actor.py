@@ -37,7 +37,16 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 
 from .budget import MemoryBudget
-from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
+from .commands import (
+    Append,
+    Command,
+    Inbox,
+    Request,
+    Tick,
+    answer_late,
+    answer_stopped,
+    attach_refusal,
+)
 from .control import handle, store_failed
 from .following import Following
 from .manager_config import SessionManagerConfig
@@ -249,6 +258,10 @@ class SessionActor:
         batch = self.inbox.take_batch(_BATCH_MAX)
         try:
             await self._handle_batch(batch)
+        except asyncio.CancelledError:
+            for command in batch:
+                answer_stopped(command)
+            raise
         finally:
             self.inbox.finished(batch)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
-from bamboo_session.persistence.base import SessionClosed, SessionNotFound
+from bamboo_session.persistence.base import SessionClosed, SessionNotFound, StorageError
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.models import Token
 from bamboo_session.server.manager import (
@@ -191,6 +191,30 @@ async def test_a_replay_whose_session_is_deleted_lets_no_live_event_past_its_gap
         await manager.delete_session(session_id)  # the next page's read: not found
         assert await asyncio.wait_for(receiver.recv(), 5) is None
         assert receiver.close_code == 4404
+
+
+async def test_an_in_process_append_under_way_when_the_server_stops_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The manager's close cancels an actor past its grace (0 here) while its store
+    append of a big batch is under way: the caller gets an answer, not a wait for ever."""
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path)))  # fsync
+    async with storage:
+        manager = SessionManager(SessionManagerConfig(), storage)
+        session = await manager.create_session()
+        items = [(AgentEvent.token(f"{i:05}" + "x" * 500), None) for i in range(4000)]
+        caller = asyncio.create_task(manager.append_events(session.id, items))
+        for _ in range(1000):  # until the actor has taken the batch into its store append
+            await asyncio.sleep(0)
+            actor = manager.live_actor(session.id)
+            if actor is not None and actor.task is not None and not len(actor.inbox):
+                break
+        await manager.close(grace=0.0)
+        done, _ = await asyncio.wait({caller}, timeout=5.0)
+        assert done, "append_events neither returned nor raised"
+        if caller.exception() is not None:
+            with pytest.raises(StorageError, match="retry with the same key"):
+                caller.result()
 
 
 async def test_idempotent_append_and_closed_session(manager: SessionManager) -> None:
