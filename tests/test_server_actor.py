@@ -126,8 +126,8 @@ async def test_a_resume_replays_from_the_store_after_parking(store: MemoryStorag
         await append(actor, text)
     again, welcome = await attach(actor, "v2", last_seq=0, epoch=welcome_epoch(actor))
     assert (welcome.last_seq, welcome.resumed, welcome.replay) == (3, True, 3)
-    pages = [page async for page in actor.replay(0, 3)]
-    assert [out.seq for page in pages for out in page] == [1, 2, 3]
+    page = await actor.replay_reads.page(0, 3)
+    assert [out.seq for out in page] == [1, 2, 3]
     await store.append_event("s", AgentEvent.token("d"))
     assert event_seqs(await next_items(again, 3))[-1] == 4  # welcome, replay marker, event
 
