@@ -97,7 +97,7 @@ class Readiness:
         self._probing = SharedRead(reads, self._write_probe)
         self._reading = SharedRead(reads, self._read_store)
         self._read_at = -PROBE_EVERY
-        self._unanswered: str | None = None  # why the last read failed
+        self._checking: asyncio.Future[str | None] | None = None  # the last read's outcome
 
     async def reason(self) -> str | None:
         """Why the server is not ready, or None when it is."""
@@ -123,16 +123,22 @@ class Readiness:
         return f"appends are failing: {health.failure}"
 
     async def _store_unanswered(self) -> str | None:
-        """Why the store seems not to answer reads (None: it answered the last one,
-        read at most ``PROBE_EVERY`` ago)."""
-        if time.monotonic() - self._read_at >= PROBE_EVERY:
+        """Why the store seems not to answer reads (None: it answered the last read,
+        made at most ``PROBE_EVERY`` ago). A call that comes while a read is under way
+        gets that read's outcome, not the one before it."""
+        checking = self._checking
+        stale = time.monotonic() - self._read_at >= PROBE_EVERY
+        if checking is None or (checking.done() and stale):
             self._read_at = time.monotonic()
-            try:
-                await self._reading.result()
-                self._unanswered = None
-            except StorageError as exc:  # StoreTimeout among them
-                self._unanswered = f"reads from the store fail: {exc}"
-        return self._unanswered
+            checking = self._checking = asyncio.ensure_future(self._check_store())
+        return await asyncio.shield(checking)
+
+    async def _check_store(self) -> str | None:
+        try:
+            await self._reading.result()
+        except StorageError as exc:  # StoreTimeout among them
+            return f"reads from the store fail: {exc}"
+        return None
 
     async def _read_store(self) -> SessionMetadata | None:
         return await self.storage.get_metadata(READ_PROBE_ID)

@@ -199,6 +199,21 @@ async def test_a_hello_that_creates_a_session_on_a_frozen_store_closes_1011(
             assert welcome["session"]["user_id"] == "u1"
 
 
+async def test_a_readyz_that_comes_while_its_read_is_under_way_gets_its_outcome(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        assert await get(server, "/readyz") == (200, "ready\n")
+        await asyncio.sleep(readiness.PROBE_EVERY)  # the next /readyz reads the store
+        with frozen(redis):
+            first = asyncio.create_task(get(server, "/readyz"))
+            await asyncio.sleep(DEADLINE / 4)  # its read is under way, unanswered
+            assert (await get(server, "/readyz"))[0] == 503  # not the last read's 200
+            assert (await first)[0] == 503
+
+
 async def test_readyz_is_503_while_the_store_answers_no_read(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
