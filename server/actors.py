@@ -69,13 +69,17 @@ class ActorRegistry:
             if actor is not None and actor.accepting:
                 self._actors.move_to_end(session_id)
                 return actor
-            pending = self._spawning.get(session_id) or self._unfinished_retiring(session_id)
-            if pending is None:
+            spawning = self._spawning.get(session_id)
+            if spawning is not None:
+                # The spawn in progress is this caller's too, and so is its failure (a
+                # store that does not answer): waiters do not each try again in turn.
+                return await asyncio.shield(spawning)
+            retiring = self._unfinished_retiring(session_id)
+            if retiring is None:
                 spawn = asyncio.ensure_future(self._spawn(session_id))
                 self._spawning[session_id] = spawn
                 return await asyncio.shield(spawn)
-            # Wait for the spawn in progress, or for the old actor to finish flushing.
-            await asyncio.wait([pending])
+            await asyncio.wait([retiring])  # the old actor finishes flushing first
 
     async def live_or_none(self, session_id: str) -> SessionActor | None:
         """The session's accepting actor if it is live, without spawning one."""

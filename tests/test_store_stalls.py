@@ -180,6 +180,28 @@ async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
             assert welcome["session"]["id"] == "cold"
 
 
+async def test_hellos_at_once_to_a_session_a_frozen_store_must_load_all_end_at_the_deadline(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        await server.manager.create_session("u1", session_id="cold")
+
+        async def hello() -> tuple[float, int]:
+            async with open_peer(server, "cold") as peer:
+                await peer.send({"type": "hello"})
+                code, _frames = await peer.closed(timeout=4 * WITHIN)
+            return time.monotonic() - started, code
+
+        with frozen(redis):
+            started = time.monotonic()
+            ends = await asyncio.gather(*(hello() for _ in range(4)))
+        assert [code for _, code in ends] == [1011] * 4
+        # They share the one load: none waits for the others' deadlines in turn.
+        assert max(elapsed for elapsed, _ in ends) < DEADLINE + 1.0, ends
+
+
 async def test_a_hello_that_creates_a_session_on_a_frozen_store_closes_1011(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
