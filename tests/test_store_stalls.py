@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,18 @@ async def test_reads_of_a_store_that_answers_none_stop_piling_up() -> None:
     await asyncio.sleep(0.01)
     assert reads.abandoned == 0
     assert await reads.read(lambda: asyncio.sleep(0, "back")) == "back"
+
+
+@contextlib.asynccontextmanager
+async def server_on_own_redis(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> AsyncIterator[tuple[BambooServer, RedisServer]]:
+    """A server on a redis-server of its own (to SIGSTOP with :func:`frozen`), with
+    the read deadline of these tests."""
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+        yield server, redis
 
 
 @contextlib.contextmanager
@@ -159,9 +171,7 @@ async def test_reads_of_a_frozen_store_fail_within_the_deadline_and_give_back_th
 async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    redis = start_redis("redis")
-    store = redis.url(prefix=prefix_for(tmp_path))
-    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
         # Stored, and not live in this server: an attach loads it from the store.
         session = await server.manager.create_session("u1", session_id="cold")
         assert server.manager.live_actor(session.id) is None
@@ -183,9 +193,7 @@ async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
 async def test_hellos_at_once_to_a_session_a_frozen_store_must_load_all_end_at_the_deadline(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    redis = start_redis("redis")
-    store = redis.url(prefix=prefix_for(tmp_path))
-    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
         await server.manager.create_session("u1", session_id="cold")
 
         async def hello() -> tuple[float, int]:
@@ -206,9 +214,7 @@ async def test_a_hello_that_creates_a_session_on_a_frozen_store_closes_1011(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
     """A new session for a user: its per-user cap reads how many they keep first."""
-    redis = start_redis("redis")
-    store = redis.url(prefix=prefix_for(tmp_path))
-    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
         with frozen(redis):
             started = time.monotonic()
             async with open_peer(server) as peer:
@@ -224,9 +230,7 @@ async def test_a_hello_that_creates_a_session_on_a_frozen_store_closes_1011(
 async def test_a_readyz_that_comes_while_its_read_is_under_way_gets_its_outcome(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    redis = start_redis("redis")
-    store = redis.url(prefix=prefix_for(tmp_path))
-    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
         assert await get(server, "/readyz") == (200, "ready\n")
         await asyncio.sleep(readiness.PROBE_EVERY)  # the next /readyz reads the store
         with frozen(redis):
@@ -239,9 +243,7 @@ async def test_a_readyz_that_comes_while_its_read_is_under_way_gets_its_outcome(
 async def test_readyz_is_503_while_the_store_answers_no_read(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    redis = start_redis("redis")
-    store = redis.url(prefix=prefix_for(tmp_path))
-    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
         assert await get(server, "/readyz") == (200, "ready\n")
         await asyncio.sleep(readiness.PROBE_EVERY)  # the store's last answer is too old
         with frozen(redis):
@@ -271,9 +273,7 @@ async def test_metrics_serve_what_they_have_while_the_store_answers_no_read(
     start_redis: Callable[[str], RedisServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_stats, "COUNT_EVERY", 0.0)  # every scrape counts sessions
-    redis = start_redis("redis")
-    store = redis.url(prefix=prefix_for(tmp_path))
-    async with run_server(store=store, store_read_timeout=DEADLINE) as server:
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
         for _ in range(2):
             await server.manager.create_session("u1")
         assert "bamboo_sessions_stored 2.0" in (await get(server, "/metrics"))[1]
