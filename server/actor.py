@@ -37,17 +37,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 
 from .budget import MemoryBudget
-from .commands import (
-    Append,
-    Command,
-    Inbox,
-    Request,
-    Tick,
-    answer_late,
-    answer_stopped,
-    attach_refusal,
-)
-from .control import handle, store_failed
+from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
+from .control import answer_stopped, handle, store_failed
 from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics

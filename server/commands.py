@@ -214,18 +214,6 @@ def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
     return None
 
 
-def answer_stopped(command: Command) -> None:
-    """A request of the in-process API whose actor was stopped while handling it (the
-    server's close, past its grace): its caller must not wait for ever. A peer's is
-    not answered: its connection closes with 1012, and it sends the request again."""
-    if not isinstance(command, Append | SetState):
-        return
-    reply = command.batch if isinstance(command, Append) and command.batch else command
-    if reply.future is not None:
-        reason = "the server stopped before the store answered (it may have been stored)"
-        command.refuse(StorageError(f"{reason}; retry with the same key"))
-
-
 class Inbox:
     """The actor's command queue, bounded in commands and in bytes (and charged to the
     process's memory budget). Peers' frames wait for room (back-pressure on their

@@ -2,8 +2,8 @@
 
 Attach (check the stored session, follow it, join presence and the room, welcome),
 detach (leave; the last connection out parks the session), a peer's state change, stop,
-the timer's tick and another process's presence notice; and what a failing store does
-to each of them. Appends and the delivery of events are the actor's hot path and stay
+the timer's tick and another process's presence notice; what a failing store does
+to each of them; and the answer to an in-process request whose actor was stopped. Appends and the delivery of events are the actor's hot path and stay
 in server/actor.py; these run far less often, between its batches.
 """
 
@@ -20,6 +20,7 @@ from bamboo_session.protocol.models import SessionState
 from .commands import (
     ActorRetired,
     Announce,
+    Append,
     Attach,
     Command,
     Detach,
@@ -128,3 +129,15 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     if command.state == SessionState.CLOSED:
         actor.room.close_all(CloseCode.NORMAL, "session closed")
         actor.accepting = False
+
+
+def answer_stopped(command: Command) -> None:
+    """A request of the in-process API whose actor was stopped while handling it (the
+    server's close, past its grace): its caller must not wait for ever. A peer's is
+    not answered: its connection closes with 1012, and it sends the request again."""
+    if not isinstance(command, Append | SetState):
+        return
+    reply = command.batch if isinstance(command, Append) and command.batch else command
+    if reply.future is not None:
+        reason = "the server stopped before the store answered (it may have been stored)"
+        command.refuse(StorageError(f"{reason}; retry with the same key"))
