@@ -2,9 +2,10 @@
 
 Attach (check the stored session, follow it, join presence and the room, welcome),
 detach (leave; the last connection out parks the session), a peer's state change, stop,
-the timer's tick and another process's presence notice; what a failing store does
-to each of them; and the answer to an in-process request whose actor was stopped. Appends and the delivery of events are the actor's hot path and stay
-in server/actor.py; these run far less often, between its batches.
+the timer's tick and another process's presence notice; what a failing store does to
+each of them; and the answer to an in-process request whose actor was stopped. Appends
+and the delivery of events are the actor's hot path and stay in server/actor.py; these
+run far less often, between its batches.
 """
 
 from __future__ import annotations
