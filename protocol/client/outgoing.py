@@ -13,6 +13,7 @@ would be without batches, and takes no other publish with it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC
 from typing import Final
 
 import msgspec
@@ -20,6 +21,7 @@ import msgspec
 from ..codec import Codec, check_content
 from ..errors import ProtocolError
 from ..frames import PublishEvent, PublishMessage
+from ..models import Message, MessageEvent
 from .pending import PendingRequest
 
 MAX_BATCH_ITEMS: Final = 100  # publishes in one batch frame, at most
@@ -46,10 +48,24 @@ class Publish:
         try:
             check_content(event, message, frame.id)
             self.batchable = len(self.key) <= _MAX_KEY
+            # Times travel in UTC (PROTOCOL.md): a copy, the caller's own stays as it is.
+            if message is not None:
+                message = _in_utc(message)
+            elif isinstance(event, MessageEvent):
+                event = MessageEvent(_in_utc(event.message))
         except ProtocolError:
             self.batchable = False  # the server refuses it: alone, so only it
         self.body = codec.encode(message if message is not None else event)
         self.size = len(self.body) + len(self.key) + _ITEM_OVERHEAD
+
+
+def _in_utc(message: Message) -> Message:
+    """``message``, or a copy of it whose ``created_at`` is in UTC where it was not
+    (check_content has made sure it converts)."""
+    created = message.created_at
+    if created is None or not created.utcoffset():
+        return message
+    return msgspec.structs.replace(message, created_at=created.astimezone(UTC))
 
 
 class _EventFrame(msgspec.Struct, tag="event", tag_field="type"):
