@@ -161,3 +161,36 @@ def test_fsync_floor_measures_both_ways_to_sync(tmp_path: Path) -> None:
     assert sum(line.startswith(("appending", "pre-written")) for line in lines) == 4
     assert lines[-1].startswith("RATIO fdatasync CPU pre-written/appending = ")
     assert list(tmp_path.iterdir()) == []  # its files are gone
+
+
+BURN_CPU = """
+import sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.process_time()
+while time.process_time() - start < 0.003:
+    pass
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_cpu_of_another_process_is_read_finer_than_a_clock_tick() -> None:
+    """A tiny bench run's server uses a few ms of CPU; whole 10 ms ticks read it as 0."""
+    from bench import common
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", BURN_CPU], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        before = common.cpu_seconds(child.pid)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "done\n"
+        burned = common.cpu_seconds(child.pid) - before
+        assert 0.002 < burned < 0.009
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
