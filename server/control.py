@@ -78,11 +78,14 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         if not command.future.done():
             command.future.set_exception(ActorRetired(actor.session_id))
         return
+    if command.future.done():  # its caller gave up waiting (the read deadline)
+        return
     metadata = await actor.storage.get_metadata(actor.session_id)
+    if command.future.done():
+        return
     refusal = attach_refusal(metadata, actor.session_id)
     if refusal is not None or metadata is None:
-        if not command.future.done():
-            command.future.set_exception(refusal or SessionNotFound(actor.session_id))
+        command.future.set_exception(refusal or SessionNotFound(actor.session_id))
         return
     if not actor.following.active:
         actor.room.restart_at(metadata.last_seq)
@@ -100,8 +103,12 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     actor.note_traffic()
     if len(actor.room.outboxes) == 1:
         actor.arm_timer()  # parked until now: from here on, watch for idleness
-    if not command.future.done():
-        command.future.set_result(welcome)
+    if command.future.done():
+        # Its caller gave up while the store was slow to take the writes above: the
+        # connection is gone, so it leaves at once instead of waiting in the room.
+        await detach(actor, outbox.connection_id)
+        return
+    command.future.set_result(welcome)
 
 
 async def detach(actor: SessionActor, connection_id: str) -> None:

@@ -236,15 +236,20 @@ class SessionManager:
     ) -> tuple[SessionActor, Welcome]:
         """Attaches ``outbox`` to the session; the welcome (then any replay) is the
         first thing queued on it. Raises SessionNotFound, SessionClosed,
-        SessionExpired, ServerBusy."""
+        SessionExpired, ServerBusy; StoreTimeout when the store keeps the actor from
+        welcoming it within the read deadline (a live session's actor reads the
+        session at every attach)."""
         while True:
             actor = await self.actors.actor(session_id)
             welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
             actor.post(Attach(outbox, last_seq, epoch, welcomed))
+            expiry = self.page_reads.expire(welcomed)
             try:
                 return actor, await welcomed
             except ActorRetired:
                 continue
+            finally:
+                expiry.cancel()
 
     def detach(self, session_id: str, connection_id: str) -> None:
         actor = self.actors.get(session_id)

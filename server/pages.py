@@ -110,6 +110,17 @@ class PageReads:
             raise self._late()
         return work.result()
 
+    def expire(self, answer: asyncio.Future[Any]) -> asyncio.TimerHandle:
+        """Fails ``answer`` with :class:`StoreTimeout` in ``timeout`` seconds unless it
+        is done by then: for an answer that an actor gives after store calls of its
+        own. Whoever gave up on it sees that it is done, and the actor that finds it
+        done skips or undoes the work (server/control.py ``attach``)."""
+        return asyncio.get_running_loop().call_later(self.timeout, self._expire, answer)
+
+    def _expire(self, answer: asyncio.Future[Any]) -> None:
+        if not answer.done():
+            answer.set_exception(self._late())
+
     def _late(self) -> StoreTimeout:
         return StoreTimeout(f"no answer from the store within {self.timeout:g} s")
 

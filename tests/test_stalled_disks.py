@@ -26,10 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.pages import PAGE_READS_AT_ONCE
+from bamboo_session.server.pages import PAGE_READS_AT_ONCE, StoreTimeout
 from tests.instances import eventually
-from tests.support import Peer, attach, run_server, token
+from tests.support import Peer, attach, open_peer, run_server, token
 
 DEADLINE = 1.0
 WITHIN = DEADLINE + 3.0  # bounds each wait: a reply that never comes fails the test
@@ -254,3 +256,58 @@ db.execute("BEGIN IMMEDIATE")
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+@contextlib.asynccontextmanager
+async def write_lock_held(path: Path) -> AsyncIterator[None]:
+    """Another process holds the SQLite database's write lock until the block ends."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLD_WRITE_LOCK,
+        str(path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
+        yield
+    finally:
+        holder.kill()  # its lock goes with it
+        await holder.wait()
+
+
+async def test_a_hello_given_up_on_while_its_attach_writes_leaves_no_connection_behind(
+    tmp_path: Path,
+) -> None:
+    """A parked session's actor marks it active when someone attaches: a write, which
+    waits for the lock another process holds. The hello ends with 1011 at the read
+    deadline (an in-process attach with StoreTimeout); once the write is done, the
+    attach given up on is undone."""
+    path = tmp_path / "bamboo.db"
+    async with run_server(store=f"sqlite://{path}", store_read_timeout=DEADLINE) as server:
+        async with attach(server) as (_viewer, welcome):
+            session_id = welcome["session"]["id"]
+        await eventually(lambda: session_is(server, session_id, "disconnected", 0), WITHIN)
+        assert server.manager.live_actor(session_id) is not None  # parked, not gone
+        async with write_lock_held(path):
+            started = asyncio.get_running_loop().time()
+            async with open_peer(server, session_id) as peer:
+                await peer.send({"type": "hello"})
+                code, frames = await peer.closed(timeout=WITHIN)
+            elapsed = asyncio.get_running_loop().time() - started
+            with pytest.raises(StoreTimeout):  # the in-process API's caller has no detach
+                await server.manager.connect_session(session_id)
+        assert (code, frames) == (1011, []) and elapsed < DEADLINE + 1.0
+        # The actor attaches this one after the two it was given up on: only it is left.
+        async with attach(server, session_id):
+            assert await session_is(server, session_id, "active", 1)
+        await eventually(lambda: session_is(server, session_id, "disconnected", 0), WITHIN)
+
+
+async def session_is(server: BambooServer, session_id: str, state: str, connections: int) -> bool:
+    status, body = await http_get(server, f"/api/v1/sessions/{session_id}")
+    assert status == 200, body
+    metadata = body["metadata"]
+    return (metadata["state"], metadata.get("connections")) == (state, connections)

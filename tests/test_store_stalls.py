@@ -210,6 +210,36 @@ async def test_hellos_at_once_to_a_session_a_frozen_store_must_load_all_end_at_t
         assert max(elapsed for elapsed, _ in ends) < DEADLINE + 1.0, ends
 
 
+async def test_hellos_to_a_live_session_on_a_frozen_store_all_close_1011_at_the_deadline(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Its actor reads the session at every attach: the hellos do not wait in turn for
+    that read, each up to redis-py's own timeout, and none stays in the session."""
+    async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+
+            async def hello() -> tuple[float, int, list[dict[str, Any]]]:
+                async with open_peer(server, session_id) as peer:
+                    await peer.send({"type": "hello"})
+                    code, frames = await peer.closed(timeout=4 * WITHIN)
+                return time.monotonic() - started, code, frames
+
+            with frozen(redis):
+                started = time.monotonic()
+                ends = await asyncio.gather(*(hello() for _ in range(3)))
+            assert [(code, frames) for _, code, frames in ends] == [(1011, [])] * 3, ends
+            assert max(elapsed for elapsed, _, _ in ends) < DEADLINE + 1.0, ends
+
+            # The store is back: the session goes on with the agent alone in it.
+            await agent.request({"type": "event", "id": 1, "event": token("t")}, "ack")
+            async with attach(server, session_id) as (viewer, _welcome):
+                joined = await agent.recv_type("presence")
+                assert (joined["role"], joined["connections"]) == ("client", 2), joined
+                await agent.request({"type": "event", "id": 2, "event": token("u")}, "ack")
+                assert (await viewer.recv_type("event"))["seq"] == 2
+
+
 async def test_a_hello_that_creates_a_session_on_a_frozen_store_closes_1011(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
