@@ -20,6 +20,8 @@ import gc
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -311,3 +313,41 @@ async def session_is(server: BambooServer, session_id: str, state: str, connecti
     assert status == 200, body
     metadata = body["metadata"]
     return (metadata["state"], metadata.get("connections")) == (state, connections)
+
+
+async def test_a_jsonl_log_whose_open_hangs_holds_up_appends_not_the_server(
+    tmp_path: Path,
+) -> None:
+    """Opening a log can block (a hung disk; here a FIFO that waits for a reader). It
+    happens on the writer's thread: appends wait, and the server still answers
+    ``/readyz`` (503: an append has waited) until the open goes through."""
+    data = tmp_path / "data"
+    async with (
+        run_server(store=f"jsonl://{data}") as server,
+        attach(server, role="agent") as (agent, welcome),
+    ):
+        session_id = welcome["session"]["id"]
+        await agent.request({"type": "event", "id": 1, "event": token("t1")}, "ack")
+    log = data / "events" / f"{session_id}.jsonl"
+    # A new server has no descriptor of the log open: its next append opens it.
+    async with (
+        run_server(store=f"jsonl://{data}", store_read_timeout=DEADLINE) as server,
+        attach(server, session_id, role="agent") as (agent, _welcome),
+    ):
+        with log_as_fifo(log):
+            # Lets the open through in any case, so that a frozen loop ends the test.
+            reader = threading.Timer(4 * WITHIN, drain, (log,))
+            reader.start()
+            try:
+                started = time.monotonic()
+                await agent.send({"type": "event", "id": 2, "event": token("t2")})
+                await asyncio.sleep(DEADLINE + 0.2)
+                status, body = await http_get(server, "/readyz")
+                assert time.monotonic() - started < WITHIN  # the loop was not held up
+                assert status == 503, body
+                assert body.startswith("not ready: an append has waited"), body
+            finally:
+                reader.cancel()
+                threading.Thread(target=drain, args=(log,), daemon=True).start()
+            ack = await agent.recv_type("ack", timeout=WITHIN)
+            assert (ack["id"], ack["seq"]) == (2, 2)

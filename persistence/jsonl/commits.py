@@ -3,11 +3,12 @@ after the other (so the files and the WAL segment have one user at a time):
 
 - ``write``: each session's share of the batch goes to its log with one ``write``, and
   the batch's WAL records to the current segment with one more. A small batch
-  (``on_loop``: up to 64 KiB, no earlier failure to cut first) is written from the
-  event loop's thread: a write to the page cache costs microseconds, less than a
-  hand-off to a thread and back. A larger one is written and finished on the writer's
-  I/O thread in one hand-off (``write_and_finish``), so that a disk that throttles
-  writers stalls that thread, not the loop.
+  (``on_loop``: up to 64 KiB, every log of it open already, no earlier failure to cut
+  first) is written from the event loop's thread: a write to the page cache costs
+  microseconds, less than a hand-off to a thread and back. Any other is written and
+  finished on the writer's I/O thread in one hand-off (``write_and_finish``), so that
+  a disk that throttles writers, or an ``open()`` that hangs (a hung disk, a network
+  filesystem), stalls that thread and the appends behind it, never the loop.
 - ``finish``, only when something blocks: the WAL's sync (in the common commit, by the
   sync helper process: see ``writer.py``), or on the I/O thread a new segment started
   first, every written log synced (``fsync`` without the WAL), and whatever failed cut
@@ -45,11 +46,12 @@ class Committer:
         self.rotated: list[Segment] = []  # WAL segments left behind, for retirement
 
     def on_loop(self, groups: list[Group]) -> bool:
-        """Whether ``write`` may run on the loop's thread: a small batch, and nothing an
-        earlier failure left to cut first (a cut syncs)."""
-        size = 0
+        """Whether ``write`` may run on the loop's thread: a small batch to logs that
+        are open (opening one may block), and nothing an earlier failure left to cut
+        first (a cut syncs)."""
+        size, open_logs = 0, self.files.open_logs
         for group in groups:
-            if group.session_id in self.files.needs_truncate:
+            if group.session_id not in open_logs or group.session_id in self.files.needs_truncate:
                 return False
             size += sum(len(batch.data) for batch in group.batches)
         return size <= LOOP_WRITE_BYTES
@@ -195,11 +197,6 @@ class Committer:
         else:
             if old is not None:
                 self.rotated.append(old)
-
-
-def _record(group: Group) -> bytes:
-    first_seq = group.batches[0].events[0].seq
-    return encode_lines(group.session_id, first_seq, group.size_before, group.data)
 
 
 def _fail(commit: Commit, exc: OSError | None) -> None:
