@@ -320,24 +320,26 @@ _appended_encoder = msgspec.json.Encoder()
 _appended_decoder: msgspec.json.Decoder[AnyAgentEvent] = msgspec.json.Decoder(AnyAgentEvent)
 
 
-def checked_event(event: AnyAgentEvent) -> AnyAgentEvent:
+def checked_event(event: AnyAgentEvent) -> tuple[AnyAgentEvent, int]:
     """An event appended in-process, as a peer's frame would bring it: its free-form
     values checked as the wire checks them, then encoded and decoded with the wire's
     types, so that what is stored is what every reader can read back, and a copy:
-    nothing of the caller's object graph is kept. ``ValueError`` says what is wrong."""
+    nothing of the caller's object graph is kept. With the copy, the bytes of its JSON
+    (what it weighs in the session's queue). ``ValueError`` says what is wrong."""
     message = event.message if isinstance(event, MessageEvent) else None
     for value in _free_form_values(event, message):  # on the caller's own values: a
         if (problem := free_form_problem(value)) is not None:  # NaN would become null
             raise ValueError(f"event cannot be stored: value not carried by every codec: {problem}")
     try:
-        copy = _appended_decoder.decode(_appended_encoder.encode(event))
+        encoded = _appended_encoder.encode(event)
+        copy = _appended_decoder.decode(encoded)
         check_content(copy, None, None)
         in_utc(copy, None)
     except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
         raise ValueError(f"event cannot be stored: {exc}") from None
     except ProtocolError as exc:
         raise ValueError(f"event cannot be stored: {exc.message}") from None
-    return copy
+    return copy, len(encoded)
 
 
 def checked_key(key: str | None) -> str | None:

@@ -305,18 +305,22 @@ class SessionManager:
     ) -> list[Appended]:
         """Appends ``(event, key)`` items together, in order, as a peer's ``batch`` frame
         does: stored whole or not at all; what each became. ValueError, with nothing
-        stored, for a bad event or key, or more than ``inbox_limit`` items."""
-        checked = [(checked_event(event), checked_key(key)) for event, key in items]
-        if len(checked) > self.config.inbox_limit:
-            limit = self.config.inbox_limit
-            raise ValueError(f"a batch holds at most {limit} items, not {len(checked)}")
+        stored, for a bad event or key, or more than ``inbox_limit`` items or
+        ``inbox_bytes`` of JSON. Waits, as a peer does, while the session's queue (or
+        the memory budget) is full."""
+        checked = [(*checked_event(event), checked_key(key)) for event, key in items]
+        count, size = len(checked), sum(size for _, size, _ in checked)
+        if count > self.config.inbox_limit or size > self.config.inbox_bytes:
+            limits = f"{self.config.inbox_limit} items and {self.config.inbox_bytes} bytes"
+            raise ValueError(f"a batch holds at most {limits}, not {count} and {size}")
+        actor = await self.actors.actor(session_id)  # SessionNotFound even for no items
         if not checked:
             return []
-        actor = await self.actors.actor(session_id)
         acked: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
-        reply = BatchReply(None, None, len(checked), acked)
-        for event, key in checked:  # queued one after another: taken together
-            actor.post(Append(event, key, batch=reply))
+        reply = BatchReply(None, None, count, acked)
+        await actor.submit_batch(
+            [Append(event, key, batch=reply, size=size) for event, size, key in checked]
+        )
         return await acked
 
     async def add_message(

@@ -257,12 +257,35 @@ async def test_append_events_refuses_the_whole_batch_for_one_bad_item(
         with pytest.raises(ValueError, match="cannot be stored"):
             await manager.append_events(session.id, items)
     too_many = [(AgentEvent.token(str(i)), None) for i in range(manager.config.inbox_limit + 1)]
-    with pytest.raises(ValueError, match="at most"):
-        await manager.append_events(session.id, too_many)
+    megabyte = AgentEvent.token("x" * (1 << 20))
+    too_big = [(megabyte, None)] * (manager.config.inbox_bytes // (1 << 20))  # JSON is more
+    for items in (too_many, too_big):
+        with pytest.raises(ValueError, match="a batch holds at most"):
+            await manager.append_events(session.id, items)
     assert await manager.read_events(session.id) == []  # nothing of any was stored
+    with pytest.raises(SessionNotFound):  # even with nothing to append
+        await manager.append_events("s_missing", [])
     await manager.close_session(session.id)
-    with pytest.raises(SessionClosed):
-        await manager.append_events(session.id, [(AgentEvent.token("late"), None)])
+    for items in ([(AgentEvent.token("late"), None)], []):
+        with pytest.raises(SessionClosed):
+            await manager.append_events(session.id, items)
+
+
+async def test_in_process_appends_wait_while_the_session_queue_is_full(tmp_path: Path) -> None:
+    """As a peer's frames do: callers beyond ``inbox_limit`` wait, not queue."""
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path)))  # fsync
+    config = SessionManagerConfig(inbox_limit=4)
+    async with storage, SessionManager(config, storage) as manager:
+        session = await manager.create_session()
+        calls = [manager.append_event(session.id, AgentEvent.token(f"t{i}")) for i in range(50)]
+        appending = asyncio.gather(*calls)
+        queued = []
+        while not appending.done():
+            actor = manager.live_actor(session.id)
+            queued.append(0 if actor is None else len(actor.inbox))
+            await asyncio.sleep(0)
+        assert sorted(result.seq for result in await appending) == list(range(1, 51))
+        assert 0 < max(queued) <= config.inbox_limit, queued
 
 
 async def test_get_or_create_list_and_delete(manager: SessionManager) -> None:
