@@ -22,7 +22,7 @@ import sys
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from .common import raise_nofile, run
+from .common import raise_open_file_limit, run
 
 SERVICE_RESTART = 1012
 
@@ -91,5 +91,5 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
-    raise_nofile()
+    raise_open_file_limit()
     run(main(args.host, args.port))

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from bamboo_session.server.cli import settle_garbage_collector
+from bamboo_session.server.cli import raise_open_file_limit, settle_garbage_collector
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -41,15 +40,6 @@ _LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
 def full_mode() -> bool:
     """``BENCH_FULL=1``: the sizes the issue asks for, instead of minutes-long defaults."""
     return os.environ.get("BENCH_FULL", "") not in ("", "0")
-
-
-def raise_nofile(wanted: int = 1 << 20) -> int:
-    """Raise this process's soft RLIMIT_NOFILE as far as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -82,7 +72,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=ROOT,
-            preexec_fn=raise_nofile,
+            preexec_fn=raise_open_file_limit,
         )
         assert self.proc.stderr is not None
         log = self.log_path.open("ab")

@@ -175,7 +175,7 @@ async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_nofile()
+    common.raise_open_file_limit()
     with common.workdir("connections") as tmp:
         runs: dict[str, Any] = {}
         baseline = common.baseline_server(tmp / "baseline.log").start()

@@ -221,7 +221,7 @@ def report(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_nofile()
+    common.raise_open_file_limit()
     lineup = compare.kinds(args)
     runs: dict[str, dict[str, Any]] = {}
     with common.workdir("latency") as tmp:

@@ -158,5 +158,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    common.raise_nofile()
+    common.raise_open_file_limit()
     common.run(main())

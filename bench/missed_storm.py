@@ -118,7 +118,7 @@ async def storm(kind: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_nofile()
+    common.raise_open_file_limit()
     kinds = ([compare.BEFORE] if os.environ.get(compare.BEFORE_TREE_ENV) else []) + ["bamboo"]
     runs: dict[str, dict[str, Any]] = {}
     for kind in kinds:

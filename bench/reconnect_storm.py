@@ -188,7 +188,7 @@ async def storm_baseline(tmp: Path, sessions: int, viewers_per: int) -> dict[str
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_nofile()
+    common.raise_open_file_limit()
     with common.workdir("storm") as tmp:
         baseline = await storm_baseline(tmp, args.sessions, args.viewers)
         print(

@@ -289,7 +289,7 @@ def redis_server(tmp: Path, lineup: list[str]) -> Iterator[Redis | None]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_nofile()
+    common.raise_open_file_limit()
     runs: dict[str, dict[str, Any]] = {}
     with common.workdir("redis-scaling") as tmp, redis_server(tmp, args.kinds) as redis:
         for kind in args.kinds:

@@ -274,7 +274,7 @@ async def warm_up(servers: Servers, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_nofile()
+    common.raise_open_file_limit()
     lineup = compare.kinds(args)
     points: list[dict[str, Any]] = []
     with common.workdir("throughput") as tmp:

@@ -54,7 +54,7 @@ class DriverProcess:
             stdout=asyncio.subprocess.PIPE,
             cwd=common.ROOT,
             limit=STREAM_LIMIT,
-            preexec_fn=common.raise_nofile,
+            preexec_fn=common.raise_open_file_limit,
         )
         self._write(self.config)
 

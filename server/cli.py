@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import gc
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -173,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def run_serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
+    raise_open_file_limit()  # before the store sizes its open logs from it
     config = config_from_args(args)  # a bad setting: one plain line, status 2 (main)
     configure_logging(config.log_format, config.log_level)
     # From here on, everything said goes through the log, as JSON in JSON mode.
@@ -192,6 +194,17 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception:
         log.exception("server failed")
         return 1
+
+
+def raise_open_file_limit(wanted: int = 1 << 20) -> int:
+    """Raise this process's soft RLIMIT_NOFILE as far as its hard limit allows (as
+    other servers do; the soft limit is often 1,024, too few for a thousand peers and
+    their sessions' logs); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def leave_process(status: int) -> NoReturn:

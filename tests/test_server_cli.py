@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from websockets.asyncio.client import connect
 
 from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.settings import load_config, settings_from_flags
+from tests.server_process import ServerProcess
 
 
 @asynccontextmanager
@@ -267,3 +269,46 @@ def test_environment_sets_defaults_and_flags_win() -> None:
     assert config.port == 9001 and config.ping_interval is None and config.compression is True
     with pytest.raises(ValueError, match="BAMBOO_MAX_SESSIONS"):
         ServerConfig.from_env({"BAMBOO_MAX_SESSIONS": "lots"})
+
+
+def soft_open_files(pid: int) -> int:
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    (line,) = [line for line in limits if line.startswith("Max open files")]
+    return int(line.split()[3])
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """A soft limit of 1,024 (a common default) is too few for a thousand peers and
+    their sessions' open logs; serve takes what the hard limit allows."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip("the hard open-file limit leaves nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    expected = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    log = tmp_path / "server.log"
+    with ServerProcess(tmp_path / "data", log, preexec_fn=low_soft_limit) as server:
+        assert server.proc is not None
+        assert soft_open_files(server.proc.pid) == expected
+
+
+@pytest.mark.parametrize(("soft", "open_logs"), [(1024, 256), (8192, 2048), (16384, 4096)])
+def test_the_jsonl_store_keeps_a_quarter_of_the_open_file_limit_in_open_logs(
+    soft: int, open_logs: int
+) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < soft:
+        pytest.skip(f"the hard open-file limit is below {soft}")
+    code = "from bamboo_session.persistence import JsonlStorageConfig as C\n"
+    code += "print(C('d').max_open_logs)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == open_logs

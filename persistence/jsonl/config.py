@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 from pathlib import Path
 from typing import Literal, Self
 
@@ -20,6 +21,16 @@ DURABILITY_MODES: tuple[Durability, ...] = ("fsync", "os")
 # A longer wait would only add latency: past a few milliseconds a batch is already as
 # big as the arrivals make it.
 MAX_COMMIT_WINDOW = 0.05
+OPEN_LOGS_MIN, OPEN_LOGS_MAX = 256, 4096
+
+
+def open_logs_default() -> int:
+    """A quarter of the descriptors this process may open (its soft RLIMIT_NOFILE; the
+    rest are for connections and everything else), from 256 to 4,096."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return OPEN_LOGS_MAX
+    return max(OPEN_LOGS_MIN, min(OPEN_LOGS_MAX, soft // 4))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,7 +60,11 @@ class JsonlStorageConfig:
       sessions (each session's newest, up to a 32nd of the budget per session).
     - ``key_cache_bytes``: bytes of idempotency keys kept in memory, over all sessions
       (a session whose keys were dropped reads them again from its log when needed).
-    - ``max_open_logs``: event-log file descriptors kept open by the writer.
+    - ``max_open_logs``: event-log file descriptors kept open by the writer (by default
+      a quarter of the process's open-file limit, from 256 to 4,096). A commit to a log
+      that is not open is written on the writer's thread (opening a file can block),
+      which costs a hand-off: about 4% more CPU per event in a closed loop over 1,000
+      sessions with 256 open.
     - ``wal``: in ``fsync`` mode, sync one shared write-ahead log per group commit instead
       of every session log it touched (see ``wal.py``); ``False`` syncs each touched
       log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired (its
@@ -72,7 +87,7 @@ class JsonlStorageConfig:
     checkpoint_interval: float = 5.0
     message_cache_bytes: int = 32 * 1024 * 1024
     key_cache_bytes: int = 64 * 1024 * 1024
-    max_open_logs: int = 256
+    max_open_logs: int = 256  # replaced in __init__: open_logs_default()
     fsync_interval: float = 1.0
     commit_window: float = 0.0
     wal: bool = True
@@ -94,7 +109,7 @@ class JsonlStorageConfig:
         checkpoint_interval: float = 5.0,
         message_cache_bytes: int = 32 * 1024 * 1024,
         key_cache_bytes: int = 64 * 1024 * 1024,
-        max_open_logs: int = 256,
+        max_open_logs: int | None = None,
         fsync_interval: float = 1.0,
         commit_window: float = 0.0,
         wal: bool = True,
@@ -117,7 +132,8 @@ class JsonlStorageConfig:
         set_field(self, "checkpoint_interval", checkpoint_interval)
         set_field(self, "message_cache_bytes", message_cache_bytes)
         set_field(self, "key_cache_bytes", key_cache_bytes)
-        set_field(self, "max_open_logs", max_open_logs)
+        open_logs = open_logs_default() if max_open_logs is None else max_open_logs
+        set_field(self, "max_open_logs", open_logs)
         set_field(self, "fsync_interval", fsync_interval)
         set_field(self, "commit_window", commit_window)
         set_field(self, "wal", wal)
