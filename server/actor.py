@@ -153,11 +153,15 @@ class SessionActor:
         await self.inbox.wait_for_room()
         self.post(command)
 
-    async def submit_batch(self, appends: list[Append]) -> None:
-        """Queue the items of a peer's batch frame one after another (nothing comes
-        between them), once the inbox has room for all of them."""
-        if not self.inbox.has_room(len(appends)):
-            await self.inbox.wait_for_room(len(appends))
+    async def room_for(self, count: int) -> bool:
+        """Waits until the inbox has room for ``count`` more commands (back-pressure);
+        whether the actor still takes commands then."""
+        if not self.inbox.has_room(count):
+            await self.inbox.wait_for_room(count)
+        return self.accepting
+
+    def post_batch(self, appends: list[Append]) -> None:
+        """Queue a batch's items one after another: nothing comes between them."""
         for append in appends:
             self.post(append)
 

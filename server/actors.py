@@ -17,11 +17,13 @@ import structlog
 
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id
 
 from .actor import SessionActor
-from .commands import Stop
+from .commands import ActorRetired, Attach, Detach, Stop
 from .failures import ServerBusy
+from .outbox import Outbox
 from .pages import PageReads
 
 log = structlog.get_logger("bamboo_session.manager")
@@ -80,6 +82,34 @@ class ActorRegistry:
                 self._spawning[session_id] = spawn
                 return await asyncio.shield(spawn)
             await asyncio.wait([retiring])  # the old actor finishes flushing first
+
+    async def attach(
+        self, session_id: str, outbox: Outbox, last_seq: int | None, epoch: str | None
+    ) -> tuple[SessionActor, Welcome]:
+        """``outbox`` attached to the session by its actor (server/control.py
+        ``attach``), within one read deadline for all of it: waiting for an old actor
+        to finish, the spawn, and the actor's own reads and writes for the welcome (a
+        live session reads itself at every attach). Past it, StoreTimeout; the actor
+        skips or undoes the attach it finds given up on."""
+        deadline = self._reads.deadline()
+        while True:
+            actor = await self._reads.within(deadline, self.actor(session_id))
+            welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
+            actor.post(Attach(outbox, last_seq, epoch, welcomed))
+            expiry = self._reads.expire(welcomed, deadline)
+            try:
+                return actor, await welcomed
+            except ActorRetired:
+                continue
+            except asyncio.CancelledError:
+                if welcomed.done() and not welcomed.cancelled() and not welcomed.exception():
+                    # Welcomed in the turn its caller was cancelled: nobody else would
+                    # ever take it out of the session.
+                    outbox.abandon("attach cancelled")
+                    actor.post(Detach(outbox.connection_id))
+                raise
+            finally:
+                expiry.cancel()
 
     async def live_or_none(self, session_id: str) -> SessionActor | None:
         """The session's accepting actor if it is live, without spawning one."""

@@ -196,14 +196,26 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+# The most macOS grants a process whatever its hard limit says (OPEN_MAX).
+DARWIN_OPEN_MAX = 10240
+
+
 def raise_open_file_limit(wanted: int = 1 << 20) -> int:
     """Raise this process's soft RLIMIT_NOFILE as far as its hard limit allows (as
     other servers do; the soft limit is often 1,024, too few for a thousand peers and
-    their sessions' logs); the soft limit now."""
+    their sessions' logs); the soft limit now. Where the kernel refuses that much
+    (macOS: an unlimited hard limit, yet no more than OPEN_MAX), it asks for less, and
+    failing that leaves the limit as it was."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    for asked in (target, min(target, DARWIN_OPEN_MAX)):
+        if asked <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (asked, hard))
+        except (ValueError, OSError):
+            continue
+        break
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 

@@ -259,7 +259,8 @@ class Connection:
             outbox.in_flight += 1
         else:
             await outbox.reserve()
-        await actor.submit_batch(appends)
+        await actor.room_for(count)  # an actor that retired meanwhile refuses them
+        actor.post_batch(appends)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
@@ -359,11 +360,7 @@ class Connection:
         if self.expiry is not None:
             self.expiry.cancel()
         if self.outbox is not None:
-            # The peer is gone: what was never sent holds no budget, and nothing more is
-            # queued (a closed outbox drops what is pushed) in the moment before the
-            # actor takes it out of the room.
-            self.outbox.close(CloseCode.GOING_AWAY, "disconnected")
-            self.outbox.discard()
+            self.outbox.abandon("disconnected")
         if self.counted_user is not None:
             self.services.user_connections.release(self.counted_user)
             self.counted_user = None

@@ -106,6 +106,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     if command.future.done():
         # Its caller gave up while the store was slow to take the writes above: the
         # connection is gone, so it leaves at once instead of waiting in the room.
+        outbox.abandon("attach given up")
         await detach(actor, outbox.connection_id)
         return
     command.future.set_result(welcome)

@@ -43,7 +43,7 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import ActorRetired, Announce, Append, Attach, BatchReply, Detach, SetState
+from .commands import Announce, Append, BatchReply, Detach, SetState
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -236,20 +236,9 @@ class SessionManager:
     ) -> tuple[SessionActor, Welcome]:
         """Attaches ``outbox`` to the session; the welcome (then any replay) is the
         first thing queued on it. Raises SessionNotFound, SessionClosed,
-        SessionExpired, ServerBusy; StoreTimeout when the store keeps the actor from
-        welcoming it within the read deadline (a live session's actor reads the
-        session at every attach)."""
-        while True:
-            actor = await self.actors.actor(session_id)
-            welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
-            actor.post(Attach(outbox, last_seq, epoch, welcomed))
-            expiry = self.page_reads.expire(welcomed)
-            try:
-                return actor, await welcomed
-            except ActorRetired:
-                continue
-            finally:
-                expiry.cancel()
+        SessionExpired, ServerBusy; StoreTimeout when the store keeps the session from
+        welcoming it within the read deadline (ActorRegistry.attach)."""
+        return await self.actors.attach(session_id, outbox, last_seq, epoch)
 
     def detach(self, session_id: str, connection_id: str) -> None:
         actor = self.actors.get(session_id)
@@ -310,18 +299,22 @@ class SessionManager:
         the memory budget) is full."""
         checked = [(*checked_event(event), checked_key(key)) for event, key in items]
         count, size = len(checked), sum(size for _, size, _ in checked)
-        if count > self.config.inbox_limit or size > self.config.inbox_bytes:
+        max_bytes = self.config.inbox_bytes or size  # 0: no limit, as for the inbox
+        if count > self.config.inbox_limit or size > max_bytes:
             limits = f"{self.config.inbox_limit} items and {self.config.inbox_bytes} bytes"
             raise ValueError(f"a batch holds at most {limits}, not {count} and {size}")
-        actor = await self.actors.actor(session_id)  # SessionNotFound even for no items
-        if not checked:
-            return []
         acked: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
         reply = BatchReply(None, None, count, acked)
-        await actor.submit_batch(
-            [Append(event, key, batch=reply, size=size) for event, size, key in checked]
-        )
-        return await acked
+        appends = [Append(event, key, batch=reply, size=size) for event, size, key in checked]
+        while True:
+            actor = await self.actors.actor(session_id)  # SessionNotFound even for no items
+            if not appends:
+                return []
+            if await actor.room_for(count):
+                actor.post_batch(appends)
+                return await acked
+            # Its actor retired while this waited for room (a session with no
+            # connection is parked, and may be evicted): the next one takes the batch.
 
     async def add_message(
         self, session_id: str, message: Message, key: str | None = None

@@ -224,6 +224,13 @@ class Outbox:
                 kept.append(item)
         self._items, self._head = kept, 0
 
+    def abandon(self, reason: str) -> None:
+        """Its peer is gone, and nothing will be sent any more: closed (a closed outbox
+        drops what is pushed) and emptied, so that it holds nothing of the budget in
+        the moment before its actor takes it out of the room."""
+        self.close(CloseCode.GOING_AWAY, reason)
+        self.discard()
+
     def discard(self) -> None:
         """Drops whatever is queued (the connection is gone, or too slow for it)."""
         self._items.clear()

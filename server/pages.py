@@ -110,12 +110,20 @@ class PageReads:
             raise self._late()
         return work.result()
 
-    def expire(self, answer: asyncio.Future[Any]) -> asyncio.TimerHandle:
-        """Fails ``answer`` with :class:`StoreTimeout` in ``timeout`` seconds unless it
-        is done by then: for an answer that an actor gives after store calls of its
-        own. Whoever gave up on it sees that it is done, and the actor that finds it
-        done skips or undoes the work (server/control.py ``attach``)."""
-        return asyncio.get_running_loop().call_later(self.timeout, self._expire, answer)
+    def expire(self, answer: asyncio.Future[Any], deadline: float) -> asyncio.TimerHandle:
+        """Fails ``answer`` with :class:`StoreTimeout` at ``deadline`` unless it is done
+        by then: for an answer that an actor gives after store calls of its own.
+        Whoever gave up on it sees that it is done, and the actor that finds it done
+        skips or undoes the work (server/control.py ``attach``)."""
+        return asyncio.get_running_loop().call_at(deadline, self._expire, answer)
+
+    async def within(self, deadline: float, waiting: Awaitable[T]) -> T:
+        """``waiting`` by ``deadline`` (cancelled then), or :class:`StoreTimeout`."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiting
+        except TimeoutError:
+            raise self._late() from None
 
     def _expire(self, answer: asyncio.Future[Any]) -> None:
         if not answer.done():

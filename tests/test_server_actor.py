@@ -216,7 +216,8 @@ async def test_a_batch_is_answered_once_with_every_seq(store: MemoryStorage) -> 
     viewer, _ = await attach(actor, "v")
     await next_items(publisher, 2)  # welcome, presence of the viewer
     await next_items(viewer, 1)
-    await actor.submit_batch(batch_of(publisher, ["a", "b", "c"], 7))
+    assert await actor.room_for(3)
+    actor.post_batch(batch_of(publisher, ["a", "b", "c"], 7))
     (acks,) = await next_items(publisher, 1)
     assert isinstance(acks, Outbound) and acks.frame == Acks([1, 2, 3], id=7)
     assert publisher.in_flight == 0
@@ -229,7 +230,8 @@ async def test_a_batch_refused_by_the_store_gets_one_error(store: MemoryStorage)
     actor = await spawn(store)
     outbox = Outbox("p", "client", limit=1000)  # a peer whose attach raced the close
     await store.update_session_state("s", SessionState.CLOSED)  # by another process
-    await actor.submit_batch(batch_of(outbox, ["a", "b", "c"], 8))
+    await actor.room_for(3)
+    actor.post_batch(batch_of(outbox, ["a", "b", "c"], 8))
     (error,) = await next_items(outbox, 1)
     assert isinstance(error, Outbound) and isinstance(error.frame, Error)
     assert (error.frame.code, error.frame.id) == ("closed", 8)

@@ -16,6 +16,7 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
 from bamboo_session.persistence.base import SessionClosed, SessionNotFound, StorageError
+from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.models import Token
 from bamboo_session.server.manager import (
@@ -24,6 +25,8 @@ from bamboo_session.server.manager import (
     SessionManager,
     SessionManagerConfig,
 )
+from bamboo_session.server.outbox import Outbox, OutboxItem
+from tests.instances import eventually
 from tests.support import attach, open_peer, run_server
 from tests.test_replay_server import SlotsTaken
 
@@ -288,6 +291,36 @@ async def test_in_process_appends_wait_while_the_session_queue_is_full(tmp_path:
         assert 0 < max(queued) <= config.inbox_limit, queued
 
 
+async def test_in_process_appends_waiting_for_room_outlive_their_actor(tmp_path: Path) -> None:
+    """A session with no connection is parked however busy, and may be evicted: the
+    callers waiting for room in its queue go to its next actor, and none fails."""
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path)))  # fsync
+    config = SessionManagerConfig(inbox_limit=4, max_sessions=1)
+    async with storage, SessionManager(config, storage) as manager:
+        busy, other = [(await manager.create_session("u1")).id for _ in range(2)]
+        calls = [manager.append_event(busy, AgentEvent.token(f"t{i}")) for i in range(50)]
+        appending = asyncio.gather(*calls)
+
+        for _ in range(10_000):  # until callers wait for room: each turn, as it passes
+            actor = manager.live_actor(busy)
+            if actor is not None and not actor.inbox.has_room():
+                break
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError("the queue was never full")
+        await manager.append_event(other, AgentEvent.token("elsewhere"))  # evicts `busy`
+        assert sorted(result.seq for result in await appending) == list(range(1, 51))
+
+
+async def test_in_process_batches_have_no_byte_bound_when_the_inbox_has_none(
+    tmp_path: Path,
+) -> None:
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path), durability="os"))
+    async with storage, SessionManager(SessionManagerConfig(inbox_bytes=0), storage) as manager:
+        session = await manager.create_session()
+        assert (await manager.append_event(session.id, AgentEvent.token("x"))).seq == 1
+
+
 async def test_get_or_create_list_and_delete(manager: SessionManager) -> None:
     created = await manager.get_or_create_session("s-1", "u1")
     same = await manager.get_or_create_session("s-1", "u2")
@@ -384,3 +417,27 @@ async def test_a_1013_refusal_stores_no_session() -> None:
                 assert (await peer.closed())[0] == 1013
         listed = await server.manager.list_sessions()
         assert [m.id for m in listed.sessions] == ["held"]
+
+
+async def test_a_caller_cancelled_as_its_welcome_comes_leaves_no_connection_behind() -> None:
+    """The cancellation lands between the actor's answer and the caller's wake-up (as
+    a timeout around connect_session may): the attach is taken back."""
+    manager = SessionManager(SessionManagerConfig(), MemoryStorage())
+    session_id = (await manager.create_session("u1")).id
+    loop = asyncio.get_running_loop()
+    caller: asyncio.Task[object] | None = None
+
+    class CancelOnWelcome(Outbox):
+        def push(self, item: OutboxItem) -> None:
+            super().push(item)
+            assert caller is not None
+            loop.call_soon(caller.cancel)  # before the caller's wake-up, after the answer
+
+    caller = asyncio.create_task(manager.attach(session_id, CancelOnWelcome("c1", "client", 64)))
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    actor = manager.live_actor(session_id)
+    assert actor is not None
+    await eventually(lambda: not actor.room.outboxes, 5.0)
+    assert manager.budget.used == 0
+    await manager.close()

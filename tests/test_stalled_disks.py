@@ -293,6 +293,7 @@ async def test_a_hello_given_up_on_while_its_attach_writes_leaves_no_connection_
             session_id = welcome["session"]["id"]
         await eventually(lambda: session_is(server, session_id, "disconnected", 0), WITHIN)
         assert server.manager.live_actor(session_id) is not None  # parked, not gone
+        budget_used = server.manager.budget.used
         async with write_lock_held(path):
             started = asyncio.get_running_loop().time()
             async with open_peer(server, session_id) as peer:
@@ -306,6 +307,8 @@ async def test_a_hello_given_up_on_while_its_attach_writes_leaves_no_connection_
         async with attach(server, session_id):
             assert await session_is(server, session_id, "active", 1)
         await eventually(lambda: session_is(server, session_id, "disconnected", 0), WITHIN)
+        # Nothing queued for them stays charged: no writer would ever send it.
+        assert server.manager.budget.used == budget_used
 
 
 async def session_is(server: BambooServer, session_id: str, state: str, connections: int) -> bool:
@@ -351,3 +354,35 @@ async def test_a_jsonl_log_whose_open_hangs_holds_up_appends_not_the_server(
                 threading.Thread(target=drain, args=(log,), daemon=True).start()
             ack = await agent.recv_type("ack", timeout=WITHIN)
             assert (ack["id"], ack["seq"]) == (2, 2)
+
+
+async def test_a_hello_to_a_session_whose_actor_retires_in_a_stalled_write_ends_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """The deadline covers the whole attach: here the wait for the session's old actor,
+    evicted while its task sits in a write another process's lock holds up."""
+    path = tmp_path / "bamboo.db"
+    config = {"store": f"sqlite://{path}", "store_read_timeout": DEADLINE, "max_sessions": 1}
+    async with run_server(**config) as server:
+        manager = server.manager
+        stuck, other = [(await manager.create_session("u1")).id for _ in range(2)]
+        async with write_lock_held(path):
+            append = asyncio.create_task(manager.append_event(stuck, token("held up")))
+            await eventually(lambda: ready_to_evict(server, stuck), WITHIN)
+            await manager.actors.actor(other)  # the one live slot: the parked one retires
+            assert manager.live_actor(stuck) is None
+            started = time.monotonic()
+            async with open_peer(server, stuck) as peer:
+                await peer.send({"type": "hello"})
+                code, frames = await peer.closed(timeout=WITHIN)
+            elapsed = time.monotonic() - started
+        assert (code, frames) == (1011, []) and elapsed < DEADLINE + 1.0
+        assert (await append).seq == 1  # stored once the lock went
+        async with attach(server, stuck) as (_viewer, welcome):
+            assert welcome["session"]["last_seq"] == 1
+
+
+async def ready_to_evict(server: BambooServer, session_id: str) -> bool:
+    """The session's actor is live, and its task in the store append."""
+    actor = server.manager.live_actor(session_id)
+    return actor is not None and actor.task is not None and not len(actor.inbox)
