@@ -118,6 +118,22 @@ async def test_a_bad_commit_window_in_the_url_is_named(tmp_path: Path, given: st
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("given", ["many", "0", "-3", "1.5", ""])
+async def test_a_bad_max_open_logs_in_the_url_is_named(tmp_path: Path, given: str) -> None:
+    with pytest.raises(ValueError, match="max_open_logs must be"):
+        await open_storage(f"jsonl://{tmp_path}/store?max_open_logs={given}")
+    assert not (tmp_path / "store").exists()
+
+
+async def test_max_open_logs_comes_from_the_url(tmp_path: Path) -> None:
+    async with await open_storage(f"jsonl://{tmp_path}?max_open_logs=2") as storage:
+        assert isinstance(storage, JsonlStorage) and storage.config.max_open_logs == 2
+        for session_id in ("s1", "s2", "s3"):  # more than stay open: each reopened
+            await storage.create_session(Session.new(session_id))
+            assert (await storage.append_event(session_id, AgentEvent.token("t"))).seq == 1
+        assert (await storage.append_event("s1", AgentEvent.token("u"))).seq == 2
+
+
 async def test_the_commit_window_comes_from_the_url(tmp_path: Path) -> None:
     async with await open_storage(f"jsonl://{tmp_path}?commit_window=0.002") as storage:
         assert isinstance(storage, JsonlStorage)

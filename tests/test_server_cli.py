@@ -294,8 +294,8 @@ def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> Non
         assert soft_open_files(server.proc.pid) == expected
 
 
-@pytest.mark.parametrize(("soft", "open_logs"), [(1024, 256), (8192, 2048), (16384, 4096)])
-def test_the_jsonl_store_keeps_a_quarter_of_the_open_file_limit_in_open_logs(
+@pytest.mark.parametrize(("soft", "open_logs"), [(1024, 256), (12288, 1024), (18000, 1500)])
+def test_the_jsonl_store_keeps_a_twelfth_of_the_open_file_limit_in_open_logs(
     soft: int, open_logs: int
 ) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

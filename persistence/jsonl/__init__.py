@@ -50,8 +50,9 @@ __all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig
 
 async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
     """``jsonl:///path?durability=os``: the store in that directory. Options:
-    ``durability`` (fsync or os) and ``commit_window`` (seconds, e.g. 0.002)."""
-    url.check_params({"durability", "commit_window"})
+    ``durability`` (fsync or os), ``commit_window`` (seconds, e.g. 0.002) and
+    ``max_open_logs`` (descriptors, at least 1)."""
+    url.check_params({"durability", "commit_window", "max_open_logs"})
     config = JsonlStorageConfig(
         url.location,
         default_ttl=options.default_ttl,
@@ -59,6 +60,7 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
         cleanup_interval=options.cleanup_interval,
         durability=_durability(url),
         commit_window=_commit_window(url),
+        max_open_logs=_max_open_logs(url),
         read_only=options.read_only,
         offline=options.offline,
     )
@@ -88,3 +90,12 @@ def _commit_window(url: StoreURL) -> float:
             f"store URL {url.text!r}: {name} must be from 0 to {MAX_COMMIT_WINDOW} seconds"
         )
     return seconds
+
+
+def _max_open_logs(url: StoreURL) -> int | None:
+    given = url.take("max_open_logs")
+    if given is None:
+        return None  # the default: from the process's open-file limit
+    if not given.isdigit() or int(given) < 1:
+        raise ValueError(f"store URL {url.text!r}: max_open_logs must be a whole number >= 1")
+    return int(given)

@@ -25,12 +25,13 @@ OPEN_LOGS_MIN, OPEN_LOGS_MAX = 256, 4096
 
 
 def open_logs_default() -> int:
-    """A quarter of the descriptors this process may open (its soft RLIMIT_NOFILE; the
-    rest are for connections and everything else), from 256 to 4,096."""
+    """A twelfth of the descriptors this process may open (its soft RLIMIT_NOFILE),
+    from 256 to 4,096: at their peak the logs take up to three times the bound, and
+    the rest is for connections and everything else."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return OPEN_LOGS_MAX
-    return max(OPEN_LOGS_MIN, min(OPEN_LOGS_MAX, soft // 4))
+    return max(OPEN_LOGS_MIN, min(OPEN_LOGS_MAX, soft // 12))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,11 +61,14 @@ class JsonlStorageConfig:
       sessions (each session's newest, up to a 32nd of the budget per session).
     - ``key_cache_bytes``: bytes of idempotency keys kept in memory, over all sessions
       (a session whose keys were dropped reads them again from its log when needed).
-    - ``max_open_logs``: event-log file descriptors kept open by the writer (by default
-      a quarter of the process's open-file limit, from 256 to 4,096). A commit to a log
-      that is not open is written on the writer's thread (opening a file can block),
-      which costs a hand-off: about 4% more CPU per event in a closed loop over 1,000
-      sessions with 256 open.
+    - ``max_open_logs``: event-log file descriptors kept open by the writer between
+      batches (by default a twelfth of the process's open-file limit, from 256 to
+      4,096). A batch opens the logs it needs before the least recently used are
+      closed, so in use at once are up to twice as many (three times in ``os`` mode,
+      whose background sync holds duplicates). A commit to a log that is not open is
+      written on the writer's thread (opening a file can block), which costs a
+      hand-off: about 4% more CPU per event in a closed loop over 1,000 sessions with
+      256 open.
     - ``wal``: in ``fsync`` mode, sync one shared write-ahead log per group commit instead
       of every session log it touched (see ``wal.py``); ``False`` syncs each touched
       log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired (its
