@@ -226,25 +226,12 @@ async def test_readyz_is_503_while_an_append_waits_for_a_write_lock(tmp_path: Pa
         attach(server, role="agent") as (agent, _welcome),
     ):
         assert await ready(server)
-        holder = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            HOLD_WRITE_LOCK,
-            str(path),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert holder.stdout is not None
-            assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
+        async with write_lock_held(path):
             await agent.send({"type": "event", "id": 1, "event": token("held up")})
             await asyncio.sleep(DEADLINE + 0.2)
             status, body = await http_get(server, "/readyz")
             assert status == 503, body
             assert body.startswith("not ready: an append has waited"), body
-        finally:
-            holder.kill()  # its lock goes with it
-            await holder.wait()
         ack = await asyncio.wait_for(agent.recv_type("ack"), WITHIN)
         assert ack["id"] == 1 and ack["seq"] == 1  # it waited, and was stored
         await eventually(lambda: ready(server), WITHIN)
