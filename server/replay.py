@@ -21,6 +21,7 @@ import functools
 import sys
 import termios
 import time
+from collections.abc import Callable
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -29,6 +30,7 @@ from bamboo_session.persistence.base import EventStorage, StorageError
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode
 
+from .budget import MemoryBudget
 from .failures import failure_of
 from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
@@ -138,11 +140,11 @@ async def send_replay(
             break
         # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
-        outbox.budget.used += charge
+        charge.start(outbox.budget)
         try:
-            taken = await _send_page(ws, frames, page_timeout)
+            taken = await _send_page(ws, frames, page_timeout, charge.recheck)
         finally:
-            outbox.budget.used -= charge
+            charge.release()
         if not taken:
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
@@ -155,26 +157,71 @@ async def send_replay(
 
 async def _page_frames(
     reads: ReplayReads, page_reads: PageReads, codec: Codec, after: int, through: int
-) -> tuple[list[bytes], int, int]:
+) -> tuple[list[bytes], int, PageCharge]:
     """The next page of a replay as this connection's frames, the seq it ends at, and
-    the bytes to charge to the memory budget while they are sent: the frames no ring
-    counts already (a page read from the store; resumers who share one each charge
-    it). The page's events go with this call: what a stalled peer holds is the
-    frames, no more."""
+    what to charge to the memory budget while they are sent. Of a page read from the
+    store, only the frames are kept: what a stalled peer holds is them, no more."""
     page = await reads.page(after, through, page_reads)
     if not page:
-        return [], after, 0
+        return [], after, PageCharge(0, [])
     frames = [out.framed(codec) for out in page]
-    charge = sum(
-        len(frame) + BYTES_HEADER
-        for out, frame in zip(page, frames, strict=True)
-        if out.ring is None
-    )
-    return frames, page[-1].seq, charge
+    fixed, in_rings = 0, []
+    for out, frame in zip(page, frames, strict=True):
+        if out.ring is None:
+            fixed += len(frame) + BYTES_HEADER
+        else:
+            in_rings.append(out)
+    return frames, page[-1].seq, PageCharge(fixed, in_rings)
 
 
-async def _send_page(ws: ServerConnection, frames: list[bytes], stall_timeout: float) -> bool:
-    """Send a page; False when the peer took nothing of it for ``stall_timeout``.
+class PageCharge:
+    """What a page being sent holds that no ring counts, in the memory budget: the
+    frames of events read from the store (resumers who share a store page each charge
+    it), and each event of the page a ring let go of meanwhile, whole (``held``: its
+    event and frames), since the page keeps it alive. A ring lets events go on live
+    traffic and whenever the budget is spent: without this, shedding rings would free
+    nothing that stalled resumers hold, and the budget would not know."""
+
+    __slots__ = ("_budget", "_in_rings", "charged", "fixed")
+
+    def __init__(self, fixed: int, in_rings: list[Outbound]) -> None:
+        self.fixed = fixed
+        self._in_rings = in_rings
+        self._budget: MemoryBudget | None = None
+        self.charged = 0
+
+    def start(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self._add(self.fixed)
+
+    def recheck(self) -> None:
+        """Charge the events rings let go of since the last look."""
+        if not self._in_rings:
+            return
+        kept = []
+        for out in self._in_rings:
+            if out.ring is None:
+                self._add(out.held)
+            else:
+                kept.append(out)
+        self._in_rings = kept
+
+    def release(self) -> None:
+        if self._budget is not None:
+            self._budget.used -= self.charged
+        self.charged = 0
+
+    def _add(self, size: int) -> None:
+        assert self._budget is not None
+        self._budget.used += size
+        self.charged += size
+
+
+async def _send_page(
+    ws: ServerConnection, frames: list[bytes], stall_timeout: float, recheck: Callable[[], None]
+) -> bool:
+    """Send a page; False when the peer took nothing of it for ``stall_timeout``;
+    ``recheck`` at each look for progress (the page's charge).
 
     Progress is what left the process or the kernel: a deadline for the whole page
     would close slow but steady readers, because the kernel reports a full socket
@@ -188,6 +235,7 @@ async def _send_page(ws: ServerConnection, frames: list[bytes], stall_timeout: f
             if done:
                 sending.result()
                 return True
+            recheck()
             if waiting.stalled_for() >= stall_timeout:
                 return False
     finally:

@@ -187,10 +187,11 @@ async def test_a_stalled_resumer_that_resets_gives_its_page_back_and_logs_nothin
     assert not reports, [report.get("message") for report in reports]
 
 
-async def test_resumers_stalled_on_the_ring_charge_nothing_more() -> None:
+async def test_resumers_stalled_on_the_ring_charge_only_what_it_lets_go() -> None:
     """Pages replayed from the ring are its frames, counted once by the ring, however
     many resumers send them: a reconnect storm of one session's viewers must not make
-    the budget look spent and shed every other session's ring."""
+    the budget look spent and shed every other session's ring. Once the ring lets
+    those events go, the stalled resumers that keep them alive are charged for them."""
     ring_bytes = 2 * (kernel_send_buffer_max() + 4 * MIB)
     loop = asyncio.get_running_loop()
     async with session_past_the_send_buffer(30.0, ring_bytes) as (server, session_id, count):
@@ -207,9 +208,22 @@ async def test_resumers_stalled_on_the_ring_charge_nothing_more() -> None:
             await eventually(lambda: len(actor.room.outboxes) == 4)
             await asyncio.sleep(0.5)  # their first pages are sent, and stall
             assert budget.used - actor.room.ring_bytes <= 64 * KIB
+
+            # Live traffic moves the ring past the stalled pages (twice what it holds):
+            # it lets their events go, but the resumers keep them alive, so now they
+            # charge them.
+            async with attach(server, session_id, role="agent") as (agent, _welcome):
+                await publish(agent, 2 * count, size=200_000)
+
+            def charged_for_pages() -> int:  # neither the ring's nor the send queues'
+                queued = sum(outbox.bytes for outbox in actor.room.outboxes.values())
+                return budget.used - actor.room.ring_bytes - queued
+
+            await eventually(lambda: charged_for_pages() >= 4 * 200_000, 5.0)
         finally:
             for sock in stalled:
                 sock.close()
+        await eventually(lambda: budget.used - actor.room.ring_bytes <= 64 * KIB, 5.0)
 
 
 def paced_reader(
