@@ -30,12 +30,12 @@ from bamboo_session.persistence.base import EventStorage, StorageError
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode
 
-from .budget import MemoryBudget
 from .failures import failure_of
 from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
 from .outbox import Outbox, Replay, send_frames
 from .pages import PageReads
+from .replay_charge import PageCharge
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 
 log = structlog.get_logger("bamboo_session.replay")
@@ -172,49 +172,6 @@ async def _page_frames(
         else:
             in_rings.append(out)
     return frames, page[-1].seq, PageCharge(fixed, in_rings)
-
-
-class PageCharge:
-    """What a page being sent holds that no ring counts, in the memory budget: the
-    frames of events read from the store (resumers who share a store page each charge
-    it), and each event of the page a ring let go of meanwhile, whole (``held``: its
-    event and frames), since the page keeps it alive. A ring lets events go on live
-    traffic and whenever the budget is spent: without this, shedding rings would free
-    nothing that stalled resumers hold, and the budget would not know."""
-
-    __slots__ = ("_budget", "_in_rings", "charged", "fixed")
-
-    def __init__(self, fixed: int, in_rings: list[Outbound]) -> None:
-        self.fixed = fixed
-        self._in_rings = in_rings
-        self._budget: MemoryBudget | None = None
-        self.charged = 0
-
-    def start(self, budget: MemoryBudget) -> None:
-        self._budget = budget
-        self._add(self.fixed)
-
-    def recheck(self) -> None:
-        """Charge the events rings let go of since the last look."""
-        if not self._in_rings:
-            return
-        kept = []
-        for out in self._in_rings:
-            if out.ring is None:
-                self._add(out.held)
-            else:
-                kept.append(out)
-        self._in_rings = kept
-
-    def release(self) -> None:
-        if self._budget is not None:
-            self._budget.used -= self.charged
-        self.charged = 0
-
-    def _add(self, size: int) -> None:
-        assert self._budget is not None
-        self._budget.used += size
-        self.charged += size
 
 
 async def _send_page(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bamboo_session.persistence import MemoryStorage, SessionNotFound
+from bamboo_session.protocol.codec import JSON
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata, StoredEvent, Token
 from bamboo_session.server.actor import SessionActor
@@ -20,6 +21,7 @@ from bamboo_session.server.budget import MemoryBudget
 from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.pages import PageReads
+from bamboo_session.server.replay_charge import PageCharge
 from bamboo_session.server.room import SessionRoom
 from tests.test_server_actor import append, attach, spawn
 
@@ -174,3 +176,35 @@ async def test_a_read_that_ends_after_the_session_stopped_seeds_nothing(
         actor.room.close_all(CloseCode.NOT_FOUND, "session deleted")
     assert [out.seq for out in await read] == [1, 2, 3, 4, 5, 6]
     assert actor.room.ring is None and actor.room.budget.used == 0
+
+
+# -- a replay page's charge (server/replay_charge.py) --------------------------------------
+
+
+def test_ring_events_stalled_pages_hold_are_charged_once_when_the_ring_lets_them_go() -> None:
+    budget = MemoryBudget(0)
+    room = watched_room(0, ring_size=4, budget=budget)
+    room.deliver([StoredEvent(s, T0, Token("x" * 1000)) for s in range(1, 5)])
+    ring_page = list(room.ring or ())[:2]  # seqs 1 and 2, as a resumer's page holds them
+    for out in ring_page:
+        out.framed(JSON)  # the ring counts the frame it keeps
+    held = sum(out.held for out in ring_page)
+    pages = [PageCharge(0, list(ring_page)) for _ in range(10)]  # ten stalled resumers
+    for charge in pages:
+        charge.start(budget)
+        charge.recheck()
+    in_rings = budget.used
+    assert in_rings == room.ring_bytes  # the ring counts them: nothing more
+
+    room.deliver([StoredEvent(s, T0, Token("live")) for s in range(5, 7)])  # 1 and 2 go
+    assert ring_seqs(room) == [3, 4, 5, 6]
+    for charge in pages:
+        charge.recheck()
+    assert budget.used == room.ring_bytes + held  # once, not ten times
+
+    for charge in pages[:9]:
+        charge.release()
+    assert budget.used == room.ring_bytes + held  # the last page still keeps them
+    pages[9].release()
+    pages[9].release()  # a second release gives back nothing more
+    assert budget.used == room.ring_bytes
