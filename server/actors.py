@@ -71,6 +71,12 @@ class ActorRegistry:
             if actor is not None and actor.accepting:
                 self._actors.move_to_end(session_id)
                 return actor
+            if actor is not None and actor.task is not None and not actor.task.done():
+                # It stopped taking commands in the middle of a batch (its parking ran
+                # out) and reports its retirement once that batch is stored: it
+                # finishes first, as a retiring one does.
+                await asyncio.wait([actor.task])
+                continue
             spawning = self._spawning.get(session_id)
             if spawning is not None:
                 # The spawn in progress is this caller's too, and so is its failure (a

@@ -259,7 +259,8 @@ class Connection:
             outbox.in_flight += 1
         else:
             await outbox.reserve()
-        await actor.room_for(count)  # an actor that retired meanwhile refuses them
+        # An actor that finished meanwhile refuses them; one still finishing stores them.
+        await actor.room_for(count)
         actor.post_batch(appends)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:

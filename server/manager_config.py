@@ -20,13 +20,17 @@ class SessionManagerConfig:
     ``ring_size`` / ``ring_bytes``: recent events kept per live session, to replay
     without the store.
     ``inbox_limit`` / ``inbox_bytes``: requests queued per session before its peers'
-    readers wait.
-    ``memory_budget``: bytes all of those together may hold in the process (0: no
-    limit); see server/budget.py.
+    readers (and in-process appends) wait.
+    ``memory_budget``: bytes all of those together may hold in the process; see
+    server/budget.py.
+    A byte bound of 0 (``send_queue_bytes``, ``ring_bytes``, ``inbox_bytes``,
+    ``memory_budget``) means no limit; counts of at least 1 (``ring_size``: 0 keeps
+    no ring), times above 0, else ValueError.
     ``max_title_length`` / ``max_user_id_length`` (characters) and ``max_extra_bytes``
     (encoded): what a new session may carry (its metadata stays in memory).
     ``store_read_timeout``: how long a read from the store that a peer waits for (a
-    page, a replay's page, a session's load) may take before it is abandoned
+    page, a replay's page, a session's load, an attach's welcome, the wait for an old
+    actor of the session to finish included) may take before it is abandoned
     (``StoreTimeout``; server/pages.py).
     """
 
@@ -44,6 +48,19 @@ class SessionManagerConfig:
     max_user_id_length: int = 256
     max_extra_bytes: int = 64 * 1024
     store_read_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "send_queue_frames", "inbox_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("send_queue_bytes", "ring_size", "ring_bytes", "inbox_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative (0: no limit)")
+        if self.memory_budget < 0:
+            raise ValueError("memory_budget must not be negative (0: no limit)")
+        for name in ("idle_timeout", "disconnect_retention", "store_read_timeout"):
+            if not getattr(self, name) > 0:  # NaN too
+                raise ValueError(f"{name} must be a number of seconds above 0")
 
     def with_idle_timeout(self, seconds: float) -> SessionManagerConfig:
         return dataclasses.replace(self, idle_timeout=seconds)

@@ -294,7 +294,10 @@ def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> Non
         assert soft_open_files(server.proc.pid) == expected
 
 
-@pytest.mark.parametrize(("soft", "open_logs"), [(1024, 256), (12288, 1024), (18000, 1500)])
+OPEN_LOGS_FOR_LIMIT = [(256, 32), (1024, 85), (12288, 1024), (18000, 1500)]
+
+
+@pytest.mark.parametrize(("soft", "open_logs"), OPEN_LOGS_FOR_LIMIT)
 def test_the_jsonl_store_keeps_a_twelfth_of_the_open_file_limit_in_open_logs(
     soft: int, open_logs: int
 ) -> None:

@@ -9,13 +9,13 @@ import subprocess
 import sys
 import tracemalloc
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
-from bamboo_session.persistence.base import SessionClosed, SessionNotFound, StorageError
+from bamboo_session.persistence.base import Appended, SessionClosed, SessionNotFound, StorageError
 from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.models import Token
@@ -433,7 +433,9 @@ async def test_a_caller_cancelled_as_its_welcome_comes_leaves_no_connection_behi
             assert caller is not None
             loop.call_soon(caller.cancel)  # before the caller's wake-up, after the answer
 
-    caller = asyncio.create_task(manager.attach(session_id, CancelOnWelcome("c1", "client", 64)))
+    # Charged to the budget as a WebSocket peer's outbox is: the take-back must empty it.
+    outbox = CancelOnWelcome("c1", "client", 64, budget=manager.budget)
+    caller = asyncio.create_task(manager.attach(session_id, outbox))
     with pytest.raises(asyncio.CancelledError):
         await caller
     actor = manager.live_actor(session_id)
@@ -441,3 +443,66 @@ async def test_a_caller_cancelled_as_its_welcome_comes_leaves_no_connection_behi
     await eventually(lambda: not actor.room.outboxes, 5.0)
     assert manager.budget.used == 0
     await manager.close()
+
+
+class GatedAppends(MemoryStorage):
+    """The in-memory store whose appends wait for a permit once ``gate`` is set: an
+    append held in the store at a chosen moment, as a slow disk would hold it."""
+
+    gate: asyncio.Semaphore | None = None
+    in_store = 0
+
+    async def append_events(
+        self, session_id: str, items: Sequence[tuple[AgentEvent, str | None]]
+    ) -> list[Appended]:
+        if self.gate is not None:
+            self.in_store += 1
+            try:
+                await self.gate.acquire()
+            finally:
+                self.in_store -= 1
+        return await super().append_events(session_id, items)
+
+
+@pytest.mark.parametrize("late_caller", ["waiting for room", "new"])
+async def test_a_session_retiring_mid_batch_gets_no_second_actor(late_caller: str) -> None:
+    """A parked session's actor stops taking commands when its parking runs out, at the
+    head of a batch, and retires once the batch is stored. A caller that comes then (or
+    wakes then, having waited for room) waits for it: two actors would write at once."""
+    storage = GatedAppends()
+    config = SessionManagerConfig(inbox_limit=2, disconnect_retention=0.3)
+    async with SessionManager(config, storage) as manager:
+        session_id = (await manager.create_session("u1")).id
+        storage.gate = gate = asyncio.Semaphore(0)
+
+        def append(text: str) -> asyncio.Future[Appended]:
+            return asyncio.ensure_future(manager.append_event(session_id, AgentEvent.token(text)))
+
+        calls = [append("a1")]
+        await eventually(lambda: storage.in_store == 1)
+        old = manager.live_actor(session_id)
+        assert old is not None
+        await eventually(lambda: len(old.inbox) == 1)  # the parking's Tick, behind a1
+        calls.append(append("a2"))
+        if late_caller == "waiting for room":
+            calls.append(append("a3"))
+            await eventually(lambda: not old.inbox.has_room())
+        gate.release()  # a1 stored; the next batch: the Tick retires it, a2 in the store
+        await eventually(lambda: not old.accepting and storage.in_store == 1)
+        if late_caller == "new":
+            calls.append(append("a3"))
+        await asyncio.sleep(0.1)
+        live = manager.live_actor(session_id)
+        assert live is None or live is old or old.finished
+        for _ in calls:
+            gate.release()
+        assert sorted(result.seq for result in await asyncio.gather(*calls)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"inbox_limit": 0}, {"inbox_bytes": -1}, {"max_sessions": 0}, {"store_read_timeout": 0}],
+)
+def test_a_manager_config_that_would_refuse_everything_is_refused(setting: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        SessionManagerConfig(**setting)  # type: ignore[arg-type]

@@ -21,12 +21,12 @@ DURABILITY_MODES: tuple[Durability, ...] = ("fsync", "os")
 # A longer wait would only add latency: past a few milliseconds a batch is already as
 # big as the arrivals make it.
 MAX_COMMIT_WINDOW = 0.05
-OPEN_LOGS_MIN, OPEN_LOGS_MAX = 256, 4096
+OPEN_LOGS_MIN, OPEN_LOGS_MAX = 32, 4096
 
 
 def open_logs_default() -> int:
     """A twelfth of the descriptors this process may open (its soft RLIMIT_NOFILE),
-    from 256 to 4,096: at their peak the logs take up to three times the bound, and
+    from 32 to 4,096: at their peak the logs take up to three times the bound, and
     the rest is for connections and everything else."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -62,7 +62,7 @@ class JsonlStorageConfig:
     - ``key_cache_bytes``: bytes of idempotency keys kept in memory, over all sessions
       (a session whose keys were dropped reads them again from its log when needed).
     - ``max_open_logs``: event-log file descriptors kept open by the writer between
-      batches (by default a twelfth of the process's open-file limit, from 256 to
+      batches (by default a twelfth of the process's open-file limit, from 32 to
       4,096). A batch opens the logs it needs before the least recently used are
       closed, so in use at once are up to twice as many (three times in ``os`` mode,
       whose background sync holds duplicates). A commit to a log that is not open is
