@@ -20,6 +20,7 @@ from typing import Final
 from .batch import Commit, Group, OpenLog
 from .files import datasync
 from .layout import Layout
+from .wal import sync_log
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class LogFiles:
         self.open_logs: OrderedDict[str, OpenLog] = OrderedDict()
         # Logs whose failed write could not be truncated away: size to cut back to first.
         self.needs_truncate: dict[str, int] = {}
-        self.unsynced_closing: list[tuple[str, OpenLog]] = []  # trimmed, still to sync
+        # ``os`` mode: logs trimmed before the background sync came to them, synced by
+        # path at its next round (``take_unsynced``), not in the writer's way.
+        self.trimmed_unsynced: set[str] = set()
         # Set once a log's fsync or cut failed: the kernel may then report later syncs
         # as clean although the pages were lost, so no WAL segment is deleted any more
         # in this process; the next open replays them all.
@@ -90,21 +93,13 @@ class LogFiles:
         """Close the least recently used descriptors beyond the bound. Only between
         batches: a batch may hold up to twice the bound (the open ones it does not
         touch, plus the ones it does) until its syncs are done. An unsynced one (``os``
-        mode) goes to ``unsynced_closing``, for ``close_unsynced`` on the I/O thread
-        before the next batch."""
+        mode) is closed all the same, and synced by path at the next background round:
+        a sync here would hold the next batch (a serial fdatasync per trimmed log)."""
         while len(self.open_logs) > self.max_open:
             session_id, open_log = self.open_logs.popitem(last=False)
             if open_log.unsynced:
-                self.unsynced_closing.append((session_id, open_log))
-                continue
+                self.trimmed_unsynced.add(session_id)
             _close_quietly(session_id, open_log.fd)
-
-    def close_unsynced(self) -> None:
-        """Sync and close the descriptors ``_trim`` left (on the I/O thread)."""
-        closing, self.unsynced_closing = self.unsynced_closing, []
-        for session_id, open_log in closing:
-            with contextlib.suppress(OSError):
-                self._close_log(session_id, open_log)
 
     def cut_back(self, group: Group) -> None:
         """Remove a failed batch's bytes (on the I/O thread). The descriptor is dropped
@@ -146,15 +141,18 @@ class LogFiles:
     def forget(self, session_id: str) -> None:
         """A deleted session's descriptor, closed before its log is deleted."""
         self.needs_truncate.pop(session_id, None)
+        self.trimmed_unsynced.discard(session_id)
         open_log = self.open_logs.pop(session_id, None)
         if open_log is not None:
             _close_quietly(session_id, open_log.fd)
 
-    def take_unsynced(self) -> list[tuple[str, int]]:
+    def take_unsynced(self) -> tuple[list[tuple[str, int]], list[str]]:
         """``os`` mode, on the loop's thread: the logs written since the last background
-        sync, each with a duplicate of its descriptor. The syncs then run on the sync
-        threads (``sync_dups``) while the writer goes on, and may close its own
-        descriptors meanwhile."""
+        sync, each with a duplicate of its descriptor, and those trimmed meanwhile (to
+        sync by path). The syncs then run on the sync threads (``sync_dups``,
+        ``sync_log``) while the writer goes on, and may close its own descriptors
+        meanwhile."""
+        trimmed, self.trimmed_unsynced = list(self.trimmed_unsynced), set()
         taken = []
         for session_id, open_log in self.open_logs.items():
             if open_log.unsynced:
@@ -165,11 +163,13 @@ class LogFiles:
                     break
                 open_log.unsynced = False
                 taken.append((session_id, fd))
-        return taken
+        return taken, trimmed
 
     def close_all(self) -> None:
         """Sync what is unsynced and close every descriptor."""
-        self.close_unsynced()
+        trimmed, self.trimmed_unsynced = self.trimmed_unsynced, set()
+        for session_id in trimmed:
+            sync_trimmed(self._layout, session_id)
         while self.open_logs:
             session_id, open_log = self.open_logs.popitem(last=False)
             with contextlib.suppress(OSError):
@@ -185,6 +185,14 @@ def sync_dups(taken: list[tuple[str, int]]) -> None:
             log.error("background sync of the log of session %r failed: %s", session_id, exc)
         finally:
             os.close(fd)
+
+
+def sync_trimmed(layout: Layout, session_id: str) -> None:
+    """Sync a log the writer closed before the background sync came to it."""
+    try:
+        sync_log(layout, session_id)
+    except OSError as exc:
+        log.error("background sync of the log of session %r failed: %s", session_id, exc)
 
 
 def _close_quietly(session_id: str, fd: int) -> None:

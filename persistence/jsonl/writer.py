@@ -45,7 +45,7 @@ from .batch import Batch, Commit, Forget, Group
 from .commits import Committer
 from .config import Durability
 from .layout import Layout
-from .logfiles import LogFiles, sync_dups
+from .logfiles import LogFiles, sync_dups, sync_trimmed
 from .syncer import Syncer
 from .tasks import IoThread, to_completion
 from .wal import Segment, SegmentFile, remove_segment, sync_log
@@ -240,8 +240,6 @@ class LogWriter:
         async with self._files_in_use:
             await self._commit([group for group, _ in ordered], forgets)
             self._settle(ordered, controls)
-            if self._files.unsynced_closing:
-                await self._in_thread(self._files.close_unsynced)
         rotated = self._commits.rotated
         if rotated:
             self._retire_queue.extend(rotated)
@@ -379,10 +377,14 @@ class LogWriter:
         append queued behind them (p99 80 ms at 2,000 events/s over 200 sessions)."""
         loop = asyncio.get_running_loop()
         async with self._files_in_use:
-            taken = self._files.take_unsynced()
+            taken, trimmed = self._files.take_unsynced()
         shares = [taken[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(taken)))]
         await asyncio.gather(
-            *(loop.run_in_executor(self._sync_pool, sync_dups, share) for share in shares)
+            *(loop.run_in_executor(self._sync_pool, sync_dups, share) for share in shares),
+            *(
+                loop.run_in_executor(self._sync_pool, sync_trimmed, self._layout, session_id)
+                for session_id in trimmed
+            ),
         )
 
 
