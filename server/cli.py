@@ -232,9 +232,14 @@ def leave_process(status: int) -> NoReturn:
 def run_worker(config: ServerConfig, number: int) -> int:
     """One of ``serve --workers N``'s processes (server/supervisor.py)."""
     from .logs import configure_logging
+    from .supervisor import CONFIG_ERROR
 
     configure_logging(config.log_format, config.log_level, {"worker": number})
-    return run_event_loop(serve_until_signalled(config, worker=number))
+    try:
+        return run_event_loop(serve_until_signalled(config, worker=number))
+    except ValueError as exc:  # a configuration the server refuses: every restart would
+        structlog.get_logger("bamboo_session.server").error(f"cannot start: {exc}")
+        return CONFIG_ERROR  # the supervisor stops, as a lone `serve` exits 2
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -209,6 +209,9 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "replay_page_timeout": (0.001, None),
     "store_read_timeout": (0.001, None),
     "idle_timeout": (0.001, None),
+    # 0 would retire a session spawned for a hello before the hello is handled, again
+    # and again until the read deadline (SessionManagerConfig refuses it).
+    "disconnect_retention": (0.001, None),
     "max_sessions": (1, None),
     "send_queue_frames": (2, None),
     "send_queue_bytes": (1024, None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from bamboo_session.server.config import ServerConfig
+from bamboo_session.server.config import _BOUNDS, ServerConfig
+from bamboo_session.server.manager_config import SessionManagerConfig
 from bamboo_session.server.settings import load_config, settings_from_flags
 from tests.server_process import ServerProcess
 
@@ -142,6 +144,15 @@ def test_every_number_is_checked(flag: str, value: str, says: str) -> None:
         settings_from_flags({flag.removeprefix("--").replace("-", "_"): value})
     message = str(refused.value)
     assert message.startswith(f"{flag}: ") and says in message, message
+
+
+def test_the_least_each_session_setting_may_be_the_manager_takes() -> None:
+    """The flags' bounds and SessionManagerConfig's checks agree: a value the flags take
+    never fails only at start (in every worker of --workers N)."""
+    for field in dataclasses.fields(SessionManagerConfig):
+        low, _ = _BOUNDS.get(field.name, (0, None))
+        kind = type(getattr(ServerConfig(), field.name))
+        ServerConfig(**{field.name: kind(low)}).manager_config()
 
 
 def test_the_environment_is_checked_as_flags_are() -> None:

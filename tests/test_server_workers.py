@@ -180,3 +180,22 @@ def test_workers_that_keep_dying_are_restarted_ever_more_slowly(tmp_path: Path) 
     assert first[:3] == [BACKOFF_INITIAL, 2 * BACKOFF_INITIAL, 4 * BACKOFF_INITIAL]
     assert started() == 4 + RESTART_BURST, "bounded, and not by the backoff alone"
     assert "cannot start: redis unavailable" in server.log_path.read_text()
+
+
+def test_a_configuration_every_worker_refuses_stops_the_supervisor_with_status_2(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A setting only the server itself refuses (a short auth secret): each worker says
+    so in one line and exits 2, and the supervisor stops instead of restarting them."""
+    store = redis_server.url(prefix=prefix_for(tmp_path))
+    server = Workers(
+        tmp_path / "serve.log", "--store", store, "--workers", "2", "--auth-secret", "short"
+    )
+    try:
+        assert server.proc.wait(30) == 2
+    finally:
+        server.kill()
+    records = server.records()
+    assert not [r for r in records if r.get("event") == "worker died; restarting"]
+    assert any(str(r.get("event")).startswith("cannot start: auth_secret") for r in records)
+    assert "Traceback" not in server.log_path.read_text()
