@@ -1,9 +1,10 @@
 """ActorRegistry: the session actors live in this process, in least-recently-used order.
 
 It spawns an actor from the store on demand (one spawn per session at a time), keeps at
-most ``max_sessions`` of them by evicting the least recently used parked ones, refuses
-one more (:class:`ServerBusy`, close 1013) when none can be evicted, and tracks actors
-that retired but are still finishing, so that a session never has two at once.
+most ``max_sessions`` of them by evicting the least recently used parked ones (idle
+before busy), refuses one more (:class:`ServerBusy`, close 1013) when none can be
+evicted, and tracks actors that retired but are still finishing, so that a session
+never has two at once.
 """
 
 from __future__ import annotations
@@ -190,9 +191,12 @@ class ActorRegistry:
             self._spawning.pop(session_id, None)
 
     def _make_room(self) -> None:
-        """Evicts least recently used parked actors until one more fits."""
+        """Evicts least recently used parked actors until one more fits: idle ones
+        first, then busy ones (an attach under way would get its welcome, then 1013;
+        an in-process append, a retry on the next actor)."""
         while len(self._actors) >= self.max_sessions:
-            victim = next((a for a in self._actors.values() if not a.room.outboxes), None)
+            parked = [a for a in self._actors.values() if not a.room.outboxes]
+            victim = next((a for a in parked if a.task is None), parked[0] if parked else None)
             if victim is None:
                 raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
             log.info("evicting parked session", session_id=victim.session_id)

@@ -506,3 +506,23 @@ async def test_a_session_retiring_mid_batch_gets_no_second_actor(late_caller: st
 def test_a_manager_config_that_would_refuse_everything_is_refused(setting: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(setting))):
         SessionManagerConfig(**setting)  # type: ignore[arg-type]
+
+
+async def test_an_idle_parked_session_is_evicted_before_a_busy_one() -> None:
+    """A parked actor at work (here an in-process append in the store; an attach under
+    way is the same) goes after the idle ones, least recently used or not."""
+    storage = GatedAppends()
+    async with SessionManager(SessionManagerConfig(max_sessions=2), storage) as manager:
+        busy, idle, new = [(await manager.create_session("u1")).id for _ in range(3)]
+        storage.gate = gate = asyncio.Semaphore(0)
+        appending = asyncio.ensure_future(manager.append_event(busy, AgentEvent.token("t")))
+        await eventually(lambda: storage.in_store == 1)
+        storage.gate = None
+        await manager.append_event(idle, AgentEvent.token("u"))  # busy is the older
+        idle_actor = manager.live_actor(idle)
+        assert idle_actor is not None
+        await eventually(lambda: idle_actor.task is None)  # nothing left to do
+        await manager.append_event(new, AgentEvent.token("v"))  # one must go
+        assert manager.live_actor(idle) is None and manager.live_actor(busy) is not None
+        gate.release()
+        assert (await appending).seq == 1
