@@ -130,7 +130,11 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             outbox.max_batch_bytes = services.config.max_frame_bytes
         outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out)
         outbox.flusher = services.flusher
-        conn.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
+        try:
+            conn.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
+        except BaseException:
+            outbox.abandon("attach failed")  # its Attach may wait in a stuck actor's inbox
+            raise
         conn.outbox = outbox
         if principal is not None and principal.valid_until is not None:
             conn.expiry = _close_at_expiry(principal.valid_until, outbox)

@@ -227,9 +227,14 @@ class Outbox:
     def abandon(self, reason: str) -> None:
         """Its peer is gone, and nothing will be sent any more: closed (a closed outbox
         drops what is pushed) and emptied, so that it holds nothing of the budget in
-        the moment before its actor takes it out of the room."""
+        the moment before its actor takes it out of the room; and let go of its
+        connection, which whatever still refers to it (an attach waiting in a stuck
+        actor's inbox) would otherwise keep alive."""
         self.close(CloseCode.GOING_AWAY, reason)
         self.discard()
+        self.on_close = None
+        self.sink = None
+        self.flusher = None
 
     def discard(self) -> None:
         """Drops whatever is queued (the connection is gone, or too slow for it)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.server import readiness, store_stats
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.pages import (
     ABANDONED_READS_MAX,
     PAGE_READS_AT_ONCE,
@@ -228,6 +230,14 @@ async def test_hellos_to_a_live_session_on_a_frozen_store_all_close_1011_at_the_
             with frozen(redis):
                 started = time.monotonic()
                 ends = await asyncio.gather(*(hello() for _ in range(3)))
+                # Their attaches wait in the stuck actor's inbox, holding no connection.
+                # Their attaches wait in the stuck actor's inbox: their outboxes let
+                # go of the connections, which would otherwise stay alive with them.
+                actor = server.manager.live_actor(session_id)
+                assert actor is not None
+                waiting = [o for o in gc.get_objects() if type(o) is Outbox]
+                waiting = [o for o in waiting if o not in actor.room.outboxes.values()]
+                assert len(waiting) == 3 and not [o for o in waiting if o.sink or o.on_close]
             assert [(code, frames) for _, code, frames in ends] == [(1011, [])] * 3, ends
             assert max(elapsed for elapsed, _, _ in ends) < DEADLINE + 1.0, ends
 
