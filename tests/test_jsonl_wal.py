@@ -41,6 +41,11 @@ def crash_with_segments(config: JsonlStorageConfig, aside: Path) -> None:
     config.layout.snapshot.unlink(missing_ok=True)
 
 
+def wal_records(segment: Path) -> bytes:
+    """A segment's records: what comes before the zeros written ahead of them."""
+    return segment.read_bytes().rstrip(b"\0")
+
+
 def log_lines(config: JsonlStorageConfig, session_id: str) -> list[bytes]:
     return (config.layout.events / f"{session_id}.jsonl").read_bytes().splitlines(keepends=True)
 
@@ -54,8 +59,10 @@ async def test_one_sync_per_batch_whatever_the_number_of_sessions(
     monkeypatch.setattr(wal, "datasync", lambda fd: (syncs.append(fd), real(fd))[1])
     async with await JsonlStorage.open(config) as storage:
         ids = [f"s{i}" for i in range(50)]
-        for session_id in ids:
+        for session_id in [*ids, "first"]:
             await storage.create_session(Session.new(session_id))
+        # The segment's first append starts it and writes zeros ahead: a sync more.
+        await storage.append_event("first", AgentEvent.token("first"))
         syncs.clear()
         before = storage._writer.batches
         stored = await asyncio.gather(
@@ -184,7 +191,7 @@ async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
             await storage.create_session(Session.new(session_id))
             await storage.append_event(session_id, AgentEvent.token("ok1"))
         segment = segments(config)[0]
-        size = segment.stat().st_size
+        records = wal_records(segment)
         log_size = (config.layout.events / "a.jsonl").stat().st_size
         failing["on"] = True
         results = await asyncio.gather(
@@ -193,7 +200,7 @@ async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
             return_exceptions=True,
         )
         assert all(isinstance(r, StorageError) for r in results), results
-        assert segment.stat().st_size == size  # cut back: nothing to replay
+        assert wal_records(segment) == records  # cut back: nothing to replay
         assert (config.layout.events / "a.jsonl").stat().st_size == log_size
         assert await storage.last_seq("a") == 1
         # Works again, with the seq the failed append had.
@@ -220,8 +227,9 @@ async def test_a_torn_last_wal_record_is_ignored(tmp_path: Path) -> None:
         save_segments(config, aside)
     crash_with_segments(config, aside)
     segment = segments(config)[0]
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-7])  # the last record (seq 3) torn: it was never acked
+    data = wal_records(segment)
+    # The last record (seq 3) torn, as a crash leaves it: never acked, zeros after it.
+    segment.write_bytes(data[:-7] + bytes(4096))
     (config.layout.events / "s.jsonl").write_bytes(b"".join(log_lines(config, "s")[:1]))
     async with await JsonlStorage.open(config) as storage:
         assert [e.seq for e in await storage.read_events("s")] == [1, 2]
@@ -332,15 +340,15 @@ async def test_a_segment_is_not_left_behind_with_a_failed_record(
         await storage.create_session(Session.new("a"))
         await storage.append_event("a", AgentEvent.token("ok1"))
         segment = segments(config)[0]
-        size = segment.stat().st_size
+        records = wal_records(segment)
         sync_fails["on"] = truncate_fails["on"] = True
         with pytest.raises(StorageError):
             await storage.append_event("a", AgentEvent.token("FAILED"))
-        assert segment.stat().st_size > size  # the cut failed: the record is still there
+        assert len(wal_records(segment)) > len(records)  # the cut failed: the record is still there
         await asyncio.sleep(0.06)  # the next append rotates by age
         await storage.append_event("a", AgentEvent.token("ok2"))
         # The old segment was cut before being left behind (it may be retired already).
-        assert not segment.exists() or segment.stat().st_size == size
+        assert not segment.exists() or wal_records(segment) == records
         assert [e.event for e in await storage.read_events("a")] == [
             AgentEvent.token("ok1"),
             AgentEvent.token("ok2"),

@@ -1,5 +1,5 @@
 """Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
-whole writes and positioned reads, and the lock file.
+whole writes (appended or positioned) and positioned reads, and the lock file.
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
 about sessions or log lines.
@@ -62,6 +62,16 @@ def write_all(fd: int, data: bytes) -> None:
         if written <= 0:  # pragma: no cover - os.write raises rather than return 0
             raise OSError(errno.EIO, "write made no progress")
         view = view[written:]
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``os.pwrite`` at ``offset`` until every byte is written (see ``write_all``)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:  # pragma: no cover - os.pwrite raises rather than return 0
+            raise OSError(errno.EIO, "write made no progress")
+        view, offset = view[written:], offset + written
 
 
 def read_file(path: Path) -> bytes | None:

@@ -18,6 +18,15 @@ A segment is one record per line, a JSON object encoded by msgspec:
 - ``{"sid": ID, "deleted": true}``: the session was deleted; its earlier records must
   never flow into a new session of the same id.
 
+Zeros ahead of the records: the writer keeps the segment written with zeros, and
+synced, some way past its last record (``PREWRITE_BYTES`` at a time), and writes the
+records of small batches over them (a large batch is appended). The file's size then
+does not change at a commit, so its ``fdatasync`` writes the data alone, not the inode
+too (``bench/fsync_floor.py``: 0.6x the CPU and wall time of a sync that appends, on
+ext4; PostgreSQL pre-writes its WAL segments for the same reason). So the records end
+where the zeros begin, not at the file's size; a record never holds a NUL byte (JSON
+text escapes it).
+
 Rotation (``LogWriter``): when the current segment is larger than ``wal_segment_bytes``
 or older than ``wal_segment_age``, new batches go to a new segment; in the background,
 every session log written during the old one is synced, then the old segment is
@@ -40,13 +49,17 @@ import resource
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
-from .files import datasync, fsync_dir, write_all
+from .files import datasync, fsync_dir, pwrite_all
 from .layout import Layout
 
 log = logging.getLogger(__name__)
+
+PREWRITE_BYTES: Final = 1024 * 1024
+PREWRITE_BATCH_BYTES: Final = 64 * 1024  # larger batches are appended
 
 
 class _Record(msgspec.Struct, omit_defaults=True):
@@ -113,7 +126,10 @@ class SegmentFile:
         self._next_number = 0  # found at the first rotation, after open's replay
         self.current: Segment | None = None
         self._fd = -1
-        self.size = 0
+        self.size = 0  # where the records end and the next one goes
+        # Zeros, synced, from ``size`` to here (after a failure to write them, none:
+        # records up to here are appended, and the next try is past it).
+        self.prewritten = 0
         self._started = 0.0
         # Bytes known good at the end of the segment, when cutting a failed write off
         # did not work: retried before anything else is appended.
@@ -144,7 +160,7 @@ class SegmentFile:
             self._next_number = segments[-1][0] + 1 if segments else 1
         number = self._next_number
         path = self._layout.segment(number)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = os.open(path, flags, 0o644)
         try:
             fsync_dir(self._layout.wal)
@@ -159,7 +175,7 @@ class SegmentFile:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self.current = Segment(number, path)
-        self._fd, self.size, self._started = fd, 0, now
+        self._fd, self.size, self.prewritten, self._started = fd, 0, 0, now
         self.needs_truncate = None
         return old
 
@@ -169,15 +185,21 @@ class SegmentFile:
         return self._fd
 
     def ready(self, now: float, incoming: int) -> bool:
-        """Whether the next batch can go in without first starting a segment or cutting
-        a failed record away: both sync, so they belong on the I/O thread."""
-        return self.needs_truncate is None and not self.due(now, incoming)
+        """Whether the next batch can go in without first starting a segment, cutting
+        a failed record away or writing zeros ahead: each syncs, so they belong on the
+        I/O thread."""
+        return (
+            self.needs_truncate is None
+            and self.size + incoming <= self.prewritten
+            and not self.due(now, incoming)
+        )
 
     def append(self, data: bytes) -> None:
         """Write and sync ``data``; on failure the segment is cut back to where it was
         (or marked for that) and the error raised: nothing of ``data`` may be replayed."""
         if self.needs_truncate is not None:
             self._truncate(self.needs_truncate)
+        self._prewrite(len(data))
         before = self.size
         try:
             self.write(data)
@@ -191,8 +213,25 @@ class SegmentFile:
         On failure the caller cuts back (``cut_back``) before anything else is written."""
         before = self.size
         self.size = before + len(data)
-        write_all(self._fd, data)
+        pwrite_all(self._fd, data, before)
         return before
+
+    def _prewrite(self, incoming: int) -> None:
+        """Before a small batch (``incoming`` bytes) that would go past the zeros: zeros,
+        synced, up to ``PREWRITE_BYTES`` past it. A larger batch is appended: writing its
+        room twice would cost more than the inode write it saves. When the zeros cannot
+        be written (a full disk, a file size limit), the next ``PREWRITE_BYTES`` of
+        records are appended as they come: slower, as correct."""
+        if self.size + incoming <= self.prewritten or incoming > PREWRITE_BATCH_BYTES:
+            return
+        start = max(self.size, self.prewritten)  # never over a record
+        end = self.size + incoming + PREWRITE_BYTES
+        try:
+            pwrite_all(self._fd, bytes(end - start), start)
+            datasync(self._fd)
+        except OSError as exc:
+            log.warning("could not write zeros ahead in the WAL segment: %s; appending", exc)
+        self.prewritten = end
 
     def sync(self, before: int) -> None:
         """Sync what was written since ``before``; on failure cut it off and raise."""
@@ -219,7 +258,7 @@ class SegmentFile:
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
         datasync(self._fd)
-        self.size, self.needs_truncate = size, None
+        self.size, self.prewritten, self.needs_truncate = size, size, None
 
     def close(self) -> Segment | None:
         if self._fd >= 0:

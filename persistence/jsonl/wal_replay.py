@@ -22,13 +22,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
 from .files import datasync, fsync_dir, write_all
 from .layout import Layout
 from .repair import cut_tail
-from .scan import BrokenLine, decode_key, lines, raw_lines
+from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
 from .wal import ReadRecord, decode_record
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,19 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord]:
                     log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
                     continue
             yield record
-    if size > end:
-        report.records_ignored += 1  # a torn last record: never acknowledged
-        log.info("WAL segment %s: ignoring a torn last record (%d bytes)", path, size - end)
+        if size > end and not _zeros_from(file, end):
+            report.records_ignored += 1  # a torn last record: never acknowledged
+            log.info("WAL segment %s: ignoring a torn last record (%d bytes)", path, size - end)
+
+
+def _zeros_from(file: BinaryIO, offset: int) -> bool:
+    """Whether ``file`` holds only zeros from ``offset`` on: the zeros written ahead of
+    the records (``wal.py``), where the records end cleanly."""
+    file.seek(offset)
+    while chunk := file.read(READ_CHUNK):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
 
 
 def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
