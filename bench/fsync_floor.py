@@ -1,6 +1,8 @@
 """The floor under a durable lone event: what one ``fdatasync`` after a small write
-costs on this disk, in CPU and in wall time, appending (the file grows, as the WAL
-does) and writing into a file already written that far (its size does not change).
+costs on this disk, in CPU and in wall time, three ways: appending (the file grows),
+into a file already written that far with zeros, and into room allocated ahead with
+``posix_fallocate`` (its size set, no data written: what the WAL does, wal.py). In the
+last two the file's size does not change at a sync.
 
     python -m bench.fsync_floor                      # in the system's temp directory
     python -m bench.fsync_floor --dir /var/lib/bamboo --syncs 2000
@@ -23,20 +25,25 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(directory: Path, syncs: int, prewritten: bool) -> tuple[float, float]:
-    """CPU and wall microseconds per write + fdatasync."""
-    path = directory / ("prewritten.wal" if prewritten else "appended.wal")
+WAYS = ("appending", "pre-written", "allocated")
+
+
+def measure(directory: Path, syncs: int, way: str) -> tuple[float, float]:
+    """CPU and wall microseconds per write + fdatasync, ``way`` one of WAYS."""
+    path = directory / f"{way}.wal"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        if prewritten:
+        if way == "pre-written":
             os.write(fd, b"\0" * (len(RECORD) * syncs))
-            os.fsync(fd)
+        elif way == "allocated":
+            os.posix_fallocate(fd, 0, len(RECORD) * syncs)
+        os.fsync(fd)
         cpu, wall = cpu_seconds(), time.perf_counter()
         for i in range(syncs):
-            if prewritten:
-                os.pwrite(fd, RECORD, i * len(RECORD))
-            else:
+            if way == "appending":
                 os.write(fd, RECORD)
+            else:
+                os.pwrite(fd, RECORD, i * len(RECORD))
             os.fdatasync(fd)
         cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
     finally:
@@ -51,15 +58,15 @@ def main() -> None:
     parser.add_argument("--syncs", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bamboo-fsync-floor-") as tmp:
-        results = {}
-        for prewritten in (False, True, False, True):
-            cpu, wall = measure(Path(tmp), args.syncs, prewritten)
-            kind = "pre-written" if prewritten else "appending"
-            results.setdefault(kind, []).append((cpu, wall))
-            print(f"{kind:12s} per write + fdatasync: CPU {cpu:6.1f} us, wall {wall:6.1f} us")
+        results: dict[str, list[tuple[float, float]]] = {}
+        for way in WAYS * 2:
+            cpu, wall = measure(Path(tmp), args.syncs, way)
+            results.setdefault(way, []).append((cpu, wall))
+            print(f"{way:12s} per write + fdatasync: CPU {cpu:6.1f} us, wall {wall:6.1f} us")
         append_cpu = min(cpu for cpu, _ in results["appending"])
-        prewritten_cpu = min(cpu for cpu, _ in results["pre-written"])
-        print(f"RATIO fdatasync CPU pre-written/appending = {prewritten_cpu / append_cpu:.3f}")
+        for way in WAYS[1:]:
+            way_cpu = min(cpu for cpu, _ in results[way])
+            print(f"RATIO fdatasync CPU {way}/appending = {way_cpu / append_cpu:.3f}")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_baseline_relay_forwards_frames_unchanged(tmp_path: Path) -> None:
         assert relay.terminate() == 0
 
 
-def test_fsync_floor_measures_both_ways_to_sync(tmp_path: Path) -> None:
+def test_fsync_floor_measures_each_way_to_sync(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.fsync_floor", "--dir", str(tmp_path), "--syncs", "20"],
         cwd=ROOT,
@@ -158,8 +158,9 @@ def test_fsync_floor_measures_both_ways_to_sync(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert sum(line.startswith(("appending", "pre-written")) for line in lines) == 4
-    assert lines[-1].startswith("RATIO fdatasync CPU pre-written/appending = ")
+    assert sum(line.startswith(("appending", "pre-written", "allocated")) for line in lines) == 6
+    assert lines[-2].startswith("RATIO fdatasync CPU pre-written/appending = ")
+    assert lines[-1].startswith("RATIO fdatasync CPU allocated/appending = ")
     assert list(tmp_path.iterdir()) == []  # its files are gone
 
 

@@ -1,6 +1,7 @@
-"""Zeros written ahead of the WAL's records (persistence/jsonl/wal.py): a commit writes
-over them and leaves the segment's size alone, replay ends cleanly where they begin, and
-a segment whose zeros cannot be written still takes every record."""
+"""Room allocated ahead of the WAL's records (persistence/jsonl/wal.py): a commit writes
+into it and leaves the segment's size alone, replay ends cleanly where the records do
+(the room reads as zeros), and a segment whose room cannot be allocated still takes
+every record."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bamboo_session.protocol.models import AgentEvent, Session
 from tests.test_jsonl_wal import crash_with_segments, save_segments, segments, wal_records
 
 
-async def test_a_commit_writes_over_zeros_and_leaves_the_segment_size_alone(
+async def test_a_commit_writes_into_room_ahead_and_leaves_the_segment_size_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = JsonlStorageConfig(tmp_path / "data")
@@ -46,23 +47,21 @@ async def test_a_commit_writes_over_zeros_and_leaves_the_segment_size_alone(
         assert [e.event for e in events] == [AgentEvent.token(f"e{i}") for i in range(30)]
 
 
-async def test_a_large_batch_is_appended_not_written_twice(tmp_path: Path) -> None:
+async def test_a_large_batch_goes_into_room_allocated_ahead_too(tmp_path: Path) -> None:
     config = JsonlStorageConfig(tmp_path / "data")
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
-        count = wal.PREWRITE_BATCH_BYTES // 1000 + 8
-        big = [(AgentEvent.token("x" * 1000), None) for _ in range(count)]
-        await storage.append_events("s", big)
+        await storage.append_event("s", AgentEvent.token("first"))
+        big = [(AgentEvent.token("x" * 1000), None) for _ in range(wal.PREWRITE_BYTES // 900)]
+        await storage.append_events("s", big)  # more than the room left
         (segment,) = segments(config)
-        assert segment.stat().st_size == len(wal_records(segment))  # no zeros after it
-        await storage.append_event("s", AgentEvent.token("small"))
-        assert segment.stat().st_size > len(wal_records(segment)) + wal.PREWRITE_BYTES // 2
+        assert segment.stat().st_size >= len(wal_records(segment)) + wal.PREWRITE_BYTES
 
 
 @pytest.fixture
 def file_size_limit() -> Iterator[int]:
-    """A soft file size limit below one write of zeros ahead: they fail with EFBIG
-    (Python ignores SIGXFSZ), as on a disk too full for them."""
+    """A soft file size limit below the room allocated ahead: allocating it fails with
+    EFBIG (Python ignores SIGXFSZ), as on a disk too full for it."""
     limit = wal.PREWRITE_BYTES // 4
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
     if old[1] != resource.RLIM_INFINITY and old[1] < limit:
@@ -74,7 +73,7 @@ def file_size_limit() -> Iterator[int]:
         resource.setrlimit(resource.RLIMIT_FSIZE, old)
 
 
-async def test_records_are_appended_when_the_zeros_cannot_be_written(
+async def test_records_are_appended_when_room_cannot_be_allocated_ahead(
     tmp_path: Path, file_size_limit: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = JsonlStorageConfig(tmp_path / "data")
@@ -87,7 +86,7 @@ async def test_records_are_appended_when_the_zeros_cannot_be_written(
             (segment,) = segments(config)
             assert segment.stat().st_size <= file_size_limit
             save_segments(config, aside)
-    warnings = [r for r in caplog.records if "zeros ahead" in r.getMessage()]
+    warnings = [r for r in caplog.records if "room ahead" in r.getMessage()]
     assert len(warnings) == 1  # tried once, not at every commit
     crash_with_segments(config, aside)
     (config.layout.events / "s.jsonl").write_bytes(b"")

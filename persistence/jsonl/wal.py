@@ -18,14 +18,14 @@ A segment is one record per line, a JSON object encoded by msgspec:
 - ``{"sid": ID, "deleted": true}``: the session was deleted; its earlier records must
   never flow into a new session of the same id.
 
-Zeros ahead of the records: the writer keeps the segment written with zeros, and
-synced, some way past its last record (``PREWRITE_BYTES`` at a time), and writes the
-records of small batches over them (a large batch is appended). The file's size then
-does not change at a commit, so its ``fdatasync`` writes the data alone, not the inode
-too (``bench/fsync_floor.py``: 0.6x the CPU and wall time of a sync that appends, on
-ext4; PostgreSQL pre-writes its WAL segments for the same reason). So the records end
-where the zeros begin, not at the file's size; a record never holds a NUL byte (JSON
-text escapes it).
+Room ahead of the records: the writer keeps the segment allocated, and synced, some way
+past its last record (``posix_fallocate``, ``PREWRITE_BYTES`` at a time; the room reads
+as zeros), and writes the records into it. The file's size then does not change at a
+commit, so its ``fdatasync`` writes the data alone, not the inode too
+(``bench/fsync_floor.py``: 0.6x the CPU and wall time of a sync that appends, on ext4;
+PostgreSQL pre-writes its WAL segments for the same reason). So the records end where
+the zeros begin, not at the file's size; a record never holds a NUL byte (JSON text
+escapes it).
 
 Rotation (``LogWriter``): when the current segment is larger than ``wal_segment_bytes``
 or older than ``wal_segment_age``, new batches go to a new segment; in the background,
@@ -59,7 +59,7 @@ from .layout import Layout
 log = logging.getLogger(__name__)
 
 PREWRITE_BYTES: Final = 1024 * 1024
-PREWRITE_BATCH_BYTES: Final = 64 * 1024  # larger batches are appended
+_fallocate = getattr(os, "posix_fallocate", None)
 
 
 class _Record(msgspec.Struct, omit_defaults=True):
@@ -127,8 +127,8 @@ class SegmentFile:
         self.current: Segment | None = None
         self._fd = -1
         self.size = 0  # where the records end and the next one goes
-        # Zeros, synced, from ``size`` to here (after a failure to write them, none:
-        # records up to here are appended, and the next try is past it).
+        # Room allocated and synced from ``size`` to here (after a failure to allocate
+        # it, none: records up to here are appended, and the next try is past it).
         self.prewritten = 0
         self._started = 0.0
         # Bytes known good at the end of the segment, when cutting a failed write off
@@ -186,8 +186,8 @@ class SegmentFile:
 
     def ready(self, now: float, incoming: int) -> bool:
         """Whether the next batch can go in without first starting a segment, cutting
-        a failed record away or writing zeros ahead: each syncs, so they belong on the
-        I/O thread."""
+        a failed record away or allocating room ahead: each syncs, so they belong on
+        the I/O thread."""
         return (
             self.needs_truncate is None
             and self.size + incoming <= self.prewritten
@@ -217,20 +217,21 @@ class SegmentFile:
         return before
 
     def _prewrite(self, incoming: int) -> None:
-        """Before a small batch (``incoming`` bytes) that would go past the zeros: zeros,
-        synced, up to ``PREWRITE_BYTES`` past it. A larger batch is appended: writing its
-        room twice would cost more than the inode write it saves. When the zeros cannot
-        be written (a full disk, a file size limit), the next ``PREWRITE_BYTES`` of
-        records are appended as they come: slower, as correct."""
-        if self.size + incoming <= self.prewritten or incoming > PREWRITE_BATCH_BYTES:
+        """Room for the next ``incoming`` bytes of records and ``PREWRITE_BYTES`` more,
+        allocated and synced ahead, unless they fit already: ``posix_fallocate`` sets
+        the file's size and blocks without writing data (the room reads as zeros).
+        Where it fails (a full disk, a file size limit) or does not exist (macOS), the
+        next ``PREWRITE_BYTES`` of records are appended: slower, as correct."""
+        if self.size + incoming <= self.prewritten:
             return
         start = max(self.size, self.prewritten)  # never over a record
         end = self.size + incoming + PREWRITE_BYTES
-        try:
-            pwrite_all(self._fd, bytes(end - start), start)
-            datasync(self._fd)
-        except OSError as exc:
-            log.warning("could not write zeros ahead in the WAL segment: %s; appending", exc)
+        if _fallocate is not None:
+            try:
+                _fallocate(self._fd, start, end - start)
+                datasync(self._fd)
+            except OSError as exc:
+                log.warning("could not allocate room ahead in the WAL segment: %s", exc)
         self.prewritten = end
 
     def sync(self, before: int) -> None:
