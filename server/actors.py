@@ -95,12 +95,16 @@ class ActorRegistry:
     ) -> tuple[SessionActor, Welcome]:
         """``outbox`` attached to the session by its actor (server/control.py
         ``attach``), within one read deadline for all of it: waiting for an old actor
-        to finish, the spawn, and the actor's own reads and writes for the welcome (a
-        live session reads itself at every attach). Past it, StoreTimeout; the actor
-        skips or undoes the attach it finds given up on."""
+        to finish, the spawn, room in its inbox, and the actor's own reads and writes
+        for the welcome (a live session reads itself at every attach). Past it,
+        StoreTimeout; the actor skips or undoes the attach it finds given up on."""
         deadline = self._reads.deadline()
         while True:
             actor = await self._reads.within(deadline, self.actor(session_id))
+            # In line for the inbox as a peer's frames are: an actor stuck on its store
+            # then holds at most ``inbox_limit`` attaches, not one per retry of a hello.
+            if not await self._reads.within(deadline, actor.room_for(1)):
+                continue  # it retired meanwhile: the next one takes the attach
             welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
             actor.post(Attach(outbox, last_seq, epoch, welcomed))
             expiry = self._reads.expire(welcomed, deadline)

@@ -248,6 +248,35 @@ async def test_hellos_to_a_live_session_on_a_frozen_store_all_close_1011_at_the_
                 assert (await viewer.recv_type("event"))["seq"] == 2
 
 
+async def test_hellos_that_retry_against_a_stuck_session_queue_at_most_its_inbox_limit(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Each retry of a hello to a session whose actor is stuck on the store used to
+    leave one more attach in its inbox, for as long as it stayed stuck; they now wait
+    in line for room, as a peer's frames do, and give up at the deadline."""
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    limit = 2
+    async with run_server(store=store, store_read_timeout=DEADLINE, inbox_limit=limit) as server:
+        async with attach(server, role="agent") as (_agent, welcome):
+            session_id = welcome["session"]["id"]
+            actor = server.manager.actors._actors[session_id]
+
+            async def hello() -> tuple[float, int]:
+                async with open_peer(server, session_id) as peer:
+                    await peer.send({"type": "hello"})
+                    code, _frames = await peer.closed(timeout=4 * WITHIN)
+                return time.monotonic() - started, code
+
+            with frozen(redis):
+                for _retry in range(3):
+                    started = time.monotonic()
+                    ends = await asyncio.gather(*(hello() for _ in range(4)))
+                    assert [code for _, code in ends] == [1011] * 4
+                    assert max(elapsed for elapsed, _ in ends) < DEADLINE + 1.0, ends
+                    assert len(actor.inbox) <= limit
+
+
 def outboxes() -> list[Outbox]:
     return [thing for thing in gc.get_objects() if type(thing) is Outbox]
 
