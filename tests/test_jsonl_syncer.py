@@ -166,7 +166,7 @@ async def test_a_sync_that_fails_in_the_helper_acknowledges_nothing_and_cuts_bac
         )
         assert all(isinstance(r, StorageError) for r in results), results
         assert not trigger.exists()  # the helper's sync failed, for real
-        assert wal_records(segment) == records  # cut back: nothing to replay
+        assert segment.stat().st_size == len(records)  # cut back: nothing to replay
         assert (config.layout.events / "a.jsonl").stat().st_size == log_size
         assert (await storage.append_event("a", AgentEvent.token("ok2"))).seq == 2
     async with await JsonlStorage.open(config) as storage:

@@ -10,8 +10,9 @@ after the other (so the files and the WAL segment have one user at a time):
   a disk that throttles writers, or an ``open()`` that hangs (a hung disk, a network
   filesystem), stalls that thread and the appends behind it, never the loop.
 - ``finish``, only when something blocks: the WAL's sync (in the common commit, by the
-  sync helper process: see ``writer.py``), or on the I/O thread a new segment started
-  first, every written log synced (``fsync`` without the WAL), and whatever failed cut
+  sync helper process: see ``writer.py``), or on the I/O thread the WAL's records
+  written after a new segment is started or room is allocated ahead in it (``wal.py``),
+  every written log synced (``fsync`` without the WAL), and whatever failed cut
   back to the log's last good size, so that no torn or unacknowledged line survives a
   failed append. In ``os`` mode a batch that did not fail has nothing to finish.
 - ``conclude``, on the loop's thread: what succeeded may be acknowledged; whatever

@@ -58,7 +58,7 @@ from .layout import Layout
 
 log = logging.getLogger(__name__)
 
-PREWRITE_BYTES: Final = 1024 * 1024
+PREWRITE_BYTES: Final = 256 * 1024
 _fallocate = getattr(os, "posix_fallocate", None)
 
 
@@ -127,8 +127,8 @@ class SegmentFile:
         self.current: Segment | None = None
         self._fd = -1
         self.size = 0  # where the records end and the next one goes
-        # Room allocated and synced from ``size`` to here (after a failure to allocate
-        # it, none: records up to here are appended, and the next try is past it).
+        # Room allocated and synced from ``size`` to here; after a failure to allocate
+        # it, or a cut-back (which truncates), none: records up to here are appended.
         self.prewritten = 0
         self._started = 0.0
         # Bytes known good at the end of the segment, when cutting a failed write off
@@ -219,20 +219,24 @@ class SegmentFile:
     def _prewrite(self, incoming: int) -> None:
         """Room for the next ``incoming`` bytes of records and ``PREWRITE_BYTES`` more,
         allocated and synced ahead, unless they fit already: ``posix_fallocate`` sets
-        the file's size and blocks without writing data (the room reads as zeros).
-        Where it fails (a full disk, a file size limit) or does not exist (macOS), the
-        next ``PREWRITE_BYTES`` of records are appended: slower, as correct."""
+        the file's size and blocks without writing data (the room reads as zeros, and
+        never changes what the file holds). Where it fails (a full disk, a file size
+        limit) or does not exist (macOS), the records up to that mark are appended:
+        slower, as correct."""
         if self.size + incoming <= self.prewritten:
             return
-        start = max(self.size, self.prewritten)  # never over a record
-        end = self.size + incoming + PREWRITE_BYTES
-        if _fallocate is not None:
-            try:
-                _fallocate(self._fd, start, end - start)
-                datasync(self._fd)
-            except OSError as exc:
-                log.warning("could not allocate room ahead in the WAL segment: %s", exc)
-        self.prewritten = end
+        self.prewritten = self.size + incoming + PREWRITE_BYTES  # the next try is past it
+        if _fallocate is None:
+            return
+        file_end = os.fstat(self._fd).st_size
+        try:
+            _fallocate(self._fd, self.size, self.prewritten - self.size)
+            datasync(self._fd)
+        except OSError as exc:
+            log.warning("could not allocate room ahead in the WAL segment: %s", exc)
+            # ext4 keeps what a failed call allocated, and a full disk would stay full.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, file_end)
 
     def sync(self, before: int) -> None:
         """Sync what was written since ``before``; on failure cut it off and raise."""
@@ -259,7 +263,7 @@ class SegmentFile:
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
         datasync(self._fd)
-        self.size, self.prewritten, self.needs_truncate = size, size, None
+        self.size, self.needs_truncate = size, None
 
     def close(self) -> Segment | None:
         if self._fd >= 0:
