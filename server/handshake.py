@@ -63,7 +63,9 @@ async def read_hello(conn: Connection) -> Hello | None:
     timeout = conn.services.config.hello_timeout
     try:
         # Text frames arrive as str, checked as UTF-8 (else websockets closes 1007).
-        data = await asyncio.wait_for(conn.ws.recv(), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 that makes a task per hello.
+        async with asyncio.timeout(timeout):
+            data = await conn.ws.recv()
     except TimeoutError:
         await conn.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
         return None

@@ -40,7 +40,7 @@ import msgspec
 from bamboo_session.protocol.models import Message, SessionMetadata
 
 from ..base import StorageError
-from .files import datasync, read_at, read_file, write_atomic
+from .files import datasync, pwrite_all, read_at, read_file, write_atomic
 
 MIN_SLOT: Final = 512
 SLOT_ALIGN: Final = 256
@@ -231,7 +231,7 @@ def update(
             return create(path, checkpoint, generation)
         assert slots.synced is not None
         target = 1 - slots.synced
-        _pwrite_all(fd, _padded(body, slots.capacity), target * slots.capacity)
+        pwrite_all(fd, _padded(body, slots.capacity), target * slots.capacity)
         if durable:
             datasync(fd)
         stamp = stamp_of(os.fstat(fd))
@@ -253,13 +253,6 @@ def _sync_current(fd: int, path: Path) -> SlotFile | None:
         return None
     datasync(fd)
     return found.slots(synced=found.slot)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 # -- the preamble ------------------------------------------------------------------------
