@@ -228,9 +228,14 @@ class SegmentFile:
         self.prewritten = self.size + incoming + PREWRITE_BYTES  # the next try is past it
         if _fallocate is None:
             return
+        # From the file's end: glibc's stand-in for a filesystem without fallocate(2)
+        # reads a byte wherever the file has data, which this write-only descriptor
+        # cannot.
         file_end = os.fstat(self._fd).st_size
+        if file_end >= self.prewritten:
+            return
         try:
-            _fallocate(self._fd, self.size, self.prewritten - self.size)
+            _fallocate(self._fd, file_end, self.prewritten - file_end)
             datasync(self._fd)
         except OSError as exc:
             log.warning("could not allocate room ahead in the WAL segment: %s", exc)
