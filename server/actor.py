@@ -156,7 +156,7 @@ class SessionActor:
     async def room_for(self, count: int) -> bool:
         """Waits until the inbox has room for ``count`` more commands (back-pressure);
         whether the actor still takes commands then."""
-        if not self.inbox.has_room(count):
+        if not self.inbox.may_post(count):
             await self.inbox.wait_for_room(count)
         return self.accepting
 

@@ -103,7 +103,9 @@ class ActorRegistry:
             actor = await self._reads.within(deadline, self.actor(session_id))
             # In line for the inbox as a peer's frames are: an actor stuck on its store
             # then holds at most ``inbox_limit`` attaches, not one per retry of a hello.
-            if not await self._reads.within(deadline, actor.room_for(1)):
+            if not actor.inbox.may_post() and not await self._reads.within(
+                deadline, actor.room_for(1)
+            ):
                 continue  # it retired meanwhile: the next one takes the attach
             welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
             actor.post(Attach(outbox, last_seq, epoch, welcomed))

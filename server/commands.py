@@ -269,12 +269,17 @@ class Inbox:
         if not self._items:
             self._items = None
 
+    def may_post(self, count: int = 1) -> bool:
+        """Whether ``count`` more commands may be queued now: there is room, and no
+        peer waits for it (one that does would be overtaken)."""
+        return not self._waiters and self.has_room(count)
+
     async def wait_for_room(self, count: int = 1) -> None:
         """Return once ``count`` commands may be queued, in arrival order: a peer never
         overtakes one that waits before it (so single appends do not starve a batch
         that waits for room for all its items). The caller queues them right away,
         before the next in line looks."""
-        if not self._waiters and self.has_room(count):
+        if self.may_post(count):
             return
         if self._waiters is None:
             self._waiters = collections.deque()

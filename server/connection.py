@@ -217,7 +217,7 @@ class Connection:
             outbox.in_flight += 1
         else:
             await outbox.reserve()
-        if actor.inbox.has_room():
+        if actor.inbox.may_post():
             actor.post(command)
         else:
             await actor.submit(command)

@@ -280,3 +280,28 @@ async def test_peers_waiting_for_room_in_the_inbox_go_in_arrival_order() -> None
     await asyncio.wait_for(asyncio.gather(batch, *singles), 1.0)
     assert order == ["batch", "single0", "single1", "single2"]
     assert len(inbox) <= 4  # never over the limit
+
+
+async def test_a_peer_that_finds_room_does_not_overtake_one_waiting_for_it() -> None:
+    """The quick ways in (a connection's frame, an in-process append, a hello) posted
+    whenever there was room, ahead of a peer already waiting for it (found by review:
+    with the memory budget spent elsewhere, a waiting hello could wait for ever)."""
+    inbox = Inbox(limit=1)
+    inbox.append(Append(AgentEvent.token("queued")))
+    order: list[str] = []
+
+    async def post(name: str) -> None:  # as Connection._submit and room_for do
+        if not inbox.may_post():
+            await inbox.wait_for_room()
+        order.append(name)
+        inbox.append(Append(AgentEvent.token(name)))
+
+    waiting = asyncio.create_task(post("waiting"))
+    await asyncio.sleep(0)
+    inbox.finished(inbox.take_batch(1))  # room: the one waiting looks a turn later
+    late = asyncio.create_task(post("late"))
+    for _ in range(4):
+        await asyncio.sleep(0)
+        inbox.finished(inbox.take_batch(1))
+    await asyncio.wait_for(asyncio.gather(waiting, late), 1.0)
+    assert order == ["waiting", "late"]
