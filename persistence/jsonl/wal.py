@@ -19,7 +19,7 @@ A segment is one record per line, a JSON object encoded by msgspec:
   never flow into a new session of the same id.
 
 Room ahead of the records: the writer keeps the segment allocated, and synced, some way
-past its last record (``posix_fallocate``, ``PREWRITE_BYTES`` at a time; the room reads
+past its last record (``posix_fallocate``, ``ROOM_AHEAD_BYTES`` at a time; the room reads
 as zeros), and writes the records into it. The file's size then does not change at a
 commit, so its ``fdatasync`` writes the data alone, not the inode too
 (``bench/fsync_floor.py``: 0.6x the CPU and wall time of a sync that appends, on ext4;
@@ -58,7 +58,7 @@ from .layout import Layout
 
 log = logging.getLogger(__name__)
 
-PREWRITE_BYTES: Final = 256 * 1024
+ROOM_AHEAD_BYTES: Final = 256 * 1024
 _fallocate = getattr(os, "posix_fallocate", None)
 
 
@@ -129,7 +129,7 @@ class SegmentFile:
         self.size = 0  # where the records end and the next one goes
         # Room allocated and synced from ``size`` to here; after a failure to allocate
         # it, or a cut-back (which truncates), none: records up to here are appended.
-        self.prewritten = 0
+        self.room_end = 0
         self._started = 0.0
         # Bytes known good at the end of the segment, when cutting a failed write off
         # did not work: retried before anything else is appended.
@@ -175,7 +175,7 @@ class SegmentFile:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self.current = Segment(number, path)
-        self._fd, self.size, self.prewritten, self._started = fd, 0, 0, now
+        self._fd, self.size, self.room_end, self._started = fd, 0, 0, now
         self.needs_truncate = None
         return old
 
@@ -190,7 +190,7 @@ class SegmentFile:
         the I/O thread."""
         return (
             self.needs_truncate is None
-            and self.size + incoming <= self.prewritten
+            and self.size + incoming <= self.room_end
             and not self.due(now, incoming)
         )
 
@@ -199,7 +199,7 @@ class SegmentFile:
         (or marked for that) and the error raised: nothing of ``data`` may be replayed."""
         if self.needs_truncate is not None:
             self._truncate(self.needs_truncate)
-        self._prewrite(len(data))
+        self._make_room(len(data))
         before = self.size
         try:
             self.write(data)
@@ -216,26 +216,26 @@ class SegmentFile:
         pwrite_all(self._fd, data, before)
         return before
 
-    def _prewrite(self, incoming: int) -> None:
-        """Room for the next ``incoming`` bytes of records and ``PREWRITE_BYTES`` more,
+    def _make_room(self, incoming: int) -> None:
+        """Room for the next ``incoming`` bytes of records and ``ROOM_AHEAD_BYTES`` more,
         allocated and synced ahead, unless they fit already: ``posix_fallocate`` sets
         the file's size and blocks without writing data (the room reads as zeros, and
         never changes what the file holds). Where it fails (a full disk, a file size
         limit) or does not exist (macOS), the records up to that mark are appended:
         slower, as correct."""
-        if self.size + incoming <= self.prewritten:
+        if self.size + incoming <= self.room_end:
             return
-        self.prewritten = self.size + incoming + PREWRITE_BYTES  # the next try is past it
+        self.room_end = self.size + incoming + ROOM_AHEAD_BYTES  # the next try is past it
         if _fallocate is None:
             return
         # From the file's end: glibc's stand-in for a filesystem without fallocate(2)
         # reads a byte wherever the file has data, which this write-only descriptor
         # cannot.
         file_end = os.fstat(self._fd).st_size
-        if file_end >= self.prewritten:
+        if file_end >= self.room_end:
             return
         try:
-            _fallocate(self._fd, file_end, self.prewritten - file_end)
+            _fallocate(self._fd, file_end, self.room_end - file_end)
             datasync(self._fd)
         except OSError as exc:
             log.warning("could not allocate room ahead in the WAL segment: %s", exc)

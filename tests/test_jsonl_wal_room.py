@@ -29,7 +29,7 @@ async def test_a_commit_writes_into_room_ahead_and_leaves_the_segment_size_alone
         await storage.append_event("s", AgentEvent.token("e0"))
         (segment,) = segments(config)
         size = segment.stat().st_size
-        assert size >= len(wal_records(segment)) + wal.PREWRITE_BYTES
+        assert size >= len(wal_records(segment)) + wal.ROOM_AHEAD_BYTES
         for i in range(1, 30):
             await storage.append_event("s", AgentEvent.token(f"e{i}"))
         assert segment.stat().st_size == size  # no inode to write at each sync
@@ -52,17 +52,17 @@ async def test_a_large_batch_goes_into_room_allocated_ahead_too(tmp_path: Path) 
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await storage.append_event("s", AgentEvent.token("first"))
-        big = [(AgentEvent.token("x" * 1000), None) for _ in range(wal.PREWRITE_BYTES // 900)]
+        big = [(AgentEvent.token("x" * 1000), None) for _ in range(wal.ROOM_AHEAD_BYTES // 900)]
         await storage.append_events("s", big)  # more than the room left
         (segment,) = segments(config)
-        assert segment.stat().st_size >= len(wal_records(segment)) + wal.PREWRITE_BYTES
+        assert segment.stat().st_size >= len(wal_records(segment)) + wal.ROOM_AHEAD_BYTES
 
 
 @pytest.fixture
 def file_size_limit() -> Iterator[int]:
     """A soft file size limit below the room allocated ahead: allocating it fails with
     EFBIG (Python ignores SIGXFSZ), as on a disk too full for it."""
-    limit = wal.PREWRITE_BYTES // 4
+    limit = wal.ROOM_AHEAD_BYTES // 4
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
     if old[1] != resource.RLIM_INFINITY and old[1] < limit:
         pytest.skip("the hard file size limit is below the test's")
