@@ -100,8 +100,8 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord]:
 
 
 def _zeros_from(file: BinaryIO, offset: int) -> bool:
-    """Whether ``file`` holds only zeros from ``offset`` on: the zeros written ahead of
-    the records (``wal.py``), where the records end cleanly."""
+    """Whether ``file`` holds only zeros from ``offset`` on: the room allocated ahead
+    of the records (``wal.py``), where the records end cleanly."""
     file.seek(offset)
     while chunk := file.read(READ_CHUNK):
         if chunk.count(0) != len(chunk):
