@@ -42,7 +42,7 @@ def crash_with_segments(config: JsonlStorageConfig, aside: Path) -> None:
 
 
 def wal_records(segment: Path) -> bytes:
-    """A segment's records: what comes before the zeros written ahead of them."""
+    """A segment's records: what comes before the room allocated ahead of them."""
     return segment.read_bytes().rstrip(b"\0")
 
 
@@ -61,7 +61,7 @@ async def test_one_sync_per_batch_whatever_the_number_of_sessions(
         ids = [f"s{i}" for i in range(50)]
         for session_id in [*ids, "first"]:
             await storage.create_session(Session.new(session_id))
-        # The segment's first append starts it and writes zeros ahead: a sync more.
+        # The segment's first append starts it and allocates room ahead: a sync more.
         await storage.append_event("first", AgentEvent.token("first"))
         syncs.clear()
         before = storage._writer.batches
