@@ -108,3 +108,25 @@ def test_zeros_after_a_torn_record_leave_it_torn(tmp_path: Path) -> None:
     assert report.records_ignored == 1
     assert (config.layout.events / "s.jsonl").read_bytes() == b'{"seq":1}\n'
     assert os.path.exists(config.layout.segment(1))  # discarded by open, not by replay
+
+
+def test_a_commit_a_crash_left_with_unwritten_pages_ends_the_segment_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A power cut during a commit of several records can leave a page in the middle
+    unwritten (zeros) and a later one written. Nothing from the hole on was synced or
+    acknowledged: replay stops there, at info level, and cuts the log's lines of it."""
+    config = JsonlStorageConfig(tmp_path / "data")
+    config.layout.wal.mkdir(parents=True)
+    config.layout.events.mkdir(parents=True)
+    lines = [b'{"seq":%d}\n' % seq for seq in (1, 2, 3)]
+    records = [wal.encode_lines("s", seq, 10 * (seq - 1), lines[seq - 1]) for seq in (1, 2, 3)]
+    holed = bytes(12) + records[1][12:]  # the start of seq 2's record never written
+    config.layout.segment(1).write_bytes(records[0] + holed + records[2] + bytes(5000))
+    (config.layout.events / "s.jsonl").write_bytes(b"".join(lines))
+    with caplog.at_level(logging.INFO, logger=wal_replay.__name__):
+        report = wal_replay.replay(config.layout, {"s"})
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "left unwritten" in caplog.text
+    assert report.records_ignored == 1
+    assert (config.layout.events / "s.jsonl").read_bytes() == lines[0]

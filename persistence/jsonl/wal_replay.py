@@ -1,7 +1,8 @@
 """Replay of the shared WAL (``wal.py``) at open, after a crash left segments behind.
 
 ``replay``, at open, before the index is built: the records of all remaining
-segments, in order; a later record of a session starting at seq s replaces whatever
+segments, in order (a segment ends at its first zero byte: pages of a commit a crash
+cut short, never synced); a later record of a session starting at seq s replaces whatever
 earlier records held from s on (a failed batch's seqs are reused by the next one), and a
 deletion forgets the session's earlier records. Then for each session that still has a
 checkpoint, the log's valid lines are found from the offset of the first seq the
@@ -80,7 +81,17 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord]:
     size = os.stat(path).st_size
     end = 0
     with open(path, "rb") as file:
-        for _start, end, raw in raw_lines(file, 0):
+        for start, end, raw in raw_lines(file, 0):
+            if b"\0" in raw:
+                # A record never holds a zero byte: these are pages of a commit a crash
+                # cut short, unwritten and read as zeros (the room allocated ahead, or a
+                # file extended but not written). From here on nothing was synced, so
+                # nothing acknowledged: the segment ends here.
+                report.records_ignored += 1
+                log.info(
+                    "WAL segment %s: ignoring what a crash left unwritten from byte %d", path, start
+                )
+                return
             try:
                 record = decode_record(raw)
             except msgspec.DecodeError:
