@@ -1,12 +1,15 @@
 """Question 3, connections: how much memory does an idle connection cost, and a parked
-session?
+session? And how much server CPU does a connection cost to open?
 
 Idle connections: C viewers attached over C/10 sessions, nobody publishing. The server's
 RSS is read once one viewer per session is attached (so the sessions' own cost is
 already in) and again after the other viewers; the difference over their number is the
 marginal RSS of one idle attached connection. The baseline relay gets the same
 subscribers in the same invocation. Goal <= 20 KB each. File-descriptor limits are
-raised in the driver and in both servers.
+raised in the driver and in both servers. The server's CPU while the other viewers
+connect, over their number, is the CPU of one connect: for Bamboo the upgrade,
+``hello``, ``welcome`` and the ``presence`` frames its session's other viewers get; for
+the relay, the upgrade.
 
 Parked sessions: a child process runs a SessionManager in-process (the server's own
 Python API, JSONL storage without fsync), creates K sessions, then attaches and detaches
@@ -72,9 +75,10 @@ async def measure_connections(
     readers = [asyncio.ensure_future(keep_reading(ws)) for ws in firsts]
     rss_sessions = await settled_rss(server.pid)
     rest_names = [names[i % sessions] for i in range(connections - sessions)]
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), common.cpu_seconds(server.pid)
     rest = await common.gather_bounded([attach(n, False) for n in rest_names], CONNECT_CONCURRENCY)
     connect_seconds = time.perf_counter() - started
+    connect_cpu = common.cpu_seconds(server.pid) - cpu_before
     readers += [asyncio.ensure_future(keep_reading(ws)) for ws in rest]
     rss_all = await settled_rss(server.pid)
     for reader in readers:
@@ -92,13 +96,17 @@ async def measure_connections(
         "kib_per_connection": marginal,
         "kib_per_connection_with_sessions": (rss_all - rss_empty) / connections,
         "connects_per_s": len(rest) / connect_seconds if connect_seconds else 0.0,
+        # Bamboo's connect is the upgrade, hello and welcome, and presence to the
+        # session's other viewers; the relay's, the upgrade alone.
+        "cpu_us_per_connect": connect_cpu / max(1, len(rest)) * 1e6,
     }
     print(
         f"{kind:9s} {connections} idle connections over {sessions} sessions: "
         f"{marginal:6.1f} KiB per connection "
         f"({result['kib_per_connection_with_sessions']:.1f} KiB counting the sessions), "
         f"RSS {rss_empty} -> {rss_sessions} -> {rss_all} KiB, "
-        f"{result['connects_per_s']:.0f} connects/s",
+        f"{result['connects_per_s']:.0f} connects/s, "
+        f"server CPU {result['cpu_us_per_connect']:.0f} us per connect",
         flush=True,
     )
     return result
@@ -193,6 +201,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     ratio = per_conn / max(runs["baseline"]["kib_per_connection"], 1e-9)
     # Goals are in KB; RSS comes in KiB.
     print(common.ratio_line("connections", "KB per connection bamboo/baseline", ratio, "-"))
+    cpu_ratio = runs["bamboo"]["cpu_us_per_connect"] / max(
+        runs["baseline"]["cpu_us_per_connect"], 1e-9
+    )
+    print(
+        common.ratio_line("connections", "server CPU per connect bamboo/baseline", cpu_ratio, "-")
+    )
     print(
         common.ratio_line(
             "connections", "KB per connection bamboo/20KB", per_conn * 1.024 / 20, "<= 1.0"

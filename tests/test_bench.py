@@ -28,7 +28,7 @@ TINY = {
 RATIO_LINES = {
     "throughput": 1,
     "latency": 2,
-    "connections": 3,
+    "connections": 4,
     "reconnect_storm": 3,
     "missed_storm": 2,
 }
