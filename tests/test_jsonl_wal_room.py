@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import resource
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,23 +111,85 @@ def test_zeros_after_a_torn_record_leave_it_torn(tmp_path: Path) -> None:
     assert os.path.exists(config.layout.segment(1))  # discarded by open, not by replay
 
 
-def test_a_commit_a_crash_left_with_unwritten_pages_ends_the_segment_quietly(
+async def crash_image_with(
+    tmp_path: Path, segment: Callable[[dict[str, list[bytes]]], bytes]
+) -> JsonlStorageConfig:
+    """A store of sessions ``s`` and ``t`` as a crash leaves it: checkpoints from before
+    the appends, the logs as written (``s`` seqs 1 to 3, ``t`` 1 and 2), and one WAL
+    segment that ``segment`` makes of the logs' lines."""
+    config = JsonlStorageConfig(tmp_path / "data")
+    aside = tmp_path / "checkpoints"
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("s", "t"):
+            await storage.create_session(Session.new(session_id))
+        shutil.copytree(config.layout.sessions, aside)
+        for session_id, count in (("s", 3), ("t", 2)):
+            for i in range(count):
+                await storage.append_event(session_id, AgentEvent.token(f"{session_id}{i}"))
+    shutil.rmtree(config.layout.sessions)
+    shutil.copytree(aside, config.layout.sessions)
+    config.layout.snapshot.unlink()
+    lines = {sid: config.layout.log(sid).read_bytes().splitlines(keepends=True) for sid in "st"}
+    config.layout.segment(1).write_bytes(segment(lines) + bytes(5000))
+    return config
+
+
+def record(lines: dict[str, list[bytes]], session_id: str, seq: int) -> bytes:
+    """The WAL record of one log line, as the writer makes it."""
+    offset = sum(len(line) for line in lines[session_id][: seq - 1])
+    return wal.encode_lines(session_id, seq, offset, lines[session_id][seq - 1])
+
+
+def holed(data: bytes) -> bytes:
+    """``data`` with its first bytes never written, as a crash leaves a page."""
+    return bytes(12) + data[12:]
+
+
+async def seqs(storage: JsonlStorage, session_id: str) -> list[int]:
+    return [e.seq for e in await storage.read_events(session_id)]
+
+
+async def test_a_page_a_crash_left_unwritten_in_the_last_commit_is_ignored_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A power cut during a commit of several records can leave a page in the middle
-    unwritten (zeros) and a later one written. Nothing from the hole on was synced or
-    acknowledged: replay stops there, at info level, and cuts the log's lines of it."""
-    config = JsonlStorageConfig(tmp_path / "data")
-    config.layout.wal.mkdir(parents=True)
-    config.layout.events.mkdir(parents=True)
-    lines = [b'{"seq":%d}\n' % seq for seq in (1, 2, 3)]
-    records = [wal.encode_lines("s", seq, 10 * (seq - 1), lines[seq - 1]) for seq in (1, 2, 3)]
-    holed = bytes(12) + records[1][12:]  # the start of seq 2's record never written
-    config.layout.segment(1).write_bytes(records[0] + holed + records[2] + bytes(5000))
-    (config.layout.events / "s.jsonl").write_bytes(b"".join(lines))
-    with caplog.at_level(logging.INFO, logger=wal_replay.__name__):
-        report = wal_replay.replay(config.layout, {"s"})
+    """A power cut during a commit of several sessions' records can leave a page in the
+    middle unwritten (zeros) and a later one written. Nothing of that commit was
+    acknowledged: the holed record is ignored at info level and its log lines are cut,
+    the whole record after it (another session's share) may stay."""
+
+    def last_commit_holed(lines: dict[str, list[bytes]]) -> bytes:
+        synced = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+        return b"".join([*synced, holed(record(lines, "s", 3)), record(lines, "t", 2)])
+
+    config = await crash_image_with(tmp_path, last_commit_holed)
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2]
+            assert await seqs(storage, "t") == [1, 2]
+            assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 3
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert "left unwritten" in caplog.text
-    assert report.records_ignored == 1
-    assert (config.layout.events / "s.jsonl").read_bytes() == lines[0]
+    assert "zero bytes" in caplog.text
+    assert segments(config) == []  # replayed, then discarded
+
+
+async def test_zeros_amid_synced_records_are_damage_and_keep_every_acknowledged_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Zeros before a later commit's record of the same session are not a crash (only
+    the last commit can be cut short, and it holds one record per session): a lost
+    write or a bad sector. The logs' lines stay, an error says so, and the segments are
+    kept as evidence."""
+
+    def damaged(lines: dict[str, list[bytes]]) -> bytes:
+        return b"".join(
+            [record(lines, "s", 1), holed(record(lines, "s", 2)), record(lines, "s", 3)]
+        )
+
+    config = await crash_image_with(tmp_path, damaged)
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2, 3]
+            assert await seqs(storage, "t") == [1, 2]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("lacks a record before seq 3" in message for message in errors), errors
+    assert len(segments(config)) == 1

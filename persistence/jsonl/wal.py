@@ -25,8 +25,8 @@ commit, so its ``fdatasync`` writes the data alone, not the inode too
 (``bench/fsync_floor.py``: 0.6x the CPU and wall time of a sync that appends, on ext4;
 PostgreSQL pre-writes its WAL segments for the same reason). So the records end where
 the zeros begin, not at the file's size; a record never holds a NUL byte (JSON text
-escapes it). A zero byte inside a line is a page a crash left unwritten in a commit
-that was never synced: replay ends the segment there.
+escapes it). A zero byte inside a line is a page a crash left unwritten in the last
+commit, never synced: replay ignores that line.
 
 Rotation (``LogWriter``): when the current segment is larger than ``wal_segment_bytes``
 or older than ``wal_segment_age``, new batches go to a new segment; in the background,

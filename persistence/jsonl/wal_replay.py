@@ -1,8 +1,9 @@
 """Replay of the shared WAL (``wal.py``) at open, after a crash left segments behind.
 
 ``replay``, at open, before the index is built: the records of all remaining
-segments, in order (a segment ends at its first zero byte: pages of a commit a crash
-cut short, never synced); a later record of a session starting at seq s replaces whatever
+segments, in order (a line with zero bytes is ignored: pages a crash left unwritten in
+its last commit, never synced; a session whose records then skip seqs was damaged,
+and the segments are kept); a later record of a session starting at seq s replaces whatever
 earlier records held from s on (a failed batch's seqs are reused by the next one), and a
 deletion forgets the session's earlier records. Then for each session that still has a
 checkpoint, the log's valid lines are found from the offset of the first seq the
@@ -42,8 +43,14 @@ class _Pending:
 
     lines: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     last: int = 0
+    # The first seq a record jumped to past ``last + 1``: a record lost before a later
+    # commit's. A crash cuts short only the last commit, which holds one record per
+    # session, so that is damage (a lost write, a sector read back as zeros).
+    skipped_to: int = 0
 
     def add(self, first_seq: int, offset: int, lines: list[bytes]) -> None:
+        if self.lines and first_seq > self.last + 1 and not self.skipped_to:
+            self.skipped_to = first_seq
         # A record from seq s on supersedes earlier records from s on.
         for seq in range(first_seq, self.last + 1):
             self.lines.pop(seq, None)
@@ -83,15 +90,20 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord]:
     with open(path, "rb") as file:
         for start, end, raw in raw_lines(file, 0):
             if b"\0" in raw:
-                # A record never holds a zero byte: these are pages of a commit a crash
-                # cut short, unwritten and read as zeros (the room allocated ahead, or a
-                # file extended but not written). From here on nothing was synced, so
-                # nothing acknowledged: the segment ends here.
+                # A record never holds a zero byte: these are pages a crash left
+                # unwritten in the last commit, never synced (the room allocated ahead,
+                # or a file extended but not written, reads as zeros). What follows may
+                # be whole records of the same commit (other sessions' shares): replayed,
+                # as any whole record is. Zeros amid synced records are damage instead,
+                # and show as a session whose records skip seqs (``_Pending``).
                 report.records_ignored += 1
                 log.info(
-                    "WAL segment %s: ignoring what a crash left unwritten from byte %d", path, start
+                    "WAL segment %s: ignoring a line with zero bytes at byte %d "
+                    "(pages a crash left unwritten)",
+                    path,
+                    start,
                 )
-                return
+                continue
             try:
                 record = decode_record(raw)
             except msgspec.DecodeError:
@@ -142,8 +154,17 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
                 entry = pending[record.sid] = _Pending()
             entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
     for session_id in sorted(pending):
-        if session_id in has_checkpoint and pending[session_id].lines:
-            _replay_session(layout, session_id, pending[session_id], report)
+        entry = pending[session_id]
+        if entry.skipped_to:
+            log.error(
+                "session %r: the WAL lacks a record before seq %d, which a later commit "
+                "holds: damaged, not cut short by a crash; WAL segments kept",
+                session_id,
+                entry.skipped_to,
+            )
+            report.segments_kept = True
+        if session_id in has_checkpoint and entry.lines:
+            _replay_session(layout, session_id, entry, report)
     if report.events_replayed or report.logs_cut:
         fsync_dir(layout.events)
     report.paths = [path for _number, path in segments]
