@@ -374,9 +374,14 @@ async def test_replay_keeps_the_segments_when_a_log_lost_what_they_no_longer_cov
     crash_with_segments(config, aside)
     log = config.layout.events / "a.jsonl"
     log.write_bytes(b"".join(log_lines(config, "a")[:2]))  # lost below the WAL's reach
-    async with await JsonlStorage.open(config):
-        pass
-    assert segments(config), "the evidence was deleted"
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.damaged_files(), "the evidence was deleted"
+        restored = [e.seq for e in await storage.read_events("a")]
+        after = await storage.append_event("a", AgentEvent.token("after"))
+    # Kept aside, not replayed again: the next open keeps what was appended since.
+    assert segments(config) == []
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.seq for e in await storage.read_events("a")] == [*restored, after.seq]
 
 
 async def test_log_lines_of_a_batch_the_wal_never_got_are_cut_at_open(tmp_path: Path) -> None:

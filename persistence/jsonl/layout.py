@@ -148,9 +148,9 @@ class Layout:
         return path.with_name(f"{path.name}{DAMAGED_MARK}{tag}")
 
     def damaged_files(self) -> list[Path]:
-        """Every file kept aside as damaged, in the session and event directories."""
+        """Every file kept aside as damaged, in the session, event and WAL directories."""
         found: list[Path] = []
-        for directory in (self.sessions, self.events):
+        for directory in (self.sessions, self.events, self.wal):
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
                 found.extend(Path(e.path) for e in entries if DAMAGED_MARK in e.name)
         return sorted(found)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,7 +68,9 @@ class ReplayReport:
     logs_cut: int = 0
     records_ignored: int = 0
     damaged: int = 0  # logs with damage kept aside (not an unacknowledged tail)
-    segments_kept: bool = False  # a log had lost lines the WAL no longer covers
+    # A log had lost lines the WAL no longer covers, or the WAL was damaged: the
+    # segments are kept aside for an operator (``discard_segments``).
+    segments_kept: bool = False
     # Sessions whose last record is their deletion, with the epoch deleted: a delete
     # that may not have finished, for open to finish if the session is still that one.
     deleted: dict[str, str] = field(default_factory=dict)
@@ -75,12 +78,18 @@ class ReplayReport:
 
 
 def discard_segments(layout: Layout, report: ReplayReport) -> None:
-    """Deletes the replayed segments, once open has acted on everything they said
-    (kept instead when a log had lost lines they no longer cover)."""
-    if report.segments_kept or not report.paths:
+    """Deletes the replayed segments, once open has acted on everything they said.
+    When a log had lost lines they no longer cover, or they were damaged, they are
+    kept aside instead (``<n>.wal.damaged-<pid>-<ns>``, listed by ``damaged_files``) for an
+    operator: left in the WAL, the next open would replay them again, and their last
+    seqs would cut every line appended since."""
+    if not report.paths:
         return
     for path in report.paths:
-        os.unlink(path)
+        if report.segments_kept:
+            os.rename(path, layout.damaged(path, f"{os.getpid()}-{time.time_ns()}"))
+        else:
+            os.unlink(path)
     fsync_dir(layout.wal)
 
 
@@ -158,7 +167,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
         if entry.skipped_to:
             log.error(
                 "session %r: the WAL lacks a record before seq %d, which a later commit "
-                "holds: damaged, not cut short by a crash; WAL segments kept",
+                "holds: damaged, not cut short by a crash; the WAL segments are kept aside",
                 session_id,
                 entry.skipped_to,
             )
@@ -198,7 +207,7 @@ def _replay_session(
         # reach. Say so, and keep the segments as evidence.
         log.error(
             "session %r: its log (%d bytes) is shorter than the WAL's first offset %d; "
-            "acknowledged events before seq %d are missing; WAL segments kept",
+            "acknowledged events before seq %d are missing; the WAL segments are kept aside",
             session_id,
             size,
             first_offset,
