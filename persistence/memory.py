@@ -35,6 +35,7 @@ from .base import (
     SessionNotFound,
     StorageError,
     StorageFull,
+    check_importable,
 )
 from .events import completed_event, page_bounds, within_bytes
 from .feed import CLOSED, DELETED, Feed, FeedSubscription
@@ -263,6 +264,7 @@ class MemoryStorage:
 
     async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
         meta = self._meta(session_id)
+        check_importable(session_id, events)
         log_ = self._logs[session_id]
         expected = meta.last_seq + 1
         for event in events:

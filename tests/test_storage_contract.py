@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
+import msgspec
 import pytest
 
 from bamboo_session.persistence import (
@@ -762,3 +763,22 @@ async def test_an_import_survives_a_reopen(backend: Backend, tmp_path: Path) -> 
         )
     finally:
         await storage.close()
+
+
+@pytest.mark.parametrize(
+    "json", [b'{"type":"token","content":"a\x00b"}', b'{"type":"token"', b'{"type":"nope"}']
+)
+async def test_import_refuses_an_event_that_does_not_decode_and_imports_nothing(
+    importer: SessionImport, json: bytes
+) -> None:
+    """A damaged source row is refused with ValueError, before anything is stored or
+    any key is taken: a later append with the key of an event before it is new."""
+    store = cast(Storage, importer)
+    await new_import_target(store)
+    given = carried_over()
+    given[1] = StoredEvent.from_json(2, given[1].ts, msgspec.Raw(json), "key-2")
+    with pytest.raises(ValueError, match="seq 2"):
+        await importer.import_events("s1", given)
+    assert await store.last_seq("s1") == 0
+    appended = await store.append_event("s1", AgentEvent.token("new"), key="key-1")
+    assert (appended.seq, appended.duplicate) == (1, False)

@@ -40,6 +40,7 @@ from ..base import (
     SessionExists,
     StorageError,
     StorageFull,
+    check_importable,
 )
 from ..feed import CLOSED, DELETED
 from ..index import copy_metadata
@@ -271,6 +272,7 @@ class JsonlStorage(JsonlQueries):
         self._record(session_id)
         if not events:
             return
+        check_importable(session_id, events)
         window = None
         if any(event.key is not None for event in events):
             window = await self._appends.key_window(session_id)

@@ -13,7 +13,7 @@ import msgspec
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
-from ..base import KEY_WINDOW
+from ..base import KEY_WINDOW, check_importable
 from .layout import flags_of, to_micros
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ async def import_events(
     """Appends ``events`` as they are; the store checks that the first follows the
     session's last seq (ValueError if not)."""
     storage.require_writable()
+    check_importable(session_id, events)
     for before, after in itertools.pairwise(events):
         if after.seq != before.seq + 1:
             raise ValueError(f"import of {session_id!r}: seq {after.seq} after {before.seq}")

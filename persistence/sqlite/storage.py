@@ -48,6 +48,7 @@ from ..base import (
     SessionFilter,
     SessionListResult,
     StorageError,
+    check_importable,
 )
 from ..feed import CLOSED, DELETED, Feed, FeedSubscription
 from ..index import copy_metadata
@@ -298,6 +299,7 @@ class SqliteStorage:
 
     async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
         check_session_id(session_id)
+        check_importable(session_id, events)
         batch = list(events)
         work = functools.partial(writes.import_events, session_id=session_id, events=batch)
         await self._write(work, lambda _: self._published(session_id, batch))
