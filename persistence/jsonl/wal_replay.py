@@ -10,7 +10,9 @@ checkpoint, the log's valid lines are found from the offset of the first seq the
 segments hold; lines past the last seq the segments hold were written by a batch whose
 record never made it, so they were never acknowledged and are cut (``repair.py``: an
 ordinary crash, logged at info level); and the missing lines are appended from the
-segments, gap-free. Once those logs are synced, the segments are deleted.
+segments, gap-free. Then every log the segments cover is synced, whether replay wrote
+to it or not (after a kill -9 its lines may sit in the page cache alone), and only then
+are the segments deleted.
 
 Everything here blocks; it runs in worker threads.
 """
@@ -23,6 +25,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -33,7 +36,7 @@ from .files import datasync, fsync_dir, write_all
 from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
-from .wal import ReadRecord, decode_record
+from .wal import ReadRecord, decode_record, sync_log
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,11 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             report.segments_kept = True
         if session_id in has_checkpoint and entry.lines:
             _replay_session(layout, session_id, entry, report)
+    # The lines a log already held may be in the page cache only (a process crash):
+    # synced before the segments that cover them go.
+    covered = [sid for sid in pending if sid in has_checkpoint and pending[sid].lines]
+    with ThreadPoolExecutor(8, thread_name_prefix="bamboo-replay-sync") as pool:
+        list(pool.map(lambda sid: sync_log(layout, sid), covered))
     if report.events_replayed or report.logs_cut:
         fsync_dir(layout.events)
     report.paths = [path for _number, path in segments]
