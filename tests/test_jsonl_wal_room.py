@@ -111,30 +111,35 @@ def test_zeros_after_a_torn_record_leave_it_torn(tmp_path: Path) -> None:
     assert os.path.exists(config.layout.segment(1))  # discarded by open, not by replay
 
 
+Lines = dict[str, list[bytes]]
+
+
 async def crash_image_with(
-    tmp_path: Path, segment: Callable[[dict[str, list[bytes]]], bytes]
+    tmp_path: Path, segment: Callable[[Lines], bytes | list[bytes]], t_events: int = 2
 ) -> JsonlStorageConfig:
     """A store of sessions ``s`` and ``t`` as a crash leaves it: checkpoints from before
-    the appends, the logs as written (``s`` seqs 1 to 3, ``t`` 1 and 2), and one WAL
-    segment that ``segment`` makes of the logs' lines."""
+    the appends, the logs as written (``s`` seqs 1 to 3, ``t`` 1 to ``t_events``), and
+    the WAL segment (or segments 1, 2, ...) that ``segment`` makes of the logs' lines."""
     config = JsonlStorageConfig(tmp_path / "data")
     aside = tmp_path / "checkpoints"
     async with await JsonlStorage.open(config) as storage:
         for session_id in ("s", "t"):
             await storage.create_session(Session.new(session_id))
         shutil.copytree(config.layout.sessions, aside)
-        for session_id, count in (("s", 3), ("t", 2)):
+        for session_id, count in (("s", 3), ("t", t_events)):
             for i in range(count):
                 await storage.append_event(session_id, AgentEvent.token(f"{session_id}{i}"))
     shutil.rmtree(config.layout.sessions)
     shutil.copytree(aside, config.layout.sessions)
     config.layout.snapshot.unlink()
     lines = {sid: config.layout.log(sid).read_bytes().splitlines(keepends=True) for sid in "st"}
-    config.layout.segment(1).write_bytes(segment(lines) + bytes(5000))
+    made = segment(lines)
+    for number, data in enumerate([made] if isinstance(made, bytes) else made, 1):
+        config.layout.segment(number).write_bytes(data + bytes(5000))
     return config
 
 
-def record(lines: dict[str, list[bytes]], session_id: str, seq: int) -> bytes:
+def record(lines: Lines, session_id: str, seq: int) -> bytes:
     """The WAL record of one log line, as the writer makes it."""
     offset = sum(len(line) for line in lines[session_id][: seq - 1])
     return wal.encode_lines(session_id, seq, offset, lines[session_id][seq - 1])
@@ -157,7 +162,7 @@ async def test_a_page_a_crash_left_unwritten_in_the_last_commit_is_ignored_quiet
     acknowledged: the holed record is ignored at info level and its log lines are cut,
     the whole record after it (another session's share) may stay."""
 
-    def last_commit_holed(lines: dict[str, list[bytes]]) -> bytes:
+    def last_commit_holed(lines: Lines) -> bytes:
         synced = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
         return b"".join([*synced, holed(record(lines, "s", 3)), record(lines, "t", 2)])
 
@@ -180,7 +185,7 @@ async def test_zeros_amid_synced_records_are_damage_and_keep_every_acknowledged_
     write or a bad sector. The logs' lines stay, an error says so, and the segments are
     kept as evidence."""
 
-    def damaged(lines: dict[str, list[bytes]]) -> bytes:
+    def damaged(lines: Lines) -> bytes:
         return b"".join(
             [record(lines, "s", 1), holed(record(lines, "s", 2)), record(lines, "s", 3)]
         )

@@ -105,7 +105,6 @@ def delete_session_files(layout: Layout, session_id: str) -> None:
 def remove_damaged(layout: Layout) -> list[Path]:
     """Removes every file kept aside as damaged; returns those it removed."""
     removed = [path for path in layout.damaged_files() if unlink_quietly(path)]
-    if removed:
-        fsync_dir(layout.sessions)
-        fsync_dir(layout.events)
+    for directory in sorted({path.parent for path in removed}):
+        fsync_dir(directory)
     return removed

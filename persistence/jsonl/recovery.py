@@ -82,9 +82,11 @@ class _Recovery:
 
     def run(self) -> RecoveryReport:
         checkpoint_ids, deleted = self._scan_sessions_dir()
+        unrestored: dict[str, int] = {}
         if self.writable:
             # Before the logs are read: a log may lack acknowledged lines only the WAL holds.
             replayed = wal_replay.replay(self.layout, checkpoint_ids)
+            unrestored = replayed.unrestored
             self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
             wal_replay.discard_segments(self.layout, replayed)
             self.report.wal_segments = replayed.segments
@@ -105,12 +107,14 @@ class _Recovery:
         for session_id in sorted(checkpoint_ids | log_ids):
             entry = entries.get(session_id)
             found = None
-            if entry is not None and session_id in checkpoint_ids:
+            acknowledged = unrestored.get(session_id, 0)
+            if entry is not None and session_id in checkpoint_ids and not acknowledged:
                 found = self.sessions.from_snapshot(entry)
             if found is not None:
                 self.report.from_snapshot += 1
             else:
-                found = self.sessions.recover(session_id, session_id in checkpoint_ids)
+                has_checkpoint = session_id in checkpoint_ids
+                found = self.sessions.recover(session_id, has_checkpoint, acknowledged)
             if found is not None:
                 self.report.sessions.append(found)
         return self.report

@@ -140,7 +140,12 @@ class SessionRecovery:
             stamp=checkpoint.stamp_of(stat),
         )
 
-    def recover(self, session_id: str, has_checkpoint: bool) -> RecoveredSession | None:
+    def recover(
+        self, session_id: str, has_checkpoint: bool, acknowledged: int = 0
+    ) -> RecoveredSession | None:
+        """The session as its checkpoint and log say. ``acknowledged``: a seq the WAL
+        acknowledged but could not restore to the log (``wal_replay``); if the log ends
+        before it, a new epoch starts, so that no seq means two events."""
         found, stamp = self._read_checkpoint(session_id) if has_checkpoint else (None, None)
         size = self.dirs.log_size(session_id)
         if found is None and size is None:
@@ -153,6 +158,9 @@ class SessionRecovery:
             return self.rebuild(session_id, metadata, 0, size or 0, orphan=True)
         saved = found.checkpoint
         meta, covered, covered_seq = saved.metadata, saved.log_offset, saved.metadata.last_seq
+        if acknowledged > meta.last_seq:
+            meta.last_seq = acknowledged
+            return self.rebuild(session_id, meta, saved.preamble, size or 0, orphan=False)
         if size == covered or (size is None and covered_seq == 0):
             # Up to date; or created, then a crash before its (empty) log existed.
             return RecoveredSession(
@@ -208,7 +216,7 @@ class SessionRecovery:
             _touch(meta, scan.last_ts)
         else:
             log.warning(
-                "session %r: its log holds seqs up to %d, less than its checkpoint covered "
+                "session %r: its log holds seqs up to %d, less than were acknowledged "
                 "(%d); starting a new epoch",
                 session_id,
                 scan.last_seq,

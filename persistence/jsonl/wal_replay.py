@@ -1,17 +1,20 @@
 """Replay of the shared WAL (``wal.py``) at open, after a crash left segments behind.
 
 ``replay``, at open, before the index is built: the records of all remaining
-segments, in order (a line with zero bytes is ignored: pages a crash left unwritten in
-its last commit, never synced; a session whose records then skip seqs was damaged,
-and the segments are kept); a later record of a session starting at seq s replaces whatever
-earlier records held from s on (a failed batch's seqs are reused by the next one), and a
-deletion forgets the session's earlier records. Then for each session that still has a
-checkpoint, the log's valid lines are found from the offset of the first seq the
-segments hold; lines past the last seq the segments hold were written by a batch whose
-record never made it, so they were never acknowledged and are cut (``repair.py``: an
-ordinary crash, logged at info level); and the missing lines are appended from the
-segments, gap-free. Then every log the segments cover is synced, whether replay wrote
-to it or not (after a kill -9 its lines may sit in the page cache alone), and only then
+segments, in order. A line with zero bytes is ignored: pages a crash left unwritten in
+its last commit, never synced. If a later commit's record follows it (``_Holes``), or
+a session's records then skip seqs (``_Pending``), it was damage instead, and the
+segments are kept aside. A later record of a session starting at seq s replaces
+whatever earlier records held from s on (a failed batch's seqs are reused by the next
+one), and a deletion forgets the session's earlier records. Then for each session that
+still has a checkpoint, the log's valid lines are found from the offset of the first
+seq the segments hold; lines past the last seq the segments hold were written by a
+batch whose record never made it, so they were never acknowledged and are cut
+(``repair.py``: an ordinary crash, logged at info level; kept when the WAL is damaged);
+and the missing lines are appended from the segments, gap-free. Seqs the WAL
+acknowledged but cannot restore are reported (``unrestored``: open starts a new epoch
+for the session). Then every log the segments cover is synced, whether replay wrote to
+it or not (after a kill -9 its lines may sit in the page cache alone), and only then
 are the segments deleted.
 
 Everything here blocks; it runs in worker threads.
@@ -65,6 +68,31 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Holes:
+    """Whether a line with zero bytes is damage rather than a crash's unwritten page.
+    A crash cuts short only the last commit, which holds one record of lines per
+    session (then its deletions) and ends its segment's records (a segment rotates only
+    once it is synced). So a record after the hole in a later segment, or a second
+    record of lines of one session after it, comes from a later commit: the hole was
+    synced once, then damaged."""
+
+    first_in: int = 0  # the segment of the first hole
+    seen: set[str] = field(default_factory=set)  # sessions with a record after it
+    damage_in: int = 0  # the segment where that proof was found
+
+    def hole(self, segment: int) -> None:
+        self.first_in = self.first_in or segment
+
+    def record(self, segment: int, record: ReadRecord) -> None:
+        if not self.first_in or self.damage_in:
+            return
+        if segment > self.first_in or (not record.deleted and record.sid in self.seen):
+            self.damage_in = self.first_in
+        if not record.deleted:
+            self.seen.add(record.sid)
+
+
+@dataclass(slots=True)
 class ReplayReport:
     segments: int = 0
     events_replayed: int = 0
@@ -77,6 +105,9 @@ class ReplayReport:
     # Sessions whose last record is their deletion, with the epoch deleted: a delete
     # that may not have finished, for open to finish if the session is still that one.
     deleted: dict[str, str] = field(default_factory=dict)
+    # Sessions whose log could not be brought up to the last seq the WAL acknowledged,
+    # with that seq: open starts a new epoch for them, so no seq is issued twice.
+    unrestored: dict[str, int] = field(default_factory=dict)
     paths: list[Path] = field(default_factory=list)  # the segments replayed
 
 
@@ -90,13 +121,17 @@ def discard_segments(layout: Layout, report: ReplayReport) -> None:
         return
     for path in report.paths:
         if report.segments_kept:
-            os.rename(path, layout.damaged(path, f"{os.getpid()}-{time.time_ns()}"))
+            aside = layout.damaged(path, f"{os.getpid()}-{time.time_ns()}")
+            os.rename(path, aside)
+            report.damaged += 1
+            log.warning("WAL segment %s set aside as %s", path, aside)
         else:
             os.unlink(path)
     fsync_dir(layout.wal)
 
 
-def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord]:
+def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | None]:
+    """The segment's whole records, and None for each line with zero bytes."""
     size = os.stat(path).st_size
     end = 0
     with open(path, "rb") as file:
@@ -106,15 +141,12 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord]:
                 # unwritten in the last commit, never synced (the room allocated ahead,
                 # or a file extended but not written, reads as zeros). What follows may
                 # be whole records of the same commit (other sessions' shares): replayed,
-                # as any whole record is. Zeros amid synced records are damage instead,
-                # and show as a session whose records skip seqs (``_Pending``).
+                # as any whole record is. Zeros amid synced records are damage instead:
+                # they show as a later commit's record after them (``_Holes``), or as
+                # a session whose records skip seqs (``_Pending``).
                 report.records_ignored += 1
-                log.info(
-                    "WAL segment %s: ignoring a line with zero bytes at byte %d "
-                    "(pages a crash left unwritten)",
-                    path,
-                    start,
-                )
+                log.info("WAL segment %s: ignoring a line with zero bytes at byte %d", path, start)
+                yield None
                 continue
             try:
                 record = decode_record(raw)
@@ -153,9 +185,14 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     if not segments:
         return report
     pending: dict[str, _Pending] = {}
-    for _number, path in segments:
+    holes = _Holes()
+    for number, path in segments:
         report.segments += 1
         for record in _records(path, report):
+            if record is None:
+                holes.hole(number)
+                continue
+            holes.record(number, record)
             if record.deleted:
                 pending.pop(record.sid, None)
                 report.deleted[record.sid] = record.epoch
@@ -165,6 +202,14 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             if entry is None:
                 entry = pending[record.sid] = _Pending()
             entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
+    if holes.damage_in:
+        log.error(
+            "WAL segment %d: a line with zero bytes is followed by a later commit's "
+            "record: damaged, not cut short by a crash; log lines past the WAL are kept, "
+            "and the WAL segments are kept aside",
+            holes.damage_in,
+        )
+        report.segments_kept = True
     for session_id in sorted(pending):
         entry = pending[session_id]
         if entry.skipped_to:
@@ -176,7 +221,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             )
             report.segments_kept = True
         if session_id in has_checkpoint and entry.lines:
-            _replay_session(layout, session_id, entry, report)
+            _replay_session(layout, session_id, entry, report, keep_tail=bool(holes.damage_in))
     # The lines a log already held may be in the page cache only (a process crash):
     # synced before the segments that cover them go.
     covered = [sid for sid in pending if sid in has_checkpoint and pending[sid].lines]
@@ -195,7 +240,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
 
 
 def _replay_session(
-    layout: Layout, session_id: str, pending: _Pending, report: ReplayReport
+    layout: Layout, session_id: str, pending: _Pending, report: ReplayReport, keep_tail: bool
 ) -> None:
     path = layout.log(session_id)
     try:
@@ -209,13 +254,15 @@ def _replay_session(
     if 0 <= first_offset <= size:
         # Lines past the WAL's last seq for this session were written by a batch whose
         # WAL record never made it: never acknowledged, so cut (a batch is all or none).
-        last, end = _valid_lines(path, first_offset, first - 1, upto_seq=pending.last)
+        # Unless the WAL is damaged: then a lost record may have acknowledged them.
+        upto = None if keep_tail else pending.last
+        last, end = _valid_lines(path, first_offset, first - 1, upto_seq=upto)
     else:
         # Lines a deleted segment had covered are gone: data was lost below the WAL's
         # reach. Say so, and keep the segments as evidence.
         log.error(
             "session %r: its log (%d bytes) is shorter than the WAL's first offset %d; "
-            "acknowledged events before seq %d are missing; the WAL segments are kept aside",
+            "acknowledged events before seq %d were lost; the WAL segments are kept aside",
             session_id,
             size,
             first_offset,
@@ -232,19 +279,32 @@ def _replay_session(
     while (entry := pending.lines.get(seq)) is not None:
         missing.append(entry[1] + b"\n")
         seq += 1
-    if not missing:
-        return
     if seq <= pending.last:
-        log.error("session %r: the WAL lacks seq %d; replay stops there", session_id, seq)
+        log.error(
+            "session %r: acknowledged seqs %d..%d are not in its log and the WAL cannot "
+            "restore them (it lacks seq %d); the WAL segments are kept aside, and the "
+            "session starts a new epoch",
+            session_id,
+            seq,
+            pending.last,
+            seq,
+        )
+        report.unrestored[session_id] = pending.last
+        report.segments_kept = True
+    if missing:
+        _append(path, missing)
+        report.events_replayed += len(missing)
+        log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
+
+
+def _append(path: Path, lines: list[bytes]) -> None:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     fd = os.open(path, flags, 0o644)
     try:
-        write_all(fd, b"".join(missing))
+        write_all(fd, b"".join(lines))
         datasync(fd)
     finally:
         os.close(fd)
-    report.events_replayed += len(missing)
-    log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
 
 
 def _valid_lines(

@@ -1,0 +1,144 @@
+"""WAL replay (persistence/jsonl/wal_replay.py) tells damage from a crash: a hole a later
+commit's record follows is damage, and keeps the acknowledged line; seqs the WAL holds
+but cannot restore start a new epoch; segments set aside are named and counted; a crash
+after old segments were retired stays quiet."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage
+from bamboo_session.persistence.jsonl import lifecycle, wal
+from bamboo_session.protocol.models import AgentEvent
+from tests.test_jsonl_wal import segments
+from tests.test_jsonl_wal_room import Lines, crash_image_with, holed, record, seqs
+
+
+def loud(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= level]
+
+
+def hole_then_a_later_segment(lines: Lines) -> list[bytes]:
+    """s's last record zeroed, and a segment after it: a segment rotates only once it
+    is synced, so the hole's commit was not the last."""
+    first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+    return [b"".join([*first, holed(record(lines, "s", 3))]), record(lines, "t", 2)]
+
+
+def hole_then_two_records_of_one_session(lines: Lines) -> bytes:
+    """s's last record zeroed, then two of t's: a commit holds one record per session,
+    so t's second record is from a later commit than the hole."""
+    first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+    later = [record(lines, "t", 2), record(lines, "t", 3)]
+    return b"".join([*first, holed(record(lines, "s", 3)), *later])
+
+
+@pytest.mark.parametrize(
+    "segment", [hole_then_a_later_segment, hole_then_two_records_of_one_session]
+)
+async def test_a_hole_a_later_commit_follows_is_damage_and_keeps_the_acknowledged_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, segment: object
+) -> None:
+    config = await crash_image_with(tmp_path, segment, t_events=3)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2, 3]
+            assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 4
+            kept = await storage.damaged_files()
+            assert storage.recovery is not None and storage.recovery.damaged == len(kept)
+    errors = loud(caplog, logging.ERROR)
+    assert any("followed by a later commit's record" in message for message in errors), errors
+    assert (
+        segments(config) == [] and kept and all(path.parent == config.layout.wal for path in kept)
+    )
+    assert all(any(str(path) in message for message in loud(caplog)) for path in kept)
+
+
+async def test_seqs_the_wal_cannot_restore_start_a_new_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two faults: s's record of seq 2 is damaged, and its log kept only seq 1 (its tail
+    was never synced). Acknowledged seqs 2 and 3 are gone from the store: an error
+    names them, and s starts a new epoch, so a viewer that saw seq 3 is not served
+    another event under it."""
+
+    def damaged(lines: Lines) -> bytes:
+        return b"".join(
+            [record(lines, "s", 1), holed(record(lines, "s", 2)), record(lines, "s", 3)]
+        )
+
+    config = await crash_image_with(tmp_path, damaged)
+    log = config.layout.log("s")
+    log.write_bytes(log.read_bytes().splitlines(keepends=True)[0])
+    async with await JsonlStorage.open(config.with_read_only()) as storage:  # no replay
+        before = await storage.get_metadata("s")
+    assert before is not None
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            meta = await storage.get_metadata("s")
+            assert meta is not None and meta.last_seq == 1
+            assert await seqs(storage, "s") == [1]
+            assert meta.epoch != before.epoch
+            epoch = meta.epoch
+    errors = loud(caplog, logging.ERROR)
+    assert any("acknowledged seqs 2..3" in message for message in errors), errors
+    async with await JsonlStorage.open(config) as storage:  # the new epoch is durable
+        meta = await storage.get_metadata("s")
+        assert meta is not None and meta.epoch == epoch
+
+
+async def test_a_crash_after_old_segments_were_retired_is_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Segment 1 was retired before the crash; s's records start at seq 2 in segment 2.
+    An ordinary crash: nothing at warning or above, nothing set aside."""
+
+    def suffix(lines: Lines) -> list[bytes]:
+        return [
+            b"",
+            record(lines, "s", 2) + record(lines, "t", 1),
+            record(lines, "s", 3) + record(lines, "t", 2),
+        ]
+
+    config = await crash_image_with(tmp_path, suffix)
+    config.layout.segment(1).unlink()
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2, 3]
+            assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 4
+            assert await storage.damaged_files() == []
+    assert loud(caplog) == []
+
+
+async def test_a_hole_in_the_last_commit_with_a_deletion_after_it_is_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One commit holds t's lines and then t's deletion: two records of t after the
+    hole, yet both from the hole's own commit. An ordinary crash, logged at info."""
+
+    def last_commit_holed(lines: Lines) -> bytes:
+        synced = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+        last = [holed(record(lines, "s", 3)), record(lines, "t", 2), wal.encode_deleted("t", "")]
+        return b"".join([*synced, *last])
+
+    config = await crash_image_with(tmp_path, last_commit_holed)
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2]
+            assert await storage.damaged_files() == []
+    assert loud(caplog, logging.ERROR) == []
+
+
+async def test_clearing_set_aside_segments_syncs_the_wal_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = await crash_image_with(tmp_path, hole_then_a_later_segment, t_events=3)
+    synced: list[Path] = []
+    real = lifecycle.fsync_dir
+    monkeypatch.setattr(lifecycle, "fsync_dir", lambda d: (synced.append(Path(d)), real(d))[1])
+    async with await JsonlStorage.open(config) as storage:
+        kept = await storage.clear_damaged()
+    assert kept and config.layout.wal in synced
