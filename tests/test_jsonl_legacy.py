@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
+from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.models import AgentEvent, Message, SessionState
 from tests.jsonl_support import saved
 
@@ -112,3 +113,22 @@ async def test_a_read_only_open_converts_nothing(store: str, tmp_path: Path) -> 
     assert files_of(base) == before
     expected = EXPECTED[store]
     same_sessions(found, expected)
+
+
+async def test_an_old_session_whose_acknowledged_seqs_are_lost_starts_a_new_epoch(
+    tmp_path: Path,
+) -> None:
+    """The WAL acknowledged seqs of an old-format session that neither it nor the log
+    can restore: the conversion starts a new epoch, as for a session of today's format."""
+    config = JsonlStorageConfig(copy_of("clean", tmp_path))
+    log = config.layout.log("plain")
+    lines = log.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    beyond = dict(last, seq=last["seq"] + 2)  # seq + 1 lost with the WAL record before it
+    config.layout.wal.mkdir(exist_ok=True)
+    line = json.dumps(beyond, separators=(",", ":")).encode() + b"\n"
+    config.layout.segment(1).write_bytes(wal.encode_lines("plain", beyond["seq"], 10**6, line))
+    async with await JsonlStorage.open(config) as storage:
+        meta = await storage.get_metadata("plain")
+        assert meta is not None and meta.last_seq == last["seq"]
+        assert meta.epoch != EXPECTED["clean"]["plain"]["metadata"]["epoch"]

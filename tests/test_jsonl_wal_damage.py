@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage
-from bamboo_session.persistence.jsonl import lifecycle, wal
+from bamboo_session.persistence.jsonl import lifecycle, session_recovery, wal
 from bamboo_session.protocol.models import AgentEvent
 from tests.test_jsonl_wal import segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, holed, record, seqs
@@ -36,8 +36,30 @@ def hole_then_two_records_of_one_session(lines: Lines) -> bytes:
     return b"".join([*first, holed(record(lines, "s", 3)), *later])
 
 
+def hole_then_a_deletion_then_lines(lines: Lines) -> bytes:
+    """s's last record zeroed, then a deletion, then t's lines: a commit writes its
+    deletions after all its lines, so t's record is from a later commit."""
+    first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+    later = [wal.encode_deleted("u", ""), record(lines, "t", 2)]
+    return b"".join([*first, holed(record(lines, "s", 3)), *later])
+
+
+def bad_checksum_then_two_records_of_one_session(lines: Lines) -> bytes:
+    """s's last record fails its CRC (a flipped byte, not zeros), then two of t's."""
+    first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+    flipped = record(lines, "s", 3).replace(b"s2", b"s9")
+    later = [record(lines, "t", 2), record(lines, "t", 3)]
+    return b"".join([*first, flipped, *later])
+
+
 @pytest.mark.parametrize(
-    "segment", [hole_then_a_later_segment, hole_then_two_records_of_one_session]
+    "segment",
+    [
+        hole_then_a_later_segment,
+        hole_then_two_records_of_one_session,
+        hole_then_a_deletion_then_lines,
+        bad_checksum_then_two_records_of_one_session,
+    ],
 )
 async def test_a_hole_a_later_commit_follows_is_damage_and_keeps_the_acknowledged_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, segment: object
@@ -88,6 +110,36 @@ async def test_seqs_the_wal_cannot_restore_start_a_new_epoch(
     async with await JsonlStorage.open(config) as storage:  # the new epoch is durable
         meta = await storage.get_metadata("s")
         assert meta is not None and meta.epoch == epoch
+
+
+async def test_a_crash_in_open_before_the_new_epoch_is_saved_renews_it_at_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segments are the only record that seqs 2 and 3 were ever issued: they stay
+    in the WAL until the session's new epoch is in its checkpoint."""
+
+    def damaged(lines: Lines) -> bytes:
+        return b"".join(
+            [record(lines, "s", 1), holed(record(lines, "s", 2)), record(lines, "s", 3)]
+        )
+
+    config = await crash_image_with(tmp_path, damaged)
+    log = config.layout.log("s")
+    log.write_bytes(log.read_bytes().splitlines(keepends=True)[0])
+    async with await JsonlStorage.open(config.with_read_only()) as storage:
+        before = await storage.get_metadata("s")
+    assert before is not None
+
+    def crash(*_args: object) -> None:
+        raise OSError("crash before the checkpoint is written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(session_recovery.checkpoint, "create", crash)
+        with pytest.raises(OSError, match="crash before"):
+            await JsonlStorage.open(config)
+    async with await JsonlStorage.open(config) as storage:
+        meta = await storage.get_metadata("s")
+        assert meta is not None and meta.epoch != before.epoch and meta.last_seq == 1
 
 
 async def test_a_crash_after_old_segments_were_retired_is_quiet(

@@ -83,15 +83,14 @@ class _Recovery:
     def run(self) -> RecoveryReport:
         checkpoint_ids, deleted = self._scan_sessions_dir()
         unrestored: dict[str, int] = {}
+        replayed: wal_replay.ReplayReport | None = None
         if self.writable:
             # Before the logs are read: a log may lack acknowledged lines only the WAL holds.
             replayed = wal_replay.replay(self.layout, checkpoint_ids)
             unrestored = replayed.unrestored
             self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
-            wal_replay.discard_segments(self.layout, replayed)
             self.report.wal_segments = replayed.segments
             self.report.wal_events_replayed = replayed.events_replayed
-            self.report.damaged += replayed.damaged
             self.report.torn_lines_cut += replayed.logs_cut - replayed.damaged
         elif segments := self.layout.segments():
             log.info(
@@ -117,6 +116,12 @@ class _Recovery:
                 found = self.sessions.recover(session_id, has_checkpoint, acknowledged)
             if found is not None:
                 self.report.sessions.append(found)
+        if replayed is not None:
+            # Only now: the new epoch of a session whose acknowledged seqs are lost is in
+            # its checkpoint. A crash before this replays the segments again; after it,
+            # nothing else would tell the next open that those seqs were ever issued.
+            wal_replay.discard_segments(self.layout, replayed)
+            self.report.damaged += replayed.damaged
         return self.report
 
     # -- directories --------------------------------------------------------------------

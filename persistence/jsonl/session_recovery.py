@@ -151,7 +151,7 @@ class SessionRecovery:
         if found is None and size is None:
             return None
         if isinstance(found, LegacyCheckpoint):
-            return self._convert(session_id, found, size or 0)
+            return self._convert(session_id, found, size or 0, acknowledged)
         if found is None:
             log.warning("session %r has a log but no checkpoint: read from the log", session_id)
             metadata = SessionMetadata(id=session_id, ttl=self.config.default_ttl)
@@ -229,7 +229,9 @@ class SessionRecovery:
         meta.message_count = preamble + scan.messages
         return self._save(session_id, Checkpoint(metadata=meta, preamble=preamble), scan)
 
-    def _convert(self, session_id: str, legacy: LegacyCheckpoint, size: int) -> RecoveredSession:
+    def _convert(
+        self, session_id: str, legacy: LegacyCheckpoint, size: int, acknowledged: int = 0
+    ) -> RecoveredSession:
         """An old-format checkpoint: its messages the log does not hold (by id) become
         the preamble; the rest of the history is the log's."""
         scan = _scan(self.layout.log(session_id), 0, None, size, with_ids=True) if size else _Scan()
@@ -242,7 +244,7 @@ class SessionRecovery:
             else:
                 preamble.append(message)
         meta = legacy.metadata
-        if scan.last_seq < legacy.last_seq:
+        if scan.last_seq < max(legacy.last_seq, acknowledged):
             log.warning("session %r: its log lost history; starting a new epoch", session_id)
             meta.epoch = new_epoch()
             self.report.epochs_renewed += 1

@@ -78,6 +78,7 @@ class _Holes:
 
     first_in: int = 0  # the segment of the first hole
     seen: set[str] = field(default_factory=set)  # sessions with a record after it
+    deletion_seen: bool = False  # a commit writes its deletions after all its lines
     damage_in: int = 0  # the segment where that proof was found
 
     def hole(self, segment: int) -> None:
@@ -86,9 +87,13 @@ class _Holes:
     def record(self, segment: int, record: ReadRecord) -> None:
         if not self.first_in or self.damage_in:
             return
-        if segment > self.first_in or (not record.deleted and record.sid in self.seen):
+        if segment > self.first_in or (
+            not record.deleted and (record.sid in self.seen or self.deletion_seen)
+        ):
             self.damage_in = self.first_in
-        if not record.deleted:
+        if record.deleted:
+            self.deletion_seen = True
+        else:
             self.seen.add(record.sid)
 
 
@@ -153,12 +158,14 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | None]:
             except msgspec.DecodeError:
                 report.records_ignored += 1
                 log.error("WAL segment %s: a record before byte %d does not decode", path, end)
+                yield None  # damage if a later commit follows, as for a hole
                 continue
             if not record.deleted:
                 data = b"".join([bytes(line) + b"\n" for line in record.lines])
                 if not record.lines or zlib.crc32(data) != record.crc:
                     report.records_ignored += 1
                     log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
+                    yield None
                     continue
             yield record
         if size > end and not _zeros_from(file, end):
@@ -204,9 +211,9 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
     if holes.damage_in:
         log.error(
-            "WAL segment %d: a line with zero bytes is followed by a later commit's "
-            "record: damaged, not cut short by a crash; log lines past the WAL are kept, "
-            "and the WAL segments are kept aside",
+            "WAL segment %d: a lost record (zero bytes, or one that does not decode) is "
+            "followed by a later commit's record: damaged, not cut short by a crash; log "
+            "lines past the WAL are kept, and the WAL segments are kept aside",
             holes.damage_in,
         )
         report.segments_kept = True
@@ -225,8 +232,9 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     # The lines a log already held may be in the page cache only (a process crash):
     # synced before the segments that cover them go.
     covered = [sid for sid in pending if sid in has_checkpoint and pending[sid].lines]
-    with ThreadPoolExecutor(8, thread_name_prefix="bamboo-replay-sync") as pool:
-        list(pool.map(lambda sid: sync_log(layout, sid), covered))
+    if covered:
+        with ThreadPoolExecutor(8, thread_name_prefix="bamboo-replay-sync") as pool:
+            list(pool.map(lambda sid: sync_log(layout, sid), covered))
     if report.events_replayed or report.logs_cut:
         fsync_dir(layout.events)
     report.paths = [path for _number, path in segments]
