@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bamboo_session.persistence import JsonlStorage
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl import lifecycle, session_recovery, wal
-from bamboo_session.protocol.models import AgentEvent
+from bamboo_session.protocol.models import AgentEvent, SessionMetadata
 from tests.test_jsonl_wal import segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, holed, record, seqs
 
@@ -79,13 +79,9 @@ async def test_a_hole_a_later_commit_follows_is_damage_and_keeps_the_acknowledge
     assert all(any(str(path) in message for message in loud(caplog)) for path in kept)
 
 
-async def test_seqs_the_wal_cannot_restore_start_a_new_epoch(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Two faults: s's record of seq 2 is damaged, and its log kept only seq 1 (its tail
-    was never synced). Acknowledged seqs 2 and 3 are gone from the store: an error
-    names them, and s starts a new epoch, so a viewer that saw seq 3 is not served
-    another event under it."""
+async def seqs_2_and_3_lost(tmp_path: Path) -> tuple[JsonlStorageConfig, SessionMetadata]:
+    """s's WAL record of seq 2 damaged, and its log cut back to seq 1 (its tail never
+    synced): acknowledged seqs 2 and 3 are in neither. With s's metadata as it was."""
 
     def damaged(lines: Lines) -> bytes:
         return b"".join(
@@ -98,6 +94,18 @@ async def test_seqs_the_wal_cannot_restore_start_a_new_epoch(
     async with await JsonlStorage.open(config.with_read_only()) as storage:  # no replay
         before = await storage.get_metadata("s")
     assert before is not None
+    return config, before
+
+
+async def test_seqs_the_wal_cannot_restore_start_a_new_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two faults: s's record of seq 2 is damaged, and its log kept only seq 1 (its tail
+    was never synced). Acknowledged seqs 2 and 3 are gone from the store: an error
+    names them, and s starts a new epoch, so a viewer that saw seq 3 is not served
+    another event under it."""
+
+    config, before = await seqs_2_and_3_lost(tmp_path)
     with caplog.at_level(logging.INFO):
         async with await JsonlStorage.open(config) as storage:
             meta = await storage.get_metadata("s")
@@ -118,17 +126,7 @@ async def test_a_crash_in_open_before_the_new_epoch_is_saved_renews_it_at_the_ne
     """The segments are the only record that seqs 2 and 3 were ever issued: they stay
     in the WAL until the session's new epoch is in its checkpoint."""
 
-    def damaged(lines: Lines) -> bytes:
-        return b"".join(
-            [record(lines, "s", 1), holed(record(lines, "s", 2)), record(lines, "s", 3)]
-        )
-
-    config = await crash_image_with(tmp_path, damaged)
-    log = config.layout.log("s")
-    log.write_bytes(log.read_bytes().splitlines(keepends=True)[0])
-    async with await JsonlStorage.open(config.with_read_only()) as storage:
-        before = await storage.get_metadata("s")
-    assert before is not None
+    config, before = await seqs_2_and_3_lost(tmp_path)
 
     def crash(*_args: object) -> None:
         raise OSError("crash before the checkpoint is written")
