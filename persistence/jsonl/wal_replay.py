@@ -69,7 +69,8 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Holes:
-    """Whether a line with zero bytes is damage rather than a crash's unwritten page.
+    """Whether a lost record (zero bytes, or one that fails to decode or its CRC) is
+    damage rather than a crash's unwritten or torn page.
     A crash cuts short only the last commit, which holds one record of lines per
     session (then its deletions) and ends its segment's records (a segment rotates only
     once it is synced). So a record after the hole in a later segment, or a second
@@ -79,7 +80,7 @@ class _Holes:
     first_in: int = 0  # the segment of the first hole
     seen: set[str] = field(default_factory=set)  # sessions with a record after it
     deletion_seen: bool = False  # a commit writes its deletions after all its lines
-    damage_in: int = 0  # the segment where that proof was found
+    damage_in: int = 0  # the hole's segment, once a later commit proved it damage
 
     def hole(self, segment: int) -> None:
         self.first_in = self.first_in or segment
@@ -136,7 +137,8 @@ def discard_segments(layout: Layout, report: ReplayReport) -> None:
 
 
 def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | None]:
-    """The segment's whole records, and None for each line with zero bytes."""
+    """The segment's whole records, and None for each one lost: a line with zero bytes,
+    or one that does not decode or fails its CRC."""
     size = os.stat(path).st_size
     end = 0
     with open(path, "rb") as file:
