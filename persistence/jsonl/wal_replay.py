@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from .files import datasync, fsync_dir, write_all
+from .files import fsync_dir, write_all
 from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
@@ -219,6 +219,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             holes.damage_in,
         )
         report.segments_kept = True
+    covered = []
     for session_id in sorted(pending):
         entry = pending[session_id]
         if entry.skipped_to:
@@ -231,9 +232,9 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             report.segments_kept = True
         if session_id in has_checkpoint and entry.lines:
             _replay_session(layout, session_id, entry, report, keep_tail=bool(holes.damage_in))
-    # The lines a log already held may be in the page cache only (a process crash):
-    # synced before the segments that cover them go.
-    covered = [sid for sid in pending if sid in has_checkpoint and pending[sid].lines]
+            covered.append(session_id)
+    # Every covered log, not only those replay appended to: the lines a log already held
+    # may be in the page cache only (a process crash). Synced before the segments go.
     if covered:
         with ThreadPoolExecutor(8, thread_name_prefix="bamboo-replay-sync") as pool:
             list(pool.map(lambda sid: sync_log(layout, sid), covered))
@@ -308,11 +309,11 @@ def _replay_session(
 
 
 def _append(path: Path, lines: list[bytes]) -> None:
+    """Appends ``lines``, unsynced: ``replay`` syncs every log the segments cover."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     fd = os.open(path, flags, 0o644)
     try:
         write_all(fd, b"".join(lines))
-        datasync(fd)
     finally:
         os.close(fd)
 
