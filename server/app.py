@@ -2,12 +2,15 @@
 
 Shutdown follows uvicorn's order: stop accepting, send ``closed`` and close every
 connection with 1012, let actors flush and checkpoint within a grace period, cancel the
-rest, close storage.
+rest, close storage. From its start, what peers send is dropped unread, and once every
+peer has its last bytes the server goes: close replies are not waited for
+(server/shutdown.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import os
 import time
@@ -47,6 +50,7 @@ from .quotas import SessionQuotas
 from .readiness import Readiness
 from .responses import UnreadAnswers, error_response
 from .services import Services
+from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
 
 log = structlog.get_logger("bamboo_session.server")
@@ -68,6 +72,8 @@ class BambooServer:
         self._manager: SessionManager | None = None
         self._services: Services | None = None
         self._server: Server | None = None
+        # Every connection from accept to end, upgraded or not (BambooConnection).
+        self._open_connections: set[BambooConnection] = set()
         # Checked here, before any storage is opened: a bad config changes nothing.
         check_binding(config.host, config.auth_secret, config.insecure)
         authenticator = None
@@ -141,7 +147,9 @@ class BambooServer:
             config.host,
             config.port,
             process_request=self._process_request,
-            create_connection=BambooConnection,
+            create_connection=functools.partial(  # type: ignore[arg-type]
+                BambooConnection, open_connections=self._open_connections
+            ),
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=select_subprotocol,
             compression="deflate" if config.compression else None,
@@ -163,30 +171,49 @@ class BambooServer:
             pid=os.getpid(),
         )
 
-    async def stop(self) -> None:
-        """Graceful shutdown; safe to call twice."""
+    async def stop(self, *, exiting: bool = False) -> None:
+        """Graceful shutdown; safe to call twice. With ``exiting``, the process ends
+        right after: the sockets are left to its exit to close, and the connections'
+        handlers are not waited for."""
         server, self._server = self._server, None
         if server is None:
             return
         started = time.monotonic()
-        server.server.close()  # stop accepting first
+        server.server.close()  # stop accepting first; upgrades under way get 503
         grace = self.config.shutdown_grace
-        await self.manager.close(CloseCode.SERVICE_RESTART, "server restarting", grace)
-        server.close(
-            close_connections=True, code=CloseCode.SERVICE_RESTART, reason="server restarting"
-        )
-        try:
-            await asyncio.wait_for(server.wait_closed(), grace)
-        except TimeoutError:
-            log.warning("connections still open after the grace period")
-        closed = time.monotonic()
+        reason = "server restarting"
+        connections = self._open_connections
+        count = len(connections)
+        # Nothing a peer sends is answered any more: its close reply least of all.
+        discard_input(connections)
+        await self.manager.close(CloseCode.SERVICE_RESTART, reason, grace)
+        closing = close_unattached(connections, reason)
+        owed = await bytes_delivered(connections, grace)
+        if owed:
+            log.warning("peers still owed their close after the grace period", peers=owed)
+        delivered = time.monotonic()
+        if not exiting:
+            await self._end_connections(server, closing, grace)
         if self._given_storage is None and self.storage is not None:
             await self.storage.close()
         log.info(
             "stopped",
-            connections_seconds=round(closed - started, 3),
-            storage_seconds=round(time.monotonic() - closed, 3),
+            connections=count,
+            connections_seconds=round(delivered - started, 3),
+            storage_seconds=round(time.monotonic() - delivered, 3),
         )
+
+    async def _end_connections(
+        self, server: Server, closing: list[asyncio.Task[None]], grace: float
+    ) -> None:
+        """Every socket closed and every handler finished, before the store closes."""
+        drop_connections(self._open_connections)
+        server.close(close_connections=False)
+        try:
+            await asyncio.wait_for(server.wait_closed(), grace)
+        except TimeoutError:
+            log.warning("connection handlers still running after the grace period")
+        await asyncio.gather(*closing, return_exceptions=True)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -252,7 +252,9 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def serve_until_signalled(config: ServerConfig, worker: int | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; ``worker``: one of several on one port."""
+    """Serve until SIGTERM or SIGINT, then stop and end the process at once (the
+    sockets of the connections still open close with it); ``worker``: one of several
+    on one port. Returns only when the server cannot start."""
     from .app import BambooServer
 
     log = structlog.get_logger("bamboo_session.server")
@@ -270,8 +272,8 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     settle_garbage_collector()
     await stop.wait()
     log.info("shutting down")
-    await server.stop()
-    return 0
+    await server.stop(exiting=True)
+    leave_process(0)
 
 
 # Allocations between two collections of the youngest generation (CPython's default is

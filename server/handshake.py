@@ -35,6 +35,7 @@ from .auth import (
 from .config import ServerConfig
 from .failures import ServerBusy, failure_of
 from .flush import WebSocketSink
+from .http_wire import BambooConnection
 from .limits import TooManyConnections
 from .outbox import Outbox
 from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
@@ -138,6 +139,8 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             outbox.abandon("attach failed")  # its Attach may wait in a stuck actor's inbox
             raise
         conn.outbox = outbox
+        if isinstance(ws, BambooConnection):
+            ws.closes_itself = True  # a stop leaves its close to the outbox
         if principal is not None and principal.valid_until is not None:
             conn.expiry = _close_at_expiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:

@@ -89,14 +89,28 @@ class BambooConnection(ServerConnection):
     # charged there; class defaults, so that a WebSocket connection carries neither.
     _answers: UnreadAnswers | None = None
     _answer_held = 0
+    # Set once attached to a session: its outbox sends ``closed`` and the close.
+    closes_itself = False
+    _discarding = False  # a stopping server: what the peer sends is dropped unread
 
-    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        protocol: ServerProtocol,
+        *args: Any,
+        open_connections: set[BambooConnection] | None = None,
+        **kwargs: Any,
+    ) -> None:
         protocol.reject = json_reject  # type: ignore[method-assign]
         protocol.parser = _parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
+        # The server's account of every connection from accept to end (websockets
+        # counts only the upgraded ones): what a stop waits for (shutdown.py).
+        self._open_connections = open_connections
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         super().data_received(data)
         if (
             self.protocol.state is State.CONNECTING
@@ -111,8 +125,16 @@ class BambooConnection(ServerConnection):
         if self.protocol.state is State.OPEN:
             self.data_received(b"")  # frames sent along with the request: read them now
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        if self._discarding:
+            return True  # asyncio's "keep the transport": the stop closes the socket
+        super().eof_received()
+        return None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._open_connections is not None:
+            self._open_connections.add(self)
         # websockets pauses reading while its incoming queue is full; resume only when
         # writing is not paused too (and the other way round, below).
         self.recv_messages.resume = self._resume_reading
@@ -122,10 +144,22 @@ class BambooConnection(ServerConnection):
             super().connection_lost(exc)
         finally:
             self._answer_left(0)  # whatever was left unsent is gone with the transport
+            if self._open_connections is not None:
+                self._open_connections.discard(self)
+
+    def discard_input(self) -> None:
+        """From here on, what the peer sends is read and dropped unseen (a stopping
+        server: shutdown.py). Its close reply costs no parsing and wakes no handler,
+        and the socket's receive queue stays empty, so that closing it sends FIN, not
+        a reset, which could take bytes the peer has not read yet with it."""
+        self._discarding = True
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self.transport.pause_reading()
+        if not self._discarding:  # nothing read is answered any more
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         super().resume_writing()

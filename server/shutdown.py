@@ -1,0 +1,100 @@
+"""What a stopping server owes the connections still open: each peer's last bytes
+(``closed`` and the close frame, an HTTP answer under way) in the peer's hands, and
+nothing after that.
+
+The peers' half of the closing handshake is not waited for. Reading it, and tearing
+every connection down one by one, cost a restart with 6,000 connections 0.65 s of CPU
+after the last close frame was written, while the peers, who already had their close
+code, waited for the new server. From the stop's start, what peers send is read and
+dropped unseen; once nothing is owed, the sockets are closed (by the process's exit,
+or by ``drop_connections``) with FIN.
+
+"In the peer's hands" means out of the kernel's send queue too, not only out of the
+transport's buffer: a socket closed while the peer still sends is reset, and a reset
+throws away what its send queue held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import struct
+import termios
+import time
+from collections.abc import Collection
+
+from websockets.protocol import State
+
+from bamboo_session.protocol.errors import CloseCode
+
+from .http_wire import BambooConnection
+
+POLL_SECONDS = 0.01
+# Linux's SIOCOUTQ: the bytes of a TCP socket's send queue the peer has not acknowledged.
+_SEND_QUEUE_IOCTL: int | None = getattr(termios, "TIOCOUTQ", None)
+
+
+def close_unattached(
+    connections: Collection[BambooConnection], reason: str
+) -> list[asyncio.Task[None]]:
+    """Closes with 1012 every open WebSocket attached to no session (its ``hello`` not
+    yet read or answered); the attached ones close themselves, after their queued
+    frames and ``closed``. The closing tasks, for the caller to hold."""
+    return [
+        asyncio.ensure_future(connection.close(CloseCode.SERVICE_RESTART, reason))
+        for connection in connections
+        if connection.protocol.state is State.OPEN and not connection.closes_itself
+    ]
+
+
+def owes_bytes(connection: BambooConnection) -> bool:
+    """Whether the peer of ``connection`` has yet to receive something: bytes in the
+    transport's buffer or the kernel's send queue, its close frame (an open
+    WebSocket), or the answer to a request it sent (a handshake under way). One that
+    sent no request yet is owed nothing: the server stopped accepting."""
+    transport = connection.transport
+    if transport.get_write_buffer_size() > 0:
+        return True
+    if transport.is_closing():
+        return False  # its socket is the kernel's to finish
+    state = connection.protocol.state
+    if state is State.OPEN or (state is State.CONNECTING and connection.request is not None):
+        return True
+    return unacknowledged_bytes(connection) > 0
+
+
+def unacknowledged_bytes(connection: BambooConnection) -> int:
+    """What the kernel holds of the socket's output, unsent or unacknowledged (0 where
+    the platform does not tell)."""
+    sock = connection.transport.get_extra_info("socket")
+    if sock is None or _SEND_QUEUE_IOCTL is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(sock.fileno(), _SEND_QUEUE_IOCTL, b"\0\0\0\0")
+    except OSError:
+        return 0
+    count: int = struct.unpack("i", answer)[0]
+    return count
+
+
+async def bytes_delivered(connections: Collection[BambooConnection], limit: float) -> int:
+    """Waits up to ``limit`` seconds until no peer is owed a byte; the count of those
+    still owed then (peers that stopped reading)."""
+    deadline = time.monotonic() + limit
+    owed = [c for c in connections if owes_bytes(c)]
+    while owed and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+        owed = [c for c in owed if owes_bytes(c)]
+    return len(owed)
+
+
+def discard_input(connections: Collection[BambooConnection]) -> None:
+    """What any peer sends from here on is dropped unread (BambooConnection)."""
+    for connection in connections:
+        connection.discard_input()
+
+
+def drop_connections(connections: Collection[BambooConnection]) -> None:
+    """Closes every socket now, as the process's exit would."""
+    for connection in list(connections):
+        connection.transport.abort()

@@ -1,0 +1,229 @@
+"""A graceful stop as peers see it: each gets ``closed`` and close 1012, and the server
+does not wait for them to answer the close; one that reads nothing holds it for the
+shutdown grace at most."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Opcode
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.support import attach, run_server, token
+
+RESTARTING = {"type": "closed", "reason": "server restarting"}
+
+
+class MutePeer:
+    """A WebSocket peer on websockets' sans-I/O protocol that writes only what it is
+    told to: it reads the server's close frame and never answers it."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ClientProtocol
+    ) -> None:
+        self.reader, self.writer, self.protocol = reader, writer, protocol
+        self.events: collections.deque[Any] = collections.deque()
+
+    @classmethod
+    async def attach(
+        cls, port: int, session_id: str, receive_buffer: int = 0, **hello: Any
+    ) -> tuple[MutePeer, dict[str, Any]]:
+        """Upgraded, ``hello`` sent and ``welcome`` read; ``receive_buffer``: a small
+        socket buffer, for a peer that will stop reading."""
+        sock = socket.socket()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        uri = parse_uri(f"ws://127.0.0.1:{port}/api/v1/stream/{session_id}")
+        protocol = ClientProtocol(uri, subprotocols=[Subprotocol("bamboo.v1")])
+        peer = cls(reader, writer, protocol)
+        protocol.send_request(protocol.connect())
+        peer.flush()
+        while not isinstance(response := await peer.next_event(), Response):
+            pass
+        assert response.status_code == 101, response
+        protocol.send_text(json.dumps({"type": "hello", **hello}).encode())
+        peer.flush()
+        welcome = await peer.next_frame()
+        assert welcome["type"] == "welcome", welcome
+        return peer, welcome
+
+    def flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:  # b"" would be the end of the stream
+                self.writer.write(data)
+
+    async def next_event(self) -> Any:
+        while not self.events:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            assert data, "the server ended the connection"
+            self.protocol.receive_data(data)
+            self.events.extend(self.protocol.events_received())
+        return self.events.popleft()
+
+    async def next_frame(self) -> dict[str, Any]:
+        event = await self.next_event()
+        assert event.opcode is Opcode.TEXT, event
+        frame: dict[str, Any] = json.loads(event.data)
+        return frame
+
+    async def until_close(self) -> tuple[list[dict[str, Any]], int]:
+        """The frames before the server's close frame, and its code; no answer goes out."""
+        frames = []
+        while True:
+            event = await self.next_event()
+            if event.opcode is Opcode.CLOSE:
+                return frames, Close.parse(event.data).code
+            if event.opcode is Opcode.TEXT:
+                frames.append(json.loads(event.data))
+
+    async def ended(self) -> bool:
+        """Whether the server ended the TCP connection (an end of stream, or a reset)."""
+        try:
+            return await asyncio.wait_for(self.reader.read(65536), 10) == b""
+        except ConnectionResetError:
+            return True
+
+
+async def test_a_stop_does_not_wait_for_a_peer_to_answer_its_close(tmp_path: Path) -> None:
+    async with run_server(tmp_path, shutdown_grace=60.0, close_timeout=60.0) as server:
+        peer, _ = await MutePeer.attach(server.port, "s1", create=True)
+        stopping = asyncio.ensure_future(server.stop())
+        frames, code = await peer.until_close()
+        assert frames[-1] == RESTARTING and code == 1012
+        # Long before the minute either timeout allows: the answer is not waited for.
+        await asyncio.wait_for(stopping, 10)
+        assert await peer.ended()
+
+
+async def test_sigterm_exits_without_waiting_for_close_replies_and_resume_works(
+    tmp_path: Path,
+) -> None:
+    grace = ("--shutdown-grace", "60", "--close-timeout", "60")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *grace)
+    with server:
+        peer, welcome = await MutePeer.attach(server.port, "s1", create=True, role="agent")
+        for index in range(3):
+            event = {"type": "event", "id": index, "event": token(str(index))}
+            peer.protocol.send_text(json.dumps(event).encode())
+        peer.flush()
+        acks = [await peer.next_frame() for _ in range(3)]
+        assert [ack["seq"] for ack in acks] == [1, 2, 3]
+        stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 10))
+        frames, code = await peer.until_close()
+        assert frames == [RESTARTING] and code == 1012
+        assert await stopping == 0
+        assert await peer.ended()
+    records = server.log_records()
+    assert_no_tracebacks(records)
+    (stopped,) = (r for r in records if r["event"] == "stopped")
+    assert stopped["connections"] == 1
+    with server:  # the same data directory: every acknowledged event is there
+        async with attach(server, "s1", last_seq=0, epoch=welcome["epoch"]) as (viewer, hello):
+            assert hello["resumed"] is True and hello["replay"] == 3
+            assert [(await viewer.recv())["seq"] for _ in range(3)] == [1, 2, 3]
+
+
+async def test_a_peer_that_reads_nothing_holds_the_stop_for_the_grace_only(
+    tmp_path: Path,
+) -> None:
+    # A close_timeout shorter than the grace would end the stuck peer on its own.
+    flags = ("--shutdown-grace", "1", "--close-timeout", "60")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    with server:
+        # Attached, then never read again: the peer the stop must not wait for.
+        stuck, _ = await MutePeer.attach(server.port, "s1", receive_buffer=4096, create=True)
+        async with attach(server, "s1", role="agent") as (agent, _):
+            # 6 MB: more than the kernel's buffers on both sides hold for the stuck
+            # peer (at most 4 MiB of it is sent), less than its send queue.
+            payload = "x" * 60_000
+            for index in range(100):
+                await agent.send({"type": "event", "id": index, "event": token(payload)})
+            for _ in range(100):
+                await agent.recv_type("ack")
+            stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 30))
+            code, frames = await agent.closed(timeout=30)
+            assert code == 1012 and frames[-1] == RESTARTING
+            assert await stopping == 0
+        stuck.writer.close()
+    records = server.log_records()
+    (late,) = (r for r in records if r["event"].startswith("peers still owed their close"))
+    assert late["peers"] == 1 and late["level"] == "warning"
+    assert_no_tracebacks(records)
+
+
+async def test_a_slow_reader_that_keeps_sending_gets_its_backlog_then_closed_and_1012(
+    tmp_path: Path,
+) -> None:
+    flags = ("--shutdown-grace", "20", "--close-timeout", "60")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    with server:
+        slow, _ = await MutePeer.attach(server.port, "s1", receive_buffer=4096, create=True)
+        async with attach(server, "s1", role="agent") as (agent, _):
+            payload = "x" * 60_000
+            for index in range(60):  # 3.6 MB, most of it still queued for the slow peer
+                await agent.send({"type": "event", "id": index, "event": token(payload)})
+            for _ in range(60):
+                await agent.recv_type("ack")
+            stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 60))
+            # It reads slowly and pings all along: what it sends after the stop began
+            # is never read, and must not cost it what it has not read yet.
+            seqs: list[int] = []
+            while True:
+                slow.protocol.send_ping(b"still here")
+                slow.flush()
+                event = await slow.next_event()
+                if event.opcode is Opcode.CLOSE:
+                    break
+                if event.opcode is Opcode.TEXT:
+                    frame = json.loads(event.data)
+                    seqs += [frame["seq"]] if frame["type"] == "event" else []
+                    last = frame
+                await asyncio.sleep(0.002)
+            assert Close.parse(event.data).code == 1012 and last == RESTARTING
+            assert seqs == list(range(1, 61))  # the whole backlog, then `closed`
+            assert await stopping == 0
+        slow.writer.close()
+
+
+async def test_an_http_answer_under_way_at_sigterm_is_delivered_whole(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--shutdown-grace", "20")
+    with server:
+        async with attach(server, "s1", role="agent", create=True) as (agent, _):
+            for index in range(15):
+                await agent.send({"type": "event", "id": index, "event": token("x" * 60_000)})
+            for _ in range(15):
+                await agent.recv_type("ack")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        request = b"GET /api/v1/sessions/s1/events?after_seq=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        await loop.sock_sendall(sock, request)
+        head = await loop.sock_recv(sock, 4096)  # answered: the rest waits in buffers
+        stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 60))
+        answer = bytearray(head)
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 20):
+            answer += chunk
+            await asyncio.sleep(0.002)
+        sock.close()
+        assert await stopping == 0
+    headers, _, body = bytes(answer).partition(b"\r\n\r\n")
+    assert headers.startswith(b"HTTP/1.1 200")
+    (length,) = (
+        line for line in headers.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    assert len(body) == int(length.split(b":")[1]) > 800_000
+    assert len(json.loads(body)["events"]) == 15
