@@ -153,6 +153,10 @@ class BambooConnection(ServerConnection):
         and the socket's receive queue stays empty, so that closing it sends FIN, not
         a reset, which could take bytes the peer has not read yet with it."""
         self._discarding = True
+        if self.keepalive_task is not None:
+            # Its pongs would be dropped: a ping timeout would close with 1011,
+            # ahead of the frames still queued and ``closed``.
+            self.keepalive_task.cancel()
         if not self.transport.is_closing():
             self.transport.resume_reading()
 

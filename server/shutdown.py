@@ -29,7 +29,8 @@ from bamboo_session.protocol.errors import CloseCode
 
 from .http_wire import BambooConnection
 
-POLL_SECONDS = 0.01
+FIRST_POLL_SECONDS = 0.005
+LAST_POLL_SECONDS = 0.05
 # Linux's SIOCOUTQ: the bytes of a TCP socket's send queue the peer has not acknowledged.
 _SEND_QUEUE_IOCTL: int | None = getattr(termios, "TIOCOUTQ", None)
 
@@ -57,9 +58,13 @@ def owes_bytes(connection: BambooConnection) -> bool:
         return True
     if transport.is_closing():
         return False  # its socket is the kernel's to finish
-    state = connection.protocol.state
-    if state is State.OPEN or (state is State.CONNECTING and connection.request is not None):
+    protocol = connection.protocol
+    if protocol.state is State.OPEN:
         return True
+    if protocol.state is State.CONNECTING and connection.request is not None:
+        # Answered (a refusal, an API read): only its bytes are owed, not the wait
+        # for the peer to hang up that websockets does after it.
+        return not protocol.eof_sent or unacknowledged_bytes(connection) > 0
     return unacknowledged_bytes(connection) > 0
 
 
@@ -82,8 +87,10 @@ async def bytes_delivered(connections: Collection[BambooConnection], limit: floa
     still owed then (peers that stopped reading)."""
     deadline = time.monotonic() + limit
     owed = [c for c in connections if owes_bytes(c)]
+    pause = FIRST_POLL_SECONDS
     while owed and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, LAST_POLL_SECONDS)  # slow peers are not polled hard
         owed = [c for c in owed if owes_bytes(c)]
     return len(owed)
 

@@ -227,3 +227,16 @@ async def test_an_http_answer_under_way_at_sigterm_is_delivered_whole(tmp_path: 
     )
     assert len(body) == int(length.split(b":")[1]) > 800_000
     assert len(json.loads(body)["events"]) == 15
+
+
+async def test_an_answered_http_request_does_not_hold_the_stop(tmp_path: Path) -> None:
+    async with run_server(tmp_path, shutdown_grace=60.0, close_timeout=60.0) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # to the server's end of stream
+        assert answer.startswith(b"HTTP/1.1 200")
+        stopping = asyncio.ensure_future(server.stop())
+        await asyncio.sleep(0.01)
+        writer.close()  # the peer hangs up once the stop has begun
+        # Not the minute websockets would wait for that peer: it is owed nothing.
+        await asyncio.wait_for(stopping, 10)
