@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,17 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.support import attach, run_server, token
+from tests.support import Peer, attach, run_server, token
 
 RESTARTING = {"type": "closed", "reason": "server restarting"}
+
+
+async def publish_acked(agent: Peer, count: int) -> None:
+    """``count`` events of 60 KB each, published and every one acknowledged."""
+    for index in range(count):
+        await agent.send({"type": "event", "id": index, "event": token("x" * 60_000)})
+    for _ in range(count):
+        await agent.recv_type("ack")
 
 
 class MutePeer:
@@ -135,28 +145,35 @@ async def test_sigterm_exits_without_waiting_for_close_replies_and_resume_works(
             assert [(await viewer.recv())["seq"] for _ in range(3)] == [1, 2, 3]
 
 
+@contextlib.asynccontextmanager
+async def slow_viewer_and_agent(
+    tmp_path: Path, grace: float, events: int
+) -> AsyncIterator[tuple[ServerProcess, MutePeer, Peer]]:
+    """A server (``--shutdown-grace`` ``grace``) with a viewer of ``s1`` that reads only
+    when told to, and an agent that has published ``events`` events of 60 KB."""
+    # A close_timeout shorter than the grace would end a stuck peer on its own.
+    flags = ("--shutdown-grace", str(grace), "--close-timeout", "60")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    with server:
+        slow, _ = await MutePeer.attach(server.port, "s1", receive_buffer=4096, create=True)
+        try:
+            async with attach(server, "s1", role="agent") as (agent, _):
+                await publish_acked(agent, events)
+                yield server, slow, agent
+        finally:
+            slow.writer.close()
+
+
 async def test_a_peer_that_reads_nothing_holds_the_stop_for_the_grace_only(
     tmp_path: Path,
 ) -> None:
-    # A close_timeout shorter than the grace would end the stuck peer on its own.
-    flags = ("--shutdown-grace", "1", "--close-timeout", "60")
-    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
-    with server:
-        # Attached, then never read again: the peer the stop must not wait for.
-        stuck, _ = await MutePeer.attach(server.port, "s1", receive_buffer=4096, create=True)
-        async with attach(server, "s1", role="agent") as (agent, _):
-            # 600 KB: past what the stuck peer's socket buffer and stream reader take
-            # (about 140 KB), so that its kernel's window closes on the rest.
-            payload = "x" * 60_000
-            for index in range(10):
-                await agent.send({"type": "event", "id": index, "event": token(payload)})
-            for _ in range(10):
-                await agent.recv_type("ack")
-            stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 30))
-            code, frames = await agent.closed(timeout=30)
-            assert code == 1012 and frames[-1] == RESTARTING
-            assert await stopping == 0
-        stuck.writer.close()
+    # 600 KB: past what the stuck peer's socket buffer and stream reader take (about
+    # 140 KB), so that its kernel's window closes on the rest. It never reads again.
+    async with slow_viewer_and_agent(tmp_path, 1, 10) as (server, _stuck, agent):
+        stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 30))
+        code, frames = await agent.closed(timeout=30)
+        assert code == 1012 and frames[-1] == RESTARTING
+        assert await stopping == 0
     records = server.log_records()
     (late,) = (r for r in records if r["event"].startswith("peers still owed their close"))
     assert late["peers"] == 1 and late["level"] == "warning"
@@ -166,45 +183,33 @@ async def test_a_peer_that_reads_nothing_holds_the_stop_for_the_grace_only(
 async def test_a_slow_reader_that_keeps_sending_gets_its_backlog_then_closed_and_1012(
     tmp_path: Path,
 ) -> None:
-    flags = ("--shutdown-grace", "20", "--close-timeout", "60")
-    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
-    with server:
-        slow, _ = await MutePeer.attach(server.port, "s1", receive_buffer=4096, create=True)
-        async with attach(server, "s1", role="agent") as (agent, _):
-            payload = "x" * 60_000
-            for index in range(60):  # 3.6 MB, most of it still queued for the slow peer
-                await agent.send({"type": "event", "id": index, "event": token(payload)})
-            for _ in range(60):
-                await agent.recv_type("ack")
-            stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 60))
-            # It reads slowly and pings all along: what it sends after the stop began
-            # is never read, and must not cost it what it has not read yet.
-            seqs: list[int] = []
-            while True:
-                slow.protocol.send_ping(b"still here")
-                slow.flush()
-                event = await slow.next_event()
-                if event.opcode is Opcode.CLOSE:
-                    break
-                if event.opcode is Opcode.TEXT:
-                    frame = json.loads(event.data)
-                    seqs += [frame["seq"]] if frame["type"] == "event" else []
-                    last = frame
-                await asyncio.sleep(0.002)
-            assert Close.parse(event.data).code == 1012 and last == RESTARTING
-            assert seqs == list(range(1, 61))  # the whole backlog, then `closed`
-            assert await stopping == 0
-        slow.writer.close()
+    # 3.6 MB, most of it still queued for the slow peer when the stop begins.
+    async with slow_viewer_and_agent(tmp_path, 20, 60) as (server, slow, _agent):
+        stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 60))
+        # It reads slowly and pings all along: what it sends after the stop began
+        # is never read, and must not cost it what it has not read yet.
+        seqs: list[int] = []
+        while True:
+            slow.protocol.send_ping(b"still here")
+            slow.flush()
+            event = await slow.next_event()
+            if event.opcode is Opcode.CLOSE:
+                break
+            if event.opcode is Opcode.TEXT:
+                frame = json.loads(event.data)
+                seqs += [frame["seq"]] if frame["type"] == "event" else []
+                last = frame
+            await asyncio.sleep(0.002)
+        assert Close.parse(event.data).code == 1012 and last == RESTARTING
+        assert seqs == list(range(1, 61))  # the whole backlog, then `closed`
+        assert await stopping == 0
 
 
 async def test_an_http_answer_under_way_at_sigterm_is_delivered_whole(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--shutdown-grace", "20")
     with server:
         async with attach(server, "s1", role="agent", create=True) as (agent, _):
-            for index in range(15):
-                await agent.send({"type": "event", "id": index, "event": token("x" * 60_000)})
-            for _ in range(15):
-                await agent.recv_type("ack")
+            await publish_acked(agent, 15)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
