@@ -1,5 +1,5 @@
 """The JavaScript client (/client/bamboo.js) in a real headless Chromium: exactly-once
-publish across a server killed mid-burst, resume from a saved position, typed refusals,
+publish across a server killed or stopped mid-burst, resume from a saved position, typed refusals,
 requests, and the sequence check against a server that skips a seq.
 
 Each test opens a blank page of another origin (a static server on another loopback
@@ -54,10 +54,8 @@ async def client_page(browser: Any, port: int, app: str) -> Any:
 
 
 def serving(**overrides: Any) -> contextlib.AbstractAsyncContextManager[BambooServer]:
-    """``run_server`` with a short shutdown grace: a page importing the client from
-    another origin leaves Chromium with an idle preconnected socket to the server, and
-    a graceful stop waits the whole grace period for connections that never send a
-    request."""
+    """``run_server`` with a short shutdown grace: a page that stops reading (one left
+    open when its test ends) holds a graceful stop for the grace period at most."""
     return run_server(shutdown_grace=0.5, **overrides)
 
 
@@ -69,11 +67,14 @@ def make_token(sub: str, role: str = "user") -> str:
     return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, SECRET, "HS256")
 
 
-async def test_keyed_burst_is_stored_exactly_once_across_a_server_kill(
-    browser: Any, app_origin: str, tmp_path: Path
+@pytest.mark.parametrize(("stop", "close_code"), [("kill", 1006), ("sigterm", 1012)])
+async def test_keyed_burst_is_stored_exactly_once_across_a_server_restart(
+    browser: Any, app_origin: str, tmp_path: Path, stop: str, close_code: int
 ) -> None:
-    """200 keyed publishes, up to 20 in flight, while the server is killed (SIGKILL) and
-    started again mid-burst: the log holds each exactly once, in order."""
+    """200 keyed publishes, up to 20 in flight, while the server is killed (SIGKILL) or
+    stopped (SIGTERM: `closed`, then 1012, and the server gone without waiting for the
+    browser's close reply) and started again mid-burst: the log holds each exactly
+    once, in order, and the page saw the close the server sent."""
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
     await asyncio.to_thread(server.start)
     server.extra = ("--port", str(server.port))
@@ -82,8 +83,22 @@ async def test_keyed_burst_is_stored_exactly_once_across_a_server_kill(
         await page.evaluate(
             """async ({ url, count }) => {
               const { BambooClient } = window.bamboo;
+              window.closes = [];
+              class Watched extends WebSocket {
+                constructor(...args) {
+                  super(...args);
+                  let closed = null;
+                  this.addEventListener("message", (m) => {
+                    if (typeof m.data === "string" && m.data.includes('"closed"')) {
+                      closed = JSON.parse(m.data).reason;
+                    }
+                  });
+                  this.addEventListener("close", (e) => window.closes.push([e.code, closed]));
+                }
+              }
               const c = await BambooClient.connect(url, {
                 sessionId: "burst", create: true, backoffInitial: 50, backoffMax: 400,
+                WebSocket: Watched,
               });
               window.progress = { acked: 0, seqs: [] };
               window.burst = (async () => {
@@ -111,15 +126,21 @@ async def test_keyed_burst_is_stored_exactly_once_across_a_server_kill(
         async def acked() -> int:
             return int(await page.evaluate("window.progress.acked"))
 
-        await eventually(lambda: _at_least(acked, 50), "50 acks before the kill")
-        server.kill()
-        acked_at_kill = await acked()
+        await eventually(lambda: _at_least(acked, 50), "50 acks before the stop")
+        if stop == "kill":
+            server.kill()
+        else:
+            assert await asyncio.to_thread(server.stop) == 0
+        acked_at_stop = await acked()
         await asyncio.to_thread(server.start)
         result = await asyncio.wait_for(page.evaluate("window.burst"), 60)
-        print(f"acked at the kill: {acked_at_kill}, resent: {result['resent']}")
+        print(f"acked at the stop: {acked_at_stop}, resent: {result['resent']}")
 
-        assert acked_at_kill < BURST, "the kill came after the burst"
+        assert acked_at_stop < BURST, "the stop came after the burst"
         assert result["reconnects"] >= 1
+        closes = await page.evaluate("window.closes")
+        restarting = "server restarting" if stop == "sigterm" else None
+        assert closes[0] == [close_code, restarting], closes
         assert result["seqs"] == list(range(1, BURST + 1))
         assert result["lastSeq"] == BURST
         async with await BambooClient.connect(f"ws://127.0.0.1:{server.port}", "burst") as reader:
