@@ -16,14 +16,13 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 
-from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id
 
 from .actor import SessionActor
 from .commands import ActorRetired, Attach, Detach, Stop
-from .failures import ServerBusy
+from .failures import ServerBusy, ServerStopping
 from .outbox import Outbox
 from .pages import PageReads
 
@@ -67,7 +66,7 @@ class ActorRegistry:
         check_session_id(session_id)
         while True:
             if self.closed:
-                raise StorageError("server is shutting down")
+                raise ServerStopping("server is shutting down")
             actor = self._actors.get(session_id)
             if actor is not None and actor.accepting:
                 self._actors.move_to_end(session_id)
@@ -189,6 +188,8 @@ class ActorRegistry:
             # this spawn gets; an actor loaded later is dropped, never started.
             load = functools.partial(self._load, session_id, self.retired)
             actor = await self._reads.lookup(load)
+            if self.closed:  # loaded after close() retired the others: never started
+                raise ServerStopping("server is shutting down")
             self._make_room()
             self._actors[session_id] = actor
             actor.start()

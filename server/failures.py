@@ -37,6 +37,11 @@ class ServerBusy(Exception):
     """More sessions are live than the server keeps, and none can be evicted."""
 
 
+class ServerStopping(StorageError):
+    """The server is stopping: no session is loaded or attached any more. A
+    StorageError, as an in-process caller already handles one."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Failure:
     """``reason`` is a short fixed text, fit for a close frame (at most 123 bytes, never
@@ -72,6 +77,9 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     ServerBusy: Failure(
         _C.TRY_AGAIN_LATER, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "server at its session limit"
+    ),
+    ServerStopping: Failure(
+        _C.SERVICE_RESTART, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "server restarting"
     ),
     StoreTimeout: Failure(
         _C.INTERNAL_ERROR, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "storage unavailable", True

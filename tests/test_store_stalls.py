@@ -192,6 +192,26 @@ async def test_a_hello_whose_session_a_frozen_store_must_load_closes_1011(
             assert welcome["session"]["id"] == "cold"
 
 
+async def test_a_session_the_store_loads_after_the_stop_began_is_never_started(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    async with run_server(store=store, store_read_timeout=30.0) as server:
+        await server.manager.create_session("u1", session_id="cold")
+        async with open_peer(server, "cold") as peer:
+            with frozen(redis):
+                await peer.send({"type": "hello"})
+                await asyncio.sleep(0.3)  # read, and its session's load waits on the store
+                stopping = asyncio.ensure_future(server.stop())
+                await asyncio.sleep(0.2)  # the sessions are retired; the load is not done
+            # The store answers: the load ends after the stop retired every session.
+            code, frames = await peer.closed(timeout=WITHIN)
+            await asyncio.wait_for(stopping, WITHIN)
+        assert code == 1012 and frames == []  # no welcome from a stopped server
+        assert server.manager.live_actor("cold") is None
+
+
 async def test_hellos_at_once_to_a_session_a_frozen_store_must_load_all_end_at_the_deadline(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
