@@ -61,10 +61,11 @@ def owes_bytes(connection: BambooConnection) -> bool:
     protocol = connection.protocol
     if protocol.state is State.OPEN:
         return True
-    if protocol.state is State.CONNECTING and connection.request is not None:
-        # Answered (a refusal, an API read): only its bytes are owed, not the wait
-        # for the peer to hang up that websockets does after it.
-        return not protocol.eof_sent or unacknowledged_bytes(connection) > 0
+    # A request read and not yet answered. Once answered (a refusal, an API read),
+    # only its bytes are owed, not websockets' wait for the peer to hang up.
+    answering = connection.request is not None and not protocol.eof_sent
+    if protocol.state is State.CONNECTING and answering:
+        return True
     return unacknowledged_bytes(connection) > 0
 
 
