@@ -61,7 +61,6 @@ class SessionActor:
     __slots__ = (
         "_loop",
         "_on_retired",
-        "_timer",
         "_wakeup",
         "accepting",
         "config",
@@ -77,6 +76,7 @@ class SessionActor:
         "status",
         "storage",
         "task",
+        "timer",
     )
 
     def __init__(
@@ -109,7 +109,7 @@ class SessionActor:
         self.task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
+        self.timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
 
     @classmethod
     async def load(
@@ -242,7 +242,7 @@ class SessionActor:
     def _retire(self) -> None:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
         self.accepting = False
-        self._timer.cancel()
+        self.timer.cancel()
         self.unfollow()
         self.room.drop_ring()
         self._on_retired(self)
@@ -350,7 +350,7 @@ class SessionActor:
             code, reason, ended = taken
             if ended == "closed":
                 self.status.state = SessionState.CLOSED
-            self._end(code, reason)
+            self.end(code, reason)
 
     def _give(self, events: list[StoredEvent]) -> None:
         self.room.deliver(events)
@@ -359,7 +359,7 @@ class SessionActor:
         lag = time.time() - events[0].ts.timestamp()
         self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
 
-    def _end(self, code: CloseCode, reason: str) -> None:
+    def end(self, code: CloseCode, reason: str) -> None:
         self.room.close_all(code, reason)
         self.accepting = False
 
@@ -367,32 +367,16 @@ class SessionActor:
 
     def note_traffic(self) -> None:
         """A peer sent a frame: the session is not idle."""
-        self._timer.note_traffic()
+        self.timer.note_traffic()
 
     def arm_timer(self) -> None:
         """Look again after a while: for idleness while connections are attached, for
-        the end of parking when none is."""
-        config = self.config
-        if not self.room.outboxes:
-            self._timer.arm(config.disconnect_retention)
-            return
+        the end of parking when none is (sooner while its store is owed its state)."""
+        config, ttl = self.config, self.status.ttl
         # Often enough that peers who keep sending frames keep a short-lived session
         # alive: their traffic is recorded as activity at every look.
-        ttl = self.status.ttl
-        self._timer.arm(config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3))
-
-    async def on_timer(self, generation: int) -> None:
-        """A timer fired: retire a session parked too long, check an attached one for
-        idleness and expiry, and look again later."""
-        if not self._timer.is_current(generation):
-            return
-        if not self.room.outboxes:
-            self.accepting = False  # parked for the whole retention: retire
-            return
-        timer = self._timer
-        idle = timer.quiet_for() >= self.config.idle_timeout
-        if not await self.status.check(idle, traffic=timer.traffic_since_armed()):
-            # Its peers were silent for its whole TTL: tell them, as a delete would.
-            self._end(CloseCode.NOT_FOUND, "session expired")
-            return
-        self.arm_timer()
+        look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
+        if self.room.outboxes:
+            self.timer.arm(look)
+        else:
+            self.timer.park(config.disconnect_retention, look if self.status.owed else None)

@@ -1,11 +1,12 @@
 """A session actor's control commands: everything it is asked but appends.
 
 Attach (check the stored session, follow it, join presence and the room, welcome),
-detach (leave; the last connection out parks the session), a peer's state change, stop,
-the timer's tick and another process's presence notice; what a failing store does to
-each of them; and the answer to an in-process request whose actor was stopped. Appends
-and the delivery of events are the actor's hot path and stay in server/actor.py; these
-run far less often, between its batches.
+detach (leave; the last connection out parks the session, even while the store fails),
+a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
+another process's presence notice; what a failing store does to each of them; and the
+answer to an in-process request whose actor was stopped. Appends and the delivery of
+events are the actor's hot path and stay in server/actor.py; these run far less often,
+between its batches.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ async def handle(actor: SessionActor, command: Command) -> None:
             if command.future is not None and not command.future.done():
                 command.future.set_result(None)
         case Tick():
-            await actor.on_timer(command.generation)
+            await tick(actor, command.generation)
         case Announce(connection_id, role, joined, connections):
             actor.room.announce(connection_id, role, joined, connections)
         case _:  # pragma: no cover - Append is batched by the caller
@@ -113,6 +114,9 @@ async def attach(actor: SessionActor, command: Attach) -> None:
 
 
 async def detach(actor: SessionActor, connection_id: str) -> None:
+    """A connection left (or its attach was given up on). Neither its presence's leave
+    nor the last one's move to ``disconnected`` fails on a failing store (presence.py,
+    status.py): the room always lets it go, and the session always parks."""
     outbox = actor.room.outboxes.get(connection_id)
     if outbox is None:
         return
@@ -120,9 +124,33 @@ async def detach(actor: SessionActor, connection_id: str) -> None:
     actor.room.leave(connection_id, connections)
     if not actor.room.outboxes and actor.state != SessionState.CLOSED:
         actor.unfollow()
-        await actor.status.become(SessionState.DISCONNECTED)
+        await actor.status.park()
         actor.room.shrink_ring(PARKED_RING_SIZE)
-        actor.arm_timer()
+        actor.arm_timer()  # retires it after the retention; saves its state before
+
+
+async def tick(actor: SessionActor, generation: int) -> None:
+    """The timer fired: check an attached session for idleness and expiry; save the
+    state a parked one's store missed, and retire it at the end of its retention."""
+    timer = actor.timer
+    if not timer.is_current(generation):
+        return
+    if not actor.room.outboxes:
+        try:
+            await actor.status.save()
+        except StorageError as exc:  # again at the next look, unless this one retires
+            log.warning("saving the session's state failed", error=str(exc))
+        if timer.retires:
+            actor.accepting = False  # parked for the whole retention: retire
+        else:
+            actor.arm_timer()
+        return
+    idle = timer.quiet_for() >= actor.config.idle_timeout
+    if not await actor.status.check(idle, traffic=timer.traffic_since_armed()):
+        # Its peers were silent for its whole TTL: tell them, as a delete would.
+        actor.end(CloseCode.NOT_FOUND, "session expired")
+        return
+    actor.arm_timer()
 
 
 async def set_state(actor: SessionActor, command: SetState) -> None:

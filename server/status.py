@@ -1,6 +1,7 @@
 """SessionStatus: a live session's state as its actor keeps it (``active``, ``idle``,
 ``disconnected``, ``closed``), each change written to the store, and the activity that
-keeps the session's TTL sliding."""
+keeps the session's TTL sliding. A session parks (``disconnected``) even while its store
+fails: the state it could not write is owed, and written at the actor's next look."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import contextlib
 
 import structlog
 
-from bamboo_session.persistence.base import SessionExpired, SessionNotFound, Storage
+from bamboo_session.persistence.base import (
+    SessionExpired,
+    SessionNotFound,
+    Storage,
+    StorageError,
+)
 from bamboo_session.protocol.models import SessionState
 
 log = structlog.get_logger("bamboo_session.actor")
 
 
 class SessionStatus:
-    __slots__ = ("session_id", "state", "storage", "ttl")
+    __slots__ = ("owed", "session_id", "state", "storage", "ttl")
 
     def __init__(
         self, session_id: str, state: SessionState, storage: Storage, ttl: int | None = None
@@ -24,6 +30,7 @@ class SessionStatus:
         self.state = state
         self.storage = storage
         self.ttl = ttl  # seconds of inactivity before it expires; None: never
+        self.owed = False  # the store has not taken ``state`` (see park and save)
 
     async def become(self, state: SessionState) -> None:
         """Change to ``state`` (InvalidTransition if it may not), in the store too."""
@@ -37,6 +44,26 @@ class SessionStatus:
             # removes the session; a state change is not activity that revives it.
             log.info("session expired", state=state.value)
         self.state = state
+        self.owed = False
+
+    async def park(self) -> None:
+        """The last connection left: ``disconnected``, in the store too unless it fails.
+        Then the session parks all the same, and the state is owed to the store
+        (:meth:`save`): a store that is away must not leave it ``active`` for ever."""
+        try:
+            await self.become(SessionState.DISCONNECTED)
+        except StorageError as exc:
+            log.warning("saving the disconnected state failed; saved later", error=str(exc))
+            self.state = SessionState.DISCONNECTED
+            self.owed = not isinstance(exc, SessionNotFound)  # a deleted one is owed nothing
+
+    async def save(self) -> None:
+        """Write the state the store is owed, if any; StorageError if it fails again."""
+        if not self.owed:
+            return
+        with contextlib.suppress(SessionExpired, SessionNotFound):  # nothing left to save
+            await self.storage.update_session_state(self.session_id, self.state)
+        self.owed = False
 
     async def touch(self) -> None:
         """Activity: the session's TTL starts again."""
