@@ -86,7 +86,10 @@ class RequestGuard:
         normalized = _normalized_origin(origin)
         if normalized in self.origins:
             return True
-        parts = urllib.parse.urlsplit(normalized)
+        try:
+            parts = urllib.parse.urlsplit(normalized)
+        except ValueError:  # "http://[::1": a malformed bracketed host is no origin of ours
+            return False
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return False  # "null" (a sandboxed page, a file), or not a URL at all
         return _is_loopback_name(parts.hostname)

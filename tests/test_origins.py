@@ -35,6 +35,8 @@ def test_without_auth_only_loopback_hosts_and_origins_pass() -> None:
         assert guard.origin_allowed(origin), origin
     for origin in ("https://evil.example", "null", "http://localhost.evil.example", "file://"):
         assert not guard.origin_allowed(origin), origin
+    for origin in ("http://[::1", "http://[localhost]"):  # urlsplit raises ValueError
+        assert not guard.origin_allowed(origin), origin
 
 
 def test_the_flags_widen_the_lists() -> None:
@@ -85,6 +87,9 @@ async def test_by_default_a_foreign_origin_cannot_open_a_websocket() -> None:
     async with run_server() as server:
         assert await upgrade_status(server, {"Origin": "https://evil.example"}) == 403
         assert await upgrade_status(server, {"Origin": "null"}) == 403
+        # A bracketed host urlsplit cannot read: refused like any foreign origin (it
+        # was a 500 with a traceback in the log).
+        assert await upgrade_status(server, {"Origin": "http://[::1"}) == 403
         assert await upgrade_status(server, {"Origin": "http://localhost:3000"}) == 101
         assert await upgrade_status(server, {}) == 101  # not a browser
     async with run_server(allowed_origins=("https://app.example",)) as server:
