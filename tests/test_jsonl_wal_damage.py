@@ -13,6 +13,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl import lifecycle, session_recovery, wal
 from bamboo_session.protocol.models import AgentEvent, SessionMetadata
+from tests.support import attach, run_server
 from tests.test_jsonl_wal import segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, holed, record, seqs
 
@@ -192,3 +193,20 @@ async def test_clearing_set_aside_segments_syncs_the_wal_directory(
     async with await JsonlStorage.open(config) as storage:
         kept = await storage.clear_damaged()
     assert kept and config.layout.wal in synced
+
+
+async def test_a_session_whose_id_holds_the_damaged_mark_is_not_damage(tmp_path: Path) -> None:
+    """Session ids are a peer's choice, and ``.damaged-`` fits the id alphabet: such a
+    session's files were listed as damaged, and ``clear_damaged`` deleted them (its
+    checkpoint and log: the session was gone at the next open)."""
+    async with (
+        run_server(tmp_path) as server,
+        attach(server, "x.damaged-1", create=True) as (peer, _),
+    ):
+        await peer.send({"type": "event", "id": 1, "event": {"type": "token", "content": "a"}})
+        assert (await peer.recv())["type"] == "ack"
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
+        assert await storage.damaged_files() == []
+        assert await storage.clear_damaged() == []
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
+        assert await seqs(storage, "x.damaged-1") == [1]

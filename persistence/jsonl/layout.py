@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ TMP_SUFFIX: Final = ".tmp"
 DAMAGED_MARK: Final = ".damaged-"
 SNAPSHOT_NAME: Final = "snapshot.msgpack"
 LOCK_NAME: Final = "LOCK"
+# A name kept aside ends with the mark and a tag of digits and dashes (a pid, a time, an
+# offset). A session's own files end with a suffix of letters, so a session whose id
+# holds the mark (``x.damaged-1``: the id is a peer's choice) is never taken for one.
+_DAMAGED_NAME: Final = re.compile(re.escape(DAMAGED_MARK) + r"[0-9-]+\Z")
 
 
 def temporary_path(path: Path) -> Path:
@@ -152,5 +157,5 @@ class Layout:
         found: list[Path] = []
         for directory in (self.sessions, self.events, self.wal):
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-                found.extend(Path(e.path) for e in entries if DAMAGED_MARK in e.name)
+                found.extend(Path(e.path) for e in entries if _DAMAGED_NAME.search(e.name))
         return sorted(found)
