@@ -7,7 +7,6 @@ every malformed frame to an ``error`` reply the same way.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,6 +22,13 @@ from .frames import (
     PublishMessage,
     RequestId,
     ServerFrame,
+)
+from .free_form import (
+    FREE_VALUE_BYTES,
+    MAX_FREE_VALUES,
+    UNCOUNTED,
+    free_form_problem,
+    walk_free_form,
 )
 from .models import (
     AnyAgentEvent,
@@ -47,46 +53,7 @@ class _RequestIdOnly(msgspec.Struct):
     id: RequestId = None
 
 
-# Free-form values (``Any`` fields: custom ``data``, tool ``arguments``, message
-# ``metadata``) must be plain JSON values that both codecs carry alike: no integer
-# beyond what MessagePack holds, no NaN or infinity, no bytes, extension types or
-# timestamps (MessagePack), no object keys but strings. They are also refused past
-# MAX_NESTING levels, so that re-encoding them deep inside the server cannot hit
-# Python's recursion limit.
-MAX_NESTING: Final = 100
-_FREE_INT_MIN: Final = -(2**63)
-_FREE_INT_MAX: Final = 2**64 - 1
-
-
-def free_form_problem(value: Any) -> str | None:
-    """Why ``value`` is not a portable JSON value, or ``None`` when it is."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if item is None or kind is str or kind is bool:
-            continue
-        if kind is int:
-            if not _FREE_INT_MIN <= item <= _FREE_INT_MAX:
-                return "integer outside the 64-bit range"
-        elif kind is float:
-            if not math.isfinite(item):
-                return "NaN or infinite number"
-        elif kind is list or kind is dict:
-            if depth >= MAX_NESTING:
-                return f"value nested deeper than {MAX_NESTING} levels"
-            if kind is dict:
-                for key in item:
-                    if type(key) is not str:
-                        return "object key that is not a string"
-                item = item.values()
-            stack.extend((child, depth + 1) for child in item)
-        else:
-            return f"{kind.__name__} value, not JSON"
-    return None
-
-
-def _free_form_values(event: AnyAgentEvent | None, message: Message | None) -> list[Any]:
+def _free_form_fields(event: AnyAgentEvent | None, message: Message | None) -> list[Any]:
     """The values of ``Any`` fields in a published event or message."""
     if message is not None:
         values: list[Any] = [message.metadata]
@@ -104,25 +71,42 @@ _PLAIN_EVENTS: Final = (Token, Thinking, ToolError, Complete, ErrorEvent, StateC
 
 
 def check_content(
-    event: AnyAgentEvent | None, message: Message | None, request_id: RequestId, where: str = ""
-) -> None:
+    event: AnyAgentEvent | None,
+    message: Message | None,
+    request_id: RequestId,
+    where: str = "",
+    room: int = MAX_FREE_VALUES,
+) -> int:
     """Refuse what not every peer could read in a published event or message (one of
-    the two; ``where`` prefixes the reason). Changes nothing: the client runs it on its
-    caller's objects too, to keep a publish the server would refuse out of a batch."""
+    the two; ``where`` prefixes the reason), or more than ``room`` free-form values.
+    Changes nothing: the client runs it on its caller's objects too, to keep a publish
+    the server would refuse out of a batch. How many free-form values it holds."""
     if message is None and isinstance(event, MessageEvent):
         message = event.message
     elif isinstance(event, _PLAIN_EVENTS):
-        return  # the common case (a streamed token): nothing else to look at
-    for value in _free_form_values(event, message):
-        if (problem := free_form_problem(value)) is not None:
+        return 0  # the common case (a streamed token): nothing else to look at
+    count = 0
+    for value in _free_form_fields(event, message):
+        values, problem = walk_free_form(value, room - count)
+        if problem is not None:
             reason = f"{where}value not carried by every codec: {problem}"
+            if values > room - count:
+                reason = f"{where}{problem}"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id)
+        count += values
     if message is not None and message.created_at is not None and message.created_at.utcoffset():
         try:  # times travel in UTC (in_utc); the decoder has already refused naive ones
             message.created_at.astimezone(UTC)
         except OverflowError:
             reason = f"{where}created_at out of range in UTC"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id) from None
+    return count
+
+
+def free_form_values(message: Message) -> int:
+    """How many free-form values a message holds (what it weighs, decoded, beyond its
+    bytes: ``FREE_VALUE_BYTES`` each)."""
+    return sum(walk_free_form(value, UNCOUNTED)[0] for value in _free_form_fields(None, message))
 
 
 def in_utc(event: AnyAgentEvent | None, message: Message | None) -> None:
@@ -134,32 +118,38 @@ def in_utc(event: AnyAgentEvent | None, message: Message | None) -> None:
         message.created_at = message.created_at.astimezone(UTC)
 
 
-def _check_published(frame: PublishEvent | PublishMessage) -> None:
-    """Normalize what a publisher sent, or refuse what not every peer could read."""
+def _check_published(frame: PublishEvent | PublishMessage) -> int:
+    """Normalize what a publisher sent, or refuse what not every peer could read; how
+    many free-form values it holds."""
     if frame.key == "":
         frame.key = None  # an empty key is no key (a client's unset string field)
     if isinstance(frame, PublishEvent):
-        check_content(frame.event, None, frame.id)
+        values = check_content(frame.event, None, frame.id)
         in_utc(frame.event, None)
     else:
-        check_content(None, frame.message, frame.id)
+        values = check_content(None, frame.message, frame.id)
         in_utc(None, frame.message)
+    return values
 
 
-def _check_batch(frame: PublishBatch) -> None:
-    """:func:`_check_published` for each item of a batch, whose reason names the item;
-    and a batch holds at least one item, each with exactly one of event and message.
-    (How many items at most is the server's limit, checked where it is known.)"""
+def _check_batch(frame: PublishBatch) -> int:
+    """:func:`_check_published` for each item of a batch, whose reason names the item,
+    the free-form values counted over the whole frame; and a batch holds at least one
+    item, each with exactly one of event and message. (How many items at most is the
+    server's limit, checked where it is known.)"""
     if not frame.items:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch holds at least one item", frame.id)
+    values = 0
     for index, item in enumerate(frame.items):
         if (item.event is None) == (item.message is None):
             reason = f"items[{index}]: an item holds exactly one of event and message"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
         if item.key == "":
             item.key = None
-        check_content(item.event, item.message, frame.id, f"items[{index}]: ")
+        where = f"items[{index}]: "
+        values += check_content(item.event, item.message, frame.id, where, MAX_FREE_VALUES - values)
         in_utc(item.event, item.message)
+    return values
 
 
 class Codec:
@@ -202,6 +192,10 @@ class Codec:
     def decode_client(self, data: bytes | str) -> ClientFrame:
         """A client frame, or :class:`ProtocolError` (``bad_request``) saying what is
         wrong with it; never another exception, whatever the input."""
+        return self._decode(data)[0]
+
+    def _decode(self, data: bytes | str) -> tuple[ClientFrame, int]:
+        """:meth:`decode_client`, and how many free-form values the frame holds."""
         try:
             # msgspec reads JSON from a str as it is; MessagePack only from bytes.
             raw: Any = data.encode() if isinstance(data, str) and not self.text else data
@@ -211,20 +205,27 @@ class Codec:
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}") from None
         if isinstance(frame, PublishEvent | PublishMessage):
-            _check_published(frame)
-        elif type(frame) is PublishBatch:
-            _check_batch(frame)
-        return frame
+            return frame, _check_published(frame)
+        if type(frame) is PublishBatch:
+            return frame, _check_batch(frame)
+        return frame, 0
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already
         checked as UTF-8), ``bytes`` for a binary one. A frame of the other type than
         this codec's is ``bad_request``, as a malformed frame is."""
+        return self.decode_request(data)[0]
+
+    def decode_request(self, data: bytes | str) -> tuple[ClientFrame, int]:
+        """:meth:`decode_frame`, and what the frame weighs decoded: its bytes, and
+        ``FREE_VALUE_BYTES`` per free-form value (what every byte bound of the requests
+        a server holds counts)."""
         if isinstance(data, str) != self.text:
             kind = "binary" if self.text else "text"
             message = f"a {kind} frame on the {self.subprotocol} subprotocol"
             raise ProtocolError(ErrorCode.BAD_REQUEST, message, _id_of_any_kind(data))
-        return self.decode_client(data)
+        frame, values = self._decode(data)
+        return frame, len(data) + values * FREE_VALUE_BYTES
 
     def decode_server(self, data: bytes | str) -> ServerFrame:
         """A server frame (for clients); raises ``msgspec.DecodeError`` when malformed."""
@@ -327,19 +328,19 @@ def checked_event(event: AnyAgentEvent) -> tuple[AnyAgentEvent, int]:
     nothing of the caller's object graph is kept. With the copy, the bytes of its JSON
     (what it weighs in the session's queue). ``ValueError`` says what is wrong."""
     message = event.message if isinstance(event, MessageEvent) else None
-    for value in _free_form_values(event, message):  # on the caller's own values: a
+    for value in _free_form_fields(event, message):  # on the caller's own values: a
         if (problem := free_form_problem(value)) is not None:  # NaN would become null
             raise ValueError(f"event cannot be stored: value not carried by every codec: {problem}")
     try:
         encoded = _appended_encoder.encode(event)
         copy = _appended_decoder.decode(encoded)
-        check_content(copy, None, None)
+        values = check_content(copy, None, None)
         in_utc(copy, None)
     except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
         raise ValueError(f"event cannot be stored: {exc}") from None
     except ProtocolError as exc:
         raise ValueError(f"event cannot be stored: {exc.message}") from None
-    return copy, len(encoded)
+    return copy, len(encoded) + values * FREE_VALUE_BYTES
 
 
 def checked_key(key: str | None) -> str | None:

@@ -142,7 +142,7 @@ class Connection:
 
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
-        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_frame
+        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_request
         limiter = self.limiter
         while True:
             data = await self.ws.recv()
@@ -155,8 +155,10 @@ class Connection:
             actor.note_traffic()
             try:
                 # No local keeps the frame: a batch's items would stay alive (and be
-                # walked by the cycle collector) until the next frame comes in.
-                await self._dispatch(decode(data), actor, outbox, len(data))
+                # walked by the cycle collector) until the next frame comes in. Its
+                # weight (its bytes, and its free-form values decoded) is what the
+                # session's request queue and the memory budget count.
+                await self._dispatch(*decode(data), actor, outbox)
             except ProtocolError as exc:
                 self._push_error(exc.code, exc.message, exc.request_id)
 
@@ -183,7 +185,7 @@ class Connection:
         return True
 
     async def _dispatch(
-        self, frame: ClientFrame, actor: SessionActor, outbox: Outbox, size: int
+        self, frame: ClientFrame, size: int, actor: SessionActor, outbox: Outbox
     ) -> None:
         match frame:
             case PublishEvent(event=event, key=key, id=request_id):

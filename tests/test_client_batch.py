@@ -14,6 +14,7 @@ import pytest
 
 from bamboo_session.protocol import AgentEvent, Message, Role, Token
 from bamboo_session.protocol.client import BambooClient, RequestError
+from bamboo_session.protocol.free_form import MAX_FREE_VALUES
 from bamboo_session.server.app import BambooServer
 from tests.support import get, run_server
 from tests.test_client_resume import TcpProxy
@@ -96,6 +97,20 @@ async def test_batches_are_bounded_in_items_and_bytes() -> None:
         assert await publish_all(agent, large) == list(range(251, 261))
         assert await batches_seen(server) == (3 + 5, 250 + 10)
         assert await contents(agent) == [str(i) for i in range(250)] + large
+
+
+async def test_batches_are_bounded_in_free_form_values() -> None:
+    # Each publish holds a third of the values one frame may (11 KB of zeros): three go
+    # in one batch frame, though five would fit its bytes and the server would then
+    # refuse the whole frame.
+    data = [0] * (MAX_FREE_VALUES // 3 - 1)
+    async with (
+        run_server() as server,
+        await BambooClient.connect(url_of(server), "values", create=True) as agent,
+    ):
+        calls = [agent.publish(AgentEvent.custom("rows", data)) for _ in range(6)]
+        assert await asyncio.wait_for(asyncio.gather(*calls), TIMEOUT) == list(range(1, 7))
+        assert await batches_seen(server) == (2, 6)
 
 
 async def test_keys_repeated_in_one_batch_are_duplicates() -> None:

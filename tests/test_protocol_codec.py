@@ -39,13 +39,11 @@ from bamboo_session.protocol import (
 from bamboo_session.protocol.codec import (
     CODECS_BY_SUBPROTOCOL,
     JSON,
-    MAX_NESTING,
     MSGPACK,
     SUBPROTOCOLS,
     Codec,
     decode_stored_event,
     encode_stored_event,
-    free_form_problem,
 )
 from bamboo_session.protocol.frames import (
     Ack,
@@ -61,10 +59,17 @@ from bamboo_session.protocol.frames import (
     Ping,
     Pong,
     Presence,
+    PublishBatch,
     PublishEvent,
     PublishMessage,
     StateRequest,
     Welcome,
+)
+from bamboo_session.protocol.free_form import (
+    FREE_VALUE_BYTES,
+    MAX_FREE_VALUES,
+    MAX_NESTING,
+    free_form_problem,
 )
 
 CODECS = [JSON, MSGPACK]
@@ -435,6 +440,61 @@ def test_nesting_limit_on_free_form_values() -> None:
         )
         data = msgspec.msgpack.encode(too_deep) if codec is MSGPACK else json.dumps(too_deep)
         assert "nested deeper" in bad(codec, data).message
+
+
+def rows(values: int) -> list[Any]:
+    """A free-form value holding ``values`` values: a list of ``values - 1`` empty objects."""
+    return [{}] * (values - 1)
+
+
+def custom(data: Any, request_id: int = 1) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "id": request_id,
+        "event": {"type": "custom", "name": "x", "data": data},
+    }
+
+
+def test_a_frame_holds_at_most_max_free_values_and_weighs_them() -> None:
+    for codec in CODECS:
+        encode = msgspec.msgpack.encode if codec is MSGPACK else json.dumps
+        data = encode(custom(rows(MAX_FREE_VALUES)))
+        frame, weight = codec.decode_request(data)
+        assert isinstance(frame, PublishEvent)
+        assert weight == len(data) + MAX_FREE_VALUES * FREE_VALUE_BYTES
+        error = bad(codec, encode(custom(rows(MAX_FREE_VALUES + 1), request_id=7)))
+        assert error.message == f"more than {MAX_FREE_VALUES} free-form values in one frame"
+        assert error.request_id == 7
+        # A plain token holds none: it weighs its bytes.
+        token = encode({"type": "event", "id": 2, "event": {"type": "token", "content": "x"}})
+        assert codec.decode_request(token)[1] == len(token)
+
+
+def test_members_and_elements_count_at_every_depth() -> None:
+    half = MAX_FREE_VALUES // 2
+    # {"a": [{}...]}: the object, the list and its elements.
+    assert jbad(custom({"a": rows(MAX_FREE_VALUES)})).message.startswith("more than")
+    assert isinstance(JSON.decode_client(json.dumps(custom({"a": rows(half)}))), PublishEvent)
+    # A message's metadata and its tool calls' arguments count together.
+    calls = [{"id": "c", "name": "f", "arguments": {"r": rows(half)}}]
+    message = {
+        "role": "assistant",
+        "content": "",
+        "metadata": {"r": rows(half)},
+        "tool_calls": calls,
+    }
+    error = jbad({"type": "message", "id": 3, "message": message})
+    assert error.message.startswith("more than") and error.request_id == 3
+
+
+def test_a_batch_holds_at_most_max_free_values_over_all_its_items() -> None:
+    third = MAX_FREE_VALUES // 3
+    item = {"event": {"type": "custom", "name": "x", "data": rows(third)}}
+    frame, weight = JSON.decode_request(json.dumps({"type": "batch", "id": 1, "items": [item] * 3}))
+    assert isinstance(frame, PublishBatch) and weight > 3 * third * FREE_VALUE_BYTES
+    error = jbad({"type": "batch", "id": 9, "items": [item] * 4})
+    assert error.message == f"items[3]: more than {MAX_FREE_VALUES} free-form values in one frame"
+    assert error.request_id == 9
 
 
 def test_free_form_problem_accepts_plain_json() -> None:

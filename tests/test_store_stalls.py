@@ -23,6 +23,7 @@ import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol import AgentEvent
+from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
 from bamboo_session.server import readiness, store_stats
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
@@ -403,3 +404,31 @@ async def test_an_in_process_replay_of_a_frozen_store_ends_its_receiver_with_101
         events = [await asyncio.wait_for(again.recv(), WITHIN) for _ in range(3)]
         assert [event.seq for event in events if event is not None] == [1, 2, 3]
     await storage.close()
+
+
+async def test_requests_held_for_a_stuck_session_weigh_their_values_not_only_their_bytes(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A frame's bytes do not bound what its free-form values take decoded (an empty
+    object is 2 bytes of JSON and 72 as a Python object), so the requests a session
+    holds count FREE_VALUE_BYTES per value: a publisher of such frames fills its
+    session's request queue by what they hold, and the server stops reading from it.
+    Nothing is lost: once the store answers, every request is."""
+    redis = start_redis("redis")
+    store = redis.url(prefix=prefix_for(tmp_path))
+    values = 10_000
+    rows = {"type": "custom", "name": "rows", "data": [{}] * (values - 1)}
+    weight = values * FREE_VALUE_BYTES  # and the frame's 30 KB
+    inbox_bytes = 4 * weight  # as unweighted bytes: 130 such frames
+    async with run_server(store=store, inbox_bytes=inbox_bytes, store_read_timeout=30.0) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            inbox = server.manager.actors._actors[welcome["session"]["id"]].inbox
+            with frozen(redis):
+                for request_id in range(20):
+                    await agent.send({"type": "event", "id": request_id, "event": rows})
+                await eventually(lambda: inbox.bytes >= 3 * weight)
+                await asyncio.sleep(0.3)
+                assert inbox.bytes < inbox_bytes + 2 * weight  # it stopped reading
+            acks = [await agent.recv(timeout=WITHIN) for _ in range(20)]
+            assert [ack["type"] for ack in acks] == ["ack"] * 20
+            assert [ack["seq"] for ack in acks] == list(range(1, 21))

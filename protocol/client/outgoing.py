@@ -4,10 +4,11 @@ own or, with others queued beside it, in one ``batch`` frame. No I/O.
 A :class:`Publish` keeps its event's (or message's) encoding and its key for as long as
 it is unanswered, so a resend after a reconnect is the same bytes under the same key,
 in whatever frame it then goes. :func:`plan` groups a queue of requests, in order, into
-what goes out as one frame: a run of publishes up to a count and a byte size, and
-every other request alone. A publish the server would refuse (a value not every codec
-carries, a key over 128 characters) is never batched, so it is refused alone, as it
-would be without batches, and takes no other publish with it.
+what goes out as one frame: a run of publishes up to a count, a byte size and the
+free-form values one frame may hold, and every other request alone. A publish the
+server would refuse (a value not every codec carries, too many values, a key over 128
+characters) is never batched, so it is refused alone, as it would be without batches,
+and takes no other publish with it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import msgspec
 from ..codec import Codec, check_content
 from ..errors import ProtocolError
 from ..frames import PublishEvent, PublishMessage
+from ..free_form import MAX_FREE_VALUES
 from ..models import Message, MessageEvent
 from .pending import PendingRequest
 
@@ -36,7 +38,7 @@ class Publish:
     """An ``event`` or ``message`` request, its body encoded once for the connection's
     codec."""
 
-    __slots__ = ("batchable", "body", "id", "is_message", "key", "size")
+    __slots__ = ("batchable", "body", "id", "is_message", "key", "size", "values")
 
     def __init__(self, codec: Codec, frame: PublishEvent | PublishMessage) -> None:
         assert frame.key is not None and isinstance(frame.id, int)
@@ -45,8 +47,9 @@ class Publish:
         self.is_message = isinstance(frame, PublishMessage)
         event = frame.event if isinstance(frame, PublishEvent) else None
         message = frame.message if isinstance(frame, PublishMessage) else None
+        self.values = 0  # free-form values: a batch frame holds MAX_FREE_VALUES at most
         try:
-            check_content(event, message, frame.id)
+            self.values = check_content(event, message, frame.id)
             self.batchable = len(self.key) <= _MAX_KEY
             # Times travel in UTC (PROTOCOL.md): a copy, the caller's own stays as it is.
             if message is not None:
@@ -120,22 +123,28 @@ def plan(
     queue: Sequence[PendingRequest], max_items: int, max_bytes: int = MAX_BATCH_BYTES
 ) -> Iterator[list[PendingRequest]]:
     """``queue`` in order, in groups of one frame each: consecutive batchable publishes
-    together, up to ``max_items`` (0 or 1: no batches) and about ``max_bytes``; every
-    other request alone. A lone publish is a group of one, sent as its own frame."""
+    together, up to ``max_items`` (0 or 1: no batches), about ``max_bytes`` and
+    ``MAX_FREE_VALUES`` free-form values (the server's bound per frame); every other
+    request alone. A lone publish is a group of one, sent as its own frame."""
     group: list[PendingRequest] = []
-    size = 0
+    size = values = 0
     for pending in queue:
         frame = pending.frame
         if not (isinstance(frame, Publish) and frame.batchable and max_items > 1):
             if group:
                 yield group
-                group, size = [], 0
+                group, size, values = [], 0, 0
             yield [pending]
             continue
-        if group and (len(group) >= max_items or size + frame.size > max_bytes):
+        if group and (
+            len(group) >= max_items
+            or size + frame.size > max_bytes
+            or values + frame.values > MAX_FREE_VALUES
+        ):
             yield group
-            group, size = [], 0
+            group, size, values = [], 0, 0
         group.append(pending)
         size += frame.size
+        values += frame.values
     if group:
         yield group
