@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from bamboo_session.persistence import Appended, JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl.caches import (
     MESSAGE_BYTES,
@@ -15,6 +17,8 @@ from bamboo_session.persistence.jsonl.caches import (
     MessageCache,
 )
 from bamboo_session.persistence.keys import KEY_OVERHEAD_BYTES, KeyWindow
+from bamboo_session.protocol.codec import free_form_values
+from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 
 
@@ -22,9 +26,14 @@ def messages(*texts: str) -> list[tuple[Message, int]]:
     return [(Message.user(text), 100) for text in texts]
 
 
+# What a 100-byte message weighs in the cache: its bytes, the object, and its
+# metadata's values (an empty object: one).
+EACH = 100 + MESSAGE_BYTES + free_form_values(Message.user("x")) * FREE_VALUE_BYTES
+
+
 def share_of(messages: int) -> int:
     """A budget whose share per session holds that many 100-byte messages."""
-    return SESSION_SHARE * (TAIL_BYTES + messages * (100 + MESSAGE_BYTES))
+    return SESSION_SHARE * (TAIL_BYTES + messages * EACH)
 
 
 def test_the_message_cache_keeps_each_sessions_newest_within_its_share() -> None:
@@ -36,7 +45,20 @@ def test_the_message_cache_keeps_each_sessions_newest_within_its_share() -> None
     assert [m.content for m in cache.get("a", 1, 4) or []] == ["1", "2", "3"]
     cache.extend("a", 7, messages("7"))  # not following: the tail starts again
     assert cache.get("a", 3, 4) is None and cache.get("a", 7, 8) is not None
-    assert cache.bytes == TAIL_BYTES + 100 + MESSAGE_BYTES
+    assert cache.bytes == TAIL_BYTES + EACH
+
+
+def test_the_message_cache_weighs_the_values_a_messages_bytes_do_not_bound() -> None:
+    # 2,000 empty objects are 6 KB of JSON and about 150 KB as Python objects.
+    heavy = msgspec.structs.replace(Message.user("x"), metadata={"rows": [{}] * 2000})
+    size = len(msgspec.json.encode(heavy))
+    cache = MessageCache(share_of(20))
+    assert TAIL_BYTES + size + MESSAGE_BYTES < cache.session_bytes  # its bytes would fit
+    cache.extend("a", 0, [(heavy, size)])
+    assert cache.get("a", 0, 1) is None  # its values do not: not kept
+    assert cache.bytes == TAIL_BYTES
+    cache.extend("a", 1, messages("light"))
+    assert cache.get("a", 1, 2) is not None
 
 
 def test_the_message_cache_drops_whole_sessions_past_its_budget() -> None:
@@ -44,7 +66,7 @@ def test_the_message_cache_drops_whole_sessions_past_its_budget() -> None:
     for n in range(200):
         cache.extend(f"s{n}", 0, messages("x", "y"))
         assert cache.bytes <= cache.max_bytes
-    assert len(cache) == cache.max_bytes // (TAIL_BYTES + 2 * (100 + MESSAGE_BYTES))
+    assert len(cache) == cache.max_bytes // (TAIL_BYTES + 2 * EACH)
     assert cache.get("s0", 0, 1) is None and cache.get("s199", 0, 2) is not None
     empty = MessageCache(0)
     empty.extend("a", 0, messages("x"))

@@ -16,13 +16,17 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Sequence
 
+from bamboo_session.protocol.codec import free_form_values
+from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
 from bamboo_session.protocol.models import Message
 
 from ..keys import KeyWindow
 
 SESSION_SHARE = 32  # a session's tail holds at most 1/SESSION_SHARE of the budget
 # What holding things costs besides the bytes they count (estimates, for the budgets):
-# a window's dict and deque; a tail's entry, object and deque; a decoded Message.
+# a window's dict and deque; a tail's entry, object and deque; a decoded Message (and
+# FREE_VALUE_BYTES per value of its metadata and tool arguments, which its bytes do
+# not bound: protocol/free_form.py).
 WINDOW_BYTES = 1024
 TAIL_BYTES = 1024
 MESSAGE_BYTES = 256
@@ -124,7 +128,7 @@ class MessageCache:
         else:
             self._tails.move_to_end(session_id)
         for message, size in messages:
-            size += MESSAGE_BYTES
+            size += MESSAGE_BYTES + free_form_values(message) * FREE_VALUE_BYTES
             tail.items.append((message, size))
             tail.bytes += size
             self.bytes += size
