@@ -27,8 +27,10 @@ class Server:
         data_dir: Path,
         log_path: Path,
         extra: tuple[str, ...] = ("--durability", "fsync", "--rate-limit", "0"),
+        store: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.store = store  # a store URL; None: the JSONL store in data_dir
         self.log_path = log_path
         self.extra = extra
         self.wal_segment_age: float | None = None  # set: a server that retires that soon
@@ -45,6 +47,7 @@ class Server:
                 "--wal-segment-age",
                 str(self.wal_segment_age),
             ]
+        where = ("--store", self.store) if self.store else ("--data-dir", str(self.data_dir))
         return [
             sys.executable,
             "-m",
@@ -52,8 +55,7 @@ class Server:
             "serve",
             "--port",
             "0",
-            "--data-dir",
-            str(self.data_dir),
+            *where,
             "--log-format",
             "json",
             *self.extra,

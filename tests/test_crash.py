@@ -2,8 +2,9 @@
 publishers and readers work, restart it, and check that every acknowledged event is
 stored exactly once, in order, and that readers resumed without gap or duplicate.
 
-The same soak as ``python -m bench.crash_soak`` (50 cycles, and 20 that cross WAL
-segment retirement), kept short here.
+The same soak as ``python -m bench.crash_soak`` (on JSONL 50 cycles, and 20 that cross
+WAL segment retirement; ``--store sqlite`` and ``--store redis`` likewise), kept short
+here.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from bench.crash_soak import soak
+from tests.redis_server import INSTALL_HINT, available
 
 
 async def test_acknowledged_events_survive_sigkill_exactly_once_in_order(tmp_path: Path) -> None:
     seed = random.randrange(1 << 32)
-    result = await soak(tmp_path / "data", tmp_path / "server.log", cycles=4, seed=seed)
+    result = await soak(tmp_path, cycles=4, seed=seed)
     assert result["problems"] == [], (seed, result)
     assert result["acknowledged"] > 0
 
@@ -25,8 +29,23 @@ async def test_kills_across_wal_segment_retirement_lose_nothing(tmp_path: Path) 
     # Segments retired every 0.2 s and cycles of 0.4 to 1 s: kills land before, during
     # and after retirements (their logs synced, then the segment deleted).
     seed = random.randrange(1 << 32)
-    result = await soak(
-        tmp_path / "data", tmp_path / "server.log", cycles=1, seed=seed, wal_cycles=4
-    )
+    result = await soak(tmp_path, cycles=1, seed=seed, wal_cycles=4)
     assert result["problems"] == [], (seed, result)
     assert result["wal_segments_retired"] >= 2, (seed, result)
+
+
+async def test_sqlite_store_keeps_acknowledged_events_through_sigkill(tmp_path: Path) -> None:
+    seed = random.randrange(1 << 32)
+    result = await soak(tmp_path, cycles=4, seed=seed, store="sqlite")
+    assert result["problems"] == [], (seed, result)
+    assert result["acknowledged"] > 0
+
+
+async def test_redis_store_keeps_acknowledged_events_through_sigkill(tmp_path: Path) -> None:
+    # Only the Bamboo server is killed; its redis-server (appendfsync always) stays up.
+    if not available():
+        pytest.skip(INSTALL_HINT)
+    seed = random.randrange(1 << 32)
+    result = await soak(tmp_path, cycles=4, seed=seed, store="redis")
+    assert result["problems"] == [], (seed, result)
+    assert result["acknowledged"] > 0

@@ -1,0 +1,200 @@
+"""The stores the crash soak (bench/crash_soak.py) runs its server on, and how it reads
+back what each one stored once the server has stopped.
+
+- ``jsonl``: the embedded store in a data directory; read back from the files
+  themselves: every checkpoint parses, no log ends in a torn line.
+- ``sqlite``: ``--store sqlite:///<dir>/sessions.db`` (durability ``fsync``); read back
+  through the store's own API (``open_storage``, read-only).
+- ``redis``: ``--store redis://...`` on a redis-server of the soak's own, started on a
+  free loopback port with ``appendonly yes`` and ``appendfsync always`` (what
+  docs/storage-redis.md asks for acknowledged-means-on-disk); only the Bamboo server is
+  killed, redis-server stays up and is stopped by its pid at the end. Read back through
+  the store's API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.jsonl import checkpoint
+
+from .soak_server import Server
+
+KINDS = ("jsonl", "sqlite", "redis")
+REDIS_SERVER = (
+    os.environ.get("BAMBOO_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+)
+# The server's flags on every store: no rate limit, so publishers go as fast as they can.
+SERVER_FLAGS = ("--rate-limit", "0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One stored event, as the checks need it."""
+
+    seq: int
+    key: str | None
+    content: str
+
+
+class SoakStore:
+    """One store under test: the server that runs on it, and what it holds."""
+
+    kind = ""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+
+    def server(self, log_path: Path) -> Server:
+        raise NotImplementedError
+
+    async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
+        """The session's stored events, oldest first, and any problem seen reading them."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stops whatever the store needed besides the server."""
+
+
+class JsonlStore(SoakStore):
+    kind = "jsonl"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.work / "data"
+
+    def server(self, log_path: Path) -> Server:
+        return Server(self.data_dir, log_path, ("--durability", "fsync", *SERVER_FLAGS))
+
+    async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
+        problems: list[str] = []
+        path = self.data_dir / "sessions" / f"{session_id}.json"
+        try:
+            checkpoint.read(path)  # a valid slot, whatever the crash cut short
+        except StorageError as exc:
+            problems.append(f"{path.name} does not parse: {exc}")
+        raw = (self.data_dir / "events" / f"{session_id}.jsonl").read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            problems.append(f"{session_id}: torn last line")
+        lines = [json.loads(line) for line in raw.splitlines()]
+        records = [Record(li["seq"], li.get("key"), li["event"]["content"]) for li in lines]
+        return records, problems
+
+
+class ApiStore(SoakStore):
+    """A store read back through ``open_storage`` and ``read_events``."""
+
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def server(self, log_path: Path) -> Server:
+        return Server(self.work / "data", log_path, SERVER_FLAGS, store=self.url())
+
+    async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
+        storage = await open_storage(self.url(), read_only=True, cleanup_interval=None)
+        try:
+            events = await storage.read_events(session_id)
+            last_seq = await storage.last_seq(session_id)
+        finally:
+            await storage.close()
+        problems = []
+        if events and events[-1].seq != last_seq:
+            problems.append(f"{session_id}: last_seq {last_seq}, last event {events[-1].seq}")
+        records = [Record(e.seq, e.key, json.loads(bytes(e.event_json))["content"]) for e in events]
+        return records, problems
+
+
+class SqliteStore(ApiStore):
+    kind = "sqlite"
+
+    def url(self) -> str:
+        return f"sqlite://{self.work / 'sessions.db'}?durability=fsync"
+
+
+class RedisStore(ApiStore):
+    kind = "redis"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.redis = RedisServer(work / "redis")
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0?prefix=soak"
+
+    def close(self) -> None:
+        self.redis.stop()
+
+
+def open_soak_store(kind: str, work: Path) -> SoakStore:
+    stores: dict[str, type[SoakStore]] = {
+        "jsonl": JsonlStore,
+        "sqlite": SqliteStore,
+        "redis": RedisStore,
+    }
+    return stores[kind](work)
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, persisting as docs/storage-redis.md
+    recommends for durability; started at once, stopped by its pid."""
+
+    def __init__(self, directory: Path, timeout: float = 10.0) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.log = directory / "redis.log"
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(directory),
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--save", "",
+                "--logfile", str(self.log),
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start; see {self.log}")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # Again and again: Redis refuses a SIGTERM while it writes its first AOF.
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(0.2)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc.kill()
+        self.proc.wait(10)
