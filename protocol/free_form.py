@@ -23,6 +23,7 @@ MAX_NESTING: Final = 100
 MAX_FREE_VALUES: Final = 16_384
 FREE_VALUE_BYTES: Final = 128
 UNCOUNTED: Final = 1 << 62  # a walk's room when only the values' kinds matter
+_TOO_MANY: Final = f"more than {MAX_FREE_VALUES} free-form values in one frame"
 _FREE_INT_MIN: Final = -(2**63)
 _FREE_INT_MAX: Final = 2**64 - 1
 
@@ -37,6 +38,8 @@ def walk_free_form(value: Any, room: int = MAX_FREE_VALUES) -> tuple[int, str | 
     however deep), and why it is not a portable JSON value (``None`` when it is). The
     walk stops, with a reason, once it has counted more than ``room``."""
     count = 1
+    if count > room:  # a scalar counts too: 95k tool calls without arguments are 95k
+        return count, _TOO_MANY
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -52,7 +55,7 @@ def walk_free_form(value: Any, room: int = MAX_FREE_VALUES) -> tuple[int, str | 
             item = item.values()
         count += len(item)
         if count > room:
-            return count, f"more than {MAX_FREE_VALUES} free-form values in one frame"
+            return count, _TOO_MANY
         for child in item:
             kind = type(child)
             if kind is list or kind is dict:
