@@ -325,8 +325,9 @@ def checked_event(event: AnyAgentEvent) -> tuple[AnyAgentEvent, int]:
     """An event appended in-process, as a peer's frame would bring it: its free-form
     values checked as the wire checks them, then encoded and decoded with the wire's
     types, so that what is stored is what every reader can read back, and a copy:
-    nothing of the caller's object graph is kept. With the copy, the bytes of its JSON
-    (what it weighs in the session's queue). ``ValueError`` says what is wrong."""
+    nothing of the caller's object graph is kept. With the copy, what it weighs in the
+    session's queue: its JSON's bytes, and ``FREE_VALUE_BYTES`` per free-form value (at
+    most ``MAX_FREE_VALUES``, as in a frame). ``ValueError`` says what is wrong."""
     message = event.message if isinstance(event, MessageEvent) else None
     for value in _free_form_fields(event, message):  # on the caller's own values: a
         if (problem := free_form_problem(value)) is not None:  # NaN would become null

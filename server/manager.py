@@ -294,9 +294,10 @@ class SessionManager:
     ) -> list[Appended]:
         """Appends ``(event, key)`` items together, in order, as a peer's ``batch`` frame
         does: stored whole or not at all; what each became. ValueError, with nothing
-        stored, for a bad event or key, or more than ``inbox_limit`` items or
-        ``inbox_bytes`` of JSON. Waits, as a peer does, while the session's queue (or
-        the memory budget) is full."""
+        stored, for a bad event (more than 16,384 free-form values in one included)
+        or key, or more than ``inbox_limit`` items or ``inbox_bytes`` of weight (their
+        JSON, and 128 bytes per free-form value). Waits, as a peer does, while the
+        session's queue (or the memory budget) is full."""
         checked = [(*checked_event(event), checked_key(key)) for event, key in items]
         count, size = len(checked), sum(size for _, size, _ in checked)
         max_bytes = self.config.inbox_bytes or size  # 0: no limit, as for the inbox
