@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.persistence.jsonl import checkpoint
 
+from .redis_scaling import Redis
 from .soak_server import Server
 
 KINDS = ("jsonl", "sqlite", "redis")
-REDIS_SERVER = (
-    os.environ.get("BAMBOO_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
-)
 # The server's flags on every store: no rate limit, so publishers go as fast as they can.
 SERVER_FLAGS = ("--rate-limit", "0")
 
@@ -126,10 +118,11 @@ class RedisStore(ApiStore):
 
     def __init__(self, work: Path) -> None:
         super().__init__(work)
-        self.redis = RedisServer(work / "redis")
+        (work / "redis").mkdir(parents=True, exist_ok=True)
+        self.redis = Redis(work / "redis")
 
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis.port}/0?prefix=soak"
+        return self.redis.url("soak")
 
     def close(self) -> None:
         self.redis.stop()
@@ -142,59 +135,3 @@ def open_soak_store(kind: str, work: Path) -> SoakStore:
         "redis": RedisStore,
     }
     return stores[kind](work)
-
-
-class RedisServer:
-    """A redis-server on a free loopback port, persisting as docs/storage-redis.md
-    recommends for durability; started at once, stopped by its pid."""
-
-    def __init__(self, directory: Path, timeout: float = 10.0) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self.log = directory / "redis.log"
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(directory),
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--save", "",
-                "--logfile", str(self.log),
-                "--daemonize", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start; see {self.log}")
-            time.sleep(0.02)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            # Again and again: Redis refuses a SIGTERM while it writes its first AOF.
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(0.2)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc.kill()
-        self.proc.wait(10)

@@ -113,10 +113,14 @@ class Redis:
         return counts
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
+        """SIGTERM by its pid, again and again: Redis refuses one while it writes its
+        first AOF; SIGKILL past 10 s."""
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.2)
+        if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 

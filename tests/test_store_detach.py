@@ -50,6 +50,19 @@ async def done_with_commands(actor: SessionActor) -> None:
     await eventually(lambda: actor.task is None and not actor.room.outboxes)
 
 
+async def left_while_redis_is_away(
+    server: BambooServer, redis: RedisServer, session_id: str
+) -> SessionActor:
+    """A new session's only peer leaves once its redis-server is killed; its actor, once
+    done with the leave."""
+    async with attach(server, session_id, create=True) as (peer, _):
+        actor = live(server, session_id)
+        redis.stop(signal.SIGKILL)
+        await peer.close()
+    await done_with_commands(actor)
+    return actor
+
+
 async def metadata(server: BambooServer, session_id: str) -> dict[str, Any]:
     status, body = await get(server, f"/api/v1/sessions/{session_id}")
     assert status == 200, body
@@ -124,11 +137,7 @@ async def test_a_session_parked_while_redis_was_away_retires_after_its_retention
     parked actor is retired after the retention all the same, saving its state first."""
     config = {"idle_timeout": 60.0, "disconnect_retention": 1.0}
     async with server_on_own_redis(start_redis, tmp_path, **config) as (server, redis):
-        async with attach(server, "r", create=True) as (peer, _):
-            actor = live(server, "r")
-            redis.stop(signal.SIGKILL)
-            await peer.close()
-        await done_with_commands(actor)
+        actor = await left_while_redis_is_away(server, redis, "r")
         redis.start()
         await eventually(lambda: server.manager.live_actor("r") is None, timeout=5)
         assert not actor.accepting
@@ -144,12 +153,8 @@ async def test_a_session_parked_while_redis_stays_away_retires_all_the_same(
     it is retired at the end of it, not kept trying, nor retired at the first look."""
     config = {"idle_timeout": 0.2, "disconnect_retention": 1.5}
     async with server_on_own_redis(start_redis, tmp_path, **config) as (server, redis):
-        async with attach(server, "s", create=True) as (peer, _):
-            actor = live(server, "s")
-            redis.stop(signal.SIGKILL)
-            await peer.close()
+        actor = await left_while_redis_is_away(server, redis, "s")
         parked = asyncio.get_running_loop().time()
-        await done_with_commands(actor)
         await asyncio.sleep(0.8)
         assert live(server, "s") is actor and actor.accepting
         await eventually(lambda: server.manager.live_actor("s") is None, timeout=3)
