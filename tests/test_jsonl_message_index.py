@@ -4,6 +4,9 @@ whatever a crash or a stray write did to it is found and rebuilt from the log.""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +127,49 @@ def test_prepare_adds_what_the_log_holds_beyond_the_file(tmp_path: Path) -> None
         (3, first, len(lines[2])),
     ]
     assert not other.exists()
+
+
+async def test_a_checkpoint_whose_index_lags_its_metadata_reads_back_whole(
+    tmp_path: Path,
+) -> None:
+    """A message appended while a checkpoint writes its index entries is counted by that
+    checkpoint's metadata but not by its index coverage (the next checkpoint indexes it).
+    Opened from there, as a kill -9 leaves the files, the history is whole and the index
+    gets the missing entry from the log."""
+    config = JsonlStorageConfig(tmp_path / "live").with_checkpointing(every=10_000, interval=3600)
+    crashed = JsonlStorageConfig(tmp_path / "crashed")
+    expected = [f"m{i}" for i in range(12)]
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        for text in expected[:11]:
+            await storage.append_message("s", Message.user(text))
+        # Every file-work thread busy: the checkpoint's index write waits for one, while
+        # the append (the log writer's own thread) goes through.
+        gate = threading.Event()
+        jobs = storage._jobs
+        blockers = [asyncio.create_task(jobs.run(gate.wait, 10)) for _ in range(jobs.threads)]
+        for _ in range(1000):
+            if jobs.unfinished == jobs.threads:
+                break
+            await asyncio.sleep(0.001)
+        writing = asyncio.create_task(storage._checkpoints.write("s"))
+        lock = storage._records["s"].checkpoint_lock()
+        for _ in range(1000):  # taken: the entries are counted, their write waits
+            if lock.locked():
+                break
+            await asyncio.sleep(0.001)
+        await storage.append_message("s", Message.user(expected[11]))
+        gate.set()
+        await asyncio.gather(writing, *blockers)
+        written = saved(config, "s")
+        assert (written.metadata.last_seq, written.metadata.message_count) == (12, 12)
+        assert written.index.count == 11 and written.index.seq == 11
+        shutil.copytree(config.base_path, crashed.base_path)
+    index = crashed.layout.message_index("s")
+    assert index.stat().st_size == HEADER_SIZE + 11 * ENTRY.size
+    async with await JsonlStorage.open(crashed.with_caches(message_bytes=0)) as storage:
+        page = await storage.get_history_page("s", 5)
+        assert [m.content for m in page.messages] == expected[7:]
+        assert [m.content for m in await storage.get_session_history("s")] == expected
+        assert await storage.last_seq("s") == 12
+    assert [seq for seq, _, _ in message_index.read(index, 0, 12)] == list(range(1, 13))

@@ -117,8 +117,11 @@ class Checkpointer:
             if not record.is_dirty() and not durable:
                 return
             await self._flush_index(record)
-            # Taken together with no await in between: metadata, log position and index
-            # coverage describe the same point of the log.
+            # Taken together with no await in between: the metadata and the log position
+            # describe the same point of the log. The index coverage may end before it:
+            # messages appended while the flush wrote the entries are pending, for the
+            # next checkpoint (after a crash, message_index.prepare reads them from the
+            # log).
             meta = copy_metadata(record.meta)
             saved = Checkpoint(
                 metadata=meta, log_offset=record.log_size, index=record.index,
