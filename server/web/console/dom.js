@@ -70,6 +70,19 @@ export function json(value) {
   return JSON.stringify(value, null, 2) ?? "null";
 }
 
+/**
+ * `text` cut to `max` characters, saying how many more it had: what one value may put
+ * on the page, since laying out a block of text costs its whole length.
+ * @param {string} text @param {number} max
+ */
+export function clip(text, max) {
+  if (text.length <= max) return text;
+  let end = max;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end -= 1; // not half of a surrogate pair
+  return `${text.slice(0, end)}… (${text.length - end} more characters)`;
+}
+
 /** A message to the user inside `root`. @param {Element} root @param {string} text @param {string} [kind] */
 export function notice(root, text, kind = "error") {
   return fill(

@@ -9,11 +9,16 @@
 
 import { BambooClient, Forbidden, NotFound, SessionEnded, Unauthorized } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
-import { fill, h, json, notice, timeEl, when } from "./dom.js";
+import { clip, fill, h, json, notice, timeEl, when } from "./dom.js";
 import { Tail } from "./tail.js";
 
 const PAGE = 50; // messages per history page
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
+// Messages that arrive live are appended; past this many shown, the oldest go (and
+// "Load older" brings them back), so a session flooded with messages cannot fill the
+// page. A long value is cut: laying out a block of text costs its whole length.
+const MAX_MESSAGES = 500;
+const MAX_CHARS = 20_000; // characters of one message's content, or of one tool call's arguments
 
 /**
  * @param {HTMLElement} root @param {string} sessionId
@@ -363,6 +368,11 @@ class SessionView {
   /** @param {any} message */
   #addMessage(message) {
     this.messages.append(this.#message(message, this.messages.childElementCount + this.oldest));
+    while (this.messages.childElementCount > MAX_MESSAGES) {
+      this.messages.firstElementChild?.remove();
+      this.oldest += 1;
+      this.older.hidden = false;
+    }
     const count = document.getElementById("meta-message_count");
     if (count) count.textContent = String(this.oldest + this.messages.childElementCount);
   }
@@ -379,13 +389,13 @@ class SessionView {
         " ",
         timeEl(m.created_at),
       ),
-      h("div", { class: "msg-body" }, m.content),
+      h("div", { class: "msg-body" }, clip(String(m.content ?? ""), MAX_CHARS)),
       ...(m.tool_calls ?? []).map((/** @type {any} */ call) =>
         h(
           "details",
           { class: "tool-call" },
-          h("summary", {}, `tool call: ${call.name}`),
-          h("pre", {}, json(call.arguments ?? null)),
+          h("summary", {}, clip(`tool call: ${call.name}`, 200)),
+          h("pre", {}, clip(json(call.arguments ?? null), MAX_CHARS)),
         ),
       ),
     );

@@ -4,21 +4,36 @@
  * one block of text (and `thinking` ones another), tool calls are collapsible blocks
  * that their result or error completes, and everything else is one line. At most
  * MAX_BLOCKS blocks are kept; older ones are dropped from the page.
+ *
+ * Events come from any peer of the session, so what they cost the page is bounded:
+ * a block shows at most MAX_CHARS characters (a growing text block goes on in a new
+ * block; a longer value is cut), because laying out a block costs its whole text, and
+ * the page is measured (to follow the end) once per frame, not once per event.
  */
 
-import { h, json } from "./dom.js";
+import { clip, h, json } from "./dom.js";
 
 const MAX_BLOCKS = 1000;
+const MAX_CHARS = 10_000; // characters of one block
+const MAX_NAME = 200; // characters of a name or an id in a block's heading
+
+/** A value of an event as text that fits in a block. @param {unknown} value */
+function text(value, max = MAX_CHARS) {
+  return clip(typeof value === "string" ? value : String(value ?? ""), max);
+}
 
 export class Tail {
   /** @param {HTMLElement} el */
   constructor(el) {
     this.el = el;
-    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement } | null} the growing text */
+    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement, size: number } | null}
+     * the growing text, and its characters */
     this.open = null;
     /** @type {Map<string, HTMLDetailsElement>} */
     this.tools = new Map();
     this.lastSeq = 0;
+    /** @type {boolean | null} whether the end was in view when this frame's events began */
+    this.following = null;
   }
 
   /**
@@ -27,7 +42,7 @@ export class Tail {
    */
   add(item, own = false) {
     const { seq, event } = item;
-    const stick = this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 40;
+    this.#follow();
     if (event.type === "token" || event.type === "thinking") {
       this.#grow(event.type, seq, String(event.content ?? ""));
     } else {
@@ -37,7 +52,17 @@ export class Tail {
     }
     this.lastSeq = Math.max(this.lastSeq, seq);
     this.el.dataset.lastSeq = String(this.lastSeq);
-    if (stick) this.el.scrollTop = this.el.scrollHeight;
+  }
+
+  /** Keep the end in view if it was: measured at the first event of a frame only, as
+   * a measure lays out what changed since, and scrolled when the frame is drawn. */
+  #follow() {
+    if (this.following !== null) return;
+    this.following = this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 40;
+    requestAnimationFrame(() => {
+      if (this.following) this.el.scrollTop = this.el.scrollHeight;
+      this.following = null;
+    });
   }
 
   /** A line saying that events were skipped or the stream changed. @param {string} text */
@@ -48,7 +73,7 @@ export class Tail {
 
   /** @param {string} kind @param {number} seq @param {string} content */
   #grow(kind, seq, content) {
-    if (this.open?.kind !== kind) {
+    if (this.open?.kind !== kind || this.open.size + content.length > MAX_CHARS) {
       const text = h("span", { class: "text" });
       const block = h(
         "div",
@@ -57,10 +82,12 @@ export class Tail {
         kind === "thinking" ? h("span", { class: "label" }, "thinking") : null,
         text,
       );
-      this.open = { kind, block, text };
+      this.open = { kind, block, text, size: 0 };
       this.#append(block);
     }
-    this.open.text.append(content); // a text node per token: no re-layout of the whole
+    const shown = clip(content, MAX_CHARS);
+    this.open.text.append(shown);
+    this.open.size += shown.length;
     this.open.block.dataset.to = String(seq);
   }
 
@@ -77,7 +104,7 @@ export class Tail {
           tag,
           h("b", {}, m.role),
           " ",
-          m.content ?? "",
+          text(m.content),
         );
       }
       case "tool_start": {
@@ -89,12 +116,12 @@ export class Tail {
               "summary",
               {},
               tag,
-              h("b", {}, event.tool_name),
+              h("b", {}, text(event.tool_name, MAX_NAME)),
               " ",
               h("span", { class: "status" }, "running…"),
             ),
             h("div", { class: "label" }, "arguments"),
-            h("pre", {}, json(event.arguments ?? null)),
+            h("pre", {}, text(json(event.arguments ?? null))),
           )
         );
         this.tools.set(event.tool_call_id, details);
@@ -106,11 +133,12 @@ export class Tail {
         const ok = event.type === "tool_complete" && event.result?.success;
         const body =
           event.type === "tool_error"
-            ? [h("div", { class: "label" }, "error"), h("pre", {}, String(event.error))]
+            ? [h("div", { class: "label" }, "error"), h("pre", {}, text(event.error))]
             : [
                 h("div", { class: "label" }, ok ? "result" : "failed"),
-                h("pre", {}, resultText(event.result)),
+                h("pre", {}, text(resultText(event.result))),
               ];
+        this.tools.delete(event.tool_call_id); // completed: later results get a block of their own
         if (details !== undefined && details.isConnected) {
           details.dataset.status = ok ? "done" : "failed";
           const status = details.querySelector(".status");
@@ -128,7 +156,7 @@ export class Tail {
             "summary",
             {},
             tag,
-            h("b", {}, event.tool_call_id),
+            h("b", {}, text(event.tool_call_id, MAX_NAME)),
             " ",
             h("span", { class: "status" }, ok ? "done" : "failed"),
           ),
@@ -147,19 +175,19 @@ export class Tail {
           "div",
           { class: "ev ev-error" },
           tag,
-          `error${event.code ? ` ${event.code}` : ""}: ${event.message}`,
+          text(`error${event.code ? ` ${event.code}` : ""}: ${event.message}`),
         );
       case "state_change":
-        return h("div", { class: "ev ev-state" }, tag, `state ${event.from} → ${event.to}`);
+        return h("div", { class: "ev ev-state" }, tag, text(`state ${event.from} → ${event.to}`));
       case "custom":
         return h(
           "details",
           { class: "ev ev-custom" },
-          h("summary", {}, tag, h("b", {}, event.name)),
-          h("pre", {}, json(event.data ?? null)),
+          h("summary", {}, tag, h("b", {}, text(event.name, MAX_NAME))),
+          h("pre", {}, text(json(event.data ?? null))),
         );
       default:
-        return h("div", { class: "ev" }, tag, json(event));
+        return h("div", { class: "ev" }, tag, text(json(event)));
     }
   }
 
@@ -167,7 +195,13 @@ export class Tail {
   #append(block, own = false) {
     if (own) block.classList.add("own");
     this.el.append(block);
-    while (this.el.childElementCount > MAX_BLOCKS) this.el.firstElementChild?.remove();
+    while (this.el.childElementCount > MAX_BLOCKS) {
+      const gone = /** @type {HTMLElement} */ (this.el.firstElementChild);
+      gone.remove();
+      // A tool call that never completed goes from the map too, not to be kept alive by it.
+      const tool = gone.dataset.tool;
+      if (tool !== undefined && this.tools.get(tool) === gone) this.tools.delete(tool);
+    }
   }
 }
 

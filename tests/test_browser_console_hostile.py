@@ -1,0 +1,127 @@
+"""The web console against what a hostile peer of a session can publish, in a real
+headless Chromium: a long stream of tokens, huge values, a flood of messages and of
+tool calls that never complete. The page must stay responsive and bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from bamboo_session.protocol import AgentEvent, Message
+from bamboo_session.protocol.client import BambooClient
+from tests.browser import watch_page
+from tests.support import run_server
+
+playwright = pytest.importorskip("playwright.async_api")
+expect = playwright.expect
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+expect.set_options(timeout=10_000)
+
+BLOCK_CHARS = 10_000  # tail.js: MAX_CHARS
+MESSAGE_CHARS = 20_000  # session.js: MAX_CHARS
+SHOWN_MESSAGES = 500  # session.js: MAX_MESSAGES
+TAIL_BLOCKS = 1000  # tail.js: MAX_BLOCKS
+HUGE = "A" * 900_000  # under the 1 MiB frame
+
+
+def console_url(port: int, route: str = "") -> str:
+    return f"http://127.0.0.1:{port}/console{route}"
+
+
+async def watching(browser: Any, port: int, session_id: str) -> tuple[Any, list[str]]:
+    page = await browser.new_page()
+    problems = watch_page(page)
+    await page.goto(console_url(port, f"#/s/{session_id}"))
+    await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+    return page, problems
+
+
+async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -> None:
+    """8,000 small tokens once took the page 40 s of layout (each one laid out the whole
+    growing block, twice); then 30 tokens of 900 KB, 140 s."""
+    async with run_server() as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "stream", create=True, role="agent") as agent:
+            page, problems = await watching(browser, server.port, "stream")
+            started = time.monotonic()
+            await asyncio.gather(*(agent.publish(AgentEvent.token("word ")) for _ in range(8000)))
+            await asyncio.gather(*(agent.publish(AgentEvent.token(HUGE)) for _ in range(30)))
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", "8030", timeout=15_000)
+            assert time.monotonic() - started < 15
+            sizes = await page.locator("#tail .ev-text .text").evaluate_all(
+                "blocks => blocks.map(b => b.textContent.length)"
+            )
+            assert sum(sizes[:4]) == 8000 * len("word ")  # all of the small ones, in blocks
+            assert max(sizes) <= BLOCK_CHARS + 100  # a huge one is cut, saying by how much
+            assert await tail.locator(".text", has_text="more characters)").count() == 30
+        assert problems == []
+
+
+async def test_huge_values_are_cut_and_live_messages_are_bounded(browser: Any) -> None:
+    async with run_server() as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "huge", create=True, role="agent") as agent:
+            page, problems = await watching(browser, server.port, "huge")
+            await agent.send_message(Message.assistant(HUGE))
+            await agent.publish(AgentEvent.tool_start("call-1", "t", {"blob": HUGE}))
+            await agent.publish(AgentEvent.custom("blob", [HUGE]))
+            await agent.publish(AgentEvent.error(HUGE))
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", "4")
+            body = page.locator("#messages .msg-body").first
+            await expect(body).to_contain_text("(880000 more characters)")
+            assert len(await body.text_content() or "") < MESSAGE_CHARS + 100
+            lengths = await tail.locator(".ev").evaluate_all(
+                "blocks => blocks.map(b => b.textContent.length)"
+            )
+            assert len(lengths) == 4 and max(lengths) < BLOCK_CHARS + 300
+
+            messages = [Message.user(f"m{i}") for i in range(SHOWN_MESSAGES + 20)]
+            await asyncio.gather(*(agent.send_message(m) for m in messages))
+            await expect(page.locator("#meta-message_count")).to_have_text(str(1 + len(messages)))
+            shown = page.locator("#messages li")
+            await expect(shown).to_have_count(SHOWN_MESSAGES)
+            await expect(shown.last.locator(".msg-body")).to_have_text(f"m{len(messages) - 1}")
+            await expect(page.locator("#older")).to_be_visible()
+            await page.click("#older")  # the ones that went come back
+            await expect(shown).to_have_count(SHOWN_MESSAGES + 21)
+            await expect(shown.first.locator(".msg-body")).to_contain_text("more characters")
+        assert problems == []
+
+
+async def test_tool_calls_that_never_complete_are_not_kept_past_the_tail(browser: Any) -> None:
+    async with run_server() as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "tools", create=True, role="agent") as agent:
+            page, problems = await watching(browser, server.port, "tools")
+            count = TAIL_BLOCKS + 1000
+            await asyncio.gather(
+                *(
+                    agent.publish(AgentEvent.tool_start(f"c{i}", "t", {"i": i}))
+                    for i in range(count)
+                )
+            )
+            await expect(page.locator("#tail")).to_have_attribute("data-last-seq", str(count))
+            await expect(page.locator("#tail .ev-tool")).to_have_count(TAIL_BLOCKS)
+            # Every <details> element still alive, on the page or not (after a GC).
+            cdp = await page.context.new_cdp_session(page)
+            prototype = await cdp.send(
+                "Runtime.evaluate", {"expression": "HTMLDetailsElement.prototype"}
+            )
+            found = await cdp.send(
+                "Runtime.queryObjects", {"prototypeObjectId": prototype["result"]["objectId"]}
+            )
+            length = await cdp.send(
+                "Runtime.callFunctionOn",
+                {
+                    "objectId": found["objects"]["objectId"],
+                    "functionDeclaration": "function () { return this.length; }",
+                    "returnByValue": True,
+                },
+            )
+            assert length["result"]["value"] <= TAIL_BLOCKS + 10
+        assert problems == []
