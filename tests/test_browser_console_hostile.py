@@ -1,6 +1,7 @@
 """The web console against what a hostile peer of a session can publish, in a real
 headless Chromium: a long stream of tokens, huge values, a flood of messages and of
-tool calls that never complete. The page must stay responsive and bounded."""
+tool calls that never complete, and links to the console naming no valid session. The
+page must stay responsive and bounded, and show what it shows as text."""
 
 from __future__ import annotations
 
@@ -124,4 +125,20 @@ async def test_tool_calls_that_never_complete_are_not_kept_past_the_tail(browser
                 },
             )
             assert length["result"]["value"] <= TAIL_BLOCKS + 10
+        assert problems == []
+
+
+@pytest.mark.parametrize("route", ["%E0%A4%A", "..", ".", "a%2F..%2F..", "%2E%2E"])
+async def test_a_link_naming_no_valid_session_makes_no_request(browser: Any, route: str) -> None:
+    async with run_server() as server:
+        page = await browser.new_page()
+        problems = watch_page(page)
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto(console_url(server.port, f"#/s/{route}"))
+        await expect(page.locator("#main .notice")).to_have_text(
+            "No such session: the address names no valid session id."
+        )
+        await expect(page.locator("#stat-connections")).to_have_text("0")
+        assert [u for u in requests if "/api/v1/" in u and "/api/v1/stats" not in u] == []
         assert problems == []

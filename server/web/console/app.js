@@ -6,7 +6,7 @@
  */
 
 import { ApiError, getToken, setToken, tokenClaims } from "./api.js";
-import { fill, h } from "./dom.js";
+import { fill, h, notice } from "./dom.js";
 import { showList } from "./list.js";
 import { showSession } from "./session.js";
 import { watchStats } from "./stats.js";
@@ -93,13 +93,33 @@ const context = {
   },
 };
 
+/**
+ * The session id of a `#/s/<id>` route, or null when it cannot be one: a link to the
+ * console may say anything, and a `%` that decodes to nothing or an id such as `..`
+ * (which would make the API's URL another path) must not get as far as a request.
+ * @param {string} encoded @returns {string | null}
+ */
+function sessionIdOf(encoded) {
+  let id;
+  try {
+    id = decodeURIComponent(encoded);
+  } catch {
+    return null;
+  }
+  return /^[A-Za-z0-9_.-]{1,128}$/.test(id) && id !== "." && id !== ".." ? id : null;
+}
+
 function render() {
   current?.destroy();
   showWho();
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query = ""] = hash.split("?", 2);
   if (path.startsWith("/s/")) {
-    current = showSession(main, decodeURIComponent(path.slice(3)), context);
+    const id = sessionIdOf(path.slice(3));
+    if (id === null) {
+      current = null;
+      notice(main, "No such session: the address names no valid session id.");
+    } else current = showSession(main, id, context);
   } else {
     current = showList(main, new URLSearchParams(query), context);
   }
