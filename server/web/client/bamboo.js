@@ -748,8 +748,11 @@ export class BambooClient extends EventTarget {
       ws.onmessage = (message) => {
         if (settled) return;
         const frame = decodeFrame(message.data);
+        const problem = frame?.type === "welcome" ? welcomeProblem(frame, this.#sessionId) : null;
         if (frame?.type === "welcome" && this.#failure !== null) {
           fail(this.#failure); // closed while this connection was being opened
+        } else if (problem !== null) {
+          fail(new Refused(1008, `malformed welcome: ${problem}`));
         } else if (frame?.type === "welcome") {
           settled = true;
           clearTimeout(timer);
@@ -835,6 +838,8 @@ export class BambooClient extends EventTarget {
       case "ack": {
         const pending = typeof frame.id === "number" ? this.#pending.get(frame.id) : undefined;
         if (pending?.isPublish) {
+          // A seq that is no whole number (0.5) would count as seen and hide a gap.
+          if (!Number.isSafeInteger(frame.seq)) throw new ClientError("ack without a seq");
           if (!frame.duplicate) this.#seq.see(frame.seq, "ack");
           // Stored before a drop that lost its ack: it fills the hole.
           else if (this.#seq.isHole(frame.seq)) this.#seq.see(frame.seq, "ack");
@@ -980,6 +985,26 @@ function asClientError(failure) {
   const error = new ClientError(`client failed: ${failure}`);
   error.cause = failure;
   return error;
+}
+
+/**
+ * What makes a welcome unusable, or null. Checked before the client takes it in, so
+ * that a broken (or hostile) server's welcome is a refusal rather than a connect that
+ * never settles; and one for another session than the one asked for is refused too.
+ * @param {any} welcome @param {string | null} sessionId the session asked for, if any
+ * @returns {string | null}
+ */
+function welcomeProblem(welcome, sessionId) {
+  const session = welcome.session;
+  if (session === null || typeof session !== "object") return "no session";
+  const id = session.id;
+  if (typeof id !== "string" || !SESSION_ID.test(id) || id === "." || id === "..") {
+    return "no valid session id";
+  }
+  if (sessionId !== null && id !== sessionId) return `session ${id}, not ${sessionId}`;
+  if (typeof welcome.epoch !== "string") return "no epoch";
+  if (!Number.isSafeInteger(welcome.last_seq) || welcome.last_seq < 0) return "no last_seq";
+  return null;
 }
 
 /** A server frame as an object, or null when it is not one. @param {unknown} data */
