@@ -142,3 +142,58 @@ async def test_a_link_naming_no_valid_session_makes_no_request(browser: Any, rou
         await expect(page.locator("#stat-connections")).to_have_text("0")
         assert [u for u in requests if "/api/v1/" in u and "/api/v1/stats" not in u] == []
         assert problems == []
+
+
+# A slow uplink: the page's history requests leave 1 s late, so live messages arrive
+# while "Load older" waits for its page (as on any busy session and a slow network).
+SLOW_HISTORY = """(() => {
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    if (window.slowHistory && typeof data === "string" && data.includes('"type":"history"')) {
+      setTimeout(() => send.call(this, data), 1000);
+    } else send.call(this, data);
+  };
+})()"""
+
+
+async def test_load_older_while_live_messages_arrive_leaves_no_hole(browser: Any) -> None:
+    """Past MAX_MESSAGES shown, a live message drops the oldest shown one; "Load older"
+    must still bring back every message, once each, in order, and the count stay right.
+    A page that comes back after live messages dropped the list's oldest no longer
+    joins it: it was prepended, and the ones dropped meanwhile were never shown again,
+    and every later message was numbered short."""
+    async with run_server() as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "race", create=True, role="agent") as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.add_init_script(SLOW_HISTORY)
+            await page.goto(console_url(server.port, "#/s/race"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            count = SHOWN_MESSAGES + 20
+            for i in range(count):
+                await agent.send_message(Message.user(f"m{i}"))
+            shown = page.locator("#messages li")
+            await expect(shown.last.locator(".msg-body")).to_have_text(f"m{count - 1}")
+            await page.evaluate("window.slowHistory = true")
+            await expect(page.locator("#older")).to_be_visible()
+            await page.click("#older")
+            for i in range(count, count + 5):  # while the page of older ones is on its way
+                await agent.send_message(Message.user(f"m{i}"))
+            await expect(shown.last.locator(".msg-body")).to_have_text(f"m{count + 4}")
+            await expect(page.locator("#older")).not_to_have_attribute("disabled", "")
+            await page.evaluate("window.slowHistory = false")
+            for _ in range(20):
+                if not await page.locator("#older").is_visible():
+                    break
+                await page.click("#older")
+                await expect(page.locator("#older")).not_to_have_attribute("disabled", "")
+            bodies = await page.locator("#messages li .msg-body").all_text_contents()
+            assert bodies == [f"m{i}" for i in range(count + 5)]
+            await agent.send_message(Message.user(f"m{count + 5}"))
+            await expect(shown.last.locator(".msg-body")).to_have_text(f"m{count + 5}")
+            counted = await page.locator("#meta-message_count").text_content()
+            bodies = await page.locator("#messages li .msg-body").all_text_contents()
+            first = count + 6 - SHOWN_MESSAGES  # the cap again: the oldest shown went
+            assert (counted, bodies) == (str(count + 6), [f"m{i}" for i in range(first, count + 6)])
+        assert problems == []

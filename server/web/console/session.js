@@ -174,6 +174,12 @@ class SessionView {
     this.older.setAttribute("disabled", "");
     try {
       const page = await this.fetchPage(before);
+      if (this.oldest !== before) {
+        // Live messages took the list past its cap meanwhile and its oldest went: the
+        // page no longer joins it. Nothing is added; the button asks from the new start.
+        this.older.hidden = false;
+        return;
+      }
       this.oldest = before - page.messages.length;
       this.messages.prepend(...page.messages.map((m, i) => this.#message(m, this.oldest + i)));
       this.older.hidden = !page.hasMore;
