@@ -102,6 +102,18 @@ async def browser(request: pytest.FixtureRequest, chromium: Any) -> AsyncIterato
         await context.close()
 
 
+@pytest.fixture(scope="module")
+def app_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A static server for a blank page: an application's origin, not the server's
+    (the browser client's tests load bamboo.js from there)."""
+    from tests.browser import static_server
+
+    root = tmp_path_factory.mktemp("app")
+    (root / "index.html").write_text("<!doctype html><title>app</title>")
+    with static_server(root) as url:
+        yield url
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line for each kind of test skipped for want of a binary, saying how to
     install it."""

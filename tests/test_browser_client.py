@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.server.app import BambooServer
-from tests.browser import eventually, static_server
+from tests.browser import eventually
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import run_server
 
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SECRET = "client-test-secret-" + "x" * 32
 BURST = 200
-
-
-@pytest.fixture(scope="module")
-def app_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A static server for a blank page: an application's origin, not the server's."""
-    root = tmp_path_factory.mktemp("app")
-    (root / "index.html").write_text("<!doctype html><title>app</title>")
-    with static_server(root) as url:
-        yield url
 
 
 async def client_page(browser: Any, port: int, app: str) -> Any:

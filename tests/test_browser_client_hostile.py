@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from tests.browser import static_server
 from tests.support import run_server
 
 pytest.importorskip("playwright.async_api")
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SESSION = {"id": "fake", "connections": 1, "last_seq": 0}
 WELCOME = {"type": "welcome", "connection_id": "c_1", "session": SESSION, "epoch": "e"}
 WELCOME |= {"last_seq": 0, "resumed": False, "replay": 0}
-
-
-@pytest.fixture(scope="module")
-def app_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("app")
-    (root / "index.html").write_text("<!doctype html><title>app</title>")
-    with static_server(root) as url:
-        yield url
 
 
 @contextlib.asynccontextmanager
