@@ -14,6 +14,7 @@ back what each one stored once the server has stopped.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 from pathlib import Path
@@ -39,7 +40,7 @@ class Record:
     content: str
 
 
-class SoakStore:
+class SoakStore(abc.ABC):
     """One store under test: the server that runs on it, and what it holds."""
 
     kind = ""
@@ -47,14 +48,14 @@ class SoakStore:
     def __init__(self, work: Path) -> None:
         self.work = work
 
-    def server(self, log_path: Path) -> Server:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def server(self, log_path: Path) -> Server: ...
 
+    @abc.abstractmethod
     async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
         """The session's stored events, oldest first, and any problem seen reading them."""
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most stores need nothing stopped
         """Stops whatever the store needed besides the server."""
 
 
@@ -86,8 +87,8 @@ class JsonlStore(SoakStore):
 class ApiStore(SoakStore):
     """A store read back through ``open_storage`` and ``read_events``."""
 
-    def url(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def url(self) -> str: ...
 
     def server(self, log_path: Path) -> Server:
         return Server(self.work / "data", log_path, SERVER_FLAGS, store=self.url())
