@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from bamboo_session.protocol.client import BambooClient, ConnectionLost, SessionEnded
+from bamboo_session.protocol.client import BambooClient, ConnectionLost, Refused, SessionEnded
+from bamboo_session.protocol.codec import JSON
+from bamboo_session.protocol.frames import Welcome
+from bamboo_session.protocol.models import SessionMetadata
 from tests.test_client_resume import FAST, TIMEOUT, fake_server, url_of, welcome
 
 
@@ -71,3 +74,18 @@ async def test_welcomes_that_close_at_once_keep_backing_off_and_count_as_retries
             await client.ping()
         assert len(hellos) <= 5  # the first connection and 4 attempts, not a storm
         await client.close()
+
+
+async def test_a_welcome_to_another_session_is_refused() -> None:
+    """A broken or hostile server (or a proxy that crossed streams) must not pass off
+    another session's events as this one's: the client refuses such a welcome, as the
+    JavaScript client does, and leaves no socket open."""
+
+    async def script(ws: ServerConnection, hello: dict[str, Any], attempt: int) -> None:
+        meta = SessionMetadata(id="other", epoch="E")
+        await ws.send(JSON.encode(Welcome("c_1", meta, "E", 0, False, 0)).decode())
+        await ws.wait_closed()
+
+    async with fake_server(script) as hellos:
+        with pytest.raises(Refused, match="malformed welcome: session other, not f"):
+            await asyncio.wait_for(BambooClient.connect(url_of(hellos), "f", **FAST), TIMEOUT)

@@ -87,7 +87,13 @@ class Dialer:
             hello = msgspec.structs.replace(hello, token=token)
         ws = await self._upgrade(stream_url(self.base_url, session_id), token)
         try:
-            return ws, await self._attach(ws, hello)
+            welcome = await self._attach(ws, hello)
+            if session_id is not None and welcome.session.id != session_id:
+                # A broken (or hostile) server's, or a proxy's that crossed streams:
+                # events of another session must not pass for this one's.
+                reason = f"malformed welcome: session {welcome.session.id}, not {session_id}"
+                raise Refused(int(CloseCode.POLICY_VIOLATION), reason)
+            return ws, welcome
         except BaseException:  # cancelled too: a half-open attach must not stay open
             await ws.close()
             raise
