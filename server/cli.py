@@ -106,6 +106,9 @@ SERVE_HELP: dict[str, str] = {
     "rate_limit": "frames per second per connection; over it: rate_limited errors (0: off)",
     "rate_limit_burst": "frames a connection may send at once above the rate",
     "rate_limit_refusals": "rate-limited frames within about a second before close 4429",
+    "rate_limit_bytes": "bytes of frames read per second per connection; over it the "
+    "server reads more slowly, nothing is refused (0: off)",
+    "rate_limit_bytes_burst": "bytes of frames a connection may send at once above the rate",
     "max_connections_per_user": "concurrent connections per user (token sub, else "
     "hello.user_id); over it: close 4429 (0: off)",
 }

@@ -109,6 +109,9 @@ class ServerConfig:
     rate_limit: float = 1000.0
     rate_limit_burst: int = 1000
     rate_limit_refusals: int = 100
+    # Bytes of frames read per second per connection: past it, reading waits.
+    rate_limit_bytes: int = 2 * MIB
+    rate_limit_bytes_burst: int = 4 * MIB
     max_connections_per_user: int = 100
 
     def manager_config(self) -> SessionManagerConfig:
@@ -219,6 +222,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "inbox_bytes": (1024, None),
     "rate_limit_burst": (1, None),
     "rate_limit_refusals": (1, None),
+    "rate_limit_bytes_burst": (1, None),
     "session_create_burst": (1, None),
     "max_title_length": (1, None),
     "max_user_id_length": (1, None),

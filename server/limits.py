@@ -1,9 +1,13 @@
-"""Limits on what one peer may cost: frames per second, connections per user.
+"""Limits on what one peer may cost: frames and bytes per second, connections per user.
 
 :class:`TokenBucket` meters a connection's frames: over the rate, a frame is answered
 with ``rate_limited`` and not processed; a batch frame costs a token per item. Refusals
 are metered by a second bucket; a peer that keeps sending past its refusals budget is
 closed with 4429.
+:class:`ByteRate` meters the bytes of a connection's frames: over the rate, the reader
+waits before it decodes the next frame, so the peer's sends wait on TCP; nothing is
+refused. Decoding is what a frame costs the server most (a dense 1 MiB frame takes
+tens of milliseconds), and a frame count alone does not bound it.
 :class:`ConnectionCounter` caps the concurrent connections of one user.
 """
 
@@ -40,6 +44,48 @@ class TokenBucket:
             return True
         self._tokens = tokens
         return False
+
+
+class ByteRate:
+    """``rate`` bytes per second, at most ``burst`` saved up; full at the start. A frame
+    is always taken, into debt if need be, and the debt is what the reader then waits
+    out: a frame larger than the allowance left costs a wait, never a refusal. A
+    ``rate`` of 0 or less means no limit."""
+
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate", "waited")
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+        self.waited = 0.0  # seconds this connection's reads were held back, in all
+
+    def take(self, data: bytes | str) -> float:
+        """Counts a frame's payload; the seconds to wait before handling it (0.0 when
+        within the allowance)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens = tokens = tokens - payload_bytes(data)
+        if tokens >= 0:
+            return 0.0
+        wait = -tokens / self.rate
+        self.waited += wait
+        return wait
+
+
+def payload_bytes(data: bytes | str) -> int:
+    """A frame's payload in bytes: a text frame's UTF-8, counted without encoding it
+    again when it is ASCII (``isascii`` reads a flag CPython keeps)."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode())
+    return len(data)
 
 
 class FrameLimiter:

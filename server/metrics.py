@@ -130,6 +130,11 @@ class Metrics:
             "or they did not take a page of their replay in time",
             registry=r,
         )
+        self.read_wait_seconds = Counter(
+            "bamboo_read_wait_seconds",
+            "Seconds connections' reads were held back by the byte rate (--rate-limit-bytes)",
+            registry=r,
+        )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
         self.closes = Counter(
             "bamboo_closes",
