@@ -88,6 +88,15 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     if refusal is not None or metadata is None:
         command.future.set_exception(refusal or SessionNotFound(actor.session_id))
         return
+    if not actor.following.active and metadata.epoch != actor.room.epoch:
+        # Parked, it follows nothing, so it missed the end of its session: removed
+        # (expired, or deleted by another process) and created again under the same
+        # id, or its log reset. Its epoch and ring are another log's: a client of the
+        # old one would resume into the new one. It retires; the attach goes to an
+        # actor spawned from what is stored now.
+        actor.accepting = False
+        command.future.set_exception(ActorRetired(actor.session_id))
+        return
     if not actor.following.active:
         actor.room.restart_at(metadata.last_seq)
         await actor.following.start(actor.room.published_seq)

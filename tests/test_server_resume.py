@@ -148,3 +148,22 @@ async def test_graceful_shutdown_sends_closed_and_1012_then_resume_works(tmp_pat
         attach(server, "s", last_seq=3, epoch=welcome["epoch"]) as (peer, w),
     ):
         assert w["resumed"] and w["replay"] == 0 and w["last_seq"] == 3
+
+
+async def test_a_session_removed_by_cleanup_and_created_again_has_a_new_epoch() -> None:
+    # The session expires and the store's cleanup removes it while its actor is parked
+    # (disconnect_retention outlives the TTL). A new session of the same id is another
+    # log: a client of the old one must not resume into it, so its epoch is new.
+    async with run_server(default_ttl=1, disconnect_retention=60) as server:
+        async with attach(server, "again", create=True) as (agent, old):
+            await publish(agent, 3)
+        await asyncio.sleep(1.2)
+        assert await server.manager.storage.cleanup_expired_sessions() == 1
+        async with attach(server, "again", create=True) as (agent, new):
+            assert new["last_seq"] == 0
+            assert new["epoch"] != old["epoch"]
+            await publish(agent, 5)
+            # A viewer of the old session comes back with what it saw of it.
+            async with attach(server, "again", last_seq=1, epoch=old["epoch"]) as (_, late):
+                assert late["resumed"] is False and late["replay"] == 0
+                assert late["epoch"] == new["epoch"] and late["last_seq"] == 5
