@@ -100,6 +100,24 @@ async def test_list_sessions_refuses_bad_parameters() -> None:
             assert status == 400 and body["error"]["code"] == "bad_request", query
 
 
+async def test_list_sessions_takes_times_at_the_ends_of_the_calendar() -> None:
+    # Valid RFC 3339 times whose UTC falls outside years 1..9999: a bound below every
+    # time, or above every time. Not a 500 (the SQLite store converted them to UTC).
+    async with run_server() as server:
+        await server.manager.create_session("u", "t")
+        early, late = "0001-01-01T00:00:00%2B01:00", "9999-12-31T23:59:59-01:00"
+        for query, total in (
+            (f"created_after={early}", 1),
+            (f"active_after={early}", 1),
+            (f"created_before={late}", 1),
+            (f"created_after={late}", 0),
+            (f"active_after={late}", 0),
+            (f"created_before={early}", 0),
+        ):
+            status, body = await get(server, f"/api/v1/sessions?{query}")
+            assert status == 200 and body["total"] == total, (query, body)
+
+
 async def test_session_detail_and_events() -> None:
     async with run_server() as server, attach(server) as (peer, welcome):
         session_id = welcome["session"]["id"]

@@ -14,7 +14,7 @@ import asyncio
 import queue
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -261,4 +261,12 @@ def _where(query: SessionFilter) -> tuple[str, list[object]]:
 
 
 def _bound(moment: datetime) -> str:
-    return time_text(moment)
+    """A filter's time as stored times compare. A time whose UTC falls outside years
+    1..9999 (``0001-01-01T00:00:00+01:00``: valid RFC 3339, from a query string) is
+    below or above every stored time: the first or last one UTC has stands for it."""
+    try:
+        return time_text(moment)
+    except OverflowError:
+        utc_offset = moment.utcoffset()
+        earliest = utc_offset is not None and utc_offset > timedelta(0)
+        return time_text(datetime.min if earliest else datetime.max)
