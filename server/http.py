@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http
 import urllib.parse
+from datetime import datetime
 
 import msgspec
 from websockets.http11 import Request, Response
@@ -32,6 +33,7 @@ STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
 STATS_PATH = "/api/v1/stats"
 DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id} without a limit
+_TIME_PARAMETERS = ("created_after", "created_before", "active_after")
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -138,8 +140,16 @@ async def _list_sessions(services: Services, request: Request, params: dict[str,
     # 401 before anything else.
     principal = services.access.authenticate_request(request.headers.get("Authorization"))
     try:
+        # The lax conversion below reads every value from its string, and would also
+        # take "1e2" or "100.0" for an integer, and a number of seconds for a time:
+        # integers are plain digits and times RFC 3339, as on the other endpoints.
+        for name in ("limit", "offset"):
+            _integer(params, name, None, 0)
+        for name in _TIME_PARAMETERS:
+            if name in params:
+                msgspec.convert(params[name], datetime)
         filter = msgspec.convert(params, SessionFilter, strict=False)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, _BadParameter) as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     max_page = services.config.max_list_page
     if not 0 < filter.limit <= max_page or filter.offset < 0:

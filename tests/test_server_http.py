@@ -95,6 +95,12 @@ async def test_list_sessions_refuses_bad_parameters() -> None:
             "limit=x",
             "state=sleepy",
             "created_after=yesterday",
+            # Plain digits and RFC 3339 only, as GET /api/v1/sessions/{id} reads them.
+            "limit=1e2",
+            "limit=100.0",
+            "offset=1e3",
+            "created_after=1",
+            "active_after=1e10",
         ):
             status, body = await get(server, f"/api/v1/sessions?{query}")
             assert status == 400 and body["error"]["code"] == "bad_request", query
