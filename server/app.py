@@ -48,7 +48,7 @@ from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .readiness import Readiness
-from .responses import UnreadAnswers, error_response
+from .responses import UnreadAnswers, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
@@ -254,9 +254,11 @@ class BambooServer:
             return None
         if request.method == "HEAD" and response.body:
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
-            return Response(response.status_code, response.reason_phrase, response.headers, b"")
-        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
-        return self.unread_answers.admit(connection, response)
+            response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+        else:
+            assert isinstance(connection, BambooConnection)  # serve()'s create_connection
+            response = self.unread_answers.admit(connection, response)
+        return last_on_its_connection(response)
 
     async def _answer_request(self, request: Request) -> Response | None:
         """The answer to a request that does not become a WebSocket, else None."""

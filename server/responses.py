@@ -4,6 +4,7 @@ written but not yet taken by their peers (``UnreadAnswers``)."""
 
 from __future__ import annotations
 
+import email.utils
 import http
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,19 @@ def text_response(status: http.HTTPStatus, body: bytes, content_type: str) -> Re
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+def last_on_its_connection(response: Response) -> Response:
+    """``response`` saying that its connection closes after it, which it does (one
+    request is answered per connection): ``Connection: close``, which a server that
+    keeps no connection open must send (RFC 9112 9.6), else a keep-alive client (Node's
+    default agent, a pooled session) sends its next request on the closed socket and
+    fails. With the ``Date`` an origin server sends (RFC 9110 6.6.1)."""
+    if "Connection" not in response.headers:
+        response.headers["Connection"] = "close"
+    if "Date" not in response.headers:
+        response.headers["Date"] = email.utils.formatdate(usegmt=True)
+    return response
 
 
 def json_response(status: http.HTTPStatus, payload: Any) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -257,6 +258,51 @@ async def test_every_http_error_has_a_json_body() -> None:
         )
         status, headers, body = await raw_http(server, upgrade + offer)
         assert status == 400 and "subprotocol" in error_of(headers, body)["message"]
+
+
+def answers_on_one_connection(
+    port: int, requests: list[tuple[str, str]]
+) -> list[tuple[int, str | None, str | None]]:
+    """Sends ``requests`` one after the other through one ``http.client`` connection,
+    as keep-alive clients do (Node's default agent, requests.Session, Go's Transport):
+    it reuses its socket unless an answer says ``Connection: close``. Each answer's
+    status and its ``Connection`` and ``Date`` headers."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        answers = []
+        for method, path in requests:
+            connection.request(method, path)
+            response = connection.getresponse()
+            response.read()
+            answers.append(
+                (response.status, response.getheader("Connection"), response.getheader("Date"))
+            )
+        return answers
+    finally:
+        connection.close()
+
+
+async def test_every_answer_says_its_connection_closes() -> None:
+    """The server answers one request per connection, then closes it: each answer says
+    so (RFC 9112 9.6), so that a keep-alive client opens a new connection for its next
+    request instead of failing on the closed one (a "socket hang up" in Node)."""
+    requests = [
+        ("GET", "/healthz"),
+        ("GET", "/api/v1/sessions"),
+        ("HEAD", "/readyz"),
+        ("GET", "/api/v1/sessions/nope"),
+        ("GET", "/api/v1/stream/s1"),
+        ("GET", "/console"),
+        ("GET", "/"),
+        ("POST", "/healthz"),
+        ("GET", "/healthz"),
+    ]
+    async with run_server() as server:
+        answers = await asyncio.to_thread(answers_on_one_connection, server.port, requests)
+    assert [status for status, _, _ in answers] == [200, 200, 200, 404, 426, 200, 302, 405, 200]
+    for (_, connection, date), request in zip(answers, requests, strict=True):
+        assert connection == "close", request
+        assert date is not None and date.endswith(" GMT"), request  # RFC 9110 6.6.1
 
 
 async def test_a_plain_get_on_a_stream_path_is_426() -> None:
