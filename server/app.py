@@ -33,6 +33,7 @@ from .config import ServerConfig
 from .connection import Connection
 from .flush import Flusher
 from .http import (
+    SESSIONS_PATH,
     BadRoute,
     handle_get,
     is_stream_path,
@@ -272,6 +273,8 @@ class BambooServer:
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
+            if self.unread_answers.full and request.path.startswith(SESSIONS_PATH):
+                return self.unread_answers.busy()  # a page would be refused once read
             return await handle_get(self.services, request)
         try:
             stream_route(request.path)

@@ -72,21 +72,31 @@ class UnreadAnswers:
         self.limit = limit
         self.used = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether every answer but a small one would be refused now: then a request for
+        a page is answered :meth:`busy` before its page is read, decoded and encoded."""
+        return self.used >= self.limit
+
     def admit(self, connection: BambooConnection, response: Response) -> Response:
         size = len(response.body)
         if size <= SMALL_ANSWER_BYTES or connection.transport.is_closing():
             return response  # small, or to a peer already gone: nothing will be written
         if self.used and self.used + size > self.limit:
-            busy = error_response(
-                http.HTTPStatus.SERVICE_UNAVAILABLE,
-                "internal",
-                "busy: answers not yet read by their peers fill the server's buffer; retry later",
-            )
-            busy.headers["Retry-After"] = "1"
-            return busy
+            return self.busy()
         self.used += size
         connection.hold_answer(self, size)
         return response
+
+    @staticmethod
+    def busy() -> Response:
+        busy = error_response(
+            http.HTTPStatus.SERVICE_UNAVAILABLE,
+            "internal",
+            "busy: answers not yet read by their peers fill the server's buffer; retry later",
+        )
+        busy.headers["Retry-After"] = "1"
+        return busy
 
     def release(self, size: int) -> None:
         self.used -= size

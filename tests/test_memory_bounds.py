@@ -396,6 +396,9 @@ async def history_page_of(server: Any, messages: int, size: int) -> str:
     return f"/api/v1/sessions/{welcome['session']['id']}?limit=1000"
 
 
+MISSING = "/api/v1/sessions/no-such-session"
+
+
 async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
     # A 4 MiB budget: HTTP answers not yet taken may hold a quarter of it, 1 MiB. The
     # page is 2 MiB more than the kernel takes off the server's hands.
@@ -409,6 +412,9 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
         try:
             await eventually(lambda: server.unread_answers.used > MIB)
             assert await loop.run_in_executor(None, status_of, server.port, page) == (503, "1")
+            # Refused before the store is read: a missing session is not even looked up.
+            missing = await loop.run_in_executor(None, status_of, server.port, MISSING)
+            assert missing == (503, "1")
             # Small answers stay served whatever is held.
             health = await loop.run_in_executor(None, status_of, server.port, "/healthz")
             assert health[0] == 200
@@ -416,6 +422,7 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
             stalled.close()
         await eventually(lambda: server.unread_answers.used == 0)
         assert (await loop.run_in_executor(None, status_of, server.port, page))[0] == 200
+        assert (await loop.run_in_executor(None, status_of, server.port, MISSING))[0] == 404
 
 
 async def test_answers_nobody_reads_are_counted_though_the_kernel_could_take_them() -> None:
