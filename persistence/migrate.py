@@ -280,7 +280,9 @@ async def _checksum(store: Storage, session_id: str) -> str:
     digest = hashlib.sha256()
     position = 0
     while True:
-        page = await store.read_events(session_id, position, limit=PAGE_EVENTS)
+        page = await store.read_events(
+            session_id, position, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES
+        )
         if not page:
             return digest.hexdigest()[:16]
         for event in page:

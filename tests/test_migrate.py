@@ -10,6 +10,7 @@ import_metadata), and skip until then."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -269,3 +270,27 @@ async def test_a_session_of_the_same_id_and_another_epoch_is_a_conflict(
     assert [(c.session_id, c.action) for c in progress.conflicts] == [("s1", Action.CONFLICT)]
     assert "another session" in progress.conflicts[0].reason
     assert [e.event for e in await target.read_events("s1")] == [AgentEvent.token("theirs")]
+
+
+@pytest.mark.parametrize("stores", [("jsonl", "sqlite")], indirect=True)
+async def test_verify_reads_pages_bounded_in_bytes(stores: list[Storage]) -> None:
+    """A session of large events is checksummed a page of at most PAGE_BYTES at a time,
+    as it is copied: not the 2,000 events of a page whatever their size."""
+    source, target = stores
+    await source.create_session(Session.new("big", user_id="u1"))
+    content = "x" * (256 * 1024)
+    for _ in range(BIG_EVENTS // 10):
+        await source.append_events("big", [(AgentEvent.token(content), None)] * 10)
+    await migrate(source, target)
+    tracemalloc.start()
+    try:
+        compared, differences = await verify(source, target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (compared, differences) == (1, [])
+    # 20 MiB of events in the session: 12.7 MB at most with pages of 4 MiB;
+    assert peak < 20 * 1024 * 1024, peak  # 42 MB when a page was 2,000 events
+
+
+BIG_EVENTS = 80
