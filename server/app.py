@@ -273,8 +273,10 @@ class BambooServer:
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
-            if self.unread_answers.full and request.path.startswith(SESSIONS_PATH):
-                return self.unread_answers.busy()  # a page would be refused once read
+            if self.unread_answers.full and request.method == "GET" and _is_api(request.path):
+                # A page would be refused once read. Not a HEAD: its answer has no body,
+                # and is never refused for the bytes it holds.
+                return self.unread_answers.busy()
             return await handle_get(self.services, request)
         try:
             stream_route(request.path)
@@ -292,6 +294,12 @@ class BambooServer:
         if not self.guard.origin_allowed(request.headers.get("Origin")):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
+
+
+def _is_api(path: str) -> bool:
+    """Whether ``path`` (its query included) is ``/api/v1/sessions`` or under it."""
+    path = path.partition("?")[0]
+    return path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/")
 
 
 def select_subprotocol(

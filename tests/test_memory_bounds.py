@@ -365,10 +365,10 @@ def unread_get(port: int, path: str) -> socket.socket:
     return peer
 
 
-def status_of(port: int, path: str) -> tuple[int, str]:
-    """The status and Retry-After of a GET whose answer is read in full."""
+def status_of(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    """The status and Retry-After of a request whose answer is read in full."""
     with socket.create_connection(("127.0.0.1", port)) as peer:
-        peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        peer.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         answer = b""
         while chunk := peer.recv(1 << 20):
             answer += chunk
@@ -418,6 +418,11 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
             # Small answers stay served whatever is held.
             health = await loop.run_in_executor(None, status_of, server.port, "/healthz")
             assert health[0] == 200
+            # So does a HEAD of the page (no body), and a path that only looks like one.
+            head = await loop.run_in_executor(None, status_of, server.port, page, "HEAD")
+            assert head == (200, "")
+            other = await loop.run_in_executor(None, status_of, server.port, "/api/v1/sessionsx")
+            assert other == (404, "")
         finally:
             stalled.close()
         await eventually(lambda: server.unread_answers.used == 0)
