@@ -103,6 +103,9 @@ def upgrade_required() -> Response:
         "this is a WebSocket endpoint: open it with a WebSocket client",
     )
     response.headers["Upgrade"] = "websocket"
+    # A sender of Upgrade names it in Connection too (RFC 9110 7.8), and this
+    # connection closes after the answer, as every plain answer's does.
+    response.headers["Connection"] = "upgrade, close"
     return response
 
 
