@@ -149,7 +149,10 @@ class BambooServer:
             config.port,
             process_request=self._process_request,
             create_connection=functools.partial(  # type: ignore[arg-type]
-                BambooConnection, open_connections=self._open_connections
+                BambooConnection,
+                open_connections=self._open_connections,
+                read_rate=(config.rate_limit_bytes, config.rate_limit_bytes_burst),
+                on_read_wait=self.metrics.read_wait_seconds.inc,
             ),
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=select_subprotocol,

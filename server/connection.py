@@ -44,7 +44,7 @@ from .actor import SessionActor
 from .commands import Append, BatchReply, SetState
 from .failures import request_error
 from .handshake import attach, read_hello
-from .limits import ByteRate, FrameLimiter
+from .limits import FrameLimiter
 from .outbound import Outbound
 from .outbox import CloseRequest, Outbox, Replay, send_frames
 from .pages import events_reply, history_reply
@@ -71,7 +71,6 @@ class Connection:
         "frames_out",
         "limiter",
         "outbox",
-        "reads",
         "services",
         "session_id",
         "started",
@@ -98,7 +97,6 @@ class Connection:
         self.limiter = FrameLimiter(
             config.rate_limit, config.rate_limit_burst, config.rate_limit_refusals
         )
-        self.reads = ByteRate(config.rate_limit_bytes, config.rate_limit_bytes_burst)
         self.counted_user: str | None = None  # counted in services.user_connections
 
     async def run(self) -> None:
@@ -145,15 +143,10 @@ class Connection:
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
         actor, outbox, decode = self.actor, self.outbox, self.codec.decode_request
-        limiter, reads = self.limiter, self.reads
+        limiter = self.limiter
         while True:
             data = await self.ws.recv()
             self.frames_in += 1
-            if outbox.closing is None and (wait := reads.take(data)):
-                # Before the decode, which is what a frame costs: the peer's next frames
-                # wait in websockets' small queue, then on TCP.
-                self.services.metrics.read_wait_seconds.inc(wait)
-                await asyncio.sleep(wait)
             if outbox.closing is not None:
                 continue  # closing: read on (for the closing handshake), answer nothing
             if not limiter.admit():
@@ -392,6 +385,6 @@ class Connection:
             close_reason=self.ws.close_reason,
             frames_in=self.frames_in,
             frames_out=self.frames_out,
-            read_wait=round(self.reads.waited, 3),
+            read_wait=round(getattr(self.ws, "read_waited", 0.0), 3),
             seconds=round(time.monotonic() - self.started, 3),
         )

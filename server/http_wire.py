@@ -11,6 +11,9 @@ answers a request with a body (or chunked) with 405, since only GET and HEAD wit
 body are served here, where websockets dropped the connection without a word. The same
 parser holds what a peer sends behind its request until the request is answered (at
 most 64 KiB), and the connection reads its socket only while it can be written to.
+Once upgraded, what it reads goes to websockets' parser a few KiB at a time, each
+frame charged to the connection's byte rate (limits.py); in debt, it stops reading
+until the debt is repaid.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import contextlib
 import email.utils
 import http
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -32,9 +35,12 @@ from websockets.exceptions import (
     RequestLineTooLong,
     TooManyHeaders,
 )
+from websockets.frames import Frame
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
+
+from .limits import FRAME_BYTES, ByteRate
 
 if TYPE_CHECKING:
     from .responses import UnreadAnswers
@@ -55,6 +61,10 @@ ALLOWED_METHODS = "GET, HEAD"
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
 EARLY_BYTES = 64 * 1024
+# What the parser is handed at once, after the upgrade: a read of tiny frames (up to
+# 256 KiB of them) is parsed in slices, the meter looked at between them, so that one
+# read costs at most a slice's worth of parsing before a peer in debt stops being read.
+PARSE_SLICE = 4096
 
 
 def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
@@ -92,12 +102,18 @@ class BambooConnection(ServerConnection):
     # Set once attached to a session: its outbox sends ``closed`` and the close.
     closes_itself = False
     _discarding = False  # a stopping server: what the peer sends is dropped unread
+    _debt = 0.0  # seconds until the byte rate is repaid, after the last frame
+    _held = b""  # read while in debt, not parsed yet
+    _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
+    read_waited = 0.0  # seconds this connection's reading was held back, in all
 
     def __init__(
         self,
         protocol: ServerProtocol,
         *args: Any,
         open_connections: set[BambooConnection] | None = None,
+        read_rate: tuple[float, float] = (0.0, 1.0),
+        on_read_wait: Callable[[float], None] | None = None,
         **kwargs: Any,
     ) -> None:
         protocol.reject = json_reject  # type: ignore[method-assign]
@@ -107,9 +123,14 @@ class BambooConnection(ServerConnection):
         # The server's account of every connection from accept to end (websockets
         # counts only the upgraded ones): what a stop waits for (shutdown.py).
         self._open_connections = open_connections
+        self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
+        self._on_read_wait = on_read_wait
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
+            return
+        if self._meter is not None and self.protocol.state is not State.CONNECTING:
+            self._parse_metered(data)
             return
         super().data_received(data)
         if (
@@ -119,6 +140,39 @@ class BambooConnection(ServerConnection):
             # Bytes behind a request wait for its answer (_parse_request): a peer that
             # sends this much before it is answered is not a WebSocket client.
             self.transport.abort()
+
+    def _parse_metered(self, data: bytes) -> None:
+        """``data`` to the parser a slice at a time while the byte rate allows; the rest
+        is held, and reading stops, until the debt is repaid."""
+        # b"" too (the handshake's nudge: frames sent along with the request).
+        for start in range(0, len(data), PARSE_SLICE) if data else (0,):
+            if self._debt > 0:
+                self._hold(data[start:])
+                return
+            super().data_received(data[start : start + PARSE_SLICE])
+        if self._debt > 0:
+            self._hold(b"")
+
+    def process_event(self, event: Any) -> None:
+        if self._meter is not None and isinstance(event, Frame):
+            self._debt = self._meter.take(len(event.data) + FRAME_BYTES)
+        super().process_event(event)
+
+    def _hold(self, rest: bytes) -> None:
+        self._held, debt = rest, self._debt
+        self.read_waited += debt
+        if self._on_read_wait is not None:
+            self._on_read_wait(debt)
+        self.transport.pause_reading()
+        self._repaid = self.loop.call_later(debt, self._go_on)
+
+    def _go_on(self) -> None:
+        self._repaid, self._debt = None, 0.0
+        held, self._held = self._held, b""
+        if held and not self._discarding:
+            self._parse_metered(held)
+        if self._repaid is None:
+            self._resume_reading()
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         await super().handshake(*args, **kwargs)
@@ -140,6 +194,8 @@ class BambooConnection(ServerConnection):
         self.recv_messages.resume = self._resume_reading
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._repaid is not None:
+            self._repaid.cancel()
         try:
             super().connection_lost(exc)
         finally:
@@ -153,6 +209,9 @@ class BambooConnection(ServerConnection):
         and the socket's receive queue stays empty, so that closing it sends FIN, not
         a reset, which could take bytes the peer has not read yet with it."""
         self._discarding = True
+        if self._repaid is not None:
+            self._repaid.cancel()
+            self._repaid, self._held = None, b""
         if self.keepalive_task is not None:
             # Its pongs would be dropped: a ping timeout would close with 1011,
             # ahead of the frames still queued and ``closed``.
@@ -205,7 +264,7 @@ class BambooConnection(ServerConnection):
             self._answers = None
 
     def _resume_reading(self) -> None:
-        if not self.paused and not self.recv_messages.paused:
+        if not self.paused and not self.recv_messages.paused and self._repaid is None:
             self.transport.resume_reading()
 
 

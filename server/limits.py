@@ -4,10 +4,12 @@
 with ``rate_limited`` and not processed; a batch frame costs a token per item. Refusals
 are metered by a second bucket; a peer that keeps sending past its refusals budget is
 closed with 4429.
-:class:`ByteRate` meters the bytes of a connection's frames: over the rate, the reader
-waits before it decodes the next frame, so the peer's sends wait on TCP; nothing is
-refused. Decoding is what a frame costs the server most (a dense 1 MiB frame takes
-tens of milliseconds), and a frame count alone does not bound it.
+:class:`ByteRate` meters the bytes of a connection's frames, every frame read (data,
+continuation and control frames alike) costing its payload and ``FRAME_BYTES`` more:
+over the rate, the connection stops reading until the debt is repaid, so the peer's
+sends wait on TCP; nothing is refused. What a frame costs the server is its parse and
+its decode (a dense 1 MiB frame takes tens of milliseconds, ten thousand empty Pongs as
+long), and a count of messages alone bounds neither.
 :class:`ConnectionCounter` caps the concurrent connections of one user.
 """
 
@@ -46,13 +48,18 @@ class TokenBucket:
         return False
 
 
+# What each frame read costs beyond its payload: its parse (and a Ping's Pong), so that
+# a flood of empty frames is metered too. 2 MiB a second is 2,048 of them at most.
+FRAME_BYTES = 1024
+
+
 class ByteRate:
     """``rate`` bytes per second, at most ``burst`` saved up; full at the start. A frame
     is always taken, into debt if need be, and the debt is what the reader then waits
     out: a frame larger than the allowance left costs a wait, never a refusal. A
     ``rate`` of 0 or less means no limit."""
 
-    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate", "waited")
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
 
     def __init__(
         self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
@@ -62,30 +69,17 @@ class ByteRate:
         self._clock = clock
         self._tokens = self.burst
         self._stamp = clock()
-        self.waited = 0.0  # seconds this connection's reads were held back, in all
 
-    def take(self, data: bytes | str) -> float:
-        """Counts a frame's payload; the seconds to wait before handling it (0.0 when
-        within the allowance)."""
+    def take(self, size: int) -> float:
+        """Counts ``size`` bytes; the seconds until the debt is repaid (0.0 when within
+        the allowance)."""
         if self.rate <= 0:
             return 0.0
         now = self._clock()
         tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        self._tokens = tokens = tokens - payload_bytes(data)
-        if tokens >= 0:
-            return 0.0
-        wait = -tokens / self.rate
-        self.waited += wait
-        return wait
-
-
-def payload_bytes(data: bytes | str) -> int:
-    """A frame's payload in bytes: a text frame's UTF-8, counted without encoding it
-    again when it is ASCII (``isascii`` reads a flag CPython keeps)."""
-    if isinstance(data, str) and not data.isascii():
-        return len(data.encode())
-    return len(data)
+        self._tokens = tokens = tokens - size
+        return 0.0 if tokens >= 0 else -tokens / self.rate
 
 
 class FrameLimiter:

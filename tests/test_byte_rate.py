@@ -1,13 +1,19 @@
 """The byte rate (``--rate-limit-bytes``): a connection's frames are read at most at
-that many bytes a second past its burst; a peer over it waits, is never refused, and
-the server goes on serving everyone else meanwhile."""
+that many bytes a second past its burst, each frame costing its payload and 1 KiB; a
+peer over it waits, is never refused, and the server goes on serving everyone else
+meanwhile, whether the peer floods big frames or empty control frames."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
+import socket
+import threading
 import time
 
-from bamboo_session.server.limits import ByteRate, payload_bytes
+from bamboo_session.server.limits import FRAME_BYTES, ByteRate
 from tests.support import attach, get, run_server, token
 from tests.test_limits import FakeClock
 
@@ -20,20 +26,13 @@ TEXT = "x" * 50_000  # each frame a little over 50 kB: the burst holds one, not 
 def test_a_frame_within_the_allowance_waits_not_and_one_past_it_waits_its_debt() -> None:
     clock = FakeClock()
     reads = ByteRate(rate=1000, burst=1500, clock=clock)
-    assert reads.take(b"a" * 1000) == 0.0
-    assert reads.take(b"a" * 1000) == 0.5  # 500 bytes short, at 1000 a second
+    assert reads.take(1000) == 0.0
+    assert reads.take(1000) == 0.5  # 500 bytes short, at 1000 a second
     clock.now += 0.5  # the reader waited it out; the next frame starts from nothing
-    assert reads.take(b"a" * 250) == 0.25
+    assert reads.take(250) == 0.25
     clock.now += 100  # saved up no more than the burst
-    assert reads.take(b"a" * 1500) == 0.0 and reads.take(b"a") > 0
-    assert reads.waited == 0.75 + 0.001
-    assert ByteRate(rate=0, burst=1).take(b"a" * 10**6) == 0.0  # 0: no limit
-
-
-def test_a_text_frame_counts_its_utf8_bytes() -> None:
-    assert payload_bytes("é" * 10) == 20
-    assert payload_bytes("e" * 10) == 10
-    assert payload_bytes(b"\xff" * 10) == 10
+    assert reads.take(1500) == 0.0 and reads.take(1) > 0
+    assert ByteRate(rate=0, burst=1).take(10**6) == 0.0  # 0: no limit
 
 
 async def read_wait_seconds(server: object) -> float:
@@ -64,11 +63,12 @@ async def test_a_peer_over_the_byte_rate_is_read_slowly_not_refused_and_others_a
                     assert pong.done(), "the other connection waited for the publisher"
             elapsed = time.monotonic() - started
             assert acks == list(range(FRAMES))
-            # Past the burst, 9 more frames of over 50 kB at 200 kB a second.
-            assert elapsed >= (FRAMES * len(TEXT) - BURST) / RATE * 0.95
+            # Past the burst, the frames' bytes (and 1 KiB each) at 200 kB a second; the
+            # frame that runs into debt is handled, the wait comes before the next one.
+            assert elapsed >= ((FRAMES - 1) * (len(TEXT) + FRAME_BYTES) - BURST) / RATE * 0.9
             stored = await server.manager.read_events(welcome["session"]["id"])
             assert [e.event.content for e in stored] == [TEXT] * FRAMES
-        assert await read_wait_seconds(server) >= (FRAMES * len(TEXT) - BURST) / RATE * 0.95
+        assert await read_wait_seconds(server) >= ((FRAMES - 1) * len(TEXT) - BURST) / RATE * 0.9
 
 
 async def test_rate_limit_bytes_0_turns_the_byte_rate_off() -> None:
@@ -79,3 +79,69 @@ async def test_rate_limit_bytes_0_turns_the_byte_rate_off() -> None:
             replies = [(await publisher.recv())["type"] for _ in range(FRAMES)]
             assert replies == ["ack"] * FRAMES
         assert await read_wait_seconds(server) == 0.0
+
+
+def masked_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """A client's frame as on the wire (mask of zeros), for a peer that writes bytes."""
+    assert len(payload) < 126
+    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + bytes(4) + payload
+
+
+def read_until_closed(peer: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while peer.recv(65536):
+            pass
+
+
+def flood_of_empty_frames(port: int, session_id: str, stop: threading.Event) -> int:
+    """A raw peer: upgrades, says hello, then writes empty Pongs and a message split
+    into a thousand empty fragments, until ``stop`` (or 30 s); reads what comes back.
+    How many floods it wrote."""
+    peer = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    peer.sendall(
+        f"GET /api/v1/stream/{session_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    peer.recv(4096)
+    peer.sendall(masked_frame(0x1, b'{"type":"hello"}'))
+    fragments = masked_frame(0x1, b'{"type":"ping"}', fin=False)
+    fragments += masked_frame(0x0, fin=False) * 1000 + masked_frame(0x0)
+    flood = masked_frame(0xA) * 20_000 + fragments
+    threading.Thread(target=read_until_closed, args=(peer,), daemon=True).start()
+    sent, deadline = 0, time.monotonic() + 30
+    peer.settimeout(0.5)
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                peer.sendall(flood)
+                sent += 1
+            except TimeoutError:
+                continue  # the server reads slowly: try again until told to stop
+    except OSError:
+        pass
+    finally:
+        peer.close()
+    return sent
+
+
+async def test_a_flood_of_empty_frames_is_metered_and_others_are_served() -> None:
+    """Pongs and empty fragments carry no payload: each costs 1 KiB against the rate.
+    Without that, such a flood took every cycle of the loop: another peer's opening
+    handshake timed out after 10 s."""
+    async with run_server() as server:
+        async with attach(server, create=True) as (_, welcome):
+            session_id = welcome["session"]["id"]
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        flooding = loop.run_in_executor(None, flood_of_empty_frames, server.port, session_id, stop)
+        try:
+            await asyncio.sleep(0.5)  # the flood has spent its burst by now
+            async with attach(server, session_id) as (bystander, _):
+                for i in range(20):
+                    assert (await bystander.request({"type": "ping", "id": i}, "pong"))["id"] == i
+        finally:
+            stop.set()
+            assert await flooding > 0
+        assert await read_wait_seconds(server) > 0
