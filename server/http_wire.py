@@ -155,7 +155,7 @@ class BambooConnection(ServerConnection):
 
     def process_event(self, event: Any) -> None:
         if self._meter is not None and isinstance(event, Frame):
-            self._debt = self._meter.take(len(event.data) + FRAME_BYTES)
+            self._debt = self._meter.charge(len(event.data) + FRAME_BYTES)
         super().process_event(event)
 
     def _hold(self, rest: bytes) -> None:

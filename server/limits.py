@@ -38,14 +38,18 @@ class TokenBucket:
         """Spends ``count`` tokens if there are that many, else none."""
         if self.rate <= 0:
             return True
-        now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+        tokens = self._refilled()
         if tokens >= count:
             self._tokens = tokens - count
             return True
         self._tokens = tokens
         return False
+
+    def _refilled(self) -> float:
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return tokens
 
 
 # What each frame read costs beyond its payload: its parse (and a Ping's Pong), so that
@@ -53,32 +57,19 @@ class TokenBucket:
 FRAME_BYTES = 1024
 
 
-class ByteRate:
-    """``rate`` bytes per second, at most ``burst`` saved up; full at the start. A frame
-    is always taken, into debt if need be, and the debt is what the reader then waits
-    out: a frame larger than the allowance left costs a wait, never a refusal. A
-    ``rate`` of 0 or less means no limit."""
+class ByteRate(TokenBucket):
+    """A bucket of bytes that a frame is always taken from, into debt if need be: the
+    debt is what the reader then waits out, so a frame larger than the allowance left
+    costs a wait, never a refusal."""
 
-    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+    __slots__ = ()
 
-    def __init__(
-        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self._clock = clock
-        self._tokens = self.burst
-        self._stamp = clock()
-
-    def take(self, size: int) -> float:
+    def charge(self, size: int) -> float:
         """Counts ``size`` bytes; the seconds until the debt is repaid (0.0 when within
         the allowance)."""
         if self.rate <= 0:
             return 0.0
-        now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        self._tokens = tokens = tokens - size
+        self._tokens = tokens = self._refilled() - size
         return 0.0 if tokens >= 0 else -tokens / self.rate
 
 

@@ -26,13 +26,13 @@ TEXT = "x" * 50_000  # each frame a little over 50 kB: the burst holds one, not 
 def test_a_frame_within_the_allowance_waits_not_and_one_past_it_waits_its_debt() -> None:
     clock = FakeClock()
     reads = ByteRate(rate=1000, burst=1500, clock=clock)
-    assert reads.take(1000) == 0.0
-    assert reads.take(1000) == 0.5  # 500 bytes short, at 1000 a second
+    assert reads.charge(1000) == 0.0
+    assert reads.charge(1000) == 0.5  # 500 bytes short, at 1000 a second
     clock.now += 0.5  # the reader waited it out; the next frame starts from nothing
-    assert reads.take(250) == 0.25
+    assert reads.charge(250) == 0.25
     clock.now += 100  # saved up no more than the burst
-    assert reads.take(1500) == 0.0 and reads.take(1) > 0
-    assert ByteRate(rate=0, burst=1).take(10**6) == 0.0  # 0: no limit
+    assert reads.charge(1500) == 0.0 and reads.charge(1) > 0
+    assert ByteRate(rate=0, burst=1).charge(10**6) == 0.0  # 0: no limit
 
 
 async def read_wait_seconds(server: object) -> float:
