@@ -59,8 +59,8 @@ FRAME_BYTES = 1024
 
 class ByteRate(TokenBucket):
     """A bucket of bytes that a frame is always taken from, into debt if need be: the
-    debt is what the reader then waits out, so a frame larger than the allowance left
-    costs a wait, never a refusal."""
+    debt is how long the connection then stops reading (http_wire.py), so a frame larger
+    than the allowance left costs a wait, never a refusal."""
 
     __slots__ = ()
 
