@@ -144,6 +144,9 @@ class BambooConnection(ServerConnection):
     def _parse_metered(self, data: bytes) -> None:
         """``data`` to the parser a slice at a time while the byte rate allows; the rest
         is held, and reading stops, until the debt is repaid."""
+        if self._repaid is not None:  # held already: behind what waits, never beside
+            self._held += data
+            return
         # b"" too (the handshake's nudge: frames sent along with the request).
         for start in range(0, len(data), PARSE_SLICE) if data else (0,):
             if self._debt > 0:
@@ -168,6 +171,8 @@ class BambooConnection(ServerConnection):
 
     def _go_on(self) -> None:
         self._repaid, self._debt = None, 0.0
+        if self.transport.is_closing():
+            return  # aborted in this same turn of the loop: nothing more to parse
         held, self._held = self._held, b""
         if held and not self._discarding:
             self._parse_metered(held)
