@@ -147,7 +147,7 @@ async def test_the_inbox_is_bounded_in_bytes_but_always_takes_one() -> None:
 
 async def test_a_slow_reader_of_large_events_is_closed_by_bytes_not_frames() -> None:
     config = {"send_queue_frames": 100_000, "send_queue_bytes": MIB, "durability": "os"}
-    async with run_server(**config) as server:
+    async with run_server(**config, rate_limit_bytes=0) as server:  # big events, fast
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             async with attach(server, session_id) as (slow, _):
@@ -346,7 +346,8 @@ async def test_history_of_one_reads_about_one_message(tmp_path: Path) -> None:
 
 
 async def fill_with_large_messages(data_dir: Path) -> None:
-    async with run_server(data_dir, durability="os") as server:
+    # 21 MB through one connection: at the default byte rate, 9 s of set-up.
+    async with run_server(data_dir, durability="os", rate_limit_bytes=0) as server:
         async with attach(server, "big", create=True) as (peer, _):
             for i in range(COUNT):
                 message = {"role": "assistant", "content": f"{i:02}" + "b" * BIG}

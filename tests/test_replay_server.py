@@ -130,6 +130,7 @@ async def session_past_the_send_buffer(
     count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
     config: dict[str, Any] = {"replay_page_timeout": replay_deadline, "ring_bytes": ring_bytes}
     config["memory_budget"] = max(256 * MIB, 4 * ring_bytes)
+    config["rate_limit_bytes"] = 0  # megabytes of events to set up, not a byte-rate test
     async with run_server(durability="os", **config) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
