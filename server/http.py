@@ -74,39 +74,35 @@ def is_upgrade(request: Request) -> bool:
 def failure_response(exc: BaseException) -> Response:
     """The JSON error answer to ``exc``, as server/failures.py maps it."""
     failure = failure_of(exc)
-    response = error_response(failure.status, failure.error.value, failure.message(exc))
-    if isinstance(exc, Unauthorized):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="bamboo"'
-    return response
+    challenge = {"WWW-Authenticate": 'Bearer realm="bamboo"'}
+    headers = challenge if isinstance(exc, Unauthorized) else None
+    return error_response(failure.status, failure.error.value, failure.message(exc), headers)
 
 
 async def handle_get(services: Services, request: Request) -> Response:
     """The answer to a plain HTTP request (not an upgrade): GET, and HEAD (the same
     answer without its body)."""
     if request.method not in ("GET", "HEAD"):
-        response = error_response(
+        return error_response(
             http.HTTPStatus.METHOD_NOT_ALLOWED,
             "bad_request",
             f"only {ALLOWED_METHODS} are served here",
+            {"Allow": ALLOWED_METHODS},
         )
-        response.headers["Allow"] = ALLOWED_METHODS
-        return response
     # A HEAD gets the GET's answer; the server drops its body (app.py), for every answer.
     return await _answer_get(services, request)
 
 
 def upgrade_required() -> Response:
     """A plain request to a stream endpoint: it is a WebSocket, not a page."""
-    response = error_response(
+    # A sender of Upgrade names it in Connection too (RFC 9110 7.8), and this
+    # connection closes after the answer, as every plain answer's does.
+    return error_response(
         http.HTTPStatus.UPGRADE_REQUIRED,
         "bad_request",
         "this is a WebSocket endpoint: open it with a WebSocket client",
+        {"Upgrade": "websocket", "Connection": "upgrade, close"},
     )
-    response.headers["Upgrade"] = "websocket"
-    # A sender of Upgrade names it in Connection too (RFC 9110 7.8), and this
-    # connection closes after the answer, as every plain answer's does.
-    response.headers["Connection"] = "upgrade, close"
-    return response
 
 
 async def _answer_get(services: Services, request: Request) -> Response:

@@ -46,8 +46,14 @@ def json_response(status: http.HTTPStatus, payload: Any) -> Response:
     return text_response(status, _json.encode(payload), "application/json")
 
 
-def error_response(status: http.HTTPStatus, code: str, message: str) -> Response:
-    return json_response(status, {"error": {"code": code, "message": message}})
+def error_response(
+    status: http.HTTPStatus, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The JSON error answer, with ``headers`` beside the usual ones (Allow, Upgrade…)."""
+    response = json_response(status, {"error": {"code": code, "message": message}})
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
 # An answer this small is always sent: probes and error bodies stay served while big
@@ -90,13 +96,12 @@ class UnreadAnswers:
 
     @staticmethod
     def busy() -> Response:
-        busy = error_response(
+        return error_response(
             http.HTTPStatus.SERVICE_UNAVAILABLE,
             "internal",
             "busy: answers not yet read by their peers fill the server's buffer; retry later",
+            {"Retry-After": "1"},
         )
-        busy.headers["Retry-After"] = "1"
-        return busy
 
     def release(self, size: int) -> None:
         self.used -= size
