@@ -71,7 +71,7 @@ async def reports() -> AsyncIterator[Reports]:
     yield Reports()
 
 
-async def test_a_commit_window_gathers_lone_appends_into_one_batch(
+async def test_a_commit_window_gathers_appends_that_follow_a_commit_into_one_batch(
     layout: Layout, reports: Reports
 ) -> None:
     writer = await started(layout, reports, commit_window=0.5)
@@ -81,7 +81,24 @@ async def test_a_commit_window_gathers_lone_appends_into_one_batch(
         appends.append(asyncio.ensure_future(writer.submit(f"s{n}", batch(n + 1))))
         await asyncio.sleep(0.01)
     await asyncio.gather(*appends)
-    assert writer.batches == 1
+    # The first is committed at once; the four that came within the window after it
+    # share the next commit.
+    assert writer.batches == 2
+    await writer.close()
+
+
+async def test_with_a_commit_window_a_lone_append_does_not_wait_for_it(
+    layout: Layout, reports: Reports
+) -> None:
+    writer = await started(layout, reports, commit_window=1.0)
+    await asyncio.wait_for(writer.submit("s0", batch(1)), 0.5)  # no commit before it
+    following = asyncio.ensure_future(writer.submit("s1", batch(1)))
+    await asyncio.sleep(0.2)
+    assert not following.done()  # within the window of the last commit: it waits
+    await asyncio.wait_for(following, 2.0)
+    await asyncio.sleep(1.0)  # the window has passed: the next one is alone again
+    await asyncio.wait_for(writer.submit("s2", batch(1)), 0.5)
+    assert writer.batches == 3
     await writer.close()
 
 

@@ -48,12 +48,13 @@ class JsonlStorageConfig:
     - ``durability``: ``fsync`` (ack after fsync) or ``os`` (ack after write, fsync in
       the background every ``fsync_interval`` seconds). For a store that keeps nothing,
       use ``MemoryStorage`` (``memory://``).
-    - ``commit_window``: in ``fsync`` mode, seconds the writer waits, once woken from
-      idle, for more appends to join the group commit (0: none). A lone event then waits
-      up to that long for its acknowledgement; in exchange, at a few thousand events/s
-      over many sessions, one ``fdatasync`` and one round trip to the sync helper serve
-      several events.
-      Under load the window never applies: appends queue while the previous batch syncs.
+    - ``commit_window``: in ``fsync`` mode, the least time in seconds between the starts
+      of two group commits (0: none). An append that comes sooner than that after the
+      last commit started waits for the rest of the window, with whatever else comes
+      meanwhile; a lone append (the last commit is older) never waits, and a commit
+      that took longer than the window is followed at once. At a few thousand events/s
+      over many sessions, one ``fdatasync`` and one round trip to the sync helper then
+      serve several events.
     - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint
       (metadata and log position, written in place without a sync) is rewritten after
       that many appends, or after that many seconds.

@@ -10,11 +10,11 @@ Durability modes: ``fsync`` resolves an append's future once its lines are synce
 ``os`` after the write (a background task syncs written files every ``fsync_interval``).
 In ``fsync`` mode with the shared WAL (the default, ``wal.py``) a batch's lines go to
 the session logs unsynced and to the current WAL segment as one write, and that one
-file is synced; only then are the appends acknowledged. With a commit window, a writer
-woken from idle waits that long first, so that lone appends share a batch. Past a size
-or an age the writer starts a new segment and retires the old one in the background:
-every log written during it is synced (threads, off the event loop), then it is
-deleted, strictly in order. Without the WAL (``wal=False``), every touched log is
+file is synced; only then are the appends acknowledged. With a commit window, group
+commits start at most once per window, so that appends close together share a batch.
+Past a size or an age the writer starts a new segment and retires the old one in the
+background: every log written during it is synced (threads, off the event loop), then
+it is deleted, strictly in order. Without the WAL (``wal=False``), every touched log is
 synced instead.
 
 Before appends are acknowledged, the owner is told (``on_written``, with where each
@@ -101,6 +101,7 @@ class LogWriter:
         self._durability = durability
         self._fsync_interval = fsync_interval
         self._commit_window = commit_window if durability == "fsync" else 0.0
+        self._last_commit = float("-inf")  # loop time the last group commit started
         self._on_written = on_written
         self._on_failed = on_failed
         self._queue: list[_Append | _Control] = []
@@ -201,10 +202,24 @@ class LogWriter:
                     await self._wakeup
                 finally:
                     self._wakeup = None
-                if self._commit_window:
-                    await asyncio.sleep(self._commit_window)
                 continue
+            if self._commit_window:
+                await self._pace()
             await self._process(self._take_batch())
+
+    async def _pace(self) -> None:
+        """With a commit window, group commits start at most once per window: what comes
+        sooner than that after the last one started waits for the rest of the window,
+        with whatever else comes meanwhile. A lone append (the last commit is older than
+        the window) never waits, and a commit that takes longer than the window is
+        followed at once."""
+        assert self._loop is not None
+        now = self._loop.time()
+        due = self._last_commit + self._commit_window
+        if now < due and not self._closing:
+            await asyncio.sleep(due - now)
+            now = self._loop.time()
+        self._last_commit = now
 
     def _take_batch(self) -> list[_Append | _Control]:
         """The longest prefix of the queue that touches at most ``max_open`` files, so
