@@ -32,7 +32,7 @@ from .services import Services
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
 STATS_PATH = "/api/v1/stats"
-DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id} without a limit
+DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id}?before=… without a limit
 _TIME_PARAMETERS = ("created_after", "created_before", "active_after")
 
 
@@ -204,18 +204,21 @@ def _integer(params: dict[str, str], name: str, default: int | None, minimum: in
 async def _session(
     services: Services, metadata: SessionMetadata, params: dict[str, str]
 ) -> Response:
-    """The metadata and a page of the history: the newest ``limit`` messages before
-    index ``before``, oldest first, bounded in bytes too (``has_more``, ``start``)."""
+    """The metadata and its history: the whole of it without ``limit`` and ``before``,
+    else a page of it (the extension: the newest ``limit`` messages before index
+    ``before``, oldest first, bounded in bytes too; ``has_more`` and ``start``)."""
     config = services.config
     try:
-        limit = _integer(params, "limit", DEFAULT_HISTORY_PAGE, 1) or DEFAULT_HISTORY_PAGE
+        limit = _integer(params, "limit", None, 1)
         before = _integer(params, "before", None, 0)
     except _BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
+    if limit is None and before is None:
+        return await _whole_session(services, metadata)
     page = await history_page(
         services.manager.storage,
         metadata.id,
-        min(limit, config.max_history_page),
+        min(limit or DEFAULT_HISTORY_PAGE, config.max_history_page),
         before,
         config.max_page_bytes,
     )
@@ -226,6 +229,36 @@ async def _session(
         "start": page.start,
     }
     return json_response(http.HTTPStatus.OK, body)
+
+
+async def _whole_session(services: Services, metadata: SessionMetadata) -> Response:
+    """The metadata and the whole history, as PROTOCOL.md has it, when it fits the
+    bounds of one page (``--max-history-page`` messages, ``--max-page-bytes``); else 413
+    ``too_large``, never a part of it passed off as the whole."""
+    config = services.config
+    count = metadata.message_count
+    if count > config.max_history_page:
+        return _too_large(count, f"{config.max_history_page} messages")
+    # A snapshot: the messages the metadata counts, read as the page that ends at that
+    # index, so that messages appended meanwhile neither lengthen the answer past its
+    # metadata nor push its first messages out. The page stops at the byte bound and
+    # then says so (has_more), having read about what it holds: the history is never
+    # read whole to learn that it is too large.
+    page = await history_page(
+        services.manager.storage, metadata.id, max(count, 1), count, config.max_page_bytes
+    )
+    if page.has_more:
+        return _too_large(count, f"{config.max_page_bytes} bytes")
+    body = {"metadata": metadata, "messages": page.messages, "has_more": False, "start": 0}
+    return json_response(http.HTTPStatus.OK, body)
+
+
+def _too_large(count: int, bound: str) -> Response:
+    message = (
+        f"the history holds {count} messages, more than the {bound} one answer holds:"
+        " read it in pages, with limit and before"
+    )
+    return error_response(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", message)
 
 
 async def _events(services: Services, session_id: str, params: dict[str, str]) -> Response:

@@ -141,19 +141,123 @@ async def test_session_detail_and_events() -> None:
         assert [(e["seq"], e["event"]) for e in body["events"]] == [(2, token("t"))]
 
 
-async def test_session_detail_pages_its_history_in_count_and_bytes() -> None:
+async def append_messages(peer: Any, contents: list[str], role: str = "user") -> None:
+    """Appends one message per content, pipelined: every frame, then every ack."""
+    for i, content in enumerate(contents):
+        message = {"role": role, "content": content}
+        await peer.send({"type": "message", "id": i, "message": message})
+    for _ in contents:
+        await peer.recv_type("ack")
+
+
+async def test_session_detail_without_parameters_is_the_whole_history() -> None:
+    # PROTOCOL.md: GET /api/v1/sessions/{id} is {"metadata", "messages"}, the whole
+    # history; a client written from it sends no parameters, and must not get the
+    # newest 100 messages of 150 as if they were all.
+    async with run_server() as server, attach(server) as (peer, welcome):
+        path = f"/api/v1/sessions/{welcome['session']['id']}"
+        status, body = await get(server, path)
+        assert status == 200 and body["metadata"]["message_count"] == 0
+        assert (body["messages"], body["start"], body["has_more"]) == ([], 0, False)
+        await append_messages(peer, [str(i) for i in range(150)])
+        status, body = await get(server, path)
+        assert status == 200 and body["metadata"]["message_count"] == 150
+        assert [m["content"] for m in body["messages"]] == [str(i) for i in range(150)]
+        assert (body["start"], body["has_more"]) == (0, False)
+        status, headers, head_body = await raw_http(
+            server, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
+        assert (status, head_body) == (200, b"") and int(headers["content-length"]) > 150
+
+
+async def test_a_whole_history_of_more_messages_than_a_page_is_413_too_large() -> None:
+    async with run_server(max_history_page=100) as server, attach(server) as (peer, welcome):
+        path = f"/api/v1/sessions/{welcome['session']['id']}"
+        await append_messages(peer, [str(i) for i in range(100)])
+        status, body = await get(server, path)  # just fits
+        assert status == 200 and len(body["messages"]) == 100 and not body["has_more"]
+        await append_messages(peer, ["100"])
+        status, headers, raw = await raw_http(
+            server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
+        error = error_of(headers, raw)
+        assert status == 413 and error["code"] == "too_large", error
+        message = error["message"]
+        assert "101 messages" in message and "limit" in message and "before" in message
+        status, headers, head_body = await raw_http(
+            server, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
+        assert (status, head_body) == (413, b"") and headers["content-length"] == str(len(raw))
+        # Read in pages, as the message says: newest first, then before the start.
+        status, body = await get(server, f"{path}?limit=100")
+        assert status == 200 and (body["start"], body["has_more"]) == (1, True)
+        status, body = await get(server, f"{path}?limit=100&before=1")
+        assert [m["content"] for m in body["messages"]] == ["0"] and not body["has_more"]
+
+
+async def test_a_whole_history_of_more_bytes_than_a_page_is_413_too_large() -> None:
+    async with run_server(max_page_bytes=10_000) as server:
+        async with attach(server) as (peer, welcome):
+            path = f"/api/v1/sessions/{welcome['session']['id']}"
+            await append_messages(peer, [f"{i}" + "x" * 1000 for i in range(5)])  # ~6 KB
+            status, body = await get(server, path)
+            assert status == 200 and len(body["messages"]) == 5 and not body["has_more"]
+            await append_messages(peer, [f"{i}" + "x" * 1000 for i in range(5, 15)])  # ~17 KB
+            status, body = await get(server, path)
+            assert status == 413 and body["error"]["code"] == "too_large", body
+            assert "15 messages" in body["error"]["message"]
+            assert "10000 bytes" in body["error"]["message"]
+            status, body = await get(server, f"{path}?limit=15")  # a page stops short
+            assert status == 200 and body["has_more"] and 1 < len(body["messages"]) < 15
+        # One message larger than the bound is still a whole history: a page holds at
+        # least one message, and so does this answer.
+        async with attach(server) as (peer, welcome):
+            await append_messages(peer, ["y" * 20_000])
+            status, body = await get(server, f"/api/v1/sessions/{welcome['session']['id']}")
+            assert status == 200 and len(body["messages"]) == 1 and not body["has_more"]
+
+
+async def test_the_whole_history_is_the_one_its_metadata_counts() -> None:
+    # Messages appended while answers are read: each holds exactly the messages its
+    # metadata counts, from the first, never more.
+    async with run_server() as server, attach(server) as (peer, welcome):
+        path = f"/api/v1/sessions/{welcome['session']['id']}"
+        stop = asyncio.Event()
+
+        async def write() -> None:
+            count = 0
+            while not stop.is_set() and count < 900:  # within --max-history-page
+                await append_messages(peer, [str(i) for i in range(count, count + 10)])
+                count += 10
+
+        writer = asyncio.create_task(write())
+        try:
+            for _ in range(20):
+                status, body = await get(server, path)
+                assert status == 200, body
+                count = body["metadata"]["message_count"]
+                assert [m["content"] for m in body["messages"]] == [str(i) for i in range(count)]
+        finally:
+            stop.set()
+            await writer
+
+
+async def test_session_detail_with_limit_or_before_pages_its_history() -> None:
     async with run_server(max_history_page=50, max_page_bytes=200_000) as server:
         async with attach(server) as (peer, welcome):
             session_id = welcome["session"]["id"]
-            for i in range(120):
-                message = {"role": "user", "content": str(i)}
-                await peer.request({"type": "message", "id": i, "message": message}, "ack")
+            await append_messages(peer, [str(i) for i in range(120)])
             path = f"/api/v1/sessions/{session_id}"
-            status, body = await get(server, path)  # the default page: the newest 100 at most
+            # Without parameters, the whole history: more than a page holds.
+            status, body = await get(server, path)
+            assert status == 413 and body["error"]["code"] == "too_large"
+            status, body = await get(server, f"{path}?limit=100")
             assert status == 200 and body["metadata"]["message_count"] == 120
             assert len(body["messages"]) == 50  # lowered to --max-history-page
             assert body["messages"][-1]["content"] == "119"
             assert (body["start"], body["has_more"]) == (70, True)
+            status, body = await get(server, f"{path}?before=120")  # limit 100, lowered
+            assert (len(body["messages"]), body["start"], body["has_more"]) == (50, 70, True)
             status, body = await get(server, f"{path}?limit=30&before=70")
             assert [m["content"] for m in body["messages"]] == [str(i) for i in range(40, 70)]
             assert (body["start"], body["has_more"]) == (40, True)
@@ -161,10 +265,8 @@ async def test_session_detail_pages_its_history_in_count_and_bytes() -> None:
             assert [m["content"] for m in body["messages"]] == [str(i) for i in range(10)]
             assert (body["start"], body["has_more"]) == (0, False)
             # Bounded in bytes too: 100 KB messages, 200 KB pages.
-            for i in range(3):
-                message = {"role": "user", "content": "x" * 100_000}
-                await peer.request({"type": "message", "id": i, "message": message}, "ack")
-            status, body = await get(server, path)
+            await append_messages(peer, ["x" * 100_000] * 3)
+            status, body = await get(server, f"{path}?limit=100")
             assert len(body["messages"]) == 1 and body["start"] == 122 and body["has_more"]
             for query in ("limit=0", "limit=x", "before=-1", "before=1.5"):
                 status, body = await get(server, f"{path}?{query}")
