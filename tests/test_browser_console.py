@@ -202,7 +202,8 @@ async def test_session_shows_history_then_live_tokens_tools_and_presence(browser
 
 
 async def test_history_pages_back_to_the_first_message(browser: Any) -> None:
-    async with run_server() as server:
+    # More messages than one whole-history answer may hold: the console reads pages.
+    async with run_server(max_history_page=100) as server:
         async with await BambooClient.connect(ws_url(server), "long", create=True) as agent:
             for i in range(120):
                 await agent.send_message(Message.user(f"message {i}"))
@@ -218,6 +219,33 @@ async def test_history_pages_back_to_the_first_message(browser: Any) -> None:
         await expect(messages.first.locator(".msg-body")).to_have_text("message 0")
         await expect(messages.first).to_have_attribute("data-index", "0")
         await expect(page.locator("#older")).to_be_hidden()
+
+
+async def test_a_closed_session_pages_back_to_the_first_message(browser: Any) -> None:
+    # A closed session's history comes from the HTTP API, a page at a time, each
+    # message at its index: more of them than one whole-history answer may hold.
+    async with run_server(max_history_page=100) as server:
+        async with await BambooClient.connect(ws_url(server), "done", create=True) as agent:
+            for i in range(120):
+                await agent.send_message(Message.user(f"message {i}"))
+            await agent.set_state("closed")
+        page = await browser.new_page()
+        problems = watch_page(page)
+        await page.goto(console_url(server.port, "#/s/done"))
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
+        messages = page.locator("#messages li")
+        await expect(messages).to_have_count(50)
+        await expect(messages.first.locator(".msg-body")).to_have_text("message 70")
+        await expect(messages.first).to_have_attribute("data-index", "70")
+        await expect(messages.last.locator(".msg-body")).to_have_text("message 119")
+        await page.click("#older")
+        await expect(messages).to_have_count(100)
+        await page.click("#older")
+        await expect(messages).to_have_count(120)
+        await expect(messages.first.locator(".msg-body")).to_have_text("message 0")
+        await expect(messages.first).to_have_attribute("data-index", "0")
+        await expect(page.locator("#older")).to_be_hidden()
+        assert problems == []
 
 
 async def test_console_publishes_a_test_event_and_closes_the_session(browser: Any) -> None:

@@ -97,7 +97,9 @@ class SessionView {
   async start() {
     let stored;
     try {
-      stored = await getJson(`/api/v1/sessions/${encodeURIComponent(this.id)}`);
+      // The metadata and the newest page: without a limit the answer is the whole
+      // history, or 413 when it is longer than one answer may hold.
+      stored = await getJson(this.#path(), { limit: PAGE });
     } catch (error) {
       if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
       return;
@@ -106,14 +108,14 @@ class SessionView {
     const metadata = stored.metadata;
     this.#showMeta(metadata);
     if (metadata.state === "closed" || metadata.state === "expired") {
-      this.#showStored(stored.messages, `This session is ${metadata.state}: no live events.`);
+      this.#showStored(stored, `This session is ${metadata.state}: no live events.`);
       return;
     }
-    await this.#attach(metadata, stored.messages);
+    await this.#attach(metadata, stored);
   }
 
-  /** @param {any} metadata @param {any[]} storedMessages */
-  async #attach(metadata, storedMessages) {
+  /** @param {any} metadata @param {any} stored the answer of the HTTP API */
+  async #attach(metadata, stored) {
     let client;
     try {
       client = await BambooClient.connect(location.origin, {
@@ -125,7 +127,7 @@ class SessionView {
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
       if (error instanceof SessionEnded)
-        this.#showStored(storedMessages, "This session is closed: no live events.");
+        this.#showStored(stored, "This session is closed: no live events.");
       else this.#refused(error);
       return;
     }
@@ -180,9 +182,7 @@ class SessionView {
         this.older.hidden = false;
         return;
       }
-      this.oldest = before - page.messages.length;
-      this.messages.prepend(...page.messages.map((m, i) => this.#message(m, this.oldest + i)));
-      this.older.hidden = !page.hasMore;
+      this.#prepend(page.messages, page.hasMore);
     } catch (error) {
       if (this.alive) this.status.textContent = `Could not load messages: ${error}`;
     } finally {
@@ -190,18 +190,33 @@ class SessionView {
     }
   }
 
-  /** History from the stored copy (a closed session), paged here. @param {any[]} all @param {string} text */
-  #showStored(all, text) {
+  /** @param {any[]} messages the page that ends at this.oldest @param {boolean} hasMore */
+  #prepend(messages, hasMore) {
+    this.oldest -= messages.length;
+    this.messages.prepend(...messages.map((m, i) => this.#message(m, this.oldest + i)));
+    this.older.hidden = !hasMore;
+  }
+
+  /**
+   * History from storage (a closed session): the page already read, then older ones
+   * from the HTTP API, each ending where the last began.
+   * @param {any} stored the answer of the HTTP API @param {string} text
+   */
+  #showStored(stored, text) {
     this.#setConnState("closed");
     this.tail.note(text);
     fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
     fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
-    this.fetchPage = async (before) => ({
-      messages: all.slice(Math.max(0, before - PAGE), before),
-      hasMore: before - PAGE > 0,
-    });
-    this.oldest = all.length;
-    void this.loadOlder();
+    this.fetchPage = async (before) => {
+      const page = await getJson(this.#path(), { limit: PAGE, before });
+      return { messages: page.messages, hasMore: page.has_more };
+    };
+    this.oldest = stored.start + stored.messages.length;
+    this.#prepend(stored.messages, stored.has_more);
+  }
+
+  #path() {
+    return `/api/v1/sessions/${encodeURIComponent(this.id)}`;
   }
 
   /** @param {string} reason */
@@ -210,7 +225,7 @@ class SessionView {
     this.tail.note(`Session closed: ${reason}`);
     fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
     try {
-      const stored = await getJson(`/api/v1/sessions/${encodeURIComponent(this.id)}`);
+      const stored = await getJson(this.#path(), { limit: 1 }); // for its metadata
       if (this.alive) this.#showMeta(stored.metadata);
     } catch {
       // The metadata shown stays; the notice above says what happened.
