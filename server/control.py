@@ -101,9 +101,13 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         actor.room.restart_at(metadata.last_seq)
         await actor.following.start(actor.room.published_seq)
     if actor.state != SessionState.ACTIVE:
-        # A session nobody was attached to becomes active: that is activity too.
-        await actor.status.become(SessionState.ACTIVE)
+        # A session nobody was attached to becomes active: that is activity too. The
+        # activity first: should it fail, nothing has changed (the attach fails, the
+        # session stays as it was); should the move fail after it, the session was only
+        # touched. The other way round, a failed touch left it active, in the store
+        # too, with nobody attached, and nothing would have written it back.
         await actor.status.touch()
+        await actor.status.become(SessionState.ACTIVE)
     metadata.state = actor.state
     outbox = command.outbox
     connections = await actor.presence.join(actor.session_id, outbox.connection_id, outbox.role)
@@ -164,8 +168,13 @@ async def tick(actor: SessionActor, generation: int) -> None:
 
 async def set_state(actor: SessionActor, command: SetState) -> None:
     try:
+        if command.state != actor.state:
+            actor.state.check_transition(command.state)  # a refused move is no activity
+        # A state a peer asks for is activity, written first, as at an attach: a
+        # failed touch changes nothing, where after the move it left the session
+        # moved (closed, even) while the peer was told the request had failed.
+        await actor.status.touch()
         await actor.status.become(command.state)
-        await actor.status.touch()  # a state a peer asks for is activity
     except (StorageError, ValueError) as exc:
         actor.refuse(command, exc)
         return
