@@ -90,14 +90,21 @@ class ActorRegistry:
             await asyncio.wait([retiring])  # the old actor finishes flushing first
 
     async def attach(
-        self, session_id: str, outbox: Outbox, last_seq: int | None, epoch: str | None
+        self,
+        session_id: str,
+        outbox: Outbox,
+        last_seq: int | None,
+        epoch: str | None,
+        deadline: float | None = None,
     ) -> tuple[SessionActor, Welcome]:
         """``outbox`` attached to the session by its actor (server/control.py
         ``attach``), within one read deadline for all of it: waiting for an old actor
         to finish, the spawn, room in its inbox, and the actor's own reads and writes
-        for the welcome (a live session reads itself at every attach). Past it,
-        StoreTimeout; the actor skips or undoes the attach it finds given up on."""
-        deadline = self._reads.deadline()
+        for the welcome (a live session reads itself at every attach). Past it (a
+        hello's, from its arrival: server/handshake.py), StoreTimeout; the actor skips
+        or undoes the attach it finds given up on."""
+        if deadline is None:
+            deadline = self._reads.deadline()
         while True:
             actor = await self._reads.within(deadline, self.actor(session_id))
             # In line for the inbox as a peer's frames are: an actor stuck on its store

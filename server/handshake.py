@@ -99,6 +99,10 @@ async def attach(conn: Connection, hello: Hello) -> bool:
     services = conn.services
     manager = services.manager
     ws = conn.ws
+    # One read deadline for the whole attach, from the hello's arrival: the reads of its
+    # session (and of its user's count, for a new one) and the session taking it in.
+    # Each had a deadline of its own: a hello could wait about twice the time.
+    deadline = services.page_reads.deadline()
     try:
         request = ws.request
         authorization = request.headers.get("Authorization") if request else None
@@ -115,8 +119,10 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             services.user_connections.acquire(user)
             conn.counted_user = user
         creator = creator_key(principal.sub if principal else None, _peer_address(ws))
-        admission = services.quotas.admission(creator)
-        session_id = await resolve_session(manager, conn.session_id, hello, principal, admission)
+        admission = services.quotas.admission(creator, deadline)
+        session_id = await resolve_session(
+            manager, conn.session_id, hello, principal, admission, deadline
+        )
         conn.session_id = session_id
         structlog.contextvars.bind_contextvars(session_id=session_id)
         outbox = Outbox(
@@ -134,7 +140,9 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out)
         outbox.flusher = services.flusher
         try:
-            conn.actor, _ = await manager.attach(session_id, outbox, hello.last_seq, hello.epoch)
+            conn.actor, _ = await manager.attach(
+                session_id, outbox, hello.last_seq, hello.epoch, deadline=deadline
+            )
         except BaseException:
             outbox.abandon("attach failed")  # its Attach may wait in a stuck actor's inbox
             raise
@@ -181,14 +189,15 @@ async def resolve_session(
     hello: Hello,
     principal: Principal | None,
     admit: Admission | None,
+    deadline: float | None = None,
 ) -> str:
     """The session a ``hello`` attaches to, created first where it asks for that.
 
     Under auth, raises Forbidden before anything is created or sent when ``principal``
     may not have it; a session created here belongs to its ``sub``. Nothing is created
     when the attach that follows could not be served (ServerBusy), nor when ``admit``
-    (the connection's quotas) refuses it. The reads are within the store's read
-    deadline (StoreTimeout: 1011)."""
+    (the connection's quotas) refuses it. The reads end by ``deadline`` (default: the
+    store's read deadline from each read's start), else StoreTimeout: 1011."""
     owner = hello.user_id if principal is None else principal.sub
     if session_id is None:
         if principal is not None:
@@ -199,9 +208,11 @@ async def resolve_session(
         check_session_id_for(principal, session_id)
     metadata: SessionMetadata | None = None
     if hello.create:
-        metadata = await manager.ensure_session(session_id, owner, hello.title, admit)
+        metadata = await manager.ensure_session(
+            session_id, owner, hello.title, admit, deadline=deadline
+        )
     if principal is not None:
-        metadata = metadata or await manager.stored_metadata(session_id)
+        metadata = metadata or await manager.stored_metadata(session_id, deadline)
         if metadata is not None:  # a missing one is 4404 when attaching
             check_access(principal, metadata)
     return session_id

@@ -159,16 +159,21 @@ class SessionManager:
         user_id: str | None = None,
         title: str | None = None,
         admit: Admission | None = None,
+        *,
+        deadline: float | None = None,
     ) -> SessionMetadata:
         """get-or-create without reading the history: what an attach with ``create``
         needs, so a reconnect storm does not load every session's messages. ``admit``
-        wraps a creation, and refuses it by raising."""
-        existing = await self.stored_metadata(check_session_id(session_id))
+        wraps a creation, and refuses it by raising. The reads, and the wait for
+        another caller's creation of the same session, end by ``deadline`` when given
+        (StoreTimeout); the creation's own write is not a read."""
+        existing = await self.stored_metadata(check_session_id(session_id), deadline)
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
         if existing is None and (creating := self._creating.get(session_id)) is not None:
-            await asyncio.wait([creating])
-            existing = await self.stored_metadata(session_id)
+            theirs = asyncio.wait([creating])
+            await (theirs if deadline is None else self.page_reads.within(deadline, theirs))
+            existing = await self.stored_metadata(session_id, deadline)
         if existing is not None:
             if existing.is_expired():
                 raise SessionExpired(session_id)
@@ -180,7 +185,7 @@ class SessionManager:
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
-        found = await self.stored_metadata(session_id)
+        found = await self.stored_metadata(session_id, deadline)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found
@@ -195,9 +200,12 @@ class SessionManager:
         actor.post(SetState(SessionState.CLOSED, future=done))
         await done
 
-    async def stored_metadata(self, session_id: str) -> SessionMetadata | None:
-        """A hello's read of the session, within the deadline (StoreTimeout: 1011)."""
-        return await self.page_reads.lookup(lambda: self.storage.get_metadata(session_id))
+    async def stored_metadata(
+        self, session_id: str, deadline: float | None = None
+    ) -> SessionMetadata | None:
+        """A hello's read of the session, by ``deadline`` (default: the read deadline
+        from now); else StoreTimeout, 1011."""
+        return await self.page_reads.lookup(lambda: self.storage.get_metadata(session_id), deadline)
 
     async def create_admitted(
         self,
@@ -232,13 +240,20 @@ class SessionManager:
     # -- connections ---------------------------------------------------------------
 
     async def attach(
-        self, session_id: str, outbox: Outbox, last_seq: int | None = None, epoch: str | None = None
+        self,
+        session_id: str,
+        outbox: Outbox,
+        last_seq: int | None = None,
+        epoch: str | None = None,
+        *,
+        deadline: float | None = None,
     ) -> tuple[SessionActor, Welcome]:
         """Attaches ``outbox`` to the session; the welcome (then any replay) is the
         first thing queued on it. Raises SessionNotFound, SessionClosed,
         SessionExpired, ServerBusy; StoreTimeout when the store keeps the session from
-        welcoming it within the read deadline (ActorRegistry.attach)."""
-        return await self.actors.attach(session_id, outbox, last_seq, epoch)
+        welcoming it by ``deadline`` (default: the read deadline from now;
+        ActorRegistry.attach)."""
+        return await self.actors.attach(session_id, outbox, last_seq, epoch, deadline)
 
     def detach(self, session_id: str, connection_id: str) -> None:
         actor = self.actors.get(session_id)

@@ -109,8 +109,10 @@ class SessionQuotas:
         # Owners with a creation under way in this process: their lock and its users.
         self._owners: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
-    def admission(self, creator: str | None) -> Admission:
-        """What wraps the creation of a session made by ``creator``."""
+    def admission(self, creator: str | None, deadline: float | None = None) -> Admission:
+        """What wraps the creation of a session made by ``creator``; its count of the
+        owner's sessions ends by ``deadline`` (default: the read deadline from its
+        start)."""
 
         @contextlib.asynccontextmanager
         async def admit(owner: str | None) -> AsyncIterator[None]:
@@ -121,7 +123,7 @@ class SessionQuotas:
             # One creation at a time per owner in this process, from its count to its
             # end: two of them never both take the last place.
             async with self._owner_lock(owner):
-                kept = await self._count(owner)
+                kept = await self._count(owner, deadline)
                 if kept >= self.max_per_user:
                     raise TooManySessions(f"{owner!r} keeps {kept} sessions")
                 yield
@@ -156,12 +158,12 @@ class SessionQuotas:
         if not bucket.take():
             raise CreatingTooFast(f"over {self.rate:g} new sessions/s")
 
-    async def _count(self, owner: str) -> int:
+    async def _count(self, owner: str, deadline: float | None = None) -> int:
         """The owner's sessions that count against the cap, within the read deadline
         (StoreTimeout, which closes the hello with 1011)."""
         if self.reads is None:
             return await self._count_in_store(owner)
-        return await self.reads.lookup(lambda: self._count_in_store(owner))
+        return await self.reads.lookup(lambda: self._count_in_store(owner), deadline)
 
     async def _count_in_store(self, owner: str) -> int:
         storage = self.storage

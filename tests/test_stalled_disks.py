@@ -373,3 +373,61 @@ async def ready_to_evict(server: BambooServer, session_id: str) -> bool:
     """The session's actor is live, and its task in the store append."""
     actor = server.manager.live_actor(session_id)
     return actor is not None and actor.task is not None and not len(actor.inbox)
+
+
+# Holds SQLite's WAL write lock (byte 120 of the -shm file) and its read marks (123 to
+# 127); a line on stdin lets the read marks go, the write lock stays until killed.
+HOLD_LOCKS_THEN_READS = """
+import fcntl, sys
+with open(sys.argv[1], "r+b") as shm:
+    fcntl.lockf(shm, fcntl.LOCK_EX, 1, 120)
+    fcntl.lockf(shm, fcntl.LOCK_EX, 5, 123)
+    print("held", flush=True)
+    sys.stdin.readline()
+    fcntl.lockf(shm, fcntl.LOCK_UN, 5, 123)
+    print("reads", flush=True)
+    sys.stdin.read()
+"""
+
+
+async def test_a_hello_whose_reads_and_attach_both_stall_ends_at_one_deadline(
+    tmp_path: Path,
+) -> None:
+    """A hello's read of its session (here the get of get-or-create) and the session
+    taking it in (here the move to ``active``, a write) share one deadline from the
+    hello's arrival: the read is let through at 60% of it, the write never, and the
+    hello closes 1011 at the deadline, not a deadline after the read."""
+    deadline = 2.5
+    path = tmp_path / "bamboo.db"
+    async with run_server(store=f"sqlite://{path}", store_read_timeout=deadline) as server:
+        async with attach(server, "s", create=True):
+            pass
+        await eventually(lambda: session_is(server, "s", "disconnected", 0), WITHIN)
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            HOLD_LOCKS_THEN_READS,
+            f"{path}-shm",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert holder.stdin is not None and holder.stdout is not None
+            assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
+            started = time.monotonic()
+            async with open_peer(server, "s") as peer:
+                await peer.send({"type": "hello", "create": True})
+                await asyncio.sleep(0.6 * deadline)
+                holder.stdin.write(b"go\n")
+                assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"reads\n"
+                code, frames = await peer.closed(timeout=2 * deadline + WITHIN)
+            elapsed = time.monotonic() - started
+        finally:
+            holder.kill()  # the write lock goes with it
+            await holder.wait()
+        assert (code, frames) == (1011, [])
+        # Before, the attach got a deadline of its own once the read was done: 1.6 times
+        # the deadline at least.
+        assert elapsed < deadline + 0.8, elapsed
+        async with attach(server, "s") as (_viewer, welcome):
+            assert welcome["session"]["state"] == "active"
