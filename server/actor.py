@@ -148,11 +148,6 @@ class SessionActor:
         self.inbox.append(command)
         self._wake()
 
-    async def submit(self, command: Command) -> None:
-        """Queue a peer's command, waiting while the inbox is full (back-pressure)."""
-        await self.inbox.wait_for_room()
-        self.post(command)
-
     async def room_for(self, count: int) -> bool:
         """Waits until the inbox has room for ``count`` more commands (back-pressure);
         whether the actor still takes commands then."""

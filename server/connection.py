@@ -215,14 +215,14 @@ class Connection:
     async def _submit(actor: SessionActor, outbox: Outbox, command: Append | SetState) -> None:
         """Posts a request whose reply the actor sends, once this connection may have
         one more in flight; waits (and so stops reading) only when it may not."""
+        weight = command.size if type(command) is Append else 0
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
-            await outbox.reserve()
-        if actor.inbox.may_post():
-            actor.post(command)
-        else:
-            await actor.submit(command)
+            await waiting_weighed(actor, weight, outbox.reserve())
+        if not actor.inbox.may_post():
+            await waiting_weighed(actor, weight, actor.inbox.wait_for_room())
+        actor.post(command)
 
     async def _batch(
         self, frame: PublishBatch, actor: SessionActor, outbox: Outbox, size: int
@@ -260,9 +260,10 @@ class Connection:
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
-            await outbox.reserve()
+            await waiting_weighed(actor, size, outbox.reserve())
         # An actor that finished meanwhile refuses them; one still finishing stores them.
-        await actor.room_for(count)
+        if not actor.inbox.may_post(count):
+            await waiting_weighed(actor, size, actor.room_for(count))
         actor.post_batch(appends)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
@@ -388,3 +389,18 @@ class Connection:
             read_wait=round(getattr(self.ws, "read_waited", 0.0), 3),
             seconds=round(time.monotonic() - self.started, 3),
         )
+
+
+async def waiting_weighed(actor: SessionActor, size: int, waiting: Awaitable[object]) -> None:
+    """``waiting`` (for a place in flight, or for room in the session's inbox) with the
+    decoded request's weight (``size``: what the inbox would count) charged to the
+    memory budget meanwhile: up to a frame's worth per connection, held by no queue. It
+    is given back when the wait ends, the caller then posting the request in the same
+    step (the inbox charges it from there), or when it is cancelled (the connection's
+    task is stopped) and the request dropped."""
+    budget = actor.inbox.budget
+    budget.used += size
+    try:
+        await waiting
+    finally:
+        budget.used -= size

@@ -22,11 +22,14 @@ from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
 from bamboo_session.server.budget import MemoryBudget
 from bamboo_session.server.commands import Append, Inbox
+from bamboo_session.server.connection import waiting_weighed
 from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import CloseRequest, Outbox
 from bamboo_session.server.room import SessionRoom
+from tests.instances import eventually as eventually_async
 from tests.support import attach, get, run_server, token
 from tests.test_server_lifecycle import eventually
+from tests.test_stalled_disks import write_lock_held
 from tests.test_wire_floods import masked_frame, upgraded_socket
 
 T = TypeVar("T")
@@ -563,3 +566,67 @@ async def test_viewers_that_come_and_go_leave_no_budget_behind() -> None:
         await asyncio.sleep(0.5)
         rings = sum(actor.room.ring_bytes for actor in server.manager.actors)
         assert server.manager.budget.used == rings
+
+
+async def buffered_bytes(server: Any) -> int:
+    """``bamboo_buffered_bytes`` as /metrics says: what the memory budget holds."""
+    metrics = (await get(server, "/metrics"))[1]
+    line = next(x for x in metrics.splitlines() if x.startswith("bamboo_buffered_bytes "))
+    return int(float(line.split()[1]))
+
+
+async def test_a_request_waiting_for_room_in_the_inbox_is_weighed_until_it_goes_in(
+    tmp_path: Path,
+) -> None:
+    """A session whose store is stuck (another process holds SQLite's write lock) has a
+    full inbox: its publisher's reader holds the next request, decoded, waiting for
+    room. That request is charged to the memory budget while it waits (before, it was
+    held by no count), still once its connection has closed, and given back as it
+    goes into the inbox; once everything is stored the budget holds the ring alone."""
+    path = tmp_path / "bamboo.db"
+    size = 300 * KIB
+    async with run_server(store=f"sqlite://{path}", inbox_limit=1) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            actor = server.manager.live_actor(session_id)
+            assert actor is not None
+            async with write_lock_held(path):
+                # The first is taken (its append waits for the lock), the second queued.
+                for n in (1, 2):
+                    await agent.send({"type": "event", "id": n, "event": token("x" * size)})
+                await eventually(lambda: len(actor.inbox) == 1)
+                before = await buffered_bytes(server)
+                await agent.send({"type": "event", "id": 3, "event": token("y" * size)})
+                await eventually(lambda: actor.inbox._waiters)  # the reader waits for room
+                assert len(actor.inbox) == 1
+                assert await buffered_bytes(server) >= before + size
+                await agent.close()  # the request still waits, in memory
+                await asyncio.sleep(0.2)
+                assert await buffered_bytes(server) >= before + size
+
+        async def all_stored() -> bool:
+            stored = await server.manager.read_events(session_id)
+            return [e.event.content[0] for e in stored] == ["x", "x", "y"]
+
+        await eventually_async(all_stored, 15)
+        await eventually(lambda: not actor.inbox.bytes and not actor.inbox._waiters)
+        rings = sum(live.room.ring_bytes for live in server.manager.actors)
+        assert server.manager.budget.used == rings
+        assert await buffered_bytes(server) == rings
+
+
+async def test_a_request_whose_wait_for_room_is_cancelled_gives_its_weight_back() -> None:
+    """A reader stopped while its request waits (the server's stop cancels it): the
+    request is dropped, and so is its charge."""
+    async with run_server() as server, attach(server) as (_peer, welcome):
+        actor = server.manager.live_actor(welcome["session"]["id"])
+        assert actor is not None
+        before = server.manager.budget.used
+        never = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(waiting_weighed(actor, 300 * KIB, never))
+        await asyncio.sleep(0.05)
+        assert server.manager.budget.used == before + 300 * KIB
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert server.manager.budget.used == before
