@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import socket
 import threading
 import time
+from typing import Any
 
+from bamboo_session.server.http_wire import PARSE_SLICE, BambooConnection
 from bamboo_session.server.limits import FRAME_BYTES, ByteRate
 from tests.support import attach, get, run_server, token
 from tests.test_limits import FakeClock
+from tests.test_wire_floods import upgraded_socket
 
 RATE = 200_000
 BURST = 100_000
@@ -145,3 +149,69 @@ async def test_a_flood_of_empty_frames_is_metered_and_others_are_served() -> Non
             stop.set()
             assert await flooding > 0
         assert await read_wait_seconds(server) > 0
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A client's final frame of any size as on the wire (mask of zeros)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + bytes(4) + payload
+
+
+def event_frame(n: int, content: str) -> bytes:
+    frame = {"type": "event", "id": n, "event": {"type": "token", "content": content}}
+    return client_frame(json.dumps(frame).encode())
+
+
+async def held_connection(server: Any, session_id: str) -> tuple[socket.socket, BambooConnection]:
+    """A raw peer attached to ``session_id`` whose next frame runs into debt, with the
+    start of the frame after it parsed and its rest held: the peer's socket and the
+    server's connection, held."""
+    peer = await asyncio.to_thread(upgraded_socket, server.port, f"/api/v1/stream/{session_id}")
+    peer.sendall(client_frame(b'{"type":"hello"}'))
+    await asyncio.to_thread(peer.recv, 65536)  # the welcome
+    big = event_frame(1, "a" * 150_000)  # past the 50 kB burst: about a second of debt
+    after = event_frame(2, "b")
+    # The big frame ends inside the last 4 KiB slice parsed: the next frame starts in
+    # it, and its rest is held, in the same read (one write of 8 KiB on loopback).
+    tail = 2 * PARSE_SLICE - 10
+    peer.sendall(big[:-tail])
+    await asyncio.sleep(0.3)  # parsed as it came: no frame ended, no debt yet
+    peer.sendall(big[-tail:] + after)
+    held = [c for c in server._open_connections if c._repaid is not None]
+    for _ in range(50):
+        if held:
+            break
+        await asyncio.sleep(0.02)
+        held = [c for c in server._open_connections if c._repaid is not None]
+    assert len(held) == 1 and held[0]._held, "the frame after the big one is held"
+    return peer, held[0]
+
+
+async def test_a_repayment_due_as_the_transport_is_aborted_parses_nothing() -> None:
+    """The connection's transport is aborted (as a stop's drop or a close timeout does)
+    in the turn of the loop its repayment falls due: what it held is not parsed, so
+    the frame held is neither handled nor stored (connection_lost would have cancelled
+    the repayment, one turn later)."""
+    async with run_server(rate_limit_bytes=100_000, rate_limit_bytes_burst=50_000) as server:
+        async with attach(server) as (_viewer, welcome):
+            session_id = welcome["session"]["id"]
+            peer, conn = await held_connection(server, session_id)
+            try:
+                repaid = conn._repaid
+                assert repaid is not None
+                loop = asyncio.get_running_loop()
+                # Due a microsecond before the repayment: the loop wakes for it later
+                # than that, and runs both in that one turn, the abort first.
+                loop.call_at(repaid.when() - 1e-6, conn.transport.abort)
+                await asyncio.sleep(repaid.when() - loop.time() + 0.5)
+                assert conn.transport.is_closing()
+                events = await server.manager.read_events(session_id)
+                assert [e.event.content[:1] for e in events] == ["a"]
+            finally:
+                peer.close()
