@@ -13,7 +13,8 @@ import pytest
 
 from bamboo_session.protocol import SessionMetadata, Token
 from bamboo_session.protocol.client import RequestError, Reset, SessionEnded, StoredEvent
-from bamboo_session.protocol.client.state import END, ClientState
+from bamboo_session.protocol.client.feed import END, EventFeed
+from bamboo_session.protocol.client.state import ClientState
 from bamboo_session.protocol.frames import (
     Ack,
     Closed,
@@ -46,8 +47,10 @@ def event(seq: int) -> EventFrame:
 
 def drain(state: ClientState) -> list[Any]:
     items = []
-    while not state.feed.empty():
+    while len(state.feed):
         items.append(state.feed.get_nowait())
+    if state.feed.ended:
+        items.append(END)
     return items
 
 
@@ -103,6 +106,39 @@ def test_events_are_queued_in_order() -> None:
     items = drain(state)
     assert all(isinstance(i, StoredEvent) for i in items)
     assert [(i.seq, i.event) for i in items] == [(s, Token(str(s))) for s in (1, 2, 3)]
+
+
+def test_past_a_full_feed_events_are_skipped_until_the_next_connection(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """An event that finds the feed full is not queued and not counted as seen, nor is
+    any later one of that connection, even once there is room (that would leave a gap);
+    our own acks still count; the next connection resumes from the last event queued."""
+    feed = EventFeed(max_events=2)
+    state = ClientState(Hello(last_seq=0), "s1", receive_events=True, feed=feed)
+    state.welcomed(welcome(0, resumed=True), 0)
+    publish, published = request(state, loop)
+    state.receive(event(1))
+    state.receive(event(2))
+    assert state.backlogged and not state.overflowed
+    state.receive(event(3))
+    state.receive(Ack(5, id=publish))
+    assert published.result() == Ack(5, id=publish)
+    assert feed.get_nowait().seq == 1, "room again"
+    state.receive(event(4))
+    assert (state.overflowed, state.skipped, len(feed)) == (True, 2, 1)
+    assert state.sequence.resume_point == 2
+    hello = state.next_hello()
+    assert hello.last_seq == 2
+    state.welcomed(welcome(5, resumed=True), hello.last_seq)
+    assert not state.overflowed
+    assert [i.seq for i in drain(state)] == [2]
+    state.receive(event(3))
+    state.receive(event(4))
+    assert [i.seq for i in drain(state)] == [3, 4]
+    state.receive(event(5))  # our own publish's, echoed to the new connection
+    assert drain(state) == [] and state.sequence.resume_point == 5
+    assert (state.skipped, state.overflowed) == (2, False)
 
 
 def test_replies_answer_their_requests(loop: asyncio.AbstractEventLoop) -> None:

@@ -30,10 +30,11 @@ from ..frames import (
 from ..ids import check_session_id
 from ..models import AnyAgentEvent, Message, SessionMetadata, StoredEvent
 from .errors import ConnectionLost, Retry, SessionEnded
+from .feed import END, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, EventFeed
 from .handshake import Dialer, TokenSource, stream_url
 from .link import Link, ReconnectPolicy
 from .results import EventPage, HistoryPage, Reset
-from .state import END, ClientState
+from .state import ClientState
 
 _CODECS = {"json": JSON, "msgpack": MSGPACK}
 
@@ -62,6 +63,8 @@ class BambooClient:
         open_timeout: float,
         request_timeout: float | None,
         receive_events: bool,
+        max_queued_events: int,
+        max_queued_bytes: int,
     ) -> None:
         self._base_url = url
         first_hello = Hello(
@@ -73,7 +76,8 @@ class BambooClient:
             epoch=epoch if last_seq is not None else None,
             role=role,
         )
-        self._state = ClientState(first_hello, session_id, receive_events)
+        feed = EventFeed(max_queued_events, max_queued_bytes)
+        self._state = ClientState(first_hello, session_id, receive_events, feed)
         self._link = Link(
             self._state,
             Dialer(url, codec, token, open_timeout),
@@ -104,6 +108,8 @@ class BambooClient:
         open_timeout: float = 10.0,
         request_timeout: float | None = None,
         receive_events: bool = True,
+        max_queued_events: int = MAX_QUEUED_EVENTS,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> Self:
         """Attach to ``session_id`` on the server at ``url`` (``ws://host:port``), or to a
         new session when ``session_id`` is ``None``.
@@ -121,6 +127,13 @@ class BambooClient:
           when its token expires is resumed with a new token instead of ending.
         - ``receive_events=False``: a publish-only client; events are checked for
           sequence but not queued, so nothing piles up unread.
+        - ``max_queued_events`` (10,000) and ``max_queued_bytes`` (16 MiB, counted as
+          the frames' encoded size): the most events received and not yet taken from
+          :meth:`events`. When they are reached the client stops reading its socket,
+          so the server holds the rest, then closes the connection as too slow to read
+          (4429), and the client resumes from the last event queued once the
+          application has read the queue down to half. Nothing is dropped; see
+          :meth:`events`.
 
         The first connection is not retried: a wrong URL, a refused token or a missing
         session fails here, with :class:`Refused`, ``OSError`` or ``TimeoutError``.
@@ -150,6 +163,8 @@ class BambooClient:
             open_timeout=open_timeout,
             request_timeout=request_timeout,
             receive_events=receive_events,
+            max_queued_events=max_queued_events,
+            max_queued_bytes=max_queued_bytes,
         )
         try:
             ws = await client._link.open()
@@ -219,6 +234,23 @@ class BambooClient:
     def closed_reason(self) -> str | None:
         """The reason of the server's ``closed`` frame, when one came."""
         return self._state.closed_reason
+
+    @property
+    def queued_events(self) -> int:
+        """Events (and :class:`Reset` markers) received and not yet taken from
+        :meth:`events`; at most ``max_queued_events``."""
+        return len(self._state.feed)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Their encoded size; ``max_queued_bytes`` at most, plus the last event's."""
+        return self._state.feed.bytes
+
+    @property
+    def skipped_events(self) -> int:
+        """Events read past a full queue (to reach the reply of a request) and not kept:
+        each comes again, in order, when the client resumes (see :meth:`events`)."""
+        return self._state.skipped
 
     @property
     def reconnects(self) -> int:
@@ -308,12 +340,32 @@ class BambooClient:
         Our own publishes are not in it: the server sends events to every peer but
         their publisher. The one exception: a publish stored just before a drop that
         lost its ``ack`` comes to the new connection as an event, before the resent
-        publish's ``ack`` could tell it is ours. Iterate from one task at a time."""
+        publish's ``ack`` could tell it is ours. Iterate from one task at a time.
+
+        Events wait here until taken, ``max_queued_events`` and ``max_queued_bytes`` at
+        most (see :meth:`connect`). An application that stops taking them loses none:
+
+        - While the queue is full the client does not read its socket. TCP holds the
+          server back; the server closes the connection once its own queue for it is
+          full (4429, too slow to read), or when its pings go unanswered (1011). The
+          client sees that close when it reads again, and resumes from the last event
+          it queued: the server replays exactly those that followed.
+        - Replies come on the same socket as events, so a request made while the queue
+          is full (``publish``, ``history``, ``ping``...) would wait for ever behind
+          them if the client read nothing. So while any request waits for its reply,
+          the client reads on; an event that finds the queue full is then *skipped*
+          (not queued, not counted as seen, ``skipped_events``), and so is every later
+          event of that connection. Once the application has taken the queue down to
+          half, the client closes that connection (1000) and resumes from the last
+          event it queued, which brings back every skipped event in order. A request
+          is thus never held up by unread events, and memory stays bounded whatever
+          the application does.
+        - Without ``reconnect``, such a resume cannot happen: the client ends with
+          :class:`ConnectionLost` once the queued events are taken."""
         feed = self._state.feed
         while True:
             item: Any = await feed.get()
             if item is END:
-                feed.put_nowait(END)  # for any later iteration
                 failure = self._state.failure
                 if isinstance(failure, SessionEnded):
                     return

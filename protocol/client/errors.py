@@ -61,6 +61,11 @@ class Retry(Exception):
     reconnect with resume may fix."""
 
 
+class Resync(Retry):
+    """Internal: the client closed a connection that skipped events past its full
+    events queue, now read down: a new one resumes from the last event queued."""
+
+
 def close_outcome(code: int | None, reason: str, closed_reason: str | None) -> ClientError | Retry:
     """What a connection that ended with close ``code`` means: :class:`Retry` (resume),
     or the error that ends the client. ``code`` is ``None`` when no close frame came (a

@@ -13,6 +13,16 @@ lone request goes out at once, with no wait for company; publishes that queued u
 together (made in one turn of the loop, or while the sender was writing, or before a
 reconnect) go as one ``batch`` frame when the server offers the extension
 (:mod:`.outgoing`).
+
+The reader never holds more unread events than the events feed allows
+(:class:`.EventFeed`), and never deadlocks a request against it. While the feed is full
+(or the connection has skipped an event, :attr:`.ClientState.overflowed`) it reads
+nothing, unless a request waits for its reply; it is woken when the application has
+read the feed down to half, or when a request is made. With a request waiting it reads
+on, and events past the full feed are skipped, to be replayed: once the feed is read
+down, the reader closes that connection and the link resumes on a new one (a
+:class:`.Resync`) from the last event queued. A reply is therefore always read: while
+it is awaited, nothing but the socket itself stands between it and its caller.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ..errors import CloseCode
 from ..frames import PublishEvent, PublishMessage
-from .errors import ClientError, ConnectionLost, Retry, SessionEnded
+from .errors import ClientError, ConnectionLost, Resync, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
 from .outgoing import MAX_BATCH_ITEMS, Publish, batch_bytes, batch_frame, plan, single_frame
 from .pending import PendingRequest
@@ -82,6 +92,9 @@ class Link:
         self._ready = False  # connected, and every earlier request resent
         self._queued: list[PendingRequest] = []  # for the sender, oldest first
         self._wakeup: asyncio.Future[None] | None = None  # set while the sender waits
+        # Set while the reader waits for room in the events feed, or for a request.
+        self._reader_wakeup: asyncio.Future[None] | None = None
+        state.feed.on_drained = self._wake_reader
         self._runner: asyncio.Task[None] | None = None
         self.reconnects = 0  # successful reconnects so far
         self.resent = 0  # requests sent again after a reconnect
@@ -124,6 +137,7 @@ class Link:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+        self._wake_reader()  # its reply must be read, whatever the events feed holds
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
         finally:
@@ -189,11 +203,15 @@ class Link:
                 if error is None:
                     return  # finished (closed, ended or a sequence error)
                 if not self.policy.enabled:
-                    self.finish(ConnectionLost(f"connection lost: {error}"))
+                    if isinstance(error, Resync):
+                        why = "events skipped past the full events queue need a resume"
+                        self.finish(ConnectionLost(f"{why}, and reconnect is off"))
+                    else:
+                        self.finish(ConnectionLost(f"connection lost: {error}"))
                     return
                 log.info("connection lost (%s); reconnecting", error)
-                if loop.time() - started >= STABLE_AFTER:
-                    attempt = 0
+                if loop.time() - started >= STABLE_AFTER or isinstance(error, Resync):
+                    attempt = 0  # a resync is no failure: its connection was fine
                 reconnected, attempt = await self._reconnect(error, attempt)
                 if reconnected is None:
                     return
@@ -240,7 +258,9 @@ class Link:
 
     async def _read_until_closed(self, ws: ClientConnection) -> Retry | None:
         try:
-            await self._read(ws)
+            resync = await self._read(ws)
+            await self._close_skipping(ws)
+            return resync
         except ConnectionClosed as exc:
             error = closed_outcome(exc, self.state.closed_reason)
             if isinstance(error, Retry):
@@ -263,13 +283,55 @@ class Link:
             and self.dialer.refreshes_tokens
         )
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ClientConnection) -> Resync:
+        """Read ``ws`` until it closes (ConnectionClosed), or until it has skipped events
+        and the feed is read down: then a :class:`.Resync`, to resume on a new one."""
         decode = self.dialer.codec.decode_server
         state = self.state
+        feed = state.feed
         while True:
-            state.receive(decode(await ws.recv(decode=False)))
+            if state.backlogged:
+                if state.overflowed and feed.drained:
+                    after = state.sequence.resume_point
+                    return Resync(f"events queue read down; resuming after seq {after}")
+                if not state.pending:
+                    # Nothing waits for a reply: stop reading, and let TCP hold the
+                    # server back, until the application reads or makes a request.
+                    await self._reader_woken()
+                    continue
+            data = await ws.recv(decode=False)
+            state.receive(decode(data), len(data))
             if state.failure is not None:
                 raise state.failure
+
+    async def _reader_woken(self) -> None:
+        self._reader_wakeup = asyncio.get_running_loop().create_future()
+        try:
+            await self._reader_wakeup
+        finally:
+            self._reader_wakeup = None
+
+    def _wake_reader(self) -> None:
+        wakeup = self._reader_wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _close_skipping(self, ws: ClientConnection) -> None:
+        """Close ``ws`` (1000), reading what it still brings until the server's close
+        frame: replies are taken as usual, events are skipped (the connection has
+        overflowed) for the next connection to replay."""
+        state = self.state
+        decode = self.dialer.codec.decode_server
+        closing = asyncio.create_task(ws.close(reason="events queue overflowed: resuming"))
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                while state.failure is None:
+                    data = await ws.recv(decode=False)
+                    state.receive(decode(data), len(data))
+        finally:
+            await closing
+        if state.failure is not None:
+            raise state.failure
 
     # -- the end --------------------------------------------------------------------------
 

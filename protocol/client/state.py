@@ -7,13 +7,19 @@ for the ``hello`` of each new connection. In return it answers waiting requests 
 queues events and :class:`.Reset` markers for :meth:`BambooClient.events`, and keeps the
 session's metadata, epoch and presence count. :meth:`ClientState.finish` ends it all
 once: every waiting request fails, and the events feed ends.
+
+The events feed is bounded (:class:`.EventFeed`). The link does not read while it is
+full, unless a request waits for its reply: then it reads on to reach that reply, and
+an event that finds the feed full is *skipped*: not checked, not queued, as if it had
+not arrived yet. From then on every event of that connection is skipped
+(:attr:`ClientState.overflowed`), so the sequence check stays where the last queued
+event left it, and the next connection resumes from there and gets them again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
@@ -33,26 +39,35 @@ from ..frames import (
 )
 from ..models import SessionMetadata, StoredEvent
 from .errors import ClientError, RequestError
+from .feed import EventFeed
 from .pending import PendingRequests
 from .results import Reset
 from .sequence import SequenceChecker
 
 log = logging.getLogger("bamboo_session.client")
 
-END: Final = object()  # queued after the last item of the events feed
-
 
 class ClientState:
     """One client's session knowledge and obligations; see the module docstring."""
 
-    def __init__(self, first_hello: Hello, session_id: str | None, receive_events: bool) -> None:
+    def __init__(
+        self,
+        first_hello: Hello,
+        session_id: str | None,
+        receive_events: bool,
+        feed: EventFeed | None = None,
+    ) -> None:
         self._first_hello = first_hello  # the hello of the first connection
-        self._receive_events = receive_events
+        self.receive_events = receive_events
         self.session_id = session_id  # None until the server picks one for a new session
         self.epoch = first_hello.epoch
         self.sequence = SequenceChecker(first_hello.last_seq or 0)
         self.pending = PendingRequests()
-        self.feed: asyncio.Queue[Any] = asyncio.Queue()  # events, Resets, then END
+        self.feed = feed if feed is not None else EventFeed()  # events and Resets, unread
+        # This connection skipped an event because the feed was full: it skips the rest,
+        # and is replaced by one that resumes once the application has read the feed down.
+        self.overflowed = False
+        self.skipped = 0  # events skipped so far (all connections), fetched again since
         self.welcomed_once = False
         self.connection_id: str | None = None
         self.session: SessionMetadata | None = None  # as of the last welcome
@@ -87,6 +102,7 @@ class ClientState:
         self.connection_id = welcome.connection_id
         self.connections = welcome.session.connections
         self.closed_reason = None
+        self.overflowed = False
         self.epoch = welcome.epoch
         batches = "batch" in welcome.extensions
         self.max_batch_items = welcome.max_batch_items if batches else 0
@@ -96,20 +112,32 @@ class ClientState:
         elif not welcome.resumed:
             self.sequence.reset(welcome.last_seq)
             reset = Reset(welcome.epoch, welcome.last_seq, previous_epoch, asked_after)
-            if self._receive_events:
-                self.feed.put_nowait(reset)
+            if self.receive_events:
+                self.feed.put(reset, 0)  # a marker: it never waits for room
             log.info("could not resume from seq %d: %r", asked_after, reset)
 
     # -- frames of an attached connection ---------------------------------------------------
 
-    def receive(self, frame: ServerFrame) -> None:
-        """Route one frame; raises :class:`SequenceError` when the seqs went wrong."""
+    @property
+    def backlogged(self) -> bool:
+        """Events that arrive now would be skipped: the feed is full, or this connection
+        has skipped one already."""
+        return self.receive_events and (self.overflowed or self.feed.full)
+
+    def receive(self, frame: ServerFrame, size: int = 0) -> None:
+        """Route one frame of ``size`` bytes; raises :class:`SequenceError` when the seqs
+        went wrong."""
         pending = self.pending
         match frame:
             case EventFrame(seq=seq, ts=ts, event=event):
+                if self.backlogged:
+                    # Read only to reach a reply: the next connection resumes before it.
+                    self.overflowed = True
+                    self.skipped += 1
+                    return
                 deliver = self.sequence.event(seq, pending.unanswered_publishes)
-                if deliver and self._receive_events:
-                    self.feed.put_nowait(StoredEvent(seq, ts, event))  # type: ignore[arg-type]
+                if deliver and self.receive_events:
+                    self.feed.put(StoredEvent(seq, ts, event), size)  # type: ignore[arg-type]
             case Ack(id=request_id, seq=seq, duplicate=duplicate):
                 request = pending.get(request_id)
                 if request is not None and request.is_publish:
@@ -166,5 +194,5 @@ class ClientState:
             return False
         self.failure = failure
         self.pending.fail_all(failure)
-        self.feed.put_nowait(END)
+        self.feed.end()
         return True

@@ -1,0 +1,96 @@
+"""EventFeed: the events a client received and its application has not read yet,
+bounded in count and in bytes.
+
+:meth:`BambooClient.events` takes from it; :class:`.ClientState` puts into it. It never
+refuses an item: whoever puts asks :attr:`EventFeed.full` first and, when it is full,
+does not read more from the socket (:mod:`.link`), so the bound holds without anything
+being dropped. An event counts its frame's encoded size, as it came off the wire (the
+Python objects it becomes take a few times that). One event always fits in an empty
+feed, so ``max_bytes`` may be passed by the last event put, at most.
+
+The feed is *full* at ``max_events`` events or ``max_bytes`` bytes, and *drained* once
+the application has read it down to half of both: the link stops reading when it is
+full and starts again when it is drained, so that a slow reader takes events in
+batches rather than one frame at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+END: Final = object()  # what get() returns once the feed has ended and is empty
+
+MAX_QUEUED_EVENTS: Final = 10_000
+MAX_QUEUED_BYTES: Final = 16 * 1024 * 1024
+
+
+class EventFeed:
+    """Items (events and :class:`.Reset` markers) in order, with their sizes."""
+
+    def __init__(
+        self, max_events: int = MAX_QUEUED_EVENTS, max_bytes: int = MAX_QUEUED_BYTES
+    ) -> None:
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("max_queued_events and max_queued_bytes must be at least 1")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[Any, int]] = deque()
+        self.bytes = 0  # the sizes of the items held
+        self.ended = False
+        self._getters: list[asyncio.Future[None]] = []  # events() waiting for an item
+        # Called when a get() leaves the feed drained: the link starts reading again.
+        self.on_drained: Callable[[], None] = lambda: None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.max_events or self.bytes >= self.max_bytes
+
+    @property
+    def drained(self) -> bool:
+        return len(self._items) <= self.max_events // 2 and self.bytes <= self.max_bytes // 2
+
+    def put(self, item: Any, size: int) -> None:
+        """Queue ``item`` of ``size`` bytes, whether or not the feed is full (the caller
+        checks :attr:`full` before reading it)."""
+        self._items.append((item, size))
+        self.bytes += size
+        self._wake()
+
+    def end(self) -> None:
+        """No more items: get() returns :data:`END` once the rest is read."""
+        self.ended = True
+        self._wake()
+
+    async def get(self) -> Any:
+        """The oldest item, waiting for one; :data:`END` once ended and empty."""
+        while not self._items:
+            if self.ended:
+                return END
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            finally:
+                self._getters.remove(getter)
+        return self.get_nowait()
+
+    def get_nowait(self) -> Any:
+        """The oldest item; :data:`END` once ended and empty; IndexError when empty."""
+        if not self._items and self.ended:
+            return END
+        item, size = self._items.popleft()
+        self.bytes -= size
+        if self.drained:
+            self.on_drained()
+        return item
+
+    def _wake(self) -> None:
+        for getter in self._getters:
+            if not getter.done():
+                getter.set_result(None)
