@@ -231,3 +231,135 @@ test(
     assert.equal(client.reconnects, 2);
   },
 );
+
+/** Publish `count` tokens of `content` from `agent`, `inFlight` at a time; their seqs. */
+async function publishMany(agent, count, content = "t", inFlight = 100) {
+  const seqs = [];
+  for (let start = 0; start < count; start += inFlight) {
+    const n = Math.min(inFlight, count - start);
+    const batch = Array.from({ length: n }, () => agent.publish({ type: "token", content }));
+    seqs.push(...(await Promise.all(batch)));
+  }
+  return seqs;
+}
+
+/** The next `count` items of `client.events()`: their seqs (or "reset"). */
+async function take(client, count) {
+  const seqs = [];
+  for await (const item of client.events()) {
+    seqs.push(item.reset ? "reset" : item.seq);
+    if (seqs.length === count) break;
+  }
+  return seqs;
+}
+
+/** Waits, 20 ms at a time within `ms`, until `check()` holds. */
+async function until(check, ms = 5000) {
+  for (const deadline = Date.now() + ms; !check(); await sleep(20)) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${check}`);
+  }
+}
+
+test(
+  "a viewer that reads nothing holds a bounded queue, pauses, and then loses nothing",
+  { timeout: 30000 },
+  async () => {
+    const options = { sessionId: "backlog-1", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const viewer = await BambooClient.connect(url, { ...options, maxQueuedEvents: 100 });
+    const states = [];
+    viewer.on("state", ({ state }) => states.push(state));
+    try {
+      const content = "x".repeat(200);
+      let peak = 0;
+      for (let round = 0; round < 10; round++) {
+        await publishMany(agent, 300, content);
+        peak = Math.max(peak, viewer.queuedEvents);
+      }
+      await until(() => viewer.state === "paused");
+      assert.ok(peak <= 100 && viewer.queuedEvents === 100, `${peak}, ${viewer.queuedEvents}`);
+      assert.ok(viewer.skippedEvents > 0);
+      const seqs = await take(viewer, 3000);
+      assert.deepEqual(seqs, range(3000), "every event, in order, once");
+      assert.ok(viewer.reconnects >= 1 && states.includes("paused"), String(states));
+      // The queue's bytes: frames of about 280 bytes, 8 KiB at most, one frame over.
+      const small = await BambooClient.connect(url, { ...options, maxQueuedBytes: 8192 });
+      try {
+        await publishMany(agent, 200, content);
+        await until(() => small.state === "paused");
+        assert.ok(small.queuedBytes >= 8192 - 300 && small.queuedBytes < 8192 + 300);
+        assert.ok(small.queuedEvents < 40, String(small.queuedEvents));
+        assert.deepEqual(
+          await take(small, 200),
+          range(200).map((i) => 3000 + i),
+        );
+      } finally {
+        await small.close();
+      }
+    } finally {
+      await viewer.close();
+      await agent.close();
+    }
+  },
+);
+
+test(
+  "requests are answered while the queue is full; skipped events come back after",
+  { timeout: 30000 },
+  async () => {
+    const options = { sessionId: "backlog-2", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const viewer = await BambooClient.connect(url, { ...options, maxQueuedEvents: 20 });
+    try {
+      await publishMany(agent, 300);
+      await until(() => viewer.state === "paused");
+      // Each reconnects the viewer, which skips the replay until its reply has come.
+      const own = await viewer.publish({ type: "token", content: "mine" });
+      await viewer.ping();
+      const page = await viewer.history();
+      assert.equal(own, 301);
+      assert.deepEqual(page.messages, []);
+      assert.equal(viewer.queuedEvents, 20);
+      await until(() => viewer.state === "paused");
+      await publishMany(agent, 50);
+      const expected = range(351).filter((seq) => seq !== own);
+      assert.deepEqual(await take(viewer, expected.length), expected);
+      assert.equal(viewer.lastSeq, 351);
+    } finally {
+      await viewer.close();
+      await agent.close();
+    }
+  },
+);
+
+test(
+  "without reconnect, a skipped event ends the client once the queue is read",
+  { timeout: 15000 },
+  async () => {
+    const options = { sessionId: "backlog-3", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const viewer = await BambooClient.connect(url, {
+      ...options,
+      maxQueuedEvents: 20,
+      reconnect: false,
+    });
+    try {
+      await publishMany(agent, 100);
+      await until(() => viewer.state === "paused");
+      const seqs = [];
+      let error = null;
+      try {
+        for await (const item of viewer.events()) seqs.push(item.seq);
+      } catch (caught) {
+        error = caught;
+      }
+      assert.deepEqual(seqs, range(20), "what it queued, no gap, then the error");
+      assert.ok(error instanceof ConnectionLost, String(error));
+      assert.match(error.message, /need a resume, and reconnect is off/);
+      assert.throws(() => new BambooClient(url, { maxQueuedEvents: 0 }), TypeError);
+    } finally {
+      await viewer.close();
+      await agent.close();
+    }
+  },
+);

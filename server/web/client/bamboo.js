@@ -19,6 +19,13 @@
  * - A reconnect the server cannot resume (`resumed: false`) is yielded by
  *   {@link BambooClient#events} as `{ reset: true, … }`; reload with `history()` and
  *   `readEvents()`.
+ * - Events wait for `events()` in a queue bounded in count and bytes
+ *   (`maxQueuedEvents`, `maxQueuedBytes`). A browser's WebSocket cannot stop reading,
+ *   so an event that finds the queue full is skipped, with every later one, and the
+ *   client closes the connection (state `"paused"`) as soon as no request of it awaits
+ *   a reply; once the application has read the queue down to half, it reconnects and
+ *   resumes from the last event it queued, which brings the skipped ones back, in
+ *   order. Nothing is lost, and requests are answered all along.
  * - Refusals end the client with a typed error: {@link Unauthorized} (4401),
  *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409).
  *   The one exception: given a token function, a 4401 that ends an open connection
@@ -68,7 +75,9 @@
  * @typedef {{ messages: Message[], hasMore: boolean }} HistoryPage
  * @typedef {{ events: StoredEvent[], lastSeq: number }} EventPage
  * @typedef {{ joined?: string, left?: string, role: string, connections: number }} Presence
- * @typedef {"connecting" | "open" | "reconnecting" | "closed"} ConnectionState
+ * @typedef {"connecting" | "open" | "reconnecting" | "paused" | "closed"} ConnectionState
+ *   `"paused"`: disconnected on purpose while the events queue is full; it reconnects
+ *   and resumes once `events()` has taken the queue down to half, or at a request.
  * @typedef {{ state: ConnectionState, error?: ClientError }} StateChange
  * @typedef {string | (() => string | Promise<string>)} TokenSource
  *   A JWT, or a function that returns one (or a promise of one), asked before every
@@ -95,6 +104,10 @@
  *   across reconnects; default null (no limit)
  * @property {boolean} [receiveEvents] false: a publish-only client whose events are
  *   checked but not queued for `events()`; default true
+ * @property {number} [maxQueuedEvents] events received and not yet taken from
+ *   `events()`, at most; default 10000
+ * @property {number} [maxQueuedBytes] their frames' bytes (UTF-8), at most; default
+ *   16 MiB (one event always fits in an empty queue)
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (Node < 22: the `ws` package's)
  */
 
@@ -109,6 +122,8 @@ const ABNORMAL_CLOSURE = 1006; // what browsers report for a network failure
 // server that welcomes then closes at once (or tokens that expire at once) is not hammered.
 const STABLE_AFTER = 10_000;
 const SESSION_ID = /^[A-Za-z0-9_.-]{1,128}$/;
+export const MAX_QUEUED_EVENTS = 10_000;
+export const MAX_QUEUED_BYTES = 16 * 1024 * 1024;
 
 // -- errors -------------------------------------------------------------------------
 
@@ -235,24 +250,70 @@ export function newKey() {
 }
 
 /**
- * Checks that seqs arrive with no gap and no duplicate. `contiguous`: every seq up to
- * here was seen; `above`: seqs seen beyond it (the holes below them belong to publishes
- * of ours whose `ack` has not arrived yet).
+ * Checks that seqs arrive with no gap and no duplicate, as the Python client's
+ * `SequenceChecker` does (docs/protocol.md, "Checking for gaps"). `contiguous`: every
+ * seq up to here was seen; `above`: seqs seen beyond it; `lastEvent`: the last event
+ * frame's seq (or where this connection's events start); `echoes`: our own seqs beyond
+ * where this connection resumed, which it sends back as events. A hole below the last
+ * event is fine while an unanswered publish of ours could fill it; a hole above it (an
+ * `ack` of ours that overtook other peers' events) is fine: those events are on their way.
  */
 class SequenceCheck {
   /** @param {number} lastSeq */
   constructor(lastSeq) {
     this.contiguous = lastSeq;
     this.highest = lastSeq;
+    this.lastEvent = lastSeq;
     /** @type {Set<number>} */
     this.above = new Set();
+    /** @type {Set<number>} */
+    this.echoes = new Set();
   }
 
+  /** The seq to resume after: every seq up to it was seen (never an ack of ours that
+   * other peers' events have not caught up with). */
+  get resumePoint() {
+    return Math.max(this.contiguous, this.lastEvent);
+  }
+
+  /** A new connection resumes: the seq it asks to resume after. Our own seqs beyond it
+   * come back as events (echoes), not delivered again. */
+  resume() {
+    const point = this.resumePoint;
+    this.lastEvent = point;
+    this.echoes = new Set([...this.above].filter((seq) => seq > point));
+    return point;
+  }
+
+  /** Seqs below the last event that were not seen. */
   get holes() {
-    return this.highest - this.contiguous - this.above.size;
+    if (this.lastEvent <= this.contiguous) return 0;
+    let seen = 0;
+    for (const seq of this.above) if (seq < this.lastEvent) seen += 1;
+    return this.lastEvent - this.contiguous - 1 - seen;
   }
 
-  /** @param {number} seq @param {string} what */
+  /**
+   * An event frame carried `seq`: whether to deliver it (not an echo of our own).
+   * @param {number} seq @param {number} unanswered our publishes still unanswered
+   */
+  event(seq, unanswered) {
+    if (seq <= this.lastEvent) {
+      const seen = seq <= this.contiguous || this.above.has(seq);
+      const problem = seen ? "duplicate" : `out of order (after ${this.lastEvent}):`;
+      throw new SequenceError(`${problem} event seq ${seq}`, this.lastEvent + 1, seq);
+    }
+    if (this.echoes.delete(seq)) {
+      this.lastEvent = seq;
+      this.check(unanswered);
+      return false;
+    }
+    this.see(seq, "event");
+    this.check(unanswered);
+    return true;
+  }
+
+  /** @param {number} seq @param {"event" | "ack"} what */
   see(seq, what) {
     if (seq <= this.contiguous || this.above.has(seq)) {
       throw new SequenceError(
@@ -268,11 +329,12 @@ class SequenceCheck {
       this.above.add(seq);
     }
     this.highest = Math.max(this.highest, seq);
+    if (what === "event") this.lastEvent = Math.max(this.lastEvent, seq);
   }
 
   /** @param {number} seq */
   isHole(seq) {
-    return this.contiguous < seq && seq < this.highest && !this.above.has(seq);
+    return this.contiguous < seq && seq < this.lastEvent && !this.above.has(seq);
   }
 
   /** A hole that none of our unanswered publishes can fill is a gap. @param {number} unanswered */
@@ -281,9 +343,9 @@ class SequenceCheck {
     let missing = this.contiguous + 1;
     while (this.above.has(missing)) missing += 1;
     throw new SequenceError(
-      `gap: seq ${missing} never arrived (seen through ${this.highest})`,
+      `gap: seq ${missing} never arrived (seen through ${this.lastEvent})`,
       missing,
-      this.highest,
+      this.lastEvent,
     );
   }
 }
@@ -326,8 +388,13 @@ export class BambooClient extends EventTarget {
   #nextId = 1;
   /** @type {Map<number, Pending>} */
   #pending = new Map();
-  /** @type {Array<QueueItem>} */
+  /** @type {Array<[QueueItem, number]>} items for events(), with their sizes in bytes */
   #queue = [];
+  #queuedBytes = 0;
+  // This connection skipped an event past the full queue: it skips every later one, and
+  // is closed once no request awaits a reply on it.
+  #overflowed = false;
+  #paused = false; // disconnected on purpose until the queue is read down (or a request)
   /** @type {((item: QueueItem) => void) | null} */
   #waiter = null;
   /** @type {WebSocket | null} the connection in use, once welcomed */
@@ -366,8 +433,16 @@ export class BambooClient extends EventTarget {
       openTimeout: 10000,
       requestTimeout: null,
       receiveEvents: true,
+      maxQueuedEvents: MAX_QUEUED_EVENTS,
+      maxQueuedBytes: MAX_QUEUED_BYTES,
       ...options,
     };
+    for (const name of /** @type {const} */ (["maxQueuedEvents", "maxQueuedBytes"])) {
+      const value = this.#options[name];
+      if (!Number.isSafeInteger(value) || value < 1) {
+        throw new TypeError(`${name} must be an integer of at least 1, not ${value}`);
+      }
+    }
     this.#sessionId = options.sessionId ?? null;
     this.#resumeFrom = options.lastSeq ?? null;
     this.#epoch = options.epoch ?? null;
@@ -384,6 +459,8 @@ export class BambooClient extends EventTarget {
     this.reconnects = 0;
     /** requests sent again after a reconnect */
     this.resent = 0;
+    /** events skipped past the full queue, each brought back since by a resume */
+    this.skippedEvents = 0;
   }
 
   /**
@@ -431,10 +508,21 @@ export class BambooClient extends EventTarget {
     return this.#epoch;
   }
 
-  /** @returns {number} the highest seq seen, as an event or as our own publish's ack:
-   * where a later `connect({ lastSeq, epoch })` resumes from */
+  /** @returns {number} where a later `connect({ lastSeq, epoch })` resumes from: every
+   * seq up to it was seen, as an event or as our own publish's ack (never an ack of ours
+   * that other peers' events with lower seqs have not caught up with yet) */
   get lastSeq() {
-    return this.#seq.highest;
+    return this.#seq.resumePoint;
+  }
+
+  /** @returns {number} events received and not yet taken from `events()` */
+  get queuedEvents() {
+    return this.#queue.length - (this.#queue.at(-1)?.[0] === END ? 1 : 0);
+  }
+
+  /** @returns {number} their frames' bytes */
+  get queuedBytes() {
+    return this.#queuedBytes;
   }
 
   /** @returns {boolean} connected, and every earlier request resent */
@@ -590,10 +678,13 @@ export class BambooClient extends EventTarget {
     });
     reply.catch(() => {}); // a reply nobody awaits any more must not be "unhandled"
     this.#pending.set(id, pending);
+    if (this.#paused) this.#unpause(); // its reply must come, whatever the queue holds
     if (this.#ready && this.#ws !== null) {
       // Sent now; if the connection drops first, the reconnect resends it.
       pending.sentOn = this.#generation;
       this.#send(this.#ws, data);
+    } else {
+      this.#pauseIfIdle(); // held back from a connection that skips: resume to send it
     }
     const timeout = this.#options.requestTimeout;
     if (timeout == null) return reply;
@@ -601,7 +692,7 @@ export class BambooClient extends EventTarget {
       const timer = setTimeout(() => {
         // A publish stays pending until answered: it may be stored already, and its
         // seq must be accounted for.
-        if (!isPublish) this.#pending.delete(id);
+        if (!isPublish && this.#pending.delete(id)) this.#pauseIfIdle();
         reject(new RequestTimeout(`no reply to ${pending.type} in ${timeout} ms`));
       }, timeout);
       reply.then(
@@ -619,6 +710,7 @@ export class BambooClient extends EventTarget {
     if (error) pending.reject(error);
     else pending.resolve(result);
     if (pending.isPublish) this.#seq.check(this.#unansweredPublishes());
+    this.#pauseIfIdle();
   }
 
   #unansweredPublishes() {
@@ -648,21 +740,80 @@ export class BambooClient extends EventTarget {
 
   /** @returns {Promise<QueueItem>} */
   #next() {
-    const item = this.#queue[0];
-    if (item === undefined) return new Promise((resolve) => (this.#waiter = resolve));
-    if (item !== END) this.#queue.shift(); // END stays, for any later iteration
+    const head = this.#queue[0];
+    if (head === undefined) return new Promise((resolve) => (this.#waiter = resolve));
+    const [item, size] = head;
+    if (item === END) return Promise.resolve(item); // END stays, for any later iteration
+    this.#queue.shift();
+    this.#queuedBytes -= size;
+    if (this.#overflowed && this.#drained()) {
+      if (this.#paused) this.#unpause();
+      // Requests await replies on this connection: send no more on it, and let the last
+      // reply close it (#pauseIfIdle) and resume at once.
+      else this.#ready = false;
+    }
     return Promise.resolve(item);
   }
 
-  /** @param {QueueItem} item */
-  #push(item) {
+  /** @param {QueueItem} item @param {number} [size] its frame's bytes */
+  #push(item, size = 0) {
     const waiter = this.#waiter;
     if (waiter !== null && this.#queue.length === 0) {
       this.#waiter = null;
       waiter(item);
       if (item !== END) return;
     }
-    this.#queue.push(item);
+    this.#queue.push([item, size]);
+    this.#queuedBytes += size;
+  }
+
+  #full() {
+    const { maxQueuedEvents, maxQueuedBytes } = this.#options;
+    return this.#queue.length >= maxQueuedEvents || this.#queuedBytes >= maxQueuedBytes;
+  }
+
+  /** Read down to half of both bounds. */
+  #drained() {
+    const { maxQueuedEvents, maxQueuedBytes } = this.#options;
+    const half = (/** @type {number} */ n) => Math.floor(n / 2);
+    return this.#queue.length <= half(maxQueuedEvents) && this.#queuedBytes <= half(maxQueuedBytes);
+  }
+
+  /** Requests sent on this connection and not yet answered. */
+  #inFlight() {
+    let count = 0;
+    for (const pending of this.#pending.values()) {
+      if (pending.sentOn === this.#generation) count += 1;
+    }
+    return count;
+  }
+
+  /**
+   * A connection that skipped events is closed as soon as no reply is awaited on it
+   * (a reply after the close would be lost): the next connection resumes from the last
+   * event queued. Paused until the queue is read down; at once when it already is.
+   */
+  #pauseIfIdle() {
+    const ws = this.#ws;
+    if (!this.#overflowed || ws === null || this.#inFlight() > 0) return;
+    this.#ws = null; // its close is ours: #onClose ignores it
+    this.#ready = false;
+    ws.close(1000, "events queue full");
+    this.#paused = true;
+    if (this.#drained()) this.#unpause();
+    else this.#setState("paused");
+  }
+
+  /** Connect again after a pause, resuming from the last event queued. */
+  #unpause() {
+    this.#paused = false;
+    if (!this.#options.reconnect) {
+      const why = "events skipped past the full events queue need a resume";
+      this.#finish(new ConnectionLost(`${why}, and reconnect is off`));
+      return;
+    }
+    this.#attempts = 0; // a pause is no failure: its connection was fine
+    void this.#reconnect(new Retry("events queue read down"));
   }
 
   // -- connection -------------------------------------------------------------------------
@@ -670,7 +821,7 @@ export class BambooClient extends EventTarget {
   /** @param {string | undefined} token */
   #hello(token) {
     const first = this.#generation === 0;
-    const lastSeq = first ? this.#resumeFrom : this.#seq.highest;
+    const lastSeq = first ? this.#resumeFrom : this.#seq.resume();
     const o = this.#options;
     return {
       type: "hello",
@@ -775,7 +926,8 @@ export class BambooClient extends EventTarget {
   #welcomed(welcome) {
     const askedToResume = this.#generation > 0 || this.#resumeFrom !== null;
     const previousEpoch = this.#epoch;
-    const previousLastSeq = this.#seq.highest;
+    const previousLastSeq = this.#seq.resumePoint; // what the hello asked
+    this.#overflowed = false;
     this.#sessionId = welcome.session.id;
     this.session = welcome.session;
     this.connectionId = welcome.connection_id;
@@ -805,6 +957,7 @@ export class BambooClient extends EventTarget {
     this.#generation += 1;
     if (this.#generation > 1) this.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
+    this.#paused = false;
     ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
     this.#resend(ws);
     this.#ready = true;
@@ -817,21 +970,28 @@ export class BambooClient extends EventTarget {
     const frame = decodeFrame(data);
     try {
       if (frame === null) throw new ClientError("malformed frame from the server");
-      this.#handle(frame);
+      this.#handle(frame, typeof data === "string" ? utf8Length(data) : byteLength(data));
     } catch (error) {
       this.#finish(error instanceof ClientError ? error : new ClientError(String(error)));
     }
   }
 
-  /** @param {any} frame */
-  #handle(frame) {
+  /** @param {any} frame @param {number} size its bytes */
+  #handle(frame, size) {
     switch (frame.type) {
       case "event": {
         if (!Number.isSafeInteger(frame.seq)) throw new ClientError("event without a seq");
-        this.#seq.see(frame.seq, "event");
-        this.#seq.check(this.#unansweredPublishes());
-        if (this.#options.receiveEvents) {
-          this.#push({ seq: frame.seq, ts: frame.ts, event: frame.event });
+        if (this.#options.receiveEvents && (this.#overflowed || this.#full())) {
+          // Not checked, not queued: as if it had not come. The next connection
+          // resumes before it.
+          this.#overflowed = true;
+          this.skippedEvents += 1;
+          this.#pauseIfIdle();
+          break;
+        }
+        const deliver = this.#seq.event(frame.seq, this.#unansweredPublishes());
+        if (deliver && this.#options.receiveEvents) {
+          this.#push({ seq: frame.seq, ts: frame.ts, event: frame.event }, size);
         }
         break;
       }
@@ -1005,6 +1165,22 @@ function welcomeProblem(welcome, sessionId) {
   if (typeof welcome.epoch !== "string") return "no epoch";
   if (!Number.isSafeInteger(welcome.last_seq) || welcome.last_seq < 0) return "no last_seq";
   return null;
+}
+
+/** The bytes of `text` in UTF-8, without encoding it. @param {string} text */
+function utf8Length(text) {
+  let bytes = text.length; // one per UTF-16 unit, then what more each takes
+  for (let i = 0; i < text.length; i += 1) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0x800) bytes += unit >= 0xd800 && unit <= 0xdfff ? 1 : 2;
+    else if (unit >= 0x80) bytes += 1;
+  }
+  return bytes;
+}
+
+/** @param {unknown} data a binary frame */
+function byteLength(data) {
+  return data instanceof ArrayBuffer || ArrayBuffer.isView(data) ? data.byteLength : 0;
 }
 
 /** A server frame as an object, or null when it is not one. @param {unknown} data */
