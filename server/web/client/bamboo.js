@@ -748,9 +748,12 @@ export class BambooClient extends EventTarget {
     this.#queuedBytes -= size;
     if (this.#overflowed && this.#drained()) {
       if (this.#paused) this.#unpause();
-      // Requests await replies on this connection: send no more on it, and let the last
-      // reply close it (#pauseIfIdle) and resume at once.
-      else this.#ready = false;
+      else {
+        // Requests await replies on this connection: send no more on it, and let the
+        // last reply close it (#pauseIfIdle) and resume at once.
+        this.#ready = false;
+        this.#pauseIfIdle();
+      }
     }
     return Promise.resolve(item);
   }
