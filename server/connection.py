@@ -145,22 +145,36 @@ class Connection:
         actor, outbox, decode = self.actor, self.outbox, self.codec.decode_request
         limiter = self.limiter
         while True:
-            data = await self.ws.recv()
-            self.frames_in += 1
-            if outbox.closing is not None:
-                continue  # closing: read on (for the closing handshake), answer nothing
-            if not limiter.admit():
-                self._refuse_frame(data, limiter, outbox)
-                continue
-            actor.note_traffic()
-            try:
-                # No local keeps the frame: a batch's items would stay alive (and be
-                # walked by the cycle collector) until the next frame comes in. Its
-                # weight (its bytes, and its free-form values decoded) is what the
-                # session's request queue and the memory budget count.
-                await self._dispatch(*decode(data), actor, outbox)
-            except ProtocolError as exc:
-                self._push_error(exc.code, exc.message, exc.request_id)
+            # No local of this loop keeps a frame, as read or decoded, while the next is
+            # awaited: a peer that sent a big one and went quiet would have it kept for
+            # as long as it stays, and a batch's items would be walked by the cycle
+            # collector meanwhile.
+            await self._take(await self.ws.recv(), actor, outbox, decode, limiter)
+
+    async def _take(
+        self,
+        data: str | bytes,
+        actor: SessionActor,
+        outbox: Outbox,
+        decode: Callable[[str | bytes], tuple[ClientFrame, int]],
+        limiter: FrameLimiter,
+    ) -> None:
+        """One frame read: refused, or decoded and handled. The frame as read is let go
+        before the request waits for room (its weight, its bytes and free-form values
+        decoded, is what the session's request queue and the memory budget count)."""
+        self.frames_in += 1
+        if outbox.closing is not None:
+            return  # closing: read on (for the closing handshake), answer nothing
+        if not limiter.admit():
+            self._refuse_frame(data, limiter, outbox)
+            return
+        actor.note_traffic()
+        try:
+            request = decode(data)
+            del data
+            await self._dispatch(*request, actor, outbox)
+        except ProtocolError as exc:
+            self._push_error(exc.code, exc.message, exc.request_id)
 
     def _refuse_frame(self, data: bytes | str, limiter: FrameLimiter, outbox: Outbox) -> None:
         """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or

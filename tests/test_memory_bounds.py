@@ -630,3 +630,33 @@ async def test_a_request_whose_wait_for_room_is_cancelled_gives_its_weight_back(
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
         assert server.manager.budget.used == before
+
+
+@pytest.mark.parametrize("msgpack", [False, True])
+async def test_a_big_frame_is_let_go_once_handled(msgpack: bool) -> None:
+    """Peers that each sent one big frame and went quiet: nothing of those frames stays
+    (tracemalloc), neither with websockets' parser, which kept the last frame it parsed,
+    nor with the connection's reader, which kept the last frame it read, each until the
+    next frame, however long that took. The frames are refused (an unknown event type),
+    so that no store or ring keeps anything of them either."""
+    peers_count, size = 10, 400_000
+    tracemalloc.start()
+    try:
+        async with run_server(store="memory://") as server:
+            async with contextlib.AsyncExitStack() as stack:
+                peers = []
+                for _ in range(peers_count):
+                    peer, _ = await stack.enter_async_context(
+                        attach(server, role="agent", msgpack=msgpack)
+                    )
+                    peers.append(peer)
+                frame = {"type": "event", "id": 1, "event": {"type": "nope", "pad": "x" * size}}
+                before = tracemalloc.get_traced_memory()[0]
+                for peer in peers:
+                    assert (await peer.request(frame, "error"))["code"] == "bad_request"
+                await asyncio.sleep(0.1)
+                held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Before, two copies of each frame stayed: 8 MB.
+    assert held < 1_000_000, f"{held} bytes held after {peers_count} frames of {size}"
