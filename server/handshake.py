@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -119,10 +120,18 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             services.user_connections.acquire(user)
             conn.counted_user = user
         creator = creator_key(principal.sub if principal else None, _peer_address(ws))
-        admission = services.quotas.admission(creator, deadline)
+        created: list[float] = []  # when a creation of this hello's ended, if one did
+        admission = _noting_creation(services.quotas.admission(creator, deadline), created)
         session_id = await resolve_session(
             manager, conn.session_id, hello, principal, admission, deadline
         )
+        if created:
+            # The write that created the session is not a read, and is not cut short:
+            # what follows it (the session taking the connection in) has a deadline
+            # from its end. Else a creation slower than the deadline ended the hello
+            # with 1011 once the session existed, leaving on /api/v1/stream a session
+            # whose id its client never learned.
+            deadline = max(deadline, created[0] + services.page_reads.timeout)
         conn.session_id = session_id
         structlog.contextvars.bind_contextvars(session_id=session_id)
         outbox = Outbox(
@@ -159,6 +168,18 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         await _refuse_hello(conn, exc.message, hello.id)
         return False
     return True
+
+
+def _noting_creation(admit: Admission, created: list[float]) -> Admission:
+    """``admit``, noting in ``created`` when the creation it wrapped ended, if it did."""
+
+    @contextlib.asynccontextmanager
+    async def noting(owner: str | None) -> AsyncIterator[None]:
+        async with admit(owner):
+            yield
+        created.append(asyncio.get_running_loop().time())
+
+    return noting
 
 
 def _close_at_expiry(valid_until: float, outbox: Outbox) -> asyncio.TimerHandle:

@@ -166,7 +166,8 @@ class SessionManager:
         needs, so a reconnect storm does not load every session's messages. ``admit``
         wraps a creation, and refuses it by raising. The reads, and the wait for
         another caller's creation of the same session, end by ``deadline`` when given
-        (StoreTimeout); the creation's own write is not a read."""
+        (StoreTimeout); the creation's own write is not a read, and the read after it
+        has a deadline of its own."""
         existing = await self.stored_metadata(check_session_id(session_id), deadline)
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
@@ -185,7 +186,9 @@ class SessionManager:
         creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
-        found = await self.stored_metadata(session_id, deadline)
+        # The creation's write is not a read: the read after it has a deadline of its
+        # own, else a creation slower than ``deadline`` would fail once it was done.
+        found = await self.stored_metadata(session_id)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found

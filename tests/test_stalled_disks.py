@@ -33,7 +33,7 @@ import pytest
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.pages import PAGE_READS_AT_ONCE, StoreTimeout
 from tests.instances import eventually
-from tests.support import Peer, attach, open_peer, run_server, token
+from tests.support import Peer, attach, get, open_peer, run_server, token
 
 DEADLINE = 1.0
 WITHIN = DEADLINE + 3.0  # bounds each wait: a reply that never comes fails the test
@@ -431,3 +431,29 @@ async def test_a_hello_whose_reads_and_attach_both_stall_ends_at_one_deadline(
         assert elapsed < deadline + 0.8, elapsed
         async with attach(server, "s") as (_viewer, welcome):
             assert welcome["session"]["state"] == "active"
+
+
+@pytest.mark.parametrize("session_id", [None, "named"])
+async def test_a_hello_whose_creation_waits_past_the_read_deadline_is_still_welcomed(
+    tmp_path: Path, session_id: str | None
+) -> None:
+    """The write that creates a hello's session is not a read, and is not cut short:
+    the session taking the connection in after it has a read deadline of its own. A
+    creation that waited longer than the deadline for another process's write lock
+    must not end the hello with 1011 once the session exists: on ``/api/v1/stream``
+    its client would never learn the id of a session left active with nobody in it."""
+    path = tmp_path / "bamboo.db"
+    async with run_server(store=f"sqlite://{path}", store_read_timeout=DEADLINE) as server:
+        async with attach(server, "first", create=True):
+            pass
+        async with open_peer(server, session_id) as peer:
+            async with write_lock_held(path):
+                await peer.send({"type": "hello", "create": True, "user_id": "u"})
+                await asyncio.sleep(1.5 * DEADLINE)  # the creation waits for the lock
+            welcome = await peer.recv(timeout=WITHIN)
+            assert welcome["type"] == "welcome", welcome
+            created = welcome["session"]["id"]
+            assert session_id is None or created == session_id
+            status, listing = await get(server, "/api/v1/sessions?user_id=u")
+            assert status == 200
+            assert [(s["id"], s["connections"]) for s in listing["sessions"]] == [(created, 1)]
