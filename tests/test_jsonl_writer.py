@@ -87,6 +87,22 @@ async def test_a_commit_window_gathers_appends_that_follow_a_commit_into_one_bat
     await writer.close()
 
 
+async def test_with_a_commit_window_appends_left_over_by_a_full_batch_do_not_wait_for_it(
+    layout: Layout, reports: Reports
+) -> None:
+    """Appends to more sessions than a batch may open came before its commit started:
+    those left for the next batch are not paced by the window (only appends that come
+    within it after a commit started wait), else each batch's worth of sessions beyond
+    the first waited a whole window more."""
+    writer = await started(layout, reports, max_open=2, commit_window=1.0)
+    appends = [writer.submit(f"s{n}", batch(1)) for n in range(5)]  # three batches
+    started_at = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*appends), 0.5)
+    assert time.monotonic() - started_at < 0.5
+    assert writer.batches == 3
+    await writer.close()
+
+
 async def test_with_a_commit_window_a_lone_append_does_not_wait_for_it(
     layout: Layout, reports: Reports
 ) -> None:

@@ -102,6 +102,9 @@ class LogWriter:
         self._fsync_interval = fsync_interval
         self._commit_window = commit_window if durability == "fsync" else 0.0
         self._last_commit = float("-inf")  # loop time the last group commit started
+        # What the last batch left in the queue (past its bound of open files) was
+        # queued before that commit started: the window does not pace its commit.
+        self._carried = False
         self._on_written = on_written
         self._on_failed = on_failed
         self._queue: list[_Append | _Control] = []
@@ -205,18 +208,20 @@ class LogWriter:
                 continue
             if self._commit_window:
                 await self._pace()
-            await self._process(self._take_batch())
+            batch = self._take_batch()
+            self._carried = bool(self._queue)
+            await self._process(batch)
 
     async def _pace(self) -> None:
         """With a commit window, group commits start at most once per window: what comes
         sooner than that after the last one started waits for the rest of the window,
         with whatever else comes meanwhile. A lone append (the last commit is older than
         the window) never waits, and a commit that takes longer than the window is
-        followed at once."""
+        followed at once, as are appends a full batch left over (they came before it)."""
         assert self._loop is not None
         now = self._loop.time()
         due = self._last_commit + self._commit_window
-        if now < due and not self._closing:
+        if now < due and not self._closing and not self._carried:
             await asyncio.sleep(due - now)
             now = self._loop.time()
         self._last_commit = now
