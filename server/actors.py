@@ -22,7 +22,7 @@ from bamboo_session.protocol.ids import check_session_id
 
 from .actor import SessionActor
 from .commands import ActorRetired, Attach, Detach, Stop
-from .failures import ServerBusy, ServerStopping
+from .failures import ServerBusy, ServerStopping, is_expected
 from .outbox import Outbox
 from .pages import PageReads
 
@@ -39,7 +39,9 @@ class ActorRegistry:
         self._load = load
         self._reads = reads  # a load is a store read a hello waits for: its deadline
         self._actors: collections.OrderedDict[str, SessionActor] = collections.OrderedDict()
-        self._spawning: dict[str, asyncio.Future[SessionActor]] = {}
+        # Each spawn's task is the registry's: it takes every outcome (_spawned), as
+        # every waiter may have given up on it (a hello past its deadline).
+        self._spawning: dict[str, asyncio.Task[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self.closed = False
 
@@ -81,12 +83,10 @@ class ActorRegistry:
             if spawning is not None:
                 # The spawn in progress is this caller's too, and so is its failure (a
                 # store that does not answer): waiters do not each try again in turn.
-                return await asyncio.shield(spawning)
+                return await self._join(spawning)
             retiring = self._unfinished_retiring(session_id)
             if retiring is None:
-                spawn = asyncio.ensure_future(self._spawn(session_id))
-                self._spawning[session_id] = spawn
-                return await asyncio.shield(spawn)
+                return await self._join(self._start_spawn(session_id))
             await asyncio.wait([retiring])  # the old actor finishes flushing first
 
     async def attach(
@@ -174,10 +174,17 @@ class ActorRegistry:
             task.add_done_callback(lambda _t: self._forget_retiring(session_id, task))
 
     async def close(self, code: CloseCode, reason: str, grace: float) -> None:
-        """Retire every actor; cancel those still finishing after ``grace`` seconds."""
+        """Retire every actor; cancel those still finishing after ``grace`` seconds.
+        Spawns under way end now (their waiters get ServerStopping): their loads are
+        abandoned, and no spawn outlives the registry, nor the store it reads."""
         self.closed = True
+        spawns = list(self._spawning.values())
+        for spawn in spawns:
+            spawn.cancel()
         for actor in list(self._actors.values()):
             self.retire(actor, Stop(code, reason))
+        if spawns:
+            await asyncio.wait(spawns)  # a cancelled load is abandoned at once (pages.py)
         pending = [task for task in self._retiring.values() if not task.done()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)
@@ -187,6 +194,38 @@ class ActorRegistry:
                 await asyncio.wait(late, timeout=1.0)
 
     # -- internals ----------------------------------------------------------------
+
+    def _start_spawn(self, session_id: str) -> asyncio.Task[SessionActor]:
+        spawn = asyncio.create_task(self._spawn(session_id), name=f"session-spawn:{session_id}")
+        self._spawning[session_id] = spawn
+        spawn.add_done_callback(functools.partial(self._spawned, session_id))
+        return spawn
+
+    def _spawned(self, session_id: str, spawn: asyncio.Task[SessionActor]) -> None:
+        """A spawn's outcome, taken whether or not anyone still waits for it: a hello
+        gives up on its attach at its deadline, which may come before the spawn's own
+        (the spawn started later), and the server may stop meanwhile. Its waiters, if
+        any, got the same outcome; one nobody took would be logged by asyncio, with a
+        traceback, as "Task exception was never retrieved"."""
+        if self._spawning.get(session_id) is spawn:
+            del self._spawning[session_id]  # cancelled before it ran: no finally did
+        if spawn.cancelled():
+            return  # by close(): its waiters heard ServerStopping (_join)
+        failure = spawn.exception()
+        if failure is not None and not is_expected(failure):
+            log.error("loading a session failed", session_id=session_id, exc_info=failure)
+
+    async def _join(self, spawn: asyncio.Task[SessionActor]) -> SessionActor:
+        """The actor ``spawn`` loads, or its failure; a caller that gives up leaves it
+        to the others (and to _spawned)."""
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if spawn.cancelled() and caller is not None and not caller.cancelling():
+                # close() ended the spawn; this caller was not cancelled itself.
+                raise ServerStopping("server is shutting down") from None
+            raise
 
     async def _spawn(self, session_id: str) -> SessionActor:
         try:

@@ -19,6 +19,7 @@ from bamboo_session.persistence.base import Appended, SessionClosed, SessionNotF
 from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.models import Token
+from bamboo_session.server.failures import ServerStopping
 from bamboo_session.server.manager import (
     Receiver,
     ServerBusy,
@@ -218,6 +219,26 @@ async def test_an_in_process_append_under_way_when_the_server_stops_is_answered(
         if caller.exception() is not None:
             with pytest.raises(StorageError, match="retry with the same key"):
                 caller.result()
+
+
+@pytest.mark.parametrize("turns", [0, 1])
+async def test_a_spawn_the_close_ends_gives_its_waiter_server_stopping(
+    manager: SessionManager, turns: int
+) -> None:
+    """The close ends a spawn under way, before its first step (0 turns) or in its
+    load (1): its waiter hears ServerStopping, not a cancellation it never asked for,
+    and nothing is left of the spawn."""
+    session = await manager.create_session()
+    waiter = asyncio.create_task(manager.actors.actor(session.id))
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    closing = asyncio.create_task(manager.close())
+    with pytest.raises(ServerStopping):
+        await waiter
+    await closing
+    assert not manager.actors._spawning and manager.live_actor(session.id) is None
+    tasks = {task.get_name() for task in asyncio.all_tasks()}
+    assert not [name for name in tasks if name.startswith("session-spawn:")]
 
 
 async def test_idempotent_append_and_closed_session(manager: SessionManager) -> None:
