@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
@@ -44,7 +45,7 @@ from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
 from .commands import Announce, Append, BatchReply, Detach, SetState
-from .failures import ServerBusy
+from .failures import ServerBusy, is_expected
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
@@ -183,7 +184,7 @@ class SessionManager:
             self.create_admitted(admit, user_id, title, session_id=session_id)
         )
         self._creating[session_id] = creation
-        creation.add_done_callback(lambda _: self._creating.pop(session_id, None))
+        creation.add_done_callback(functools.partial(self._created, session_id))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
         # The creation's write is not a read: the read after it has a deadline of its
@@ -192,6 +193,17 @@ class SessionManager:
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found
+
+    def _created(self, session_id: str, creation: asyncio.Future[Session]) -> None:
+        """A creation's outcome, taken whether or not its caller still waits (a caller
+        cancelled at a stop does not): its failure, nobody's, was logged by asyncio
+        with a traceback as "Task exception was never retrieved"."""
+        self._creating.pop(session_id, None)
+        if creation.cancelled():
+            return
+        failure = creation.exception()
+        if failure is not None and not is_expected(failure):
+            log.error("creating a session failed", session_id=session_id, exc_info=failure)
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000."""

@@ -539,3 +539,39 @@ async def test_a_session_loaded_after_its_hello_gave_up_is_parked_then_retired(
             await eventually(lambda: manager.live_actor("cold") is None, 1.0 + WITHIN)
         assert [(r["message"], repr(r.get("exception"))) for r in reports] == []
         assert len(manager.actors) == 0 and manager.budget.used == 0
+
+
+async def test_a_creation_whose_caller_gave_up_and_fails_as_the_server_stops_logs_nothing(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A get-or-create whose caller gave up (cancelled, as a connection's task is at a
+    stop) while the creation's write waits on the store: the creation fails once the
+    store is closed under it, with nobody left to take its failure, which asyncio logged
+    as "Task exception was never retrieved" with its traceback."""
+    with loop_reports() as reports:
+        async with server_on_own_redis(start_redis, tmp_path) as (server, redis):
+            await creation_given_up_as_the_server_stops(server, redis)
+        del server
+    assert [(r["message"], repr(r.get("exception"))) for r in reports] == []
+
+
+async def creation_given_up_as_the_server_stops(server: BambooServer, redis: RedisServer) -> None:
+    manager, loop = server.manager, asyncio.get_running_loop()
+    assert redis.pid is not None
+    caller = asyncio.ensure_future(manager.ensure_session("fresh", "u1"))
+    deadline = loop.time() + WITHIN
+    try:
+        while "fresh" not in manager._creating:  # before the creation's first step
+            assert loop.time() < deadline and not caller.done(), "no creation"
+            await asyncio.sleep(0)
+    finally:
+        os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        caller.cancel()
+        await asyncio.wait([caller])
+        stopping = asyncio.ensure_future(server.stop())
+        await eventually(lambda: manager.actors.closed, WITHIN)
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    await asyncio.wait_for(stopping, WITHIN)
+    await eventually(lambda: "fresh" not in manager._creating, WITHIN)
