@@ -19,7 +19,8 @@ is built on. Every backend means them the same way, and one contract test suite
 - Live delivery goes through the store: ``subscribe`` yields what is stored after a seq,
   then every new append, in order, with no gap and no duplicate, whichever process
   appended it.
-- ``touch`` records activity (sliding TTL). Checkpoints, write-ahead logs and
+- ``touch`` records activity (sliding TTL), except on a closed session, which has none:
+  its expiry stays as it was when it closed. Checkpoints, write-ahead logs and
   durability modes are a backend's own business, not the contract's.
 - Session ids are validated before any path or key is built from them.
 """
@@ -307,7 +308,11 @@ class SessionStorage(EventStorage, Protocol):
 
     async def touch(self, session_id: str) -> None:
         """Records activity now: ``last_activity_at``, and ``expires_at`` slides with it.
-        Raises SessionNotFound, SessionExpired (activity does not revive a session)."""
+        A closed session has no activity: it is left exactly as it closed, without an
+        error, so that a touch that raced with its close (another task, or another
+        process of a shared store) does not put off its expiry; its TTL runs from its
+        last activity before the close. Raises SessionNotFound, SessionExpired
+        (activity does not revive a session; a closed one that expired included)."""
         ...
 
     async def cleanup_expired_sessions(self) -> int:

@@ -186,7 +186,8 @@ class MemoryStorage:
         self._require_open()
         meta = self._meta(session_id)
         self._check_not_expired(meta)
-        meta.touch()
+        if meta.state != SessionState.CLOSED:  # a closed session has no activity
+            meta.touch()
 
     async def cleanup_expired_sessions(self) -> int:
         self._require_open()

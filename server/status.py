@@ -66,7 +66,8 @@ class SessionStatus:
         self.owed = False
 
     async def touch(self) -> None:
-        """Activity: the session's TTL starts again."""
+        """Activity: the session's TTL starts again (not a closed one's: the store
+        leaves a closed session's expiry as it closed)."""
         with contextlib.suppress(SessionExpired, SessionNotFound):
             await self.storage.touch(self.session_id)
 

@@ -10,12 +10,14 @@ import random
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import (
     Appended,
+    InvalidTransition,
     MemoryStorage,
     SessionFilter,
     SortBy,
@@ -132,6 +134,33 @@ async def test_close_and_delete_on_one_instance_end_subscriptions_on_another(
     assert closing.ended == "closed"
     assert await asyncio.wait_for(deleting.next_batch(), RECV) == []
     assert deleting.ended == "deleted"
+
+
+async def test_a_touch_on_another_instance_after_a_close_leaves_the_session_closed(
+    pair: tuple[Storage, Storage], url: Callable[..., str]
+) -> None:
+    # Two server processes, one store: B closes while A handles a peer's state request,
+    # whose touch (the request's activity, written before its move) lands after the
+    # close. The move is refused, and the touch changes nothing: the closed session,
+    # and its place in the expiry index that cleanup reads, stay as they closed.
+    a, b = pair
+    await a.create_session(Session.new("s1", ttl=3600))
+    await b.update_session_state("s1", SessionState.CLOSED)
+    closed = await b.get_metadata("s1")
+    assert closed is not None
+    client = redis.asyncio.Redis.from_url(url().split("?")[0])
+    try:
+        layout = cast(RedisStorage, a).layout
+        indexed = await client.zscore(layout.index + "expires", "s1")
+        assert indexed is not None
+        await asyncio.sleep(0.01)
+        await a.touch("s1")
+        with pytest.raises(InvalidTransition):
+            await a.update_session_state("s1", SessionState.IDLE)
+        assert await b.get_metadata("s1") == closed
+        assert await client.zscore(layout.index + "expires", "s1") == indexed
+    finally:
+        await client.aclose()
 
 
 async def test_a_lost_pubsub_connection_is_caught_up_from_the_stream(

@@ -6,6 +6,7 @@ its word on the backends that implement it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -352,6 +353,47 @@ async def test_touch_slides_the_expiry(store: Storage) -> None:
     assert after is not None and after.expires_at is not None
     assert after.last_activity_at > before.last_activity_at
     assert after.expires_at == after.last_activity_at + timedelta(seconds=3600)
+
+
+async def test_touch_leaves_a_closed_session_as_it_closed(store: Storage) -> None:
+    # A closed session has no activity: a touch that reaches it (a request that raced
+    # with its close, on another process of a shared store) must not push its expiry
+    # back. Its TTL runs from the close. A live one is still touched.
+    await new_session(store, "closed", ttl=3600)
+    await new_session(store, "open", ttl=3600)
+    await store.update_session_state("closed", SessionState.CLOSED)
+    closed = await store.get_metadata("closed")
+    open_ = await store.get_metadata("open")
+    assert closed is not None and closed.expires_at is not None
+    assert open_ is not None
+    await asyncio.sleep(0.01)
+    await store.touch("closed")
+    await store.touch("open")
+    after = await store.get_metadata("closed")
+    assert after is not None and after.state == SessionState.CLOSED
+    assert (after.last_activity_at, after.expires_at) == (
+        closed.last_activity_at,
+        closed.expires_at,
+    )
+    after_open = await store.get_metadata("open")
+    assert after_open is not None and after_open.expires_at is not None
+    assert after_open.last_activity_at > open_.last_activity_at
+    assert after_open.expires_at == after_open.last_activity_at + timedelta(seconds=3600)
+
+
+async def test_a_touch_does_not_put_off_a_closed_sessions_expiry(store: Storage) -> None:
+    # Touched after its close, a closed session still expires one TTL after its last
+    # activity, and cleanup removes it; a touch once it expired is SessionExpired.
+    await new_session(store, "s1", ttl=1)
+    await store.update_session_state("s1", SessionState.CLOSED)
+    await asyncio.sleep(0.6)
+    with contextlib.suppress(SessionExpired):  # a slow machine's sleep overran the TTL
+        await store.touch("s1")
+    await asyncio.sleep(0.6)
+    with pytest.raises(SessionExpired):
+        await store.touch("s1")
+    assert await store.cleanup_expired_sessions() == 1
+    assert await store.get_metadata("s1") is None
 
 
 async def test_an_append_is_activity(store: Storage) -> None:

@@ -214,6 +214,8 @@ class JsonlStorage(JsonlQueries):
         self._require_writable()
         record = self._record(session_id)
         self._check_not_expired(record)
+        if record.meta.state == SessionState.CLOSED:  # a closed session has no activity
+            return
         record.meta.touch()
         self._checkpoints.changed(record)
 

@@ -1,6 +1,8 @@
--- Record activity on a session now (the sliding TTL starts again).
+-- Record activity on a session now (the sliding TTL starts again); a closed session
+-- has no activity: it is left as it closed (its TTL runs from the close).
 -- KEYS: meta
 -- ARGV: id, index prefix
+-- Returns 1 when touched, 0 when closed (errors: NOTFOUND, EXPIRED, as before).
 
 local meta = KEYS[1]
 local id, idx = ARGV[1], ARGV[2]
@@ -8,5 +10,6 @@ local s = redis.call('HMGET', meta, 'state', 'expires', 'ttl')
 if not s[1] then fail('NOTFOUND') end
 local now = clock()
 if has_expired(s[1], s[2], now) then fail('EXPIRED') end
+if s[1] == 'closed' then return 0 end
 record_activity(meta, idx, id, now, s[3])
 return 1

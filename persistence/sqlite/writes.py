@@ -351,7 +351,8 @@ def set_state(batch: Batch, session_id: str, state: SessionState) -> SessionMeta
 
 def touch(batch: Batch, session_id: str) -> None:
     row = batch.live(session_id)
-    row.touch(batch.now_text, batch.expiry(row.ttl))
+    if row.state != _FINAL_CLOSED:  # a closed session has no activity: its expiry stays
+        row.touch(batch.now_text, batch.expiry(row.ttl))
 
 
 def delete(batch: Batch, session_id: str) -> None:
