@@ -206,9 +206,16 @@ class SessionManager:
             log.error("creating a session failed", session_id=session_id, exc_info=failure)
 
     async def close_session(self, session_id: str) -> None:
-        """Closes the session: its connections get ``closed`` and code 1000."""
+        """Closes the session: its connections get ``closed`` and code 1000. The close
+        is its last activity: a closed session expires one TTL after it, and nothing
+        (a touch included) puts that off."""
         actor = await self.actors.live_or_none(session_id)
         if actor is None:
+            # Activity first, as a live actor's close does (control.set_state): after
+            # the close, the store would ignore it. When it cannot be recorded, the
+            # move says why (the same errors as before: not found, expired, refused).
+            with contextlib.suppress(SessionExpired, SessionNotFound):
+                await self.storage.touch(session_id)
             await self.storage.update_session_state(session_id, SessionState.CLOSED)
             return
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()

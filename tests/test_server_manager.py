@@ -10,6 +10,7 @@ import sys
 import tracemalloc
 import weakref
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Session
 from bamboo_session.persistence.base import Appended, SessionClosed, SessionNotFound, StorageError
 from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.protocol import AgentEvent, Message
-from bamboo_session.protocol.models import Token
+from bamboo_session.protocol.models import SessionState, Token
 from bamboo_session.server.failures import ServerStopping
 from bamboo_session.server.manager import (
     Receiver,
@@ -547,3 +548,20 @@ async def test_an_idle_parked_session_is_evicted_before_a_busy_one() -> None:
         assert manager.live_actor(idle) is None and manager.live_actor(busy) is not None
         gate.release()
         assert (await appending).seq == 1
+
+
+async def test_closing_a_session_nobody_is_attached_to_is_its_last_activity(
+    manager: SessionManager,
+) -> None:
+    # As when its actor is live (a close there is a state request, activity first):
+    # the session expires one TTL after its close, and a touch after it changes nothing.
+    session = await manager.create_session(ttl=3600)
+    assert manager.live_actor(session.id) is None
+    await asyncio.sleep(0.01)
+    await manager.close_session(session.id)
+    closed = await manager.get_metadata(session.id)
+    assert closed is not None and closed.state == SessionState.CLOSED
+    assert closed.last_activity_at > session.metadata.last_activity_at
+    assert closed.expires_at == closed.last_activity_at + timedelta(seconds=3600)
+    await manager.storage.touch(session.id)
+    assert await manager.get_metadata(session.id) == closed
