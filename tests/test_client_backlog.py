@@ -216,3 +216,33 @@ async def test_without_reconnect_a_skipped_event_ends_the_client_after_the_queue
                     assert isinstance(item, StoredEvent)
                     seqs.append(item.seq)
         assert seqs == list(range(1, 21)), "what it queued, no gap, then the error"
+
+
+async def test_a_resync_waits_for_the_replies_of_requests_sent_on_its_connection() -> None:
+    """A publish made just as the application reads the overflowed queue down: the
+    connection being replaced must not close with it unanswered (the server drops the
+    replies still on their way when the client closes, and the lost ack brought our
+    own publish back as someone else's event, its resend answered as a duplicate). So
+    the watcher gets exactly the log's events but its own, in order, once."""
+    async with (
+        run_server(durability="os") as server,
+        clients(server, max_queued_events=20, backoff_initial=0.05) as (pub, w),
+    ):
+        await publish_many(pub, 200)
+        for _ in range(50):
+            if w.queued_events >= 20:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(w.ping(), 10)  # reads on past the full queue: skips
+        assert w.skipped_events > 0
+        events = w.events().__aiter__()
+        got = [await asyncio.wait_for(anext(events), 5) for _ in range(9)]
+        # The publish goes out in the same turn as the read that drains the queue.
+        publishing = asyncio.create_task(w.publish(Token("mine")))
+        got.append(await asyncio.wait_for(anext(events), 5))
+        own = await asyncio.wait_for(publishing, 10)
+        await publish_many(pub, 10)
+        while len(got) < 210:
+            got.append(await asyncio.wait_for(anext(events), 10))
+        assert own == 201
+        assert [e.seq for e in got] == [s for s in range(1, 212) if s != own]

@@ -356,8 +356,9 @@ class BambooClient:
           the client reads on; an event that finds the queue full is then *skipped*
           (not queued, not counted as seen, ``skipped_events``), and so is every later
           event of that connection. Once the application has taken the queue down to
-          half, the client closes that connection (1000) and resumes from the last
-          event it queued, which brings back every skipped event in order. A request
+          half, the client sends nothing more on that connection, closes it (1000)
+          once the requests sent on it are answered, and resumes from the last event
+          it queued, which brings back every skipped event in order. A request
           is thus never held up by unread events, and memory stays bounded whatever
           the application does.
         - Without ``reconnect``, such a resume cannot happen: the client ends with

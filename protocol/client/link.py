@@ -20,9 +20,11 @@ The reader never holds more unread events than the events feed allows
 nothing, unless a request waits for its reply; it is woken when the application has
 read the feed down to half, or when a request is made. With a request waiting it reads
 on, and events past the full feed are skipped, to be replayed: once the feed is read
-down, the reader closes that connection and the link resumes on a new one (a
-:class:`.Resync`) from the last event queued. A reply is therefore always read: while
-it is awaited, nothing but the socket itself stands between it and its caller.
+down, nothing more is sent on that connection, the reader closes it once the requests
+sent on it are answered (the server drops replies still on their way at a close), and
+the link resumes on a new one (a :class:`.Resync`) from the last event queued. A reply
+is therefore always read: while it is awaited, nothing but the socket itself stands
+between it and its caller.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Link:
         self._ready = False  # connected, and every earlier request resent
         self._queued: list[PendingRequest] = []  # for the sender, oldest first
         self._wakeup: asyncio.Future[None] | None = None  # set while the sender waits
+        # This connection is about to be replaced (a resync): send nothing more on it.
+        self._holding = False
         # Set while the reader waits for room in the events feed, or for a request.
         self._reader_wakeup: asyncio.Future[None] | None = None
         state.feed.on_drained = self._wake_reader
@@ -169,6 +173,8 @@ class Link:
     ) -> None:
         """``queue`` on ``ws``, a frame per group of :func:`.plan`."""
         codec, book = self.dialer.codec, self.state.pending
+        if self._holding:
+            return  # the next connection sends them (the book keeps them all)
         unsent = [p for p in queue if not p.settled and p.sent_on != generation]
         items = min(MAX_BATCH_ITEMS, self.state.max_batch_items)
         for group in plan(unsent, items, batch_bytes(self.state.max_batch_bytes)):
@@ -196,6 +202,7 @@ class Link:
             while True:
                 self._ws = ws
                 self._generation += 1
+                self._holding = False
                 started = loop.time()
                 error = await self._serve(ws)
                 self._ready = False
@@ -292,9 +299,15 @@ class Link:
         while True:
             if state.backlogged:
                 if state.overflowed and feed.drained:
-                    after = state.sequence.resume_point
-                    return Resync(f"events queue read down; resuming after seq {after}")
-                if not state.pending:
+                    # Send nothing more on this connection, and close it only once the
+                    # requests sent on it are answered: the server drops the replies
+                    # still on their way when the client closes (an ack lost so would
+                    # bring our own publish back as someone else's event).
+                    self._holding = True
+                    if not state.pending.sent_on(self._generation):
+                        after = state.sequence.resume_point
+                        return Resync(f"events queue read down; resuming after seq {after}")
+                elif not state.pending:
                     # Nothing waits for a reply: stop reading, and let TCP hold the
                     # server back, until the application reads or makes a request.
                     await self._reader_woken()

@@ -122,6 +122,10 @@ class PendingRequests:
         """Requests not yet sent on connection ``generation``, oldest first."""
         return [p for p in self._requests.values() if p.sent_on != generation]
 
+    def sent_on(self, generation: int) -> bool:
+        """Whether a request sent on connection ``generation`` still awaits its reply."""
+        return any(p.sent_on == generation for p in self._requests.values())
+
     def fail_all(self, error: BaseException) -> None:
         """Fail every request still waiting with ``error``, and forget them all."""
         for pending in self._requests.values():
