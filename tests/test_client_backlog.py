@@ -22,7 +22,7 @@ from bamboo_session.protocol.client import BambooClient, ConnectionLost, StoredE
 from bamboo_session.protocol.client.feed import END, EventFeed
 from bamboo_session.server.app import BambooServer
 from tests.server_process import ServerProcess
-from tests.support import run_server
+from tests.support import get, run_server
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -246,3 +246,43 @@ async def test_a_resync_waits_for_the_replies_of_requests_sent_on_its_connection
             got.append(await asyncio.wait_for(anext(events), 10))
         assert own == 201
         assert [e.seq for e in got] == [s for s in range(1, 212) if s != own]
+
+
+async def read_to_the_end(
+    client: BambooClient, timeout: float
+) -> tuple[list[int], Exception | None]:
+    """The seqs ``events()`` yields until it ends, and what it raised, if anything."""
+    seqs: list[int] = []
+    try:
+        async with asyncio.timeout(timeout):
+            async for item in client.events():
+                assert isinstance(item, StoredEvent), item
+                seqs.append(item.seq)
+    except ConnectionLost as exc:
+        return seqs, exc
+    return seqs, None
+
+
+async def test_a_session_closed_while_events_were_skipped_does_not_end_events_silently() -> None:
+    """The session is closed while the watcher, reading past its full queue to reach a
+    reply, has skipped events: no resume can bring them now (4409), so events() must
+    not end as if it had them all. It hands over what it queued, then ConnectionLost
+    says after which seq the rest is (readable over HTTP)."""
+    async with (
+        run_server(durability="os") as server,
+        clients(server, max_queued_events=20, backoff_initial=0.05) as (pub, w),
+    ):
+        await publish_many(pub, 200)
+        for _ in range(50):
+            if w.queued_events >= 20:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(w.ping(), 10)  # reads on past the full queue: skips
+        assert w.skipped_events > 0
+        await pub.set_state("closed")
+        seqs, error = await read_to_the_end(w, 10)
+        assert seqs == list(range(1, 21))
+        assert isinstance(error, ConnectionLost), "200 events published, 20 delivered"
+        assert "after seq 20 not delivered" in str(error)
+        status, page = await get(server, f"/api/v1/sessions/{w.session_id}/events?after_seq=20")
+        assert status == 200 and [e["seq"] for e in page["events"]] == list(range(21, 201))

@@ -361,6 +361,10 @@ class BambooClient:
           it queued, which brings back every skipped event in order. A request
           is thus never held up by unread events, and memory stays bounded whatever
           the application does.
+        - Should the session be closed before such a resume (it is refused, 4409),
+          the events still due are readable only over HTTP: the client hands over
+          what it queued, then ends with :class:`ConnectionLost`, which names the seq
+          to read after, rather than end as if it had them all.
         - Without ``reconnect``, such a resume cannot happen: the client ends with
           :class:`ConnectionLost` once the queued events are taken."""
         feed = self._state.feed

@@ -225,7 +225,7 @@ class Link:
                 ws = reconnected
                 self.reconnects += 1
         except ClientError as exc:
-            self.finish(exc)
+            self.finish(self._unless_behind(exc))
         except Exception as exc:  # a bug must not leave callers waiting forever
             log.exception("client failed")
             self.finish(ClientError(f"client failed: {exc!r}"))
@@ -266,15 +266,22 @@ class Link:
     async def _read_until_closed(self, ws: ClientConnection) -> Retry | None:
         try:
             resync = await self._read(ws)
+            self.state.behind = True  # it skipped events: only a resume brings them
             await self._close_skipping(ws)
             return resync
         except ConnectionClosed as exc:
             error = closed_outcome(exc, self.state.closed_reason)
             if isinstance(error, Retry):
+                # What the server still had for us went with this connection when we had
+                # stopped reading (or skipped events), or when it dropped us as too slow.
+                received = exc.rcvd
+                too_slow = received is not None and received.code == CloseCode.TOO_SLOW
+                if too_slow or self.state.backlogged:
+                    self.state.behind = True
                 return error
             if self._token_expired(exc):
                 return Retry("token expired: reconnecting with a fresh one")
-            self.finish(error)
+            self.finish(self._unless_behind(error))
         except (msgspec.DecodeError, ClientError) as exc:
             self.finish(exc if isinstance(exc, ClientError) else ClientError(str(exc)))
             await ws.close()
@@ -347,6 +354,21 @@ class Link:
             raise state.failure
 
     # -- the end --------------------------------------------------------------------------
+
+    def _unless_behind(self, error: ClientError) -> ClientError:
+        """``error``, unless the session ended (closed, or a resume refused with 4409)
+        while events still due to this client were not delivered: events it skipped past
+        its full queue, or held back while it did not read. No resume can bring those
+        now, so events() must not end as if it had them all."""
+        state = self.state
+        if not isinstance(error, SessionEnded) or not (state.behind or state.overflowed):
+            return error
+        after = state.sequence.resume_point
+        return ConnectionLost(
+            f"{error.reason}, with the events after seq {after} not delivered to this"
+            f" client (read them over HTTP: GET /api/v1/sessions/{state.session_id}"
+            f"/events?after_seq={after})"
+        )
 
     def finish(self, failure: ClientError) -> None:
         """End the client: fail what waits, end events(), close the connection unless

@@ -68,6 +68,10 @@ class ClientState:
         # and is replaced by one that resumes once the application has read the feed down.
         self.overflowed = False
         self.skipped = 0  # events skipped so far (all connections), fetched again since
+        # A connection ended with events due to us undelivered (skipped, held back by
+        # the server while we did not read, or dropped by it as too slow): until a
+        # welcome resumes, the session's end is no clean end of events().
+        self.behind = False
         self.welcomed_once = False
         self.connection_id: str | None = None
         self.session: SessionMetadata | None = None  # as of the last welcome
@@ -103,6 +107,7 @@ class ClientState:
         self.connections = welcome.session.connections
         self.closed_reason = None
         self.overflowed = False
+        self.behind = False  # resumed, or reset (a Reset tells the application)
         self.epoch = welcome.epoch
         batches = "batch" in welcome.extensions
         self.max_batch_items = welcome.max_batch_items if batches else 0
