@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
@@ -45,7 +44,8 @@ from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
 from .commands import Announce, Append, BatchReply, Detach, SetState
-from .failures import ServerBusy, is_expected
+from .creations import Creations
+from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
@@ -82,7 +82,7 @@ class SessionManager:
         # config.store_read_timeout, and how many pages are read at once (pages.py).
         self.page_reads = PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
-        self._creating: dict[str, asyncio.Future[Session]] = {}
+        self.creations = Creations()
         self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce)
@@ -172,7 +172,7 @@ class SessionManager:
         existing = await self.stored_metadata(check_session_id(session_id), deadline)
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
-        if existing is None and (creating := self._creating.get(session_id)) is not None:
+        if existing is None and (creating := self.creations.get(session_id)) is not None:
             theirs = asyncio.wait([creating])
             await (theirs if deadline is None else self.page_reads.within(deadline, theirs))
             existing = await self.stored_metadata(session_id, deadline)
@@ -180,11 +180,9 @@ class SessionManager:
             if existing.is_expired():
                 raise SessionExpired(session_id)
             return existing
-        creation = asyncio.ensure_future(
-            self.create_admitted(admit, user_id, title, session_id=session_id)
+        creation = self.creations.start(
+            session_id, self.create_admitted(admit, user_id, title, session_id=session_id)
         )
-        self._creating[session_id] = creation
-        creation.add_done_callback(functools.partial(self._created, session_id))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
         # The creation's write is not a read: the read after it has a deadline of its
@@ -193,17 +191,6 @@ class SessionManager:
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
         return found
-
-    def _created(self, session_id: str, creation: asyncio.Future[Session]) -> None:
-        """A creation's outcome, taken whether or not its caller still waits (a caller
-        cancelled at a stop does not): its failure, nobody's, was logged by asyncio
-        with a traceback as "Task exception was never retrieved"."""
-        self._creating.pop(session_id, None)
-        if creation.cancelled():
-            return
-        failure = creation.exception()
-        if failure is not None and not is_expected(failure):
-            log.error("creating a session failed", session_id=session_id, exc_info=failure)
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000. The close

@@ -561,7 +561,7 @@ async def creation_given_up_as_the_server_stops(server: BambooServer, redis: Red
     caller = asyncio.ensure_future(manager.ensure_session("fresh", "u1"))
     deadline = loop.time() + WITHIN
     try:
-        while "fresh" not in manager._creating:  # before the creation's first step
+        while "fresh" not in manager.creations:  # before the creation's first step
             assert loop.time() < deadline and not caller.done(), "no creation"
             await asyncio.sleep(0)
     finally:
@@ -574,4 +574,4 @@ async def creation_given_up_as_the_server_stops(server: BambooServer, redis: Red
     finally:
         os.kill(redis.pid, signal.SIGCONT)
     await asyncio.wait_for(stopping, WITHIN)
-    await eventually(lambda: "fresh" not in manager._creating, WITHIN)
+    await eventually(lambda: "fresh" not in manager.creations, WITHIN)
