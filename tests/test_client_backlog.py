@@ -195,6 +195,18 @@ async def test_requests_are_answered_while_the_queue_is_full() -> None:
         assert w.reconnects >= 1
 
 
+async def skipping_past_a_full_queue(pub: BambooClient, watcher: BambooClient) -> None:
+    """200 events published, the watcher's queue (20 events) full, and a request that
+    makes it read on past it, skipping events."""
+    await publish_many(pub, 200)
+    for _ in range(50):
+        if watcher.queued_events >= 20:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(watcher.ping(), 10)  # reads on past the full queue: skips
+    assert watcher.skipped_events > 0
+
+
 async def test_without_reconnect_a_skipped_event_ends_the_client_after_the_queue() -> None:
     """``reconnect=False`` forbids the resume that would bring skipped events back: the
     client hands over what it queued, then ends with ConnectionLost, not a silent gap."""
@@ -202,13 +214,7 @@ async def test_without_reconnect_a_skipped_event_ends_the_client_after_the_queue
         run_server(durability="os") as server,
         clients(server, max_queued_events=20, reconnect=False) as (pub, w),
     ):
-        await publish_many(pub, 200)
-        for _ in range(50):
-            if w.queued_events >= 20:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.wait_for(w.ping(), 10)  # reads on past the full queue: skips
-        assert w.skipped_events > 0
+        await skipping_past_a_full_queue(pub, w)
         seqs: list[int] = []
         with pytest.raises(ConnectionLost, match="resume"):
             async with asyncio.timeout(10):
@@ -228,13 +234,7 @@ async def test_a_resync_waits_for_the_replies_of_requests_sent_on_its_connection
         run_server(durability="os") as server,
         clients(server, max_queued_events=20, backoff_initial=0.05) as (pub, w),
     ):
-        await publish_many(pub, 200)
-        for _ in range(50):
-            if w.queued_events >= 20:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.wait_for(w.ping(), 10)  # reads on past the full queue: skips
-        assert w.skipped_events > 0
+        await skipping_past_a_full_queue(pub, w)
         events = w.events().__aiter__()
         got = [await asyncio.wait_for(anext(events), 5) for _ in range(9)]
         # The publish goes out in the same turn as the read that drains the queue.
@@ -272,13 +272,7 @@ async def test_a_session_closed_while_events_were_skipped_does_not_end_events_si
         run_server(durability="os") as server,
         clients(server, max_queued_events=20, backoff_initial=0.05) as (pub, w),
     ):
-        await publish_many(pub, 200)
-        for _ in range(50):
-            if w.queued_events >= 20:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.wait_for(w.ping(), 10)  # reads on past the full queue: skips
-        assert w.skipped_events > 0
+        await skipping_past_a_full_queue(pub, w)
         await pub.set_state("closed")
         seqs, error = await read_to_the_end(w, 10)
         assert seqs == list(range(1, 21))

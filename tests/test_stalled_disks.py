@@ -162,21 +162,8 @@ async def test_an_sqlite_file_whose_locks_another_process_holds_queues_no_jobs(
         run_server(store=f"sqlite://{path}", store_read_timeout=DEADLINE) as server,
         session_with_viewers(server) as (session_id, viewers),
     ):
-        holder = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            HOLD_READ_LOCKS,
-            f"{path}-shm",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert holder.stdout is not None
-            assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
+        async with holding(HOLD_READ_LOCKS, f"{path}-shm"):
             await reads_fail_without_queuing(server, session_id, viewers)
-        finally:
-            holder.kill()  # its locks go with it
-            await holder.wait()
         await reads_work_again(server, session_id, viewers)
 
 
@@ -248,12 +235,13 @@ sys.stdin.read()
 
 
 @contextlib.asynccontextmanager
-async def write_lock_held(path: Path) -> AsyncIterator[None]:
-    """Another process holds the SQLite database's write lock until the block ends."""
+async def holding(script: str, path: Path | str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Another process runs ``script`` on ``path``: it says "held" once it holds its
+    locks, and holds them until the block ends (it is killed, its locks go with it)."""
     holder = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        HOLD_WRITE_LOCK,
+        script,
         str(path),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -261,10 +249,17 @@ async def write_lock_held(path: Path) -> AsyncIterator[None]:
     try:
         assert holder.stdout is not None
         assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
-        yield
+        yield holder
     finally:
-        holder.kill()  # its lock goes with it
+        holder.kill()
         await holder.wait()
+
+
+@contextlib.asynccontextmanager
+async def write_lock_held(path: Path) -> AsyncIterator[None]:
+    """Another process holds the SQLite database's write lock until the block ends."""
+    async with holding(HOLD_WRITE_LOCK, path):
+        yield
 
 
 async def test_a_hello_given_up_on_while_its_attach_writes_leaves_no_connection_behind(
@@ -403,17 +398,8 @@ async def test_a_hello_whose_reads_and_attach_both_stall_ends_at_one_deadline(
         async with attach(server, "s", create=True):
             pass
         await eventually(lambda: session_is(server, "s", "disconnected", 0), WITHIN)
-        holder = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            HOLD_LOCKS_THEN_READS,
-            f"{path}-shm",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
+        async with holding(HOLD_LOCKS_THEN_READS, f"{path}-shm") as holder:
             assert holder.stdin is not None and holder.stdout is not None
-            assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"held\n"
             started = time.monotonic()
             async with open_peer(server, "s") as peer:
                 await peer.send({"type": "hello", "create": True})
@@ -422,9 +408,6 @@ async def test_a_hello_whose_reads_and_attach_both_stall_ends_at_one_deadline(
                 assert await asyncio.wait_for(holder.stdout.readline(), WITHIN) == b"reads\n"
                 code, frames = await peer.closed(timeout=2 * deadline + WITHIN)
             elapsed = time.monotonic() - started
-        finally:
-            holder.kill()  # the write lock goes with it
-            await holder.wait()
         assert (code, frames) == (1011, [])
         # Before, the attach got a deadline of its own once the read was done: 1.6 times
         # the deadline at least.
