@@ -356,7 +356,118 @@ test(
       assert.deepEqual(seqs, range(20), "what it queued, no gap, then the error");
       assert.ok(error instanceof ConnectionLost, String(error));
       assert.match(error.message, /need a resume, and reconnect is off/);
+      assert.equal(error.afterSeq, 20, "the seq to read after");
       assert.throws(() => new BambooClient(url, { maxQueuedEvents: 0 }), TypeError);
+    } finally {
+      await viewer.close();
+      await agent.close();
+    }
+  },
+);
+
+/** The seqs `client.events()` yields until it ends, and the error it threw, or null. */
+async function readToTheEnd(client) {
+  const seqs = [];
+  try {
+    for await (const item of client.events()) seqs.push(item.reset ? "reset" : item.seq);
+  } catch (error) {
+    return { seqs, error };
+  }
+  return { seqs, error: null };
+}
+
+/** The seqs of the session's stored events after `afterSeq`, read over HTTP. */
+async function storedSeqs(sessionId, afterSeq) {
+  const base = url.replace(/^ws/, "http");
+  const response = await fetch(`${base}/api/v1/sessions/${sessionId}/events?after_seq=${afterSeq}`);
+  assert.equal(response.status, 200);
+  return (await response.json()).events.map((event) => event.seq);
+}
+
+test(
+  "a session closed while the queue was full, paused: events() says which seq to read after",
+  { timeout: 15000 },
+  async () => {
+    const options = { sessionId: "backlog-4", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const viewer = await BambooClient.connect(url, { ...options, maxQueuedEvents: 20 });
+    const states = [];
+    viewer.on("state", (change) => states.push(change));
+    try {
+      await publishMany(agent, 200);
+      await until(() => viewer.state === "paused");
+      await agent.setState("closed");
+      // Read down, it resumes: refused (4409), the skipped events are no more to come.
+      const { seqs, error } = await readToTheEnd(viewer);
+      assert.deepEqual(seqs, range(20), "what it queued, then the error");
+      assert.ok(error instanceof ConnectionLost, `200 events published, 20 delivered: ${error}`);
+      assert.equal(error.afterSeq, 20);
+      assert.match(error.message, /after seq 20 not delivered .*after_seq=20\)$/);
+      assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
+      assert.equal(viewer.error, error);
+      assert.equal(states.at(-1).error, error, "the state event carries it too");
+      assert.deepEqual(await storedSeqs("backlog-4", 20), range(200).slice(20));
+    } finally {
+      await viewer.close();
+      await agent.close();
+    }
+  },
+);
+
+test(
+  "a session closed on a connection that skips events: events() says which seq to read after",
+  { timeout: 15000 },
+  async () => {
+    const options = { sessionId: "backlog-5", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const viewer = await BambooClient.connect(url, { ...options, maxQueuedEvents: 20 });
+    try {
+      await publishMany(agent, 200);
+      await until(() => viewer.state === "paused");
+      // The requests resume it; the replay finds the queue full and is skipped. The
+      // publish sent after `state` gets no reply: the close (1000) answers it, on that
+      // skipping connection.
+      const closing = viewer.setState("closed");
+      const late = viewer.publish({ type: "token", content: "late" });
+      assert.equal(await closing, 200);
+      const outcome = await late.then(String, (caught) => caught);
+      const { seqs, error } = await readToTheEnd(viewer);
+      assert.deepEqual(seqs, range(20), "what it queued, then the error");
+      assert.ok(error instanceof ConnectionLost, `200 events published, 20 delivered: ${error}`);
+      assert.equal(error.afterSeq, 20);
+      assert.ok(
+        error.cause instanceof SessionEnded && error.cause.code === 1000,
+        String(error.cause),
+      );
+      assert.ok(outcome === error || outcome instanceof ClientError, String(outcome));
+      assert.deepEqual(await storedSeqs("backlog-5", 20), range(200).slice(20));
+    } finally {
+      await viewer.close();
+      await agent.close();
+    }
+  },
+);
+
+test(
+  "a session closed while the client is not behind ends events() normally",
+  { timeout: 15000 },
+  async () => {
+    const options = { sessionId: "backlog-6", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const viewer = await BambooClient.connect(url, { ...options, maxQueuedEvents: 20 });
+    try {
+      // It skipped events once, and resumed them since: behind no more.
+      await publishMany(agent, 60);
+      await until(() => viewer.state === "paused");
+      assert.deepEqual(await take(viewer, 60), range(60));
+      await until(() => viewer.state === "open");
+      await publishMany(agent, 10);
+      await agent.setState("closed");
+      const { seqs, error } = await readToTheEnd(viewer);
+      assert.ok(viewer.skippedEvents > 0);
+      assert.deepEqual(seqs, range(70).slice(60), "every event after those taken");
+      assert.equal(error, null);
+      assert.ok(viewer.error instanceof SessionEnded && viewer.error.code === 1000);
     } finally {
       await viewer.close();
       await agent.close();

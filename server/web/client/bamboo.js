@@ -25,9 +25,14 @@
  *   client closes the connection (state `"paused"`) as soon as no request of it awaits
  *   a reply; once the application has read the queue down to half, it reconnects and
  *   resumes from the last event it queued, which brings the skipped ones back, in
- *   order. Nothing is lost, and requests are answered all along.
+ *   order. Nothing is lost, and requests are answered all along. Should the session
+ *   be closed before that resume (1000, or the resume refused with 4409), the skipped
+ *   events can only be read over HTTP: `events()` yields what was queued, then throws
+ *   {@link ConnectionLost}, whose `afterSeq` says after which seq they are
+ *   (`GET /api/v1/sessions/{id}/events?after_seq=…`), rather than just end.
  * - Refusals end the client with a typed error: {@link Unauthorized} (4401),
- *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409).
+ *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409;
+ *   but see the queue above).
  *   The one exception: given a token function, a 4401 that ends an open connection
  *   (its token expired) is a reconnect with a fresh token and resume.
  *
@@ -129,9 +134,9 @@ export const MAX_QUEUED_BYTES = 16 * 1024 * 1024;
 
 /** Base of every error the client raises. */
 export class ClientError extends Error {
-  /** @param {string} message */
-  constructor(message) {
-    super(message);
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
     this.name = new.target.name;
   }
 }
@@ -164,8 +169,26 @@ export class SessionEnded extends ClientError {
   }
 }
 
-/** The connection dropped and could not be brought back (`maxRetries`, or `reconnect: false`). */
-export class ConnectionLost extends ClientError {}
+/**
+ * The connection dropped and could not be brought back (`maxRetries`, or `reconnect:
+ * false`); or the session ended (its `cause`: the {@link SessionEnded}) while events
+ * due to this client had been skipped past its full queue (or dropped by the server,
+ * 4429) and no resume can bring them any more. Either way `events()` delivered every
+ * event up to `afterSeq` (when known), but the client's own publishes, and none after
+ * it: read the rest over HTTP, `GET /api/v1/sessions/{id}/events?after_seq={afterSeq}`,
+ * or, while the session lasts, by connecting again with `lastSeq: afterSeq`.
+ */
+export class ConnectionLost extends ClientError {
+  /**
+   * @param {string} message
+   * @param {{ afterSeq?: number | null, cause?: unknown }} [options]
+   */
+  constructor(message, { afterSeq = null, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    /** @type {number | null} every seq up to it came through `events()` (or was our publish) */
+    this.afterSeq = afterSeq;
+  }
+}
 
 /** The server sent an impossible sequence: a duplicate `seq`, or a gap. */
 export class SequenceError extends ClientError {
@@ -394,6 +417,10 @@ export class BambooClient extends EventTarget {
   // This connection skipped an event past the full queue: it skips every later one, and
   // is closed once no request awaits a reply on it.
   #overflowed = false;
+  // A connection ended with events due to us undelivered (skipped past the full queue,
+  // or dropped by the server as too slow to read): until a welcome resumes (or resets),
+  // the session's end is no clean end of events().
+  #behind = false;
   #paused = false; // disconnected on purpose until the queue is read down (or a request)
   /** @type {((item: QueueItem) => void) | null} */
   #waiter = null;
@@ -638,8 +665,10 @@ export class BambooClient extends EventTarget {
    * The session's events as they arrive, resuming across drops with no gap and no
    * duplicate, and `{ reset: true, … }` when a reconnect could not resume. Ends when
    * the session is closed or `close()` is called; throws {@link SequenceError},
-   * {@link Refused} or {@link ConnectionLost} when the stream cannot go on. Our own
-   * publishes are not in it. Iterate from one loop at a time.
+   * {@link Refused} or {@link ConnectionLost} when the stream cannot go on, the
+   * latter also when the session was closed while events it had skipped (its queue
+   * being full) were still to be resumed: its `afterSeq` says after which seq to read
+   * them over HTTP. Our own publishes are not in it. Iterate from one loop at a time.
    * @returns {AsyncGenerator<StoredEvent | Reset, void, undefined>}
    */
   async *events() {
@@ -802,6 +831,7 @@ export class BambooClient extends EventTarget {
     this.#ws = null; // its close is ours: #onClose ignores it
     this.#ready = false;
     ws.close(1000, "events queue full");
+    this.#behind = true; // it skipped events: only a resume brings them
     this.#paused = true;
     if (this.#drained()) this.#unpause();
     else this.#setState("paused");
@@ -812,7 +842,7 @@ export class BambooClient extends EventTarget {
     this.#paused = false;
     if (!this.#options.reconnect) {
       const why = "events skipped past the full events queue need a resume";
-      this.#finish(new ConnectionLost(`${why}, and reconnect is off`));
+      this.#finish(this.#lost(`${why}, and reconnect is off`));
       return;
     }
     this.#attempts = 0; // a pause is no failure: its connection was fine
@@ -931,6 +961,7 @@ export class BambooClient extends EventTarget {
     const previousEpoch = this.#epoch;
     const previousLastSeq = this.#seq.resumePoint; // what the hello asked
     this.#overflowed = false;
+    this.#behind = false; // resumed, or reset (a Reset tells the application)
     this.#sessionId = welcome.session.id;
     this.session = welcome.session;
     this.connectionId = welcome.connection_id;
@@ -1048,10 +1079,36 @@ export class BambooClient extends EventTarget {
     const error = this.#tokenExpired(code)
       ? new Retry("token expired")
       : closeError(code, reason, this.closedReason);
-    if (!(error instanceof Retry)) this.#finish(error);
+    // What the server still had for us went with this connection when it skipped
+    // events, or when the server dropped us as too slow to read.
+    if (error instanceof Retry && (this.#overflowed || code === 4429)) this.#behind = true;
+    if (!(error instanceof Retry)) this.#finish(this.#unlessBehind(error));
     else if (!this.#options.reconnect)
-      this.#finish(new ConnectionLost(`connection lost: ${error.message}`));
+      this.#finish(this.#lost(`connection lost: ${error.message}`));
     else void this.#reconnect(error);
+  }
+
+  /**
+   * `error`, unless the session ended (1000, or a resume refused with 4409) while
+   * events due to this client were not delivered: skipped past its full queue, or
+   * dropped with a connection. No resume can bring those now, so `events()` must not
+   * end as if it had them all: a {@link ConnectionLost} names the seq to read after.
+   * @param {ClientError} error @returns {ClientError}
+   */
+  #unlessBehind(error) {
+    if (!(error instanceof SessionEnded) || !(this.#behind || this.#overflowed)) return error;
+    const after = this.#seq.resumePoint;
+    return this.#lost(
+      `${error.reason}, with the events after seq ${after} not delivered to this client` +
+        ` (read them over HTTP: GET /api/v1/sessions/${this.#sessionId}/events?after_seq=${after})`,
+      error,
+    );
+  }
+
+  /** A {@link ConnectionLost} that ends this client, naming the last seq delivered.
+   * @param {string} message @param {ClientError} [cause] */
+  #lost(message, cause) {
+    return new ConnectionLost(message, { afterSeq: this.#seq.resumePoint, cause });
   }
 
   /**
@@ -1072,7 +1129,7 @@ export class BambooClient extends EventTarget {
     while (this.#failure === null) {
       const attempts = this.#attempts;
       if (maxRetries != null && attempts >= maxRetries) {
-        this.#finish(new ConnectionLost(`gave up after ${attempts} attempts: ${error.message}`));
+        this.#finish(this.#lost(`gave up after ${attempts} attempts: ${error.message}`));
         return;
       }
       await this.#sleep(this.#backoff(attempts));
@@ -1083,7 +1140,7 @@ export class BambooClient extends EventTarget {
         return;
       } catch (failure) {
         if (failure instanceof Retry) error = failure;
-        else this.#finish(asClientError(failure));
+        else this.#finish(this.#unlessBehind(asClientError(failure)));
       }
     }
   }
