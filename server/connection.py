@@ -113,7 +113,12 @@ class Connection:
             pass
         except Exception:
             log.exception("connection failed")
-            await self.ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+            await close_within(
+                self.ws,
+                CloseCode.INTERNAL_ERROR,
+                "internal error",
+                self.services.config.close_timeout,
+            )
         finally:
             self._detach()
             self._count_close()
@@ -370,7 +375,9 @@ class Connection:
         if request.code == CloseCode.TOO_SLOW and request.overflow and not self._overflow_counted:
             self._overflow_counted = True
             self.services.metrics.send_queue_drops.inc()
-        await self.ws.close(request.code, request.reason)
+        await close_within(
+            self.ws, request.code, request.reason, self.services.config.close_timeout
+        )
 
     # -- teardown ----------------------------------------------------------------
 
@@ -418,3 +425,19 @@ async def waiting_weighed(actor: SessionActor, size: int, waiting: Awaitable[obj
         await waiting
     finally:
         budget.used -= size
+
+
+async def close_within(ws: ServerConnection, code: int, reason: str, grace: float) -> None:
+    """Closes ``ws`` with ``code``, the socket dropped once ``grace`` has passed
+    (``--close-timeout``) however far the closing handshake got. websockets starts its
+    own close timer only once the close frame is in the socket's buffer, and waits for
+    room there without a deadline: a peer that reads nothing (the one a 4429 closes as
+    too slow) would keep its connection, and what was written to it, until the
+    keepalive's next Ping (whose send finds the close overdue), or for good with the
+    keepalive off."""
+    try:
+        async with asyncio.timeout(grace):
+            await ws.close(code, reason)
+    except TimeoutError:
+        ws.transport.abort()
+        await ws.wait_closed()

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from tests.support import Peer, attach, run_server, token
+from tests.test_replay_server import metric, publish, read_until_close, stalled_resumer
+from tests.test_server_lifecycle import eventually
 
 SLOW = 5
 READERS = 3
@@ -20,7 +23,9 @@ PAYLOAD = "y" * 60_000
 
 
 async def test_never_reading_peers_are_closed_4429_and_readers_get_everything() -> None:
-    async with run_server(send_queue_frames=64, durability="os") as server:
+    # The slow peers read only once the readers are done: a close timeout long enough
+    # that the server still waits for them to take their close frame.
+    async with run_server(send_queue_frames=64, durability="os", close_timeout=30) as server:
         async with contextlib.AsyncExitStack() as stack:
             agent, welcome = await stack.enter_async_context(attach(server, role="agent"))
             session_id = welcome["session"]["id"]
@@ -53,3 +58,75 @@ async def test_never_reading_peers_are_closed_4429_and_readers_get_everything() 
                 assert code == 4429
         metrics = server.metrics.render().decode()
         assert f"bamboo_send_queue_drops_total {float(SLOW)}" in metrics
+
+
+async def test_a_peer_closed_as_too_slow_that_reads_nothing_is_dropped_at_the_close_timeout() -> (
+    None
+):
+    """Its close frame waits behind megabytes it does not read: the server waits the
+    close timeout for it, then drops the socket. Before, the close waited for room in
+    the socket's buffer with no deadline: the connection stayed until the keepalive
+    gave up on it, or for good with the keepalive off (as here)."""
+    close_timeout = 1.0
+    config: dict[str, Any] = {"send_queue_frames": 64, "close_timeout": close_timeout}
+    config |= {"ping_interval": None, "rate_limit_bytes": 0, "durability": "os"}
+    async with run_server(**config) as server:
+        loop = asyncio.get_running_loop()
+
+        def gauge(name: str) -> float:
+            return metric(server.metrics.render().decode(), name)
+
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+            try:
+                await eventually(lambda: gauge("bamboo_connections") == 2)
+                for i in range(0, TOTAL, 10):  # ten in flight at a time
+                    for j in range(i, i + 10):
+                        await agent.send({"type": "event", "id": j, "event": token(PAYLOAD)})
+                    for _ in range(10):
+                        await agent.recv_type("ack")
+                    if gauge("bamboo_send_queue_drops_total"):
+                        break
+                await eventually(lambda: gauge("bamboo_send_queue_drops_total") == 1)
+                dropped = loop.time()
+                await eventually(lambda: gauge("bamboo_connections") == 1, close_timeout + 3.0)
+                gone = loop.time() - dropped
+                # What it was sent before the close: events in order, and no close frame.
+                got, code = await loop.run_in_executor(None, read_until_close, stalled, 1.0)
+            finally:
+                stalled.close()
+            assert close_timeout - 0.3 <= gone <= close_timeout + 3.0, gone
+            assert got == list(range(1, len(got) + 1)) and code is None
+            # The agent is served on.
+            assert (await agent.request({"type": "ping", "id": "p"}, "pong"))["id"] == "p"
+
+
+async def test_a_viewer_that_reads_nothing_of_a_closing_session_is_dropped_in_time() -> None:
+    """A session closes under a viewer whose socket is full: its queued frames, then
+    `closed` and the close, get the close timeout each, then the socket is dropped
+    (it was kept for good with the keepalive off)."""
+    close_timeout = 1.0
+    config: dict[str, Any] = {"close_timeout": close_timeout, "ping_interval": None}
+    config |= {"rate_limit_bytes": 0, "durability": "os"}
+    async with run_server(**config) as server:
+        loop = asyncio.get_running_loop()
+
+        def connections() -> float:
+            return metric(server.metrics.render().decode(), "bamboo_connections")
+
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+            try:
+                await eventually(lambda: connections() == 2)
+                # Megabytes, more than the socket buffers take; fewer than its queue.
+                await publish(agent, 40, size=100_000)
+                await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+                closed = loop.time()
+                await eventually(lambda: connections() == 0, 2 * close_timeout + 3.0)
+                gone = loop.time() - closed
+            finally:
+                stalled.close()
+        assert gone <= 2 * close_timeout + 3.0, gone
+        assert metric(server.metrics.render().decode(), "bamboo_send_queue_drops_total") == 0

@@ -120,15 +120,15 @@ def metric(text: str, name: str) -> float:
 
 @contextlib.asynccontextmanager
 async def session_past_the_send_buffer(
-    replay_deadline: float, ring_bytes: int = 64 * KIB
+    replay_deadline: float, ring_bytes: int = 64 * KIB, size: int = 200_000, **settings: Any
 ) -> AsyncIterator[tuple[BambooServer, str, int]]:
-    """A server with that replay deadline and a session of 200 KB events, 4 MiB more
-    than the kernel's send buffer takes (so a replay backs up), and by default a ring
-    too small for one event (so every replay reads the store): (server, session id,
-    events)."""
-    size = 200_000
+    """A server with that replay deadline (and ``settings``) and a session of events of
+    ``size`` bytes (200 KB by default), 4 MiB more than the kernel's send buffer takes
+    (so a replay backs up), and by default a ring too small for one event (so every
+    replay reads the store): (server, session id, events)."""
     count = (kernel_send_buffer_max() + 4 * MIB) // size + 1
     config: dict[str, Any] = {"replay_page_timeout": replay_deadline, "ring_bytes": ring_bytes}
+    config |= settings
     config["memory_budget"] = max(256 * MIB, 4 * ring_bytes)
     config["rate_limit_bytes"] = 0  # megabytes of events to set up, not a byte-rate test
     async with run_server(durability="os", **config) as server:
@@ -167,6 +167,42 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
             lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0
         )
         assert budget.used <= 64 * KIB  # the ring's, no page's
+
+
+async def test_a_resumer_that_stops_reading_mid_replay_is_closed_at_the_deadline() -> None:
+    """Events of a few KB, pages of dozens of them: the replay stops taking bytes once
+    the socket's buffers are full. The 4429 comes at the deadline (give or take the
+    quarter of it between looks for progress), not before; its close frame waits
+    behind what the peer does not read, and the socket is dropped at the close
+    timeout, keepalive or not, with the replay's frames."""
+    deadline, close_timeout = 1.0, 1.0
+    settings: dict[str, Any] = {"close_timeout": close_timeout, "ping_interval": None}
+    async with session_past_the_send_buffer(deadline, size=4_000, **settings) as (
+        server,
+        session_id,
+        count,
+    ):
+        loop = asyncio.get_running_loop()
+
+        def gauge(name: str) -> float:
+            return metric(server.metrics.render().decode(), name)
+
+        start = loop.time()
+        stalled = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+        try:
+            await eventually(lambda: gauge("bamboo_send_queue_drops_total") == 1, deadline + 3.0)
+            closed = loop.time() - start
+            await eventually(lambda: gauge("bamboo_connections") == 0, close_timeout + 3.0)
+            dropped = loop.time() - start
+            got, code = await loop.run_in_executor(None, read_until_close, stalled, 1.0)
+        finally:
+            stalled.close()
+        assert deadline - 0.1 <= closed <= deadline + 3.0, closed
+        assert close_timeout - 0.3 <= dropped - closed <= close_timeout + 3.0, dropped - closed
+        # What it was sent, in order, then the end of the connection (the close frame
+        # was still in the server's buffer).
+        assert 0 < len(got) < count and got == list(range(1, len(got) + 1)) and code is None
+        assert server.manager.budget.used <= 64 * KIB  # the ring's, no page's
 
 
 async def test_a_stalled_resumer_that_resets_gives_its_page_back_and_logs_nothing() -> None:
@@ -254,12 +290,13 @@ def paced_reader(
     return events_and_close(data)
 
 
-async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay() -> None:
+@pytest.mark.parametrize("size", [200_000, 4_000])
+async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay(size: int) -> None:
     # More than the kernel's send buffer takes, read at 2 MB/s: the kernel reports the
     # socket writable again only after a large part of its buffer drained (longer than
     # the page deadline here), but bytes leave all the time. Found by review: a deadline
-    # per page closed such readers.
-    async with session_past_the_send_buffer(0.5) as (server, session_id, count):
+    # per page closed such readers. Pages of big events, and of many small ones.
+    async with session_past_the_send_buffer(0.5, size=size) as (server, session_id, count):
         loop = asyncio.get_running_loop()
         slow = await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
         try:

@@ -75,7 +75,9 @@ async def test_new_sessions_are_refused_with_1013_when_none_can_be_evicted() -> 
 async def test_a_slow_consumer_is_closed_4429_while_others_get_everything() -> None:
     total = 400
     # Megabytes of large events from one agent: the byte rate would pace them.
-    async with run_server(send_queue_frames=64, rate_limit_bytes=0) as server:
+    # The slow peer reads only once the fast one is done: a close timeout long enough
+    # that the server still waits for it to take its close frame.
+    async with run_server(send_queue_frames=64, rate_limit_bytes=0, close_timeout=30) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             async with (
