@@ -13,6 +13,7 @@ with 4429 (the client resumes from the log).
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable
 from typing import Final
 
 NO_LIMIT: Final = sys.maxsize  # a limit that is never reached: one comparison, no branch
@@ -37,3 +38,16 @@ class MemoryBudget:
 
     def release(self, size: int) -> None:
         self.used -= size
+
+    async def charged_while(self, size: int, waiting: Awaitable[object]) -> None:
+        """``waiting`` with ``size`` charged meanwhile: a decoded request that waits
+        for a place in flight or for room in its session's inbox, held by no queue
+        (up to a frame's worth per connection). Given back when the wait ends, the
+        caller then posting the request in the same step (the inbox charges it from
+        there), or when it is cancelled (the connection's task stopped) and the
+        request dropped."""
+        self.used += size
+        try:
+            await waiting
+        finally:
+            self.used -= size

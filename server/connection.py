@@ -41,6 +41,7 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
+from .closing import close_within
 from .commands import Append, BatchReply, SetState
 from .failures import request_error
 from .handshake import attach, read_hello
@@ -238,9 +239,9 @@ class Connection:
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
-            await waiting_weighed(actor, weight, outbox.reserve())
+            await actor.inbox.budget.charged_while(weight, outbox.reserve())
         if not actor.inbox.may_post():
-            await waiting_weighed(actor, weight, actor.inbox.wait_for_room())
+            await actor.inbox.budget.charged_while(weight, actor.inbox.wait_for_room())
         actor.post(command)
 
     async def _batch(
@@ -279,10 +280,10 @@ class Connection:
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
-            await waiting_weighed(actor, size, outbox.reserve())
+            await actor.inbox.budget.charged_while(size, outbox.reserve())
         # An actor that finished meanwhile refuses them; one still finishing stores them.
         if not actor.inbox.may_post(count):
-            await waiting_weighed(actor, size, actor.room_for(count))
+            await actor.inbox.budget.charged_while(size, actor.room_for(count))
         actor.post_batch(appends)
 
     async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
@@ -410,34 +411,3 @@ class Connection:
             read_wait=round(getattr(self.ws, "read_waited", 0.0), 3),
             seconds=round(time.monotonic() - self.started, 3),
         )
-
-
-async def waiting_weighed(actor: SessionActor, size: int, waiting: Awaitable[object]) -> None:
-    """``waiting`` (for a place in flight, or for room in the session's inbox) with the
-    decoded request's weight (``size``: what the inbox would count) charged to the
-    memory budget meanwhile: up to a frame's worth per connection, held by no queue. It
-    is given back when the wait ends, the caller then posting the request in the same
-    step (the inbox charges it from there), or when it is cancelled (the connection's
-    task is stopped) and the request dropped."""
-    budget = actor.inbox.budget
-    budget.used += size
-    try:
-        await waiting
-    finally:
-        budget.used -= size
-
-
-async def close_within(ws: ServerConnection, code: int, reason: str, grace: float) -> None:
-    """Closes ``ws`` with ``code``, the socket dropped once ``grace`` has passed
-    (``--close-timeout``) however far the closing handshake got. websockets starts its
-    own close timer only once the close frame is in the socket's buffer, and waits for
-    room there without a deadline: a peer that reads nothing (the one a 4429 closes as
-    too slow) would keep its connection, and what was written to it, until the
-    keepalive's next Ping (whose send finds the close overdue), or for good with the
-    keepalive off."""
-    try:
-        async with asyncio.timeout(grace):
-            await ws.close(code, reason)
-    except TimeoutError:
-        ws.transport.abort()
-        await ws.wait_closed()

@@ -33,6 +33,7 @@ from .auth import (
     check_new_session,
     check_session_id_for,
 )
+from .closing import close_within
 from .config import ServerConfig
 from .failures import ServerBusy, failure_of
 from .flush import WebSocketSink
@@ -69,7 +70,9 @@ async def read_hello(conn: Connection) -> Hello | None:
         async with asyncio.timeout(timeout):
             data = await conn.ws.recv()
     except TimeoutError:
-        await conn.ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
+        await close_within(
+            conn.ws, CloseCode.HELLO_TIMEOUT, "no hello in time", conn.services.config.close_timeout
+        )
         return None
     conn.frames_in += 1
     try:
@@ -85,7 +88,8 @@ async def read_hello(conn: Connection) -> Hello | None:
 
 async def _refuse_hello(conn: Connection, message: str, request_id: RequestId) -> None:
     await _send_now(conn, Error(ErrorCode.BAD_REQUEST.value, message, id=request_id))
-    await conn.ws.close(CloseCode.POLICY_VIOLATION, "first frame was not a valid hello")
+    reason, grace = "first frame was not a valid hello", conn.services.config.close_timeout
+    await close_within(conn.ws, CloseCode.POLICY_VIOLATION, reason, grace)
 
 
 async def _send_now(conn: Connection, frame: Error) -> None:
@@ -162,7 +166,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             conn.expiry = _close_at_expiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:
         failure = failure_of(exc)
-        await ws.close(failure.close, failure.reason)
+        await close_within(ws, failure.close, failure.reason, conn.services.config.close_timeout)
         return False
     except ProtocolError as exc:  # a field of the hello over its limit
         await _refuse_hello(conn, exc.message, hello.id)

@@ -22,7 +22,6 @@ from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
 from bamboo_session.server.budget import MemoryBudget
 from bamboo_session.server.commands import Append, Inbox
-from bamboo_session.server.connection import waiting_weighed
 from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import CloseRequest, Outbox
 from bamboo_session.server.room import SessionRoom
@@ -623,7 +622,7 @@ async def test_a_request_whose_wait_for_room_is_cancelled_gives_its_weight_back(
         assert actor is not None
         before = server.manager.budget.used
         never = asyncio.get_running_loop().create_future()
-        waiting = asyncio.create_task(waiting_weighed(actor, 300 * KIB, never))
+        waiting = asyncio.create_task(actor.inbox.budget.charged_while(300 * KIB, never))
         await asyncio.sleep(0.05)
         assert server.manager.budget.used == before + 300 * KIB
         waiting.cancel()
