@@ -47,11 +47,13 @@ async def clients(server: BambooServer, **watcher: Any) -> AsyncIterator[tuple[A
         await publisher.close()
 
 
-async def publish_many(publisher: BambooClient, count: int, in_flight: int = 500) -> None:
+async def publish_many(
+    publisher: BambooClient, count: int, in_flight: int = 500, content: str = CONTENT
+) -> None:
     """``count`` token events, ``in_flight`` at a time (they go as batch frames)."""
     for start in range(0, count, in_flight):
         batch = range(start, min(count, start + in_flight))
-        await asyncio.gather(*(publisher.publish(Token(CONTENT)) for _ in batch))
+        await asyncio.gather(*(publisher.publish(Token(content)) for _ in batch))
 
 
 async def take(client: BambooClient, count: int, timeout: float) -> list[StoredEvent]:
@@ -280,3 +282,75 @@ async def test_a_session_closed_while_events_were_skipped_does_not_end_events_si
         assert "after seq 20 not delivered" in str(error)
         status, page = await get(server, f"/api/v1/sessions/{w.session_id}/events?after_seq=20")
         assert status == 200 and [e["seq"] for e in page["events"]] == list(range(21, 201))
+
+
+async def stored_seqs(server: BambooServer, session_id: str, after_seq: int) -> list[int]:
+    """The seqs of the session's stored events after ``after_seq``, page after page, over
+    HTTP."""
+    seqs: list[int] = []
+    while True:
+        path = f"/api/v1/sessions/{session_id}/events?after_seq={after_seq}"
+        status, page = await get(server, path)
+        assert status == 200, page
+        if not page["events"]:
+            return seqs
+        seqs += [event["seq"] for event in page["events"]]
+        after_seq = seqs[-1]
+
+
+# A replay of 3,000 events of 4 KB: some 50 pages (512 events or 256 KiB each), and far
+# more than the sockets' buffers hold, so one that is not read stops mid-way.
+REPLAYED = 3000
+BIG = "r" * 4000
+
+
+async def test_a_session_closed_during_a_resumes_replay_does_not_end_events_silently() -> None:
+    """A viewer resumes from seq 0 and reads slowly (nothing until the session is closed:
+    its queue of 20 full, it stops reading its socket), so the server's replay waits
+    for room, mid-way; another peer closes the session right after the welcome. The
+    replay stops at the end of its page and `closed` follows: the events after it up to
+    `welcome.last_seq` never come. events() hands over what came, then ConnectionLost
+    names the seq after which the HTTP endpoint has the rest."""
+    async with run_server(durability="os") as server:
+        async with await BambooClient.connect(
+            url(server), receive_events=False, role="agent"
+        ) as pub:
+            await publish_many(pub, REPLAYED, content=BIG)
+            viewer = await BambooClient.connect(
+                url(server), pub.session_id, last_seq=0, max_queued_events=20
+            )
+            try:
+                await pub.set_state("closed")
+                seqs, error = await read_to_the_end(viewer, 30)
+            finally:
+                await viewer.close()
+        got = len(seqs)
+        assert got < REPLAYED, f"the close cut the replay: {got} of {REPLAYED} came"
+        assert seqs == list(range(1, got + 1)), "what came, in order, no gap"
+        assert viewer.skipped_events == 0, "nothing skipped: the replay was cut, not skipped"
+        assert isinstance(error, ConnectionLost), f"{got} of {REPLAYED} events delivered"
+        assert f"after seq {got} not delivered" in str(error)
+        assert f"events?after_seq={got})" in str(error)
+        rest = await stored_seqs(server, pub.session_id, got)
+        assert rest == list(range(got + 1, REPLAYED + 1))
+
+
+async def test_a_session_closed_after_a_resumes_replay_ends_events_normally() -> None:
+    """The same resume, read to its end (its last seq being the viewer's own publish,
+    known from its ack only), then the close: nothing is missing, events() just ends."""
+    async with run_server(durability="os") as server:
+        async with await BambooClient.connect(
+            url(server), receive_events=False, role="agent"
+        ) as pub:
+            await publish_many(pub, 300, content=BIG)
+            viewer = await BambooClient.connect(
+                url(server), pub.session_id, last_seq=0, max_queued_events=20
+            )
+            try:
+                assert [e.seq for e in await take(viewer, 300, timeout=10)] == list(range(1, 301))
+                assert await viewer.publish(Token("mine")) == 301
+                await pub.set_state("closed")
+                seqs, error = await read_to_the_end(viewer, 10)
+            finally:
+                await viewer.close()
+        assert seqs == [] and error is None, (seqs, error)

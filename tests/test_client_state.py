@@ -108,6 +108,29 @@ def test_events_are_queued_in_order() -> None:
     assert [(i.seq, i.event) for i in items] == [(s, Token(str(s))) for s in (1, 2, 3)]
 
 
+def test_events_are_owed_until_the_feed_reaches_the_last_seq_known(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A resume's replay goes up to the welcome's last_seq: until the feed has it, the
+    session's end would leave events undelivered; an ack of ours raises the bar too."""
+    state = ClientState(Hello(last_seq=0), "s1", receive_events=True)
+    state.welcomed(welcome(3, resumed=True), 0)
+    for seq in (1, 2):
+        state.receive(event(seq))
+        assert state.owes_events, f"replayed through {seq} of 3"
+    state.receive(event(3))
+    assert not state.owes_events
+    request_id, _ = request(state, loop)
+    state.receive(Ack(5, id=request_id))  # ours is 5: 4 is someone else's, on its way
+    assert state.owes_events
+    state.receive(event(4))
+    assert not state.owes_events and state.sequence.resume_point == 5
+    # A publish-only client delivers no events: it owes none.
+    publisher = ClientState(Hello(last_seq=0), "s1", receive_events=False)
+    publisher.welcomed(welcome(3, resumed=True), 0)
+    assert not publisher.owes_events
+
+
 def test_past_a_full_feed_events_are_skipped_until_the_next_connection(
     loop: asyncio.AbstractEventLoop,
 ) -> None:

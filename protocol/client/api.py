@@ -335,7 +335,12 @@ class BambooClient:
         typed ``event``), resuming across drops with no gap and no duplicate, and a
         :class:`Reset` when a reconnect could not resume. Ends when the session is
         closed or :meth:`close` is called; raises :class:`SequenceError`,
-        :class:`Refused` or :class:`ConnectionLost` when the stream cannot go on.
+        :class:`Refused` or :class:`ConnectionLost` when the stream cannot go on,
+        the latter also when the session is closed before every event up to the last
+        seq known to be in it came (the last welcome's ``last_seq``, which a resume's
+        replay goes up to, or a higher seq of an event or an ack of ours), as when the
+        close cuts a resume's replay short: its message names the seq after which
+        ``GET /api/v1/sessions/{id}/events`` has the rest.
 
         Our own publishes are not in it: the server sends events to every peer but
         their publisher. The one exception: a publish stored just before a drop that

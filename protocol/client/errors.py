@@ -35,7 +35,10 @@ class SessionEnded(ClientError):
 
 
 class ConnectionLost(ClientError):
-    """The connection dropped and reconnecting gave up (``max_retries`` reached)."""
+    """The connection dropped and reconnecting gave up (``max_retries`` reached, or
+    ``reconnect`` off); or the session ended while events due to this client were not
+    delivered (skipped past its full queue, held back, or a replay the close cut
+    short): its message names the seq after which they are, over HTTP."""
 
 
 class SequenceError(ClientError):

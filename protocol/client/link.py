@@ -357,11 +357,12 @@ class Link:
 
     def _unless_behind(self, error: ClientError) -> ClientError:
         """``error``, unless the session ended (closed, or a resume refused with 4409)
-        while events still due to this client were not delivered: events it skipped past
-        its full queue, or held back while it did not read. No resume can bring those
-        now, so events() must not end as if it had them all."""
+        while events still due to this client were not delivered
+        (:attr:`.ClientState.owes_events`): events it skipped past its full queue, or
+        held back while it did not read, or a replay the close cut short. No resume can
+        bring those now, so events() must not end as if it had them all."""
         state = self.state
-        if not isinstance(error, SessionEnded) or not (state.behind or state.overflowed):
+        if not isinstance(error, SessionEnded) or not state.owes_events:
             return error
         after = state.sequence.resume_point
         return ConnectionLost(

@@ -72,6 +72,10 @@ class ClientState:
         # the server while we did not read, or dropped by it as too slow): until a
         # welcome resumes, the session's end is no clean end of events().
         self.behind = False
+        # The last seq the session is known to have reached, as of the last welcome
+        # (its last_seq: a resume's replay goes up to it); the acks and events since
+        # may say more (:attr:`owes_events`).
+        self.reached = first_hello.last_seq or 0
         self.welcomed_once = False
         self.connection_id: str | None = None
         self.session: SessionMetadata | None = None  # as of the last welcome
@@ -108,6 +112,7 @@ class ClientState:
         self.closed_reason = None
         self.overflowed = False
         self.behind = False  # resumed, or reset (a Reset tells the application)
+        self.reached = welcome.last_seq
         self.epoch = welcome.epoch
         batches = "batch" in welcome.extensions
         self.max_batch_items = welcome.max_batch_items if batches else 0
@@ -128,6 +133,20 @@ class ClientState:
         """Events that arrive now would be skipped: the feed is full, or this connection
         has skipped one already."""
         return self.receive_events and (self.overflowed or self.feed.full)
+
+    @property
+    def owes_events(self) -> bool:
+        """Events due to this client were not delivered, and only a resume brings them:
+        skipped past the full feed or held back (:attr:`behind`, :attr:`overflowed`), or
+        not received at all: the feed stops below the last seq the session is known to
+        have reached (a welcome's ``last_seq``, which a resume's replay goes up to, or a
+        higher seq from an event or an ack of ours), as when the session is closed while
+        the replay is being sent (the server stops it at the end of its page)."""
+        if self.behind or self.overflowed:
+            return True
+        sequence = self.sequence
+        reached = max(self.reached, sequence.highest)
+        return self.receive_events and sequence.resume_point < reached
 
     def receive(self, frame: ServerFrame, size: int = 0) -> None:
         """Route one frame of ``size`` bytes; raises :class:`SequenceError` when the seqs

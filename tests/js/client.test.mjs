@@ -3,6 +3,7 @@
 // BAMBOO_AUTH_SECRET: tests/test_js.py starts both and runs this file.
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 
@@ -376,12 +377,18 @@ async function readToTheEnd(client) {
   return { seqs, error: null };
 }
 
-/** The seqs of the session's stored events after `afterSeq`, read over HTTP. */
+/** The seqs of the session's stored events after `afterSeq`, read over HTTP, page
+ * after page. */
 async function storedSeqs(sessionId, afterSeq) {
   const base = url.replace(/^ws/, "http");
-  const response = await fetch(`${base}/api/v1/sessions/${sessionId}/events?after_seq=${afterSeq}`);
-  assert.equal(response.status, 200);
-  return (await response.json()).events.map((event) => event.seq);
+  const seqs = [];
+  for (let after = afterSeq; ; after = seqs.at(-1)) {
+    const response = await fetch(`${base}/api/v1/sessions/${sessionId}/events?after_seq=${after}`);
+    assert.equal(response.status, 200);
+    const page = (await response.json()).events.map((event) => event.seq);
+    if (page.length === 0) return seqs;
+    seqs.push(...page);
+  }
 }
 
 test(
@@ -470,6 +477,132 @@ test(
       assert.ok(viewer.error instanceof SessionEnded && viewer.error.code === 1000);
     } finally {
       await viewer.close();
+      await agent.close();
+    }
+  },
+);
+
+/**
+ * A TCP proxy to the server at `target` (a ws:// URL) that can stop reading what the
+ * server sends: `hold(bytes)` lets that many more bytes through to the client, then
+ * stops reading the server's socket (so the server's writes wait, as for a client that
+ * reads slowly); `release()` reads and forwards on.
+ */
+async function holdingProxy(target) {
+  const { hostname, port } = new URL(target);
+  /** @type {Set<{ upstream: net.Socket, client: net.Socket }>} */
+  const pairs = new Set();
+  let allowance = Infinity;
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    const pair = { upstream, client };
+    pairs.add(pair);
+    client.on("data", (chunk) => upstream.write(chunk));
+    upstream.on("data", (chunk) => {
+      client.write(chunk);
+      allowance -= chunk.length;
+      if (allowance <= 0) upstream.pause();
+    });
+    client.on("end", () => upstream.end());
+    upstream.on("end", () => client.end());
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("close", drop);
+    upstream.on("close", drop);
+    client.on("error", drop);
+    upstream.on("error", drop);
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", () => resolve(null)));
+  return {
+    url: `ws://127.0.0.1:${/** @type {net.AddressInfo} */ (proxy.address()).port}`,
+    /** @param {number} bytes */
+    hold(bytes) {
+      allowance = bytes;
+    },
+    release() {
+      allowance = Infinity;
+      for (const { upstream } of pairs) upstream.resume();
+    },
+    close() {
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
+      return new Promise((resolve) => proxy.close(() => resolve(null)));
+    },
+  };
+}
+
+// A replay of 3,000 events of 4 KB: some 50 pages (512 events or 256 KiB each), and far
+// more than the sockets' buffers hold, so one that is not read stops mid-way.
+const REPLAYED = 3000;
+const BIG = "r".repeat(4000);
+
+test(
+  "a session closed during a resume's replay: events() says which seq to read after",
+  { timeout: 30000 },
+  async () => {
+    const options = { sessionId: "replay-cut-1", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const proxy = await holdingProxy(url);
+    let viewer = null;
+    try {
+      await publishMany(agent, REPLAYED, BIG);
+      // The viewer reads slowly: the upgrade, the welcome and a few events, then
+      // nothing until the session is closed, so the replay waits mid-way for room. The
+      // queue is large enough for all of it: nothing is skipped.
+      proxy.hold(64 * 1024);
+      viewer = await BambooClient.connect(proxy.url, {
+        ...options,
+        lastSeq: 0,
+        maxQueuedBytes: 256 * 1024 * 1024,
+      });
+      await agent.setState("closed");
+      proxy.release();
+      const { seqs, error } = await readToTheEnd(viewer);
+      const got = seqs.length;
+      assert.ok(got < REPLAYED, `the close cut the replay: ${got} of ${REPLAYED} came`);
+      assert.deepEqual(seqs, range(got), "what came, in order, no gap");
+      assert.equal(viewer.skippedEvents, 0, "the replay was cut, not skipped");
+      assert.ok(error instanceof ConnectionLost, `${got} of ${REPLAYED} delivered: ${error}`);
+      assert.equal(error.afterSeq, got);
+      assert.match(
+        error.message,
+        new RegExp(`after seq ${got} not delivered .*after_seq=${got}\\)$`),
+      );
+      assert.ok(error.cause instanceof SessionEnded, String(error.cause));
+      assert.deepEqual(await storedSeqs("replay-cut-1", got), range(REPLAYED).slice(got));
+    } finally {
+      await viewer?.close();
+      await agent.close();
+      await proxy.close();
+    }
+  },
+);
+
+test(
+  "a session closed after a resume's replay ends events() normally",
+  { timeout: 15000 },
+  async () => {
+    const options = { sessionId: "replay-cut-2", backoffInitial: 20 };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    let viewer = null;
+    try {
+      await publishMany(agent, 300, BIG);
+      viewer = await BambooClient.connect(url, { ...options, lastSeq: 0 });
+      assert.deepEqual(await take(viewer, 300), range(300));
+      // Its last seq is its own publish, known from the ack alone.
+      assert.equal(await viewer.publish({ type: "token", content: "mine" }), 301);
+      await agent.setState("closed");
+      const { seqs, error } = await readToTheEnd(viewer);
+      assert.deepEqual(seqs, []);
+      assert.equal(error, null);
+      assert.ok(viewer.error instanceof SessionEnded && viewer.error.code === 1000);
+    } finally {
+      await viewer?.close();
       await agent.close();
     }
   },

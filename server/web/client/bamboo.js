@@ -29,7 +29,10 @@
  *   be closed before that resume (1000, or the resume refused with 4409), the skipped
  *   events can only be read over HTTP: `events()` yields what was queued, then throws
  *   {@link ConnectionLost}, whose `afterSeq` says after which seq they are
- *   (`GET /api/v1/sessions/{id}/events?after_seq=…`), rather than just end.
+ *   (`GET /api/v1/sessions/{id}/events?after_seq=…`), rather than just end. So does
+ *   a session that ends before every event up to the last seq known to be in it came
+ *   (the welcome's `last_seq`, which a resume's replay goes up to): the close cuts a
+ *   replay short at the end of its page.
  * - Refusals end the client with a typed error: {@link Unauthorized} (4401),
  *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409;
  *   but see the queue above).
@@ -173,7 +176,8 @@ export class SessionEnded extends ClientError {
  * The connection dropped and could not be brought back (`maxRetries`, or `reconnect:
  * false`); or the session ended (its `cause`: the {@link SessionEnded}) while events
  * due to this client had been skipped past its full queue (or dropped by the server,
- * 4429) and no resume can bring them any more. Either way `events()` delivered every
+ * 4429), or had not come yet (a resume's replay cut short by the close), and no
+ * resume can bring them any more. Either way `events()` delivered every
  * event up to `afterSeq` (when known), but the client's own publishes, and none after
  * it: read the rest over HTTP, `GET /api/v1/sessions/{id}/events?after_seq={afterSeq}`,
  * or, while the session lasts, by connecting again with `lastSeq: afterSeq`.
@@ -421,6 +425,9 @@ export class BambooClient extends EventTarget {
   // or dropped by the server as too slow to read): until a welcome resumes (or resets),
   // the session's end is no clean end of events().
   #behind = false;
+  // The last seq the session is known to have reached, as of the last welcome (its
+  // last_seq: a resume's replay goes up to it); events and acks since may say more.
+  #reached = 0;
   #paused = false; // disconnected on purpose until the queue is read down (or a request)
   /** @type {((item: QueueItem) => void) | null} */
   #waiter = null;
@@ -474,6 +481,7 @@ export class BambooClient extends EventTarget {
     this.#resumeFrom = options.lastSeq ?? null;
     this.#epoch = options.epoch ?? null;
     this.#seq = new SequenceCheck(options.lastSeq ?? 0);
+    this.#reached = options.lastSeq ?? 0;
     /** @type {string | null} */
     this.connectionId = null;
     /** @type {SessionMetadata | null} the session's metadata as of the last welcome */
@@ -667,8 +675,8 @@ export class BambooClient extends EventTarget {
    * the session is closed or `close()` is called; throws {@link SequenceError},
    * {@link Refused} or {@link ConnectionLost} when the stream cannot go on, the
    * latter also when the session was closed while events it had skipped (its queue
-   * being full) were still to be resumed: its `afterSeq` says after which seq to read
-   * them over HTTP. Our own publishes are not in it. Iterate from one loop at a time.
+   * being full) were still to be resumed, or before a resume's replay was all sent:
+   * its `afterSeq` says after which seq to read them over HTTP. Our own publishes are not in it. Iterate from one loop at a time.
    * @returns {AsyncGenerator<StoredEvent | Reset, void, undefined>}
    */
   async *events() {
@@ -962,6 +970,7 @@ export class BambooClient extends EventTarget {
     const previousLastSeq = this.#seq.resumePoint; // what the hello asked
     this.#overflowed = false;
     this.#behind = false; // resumed, or reset (a Reset tells the application)
+    this.#reached = welcome.last_seq;
     this.#sessionId = welcome.session.id;
     this.session = welcome.session;
     this.connectionId = welcome.connection_id;
@@ -1089,14 +1098,30 @@ export class BambooClient extends EventTarget {
   }
 
   /**
+   * Events due to this client were not delivered, and only a resume brings them:
+   * skipped past its full queue, or dropped with a connection (`#behind`,
+   * `#overflowed`), or not received at all: `events()` stops below the last seq the
+   * session is known to have reached (a welcome's `last_seq`, which a resume's replay
+   * goes up to, or a higher seq from an event or an ack of ours), as when the session
+   * is closed while the replay is being sent (the server stops it at the end of its page).
+   * @returns {boolean}
+   */
+  #owesEvents() {
+    if (this.#behind || this.#overflowed) return true;
+    const reached = Math.max(this.#reached, this.#seq.highest);
+    return this.#options.receiveEvents && this.#seq.resumePoint < reached;
+  }
+
+  /**
    * `error`, unless the session ended (1000, or a resume refused with 4409) while
-   * events due to this client were not delivered: skipped past its full queue, or
-   * dropped with a connection. No resume can bring those now, so `events()` must not
-   * end as if it had them all: a {@link ConnectionLost} names the seq to read after.
+   * events due to this client were not delivered (`#owesEvents`): skipped past
+   * its full queue, dropped with a connection, or a replay the close cut short. No
+   * resume can bring those now, so `events()` must not end as if it had them all: a
+   * {@link ConnectionLost} names the seq to read after.
    * @param {ClientError} error @returns {ClientError}
    */
   #unlessBehind(error) {
-    if (!(error instanceof SessionEnded) || !(this.#behind || this.#overflowed)) return error;
+    if (!(error instanceof SessionEnded) || !this.#owesEvents()) return error;
     const after = this.#seq.resumePoint;
     return this.#lost(
       `${error.reason}, with the events after seq ${after} not delivered to this client` +
