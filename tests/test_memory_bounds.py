@@ -659,3 +659,36 @@ async def test_a_big_frame_is_let_go_once_handled(msgpack: bool) -> None:
         tracemalloc.stop()
     # Before, two copies of each frame stayed: 8 MB.
     assert held < 1_000_000, f"{held} bytes held after {peers_count} frames of {size}"
+
+
+@pytest.mark.parametrize("store", ["jsonl", "sqlite"])
+async def test_a_store_lets_go_of_its_last_write_once_done(tmp_path: Path, store: str) -> None:
+    """Publishers that each sent one big event at once and went quiet: nothing of those
+    events stays (tracemalloc) once they are stored. The stores' writers kept their last
+    group commit (every event of it, decoded, and its encoded lines) in a local of their
+    loop, and the JSONL writer's thread kept the call that wrote it, until the next write
+    came, however long that took: counted by no bound, and as big as one write of every
+    session at once. The ring is too small for the events, so that it keeps none."""
+    peers_count, size = 10, 900_000
+    url = f"jsonl://{tmp_path}/j" if store == "jsonl" else f"sqlite://{tmp_path}/s.db"
+    tracemalloc.start()
+    try:
+        async with run_server(store=url, ring_bytes=64 * KIB) as server:
+            async with contextlib.AsyncExitStack() as stack:
+                peers = []
+                for _ in range(peers_count):
+                    peer, _ = await stack.enter_async_context(attach(server, role="agent"))
+                    peers.append(peer)
+                frame = {"type": "event", "id": 1, "event": token("x" * size)}
+                await asyncio.sleep(0.1)
+                before = tracemalloc.get_traced_memory()[0]
+                for peer in peers:
+                    await peer.send(frame)
+                for peer in peers:
+                    assert "seq" in await peer.recv_type("ack")
+                await asyncio.sleep(0.2)
+                held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Before, the last group commit stayed: at least one event, twice or three times.
+    assert held < 1_000_000, f"{held} bytes held after {peers_count} events of {size}"

@@ -67,13 +67,24 @@ class IoThread:
 
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
-            loop, future, function, args = call
-            try:
-                result = function(*args)
-            except BaseException as exc:  # handed to the caller, whatever it is
-                _answer(loop, _set_exception, future, exc)
-            else:
-                _answer(loop, _set_result, future, result)
+            _run(*call)
+            # Not kept while the next call is awaited: its arguments (a group commit, its
+            # lines and events) would stay for as long as the writer is idle.
+            del call
+
+
+def _run(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> None:
+    try:
+        result = function(*args)
+    except BaseException as exc:  # handed to the caller, whatever it is
+        _answer(loop, _set_exception, future, exc)
+    else:
+        _answer(loop, _set_result, future, result)
 
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]

@@ -211,6 +211,11 @@ class LogWriter:
             batch = self._take_batch()
             self._carried = bool(self._queue)
             await self._process(batch)
+            # Not kept while the next append is awaited: a burst of big appends followed
+            # by quiet would have its last group commit (every line and event of it,
+            # over all its sessions) kept for as long as the quiet lasts, counted by no
+            # bound.
+            del batch
 
     async def _pace(self) -> None:
         """With a commit window, group commits start at most once per window: what comes

@@ -117,16 +117,22 @@ class Writer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            ops = self._queue[:MAX_BATCH]
-            del self._queue[:MAX_BATCH]
-            try:
-                outcomes = await loop.run_in_executor(self._thread, self._write, ops)
-            except Exception as exc:
-                self._fail(ops, exc)
-            else:
-                self._settle(ops, outcomes)
-            finally:
-                self.batches += 1
+            # In a coroutine of its own: no local of this loop keeps the batch (every
+            # event of it, encoded and decoded) while the next one is awaited, for as
+            # long as the store is idle, counted by no bound.
+            await self._commit_next(loop)
+
+    async def _commit_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        ops = self._queue[:MAX_BATCH]
+        del self._queue[:MAX_BATCH]
+        try:
+            outcomes = await loop.run_in_executor(self._thread, self._write, ops)
+        except Exception as exc:
+            self._fail(ops, exc)
+        else:
+            self._settle(ops, outcomes)
+        finally:
+            self.batches += 1
 
     # -- the writer thread -------------------------------------------------------------
 
