@@ -21,6 +21,7 @@ from bamboo_session.protocol import Token
 from bamboo_session.protocol.client import BambooClient, ConnectionLost, StoredEvent
 from bamboo_session.protocol.client.feed import END, EventFeed
 from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
 from tests.server_process import ServerProcess
 from tests.support import get, run_server
 
@@ -354,3 +355,32 @@ async def test_a_session_closed_after_a_resumes_replay_ends_events_normally() ->
             finally:
                 await viewer.close()
         assert seqs == [] and error is None, (seqs, error)
+
+
+async def test_a_publish_only_client_owes_nothing_when_its_resume_meets_a_close() -> None:
+    """A publish-only client (receive_events off) over the frame rate is closed with
+    4429 ("rate limited"); the session is closed before it resumes (4409). It receives
+    no events, so none can be missing: it ends with SessionEnded, not ConnectionLost."""
+    async with run_server(
+        durability="os",
+        rate_limit=20,
+        rate_limit_burst=20,
+        rate_limit_refusals=5,
+        batch_frames=False,
+    ) as server:
+        pub = await BambooClient.connect(
+            url(server), receive_events=False, role="agent", backoff_initial=2.0
+        )
+        closer = await BambooClient.connect(url(server), pub.session_id, receive_events=False)
+        try:
+            pings = asyncio.gather(*(pub.ping() for _ in range(100)), return_exceptions=True)
+            # Closed as rate limited, it waits (1 to 2 s) to resume.
+            await eventually(lambda: not pub.connected)
+            await closer.set_state("closed")
+            seqs, error = await read_to_the_end(pub, 10)
+            outcomes = await pings
+        finally:
+            await pub.close()
+            await closer.close()
+        assert seqs == [] and error is None, (seqs, error)
+        assert not any(isinstance(o, ConnectionLost) for o in outcomes), outcomes

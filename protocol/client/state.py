@@ -141,12 +141,15 @@ class ClientState:
         not received at all: the feed stops below the last seq the session is known to
         have reached (a welcome's ``last_seq``, which a resume's replay goes up to, or a
         higher seq from an event or an ack of ours), as when the session is closed while
-        the replay is being sent (the server stops it at the end of its page)."""
+        the replay is being sent (the server stops it at the end of its page). A
+        publish-only client (``receive_events`` off) is owed none, whatever dropped its
+        connections (a 4429 for its own frame rate included)."""
+        if not self.receive_events:
+            return False
         if self.behind or self.overflowed:
             return True
         sequence = self.sequence
-        reached = max(self.reached, sequence.highest)
-        return self.receive_events and sequence.resume_point < reached
+        return sequence.resume_point < max(self.reached, sequence.highest)
 
     def receive(self, frame: ServerFrame, size: int = 0) -> None:
         """Route one frame of ``size`` bytes; raises :class:`SequenceError` when the seqs

@@ -607,3 +607,81 @@ test(
     }
   },
 );
+
+/**
+ * A TCP proxy to the server at `target` (a ws:// URL) whose `drop(code)` ends every
+ * connection through it as the server does when it closes one: a close frame with
+ * `code` to the client, and the server's side cut.
+ */
+async function droppingProxy(target) {
+  const { hostname, port } = new URL(target);
+  /** @type {Set<{ upstream: net.Socket, client: net.Socket }>} */
+  const pairs = new Set();
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    const pair = { upstream, client };
+    pairs.add(pair);
+    client.on("data", (chunk) => upstream.write(chunk));
+    upstream.on("data", (chunk) => client.write(chunk));
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) {
+      socket.on("end", drop);
+      socket.on("close", drop);
+      socket.on("error", drop);
+    }
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", () => resolve(null)));
+  return {
+    url: `ws://127.0.0.1:${/** @type {net.AddressInfo} */ (proxy.address()).port}`,
+    /** @param {number} code */
+    drop(code) {
+      for (const { client, upstream } of pairs) {
+        upstream.destroy();
+        client.end(Buffer.from([0x88, 2, code >> 8, code & 0xff]));
+      }
+    },
+    close() {
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
+      return new Promise((resolve) => proxy.close(() => resolve(null)));
+    },
+  };
+}
+
+test(
+  "a publish-only client closed with 4429, then refused with 4409, owes no events",
+  { timeout: 15000 },
+  async () => {
+    const options = { sessionId: "publish-only-4429" };
+    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+    const proxy = await droppingProxy(url);
+    let publisher = null;
+    try {
+      publisher = await BambooClient.connect(proxy.url, {
+        ...options,
+        receiveEvents: false,
+        backoffInitial: 1000,
+      });
+      assert.equal(await publisher.publish({ type: "token", content: "mine" }), 1);
+      await agent.publish({ type: "token", content: "theirs" });
+      proxy.drop(4429); // as the server closes a connection over the frame rate
+      await until(() => publisher.state === "reconnecting");
+      await agent.setState("closed");
+      const { seqs, error } = await readToTheEnd(publisher);
+      assert.deepEqual(seqs, [], "a publish-only client gets no events");
+      assert.equal(error, null, `nothing was due to it: ${error}`);
+      assert.ok(publisher.error instanceof SessionEnded, String(publisher.error));
+      assert.equal(publisher.error.code, 4409);
+    } finally {
+      await publisher?.close();
+      await agent.close();
+      await proxy.close();
+    }
+  },
+);

@@ -1104,12 +1104,14 @@ export class BambooClient extends EventTarget {
    * session is known to have reached (a welcome's `last_seq`, which a resume's replay
    * goes up to, or a higher seq from an event or an ack of ours), as when the session
    * is closed while the replay is being sent (the server stops it at the end of its page).
+   * A publish-only client (`receiveEvents: false`) is owed none, whatever dropped its
+   * connections (a 4429 for its own frame rate included).
    * @returns {boolean}
    */
   #owesEvents() {
+    if (!this.#options.receiveEvents) return false;
     if (this.#behind || this.#overflowed) return true;
-    const reached = Math.max(this.#reached, this.#seq.highest);
-    return this.#options.receiveEvents && this.#seq.resumePoint < reached;
+    return this.#seq.resumePoint < Math.max(this.#reached, this.#seq.highest);
   }
 
   /**
