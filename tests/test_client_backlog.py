@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from bamboo_session.protocol import Token
 from bamboo_session.protocol.client import BambooClient, ConnectionLost, StoredEvent
 from bamboo_session.protocol.client.feed import END, EventFeed
 from bamboo_session.server.app import BambooServer
+from bamboo_session.server.config import ServerConfig
 from tests.instances import eventually
 from tests.server_process import ServerProcess
 from tests.support import get, run_server
@@ -384,3 +386,46 @@ async def test_a_publish_only_client_owes_nothing_when_its_resume_meets_a_close(
             await closer.close()
         assert seqs == [] and error is None, (seqs, error)
         assert not any(isinstance(o, ConnectionLost) for o in outcomes), outcomes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known miss (review rev27c2): a session closed while a receiving client is"
+    " disconnected (restart, drop) ends events() normally at the 4409 of its resume,"
+    " though events were appended meanwhile; the client cannot tell without asking",
+)
+async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silently() -> None:
+    """The server restarts (1012); the publisher resumes first, publishes 5 more events
+    and closes the session; the viewer's resume is refused with 4409. events() has 1..5
+    of the 10 stored: it must not end as if it had them all."""
+    with tempfile.TemporaryDirectory(prefix="bamboo-test-") as data_dir:
+        config = ServerConfig(
+            host="127.0.0.1", port=0, data_dir=data_dir, log_format="console", rate_limit=0
+        )
+        server = BambooServer(config)
+        await server.start()
+        pub = await BambooClient.connect(
+            url(server), receive_events=False, role="agent", backoff_initial=0.05
+        )
+        viewer = await BambooClient.connect(url(server), pub.session_id, backoff_initial=3.0)
+        try:
+            for _ in range(5):
+                await pub.publish(Token("before"))
+            assert [e.seq for e in await take(viewer, 5, timeout=5)] == [1, 2, 3, 4, 5]
+            port = server.port
+            await server.stop()
+            server = BambooServer(config.replace(port=port))
+            await server.start()
+            await eventually(lambda: pub.connected)
+            for _ in range(5):
+                await pub.publish(Token("after"))
+            await pub.set_state("closed")
+            seqs, error = await read_to_the_end(viewer, 15)
+            assert await stored_seqs(server, pub.session_id, 5) == [6, 7, 8, 9, 10]
+        finally:
+            await viewer.close()
+            await pub.close()
+            await server.stop()
+        assert seqs == [], seqs
+        assert isinstance(error, ConnectionLost), "5 events appended while it was away"
+        assert "after seq 5" in str(error)
