@@ -388,26 +388,71 @@ async def test_a_publish_only_client_owes_nothing_when_its_resume_meets_a_close(
         assert not any(isinstance(o, ConnectionLost) for o in outcomes), outcomes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known miss (review rev27c2): a session closed while a receiving client is"
-    " disconnected (restart, drop) ends events() normally at the 4409 of its resume,"
-    " though events were appended meanwhile; the client cannot tell without asking",
-)
-async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silently() -> None:
-    """The server restarts (1012); the publisher resumes first, publishes 5 more events
-    and closes the session; the viewer's resume is refused with 4409. events() has 1..5
-    of the 10 stored: it must not end as if it had them all."""
+class RefusingProxy:
+    """A TCP proxy to ``port`` on loopback that, once :attr:`refusing`, answers 503 to
+    every new plain HTTP request (one that is no WebSocket upgrade)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.refusing = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if self.refusing and b"upgrade: websocket" not in head.lower():
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            up_writer.write(head)
+            pumps = [self._pump(reader, up_writer), self._pump(up_reader, writer)]
+            await asyncio.gather(*pumps)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def closed_while_away(
+    added: int, refuse_http: bool = False
+) -> tuple[list[int], Exception | None, list[int]]:
+    """A viewer gets events 1..5; the server restarts (1012) on the same store and port;
+    the publisher resumes first, publishes ``added`` more events and closes the session;
+    the viewer's resume is refused with 4409. What its events() yields after 1..5, what
+    ended it, and the seqs stored after 5. ``refuse_http``: the viewer reaches the
+    server through a proxy that then answers its HTTP request with 503."""
     with tempfile.TemporaryDirectory(prefix="bamboo-test-") as data_dir:
         config = ServerConfig(
             host="127.0.0.1", port=0, data_dir=data_dir, log_format="console", rate_limit=0
         )
         server = BambooServer(config)
         await server.start()
+        proxy = RefusingProxy(server.port)
+        viewer_url = await proxy.start() if refuse_http else url(server)
         pub = await BambooClient.connect(
             url(server), receive_events=False, role="agent", backoff_initial=0.05
         )
-        viewer = await BambooClient.connect(url(server), pub.session_id, backoff_initial=3.0)
+        viewer = await BambooClient.connect(viewer_url, pub.session_id, backoff_initial=3.0)
         try:
             for _ in range(5):
                 await pub.publish(Token("before"))
@@ -417,15 +462,49 @@ async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silen
             server = BambooServer(config.replace(port=port))
             await server.start()
             await eventually(lambda: pub.connected)
-            for _ in range(5):
+            for _ in range(added):
                 await pub.publish(Token("after"))
             await pub.set_state("closed")
+            proxy.refusing = True
             seqs, error = await read_to_the_end(viewer, 15)
-            assert await stored_seqs(server, pub.session_id, 5) == [6, 7, 8, 9, 10]
+            stored = await stored_seqs(server, pub.session_id, 5)
         finally:
             await viewer.close()
             await pub.close()
             await server.stop()
-        assert seqs == [], seqs
-        assert isinstance(error, ConnectionLost), "5 events appended while it was away"
-        assert "after seq 5" in str(error)
+            await proxy.close()
+        return seqs, error, stored
+
+
+async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silently() -> None:
+    """Review rev27c2: the session is closed while the viewer is disconnected, with 5
+    events appended meanwhile. Its resume is refused with 4409; asked over HTTP, the
+    server has events after seq 5: events() has 1..5 of the 10 stored, so it must not
+    end as if it had them all."""
+    seqs, error, stored = await closed_while_away(added=5)
+    assert stored == [6, 7, 8, 9, 10]
+    assert seqs == [], seqs
+    assert isinstance(error, ConnectionLost), "5 events appended while it was away"
+    assert "after seq 5 not delivered" in str(error)
+    assert "events?after_seq=5)" in str(error)
+
+
+async def test_a_session_closed_while_a_viewer_is_away_with_nothing_new_ends_normally() -> None:
+    """The same, with nothing appended while the viewer was away: the server says no
+    event follows seq 5, so events() ends normally (no false alarm)."""
+    seqs, error, stored = await closed_while_away(added=0)
+    assert stored == []
+    assert seqs == [] and error is None, (seqs, error)
+
+
+async def test_a_session_closed_while_a_viewer_is_away_and_the_server_cannot_be_asked() -> None:
+    """The same with nothing appended, but the HTTP request answered 503: the client
+    cannot tell, so it does not end as if it had everything: ConnectionLost says
+    events after seq 5 may be missing."""
+    seqs, error, stored = await closed_while_away(added=0, refuse_http=True)
+    assert stored == []
+    assert seqs == [], seqs
+    assert isinstance(error, ConnectionLost), "the HTTP API answered 503"
+    assert "after seq 5 may not have been delivered" in str(error)
+    assert "(HTTP 503; read them over HTTP" in str(error)
+    assert "events?after_seq=5)" in str(error)

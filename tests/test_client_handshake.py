@@ -47,7 +47,10 @@ async def test_a_refusal_while_reconnecting_says_why_itself() -> None:
             await ws.close(4409, "session closed")  # closed meanwhile: no frame, a close
 
     async with fake_server(script) as hellos:
-        client = await BambooClient.connect(url_of(hellos), "f", **FAST)
+        # Publish-only: a client that takes events would ask the HTTP API whether any
+        # were appended while it was away, which this WebSocket-only server cannot
+        # answer (tests/test_client_backlog.py covers that).
+        client = await BambooClient.connect(url_of(hellos), "f", receive_events=False, **FAST)
         async for _ in client.events():
             pass  # ends: the session ended
         with pytest.raises(SessionEnded) as ended:

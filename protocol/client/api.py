@@ -120,6 +120,9 @@ class BambooClient:
           ``last_seq=0`` replays the whole retained log. Without it, live events only.
         - ``reconnect``: resume on its own after a drop; ``max_retries`` consecutive
           failed attempts (``None``: no limit) end in :class:`ConnectionLost`.
+        - ``open_timeout``: seconds for the upgrade, and for the one HTTP request that
+          asks whether events were appended to a session that ended while this client
+          was away (see :meth:`events`).
         - ``request_timeout``: seconds a request may wait for its reply, across
           reconnects (``None``: no limit).
         - ``token``: a JWT, or an async function returning a fresh one, asked before
@@ -340,7 +343,12 @@ class BambooClient:
         seq known to be in it came (the last welcome's ``last_seq``, which a resume's
         replay goes up to, or a higher seq of an event or an ack of ours), as when the
         close cuts a resume's replay short: its message names the seq after which
-        ``GET /api/v1/sessions/{id}/events`` has the rest.
+        ``GET /api/v1/sessions/{id}/events`` has the rest. A session that ended while
+        the client was disconnected (its resume refused, 4409) may have taken events
+        meanwhile: the client asks that endpoint once (``limit=1``, with its token,
+        within ``open_timeout``) whether any follow the last it delivered, and ends
+        with :class:`ConnectionLost` if some do, or if the question fails (then the
+        message says they *may* be missing), and normally if none do.
 
         Our own publishes are not in it: the server sends events to every peer but
         their publisher. The one exception: a publish stored just before a drop that

@@ -1,16 +1,20 @@
 """Opening one connection to a session: the stream URL, the upgrade, ``hello`` and
-``welcome``.
+``welcome``; and the one question the client asks the HTTP API on the same port.
 
 :meth:`Dialer.open` either returns an attached connection with its ``welcome``, or
 raises what the attempt means: :class:`.Retry` when a later attempt may succeed (no
 route, a timeout, an overloaded server or gateway, a resumable close code), a typed
 :class:`.ClientError` when it would not (a refusal, a closed session).
+:meth:`Dialer.has_events_after` asks ``GET /api/v1/sessions/{id}/events`` whether the
+log holds an event after a seq (a session that ended while the client was away).
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +32,7 @@ from ..ids import check_session_id
 from .errors import ClientError, Refused, Retry, close_outcome
 
 STREAM_PATH: Final = "/api/v1/stream"
+SESSIONS_PATH: Final = "/api/v1/sessions"
 WELCOME_TIMEOUT: Final = 10.0
 # HTTP statuses of a refused upgrade worth retrying (overload, restarts, proxies).
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
@@ -46,6 +51,23 @@ def stream_url(base_url: str, session_id: str | None = None) -> str:
     if session_id is not None:
         path += "/" + urllib.parse.quote(check_session_id(session_id), safe="")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def events_url(base_url: str, session_id: str, after_seq: int, limit: int) -> str:
+    """``GET /api/v1/sessions/{id}/events?after_seq=&limit=`` on the server of
+    ``base_url`` (its WebSocket URL, as :func:`stream_url` takes it): the same host and
+    port and path prefix, over http for ws and https for wss."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"URL must start with ws:// or wss://: {base_url!r}")
+    prefix = parts.path.rstrip("/")
+    if prefix.endswith(STREAM_PATH):
+        prefix = prefix[: -len(STREAM_PATH)]
+    session = urllib.parse.quote(check_session_id(session_id), safe="")
+    path = f"{prefix}{SESSIONS_PATH}/{session}/events"
+    query = urllib.parse.urlencode({"after_seq": after_seq, "limit": limit})
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, query, ""))
 
 
 def closed_outcome(exc: ConnectionClosed, closed_reason: str | None) -> ClientError | Retry:
@@ -97,6 +119,41 @@ class Dialer:
         except BaseException:  # cancelled too: a half-open attach must not stay open
             await ws.close()
             raise
+
+    async def has_events_after(self, session_id: str, after_seq: int) -> bool:
+        """Whether the session's log holds an event after ``after_seq``, asked of the
+        HTTP API on the server's port (``limit=1``) with this client's credentials,
+        within ``open_timeout``. Raises :class:`.ClientError` when the answer cannot be
+        had: no connection, a timeout, a status other than 200, a malformed body."""
+        token = await self.current_token()
+        url = events_url(self.base_url, session_id, after_seq, 1)
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = self.open_timeout
+
+        def get() -> bytes:
+            request = urllib.request.Request(url, headers=headers, method="GET")
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body: bytes = response.read()
+                return body
+
+        try:
+            # urllib's own timeout bounds each socket operation; this bounds the whole.
+            body = await asyncio.wait_for(asyncio.to_thread(get), timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise ClientError(f"HTTP {exc.code}") from None
+        except (OSError, TimeoutError) as exc:
+            raise ClientError(f"cannot reach the server: {exc}") from None
+        try:
+            page = msgspec.json.decode(body)
+            events = page["events"]
+            if not isinstance(events, list):
+                raise TypeError(type(events).__name__)
+        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            raise ClientError(f"malformed events page: {exc!r}") from None
+        return bool(events)
 
     async def _attach(self, ws: ClientConnection, hello: Hello) -> Welcome:
         codec = self.codec

@@ -240,6 +240,9 @@ class Link:
                 return await self.open(), attempt
             except Retry as exc:
                 error = exc
+            except SessionEnded as exc:
+                self.finish(await self._ended_while_away(exc))
+                return None, attempt
         self.finish(ConnectionLost(f"gave up after {attempt} attempts: {error}"))
         return None, attempt
 
@@ -361,14 +364,50 @@ class Link:
         (:attr:`.ClientState.owes_events`): events it skipped past its full queue, or
         held back while it did not read, or a replay the close cut short. No resume can
         bring those now, so events() must not end as if it had them all."""
-        state = self.state
-        if not isinstance(error, SessionEnded) or not state.owes_events:
+        if not isinstance(error, SessionEnded) or not self.state.owes_events:
             return error
+        return self._lost_after(error)
+
+    async def _ended_while_away(self, error: SessionEnded) -> ClientError:
+        """The end of a client whose session ended while it was disconnected (a resume
+        refused with 4409): it saw no ``closed`` on a connection it read, so events may
+        have been appended while it was away (a publisher that resumed first after a
+        restart, then closed the session). A client that takes events asks the HTTP API
+        once whether the log holds one after the last it delivered: if so, or if the
+        answer cannot be had, the end is a :class:`.ConnectionLost` naming that seq;
+        if not, ``error`` itself."""
+        state = self.state
+        if not state.receive_events or state.owes_events or state.session_id is None:
+            return self._unless_behind(error)
         after = state.sequence.resume_point
+        try:
+            added = await self.dialer.has_events_after(state.session_id, after)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a token function's failure too: the answer is unknown
+            log.info("could not ask whether events follow seq %d: %s", after, exc)
+            return self._lost_after(error, unchecked=str(exc))
+        return self._lost_after(error) if added else error
+
+    def _lost_after(self, error: SessionEnded, unchecked: str | None = None) -> ConnectionLost:
+        """The :class:`.ConnectionLost` that ends a client whose session ended before it
+        had every event: those after the last it delivered are to be read over HTTP.
+        ``unchecked``: why the server could not be asked whether there are any (then
+        they *may* be missing)."""
+        state = self.state
+        after = state.sequence.resume_point
+        read = (
+            f"read them over HTTP: GET /api/v1/sessions/{state.session_id}/events?after_seq={after}"
+        )
+        if unchecked is not None:
+            return ConnectionLost(
+                f"{error.reason} while this client was away, and the events after seq"
+                f" {after} may not have been delivered to it: asking the server failed"
+                f" ({unchecked}; {read})"
+            )
         return ConnectionLost(
             f"{error.reason}, with the events after seq {after} not delivered to this"
-            f" client (read them over HTTP: GET /api/v1/sessions/{state.session_id}"
-            f"/events?after_seq={after})"
+            f" client ({read})"
         )
 
     def finish(self, failure: ClientError) -> None:

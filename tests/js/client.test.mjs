@@ -611,17 +611,26 @@ test(
 /**
  * A TCP proxy to the server at `target` (a ws:// URL) whose `drop(code)` ends every
  * connection through it as the server does when it closes one: a close frame with
- * `code` to the client, and the server's side cut.
+ * `code` to the client, and the server's side cut. After `refuseHttp()`, a plain HTTP
+ * request through it (no WebSocket upgrade) gets 503.
  */
 async function droppingProxy(target) {
   const { hostname, port } = new URL(target);
   /** @type {Set<{ upstream: net.Socket, client: net.Socket }>} */
   const pairs = new Set();
+  const state = { refuseHttp: false };
   const proxy = net.createServer((client) => {
     const upstream = net.connect(Number(port), hostname);
     const pair = { upstream, client };
     pairs.add(pair);
-    client.on("data", (chunk) => upstream.write(chunk));
+    let first = true;
+    client.on("data", (chunk) => {
+      if (first && state.refuseHttp && !/^upgrade: *websocket/im.test(chunk.toString())) {
+        upstream.destroy();
+        client.end("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+      } else upstream.write(chunk);
+      first = false;
+    });
     upstream.on("data", (chunk) => client.write(chunk));
     const drop = () => {
       pairs.delete(pair);
@@ -637,6 +646,10 @@ async function droppingProxy(target) {
   await new Promise((resolve) => proxy.listen(0, "127.0.0.1", () => resolve(null)));
   return {
     url: `ws://127.0.0.1:${/** @type {net.AddressInfo} */ (proxy.address()).port}`,
+    /** Answer 503 to every new request through it but WebSocket upgrades. */
+    refuseHttp() {
+      state.refuseHttp = true;
+    },
     /** @param {number} code */
     drop(code) {
       for (const { client, upstream } of pairs) {
@@ -683,5 +696,74 @@ test(
       await agent.close();
       await proxy.close();
     }
+  },
+);
+
+/**
+ * A viewer (through a dropping proxy) gets events 1..5; its connection is closed with
+ * 1012, as at a server restart; while it waits to resume, the agent publishes `added`
+ * more events and closes the session, so the resume is refused with 4409. What
+ * `events()` yields after 1..5, and the error it threw, or null.
+ */
+async function closedWhileAway(sessionId, added, { refuseHttp = false } = {}) {
+  const agent = await BambooClient.connect(url, { sessionId, create: true, role: "agent" });
+  const proxy = await droppingProxy(url);
+  let viewer = null;
+  try {
+    viewer = await BambooClient.connect(proxy.url, { sessionId, backoffInitial: 1000 });
+    await publishMany(agent, 5);
+    assert.deepEqual(await take(viewer, 5), range(5));
+    proxy.drop(1012);
+    await until(() => viewer.state === "reconnecting");
+    await publishMany(agent, added);
+    await agent.setState("closed");
+    if (refuseHttp) proxy.refuseHttp();
+    const outcome = await readToTheEnd(viewer);
+    assert.deepEqual(await storedSeqs(sessionId, 5), range(5 + added).slice(5));
+    return { ...outcome, ended: viewer.error };
+  } finally {
+    await viewer?.close();
+    await agent.close();
+    await proxy.close();
+  }
+}
+
+test(
+  "a session closed while the viewer was away, with events added: events() says which seq to read after",
+  { timeout: 15000 },
+  async () => {
+    const { seqs, error } = await closedWhileAway("away-1", 5);
+    assert.deepEqual(seqs, []);
+    assert.ok(error instanceof ConnectionLost, `5 events added while it was away: ${error}`);
+    assert.equal(error.afterSeq, 5);
+    assert.match(error.message, /after seq 5 not delivered .*after_seq=5\)$/);
+    assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
+  },
+);
+
+test(
+  "a session closed while the viewer was away, with nothing added, ends events() normally",
+  { timeout: 15000 },
+  async () => {
+    const { seqs, error, ended } = await closedWhileAway("away-2", 0);
+    assert.deepEqual(seqs, []);
+    assert.equal(error, null, `nothing was added: ${error}`);
+    assert.ok(ended instanceof SessionEnded && ended.code === 4409, String(ended));
+  },
+);
+
+test(
+  "a session closed while the viewer was away, and the server cannot be asked: events may be missing",
+  { timeout: 15000 },
+  async () => {
+    const { seqs, error } = await closedWhileAway("away-3", 0, { refuseHttp: true });
+    assert.deepEqual(seqs, []);
+    assert.ok(error instanceof ConnectionLost, `the HTTP API answered 503: ${error}`);
+    assert.equal(error.afterSeq, 5);
+    assert.match(
+      error.message,
+      /after seq 5 may not have been delivered .*HTTP 503.*after_seq=5\)$/,
+    );
+    assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
   },
 );

@@ -107,7 +107,8 @@
  *   that held 10 s before {@link ConnectionLost}; default null (no limit)
  * @property {number} [backoffInitial] first backoff ceiling in ms; default 100
  * @property {number} [backoffMax] largest backoff ceiling in ms; default 5000
- * @property {number} [openTimeout] ms for the upgrade and for the welcome; default 10000
+ * @property {number} [openTimeout] ms for the upgrade and for the welcome (and for the
+ *   one HTTP request of a session that ended while the client was away); default 10000
  * @property {number | null} [requestTimeout] ms a request may wait for its reply,
  *   across reconnects; default null (no limit)
  * @property {boolean} [receiveEvents] false: a publish-only client whose events are
@@ -259,6 +260,25 @@ export function streamUrl(baseUrl, sessionId) {
   url.pathname = path;
   url.search = "";
   url.hash = "";
+  return url.href;
+}
+
+/**
+ * `GET /api/v1/sessions/{id}/events?after_seq=…&limit=…` on the server of `baseUrl` (as
+ * {@link streamUrl} takes it): the same host, port and path prefix, over http for ws
+ * and https for wss.
+ * @param {string} baseUrl @param {string} sessionId @param {number} afterSeq
+ * @param {number} limit @returns {string}
+ */
+export function eventsUrl(baseUrl, sessionId, afterSeq, limit) {
+  const url = new URL(streamUrl(baseUrl));
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  const prefix = url.pathname.slice(0, -STREAM_PATH.length);
+  url.pathname = `${prefix}/api/v1/sessions/${encodeURIComponent(checkSessionId(sessionId))}/events`;
+  url.search = new URLSearchParams({
+    after_seq: String(afterSeq),
+    limit: String(limit),
+  }).toString();
   return url.href;
 }
 
@@ -1124,10 +1144,72 @@ export class BambooClient extends EventTarget {
    */
   #unlessBehind(error) {
     if (!(error instanceof SessionEnded) || !this.#owesEvents()) return error;
+    return this.#lostAfter(error);
+  }
+
+  /**
+   * The end of a client whose session ended while it was disconnected (a resume
+   * refused with 4409): it saw no `closed` on a connection it read, so events may have
+   * been appended while it was away (a publisher that resumed first after a restart,
+   * then closed the session). A client that takes events asks the HTTP API once
+   * whether the log holds one after the last it delivered: if so, or if the answer
+   * cannot be had, the end is a {@link ConnectionLost} naming that seq; if not, `error`.
+   * @param {SessionEnded} error @returns {Promise<ClientError>}
+   */
+  async #endedWhileAway(error) {
+    if (!this.#options.receiveEvents || this.#owesEvents() || this.#sessionId === null) {
+      return this.#unlessBehind(error);
+    }
+    try {
+      const added = await this.#hasEventsAfter(this.#sessionId, this.#seq.resumePoint);
+      return added ? this.#lostAfter(error) : error;
+    } catch (failure) {
+      return this.#lostAfter(error, failure instanceof Error ? failure.message : String(failure));
+    }
+  }
+
+  /**
+   * Whether the session's log holds an event after `afterSeq`: `GET
+   * /api/v1/sessions/{id}/events?after_seq=…&limit=1` on the server's port, with this
+   * client's token, within `openTimeout`. Rejects when the answer cannot be had (no
+   * connection, a timeout, a status other than 200, a malformed body).
+   * @param {string} sessionId @param {number} afterSeq @returns {Promise<boolean>}
+   */
+  async #hasEventsAfter(sessionId, afterSeq) {
+    if (typeof fetch !== "function") throw new TypeError("no fetch here");
+    const token = await this.#currentToken();
+    /** @type {Record<string, string>} */
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(eventsUrl(this.#baseUrl, sessionId, afterSeq, 1), {
+      headers,
+      signal: AbortSignal.timeout(this.#options.openTimeout),
+    });
+    if (response.status !== 200) throw new Error(`HTTP ${response.status}`);
+    const page = await response.json();
+    if (!Array.isArray(page?.events)) throw new Error("malformed events page");
+    return page.events.length > 0;
+  }
+
+  /**
+   * The {@link ConnectionLost} that ends a client whose session ended before it had
+   * every event: those after the last it delivered are to be read over HTTP.
+   * `unchecked`: why the server could not be asked whether there are any (then they
+   * *may* be missing).
+   * @param {SessionEnded} error @param {string} [unchecked] @returns {ConnectionLost}
+   */
+  #lostAfter(error, unchecked) {
     const after = this.#seq.resumePoint;
+    const read = `read them over HTTP: GET /api/v1/sessions/${this.#sessionId}/events?after_seq=${after}`;
+    if (unchecked !== undefined) {
+      return this.#lost(
+        `${error.reason} while this client was away, and the events after seq ${after}` +
+          ` may not have been delivered to it: asking the server failed (${unchecked}; ${read})`,
+        error,
+      );
+    }
     return this.#lost(
-      `${error.reason}, with the events after seq ${after} not delivered to this client` +
-        ` (read them over HTTP: GET /api/v1/sessions/${this.#sessionId}/events?after_seq=${after})`,
+      `${error.reason}, with the events after seq ${after} not delivered to this client (${read})`,
       error,
     );
   }
@@ -1167,6 +1249,7 @@ export class BambooClient extends EventTarget {
         return;
       } catch (failure) {
         if (failure instanceof Retry) error = failure;
+        else if (failure instanceof SessionEnded) this.#finish(await this.#endedWhileAway(failure));
         else this.#finish(this.#unlessBehind(asClientError(failure)));
       }
     }
