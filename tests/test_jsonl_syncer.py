@@ -200,9 +200,7 @@ async def test_the_helper_lets_go_of_a_retired_segment(tmp_path: Path) -> None:
         for i in range(3):
             await storage.append_event("a", AgentEvent.token(str(i)))
             await asyncio.sleep(0.06)  # the next append starts a new segment
-        retiring = storage._writer._retiring
-        if retiring is not None:
-            await retiring
+        await storage._writer.retirement.settled()
         (helper,) = helper_pids()
         held = [path for path in held_files(helper) if ".wal" in path]
         assert held == [str(config.layout.wal / f"{3:016d}.wal")]  # only the current one

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
-from bamboo_session.persistence.jsonl import wal, writer
+from bamboo_session.persistence.jsonl import retirement, wal
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests.test_jsonl_crash import Acked, run_and_kill, verify
@@ -146,9 +146,7 @@ async def test_segments_are_rotated_and_removed(tmp_path: Path) -> None:
             )
             numbers.update(number for number, _path in config.layout.segments())
             await asyncio.sleep(0)
-        writer = storage._writer
-        if writer._retiring is not None:
-            await writer._retiring
+        await storage._writer.retirement.settled()
         assert len(numbers) > 5, "the segments never rotated"
         assert len(segments(config)) <= 2  # the old ones were retired
     assert segments(config) == []
@@ -165,9 +163,7 @@ async def test_segments_rotate_by_age(tmp_path: Path) -> None:
         first = segments(config)
         await asyncio.sleep(0.1)
         await storage.append_event("a", AgentEvent.token("2"))
-        writer = storage._writer
-        if writer._retiring is not None:
-            await writer._retiring
+        await storage._writer.retirement.settled()
         assert segments(config) != first and len(segments(config)) == 1
 
 
@@ -315,16 +311,14 @@ async def test_no_segment_is_deleted_after_a_failed_log_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
-    failing = failing_once(monkeypatch, writer, "sync_log")
+    failing = failing_once(monkeypatch, retirement, "sync_log")
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("a"))
         failing["on"] = True
         for i in range(4):  # each append after 0.06 s rotates; retirement syncs "a"
             await storage.append_event("a", AgentEvent.token(str(i)))
             await asyncio.sleep(0.06)
-        retiring = storage._writer._retiring
-        if retiring is not None:
-            await retiring
+        await storage._writer.retirement.settled()
         # After a failed sync the kernel may report later ones clean: keep everything.
         assert len(segments(config)) >= 3
     assert len(segments(config)) >= 3  # not even a clean close deletes them
@@ -367,9 +361,7 @@ async def test_replay_keeps_the_segments_when_a_log_lost_what_they_no_longer_cov
         await storage.create_session(Session.new("a"))
         for i in range(20):
             await storage.append_event("a", AgentEvent.token(str(i)))
-        retiring = storage._writer._retiring
-        if retiring is not None:
-            await retiring
+        await storage._writer.retirement.settled()
         save_segments(config, aside)  # the newest segments only: the old ones retired
     crash_with_segments(config, aside)
     log = config.layout.events / "a.jsonl"

@@ -46,9 +46,10 @@ from .commits import Committer
 from .config import Durability
 from .layout import Layout
 from .logfiles import LogFiles, sync_dups, sync_trimmed
+from .retirement import Retirement
 from .syncer import Syncer
 from .tasks import IoThread, to_completion
-from .wal import Segment, SegmentFile, remove_segment, sync_log
+from .wal import SegmentFile
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ class LogWriter:
     ) -> None:
         self._layout = layout
         self._wal = wal if durability == "fsync" else None
-        self._retire_queue: list[Segment] = []  # oldest first; deleted strictly in order
-        self._retiring: asyncio.Task[None] | None = None
         self._durability = durability
         self._fsync_interval = fsync_interval
         self._commit_window = commit_window if durability == "fsync" else 0.0
@@ -118,6 +117,7 @@ class LogWriter:
         self._io = IoThread("bamboo-log-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
         self._files = LogFiles(layout, max_open, self._sync_pool)
+        self.retirement = Retirement(layout, self._files, self._sync_pool)
         self._commits = Committer(self._files, self._wal, durability)
         # The files have one user at a time: a commit's steps, or the background sync
         # handing out descriptors (``os`` mode), even while a step runs on a thread.
@@ -177,12 +177,7 @@ class LogWriter:
         if self._wal is not None:
             # Every log synced, then every segment deleted (kept on failure: replayed at
             # the next open).
-            current = self._wal.close()
-            if current is not None:
-                self._retire_queue.append(current)
-            if self._retiring is not None:
-                await asyncio.wait({self._retiring})
-            await self._retire()
+            await self.retirement.finish(self._wal.close())
         if self._syncer is not None:
             await self._syncer.close()
         self._io.shutdown()
@@ -267,13 +262,11 @@ class LogWriter:
             self._settle(ordered, controls)
         rotated = self._commits.rotated
         if rotated:
-            self._retire_queue.extend(rotated)
+            self.retirement.add(rotated)
             rotated.clear()
             if self._syncer is not None and self._wal is not None:
                 # The helper lets go of the retired segment now, not at the next commit.
                 self._syncer.use(self._wal.current, self._wal.fd)
-            if self._retiring is None or self._retiring.done():
-                self._retiring = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
 
     async def _commit(self, groups: list[Group], forgets: list[Forget]) -> None:
         commits, commit = self._commits, Commit(groups, forgets)
@@ -317,35 +310,6 @@ class LogWriter:
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = self._loop or asyncio.get_running_loop()
         return await to_completion(self._io.run(loop, function, *args))
-
-    async def _retire(self) -> None:
-        """Delete retired segments, oldest first, each once every log it covers is
-        synced. On failure the segment stays (and so do the newer ones): retried at the
-        next rotation and on close, replayed at open if it is still there."""
-        loop = asyncio.get_running_loop()
-        while self._retire_queue and not self._files.sync_failed:
-            segment = self._retire_queue[0]
-            syncs = [
-                loop.run_in_executor(self._sync_pool, sync_log, self._layout, session_id)
-                for session_id in segment.touched
-            ]
-            results = await asyncio.gather(*syncs, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            try:
-                if errors:
-                    raise errors[0]
-                await loop.run_in_executor(self._sync_pool, remove_segment, segment)
-            except OSError as exc:
-                if errors:
-                    self._files.sync_failed = True
-                log.error(
-                    "could not retire the WAL segment %s: %s; it and every later one are "
-                    "kept for replay at the next open",
-                    segment.path,
-                    exc,
-                )
-                return
-            del self._retire_queue[0]
 
     def _settle(self, groups: list[tuple[Group, list[_Append]]], controls: list[_Control]) -> None:
         for group, appends in groups:

@@ -1,0 +1,73 @@
+"""Retiring the WAL segments a rotation leaves behind: each is deleted once every log
+it covers is synced, strictly oldest first, in a background task of the log writer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from .layout import Layout
+from .logfiles import LogFiles
+from .wal import Segment, remove_segment, sync_log
+
+log = logging.getLogger(__name__)
+
+
+class Retirement:
+    """The segments waiting to be deleted (oldest first) and the one task deleting them."""
+
+    def __init__(self, layout: Layout, files: LogFiles, sync_pool: ThreadPoolExecutor) -> None:
+        self._layout = layout
+        self._files = files
+        self._sync_pool = sync_pool
+        self._queue: list[Segment] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def settled(self) -> None:
+        """Return once the background round under way, if any, has ended."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
+    def add(self, segments: list[Segment]) -> None:
+        """Retire ``segments`` (a rotation's, oldest first) in the background."""
+        self._queue.extend(segments)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+
+    async def finish(self, last: Segment | None) -> None:
+        """At close: ``last`` (the current segment, if any) joins the queue, and every
+        segment is retired now, after the background task's round."""
+        if last is not None:
+            self._queue.append(last)
+        await self.settled()
+        await self._retire()
+
+    async def _retire(self) -> None:
+        """Delete retired segments, oldest first, each once every log it covers is
+        synced. On failure the segment stays (and so do the newer ones): retried at the
+        next rotation and on close, replayed at open if it is still there."""
+        loop = asyncio.get_running_loop()
+        while self._queue and not self._files.sync_failed:
+            segment = self._queue[0]
+            syncs = [
+                loop.run_in_executor(self._sync_pool, sync_log, self._layout, session_id)
+                for session_id in segment.touched
+            ]
+            results = await asyncio.gather(*syncs, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            try:
+                if errors:
+                    raise errors[0]
+                await loop.run_in_executor(self._sync_pool, remove_segment, segment)
+            except OSError as exc:
+                if errors:
+                    self._files.sync_failed = True
+                log.error(
+                    "could not retire the WAL segment %s: %s; it and every later one are "
+                    "kept for replay at the next open",
+                    segment.path,
+                    exc,
+                )
+                return
+            del self._queue[0]
