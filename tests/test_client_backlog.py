@@ -282,7 +282,7 @@ async def test_a_session_closed_while_events_were_skipped_does_not_end_events_si
         seqs, error = await read_to_the_end(w, 10)
         assert seqs == list(range(1, 21))
         assert isinstance(error, ConnectionLost), "200 events published, 20 delivered"
-        assert "after seq 20 not delivered" in str(error)
+        assert "after seq 20 not delivered" in str(error) and error.after_seq == 20
         status, page = await get(server, f"/api/v1/sessions/{w.session_id}/events?after_seq=20")
         assert status == 200 and [e["seq"] for e in page["events"]] == list(range(21, 201))
 
@@ -485,7 +485,7 @@ async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silen
     assert stored == [6, 7, 8, 9, 10]
     assert seqs == [], seqs
     assert isinstance(error, ConnectionLost), "5 events appended while it was away"
-    assert "after seq 5 not delivered" in str(error)
+    assert "after seq 5 not delivered" in str(error) and error.after_seq == 5
     assert "events?after_seq=5)" in str(error)
 
 
@@ -505,6 +505,6 @@ async def test_a_session_closed_while_a_viewer_is_away_and_the_server_cannot_be_
     assert stored == []
     assert seqs == [], seqs
     assert isinstance(error, ConnectionLost), "the HTTP API answered 503"
-    assert "after seq 5 may not have been delivered" in str(error)
+    assert "after seq 5 may not have been delivered" in str(error) and error.after_seq == 5
     assert "(HTTP 503; read them over HTTP" in str(error)
     assert "events?after_seq=5)" in str(error)

@@ -8,7 +8,7 @@ import pytest
 from bamboo_session.protocol.client import ClientError, Refused, SessionEnded
 from bamboo_session.protocol.client.errors import Retry, close_outcome
 from bamboo_session.protocol.client.handshake import http_reason
-from bamboo_session.protocol.client.link import ReconnectPolicy
+from bamboo_session.protocol.client.reconnect import ReconnectPolicy
 
 # docs/protocol.md "Close codes": the "resume" column.
 RESUME = [1001, 1011, 1012, 1013, 4408, 4429]

@@ -32,7 +32,8 @@ from ..models import AnyAgentEvent, Message, SessionMetadata, StoredEvent
 from .errors import ConnectionLost, Retry, SessionEnded
 from .feed import END, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, EventFeed
 from .handshake import Dialer, TokenSource, stream_url
-from .link import Link, ReconnectPolicy
+from .link import Link
+from .reconnect import ReconnectPolicy
 from .results import EventPage, HistoryPage, Reset
 from .state import ClientState
 

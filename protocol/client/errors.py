@@ -37,8 +37,33 @@ class SessionEnded(ClientError):
 class ConnectionLost(ClientError):
     """The connection dropped and reconnecting gave up (``max_retries`` reached, or
     ``reconnect`` off); or the session ended while events due to this client were not
-    delivered (skipped past its full queue, held back, or a replay the close cut
-    short): its message names the seq after which they are, over HTTP."""
+    delivered (skipped past its full queue, held back, a replay the close cut short, or
+    appended while it was away): then ``after_seq`` (None otherwise) is the seq after
+    which they are, to read over HTTP, and the message says so."""
+
+    def __init__(self, message: str, after_seq: int | None = None) -> None:
+        super().__init__(message)
+        self.after_seq = after_seq
+
+    @classmethod
+    def events_after(
+        cls, reason: str, session_id: str | None, after: int, unchecked: str | None = None
+    ) -> ConnectionLost:
+        """The end of a client whose session ended (``reason``) before it had every
+        event: those after ``after`` are to be read over HTTP. ``unchecked``: why the
+        server could not be asked whether there are any (then they *may* be missing)."""
+        read = f"read them over HTTP: GET /api/v1/sessions/{session_id}/events?after_seq={after}"
+        if unchecked is not None:
+            return cls(
+                f"{reason} while this client was away, and the events after seq {after}"
+                f" may not have been delivered to it: asking the server failed"
+                f" ({unchecked}; {read})",
+                after,
+            )
+        return cls(
+            f"{reason}, with the events after seq {after} not delivered to this client ({read})",
+            after,
+        )
 
 
 class SequenceError(ClientError):

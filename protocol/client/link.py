@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -46,6 +44,7 @@ from .errors import ClientError, ConnectionLost, Resync, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
 from .outgoing import MAX_BATCH_ITEMS, Publish, batch_bytes, batch_frame, plan, single_frame
 from .pending import PendingRequest
+from .reconnect import ReconnectPolicy
 from .state import ClientState
 
 log = logging.getLogger("bamboo_session.client")
@@ -54,25 +53,6 @@ log = logging.getLogger("bamboo_session.client")
 # growing (and counts towards max_retries) instead of starting again from the bottom,
 # so a server that welcomes then closes at once is not hammered.
 STABLE_AFTER = 10.0
-
-
-@dataclass(frozen=True)
-class ReconnectPolicy:
-    """Whether and how often to reconnect after a drop."""
-
-    enabled: bool
-    max_retries: int | None  # consecutive failed attempts before giving up; None: never
-    backoff_initial: float
-    backoff_max: float
-
-    def delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]; the first retry
-        waits at least a little, so a closing server is not hammered."""
-        ceiling = min(self.backoff_max, self.backoff_initial * 2**attempt)
-        return random.uniform(ceiling / 2 if attempt == 0 else 0, ceiling)
-
-    def gives_up(self, attempt: int) -> bool:
-        return self.max_retries is not None and attempt >= self.max_retries
 
 
 class Link:
@@ -390,25 +370,9 @@ class Link:
         return self._lost_after(error) if added else error
 
     def _lost_after(self, error: SessionEnded, unchecked: str | None = None) -> ConnectionLost:
-        """The :class:`.ConnectionLost` that ends a client whose session ended before it
-        had every event: those after the last it delivered are to be read over HTTP.
-        ``unchecked``: why the server could not be asked whether there are any (then
-        they *may* be missing)."""
         state = self.state
         after = state.sequence.resume_point
-        read = (
-            f"read them over HTTP: GET /api/v1/sessions/{state.session_id}/events?after_seq={after}"
-        )
-        if unchecked is not None:
-            return ConnectionLost(
-                f"{error.reason} while this client was away, and the events after seq"
-                f" {after} may not have been delivered to it: asking the server failed"
-                f" ({unchecked}; {read})"
-            )
-        return ConnectionLost(
-            f"{error.reason}, with the events after seq {after} not delivered to this"
-            f" client ({read})"
-        )
+        return ConnectionLost.events_after(error.reason, state.session_id, after, unchecked)
 
     def finish(self, failure: ClientError) -> None:
         """End the client: fail what waits, end events(), close the connection unless
