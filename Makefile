@@ -7,6 +7,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 DATA_DIR ?= ~/.bamboo/sessions
 PYTEST_ARGS ?=
+# Test processes side by side (pytest-xdist): most tests wait on sockets, timers and
+# child processes, so two halve the suite's time on a two-core machine. 0 runs it in
+# one process (what `-x` or a debugger needs).
+PYTEST_WORKERS ?= 2
 
 .PHONY: serve test lint typecheck pytest bench clean
 
@@ -36,7 +40,7 @@ typecheck: $(STAMP)
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p bamboo_session
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
