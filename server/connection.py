@@ -11,16 +11,13 @@ nothing more.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import (
@@ -43,17 +40,15 @@ from bamboo_session.protocol.models import MessageEvent, SessionState
 from .actor import SessionActor
 from .closing import close_within
 from .commands import Append, BatchReply, SetState
-from .failures import request_error
 from .handshake import attach, read_hello
 from .limits import FrameLimiter
 from .outbound import Outbound
 from .outbox import CloseRequest, Outbox, Replay, send_frames
-from .pages import events_reply, history_reply
+from .page_requests import page_reply
 from .replay import send_replay
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
-T = TypeVar("T")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
 
 
@@ -219,10 +214,8 @@ class Connection:
                 await self._submit(actor, outbox, append)
             case PublishBatch():
                 await self._batch(frame, actor, outbox, size)
-            case HistoryRequest():
-                await self._history(frame, outbox)
-            case EventsRequest():
-                await self._events(frame, outbox)
+            case HistoryRequest() | EventsRequest():
+                await self._page(frame, outbox)
             case StateRequest(state=state, id=request_id):
                 command = SetState(SessionState(state), outbox, request_id)
                 await self._submit(actor, outbox, command)
@@ -286,28 +279,9 @@ class Connection:
             await actor.inbox.budget.charged_while(size, actor.room_for(count))
         actor.post_batch(appends)
 
-    async def _history(self, request: HistoryRequest, outbox: Outbox) -> None:
+    async def _page(self, request: HistoryRequest | EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
-        config, storage = self.services.config, self.services.manager.storage
-        limits = (config.max_history_page, config.max_page_bytes)
-        read = functools.partial(history_reply, storage, self.session_id, request, *limits)
-        outbox.push(Outbound.reply(await self._storage_read(read, request.id), self.codec))
-
-    async def _events(self, request: EventsRequest, outbox: Outbox) -> None:
-        assert self.session_id is not None
-        config, storage = self.services.config, self.services.manager.storage
-        limits = (config.max_events_page, config.max_page_bytes)
-        read = functools.partial(events_reply, storage, self.session_id, request, *limits)
-        outbox.push(Outbound.reply(await self._storage_read(read, request.id), self.codec))
-
-    async def _storage_read(self, read: Callable[[], Awaitable[T]], request_id: RequestId) -> T:
-        """A page read (a slot, a deadline); its failure as the request's ``error``. The
-        reply is framed in the same step as the read returns, so the slots still bound
-        the pages decoded at once."""
-        try:
-            return await self.services.page_reads.read(read)
-        except StorageError as exc:
-            raise request_error(exc, request_id) from None
+        outbox.push(await page_reply(self.services, self.session_id, request, self.codec))
 
     def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None

@@ -1,36 +1,72 @@
-"""Session creations under way, by id: concurrent get-or-creates of one session share
-one creation, whose outcome is taken even when every caller gave up on it."""
+"""Session creations under way, by id, and the get-or-create that shares them:
+concurrent get-or-creates of one session share one creation, whose outcome is taken
+even when every caller gave up on it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
 
-from bamboo_session.protocol.models import Session
+from bamboo_session.persistence.base import SessionExists, SessionExpired, SessionNotFound
+from bamboo_session.protocol.models import Session, SessionMetadata
 
 from .failures import is_expected
+from .pages import PageReads
 
 log = structlog.get_logger("bamboo_session.manager")
+
+# (session_id, deadline) -> the session's stored metadata, None when it is not stored
+ReadMetadata = Callable[[str, float | None], Awaitable[SessionMetadata | None]]
 
 
 class Creations:
     """The creations under way (``SessionManager.ensure_session``), one per id."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: ReadMetadata, reads: PageReads) -> None:
+        self._read = read
+        self._reads = reads
         self._under_way: dict[str, asyncio.Future[Session]] = {}
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._under_way
 
-    def get(self, session_id: str) -> asyncio.Future[Session] | None:
-        """The creation of ``session_id`` under way, if any."""
-        return self._under_way.get(session_id)
+    async def get_or_create(
+        self,
+        session_id: str,
+        create: Callable[[], Coroutine[Any, Any, Session]],
+        deadline: float | None,
+    ) -> SessionMetadata:
+        """The session's metadata, once ``create()`` stored it if it was not stored.
+        The reads, and the wait for another caller's creation of the same session, end
+        by ``deadline`` when given (StoreTimeout); the creation's own write is not a
+        read, and the read after it has a deadline of its own."""
+        existing = await self._read(session_id, deadline)
+        # Concurrent callers for one id share one creation (the storage refuses the
+        # others with SessionExists before the winner's is readable): wait, read again.
+        if existing is None and (creating := self._under_way.get(session_id)) is not None:
+            theirs = asyncio.wait([creating])
+            await (theirs if deadline is None else self._reads.within(deadline, theirs))
+            existing = await self._read(session_id, deadline)
+        if existing is not None:
+            if existing.is_expired():
+                raise SessionExpired(session_id)
+            return existing
+        creation = self._start(session_id, create())
+        with contextlib.suppress(SessionExists):  # another caller created it first
+            await asyncio.shield(creation)
+        # The creation's write is not a read: the read after it has a deadline of its
+        # own, else a creation slower than ``deadline`` would fail once it was done.
+        found = await self._read(session_id, None)
+        if found is None:  # created and deleted in between: let the caller retry
+            raise SessionNotFound(session_id)
+        return found
 
-    def start(
+    def _start(
         self, session_id: str, creation: Coroutine[Any, Any, Session]
     ) -> asyncio.Future[Session]:
         """Runs ``creation`` as the one under way for ``session_id`` until it ends."""

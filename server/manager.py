@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
@@ -19,7 +20,6 @@ import structlog
 
 from bamboo_session.persistence.base import (
     Appended,
-    SessionExists,
     SessionExpired,
     SessionFilter,
     SessionListResult,
@@ -82,7 +82,7 @@ class SessionManager:
         # config.store_read_timeout, and how many pages are read at once (pages.py).
         self.page_reads = PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
-        self.creations = Creations()
+        self.creations = Creations(self.stored_metadata, self.page_reads)
         self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce)
@@ -165,32 +165,12 @@ class SessionManager:
     ) -> SessionMetadata:
         """get-or-create without reading the history: what an attach with ``create``
         needs, so a reconnect storm does not load every session's messages. ``admit``
-        wraps a creation, and refuses it by raising. The reads, and the wait for
-        another caller's creation of the same session, end by ``deadline`` when given
-        (StoreTimeout); the creation's own write is not a read, and the read after it
-        has a deadline of its own."""
-        existing = await self.stored_metadata(check_session_id(session_id), deadline)
-        # Concurrent callers for one id share one creation (the storage refuses the
-        # others with SessionExists before the winner's is readable): wait, read again.
-        if existing is None and (creating := self.creations.get(session_id)) is not None:
-            theirs = asyncio.wait([creating])
-            await (theirs if deadline is None else self.page_reads.within(deadline, theirs))
-            existing = await self.stored_metadata(session_id, deadline)
-        if existing is not None:
-            if existing.is_expired():
-                raise SessionExpired(session_id)
-            return existing
-        creation = self.creations.start(
-            session_id, self.create_admitted(admit, user_id, title, session_id=session_id)
+        wraps a creation, and refuses it by raising; ``deadline`` bounds the reads
+        (server/creations.py)."""
+        create = functools.partial(
+            self.create_admitted, admit, user_id, title, session_id=session_id
         )
-        with contextlib.suppress(SessionExists):  # another caller created it first
-            await asyncio.shield(creation)
-        # The creation's write is not a read: the read after it has a deadline of its
-        # own, else a creation slower than ``deadline`` would fail once it was done.
-        found = await self.stored_metadata(session_id)
-        if found is None:  # created and deleted in between: let the caller retry
-            raise SessionNotFound(session_id)
-        return found
+        return await self.creations.get_or_create(check_session_id(session_id), create, deadline)
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000. The close
