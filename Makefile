@@ -35,7 +35,7 @@ lint: $(STAMP)
 # through a farm of symlinks laid out as the installed package would be.
 typecheck: $(STAMP)
 	rm -rf build/typecheck && mkdir -p build/typecheck/bamboo_session
-	cp bamboo_session/__init__.py bamboo_session/py.typed build/typecheck/bamboo_session/
+	cp bamboo_session/*.py bamboo_session/py.typed build/typecheck/bamboo_session/
 	for pkg in protocol persistence server; do ln -s ../../../$$pkg build/typecheck/bamboo_session/$$pkg; done
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p bamboo_session
 

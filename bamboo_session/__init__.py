@@ -2,7 +2,8 @@
 
 The distribution's subpackages live in the repository's top-level folders:
 ``bamboo_session.protocol`` (wire data and codec), ``bamboo_session.persistence``
-(storage) and ``bamboo_session.server`` (the running server).
+(storage) and ``bamboo_session.server`` (the running server). Beside them,
+``bamboo_session.wakeup``: the one asyncio helper all three use.
 """
 
 __version__ = "0.1.0"

@@ -13,12 +13,12 @@ order, however late, lost or repeated the published copies are.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from bamboo_session.protocol.models import StoredEvent
+from bamboo_session.wakeup import Wakeup
 
 from .base import SessionNotFound
 
@@ -43,13 +43,12 @@ class FeedSubscription:
         "_ending",
         "_feed",
         "_known_last",
-        "_loop",
         "_max_bytes",
         "_max_events",
         "_pending",
         "_position",
         "_read",
-        "_waiter",
+        "_wakeup",
         "ended",
         "session_id",
     )
@@ -74,8 +73,7 @@ class FeedSubscription:
         self._pending: collections.deque[StoredEvent] = collections.deque()  # for __anext__
         self._max_events = max_events
         self._max_bytes = max_bytes
-        self._waiter: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = Wakeup()  # while next_batch() waits for something to deliver
         self._callback: Callable[[], object] | None = None
         self._ending: str | None = None  # closed: deliver what is stored, then end
         self.ended: str | None = None
@@ -150,7 +148,7 @@ class FeedSubscription:
                 self._finish(self._ending)
                 return []
             else:
-                await self._wait()
+                await self._wakeup.wait()
 
     def __aiter__(self) -> AsyncIterator[StoredEvent]:
         return self
@@ -208,20 +206,8 @@ class FeedSubscription:
             self._drop_buffer()
             self._feed.discard(self)
 
-    async def _wait(self) -> None:
-        loop = self._loop
-        if loop is None:  # asked once: on Python 3.11 that is a getpid() call
-            loop = self._loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wakeup.set()
         if self._callback is not None and self.ready():
             self._callback()
 

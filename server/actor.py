@@ -35,6 +35,7 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
+from bamboo_session.wakeup import Wakeup
 
 from .budget import MemoryBudget
 from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
@@ -59,7 +60,6 @@ class SessionActor:
     are attached or commands wait (a parked crowd costs no tasks)."""
 
     __slots__ = (
-        "_loop",
         "_on_retired",
         "_wakeup",
         "accepting",
@@ -107,8 +107,7 @@ class SessionActor:
         self.finished = False
         self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[None] | None = None
-        self._loop = asyncio.get_running_loop()
+        self._wakeup = Wakeup()  # while the task waits for work (_wait_for_work)
         self.timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
 
     @classmethod
@@ -161,11 +160,8 @@ class SessionActor:
             self.post(append)
 
     def _wake(self) -> None:
-        waiting = self._wakeup
-        if waiting is not None:
-            if not waiting.done():
-                waiting.set_result(None)
-            return
+        if self._wakeup.set():
+            return  # the task waits for work, or was just woken from it: it takes this
         task = self.task
         if task is None or task.done():
             # A fresh context: the actor outlives the connection that happened to wake
@@ -217,11 +213,7 @@ class SessionActor:
     async def _wait_for_work(self) -> None:
         """While connections are attached the task waits here instead of ending, so a
         busy session does not pay for a new task on every command."""
-        self._wakeup = self._loop.create_future()
-        try:
-            await self._wakeup
-        finally:
-            self._wakeup = None
+        await self._wakeup.wait()
 
     async def _finish(self) -> None:
         self._retire()

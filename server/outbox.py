@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from bamboo_session.protocol.codec import JSON, Codec
 from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.wakeup import Wakeup
 
 from .budget import NO_LIMIT, MemoryBudget
 from .flush import DirectSink, Flusher, unframe
@@ -129,7 +130,9 @@ class Outbox:
         # fits in the queue, which keeps a pipelining publisher from closing itself.
         self.in_flight = 0
         self.max_in_flight = max(1, limit // 2)
-        self._settled: asyncio.Future[None] | None = None
+        # Made at the first wait for a reply: most connections never wait, and an idle
+        # one holds no more than it must.
+        self._settled: Wakeup | None = None
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -177,19 +180,16 @@ class Outbox:
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""
         while self.in_flight >= self.max_in_flight and self.closing is None:
-            self._settled = self._event_loop().create_future()
-            try:
-                await self._settled
-            finally:
-                self._settled = None
+            if self._settled is None:
+                self._settled = Wakeup()
+            await self._settled.wait()
         self.in_flight += 1
 
     def settle(self) -> None:
         """A request of this connection got its reply."""
         self.in_flight -= 1
-        settled = self._settled
-        if settled is not None and not settled.done():
-            settled.set_result(None)
+        if self._settled is not None:
+            self._settled.set()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Ends the stream: frames already queued are still sent, then the close."""
@@ -247,8 +247,8 @@ class Outbox:
         self.closing = closing
         self._items.append(closing)
         self._wake()
-        if self._settled is not None and not self._settled.done():
-            self._settled.set_result(None)
+        if self._settled is not None:
+            self._settled.set()
         if self.on_close is not None:
             self.on_close(closing)
 

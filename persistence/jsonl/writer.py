@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from bamboo_session.wakeup import Wakeup
+
 from ..base import StorageError
 from .batch import Batch, Commit, Forget, Group
 from .commits import Committer
@@ -108,10 +110,7 @@ class LogWriter:
         self._on_failed = on_failed
         self._queue: list[_Append | _Control] = []
         self._generations: dict[str, int] = {}
-        # Woken by submit while idle. A future of our own rather than an asyncio.Event:
-        # Event.wait() asks for the running loop at every wait, which on Python 3.11 is
-        # a getpid() system call, and this is once per group commit.
-        self._wakeup: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()  # by submit, while idle: once per group commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._io = IoThread("bamboo-log-writer")
@@ -144,13 +143,8 @@ class LogWriter:
         future = self._loop.create_future()
         generation = self._generations.get(session_id, 0)
         self._queue.append(_Append(session_id, batch, generation, future))
-        self._wake()
+        self._wakeup.set()
         return future
-
-    def _wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
 
     async def flush(self) -> None:
         """Return once everything queued before this call is written (or failed)."""
@@ -167,7 +161,7 @@ class LogWriter:
         if self._closing:
             return
         self._closing = True
-        self._wake()
+        self._wakeup.set()
         for task in self._tasks:
             if task.get_name() == "bamboo-log-sync":
                 task.cancel()
@@ -186,20 +180,15 @@ class LogWriter:
     async def _control(self, forget: Forget | None) -> None:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Control(future, forget))
-        self._wake()
+        self._wakeup.set()
         await future
 
     async def _run(self) -> None:
-        assert self._loop is not None
         while True:
             if not self._queue:
                 if self._closing:
                     return
-                self._wakeup = self._loop.create_future()
-                try:
-                    await self._wakeup
-                finally:
-                    self._wakeup = None
+                await self._wakeup.wait()
                 continue
             if self._commit_window:
                 await self._pace()

@@ -26,6 +26,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from bamboo_session.protocol.errors import InvalidSessionId, InvalidTransition
 from bamboo_session.protocol.models import utcnow
+from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
 from .writes import Batch, RowCache
@@ -65,7 +66,7 @@ class Writer:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="bamboo-sqlite-write")
         self._db: sqlite3.Connection | None = None
         self._queue: list[_Op[Any]] = []
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()  # by submit, while idle: once per transaction
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._session_count: int | None = None  # known after a batch counted them
@@ -114,7 +115,6 @@ class Writer:
             if not self._queue:
                 if self._closing:
                     return
-                self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             # In a coroutine of its own: no local of this loop keeps the batch (every

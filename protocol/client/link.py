@@ -38,6 +38,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from bamboo_session.wakeup import Wakeup
+
 from ..errors import CloseCode
 from ..frames import PublishEvent, PublishMessage
 from .errors import ClientError, ConnectionLost, Resync, Retry, SessionEnded
@@ -73,11 +75,11 @@ class Link:
         self._generation = 0  # counts connections; a request remembers the one it went on
         self._ready = False  # connected, and every earlier request resent
         self._queued: list[PendingRequest] = []  # for the sender, oldest first
-        self._wakeup: asyncio.Future[None] | None = None  # set while the sender waits
+        self._sender_wakeup = Wakeup()  # by a request queued while the sender waits
         # This connection is about to be replaced (a resync): send nothing more on it.
         self._holding = False
-        # Set while the reader waits for room in the events feed, or for a request.
-        self._reader_wakeup: asyncio.Future[None] | None = None
+        # While the reader waits for room in the events feed, or for a request.
+        self._reader_wakeup = Wakeup()
         state.feed.on_drained = self._wake_reader
         self._runner: asyncio.Task[None] | None = None
         self.reconnects = 0  # successful reconnects so far
@@ -118,9 +120,7 @@ class Link:
         # Queued for this connection's sender; if there is none (reconnecting), the
         # next connection's sender takes it from the book with everything unanswered.
         self._queued.append(pending)
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        self._sender_wakeup.set()
         self._wake_reader()  # its reply must be read, whatever the events feed holds
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
@@ -135,17 +135,12 @@ class Link:
         book.forget_batches()
         self._queued = []  # the book lists them all, in order
         queue = book.unsent(generation)
-        loop = asyncio.get_running_loop()
         while True:
             if queue:
                 await self._send(ws, queue, generation)
             elif not self._queued:
                 self._ready = True  # everything from before this connection is resent
-                self._wakeup = loop.create_future()
-                try:
-                    await self._wakeup
-                finally:
-                    self._wakeup = None
+                await self._sender_wakeup.wait()
             queue, self._queued = self._queued, []
 
     async def _send(
@@ -300,24 +295,15 @@ class Link:
                 elif not state.pending:
                     # Nothing waits for a reply: stop reading, and let TCP hold the
                     # server back, until the application reads or makes a request.
-                    await self._reader_woken()
+                    await self._reader_wakeup.wait()
                     continue
             data = await ws.recv(decode=False)
             state.receive(decode(data), len(data))
             if state.failure is not None:
                 raise state.failure
 
-    async def _reader_woken(self) -> None:
-        self._reader_wakeup = asyncio.get_running_loop().create_future()
-        try:
-            await self._reader_wakeup
-        finally:
-            self._reader_wakeup = None
-
     def _wake_reader(self) -> None:
-        wakeup = self._reader_wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        self._reader_wakeup.set()
 
     async def _close_skipping(self, ws: ClientConnection) -> None:
         """Close ``ws`` (1000), reading what it still brings until the server's close
