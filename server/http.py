@@ -23,7 +23,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from . import web
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
-from .http_wire import ALLOWED_METHODS
+from .http_requests import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import events_page, history_page, within_bytes
 from .responses import error_response, json_response, text_response

@@ -1,63 +1,39 @@
-"""HTTP refusals made inside websockets, answered as the rest of the API answers them.
+"""The server's connection on the WebSocket port: :class:`BambooConnection`, the
+``create_connection`` of ``serve()``.
 
-websockets refuses some requests on its own, before the server sees them: a request line
-or headers too long (414, 431), a request with a body (the connection was just dropped),
-a failed upgrade (400, 426, 500, 503, the subprotocol refusal). Its refusals are plain
-text; a client of this server expects ``{"error": {"code", "message"}}`` on every error.
-
-:class:`BambooConnection` is the ``create_connection`` of ``serve()``: it gives its
-websockets protocol a ``reject`` that writes that JSON body, and a request parser that
-answers a request with a body (or chunked) with 405, since only GET and HEAD without a
-body are served here, where websockets dropped the connection without a word. The same
-parser holds what a peer sends behind its request until the request is answered (at
-most 64 KiB), and the connection reads its socket only while it can be written to.
-Once upgraded, what it reads goes to websockets' parser a few KiB at a time, each
-frame charged to the connection's byte rate (limits.py); in debt, it stops reading
-until the debt is repaid.
+It gives its websockets protocol the JSON refusals and the request parser of
+http_requests.py, charges what a peer sends before its request is answered to the
+account of pending requests (and drops a peer that sends more than 64 KiB behind its
+request), keeps of an upgrade's request only what the ``hello`` needs, and reads its
+socket only while it can be written to. Once upgraded, what it reads goes to
+websockets' parser a few KiB at a time, each frame charged to the connection's byte
+rate (limits.py); in debt, it stops reading until the debt is repaid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import http
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.exceptions import (
-    HeaderLineTooLong,
-    InvalidMessage,
-    RequestLineTooLong,
-    TooManyHeaders,
-)
 from websockets.frames import Frame
-from websockets.http11 import Request, Response
-from websockets.protocol import Protocol, State
+from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .http_requests import PendingRequests, json_reject, parse_request
 from .limits import FRAME_BYTES, ByteRate
 
 if TYPE_CHECKING:
     from .responses import UnreadAnswers
 
-_json = msgspec.json.Encoder()
 # The kernel's send buffer of a connection that answers an HTTP request (the kernel
 # doubles it): what it holds of an unread answer is not counted (hold_answer).
 ANSWER_SEND_BUFFER = 64 * 1024
-_CODES = {
-    http.HTTPStatus.UNAUTHORIZED: "unauthorized",
-    http.HTTPStatus.FORBIDDEN: "forbidden",
-    http.HTTPStatus.NOT_FOUND: "not_found",
-    http.HTTPStatus.TOO_MANY_REQUESTS: "rate_limited",
-    http.HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
-    http.HTTPStatus.SERVICE_UNAVAILABLE: "internal",
-}
-ALLOWED_METHODS = "GET, HEAD"
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
 EARLY_BYTES = 64 * 1024
@@ -67,28 +43,6 @@ EARLY_BYTES = 64 * 1024
 PARSE_SLICE = 4096
 # A frame payload up to this size may stay with websockets' parser until the next frame.
 PARSER_KEEPS_BYTES = 4096
-
-
-def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
-    """The JSON error body for ``status`` and its ``code``."""
-    code = _CODES.get(status, "internal" if status >= 500 else "bad_request")
-    return _json.encode({"error": {"code": code, "message": message}}), code
-
-
-def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
-    """``ServerProtocol.reject`` with a JSON body: the websockets refusals' answer."""
-    status = http.HTTPStatus(status)
-    body, _ = error_body(status, text.strip().replace("\n\n", " ").replace("\n", " "))
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-            ("Content-Type", "application/json"),
-            ("Cache-Control", "no-store"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
 
 
 class BambooConnection(ServerConnection):
@@ -101,6 +55,10 @@ class BambooConnection(ServerConnection):
     # charged there; class defaults, so that a WebSocket connection carries neither.
     _answers: UnreadAnswers | None = None
     _answer_held = 0
+    # The account of bytes read before the answer (request_bytes.py), and this
+    # connection's charge to it.
+    _pending: PendingRequests | None = None
+    _request_held = 0
     # Set once attached to a session: its outbox sends ``closed`` and the close.
     closes_itself = False
     _discarding = False  # a stopping server: what the peer sends is dropped unread
@@ -116,10 +74,11 @@ class BambooConnection(ServerConnection):
         open_connections: set[BambooConnection] | None = None,
         read_rate: tuple[float, float] = (0.0, 1.0),
         on_read_wait: Callable[[float], None] | None = None,
+        pending_requests: PendingRequests | None = None,
         **kwargs: Any,
     ) -> None:
         protocol.reject = json_reject  # type: ignore[method-assign]
-        protocol.parser = _parse_request(protocol)
+        protocol.parser = parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
         # The server's account of every connection from accept to end (websockets
@@ -127,6 +86,7 @@ class BambooConnection(ServerConnection):
         self._open_connections = open_connections
         self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
         self._on_read_wait = on_read_wait
+        self._pending = pending_requests
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -134,13 +94,17 @@ class BambooConnection(ServerConnection):
         if self._meter is not None and self.protocol.state is not State.CONNECTING:
             self._parse_metered(data)
             return
+        if self.protocol.state is State.CONNECTING and not self._hold_request(len(data)):
+            # Requests not answered yet hold their share of the memory budget.
+            self.transport.abort()
+            return
         super().data_received(data)
         if (
             self.protocol.state is State.CONNECTING
             and len(self.protocol.reader.buffer) > EARLY_BYTES
         ):
-            # Bytes behind a request wait for its answer (_parse_request): a peer that
-            # sends this much before it is answered is not a WebSocket client.
+            # Bytes behind a request wait for its answer (http_requests.parse_request):
+            # a peer that sends this much before it is answered is no WebSocket client.
             self.transport.abort()
 
     def _parse_metered(self, data: bytes) -> None:
@@ -199,10 +163,42 @@ class BambooConnection(ServerConnection):
         if self._repaid is None:
             self._resume_reading()
 
+    def _hold_request(self, size: int) -> bool:
+        pending = self._pending
+        if pending is None:
+            return True
+        if not pending.take(size):
+            return False
+        self._request_held += size
+        return True
+
+    def _release_request(self) -> None:
+        if self._pending is not None and self._request_held:
+            self._pending.give_back(self._request_held)
+        self._request_held = 0
+
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
-        await super().handshake(*args, **kwargs)
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:
+            self._release_request()
         if self.protocol.state is State.OPEN:
+            self._forget_headers()
             self.data_received(b"")  # frames sent along with the request: read them now
+
+    def _forget_headers(self) -> None:
+        """Keeps of the upgrade's request its path and the one header the ``hello`` may
+        still need (``Authorization``, server/handshake.py), and drops the answer: the
+        rest would stay with the connection, uncharged, while its ``hello`` is awaited."""
+        request = self.request
+        if request is None:
+            return
+        headers = Headers()
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        self.request = Request(request.path, headers)
+        self.response = None
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         if self._discarding:
@@ -224,6 +220,7 @@ class BambooConnection(ServerConnection):
         try:
             super().connection_lost(exc)
         finally:
+            self._release_request()
             self._answer_left(0)  # whatever was left unsent is gone with the transport
             if self._open_connections is not None:
                 self._open_connections.discard(self)
@@ -291,79 +288,3 @@ class BambooConnection(ServerConnection):
     def _resume_reading(self) -> None:
         if not self.paused and not self.recv_messages.paused and self._repaid is None:
             self.transport.resume_reading()
-
-
-def _parse_request(protocol: ServerProtocol) -> Generator[None]:
-    """``ServerProtocol.parse`` (websockets 17), except that a request whose line parsed
-    but which has a body gets 405 instead of a dropped connection."""
-    first_line: list[bytes] = []
-
-    def read_line(
-        limit: int, too_long: type[Exception] = RuntimeError
-    ) -> Generator[None, None, bytes | bytearray]:
-        line = yield from protocol.reader.read_line(limit, too_long)
-        if not first_line:
-            first_line.append(bytes(line))
-        return line
-
-    try:
-        request = yield from Request.parse(read_line)
-    except Exception as exc:
-        response = _refusal(exc, first_line)
-        if response is None:
-            yield from _parse_refused(protocol, exc)
-            return  # pragma: no cover - the generator above never ends
-        protocol.handshake_exc = exc
-        protocol.send_response(response)
-        yield
-        return  # pragma: no cover - send_response replaced this parser
-    protocol.events.append(request)
-    # This generator parses frames for the connection's whole life: it keeps neither
-    # the request (headers and all) nor its first line past the handshake.
-    del request
-    first_line.clear()
-    # Bytes after the request wait for its answer. A refusal discards them (its
-    # send_response replaces this parser); an accepted upgrade resumes it (handshake
-    # above). Read at once, they were frames of a connection not yet open: a stray CRLF
-    # after a GET failed the connection under the answer being sent (AssertionError).
-    # The peer's end of stream is not waited on: websockets must see it to let go.
-    while protocol.state is State.CONNECTING and not protocol.reader.eof:
-        yield
-    yield from Protocol.parse(protocol)
-
-
-def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
-    """The answer to a request that did not parse, or None to drop the connection (it
-    was not HTTP at all, or the peer is gone: nothing sensible to say)."""
-    if isinstance(exc, RequestLineTooLong):
-        return json_reject(http.HTTPStatus.REQUEST_URI_TOO_LONG, f"request line too long: {exc}")
-    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
-        status = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-        return json_reject(status, f"header fields too large: {exc}")
-    if isinstance(exc, EOFError) or not first_line or not _is_request_line(first_line[0]):
-        return None
-    # websockets refuses a body with these two, once the request line and the
-    # headers have parsed (Content-Length other than 0, or Transfer-Encoding).
-    if isinstance(exc, NotImplementedError) or str(exc) == "unsupported request body":
-        response = json_reject(
-            http.HTTPStatus.METHOD_NOT_ALLOWED,
-            f"only {ALLOWED_METHODS} without a body are served here",
-        )
-        response.headers["Allow"] = ALLOWED_METHODS
-        return response
-    return json_reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {exc}")
-
-
-def _is_request_line(line: bytes) -> bool:
-    parts = line.rstrip(b"\r\n").split(b" ")
-    return len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0") and parts[0].isalpha()
-
-
-def _parse_refused(protocol: ServerProtocol, exc: Exception) -> Generator[None]:
-    """What websockets does with a request that is not HTTP: drop the connection."""
-    protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
-    protocol.handshake_exc.__cause__ = exc
-    protocol.send_eof()
-    protocol.parser = protocol.discard()
-    next(protocol.parser)
-    yield

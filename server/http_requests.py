@@ -1,0 +1,182 @@
+"""How a request on the WebSocket port is read, and how websockets' own refusals of one
+are answered.
+
+websockets refuses some requests itself, before the server sees them: a request line
+or headers too long (414, 431), a request with a body (the connection was just
+dropped), a failed upgrade (400, 426, 500, 503, the subprotocol refusal). Its refusals
+are plain text; a client of this server expects ``{"error": {"code", "message"}}`` on
+every error: :func:`json_reject`. :func:`parse_request` is websockets' request parser,
+except that a request with a body (or chunked) gets 405, since only GET and HEAD
+without a body are served here, where websockets dropped the connection without a word.
+
+Bytes of requests not answered yet: websockets bounds a request's head in counts only
+(128 header lines of 8 KiB each: about 1 MiB), which it keeps while the request is read
+(up to ``open_timeout``, 10 s) and answered. Peers that each sent that much and nothing
+more held 1 MiB of the server per connection, before any auth, counted by no bound:
+2,000 of them, 2 GB. A request's head (its line and headers) is now at most 16 KiB in
+all, as Node's HTTP server allows (more gets 431), and what every connection has read
+before its answer, head and early frames, is charged to one account
+(:class:`PendingRequests`), a share of the memory budget, until the answer. A
+connection whose bytes would go past it is dropped without one.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+from collections.abc import Generator
+
+import msgspec
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    InvalidMessage,
+    RequestLineTooLong,
+    SecurityError,
+    TooManyHeaders,
+)
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+
+_json = msgspec.json.Encoder()
+_CODES = {
+    http.HTTPStatus.UNAUTHORIZED: "unauthorized",
+    http.HTTPStatus.FORBIDDEN: "forbidden",
+    http.HTTPStatus.NOT_FOUND: "not_found",
+    http.HTTPStatus.TOO_MANY_REQUESTS: "rate_limited",
+    http.HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
+    http.HTTPStatus.SERVICE_UNAVAILABLE: "internal",
+}
+ALLOWED_METHODS = "GET, HEAD"
+MAX_HEAD_BYTES = 16 * 1024
+
+
+class RequestHeadTooLarge(SecurityError):
+    """A request line and headers of more than :data:`MAX_HEAD_BYTES` in all."""
+
+
+class PendingRequests:
+    """Bytes read from connections whose request is not answered yet, against a limit;
+    each connection charges what it reads until its answer (``http_wire.py``)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Charge ``size`` bytes; False (and nothing charged) past the limit."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
+def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
+    """The JSON error body for ``status`` and its ``code``."""
+    code = _CODES.get(status, "internal" if status >= 500 else "bad_request")
+    return _json.encode({"error": {"code": code, "message": message}}), code
+
+
+def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
+    """``ServerProtocol.reject`` with a JSON body: the websockets refusals' answer."""
+    status = http.HTTPStatus(status)
+    body, _ = error_body(status, text.strip().replace("\n\n", " ").replace("\n", " "))
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def parse_request(protocol: ServerProtocol) -> Generator[None]:
+    """``ServerProtocol.parse`` (websockets 17), except that a request whose line parsed
+    but which has a body gets 405 instead of a dropped connection."""
+    first_line: list[bytes] = []
+    head_left = [MAX_HEAD_BYTES]  # of the request line and headers, in all
+
+    def read_line(
+        limit: int, too_long: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes | bytearray]:
+        if head_left[0] < limit:
+            limit, too_long = head_left[0], RequestHeadTooLarge
+        line = yield from protocol.reader.read_line(limit, too_long)
+        head_left[0] -= len(line)
+        if not first_line:
+            first_line.append(bytes(line))
+        return line
+
+    try:
+        request = yield from Request.parse(read_line)
+    except Exception as exc:
+        response = _refusal(exc, first_line)
+        if response is None:
+            yield from _parse_refused(protocol, exc)
+            return  # pragma: no cover - the generator above never ends
+        protocol.handshake_exc = exc
+        protocol.send_response(response)
+        yield
+        return  # pragma: no cover - send_response replaced this parser
+    protocol.events.append(request)
+    # This generator parses frames for the connection's whole life: it keeps neither
+    # the request (headers and all) nor its first line past the handshake.
+    del request
+    first_line.clear()
+    # Bytes after the request wait for its answer. A refusal discards them (its
+    # send_response replaces this parser); an accepted upgrade resumes it (handshake
+    # above). Read at once, they were frames of a connection not yet open: a stray CRLF
+    # after a GET failed the connection under the answer being sent (AssertionError).
+    # The peer's end of stream is not waited on: websockets must see it to let go.
+    while protocol.state is State.CONNECTING and not protocol.reader.eof:
+        yield
+    yield from Protocol.parse(protocol)
+
+
+def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
+    """The answer to a request that did not parse, or None to drop the connection (it
+    was not HTTP at all, or the peer is gone: nothing sensible to say)."""
+    if isinstance(exc, RequestLineTooLong):
+        return json_reject(http.HTTPStatus.REQUEST_URI_TOO_LONG, f"request line too long: {exc}")
+    if isinstance(exc, RequestHeadTooLarge):
+        status = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        return json_reject(status, f"request head over {MAX_HEAD_BYTES} bytes")
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+        status = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        return json_reject(status, f"header fields too large: {exc}")
+    if isinstance(exc, EOFError) or not first_line or not _is_request_line(first_line[0]):
+        return None
+    # websockets refuses a body with these two, once the request line and the
+    # headers have parsed (Content-Length other than 0, or Transfer-Encoding).
+    if isinstance(exc, NotImplementedError) or str(exc) == "unsupported request body":
+        response = json_reject(
+            http.HTTPStatus.METHOD_NOT_ALLOWED,
+            f"only {ALLOWED_METHODS} without a body are served here",
+        )
+        response.headers["Allow"] = ALLOWED_METHODS
+        return response
+    return json_reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {exc}")
+
+
+def _is_request_line(line: bytes) -> bool:
+    parts = line.rstrip(b"\r\n").split(b" ")
+    return len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0") and parts[0].isalpha()
+
+
+def _parse_refused(protocol: ServerProtocol, exc: Exception) -> Generator[None]:
+    """What websockets does with a request that is not HTTP: drop the connection."""
+    protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+    protocol.handshake_exc.__cause__ = exc
+    protocol.send_eof()
+    protocol.parser = protocol.discard()
+    next(protocol.parser)
+    yield
