@@ -55,7 +55,7 @@ class BambooConnection(ServerConnection):
     # charged there; class defaults, so that a WebSocket connection carries neither.
     _answers: UnreadAnswers | None = None
     _answer_held = 0
-    # The account of bytes read before the answer (request_bytes.py), and this
+    # The account of bytes read before the answer (http_requests.py), and this
     # connection's charge to it.
     _pending: PendingRequests | None = None
     _request_held = 0
@@ -94,8 +94,14 @@ class BambooConnection(ServerConnection):
         if self._meter is not None and self.protocol.state is not State.CONNECTING:
             self._parse_metered(data)
             return
-        if self.protocol.state is State.CONNECTING and not self._hold_request(len(data)):
-            # Requests not answered yet hold their share of the memory budget.
+        if (
+            self.protocol.state is State.CONNECTING
+            and not self.protocol.eof_sent
+            and not self._hold_request(len(data))
+        ):
+            # Requests not answered yet hold their share of the memory budget. Once
+            # answered or refused (its end of stream sent), what the peer sends is
+            # discarded unread: it holds nothing, and is not charged.
             self.transport.abort()
             return
         super().data_received(data)

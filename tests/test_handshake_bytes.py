@@ -145,11 +145,6 @@ async def _until(condition: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bytes read after the answer are discarded yet charged to the share until the "
-    "connection ends: one peer that keeps sending holds it all, and others are dropped",
-)
 @pytest.mark.parametrize("kind", ["answered", "refused-431", "not-http"])
 async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: str) -> None:
     """Once a request is answered (or refused), what its peer sends is discarded unread,
