@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.server.http_requests import MAX_HEAD_BYTES
+from bamboo_session.server.http_wire import EARLY_BYTES
 from tests.server_process import ServerProcess
 from tests.support import run_server, stream_url
 
@@ -177,3 +178,39 @@ async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: st
         finally:
             writer.close()
         await _until(lambda: server.pending_requests.used == 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a request's charge stays until its handshake ends: after an answer, until "
+    "the peer hangs up (close timeout, 5 s); after a refusal, the open timeout (10 s)",
+)
+@pytest.mark.parametrize("kind", ["answered", "refused-431", "not-http"])
+async def test_a_request_s_bytes_are_given_back_once_it_is_answered(kind: str) -> None:
+    """Once answered or refused, a request's bytes are dropped (websockets discards what
+    it held, and the connection keeps of its request only the path): their charge goes
+    with them, not when the peer hangs up. Kept, a peer that sent a request and up to
+    64 KiB behind it, and then neither read nor hung up, held its charge for the close
+    timeout (5 s) after its answer, or the open timeout (10 s) after a refusal: under a
+    16 MiB share, 256 such connections (or 128 refused ones, whose reads of up to
+    128 KiB are charged whole) dropped every other request, and again when renewed."""
+    requests = {
+        "answered": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "refused-431": (upgrade_head(MAX_HEAD_BYTES // 200, "v" * 200) + "\r\n").encode(),
+        "not-http": b"\x16\x03\x01\x02\x00" + b"\x01" * 200 + b"\r\n",
+    }
+    request = requests[kind]
+    async with run_server(memory_budget=1 << 20) as server:
+        limit = server.pending_requests.limit
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            # Behind the request, early bytes up to what the share has left but 100.
+            writer.write(request + b"x" * min(EARLY_BYTES, limit - len(request) - 100))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), 5)  # the answer (or none), then EOF
+            await _until(lambda: server.pending_requests.used == 0, timeout=1.0)
+            async with connect(stream_url(server), open_timeout=5) as ws:
+                await ws.send('{"type": "hello", "create": true}')
+                assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
+        finally:
+            writer.close()
