@@ -183,6 +183,21 @@ class BambooConnection(ServerConnection):
             self._pending.give_back(self._request_held)
         self._request_held = 0
 
+    def send_data(self) -> None:
+        super().send_data()
+        if self._request_held and self.protocol.eof_sent:
+            self._answered()
+
+    def _answered(self) -> None:
+        """The request is answered or refused, its end of stream sent: websockets drops
+        what it held of it (its parser discards from here on), and this connection
+        keeps of the request only its path, so its charge goes now, not when the peer
+        hangs up (up to the close timeout; after a refusal, the open timeout)."""
+        self._release_request()
+        request = self.request
+        if request is not None:
+            self.request = Request(request.path, Headers())
+
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
             await super().handshake(*args, **kwargs)

@@ -180,11 +180,6 @@ async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: st
         await _until(lambda: server.pending_requests.used == 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request's charge stays until its handshake ends: after an answer, until "
-    "the peer hangs up (close timeout, 5 s); after a refusal, the open timeout (10 s)",
-)
 @pytest.mark.parametrize("kind", ["answered", "refused-431", "not-http"])
 async def test_a_request_s_bytes_are_given_back_once_it_is_answered(kind: str) -> None:
     """Once answered or refused, a request's bytes are dropped (websockets discards what
