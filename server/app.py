@@ -41,7 +41,7 @@ from .http import (
     stream_route,
     upgrade_required,
 )
-from .http_requests import PendingRequests
+from .http_requests import UnansweredRequests
 from .http_wire import BambooConnection
 from .limits import ConnectionCounter
 from .logs import announce
@@ -95,8 +95,8 @@ class BambooServer:
         self.unread_answers = UnreadAnswers(budget)
         # Requests being read, heads and early frames, a sixteenth (16 MiB by default:
         # a thousand heads of the largest size, ten times as many of a browser's).
-        pending = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
-        self.pending_requests = PendingRequests(pending)
+        unanswered = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
+        self.unanswered_requests = UnansweredRequests(unanswered)
         self.guard = RequestGuard(
             config.host,
             config.auth_secret is not None,
@@ -158,7 +158,7 @@ class BambooServer:
                 open_connections=self._open_connections,
                 read_rate=(config.rate_limit_bytes, config.rate_limit_bytes_burst),
                 on_read_wait=self.metrics.read_wait_seconds.inc,
-                pending_requests=self.pending_requests,
+                unanswered_requests=self.unanswered_requests,
             ),
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=select_subprotocol,

@@ -16,14 +16,15 @@ more held 1 MiB of the server per connection, before any auth, counted by no bou
 2,000 of them, 2 GB. A request's head (its line and headers) is now at most 16 KiB in
 all, as Node's HTTP server allows (more gets 431), and what every connection has read
 before its answer, head and early frames, is charged to one account
-(:class:`PendingRequests`), a share of the memory budget, until the answer. A
-connection whose bytes would go past it is dropped without one.
+(:class:`UnansweredRequests`), a share of the memory budget, until the answer. Past
+it, the connections that have held their part longest are dropped without one.
 """
 
 from __future__ import annotations
 
 import email.utils
 import http
+import typing
 from collections.abc import Generator
 
 import msgspec
@@ -56,25 +57,48 @@ class RequestHeadTooLarge(SecurityError):
     """A request line and headers of more than :data:`MAX_HEAD_BYTES` in all."""
 
 
-class PendingRequests:
-    """Bytes read from connections whose request is not answered yet, against a limit;
-    each connection charges what it reads until its answer (``http_wire.py``)."""
+class Holder(typing.Protocol):
+    def evict(self) -> None:
+        """Drop the connection, giving back its charge at once (:meth:`give_back`)."""
 
-    __slots__ = ("limit", "used")
+
+class UnansweredRequests:
+    """Bytes read from connections whose request is not answered yet, against a limit;
+    each connection charges what it reads until its answer (``http_wire.py``).
+
+    Past the limit, room is made by dropping the connections that have held a charge
+    the longest: a client sends its request in one write and is answered within
+    milliseconds, so the oldest holders are the slow or stalled heads an attacker
+    keeps open. Dropping the newcomer instead let about 1,100 stalled 16 KiB heads
+    keep every new client out for as long as their open timeout (10 s), again and
+    again."""
+
+    __slots__ = ("_holders", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._holders: dict[Holder, None] = {}  # those with a charge, oldest first
 
-    def take(self, size: int) -> bool:
-        """Charge ``size`` bytes; False (and nothing charged) past the limit."""
-        if self.used + size > self.limit:
-            return False
+    def take(self, holder: Holder, size: int) -> bool:
+        """Charge ``size`` bytes to ``holder``, dropping the oldest other holders while
+        it would go past the limit; False (nothing charged) if even that cannot make
+        room."""
+        if size <= 0:
+            return True
+        while self.used + size > self.limit:
+            oldest = next((other for other in self._holders if other is not holder), None)
+            if oldest is None:
+                return False
+            oldest.evict()
         self.used += size
+        self._holders.setdefault(holder, None)
         return True
 
-    def give_back(self, size: int) -> None:
+    def give_back(self, holder: Holder, size: int) -> None:
+        """``holder``'s whole charge, ``size`` bytes, is given back."""
         self.used -= size
+        del self._holders[holder]
 
 
 def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:

@@ -3,7 +3,7 @@
 
 It gives its websockets protocol the JSON refusals and the request parser of
 http_requests.py, charges what a peer sends before its request is answered to the
-account of pending requests (and drops a peer that sends more than 64 KiB behind its
+account of unanswered requests (and drops a peer that sends more than 64 KiB behind its
 request), keeps of an upgrade's request only what the ``hello`` needs, and reads its
 socket only while it can be written to. Once upgraded, what it reads goes to
 websockets' parser a few KiB at a time, each frame charged to the connection's byte
@@ -25,7 +25,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from .http_requests import PendingRequests, json_reject, parse_request
+from .http_requests import UnansweredRequests, json_reject, parse_request
 from .limits import FRAME_BYTES, ByteRate
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class BambooConnection(ServerConnection):
     _answer_held = 0
     # The account of bytes read before the answer (http_requests.py), and this
     # connection's charge to it.
-    _pending: PendingRequests | None = None
+    _pending: UnansweredRequests | None = None
     _request_held = 0
     # Set once attached to a session: its outbox sends ``closed`` and the close.
     closes_itself = False
@@ -74,7 +74,7 @@ class BambooConnection(ServerConnection):
         open_connections: set[BambooConnection] | None = None,
         read_rate: tuple[float, float] = (0.0, 1.0),
         on_read_wait: Callable[[float], None] | None = None,
-        pending_requests: PendingRequests | None = None,
+        unanswered_requests: UnansweredRequests | None = None,
         **kwargs: Any,
     ) -> None:
         protocol.reject = json_reject  # type: ignore[method-assign]
@@ -86,7 +86,7 @@ class BambooConnection(ServerConnection):
         self._open_connections = open_connections
         self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
         self._on_read_wait = on_read_wait
-        self._pending = pending_requests
+        self._pending = unanswered_requests
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -173,15 +173,21 @@ class BambooConnection(ServerConnection):
         pending = self._pending
         if pending is None:
             return True
-        if not pending.take(size):
+        if not pending.take(self, size):
             return False
         self._request_held += size
         return True
 
     def _release_request(self) -> None:
         if self._pending is not None and self._request_held:
-            self._pending.give_back(self._request_held)
+            self._pending.give_back(self, self._request_held)
         self._request_held = 0
+
+    def evict(self) -> None:
+        """Dropped to make room in the unanswered-requests share (UnansweredRequests.take):
+        its request has been arriving, or waiting for its answer, longest."""
+        self._release_request()
+        self.transport.abort()
 
     def send_data(self) -> None:
         super().send_data()

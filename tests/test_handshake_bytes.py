@@ -114,29 +114,31 @@ async def test_a_head_of_small_lines_over_16_kib_in_all_is_431() -> None:
         assert status.startswith(b"HTTP/1.1 101 "), status
 
 
-async def test_requests_past_their_share_of_the_budget_are_dropped_until_answered() -> None:
-    """A sixteenth of a 1 MiB budget is 64 KiB: the fifth unfinished head of 15 KiB does
-    not fit, and is dropped without an answer; once the others go, their bytes are given
-    back and a client is served again."""
+async def test_stalled_heads_past_the_share_are_dropped_oldest_first_and_clients_served() -> None:
+    """A sixteenth of a 1 MiB budget is 64 KiB: four unfinished heads of 15 KiB fill it.
+    A fifth takes the room of the oldest (dropped without an answer), and a client that
+    comes meanwhile is served at once, its room made the same way: stalled heads cannot
+    keep clients out."""
     head = upgrade_head(15, "h" * 1000).encode()
     assert 15_000 < len(head) < MAX_HEAD_BYTES
     async with run_server(memory_budget=1 << 20) as server:
-        assert server.pending_requests.limit == 64 * 1024
+        share = server.unanswered_requests
+        assert share.limit == 64 * 1024
         holders = []
-        for _ in range(4):
+        for count in range(1, 6):
             holders.append(await asyncio.open_connection("127.0.0.1", server.port))
             holders[-1][1].write(head)
             await holders[-1][1].drain()
-        await _until(lambda: server.pending_requests.used >= 4 * len(head))
-        dropped = await answer_of(server.port, head)
-        assert dropped == b""  # no answer: the connection was dropped
-        for _, writer in holders:
-            writer.close()
-        await _until(lambda: server.pending_requests.used == 0)
+            await _until(lambda count=count: share.used >= min(count, 4) * len(head))
+        # The first, the oldest, made room for the fifth: dropped, never answered.
+        assert await asyncio.wait_for(holders[0][0].read(), 5) == b""
         async with connect(stream_url(server)) as ws:
             await ws.send('{"type": "hello", "create": true}')
             assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
-        assert server.pending_requests.used == 0  # an answered upgrade gives its bytes back
+        assert share.used <= 4 * len(head)
+        for _, writer in holders:
+            writer.close()
+        await _until(lambda: share.used == 0)
 
 
 async def _until(condition: object, timeout: float = 5.0) -> None:
@@ -161,7 +163,7 @@ async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: st
     }
     request = requests[kind]
     async with run_server(memory_budget=1 << 20) as server:
-        limit = server.pending_requests.limit
+        limit = server.unanswered_requests.limit
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
             writer.write(request)
@@ -174,10 +176,10 @@ async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: st
             async with connect(stream_url(server), open_timeout=5) as ws:
                 await ws.send('{"type": "hello", "create": true}')
                 assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
-            assert server.pending_requests.used <= len(request)
+            assert server.unanswered_requests.used <= len(request)
         finally:
             writer.close()
-        await _until(lambda: server.pending_requests.used == 0)
+        await _until(lambda: server.unanswered_requests.used == 0)
 
 
 @pytest.mark.parametrize("kind", ["answered", "refused-431", "not-http"])
@@ -196,14 +198,14 @@ async def test_a_request_s_bytes_are_given_back_once_it_is_answered(kind: str) -
     }
     request = requests[kind]
     async with run_server(memory_budget=1 << 20) as server:
-        limit = server.pending_requests.limit
+        limit = server.unanswered_requests.limit
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
             # Behind the request, early bytes up to what the share has left but 100.
             writer.write(request + b"x" * min(EARLY_BYTES, limit - len(request) - 100))
             await writer.drain()
             await asyncio.wait_for(reader.read(), 5)  # the answer (or none), then EOF
-            await _until(lambda: server.pending_requests.used == 0, timeout=1.0)
+            await _until(lambda: server.unanswered_requests.used == 0, timeout=1.0)
             async with connect(stream_url(server), open_timeout=5) as ws:
                 await ws.send('{"type": "hello", "create": true}')
                 assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
