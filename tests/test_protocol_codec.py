@@ -389,9 +389,11 @@ def test_free_form_problem_errors_carry_the_request_id() -> None:
     ],
     # Not repr: an Ext's carries its address, which differs between the processes of a
     # parallel run (pytest-xdist), and each must collect the same tests.
-    ids=lambda value: f"Ext({value.code}, {value.data!r})"
-    if isinstance(value, msgspec.msgpack.Ext)
-    else repr(value),
+    ids=lambda value: (
+        f"Ext({value.code}, {value.data!r})"
+        if isinstance(value, msgspec.msgpack.Ext)
+        else repr(value)
+    ),
 )
 def test_msgpack_values_json_cannot_carry_are_refused(data: Any) -> None:
     frames = [
