@@ -131,7 +131,8 @@ def before_server(kind: str, tree: Path, tmp: Path) -> common.ServerProcess:
     """The server of an older checkout at ``tree``, fsync, with the flags it had."""
     package = tmp / f"{kind}-package" / "bamboo_session"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_bytes((tree / "bamboo_session" / "__init__.py").read_bytes())
+    for module in (tree / "bamboo_session").glob("*.py"):  # the root's (wakeup.py since 2f93b72)
+        (package / module.name).write_bytes(module.read_bytes())
     for folder in ("protocol", "persistence", "server"):
         (package / folder).symlink_to(tree.resolve() / folder)
     argv = [sys.executable, "-c", _BEFORE_BOOT, str(package.parent), "serve"]
