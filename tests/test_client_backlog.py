@@ -11,15 +11,23 @@ import asyncio
 import contextlib
 import sys
 import tempfile
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from bamboo_session.protocol import Token
-from bamboo_session.protocol.client import BambooClient, ConnectionLost, StoredEvent
+from bamboo_session.protocol.client import (
+    BambooClient,
+    ClientError,
+    ConnectionLost,
+    SessionEnded,
+    StoredEvent,
+)
 from bamboo_session.protocol.client.feed import END, EventFeed
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
@@ -287,13 +295,15 @@ async def test_a_session_closed_while_events_were_skipped_does_not_end_events_si
         assert status == 200 and [e["seq"] for e in page["events"]] == list(range(21, 201))
 
 
-async def stored_seqs(server: BambooServer, session_id: str, after_seq: int) -> list[int]:
+async def stored_seqs(
+    server: BambooServer, session_id: str, after_seq: int, headers: dict[str, str] | None = None
+) -> list[int]:
     """The seqs of the session's stored events after ``after_seq``, page after page, over
-    HTTP."""
+    HTTP (with ``headers``)."""
     seqs: list[int] = []
     while True:
         path = f"/api/v1/sessions/{session_id}/events?after_seq={after_seq}"
-        status, page = await get(server, path)
+        status, page = await get(server, path, headers)
         assert status == 200, page
         if not page["events"]:
             return seqs
@@ -433,26 +443,60 @@ class RefusingProxy:
             self._server.close()
 
 
+AUTH_SECRET = "backlog-test-secret-" + "s" * 32
+
+
+def make_token(secret: str = AUTH_SECRET, **claims: Any) -> str:
+    payload = {"sub": "alice", "exp": int(time.time() + 300), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
 async def closed_while_away(
-    added: int, refuse_http: bool = False
-) -> tuple[list[int], Exception | None, list[int]]:
+    added: int, refuse_http: bool = False, auth: bool = False, bad_http_token: bool = False
+) -> tuple[list[int], Exception | None, list[int], Exception | None]:
     """A viewer gets events 1..5; the server restarts (1012) on the same store and port;
-    the publisher resumes first, publishes ``added`` more events and closes the session;
-    the viewer's resume is refused with 4409. What its events() yields after 1..5, what
-    ended it, and the seqs stored after 5. ``refuse_http``: the viewer reaches the
-    server through a proxy that then answers its HTTP request with 503."""
+        the publisher resumes first, publishes ``added`` more events and closes the session;
+        the viewer's resume is refused with 4409. What its events() yields after 1..5, what
+        ended it, the seqs stored after 5, and what a request then raises (the end of the
+    client, SessionEnded or ConnectionLost). ``refuse_http``: the viewer reaches the
+        server through a proxy that then answers its HTTP request with 503. ``auth``: the
+        server checks tokens, and both clients have one of their own (the viewer's from a
+        function, asked before each connection and before the HTTP request);
+        ``bad_http_token``: that function's third token, the one the HTTP request carries,
+        is signed with another key, so the HTTP API refuses it (401)."""
+    tokens: list[str] = []
+
+    async def viewer_token() -> str:
+        forged = bad_http_token and len(tokens) >= 2  # the connect, the resume, then HTTP
+        tokens.append(make_token("o" * 32 if forged else AUTH_SECRET))
+        return tokens[-1]
+
     with tempfile.TemporaryDirectory(prefix="bamboo-test-") as data_dir:
         config = ServerConfig(
-            host="127.0.0.1", port=0, data_dir=data_dir, log_format="console", rate_limit=0
+            host="127.0.0.1",
+            port=0,
+            data_dir=data_dir,
+            log_format="console",
+            rate_limit=0,
+            auth_secret=AUTH_SECRET if auth else None,
         )
         server = BambooServer(config)
         await server.start()
         proxy = RefusingProxy(server.port)
         viewer_url = await proxy.start() if refuse_http else url(server)
         pub = await BambooClient.connect(
-            url(server), receive_events=False, role="agent", backoff_initial=0.05
+            url(server),
+            receive_events=False,
+            role="agent",
+            backoff_initial=0.05,
+            token=make_token(role="agent") if auth else None,
         )
-        viewer = await BambooClient.connect(viewer_url, pub.session_id, backoff_initial=3.0)
+        viewer = await BambooClient.connect(
+            viewer_url,
+            pub.session_id,
+            backoff_initial=3.0,
+            token=viewer_token if auth else None,
+        )
         try:
             for _ in range(5):
                 await pub.publish(Token("before"))
@@ -467,13 +511,21 @@ async def closed_while_away(
             await pub.set_state("closed")
             proxy.refusing = True
             seqs, error = await read_to_the_end(viewer, 15)
-            stored = await stored_seqs(server, pub.session_id, 5)
+            ended: Exception | None = None
+            try:
+                await viewer.ping()
+            except ClientError as exc:
+                ended = exc
+            headers = {"Authorization": f"Bearer {make_token()}"} if auth else None
+            stored = await stored_seqs(server, pub.session_id, 5, headers)
+            if auth:
+                assert len(tokens) == 3, f"the connect, the resume, the HTTP request: {tokens}"
         finally:
             await viewer.close()
             await pub.close()
             await server.stop()
             await proxy.close()
-        return seqs, error, stored
+        return seqs, error, stored, ended
 
 
 async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silently() -> None:
@@ -481,10 +533,11 @@ async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silen
     events appended meanwhile. Its resume is refused with 4409; asked over HTTP, the
     server has events after seq 5: events() has 1..5 of the 10 stored, so it must not
     end as if it had them all."""
-    seqs, error, stored = await closed_while_away(added=5)
+    seqs, error, stored, ended = await closed_while_away(added=5)
     assert stored == [6, 7, 8, 9, 10]
     assert seqs == [], seqs
     assert isinstance(error, ConnectionLost), "5 events appended while it was away"
+    assert isinstance(ended, ConnectionLost), repr(ended)
     assert "after seq 5 not delivered" in str(error) and error.after_seq == 5
     assert "events?after_seq=5)" in str(error)
 
@@ -492,19 +545,55 @@ async def test_a_session_closed_while_a_viewer_is_away_does_not_end_events_silen
 async def test_a_session_closed_while_a_viewer_is_away_with_nothing_new_ends_normally() -> None:
     """The same, with nothing appended while the viewer was away: the server says no
     event follows seq 5, so events() ends normally (no false alarm)."""
-    seqs, error, stored = await closed_while_away(added=0)
+    seqs, error, stored, ended = await closed_while_away(added=0)
     assert stored == []
     assert seqs == [] and error is None, (seqs, error)
+    assert isinstance(ended, SessionEnded), repr(ended)
 
 
 async def test_a_session_closed_while_a_viewer_is_away_and_the_server_cannot_be_asked() -> None:
     """The same with nothing appended, but the HTTP request answered 503: the client
     cannot tell, so it does not end as if it had everything: ConnectionLost says
     events after seq 5 may be missing."""
-    seqs, error, stored = await closed_while_away(added=0, refuse_http=True)
+    seqs, error, stored, ended = await closed_while_away(added=0, refuse_http=True)
     assert stored == []
     assert seqs == [], seqs
+    assert isinstance(ended, ConnectionLost), repr(ended)
     assert isinstance(error, ConnectionLost), "the HTTP API answered 503"
     assert "after seq 5 may not have been delivered" in str(error) and error.after_seq == 5
     assert "(HTTP 503; read them over HTTP" in str(error)
     assert "events?after_seq=5)" in str(error)
+
+
+async def test_under_auth_a_session_closed_while_a_viewer_is_away_does_not_end_silently() -> None:
+    """The check of a session closed while the viewer was away, with auth on: the
+    viewer's HTTP request carries its token (Authorization: Bearer), and the server's
+    answer (5 events after seq 5) ends events() with ConnectionLost naming seq 5."""
+    seqs, error, stored, ended = await closed_while_away(added=5, auth=True)
+    assert stored == [6, 7, 8, 9, 10]
+    assert seqs == [], seqs
+    assert isinstance(error, ConnectionLost), "5 events appended while it was away"
+    assert "after seq 5 not delivered" in str(error) and error.after_seq == 5
+    assert isinstance(ended, ConnectionLost), repr(ended)
+
+
+async def test_under_auth_a_session_closed_while_a_viewer_is_away_with_nothing_new() -> None:
+    """The same with nothing appended: the server, asked with the viewer's token, has
+    no event after seq 5, so events() ends normally and the client with SessionEnded."""
+    seqs, error, stored, ended = await closed_while_away(added=0, auth=True)
+    assert stored == []
+    assert seqs == [] and error is None, (seqs, error)
+    assert isinstance(ended, SessionEnded), repr(ended)
+
+
+async def test_under_auth_a_token_the_http_api_refuses_means_events_may_be_missing() -> None:
+    """The same with nothing appended, but the token the HTTP request carries is one the
+    server refuses (401): the client cannot tell, so ConnectionLost says the events
+    after seq 5 may be missing."""
+    seqs, error, stored, ended = await closed_while_away(added=0, auth=True, bad_http_token=True)
+    assert stored == []
+    assert seqs == [], seqs
+    assert isinstance(ended, ConnectionLost), repr(ended)
+    assert isinstance(error, ConnectionLost), "the HTTP API refused the token"
+    assert "after seq 5 may not have been delivered" in str(error) and error.after_seq == 5
+    assert "(HTTP 401; read them over HTTP" in str(error)

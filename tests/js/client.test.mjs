@@ -379,11 +379,14 @@ async function readToTheEnd(client) {
 
 /** The seqs of the session's stored events after `afterSeq`, read over HTTP, page
  * after page. */
-async function storedSeqs(sessionId, afterSeq) {
-  const base = url.replace(/^ws/, "http");
+async function storedSeqs(sessionId, afterSeq, { server = url, token = null } = {}) {
+  const base = server.replace(/^ws/, "http");
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const seqs = [];
   for (let after = afterSeq; ; after = seqs.at(-1)) {
-    const response = await fetch(`${base}/api/v1/sessions/${sessionId}/events?after_seq=${after}`);
+    const response = await fetch(`${base}/api/v1/sessions/${sessionId}/events?after_seq=${after}`, {
+      headers,
+    });
     assert.equal(response.status, 200);
     const page = (await response.json()).events.map((event) => event.seq);
     if (page.length === 0) return seqs;
@@ -703,14 +706,37 @@ test(
  * A viewer (through a dropping proxy) gets events 1..5; its connection is closed with
  * 1012, as at a server restart; while it waits to resume, the agent publishes `added`
  * more events and closes the session, so the resume is refused with 4409. What
- * `events()` yields after 1..5, and the error it threw, or null.
+ * `events()` yields after 1..5, and the error it threw, or null. `auth`: on the server
+ * with auth, both clients with tokens, the viewer's from a function (asked before each
+ * connection and before the HTTP request); `badHttpToken`: the third token it gives,
+ * the one the HTTP request carries, is signed with another key (the server says 401).
  */
-async function closedWhileAway(sessionId, added, { refuseHttp = false } = {}) {
-  const agent = await BambooClient.connect(url, { sessionId, create: true, role: "agent" });
-  const proxy = await droppingProxy(url);
+async function closedWhileAway(
+  sessionId,
+  added,
+  { refuseHttp = false, auth = false, badHttpToken = false } = {},
+) {
+  const server = auth ? authUrl : url;
+  const tokens = [];
+  const viewerToken = async () => {
+    const forged = badHttpToken && tokens.length >= 2; // the connect, the resume, then HTTP
+    tokens.push(makeToken("alice", 300, forged ? "o".repeat(32) : secret));
+    return tokens.at(-1);
+  };
+  const agent = await BambooClient.connect(server, {
+    sessionId,
+    create: true,
+    role: "agent",
+    token: auth ? makeToken("alice", 300) : undefined,
+  });
+  const proxy = await droppingProxy(server);
   let viewer = null;
   try {
-    viewer = await BambooClient.connect(proxy.url, { sessionId, backoffInitial: 1000 });
+    viewer = await BambooClient.connect(proxy.url, {
+      sessionId,
+      backoffInitial: 1000,
+      token: auth ? viewerToken : undefined,
+    });
     await publishMany(agent, 5);
     assert.deepEqual(await take(viewer, 5), range(5));
     proxy.drop(1012);
@@ -719,7 +745,12 @@ async function closedWhileAway(sessionId, added, { refuseHttp = false } = {}) {
     await agent.setState("closed");
     if (refuseHttp) proxy.refuseHttp();
     const outcome = await readToTheEnd(viewer);
-    assert.deepEqual(await storedSeqs(sessionId, 5), range(5 + added).slice(5));
+    const stored = await storedSeqs(sessionId, 5, {
+      server,
+      token: auth ? makeToken("alice", 300) : null,
+    });
+    assert.deepEqual(stored, range(5 + added).slice(5));
+    if (auth) assert.equal(tokens.length, 3, "the connect, the resume, the HTTP request");
     return { ...outcome, ended: viewer.error };
   } finally {
     await viewer?.close();
@@ -763,6 +794,49 @@ test(
     assert.match(
       error.message,
       /after seq 5 may not have been delivered .*HTTP 503.*after_seq=5\)$/,
+    );
+    assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
+  },
+);
+
+test(
+  "under auth, a session closed while the viewer was away, with events added: ConnectionLost",
+  { timeout: 15000 },
+  async () => {
+    const { seqs, error } = await closedWhileAway("away-auth-1", 5, { auth: true });
+    assert.deepEqual(seqs, []);
+    assert.ok(error instanceof ConnectionLost, `5 events added while it was away: ${error}`);
+    assert.equal(error.afterSeq, 5);
+    assert.match(error.message, /after seq 5 not delivered .*after_seq=5\)$/);
+    assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
+  },
+);
+
+test(
+  "under auth, a session closed while the viewer was away, with nothing added, ends normally",
+  { timeout: 15000 },
+  async () => {
+    const { seqs, error, ended } = await closedWhileAway("away-auth-2", 0, { auth: true });
+    assert.deepEqual(seqs, []);
+    assert.equal(error, null, `nothing was added: ${error}`);
+    assert.ok(ended instanceof SessionEnded && ended.code === 4409, String(ended));
+  },
+);
+
+test(
+  "under auth, a token the HTTP API refuses: the events after seq 5 may be missing",
+  { timeout: 15000 },
+  async () => {
+    const { seqs, error } = await closedWhileAway("away-auth-3", 0, {
+      auth: true,
+      badHttpToken: true,
+    });
+    assert.deepEqual(seqs, []);
+    assert.ok(error instanceof ConnectionLost, `the HTTP API refused the token: ${error}`);
+    assert.equal(error.afterSeq, 5);
+    assert.match(
+      error.message,
+      /after seq 5 may not have been delivered .*HTTP 401.*after_seq=5\)$/,
     );
     assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
   },
