@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import sys
@@ -13,10 +14,12 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 
+from bamboo_session.protocol.client import BambooClient
+from bamboo_session.protocol.client import StoredEvent as ClientStoredEvent
 from bamboo_session.protocol.codec import JSON, MSGPACK
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
@@ -26,6 +29,7 @@ from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import CloseRequest, Outbox
 from bamboo_session.server.room import SessionRoom
 from tests.instances import eventually as eventually_async
+from tests.server_process import ServerProcess
 from tests.support import attach, get, run_server, token
 from tests.test_server_lifecycle import eventually
 from tests.test_stalled_disks import write_lock_held
@@ -692,3 +696,45 @@ async def test_a_store_lets_go_of_its_last_write_once_done(tmp_path: Path, store
         tracemalloc.stop()
     # Before, the last group commit stayed: at least one event, twice or three times.
     assert held < 1_000_000, f"{held} bytes held after {peers_count} events of {size}"
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_the_python_client_lets_go_of_a_big_event_once_taken(
+    tmp_path: Path, codec: Literal["json", "msgpack"]
+) -> None:
+    """A client that received one big event, whose application took it from events()
+    and dropped it, then waits for the next: nothing of that event stays with the client
+    (tracemalloc, the server in a process of its own). Its reader kept the frame it read
+    last in a local of its loop, and websockets' parser the frame it parsed last, each
+    until the next frame came, however long the quiet lasted: outside the client's
+    ``max_queued_bytes``, which counts only what events() has not taken."""
+    size = 900_000
+    with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
+        base_url = f"ws://127.0.0.1:{server.port}"
+        publisher = await BambooClient.connect(base_url, create=True, receive_events=False)
+        session_id = publisher.session_id
+        tracemalloc.start()
+        try:
+            viewer = await BambooClient.connect(base_url, session_id, codec=codec)
+            async with viewer:
+                await viewer.ping()
+                gc.collect()
+                before = tracemalloc.get_traced_memory()[0]
+                # The publisher stays: its leaving would be the viewer's next frame.
+                seq = await publisher.publish(Token("x" * size))
+                async with asyncio.timeout(10):
+                    async for item in viewer.events():
+                        assert isinstance(item, ClientStoredEvent) and item.seq == seq
+                        assert len(getattr(item.event, "content", "")) == size
+                        break
+                del item
+                await asyncio.sleep(0.2)  # the client waits for its next frame
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - before
+                assert viewer.queued_bytes == 0 and viewer.connected
+        finally:
+            tracemalloc.stop()
+            await publisher.close()
+    # Before, two copies stayed: the parser's frame and the reader's message, 1.8 MB
+    # (900 KB with either half of the fix undone).
+    assert held < 300_000, f"{held} bytes held after an event of {size} taken and dropped"

@@ -23,6 +23,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import Frame
+from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
 from ..codec import Codec
@@ -36,6 +38,8 @@ SESSIONS_PATH: Final = "/api/v1/sessions"
 WELCOME_TIMEOUT: Final = 10.0
 # HTTP statuses of a refused upgrade worth retrying (overload, restarts, proxies).
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+# A frame payload up to this size may stay with websockets' parser until the next frame.
+PARSER_KEEPS_BYTES: Final = 4096
 
 
 def stream_url(base_url: str, session_id: str | None = None) -> str:
@@ -79,6 +83,23 @@ def closed_outcome(exc: ConnectionClosed, closed_reason: str | None) -> ClientEr
 
 
 TokenSource = Callable[[], Awaitable[str]]
+
+
+class LettingGoConnection(ClientConnection):
+    """websockets' client connection, but for the frame its parser parsed last: the
+    parser keeps it (a local of its generator) until the next frame comes, so a client
+    that received one big event and then waited would keep its payload for as long as
+    the quiet lasts, outside ``max_queued_bytes``. The message is made of a new frame
+    with the same payload, and the parser's frame is emptied (as the server does)."""
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame) and len(event.data) > PARSER_KEEPS_BYTES:
+            parsed, event = (
+                event,
+                Frame(event.opcode, event.data, event.fin, event.rsv1, event.rsv2, event.rsv3),
+            )
+            parsed.data = b""
+        super().process_event(event)
 
 
 @dataclass(frozen=True)
@@ -181,6 +202,7 @@ class Dialer:
                 subprotocols=[Subprotocol(self.codec.subprotocol)],
                 additional_headers=headers,
                 compression=None,
+                create_connection=LettingGoConnection,
                 open_timeout=self.open_timeout,
                 close_timeout=2,
                 max_size=None,  # pages of history or events may be several MiB

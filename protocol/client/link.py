@@ -278,7 +278,6 @@ class Link:
     async def _read(self, ws: ClientConnection) -> Resync:
         """Read ``ws`` until it closes (ConnectionClosed), or until it has skipped events
         and the feed is read down: then a :class:`.Resync`, to resume on a new one."""
-        decode = self.dialer.codec.decode_server
         state = self.state
         feed = state.feed
         while True:
@@ -297,10 +296,16 @@ class Link:
                     # server back, until the application reads or makes a request.
                     await self._reader_wakeup.wait()
                     continue
-            data = await ws.recv(decode=False)
-            state.receive(decode(data), len(data))
+            # No local of this loop keeps the frame while the next is awaited: a client
+            # that received a big event and then waits would keep it for as long as the
+            # quiet lasts, counted by no bound once events() has taken it.
+            self._take(await ws.recv(decode=False))
             if state.failure is not None:
                 raise state.failure
+
+    def _take(self, data: bytes) -> None:
+        """One frame read: decoded and handled, and let go of as read on return."""
+        self.state.receive(self.dialer.codec.decode_server(data), len(data))
 
     def _wake_reader(self) -> None:
         self._reader_wakeup.set()
@@ -310,13 +315,11 @@ class Link:
         frame: replies are taken as usual, events are skipped (the connection has
         overflowed) for the next connection to replay."""
         state = self.state
-        decode = self.dialer.codec.decode_server
         closing = asyncio.create_task(ws.close(reason="events queue overflowed: resuming"))
         try:
             with contextlib.suppress(ConnectionClosed):
                 while state.failure is None:
-                    data = await ws.recv(decode=False)
-                    state.receive(decode(data), len(data))
+                    self._take(await ws.recv(decode=False))
         finally:
             await closing
         if state.failure is not None:
