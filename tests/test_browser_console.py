@@ -20,7 +20,7 @@ from bamboo_session.protocol.models import ToolResult
 from bamboo_session.server.app import BambooServer
 from tests.browser import watch_page
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.support import run_server
+from tests.support import get, run_server
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -428,3 +428,187 @@ async def test_console_shows_markup_as_text_and_its_policy_blocks_injection(brow
             attempt = f"() => {{ try {{ {sink}; return 'done'; }} catch (e) {{ return e.name; }} }}"
             assert await page.evaluate(attempt) == "TypeError", sink
         assert await page.evaluate("window.pwned") is None
+
+
+class CuttingProxy:
+    """A TCP proxy on loopback to the server's ``port``, which the page loads the
+    console through (so its client and its HTTP reads go through it too). ``cut()``
+    ends every connection through it, and closes new ones at once until ``mend()``;
+    once ``refusing``, a plain HTTP request (no WebSocket upgrade) gets 503."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.down = False
+        self.refusing = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def cut(self) -> None:
+        self.down = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def mend(self) -> None:
+        self.down = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if self.refusing and b"upgrade: websocket" not in head.lower():
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self._writers |= {writer, up_writer}
+            up_writer.write(head)
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+@contextlib.asynccontextmanager
+async def closed_while_the_page_is_away(
+    browser: Any, session_id: str, refuse_reads: bool, tokens: int = 40
+) -> AsyncIterator[tuple[Any, list[str], Any]]:
+    """A console page (through a CuttingProxy) shows a session's first events; its
+    connection is cut and kept down while the agent publishes tokens, a message and a
+    tool call, and closes the session; then the page's client reconnects, its resume is
+    refused (4409) and it ends with ConnectionLost: the events after the ones it had
+    never came. ``tokens``: how many tokens while it is away. ``refuse_reads``: the
+    proxy then answers the page's HTTP reads with 503. Yields the page, its problems
+    (those the cut and the 503s cause left out), and the stored events (a page of them),
+    with the server and the proxy still up: the page reads over HTTP after its client
+    ended."""
+    async with run_server() as server:
+        proxy = CuttingProxy(server.port)
+        port = await proxy.start()
+        try:
+            agent = await BambooClient.connect(
+                ws_url(server), session_id, create=True, role="agent"
+            )
+            async with agent:
+                for i in range(5):
+                    await agent.publish(AgentEvent.token(f"a{i} "))
+                page = await browser.new_page()
+                problems = watch_page(page)
+                await page.goto(console_url(port, f"#/s/{session_id}"))
+                tail = page.locator("#tail")
+                await expect(tail).to_have_attribute("data-last-seq", "5")
+                proxy.cut()
+                await expect(page.locator("#conn-state")).to_have_attribute(
+                    "data-state", "reconnecting"
+                )
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.token(f"b{i} ")) for i in range(tokens))
+                )
+                await agent.send_message(Message.assistant("Written while the page was away."))
+                await agent.publish(AgentEvent.tool_start("call-9", "lookup", {"q": "x"}))
+                await agent.publish(AgentEvent.tool_complete("call-9", ToolResult(True, "found")))
+                await agent.publish(AgentEvent.token("the end."))
+                await agent.set_state("closed")
+            proxy.refusing = refuse_reads
+            proxy.mend()
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
+            status, stored = await get(server, f"/api/v1/sessions/{session_id}/events?limit=1000")
+            assert status == 200, stored
+            # What the cut and the 503s make the browser report are not the page's problems.
+            caused = ("net::ERR_CONNECTION_RESET", "status of 503")
+            page_problems: list[str] = []
+            yield page, page_problems, stored
+            page_problems += [p for p in problems if not any(c in p for c in caused)]
+        finally:
+            await proxy.close()
+
+
+async def test_events_the_page_missed_when_the_session_ended_are_read_over_http(
+    browser: Any,
+) -> None:
+    """The session ends while the console's client is away, with events appended
+    meanwhile: its client ends with ConnectionLost (events after seq 5 not delivered),
+    which the page showed as a refusal, the client's raw message in red. It reads
+    them over HTTP instead: the tail shows every event, the message list the new
+    message, and the page that the session closed."""
+    async with closed_while_the_page_is_away(browser, "behind", False) as (page, problems, stored):
+        last_seq = stored["last_seq"]
+        assert [e["seq"] for e in stored["events"]] == list(range(1, last_seq + 1))
+        tail = page.locator("#tail")
+        await expect(tail).to_have_attribute("data-last-seq", str(last_seq))
+        tokens = "".join(f"a{i} " for i in range(5)) + "".join(f"b{i} " for i in range(40))
+        await expect(tail.locator(".ev-text .text").first).to_have_text(tokens)
+        await expect(tail.locator(".ev-text .text").last).to_have_text("the end.")
+        await expect(tail.locator(".ev-message")).to_contain_text(
+            "Written while the page was away."
+        )
+        await expect(tail.locator('details.ev-tool[data-tool="call-9"]')).to_have_attribute(
+            "data-status", "done"
+        )
+        await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
+        await expect(page.locator("#messages li .msg-body").last).to_have_text(
+            "Written while the page was away."
+        )
+        await expect(page.locator("#meta-state")).to_have_text("closed")
+        await expect(page.locator("#status .notice")).to_have_count(0)
+    assert problems == []
+
+
+async def test_events_the_page_missed_that_cannot_be_read_are_said_to_be_missing(
+    browser: Any,
+) -> None:
+    """The same, but the page's HTTP reads fail (503): not a refusal either, but a
+    notice that the events after seq 5 may be missing, with a button that reloads."""
+    async with closed_while_the_page_is_away(browser, "behind-2", True) as (page, problems, _):
+        missing = page.locator("#status .notice-warning")
+        await expect(missing).to_contain_text("events after #5 may be missing")
+        await expect(page.locator("#status .notice-error")).to_have_count(0)
+        await expect(page.locator("#reload")).to_be_visible()
+        await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "5")
+        await expect(page.locator("#tail .ev-note").last).to_contain_text("may be missing")
+    assert problems == []
+
+
+async def test_more_events_missed_than_the_tail_holds_shows_the_newest(browser: Any) -> None:
+    """The same with 1,200 tokens published while the page was away, more events than
+    the tail shows (1,000 blocks): the page reads only the newest 1,000, after a line
+    saying which are not shown, and the message list is read again from storage."""
+    async with closed_while_the_page_is_away(browser, "behind-3", False, tokens=1200) as (
+        page,
+        problems,
+        stored,
+    ):
+        last_seq = stored["last_seq"]
+        tail = page.locator("#tail")
+        await expect(tail).to_have_attribute("data-last-seq", str(last_seq))
+        note = f"Events 6{DASH}{last_seq - 1000} are not shown"
+        await expect(tail.locator(".ev-note").first).to_contain_text(note)
+        await expect(tail.locator(".ev-text .text").last).to_have_text("the end.")
+        await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
+        await expect(page.locator("#messages li .msg-body").last).to_have_text(
+            "Written while the page was away."
+        )
+        await expect(page.locator("#status .notice")).to_have_count(0)
+    assert problems == []

@@ -5,15 +5,29 @@
  * attaches to the session resuming a little before its last event, so the tail opens
  * with the latest events and then follows live, across server restarts, with no gap
  * and no duplicate. A closed session shows what storage keeps (history, metadata).
+ * Should the session end while the page is behind (the client ends with
+ * `ConnectionLost`: events after its `afterSeq` never came), the rest is read over
+ * HTTP into the tail before the page says the session ended.
  */
 
-import { BambooClient, Forbidden, NotFound, SessionEnded, Unauthorized } from "/client/bamboo.js";
+import {
+  BambooClient,
+  ConnectionLost,
+  Forbidden,
+  NotFound,
+  SessionEnded,
+  Unauthorized,
+} from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
 import { clip, fill, h, json, notice, timeEl, when } from "./dom.js";
-import { Tail } from "./tail.js";
+import { MAX_BLOCKS, Tail } from "./tail.js";
 
 const PAGE = 50; // messages per history page
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
+const CATCH_UP_PAGE = 1000; // events per HTTP read when the stream ended short
+// Events read over HTTP when the stream ended short: no more than the tail shows (each
+// event is at most one block); before them, the page says which were left out.
+const CATCH_UP_MAX = MAX_BLOCKS;
 // Messages that arrive live are appended; past this many shown, the oldest go (and
 // "Load older" brings them back), so a session flooded with messages cannot fill the
 // page. A long value is cut: laying out a block of text costs its whole length.
@@ -39,6 +53,8 @@ class SessionView {
   fetchPage = async () => ({ messages: [], hasMore: false });
   /** @type {Map<string, string>} connection id -> role, as presence told */
   peers = new Map();
+  /** @type {Set<number>} seqs of the events this page published (shown already) */
+  own = new Set();
 
   /**
    * @param {HTMLElement} root @param {string} sessionId
@@ -159,16 +175,122 @@ class SessionView {
           );
           continue;
         }
-        this.tail.add(item);
-        this.#put("meta-last_seq", String(item.seq));
-        if (item.event.type === "message" && item.seq > attachedAt)
-          this.#addMessage(item.event.message);
-        if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
+        this.#show(item, attachedAt);
       }
       if (this.alive) this.#ended(client.closedReason ?? "client closed");
     } catch (error) {
-      if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
+      if (!this.alive || this.context.unauthorized(error)) return;
+      // The session ended while this page was behind: the events after `afterSeq`
+      // never came, and only the HTTP API has them now.
+      if (
+        error instanceof ConnectionLost &&
+        error.afterSeq !== null &&
+        error.cause instanceof SessionEnded
+      ) {
+        await this.#catchUp(error.afterSeq, attachedAt, error.cause.reason);
+      } else this.#refused(error);
     }
+  }
+
+  /**
+   * One event of the session in the tail, and in the metadata and the message list.
+   * @param {{ seq: number, ts: string, event: any }} item
+   * @param {number} attachedAt message events after this seq are new messages
+   */
+  #show(item, attachedAt) {
+    this.tail.add(item);
+    this.#put("meta-last_seq", String(item.seq));
+    if (item.event.type === "message" && item.seq > attachedAt)
+      this.#addMessage(item.event.message);
+    if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
+  }
+
+  /**
+   * The session ended with the events after `after` not delivered to this page: read
+   * them over HTTP (`GET …/events?after_seq=`, page after page, up to the `last_seq`
+   * of the first answer, at most CATCH_UP_MAX of the newest), show them as the live
+   * path does, then that the session ended. If the read fails, say which events may
+   * be missing, with a way to reload.
+   * @param {number} after @param {number} attachedAt @param {string} reason
+   */
+  async #catchUp(after, attachedAt, reason) {
+    this.#setConnState("closed");
+    let cursor = after; // every event up to it is shown
+    let leftOut = false;
+    try {
+      for (let last = null; last === null || cursor < last;) {
+        const page = await getJson(`${this.#path()}/events`, {
+          after_seq: cursor,
+          limit: CATCH_UP_PAGE,
+        });
+        if (!this.alive) return;
+        if (last === null) {
+          last = /** @type {number} */ (page.last_seq);
+          if (last - after > CATCH_UP_MAX) {
+            // More than the tail holds: its newest, after a line saying what is not shown.
+            cursor = last - CATCH_UP_MAX;
+            leftOut = true;
+            this.tail.note(
+              `Events ${after + 1}–${cursor} are not shown (the session ended while this` +
+                ` page was behind; GET ${this.#path()}/events?after_seq=${after} has them).`,
+            );
+            continue;
+          }
+        }
+        if (page.events.length === 0) break;
+        for (const item of page.events) {
+          // This page's own publishes are shown already (the stream does not echo them).
+          if (item.seq > cursor && !this.own.has(item.seq)) this.#show(item, attachedAt);
+          cursor = Math.max(cursor, item.seq);
+        }
+      }
+    } catch (error) {
+      if (!this.alive || this.context.unauthorized(error)) return;
+      this.#ended(reason);
+      this.#missing(cursor, error);
+      return;
+    }
+    this.#ended(reason);
+    // Messages among the events left out are not in the list: show the stored ones.
+    if (leftOut) this.#reloadMessages();
+  }
+
+  /**
+   * Events after `after` may be missing from the tail (a read of them failed): a
+   * notice that says so, with a way to reload. Not a refusal: the session ended.
+   * @param {number} after @param {unknown} error
+   */
+  #missing(after, error) {
+    const why = error instanceof Error ? error.message : String(error);
+    this.tail.note(`Events after #${after} may be missing: reading them failed (${why}).`);
+    fill(
+      this.status,
+      h(
+        "p",
+        { id: "missing", class: "notice notice-warning", role: "status" },
+        `The session ended while this page was behind: events after #${after} may be` +
+          ` missing here, as reading them failed (${why}).`,
+        h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
+      ),
+    );
+  }
+
+  /** The message list from storage, newest page first (events left out held some). */
+  #reloadMessages() {
+    this.fetchPage = async (before) => {
+      const page = await getJson(this.#path(), { limit: PAGE, before });
+      return { messages: page.messages, hasMore: page.has_more };
+    };
+    fill(this.messages);
+    void getJson(this.#path(), { limit: PAGE })
+      .then((stored) => {
+        if (!this.alive) return;
+        this.oldest = stored.start + stored.messages.length;
+        this.#prepend(stored.messages, stored.has_more);
+      })
+      .catch((error) => {
+        if (this.alive) this.status.append(` Could not load messages: ${error}`);
+      });
   }
 
   async loadOlder() {
@@ -348,6 +470,7 @@ class SessionView {
               : { type: "custom", name: "console.test", data: { text: value } };
           try {
             const seq = await client.publish(/** @type {any} */ (event_));
+            this.own.add(seq);
             this.tail.add({ seq, ts: new Date().toISOString(), event: event_ }, true);
             result.textContent = `published as #${seq}`;
           } catch (error) {

@@ -13,7 +13,7 @@
 
 import { clip, h, json } from "./dom.js";
 
-const MAX_BLOCKS = 1000;
+export const MAX_BLOCKS = 1000;
 const MAX_CHARS = 10_000; // characters of one block
 const MAX_NAME = 200; // characters of a name or an id in a block's heading
 
