@@ -25,6 +25,8 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from bamboo_session.protocol.parsed_frames import handed_on
+
 from .http_requests import UnansweredRequests, json_reject, parse_request
 from .limits import FRAME_BYTES, ByteRate
 
@@ -41,8 +43,6 @@ EARLY_BYTES = 64 * 1024
 # 256 KiB of them) is parsed in slices, the meter looked at between them, so that one
 # read costs at most a slice's worth of parsing before a peer in debt stops being read.
 PARSE_SLICE = 4096
-# A frame payload up to this size may stay with websockets' parser until the next frame.
-PARSER_KEEPS_BYTES = 4096
 
 
 class BambooConnection(ServerConnection):
@@ -138,17 +138,7 @@ class BambooConnection(ServerConnection):
         if isinstance(event, Frame):
             if self._meter is not None:
                 self._debt = self._meter.charge(len(event.data) + FRAME_BYTES)
-            if len(event.data) > PARSER_KEEPS_BYTES:
-                # websockets' parser keeps the frame it parsed last (a local of its
-                # generator) until the next one comes: a peer that sent one big frame
-                # and went quiet would have its payload kept for as long as it stays,
-                # counted by no bound. The message is made of a copy of the frame; the
-                # parser's is emptied.
-                parsed, event = (
-                    event,
-                    Frame(event.opcode, event.data, event.fin, event.rsv1, event.rsv2, event.rsv3),
-                )
-                parsed.data = b""
+            event = handed_on(event)  # not kept by the parser till the next frame
         super().process_event(event)
 
     def _hold(self, rest: bytes) -> None:

@@ -31,6 +31,7 @@ from ..codec import Codec
 from ..errors import CloseCode
 from ..frames import Error, Hello, Welcome
 from ..ids import check_session_id
+from ..parsed_frames import handed_on
 from .errors import ClientError, Refused, Retry, close_outcome
 
 STREAM_PATH: Final = "/api/v1/stream"
@@ -38,8 +39,6 @@ SESSIONS_PATH: Final = "/api/v1/sessions"
 WELCOME_TIMEOUT: Final = 10.0
 # HTTP statuses of a refused upgrade worth retrying (overload, restarts, proxies).
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
-# A frame payload up to this size may stay with websockets' parser until the next frame.
-PARSER_KEEPS_BYTES: Final = 4096
 
 
 def stream_url(base_url: str, session_id: str | None = None) -> str:
@@ -93,12 +92,8 @@ class LettingGoConnection(ClientConnection):
     with the same payload, and the parser's frame is emptied (as the server does)."""
 
     def process_event(self, event: Event) -> None:
-        if isinstance(event, Frame) and len(event.data) > PARSER_KEEPS_BYTES:
-            parsed, event = (
-                event,
-                Frame(event.opcode, event.data, event.fin, event.rsv1, event.rsv2, event.rsv3),
-            )
-            parsed.data = b""
+        if isinstance(event, Frame):
+            event = handed_on(event)
         super().process_event(event)
 
 
