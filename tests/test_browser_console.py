@@ -19,6 +19,7 @@ from bamboo_session.protocol.client import BambooClient, StoredEvent
 from bamboo_session.protocol.models import ToolResult
 from bamboo_session.server.app import BambooServer
 from tests.browser import watch_page
+from tests.proxies import HttpProxy
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import get, run_server
 
@@ -430,72 +431,11 @@ async def test_console_shows_markup_as_text_and_its_policy_blocks_injection(brow
         assert await page.evaluate("window.pwned") is None
 
 
-class CuttingProxy:
-    """A TCP proxy on loopback to the server's ``port``, which the page loads the
-    console through (so its client and its HTTP reads go through it too). ``cut()``
-    ends every connection through it, and closes new ones at once until ``mend()``;
-    once ``refusing``, a plain HTTP request (no WebSocket upgrade) gets 503."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.down = False
-        self.refusing = False
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    def cut(self) -> None:
-        self.down = True
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    def mend(self) -> None:
-        self.down = False
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            writer.transport.abort()
-            return
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            if self.refusing and b"upgrade: websocket" not in head.lower():
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-                return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self._writers |= {writer, up_writer}
-            up_writer.write(head)
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-
-
 @contextlib.asynccontextmanager
 async def closed_while_the_page_is_away(
     browser: Any, session_id: str, refuse_reads: bool, tokens: int = 40
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
-    """A console page (through a CuttingProxy) shows a session's first events; its
+    """A console page (through a HttpProxy) shows a session's first events; its
     connection is cut and kept down while the agent publishes tokens, a message and a
     tool call, and closes the session; then the page's client reconnects, its resume is
     refused (4409) and it ends with ConnectionLost: the events after the ones it had
@@ -505,7 +445,7 @@ async def closed_while_the_page_is_away(
     with the server and the proxy still up: the page reads over HTTP after its client
     ended."""
     async with run_server() as server:
-        proxy = CuttingProxy(server.port)
+        proxy = HttpProxy(server.port)
         port = await proxy.start()
         try:
             agent = await BambooClient.connect(

@@ -32,6 +32,7 @@ from bamboo_session.protocol.client.feed import END, EventFeed
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.instances import eventually
+from tests.proxies import HttpProxy
 from tests.server_process import ServerProcess
 from tests.support import get, run_server
 
@@ -398,51 +399,6 @@ async def test_a_publish_only_client_owes_nothing_when_its_resume_meets_a_close(
         assert not any(isinstance(o, ConnectionLost) for o in outcomes), outcomes
 
 
-class RefusingProxy:
-    """A TCP proxy to ``port`` on loopback that, once :attr:`refusing`, answers 503 to
-    every new plain HTTP request (one that is no WebSocket upgrade)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.refusing = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            if self.refusing and b"upgrade: websocket" not in head.lower():
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-                return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-            up_writer.write(head)
-            pumps = [self._pump(reader, up_writer), self._pump(up_reader, writer)]
-            await asyncio.gather(*pumps)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
 AUTH_SECRET = "backlog-test-secret-" + "s" * 32
 
 
@@ -482,8 +438,8 @@ async def closed_while_away(
         )
         server = BambooServer(config)
         await server.start()
-        proxy = RefusingProxy(server.port)
-        viewer_url = await proxy.start() if refuse_http else url(server)
+        proxy = HttpProxy(server.port)
+        viewer_url = f"ws://127.0.0.1:{await proxy.start()}" if refuse_http else url(server)
         pub = await BambooClient.connect(
             url(server),
             receive_events=False,

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -132,9 +133,7 @@ async def test_stalled_heads_past_the_share_are_dropped_oldest_first_and_clients
             await _until(lambda count=count: share.used >= min(count, 4) * len(head))
         # The first, the oldest, made room for the fifth: dropped, never answered.
         assert await asyncio.wait_for(holders[0][0].read(), 5) == b""
-        async with connect(stream_url(server)) as ws:
-            await ws.send('{"type": "hello", "create": true}')
-            assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
+        await served(server)
         assert share.used <= 4 * len(head)
         for _, writer in holders:
             writer.close()
@@ -148,7 +147,22 @@ async def _until(condition: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("kind", ["answered", "refused-431", "not-http"])
+# A request of each way it may end: answered, refused by the parser, not HTTP at all.
+ANSWERED_REQUESTS = {
+    "answered": lambda: b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "refused-431": lambda: (upgrade_head(MAX_HEAD_BYTES // 200, "v" * 200) + "\r\n").encode(),
+    "not-http": lambda: b"\x16\x03\x01\x02\x00" + b"\x01" * 200 + b"\r\n",
+}
+
+
+async def served(server: Any) -> None:
+    """A client upgrades and attaches: the server takes new connections."""
+    async with connect(stream_url(server), open_timeout=5) as ws:
+        await ws.send('{"type": "hello", "create": true}')
+        assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
+
+
+@pytest.mark.parametrize("kind", list(ANSWERED_REQUESTS))
 async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: str) -> None:
     """Once a request is answered (or refused), what its peer sends is discarded unread,
     not held: it costs no memory and must not be charged. Charged, one peer that kept
@@ -156,12 +170,7 @@ async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: st
     1 MiB budget here, 16 MiB by default) while the server waited for its end of
     stream (5 s, the close timeout; 10 s, the open timeout, after a refusal), and every
     other client's request was dropped meanwhile."""
-    requests = {
-        "answered": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-        "refused-431": (upgrade_head(MAX_HEAD_BYTES // 200, "v" * 200) + "\r\n").encode(),
-        "not-http": b"\x16\x03\x01\x02\x00" + b"\x01" * 200 + b"\r\n",
-    }
-    request = requests[kind]
+    request = ANSWERED_REQUESTS[kind]()
     async with run_server(memory_budget=1 << 20) as server:
         limit = server.unanswered_requests.limit
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -173,16 +182,14 @@ async def test_bytes_sent_after_the_answer_are_not_charged_to_the_share(kind: st
             writer.write(b"x" * (limit - len(request) - 16))
             await writer.drain()
             await asyncio.sleep(0.5)  # read by the server (loopback)
-            async with connect(stream_url(server), open_timeout=5) as ws:
-                await ws.send('{"type": "hello", "create": true}')
-                assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
+            await served(server)
             assert server.unanswered_requests.used <= len(request)
         finally:
             writer.close()
         await _until(lambda: server.unanswered_requests.used == 0)
 
 
-@pytest.mark.parametrize("kind", ["answered", "refused-431", "not-http"])
+@pytest.mark.parametrize("kind", list(ANSWERED_REQUESTS))
 async def test_a_request_s_bytes_are_given_back_once_it_is_answered(kind: str) -> None:
     """Once answered or refused, a request's bytes are dropped (websockets discards what
     it held, and the connection keeps of its request only the path): their charge goes
@@ -191,12 +198,7 @@ async def test_a_request_s_bytes_are_given_back_once_it_is_answered(kind: str) -
     timeout (5 s) after its answer, or the open timeout (10 s) after a refusal: under a
     16 MiB share, 256 such connections (or 128 refused ones, whose reads of up to
     128 KiB are charged whole) dropped every other request, and again when renewed."""
-    requests = {
-        "answered": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-        "refused-431": (upgrade_head(MAX_HEAD_BYTES // 200, "v" * 200) + "\r\n").encode(),
-        "not-http": b"\x16\x03\x01\x02\x00" + b"\x01" * 200 + b"\r\n",
-    }
-    request = requests[kind]
+    request = ANSWERED_REQUESTS[kind]()
     async with run_server(memory_budget=1 << 20) as server:
         limit = server.unanswered_requests.limit
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -206,8 +208,6 @@ async def test_a_request_s_bytes_are_given_back_once_it_is_answered(kind: str) -
             await writer.drain()
             await asyncio.wait_for(reader.read(), 5)  # the answer (or none), then EOF
             await _until(lambda: server.unanswered_requests.used == 0, timeout=1.0)
-            async with connect(stream_url(server), open_timeout=5) as ws:
-                await ws.send('{"type": "hello", "create": true}')
-                assert '"welcome"' in str(await asyncio.wait_for(ws.recv(), 5))
+            await served(server)
         finally:
             writer.close()

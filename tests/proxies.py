@@ -1,0 +1,67 @@
+"""A TCP proxy between the tests' clients and a real server, for the faults a network
+or a front proxy brings: connections cut, and plain HTTP requests refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class HttpProxy:
+    """A TCP proxy on loopback to the server's ``port`` (a page, or a client, reaches the
+    server through it, WebSocket and HTTP alike). ``cut()`` ends every connection
+    through it, and closes new ones at once until ``mend()``; once ``refusing``, a plain
+    HTTP request (no WebSocket upgrade) gets 503."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.down = False
+        self.refusing = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def cut(self) -> None:
+        self.down = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def mend(self) -> None:
+        self.down = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if self.refusing and b"upgrade: websocket" not in head.lower():
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self._writers |= {writer, up_writer}
+            up_writer.write(head)
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
