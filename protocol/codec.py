@@ -120,9 +120,8 @@ def in_utc(event: AnyAgentEvent | None, message: Message | None) -> None:
 
 def _check_published(frame: PublishEvent | PublishMessage) -> int:
     """Normalize what a publisher sent, or refuse what not every peer could read; how
-    many free-form values it holds."""
-    if frame.key == "":
-        frame.key = None  # an empty key is no key (a client's unset string field)
+    many free-form values it holds. The key is kept as sent: ``""`` is a key like any
+    other (PROTOCOL.md); only ``null`` or no ``key`` is none."""
     if isinstance(frame, PublishEvent):
         values = check_content(frame.event, None, frame.id)
         in_utc(frame.event, None)
@@ -144,8 +143,6 @@ def _check_batch(frame: PublishBatch) -> int:
         if (item.event is None) == (item.message is None):
             reason = f"items[{index}]: an item holds exactly one of event and message"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
-        if item.key == "":
-            item.key = None
         where = f"items[{index}]: "
         values += check_content(item.event, item.message, frame.id, where, MAX_FREE_VALUES - values)
         in_utc(item.event, item.message)

@@ -15,7 +15,7 @@ import msgspec
 from .models import AnyAgentEvent, Int64, Message, SessionMetadata
 
 RequestId = Int64 | str | None
-# PROTOCOL.md: a string of at most 128 characters. The codec reads an empty key as no key.
+# PROTOCOL.md: a string of at most 128 characters; "" is a key like any other (null is none).
 IdempotencyKey = Annotated[str, msgspec.Meta(max_length=128)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]

@@ -509,11 +509,15 @@ def test_free_form_problem_accepts_plain_json() -> None:
     assert free_form_problem((1, 2)) == "tuple value, not JSON"
 
 
-def test_empty_key_is_no_key() -> None:
+def test_an_empty_key_is_a_key() -> None:
+    # PROTOCOL.md: a key is a string; "" is one like any other, only null or absent is none.
     frame = {"type": "event", "id": 1, "key": "", "event": {"type": "token", "content": "a"}}
-    assert JSON.decode_client(json.dumps(frame)).key is None
+    assert JSON.decode_client(json.dumps(frame)).key == ""
     message = {"type": "message", "key": "", "message": {"role": "user", "content": "a"}}
-    assert MSGPACK.decode_client(msgspec.msgpack.encode(message)).key is None
+    assert MSGPACK.decode_client(msgspec.msgpack.encode(message)).key == ""
+    for absent in ({"key": None}, {}):
+        frame = {"type": "event", **absent, "event": {"type": "token", "content": "a"}}
+        assert JSON.decode_client(json.dumps(frame)).key is None
 
 
 def test_key_length_counts_characters() -> None:

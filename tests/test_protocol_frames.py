@@ -232,9 +232,9 @@ def test_a_batch_frame_decodes_on_both_codecs(codec: Any) -> None:
     assert isinstance(decoded, PublishBatch) and decoded.id == 7
     first, second, third = decoded.items
     assert first == BatchItem(event=Token("a"), key="k1")
-    assert second.event is None and second.message is not None
+    assert second.event is None and second.message is not None and second.key is None
     assert second.message.created_at == T0  # brought to UTC, as on a message frame
-    assert third.key is None  # an empty key is no key
+    assert third.key == ""  # an empty key is a key like any other
 
 
 @pytest.mark.parametrize(

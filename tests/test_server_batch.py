@@ -96,6 +96,24 @@ async def test_duplicates_within_a_batch_and_against_earlier_appends() -> None:
         assert await log_of(peer) == [(1, "one"), (2, "two"), (3, "x"), (4, "m")]
 
 
+async def test_an_empty_key_is_a_key_within_a_batch() -> None:
+    # PROTOCOL.md: "" is a key like any other, in a batch's items as on single frames.
+    async with run_server() as server, attach(server, "e", create=True) as (peer, _):
+        items = [item("a", ""), item("b"), item("a again", ""), message_item("m", "")]
+        acks = await peer.request({"type": "batch", "id": 1, "items": items}, "acks")
+        assert acks["seqs"] == [1, 2, 1, 1] and acks["duplicates"] == [2, 3]
+        acks = await peer.request({"type": "batch", "id": 2, "items": [item("c", "")]}, "acks")
+        assert acks["seqs"] == [1] and acks["duplicates"] == [0]
+        single = {"type": "event", "id": 3, "key": "", "event": token("d")}
+        assert await peer.request(single, "ack") == {
+            "type": "ack",
+            "id": 3,
+            "seq": 1,
+            "duplicate": True,
+        }
+        assert await log_of(peer) == [(1, "a"), (2, "b")]
+
+
 BAD_BATCHES: list[tuple[list[Any], str]] = [
     ([], "at least one item"),
     ([item("a"), {"key": "k"}], "items[1]: an item holds exactly one of event and message"),

@@ -101,8 +101,35 @@ async def test_duplicate_keys_in_one_burst_are_appended_once() -> None:
         assert sum(1 for a in acks if a.get("duplicate")) == 19
 
 
+async def test_an_empty_key_is_a_key_like_any_other() -> None:
+    # PROTOCOL.md: `key` is a string; "" is one, so a second append with it is a duplicate.
+    async with run_server() as server, attach(server) as (peer, _):
+        first = await peer.request(
+            {"type": "event", "id": 1, "event": token("a"), "key": ""}, "ack"
+        )
+        again = await peer.request(
+            {"type": "event", "id": 2, "event": token("b"), "key": ""}, "ack"
+        )
+        message = {"role": "user", "content": "m"}
+        as_message = await peer.request(
+            {"type": "message", "id": 3, "message": message, "key": ""}, "ack"
+        )
+        unkeyed = await peer.request(
+            {"type": "event", "id": 4, "event": token("c"), "key": None}, "ack"
+        )
+        assert first == {"type": "ack", "id": 1, "seq": 1}
+        assert again == {"type": "ack", "id": 2, "seq": 1, "duplicate": True}
+        assert as_message == {"type": "ack", "id": 3, "seq": 1, "duplicate": True}
+        assert unkeyed == {"type": "ack", "id": 4, "seq": 2}  # null is no key
+        events = await peer.request({"type": "events", "id": 5}, "events")
+        assert [e["event"] for e in events["events"]] == [token("a"), token("c")]
+        history = await peer.request({"type": "history", "id": 6}, "history")
+        assert history["messages"] == []
+
+
 @pytest.mark.durable
-async def test_keys_survive_a_restart(tmp_path: object) -> None:
+@pytest.mark.parametrize("key", ["k", ""])
+async def test_keys_survive_a_restart(tmp_path: object, key: str) -> None:
     async with (
         run_server(data_dir=str(tmp_path)) as server,
         attach(server, "s1", create=True) as (
@@ -110,12 +137,17 @@ async def test_keys_survive_a_restart(tmp_path: object) -> None:
             _,
         ),
     ):
-        await peer.request({"type": "event", "id": 1, "event": token("a"), "key": "k"}, "ack")
+        await peer.request({"type": "event", "id": 1, "event": token("a"), "key": key}, "ack")
     async with run_server(data_dir=str(tmp_path)) as server, attach(server, "s1") as (peer, _):
         again = await peer.request(
-            {"type": "event", "id": 2, "event": token("a"), "key": "k"}, "ack"
+            {"type": "event", "id": 2, "event": token("a"), "key": key}, "ack"
         )
         assert again == {"type": "ack", "id": 2, "seq": 1, "duplicate": True}
+        items = [{"event": token("b"), "key": key}]
+        acks = await peer.request({"type": "batch", "id": 3, "items": items}, "acks")
+        assert acks["seqs"] == [1] and acks["duplicates"] == [0]
+        events = await peer.request({"type": "events", "id": 4}, "events")
+        assert events["last_seq"] == 1
 
 
 async def test_history_pages_newest_first_within_oldest_first_pages() -> None:
