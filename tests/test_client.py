@@ -87,6 +87,17 @@ async def test_a_key_given_twice_appends_once() -> None:
             assert len((await client.read_events()).events) == 1
 
 
+async def test_an_empty_key_is_sent_as_given() -> None:
+    # "" is a key (PROTOCOL.md), not "no key": the client sends it, not a random one.
+    async with run_server(store="memory://") as server:
+        async with await BambooClient.connect(base_url(server), "e", create=True) as client:
+            first = await client.publish(AgentEvent.token("x"), key="")
+            again = await client.send_message(Message.assistant("x"), key="")
+            assert first == again == 1
+            assert await client.publish(AgentEvent.token("y")) == 2  # no key: a fresh one
+            assert len((await client.read_events()).events) == 2
+
+
 async def test_a_new_session_gets_its_id_from_the_server() -> None:
     async with run_server(store="memory://") as server:
         url = base_url(server)

@@ -40,6 +40,12 @@ from .state import ClientState
 _CODECS = {"json": JSON, "msgpack": MSGPACK}
 
 
+def _key_or_new(key: str | None) -> str:
+    """The idempotency key a publish goes out with: the caller's, ``""`` included (a
+    key like any other on the wire), or 128 random bits in hex when none was given."""
+    return uuid.uuid4().hex if key is None else key
+
+
 class BambooClient:
     """A connection to one session, kept alive across drops. Create with
     :meth:`connect`; use as ``async with``; end with :meth:`close`."""
@@ -270,15 +276,16 @@ class BambooClient:
 
     async def publish(self, event: AnyAgentEvent, key: str | None = None) -> int:
         """Append ``event`` to the session's log; its ``seq``. ``key`` (an idempotency
-        key, generated when not given) makes retries safe: the same key within the
-        server's window returns the first ``seq`` instead of appending again.
+        key, generated when ``None``; ``""`` is a key like any other) makes retries
+        safe: the same key within the server's window returns the first ``seq``
+        instead of appending again.
 
         Publishes that queue up together (made by several tasks at once, or while the
         connection is down) go out as one ``batch`` frame when the server offers it;
         each still gets its own ``seq``, in the order of the calls. A lone publish goes
         out at once, on its own."""
         request_id = self._next_id()
-        frame = PublishEvent(event, id=request_id, key=key or uuid.uuid4().hex)
+        frame = PublishEvent(event, id=request_id, key=_key_or_new(key))
         reply: Ack = await self._link.request(request_id, frame, is_publish=True)
         return reply.seq
 
@@ -286,7 +293,7 @@ class BambooClient:
         """Append ``message`` to the history (and as a ``message`` event to the log);
         its ``seq``. Idempotent like :meth:`publish`."""
         request_id = self._next_id()
-        frame = PublishMessage(message, id=request_id, key=key or uuid.uuid4().hex)
+        frame = PublishMessage(message, id=request_id, key=_key_or_new(key))
         reply: Ack = await self._link.request(request_id, frame, is_publish=True)
         return reply.seq
 

@@ -88,6 +88,22 @@ test("publish, receive, read back", async () => {
   await assert.rejects(agent.ping(), SessionEnded);
 });
 
+test("an empty key is sent as given, a key like any other", async () => {
+  const agent = await BambooClient.connect(url, { sessionId: "node-empty-key", create: true });
+  try {
+    const token = { type: "token", content: "Hi" };
+    assert.equal(await agent.publish(token, { key: "" }), 1);
+    assert.equal(await agent.sendMessage({ role: "assistant", content: "Hi" }, { key: "" }), 1);
+    assert.equal(await agent.publish(token), 2); // no key: a fresh one
+    assert.deepEqual(
+      (await agent.readAllEvents()).map((e) => e.seq),
+      [1, 2],
+    );
+  } finally {
+    await agent.close();
+  }
+});
+
 test("a missing session is a typed refusal", async () => {
   await assert.rejects(BambooClient.connect(url, { sessionId: "node-missing" }), (error) => {
     assert.ok(error instanceof NotFound);

@@ -619,12 +619,13 @@ export class BambooClient extends EventTarget {
 
   /**
    * Append `event` to the session's log; resolves to its `seq`. Exactly once across
-   * drops: `key` (generated when not given) makes the server answer a resend with
-   * the first `seq` instead of appending again.
+   * drops: `key` (generated when not given; `""` is a key like any other, sent as
+   * given) makes the server answer a resend with the first `seq` instead of appending
+   * again.
    * @param {AgentEvent} event @param {{ key?: string }} [options] @returns {Promise<number>}
    */
   async publish(event, { key } = {}) {
-    const ack = await this.#request({ type: "event", event, key: key || newKey() }, true);
+    const ack = await this.#request({ type: "event", event, key: key ?? newKey() }, true);
     return ack.seq;
   }
 
@@ -634,7 +635,7 @@ export class BambooClient extends EventTarget {
    * @param {Message} message @param {{ key?: string }} [options] @returns {Promise<number>}
    */
   async sendMessage(message, { key } = {}) {
-    const ack = await this.#request({ type: "message", message, key: key || newKey() }, true);
+    const ack = await this.#request({ type: "message", message, key: key ?? newKey() }, true);
     return ack.seq;
   }
 
