@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from bamboo_session.persistence import Appended, JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl.caches import (
@@ -92,18 +93,20 @@ def test_key_windows_are_bounded_in_count_and_bytes() -> None:
     assert windows.bytes == WINDOW_BYTES + 5 * (KEY_OVERHEAD_BYTES + 3)
 
 
-async def test_keys_stay_known_when_their_window_was_dropped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("retried", ["key-004", ""])  # "" is a key like any other
+async def test_keys_stay_known_when_their_window_was_dropped(tmp_path: Path, retried: str) -> None:
     budget = 3 * WINDOW_BYTES + 30 * (KEY_OVERHEAD_BYTES + 8)
     config = JsonlStorageConfig(tmp_path, durability="os").with_caches(key_bytes=budget)
+    keys = [retried if i == 4 else f"key-{i:03d}" for i in range(10)]
     async with await JsonlStorage.open(config) as storage:
         for n in range(10):
             await storage.create_session(Session.new(f"s{n}"))
-            for i in range(10):
-                await storage.append_event(f"s{n}", AgentEvent.token("x"), f"key-{i:03d}")
+            for key in keys:
+                await storage.append_event(f"s{n}", AgentEvent.token("x"), key)
             assert storage._appends.keys.bytes <= budget
         assert len(storage._appends.keys) < 10  # windows were dropped...
         for n in range(10):  # ...and read again from the logs when needed
-            again = await storage.append_event(f"s{n}", AgentEvent.token("x"), "key-004")
+            again = await storage.append_event(f"s{n}", AgentEvent.token("x"), retried)
             assert again == Appended(5, duplicate=True)
         assert storage._appends.keys.bytes <= budget
 

@@ -83,3 +83,15 @@ def test_a_head_names_a_message_and_its_id(tmp_path: Path) -> None:
     assert (head.seq, head.key, head.is_message, head.message_id) == (7, "k", True, message.id)
     token = scan.decode_head(encode_stored_event(StoredEvent(8, utcnow(), AgentEvent.token("t"))))
     assert (token.is_message, token.message_id) == (False, "")
+
+
+def test_a_line_keeps_an_empty_key_apart_from_none() -> None:
+    # "" is a key (PROTOCOL.md): a line carries "key": ""; a keyless line has no "key",
+    # as lines written by earlier versions, and "key": null reads as keyless too.
+    keyed = encode_stored_event(StoredEvent(1, utcnow(), AgentEvent.token("t"), ""))
+    keyless = encode_stored_event(StoredEvent(2, utcnow(), AgentEvent.token("t")))
+    assert b'"key":""' in keyed and b'"key"' not in keyless
+    null = keyless[:-1] + b',"key":null}'
+    assert [scan.decode_key(line).key for line in (keyed, keyless, null)] == ["", None, None]
+    assert [scan.decode_head(line).key for line in (keyed, keyless, null)] == ["", None, None]
+    assert [scan.decode_stored_event(line).key for line in (keyed, keyless)] == ["", None]

@@ -58,6 +58,9 @@ async def populate(store: Storage, bulk: int = 12, events: int = 150) -> None:
     await store.update_session_state("chat", SessionState.IDLE)
     await store.create_session(Session.new("closed", user_id="u2"))
     await store.append_events("closed", [(AgentEvent.token(str(i)), f"k{i}") for i in range(5)])
+    # "" is a key like any other, kept apart from no key.
+    empty = [(AgentEvent.token("empty key"), ""), (AgentEvent.token("no key"), None)]
+    await store.append_events("closed", empty)
     await store.update_session_state("closed", SessionState.CLOSED)
     await store.create_session(Session.new("empty"))
     await store.create_session(Session.new("gone", ttl=60))
@@ -254,6 +257,30 @@ async def test_a_checksum_catches_a_changed_event(stores: list[Storage], tmp_pat
     _compared, differences = await verify(source, reopened)
     assert [(d.session_id, d.what.split(" ")[:2]) for d in differences] == [
         ("bulk-000", ["event", "checksum"])
+    ]
+
+
+@pytest.mark.parametrize("stores", [("sqlite", "sqlite")], indirect=True)
+async def test_a_checksum_tells_an_empty_key_from_none(
+    stores: list[Storage], tmp_path: Path
+) -> None:
+    source, target = stores
+    await populate(source, bulk=0)
+    await migrate(source, target)
+    assert [e.key for e in await target.read_events("closed")][-2:] == ["", None]
+    await target.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "1-sqlite" / "store.db")
+    db.execute("UPDATE events SET key = NULL WHERE session_id = 'closed' AND key = ''")
+    assert db.total_changes == 1
+    db.commit()
+    db.close()
+    reopened = await open_store("sqlite", tmp_path / "1-sqlite")
+    stores[1] = reopened
+    _compared, differences = await verify(source, reopened)
+    assert [(d.session_id, d.what.split(" ")[:2]) for d in differences] == [
+        ("closed", ["event", "checksum"])
     ]
 
 

@@ -118,6 +118,23 @@ async def test_a_key_retried_on_another_instance_is_a_duplicate(
     assert await a.last_seq("s1") == 2
 
 
+async def test_an_empty_key_is_a_key_on_every_instance(pair: tuple[Storage, Storage]) -> None:
+    # "" is a key (PROTOCOL.md): in the scripts, on the stream, and in the published batch
+    # that another instance's subscription reads.
+    a, b = pair
+    await a.create_session(Session.new("s1"))
+    watching = await b.subscribe("s1", 0)
+    assert await a.append_event("s1", AgentEvent.token("x"), "") == Appended(1)
+    assert await b.append_event("s1", AgentEvent.token("x"), "") == Appended(1, True)
+    assert await b.append_event("s1", AgentEvent.token("y")) == Appended(2)
+    seen = []
+    while len(seen) < 2:
+        seen += await asyncio.wait_for(watching.next_batch(), RECV)
+    assert [(e.seq, e.key) for e in seen] == [(1, ""), (2, None)]
+    assert [(e.seq, e.key) for e in await a.read_events("s1")] == [(1, ""), (2, None)]
+    watching.close()
+
+
 async def test_close_and_delete_on_one_instance_end_subscriptions_on_another(
     pair: tuple[Storage, Storage],
 ) -> None:

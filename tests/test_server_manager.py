@@ -254,6 +254,16 @@ async def test_idempotent_append_and_closed_session(manager: SessionManager) -> 
         await manager.append_event(session.id, AgentEvent.token("late"))
 
 
+async def test_an_empty_key_is_a_key(manager: SessionManager) -> None:
+    session = await manager.create_session()
+    first = await manager.append_event(session.id, AgentEvent.token("x"), key="")
+    again = await manager.add_message(session.id, Message.user("m"), key="")
+    items = [(AgentEvent.token("y"), ""), (AgentEvent.token("z"), None)]
+    results = await manager.append_events(session.id, items)
+    assert (first.seq, first.duplicate, again.seq, again.duplicate) == (1, False, 1, True)
+    assert [(r.seq, r.duplicate) for r in results] == [(1, True), (2, False)]
+
+
 async def test_append_events_stores_a_batch_together_in_order(manager: SessionManager) -> None:
     session = await manager.create_session()
     receiver = await manager.connect_session(session.id, "viewer")

@@ -311,6 +311,39 @@ async def test_keys_survive_a_reopen(backend: Backend, tmp_path: Path) -> None:
         await storage.close()
 
 
+async def test_an_empty_key_is_a_key(store: Storage) -> None:
+    # PROTOCOL.md: a key is a string, "" included; only None is no key.
+    await new_session(store)
+    items = [
+        (AgentEvent.token("a"), ""),
+        (AgentEvent.token("b"), None),
+        (AgentEvent.token("a again"), ""),
+    ]
+    assert await store.append_events("s1", items) == [Appended(1), Appended(2), Appended(1, True)]
+    assert await store.append_event("s1", AgentEvent.token("a"), "") == Appended(1, True)
+    assert await store.append_message("s1", Message.user("m"), "") == Appended(1, True)
+    assert await store.append_event("s1", AgentEvent.token("c")) == Appended(3)
+    events = await store.read_events("s1")
+    assert [(e.seq, e.key) for e in events] == [(1, ""), (2, None), (3, None)]
+
+
+async def test_an_empty_key_survives_a_reopen(backend: Backend, tmp_path: Path) -> None:
+    if not backend.durable:
+        pytest.skip("this backend keeps nothing across a reopen")
+    storage = await backend.open(tmp_path)
+    await new_session(storage)
+    await storage.append_events("s1", [(AgentEvent.token("a"), ""), (AgentEvent.token("b"), None)])
+    await storage.close()
+    storage = await backend.open(tmp_path)
+    try:
+        assert await storage.append_event("s1", AgentEvent.token("a"), "") == Appended(1, True)
+        retried = [(AgentEvent.token("a"), ""), (AgentEvent.token("c"), None)]
+        assert await storage.append_events("s1", retried) == [Appended(1, True), Appended(3)]
+        assert [e.key for e in await storage.read_events("s1")] == ["", None, None]
+    finally:
+        await storage.close()
+
+
 # -- states, activity and expiry ----------------------------------------------------------------
 
 
@@ -735,6 +768,19 @@ async def test_imported_keys_are_the_sessions_keys(importer: SessionImport) -> N
     again = await store.append_event("s1", AgentEvent.token("retry"), "key-3")
     assert again == Appended(3, duplicate=True)
     assert await store.append_event("s1", AgentEvent.token("new"), "key-5") == Appended(5)
+
+
+async def test_an_imported_empty_key_stays_a_key(importer: SessionImport) -> None:
+    store = cast(Storage, importer)
+    await new_import_target(store)
+    then = datetime(2025, 1, 2, tzinfo=UTC)
+    given = [
+        StoredEvent(1, then, AgentEvent.token("keyed"), ""),
+        StoredEvent(2, then, AgentEvent.token("keyless"), None),
+    ]
+    await importer.import_events("s1", given)
+    assert [(e.seq, e.key) for e in await store.read_events("s1")] == [(1, ""), (2, None)]
+    assert await store.append_event("s1", AgentEvent.token("retry"), "") == Appended(1, True)
 
 
 async def test_import_metadata_sets_state_times_ttl_and_extra(importer: SessionImport) -> None:

@@ -40,7 +40,9 @@ async def import_events(
     ]
     for event in events:
         key = event.key
-        args += [event.seq, to_micros(event.ts), flags_of(key, event.event), key or ""]
+        # Whether the event is keyed is its 'k' flag: a key "" goes as itself, as in append.
+        args += [event.seq, to_micros(event.ts), flags_of(key, event.event)]
+        args.append("" if key is None else key)
         args.append(bytes(event.event_json))
     await storage.redis.write("import", layout.session_keys(session_id)[:4], args)
 
