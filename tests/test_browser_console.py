@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -433,13 +433,17 @@ async def test_console_shows_markup_as_text_and_its_policy_blocks_injection(brow
 
 @contextlib.asynccontextmanager
 async def closed_while_the_page_is_away(
-    browser: Any, session_id: str, refuse_reads: bool, tokens: int = 40
+    browser: Any,
+    session_id: str,
+    refuse_reads: bool,
+    tokens: int = 40,
+    event: Callable[[int], Any] = lambda i: AgentEvent.token(f"b{i} "),
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
     """A console page (through a HttpProxy) shows a session's first events; its
     connection is cut and kept down while the agent publishes tokens, a message and a
     tool call, and closes the session; then the page's client reconnects, its resume is
     refused (4409) and it ends with ConnectionLost: the events after the ones it had
-    never came. ``tokens``: how many tokens while it is away. ``refuse_reads``: the
+    never came. ``tokens``: how many tokens (``event(i)``) while it is away. ``refuse_reads``: the
     proxy then answers the page's HTTP reads with 503. Yields the page, its problems
     (those the cut and the 503s cause left out), and the stored events (a page of them),
     with the server and the proxy still up: the page reads over HTTP after its client
@@ -463,9 +467,7 @@ async def closed_while_the_page_is_away(
                 await expect(page.locator("#conn-state")).to_have_attribute(
                     "data-state", "reconnecting"
                 )
-                await asyncio.gather(
-                    *(agent.publish(AgentEvent.token(f"b{i} ")) for i in range(tokens))
-                )
+                await asyncio.gather(*(agent.publish(event(i)) for i in range(tokens)))
                 await agent.send_message(Message.assistant("Written while the page was away."))
                 await agent.publish(AgentEvent.tool_start("call-9", "lookup", {"q": "x"}))
                 await agent.publish(AgentEvent.tool_complete("call-9", ToolResult(True, "found")))
@@ -551,4 +553,31 @@ async def test_more_events_missed_than_the_tail_holds_shows_the_newest(browser: 
             "Written while the page was away."
         )
         await expect(page.locator("#status .notice")).to_have_count(0)
+    assert problems == []
+
+
+async def test_more_events_missed_than_the_tail_holds_says_which_are_not_shown(
+    browser: Any,
+) -> None:
+    """The same with 1,200 events of a block each (custom events, which do not grow one
+    block as tokens do): the line saying which events are not shown stays in the tail,
+    and so does the first of those read. Before, the page read 1,000 events after that
+    line, and with the line that the session closed the tail (1,000 blocks) dropped
+    that line (and, were each of them a block, the oldest event read): nothing said
+    that events were left out."""
+    async with closed_while_the_page_is_away(
+        browser, "behind-4", False, 1200, lambda i: AgentEvent.custom("away", {"i": i})
+    ) as (page, problems, stored):
+        last_seq = stored["last_seq"]
+        tail = page.locator("#tail")
+        await expect(tail).to_have_attribute("data-last-seq", str(last_seq))
+        await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
+        note = tail.locator(".ev-note", has_text="are not shown")
+        await expect(note).to_have_count(1)
+        text = await note.text_content()
+        assert text is not None and text.startswith(f"Events 6{DASH}"), text
+        shown_from = int(text.split(DASH)[1].split(" ")[0]) + 1
+        assert shown_from == last_seq - 997  # the newest 998, with the two lines
+        after = note.locator("xpath=following-sibling::*[1]")
+        await expect(after.locator(".seq")).to_have_text(f"#{shown_from}")
     assert problems == []
