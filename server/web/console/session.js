@@ -26,8 +26,10 @@ const PAGE = 50; // messages per history page
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
 const CATCH_UP_PAGE = 1000; // events per HTTP read when the stream ended short
 // Events read over HTTP when the stream ended short: no more than the tail shows (each
-// event is at most one block); before them, the page says which were left out.
-const CATCH_UP_MAX = MAX_BLOCKS;
+// event is at most one block) beside two lines, the one before them that says which
+// were left out and the one after them that says the session closed, so that neither
+// that line nor the oldest event read is pushed out of the tail.
+const CATCH_UP_MAX = MAX_BLOCKS - 2;
 // Messages that arrive live are appended; past this many shown, the oldest go (and
 // "Load older" brings them back), so a session flooded with messages cannot fill the
 // page. A long value is cut: laying out a block of text costs its whole length.
