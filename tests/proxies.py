@@ -4,18 +4,25 @@ or a front proxy brings: connections cut, and plain HTTP requests refused."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from typing import Any
 
 
 class HttpProxy:
     """A TCP proxy on loopback to the server's ``port`` (a page, or a client, reaches the
     server through it, WebSocket and HTTP alike). ``cut()`` ends every connection
     through it, and closes new ones at once until ``mend()``; once ``refusing``, a plain
-    HTTP request (no WebSocket upgrade) gets 503."""
+    HTTP request (no WebSocket upgrade) gets 503. With ``events_page``, a read of events
+    of 1,000 (``limit=1000``: the console's, not the client's ``limit=1`` check) gets
+    that JSON page instead of the server's answer; ``events_reads`` counts them."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.down = False
         self.refusing = False
+        self.events_page: dict[str, Any] | None = None
+        self.events_reads = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -40,6 +47,17 @@ class HttpProxy:
             head = await reader.readuntil(b"\r\n\r\n")
             if self.refusing and b"upgrade: websocket" not in head.lower():
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                return
+            if self.events_page is not None and re.match(
+                rb"GET /[^ ]*/events\?[^ ]*limit=1000", head
+            ):
+                self.events_reads += 1
+                body = json.dumps(self.events_page).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close"
+                    + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
             self._writers |= {writer, up_writer}

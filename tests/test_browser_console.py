@@ -438,6 +438,7 @@ async def closed_while_the_page_is_away(
     refuse_reads: bool,
     tokens: int = 40,
     event: Callable[[int], Any] = lambda i: AgentEvent.token(f"b{i} "),
+    proxy: HttpProxy | None = None,
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
     """A console page (through a HttpProxy) shows a session's first events; its
     connection is cut and kept down while the agent publishes tokens, a message and a
@@ -449,7 +450,9 @@ async def closed_while_the_page_is_away(
     with the server and the proxy still up: the page reads over HTTP after its client
     ended."""
     async with run_server() as server:
-        proxy = HttpProxy(server.port)
+        if proxy is None:
+            proxy = HttpProxy(server.port)
+        proxy.port = server.port
         port = await proxy.start()
         try:
             agent = await BambooClient.connect(
@@ -580,4 +583,41 @@ async def test_more_events_missed_than_the_tail_holds_says_which_are_not_shown(
         assert shown_from == last_seq - 997  # the newest 998, with the two lines
         after = note.locator("xpath=following-sibling::*[1]")
         await expect(after.locator(".seq")).to_have_text(f"#{shown_from}")
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param([], id="empty"),
+        pytest.param(
+            [{"seq": 5, "ts": "2026-05-01T12:00:00Z", "event": {"type": "token", "content": "x"}}],
+            id="stuck",
+        ),
+    ],
+)
+async def test_pages_of_events_that_stop_short_of_last_seq_are_said_to_be_missing(
+    browser: Any, events: list[dict[str, Any]]
+) -> None:
+    """The page's reads of the events it missed are answered with pages that never
+    reach the ``last_seq`` they state (what a server whose log lost them, or a cache
+    between, could answer): empty, or holding no event after ``after_seq``. The page
+    says that the events after seq 5 may be missing, after one read. Before, an empty
+    page ended the read as if every event had come (the session shown as closed,
+    nothing said of the missing ones), and a page of old events was asked for again,
+    and again, with no end."""
+    proxy = HttpProxy(0)
+    proxy.events_page = {"events": events, "last_seq": 900}
+    async with closed_while_the_page_is_away(
+        browser, f"short-{len(events)}", False, proxy=proxy
+    ) as (
+        page,
+        problems,
+        _,
+    ):
+        missing = page.locator("#status .notice-warning")
+        await expect(missing).to_contain_text("events after #5 may be missing")
+        await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "5")
+        await asyncio.sleep(0.5)
+        assert proxy.events_reads == 1
     assert problems == []
