@@ -239,12 +239,16 @@ class SessionView {
             continue;
           }
         }
-        if (page.events.length === 0) break;
+        const from = cursor;
         for (const item of page.events) {
           // This page's own publishes are shown already (the stream does not echo them).
           if (item.seq > cursor && !this.own.has(item.seq)) this.#show(item, attachedAt);
           cursor = Math.max(cursor, item.seq);
         }
+        // A page with no event after the cursor, short of `last`, would be asked for
+        // again and again (or, empty, end the read as if every event had come).
+        if (cursor === from && cursor < last)
+          throw new Error(`the server answered no events after #${cursor} of ${last}`);
       }
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
