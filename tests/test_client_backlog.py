@@ -411,15 +411,15 @@ async def closed_while_away(
     added: int, refuse_http: bool = False, auth: bool = False, bad_http_token: bool = False
 ) -> tuple[list[int], Exception | None, list[int], Exception | None]:
     """A viewer gets events 1..5; the server restarts (1012) on the same store and port;
-        the publisher resumes first, publishes ``added`` more events and closes the session;
-        the viewer's resume is refused with 4409. What its events() yields after 1..5, what
-        ended it, the seqs stored after 5, and what a request then raises (the end of the
+    the publisher resumes first, publishes ``added`` more events and closes the session;
+    the viewer's resume is refused with 4409. What its events() yields after 1..5, what
+    ended it, the seqs stored after 5, and what a request then raises (the end of the
     client, SessionEnded or ConnectionLost). ``refuse_http``: the viewer reaches the
-        server through a proxy that then answers its HTTP request with 503. ``auth``: the
-        server checks tokens, and both clients have one of their own (the viewer's from a
-        function, asked before each connection and before the HTTP request);
-        ``bad_http_token``: that function's third token, the one the HTTP request carries,
-        is signed with another key, so the HTTP API refuses it (401)."""
+    server through a proxy that then answers its HTTP request with 503. ``auth``: the
+    server checks tokens, and both clients have one of their own (the viewer's from a
+    function, asked before each connection and before the HTTP request);
+    ``bad_http_token``: that function's third token, the one the HTTP request carries,
+    is signed with another key, so the HTTP API refuses it (401)."""
     tokens: list[str] = []
 
     async def viewer_token() -> str:
