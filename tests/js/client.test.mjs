@@ -775,29 +775,34 @@ async function closedWhileAway(
   }
 }
 
-test(
-  "a session closed while the viewer was away, with events added: events() says which seq to read after",
-  { timeout: 15000 },
-  async () => {
-    const { seqs, error } = await closedWhileAway("away-1", 5);
-    assert.deepEqual(seqs, []);
-    assert.ok(error instanceof ConnectionLost, `5 events added while it was away: ${error}`);
-    assert.equal(error.afterSeq, 5);
-    assert.match(error.message, /after seq 5 not delivered .*after_seq=5\)$/);
-    assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
-  },
-);
+for (const auth of [false, true]) {
+  const under = auth ? "under auth, " : "";
+  const tag = auth ? "away-auth" : "away";
 
-test(
-  "a session closed while the viewer was away, with nothing added, ends events() normally",
-  { timeout: 15000 },
-  async () => {
-    const { seqs, error, ended } = await closedWhileAway("away-2", 0);
-    assert.deepEqual(seqs, []);
-    assert.equal(error, null, `nothing was added: ${error}`);
-    assert.ok(ended instanceof SessionEnded && ended.code === 4409, String(ended));
-  },
-);
+  test(
+    `${under}a session closed while the viewer was away, with events added: events() says which seq to read after`,
+    { timeout: 15000 },
+    async () => {
+      const { seqs, error } = await closedWhileAway(`${tag}-1`, 5, { auth });
+      assert.deepEqual(seqs, []);
+      assert.ok(error instanceof ConnectionLost, `5 events added while it was away: ${error}`);
+      assert.equal(error.afterSeq, 5);
+      assert.match(error.message, /after seq 5 not delivered .*after_seq=5\)$/);
+      assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
+    },
+  );
+
+  test(
+    `${under}a session closed while the viewer was away, with nothing added, ends events() normally`,
+    { timeout: 15000 },
+    async () => {
+      const { seqs, error, ended } = await closedWhileAway(`${tag}-2`, 0, { auth });
+      assert.deepEqual(seqs, []);
+      assert.equal(error, null, `nothing was added: ${error}`);
+      assert.ok(ended instanceof SessionEnded && ended.code === 4409, String(ended));
+    },
+  );
+}
 
 test(
   "a session closed while the viewer was away, and the server cannot be asked: events may be missing",
@@ -812,30 +817,6 @@ test(
       /after seq 5 may not have been delivered .*HTTP 503.*after_seq=5\)$/,
     );
     assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
-  },
-);
-
-test(
-  "under auth, a session closed while the viewer was away, with events added: ConnectionLost",
-  { timeout: 15000 },
-  async () => {
-    const { seqs, error } = await closedWhileAway("away-auth-1", 5, { auth: true });
-    assert.deepEqual(seqs, []);
-    assert.ok(error instanceof ConnectionLost, `5 events added while it was away: ${error}`);
-    assert.equal(error.afterSeq, 5);
-    assert.match(error.message, /after seq 5 not delivered .*after_seq=5\)$/);
-    assert.ok(error.cause instanceof SessionEnded && error.cause.code === 4409);
-  },
-);
-
-test(
-  "under auth, a session closed while the viewer was away, with nothing added, ends normally",
-  { timeout: 15000 },
-  async () => {
-    const { seqs, error, ended } = await closedWhileAway("away-auth-2", 0, { auth: true });
-    assert.deepEqual(seqs, []);
-    assert.equal(error, null, `nothing was added: ${error}`);
-    assert.ok(ended instanceof SessionEnded && ended.code === 4409, String(ended));
   },
 );
 
