@@ -10,6 +10,7 @@ import_metadata), and skip until then."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -237,25 +238,33 @@ async def test_verify_names_what_differs(stores: list[Storage]) -> None:
     assert ("stranger", "only in the destination") in found
 
 
+async def differences_after_sql(
+    stores: list[Storage], tmp_path: Path, sql: str
+) -> list[tuple[str, list[str]]]:
+    """The migrated SQLite destination changed behind the store's back by ``sql`` (one
+    row), reopened and verified against the source: the differences found."""
+    source, target = stores
+    await target.close()
+    db = sqlite3.connect(tmp_path / "1-sqlite" / "store.db")
+    db.execute(sql)
+    assert db.total_changes == 1
+    db.commit()
+    db.close()
+    reopened = stores[1] = await open_store("sqlite", tmp_path / "1-sqlite")
+    _compared, differences = await verify(source, reopened)
+    return [(d.session_id, d.what.split(" ")[:2]) for d in differences]
+
+
 @pytest.mark.parametrize("stores", [("sqlite", "sqlite")], indirect=True)
 async def test_a_checksum_catches_a_changed_event(stores: list[Storage], tmp_path: Path) -> None:
     source, target = stores
     await populate(source, bulk=1)
     await migrate(source, target)
-    await target.close()
-    import sqlite3
-
-    db = sqlite3.connect(tmp_path / "1-sqlite" / "store.db")
-    db.execute(
+    sql = (
         "UPDATE events SET event = json_set(event, '$.content', 'forged') "
         "WHERE session_id = 'bulk-000' AND seq = 7"
     )
-    db.commit()
-    db.close()
-    reopened = await open_store("sqlite", tmp_path / "1-sqlite")
-    stores[1] = reopened
-    _compared, differences = await verify(source, reopened)
-    assert [(d.session_id, d.what.split(" ")[:2]) for d in differences] == [
+    assert await differences_after_sql(stores, tmp_path, sql) == [
         ("bulk-000", ["event", "checksum"])
     ]
 
@@ -268,20 +277,8 @@ async def test_a_checksum_tells_an_empty_key_from_none(
     await populate(source, bulk=0)
     await migrate(source, target)
     assert [e.key for e in await target.read_events("closed")][-2:] == ["", None]
-    await target.close()
-    import sqlite3
-
-    db = sqlite3.connect(tmp_path / "1-sqlite" / "store.db")
-    db.execute("UPDATE events SET key = NULL WHERE session_id = 'closed' AND key = ''")
-    assert db.total_changes == 1
-    db.commit()
-    db.close()
-    reopened = await open_store("sqlite", tmp_path / "1-sqlite")
-    stores[1] = reopened
-    _compared, differences = await verify(source, reopened)
-    assert [(d.session_id, d.what.split(" ")[:2]) for d in differences] == [
-        ("closed", ["event", "checksum"])
-    ]
+    sql = "UPDATE events SET key = NULL WHERE session_id = 'closed' AND key = ''"
+    assert await differences_after_sql(stores, tmp_path, sql) == [("closed", ["event", "checksum"])]
 
 
 @pytest.mark.parametrize("stores", [("memory", "sqlite")], indirect=True)
