@@ -94,11 +94,13 @@ async def test_with_a_commit_window_appends_left_over_by_a_full_batch_do_not_wai
     those left for the next batch are not paced by the window (only appends that come
     within it after a commit started wait), else each batch's worth of sessions beyond
     the first waited a whole window more."""
-    writer = await started(layout, reports, max_open=2, commit_window=1.0)
+    # A window far longer than three commits take, even on a disk another test process
+    # (pytest-xdist) keeps busy: paced, they would take two windows at least.
+    writer = await started(layout, reports, max_open=2, commit_window=5.0)
     appends = [writer.submit(f"s{n}", batch(1)) for n in range(5)]  # three batches
     started_at = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(*appends), 0.5)
-    assert time.monotonic() - started_at < 0.5
+    await asyncio.wait_for(asyncio.gather(*appends), 2.5)
+    assert time.monotonic() - started_at < 2.5
     assert writer.batches == 3
     await writer.close()
 
@@ -106,14 +108,16 @@ async def test_with_a_commit_window_appends_left_over_by_a_full_batch_do_not_wai
 async def test_with_a_commit_window_a_lone_append_does_not_wait_for_it(
     layout: Layout, reports: Reports
 ) -> None:
-    writer = await started(layout, reports, commit_window=1.0)
-    await asyncio.wait_for(writer.submit("s0", batch(1)), 0.5)  # no commit before it
+    # Bounds of half the window for what must not wait for it: a commit on a disk that
+    # another test process keeps busy takes more than the 0.5 s this test gave it once.
+    writer = await started(layout, reports, commit_window=2.0)
+    await asyncio.wait_for(writer.submit("s0", batch(1)), 1.0)  # no commit before it
     following = asyncio.ensure_future(writer.submit("s1", batch(1)))
     await asyncio.sleep(0.2)
     assert not following.done()  # within the window of the last commit: it waits
-    await asyncio.wait_for(following, 2.0)
-    await asyncio.sleep(1.0)  # the window has passed: the next one is alone again
-    await asyncio.wait_for(writer.submit("s2", batch(1)), 0.5)
+    await asyncio.wait_for(following, 4.0)
+    await asyncio.sleep(2.0)  # the window has passed: the next one is alone again
+    await asyncio.wait_for(writer.submit("s2", batch(1)), 1.0)
     assert writer.batches == 3
     await writer.close()
 
