@@ -31,6 +31,7 @@ from .auth import AccessPolicy, Authenticator, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
 from .connection import Connection
+from .cors import is_preflight, preflight, with_cors
 from .flush import Flusher
 from .http import (
     SESSIONS_PATH,
@@ -268,7 +269,8 @@ class BambooServer:
         else:
             assert isinstance(connection, BambooConnection)  # serve()'s create_connection
             response = self.unread_answers.admit(connection, response)
-        return last_on_its_connection(response)
+        # A page of an origin that may open a WebSocket here may read the answer too.
+        return last_on_its_connection(with_cors(self.guard, request, response))
 
     async def _answer_request(self, request: Request) -> Response | None:
         """The answer to a request that does not become a WebSocket, else None."""
@@ -279,6 +281,8 @@ class BambooServer:
         if not self.guard.host_allowed(request.headers.get("Host")):
             # A page rebinding its own name to this server: it reads nothing here.
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
+        if is_preflight(request):
+            return preflight(self.guard, request)
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()

@@ -1,0 +1,178 @@
+"""CORS on the HTTP API: a page of an origin that may open a WebSocket to the server may
+read its HTTP answers too (errors included), with a preflight for ``Authorization``;
+no other origin, never ``null``, never ``*`` and never with credentials."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.support import run_server
+from tests.test_server_http import raw_http
+
+SECRET = "c" * 32
+LOCAL = "http://localhost:5173"
+EVIL = "https://evil.example"
+EVENTS = "/api/v1/sessions/s1/events?after_seq=0&limit=1"
+
+
+async def answer(
+    server: Any, path: str, headers: dict[str, str], method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return await raw_http(server, ("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+async def preflight(server: Any, origin: str, method: str = "GET") -> tuple[int, dict[str, str]]:
+    status, headers, body = await answer(
+        server,
+        EVENTS,
+        {
+            "Origin": origin,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization",
+        },
+        "OPTIONS",
+    )
+    if status != 204:
+        headers["error"] = json.loads(body)["error"]
+    else:
+        assert body == b"" and "content-length" not in headers
+    return status, headers
+
+
+def assert_no_cors(headers: dict[str, str]) -> None:
+    assert not any(name.startswith("access-control-") for name in headers), headers
+
+
+def bearer(sub: str) -> str:
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, SECRET, "HS256")
+    return f"Bearer {token}"
+
+
+async def test_an_allowed_origin_reads_answers_and_errors() -> None:
+    async with run_server() as server:
+        await server.manager.create_session("u", session_id="s1")
+        for path, expected in ((EVENTS, 200), ("/healthz", 200), ("/api/v1/sessions/s2", 404)):
+            for method in ("GET", "HEAD"):
+                status, headers, _ = await answer(server, path, {"Origin": LOCAL}, method)
+                assert status == expected, (path, method)
+                assert headers["access-control-allow-origin"] == LOCAL, (path, method)
+                assert headers["vary"] == "Origin"
+                assert "access-control-allow-credentials" not in headers
+        # The client module keeps its own "*".
+        status, headers, _ = await answer(server, "/client/bamboo.js", {"Origin": LOCAL})
+        assert status == 200 and headers["access-control-allow-origin"] == "*"
+
+
+async def test_other_origins_get_no_cors_headers() -> None:
+    async with run_server() as server:
+        await server.manager.create_session("u", session_id="s1")
+        for origin in (EVIL, "null", "http://localhost.evil.example", "file://"):
+            status, headers, _ = await answer(server, EVENTS, {"Origin": origin})
+            assert status == 200, origin  # what a non-browser gets: the browser keeps it
+            assert_no_cors(headers)
+            assert headers["vary"] == "Origin"
+        status, headers, _ = await answer(server, EVENTS, {})
+        assert status == 200 and headers["vary"] == "Origin"
+        assert_no_cors(headers)
+
+
+async def test_a_preflight_from_an_allowed_origin_is_answered() -> None:
+    async with run_server() as server:
+        for method in ("GET", "HEAD"):
+            status, headers = await preflight(server, LOCAL, method)
+            assert status == 204
+            assert headers["access-control-allow-origin"] == LOCAL
+            assert headers["access-control-allow-methods"] == "GET, HEAD"
+            assert headers["access-control-allow-headers"] == "Authorization"
+            assert headers["access-control-max-age"] == "600"
+            assert headers["vary"] == "Origin"
+            assert "access-control-allow-credentials" not in headers
+        # For a method the API does not serve: 405, as the request itself would be.
+        status, headers = await preflight(server, LOCAL, "DELETE")
+        assert status == 405 and headers["allow"] == "GET, HEAD"
+        assert "access-control-allow-methods" not in headers
+
+
+async def test_a_preflight_from_another_origin_is_forbidden() -> None:
+    async with run_server() as server:
+        for origin in (EVIL, "null"):
+            status, headers = await preflight(server, origin)
+            assert status == 403, origin
+            assert headers["error"] == {"code": "forbidden", "message": "origin not allowed"}
+            assert_no_cors(headers)
+
+
+async def test_an_options_that_is_no_preflight_is_405() -> None:
+    async with run_server() as server:
+        for headers in ({}, {"Origin": LOCAL}, {"Access-Control-Request-Method": "GET"}):
+            status, answered, body = await answer(server, EVENTS, headers, "OPTIONS")
+            assert status == 405 and answered["allow"] == "GET, HEAD", headers
+            assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+async def test_the_host_check_comes_first() -> None:
+    async with run_server() as server:
+        status, _, body = await answer(
+            server,
+            EVENTS,
+            {"Origin": LOCAL, "Access-Control-Request-Method": "GET", "Host": "evil.example"},
+            "OPTIONS",
+        )
+        assert status == 400 and b"more than one Host header" in body
+        status, _, body = await raw_http(
+            server,
+            b"OPTIONS /healthz HTTP/1.1\r\nHost: rebound.evil.example\r\nOrigin: "
+            + LOCAL.encode()
+            + b"\r\nAccess-Control-Request-Method: GET\r\n\r\n",
+        )
+        assert status == 403 and json.loads(body)["error"]["message"] == "host not allowed"
+
+
+async def test_with_auth_any_web_origin_reads_with_its_token() -> None:
+    async with run_server(auth_secret=SECRET) as server:
+        await server.manager.create_session("alice", session_id="s1")
+        for origin in (EVIL, "https://app.example:8443", LOCAL):
+            assert (await preflight(server, origin))[0] == 204, origin
+            status, headers, _ = await answer(
+                server, EVENTS, {"Origin": origin, "Authorization": bearer("alice")}
+            )
+            assert status == 200 and headers["access-control-allow-origin"] == origin
+            # Errors too: the page reads why.
+            status, headers, body = await answer(server, EVENTS, {"Origin": origin})
+            assert status == 401 and headers["access-control-allow-origin"] == origin
+            assert json.loads(body)["error"]["code"] == "unauthorized"
+            status, headers, _ = await answer(
+                server, EVENTS, {"Origin": origin, "Authorization": bearer("bob")}
+            )
+            assert status == 403 and headers["access-control-allow-origin"] == origin
+        # Still never null, nor an origin that is no http(s) origin.
+        for origin in ("null", "chrome-extension://abc", "https://app.example/path"):
+            status, headers, _ = await answer(server, "/healthz", {"Origin": origin})
+            assert status == 200
+            assert_no_cors(headers)
+            assert (await preflight(server, origin))[0] == 403, origin
+
+
+@pytest.mark.parametrize("auth", [False, True])
+async def test_with_a_list_only_those_origins_and_loopback_without_auth(auth: bool) -> None:
+    overrides: dict[str, Any] = {"allowed_origins": ("https://app.example",)}
+    if auth:
+        overrides["auth_secret"] = SECRET
+    async with run_server(**overrides) as server:
+        for origin, allowed in (
+            ("https://app.example", True),
+            (EVIL, False),
+            ("http://app.example", False),
+            (LOCAL, True),  # the loopback entries apply on top of a list, as for upgrades
+        ):
+            status, headers, _ = await answer(server, "/healthz", {"Origin": origin})
+            assert status == 200
+            assert headers.get("access-control-allow-origin") == (origin if allowed else None)
+            assert (await preflight(server, origin))[0] == (204 if allowed else 403), origin
