@@ -34,9 +34,9 @@ from .connection import Connection
 from .cors import is_preflight, preflight, with_cors
 from .flush import Flusher
 from .http import (
-    SESSIONS_PATH,
     BadRoute,
     handle_get,
+    is_session_api,
     is_stream_path,
     is_upgrade,
     stream_route,
@@ -286,7 +286,11 @@ class BambooServer:
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
-            if self.unread_answers.full and request.method == "GET" and _is_api(request.path):
+            if (
+                self.unread_answers.full
+                and request.method == "GET"
+                and is_session_api(request.path)
+            ):
                 # A page would be refused once read. Not a HEAD: its answer has no body,
                 # and is never refused for the bytes it holds.
                 return self.unread_answers.busy()
@@ -307,12 +311,6 @@ class BambooServer:
         if not self.guard.origin_allowed(request.headers.get("Origin")):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
-
-
-def _is_api(path: str) -> bool:
-    """Whether ``path`` (its query included) is ``/api/v1/sessions`` or under it."""
-    path = path.partition("?")[0]
-    return path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/")
 
 
 def select_subprotocol(

@@ -1,5 +1,12 @@
-"""CORS for the HTTP API: a page of another origin may read what it could open a
-WebSocket to, and nothing else.
+"""CORS for the session API: a page of another origin may read the sessions it could
+open a WebSocket to, and nothing else.
+
+Only ``/api/v1/sessions`` and what is under it: what a WebSocket gives too, and, with
+auth on, only with a token the page's own code sends. The endpoints that ask for no
+token (``/metrics``, ``/api/v1/stats``, ``/readyz``, ``/healthz``, the console) are not
+for other origins: under auth any origin may upgrade, and naming any origin there would
+let every site a user visits read them from a server only the user's browser reaches (an
+intranet's).
 
 The origins are those of the upgrade (``RequestGuard.origin_allowed``, origins.py):
 without auth, loopback origins and ``--allowed-origins``; with auth, any origin unless a
@@ -24,6 +31,7 @@ import urllib.parse
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .http import SESSIONS_PATH, is_session_api
 from .http_requests import ALLOWED_METHODS
 from .origins import RequestGuard
 from .responses import error_response
@@ -54,8 +62,11 @@ def _web_origin(value: str) -> bool:
 
 
 def allowed_origin(guard: RequestGuard, request: Request) -> str | None:
-    """The request's ``Origin``, to be echoed, if it is a web origin the guard allows
-    (not when there are two: that request is refused, 400)."""
+    """The request's ``Origin``, to be echoed, if the request is for the session API and
+    its origin a web origin the guard allows (not when there are two: that request is
+    refused, 400)."""
+    if not is_session_api(request.path):
+        return None
     origins = request.headers.get_all("Origin")
     if len(origins) != 1:
         return None
@@ -77,7 +88,12 @@ def preflight(guard: RequestGuard, request: Request) -> Response:
     """The answer to a preflight (:func:`is_preflight`)."""
     origin = allowed_origin(guard, request)
     if origin is None:
-        return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
+        reason = (
+            "origin not allowed"
+            if is_session_api(request.path)
+            else f"only {SESSIONS_PATH} is served to other origins"
+        )
+        return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", reason)
     methods = request.headers.get_all("Access-Control-Request-Method")
     if [method.strip() for method in methods] not in (["GET"], ["HEAD"]):
         return error_response(

@@ -31,6 +31,14 @@ from .services import Services
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
+
+
+def is_session_api(path: str) -> bool:
+    """Whether ``path`` (its query included) is ``/api/v1/sessions`` or under it."""
+    path = path.partition("?")[0]
+    return path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/")
+
+
 STATS_PATH = "/api/v1/stats"
 DEFAULT_HISTORY_PAGE = 100  # messages of GET /api/v1/sessions/{id}?before=… without a limit
 _TIME_PARAMETERS = ("created_after", "created_before", "active_after")

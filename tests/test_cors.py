@@ -1,6 +1,7 @@
-"""CORS on the HTTP API: a page of an origin that may open a WebSocket to the server may
-read its HTTP answers too (errors included), with a preflight for ``Authorization``;
-no other origin, never ``null``, never ``*`` and never with credentials."""
+"""CORS on the session API: a page of an origin that may open a WebSocket to the server
+may read ``/api/v1/sessions…`` too (errors included), with a preflight for
+``Authorization``; no other origin, no other endpoint, never ``null``, never ``*`` and
+never with credentials."""
 
 from __future__ import annotations
 
@@ -58,7 +59,11 @@ def bearer(sub: str) -> str:
 async def test_an_allowed_origin_reads_answers_and_errors() -> None:
     async with run_server() as server:
         await server.manager.create_session("u", session_id="s1")
-        for path, expected in ((EVENTS, 200), ("/healthz", 200), ("/api/v1/sessions/s2", 404)):
+        for path, expected in (
+            (EVENTS, 200),
+            ("/api/v1/sessions", 200),
+            ("/api/v1/sessions/s2", 404),
+        ):
             for method in ("GET", "HEAD"):
                 status, headers, _ = await answer(server, path, {"Origin": LOCAL}, method)
                 assert status == expected, (path, method)
@@ -154,7 +159,9 @@ async def test_with_auth_any_web_origin_reads_with_its_token() -> None:
             assert status == 403 and headers["access-control-allow-origin"] == origin
         # Still never null, nor an origin that is no http(s) origin.
         for origin in ("null", "chrome-extension://abc", "https://app.example/path"):
-            status, headers, _ = await answer(server, "/healthz", {"Origin": origin})
+            status, headers, _ = await answer(
+                server, EVENTS, {"Origin": origin, "Authorization": bearer("alice")}
+            )
             assert status == 200
             assert_no_cors(headers)
             assert (await preflight(server, origin))[0] == 403, origin
@@ -172,7 +179,35 @@ async def test_with_a_list_only_those_origins_and_loopback_without_auth(auth: bo
             ("http://app.example", False),
             (LOCAL, True),  # the loopback entries apply on top of a list, as for upgrades
         ):
-            status, headers, _ = await answer(server, "/healthz", {"Origin": origin})
+            request_headers = {"Origin": origin}
+            if auth:
+                request_headers["Authorization"] = bearer("u")
+            status, headers, _ = await answer(server, "/api/v1/sessions", request_headers)
             assert status == 200
             assert headers.get("access-control-allow-origin") == (origin if allowed else None)
             assert (await preflight(server, origin))[0] == (204 if allowed else 403), origin
+
+
+@pytest.mark.parametrize("auth", [False, True])
+async def test_endpoints_that_ask_for_no_token_are_not_served_to_other_origins(
+    auth: bool,
+) -> None:
+    """Under auth any origin may upgrade, and these ask for no token: naming any origin
+    on them would let every site a user visits read them from a server only the user's
+    browser reaches. So only the session API is named, with auth or without."""
+    overrides: dict[str, Any] = {"auth_secret": SECRET} if auth else {}
+    async with run_server(**overrides) as server:
+        for path in ("/healthz", "/readyz", "/metrics", "/api/v1/stats", "/console/"):
+            for origin in (LOCAL, EVIL):
+                status, headers, _ = await answer(server, path, {"Origin": origin})
+                assert "access-control-allow-origin" not in headers, (path, origin, status)
+                status, headers, body = await answer(
+                    server,
+                    path,
+                    {"Origin": origin, "Access-Control-Request-Method": "GET"},
+                    "OPTIONS",
+                )
+                assert status == 403, (path, origin)
+                assert "access-control-allow-origin" not in headers
+                message = json.loads(body)["error"]["message"]
+                assert message == "only /api/v1/sessions is served to other origins"
