@@ -211,3 +211,58 @@ async def test_endpoints_that_ask_for_no_token_are_not_served_to_other_origins(
                 assert "access-control-allow-origin" not in headers
                 message = json.loads(body)["error"]["message"]
                 assert message == "only /api/v1/sessions is served to other origins"
+
+
+async def test_no_path_or_origin_trick_names_an_origin_on_what_asks_for_no_token() -> None:
+    """Paths that look like the session API but are not (or are, and ask for a token),
+    and origins that look loopback but are not: no other endpoint is ever named, and
+    a path under ``/api/v1/sessions/`` is never routed anywhere else."""
+    async with run_server(auth_secret=SECRET) as server:
+        for path in (
+            "//api/v1/sessions",
+            "/api/v1/sessionsX",
+            "/api/v1/sessions%2Fs1",
+            "/API/v1/sessions",
+            "/api/v1/sessions#/x",
+            "/metrics?/api/v1/sessions/",
+            "/healthz?x=/api/v1/sessions",
+        ):
+            status, headers, _ = await answer(server, path, {"Origin": EVIL})
+            assert "access-control-allow-origin" not in headers, (path, status)
+            status, headers = await preflight_of(server, path, EVIL)
+            assert status == 403, path
+            assert_no_cors(headers)
+        # Dot segments are not resolved: these are the session API, and ask for a token.
+        for path in (
+            "/api/v1/sessions/../metrics",
+            "/api/v1/sessions/..%2F..%2Fmetrics",
+            "/api/v1/sessions/s1/events/../../../../api/v1/stats",
+        ):
+            status, headers, body = await answer(server, path, {"Origin": EVIL})
+            assert status == 401, path
+            assert json.loads(body)["error"]["code"] == "unauthorized"
+    async with run_server() as server:
+        await server.manager.create_session("u", session_id="s1")
+        for origin in (
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+            "http://localhost.",
+            "http://0.0.0.0",
+            "http://localhost@evil.example",
+            "http://evil.example@localhost",
+            "http://evil.example#@localhost",
+            "http://%6cocalhost",
+            "http://localhost:5173/",
+            "ws://localhost",
+        ):
+            status, headers, _ = await answer(server, EVENTS, {"Origin": origin})
+            assert status == 200, origin
+            assert_no_cors(headers)
+            assert (await preflight(server, origin))[0] == 403, origin
+
+
+async def preflight_of(server: Any, path: str, origin: str) -> tuple[int, dict[str, str]]:
+    status, headers, _ = await answer(
+        server, path, {"Origin": origin, "Access-Control-Request-Method": "GET"}, "OPTIONS"
+    )
+    return status, headers
