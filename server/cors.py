@@ -1,8 +1,11 @@
 """CORS for the session API: a page of another origin may read the sessions it could
 open a WebSocket to, and nothing else.
 
-Only ``/api/v1/sessions`` and what is under it: what a WebSocket gives too, and, with
-auth on, only with a token the page's own code sends. The endpoints that ask for no
+Only ``/api/v1/sessions`` and what is under it: a session's metadata, history and
+events, which a WebSocket gives too, and, with auth on, only with a token the page's
+own code sends. The list of sessions, which no WebSocket gives, only under auth, where
+it is read with a token and holds that token's sessions; without auth it holds every
+user's. The endpoints that ask for no
 token (``/metrics``, ``/api/v1/stats``, ``/readyz``, ``/healthz``, the console) are not
 for other origins: under auth any origin may upgrade, and naming any origin there would
 let every site a user visits read them from a server only the user's browser reaches (an
@@ -50,7 +53,9 @@ def _web_origin(value: str) -> bool:
     except ValueError:
         return False
     return (
-        parts.scheme in ("http", "https")
+        value.isascii()
+        and value.isprintable()  # urlsplit drops a tab or a newline without a word
+        and parts.scheme in ("http", "https")
         and bool(parts.hostname)
         and parts.username is None
         and parts.password is None
@@ -66,6 +71,10 @@ def allowed_origin(guard: RequestGuard, request: Request) -> str | None:
     its origin a web origin the guard allows (not when there are two: that request is
     refused, 400)."""
     if not is_session_api(request.path):
+        return None
+    if not guard.auth_enabled and request.path.partition("?")[0] == SESSIONS_PATH:
+        # The list of every session, which no WebSocket gives: without auth, to the
+        # server's own pages only (under auth it is read with a token, and lists its own).
         return None
     origins = request.headers.get_all("Origin")
     if len(origins) != 1:

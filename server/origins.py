@@ -63,6 +63,7 @@ class RequestGuard:
         allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         self.bound_host = bound_host.strip().lower()
+        self.auth_enabled = auth_enabled
         self.origins = frozenset(_normalized_origin(o) for o in allowed_origins if o.strip())
         self.hosts = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
         self.any_origin = "*" in self.origins or (auth_enabled and not self.origins)

@@ -61,7 +61,7 @@ async def test_an_allowed_origin_reads_answers_and_errors() -> None:
         await server.manager.create_session("u", session_id="s1")
         for path, expected in (
             (EVENTS, 200),
-            ("/api/v1/sessions", 200),
+            ("/api/v1/sessions/s1", 200),
             ("/api/v1/sessions/s2", 404),
         ):
             for method in ("GET", "HEAD"):
@@ -173,6 +173,7 @@ async def test_with_a_list_only_those_origins_and_loopback_without_auth(auth: bo
     if auth:
         overrides["auth_secret"] = SECRET
     async with run_server(**overrides) as server:
+        await server.manager.create_session("u", session_id="s1")
         for origin, allowed in (
             ("https://app.example", True),
             (EVIL, False),
@@ -182,7 +183,7 @@ async def test_with_a_list_only_those_origins_and_loopback_without_auth(auth: bo
             request_headers = {"Origin": origin}
             if auth:
                 request_headers["Authorization"] = bearer("u")
-            status, headers, _ = await answer(server, "/api/v1/sessions", request_headers)
+            status, headers, _ = await answer(server, "/api/v1/sessions/s1", request_headers)
             assert status == 200
             assert headers.get("access-control-allow-origin") == (origin if allowed else None)
             assert (await preflight(server, origin))[0] == (204 if allowed else 403), origin
@@ -266,3 +267,33 @@ async def preflight_of(server: Any, path: str, origin: str) -> tuple[int, dict[s
         server, path, {"Origin": origin, "Access-Control-Request-Method": "GET"}, "OPTIONS"
     )
     return status, headers
+
+
+@pytest.mark.parametrize("auth", [False, True])
+async def test_the_list_of_sessions_is_named_to_other_origins_only_under_auth(auth: bool) -> None:
+    """No WebSocket lists the sessions: without auth, where the list holds every user's,
+    no other origin may read it (a page reads the sessions whose ids it has). Under auth
+    it is read with a token, and holds the token's own sessions only."""
+    overrides: dict[str, Any] = {"auth_secret": SECRET} if auth else {}
+    async with run_server(**overrides) as server:
+        headers_sent = {"Origin": LOCAL}
+        if auth:
+            headers_sent["Authorization"] = bearer("u")
+        for path in ("/api/v1/sessions", "/api/v1/sessions?user_id=u&limit=5"):
+            status, headers, _ = await answer(server, path, headers_sent)
+            assert status == 200
+            assert headers.get("access-control-allow-origin") == (LOCAL if auth else None)
+            status, _, _ = await answer(
+                server, path, {"Origin": LOCAL, "Access-Control-Request-Method": "GET"}, "OPTIONS"
+            )
+            assert status == (204 if auth else 403), path
+
+
+async def test_an_origin_with_a_control_character_is_not_named() -> None:
+    """urlsplit drops a tab or a newline without a word: such an Origin (no browser
+    sends one) would be echoed as sent."""
+    async with run_server() as server:
+        await server.manager.create_session("u", session_id="s1")
+        status, headers, _ = await answer(server, EVENTS, {"Origin": "http://local\thost"})
+        assert status == 200
+        assert_no_cors(headers)
