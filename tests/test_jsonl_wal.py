@@ -235,8 +235,9 @@ async def test_a_torn_last_wal_record_is_ignored(tmp_path: Path, after: bytes) -
 
 
 class _Late(random.Random):
-    """Kills the child late enough that it appended for a while (one run, so every
-    line of every log is in the segments it left)."""
+    """Kills the child late enough that it appended for a while: a second after its
+    first acknowledgement (one run, so every line of every log is in the segments it
+    left)."""
 
     def choice(self, seq: Any) -> Any:
         return 1.0
