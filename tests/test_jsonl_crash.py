@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, MessageEvent
+from tests import kills
 
 CHILD = Path(__file__).with_name("jsonl_child.py")
 ROUNDS = 6
@@ -46,32 +46,8 @@ class Acked:
 
 
 def run_and_kill(base: Path, seed: int, rng: random.Random) -> list[str]:
-    """Start a child, kill it at a random instant, return its complete output lines."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), "crash", str(base), str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert child.stdout is not None
-    # Half the time during start-up and recovery; else while appending, counted from
-    # the first acknowledgement: on a busy machine (the suite runs in two processes)
-    # a child could take longer than any fixed delay to get there, six times over.
-    first = b""
-    after_first_ack = rng.choice([None, rng.uniform(0.0, 0.4)])
-    if after_first_ack is None:
-        time.sleep(rng.uniform(0.05, 0.3))
-    else:
-        first = child.stdout.readline()  # b"" if the child ended first
-        time.sleep(after_first_ack)
-    child.send_signal(signal.SIGKILL)
-    out, err = child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGKILL, err.decode()
-    # A line cut by the kill has no newline: it was never fully acknowledged.
-    text = (first + out).decode()
-    complete = text[: text.rfind("\n") + 1]
-    return [line for line in complete.splitlines() if line.startswith("ack ")]
+    """Start a child, kill it at a random instant, return its complete ack lines."""
+    return kills.run_and_kill(kills.child_argv(CHILD, base, seed), rng, late=0.4)
 
 
 async def verify(base: Path, acked: Acked) -> None:

@@ -14,12 +14,12 @@ import random
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol.models import MessageEvent
+from tests import kills
 from tests.write_failures import check_report
 
 CHILD = Path(__file__).with_name("sqlite_child.py")  # its writefail: tests/write_failures.py
@@ -54,31 +54,7 @@ def _tag(event: object) -> str:
 
 def run_and_kill(path: Path, seed: int, rng: random.Random) -> list[str]:
     """Start a child, kill it at a random instant, return its complete ack lines."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), "crash", str(path), str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert child.stdout is not None
-    # Half the time during start-up; else while appending, counted from the first
-    # acknowledgement: on a busy machine (the suite runs in two processes) a child
-    # could take longer than any fixed delay to get there.
-    first = b""
-    after_first_ack = rng.choice([None, rng.uniform(0.0, 0.5)])
-    if after_first_ack is None:
-        time.sleep(rng.uniform(0.05, 0.3))
-    else:
-        first = child.stdout.readline()  # b"" if the child ended first
-        time.sleep(after_first_ack)
-    child.kill()
-    out, err = child.communicate(timeout=30)
-    assert child.returncode == -9, err.decode()
-    # A line cut by the kill has no newline: it was never fully acknowledged.
-    text = (first + out).decode()
-    complete = text[: text.rfind("\n") + 1]
-    return [line for line in complete.splitlines() if line.startswith("ack ")]
+    return kills.run_and_kill(kills.child_argv(CHILD, path, seed), rng, late=0.5)
 
 
 async def verify(path: Path, acked: Acked) -> None:
