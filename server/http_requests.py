@@ -123,27 +123,37 @@ def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
+class _HeadReader:
+    """The request's lines, as websockets' request parser asks for them, within
+    :data:`MAX_HEAD_BYTES` in all; the first one kept (for the refusal's answer)."""
+
+    __slots__ = ("first_line", "left", "protocol")
+
+    def __init__(self, protocol: ServerProtocol) -> None:
+        self.protocol = protocol
+        self.left = MAX_HEAD_BYTES
+        self.first_line: list[bytes] = []
+
+    def read_line(
+        self, limit: int, too_long: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes | bytearray]:
+        if self.left < limit:
+            limit, too_long = self.left, RequestHeadTooLarge
+        line = yield from self.protocol.reader.read_line(limit, too_long)
+        self.left -= len(line)
+        if not self.first_line:
+            self.first_line.append(bytes(line))
+        return line
+
+
 def parse_request(protocol: ServerProtocol) -> Generator[None]:
     """``ServerProtocol.parse`` (websockets 17), except that a request whose line parsed
     but which has a body gets 405 instead of a dropped connection."""
-    first_line: list[bytes] = []
-    head_left = [MAX_HEAD_BYTES]  # of the request line and headers, in all
-
-    def read_line(
-        limit: int, too_long: type[Exception] = RuntimeError
-    ) -> Generator[None, None, bytes | bytearray]:
-        if head_left[0] < limit:
-            limit, too_long = head_left[0], RequestHeadTooLarge
-        line = yield from protocol.reader.read_line(limit, too_long)
-        head_left[0] -= len(line)
-        if not first_line:
-            first_line.append(bytes(line))
-        return line
-
+    head = _HeadReader(protocol)
     try:
-        request = yield from Request.parse(read_line)
+        request = yield from Request.parse(head.read_line)
     except Exception as exc:
-        response = _refusal(exc, first_line)
+        response = _refusal(exc, head.first_line)
         if response is None:
             yield from _parse_refused(protocol, exc)
             return  # pragma: no cover - the generator above never ends
@@ -152,10 +162,9 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
         yield
         return  # pragma: no cover - send_response replaced this parser
     protocol.events.append(request)
-    # This generator parses frames for the connection's whole life: it keeps neither
-    # the request (headers and all) nor its first line past the handshake.
-    del request
-    first_line.clear()
+    # This generator parses frames for the connection's whole life: it keeps nothing
+    # of the request past the handshake, the headers nor what read them.
+    del request, head
     # Bytes after the request wait for its answer. A refusal discards them (its
     # send_response replaces this parser); an accepted upgrade resumes it (handshake
     # above). Read at once, they were frames of a connection not yet open: a stray CRLF
