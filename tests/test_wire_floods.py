@@ -164,3 +164,39 @@ def test_answers_to_peers_gone_before_them_are_not_counted_as_unread(tmp_path: P
         time.sleep(0.5)
         assert exchange(server.port, page).startswith(b"HTTP/1.1 200 OK")
     assert_no_tracebacks(server.log_records())
+
+
+def test_an_answer_read_to_its_end_is_not_kept_while_its_peer_stays(tmp_path: Path) -> None:
+    # After an answer, the server waits up to the close timeout for its peer to hang
+    # up. The answer's bytes are counted until sent; its body must not outlive them.
+    peers, page_bytes = 120, 900_000
+    with ServerProcess(
+        tmp_path / "data", tmp_path / "server.log", "--close-timeout", "20"
+    ) as server:
+        assert server.proc is not None
+        with connect(f"ws://127.0.0.1:{server.port}/api/v1/stream/page") as ws:
+            ws.send(json.dumps({"type": "hello", "create": True}))
+            ws.recv()
+            for i in range(3):
+                message = {"role": "user", "content": f"{i}" + "p" * (page_bytes // 3)}
+                ws.send(json.dumps({"type": "message", "id": i, "message": message}))
+                ws.recv()
+        page = b"GET /api/v1/sessions/page?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        before = rss_kib(server.proc.pid)
+        staying: list[socket.socket] = []
+        try:
+            for _ in range(peers):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                staying.append(sock)
+                sock.sendall(page)
+                answer = b""
+                while chunk := sock.recv(1 << 20):  # to the server's end of stream
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 OK") and len(answer) > page_bytes
+            grown = rss_kib(server.proc.pid) - before
+        finally:
+            for sock in staying:
+                sock.close()
+        # Kept, the answers would be about 100 MiB; the allocator's slack stays far below.
+        assert grown < peers * page_bytes // 1024 // 4, f"grew {grown} KiB"
+    assert_no_tracebacks(server.log_records())
