@@ -303,6 +303,7 @@ class BambooServer:
         return self.authorize_upgrade(request)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, BambooConnection)  # create_connection makes no other
         route = stream_route(ws.request.path if ws.request is not None else "")
         codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
         await Connection(self.services, ws, codec, route.session_id).run()

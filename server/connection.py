@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.protocol.codec import Codec
@@ -41,6 +40,7 @@ from .actor import SessionActor
 from .closing import close_within
 from .commands import Append, BatchReply, SetState
 from .handshake import attach, read_hello
+from .http_wire import BambooConnection
 from .limits import FrameLimiter
 from .outbound import Outbound
 from .outbox import CloseRequest, Outbox, Replay, send_frames
@@ -74,7 +74,7 @@ class Connection:
     )
 
     def __init__(
-        self, services: Services, ws: ServerConnection, codec: Codec, session_id: str | None
+        self, services: Services, ws: BambooConnection, codec: Codec, session_id: str | None
     ) -> None:
         self.services = services
         self.ws = ws
@@ -281,7 +281,9 @@ class Connection:
 
     async def _page(self, request: HistoryRequest | EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
-        outbox.push(await page_reply(self.services, self.session_id, request, self.codec))
+        reply = await page_reply(self.services, self.session_id, request, self.codec)
+        self.ws.charge_reply(len(reply.framed(self.codec)))
+        outbox.push(reply)
 
     def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None

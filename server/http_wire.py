@@ -141,6 +141,14 @@ class BambooConnection(ServerConnection):
             event = handed_on(event)  # not kept by the parser till the next frame
         super().process_event(event)
 
+    def charge_reply(self, size: int) -> None:
+        """A page a request drew (``history``, ``events``) costs the byte rate its size,
+        as if read: a 60-byte request may draw 1 MiB, and a peer that pipelines them
+        would otherwise have the server encode and send pages as fast as it asks. The
+        debt holds back the frames read after it, like a frame's."""
+        if self._meter is not None:
+            self._meter.charge(size)
+
     def _hold(self, rest: bytes) -> None:
         self._held, debt = rest, self._debt
         self.read_waited += debt

@@ -7,9 +7,11 @@ closed with 4429.
 :class:`ByteRate` meters the bytes of a connection's frames, every frame read (data,
 continuation and control frames alike) costing its payload and ``FRAME_BYTES`` more:
 over the rate, the connection stops reading until the debt is repaid, so the peer's
-sends wait on TCP; nothing is refused. What a frame costs the server is its parse and
-its decode (a dense 1 MiB frame takes tens of milliseconds, ten thousand empty Pongs as
-long), and a count of messages alone bounds neither.
+sends wait on TCP; nothing is refused. A page a request draws (``history``,
+``events``) is charged too, as if read (http_wire.py ``charge_reply``). What a frame
+costs the server is its parse and its decode (a dense 1 MiB frame takes tens of
+milliseconds, ten thousand empty Pongs as long), and a count of messages alone bounds
+neither.
 :class:`ConnectionCounter` caps the concurrent connections of one user.
 """
 

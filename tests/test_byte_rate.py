@@ -85,6 +85,30 @@ async def test_rate_limit_bytes_0_turns_the_byte_rate_off() -> None:
         assert await read_wait_seconds(server) == 0.0
 
 
+async def test_pages_a_peer_draws_cost_the_byte_rate_as_if_read() -> None:
+    """A small ``events`` request draws a page up to 1 MiB: its answer is charged to
+    the connection's byte rate, so a peer pipelining such requests is read slowly, and
+    each is still answered."""
+    async with run_server(rate_limit_bytes=RATE, rate_limit_bytes_burst=BURST) as server:
+        async with attach(server) as (peer, welcome):
+            session_id = welcome["session"]["id"]
+            await server.manager.append_events(session_id, [(token(TEXT), None)] * 2)
+            requests = 8  # each draws both events: about 100 kB
+            for i in range(requests):
+                await peer.send({"type": "events", "id": i, "after_seq": 0, "limit": 10})
+            answered = []
+            while len(answered) < requests:
+                reply = await peer.recv()
+                if reply["type"] in ("presence", "event"):  # the two events, live
+                    continue
+                assert reply["type"] == "events" and len(reply["events"]) == 2, reply["type"]
+                answered.append(reply["id"])
+            assert answered == list(range(requests))
+        # The requests themselves cost 8 KiB; the pages about 800 kB, past the burst.
+        drawn = (requests - 2) * 2 * len(TEXT) - BURST
+        assert await read_wait_seconds(server) >= drawn / RATE * 0.5
+
+
 def masked_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
     """A client's frame as on the wire (mask of zeros), for a peer that writes bytes."""
     assert len(payload) < 126
