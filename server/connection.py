@@ -282,8 +282,8 @@ class Connection:
     async def _page(self, request: HistoryRequest | EventsRequest, outbox: Outbox) -> None:
         assert self.session_id is not None
         reply = await page_reply(self.services, self.session_id, request, self.codec)
-        self.ws.charge_reply(len(reply.framed(self.codec)))
         outbox.push(reply)
+        await self.ws.charge_reply(len(reply.framed(self.codec)))
 
     def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None

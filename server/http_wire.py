@@ -141,13 +141,23 @@ class BambooConnection(ServerConnection):
             event = handed_on(event)  # not kept by the parser till the next frame
         super().process_event(event)
 
-    def charge_reply(self, size: int) -> None:
+    async def charge_reply(self, size: int) -> None:
         """A page a request drew (``history``, ``events``) costs the byte rate its size,
         as if read: a 60-byte request may draw 1 MiB, and a peer that pipelines them
-        would otherwise have the server encode and send pages as fast as it asks. The
-        debt holds back the frames read after it, like a frame's."""
-        if self._meter is not None:
-            self._meter.charge(size)
+        would otherwise have the server encode and send pages as fast as it asks. In
+        debt, returns once it is repaid (or the connection is gone), so that the
+        frames read along with the request (a 4 KiB slice holds sixty of them) wait
+        too, each in turn: the reader awaits this before it takes the next frame."""
+        if self._meter is None:
+            return
+        debt = self._meter.charge(size)
+        if debt <= 0:
+            return
+        self.read_waited += debt
+        if self._on_read_wait is not None:
+            self._on_read_wait(debt)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait_closed(), debt)
 
     def _hold(self, rest: bytes) -> None:
         self._held, debt = rest, self._debt
