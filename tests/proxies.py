@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -15,7 +16,10 @@ class HttpProxy:
     through it, and closes new ones at once until ``mend()``; once ``refusing``, a plain
     HTTP request (no WebSocket upgrade) gets 503. With ``events_page``, a read of events
     of 1,000 (``limit=1000``: the console's, not the client's ``limit=1`` check) gets
-    that JSON page instead of the server's answer; ``events_reads`` counts them."""
+    that JSON page instead of the server's answer; ``events_reads`` counts them. With
+    ``before_events_read``, the first such read waits for it before it goes on (to the
+    server, or to ``events_page``): what happens meanwhile comes between the console's
+    read of the session's metadata and its read of the events."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -23,6 +27,7 @@ class HttpProxy:
         self.refusing = False
         self.events_page: dict[str, Any] | None = None
         self.events_reads = 0
+        self.before_events_read: Callable[[], Awaitable[None]] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -48,9 +53,11 @@ class HttpProxy:
             if self.refusing and b"upgrade: websocket" not in head.lower():
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
                 return
-            if self.events_page is not None and re.match(
-                rb"GET /[^ ]*/events\?[^ ]*limit=1000", head
-            ):
+            console_read = re.match(rb"GET /[^ ]*/events\?[^ ]*limit=1000", head)
+            if console_read and self.before_events_read is not None:
+                hook, self.before_events_read = self.before_events_read, None
+                await hook()
+            if self.events_page is not None and console_read:
                 self.events_reads += 1
                 body = json.dumps(self.events_page).encode()
                 writer.write(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -439,16 +439,18 @@ async def closed_while_the_page_is_away(
     tokens: int = 40,
     event: Callable[[int], Any] = lambda i: AgentEvent.token(f"b{i} "),
     proxy: HttpProxy | None = None,
+    meanwhile: Callable[[BambooServer], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
     """A console page (through a HttpProxy) shows a session's first events; its
     connection is cut and kept down while the agent publishes tokens, a message and a
     tool call, and closes the session; then the page's client reconnects, its resume is
     refused (4409) and it ends with ConnectionLost: the events after the ones it had
     never came. ``tokens``: how many tokens (``event(i)``) while it is away. ``refuse_reads``: the
-    proxy then answers the page's HTTP reads with 503. Yields the page, its problems
-    (those the cut and the 503s cause left out), and the stored events (a page of them),
-    with the server and the proxy still up: the page reads over HTTP after its client
-    ended."""
+    proxy then answers the page's HTTP reads with 503. ``meanwhile(server)``: what else
+    happens once the session is closed, before the page reconnects. Yields the page, its
+    problems (those the cut and the 503s cause left out), and the stored events (a page
+    of them, read before the page reconnects), with the server and the proxy still up:
+    the page reads over HTTP after its client ended."""
     async with run_server() as server:
         if proxy is None:
             proxy = HttpProxy(server.port)
@@ -476,11 +478,14 @@ async def closed_while_the_page_is_away(
                 await agent.publish(AgentEvent.tool_complete("call-9", ToolResult(True, "found")))
                 await agent.publish(AgentEvent.token("the end."))
                 await agent.set_state("closed")
+            if meanwhile is not None:
+                await meanwhile(server)
+            # The log as it is when the page comes back (``meanwhile`` may change it later).
+            status, stored = await get(server, f"/api/v1/sessions/{session_id}/events?limit=1000")
+            assert status == 200, stored
             proxy.refusing = refuse_reads
             proxy.mend()
             await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
-            status, stored = await get(server, f"/api/v1/sessions/{session_id}/events?limit=1000")
-            assert status == 200, stored
             # What the cut and the 503s make the browser report are not the page's problems
             # (a reconnect that the proxy, while down, ends at once: a reset, or on a busy
             # machine a socket already gone when the browser looks).
@@ -539,6 +544,84 @@ async def test_events_the_page_missed_that_cannot_be_read_are_said_to_be_missing
         await expect(page.locator("#reload")).to_be_visible()
         await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "5")
         await expect(page.locator("#tail .ev-note").last).to_contain_text("may be missing")
+    assert problems == []
+
+
+async def replace_session(server: BambooServer, session_id: str, epochs: list[str]) -> None:
+    """Deletes the session and creates another under its id: a new log (another epoch,
+    seqs from 1 again) of 60 tokens and a message, more events than the page had, then
+    closes it. Its epoch goes to ``epochs``."""
+    await server.manager.delete_session(session_id)
+    async with await BambooClient.connect(
+        ws_url(server), session_id, create=True, role="agent"
+    ) as agent:
+        for i in range(60):
+            await agent.publish(AgentEvent.token(f"new{i} "))
+        await agent.send_message(Message.assistant("Written in the session that replaced it."))
+        await agent.set_state("closed")
+        assert agent.epoch is not None
+        epochs.append(agent.epoch)
+
+
+async def expect_shown_as_replaced(page: Any, new_epoch: str) -> None:
+    """The page shows that the session was replaced, with the events of the log it had
+    (seq 5 the last) and none of the other's, and its Reload opens the session now
+    under that id."""
+    tail = page.locator("#tail")
+    await expect(page.locator("#status .notice-warning")).to_contain_text("was replaced")
+    await expect(tail.locator(".ev-note").last).to_contain_text("was replaced")
+    await expect(tail).to_have_attribute("data-last-seq", "5")
+    await expect(tail).not_to_contain_text("new0")
+    await expect(page.locator("#messages")).not_to_contain_text("replaced it")
+    await expect(page.locator("#meta-epoch")).not_to_have_text(new_epoch)
+    await page.click("#reload")
+    await expect(page.locator("#meta-epoch")).to_have_text(new_epoch)
+    await expect(page.locator("#messages li .msg-body").last).to_have_text(
+        "Written in the session that replaced it."
+    )
+    await expect(page.locator("#status .notice")).to_have_count(0)
+
+
+async def test_a_session_replaced_while_the_page_was_away_is_not_spliced(browser: Any) -> None:
+    """The session ends while the page is away, and is deleted and created again under
+    its id (a new epoch, seqs from 1 again) before the page comes back: its client ends
+    with ConnectionLost after seq 5 (the new log has events after 5). The page checks
+    the epoch of the session it reads over HTTP against its stream's: another, so it
+    shows none of the new log's events, but that the session was replaced, with a
+    Reload that opens the new one. Before, it added the new log's events 6 and on to
+    the tail, and its message to the list, as if they followed the old log's 5."""
+    epochs: list[str] = []
+    async with closed_while_the_page_is_away(
+        browser,
+        "replaced",
+        False,
+        meanwhile=lambda server: replace_session(server, "replaced", epochs),
+    ) as (page, problems, _):
+        await expect_shown_as_replaced(page, epochs[0])
+    assert problems == []
+
+
+async def test_a_session_replaced_while_the_page_reads_its_events_is_not_spliced(
+    browser: Any,
+) -> None:
+    """The same, but the session is replaced between the page's read of its metadata
+    (the epoch it had) and its read of the events: the events read are the new log's,
+    and the page, which checks the epoch again after the read, shows none of them."""
+    epochs: list[str] = []
+    proxy = HttpProxy(0)
+
+    async def replace_at_the_read(server: BambooServer) -> None:
+        async def replace() -> None:
+            await replace_session(server, "replaced-2", epochs)
+
+        proxy.before_events_read = replace
+
+    async with closed_while_the_page_is_away(
+        browser, "replaced-2", False, proxy=proxy, meanwhile=replace_at_the_read
+    ) as (page, problems, _):
+        await expect(page.locator("#status .notice-warning")).to_contain_text("was replaced")
+        assert proxy.before_events_read is None  # it ran
+        await expect_shown_as_replaced(page, epochs[0])
     assert problems == []
 
 

@@ -7,7 +7,9 @@
  * and no duplicate. A closed session shows what storage keeps (history, metadata).
  * Should the session end while the page is behind (the client ends with
  * `ConnectionLost`: events after its `afterSeq` never came), the rest is read over
- * HTTP into the tail before the page says the session ended.
+ * HTTP into the tail before the page says the session ended, once the session's epoch
+ * says they are of the log the stream had: a session deleted and created again under
+ * the same id meanwhile is shown as replaced, none of its events in the old one's tail.
  */
 
 import {
@@ -189,7 +191,8 @@ class SessionView {
         error.afterSeq !== null &&
         error.cause instanceof SessionEnded
       ) {
-        await this.#catchUp(error.afterSeq, attachedAt, error.cause.reason);
+        const epoch = /** @type {string} */ (client.epoch);
+        await this.#catchUp(error.afterSeq, attachedAt, error.cause.reason, epoch);
       } else this.#refused(error);
     }
   }
@@ -209,56 +212,88 @@ class SessionView {
 
   /**
    * The session ended with the events after `after` not delivered to this page: read
-   * them over HTTP (`GET …/events?after_seq=`, page after page, up to the `last_seq`
-   * of the first answer, at most CATCH_UP_MAX of the newest), show them as the live
-   * path does, then that the session ended. If the read fails, say which events may
-   * be missing, with a way to reload.
+   * them over HTTP (see #readMissed), then, when they are of the log this page's
+   * stream had (`epoch`), show them as the live path does, and that the session
+   * ended; when they are another log's, that the session was replaced. If the read
+   * fails, say which events may be missing, with a way to reload.
    * @param {number} after @param {number} attachedAt @param {string} reason
+   * @param {string} epoch
    */
-  async #catchUp(after, attachedAt, reason) {
+  async #catchUp(after, attachedAt, reason, epoch) {
     this.#setConnState("closed");
-    let cursor = after; // every event up to it is shown
-    let leftOut = false;
+    let read;
     try {
-      for (let last = null; last === null || cursor < last;) {
-        const page = await getJson(`${this.#path()}/events`, {
-          after_seq: cursor,
-          limit: CATCH_UP_PAGE,
-        });
-        if (!this.alive) return;
-        if (last === null) {
-          last = /** @type {number} */ (page.last_seq);
-          if (last - after > CATCH_UP_MAX) {
-            // More than the tail holds: its newest, after a line saying what is not shown.
-            cursor = last - CATCH_UP_MAX;
-            leftOut = true;
-            this.tail.note(
-              `Events ${after + 1}–${cursor} are not shown (the session ended while this` +
-                ` page was behind; GET ${this.#path()}/events?after_seq=${after} has them).`,
-            );
-            continue;
-          }
-        }
-        const from = cursor;
-        for (const item of page.events) {
-          // This page's own publishes are shown already (the stream does not echo them).
-          if (item.seq > cursor && !this.own.has(item.seq)) this.#show(item, attachedAt);
-          cursor = Math.max(cursor, item.seq);
-        }
-        // A page with no event after the cursor, short of `last`, would be asked for
-        // again and again (or, empty, end the read as if every event had come).
-        if (cursor === from && cursor < last)
-          throw new Error(`the server answered no events after #${cursor} of ${last}`);
-      }
+      read = await this.#readMissed(after, epoch);
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
       this.#ended(reason);
-      this.#missing(cursor, error);
+      this.#missing(after, error);
       return;
     }
-    this.#ended(reason);
+    if (!this.alive) return;
+    if (read.metadata.epoch !== epoch) {
+      this.#replaced(after, reason);
+      return;
+    }
+    if (read.leftOut !== null) {
+      // More than the tail holds: its newest, after a line saying what is not shown.
+      this.tail.note(
+        `Events ${after + 1}–${read.leftOut} are not shown (the session ended while this` +
+          ` page was behind; GET ${this.#path()}/events?after_seq=${after} has them).`,
+      );
+    }
+    // This page's own publishes are shown already (the stream does not echo them).
+    for (const item of read.events) if (!this.own.has(item.seq)) this.#show(item, attachedAt);
+    this.#ended(reason, read.metadata);
     // Messages among the events left out are not in the list: show the stored ones.
-    if (leftOut) this.#reloadMessages();
+    if (read.leftOut !== null) this.#reloadMessages();
+  }
+
+  /**
+   * The events after `after`, over HTTP (`GET …/events?after_seq=`, page after page,
+   * up to the `last_seq` of the first answer, at most CATCH_UP_MAX of the newest), and
+   * the session's metadata. The events answer says nothing of the log it read: the
+   * metadata, read before it and again after it, does (its `epoch`). Epochs do not
+   * come back, so the same epoch before and after as the stream's says that every
+   * event read is of the stream's log; another one, before or after, that the session
+   * was replaced (the metadata returned says by which): the events are not returned.
+   * `leftOut`: the last seq of the events not read (null when none).
+   * @param {number} after @param {string} epoch
+   * @returns {Promise<{ metadata: any, events: Array<{ seq: number, ts: string, event: any }>,
+   *   leftOut: number | null }>}
+   */
+  async #readMissed(after, epoch) {
+    const before = await getJson(this.#path(), { limit: 1 });
+    if (before.metadata.epoch !== epoch)
+      return { metadata: before.metadata, events: [], leftOut: null };
+    /** @type {Array<{ seq: number, ts: string, event: any }>} */
+    const events = [];
+    let leftOut = null;
+    let cursor = after; // every event up to it is read
+    for (let last = null; this.alive && (last === null || cursor < last);) {
+      const page = await getJson(`${this.#path()}/events`, {
+        after_seq: cursor,
+        limit: CATCH_UP_PAGE,
+      });
+      if (last === null) {
+        last = /** @type {number} */ (page.last_seq);
+        if (last - after > CATCH_UP_MAX) {
+          cursor = leftOut = last - CATCH_UP_MAX;
+          continue;
+        }
+      }
+      const from = cursor;
+      for (const item of page.events) {
+        if (item.seq > cursor) events.push(item);
+        cursor = Math.max(cursor, item.seq);
+      }
+      // A page with no event after the cursor, short of `last`, would be asked for
+      // again and again (or, empty, end the read as if every event had come).
+      if (cursor === from && cursor < last)
+        throw new Error(`the server answered no events after #${cursor} of ${last}`);
+    }
+    const end = await getJson(this.#path(), { limit: 1 });
+    return { metadata: end.metadata, events: end.metadata.epoch === epoch ? events : [], leftOut };
   }
 
   /**
@@ -276,6 +311,37 @@ class SessionView {
         { id: "missing", class: "notice notice-warning", role: "status" },
         `The session ended while this page was behind: events after #${after} may be` +
           ` missing here, as reading them failed (${why}).`,
+        h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
+      ),
+    );
+  }
+
+  /**
+   * The session was replaced while this page was behind: deleted and created again
+   * under the same id (or its log reset), so it has another log, whose seqs start
+   * again from 1. What the page shows is the earlier session's, up to `after`; the
+   * events after it went with that log. Say so, with a Reload that opens the session
+   * now under this id.
+   * @param {number} after @param {string} reason
+   */
+  #replaced(after, reason) {
+    this.#setConnState("closed");
+    this.#put("meta-state", "closed"); // the stream ended as the earlier session closed
+    this.tail.note(`Session closed: ${reason}`);
+    this.tail.note(
+      `The session was replaced: events after #${after} of this one are gone, and the` +
+        " session now under this id is another one (another log, its own seqs).",
+    );
+    fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
+    fill(
+      this.status,
+      h(
+        "p",
+        { id: "replaced", class: "notice notice-warning", role: "status" },
+        "This session was replaced while this page was behind: it was deleted and created" +
+          " again under the same id (or its log was reset). What this page shows is the" +
+          ` earlier session's, up to event #${after}; the events after it are gone with` +
+          " it. Reload to see the session now under this id.",
         h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
       ),
     );
@@ -347,17 +413,23 @@ class SessionView {
     return `/api/v1/sessions/${encodeURIComponent(this.id)}`;
   }
 
-  /** @param {string} reason */
-  async #ended(reason) {
+  /**
+   * The session ended: say so, and show its metadata (as given, else as read).
+   * @param {string} reason @param {any} [metadata]
+   */
+  #ended(reason, metadata) {
     this.#setConnState("closed");
     this.tail.note(`Session closed: ${reason}`);
     fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
-    try {
-      const stored = await getJson(this.#path(), { limit: 1 }); // for its metadata
-      if (this.alive) this.#showMeta(stored.metadata);
-    } catch {
-      // The metadata shown stays; the notice above says what happened.
-    }
+    if (metadata !== undefined) this.#showMeta(metadata);
+    else
+      void getJson(this.#path(), { limit: 1 }) // for its metadata
+        .then((stored) => {
+          if (this.alive) this.#showMeta(stored.metadata);
+        })
+        .catch(() => {
+          // The metadata shown stays; the notice above says what happened.
+        });
   }
 
   /** @param {unknown} error */
