@@ -625,6 +625,54 @@ async def test_a_session_replaced_while_the_page_reads_its_events_is_not_spliced
     assert problems == []
 
 
+async def test_reload_after_a_failed_read_shows_the_session_whole(browser: Any) -> None:
+    """The page's HTTP reads of the events it missed fail (503), then work again. Its
+    Reload reads them again: the tail shows every event (the ones shown before the
+    failure still there, the missed ones after them) and nothing more says they may
+    be missing, the message list holds the message written meanwhile, and the page
+    says the session closed. A Reload while the reads still fail leaves the page as it
+    is, with the warning and its button. Before, Reload reloaded the page, which shows
+    a closed session's history and no events: the tail the page showed was gone."""
+    proxy = HttpProxy(0)
+    async with closed_while_the_page_is_away(browser, "behind-5", True, proxy=proxy) as (
+        page,
+        problems,
+        stored,
+    ):
+        missing = page.locator("#status .notice-warning")
+        await expect(missing).to_contain_text("events after #5 may be missing")
+        tail = page.locator("#tail")
+        await page.evaluate("window.sameDocument = true")
+        await page.click("#reload")  # the reads still fail
+        await expect(page.locator("#reload")).to_be_enabled()
+        await expect(missing).to_contain_text("events after #5 may be missing")
+        await expect(tail.locator(".ev-note", has_text="may be missing")).to_have_count(1)
+        await expect(tail).to_have_attribute("data-last-seq", "5")
+
+        proxy.refusing = False
+        last_seq = stored["last_seq"]
+        await page.click("#reload")
+        await expect(tail).to_have_attribute("data-last-seq", str(last_seq))
+        texts = await tail.locator(".ev-text .text").all_text_contents()
+        tokens = "".join(f"a{i} " for i in range(5)) + "".join(f"b{i} " for i in range(40))
+        assert "".join(texts) == tokens + "the end.", texts
+        await expect(tail.locator(".ev-message")).to_contain_text(
+            "Written while the page was away."
+        )
+        await expect(tail.locator('details.ev-tool[data-tool="call-9"]')).to_have_attribute(
+            "data-status", "done"
+        )
+        await expect(tail.locator(".ev-note", has_text="may be missing")).to_have_count(0)
+        await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
+        await expect(page.locator("#messages li .msg-body").last).to_have_text(
+            "Written while the page was away."
+        )
+        await expect(page.locator("#meta-state")).to_have_text("closed")
+        await expect(page.locator("#status .notice")).to_have_count(0)
+        assert await page.evaluate("window.sameDocument") is True
+    assert problems == []
+
+
 async def test_more_events_missed_than_the_tail_holds_shows_the_newest(browser: Any) -> None:
     """The same with 1,200 tokens published while the page was away, more events than
     the tail shows (1,000 blocks): the page reads only the newest 998, after a line

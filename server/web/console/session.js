@@ -10,6 +10,8 @@
  * HTTP into the tail before the page says the session ended, once the session's epoch
  * says they are of the log the stream had: a session deleted and created again under
  * the same id meanwhile is shown as replaced, none of its events in the old one's tail.
+ * Should that read fail, the page says which events may be missing, and its Reload
+ * reads them again, into the tail as it is.
  */
 
 import {
@@ -59,6 +61,9 @@ class SessionView {
   peers = new Map();
   /** @type {Set<number>} seqs of the events this page published (shown already) */
   own = new Set();
+  /** @type {HTMLElement[]} lines of the tail that a read of the missed events that
+   * failed added, taken back when a Reload reads them */
+  unread = [];
 
   /**
    * @param {HTMLElement} root @param {string} sessionId
@@ -215,22 +220,27 @@ class SessionView {
    * them over HTTP (see #readMissed), then, when they are of the log this page's
    * stream had (`epoch`), show them as the live path does, and that the session
    * ended; when they are another log's, that the session was replaced. If the read
-   * fails, say which events may be missing, with a way to reload.
+   * fails, say which events may be missing, with a Reload that reads them again: the
+   * tail stays as it is (the lines that said they may be missing go) and gets them,
+   * and the message list is read again from storage.
    * @param {number} after @param {number} attachedAt @param {string} reason
-   * @param {string} epoch
+   * @param {string} epoch @param {boolean} [again] a Reload's read
    */
-  async #catchUp(after, attachedAt, reason, epoch) {
+  async #catchUp(after, attachedAt, reason, epoch, again = false) {
     this.#setConnState("closed");
     let read;
     try {
       read = await this.#readMissed(after, epoch);
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
-      this.#ended(reason);
-      this.#missing(after, error);
+      this.#takeBackUnread();
+      this.unread.push(this.#ended(reason));
+      this.#missing(after, error, () => this.#catchUp(after, attachedAt, reason, epoch, true));
       return;
     }
     if (!this.alive) return;
+    this.#takeBackUnread();
+    fill(this.status);
     if (read.metadata.epoch !== epoch) {
       this.#replaced(after, reason);
       return;
@@ -245,8 +255,9 @@ class SessionView {
     // This page's own publishes are shown already (the stream does not echo them).
     for (const item of read.events) if (!this.own.has(item.seq)) this.#show(item, attachedAt);
     this.#ended(reason, read.metadata);
-    // Messages among the events left out are not in the list: show the stored ones.
-    if (read.leftOut !== null) this.#reloadMessages();
+    // Messages among the events left out are not in the list: show the stored ones. So
+    // does a Reload, which shows the session as the server has it.
+    if (read.leftOut !== null || again) this.#reloadMessages();
   }
 
   /**
@@ -298,12 +309,20 @@ class SessionView {
 
   /**
    * Events after `after` may be missing from the tail (a read of them failed): a
-   * notice that says so, with a way to reload. Not a refusal: the session ended.
-   * @param {number} after @param {unknown} error
+   * notice that says so, with a Reload that calls `retry`. Not a refusal: the session
+   * ended.
+   * @param {number} after @param {unknown} error @param {() => Promise<void>} retry
    */
-  #missing(after, error) {
+  #missing(after, error, retry) {
     const why = error instanceof Error ? error.message : String(error);
-    this.tail.note(`Events after #${after} may be missing: reading them failed (${why}).`);
+    this.unread.push(
+      this.tail.note(`Events after #${after} may be missing: reading them failed (${why}).`),
+    );
+    const reload = h("button", { type: "button", id: "reload" }, "Reload");
+    reload.addEventListener("click", () => {
+      reload.setAttribute("disabled", "");
+      void retry();
+    });
     fill(
       this.status,
       h(
@@ -311,9 +330,14 @@ class SessionView {
         { id: "missing", class: "notice notice-warning", role: "status" },
         `The session ended while this page was behind: events after #${after} may be` +
           ` missing here, as reading them failed (${why}).`,
-        h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
+        reload,
       ),
     );
+  }
+
+  /** The lines a failed read of the missed events added to the tail, gone. */
+  #takeBackUnread() {
+    for (const line of this.unread.splice(0)) line.remove();
   }
 
   /**
@@ -415,11 +439,11 @@ class SessionView {
 
   /**
    * The session ended: say so, and show its metadata (as given, else as read).
-   * @param {string} reason @param {any} [metadata]
+   * @param {string} reason @param {any} [metadata] @returns {HTMLElement} the tail's line
    */
   #ended(reason, metadata) {
     this.#setConnState("closed");
-    this.tail.note(`Session closed: ${reason}`);
+    const line = this.tail.note(`Session closed: ${reason}`);
     fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
     if (metadata !== undefined) this.#showMeta(metadata);
     else
@@ -430,6 +454,7 @@ class SessionView {
         .catch(() => {
           // The metadata shown stays; the notice above says what happened.
         });
+    return line;
   }
 
   /** @param {unknown} error */

@@ -65,10 +65,13 @@ export class Tail {
     });
   }
 
-  /** A line saying that events were skipped or the stream changed. @param {string} text */
+  /** A line saying that events were skipped or the stream changed.
+   * @param {string} text @returns {HTMLElement} the line (to take it back) */
   note(text) {
     this.open = null;
-    this.#append(h("div", { class: "ev ev-note" }, text));
+    const line = h("div", { class: "ev ev-note" }, text);
+    this.#append(line);
+    return line;
   }
 
   /** @param {string} kind @param {number} seq @param {string} content */
