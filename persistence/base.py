@@ -256,9 +256,16 @@ class EventStorage(Protocol):
 class SessionStorage(EventStorage, Protocol):
     """Sessions, their history and their event logs (the seed's ``SessionStorage``)."""
 
-    async def create_session(self, session: Session) -> None:
+    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
         """Stores a new session (its messages, if any, become its first log events).
-        Raises SessionExists, StorageFull, InvalidSessionId."""
+        With ``replace_expired``, a session of the same id that has expired (by the
+        store's clock: ``expires_at`` passed, or state ``expired``) counts as missing:
+        it goes, with its log, history, keys and index entries, and the new one takes
+        its place in one atomic step (for every process of a shared store, and across
+        a crash: the old expired session or the new one, never the new metadata with
+        an old event). Its subscriptions end with ``"deleted"``. Of two such creates
+        of one id, one replaces it and the other gets SessionExists. Raises
+        SessionExists, StorageFull, InvalidSessionId."""
         ...
 
     async def load_session(self, session_id: str) -> Session | None:

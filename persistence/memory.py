@@ -108,12 +108,15 @@ class MemoryStorage:
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session) -> None:
+    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
         self._require_open()
         session_id = check_session_id(session.metadata.id)
-        if session_id in self._index:
-            raise SessionExists(f"session {session_id!r} already exists")
-        if self.max_sessions is not None and len(self._index) >= self.max_sessions:
+        existing = self._index.get(session_id)
+        if existing is not None:
+            if not (replace_expired and existing.is_expired()):
+                raise SessionExists(f"session {session_id!r} already exists")
+            self._remove(session_id)  # its place goes to the new one, with no await between
+        elif self.max_sessions is not None and len(self._index) >= self.max_sessions:
             raise StorageFull(f"the storage holds its maximum of {self.max_sessions} sessions")
         meta = copy_metadata(session.metadata)
         meta.last_seq = 0

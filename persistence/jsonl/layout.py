@@ -6,6 +6,8 @@ file names, and reads names back into session ids.
     <base>/LOCK                   flock'ed while a storage has the store open for writing
     <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
     <base>/sessions/<id>.preamble history from the old format that has no log line
+    <base>/sessions/<id>.json.replacing  the checkpoint of a session replacing an expired
+                                  one, until it takes the old checkpoint's place
     <base>/events/<id>.jsonl      the event log: the truth of the session's events
     <base>/events/<id>.idx        message index: seq and place of each message event
     <base>/wal/<n>.wal            fsync mode's shared write-ahead log segments
@@ -31,6 +33,7 @@ from bamboo_session.protocol.ids import is_valid_session_id
 CHECKPOINT_SUFFIX: Final = ".json"
 PREAMBLE_SUFFIX: Final = ".preamble"
 TOMBSTONE_SUFFIX: Final = ".json.deleted"
+REPLACEMENT_SUFFIX: Final = ".json.replacing"
 LOG_SUFFIX: Final = ".jsonl"
 INDEX_SUFFIX: Final = ".idx"
 SEGMENT_SUFFIX: Final = ".wal"
@@ -112,6 +115,11 @@ class Layout:
 
     def tombstone(self, session_id: str) -> Path:
         return self.sessions / (session_id + TOMBSTONE_SUFFIX)
+
+    def replacement(self, session_id: str) -> Path:
+        """The checkpoint of a new session that replaces an expired one of its id, until
+        it takes the old checkpoint's place (``lifecycle.py``)."""
+        return self.sessions / (session_id + REPLACEMENT_SUFFIX)
 
     def preamble(self, session_id: str) -> Path:
         return self.sessions / (session_id + PREAMBLE_SUFFIX)

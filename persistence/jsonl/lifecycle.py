@@ -9,6 +9,12 @@ recreates a file); then the checkpoint becomes a tombstone in one atomic rename
 (synced), the other files go, then the tombstone: a crash midway leaves a delete the
 next open finishes (``recovery.py``), never a half-deleted session. A create of an id
 being deleted waits for the delete.
+
+A create that replaces an expired session writes the new checkpoint beside the old one
+first (``<id>.json.replacing``, durably): that decides the replacement, and an open
+that finds the file finishes it (``recovery.py``). Then the old session is deleted as
+above, then the new checkpoint takes its place, then its empty log is created. A crash
+leaves the old session, or the new one: never the new metadata with the old events.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 from bamboo_session.protocol.models import SessionMetadata
 
 from ..index import copy_metadata
+from . import checkpoint
+from .checkpoint import Checkpoint, FileStamp, SlotFile
 from .checkpointer import Checkpointer
 from .files import fsync_dir, unlink_quietly
 from .layout import Layout
@@ -62,6 +70,39 @@ class SessionFiles:
         record.index_checked = True  # no index file yet: nothing to check
         return record
 
+    async def write_replacement(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
+        """The checkpoint of the new (reserved) session that replaces an expired one,
+        beside the old one, durably (its slots and stamp, which its rename keeps);
+        nothing else has changed when it fails."""
+        try:
+            path = self.layout.replacement(meta.id)
+            return await self._jobs.run(checkpoint.create, path, Checkpoint(metadata=meta))
+        except BaseException:
+            self.creating.discard(meta.id)
+            raise
+
+    async def replace(
+        self,
+        old: SessionRecord | None,
+        meta: SessionMetadata,
+        written: tuple[SlotFile, FileStamp],
+    ) -> SessionRecord:
+        """After :meth:`write_replacement` (``written``): the (already forgotten)
+        expired session's files deleted (None: a delete of them is done or under way),
+        then the new one's in their place; its record (the caller runs it to
+        completion, as for :meth:`create`)."""
+        try:
+            if old is not None:
+                await self.delete(old)
+            await self.wait_deleted(meta.id)
+            await self._jobs.run(install_replacement, self.layout, meta.id)
+        finally:
+            self.creating.discard(meta.id)
+        slots, stamp = written
+        record = SessionRecord(meta, 0, 0, 0, stamp=stamp, slots=slots)
+        record.index_checked = True
+        return record
+
     async def delete(self, record: SessionRecord) -> None:
         """Delete the (already forgotten) session's files, to the end even if the
         caller is cancelled meanwhile."""
@@ -90,6 +131,16 @@ def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMeta
         meta.ttl = default_ttl
         meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
     return meta
+
+
+def install_replacement(layout: Layout, session_id: str) -> None:
+    """The replacement checkpoint in the (deleted) old one's place, then an empty log:
+    what a create leaves, in the same order (recovery.py finishes it the same way)."""
+    os.replace(layout.replacement(session_id), layout.checkpoint(session_id))
+    fsync_dir(layout.sessions)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    os.close(os.open(layout.log(session_id), flags, 0o644))
+    fsync_dir(layout.events)
 
 
 def delete_session_files(layout: Layout, session_id: str) -> None:

@@ -10,6 +10,10 @@ A crash can leave, per session:
   session gets a new ``epoch`` and ``last_seq`` becomes what the log really holds;
 - a ``.tmp`` file (a checkpoint being written): removed, the old checkpoint stands;
 - a ``.deleted`` tombstone (a delete in progress): the delete is finished;
+- a ``.json.replacing`` checkpoint (a create replacing an expired session,
+  ``lifecycle.py``): the old session's files go, with whatever the WAL holds of them,
+  and the new session takes their place once the segments are gone (so a crash
+  during this open finishes it the same way at the next);
 - WAL segments (``wal/``, ``fsync`` mode): acknowledged lines a log may lack (its tail
   was never synced) are replayed into it from the segments, before anything else reads
   the logs, for every session that still has a checkpoint; then the segments are
@@ -38,7 +42,7 @@ from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
-from . import checkpoint, snapshot, wal_replay
+from . import checkpoint, lifecycle, snapshot, wal_replay
 from .checkpoint import CheckpointDamaged, LegacyCheckpoint
 from .config import JsonlStorageConfig
 from .files import fsync_dir, unlink_quietly
@@ -47,6 +51,7 @@ from .layout import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     PREAMBLE_SUFFIX,
+    REPLACEMENT_SUFFIX,
     TMP_SUFFIX,
     TOMBSTONE_SUFFIX,
     id_with_suffix,
@@ -82,6 +87,7 @@ class _Recovery:
 
     def run(self) -> RecoveryReport:
         checkpoint_ids, deleted = self._scan_sessions_dir()
+        replaced = self._clear_replaced(checkpoint_ids) if self.writable else set()
         unrestored: dict[str, int] = {}
         replayed: wal_replay.ReplayReport | None = None
         if self.writable:
@@ -122,6 +128,11 @@ class _Recovery:
             # nothing else would tell the next open that those seqs were ever issued.
             wal_replay.discard_segments(self.layout, replayed)
             self.report.damaged += replayed.damaged
+        for session_id in sorted(replaced):
+            lifecycle.install_replacement(self.layout, session_id)
+            found = self.sessions.recover(session_id, True, 0)
+            if found is not None:
+                self.report.sessions.append(found)
         return self.report
 
     # -- directories --------------------------------------------------------------------
@@ -157,6 +168,27 @@ class _Recovery:
                 fsync_dir(self.layout.events)
                 fsync_dir(self.layout.sessions)
         return checkpoint_ids, deleted
+
+    def _clear_replaced(self, checkpoint_ids: set[str]) -> set[str]:
+        """The sessions a create was replacing: the old one's files removed (and the
+        id out of ``checkpoint_ids``: the WAL's records of it are not replayed); the
+        new checkpoint is put in place at the end of the open."""
+        replaced = set()
+        with os.scandir(self.layout.sessions) as entries:
+            for entry in entries:
+                session_id = id_with_suffix(entry.name, REPLACEMENT_SUFFIX)
+                if session_id is not None:
+                    replaced.add(session_id)
+        for session_id in replaced:
+            log.warning("finishing the interrupted replacement of session %r", session_id)
+            for path in self.layout.session_files(session_id):
+                unlink_quietly(path)
+            unlink_quietly(self.layout.checkpoint(session_id))
+            checkpoint_ids.discard(session_id)
+        if replaced:
+            fsync_dir(self.layout.events)
+            fsync_dir(self.layout.sessions)
+        return replaced
 
     def _remove_strays(self, session_ids: set[str], path_of: Callable[[str], Path]) -> None:
         """Derived files whose session is gone (a delete cut short)."""

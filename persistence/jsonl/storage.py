@@ -164,19 +164,24 @@ class JsonlStorage(JsonlQueries):
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session) -> None:
+    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
         self._require_writable()
         session_id = check_session_id(session.metadata.id)
         await self._files.wait_deleted(session_id)
         creating = self._files.creating
-        if session_id in self._records or session_id in creating:
+        old = self._records.get(session_id)
+        replacing = old is not None and replace_expired and old.meta.is_expired()
+        if (old is not None and not replacing) or session_id in creating:
             raise SessionExists(f"session {session_id!r} already exists")
         limit = self.config.max_sessions
-        if limit is not None and len(self._records) + len(creating) >= limit:
+        if not replacing and limit is not None and len(self._records) + len(creating) >= limit:
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
         self._files.reserve(session_id)
         meta = new_metadata(session.metadata, self.config.default_ttl)
-        await to_completion(self._create(meta))
+        if old is not None:
+            await to_completion(self._replace(old, meta))
+        else:
+            await to_completion(self._create(meta))
         if session.messages:
             await self.append_events(
                 session_id, [(MessageEvent(message), None) for message in session.messages]
@@ -184,6 +189,20 @@ class JsonlStorage(JsonlQueries):
 
     async def _create(self, meta: SessionMetadata) -> None:
         record = await self._files.create(meta)
+        self._records[meta.id] = record
+        self._index.add(meta)
+        self._messages.start(meta.id, 0)
+
+    async def _replace(self, old: SessionRecord, meta: SessionMetadata) -> None:
+        """The new session in place of ``old``, expired, on disk crash-safe
+        (``lifecycle.py``). Once the new checkpoint is beside the old one, the old
+        session is forgotten, as at a delete."""
+        written = await self._files.write_replacement(meta)
+        # Unless a delete or cleanup took it meanwhile (then its files go, or went).
+        taken = self._records.get(meta.id) is not old
+        if not taken:
+            self._forget(meta.id)
+        record = await self._files.replace(None if taken else old, meta, written)
         self._records[meta.id] = record
         self._index.add(meta)
         self._messages.start(meta.id, 0)
@@ -308,12 +327,7 @@ class JsonlStorage(JsonlQueries):
     async def _remove(self, session_id: str) -> None:
         """Forget the session, then delete its files once its queued appends and any
         checkpoint in progress are done (so neither can recreate a file)."""
-        record = self._records.pop(session_id)
-        self._feed.end(session_id, DELETED)
-        self._appends.keys.drop(session_id)
-        self._index.remove(session_id)
-        self._messages.drop(session_id)
-        self._checkpoints.forget(session_id)
+        record = self._forget(session_id)
         try:
             await self._files.delete(record)
         except BaseException:
@@ -324,6 +338,16 @@ class JsonlStorage(JsonlQueries):
                 self._index.add(record.meta)
                 self._checkpoints.changed(record)
             raise
+
+    def _forget(self, session_id: str) -> SessionRecord:
+        """The session gone from memory (its subscriptions end); its record."""
+        record = self._records.pop(session_id)
+        self._feed.end(session_id, DELETED)
+        self._appends.keys.drop(session_id)
+        self._index.remove(session_id)
+        self._messages.drop(session_id)
+        self._checkpoints.forget(session_id)
+        return record
 
     # -- helpers --------------------------------------------------------------------
 

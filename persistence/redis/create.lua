@@ -1,15 +1,31 @@
 -- Create a session: refuse an id in use and a store at its maximum, write the
--- metadata hash and index it.
--- KEYS: meta, log, keys, msgs
--- ARGV: id, index prefix, max sessions ('' : no limit), then HSET field/value pairs
+-- metadata hash and index it. With replace 'expired', a session of the id whose TTL
+-- has passed (by Redis's clock) counts as missing: it goes, with its log, keys,
+-- history, connections and index entries, every instance told (as at a delete), and
+-- the new one takes its place in this same script.
+-- KEYS: meta, log, keys, msgs, conns
+-- ARGV: id, index prefix, max sessions ('' : no limit), replace ('expired' or ''),
+--       publish command ('' : the caller publishes), channel, then HSET field/value pairs
+-- Returns 1 if it replaced an expired session, else 0.
 
 local meta = KEYS[1]
-local id, idx, max = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', meta) == 1 then fail('EXISTS') end
-if max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then fail('FULL') end
+local id, idx, max, replace, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local old = redis.call('HMGET', meta, 'user', 'state', 'expires')
+local replaced = 0
+if old[2] then
+  if replace ~= 'expired' or not has_expired(old[2], old[3], clock()) then fail('EXISTS') end
+  replaced = 1
+elseif max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then
+  fail('FULL')
+end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+if replaced == 1 then
+  index_remove(idx, id, old[1] or nil, old[2])
+  redis.call('UNLINK', meta, KEYS[5])
+  notify(publish, channel, 'deleted')
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', meta, unpack(fields))
 index_add(idx, id, hash_of(fields))
-return 1
+return replaced

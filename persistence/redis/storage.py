@@ -121,7 +121,7 @@ class RedisStorage:
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session) -> None:
+    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
         self.require_writable()
         session_id = check_session_id(session.metadata.id)
         meta = copy_metadata(session.metadata)
@@ -131,11 +131,24 @@ class RedisStorage:
             meta.ttl = self.config.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
         maximum = self.config.max_sessions
-        await self.redis.write(
+        channel = self.layout.channel(session_id)
+        replaced = await self.redis.write(
             "create",
-            self.layout.session_keys(session_id)[:4],
-            [session_id, self.layout.index, _optional(maximum), *metadata_fields(meta)],
+            self.layout.session_keys(session_id),
+            [
+                session_id,
+                self.layout.index,
+                _optional(maximum),
+                "expired" if replace_expired else "",
+                self.redis.publish,
+                channel,
+                *metadata_fields(meta),
+            ],
+            notice=DELETED_NOTICE,  # published by the caller (replicas) only if replaced
+            channel=channel,
         )
+        if replaced:
+            self.live.feed.end(session_id, DELETED)
         if session.messages:
             await self.append_events(
                 session_id, [(MessageEvent(message), None) for message in session.messages]

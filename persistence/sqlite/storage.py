@@ -179,7 +179,7 @@ class SqliteStorage:
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session) -> None:
+    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
         session_id = check_session_id(session.metadata.id)
         meta = copy_metadata(session.metadata)
         meta.last_seq = 0  # a new log; whatever the caller set does not describe it
@@ -190,9 +190,19 @@ class SqliteStorage:
             meta.expires_at = meta.last_activity_at + timedelta(seconds=default_ttl)
         messages = writes.prepare([(MessageEvent(message), None) for message in session.messages])
         work = functools.partial(
-            writes.create, meta=meta, messages=messages, max_sessions=self.config.max_sessions
+            writes.create,
+            meta=meta,
+            messages=messages,
+            max_sessions=self.config.max_sessions,
+            replace_expired=replace_expired,
         )
-        await self._write(work, lambda _: self._moved(session_id))
+
+        def after(replaced: bool) -> None:
+            self._moved(session_id)
+            if replaced:  # the expired one's subscriptions end, as at its removal
+                self._feed.end(session_id, DELETED)
+
+        await self._write(work, after)
 
     async def load_session(self, session_id: str) -> Session | None:
         found = await self._read(reads.load_session, check_session_id(session_id))

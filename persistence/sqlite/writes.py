@@ -251,12 +251,21 @@ def prepare(items: Sequence[AppendItem]) -> list[Prepared]:
 
 
 def create(
-    batch: Batch, meta: SessionMetadata, messages: Sequence[Prepared], max_sessions: int | None
-) -> None:
+    batch: Batch,
+    meta: SessionMetadata,
+    messages: Sequence[Prepared],
+    max_sessions: int | None,
+    replace_expired: bool = False,
+) -> bool:
+    """Insert the new session; with ``replace_expired``, in place of an expired one of
+    the same id, removed in the same transaction. Whether it replaced one."""
     session_id = meta.id
-    if batch.row(session_id) is not None:
-        raise SessionExists(f"session {session_id!r} already exists")
-    if max_sessions is not None and batch.sessions() >= max_sessions:
+    row = batch.row(session_id)
+    if row is not None:
+        if not (replace_expired and row.is_expired(batch.now_text)):
+            raise SessionExists(f"session {session_id!r} already exists")
+        _remove(batch, session_id)  # after every check: a refusal leaves nothing done
+    elif max_sessions is not None and batch.sessions() >= max_sessions:
         raise StorageFull(f"the storage holds its maximum of {max_sessions} sessions")
     values = row_of(meta)
     batch.db.execute(
@@ -268,6 +277,7 @@ def create(
     batch.session_delta += 1
     if messages:
         append(batch, session_id, messages)
+    return row is not None
 
 
 def append(
