@@ -19,6 +19,7 @@ import structlog
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import SessionMetadata
 
 from .actor import SessionActor
 from .commands import ActorRetired, Attach, Detach, Stop
@@ -142,6 +143,17 @@ class ActorRegistry:
         retiring = self._unfinished_retiring(session_id)
         if retiring is not None:
             await asyncio.wait([retiring])
+
+    async def end_expired(self, expired: SessionMetadata) -> None:
+        """The live actor of ``expired`` (parked, or with peers it has not closed yet)
+        ends as at its expiry (``closed`` and 4404, ``session expired``), and has
+        finished, before a new session replaces it: the new one is then the one in
+        memory. An actor of another epoch (the session a concurrent creation made) is
+        left alone."""
+        actor = self._actors.get(expired.id)
+        if actor is not None and actor.room.epoch == expired.epoch:
+            await self.stop(actor, CloseCode.NOT_FOUND, "session expired")
+        await self.await_retired(expired.id)
 
     def check_room(self) -> None:
         """ServerBusy unless one more live session fits, evicting a parked one if need

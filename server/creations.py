@@ -1,6 +1,7 @@
 """Session creations under way, by id, and the get-or-create that shares them:
 concurrent get-or-creates of one session share one creation, whose outcome is taken
-even when every caller gave up on it."""
+even when every caller gave up on it. An expired session counts as missing: the
+creation replaces it (the storage contract's ``replace_expired``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ log = structlog.get_logger("bamboo_session.manager")
 
 # (session_id, deadline) -> the session's stored metadata, None when it is not stored
 ReadMetadata = Callable[[str, float | None], Awaitable[SessionMetadata | None]]
+# the expired session it replaces, or None -> the new session, stored
+Create = Callable[[SessionMetadata | None], Coroutine[Any, Any, Session]]
 
 
 class Creations:
@@ -38,25 +41,24 @@ class Creations:
     async def get_or_create(
         self,
         session_id: str,
-        create: Callable[[], Coroutine[Any, Any, Session]],
+        create: Create,
         deadline: float | None,
     ) -> SessionMetadata:
-        """The session's metadata, once ``create()`` stored it if it was not stored.
+        """The session's metadata, once ``create(expired)`` stored it if it was not
+        stored, or had expired (``expired``: its metadata, which the creation replaces).
         The reads, and the wait for another caller's creation of the same session, end
         by ``deadline`` when given (StoreTimeout); the creation's own write is not a
         read, and the read after it has a deadline of its own."""
         existing = await self._read(session_id, deadline)
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
-        if existing is None and (creating := self._under_way.get(session_id)) is not None:
+        if _missing(existing) and (creating := self._under_way.get(session_id)) is not None:
             theirs = asyncio.wait([creating])
             await (theirs if deadline is None else self._reads.within(deadline, theirs))
             existing = await self._read(session_id, deadline)
-        if existing is not None:
-            if existing.is_expired():
-                raise SessionExpired(session_id)
+        if existing is not None and not existing.is_expired():
             return existing
-        creation = self._start(session_id, create())
+        creation = self._start(session_id, create(existing))
         with contextlib.suppress(SessionExists):  # another caller created it first
             await asyncio.shield(creation)
         # The creation's write is not a read: the read after it has a deadline of its
@@ -64,6 +66,8 @@ class Creations:
         found = await self._read(session_id, None)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
+        if found.is_expired():  # the store's clock says it has not expired yet
+            raise SessionExpired(session_id)
         return found
 
     def _start(
@@ -85,3 +89,8 @@ class Creations:
         failure = creation.exception()
         if failure is not None and not is_expected(failure):
             log.error("creating a session failed", session_id=session_id, exc_info=failure)
+
+
+def _missing(metadata: SessionMetadata | None) -> bool:
+    """Whether a creation would make the session: it is not stored, or has expired."""
+    return metadata is None or metadata.is_expired()

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Self
 
 import structlog
@@ -124,9 +123,11 @@ class SessionManager:
         session_id: str | None = None,
         ttl: int | None = None,
         extra: dict[str, Any] | None = None,
+        replace_expired: bool = False,
     ) -> Session:
         """A new session. Raises FieldTooLong when ``user_id``, ``title`` or ``extra``
-        is over its limit (the index keeps them in memory), SessionExists."""
+        is over its limit (the index keeps them in memory), SessionExists.
+        ``replace_expired``: see ``create_admitted``."""
         check_fields(self.config, user_id, title, extra)
         session = Session.new(
             check_session_id(session_id) if session_id else new_session_id(),
@@ -135,7 +136,7 @@ class SessionManager:
             ttl=ttl,
             extra=extra,
         )
-        await self.storage.create_session(session)
+        await self.storage.create_session(session, replace_expired=replace_expired)
         stored = await self.storage.load_session(session.id)
         return stored or session
 
@@ -164,12 +165,16 @@ class SessionManager:
         deadline: float | None = None,
     ) -> SessionMetadata:
         """get-or-create without reading the history: what an attach with ``create``
-        needs, so a reconnect storm does not load every session's messages. ``admit``
-        wraps a creation, and refuses it by raising; ``deadline`` bounds the reads
+        needs, so a reconnect storm does not load every session's messages. An expired
+        session counts as missing: a new one replaces it. ``admit`` wraps a creation,
+        and refuses it by raising; ``deadline`` bounds the reads
         (server/creations.py)."""
-        create = functools.partial(
-            self.create_admitted, admit, user_id, title, session_id=session_id
-        )
+
+        def create(expired: SessionMetadata | None) -> Coroutine[Any, Any, Session]:
+            return self.create_admitted(
+                admit, user_id, title, session_id=session_id, replacing=expired
+            )
+
         return await self.creations.get_or_create(check_session_id(session_id), create, deadline)
 
     async def close_session(self, session_id: str) -> None:
@@ -203,15 +208,20 @@ class SessionManager:
         title: str | None,
         *,
         session_id: str | None = None,
+        replacing: SessionMetadata | None = None,
     ) -> Session:
         """A session for an attach (server/handshake.py): refused before anything is
         stored when no actor could be spawned for it (a client refused with 1013
-        retries, and each retry would leave an orphan), or when ``admit`` says no."""
+        retries, and each retry would leave an orphan), or when ``admit`` says no.
+        ``replacing``: the expired session of ``session_id`` it takes the place of,
+        whose live actor ends first."""
         self.check_room()
-        if admit is None:
-            return await self.create_session(user_id, title, session_id=session_id)
-        async with admit(user_id):
-            return await self.create_session(user_id, title, session_id=session_id)
+        async with admit(user_id) if admit is not None else contextlib.nullcontext():
+            if replacing is not None:
+                await self.actors.end_expired(replacing)
+            return await self.create_session(
+                user_id, title, session_id=session_id, replace_expired=replacing is not None
+            )
 
     def check_room(self) -> None:
         """ServerBusy unless one more live session fits (see ActorRegistry)."""
