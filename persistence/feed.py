@@ -50,6 +50,7 @@ class FeedSubscription:
         "_read",
         "_wakeup",
         "ended",
+        "epoch",
         "session_id",
     )
 
@@ -77,6 +78,9 @@ class FeedSubscription:
         self._callback: Callable[[], object] | None = None
         self._ending: str | None = None  # closed: deliver what is stored, then end
         self.ended: str | None = None
+        # The epoch of the session's log it follows, where the store tells (Redis: a
+        # session replaced under the same id is another log, never this one's sequel).
+        self.epoch: str | None = None
 
     @property
     def position(self) -> int:
@@ -245,6 +249,12 @@ class Feed:
     def end(self, session_id: str, reason: str) -> None:
         for subscription in list(self._subscriptions.get(session_id, ())):
             subscription.end(reason)
+
+    def end_other_epochs(self, session_id: str, epoch: str, reason: str) -> None:
+        """The session's subscriptions that follow a log of another epoch end."""
+        for subscription in list(self._subscriptions.get(session_id, ())):
+            if subscription.epoch is not None and subscription.epoch != epoch:
+                subscription.end(reason)
 
     def end_all(self, reason: str = UNSUBSCRIBED) -> None:
         for session_id in list(self._subscriptions):

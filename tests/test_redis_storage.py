@@ -29,7 +29,7 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.persistence.base import SessionImport
 from bamboo_session.persistence.redis import RedisStorage
-from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
+from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, StoredEvent
 from tests.redis_server import RedisServer, prefix_for
 
 RECV = 5.0
@@ -201,6 +201,40 @@ async def test_a_lost_pubsub_connection_is_caught_up_from_the_stream(
         assert await collect(subscription, 1) == [11]
     finally:
         await admin.aclose()
+
+
+@pytest.mark.parametrize("appended", [0, 5])
+async def test_a_session_replaced_while_pubsub_was_lost_ends_the_old_subscription(
+    pair: tuple[Storage, Storage], redis_server: RedisServer, appended: int
+) -> None:
+    """An expired session replaced by a create (another epoch under the same id) while
+    an instance's pub/sub connection was down: its subscriptions of the old log end as
+    deleted at the catch-up, and none is handed an event of the new log as if it came
+    after the old one's (seq 4 and 5 here), nor lingers on with the new log."""
+    a, b = pair
+    assert isinstance(b, RedisStorage)
+    await a.create_session(Session.new("s1"))
+    await a.append_events("s1", [(AgentEvent.token("old"), None)] * 3)
+    subscription = await b.subscribe("s1", 3)
+    await a.update_session_state("s1", SessionState.EXPIRED)
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        # Before b's listener is back (it waits 50 ms first): no notice reaches it.
+        await a.create_session(Session.new("s1"), replace_expired=True)
+        if appended:
+            await a.append_events("s1", [(AgentEvent.token("new"), None)] * appended)
+        got = [event async for event in _within(subscription, RECV)]
+        assert (got, subscription.ended) == ([], "deleted")
+        assert b.live.listener.reconnects >= 1
+    finally:
+        await admin.aclose()
+
+
+async def _within(subscription: Subscription, seconds: float) -> AsyncIterator[StoredEvent]:
+    async with asyncio.timeout(seconds):
+        async for event in subscription:
+            yield event
 
 
 async def test_unsubscribes_when_the_last_subscription_closes(

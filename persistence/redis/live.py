@@ -47,8 +47,8 @@ class Live:
         subscription = self.feed.subscribe(session_id, after_seq, after_seq, read)
         try:
             await self.listener.watch(session_id)
-            state, last = await self._commands.call(
-                "HMGET", self._layout.meta(session_id), "state", "seq"
+            state, last, epoch = await self._commands.call(
+                "HMGET", self._layout.meta(session_id), "state", "seq", "epoch"
             )
         except BaseException:
             subscription.close()
@@ -56,6 +56,7 @@ class Live:
         if state is None:
             subscription.close()
             raise SessionNotFound(f"session {session_id!r} not found")
+        subscription.epoch = epoch.decode()
         subscription.stored_up_to(int(last))
         if state == b"closed":
             subscription.end(CLOSED)
@@ -68,15 +69,22 @@ class Live:
 
     async def catch_up(self, sessions: Collection[str]) -> None:
         """After the listener lost its connection: what each session's subscriptions
-        may have missed is read from the store, and a close or delete is noticed."""
+        may have missed is read from the store, and a close or delete is noticed: a
+        session replaced meanwhile by another of the same id (another epoch: an expired
+        one taken over by a create) ends its old subscriptions as deleted, since the
+        new log's events are no sequel of theirs."""
         ordered = list(sessions)
         replies = await self._commands.pipeline(
-            [("HMGET", self._layout.meta(session_id), "state", "seq") for session_id in ordered]
+            [
+                ("HMGET", self._layout.meta(session_id), "state", "seq", "epoch")
+                for session_id in ordered
+            ]
         )
-        for session_id, (state, last) in zip(ordered, replies, strict=True):
+        for session_id, (state, last, epoch) in zip(ordered, replies, strict=True):
             if state is None:
                 self.feed.end(session_id, DELETED)
                 continue
+            self.feed.end_other_epochs(session_id, epoch.decode(), DELETED)
             self.feed.stored_up_to(session_id, int(last))
             if state == b"closed":
                 self.feed.end(session_id, CLOSED)

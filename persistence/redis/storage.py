@@ -303,24 +303,41 @@ class RedisStorage:
         limit: int | None = None,
         max_bytes: int | None = None,
     ) -> list[StoredEvent]:
-        session_id = check_session_id(session_id)
+        return await self._read_events(check_session_id(session_id), after_seq, limit, max_bytes)
+
+    async def _read_events(
+        self,
+        session_id: str,
+        after_seq: int,
+        limit: int | None,
+        max_bytes: int | None = None,
+        epoch: str | None = None,
+    ) -> list[StoredEvent]:
+        """``read_events``; with ``epoch``, SessionNotFound if the session's log is of
+        another epoch (a session that replaced it under its id), in the same script."""
         count: int | str = "" if limit is None else max(limit, 0)
         keys = [self.layout.meta(session_id), self.layout.log(session_id)]
         if count == 0:
             await self.last_seq(session_id)  # SessionNotFound still applies
             return []
-        entries = await self.redis.run("read", keys, [str(max(after_seq, 0) + 1), count])
+        args = [str(max(after_seq, 0) + 1), count, epoch or ""]
+        entries = await self.redis.run("read", keys, args)
         events = [event_from_entry(entry) for entry in entries]
         return events if max_bytes is None else within_bytes(events, max_bytes)
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         session_id = check_session_id(session_id)
         self._require_open()
+        subscription: FeedSubscription | None = None
 
         async def read(after: int, limit: int) -> list[StoredEvent]:
-            return await self.read_events(session_id, after, limit)
+            # Only the log it subscribed to: another instance may have replaced the
+            # session (an expired one, by a create) before this one heard of it.
+            epoch = None if subscription is None else subscription.epoch
+            return await self._read_events(session_id, after, limit, epoch=epoch)
 
-        return await self.live.subscribe(session_id, after_seq, read)
+        subscription = await self.live.subscribe(session_id, after_seq, read)
+        return subscription
 
     async def last_seq(self, session_id: str) -> int:
         return int(await self._field(session_id, "seq"))
