@@ -178,8 +178,8 @@ def _noting_creation(admit: Admission, created: list[float]) -> Admission:
     """``admit``, noting in ``created`` when the creation it wrapped ended, if it did."""
 
     @contextlib.asynccontextmanager
-    async def noting(owner: str | None) -> AsyncIterator[None]:
-        async with admit(owner):
+    async def noting(owner: str | None, replaces_own: bool = False) -> AsyncIterator[None]:
+        async with admit(owner, replaces_own):
             yield
         created.append(asyncio.get_running_loop().time())
 

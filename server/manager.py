@@ -216,7 +216,13 @@ class SessionManager:
         ``replacing``: the expired session of ``session_id`` it takes the place of,
         whose live actor ends first."""
         self.check_room()
-        async with admit(user_id) if admit is not None else contextlib.nullcontext():
+        # Its own expired session, counted against its cap, goes: its count stays.
+        own = (
+            replacing is not None
+            and replacing.user_id == user_id
+            and replacing.state != SessionState.CLOSED
+        )
+        async with admit(user_id, own) if admit is not None else contextlib.nullcontext():
             if replacing is not None:
                 await self.actors.end_expired(replacing)
             return await self.create_session(

@@ -22,9 +22,9 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -85,8 +85,14 @@ def creator_key(user: str | None, address: str | None) -> str | None:
     return "addr:" + str(ip)
 
 
-# Wraps the creation of a session for an owner: refuses it by raising on entry.
-Admission = Callable[[str | None], AbstractAsyncContextManager[None]]
+class Admission(Protocol):
+    """Wraps the creation of a session for an owner: refuses it by raising on entry.
+    ``replaces_own``: the creation replaces an expired session of that owner which
+    counts against the cap (not closed), so it keeps the owner's count as it was."""
+
+    def __call__(
+        self, owner: str | None, replaces_own: bool = False
+    ) -> AbstractAsyncContextManager[None]: ...
 
 
 class SessionQuotas:
@@ -115,7 +121,7 @@ class SessionQuotas:
         start)."""
 
         @contextlib.asynccontextmanager
-        async def admit(owner: str | None) -> AsyncIterator[None]:
+        async def admit(owner: str | None, replaces_own: bool = False) -> AsyncIterator[None]:
             self._check_rate(creator)
             if owner is None or self.max_per_user <= 0:
                 yield
@@ -124,7 +130,8 @@ class SessionQuotas:
             # end: two of them never both take the last place.
             async with self._owner_lock(owner):
                 kept = await self._count(owner, deadline)
-                if kept >= self.max_per_user:
+                # The expired session it replaces is in the count, and goes with it.
+                if kept - replaces_own >= self.max_per_user:
                     raise TooManySessions(f"{owner!r} keeps {kept} sessions")
                 yield
 

@@ -170,3 +170,16 @@ async def test_under_auth_another_user_may_create_an_expired_session() -> None:
             assert events["events"] == []
         status, _ = await get(server, "/api/v1/sessions/s1/events", alice)
         assert status == 403
+
+
+async def test_a_user_at_the_quota_may_replace_an_expired_session_of_their_own() -> None:
+    """Replacing one's own expired session leaves the count of one's sessions as it
+    was: a user at the quota is not refused it (another user's expired one still
+    counts for the creator as a new session, above)."""
+    async with run_server(max_sessions_per_user=1) as server:
+        old_epoch = await old_session(server, "s1", user_id="u1")
+        await expire(server)
+        async with attach(server, "s1", create=True, user_id="u1") as (_, welcome):
+            assert welcome["epoch"] != old_epoch and welcome["session"]["user_id"] == "u1"
+        code, reason = await refused(server, "s2", create=True, user_id="u1")
+        assert (code, reason) == (4403, "too many sessions for this user")
