@@ -201,6 +201,14 @@ class Subscription(Protocol):
 
     async def __anext__(self) -> StoredEvent: ...
 
+    def stored_up_to(self, seq: int) -> None:
+        """The store holds events up to ``seq``, learnt other than from the
+        subscription (a read of the session's metadata): the subscription becomes ready
+        for whatever of them it has not handed out, and reads them from the store if
+        it must. On a shared store a process learns of another's appends a moment
+        later than the store has them; this lets a caller wait for no notification."""
+        ...
+
     def close(self) -> None:
         """Stop following the session; ends the iteration."""
         ...

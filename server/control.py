@@ -100,6 +100,16 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     if not actor.following.active:
         actor.room.restart_at(metadata.last_seq)
         await actor.following.start(actor.room.published_seq)
+    elif metadata.last_seq > actor.room.published_seq:
+        # The store holds events the room has not delivered yet: another instance's
+        # appends whose pub/sub message is still on its way, or was lost with the
+        # listener's connection. They go out first, so that a client resuming here
+        # from one of them (seen on that instance) resumes, rather than is told its
+        # seq is beyond the log's end and sent it again.
+        actor.following.stored_up_to(metadata.last_seq)
+        await actor.catch_up()
+        if command.future.done():  # its caller gave up waiting meanwhile
+            return
     if actor.state != SessionState.ACTIVE:
         # A session nobody was attached to becomes active: that is activity too. The
         # activity first: should it fail, nothing has changed (the attach fails, the
@@ -174,11 +184,15 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
         # failed touch changes nothing, where after the move it left the session
         # moved (closed, even) while the peer was told the request had failed.
         await actor.status.touch()
-        await actor.status.become(command.state)
+        stored = await actor.status.become(command.state)
     except (StorageError, ValueError) as exc:
         actor.refuse(command, exc)
         return
     if command.state == SessionState.CLOSED:
+        if stored is not None:
+            # Every event acknowledged before the close, on any instance: one appended
+            # on another moments ago may not have reached this one's feed yet.
+            actor.following.stored_up_to(stored.last_seq)
         await actor.catch_up()  # viewers get every acknowledged event before the close
     command.answer(actor.room.published_seq)
     if command.state == SessionState.CLOSED:

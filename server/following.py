@@ -43,6 +43,13 @@ class Following:
         subscription.on_ready(self._on_ready)
         self.subscription = subscription
 
+    def stored_up_to(self, seq: int) -> None:
+        """The store holds events up to ``seq``: they are ready to take, whether or not
+        the store's notice of them (another process's pub/sub message) came yet."""
+        subscription = self.subscription
+        if subscription is not None:
+            subscription.stored_up_to(seq)
+
     def stop(self) -> None:
         subscription, self.subscription = self.subscription, None
         if subscription is not None:

@@ -15,7 +15,7 @@ from bamboo_session.persistence.base import (
     Storage,
     StorageError,
 )
-from bamboo_session.protocol.models import SessionState
+from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 log = structlog.get_logger("bamboo_session.actor")
 
@@ -32,19 +32,22 @@ class SessionStatus:
         self.ttl = ttl  # seconds of inactivity before it expires; None: never
         self.owed = False  # the store has not taken ``state`` (see park and save)
 
-    async def become(self, state: SessionState) -> None:
-        """Change to ``state`` (InvalidTransition if it may not), in the store too."""
+    async def become(self, state: SessionState) -> SessionMetadata | None:
+        """Change to ``state`` (InvalidTransition if it may not), in the store too; the
+        metadata the store holds after the change (None if nothing was written)."""
         if state == self.state:
-            return
+            return None
         self.state.check_transition(state)
+        stored = None
         try:
-            await self.storage.update_session_state(self.session_id, state)
+            stored = await self.storage.update_session_state(self.session_id, state)
         except SessionExpired:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
             log.info("session expired", state=state.value)
         self.state = state
         self.owed = False
+        return stored
 
     async def park(self) -> None:
         """The last connection left: ``disconnected``, in the store too unless it fails.

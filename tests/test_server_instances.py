@@ -184,3 +184,76 @@ async def test_an_expired_session_closes_its_connections_on_both(
                 assert code == 4404
         status, _body = await get(b, "/api/v1/sessions/e")
         assert status == 404
+
+
+class LatePubSub:
+    """Holds what an instance's pub/sub listener hands its feed for one session, as a
+    late pub/sub message (a busy instance, a listener connecting again) would, until
+    :meth:`release`: the store has the events, this instance has not heard of them."""
+
+    def __init__(self, server: BambooServer, session_id: str, monkeypatch: Any) -> None:
+        self.feed = server.storage.live.feed  # type: ignore[union-attr]
+        self.session_id = session_id
+        self.held: list[Any] = []
+        self.holding = True
+        publish = self.feed.publish
+
+        def late_publish(session_id: str, events: list[Any]) -> None:
+            if self.holding and session_id == self.session_id:
+                self.held.append(events)
+            else:
+                publish(session_id, events)
+
+        self._publish = publish
+        monkeypatch.setattr(self.feed, "publish", late_publish)
+
+    def release(self) -> None:
+        self.holding = False
+        for events in self.held:
+            self._publish(self.session_id, events)
+
+
+async def test_a_resume_on_an_instance_not_yet_told_of_the_events_resumes(
+    pair: tuple[BambooServer, BambooServer], monkeypatch: Any
+) -> None:
+    """A client saw seq 2 on A and resumes on B before B's pub/sub brought it there:
+    the store has it, so it is a resume (not "beyond the log's end"), and the client
+    is not sent seq 2 again; B's other viewers get it once."""
+    a, b = pair
+    async with (
+        attach(a, "lag", create=True, role="agent") as (agent, welcome),
+        attach(b, "lag") as (viewer, _),  # B follows the session
+    ):
+        ack = await agent.request({"type": "event", "id": 1, "event": token("1")}, "ack")
+        assert (await viewer.recv_type("event"))["seq"] == ack["seq"] == 1
+        late = LatePubSub(b, "lag", monkeypatch)
+        ack = await agent.request({"type": "event", "id": 2, "event": token("2")}, "ack")
+        assert ack["seq"] == 2 and late.held
+        async with attach(b, "lag", last_seq=2, epoch=welcome["epoch"]) as (resumer, again):
+            assert (again["resumed"], again["replay"], again["last_seq"]) == (True, 0, 2)
+            assert (await viewer.recv_type("event"))["seq"] == 2
+            late.release()
+            ack = await agent.request({"type": "event", "id": 3, "event": token("3")}, "ack")
+            assert (await resumer.recv_type("event"))["seq"] == 3
+            assert (await viewer.recv_type("event"))["seq"] == 3
+
+
+async def test_a_close_on_an_instance_not_yet_told_of_the_events_delivers_them_first(
+    pair: tuple[BambooServer, BambooServer], monkeypatch: Any
+) -> None:
+    """Seq 1 is acknowledged on A; the session is closed on B before B's pub/sub
+    brought it there: B's viewers get seq 1 before ``closed``, as A's do."""
+    a, b = pair
+    async with (
+        attach(a, "lc", create=True, role="agent") as (agent, _),
+        attach(b, "lc") as (closer, _),
+        attach(b, "lc") as (viewer, _),
+    ):
+        late = LatePubSub(b, "lc", monkeypatch)
+        ack = await agent.request({"type": "event", "id": 1, "event": token("1")}, "ack")
+        assert ack["seq"] == 1 and late.held
+        await closer.send({"type": "state", "id": 2, "state": "closed"})
+        code, frames = await viewer.closed()
+        assert code == 1000
+        kinds = [(f["type"], f.get("seq")) for f in frames if f["type"] != "presence"]
+        assert kinds == [("event", 1), ("closed", None)]
