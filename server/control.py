@@ -147,7 +147,7 @@ async def detach(actor: SessionActor, connection_id: str) -> None:
     actor.room.leave(connection_id, connections)
     if not actor.room.outboxes and actor.state != SessionState.CLOSED:
         actor.unfollow()
-        await actor.status.park()
+        await actor.status.park(elsewhere=bool(connections))
         actor.room.shrink_ring(PARKED_RING_SIZE)
         actor.arm_timer()  # retires it after the retention; saves its state before
 
@@ -160,7 +160,10 @@ async def tick(actor: SessionActor, generation: int) -> None:
         return
     if not actor.room.outboxes:
         try:
-            await actor.status.save()
+            # Not while another process's connections are attached: the session is
+            # not disconnected, and the last of them to leave writes it.
+            if not (actor.status.owed and await actor.presence.count(actor.session_id)):
+                await actor.status.save()
         except StorageError as exc:  # again at the next look, unless this one retires
             log.warning("saving the session's state failed", error=str(exc))
         if timer.retires:
@@ -168,8 +171,10 @@ async def tick(actor: SessionActor, generation: int) -> None:
         else:
             actor.arm_timer()
         return
-    idle = timer.quiet_for() >= actor.config.idle_timeout
-    if not await actor.status.check(idle, traffic=timer.traffic_since_armed()):
+    alive = await actor.status.check(
+        timer.quiet_for(), actor.config.idle_timeout, traffic=timer.traffic_since_armed()
+    )
+    if not alive:
         # Its peers were silent for its whole TTL: tell them, as a delete would.
         actor.end(CloseCode.NOT_FOUND, "session expired")
         return

@@ -50,6 +50,11 @@ class LocalPresence:
     async def leave_session(self, session_id: str) -> None:
         return None
 
+    async def count(self, session_id: str) -> int:
+        """Connections attached to the session in other processes too (0: none, or
+        no presence beyond this process)."""
+        return 0
+
 
 LOCAL = LocalPresence()
 
@@ -118,6 +123,10 @@ class SharedPresence(LocalPresence):
             await self.store.leave_all(session_id, list(held.items()))
         except StorageError as exc:
             log.warning("presence leave failed; they expire after the heartbeat", error=str(exc))
+
+    async def count(self, session_id: str) -> int:
+        """The session-wide count; StorageError if the store fails."""
+        return (await self.store.counts([session_id]))[0]
 
     async def counts(self, session_ids: Sequence[str]) -> list[int]:
         """Session-wide connection counts (listings, metadata)."""

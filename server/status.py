@@ -15,7 +15,7 @@ from bamboo_session.persistence.base import (
     Storage,
     StorageError,
 )
-from bamboo_session.protocol.models import SessionMetadata, SessionState
+from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
 
 log = structlog.get_logger("bamboo_session.actor")
 
@@ -49,10 +49,18 @@ class SessionStatus:
         self.owed = False
         return stored
 
-    async def park(self) -> None:
+    async def park(self, elsewhere: bool = False) -> None:
         """The last connection left: ``disconnected``, in the store too unless it fails.
         Then the session parks all the same, and the state is owed to the store
-        (:meth:`save`): a store that is away must not leave it ``active`` for ever."""
+        (:meth:`save`): a store that is away must not leave it ``active`` for ever.
+        ``elsewhere``: connections of other processes sharing the store are still
+        attached (presence says so). The session is not disconnected, so nothing is
+        written; the state is owed, and written once they are gone (the last of them
+        writes it when it leaves; this one's look, should their process have died)."""
+        if elsewhere:
+            self.state = SessionState.DISCONNECTED
+            self.owed = True
+            return
         try:
             await self.become(SessionState.DISCONNECTED)
         except StorageError as exc:
@@ -74,14 +82,21 @@ class SessionStatus:
         with contextlib.suppress(SessionExpired, SessionNotFound):
             await self.storage.touch(self.session_id)
 
-    async def check(self, idle: bool, traffic: bool) -> bool:
+    async def check(self, quiet_for: float, idle_timeout: float, traffic: bool) -> bool:
         """A timer's look at a connected session: ``traffic`` (peers sent frames since
         the last look, pings included) is activity, and its TTL starts again, as on
-        every append; ``idle`` (no frame for the idle timeout) makes it idle. Whether
-        the session is still alive."""
+        every append; no frame for ``idle_timeout`` (``quiet_for``, here) makes it
+        idle, unless the store recorded activity within it: on a shared store, peers
+        attached to other processes publish (or send frames, recorded at their
+        process's look) while this one's are silent. Whether the session is still
+        alive."""
         if traffic:
             await self.touch()
-        if idle and self.state == SessionState.ACTIVE:
-            await self.become(SessionState.IDLE)
         metadata = await self.storage.get_metadata(self.session_id)
-        return metadata is not None and not metadata.is_expired()
+        if metadata is None or metadata.is_expired():
+            return False
+        if quiet_for >= idle_timeout and self.state == SessionState.ACTIVE:
+            elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
+            if elsewhere >= idle_timeout:
+                await self.become(SessionState.IDLE)
+        return True

@@ -257,3 +257,60 @@ async def test_a_close_on_an_instance_not_yet_told_of_the_events_delivers_them_f
         assert code == 1000
         kinds = [(f["type"], f.get("seq")) for f in frames if f["type"] != "presence"]
         assert kinds == [("event", 1), ("closed", None)]
+
+
+async def test_the_state_is_the_whole_sessions_not_one_instances(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An agent on B publishes while A's viewer is silent: the session stays ``active``
+    (A's idle timer counts B's appends); A's viewer leaves while B's agent is attached:
+    still ``active``, not ``disconnected``; the last one out makes it
+    ``disconnected``."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    async with (
+        run_server(store=url, idle_timeout=0.4) as a,
+        run_server(store=url, idle_timeout=0.4) as b,
+    ):
+
+        async def state() -> str:
+            status, body = await get(a, "/api/v1/sessions/st")
+            assert status == 200
+            return str(body["metadata"]["state"])
+
+        async with attach(b, "st", create=True, role="agent") as (agent, _):
+            async with attach(a, "st") as (_viewer, _):
+                for i in range(8):  # 1.6 s: four of A's idle timeouts
+                    await agent.request({"type": "event", "id": i, "event": token("x")}, "ack")
+                    await asyncio.sleep(0.2)
+                    assert await state() == "active", i
+            for i in range(3):
+                await agent.request({"type": "event", "id": 10 + i, "event": token("y")}, "ack")
+                assert await state() == "active"
+        for _ in range(50):
+            if await state() == "disconnected":
+                break
+            await asyncio.sleep(0.05)
+        assert await state() == "disconnected"
+
+
+async def test_a_dead_instances_connections_hold_off_disconnected_until_they_expire(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The last connection on A leaves while presence still holds a connection of an
+    instance that died (it never left; it expires after the heartbeat, 2 s): A leaves
+    the session's state to whoever holds that connection, looking again every 0.3 s,
+    then, once it expired, writes ``disconnected`` itself."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=2)
+    async with run_server(store=url, idle_timeout=0.3) as a:
+        async with attach(a, "dd", create=True) as (_viewer, _):
+            presence = a.storage.presence  # type: ignore[union-attr]
+            assert await presence.join("dd", "c_of_a_dead_instance", "client") == 2
+        await asyncio.sleep(0.8)  # looks at 0.3 and 0.6 s found it still attached
+        status, body = await get(a, "/api/v1/sessions/dd")
+        assert body["metadata"]["state"] == "active"
+        for _ in range(80):
+            status, body = await get(a, "/api/v1/sessions/dd")
+            if body["metadata"]["state"] == "disconnected":
+                break
+            await asyncio.sleep(0.05)
+        assert (status, body["metadata"]["state"]) == (200, "disconnected")
