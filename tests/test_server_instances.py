@@ -268,8 +268,8 @@ async def test_the_state_is_the_whole_sessions_not_one_instances(
     ``disconnected``."""
     url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
     async with (
-        run_server(store=url, idle_timeout=0.4) as a,
-        run_server(store=url, idle_timeout=0.4) as b,
+        run_server(store=url, idle_timeout=1) as a,
+        run_server(store=url, idle_timeout=1) as b,
     ):
 
         async def state() -> str:
@@ -279,9 +279,9 @@ async def test_the_state_is_the_whole_sessions_not_one_instances(
 
         async with attach(b, "st", create=True, role="agent") as (agent, _):
             async with attach(a, "st") as (_viewer, _):
-                for i in range(8):  # 1.6 s: four of A's idle timeouts
+                for i in range(25):  # 2.5 s: two of A's looks, an append every 0.1 s
                     await agent.request({"type": "event", "id": i, "event": token("x")}, "ack")
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.1)
                     assert await state() == "active", i
             for i in range(3):
                 await agent.request({"type": "event", "id": 10 + i, "event": token("y")}, "ack")
