@@ -11,7 +11,7 @@
  * says they are of the log the stream had: a session deleted and created again under
  * the same id meanwhile is shown as replaced, none of its events in the old one's tail.
  * Should that read fail, the page says which events may be missing, and its Reload
- * reads them again, into the tail as it is.
+ * reads them again, into the tail as it is. The read and those notices are missed.js's.
  */
 
 import {
@@ -24,16 +24,11 @@ import {
 } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
 import { clip, fill, h, json, notice, timeEl, when } from "./dom.js";
-import { MAX_BLOCKS, Tail } from "./tail.js";
+import { missingNotice, readMissed, replacedNotice } from "./missed.js";
+import { Tail } from "./tail.js";
 
 const PAGE = 50; // messages per history page
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
-const CATCH_UP_PAGE = 1000; // events per HTTP read when the stream ended short
-// Events read over HTTP when the stream ended short: no more than the tail shows (each
-// event is at most one block) beside two lines, the one before them that says which
-// were left out and the one after them that says the session closed, so that neither
-// that line nor the oldest event read is pushed out of the tail.
-const CATCH_UP_MAX = MAX_BLOCKS - 2;
 // Messages that arrive live are appended; past this many shown, the oldest go (and
 // "Load older" brings them back), so a session flooded with messages cannot fill the
 // page. A long value is cut: laying out a block of text costs its whole length.
@@ -217,8 +212,8 @@ class SessionView {
 
   /**
    * The session ended with the events after `after` not delivered to this page: read
-   * them over HTTP (see #readMissed), then, when they are of the log this page's
-   * stream had (`epoch`), show them as the live path does, and that the session
+   * them over HTTP (see readMissed, missed.js), then, when they are of the log this
+   * page's stream had (`epoch`), show them as the live path does, and that the session
    * ended; when they are another log's, that the session was replaced. If the read
    * fails, say which events may be missing, with a Reload that reads them again: the
    * tail stays as it is (the lines that said they may be missing go) and gets them,
@@ -230,7 +225,7 @@ class SessionView {
     this.#setConnState("closed");
     let read;
     try {
-      read = await this.#readMissed(after, epoch);
+      read = await readMissed(this.#path(), after, epoch, () => this.alive);
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
       this.#takeBackUnread();
@@ -261,56 +256,8 @@ class SessionView {
   }
 
   /**
-   * The events after `after`, over HTTP (`GET …/events?after_seq=`, page after page,
-   * up to the `last_seq` of the first answer, at most CATCH_UP_MAX of the newest), and
-   * the session's metadata. The events answer says nothing of the log it read: the
-   * metadata, read before it and again after it, does (its `epoch`). Epochs do not
-   * come back, so the same epoch before and after as the stream's says that every
-   * event read is of the stream's log; another one, before or after, that the session
-   * was replaced (the metadata returned says by which): the events are not returned.
-   * `leftOut`: the last seq of the events not read (null when none).
-   * @param {number} after @param {string} epoch
-   * @returns {Promise<{ metadata: any, events: Array<{ seq: number, ts: string, event: any }>,
-   *   leftOut: number | null }>}
-   */
-  async #readMissed(after, epoch) {
-    const before = await getJson(this.#path(), { limit: 1 });
-    if (before.metadata.epoch !== epoch)
-      return { metadata: before.metadata, events: [], leftOut: null };
-    /** @type {Array<{ seq: number, ts: string, event: any }>} */
-    const events = [];
-    let leftOut = null;
-    let cursor = after; // every event up to it is read
-    for (let last = null; this.alive && (last === null || cursor < last);) {
-      const page = await getJson(`${this.#path()}/events`, {
-        after_seq: cursor,
-        limit: CATCH_UP_PAGE,
-      });
-      if (last === null) {
-        last = /** @type {number} */ (page.last_seq);
-        if (last - after > CATCH_UP_MAX) {
-          cursor = leftOut = last - CATCH_UP_MAX;
-          continue;
-        }
-      }
-      const from = cursor;
-      for (const item of page.events) {
-        if (item.seq > cursor) events.push(item);
-        cursor = Math.max(cursor, item.seq);
-      }
-      // A page with no event after the cursor, short of `last`, would be asked for
-      // again and again (or, empty, end the read as if every event had come).
-      if (cursor === from && cursor < last)
-        throw new Error(`the server answered no events after #${cursor} of ${last}`);
-    }
-    const end = await getJson(this.#path(), { limit: 1 });
-    return { metadata: end.metadata, events: end.metadata.epoch === epoch ? events : [], leftOut };
-  }
-
-  /**
-   * Events after `after` may be missing from the tail (a read of them failed): a
-   * notice that says so, with a Reload that calls `retry`. Not a refusal: the session
-   * ended.
+   * Events after `after` may be missing from the tail (a read of them failed): a line
+   * in the tail, and a notice with a Reload that calls `retry`.
    * @param {number} after @param {unknown} error @param {() => Promise<void>} retry
    */
   #missing(after, error, retry) {
@@ -318,21 +265,7 @@ class SessionView {
     this.unread.push(
       this.tail.note(`Events after #${after} may be missing: reading them failed (${why}).`),
     );
-    const reload = h("button", { type: "button", id: "reload" }, "Reload");
-    reload.addEventListener("click", () => {
-      reload.setAttribute("disabled", "");
-      void retry();
-    });
-    fill(
-      this.status,
-      h(
-        "p",
-        { id: "missing", class: "notice notice-warning", role: "status" },
-        `The session ended while this page was behind: events after #${after} may be` +
-          ` missing here, as reading them failed (${why}).`,
-        reload,
-      ),
-    );
+    fill(this.status, missingNotice(after, why, retry));
   }
 
   /** The lines a failed read of the missed events added to the tail, gone. */
@@ -357,18 +290,7 @@ class SessionView {
         " session now under this id is another one (another log, its own seqs).",
     );
     fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
-    fill(
-      this.status,
-      h(
-        "p",
-        { id: "replaced", class: "notice notice-warning", role: "status" },
-        "This session was replaced while this page was behind: it was deleted and created" +
-          " again under the same id (or its log was reset). What this page shows is the" +
-          ` earlier session's, up to event #${after}; the events after it are gone with` +
-          " it. Reload to see the session now under this id.",
-        h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
-      ),
-    );
+    fill(this.status, replacedNotice(after));
   }
 
   /** The message list from storage, newest page first (events left out held some). */

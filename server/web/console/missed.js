@@ -1,0 +1,108 @@
+// @ts-check
+/**
+ * missed.js: the events a session page missed, read over HTTP, and what the page says
+ * when it cannot show them. Should the session end while the page is behind (the
+ * client ends with `ConnectionLost`: events after its `afterSeq` never came), only the
+ * HTTP API has the rest: readMissed reads them, with the session's epoch before and
+ * after, which says whether they are of the log the stream had. The notices say that
+ * events may be missing (the read failed; its Reload reads them again) or that the
+ * session was replaced meanwhile (its Reload opens the session now under this id).
+ * session.js puts them in the page.
+ */
+
+import { getJson } from "./api.js";
+import { h } from "./dom.js";
+import { MAX_BLOCKS } from "./tail.js";
+
+const CATCH_UP_PAGE = 1000; // events per HTTP read when the stream ended short
+// Events read over HTTP when the stream ended short: no more than the tail shows (each
+// event is at most one block) beside two lines, the one before them that says which
+// were left out and the one after them that says the session closed, so that neither
+// that line nor the oldest event read is pushed out of the tail.
+const CATCH_UP_MAX = MAX_BLOCKS - 2;
+
+/**
+ * The events after `after` of the session at `path` (its `/api/v1/sessions/…`), over
+ * HTTP (`GET …/events?after_seq=`, page after page, up to the `last_seq` of the first
+ * answer, at most CATCH_UP_MAX of the newest, while `alive()`), and the session's
+ * metadata. The events answer says nothing of the log it read: the metadata, read
+ * before it and again after it, does (its `epoch`). Epochs do not come back, so the
+ * same epoch before and after as the stream's says that every event read is of the
+ * stream's log; another one, before or after, that the session was replaced (the
+ * metadata returned says by which): the events are not returned.
+ * `leftOut`: the last seq of the events not read (null when none).
+ * @param {string} path @param {number} after @param {string} epoch
+ * @param {() => boolean} alive
+ * @returns {Promise<{ metadata: any, events: Array<{ seq: number, ts: string, event: any }>,
+ *   leftOut: number | null }>}
+ */
+export async function readMissed(path, after, epoch, alive) {
+  const before = await getJson(path, { limit: 1 });
+  if (before.metadata.epoch !== epoch)
+    return { metadata: before.metadata, events: [], leftOut: null };
+  /** @type {Array<{ seq: number, ts: string, event: any }>} */
+  const events = [];
+  let leftOut = null;
+  let cursor = after; // every event up to it is read
+  for (let last = null; alive() && (last === null || cursor < last);) {
+    const page = await getJson(`${path}/events`, {
+      after_seq: cursor,
+      limit: CATCH_UP_PAGE,
+    });
+    if (last === null) {
+      last = /** @type {number} */ (page.last_seq);
+      if (last - after > CATCH_UP_MAX) {
+        cursor = leftOut = last - CATCH_UP_MAX;
+        continue;
+      }
+    }
+    const from = cursor;
+    for (const item of page.events) {
+      if (item.seq > cursor) events.push(item);
+      cursor = Math.max(cursor, item.seq);
+    }
+    // A page with no event after the cursor, short of `last`, would be asked for
+    // again and again (or, empty, end the read as if every event had come).
+    if (cursor === from && cursor < last)
+      throw new Error(`the server answered no events after #${cursor} of ${last}`);
+  }
+  const end = await getJson(path, { limit: 1 });
+  return { metadata: end.metadata, events: end.metadata.epoch === epoch ? events : [], leftOut };
+}
+
+/**
+ * The notice that events after `after` may be missing (a read of them failed, `why`),
+ * with a Reload that calls `retry`. Not a refusal: the session ended.
+ * @param {number} after @param {string} why @param {() => Promise<void>} retry
+ */
+export function missingNotice(after, why, retry) {
+  const reload = h("button", { type: "button", id: "reload" }, "Reload");
+  reload.addEventListener("click", () => {
+    reload.setAttribute("disabled", "");
+    void retry();
+  });
+  return h(
+    "p",
+    { id: "missing", class: "notice notice-warning", role: "status" },
+    `The session ended while this page was behind: events after #${after} may be` +
+      ` missing here, as reading them failed (${why}).`,
+    reload,
+  );
+}
+
+/**
+ * The notice that the session was replaced while the page was behind, its events after
+ * `after` gone with its log, with a Reload that opens the session now under this id.
+ * @param {number} after
+ */
+export function replacedNotice(after) {
+  return h(
+    "p",
+    { id: "replaced", class: "notice notice-warning", role: "status" },
+    "This session was replaced while this page was behind: it was deleted and created" +
+      " again under the same id (or its log was reset). What this page shows is the" +
+      ` earlier session's, up to event #${after}; the events after it are gone with` +
+      " it. Reload to see the session now under this id.",
+    h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
+  );
+}
