@@ -23,8 +23,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 expect.set_options(timeout=10_000)
 
 BLOCK_CHARS = 10_000  # tail.js: MAX_CHARS
-MESSAGE_CHARS = 20_000  # session.js: MAX_CHARS
-SHOWN_MESSAGES = 500  # session.js: MAX_MESSAGES
+MESSAGE_CHARS = 20_000  # messages.js: MAX_CHARS
+SHOWN_MESSAGES = 500  # messages.js: MAX_MESSAGES
 TAIL_BLOCKS = 1000  # tail.js: MAX_BLOCKS
 HUGE = "A" * 900_000  # under the 1 MiB frame
 

@@ -1,17 +1,18 @@
 // @ts-check
 /**
- * session.js: one session. Its metadata, message history (paged, newest first loaded),
- * presence, and a live tail of its events, through the JavaScript client: the page
- * attaches to the session resuming a little before its last event, so the tail opens
- * with the latest events and then follows live, across server restarts, with no gap
- * and no duplicate. A closed session shows what storage keeps (history, metadata).
- * Should the session end while the page is behind (the client ends with
- * `ConnectionLost`: events after its `afterSeq` never came), the rest is read over
- * HTTP into the tail before the page says the session ended, once the session's epoch
- * says they are of the log the stream had: a session deleted and created again under
- * the same id meanwhile is shown as replaced, none of its events in the old one's tail.
- * Should that read fail, the page says which events may be missing, and its Reload
- * reads them again, into the tail as it is. The read and those notices are missed.js's.
+ * session.js: one session. Its metadata, message history (paged, newest first loaded;
+ * the list is messages.js's), presence, and a live tail of its events, through the
+ * JavaScript client: the page attaches to the session resuming a little before its last
+ * event, so the tail opens with the latest events and then follows live, across server
+ * restarts, with no gap and no duplicate. A closed session shows what storage keeps
+ * (history, metadata). Should the session end while the page is behind (the client
+ * ends with `ConnectionLost`: events after its `afterSeq` never came), the rest is read
+ * over HTTP into the tail before the page says the session ended, once the session's
+ * epoch says they are of the log the stream had: a session deleted and created again
+ * under the same id meanwhile is shown as replaced, none of its events in the old one's
+ * tail. Should that read fail, the page says which events may be missing, and its
+ * Reload reads them again, into the tail as it is. The read and those notices are
+ * missed.js's.
  */
 
 import {
@@ -23,17 +24,12 @@ import {
   Unauthorized,
 } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
-import { clip, fill, h, json, notice, timeEl, when } from "./dom.js";
+import { fill, h, json, notice, timeEl, when } from "./dom.js";
+import { MessageList, PAGE } from "./messages.js";
 import { missingNotice, readMissed, replacedNotice } from "./missed.js";
 import { Tail } from "./tail.js";
 
-const PAGE = 50; // messages per history page
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
-// Messages that arrive live are appended; past this many shown, the oldest go (and
-// "Load older" brings them back), so a session flooded with messages cannot fill the
-// page. A long value is cut: laying out a block of text costs its whole length.
-const MAX_MESSAGES = 500;
-const MAX_CHARS = 20_000; // characters of one message's content, or of one tool call's arguments
 
 /**
  * @param {HTMLElement} root @param {string} sessionId
@@ -49,9 +45,6 @@ class SessionView {
   /** @type {BambooClient | null} */
   client = null;
   alive = true;
-  oldest = 0; // index of the oldest message shown
-  /** @type {(before: number) => Promise<{ messages: any[], hasMore: boolean }>} */
-  fetchPage = async () => ({ messages: [], hasMore: false });
   /** @type {Map<string, string>} connection id -> role, as presence told */
   peers = new Map();
   /** @type {Set<number>} seqs of the events this page published (shown already) */
@@ -71,12 +64,7 @@ class SessionView {
     this.meta = h("dl", { id: "meta", class: "meta" });
     this.presence = h("div", { id: "presence" });
     this.actions = h("div", { id: "actions" });
-    this.messages = h("ol", { id: "messages", class: "messages" });
-    this.older = h(
-      "button",
-      { type: "button", id: "older", hidden: true, onclick: () => this.loadOlder() },
-      "Load older messages",
-    );
+    this.messages = new MessageList(this.status, () => this.alive);
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
     this.connState = h("span", { id: "conn-state", class: "badge" }, "loading");
@@ -103,7 +91,13 @@ class SessionView {
           h("h2", {}, "Actions"),
           this.actions,
         ),
-        h("section", { class: "card history" }, h("h2", {}, "Messages"), this.older, this.messages),
+        h(
+          "section",
+          { class: "card history" },
+          h("h2", {}, "Messages"),
+          this.messages.older,
+          this.messages.el,
+        ),
         h("section", { class: "card tail-card" }, h("h2", {}, "Live events"), this.tailEl),
       ),
     );
@@ -168,9 +162,10 @@ class SessionView {
     });
     this.#showPresence();
     this.#showActions();
-    this.fetchPage = async (before) => client.history({ limit: PAGE, before });
-    this.oldest = session.message_count;
-    await this.loadOlder();
+    await this.messages.open(
+      async (before) => client.history({ limit: PAGE, before }),
+      session.message_count,
+    );
     try {
       for await (const item of client.events()) {
         if ("reset" in item) {
@@ -206,7 +201,7 @@ class SessionView {
     this.tail.add(item);
     this.#put("meta-last_seq", String(item.seq));
     if (item.event.type === "message" && item.seq > attachedAt)
-      this.#addMessage(item.event.message);
+      this.messages.add(item.event.message);
     if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
   }
 
@@ -252,7 +247,7 @@ class SessionView {
     this.#ended(reason, read.metadata);
     // Messages among the events left out are not in the list: show the stored ones. So
     // does a Reload, which shows the session as the server has it.
-    if (read.leftOut !== null || again) this.#reloadMessages();
+    if (read.leftOut !== null || again) this.messages.reload(this.#path());
   }
 
   /**
@@ -293,53 +288,8 @@ class SessionView {
     fill(this.status, replacedNotice(after));
   }
 
-  /** The message list from storage, newest page first (events left out held some). */
-  #reloadMessages() {
-    this.fetchPage = async (before) => {
-      const page = await getJson(this.#path(), { limit: PAGE, before });
-      return { messages: page.messages, hasMore: page.has_more };
-    };
-    fill(this.messages);
-    void getJson(this.#path(), { limit: PAGE })
-      .then((stored) => {
-        if (!this.alive) return;
-        this.oldest = stored.start + stored.messages.length;
-        this.#prepend(stored.messages, stored.has_more);
-      })
-      .catch((error) => {
-        if (this.alive) this.status.append(` Could not load messages: ${error}`);
-      });
-  }
-
-  async loadOlder() {
-    const before = this.oldest;
-    this.older.setAttribute("disabled", "");
-    try {
-      const page = await this.fetchPage(before);
-      if (this.oldest !== before) {
-        // Live messages took the list past its cap meanwhile and its oldest went: the
-        // page no longer joins it. Nothing is added; the button asks from the new start.
-        this.older.hidden = false;
-        return;
-      }
-      this.#prepend(page.messages, page.hasMore);
-    } catch (error) {
-      if (this.alive) this.status.textContent = `Could not load messages: ${error}`;
-    } finally {
-      this.older.removeAttribute("disabled");
-    }
-  }
-
-  /** @param {any[]} messages the page that ends at this.oldest @param {boolean} hasMore */
-  #prepend(messages, hasMore) {
-    this.oldest -= messages.length;
-    this.messages.prepend(...messages.map((m, i) => this.#message(m, this.oldest + i)));
-    this.older.hidden = !hasMore;
-  }
-
   /**
-   * History from storage (a closed session): the page already read, then older ones
-   * from the HTTP API, each ending where the last began.
+   * A closed session: what storage keeps, and `text` in the tail.
    * @param {any} stored the answer of the HTTP API @param {string} text
    */
   #showStored(stored, text) {
@@ -347,12 +297,7 @@ class SessionView {
     this.tail.note(text);
     fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
     fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
-    this.fetchPage = async (before) => {
-      const page = await getJson(this.#path(), { limit: PAGE, before });
-      return { messages: page.messages, hasMore: page.has_more };
-    };
-    this.oldest = stored.start + stored.messages.length;
-    this.#prepend(stored.messages, stored.has_more);
+    this.messages.showStored(this.#path(), stored);
   }
 
   #path() {
@@ -532,42 +477,6 @@ class SessionView {
       }
     });
     fill(this.actions, publish, h("div", { class: "inline" }, ask, confirm));
-  }
-
-  /** @param {any} message */
-  #addMessage(message) {
-    this.messages.append(this.#message(message, this.messages.childElementCount + this.oldest));
-    while (this.messages.childElementCount > MAX_MESSAGES) {
-      this.messages.firstElementChild?.remove();
-      this.oldest += 1;
-      this.older.hidden = false;
-    }
-    const count = document.getElementById("meta-message_count");
-    if (count) count.textContent = String(this.oldest + this.messages.childElementCount);
-  }
-
-  /** @param {any} m @param {number} index */
-  #message(m, index) {
-    return h(
-      "li",
-      { class: `msg role-${m.role}`, dataset: { index } },
-      h(
-        "div",
-        { class: "msg-head" },
-        h("span", { class: `badge role-${m.role}` }, m.role),
-        " ",
-        timeEl(m.created_at),
-      ),
-      h("div", { class: "msg-body" }, clip(String(m.content ?? ""), MAX_CHARS)),
-      ...(m.tool_calls ?? []).map((/** @type {any} */ call) =>
-        h(
-          "details",
-          { class: "tool-call" },
-          h("summary", {}, clip(`tool call: ${call.name}`, 200)),
-          h("pre", {}, clip(json(call.arguments ?? null), MAX_CHARS)),
-        ),
-      ),
-    );
   }
 
   /** @param {string} id @param {string} text */

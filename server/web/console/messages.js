@@ -1,0 +1,154 @@
+// @ts-check
+/**
+ * messages.js: a session's message list on its page. History comes a page at a time,
+ * newest first: the page that ends where the list begins, through the client while
+ * the page is attached, else from the HTTP API (a closed session's storage). Messages
+ * that arrive live are appended; past MAX_MESSAGES shown, the oldest go (and "Load
+ * older" brings them back), so a session flooded with messages cannot fill the page.
+ * A long value is cut: laying out a block of text costs its whole length.
+ */
+
+import { getJson } from "./api.js";
+import { clip, fill, h, json, timeEl } from "./dom.js";
+
+export const PAGE = 50; // messages per history page
+const MAX_MESSAGES = 500;
+const MAX_CHARS = 20_000; // characters of one message's content, or of one tool call's arguments
+
+/** @typedef {(before: number) => Promise<{ messages: any[], hasMore: boolean }>} FetchPage */
+
+/**
+ * The pages of the stored history of the session at `path` (its `/api/v1/sessions/…`).
+ * @param {string} path @returns {FetchPage}
+ */
+function storedPages(path) {
+  return async (before) => {
+    const page = await getJson(path, { limit: PAGE, before });
+    return { messages: page.messages, hasMore: page.has_more };
+  };
+}
+
+export class MessageList {
+  oldest = 0; // index of the oldest message shown
+  /** @type {FetchPage} */
+  fetchPage = async () => ({ messages: [], hasMore: false });
+
+  /**
+   * @param {HTMLElement} status where a failed read is said
+   * @param {() => boolean} alive whether the page still shows the session
+   */
+  constructor(status, alive) {
+    this.status = status;
+    this.alive = alive;
+    this.el = h("ol", { id: "messages", class: "messages" });
+    this.older = h(
+      "button",
+      { type: "button", id: "older", hidden: true, onclick: () => this.loadOlder() },
+      "Load older messages",
+    );
+  }
+
+  /**
+   * History read with `fetchPage`, from its newest page: the one that ends at `end`.
+   * @param {FetchPage} fetchPage @param {number} end
+   */
+  async open(fetchPage, end) {
+    this.fetchPage = fetchPage;
+    this.oldest = end;
+    await this.loadOlder();
+  }
+
+  /**
+   * History from storage (a closed session): the page already read, then older ones
+   * from the HTTP API, each ending where the last began.
+   * @param {string} path @param {any} stored the answer of the HTTP API
+   */
+  showStored(path, stored) {
+    this.fetchPage = storedPages(path);
+    this.#showPage(stored);
+  }
+
+  /**
+   * The list from storage again, newest page first (what the page showed may lack some).
+   * @param {string} path
+   */
+  reload(path) {
+    this.fetchPage = storedPages(path);
+    fill(this.el);
+    void getJson(path, { limit: PAGE })
+      .then((stored) => {
+        if (this.alive()) this.#showPage(stored);
+      })
+      .catch((error) => {
+        if (this.alive()) this.status.append(` Could not load messages: ${error}`);
+      });
+  }
+
+  async loadOlder() {
+    const before = this.oldest;
+    this.older.setAttribute("disabled", "");
+    try {
+      const page = await this.fetchPage(before);
+      if (this.oldest !== before) {
+        // Live messages took the list past its cap meanwhile and its oldest went: the
+        // page no longer joins it. Nothing is added; the button asks from the new start.
+        this.older.hidden = false;
+        return;
+      }
+      this.#prepend(page.messages, page.hasMore);
+    } catch (error) {
+      if (this.alive()) this.status.textContent = `Could not load messages: ${error}`;
+    } finally {
+      this.older.removeAttribute("disabled");
+    }
+  }
+
+  /** A message that arrived live, at the end. @param {any} message */
+  add(message) {
+    this.el.append(this.#message(message, this.el.childElementCount + this.oldest));
+    while (this.el.childElementCount > MAX_MESSAGES) {
+      this.el.firstElementChild?.remove();
+      this.oldest += 1;
+      this.older.hidden = false;
+    }
+    const count = document.getElementById("meta-message_count");
+    if (count) count.textContent = String(this.oldest + this.el.childElementCount);
+  }
+
+  /** The newest page of an answer of the HTTP API. @param {any} stored */
+  #showPage(stored) {
+    this.oldest = stored.start + stored.messages.length;
+    this.#prepend(stored.messages, stored.has_more);
+  }
+
+  /** @param {any[]} messages the page that ends at this.oldest @param {boolean} hasMore */
+  #prepend(messages, hasMore) {
+    this.oldest -= messages.length;
+    this.el.prepend(...messages.map((m, i) => this.#message(m, this.oldest + i)));
+    this.older.hidden = !hasMore;
+  }
+
+  /** @param {any} m @param {number} index */
+  #message(m, index) {
+    return h(
+      "li",
+      { class: `msg role-${m.role}`, dataset: { index } },
+      h(
+        "div",
+        { class: "msg-head" },
+        h("span", { class: `badge role-${m.role}` }, m.role),
+        " ",
+        timeEl(m.created_at),
+      ),
+      h("div", { class: "msg-body" }, clip(String(m.content ?? ""), MAX_CHARS)),
+      ...(m.tool_calls ?? []).map((/** @type {any} */ call) =>
+        h(
+          "details",
+          { class: "tool-call" },
+          h("summary", {}, clip(`tool call: ${call.name}`, 200)),
+          h("pre", {}, clip(json(call.arguments ?? null), MAX_CHARS)),
+        ),
+      ),
+    );
+  }
+}
