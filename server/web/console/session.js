@@ -1,18 +1,18 @@
 // @ts-check
 /**
  * session.js: one session. Its metadata, message history (paged, newest first loaded;
- * the list is messages.js's), presence, and a live tail of its events, through the
- * JavaScript client: the page attaches to the session resuming a little before its last
- * event, so the tail opens with the latest events and then follows live, across server
- * restarts, with no gap and no duplicate. A closed session shows what storage keeps
- * (history, metadata). Should the session end while the page is behind (the client
- * ends with `ConnectionLost`: events after its `afterSeq` never came), the rest is read
- * over HTTP into the tail before the page says the session ended, once the session's
- * epoch says they are of the log the stream had: a session deleted and created again
- * under the same id meanwhile is shown as replaced, none of its events in the old one's
- * tail. Should that read fail, the page says which events may be missing, and its
- * Reload reads them again, into the tail as it is. The read and those notices are
- * missed.js's.
+ * the list is messages.js's), presence and actions (attached.js's), and a live tail of
+ * its events, through the JavaScript client: the page attaches to the session resuming
+ * a little before its last event, so the tail opens with the latest events and then
+ * follows live, across server restarts, with no gap and no duplicate. A closed session
+ * shows what storage keeps (history, metadata). Should the session end while the page
+ * is behind (the client ends with `ConnectionLost`: events after its `afterSeq` never
+ * came), the rest is read over HTTP into the tail before the page says the session
+ * ended, once the session's epoch says they are of the log the stream had: a session
+ * deleted and created again under the same id meanwhile is shown as replaced, none of
+ * its events in the old one's tail. Should that read fail, the page says which events
+ * may be missing, and its Reload reads them again, into the tail as it is. The read
+ * and those notices are missed.js's.
  */
 
 import {
@@ -24,6 +24,7 @@ import {
   Unauthorized,
 } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
+import { actions, presence } from "./attached.js";
 import { fill, h, json, notice, timeEl, when } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
 import { missingNotice, readMissed, replacedNotice } from "./missed.js";
@@ -377,106 +378,17 @@ class SessionView {
   #showPresence() {
     const client = this.client;
     if (client === null) return;
-    const known = [
-      ["you", "client", client.connectionId],
-      ...[...this.peers].map(([id, role]) => [id, role, id]),
-    ];
-    const unknown = Math.max(0, client.connections - known.length);
     this.#put("meta-connections", String(client.connections));
-    fill(
-      this.presence,
-      h(
-        "p",
-        {},
-        h("strong", { id: "presence-count" }, String(client.connections)),
-        client.connections === 1 ? " connection attached" : " connections attached",
-      ),
-      h(
-        "ul",
-        { id: "presence-list", class: "presence" },
-        ...known.map(([label, role, id]) =>
-          h(
-            "li",
-            { title: id ?? "", dataset: { role } },
-            h("span", { class: `badge role-${role}` }, role),
-            " ",
-            label,
-          ),
-        ),
-      ),
-      unknown
-        ? h("p", { class: "muted" }, `${unknown} attached before you (roles not known)`)
-        : null,
-    );
+    fill(this.presence, ...presence(client, this.peers));
   }
 
   #showActions() {
     const client = /** @type {BambooClient} */ (this.client);
-    const type = h(
-      "select",
-      { id: "pub-type", name: "type" },
-      h("option", { value: "custom" }, "custom event"),
-      h("option", { value: "token" }, "token"),
-    );
-    const text = h("input", {
-      id: "pub-text",
-      name: "text",
-      type: "text",
-      value: "hello from the console",
-      required: true,
-    });
-    const result = h("span", { id: "pub-result", class: "muted", role: "status" });
-    const publish = h(
-      "form",
-      {
-        id: "publish",
-        class: "inline",
-        onsubmit: async (/** @type {SubmitEvent} */ event) => {
-          event.preventDefault();
-          const value = /** @type {HTMLInputElement} */ (text).value;
-          const event_ =
-            /** @type {HTMLSelectElement} */ (type).value === "token"
-              ? { type: "token", content: value }
-              : { type: "custom", name: "console.test", data: { text: value } };
-          try {
-            const seq = await client.publish(/** @type {any} */ (event_));
-            this.own.add(seq);
-            this.tail.add({ seq, ts: new Date().toISOString(), event: event_ }, true);
-            result.textContent = `published as #${seq}`;
-          } catch (error) {
-            result.textContent = `not published: ${error instanceof Error ? error.message : error}`;
-          }
-        },
-      },
-      h("label", { for: "pub-type" }, "Publish a test event"),
-      type,
-      text,
-      h("button", { type: "submit" }, "Publish"),
-      result,
-    );
-    const confirm = h(
-      "button",
-      { type: "button", id: "confirm-close", class: "danger", hidden: true },
-      "Yes, close it for everyone",
-    );
-    const ask = h(
-      "button",
-      { type: "button", id: "close-session", class: "danger" },
-      "Close session…",
-    );
-    ask.addEventListener("click", () => {
-      confirm.hidden = !confirm.hidden;
-    });
-    confirm.addEventListener("click", async () => {
-      confirm.setAttribute("disabled", "");
-      try {
-        await client.setState("closed");
-      } catch (error) {
-        if (!(error instanceof SessionEnded))
-          result.textContent = `not closed: ${error instanceof Error ? error.message : error}`;
-      }
-    });
-    fill(this.actions, publish, h("div", { class: "inline" }, ask, confirm));
+    const published = (/** @type {number} */ seq, /** @type {any} */ event) => {
+      this.own.add(seq);
+      this.tail.add({ seq, ts: new Date().toISOString(), event }, true);
+    };
+    fill(this.actions, ...actions(client, published));
   }
 
   /** @param {string} id @param {string} text */
