@@ -1,11 +1,15 @@
-"""Helpers for the JSONL backend's tests: its files, read the way the backend reads them."""
+"""Helpers for the JSONL backend's tests: its files, read the way the backend reads them,
+and sessions made in a storage (``make``, ``populate``)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
+from bamboo_session.persistence import JsonlStorage
 from bamboo_session.persistence.jsonl import JsonlStorageConfig, checkpoint
 from bamboo_session.persistence.jsonl.checkpoint import Checkpoint
+from bamboo_session.protocol.models import Message, Session, SessionState, utcnow
 
 
 def saved(config: JsonlStorageConfig, session_id: str) -> Checkpoint:
@@ -22,3 +26,27 @@ def log_path(config: JsonlStorageConfig, session_id: str = "s") -> Path:
 def crash_state(config: JsonlStorageConfig) -> None:
     """Forget the snapshot, as after a crash (a clean close is the only writer of one)."""
     config.layout.snapshot.unlink(missing_ok=True)
+
+
+async def make(storage: JsonlStorage, session_id: str, **kwargs: object) -> Session:
+    session = Session.new(session_id, **kwargs)  # type: ignore[arg-type]
+    await storage.create_session(session)
+    return session
+
+
+async def populate(storage: JsonlStorage) -> list[str]:
+    now = utcnow()
+    ids = []
+    for i in range(12):
+        session = Session.new(
+            f"s{i:02d}", user_id=f"u{i % 3}", title=f"Chat {i} about cats" if i % 2 else f"Chat {i}"
+        )
+        session.metadata.created_at = now - timedelta(minutes=100 - i)
+        session.metadata.touch(now - timedelta(minutes=50 - i))
+        await storage.create_session(session)
+        for _ in range(i % 4):
+            await storage.append_message(session.id, Message.user("m"))
+        ids.append(session.id)
+    await storage.update_session_state("s03", SessionState.IDLE)
+    await storage.update_session_state("s06", SessionState.IDLE)
+    return ids
