@@ -3,7 +3,7 @@ types, and the typed errors every backend raises.
 
 The methods follow the seed's ``SessionStorage`` trait, plus the event log that resume
 is built on. Every backend means them the same way, and one contract test suite
-(``tests/test_storage_contract.py``) holds each backend to it:
+(``tests/test_storage_contract*.py``) holds each backend to it:
 
 - ``seq`` is assigned by the store, from 1, gap-free per session, in call order, even
   when several tasks (or, on a shared store, several processes) append at once.

@@ -2,10 +2,11 @@
 a temporary directory (or, for servers, a real server the fixture starts).
 
 A backend joins the contract suite by adding a :class:`Backend` to ``BACKENDS``; it is
-done when ``tests/test_storage_contract.py`` and ``tests/test_storage_model.py`` pass
+done when ``tests/test_storage_contract*.py`` and ``tests/test_storage_model.py`` pass
 on it unchanged. A backend that runs on a server names the session-scoped fixture that
-starts it (``server``); a test module's ``backend`` fixture hands out
-``backend.bound(request)``, whose ``url`` has that server filled in.
+starts it (``server``); a test module's ``backend`` fixture (the contract suite's:
+tests/storage_contract_fixtures.py) hands out ``backend.bound(request)``, whose ``url``
+has that server filled in.
 """
 
 from __future__ import annotations

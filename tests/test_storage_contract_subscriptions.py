@@ -1,0 +1,136 @@
+"""The storage contract's live subscriptions (persistence/base.py), on every backend
+of tests/storage_backends.py: stored events then live ones, one at a time, with no gap
+and no duplicate under concurrent appends; ``on_ready``; their end when the session
+closes or goes, or the store closes; a large backlog read in pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bamboo_session.persistence import Storage
+from bamboo_session.protocol.models import AgentEvent, SessionState, Token
+from tests.storage_backends import Backend
+from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
+from tests.storage_contract_support import new_session, tokens
+
+RECV = 5.0
+
+
+async def test_subscribe_yields_stored_then_live(store: Storage) -> None:
+    await new_session(store)
+    await store.append_events("s1", tokens("a", "b", "c"))
+    subscription = await store.subscribe("s1", after_seq=1)
+    assert subscription.position == 1
+    first = await asyncio.wait_for(subscription.next_batch(), RECV)
+    assert [e.seq for e in first] == [2, 3]
+    assert not subscription.ready()
+    await store.append_event("s1", AgentEvent.token("d"), "kd")
+    assert subscription.ready()
+    live = await asyncio.wait_for(subscription.next_batch(), RECV)
+    assert [(e.seq, e.event, e.key) for e in live] == [(4, Token("d"), "kd")]
+    subscription.close()
+    assert subscription.ended == "unsubscribed"
+    assert await subscription.next_batch() == []
+
+
+async def test_subscribe_iterates_one_event_at_a_time(store: Storage) -> None:
+    await new_session(store)
+    await store.append_events("s1", tokens("a", "b"))
+    subscription = await store.subscribe("s1", after_seq=0)
+    seen = []
+    async for event in subscription:
+        seen.append(event.seq)
+        if event.seq == 2:
+            await store.append_event("s1", AgentEvent.token("c"))
+        if event.seq == 3:
+            subscription.close()
+    assert seen == [1, 2, 3]
+
+
+async def test_subscriptions_see_concurrent_appends_once_in_order(store: Storage) -> None:
+    await new_session(store)
+    await store.append_events("s1", tokens(*"abcdef"))
+    subscriptions = [await store.subscribe("s1", after_seq=n) for n in (0, 3, 6)]
+    total = 6 + 5 * 40
+
+    async def writer(name: str) -> None:
+        for i in range(40):
+            await store.append_event("s1", AgentEvent.token(f"{name}{i}"), f"{name}{i}")
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+
+    async def reader(subscription: object) -> list[int]:
+        seqs: list[int] = []
+        while not seqs or seqs[-1] < total:
+            batch = await subscription.next_batch(limit=17)  # type: ignore[attr-defined]
+            assert batch, "the subscription ended early"
+            seqs.extend(e.seq for e in batch)
+        return seqs
+
+    readers = [asyncio.create_task(reader(s)) for s in subscriptions]
+    await asyncio.gather(*(writer(n) for n in "vwxyz"))
+    results = await asyncio.wait_for(asyncio.gather(*readers), RECV)
+    for start, seqs in zip((0, 3, 6), results, strict=True):
+        assert seqs == list(range(start + 1, total + 1))
+
+
+async def test_on_ready_is_called_when_events_arrive(store: Storage) -> None:
+    await new_session(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    calls: list[bool] = []
+    subscription.on_ready(lambda: calls.append(True))
+    await store.append_event("s1", AgentEvent.token("a"))
+    assert calls
+    assert [e.seq for e in await subscription.next_batch()] == [1]
+    subscription.close()
+
+
+async def test_a_closed_session_ends_its_subscriptions_after_its_events(store: Storage) -> None:
+    await new_session(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    await store.append_events("s1", tokens("a", "b"))
+    await store.update_session_state("s1", SessionState.CLOSED)
+    assert [e.seq for e in await asyncio.wait_for(subscription.next_batch(), RECV)] == [1, 2]
+    assert await asyncio.wait_for(subscription.next_batch(), RECV) == []
+    assert subscription.ended == "closed"
+    # Subscribing to a closed session replays its log, then ends.
+    late = await store.subscribe("s1", after_seq=1)
+    assert [e.seq for e in await asyncio.wait_for(late.next_batch(), RECV)] == [2]
+    assert await asyncio.wait_for(late.next_batch(), RECV) == []
+
+
+async def test_a_deleted_session_ends_its_subscriptions(store: Storage) -> None:
+    await new_session(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    waiting = asyncio.create_task(subscription.next_batch())
+    await asyncio.sleep(0)
+    await store.delete_session("s1")
+    assert await asyncio.wait_for(waiting, RECV) == []
+    assert subscription.ended == "deleted"
+
+
+async def test_closing_the_store_ends_subscriptions(backend: Backend, tmp_path: Path) -> None:
+    storage = await backend.open(tmp_path)
+    await new_session(storage)
+    subscription = await storage.subscribe("s1", after_seq=0)
+    waiting = asyncio.create_task(subscription.next_batch())
+    await asyncio.sleep(0)
+    await storage.close()
+    assert await asyncio.wait_for(waiting, RECV) == []
+    assert subscription.ended is not None
+
+
+async def test_a_large_backlog_is_read_in_pages(store: Storage) -> None:
+    await new_session(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    for _ in range(5):  # more than a subscription buffers: the rest comes from the store
+        await store.append_events("s1", tokens(*(["x" * 1000] * 1000)))
+    seqs: list[int] = []
+    while len(seqs) < 5000:
+        batch = await asyncio.wait_for(subscription.next_batch(limit=700), RECV)
+        assert 0 < len(batch) <= 700
+        seqs.extend(e.seq for e in batch)
+    assert seqs == list(range(1, 5001))
+    subscription.close()
