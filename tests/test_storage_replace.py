@@ -22,9 +22,8 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
 from tests.storage_backends import Backend
-from tests.test_storage_contract import backend, new_session, store, tokens
-
-__all__ = ["backend", "store"]  # the contract suite's fixtures, on every backend
+from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
+from tests.storage_contract_support import new_session, tokens
 
 
 async def expired_session(store: Storage, session_id: str = "s1") -> Session:
