@@ -99,7 +99,10 @@ async def test_a_stalled_holder_is_fenced_off(
 async def test_two_stores_clean_up_under_the_lease(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    url = redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=0.3)
+    # A lease that outlives any stall of a busy machine (a holder whose loop stalled
+    # past 0.3 s lost it, as it should, and the other had run too); the handover below
+    # comes from the release, not the expiry.
+    url = redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=3.0)
     a = await open_storage(url, cleanup_interval=0.05)
     b = await open_storage(url, cleanup_interval=0.05)
     assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
