@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from bamboo_session.persistence.base import (
     SessionNotFound,
     StorageError,
 )
+from bamboo_session.protocol.codec import checked_event, checked_key
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Ack, Acks, Error, RequestId, ServerFrame, Welcome
 from bamboo_session.protocol.models import AnyAgentEvent, SessionMetadata, SessionState
@@ -84,6 +86,23 @@ class Append(_Request):
         if self.batch is not None:
             return self.batch.refuse(exc)
         return _Request.refuse(self, exc)
+
+
+def in_process_batch(
+    items: Sequence[tuple[AnyAgentEvent, str | None]], max_items: int, max_bytes: int
+) -> tuple[list[Append], asyncio.Future[list[Appended]]]:
+    """The items of an in-process ``append_events`` as appends that answer one future
+    (:class:`BatchReply`), checked as a peer's ``batch`` frame is. ValueError, before
+    anything is queued, for a bad event or key, or more than ``max_items`` items or
+    ``max_bytes`` of weight (0: no limit, as for the inbox)."""
+    checked = [(*checked_event(event), checked_key(key)) for event, key in items]
+    count, size = len(checked), sum(size for _, size, _ in checked)
+    if count > max_items or size > (max_bytes or size):
+        limits = f"{max_items} items and {max_bytes} bytes"
+        raise ValueError(f"a batch holds at most {limits}, not {count} and {size}")
+    acked: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+    reply = BatchReply(None, None, count, acked)
+    return [Append(event, key, batch=reply, size=size) for event, size, key in checked], acked
 
 
 class BatchReply(_Request):

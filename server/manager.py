@@ -25,7 +25,6 @@ from bamboo_session.persistence.base import (
     SessionNotFound,
     Storage,
 )
-from bamboo_session.protocol.codec import checked_event, checked_key
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id, new_connection_id, new_session_id
@@ -42,7 +41,7 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import Announce, Append, BatchReply, Detach, SetState
+from .commands import Announce, Detach, SetState, in_process_batch
 from .creations import Creations
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
@@ -318,20 +317,12 @@ class SessionManager:
         or key, or more than ``inbox_limit`` items or ``inbox_bytes`` of weight (their
         JSON, and 128 bytes per free-form value). Waits, as a peer does, while the
         session's queue (or the memory budget) is full."""
-        checked = [(*checked_event(event), checked_key(key)) for event, key in items]
-        count, size = len(checked), sum(size for _, size, _ in checked)
-        max_bytes = self.config.inbox_bytes or size  # 0: no limit, as for the inbox
-        if count > self.config.inbox_limit or size > max_bytes:
-            limits = f"{self.config.inbox_limit} items and {self.config.inbox_bytes} bytes"
-            raise ValueError(f"a batch holds at most {limits}, not {count} and {size}")
-        acked: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
-        reply = BatchReply(None, None, count, acked)
-        appends = [Append(event, key, batch=reply, size=size) for event, size, key in checked]
+        appends, acked = in_process_batch(items, self.config.inbox_limit, self.config.inbox_bytes)
         while True:
             actor = await self.actors.actor(session_id)  # SessionNotFound even for no items
             if not appends:
                 return []
-            if await actor.room_for(count):
+            if await actor.room_for(len(appends)):
                 actor.post_batch(appends)
                 return await acked
             # Its actor retired while this waited for room (a session with no
