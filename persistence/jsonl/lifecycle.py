@@ -14,7 +14,11 @@ A create that replaces an expired session writes the new checkpoint beside the o
 first (``<id>.json.replacing``, durably): that decides the replacement, and an open
 that finds the file finishes it (``recovery.py``). Then the old session is deleted as
 above, then the new checkpoint takes its place, then its empty log is created. A crash
-leaves the old session, or the new one: never the new metadata with the old events.
+leaves the old session, or the new one: never the new metadata with the old events. A
+failure partway (the WAL cannot record the deletion, a file cannot be renamed) is
+undone: the ``.replacing`` file goes, durably, before any other create of the id (or
+the id takes none until the next open finishes the replacement, if even that fails),
+so a stale one never overrides a newer session at the next open.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
+from ..base import StorageError
 from ..index import copy_metadata
 from . import checkpoint
 from .checkpoint import Checkpoint, FileStamp, SlotFile
@@ -47,6 +52,8 @@ class SessionFiles:
         self._checkpoints = checkpoints
         self._writer = writer
         self.creating: set[str] = set()
+        # Ids whose failed replacement could not be undone: no create until the next open.
+        self.blocked: set[str] = set()
         self._deleting: dict[str, asyncio.Future[None]] = {}
 
     async def wait_deleted(self, session_id: str) -> None:
@@ -73,12 +80,19 @@ class SessionFiles:
     async def write_replacement(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
         """The checkpoint of the new (reserved) session that replaces an expired one,
         beside the old one, durably (its slots and stamp, which its rename keeps);
-        nothing else has changed when it fails."""
+        nothing else has changed when it fails (the file is removed again if it was
+        renamed into place, unsynced: or else the id is :attr:`blocked`)."""
         try:
             path = self.layout.replacement(meta.id)
             return await self._jobs.run(checkpoint.create, path, Checkpoint(metadata=meta))
         except BaseException:
-            self.creating.discard(meta.id)
+            try:
+                await self._jobs.run(remove_replacement, self.layout, meta.id)
+            except BaseException:
+                self.blocked.add(meta.id)
+                raise
+            finally:
+                self.creating.discard(meta.id)
             raise
 
     async def replace(
@@ -90,12 +104,25 @@ class SessionFiles:
         """After :meth:`write_replacement` (``written``): the (already forgotten)
         expired session's files deleted (None: a delete of them is done or under way),
         then the new one's in their place; its record (the caller runs it to
-        completion, as for :meth:`create`)."""
+        completion, as for :meth:`create`).
+
+        On failure the replacement is undone (:func:`abandon_replacement`): the old
+        session is left as a failed delete leaves it (its checkpoint still there, or
+        gone with the rest of its files), and no new one. If even that fails, the id
+        is :attr:`blocked` until the next open, which finishes what is on disk: a
+        create meanwhile would write files the stale replacement then overrides."""
         try:
             if old is not None:
                 await self.delete(old)
             await self.wait_deleted(meta.id)
-            await self._jobs.run(install_replacement, self.layout, meta.id)
+            await self._jobs.run(install_replacement, self.layout, meta.id, old is None)
+        except BaseException:
+            try:
+                await self._jobs.run(abandon_replacement, self.layout, meta.id)
+            except BaseException:
+                self.blocked.add(meta.id)
+                raise
+            raise
         finally:
             self.creating.discard(meta.id)
         slots, stamp = written
@@ -133,14 +160,37 @@ def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMeta
     return meta
 
 
-def install_replacement(layout: Layout, session_id: str) -> None:
+def install_replacement(layout: Layout, session_id: str, check_deleted: bool = False) -> None:
     """The replacement checkpoint in the (deleted) old one's place, then an empty log:
-    what a create leaves, in the same order (recovery.py finishes it the same way)."""
+    what a create leaves, in the same order (recovery.py finishes it the same way).
+    ``check_deleted``: the old session was deleted by another caller, whose delete may
+    have failed and left its checkpoint (and log): then nothing is replaced."""
+    if check_deleted and layout.checkpoint(session_id).exists():
+        raise StorageError(f"the expired session {session_id!r} could not be deleted")
     os.replace(layout.replacement(session_id), layout.checkpoint(session_id))
     fsync_dir(layout.sessions)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     os.close(os.open(layout.log(session_id), flags, 0o644))
     fsync_dir(layout.events)
+
+
+def remove_replacement(layout: Layout, session_id: str) -> None:
+    """The ``.replacing`` checkpoint removed, durably, if it is there."""
+    if unlink_quietly(layout.replacement(session_id)):
+        fsync_dir(layout.sessions)
+
+
+def abandon_replacement(layout: Layout, session_id: str) -> None:
+    """Undo a replacement that failed partway, durably: the ``.replacing`` checkpoint
+    removed (so that no open installs it over a session created later), or, if it
+    took the old one's place already, the new session's files deleted (nothing knows
+    of it). Whatever the old session's delete left stays as that left it."""
+    try:
+        os.unlink(layout.replacement(session_id))
+    except FileNotFoundError:
+        delete_session_files(layout, session_id)
+        fsync_dir(layout.events)
+    fsync_dir(layout.sessions)
 
 
 def delete_session_files(layout: Layout, session_id: str) -> None:

@@ -168,6 +168,11 @@ class JsonlStorage(JsonlQueries):
         self._require_writable()
         session_id = check_session_id(session.metadata.id)
         await self._files.wait_deleted(session_id)
+        if session_id in self._files.blocked:
+            raise StorageError(
+                f"session {session_id!r}: a failed replacement could not be undone; "
+                "the store finishes it when it is opened again"
+            )
         creating = self._files.creating
         old = self._records.get(session_id)
         replacing = old is not None and replace_expired and old.meta.is_expired()
@@ -202,7 +207,15 @@ class JsonlStorage(JsonlQueries):
         taken = self._records.get(meta.id) is not old
         if not taken:
             self._forget(meta.id)
-        record = await self._files.replace(None if taken else old, meta, written)
+        try:
+            record = await self._files.replace(None if taken else old, meta, written)
+        except BaseException:
+            # Undone (lifecycle.py): the old session is back if its files still are,
+            # as after a failed delete; unless the id is blocked (the next open
+            # replaces it).
+            if not taken and meta.id not in self._files.blocked:
+                self._restore(old)
+            raise
         self._records[meta.id] = record
         self._index.add(meta)
         self._messages.start(meta.id, 0)
@@ -331,13 +344,18 @@ class JsonlStorage(JsonlQueries):
         try:
             await self._files.delete(record)
         except BaseException:
-            # Not deleted (the WAL could not record it, or the files stay): the session
-            # is still there on disk, so it stays in the index too.
-            if session_id not in self._records and self.layout.checkpoint(session_id).exists():
-                self._records[session_id] = record
-                self._index.add(record.meta)
-                self._checkpoints.changed(record)
+            self._restore(record)
             raise
+
+    def _restore(self, record: SessionRecord) -> None:
+        """After a delete (or a replacement) that failed: the session is still there on
+        disk (the WAL could not record its deletion, or its files stay), so it is in
+        memory and the index again."""
+        session_id = record.session_id
+        if session_id not in self._records and self.layout.checkpoint(session_id).exists():
+            self._records[session_id] = record
+            self._index.add(record.meta)
+            self._checkpoints.changed(record)
 
     def _forget(self, session_id: str) -> SessionRecord:
         """The session gone from memory (its subscriptions end); its record."""
