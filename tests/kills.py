@@ -22,6 +22,7 @@ def run_and_kill(argv: list[str], rng: random.Random, late: float) -> list[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        bufsize=0,  # readline takes no more than its line: communicate reads the fd itself
     )
     assert child.stdout is not None
     first = b""
