@@ -1,5 +1,7 @@
 """kill -9 of a child process that appends and prints a line per acknowledged append,
-at a random instant, for the crash tests of the JSONL and SQLite stores."""
+at a random instant, for the crash tests of the JSONL and SQLite stores: timed from
+its first acknowledgement (:func:`run_and_kill`), or from its ``count``-th line of a
+kind (:func:`run_and_kill_after`)."""
 
 from __future__ import annotations
 
@@ -17,13 +19,7 @@ def run_and_kill(argv: list[str], rng: random.Random, late: float) -> list[str]:
     appends, up to ``late`` seconds after its first acknowledgement (counted from there,
     not from the start: on a busy machine, the suite running in two processes, a child
     could take longer than any fixed delay to get there)."""
-    child = subprocess.Popen(
-        [sys.executable, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        bufsize=0,  # readline takes no more than its line: communicate reads the fd itself
-    )
+    child = _start(argv)
     assert child.stdout is not None
     first = b""
     after_first_ack = rng.choice([None, rng.uniform(0.0, late)])
@@ -32,11 +28,51 @@ def run_and_kill(argv: list[str], rng: random.Random, late: float) -> list[str]:
     else:
         first = child.stdout.readline()  # b"" if the child ended first
         time.sleep(after_first_ack)
+    return _kill(child, first)
+
+
+def run_and_kill_after(argv: list[str], rng: random.Random, marker: str, count: int) -> list[str]:
+    """Start ``python argv…``, let it print ``count`` lines that start with ``marker``,
+    then SIGKILL it at a random instant within about the next two of them, and return
+    its complete ``ack`` lines. The kill is timed by the child's own progress, not by
+    the clock from its start: the delay is drawn up to twice the mean interval between
+    those lines as the parent saw them, however long a busy machine makes them (a
+    fixed delay from the start, under load, ended children before their first one)."""
+    child = _start(argv)
+    assert child.stdout is not None
+    read = bytearray()
+    seen: list[float] = []
+    prefix = marker.encode()
+    while len(seen) < count:
+        line = child.stdout.readline()
+        if not line:  # the child ended first: its stderr says why, below
+            break
+        read += line
+        if line.startswith(prefix):
+            seen.append(time.monotonic())
+    if len(seen) > 1:
+        interval = (seen[-1] - seen[0]) / (len(seen) - 1)
+        time.sleep(rng.uniform(0.0, min(2 * interval, 2.0)))
+    return _kill(child, bytes(read))
+
+
+def _start(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        bufsize=0,  # readline takes no more than its line: communicate reads the fd itself
+    )
+
+
+def _kill(child: subprocess.Popen[bytes], read: bytes) -> list[str]:
+    """SIGKILL the child; its complete ``ack`` lines, ``read`` already and the rest."""
     child.kill()
     out, err = child.communicate(timeout=30)
     assert child.returncode == -9, err.decode()
     # A line cut by the kill has no newline: it was never fully acknowledged.
-    text = (first + out).decode()
+    text = (read + out).decode()
     complete = text[: text.rfind("\n") + 1]
     return [line for line in complete.splitlines() if line.startswith("ack ")]
 

@@ -3,7 +3,13 @@ replace_child.py), at random instants, several times over one store: after each 
 the session is the old one or a new one whole. Its epoch is one a replacement (or
 the first create) was about to write, every event it holds was appended under that
 epoch (never an old session's event under a new epoch), and every append
-acknowledged under that epoch is there, gap-free."""
+acknowledged under that epoch is there, gap-free.
+
+Every other round's kill comes at a random instant after the child's open (during
+the open's recovery, which may finish a replacement the last kill cut short, or
+after it); the others' once the child has replaced the session 3 to 6 times in the
+round, within about the next two replacements (``kills.run_and_kill_after``): so
+many replacements are tested however slow a busy machine makes each one."""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from bamboo_session.protocol.models import Token
 from tests import kills
 
 CHILD = Path(__file__).with_name("replace_child.py")
-ROUNDS = 6
+ROUNDS = 8  # half of them kill during replacements, after at least 3: 12 or more
 URLS = {"jsonl": "jsonl://{}", "sqlite": "sqlite://{}/store.db"}
 
 
@@ -55,7 +61,14 @@ def test_sigkill_while_replacing_leaves_the_old_session_or_the_new_one(
     lines: list[str] = []
     for round_ in range(ROUNDS):
         argv = [str(CHILD), "crash", url, str(round_)]
-        lines += kills.run_and_kill(argv, rng, late=0.4)
+        if round_ % 2:
+            lines += kills.run_and_kill(argv, rng, late=0.4)
+        else:
+            count = rng.randint(3, 6)
+            round_lines = kills.run_and_kill_after(argv, rng, "ack replaced ", count)
+            replaced = sum(1 for line in round_lines if line.startswith("ack replaced "))
+            assert replaced >= count, "the child was killed before it replaced enough"
+            lines += round_lines
         asyncio.run(verify(url, lines))
     replaced = sum(1 for line in lines if line.startswith("ack replaced "))
     assert replaced > 10, "the children replaced too little to test anything"
