@@ -23,6 +23,12 @@ is built on. Every backend means them the same way, and one contract test suite
   its expiry stays as it was when it closed. Checkpoints, write-ahead logs and
   durability modes are a backend's own business, not the contract's.
 - Session ids are validated before any path or key is built from them.
+- An epoch fences a log: a session deleted and created again under its id, or an
+  expired one replaced, has a new epoch, and an append or a read given the old one
+  (``epoch=``) is SessionNotFound, as on a deleted session, checked in the same step
+  as the append or the read. So a writer that has not yet heard of the change (an
+  actor on another process of a shared store) never appends to, nor reads, the log of
+  the session that took its session's place.
 """
 
 from __future__ import annotations
@@ -218,14 +224,18 @@ class Subscription(Protocol):
 class EventStorage(Protocol):
     """The append-only event log of each session."""
 
-    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+    async def append_events(
+        self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
+    ) -> list[Appended]:
         """Append ``(event, key)`` items as one batch, in order: each fresh item gets the
         next seq, each duplicate (see the module docstring) gets its first seq. The
         batch is stored whole or not at all. On a local store a StorageError means not
         at all; on a networked one the reply may be lost after the store took the batch,
         so a StorageError means "maybe": retry with the same keys, and the retry gets
-        the first seqs as duplicates. Raises SessionNotFound, SessionExpired,
-        SessionClosed, StorageError."""
+        the first seqs as duplicates. With ``epoch``, only to the log of that epoch:
+        the session's is another (it was deleted and created again, or replaced), and
+        the batch is SessionNotFound, nothing of it stored, checked atomically with the
+        append. Raises SessionNotFound, SessionExpired, SessionClosed, StorageError."""
         ...
 
     async def append_event(
@@ -240,10 +250,13 @@ class EventStorage(Protocol):
         after_seq: int = 0,
         limit: int | None = None,
         max_bytes: int | None = None,
+        *,
+        epoch: str | None = None,
     ) -> list[StoredEvent]:
         """Acknowledged events with ``seq > after_seq``, oldest first: at most ``limit``,
         and no more than ``max_bytes`` of encoded events (but always the first one, if
-        there is one). Raises SessionNotFound."""
+        there is one). With ``epoch``, only from the log of that epoch (else
+        SessionNotFound, as at ``append_events``). Raises SessionNotFound."""
         ...
 
     async def subscribe(self, session_id: str, after_seq: int) -> Subscription:
@@ -299,11 +312,12 @@ class SessionStorage(EventStorage, Protocol):
         ...
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None
+        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
         """The newest ``limit`` messages before index ``before`` (default: the end),
-        oldest first. Reads about ``limit`` messages, however long the history.
-        Raises SessionNotFound, SessionExpired."""
+        oldest first. Reads about ``limit`` messages, however long the history. With
+        ``epoch``, only from the log of that epoch (else SessionNotFound, as at
+        ``append_events``). Raises SessionNotFound, SessionExpired."""
         ...
 
     async def append_message(

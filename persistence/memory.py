@@ -161,9 +161,9 @@ class MemoryStorage:
         return self._messages(session_id, 0, meta.message_count)
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None
+        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
-        meta = self._meta(session_id)
+        meta = self._meta(session_id, epoch)
         self._check_not_expired(meta)
         start, end = page_bounds(meta.message_count, limit, before)
         return HistoryPage(self._messages(session_id, start, end), start, start > 0)
@@ -202,9 +202,11 @@ class MemoryStorage:
 
     # -- events ---------------------------------------------------------------------
 
-    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+    async def append_events(
+        self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
+    ) -> list[Appended]:
         self._require_open()
-        meta = self._meta(session_id)
+        meta = self._meta(session_id, epoch)
         if meta.state == SessionState.CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(meta)
@@ -238,8 +240,10 @@ class MemoryStorage:
         after_seq: int = 0,
         limit: int | None = None,
         max_bytes: int | None = None,
+        *,
+        epoch: str | None = None,
     ) -> list[StoredEvent]:
-        self._meta(session_id)
+        self._meta(session_id, epoch)
         events = self._logs[session_id].events
         end = len(events) if limit is None else min(len(events), after_seq + max(limit, 0))
         page = events[max(after_seq, 0) : end]
@@ -312,9 +316,10 @@ class MemoryStorage:
         del self._logs[session_id]
         self._feed.end(session_id, DELETED)
 
-    def _meta(self, session_id: str) -> SessionMetadata:
+    def _meta(self, session_id: str, epoch: str | None = None) -> SessionMetadata:
+        """The session's metadata; with ``epoch``, only if its log is of that epoch."""
         meta = self._index.get(check_session_id(session_id))
-        if meta is None:
+        if meta is None or (epoch is not None and meta.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return meta
 

@@ -88,12 +88,15 @@ class JsonlQueries:
         return await self._read_history(record, 0, record.meta.message_count)
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None
+        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
-        record = self._record(session_id)
+        record = self._record(session_id, epoch)
         self._check_not_expired(record)
         start, end = page_bounds(record.meta.message_count, limit, before)
-        return HistoryPage(await self._read_history(record, start, end), start, start > 0)
+        messages = await self._read_history(record, start, end)
+        if epoch is not None:
+            self._record(session_id, epoch)  # replaced while reading: SessionNotFound
+        return HistoryPage(messages, start, start > 0)
 
     async def _read_history(self, record: SessionRecord, start: int, end: int) -> list[Message]:
         try:
@@ -110,13 +113,18 @@ class JsonlQueries:
         after_seq: int = 0,
         limit: int | None = None,
         max_bytes: int | None = None,
+        *,
+        epoch: str | None = None,
     ) -> list[StoredEvent]:
-        record = self._record(session_id)
+        record = self._record(session_id, epoch)
         try:
-            return await read_events(self._jobs, self.layout, record, after_seq, limit, max_bytes)
+            events = await read_events(self._jobs, self.layout, record, after_seq, limit, max_bytes)
         except StorageError:
-            self._record(session_id)  # deleted while reading: SessionNotFound
+            self._record(session_id, epoch)  # deleted while reading: SessionNotFound
             raise
+        if epoch is not None:
+            self._record(session_id, epoch)  # replaced while reading: SessionNotFound
+        return events
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         record = self._record(session_id)
@@ -137,9 +145,10 @@ class JsonlQueries:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _record(self, session_id: str) -> SessionRecord:
+    def _record(self, session_id: str, epoch: str | None = None) -> SessionRecord:
+        """The session's record; with ``epoch``, only if its log is of that epoch."""
         record = self._records.get(check_session_id(session_id))
-        if record is None:
+        if record is None or (epoch is not None and record.meta.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return record
 

@@ -277,21 +277,25 @@ class JsonlStorage(JsonlQueries):
     ) -> Appended:
         return await self.append_event(session_id, MessageEvent(message), key)
 
-    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+    async def append_events(
+        self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
+    ) -> list[Appended]:
         self._require_writable()
-        record = self._appendable(session_id)
+        record = self._appendable(session_id, epoch)
         if not items:
             return []
         window = None
         for _event, key in items:
             if key is not None:
                 window = await self._appends.key_window(session_id)
-                record = self._appendable(session_id)
+                record = self._appendable(session_id, epoch)  # checked again: it may have gone
                 break
         return await self._appends.append(record, items, window)
 
-    def _appendable(self, session_id: str) -> SessionRecord:
-        record = self._record(session_id)
+    def _appendable(self, session_id: str, epoch: str | None = None) -> SessionRecord:
+        """The session's record, if it takes appends now (to the log of ``epoch``, if
+        given); with no await between this and the seqs' assignment."""
+        record = self._record(session_id, epoch)
         if record.meta.state == SessionState.CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(record)

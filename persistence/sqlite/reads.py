@@ -161,10 +161,16 @@ def history(db: sqlite3.Connection, session_id: str) -> list[Message]:
 
 
 def history_page(
-    db: sqlite3.Connection, session_id: str, limit: int, before: int | None
+    db: sqlite3.Connection,
+    session_id: str,
+    limit: int,
+    before: int | None,
+    epoch: str | None = None,
 ) -> tuple[list[Message], int]:
     db.execute("BEGIN")
     meta = live(db, session_id)
+    if epoch is not None and meta.epoch != epoch:  # another session took its id
+        raise SessionNotFound(f"session {session_id!r} not found")
     start, end = page_bounds(meta.message_count, limit, before)
     return _messages(db, session_id, start, end), start
 
@@ -187,9 +193,12 @@ def events(
     after_seq: int,
     limit: int | None,
     max_bytes: int | None,
+    epoch: str | None = None,
 ) -> list[StoredEvent]:
+    """With ``epoch``, SessionNotFound if the session's log is of another epoch."""
     db.execute("BEGIN")
-    if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+    found_epoch = db.execute("SELECT epoch FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if found_epoch is None or (epoch is not None and found_epoch[0] != epoch):
         raise SessionNotFound(f"session {session_id!r} not found")
     if limit is not None and limit <= 0:
         return []

@@ -226,10 +226,11 @@ class SqliteStorage:
         return await self._read(reads.history, check_session_id(session_id))
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None
+        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
         query = reads.history_page
-        messages, start = await self._read(query, check_session_id(session_id), limit, before)
+        session_id = check_session_id(session_id)
+        messages, start = await self._read(query, session_id, limit, before, epoch)
         return HistoryPage(messages, start, start > 0)
 
     async def append_message(
@@ -257,9 +258,12 @@ class SqliteStorage:
 
     # -- events ---------------------------------------------------------------------
 
-    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+    async def append_events(
+        self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
+    ) -> list[Appended]:
         check_session_id(session_id)
-        work = functools.partial(writes.append, session_id=session_id, items=writes.prepare(items))
+        prepared = writes.prepare(items)
+        work = functools.partial(writes.append, session_id=session_id, items=prepared, epoch=epoch)
         results, _stored = await self._write(
             work, lambda done: self._published(session_id, done[1])
         )
@@ -276,9 +280,11 @@ class SqliteStorage:
         after_seq: int = 0,
         limit: int | None = None,
         max_bytes: int | None = None,
+        *,
+        epoch: str | None = None,
     ) -> list[StoredEvent]:
         session_id = check_session_id(session_id)
-        return await self._read(reads.events, session_id, after_seq, limit, max_bytes)
+        return await self._read(reads.events, session_id, after_seq, limit, max_bytes, epoch)
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         check_session_id(session_id)

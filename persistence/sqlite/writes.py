@@ -100,6 +100,10 @@ class Row:
     def last_seq(self) -> int:
         return int(self.values[10])
 
+    @property
+    def epoch(self) -> str:
+        return str(self.values[11])
+
     def is_expired(self, now: str) -> bool:
         expires_at = self.values[7]
         return self.state == _EXPIRED or (expires_at is not None and str(expires_at) <= now)
@@ -281,11 +285,14 @@ def create(
 
 
 def append(
-    batch: Batch, session_id: str, items: Sequence[Prepared]
+    batch: Batch, session_id: str, items: Sequence[Prepared], epoch: str | None = None
 ) -> tuple[list[Appended], list[StoredEvent]]:
     """Append fresh items with the next seqs; a key accepted within the window (or
-    earlier in ``items``) makes a duplicate of its first seq."""
+    earlier in ``items``) makes a duplicate of its first seq. With ``epoch``, only to
+    the log of that epoch: a session created again under the id is SessionNotFound."""
     row = batch.existing(session_id)
+    if epoch is not None and row.epoch != epoch:
+        raise SessionNotFound(f"session {session_id!r} not found")
     if row.state == _FINAL_CLOSED:
         raise SessionClosed(f"session {session_id!r} is closed")
     if row.is_expired(batch.now_text):
