@@ -3,13 +3,16 @@
 -- the metadata and the index, and publish the batch.
 -- KEYS: meta, log, keys, msgs
 -- ARGV: id, index prefix, key window, publish command ('' : the caller publishes),
---       channel, then per item: flags ('k' keyed, 'm' message), key, event JSON
+--       channel, epoch ('' : any; else the epoch of the log meant: a session of
+--       another epoch, one created again under the id, is NOTFOUND, as a deleted one
+--       is), then per item: flags ('k' keyed, 'm' message), key, event JSON
 -- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl')
+local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch')
 if not s[1] then fail('NOTFOUND') end
+if ARGV[6] ~= '' and s[6] ~= ARGV[6] then fail('NOTFOUND') end
 if s[1] == 'closed' then fail('CLOSED') end
 local now = clock()
 if has_expired(s[1], s[2], now) then fail('EXPIRED') end
@@ -17,7 +20,7 @@ if has_expired(s[1], s[2], now) then fail('EXPIRED') end
 local first_seq, count = tonumber(s[3]), tonumber(s[4])
 local last, first_count = first_seq, count
 local results, batch = {now, ''}, {}
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local keyed = string.find(flags, 'k', 1, true) ~= nil
   local seq = last + 1

@@ -187,10 +187,12 @@ class RedisStorage:
         return messages
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None
+        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
         args: list[str | int] = ["page", limit, "" if before is None else before]
-        _, start, messages = await self._history(session_id, args)
+        meta, start, messages = await self._history(session_id, args)
+        if epoch is not None and meta.epoch != epoch:  # read with the page, in one script
+            raise SessionNotFound(f"session {session_id!r} not found")
         return HistoryPage(messages, start, start > 0)
 
     async def append_message(
@@ -262,7 +264,9 @@ class RedisStorage:
 
     # -- events ---------------------------------------------------------------------
 
-    async def append_events(self, session_id: str, items: Sequence[AppendItem]) -> list[Appended]:
+    async def append_events(
+        self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
+    ) -> list[Appended]:
         self.require_writable()
         session_id = check_session_id(session_id)
         events = [completed_event(event) for event, _ in items]
@@ -273,6 +277,7 @@ class RedisStorage:
             KEY_WINDOW,
             self.redis.publish,
             self.layout.channel(session_id),
+            epoch or "",  # checked against the session's in the script
         ]
         for (_, key), event, data in zip(items, events, encoded, strict=True):
             args += [flags_of(key, event), "" if key is None else key, data]
@@ -302,8 +307,11 @@ class RedisStorage:
         after_seq: int = 0,
         limit: int | None = None,
         max_bytes: int | None = None,
+        *,
+        epoch: str | None = None,
     ) -> list[StoredEvent]:
-        return await self._read_events(check_session_id(session_id), after_seq, limit, max_bytes)
+        session_id = check_session_id(session_id)
+        return await self._read_events(session_id, after_seq, limit, max_bytes, epoch)
 
     async def _read_events(
         self,
@@ -318,7 +326,9 @@ class RedisStorage:
         count: int | str = "" if limit is None else max(limit, 0)
         keys = [self.layout.meta(session_id), self.layout.log(session_id)]
         if count == 0:
-            await self.last_seq(session_id)  # SessionNotFound still applies
+            found = await self.epoch(session_id)  # SessionNotFound still applies
+            if epoch is not None and found != epoch:
+                raise SessionNotFound(f"session {session_id!r} not found")
             return []
         args = [str(max(after_seq, 0) + 1), count, epoch or ""]
         entries = await self.redis.run("read", keys, args)
