@@ -269,7 +269,12 @@ class SessionActor:
         started = time.monotonic()
         health.began(id(items), started)  # /readyz sees an append the store holds up
         try:
-            results = await self.storage.append_events(self.session_id, items)
+            # Fenced by the epoch of the log this actor serves: should the session have
+            # been deleted or replaced by another process, its notice not yet here, the
+            # append is refused (SessionNotFound) instead of landing in the new log.
+            results = await self.storage.append_events(
+                self.session_id, items, epoch=self.room.epoch
+            )
         except (StorageError, ValueError) as exc:
             if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
                 log.error("append failed", error=str(exc), count=len(appends))

@@ -280,8 +280,11 @@ class Connection:
         actor.post_batch(appends)
 
     async def _page(self, request: HistoryRequest | EventsRequest, outbox: Outbox) -> None:
-        assert self.session_id is not None
-        reply = await page_reply(self.services, self.session_id, request, self.codec)
+        assert self.session_id is not None and self.actor is not None
+        # Read from the log of the epoch it is attached to, never from a session that
+        # took this one's place (its actor not yet told of the change).
+        epoch = self.actor.room.epoch
+        reply = await page_reply(self.services, self.session_id, request, self.codec, epoch)
         outbox.push(reply)
         await self.ws.charge_reply(len(reply.framed(self.codec)))
 

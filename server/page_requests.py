@@ -19,18 +19,24 @@ from .services import Services
 
 
 async def page_reply(
-    services: Services, session_id: str, request: HistoryRequest | EventsRequest, codec: Codec
+    services: Services,
+    session_id: str,
+    request: HistoryRequest | EventsRequest,
+    codec: Codec,
+    epoch: str | None = None,
 ) -> Outbound:
-    """The reply to ``request``, framed for ``codec``. It is framed in the same step as
-    the read returns, so the slots still bound the pages decoded at once."""
+    """The reply to ``request``, framed for ``codec``, read from the log of ``epoch``
+    (the one the connection is attached to: of a session replaced meanwhile, under the
+    same id, the reply is ``not_found``). It is framed in the same step as the read
+    returns, so the slots still bound the pages decoded at once."""
     config, storage = services.config, services.manager.storage
     read: Callable[[], Awaitable[History | Events]]
     if isinstance(request, HistoryRequest):
         limits = (config.max_history_page, config.max_page_bytes)
-        read = functools.partial(history_reply, storage, session_id, request, *limits)
+        read = functools.partial(history_reply, storage, session_id, request, *limits, epoch)
     else:
         limits = (config.max_events_page, config.max_page_bytes)
-        read = functools.partial(events_reply, storage, session_id, request, *limits)
+        read = functools.partial(events_reply, storage, session_id, request, *limits, epoch)
     try:
         reply: History | Events = await services.page_reads.read(read)
     except StorageError as exc:

@@ -173,18 +173,24 @@ def message_size(message: Message) -> int:
 
 
 async def history_page(
-    storage: SessionStorage, session_id: str, limit: int, before: int | None, max_bytes: int
+    storage: SessionStorage,
+    session_id: str,
+    limit: int,
+    before: int | None,
+    max_bytes: int,
+    epoch: str | None = None,
 ) -> HistoryPage:
     """The newest messages before index ``before`` (default: the end), oldest first: at
     most ``limit``, and no more than ``max_bytes`` of encoded messages but at least one.
-    ``has_more`` says whether older ones exist. Raises what ``get_history_page`` does."""
+    ``has_more`` says whether older ones exist. With ``epoch``, of that epoch's log
+    only. Raises what ``get_history_page`` does."""
     newest_first: list[Message] = []
     used = 0
     end = before
     chunk = min(limit, FIRST_CHUNK)
     start: int | None = None
     while True:
-        page = await storage.get_history_page(session_id, chunk, end)
+        page = await storage.get_history_page(session_id, chunk, end, epoch=epoch)
         taken = 0
         for message in reversed(page.messages):
             size = message_size(message)
@@ -205,11 +211,17 @@ async def history_page(
 
 
 async def events_page(
-    storage: SessionStorage, session_id: str, after_seq: int, limit: int, max_bytes: int
+    storage: SessionStorage,
+    session_id: str,
+    after_seq: int,
+    limit: int,
+    max_bytes: int,
+    epoch: str | None = None,
 ) -> list[StoredEvent]:
     """Events after ``after_seq``, oldest first: at most ``limit``, and no more than
-    ``max_bytes`` of encoded events but at least one."""
-    return await storage.read_events(session_id, after_seq, limit, max_bytes)
+    ``max_bytes`` of encoded events but at least one. With ``epoch``, of that epoch's
+    log only."""
+    return await storage.read_events(session_id, after_seq, limit, max_bytes, epoch=epoch)
 
 
 def within_bytes(items: Sequence[T], max_bytes: int) -> list[T]:
@@ -230,10 +242,11 @@ async def history_reply(
     request: HistoryRequest,
     max_messages: int,
     max_bytes: int,
+    epoch: str | None = None,
 ) -> History:
     """The ``history`` reply to ``request``: one page, at most the server's maximums."""
     limit = min(request.limit, max_messages)
-    page = await history_page(storage, session_id, limit, request.before, max_bytes)
+    page = await history_page(storage, session_id, limit, request.before, max_bytes, epoch)
     return History(page.messages, page.has_more, id=request.id)
 
 
@@ -243,11 +256,12 @@ async def events_reply(
     request: EventsRequest,
     max_events: int,
     max_bytes: int,
+    epoch: str | None = None,
 ) -> Events:
     """The ``events`` reply to ``request``: one page, each event as stored (its JSON is
     not encoded again), and the session's last seq."""
     limit = min(request.limit, max_events)
-    stored = await events_page(storage, session_id, request.after_seq, limit, max_bytes)
+    stored = await events_page(storage, session_id, request.after_seq, limit, max_bytes, epoch)
     last_seq = await storage.last_seq(session_id)
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
     return Events(records, max(last_seq, stored[-1].seq if stored else 0), id=request.id)

@@ -106,7 +106,11 @@ class ReplayReads:
     async def _read_events(self, after: int, limit: int) -> list[Outbound]:
         self.metrics.replay_store_reads.inc()
         stored = await self.storage.read_events(
-            self.session_id, after_seq=after, limit=limit, max_bytes=REPLAY_PAGE_BYTES
+            self.session_id,
+            after_seq=after,
+            limit=limit,
+            max_bytes=REPLAY_PAGE_BYTES,
+            epoch=self.room.epoch,  # the resumer's log, never one that took its place
         )
         return [Outbound.for_event(event) for event in stored]
 

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
+from bamboo_session.persistence.redis import listener
+from bamboo_session.protocol.models import AgentEvent, SessionState
 from bamboo_session.server.app import BambooServer
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, get, open_peer, run_server, token
@@ -314,3 +317,71 @@ async def test_a_dead_instances_connections_hold_off_disconnected_until_they_exp
                 break
             await asyncio.sleep(0.05)
         assert (status, body["metadata"]["state"]) == (200, "disconnected")
+
+
+async def _pubsub_clients(admin: redis.asyncio.Redis) -> set[int]:
+    return {int(client["id"]) for client in await admin.client_list(_type="pubsub")}
+
+
+async def _reply(peer: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The reply to ``request``: the next frame with its id."""
+    await peer.send(request)
+    while True:
+        frame = await peer.recv()
+        if frame.get("id") == request["id"]:
+            return frame
+
+
+@pytest.mark.parametrize("ending", ["expired", "deleted"])
+async def test_a_peer_of_the_old_session_never_appends_to_the_one_that_replaced_it(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """Alice is attached to ``s1`` on server A, whose pub/sub connection is lost (its
+    listener reconnects after 2 s, the longest of its waits); ``s1`` expires or is
+    deleted, and bob creates it again on server B (a new epoch, seq from 1). Alice's
+    next event and reads reach no session: her append is fenced by the epoch of the
+    log her actor serves (``not_found``, nothing stored), her ``events`` and ``history``
+    requests too, and once A hears of the deletion her connection closes with 4404.
+    Bob's log holds his events alone."""
+    monkeypatch.setattr(listener, "RECONNECT_DELAYS", (2.0,))
+    url = redis_server.url(prefix=prefix_for(tmp_path))
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        async with run_server(store=url) as a, run_server(store=url) as b:
+            # A pub/sub connection subscribed to nothing is not of type pubsub: A's is
+            # the one that subscribes to s1 when alice attaches there.
+            before = await _pubsub_clients(admin)
+            async with attach(a, "s1", create=True, user_id="alice", role="agent") as (
+                alice,
+                old,
+            ):
+                a_pubsub = await _pubsub_clients(admin) - before
+                assert len(a_pubsub) == 1
+                first = {"type": "event", "id": 1, "event": token("alice-old")}
+                assert (await alice.request(first, "ack"))["seq"] == 1
+                for client_id in a_pubsub:  # A hears nothing more, for 2 s
+                    await admin.client_kill_filter(_id=client_id)
+                if ending == "expired":
+                    await b.manager.storage.update_session_state("s1", SessionState.EXPIRED)
+                else:
+                    await b.manager.delete_session("s1")
+                async with attach(b, "s1", create=True, user_id="bob") as (bob, new):
+                    assert new["epoch"] != old["epoch"] and new["last_seq"] == 0
+                    mine = {"type": "event", "id": 1, "event": token("bob")}
+                    assert (await bob.request(mine, "ack"))["seq"] == 1
+                    for request in (
+                        {"type": "event", "id": 2, "event": token("alice-new")},
+                        {"type": "events", "id": 3},
+                        {"type": "history", "id": 4},
+                    ):
+                        reply = await _reply(alice, request)
+                        assert (reply["type"], reply.get("code")) == ("error", "not_found"), reply
+                    code, _frames = await alice.closed(timeout=10)
+                    assert code == 4404
+                    events = await bob.request({"type": "events", "id": 2}, "events")
+                    assert [e["event"] for e in events["events"]] == [token("bob")]
+                    assert events["last_seq"] == 1
+                stored = await b.manager.storage.read_events("s1")
+                assert [e.event for e in stored] == [AgentEvent.token("bob")]
+    finally:
+        await admin.aclose()

@@ -485,7 +485,11 @@ class GatedAppends(MemoryStorage):
     in_store = 0
 
     async def append_events(
-        self, session_id: str, items: Sequence[tuple[AgentEvent, str | None]]
+        self,
+        session_id: str,
+        items: Sequence[tuple[AgentEvent, str | None]],
+        *,
+        epoch: str | None = None,
     ) -> list[Appended]:
         if self.gate is not None:
             self.in_store += 1
@@ -493,7 +497,7 @@ class GatedAppends(MemoryStorage):
                 await self.gate.acquire()
             finally:
                 self.in_store -= 1
-        return await super().append_events(session_id, items)
+        return await super().append_events(session_id, items, epoch=epoch)
 
 
 @pytest.mark.parametrize("late_caller", ["waiting for room", "new"])
