@@ -12,9 +12,8 @@ import pytest
 
 from bamboo_session.persistence import SessionNotFound, Storage
 from bamboo_session.protocol.models import AgentEvent, Message, MessageEvent, Session, SessionState
-from tests.test_storage_contract import backend, new_session, store, tokens
-
-__all__ = ["backend", "store"]  # the contract suite's fixtures, on every backend
+from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
+from tests.storage_contract_support import new_session, tokens
 
 
 async def old_and_new(store: Storage, ending: str) -> tuple[str, str]:
