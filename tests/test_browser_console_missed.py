@@ -3,7 +3,8 @@ behind: the events the page missed are read over HTTP into its tail (the newest,
 more than the tail holds, with a line saying which are not shown); a read that fails,
 or pages that stop short of their ``last_seq``, are said to leave events missing, with
 a Reload that reads them again; a session replaced meanwhile (another log under the
-same id) is said to be, none of its events spliced into the old tail.
+same id) is said to be, none of its events spliced into the old tail, and one
+replaced while live is said to be, its new log followed.
 """
 
 from __future__ import annotations
@@ -357,3 +358,44 @@ async def test_pages_of_events_that_stop_short_of_last_seq_are_said_to_be_missin
         await asyncio.sleep(0.5)
         assert proxy.events_reads == 1
     assert problems == []
+
+
+async def test_a_session_replaced_while_the_page_was_away_and_live_says_so(browser: Any) -> None:
+    """The session is deleted and created again under its id while the page is away, and
+    the new one is still live when the page comes back: its resume is refused (another
+    epoch) and it follows the new log. The tail says the session was replaced, and so
+    does a notice with a Reload, then shows the new log's live events. Before, the tail
+    said "Events 6-60 are no longer kept", as if the same log had been trimmed."""
+    async with run_server() as server:
+        proxy = HttpProxy(server.port)
+        port = await proxy.start()
+        try:
+            async with await BambooClient.connect(
+                ws_url(server), "relived", create=True, role="agent"
+            ) as agent:
+                for i in range(5):
+                    await agent.publish(AgentEvent.token(f"a{i} "))
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(port, "#/s/relived"))
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", "5")
+            proxy.cut()
+            await server.manager.delete_session("relived")
+            async with await BambooClient.connect(
+                ws_url(server), "relived", create=True, role="agent"
+            ) as agent:
+                for i in range(60):
+                    await agent.publish(AgentEvent.token(f"new{i} "))
+                proxy.mend()
+                await expect(page.locator("#status .notice-warning")).to_contain_text(
+                    "was replaced"
+                )
+                await expect(tail.locator(".ev-note").last).to_contain_text("after its event #60")
+                await agent.publish(AgentEvent.token("live-after "))
+                await expect(tail).to_contain_text("live-after")
+                await expect(tail).not_to_contain_text("no longer kept")
+            caused = ("net::ERR_CONNECTION_RESET", "net::ERR_SOCKET_NOT_CONNECTED")
+            assert [p for p in problems if not any(c in p for c in caused)] == []
+        finally:
+            await proxy.close()

@@ -91,6 +91,34 @@ export function missingNotice(after, why, retry) {
 }
 
 /**
+ * What the tail says of a resume that was refused (the client's `Reset`): another
+ * epoch is another log under the session's id (the session deleted and created again,
+ * or expired and replaced), whose events from `lastSeq` on follow; the same epoch, that
+ * the events the page missed are no longer kept.
+ * @param {{ epoch: string, lastSeq: number, previousEpoch: string | null,
+ *   previousLastSeq: number }} reset
+ */
+export function resetText(reset) {
+  if (wasReplaced(reset))
+    return (
+      `The session was replaced: events after #${reset.previousLastSeq} of this one are` +
+      ` gone, and what follows is the log of the session now under this id, after its` +
+      ` event #${reset.lastSeq}.`
+    );
+  if (reset.lastSeq <= reset.previousLastSeq)
+    return `The session's log ends at #${reset.lastSeq}, not #${reset.previousLastSeq}; following live events.`;
+  return `Events ${reset.previousLastSeq + 1}–${reset.lastSeq} are no longer kept; following live events.`;
+}
+
+/**
+ * Whether a refused resume found another log under the session's id.
+ * @param {{ epoch: string, previousEpoch: string | null }} reset
+ */
+export function wasReplaced(reset) {
+  return reset.previousEpoch !== null && reset.previousEpoch !== reset.epoch;
+}
+
+/**
  * The notice that the session was replaced while the page was behind, its events after
  * `after` gone with its log, with a Reload that opens the session now under this id.
  * @param {number} after

@@ -27,7 +27,7 @@ import { ApiError, getJson, getToken } from "./api.js";
 import { actions, presence } from "./attached.js";
 import { fill, h, json, notice, timeEl, when } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
-import { missingNotice, readMissed, replacedNotice } from "./missed.js";
+import { missingNotice, readMissed, replacedNotice, resetText, wasReplaced } from "./missed.js";
 import { Tail } from "./tail.js";
 
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
@@ -170,9 +170,8 @@ class SessionView {
     try {
       for await (const item of client.events()) {
         if ("reset" in item) {
-          this.tail.note(
-            `Events ${item.previousLastSeq + 1}–${item.lastSeq} are no longer kept; following live events.`,
-          );
+          this.tail.note(resetText(item));
+          if (wasReplaced(item)) fill(this.status, replacedNotice(item.previousLastSeq));
           continue;
         }
         this.#show(item, attachedAt);
