@@ -28,7 +28,9 @@ is built on. Every backend means them the same way, and one contract test suite
   (``epoch=``) is SessionNotFound, as on a deleted session, checked in the same step
   as the append or the read. So a writer that has not yet heard of the change (an
   actor on another process of a shared store) never appends to, nor reads, the log of
-  the session that took its session's place.
+  the session that took its session's place. ``update_session_state`` and ``touch``
+  take it too, checked in the same step as the write: such a writer never closes,
+  parks or revives the new session, nor moves its activity or expiry.
 """
 
 from __future__ import annotations
@@ -327,21 +329,28 @@ class SessionStorage(EventStorage, Protocol):
         history."""
         ...
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, epoch: str | None = None
+    ) -> SessionMetadata:
         """Moves the session to ``state`` (InvalidTransition if the state table forbids
         it). A move to ``closed`` is durable when this returns, and ends the session's
         subscriptions with ``"closed"``; a backend may write moves among the live states
         (active, idle, disconnected) lazily, since they describe connections, which a
-        crash ends anyway. Raises SessionNotFound, SessionExpired."""
+        crash ends anyway. With ``epoch``, only the session of that epoch: one of
+        another (deleted and created again, or replaced) is SessionNotFound and left as
+        it is, checked atomically with the move and before anything else. Raises
+        SessionNotFound, SessionExpired."""
         ...
 
-    async def touch(self, session_id: str) -> None:
+    async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         """Records activity now: ``last_activity_at``, and ``expires_at`` slides with it.
         A closed session has no activity: it is left exactly as it closed, without an
         error, so that a touch that raced with its close (another task, or another
         process of a shared store) does not put off its expiry; its TTL runs from its
-        last activity before the close. Raises SessionNotFound, SessionExpired
-        (activity does not revive a session; a closed one that expired included)."""
+        last activity before the close. With ``epoch``, only the session of that epoch
+        (else SessionNotFound, nothing touched, as at ``update_session_state``). Raises
+        SessionNotFound, SessionExpired (activity does not revive a session; a closed
+        one that expired included)."""
         ...
 
     async def cleanup_expired_sessions(self) -> int:

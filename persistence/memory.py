@@ -173,9 +173,11 @@ class MemoryStorage:
     ) -> Appended:
         return await self.append_event(session_id, MessageEvent(message), key)
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, epoch: str | None = None
+    ) -> SessionMetadata:
         self._require_open()
-        meta = self._meta(session_id)
+        meta = self._meta(session_id, epoch)
         meta.state.check_transition(state)
         if state != SessionState.EXPIRED:
             self._check_not_expired(meta)  # a state change does not revive a session
@@ -185,9 +187,9 @@ class MemoryStorage:
             self._feed.end(session_id, CLOSED)
         return copy_metadata(meta)
 
-    async def touch(self, session_id: str) -> None:
+    async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         self._require_open()
-        meta = self._meta(session_id)
+        meta = self._meta(session_id, epoch)
         self._check_not_expired(meta)
         if meta.state != SessionState.CLOSED:  # a closed session has no activity
             meta.touch()

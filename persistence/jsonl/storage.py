@@ -225,11 +225,14 @@ class JsonlStorage(JsonlQueries):
         self._record(session_id)
         await self._remove(session_id)
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, epoch: str | None = None
+    ) -> SessionMetadata:
         """Closed and expired are on disk when this returns; moves among the live states
-        go to disk with the session's next checkpoint (a crash ends connections anyway)."""
+        go to disk with the session's next checkpoint (a crash ends connections anyway).
+        The epoch is checked with no await before the move."""
         self._require_writable()
-        record = self._record(session_id)
+        record = self._record(session_id, epoch)
         record.meta.state.check_transition(state)
         if state != SessionState.EXPIRED:
             self._check_not_expired(record)  # a state change does not revive a session
@@ -242,9 +245,9 @@ class JsonlStorage(JsonlQueries):
             self._feed.end(session_id, CLOSED)
         return copy_metadata(record.meta)
 
-    async def touch(self, session_id: str) -> None:
+    async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         self._require_writable()
-        record = self._record(session_id)
+        record = self._record(session_id, epoch)
         self._check_not_expired(record)
         if record.meta.state == SessionState.CLOSED:  # a closed session has no activity
             return

@@ -238,7 +238,9 @@ class SqliteStorage:
     ) -> Appended:
         return await self.append_event(session_id, MessageEvent(message), key)
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, epoch: str | None = None
+    ) -> SessionMetadata:
         check_session_id(session_id)
 
         def after(meta: SessionMetadata) -> None:
@@ -246,11 +248,12 @@ class SqliteStorage:
                 self._moved(session_id)
                 self._feed.end(session_id, CLOSED)
 
-        work = functools.partial(writes.set_state, session_id=session_id, state=state)
+        work = functools.partial(writes.set_state, session_id=session_id, state=state, epoch=epoch)
         return await self._write(work, after)
 
-    async def touch(self, session_id: str) -> None:
-        await self._write(functools.partial(writes.touch, session_id=check_session_id(session_id)))
+    async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
+        session_id = check_session_id(session_id)
+        await self._write(functools.partial(writes.touch, session_id=session_id, epoch=epoch))
 
     async def cleanup_expired_sessions(self) -> int:
         removed = await self._write(writes.cleanup, self._removed)

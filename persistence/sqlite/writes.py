@@ -182,14 +182,16 @@ class Batch:
         self.rows[session_id] = row
         return row
 
-    def existing(self, session_id: str) -> Row:
+    def existing(self, session_id: str, epoch: str | None = None) -> Row:
+        """The session's row; with ``epoch``, only if it is of that epoch (a session
+        created again under the id, or a replaced one, is another's)."""
         row = self.row(session_id)
-        if row is None:
+        if row is None or (epoch is not None and row.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return row
 
-    def live(self, session_id: str) -> Row:
-        row = self.existing(session_id)
+    def live(self, session_id: str, epoch: str | None = None) -> Row:
+        row = self.existing(session_id, epoch)
         if row.is_expired(self.now_text):
             raise SessionExpired(f"session {session_id!r} has expired")
         return row
@@ -356,8 +358,11 @@ def import_metadata(batch: Batch, meta: SessionMetadata) -> None:
     )
 
 
-def set_state(batch: Batch, session_id: str, state: SessionState) -> SessionMetadata:
-    row = batch.existing(session_id)
+def set_state(
+    batch: Batch, session_id: str, state: SessionState, epoch: str | None = None
+) -> SessionMetadata:
+    """With ``epoch``, only the session of that epoch (else SessionNotFound)."""
+    row = batch.existing(session_id, epoch)
     SessionState(row.state).check_transition(state)
     if state != SessionState.EXPIRED and row.is_expired(batch.now_text):
         # A state change does not revive a session.
@@ -366,8 +371,9 @@ def set_state(batch: Batch, session_id: str, state: SessionState) -> SessionMeta
     return row.metadata()
 
 
-def touch(batch: Batch, session_id: str) -> None:
-    row = batch.live(session_id)
+def touch(batch: Batch, session_id: str, epoch: str | None = None) -> None:
+    """With ``epoch``, only the session of that epoch (else SessionNotFound)."""
+    row = batch.live(session_id, epoch)
     if row.state != _FINAL_CLOSED:  # a closed session has no activity: its expiry stays
         row.touch(batch.now_text, batch.expiry(row.ttl))
 
