@@ -200,15 +200,19 @@ class RedisStorage:
     ) -> Appended:
         return await self.append_event(session_id, MessageEvent(message), key)
 
-    async def update_session_state(self, session_id: str, state: SessionState) -> SessionMetadata:
+    async def update_session_state(
+        self, session_id: str, state: SessionState, *, epoch: str | None = None
+    ) -> SessionMetadata:
         self.require_writable()
         session_id = check_session_id(session_id)
         allowed = " ".join(s.value for s in SessionState if s.can_become(state))
         channel = self.layout.channel(session_id)
+        args = [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel]
+        args.append(epoch or "")  # checked against the session's in the script
         flat = await self.redis.write(
             "state",
             [self.layout.meta(session_id)],
-            [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel],
+            args,
             notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
             channel=channel,
         )
@@ -216,12 +220,11 @@ class RedisStorage:
             self.live.feed.end(session_id, CLOSED)
         return metadata_from(flat)
 
-    async def touch(self, session_id: str) -> None:
+    async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         self.require_writable()
         session_id = check_session_id(session_id)
-        await self.redis.run(
-            "touch", [self.layout.meta(session_id)], [session_id, self.layout.index]
-        )
+        args = [session_id, self.layout.index, epoch or ""]  # the epoch: checked in the script
+        await self.redis.run("touch", [self.layout.meta(session_id)], args)
 
     async def cleanup_expired_sessions(self) -> int:
         self.require_writable()
