@@ -97,7 +97,9 @@ class SessionActor:
         self.metrics = metrics
         self._on_retired = on_retired
         self.presence = presence  # session-wide, on a store processes share (presence.py)
-        self.status = SessionStatus(self.session_id, metadata.state, storage, metadata.ttl)
+        self.status = SessionStatus(
+            self.session_id, metadata.state, storage, metadata.ttl, metadata.epoch
+        )
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
         )

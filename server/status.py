@@ -21,15 +21,24 @@ log = structlog.get_logger("bamboo_session.actor")
 
 
 class SessionStatus:
-    __slots__ = ("owed", "session_id", "state", "storage", "ttl")
+    __slots__ = ("epoch", "owed", "session_id", "state", "storage", "ttl")
 
     def __init__(
-        self, session_id: str, state: SessionState, storage: Storage, ttl: int | None = None
+        self,
+        session_id: str,
+        state: SessionState,
+        storage: Storage,
+        ttl: int | None = None,
+        epoch: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.state = state
         self.storage = storage
         self.ttl = ttl  # seconds of inactivity before it expires; None: never
+        # Every write is fenced by the epoch of the session this actor serves: one
+        # deleted or replaced by another process (its notice not yet here) is
+        # SessionNotFound to them, and the session that took its id is left alone.
+        self.epoch = epoch
         self.owed = False  # the store has not taken ``state`` (see park and save)
 
     async def become(self, state: SessionState) -> SessionMetadata | None:
@@ -40,7 +49,9 @@ class SessionStatus:
         self.state.check_transition(state)
         stored = None
         try:
-            stored = await self.storage.update_session_state(self.session_id, state)
+            stored = await self.storage.update_session_state(
+                self.session_id, state, epoch=self.epoch
+            )
         except SessionExpired:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
@@ -73,14 +84,14 @@ class SessionStatus:
         if not self.owed:
             return
         with contextlib.suppress(SessionExpired, SessionNotFound):  # nothing left to save
-            await self.storage.update_session_state(self.session_id, self.state)
+            await self.storage.update_session_state(self.session_id, self.state, epoch=self.epoch)
         self.owed = False
 
     async def touch(self) -> None:
         """Activity: the session's TTL starts again (not a closed one's: the store
         leaves a closed session's expiry as it closed)."""
         with contextlib.suppress(SessionExpired, SessionNotFound):
-            await self.storage.touch(self.session_id)
+            await self.storage.touch(self.session_id, epoch=self.epoch)
 
     async def check(self, quiet_for: float, idle_timeout: float, traffic: bool) -> bool:
         """A timer's look at a connected session: ``traffic`` (peers sent frames since

@@ -385,3 +385,69 @@ async def test_a_peer_of_the_old_session_never_appends_to_the_one_that_replaced_
                 assert [e.event for e in stored] == [AgentEvent.token("bob")]
     finally:
         await admin.aclose()
+
+
+@pytest.mark.parametrize("ending", ["expired", "deleted"])
+async def test_a_peer_of_the_old_session_never_moves_the_one_that_replaced_it(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """As above, A hearing nothing of ``s1`` for a while (5 s here): alice, still
+    attached to the old ``s1`` there, asks for ``state: idle`` then ``state: closed``
+    while bob is attached to the new one on B. Her actor's writes are fenced by the
+    epoch of the session it serves, as its appends are: each request is ``not_found``,
+    and bob's session is neither closed nor moved (its state, its activity and its
+    expiry, which the activity that comes with a state request would have slid, are
+    as they were). Bob goes on appending; alice's connection closes with 4404 once A
+    hears."""
+    monkeypatch.setattr(listener, "RECONNECT_DELAYS", (5.0,))
+    url = redis_server.url(prefix=prefix_for(tmp_path))
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        async with (
+            run_server(store=url, default_ttl=3600) as a,
+            run_server(store=url, default_ttl=3600) as b,
+        ):
+            store = b.manager.storage
+            before = await _pubsub_clients(admin)
+            async with attach(a, "s1", create=True, user_id="alice", role="agent") as (
+                alice,
+                old,
+            ):
+                a_pubsub = await _pubsub_clients(admin) - before
+                assert len(a_pubsub) == 1
+                first = {"type": "event", "id": 1, "event": token("alice-old")}
+                assert (await alice.request(first, "ack"))["seq"] == 1
+                for client_id in a_pubsub:  # A hears nothing more, for 5 s
+                    await admin.client_kill_filter(_id=client_id)
+                if ending == "expired":
+                    await store.update_session_state("s1", SessionState.EXPIRED)
+                else:
+                    await b.manager.delete_session("s1")
+                async with attach(b, "s1", create=True, user_id="bob") as (bob, new):
+                    assert new["epoch"] != old["epoch"]
+                    mine = {"type": "event", "id": 1, "event": token("bob")}
+                    assert (await bob.request(mine, "ack"))["seq"] == 1
+                    stored = await store.get_metadata("s1")
+                    assert stored is not None and stored.state == SessionState.ACTIVE
+                    assert stored.expires_at is not None
+                    await asyncio.sleep(0.05)  # a write now would show in the times
+                    for request in (
+                        {"type": "state", "id": 2, "state": "idle"},
+                        {"type": "state", "id": 3, "state": "closed"},
+                    ):
+                        reply = await _reply(alice, request)
+                        assert (reply["type"], reply.get("code")) == ("error", "not_found"), reply
+                    after = await store.get_metadata("s1")
+                    assert after is not None and after.epoch == new["epoch"]
+                    assert (after.state, after.updated_at) == (stored.state, stored.updated_at)
+                    assert after.last_activity_at == stored.last_activity_at
+                    assert after.expires_at == stored.expires_at
+                    again = {"type": "event", "id": 2, "event": token("bob again")}
+                    assert (await bob.request(again, "ack"))["seq"] == 2
+                    code, _frames = await alice.closed(timeout=15)
+                    assert code == 4404
+                    final = await store.get_metadata("s1")
+                    assert final is not None and final.state == SessionState.ACTIVE
+                    assert final.epoch == new["epoch"]
+    finally:
+        await admin.aclose()
