@@ -29,7 +29,8 @@ from bamboo_session.protocol.models import utcnow
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
-from .writes import Batch, RowCache
+from .rows import RowCache
+from .writes import Batch
 
 log = logging.getLogger(__name__)
 

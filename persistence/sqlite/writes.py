@@ -7,21 +7,20 @@ SessionClosed, SessionExpired, InvalidTransition, ValueError) *before* it change
 anything, so a refused operation leaves nothing behind and the others in its batch go
 on. Any other failure (an SQLite error: disk full, I/O error) rolls the whole batch back.
 
-Sessions touched by a batch are read into a :class:`Row` once and written back once, at
-the end of the batch (:meth:`Batch.flush`), however many appends they had: seqs, the
-message count and the activity times move in memory, and the batch's events go in with
-one statement at the end too (the keys among them are looked up in memory first). The
-writer keeps the rows of recently written sessions between batches (it is the only
-writer, so they stay true) and drops them all when a batch fails.
+Sessions touched by a batch are read into a :class:`Row` (rows.py) once and written
+back once, at the end of the batch (:meth:`Batch.flush`), however many appends they
+had: seqs, the message count and the activity times move in memory, and the batch's
+events go in with one statement at the end too (the keys among them are looked up in
+memory first). The writer keeps the rows of recently written sessions between batches
+(it is the only writer, so they stay true) and drops them all when a batch fails.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
@@ -45,7 +44,8 @@ from ..base import (
     StorageFull,
 )
 from ..events import completed_event
-from .schema import SESSION_COLUMNS, encode_extra, metadata_of, row_of, time_text
+from .rows import CLEAN, MOVED, Row, RowCache
+from .schema import SESSION_COLUMNS, encode_extra, row_of, time_text
 
 _INSERT_EVENT: Final = (
     "INSERT INTO events (session_id, seq, ts, key, message_index, event) "
@@ -64,91 +64,8 @@ _UPDATE_SESSION: Final = (
     "UPDATE sessions SET state = ?, updated_at = ?, last_activity_at = ?, expires_at = ?, "
     "ttl = ?, message_count = ?, last_seq = ?, extra = ? WHERE id = ?"
 )
-CLEAN, MOVED, CHANGED = 0, 1, 2  # a row's state of writing: nothing, activity, anything
 _FINAL_CLOSED: Final = SessionState.CLOSED.value
 _EXPIRED: Final = SessionState.EXPIRED.value
-
-
-class Row:
-    """A session's row while a batch changes it."""
-
-    __slots__ = ("dirty", "values")
-
-    def __init__(self, values: list[Any]) -> None:
-        self.values = values  # in SESSION_COLUMNS order
-        self.dirty = CLEAN
-
-    # Named views of the columns the writes use.
-    @property
-    def session_id(self) -> str:
-        return str(self.values[0])
-
-    @property
-    def state(self) -> str:
-        return str(self.values[3])
-
-    @property
-    def ttl(self) -> int | None:
-        ttl = self.values[8]
-        return None if ttl is None else int(ttl)
-
-    @property
-    def message_count(self) -> int:
-        return int(self.values[9])
-
-    @property
-    def last_seq(self) -> int:
-        return int(self.values[10])
-
-    @property
-    def epoch(self) -> str:
-        return str(self.values[11])
-
-    def is_expired(self, now: str) -> bool:
-        expires_at = self.values[7]
-        return self.state == _EXPIRED or (expires_at is not None and str(expires_at) <= now)
-
-    def set(self, **changes: object) -> None:
-        for name, value in changes.items():
-            self.values[_COLUMN[name]] = value
-        self.dirty = CHANGED
-
-    def advance(self, last_seq: int, message_count: int) -> None:
-        values = self.values
-        values[9] = message_count
-        values[10] = last_seq
-        self.dirty = max(self.dirty, MOVED)
-
-    def touch(self, now: str, expires_at: str | None) -> None:
-        values = self.values
-        values[5] = values[6] = now  # updated_at, last_activity_at
-        values[7] = expires_at
-        self.dirty = max(self.dirty, MOVED)
-
-    def metadata(self) -> SessionMetadata:
-        return metadata_of(tuple(self.values))
-
-
-_COLUMN: Final = {name.strip(): i for i, name in enumerate(SESSION_COLUMNS.split(","))}
-
-
-class RowCache:
-    """Rows of recently written sessions, kept by the writer between batches."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.rows: OrderedDict[str, Row] = OrderedDict()
-
-    def get(self, session_id: str) -> Row | None:
-        row = self.rows.get(session_id)
-        if row is not None:
-            self.rows.move_to_end(session_id)
-        return row
-
-    def put(self, session_id: str, row: Row) -> None:
-        self.rows[session_id] = row
-        if len(self.rows) > self.size:
-            self.rows.popitem(last=False)
 
 
 class Batch:
