@@ -285,8 +285,10 @@ class Connection:
         # took this one's place (its actor not yet told of the change).
         epoch = self.actor.room.epoch
         reply = await page_reply(self.services, self.session_id, request, self.codec, epoch)
+        size = len(reply.framed(self.codec))
         outbox.push(reply)
-        await self.ws.charge_reply(len(reply.framed(self.codec)))
+        del reply, request  # not kept here while the debt is waited: sent, it is gone
+        await self.ws.charge_reply(size)
 
     def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None

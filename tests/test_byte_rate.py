@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import socket
 import threading
 import time
+import tracemalloc
 from typing import Any
 
 from bamboo_session.server.http_wire import PARSE_SLICE, BambooConnection
@@ -244,3 +246,56 @@ async def test_a_repayment_due_as_the_transport_is_aborted_parses_nothing() -> N
                 assert [e.event.content[:1] for e in events] == ["a"]
             finally:
                 peer.close()
+
+
+def read_bytes(peer: socket.socket, count: int) -> None:
+    """Reads and drops ``count`` bytes from ``peer`` (at least)."""
+    while count > 0:
+        data = peer.recv(65536)
+        assert data, "closed early"
+        count -= len(data)
+
+
+async def test_a_page_sent_is_not_kept_while_the_debt_it_drew_is_waited() -> None:
+    """Peers whose page of 900 kB drew several seconds of debt, and who read it: while
+    their readers wait the debt, nothing of the pages stays (tracemalloc; the peers
+    are raw sockets read in threads, which keep nothing). The reader kept the reply
+    in a local for the whole wait: 900 kB each, after it was sent, counted nowhere."""
+    peers_count, size = 8, 900_000
+    config = {"rate_limit_bytes": 100_000, "rate_limit_bytes_burst": 100_000}
+    tracemalloc.start()
+    try:
+        async with run_server(store="memory://", ring_bytes=64 * 1024, **config) as server:
+            async with attach(server) as (_, welcome):
+                session_id = welcome["session"]["id"]
+                await server.manager.append_events(session_id, [(token("x" * size), None)])
+                peers = []
+                for _ in range(peers_count):
+                    path = f"/api/v1/stream/{session_id}"
+                    peer = await asyncio.to_thread(upgraded_socket, server.port, path)
+                    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                    peer.sendall(client_frame(b'{"type":"hello"}'))
+                    await asyncio.to_thread(peer.recv, 65536)  # the welcome
+                    peers.append(peer)
+                await asyncio.sleep(0.3)  # the presence frames, sent and read
+                gc.collect()
+                before = tracemalloc.get_traced_memory()[0]
+                request = client_frame(b'{"type":"events","id":1,"after_seq":0}')
+                try:
+                    for peer in peers:
+                        peer.sendall(request)
+                    await asyncio.gather(
+                        *(asyncio.to_thread(read_bytes, peer, size) for peer in peers)
+                    )
+                    await asyncio.sleep(0.3)
+                    waiting = [c for c in server._open_connections if c.read_waited >= 5]
+                    assert len(waiting) == peers_count  # each waits its page's debt
+                    gc.collect()
+                    held = tracemalloc.get_traced_memory()[0] - before
+                finally:
+                    for peer in peers:
+                        peer.close()
+    finally:
+        tracemalloc.stop()
+    # Before, each reader kept its page while it waited the 8 s of debt: 7 MB.
+    assert held < 1_000_000, f"{held} bytes held by {peers_count} readers in debt"
