@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bamboo_session.persistence.base import SessionNotFound, StorageError
+from bamboo_session.persistence.feed import DELETED
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionState
 
@@ -31,6 +32,7 @@ from .commands import (
     Tick,
     attach_refusal,
 )
+from .failures import subscription_end
 
 if TYPE_CHECKING:
     from .actor import SessionActor
@@ -88,12 +90,18 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     if refusal is not None or metadata is None:
         command.future.set_exception(refusal or SessionNotFound(actor.session_id))
         return
-    if not actor.following.active and metadata.epoch != actor.room.epoch:
-        # Parked, it follows nothing, so it missed the end of its session: removed
-        # (expired, or deleted by another process) and created again under the same
-        # id, or its log reset. Its epoch and ring are another log's: a client of the
-        # old one would resume into the new one. It retires; the attach goes to an
-        # actor spawned from what is stored now.
+    if metadata.epoch != actor.room.epoch:
+        # It missed the end of its session: removed (expired, or deleted by another
+        # process) and created again under the same id, or its log reset. Parked, it
+        # followed nothing; following, the store's notice is still on its way (another
+        # process's pub/sub message, late or lost with the listener's connection). Its
+        # epoch and ring are another log's: a client of the new one would be welcomed
+        # into the old one (its epoch, its seqs), and a client of the old one resume
+        # into the new one. Its viewers, of the old log, are told what the notice would
+        # tell them; it retires, and the attach goes to an actor spawned from what is
+        # stored now.
+        if actor.following.active:
+            actor.end(*subscription_end(DELETED))
         actor.accepting = False
         command.future.set_exception(ActorRetired(actor.session_id))
         return

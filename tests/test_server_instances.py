@@ -17,6 +17,7 @@ import redis.asyncio
 from bamboo_session.persistence.redis import listener
 from bamboo_session.protocol.models import AgentEvent, SessionState
 from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, get, open_peer, run_server, token
 
@@ -451,3 +452,38 @@ async def test_a_peer_of_the_old_session_never_moves_the_one_that_replaced_it(
                     assert final.epoch == new["epoch"]
     finally:
         await admin.aclose()
+
+
+async def test_an_attach_on_an_instance_not_told_of_a_replacement_joins_the_new_log(
+    pair: tuple[BambooServer, BambooServer], redis_server: RedisServer, monkeypatch: Any
+) -> None:
+    """The session is deleted and created again on A (a new epoch, three events) while
+    B's pub/sub connection is down (its notices lost): a new client attaching on B,
+    where the old log's viewer still is, gets the new log (its epoch, its three
+    events), not a welcome into the old room (its epoch, seq 0) and then 4404, which
+    tells a client the session is gone. The old log's viewer gets what the notice
+    would have told it; once B's listener is back, the new log goes on."""
+    a, b = pair
+    async with attach(b, "rp", create=True) as (old_viewer, old):
+        listener = b.storage.live.listener  # type: ignore[union-attr]
+        deliver = listener._deliver
+        monkeypatch.setattr(listener, "_deliver", lambda *args: None)  # lost
+        await a.manager.delete_session("rp")
+        async with attach(a, "rp", create=True, role="agent") as (agent, new):
+            assert new["epoch"] != old["epoch"]
+            for i in range(3):
+                await agent.request({"type": "event", "id": i, "event": token(str(i))}, "ack")
+            async with attach(b, "rp", last_seq=0) as (client, welcome):
+                assert (welcome["epoch"], welcome["last_seq"]) == (new["epoch"], 3)
+                seqs = [(await client.recv_type("event"))["seq"] for _ in range(3)]
+                assert seqs == [1, 2, 3]
+                code, frames = await old_viewer.closed()
+                assert code == 4404
+                assert frames[-1] == {"type": "closed", "reason": "session deleted"}
+                # B's listener connects again and catches up: the new log goes on.
+                monkeypatch.setattr(listener, "_deliver", deliver)
+                reconnects = listener.reconnects
+                await b.storage.redis.call("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[union-attr]
+                await eventually(lambda: listener.reconnects > reconnects and listener.connected)
+                await agent.request({"type": "event", "id": 9, "event": token("9")}, "ack")
+                assert (await client.recv_type("event"))["seq"] == 4
