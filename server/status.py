@@ -19,6 +19,9 @@ from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
 
 log = structlog.get_logger("bamboo_session.actor")
 
+# Stored states that another process may write while this one's peers are busy.
+_PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
+
 
 class SessionStatus:
     __slots__ = ("epoch", "owed", "session_id", "state", "storage", "ttl")
@@ -106,8 +109,16 @@ class SessionStatus:
         metadata = await self.storage.get_metadata(self.session_id)
         if metadata is None or metadata.is_expired():
             return False
-        if quiet_for >= idle_timeout and self.state == SessionState.ACTIVE:
-            elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
-            if elsewhere >= idle_timeout:
-                await self.become(SessionState.IDLE)
+        if quiet_for >= idle_timeout:
+            if self.state == SessionState.ACTIVE:
+                elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
+                if elsewhere >= idle_timeout:
+                    await self.become(SessionState.IDLE)
+        elif self.state == SessionState.ACTIVE and metadata.state in _PAUSED:
+            # Another process moved it (its peers silent, and this one's too then: idle;
+            # its last connection out, as this one's attached: disconnected), and this
+            # one's peers are busy. Its appends write nothing while it holds the
+            # session active, so without this the store kept it so for as long.
+            self.state = metadata.state
+            await self.become(SessionState.ACTIVE)
         return True

@@ -487,3 +487,33 @@ async def test_an_attach_on_an_instance_not_told_of_a_replacement_joins_the_new_
                 await eventually(lambda: listener.reconnects > reconnects and listener.connected)
                 await agent.request({"type": "event", "id": 9, "event": token("9")}, "ack")
                 assert (await client.recv_type("event"))["seq"] == 4
+
+
+async def test_a_session_made_idle_by_one_instance_is_made_active_by_anothers_peers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A's look made the session ``idle`` (its viewer silent, and the store's last
+    activity older than the idle timeout: B's agent was silent for that long too), and
+    the agent publishes again before B's next look. B never saw it idle: it held it
+    ``active`` and wrote nothing, at its looks or its appends, so the session stayed
+    ``idle`` in the store for as long as the agent published. Now B's look, which reads
+    the stored state, finds its peers busy and makes it ``active`` again."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    settings = {"idle_timeout": 0.5}
+    async with run_server(store=url, **settings) as a, run_server(store=url, **settings) as b:
+
+        async def state() -> str:
+            status, body = await get(a, "/api/v1/sessions/si")
+            assert status == 200
+            return str(body["metadata"]["state"])
+
+        async with attach(b, "si", create=True, role="agent") as (agent, _):
+            async with attach(a, "si") as (_viewer, _):
+                # What A's look writes (server/status.py check), now rather than when
+                # its timer and B's happen to fall that way.
+                await a.manager.storage.update_session_state("si", SessionState.IDLE)
+                assert await state() == "idle"
+                for i in range(10):  # 2 s: four of B's looks
+                    await agent.request({"type": "event", "id": i, "event": token("x")}, "ack")
+                    await asyncio.sleep(0.2)
+                assert await state() == "active"
