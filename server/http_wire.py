@@ -28,7 +28,7 @@ from websockets.server import ServerProtocol
 from bamboo_session.protocol.parsed_frames import handed_on
 
 from .http_requests import UnansweredRequests, json_reject, parse_request
-from .limits import FRAME_BYTES, ByteRate
+from .limits import FRAME_BYTES, REPLY_SHARE, ByteRate
 
 if TYPE_CHECKING:
     from .responses import UnreadAnswers
@@ -142,15 +142,15 @@ class BambooConnection(ServerConnection):
         super().process_event(event)
 
     async def charge_reply(self, size: int) -> None:
-        """A page a request drew (``history``, ``events``) costs the byte rate its size,
-        as if read: a 60-byte request may draw 1 MiB, and a peer that pipelines them
-        would otherwise have the server encode and send pages as fast as it asks. In
-        debt, returns once it is repaid (or the connection is gone), so that the
-        frames read along with the request (a 4 KiB slice holds sixty of them) wait
+        """A page a request drew (``history``, ``events``) costs the byte rate a share
+        of its size (limits.REPLY_SHARE): a 60-byte request may draw 1 MiB, and a peer
+        that pipelines them would otherwise have the server send pages as fast as it
+        asks. In debt, returns once it is repaid (or the connection is gone), so that
+        the frames read along with the request (a 4 KiB slice holds sixty of them) wait
         too, each in turn: the reader awaits this before it takes the next frame."""
         if self._meter is None:
             return
-        debt = self._meter.charge(size)
+        debt = self._meter.charge(size // REPLY_SHARE)
         if debt <= 0:
             return
         self.read_waited += debt

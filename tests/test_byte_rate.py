@@ -18,7 +18,7 @@ import tracemalloc
 from typing import Any
 
 from bamboo_session.server.http_wire import PARSE_SLICE, BambooConnection
-from bamboo_session.server.limits import FRAME_BYTES, ByteRate
+from bamboo_session.server.limits import FRAME_BYTES, REPLY_SHARE, ByteRate
 from tests.support import attach, get, run_server, token
 from tests.test_limits import FakeClock
 from tests.test_wire_floods import upgraded_socket
@@ -91,7 +91,9 @@ async def test_pages_a_peer_draws_cost_the_byte_rate_as_if_read() -> None:
     """A small ``events`` request draws a page up to 1 MiB: its answer is charged to
     the connection's byte rate, so a peer pipelining such requests is read slowly, and
     each is still answered."""
-    async with run_server(rate_limit_bytes=RATE, rate_limit_bytes_burst=BURST) as server:
+    # A page costs a sixteenth of its size: 100 kB pages, 6.25 kB each.
+    rate, burst = RATE // REPLY_SHARE, BURST // REPLY_SHARE
+    async with run_server(rate_limit_bytes=rate, rate_limit_bytes_burst=burst) as server:
         async with attach(server) as (peer, welcome):
             session_id = welcome["session"]["id"]
             await server.manager.append_events(session_id, [(token(TEXT), None)] * 2)
@@ -111,9 +113,24 @@ async def test_pages_a_peer_draws_cost_the_byte_rate_as_if_read() -> None:
         # The requests, read together, cost 6 KiB; the pages about 600 kB. Each page
         # past the burst waits for the one before it to be repaid: the last one comes
         # once all but it are.
-        drawn = (requests - 1) * 2 * len(TEXT) - BURST
-        assert elapsed >= drawn / RATE * 0.9
-        assert await read_wait_seconds(server) >= drawn / RATE * 0.9
+        drawn = (requests - 1) * 2 * len(TEXT) // REPLY_SHARE - burst
+        assert elapsed >= drawn / rate * 0.9
+        assert await read_wait_seconds(server) >= drawn / rate * 0.9
+
+
+async def test_a_client_reading_a_long_log_page_by_page_waits_nothing_by_default() -> None:
+    """Pages cost a sixteenth of their size: 8 pages of about 1 MiB (past the 4 MiB
+    burst, had they cost their size) are read without a wait at the defaults."""
+    async with run_server() as server:
+        async with attach(server) as (peer, welcome):
+            session_id = welcome["session"]["id"]
+            events = [(token("x" * 500_000), None)] * 2
+            await server.manager.append_events(session_id, events)
+            for i in range(8):
+                await peer.send({"type": "events", "id": i, "after_seq": 0})
+                reply = await peer.recv_type("events")
+                assert len(reply["events"]) == 2
+        assert await read_wait_seconds(server) == 0.0
 
 
 def masked_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
@@ -262,7 +279,7 @@ async def test_a_page_sent_is_not_kept_while_the_debt_it_drew_is_waited() -> Non
     are raw sockets read in threads, which keep nothing). The reader kept the reply
     in a local for the whole wait: 900 kB each, after it was sent, counted nowhere."""
     peers_count, size = 8, 900_000
-    config = {"rate_limit_bytes": 100_000, "rate_limit_bytes_burst": 100_000}
+    config = {"rate_limit_bytes": 5_000, "rate_limit_bytes_burst": 5_000}  # a page: 56 kB
     tracemalloc.start()
     try:
         async with run_server(store="memory://", ring_bytes=64 * 1024, **config) as server:
