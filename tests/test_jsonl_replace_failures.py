@@ -68,6 +68,22 @@ async def events_of(storage: JsonlStorage, session_id: str) -> list[object]:
     return [event.event for event in await storage.read_events(session_id)]
 
 
+async def replace_for_good(storage: JsonlStorage) -> Session:
+    """A replacement that works: the new session, with one event."""
+    new = Session.new("s1", user_id="u2")
+    await storage.create_session(new, replace_expired=True)
+    await storage.append_event("s1", AgentEvent.token("new1"))
+    return new
+
+
+async def assert_kept(config: JsonlStorageConfig, new: Session) -> None:
+    """The next open has the session ``replace_for_good`` made, and its event."""
+    async with await JsonlStorage.open(config) as storage:
+        meta = await storage.get_metadata("s1")
+        assert meta is not None and meta.epoch == new.metadata.epoch
+        assert await events_of(storage, "s1") == [AgentEvent.token("new1")]
+
+
 async def assert_old_is_back(
     storage: JsonlStorage, config: JsonlStorageConfig, old: Session
 ) -> None:
@@ -93,13 +109,8 @@ async def test_a_replacement_whose_deletion_the_wal_cannot_record_is_undone(
     # The WAL never recorded the deletion: the old session is still whole after an open.
     async with await JsonlStorage.open(config) as storage:
         await assert_old_is_back(storage, config, old)
-        new = Session.new("s1", user_id="u2")
-        await storage.create_session(new, replace_expired=True)  # a retry works
-        await storage.append_event("s1", AgentEvent.token("new1"))
-    async with await JsonlStorage.open(config) as storage:
-        meta = await storage.get_metadata("s1")
-        assert meta is not None and meta.epoch == new.metadata.epoch
-        assert await events_of(storage, "s1") == [AgentEvent.token("new1")]
+        new = await replace_for_good(storage)  # a retry works
+    await assert_kept(config, new)
 
 
 async def test_a_retry_in_the_same_run_replaces_and_the_next_open_keeps_the_new_session(
@@ -111,13 +122,8 @@ async def test_a_retry_in_the_same_run_replaces_and_the_next_open_keeps_the_new_
         fail_sync.arm()
         with pytest.raises(StorageError):
             await storage.create_session(Session.new("s1"), replace_expired=True)
-        new = Session.new("s1", user_id="u2")
-        await storage.create_session(new, replace_expired=True)
-        await storage.append_event("s1", AgentEvent.token("new1"))
-    async with await JsonlStorage.open(config) as storage:
-        meta = await storage.get_metadata("s1")
-        assert meta is not None and meta.epoch == new.metadata.epoch
-        assert await events_of(storage, "s1") == [AgentEvent.token("new1")]
+        new = await replace_for_good(storage)
+    await assert_kept(config, new)
 
 
 async def test_a_replacement_whose_tombstone_cannot_be_made_is_undone(tmp_path: Path) -> None:
@@ -130,13 +136,8 @@ async def test_a_replacement_whose_tombstone_cannot_be_made_is_undone(tmp_path: 
         await assert_old_is_back(storage, config, old)
         (blocker / "x").unlink()
         blocker.rmdir()
-        new = Session.new("s1", user_id="u2")
-        await storage.create_session(new, replace_expired=True)
-        await storage.append_event("s1", AgentEvent.token("new1"))
-    async with await JsonlStorage.open(config) as storage:
-        meta = await storage.get_metadata("s1")
-        assert meta is not None and meta.epoch == new.metadata.epoch
-        assert await events_of(storage, "s1") == [AgentEvent.token("new1")]
+        new = await replace_for_good(storage)
+    await assert_kept(config, new)
 
 
 async def test_no_stale_replacement_overrides_a_later_create_at_the_next_open(

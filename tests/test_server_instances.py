@@ -7,6 +7,7 @@ restarted, are tests/test_redis_instances.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,30 @@ async def test_a_dead_instances_connections_hold_off_disconnected_until_they_exp
         assert (status, body["metadata"]["state"]) == (200, "disconnected")
 
 
+@contextlib.asynccontextmanager
+async def alice_unheard(
+    a: BambooServer, b: BambooServer, admin: redis.asyncio.Redis, ending: str
+) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+    """Alice attached to ``s1`` on A, her first event stored; then A's pub/sub
+    connection killed (A hears nothing more until its listener's next attempt) and
+    ``s1`` ended on B (``expired``, or ``deleted``). Yields her peer and her welcome."""
+    # A pub/sub connection subscribed to nothing is not of type pubsub: A's is the one
+    # that subscribes to s1 when alice attaches there.
+    before = await _pubsub_clients(admin)
+    async with attach(a, "s1", create=True, user_id="alice", role="agent") as (alice, old):
+        a_pubsub = await _pubsub_clients(admin) - before
+        assert len(a_pubsub) == 1
+        first = {"type": "event", "id": 1, "event": token("alice-old")}
+        assert (await alice.request(first, "ack"))["seq"] == 1
+        for client_id in a_pubsub:
+            await admin.client_kill_filter(_id=client_id)
+        if ending == "expired":
+            await b.manager.storage.update_session_state("s1", SessionState.EXPIRED)
+        else:
+            await b.manager.delete_session("s1")
+        yield alice, old
+
+
 async def _pubsub_clients(admin: redis.asyncio.Redis) -> set[int]:
     return {int(client["id"]) for client in await admin.client_list(_type="pubsub")}
 
@@ -349,23 +374,7 @@ async def test_a_peer_of_the_old_session_never_appends_to_the_one_that_replaced_
     admin = redis.asyncio.Redis(port=redis_server.port)
     try:
         async with run_server(store=url) as a, run_server(store=url) as b:
-            # A pub/sub connection subscribed to nothing is not of type pubsub: A's is
-            # the one that subscribes to s1 when alice attaches there.
-            before = await _pubsub_clients(admin)
-            async with attach(a, "s1", create=True, user_id="alice", role="agent") as (
-                alice,
-                old,
-            ):
-                a_pubsub = await _pubsub_clients(admin) - before
-                assert len(a_pubsub) == 1
-                first = {"type": "event", "id": 1, "event": token("alice-old")}
-                assert (await alice.request(first, "ack"))["seq"] == 1
-                for client_id in a_pubsub:  # A hears nothing more, for 2 s
-                    await admin.client_kill_filter(_id=client_id)
-                if ending == "expired":
-                    await b.manager.storage.update_session_state("s1", SessionState.EXPIRED)
-                else:
-                    await b.manager.delete_session("s1")
+            async with alice_unheard(a, b, admin, ending) as (alice, old):
                 async with attach(b, "s1", create=True, user_id="bob") as (bob, new):
                     assert new["epoch"] != old["epoch"] and new["last_seq"] == 0
                     mine = {"type": "event", "id": 1, "event": token("bob")}
@@ -409,21 +418,7 @@ async def test_a_peer_of_the_old_session_never_moves_the_one_that_replaced_it(
             run_server(store=url, default_ttl=3600) as b,
         ):
             store = b.manager.storage
-            before = await _pubsub_clients(admin)
-            async with attach(a, "s1", create=True, user_id="alice", role="agent") as (
-                alice,
-                old,
-            ):
-                a_pubsub = await _pubsub_clients(admin) - before
-                assert len(a_pubsub) == 1
-                first = {"type": "event", "id": 1, "event": token("alice-old")}
-                assert (await alice.request(first, "ack"))["seq"] == 1
-                for client_id in a_pubsub:  # A hears nothing more, for 5 s
-                    await admin.client_kill_filter(_id=client_id)
-                if ending == "expired":
-                    await store.update_session_state("s1", SessionState.EXPIRED)
-                else:
-                    await b.manager.delete_session("s1")
+            async with alice_unheard(a, b, admin, ending) as (alice, old):
                 async with attach(b, "s1", create=True, user_id="bob") as (bob, new):
                     assert new["epoch"] != old["epoch"]
                     mine = {"type": "event", "id": 1, "event": token("bob")}
