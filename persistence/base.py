@@ -64,7 +64,6 @@ __all__ = [
     "SessionExists",
     "SessionExpired",
     "SessionFilter",
-    "SessionImport",
     "SessionListResult",
     "SessionNotFound",
     "SessionStorage",
@@ -356,37 +355,6 @@ class SessionStorage(EventStorage, Protocol):
     async def cleanup_expired_sessions(self) -> int:
         """Removes every session whose TTL has passed; returns how many."""
         ...
-
-
-@runtime_checkable
-class SessionImport(Protocol):
-    """A store that can take in a session exactly as another store holds it: what
-    ``bamboo-session migrate`` needs beyond the contract. The session is created first
-    with ``create_session`` (which keeps the given id, epoch, owner, title, ttl and
-    creation time), then its events come in order, then its final metadata."""
-
-    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
-        """Appends ``events`` with their own seq, ts and key; the first must follow the
-        session's last seq, and each the one before. Message events count as history.
-        Raises SessionNotFound, and ValueError for a seq out of order or an event whose
-        JSON does not decode (:func:`check_importable`); nothing is imported then."""
-        ...
-
-    async def import_metadata(self, metadata: SessionMetadata) -> None:
-        """Sets the session's state, ``updated_at``, ``last_activity_at``,
-        ``expires_at``, ``ttl`` and ``extra`` as given, durably. Raises SessionNotFound."""
-        ...
-
-
-def check_importable(session_id: str, events: Sequence[StoredEvent]) -> None:
-    """ValueError naming the first of ``events`` whose JSON does not decode as an
-    AgentEvent (a damaged row of the source store), before an import stores any of
-    them or takes any of their keys."""
-    for event in events:
-        try:
-            event.event  # noqa: B018 - decoded here, and kept for the import to use
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"import of {session_id!r}: seq {event.seq}: {exc}") from None
 
 
 @runtime_checkable

@@ -35,10 +35,10 @@ from .base import (
     SessionNotFound,
     StorageError,
     StorageFull,
-    check_importable,
 )
 from .events import completed_event, page_bounds, within_bytes
 from .feed import CLOSED, DELETED, Feed, FeedSubscription
+from .importing import check_importable
 from .index import SessionIndex, copy_metadata
 from .keys import KeyWindow, split_duplicates
 from .url import StoreOptions, StoreURL

@@ -5,7 +5,7 @@ A session is copied as the source holds it: created in the destination with its 
 epoch, owner, title, ttl and creation time; its events imported in pages with their own
 seq, ts and key; then its final metadata (state, activity times, expiry, ttl, extra).
 The source needs only the storage contract; the destination also
-:class:`~.base.SessionImport`. A client that saw events up to ``last_seq`` of the old
+:class:`~.importing.SessionImport`. A client that saw events up to ``last_seq`` of the old
 store resumes against the new one with the same epoch and no gap.
 
 Resuming: a session whose copy is whole (same epoch, same last seq, same final
@@ -33,7 +33,8 @@ import msgspec
 
 from bamboo_session.protocol.models import Session, SessionMetadata, SessionState, StoredEvent
 
-from .base import SessionFilter, SessionImport, SortBy, SortOrder, Storage, StorageError
+from .base import SessionFilter, SortBy, SortOrder, Storage, StorageError
+from .importing import SessionImport
 
 PAGE_SESSIONS: Final = 1000  # metadata listed at a time
 PAGE_EVENTS: Final = 2000  # events read and imported at a time

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import Storage, open_storage
-from bamboo_session.persistence.base import SessionImport
+from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.migrate import Action, Progress, migrate, verify
 from bamboo_session.protocol.models import (
     AgentEvent,

@@ -27,7 +27,7 @@ from bamboo_session.persistence import (
     Subscription,
     open_storage,
 )
-from bamboo_session.persistence.base import SessionImport
+from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, StoredEvent
 from tests.redis_server import RedisServer, prefix_for

@@ -1,4 +1,4 @@
-"""SessionImport held to its word (persistence/base.py): what ``bamboo-session
+"""SessionImport held to its word (persistence/importing.py): what ``bamboo-session
 migrate`` needs, on the backends of tests/storage_backends.py that implement it.
 Imported events keep their seqs, times and keys (which are the session's keys after),
 in order only; imported metadata sets state, times, TTL and extra; both survive a
@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from bamboo_session.persistence import Appended, SessionClosed, SessionNotFound, Storage
-from bamboo_session.persistence.base import SessionImport
+from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.protocol.models import (
     AgentEvent,
     AnyAgentEvent,

@@ -40,9 +40,9 @@ from ..base import (
     SessionExists,
     StorageError,
     StorageFull,
-    check_importable,
 )
 from ..feed import CLOSED, DELETED
+from ..importing import check_importable
 from ..index import copy_metadata
 from . import snapshot
 from .appends import Appender

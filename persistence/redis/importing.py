@@ -13,7 +13,8 @@ import msgspec
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
-from ..base import KEY_WINDOW, check_importable
+from ..base import KEY_WINDOW
+from ..importing import check_importable
 from .layout import flags_of, to_micros
 
 if TYPE_CHECKING:

@@ -48,9 +48,9 @@ from ..base import (
     SessionFilter,
     SessionListResult,
     StorageError,
-    check_importable,
 )
 from ..feed import CLOSED, DELETED, Feed, FeedSubscription
+from ..importing import check_importable
 from ..index import copy_metadata
 from . import reads, writes
 from .checkpoint import Checkpointer
