@@ -40,6 +40,7 @@ class FeedSubscription:
         "_buffer",
         "_buffered_bytes",
         "_callback",
+        "_early",
         "_ending",
         "_feed",
         "_known_last",
@@ -81,12 +82,43 @@ class FeedSubscription:
         # The epoch of the session's log it follows, where the store tells (Redis: a
         # session replaced under the same id is another log, never this one's sequel).
         self.epoch: str | None = None
+        # What came for an epoch before this one's was known (see set_epoch).
+        self._early: list[tuple[str, list[StoredEvent] | None, str]] = []
 
     @property
     def position(self) -> int:
         return self._position
 
     # -- the producer's side (the store) ----------------------------------------
+
+    def set_epoch(self, epoch: str) -> None:
+        """The epoch of the log it follows, once the store told: what was offered or
+        ended for an epoch meanwhile (:meth:`Feed.publish` and :meth:`Feed.end` with
+        one) is applied now if it was for this one, and dropped if not."""
+        self.epoch = epoch
+        early, self._early = self._early, []
+        for of, events, reason in early:
+            if of == epoch:
+                if events is not None:
+                    self.offer(events)
+                else:
+                    self.end(reason)
+
+    def offer_of(self, epoch: str, events: list[StoredEvent]) -> None:
+        """``offer`` if the events are of this one's log (kept until it is known)."""
+        if self.epoch is None:
+            if self.ended is None:
+                self._early.append((epoch, events, ""))
+        elif self.epoch == epoch:
+            self.offer(events)
+
+    def end_of(self, epoch: str, reason: str) -> None:
+        """``end`` if it is this one's log that was closed or deleted."""
+        if self.epoch is None:
+            if self.ended is None:
+                self._early.append((epoch, None, reason))
+        elif self.epoch == epoch:
+            self.end(reason)
 
     def offer(self, events: list[StoredEvent]) -> None:
         """Events acknowledged by the store, ascending; copies of ones already seen and
@@ -208,6 +240,7 @@ class FeedSubscription:
         if self.ended is None:
             self.ended = reason
             self._drop_buffer()
+            self._early = []
             self._feed.discard(self)
 
     def _wake(self) -> None:
@@ -237,18 +270,28 @@ class Feed:
     def sessions(self) -> list[str]:
         return list(self._subscriptions)
 
-    def publish(self, session_id: str, events: list[StoredEvent]) -> None:
+    def publish(self, session_id: str, events: list[StoredEvent], epoch: str | None = None) -> None:
+        """Offer the events to the session's subscriptions; with ``epoch``, only to
+        those that follow the log of that epoch."""
         for subscription in list(self._subscriptions.get(session_id, ())):
-            subscription.offer(events)
+            if epoch is None:
+                subscription.offer(events)
+            else:
+                subscription.offer_of(epoch, events)
 
     def stored_up_to(self, session_id: str, seq: int) -> None:
         """Every subscription of the session: the store holds events up to ``seq``."""
         for subscription in list(self._subscriptions.get(session_id, ())):
             subscription.stored_up_to(seq)
 
-    def end(self, session_id: str, reason: str) -> None:
+    def end(self, session_id: str, reason: str, epoch: str | None = None) -> None:
+        """End the session's subscriptions; with ``epoch``, only those that follow the
+        log of that epoch (a session deleted and created again is another log)."""
         for subscription in list(self._subscriptions.get(session_id, ())):
-            subscription.end(reason)
+            if epoch is None:
+                subscription.end(reason)
+            else:
+                subscription.end_of(epoch, reason)
 
     def end_other_epochs(self, session_id: str, epoch: str, reason: str) -> None:
         """The session's subscriptions that follow a log of another epoch end."""
