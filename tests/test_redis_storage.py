@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import cast
 
@@ -227,6 +227,64 @@ async def test_a_session_replaced_while_pubsub_was_lost_ends_the_old_subscriptio
         got = [event async for event in _within(subscription, RECV)]
         assert (got, subscription.ended) == ([], "deleted")
         assert b.live.listener.reconnects >= 1
+    finally:
+        await admin.aclose()
+
+
+async def test_a_new_logs_batch_heard_before_the_catch_up_is_not_the_old_ones_sequel(
+    pair: tuple[Storage, Storage], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's listener missed a delete and create on A (its messages lost), then connects
+    again: it subscribes, and before its catch-up has read the new epoch, A appends to
+    the new log. That batch (seq 4 of the new log) is no sequel of the old log's seq 3
+    and is not handed to the old subscription; the catch-up then ends it as deleted."""
+    a, b = pair
+    assert isinstance(b, RedisStorage)
+    await a.create_session(Session.new("s1"))
+    await a.append_events("s1", [(AgentEvent.token("old"), None)] * 3)
+    subscription = await b.subscribe("s1", 3)
+    listener = b.live.listener
+    deliver = listener._deliver
+    monkeypatch.setattr(listener, "_deliver", lambda *args: None)  # lost
+    await a.delete_session("s1")
+    await a.create_session(Session.new("s1"))
+    await a.append_events("s1", [(AgentEvent.token("new"), None)] * 3)
+    heard: list[bytes] = []
+
+    def hearing(session_id: str, data: bytes) -> None:
+        heard.append(data)
+        deliver(session_id, data)
+
+    monkeypatch.setattr(listener, "_deliver", hearing)
+    release = asyncio.Event()
+    catch_up = listener._on_reconnect
+
+    async def held_catch_up(sessions: Collection[str]) -> None:
+        await release.wait()
+        await catch_up(sessions)
+
+    monkeypatch.setattr(listener, "_on_reconnect", held_catch_up)
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        reconnects = listener.reconnects
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        for _ in range(200):  # subscribed again, the catch-up held
+            if listener.reconnects > reconnects and "s1" in listener._subscribed:
+                break
+            await asyncio.sleep(0.02)
+        assert "s1" in listener._subscribed
+        await a.append_events("s1", [(AgentEvent.token("new 4"), None)])
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard and heard[0][:1] == b"["
+        with pytest.raises(TimeoutError):
+            batch = await asyncio.wait_for(subscription.next_batch(), 0.3)
+            pytest.fail(f"the old subscription was handed {[e.seq for e in batch]}")
+        release.set()
+        got = [event async for event in _within(subscription, RECV)]
+        assert (got, subscription.ended) == ([], "deleted")
     finally:
         await admin.aclose()
 

@@ -203,19 +203,19 @@ class LatePubSub:
         self.holding = True
         publish = self.feed.publish
 
-        def late_publish(session_id: str, events: list[Any]) -> None:
+        def late_publish(session_id: str, events: list[Any], epoch: str | None = None) -> None:
             if self.holding and session_id == self.session_id:
-                self.held.append(events)
+                self.held.append((events, epoch))
             else:
-                publish(session_id, events)
+                publish(session_id, events, epoch)
 
         self._publish = publish
         monkeypatch.setattr(self.feed, "publish", late_publish)
 
     def release(self) -> None:
         self.holding = False
-        for events in self.held:
-            self._publish(self.session_id, events)
+        for events, epoch in self.held:
+            self._publish(self.session_id, events, epoch)
 
 
 async def test_a_resume_on_an_instance_not_yet_told_of_the_events_resumes(
@@ -512,3 +512,33 @@ async def test_a_session_made_idle_by_one_instance_is_made_active_by_anothers_pe
                     await agent.request({"type": "event", "id": i, "event": token("x")}, "ack")
                     await asyncio.sleep(0.2)
                 assert await state() == "active"
+
+
+async def test_a_late_deleted_notice_of_the_old_log_leaves_the_new_logs_clients(
+    pair: tuple[BambooServer, BambooServer], monkeypatch: Any
+) -> None:
+    """The session is deleted and created again on A while B's listener holds its
+    messages back (late, not lost); a client attaches on B to the new log; then B hears
+    the old log's ``deleted``. It ends the old log's subscriptions only: the new
+    client stays and gets the new log's next event, not 4404 from a live session."""
+    a, b = pair
+    async with attach(b, "ld", create=True) as (old_viewer, old):
+        listener = b.storage.live.listener  # type: ignore[union-attr]
+        deliver = listener._deliver
+        held: list[tuple[str, bytes]] = []
+        monkeypatch.setattr(listener, "_deliver", lambda *args: held.append(args))  # late
+        await a.manager.delete_session("ld")
+        async with attach(a, "ld", create=True, role="agent") as (agent, new):
+            assert new["epoch"] != old["epoch"]
+            await agent.request({"type": "event", "id": 1, "event": token("1")}, "ack")
+            async with attach(b, "ld", last_seq=0) as (client, welcome):
+                assert (welcome["epoch"], welcome["last_seq"]) == (new["epoch"], 1)
+                assert (await client.recv_type("event"))["seq"] == 1
+                code, _frames = await old_viewer.closed()
+                assert code == 4404
+                monkeypatch.setattr(listener, "_deliver", deliver)
+                assert any(data.startswith(b"deleted") for _, data in held)
+                for session_id, data in held:  # the late messages, in order
+                    deliver(session_id, data)
+                await agent.request({"type": "event", "id": 2, "event": token("2")}, "ack")
+                assert (await client.recv_type("event"))["seq"] == 2

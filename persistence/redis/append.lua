@@ -7,6 +7,8 @@
 --       another epoch, one created again under the id, is NOTFOUND, as a deleted one
 --       is), then per item: flags ('k' keyed, 'm' message), key, event JSON
 -- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
+-- The batch: [[0, 0, epoch, null], [seq, ts, key, event], ...], its first entry
+-- naming the log's epoch (an older listener skips it as an event of seq 0).
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -20,6 +22,7 @@ if has_expired(s[1], s[2], now) then fail('EXPIRED') end
 local first_seq, count = tonumber(s[3]), tonumber(s[4])
 local last, first_count = first_seq, count
 local results, batch = {now, ''}, {}
+if s[6] then batch[1] = '[0,0,' .. cjson.encode(s[6]) .. ',null]' end
 for i = 7, #ARGV, 3 do
   local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local keyed = string.find(flags, 'k', 1, true) ~= nil

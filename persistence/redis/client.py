@@ -5,7 +5,7 @@ replicas (``wait_replicas``) before anything written is acknowledged or publishe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -80,17 +80,35 @@ class Commands:
         *,
         deferred: bool = False,
         notice: bytes | None = None,
+        epoch_of: Callable[[Any], str | None] | None = None,
         channel: str = "",
     ) -> Any:
         """Run a writing script; with ``wait_replicas``, wait for the replicas, then
         publish what the script left to the caller (``deferred``: the batch it
-        returned as its second item; else ``notice``, if the script did anything)."""
+        returned as its second item; else ``notice``, if the script did anything:
+        first with the epoch ``epoch_of`` finds in the reply, then bare, as the
+        scripts publish it)."""
         if not self._replicas:
             return await run(self.client, name, keys, args)
         reply = await run_and_wait(self.client, name, keys, args, self._replicas, self._wait_ms)
-        payload = reply[1] if deferred else (notice if reply else None)
-        if payload:
-            await self.call(self.publish_command, channel, payload)
+        if deferred:
+            payloads = [reply[1]]
+        elif notice is not None and reply:
+            epoch = None if epoch_of is None else epoch_of(reply)
+            payloads = [notice] if epoch is None else [notice + b" " + epoch.encode(), notice]
+        else:
+            payloads = []
+        payloads = [payload for payload in payloads if payload]
+        if len(payloads) == 1:
+            await self.call(self.publish_command, channel, payloads[0])
+        elif payloads:  # in one MULTI, as a script would: nothing published in between
+            pipe = self.client.pipeline(transaction=True)
+            for payload in payloads:
+                pipe.execute_command(self.publish_command, channel, payload)
+            try:
+                await pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                raise unreachable(exc) from exc
         return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:

@@ -84,9 +84,13 @@ local function write_event(log, keys, msgs, seq, ts, key, is_message, json)
   return published
 end
 
-local function notify(publish, channel, payload)
+-- A close or a delete: the notice with the session's epoch (for the subscriptions of
+-- that log only), then the bare one, for listeners that know no epochs (a listener
+-- that heard the first skips the second).
+local function notify(publish, channel, notice, epoch)
   if publish ~= '' then
-    redis.call(publish, channel, payload)
+    if epoch then redis.call(publish, channel, notice .. ' ' .. epoch) end
+    redis.call(publish, channel, notice)
   end
 end
 

@@ -6,15 +6,16 @@
 -- KEYS: meta, log, keys, msgs, conns
 -- ARGV: id, index prefix, max sessions ('' : no limit), replace ('expired' or ''),
 --       publish command ('' : the caller publishes), channel, then HSET field/value pairs
--- Returns 1 if it replaced an expired session, else 0.
+-- Returns the replaced session's epoch (or 1, if it had none) if it replaced an
+-- expired session, else 0.
 
 local meta = KEYS[1]
 local id, idx, max, replace, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local old = redis.call('HMGET', meta, 'user', 'state', 'expires')
+local old = redis.call('HMGET', meta, 'user', 'state', 'expires', 'epoch')
 local replaced = 0
 if old[2] then
   if replace ~= 'expired' or not has_expired(old[2], old[3], clock()) then fail('EXISTS') end
-  replaced = 1
+  replaced = old[4] or 1
 elseif max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then
   fail('FULL')
 end
@@ -23,7 +24,7 @@ for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 if replaced == 1 then
   index_remove(idx, id, old[1] or nil, old[2])
   redis.call('UNLINK', meta, KEYS[5])
-  notify(publish, channel, 'deleted')
+  notify(publish, channel, 'deleted', old[4])
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', meta, unpack(fields))

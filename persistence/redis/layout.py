@@ -41,7 +41,10 @@ from bamboo_session.protocol.models import (
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Control messages on a session's channel; event batches start with "[".
+# Control messages on a session's channel; event batches start with "[". A script
+# that closes or deletes a session publishes the notice of its epoch, b"deleted " +
+# epoch, then the bare notice, which a listener that heard the first one skips (an
+# older listener ignores the first and acts on the second).
 CLOSED_NOTICE: Final = b"closed"
 DELETED_NOTICE: Final = b"deleted"
 PRESENCE_NOTICE: Final = b"p"  # b"p" + JSON of a presence notice
@@ -193,16 +196,25 @@ def event_from_entry(entry: list[Any]) -> StoredEvent:
     )
 
 
-# A batch as the append script publishes it: [[seq, ts, key, event], ...]
+# A batch as the append script publishes it: [[0, 0, epoch, null], [seq, ts, key,
+# event], ...]. The first entry, seq 0, names the epoch of the log; an older listener
+# takes it for an event it has seen (every subscription is past seq 0) and skips it.
+# A batch with no such entry (an older instance's) is of no epoch in particular.
 _Batch = list[tuple[int, int, str | None, msgspec.Raw]]
 _batch_decoder = msgspec.json.Decoder(_Batch)
 
 
-def events_from_batch(payload: bytes) -> list[StoredEvent]:
-    """The events of a published batch, each event's JSON kept as published, in bytes
-    of its own: a decoded Raw is a view of the whole payload, and one event kept in a
-    replay ring would keep every other event of its batch with it."""
-    return [
+def events_from_batch(payload: bytes) -> tuple[str | None, list[StoredEvent]]:
+    """The epoch and the events of a published batch, each event's JSON kept as
+    published, in bytes of its own: a decoded Raw is a view of the whole payload, and
+    one event kept in a replay ring would keep every other event of its batch with it."""
+    entries = _batch_decoder.decode(payload)
+    epoch = None
+    if entries and entries[0][0] == 0:
+        epoch = entries[0][2]
+        del entries[0]
+    events = [
         StoredEvent.from_json(seq, from_micros(ts), raw.copy(), key)
-        for seq, ts, key, raw in _batch_decoder.decode(payload)
+        for seq, ts, key, raw in entries
     ]
+    return epoch, events

@@ -7,7 +7,10 @@ for, dispatching what arrives to the store's :class:`Feed`.
   unsubscribed when its last one closes. Changes go out one command at a time, each
   confirmed before the next, so a confirmation is never mistaken for another's.
 - Event batches go to :meth:`Feed.publish`; ``closed`` and ``deleted`` notices end the
-  session's subscriptions; presence notices go to the presence callback.
+  session's subscriptions; presence notices go to the presence callback. A batch or a
+  notice that names its epoch is for the subscriptions of that epoch only (a session
+  deleted and created again, or replaced, is another log); the bare notice a script
+  publishes after the one with its epoch, for older listeners, is skipped.
 - A lost connection is noticed (an error, or no answer to a ping within
   ``PING_TIMEOUT``). The listener connects again, subscribes to every channel it
   should, then has the store catch every session up (``on_reconnect``): whatever was
@@ -68,6 +71,8 @@ class Listener:
         self.on_presence: OnPresence | None = None
         self._pubsub: PubSub | None = None
         self._subscribed: set[str] = set()  # sessions whose channel Redis confirmed
+        # Sessions whose notice with an epoch came: the bare one after it is skipped.
+        self._bare_next: dict[str, bytes] = {}
         self._pinned: dict[str, int] = {}  # sessions being watched, not yet in the feed
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._sync_lock = asyncio.Lock()
@@ -139,6 +144,8 @@ class Listener:
                     self._subscribed |= add
                 elif drop:
                     self._subscribed -= drop
+                    for session_id in drop:
+                        self._bare_next.pop(session_id, None)
                     await self._command(pubsub, drop, subscribe=False)
                 else:
                     return
@@ -219,15 +226,24 @@ class Listener:
                 waiter.set_result(None)
 
     def _deliver(self, session_id: str, data: bytes) -> None:
+        if self._bare_next and self._bare_next.pop(session_id, None) == data:
+            return  # the bare copy of the notice just heard with its epoch
         if data[:1] == b"[":
             if self._feed.has_subscribers(session_id):
-                self._feed.publish(session_id, events_from_batch(data))
+                epoch, events = events_from_batch(data)
+                self._feed.publish(session_id, events, epoch)
         elif data == CLOSED_NOTICE:
             self._feed.end(session_id, CLOSED)
         elif data == DELETED_NOTICE:
             self._feed.end(session_id, DELETED)
         elif data[:1] == PRESENCE_NOTICE and self.on_presence is not None:
             self.on_presence(session_id, data[1:])
+        else:
+            notice, space, of = data.partition(b" ")
+            if space and notice in (CLOSED_NOTICE, DELETED_NOTICE):
+                reason = CLOSED if notice == CLOSED_NOTICE else DELETED
+                self._feed.end(session_id, reason, of.decode())
+                self._bare_next[session_id] = notice
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -241,6 +257,7 @@ class Listener:
         self._pubsub = pubsub
         self._broken = False
         self._subscribed = set()
+        self._bare_next = {}
         self._last_heard = asyncio.get_running_loop().time()
         self._connected.set()
 

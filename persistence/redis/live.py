@@ -56,16 +56,17 @@ class Live:
         if state is None:
             subscription.close()
             raise SessionNotFound(f"session {session_id!r} not found")
-        subscription.epoch = epoch.decode()
+        subscription.set_epoch(epoch.decode())
         subscription.stored_up_to(int(last))
         if state == b"closed":
             subscription.end(CLOSED)
         return subscription
 
-    def publish(self, session_id: str, events: list[StoredEvent]) -> None:
-        """This instance's own acknowledged appends, before pub/sub brings them back."""
+    def publish(self, session_id: str, events: list[StoredEvent], epoch: str | None = None) -> None:
+        """This instance's own acknowledged appends, before pub/sub brings them back
+        (with ``epoch``: to the subscriptions of that epoch's log only)."""
         if events and self.feed.has_subscribers(session_id):
-            self.feed.publish(session_id, events)
+            self.feed.publish(session_id, events, epoch)
 
     async def catch_up(self, sessions: Collection[str]) -> None:
         """After the listener lost its connection: what each session's subscriptions

@@ -23,6 +23,6 @@ redis.call('ZADD', idx .. 'updated', now, id)
 if current ~= target then
   redis.call('ZREM', idx .. 'state:' .. current, id)
   redis.call('ZADD', idx .. 'state:' .. target, s[3], id)
-  if target == 'closed' then notify(publish, channel, 'closed') end
+  if target == 'closed' then notify(publish, channel, 'closed', s[4]) end
 end
 return redis.call('HGETALL', meta)

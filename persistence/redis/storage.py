@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import msgspec
 from redis.asyncio import Redis
@@ -145,10 +145,11 @@ class RedisStorage:
                 *metadata_fields(meta),
             ],
             notice=DELETED_NOTICE,  # published by the caller (replicas) only if replaced
+            epoch_of=_removed_epoch,
             channel=channel,
         )
         if replaced:
-            self.live.feed.end(session_id, DELETED)
+            self.live.feed.end(session_id, DELETED, _removed_epoch(replaced))
         if session.messages:
             await self.append_events(
                 session_id, [(MessageEvent(message), None) for message in session.messages]
@@ -214,10 +215,11 @@ class RedisStorage:
             [self.layout.meta(session_id)],
             args,
             notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
+            epoch_of=_epoch_in_hash,
             channel=channel,
         )
         if state == SessionState.CLOSED:
-            self.live.feed.end(session_id, CLOSED)
+            self.live.feed.end(session_id, CLOSED, _epoch_in_hash(flat))
         return metadata_from(flat)
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
@@ -258,11 +260,12 @@ class RedisStorage:
                     token,
                 ],
                 notice=DELETED_NOTICE,
+                epoch_of=_removed_epoch,
                 channel=channel,
             )
             if done:
                 removed += 1
-                self.live.feed.end(session_id, DELETED)
+                self.live.feed.end(session_id, DELETED, _removed_epoch(done))
         return removed
 
     # -- events ---------------------------------------------------------------------
@@ -296,7 +299,7 @@ class RedisStorage:
                 for result, (_, key), event, data in every
                 if not result.duplicate
             ]
-            self.live.publish(session_id, fresh)
+            self.live.publish(session_id, fresh, epoch)
         return results
 
     async def append_event(
@@ -398,3 +401,17 @@ class RedisStorage:
 
 def _optional(value: int | None) -> str | int:
     return "" if value is None else value
+
+
+def _removed_epoch(reply: Any) -> str | None:
+    """The epoch of the session a create replaced or a delete removed, as their
+    scripts return it (1 for a session stored with none)."""
+    return reply.decode() if isinstance(reply, bytes) else None
+
+
+def _epoch_in_hash(flat: list[bytes]) -> str | None:
+    """The epoch in a metadata hash as HGETALL returns it."""
+    for name, value in zip(flat[::2], flat[1::2], strict=True):
+        if name == b"epoch":
+            return value.decode()
+    return None
