@@ -222,3 +222,36 @@ async def test_what_comes_for_an_epoch_before_a_subscription_knows_its_own_waits
     assert x.ended is None
     feed.end("s1", CLOSED)  # no epoch: every subscription, as before
     assert await asyncio.wait_for(x.next_batch(), RECV) == [] and x.ended == CLOSED
+
+
+async def test_a_replacement_publishes_the_deleted_notice_of_the_old_epoch(
+    pair: tuple[Storage, Storage], redis_server: RedisServer
+) -> None:
+    """create.lua taking over an expired session publishes ``deleted <old epoch>``
+    then ``deleted``, and the new session's first batch names the new epoch."""
+    a, _ = pair
+    assert isinstance(a, RedisStorage)
+    await a.create_session(Session.new("s1"))
+    old = await a.epoch("s1")
+    await a.update_session_state("s1", SessionState.EXPIRED)
+    raw = redis.asyncio.Redis(port=redis_server.port)
+    pubsub = raw.pubsub()
+    try:
+        channel = a.layout.channel("s1")
+        sharded = a.redis.publish_command == "SPUBLISH"
+        await (pubsub.ssubscribe(channel) if sharded else pubsub.subscribe(channel))
+        await a.create_session(Session.new("s1"), replace_expired=True)
+        new = await a.epoch("s1")
+        assert new != old
+        await a.append_event("s1", AgentEvent.token("x"))
+        published: list[bytes] = []
+        async with asyncio.timeout(RECV):
+            while len(published) < 3:
+                message = await pubsub.get_message(timeout=1.0)
+                if message and message["type"] in ("message", "smessage"):
+                    published.append(message["data"])
+        assert published[:2] == [b"deleted " + old.encode(), b"deleted"]
+        assert msgspec.json.decode(published[2])[0] == [0, 0, new, None]
+    finally:
+        await pubsub.aclose()
+        await raw.aclose()

@@ -21,7 +21,7 @@ elseif max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then
 end
 local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
-if replaced == 1 then
+if replaced ~= 0 then
   index_remove(idx, id, old[1] or nil, old[2])
   redis.call('UNLINK', meta, KEYS[5])
   notify(publish, channel, 'deleted', old[4])
