@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis backend (the ``*.lua`` files beside this module), and
 how they are called: by SHA, loaded again when the server lost its script cache (a
 restart), with their typed errors turned into the storage contract's exceptions and
-an unreachable server into :class:`StorageError`.
+an unreachable server into :class:`StorageError`; and the epochs their replies carry.
 
 Each script runs atomically in Redis and checks everything before its first write, so
 a script that fails wrote nothing. ``common.lua`` is prepended to every script.
@@ -174,3 +174,17 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
 
 def unreachable(exc: redis.exceptions.RedisError) -> StorageError:
     return StorageError(f"redis unavailable: {exc.__class__.__name__}: {exc}")
+
+
+def removed_epoch(reply: Any) -> str | None:
+    """The epoch of the session a create replaced or a delete removed, as their
+    scripts return it (1 for a session stored with none)."""
+    return reply.decode() if isinstance(reply, bytes) else None
+
+
+def epoch_in_hash(flat: list[bytes]) -> str | None:
+    """The epoch in a metadata hash as HGETALL returns it."""
+    for name, value in zip(flat[::2], flat[1::2], strict=True):
+        if name == b"epoch":
+            return value.decode()
+    return None

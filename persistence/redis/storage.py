@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import msgspec
 from redis.asyncio import Redis
@@ -62,6 +62,7 @@ from .layout import (
 )
 from .live import Live
 from .queries import list_args
+from .scripts import epoch_in_hash, removed_epoch
 
 _message_of = msgspec.json.Decoder(MessageEvent)
 EVERYTHING: Final = 2**31
@@ -145,11 +146,11 @@ class RedisStorage:
                 *metadata_fields(meta),
             ],
             notice=DELETED_NOTICE,  # published by the caller (replicas) only if replaced
-            epoch_of=_removed_epoch,
+            epoch_of=removed_epoch,
             channel=channel,
         )
         if replaced:
-            self.live.feed.end(session_id, DELETED, _removed_epoch(replaced))
+            self.live.feed.end(session_id, DELETED, removed_epoch(replaced))
         if session.messages:
             await self.append_events(
                 session_id, [(MessageEvent(message), None) for message in session.messages]
@@ -215,11 +216,11 @@ class RedisStorage:
             [self.layout.meta(session_id)],
             args,
             notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
-            epoch_of=_epoch_in_hash,
+            epoch_of=epoch_in_hash,
             channel=channel,
         )
         if state == SessionState.CLOSED:
-            self.live.feed.end(session_id, CLOSED, _epoch_in_hash(flat))
+            self.live.feed.end(session_id, CLOSED, epoch_in_hash(flat))
         return metadata_from(flat)
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
@@ -260,12 +261,12 @@ class RedisStorage:
                     token,
                 ],
                 notice=DELETED_NOTICE,
-                epoch_of=_removed_epoch,
+                epoch_of=removed_epoch,
                 channel=channel,
             )
             if done:
                 removed += 1
-                self.live.feed.end(session_id, DELETED, _removed_epoch(done))
+                self.live.feed.end(session_id, DELETED, removed_epoch(done))
         return removed
 
     # -- events ---------------------------------------------------------------------
@@ -401,17 +402,3 @@ class RedisStorage:
 
 def _optional(value: int | None) -> str | int:
     return "" if value is None else value
-
-
-def _removed_epoch(reply: Any) -> str | None:
-    """The epoch of the session a create replaced or a delete removed, as their
-    scripts return it (1 for a session stored with none)."""
-    return reply.decode() if isinstance(reply, bytes) else None
-
-
-def _epoch_in_hash(flat: list[bytes]) -> str | None:
-    """The epoch in a metadata hash as HGETALL returns it."""
-    for name, value in zip(flat[::2], flat[1::2], strict=True):
-        if name == b"epoch":
-            return value.decode()
-    return None
