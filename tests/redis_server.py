@@ -9,6 +9,7 @@ saying how to install it (:data:`INSTALL_HINT`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 INSTALL_HINT = "install redis-server: apt-get install -y redis-server"
 # BAMBOO_REDIS_SERVER names another binary (or a missing one, to see the skips).
@@ -128,3 +130,14 @@ def prefix_for(directory: Path) -> str:
     """A key prefix of its own for each test directory (so reopening the same
     directory finds the same keys, and no two tests share any)."""
     return "t" + hashlib.sha1(str(directory).encode()).hexdigest()[:16]
+
+
+async def link_replica(replica: Any, primary: RedisServer) -> None:
+    """Makes the redis-server ``replica`` (an asyncio client of it) a replica of
+    ``primary`` and returns once their link is up (or after 10 s)."""
+    await replica.execute_command("REPLICAOF", "127.0.0.1", primary.port)
+    for _ in range(200):
+        info = await replica.execute_command("INFO", "replication")
+        if info.get("master_link_status") == "up":
+            return
+        await asyncio.sleep(0.05)

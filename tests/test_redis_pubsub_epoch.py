@@ -21,7 +21,7 @@ from bamboo_session.persistence.feed import CLOSED, DELETED, Feed
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.persistence.redis.layout import from_micros
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState, StoredEvent
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer, link_replica, prefix_for
 
 RECV = 5.0
 
@@ -142,12 +142,7 @@ async def test_what_is_published_names_the_epoch_and_an_older_listener_reads_it(
     if replicas:
         replica = start_redis("replica")
         admin = redis.asyncio.Redis(port=replica.port)
-        await admin.execute_command("REPLICAOF", "127.0.0.1", redis_server.port)
-        for _ in range(200):
-            info = await admin.execute_command("INFO", "replication")
-            if info.get("master_link_status") == "up":
-                break
-            await asyncio.sleep(0.05)
+        await link_replica(admin, redis_server)
     prefix = prefix_for(tmp_path)
     store = await open_storage(redis_server.url(prefix=prefix, wait_replicas=int(replicas)))
     raw = redis.asyncio.Redis(port=redis_server.port)

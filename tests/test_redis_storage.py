@@ -30,7 +30,7 @@ from bamboo_session.persistence import (
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, StoredEvent
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer, link_replica, prefix_for
 
 RECV = 5.0
 
@@ -418,12 +418,7 @@ async def test_wait_replicas_acknowledges_once_a_replica_has_it(
     replica = start_redis("replica")
     admin = redis.asyncio.Redis(port=replica.port)
     try:
-        await admin.execute_command("REPLICAOF", "127.0.0.1", redis_server.port)
-        for _ in range(200):
-            info = await admin.execute_command("INFO", "replication")
-            if info.get("master_link_status") == "up":
-                break
-            await asyncio.sleep(0.05)
+        await link_replica(admin, redis_server)
         prefix = prefix_for(tmp_path)
         store = await open_storage(redis_server.url(prefix=prefix, wait_replicas=1))
         watcher = await open_storage(redis_server.url(prefix=prefix))
