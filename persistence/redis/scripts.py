@@ -176,6 +176,11 @@ def unreachable(exc: redis.exceptions.RedisError) -> StorageError:
     return StorageError(f"redis unavailable: {exc.__class__.__name__}: {exc}")
 
 
+def optional_arg(value: int | None) -> int | str:
+    """A number a script takes that may be absent: "" for none."""
+    return "" if value is None else value
+
+
 def removed_epoch(reply: Any) -> str | None:
     """The epoch of the session a create replaced or a delete removed, as their
     scripts return it (1 for a session stored with none)."""

@@ -62,7 +62,7 @@ from .layout import (
 )
 from .live import Live
 from .queries import list_args
-from .scripts import epoch_in_hash, removed_epoch
+from .scripts import epoch_in_hash, optional_arg, removed_epoch
 
 _message_of = msgspec.json.Decoder(MessageEvent)
 EVERYTHING: Final = 2**31
@@ -139,7 +139,7 @@ class RedisStorage:
             [
                 session_id,
                 self.layout.index,
-                _optional(maximum),
+                optional_arg(maximum),
                 "expired" if replace_expired else "",
                 self.redis.publish,
                 channel,
@@ -398,7 +398,3 @@ class RedisStorage:
         self._require_open()
         if self.config.read_only:
             raise StorageError("storage is open read-only")
-
-
-def _optional(value: int | None) -> str | int:
-    return "" if value is None else value
