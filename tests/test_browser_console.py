@@ -160,6 +160,28 @@ async def test_a_closed_session_pages_back_to_the_first_message(browser: Any) ->
         assert problems == []
 
 
+async def test_a_closed_session_shows_its_newest_events(browser: Any) -> None:
+    # What storage keeps of its log, the newest 200 events, read over HTTP: the page
+    # cannot attach to a closed session for them.
+    async with run_server() as server:
+        async with await BambooClient.connect(ws_url(server), "over", create=True) as agent:
+            for i in range(1, 251):
+                await agent.publish(AgentEvent.custom("step", {"i": i}))
+            await agent.set_state("closed")
+        page = await browser.new_page()
+        problems = watch_page(page)
+        await page.goto(console_url(server.port, "#/s/over"))
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
+        notes = page.locator("#tail .ev-note")
+        await expect(notes.last).to_contain_text("This session is closed")
+        await expect(notes.first).to_contain_text("Events 1\u201350 are not shown")
+        steps = page.locator("#tail .ev-custom")
+        await expect(steps).to_have_count(200)
+        await expect(steps.first.locator(".seq")).to_have_text("#51")
+        await expect(steps.last.locator(".seq")).to_have_text("#250")
+        assert problems == []
+
+
 async def test_console_publishes_a_test_event_and_closes_the_session(browser: Any) -> None:
     async with run_server() as server:
         agent = await BambooClient.connect(ws_url(server), "acts", create=True, role="agent")

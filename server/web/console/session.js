@@ -1,18 +1,18 @@
 // @ts-check
 /**
- * session.js: one session. Its metadata, message history (paged, newest first loaded;
- * the list is messages.js's), presence and actions (attached.js's), and a live tail of
- * its events, through the JavaScript client: the page attaches to the session resuming
- * a little before its last event, so the tail opens with the latest events and then
+ * session.js: one session. Its metadata (meta.js), message history (paged, newest first
+ * loaded; messages.js), presence and actions (attached.js), and a live tail of its
+ * events, through the JavaScript client: the page attaches to the session resuming a
+ * little before its last event, so the tail opens with the latest events and then
  * follows live, across server restarts, with no gap and no duplicate. A closed session
- * shows what storage keeps (history, metadata). Should the session end while the page
- * is behind (the client ends with `ConnectionLost`: events after its `afterSeq` never
- * came), the rest is read over HTTP into the tail before the page says the session
- * ended, once the session's epoch says they are of the log the stream had: a session
- * deleted and created again under the same id meanwhile is shown as replaced, none of
- * its events in the old one's tail. Should that read fail, the page says which events
- * may be missing, and its Reload reads them again, into the tail as it is. The read
- * and those notices are missed.js's.
+ * shows what storage keeps (history, metadata, its newest events). Should the session
+ * end while the page is behind (the client ends with `ConnectionLost`: events after its
+ * `afterSeq` never came), the rest is read over HTTP into the tail before the page says
+ * the session ended, once the session's epoch says they are of the log the stream had:
+ * a session deleted and created again under the same id meanwhile is shown as replaced,
+ * none of its events in the old one's tail. Should that read fail, the page says which
+ * events may be missing, and its Reload reads them again, into the tail as it is. The
+ * read and those notices are missed.js's.
  */
 
 import {
@@ -25,8 +25,9 @@ import {
 } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
 import { actions, presence } from "./attached.js";
-import { fill, h, json, notice, timeEl, when } from "./dom.js";
+import { fill, h, notice } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
+import { showMeta } from "./meta.js";
 import { missingNotice, readMissed, replacedNotice, resetText, wasReplaced } from "./missed.js";
 import { Tail } from "./tail.js";
 
@@ -294,10 +295,34 @@ class SessionView {
    */
   #showStored(stored, text) {
     this.#setConnState("closed");
-    this.tail.note(text);
     fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
     fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
     this.messages.showStored(this.#path(), stored);
+    void this.#storedTail(stored.metadata, text);
+  }
+
+  /**
+   * The newest events of a session that is over, as storage keeps them (over HTTP, with
+   * the epoch checked before and after: see readMissed), then `text`, in the tail.
+   * @param {any} metadata as read with the history @param {string} text
+   */
+  async #storedTail(metadata, text) {
+    const after = Math.max(0, metadata.last_seq - TAIL_REPLAY);
+    const path = this.#path();
+    try {
+      const read = await readMissed(path, after, metadata.epoch, () => this.alive);
+      if (!this.alive) return;
+      if (read.metadata.epoch !== metadata.epoch)
+        return void this.tail.note("The session was replaced while this page read it.");
+      if (after > 0 && read.events.length > 0)
+        this.tail.note(`Events 1–${after} are not shown (GET ${path}/events has them).`);
+      for (const item of read.events) this.tail.add(item);
+    } catch (error) {
+      if (!this.alive || this.context.unauthorized(error)) return;
+      const why = error instanceof Error ? error.message : String(error);
+      this.tail.note(`The session's events could not be read (${why}).`);
+    }
+    this.tail.note(text);
   }
 
   #path() {
@@ -346,32 +371,10 @@ class SessionView {
     this.connState.dataset.reconnects = String(this.client?.reconnects ?? 0);
   }
 
-  /** @param {any} m */
+  /** @param {any} m the session's metadata */
   #showMeta(m) {
-    /** @type {Array<[string, string | Node]>} */
-    const rows = [
-      ["id", m.id],
-      ["title", m.title ?? "–"],
-      ["user_id", m.user_id ?? "–"],
-      ["state", m.state],
-      ["created_at", when(m.created_at)],
-      ["last_activity_at", timeEl(m.last_activity_at)],
-      ["expires_at", m.expires_at ? when(m.expires_at) : "never"],
-      ["message_count", String(m.message_count)],
-      ["last_seq", String(m.last_seq)],
-      ["epoch", m.epoch],
-      ["connections", String(m.connections)],
-    ];
-    fill(
-      this.meta,
-      ...rows.flatMap(([name, value]) => [
-        h("dt", {}, name.replaceAll("_", " ")),
-        h("dd", { id: `meta-${name}` }, value),
-      ]),
-    );
+    showMeta(this.meta, m);
     document.getElementById("session-title")?.replaceChildren(m.title || m.id);
-    if (Object.keys(m.extra ?? {}).length)
-      this.meta.append(h("dt", {}, "extra"), h("dd", {}, h("pre", {}, json(m.extra))));
   }
 
   #showPresence() {
