@@ -1,4 +1,4 @@
-"""The outside check of the wire contract on Node: tests/js/protocol.test.mjs, a raw
+"""The outside check of the wire contract on Node: tests/js/protocol_*.test.mjs, a raw
 RFC 6455 client (tests/js/wire.mjs, over node:net: no WebSocket library, no project
 code) that checks the server against PROTOCOL.md's statements, frame by frame. It starts
 its own servers with this interpreter (on 127.0.0.1, a free port, a fresh data
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_FILE = ROOT / "tests" / "js" / "protocol.test.mjs"
+TEST_FILES = sorted((ROOT / "tests" / "js").glob("protocol_*.test.mjs"))
 NODE_TIMEOUT = 120
 CHECKS = 19
 
@@ -30,7 +30,8 @@ async def test_wire_contract_from_outside() -> None:
         node,
         "--test",
         "--test-reporter=tap",
-        str(TEST_FILE),
+        "--test-concurrency=1",  # one file's four servers at a time
+        *map(str, TEST_FILES),
         cwd=ROOT,
         env={**os.environ, "BAMBOO_PYTHON": sys.executable},
         stdout=asyncio.subprocess.PIPE,
