@@ -158,6 +158,8 @@ class Events(ServerFrameBase, tag="events"):
     events: list[EventRecord]
     last_seq: int
     id: RequestId = None
+    # Beyond PROTOCOL.md's reply: the epoch of the log the page was read from.
+    epoch: str | None = None
 
 
 class Presence(ServerFrameBase, tag="presence"):

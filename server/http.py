@@ -185,7 +185,7 @@ async def _session_resource(
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     services.access.check_session(principal, metadata)
     if tail == "events":
-        return await reads.read(lambda: _events(services, session_id, params), deadline)
+        return await reads.read(lambda: _events(services, metadata, params), deadline)
     return await reads.read(lambda: _session(services, metadata, params), deadline)
 
 
@@ -269,17 +269,26 @@ def _too_large(count: int, bound: str) -> Response:
     return error_response(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", message)
 
 
-async def _events(services: Services, session_id: str, params: dict[str, str]) -> Response:
+async def _events(
+    services: Services, metadata: SessionMetadata, params: dict[str, str]
+) -> Response:
+    """A page of the log of ``metadata``'s epoch (the session the request was allowed
+    to read): the read is fenced with it, so a session replaced since under the same id
+    (another log, perhaps another user's) is 404, never read as this one. The answer
+    names that epoch, so a reader can tell which log the events are of."""
     config = services.config
+    session_id, epoch = metadata.id, metadata.epoch
     try:
         after_seq = _integer(params, "after_seq", 0, 0) or 0
         limit = _integer(params, "limit", 1000, 1) or 1000
     except _BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     storage = services.manager.storage
+    limit = min(limit, config.max_events_page)
     stored = await events_page(
-        storage, session_id, after_seq, min(limit, config.max_events_page), config.max_page_bytes
+        storage, session_id, after_seq, limit, config.max_page_bytes, epoch=epoch
     )
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
     last_seq = max(await storage.last_seq(session_id), stored[-1].seq if stored else 0)
-    return json_response(http.HTTPStatus.OK, {"events": records, "last_seq": last_seq})
+    body = {"events": records, "last_seq": last_seq, "epoch": epoch}
+    return json_response(http.HTTPStatus.OK, body)

@@ -259,9 +259,11 @@ async def events_reply(
     epoch: str | None = None,
 ) -> Events:
     """The ``events`` reply to ``request``: one page, each event as stored (its JSON is
-    not encoded again), and the session's last seq."""
+    not encoded again), the session's last seq, and ``epoch``, the log's the page was
+    read from (the read is fenced with it; None: not fenced, and not said)."""
     limit = min(request.limit, max_events)
     stored = await events_page(storage, session_id, request.after_seq, limit, max_bytes, epoch)
     last_seq = await storage.last_seq(session_id)
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
-    return Events(records, max(last_seq, stored[-1].seq if stored else 0), id=request.id)
+    last_seq = max(last_seq, stored[-1].seq if stored else 0)
+    return Events(records, last_seq, id=request.id, epoch=epoch)

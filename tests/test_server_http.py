@@ -139,6 +139,8 @@ async def test_session_detail_and_events() -> None:
         status, body = await get(server, f"/api/v1/sessions/{session_id}/events?after_seq=1")
         assert status == 200 and body["last_seq"] == 2
         assert [(e["seq"], e["event"]) for e in body["events"]] == [(2, token("t"))]
+        # Beyond PROTOCOL.md's answer: the epoch of the log the page was read from.
+        assert body["epoch"] == welcome["epoch"]
 
 
 async def append_messages(peer: Any, contents: list[str], role: str = "user") -> None:

@@ -166,12 +166,13 @@ async def test_history_pages_newest_first_within_oldest_first_pages() -> None:
 
 
 async def test_events_pages_after_seq_with_limit() -> None:
-    async with run_server() as server, attach(server) as (peer, _):
+    async with run_server() as server, attach(server) as (peer, welcome):
         for i in range(7):
             await peer.request({"type": "event", "id": i, "event": token(str(i))}, "ack")
         page = await peer.request({"type": "events", "id": 1, "after_seq": 2, "limit": 3}, "events")
         assert [e["seq"] for e in page["events"]] == [3, 4, 5]
         assert page["last_seq"] == 7 and page["events"][0]["event"] == token("2")
+        assert page["epoch"] == welcome["epoch"]  # the log's it was read from
         assert set(page["events"][0]) == {"seq", "ts", "event"}
 
 
