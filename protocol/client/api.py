@@ -3,8 +3,7 @@
 It turns calls into request frames and replies into results; keeping the connection up
 is :class:`.Link`'s job, knowing the session :class:`.ClientState`'s. Publishes always
 carry an idempotency key (generated when not given), so one that is resent after a
-reconnect is stored once: the server answers a resent publish it had already stored
-with the first ``seq``.
+reconnect is stored once: the server answers it with the first ``seq``.
 """
 
 from __future__ import annotations
@@ -310,7 +309,7 @@ class BambooClient:
         frame = EventsRequest(id=request_id, after_seq=after_seq, limit=limit)
         reply: Events = await self._link.request(request_id, frame)
         events = [StoredEvent(r.seq, r.ts, r.event) for r in reply.events]  # type: ignore[arg-type]
-        return EventPage(events, reply.last_seq)
+        return EventPage(events, reply.last_seq, reply.epoch)
 
     async def read_all_events(self, after_seq: int = 0, page: int = 1000) -> list[StoredEvent]:
         """Every event of the log after ``after_seq``, read page by page."""
@@ -352,15 +351,16 @@ class BambooClient:
         replay goes up to, or a higher seq of an event or an ack of ours), as when the
         close cuts a resume's replay short: its message names the seq after which
         ``GET /api/v1/sessions/{id}/events`` has the rest. A session that ended while
-        the client was disconnected (its resume refused, 4409) may have taken events
-        meanwhile: the client asks that endpoint once (``limit=1``, with its token,
-        within ``open_timeout``) whether any follow the last it delivered, and ends
-        with :class:`ConnectionLost` if some do, or if the question fails (then the
-        message says they *may* be missing), and normally if none do.
+        the client was away (its resume refused, 4409) may have taken events meanwhile:
+        the client asks that endpoint once (``limit=1``, with its token, within
+        ``open_timeout``) whether any follow the last it delivered, and ends with
+        :class:`ConnectionLost` if some do, or if the question fails (then the message
+        says they *may* be missing), and normally if none do; an answer of another
+        epoch's log (the session was replaced) yields a :class:`Reset`, then ends.
 
         Our own publishes are not in it: the server sends events to every peer but
-        their publisher. The one exception: a publish stored just before a drop that
-        lost its ``ack`` comes to the new connection as an event, before the resent
+        their publisher, except a publish stored just before a drop that lost its
+        ``ack``: it comes to the new connection as an event, before the resent
         publish's ``ack`` could tell it is ours. Iterate from one task at a time.
 
         Events wait here until taken, ``max_queued_events`` and ``max_queued_bytes`` at

@@ -5,8 +5,9 @@
 raises what the attempt means: :class:`.Retry` when a later attempt may succeed (no
 route, a timeout, an overloaded server or gateway, a resumable close code), a typed
 :class:`.ClientError` when it would not (a refusal, a closed session).
-:meth:`Dialer.has_events_after` asks ``GET /api/v1/sessions/{id}/events`` whether the
-log holds an event after a seq (a session that ended while the client was away).
+:meth:`Dialer.events_after` asks ``GET /api/v1/sessions/{id}/events`` whether the
+log holds an event after a seq, and of which epoch that log is (a session that ended,
+or was replaced, while the client was away).
 """
 
 from __future__ import annotations
@@ -84,6 +85,20 @@ def closed_outcome(exc: ConnectionClosed, closed_reason: str | None) -> ClientEr
 TokenSource = Callable[[], Awaitable[str]]
 
 
+class LogCheck(msgspec.Struct, frozen=True):
+    """What :meth:`Dialer.events_after` reads of an events page: its events (at most
+    one, left undecoded), the log's ``last_seq``, and the ``epoch`` of the log they are
+    of (None from a server that does not say it)."""
+
+    events: list[msgspec.Raw]
+    last_seq: int
+    epoch: str | None = None
+
+    @property
+    def added(self) -> bool:
+        return bool(self.events)
+
+
 class LettingGoConnection(ClientConnection):
     """websockets' client connection, but for the frame its parser parsed last: the
     parser keeps it (a local of its generator) until the next frame comes, so a client
@@ -136,11 +151,12 @@ class Dialer:
             await ws.close()
             raise
 
-    async def has_events_after(self, session_id: str, after_seq: int) -> bool:
-        """Whether the session's log holds an event after ``after_seq``, asked of the
-        HTTP API on the server's port (``limit=1``) with this client's credentials,
-        within ``open_timeout``. Raises :class:`.ClientError` when the answer cannot be
-        had: no connection, a timeout, a status other than 200, a malformed body."""
+    async def events_after(self, session_id: str, after_seq: int) -> LogCheck:
+        """Whether the session's log holds an event after ``after_seq``, and which log
+        that is, asked of the HTTP API on the server's port (``limit=1``) with this
+        client's credentials, within ``open_timeout``. Raises :class:`.ClientError` when
+        the answer cannot be had: no connection, a timeout, a status other than 200, a
+        malformed body."""
         token = await self.current_token()
         url = events_url(self.base_url, session_id, after_seq, 1)
         headers = {"Accept": "application/json"}
@@ -163,13 +179,9 @@ class Dialer:
         except (OSError, TimeoutError) as exc:
             raise ClientError(f"cannot reach the server: {exc}") from None
         try:
-            page = msgspec.json.decode(body)
-            events = page["events"]
-            if not isinstance(events, list):
-                raise TypeError(type(events).__name__)
-        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            return msgspec.json.decode(body, type=LogCheck)
+        except msgspec.DecodeError as exc:
             raise ClientError(f"malformed events page: {exc!r}") from None
-        return bool(events)
 
     async def _attach(self, ws: ClientConnection, hello: Hello) -> Welcome:
         codec = self.codec

@@ -344,19 +344,26 @@ class Link:
         restart, then closed the session). A client that takes events asks the HTTP API
         once whether the log holds one after the last it delivered: if so, or if the
         answer cannot be had, the end is a :class:`.ConnectionLost` naming that seq;
-        if not, ``error`` itself."""
+        if not, ``error`` itself. Should the answer be of another epoch's log (the
+        session was replaced meanwhile: deleted and created again under its id), the
+        events after that seq went with the log they were of, and none of the new one
+        follows it: events() yields a :class:`.Reset` saying so, then ends with
+        ``error``, as for a resume refused because of another epoch."""
         state = self.state
         if not state.receive_events or state.owes_events or state.session_id is None:
             return self._unless_behind(error)
         after = state.sequence.resume_point
         try:
-            added = await self.dialer.has_events_after(state.session_id, after)
+            found = await self.dialer.events_after(state.session_id, after)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a token function's failure too: the answer is unknown
             log.info("could not ask whether events follow seq %d: %s", after, exc)
             return self._lost_after(error, unchecked=str(exc))
-        return self._lost_after(error) if added else error
+        if found.epoch is not None and found.epoch != state.epoch and state.failure is None:
+            state.replaced(found.epoch, found.last_seq)
+            return error
+        return self._lost_after(error) if found.added else error
 
     def _lost_after(self, error: SessionEnded, unchecked: str | None = None) -> ConnectionLost:
         state = self.state

@@ -29,7 +29,9 @@ class HistoryPage(msgspec.Struct, frozen=True):
 
 
 class EventPage(msgspec.Struct, frozen=True):
-    """Events with ``seq > after_seq``, oldest first, and the log's ``last_seq``."""
+    """Events with ``seq > after_seq``, oldest first, the log's ``last_seq``, and the
+    ``epoch`` of the log they were read from (None from a server that does not say)."""
 
     events: list[StoredEvent]
     last_seq: int
+    epoch: str | None = None

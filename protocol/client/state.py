@@ -126,6 +126,17 @@ class ClientState:
                 self.feed.put(reset, 0)  # a marker: it never waits for room
             log.info("could not resume from seq %d: %r", asked_after, reset)
 
+    def replaced(self, epoch: str, last_seq: int) -> None:
+        """The session was found replaced while this client was away (its log is of
+        another ``epoch``, at ``last_seq``): a :class:`Reset`, as for a resume refused
+        because of another epoch, and this client follows that log from there."""
+        reset = Reset(epoch, last_seq, self.epoch, self.sequence.resume_point)
+        self.epoch = epoch
+        self.sequence.reset(last_seq)
+        if self.receive_events:
+            self.feed.put(reset, 0)
+        log.info("the session was replaced while away: %r", reset)
+
     # -- frames of an attached connection ---------------------------------------------------
 
     @property

@@ -18,7 +18,8 @@
  *   gap ends the client with a {@link SequenceError}.
  * - A reconnect the server cannot resume (`resumed: false`) is yielded by
  *   {@link BambooClient#events} as `{ reset: true, … }`; reload with `history()` and
- *   `readEvents()`.
+ *   `readEvents()`. So is a session found replaced (another epoch) after a resume
+ *   refused with 4409, before `events()` ends.
  * - Events wait for `events()` in a queue bounded in count and bytes
  *   (`maxQueuedEvents`, `maxQueuedBytes`). A browser's WebSocket cannot stop reading,
  *   so an event that finds the queue full is skipped, with every later one, and the
@@ -81,7 +82,8 @@
  *   A (re)connect could not resume: events after `previousLastSeq` up to `lastSeq`
  *   were not replayed. Live events continue after `lastSeq`.
  * @typedef {{ messages: Message[], hasMore: boolean }} HistoryPage
- * @typedef {{ events: StoredEvent[], lastSeq: number }} EventPage
+ * @typedef {{ events: StoredEvent[], lastSeq: number, epoch: string | null }} EventPage
+ *   `epoch`: of the log the events were read from (null from a server that does not say).
  * @typedef {{ joined?: string, left?: string, role: string, connections: number }} Presence
  * @typedef {"connecting" | "open" | "reconnecting" | "paused" | "closed"} ConnectionState
  *   `"paused"`: disconnected on purpose while the events queue is full; it reconnects
@@ -654,7 +656,8 @@ export class BambooClient extends EventTarget {
    */
   async readEvents({ afterSeq = 0, limit = 1000 } = {}) {
     const reply = await this.#request({ type: "events", after_seq: afterSeq, limit });
-    return { events: reply.events, lastSeq: reply.last_seq };
+    const epoch = typeof reply.epoch === "string" ? reply.epoch : null;
+    return { events: reply.events, lastSeq: reply.last_seq, epoch };
   }
 
   /**
@@ -1155,28 +1158,50 @@ export class BambooClient extends EventTarget {
    * then closed the session). A client that takes events asks the HTTP API once
    * whether the log holds one after the last it delivered: if so, or if the answer
    * cannot be had, the end is a {@link ConnectionLost} naming that seq; if not, `error`.
+   * Should the answer be of another epoch's log (the session was replaced meanwhile:
+   * deleted and created again under its id), the events after that seq went with the
+   * log they were of, and none of the new one follows it: `events()` yields a
+   * {@link Reset} saying so, then ends with `error`, as for a resume refused because
+   * of another epoch.
    * @param {SessionEnded} error @returns {Promise<ClientError>}
    */
   async #endedWhileAway(error) {
     if (!this.#options.receiveEvents || this.#owesEvents() || this.#sessionId === null) {
       return this.#unlessBehind(error);
     }
+    let found;
     try {
-      const added = await this.#hasEventsAfter(this.#sessionId, this.#seq.resumePoint);
-      return added ? this.#lostAfter(error) : error;
+      found = await this.#eventsAfter(this.#sessionId, this.#seq.resumePoint);
     } catch (failure) {
       return this.#lostAfter(error, failure instanceof Error ? failure.message : String(failure));
     }
+    if (this.#failure !== null) return error; // closed meanwhile: it is over already
+    if (found.epoch !== null && found.epoch !== this.#epoch) {
+      const reset = {
+        reset: /** @type {const} */ (true),
+        epoch: found.epoch,
+        lastSeq: found.lastSeq,
+        previousEpoch: this.#epoch,
+        previousLastSeq: this.#seq.resumePoint,
+      };
+      this.#epoch = found.epoch;
+      this.#seq = new SequenceCheck(found.lastSeq);
+      this.#push(reset);
+      return error;
+    }
+    return found.added ? this.#lostAfter(error) : error;
   }
 
   /**
-   * Whether the session's log holds an event after `afterSeq`: `GET
+   * Whether the session's log holds an event after `afterSeq`, its `last_seq`, and
+   * the epoch of that log (null from a server that does not say): `GET
    * /api/v1/sessions/{id}/events?after_seq=…&limit=1` on the server's port, with this
    * client's token, within `openTimeout`. Rejects when the answer cannot be had (no
    * connection, a timeout, a status other than 200, a malformed body).
-   * @param {string} sessionId @param {number} afterSeq @returns {Promise<boolean>}
+   * @param {string} sessionId @param {number} afterSeq
+   * @returns {Promise<{ added: boolean, lastSeq: number, epoch: string | null }>}
    */
-  async #hasEventsAfter(sessionId, afterSeq) {
+  async #eventsAfter(sessionId, afterSeq) {
     if (typeof fetch !== "function") throw new TypeError("no fetch here");
     const token = await this.#currentToken();
     /** @type {Record<string, string>} */
@@ -1188,8 +1213,10 @@ export class BambooClient extends EventTarget {
     });
     if (response.status !== 200) throw new Error(`HTTP ${response.status}`);
     const page = await response.json();
-    if (!Array.isArray(page?.events)) throw new Error("malformed events page");
-    return page.events.length > 0;
+    if (!Array.isArray(page?.events) || !Number.isSafeInteger(page.last_seq))
+      throw new Error("malformed events page");
+    const epoch = typeof page.epoch === "string" ? page.epoch : null;
+    return { added: page.events.length > 0, lastSeq: page.last_seq, epoch };
   }
 
   /**

@@ -3,8 +3,9 @@
  * missed.js: the events a session page missed, read over HTTP, and what the page says
  * when it cannot show them. Should the session end while the page is behind (the
  * client ends with `ConnectionLost`: events after its `afterSeq` never came), only the
- * HTTP API has the rest: readMissed reads them, with the session's epoch before and
- * after, which says whether they are of the log the stream had. The notices say that
+ * HTTP API has the rest: readMissed reads them, with the epoch of the log each page
+ * was read from, and the session's before and after, which say whether they are of
+ * the log the stream had. The notices say that
  * events may be missing (the read failed; its Reload reads them again) or that the
  * session was replaced meanwhile (its Reload opens the session now under this id).
  * session.js puts them in the page.
@@ -25,11 +26,12 @@ const CATCH_UP_MAX = MAX_BLOCKS - 2;
  * The events after `after` of the session at `path` (its `/api/v1/sessions/…`), over
  * HTTP (`GET …/events?after_seq=`, page after page, up to the `last_seq` of the first
  * answer, at most CATCH_UP_MAX of the newest, while `alive()`), and the session's
- * metadata. The events answer says nothing of the log it read: the metadata, read
- * before it and again after it, does (its `epoch`). Epochs do not come back, so the
- * same epoch before and after as the stream's says that every event read is of the
- * stream's log; another one, before or after, that the session was replaced (the
- * metadata returned says by which): the events are not returned.
+ * metadata, read before the events and again after them. Each page of events names
+ * the epoch of the log it was read from: another than the stream's (`epoch`), and the
+ * session was replaced, as the metadata's epoch says too (from a server whose pages
+ * name none, that check alone: epochs do not come back, so the same epoch before and
+ * after as the stream's says that every event read is of the stream's log). Then the
+ * events are not returned, and the metadata returned says by which it was replaced.
  * `leftOut`: the last seq of the events not read (null when none).
  * @param {string} path @param {number} after @param {string} epoch
  * @param {() => boolean} alive
@@ -49,6 +51,10 @@ export async function readMissed(path, after, epoch, alive) {
       after_seq: cursor,
       limit: CATCH_UP_PAGE,
     });
+    if (typeof page.epoch === "string" && page.epoch !== epoch) {
+      const now = await getJson(path, { limit: 1 }); // the session that replaced it
+      return { metadata: now.metadata, events: [], leftOut: null };
+    }
     if (last === null) {
       last = /** @type {number} */ (page.last_seq);
       if (last - after > CATCH_UP_MAX) {
@@ -133,4 +139,32 @@ export function replacedNotice(after) {
       " it. Reload to see the session now under this id.",
     h("button", { type: "button", id: "reload", onclick: () => location.reload() }, "Reload"),
   );
+}
+
+/**
+ * The newest `count` events of a session that is over (it cannot be attached to), as
+ * storage keeps them, in `tail`: read over HTTP with the epoch checked (readMissed),
+ * after a line saying which older ones are not shown. A failed read is a line too.
+ * Resolves to the read's error, or null.
+ * @param {import("./tail.js").Tail} tail @param {string} path @param {any} metadata
+ * @param {number} count @param {() => boolean} alive
+ * @returns {Promise<unknown>}
+ */
+export async function showStoredTail(tail, path, metadata, count, alive) {
+  const after = Math.max(0, metadata.last_seq - count);
+  try {
+    const read = await readMissed(path, after, metadata.epoch, alive);
+    if (!alive()) return null;
+    if (read.metadata.epoch !== metadata.epoch)
+      tail.note("The session was replaced while this page read it.");
+    else {
+      if (after > 0 && read.events.length > 0)
+        tail.note(`Events 1–${after} are not shown (GET ${path}/events has them).`);
+      for (const item of read.events) tail.add(item);
+    }
+    return null;
+  } catch (error) {
+    if (alive()) tail.note(`The session's events could not be read (${String(error)}).`);
+    return error;
+  }
 }

@@ -10,9 +10,10 @@
  * `afterSeq` never came), the rest is read over HTTP into the tail before the page says
  * the session ended, once the session's epoch says they are of the log the stream had:
  * a session deleted and created again under the same id meanwhile is shown as replaced,
- * none of its events in the old one's tail. Should that read fail, the page says which
- * events may be missing, and its Reload reads them again, into the tail as it is. The
- * read and those notices are missed.js's.
+ * none of its events in the old one's tail; so is one the client found replaced when
+ * its resume was refused (its reset, then the end, with none of the new log's events).
+ * Should that read fail, the page says which events may be missing, and its Reload
+ * reads them again, into the tail as it is. The read and those notices are missed.js's.
  */
 
 import {
@@ -28,7 +29,7 @@ import { actions, presence } from "./attached.js";
 import { fill, h, notice } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
 import { showMeta } from "./meta.js";
-import { missingNotice, readMissed, replacedNotice, resetText, wasReplaced } from "./missed.js";
+import * as missed from "./missed.js";
 import { Tail } from "./tail.js";
 
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
@@ -168,16 +169,31 @@ class SessionView {
       async (before) => client.history({ limit: PAGE, before }),
       session.message_count,
     );
+    // The last item, when it said the session was replaced: its line in the tail.
+    /** @type {{ after: number, line: HTMLElement } | null} */
+    let replaced = null;
     try {
       for await (const item of client.events()) {
+        replaced = null;
         if ("reset" in item) {
-          this.tail.note(resetText(item));
-          if (wasReplaced(item)) fill(this.status, replacedNotice(item.previousLastSeq));
+          const line = this.tail.note(missed.resetText(item));
+          if (missed.wasReplaced(item)) {
+            fill(this.status, missed.replacedNotice(item.previousLastSeq));
+            replaced = { after: item.previousLastSeq, line };
+          }
           continue;
         }
         this.#show(item, attachedAt);
       }
-      if (this.alive) this.#ended(client.closedReason ?? "client closed");
+      if (!this.alive) return;
+      // Replaced, and the session now under this id ended with no event of it shown
+      // (as when the client, its resume refused, found another epoch's log over HTTP):
+      // the page shows the earlier session, as when its catch-up read finds that.
+      if (replaced !== null) {
+        replaced.line.remove();
+        const ended = client.error instanceof SessionEnded ? client.error.reason : null;
+        this.#replaced(replaced.after, client.closedReason ?? ended ?? "client closed");
+      } else this.#ended(client.closedReason ?? "client closed");
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
       // The session ended while this page was behind: the events after `afterSeq`
@@ -221,7 +237,7 @@ class SessionView {
     this.#setConnState("closed");
     let read;
     try {
-      read = await readMissed(this.#path(), after, epoch, () => this.alive);
+      read = await missed.readMissed(this.#path(), after, epoch, () => this.alive);
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
       this.#takeBackUnread();
@@ -261,7 +277,7 @@ class SessionView {
     this.unread.push(
       this.tail.note(`Events after #${after} may be missing: reading them failed (${why}).`),
     );
-    fill(this.status, missingNotice(after, why, retry));
+    fill(this.status, missed.missingNotice(after, why, retry));
   }
 
   /** The lines a failed read of the missed events added to the tail, gone. */
@@ -286,7 +302,7 @@ class SessionView {
         " session now under this id is another one (another log, its own seqs).",
     );
     fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
-    fill(this.status, replacedNotice(after));
+    fill(this.status, missed.replacedNotice(after));
   }
 
   /**
@@ -298,31 +314,14 @@ class SessionView {
     fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
     fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
     this.messages.showStored(this.#path(), stored);
-    void this.#storedTail(stored.metadata, text);
-  }
-
-  /**
-   * The newest events of a session that is over, as storage keeps them (over HTTP, with
-   * the epoch checked before and after: see readMissed), then `text`, in the tail.
-   * @param {any} metadata as read with the history @param {string} text
-   */
-  async #storedTail(metadata, text) {
-    const after = Math.max(0, metadata.last_seq - TAIL_REPLAY);
+    const alive = () => this.alive;
     const path = this.#path();
-    try {
-      const read = await readMissed(path, after, metadata.epoch, () => this.alive);
-      if (!this.alive) return;
-      if (read.metadata.epoch !== metadata.epoch)
-        return void this.tail.note("The session was replaced while this page read it.");
-      if (after > 0 && read.events.length > 0)
-        this.tail.note(`Events 1–${after} are not shown (GET ${path}/events has them).`);
-      for (const item of read.events) this.tail.add(item);
-    } catch (error) {
-      if (!this.alive || this.context.unauthorized(error)) return;
-      const why = error instanceof Error ? error.message : String(error);
-      this.tail.note(`The session's events could not be read (${why}).`);
-    }
-    this.tail.note(text);
+    void missed
+      .showStoredTail(this.tail, path, stored.metadata, TAIL_REPLAY, alive)
+      .then((error) => {
+        if (error !== null && this.context.unauthorized(error)) return;
+        if (this.alive) this.tail.note(text);
+      });
   }
 
   #path() {
