@@ -51,7 +51,7 @@ from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .readiness import Readiness
-from .responses import UnreadAnswers, error_response, last_on_its_connection
+from .responses import StreamedResponse, UnreadAnswers, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
@@ -170,6 +170,9 @@ class BambooServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
+            # Applied by BambooConnection.handshake instead (http_wire.OPEN_TIMEOUT),
+            # around the request and its answer's head, not a streamed body.
+            open_timeout=None,
             backlog=config.backlog,
             reuse_port=self.reuse_port,
         )
@@ -263,11 +266,21 @@ class BambooServer:
         response = await self._answer_request(request)
         if response is None:
             return None
-        if request.method == "HEAD" and response.body:
+        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
+        streamed = isinstance(response, StreamedResponse)
+        if request.method == "HEAD" and (response.body or streamed):
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
             response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+        elif isinstance(response, StreamedResponse) and response.pieces is not None:
+            # Its body follows its head, a piece at a time, each charged as it is written.
+            config = self.config
+            connection.stream_answer(
+                self.unread_answers,
+                response.pieces,
+                config.answer_page_timeout,
+                config.close_timeout,
+            )
         else:
-            assert isinstance(connection, BambooConnection)  # serve()'s create_connection
             response = self.unread_answers.admit(connection, response)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))

@@ -55,6 +55,9 @@ SERVE_HELP: dict[str, str] = {
     "close_timeout": "seconds to wait for the closing handshake before dropping the socket",
     "replay_page_timeout": "seconds a resuming connection's replay may make no progress "
     "(nothing of it delivered); then it is closed with 4429",
+    "answer_page_timeout": "seconds the peer of an HTTP answer streamed in pages (GET "
+    "/api/v1/sessions/{id} without limit and before: the whole history) has to take each "
+    "page; then its connection is dropped and the answer ends incomplete",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
     "replay's page; waiting for one of the 8 read slots included), a hello's read of "
     "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "

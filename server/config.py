@@ -60,6 +60,10 @@ class ServerConfig:
     # A resuming connection's time to take each page of its replay (up to 1 MiB of
     # events, held in its socket's buffer meanwhile); else it is closed with 4429.
     replay_page_timeout: float = 20.0
+    # An HTTP answer streamed in pages (the whole history of GET /api/v1/sessions/{id})
+    # has this long for its peer to take each page (up to --max-page-bytes, held in the
+    # server meanwhile); else its connection is dropped.
+    answer_page_timeout: float = 20.0
     # A page read from the store (history, events, a replay's page), its wait for one
     # of the page-read slots included, and an HTTP API request's store reads, are
     # abandoned after this long: a store that hangs would keep every slot. Below
@@ -210,6 +214,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "ping_timeout": (0.001, None),
     "hello_timeout": (0.001, None),
     "replay_page_timeout": (0.001, None),
+    "answer_page_timeout": (0.001, None),
     "store_read_timeout": (0.001, None),
     "idle_timeout": (0.001, None),
     # 0 would retire a session spawned for a hello before the hello is handled, again

@@ -28,6 +28,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import events_page, history_page, within_bytes
 from .responses import error_response, json_response, text_response
 from .services import Services
+from .whole_history import whole_history_response
 
 STREAM_PATH = "/api/v1/stream"
 SESSIONS_PATH = "/api/v1/sessions"
@@ -186,6 +187,11 @@ async def _session_resource(
     services.access.check_session(principal, metadata)
     if tail == "events":
         return await reads.read(lambda: _events(services, metadata, params), deadline)
+    if "limit" not in params and "before" not in params:
+        # The whole history, streamed: the messages this metadata counts, from the log
+        # of its epoch (a session replaced meanwhile fails the reads).
+        storage, max_bytes = services.manager.storage, services.config.max_page_bytes
+        return await whole_history_response(reads, storage, metadata, max_bytes, deadline)
     return await reads.read(lambda: _session(services, metadata, params), deadline)
 
 
@@ -212,23 +218,22 @@ def _integer(params: dict[str, str], name: str, default: int | None, minimum: in
 async def _session(
     services: Services, metadata: SessionMetadata, params: dict[str, str]
 ) -> Response:
-    """The metadata and its history: the whole of it without ``limit`` and ``before``,
-    else a page of it (the extension: the newest ``limit`` messages before index
-    ``before``, oldest first, bounded in bytes too; ``has_more`` and ``start``)."""
+    """The metadata and a page of its history (the extension: the newest ``limit``
+    messages before index ``before``, oldest first, bounded in bytes too; ``has_more``
+    and ``start``). Without either, the whole history: whole_history.py."""
     config = services.config
     try:
         limit = _integer(params, "limit", None, 1)
         before = _integer(params, "before", None, 0)
     except _BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
-    if limit is None and before is None:
-        return await _whole_session(services, metadata)
     page = await history_page(
         services.manager.storage,
         metadata.id,
         min(limit or DEFAULT_HISTORY_PAGE, config.max_history_page),
         before,
         config.max_page_bytes,
+        epoch=metadata.epoch,  # the session the request was allowed to read, or 404
     )
     body = {
         "metadata": metadata,
@@ -237,36 +242,6 @@ async def _session(
         "start": page.start,
     }
     return json_response(http.HTTPStatus.OK, body)
-
-
-async def _whole_session(services: Services, metadata: SessionMetadata) -> Response:
-    """The metadata and the whole history, as PROTOCOL.md has it, when it fits the
-    bounds of one page (``--max-history-page`` messages, ``--max-page-bytes``); else 413
-    ``too_large``, never a part of it passed off as the whole."""
-    config = services.config
-    count = metadata.message_count
-    if count > config.max_history_page:
-        return _too_large(count, f"{config.max_history_page} messages")
-    # A snapshot: the messages the metadata counts, read as the page that ends at that
-    # index, so that messages appended meanwhile neither lengthen the answer past its
-    # metadata nor push its first messages out. The page stops at the byte bound and
-    # then says so (has_more), having read about what it holds: the history is never
-    # read whole to learn that it is too large.
-    page = await history_page(
-        services.manager.storage, metadata.id, max(count, 1), count, config.max_page_bytes
-    )
-    if page.has_more:
-        return _too_large(count, f"{config.max_page_bytes} bytes")
-    body = {"metadata": metadata, "messages": page.messages, "has_more": False, "start": 0}
-    return json_response(http.HTTPStatus.OK, body)
-
-
-def _too_large(count: int, bound: str) -> Response:
-    message = (
-        f"the history holds {count} messages, more than the {bound} one answer holds:"
-        " read it in pages, with limit and before"
-    )
-    return error_response(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", message)
 
 
 async def _events(

@@ -5,7 +5,10 @@ It gives its websockets protocol the JSON refusals and the request parser of
 http_requests.py, charges what a peer sends before its request is answered to the
 account of unanswered requests (and drops a peer that sends more than 64 KiB behind its
 request), keeps of an upgrade's request only what the ``hello`` needs, and reads its
-socket only while it can be written to. Once upgraded, what it reads goes to
+socket only while it can be written to. An answer whose body is streamed
+(``StreamedResponse``) has its head sent by websockets, and its body written after it
+(http_stream.py), outside websockets' open timeout, which bounds the rest here as it
+did. Once upgraded, what it reads goes to
 websockets' parser a few KiB at a time, each frame charged to the connection's byte
 rate (limits.py); in debt, it stops reading until the debt is repaid.
 """
@@ -21,16 +24,19 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.frames import Frame
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from bamboo_session.protocol.parsed_frames import handed_on
 
 from .http_requests import UnansweredRequests, json_reject, parse_request
+from .http_stream import AnswerStream
 from .limits import FRAME_BYTES, REPLY_SHARE, ByteRate
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from .responses import UnreadAnswers
 
 # The kernel's send buffer of a connection that answers an HTTP request (the kernel
@@ -43,6 +49,9 @@ EARLY_BYTES = 64 * 1024
 # 256 KiB of them) is parsed in slices, the meter looked at between them, so that one
 # read costs at most a slice's worth of parsing before a peer in debt stops being read.
 PARSE_SLICE = 4096
+# websockets' open_timeout, applied here (serve() gets None): within it a request is
+# read and answered, but for a streamed answer's body, which has its own timeouts.
+OPEN_TIMEOUT = 10.0
 
 
 class BambooConnection(ServerConnection):
@@ -55,6 +64,9 @@ class BambooConnection(ServerConnection):
     # charged there; class defaults, so that a WebSocket connection carries neither.
     _answers: UnreadAnswers | None = None
     _answer_held = 0
+    # A streamed answer's body, written once its head is sent (stream_answer).
+    _stream: AnswerStream | None = None
+    _head_sent = False
     # The account of bytes read before the answer (http_requests.py), and this
     # connection's charge to it.
     _pending: UnansweredRequests | None = None
@@ -219,9 +231,14 @@ class BambooConnection(ServerConnection):
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
-            await super().handshake(*args, **kwargs)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await super().handshake(*args, **kwargs)
         finally:
             self._release_request()
+        if self._stream is not None:
+            if self._head_sent and not self.transport.is_closing():
+                await self._stream.run()
+            return
         if self.protocol.state is State.OPEN:
             self._forget_headers()
             self.data_received(b"")  # frames sent along with the request: read them now
@@ -243,6 +260,10 @@ class BambooConnection(ServerConnection):
     def eof_received(self) -> bool | None:  # type: ignore[override]
         if self._discarding:
             return True  # asyncio's "keep the transport": the stop closes the socket
+        if self._stream is not None and not self.protocol.eof_sent:
+            # A peer that half-closes after its request still reads the answer; its
+            # end of stream would end the parser's wait for it, and the answer.
+            return True
         super().eof_received()
         return None
 
@@ -291,10 +312,35 @@ class BambooConnection(ServerConnection):
         self._resume_reading()
         self._follow_answer()
 
+    def stream_answer(
+        self,
+        answers: UnreadAnswers,
+        pieces: AsyncIterator[bytes],
+        page_timeout: float,
+        close_timeout: float | None,
+    ) -> None:
+        """The answer about to be sent is a ``StreamedResponse``: its head goes as any
+        answer's, without the end of stream that websockets sends after it, and then
+        ``pieces`` (http_stream.py)."""
+        self._stream = AnswerStream(self, answers, pieces, page_timeout, close_timeout)
+        self.protocol.send_response = self._send_head  # type: ignore[method-assign]
+
+    def _send_head(self, response: Response) -> None:
+        # The connection stays CONNECTING, its end of stream not sent: websockets'
+        # handshake then returns as soon as the head is written, not when the peer
+        # hangs up, and bytes behind the request stay charged and bounded (EARLY_BYTES).
+        self.protocol.writes.append(response.serialize())
+        self._head_sent = True
+
+    def release_sent(self) -> None:
+        """Releases what has left the transport's buffer of the answer held now."""
+        self._follow_answer()
+
     def hold_answer(self, answers: UnreadAnswers, size: int) -> None:
         """The answer about to be written, ``size`` bytes charged to ``answers``: the
-        charge follows its bytes out of the transport's buffer."""
-        self._answers, self._answer_held = answers, size
+        charge follows its bytes out of the transport's buffer. A streamed answer holds
+        each piece in turn (http_stream.py), the previous one gone by then."""
+        self._answers, self._answer_held = answers, self._answer_held + size
         # The kernel's buffer is outside every count: autotuned, it takes up to 4 MiB
         # of an answer nobody reads (tcp_wmem), 40 such peers 54 MB. Kept small, the
         # rest of the answer stays in the transport's buffer, where it is counted.

@@ -1,11 +1,14 @@
 """HTTP answers on the WebSocket port: plain text, JSON, the JSON error body every
-refusal carries (``{"error": {"code": …, "message": …}}``), and the account of answers
-written but not yet taken by their peers (``UnreadAnswers``)."""
+refusal carries (``{"error": {"code": …, "message": …}}``), an answer whose body is
+streamed after its head (``StreamedResponse``), and the account of answers written but
+not yet taken by their peers (``UnreadAnswers``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import http
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +30,16 @@ def text_response(status: http.HTTPStatus, body: bytes, content_type: str) -> Re
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+@dataclasses.dataclass
+class StreamedResponse(Response):
+    """An answer whose head is sent as websockets sends any answer's, and whose body,
+    ``pieces``, is written after it, each as one chunk (``Transfer-Encoding: chunked``)
+    once the previous one is taken (server/http_stream.py). A HEAD's answer is its head
+    alone: ``pieces`` is never started then."""
+
+    pieces: AsyncIterator[bytes] | None = None
 
 
 def last_on_its_connection(response: Response) -> Response:
@@ -102,6 +115,15 @@ class UnreadAnswers:
             "busy: answers not yet read by their peers fill the server's buffer; retry later",
             {"Retry-After": "1"},
         )
+
+    def take(self, size: int) -> bool:
+        """Charges ``size`` bytes of a streamed answer's next piece if they fit, as
+        :meth:`admit` would admit an answer of that size; False (nothing charged) if
+        not. The caller hands the charge to its connection (``hold_answer``)."""
+        if self.used and self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
 
     def release(self, size: int) -> None:
         self.used -= size

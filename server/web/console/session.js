@@ -114,8 +114,8 @@ class SessionView {
   async start() {
     let stored;
     try {
-      // The metadata and the newest page: without a limit the answer is the whole
-      // history, or 413 when it is longer than one answer may hold.
+      // The metadata and the newest page: without a limit the answer would be the
+      // whole history, however long.
       stored = await getJson(this.#path(), { limit: PAGE });
     } catch (error) {
       if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
