@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +26,21 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.protocol.codec import checked_event, checked_key
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.frames import Ack, Acks, Error, RequestId, ServerFrame, Welcome
-from bamboo_session.protocol.models import AnyAgentEvent, SessionMetadata, SessionState
+from bamboo_session.protocol.frames import (
+    Ack,
+    Acks,
+    Error,
+    PublishBatch,
+    RequestId,
+    ServerFrame,
+    Welcome,
+)
+from bamboo_session.protocol.models import (
+    AnyAgentEvent,
+    MessageEvent,
+    SessionMetadata,
+    SessionState,
+)
 
 from .budget import NO_LIMIT, MemoryBudget
 from .failures import request_error
@@ -86,6 +100,28 @@ class Append(_Request):
         if self.batch is not None:
             return self.batch.refuse(exc)
         return _Request.refuse(self, exc)
+
+
+def batch_frame_appends(frame: PublishBatch, origin: Outbox, size: int) -> list[Append]:
+    """The items of a peer's ``batch`` frame (``size`` bytes) as appends queued together,
+    answered with one ``acks`` through their :class:`BatchReply`. Each weighs its share
+    of the frame's bytes in the inbox, the first the remainder too."""
+    items = frame.items
+    count = len(items)
+    reply = BatchReply(origin, frame.id, count)
+    received = time.monotonic()
+    share = size // count
+    appends = []
+    for item in items:
+        event = item.event
+        if item.message is not None:
+            event = MessageEvent(item.message.completed())
+        elif isinstance(event, MessageEvent):
+            event = MessageEvent(event.message.completed())
+        assert event is not None  # the codec checked: one of event and message
+        appends.append(Append(event, item.key, origin, None, None, received, share, reply))
+    appends[0].size += size - share * count
+    return appends
 
 
 def in_process_batch(

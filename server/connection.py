@@ -38,7 +38,7 @@ from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
 from .closing import close_within
-from .commands import Append, BatchReply, SetState
+from .commands import Append, SetState, batch_frame_appends
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
 from .limits import FrameLimiter
@@ -244,10 +244,10 @@ class Connection:
         ``acks`` (server/commands.py ``BatchReply``). Each item counts as a frame
         against the rate and as a request in the inbox; the batch is one request in
         flight, since it has one reply."""
-        config, items = self.services.config, frame.items
+        config = self.services.config
         if not config.batch_frames:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "unknown frame type 'batch'", frame.id)
-        count = len(items)
+        count = len(frame.items)
         if count > config.max_batch_items:
             reason = f"a batch holds at most {config.max_batch_items} items, not {count}"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
@@ -257,19 +257,7 @@ class Connection:
                 self._push_error(ErrorCode.RATE_LIMITED, reason, frame.id)
             return
         self.services.metrics.batch_items.observe(count)
-        reply = BatchReply(outbox, frame.id, count)
-        received = time.monotonic()
-        share = size // count  # the frame's bytes, spread over its items
-        appends = []
-        for item in items:
-            event = item.event
-            if item.message is not None:
-                event = MessageEvent(item.message.completed())
-            elif isinstance(event, MessageEvent):
-                event = MessageEvent(event.message.completed())
-            assert event is not None  # the codec checked: one of event and message
-            appends.append(Append(event, item.key, outbox, None, None, received, share, reply))
-        appends[0].size += size - share * count
+        appends = batch_frame_appends(frame, outbox, size)
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
