@@ -77,7 +77,13 @@ class BambooConnection(ServerConnection):
     _debt = 0.0  # seconds until the byte rate is repaid, after the last frame
     _held = b""  # read while in debt, not parsed yet
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
-    read_waited = 0.0  # seconds this connection's reading was held back, in all
+    # Waits for the debt under way (the reads held, the reader after a page it drew:
+    # both at once when a frame read behind the page runs into debt too), and the loop
+    # time the first of them began.
+    _waits = 0
+    _waiting_since = 0.0
+    read_waited = 0.0  # seconds this connection's reading was held back, in all, so far
+    read_held_until = 0.0  # loop time the waits under way are due to end (0.0: none)
 
     def __init__(
         self,
@@ -165,22 +171,50 @@ class BambooConnection(ServerConnection):
         debt = self._meter.charge(size // REPLY_SHARE)
         if debt <= 0:
             return
-        self.read_waited += debt
+        self._wait_begins(debt)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_closed(), debt)
+        finally:
+            self._wait_ends()
+
+    def _wait_begins(self, debt: float) -> None:
+        now = self.loop.time()
+        if not self._waits:
+            self._waiting_since = now
+        self._waits += 1
+        self.read_held_until = max(self.read_held_until, now + debt)
+
+    def _wait_ends(self) -> None:
+        """Once no wait is under way, the time they held reading back is counted: what
+        it actually lasted, not the debt (a close ends a wait early, a busy loop wakes
+        it late), and once for waits that overlap."""
+        self._waits -= 1
+        if self._waits:
+            return
+        waited = self.loop.time() - self._waiting_since
+        self.read_held_until = 0.0
+        self.read_waited += waited
         if self._on_read_wait is not None:
-            self._on_read_wait(debt)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wait_closed(), debt)
+            self._on_read_wait(waited)
 
     def _hold(self, rest: bytes) -> None:
         self._held, debt = rest, self._debt
-        self.read_waited += debt
-        if self._on_read_wait is not None:
-            self._on_read_wait(debt)
         self.transport.pause_reading()
+        self._wait_begins(debt)
         self._repaid = self.loop.call_later(debt, self._go_on)
+
+    def _stop_holding(self) -> None:
+        """Ends a wait for the debt before it is due: the transport is gone, or what
+        the peer sends is discarded from now on."""
+        if self._repaid is not None:
+            self._repaid.cancel()
+            self._repaid, self._held = None, b""
+            self._wait_ends()
 
     def _go_on(self) -> None:
         self._repaid, self._debt = None, 0.0
+        self._wait_ends()
         if self.transport.is_closing():
             return  # aborted in this same turn of the loop: nothing more to parse
         held, self._held = self._held, b""
@@ -276,8 +310,7 @@ class BambooConnection(ServerConnection):
         self.recv_messages.resume = self._resume_reading
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._repaid is not None:
-            self._repaid.cancel()
+        self._stop_holding()
         try:
             super().connection_lost(exc)
         finally:
@@ -292,9 +325,7 @@ class BambooConnection(ServerConnection):
         and the socket's receive queue stays empty, so that closing it sends FIN, not
         a reset, which could take bytes the peer has not read yet with it."""
         self._discarding = True
-        if self._repaid is not None:
-            self._repaid.cancel()
-            self._repaid, self._held = None, b""
+        self._stop_holding()
         if self.keepalive_task is not None:
             # Its pongs would be dropped: a ping timeout would close with 1011,
             # ahead of the frames still queued and ``closed``.

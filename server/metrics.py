@@ -132,7 +132,8 @@ class Metrics:
         )
         self.read_wait_seconds = Counter(
             "bamboo_read_wait_seconds",
-            "Seconds connections' reads were held back by the byte rate (--rate-limit-bytes)",
+            "Seconds connections' reads were held back by the byte rate (--rate-limit-bytes): "
+            "the time actually waited, counted when a wait ends",
             registry=r,
         )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
