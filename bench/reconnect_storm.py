@@ -80,24 +80,30 @@ async def storm_bamboo(
             ready_at = time.perf_counter()
             parts = await group.results()
             # The new server's work for the storm and the live stream after it, and the
-            # pages its replays read from the store (a server without the metric: None).
+            # pages its replays read from the store, and how long they waited for their
+            # peer's replay allowance (a server without the metric: None).
             server_cpu = common.cpu_seconds(second.pid)
-            store_reads = await asyncio.to_thread(replay_store_reads, second.port)
+            store_reads = await asyncio.to_thread(server_metric, second.port, "replay_store_reads")
+            replay_wait = await asyncio.to_thread(server_metric, second.port, "replay_wait_seconds")
     finally:
         if second is not None:
             second.terminate()
         first.terminate()
     result = merged(parts, stopped_at, down_at, ready_at, exit_code, sessions, events)
-    return result | {"new_server_cpu_s": server_cpu, "replay_store_reads": store_reads}
+    return result | {
+        "new_server_cpu_s": server_cpu,
+        "replay_store_reads": None if store_reads is None else int(store_reads),
+        "replay_wait_s": replay_wait,
+    }
 
 
-def replay_store_reads(port: int) -> int | None:
-    """``bamboo_replay_store_reads_total`` of the server on ``port``, if it has it."""
+def server_metric(port: int, name: str) -> float | None:
+    """``bamboo_<name>_total`` of the server on ``port``, if it has it."""
     url = f"http://{common.HOST}:{port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith("bamboo_replay_store_reads_total "):
-                return int(float(line.split()[1]))
+            if line.startswith(f"bamboo_{name}_total "):
+                return float(line.split()[1])
     return None
 
 
@@ -213,7 +219,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"bamboo    new server: {bamboo['new_server_cpu_s']:.2f} s of CPU until the agents "
         f"were done; {bamboo['replays']} resumes had events to replay; replay pages read "
-        f"from the store: {bamboo['replay_store_reads']}",
+        f"from the store: {bamboo['replay_store_reads']}; seconds replays waited for "
+        f"their peer's allowance: {bamboo['replay_wait_s']}",
         flush=True,
     )
     ratio = bamboo["all_back_after_drop_s"] / max(baseline["all_back_after_drop_s"], 1e-9)

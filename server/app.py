@@ -51,6 +51,7 @@ from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .readiness import Readiness
+from .replay_allowance import ReplayAllowances
 from .responses import StreamedResponse, UnreadAnswers, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
@@ -148,6 +149,11 @@ class BambooServer:
             ),
             Flusher(),
             self._manager.page_reads,
+            ReplayAllowances(
+                config.rate_limit_bytes,
+                config.rate_limit_bytes_burst,
+                self.metrics.replay_wait_seconds.inc,
+            ),
         )
         self._server = await serve(
             self._handle,

@@ -46,6 +46,7 @@ from .outbound import Outbound
 from .outbox import CloseRequest, Outbox, Replay, send_frames
 from .page_requests import page_reply
 from .replay import send_replay
+from .replay_allowance import ReplayAllowance
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -67,6 +68,7 @@ class Connection:
         "frames_out",
         "limiter",
         "outbox",
+        "replay_allowance",
         "services",
         "session_id",
         "started",
@@ -94,6 +96,7 @@ class Connection:
             config.rate_limit, config.rate_limit_burst, config.rate_limit_refusals
         )
         self.counted_user: str | None = None  # counted in services.user_connections
+        self.replay_allowance: ReplayAllowance | None = None  # its peer's, set at attach
 
     async def run(self) -> None:
         # Every log line of this connection's tasks carries its ids (task-local context).
@@ -315,6 +318,7 @@ class Connection:
             self.ws,
             self.codec,
             self.services.config.replay_page_timeout,
+            self.replay_allowance,
         )
 
     def framed(self, out: Outbound) -> bytes:

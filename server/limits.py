@@ -9,7 +9,8 @@ continuation and control frames alike) costing its payload and ``FRAME_BYTES`` m
 over the rate, the connection stops reading until the debt is repaid, so the peer's
 sends wait on TCP; nothing is refused. A page a request draws (``history``,
 ``events``) is charged too, a sixteenth of its size (``REPLY_SHARE``; http_wire.py
-``charge_reply``). What a frame costs the server is its parse and its decode (a dense
+``charge_reply``), and so is a resume's replay, to its peer across connections
+(replay_allowance.py). What a frame costs the server is its parse and its decode (a dense
 1 MiB frame takes tens of milliseconds, ten thousand empty Pongs as long), and a count
 of messages alone bounds neither.
 :class:`ConnectionCounter` caps the concurrent connections of one user.

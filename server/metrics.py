@@ -136,6 +136,12 @@ class Metrics:
             "the time actually waited, counted when a wait ends",
             registry=r,
         )
+        self.replay_wait_seconds = Counter(
+            "bamboo_replay_wait_seconds",
+            "Seconds resumes' replays waited for their peer's replay allowance (the byte "
+            "rate's figures, shared by a peer's connections), counted when a wait ends",
+            registry=r,
+        )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
         self.closes = Counter(
             "bamboo_closes",

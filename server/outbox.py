@@ -9,6 +9,7 @@ resumes from the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -63,6 +64,7 @@ class Outbox:
 
     __slots__ = (
         "_backed_up",
+        "_closing_wakeup",
         "_head",
         "_items",
         "_loop",
@@ -133,6 +135,8 @@ class Outbox:
         # Made at the first wait for a reply: most connections never wait, and an idle
         # one holds no more than it must.
         self._settled: Wakeup | None = None
+        # Made at the first wait for the close (a replay waiting its peer's debt).
+        self._closing_wakeup: Wakeup | None = None
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -249,8 +253,21 @@ class Outbox:
         self._wake()
         if self._settled is not None:
             self._settled.set()
+        if self._closing_wakeup is not None:
+            self._closing_wakeup.set()
         if self.on_close is not None:
             self.on_close(closing)
+
+    async def closing_within(self, delay: float) -> None:
+        """Returns after ``delay`` seconds, or as soon as the outbox is closing: the
+        writer's way to wait without holding up its close."""
+        if self.closing is not None:
+            return
+        if self._closing_wakeup is None:
+            self._closing_wakeup = Wakeup()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing_wakeup.wait()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         # Asked once: on Python 3.11, asyncio.get_running_loop() is a getpid() call.

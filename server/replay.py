@@ -10,7 +10,8 @@ the viewers of a session all resume at once from the same seq). A page that reac
 to where the ring begins then goes in front of the ring (``SessionRoom.seed_ring``), so
 that resumers who come later replay it from memory.
 
-``send_replay`` sends a connection's replay, page after page, each within a deadline.
+``send_replay`` sends a connection's replay, page after page, each within a deadline,
+and each once its peer's replay allowance allows (server/replay_allowance.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
 from .outbox import Outbox, Replay, send_frames
 from .pages import PageReads
+from .replay_allowance import ReplayAllowance
 from .replay_charge import PageCharge
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 
@@ -123,6 +125,7 @@ async def send_replay(
     ws: ServerConnection,
     codec: Codec,
     page_timeout: float,
+    allowance: ReplayAllowance | None = None,
 ) -> int:
     """Send a resume's missed events on ``ws``, a page at a time, each written before
     the next is read; the number of frames sent. A peer that takes nothing of its
@@ -130,9 +133,12 @@ async def send_replay(
     after some progress) is closed with 4429, since it is what holds the page in
     memory; one that reads slowly but steadily is not. A replay whose outbox is closing
     goes no further, and takes what was queued behind it along: those live events
-    would come after a gap."""
+    would come after a gap. With an ``allowance``, each page waits until the peer's
+    debt is repaid (nothing is held meanwhile), and is charged once framed."""
     position, through, sent = replay.after, replay.through, 0
     while position < through and outbox.closing is None:
+        if allowance is not None and not await allowance.repaid(outbox):
+            break  # closing meanwhile
         try:
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
         except StorageError as exc:
@@ -142,6 +148,8 @@ async def send_replay(
             return sent
         if not frames or outbox.closing is not None:
             break
+        if allowance is not None:
+            allowance.charge(frames)
         # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
         charge.start(outbox.budget)

@@ -14,6 +14,7 @@ from .metrics import Metrics
 from .pages import PageReads
 from .quotas import SessionQuotas
 from .readiness import Readiness
+from .replay_allowance import ReplayAllowances
 from .store_stats import StoreStats
 
 
@@ -31,3 +32,6 @@ class Services:
     # Pages (history, events, replays) read from the store at once, each within
     # --store-read-timeout (server/pages.py): the manager's.
     page_reads: PageReads
+    # What resumes' replays may cost each peer, across its connections (the byte rate's
+    # figures, a page at a sixteenth of its size: server/replay_allowance.py).
+    replay_allowances: ReplayAllowances
