@@ -12,10 +12,14 @@ from typing import Any
 import pytest
 
 from bamboo_session.protocol.client import BambooClient
+from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.server.limits import REPLY_SHARE
+from bamboo_session.server.outbox import Outbox
+from bamboo_session.server.replay_allowance import MAX_PEERS, ReplayAllowances
 from tests.support import attach, get, open_peer, run_server, token
 from tests.test_auth import SECRET, make_token
 from tests.test_client_resume import FAST, TcpProxy, watch
+from tests.test_limits import FakeClock
 
 EVENTS = 40
 CONTENT = "x" * 10_000  # an event's frame is a little over 10 kB: the log, about 400 kB
@@ -31,6 +35,31 @@ async def metric(server: Any, name: str) -> float:
 
 async def fill(server: Any, session_id: str, count: int = EVENTS) -> None:
     await server.manager.append_events(session_id, [(token(CONTENT), None)] * count)
+
+
+async def test_a_peer_has_one_allowance_for_all_its_connections() -> None:
+    """One allowance per peer key, shared; none without a limit or a peer; a page costs
+    a sixteenth of its frames; a wait ends once the debt is repaid."""
+    clock = FakeClock()
+    waits: list[float] = []
+    allowances = ReplayAllowances(1_000, 2_000, waits.append, clock)
+    assert allowances.of(None) is None and ReplayAllowances(0, 1).of("addr:x") is None
+    mine = allowances.of("addr:127.0.0.1")
+    assert mine is not None and allowances.of("addr:127.0.0.1") is mine
+    outbox = Outbox("c", "client", 8)
+    mine.charge([b"x" * 16_000] * 2)  # 2,000 of 2,000: spent, no debt yet
+    assert await mine.repaid(outbox) and waits == []
+    mine.charge([b"x" * 1_600])  # 100 over: 0.1 s of debt, shared by its connections
+    assert allowances.of("addr:127.0.0.1") is mine
+    advance = asyncio.get_running_loop().call_later(0.05, setattr, clock, "now", 0.1)
+    assert await mine.repaid(outbox) and len(waits) == 1 and waits[0] >= 0.05
+    advance.cancel()
+    mine.charge([b"x" * 16_000])  # 1 s of debt: a closing outbox does not wait it
+    outbox.close(CloseCode.NORMAL, "closed")
+    assert not await mine.repaid(outbox) and waits[1] < 0.05
+    for n in range(MAX_PEERS):  # the least recently used goes past the cap
+        allowances.of(f"addr:10.0.{n // 256}.{n % 256}")
+    assert allowances.of("addr:127.0.0.1") is not mine
 
 
 async def replay_from_0(
