@@ -31,6 +31,13 @@ is built on. Every backend means them the same way, and one contract test suite
   the session that took its session's place. ``update_session_state`` and ``touch``
   take it too, checked in the same step as the write: such a writer never closes,
   parks or revives the new session, nor moves its activity or expiry.
+- A store opened with ``max_session_bytes`` bounds what each session's log holds: an
+  append whose fresh items would take the session's ``stored_bytes`` past it stores
+  nothing and raises :class:`SessionFull`, checked atomically with the append (so it
+  holds for several processes on a shared store); duplicates store nothing, so they are
+  answered as always. ``stored_bytes`` (in the metadata) survives restarts; each store
+  counts it in its own measure, never less than the events' JSON (docs/protocol.md,
+  "Stored bytes").
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ __all__ = [
     "SessionExists",
     "SessionExpired",
     "SessionFilter",
+    "SessionFull",
     "SessionListResult",
     "SessionNotFound",
     "SessionStorage",
@@ -100,6 +108,21 @@ class SessionExpired(StorageError):
 
 class SessionClosed(StorageError):
     """The session is closed: its history is readable, nothing more is appended."""
+
+
+class SessionFull(StorageError):
+    """The append would take the session past the store's ``max_session_bytes``:
+    nothing of it was stored, and the session stays readable (and takes appends that
+    fit, duplicates among them). Not a failure of the store: retrying does not help."""
+
+    def __init__(self, stored: int, adding: int, cap: int) -> None:
+        super().__init__(
+            f"the session holds {stored} of its {cap} stored bytes at most, and this "
+            f"append would add {adding}; nothing was stored"
+        )
+        self.stored = stored
+        self.adding = adding
+        self.cap = cap
 
 
 class StorageFull(StorageError):
@@ -236,7 +259,9 @@ class EventStorage(Protocol):
         the first seqs as duplicates. With ``epoch``, only to the log of that epoch:
         the session's is another (it was deleted and created again, or replaced), and
         the batch is SessionNotFound, nothing of it stored, checked atomically with the
-        append. Raises SessionNotFound, SessionExpired, SessionClosed, StorageError."""
+        append. Past the store's ``max_session_bytes``, the batch is SessionFull,
+        nothing of it stored, checked atomically with the append too. Raises
+        SessionNotFound, SessionExpired, SessionClosed, SessionFull, StorageError."""
         ...
 
     async def append_event(

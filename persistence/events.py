@@ -1,5 +1,6 @@
-"""What every backend does to events the same way: complete a published message, and
-cut pages of events and messages by count and by bytes."""
+"""What every backend does to events the same way: complete a published message, count
+and check what a session stores, and cut pages of events and messages by count and by
+bytes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import msgspec
 
 from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent, StoredEvent
 
+from .base import SessionFull
+
 
 def completed_event(event: AnyAgentEvent) -> AnyAgentEvent:
     """A ``message`` event's message gets its ``id`` and ``created_at`` where absent."""
@@ -17,6 +20,20 @@ def completed_event(event: AnyAgentEvent) -> AnyAgentEvent:
         if message is not event.message:
             return msgspec.structs.replace(event, message=message)
     return event
+
+
+def stored_size(event_json: bytes, key: str | None) -> int:
+    """What one event adds to its session's ``stored_bytes`` in the stores that count
+    what they hold of it (memory, SQLite, Redis): its JSON and its key, in bytes."""
+    if key is None:
+        return len(event_json)
+    return len(event_json) + (len(key) if key.isascii() else len(key.encode()))
+
+
+def check_room(stored: int, adding: int, cap: int | None) -> None:
+    """SessionFull unless ``adding`` more bytes keep the session within ``cap``."""
+    if cap is not None and stored + adding > cap and adding:
+        raise SessionFull(stored, adding, cap)
 
 
 def within_bytes(events: Sequence[StoredEvent], max_bytes: int) -> list[StoredEvent]:

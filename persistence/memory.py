@@ -36,7 +36,7 @@ from .base import (
     StorageError,
     StorageFull,
 )
-from .events import completed_event, page_bounds, within_bytes
+from .events import check_room, completed_event, page_bounds, stored_size, within_bytes
 from .feed import CLOSED, DELETED, Feed, FeedSubscription
 from .importing import check_importable
 from .index import SessionIndex, copy_metadata
@@ -66,9 +66,11 @@ class MemoryStorage:
         default_ttl: int | None = None,
         max_sessions: int | None = None,
         cleanup_interval: float | None = None,
+        max_session_bytes: int | None = None,
     ) -> None:
         self.default_ttl = default_ttl
         self.max_sessions = max_sessions
+        self.max_session_bytes = max_session_bytes
         self._cleanup_interval = cleanup_interval
         self._index = SessionIndex()
         self._logs: dict[str, _Log] = {}
@@ -82,8 +84,9 @@ class MemoryStorage:
         default_ttl: int | None = None,
         max_sessions: int | None = None,
         cleanup_interval: float | None = None,
+        max_session_bytes: int | None = None,
     ) -> Self:
-        storage = cls(default_ttl, max_sessions, cleanup_interval)
+        storage = cls(default_ttl, max_sessions, cleanup_interval, max_session_bytes)
         if cleanup_interval is not None:
             storage._cleanup = asyncio.create_task(storage._cleanup_loop())
         return storage
@@ -121,15 +124,15 @@ class MemoryStorage:
         meta = copy_metadata(session.metadata)
         meta.last_seq = 0
         meta.message_count = 0
+        meta.stored_bytes = 0
         if meta.ttl is None and self.default_ttl is not None:
             meta.ttl = self.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
         self._index.add(meta)
         self._logs[session_id] = _Log()
-        if session.messages:
-            await self.append_events(
-                session_id, [(MessageEvent(message), None) for message in session.messages]
-            )
+        if session.messages:  # what the session is made with: not held to the cap
+            items = [(MessageEvent(message), None) for message in session.messages]
+            self._append(meta, self._logs[session_id], items, None)
 
     async def load_session(self, session_id: str) -> Session | None:
         meta = self._index.get(check_session_id(session_id))
@@ -212,12 +215,19 @@ class MemoryStorage:
         if meta.state == SessionState.CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(meta)
-        log_ = self._logs[session_id]
+        return self._append(meta, self._logs[session_id], items, self.max_session_bytes)
+
+    def _append(
+        self, meta: SessionMetadata, log_: _Log, items: Sequence[AppendItem], cap: int | None
+    ) -> list[Appended]:
         fresh, results = split_duplicates(items, meta.last_seq, log_.keys)
         if not fresh:
             return results
         now = utcnow()
         stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
+        adding = sum(stored_size(event.event_json, event.key) for event in stored)
+        check_room(meta.stored_bytes, adding, cap)
+        meta.stored_bytes += adding
         for event in stored:
             log_.events.append(event)
             if event.key is not None:
@@ -228,7 +238,7 @@ class MemoryStorage:
         meta.message_count = len(log_.message_seqs)
         log_.keys.forget_before(meta.last_seq)
         meta.touch(now)
-        self._feed.publish(session_id, stored)
+        self._feed.publish(meta.id, stored)
         return results
 
     async def append_event(
@@ -290,6 +300,7 @@ class MemoryStorage:
         if events:
             meta.last_seq = events[-1].seq
             meta.message_count = len(log_.message_seqs)
+            meta.stored_bytes += sum(stored_size(event.event_json, event.key) for event in events)
             log_.keys.forget_before(meta.last_seq)
             self._feed.publish(session_id, list(events))
 
@@ -346,5 +357,8 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> MemoryStorage:
     """``memory://``: a new, empty store (there is nothing to read only)."""
     url.check_params(set())
     return await MemoryStorage.open(
-        options.default_ttl, options.max_sessions, options.cleanup_interval
+        options.default_ttl,
+        options.max_sessions,
+        options.cleanup_interval,
+        options.max_session_bytes,
     )

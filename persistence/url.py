@@ -30,13 +30,16 @@ class StoreOptions:
     of expired sessions; None: only on demand), ``read_only`` (offline tools: refuse to
     create a store, and write nothing), ``offline`` (with ``read_only``: refuse a store
     that a running server holds, with StorageLocked, where the backend can tell; for a
-    tool, such as migrate, that needs the store to stand still)."""
+    tool, such as migrate, that needs the store to stand still), ``max_session_bytes``
+    (what one session's log may hold, in the store's measure of its ``stored_bytes``;
+    None: no cap; an append past it is SessionFull)."""
 
     default_ttl: int | None = None
     max_sessions: int | None = None
     cleanup_interval: float | None = 3600
     read_only: bool = False
     offline: bool = False
+    max_session_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,10 +118,15 @@ async def open_storage(
     cleanup_interval: float | None = 3600,
     read_only: bool = False,
     offline: bool = False,
+    max_session_bytes: int | None = None,
 ) -> Storage:
     """The store ``url`` names, open (see the module docstring)."""
     parsed = parse_store_url(url)
-    options = StoreOptions(default_ttl, max_sessions, cleanup_interval, read_only, offline)
+    if max_session_bytes is not None and max_session_bytes < 1:
+        raise ValueError("max_session_bytes must be at least 1 (None: no cap)")
+    options = StoreOptions(
+        default_ttl, max_sessions, cleanup_interval, read_only, offline, max_session_bytes
+    )
     module_name, _, function = _OPENERS[parsed.scheme].partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -113,7 +113,9 @@ def new_epoch() -> str:
 class SessionMetadata(msgspec.Struct):
     """What the index knows of a session. ``last_seq``, ``epoch`` and ``connections``
     go beyond the original model; ``ttl`` (seconds, ``None`` for no expiry) is what
-    ``expires_at`` is computed from."""
+    ``expires_at`` is computed from; ``stored_bytes`` is what the store holds of the
+    session's log, in its own measure (persistence/base.py), which a store's
+    ``max_session_bytes`` bounds."""
 
     id: str
     user_id: str | None = None
@@ -129,6 +131,7 @@ class SessionMetadata(msgspec.Struct):
     epoch: str = msgspec.field(default_factory=new_epoch)
     connections: int = 0
     ttl: int | None = None
+    stored_bytes: int = 0
 
     def touch(self, now: datetime | None = None) -> None:
         """Record activity: the sliding TTL starts again from ``now``."""

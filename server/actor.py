@@ -29,6 +29,7 @@ import structlog
 from bamboo_session.persistence.base import (
     SessionClosed,
     SessionExpired,
+    SessionFull,
     SessionNotFound,
     Storage,
     StorageError,
@@ -39,7 +40,7 @@ from bamboo_session.wakeup import Wakeup
 
 from .budget import MemoryBudget
 from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
-from .control import answer_stopped, handle, store_failed
+from .control import answer_stopped, handle, over_cap, store_failed
 from .following import Following
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -256,18 +257,20 @@ class SessionActor:
                 appends.append(command)
                 continue
             if appends:
-                await self._append(appends)
+                await self.append(appends)
                 appends = []
             try:
                 await handle(self, command)
             except StorageError as exc:
                 store_failed(self, command, exc)
         if appends:
-            await self._append(appends)
+            await self.append(appends)
 
-    async def _append(self, appends: list[Append]) -> None:
+    async def append(self, appends: list[Append]) -> None:
+        """Store appends taken together, in one store append, and answer each."""
         items = [(command.event, command.key) for command in appends]
         metrics, health = self.metrics, self.health
+        full: SessionFull | None = None
         started = time.monotonic()
         health.began(id(items), started)  # /readyz sees an append the store holds up
         try:
@@ -277,6 +280,8 @@ class SessionActor:
             results = await self.storage.append_events(
                 self.session_id, items, epoch=self.room.epoch
             )
+        except SessionFull as exc:  # not a failure of the store: /readyz stays quiet
+            full = exc
         except (StorageError, ValueError) as exc:
             if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
                 log.error("append failed", error=str(exc), count=len(appends))
@@ -287,6 +292,8 @@ class SessionActor:
             return
         finally:
             health.ended(id(items))
+        if full is not None:
+            return await over_cap(self, appends, full)
         if health.failure is not None:
             health.succeeded()
         now = time.monotonic()

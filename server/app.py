@@ -353,4 +353,5 @@ async def open_configured_storage(config: ServerConfig) -> Storage:
         config.store_url(),
         default_ttl=config.default_ttl,
         cleanup_interval=config.cleanup_interval,
+        max_session_bytes=config.max_session_bytes or None,
     )

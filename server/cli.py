@@ -87,6 +87,9 @@ SERVE_HELP: dict[str, str] = {
     "max_title_length": "characters of a session title at most (bad_request above)",
     "max_user_id_length": "characters of a session's user_id at most (bad_request above)",
     "max_extra_bytes": "bytes of a session's extra (JSON) at most",
+    "max_session_bytes": "bytes a session's log may hold in the store (events' JSON and "
+    "keys; JSONL: its log file); an append past it stores nothing and gets error "
+    "too_large (0: no cap)",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",

@@ -124,6 +124,19 @@ def batch_frame_appends(frame: PublishBatch, origin: Outbox, size: int) -> list[
     return appends
 
 
+def by_request(appends: list[Append]) -> list[list[Append]]:
+    """Appends taken together, split by the request each answers: a batch frame's items
+    (which come together) stay together."""
+    requests: list[list[Append]] = []
+    for command in appends:
+        batch = command.batch
+        if batch is not None and requests and requests[-1][0].batch is batch:
+            requests[-1].append(command)
+        else:
+            requests.append([command])
+    return requests
+
+
 def in_process_batch(
     items: Sequence[tuple[AnyAgentEvent, str | None]], max_items: int, max_bytes: int
 ) -> tuple[list[Append], asyncio.Future[list[Appended]]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bamboo_session.persistence.base import SessionNotFound, StorageError
+from bamboo_session.persistence.base import SessionFull, SessionNotFound, StorageError
 from bamboo_session.persistence.feed import DELETED
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionState
@@ -31,6 +31,7 @@ from .commands import (
     Stop,
     Tick,
     attach_refusal,
+    by_request,
 )
 from .failures import subscription_end
 
@@ -62,6 +63,21 @@ async def handle(actor: SessionActor, command: Command) -> None:
             actor.room.announce(connection_id, role, joined, connections)
         case _:  # pragma: no cover - Append is batched by the caller
             raise AssertionError(command)
+
+
+async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull) -> None:
+    """The session's byte cap refused appends stored together: with those of several
+    requests, each request goes again on its own (a batch frame's items together, all
+    or nothing, as ever), so that the ones that fit are stored and only the others get
+    ``too_large``. Near the cap only: a round trip per request."""
+    requests = by_request(appends)
+    if len(requests) > 1:
+        for request in requests:
+            await actor.append(request)
+        return
+    actor.metrics.appends_over_session_cap.inc()
+    for command in appends:
+        actor.refuse(command, exc)
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:

@@ -15,6 +15,7 @@ from bamboo_session.persistence.base import (
     SessionClosed,
     SessionExists,
     SessionExpired,
+    SessionFull,
     SessionNotFound,
     StorageError,
     StorageFull,
@@ -71,6 +72,9 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     InvalidTransition: Failure(
         _C.POLICY_VIOLATION, _E.CONFLICT, _S.CONFLICT, "state change not allowed", True
+    ),
+    SessionFull: Failure(
+        _C.MESSAGE_TOO_BIG, _E.TOO_LARGE, _S.REQUEST_ENTITY_TOO_LARGE, "session full", True
     ),
     StorageFull: Failure(
         _C.TRY_AGAIN_LATER, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "the store is full"

@@ -115,6 +115,12 @@ class Metrics:
         self.events_appended = Counter(
             "bamboo_events_appended", "Events appended to session logs", registry=r
         )
+        self.appends_over_session_cap = Counter(
+            "bamboo_appends_over_session_cap",
+            "Appends refused (too_large, nothing stored) as they would take their session "
+            "past --max-session-bytes",
+            registry=r,
+        )
         self.events_replayed = Counter(
             "bamboo_events_replayed", "Events replayed to resuming connections", registry=r
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bamboo_session.persistence import Storage, open_storage
+from bamboo_session.persistence import JsonlStorage, Storage, open_storage
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.migrate import Action, Progress, migrate, verify
 from bamboo_session.protocol.models import (
@@ -88,6 +88,9 @@ async def assert_same(source: Storage, target: Storage) -> None:
     assert [m.id for m in mine] == [m.id for m in theirs]
     for a, b in zip(mine, theirs, strict=True):
         b.connections = a.connections  # live, not stored
+        if isinstance(source, JsonlStorage) != isinstance(target, JsonlStorage):
+            # The JSONL store counts its log's lines; the others, events' JSON and keys.
+            b.stored_bytes = a.stored_bytes
         assert a == b, a.id
         assert await source.read_events(a.id) == await target.read_events(b.id), a.id
         if not a.is_expired():  # an expired session's history is refused

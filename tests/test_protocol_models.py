@@ -339,6 +339,7 @@ def test_session_metadata_wire_fields() -> None:
         "epoch": "e1",
         "connections": 0,
         "ttl": None,
+        "stored_bytes": 0,
     }
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from bamboo_session.persistence import (
     SessionFilter,
+    SessionFull,
     StorageError,
     StorageLocked,
     open_storage,
@@ -332,7 +333,7 @@ async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "storage-sqlite.md").read_text()
     documented = sqlite3.connect(":memory:")
     documented.executescript(
-        doc.split("## Schema (version 1)")[1].split("```sql")[1].split("```")[0]
+        doc.split("## Schema (version 2)")[1].split("```sql")[1].split("```")[0]
     )
     path = tmp_path / "store.db"
     await filled(path)
@@ -350,7 +351,7 @@ async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
         return found
 
     assert shape(documented) == shape(real)
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_a_store_in_a_read_only_directory_opens_read_only() -> None:
@@ -392,3 +393,26 @@ def test_a_store_in_a_read_only_directory_opens_read_only() -> None:
     finally:
         backup.chmod(0o755)
         shutil.rmtree(backup)
+
+
+async def test_a_file_of_version_1_gets_its_stored_bytes_counted_once(tmp_path: Path) -> None:
+    """Version 2 added sessions.stored_bytes (what --max-session-bytes bounds); a file
+    written before it has them counted from its events at its first writing open."""
+    path = tmp_path / "store.db"
+    await filled(path)
+    async with await open_storage(url(path)) as storage:
+        await storage.create_session(Session.new("empty"))
+        before = {meta.id: meta.stored_bytes for meta in await storage.list_user_sessions("u1")}
+        assert before["s1"] > 0
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE sessions DROP COLUMN stored_bytes")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    async with await open_storage(url(path), max_session_bytes=before["s1"] + 10) as storage:
+        after = await storage.get_metadata("s1")
+        assert after is not None and after.stored_bytes == before["s1"]
+        assert (await storage.get_metadata("empty")).stored_bytes == 0  # type: ignore[union-attr]
+        with pytest.raises(SessionFull):
+            await storage.append_event("s1", AgentEvent.token("more than ten bytes"))
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

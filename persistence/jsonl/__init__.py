@@ -63,6 +63,7 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
         max_open_logs=_max_open_logs(url),
         read_only=options.read_only,
         offline=options.offline,
+        max_session_bytes=options.max_session_bytes,
     )
     return await JsonlStorage.open(config)
 

@@ -25,7 +25,7 @@ from bamboo_session.protocol.codec import encode_stored_event
 from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent, utcnow
 
 from ..base import KEY_WINDOW, Appended, AppendItem, StorageError
-from ..events import completed_event
+from ..events import check_room, completed_event
 from ..feed import Feed
 from ..keys import KeyWindow, split_duplicates
 from .batch import Batch
@@ -56,6 +56,7 @@ class Appender:
         jobs: FileJobs,
     ) -> None:
         self.layout = config.layout
+        self.max_session_bytes = config.max_session_bytes
         self._jobs = jobs
         self._records = records
         self._checkpoints = checkpoints
@@ -77,17 +78,25 @@ class Appender:
         )
 
     async def append(
-        self, record: SessionRecord, items: Sequence[AppendItem], window: KeyWindow | None
+        self,
+        record: SessionRecord,
+        items: Sequence[AppendItem],
+        window: KeyWindow | None,
+        capped: bool = True,
     ) -> list[Appended]:
         """Append the items (the caller checked, with no await since, that the session
-        takes them, and got ``window`` from :meth:`key_window` if any item has a key).
-        The hot path: no await but the acknowledgement's."""
+        takes them, and got ``window`` from :meth:`key_window` if any item has a key);
+        ``capped``: held to ``max_session_bytes`` (SessionFull past it, nothing
+        written). The hot path: no await but the acknowledgement's."""
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
         if stored:
+            batch = _batch(stored, imported=False)
+            if capped:
+                check_room(record.log_end, len(batch.data), self.max_session_bytes)
             # Not shielded: a caller cancelled meanwhile cancels only this future of its
             # own, and the writer writes the lines all the same (it skips a done future).
-            await self._submit(record, stored, window, imported=False)
+            await self._submit(record, batch, window)
         if len(stored) != len(items):  # duplicates: acknowledged once their originals are
             await self._await_originals(record.session_id, results)
         return results
@@ -102,16 +111,14 @@ class Appender:
             if event.seq != expected:
                 raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
             expected += 1
-        await asyncio.shield(self._submit(record, list(events), window, imported=True))
+        batch = _batch(list(events), imported=True)
+        await asyncio.shield(self._submit(record, batch, window))
 
     def _submit(
-        self,
-        record: SessionRecord,
-        stored: list[StoredEvent],
-        window: KeyWindow | None,
-        imported: bool,
+        self, record: SessionRecord, batch: Batch, window: KeyWindow | None
     ) -> asyncio.Future[None]:
         session_id = record.session_id
+        stored = batch.events
         if window is not None:
             keys = self.keys
             for event in stored:
@@ -120,8 +127,9 @@ class Appender:
             # Windows grow here only: back within bounds, keeping this one (its append
             # is not in flight yet) and the ones of appends in flight.
             keys.trim(lambda other: other == session_id or self._busy(other))
-        future = self.writer.submit(session_id, _batch(stored, imported))
+        future = self.writer.submit(session_id, batch)
         record.next_seq = stored[-1].seq
+        record.log_end += len(batch.data)
         return future
 
     async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
@@ -211,6 +219,7 @@ class Appender:
         if record is not None:
             # Seqs handed out after the last written one were never stored: reuse them.
             record.next_seq = record.meta.last_seq
+            record.log_end = record.log_size
             self.keys.discard_from(session_id, record.next_seq + 1)
 
 

@@ -80,6 +80,9 @@ class JsonlStorageConfig:
     - ``read_only``: open an existing store to read it (offline tools): no lock, no
       repair, no file created or changed, and every write refused (see ``storage.py``).
       ``offline``: and refuse it (StorageLocked) while a process holds its lock.
+    - ``max_session_bytes``: what one session's log file may hold, in bytes (its lines:
+      seq, time, key and event JSON); an append that would take it past this is
+      ``SessionFull``, nothing of it written. None: no cap.
     """
 
     base_path: Path
@@ -101,6 +104,7 @@ class JsonlStorageConfig:
     sync_helper: bool = True
     read_only: bool = False
     offline: bool = False
+    max_session_bytes: int | None = None
 
     def __init__(
         self,
@@ -123,6 +127,7 @@ class JsonlStorageConfig:
         sync_helper: bool = True,
         read_only: bool = False,
         offline: bool = False,
+        max_session_bytes: int | None = None,
     ) -> None:
         # A hand-written __init__ so that base_path accepts str and "~" expands once,
         # here, rather than at every use.
@@ -147,6 +152,7 @@ class JsonlStorageConfig:
         set_field(self, "sync_helper", sync_helper)
         set_field(self, "read_only", read_only)
         set_field(self, "offline", offline)
+        set_field(self, "max_session_bytes", max_session_bytes)
         self._validate()
 
     @classmethod
@@ -163,6 +169,8 @@ class JsonlStorageConfig:
             raise ValueError("default_ttl must be positive (or None for no expiry)")
         if self.max_sessions is not None and self.max_sessions < 0:
             raise ValueError("max_sessions must not be negative")
+        if self.max_session_bytes is not None and self.max_session_bytes < 1:
+            raise ValueError("max_session_bytes must be at least 1 (None: no cap)")
         if self.cleanup_interval is not None and self.cleanup_interval <= 0:
             raise ValueError("cleanup_interval must be positive (or None: on demand only)")
         for name in ("checkpoint_interval", "fsync_interval", "wal_segment_age"):

@@ -3,7 +3,9 @@
 
 - ``meta`` describes what is in the log: ``last_seq`` and ``log_size`` move together,
   when the writer reports lines written; ``next_seq`` runs ahead while appends are in
-  flight.
+  flight, and so does ``log_end`` (the size the log will have once they are written:
+  what ``max_session_bytes`` is checked against). ``meta.stored_bytes`` is
+  ``log_size``: the log's size is the count, so it is right after any recovery.
 - The checkpoint: where the last one reaches (``checkpoint_seq`` / ``checkpoint_offset``)
   and what the writer knows of its file (``slots``).
 - The message index: what its file holds (``index``, checked once per process before it
@@ -44,6 +46,7 @@ class SessionRecord:
         "index",
         "index_checked",
         "lock",
+        "log_end",
         "log_size",
         "marks",
         "meta",
@@ -73,6 +76,8 @@ class SessionRecord:
         self.meta = meta
         self.next_seq = meta.last_seq  # the last seq handed out; > meta.last_seq in flight
         self.log_size = log_size  # bytes of log holding events 1..meta.last_seq
+        self.log_end = log_size  # and the lines of the appends in flight; >= log_size
+        meta.stored_bytes = log_size
         self.checkpoint_seq = checkpoint_seq
         self.checkpoint_offset = checkpoint_offset
         self.slots = slots  # None: not known yet (the first write finds out)
@@ -116,7 +121,9 @@ class SessionRecord:
 
     def written(self, last_seq: int, log_size: int) -> None:
         self.meta.last_seq = last_seq
-        self.log_size = log_size
+        self.meta.stored_bytes = self.log_size = log_size
+        if self.log_end < log_size:  # written after a failure reset it (_on_failed)
+            self.log_end = log_size
         if log_size - self.marks[-1][1] >= MARK_EVERY_BYTES:
             self.marks.append((last_seq, log_size))
             if len(self.marks) > MAX_MARKS:

@@ -187,10 +187,9 @@ class JsonlStorage(JsonlQueries):
             await to_completion(self._replace(old, meta))
         else:
             await to_completion(self._create(meta))
-        if session.messages:
-            await self.append_events(
-                session_id, [(MessageEvent(message), None) for message in session.messages]
-            )
+        if session.messages:  # what the session is made with: not held to the cap
+            items = [(MessageEvent(message), None) for message in session.messages]
+            await self._appends.append(self._appendable(session_id), items, None, capped=False)
 
     async def _create(self, meta: SessionMetadata) -> None:
         record = await self._files.create(meta)

@@ -5,31 +5,37 @@
 -- ARGV: id, index prefix, key window, publish command ('' : the caller publishes),
 --       channel, epoch ('' : any; else the epoch of the log meant: a session of
 --       another epoch, one created again under the id, is NOTFOUND, as a deleted one
---       is), then per item: flags ('k' keyed, 'm' message), key, event JSON
+--       is), max session bytes ('' : no cap), then per item: flags ('k' keyed,
+--       'm' message), key, event JSON
+-- Fresh items whose JSON and keys would take the session's 'bytes' past the cap: fail
+-- TOOLARGE <stored> <adding> <cap>, nothing written (a session stored before 'bytes'
+-- existed counts from 0).
 -- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
 -- The batch: [[0, 0, epoch, null], [seq, ts, key, event], ...], its first entry
 -- naming the log's epoch (an older listener skips it as an event of seq 0).
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch')
+local cap = tonumber(ARGV[7])
+local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes')
 if not s[1] then fail('NOTFOUND') end
 if ARGV[6] ~= '' and s[6] ~= ARGV[6] then fail('NOTFOUND') end
 if s[1] == 'closed' then fail('CLOSED') end
 local now = clock()
 if has_expired(s[1], s[2], now) then fail('EXPIRED') end
 
+-- First what each item becomes, writing nothing: the cap is checked before any write.
 local first_seq, count = tonumber(s[3]), tonumber(s[4])
+local stored, adding = tonumber(s[7]) or 0, 0
 local last, first_count = first_seq, count
-local results, batch = {now, ''}, {}
-if s[6] then batch[1] = '[0,0,' .. cjson.encode(s[6]) .. ',null]' end
-for i = 7, #ARGV, 3 do
-  local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local results, fresh, in_batch = {now, ''}, {}, {}
+for i = 8, #ARGV, 3 do
+  local flags, key = ARGV[i], ARGV[i + 1]
   local keyed = string.find(flags, 'k', 1, true) ~= nil
   local seq = last + 1
   local duplicate_of = nil
   if keyed then
-    local first = redis.call('ZSCORE', keys, key)
+    local first = in_batch[key] or redis.call('ZSCORE', keys, key)
     if first and seq - tonumber(first) <= window then
       duplicate_of = tonumber(first)
     end
@@ -38,15 +44,31 @@ for i = 7, #ARGV, 3 do
     results[#results + 1] = -duplicate_of
   else
     last = seq
-    local is_message = string.find(flags, 'm', 1, true) ~= nil
-    if is_message then count = count + 1 end
-    batch[#batch + 1] = write_event(log, keys, msgs, seq, now, keyed and key or nil, is_message, json)
+    if keyed then
+      in_batch[key] = seq
+      adding = adding + #key
+    end
+    adding = adding + #ARGV[i + 2]
+    fresh[#fresh + 1] = i
     results[#results + 1] = seq
   end
 end
 if last == first_seq then return results end
+if cap and stored + adding > cap then
+  fail('TOOLARGE ' .. int(stored) .. ' ' .. int(adding) .. ' ' .. int(cap))
+end
 
-redis.call('HSET', meta, 'seq', last, 'msgs', count)
+local batch = {}
+if s[6] then batch[1] = '[0,0,' .. cjson.encode(s[6]) .. ',null]' end
+for n, i in ipairs(fresh) do
+  local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local keyed = string.find(flags, 'k', 1, true) ~= nil
+  local is_message = string.find(flags, 'm', 1, true) ~= nil
+  if is_message then count = count + 1 end
+  batch[#batch + 1] = write_event(log, keys, msgs, first_seq + n, now, keyed and key or nil, is_message, json)
+end
+
+redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored + adding))
 record_activity(meta, idx, id, now, s[5])
 if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)

@@ -41,6 +41,7 @@ class RedisConfig:
     max_sessions: int | None = None
     cleanup_interval: float | None = None
     read_only: bool = False
+    max_session_bytes: int | None = None  # a session's events' JSON and keys at most
 
     @classmethod
     def from_url(cls, url: StoreURL, options: StoreOptions) -> RedisConfig:
@@ -76,6 +77,7 @@ class RedisConfig:
             max_sessions=options.max_sessions,
             cleanup_interval=options.cleanup_interval,
             read_only=options.read_only,
+            max_session_bytes=options.max_session_bytes,
         )
 
 

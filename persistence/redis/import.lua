@@ -6,7 +6,7 @@
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local s = redis.call('HMGET', meta, 'seq', 'msgs', 'epoch')
+local s = redis.call('HMGET', meta, 'seq', 'msgs', 'epoch', 'bytes')
 if not s[1] then fail('NOTFOUND') end
 local last, count = tonumber(s[1]), tonumber(s[2])
 for i = 6, #ARGV, 5 do
@@ -14,18 +14,20 @@ for i = 6, #ARGV, 5 do
   if tonumber(ARGV[i]) ~= last then fail('ORDER ' .. ARGV[i] .. ' ' .. last) end
 end
 last = tonumber(s[1])
+local stored = tonumber(s[4]) or 0  -- counted as append.lua counts, never capped
 local batch = {}
 for i = 6, #ARGV, 5 do
   local seq, ts, flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local keyed = string.find(flags, 'k', 1, true) ~= nil
   local is_message = string.find(flags, 'm', 1, true) ~= nil
   if is_message then count = count + 1 end
+  stored = stored + #json + (keyed and #key or 0)
   last = tonumber(seq)
   batch[#batch + 1] = write_event(log, keys, msgs, last, ts, keyed and key or nil, is_message, json)
 end
 if #batch == 0 then return 0 end
 if s[3] then table.insert(batch, 1, '[0,0,' .. cjson.encode(s[3]) .. ',null]') end  -- as append.lua's
-redis.call('HSET', meta, 'seq', last, 'msgs', count)
+redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored))
 redis.call('ZADD', idx .. 'msgs', count, id)
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
 notify(publish, channel, '[' .. table.concat(batch, ',') .. ']')

@@ -3,7 +3,8 @@
 Every key of one session carries the session's hash tag, ``{session_id}``, so a
 session lives in one Redis Cluster slot and a script may touch all of its keys::
 
-    <prefix>:{<id>}:meta     hash: the session's metadata (fields below)
+    <prefix>:{<id>}:meta     hash: the session's metadata (fields below; "bytes" is
+                             stored_bytes: its events' JSON and keys)
     <prefix>:{<id>}:log      stream: the event log, entry id "<seq>-0", fields e t [k]
     <prefix>:{<id>}:keys     sorted set: idempotency key -> seq it was accepted with
     <prefix>:{<id>}:msgs     list: the seqs of the log's ``message`` events (history)
@@ -127,6 +128,8 @@ def metadata_fields(meta: SessionMetadata) -> list[str | bytes | int]:
         meta.epoch,
         "extra",
         msgspec.json.encode(meta.extra),
+        "bytes",
+        meta.stored_bytes,
     ]
     if meta.user_id is not None:
         fields += ["user", meta.user_id]
@@ -172,6 +175,7 @@ def metadata_from_hash(hash_: dict[bytes, bytes]) -> SessionMetadata:
         last_seq=int(hash_[b"seq"]),
         epoch=hash_[b"epoch"].decode(),
         ttl=number(b"ttl"),
+        stored_bytes=number(b"bytes") or 0,  # none: stored before the count existed
     )
 
 

@@ -22,6 +22,7 @@ from ..base import (
     SessionClosed,
     SessionExists,
     SessionExpired,
+    SessionFull,
     SessionNotFound,
     StorageError,
     StorageFull,
@@ -166,6 +167,9 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
             return InvalidTransition(f"session cannot leave state {rest.split()[0]}")
         case "FENCED":
             return Fenced("the lease is no longer held by this holder")
+        case "TOOLARGE":
+            stored, adding, cap = (int(number) for number in rest.split()[:3])
+            return SessionFull(stored, adding, cap)
         case "ORDER":
             seq, expected = rest.split()[:2]
             return ValueError(f"import: seq {seq}, not {expected}")

@@ -22,7 +22,6 @@ from typing import Final, Self
 import msgspec
 from redis.asyncio import Redis
 
-from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
@@ -35,7 +34,6 @@ from bamboo_session.protocol.models import (
 )
 
 from ..base import (
-    KEY_WINDOW,
     Appended,
     AppendItem,
     HistoryPage,
@@ -44,10 +42,10 @@ from ..base import (
     SessionNotFound,
     StorageError,
 )
-from ..events import completed_event, within_bytes
+from ..events import within_bytes
 from ..feed import CLOSED, DELETED, FeedSubscription
 from ..index import copy_metadata
-from . import importing
+from . import appending, importing
 from .client import Commands, connect, server_version
 from .config import RedisConfig
 from .layout import (
@@ -55,8 +53,6 @@ from .layout import (
     DELETED_NOTICE,
     Layout,
     event_from_entry,
-    flags_of,
-    from_micros,
     metadata_fields,
     metadata_from,
 )
@@ -128,6 +124,7 @@ class RedisStorage:
         meta = copy_metadata(session.metadata)
         meta.last_seq = 0
         meta.message_count = 0
+        meta.stored_bytes = 0
         if meta.ttl is None and self.config.default_ttl is not None:
             meta.ttl = self.config.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
@@ -151,10 +148,9 @@ class RedisStorage:
         )
         if replaced:
             self.live.feed.end(session_id, DELETED, removed_epoch(replaced))
-        if session.messages:
-            await self.append_events(
-                session_id, [(MessageEvent(message), None) for message in session.messages]
-            )
+        if session.messages:  # what the session is made with: not held to the cap
+            items = [(MessageEvent(message), None) for message in session.messages]
+            await appending.append_events(self, session_id, items, None, None)
 
     async def load_session(self, session_id: str) -> Session | None:
         try:
@@ -274,34 +270,8 @@ class RedisStorage:
     async def append_events(
         self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
     ) -> list[Appended]:
-        self.require_writable()
-        session_id = check_session_id(session_id)
-        events = [completed_event(event) for event, _ in items]
-        encoded = [encode_event(event) for event in events]
-        args: list[str | bytes | int] = [
-            session_id,
-            self.layout.index,
-            KEY_WINDOW,
-            self.redis.publish,
-            self.layout.channel(session_id),
-            epoch or "",  # checked against the session's in the script
-        ]
-        for (_, key), event, data in zip(items, events, encoded, strict=True):
-            args += [flags_of(key, event), "" if key is None else key, data]
-        keys = self.layout.session_keys(session_id)[:4]
-        channel = self.layout.channel(session_id)
-        reply = await self.redis.write("append", keys, args, deferred=True, channel=channel)
-        results = [Appended(seq) if seq > 0 else Appended(-seq, True) for seq in reply[2:]]
-        if self.live.feed.has_subscribers(session_id):
-            ts = from_micros(int(reply[0]))
-            every = zip(results, items, events, encoded, strict=True)
-            fresh = [
-                StoredEvent(result.seq, ts, event, key, msgspec.Raw(data))
-                for result, (_, key), event, data in every
-                if not result.duplicate
-            ]
-            self.live.publish(session_id, fresh, epoch)
-        return results
+        cap = self.config.max_session_bytes
+        return await appending.append_events(self, session_id, items, epoch, cap)
 
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None

@@ -15,7 +15,8 @@ docs/storage-sqlite.md describes the file for operators.
 from __future__ import annotations
 
 from ..url import StoreOptions, StoreURL
-from .storage import SqliteStorage, SqliteStorageConfig, config_from_url
+from .config import SqliteStorageConfig, config_from_url
+from .storage import SqliteStorage
 
 __all__ = ["SqliteStorage", "SqliteStorageConfig", "open_from_url"]
 
@@ -31,6 +32,7 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> SqliteStorage:
             max_sessions=options.max_sessions,
             cleanup_interval=options.cleanup_interval,
             read_only=options.read_only,
+            max_session_bytes=options.max_session_bytes,
         )
     except ValueError as exc:
         raise ValueError(f"store URL {url.text!r}: {exc}") from None

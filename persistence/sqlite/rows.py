@@ -52,6 +52,10 @@ class Row:
     def epoch(self) -> str:
         return str(self.values[11])
 
+    @property
+    def stored_bytes(self) -> int:
+        return int(self.values[13])
+
     def is_expired(self, now: str) -> bool:
         expires_at = self.values[7]
         return self.state == _EXPIRED or (expires_at is not None and str(expires_at) <= now)
@@ -61,10 +65,11 @@ class Row:
             self.values[_COLUMN[name]] = value
         self.dirty = CHANGED
 
-    def advance(self, last_seq: int, message_count: int) -> None:
+    def advance(self, last_seq: int, message_count: int, stored_bytes: int) -> None:
         values = self.values
         values[9] = message_count
         values[10] = last_seq
+        values[13] = stored_bytes
         self.dirty = max(self.dirty, MOVED)
 
     def touch(self, now: str, expires_at: str | None) -> None:

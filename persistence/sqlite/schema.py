@@ -25,7 +25,7 @@ from ..base import StorageError
 
 # 'Bamb': PRAGMA application_id, so that a file of another program is never taken over.
 APPLICATION_ID: Final = 0x42616D62
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # WAL pages past which the writer checkpoints itself (SQLite's default is 1,000).
 WRITER_AUTOCHECKPOINT: Final = 16_000
 
@@ -70,18 +70,29 @@ _V1: Final = (
        WHERE message_index IS NOT NULL""",
 )
 
+# What each session's log holds (its events' JSON and keys, in bytes): the count that
+# max_session_bytes bounds, moved by every append. A file of version 1 gets it counted
+# from its logs once, in the migration.
+_V2: Final = (
+    "ALTER TABLE sessions ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0",
+    """UPDATE sessions SET stored_bytes = (
+           SELECT coalesce(sum(length(CAST(event AS BLOB))
+                               + coalesce(length(CAST(key AS BLOB)), 0)), 0)
+           FROM events WHERE events.session_id = sessions.id)""",
+)
+
 # MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 SESSION_COLUMNS: Final = (
     "id, user_id, title, state, created_at, updated_at, last_activity_at, expires_at, "
-    "ttl, message_count, last_seq, epoch, extra"
+    "ttl, message_count, last_seq, epoch, extra, stored_bytes"
 )
 EVENT_COLUMNS: Final = "seq, ts, key, CAST(event AS BLOB)"
 
 SessionRow = tuple[
-    str, str | None, str | None, str, str, str, str, str | None, int | None, int, int, str, str
+    str, str | None, str | None, str, str, str, str, str | None, int | None, int, int, str, str, int
 ]
 EventRow = tuple[int, str, str | None, bytes]
 
@@ -219,6 +230,7 @@ def metadata_of(row: SessionRow) -> SessionMetadata:
         last_seq,
         epoch,
         extra,
+        stored_bytes,
     ) = row
     parse = datetime.fromisoformat
     return SessionMetadata(
@@ -235,6 +247,7 @@ def metadata_of(row: SessionRow) -> SessionMetadata:
         last_seq=last_seq,
         epoch=epoch,
         ttl=ttl,
+        stored_bytes=stored_bytes,
     )
 
 
@@ -253,6 +266,7 @@ def row_of(meta: SessionMetadata) -> SessionRow:
         meta.last_seq,
         meta.epoch,
         encode_extra(meta.extra),
+        meta.stored_bytes,
     )
 
 

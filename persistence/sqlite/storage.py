@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Final, Literal, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
@@ -54,6 +52,7 @@ from ..importing import check_importable
 from ..index import copy_metadata
 from . import reads, writes
 from .checkpoint import Checkpointer
+from .config import SYNCHRONOUS, SqliteStorageConfig
 from .lock import StoreLock
 from .reads import Readers
 from .schema import check_readable, connect_writer
@@ -64,27 +63,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Durability = Literal["fsync", "os"]
-SYNCHRONOUS: Final[dict[str, str]] = {"fsync": "FULL", "os": "NORMAL"}
 # Writes remembered for subscribe's consistency check (see _touched_since).
 RECENT_WRITES: Final = 4096
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SqliteStorageConfig:
-    """Where and how :class:`SqliteStorage` keeps data: ``path`` (the database file),
-    ``default_ttl``, ``max_sessions``, ``cleanup_interval`` (as every backend),
-    ``durability`` (``fsync``: ``synchronous=FULL``; ``os``: ``synchronous=NORMAL``),
-    ``read_only`` (open an existing file without writing), ``readers`` (read
-    connections, each on its own thread)."""
-
-    path: Path
-    default_ttl: int | None = None
-    max_sessions: int | None = None
-    cleanup_interval: float | None = 3600
-    durability: Durability = "fsync"
-    read_only: bool = False
-    readers: int = 2
 
 
 class SqliteStorage:
@@ -184,6 +164,7 @@ class SqliteStorage:
         meta = copy_metadata(session.metadata)
         meta.last_seq = 0  # a new log; whatever the caller set does not describe it
         meta.message_count = 0
+        meta.stored_bytes = 0
         default_ttl = self.config.default_ttl
         if meta.ttl is None and default_ttl is not None:
             meta.ttl = default_ttl
@@ -266,7 +247,13 @@ class SqliteStorage:
     ) -> list[Appended]:
         check_session_id(session_id)
         prepared = writes.prepare(items)
-        work = functools.partial(writes.append, session_id=session_id, items=prepared, epoch=epoch)
+        work = functools.partial(
+            writes.append,
+            session_id=session_id,
+            items=prepared,
+            epoch=epoch,
+            cap=self.config.max_session_bytes,
+        )
         results, _stored = await self._write(
             work, lambda done: self._published(session_id, done[1])
         )
@@ -385,14 +372,3 @@ class SqliteStorage:
                 await self.cleanup_expired_sessions()
             except Exception:
                 log.exception("cleanup of expired sessions failed")
-
-
-def config_from_url(location: str, durability: str | None, **options: Any) -> SqliteStorageConfig:
-    return SqliteStorageConfig(Path(location), durability=_durability(durability), **options)
-
-
-def _durability(given: str | None) -> Durability:
-    for mode in ("fsync", "os"):
-        if (given or "fsync") == mode:
-            return mode
-    raise ValueError(f"durability must be one of {', '.join(SYNCHRONOUS)}, not {given!r}")

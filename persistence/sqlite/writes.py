@@ -43,7 +43,7 @@ from ..base import (
     SessionNotFound,
     StorageFull,
 )
-from ..events import completed_event
+from ..events import check_room, completed_event, stored_size
 from .rows import CLEAN, MOVED, Row, RowCache
 from .schema import SESSION_COLUMNS, encode_extra, row_of, time_text
 
@@ -58,11 +58,11 @@ _NEWEST_OF_KEY: Final = (
 # entries of indexes on columns it did not change (state's, for one).
 _UPDATE_ACTIVITY: Final = (
     "UPDATE sessions SET updated_at = ?, last_activity_at = ?, expires_at = ?, "
-    "message_count = ?, last_seq = ? WHERE id = ?"
+    "message_count = ?, last_seq = ?, stored_bytes = ? WHERE id = ?"
 )
 _UPDATE_SESSION: Final = (
     "UPDATE sessions SET state = ?, updated_at = ?, last_activity_at = ?, expires_at = ?, "
-    "ttl = ?, message_count = ?, last_seq = ?, extra = ? WHERE id = ?"
+    "ttl = ?, message_count = ?, last_seq = ?, extra = ?, stored_bytes = ? WHERE id = ?"
 )
 _FINAL_CLOSED: Final = SessionState.CLOSED.value
 _EXPIRED: Final = SessionState.EXPIRED.value
@@ -147,9 +147,9 @@ class Batch:
                 continue
             v = row.values
             if row.dirty == MOVED:
-                moved.append((v[5], v[6], v[7], v[9], v[10], v[0]))
+                moved.append((v[5], v[6], v[7], v[9], v[10], v[13], v[0]))
             else:
-                changed.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[0]))
+                changed.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[13], v[0]))
             row.dirty = CLEAN
         if moved:
             self.db.executemany(_UPDATE_ACTIVITY, moved)
@@ -204,11 +204,17 @@ def create(
 
 
 def append(
-    batch: Batch, session_id: str, items: Sequence[Prepared], epoch: str | None = None
+    batch: Batch,
+    session_id: str,
+    items: Sequence[Prepared],
+    epoch: str | None = None,
+    cap: int | None = None,
 ) -> tuple[list[Appended], list[StoredEvent]]:
     """Append fresh items with the next seqs; a key accepted within the window (or
     earlier in ``items``) makes a duplicate of its first seq. With ``epoch``, only to
-    the log of that epoch: a session created again under the id is SessionNotFound."""
+    the log of that epoch: a session created again under the id is SessionNotFound.
+    Fresh items that would take the session's stored bytes past ``cap``: SessionFull,
+    nothing appended (checked before anything changes, as every refusal is)."""
     row = batch.existing(session_id)
     if epoch is not None and row.epoch != epoch:
         raise SessionNotFound(f"session {session_id!r} not found")
@@ -216,29 +222,43 @@ def append(
         raise SessionClosed(f"session {session_id!r} is closed")
     if row.is_expired(batch.now_text):
         raise SessionExpired(f"session {session_id!r} has expired")
-    now, now_text = batch.now, batch.now_text
-    last_seq, message_count = row.last_seq, row.message_count
+    last_seq = row.last_seq
     results: list[Appended] = []
-    stored: list[StoredEvent] = []
-    inserts = batch.inserts
-    for event, key, data, is_message in items:
-        next_seq = last_seq + len(stored) + 1
+    fresh: list[tuple[int, Prepared]] = []
+    keys: dict[str, int] = {}  # fresh keys of these items: batch.keys once they are in
+    adding = 0
+    for item in items:
+        key = item[1]
+        next_seq = last_seq + len(fresh) + 1
         if key is not None:
-            seen = batch.seq_of_key(session_id, key)
+            seen = keys.get(key)
+            if seen is None:
+                seen = batch.seq_of_key(session_id, key)
             if seen is not None and next_seq - seen <= KEY_WINDOW:
                 results.append(Appended(seen, duplicate=True))
                 continue
-            batch.keys[session_id, key] = next_seq
+            keys[key] = next_seq
+        adding += stored_size(item[2], key)
+        fresh.append((next_seq, item))
+        results.append(Appended(next_seq))
+    if not fresh:
+        return results, []
+    check_room(row.stored_bytes, adding, cap)
+    now, now_text = batch.now, batch.now_text
+    message_count = row.message_count
+    stored: list[StoredEvent] = []
+    inserts = batch.inserts
+    for seq, (event, key, data, is_message) in fresh:
         index = None
         if is_message:
             index = message_count
             message_count += 1
-        stored.append(StoredEvent(next_seq, now, event, key, msgspec.Raw(data)))
-        inserts.append((session_id, next_seq, now_text, key, index, data))
-        results.append(Appended(next_seq))
-    if stored:
-        row.advance(stored[-1].seq, message_count)
-        row.touch(now_text, batch.expiry(row.ttl))
+        stored.append(StoredEvent(seq, now, event, key, msgspec.Raw(data)))
+        inserts.append((session_id, seq, now_text, key, index, data))
+    for key, seq in keys.items():
+        batch.keys[session_id, key] = seq
+    row.advance(stored[-1].seq, message_count, row.stored_bytes + adding)
+    row.touch(now_text, batch.expiry(row.ttl))
     return results, stored
 
 
@@ -249,7 +269,7 @@ def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) 
         if event.seq != expected:
             raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
         expected += 1
-    message_count = row.message_count
+    message_count, stored_bytes = row.message_count, row.stored_bytes
     for event in events:
         index = None
         if isinstance(event.event, MessageEvent):
@@ -258,9 +278,11 @@ def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) 
         if event.key is not None:
             batch.keys[session_id, event.key] = event.seq
         ts = time_text(event.ts)
-        batch.inserts.append((session_id, event.seq, ts, event.key, index, bytes(event.event_json)))
+        data = bytes(event.event_json)
+        stored_bytes += stored_size(data, event.key)
+        batch.inserts.append((session_id, event.seq, ts, event.key, index, data))
     if events:
-        row.advance(events[-1].seq, message_count)
+        row.advance(events[-1].seq, message_count, stored_bytes)
 
 
 def import_metadata(batch: Batch, meta: SessionMetadata) -> None:
