@@ -132,3 +132,23 @@ async def test_an_old_session_whose_acknowledged_seqs_are_lost_starts_a_new_epoc
         meta = await storage.get_metadata("plain")
         assert meta is not None and meta.last_seq == last["seq"]
         assert meta.epoch != EXPECTED["clean"]["plain"]["metadata"]["epoch"]
+
+
+@pytest.mark.parametrize("store", ["clean", "crashed"])
+async def test_stored_bytes_are_each_log_s_size_once_open(store: str, tmp_path: Path) -> None:
+    """The JSONL store's stored_bytes (what --max-session-bytes bounds) is its log's
+    size: right for a store written before the count existed, and after a crash (its
+    torn tail cut, the WAL's events replayed), with nothing to migrate."""
+    base = copy_of(store, tmp_path)
+    storage = await JsonlStorage.open(JsonlStorageConfig(base, cleanup_interval=None))
+    try:
+        for meta in (await storage.list_sessions(SessionFilter(limit=1000))).sessions:
+            log = base / "events" / f"{meta.id}.jsonl"
+            size = log.stat().st_size if log.exists() else 0
+            assert meta.stored_bytes == size, meta.id
+        await storage.append_event("plain", AgentEvent.token("one more"))
+        meta = await storage.get_metadata("plain")
+        assert meta is not None
+    finally:
+        await storage.close()
+    assert meta.stored_bytes == (base / "events" / "plain.jsonl").stat().st_size

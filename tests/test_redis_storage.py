@@ -6,6 +6,7 @@ options; WAIT for a real replica; list_sessions against the in-memory index."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 from collections.abc import AsyncIterator, Callable, Collection
@@ -20,6 +21,7 @@ from bamboo_session.persistence import (
     InvalidTransition,
     MemoryStorage,
     SessionFilter,
+    SessionFull,
     SortBy,
     SortOrder,
     Storage,
@@ -27,8 +29,10 @@ from bamboo_session.persistence import (
     Subscription,
     open_storage,
 )
+from bamboo_session.persistence.events import stored_size
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, StoredEvent
 from tests.redis_server import RedisServer, link_replica, prefix_for
 
@@ -555,3 +559,40 @@ async def test_a_session_is_imported_as_another_store_holds_it(url: Callable[...
     finally:
         await source.close()
         await target.close()
+
+
+async def test_two_instances_appending_at_once_stay_within_the_session_cap(
+    url: Callable[..., str],
+) -> None:
+    """The cap on a session's stored bytes is checked inside append.lua: instances
+    racing to fill one session never take it past the cap together."""
+    cap = 10_000
+    a = cast(RedisStorage, await open_storage(url(), max_session_bytes=cap))
+    b = await open_storage(url(), max_session_bytes=cap)
+    try:
+        await a.create_session(Session.new("s1"))
+        event = AgentEvent.token("x" * 200)
+
+        async def fill(store: Storage) -> int:
+            stored = 0
+            with contextlib.suppress(SessionFull):
+                while True:
+                    await store.append_event("s1", event)
+                    stored += 1
+            return stored
+
+        counts = await asyncio.gather(fill(a), fill(b), fill(a), fill(b))
+        meta = await b.get_metadata("s1")
+        assert meta is not None
+        assert meta.last_seq == sum(counts)
+        per_event = stored_size(encode_event(event), None)
+        assert meta.stored_bytes == per_event * meta.last_seq
+        assert cap - per_event < meta.stored_bytes <= cap
+        # A hash stored before the count existed counts from 0.
+        await a.redis.call("HDEL", a.layout.meta("s1"), "bytes")
+        assert await a.append_event("s1", event) == Appended(meta.last_seq + 1)
+        again = await b.get_metadata("s1")
+        assert again is not None and again.stored_bytes == per_event
+    finally:
+        await a.close()
+        await b.close()
