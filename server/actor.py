@@ -349,9 +349,10 @@ class SessionActor:
             self._give(taken)
         elif taken is not None:
             code, reason, ended = taken
-            if ended == "closed":
+            closed = ended == "closed"
+            if closed:
                 self.status.state = SessionState.CLOSED
-            self.end(code, reason)
+            self.end(code, reason, replays_go_on=closed)
 
     def _give(self, events: list[StoredEvent]) -> None:
         self.room.deliver(events)
@@ -360,8 +361,9 @@ class SessionActor:
         lag = time.time() - events[0].ts.timestamp()
         self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
 
-    def end(self, code: CloseCode, reason: str) -> None:
-        self.room.close_all(code, reason)
+    def end(self, code: CloseCode, reason: str, *, replays_go_on: bool = False) -> None:
+        """Closes every connection (``SessionRoom.close_all``) and retires."""
+        self.room.close_all(code, reason, replays_go_on=replays_go_on)
         self.accepting = False
 
     # -- timers: idleness while connected, the end of parking when not -----------

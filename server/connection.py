@@ -37,7 +37,7 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
-from .closing import close_within
+from .closing import close_within, cut_replay
 from .commands import Append, SetState, batch_frame_appends
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
@@ -339,10 +339,12 @@ class Connection:
             # The writer sends what is queued, then closes; should the peer stop
             # reading meanwhile, the close happens from outside the stuck writer.
             grace = self.services.config.close_timeout
-            asyncio.get_running_loop().call_later(grace, self._close_soon, request)
+            asyncio.get_running_loop().call_later(grace, self._close_soon, request, True)
 
-    def _close_soon(self, request: CloseRequest) -> None:
+    def _close_soon(self, request: CloseRequest, bound: bool = False) -> None:
         if self._closer is None and self.ws.close_code is None:
+            if bound:  # a replay the close let go on stops here (server/closing.py)
+                cut_replay(self.outbox, self.ws, self.codec)
             self._closer = asyncio.create_task(self._close(request))
 
     async def _close(self, request: CloseRequest) -> None:

@@ -200,7 +200,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
     )
     if not alive:
         # Its peers were silent for its whole TTL: tell them, as a delete would.
-        actor.end(CloseCode.NOT_FOUND, "session expired")
+        actor.end(CloseCode.NOT_FOUND, "session expired", replays_go_on=True)
         return
     actor.arm_timer()
 
@@ -225,7 +225,8 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
         await actor.catch_up()  # viewers get every acknowledged event before the close
     command.answer(actor.room.published_seq)
     if command.state == SessionState.CLOSED:
-        actor.room.close_all(CloseCode.NORMAL, "session closed")
+        # A replay under way is sent whole first: no resume can bring its rest now.
+        actor.room.close_all(CloseCode.NORMAL, "session closed", replays_go_on=True)
         actor.accepting = False
 
 

@@ -39,14 +39,20 @@ class Replay:
 class CloseRequest:
     """The last item of an outbox: close the connection with ``code``. ``overflow``
     marks a close at once, whose backlog was dropped: a reader too slow for its queue
-    or its replay, or a replay that could not go on."""
+    or its replay, or a replay that could not go on. ``replay_goes_on`` marks a close
+    that lets a replay under way finish first (the session closed or expired: its
+    peers cannot resume), until the connection's close timeout cuts it
+    (server/closing.py)."""
 
-    __slots__ = ("code", "overflow", "reason")
+    __slots__ = ("code", "overflow", "reason", "replay_goes_on")
 
-    def __init__(self, code: CloseCode, reason: str, *, overflow: bool = False) -> None:
+    def __init__(
+        self, code: CloseCode, reason: str, *, overflow: bool = False, replay_goes_on: bool = False
+    ) -> None:
         self.code = code
         self.reason = reason
         self.overflow = overflow
+        self.replay_goes_on = replay_goes_on
 
 
 OutboxItem = Outbound | Replay | CloseRequest
@@ -84,6 +90,7 @@ class Outbox:
         "max_bytes",
         "max_in_flight",
         "on_close",
+        "replaying",
         "role",
         "sink",
     )
@@ -117,6 +124,7 @@ class Outbox:
         # other close after a grace period, should the peer stop reading meanwhile).
         self.on_close = on_close
         self.closing: CloseRequest | None = None
+        self.replaying = False  # while its writer sends a replay it took (get)
         # A list read from ``_head`` rather than a deque: an idle connection's empty
         # list costs 56 bytes where an empty deque keeps a 760-byte block.
         self._items: list[OutboxItem] = []
@@ -195,10 +203,12 @@ class Outbox:
         if self._settled is not None:
             self._settled.set()
 
-    def close(self, code: CloseCode, reason: str) -> None:
-        """Ends the stream: frames already queued are still sent, then the close."""
+    def close(self, code: CloseCode, reason: str, *, replay_goes_on: bool = False) -> None:
+        """Ends the stream: frames already queued are still sent, then the close; with
+        ``replay_goes_on``, a replay under way or queued is sent whole first, within the
+        close's bound (CloseRequest)."""
         if self.closing is None:
-            self._end(CloseRequest(code, reason))
+            self._end(CloseRequest(code, reason, replay_goes_on=replay_goes_on))
 
     def overflow(self) -> None:
         """The reader is too slow for its queue: the backlog is dropped, and the
@@ -309,16 +319,24 @@ class Outbox:
             waiter.set_result(None)
 
     async def get(self) -> OutboxItem:
+        """The next item, for the writer; from a replay taken until the next call, the
+        outbox is ``replaying``."""
+        self.replaying = False
         while not len(self):
             self._waiter = self._event_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._popleft()
+        item = self._popleft()
+        self.replaying = type(item) is Replay
+        return item
 
     def get_nowait(self) -> OutboxItem | None:
-        return self._popleft() if len(self) else None
+        self.replaying = False
+        item = self._popleft() if len(self) else None
+        self.replaying = type(item) is Replay
+        return item
 
     def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]:
         """``first`` (if given) and the frames queued right behind it, up to ``limit``

@@ -11,7 +11,8 @@ to where the ring begins then goes in front of the ring (``SessionRoom.seed_ring
 that resumers who come later replay it from memory.
 
 ``send_replay`` sends a connection's replay, page after page, each within a deadline,
-and each once its peer's replay allowance allows (server/replay_allowance.py).
+and each once its peer's replay allowance allows (server/replay_allowance.py); when
+the session is closed or expires meanwhile, to its end, within the close's bound.
 """
 
 from __future__ import annotations
@@ -132,13 +133,16 @@ async def send_replay(
     replay for ``page_timeout`` (the first page included, so a 4429 here always comes
     after some progress) is closed with 4429, since it is what holds the page in
     memory; one that reads slowly but steadily is not. A replay whose outbox is closing
-    goes no further, and takes what was queued behind it along: those live events
-    would come after a gap. With an ``allowance``, each page waits until the peer's
-    debt is repaid (nothing is held meanwhile), and is charged once framed."""
+    goes no further, unless the close lets it finish (``CloseRequest.replay_goes_on``,
+    until the close's bound cuts it: server/closing.py); one that stops short takes
+    what was queued behind it along: those live events would come after a gap. With an
+    ``allowance``, each page waits until the peer's debt is repaid (nothing is held
+    meanwhile; a close ends the wait, and a replay the close lets finish goes on
+    without it, within the close's bound), and is charged once framed."""
     position, through, sent = replay.after, replay.through, 0
-    while position < through and outbox.closing is None:
-        if allowance is not None and not await allowance.repaid(outbox):
-            break  # closing meanwhile
+    while position < through and _goes_on(outbox):
+        if allowance is not None and not await allowance.repaid(outbox) and not _goes_on(outbox):
+            break  # closing meanwhile, and the close cuts the replay
         try:
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
         except StorageError as exc:
@@ -146,7 +150,7 @@ async def send_replay(
             failure = failure_of(exc)
             outbox.drop(failure.close, failure.reason)  # live events cannot follow a gap
             return sent
-        if not frames or outbox.closing is not None:
+        if not frames or not _goes_on(outbox):
             break
         if allowance is not None:
             allowance.charge(frames)
@@ -165,6 +169,13 @@ async def send_replay(
     if position < through and outbox.closing is not None:
         outbox.cut_to_close()  # what was queued behind the replay would follow a gap
     return sent
+
+
+def _goes_on(outbox: Outbox) -> bool:
+    """Whether a replay may send another page: no close asked for, or one that lets it
+    finish and whose bound has not cut it yet."""
+    closing = outbox.closing
+    return closing is None or closing.replay_goes_on
 
 
 async def _page_frames(

@@ -151,12 +151,14 @@ class SessionRoom:
         """A connection to this session on another process joined or left."""
         self._presence(connection_id, role, joined, connections)
 
-    def close_all(self, code: CloseCode, reason: str) -> None:
-        """A ``closed`` frame, then the close, for every connection."""
+    def close_all(self, code: CloseCode, reason: str, *, replays_go_on: bool = False) -> None:
+        """A ``closed`` frame, then the close, for every connection; with
+        ``replays_go_on`` (the session closed or expired), after the rest of a replay
+        under way, within the close timeout (server/closing.py)."""
         closed = Outbound(Closed(reason))
         for outbox in self.outboxes.values():
             outbox.push(closed)
-            outbox.close(code, reason)
+            outbox.close(code, reason, replay_goes_on=replays_go_on)
         self.outboxes.clear()
         self.origins.clear()
 
