@@ -318,14 +318,22 @@ REPLAYED = 3000
 BIG = "r" * 4000
 
 
-async def test_a_session_closed_during_a_resumes_replay_does_not_end_events_silently() -> None:
-    """A viewer resumes from seq 0 and reads slowly (nothing until the session is closed:
-    its queue of 20 full, it stops reading its socket), so the server's replay waits
-    for room, mid-way; another peer closes the session right after the welcome. The
-    replay stops at the end of its page and `closed` follows: the events after it up to
-    `welcome.last_seq` never come. events() hands over what came, then ConnectionLost
-    names the seq after which the HTTP endpoint has the rest."""
-    async with run_server(durability="os") as server:
+CLOSE_TIMEOUT = 2.0  # the server's --close-timeout: how long a replay may go on after a close
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["reads-in-time", "reads-past-the-bound"])
+async def test_a_session_closed_during_a_resumes_replay_does_not_end_events_silently(
+    waits: bool,
+) -> None:
+    """A viewer resumes from seq 0 and reads slowly (its queue of 20 full, it stops
+    reading its socket), so the server's replay waits for room, mid-way; another peer
+    closes the session right after the welcome. Read within the close's bound
+    (``--close-timeout``), the replay comes whole, then `closed`: events() just ends.
+    Read only past it (``waits``), the replay stops where the bound found it and
+    `closed` follows: the events after it up to `welcome.last_seq` never come.
+    events() hands over what came, then ConnectionLost names the seq after which the
+    HTTP endpoint has the rest."""
+    async with run_server(durability="os", close_timeout=CLOSE_TIMEOUT) as server:
         async with await BambooClient.connect(
             url(server), receive_events=False, role="agent"
         ) as pub:
@@ -335,13 +343,18 @@ async def test_a_session_closed_during_a_resumes_replay_does_not_end_events_sile
             )
             try:
                 await pub.set_state("closed")
+                if waits:
+                    await asyncio.sleep(CLOSE_TIMEOUT + 0.3)
                 seqs, error = await read_to_the_end(viewer, 30)
             finally:
                 await viewer.close()
         got = len(seqs)
-        assert got < REPLAYED, f"the close cut the replay: {got} of {REPLAYED} came"
         assert seqs == list(range(1, got + 1)), "what came, in order, no gap"
-        assert viewer.skipped_events == 0, "nothing skipped: the replay was cut, not skipped"
+        assert viewer.skipped_events == 0, "nothing skipped"
+        if not waits:
+            assert got == REPLAYED and error is None, (got, error)
+            return
+        assert got < REPLAYED, f"the bound cut the replay: {got} of {REPLAYED} came"
         assert isinstance(error, ConnectionLost), f"{got} of {REPLAYED} events delivered"
         assert f"after seq {got} not delivered" in str(error)
         assert f"events?after_seq={got})" in str(error)

@@ -560,47 +560,64 @@ async function holdingProxy(target) {
 const REPLAYED = 3000;
 const BIG = "r".repeat(4000);
 
-test(
-  "a session closed during a resume's replay: events() says which seq to read after",
-  { timeout: 30000 },
-  async () => {
-    const options = { sessionId: "replay-cut-1", backoffInitial: 20 };
-    const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
-    const proxy = await holdingProxy(url);
-    let viewer = null;
-    try {
-      await publishMany(agent, REPLAYED, BIG);
-      // The viewer reads slowly: the upgrade, the welcome and a few events, then
-      // nothing until the session is closed, so the replay waits mid-way for room. The
-      // queue is large enough for all of it: nothing is skipped.
-      proxy.hold(64 * 1024);
-      viewer = await BambooClient.connect(proxy.url, {
-        ...options,
-        lastSeq: 0,
-        maxQueuedBytes: 256 * 1024 * 1024,
-      });
-      await agent.setState("closed");
-      proxy.release();
-      const { seqs, error } = await readToTheEnd(viewer);
-      const got = seqs.length;
-      assert.ok(got < REPLAYED, `the close cut the replay: ${got} of ${REPLAYED} came`);
-      assert.deepEqual(seqs, range(got), "what came, in order, no gap");
-      assert.equal(viewer.skippedEvents, 0, "the replay was cut, not skipped");
-      assert.ok(error instanceof ConnectionLost, `${got} of ${REPLAYED} delivered: ${error}`);
-      assert.equal(error.afterSeq, got);
-      assert.match(
-        error.message,
-        new RegExp(`after seq ${got} not delivered .*after_seq=${got}\\)$`),
-      );
-      assert.ok(error.cause instanceof SessionEnded, String(error.cause));
-      assert.deepEqual(await storedSeqs("replay-cut-1", got), range(REPLAYED).slice(got));
-    } finally {
-      await viewer?.close();
-      await agent.close();
-      await proxy.close();
-    }
-  },
-);
+// How long the server lets a replay go on after its session is closed: its
+// --close-timeout (tests/test_js.py starts it with the default, 5 s).
+const CLOSE_TIMEOUT_MS = 5000;
+
+for (const waits of [false, true]) {
+  test(
+    waits
+      ? "a session closed during a resume's replay not read in time: events() says which seq to read after"
+      : "a session closed during a resume's replay read in time: the whole replay, then the end",
+    { timeout: 40000 },
+    async () => {
+      const options = { sessionId: `replay-cut-1-${waits}`, backoffInitial: 20 };
+      const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+      const proxy = await holdingProxy(url);
+      let viewer = null;
+      try {
+        await publishMany(agent, REPLAYED, BIG);
+        // The viewer reads slowly: the upgrade, the welcome and a few events, then
+        // nothing until the session is closed, so the replay waits mid-way for room. The
+        // queue is large enough for all of it: nothing is skipped.
+        proxy.hold(64 * 1024);
+        viewer = await BambooClient.connect(proxy.url, {
+          ...options,
+          lastSeq: 0,
+          maxQueuedBytes: 256 * 1024 * 1024,
+        });
+        await agent.setState("closed");
+        // Read within the close's bound, the replay comes whole; read past it, it was
+        // cut where the bound found it (then `closed` and 1000, as read now).
+        if (waits) await sleep(CLOSE_TIMEOUT_MS + 500);
+        proxy.release();
+        const { seqs, error } = await readToTheEnd(viewer);
+        const got = seqs.length;
+        assert.deepEqual(seqs, range(got), "what came, in order, no gap");
+        assert.equal(viewer.skippedEvents, 0, "nothing skipped");
+        if (!waits) {
+          assert.equal(got, REPLAYED);
+          assert.equal(error, null);
+          assert.ok(viewer.error instanceof SessionEnded && viewer.error.code === 1000);
+          return;
+        }
+        assert.ok(got < REPLAYED, `the bound cut the replay: ${got} of ${REPLAYED} came`);
+        assert.ok(error instanceof ConnectionLost, `${got} of ${REPLAYED} delivered: ${error}`);
+        assert.equal(error.afterSeq, got);
+        assert.match(
+          error.message,
+          new RegExp(`after seq ${got} not delivered .*after_seq=${got}\\)$`),
+        );
+        assert.ok(error.cause instanceof SessionEnded, String(error.cause));
+        assert.deepEqual(await storedSeqs(options.sessionId, got), range(REPLAYED).slice(got));
+      } finally {
+        await viewer?.close();
+        await agent.close();
+        await proxy.close();
+      }
+    },
+  );
+}
 
 test(
   "a session closed after a resume's replay ends events() normally",

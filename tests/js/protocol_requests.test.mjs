@@ -3,6 +3,7 @@
 // Run by tests/test_js_protocol.py; by hand:
 //   BAMBOO_PYTHON=.venv/bin/python node --test tests/js/protocol_*.test.mjs
 import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 
 import { RFC3339_UTC, main, sid, connect, attach, token, getJSON, useServers } from "./outside.mjs";
@@ -297,4 +298,38 @@ test("resume: the missed events, in order, once; else resumed: false and nothing
     peer.close();
   }
   pub.close();
+});
+
+test("resume: a close while the replay is being sent still delivers all N announced events", async () => {
+  // 2,000 events of 10 KB, more than the sockets' buffers hold: the replay is under way
+  // when another peer closes the session. Published by 8 connections one after the
+  // other (each within the default byte rate).
+  const id = sid("resume-close");
+  const n = 2000;
+  const content = "r".repeat(10000);
+  for (let p = 0; p < 8; p++) {
+    const { peer: pub } = await attach(main.port, id, { create: true });
+    for (let i = 0; i < n / 8; i++) {
+      pub.send({ type: "event", id: i, event: { type: "token", content } });
+    }
+    for (let i = 0; i < n / 8; i++) await pub.recvType("ack", 30000);
+    pub.close();
+  }
+  const { peer: closer } = await attach(main.port, id, {});
+  const { peer: resumer, welcome } = await attach(main.port, id, { last_seq: 0 });
+  resumer.ws.socket.pause(); // reads nothing for a moment
+  assert.deepEqual([welcome.resumed, welcome.replay, welcome.last_seq], [true, n, n]);
+  await sleep(500);
+  await closer.request({ type: "state", id: "c", state: "closed" }, "ack");
+  await sleep(500);
+  resumer.ws.socket.resume();
+  const end = await resumer.closeCode(10000);
+  const seqs = end.frames.filter((f) => f.type === "event").map((f) => f.seq);
+  assert.deepEqual(
+    seqs,
+    Array.from({ length: n }, (_, i) => i + 1),
+  );
+  assert.equal(end.frames.at(-1).type, "closed");
+  assert.equal(end.close, 1000);
+  closer.close();
 });
