@@ -152,7 +152,8 @@ class ClientState:
         not received at all: the feed stops below the last seq the session is known to
         have reached (a welcome's ``last_seq``, which a resume's replay goes up to, or a
         higher seq from an event or an ack of ours), as when the session is closed while
-        the replay is being sent (the server stops it at the end of its page). A
+        the replay is being sent and the client does not take it within the server's
+        close timeout (the server cuts it there). A
         publish-only client (``receive_events`` off) is owed none, whatever dropped its
         connections (a 4429 for its own frame rate included)."""
         if not self.receive_events:

@@ -33,7 +33,7 @@
  *   (`GET /api/v1/sessions/{id}/events?after_seq=…`), rather than just end. So does
  *   a session that ends before every event up to the last seq known to be in it came
  *   (the welcome's `last_seq`, which a resume's replay goes up to): the close cuts a
- *   replay short at the end of its page.
+ *   replay short when the client has not taken it within the server's close timeout.
  * - Refusals end the client with a typed error: {@link Unauthorized} (4401),
  *   {@link Forbidden} (4403), {@link NotFound} (4404), {@link SessionEnded} (1000, 4409;
  *   but see the queue above).
@@ -1127,7 +1127,7 @@ export class BambooClient extends EventTarget {
    * `#overflowed`), or not received at all: `events()` stops below the last seq the
    * session is known to have reached (a welcome's `last_seq`, which a resume's replay
    * goes up to, or a higher seq from an event or an ack of ours), as when the session
-   * is closed while the replay is being sent (the server stops it at the end of its page).
+   * is closed while the replay is being sent and the client does not take it in time.
    * A publish-only client (`receiveEvents: false`) is owed none, whatever dropped its
    * connections (a 4429 for its own frame rate included).
    * @returns {boolean}
