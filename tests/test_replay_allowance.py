@@ -157,8 +157,9 @@ async def test_a_client_that_drops_gets_every_missed_event_once_in_order(ring_by
 
 
 async def test_a_replay_waiting_for_its_allowance_does_not_hold_up_a_close() -> None:
-    """A resume that waits for its peer's debt gets ``closed`` and 1000 as soon as the
-    session is closed, not once the debt (several seconds here) is repaid."""
+    """A resume that waits for its peer's debt gets its whole replay, ``closed`` and 1000
+    as soon as the session is closed, not once the debt (several seconds here) is
+    repaid: a replay the close lets finish goes on without the debt."""
     async with run_server(rate_limit_bytes=1_000, rate_limit_bytes_burst=BURST) as server:
         async with attach(server, create=True) as (_, welcome):
             session_id, epoch = welcome["session"]["id"], welcome["epoch"]
@@ -176,3 +177,5 @@ async def test_a_replay_waiting_for_its_allowance_does_not_hold_up_a_close() -> 
                 code, frames = await waiting.closed()
             assert code == 1000 and frames[-1]["type"] == "closed"
             assert time.monotonic() - started < 1.0
+            replayed = [f["seq"] for f in frames if f["type"] == "event"]
+            assert replayed == list(range(1, EVENTS + 1))
