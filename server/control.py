@@ -34,6 +34,7 @@ from .commands import (
     by_request,
 )
 from .failures import subscription_end
+from .status import EXPIRED
 
 if TYPE_CHECKING:
     from .actor import SessionActor
@@ -195,12 +196,18 @@ async def tick(actor: SessionActor, generation: int) -> None:
         else:
             actor.arm_timer()
         return
-    alive = await actor.status.check(
+    ended = await actor.status.check(
         timer.quiet_for(), actor.config.idle_timeout, traffic=timer.traffic_since_armed()
     )
-    if not alive:
+    if ended == EXPIRED:
         # Its peers were silent for its whole TTL: tell them, as a delete would.
         actor.end(CloseCode.NOT_FOUND, "session expired", replays_go_on=True)
+        return
+    if ended is not None:
+        # Deleted, or replaced by a session of another epoch, and the store's notice
+        # is not here yet (another process's, late or lost): its peers are told what
+        # the notice would tell them.
+        actor.end(*subscription_end(ended))
         return
     actor.arm_timer()
 

@@ -15,9 +15,12 @@ from bamboo_session.persistence.base import (
     Storage,
     StorageError,
 )
+from bamboo_session.persistence.feed import DELETED
 from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
 
 log = structlog.get_logger("bamboo_session.actor")
+
+EXPIRED = "expired"  # how a session ended that check() found expired (DELETED: gone)
 
 # Stored states that another process may write while this one's peers are busy.
 _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
@@ -96,19 +99,23 @@ class SessionStatus:
         with contextlib.suppress(SessionExpired, SessionNotFound):
             await self.storage.touch(self.session_id, epoch=self.epoch)
 
-    async def check(self, quiet_for: float, idle_timeout: float, traffic: bool) -> bool:
+    async def check(self, quiet_for: float, idle_timeout: float, traffic: bool) -> str | None:
         """A timer's look at a connected session: ``traffic`` (peers sent frames since
         the last look, pings included) is activity, and its TTL starts again, as on
         every append; no frame for ``idle_timeout`` (``quiet_for``, here) makes it
         idle, unless the store recorded activity within it: on a shared store, peers
         attached to other processes publish (or send frames, recorded at their
-        process's look) while this one's are silent. Whether the session is still
-        alive."""
+        process's look) while this one's are silent. None while the session lives;
+        else how it ended: :data:`EXPIRED`, or :data:`DELETED` when the store holds
+        no session of this epoch (deleted, or replaced under its id: the notice of
+        another process is late, or was lost with its pub/sub connection)."""
         if traffic:
             await self.touch()
         metadata = await self.storage.get_metadata(self.session_id)
-        if metadata is None or metadata.is_expired():
-            return False
+        if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
+            return DELETED  # the session that took its id is not this one's to look at
+        if metadata.is_expired():
+            return EXPIRED
         if quiet_for >= idle_timeout:
             if self.state == SessionState.ACTIVE:
                 elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
@@ -121,4 +128,4 @@ class SessionStatus:
             # session active, so without this the store kept it so for as long.
             self.state = metadata.state
             await self.become(SessionState.ACTIVE)
-        return True
+        return None
