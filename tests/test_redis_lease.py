@@ -84,12 +84,12 @@ async def test_a_stalled_holder_is_fenced_off(
         assert fresh.fence > stalled.fence
         # The stalled holder wakes up and acts on what it believed: refused, in Redis.
         with pytest.raises(Fenced):
-            await store.remove_sessions(["old"], only_expired=True, fence=stale_fence)
+            await store.maintenance.remove(["old"], only_expired=True, fence=stale_fence)
         assert await store.get_metadata("old") is not None
         assert not await stalled.renew()
         assert not await stalled.release()  # and cannot free the new holder's lease
         assert await fresh.renew()
-        assert await store.remove_sessions(["old"], only_expired=True, fence=fresh.fence_args())
+        assert await store.maintenance.remove(["old"], only_expired=True, fence=fresh.fence_args())
         assert await store.get_metadata("old") is None
         check_never_held_twice(await fresh.records())
     finally:

@@ -1,5 +1,5 @@
-"""Cleanup of expired sessions on a Redis store, and the lease that makes one instance
-at a time run it.
+"""The removal of sessions from a Redis store (``delete_session``, and cleanup): the
+cleanup of expired sessions, and the lease that makes one instance at a time run it.
 
 ``cleanup()`` finds candidates in the index (the ``expires`` sorted set up to now, and
 the sessions in state ``expired``) and deletes each with ``delete.lua`` in mode
@@ -18,15 +18,17 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from bamboo_session.protocol.models import utcnow
 
 from ..base import StorageError
+from ..feed import DELETED
 from .client import stop_task
-from .layout import to_micros
+from .layout import DELETED_NOTICE, to_micros
 from .lease import Lease
-from .scripts import Fenced
+from .scripts import Fenced, removed_epoch
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -82,10 +84,40 @@ class Maintenance:
             )
             candidates += await storage.redis.call("ZRANGE", index + "state:expired", 0, BATCH - 1)
             ids = sorted({candidate.decode() for candidate in candidates})
-            done = await storage.remove_sessions(ids, only_expired=True, fence=fence)
+            done = await self.remove(ids, only_expired=True, fence=fence)
             removed += done
             if done == 0 or len(ids) < BATCH:
                 return removed
+
+    async def remove(
+        self,
+        session_ids: Sequence[str],
+        only_expired: bool,
+        fence: tuple[str, str] | None = None,
+    ) -> int:
+        """Delete sessions, each atomically with its index entries and the notice to
+        every instance; with ``only_expired`` only those whose TTL passed, and with a
+        lease's ``fence`` only while that lease is held (else Fenced). Returns how
+        many went."""
+        storage = self._storage
+        layout, redis = storage.layout, storage.redis
+        lease_key, token = fence or ("", "")
+        mode = "expired" if only_expired else "any"
+        removed = 0
+        for session_id in session_ids:
+            channel = layout.channel(session_id)
+            done = await redis.write(
+                "delete",
+                layout.session_keys(session_id),
+                [session_id, layout.index, redis.publish, channel, mode, lease_key, token],
+                notice=DELETED_NOTICE,
+                epoch_of=removed_epoch,
+                channel=channel,
+            )
+            if done:
+                removed += 1
+                storage.live.feed.end(session_id, DELETED, removed_epoch(done))
+        return removed
 
     async def _loop(self, interval: float) -> None:
         lease = self.lease

@@ -165,7 +165,7 @@ class RedisStorage:
 
     async def delete_session(self, session_id: str) -> None:
         self.require_writable()
-        await self.remove_sessions([check_session_id(session_id)], only_expired=False)
+        await self.maintenance.remove([check_session_id(session_id)], only_expired=False)
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
         reply = await self.redis.run("list", [], list_args(self.layout, filter))
@@ -228,42 +228,6 @@ class RedisStorage:
     async def cleanup_expired_sessions(self) -> int:
         self.require_writable()
         return await self.maintenance.cleanup()
-
-    async def remove_sessions(
-        self,
-        session_ids: Sequence[str],
-        only_expired: bool,
-        fence: tuple[str, str] | None = None,
-    ) -> int:
-        """Delete sessions, each atomically with its index entries and the notice to
-        every instance; with ``only_expired`` only those whose TTL passed, and with a
-        lease's ``fence`` only while that lease is held (else Fenced). Returns how
-        many went."""
-        lease_key, token = fence or ("", "")
-        mode = "expired" if only_expired else "any"
-        removed = 0
-        for session_id in session_ids:
-            channel = self.layout.channel(session_id)
-            done = await self.redis.write(
-                "delete",
-                self.layout.session_keys(session_id),
-                [
-                    session_id,
-                    self.layout.index,
-                    self.redis.publish,
-                    channel,
-                    mode,
-                    lease_key,
-                    token,
-                ],
-                notice=DELETED_NOTICE,
-                epoch_of=removed_epoch,
-                channel=channel,
-            )
-            if done:
-                removed += 1
-                self.live.feed.end(session_id, DELETED, removed_epoch(done))
-        return removed
 
     # -- events ---------------------------------------------------------------------
 
