@@ -30,7 +30,8 @@ is built on. Every backend means them the same way, and one contract test suite
   actor on another process of a shared store) never appends to, nor reads, the log of
   the session that took its session's place. ``update_session_state`` and ``touch``
   take it too, checked in the same step as the write: such a writer never closes,
-  parks or revives the new session, nor moves its activity or expiry.
+  parks or revives the new session, nor moves its activity or expiry. So does
+  ``last_seq``, so that the last seq a reply gives with a page is of the page's log.
 - A store opened with ``max_session_bytes`` bounds what each session's log holds: an
   append whose fresh items would take the session's ``stored_bytes`` past it stores
   nothing and raises :class:`SessionFull`, checked atomically with the append (so it
@@ -290,8 +291,11 @@ class EventStorage(Protocol):
         Raises SessionNotFound."""
         ...
 
-    async def last_seq(self, session_id: str) -> int:
-        """The last acknowledged seq (0 for an empty log); raises SessionNotFound."""
+    async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
+        """The last acknowledged seq (0 for an empty log); raises SessionNotFound. With
+        ``epoch``, only of the log of that epoch (else SessionNotFound, as at
+        ``read_events``): a page and the last seq read with the same epoch are of one
+        log, whatever replaced the session between the two reads."""
         ...
 
     async def epoch(self, session_id: str) -> str:

@@ -274,8 +274,8 @@ class MemoryStorage:
             subscription.end(CLOSED)
         return subscription
 
-    async def last_seq(self, session_id: str) -> int:
-        return self._meta(session_id).last_seq
+    async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
+        return self._meta(session_id, epoch).last_seq
 
     async def epoch(self, session_id: str) -> str:
         return self._meta(session_id).epoch

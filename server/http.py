@@ -25,7 +25,7 @@ from .auth import Forbidden, Unauthorized
 from .failures import failure_of
 from .http_requests import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .pages import events_page, history_page, within_bytes
+from .pages import history_page, page_and_last_seq, within_bytes
 from .responses import error_response, json_response, text_response
 from .services import Services
 from .whole_history import whole_history_response
@@ -247,23 +247,25 @@ async def _session(
 async def _events(
     services: Services, metadata: SessionMetadata, params: dict[str, str]
 ) -> Response:
-    """A page of the log of ``metadata``'s epoch (the session the request was allowed
-    to read): the read is fenced with it, so a session replaced since under the same id
-    (another log, perhaps another user's) is 404, never read as this one. The answer
-    names that epoch, so a reader can tell which log the events are of."""
+    """A page of the log of the session ``metadata`` describes (the one whose access
+    was checked), and its last seq: both fenced by its epoch, so a session deleted or
+    replaced under its id meanwhile (another log, perhaps another user's) is 404, never
+    read, nor half read. The answer names that epoch, so a reader can tell which log
+    the events are of."""
     config = services.config
-    session_id, epoch = metadata.id, metadata.epoch
     try:
         after_seq = _integer(params, "after_seq", 0, 0) or 0
         limit = _integer(params, "limit", 1000, 1) or 1000
     except _BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
-    storage = services.manager.storage
-    limit = min(limit, config.max_events_page)
-    stored = await events_page(
-        storage, session_id, after_seq, limit, config.max_page_bytes, epoch=epoch
+    stored, last_seq = await page_and_last_seq(
+        services.manager.storage,
+        metadata.id,
+        after_seq,
+        min(limit, config.max_events_page),
+        config.max_page_bytes,
+        metadata.epoch,
     )
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
-    last_seq = max(await storage.last_seq(session_id), stored[-1].seq if stored else 0)
-    body = {"events": records, "last_seq": last_seq, "epoch": epoch}
+    body = {"events": records, "last_seq": last_seq, "epoch": metadata.epoch}
     return json_response(http.HTTPStatus.OK, body)

@@ -259,11 +259,33 @@ async def events_reply(
     epoch: str | None = None,
 ) -> Events:
     """The ``events`` reply to ``request``: one page, each event as stored (its JSON is
-    not encoded again), the session's last seq, and ``epoch``, the log's the page was
-    read from (the read is fenced with it; None: not fenced, and not said)."""
+    not encoded again), the session's last seq, read under the same epoch fence as the
+    page (:func:`page_and_last_seq`), and that epoch, the log's the page was read from
+    (without ``epoch``, the one stored when the request is read)."""
     limit = min(request.limit, max_events)
-    stored = await events_page(storage, session_id, request.after_seq, limit, max_bytes, epoch)
-    last_seq = await storage.last_seq(session_id)
+    if epoch is None:
+        epoch = await storage.epoch(session_id)
+    stored, last_seq = await page_and_last_seq(
+        storage, session_id, request.after_seq, limit, max_bytes, epoch
+    )
     records = [EventRecord(e.seq, e.ts, e.event_json) for e in stored]
-    last_seq = max(last_seq, stored[-1].seq if stored else 0)
     return Events(records, last_seq, id=request.id, epoch=epoch)
+
+
+async def page_and_last_seq(
+    storage: SessionStorage,
+    session_id: str,
+    after_seq: int,
+    limit: int,
+    max_bytes: int,
+    epoch: str | None = None,
+) -> tuple[list[StoredEvent], int]:
+    """A page of events (:func:`events_page`) and the last seq of the same log: both
+    read with ``epoch`` (without one, the epoch stored when the page is read), so a
+    session deleted or replaced between the two reads is SessionNotFound, never a
+    page of one log with the last seq of another."""
+    if epoch is None:
+        epoch = await storage.epoch(session_id)
+    stored = await events_page(storage, session_id, after_seq, limit, max_bytes, epoch)
+    last_seq = await storage.last_seq(session_id, epoch=epoch)
+    return stored, max(last_seq, stored[-1].seq if stored else 0)

@@ -9,14 +9,16 @@ the new log's last seq."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
 
 from bamboo_session.persistence.redis import listener
+from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, get, run_server, token
-from tests.test_server_instances import alice_unheard
+from tests.test_server_instances import _pubsub_clients, _reply, alice_unheard
 
 
 @pytest.mark.parametrize("ending", ["expired", "deleted"])
@@ -48,5 +50,47 @@ async def test_a_look_that_finds_another_epoch_ends_the_old_sessions_peers(
                     assert (await bob.request(mine, "ack"))["seq"] == 1
                     status, body = await get(b, "/api/v1/sessions/s1")
                     assert status == 200 and body["metadata"]["epoch"] == new["epoch"]
+    finally:
+        await admin.aclose()
+
+
+async def test_an_events_reply_never_names_the_last_seq_of_the_log_that_replaced_it(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice's ``events`` request on A reads her page (seqs 1 and 2); then, before the
+    reply's ``last_seq`` is read, ``s1`` is deleted on B and created again with five
+    events. Her reply must not pair her log's events with the new log's last seq (5):
+    it is read under the same epoch fence as the page, so the reply is ``not_found``."""
+    monkeypatch.setattr(listener, "RECONNECT_DELAYS", (5.0,))
+    url = redis_server.url(prefix=prefix_for(tmp_path))
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        async with run_server(store=url) as a, run_server(store=url) as b:
+            before = await _pubsub_clients(admin)
+            async with attach(a, "s1", create=True, role="agent") as (alice, _):
+                for i in (1, 2):
+                    event = {"type": "event", "id": i, "event": token(str(i))}
+                    assert (await alice.request(event, "ack"))["seq"] == i
+                for client_id in await _pubsub_clients(admin) - before:
+                    await admin.client_kill_filter(_id=client_id)
+                store_a, store_b = a.manager.storage, b.manager.storage
+                read_events = store_a.read_events
+                replaced: list[str] = []
+
+                async def read_then_replace(*args: Any, **kwargs: Any) -> Any:
+                    page = await read_events(*args, **kwargs)
+                    if not replaced:
+                        await b.manager.delete_session("s1")
+                        session = Session.new("s1", user_id="bob")
+                        await store_b.create_session(session)
+                        tokens = [(AgentEvent.token(f"b{i}"), None) for i in range(5)]
+                        await store_b.append_events("s1", tokens)
+                        replaced.append(session.metadata.epoch)
+                    return page
+
+                monkeypatch.setattr(store_a, "read_events", read_then_replace)
+                reply = await _reply(alice, {"type": "events", "id": 9})
+                assert replaced
+                assert (reply["type"], reply.get("code")) == ("error", "not_found"), reply
     finally:
         await admin.aclose()

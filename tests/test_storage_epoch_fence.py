@@ -110,3 +110,16 @@ async def test_the_old_epoch_is_not_found_even_when_the_new_session_is_closed(
     await store.update_session_state("s1", SessionState.CLOSED)
     with pytest.raises(SessionNotFound):
         await store.append_events("s1", tokens("stale"), epoch=old)
+
+
+@pytest.mark.parametrize("ending", ["deleted", "replaced"])
+async def test_the_last_seq_of_the_old_epoch_is_refused(store: Storage, ending: str) -> None:
+    """``last_seq`` is fenced as a read is: with the old epoch, SessionNotFound, not the
+    new log's last seq; with the new one or none, the new log's."""
+    old, new = await old_and_new(store, ending)
+    await store.append_events("s1", tokens("b1", "b2", "b3"))
+    with pytest.raises(SessionNotFound):
+        await store.last_seq("s1", epoch=old)
+    assert await store.last_seq("s1", epoch=new) == await store.last_seq("s1") == 3
+    with pytest.raises(SessionNotFound):
+        await store.last_seq("missing", epoch=new)

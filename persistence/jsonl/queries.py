@@ -137,8 +137,8 @@ class JsonlQueries:
             subscription.end(CLOSED)
         return subscription
 
-    async def last_seq(self, session_id: str) -> int:
-        return self._record(session_id).meta.last_seq
+    async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
+        return self._record(session_id, epoch).meta.last_seq
 
     async def epoch(self, session_id: str) -> str:
         return self._record(session_id).meta.epoch

@@ -290,8 +290,12 @@ class RedisStorage:
         subscription = await self.live.subscribe(session_id, after_seq, read)
         return subscription
 
-    async def last_seq(self, session_id: str) -> int:
-        return int(await self._field(session_id, "seq"))
+    async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
+        meta = self.layout.meta(check_session_id(session_id))
+        seq, found = await self.redis.call("HMGET", meta, "seq", "epoch")  # in one read
+        if found is None or (epoch is not None and found.decode() != epoch):
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return int(seq)
 
     async def epoch(self, session_id: str) -> str:
         return (await self._field(session_id, "epoch")).decode()

@@ -131,12 +131,15 @@ def live(db: sqlite3.Connection, session_id: str) -> SessionMetadata:
     return meta
 
 
-def log_position(db: sqlite3.Connection, session_id: str) -> tuple[int, str, str]:
-    """``(last_seq, state, epoch)`` of an existing session."""
+def log_position(
+    db: sqlite3.Connection, session_id: str, epoch: str | None = None
+) -> tuple[int, str, str]:
+    """``(last_seq, state, epoch)`` of an existing session; with ``epoch``, only of a
+    session of that epoch."""
     row = db.execute(
         "SELECT last_seq, state, epoch FROM sessions WHERE id = ?", (session_id,)
     ).fetchone()
-    if row is None:
+    if row is None or (epoch is not None and row[2] != epoch):
         raise SessionNotFound(f"session {session_id!r} not found")
     return row[0], row[1], row[2]
 

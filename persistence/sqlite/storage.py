@@ -295,8 +295,8 @@ class SqliteStorage:
             subscription.end(CLOSED)
         return subscription
 
-    async def last_seq(self, session_id: str) -> int:
-        return (await self._read(reads.log_position, check_session_id(session_id)))[0]
+    async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
+        return (await self._read(reads.log_position, check_session_id(session_id), epoch))[0]
 
     async def epoch(self, session_id: str) -> str:
         return (await self._read(reads.log_position, check_session_id(session_id)))[2]
