@@ -11,12 +11,20 @@ by the next join, leave, refresh or count of any instance on that session, and
 announced as ``left`` then. Notices of joins and
 leaves reach every instance subscribed to the session (it has a subscription to the
 session's events), through the callback given to :meth:`PresenceStore.on_presence`.
+
+A connection is of one session, of one epoch: joins, leaves and refreshes given an
+``epoch`` reach the session stored under the id only while it is of that epoch,
+checked in the same step. An instance that has not heard yet that the session was
+deleted, or replaced by a new one under its id (its notice late, or lost with its
+pub/sub connection), so never registers its old connections in the new session, nor
+has them counted there, nor announced to its peers; the deletion or replacement
+removes every connection registered before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -36,6 +44,15 @@ class PresenceNotice(msgspec.Struct, frozen=True):
     expired: bool = False  # left because its heartbeat deadline passed
 
 
+class Held(NamedTuple):
+    """The connections, ``(connection_id, role)``, that an instance holds on one
+    session, of ``epoch`` (None: of whichever session has the id)."""
+
+    session_id: str
+    connections: Sequence[tuple[str, str]]
+    epoch: str | None = None
+
+
 @runtime_checkable
 class PresenceStore(Protocol):
     """Session-wide connection counts and join/leave notices (module docstring)."""
@@ -50,21 +67,36 @@ class PresenceStore(Protocol):
         """Seconds a connection counts after its last refresh."""
         ...
 
-    async def join(self, session_id: str, connection_id: str, role: str) -> int:
-        """Register a connection; the session-wide count after it."""
+    async def join(
+        self, session_id: str, connection_id: str, role: str, *, epoch: str | None = None
+    ) -> int:
+        """Register a connection; the session-wide count after it. With ``epoch``,
+        only in the session of that epoch: else SessionNotFound, nothing registered."""
         ...
 
-    async def leave(self, session_id: str, connection_id: str, role: str) -> int:
-        """Unregister a connection; the session-wide count after it."""
+    async def leave(
+        self, session_id: str, connection_id: str, role: str, *, epoch: str | None = None
+    ) -> int:
+        """Unregister a connection; the session-wide count after it. With ``epoch``,
+        SessionNotFound for a session of another epoch (nothing of it touched)."""
         ...
 
-    async def leave_all(self, session_id: str, connections: Sequence[tuple[str, str]]) -> int:
-        """Unregister several ``(connection_id, role)`` at once; the count after."""
+    async def leave_all(
+        self,
+        session_id: str,
+        connections: Sequence[tuple[str, str]],
+        *,
+        epoch: str | None = None,
+    ) -> int:
+        """Unregister several ``(connection_id, role)`` at once; the count after. With
+        ``epoch``, as :meth:`leave`."""
         ...
 
-    async def refresh(self, connections: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-        """Heartbeat: every ``(connection_id, role)`` this instance holds, by session,
-        in one round trip."""
+    async def refresh(self, held: Sequence[Held]) -> None:
+        """Heartbeat: every connection this instance holds, by session, in one round
+        trip. Those of a session whose epoch is not the one they are held with (it
+        was deleted, or replaced under its id) are not registered again: the session
+        stored under the id is left as it is, and no error is raised for them."""
         ...
 
     async def count(self, session_id: str) -> int:

@@ -224,7 +224,7 @@ class SessionActor:
         # the moment the inbox is found empty, new ones are rejected on arrival.
         while len(self.inbox):
             await self._handle_taken()
-        await self.presence.leave_session(self.session_id)
+        await self.presence.leave_session(self.session_id, self.room.epoch)
         self.finished = True
         for command in self.inbox.take_all():
             self._reject(command)

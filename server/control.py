@@ -145,7 +145,9 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         await actor.status.become(SessionState.ACTIVE)
     metadata.state = actor.state
     outbox = command.outbox
-    connections = await actor.presence.join(actor.session_id, outbox.connection_id, outbox.role)
+    connections = await actor.presence.join(
+        actor.session_id, outbox.connection_id, outbox.role, actor.room.epoch
+    )
     welcome = actor.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
     if welcome.replay:
         actor.metrics.events_replayed.inc(welcome.replay)

@@ -12,6 +12,13 @@ A failure of the store here never fails an attach: the room's own count stands i
 the heartbeat registers a connection whose join failed, and one whose leave failed
 expires after the heartbeat. Without a PresenceStore (memory, jsonl, sqlite) the
 server has none of this, and each room counts its own connections.
+
+Every connection is registered with the epoch of its actor's session, and its joins,
+leaves and refreshes are fenced by it: an actor whose session was deleted or replaced
+under its id by another process (its notice not here yet) never has its connections
+counted in, nor announced to, the session that took the id. Its join is then
+SessionNotFound, as its session's other writes are (the attach fails as on a deleted
+session); its leaves are no-ops, and its refreshes register nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from bamboo_session.persistence.base import StorageError
-from bamboo_session.persistence.presence import PresenceNotice, PresenceStore
+from bamboo_session.persistence.base import SessionNotFound, StorageError
+from bamboo_session.persistence.presence import Held, PresenceNotice, PresenceStore
 from bamboo_session.protocol.models import SessionMetadata
 
 __all__ = [
@@ -41,13 +48,15 @@ log = structlog.get_logger("bamboo_session.presence")
 class LocalPresence:
     """No presence beyond this process: each room counts its own connections."""
 
-    async def join(self, session_id: str, connection_id: str, role: str) -> int | None:
+    async def join(
+        self, session_id: str, connection_id: str, role: str, epoch: str | None = None
+    ) -> int | None:
         return None
 
     async def leave(self, session_id: str, connection_id: str, role: str) -> int | None:
         return None
 
-    async def leave_session(self, session_id: str) -> None:
+    async def leave_session(self, session_id: str, epoch: str | None = None) -> None:
         return None
 
     async def count(self, session_id: str) -> int:
@@ -65,8 +74,9 @@ class SharedPresence(LocalPresence):
     def __init__(self, store: PresenceStore, notify: Callable[[PresenceNotice], None]) -> None:
         self.store = store
         self._notify = notify
-        # session -> connection -> role: what this process registered in the store.
-        self._held: dict[str, dict[str, str]] = {}
+        # session -> connection -> (role, epoch): what this process registered in the
+        # store, each with the epoch of its actor's session.
+        self._held: dict[str, dict[str, tuple[str, str | None]]] = {}
         self._refreshing: asyncio.Event | None = None  # set once a refresh under way ends
         self._task: asyncio.Task[None] | None = None
         self.refreshes = 0
@@ -89,40 +99,63 @@ class SharedPresence(LocalPresence):
 
     # -- what actors ask ----------------------------------------------------------
 
-    async def join(self, session_id: str, connection_id: str, role: str) -> int | None:
-        """Register a connection; the session-wide count, or None if the store failed."""
-        self._held.setdefault(session_id, {})[connection_id] = role
+    async def join(
+        self, session_id: str, connection_id: str, role: str, epoch: str | None = None
+    ) -> int | None:
+        """Register a connection to the session of ``epoch``; the session-wide count,
+        or None if the store failed. SessionNotFound if the session under the id is
+        of another epoch (nothing registered)."""
+        self._held.setdefault(session_id, {})[connection_id] = (role, epoch)
         try:
-            return await self.store.join(session_id, connection_id, role)
+            return await self.store.join(session_id, connection_id, role, epoch=epoch)
+        except SessionNotFound:
+            self._drop(session_id, connection_id)
+            raise
         except StorageError as exc:
             log.warning("presence join failed; the heartbeat registers it", error=str(exc))
             return None
 
     async def leave(self, session_id: str, connection_id: str, role: str) -> int | None:
-        """Unregister a connection; the session-wide count, or None if the store failed."""
-        held = self._held.get(session_id)
-        if held is None or held.pop(connection_id, None) is None:
+        """Unregister a connection; the session-wide count, or None if the store failed
+        (or the connection's session is gone: no count of another session's)."""
+        held = self._drop(session_id, connection_id)
+        if held is None:
             return None
-        if not held:
-            del self._held[session_id]
         await self._refreshed()
         try:
-            return await self.store.leave(session_id, connection_id, role)
+            return await self.store.leave(session_id, connection_id, role, epoch=held[1])
+        except SessionNotFound:
+            return None  # deleted or replaced: nothing of its connections is left there
         except StorageError as exc:
             log.warning("presence leave failed; it expires after the heartbeat", error=str(exc))
             return None
 
-    async def leave_session(self, session_id: str) -> None:
-        """Unregister every connection still registered for the session (its actor
-        closed them all: the session ended, or the server is stopping)."""
-        held = self._held.pop(session_id, None)
-        if not held:
+    async def leave_session(self, session_id: str, epoch: str | None = None) -> None:
+        """Unregister every connection still registered for the session of ``epoch``
+        (its actor closed them all: the session ended, or the server is stopping).
+        Not those of another epoch: the actor of a session that replaced it may
+        have registered its own meanwhile."""
+        held = self._held.get(session_id, {})
+        leaving = [(c, role) for c, (role, of) in held.items() if epoch is None or of == epoch]
+        if not leaving:
             return
+        for connection_id, _ in leaving:
+            self._drop(session_id, connection_id)
         await self._refreshed()
         try:
-            await self.store.leave_all(session_id, list(held.items()))
+            await self.store.leave_all(session_id, leaving, epoch=epoch)
+        except SessionNotFound:
+            return
         except StorageError as exc:
             log.warning("presence leave failed; they expire after the heartbeat", error=str(exc))
+
+    def _drop(self, session_id: str, connection_id: str) -> tuple[str, str | None] | None:
+        """Forget a connection held; its ``(role, epoch)``, or None if not held."""
+        held = self._held.get(session_id)
+        entry = None if held is None else held.pop(connection_id, None)
+        if held is not None and not held:
+            del self._held[session_id]
+        return entry
 
     async def count(self, session_id: str) -> int:
         """The session-wide count; StorageError if the store fails."""
@@ -144,7 +177,11 @@ class SharedPresence(LocalPresence):
     async def refresh(self) -> None:
         """Refresh every connection this process holds, in one round trip."""
         done = self._refreshing = asyncio.Event()
-        snapshot = {session_id: list(held.items()) for session_id, held in self._held.items()}
+        by_epoch: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
+        for session_id, held in self._held.items():
+            for connection_id, (role, epoch) in held.items():
+                by_epoch.setdefault((session_id, epoch), []).append((connection_id, role))
+        snapshot = [Held(sid, conns, epoch) for (sid, epoch), conns in by_epoch.items()]
         try:
             await self.store.refresh(snapshot)
             self.refreshes += 1

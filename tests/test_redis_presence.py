@@ -1,16 +1,21 @@
 """Presence across instances on Redis (persistence/redis/presence.py): joins and
 leaves on one instance reach the others with the session-wide count, and a dead
-instance's connections expire after the heartbeat and are announced as left."""
+instance's connections expire after the heartbeat and are announced as left. Calls
+given an epoch reach the session of that epoch only: an instance that has not heard of
+a deletion or a replacement registers nothing in the session that took the id."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.presence import PresenceNotice, PresenceStore
+import pytest
+
+from bamboo_session.persistence import SessionNotFound, open_storage
+from bamboo_session.persistence.presence import Held, PresenceNotice, PresenceStore
 from bamboo_session.persistence.redis import RedisStorage
-from bamboo_session.protocol.models import Session
+from bamboo_session.protocol.models import Session, SessionState
+from bamboo_session.server.presence import SharedPresence
 from tests.redis_server import RedisServer, prefix_for
 
 
@@ -56,7 +61,7 @@ async def test_presence_is_session_wide(redis_server: RedisServer, tmp_path: Pat
         await next_notice(seen)
         for _ in range(8):
             await asyncio.sleep(0.1)
-            await b.presence.refresh({"s1": [("c_b1", "client")]})
+            await b.presence.refresh([Held("s1", [("c_b1", "client")])])
         gone = await next_notice(seen)
         assert (gone.connection_id, gone.joined, gone.expired, gone.connections) == (
             "c_a2",
@@ -94,13 +99,13 @@ async def test_refresh_registers_again_what_went_missing(
         await asyncio.sleep(0.4)  # a's heartbeat deadline passes: both are gone
         assert await a.presence.counts(["s1", "s2"]) == [0, 0]
         assert {(await next_notice(seen)).expired for _ in held} == {True}
-        await a.presence.refresh({"s1": held})
+        await a.presence.refresh([Held("s1", held)])
         again = [await next_notice(seen) for _ in held]
         assert [(n.connection_id, n.joined, n.connections) for n in again] == [
             ("c1", True, 1),
             ("c2", True, 2),
         ]
-        await a.presence.refresh({"s1": held})  # still there: nothing to announce
+        await a.presence.refresh([Held("s1", held)])  # still there: nothing to announce
         assert await a.presence.counts(["s1", "s2"]) == [2, 0]
         assert seen.empty()
         assert await a.presence.leave_all("s1", held) == 0
@@ -109,3 +114,91 @@ async def test_refresh_registers_again_what_went_missing(
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("ending", ["deleted", "replaced"])
+async def test_a_stale_epoch_registers_nothing_in_the_session_that_took_the_id(
+    redis_server: RedisServer, tmp_path: Path, ending: str
+) -> None:
+    """``a`` holds ``c_old`` of ``s1``; ``s1`` is deleted (or expires and is replaced)
+    and created again on ``b``, where ``c_new`` joins the new one. Whatever ``a`` does
+    with the old epoch (join, refresh, leave) is not counted there nor announced; a
+    join or leave is SessionNotFound, a refresh registers nothing. The deletion took
+    ``c_old`` with it; one of a session not created again leaves no key behind."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=5)
+    a, b = await open_storage(url), await open_storage(url)
+    assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
+    try:
+        old = Session.new("s1")
+        await a.create_session(old)
+        stale = old.metadata.epoch
+        assert await a.presence.join("s1", "c_old", "client", epoch=stale) == 1
+        new = Session.new("s1")
+        if ending == "deleted":
+            await b.delete_session("s1")
+            await b.create_session(new)
+        else:
+            await b.update_session_state("s1", SessionState.EXPIRED)
+            await b.create_session(new, replace_expired=True)
+        seen: asyncio.Queue[PresenceNotice] = asyncio.Queue()
+        b.presence.on_presence(seen.put_nowait)
+        subscription = await b.subscribe("s1", 0)
+        assert await b.presence.join("s1", "c_new", "agent", epoch=new.metadata.epoch) == 1
+        assert (await next_notice(seen)).connection_id == "c_new"
+
+        with pytest.raises(SessionNotFound):
+            await a.presence.join("s1", "c_old2", "client", epoch=stale)
+        await a.presence.refresh([Held("s1", [("c_old", "client")], stale)])
+        with pytest.raises(SessionNotFound):
+            await a.presence.leave("s1", "c_new", "agent", epoch=stale)
+        with pytest.raises(SessionNotFound):
+            await a.presence.leave_all("s1", [("c_new", "agent")], epoch=stale)
+        assert await a.presence.count("s1") == await b.presence.count("s1") == 1
+        await asyncio.sleep(0.2)
+        assert seen.empty()
+        # The new epoch, or none, reaches it as before.
+        await a.presence.refresh([Held("s1", [("c_a", "client")], new.metadata.epoch)])
+        assert (await next_notice(seen)).connection_id == "c_a"
+        assert await a.presence.leave("s1", "c_a", "client") == 1
+        subscription.close()
+
+        await b.delete_session("s1")
+        await a.presence.refresh([Held("s1", [("c_old", "client")], stale)])
+        assert await a.presence.count("s1") == 0
+        assert await a.redis.call("EXISTS", a.layout.conns("s1")) == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_old_actors_leave_spares_the_new_sessions_connections(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """One server's presence (server/presence.py) holds ``c_old`` of ``s1``'s old
+    epoch; ``s1`` is replaced and the new session's actor there registers ``c_new``
+    before the old actor has finished: the old actor's ``leave_session`` unregisters
+    the old epoch's connections only, so ``c_new`` stays counted and refreshed. A join
+    with the old epoch is SessionNotFound (the attach fails as on a deleted session)."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=5)
+    store = await open_storage(url)
+    assert isinstance(store, RedisStorage)
+    shared = SharedPresence(store.presence, lambda notice: None)
+    try:
+        old = Session.new("s1")
+        await store.create_session(old)
+        assert await shared.join("s1", "c_old", "client", old.metadata.epoch) == 1
+        await store.delete_session("s1")
+        new = Session.new("s1")
+        await store.create_session(new)
+        assert await shared.join("s1", "c_new", "client", new.metadata.epoch) == 1
+        with pytest.raises(SessionNotFound):
+            await shared.join("s1", "c_late", "client", old.metadata.epoch)
+        await shared.leave_session("s1", old.metadata.epoch)
+        assert shared.held("s1") == 1
+        await store.redis.call("DEL", store.layout.conns("s1"))  # lost: the heartbeat restores
+        await shared.refresh()
+        assert await shared.count("s1") == 1
+        await shared.leave_session("s1", new.metadata.epoch)
+        assert (shared.held("s1"), await shared.count("s1")) == (0, 0)
+    finally:
+        await store.close()

@@ -8,6 +8,7 @@ the new log's last seq."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,35 @@ from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, get, run_server, token
 from tests.test_server_instances import _pubsub_clients, _reply, alice_unheard
+
+
+@pytest.mark.parametrize("ending", ["expired", "deleted"])
+async def test_a_stale_heartbeat_never_counts_in_the_session_that_took_the_id(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A's presence heartbeat (every third of the 1 s heartbeat) refreshes alice's
+    connection, of the old ``s1``: it is not registered in bob's ``s1``, which counts
+    bob alone, in its metadata and in bob's presence frames (he gets none)."""
+    monkeypatch.setattr(listener, "RECONNECT_DELAYS", (5.0,))
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        async with run_server(store=url) as a, run_server(store=url) as b:
+            async with alice_unheard(a, b, admin, ending) as (_alice, old):
+                async with attach(b, "s1", create=True, user_id="bob") as (bob, new):
+                    assert new["epoch"] != old["epoch"]
+                    assert new["session"]["connections"] == 1
+                    await asyncio.sleep(1.2)  # three of A's heartbeats
+                    for server in (a, b):
+                        status, body = await get(server, "/api/v1/sessions/s1")
+                        assert status == 200 and body["metadata"]["connections"] == 1
+                    pong = await bob.request({"type": "ping", "id": "p"}, "pong")
+                    assert pong["id"] == "p"
+                    with pytest.raises(TimeoutError):
+                        frame = await bob.recv_type("presence", timeout=0.3)
+                        pytest.fail(f"bob was told of alice's old connection: {frame}")
+    finally:
+        await admin.aclose()
 
 
 @pytest.mark.parametrize("ending", ["expired", "deleted"])

@@ -3,14 +3,20 @@
 -- clock). Every call first removes the connections whose deadline passed and
 -- announces them as left. A refresh registers again (and announces as joined) a
 -- connection that went missing: its instance lost Redis for longer than the heartbeat.
--- KEYS: conns
+-- KEYS: conns, meta
 -- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
---       leave, refresh), then members ('<role>|<id>')
--- Returns the session-wide count after the call.
+--       leave, refresh), epoch ('' : any; else the epoch of the session the members
+--       are of), then members ('<role>|<id>')
+-- Returns the session-wide count after the call; -1, and nothing done (no member
+-- added or removed, nothing swept, nothing published), if an epoch is given and the
+-- session under the id is not of it (deleted, or replaced: a stale instance's
+-- members never count in the session that took the id; deleting or replacing a
+-- session removes its conns).
 
 local conns = KEYS[1]
 local id, instance, heartbeat = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local publish, channel, mode = ARGV[4], ARGV[5], ARGV[6]
+local publish, channel, mode, epoch = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if epoch ~= '' and redis.call('HGET', KEYS[2], 'epoch') ~= epoch then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -29,7 +35,7 @@ if #dead > 0 then
 end
 
 local deadline = int(now + heartbeat)
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local member = ARGV[i]
   if mode == 'join' then
     redis.call('ZADD', conns, deadline, member)

@@ -2,18 +2,21 @@
 persistence/presence.py): each session's connections in a sorted set
 ``<prefix>:{<id>}:conns`` scored by heartbeat deadline, changed by ``presence.lua``,
 which also sweeps out dead instances' connections and publishes every join and leave
-on the session's channel. The store's listener hands the notices back here."""
+on the session's channel. The store's listener hands the notices back here. A call
+given an epoch is checked against the session's ``epoch`` field in the same script
+(its reply -1: another epoch, nothing done)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from bamboo_session.protocol.ids import check_session_id
 
-from ..presence import PresenceNotice
+from ..base import SessionNotFound
+from ..presence import Held, PresenceNotice
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -30,6 +33,7 @@ class _Wire(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(_Wire)
+OTHER_EPOCH: Final = -1  # presence.lua's reply for a session of another epoch
 
 
 class RedisPresence:
@@ -49,17 +53,29 @@ class RedisPresence:
     def heartbeat(self) -> float:
         return self._storage.config.heartbeat
 
-    async def join(self, session_id: str, connection_id: str, role: str) -> int:
-        return await self._run(session_id, "join", [(connection_id, role)])
+    async def join(
+        self, session_id: str, connection_id: str, role: str, *, epoch: str | None = None
+    ) -> int:
+        return await self._run(session_id, "join", [(connection_id, role)], epoch)
 
-    async def leave(self, session_id: str, connection_id: str, role: str) -> int:
-        return await self._run(session_id, "leave", [(connection_id, role)])
+    async def leave(
+        self, session_id: str, connection_id: str, role: str, *, epoch: str | None = None
+    ) -> int:
+        return await self._run(session_id, "leave", [(connection_id, role)], epoch)
 
-    async def leave_all(self, session_id: str, connections: Sequence[tuple[str, str]]) -> int:
-        return await self._run(session_id, "leave", connections)
+    async def leave_all(
+        self,
+        session_id: str,
+        connections: Sequence[tuple[str, str]],
+        *,
+        epoch: str | None = None,
+    ) -> int:
+        return await self._run(session_id, "leave", connections, epoch)
 
-    async def refresh(self, connections: Mapping[str, Sequence[tuple[str, str]]]) -> None:
-        calls = [self._call(sid, "refresh", held) for sid, held in connections.items()]
+    async def refresh(self, held: Sequence[Held]) -> None:
+        # A session of another epoch answers -1 and is left as it is: its holder
+        # hears of the change by the session's notice, or at its next look.
+        calls = [self._call(h.session_id, "refresh", h.connections, h.epoch) for h in held]
         await self._storage.redis.run_many("presence", calls)
 
     async def count(self, session_id: str) -> int:
@@ -72,13 +88,25 @@ class RedisPresence:
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:
         self._callback = callback
 
-    async def _run(self, session_id: str, mode: str, connections: Sequence[tuple[str, str]]) -> int:
-        keys, args = self._call(session_id, mode, connections)
+    async def _run(
+        self,
+        session_id: str,
+        mode: str,
+        connections: Sequence[tuple[str, str]],
+        epoch: str | None = None,
+    ) -> int:
+        keys, args = self._call(session_id, mode, connections, epoch)
         count: int = await self._storage.redis.run("presence", keys, args)
+        if count == OTHER_EPOCH:
+            raise SessionNotFound(f"session {session_id!r} not found")
         return count
 
     def _call(
-        self, session_id: str, mode: str, connections: Sequence[tuple[str, str]]
+        self,
+        session_id: str,
+        mode: str,
+        connections: Sequence[tuple[str, str]],
+        epoch: str | None = None,
     ) -> tuple[list[str], list[str | int]]:
         storage = self._storage
         layout = storage.layout
@@ -90,9 +118,10 @@ class RedisPresence:
             storage.redis.publish_command,  # notices need no WAIT: nothing durable
             layout.channel(session_id),
             mode,
+            epoch or "",  # checked against the session's in the script
             *(f"{role}|{connection_id}" for connection_id, role in connections),
         ]
-        return [layout.conns(session_id)], args
+        return [layout.conns(session_id), layout.meta(session_id)], args
 
     def _deliver(self, session_id: str, data: bytes) -> None:
         if self._callback is None:
