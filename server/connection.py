@@ -383,6 +383,6 @@ class Connection:
             close_reason=self.ws.close_reason,
             frames_in=self.frames_in,
             frames_out=self.frames_out,
-            read_wait=round(getattr(self.ws, "read_waited", 0.0), 3),
+            read_wait=round(self.ws.read_waits.waited, 3),
             seconds=round(time.monotonic() - self.started, 3),
         )

@@ -33,6 +33,7 @@ from bamboo_session.protocol.parsed_frames import handed_on
 from .http_requests import UnansweredRequests, json_reject, parse_request
 from .http_stream import AnswerStream
 from .limits import FRAME_BYTES, REPLY_SHARE, ByteRate
+from .read_waits import ReadWaits
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -77,13 +78,6 @@ class BambooConnection(ServerConnection):
     _debt = 0.0  # seconds until the byte rate is repaid, after the last frame
     _held = b""  # read while in debt, not parsed yet
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
-    # Waits for the debt under way (the reads held, the reader after a page it drew:
-    # both at once when a frame read behind the page runs into debt too), and the loop
-    # time the first of them began.
-    _waits = 0
-    _waiting_since = 0.0
-    read_waited = 0.0  # seconds this connection's reading was held back, in all, so far
-    read_held_until = 0.0  # loop time the waits under way are due to end (0.0: none)
 
     def __init__(
         self,
@@ -103,7 +97,7 @@ class BambooConnection(ServerConnection):
         # counts only the upgraded ones): what a stop waits for (shutdown.py).
         self._open_connections = open_connections
         self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
-        self._on_read_wait = on_read_wait
+        self.read_waits = ReadWaits(self.loop, on_read_wait)  # for the byte rate's debt
         self._pending = unanswered_requests
 
     def data_received(self, data: bytes) -> None:
@@ -171,37 +165,17 @@ class BambooConnection(ServerConnection):
         debt = self._meter.charge(size // REPLY_SHARE)
         if debt <= 0:
             return
-        self._wait_begins(debt)
+        self.read_waits.begin(debt)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wait_closed(), debt)
         finally:
-            self._wait_ends()
-
-    def _wait_begins(self, debt: float) -> None:
-        now = self.loop.time()
-        if not self._waits:
-            self._waiting_since = now
-        self._waits += 1
-        self.read_held_until = max(self.read_held_until, now + debt)
-
-    def _wait_ends(self) -> None:
-        """Once no wait is under way, the time they held reading back is counted: what
-        it actually lasted, not the debt (a close ends a wait early, a busy loop wakes
-        it late), and once for waits that overlap."""
-        self._waits -= 1
-        if self._waits:
-            return
-        waited = self.loop.time() - self._waiting_since
-        self.read_held_until = 0.0
-        self.read_waited += waited
-        if self._on_read_wait is not None:
-            self._on_read_wait(waited)
+            self.read_waits.end()
 
     def _hold(self, rest: bytes) -> None:
         self._held, debt = rest, self._debt
         self.transport.pause_reading()
-        self._wait_begins(debt)
+        self.read_waits.begin(debt)
         self._repaid = self.loop.call_later(debt, self._go_on)
 
     def _stop_holding(self) -> None:
@@ -210,11 +184,11 @@ class BambooConnection(ServerConnection):
         if self._repaid is not None:
             self._repaid.cancel()
             self._repaid, self._held = None, b""
-            self._wait_ends()
+            self.read_waits.end()
 
     def _go_on(self) -> None:
         self._repaid, self._debt = None, 0.0
-        self._wait_ends()
+        self.read_waits.end()
         if self.transport.is_closing():
             return  # aborted in this same turn of the loop: nothing more to parse
         held, self._held = self._held, b""

@@ -306,7 +306,9 @@ async def test_a_page_sent_is_not_kept_while_the_debt_it_drew_is_waited() -> Non
                     )
                     await asyncio.sleep(0.3)
                     due = asyncio.get_running_loop().time() + 5
-                    waiting = [c for c in server._open_connections if c.read_held_until >= due]
+                    waiting = [
+                        c for c in server._open_connections if c.read_waits.held_until >= due
+                    ]
                     assert len(waiting) == peers_count  # each waits its page's debt
                     gc.collect()
                     held = tracemalloc.get_traced_memory()[0] - before

@@ -73,7 +73,9 @@ async def test_a_reader_woken_early_by_a_close_from_the_debt_of_a_page_counts_it
             assert len(reply["events"]) == 1
             await asyncio.sleep(0.5)
             loop = asyncio.get_running_loop()
-            held = [c for c in server._open_connections if c.read_held_until > loop.time() + 5]
+            held = [
+                c for c in server._open_connections if c.read_waits.held_until > loop.time() + 5
+            ]
             assert len(held) == 1, "the reader waits the page's debt"
             await close_session(server, session_id)
             code, _ = await peer.closed()
@@ -86,7 +88,7 @@ async def test_a_reader_woken_early_by_a_close_from_the_debt_of_a_page_counts_it
         elapsed = time.monotonic() - started
         waited = await read_wait_seconds(server)
         assert 0.9 < waited <= elapsed, (waited, elapsed)
-        assert held[0].read_held_until == 0.0 and held[0].read_waited == waited
+        assert held[0].read_waits.held_until == 0.0 and held[0].read_waits.waited == waited
 
 
 async def test_waits_served_in_full_count_their_debts() -> None:
