@@ -34,11 +34,10 @@ is built on. Every backend means them the same way, and one contract test suite
   ``last_seq``, so that the last seq a reply gives with a page is of the page's log.
 - A store opened with ``max_session_bytes`` bounds what each session's log holds: an
   append whose fresh items would take the session's ``stored_bytes`` past it stores
-  nothing and raises :class:`SessionFull`, checked atomically with the append (so it
-  holds for several processes on a shared store); duplicates store nothing, so they are
-  answered as always. ``stored_bytes`` (in the metadata) survives restarts; each store
-  counts it in its own measure, never less than the events' JSON (docs/protocol.md,
-  "Stored bytes").
+  nothing and raises :class:`SessionFull`, atomically with the append (so it holds for
+  several processes on a shared store); duplicates store nothing, and are answered as
+  always. ``stored_bytes`` (in the metadata) survives restarts; each store counts it in
+  its own measure, never less than the events' JSON (docs/protocol.md, "Stored bytes").
 """
 
 from __future__ import annotations
