@@ -34,6 +34,7 @@ from .base import (
     StorageFull,
     StorageLocked,
     Subscription,
+    UserFull,
 )
 from .url import StoreOptions, open_storage, parse_store_url
 
@@ -82,6 +83,7 @@ __all__ = [
     "StorageLocked",
     "StoreOptions",
     "Subscription",
+    "UserFull",
     "open_storage",
     "parse_store_url",
 ]

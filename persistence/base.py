@@ -38,6 +38,12 @@ is built on. Every backend means them the same way, and one contract test suite
   several processes on a shared store); duplicates store nothing, and are answered as
   always. ``stored_bytes`` (in the metadata) survives restarts; each store counts it in
   its own measure, never less than the events' JSON (docs/protocol.md, "Stored bytes").
+- A store opened with ``max_user_bytes`` bounds the sum of ``stored_bytes`` over all
+  the sessions of one ``user_id`` (closed and expired ones too, until they are deleted
+  or cleaned up, which frees their bytes): an append past it stores nothing and raises
+  :class:`UserFull` (a SessionFull), checked atomically with the append as the session
+  cap is. Sessions without a user are not counted (no one owns them). What a session is
+  created with and imports are counted but never refused.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ __all__ = [
     "StorageFull",
     "StorageLocked",
     "Subscription",
+    "UserFull",
 ]
 
 KEY_WINDOW: Final = 10_000  # appends within which an idempotency key is remembered
@@ -120,6 +127,24 @@ class SessionFull(StorageError):
             f"the session holds {stored} of its {cap} stored bytes at most, and this "
             f"append would add {adding}; nothing was stored"
         )
+        self.stored = stored
+        self.adding = adding
+        self.cap = cap
+
+
+class UserFull(SessionFull):
+    """The append would take the sessions of its session's user past the store's
+    ``max_user_bytes``: nothing of it was stored. The user frees room by deleting
+    sessions (closed ones count until they are deleted or cleaned up)."""
+
+    def __init__(self, user_id: str, stored: int, adding: int, cap: int) -> None:
+        StorageError.__init__(
+            self,
+            f"the sessions of user {user_id!r} hold {stored} of the user's {cap} stored "
+            f"bytes at most, and this append would add {adding}; nothing was stored "
+            "(delete sessions of the user to free room)",
+        )
+        self.user_id = user_id
         self.stored = stored
         self.adding = adding
         self.cap = cap
@@ -259,8 +284,9 @@ class EventStorage(Protocol):
         the first seqs as duplicates. With ``epoch``, only to the log of that epoch:
         the session's is another (it was deleted and created again, or replaced), and
         the batch is SessionNotFound, nothing of it stored, checked atomically with the
-        append. Past the store's ``max_session_bytes``, the batch is SessionFull,
-        nothing of it stored, checked atomically with the append too. Raises
+        append. Past the store's ``max_session_bytes``, the batch is SessionFull, and
+        past its ``max_user_bytes`` UserFull, nothing of it stored, checked atomically
+        with the append too. Raises
         SessionNotFound, SessionExpired, SessionClosed, SessionFull, StorageError."""
         ...
 

@@ -10,7 +10,7 @@ import msgspec
 
 from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent, StoredEvent
 
-from .base import SessionFull
+from .base import SessionFull, UserFull
 
 
 def completed_event(event: AnyAgentEvent) -> AnyAgentEvent:
@@ -34,6 +34,37 @@ def check_room(stored: int, adding: int, cap: int | None) -> None:
     """SessionFull unless ``adding`` more bytes keep the session within ``cap``."""
     if cap is not None and stored + adding > cap and adding:
         raise SessionFull(stored, adding, cap)
+
+
+def check_user_room(user_id: str | None, stored: int, adding: int, cap: int | None) -> None:
+    """UserFull unless ``adding`` more bytes keep the sessions of ``user_id`` (which
+    hold ``stored``) within ``cap``; sessions without a user are not counted."""
+    if cap is not None and user_id is not None and stored + adding > cap and adding:
+        raise UserFull(user_id, stored, adding, cap)
+
+
+class UserBytes:
+    """What the sessions of each user hold, summed, in one process's memory (the memory
+    and JSONL stores, which one process owns): a store adds what its appends and
+    imports store, and takes away a session's bytes when it forgets it. Sessions
+    without a user are not counted."""
+
+    __slots__ = ("_totals",)
+
+    def __init__(self) -> None:
+        self._totals: dict[str, int] = {}
+
+    def of(self, user_id: str | None) -> int:
+        return 0 if user_id is None else self._totals.get(user_id, 0)
+
+    def add(self, user_id: str | None, delta: int) -> None:
+        if user_id is None or not delta:
+            return
+        total = self._totals.get(user_id, 0) + delta
+        if total > 0:
+            self._totals[user_id] = total
+        else:
+            self._totals.pop(user_id, None)
 
 
 def within_bytes(events: Sequence[StoredEvent], max_bytes: int) -> list[StoredEvent]:

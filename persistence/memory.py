@@ -36,7 +36,15 @@ from .base import (
     StorageError,
     StorageFull,
 )
-from .events import check_room, completed_event, page_bounds, stored_size, within_bytes
+from .events import (
+    UserBytes,
+    check_room,
+    check_user_room,
+    completed_event,
+    page_bounds,
+    stored_size,
+    within_bytes,
+)
 from .feed import CLOSED, DELETED, Feed, FeedSubscription
 from .importing import check_importable
 from .index import SessionIndex, copy_metadata
@@ -67,10 +75,13 @@ class MemoryStorage:
         max_sessions: int | None = None,
         cleanup_interval: float | None = None,
         max_session_bytes: int | None = None,
+        max_user_bytes: int | None = None,
     ) -> None:
         self.default_ttl = default_ttl
         self.max_sessions = max_sessions
         self.max_session_bytes = max_session_bytes
+        self.max_user_bytes = max_user_bytes
+        self._users = UserBytes()  # what each user's sessions hold
         self._cleanup_interval = cleanup_interval
         self._index = SessionIndex()
         self._logs: dict[str, _Log] = {}
@@ -85,8 +96,11 @@ class MemoryStorage:
         max_sessions: int | None = None,
         cleanup_interval: float | None = None,
         max_session_bytes: int | None = None,
+        max_user_bytes: int | None = None,
     ) -> Self:
-        storage = cls(default_ttl, max_sessions, cleanup_interval, max_session_bytes)
+        storage = cls(
+            default_ttl, max_sessions, cleanup_interval, max_session_bytes, max_user_bytes
+        )
         if cleanup_interval is not None:
             storage._cleanup = asyncio.create_task(storage._cleanup_loop())
         return storage
@@ -132,7 +146,7 @@ class MemoryStorage:
         self._logs[session_id] = _Log()
         if session.messages:  # what the session is made with: not held to the cap
             items = [(MessageEvent(message), None) for message in session.messages]
-            self._append(meta, self._logs[session_id], items, None)
+            self._append(meta, self._logs[session_id], items, capped=False)
 
     async def load_session(self, session_id: str) -> Session | None:
         meta = self._index.get(check_session_id(session_id))
@@ -215,10 +229,10 @@ class MemoryStorage:
         if meta.state == SessionState.CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(meta)
-        return self._append(meta, self._logs[session_id], items, self.max_session_bytes)
+        return self._append(meta, self._logs[session_id], items)
 
     def _append(
-        self, meta: SessionMetadata, log_: _Log, items: Sequence[AppendItem], cap: int | None
+        self, meta: SessionMetadata, log_: _Log, items: Sequence[AppendItem], capped: bool = True
     ) -> list[Appended]:
         fresh, results = split_duplicates(items, meta.last_seq, log_.keys)
         if not fresh:
@@ -226,8 +240,12 @@ class MemoryStorage:
         now = utcnow()
         stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
         adding = sum(stored_size(event.event_json, event.key) for event in stored)
-        check_room(meta.stored_bytes, adding, cap)
+        if capped:
+            check_room(meta.stored_bytes, adding, self.max_session_bytes)
+            user = meta.user_id
+            check_user_room(user, self._users.of(user), adding, self.max_user_bytes)
         meta.stored_bytes += adding
+        self._users.add(meta.user_id, adding)
         for event in stored:
             log_.events.append(event)
             if event.key is not None:
@@ -300,7 +318,9 @@ class MemoryStorage:
         if events:
             meta.last_seq = events[-1].seq
             meta.message_count = len(log_.message_seqs)
-            meta.stored_bytes += sum(stored_size(event.event_json, event.key) for event in events)
+            adding = sum(stored_size(event.event_json, event.key) for event in events)
+            meta.stored_bytes += adding
+            self._users.add(meta.user_id, adding)
             log_.keys.forget_before(meta.last_seq)
             self._feed.publish(session_id, list(events))
 
@@ -325,7 +345,9 @@ class MemoryStorage:
         return messages
 
     def _remove(self, session_id: str) -> None:
-        self._index.remove(session_id)
+        meta = self._index.remove(session_id)
+        if meta is not None:  # its bytes are the user's no more
+            self._users.add(meta.user_id, -meta.stored_bytes)
         del self._logs[session_id]
         self._feed.end(session_id, DELETED)
 
@@ -361,4 +383,5 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> MemoryStorage:
         options.max_sessions,
         options.cleanup_interval,
         options.max_session_bytes,
+        options.max_user_bytes,
     )

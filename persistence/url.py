@@ -32,7 +32,9 @@ class StoreOptions:
     that a running server holds, with StorageLocked, where the backend can tell; for a
     tool, such as migrate, that needs the store to stand still), ``max_session_bytes``
     (what one session's log may hold, in the store's measure of its ``stored_bytes``;
-    None: no cap; an append past it is SessionFull)."""
+    None: no cap; an append past it is SessionFull), ``max_user_bytes`` (what the
+    sessions of one user_id may hold together, in the same measure; None: no cap; an
+    append past it is UserFull)."""
 
     default_ttl: int | None = None
     max_sessions: int | None = None
@@ -40,6 +42,7 @@ class StoreOptions:
     read_only: bool = False
     offline: bool = False
     max_session_bytes: int | None = None
+    max_user_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,13 +122,22 @@ async def open_storage(
     read_only: bool = False,
     offline: bool = False,
     max_session_bytes: int | None = None,
+    max_user_bytes: int | None = None,
 ) -> Storage:
     """The store ``url`` names, open (see the module docstring)."""
     parsed = parse_store_url(url)
     if max_session_bytes is not None and max_session_bytes < 1:
         raise ValueError("max_session_bytes must be at least 1 (None: no cap)")
+    if max_user_bytes is not None and max_user_bytes < 1:
+        raise ValueError("max_user_bytes must be at least 1 (None: no cap)")
     options = StoreOptions(
-        default_ttl, max_sessions, cleanup_interval, read_only, offline, max_session_bytes
+        default_ttl,
+        max_sessions,
+        cleanup_interval,
+        read_only,
+        offline,
+        max_session_bytes,
+        max_user_bytes,
     )
     module_name, _, function = _OPENERS[parsed.scheme].partition(":")
     try:

@@ -354,4 +354,5 @@ async def open_configured_storage(config: ServerConfig) -> Storage:
         default_ttl=config.default_ttl,
         cleanup_interval=config.cleanup_interval,
         max_session_bytes=config.max_session_bytes or None,
+        max_user_bytes=config.max_user_bytes or None,
     )

@@ -90,6 +90,10 @@ SERVE_HELP: dict[str, str] = {
     "max_session_bytes": "bytes a session's log may hold in the store (events' JSON and "
     "keys; JSONL: its log file); an append past it stores nothing and gets error "
     "too_large (0: no cap)",
+    "max_user_bytes": "bytes the sessions of one user may hold in the store together, "
+    "closed ones too until they are deleted (as --max-session-bytes counts them; sessions "
+    "without a user are not counted); an append past it stores nothing and gets error "
+    "too_large (0: no cap)",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",

@@ -90,9 +90,11 @@ class ServerConfig:
     max_title_length: int = 1024
     max_user_id_length: int = 256
     max_extra_bytes: int = 64 * 1024
-    # What one session's log may hold in the store (0: no cap): with
-    # max_sessions_per_user, what a user may keep on disk (persistence/base.py).
+    # What one session's log may hold in the store (0: no cap), and what the sessions
+    # of one user may hold together, closed ones too until they are deleted (0: no
+    # cap): what a user may keep on disk (persistence/base.py).
     max_session_bytes: int = 256 * MIB
+    max_user_bytes: int = 4096 * MIB
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bamboo_session.persistence.base import SessionFull, SessionNotFound, StorageError
+from bamboo_session.persistence.base import (
+    SessionFull,
+    SessionNotFound,
+    StorageError,
+    UserFull,
+)
 from bamboo_session.persistence.feed import DELETED
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionState
@@ -67,7 +72,7 @@ async def handle(actor: SessionActor, command: Command) -> None:
 
 
 async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull) -> None:
-    """The session's byte cap refused appends stored together: with those of several
+    """The session's byte cap (or its user's) refused appends stored together: with those of several
     requests, each request goes again on its own (a batch frame's items together, all
     or nothing, as ever), so that the ones that fit are stored and only the others get
     ``too_large``. Near the cap only: a round trip per request."""
@@ -76,7 +81,10 @@ async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull)
         for request in requests:
             await actor.append(request)
         return
-    actor.metrics.appends_over_session_cap.inc()
+    if isinstance(exc, UserFull):
+        actor.metrics.appends_over_user_cap.inc()
+    else:
+        actor.metrics.appends_over_session_cap.inc()
     for command in appends:
         actor.refuse(command, exc)
 

@@ -121,6 +121,12 @@ class Metrics:
             "past --max-session-bytes",
             registry=r,
         )
+        self.appends_over_user_cap = Counter(
+            "bamboo_appends_over_user_cap",
+            "Appends refused (too_large, nothing stored) as they would take the sessions "
+            "of their session's user past --max-user-bytes",
+            registry=r,
+        )
         self.events_replayed = Counter(
             "bamboo_events_replayed", "Events replayed to resuming connections", registry=r
         )

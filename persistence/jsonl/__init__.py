@@ -64,6 +64,7 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
         read_only=options.read_only,
         offline=options.offline,
         max_session_bytes=options.max_session_bytes,
+        max_user_bytes=options.max_user_bytes,
     )
     return await JsonlStorage.open(config)
 

@@ -25,7 +25,7 @@ from bamboo_session.protocol.codec import encode_stored_event
 from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent, utcnow
 
 from ..base import KEY_WINDOW, Appended, AppendItem, StorageError
-from ..events import check_room, completed_event
+from ..events import UserBytes, check_room, check_user_room, completed_event
 from ..feed import Feed
 from ..keys import KeyWindow, split_duplicates
 from .batch import Batch
@@ -57,6 +57,8 @@ class Appender:
     ) -> None:
         self.layout = config.layout
         self.max_session_bytes = config.max_session_bytes
+        self.max_user_bytes = config.max_user_bytes
+        self.users = UserBytes()  # the log_end of each user's sessions, summed
         self._jobs = jobs
         self._records = records
         self._checkpoints = checkpoints
@@ -87,13 +89,16 @@ class Appender:
         """Append the items (the caller checked, with no await since, that the session
         takes them, and got ``window`` from :meth:`key_window` if any item has a key);
         ``capped``: held to ``max_session_bytes`` (SessionFull past it, nothing
-        written). The hot path: no await but the acknowledgement's."""
+        written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
+        acknowledgement's."""
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
         if stored:
             batch = _batch(stored, imported=False)
             if capped:
-                check_room(record.log_end, len(batch.data), self.max_session_bytes)
+                adding, user = len(batch.data), record.meta.user_id
+                check_room(record.log_end, adding, self.max_session_bytes)
+                check_user_room(user, self.users.of(user), adding, self.max_user_bytes)
             # Not shielded: a caller cancelled meanwhile cancels only this future of its
             # own, and the writer writes the lines all the same (it skips a done future).
             await self._submit(record, batch, window)
@@ -129,7 +134,7 @@ class Appender:
             keys.trim(lambda other: other == session_id or self._busy(other))
         future = self.writer.submit(session_id, batch)
         record.next_seq = stored[-1].seq
-        record.log_end += len(batch.data)
+        record.move_end(record.log_end + len(batch.data))
         return future
 
     async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
@@ -219,7 +224,7 @@ class Appender:
         if record is not None:
             # Seqs handed out after the last written one were never stored: reuse them.
             record.next_seq = record.meta.last_seq
-            record.log_end = record.log_size
+            record.move_end(record.log_size)
             self.keys.discard_from(session_id, record.next_seq + 1)
 
 

@@ -83,6 +83,9 @@ class JsonlStorageConfig:
     - ``max_session_bytes``: what one session's log file may hold, in bytes (its lines:
       seq, time, key and event JSON); an append that would take it past this is
       ``SessionFull``, nothing of it written. None: no cap.
+    - ``max_user_bytes``: what the log files of one user's sessions may hold together
+      (closed and expired ones until they go); past it an append is ``UserFull``,
+      nothing of it written. None: no cap.
     """
 
     base_path: Path
@@ -105,6 +108,7 @@ class JsonlStorageConfig:
     read_only: bool = False
     offline: bool = False
     max_session_bytes: int | None = None
+    max_user_bytes: int | None = None
 
     def __init__(
         self,
@@ -128,6 +132,7 @@ class JsonlStorageConfig:
         read_only: bool = False,
         offline: bool = False,
         max_session_bytes: int | None = None,
+        max_user_bytes: int | None = None,
     ) -> None:
         # A hand-written __init__ so that base_path accepts str and "~" expands once,
         # here, rather than at every use.
@@ -153,6 +158,7 @@ class JsonlStorageConfig:
         set_field(self, "read_only", read_only)
         set_field(self, "offline", offline)
         set_field(self, "max_session_bytes", max_session_bytes)
+        set_field(self, "max_user_bytes", max_user_bytes)
         self._validate()
 
     @classmethod
@@ -171,6 +177,8 @@ class JsonlStorageConfig:
             raise ValueError("max_sessions must not be negative")
         if self.max_session_bytes is not None and self.max_session_bytes < 1:
             raise ValueError("max_session_bytes must be at least 1 (None: no cap)")
+        if self.max_user_bytes is not None and self.max_user_bytes < 1:
+            raise ValueError("max_user_bytes must be at least 1 (None: no cap)")
         if self.cleanup_interval is not None and self.cleanup_interval <= 0:
             raise ValueError("cleanup_interval must be positive (or None: on demand only)")
         for name in ("checkpoint_interval", "fsync_interval", "wal_segment_age"):

@@ -5,7 +5,10 @@
   when the writer reports lines written; ``next_seq`` runs ahead while appends are in
   flight, and so does ``log_end`` (the size the log will have once they are written:
   what ``max_session_bytes`` is checked against). ``meta.stored_bytes`` is
-  ``log_size``: the log's size is the count, so it is right after any recovery.
+  ``log_size``: the log's size is the count, so it is right after any recovery. While
+  the store knows the session, its ``log_end`` counts in its user's sum (``users``,
+  what ``max_user_bytes`` is checked against): every move of ``log_end`` goes through
+  :meth:`SessionRecord.move_end`.
 - The checkpoint: where the last one reaches (``checkpoint_seq`` / ``checkpoint_offset``)
   and what the writer knows of its file (``slots``).
 - The message index: what its file holds (``index``, checked once per process before it
@@ -25,6 +28,7 @@ from typing import Final
 
 from bamboo_session.protocol.models import Message, SessionMetadata
 
+from ..events import UserBytes
 from .checkpoint import Coverage, FileStamp, SlotFile
 from .message_index import ENTRY, Entry, entry_at
 
@@ -59,6 +63,7 @@ class SessionRecord:
         "preamble_messages",
         "slots",
         "stamp",
+        "users",
     )
 
     def __init__(
@@ -78,6 +83,7 @@ class SessionRecord:
         self.log_size = log_size  # bytes of log holding events 1..meta.last_seq
         self.log_end = log_size  # and the lines of the appends in flight; >= log_size
         meta.stored_bytes = log_size
+        self.users: UserBytes | None = None  # the sums log_end counts in, while known
         self.checkpoint_seq = checkpoint_seq
         self.checkpoint_offset = checkpoint_offset
         self.slots = slots  # None: not known yet (the first write finds out)
@@ -117,13 +123,33 @@ class SessionRecord:
         meta.ttl = given.ttl
         meta.extra = dict(given.extra)
 
+    # -- what the session holds ----------------------------------------------------------
+
+    def count_in(self, users: UserBytes) -> None:
+        """The session's bytes count in its user's sum from now on."""
+        self.uncount()
+        self.users = users
+        users.add(self.meta.user_id, self.log_end)
+
+    def uncount(self) -> None:
+        """The session's bytes count in no sum any more (the store forgot it)."""
+        if self.users is not None:
+            self.users.add(self.meta.user_id, -self.log_end)
+            self.users = None
+
+    def move_end(self, log_end: int) -> None:
+        """``log_end`` moves (appends handed to the writer, or undone by a failure)."""
+        if self.users is not None:
+            self.users.add(self.meta.user_id, log_end - self.log_end)
+        self.log_end = log_end
+
     # -- what the writer reports --------------------------------------------------------
 
     def written(self, last_seq: int, log_size: int) -> None:
         self.meta.last_seq = last_seq
         self.meta.stored_bytes = self.log_size = log_size
         if self.log_end < log_size:  # written after a failure reset it (_on_failed)
-            self.log_end = log_size
+            self.move_end(log_size)
         if log_size - self.marks[-1][1] >= MARK_EVERY_BYTES:
             self.marks.append((last_seq, log_size))
             if len(self.marks) > MAX_MARKS:

@@ -102,6 +102,7 @@ class JsonlStorage(JsonlQueries):
         for record in records_of(self.recovery):
             self._records[record.session_id] = record
             self._index.add(record.meta)
+            record.count_in(self._appends.users)  # each user's sum, rebuilt from the logs
             if record.is_dirty() and not self._read_only:
                 self._checkpoints.dirty.add(record.session_id)
         if self._read_only:
@@ -195,6 +196,7 @@ class JsonlStorage(JsonlQueries):
         record = await self._files.create(meta)
         self._records[meta.id] = record
         self._index.add(meta)
+        record.count_in(self._appends.users)
         self._messages.start(meta.id, 0)
 
     async def _replace(self, old: SessionRecord, meta: SessionMetadata) -> None:
@@ -217,6 +219,7 @@ class JsonlStorage(JsonlQueries):
             raise
         self._records[meta.id] = record
         self._index.add(meta)
+        record.count_in(self._appends.users)
         self._messages.start(meta.id, 0)
 
     async def delete_session(self, session_id: str) -> None:
@@ -361,6 +364,7 @@ class JsonlStorage(JsonlQueries):
         if session_id not in self._records and self.layout.checkpoint(session_id).exists():
             self._records[session_id] = record
             self._index.add(record.meta)
+            record.count_in(self._appends.users)
             self._checkpoints.changed(record)
 
     def _forget(self, session_id: str) -> SessionRecord:
@@ -369,6 +373,7 @@ class JsonlStorage(JsonlQueries):
         self._feed.end(session_id, DELETED)
         self._appends.keys.drop(session_id)
         self._index.remove(session_id)
+        record.uncount()  # its bytes are its user's no more
         self._messages.drop(session_id)
         self._checkpoints.forget(session_id)
         return record

@@ -5,19 +5,23 @@
 -- ARGV: id, index prefix, key window, publish command ('' : the caller publishes),
 --       channel, epoch ('' : any; else the epoch of the log meant: a session of
 --       another epoch, one created again under the id, is NOTFOUND, as a deleted one
---       is), max session bytes ('' : no cap), then per item: flags ('k' keyed,
---       'm' message), key, event JSON
+--       is), max session bytes ('' : no cap), max user bytes ('' : no cap), then per
+--       item: flags ('k' keyed, 'm' message), key, event JSON
 -- Fresh items whose JSON and keys would take the session's 'bytes' past the cap: fail
 -- TOOLARGE <stored> <adding> <cap>, nothing written (a session stored before 'bytes'
--- existed counts from 0).
+-- existed counts from 0). Past the user's: the sum of 'bytes' of the sessions of the
+-- session's 'user' (the field <user> of the hash <index prefix>userbytes, moved with
+-- every append, import, delete and replacement; a session without a user is not
+-- counted): fail USERFULL <stored> <adding> <cap> <bytes of user> <user>, nothing
+-- written (Redis adds the script's name after the user).
 -- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
 -- The batch: [[0, 0, epoch, null], [seq, ts, key, event], ...], its first entry
 -- naming the log's epoch (an older listener skips it as an event of seq 0).
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local cap = tonumber(ARGV[7])
-local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes')
+local cap, user_cap = tonumber(ARGV[7]), tonumber(ARGV[8])
+local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes', 'user')
 if not s[1] then fail('NOTFOUND') end
 if ARGV[6] ~= '' and s[6] ~= ARGV[6] then fail('NOTFOUND') end
 if s[1] == 'closed' then fail('CLOSED') end
@@ -29,7 +33,7 @@ local first_seq, count = tonumber(s[3]), tonumber(s[4])
 local stored, adding = tonumber(s[7]) or 0, 0
 local last, first_count = first_seq, count
 local results, fresh, in_batch = {now, ''}, {}, {}
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   local flags, key = ARGV[i], ARGV[i + 1]
   local keyed = string.find(flags, 'k', 1, true) ~= nil
   local seq = last + 1
@@ -57,6 +61,13 @@ if last == first_seq then return results end
 if cap and stored + adding > cap then
   fail('TOOLARGE ' .. int(stored) .. ' ' .. int(adding) .. ' ' .. int(cap))
 end
+local user = s[8]
+if user_cap and user then
+  local mine = tonumber(redis.call('HGET', idx .. 'userbytes', user)) or 0
+  if mine + adding > user_cap then
+    fail('USERFULL ' .. int(mine) .. ' ' .. int(adding) .. ' ' .. int(user_cap) .. ' ' .. #user .. ' ' .. user)
+  end
+end
 
 local batch = {}
 if s[6] then batch[1] = '[0,0,' .. cjson.encode(s[6]) .. ',null]' end
@@ -69,6 +80,7 @@ for n, i in ipairs(fresh) do
 end
 
 redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored + adding))
+if user then redis.call('HINCRBY', idx .. 'userbytes', user, adding) end
 record_activity(meta, idx, id, now, s[5])
 if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)

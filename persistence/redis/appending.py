@@ -28,9 +28,11 @@ async def append_events(
     items: Sequence[AppendItem],
     epoch: str | None,
     cap: int | None,
+    user_cap: int | None = None,
 ) -> list[Appended]:
     """The contract's ``append_events``; ``cap``: the session's stored bytes at most
-    (None: no cap), checked by the script before it writes anything (SessionFull)."""
+    (None: no cap), ``user_cap``: its user's (None: no cap), checked by the script
+    before it writes anything (SessionFull, UserFull)."""
     storage.require_writable()
     session_id = check_session_id(session_id)
     layout = storage.layout
@@ -45,6 +47,7 @@ async def append_events(
         channel,
         epoch or "",  # checked against the session's in the script
         optional_arg(cap),
+        optional_arg(user_cap),
     ]
     for (_, key), event, data in zip(items, events, encoded, strict=True):
         args += [flags_of(key, event), "" if key is None else key, data]

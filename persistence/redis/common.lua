@@ -54,6 +54,16 @@ local function index_remove(idx, id, user, state)
   redis.call('ZREM', idx .. 'state:' .. state, id)
 end
 
+-- A session of ``user`` holding ``bytes`` goes: the user's sum (append.lua's
+-- max user bytes) no longer counts them; a sum that would not stay above 0 goes
+-- (bytes stored before the sums existed were never counted).
+local function user_bytes_freed(idx, user, bytes)
+  if user and bytes then
+    local left = redis.call('HINCRBY', idx .. 'userbytes', user, -tonumber(bytes))
+    if left <= 0 then redis.call('HDEL', idx .. 'userbytes', user) end
+  end
+end
+
 -- Activity now: last_activity_at and updated_at, and the sliding expiry.
 local function record_activity(meta, idx, id, now, ttl)
   redis.call('HSET', meta, 'updated', now, 'active', now)

@@ -42,6 +42,7 @@ class RedisConfig:
     cleanup_interval: float | None = None
     read_only: bool = False
     max_session_bytes: int | None = None  # a session's events' JSON and keys at most
+    max_user_bytes: int | None = None  # the sessions' of one user, summed, at most
 
     @classmethod
     def from_url(cls, url: StoreURL, options: StoreOptions) -> RedisConfig:
@@ -78,6 +79,7 @@ class RedisConfig:
             cleanup_interval=options.cleanup_interval,
             read_only=options.read_only,
             max_session_bytes=options.max_session_bytes,
+            max_user_bytes=options.max_user_bytes,
         )
 
 

@@ -11,7 +11,7 @@
 
 local meta = KEYS[1]
 local id, idx, max, replace, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local old = redis.call('HMGET', meta, 'user', 'state', 'expires', 'epoch')
+local old = redis.call('HMGET', meta, 'user', 'state', 'expires', 'epoch', 'bytes')
 local replaced = 0
 if old[2] then
   if replace ~= 'expired' or not has_expired(old[2], old[3], clock()) then fail('EXISTS') end
@@ -23,6 +23,7 @@ local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 if replaced ~= 0 then
   index_remove(idx, id, old[1] or nil, old[2])
+  user_bytes_freed(idx, old[1], old[5])
   redis.call('UNLINK', meta, KEYS[5])
   notify(publish, channel, 'deleted', old[4])
 end

@@ -10,7 +10,7 @@
 
 local id, idx, publish, channel, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if ARGV[6] ~= '' and redis.call('GET', ARGV[6]) ~= ARGV[7] then fail('FENCED') end
-local s = redis.call('HMGET', KEYS[1], 'user', 'state', 'expires', 'epoch')
+local s = redis.call('HMGET', KEYS[1], 'user', 'state', 'expires', 'epoch', 'bytes')
 if not s[2] then
   if mode == 'expired' then return 0 end
   fail('NOTFOUND')
@@ -18,5 +18,6 @@ end
 if mode == 'expired' and not has_expired(s[2], s[3], clock()) then return 0 end
 redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 index_remove(idx, id, s[1] or nil, s[2])
+user_bytes_freed(idx, s[1], s[5])
 notify(publish, channel, 'deleted', s[4])
 return s[4] or 1

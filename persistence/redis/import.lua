@@ -6,7 +6,7 @@
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local s = redis.call('HMGET', meta, 'seq', 'msgs', 'epoch', 'bytes')
+local s = redis.call('HMGET', meta, 'seq', 'msgs', 'epoch', 'bytes', 'user')
 if not s[1] then fail('NOTFOUND') end
 local last, count = tonumber(s[1]), tonumber(s[2])
 for i = 6, #ARGV, 5 do
@@ -28,6 +28,7 @@ end
 if #batch == 0 then return 0 end
 if s[3] then table.insert(batch, 1, '[0,0,' .. cjson.encode(s[3]) .. ',null]') end  -- as append.lua's
 redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored))
+if s[5] then redis.call('HINCRBY', idx .. 'userbytes', s[5], int(stored - (tonumber(s[4]) or 0))) end
 redis.call('ZADD', idx .. 'msgs', count, id)
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
 notify(publish, channel, '[' .. table.concat(batch, ',') .. ']')

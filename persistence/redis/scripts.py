@@ -26,6 +26,7 @@ from ..base import (
     SessionNotFound,
     StorageError,
     StorageFull,
+    UserFull,
 )
 
 NAMES: Final = (
@@ -170,6 +171,11 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
         case "TOOLARGE":
             stored, adding, cap = (int(number) for number in rest.split()[:3])
             return SessionFull(stored, adding, cap)
+        case "USERFULL":
+            parts = rest.split(" ", 4)
+            stored, adding, cap, length = (int(number) for number in parts[:4])
+            user = parts[4].encode()[:length].decode(errors="replace")
+            return UserFull(user, stored, adding, cap)
         case "ORDER":
             seq, expected = rest.split()[:2]
             return ValueError(f"import: seq {seq}, not {expected}")

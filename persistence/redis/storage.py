@@ -234,8 +234,10 @@ class RedisStorage:
     async def append_events(
         self, session_id: str, items: Sequence[AppendItem], *, epoch: str | None = None
     ) -> list[Appended]:
-        cap = self.config.max_session_bytes
-        return await appending.append_events(self, session_id, items, epoch, cap)
+        config = self.config
+        return await appending.append_events(
+            self, session_id, items, epoch, config.max_session_bytes, config.max_user_bytes
+        )
 
     async def append_event(
         self, session_id: str, event: AnyAgentEvent, key: str | None = None

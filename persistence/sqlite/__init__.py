@@ -33,6 +33,7 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> SqliteStorage:
             cleanup_interval=options.cleanup_interval,
             read_only=options.read_only,
             max_session_bytes=options.max_session_bytes,
+            max_user_bytes=options.max_user_bytes,
         )
     except ValueError as exc:
         raise ValueError(f"store URL {url.text!r}: {exc}") from None

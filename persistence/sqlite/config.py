@@ -18,7 +18,8 @@ class SqliteStorageConfig:
     ``durability`` (``fsync``: ``synchronous=FULL``; ``os``: ``synchronous=NORMAL``),
     ``read_only`` (open an existing file without writing), ``readers`` (read
     connections, each on its own thread), ``max_session_bytes`` (what one session's
-    events and keys may take, in bytes; None: no cap)."""
+    events and keys may take, in bytes; None: no cap), ``max_user_bytes`` (what the
+    sessions of one user may take together, in the same measure; None: no cap)."""
 
     path: Path
     default_ttl: int | None = None
@@ -28,6 +29,7 @@ class SqliteStorageConfig:
     read_only: bool = False
     readers: int = 2
     max_session_bytes: int | None = None
+    max_user_bytes: int | None = None
 
 
 def config_from_url(location: str, durability: str | None, **options: Any) -> SqliteStorageConfig:

@@ -1,8 +1,9 @@
 """A session's row of the SQLite store while the writer changes it (:class:`Row`, its
 columns by name and how far it has moved: nothing, its activity, or anything), and the
 rows of recently written sessions the writer keeps between batches
-(:class:`RowCache`; it is the only writer, so they stay true). writes.py's operations
-change them; a batch writes each back once, at its end."""
+(:class:`RowCache`; it is the only writer, so they stay true), with what the sessions
+of recently written users hold (the sums ``max_user_bytes`` is checked against). writes.py's
+operations change them; a batch writes each row back once, at its end."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class Row:
         return str(self.values[11])
 
     @property
+    def user_id(self) -> str | None:
+        user = self.values[1]
+        return None if user is None else str(user)
+
+    @property
     def stored_bytes(self) -> int:
         return int(self.values[13])
 
@@ -86,11 +92,35 @@ _COLUMN: Final = {name.strip(): i for i, name in enumerate(SESSION_COLUMNS.split
 
 
 class RowCache:
-    """Rows of recently written sessions, kept by the writer between batches."""
+    """Rows of recently written sessions, kept by the writer between batches, and the
+    sums of ``stored_bytes`` of recently written users (each the sum of the rows, this
+    batch's changes included: moved with them, and dropped with them)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.rows: OrderedDict[str, Row] = OrderedDict()
+        self.users: OrderedDict[str, int] = OrderedDict()
+
+    def clear(self) -> None:
+        """A batch failed: nothing it changed in memory stays."""
+        self.rows.clear()
+        self.users.clear()
+
+    def user_bytes(self, user_id: str) -> int | None:
+        total = self.users.get(user_id)
+        if total is not None:
+            self.users.move_to_end(user_id)
+        return total
+
+    def put_user(self, user_id: str, total: int) -> None:
+        self.users[user_id] = total
+        if len(self.users) > self.size:
+            self.users.popitem(last=False)
+
+    def grow_user(self, user_id: str | None, delta: int) -> None:
+        """The user's sum, if kept, moves with one of its sessions."""
+        if user_id is not None and user_id in self.users:
+            self.users[user_id] += delta
 
     def get(self, session_id: str) -> Row | None:
         row = self.rows.get(session_id)

@@ -253,6 +253,7 @@ class SqliteStorage:
             items=prepared,
             epoch=epoch,
             cap=self.config.max_session_bytes,
+            user_cap=self.config.max_user_bytes,
         )
         results, _stored = await self._write(
             work, lambda done: self._published(session_id, done[1])

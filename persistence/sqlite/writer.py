@@ -155,7 +155,7 @@ class Writer:
             # Nothing of the batch stays: the count is the one at its start again, and
             # the rows it changed in memory are dropped.
             self._session_count = batch.session_count
-            self._rows.rows.clear()
+            self._rows.clear()
             self._rollback(db)
             raise
         count = batch.session_count

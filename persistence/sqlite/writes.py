@@ -12,7 +12,8 @@ back once, at the end of the batch (:meth:`Batch.flush`), however many appends t
 had: seqs, the message count and the activity times move in memory, and the batch's
 events go in with one statement at the end too (the keys among them are looked up in
 memory first). The writer keeps the rows of recently written sessions between batches
-(it is the only writer, so they stay true) and drops them all when a batch fails.
+(it is the only writer, so they stay true), and the sums of recently written users'
+``stored_bytes``, and drops them all when a batch fails.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ..base import (
     SessionNotFound,
     StorageFull,
 )
-from ..events import check_room, completed_event, stored_size
+from ..events import check_room, check_user_room, completed_event, stored_size
 from .rows import CLEAN, MOVED, Row, RowCache
 from .schema import SESSION_COLUMNS, encode_extra, row_of, time_text
 
@@ -64,6 +65,7 @@ _UPDATE_SESSION: Final = (
     "UPDATE sessions SET state = ?, updated_at = ?, last_activity_at = ?, expires_at = ?, "
     "ttl = ?, message_count = ?, last_seq = ?, extra = ?, stored_bytes = ? WHERE id = ?"
 )
+_USER_BYTES: Final = "SELECT coalesce(sum(stored_bytes), 0) FROM sessions WHERE user_id = ?"
 _FINAL_CLOSED: Final = SessionState.CLOSED.value
 _EXPIRED: Final = SessionState.EXPIRED.value
 
@@ -129,6 +131,16 @@ class Batch:
             newest = self.db.execute(_NEWEST_OF_KEY, (session_id, key)).fetchone()
             seq = None if newest is None else newest[0]
         return seq
+
+    def user_bytes(self, user_id: str) -> int:
+        """What the user's sessions hold, this batch's appends included: the writer's
+        sum, else the rows' (this batch's changes written out first), kept from then."""
+        total = self.cache.user_bytes(user_id)
+        if total is None:
+            self.flush()
+            total = int(self.db.execute(_USER_BYTES, (user_id,)).fetchone()[0])
+            self.cache.put_user(user_id, total)
+        return total
 
     def sessions(self) -> int:
         if self.session_count is None:
@@ -209,12 +221,14 @@ def append(
     items: Sequence[Prepared],
     epoch: str | None = None,
     cap: int | None = None,
+    user_cap: int | None = None,
 ) -> tuple[list[Appended], list[StoredEvent]]:
     """Append fresh items with the next seqs; a key accepted within the window (or
     earlier in ``items``) makes a duplicate of its first seq. With ``epoch``, only to
     the log of that epoch: a session created again under the id is SessionNotFound.
     Fresh items that would take the session's stored bytes past ``cap``: SessionFull,
-    nothing appended (checked before anything changes, as every refusal is)."""
+    and its user's past ``user_cap``: UserFull, nothing appended (checked before
+    anything changes, as every refusal is)."""
     row = batch.existing(session_id)
     if epoch is not None and row.epoch != epoch:
         raise SessionNotFound(f"session {session_id!r} not found")
@@ -244,6 +258,9 @@ def append(
     if not fresh:
         return results, []
     check_room(row.stored_bytes, adding, cap)
+    user = row.user_id
+    if user_cap is not None and user is not None:
+        check_user_room(user, batch.user_bytes(user), adding, user_cap)
     now, now_text = batch.now, batch.now_text
     message_count = row.message_count
     stored: list[StoredEvent] = []
@@ -258,6 +275,7 @@ def append(
     for key, seq in keys.items():
         batch.keys[session_id, key] = seq
     row.advance(stored[-1].seq, message_count, row.stored_bytes + adding)
+    batch.cache.grow_user(user, adding)
     row.touch(now_text, batch.expiry(row.ttl))
     return results, stored
 
@@ -282,6 +300,7 @@ def import_events(batch: Batch, session_id: str, events: Sequence[StoredEvent]) 
         stored_bytes += stored_size(data, event.key)
         batch.inserts.append((session_id, event.seq, ts, event.key, index, data))
     if events:
+        batch.cache.grow_user(row.user_id, stored_bytes - row.stored_bytes)
         row.advance(events[-1].seq, message_count, stored_bytes)
 
 
@@ -340,6 +359,9 @@ def cleanup(batch: Batch) -> list[str]:
 
 def _remove(batch: Batch, session_id: str) -> None:
     batch.flush()  # events of the session queued in this batch go too
+    row = batch.row(session_id)
+    if row is not None:  # its bytes are its user's no more
+        batch.cache.grow_user(row.user_id, -row.stored_bytes)
     batch.keys = {key: seq for key, seq in batch.keys.items() if key[0] != session_id}
     batch.db.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
     batch.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
