@@ -20,6 +20,9 @@ The indexes share one tag of their own, ``{idx}``::
     <prefix>:{idx}:expires
     <prefix>:{idx}:user:<u>  by created_at: one user's sessions
     <prefix>:{idx}:state:<s> by created_at: the sessions in one state
+    <prefix>:{idx}:userbytes hash: user -> the sum of "bytes" of the user's sessions
+                             (max_user_bytes; moved by append, import, delete and
+                             replacement; counted from 0 where it is first written)
 
 Times are integers, microseconds since the Unix epoch, in hashes and scores alike
 (exact in a double until the year 2255), so scripts compute expiry without parsing.
