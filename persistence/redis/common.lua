@@ -58,8 +58,9 @@ end
 -- max user bytes) no longer counts them; a sum that would not stay above 0 goes
 -- (bytes stored before the sums existed were never counted).
 local function user_bytes_freed(idx, user, bytes)
-  if user and bytes then
-    local left = redis.call('HINCRBY', idx .. 'userbytes', user, -tonumber(bytes))
+  local freed = tonumber(bytes) or 0
+  if user and freed > 0 then
+    local left = redis.call('HINCRBY', idx .. 'userbytes', user, int(-freed))
     if left <= 0 then redis.call('HDEL', idx .. 'userbytes', user) end
   end
 end
