@@ -40,7 +40,7 @@ async def fill(store: Storage, session_id: str) -> int:
     assert meta is not None and meta.user_id is not None
     user = meta.user_id
     seq = meta.last_seq
-    while True:
+    while seq < 100:  # far past the bound: a store that never refuses fails the test
         before = await user_bytes(store, user)
         try:
             result = await store.append_event(session_id, token(seq + 1), f"f{seq + 1}")
@@ -55,6 +55,7 @@ async def fill(store: Storage, session_id: str) -> int:
         seq += 1
         assert result == Appended(seq)
         assert await user_bytes(store, user) <= USER_CAP
+    pytest.fail(f"{seq} appends, and no UserFull")
 
 
 async def test_closed_sessions_count_until_deleted(backend: Backend, tmp_path: Path) -> None:
