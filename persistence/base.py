@@ -65,6 +65,18 @@ from bamboo_session.protocol.models import (
     StoredEvent,
 )
 
+from .errors import (
+    SessionClosed,
+    SessionExists,
+    SessionExpired,
+    SessionFull,
+    SessionNotFound,
+    StorageError,
+    StorageFull,
+    StorageLocked,
+    UserFull,
+)
+
 __all__ = [
     "KEY_WINDOW",
     "AppendItem",
@@ -94,68 +106,6 @@ __all__ = [
 KEY_WINDOW: Final = 10_000  # appends within which an idempotency key is remembered
 
 AppendItem = tuple[AnyAgentEvent, str | None]  # an event and its idempotency key
-
-
-class StorageError(Exception):
-    """Storage failed (I/O error, disk full, corrupt file, store unreachable). The failed
-    call was not acknowledged; see ``append_events`` for whether it took effect."""
-
-
-class SessionNotFound(StorageError):
-    pass
-
-
-class SessionExists(StorageError):
-    pass
-
-
-class SessionExpired(StorageError):
-    pass
-
-
-class SessionClosed(StorageError):
-    """The session is closed: its history is readable, nothing more is appended."""
-
-
-class SessionFull(StorageError):
-    """The append would take the session past the store's ``max_session_bytes``:
-    nothing of it was stored, and the session stays readable (and takes appends that
-    fit, duplicates among them). Not a failure of the store: retrying does not help."""
-
-    def __init__(self, stored: int, adding: int, cap: int) -> None:
-        super().__init__(
-            f"the session holds {stored} of its {cap} stored bytes at most, and this "
-            f"append would add {adding}; nothing was stored"
-        )
-        self.stored = stored
-        self.adding = adding
-        self.cap = cap
-
-
-class UserFull(SessionFull):
-    """The append would take the sessions of its session's user past the store's
-    ``max_user_bytes``: nothing of it was stored. The user frees room by deleting
-    sessions (closed ones count until they are deleted or cleaned up)."""
-
-    def __init__(self, user_id: str, stored: int, adding: int, cap: int) -> None:
-        StorageError.__init__(
-            self,
-            f"the sessions of user {user_id!r} hold {stored} of the user's {cap} stored "
-            f"bytes at most, and this append would add {adding}; nothing was stored "
-            "(delete sessions of the user to free room)",
-        )
-        self.user_id = user_id
-        self.stored = stored
-        self.adding = adding
-        self.cap = cap
-
-
-class StorageFull(StorageError):
-    """The store holds its maximum number of sessions."""
-
-
-class StorageLocked(StorageError):
-    """Another process holds this store (an embedded store has one owner)."""
 
 
 class SortBy(enum.StrEnum):

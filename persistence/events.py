@@ -10,7 +10,7 @@ import msgspec
 
 from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent, StoredEvent
 
-from .base import SessionFull, UserFull
+from .errors import SessionFull, UserFull
 
 
 def completed_event(event: AnyAgentEvent) -> AnyAgentEvent:
