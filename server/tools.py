@@ -1,10 +1,10 @@
 """Operator subcommands of ``bamboo-session`` beside ``serve``, and what they share.
 
 Offline, on a store (``--store URL`` or ``--data-dir``, else ``BAMBOO_STORE`` or
-``BAMBOO_DATA_DIR`` as ``serve`` reads them): ``ls``, ``show`` and ``cleanup``
-(tools_store.py opens it; ``ls`` and ``show`` read only, and write nothing). ``ls`` and
-``show`` can ask a running server instead, over its HTTP API (``--url``): tools_reads.py.
-``cleanup`` is tools_cleanup.py. Online, over the WebSocket API with
+``BAMBOO_DATA_DIR`` as ``serve`` reads them): ``ls``, ``show``, ``cleanup`` and
+``delete`` (tools_store.py opens it; ``ls`` and ``show`` read only, and write nothing).
+``ls`` and ``show`` can ask a running server instead, over its HTTP API (``--url``):
+tools_reads.py. ``cleanup`` and ``delete`` are tools_cleanup.py. Online, over the WebSocket API with
 :class:`~bamboo_session.protocol.client.BambooClient`: ``tail`` and ``publish``
 (tools_live.py). Every error ends with a one-line reason and a non-zero status.
 """
@@ -35,7 +35,7 @@ class ToolError(Exception):
 
 
 def add_tool_commands(commands: SubParsers) -> None:
-    """Register ``ls``, ``show``, ``tail``, ``cleanup`` and ``publish``."""
+    """Register ``ls``, ``show``, ``tail``, ``cleanup``, ``delete`` and ``publish``."""
     from . import tools_cleanup, tools_live, tools_reads
 
     tools_reads.add_commands(commands)

@@ -1,4 +1,6 @@
-"""``cleanup``: remove the sessions of a store whose TTL has passed.
+"""``cleanup``: remove the sessions of a store whose TTL has passed; ``delete``: remove
+sessions by id, whatever their state (what frees a user's room under
+``--max-user-bytes``, and a session's id for a new one).
 
 First a read-only pass finds them (so a directory that is not a store is refused before
 anything is written to it); ``--dry-run`` stops there and lists them. Then the store is
@@ -23,7 +25,7 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.protocol.models import SessionMetadata, utcnow
 
-from .tools import runner, short_time
+from .tools import runner, session_id_argument, short_time
 from .tools_store import add_store_options, offline_store
 
 if TYPE_CHECKING:
@@ -47,6 +49,17 @@ def add_command(commands: SubParsers) -> None:
         help="only list the expired sessions (id and expiry, one per line), remove nothing",
     )
     cleanup.set_defaults(run=runner(_cleanup))
+    delete = commands.add_parser(
+        "delete",
+        help="remove sessions by id",
+        description="Remove the given sessions, whatever their state: their metadata, "
+        "history and log. Prints how many were removed; an id that names no session is "
+        "said on stderr, and the status is then 1. On a shared store (Redis), the "
+        "servers using it close the sessions' peers with 4404.",
+    )
+    add_store_options(delete, with_url=False)
+    delete.add_argument("ids", nargs="+", type=session_id_argument, metavar="ID")
+    delete.set_defaults(run=runner(_delete))
 
 
 class Progress:
@@ -122,3 +135,19 @@ async def _remove_if_expired(storage: SessionStorage, session_id: str) -> int:
     except SessionNotFound:
         return 0
     return 1
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    removed, missing = 0, []
+    async with offline_store(args, read_only=False) as storage:
+        for session_id in dict.fromkeys(args.ids):  # each once, in the order given
+            try:
+                await storage.delete_session(session_id)
+            except SessionNotFound:
+                missing.append(session_id)
+            else:
+                removed += 1
+    for session_id in missing:
+        print(f"bamboo-session: delete: no session {session_id}", file=sys.stderr)
+    print(removed)
+    return 1 if missing else 0

@@ -20,6 +20,7 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol import Message, Session, utcnow
+from bamboo_session.protocol.models import SessionState
 from tests.support import attach, run_server
 from tests.test_cli_tools import make_data_dir
 
@@ -173,3 +174,40 @@ async def test_show_over_http_reads_a_long_history_page_by_page(tmp_path: Path) 
     assert code == 0, err
     session = json.loads(out)
     assert [m["content"] for m in session["messages"]] == [f"m{i}" for i in range(1_100)]
+
+
+# -- delete --------------------------------------------------------------------------------
+
+
+def test_delete_removes_sessions_by_id_whatever_their_state(tmp_path: Path) -> None:
+    # A closed session counts toward its user's --max-user-bytes until it is deleted:
+    # this is how an operator frees a user's room (peers have no delete).
+    data_dir = tmp_path / "data"
+    make_expired(data_dir, 2)
+
+    async def close_kept() -> None:
+        config = JsonlStorageConfig(data_dir, durability="os")
+        async with await JsonlStorage.open(config) as storage:
+            await storage.update_session_state("kept", SessionState.CLOSED)
+
+    asyncio.run(close_kept())
+    code, out, err = tool("delete", "kept", "old-0", "kept", "--data-dir", str(data_dir))
+    assert (code, out, err) == (0, "2\n", "")
+    code, out, _ = tool("ls", "--json", "--data-dir", str(data_dir))
+    assert [s["id"] for s in json.loads(out)["sessions"]] == ["old-1"]
+    code, out, err = tool("delete", "old-1", "nobody", "--data-dir", str(data_dir))
+    assert (code, out) == (1, "1\n")
+    assert err.strip() == "bamboo-session: delete: no session nobody"
+    code, out, _ = tool("ls", "--json", "--data-dir", str(data_dir))
+    assert json.loads(out)["sessions"] == []
+
+
+async def test_delete_is_refused_while_a_server_holds_the_store(tmp_path: Path) -> None:
+    async with run_server(tmp_path, durability="os") as server:
+        async with attach(server, "busy", create=True):
+            pass
+        code, out, err = await asyncio.to_thread(
+            tool, "delete", "busy", "--data-dir", str(tmp_path)
+        )
+    assert code == 1 and out == ""
+    assert "in use by a running server" in err
