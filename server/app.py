@@ -278,14 +278,15 @@ class BambooServer:
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
             response = Response(response.status_code, response.reason_phrase, response.headers, b"")
         elif isinstance(response, StreamedResponse) and response.pieces is not None:
-            # Its body follows its head, a piece at a time, each charged as it is written.
-            config = self.config
-            connection.stream_answer(
-                self.unread_answers,
-                response.pieces,
-                config.answer_page_timeout,
-                config.close_timeout,
-            )
+            # Its body follows its head, a piece at a time, each charged from its read
+            # on; its first piece, read already, is charged now, or refused as any
+            # answer that does not fit.
+            if self.unread_answers.take(response.held):
+                config = self.config
+                page_timeout, close_timeout = config.answer_page_timeout, config.close_timeout
+                connection.stream_answer(self.unread_answers, response, page_timeout, close_timeout)
+            else:
+                response = self.unread_answers.busy()
         else:
             response = self.unread_answers.admit(connection, response)
         # A page of an origin that may open a WebSocket here may read the answer too.

@@ -4,10 +4,12 @@ client reads), the next one only once the previous one has left the server's buf
 
 What the answer holds in the server is one piece at a time: its bytes are charged to
 the account of answers not yet taken by their peers (``UnreadAnswers``, a quarter of
-``--memory-budget``) from when they are written until they have left the transport's
-buffer for the kernel's, whose buffer is kept small (``hold_answer``). A piece that
-would not fit in that account waits for room, as one that is not taken waits for the
-peer, each for at most ``--answer-page-timeout``: past it the connection is dropped.
+``--memory-budget``) from when they are read until they have left the transport's
+buffer for the kernel's, whose buffer is kept small (``hold_answer``). Room for a
+piece is taken before it is read (the first, read with the request, is charged then,
+or refused with 503), in turn with the other answers' pieces; a piece waits for room,
+as one that is not taken waits for the peer, each for at most
+``--answer-page-timeout``: past it the connection is dropped.
 A peer that stops reading holds one piece of the server for that long, then nothing;
 one that reads more slowly than a page per timeout is dropped too, so an answer ends
 within its page count times the timeout.
@@ -34,45 +36,60 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bamboo_session.server")
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
-# How often a piece that waits for room in the answers' account looks again: room is
-# made by other peers reading, which nothing here is told of.
-ROOM_POLL_SECONDS: Final = 0.05
 
 
 class AnswerStream:
     """Writes ``pieces`` to ``connection`` once its head is sent (BambooConnection's
-    handshake calls :meth:`run`), then ends the answer as websockets ends any other:
-    its end of stream, and up to ``close_timeout`` for the peer to hang up."""
+    handshake calls :meth:`run`, or :meth:`abandon` when it is not sent), then ends the
+    answer as websockets ends any other: its end of stream, and up to ``close_timeout``
+    for the peer to hang up.
 
-    __slots__ = ("answers", "close_timeout", "connection", "page_timeout", "pieces")
+    ``reserved`` bytes are charged to ``answers`` for the piece in hand or about to be
+    read: ``held`` (the first piece, read with the request) to begin with, then room
+    for ``piece_bytes`` taken before each later piece is read. A piece that waited for
+    room once read held a page outside the account: 400 peers that did not read took
+    a server of 256 MiB of memory budget to 750 MB."""
+
+    __slots__ = (
+        "answers",
+        "close_timeout",
+        "connection",
+        "page_timeout",
+        "piece_bytes",
+        "pieces",
+        "reserved",
+    )
 
     def __init__(
         self,
         connection: BambooConnection,
         answers: UnreadAnswers,
         pieces: AsyncIterator[bytes],
-        page_timeout: float,
-        close_timeout: float | None,
+        timeouts: tuple[float, float | None],
+        held: int,
+        piece_bytes: int,
     ) -> None:
         self.connection = connection
         self.answers = answers
         self.pieces = pieces
-        self.page_timeout = page_timeout
-        self.close_timeout = close_timeout
+        self.page_timeout, self.close_timeout = timeouts
+        self.reserved = held
+        self.piece_bytes = piece_bytes
+
+    def abandon(self) -> None:
+        """The head was not sent (the peer gone, the handshake failed): what was
+        charged for the answer goes."""
+        self.answers.release(self.reserved)
+        self.reserved = 0
 
     async def run(self) -> None:
         connection = self.connection
         reason = None
         try:
-            async for piece in self.pieces:
-                if piece and not await self._send((b"%x\r\n" % len(piece), piece, b"\r\n")):
-                    reason = "peer too slow to read"
-                    break
-            else:
-                if await self._send((LAST_CHUNK,)):
-                    await self._finish()
-                    return
-                reason = "peer too slow to read"
+            reason = await self._write_pieces()
+            if reason is None:
+                await self._finish()
+                return
         except StorageError as exc:
             # A page that cannot be read, or a session deleted or replaced: the rest
             # of this answer would not be the document its head began.
@@ -82,39 +99,85 @@ class AnswerStream:
             log.exception("streamed answer failed")
             reason = "internal error"
         finally:
+            self.abandon()
             if isinstance(self.pieces, AsyncGenerator):
                 await self.pieces.aclose()
         if not connection.transport.is_closing():
             log.info("streamed answer aborted", reason=reason)
         connection.transport.abort()
 
-    async def _send(self, parts: tuple[bytes, ...]) -> bool:
-        """Writes ``parts`` once they fit in the answers' account, and waits until they
-        have left the transport's buffer: False if either takes longer than the page
-        timeout, or the connection is gone."""
+    async def _write_pieces(self) -> str | None:
+        """Every piece, then the last chunk: None once written, else why not."""
+        while True:
+            if not self.reserved and not await self._reserve():
+                return "peer too slow to read"
+            try:
+                piece = await anext(self.pieces)
+            except StopAsyncIteration:
+                break
+            if not piece:
+                continue
+            written = self._write((b"%x\r\n" % len(piece), piece, b"\r\n"))
+            del piece  # the transport holds its bytes now: not held twice while it drains
+            if not written or not await self._drained():
+                return "peer too slow to read"
+        if not self._write((LAST_CHUNK,)) or not await self._drained():
+            return "peer too slow to read"
+        return None
+
+    async def _reserve(self) -> bool:
+        """Room for the next piece, taken before it is read, in turn with the other
+        answers' pieces: False if there is none within the page timeout, or the
+        connection is gone."""
+        connection = self.connection
+        connection.release_sent()  # the previous piece's charge, gone with its bytes
+        size = self.piece_bytes
+        room = self.answers.room(size)
+        if not room.done():
+            lost = connection.connection_lost_waiter
+            try:
+                await asyncio.wait(
+                    (room, lost), timeout=self.page_timeout, return_when="FIRST_COMPLETED"
+                )
+            except BaseException:  # cancelled: room made later would be charged to nobody
+                self.answers.give_up_room(size, room)
+                raise
+        if not room.done() or room.cancelled() or connection.transport.is_closing():
+            self.answers.give_up_room(size, room)
+            return False
+        self.reserved = size
+        return True
+
+    def _write(self, parts: tuple[bytes, ...]) -> bool:
+        """Writes ``parts``, their charge handed from the reservation to the
+        connection, which releases it as its buffer drains: False if it is gone."""
+        connection = self.connection
+        if connection.transport.is_closing():
+            return False
+        size = sum(map(len, parts))
+        if size > self.reserved:
+            self.answers.charge(size - self.reserved)  # a page of one large message
+        else:
+            self.answers.release(self.reserved - size)
+        self.reserved = 0
+        connection.hold_answer(self.answers, size)  # released as the buffer drains
+        connection.transport.writelines(parts)
+        return True
+
+    async def _drained(self) -> bool:
+        """Waits until what was written has left the transport's buffer: False if that
+        takes longer than the page timeout, or the connection is gone."""
         connection = self.connection
         transport = connection.transport
-        size = sum(map(len, parts))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.page_timeout
-        connection.release_sent()  # the previous piece's charge, gone with its bytes
-        while not self.answers.take(size):
-            if transport.is_closing() or loop.time() >= deadline:
-                return False
-            await asyncio.sleep(ROOM_POLL_SECONDS)
-        if transport.is_closing():
-            self.answers.release(size)
-            return False
-        connection.hold_answer(self.answers, size)  # released as the buffer drains
-        transport.writelines(parts)
         if transport.get_write_buffer_size() == 0:
-            return True
+            return not transport.is_closing()
         drained = asyncio.ensure_future(connection.drain())
         drained.add_done_callback(_retrieve)
         lost = connection.connection_lost_waiter
-        remaining = max(0.0, deadline - loop.time())
         try:
-            await asyncio.wait((drained, lost), timeout=remaining, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                (drained, lost), timeout=self.page_timeout, return_when="FIRST_COMPLETED"
+            )
         finally:
             drained.cancel()
         return not transport.is_closing() and transport.get_write_buffer_size() == 0
@@ -129,6 +192,11 @@ class AnswerStream:
         next(protocol.parser)
         connection.send_data()
         await asyncio.wait((connection.connection_lost_waiter,), timeout=self.close_timeout)
+
+
+def chunk_bytes(size: int) -> int:
+    """What a piece of ``size`` bytes weighs once framed as a chunk."""
+    return size + len(b"%x\r\n\r\n" % size)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -36,9 +36,7 @@ from .limits import FRAME_BYTES, REPLY_SHARE, ByteRate
 from .read_waits import ReadWaits
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from .responses import UnreadAnswers
+    from .responses import StreamedResponse, UnreadAnswers
 
 # The kernel's send buffer of a connection that answers an HTTP request (the kernel
 # doubles it): what it holds of an unread answer is not counted (hold_answer).
@@ -241,11 +239,17 @@ class BambooConnection(ServerConnection):
         try:
             async with asyncio.timeout(OPEN_TIMEOUT):
                 await super().handshake(*args, **kwargs)
+        except BaseException:
+            if self._stream is not None:
+                self._stream.abandon()  # its first piece's charge
+            raise
         finally:
             self._release_request()
         if self._stream is not None:
             if self._head_sent and not self.transport.is_closing():
                 await self._stream.run()
+            else:
+                self._stream.abandon()
             return
         if self.protocol.state is State.OPEN:
             self._forget_headers()
@@ -320,14 +324,18 @@ class BambooConnection(ServerConnection):
     def stream_answer(
         self,
         answers: UnreadAnswers,
-        pieces: AsyncIterator[bytes],
+        response: StreamedResponse,
         page_timeout: float,
         close_timeout: float | None,
     ) -> None:
-        """The answer about to be sent is a ``StreamedResponse``: its head goes as any
-        answer's, without the end of stream that websockets sends after it, and then
-        ``pieces`` (http_stream.py)."""
-        self._stream = AnswerStream(self, answers, pieces, page_timeout, close_timeout)
+        """The answer about to be sent is ``response``, whose ``held`` bytes are charged
+        to ``answers`` already: its head goes as any answer's, without the end of stream
+        that websockets sends after it, and then its pieces (http_stream.py)."""
+        assert response.pieces is not None
+        timeouts = (page_timeout, close_timeout)
+        self._stream = AnswerStream(
+            self, answers, response.pieces, timeouts, response.held, response.piece_bytes
+        )
         self.protocol.send_response = self._send_head  # type: ignore[method-assign]
 
     def _send_head(self, response: Response) -> None:

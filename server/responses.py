@@ -5,6 +5,9 @@ not yet taken by their peers (``UnreadAnswers``)."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import dataclasses
 import email.utils
 import http
@@ -37,9 +40,16 @@ class StreamedResponse(Response):
     """An answer whose head is sent as websockets sends any answer's, and whose body,
     ``pieces``, is written after it, each as one chunk (``Transfer-Encoding: chunked``)
     once the previous one is taken (server/http_stream.py). A HEAD's answer is its head
-    alone: ``pieces`` is never started then."""
+    alone: ``pieces`` is never started then.
+
+    What the server holds of it is charged to :class:`UnreadAnswers` from when it is
+    read: ``held`` bytes of its first piece, read already (refused with 503, as any
+    answer, when they do not fit), then, before each later piece is read, room for
+    ``piece_bytes`` (about the most a piece holds)."""
 
     pieces: AsyncIterator[bytes] | None = None
+    held: int = 0
+    piece_bytes: int = 0
 
 
 def last_on_its_connection(response: Response) -> Response:
@@ -83,13 +93,20 @@ class UnreadAnswers:
     answer is charged here until its bytes have left that buffer: its connection
     releases them as the buffer drains, and at the latest when it is lost
     (:meth:`BambooConnection.hold_answer`). One that would go past the limit gets 503
-    instead (the first always fits)."""
+    instead (the first always fits).
 
-    __slots__ = ("limit", "used")
+    A streamed answer's pieces wait for room instead (:meth:`room`), in turn: one that
+    looked for room as soon as its last piece left took it back before any that had
+    waited longer, and 200 peers reading as fast as they could were dropped as too
+    slow, their room taken by others again and again."""
+
+    __slots__ = ("_waiting", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        # Pieces of streamed answers waiting for room, first come first charged.
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     @property
     def full(self) -> bool:
@@ -125,5 +142,44 @@ class UnreadAnswers:
         self.used += size
         return True
 
+    def charge(self, size: int) -> None:
+        """Charges ``size`` bytes whether or not they fit: a piece read within room
+        taken for it that came out larger (a page holds at least one message)."""
+        self.used += size
+
+    def room(self, size: int) -> asyncio.Future[None]:
+        """A future done once ``size`` bytes are charged, after the pieces that waited
+        before it (at once if none waits and they fit). The caller hands the charge to
+        its connection, or gives it up with :meth:`give_up_room`."""
+        future = asyncio.get_running_loop().create_future()
+        if not self._waiting and self.take(size):
+            future.set_result(None)
+        else:
+            self._waiting.append((size, future))
+        return future
+
+    def give_up_room(self, size: int, future: asyncio.Future[None]) -> None:
+        """``future`` of :meth:`room` is not waited for any more: its charge goes back
+        if it was made, else its place in the queue."""
+        if future.done() and not future.cancelled():
+            self.release(size)
+            return
+        future.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiting.remove((size, future))
+        self._charge_waiting()
+
     def release(self, size: int) -> None:
         self.used -= size
+        self._charge_waiting()
+
+    def _charge_waiting(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            size, future = waiting[0]
+            if not future.done():
+                if self.used and self.used + size > self.limit:
+                    return
+                self.used += size
+                future.set_result(None)
+            waiting.popleft()

@@ -27,6 +27,7 @@ from websockets.datastructures import Headers
 from bamboo_session.persistence.base import SessionNotFound, SessionStorage, StorageError
 from bamboo_session.protocol.models import SessionMetadata
 
+from .http_stream import chunk_bytes
 from .pages import FIRST_CHUNK, MAX_CHUNK, PageReads
 from .responses import StreamedResponse
 
@@ -107,8 +108,11 @@ class WholeHistory:
     async def pieces(self, first: bytes) -> AsyncIterator[bytes]:
         """``first``, then every other page, then the end, once the epoch is checked:
         pages read before a delete or a replace that came after the last of them would
-        otherwise end as a whole answer of a session that is gone."""
-        yield first
+        otherwise end as a whole answer of a session that is gone. No page is kept here
+        once yielded: its writer drops it as soon as the transport has its bytes."""
+        held = [first]
+        del first
+        yield held.pop()
         while self.position < self.count:
             yield _COMMA + await self.page()
         epoch = await self._reads.lookup(lambda: self._storage.epoch(self.session_id))
@@ -138,4 +142,11 @@ async def whole_history_response(
         ]
     )
     status = http.HTTPStatus.OK
-    return StreamedResponse(status.value, status.phrase, headers, pieces=history.pieces(first))
+    return StreamedResponse(
+        status.value,
+        status.phrase,
+        headers,
+        pieces=history.pieces(first),
+        held=chunk_bytes(len(first)),
+        piece_bytes=chunk_bytes(max_bytes + len(_COMMA)),
+    )

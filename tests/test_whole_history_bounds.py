@@ -1,0 +1,108 @@
+"""What streamed whole-history answers (server/whole_history.py, http_stream.py) hold
+in the server while their peers do not read, measured with tracemalloc on a real
+server: no more than the account of answers not yet taken (a quarter of
+``--memory-budget``) and a page; past it, the request is refused with 503, as any
+other answer that does not fit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import socket
+import time
+import tracemalloc
+
+from tests.memory_support import KIB, MIB
+from tests.support import run_server
+from tests.test_memory_bounds_http import status_of, unread_get
+from tests.test_server_lifecycle import eventually
+from tests.test_whole_history import stored_session
+
+
+async def test_peers_that_do_not_read_hold_no_more_than_the_unread_answers_account() -> None:
+    # 2 MiB for answers not yet taken; pages of 256 KiB. Each of 24 stalled peers had
+    # its first page read before any room was asked for, and kept it, uncounted, while
+    # it waited for room (up to --answer-page-timeout): 6 MiB beyond the account, and
+    # 400 such peers took a default server to 750 MB.
+    page = 256 * KIB
+    config = {"memory_budget": 8 * MIB, "max_page_bytes": page, "answer_page_timeout": 60}
+    async with run_server(**config) as server:
+        await stored_session(server, "held", 2000, size=2 * KIB)  # about 4 MB
+        loop = asyncio.get_running_loop()
+        path = "/api/v1/sessions/held"
+        peers: list[socket.socket] = []
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in range(24):
+                peers.append(await loop.run_in_executor(None, unread_get, server.port, path))
+            await asyncio.sleep(1)  # every first page read (or refused) by now
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+            for peer in peers:
+                peer.close()
+        limit = server.unread_answers.limit
+        assert held < limit + 2 * page, f"{held} bytes held, the account is {limit}"
+        # Refused ones were told so (503), and once the peers are gone the rest is served.
+        assert (await loop.run_in_executor(None, status_of, server.port, path))[0] in (200, 503)
+
+
+def paced_read(port: int, path: str, pause: float) -> bytes:
+    """The whole answer to ``path``, read 32 KiB at a time, ``pause`` seconds apart
+    (a tiny receive buffer, so that the server's pages wait for the reader); asked
+    again after a 503 (busy: the first page finds no room), as its Retry-After says."""
+    while True:
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.settimeout(60)
+        with peer:
+            peer.connect(("127.0.0.1", port))
+            peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := peer.recv(32 * KIB):
+                    answer += chunk
+                    time.sleep(pause)
+        if not answer.startswith(b"HTTP/1.1 503 "):
+            return answer
+        time.sleep(0.05)
+
+
+async def test_readers_that_read_take_turns_for_room_and_none_is_dropped() -> None:
+    # Room for four pages of 256 KiB at once; twelve readers of about 12 pages each,
+    # each taking about 0.1 s per page: a page waits about two pages' time for room,
+    # well within the page timeout (1 s), if pages get room in turn. Looking for room
+    # every 50 ms, pieces that had just left took it back before those that had
+    # waited, for a whole answer (over 1 s), and those were dropped as too slow.
+    page = 256 * KIB
+    config = {"memory_budget": 4 * MIB, "max_page_bytes": page, "answer_page_timeout": 1}
+    async with run_server(**config) as server:
+        expected = await stored_session(server, "shared", 1500, size=2 * KIB)  # about 3 MB
+        path = "/api/v1/sessions/shared"
+        loop = asyncio.get_running_loop()
+        readers = [
+            loop.run_in_executor(None, paced_read, server.port, path, 0.002) for _ in range(12)
+        ]
+        for answer in await asyncio.gather(*readers):
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert answer.endswith(b"0\r\n\r\n"), "dropped as too slow"
+            body = http_body(answer)
+            assert json.loads(body)["messages"] == expected
+        await eventually(lambda: server.unread_answers.used == 0)
+
+
+def http_body(answer: bytes) -> bytes:
+    """The body of a chunked answer."""
+    rest = answer.split(b"\r\n\r\n", 1)[1]
+    body = b""
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if not size:
+            return body
+        body, rest = body + rest[:size], rest[size + 2 :]
