@@ -274,6 +274,11 @@ class BambooServer:
             return None
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         streamed = isinstance(response, StreamedResponse)
+        if isinstance(response, StreamedResponse) and request.protocol != "HTTP/1.1":
+            # No Transfer-Encoding in an answer to HTTP/1.0 (RFC 9112 6.1): its body
+            # ends with the connection, and one cut short lacks its closing "]}".
+            del response.headers["Transfer-Encoding"]
+            response.chunked = False
         if request.method == "HEAD" and (response.body or streamed):
             # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
             response = Response(response.status_code, response.reason_phrase, response.headers, b"")

@@ -52,6 +52,7 @@ class AnswerStream:
 
     __slots__ = (
         "answers",
+        "chunked",
         "close_timeout",
         "connection",
         "page_timeout",
@@ -75,6 +76,7 @@ class AnswerStream:
         self.page_timeout, self.close_timeout = timeouts
         self.reserved = held
         self.piece_bytes = piece_bytes
+        self.chunked = True  # else (HTTP/1.0) the pieces as they are, ended by the close
 
     def abandon(self) -> None:
         """The head was not sent (the peer gone, the handshake failed): what was
@@ -117,10 +119,16 @@ class AnswerStream:
                 break
             if not piece:
                 continue
-            written = self._write((b"%x\r\n" % len(piece), piece, b"\r\n"))
+            framed = (b"%x\r\n" % len(piece), piece, b"\r\n") if self.chunked else (piece,)
+            written = self._write(framed)
+            del framed
             del piece  # the transport holds its bytes now: not held twice while it drains
             if not written or not await self._drained():
                 return "peer too slow to read"
+        if not self.chunked:  # the end of stream ends the body
+            self.answers.release(self.reserved)
+            self.reserved = 0
+            return None
         if not self._write((LAST_CHUNK,)) or not await self._drained():
             return "peer too slow to read"
         return None

@@ -45,11 +45,14 @@ class StreamedResponse(Response):
     What the server holds of it is charged to :class:`UnreadAnswers` from when it is
     read: ``held`` bytes of its first piece, read already (refused with 503, as any
     answer, when they do not fit), then, before each later piece is read, room for
-    ``piece_bytes`` (about the most a piece holds)."""
+    ``piece_bytes`` (about the most a piece holds). To an HTTP/1.0 request, which
+    knows no chunks, the pieces are written as they are (``chunked`` False)."""
 
     pieces: AsyncIterator[bytes] | None = None
     held: int = 0
     piece_bytes: int = 0
+    # False for an HTTP/1.0 request: the pieces as they are, the body ended by the close.
+    chunked: bool = True
 
 
 def last_on_its_connection(response: Response) -> Response:
