@@ -22,12 +22,14 @@ every HTTP client then reports an incomplete body, never a shorter document.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from bamboo_session.persistence.base import StorageError
+
+from .responses import SMALL_ANSWER_BYTES
 
 if TYPE_CHECKING:
     from .http_wire import BambooConnection
@@ -46,7 +48,7 @@ class AnswerStream:
 
     ``reserved`` bytes are charged to ``answers`` for the piece in hand or about to be
     read: ``held`` (the first piece, read with the request) to begin with, then room
-    for ``piece_bytes`` taken before each later piece is read. A piece that waited for
+    for ``piece_bytes()`` taken before each later piece is read. A piece that waited for
     room once read held a page outside the account: 400 peers that did not read took
     a server of 256 MiB of memory budget to 750 MB."""
 
@@ -68,7 +70,7 @@ class AnswerStream:
         pieces: AsyncIterator[bytes],
         timeouts: tuple[float, float | None],
         held: int,
-        piece_bytes: int,
+        piece_bytes: Callable[[], int],
     ) -> None:
         self.connection = connection
         self.answers = answers
@@ -139,7 +141,13 @@ class AnswerStream:
         connection is gone."""
         connection = self.connection
         connection.release_sent()  # the previous piece's charge, gone with its bytes
-        size = self.piece_bytes
+        size = self.piece_bytes()
+        if size <= SMALL_ANSWER_BYTES:
+            # As any small answer, always sent (the end, ``]}``): a page's room, asked
+            # for it, kept a short answer waiting behind every other one's pages.
+            self.answers.charge(size)
+            self.reserved = size
+            return True
         room = self.answers.room(size)
         if not room.done():
             lost = connection.connection_lost_waiter

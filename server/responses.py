@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import email.utils
 import http
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -45,12 +45,12 @@ class StreamedResponse(Response):
     What the server holds of it is charged to :class:`UnreadAnswers` from when it is
     read: ``held`` bytes of its first piece, read already (refused with 503, as any
     answer, when they do not fit), then, before each later piece is read, room for
-    ``piece_bytes`` (about the most a piece holds). To an HTTP/1.0 request, which
-    knows no chunks, the pieces are written as they are (``chunked`` False)."""
+    ``piece_bytes()`` (about the most the next piece holds). To an HTTP/1.0 request,
+    which knows no chunks, the pieces are written as they are (``chunked`` False)."""
 
     pieces: AsyncIterator[bytes] | None = None
     held: int = 0
-    piece_bytes: int = 0
+    piece_bytes: Callable[[], int] = int  # of the next piece: asked before it is read
     # False for an HTTP/1.0 request: the pieces as they are, the body ended by the close.
     chunked: bool = True
 

@@ -35,6 +35,7 @@ _json = msgspec.json.Encoder()
 # A page's messages are encoded one by one as they are read: what a page holds is
 # known before it is kept, and each is encoded once.
 _COMMA: Final = b","
+_END: Final = b"]}"
 
 
 async def forward_page(
@@ -105,6 +106,12 @@ class WholeHistory:
         self.position = start + len(encoded)
         return _COMMA.join(encoded)
 
+    def next_piece_bytes(self) -> int:
+        """The most the next piece holds, framed: a page, or the end (``]}``)."""
+        if self.position < self.count:
+            return chunk_bytes(len(_COMMA) + self.max_bytes)
+        return chunk_bytes(len(_END))
+
     async def pieces(self, first: bytes) -> AsyncIterator[bytes]:
         """``first``, then every other page, then the end, once the epoch is checked:
         pages read before a delete or a replace that came after the last of them would
@@ -118,7 +125,7 @@ class WholeHistory:
         epoch = await self._reads.lookup(lambda: self._storage.epoch(self.session_id))
         if epoch != self._epoch:
             raise SessionNotFound(f"session {self.session_id} was replaced")
-        yield b"]}"
+        yield _END
 
 
 async def whole_history_response(
@@ -148,5 +155,5 @@ async def whole_history_response(
         headers,
         pieces=history.pieces(first),
         held=chunk_bytes(len(first)),
-        piece_bytes=chunk_bytes(max_bytes + len(_COMMA)),
+        piece_bytes=history.next_piece_bytes,
     )

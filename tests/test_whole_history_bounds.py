@@ -18,7 +18,7 @@ from tests.memory_support import KIB, MIB
 from tests.support import run_server
 from tests.test_memory_bounds_http import status_of, unread_get
 from tests.test_server_lifecycle import eventually
-from tests.test_whole_history import stored_session
+from tests.test_whole_history import http_client_get, stored_session
 
 
 async def test_peers_that_do_not_read_hold_no_more_than_the_unread_answers_account() -> None:
@@ -106,3 +106,32 @@ def http_body(answer: bytes) -> bytes:
         if not size:
             return body
         body, rest = body + rest[:size], rest[size + 2 :]
+
+
+async def test_the_end_of_an_answer_does_not_wait_for_room_for_a_page() -> None:
+    # Room for 1 MiB of unread answers, pages of 640 KiB; two stalled peers hold about
+    # 900 KB of theirs. A history of one small page fits, and so does its end ("]}"):
+    # room for a whole page was asked for the end as for any piece, which waited the
+    # page timeout and then cut the answer short.
+    page = 640 * KIB
+    config = {"memory_budget": 4 * MIB, "max_page_bytes": page, "answer_page_timeout": 3}
+    async with run_server(**config) as server:
+        await stored_session(server, "held", 2000, size=2 * KIB)  # about 4 MB
+        expected = await stored_session(server, "short", 5)
+        loop = asyncio.get_running_loop()
+        path = "/api/v1/sessions/held"
+        peers = [await loop.run_in_executor(None, unread_get, server.port, path) for _ in range(2)]
+        try:
+            await eventually(
+                lambda: server.unread_answers.used > server.unread_answers.limit - page
+            )
+            assert not server.unread_answers.full
+            started = time.monotonic()
+            response, raw = await asyncio.to_thread(
+                http_client_get, server.port, "/api/v1/sessions/short"
+            )
+            assert response.status == 200 and json.loads(raw)["messages"] == expected
+            assert time.monotonic() - started < 2
+        finally:
+            for peer in peers:
+                peer.close()
