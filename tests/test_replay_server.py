@@ -87,9 +87,8 @@ def events_and_close(data: bytes) -> tuple[list[int], int | None]:
     return seqs, code
 
 
-def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], int | None]:
-    """Reads what the server sent: the seqs of its event frames, and its close code
-    (None if no close frame came within ``timeout``)."""
+def bytes_until_close(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sent, up to its close frame or for ``timeout`` at most."""
     sock.settimeout(0.2)
     data = b""
     ends = time.monotonic() + timeout
@@ -101,7 +100,13 @@ def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], in
             data += chunk
         if any(opcode == 0x8 for opcode, _ in server_frames(data)):
             break
-    return events_and_close(data)
+    return data
+
+
+def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], int | None]:
+    """Reads what the server sent: the seqs of its event frames, and its close code
+    (None if no close frame came within ``timeout``)."""
+    return events_and_close(bytes_until_close(sock, timeout))
 
 
 def kernel_send_buffer_max() -> int:

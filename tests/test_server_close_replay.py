@@ -7,14 +7,18 @@ after the close get no reply, attaches after it 4409; nothing is left behind."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import time
 from typing import Any
 
 from tests.support import attach, open_peer, run_server
-from tests.test_replay_server import metric, publish, server_frames, stalled_resumer
+from tests.test_replay_server import (
+    bytes_until_close,
+    metric,
+    publish,
+    server_frames,
+    stalled_resumer,
+)
 from tests.test_server_lifecycle import eventually
 
 COUNT, SIZE = 2000, 10_000  # 20 MB: more than the sockets' buffers hold
@@ -62,17 +66,7 @@ def frames_until_close(
     if no close frame came within ``timeout``). It reads with a big window: through a
     tiny one, megabytes take seconds."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.settimeout(0.2)
-    data = b""
-    ends = time.monotonic() + timeout
-    while time.monotonic() < ends:
-        with contextlib.suppress(TimeoutError):
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        if any(opcode == 0x8 for opcode, _ in server_frames(data)):
-            break
+    data = bytes_until_close(sock, timeout)
     frames, code = [], None
     for opcode, payload in server_frames(data):
         if opcode == 0x1:

@@ -17,23 +17,17 @@ import pytest
 
 from bamboo_session.persistence import SessionNotFound, Storage
 from bamboo_session.protocol.frames import EventsRequest
-from bamboo_session.protocol.models import Session, SessionState
 from bamboo_session.server.pages import events_reply
 from tests.server_backends import pytest_generate_tests, server_store  # noqa: F401
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401
 from tests.storage_contract_support import new_session, tokens
 from tests.support import attach, get, run_server, token
+from tests.test_storage_epoch_fence import taken_over
 
 
 async def replace(store: Storage, ending: str) -> str:
     """``s1`` gone (``ending``) and created again with five events; the new epoch."""
-    if ending == "deleted":
-        await store.delete_session("s1")
-        new = await new_session(store, "s1", user_id="bob")
-    else:
-        await store.update_session_state("s1", SessionState.EXPIRED)
-        new = Session.new("s1", user_id="bob")
-        await store.create_session(new, replace_expired=True)
+    new = await taken_over(store, ending)
     await store.append_events("s1", tokens(*"abcde"))
     return new.metadata.epoch
 

@@ -16,6 +16,17 @@ from tests.storage_contract_fixtures import backend_fixture, store_fixture  # no
 from tests.storage_contract_support import new_session, tokens
 
 
+async def taken_over(store: Storage, ending: str) -> Session:
+    """``s1`` gone (``ending``: deleted, or expired), and bob's new ``s1`` in its place."""
+    if ending == "deleted":
+        await store.delete_session("s1")
+        return await new_session(store, "s1", user_id="bob")
+    await store.update_session_state("s1", SessionState.EXPIRED)
+    new = Session.new("s1", user_id="bob")
+    await store.create_session(new, replace_expired=True)
+    return new
+
+
 async def old_and_new(store: Storage, ending: str) -> tuple[str, str]:
     """``s1`` with two events, a key and a message, then gone (``ending``) and created
     again under its id: the old epoch and the new one."""
@@ -23,13 +34,7 @@ async def old_and_new(store: Storage, ending: str) -> tuple[str, str]:
     await store.append_events("s1", tokens("a"))
     await store.append_event("s1", AgentEvent.token("keyed"), key="k1")
     await store.append_message("s1", Message.user("old"))
-    if ending == "deleted":
-        await store.delete_session("s1")
-        new = await new_session(store, "s1", user_id="bob")
-    else:
-        await store.update_session_state("s1", SessionState.EXPIRED)
-        new = Session.new("s1", user_id="bob")
-        await store.create_session(new, replace_expired=True)
+    new = await taken_over(store, ending)
     assert new.metadata.epoch != old.metadata.epoch
     return old.metadata.epoch, new.metadata.epoch
 
