@@ -5,6 +5,7 @@ replicas (``wait_replicas``) before anything written is acknowledged or publishe
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from redis.backoff import NoBackoff
 from ..base import StorageError
 from .config import RedisConfig
 from .scripts import Arg, run, run_and_wait, run_many, unreachable
+
+log = logging.getLogger(__name__)
 
 POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
 
@@ -43,6 +46,30 @@ async def server_version(client: Redis) -> tuple[int, int]:
         raise unreachable(exc) from exc
     major, minor = info["redis_version"].split(".")[:2]
     return int(major), int(minor)
+
+
+async def warn_of_eviction(client: Redis) -> str | None:
+    """Logs a warning when Redis, at its ``maxmemory``, may evict any key
+    (``maxmemory-policy allkeys-*``): it would drop sessions' keys, and leave the bytes
+    of a session it dropped in its user's sum (``userbytes``), which nothing then frees
+    (docs/storage-redis.md, Durability). The store sets no expiry on a session's keys,
+    so ``noeviction`` and the ``volatile-*`` policies keep them. Returns the policy
+    (None where INFO does not say)."""
+    try:
+        info = await client.execute_command("INFO", "memory")
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+    policy = info.get("maxmemory_policy")
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if isinstance(policy, str) and policy.startswith("allkeys"):
+        log.warning(
+            "Redis may evict any key at its maxmemory (maxmemory-policy %s): it would "
+            "drop sessions, and leave their bytes counted against their users' "
+            "--max-user-bytes for good; set maxmemory-policy noeviction",
+            policy,
+        )
+    return policy if isinstance(policy, str) else None
 
 
 class Commands:
@@ -135,4 +162,11 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
         task.exception()  # retrieved: the task's failure was logged where it happened
 
 
-__all__ = ["Commands", "StorageError", "connect", "server_version", "stop_task"]
+__all__ = [
+    "Commands",
+    "StorageError",
+    "connect",
+    "server_version",
+    "stop_task",
+    "warn_of_eviction",
+]

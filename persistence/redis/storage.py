@@ -46,7 +46,7 @@ from ..events import within_bytes
 from ..feed import CLOSED, DELETED, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing
-from .client import Commands, connect, server_version
+from .client import Commands, connect, server_version, warn_of_eviction
 from .config import RedisConfig
 from .layout import (
     CLOSED_NOTICE,
@@ -89,6 +89,7 @@ class RedisStorage:
             sharded = version >= (7, 0) if config.pubsub is None else config.pubsub == "sharded"
             if sharded and version < (7, 0):
                 raise StorageError(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
+            await warn_of_eviction(client)
             storage = cls(config, client, sharded)
             await storage.live.listener.start()
         except BaseException:
