@@ -2,7 +2,9 @@
 writes that fail (RLIMIT_FSIZE: EFBIG) and after kill -9 at random instants while a
 user's sessions are filled, deleted and created again (tests/user_bytes_child.py): the
 store's sum, as a refused append reports it, is the sum of the sessions'
-``stored_bytes``, never past the bound, and the user is not blocked for good."""
+``stored_bytes``, never past the bound, and the user is not blocked for good. And a
+JSONL delete that fails (its WAL record not written) with appends to the session in
+flight: the session comes back as its log is."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +82,45 @@ async def _check(url: str, jsonl: Path | None) -> None:
         await store.delete_session("probe")
     finally:
         await store.close()
+
+
+def deletefail(tmp_path: Path, mode: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(CHILD), mode, str(tmp_path / "store"), "100000"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    report: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return report
+
+
+def test_a_delete_that_fails_with_appends_in_flight(tmp_path: Path) -> None:
+    """JSONL: appends to a session in flight when it is deleted, and the commit that
+    holds them and the deletion's WAL record fails (no room for the WAL, no descriptor
+    for a new segment). The delete fails, so the session is back: as it was before the
+    failed appends. Its user's sum is the truth, the next append takes the next seq, and
+    the log reads whole, before and after a reopen. (The restored record kept the failed
+    appends' seqs and bytes: the next append left a gap in the log, which no read got
+    past, even after a reopen, and the sum counted bytes never written.)"""
+    report = deletefail(tmp_path, "deletefail")
+    assert report["delete_failed"] and report["appends_failed"] == 3, report
+    assert report["last_seq"] == 1, report
+    assert report["counted"] == report["truth"], report
+    assert report["next"] == 2, report
+    assert report["seqs"] == [1, 2] and report["reopened"] == [1, 2], report
+    assert report["damaged"] == 0, report
+
+
+def test_a_delete_that_fails_after_appends_in_flight_were_written(tmp_path: Path) -> None:
+    """JSONL: a message to a session in flight when it is deleted is written (and
+    acknowledged), and only then does the deletion's WAL record fail: the session is
+    back with that message, in its last seq, its history and its stored bytes. (The
+    restored record had missed the write: the acknowledged message was not in the
+    history, and the sums counted bytes the session's metadata did not.)"""
+    report = deletefail(tmp_path, "deletefail-written")
+    assert report["delete_failed"] and report["appends_failed"] == 0, report
+    assert report["last_seq"] == 3 and report["messages"] == 2, report
+    assert report["counted"] == report["truth"], report
+    assert report["next"] == 4, report
+    assert report["seqs"] == [1, 2, 3, 4] and report["reopened"] == [1, 2, 3, 4], report

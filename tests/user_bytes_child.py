@@ -10,18 +10,34 @@ reports it) and the sum of the sessions' ``stored_bytes``.
 ``python tests/user_bytes_child.py crash URL SEED``: appends to the three sessions from
 several tasks until the user's bound refuses them, then deletes and creates sessions
 and appends again, forever, printing ``ack`` lines; the parent kills it.
+
+``python tests/user_bytes_child.py deletefail DIR LIMIT``: a JSONL store (fsync: with
+its WAL) whose WAL segment is filled to near LIMIT (RLIMIT_FSIZE), then no descriptor
+left to open (RLIMIT_NOFILE), so the WAL can neither grow nor start a new segment;
+appends to session ``v`` in flight and its delete then fail together (the deletion
+could not be recorded: ``v`` is back). Lifts the limits, appends to ``v`` again, reopens
+the store, and prints a JSON report (tests/test_user_bytes_crash.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import resource
 import sys
 
-from bamboo_session.persistence import SessionFull, Storage, StorageError, UserFull, open_storage
-from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.persistence import (
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionFull,
+    Storage,
+    StorageError,
+    UserFull,
+    open_storage,
+)
+from bamboo_session.protocol.models import AgentEvent, Message, Session
 
 USER_CAP = 64 * 1024  # crash: reached within a second of appends
 WRITEFAIL_CAP = 4 * 1024 * 1024  # writefail: far from it (the files fail first)
@@ -33,11 +49,11 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-async def sums(storage: Storage, cap: int) -> tuple[int, int]:
+async def sums(storage: Storage, cap: int, session_id: str = SESSIONS[0]) -> tuple[int, int]:
     """(the store's sum for ``u``, the sum of its sessions' stored_bytes)."""
     truth = sum(meta.stored_bytes for meta in await storage.list_user_sessions("u"))
     try:
-        await storage.append_event(SESSIONS[0], AgentEvent.token("y" * (cap + 1)))
+        await storage.append_event(session_id, AgentEvent.token("y" * (cap + 1)))
     except UserFull as exc:
         return exc.stored, truth
     return -1, truth
@@ -107,9 +123,94 @@ async def crash(url: str, seed: int) -> None:
     await asyncio.gather(*(appender(worker) for worker in range(4)))
 
 
+async def deletefail(base: str, limit: int, written: bool = False) -> None:
+    """See the module docstring; ``written``: the appends to ``v`` are written (a
+    message among them), in a commit of their own, and only the deletion's fails."""
+    fsize, nofile = (resource.getrlimit(r) for r in (resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, fsize[1]))
+    store = await JsonlStorage.open(JsonlStorageConfig(base, max_user_bytes=WRITEFAIL_CAP))
+    fillers = [f"f{i}" for i in range(20)]  # each log far from the limit, the WAL near it
+    for session_id in [*fillers, "v"]:
+        await store.create_session(Session.new(session_id, user_id="u"))
+    await store.append_event("v", AgentEvent.token("v0"))
+    wal = store._writer._wal  # only to know when the segment is near the limit
+    assert wal is not None
+    n = 0
+    while wal.size + 3000 < limit:
+        n += 1
+        await store.append_event(fillers[n % len(fillers)], AgentEvent.token("x" * 200))
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, nofile[1]))
+    held = []
+    try:  # every descriptor below the limit taken: no new WAL segment
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    if written:
+        # One message to v that fills the WAL but for a few bytes, short of the
+        # deletion's record: sized after a first one (its record less its log line).
+        wal_before, log_before = wal.size, store._records["v"].log_end
+        await store.append_message("v", Message.user("p" * 1000))
+        overhead = (wal.size - wal_before) - (store._records["v"].log_end - log_before)
+        line = store._records["v"].log_end - log_before - 1000
+        size = limit - wal.size - 25 - overhead - line
+        busy = asyncio.ensure_future(store.append_message("v", Message.user("w" * size)))
+        tasks: list[asyncio.Future[object]] = []
+        for _ in range(3):  # taken, written, its WAL sync awaited
+            await asyncio.sleep(0)
+    else:
+        # One append keeps the writer busy; the appends to v and v's delete queue
+        # behind it, to go in one commit.
+        busy = asyncio.ensure_future(store.append_event("f0", AgentEvent.token("b" * 1500)))
+        await asyncio.sleep(0)
+        tasks = [
+            asyncio.ensure_future(store.append_event("v", AgentEvent.token(f"{i}:" + "v" * 1500)))
+            for i in range(1, 4)
+        ]
+        await asyncio.sleep(0)
+    try:
+        await store.delete_session("v")
+        delete_failed = False
+    except StorageError:
+        delete_failed = True
+    results = await asyncio.gather(busy, *tasks, return_exceptions=True)
+    if written:
+        results = [None, *results]  # the message to v is the one append counted
+    for fd in held:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    resource.setrlimit(resource.RLIMIT_FSIZE, fsize)
+    meta = await store.get_metadata("v")
+    report: dict[str, object] = {
+        "delete_failed": delete_failed,
+        "appends_failed": sum(isinstance(r, BaseException) for r in results[1:]),
+        "last_seq": None if meta is None else meta.last_seq,
+    }
+    if meta is not None:
+        report["messages"] = len(await store.get_session_history("v"))
+        report["counted"], report["truth"] = await sums(store, WRITEFAIL_CAP, "v")
+        report["next"] = (await store.append_event("v", AgentEvent.token("after"))).seq
+        try:
+            report["seqs"] = [event.seq for event in await store.read_events("v")]
+        except Exception as exc:  # a damaged log (BrokenLine)
+            report["seqs"] = str(exc)
+    await store.close()
+    store = await JsonlStorage.open(JsonlStorageConfig(base))
+    try:
+        report["reopened"] = [event.seq for event in await store.read_events("v")]
+    except Exception as exc:
+        report["reopened"] = str(exc)
+    report["damaged"] = len(await store.damaged_files())
+    await store.close()
+    say(json.dumps(report))
+
+
 if __name__ == "__main__":
     mode, target, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "crash":
         asyncio.run(crash(target, number))
+    elif mode.startswith("deletefail"):
+        asyncio.run(deletefail(target, number, written=mode == "deletefail-written"))
     else:
         asyncio.run(writefail(target, number))

@@ -59,6 +59,9 @@ class Appender:
         self.max_session_bytes = config.max_session_bytes
         self.max_user_bytes = config.max_user_bytes
         self.users = UserBytes()  # the log_end of each user's sessions, summed
+        # Sessions forgotten while their files are deleted: the writer's reports still
+        # move their records, which a failed delete brings back (JsonlStorage._remove).
+        self.deleting: dict[str, SessionRecord] = {}
         self._jobs = jobs
         self._records = records
         self._checkpoints = checkpoints
@@ -187,8 +190,13 @@ class Appender:
 
     def _on_written(self, session_id: str, written: list[tuple[int, Batch]], size: int) -> None:
         record = self._records.get(session_id)
-        if record is None:  # deleted while its appends were queued
-            return
+        known = record is not None
+        if record is None:
+            # Deleted while its appends were queued: its record still follows its log,
+            # should the delete fail and bring it back (JsonlStorage._restore).
+            record = self.deleting.get(session_id)
+            if record is None:
+                return
         meta = record.meta
         if len(written) == 1:
             events = written[0][1].events
@@ -196,16 +204,20 @@ class Appender:
             events = [event for _offset, batch in written for event in batch.events]
         for offset, batch in written:
             if batch.messages:
-                self._add_messages(record, offset, batch)
+                self._add_messages(record, offset, batch, cache=known)
         last = events[-1]
         record.written(last.seq, size)
-        self.keys.forget_before(session_id, last.seq)
         if not written[-1][1].imported:
             meta.touch(max(last.ts, meta.last_activity_at))
+        if not known:
+            return  # no cache, checkpoint or subscriber of it is left to tell
+        self.keys.forget_before(session_id, last.seq)
         self._checkpoints.appended(record)
         self._feed.publish(session_id, events)
 
-    def _add_messages(self, record: SessionRecord, offset: int, batch: Batch) -> None:
+    def _add_messages(
+        self, record: SessionRecord, offset: int, batch: Batch, cache: bool = True
+    ) -> None:
         """The batch's messages: counted, indexed (pending entries), cached."""
         meta = record.meta
         first_seq = batch.events[0].seq
@@ -215,12 +227,15 @@ class Appender:
             event = batch.events[seq - first_seq].event
             assert isinstance(event, MessageEvent)
             messages.append((event.message, length + 1))
-        self._messages.extend(record.session_id, meta.message_count, messages)
+        if cache:
+            self._messages.extend(record.session_id, meta.message_count, messages)
         meta.message_count += len(messages)
 
     def _on_failed(self, session_id: str, error: OSError) -> None:
         log.error("appending to the log of session %r failed: %s", session_id, error)
-        record = self._records.get(session_id)
+        # A session being deleted too: should the delete fail, it comes back as its
+        # log is, without the seqs and bytes of appends that were never written.
+        record = self._records.get(session_id) or self.deleting.get(session_id)
         if record is not None:
             # Seqs handed out after the last written one were never stored: reuse them.
             record.next_seq = record.meta.last_seq
