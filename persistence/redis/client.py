@@ -54,9 +54,11 @@ async def warn_of_eviction(client: Redis) -> str | None:
     of a session it dropped in its user's sum (``userbytes``), which nothing then frees
     (docs/storage-redis.md, Durability). The store sets no expiry on a session's keys,
     so ``noeviction`` and the ``volatile-*`` policies keep them. Returns the policy
-    (None where INFO does not say)."""
+    (None where INFO does not say, or is refused)."""
     try:
         info = await client.execute_command("INFO", "memory")
+    except redis.exceptions.ResponseError:
+        return None  # INFO's memory section refused: nothing to tell
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
     policy = info.get("maxmemory_policy")
