@@ -140,6 +140,16 @@ class Appender:
         record.move_end(record.log_end + len(batch.data))
         return future
 
+    def deleting_now(self, record: SessionRecord) -> None:
+        """The (forgotten) session's files are being deleted: the writer's reports still
+        move its record meanwhile, for a failed delete to bring it back as it is."""
+        self.deleting[record.session_id] = record
+
+    def deleted(self, record: SessionRecord) -> None:
+        """Its delete is over, done or failed (then the record is back, or gone)."""
+        if self.deleting.get(record.session_id) is record:
+            del self.deleting[record.session_id]
+
     async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
         """A duplicate of an append still being written is acknowledged only once that
         one is: if it fails, so does this call (the caller retries with the same key)."""

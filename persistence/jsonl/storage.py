@@ -207,7 +207,7 @@ class JsonlStorage(JsonlQueries):
         # Unless a delete or cleanup took it meanwhile (then its files go, or went).
         taken = self._records.get(meta.id) is not old
         if not taken:
-            self._appends.deleting[meta.id] = self._forget(meta.id)
+            self._appends.deleting_now(self._forget(meta.id))
         try:
             record = await self._files.replace(None if taken else old, meta, written)
         except BaseException:
@@ -218,7 +218,7 @@ class JsonlStorage(JsonlQueries):
                 self._restore(old)
             raise
         finally:
-            self._appends.deleting.pop(meta.id, None)
+            self._appends.deleted(old)
         self._records[meta.id] = record
         self._index.add(meta)
         record.count_in(self._appends.users)
@@ -352,14 +352,14 @@ class JsonlStorage(JsonlQueries):
         """Forget the session, then delete its files once its queued appends and any
         checkpoint in progress are done (so neither can recreate a file)."""
         record = self._forget(session_id)
-        self._appends.deleting[session_id] = record
+        self._appends.deleting_now(record)
         try:
             await self._files.delete(record)
         except BaseException:
             self._restore(record)
             raise
         finally:
-            del self._appends.deleting[session_id]
+            self._appends.deleted(record)
 
     def _restore(self, record: SessionRecord) -> None:
         """After a delete (or a replacement) that failed: the session is still there on
