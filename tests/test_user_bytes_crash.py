@@ -9,8 +9,10 @@ flight: the session comes back as its log is."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,8 @@ def test_sums_after_kills(kind: str, tmp_path: Path) -> None:
     acked = 0
     for round_ in range(8):
         acked += len(kills.run_and_kill([str(CHILD), "crash", url, str(round_)], rng, late=1.0))
+        if kind == "sqlite" and (tmp_path / "store.db").exists():
+            _check_rows(tmp_path / "store.db")
         asyncio.run(_check(url, tmp_path / "store" if kind.startswith("jsonl") else None))
     assert acked, "no child got as far as an append"
 
@@ -124,3 +128,17 @@ def test_a_delete_that_fails_after_appends_in_flight_were_written(tmp_path: Path
     assert report["counted"] == report["truth"], report
     assert report["next"] == 4, report
     assert report["seqs"] == [1, 2, 3, 4] and report["reopened"] == [1, 2, 3, 4], report
+
+
+def _check_rows(path: Path) -> None:
+    """SQLite: each session's stored_bytes is its events' JSON and keys, as in its rows."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            """SELECT id, stored_bytes, (
+                   SELECT coalesce(sum(length(CAST(event AS BLOB))
+                                       + coalesce(length(CAST(key AS BLOB)), 0)), 0)
+                   FROM events WHERE events.session_id = sessions.id)
+               FROM sessions"""
+        ).fetchall()
+    for session_id, stored, counted in rows:
+        assert stored == counted, (session_id, stored, counted)
