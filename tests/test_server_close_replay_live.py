@@ -4,8 +4,8 @@ order, then ``closed`` and the close, and nothing after ``closed``; several resu
 once, one of them reading nothing; a replay whose store read fails after the close
 (the session deleted meanwhile) ends with what it sent, ``closed`` and the close, no
 live event after the gap; the cut at the close's bound on a connection with
-permessage-deflate; and an expired session taken again by a new one at once while its
-replay goes on."""
+permessage-deflate; an expired session taken again by a new one at once while its
+replay goes on; and twenty resumers that read nothing, cut and dropped in time."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import zlib
 from typing import Any
 
 from tests.support import attach, run_server, token
-from tests.test_replay_server import publish, stalled_resumer
+from tests.test_replay_server import metric, publish, stalled_resumer
 from tests.test_server_close_replay import frames_until_close, kinds, seqs_of
 from tests.test_server_lifecycle import eventually
 from tests.test_wire_floods import masked_frame
@@ -216,3 +216,35 @@ async def test_an_expired_session_taken_again_while_its_replay_goes_on() -> None
     assert code == 4404
     contents = [f["event"]["content"] for f in frames if f["type"] == "event"]
     assert all(len(c) > SIZE for c in contents), "an event of the new session"
+
+
+async def test_many_stalled_resumers_at_a_close_are_cut_and_dropped_in_time() -> None:
+    """Twenty resumers from seq 0 that read nothing when the session closes: each is cut
+    at the bound, then dropped a close timeout later at most; nothing is left of them
+    (connections, pages in the memory budget, the actor)."""
+    bound = 1.5
+    async with run_server(rate_limit_bytes=0, close_timeout=bound) as server:
+        loop = asyncio.get_running_loop()
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, COUNT // 3, size=SIZE)
+            stalled = await asyncio.gather(
+                *(
+                    loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+                    for _ in range(20)
+                )
+            )
+            try:
+                await asyncio.sleep(0.5)
+                await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+                closed_at = loop.time()
+                await eventually(
+                    lambda: metric(server.metrics.render().decode(), "bamboo_connections") == 0,
+                    3 * bound + 2,
+                )
+                assert loop.time() - closed_at < 2 * bound + 1.5
+            finally:
+                for sock in stalled:
+                    sock.close()
+        await eventually(lambda: server.manager.live_actor(session_id) is None)
+        await eventually(lambda: server.manager.budget.used == 0)
