@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import socket
-import time
 import zlib
 from typing import Any
 
 from tests.support import attach, run_server, token
-from tests.test_replay_server import metric, publish, stalled_resumer
+from tests.test_replay_server import bytes_until_close, metric, publish, stalled_resumer
 from tests.test_server_close_replay import frames_until_close, kinds, seqs_of
 from tests.test_server_lifecycle import eventually
 from tests.test_wire_floods import masked_frame
@@ -124,15 +122,7 @@ def inflate_frames(sock: socket.socket, timeout: float) -> tuple[list[dict[str, 
     """What the deflate peer reads until the close: its text frames, inflated and
     decoded (one inflater: the server may keep its context), and the close code."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.settimeout(0.2)
-    data = b""
-    ends = time.monotonic() + timeout
-    while time.monotonic() < ends:
-        with contextlib.suppress(TimeoutError):
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
+    data = bytes_until_close(sock, timeout)
     inflater = zlib.decompressobj(-15)
     frames: list[dict[str, Any]] = []
     code = None
