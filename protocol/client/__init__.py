@@ -19,6 +19,7 @@ The modules, each on its own:
 - :mod:`.state`: what the client knows of the session, fed every server frame (no I/O);
 - :mod:`.sequence`: the gap and duplicate check (no I/O);
 - :mod:`.pending`: unanswered requests, what to resend after a reconnect (no I/O);
+- :mod:`.log_pages`: the log read page by page, every page of one epoch;
 - :mod:`.errors`: the errors raised, and what each close code means;
 - :mod:`.results`: pages and the :class:`Reset` marker.
 
@@ -35,6 +36,7 @@ from .api import BambooClient
 from .errors import (
     ClientError,
     ConnectionLost,
+    EpochChanged,
     Refused,
     RequestError,
     SequenceError,
@@ -51,6 +53,7 @@ __all__ = [
     "BambooClient",
     "ClientError",
     "ConnectionLost",
+    "EpochChanged",
     "EventPage",
     "HistoryPage",
     "Refused",

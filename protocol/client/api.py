@@ -32,6 +32,7 @@ from .errors import ConnectionLost, Retry, SessionEnded
 from .feed import END, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, EventFeed
 from .handshake import Dialer, TokenSource, stream_url
 from .link import Link
+from .log_pages import log_pages
 from .reconnect import ReconnectPolicy
 from .results import EventPage, HistoryPage, Reset
 from .state import ClientState
@@ -311,15 +312,26 @@ class BambooClient:
         events = [StoredEvent(r.seq, r.ts, r.event) for r in reply.events]  # type: ignore[arg-type]
         return EventPage(events, reply.last_seq, reply.epoch)
 
-    async def read_all_events(self, after_seq: int = 0, page: int = 1000) -> list[StoredEvent]:
-        """Every event of the log after ``after_seq``, read page by page."""
+    def event_pages(
+        self, after_seq: int = 0, page: int = 1000, *, epoch: str | None = None
+    ) -> AsyncIterator[EventPage]:
+        """The log after ``after_seq`` in pages of at most ``page`` events (none empty),
+        each read as it is iterated, up to the log's ``last_seq``; all of one log: that of
+        ``epoch`` when given (say, a saved ``last_seq``'s), else the first page's. A page
+        of another log (the session was replaced and the client reconnected onto the new
+        one) raises :class:`EpochChanged`; a new read reads the new log. Pages without
+        an epoch (servers from before the epoch fence) are not checked."""
+        return log_pages(self.read_events, after_seq, page, epoch)
+
+    async def read_all_events(
+        self, after_seq: int = 0, page: int = 1000, *, epoch: str | None = None
+    ) -> list[StoredEvent]:
+        """Every event of the log after ``after_seq``, read with :meth:`event_pages`: all
+        of one log, else :class:`EpochChanged`, never two logs joined."""
         events: list[StoredEvent] = []
-        while True:
-            got = await self.read_events(after_seq, page)
+        async for got in self.event_pages(after_seq, page, epoch=epoch):
             events.extend(got.events)
-            if not got.events or got.events[-1].seq >= got.last_seq:
-                return events
-            after_seq = got.events[-1].seq
+        return events
 
     async def set_state(self, state: Literal["active", "idle", "closed"]) -> int:
         """Ask for a session state; ``closed`` ends the session for every peer."""

@@ -1,0 +1,45 @@
+"""Reading a session's log page by page, every page of one log.
+
+An ``events`` reply is fenced by its connection's epoch, so one page is always of one
+log. Two pages of a read are not: a client that reconnects between them may come back
+to another log under the same session id (the session deleted and created again, or
+expired and replaced), whose seqs start from 1 again. Joined to the pages already read,
+its pages would make a log that never existed. So a read pins the epoch of its first
+page (or the caller's) and stops with :class:`EpochChanged` at a page of another one.
+It does not start again on the new log by itself: its caller holds what the old pages
+said, and decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from .errors import EpochChanged
+from .results import EventPage
+
+ReadPage = Callable[[int, int], Awaitable[EventPage]]
+"""Reads up to ``limit`` events after ``after_seq``: ``BambooClient.read_events``."""
+
+
+async def log_pages(
+    read_page: ReadPage, after_seq: int, page_size: int, epoch: str | None
+) -> AsyncIterator[EventPage]:
+    """Every page of events after ``after_seq`` (``page_size`` events at most each) up
+    to the log's ``last_seq`` or an empty page, each checked against the epoch of the
+    read (``epoch``, else the first page's that names one) before it is yielded. A page
+    that names no epoch (a server from before the epoch fence) is not checked: it
+    cannot be, and refusing it would stop every read from such a server."""
+    pinned = epoch
+    while True:
+        page = await read_page(after_seq, page_size)
+        if page.epoch is not None:
+            if pinned is None:
+                pinned = page.epoch
+            elif page.epoch != pinned:
+                raise EpochChanged(pinned, page.epoch, after_seq)
+        if not page.events:
+            return
+        yield page
+        if page.events[-1].seq >= page.last_seq:
+            return
+        after_seq = page.events[-1].seq
