@@ -1,9 +1,10 @@
-"""The JavaScript on Node: the client's tests (tests/js/client.test.mjs, node:test)
+"""The JavaScript on Node: the client's tests (tests/js/client*.test.mjs, node:test)
 against real servers (one without auth, one with auth and no leeway, so that tokens
-expire on time), a type check of the JSDoc of server/web/ (tsc), and its format
-(prettier). Node 22+ has a global WebSocket; Node 20.10+ gets it from a flag. Without a
-Node that has one, or without the tools of tests/js/package-lock.json (``npm ci
---prefix tests/js``, which .ci/run does), each skips with one line saying so."""
+expire on time, and one whose sessions expire 2 s after their last activity, so that a
+session can be replaced under its id), a type check of the JSDoc of server/web/ (tsc),
+and its format (prettier). Node 22+ has a global WebSocket; Node 20.10+ gets it from a
+flag. Without a Node that has one, or without the tools of tests/js/package-lock.json
+(``npm ci --prefix tests/js``, which .ci/run does), each skips with one line saying so."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from tests.support import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = ROOT / "tests" / "js"
-TEST_FILE = JS_DIR / "client.test.mjs"
+TEST_FILES = sorted(JS_DIR.glob("client*.test.mjs"))
 HINT = "install Node.js 22+ (or 20.10+) for the Node test of the JavaScript client"
 # The Node tests sign their own tokens with it (HS256, node:crypto).
 AUTH_SECRET = "js-test-secret-" + "s" * 32
-NODE_TIMEOUT = 90
+# Both files take some 55 s on two idle cores: room for a loaded machine.
+NODE_TIMEOUT = 120
+# The expiring server's session TTL (seconds): long enough for a replaced session to
+# outlive a client's reconnect and read, short enough for a test to wait for expiry.
+EXPIRING_TTL = 2
 
 
 @functools.cache
@@ -48,18 +53,20 @@ async def test_js_client_on_node() -> None:
     async with (
         run_server() as server,
         run_server(auth_secret=AUTH_SECRET, auth_leeway=0) as authed,
+        run_server(default_ttl=EXPIRING_TTL) as expiring,
     ):
         env = {
             **os.environ,
             "BAMBOO_URL": f"ws://127.0.0.1:{server.port}",
             "BAMBOO_AUTH_URL": f"ws://127.0.0.1:{authed.port}",
             "BAMBOO_AUTH_SECRET": AUTH_SECRET,
+            "BAMBOO_EXPIRING_URL": f"ws://127.0.0.1:{expiring.port}",
         }
         process = await asyncio.create_subprocess_exec(
             *command,
             "--test",
             "--test-reporter=tap",
-            str(TEST_FILE),
+            *map(str, TEST_FILES),
             cwd=ROOT,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -78,7 +85,7 @@ async def test_js_client_on_node() -> None:
         f"the Node tests took over {NODE_TIMEOUT} s:\n{report}"
     )
     assert process.returncode == 0, report
-    assert "# pass 24" in report and "# fail 0" in report, report
+    assert "# pass 29" in report and "# fail 0" in report, report
 
 
 def js_tool(name: str) -> Path:

@@ -217,6 +217,31 @@ export class RequestError extends ClientError {
   }
 }
 
+/**
+ * A read of the log page by page (`readAllEvents`, `eventPages`) found a page of another
+ * log than its first: the session was replaced (deleted and created again under its id,
+ * or expired and replaced) and the client reconnected onto the new one between two
+ * pages. The new log's seqs start from 1 again, so its pages are not the rest of the old
+ * one, and the read stops rather than join them. `previousEpoch` is the epoch the read
+ * was pinned to (its first page's, or the caller's), `epoch` the new page's, `afterSeq`
+ * the seq after which that page was asked. Nothing restarts the read: start a new one to
+ * read the new log (`client.epoch` is then the new one's, and `events()` has yielded a
+ * reset).
+ */
+export class EpochChanged extends ClientError {
+  /** @param {string} previousEpoch @param {string} epoch @param {number} afterSeq */
+  constructor(previousEpoch, epoch, afterSeq) {
+    super(
+      `the session's log changed from epoch ${previousEpoch} to ${epoch} while it was read` +
+        ` page by page (a page asked after seq ${afterSeq}): the session was replaced,` +
+        ` and the new log's events are not the rest of the old one's`,
+    );
+    this.previousEpoch = previousEpoch;
+    this.epoch = epoch;
+    this.afterSeq = afterSeq;
+  }
+}
+
 /** A request got no reply within `requestTimeout`. A publish may still be stored. */
 export class RequestTimeout extends ClientError {}
 
@@ -661,19 +686,45 @@ export class BambooClient extends EventTarget {
   }
 
   /**
-   * Every event of the log after `afterSeq`, read page by page.
-   * @param {{ afterSeq?: number, page?: number }} [options] @returns {Promise<StoredEvent[]>}
+   * The log after `afterSeq` in pages of at most `page` events (none empty), each read
+   * as it is iterated, up to the log's `lastSeq`; all of one log: that of `epoch` when
+   * given (say, a saved `lastSeq`'s), else the first page's. A page of another log (the
+   * session was replaced and the client reconnected onto the new one; its seqs start
+   * from 1 again) throws {@link EpochChanged}; a new read reads the new log. Pages
+   * without an epoch (servers from before the epoch fence) are not checked: they cannot
+   * be, and refusing them would stop every read from such a server.
+   * @param {{ afterSeq?: number, page?: number, epoch?: string | null }} [options]
+   * @returns {AsyncGenerator<EventPage, void, undefined>}
    */
-  async readAllEvents({ afterSeq = 0, page = 1000 } = {}) {
-    /** @type {StoredEvent[]} */
-    const events = [];
+  async *eventPages({ afterSeq = 0, page = 1000, epoch = null } = {}) {
+    // An `events` reply is fenced by its connection's epoch, but two pages may come on
+    // two connections: the second, after a reconnect, onto a session that replaced ours.
+    let pinned = epoch ?? null;
     for (;;) {
       const got = await this.readEvents({ afterSeq, limit: page });
-      events.push(...got.events);
+      if (got.epoch !== null) {
+        if (pinned === null) pinned = got.epoch;
+        else if (got.epoch !== pinned) throw new EpochChanged(pinned, got.epoch, afterSeq);
+      }
       const last = got.events.at(-1);
-      if (last === undefined || last.seq >= got.lastSeq) return events;
+      if (last === undefined) return;
+      yield got;
+      if (last.seq >= got.lastSeq) return;
       afterSeq = last.seq;
     }
+  }
+
+  /**
+   * Every event of the log after `afterSeq`, read with {@link BambooClient#eventPages}:
+   * all of one log, else {@link EpochChanged}, never two logs joined.
+   * @param {{ afterSeq?: number, page?: number, epoch?: string | null }} [options]
+   * @returns {Promise<StoredEvent[]>}
+   */
+  async readAllEvents({ afterSeq = 0, page = 1000, epoch = null } = {}) {
+    /** @type {StoredEvent[]} */
+    const events = [];
+    for await (const got of this.eventPages({ afterSeq, page, epoch })) events.push(...got.events);
+    return events;
   }
 
   /**

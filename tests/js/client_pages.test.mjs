@@ -1,0 +1,221 @@
+// The JavaScript client's reads of a whole log page by page (eventPages, readAllEvents)
+// on Node (node:test), when the session is replaced between two of their pages: it
+// expires while the viewer is cut off and is created again under its id (another log,
+// another epoch, its seqs from 1 again), so the viewer reconnects onto the new log. The
+// read throws EpochChanged (both epochs in it) rather than join the old log's first
+// pages to the new log's later ones; a session left alone is read whole as before.
+// tests/test_js.py starts the servers: BAMBOO_URL, and BAMBOO_EXPIRING_URL, whose
+// sessions expire 2 s after their last activity.
+import assert from "node:assert/strict";
+import net from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { test } from "node:test";
+
+import { BambooClient, EpochChanged } from "../../server/web/client/bamboo.js";
+
+const url = process.env.BAMBOO_URL;
+const expiringUrl = process.env.BAMBOO_EXPIRING_URL;
+const OLD_EVENTS = 5;
+
+/** Waits, 50 ms at a time within `ms`, until `check()` (sync or async) holds. */
+async function until(check, ms = 10000) {
+  for (const deadline = Date.now() + ms; !(await check()); await sleep(50)) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${check}`);
+  }
+}
+
+/**
+ * A TCP proxy to the server at `target` (a ws:// URL): `cut()` ends every connection
+ * through it, and holds new ones, unanswered, until `mend()` puts them through. (Held,
+ * not refused: Node 20's WebSocket reports a refused upgrade with `error` and no
+ * `close`, so the client would wait for its `openTimeout` before it tried again.)
+ */
+async function gateProxy(target) {
+  const { hostname, port } = new URL(target);
+  const sockets = new Set();
+  const held = [];
+  const state = { down: false };
+  const putThrough = (client) => {
+    const upstream = net.connect(Number(port), hostname);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      const drop = () => {
+        sockets.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      };
+      socket.on("close", drop);
+      socket.on("error", drop);
+    }
+  };
+  const proxy = net.createServer((client) => {
+    if (!state.down) return putThrough(client);
+    client.on("error", () => client.destroy());
+    held.push(client); // what it sends waits in its paused stream
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", () => resolve(null)));
+  return {
+    url: `ws://127.0.0.1:${proxy.address().port}`,
+    cut() {
+      state.down = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    mend() {
+      state.down = false;
+      for (const client of held.splice(0)) if (!client.destroyed) putThrough(client);
+    },
+    close() {
+      for (const socket of [...sockets, ...held]) socket.destroy();
+      return new Promise((resolve) => proxy.close(() => resolve(null)));
+    },
+  };
+}
+
+async function publishAll(client, count, content) {
+  for (let i = 0; i < count; i++) await client.publish({ type: "token", content });
+}
+
+/**
+ * Runs `body({ viewer, oldEpoch, replace })` on session `sessionId` of the server at
+ * `server`, with events 1..5 of "old" and a viewer of it through a gate proxy.
+ * `replace(newEvents)` cuts the viewer off, waits for the session to expire (nothing
+ * touches it meanwhile; a GET is no activity), creates it again with `newEvents` events
+ * of "new", lets the viewer back (its next request reconnects it onto the new log,
+ * resumed: false) and resolves to the new epoch. The new session's creator stays
+ * attached until the end: the new log must outlive the viewer's reads.
+ */
+async function withSessionOfFive(server, sessionId, body) {
+  const agent = await BambooClient.connect(server, { sessionId, create: true, role: "agent" });
+  await publishAll(agent, OLD_EVENTS, "old");
+  await agent.close();
+  const proxy = await gateProxy(server);
+  const viewer = await BambooClient.connect(proxy.url, {
+    sessionId,
+    receiveEvents: false,
+    backoffInitial: 20,
+    backoffMax: 100,
+  });
+  const oldEpoch = viewer.epoch;
+  let replacing = null;
+  const replace = async (newEvents) => {
+    proxy.cut();
+    await until(() => viewer.state === "reconnecting");
+    const metadata = `${server.replace(/^ws/, "http")}/api/v1/sessions/${sessionId}`;
+    await until(async () => (await fetch(metadata)).status === 404);
+    replacing = await BambooClient.connect(server, { sessionId, create: true, role: "agent" });
+    await publishAll(replacing, newEvents, "new");
+    assert.notEqual(replacing.epoch, oldEpoch);
+    proxy.mend();
+    return replacing.epoch;
+  };
+  try {
+    await body({ viewer, oldEpoch, replace });
+  } finally {
+    await viewer.close();
+    await replacing?.close();
+    await proxy.close();
+  }
+}
+
+const contents = (events) => events.map((e) => [e.seq, e.event.content]);
+const logOf = (count, content) => Array.from({ length: count }, (_, i) => [i + 1, content]);
+
+test("a session left alone is read whole, page by page", async () => {
+  await withSessionOfFive(url, "pages-whole", async ({ viewer, oldEpoch }) => {
+    const pages = [];
+    for await (const page of viewer.eventPages({ page: 2 })) pages.push(page);
+    assert.deepEqual(
+      pages.map((page) => page.events.map((e) => e.seq)),
+      [[1, 2], [3, 4], [5]],
+    );
+    assert.deepEqual(new Set(pages.map((page) => page.epoch)), new Set([oldEpoch]));
+    const whole = logOf(OLD_EVENTS, "old");
+    assert.deepEqual(contents(await viewer.readAllEvents({ page: 2 })), whole);
+    assert.deepEqual(contents(await viewer.readAllEvents({ page: 2, epoch: oldEpoch })), whole);
+    assert.deepEqual(
+      contents(await viewer.readAllEvents({ afterSeq: 3, page: 1 })),
+      whole.slice(3),
+    );
+    assert.deepEqual(await viewer.readAllEvents({ afterSeq: OLD_EVENTS }), []);
+  });
+});
+
+// The new log longer than the pages read of the old (its seqs 3.. would have followed
+// the old log's 1, 2), and shorter (an empty page, which ended the read at seq 2).
+for (const newEvents of [6, 1]) {
+  test(
+    `a session replaced between two pages (${newEvents} new events) stops the read`,
+    { timeout: 20000 },
+    async () => {
+      const sessionId = `pages-replaced-${newEvents}`;
+      await withSessionOfFive(expiringUrl, sessionId, async ({ viewer, oldEpoch, replace }) => {
+        const pages = viewer.eventPages({ page: 2 });
+        const first = await pages.next();
+        assert.deepEqual(contents(first.value.events), logOf(2, "old"));
+        assert.equal(first.value.epoch, oldEpoch);
+        const newEpoch = await replace(newEvents);
+        await assert.rejects(pages.next(), (error) => {
+          assert.ok(error instanceof EpochChanged, String(error));
+          assert.deepEqual(
+            [error.previousEpoch, error.epoch, error.afterSeq],
+            [oldEpoch, newEpoch, 2],
+          );
+          assert.ok(error.message.includes(oldEpoch) && error.message.includes(newEpoch));
+          return true;
+        });
+        // Nothing restarts on its own; a new read is of the new log, whole.
+        assert.equal(viewer.epoch, newEpoch);
+        assert.deepEqual(
+          contents(await viewer.readAllEvents({ page: 2 })),
+          logOf(newEvents, "new"),
+        );
+      });
+    },
+  );
+}
+
+test("readAllEvents throws rather than return two logs joined", { timeout: 20000 }, async () => {
+  await withSessionOfFive(expiringUrl, "pages-joined", async ({ viewer, oldEpoch, replace }) => {
+    // The replacement comes between the first two pages of one readAllEvents call,
+    // whatever the timing: this viewer's readEvents (one page of the read) waits for
+    // it after the first page.
+    const readPage = viewer.readEvents.bind(viewer);
+    let betweenPages = () => replace(6);
+    let newEpoch = null;
+    viewer.readEvents = async (options) => {
+      const page = await readPage(options);
+      const hook = betweenPages;
+      betweenPages = null;
+      if (hook !== null) newEpoch = await hook();
+      return page;
+    };
+    await assert.rejects(
+      viewer.readAllEvents({ page: 2 }).then((spliced) => {
+        throw new Error(`a log read from two epochs: ${JSON.stringify(contents(spliced))}`);
+      }),
+      (error) => {
+        assert.ok(error instanceof EpochChanged, String(error));
+        assert.deepEqual([error.previousEpoch, error.epoch], [oldEpoch, newEpoch]);
+        return true;
+      },
+    );
+  });
+});
+
+test("a read pinned to the old epoch refuses the new log", { timeout: 20000 }, async () => {
+  await withSessionOfFive(expiringUrl, "pages-pinned", async ({ viewer, oldEpoch, replace }) => {
+    const newEpoch = await replace(8);
+    await until(() => viewer.epoch === newEpoch);
+    await assert.rejects(viewer.readAllEvents({ afterSeq: 3, epoch: oldEpoch }), (error) => {
+      assert.ok(error instanceof EpochChanged, String(error));
+      assert.deepEqual([error.previousEpoch, error.epoch, error.afterSeq], [oldEpoch, newEpoch, 3]);
+      return true;
+    });
+    assert.deepEqual(
+      (await viewer.readAllEvents({ afterSeq: 3 })).map((e) => e.seq),
+      [4, 5, 6, 7, 8],
+    );
+  });
+});
