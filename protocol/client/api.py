@@ -376,30 +376,8 @@ class BambooClient:
         publish's ``ack`` could tell it is ours. Iterate from one task at a time.
 
         Events wait here until taken, ``max_queued_events`` and ``max_queued_bytes`` at
-        most (see :meth:`connect`). An application that stops taking them loses none:
-
-        - While the queue is full the client does not read its socket. TCP holds the
-          server back; the server closes the connection once its own queue for it is
-          full (4429, too slow to read), or when its pings go unanswered (1011). The
-          client sees that close when it reads again, and resumes from the last event
-          it queued: the server replays exactly those that followed.
-        - Replies come on the same socket as events, so a request made while the queue
-          is full (``publish``, ``history``, ``ping``...) would wait for ever behind
-          them if the client read nothing. So while any request waits for its reply,
-          the client reads on; an event that finds the queue full is then *skipped*
-          (not queued, not counted as seen, ``skipped_events``), and so is every later
-          event of that connection. Once the application has taken the queue down to
-          half, the client sends nothing more on that connection, closes it (1000)
-          once the requests sent on it are answered, and resumes from the last event
-          it queued, which brings back every skipped event in order. A request
-          is thus never held up by unread events, and memory stays bounded whatever
-          the application does.
-        - Should the session be closed before such a resume (it is refused, 4409),
-          the events still due are readable only over HTTP: the client hands over
-          what it queued, then ends with :class:`ConnectionLost`, which names the seq
-          to read after, rather than end as if it had them all.
-        - Without ``reconnect``, such a resume cannot happen: the client ends with
-          :class:`ConnectionLost` once the queued events are taken."""
+        most (see :meth:`connect`). An application that stops taking them loses none,
+        and its requests are never held up behind them: :mod:`.feed` says how."""
         feed = self._state.feed
         while True:
             item: Any = await feed.get()
