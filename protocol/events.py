@@ -13,19 +13,38 @@ from typing import Any
 
 import msgspec
 
+from .absent import NullMeansAbsent
 from .messages import Int64, Message
 
 
 class ToolResult(msgspec.Struct):
+    """A peer's ``null`` for ``content`` is as if it left it out (absent.py)."""
+
     success: bool
-    content: str = ""
+    content: NullMeansAbsent[str] = ""
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        sent: Any = self  # as decoded: the checker sees the fields as they are once this ran
+        if sent.content is None:
+            sent.content = ""
 
 
 class TokenUsage(msgspec.Struct):
-    prompt_tokens: Int64 = 0
-    completion_tokens: Int64 = 0
-    total_tokens: Int64 = 0
+    """A peer's ``null`` for a count is as if it left it out: 0 (absent.py)."""
+
+    prompt_tokens: NullMeansAbsent[Int64] = 0
+    completion_tokens: NullMeansAbsent[Int64] = 0
+    total_tokens: NullMeansAbsent[Int64] = 0
+
+    def __post_init__(self) -> None:
+        sent: Any = self  # as decoded: the checker sees the fields as they are once this ran
+        if sent.prompt_tokens is None:
+            sent.prompt_tokens = 0
+        if sent.completion_tokens is None:
+            sent.completion_tokens = 0
+        if sent.total_tokens is None:
+            sent.total_tokens = 0
 
 
 class AgentEventBase(msgspec.Struct, tag_field="type", omit_defaults=True):

@@ -2,16 +2,18 @@
 
 ``ClientFrame`` is what a peer may send, ``ServerFrame`` what the server sends. Both
 are tagged by ``type``; unknown fields are ignored, and a missing required field or a
-wrong type fails decoding (a ``bad_request``).
+wrong type fails decoding (a ``bad_request``). ``null`` for an optional field of a
+client frame is as if the field were left out (absent.py).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from .absent import NullMeansAbsent
 from .models import AnyAgentEvent, Int64, Message, SessionMetadata
 
 RequestId = Int64 | str | None
@@ -19,6 +21,9 @@ RequestId = Int64 | str | None
 IdempotencyKey = Annotated[str, msgspec.Meta(max_length=128)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+# The page sizes a request that names none asks for (servers lower them to their maxima).
+HISTORY_LIMIT: Final = 100
+EVENTS_LIMIT: Final = 1000
 
 
 class ClientFrameBase(msgspec.Struct, tag_field="type", omit_defaults=True):
@@ -29,13 +34,20 @@ class Hello(ClientFrameBase, tag="hello"):
     token: str | None = None
     user_id: str | None = None
     title: str | None = None
-    create: bool = False
+    create: NullMeansAbsent[bool] = False
     last_seq: NonNegative | None = None
     epoch: str | None = None
-    role: Literal["client", "agent"] = "client"
+    role: NullMeansAbsent[Literal["client", "agent"]] = "client"
     # Not in PROTOCOL.md's hello: read so that an error about a hello (a second one)
     # echoes it like any other request's.
     id: RequestId = None
+
+    def __post_init__(self) -> None:
+        sent: Any = self  # as decoded: the checker sees the fields as they are once this ran
+        if sent.create is None:
+            sent.create = False
+        if sent.role is None:
+            sent.role = "client"
 
 
 class PublishEvent(ClientFrameBase, tag="event"):
@@ -69,14 +81,26 @@ class PublishBatch(ClientFrameBase, tag="batch"):
 
 class HistoryRequest(ClientFrameBase, tag="history"):
     id: RequestId = None
-    limit: Positive = 100
+    limit: NullMeansAbsent[Positive] = HISTORY_LIMIT
     before: NonNegative | None = None
+
+    def __post_init__(self) -> None:
+        sent: Any = self  # as decoded: the checker sees the fields as they are once this ran
+        if sent.limit is None:
+            sent.limit = HISTORY_LIMIT
 
 
 class EventsRequest(ClientFrameBase, tag="events"):
     id: RequestId = None
-    after_seq: NonNegative = 0
-    limit: Positive = 1000
+    after_seq: NullMeansAbsent[NonNegative] = 0
+    limit: NullMeansAbsent[Positive] = EVENTS_LIMIT
+
+    def __post_init__(self) -> None:
+        sent: Any = self  # as decoded: the checker sees the fields as they are once this ran
+        if sent.after_seq is None:
+            sent.after_seq = 0
+        if sent.limit is None:
+            sent.limit = EVENTS_LIMIT
 
 
 class StateRequest(ClientFrameBase, tag="state"):

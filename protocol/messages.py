@@ -14,6 +14,8 @@ from typing import Annotated, Any, Self
 
 import msgspec
 
+from .absent import NullMeansAbsent
+
 # Integers in typed fields must fit a signed 64-bit integer: JSON could carry more, but
 # MessagePack cannot, and both codecs carry the same objects (msgspec bounds stop at int64).
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -46,15 +48,23 @@ class ToolCall(msgspec.Struct):
 class Message(msgspec.Struct, omit_defaults=True):
     """One entry of a session's history. ``id`` and ``created_at`` are filled in by
     the constructors, and by the server when a peer leaves them out (:meth:`completed`).
-    ``content`` is required, so that it is always on the wire."""
+    ``content`` is required, so that it is always on the wire. A peer's ``null`` for
+    ``id`` or ``metadata`` is as if it left them out (absent.py)."""
 
     role: Role
     content: str
-    id: str = ""
+    id: NullMeansAbsent[str] = ""
     created_at: AwareDatetime | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-    metadata: dict[str, Any] = {}
+    metadata: NullMeansAbsent[dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        sent: Any = self  # as decoded: the checker sees the fields as they are once this ran
+        if sent.id is None:
+            sent.id = ""
+        if sent.metadata is None:
+            sent.metadata = {}
 
     @classmethod
     def _new(cls, role: Role, content: str, **fields: Any) -> Self:
