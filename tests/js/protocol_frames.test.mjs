@@ -1,5 +1,5 @@
 // The outside check of the wire contract (outside.mjs): transport, handshake, bad frames,
-// frame and rate limits.
+// null as an absent field, frame and rate limits.
 // Run by tests/test_js_protocol.py; by hand:
 //   BAMBOO_PYTHON=.venv/bin/python node --test tests/js/protocol_*.test.mjs
 import assert from "node:assert/strict";
@@ -251,6 +251,57 @@ test("bad frames get bad_request, with the id when readable, and the connection 
   assert.equal(ack.seq, 1);
   await assertOpen(peer);
   peer.close();
+});
+
+test("null for an optional field is the same as leaving it out; for a required one, bad_request", async () => {
+  for (const msgpack of [false, true]) {
+    const id = sid(msgpack ? "nulls-mp" : "nulls");
+    const hello = { create: true, role: null, token: null, last_seq: null, epoch: null };
+    const { peer: pub } = await attach(main.port, id, hello, { msgpack });
+    const { peer: viewer } = await attach(main.port, id, { create: null, role: null }, { msgpack });
+    const joined = await pub.recvType("presence");
+    assert.equal(joined.role, "client");
+    const nulls = {
+      id: null,
+      created_at: null,
+      tool_calls: null,
+      tool_call_id: null,
+      metadata: null,
+    };
+    const result = { success: true, content: null, error: null };
+    const usage = { prompt_tokens: null, completion_tokens: 2, total_tokens: null };
+    const sent = [
+      { type: "message", message: { role: "user", content: "hi", ...nulls } },
+      { type: "tool_complete", tool_call_id: "c", result },
+      { type: "complete", usage },
+      { type: "error", message: "m", code: null },
+    ];
+    for (const [i, event] of sent.entries()) {
+      const ack = await pub.request({ type: "event", id: null, key: null, event }, "ack");
+      assert.deepEqual(ack, { type: "ack", seq: i + 1 });
+    }
+    const got = [];
+    for (let i = 0; i < sent.length; i++) got.push((await viewer.recvType("event")).event);
+    const { id: messageId, created_at: createdAt, ...message } = got[0].message;
+    assert.match(messageId, /^m_/);
+    assert.match(createdAt, RFC3339_UTC);
+    assert.deepEqual(message, { role: "user", content: "hi" });
+    assert.deepEqual(got.slice(1), [
+      { type: "tool_complete", tool_call_id: "c", result: { ...result, content: "" } },
+      { type: "complete", usage: { prompt_tokens: 0, completion_tokens: 2, total_tokens: 0 } },
+      { type: "error", message: "m" },
+    ]);
+    for (const [n, frame] of [
+      { type: "event", event: null },
+      { type: "event", event: { type: "token", content: null } },
+      { type: "message", message: { role: "user", content: null } },
+      { type: "state", state: null },
+    ].entries()) {
+      assertError(await pub.request({ ...frame, id: n }, "error"), "bad_request", n);
+    }
+    pub.close();
+    viewer.close();
+  }
 });
 
 test("a frame larger than 1 MiB closes 1009; one of exactly 1 MiB is read", async () => {

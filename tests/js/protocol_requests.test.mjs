@@ -199,6 +199,11 @@ test("history and events pages", async () => {
   assert.equal(ev.events.length, 1000);
   assert.equal(ev.events[0].seq, 1);
   assert.equal(ev.last_seq, 1006);
+  // null is the same as leaving an optional field out (docs/protocol.md).
+  const nullH = { type: "history", id: "j", limit: null, before: null };
+  assert.deepEqual(await peer.request(nullH, "history"), h);
+  const nullEv = { type: "events", id: "k", after_seq: null, limit: null };
+  assert.deepEqual(await peer.request(nullEv, "events"), ev);
   const pong = await peer.request({ type: "ping", id: 0 }, "pong");
   assert.deepEqual(pong, { type: "pong", id: 0 });
   const bare = await peer.request({ type: "ping" }, "pong");
