@@ -39,6 +39,8 @@ NAMES: Final = (
     "list",
     "presence",
     "read",
+    "recount",
+    "recount_user",
     "state",
     "touch",
 )

@@ -58,6 +58,7 @@ from .layout import (
 )
 from .live import Live
 from .queries import list_args
+from .recount import RedisRecounter
 from .scripts import epoch_in_hash, optional_arg, removed_epoch
 
 _message_of = msgspec.json.Decoder(MessageEvent)
@@ -311,6 +312,12 @@ class RedisStorage:
 
     async def import_metadata(self, metadata: SessionMetadata) -> None:
         await importing.import_metadata(self, metadata)
+
+    # -- recount (StoredBytesRecount) -----------------------------------------------
+
+    def bytes_recounter(self) -> RedisRecounter:
+        """What ``bamboo-session recount`` needs: persistence/redis/recount.py."""
+        return RedisRecounter(self)
 
     # -- helpers --------------------------------------------------------------------
 

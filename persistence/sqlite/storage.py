@@ -55,6 +55,7 @@ from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .lock import StoreLock
 from .reads import Readers
+from .recount import SqliteRecounter
 from .schema import check_readable, connect_writer
 from .writer import Writer
 from .writes import Batch
@@ -315,6 +316,12 @@ class SqliteStorage:
         check_session_id(metadata.id)
         work = functools.partial(writes.import_metadata, meta=metadata)
         await self._write(work)
+
+    # -- recount (StoredBytesRecount) -----------------------------------------------
+
+    def bytes_recounter(self) -> SqliteRecounter:
+        """What ``bamboo-session recount`` needs: persistence/sqlite/recount.py."""
+        return SqliteRecounter(self._read, self._write)
 
     # -- helpers --------------------------------------------------------------------
 
