@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_command(commands)
-    add_tool_commands(commands)  # ls, show, tail, cleanup, publish (tools.py)
+    add_tool_commands(commands)  # ls, show, tail, cleanup, delete, recount, publish (tools.py)
     add_migrate_command(commands)  # migrate (migrate_cli.py)
     return parser
 

@@ -1,10 +1,11 @@
 """Operator subcommands of ``bamboo-session`` beside ``serve``, and what they share.
 
 Offline, on a store (``--store URL`` or ``--data-dir``, else ``BAMBOO_STORE`` or
-``BAMBOO_DATA_DIR`` as ``serve`` reads them): ``ls``, ``show``, ``cleanup`` and
-``delete`` (tools_store.py opens it; ``ls`` and ``show`` read only, and write nothing).
-``ls`` and ``show`` can ask a running server instead, over its HTTP API (``--url``):
-tools_reads.py. ``cleanup`` and ``delete`` are tools_cleanup.py. Online, over the WebSocket API with
+``BAMBOO_DATA_DIR`` as ``serve`` reads them): ``ls``, ``show``, ``cleanup``, ``delete``
+and ``recount`` (tools_store.py opens it; ``ls`` and ``show`` read only, and write
+nothing). ``ls`` and ``show`` can ask a running server instead, over its HTTP API
+(``--url``): tools_reads.py. ``cleanup`` and ``delete`` are tools_cleanup.py,
+``recount`` tools_recount.py. Online, over the WebSocket API with
 :class:`~bamboo_session.protocol.client.BambooClient`: ``tail`` and ``publish``
 (tools_live.py). Every error ends with a one-line reason and a non-zero status.
 """
@@ -35,12 +36,14 @@ class ToolError(Exception):
 
 
 def add_tool_commands(commands: SubParsers) -> None:
-    """Register ``ls``, ``show``, ``tail``, ``cleanup``, ``delete`` and ``publish``."""
-    from . import tools_cleanup, tools_live, tools_reads
+    """Register ``ls``, ``show``, ``tail``, ``cleanup``, ``delete``, ``recount`` and
+    ``publish``."""
+    from . import tools_cleanup, tools_live, tools_reads, tools_recount
 
     tools_reads.add_commands(commands)
     tools_live.add_tail(commands)
     tools_cleanup.add_command(commands)
+    tools_recount.add_command(commands)
     tools_live.add_publish(commands)
 
 

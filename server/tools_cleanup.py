@@ -65,7 +65,8 @@ def add_command(commands: SubParsers) -> None:
 class Progress:
     """A line on stderr at most every PROGRESS_EVERY seconds, and a last one."""
 
-    def __init__(self, verb: str, total: int | None = None) -> None:
+    def __init__(self, verb: str, total: int | None = None, command: str = "cleanup") -> None:
+        self.command = command
         self.verb = verb
         self.total = total
         self.done = 0
@@ -79,7 +80,8 @@ class Progress:
     def show(self) -> None:
         self._shown_at = time.monotonic()
         of = f" of {self.total}" if self.total is not None else ""
-        print(f"bamboo-session: cleanup: {self.verb} {self.done}{of}", file=sys.stderr, flush=True)
+        line = f"bamboo-session: {self.command}: {self.verb} {self.done}{of}"
+        print(line, file=sys.stderr, flush=True)
 
 
 async def expired_sessions(storage: SessionStorage) -> list[SessionMetadata]:

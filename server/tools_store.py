@@ -87,8 +87,16 @@ def store_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None
 
 
 @contextlib.asynccontextmanager
-async def offline_store(args: argparse.Namespace, *, read_only: bool) -> AsyncIterator[Storage]:
-    """The store ``args`` names, open (read-only unless told otherwise), closed after."""
+async def offline_store(
+    args: argparse.Namespace,
+    *,
+    read_only: bool,
+    offline: bool = False,
+    when_locked: str = "ask it with --url instead",
+) -> AsyncIterator[Storage]:
+    """The store ``args`` names, open (read-only unless told otherwise), closed after.
+    ``offline``: a read-only open that refuses a store a server holds, as a writing
+    one does (``open_storage``'s); ``when_locked``: what the refusal tells to do."""
     url = store_url(args)
     try:
         parsed = parse_store_url(url)
@@ -98,11 +106,11 @@ async def offline_store(args: argparse.Namespace, *, read_only: bool) -> AsyncIt
     if parsed.scheme == "jsonl" and not await asyncio.to_thread(Path(where).is_dir):
         raise ToolError(f"no data directory at {where}")
     try:
-        storage = await open_storage(url, read_only=read_only, cleanup_interval=None)
+        storage = await open_storage(
+            url, read_only=read_only, offline=offline, cleanup_interval=None
+        )
     except StorageLocked:
-        raise ToolError(
-            f"{where} is in use by a running server; ask it with --url instead"
-        ) from None
+        raise ToolError(f"{where} is in use by a running server; {when_locked}") from None
     except StorageError as exc:  # not a store, a damaged one...: say which
         message = str(exc)
         raise ToolError(message if where in message else f"{where}: {message}") from None
