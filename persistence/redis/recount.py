@@ -22,9 +22,9 @@ from ..recount import SessionRecount, UserRebuild
 if TYPE_CHECKING:
     from .storage import RedisStorage
 
-PAGE_BYTES: Final = 1024 * 1024  # of entries read by one call, roughly
+PAGE_BYTES: Final = 256 * 1024  # of entries read by one call, roughly
 FIRST_PAGE: Final = 64  # entries read by a session's first call
-MAX_PAGE: Final = 4096
+MAX_PAGE: Final = 512  # entries: some 5 ms of Redis per call
 SCAN_COUNT: Final = 1000  # ids asked of ZSCAN and HSCAN per call
 
 
