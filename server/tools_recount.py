@@ -16,7 +16,9 @@ the totals; progress goes to stderr at most once a second.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bamboo_session.persistence import parse_store_url
@@ -31,8 +33,13 @@ from .tools_store import add_store_options, offline_store, store_url
 if TYPE_CHECKING:
     from .tools import SubParsers
 
-# The stores that count at open: opened read-only, and refused while a server holds them.
-COUNTED_AT_OPEN = {"jsonl", "memory"}
+# The stores that count at open (opened read-only, and refused while a server holds
+# them), and why they have nothing to fix.
+COUNTED_AT_OPEN = {
+    "jsonl": "the JSONL store counts each session's bytes (its log file's size) and each "
+    "user's sum whenever it opens: nothing stored to fix",
+    "memory": "a memory:// store holds nothing outside the process that opened it: nothing to fix",
+}
 STOP_FIRST = "stop it first: a JSONL or SQLite store is recounted offline"
 
 
@@ -62,20 +69,19 @@ def add_command(commands: SubParsers) -> None:
 async def _recount(args: argparse.Namespace) -> int:
     ids: list[str] | None = list(args.ids) or None
     try:
-        scheme = parse_store_url(store_url(args)).scheme
+        parsed = parse_store_url(store_url(args))
     except ValueError as exc:
         raise ToolError(str(exc)) from None
-    counted_at_open = scheme in COUNTED_AT_OPEN
+    if parsed.scheme == "sqlite" and not await asyncio.to_thread(Path(parsed.location).is_file):
+        raise ToolError(f"no SQLite store at {parsed.location}")  # a writing open makes one
+    counted_at_open = parsed.scheme in COUNTED_AT_OPEN
     async with offline_store(
         args, read_only=counted_at_open, offline=True, when_locked=STOP_FIRST
     ) as storage:
         if not isinstance(storage, StoredBytesRecount):
             report = await _as_counted(storage, ids)
-            print(
-                f"bamboo-session: recount: the {scheme} store counts each session (its log's "
-                "size) and each user's sum whenever it opens: nothing stored to fix",
-                file=sys.stderr,
-            )
+            why = COUNTED_AT_OPEN.get(parsed.scheme, "the store counts when it opens")
+            print(f"bamboo-session: recount: {why}", file=sys.stderr)
         else:
             progress = Progress("sessions counted:", command="recount")
             report = await recount(

@@ -97,6 +97,13 @@ async def test_sqlite_counts_that_drifted_are_set_right(tmp_path: Path) -> None:
     ]
 
 
+def test_a_path_that_is_no_sqlite_store_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "none" / "store.db"
+    code, out, err = tool("recount", "--store", f"sqlite://{path}")
+    assert (code, out, err.strip()) == (1, "", f"bamboo-session: no SQLite store at {path}")
+    assert not path.parent.exists()
+
+
 async def test_sqlite_is_refused_while_a_server_holds_it(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     await make_sqlite(path)
@@ -122,8 +129,8 @@ def test_jsonl_is_reported_as_counted_and_left_as_it_is(tmp_path: Path) -> None:
     assert code == 0, err
     assert out.splitlines() == [summary(4, logs, 0, 3, 0)]
     assert err.strip() == (
-        "bamboo-session: recount: the jsonl store counts each session (its log's size) "
-        "and each user's sum whenever it opens: nothing stored to fix"
+        "bamboo-session: recount: the JSONL store counts each session's bytes (its log "
+        "file's size) and each user's sum whenever it opens: nothing stored to fix"
     )
     assert snapshot(data_dir) == before
     code, out, err = tool("recount", "--data-dir", str(data_dir), "nobody", "b")
