@@ -38,6 +38,8 @@ is built on. Every backend means them the same way, and one contract test suite
   several processes on a shared store); duplicates store nothing, and are answered as
   always. ``stored_bytes`` (in the metadata) survives restarts; each store counts it in
   its own measure, never less than the events' JSON (docs/protocol.md, "Stored bytes").
+  A store whose stored counts can be wrong (sessions from a version before them, drift)
+  counts them again with ``bamboo-session recount`` (persistence/recount.py).
 - A store opened with ``max_user_bytes`` bounds the sum of ``stored_bytes`` over all
   the sessions of one ``user_id`` (closed and expired ones too, until they are deleted
   or cleaned up, which frees their bytes): an append past it stores nothing and raises

@@ -22,7 +22,9 @@ The indexes share one tag of their own, ``{idx}``::
     <prefix>:{idx}:state:<s> by created_at: the sessions in one state
     <prefix>:{idx}:userbytes hash: user -> the sum of "bytes" of the user's sessions
                              (max_user_bytes; moved by append, import, delete and
-                             replacement; counted from 0 where it is first written)
+                             replacement; counted from 0 where it is first written,
+                             until recount.lua and recount_user.lua count what a
+                             version before it stored: bamboo-session recount)
 
 Times are integers, microseconds since the Unix epoch, in hashes and scores alike
 (exact in a double until the year 2255), so scripts compute expiry without parsing.
@@ -178,7 +180,7 @@ def metadata_from_hash(hash_: dict[bytes, bytes]) -> SessionMetadata:
         last_seq=int(hash_[b"seq"]),
         epoch=hash_[b"epoch"].decode(),
         ttl=number(b"ttl"),
-        stored_bytes=number(b"bytes") or 0,  # none: stored before the count existed
+        stored_bytes=number(b"bytes") or 0,  # none: stored before the count, not recounted
     )
 
 
