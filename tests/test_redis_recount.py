@@ -211,15 +211,27 @@ async def test_a_recount_beside_appends_leaves_every_count_exact(
                 with contextlib.suppress(Exception):  # the re-created one, while it goes
                     await live.append_event(session_id, AgentEvent.token("w" * (n % 40)), key)
                     appended += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.002)  # slower than the recount: it catches up
 
         async def recreate(session_id: str) -> None:
             await asyncio.sleep(0.05)
             await live.delete_session(session_id)
             await live.create_session(Session.new(session_id, user_id="a"))
 
-        recounter = tool_store.bytes_recounter()
+        recounter = redis_recount.RedisRecounter(tool_store, first_page=1)
         monkeypatch.setattr(tool_store, "bytes_recounter", lambda: recounter)
+        raced: list[str] = []  # sessions appended to while they were being recounted
+        recount_session = recounter.recount_session
+
+        async def watched(session_id: str) -> Any:
+            seq = tool_store.layout.meta(session_id)
+            first = await tool_store.redis.call("HGET", seq, "seq")
+            counted = await recount_session(session_id)
+            if counted is not None and await tool_store.redis.call("HGET", seq, "seq") != first:
+                raced.append(session_id)
+            return counted
+
+        monkeypatch.setattr(recounter, "recount_session", watched)
         appenders = [asyncio.create_task(append_to(s)) for s in [*old_ids, "new-a", "new-b"]]
         await asyncio.sleep(0.05)
         before = appended
@@ -227,11 +239,18 @@ async def test_a_recount_beside_appends_leaves_every_count_exact(
         report = await recount(tool_store)
         during = appended - before
         await replaced
-        await asyncio.sleep(0.05)  # and appends after the recount, on the new counts
+        # Rebuilt again and again while the appends go on, a user's sum is its sessions'
+        # counts at every moment after (read in one MULTI: one moment of the store).
+        for _ in range(25):
+            for user in ("a", "b"):
+                await recounter.rebuild_user(user)
+                held_sum, counted = await sum_and_counts(tool_store, user)
+                assert held_sum == counted, user
         stop.set()
         await asyncio.gather(*appenders)
 
         assert during > 50 and recounter.calls > 6 * 60, (during, recounter.calls)
+        assert len(raced) >= 5, raced
         sessions, sums = await counts(tool_store)
         assert sessions == {s: await held(tool_store, s) for s in sessions}
         users = {"a": 0, "b": 0}
@@ -246,6 +265,18 @@ async def test_a_recount_beside_appends_leaves_every_count_exact(
     finally:
         await live.close()
         await tool_store.close()
+
+
+async def sum_and_counts(storage: RedisStorage, user: str) -> tuple[int, int]:
+    """The user's sum and the sum of its sessions' counts, read in one transaction."""
+    layout = storage.layout
+    ids = await storage.redis.call("ZRANGE", layout.index + f"user:{user}", 0, -1)
+    pipe = storage.redis.client.pipeline(transaction=True)
+    pipe.execute_command("HGET", layout.index + "userbytes", user)
+    for session_id in ids:
+        pipe.execute_command("HGET", layout.meta(session_id.decode()), "bytes")
+    held_sum, *counts = await pipe.execute()
+    return int(held_sum or 0), sum(int(count or 0) for count in counts)
 
 
 async def test_a_recount_of_a_right_store_changes_nothing(url: Callable[[], str]) -> None:
