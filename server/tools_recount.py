@@ -16,9 +16,7 @@ the totals; progress goes to stderr at most once a second.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bamboo_session.persistence import parse_store_url
@@ -72,8 +70,6 @@ async def _recount(args: argparse.Namespace) -> int:
         parsed = parse_store_url(store_url(args))
     except ValueError as exc:
         raise ToolError(str(exc)) from None
-    if parsed.scheme == "sqlite" and not await asyncio.to_thread(Path(parsed.location).is_file):
-        raise ToolError(f"no SQLite store at {parsed.location}")  # a writing open makes one
     counted_at_open = parsed.scheme in COUNTED_AT_OPEN
     async with offline_store(
         args, read_only=counted_at_open, offline=True, when_locked=STOP_FIRST

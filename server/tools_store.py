@@ -5,7 +5,10 @@ Offline, the store is ``--store URL`` or ``--data-dir DIR``, else what ``serve``
 use: ``BAMBOO_STORE``, else ``BAMBOO_DATA_DIR``, else ``~/.bamboo/sessions``. Reads open
 it read-only (``open_storage(url, read_only=True)``): they create nothing, write
 nothing, and refuse a directory that is not a store, naming it. Only ``cleanup``'s
-removals open it for writing, and only once a read-only pass found a store there.
+removals, ``delete`` and ``recount`` open it for writing, and none of them makes a store
+where there is none: a JSONL data directory and an SQLite file must exist already. A
+store a server holds is refused for writing; the tools that write have no ``--url``,
+so the refusal says to stop the server first.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ async def offline_store(
     *,
     read_only: bool,
     offline: bool = False,
-    when_locked: str = "ask it with --url instead",
+    when_locked: str = "stop it first",
 ) -> AsyncIterator[Storage]:
     """The store ``args`` names, open (read-only unless told otherwise), closed after.
     ``offline``: a read-only open that refuses a store a server holds, as a writing
@@ -105,6 +108,8 @@ async def offline_store(
     where = parsed.location or url
     if parsed.scheme == "jsonl" and not await asyncio.to_thread(Path(where).is_dir):
         raise ToolError(f"no data directory at {where}")
+    if parsed.scheme == "sqlite" and not await asyncio.to_thread(Path(where).is_file):
+        raise ToolError(f"no SQLite store at {where}")  # a writing open would make one
     try:
         storage = await open_storage(
             url, read_only=read_only, offline=offline, cleanup_interval=None

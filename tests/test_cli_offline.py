@@ -210,4 +210,15 @@ async def test_delete_is_refused_while_a_server_holds_the_store(tmp_path: Path) 
             tool, "delete", "busy", "--data-dir", str(tmp_path)
         )
     assert code == 1 and out == ""
-    assert "in use by a running server" in err
+    # No --url to turn to: the tools that write have none.
+    assert err.strip() == f"bamboo-session: {tmp_path} is in use by a running server; stop it first"
+
+
+@pytest.mark.parametrize("command", [["delete", "a"], ["cleanup"], ["recount"]])
+def test_a_tool_that_writes_makes_no_sqlite_store_where_there_is_none(
+    tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "typo.db"
+    code, out, err = tool(*command, "--store", f"sqlite://{path}")
+    assert (code, out, err.strip()) == (1, "", f"bamboo-session: no SQLite store at {path}")
+    assert list(tmp_path.iterdir()) == []
