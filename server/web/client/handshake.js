@@ -1,0 +1,158 @@
+// @ts-check
+/**
+ * handshake.js: opening one connection to a session (the upgrade, `hello`, `welcome`),
+ * and the one question the client asks the HTTP API on the same port.
+ *
+ * {@link dial} either hands the welcomed connection over (before its promise resolves,
+ * so that no frame of it can be missed) or rejects with what the attempt means: a
+ * {@link Retry} when a later attempt may succeed (no route, a timeout, a resumable close
+ * code), a typed {@link ClientError} when it would not (a refusal, a closed session, a
+ * welcome it cannot use). {@link eventsAfter} asks `GET /api/v1/sessions/{id}/events`
+ * whether the log holds an event after a seq, and of which epoch that log is (for a
+ * session that ended, or was replaced, while the client was away).
+ *
+ * @module bamboo/handshake
+ */
+
+import { ClientError, Refused, Retry, closeError } from "./errors.js";
+import { decodeFrame, sendQuietly } from "./frames.js";
+import { eventsUrl, isSessionId } from "./urls.js";
+
+export const SUBPROTOCOL = "bamboo.v1";
+
+/**
+ * @typedef {object} Dial what one attempt takes from the client, and tells it
+ * @property {typeof WebSocket} WebSocket the class to connect with
+ * @property {string} url the session's stream URL
+ * @property {string | null} sessionId the session asked for, if any
+ * @property {number} openTimeout ms for the upgrade, then as many for the welcome
+ * @property {() => Record<string, unknown>} hello the `hello`, made once the upgrade is
+ *   done (it says where to resume from as of that moment)
+ * @property {(ws: WebSocket | null) => void} opening the connection being opened, then
+ *   null once the attempt is settled: the client closes it if it ends meanwhile
+ * @property {() => ClientError | null} failure why the client ended, if it has
+ * @property {() => string | null} closedReason the reason of the last `closed` frame
+ * @property {(reason: string) => void} closed a `closed` frame came before the welcome
+ * @property {(ws: WebSocket, welcome: any) => void} welcomed takes the connection in
+ */
+
+/** The token for the next connection: the fixed one, or what the function gives now.
+ * @param {import("./types.js").TokenSource | undefined} token
+ * @returns {Promise<string | undefined>} */
+export async function tokenNow(token) {
+  if (typeof token !== "function") return token;
+  const fresh = await token();
+  if (typeof fresh !== "string") {
+    throw new TypeError(`the token function gave ${typeof fresh}, not a string`);
+  }
+  return fresh;
+}
+
+/**
+ * One attempt: upgrade, `hello`, `welcome`. Resolves once `d.welcomed` took the
+ * connection in; rejects with {@link Retry} for failures worth retrying, a
+ * {@link ClientError} for the others.
+ * @param {Dial} d @returns {Promise<void>}
+ */
+export function dial(d) {
+  return new Promise((resolve, reject) => {
+    /** @type {WebSocket} */
+    let ws;
+    try {
+      ws = new d.WebSocket(d.url, [SUBPROTOCOL]);
+    } catch (error) {
+      reject(new Retry(`cannot connect: ${error}`));
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    d.opening(ws);
+    let settled = false;
+    let refusal = ""; // an error frame sent before the close
+    /** @param {Error} error */
+    const fail = (error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      d.opening(null);
+      if (ws.readyState !== ws.CLOSED) ws.close();
+      reject(error);
+    };
+    let timer = setTimeout(() => fail(new Retry("no upgrade in time")), d.openTimeout);
+    ws.onopen = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fail(new Retry("no welcome in time")), d.openTimeout);
+      sendQuietly(ws, JSON.stringify(d.hello()));
+    };
+    ws.onerror = () => {}; // the close event that follows says what happened
+    ws.onclose = (event) => fail(closeError(event.code, event.reason || refusal, d.closedReason()));
+    ws.onmessage = (message) => {
+      if (settled) return;
+      const frame = decodeFrame(message.data);
+      const problem = frame?.type === "welcome" ? welcomeProblem(frame, d.sessionId) : null;
+      const failure = d.failure();
+      if (frame?.type === "welcome" && failure !== null) {
+        fail(failure); // closed while this connection was being opened
+      } else if (problem !== null) {
+        fail(new Refused(1008, `malformed welcome: ${problem}`));
+      } else if (frame?.type === "welcome") {
+        settled = true;
+        clearTimeout(timer);
+        d.opening(null);
+        d.welcomed(ws, frame);
+        resolve();
+      } else if (frame?.type === "error") {
+        refusal = String(frame.message);
+      } else if (frame?.type === "closed") {
+        d.closed(String(frame.reason));
+      } else {
+        fail(new Refused(1008, `no welcome: ${frame === null ? "malformed frame" : frame.type}`));
+      }
+    };
+  });
+}
+
+/**
+ * What makes a welcome unusable, or null. Checked before the client takes it in, so
+ * that a broken (or hostile) server's welcome is a refusal rather than a connect that
+ * never settles; and one for another session than the one asked for is refused too.
+ * @param {any} welcome @param {string | null} sessionId the session asked for, if any
+ * @returns {string | null}
+ */
+function welcomeProblem(welcome, sessionId) {
+  const session = welcome.session;
+  if (session === null || typeof session !== "object") return "no session";
+  const id = session.id;
+  if (typeof id !== "string" || !isSessionId(id)) return "no valid session id";
+  if (sessionId !== null && id !== sessionId) return `session ${id}, not ${sessionId}`;
+  if (typeof welcome.epoch !== "string") return "no epoch";
+  if (!Number.isSafeInteger(welcome.last_seq) || welcome.last_seq < 0) return "no last_seq";
+  return null;
+}
+
+/**
+ * Whether the session's log holds an event after `afterSeq`, its `last_seq`, and
+ * the epoch of that log (null from a server that does not say): `GET
+ * /api/v1/sessions/{id}/events?after_seq=…&limit=1` on the server of `baseUrl`, with
+ * the client's token, within `timeout` ms. Rejects when the answer cannot be had (no
+ * connection, a timeout, a status other than 200, a malformed body).
+ * @param {string} baseUrl @param {string} sessionId @param {number} afterSeq
+ * @param {() => Promise<string | undefined>} token @param {number} timeout
+ * @returns {Promise<{ added: boolean, lastSeq: number, epoch: string | null }>}
+ */
+export async function eventsAfter(baseUrl, sessionId, afterSeq, token, timeout) {
+  if (typeof fetch !== "function") throw new TypeError("no fetch here");
+  const bearer = await token();
+  /** @type {Record<string, string>} */
+  const headers = { Accept: "application/json" };
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  const response = await fetch(eventsUrl(baseUrl, sessionId, afterSeq, 1), {
+    headers,
+    signal: AbortSignal.timeout(timeout),
+  });
+  if (response.status !== 200) throw new Error(`HTTP ${response.status}`);
+  const page = await response.json();
+  if (!Array.isArray(page?.events) || !Number.isSafeInteger(page.last_seq))
+    throw new Error("malformed events page");
+  const epoch = typeof page.epoch === "string" ? page.epoch : null;
+  return { added: page.events.length > 0, lastSeq: page.last_seq, epoch };
+}

@@ -1,0 +1,343 @@
+// @ts-check
+/**
+ * link.js: keeps a client attached to its session across drops. It opens one
+ * connection at a time (handshake.js), hands every frame of the one in use to the
+ * client's state (state.js), and sends requests on it: at once when it is ready, else
+ * with every unanswered one, oldest first, once the next connection is welcomed.
+ *
+ * When the connection closes with a code worth a resume ({@link closeError}), the link
+ * reconnects with exponential backoff and full jitter, until welcomed, refused, given up
+ * (`maxRetries`) or closed; anything else ends the client ({@link Link#finish}). It
+ * also pauses on purpose: a connection that skipped events past the full events queue
+ * is closed as soon as no reply is awaited on it, and the link resumes once `events()`
+ * has read the queue down to half (or at once when a request needs a connection).
+ *
+ * @module bamboo/link
+ */
+
+import { ClientError, Retry, SessionEnded, asClientError, closeError } from "./errors.js";
+import { decodeFrame, frameBytes, sendQuietly } from "./frames.js";
+import { dial, eventsAfter, tokenNow } from "./handshake.js";
+import { replyWithin } from "./pending.js";
+import { ClientState } from "./state.js";
+import { streamUrl } from "./urls.js";
+
+/**
+ * @typedef {import("./types.js").Settings} Settings
+ * @typedef {import("./types.js").ConnectionState} ConnectionState
+ * @typedef {import("./client.js").BambooClient} BambooClient
+ */
+
+// A connection that held less than this (ms) was no recovery: the backoff goes on growing
+// and counting towards maxRetries instead of starting again from the first wait, so a
+// server that welcomes then closes at once (or tokens that expire at once) is not hammered.
+const STABLE_AFTER = 10_000;
+
+export class Link {
+  #client;
+  #baseUrl;
+  #WebSocket;
+  #options;
+  #state;
+  /** @type {WebSocket | null} the connection in use, once welcomed */
+  #ws = null;
+  /** @type {WebSocket | null} a connection being opened */
+  #opening = null;
+  #generation = 0;
+  #ready = false; // connected, and every earlier request resent
+  #attempts = 0; // reconnect attempts since the last connection that held STABLE_AFTER
+  #welcomedAt = 0; // performance.now() at the last welcome
+  #paused = false; // disconnected on purpose until the queue is read down (or a request)
+  /** @type {{ timer: ReturnType<typeof setTimeout>, wake: () => void } | null} */
+  #sleeper = null;
+  /** @type {ConnectionState} */
+  #connectionState = "connecting";
+
+  /**
+   * @param {BambooClient} client the public face: its events are dispatched on it, and
+   *   its counters kept @param {string} baseUrl @param {typeof WebSocket} WebSocketClass
+   * @param {Settings} options
+   */
+  constructor(client, baseUrl, WebSocketClass, options) {
+    this.#client = client;
+    this.#baseUrl = baseUrl;
+    this.#WebSocket = WebSocketClass;
+    this.#options = options;
+    this.#state = new ClientState(client, options, {
+      pauseIfIdle: () => this.#pauseIfIdle(),
+      taken: () => this.#taken(),
+    });
+  }
+
+  /** @returns {ClientState} what the client knows of its session */
+  get state() {
+    return this.#state;
+  }
+
+  /** @returns {boolean} connected, and every earlier request resent */
+  get connected() {
+    return this.#ready;
+  }
+
+  /** @returns {ConnectionState} */
+  get connectionState() {
+    return this.#connectionState;
+  }
+
+  /** The first connection failed (`connect()` rejects): closed, with no `"state"` event. */
+  abandon() {
+    this.#connectionState = "closed";
+  }
+
+  // -- requests -------------------------------------------------------------------------
+
+  /** @param {Record<string, unknown>} frame @param {boolean} [isPublish] @returns {Promise<any>} */
+  request(frame, isPublish = false) {
+    const failure = this.#state.failure;
+    if (failure !== null) return Promise.reject(failure);
+    const { id, pending, reply } = this.#state.pending.add(frame, isPublish);
+    if (this.#paused) this.#unpause(); // its reply must come, whatever the queue holds
+    if (this.#ready && this.#ws !== null) {
+      // Sent now; if the connection drops first, the reconnect resends it.
+      pending.sentOn = this.#generation;
+      sendQuietly(this.#ws, pending.data);
+    } else {
+      this.#pauseIfIdle(); // held back from a connection that skips: resume to send it
+    }
+    const timeout = this.#options.requestTimeout;
+    if (timeout == null) return reply;
+    return replyWithin(pending, reply, timeout, () => {
+      // A publish stays pending until answered: it may be stored already, and its
+      // seq must be accounted for.
+      if (!isPublish && this.#state.pending.forget(id)) this.#pauseIfIdle();
+    });
+  }
+
+  // -- pausing while the events queue is full ---------------------------------------------
+
+  /** `events()` took an item: a connection that skipped events may resume once the
+   * queue is read down. */
+  #taken() {
+    if (this.#state.overflowed && this.#state.feed.drained()) {
+      if (this.#paused) this.#unpause();
+      else {
+        // Requests await replies on this connection: send no more on it, and let the
+        // last reply close it (#pauseIfIdle) and resume at once.
+        this.#ready = false;
+        this.#pauseIfIdle();
+      }
+    }
+  }
+
+  /**
+   * A connection that skipped events is closed as soon as no reply is awaited on it
+   * (a reply after the close would be lost): the next connection resumes from the last
+   * event queued. Paused until the queue is read down; at once when it already is.
+   */
+  #pauseIfIdle() {
+    const ws = this.#ws;
+    const state = this.#state;
+    if (!state.overflowed || ws === null || state.pending.inFlight(this.#generation) > 0) return;
+    this.#ws = null; // its close is ours: #onClose ignores it
+    this.#ready = false;
+    ws.close(1000, "events queue full");
+    state.fellBehind(); // it skipped events: only a resume brings them
+    this.#paused = true;
+    if (state.feed.drained()) this.#unpause();
+    else this.#setState("paused");
+  }
+
+  /** Connect again after a pause, resuming from the last event queued. */
+  #unpause() {
+    this.#paused = false;
+    if (!this.#options.reconnect) {
+      const why = "events skipped past the full events queue need a resume";
+      this.finish(this.#state.lost(`${why}, and reconnect is off`));
+      return;
+    }
+    this.#attempts = 0; // a pause is no failure: its connection was fine
+    void this.#reconnect(new Retry("events queue read down"));
+  }
+
+  // -- connection -------------------------------------------------------------------------
+
+  /**
+   * One connection: the current token, upgrade, hello, welcome, then every unanswered
+   * request resent. Rejects with {@link Retry} for failures worth retrying, a
+   * {@link ClientError} for the others, and what a token function threw.
+   * @returns {Promise<void>}
+   */
+  async open() {
+    const token = await tokenNow(this.#options.token);
+    const failure = this.#state.failure;
+    if (failure !== null) throw failure; // closed while the token came
+    const client = this.#client;
+    return dial({
+      WebSocket: this.#WebSocket,
+      url: streamUrl(this.#baseUrl, this.#state.sessionId),
+      sessionId: this.#state.sessionId,
+      openTimeout: this.#options.openTimeout,
+      hello: () => this.#state.hello(token, this.#generation === 0),
+      opening: (ws) => (this.#opening = ws),
+      failure: () => this.#state.failure,
+      closedReason: () => client.closedReason,
+      closed: (reason) => (client.closedReason = reason),
+      welcomed: (ws, welcome) => {
+        this.#state.welcomed(welcome, this.#generation === 0);
+        this.#attach(ws);
+      },
+    });
+  }
+
+  /** Make a welcomed connection the one in use. @param {WebSocket} ws */
+  #attach(ws) {
+    this.#ws = ws;
+    this.#welcomedAt = performance.now();
+    this.#generation += 1;
+    if (this.#generation > 1) this.#client.reconnects += 1;
+    ws.onmessage = (message) => this.#onMessage(ws, message.data);
+    this.#paused = false;
+    ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
+    // Every request not yet sent on this connection, oldest first.
+    const send = (/** @type {string} */ data) => sendQuietly(ws, data);
+    this.#client.resent += this.#state.pending.resend(this.#generation, send);
+    this.#ready = true;
+    this.#setState("open");
+  }
+
+  /** @param {WebSocket} ws @param {unknown} data */
+  #onMessage(ws, data) {
+    if (ws !== this.#ws || this.#state.failure !== null) return;
+    const frame = decodeFrame(data);
+    try {
+      if (frame === null) throw new ClientError("malformed frame from the server");
+      this.#state.handle(frame, frameBytes(data));
+    } catch (error) {
+      this.finish(error instanceof ClientError ? error : new ClientError(String(error)));
+    }
+  }
+
+  /** @param {WebSocket} ws @param {number} code @param {string} reason */
+  #onClose(ws, code, reason) {
+    if (ws !== this.#ws) return;
+    this.#ws = null;
+    this.#ready = false;
+    const state = this.#state;
+    if (state.failure !== null) return;
+    const error = this.#tokenExpired(code)
+      ? new Retry("token expired")
+      : closeError(code, reason, this.#client.closedReason);
+    // What the server still had for us went with this connection when it skipped
+    // events, or when the server dropped us as too slow to read.
+    if (error instanceof Retry && (state.overflowed || code === 4429)) state.fellBehind();
+    if (!(error instanceof Retry)) this.finish(state.unlessBehind(error));
+    else if (!this.#options.reconnect) this.finish(state.lost(`connection lost: ${error.message}`));
+    else void this.#reconnect(error);
+  }
+
+  /**
+   * The server closed an open connection with 4401 (its token expired) and a token
+   * function can give a fresh one: resume with it rather than stop. A 4401 at the
+   * handshake with that fresh token still ends the client, so a token function that
+   * gives bad tokens cannot make it loop. @param {number} code
+   */
+  #tokenExpired(code) {
+    return code === 4401 && typeof this.#options.token === "function";
+  }
+
+  /** Reconnect with backoff until welcomed, refused, given up or closed. @param {Error} error */
+  async #reconnect(error) {
+    this.#setState("reconnecting");
+    if (performance.now() - this.#welcomedAt >= STABLE_AFTER) this.#attempts = 0;
+    const { maxRetries } = this.#options;
+    const state = this.#state;
+    while (state.failure === null) {
+      const attempts = this.#attempts;
+      if (maxRetries != null && attempts >= maxRetries) {
+        this.finish(state.lost(`gave up after ${attempts} attempts: ${error.message}`));
+        return;
+      }
+      await this.#sleep(this.#backoff(attempts));
+      if (state.failure !== null) return;
+      this.#attempts += 1;
+      try {
+        await this.open();
+        return;
+      } catch (failure) {
+        if (failure instanceof Retry) error = failure;
+        else if (failure instanceof SessionEnded) this.finish(await this.#endedWhileAway(failure));
+        else this.finish(state.unlessBehind(asClientError(failure)));
+      }
+    }
+  }
+
+  /** What ends a client whose resume was refused because its session ended meanwhile
+   * (see `ClientState#endedWhileAway`): the HTTP question is asked with this client's
+   * token, within `openTimeout`. @param {SessionEnded} error */
+  #endedWhileAway(error) {
+    const { token, openTimeout } = this.#options;
+    return this.#state.endedWhileAway(error, (sessionId, afterSeq) =>
+      eventsAfter(this.#baseUrl, sessionId, afterSeq, () => tokenNow(token), openTimeout),
+    );
+  }
+
+  /** Full jitter: uniform in [0, min(max, initial * 2**attempt)]; the first retry waits
+   * at least half of it, so a closing server is not hammered. @param {number} attempt */
+  #backoff(attempt) {
+    const { backoffInitial, backoffMax } = this.#options;
+    const ceiling = Math.min(backoffMax, backoffInitial * 2 ** attempt);
+    const floor = attempt === 0 ? ceiling / 2 : 0;
+    return floor + Math.random() * (ceiling - floor);
+  }
+
+  /** A wait that `close()` cuts short. @param {number} ms @returns {Promise<void>} */
+  #sleep(ms) {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#sleeper = null;
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#sleeper = { timer, wake };
+    });
+  }
+
+  // -- the end ----------------------------------------------------------------------------
+
+  /** End this client: fail what waits, end `events()`, close the connection.
+   * @param {ClientError} failure */
+  finish(failure) {
+    if (!this.#state.finish(failure)) return;
+    this.#ready = false;
+    this.#sleeper?.wake();
+    for (const ws of [this.#ws, this.#opening]) {
+      if (ws !== null && ws.readyState !== ws.CLOSING && ws.readyState !== ws.CLOSED) {
+        ws.close(1000);
+      }
+    }
+    this.#setState("closed", failure);
+  }
+
+  /** End this client (see `BambooClient#close`), and wait for its connection's close. */
+  async close() {
+    this.finish(new SessionEnded("client closed", 1000));
+    const ws = this.#ws ?? this.#opening;
+    if (ws === null || ws.readyState === ws.CLOSED) return;
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        resolve(undefined);
+      });
+    });
+  }
+
+  /** @param {ConnectionState} state @param {ClientError} [error] */
+  #setState(state, error) {
+    if (this.#connectionState === state) return;
+    this.#connectionState = state;
+    const detail = error ? { state, error } : { state };
+    this.#client.dispatchEvent(new CustomEvent("state", { detail }));
+  }
+}

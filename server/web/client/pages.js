@@ -1,0 +1,44 @@
+// @ts-check
+/**
+ * pages.js: reading a session's log page by page, every page of one log.
+ *
+ * An `events` reply is fenced by its connection's epoch, so one page is always of one
+ * log. Two pages of a read are not: a client that reconnects between them may come back
+ * to another log under the same session id (the session deleted and created again, or
+ * expired and replaced), whose seqs start from 1 again. Joined to the pages already
+ * read, its pages would make a log that never existed. So a read pins the epoch of its
+ * first page (or the caller's) and stops with {@link EpochChanged} at a page of another
+ * one. It does not start again on the new log by itself: its caller holds what the old
+ * pages said, and decides.
+ *
+ * @module bamboo/pages
+ */
+
+import { EpochChanged } from "./errors.js";
+
+/** @typedef {import("./types.js").EventPage} EventPage */
+
+/**
+ * The log after `afterSeq` in pages of at most `page` events (none empty), each read
+ * with `read` as it is iterated, up to the log's `lastSeq`; see `BambooClient#eventPages`.
+ * @param {(query: { afterSeq: number, limit: number }) => Promise<EventPage>} read
+ * @param {{ afterSeq: number, page: number, epoch: string | null }} options
+ * @returns {AsyncGenerator<EventPage, void, undefined>}
+ */
+export async function* readPages(read, { afterSeq, page, epoch }) {
+  // An `events` reply is fenced by its connection's epoch, but two pages may come on
+  // two connections: the second, after a reconnect, onto a session that replaced ours.
+  let pinned = epoch ?? null;
+  for (;;) {
+    const got = await read({ afterSeq, limit: page });
+    if (got.epoch !== null) {
+      if (pinned === null) pinned = got.epoch;
+      else if (got.epoch !== pinned) throw new EpochChanged(pinned, got.epoch, afterSeq);
+    }
+    const last = got.events.at(-1);
+    if (last === undefined) return;
+    yield got;
+    if (last.seq >= got.lastSeq) return;
+    afterSeq = last.seq;
+  }
+}
