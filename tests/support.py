@@ -1,11 +1,13 @@
 """Shared helpers of the integration tests: a real server on an ephemeral loopback port
-(``run_server``), and a thin raw WebSocket peer that speaks frames as dicts."""
+(``run_server``), a thin raw WebSocket peer that speaks frames as dicts, and the modules
+of the JavaScript client (``client_modules``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
@@ -20,6 +22,10 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 
 RECV_TIMEOUT = 5.0
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "server" / "web" / "client"
+# A static import or re-export of a sibling module (`import { … } from "./x.js";`,
+# `export { … } from "./x.js";`). A JSDoc type's `import("./x.js")` loads nothing.
+_SIBLING_IMPORT = re.compile(r'^(?:import|export) [^;]*? from "\./([^"/]+)";', re.M | re.S)
 # The store of every run_server that names none (tests/server_backends.py sets it).
 default_store: str | None = None
 
@@ -164,3 +170,16 @@ async def get(
 
 def token(content: str) -> dict[str, Any]:
     return {"type": "token", "content": content}
+
+
+def client_modules() -> set[str]:
+    """The files of server/web/client/ that a page loads when it imports the client's
+    entry, ``bamboo.js``: the entry and every module its static imports reach."""
+    found: set[str] = set()
+    todo = ["bamboo.js"]
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(_SIBLING_IMPORT.findall((CLIENT_DIR / name).read_text()))
+    return found

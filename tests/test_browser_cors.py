@@ -1,6 +1,7 @@
 """The HTTP API read by a page of another origin in a real headless Chromium (CORS):
 a ``fetch`` with a token (a preflight first), and the JavaScript client's check after
-a resume refused with 4409, which now learns whether events were missed."""
+a resume refused with 4409, which now learns whether events were missed; and the
+client's modules, which such a page loads from the server, cross-origin."""
 
 from __future__ import annotations
 
@@ -14,12 +15,36 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
 from tests.browser import eventually
 from tests.proxies import HttpProxy
-from tests.support import run_server
+from tests.support import client_modules, run_server
 
 pytest.importorskip("playwright.async_api")
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SECRET = "cors-test-secret-" + "x" * 32
+# What /client/bamboo.js exports: the client's API, as it was before the entry re-exported
+# it from sibling modules.
+CLIENT_EXPORTS = [
+    "BambooClient",
+    "ClientError",
+    "ConnectionLost",
+    "EpochChanged",
+    "Forbidden",
+    "MAX_QUEUED_BYTES",
+    "MAX_QUEUED_EVENTS",
+    "NotFound",
+    "RESUME_CODES",
+    "Refused",
+    "RequestError",
+    "RequestTimeout",
+    "STREAM_PATH",
+    "SUBPROTOCOL",
+    "SequenceError",
+    "SessionEnded",
+    "Unauthorized",
+    "eventsUrl",
+    "newKey",
+    "streamUrl",
+]
 
 
 def make_token(sub: str, role: str = "user") -> str:
@@ -36,6 +61,38 @@ async def foreign_page(browser: Any, app_origin: str, port: int) -> Any:
         f"http://127.0.0.1:{port}/client/bamboo.js",
     )
     return page
+
+
+async def test_a_page_of_another_origin_loads_every_module_of_the_client(
+    browser: Any, app_origin: str
+) -> None:
+    """bamboo.js imports its sibling modules by relative URL, so a page of another
+    origin that imports it loads each of them from the server, cross-origin (a module
+    is always fetched with CORS: one served without ``Access-Control-Allow-Origin``
+    fails the import). Every module the entry reaches comes from the server, the entry
+    exports the client's whole API, and the client works."""
+    async with run_server(shutdown_grace=0.5) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        page = await foreign_page(browser, app_origin, server.port)
+        assert page.url.startswith("http://localhost:") and not page.url.startswith(base)
+        loaded = await page.evaluate(
+            "() => performance.getEntriesByType('resource').map((entry) => entry.name)"
+        )
+        modules = {f"{base}/client/{name}" for name in client_modules()}
+        assert {name for name in loaded if "/client/" in name} == modules
+        assert await page.evaluate("Object.keys(window.bamboo).sort()") == CLIENT_EXPORTS
+        outcome = await page.evaluate(
+            """async (url) => {
+              const { BambooClient } = window.bamboo;
+              const c = await BambooClient.connect(url, { sessionId: "modules", create: true });
+              const seq = await c.publish({ type: "token", content: "hi" });
+              const { events } = await c.readEvents();
+              await c.close();
+              return { seq, read: events.map((item) => item.seq), state: c.state };
+            }""",
+            base,
+        )
+        assert outcome == {"seq": 1, "read": [1], "state": "closed"}
 
 
 async def test_a_page_of_another_origin_reads_the_api_with_its_token(

@@ -16,8 +16,8 @@ import pytest
 
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.web import WEB_DIR
-from tests.support import run_server, token
+from bamboo_session.server.web import CLIENT_PREFIX, WEB_DIR, assets
+from tests.support import CLIENT_DIR, client_modules, run_server, token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +109,43 @@ async def test_client_module_may_be_imported_from_any_origin() -> None:
         assert reply.headers["content-type"] == "text/javascript; charset=utf-8"
         assert reply.headers["access-control-allow-origin"] == "*"
         assert b"export { BambooClient }" in reply.body  # from its sibling client.js
+
+
+async def test_every_module_of_the_client_is_served_as_its_entry_is() -> None:
+    """bamboo.js imports its sibling modules by relative URL, so a page that imports it,
+    from any origin, loads each of them from /client/ too: each is served as the entry
+    is (JavaScript, ``Access-Control-Allow-Origin: *``, a cross-origin resource policy,
+    ``no-cache`` with an ETag that revalidates, and no console policy), and the folder
+    serves its JavaScript only (its package.json is for Node)."""
+    modules = client_modules()
+    assert {"bamboo.js", "client.js", "errors.js"} <= modules
+    served = {path for path in assets() if path.startswith(CLIENT_PREFIX)}
+    assert served == {CLIENT_PREFIX + path.name for path in CLIENT_DIR.glob("*.js")}
+    assert {CLIENT_PREFIX + name for name in modules} <= served
+    alike = (
+        "content-type",
+        "access-control-allow-origin",
+        "cross-origin-resource-policy",
+        "cache-control",
+        "x-content-type-options",
+        "referrer-policy",
+        "content-security-policy",
+    )
+    async with run_server() as server:
+        origin = "https://app.example"
+        entry = await fetch(server, "/client/bamboo.js", Origin=origin)
+        assert entry.headers["access-control-allow-origin"] == "*"
+        for name in sorted(modules):
+            reply = await fetch(server, CLIENT_PREFIX + name, Origin=origin)
+            assert reply.status == 200, name
+            assert reply.body == (CLIENT_DIR / name).read_bytes(), name
+            for header in alike:
+                assert reply.headers.get(header) == entry.headers.get(header), (name, header)
+            again = await fetch(
+                server, CLIENT_PREFIX + name, **{"If-None-Match": reply.headers["etag"]}
+            )
+            assert again.status == 304, name
+        assert (await fetch(server, "/client/package.json")).status == 404
 
 
 async def test_unchanged_assets_revalidate_with_304() -> None:
