@@ -3,8 +3,9 @@
 The files live in ``server/web/`` (package data, so they ship in the wheel) and are
 served from memory, read once:
 
-- ``/client/<file>``: the dependency-free ES module client (``bamboo.js``). Pages on
-  other origins may import it (``Access-Control-Allow-Origin: *``).
+- ``/client/<file>``: the JavaScript client, dependency-free ES modules: ``bamboo.js``,
+  the entry, and the modules it imports by relative URL. Pages on other origins may
+  import it, so every one of them is served with ``Access-Control-Allow-Origin: *``.
 - ``/console`` and ``/console/<file>``: the web console (``console/index.html`` and its
   ES modules and stylesheet), under a strict Content-Security-Policy: scripts and styles
   from this origin only, no inline code, no ``innerHTML``-style sinks (Trusted Types).
