@@ -42,6 +42,7 @@ from .http import (
     stream_route,
     upgrade_required,
 )
+from .http_pages import HttpPeer
 from .http_requests import UnansweredRequests
 from .http_wire import BambooConnection
 from .limits import ConnectionCounter
@@ -50,8 +51,8 @@ from .manager import SessionManager
 from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
+from .read_allowance import ReadAllowances
 from .readiness import Readiness
-from .replay_allowance import ReplayAllowances
 from .responses import StreamedResponse, UnreadAnswers, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
@@ -149,11 +150,7 @@ class BambooServer:
             ),
             Flusher(),
             self._manager.page_reads,
-            ReplayAllowances(
-                config.rate_limit_bytes,
-                config.rate_limit_bytes_burst,
-                self.metrics.replay_wait_seconds.inc,
-            ),
+            ReadAllowances(config.rate_limit_bytes, config.rate_limit_bytes_burst),
         )
         self._server = await serve(
             self._handle,
@@ -269,10 +266,12 @@ class BambooServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        response = await self._answer_request(request)
+        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
+        address = connection.remote_address
+        peer = HttpPeer(str(address[0]) if address else None, connection.connection_lost_waiter)
+        response = await self._answer_request(request, peer)
         if response is None:
             return None
-        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         streamed = isinstance(response, StreamedResponse)
         if isinstance(response, StreamedResponse) and request.protocol != "HTTP/1.1":
             # No Transfer-Encoding in an answer to HTTP/1.0 (RFC 9112 6.1): its body
@@ -297,7 +296,7 @@ class BambooServer:
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 
-    async def _answer_request(self, request: Request) -> Response | None:
+    async def _answer_request(self, request: Request, peer: HttpPeer) -> Response | None:
         """The answer to a request that does not become a WebSocket, else None."""
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
@@ -319,7 +318,7 @@ class BambooServer:
                 # A page would be refused once read. Not a HEAD: its answer has no body,
                 # and is never refused for the bytes it holds.
                 return self.unread_answers.busy()
-            return await handle_get(self.services, request)
+            return await handle_get(self.services, request, peer)
         try:
             stream_route(request.path)
         except BadRoute as exc:

@@ -44,9 +44,9 @@ from .http_wire import BambooConnection
 from .limits import FrameLimiter
 from .outbound import Outbound
 from .outbox import CloseRequest, Outbox, Replay, send_frames
-from .page_requests import page_reply
+from .page_requests import answer_page
+from .read_allowance import ReadAllowance
 from .replay import send_replay
-from .replay_allowance import ReplayAllowance
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -68,7 +68,8 @@ class Connection:
         "frames_out",
         "limiter",
         "outbox",
-        "replay_allowance",
+        "page_waited",
+        "read_allowance",
         "services",
         "session_id",
         "started",
@@ -96,7 +97,8 @@ class Connection:
             config.rate_limit, config.rate_limit_burst, config.rate_limit_refusals
         )
         self.counted_user: str | None = None  # counted in services.user_connections
-        self.replay_allowance: ReplayAllowance | None = None  # its peer's, set at attach
+        self.read_allowance: ReadAllowance | None = None  # its peer's, set at attach
+        self.page_waited = 0.0  # seconds its pages waited for that allowance
 
     async def run(self) -> None:
         # Every log line of this connection's tasks carries its ids (task-local context).
@@ -218,7 +220,7 @@ class Connection:
             case PublishBatch():
                 await self._batch(frame, actor, outbox, size)
             case HistoryRequest() | EventsRequest():
-                await self._page(frame, outbox)
+                await answer_page(self, frame, outbox)
             case StateRequest(state=state, id=request_id):
                 command = SetState(SessionState(state), outbox, request_id)
                 await self._submit(actor, outbox, command)
@@ -270,16 +272,10 @@ class Connection:
             await actor.inbox.budget.charged_while(size, actor.room_for(count))
         actor.post_batch(appends)
 
-    async def _page(self, request: HistoryRequest | EventsRequest, outbox: Outbox) -> None:
-        assert self.session_id is not None and self.actor is not None
-        # Read from the log of the epoch it is attached to, never from a session that
-        # took this one's place (its actor not yet told of the change).
-        epoch = self.actor.room.epoch
-        reply = await page_reply(self.services, self.session_id, request, self.codec, epoch)
-        size = len(reply.framed(self.codec))
-        outbox.push(reply)
-        del reply, request  # not kept here while the debt is waited: sent, it is gone
-        await self.ws.charge_reply(size)
+    def count_page_wait(self, seconds: float) -> None:
+        """A page of this connection's waited ``seconds`` for its peer's allowance."""
+        self.page_waited += seconds
+        self.services.metrics.page_wait_seconds.inc(seconds)
 
     def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None
@@ -318,7 +314,7 @@ class Connection:
             self.ws,
             self.codec,
             self.services.config.replay_page_timeout,
-            self.replay_allowance,
+            self.read_allowance,
         )
 
     def framed(self, out: Outbound) -> bytes:
@@ -384,5 +380,6 @@ class Connection:
             frames_in=self.frames_in,
             frames_out=self.frames_out,
             read_wait=round(self.ws.read_waits.waited, 3),
+            page_wait=round(self.page_waited, 3),
             seconds=round(time.monotonic() - self.started, 3),
         )

@@ -125,7 +125,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             conn.counted_user = user
         creator = creator_key(principal.sub if principal else None, _peer_address(ws))
         # Before the attach, which queues the replay the writer sends with it.
-        conn.replay_allowance = services.replay_allowances.of(creator)
+        conn.read_allowance = services.read_allowances.of(creator)
         created: list[float] = []  # when a creation of this hello's ended, if one did
         admission = _noting_creation(services.quotas.admission(creator, deadline), created)
         session_id = await resolve_session(

@@ -23,6 +23,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from . import web
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
+from .http_pages import HttpPeer, allowance_of, charged, over_allowance, paced
 from .http_requests import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import history_page, page_and_last_seq, within_bytes
@@ -88,9 +89,12 @@ def failure_response(exc: BaseException) -> Response:
     return error_response(failure.status, failure.error.value, failure.message(exc), headers)
 
 
-async def handle_get(services: Services, request: Request) -> Response:
+async def handle_get(
+    services: Services, request: Request, peer: HttpPeer | None = None
+) -> Response:
     """The answer to a plain HTTP request (not an upgrade): GET, and HEAD (the same
-    answer without its body)."""
+    answer without its body). ``peer``: who asks, whose read allowance the session
+    API's pages are charged to (server/http_pages.py)."""
     if request.method not in ("GET", "HEAD"):
         return error_response(
             http.HTTPStatus.METHOD_NOT_ALLOWED,
@@ -99,7 +103,7 @@ async def handle_get(services: Services, request: Request) -> Response:
             {"Allow": ALLOWED_METHODS},
         )
     # A HEAD gets the GET's answer; the server drops its body (app.py), for every answer.
-    return await _answer_get(services, request)
+    return await _answer_get(services, request, peer)
 
 
 def upgrade_required() -> Response:
@@ -114,7 +118,7 @@ def upgrade_required() -> Response:
     )
 
 
-async def _answer_get(services: Services, request: Request) -> Response:
+async def _answer_get(services: Services, request: Request, peer: HttpPeer | None) -> Response:
     path, _, query = request.path.partition("?")
     params = dict(urllib.parse.parse_qsl(query, keep_blank_values=False))
     try:
@@ -135,16 +139,18 @@ async def _answer_get(services: Services, request: Request) -> Response:
         if web.is_web_path(path):
             return web.serve(request, path)
         if path == SESSIONS_PATH:
-            return await _list_sessions(services, request, params)
+            return await _list_sessions(services, request, params, peer)
         if path.startswith(SESSIONS_PATH + "/"):
             rest = path[len(SESSIONS_PATH) + 1 :]
-            return await _session_resource(services, request, rest, params)
+            return await _session_resource(services, request, rest, params, peer)
     except (StorageError, Unauthorized, Forbidden) as exc:
         return failure_response(exc)
     return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
 
 
-async def _list_sessions(services: Services, request: Request, params: dict[str, str]) -> Response:
+async def _list_sessions(
+    services: Services, request: Request, params: dict[str, str], peer: HttpPeer | None
+) -> Response:
     # 401 before anything else.
     principal = services.access.authenticate_request(request.headers.get("Authorization"))
     try:
@@ -164,19 +170,28 @@ async def _list_sessions(services: Services, request: Request, params: dict[str,
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
+    allowance = allowance_of(services, principal, peer)
+    refusal = over_allowance(services, allowance)
+    if refusal is not None:
+        return refusal
     result = await services.page_reads.lookup(lambda: services.manager.list_sessions(filter))
     result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
-    return json_response(http.HTTPStatus.OK, result)
+    return charged(allowance, json_response(http.HTTPStatus.OK, result))
 
 
 async def _session_resource(
-    services: Services, request: Request, rest: str, params: dict[str, str]
+    services: Services, request: Request, rest: str, params: dict[str, str], peer: HttpPeer | None
 ) -> Response:
     # Authentication comes first (401 even for a missing session), then 404, then 403.
     principal = services.access.authenticate_request(request.headers.get("Authorization"))
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
+    # Before anything is read: a peer in debt costs the store nothing.
+    allowance = allowance_of(services, principal, peer)
+    refusal = over_allowance(services, allowance)
+    if refusal is not None:
+        return refusal
     reads = services.page_reads
     # One deadline for every store read of the request (websockets drops a request
     # not answered within its open_timeout); the page takes a slot too.
@@ -186,13 +201,16 @@ async def _session_resource(
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     services.access.check_session(principal, metadata)
     if tail == "events":
-        return await reads.read(lambda: _events(services, metadata, params), deadline)
+        events = await reads.read(lambda: _events(services, metadata, params), deadline)
+        return charged(allowance, events)
     if "limit" not in params and "before" not in params:
         # The whole history, streamed: the messages this metadata counts, from the log
         # of its epoch (a session replaced meanwhile fails the reads).
         storage, max_bytes = services.manager.storage, services.config.max_page_bytes
-        return await whole_history_response(reads, storage, metadata, max_bytes, deadline)
-    return await reads.read(lambda: _session(services, metadata, params), deadline)
+        whole = await whole_history_response(reads, storage, metadata, max_bytes, deadline)
+        return paced(whole, allowance, peer, max_bytes, services.metrics.page_wait_seconds.inc)
+    page = await reads.read(lambda: _session(services, metadata, params), deadline)
+    return charged(allowance, page)
 
 
 class _BadParameter(ValueError):

@@ -32,7 +32,7 @@ from bamboo_session.protocol.parsed_frames import handed_on
 
 from .http_requests import UnansweredRequests, json_reject, parse_request
 from .http_stream import AnswerStream
-from .limits import FRAME_BYTES, REPLY_SHARE, ByteRate
+from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 
 if TYPE_CHECKING:
@@ -150,25 +150,6 @@ class BambooConnection(ServerConnection):
                 self._debt = self._meter.charge(len(event.data) + FRAME_BYTES)
             event = handed_on(event)  # not kept by the parser till the next frame
         super().process_event(event)
-
-    async def charge_reply(self, size: int) -> None:
-        """A page a request drew (``history``, ``events``) costs the byte rate a share
-        of its size (limits.REPLY_SHARE): a 60-byte request may draw 1 MiB, and a peer
-        that pipelines them would otherwise have the server send pages as fast as it
-        asks. In debt, returns once it is repaid (or the connection is gone), so that
-        the frames read along with the request (a 4 KiB slice holds sixty of them) wait
-        too, each in turn: the reader awaits this before it takes the next frame."""
-        if self._meter is None:
-            return
-        debt = self._meter.charge(size // REPLY_SHARE)
-        if debt <= 0:
-            return
-        self.read_waits.begin(debt)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wait_closed(), debt)
-        finally:
-            self.read_waits.end()
 
     def _hold(self, rest: bytes) -> None:
         self._held, debt = rest, self._debt

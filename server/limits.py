@@ -7,12 +7,12 @@ closed with 4429.
 :class:`ByteRate` meters the bytes of a connection's frames, every frame read (data,
 continuation and control frames alike) costing its payload and ``FRAME_BYTES`` more:
 over the rate, the connection stops reading until the debt is repaid, so the peer's
-sends wait on TCP; nothing is refused. A page a request draws (``history``,
-``events``) is charged too, a sixteenth of its size (``REPLY_SHARE``; http_wire.py
-``charge_reply``), and so is a resume's replay, to its peer across connections
-(replay_allowance.py). What a frame costs the server is its parse and its decode (a dense
-1 MiB frame takes tens of milliseconds, ten thousand empty Pongs as long), and a count
-of messages alone bounds neither.
+sends wait on TCP; nothing is refused. What a frame costs the server is its parse and
+its decode (a dense 1 MiB frame takes tens of milliseconds, ten thousand empty Pongs as
+long), and a count of messages alone bounds neither. The pages a peer draws (a resume's
+replay, ``history`` and ``events``, the HTTP API's pages) are charged at the same
+figures, a sixteenth of their size (``REPLY_SHARE``), not to the connection but to the
+peer, across its connections and requests (read_allowance.py).
 :class:`ConnectionCounter` caps the concurrent connections of one user.
 """
 
@@ -55,13 +55,13 @@ class TokenBucket:
         return tokens
 
 
-# What a page sent costs against the byte rate, per byte: a sixteenth. A page is read
-# from the log as it was stored and sent as read (about 1.3 ms of the server's CPU a
-# MiB here), where a frame read is parsed and decoded (a dense 1 MiB frame takes tens of
-# milliseconds): so a connection's pages are bounded at 16 times its read rate (32 MiB
-# a second by default, 64 MiB at once), which bounds what a peer pipelining small
-# requests for big pages costs, and leaves a client reading a long log page by page
-# at the speed of its round trips.
+# What a page sent costs against its peer's read allowance (the byte rate's figures),
+# per byte: a sixteenth. A page is read from the log as it was stored and sent as read
+# (about 1.3 ms of the server's CPU a MiB here), where a frame read is parsed and
+# decoded (a dense 1 MiB frame takes tens of milliseconds): so a peer's pages are
+# bounded at 16 times the read rate (32 MiB a second by default, 64 MiB at once), which
+# bounds what a peer asking for big pages with small requests costs, and leaves a
+# client reading a long log page by page at the speed of its round trips.
 REPLY_SHARE = 16
 
 # What each frame read costs beyond its payload: its parse (and a Ping's Pong), so that

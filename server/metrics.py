@@ -150,8 +150,20 @@ class Metrics:
         )
         self.replay_wait_seconds = Counter(
             "bamboo_replay_wait_seconds",
-            "Seconds resumes' replays waited for their peer's replay allowance (the byte "
+            "Seconds resumes' replays waited for their peer's read allowance (the byte "
             "rate's figures, shared by a peer's connections), counted when a wait ends",
+            registry=r,
+        )
+        self.page_wait_seconds = Counter(
+            "bamboo_page_wait_seconds",
+            "Seconds history and events requests, and the pages of whole histories "
+            "streamed over HTTP, waited for their peer's read allowance, counted when a "
+            "wait ends",
+            registry=r,
+        )
+        self.http_rate_limited = Counter(
+            "bamboo_http_rate_limited",
+            "HTTP API requests answered 429: their peer's read allowance was in debt",
             registry=r,
         )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)

@@ -1,12 +1,23 @@
 """A connection's ``history`` and ``events`` requests: each is answered with one page
 read from the store (server/pages.py) within the server's page reads (a slot, a
 deadline), or, when the read fails, with the request's ``error`` (server/failures.py).
+
+A page is charged to its peer's read allowance (server/read_allowance.py), shared with
+the peer's other connections, its replays and its HTTP requests: in debt, the request
+waits before its page is read, and the frames the peer sent behind it wait in turn
+(the reader takes the next one only after this one), so a peer pipelining small
+requests for big pages, on one connection or on many one after the other, gets its
+pages at the allowance's rate. Nothing is refused for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.connection import Connection as WebSocket
 
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.codec import Codec
@@ -14,8 +25,41 @@ from bamboo_session.protocol.frames import Events, EventsRequest, History, Histo
 
 from .failures import request_error
 from .outbound import Outbound
+from .outbox import Outbox
 from .pages import events_reply, history_reply
 from .services import Services
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+async def answer_page(
+    conn: Connection, request: HistoryRequest | EventsRequest, outbox: Outbox
+) -> None:
+    """Queues the reply to ``request`` once the peer's allowance allows (nothing, if the
+    connection is lost or its outbox closes meanwhile), and charges it."""
+    assert conn.session_id is not None and conn.actor is not None
+    allowance = conn.read_allowance
+    if allowance is not None:
+        ended_within = functools.partial(_lost_within, conn.ws)
+        if not await allowance.repaid(ended_within, conn.count_page_wait):
+            return  # the connection is gone: nothing to read a page for
+        if outbox.closing is not None:
+            return  # closing while it waited: as for a frame read now, no answer
+    # Read from the log of the epoch it is attached to, never from a session that took
+    # this one's place (its actor not yet told of the change).
+    epoch = conn.actor.room.epoch
+    reply = await page_reply(conn.services, conn.session_id, request, conn.codec, epoch)
+    if allowance is not None:
+        allowance.charge(len(reply.framed(conn.codec)))
+    outbox.push(reply)
+
+
+async def _lost_within(ws: WebSocket, delay: float) -> bool:
+    """Waits ``delay`` seconds at most; whether the connection is lost by then."""
+    lost = ws.connection_lost_waiter
+    await asyncio.wait((lost,), timeout=delay)
+    return lost.done()
 
 
 async def page_reply(

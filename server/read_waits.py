@@ -1,10 +1,10 @@
 """ReadWaits: how long a connection's reading was held back for its byte rate's debt
 (limits.py), as the connection (http_wire.py) begins and ends its waits.
 
-Two waits may be under way at once: the reads held after a frame ran into debt, and the
-reader waiting after a page it drew (``charge_reply``). What is counted is the time
-reading was actually held back, once for waits that overlap: a close ends a wait early,
-and a busy loop wakes it late, so the debt is not the time waited.
+The waits are the reads held after a frame ran into debt (pages a peer draws wait for
+its read allowance instead, and are counted apart: page_requests.py). What is counted
+is the time reading was actually held back, once for waits that overlap: a close ends
+a wait early, and a busy loop wakes it late, so the debt is not the time waited.
 """
 
 from __future__ import annotations

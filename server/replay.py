@@ -11,7 +11,7 @@ to where the ring begins then goes in front of the ring (``SessionRoom.seed_ring
 that resumers who come later replay it from memory.
 
 ``send_replay`` sends a connection's replay, page after page, each within a deadline,
-and each once its peer's replay allowance allows (server/replay_allowance.py); when
+and each once its peer's read allowance allows (server/read_allowance.py); when
 the session is closed or expires meanwhile, to its end, within the close's bound.
 """
 
@@ -37,7 +37,7 @@ from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
 from .outbox import Outbox, Replay, send_frames
 from .pages import PageReads
-from .replay_allowance import ReplayAllowance
+from .read_allowance import ReadAllowance
 from .replay_charge import PageCharge
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 
@@ -126,7 +126,7 @@ async def send_replay(
     ws: ServerConnection,
     codec: Codec,
     page_timeout: float,
-    allowance: ReplayAllowance | None = None,
+    allowance: ReadAllowance | None = None,
 ) -> int:
     """Send a resume's missed events on ``ws``, a page at a time, each written before
     the next is read; the number of frames sent. A peer that takes nothing of its
@@ -141,7 +141,13 @@ async def send_replay(
     without it, within the close's bound), and is charged once framed."""
     position, through, sent = replay.after, replay.through, 0
     while position < through and _goes_on(outbox):
-        if allowance is not None and not await allowance.repaid(outbox) and not _goes_on(outbox):
+        if (
+            allowance is not None
+            and not await allowance.repaid(
+                functools.partial(_closing_within, outbox), reads.metrics.replay_wait_seconds.inc
+            )
+            and not _goes_on(outbox)
+        ):
             break  # closing meanwhile, and the close cuts the replay
         try:
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
@@ -153,7 +159,7 @@ async def send_replay(
         if not frames or not _goes_on(outbox):
             break
         if allowance is not None:
-            allowance.charge(frames)
+            allowance.charge(sum(map(len, frames)))
         # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
         charge.start(outbox.budget)
@@ -169,6 +175,13 @@ async def send_replay(
     if position < through and outbox.closing is not None:
         outbox.cut_to_close()  # what was queued behind the replay would follow a gap
     return sent
+
+
+async def _closing_within(outbox: Outbox, delay: float) -> bool:
+    """Waits ``delay`` seconds at most; whether the outbox is closing (a replay that
+    its close lets finish goes on without waiting its peer's debt)."""
+    await outbox.closing_within(delay)
+    return outbox.closing is not None
 
 
 def _goes_on(outbox: Outbox) -> bool:

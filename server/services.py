@@ -13,8 +13,8 @@ from .manager import SessionManager
 from .metrics import Metrics
 from .pages import PageReads
 from .quotas import SessionQuotas
+from .read_allowance import ReadAllowances
 from .readiness import Readiness
-from .replay_allowance import ReplayAllowances
 from .store_stats import StoreStats
 
 
@@ -32,6 +32,7 @@ class Services:
     # Pages (history, events, replays) read from the store at once, each within
     # --store-read-timeout (server/pages.py): the manager's.
     page_reads: PageReads
-    # What resumes' replays may cost each peer, across its connections (the byte rate's
-    # figures, a page at a sixteenth of its size: server/replay_allowance.py).
-    replay_allowances: ReplayAllowances
+    # What the pages a peer draws may cost it (replays, history and events over WebSocket
+    # and HTTP), across its connections and requests (the byte rate's figures, a page at
+    # a sixteenth of its size: server/read_allowance.py).
+    read_allowances: ReadAllowances

@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gc
 import json
 import os
 import socket
 import threading
 import time
-import tracemalloc
 from typing import Any
 
 from bamboo_session.server.http_wire import PARSE_SLICE, BambooConnection
-from bamboo_session.server.limits import FRAME_BYTES, REPLY_SHARE, ByteRate
+from bamboo_session.server.limits import FRAME_BYTES, ByteRate
 from tests.support import attach, get, run_server, token
 from tests.test_limits import FakeClock
 from tests.test_wire_floods import upgraded_socket
@@ -84,52 +82,6 @@ async def test_rate_limit_bytes_0_turns_the_byte_rate_off() -> None:
                 await publisher.send({"type": "event", "id": i, "event": token(TEXT)})
             replies = [(await publisher.recv())["type"] for _ in range(FRAMES)]
             assert replies == ["ack"] * FRAMES
-        assert await read_wait_seconds(server) == 0.0
-
-
-async def test_pages_a_peer_draws_cost_the_byte_rate_as_if_read() -> None:
-    """A small ``events`` request draws a page up to 1 MiB: its answer is charged to
-    the connection's byte rate, so a peer pipelining such requests is read slowly, and
-    each is still answered."""
-    # A page costs a sixteenth of its size: 100 kB pages, 6.25 kB each.
-    rate, burst = RATE // REPLY_SHARE, BURST // REPLY_SHARE
-    async with run_server(rate_limit_bytes=rate, rate_limit_bytes_burst=burst) as server:
-        async with attach(server) as (peer, welcome):
-            session_id = welcome["session"]["id"]
-            await server.manager.append_events(session_id, [(token(TEXT), None)] * 2)
-            requests = 6  # each draws both events: about 100 kB
-            started = time.monotonic()
-            for i in range(requests):
-                await peer.send({"type": "events", "id": i, "after_seq": 0, "limit": 10})
-            answered = []
-            while len(answered) < requests:
-                reply = await peer.recv()
-                if reply["type"] in ("presence", "event"):  # the two events, live
-                    continue
-                assert reply["type"] == "events" and len(reply["events"]) == 2, reply["type"]
-                answered.append(reply["id"])
-            elapsed = time.monotonic() - started
-            assert answered == list(range(requests))
-        # The requests, read together, cost 6 KiB; the pages about 600 kB. Each page
-        # past the burst waits for the one before it to be repaid: the last one comes
-        # once all but it are.
-        drawn = (requests - 1) * 2 * len(TEXT) // REPLY_SHARE - burst
-        assert elapsed >= drawn / rate * 0.9
-        assert await read_wait_seconds(server) >= drawn / rate * 0.9
-
-
-async def test_a_client_reading_a_long_log_page_by_page_waits_nothing_by_default() -> None:
-    """Pages cost a sixteenth of their size: 8 pages of about 1 MiB (past the 4 MiB
-    burst, had they cost their size) are read without a wait at the defaults."""
-    async with run_server() as server:
-        async with attach(server) as (peer, welcome):
-            session_id = welcome["session"]["id"]
-            events = [(token("x" * 500_000), None)] * 2
-            await server.manager.append_events(session_id, events)
-            for i in range(8):
-                await peer.send({"type": "events", "id": i, "after_seq": 0})
-                reply = await peer.recv_type("events")
-                assert len(reply["events"]) == 2
         assert await read_wait_seconds(server) == 0.0
 
 
@@ -271,51 +223,3 @@ def read_bytes(peer: socket.socket, count: int) -> None:
         data = peer.recv(65536)
         assert data, "closed early"
         count -= len(data)
-
-
-async def test_a_page_sent_is_not_kept_while_the_debt_it_drew_is_waited() -> None:
-    """Peers whose page of 900 kB drew several seconds of debt, and who read it: while
-    their readers wait the debt, nothing of the pages stays (tracemalloc; the peers
-    are raw sockets read in threads, which keep nothing). The reader kept the reply
-    in a local for the whole wait: 900 kB each, after it was sent, counted nowhere."""
-    peers_count, size = 8, 900_000
-    config = {"rate_limit_bytes": 5_000, "rate_limit_bytes_burst": 5_000}  # a page: 56 kB
-    tracemalloc.start()
-    try:
-        async with run_server(store="memory://", ring_bytes=64 * 1024, **config) as server:
-            async with attach(server) as (_, welcome):
-                session_id = welcome["session"]["id"]
-                await server.manager.append_events(session_id, [(token("x" * size), None)])
-                peers = []
-                for _ in range(peers_count):
-                    path = f"/api/v1/stream/{session_id}"
-                    peer = await asyncio.to_thread(upgraded_socket, server.port, path)
-                    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-                    peer.sendall(client_frame(b'{"type":"hello"}'))
-                    await asyncio.to_thread(peer.recv, 65536)  # the welcome
-                    peers.append(peer)
-                await asyncio.sleep(0.3)  # the presence frames, sent and read
-                gc.collect()
-                before = tracemalloc.get_traced_memory()[0]
-                request = client_frame(b'{"type":"events","id":1,"after_seq":0}')
-                try:
-                    for peer in peers:
-                        peer.sendall(request)
-                    await asyncio.gather(
-                        *(asyncio.to_thread(read_bytes, peer, size) for peer in peers)
-                    )
-                    await asyncio.sleep(0.3)
-                    due = asyncio.get_running_loop().time() + 5
-                    waiting = [
-                        c for c in server._open_connections if c.read_waits.held_until >= due
-                    ]
-                    assert len(waiting) == peers_count  # each waits its page's debt
-                    gc.collect()
-                    held = tracemalloc.get_traced_memory()[0] - before
-                finally:
-                    for peer in peers:
-                        peer.close()
-    finally:
-        tracemalloc.stop()
-    # Before, each reader kept its page while it waited the 8 s of debt: 7 MB.
-    assert held < 1_000_000, f"{held} bytes held by {peers_count} readers in debt"

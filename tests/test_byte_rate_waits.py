@@ -1,7 +1,7 @@
 """``bamboo_read_wait_seconds_total`` counts the time connections' reads actually waited
 for the byte rate (server/http_wire.py), not the debt they ran into: a close ends a
-wait early, and the metric must say so. Both waits are covered: a read held after a
-frame ran into debt, and a reader that waits the debt a page drew (``events``)."""
+wait early, and the metric must say so. (A page's wait for its peer's read allowance is
+counted apart: tests/test_read_allowance_waits.py.)"""
 
 from __future__ import annotations
 
@@ -54,41 +54,6 @@ async def test_a_held_read_ended_early_by_a_close_counts_the_time_it_waited() ->
             await asyncio.sleep(0.02)
         waited = await read_wait_seconds(server)
         assert 0.4 < waited <= elapsed + 0.1, (waited, elapsed)
-
-
-async def test_a_reader_woken_early_by_a_close_from_the_debt_of_a_page_counts_its_wait() -> None:
-    """A page of 900 kB draws about 11 s of debt at 5 kB a second (a sixteenth of its
-    size). The session is closed half a second later: the peer's close reply, read
-    while the reader waits, runs into debt too, so reads are held as well, and the
-    server drops the connection at its close timeout (0.5 s), which ends both waits.
-    The metric counted the 11 s, and then the close reply's debt on top."""
-    config = {"rate_limit_bytes": 5_000, "rate_limit_bytes_burst": 5_000, "close_timeout": 0.5}
-    async with run_server(store="memory://", **config) as server:
-        async with attach(server, create=True) as (peer, welcome):
-            session_id = welcome["session"]["id"]
-            await server.manager.append_events(session_id, [(token("x" * 900_000), None)])
-            await peer.recv_type("event")
-            started = time.monotonic()
-            reply = await peer.request({"type": "events", "id": 1, "after_seq": 0}, "events")
-            assert len(reply["events"]) == 1
-            await asyncio.sleep(0.5)
-            loop = asyncio.get_running_loop()
-            held = [
-                c for c in server._open_connections if c.read_waits.held_until > loop.time() + 5
-            ]
-            assert len(held) == 1, "the reader waits the page's debt"
-            await close_session(server, session_id)
-            code, _ = await peer.closed()
-            assert code == 1000
-        for _ in range(100):  # dropped at the close timeout
-            if held[0] not in server._open_connections:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)  # the reader's wait ends a turn of the loop later
-        elapsed = time.monotonic() - started
-        waited = await read_wait_seconds(server)
-        assert 0.9 < waited <= elapsed, (waited, elapsed)
-        assert held[0].read_waits.held_until == 0.0 and held[0].read_waits.waited == waited
 
 
 async def test_waits_served_in_full_count_their_debts() -> None:

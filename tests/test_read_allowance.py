@@ -195,10 +195,11 @@ async def test_a_whole_history_longer_than_the_allowance_is_streamed_at_the_rate
 
 @pytest.mark.parametrize("other", ["address", "user"])
 async def test_a_peer_in_debt_does_not_hold_up_another(other: str) -> None:
-    """Mallory draws pages over WebSocket and HTTP until its allowance is spent and its
-    requests wait or are refused. Alice, from another address (without auth) or as
-    another user (under auth), gets her pages at once, over both."""
-    config = dict(LIMITS, auth_secret=SECRET) if other == "user" else LIMITS
+    """Mallory draws pages over WebSocket until its allowance (3.2 MB of pages) is
+    spent, and its requests wait or are refused. Alice, from another address (without
+    auth) or as another user (under auth), gets 2.4 MB of pages at once, over both."""
+    limits = {"rate_limit_bytes": RATE, "rate_limit_bytes_burst": 200_000}
+    config = dict(limits, auth_secret=SECRET) if other == "user" else limits
     async with run_server(**config) as server:
         peers = {}
         for name, address in (("mallory", "127.0.0.1"), ("alice", OTHER_ADDRESS)):
@@ -212,7 +213,8 @@ async def test_a_peer_in_debt_does_not_hold_up_another(other: str) -> None:
             peers[name] = session_id, address, hello, headers
         session_id, address, hello, headers = peers["mallory"]
         path = PATHS["events"].format(session_id)
-        await pages_over_websocket(server, session_id, 0.3, address, **hello)
+        drawn = await pages_over_websocket(server, session_id, 1.0, address, **hello)
+        assert drawn <= allowed(1.0, burst=200_000)
         status, body, answer = await asyncio.to_thread(
             http_page, server.port, path, address, headers
         )
@@ -222,7 +224,7 @@ async def test_a_peer_in_debt_does_not_hold_up_another(other: str) -> None:
         path = PATHS["events"].format(session_id)
         started = time.monotonic()
         async with peer_from(server, session_id, address, **hello) as ws:
-            for i in range(3):  # 1.2 MB of pages, within a fresh allowance of 5 MB
+            for i in range(3):
                 await ws.send(json.dumps({"type": "events", "id": i, "after_seq": 0}))
             for i in range(3):
                 reply = json.loads(await asyncio.wait_for(ws.recv(), 5))

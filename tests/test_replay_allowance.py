@@ -1,4 +1,4 @@
-"""Resumes' replays cost their peer's replay allowance (server/replay_allowance.py): a
+"""Resumes' replays cost their peer's read allowance (server/read_allowance.py): a
 peer that resumes from seq 0 over and over, reconnecting each time, gets a bounded
 number of bytes a second, while a client that drops and resumes still gets every
 missed event, in order, once, and another user is not held up by the first."""
@@ -6,6 +6,7 @@ missed event, in order, once, and another user is not held up by the first."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from bamboo_session.protocol.client import BambooClient
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.server.limits import REPLY_SHARE
 from bamboo_session.server.outbox import Outbox
-from bamboo_session.server.replay_allowance import MAX_PEERS, ReplayAllowances
+from bamboo_session.server.read_allowance import MAX_PEERS, ReadAllowances
 from tests.support import attach, get, open_peer, run_server, token
 from tests.test_auth import SECRET, make_token
 from tests.test_client_resume import FAST, TcpProxy, watch
@@ -37,26 +38,35 @@ async def fill(server: Any, session_id: str, count: int = EVENTS) -> None:
     await server.manager.append_events(session_id, [(token(CONTENT), None)] * count)
 
 
+async def closing_within(outbox: Outbox, delay: float) -> bool:
+    """A replay's way to wait (server/replay.py): until its outbox closes."""
+    await outbox.closing_within(delay)
+    return outbox.closing is not None
+
+
 async def test_a_peer_has_one_allowance_for_all_its_connections() -> None:
     """One allowance per peer key, shared; none without a limit or a peer; a page costs
-    a sixteenth of its frames; a wait ends once the debt is repaid."""
+    a sixteenth of its bytes; a wait ends once the debt is repaid, or its waiter ends."""
     clock = FakeClock()
     waits: list[float] = []
-    allowances = ReplayAllowances(1_000, 2_000, waits.append, clock)
-    assert allowances.of(None) is None and ReplayAllowances(0, 1).of("addr:x") is None
+    allowances = ReadAllowances(1_000, 2_000, clock)
+    assert allowances.of(None) is None and ReadAllowances(0, 1).of("addr:x") is None
     mine = allowances.of("addr:127.0.0.1")
     assert mine is not None and allowances.of("addr:127.0.0.1") is mine
     outbox = Outbox("c", "client", 8)
-    mine.charge([b"x" * 16_000] * 2)  # 2,000 of 2,000: spent, no debt yet
-    assert await mine.repaid(outbox) and waits == []
-    mine.charge([b"x" * 1_600])  # 100 over: 0.1 s of debt, shared by its connections
-    assert allowances.of("addr:127.0.0.1") is mine
+    ended_within = functools.partial(closing_within, outbox)
+    mine.charge(32_000)  # 2,000 of 2,000: spent, no debt yet
+    assert mine.debt() == 0.0 and await mine.repaid(ended_within, waits.append)
+    assert waits == []
+    mine.charge(1_600)  # 100 over: 0.1 s of debt, shared by its connections
+    assert allowances.of("addr:127.0.0.1") is mine and mine.debt() == pytest.approx(0.1)
     advance = asyncio.get_running_loop().call_later(0.05, setattr, clock, "now", 0.1)
-    assert await mine.repaid(outbox) and len(waits) == 1 and waits[0] >= 0.05
+    assert await mine.repaid(ended_within, waits.append)
+    assert len(waits) == 1 and waits[0] >= 0.05
     advance.cancel()
-    mine.charge([b"x" * 16_000])  # 1 s of debt: a closing outbox does not wait it
+    mine.charge(16_000)  # 1 s of debt: a closing outbox does not wait it
     outbox.close(CloseCode.NORMAL, "closed")
-    assert not await mine.repaid(outbox) and waits[1] < 0.05
+    assert not await mine.repaid(ended_within, waits.append) and waits[1] < 0.05
     for n in range(MAX_PEERS):  # the least recently used goes past the cap
         allowances.of(f"addr:10.0.{n // 256}.{n % 256}")
     assert allowances.of("addr:127.0.0.1") is not mine

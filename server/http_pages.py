@@ -1,0 +1,147 @@
+"""The HTTP API's pages, charged to their peer's read allowance (server/read_allowance.py)
+as the pages it draws over WebSocket and its replays are: a page of a history (``limit``,
+``before``), of a log (``/events``), of the session list, and each page of a whole
+history. The peer is the token's ``sub`` under auth, else the address the request came
+from (an IPv6 peer's /64).
+
+A request that comes while its peer is in debt is answered at once, before anything is
+read from the store: ``429`` (``rate_limited``), with ``Retry-After`` the debt in whole
+seconds (at least 1). Not a wait, because that is what an HTTP client handles best:
+
+- Retry layers of production clients honour a 429's ``Retry-After`` (urllib3's
+  ``Retry``, ``curl --retry``, Go's retryablehttp, the AWS SDKs, Octokit); a wait looks
+  like a slow server instead, and runs into the client's and its proxies' read timeouts
+  (and this server's own, 10 s for a request's answer), which are retried at once, or
+  reported as failures that say nothing of why.
+- A request that waits holds its connection, and its head in the account of requests
+  not answered yet (a sixteenth of ``--memory-budget``), from which the oldest are
+  dropped to make room: a peer in debt that kept requests waiting would push other
+  peers' requests out. A 429 holds nothing once sent.
+- A client that waits ``Retry-After`` loses nothing of the rate: the allowance refills
+  meanwhile (a second of it is within the default burst).
+
+A whole history's later pages come after its status, when a 429 can no longer be sent:
+each waits the debt before it is read, as a WebSocket page does (counted with them in
+``bamboo_page_wait_seconds_total``), and the answer comes whole, only later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import http
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
+from websockets.http11 import Response
+
+from .auth import Principal
+from .quotas import creator_key
+from .read_allowance import ReadAllowance
+from .responses import StreamedResponse, error_response
+from .services import Services
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpPeer:
+    """Who asks: the address the request came from, and a future done once the
+    connection is lost (a whole history's wait for the debt ends with it)."""
+
+    address: str | None
+    lost: asyncio.Future[None] | None = None
+
+
+def allowance_of(
+    services: Services, principal: Principal | None, peer: HttpPeer | None
+) -> ReadAllowance | None:
+    """The read allowance the request's pages are charged to; None without a limit."""
+    address = peer.address if peer is not None else None
+    return services.read_allowances.of(creator_key(principal.sub if principal else None, address))
+
+
+def over_allowance(services: Services, allowance: ReadAllowance | None) -> Response | None:
+    """The 429 of a peer in debt, else None (the request goes on)."""
+    if allowance is None:
+        return None
+    debt = allowance.debt()
+    if debt <= 0:
+        return None
+    services.metrics.http_rate_limited.inc()
+    seconds = max(1, math.ceil(debt))
+    message = f"this peer's pages are over its read allowance: retry in {seconds} s"
+    return error_response(
+        http.HTTPStatus.TOO_MANY_REQUESTS, "rate_limited", message, {"Retry-After": str(seconds)}
+    )
+
+
+def charged(allowance: ReadAllowance | None, response: Response) -> Response:
+    """``response``, its page (a 200's body) charged to ``allowance``."""
+    if allowance is not None and response.status_code == http.HTTPStatus.OK:
+        allowance.charge(len(response.body))
+    return response
+
+
+def paced(
+    response: StreamedResponse,
+    allowance: ReadAllowance | None,
+    peer: HttpPeer | None,
+    page_bytes: int,
+    on_wait: Callable[[float], None],
+) -> StreamedResponse:
+    """A whole history's answer, its first piece (read with the request) charged now,
+    and every later one once read, a page after the debt is repaid (not the end, which
+    reads no page: an answer is not held back once its pages are sent)."""
+    if allowance is None or response.pieces is None:
+        return response
+    allowance.charge(response.held)
+    lost = peer.lost if peer is not None else None
+    ended_within = functools.partial(_lost_within, lost)
+    is_page = functools.partial(_is_page, response.piece_bytes, page_bytes)
+    response.pieces = _paced(response.pieces, allowance, ended_within, is_page, on_wait)
+    return response
+
+
+def _is_page(piece_bytes: Callable[[], int], page_bytes: int) -> bool:
+    """Whether the next piece is a page: whether it has room for one (``page_bytes``,
+    ``--max-page-bytes``, 1 KiB at least), where the end has room for its ``]}``."""
+    return piece_bytes() >= page_bytes
+
+
+async def _paced(
+    pieces: AsyncIterator[bytes],
+    allowance: ReadAllowance,
+    ended_within: Callable[[float], Awaitable[bool]],
+    is_page: Callable[[], bool],
+    on_wait: Callable[[float], None],
+) -> AsyncIterator[bytes]:
+    try:
+        first = True
+        while True:
+            # Before a page is read: a peer gone meanwhile gets nothing more, and its
+            # answer ends as any answer to a peer gone does (http_stream.py).
+            if not first and is_page() and not await allowance.repaid(ended_within, on_wait):
+                return
+            try:
+                held = [await anext(pieces)]
+            except StopAsyncIteration:
+                return
+            if not first:
+                allowance.charge(len(held[0]))
+            first = False
+            # Not kept in this frame once handed on: the writer lets a piece go as soon
+            # as the transport has its bytes, and a peer that stops reading would
+            # otherwise keep it here, uncounted, for as long as it stalls.
+            yield held.pop()
+    finally:
+        if isinstance(pieces, AsyncGenerator):
+            await pieces.aclose()
+
+
+async def _lost_within(lost: asyncio.Future[None] | None, delay: float) -> bool:
+    """Waits ``delay`` seconds at most; whether the connection is lost by then."""
+    if lost is None:
+        await asyncio.sleep(delay)
+        return False
+    await asyncio.wait((lost,), timeout=delay)
+    return lost.done()
