@@ -110,6 +110,16 @@ def http_page(
         connection.close()
 
 
+def http_head(port: int, path: str) -> int:
+    """A blocking HEAD (run it in a thread): its status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("HEAD", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def check_refusal(status: int, body: bytes, answer: http.client.HTTPResponse) -> None:
     """A 429 of the read allowance: ``rate_limited``, and a whole number of seconds to
     wait in ``Retry-After``."""
@@ -256,3 +266,35 @@ async def test_pages_within_the_allowance_wait_for_nothing() -> None:
         assert time.monotonic() - started < 1.0
         assert await metric(server, "bamboo_page_wait_seconds_total") == 0.0
         assert await metric(server, "bamboo_http_rate_limited_total") == 0.0
+
+
+async def test_every_page_of_the_session_api_is_charged_and_nothing_else_is() -> None:
+    """Each page of the session API, a HEAD's included, costs the peer's allowance: the
+    list alone takes it into debt here (a page of 50 sessions' metadata, of a burst of
+    1 kB), and then every request for a page is 429, the list and the whole history's
+    HEAD too; the endpoints that read no page (/healthz, /metrics) are answered."""
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    async with run_server(**limits) as server:
+        session_id = await a_log(server)
+        for n in range(50):
+            await server.manager.create_session(session_id=f"s{n}", title="t" * 300)
+        status, body, _ = await asyncio.to_thread(http_page, server.port, "/api/v1/sessions")
+        assert status == 200 and len(json.loads(body)["sessions"]) == 51
+        for path in [*(p.format(session_id) for p in PATHS.values()), "/api/v1/sessions"]:
+            status, body, answer = await asyncio.to_thread(http_page, server.port, path)
+            check_refusal(status, body, answer)
+        path = f"/api/v1/sessions/{session_id}"
+        assert await asyncio.to_thread(http_head, server.port, path) == 429
+        for path in ("/healthz", "/metrics", "/api/v1/stats"):
+            assert (await asyncio.to_thread(http_page, server.port, path))[0] == 200
+        assert await metric(server, "bamboo_http_rate_limited_total") == 5
+
+
+async def test_a_head_costs_what_its_get_reads() -> None:
+    """A HEAD of a page is answered without the body, but the page was read: it costs
+    the allowance as its GET does, and the next request is 429."""
+    async with run_server(**LIMITS) as server:
+        session_id = await a_log(server)
+        path = PATHS["events"].format(session_id)
+        assert await asyncio.to_thread(http_head, server.port, path) == 200
+        check_refusal(*await asyncio.to_thread(http_page, server.port, path))
