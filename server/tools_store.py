@@ -9,6 +9,9 @@ removals, ``delete`` and ``recount`` open it for writing, and none of them makes
 where there is none: a JSONL data directory and an SQLite file must exist already. A
 store a server holds is refused for writing; the tools that write have no ``--url``,
 so the refusal says to stop the server first.
+
+Over HTTP, a 429 (the pages the tool's user or address reads are over their read
+allowance) is asked again once its ``Retry-After`` has passed, for a minute at most.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -146,21 +150,38 @@ def ws_base(url: str) -> str:
     return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", ""))
 
 
+# How long a tool waits in all, as 429 answers' Retry-After say, for the pages its user
+# or address reads to come back within its read allowance (docs/protocol.md).
+RATE_LIMITED_PATIENCE = 60
+
+
 def _http_get(url: str, token: str | None) -> bytes:
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body: bytes = response.read()
-            return body
-    except urllib.error.HTTPError as error:
-        with error:
-            raise ToolError(f"HTTP {error.code}: {_error_message(error.read())}") from None
-    except urllib.error.URLError as error:
-        base = url.partition("?")[0]
-        raise ToolError(f"cannot reach {base}: {error.reason}") from None
+    waited = 0
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body: bytes = response.read()
+                return body
+        except urllib.error.HTTPError as error:
+            with error:
+                delay = _retry_after(error) if error.code == 429 else None
+                if delay is None or waited + delay > RATE_LIMITED_PATIENCE:
+                    raise ToolError(f"HTTP {error.code}: {_error_message(error.read())}") from None
+        except urllib.error.URLError as error:
+            base = url.partition("?")[0]
+            raise ToolError(f"cannot reach {base}: {error.reason}") from None
+        time.sleep(delay)
+        waited += delay
+
+
+def _retry_after(error: urllib.error.HTTPError) -> int | None:
+    """The seconds a 429's ``Retry-After`` asks to wait, if it gives a number."""
+    value = (error.headers.get("Retry-After") or "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _error_message(body: bytes) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol import AgentEvent, Message, Session, utcnow
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.server.cli import main
-from tests.support import run_server
+from tests.support import get, run_server
 
 TIMEOUT = 15.0
 
@@ -235,3 +236,23 @@ async def test_online_commands(tmp_path: Path) -> None:
         code, _, err = await cli("show", "nope", "--url", http_url)
         assert_one_line_error(code, err)
         assert "session not found" in err
+
+
+async def test_show_over_http_waits_out_a_429(tmp_path: Path) -> None:
+    """A peer in debt with its read allowance gets 429 with ``Retry-After``: ``show``
+    waits it out and asks again, rather than failing."""
+    # A page of 400 kB costs 25 kB: 2.5 s of debt past a burst of 20 kB, at 2 kB a second.
+    limits = {"rate_limit_bytes": 2_000, "rate_limit_bytes_burst": 20_000}
+    async with run_server(tmp_path / "live", **limits) as server:
+        message = {"type": "message", "message": {"role": "user", "content": "x" * 10_000}}
+        await server.manager.create_session(session_id="long")
+        await server.manager.append_events("long", [(message, None)] * 40)
+        http_url = f"http://127.0.0.1:{server.port}"
+        status, _ = await get(server, "/api/v1/sessions/long/events")  # 400 kB: in debt
+        assert status == 200
+        assert (await get(server, "/api/v1/sessions/long?limit=1"))[0] == 429
+        started = time.monotonic()
+        code, out, err = await cli("show", "long", "--url", http_url, "--json")
+        assert code == 0, err
+        assert len(json.loads(out)["messages"]) == 40
+        assert time.monotonic() - started >= 0.9  # a Retry-After of 1 s, waited
