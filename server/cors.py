@@ -15,7 +15,8 @@ The origins are those of the upgrade (``RequestGuard.origin_allowed``, origins.p
 without auth, loopback origins and ``--allowed-origins``; with auth, any origin unless a
 list is given. An answer to a request from such an origin (``http://`` or ``https://``
 only: never ``null``) names it in ``Access-Control-Allow-Origin``, errors included, so
-that the page can read the JSON error; never ``*``, and never with credentials: the API
+that the page can read the JSON error (and ``Retry-After`` of a 429 or a 503, exposed);
+never ``*``, and never with credentials: the API
 reads a token from ``Authorization``, which a browser sends only when the page's own
 code sets it, never a cookie. An answer that sets its own (``/client/``: ``*``) is left
 alone.
@@ -133,6 +134,10 @@ def with_cors(guard: RequestGuard, request: Request, response: Response) -> Resp
     origin = allowed_origin(guard, request)
     if origin is not None:
         headers[_ORIGIN] = origin
+        if "Retry-After" in headers:
+            # Not a header a page may read unless named: a 429 or a 503 says when to
+            # ask again, and the page's code should be able to honour it.
+            headers["Access-Control-Expose-Headers"] = "Retry-After"
     vary = headers.get("Vary")
     if vary is None:
         headers["Vary"] = "Origin"

@@ -298,3 +298,24 @@ async def test_a_head_costs_what_its_get_reads() -> None:
         path = PATHS["events"].format(session_id)
         assert await asyncio.to_thread(http_head, server.port, path) == 200
         check_refusal(*await asyncio.to_thread(http_page, server.port, path))
+
+
+async def test_a_page_of_another_origin_may_read_when_to_ask_again() -> None:
+    """Under auth any origin may read the session API: a 429 names the origin, and
+    exposes ``Retry-After`` to the page's code (not a header a page may read unless
+    named)."""
+    async with run_server(auth_secret=SECRET, **LIMITS) as server:
+        auth = make_token("alice")
+        session_id = await a_log(server, "alice-log", token=auth)
+        headers = {"Authorization": f"Bearer {auth}", "Origin": "https://app.example"}
+        path = PATHS["events"].format(session_id)
+        status, _, answer = await asyncio.to_thread(
+            http_page, server.port, path, "127.0.0.1", headers
+        )
+        assert status == 200 and answer.getheader("Access-Control-Expose-Headers") is None
+        status, body, answer = await asyncio.to_thread(
+            http_page, server.port, path, "127.0.0.1", headers
+        )
+        check_refusal(status, body, answer)
+        assert answer.getheader("Access-Control-Allow-Origin") == "https://app.example"
+        assert answer.getheader("Access-Control-Expose-Headers") == "Retry-After"
