@@ -202,3 +202,47 @@ async def test_pages_that_name_no_epoch_are_read_as_before() -> None:
     # The epoch is pinned from the first page that names one.
     upgraded = {0: page_of(range(1, 3), 4, None), 2: page_of(range(3, 5), 4, "a")}
     assert await read_through(upgraded) == [1, 2, 3, 4]
+
+
+class ReplacedBeforeFirstPage(BambooClient):
+    """A client whose first :meth:`read_events` after ``before_first_page`` is set waits
+    for it before it asks: the session is replaced after the read was called, before its
+    first page is read (as when the connection drops while the first request is out,
+    and the client resends it on the new log)."""
+
+    before_first_page: Callable[[], Awaitable[None]] | None = None
+
+    async def read_events(self, after_seq: int = 0, limit: int = 1000) -> EventPage:
+        hook, self.before_first_page = self.before_first_page, None
+        if hook is not None:
+            await hook()
+        return await super().read_events(after_seq, limit)
+
+
+@pytest.mark.parametrize("after_seq", [3, 0])
+async def test_a_session_replaced_before_the_first_page_stops_the_read(after_seq: int) -> None:
+    """The read is of the log the client was attached to when it was called: that is
+    the log ``after_seq`` counts in (say, ``client.last_seq``). A first page of the new
+    log would have joined the old log's seqs up to 3 to the new log's 4.. (or read
+    another log than the one asked for), with nothing to tell."""
+    async with a_session_of_five(ReplacedBeforeFirstPage) as (viewer, replacing):
+        assert isinstance(viewer, ReplacedBeforeFirstPage)
+        new_epochs: list[str] = []
+
+        async def replace() -> None:
+            new_epochs.append(await replacing.replace(viewer, 8))
+
+        viewer.before_first_page = replace
+        with pytest.raises(EpochChanged) as caught:
+            read = await viewer.read_all_events(after_seq=after_seq, page=2)
+            pytest.fail(f"a read asked of one log returned another's: {contents(read)}")
+        error = caught.value
+        assert (error.previous_epoch, error.epoch, error.after_seq) == (
+            replacing.old_epoch,
+            new_epochs[0],
+            after_seq,
+        )
+        # The read asked of the new log, now the client's, reads it.
+        assert [e.seq for e in await viewer.read_all_events(after_seq=after_seq)] == list(
+            range(after_seq + 1, 9)
+        )

@@ -317,11 +317,14 @@ class BambooClient:
     ) -> AsyncIterator[EventPage]:
         """The log after ``after_seq`` in pages of at most ``page`` events (none empty),
         each read as it is iterated, up to the log's ``last_seq``; all of one log: that of
-        ``epoch`` when given (say, a saved ``last_seq``'s), else the first page's. A page
-        of another log (the session was replaced and the client reconnected onto the new
-        one) raises :class:`EpochChanged`; a new read reads the new log. Pages without
-        an epoch (servers from before the epoch fence) are not checked."""
-        return log_pages(self.read_events, after_seq, page, epoch)
+        ``epoch`` when given (say, a saved ``last_seq``'s), else the one the client is
+        attached to now, which ``after_seq`` counts in (:attr:`epoch`). A page of
+        another log (the session was replaced and the client reconnected onto the new
+        one, before the first page as well as between two) raises
+        :class:`EpochChanged`; a new read reads the new log. Pages without an epoch
+        (servers from before the epoch fence) are not checked."""
+        pinned = self.epoch if epoch is None else epoch
+        return log_pages(self.read_events, after_seq, page, pinned)
 
     async def read_all_events(
         self, after_seq: int = 0, page: int = 1000, *, epoch: str | None = None

@@ -77,15 +77,16 @@ class SequenceError(ClientError):
 
 class EpochChanged(ClientError):
     """A read of the log page by page (:meth:`~BambooClient.read_all_events`,
-    :meth:`~BambooClient.event_pages`) found a page of another log than its first: the
-    session was replaced (deleted and created again under its id, or expired and
-    replaced) and the client reconnected onto the new one between two pages. The new
-    log's seqs start from 1 again, so its pages are not the rest of the old one, and
-    the read stops rather than join them. ``previous_epoch`` is the epoch the read was
-    pinned to (its first page's, or the caller's), ``epoch`` the new page's, and
-    ``after_seq`` the seq after which that page was asked. Nothing restarts the read:
-    call it again to read the new log from its start (``client.epoch`` is then the new
-    one's, and :meth:`~BambooClient.events` has yielded a :class:`Reset`)."""
+    :meth:`~BambooClient.event_pages`) found a page of another log than the one it was
+    asked of: the session was replaced (deleted and created again under its id, or
+    expired and replaced) and the client reconnected onto the new one before that page
+    (the first one included). The new log's seqs start from 1 again, so its pages are
+    not the rest of the old one, and the read stops rather than join them.
+    ``previous_epoch`` is the epoch the read was pinned to (the caller's, or the
+    client's when the read was called), ``epoch`` the new page's, and ``after_seq`` the
+    seq after which that page was asked. Nothing restarts the read: call it again to
+    read the new log from its start (``client.epoch`` is then the new one's, and
+    :meth:`~BambooClient.events` has yielded a :class:`Reset`)."""
 
     def __init__(self, previous_epoch: str, epoch: str, after_seq: int) -> None:
         super().__init__(

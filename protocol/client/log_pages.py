@@ -4,8 +4,10 @@ An ``events`` reply is fenced by its connection's epoch, so one page is always o
 log. Two pages of a read are not: a client that reconnects between them may come back
 to another log under the same session id (the session deleted and created again, or
 expired and replaced), whose seqs start from 1 again. Joined to the pages already read,
-its pages would make a log that never existed. So a read pins the epoch of its first
-page (or the caller's) and stops with :class:`EpochChanged` at a page of another one.
+its pages would make a log that never existed. So a read pins an epoch (the caller's,
+or the one its client was attached to when it was called, which its ``after_seq``
+counts in; else its first page's) and stops with :class:`EpochChanged` at a page of
+another one, the first page included: a reconnect may come before it too.
 It does not start again on the new log by itself: its caller holds what the old pages
 said, and decides.
 """

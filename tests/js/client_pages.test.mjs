@@ -219,3 +219,50 @@ test("a read pinned to the old epoch refuses the new log", { timeout: 20000 }, a
     );
   });
 });
+
+// The read is of the log the client was attached to when it was called, which `afterSeq`
+// counts in (say, `client.lastSeq`): a first page of the new log would have joined the
+// old log's seqs up to 3 to the new log's 4.. (or read another log than the one asked for).
+for (const afterSeq of [3, 0]) {
+  test(
+    `a session replaced before the first page (after seq ${afterSeq}) stops the read`,
+    { timeout: 20000 },
+    async () => {
+      const sessionId = `pages-first-${afterSeq}`;
+      await withSessionOfFive(expiringUrl, sessionId, async ({ viewer, oldEpoch, replace }) => {
+        // As when the connection drops while the first request is out, and the client
+        // resends it on the new log: the replacement comes after the call, before its
+        // first page is read.
+        const readPage = viewer.readEvents.bind(viewer);
+        let beforeFirstPage = () => replace(8);
+        let newEpoch = null;
+        viewer.readEvents = async (options) => {
+          const hook = beforeFirstPage;
+          beforeFirstPage = null;
+          if (hook !== null) newEpoch = await hook();
+          return readPage(options);
+        };
+        await assert.rejects(
+          viewer.readAllEvents({ afterSeq, page: 2 }).then((read) => {
+            throw new Error(
+              `a read of one log returned another's: ${JSON.stringify(contents(read))}`,
+            );
+          }),
+          (error) => {
+            assert.ok(error instanceof EpochChanged, String(error));
+            assert.deepEqual(
+              [error.previousEpoch, error.epoch, error.afterSeq],
+              [oldEpoch, newEpoch, afterSeq],
+            );
+            return true;
+          },
+        );
+        // The read asked of the new log, now the client's, reads it.
+        assert.deepEqual(
+          (await viewer.readAllEvents({ afterSeq })).map((e) => e.seq),
+          Array.from({ length: 8 - afterSeq }, (_, i) => afterSeq + i + 1),
+        );
+      });
+    },
+  );
+}

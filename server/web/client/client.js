@@ -227,16 +227,20 @@ export class BambooClient extends EventTarget {
   /**
    * The log after `afterSeq` in pages of at most `page` events (none empty), each read
    * as it is iterated, up to the log's `lastSeq`; all of one log: that of `epoch` when
-   * given (say, a saved `lastSeq`'s), else the first page's. A page of another log (the
-   * session was replaced and the client reconnected onto the new one; its seqs start
-   * from 1 again) throws {@link EpochChanged}; a new read reads the new log. Pages
-   * without an epoch (servers from before the epoch fence) are not checked: they cannot
-   * be, and refusing them would stop every read from such a server.
+   * given (say, a saved `lastSeq`'s), else the one the client is attached to now, which
+   * `afterSeq` counts in (`client.epoch`). A page of another log (the session was
+   * replaced and the client reconnected onto the new one, before the first page as well
+   * as between two; its seqs start from 1 again) throws {@link EpochChanged}; a new read
+   * reads the new log. Pages without an epoch (servers from before the epoch fence) are
+   * not checked: they cannot be, and refusing them would stop every read from such a
+   * server.
    * @param {{ afterSeq?: number, page?: number, epoch?: string | null }} [options]
    * @returns {AsyncGenerator<EventPage, void, undefined>}
    */
-  async *eventPages({ afterSeq = 0, page = 1000, epoch = null } = {}) {
-    yield* readPages((query) => this.readEvents(query), { afterSeq, page, epoch });
+  eventPages({ afterSeq = 0, page = 1000, epoch = null } = {}) {
+    // Pinned now, not at the first page: a reconnect may come before it, too.
+    const pinned = epoch ?? this.epoch;
+    return readPages((query) => this.readEvents(query), { afterSeq, page, epoch: pinned });
   }
 
   /**

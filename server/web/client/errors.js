@@ -94,14 +94,14 @@ export class RequestError extends ClientError {
 
 /**
  * A read of the log page by page (`readAllEvents`, `eventPages`) found a page of another
- * log than its first: the session was replaced (deleted and created again under its id,
- * or expired and replaced) and the client reconnected onto the new one between two
- * pages. The new log's seqs start from 1 again, so its pages are not the rest of the old
- * one, and the read stops rather than join them. `previousEpoch` is the epoch the read
- * was pinned to (its first page's, or the caller's), `epoch` the new page's, `afterSeq`
- * the seq after which that page was asked. Nothing restarts the read: start a new one to
- * read the new log (`client.epoch` is then the new one's, and `events()` has yielded a
- * reset).
+ * log than the one it was asked of: the session was replaced (deleted and created again
+ * under its id, or expired and replaced) and the client reconnected onto the new one
+ * before that page (the first one included). The new log's seqs start from 1 again, so
+ * its pages are not the rest of the old one, and the read stops rather than join them.
+ * `previousEpoch` is the epoch the read was pinned to (the caller's, or the client's when
+ * the read was called), `epoch` the new page's, `afterSeq` the seq after which that page
+ * was asked. Nothing restarts the read: start a new one to read the new log
+ * (`client.epoch` is then the new one's, and `events()` has yielded a reset).
  */
 export class EpochChanged extends ClientError {
   /** @param {string} previousEpoch @param {string} epoch @param {number} afterSeq */

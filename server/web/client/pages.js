@@ -6,10 +6,12 @@
  * log. Two pages of a read are not: a client that reconnects between them may come back
  * to another log under the same session id (the session deleted and created again, or
  * expired and replaced), whose seqs start from 1 again. Joined to the pages already
- * read, its pages would make a log that never existed. So a read pins the epoch of its
- * first page (or the caller's) and stops with {@link EpochChanged} at a page of another
- * one. It does not start again on the new log by itself: its caller holds what the old
- * pages said, and decides.
+ * read, its pages would make a log that never existed. So a read pins an epoch (the
+ * caller's, or the one its client was attached to when it was called, which its
+ * `afterSeq` counts in; else its first page's) and stops with {@link EpochChanged} at a
+ * page of another one, the first page included: a reconnect may come before it too. It
+ * does not start again on the new log by itself: its caller holds what the old pages
+ * said, and decides.
  *
  * @module bamboo/pages
  */
@@ -20,7 +22,8 @@ import { EpochChanged } from "./errors.js";
 
 /**
  * The log after `afterSeq` in pages of at most `page` events (none empty), each read
- * with `read` as it is iterated, up to the log's `lastSeq`; see `BambooClient#eventPages`.
+ * with `read` as it is iterated, up to the log's `lastSeq`, all of the log of `epoch`
+ * (else of the first page's); see `BambooClient#eventPages`.
  * @param {(query: { afterSeq: number, limit: number }) => Promise<EventPage>} read
  * @param {{ afterSeq: number, page: number, epoch: string | null }} options
  * @returns {AsyncGenerator<EventPage, void, undefined>}
