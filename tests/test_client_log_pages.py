@@ -9,6 +9,7 @@ the session is replaced, between two pages the test asks for itself."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from bamboo_session.protocol.client import (
     BambooClient,
     EpochChanged,
     EventPage,
+    SequenceError,
     StoredEvent,
 )
 from bamboo_session.protocol.client.log_pages import log_pages
@@ -246,3 +248,32 @@ async def test_a_session_replaced_before_the_first_page_stops_the_read(after_seq
         assert [e.seq for e in await viewer.read_all_events(after_seq=after_seq)] == list(
             range(after_seq + 1, 9)
         )
+
+
+# Second pages no server of this project sends (the first is seqs 1, 2 of 5), with the
+# seq the read expected at least and the one it got: each would have made the read ask
+# for the same page for ever, or join an event twice, or out of order.
+STUCK_PAGES = {
+    "the same page again": (range(1, 3), 3, 1),
+    "a page that goes back": (range(2, 4), 3, 2),
+    "a page out of order": (range(4, 2, -1), 5, 3),
+}
+
+
+@pytest.mark.parametrize(("second", "expected", "got"), STUCK_PAGES.values(), ids=STUCK_PAGES)
+async def test_a_page_that_does_not_move_on_stops_the_read(
+    second: range, expected: int, got: int
+) -> None:
+    """Every event of a page comes after the one before it (the first after the seq the
+    page was asked after): else the read would not end, or would repeat events."""
+    pages = {0: page_of(range(1, 3), 5, "a"), 2: page_of(second, 5, "a")}
+
+    async def read_page(after_seq: int, limit: int) -> EventPage:
+        await asyncio.sleep(0)  # a read that never ends can still be timed out
+        return pages.get(after_seq, page_of(range(0), 5, "a"))
+
+    async with asyncio.timeout(5):
+        with pytest.raises(SequenceError) as caught:
+            read = [e.seq async for page in log_pages(read_page, 0, 2, None) for e in page.events]
+            pytest.fail(f"a read of impossible pages returned {read}")
+    assert (caught.value.expected, caught.value.got) == (expected, got)

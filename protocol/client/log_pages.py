@@ -10,13 +10,17 @@ counts in; else its first page's) and stops with :class:`EpochChanged` at a page
 another one, the first page included: a reconnect may come before it too.
 It does not start again on the new log by itself: its caller holds what the old pages
 said, and decides.
+
+Each page must also move on: its seqs increase, from above the seq it was asked after.
+A page that does not (no server of this project sends one) is a :class:`SequenceError`,
+rather than a read that asks for the same page for ever, or joins an event twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from .errors import EpochChanged
+from .errors import EpochChanged, SequenceError
 from .results import EventPage
 
 ReadPage = Callable[[int, int], Awaitable[EventPage]]
@@ -30,7 +34,8 @@ async def log_pages(
     to the log's ``last_seq`` or an empty page, each checked against the epoch of the
     read (``epoch``, else the first page's that names one) before it is yielded. A page
     that names no epoch (a server from before the epoch fence) is not checked: it
-    cannot be, and refusing it would stop every read from such a server."""
+    cannot be, and refusing it would stop every read from such a server. A page whose
+    seqs do not increase from above ``after_seq`` raises :class:`SequenceError`."""
     pinned = epoch
     while True:
         page = await read_page(after_seq, page_size)
@@ -41,7 +46,22 @@ async def log_pages(
                 raise EpochChanged(pinned, page.epoch, after_seq)
         if not page.events:
             return
+        _check_moves_on(page, after_seq)
         yield page
         if page.events[-1].seq >= page.last_seq:
             return
         after_seq = page.events[-1].seq
+
+
+def _check_moves_on(page: EventPage, after_seq: int) -> None:
+    """SequenceError unless the page's seqs increase, from above ``after_seq``."""
+    previous = after_seq
+    for event in page.events:
+        if event.seq <= previous:
+            raise SequenceError(
+                f"an events page asked after seq {after_seq} holds seq {event.seq} after"
+                f" {previous}: its seqs must increase from above {after_seq}",
+                previous + 1,
+                event.seq,
+            )
+        previous = event.seq

@@ -11,7 +11,7 @@ import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 
-import { BambooClient, EpochChanged } from "../../server/web/client/bamboo.js";
+import { BambooClient, EpochChanged, SequenceError } from "../../server/web/client/bamboo.js";
 
 const url = process.env.BAMBOO_URL;
 const expiringUrl = process.env.BAMBOO_EXPIRING_URL;
@@ -265,4 +265,46 @@ for (const afterSeq of [3, 0]) {
       });
     },
   );
+}
+
+// Second pages no server of this project sends (the first is seqs 1, 2 of 5), with the
+// seq the read expected at least and the one it got: each would have made the read ask
+// for the same page for ever, or join an event twice, or out of order.
+const STUCK_PAGES = {
+  "the same page again": [[1, 2], 3, 1],
+  "a page that goes back": [[2, 3], 3, 2],
+  "a page out of order": [[4, 3], 5, 3],
+};
+
+for (const [name, [second, expected, got]] of Object.entries(STUCK_PAGES)) {
+  test(`a page that does not move on stops the read: ${name}`, { timeout: 10000 }, async () => {
+    await withSessionOfFive(url, `pages-stuck-${second.join("-")}`, async ({ viewer }) => {
+      const asked = [];
+      const page = (seqs) => ({
+        events: seqs.map((seq) => ({
+          seq,
+          ts: "2026-05-01T12:00:00Z",
+          event: { type: "token", content: "t" },
+        })),
+        lastSeq: 5,
+        epoch: viewer.epoch,
+      });
+      viewer.readEvents = async ({ afterSeq }) => {
+        asked.push(afterSeq);
+        if (asked.length > 100) throw new Error(`the same page asked for ever: after ${asked}`);
+        await sleep(0);
+        return page(afterSeq === 0 ? [1, 2] : afterSeq === 2 ? second : []);
+      };
+      await assert.rejects(
+        viewer.readAllEvents({ page: 2 }).then((read) => {
+          throw new Error(`a read of impossible pages returned ${read.map((e) => e.seq)}`);
+        }),
+        (error) => {
+          assert.ok(error instanceof SequenceError, String(error));
+          assert.deepEqual([error.expected, error.got], [expected, got]);
+          return true;
+        },
+      );
+    });
+  });
 }

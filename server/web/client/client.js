@@ -233,7 +233,8 @@ export class BambooClient extends EventTarget {
    * as between two; its seqs start from 1 again) throws {@link EpochChanged}; a new read
    * reads the new log. Pages without an epoch (servers from before the epoch fence) are
    * not checked: they cannot be, and refusing them would stop every read from such a
-   * server.
+   * server. A page whose seqs do not increase from above the seq it was asked after
+   * throws {@link SequenceError}.
    * @param {{ afterSeq?: number, page?: number, epoch?: string | null }} [options]
    * @returns {AsyncGenerator<EventPage, void, undefined>}
    */
