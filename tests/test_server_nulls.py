@@ -3,7 +3,8 @@ real WebSocket, in JSON and in MessagePack (docs/protocol.md, "Frames: general r
 clients in Java, C#, Go, Kotlin or Swift send their unset optional fields as ``null``.
 A required field sent as ``null`` is still ``bad_request``, with the request's ``id``;
 in free-form values (``custom.data``, tool ``arguments``, ``metadata`` values) ``null``
-is a value, kept as sent."""
+is a value, kept as sent. On every store (tests/server_backends.py): each reads back
+what it stored in its own way (a log line, a row, a stream entry)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ from typing import Any
 
 import pytest
 
+from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import Peer, attach, get, open_peer, run_server, token
 
-pytestmark = pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
+__all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
+pytestmark = [
+    pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"]),
+    pytest.mark.usefixtures("server_store"),
+]
 
 
 def without_server_fills(message: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +93,7 @@ async def test_requests_with_null_id_key_and_limits_act_as_without(msgpack: bool
             assert (seqs[0], len(seqs), reply["last_seq"]) == (1, 1000, 1001)
 
 
+@pytest.mark.durable
 async def test_a_message_with_null_optional_fields_is_stored_as_one_without(
     msgpack: bool, tmp_path: Path
 ) -> None:
@@ -108,12 +115,18 @@ async def test_a_message_with_null_optional_fields_is_stored_as_one_without(
         assert [without_server_fills(m) for m in live] == [bare] * 5  # no metadata, no nulls
         history = await peer.request({"type": "history", "id": "h"}, "history")
         assert [without_server_fills(m) for m in history["messages"]] == [bare] * 5
-    async with run_server(tmp_path) as server:  # read back from disk, as stored
+    async with run_server(tmp_path) as server:  # read back from the store, as stored
         status, body = await get(server, "/api/v1/sessions/m")
         assert status == 200 and [without_server_fills(m) for m in body["messages"]] == [bare] * 5
         status, body = await get(server, "/api/v1/sessions/m/events")
         stored = [record["event"]["message"] for record in body["events"]]
         assert [without_server_fills(m) for m in stored] == [bare] * 5
+        async with attach(server, "m", msgpack=msgpack, last_seq=0) as (peer, welcome):
+            assert (welcome["resumed"], welcome["replay"]) == (True, 5)
+            replayed = [(await peer.recv_type("event"))["event"]["message"] for _ in range(5)]
+            assert [without_server_fills(m) for m in replayed] == [bare] * 5
+            history = await peer.request({"type": "history", "id": "h"}, "history")
+            assert [without_server_fills(m) for m in history["messages"]] == [bare] * 5
 
 
 async def test_events_with_null_optional_fields_are_stored_as_without(msgpack: bool) -> None:
