@@ -73,6 +73,10 @@ async def test_session_shows_history_then_live_tokens_tools_and_presence(browser
                 "What's the weather in Paris?"
             )
             await expect(page.locator("#older")).to_be_hidden()
+            # Both stylesheets apply: the page's layout is session.css's, the controls'
+            # console.css's (one not served or refused by the policy shows no grid).
+            await expect(page.locator(".session-grid")).to_have_css("display", "grid")
+            await expect(page.locator(".topbar")).to_have_css("display", "flex")
 
             # Tokens grow one block of text as they arrive.
             text = page.locator("#tail .ev-text .text")
