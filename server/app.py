@@ -53,10 +53,11 @@ from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
-from .responses import StreamedResponse, UnreadAnswers, error_response, last_on_its_connection
+from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
+from .unread_answers import UnreadAnswers
 
 log = structlog.get_logger("bamboo_session.server")
 # Headers whose value decides something: two of them are ambiguous, and refused.

@@ -29,11 +29,11 @@ import structlog
 
 from bamboo_session.persistence.base import StorageError
 
-from .responses import SMALL_ANSWER_BYTES
+from .unread_answers import SMALL_ANSWER_BYTES
 
 if TYPE_CHECKING:
     from .http_wire import BambooConnection
-    from .responses import UnreadAnswers
+    from .unread_answers import UnreadAnswers
 
 log = structlog.get_logger("bamboo_session.server")
 

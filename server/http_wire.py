@@ -36,7 +36,8 @@ from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 
 if TYPE_CHECKING:
-    from .responses import StreamedResponse, UnreadAnswers
+    from .responses import StreamedResponse
+    from .unread_answers import UnreadAnswers
 
 # The kernel's send buffer of a connection that answers an HTTP request (the kernel
 # doubles it): what it holds of an unread answer is not counted (hold_answer).
