@@ -57,7 +57,7 @@ from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
-from .unread_answers import UnreadAnswers
+from .unread_answers import AnswerShare, UnreadAnswers, request_peer
 
 log = structlog.get_logger("bamboo_session.server")
 # Headers whose value decides something: two of them are ambiguous, and refused.
@@ -94,9 +94,14 @@ class BambooServer:
         self.user_connections = ConnectionCounter(config.max_connections_per_user)
         # Plain HTTP answers not yet taken by their peers get a quarter of the memory
         # budget, apart from the sessions' share: a server busy streaming still serves
-        # its pages.
+        # its pages. One peer's may hold --answer-peer-share of that, so that a peer
+        # whose answers stay unread cannot hold up everyone else's.
         budget = config.memory_budget // 4 if config.memory_budget > 0 else NO_LIMIT
-        self.unread_answers = UnreadAnswers(budget)
+        peer_budget = int(budget * config.answer_peer_share) if budget != NO_LIMIT else NO_LIMIT
+        refused = self.metrics.answers_refused
+        self.unread_answers = UnreadAnswers(
+            budget, peer_budget, lambda full: refused.labels(full).inc()
+        )
         # Requests being read, heads and early frames, a sixteenth (16 MiB by default:
         # a thousand heads of the largest size, ten times as many of a browser's).
         unanswered = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
@@ -270,9 +275,13 @@ class BambooServer:
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         address = connection.remote_address
         peer = HttpPeer(str(address[0]) if address else None, connection.connection_lost_waiter)
-        response = await self._answer_request(request, peer)
+        # Not looked for on the way to an upgrade: one that succeeds has no answer.
+        share = None if is_upgrade(request) else self._answer_share(connection, request)
+        response = await self._answer_request(request, peer, share)
         if response is None:
             return None
+        if share is None:  # a refused upgrade's answer
+            share = self._answer_share(connection, request)
         streamed = isinstance(response, StreamedResponse)
         if isinstance(response, StreamedResponse) and request.protocol != "HTTP/1.1":
             # No Transfer-Encoding in an answer to HTTP/1.0 (RFC 9112 6.1): its body
@@ -286,19 +295,30 @@ class BambooServer:
             # Its body follows its head, a piece at a time, each charged from its read
             # on; its first piece, read already, is charged now, or refused as any
             # answer that does not fit.
-            if self.unread_answers.take(response.held):
+            refusal = share.refusal(response.held)
+            if refusal is None:
+                share.charge(response.held)
                 config = self.config
                 page_timeout, close_timeout = config.answer_page_timeout, config.close_timeout
-                connection.stream_answer(self.unread_answers, response, page_timeout, close_timeout)
+                connection.stream_answer(share, response, page_timeout, close_timeout)
             else:
-                response = self.unread_answers.busy()
+                response = refusal
         else:
-            response = self.unread_answers.admit(connection, response)
+            response = share.admit(connection, response)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 
-    async def _answer_request(self, request: Request, peer: HttpPeer) -> Response | None:
-        """The answer to a request that does not become a WebSocket, else None."""
+    def _answer_share(self, connection: BambooConnection, request: Request) -> AnswerShare:
+        """The share of the unread answers that the answer to ``request`` is charged to."""
+        address = connection.remote_address
+        peer = request_peer(self.access, request, str(address[0]) if address else None)
+        return self.unread_answers.share(peer)
+
+    async def _answer_request(
+        self, request: Request, peer: HttpPeer, share: AnswerShare | None
+    ) -> Response | None:
+        """The answer to a request that does not become a WebSocket, else None;
+        ``share``, its peer's share of the unread answers (None for an upgrade)."""
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 message = f"more than one {name} header"
@@ -311,14 +331,12 @@ class BambooServer:
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
-            if (
-                self.unread_answers.full
-                and request.method == "GET"
-                and is_session_api(request.path)
-            ):
+            if share is not None and request.method == "GET" and is_session_api(request.path):
                 # A page would be refused once read. Not a HEAD: its answer has no body,
                 # and is never refused for the bytes it holds.
-                return self.unread_answers.busy()
+                refusal = share.refusal()
+                if refusal is not None:
+                    return refusal
             return await handle_get(self.services, request, peer)
         try:
             stream_route(request.path)

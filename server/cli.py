@@ -58,6 +58,9 @@ SERVE_HELP: dict[str, str] = {
     "answer_page_timeout": "seconds the peer of an HTTP answer streamed in pages (GET "
     "/api/v1/sessions/{id} without limit and before: the whole history) has to take each "
     "page; then its connection is dropped and the answer ends incomplete",
+    "answer_peer_share": "the part of what HTTP answers not yet taken by their peers may "
+    "hold (a quarter of --memory-budget) that one peer's (token sub, else address) may "
+    "hold; past it that peer's answers get 429 (1: no part of its own)",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
     "replay's page; waiting for one of the 8 read slots included), a hello's read of "
     "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "

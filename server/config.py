@@ -64,6 +64,9 @@ class ServerConfig:
     # has this long for its peer to take each page (up to --max-page-bytes, held in the
     # server meanwhile); else its connection is dropped.
     answer_page_timeout: float = 20.0
+    # The part of what HTTP answers not yet taken may hold (a quarter of memory_budget)
+    # that one peer's may hold (server/unread_answers.py).
+    answer_peer_share: float = 0.25
     # A page read from the store (history, events, a replay's page), its wait for one
     # of the page-read slots included, and an HTTP API request's store reads, are
     # abandoned after this long: a store that hangs would keep every slot. Below
@@ -220,6 +223,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "hello_timeout": (0.001, None),
     "replay_page_timeout": (0.001, None),
     "answer_page_timeout": (0.001, None),
+    "answer_peer_share": (0.001, 1),
     "store_read_timeout": (0.001, None),
     "idle_timeout": (0.001, None),
     # 0 would retire a session spawned for a hello before the hello is handled, again

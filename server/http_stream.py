@@ -4,10 +4,11 @@ client reads), the next one only once the previous one has left the server's buf
 
 What the answer holds in the server is one piece at a time: its bytes are charged to
 the account of answers not yet taken by their peers (``UnreadAnswers``, a quarter of
-``--memory-budget``) from when they are read until they have left the transport's
-buffer for the kernel's, whose buffer is kept small (``hold_answer``). Room for a
-piece is taken before it is read (the first, read with the request, is charged then,
-or refused with 503), in turn with the other answers' pieces; a piece waits for room,
+``--memory-budget``), through its peer's share of it (``AnswerShare``), from when they
+are read until they have left the transport's buffer for the kernel's, whose buffer is
+kept small (``hold_answer``). Room for a piece is taken before it is read (the first,
+read with the request, is charged then, or refused with 503, or 429 past the peer's
+share), in turn with the other answers' pieces; a piece waits for room,
 as one that is not taken waits for the peer, each for at most
 ``--answer-page-timeout``: past it the connection is dropped.
 A peer that stops reading holds one piece of the server for that long, then nothing;
@@ -33,7 +34,7 @@ from .unread_answers import SMALL_ANSWER_BYTES
 
 if TYPE_CHECKING:
     from .http_wire import BambooConnection
-    from .unread_answers import UnreadAnswers
+    from .unread_answers import AnswerShare
 
 log = structlog.get_logger("bamboo_session.server")
 
@@ -46,11 +47,12 @@ class AnswerStream:
     answer as websockets ends any other: its end of stream, and up to ``close_timeout``
     for the peer to hang up.
 
-    ``reserved`` bytes are charged to ``answers`` for the piece in hand or about to be
-    read: ``held`` (the first piece, read with the request) to begin with, then room
-    for ``piece_bytes()`` taken before each later piece is read. A piece that waited for
-    room once read held a page outside the account: 400 peers that did not read took
-    a server of 256 MiB of memory budget to 750 MB."""
+    ``reserved`` bytes are charged to ``answers`` (the share of the answer's peer) for
+    the piece in hand or about to be read: ``held`` (the first piece, read with the
+    request) to begin with, then room for ``piece_bytes()`` taken before each later
+    piece is read. A piece that waited for room once read held a page outside the
+    account: 400 peers that did not read took a server of 256 MiB of memory budget to
+    750 MB."""
 
     __slots__ = (
         "answers",
@@ -66,7 +68,7 @@ class AnswerStream:
     def __init__(
         self,
         connection: BambooConnection,
-        answers: UnreadAnswers,
+        answers: AnswerShare,
         pieces: AsyncIterator[bytes],
         timeouts: tuple[float, float | None],
         held: int,

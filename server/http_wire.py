@@ -37,7 +37,7 @@ from .read_waits import ReadWaits
 
 if TYPE_CHECKING:
     from .responses import StreamedResponse
-    from .unread_answers import UnreadAnswers
+    from .unread_answers import AnswerShare
 
 # The kernel's send buffer of a connection that answers an HTTP request (the kernel
 # doubles it): what it holds of an unread answer is not counted (hold_answer).
@@ -62,7 +62,7 @@ class BambooConnection(ServerConnection):
 
     # The account of a big HTTP answer (responses.py) and how much of it is still
     # charged there; class defaults, so that a WebSocket connection carries neither.
-    _answers: UnreadAnswers | None = None
+    _answers: AnswerShare | None = None
     _answer_held = 0
     # A streamed answer's body, written once its head is sent (stream_answer).
     _stream: AnswerStream | None = None
@@ -305,7 +305,7 @@ class BambooConnection(ServerConnection):
 
     def stream_answer(
         self,
-        answers: UnreadAnswers,
+        answers: AnswerShare,
         response: StreamedResponse,
         page_timeout: float,
         close_timeout: float | None,
@@ -332,9 +332,10 @@ class BambooConnection(ServerConnection):
         """Releases what has left the transport's buffer of the answer held now."""
         self._follow_answer()
 
-    def hold_answer(self, answers: UnreadAnswers, size: int) -> None:
-        """The answer about to be written, ``size`` bytes charged to ``answers``: the
-        charge follows its bytes out of the transport's buffer. A streamed answer holds
+    def hold_answer(self, answers: AnswerShare, size: int) -> None:
+        """The answer about to be written, ``size`` bytes charged to ``answers`` (its
+        peer's share of the unread answers): the charge follows its bytes out of the
+        transport's buffer. A streamed answer holds
         each piece in turn (http_stream.py), the previous one gone by then."""
         self._answers, self._answer_held = answers, self._answer_held + size
         # The kernel's buffer is outside every count: autotuned, it takes up to 4 MiB

@@ -166,6 +166,13 @@ class Metrics:
             "HTTP API requests answered 429: their peer's read allowance was in debt",
             registry=r,
         )
+        self.answers_refused = Counter(
+            "bamboo_answers_refused",
+            "HTTP answers refused because answers not yet read by their peers hold all "
+            "they may: their own peer's (full=peer, 429) or all peers' (full=server, 503)",
+            ["full"],
+            registry=r,
+        )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
         self.closes = Counter(
             "bamboo_closes",

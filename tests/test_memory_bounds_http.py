@@ -57,6 +57,10 @@ async def history_page_of(server: Any, messages: int, size: int) -> str:
 
 
 MISSING = "/api/v1/sessions/no-such-session"
+# Every peer of these tests is 127.0.0.1, one peer to the server: its share of the
+# unread answers is made the whole account, which is what is tested here (a peer's
+# share: tests/test_answer_shares.py).
+WHOLE_ACCOUNT = 1.0
 
 
 async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
@@ -64,7 +68,11 @@ async def test_answers_nobody_reads_are_bounded_in_bytes() -> None:
     # page is 2 MiB more than the kernel takes off the server's hands.
     page_bytes = kernel_send_buffer() + 2 * MIB
     part = 512 * KIB
-    config = {"memory_budget": 4 * MIB, "max_page_bytes": page_bytes + MIB}
+    config = {
+        "memory_budget": 4 * MIB,
+        "max_page_bytes": page_bytes + MIB,
+        "answer_peer_share": WHOLE_ACCOUNT,
+    }
     async with run_server(**config) as server:
         page = await history_page_of(server, page_bytes // part + 1, part)
         loop = asyncio.get_running_loop()
@@ -95,7 +103,11 @@ async def test_answers_nobody_reads_are_counted_though_the_kernel_could_take_the
     # 1 MB, less than the kernel's send buffer can grow to (tcp_wmem, 4 MiB here): a
     # kernel left to itself took it whole, so that it was not counted, and every peer
     # that never reads could hold another.
-    config = {"memory_budget": 4 * MIB, "max_page_bytes": 2 * MIB}
+    config = {
+        "memory_budget": 4 * MIB,
+        "max_page_bytes": 2 * MIB,
+        "answer_peer_share": WHOLE_ACCOUNT,
+    }
     async with run_server(**config) as server:
         page = await history_page_of(server, 8, 120_000)
         loop = asyncio.get_running_loop()

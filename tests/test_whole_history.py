@@ -26,10 +26,13 @@ from tests.test_server_lifecycle import eventually
 __all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
 
 
-async def stored_session(server: Any, session_id: str, count: int, size: int = 0) -> Any:
-    """A new session of ``count`` messages (of ``size`` more bytes each), stored as
-    created; its history as the store has it, decoded as a client would."""
-    session = Session.new(session_id, user_id="u1")
+async def stored_session(
+    server: Any, session_id: str, count: int, size: int = 0, user_id: str = "u1"
+) -> Any:
+    """A new session of ``user_id`` with ``count`` messages (of ``size`` more bytes
+    each), stored as created; its history as the store has it, decoded as a client
+    would."""
+    session = Session.new(session_id, user_id=user_id)
     session.messages = [Message.user(f"{session_id}-{i}" + "x" * size) for i in range(count)]
     await server.storage.create_session(session)
     stored = await server.storage.get_session_history(session_id)

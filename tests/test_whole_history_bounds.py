@@ -16,7 +16,7 @@ import tracemalloc
 
 from tests.memory_support import KIB, MIB
 from tests.support import run_server
-from tests.test_memory_bounds_http import status_of, unread_get
+from tests.test_memory_bounds_http import WHOLE_ACCOUNT, status_of, unread_get
 from tests.test_server_lifecycle import eventually
 from tests.test_whole_history import http_client_get, stored_session
 
@@ -27,7 +27,12 @@ async def test_peers_that_do_not_read_hold_no_more_than_the_unread_answers_accou
     # it waited for room (up to --answer-page-timeout): 6 MiB beyond the account, and
     # 400 such peers took a default server to 750 MB.
     page = 256 * KIB
-    config = {"memory_budget": 8 * MIB, "max_page_bytes": page, "answer_page_timeout": 60}
+    config = {
+        "memory_budget": 8 * MIB,
+        "max_page_bytes": page,
+        "answer_page_timeout": 60,
+        "answer_peer_share": WHOLE_ACCOUNT,  # every peer here is one: 127.0.0.1
+    }
     async with run_server(**config) as server:
         await stored_session(server, "held", 2000, size=2 * KIB)  # about 4 MB
         loop = asyncio.get_running_loop()
@@ -80,7 +85,12 @@ async def test_readers_that_read_take_turns_for_room_and_none_is_dropped() -> No
     # every 50 ms, pieces that had just left took it back before those that had
     # waited, for a whole answer (over 1 s), and those were dropped as too slow.
     page = 256 * KIB
-    config = {"memory_budget": 4 * MIB, "max_page_bytes": page, "answer_page_timeout": 1}
+    config = {
+        "memory_budget": 4 * MIB,
+        "max_page_bytes": page,
+        "answer_page_timeout": 1,
+        "answer_peer_share": WHOLE_ACCOUNT,  # every peer here is one: 127.0.0.1
+    }
     async with run_server(**config) as server:
         expected = await stored_session(server, "shared", 1500, size=2 * KIB)  # about 3 MB
         path = "/api/v1/sessions/shared"
@@ -114,7 +124,12 @@ async def test_the_end_of_an_answer_does_not_wait_for_room_for_a_page() -> None:
     # room for a whole page was asked for the end as for any piece, which waited the
     # page timeout and then cut the answer short.
     page = 640 * KIB
-    config = {"memory_budget": 4 * MIB, "max_page_bytes": page, "answer_page_timeout": 3}
+    config = {
+        "memory_budget": 4 * MIB,
+        "max_page_bytes": page,
+        "answer_page_timeout": 3,
+        "answer_peer_share": WHOLE_ACCOUNT,  # every peer here is one: 127.0.0.1
+    }
     async with run_server(**config) as server:
         await stored_session(server, "held", 2000, size=2 * KIB)  # about 4 MB
         expected = await stored_session(server, "short", 5)
