@@ -105,18 +105,18 @@ async def test_a_crowd_of_one_peer_reading_a_byte_at_a_time_starves_no_other_pee
             await eventually(lambda: len(statuses) == CROWD, 30)
             answers = server.unread_answers
             assert answers.used <= answers.limit
-            port = server.port
             # The other peer's whole history, a page of it, and a page of its events.
-            status, body = await answer_of(port, "/api/v1/sessions/mine", alice)
-            assert status == 200, body
-            assert body["messages"] == expected
-            status, body = await answer_of(port, "/api/v1/sessions/mine?limit=1000", alice)
-            assert status == 200 and body["messages"] == expected[-len(body["messages"]) :]
-            status, body = await answer_of(port, "/api/v1/sessions/mine/events", alice)
-            assert status == 200 and body["events"], body
+            whole, page, events = [
+                await answer_of(server.port, f"/api/v1/sessions/mine{query}", alice)
+                for query in ("", "?limit=1000", "/events")
+            ]
+            assert [whole[0], page[0], events[0]] == [200, 200, 200], (whole, page, events)
+            assert whole[1]["messages"] == expected
+            assert page[1]["messages"] == expected[-len(page[1]["messages"]) :]
+            assert events[1]["events"]
         finally:
             stop.set()
-            await asyncio.gather(*crowd)
+            await asyncio.wait_for(asyncio.gather(*crowd), DEADLINE)
         # The crowd was served up to its share, then told it holds too much.
         assert b"HTTP/1.1 200" in statuses and b"HTTP/1.1 429" in statuses, statuses
         await eventually(lambda: server.unread_answers.used == 0, 10)
