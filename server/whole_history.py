@@ -5,8 +5,9 @@ streamed page by page (server/http_stream.py writes it, chunked).
 Never held whole: the answer used to be built in memory, and a history longer than one
 page was refused with 413 for that, which a client written from PROTOCOL.md does not
 expect. Each page (about ``--max-page-bytes`` of messages, at least one) is read in
-one of the page-read slots within ``--store-read-timeout``, like any other page, and
-only when the previous one has left the server's buffer.
+one of the page-read slots within ``--store-read-timeout``, like any other page (but
+in at most half of the slots, all whole histories together), and only when the
+previous one has left the server's buffer.
 
 Consistent: the messages the metadata counted when the answer began (indexes
 ``0 .. message_count``), read from the log of that metadata's epoch only, so that no
@@ -95,9 +96,11 @@ class WholeHistory:
         self.max_bytes = max_bytes
 
     async def page(self, deadline: float | None = None) -> bytes:
-        """The next page's messages, comma-separated, in a slot by ``deadline``."""
+        """The next page's messages, comma-separated, in a slot by ``deadline``: one of
+        those streamed answers may hold (half of them), so that however many whole
+        histories are read at once, other pages find a slot."""
         start = self.position
-        encoded = await self._reads.read(
+        encoded = await self._reads.stream_read(
             lambda: forward_page(
                 self._storage, self.session_id, start, self.count, self.max_bytes, self._epoch
             ),
