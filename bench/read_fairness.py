@@ -1,0 +1,227 @@
+"""Question: can one peer, or a crowd of readers, starve the other peers' HTTP reads?
+
+Two attacks on a server subprocess (JSONL store, auth on: the attackers are the user
+``mallory``, the other peer ``alice``):
+
+- crowd: ``--crowd`` connections of mallory ask for a long whole history and read it a
+  byte a second (a tiny receive buffer), holding a page of the server each for
+  ``--answer-page-timeout``. Then alice asks for her whole history, a page of it and a
+  page of its events: how many of the three are served (200), and how long each takes.
+  The server's account of unread answers is a quarter of ``--memory-budget``; one
+  peer's part of it, ``--answer-peer-share``, is what keeps the crowd from taking it all.
+- streams: ``--streams`` connections of mallory read whole histories as fast as they
+  can, over and over, while alice asks for a small page every 50 ms for ``--seconds``:
+  its latency (whole histories may hold at most half of the page-read slots).
+
+Run: ``python -m bench.read_fairness`` (``--crowd``, ``--streams``, ``--messages``,
+``--seconds``). Prints the figures and two RATIO lines; ``--json`` writes them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.protocol.messages import Message
+from bamboo_session.protocol.models import Session
+
+from .common import (
+    add_common_args,
+    bamboo_server,
+    percentile,
+    ratio_line,
+    run,
+    workdir,
+    write_json,
+)
+
+SECRET = "bench-read-fairness-secret-0123456789"  # 32+ bytes, as --auth-secret wants
+ALICE_PATHS = (
+    "/api/v1/sessions/mine",
+    "/api/v1/sessions/mine?limit=1000",
+    "/api/v1/sessions/mine/events",
+)
+SMALL_PAGE = "/api/v1/sessions/small?limit=10"
+
+
+def token(sub: str) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+
+
+async def seed(data_dir: Path, messages: int) -> None:
+    """Mallory's long history (2 KiB messages), alice's (1 KiB), and a short one."""
+    storage = await open_storage(f"jsonl://{data_dir}")
+    try:
+        for session_id, user, count, size in (
+            ("long", "mallory", messages, 2048),
+            ("mine", "alice", messages // 2, 1024),
+            ("small", "alice", 50, 100),
+        ):
+            session = Session.new(session_id, user_id=user)
+            session.messages = [
+                Message.user(f"{session_id}-{i}" + "x" * size) for i in range(count)
+            ]
+            await storage.create_session(session)
+    finally:
+        await storage.close()
+
+
+async def ask(port: int, path: str, user: str, receive_buffer: int = 0) -> socket.socket:
+    """A connection that has sent its GET of ``path`` as ``user``."""
+    loop = asyncio.get_running_loop()
+    peer = socket.socket()
+    if receive_buffer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    peer.setblocking(False)
+    await loop.sock_connect(peer, ("127.0.0.1", port))
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token(user)}\r\n\r\n"
+    await loop.sock_sendall(peer, head.encode())
+    return peer
+
+
+async def answer(port: int, path: str, user: str) -> tuple[int, float]:
+    """A well-behaved GET, read as fast as it comes: its status and seconds."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    received = b""
+    with await ask(port, path, user) as peer:
+        while chunk := await loop.sock_recv(peer, 1 << 20):
+            received += chunk
+    return int(received[9:12] or 0), time.monotonic() - started
+
+
+async def trickle(port: int, heard: Callable[[int], None], stop: asyncio.Event) -> None:
+    """Mallory's whole history, read a byte a second once its status line is in (told
+    to ``heard``)."""
+    loop = asyncio.get_running_loop()
+    with await ask(port, "/api/v1/sessions/long", "mallory", receive_buffer=4096) as peer:
+        head = b""
+        while len(head) < 12 and (byte := await loop.sock_recv(peer, 1)):
+            head += byte
+        heard(int(head[9:12] or 0))
+        while not stop.is_set() and await loop.sock_recv(peer, 1):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def crowd_attack(port: int, crowd: int) -> dict[str, Any]:
+    stop, all_heard = asyncio.Event(), asyncio.Event()
+    statuses: list[int] = []
+
+    def heard(status: int) -> None:
+        statuses.append(status)
+        if len(statuses) == crowd:
+            all_heard.set()
+
+    readers = [asyncio.create_task(trickle(port, heard, stop)) for _ in range(crowd)]
+    try:
+        await asyncio.wait_for(all_heard.wait(), 60)
+        await asyncio.sleep(1)  # what the kernel takes of their answers, it takes by then
+        alice = [await answer(port, path, "alice") for path in ALICE_PATHS]
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 60)
+    return {
+        "crowd": crowd,
+        "crowd_statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+        "alice": [
+            {"path": path, "status": status, "seconds": round(seconds, 4)}
+            for path, (status, seconds) in zip(ALICE_PATHS, alice, strict=True)
+        ],
+    }
+
+
+async def streams_attack(port: int, streams: int, seconds: float) -> dict[str, Any]:
+    stop = asyncio.Event()
+    histories = 0
+
+    async def read_again_and_again() -> None:
+        nonlocal histories
+        while not stop.is_set():
+            await answer(port, "/api/v1/sessions/long", "mallory")
+            histories += 1
+
+    readers = [asyncio.create_task(read_again_and_again()) for _ in range(streams)]
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    try:
+        await asyncio.sleep(min(2.0, seconds))  # every reader under way
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            status, took = await answer(port, SMALL_PAGE, "alice")
+            latencies.append(took)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    latencies.sort()
+    return {
+        "streams": streams,
+        "small_pages": len(latencies),
+        "small_page_statuses": statuses,
+        "small_page_p50_s": round(percentile(latencies, 0.5), 4),
+        "small_page_p90_s": round(percentile(latencies, 0.9), 4),
+        "small_page_max_s": round(latencies[-1], 4) if latencies else None,
+        "whole_histories_read": histories,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    with workdir("read-fairness") as tmp:
+        data_dir = tmp / "data"
+        await seed(data_dir, args.messages)
+        server = bamboo_server(data_dir, tmp / "server.log", "--auth-secret", SECRET)
+        server.start()
+        try:
+            crowd = await crowd_attack(server.port, args.crowd)
+            streams = await streams_attack(server.port, args.streams, args.seconds)
+        finally:
+            server.terminate()
+    return {"crowd": crowd, "streams": streams}
+
+
+def report(results: dict[str, Any]) -> None:
+    crowd, streams = results["crowd"], results["streams"]
+    print(
+        f"crowd of {crowd['crowd']} byte-a-second readers: their statuses {crowd['crowd_statuses']}"
+    )
+    for asked in crowd["alice"]:
+        print(f"  other peer {asked['path']}: {asked['status']} in {asked['seconds']:.3f} s")
+    print(
+        f"{streams['streams']} streamed readers ({streams['whole_histories_read']} whole "
+        f"histories read): small page x{streams['small_pages']} {streams['small_page_statuses']}"
+        f" p50 {streams['small_page_p50_s']:.3f} s, p90 {streams['small_page_p90_s']:.3f} s,"
+        f" max {streams['small_page_max_s']:.3f} s"
+    )
+    served = sum(asked["status"] == 200 for asked in crowd["alice"]) / len(crowd["alice"])
+    print(ratio_line("read", "crowd_other_peer_served", served, "1.0"))
+    print(ratio_line("read", "streams_small_page_p90_s", streams["small_page_p90_s"], "< 0.1"))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--crowd", type=int, default=150, help="byte-a-second readers")
+    parser.add_argument("--streams", type=int, default=150, help="fast whole-history readers")
+    parser.add_argument("--messages", type=int, default=4000, help="of the long history")
+    parser.add_argument("--seconds", type=float, default=10.0, help="of small pages asked for")
+    add_common_args(parser)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    outcome = run(main(arguments))
+    report(outcome)
+    write_json(arguments.json, outcome)
