@@ -15,6 +15,7 @@ import json
 import socket
 from pathlib import Path
 
+from bamboo_session.server.app import BambooServer
 from bamboo_session.server.pages import PAGE_READS_AT_ONCE
 from tests.support import attach, get, run_server
 from tests.test_server_lifecycle import eventually
@@ -34,11 +35,10 @@ def ask_whole_history(port: int, session_id: str) -> socket.socket:
     return peer
 
 
-def reads_in_slots(server: object) -> int:
+def reads_in_slots(server: BambooServer) -> int:
     """Page reads holding a slot now (a figure of the server's own, watched only to
     know that the streams' reads have reached the store)."""
-    slots = server.services.page_reads.slots  # type: ignore[attr-defined]
-    return PAGE_READS_AT_ONCE - int(slots._value)
+    return PAGE_READS_AT_ONCE - server.services.page_reads.slots._value
 
 
 async def test_streamed_histories_leave_slots_to_pages_asked_for_alone(tmp_path: Path) -> None:
