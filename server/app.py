@@ -57,7 +57,7 @@ from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
-from .unread_answers import AnswerShare, UnreadAnswers, request_peer
+from .unread_answers import AnswerShare, UnreadAnswers, is_charged, request_peer
 
 log = structlog.get_logger("bamboo_session.server")
 # Headers whose value decides something: two of them are ambiguous, and refused.
@@ -275,13 +275,9 @@ class BambooServer:
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         address = connection.remote_address
         peer = HttpPeer(str(address[0]) if address else None, connection.connection_lost_waiter)
-        # Not looked for on the way to an upgrade: one that succeeds has no answer.
-        share = None if is_upgrade(request) else self._answer_share(connection, request)
-        response = await self._answer_request(request, peer, share)
+        response = await self._answer_request(connection, request, peer)
         if response is None:
             return None
-        if share is None:  # a refused upgrade's answer
-            share = self._answer_share(connection, request)
         streamed = isinstance(response, StreamedResponse)
         if isinstance(response, StreamedResponse) and request.protocol != "HTTP/1.1":
             # No Transfer-Encoding in an answer to HTTP/1.0 (RFC 9112 6.1): its body
@@ -295,6 +291,7 @@ class BambooServer:
             # Its body follows its head, a piece at a time, each charged from its read
             # on; its first piece, read already, is charged now, or refused as any
             # answer that does not fit.
+            share = self._answer_share(connection, request)
             refusal = share.refusal(response.held)
             if refusal is None:
                 share.charge(response.held)
@@ -303,22 +300,22 @@ class BambooServer:
                 connection.stream_answer(share, response, page_timeout, close_timeout)
             else:
                 response = refusal
-        else:
-            response = share.admit(connection, response)
+        elif is_charged(connection, response):
+            response = self._answer_share(connection, request).admit(connection, response)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 
     def _answer_share(self, connection: BambooConnection, request: Request) -> AnswerShare:
-        """The share of the unread answers that the answer to ``request`` is charged to."""
+        """The share of the unread answers that the answer to ``request`` is charged
+        to. Looked for only when needed: under auth it verifies the token (again)."""
         address = connection.remote_address
         peer = request_peer(self.access, request, str(address[0]) if address else None)
         return self.unread_answers.share(peer)
 
     async def _answer_request(
-        self, request: Request, peer: HttpPeer, share: AnswerShare | None
+        self, connection: BambooConnection, request: Request, peer: HttpPeer
     ) -> Response | None:
-        """The answer to a request that does not become a WebSocket, else None;
-        ``share``, its peer's share of the unread answers (None for an upgrade)."""
+        """The answer to a request that does not become a WebSocket, else None."""
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 message = f"more than one {name} header"
@@ -331,10 +328,12 @@ class BambooServer:
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
-            if share is not None and request.method == "GET" and is_session_api(request.path):
+            if request.method == "GET" and is_session_api(request.path):
                 # A page would be refused once read. Not a HEAD: its answer has no body,
                 # and is never refused for the bytes it holds.
-                refusal = share.refusal()
+                refusal = self.unread_answers.refusal_when_full(
+                    lambda: self._answer_share(connection, request)
+                )
                 if refusal is not None:
                     return refusal
             return await handle_get(self.services, request, peer)

@@ -86,6 +86,17 @@ class UnreadAnswers:
         """Whether every answer but a small one would be refused now, to any peer."""
         return self.used >= self.limit
 
+    def refusal_when_full(self, share_of: Callable[[], AnswerShare]) -> Response | None:
+        """The refusal of every answer but a small one, if the account is full, or the
+        share of the peer asking (``share_of()``) is: then a request for a page is
+        refused before its page is read, decoded and encoded. The share is looked for
+        only when the account holds enough for a peer to be at its own."""
+        if self.used >= self.limit:
+            return self._refused("server")
+        if self.used < self.peer_limit:
+            return None
+        return share_of().refusal()
+
     @staticmethod
     def busy() -> Response:
         return error_response(
@@ -165,9 +176,9 @@ class AnswerShare:
     def admit(self, connection: BambooConnection, response: Response) -> Response:
         """``response``, charged until its bytes have left, or the refusal to send
         instead of it."""
+        if not is_charged(connection, response):
+            return response
         size = len(response.body)
-        if size <= SMALL_ANSWER_BYTES or connection.transport.is_closing():
-            return response  # small, or to a peer already gone: nothing will be written
         refusal = self.refusal(size)
         if refusal is not None:
             return refusal
@@ -207,6 +218,12 @@ class AnswerShare:
         with contextlib.suppress(ValueError):
             self.account._waiting.remove((self, size, future))
         self.account._charge_waiting()
+
+
+def is_charged(connection: BambooConnection, response: Response) -> bool:
+    """Whether ``response`` is charged, and may be refused: not if small, or to a peer
+    already gone (nothing will be written)."""
+    return len(response.body) > SMALL_ANSWER_BYTES and not connection.transport.is_closing()
 
 
 def request_peer(access: AccessPolicy, request: Request, address: str | None) -> str | None:
