@@ -89,12 +89,10 @@ def failure_response(exc: BaseException) -> Response:
     return error_response(failure.status, failure.error.value, failure.message(exc), headers)
 
 
-async def handle_get(
-    services: Services, request: Request, peer: HttpPeer | None = None
-) -> Response:
+async def handle_get(services: Services, request: Request, peer: HttpPeer) -> Response:
     """The answer to a plain HTTP request (not an upgrade): GET, and HEAD (the same
-    answer without its body). ``peer``: who asks, whose read allowance the session
-    API's pages are charged to (server/http_pages.py)."""
+    answer without its body). ``peer``: who asks (its token verified at most once),
+    whose read allowance the session API's pages are charged to (server/http_pages.py)."""
     if request.method not in ("GET", "HEAD"):
         return error_response(
             http.HTTPStatus.METHOD_NOT_ALLOWED,
@@ -118,7 +116,7 @@ def upgrade_required() -> Response:
     )
 
 
-async def _answer_get(services: Services, request: Request, peer: HttpPeer | None) -> Response:
+async def _answer_get(services: Services, request: Request, peer: HttpPeer) -> Response:
     path, _, query = request.path.partition("?")
     params = dict(urllib.parse.parse_qsl(query, keep_blank_values=False))
     try:
@@ -139,20 +137,18 @@ async def _answer_get(services: Services, request: Request, peer: HttpPeer | Non
         if web.is_web_path(path):
             return web.serve(request, path)
         if path == SESSIONS_PATH:
-            return await _list_sessions(services, request, params, peer)
+            return await _list_sessions(services, params, peer)
         if path.startswith(SESSIONS_PATH + "/"):
             rest = path[len(SESSIONS_PATH) + 1 :]
-            return await _session_resource(services, request, rest, params, peer)
+            return await _session_resource(services, rest, params, peer)
     except (StorageError, Unauthorized, Forbidden) as exc:
         return failure_response(exc)
     return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
 
 
-async def _list_sessions(
-    services: Services, request: Request, params: dict[str, str], peer: HttpPeer | None
-) -> Response:
+async def _list_sessions(services: Services, params: dict[str, str], peer: HttpPeer) -> Response:
     # 401 before anything else.
-    principal = services.access.authenticate_request(request.headers.get("Authorization"))
+    principal = peer.auth.principal()
     try:
         # The lax conversion below reads every value from its string, and would also
         # take "1e2" or "100.0" for an integer, and a number of seconds for a time:
@@ -180,10 +176,10 @@ async def _list_sessions(
 
 
 async def _session_resource(
-    services: Services, request: Request, rest: str, params: dict[str, str], peer: HttpPeer | None
+    services: Services, rest: str, params: dict[str, str], peer: HttpPeer
 ) -> Response:
     # Authentication comes first (401 even for a missing session), then 404, then 403.
-    principal = services.access.authenticate_request(request.headers.get("Authorization"))
+    principal = peer.auth.principal()
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")

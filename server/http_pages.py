@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from websockets.http11 import Response
 
-from .auth import Principal
+from .auth import Principal, RequestAuth
 from .quotas import creator_key
 from .read_allowance import ReadAllowance
 from .responses import StreamedResponse, error_response
@@ -45,11 +45,13 @@ from .services import Services
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HttpPeer:
-    """Who asks: the address the request came from, and a future done once the
-    connection is lost (a whole history's wait for the debt ends with it)."""
+    """Who asks: the address the request came from, a future done once the connection
+    is lost (a whole history's wait for the debt ends with it), and who sent it (its
+    token verified at most once, by whichever asks first)."""
 
     address: str | None
-    lost: asyncio.Future[None] | None = None
+    lost: asyncio.Future[None] | None
+    auth: RequestAuth
 
 
 def allowance_of(

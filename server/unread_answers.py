@@ -11,9 +11,9 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
-from .auth import AccessPolicy, Unauthorized
+from .auth import RequestAuth
 from .quotas import creator_key
 from .responses import error_response
 
@@ -226,16 +226,10 @@ def is_charged(connection: BambooConnection, response: Response) -> bool:
     return len(response.body) > SMALL_ANSWER_BYTES and not connection.transport.is_closing()
 
 
-def request_peer(access: AccessPolicy, request: Request, address: str | None) -> str | None:
-    """Whose share of the unread answers the answer to ``request`` is charged to: the
+def request_peer(auth: RequestAuth, address: str | None) -> str | None:
+    """Whose share of the unread answers the answer to a request is charged to: the
     token's ``sub`` under auth, else the peer's address (an IPv6 peer's /64), as the
     replay allowance and the creation rate name peers (quotas.creator_key). A request
     under auth without a valid token is charged to its address: it gets a 401 (small)
-    or a console file, and so does one with two ``Authorization`` headers (a 400)."""
-    user = None
-    authorization = request.headers.get_all("Authorization")
-    if access.enabled and len(authorization) == 1:
-        with contextlib.suppress(Unauthorized):
-            principal = access.authenticate_request(authorization[0])
-            user = principal.sub if principal is not None else None
-    return creator_key(user, address)
+    or a console file."""
+    return creator_key(auth.user(), address)
