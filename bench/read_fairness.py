@@ -9,9 +9,10 @@ Two attacks on a server subprocess (JSONL store, auth on: the attackers are the 
   page of its events: how many of the three are served (200), and how long each takes.
   The server's account of unread answers is a quarter of ``--memory-budget``; one
   peer's part of it, ``--answer-peer-share``, is what keeps the crowd from taking it all.
-- streams: ``--streams`` connections of mallory read whole histories as fast as they
-  can, over and over, while alice asks for a small page every 50 ms for ``--seconds``:
-  its latency (whole histories may hold at most half of the page-read slots).
+- streams: ``--streams`` readers, each a user of its own, read mallory's whole history
+  as fast as they can, over and over, while alice asks for a small page every 50 ms
+  for ``--seconds``: its latency (whole histories may hold at most half of the
+  page-read slots).
 
 Run: ``python -m bench.read_fairness`` (``--crowd``, ``--streams``, ``--messages``,
 ``--seconds``). Prints the figures and two RATIO lines; ``--json`` writes them too.
@@ -54,7 +55,12 @@ SMALL_PAGE = "/api/v1/sessions/small?limit=10"
 
 
 def token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+    """A token of ``sub``; the streamed readers (``reader…``) are admins, who may read
+    mallory's history, each a peer of its own."""
+    claims: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + 3600}
+    if sub.startswith("reader"):
+        claims["role"] = "admin"
+    return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 async def seed(data_dir: Path, messages: int) -> None:
@@ -88,15 +94,20 @@ async def ask(port: int, path: str, user: str, receive_buffer: int = 0) -> socke
     return peer
 
 
-async def answer(port: int, path: str, user: str) -> tuple[int, float]:
-    """A well-behaved GET, read as fast as it comes: its status and seconds."""
+async def answer(
+    port: int, path: str, user: str, received: list[int] | None = None
+) -> tuple[int, float]:
+    """A well-behaved GET, read as fast as it comes: its status and seconds; the bytes
+    of each read are added to ``received[0]`` as they come."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    received = b""
+    head = b""
     with await ask(port, path, user) as peer:
         while chunk := await loop.sock_recv(peer, 1 << 20):
-            received += chunk
-    return int(received[9:12] or 0), time.monotonic() - started
+            head = head or chunk[:12]
+            if received is not None:
+                received[0] += len(chunk)
+    return int(head[9:12] or 0), time.monotonic() - started
 
 
 async def trickle(port: int, heard: Callable[[int], None], stop: asyncio.Event) -> None:
@@ -142,25 +153,29 @@ async def crowd_attack(port: int, crowd: int) -> dict[str, Any]:
 
 async def streams_attack(port: int, streams: int, seconds: float) -> dict[str, Any]:
     stop = asyncio.Event()
-    histories = 0
+    histories: dict[str, int] = {}
+    received = [0]  # bytes the streamed readers have read, over the measured seconds
 
-    async def read_again_and_again() -> None:
-        nonlocal histories
+    async def read_again_and_again(user: str) -> None:
         while not stop.is_set():
-            await answer(port, "/api/v1/sessions/long", "mallory")
-            histories += 1
+            status, _ = await answer(port, "/api/v1/sessions/long", user, received)
+            histories[str(status)] = histories.get(str(status), 0) + 1
+            if status != 200:
+                await asyncio.sleep(1)  # as Retry-After says
 
-    readers = [asyncio.create_task(read_again_and_again()) for _ in range(streams)]
+    readers = [asyncio.create_task(read_again_and_again(f"reader{n}")) for n in range(streams)]
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     try:
         await asyncio.sleep(min(2.0, seconds))  # every reader under way
-        end = time.monotonic() + seconds
+        started, received[0] = time.monotonic(), 0
+        end = started + seconds
         while time.monotonic() < end:
             status, took = await answer(port, SMALL_PAGE, "alice")
             latencies.append(took)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             await asyncio.sleep(0.05)
+        streamed = received[0] / (time.monotonic() - started)
     finally:
         stop.set()
         for reader in readers:
@@ -174,7 +189,8 @@ async def streams_attack(port: int, streams: int, seconds: float) -> dict[str, A
         "small_page_p50_s": round(percentile(latencies, 0.5), 4),
         "small_page_p90_s": round(percentile(latencies, 0.9), 4),
         "small_page_max_s": round(latencies[-1], 4) if latencies else None,
-        "whole_histories_read": histories,
+        "whole_histories": histories,
+        "streamed_mb_per_s": round(streamed / 1e6, 1),
     }
 
 
@@ -200,8 +216,9 @@ def report(results: dict[str, Any]) -> None:
     for asked in crowd["alice"]:
         print(f"  other peer {asked['path']}: {asked['status']} in {asked['seconds']:.3f} s")
     print(
-        f"{streams['streams']} streamed readers ({streams['whole_histories_read']} whole "
-        f"histories read): small page x{streams['small_pages']} {streams['small_page_statuses']}"
+        f"{streams['streams']} streamed readers ({streams['streamed_mb_per_s']} MB/s, whole "
+        f"histories {streams['whole_histories']}):"
+        f" small page x{streams['small_pages']} {streams['small_page_statuses']}"
         f" p50 {streams['small_page_p50_s']:.3f} s, p90 {streams['small_page_p90_s']:.3f} s,"
         f" max {streams['small_page_max_s']:.3f} s"
     )
