@@ -27,7 +27,7 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
-from .auth import AccessPolicy, Authenticator, RequestAuth, check_binding
+from .auth import AccessPolicy, Authenticator, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
 from .connection import Connection
@@ -42,7 +42,7 @@ from .http import (
     stream_route,
     upgrade_required,
 )
-from .http_pages import HttpPeer
+from .http_peer import HttpPeer
 from .http_requests import UnansweredRequests
 from .http_wire import BambooConnection
 from .limits import ConnectionCounter
@@ -57,7 +57,7 @@ from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
-from .unread_answers import AnswerShare, UnreadAnswers, is_charged, request_peer
+from .unread_answers import UnreadAnswers, is_charged
 
 log = structlog.get_logger("bamboo_session.server")
 # Headers whose value decides something: two of them are ambiguous, and refused.
@@ -273,10 +273,7 @@ class BambooServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
-        address = connection.remote_address
-        auth = RequestAuth(self.access, _authorization(request))
-        lost = connection.connection_lost_waiter
-        peer = HttpPeer(str(address[0]) if address else None, lost, auth)
+        peer = HttpPeer.of(self.access, request, connection)
         response = await self._answer_request(connection, request, peer)
         if response is None:
             return None
@@ -293,7 +290,7 @@ class BambooServer:
             # Its body follows its head, a piece at a time, each charged from its read
             # on; its first piece, read already, is charged now, or refused as any
             # answer that does not fit.
-            share = self._answer_share(connection, auth)
+            share = self.unread_answers.share(peer.key)
             refusal = share.refusal(response.held)
             if refusal is None:
                 share.charge(response.held)
@@ -303,17 +300,9 @@ class BambooServer:
             else:
                 response = refusal
         elif is_charged(connection, response):
-            response = self._answer_share(connection, auth).admit(connection, response)
+            response = self.unread_answers.share(peer.key).admit(connection, response)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
-
-    def _answer_share(self, connection: BambooConnection, auth: RequestAuth) -> AnswerShare:
-        """The share of the unread answers that the answer to a request (from ``auth``)
-        is charged to. Looked for only when needed: under auth it verifies the token,
-        if the handler has not."""
-        address = connection.remote_address
-        peer = request_peer(auth, str(address[0]) if address else None)
-        return self.unread_answers.share(peer)
 
     async def _answer_request(
         self, connection: BambooConnection, request: Request, peer: HttpPeer
@@ -335,7 +324,7 @@ class BambooServer:
                 # A page would be refused once read. Not a HEAD: its answer has no body,
                 # and is never refused for the bytes it holds.
                 refusal = self.unread_answers.refusal_when_full(
-                    lambda: self._answer_share(connection, peer.auth)
+                    lambda: self.unread_answers.share(peer.key)
                 )
                 if refusal is not None:
                     return refusal
@@ -357,13 +346,6 @@ class BambooServer:
         if not self.guard.origin_allowed(request.headers.get("Origin")):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
-
-
-def _authorization(request: Request) -> str | None:
-    """The request's one ``Authorization`` header; None without one, and with two (the
-    request is refused with 400 before anyone asks who sent it)."""
-    values = request.headers.get_all("Authorization")
-    return values[0] if len(values) == 1 else None
 
 
 def select_subprotocol(

@@ -204,41 +204,6 @@ class AccessPolicy:
             check_access(principal, metadata)
 
 
-class RequestAuth:
-    """Who sent one HTTP request: its token verified at most once, by whichever asks
-    first (the handler; the account of unread answers, which charges the answer to its
-    peer), the outcome kept for the other."""
-
-    __slots__ = ("_access", "_authorization", "_failure", "_principal", "_verified")
-
-    def __init__(self, access: AccessPolicy, authorization: str | None) -> None:
-        self._access = access
-        self._authorization = authorization
-        self._verified = False
-        self._principal: Principal | None = None
-        self._failure: Unauthorized | None = None
-
-    def principal(self) -> Principal | None:
-        """As :meth:`AccessPolicy.authenticate_request`: raises :class:`Unauthorized`."""
-        if not self._verified:
-            try:
-                self._principal = self._access.authenticate_request(self._authorization)
-            except Unauthorized as exc:
-                self._failure = exc
-            self._verified = True
-        if self._failure is not None:
-            raise Unauthorized(*self._failure.args)
-        return self._principal
-
-    def user(self) -> str | None:
-        """The ``sub`` of a valid token, else None (auth off, no token or a bad one)."""
-        try:
-            principal = self.principal()
-        except Unauthorized:
-            return None
-        return principal.sub if principal is not None else None
-
-
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if it is one."""
     if authorization is None:

@@ -23,7 +23,8 @@ from bamboo_session.protocol.models import SessionMetadata
 from . import web
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
-from .http_pages import HttpPeer, allowance_of, charged, over_allowance, paced
+from .http_pages import allowance_of, charged, over_allowance, paced
+from .http_peer import HttpPeer
 from .http_requests import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import history_page, page_and_last_seq, within_bytes
@@ -148,7 +149,7 @@ async def _answer_get(services: Services, request: Request, peer: HttpPeer) -> R
 
 async def _list_sessions(services: Services, params: dict[str, str], peer: HttpPeer) -> Response:
     # 401 before anything else.
-    principal = peer.auth.principal()
+    principal = peer.principal()
     try:
         # The lax conversion below reads every value from its string, and would also
         # take "1e2" or "100.0" for an integer, and a number of seconds for a time:
@@ -166,7 +167,7 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
-    allowance = allowance_of(services, principal, peer)
+    allowance = allowance_of(services, peer)
     refusal = over_allowance(services, allowance)
     if refusal is not None:
         return refusal
@@ -179,12 +180,12 @@ async def _session_resource(
     services: Services, rest: str, params: dict[str, str], peer: HttpPeer
 ) -> Response:
     # Authentication comes first (401 even for a missing session), then 404, then 403.
-    principal = peer.auth.principal()
+    principal = peer.principal()
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
     # Before anything is read: a peer in debt costs the store nothing.
-    allowance = allowance_of(services, principal, peer)
+    allowance = allowance_of(services, peer)
     refusal = over_allowance(services, allowance)
     if refusal is not None:
         return refusal

@@ -28,7 +28,6 @@ each waits the debt before it is read, as a WebSocket page does (counted with th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import http
 import math
@@ -36,30 +35,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from websockets.http11 import Response
 
-from .auth import Principal, RequestAuth
-from .quotas import creator_key
+from .http_peer import HttpPeer
 from .read_allowance import ReadAllowance
 from .responses import StreamedResponse, error_response
 from .services import Services
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class HttpPeer:
-    """Who asks: the address the request came from, a future done once the connection
-    is lost (a whole history's wait for the debt ends with it), and who sent it (its
-    token verified at most once, by whichever asks first)."""
-
-    address: str | None
-    lost: asyncio.Future[None] | None
-    auth: RequestAuth
-
-
-def allowance_of(
-    services: Services, principal: Principal | None, peer: HttpPeer | None
-) -> ReadAllowance | None:
+def allowance_of(services: Services, peer: HttpPeer | None) -> ReadAllowance | None:
     """The read allowance the request's pages are charged to; None without a limit."""
-    address = peer.address if peer is not None else None
-    return services.read_allowances.of(creator_key(principal.sub if principal else None, address))
+    return services.read_allowances.of(peer.key if peer is not None else None)
 
 
 def over_allowance(services: Services, allowance: ReadAllowance | None) -> Response | None:

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 
 from websockets.http11 import Response
 
-from .auth import RequestAuth
-from .quotas import creator_key
 from .responses import error_response
 
 if TYPE_CHECKING:
@@ -224,12 +222,3 @@ def is_charged(connection: BambooConnection, response: Response) -> bool:
     """Whether ``response`` is charged, and may be refused: not if small, or to a peer
     already gone (nothing will be written)."""
     return len(response.body) > SMALL_ANSWER_BYTES and not connection.transport.is_closing()
-
-
-def request_peer(auth: RequestAuth, address: str | None) -> str | None:
-    """Whose share of the unread answers the answer to a request is charged to: the
-    token's ``sub`` under auth, else the peer's address (an IPv6 peer's /64), as the
-    replay allowance and the creation rate name peers (quotas.creator_key). A request
-    under auth without a valid token is charged to its address: it gets a 401 (small)
-    or a console file."""
-    return creator_key(auth.user(), address)

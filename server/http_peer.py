@@ -1,0 +1,94 @@
+"""Who sent an HTTP request: ``HttpPeer``, made once per request by the server as the
+request comes (app.py ``_process_request``), and the one answer every limit that counts
+by peer gets: the read allowance its pages are charged to (http_pages.py), and its share
+of the HTTP answers not yet taken by their peers (unread_answers.py).
+
+A peer is the token's ``sub`` under auth, else the address the request came from (an
+IPv6 peer's /64), as the WebSocket side and the creation rate name peers
+(quotas.creator_key). Its token is verified at most once, by whichever asks first: the
+handler, which answers 401 for a bad one, or the account of unread answers, which
+charges the answer to a request without a valid token (a 401, a console file) to its
+address. A request with two ``Authorization`` headers is refused with 400 before
+anyone asks (app.py), and counts as having none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request
+
+from .auth import AccessPolicy, Principal, Unauthorized
+from .quotas import creator_key
+
+
+class HttpPeer:
+    """One HTTP request's peer: its token verified once, its key computed once."""
+
+    __slots__ = (
+        "_access",
+        "_authorization",
+        "_failure",
+        "_key",
+        "_keyed",
+        "_principal",
+        "_verified",
+        "address",
+        "lost",
+    )
+
+    def __init__(
+        self,
+        access: AccessPolicy,
+        authorization: str | None,
+        address: str | None,
+        lost: asyncio.Future[None] | None = None,
+    ) -> None:
+        self._access = access
+        self._authorization = authorization
+        self.address = address
+        # Done once the connection is lost: a whole history's wait for the debt ends then.
+        self.lost = lost
+        self._verified = False
+        self._principal: Principal | None = None
+        self._failure: Unauthorized | None = None
+        self._key: str | None = None
+        self._keyed = False
+
+    @classmethod
+    def of(cls, access: AccessPolicy, request: Request, connection: ServerConnection) -> HttpPeer:
+        """The peer of ``request``, come on ``connection``."""
+        authorization = request.headers.get_all("Authorization")
+        address = connection.remote_address
+        return cls(
+            access,
+            authorization[0] if len(authorization) == 1 else None,
+            str(address[0]) if address else None,
+            connection.connection_lost_waiter,
+        )
+
+    def principal(self) -> Principal | None:
+        """As :meth:`AccessPolicy.authenticate_request`: raises :class:`Unauthorized`."""
+        if not self._verified:
+            try:
+                self._principal = self._access.authenticate_request(self._authorization)
+            except Unauthorized as exc:
+                self._failure = exc
+            self._verified = True
+        if self._failure is not None:
+            raise Unauthorized(*self._failure.args)
+        return self._principal
+
+    @property
+    def key(self) -> str | None:
+        """Whose the request is (quotas.creator_key): ``user:<sub>`` of a valid token,
+        else ``addr:<address>``; None when neither is known (not a network peer)."""
+        if not self._keyed:
+            try:
+                principal = self.principal()
+            except Unauthorized:
+                principal = None
+            self._key = creator_key(principal.sub if principal is not None else None, self.address)
+            self._keyed = True
+        return self._key
