@@ -1,0 +1,161 @@
+"""The two limits on what one peer reads over HTTP, together: its read allowance (the
+pages it draws, server/read_allowance.py) and its share of the answers not yet taken
+(what it leaves unread, server/unread_answers.py), both keyed by the one peer of the
+request (server/http_peer.py).
+
+A request for a page is checked in one order, before anything is read: auth (401),
+then the allowance (429, ``Retry-After`` the debt), then the account of unread answers
+(503), then the peer's share of it (429, ``Retry-After: 1``); a page read and then
+refused for the bytes it would hold costs the allowance nothing, and a whole history
+waiting for its peer's debt holds no room for its next page. Real server, real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from tests.memory_support import KIB, MIB
+from tests.support import run_server
+from tests.test_auth import SECRET, make_token
+from tests.test_server_lifecycle import eventually
+
+CONTENT = "x" * 10_000  # a message of a little over 10 kB, as stored and sent
+# Answers not yet taken may hold a quarter of this, 2 MiB; one peer's a quarter of that.
+BUDGET = 8 * MIB
+
+
+async def a_log(server: Any, session_id: str, messages: int, user_id: str | None = None) -> str:
+    """A session of ``messages`` messages of 10 kB; the path of a page of them all."""
+    await server.manager.create_session(user_id, session_id=session_id)
+    message = {"type": "message", "message": {"role": "user", "content": CONTENT}}
+    await server.manager.append_events(session_id, [(message, None)] * messages)
+    return f"/api/v1/sessions/{session_id}?limit=1000"
+
+
+def head(path: str, token: str | None = None, method: str = "GET") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+
+
+def stalled_get(port: int, path: str, token: str | None = None) -> socket.socket:
+    """A peer that asks for ``path`` and does not read the answer (a tiny buffer)."""
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect(("127.0.0.1", port))
+    peer.sendall(head(path, token))
+    return peer
+
+
+def status_of(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    """The status and ``Retry-After`` of a GET whose answer is read in full."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as peer:
+        peer.sendall(head(path, token))
+        answer = b""
+        while chunk := peer.recv(1 << 20):
+            answer += chunk
+    lines = answer.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    retry = next((h.split(":")[1].strip() for h in lines if h.startswith("Retry-After")), "")
+    return int(lines[0].split()[1]), retry
+
+
+async def in_thread(function: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+async def test_a_page_refused_for_the_bytes_it_would_hold_costs_nothing_of_the_allowance() -> None:
+    # One peer's unread answers may hold 256 KiB. It holds part of that with a page of
+    # about 250 kB it does not read (15 kB of its allowance of 70 kB), asks for a page of
+    # about 1 MB (60 kB of it), which is read, and refused: it would take the peer past
+    # its share. Charged all the same, that page left the peer 6 s in debt, and its
+    # next request, once it had read what it held, was 429 for pages it never got.
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 70_000}
+    async with run_server(memory_budget=BUDGET, **limits) as server:
+        held = await a_log(server, "held", 24)
+        big = await a_log(server, "big", 96)
+        stalled = await in_thread(stalled_get, server.port, held)
+        try:
+            await eventually(lambda: server.unread_answers.used > 64 * KIB)
+            assert await in_thread(status_of, server.port, big) == (429, "1")
+        finally:
+            stalled.close()
+        await eventually(lambda: server.unread_answers.used == 0)
+        assert await in_thread(status_of, server.port, big) == (200, "")
+        text = server.metrics.render().decode()
+        assert "bamboo_http_rate_limited_total 0.0" in text
+        assert 'bamboo_answers_refused_total{full="peer"} 1.0' in text
+
+
+async def test_a_request_is_authenticated_before_a_full_account_refuses_it() -> None:
+    # Mallory leaves a page of about 1.5 MB unread (a peer's first answer always fits):
+    # the account (1 MiB, of a 4 MiB budget) is full. A request without a valid token
+    # is told so (401) before it is told the server is busy; one with a valid token
+    # gets the 503.
+    config = {"memory_budget": 4 * MIB, "max_page_bytes": 2 * MIB, "auth_secret": SECRET}
+    async with run_server(**config) as server:
+        held = await a_log(server, "held", 150, user_id="mallory")
+        mine = await a_log(server, "mine", 1, user_id="alice")
+        stalled = await in_thread(stalled_get, server.port, held, make_token("mallory"))
+        try:
+            await eventually(lambda: server.unread_answers.full)
+            assert (await in_thread(status_of, server.port, mine))[0] == 401
+            bad = make_token("alice", ttl=-30)
+            assert (await in_thread(status_of, server.port, mine, bad))[0] == 401
+            alice = make_token("alice")
+            assert await in_thread(status_of, server.port, mine, alice) == (503, "1")
+        finally:
+            stalled.close()
+        await eventually(lambda: server.unread_answers.used == 0)
+        assert (await in_thread(status_of, server.port, mine, alice))[0] == 200
+
+
+async def test_a_peer_in_debt_and_over_its_share_is_told_its_debt() -> None:
+    # A page of about 1 MB costs 60 kB of an allowance of 20 kB at 1 kB a second: 40 s
+    # of debt. Left unread, it holds more than the peer's share (256 KiB). Its next
+    # request gets the allowance's 429, which says how long to wait, not the share's
+    # (Retry-After: 1, then the debt's 429 all the same).
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 20_000}
+    async with run_server(memory_budget=BUDGET, **limits) as server:
+        big = await a_log(server, "big", 96)
+        stalled = await in_thread(stalled_get, server.port, big)
+        try:
+            await eventually(lambda: server.unread_answers.used > 256 * KIB)
+            status, retry_after = await in_thread(status_of, server.port, big)
+            assert status == 429 and int(retry_after) > 30, (status, retry_after)
+        finally:
+            stalled.close()
+        text = server.metrics.render().decode()
+        assert "bamboo_http_rate_limited_total 1.0" in text
+        assert "bamboo_answers_refused_total{" not in text  # neither the share nor the account
+
+
+def read_some(port: int, path: str, least: int) -> socket.socket:
+    """A peer that asks for ``path`` and reads ``least`` bytes of the answer, then no
+    more (its connection left open)."""
+    peer = socket.create_connection(("127.0.0.1", port), timeout=30)
+    peer.sendall(head(path))
+    received = 0
+    while received < least:
+        chunk = peer.recv(65536)
+        assert chunk, received
+        received += len(chunk)
+    return peer
+
+
+async def test_a_whole_history_waiting_for_its_peers_debt_holds_no_room_for_its_next_page() -> None:
+    # Pages of at most 100 kB: the first (about 90 kB) costs 5.7 kB of an allowance of
+    # 1 kB, at 1 kB a second: the second waits nearly 5 s. Room for it was taken in
+    # the unread answers' account before that wait, and held all along (a page's worth
+    # for each such answer, for as long as its peer's debt lasts); now it is taken once
+    # the debt is repaid, just before the page is read.
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    async with run_server(max_page_bytes=100_000, **limits) as server:
+        await a_log(server, "long", 40)
+        reader = await in_thread(read_some, server.port, "/api/v1/sessions/long", 80_000)
+        try:
+            await eventually(lambda: server.unread_answers.used == 0, 3)
+            allowance = server.services.read_allowances.of("addr:127.0.0.1")
+            assert allowance.debt() > 1  # the next page is still waiting for it
+        finally:
+            reader.close()
