@@ -36,7 +36,6 @@ from .flush import Flusher
 from .http import (
     BadRoute,
     handle_get,
-    is_session_api,
     is_stream_path,
     is_upgrade,
     stream_route,
@@ -157,6 +156,7 @@ class BambooServer:
             Flusher(),
             self._manager.page_reads,
             ReadAllowances(config.rate_limit_bytes, config.rate_limit_bytes_burst),
+            self.unread_answers,
         )
         self._server = await serve(
             self._handle,
@@ -278,6 +278,9 @@ class BambooServer:
         if response is None:
             return None
         streamed = isinstance(response, StreamedResponse)
+        # The page the answer carries, if it is one: a body, or the first piece of a
+        # streamed answer (its later pieces are charged as they are read).
+        page = response.held if isinstance(response, StreamedResponse) else len(response.body)
         if isinstance(response, StreamedResponse) and request.protocol != "HTTP/1.1":
             # No Transfer-Encoding in an answer to HTTP/1.0 (RFC 9112 6.1): its body
             # ends with the connection, and one cut short lacks its closing "]}".
@@ -301,6 +304,10 @@ class BambooServer:
                 response = refusal
         elif is_charged(connection, response):
             response = self.unread_answers.share(peer.key).admit(connection, response)
+        if response.status_code == http.HTTPStatus.OK:
+            # Let out (a HEAD's too: its page was read), where the unread answers' 429 or
+            # 503 would have replaced it: only now does its page cost its peer's reads.
+            peer.charge_page(page)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 
@@ -320,14 +327,8 @@ class BambooServer:
         if not is_upgrade(request):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
-            if request.method == "GET" and is_session_api(request.path):
-                # A page would be refused once read. Not a HEAD: its answer has no body,
-                # and is never refused for the bytes it holds.
-                refusal = self.unread_answers.refusal_when_full(
-                    lambda: self.unread_answers.share(peer.key)
-                )
-                if refusal is not None:
-                    return refusal
+            # A page the unread answers could not take is refused before it is read,
+            # once the request is authenticated (http_pages.py refused_before_read).
             return await handle_get(self.services, request, peer)
         try:
             stream_route(request.path)

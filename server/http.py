@@ -23,7 +23,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from . import web
 from .auth import Forbidden, Unauthorized
 from .failures import failure_of
-from .http_pages import allowance_of, charged, over_allowance, paced
+from .http_pages import as_page, paced, refused_before_read
 from .http_peer import HttpPeer
 from .http_requests import ALLOWED_METHODS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -138,16 +138,18 @@ async def _answer_get(services: Services, request: Request, peer: HttpPeer) -> R
         if web.is_web_path(path):
             return web.serve(request, path)
         if path == SESSIONS_PATH:
-            return await _list_sessions(services, params, peer)
+            return await _list_sessions(services, request.method, params, peer)
         if path.startswith(SESSIONS_PATH + "/"):
             rest = path[len(SESSIONS_PATH) + 1 :]
-            return await _session_resource(services, rest, params, peer)
+            return await _session_resource(services, request.method, rest, params, peer)
     except (StorageError, Unauthorized, Forbidden) as exc:
         return failure_response(exc)
     return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
 
 
-async def _list_sessions(services: Services, params: dict[str, str], peer: HttpPeer) -> Response:
+async def _list_sessions(
+    services: Services, method: str, params: dict[str, str], peer: HttpPeer
+) -> Response:
     # 401 before anything else.
     principal = peer.principal()
     try:
@@ -167,26 +169,25 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
-    allowance = allowance_of(services, peer)
-    refusal = over_allowance(services, allowance)
+    refusal = refused_before_read(services, peer, method)
     if refusal is not None:
         return refusal
     result = await services.page_reads.lookup(lambda: services.manager.list_sessions(filter))
     result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
-    return charged(allowance, json_response(http.HTTPStatus.OK, result))
+    return as_page(services, peer, json_response(http.HTTPStatus.OK, result))
 
 
 async def _session_resource(
-    services: Services, rest: str, params: dict[str, str], peer: HttpPeer
+    services: Services, method: str, rest: str, params: dict[str, str], peer: HttpPeer
 ) -> Response:
     # Authentication comes first (401 even for a missing session), then 404, then 403.
     principal = peer.principal()
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
-    # Before anything is read: a peer in debt costs the store nothing.
-    allowance = allowance_of(services, peer)
-    refusal = over_allowance(services, allowance)
+    # Before anything is read: a peer refused for what it reads, or for what it and
+    # others leave unread, costs the store nothing (http_pages.py, in this order).
+    refusal = refused_before_read(services, peer, method)
     if refusal is not None:
         return refusal
     reads = services.page_reads
@@ -199,15 +200,15 @@ async def _session_resource(
     services.access.check_session(principal, metadata)
     if tail == "events":
         events = await reads.read(lambda: _events(services, metadata, params), deadline)
-        return charged(allowance, events)
+        return as_page(services, peer, events)
     if "limit" not in params and "before" not in params:
         # The whole history, streamed: the messages this metadata counts, from the log
         # of its epoch (a session replaced meanwhile fails the reads).
         storage, max_bytes = services.manager.storage, services.config.max_page_bytes
         whole = await whole_history_response(reads, storage, metadata, max_bytes, deadline)
-        return paced(whole, allowance, peer, max_bytes, services.metrics.page_wait_seconds.inc)
+        return paced(services, peer, whole, max_bytes)
     page = await reads.read(lambda: _session(services, metadata, params), deadline)
-    return charged(allowance, page)
+    return as_page(services, peer, page)
 
 
 class _BadParameter(ValueError):

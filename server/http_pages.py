@@ -1,8 +1,9 @@
 """The HTTP API's pages, charged to their peer's read allowance (server/read_allowance.py)
 as the pages it draws over WebSocket and its replays are: a page of a history (``limit``,
 ``before``), of a log (``/events``), of the session list, and each page of a whole
-history. The peer is the token's ``sub`` under auth, else the address the request came
-from (an IPv6 peer's /64).
+history. The peer is the request's one ``HttpPeer`` (http_peer.py): the token's ``sub``
+under auth, else the address the request came from (an IPv6 peer's /64), the same peer
+whose share of the unread answers the answer is charged to (unread_answers.py).
 
 A request that comes while its peer is in debt is answered at once, before anything is
 read from the store: ``429`` (``rate_limited``), with ``Retry-After`` the debt in whole
@@ -19,6 +20,12 @@ seconds (at least 1). Not a wait, because that is what an HTTP client handles be
   peers' requests out. A 429 holds nothing once sent.
 - A client that waits ``Retry-After`` loses nothing of the rate: the allowance refills
   meanwhile (a second of it is within the default burst).
+
+The same check, once the allowance lets the request through, refuses a page that the
+account of unread answers could not take (:func:`refused_before_read`, which says the
+order). A page is charged once its answer is let out (:func:`as_page`, app.py): a page
+read and then refused for the bytes it would hold costs the peer nothing of its
+allowance, as a refusal for its debt costs nothing of the account.
 
 A whole history's later pages come after its status, when a 429 can no longer be sent:
 each waits the debt before it is read, as a WebSocket page does (counted with them in
@@ -41,9 +48,24 @@ from .responses import StreamedResponse, error_response
 from .services import Services
 
 
-def allowance_of(services: Services, peer: HttpPeer | None) -> ReadAllowance | None:
-    """The read allowance the request's pages are charged to; None without a limit."""
-    return services.read_allowances.of(peer.key if peer is not None else None)
+def refused_before_read(services: Services, peer: HttpPeer, method: str) -> Response | None:
+    """The refusal of a request for a page before anything is read for it, else None
+    (the request goes on). Asked once the request is authenticated and its parameters
+    checked; the first of these that refuses answers it, and counts it:
+
+    1. the peer's read allowance in debt: 429 ``rate_limited`` with ``Retry-After`` the
+       debt (``bamboo_http_rate_limited_total``); first, because no page comes before
+       the debt is repaid, whatever else frees up meanwhile;
+    2. the account of unread answers full: 503 with ``Retry-After: 1``;
+    3. the peer's share of it full: 429 ``rate_limited`` with ``Retry-After: 1``
+       (2 and 3 in ``bamboo_answers_refused_total``). Neither for a HEAD, whose answer
+       holds no body.
+    """
+    refusal = over_allowance(services, services.read_allowances.of(peer.key))
+    if refusal is None and method == "GET":
+        answers = services.unread_answers
+        refusal = answers.refusal_when_full(lambda: answers.share(peer.key))
+    return refusal
 
 
 def over_allowance(services: Services, allowance: ReadAllowance | None) -> Response | None:
@@ -61,29 +83,29 @@ def over_allowance(services: Services, allowance: ReadAllowance | None) -> Respo
     )
 
 
-def charged(allowance: ReadAllowance | None, response: Response) -> Response:
-    """``response``, its page (a 200's body) charged to ``allowance``."""
-    if allowance is not None and response.status_code == http.HTTPStatus.OK:
-        allowance.charge(len(response.body))
+def as_page(services: Services, peer: HttpPeer, response: Response) -> Response:
+    """``response``, a page for ``peer`` (a 200's body): charged to its allowance once
+    the server lets the answer out (app.py), not if the account of unread answers
+    refuses it then, for it would take that peer or the server past their part."""
+    if response.status_code == http.HTTPStatus.OK:
+        peer.page_allowance = services.read_allowances.of(peer.key)
     return response
 
 
 def paced(
-    response: StreamedResponse,
-    allowance: ReadAllowance | None,
-    peer: HttpPeer | None,
-    page_bytes: int,
-    on_wait: Callable[[float], None],
+    services: Services, peer: HttpPeer, response: StreamedResponse, page_bytes: int
 ) -> StreamedResponse:
-    """A whole history's answer, its first piece (read with the request) charged now,
-    and every later one once read, a page after the debt is repaid (not the end, which
-    reads no page: an answer is not held back once its pages are sent)."""
+    """A whole history's answer for ``peer``: its first piece (read with the request)
+    charged as :func:`as_page` charges a page, and every later one once read, a page
+    after the debt is repaid (not the end, which reads no page: an answer is not held
+    back once its pages are sent)."""
+    as_page(services, peer, response)
+    allowance = peer.page_allowance
     if allowance is None or response.pieces is None:
         return response
-    allowance.charge(response.held)
-    lost = peer.lost if peer is not None else None
-    ended_within = functools.partial(_lost_within, lost)
+    ended_within = functools.partial(_lost_within, peer.lost)
     is_page = functools.partial(_is_page, response.piece_bytes, page_bytes)
+    on_wait = services.metrics.page_wait_seconds.inc
     response.pieces = _paced(response.pieces, allowance, ended_within, is_page, on_wait)
     return response
 

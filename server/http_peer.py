@@ -21,10 +21,12 @@ from websockets.http11 import Request
 
 from .auth import AccessPolicy, Principal, Unauthorized
 from .quotas import creator_key
+from .read_allowance import ReadAllowance
 
 
 class HttpPeer:
-    """One HTTP request's peer: its token verified once, its key computed once."""
+    """One HTTP request's peer: its token verified once, its key computed once, and the
+    read allowance its answer's page is charged to once the answer is let out."""
 
     __slots__ = (
         "_access",
@@ -36,6 +38,7 @@ class HttpPeer:
         "_verified",
         "address",
         "lost",
+        "page_allowance",
     )
 
     def __init__(
@@ -55,6 +58,10 @@ class HttpPeer:
         self._failure: Unauthorized | None = None
         self._key: str | None = None
         self._keyed = False
+        # Set by the handler when its answer is a page (http_pages.py ``as_page``): the
+        # page is charged to it once the server lets the answer out, and not when the
+        # account of unread answers refuses it instead (app.py).
+        self.page_allowance: ReadAllowance | None = None
 
     @classmethod
     def of(cls, access: AccessPolicy, request: Request, connection: ServerConnection) -> HttpPeer:
@@ -92,3 +99,9 @@ class HttpPeer:
             self._key = creator_key(principal.sub if principal is not None else None, self.address)
             self._keyed = True
         return self._key
+
+    def charge_page(self, size: int) -> None:
+        """The answer, ``size`` bytes of a page (a body, a streamed answer's first
+        piece), let out: charged to the allowance the handler named, if it named one."""
+        if self.page_allowance is not None:
+            self.page_allowance.charge(size)

@@ -16,6 +16,7 @@ from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
 from .store_stats import StoreStats
+from .unread_answers import UnreadAnswers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,3 +37,6 @@ class Services:
     # and HTTP), across its connections and requests (the byte rate's figures, a page at
     # a sixteenth of its size: server/read_allowance.py).
     read_allowances: ReadAllowances
+    # HTTP answers written and not yet taken by their peers, and each peer's share of
+    # them (server/unread_answers.py): the server's, kept from its start.
+    unread_answers: UnreadAnswers
