@@ -96,9 +96,11 @@ def paced(
     services: Services, peer: HttpPeer, response: StreamedResponse, page_bytes: int
 ) -> StreamedResponse:
     """A whole history's answer for ``peer``: its first piece (read with the request)
-    charged as :func:`as_page` charges a page, and every later one once read, a page
-    after the debt is repaid (not the end, which reads no page: an answer is not held
-    back once its pages are sent)."""
+    charged as :func:`as_page` charges a page, and every later one once read; before
+    a later page (not the end, which reads no page: an answer is not held back once
+    its pages are sent), the answer waits for the peer's debt to be repaid
+    (``response.ready``), and only then takes room for it among the unread answers
+    (http_stream.py): a page waiting for its peer's debt holds nothing of the account."""
     as_page(services, peer, response)
     allowance = peer.page_allowance
     if allowance is None or response.pieces is None:
@@ -106,7 +108,8 @@ def paced(
     ended_within = functools.partial(_lost_within, peer.lost)
     is_page = functools.partial(_is_page, response.piece_bytes, page_bytes)
     on_wait = services.metrics.page_wait_seconds.inc
-    response.pieces = _paced(response.pieces, allowance, ended_within, is_page, on_wait)
+    response.ready = functools.partial(_ready, allowance, ended_within, is_page, on_wait)
+    response.pieces = _charged(response.pieces, allowance)
     return response
 
 
@@ -116,20 +119,24 @@ def _is_page(piece_bytes: Callable[[], int], page_bytes: int) -> bool:
     return piece_bytes() >= page_bytes
 
 
-async def _paced(
-    pieces: AsyncIterator[bytes],
+async def _ready(
     allowance: ReadAllowance,
     ended_within: Callable[[float], Awaitable[bool]],
     is_page: Callable[[], bool],
     on_wait: Callable[[float], None],
-) -> AsyncIterator[bytes]:
+) -> bool:
+    """Whether the next piece may be read: at once for the end; for a page, once the
+    peer's debt is repaid, False if its connection is lost first (its answer then ends
+    as any answer to a peer gone does, http_stream.py)."""
+    return not is_page() or await allowance.repaid(ended_within, on_wait)
+
+
+async def _charged(pieces: AsyncIterator[bytes], allowance: ReadAllowance) -> AsyncIterator[bytes]:
+    """``pieces``, each but the first (charged with the answer's head, app.py) charged
+    to ``allowance`` as it is read."""
     try:
         first = True
         while True:
-            # Before a page is read: a peer gone meanwhile gets nothing more, and its
-            # answer ends as any answer to a peer gone does (http_stream.py).
-            if not first and is_page() and not await allowance.repaid(ended_within, on_wait):
-                return
             try:
                 held = [await anext(pieces)]
             except StopAsyncIteration:

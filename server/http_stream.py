@@ -11,6 +11,9 @@ read with the request, is charged then, or refused with 503, or 429 past the pee
 share), in turn with the other answers' pieces; a piece waits for room,
 as one that is not taken waits for the peer, each for at most
 ``--answer-page-timeout``: past it the connection is dropped.
+Before a later piece takes room, it waits for what the answer says it must
+(``ready``: the peer's read allowance in debt, http_pages.py), so that an answer
+waiting for its peer's debt holds nothing of the account meanwhile.
 A peer that stops reading holds one piece of the server for that long, then nothing;
 one that reads more slowly than a page per timeout is dropped too, so an answer ends
 within its page count times the timeout.
@@ -23,7 +26,7 @@ every HTTP client then reports an incomplete body, never a shorter document.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -62,6 +65,7 @@ class AnswerStream:
         "page_timeout",
         "piece_bytes",
         "pieces",
+        "ready",
         "reserved",
     )
 
@@ -81,6 +85,8 @@ class AnswerStream:
         self.reserved = held
         self.piece_bytes = piece_bytes
         self.chunked = True  # else (HTTP/1.0) the pieces as they are, ended by the close
+        # Awaited before room is taken for each later piece (StreamedResponse.ready).
+        self.ready: Callable[[], Awaitable[bool]] | None = None
 
     def abandon(self) -> None:
         """The head was not sent (the peer gone, the handshake failed): what was
@@ -115,8 +121,11 @@ class AnswerStream:
     async def _write_pieces(self) -> str | None:
         """Every piece, then the last chunk: None once written, else why not."""
         while True:
-            if not self.reserved and not await self._reserve():
-                return "peer too slow to read"
+            if not self.reserved:
+                if not await self._ready():
+                    return "peer gone"
+                if not await self._reserve():
+                    return "peer too slow to read"
             try:
                 piece = await anext(self.pieces)
             except StopAsyncIteration:
@@ -136,6 +145,17 @@ class AnswerStream:
         if not self._write((LAST_CHUNK,)) or not await self._drained():
             return "peer too slow to read"
         return None
+
+    async def _ready(self) -> bool:
+        """Waits until the next piece may be read (its peer's read allowance repaid),
+        before any room is taken for it, and with the previous piece's charge given
+        back as its bytes left: so an answer that waits holds nothing of the account
+        (it took a page's room for as long as its peer's debt lasted). False if the
+        peer is gone meanwhile."""
+        if self.ready is None:
+            return True
+        self.connection.release_sent()
+        return await self.ready()
 
     async def _reserve(self) -> bool:
         """Room for the next piece, taken before it is read, in turn with the other

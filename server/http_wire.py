@@ -319,6 +319,7 @@ class BambooConnection(ServerConnection):
             self, answers, response.pieces, timeouts, response.held, response.piece_bytes
         )
         self._stream.chunked = response.chunked
+        self._stream.ready = response.ready
         self.protocol.send_response = self._send_head  # type: ignore[method-assign]
 
     def _send_head(self, response: Response) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import http
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -45,6 +45,9 @@ class StreamedResponse(Response):
     pieces: AsyncIterator[bytes] | None = None
     held: int = 0
     piece_bytes: Callable[[], int] = int  # of the next piece: asked before it is read
+    # Awaited before room is taken for each later piece, and so before it is read: False
+    # ends the answer there (its peer gone). The read allowance's pace (http_pages.py).
+    ready: Callable[[], Awaitable[bool]] | None = None
     # False for an HTTP/1.0 request: the pieces as they are, the body ended by the close.
     chunked: bool = True
 
