@@ -274,7 +274,7 @@ class BambooServer:
     ) -> Response | None:
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         peer = HttpPeer.of(self.access, request, connection)
-        response = await self._answer_request(connection, request, peer)
+        response = await self._answer_request(request, peer)
         if response is None:
             return None
         streamed = isinstance(response, StreamedResponse)
@@ -311,9 +311,7 @@ class BambooServer:
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 
-    async def _answer_request(
-        self, connection: BambooConnection, request: Request, peer: HttpPeer
-    ) -> Response | None:
+    async def _answer_request(self, request: Request, peer: HttpPeer) -> Response | None:
         """The answer to a request that does not become a WebSocket, else None."""
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
