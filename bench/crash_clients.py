@@ -71,10 +71,13 @@ def note_reply(pub: Publisher, reply: dict[str, Any]) -> int | None:
     return None
 
 
-async def publish(server: Server, pub: Publisher) -> None:
-    """Re-sends what is unacknowledged, then new events, until the connection drops."""
+async def publish(server: Server, pub: Publisher, *, attached: asyncio.Event | None = None) -> None:
+    """Re-sends what is unacknowledged, then new events, until the connection drops;
+    ``attached`` is set once the server answered its hello."""
     async with connect(server.url(pub.session_id), open_timeout=5, close_timeout=1) as ws:
         await hello(ws, create=True, role="agent")
+        if attached is not None:
+            attached.set()
         window = asyncio.Semaphore(WINDOW)
 
         async def send(index: int) -> None:
@@ -114,9 +117,16 @@ async def retry_pending(server: Server, pub: Publisher) -> None:
                 waiting.discard(note_reply(pub, json.loads(await ws.recv())))
 
 
-async def follow(server: Server, reader: Reader, until_seq: int | None = None) -> None:
+async def follow(
+    server: Server,
+    reader: Reader,
+    until_seq: int | None = None,
+    *,
+    attached: asyncio.Event | None = None,
+) -> None:
     """Reads events, resuming after the last one seen (from the start the first time),
-    until the connection drops or ``until_seq`` is reached."""
+    until the connection drops or ``until_seq`` is reached; ``attached`` is set once the
+    server answered its hello."""
 
     def last() -> int:
         return reader.seen[-1] if reader.seen else 0
@@ -126,6 +136,8 @@ async def follow(server: Server, reader: Reader, until_seq: int | None = None) -
         if not welcome["resumed"]:
             reader.problems.append(f"not resumed after seq {last()}: {welcome}")
         reader.epoch = welcome["epoch"]
+        if attached is not None:
+            attached.set()
         while until_seq is None or last() < until_seq:
             frame = json.loads(await ws.recv())
             if frame["type"] != "event":

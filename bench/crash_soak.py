@@ -6,12 +6,12 @@ A server subprocess (``python -m bamboo_session.server serve``) on the store und
 soak's own with ``appendonly yes``, ``appendfsync always``, which stays up while the
 Bamboo server is killed; see bench/crash_stores.py) takes events from several
 publishers on two sessions while one reader per session follows live. At a random
-instant the server gets SIGKILL (no shutdown, no flush, no checkpoint); it is restarted
-on the same store, publishers reconnect and re-send every event not acknowledged yet
-with the same idempotency key, readers resume with ``last_seq`` + ``epoch``. After the
-last cycle everything pending is retried, the server is stopped with SIGTERM, and what
-the store holds is read back (JSONL: from its files; SQLite and Redis: through the
-store's own API) and checked:
+instant once they all attached (their hellos answered), the server gets SIGKILL (no
+shutdown, no flush, no checkpoint); it is restarted on the same store, publishers
+reconnect and re-send every event not acknowledged yet with the same idempotency key,
+readers resume with ``last_seq`` + ``epoch``. After the last cycle everything pending
+is retried, the server is stopped with SIGTERM, and what the store holds is read back
+(JSONL: from its files; SQLite and Redis: through the store's own API) and checked:
 
 - every acknowledged event is stored exactly once, at the ``seq`` it was acked with;
 - each publisher's events are stored in the order it sent them;
@@ -43,6 +43,9 @@ import random
 import shutil
 import tempfile
 import time
+from asyncio import FIRST_COMPLETED
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,9 @@ from .crash_stores import KINDS, SoakStore, open_soak_store
 from .soak_server import Server
 
 SESSIONS = ("soak-a", "soak-b")
+# How long a cycle waits for its clients to attach before its random instant starts:
+# a bound against a server that never answers, not a measure.
+ATTACH_TIMEOUT = 30.0
 
 
 class WalWatch:
@@ -88,9 +94,13 @@ async def run_cycle(
     run_for: float,
     wal: WalWatch | None = None,
 ) -> None:
-    tasks = [asyncio.create_task(follow(server, r)) for r in readers]
-    await asyncio.sleep(0.02)  # readers attach first, so they see live events too
-    tasks += [asyncio.create_task(publish(server, p)) for p in pubs]
+    """Readers attach, then publishers; the server is killed ``run_for`` seconds after
+    the last of them attached. Counted from the start instead, a loaded machine (where
+    a fresh server takes longer than a whole cycle to answer a hello) killed it before
+    anyone published, in every cycle: the soak then checked nothing."""
+    # Readers first, so that they see live events too.
+    tasks = await attached([partial(follow, server, reader) for reader in readers])
+    tasks += await attached([partial(publish, server, pub) for pub in pubs])
     if wal is not None:
         await wal.watch(run_for)
     else:
@@ -103,6 +113,26 @@ async def run_cycle(
         error = task.exception()
         if error is not None and not isinstance(error, LOST):
             raise error
+
+
+async def attached(
+    clients: list[Callable[..., Coroutine[Any, Any, None]]], within: float = ATTACH_TIMEOUT
+) -> list[asyncio.Task[None]]:
+    """Starts each client (given, as ``attached``, the event it sets once the server
+    answered its hello) and returns their tasks once each one attached or ended (a
+    server it could not reach), or ``within`` seconds passed."""
+    loop = asyncio.get_running_loop()
+    started = []
+    for client in clients:
+        ready = asyncio.Event()
+        started.append((asyncio.create_task(client(attached=ready)), ready))
+    deadline = loop.time() + within
+    for task, ready in started:
+        waiting = asyncio.create_task(ready.wait())
+        left = max(deadline - loop.time(), 0.0)
+        await asyncio.wait({task, waiting}, timeout=left, return_when=FIRST_COMPLETED)
+        waiting.cancel()
+    return [task for task, _ in started]
 
 
 async def soak(
