@@ -103,13 +103,12 @@ async def test_with_a_commit_window_appends_left_over_by_a_full_batch_do_not_wai
     those left for the next batch are not paced by the window (only appends that come
     within it after a commit started wait), else each batch's worth of sessions beyond
     the first waited a whole window more."""
-    # A window far longer than three commits take, even on a disk another test process
-    # (pytest-xdist) keeps busy: paced, they would take two windows at least.
-    writer = await started(layout, reports, max_open=2, commit_window=5.0)
+    # A window ten times the test's deadline: paced, the appends left over would wait
+    # it, and never be done in time, however fast or slow the disk (a bound of 2.5 s
+    # on the three commits failed beside other tests' load).
+    writer = await started(layout, reports, max_open=2, commit_window=10 * DEADLINE)
     appends = [writer.submit(f"s{n}", batch(1)) for n in range(5)]  # three batches
-    started_at = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(*appends), 2.5)
-    assert time.monotonic() - started_at < 2.5
+    await asyncio.wait_for(asyncio.gather(*appends), DEADLINE)
     assert writer.batches == 3
     await writer.close()
 
@@ -164,11 +163,18 @@ async def yield_to_the_writer() -> None:
 async def test_without_a_commit_window_a_lone_append_is_written_at_once(
     layout: Layout, reports: Reports
 ) -> None:
+    """Told apart by what shares a commit, not by how long one takes (a bound of 0.4 s
+    an append failed beside other tests' load): an append that waited before its
+    commit would be joined by what is submitted meanwhile."""
     writer = await started(layout, reports)
     for n in range(3):
-        await asyncio.wait_for(writer.submit(f"s{n}", batch(n + 1)), 0.4)
-        await asyncio.sleep(0.01)
-    assert writer.batches == 3
+        alone = writer.submit(f"a{n}", batch(1))
+        await yield_to_the_writer()
+        after = writer.submit(f"b{n}", batch(1))
+        await asyncio.wait_for(alone, DEADLINE)
+        assert not after.done()  # a{n} was committed without waiting for it
+        await asyncio.wait_for(after, DEADLINE)
+    assert writer.batches == 6
     await writer.close()
 
 
