@@ -331,7 +331,10 @@ async def test_no_segment_is_deleted_after_a_failed_log_sync(
 async def test_a_segment_is_not_left_behind_with_a_failed_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = JsonlStorageConfig(tmp_path, sync_helper=False).with_wal(segment_age=0.05)
+    # Rotation by age only once the failure is in: a short age from the start was
+    # sometimes over by the failing append on a loaded machine, whose rotation then took
+    # the failing sync (allocating the new segment's room), and nothing failed.
+    config = JsonlStorageConfig(tmp_path, sync_helper=False).with_wal(segment_age=3600.0)
     sync_fails = failing_once(monkeypatch, wal, "datasync")
     truncate_fails = failing_once(monkeypatch, wal.os, "ftruncate")
     async with await JsonlStorage.open(config) as storage:
@@ -343,7 +346,9 @@ async def test_a_segment_is_not_left_behind_with_a_failed_record(
         with pytest.raises(StorageError):
             await storage.append_event("a", AgentEvent.token("FAILED"))
         assert len(wal_records(segment)) > len(records)  # the cut failed: the record is still there
-        await asyncio.sleep(0.06)  # the next append rotates by age
+        segment_file = storage._writer._wal
+        assert segment_file is not None
+        segment_file.segment_age = 0.0  # the next append rotates by age
         await storage.append_event("a", AgentEvent.token("ok2"))
         # The old segment was cut before being left behind (it may be retired already).
         assert not segment.exists() or segment.stat().st_size == len(records)
