@@ -39,9 +39,16 @@ async def test_last_connection_leaving_parks_the_session_then_retention_ends_it(
 async def test_a_quiet_connected_session_becomes_idle_and_traffic_wakes_it() -> None:
     async with run_server(idle_timeout=0.2) as server, attach(server) as (peer, welcome):
         session_id = welcome["session"]["id"]
-        await asyncio.sleep(0.5)
-        metadata = await server.manager.get_metadata(session_id)
-        assert metadata is not None and metadata.state == "idle"
+
+        async def state() -> str | None:
+            metadata = await server.manager.get_metadata(session_id)
+            return None if metadata is None else metadata.state
+
+        # Waited for, not slept on: 0.5 s was sometimes too short on a loaded machine.
+        deadline = asyncio.get_running_loop().time() + 30.0
+        while await state() != "idle":
+            assert asyncio.get_running_loop().time() < deadline, "never became idle"
+            await asyncio.sleep(0.05)
         await peer.request({"type": "event", "id": 1, "event": token("x")}, "ack")
         metadata = await server.manager.get_metadata(session_id)
         assert metadata is not None and metadata.state == "active"
