@@ -82,15 +82,7 @@ class PageReads:
     async def read(self, read: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
         """``read()`` in a slot, by ``deadline`` (default: ``timeout`` from now)."""
         deadline = self.deadline() if deadline is None else deadline
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self.slots.acquire()
-        except TimeoutError:
-            raise self._late() from None
-        try:
-            return await self.lookup(read, deadline)
-        finally:
-            self.slots.release()
+        return await self._holding(self.slots, lambda: self.lookup(read, deadline), deadline)
 
     async def stream_read(
         self, read: Callable[[], Awaitable[T]], deadline: float | None = None
@@ -98,15 +90,21 @@ class PageReads:
         """A page of a streamed answer: :meth:`read`, once one of the slots streams may
         hold is free, all by ``deadline`` (default: ``timeout`` from now)."""
         deadline = self.deadline() if deadline is None else deadline
+        return await self._holding(self.stream_slots, lambda: self.read(read, deadline), deadline)
+
+    async def _holding(
+        self, slots: asyncio.Semaphore, then: Callable[[], Awaitable[T]], deadline: float
+    ) -> T:
+        """``then()`` while holding one of ``slots``, taken by ``deadline``."""
         try:
             async with asyncio.timeout_at(deadline):
-                await self.stream_slots.acquire()
+                await slots.acquire()
         except TimeoutError:
             raise self._late() from None
         try:
-            return await self.read(read, deadline)
+            return await then()
         finally:
-            self.stream_slots.release()
+            slots.release()
 
     async def lookup(self, read: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
         """``read()`` by ``deadline``, without a slot: a store read that is not a page (a
