@@ -8,6 +8,7 @@ before the upgrade; anything else is answered here and never reaches a WebSocket
 
 from __future__ import annotations
 
+import functools
 import http
 import urllib.parse
 from datetime import datetime
@@ -185,6 +186,17 @@ async def _session_resource(
     session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
     if not is_valid_session_id(session_id) or tail not in ("", "events"):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
+    # The request's own terms before what its peer may read, as for the list: a bad
+    # parameter is 400 whatever the peer's debt (a 429 first would have it retry, only
+    # to be told 400 after the wait), and whether or not the session exists.
+    terms: tuple[int | None, int | None]
+    try:
+        if tail == "events":
+            terms = (_integer(params, "after_seq", 0, 0), _integer(params, "limit", 1000, 1))
+        else:
+            terms = (_integer(params, "limit", None, 1), _integer(params, "before", None, 0))
+    except _BadParameter as exc:
+        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     # Before anything is read: a peer refused for what it reads, or for what it and
     # others leave unread, costs the store nothing (http_pages.py, in this order).
     refusal = refused_before_read(services, peer, method)
@@ -199,15 +211,18 @@ async def _session_resource(
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     services.access.check_session(principal, metadata)
     if tail == "events":
-        events = await reads.read(lambda: _events(services, metadata, params), deadline)
+        after_seq, limit = terms
+        read_events = functools.partial(_events, services, metadata, after_seq or 0, limit)
+        events = await reads.read(read_events, deadline)
         return as_page(services, peer, events)
-    if "limit" not in params and "before" not in params:
+    limit, before = terms
+    if limit is None and before is None:
         # The whole history, streamed: the messages this metadata counts, from the log
         # of its epoch (a session replaced meanwhile fails the reads).
         storage, max_bytes = services.manager.storage, services.config.max_page_bytes
         whole = await whole_history_response(reads, storage, metadata, max_bytes, deadline)
         return paced(services, peer, whole, max_bytes)
-    page = await reads.read(lambda: _session(services, metadata, params), deadline)
+    page = await reads.read(lambda: _session(services, metadata, limit, before), deadline)
     return as_page(services, peer, page)
 
 
@@ -232,17 +247,12 @@ def _integer(params: dict[str, str], name: str, default: int | None, minimum: in
 
 
 async def _session(
-    services: Services, metadata: SessionMetadata, params: dict[str, str]
+    services: Services, metadata: SessionMetadata, limit: int | None, before: int | None
 ) -> Response:
     """The metadata and a page of its history (the extension: the newest ``limit``
     messages before index ``before``, oldest first, bounded in bytes too; ``has_more``
     and ``start``). Without either, the whole history: whole_history.py."""
     config = services.config
-    try:
-        limit = _integer(params, "limit", None, 1)
-        before = _integer(params, "before", None, 0)
-    except _BadParameter as exc:
-        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     page = await history_page(
         services.manager.storage,
         metadata.id,
@@ -261,7 +271,7 @@ async def _session(
 
 
 async def _events(
-    services: Services, metadata: SessionMetadata, params: dict[str, str]
+    services: Services, metadata: SessionMetadata, after_seq: int, limit: int | None
 ) -> Response:
     """A page of the log of the session ``metadata`` describes (the one whose access
     was checked), and its last seq: both fenced by its epoch, so a session deleted or
@@ -269,16 +279,11 @@ async def _events(
     read, nor half read. The answer names that epoch, so a reader can tell which log
     the events are of."""
     config = services.config
-    try:
-        after_seq = _integer(params, "after_seq", 0, 0) or 0
-        limit = _integer(params, "limit", 1000, 1) or 1000
-    except _BadParameter as exc:
-        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     stored, last_seq = await page_and_last_seq(
         services.manager.storage,
         metadata.id,
         after_seq,
-        min(limit, config.max_events_page),
+        min(limit or 1000, config.max_events_page),
         config.max_page_bytes,
         metadata.epoch,
     )

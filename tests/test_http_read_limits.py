@@ -159,3 +159,25 @@ async def test_a_whole_history_waiting_for_its_peers_debt_holds_no_room_for_its_
             assert allowance.debt() > 1  # the next page is still waiting for it
         finally:
             reader.close()
+
+
+async def test_a_bad_parameter_of_a_session_is_400_before_its_peers_debt() -> None:
+    # A page of about 1 MB costs 60 kB of an allowance of 20 kB: the peer is 40 s in
+    # debt. A request of its with a bad parameter was told 429 (Retry-After 40), to be
+    # told 400 once it had waited; the list's parameters were checked first already.
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 20_000}
+    async with run_server(memory_budget=BUDGET, **limits) as server:
+        big = await a_log(server, "big", 96)
+        assert (await in_thread(status_of, server.port, big))[0] == 200
+        status, retry_after = await in_thread(status_of, server.port, big)
+        assert status == 429 and int(retry_after) > 30, (status, retry_after)
+        for path in (
+            "/api/v1/sessions/big?limit=0",
+            "/api/v1/sessions/big?before=-1",
+            "/api/v1/sessions/big/events?after_seq=x",
+            "/api/v1/sessions/big/events?limit=0",
+            "/api/v1/sessions/nope?limit=x",  # the session's existence is the store's
+            "/api/v1/sessions?limit=0",
+        ):
+            assert await in_thread(status_of, server.port, path) == (400, ""), path
+        assert (await in_thread(status_of, server.port, "/api/v1/sessions/nope"))[0] == 429
