@@ -304,10 +304,11 @@ class BambooServer:
                 response = refusal
         elif is_charged(connection, response):
             response = self.unread_answers.share(peer.key).admit(connection, response)
-        if response.status_code == http.HTTPStatus.OK:
-            # Let out (a HEAD's too: its page was read), where the unread answers' 429 or
-            # 503 would have replaced it: only now does its page cost its peer's reads.
-            peer.charge_page(page)
+        # The page was read (a HEAD's too): it costs its peer's reads whether the unread
+        # answers let it out or refused it (429, 503). A refused read that cost nothing
+        # could be had again and again: a peer that kept its part nearly full had some
+        # 130 pages of 1 MiB a second read for it, four times its allowance.
+        peer.charge_page(page)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 

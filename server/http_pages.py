@@ -23,9 +23,9 @@ seconds (at least 1). Not a wait, because that is what an HTTP client handles be
 
 The same check, once the allowance lets the request through, refuses a page that the
 account of unread answers could not take (:func:`refused_before_read`, which says the
-order). A page is charged once its answer is let out (:func:`as_page`, app.py): a page
-read and then refused for the bytes it would hold costs the peer nothing of its
-allowance, as a refusal for its debt costs nothing of the account.
+order). A page is charged once read (:func:`as_page`, app.py), whether its answer is
+let out or refused for the bytes it would hold: a read refused free of charge could be
+had again and again, beyond the allowance.
 
 A whole history's later pages come after its status, when a 429 can no longer be sent:
 each waits the debt before it is read, as a WebSocket page does (counted with them in
@@ -85,8 +85,9 @@ def over_allowance(services: Services, allowance: ReadAllowance | None) -> Respo
 
 def as_page(services: Services, peer: HttpPeer, response: Response) -> Response:
     """``response``, a page for ``peer`` (a 200's body): charged to its allowance once
-    the server lets the answer out (app.py), not if the account of unread answers
-    refuses it then, for it would take that peer or the server past their part."""
+    the server has decided the answer (app.py), let out or refused by the account of
+    unread answers (it would take that peer or the server past their part): it was
+    read either way."""
     if response.status_code == http.HTTPStatus.OK:
         peer.page_allowance = services.read_allowances.of(peer.key)
     return response

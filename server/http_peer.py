@@ -26,7 +26,7 @@ from .read_allowance import ReadAllowance
 
 class HttpPeer:
     """One HTTP request's peer: its token verified once, its key computed once, and the
-    read allowance its answer's page is charged to once the answer is let out."""
+    read allowance its answer's page is charged to once the answer is decided."""
 
     __slots__ = (
         "_access",
@@ -59,8 +59,8 @@ class HttpPeer:
         self._key: str | None = None
         self._keyed = False
         # Set by the handler when its answer is a page (http_pages.py ``as_page``): the
-        # page is charged to it once the server lets the answer out, and not when the
-        # account of unread answers refuses it instead (app.py).
+        # page is charged to it once the server has decided the answer (app.py), let out
+        # or refused by the account of unread answers: it was read either way.
         self.page_allowance: ReadAllowance | None = None
 
     @classmethod
@@ -101,7 +101,7 @@ class HttpPeer:
         return self._key
 
     def charge_page(self, size: int) -> None:
-        """The answer, ``size`` bytes of a page (a body, a streamed answer's first
-        piece), let out: charged to the allowance the handler named, if it named one."""
+        """The answer, ``size`` bytes of a page read (a body, a streamed answer's first
+        piece): charged to the allowance the handler named, if it named one."""
         if self.page_allowance is not None:
             self.page_allowance.charge(size)
