@@ -11,7 +11,9 @@ store a server holds is refused for writing; the tools that write have no ``--ur
 so the refusal says to stop the server first.
 
 Over HTTP, a 429 (the pages the tool's user or address reads are over their read
-allowance) is asked again once its ``Retry-After`` has passed, for a minute at most.
+allowance, or its answers not yet read over their part) or a 503 that says when to
+ask again (the server's buffer for answers is full) is asked again once its
+``Retry-After`` has passed, for a minute at most.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from bamboo_session.persistence import open_storage, parse_store_url
 from bamboo_session.persistence.base import Storage, StorageError, StorageLocked
+from bamboo_session.protocol.client.handshake import retry_after
 
 from .tools import ToolError, path_argument
 
@@ -150,8 +153,9 @@ def ws_base(url: str) -> str:
     return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", ""))
 
 
-# How long a tool waits in all, as 429 answers' Retry-After say, for the pages its user
-# or address reads to come back within its read allowance (docs/protocol.md).
+# How long a tool waits in all, as the Retry-After of 429 and 503 answers say, for the
+# pages its user or address reads to come back within its read allowance, or for room
+# among the answers not yet read (docs/protocol.md, Order of checks).
 RATE_LIMITED_PATIENCE = 60
 
 
@@ -160,7 +164,7 @@ def _http_get(url: str, token: str | None) -> bytes:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
-    waited = 0
+    waited = 0.0
     while True:
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -168,7 +172,7 @@ def _http_get(url: str, token: str | None) -> bytes:
                 return body
         except urllib.error.HTTPError as error:
             with error:
-                delay = _retry_after(error) if error.code == 429 else None
+                delay = retry_after(error.code, error.headers.get("Retry-After"))
                 if delay is None or waited + delay > RATE_LIMITED_PATIENCE:
                     raise ToolError(f"HTTP {error.code}: {_error_message(error.read())}") from None
         except urllib.error.URLError as error:
@@ -176,12 +180,6 @@ def _http_get(url: str, token: str | None) -> bytes:
             raise ToolError(f"cannot reach {base}: {error.reason}") from None
         time.sleep(delay)
         waited += delay
-
-
-def _retry_after(error: urllib.error.HTTPError) -> int | None:
-    """The seconds a 429's ``Retry-After`` asks to wait, if it gives a number."""
-    value = (error.headers.get("Retry-After") or "").strip()
-    return int(value) if value.isdigit() else None
 
 
 def _error_message(body: bytes) -> str:

@@ -129,7 +129,8 @@ class BambooClient:
           failed attempts (``None``: no limit) end in :class:`ConnectionLost`.
         - ``open_timeout``: seconds for the upgrade, and for the one HTTP request that
           asks whether events were appended to a session that ended while this client
-          was away (see :meth:`events`).
+          was away (see :meth:`events`; asked again as a 429 or a 503 with
+          ``Retry-After`` says, for a minute of such waits at most).
         - ``request_timeout``: seconds a request may wait for its reply, across
           reconnects (``None``: no limit).
         - ``token``: a JWT, or an async function returning a fresh one, asked before

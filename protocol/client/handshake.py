@@ -7,7 +7,8 @@ route, a timeout, an overloaded server or gateway, a resumable close code), a ty
 :class:`.ClientError` when it would not (a refusal, a closed session).
 :meth:`Dialer.events_after` asks ``GET /api/v1/sessions/{id}/events`` whether the
 log holds an event after a seq, and of which epoch that log is (a session that ended,
-or was replaced, while the client was away).
+or was replaced, while the client was away); told to ask again later (a 429 or a 503
+with ``Retry-After``), it does, as told.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ SESSIONS_PATH: Final = "/api/v1/sessions"
 WELCOME_TIMEOUT: Final = 10.0
 # HTTP statuses of a refused upgrade worth retrying (overload, restarts, proxies).
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+# Seconds :meth:`Dialer.events_after` waits in all, as the ``Retry-After`` of a 429 (its
+# peer's read allowance in debt, or its unread answers at their part) or of a 503 (the
+# server's buffer for answers full) asks, before it gives up and says why: a client
+# that resumes a long log on a busy host may well be in debt when its session ends.
+RETRY_AFTER_PATIENCE: Final = 60.0
 
 
 def stream_url(base_url: str, session_id: str | None = None) -> str:
@@ -154,9 +160,30 @@ class Dialer:
     async def events_after(self, session_id: str, after_seq: int) -> LogCheck:
         """Whether the session's log holds an event after ``after_seq``, and which log
         that is, asked of the HTTP API on the server's port (``limit=1``) with this
-        client's credentials, within ``open_timeout``. Raises :class:`.ClientError` when
-        the answer cannot be had: no connection, a timeout, a status other than 200, a
-        malformed body."""
+        client's credentials, each request within ``open_timeout``. A 429 or 503 that
+        says when to ask again (``Retry-After``) is asked again then, for
+        ``RETRY_AFTER_PATIENCE`` seconds of waits in all. Raises :class:`.ClientError`
+        when the answer cannot be had: no connection, a timeout, a status other than
+        200 (past that patience too), a malformed body."""
+        waited = 0.0
+        while True:
+            try:
+                body = await self._get_events(session_id, after_seq)
+                break
+            except _AskAgain as again:
+                delay = again.delay
+                if waited + delay > RETRY_AFTER_PATIENCE:
+                    raise ClientError(f"HTTP {again.status}") from None
+            await asyncio.sleep(delay)
+            waited += delay
+        try:
+            return msgspec.json.decode(body, type=LogCheck)
+        except msgspec.DecodeError as exc:
+            raise ClientError(f"malformed events page: {exc!r}") from None
+
+    async def _get_events(self, session_id: str, after_seq: int) -> bytes:
+        """The body of one ``GET …/events?after_seq=…&limit=1``; :class:`_AskAgain` for
+        a 429 or 503 with ``Retry-After``, :class:`.ClientError` for another failure."""
         token = await self.current_token()
         url = events_url(self.base_url, session_id, after_seq, 1)
         headers = {"Accept": "application/json"}
@@ -172,16 +199,15 @@ class Dialer:
 
         try:
             # urllib's own timeout bounds each socket operation; this bounds the whole.
-            body = await asyncio.wait_for(asyncio.to_thread(get), timeout)
+            return await asyncio.wait_for(asyncio.to_thread(get), timeout)
         except urllib.error.HTTPError as exc:
-            exc.close()
+            with exc:
+                delay = retry_after(exc.code, exc.headers.get("Retry-After"))
+            if delay is not None:
+                raise _AskAgain(exc.code, delay) from None
             raise ClientError(f"HTTP {exc.code}") from None
         except (OSError, TimeoutError) as exc:
             raise ClientError(f"cannot reach the server: {exc}") from None
-        try:
-            return msgspec.json.decode(body, type=LogCheck)
-        except msgspec.DecodeError as exc:
-            raise ClientError(f"malformed events page: {exc!r}") from None
 
     async def _attach(self, ws: ClientConnection, hello: Hello) -> Welcome:
         codec = self.codec
@@ -224,6 +250,25 @@ class Dialer:
             raise ValueError(str(exc)) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise Retry(f"cannot connect: {exc}") from exc
+
+
+class _AskAgain(Exception):
+    """An answer that says when to ask again: its status and the seconds to wait."""
+
+    def __init__(self, status: int, delay: float) -> None:
+        super().__init__(status, delay)
+        self.status = status
+        self.delay = delay
+
+
+def retry_after(status: int, value: str | None) -> float | None:
+    """The seconds a 429 or a 503 asks to wait before the request is made again (its
+    ``Retry-After``, in seconds), else None: another status, or no such header (an
+    HTTP date is not sent by this server, and not waited for)."""
+    if status not in (429, 503) or value is None:
+        return None
+    value = value.strip()
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 def http_reason(body: str) -> str:
