@@ -268,7 +268,8 @@ def retry_after(status: int, value: str | None) -> float | None:
     if status not in (429, 503) or value is None:
         return None
     value = value.strip()
-    return float(value) if value.isascii() and value.isdigit() else None
+    # At least a second: a "Retry-After: 0" would have the request made again at once.
+    return max(1.0, float(value)) if value.isascii() and value.isdigit() else None
 
 
 def http_reason(body: str) -> str:

@@ -9,7 +9,8 @@
  * code), a typed {@link ClientError} when it would not (a refusal, a closed session, a
  * welcome it cannot use). {@link eventsAfter} asks `GET /api/v1/sessions/{id}/events`
  * whether the log holds an event after a seq, and of which epoch that log is (for a
- * session that ended, or was replaced, while the client was away).
+ * session that ended, or was replaced, while the client was away); told to ask again
+ * later (a 429 or a 503 with `Retry-After`), it does, as told.
  *
  * @module bamboo/handshake
  */
@@ -19,6 +20,11 @@ import { decodeFrame, sendQuietly } from "./frames.js";
 import { eventsUrl, isSessionId } from "./urls.js";
 
 export const SUBPROTOCOL = "bamboo.v1";
+// Ms {@link eventsAfter} waits in all, as the `Retry-After` of a 429 (its peer's read
+// allowance in debt, or its unread answers at their part) or of a 503 (the server's
+// buffer for answers full) asks, before it gives up and says why: a client that
+// resumed a long log on a busy host may well be in debt when its session ends.
+export const RETRY_AFTER_PATIENCE = 60_000;
 
 /**
  * @typedef {object} Dial what one attempt takes from the client, and tells it
@@ -133,26 +139,58 @@ function welcomeProblem(welcome, sessionId) {
  * Whether the session's log holds an event after `afterSeq`, its `last_seq`, and
  * the epoch of that log (null from a server that does not say): `GET
  * /api/v1/sessions/{id}/events?after_seq=…&limit=1` on the server of `baseUrl`, with
- * the client's token, within `timeout` ms. Rejects when the answer cannot be had (no
- * connection, a timeout, a status other than 200, a malformed body).
+ * the client's token, each request within `timeout` ms. A 429 or 503 that says when to
+ * ask again (`Retry-After`) is asked again then, through `wait` (which resolves to
+ * false when the client has ended meanwhile), for RETRY_AFTER_PATIENCE ms of waits in
+ * all. Rejects when the answer cannot be had (no connection, a timeout, a status
+ * other than 200, past that patience too, a malformed body).
  * @param {string} baseUrl @param {string} sessionId @param {number} afterSeq
  * @param {() => Promise<string | undefined>} token @param {number} timeout
+ * @param {(ms: number) => Promise<boolean>} [wait] waits `ms`; whether to go on
  * @returns {Promise<{ added: boolean, lastSeq: number, epoch: string | null }>}
  */
-export async function eventsAfter(baseUrl, sessionId, afterSeq, token, timeout) {
+export async function eventsAfter(baseUrl, sessionId, afterSeq, token, timeout, wait = sleep) {
   if (typeof fetch !== "function") throw new TypeError("no fetch here");
-  const bearer = await token();
-  /** @type {Record<string, string>} */
-  const headers = { Accept: "application/json" };
-  if (bearer) headers.Authorization = `Bearer ${bearer}`;
-  const response = await fetch(eventsUrl(baseUrl, sessionId, afterSeq, 1), {
-    headers,
-    signal: AbortSignal.timeout(timeout),
-  });
-  if (response.status !== 200) throw new Error(`HTTP ${response.status}`);
-  const page = await response.json();
-  if (!Array.isArray(page?.events) || !Number.isSafeInteger(page.last_seq))
-    throw new Error("malformed events page");
-  const epoch = typeof page.epoch === "string" ? page.epoch : null;
-  return { added: page.events.length > 0, lastSeq: page.last_seq, epoch };
+  let waited = 0;
+  for (;;) {
+    const bearer = await token();
+    /** @type {Record<string, string>} */
+    const headers = { Accept: "application/json" };
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
+    const response = await fetch(eventsUrl(baseUrl, sessionId, afterSeq, 1), {
+      headers,
+      signal: AbortSignal.timeout(timeout),
+    });
+    const delay = retryAfter(response);
+    if (delay !== null && waited + delay <= RETRY_AFTER_PATIENCE) {
+      await response.body?.cancel();
+      if (!(await wait(delay))) throw new Error(`HTTP ${response.status}`);
+      waited += delay;
+      continue;
+    }
+    if (response.status !== 200) throw new Error(`HTTP ${response.status}`);
+    const page = await response.json();
+    if (!Array.isArray(page?.events) || !Number.isSafeInteger(page.last_seq))
+      throw new Error("malformed events page");
+    const epoch = typeof page.epoch === "string" ? page.epoch : null;
+    return { added: page.events.length > 0, lastSeq: page.last_seq, epoch };
+  }
+}
+
+/**
+ * The ms a 429 or a 503 asks to wait before the request is made again (its
+ * `Retry-After`, in seconds), else null: another status, or no such header (or one
+ * a page of another origin may not read: the server exposes it to the origins it
+ * serves). @param {Response} response @returns {number | null}
+ */
+export function retryAfter(response) {
+  if (response.status !== 429 && response.status !== 503) return null;
+  const value = response.headers.get("Retry-After")?.trim() ?? "";
+  // At least a second: a `Retry-After: 0` would have the client ask again at once.
+  return /^[0-9]+$/.test(value) ? Math.max(1, Number(value)) * 1000 : null;
+}
+
+/** @param {number} ms @returns {Promise<boolean>} */
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(() => resolve(true), ms));
 }

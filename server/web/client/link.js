@@ -276,8 +276,13 @@ export class Link {
    * token, within `openTimeout`. @param {SessionEnded} error */
   #endedWhileAway(error) {
     const { token, openTimeout } = this.#options;
+    // A wait that `close()` cuts short, and after which the check gives up.
+    const wait = async (/** @type {number} */ ms) => {
+      await this.#sleep(ms);
+      return this.#state.failure === null;
+    };
     return this.#state.endedWhileAway(error, (sessionId, afterSeq) =>
-      eventsAfter(this.#baseUrl, sessionId, afterSeq, () => tokenNow(token), openTimeout),
+      eventsAfter(this.#baseUrl, sessionId, afterSeq, () => tokenNow(token), openTimeout, wait),
     );
   }
 

@@ -4,9 +4,24 @@
  *
  * The token lives in sessionStorage (this tab only, gone when it closes) and travels
  * as `Authorization: Bearer …`, never in a URL.
+ *
+ * A read the server refuses for now, saying when to ask again (a 429: this browser's
+ * reads are over their allowance, or its answers not yet read over their part; a 503
+ * with `Retry-After`: the server's buffer for answers is full), is asked again then,
+ * for as long as the view that asked is shown: a console left open on a busy server,
+ * or paging back through a long history, waits as told instead of ending on an error.
+ * Each wait is announced on {@link waits} (the top of the page says it).
  */
 
 const TOKEN_KEY = "bamboo.console.token";
+// Ms of waits one read makes in all before it gives up and says why.
+const RETRY_PATIENCE = 10 * 60_000;
+
+/**
+ * Where the waits of reads told to ask again are announced: a `wait` event (`detail`:
+ * `{ seconds, status, message }`) as one begins, a `waited` event as it ends.
+ */
+export const waits = new EventTarget();
 
 /** An HTTP error from the API: `status`, and the `code` of its JSON error body. */
 export class ApiError extends Error {
@@ -48,24 +63,52 @@ export function tokenClaims(token) {
 }
 
 /**
- * GET a JSON resource of this server; throws {@link ApiError} on an HTTP error.
+ * GET a JSON resource of this server; throws {@link ApiError} on an HTTP error. A 429 or
+ * a 503 with `Retry-After` is asked again after it, while `alive()` (the view that
+ * asked is still shown), for RETRY_PATIENCE ms of waits at most.
  * @param {string} path @param {Record<string, string | number | undefined>} [params]
+ * @param {{ alive?: () => boolean }} [options]
  * @returns {Promise<any>}
  */
-export async function getJson(path, params = {}) {
+export async function getJson(path, params = {}, { alive = () => true } = {}) {
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(params)) {
     if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
   }
-  /** @type {Record<string, string>} */
-  const headers = { Accept: "application/json" };
-  const token = getToken();
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(url, { headers, cache: "no-store" });
-  const body = await response.json().catch(() => null);
-  if (!response.ok) {
+  let waited = 0;
+  for (;;) {
+    /** @type {Record<string, string>} */
+    const headers = { Accept: "application/json" };
+    const token = getToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(url, { headers, cache: "no-store" });
+    const body = await response.json().catch(() => null);
+    if (response.ok) return body;
     const error = body?.error ?? {};
-    throw new ApiError(response.status, error.code ?? "http", error.message ?? response.statusText);
+    const failure = new ApiError(
+      response.status,
+      error.code ?? "http",
+      error.message ?? response.statusText,
+    );
+    const seconds = retryAfter(response);
+    if (seconds === null || waited + seconds * 1000 > RETRY_PATIENCE || !alive()) throw failure;
+    const detail = { seconds, status: failure.status, message: failure.message };
+    waits.dispatchEvent(new CustomEvent("wait", { detail }));
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    waits.dispatchEvent(new Event("waited"));
+    waited += seconds * 1000;
+    if (!alive()) throw failure;
   }
-  return body;
+}
+
+/**
+ * The seconds a 429 or a 503 asks to wait before the request is made again (its
+ * `Retry-After`, in seconds), else null. @param {Response} response
+ * @returns {number | null}
+ */
+function retryAfter(response) {
+  if (response.status !== 429 && response.status !== 503) return null;
+  const value = response.headers.get("Retry-After")?.trim() ?? "";
+  // At least a second: a `Retry-After: 0` would have the console ask again at once.
+  return /^[0-9]+$/.test(value) ? Math.max(1, Number(value)) : null;
 }

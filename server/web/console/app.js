@@ -5,7 +5,7 @@
  * one, and keeps the server's figures in the top bar up to date.
  */
 
-import { ApiError, getToken, setToken, tokenClaims } from "./api.js";
+import { ApiError, getToken, setToken, tokenClaims, waits } from "./api.js";
 import { fill, h, notice } from "./dom.js";
 import { showList } from "./list.js";
 import { showSession } from "./session.js";
@@ -13,6 +13,7 @@ import { watchStats } from "./stats.js";
 
 const main = /** @type {HTMLElement} */ (document.getElementById("main"));
 const who = /** @type {HTMLElement} */ (document.getElementById("who"));
+const waiting = /** @type {HTMLElement} */ (document.getElementById("waiting"));
 
 /** @typedef {{ destroy(): void }} View */
 /** @type {View | null} */
@@ -125,6 +126,30 @@ function render() {
   }
 }
 
+/**
+ * Reads the server told to ask again later (api.js) say so at the top of the page, for
+ * as long as one of them waits: the page is not stuck, nor has it failed.
+ */
+function showWaits() {
+  let count = 0;
+  waits.addEventListener("wait", (event) => {
+    const { seconds, status, message } = /** @type {CustomEvent} */ (event).detail;
+    count += 1;
+    waiting.hidden = false;
+    waiting.textContent =
+      `The server asked this console to wait (${status}: ${message}):` +
+      ` asking again in ${seconds} s…`;
+  });
+  waits.addEventListener("waited", () => {
+    count -= 1;
+    if (count === 0) {
+      waiting.hidden = true;
+      waiting.textContent = "";
+    }
+  });
+}
+
 window.addEventListener("hashchange", render);
+showWaits();
 render();
 watchStats();

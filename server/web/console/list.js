@@ -40,7 +40,7 @@ export function showList(root, params, context) {
       if (date && !Number.isNaN(date.getTime())) query[name] = date.toISOString();
     }
     try {
-      const page = await getJson("/api/v1/sessions", query);
+      const page = await getJson("/api/v1/sessions", query, { alive: () => alive });
       if (alive) fill(results, table(page.sessions), pager(page, params));
     } catch (error) {
       if (!alive || context.unauthorized(error)) return;

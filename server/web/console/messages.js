@@ -18,12 +18,13 @@ const MAX_CHARS = 20_000; // characters of one message's content, or of one tool
 /** @typedef {(before: number) => Promise<{ messages: any[], hasMore: boolean }>} FetchPage */
 
 /**
- * The pages of the stored history of the session at `path` (its `/api/v1/sessions/…`).
- * @param {string} path @returns {FetchPage}
+ * The pages of the stored history of the session at `path` (its `/api/v1/sessions/…`),
+ * read while `alive()`. @param {string} path @param {() => boolean} alive
+ * @returns {FetchPage}
  */
-function storedPages(path) {
+function storedPages(path, alive) {
   return async (before) => {
-    const page = await getJson(path, { limit: PAGE, before });
+    const page = await getJson(path, { limit: PAGE, before }, { alive });
     return { messages: page.messages, hasMore: page.has_more };
   };
 }
@@ -64,7 +65,7 @@ export class MessageList {
    * @param {string} path @param {any} stored the answer of the HTTP API
    */
   showStored(path, stored) {
-    this.fetchPage = storedPages(path);
+    this.fetchPage = storedPages(path, this.alive);
     this.#showPage(stored);
   }
 
@@ -73,9 +74,9 @@ export class MessageList {
    * @param {string} path
    */
   reload(path) {
-    this.fetchPage = storedPages(path);
+    this.fetchPage = storedPages(path, this.alive);
     fill(this.el);
-    void getJson(path, { limit: PAGE })
+    void getJson(path, { limit: PAGE }, { alive: this.alive })
       .then((stored) => {
         if (this.alive()) this.#showPage(stored);
       })

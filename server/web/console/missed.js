@@ -39,7 +39,8 @@ const CATCH_UP_MAX = MAX_BLOCKS - 2;
  *   leftOut: number | null }>}
  */
 export async function readMissed(path, after, epoch, alive) {
-  const before = await getJson(path, { limit: 1 });
+  const options = { alive };
+  const before = await getJson(path, { limit: 1 }, options);
   if (before.metadata.epoch !== epoch)
     return { metadata: before.metadata, events: [], leftOut: null };
   /** @type {Array<{ seq: number, ts: string, event: any }>} */
@@ -47,12 +48,13 @@ export async function readMissed(path, after, epoch, alive) {
   let leftOut = null;
   let cursor = after; // every event up to it is read
   for (let last = null; alive() && (last === null || cursor < last);) {
-    const page = await getJson(`${path}/events`, {
-      after_seq: cursor,
-      limit: CATCH_UP_PAGE,
-    });
+    const page = await getJson(
+      `${path}/events`,
+      { after_seq: cursor, limit: CATCH_UP_PAGE },
+      options,
+    );
     if (typeof page.epoch === "string" && page.epoch !== epoch) {
-      const now = await getJson(path, { limit: 1 }); // the session that replaced it
+      const now = await getJson(path, { limit: 1 }, options); // the session that replaced it
       return { metadata: now.metadata, events: [], leftOut: null };
     }
     if (last === null) {
@@ -72,7 +74,7 @@ export async function readMissed(path, after, epoch, alive) {
     if (cursor === from && cursor < last)
       throw new Error(`the server answered no events after #${cursor} of ${last}`);
   }
-  const end = await getJson(path, { limit: 1 });
+  const end = await getJson(path, { limit: 1 }, options);
   return { metadata: end.metadata, events: end.metadata.epoch === epoch ? events : [], leftOut };
 }
 

@@ -116,7 +116,7 @@ class SessionView {
     try {
       // The metadata and the newest page: without a limit the answer would be the
       // whole history, however long.
-      stored = await getJson(this.#path(), { limit: PAGE });
+      stored = await getJson(this.#path(), { limit: PAGE }, { alive: () => this.alive });
     } catch (error) {
       if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
       return;
@@ -338,7 +338,7 @@ class SessionView {
     fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
     if (metadata !== undefined) this.#showMeta(metadata);
     else
-      void getJson(this.#path(), { limit: 1 }) // for its metadata
+      void getJson(this.#path(), { limit: 1 }, { alive: () => this.alive }) // its metadata
         .then((stored) => {
           if (this.alive) this.#showMeta(stored.metadata);
         })
