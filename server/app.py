@@ -274,7 +274,11 @@ class BambooServer:
     ) -> Response | None:
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         peer = HttpPeer.of(self.access, request, connection)
-        response = await self._answer_request(request, peer)
+        try:
+            response = await self._answer_request(request, peer)
+        except BaseException:
+            peer.settle(0)  # what its page's read was charged ahead, given back
+            raise
         if response is None:
             return None
         streamed = isinstance(response, StreamedResponse)
@@ -308,7 +312,7 @@ class BambooServer:
         # answers let it out or refused it (429, 503). A refused read that cost nothing
         # could be had again and again: a peer that kept its part nearly full had some
         # 130 pages of 1 MiB a second read for it, four times its allowance.
-        peer.charge_page(page)
+        peer.settle(page)
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 

@@ -39,6 +39,7 @@ class HttpPeer:
         "address",
         "lost",
         "page_allowance",
+        "reservation",
     )
 
     def __init__(
@@ -62,6 +63,10 @@ class HttpPeer:
         # page is charged to it once the server has decided the answer (app.py), let out
         # or refused by the account of unread answers: it was read either way.
         self.page_allowance: ReadAllowance | None = None
+        # A page's worth charged to the peer's allowance as the request was let through
+        # to its read (http_pages.py ``refused_before_read``), given back by
+        # :meth:`settle`: requests of one peer in flight at once count each other's.
+        self.reservation: tuple[ReadAllowance, int] | None = None
 
     @classmethod
     def of(cls, access: AccessPolicy, request: Request, connection: ServerConnection) -> HttpPeer:
@@ -100,8 +105,14 @@ class HttpPeer:
             self._keyed = True
         return self._key
 
-    def charge_page(self, size: int) -> None:
-        """The answer, ``size`` bytes of a page read (a body, a streamed answer's first
-        piece): charged to the allowance the handler named, if it named one."""
+    def settle(self, size: int) -> None:
+        """The answer decided, ``size`` bytes of a page read (a body, a streamed
+        answer's first piece): charged to the allowance the handler named, if it named
+        one, and what was charged ahead of the read given back (all of it, for an
+        answer that is no page: a 404, a failure)."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is not None:
+            allowance, share = reservation
+            allowance.refund(share)
         if self.page_allowance is not None:
             self.page_allowance.charge(size)

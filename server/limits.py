@@ -84,6 +84,12 @@ class ByteRate(TokenBucket):
         self._tokens = tokens = self._refilled() - size
         return 0.0 if tokens >= 0 else -tokens / self.rate
 
+    def refund(self, size: int) -> None:
+        """Gives back ``size`` bytes charged ahead of a use that turned out smaller (or
+        none), never past ``burst``: what refilled meanwhile is not paid twice."""
+        if self.rate > 0:
+            self._tokens = min(self.burst, self._refilled() + size)
+
 
 class FrameLimiter:
     """One connection's frame rate: :meth:`admit` says whether to process a frame,

@@ -18,10 +18,12 @@ In debt, what the peer draws next waits the debt before it is read: a replay's n
 page, its first included (replay.py), a connection's next ``history`` or ``events``
 page (page_requests.py), a whole history's next page (http_pages.py). Nothing of those
 is refused: the pages come, only later. An HTTP request for a page that comes in debt
-is answered 429 with ``Retry-After`` at once, before anything is read (http_pages.py).
-A peer that reconnects in a loop finds the debt its last connection left; one that
-resumes what it missed on a flaky link, or reads a long log page by page, waits for
-nothing up to 64 MiB of pages, then gets 32 MiB a second, by default.
+is answered 429 with ``Retry-After`` at once, before anything is read (http_pages.py);
+one let through takes a page's worth at once (:meth:`ReadAllowance.reserve`), so that
+the requests of a peer in flight together count each other's pages. A peer that
+reconnects in a loop finds the debt its last connection left; one that resumes what it
+missed on a flaky link, or reads a long log page by page, waits for nothing up to
+64 MiB of pages, then gets 32 MiB a second, by default.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ class ReadAllowance:
     def charge(self, size: int) -> None:
         """``size`` bytes of a page, framed to be sent: their share."""
         self._meter.charge(size // REPLY_SHARE)
+
+    def reserve(self, size: int) -> int:
+        """Charges ahead of its read a page of at most ``size`` bytes: the share
+        charged, which :meth:`refund` gives back once the page's own size is charged
+        (or none was read), so that the pages of requests in flight at once are counted
+        before they are read."""
+        share = size // REPLY_SHARE
+        self._meter.charge(share)
+        return share
+
+    def refund(self, share: int) -> None:
+        """Gives back ``share`` (of :meth:`reserve`), within the allowance's burst."""
+        self._meter.refund(share)
 
     def debt(self) -> float:
         """Seconds until the peer's debt is repaid; 0.0 within its allowance."""

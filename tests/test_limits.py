@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 
-from bamboo_session.server.limits import ConnectionCounter, FrameLimiter, TokenBucket
+from bamboo_session.server.limits import ByteRate, ConnectionCounter, FrameLimiter, TokenBucket
 from tests.support import Peer, attach, get, open_peer, run_server, token
 from tests.test_server_lifecycle import eventually
 
@@ -34,6 +34,21 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     clock.now += 100
     assert sum(bucket.take() for _ in range(10)) == 3
     assert all(TokenBucket(0, 1, clock).take() for _ in range(1000))  # 0: no limit
+
+
+def test_a_refund_gives_back_what_was_charged_ahead_never_past_the_burst() -> None:
+    # A request's page is charged ahead of its read, and given back once its own size
+    # is charged: what refilled meanwhile is not paid twice.
+    clock = FakeClock()
+    meter = ByteRate(100, 1_000, clock)
+    assert meter.charge(1_500) == 5.0  # 500 in debt, at 100 a second
+    meter.refund(1_200)
+    assert meter.charge(0) == 0.0 and meter.charge(700) == 0.0 and meter.charge(1) > 0
+    clock.now += 100  # full again
+    meter.charge(600)
+    clock.now += 100  # full again, the 600 still charged ahead
+    meter.refund(600)
+    assert meter.charge(1_000) == 0.0 and meter.charge(1) > 0  # the burst, no more
 
 
 def test_frame_limiter_gives_up_after_the_refusals_budget() -> None:
