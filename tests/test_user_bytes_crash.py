@@ -4,7 +4,8 @@ user's sessions are filled, deleted and created again (tests/user_bytes_child.py
 store's sum, as a refused append reports it, is the sum of the sessions'
 ``stored_bytes``, never past the bound, and the user is not blocked for good. And a
 JSONL delete that fails (its WAL record not written) with appends to the session in
-flight: the session comes back as its log is."""
+flight: the session comes back as its log is. And a delete's room is the user's only once
+its files are gone."""
 
 from __future__ import annotations
 
@@ -84,6 +85,39 @@ async def _check(url: str, jsonl: Path | None) -> None:
         await store.create_session(Session.new("probe", user_id="u"))
         await store.append_event("probe", AgentEvent.token("z" * (USER_CAP // 2)))
         await store.delete_session("probe")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl-os"])
+async def test_a_deleted_sessions_room_is_the_users_once_its_files_are_gone(
+    kind: str, tmp_path: Path
+) -> None:
+    """JSONL: until a delete's files are gone, a crash (or a failed delete) leaves the
+    session there, so its bytes stay in its user's sum until then: an append to
+    another of the user's sessions that fits only without them is refused while the
+    delete is under way, and taken once it returns. (They left the sum when the delete
+    started: the other sessions took the room, and a kill -9 before the files were
+    gone left the user past the bound, test_sums_after_kills.)"""
+    store = await open_storage(URLS[kind](tmp_path), max_user_bytes=USER_CAP)
+    try:
+        for session_id in ("full", "other"):
+            await store.create_session(Session.new(session_id, user_id="u"))
+        while True:
+            try:
+                await store.append_event("full", AgentEvent.token("x" * 1000))
+            except UserFull:
+                break
+        held = (await store.get_metadata("full")).stored_bytes  # type: ignore[union-attr]
+        big = AgentEvent.token("y" * (held - 200))  # fits once "full" is gone, not before
+        deleting = asyncio.ensure_future(store.delete_session("full"))
+        await asyncio.sleep(0)
+        assert not deleting.done()  # under way: its files are deleted in a thread
+        with pytest.raises(UserFull) as refused:
+            await store.append_event("other", big)
+        assert refused.value.stored == held
+        await deleting
+        assert (await store.append_event("other", big)).seq == 1
     finally:
         await store.close()
 

@@ -146,9 +146,14 @@ class Appender:
         self.deleting[record.session_id] = record
 
     def deleted(self, record: SessionRecord) -> None:
-        """Its delete is over, done or failed (then the record is back, or gone)."""
+        """Its delete is over, done or failed (then the record is back, or gone). Only
+        now do its bytes leave its user's sum, if it is gone: until its files are, a
+        crash or a failed delete leaves it there, and the room it held must not have
+        gone to the user's other sessions meanwhile."""
         if self.deleting.get(record.session_id) is record:
             del self.deleting[record.session_id]
+        if self._records.get(record.session_id) is not record:
+            record.uncount()
 
     async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
         """A duplicate of an append still being written is acknowledged only once that

@@ -373,12 +373,12 @@ class JsonlStorage(JsonlQueries):
             self._checkpoints.changed(record)
 
     def _forget(self, session_id: str) -> SessionRecord:
-        """The session gone from memory (its subscriptions end); its record."""
+        """The session gone from memory (its subscriptions end); its record. Its bytes
+        stay in its user's sum until its files are gone (``Appender.deleted``)."""
         record = self._records.pop(session_id)
         self._feed.end(session_id, DELETED)
         self._appends.keys.drop(session_id)
         self._index.remove(session_id)
-        record.uncount()  # its bytes are its user's no more
         self._messages.drop(session_id)
         self._checkpoints.forget(session_id)
         return record
