@@ -314,26 +314,39 @@ class BambooClient:
         return EventPage(events, reply.last_seq, reply.epoch)
 
     def event_pages(
-        self, after_seq: int = 0, page: int = 1000, *, epoch: str | None = None
+        self,
+        after_seq: int = 0,
+        page: int = 1000,
+        *,
+        epoch: str | None = None,
+        until_seq: int | None = None,
     ) -> AsyncIterator[EventPage]:
         """The log after ``after_seq`` in pages of at most ``page`` events (none empty),
-        each read as it is iterated, up to the log's ``last_seq``; all of one log: that of
-        ``epoch`` when given (say, a saved ``last_seq``'s), else the one the client is
-        attached to now, which ``after_seq`` counts in (:attr:`epoch`). A page of
+        each read as it is iterated, up to ``until_seq`` (default: the log's
+        ``last_seq`` as the first page reports it, so a read of a log that keeps
+        growing ends), or sooner at the log's end: it never waits for events. All of
+        one log: that of ``epoch`` when given (say, a saved ``last_seq``'s), else the
+        one the client is attached to now, which ``after_seq`` counts in. A page of
         another log (the session was replaced and the client reconnected onto the new
         one, before the first page as well as between two) raises
         :class:`EpochChanged`; a new read reads the new log. Pages without an epoch
         (servers from before the epoch fence) are not checked."""
         pinned = self.epoch if epoch is None else epoch
-        return log_pages(self.read_events, after_seq, page, pinned)
+        return log_pages(self.read_events, after_seq, page, pinned, until_seq)
 
     async def read_all_events(
-        self, after_seq: int = 0, page: int = 1000, *, epoch: str | None = None
+        self,
+        after_seq: int = 0,
+        page: int = 1000,
+        *,
+        epoch: str | None = None,
+        until_seq: int | None = None,
     ) -> list[StoredEvent]:
-        """Every event of the log after ``after_seq``, read with :meth:`event_pages`: all
-        of one log, else :class:`EpochChanged`, never two logs joined."""
+        """Every event after ``after_seq`` up to ``until_seq`` (default: the log's
+        ``last_seq`` as the read begins), read with :meth:`event_pages`: all of one
+        log, else :class:`EpochChanged`, never two logs joined."""
         events: list[StoredEvent] = []
-        async for got in self.event_pages(after_seq, page, epoch=epoch):
+        async for got in self.event_pages(after_seq, page, epoch=epoch, until_seq=until_seq):
             events.extend(got.events)
         return events
 

@@ -226,34 +226,42 @@ export class BambooClient extends EventTarget {
 
   /**
    * The log after `afterSeq` in pages of at most `page` events (none empty), each read
-   * as it is iterated, up to the log's `lastSeq`; all of one log: that of `epoch` when
-   * given (say, a saved `lastSeq`'s), else the one the client is attached to now, which
-   * `afterSeq` counts in (`client.epoch`). A page of another log (the session was
-   * replaced and the client reconnected onto the new one, before the first page as well
-   * as between two; its seqs start from 1 again) throws {@link EpochChanged}; a new read
-   * reads the new log. Pages without an epoch (servers from before the epoch fence) are
-   * not checked: they cannot be, and refusing them would stop every read from such a
-   * server. A page whose seqs do not increase from above the seq it was asked after
-   * throws {@link SequenceError}.
-   * @param {{ afterSeq?: number, page?: number, epoch?: string | null }} [options]
+   * as it is iterated, up to `untilSeq`: by default the log's `lastSeq` as the first
+   * page reports it, so that a read of a session that keeps taking events ends all the
+   * same, with what the log held when it began (read on from its last seq for the
+   * rest). It ends sooner at the log's end, never waiting for events, and yields none
+   * past `untilSeq`. All of one log: that of `epoch` when given (say, a saved
+   * `lastSeq`'s), else the one the client is attached to now, which `afterSeq` counts
+   * in (`client.epoch`). A page of another log (the session was replaced and the client
+   * reconnected onto the new one, before the first page as well as between two; its
+   * seqs start from 1 again) throws {@link EpochChanged}; a new read reads the new log.
+   * Pages without an epoch (servers from before the epoch fence) are not checked: they
+   * cannot be, and refusing them would stop every read from such a server. A page
+   * whose seqs do not increase from above the seq it was asked after throws
+   * {@link SequenceError}.
+   * @param {{ afterSeq?: number, page?: number, epoch?: string | null, untilSeq?: number | null }} [options]
    * @returns {AsyncGenerator<EventPage, void, undefined>}
    */
-  eventPages({ afterSeq = 0, page = 1000, epoch = null } = {}) {
+  eventPages({ afterSeq = 0, page = 1000, epoch = null, untilSeq = null } = {}) {
     // Pinned now, not at the first page: a reconnect may come before it, too.
     const pinned = epoch ?? this.epoch;
-    return readPages((query) => this.readEvents(query), { afterSeq, page, epoch: pinned });
+    const query = { afterSeq, page, epoch: pinned, untilSeq };
+    return readPages((asked) => this.readEvents(asked), query);
   }
 
   /**
-   * Every event of the log after `afterSeq`, read with {@link BambooClient#eventPages}:
-   * all of one log, else {@link EpochChanged}, never two logs joined.
-   * @param {{ afterSeq?: number, page?: number, epoch?: string | null }} [options]
+   * Every event of the log after `afterSeq` up to `untilSeq` (by default the log's
+   * `lastSeq` when the read begins, however fast it grows meanwhile), read with
+   * {@link BambooClient#eventPages}: all of one log, else {@link EpochChanged}, never
+   * two logs joined.
+   * @param {{ afterSeq?: number, page?: number, epoch?: string | null, untilSeq?: number | null }} [options]
    * @returns {Promise<StoredEvent[]>}
    */
-  async readAllEvents({ afterSeq = 0, page = 1000, epoch = null } = {}) {
+  async readAllEvents({ afterSeq = 0, page = 1000, epoch = null, untilSeq = null } = {}) {
     /** @type {StoredEvent[]} */
     const events = [];
-    for await (const got of this.eventPages({ afterSeq, page, epoch })) events.push(...got.events);
+    const pages = this.eventPages({ afterSeq, page, epoch, untilSeq });
+    for await (const got of pages) events.push(...got.events);
     return events;
   }
 

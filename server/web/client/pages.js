@@ -17,6 +17,11 @@
  * A page that does not (no server of this project sends one) is a {@link SequenceError},
  * rather than a read that asks for the same page for ever, or joins an event twice.
  *
+ * A read ends at a seq fixed when it starts: the caller's `untilSeq`, else the log's
+ * `lastSeq` as its first page reports it. Ending only at a page that reaches its own
+ * `lastSeq` would chase a log that grows: a reader slower than the session's publisher
+ * would read for as long as the session runs, and never return.
+ *
  * @module bamboo/pages
  */
 
@@ -26,28 +31,38 @@ import { EpochChanged, SequenceError } from "./errors.js";
 
 /**
  * The log after `afterSeq` in pages of at most `page` events (none empty), each read
- * with `read` as it is iterated, up to the log's `lastSeq`, all of the log of `epoch`
- * (else of the first page's), each page's seqs increasing from above the seq it was
- * asked after (else {@link SequenceError}); see `BambooClient#eventPages`.
+ * with `read` as it is iterated, up to `untilSeq` (null: the log's `lastSeq` as the
+ * first page reports it), or sooner at the log's end (a page that reaches its own
+ * `lastSeq`, or an empty one), never an event past it, all of the log of `epoch` (else
+ * of the first page's), each page's seqs increasing from above the seq it was asked
+ * after (else {@link SequenceError}); see `BambooClient#eventPages`.
  * @param {(query: { afterSeq: number, limit: number }) => Promise<EventPage>} read
- * @param {{ afterSeq: number, page: number, epoch: string | null }} options
+ * @param {{ afterSeq: number, page: number, epoch: string | null, untilSeq: number | null }} options
  * @returns {AsyncGenerator<EventPage, void, undefined>}
  */
-export async function* readPages(read, { afterSeq, page, epoch }) {
+export async function* readPages(read, { afterSeq, page, epoch, untilSeq }) {
   // An `events` reply is fenced by its connection's epoch, but two pages may come on
   // two connections: the second, after a reconnect, onto a session that replaced ours.
   let pinned = epoch ?? null;
-  for (;;) {
-    const got = await read({ afterSeq, limit: page });
+  let end = untilSeq ?? null;
+  while (end === null || afterSeq < end) {
+    // Seqs have no gaps, so asking for no more than the end leaves nothing past it to
+    // read and drop; the trim below is for a server that sent more all the same.
+    const limit = end === null ? page : Math.min(page, end - afterSeq);
+    const got = await read({ afterSeq, limit });
     if (got.epoch !== null) {
       if (pinned === null) pinned = got.epoch;
       else if (got.epoch !== pinned) throw new EpochChanged(pinned, got.epoch, afterSeq);
     }
-    const last = got.events.at(-1);
-    if (last === undefined) return;
+    if (got.events.length === 0) return;
     checkMovesOn(got, afterSeq);
-    yield got;
-    if (last.seq >= got.lastSeq) return;
+    if (end === null) end = got.lastSeq;
+    const endSeq = end;
+    const kept = got.events.filter((event) => event.seq <= endSeq);
+    const pastTheEnd = kept.length < got.events.length;
+    const last = kept.at(-1);
+    if (last !== undefined) yield pastTheEnd ? { ...got, events: kept } : got;
+    if (last === undefined || pastTheEnd || last.seq >= Math.min(end, got.lastSeq)) return;
     afterSeq = last.seq;
   }
 }
