@@ -27,8 +27,8 @@ async function until(check, ms = 10000) {
 /**
  * A TCP proxy to the server at `target` (a ws:// URL): `cut()` ends every connection
  * through it, and holds new ones, unanswered, until `mend()` puts them through. (Held,
- * not refused: Node 20's WebSocket reports a refused upgrade with `error` and no
- * `close`, so the client would wait for its `openTimeout` before it tried again.)
+ * not refused: the attempt held is put through the moment the proxy is mended, with no
+ * backoff to wait for; client_refused.test.mjs tests refusals.)
  */
 async function gateProxy(target) {
   const { hostname, port } = new URL(target);
