@@ -7,7 +7,10 @@ with ``null`` as without it, on both codecs; every required field sent as ``null
 
 from __future__ import annotations
 
+import re
+import tomllib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,6 +20,7 @@ from bamboo_session.protocol import ErrorCode, ProtocolError
 from bamboo_session.protocol.codec import JSON, MSGPACK, Codec
 from bamboo_session.protocol.frames import ClientFrame
 
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 REQUEST_ID = 5
 TOKEN = {"type": "token", "content": "x"}
 MESSAGE = {"role": "user", "content": "x"}
@@ -145,3 +149,29 @@ def test_null_for_a_required_field_is_a_bad_request(codec: Codec, struct: str, f
     with pytest.raises(ProtocolError) as info:
         codec.decode_request(encoded(codec, wrap({**base, field: None})))
     assert (info.value.code, info.value.request_id) == (ErrorCode.BAD_REQUEST, REQUEST_ID)
+
+
+@pytest.mark.parametrize(("struct", "field"), OPTIONAL)
+def test_a_copy_with_null_for_an_optional_field_is_the_same_as_leaving_it_out(
+    struct: str, field: str
+) -> None:
+    """``msgspec.structs.replace`` runs ``__post_init__`` as decoding does, so that a
+    copy holds what a decoded object would: msgspec does so from 0.21 on (its PR #1000,
+    issue #874), which is why pyproject.toml asks for that at least. Before, a copy
+    made with ``None`` kept it, against what absent.py promises for every instance."""
+    info = next(info for info in STRUCTS if info.cls.__name__ == struct)
+    name = next(f.name for f in info.fields if f.encode_name == field)
+    bases, _ = SAMPLES[struct]
+    left_out = msgspec.convert(next(s for s in bases if field not in s), info.cls)
+    copied = msgspec.structs.replace(left_out, **{name: None})
+    assert copied == left_out
+
+
+def test_the_msgspec_floor_is_a_release_whose_replace_runs_post_init() -> None:
+    """The test above passes on whatever msgspec this venv has; the floor is what keeps
+    an install from resolving to one on which it fails (0.19, 0.20)."""
+    pyproject = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+    (requirement,) = [r for r in pyproject["project"]["dependencies"] if r.startswith("msgspec")]
+    floor = re.fullmatch(r"msgspec>=(\d+)\.(\d+)(?:\.\d+)?", requirement)
+    assert floor is not None, requirement
+    assert (int(floor[1]), int(floor[2])) >= (0, 21), requirement
