@@ -15,6 +15,13 @@ follow) and Redis (the ``bytes`` field of each session's hash, and the ``userbyt
 hash), each safe beside what else writes the store (see their ``recount`` modules).
 The JSONL and memory stores count when they open (a log's size, the sums of their
 sessions): nothing they store can be off, and they do not implement it.
+
+A dry run (``dry_run=True``) writes nothing and reports what a run would do: each
+session's count as it is and as its log holds, and each user's sum as it is and as it
+would be rebuilt. A user's rebuild reads the counts as the store holds them, before
+this run set any, so the report adds what the run's sessions would move (a real run
+has moved them by then): the figures are those the run then applies, on a store that
+nothing else writes meanwhile.
 """
 
 from __future__ import annotations
@@ -81,7 +88,8 @@ class BytesRecounter(Protocol):
         ...
 
     async def rebuild_user(self, user_id: str) -> UserRebuild:
-        """Sets the user's sum to the sum of its sessions' counts, in one step."""
+        """Sets the user's sum to the sum of its sessions' counts, exact as of the
+        step that sets it, whatever ran beside it."""
         ...
 
 
@@ -89,7 +97,11 @@ class BytesRecounter(Protocol):
 class StoredBytesRecount(Protocol):
     """A store whose counts of stored bytes can be wrong, and can be counted again."""
 
-    def bytes_recounter(self) -> BytesRecounter: ...
+    def bytes_recounter(self, *, dry_run: bool = False) -> BytesRecounter:
+        """The store's recounter; ``dry_run``: one that writes nothing, whose
+        ``recount_session`` says what it would set, and whose ``rebuild_user`` the
+        sum as held and the sum of the counts as held (none set by this run)."""
+        ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -118,15 +130,21 @@ async def recount(
     storage: Storage,
     session_ids: Sequence[str] | None = None,
     on_progress: ProgressCallback | None = None,
+    *,
+    dry_run: bool = False,
 ) -> Recount:
     """Counts every session of ``storage`` again (or those of ``session_ids``), then
-    rebuilds the sums of their users (of every user, with no ids). StorageError if the
-    store keeps no counts to fix (:class:`StoredBytesRecount`)."""
+    rebuilds the sums of their users (of every user, with no ids); with ``dry_run``,
+    reports the same and writes nothing. StorageError if the store keeps no counts to
+    fix (:class:`StoredBytesRecount`)."""
     if not isinstance(storage, StoredBytesRecount):
         raise StorageError(f"{type(storage).__name__} keeps no counts of stored bytes to fix")
-    recounter = storage.bytes_recounter()
+    recounter = storage.bytes_recounter(dry_run=dry_run)
     report = Recount()
     users: dict[str, None] = {}  # in the order met
+    # user -> what this run's sessions would have moved its sum by, in a dry run: not
+    # in the store, whose counts and sums the dry rebuild reads as they are.
+    unapplied: dict[str, int] = {}
     async for page in _pages(recounter, session_ids):
         for session_id in page:
             counted = await recounter.recount_session(session_id)
@@ -141,6 +159,9 @@ async def recount(
             if counted.user_id is not None:
                 users[counted.user_id] = None
                 report.move_user(counted.user_id, counted.moved)
+                if dry_run:
+                    held = unapplied.get(counted.user_id, 0)
+                    unapplied[counted.user_id] = held + counted.moved
         if on_progress is not None:
             on_progress(report)
     if session_ids is None:  # and the sums of users with no session left
@@ -148,10 +169,20 @@ async def recount(
             users.update(dict.fromkeys(page))
     for user_id in users:
         rebuilt = await recounter.rebuild_user(user_id)
+        if unapplied.get(user_id):
+            rebuilt = _as_if_applied(rebuilt, unapplied[user_id])
         report.users += 1
         report.user_sums[user_id] = rebuilt.after
         report.move_user(user_id, rebuilt.after - (rebuilt.before or 0))
     return report
+
+
+def _as_if_applied(rebuilt: UserRebuild, moved: int) -> UserRebuild:
+    """A dry rebuild's figures as the real run's would be, its sessions' counts set:
+    the sum then held had moved by ``moved`` (no sum where that left 0, as the stores
+    drop a sum of 0), and so had the sum of the counts."""
+    before = (rebuilt.before or 0) + moved
+    return UserRebuild(rebuilt.user_id, before or None, rebuilt.after + moved)
 
 
 async def _pages(

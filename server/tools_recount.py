@@ -10,7 +10,9 @@ set in its writer's transactions; JSONL (and memory) count when they open, so th
 command only reports what the store counts, and writes nothing.
 
 stdout gets one line per session whose count moved and per user whose sum moved, then
-the totals; progress goes to stderr at most once a second.
+the totals; progress goes to stderr at most once a second. ``--dry-run`` prints the
+same lines (the totals saying what would be fixed) and writes nothing: the store is
+opened read-only.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def add_command(commands: SubParsers) -> None:
     )
     add_store_options(parser, with_url=False)
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be fixed, and write nothing (the store is opened read-only)",
+    )
+    parser.add_argument(
         "ids",
         nargs="*",
         type=session_id_argument,
@@ -70,9 +77,10 @@ async def _recount(args: argparse.Namespace) -> int:
         parsed = parse_store_url(store_url(args))
     except ValueError as exc:
         raise ToolError(str(exc)) from None
-    counted_at_open = parsed.scheme in COUNTED_AT_OPEN
+    dry_run: bool = args.dry_run
+    read_only = dry_run or parsed.scheme in COUNTED_AT_OPEN
     async with offline_store(
-        args, read_only=counted_at_open, offline=True, when_locked=STOP_FIRST
+        args, read_only=read_only, offline=True, when_locked=STOP_FIRST
     ) as storage:
         if not isinstance(storage, StoredBytesRecount):
             report = await _as_counted(storage, ids)
@@ -81,10 +89,13 @@ async def _recount(args: argparse.Namespace) -> int:
         else:
             progress = Progress("sessions counted:", command="recount")
             report = await recount(
-                storage, ids, on_progress=lambda r: progress.step(r.sessions - progress.done)
+                storage,
+                ids,
+                on_progress=lambda r: progress.step(r.sessions - progress.done),
+                dry_run=dry_run,
             )
             progress.show()
-    _print(report)
+    _print(report, dry_run=dry_run)
     for session_id in report.missing:
         print(f"bamboo-session: recount: no session {session_id}", file=sys.stderr)
     return 1 if report.missing else 0
@@ -122,7 +133,9 @@ def _add(report: Recount, sessions: list[SessionMetadata]) -> None:
             report.user_sums[meta.user_id] = held + meta.stored_bytes
 
 
-def _print(report: Recount) -> None:
+def _print(report: Recount, *, dry_run: bool = False) -> None:
+    """The lines of a run; a dry run's are the same but for its totals, which say what
+    would be fixed (and that nothing was)."""
     for fixed in report.fixed:
         before = "no count" if fixed.before is None else f"{fixed.before:,}"
         user = "" if fixed.user_id is None else f" (user {fixed.user_id})"
@@ -131,9 +144,11 @@ def _print(report: Recount) -> None:
         now = report.user_sums.get(user_id)
         tail = "" if now is None else f", now {now:,}"
         print(f"user {user_id}: sum {moved:+,} bytes{tail}")
+    done = "to fix" if dry_run else "fixed"
+    tail = " (dry run: nothing written)" if dry_run else ""
     print(
         f"recount: {report.sessions:,} sessions holding {report.bytes_counted:,} bytes, "
-        f"{len(report.fixed):,} fixed; {report.users:,} users, "
-        f"{len(report.user_moves):,} sums fixed",
+        f"{len(report.fixed):,} {done}; {report.users:,} users, "
+        f"{len(report.user_moves):,} sums {done}{tail}",
         flush=True,
     )

@@ -219,7 +219,7 @@ async def test_a_recount_beside_appends_leaves_every_count_exact(
             await live.create_session(Session.new(session_id, user_id="a"))
 
         recounter = redis_recount.RedisRecounter(tool_store, first_page=1)
-        monkeypatch.setattr(tool_store, "bytes_recounter", lambda: recounter)
+        monkeypatch.setattr(tool_store, "bytes_recounter", lambda **_: recounter)
         raced: list[str] = []  # sessions appended to while they were being recounted
         recount_session = recounter.recount_session
 
@@ -298,6 +298,64 @@ async def test_a_recount_of_a_right_store_changes_nothing(url: Callable[[], str]
         assert await dump(storage) == before
     finally:
         await storage.close()
+
+
+async def test_a_dry_run_writes_nothing_and_reports_what_the_run_applies(
+    url: Callable[[], str],
+) -> None:
+    storage = cast(RedisStorage, await open_storage(url()))
+    try:
+        for n, user in enumerate((USER, "v", None)):  # old sessions: no count, no sum
+            await write_old_session(storage, f"old-{n}", user, old_events(30 + n))
+        for n, user in enumerate((USER, "v")):
+            await storage.create_session(Session.new(f"new-{n}", user_id=user))
+            await storage.append_event(f"new-{n}", AgentEvent.token("n" * 90), "k-é")
+        await storage.redis.call("HINCRBY", storage.layout.meta("new-1"), "bytes", 40)
+        await storage.redis.call("HINCRBY", storage.layout.index + "userbytes", "v", 777)
+        await storage.redis.call("HSET", storage.layout.index + "userbytes", "ghost", 5)
+        size = {s: await held(storage, s) for s in ("old-0", "old-1", "old-2", "new-0", "new-1")}
+        expected = {
+            ("old-0", "new-1"): [
+                f"session old-0 (user {USER}): no count -> {size['old-0']:,} bytes",
+                f"session new-1 (user v): {size['new-1'] + 40:,} -> {size['new-1']:,} bytes",
+                f"user {USER}: sum {size['old-0']:+,} bytes, now {size['old-0'] + size['new-0']:,}",
+                f"user v: sum -777 bytes, now {size['new-1']:,}",  # -40, then the rebuild
+                summary(2, size["old-0"] + size["new-1"], 2, 2, 2),
+            ],
+            (): [
+                f"session old-1 (user v): no count -> {size['old-1']:,} bytes",
+                f"session old-2: no count -> {size['old-2']:,} bytes",
+                f"user v: sum {size['old-1']:+,} bytes, now {size['old-1'] + size['new-1']:,}",
+                "user ghost: sum -5 bytes, now 0",
+                summary(5, sum(size.values()), 2, 3, 2),
+            ],
+        }
+        # Some sessions (and their users' sums), then every one: each dry run leaves
+        # every key as it was, and prints what the run right after it does.
+        for ids, run in expected.items():
+            before = await dump(storage)
+            argv = ("recount", "--store", url(), *ids)
+            code, dry_out, err = await asyncio.to_thread(tool, *argv, "--dry-run")
+            assert code == 0, err
+            assert await dump(storage) == before  # every key, and what it holds
+            code, out, err = await asyncio.to_thread(tool, *argv)
+            assert code == 0, err
+            lines = out.splitlines()
+            assert dry_out.splitlines() == [*lines[:-1], dry_totals(lines[-1])]
+            assert lines == run
+        sessions, sums = await counts(storage)
+        assert sessions == {s: await held(storage, s) for s in sessions}
+        assert sums == {
+            USER: sessions["old-0"] + sessions["new-0"],
+            "v": sessions["old-1"] + sessions["new-1"],
+        }
+    finally:
+        await storage.close()
+
+
+def dry_totals(totals: str) -> str:
+    """A run's totals as a dry run prints them."""
+    return totals.replace(" fixed", " to fix") + " (dry run: nothing written)"
 
 
 async def dump(storage: RedisStorage) -> dict[bytes, bytes]:

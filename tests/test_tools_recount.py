@@ -97,6 +97,58 @@ async def test_sqlite_counts_that_drifted_are_set_right(tmp_path: Path) -> None:
     ]
 
 
+def rows(path: Path) -> list[str]:
+    """Every row of the store's file, as SQL (its schema too)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        dumped = list(db.iterdump())
+    db.close()
+    return dumped
+
+
+def dry(lines: list[str]) -> list[str]:
+    """A run's lines as a dry run prints them: its totals say what would be fixed."""
+    totals = lines[-1].replace(" fixed", " to fix") + " (dry run: nothing written)"
+    return [*lines[:-1], totals]
+
+
+async def test_a_sqlite_dry_run_writes_nothing_and_reports_what_the_run_applies(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    counts = await make_sqlite(path)
+    url = f"sqlite://{path}"
+    sql(path, "UPDATE sessions SET stored_bytes = 0 WHERE id = 'a'")
+    sql(path, "UPDATE sessions SET stored_bytes = stored_bytes + 99 WHERE id = 'c'")
+    before, file_before = rows(path), path.read_bytes()
+    for ids in (["c", "a"], []):
+        code, dry_out, err = await asyncio.to_thread(
+            tool, "recount", "--store", url, "--dry-run", *ids
+        )
+        assert code == 0, err
+        assert (rows(path), path.read_bytes()) == (before, file_before)
+    # The run after it prints the same figures, and applies them.
+    code, out, err = await asyncio.to_thread(tool, "recount", "--store", url)
+    assert code == 0, err
+    total = sum(counts.values())
+    assert out.splitlines() == [
+        f"session a (user u): 0 -> {counts['a']:,} bytes",
+        f"session c: {counts['c'] + 99:,} -> {counts['c']:,} bytes",
+        f"user u: sum {counts['a']:+,} bytes, now {counts['a'] + counts['b']:,}",
+        summary(3, total, 2, 1, 1),
+    ]
+    assert dry_out.splitlines() == dry(out.splitlines())
+    with sqlite3.connect(path) as db:
+        stored = dict(db.execute("SELECT id, stored_bytes FROM sessions").fetchall())
+    db.close()
+    assert stored == counts
+    # With ids: the dry run's lines are those of the run with the same ids.
+    sql(path, "UPDATE sessions SET stored_bytes = 5 WHERE id = 'b'")
+    code, dry_out, _ = await asyncio.to_thread(tool, "recount", "--store", url, "--dry-run", "b")
+    code, out, _ = await asyncio.to_thread(tool, "recount", "--store", url, "b")
+    assert out.splitlines()[0] == f"session b (user u): 5 -> {counts['b']:,} bytes"
+    assert dry_out.splitlines() == dry(out.splitlines())
+
+
 def test_a_path_that_is_no_sqlite_store_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "none" / "store.db"
     code, out, err = tool("recount", "--store", f"sqlite://{path}")
@@ -132,6 +184,9 @@ def test_jsonl_is_reported_as_counted_and_left_as_it_is(tmp_path: Path) -> None:
         "bamboo-session: recount: the JSONL store counts each session's bytes (its log "
         "file's size) and each user's sum whenever it opens: nothing stored to fix"
     )
+    assert snapshot(data_dir) == before
+    code, dry_out, _ = tool("recount", "--data-dir", str(data_dir), "--dry-run")
+    assert (code, dry_out.splitlines()) == (0, dry(out.splitlines()))
     assert snapshot(data_dir) == before
     code, out, err = tool("recount", "--data-dir", str(data_dir), "nobody", "b")
     assert (code, out.splitlines()) == (1, [summary(1, 0, 0, 1, 0)])

@@ -9,12 +9,15 @@
 -- epoch, which every call checks.
 -- KEYS: meta, log
 -- ARGV: index prefix, epoch (the session's when the recount began), the first seq
---       to read (as a decimal string), the bytes of the entries before it, page size
+--       to read (as a decimal string), the bytes of the entries before it, page size,
+--       'dry' to write nothing ('' : set the count)
 -- Returns {0} if the session is gone or of another epoch; {1, next seq, sum} to go
--- on from there; {2, count before ('' : none), count set, user ('' : none)} once set.
+-- on from there; {2, count before ('' : none), count set, user ('' : none)} once set
+-- (or, dry, what it would set).
 
 local meta, log = KEYS[1], KEYS[2]
 local idx, epoch, start, page = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+local dry = ARGV[6] == 'dry'
 local s = redis.call('HMGET', meta, 'epoch', 'bytes', 'user')
 if not s[1] or s[1] ~= epoch then return {0} end
 
@@ -32,9 +35,9 @@ if #entries == page then
   return {1, int(tonumber(last) + 1), int(sum)}
 end
 
-local before = tonumber(s[2]) or 0
+local before, user = tonumber(s[2]) or 0, s[3]
+if dry then return {2, s[2] or '', int(sum), user or ''} end
 redis.call('HSET', meta, 'bytes', int(sum))
-local user = s[3]
 if user and sum ~= before then
   -- Not clamped at 0 (unlike a delete's): the sum keeps its distance to the sum of the
   -- counts, whatever it was, until the rebuild of the sum (recount_user.lua) ends it.

@@ -8,6 +8,10 @@ append before it is counted, one after it adds to the new count); a user's sum i
 rebuilt in one script from the counts. The entries are summed a page per call, the
 page sized from the entries seen so that a call reads about ``PAGE_BYTES``: a long log
 never holds Redis in one script, nor brings itself into a script's memory whole.
+
+A dry run writes nothing, and may run on a store opened read-only: recount.lua sums a
+session's log as for a run and returns what it would set; a user's sums are read in
+pages of plain commands (not one moment of the store, which a report needs not be).
 """
 
 from __future__ import annotations
@@ -26,15 +30,24 @@ PAGE_BYTES: Final = 256 * 1024  # of entries read by one call, roughly
 FIRST_PAGE: Final = 64  # entries read by a session's first call
 MAX_PAGE: Final = 512  # entries: some 5 ms of Redis per call
 SCAN_COUNT: Final = 1000  # ids asked of ZSCAN and HSCAN per call
+USER_PAGE: Final = 1000  # sessions of a user read at a time by a dry run
 
 
 class RedisRecounter:
     """The recount of one store (persistence/recount.py ``BytesRecounter``)."""
 
-    def __init__(self, storage: RedisStorage, first_page: int = FIRST_PAGE) -> None:
-        storage.require_writable()
+    def __init__(
+        self,
+        storage: RedisStorage,
+        first_page: int = FIRST_PAGE,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        if not dry_run:
+            storage.require_writable()
         self.storage = storage
         self.first_page = first_page
+        self.dry_run = dry_run
         self.calls = 0  # recount.lua calls made (tests: the recount went in steps)
 
     async def session_pages(self) -> AsyncIterator[list[str]]:
@@ -58,7 +71,10 @@ class RedisRecounter:
         start, summed, page = 1, 0, self.first_page
         while True:
             args = [storage.layout.index, epoch, str(start), str(summed), page]
-            reply = await storage.redis.write("recount", keys, args)
+            if self.dry_run:
+                reply = await storage.redis.run("recount", keys, [*args, "dry"])
+            else:
+                reply = await storage.redis.write("recount", keys, [*args, ""])
             self.calls += 1
             if reply[0] == 0:
                 return None  # gone, or replaced by a session of another epoch
@@ -75,10 +91,26 @@ class RedisRecounter:
             page = min(MAX_PAGE, max(1, PAGE_BYTES * page // max(read, 1)))
 
     async def rebuild_user(self, user_id: str) -> UserRebuild:
+        if self.dry_run:
+            return await self._user_as_held(user_id)
         layout = self.storage.layout
         args = [layout.index, f"{layout.prefix}:", user_id]
         before, after = await self.storage.redis.write("recount_user", [], args)
         return UserRebuild(user_id, int(before) if before else None, int(after))
+
+    async def _user_as_held(self, user_id: str) -> UserRebuild:
+        """The user's sum and the sum of its sessions' counts, as the store holds them
+        (a dry run's rebuild), a page of sessions at a time."""
+        layout, redis = self.storage.layout, self.storage.redis
+        held = await redis.call("HGET", layout.index + "userbytes", user_id)
+        index, total, start = layout.index + f"user:{user_id}", 0, 0
+        while ids := await redis.call("ZRANGE", index, start, start + USER_PAGE - 1):
+            metas = [("HMGET", layout.meta(i.decode()), "user", "bytes") for i in ids]
+            for user, count in await redis.pipeline(metas):
+                if user is not None and user.decode() == user_id:
+                    total += int(count or 0)
+            start += len(ids)
+        return UserRebuild(user_id, int(held) if held else None, total)
 
     async def _scan(self, command: str, key: str) -> AsyncIterator[list[str]]:
         cursor = b"0"

@@ -315,9 +315,9 @@ class RedisStorage:
 
     # -- recount (StoredBytesRecount) -----------------------------------------------
 
-    def bytes_recounter(self) -> RedisRecounter:
+    def bytes_recounter(self, *, dry_run: bool = False) -> RedisRecounter:
         """What ``bamboo-session recount`` needs: persistence/redis/recount.py."""
-        return RedisRecounter(self)
+        return RedisRecounter(self, dry_run=dry_run)
 
     # -- helpers --------------------------------------------------------------------
 

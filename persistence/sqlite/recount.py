@@ -7,6 +7,9 @@ writer's own rows and per-user sums (rows.py) move with it. The store keeps no p
 sums on disk: a user's is the sum of its sessions' column, summed again by the writer
 after an open, so a user's "rebuild" here only reads it. One process holds the file
 (lock.py): the recount runs with no server on it.
+
+A dry run (no writer: the store may be open read-only) reads each count and what the
+log holds on a reader, and sets nothing.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ _USER_BYTES: Final = "SELECT coalesce(sum(stored_bytes), 0) FROM sessions WHERE 
 
 
 class SqliteRecounter:
-    """The recount of one store (persistence/recount.py ``BytesRecounter``)."""
+    """The recount of one store (persistence/recount.py ``BytesRecounter``); with no
+    ``write``, a dry run."""
 
-    def __init__(self, read: Reader, write: Writer) -> None:
+    def __init__(self, read: Reader, write: Writer | None) -> None:
         self._read = read
         self._write = write
 
@@ -46,6 +50,9 @@ class SqliteRecounter:
             after = page[-1]
 
     async def recount_session(self, session_id: str) -> SessionRecount | None:
+        if self._write is None:
+            counted: SessionRecount | None = await self._read(_count, session_id)
+            return counted
         result: SessionRecount | None = await self._write(lambda batch: _recount(batch, session_id))
         return result
 
@@ -67,6 +74,17 @@ def _ids_after(db: sqlite3.Connection, after: str) -> list[str]:
 
 def _user_bytes(db: sqlite3.Connection, user_id: str) -> int:
     return int(db.execute(_USER_BYTES, (user_id,)).fetchone()[0])
+
+
+def _count(db: sqlite3.Connection, session_id: str) -> SessionRecount | None:
+    """What :func:`_recount` would set, read and not written (a dry run)."""
+    row = db.execute(
+        "SELECT user_id, stored_bytes FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    counted = int(db.execute(_LOG_BYTES, (session_id,)).fetchone()[0])
+    return SessionRecount(session_id, row[0], int(row[1]), counted)
 
 
 def _recount(batch: Batch, session_id: str) -> SessionRecount | None:

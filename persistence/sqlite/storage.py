@@ -319,9 +319,9 @@ class SqliteStorage:
 
     # -- recount (StoredBytesRecount) -----------------------------------------------
 
-    def bytes_recounter(self) -> SqliteRecounter:
+    def bytes_recounter(self, *, dry_run: bool = False) -> SqliteRecounter:
         """What ``bamboo-session recount`` needs: persistence/sqlite/recount.py."""
-        return SqliteRecounter(self._read, self._write)
+        return SqliteRecounter(self._read, None if dry_run else self._write)
 
     # -- helpers --------------------------------------------------------------------
 
