@@ -80,7 +80,10 @@ for n, i in ipairs(fresh) do
 end
 
 redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored + adding))
-if user then redis.call('HINCRBY', idx .. 'userbytes', user, int(adding)) end
+if user then
+  redis.call('HINCRBY', idx .. 'userbytes', user, int(adding))
+  rebuild_follows(idx, user, id, adding)
+end
 record_activity(meta, idx, id, now, s[5])
 if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)

@@ -65,6 +65,36 @@ local function user_bytes_freed(idx, user, bytes)
   end
 end
 
+-- Whether member id a comes before b, or is b, among members of one score of a sorted
+-- set: Redis orders them byte by byte. (Lua's < on strings follows the server's
+-- locale, which need not.)
+local function id_not_after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+
+-- A user's sum rebuilt in steps (recount_user.lua) keeps, in the hash <index
+-- prefix>rebuild:<user>, the sum of the 'bytes' of the sessions it has read: those of
+-- the user's index up to its cursor ('score', then 'id', the index's order). Every
+-- script that moves a session's 'bytes' (by ``moved``) calls this in the same step, so
+-- that sum follows the sessions already read; the others are read as they are when
+-- the cursor reaches them. A removal calls it before the session leaves the index.
+local function rebuild_follows(idx, user, id, moved)
+  if not user or not id or moved == 0 then return end
+  local rebuild = idx .. 'rebuild:' .. user
+  local cursor = redis.call('HMGET', rebuild, 'score', 'id')
+  if not cursor[1] then return end  -- no rebuild in steps under way
+  local score = redis.call('ZSCORE', idx .. 'user:' .. user, id)
+  if not score then return end  -- not in the index: no rebuild reads it
+  local mine, upto = tonumber(score), tonumber(cursor[1])
+  if mine < upto or (mine == upto and id_not_after(id, cursor[2])) then
+    redis.call('HINCRBY', rebuild, 'sum', int(moved))
+  end
+end
+
 -- Activity now: last_activity_at and updated_at, and the sliding expiry.
 local function record_activity(meta, idx, id, now, ttl)
   redis.call('HSET', meta, 'updated', now, 'active', now)

@@ -22,6 +22,7 @@ end
 local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 if replaced ~= 0 then
+  rebuild_follows(idx, old[1] or nil, id, -(tonumber(old[5]) or 0))  -- while still indexed
   index_remove(idx, id, old[1] or nil, old[2])
   user_bytes_freed(idx, old[1], old[5])
   redis.call('UNLINK', meta, KEYS[5])

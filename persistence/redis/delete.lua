@@ -17,6 +17,7 @@ if not s[2] then
 end
 if mode == 'expired' and not has_expired(s[2], s[3], clock()) then return 0 end
 redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+rebuild_follows(idx, s[1] or nil, id, -(tonumber(s[5]) or 0))  -- while still indexed
 index_remove(idx, id, s[1] or nil, s[2])
 user_bytes_freed(idx, s[1], s[5])
 notify(publish, channel, 'deleted', s[4])

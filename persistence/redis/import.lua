@@ -28,7 +28,11 @@ end
 if #batch == 0 then return 0 end
 if s[3] then table.insert(batch, 1, '[0,0,' .. cjson.encode(s[3]) .. ',null]') end  -- as append.lua's
 redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored))
-if s[5] then redis.call('HINCRBY', idx .. 'userbytes', s[5], int(stored - (tonumber(s[4]) or 0))) end
+if s[5] then
+  local moved = stored - (tonumber(s[4]) or 0)
+  redis.call('HINCRBY', idx .. 'userbytes', s[5], int(moved))
+  rebuild_follows(idx, s[5], id, moved)
+end
 redis.call('ZADD', idx .. 'msgs', count, id)
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
 notify(publish, channel, '[' .. table.concat(batch, ',') .. ']')

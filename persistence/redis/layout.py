@@ -25,6 +25,9 @@ The indexes share one tag of their own, ``{idx}``::
                              replacement; counted from 0 where it is first written,
                              until recount.lua and recount_user.lua count what a
                              version before it stored: bamboo-session recount)
+    <prefix>:{idx}:rebuild:<u> hash: a rebuild in steps of user <u>'s sum under way
+                             (recount_user.lua: token, running sum, cursor score and
+                             id), expiring 10 s after its last step
 
 Times are integers, microseconds since the Unix epoch, in hashes and scores alike
 (exact in a double until the year 2255), so scripts compute expiry without parsing.

@@ -18,7 +18,7 @@
 local meta, log = KEYS[1], KEYS[2]
 local idx, epoch, start, page = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
 local dry = ARGV[6] == 'dry'
-local s = redis.call('HMGET', meta, 'epoch', 'bytes', 'user')
+local s = redis.call('HMGET', meta, 'epoch', 'bytes', 'user', 'id')
 if not s[1] or s[1] ~= epoch then return {0} end
 
 local sum = tonumber(ARGV[4])
@@ -43,5 +43,6 @@ if user and sum ~= before then
   -- counts, whatever it was, until the rebuild of the sum (recount_user.lua) ends it.
   local total = redis.call('HINCRBY', idx .. 'userbytes', user, int(sum - before))
   if total == 0 then redis.call('HDEL', idx .. 'userbytes', user) end
+  rebuild_follows(idx, user, s[4], sum - before)
 end
 return {2, s[2] or '', int(sum), user or ''}
