@@ -99,7 +99,10 @@ class BambooServer:
         peer_budget = int(budget * config.answer_peer_share) if budget != NO_LIMIT else NO_LIMIT
         refused = self.metrics.answers_refused
         self.unread_answers = UnreadAnswers(
-            budget, peer_budget, lambda full: refused.labels(full).inc()
+            budget,
+            peer_budget,
+            lambda full: refused.labels(full).inc(),
+            self.metrics.answers_dropped.inc,
         )
         # Requests being read, heads and early frames, a sixteenth (16 MiB by default:
         # a thousand heads of the largest size, ten times as many of a browser's).

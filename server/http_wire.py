@@ -64,6 +64,9 @@ class BambooConnection(ServerConnection):
     # charged there; class defaults, so that a WebSocket connection carries neither.
     _answers: AnswerShare | None = None
     _answer_held = 0
+    # The share this connection is among the holders of (AnswerShare.hold), from its
+    # answer's first charge until the answer is taken or the connection lost.
+    _holder_of: AnswerShare | None = None
     # A streamed answer's body, written once its head is sent (stream_answer).
     _stream: AnswerStream | None = None
     _head_sent = False
@@ -276,6 +279,7 @@ class BambooConnection(ServerConnection):
         finally:
             self._release_request()
             self._answer_left(0)  # whatever was left unsent is gone with the transport
+            self._let_go()
             if self._open_connections is not None:
                 self._open_connections.discard(self)
 
@@ -314,6 +318,7 @@ class BambooConnection(ServerConnection):
         to ``answers`` already: its head goes as any answer's, without the end of stream
         that websockets sends after it, and then its pieces (http_stream.py)."""
         assert response.pieces is not None
+        self._hold_share(answers)
         timeouts = (page_timeout, close_timeout)
         self._stream = AnswerStream(
             self, answers, response.pieces, timeouts, response.held, response.piece_bytes
@@ -339,6 +344,7 @@ class BambooConnection(ServerConnection):
         transport's buffer. A streamed answer holds
         each piece in turn (http_stream.py), the previous one gone by then."""
         self._answers, self._answer_held = answers, self._answer_held + size
+        self._hold_share(answers)
         # The kernel's buffer is outside every count: autotuned, it takes up to 4 MiB
         # of an answer nobody reads (tcp_wmem), 40 such peers 54 MB. Kept small, the
         # rest of the answer stays in the transport's buffer, where it is counted.
@@ -368,6 +374,35 @@ class BambooConnection(ServerConnection):
         self._answer_held = held
         if not held:
             self._answers = None
+            if self._stream is None:
+                self._let_go()  # its one answer taken: nothing of it to drop any more
+
+    def _hold_share(self, answers: AnswerShare) -> None:
+        if self._holder_of is None:
+            self._holder_of = answers
+            answers.hold(self)
+
+    def _let_go(self) -> None:
+        if self._holder_of is not None:
+            self._holder_of.let_go(self)
+            self._holder_of = None
+
+    def drop_unread(self) -> int:
+        """Dropped to make room among the unread answers for another peer's answer
+        (UnreadAnswers.make_room), as a peer too slow to read its answer is: what the
+        server holds of this one's is gone with the transport, and given back now,
+        not when the loss is reported. Those bytes; 0, and not dropped, if it holds
+        none (a streamed answer between its pages)."""
+        stream = self._stream
+        held = self._answer_held + (stream.reserved if stream is not None else 0)
+        if not held:
+            return 0
+        self.transport.abort()  # its buffer is cleared at once
+        self._answer_left(0)
+        if stream is not None:
+            stream.abandon()
+        self._let_go()
+        return held
 
     def _resume_reading(self) -> None:
         if not self.paused and not self.recv_messages.paused and self._repaid is None:

@@ -173,6 +173,12 @@ class Metrics:
             ["full"],
             registry=r,
         )
+        self.answers_dropped = Counter(
+            "bamboo_answers_dropped",
+            "HTTP answers dropped unread (their connection closed) to make room for the "
+            "answer of a peer holding less than an equal part of the unread answers",
+            registry=r,
+        )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
         self.closes = Counter(
             "bamboo_closes",

@@ -92,15 +92,16 @@ async def test_a_page_refused_for_the_bytes_it_would_hold_is_charged_all_the_sam
 
 
 async def test_a_request_is_authenticated_before_a_full_account_refuses_it() -> None:
-    # Mallory leaves a page of about 1.5 MB unread (a peer's first answer always fits):
-    # the account (1 MiB, of a 4 MiB budget) is full. A request without a valid token
-    # is told so (401) before it is told the server is busy; one with a valid token
-    # gets the 503.
+    # Alice leaves a page of about 1.5 MB unread on a connection of hers (a peer's
+    # first answer always fits): the account (1 MiB, of a 4 MiB budget) is full, and
+    # nobody else's answer there could be dropped to make room for hers. A request
+    # without a valid token is told so (401) before it is told the server is busy;
+    # one with her valid token gets the 503.
     config = {"memory_budget": 4 * MIB, "max_page_bytes": 2 * MIB, "auth_secret": SECRET}
     async with run_server(**config) as server:
-        held = await a_log(server, "held", 150, user_id="mallory")
+        held = await a_log(server, "held", 150, user_id="alice")
         mine = await a_log(server, "mine", 1, user_id="alice")
-        stalled = await in_thread(stalled_get, server.port, held, make_token("mallory"))
+        stalled = await in_thread(stalled_get, server.port, held, make_token("alice"))
         try:
             await eventually(lambda: server.unread_answers.full)
             assert (await in_thread(status_of, server.port, mine))[0] == 401

@@ -1,0 +1,186 @@
+"""Peers that keep their parts of the unread answers full lock no other peer out
+(server/unread_answers.py): when the account cannot take the answer of a peer that
+holds less than an equal part of it, the peer holding the most, past its equal part,
+loses its oldest unread answer (its connection dropped) to make room. Real server,
+real sockets, real peers that do not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from typing import Any
+
+from bamboo_session.server.unread_answers import AnswerShare, UnreadAnswers
+from tests.memory_support import KIB, MIB
+from tests.support import run_server
+from tests.test_auth import SECRET, make_token
+from tests.test_http_read_limits import a_log, head, in_thread
+from tests.test_replay_server import metric
+
+# The account of unread answers holds 8 MiB (a quarter of the budget), a peer's part of
+# it 2 MiB: two pages of about 970 kB each, held unread, and the third is refused 429.
+CONFIG = {"memory_budget": 32 * MIB, "auth_secret": SECRET}
+MESSAGES = 96  # a page of them all: about 970 kB
+HOLDERS = 5  # peers that keep their parts full
+DEADLINE = 10.0
+
+
+def hold_unread(port: int, path: str, token: str) -> tuple[socket.socket, int]:
+    """A peer on a slow link: asks for ``path``, reads the status line and no more (a
+    tiny receive buffer, so that the answer stays in the server's buffer)."""
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.settimeout(DEADLINE)
+    peer.connect(("127.0.0.1", port))
+    peer.sendall(head(path, token))
+    status = b""
+    while len(status) < len(b"HTTP/1.1 200"):
+        chunk = peer.recv(len(b"HTTP/1.1 200") - len(status))
+        assert chunk, status
+        status += chunk
+    return peer, int(status[9:12])
+
+
+def read_rest(peer: socket.socket) -> bytes:
+    """What is left of an answer, read as fast as it comes; b"" if it was cut."""
+    answer = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := peer.recv(1 << 20):
+            answer += chunk
+    return answer
+
+
+def read_whole(port: int, path: str, token: str) -> tuple[int, bytes]:
+    """A well-behaved peer's GET, read as fast as it comes: its status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as peer:
+        peer.sendall(head(path, token))
+        answer = read_rest(peer)
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    return int(head_part[9:12]), body
+
+
+def dropped_answers(server: Any) -> float:
+    return metric(server.metrics.render().decode(), "bamboo_answers_dropped_total")
+
+
+async def test_peers_that_keep_their_parts_full_lock_no_other_peer_out() -> None:
+    # Five peers each keep its part nearly full with pages it does not read (each
+    # part stops short of a third page), and together they fill the account: a sixth,
+    # well-behaved peer got 503 for every page of that size, for as long as they kept
+    # asking again. Now the largest holder's oldest unread answer is dropped for it.
+    # Bob, on a slow link, holds one page, the oldest of all: he is not the one dropped.
+    async with run_server(**CONFIG) as server:
+        users = ["bob", "alice", *(f"mallory{n}" for n in range(HOLDERS))]
+        paths = {user: await a_log(server, user, MESSAGES, user_id=user) for user in users}
+        tokens = {user: make_token(user) for user in users}
+        answers = server.unread_answers
+        peers: list[socket.socket] = []
+        try:
+            bob, status = await in_thread(hold_unread, server.port, paths["bob"], tokens["bob"])
+            peers.append(bob)
+            assert status == 200
+            for user in users[2:]:
+                while True:  # its part's pages, until it is told it holds enough
+                    peer, status = await in_thread(
+                        hold_unread, server.port, paths[user], tokens[user]
+                    )
+                    peers.append(peer)
+                    if status != 200:
+                        break
+            page = len(json.dumps({"x": "x" * 10_000})) * MESSAGES
+            assert answers.used + page > answers.limit, (answers.used, page)  # full for alice
+            dropped = dropped_answers(server)  # the holders drop each other's too
+            status, body = await in_thread(read_whole, server.port, paths["alice"], tokens["alice"])
+            assert status == 200, body[:200]
+            assert len(json.loads(body)["messages"]) == MESSAGES
+            assert answers.used <= answers.limit
+            assert dropped_answers(server) > dropped
+            assert answers.share("user:bob").used > 0
+            # Bob's answer, the oldest unread of all, is still whole: he reads it now.
+            rest = await in_thread(read_rest, bob)
+            assert json.loads(rest.partition(b"\r\n\r\n")[2])["messages"], rest[:200]
+        finally:
+            for peer in peers:
+                peer.close()
+
+
+async def test_an_equal_part_is_what_a_peer_may_claim() -> None:
+    # Ten peers hold one page each (about 830 kB of it in the server's buffer, the rest
+    # in the kernel's): the account cannot take another page, and a page is more than
+    # an equal part of the account among eleven peers (760 kB). Alice is refused, and
+    # nobody's answer is dropped: the account is as full as its size says.
+    async with run_server(**CONFIG) as server:
+        users = ["alice", *(f"peer{n}" for n in range(10))]
+        paths = {user: await a_log(server, user, MESSAGES, user_id=user) for user in users}
+        answers = server.unread_answers
+        peers: list[socket.socket] = []
+        try:
+            for user in users[1:]:
+                peer, status = await in_thread(
+                    hold_unread, server.port, paths[user], make_token(user)
+                )
+                peers.append(peer)
+                assert status in (200, 503), status
+            assert answers.used > answers.limit - 900 * KIB
+            status, body = await in_thread(
+                read_whole, server.port, paths["alice"], make_token("alice")
+            )
+            assert status == 503, body[:200]
+            assert dropped_answers(server) == 0
+        finally:
+            for peer in peers:
+                peer.close()
+        await asyncio.sleep(0)
+
+
+class Held:
+    """An answer's bytes held on ``share``, as a connection holds them: dropped, it
+    gives them back at once (http_wire.py ``drop_unread``)."""
+
+    def __init__(self, share: AnswerShare, size: int) -> None:
+        self.share, self.size = share, size
+        share.charge(size)
+        share.hold(self)
+
+    def drop_unread(self) -> int:
+        size, self.size = self.size, 0
+        if size:
+            self.share.release(size)
+            self.share.let_go(self)
+        return size
+
+
+async def test_the_peer_holding_the_most_loses_its_oldest_answer_first() -> None:
+    refused: list[str] = []
+    account = UnreadAnswers(1000, 400, refused.append)
+    mallory, eve, bob, alice, carol, dave, erin = (
+        account.share(f"user:{name}")
+        for name in ("mallory", "eve", "bob", "alice", "carol", "dave", "erin")
+    )
+    slow = Held(bob, 200)  # the oldest answer of all, on a slow link
+    mallorys = [Held(mallory, 120) for _ in range(3)]
+    eves = [Held(eve, 150) for _ in range(2)]
+    assert account.used == 860
+    # Alice's 200 bytes do not fit; an equal part of four is 250: mallory, who holds
+    # the most, loses her oldest answer, and that is room enough.
+    assert alice.refusal(200) is None
+    alice.charge(200)
+    assert [held.size for held in mallorys] == [0, 120, 120] and slow.size == 200
+    # Carol's may be up to a fifth: eve holds the most now.
+    assert carol.refusal(200) is None
+    carol.charge(200)
+    assert [held.size for held in eves] == [0, 150] and account.used == 990
+    # A piece of a streamed answer waiting for room gets it so too (a sixth: 166).
+    piece = dave.room(100)
+    assert piece.done() and dave.used == 100
+    assert [held.size for held in mallorys] == [0, 0, 120] and slow.size == 200
+    # Past an equal part (a seventh: 142) no room is made: 503, nothing dropped.
+    assert account.used + 150 > account.limit
+    refusal = erin.refusal(150)
+    assert refusal is not None and refusal.status_code == 503
+    assert mallory.refusal(150) is not None  # nor for a peer at its equal part already
+    assert slow.size == 200 and account.used == 970
+    assert refused == ["server", "server"]
