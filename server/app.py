@@ -56,7 +56,7 @@ from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
-from .unread_answers import UnreadAnswers, is_charged
+from .unread_answers import SMALL_ANSWER_BYTES, UnreadAnswers, is_charged
 
 log = structlog.get_logger("bamboo_session.server")
 # Headers whose value decides something: two of them are ambiguous, and refused.
@@ -294,7 +294,13 @@ class BambooServer:
             del response.headers["Transfer-Encoding"]
             response.chunked = False
         if request.method == "HEAD" and (response.body or streamed):
-            # The same status and headers as a GET, without the body (RFC 9110 9.3.2).
+            # The same status and headers as a GET, without the body (RFC 9110 9.3.2):
+            # refused as the GET would be for the bytes it would hold, nothing charged
+            # and no room made (the answer holds none), so that a HEAD says what its
+            # GET would get, and reads no page a GET would be refused before.
+            if page > SMALL_ANSWER_BYTES:
+                share = self.unread_answers.share(peer.key)
+                response = share.refusal(page, make_room=False) or response
             response = Response(response.status_code, response.reason_phrase, response.headers, b"")
         elif isinstance(response, StreamedResponse) and response.pieces is not None:
             # Its body follows its head, a piece at a time, each charged from its read

@@ -139,18 +139,16 @@ async def _answer_get(services: Services, request: Request, peer: HttpPeer) -> R
         if web.is_web_path(path):
             return web.serve(request, path)
         if path == SESSIONS_PATH:
-            return await _list_sessions(services, request.method, params, peer)
+            return await _list_sessions(services, params, peer)
         if path.startswith(SESSIONS_PATH + "/"):
             rest = path[len(SESSIONS_PATH) + 1 :]
-            return await _session_resource(services, request.method, rest, params, peer)
+            return await _session_resource(services, rest, params, peer)
     except (StorageError, Unauthorized, Forbidden) as exc:
         return failure_response(exc)
     return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
 
 
-async def _list_sessions(
-    services: Services, method: str, params: dict[str, str], peer: HttpPeer
-) -> Response:
+async def _list_sessions(services: Services, params: dict[str, str], peer: HttpPeer) -> Response:
     # 401 before anything else.
     principal = peer.principal()
     try:
@@ -170,7 +168,7 @@ async def _list_sessions(
         message = f"limit must be 1..{max_page}, offset >= 0"
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
-    refusal = refused_before_read(services, peer, method)
+    refusal = refused_before_read(services, peer)
     if refusal is not None:
         return refusal
     result = await services.page_reads.lookup(lambda: services.manager.list_sessions(filter))
@@ -179,7 +177,7 @@ async def _list_sessions(
 
 
 async def _session_resource(
-    services: Services, method: str, rest: str, params: dict[str, str], peer: HttpPeer
+    services: Services, rest: str, params: dict[str, str], peer: HttpPeer
 ) -> Response:
     # Authentication comes first (401 even for a missing session), then 404, then 403.
     principal = peer.principal()
@@ -199,7 +197,7 @@ async def _session_resource(
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     # Before anything is read: a peer refused for what it reads, or for what it and
     # others leave unread, costs the store nothing (http_pages.py, in this order).
-    refusal = refused_before_read(services, peer, method)
+    refusal = refused_before_read(services, peer)
     if refusal is not None:
         return refusal
     reads = services.page_reads

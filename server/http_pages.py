@@ -48,7 +48,7 @@ from .responses import StreamedResponse, error_response
 from .services import Services
 
 
-def refused_before_read(services: Services, peer: HttpPeer, method: str) -> Response | None:
+def refused_before_read(services: Services, peer: HttpPeer) -> Response | None:
     """The refusal of a request for a page before anything is read for it, else None
     (the request goes on). Asked once the request is authenticated and its parameters
     checked; the first of these that refuses answers it, and counts it:
@@ -58,8 +58,8 @@ def refused_before_read(services: Services, peer: HttpPeer, method: str) -> Resp
        the debt is repaid, whatever else frees up meanwhile;
     2. the account of unread answers full: 503 with ``Retry-After: 1``;
     3. the peer's share of it full: 429 ``rate_limited`` with ``Retry-After: 1``
-       (2 and 3 in ``bamboo_answers_refused_total``). Neither for a HEAD, whose answer
-       holds no body.
+       (2 and 3 in ``bamboo_answers_refused_total``). For a HEAD too, whose answer
+       holds no body: it says what its GET would get, and reads no page for it.
 
     A request let through has a page's worth (``--max-page-bytes``) charged to its
     peer's allowance at once, given back once its page is charged (``HttpPeer.settle``,
@@ -68,7 +68,7 @@ def refused_before_read(services: Services, peer: HttpPeer, method: str) -> Resp
     """
     allowance = services.read_allowances.of(peer.key)
     refusal = over_allowance(services, allowance)
-    if refusal is None and method == "GET":
+    if refusal is None:
         answers = services.unread_answers
         refusal = answers.refusal_when_full(lambda: answers.share(peer.key))
     if refusal is None and allowance is not None:

@@ -218,3 +218,41 @@ async def test_requests_of_one_peer_sent_at_once_count_each_others_pages() -> No
         assert allowance is not None and 50 < allowance.debt() < 120  # a page or two
     text = server.metrics.render().decode()
     assert "bamboo_answers_refused_total{" not in text
+
+
+def head_status(port: int, path: str) -> tuple[int, str]:
+    """The status and ``Retry-After`` of a HEAD (its answer has no body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as peer:
+        peer.sendall(head(path, method="HEAD"))
+        answer = b""
+        while chunk := peer.recv(1 << 20):
+            answer += chunk
+    lines = answer.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    retry = next((h.split(":")[1].strip() for h in lines if h.startswith("Retry-After")), "")
+    return int(lines[0].split()[1]), retry
+
+
+async def test_a_head_is_refused_for_the_bytes_its_get_would_hold() -> None:
+    # One peer's unread answers may hold 512 KiB (of 2 MiB). It leaves a page of about
+    # 500 kB unread (some 370 kB of it in the server's buffer): a GET of a page of
+    # about 900 kB is read, then refused, for it would take the peer past its part. A
+    # HEAD of it got 200, and now what the GET gets: 429, as the GET counted (nothing
+    # charged for it among the unread answers, and nobody's answer dropped).
+    async with run_server(memory_budget=BUDGET) as server:
+        held = await a_log(server, "held", 50)
+        big = await a_log(server, "big", 90)
+        stalled = await in_thread(stalled_get, server.port, held)
+        try:
+            await eventually(lambda: server.unread_answers.used > 256 * KIB)
+            assert server.unread_answers.used < 512 * KIB
+            assert await in_thread(status_of, server.port, big) == (429, "1")
+            used = server.unread_answers.used
+            assert await in_thread(head_status, server.port, big) == (429, "1")
+            assert server.unread_answers.used == used
+            # A HEAD of a page that fits is a 200 still.
+            small = await a_log(server, "small", 1)
+            assert await in_thread(head_status, server.port, small) == (200, "")
+        finally:
+            stalled.close()
+        text = server.metrics.render().decode()
+        assert 'bamboo_answers_refused_total{full="peer"} 2.0' in text
