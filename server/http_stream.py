@@ -36,7 +36,7 @@ from bamboo_session.persistence.base import StorageError
 from .unread_answers import SMALL_ANSWER_BYTES
 
 if TYPE_CHECKING:
-    from .http_wire import BambooConnection
+    from .http_answer import AnsweringConnection
     from .unread_answers import AnswerShare
 
 log = structlog.get_logger("bamboo_session.server")
@@ -71,7 +71,7 @@ class AnswerStream:
 
     def __init__(
         self,
-        connection: BambooConnection,
+        connection: AnsweringConnection,
         answers: AnswerShare,
         pieces: AsyncIterator[bytes],
         timeouts: tuple[float, float | None],

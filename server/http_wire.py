@@ -8,40 +8,32 @@ request), keeps of an upgrade's request only what the ``hello`` needs, and reads
 socket only while it can be written to. An answer whose body is streamed
 (``StreamedResponse``) has its head sent by websockets, and its body written after it
 (http_stream.py), outside websockets' open timeout, which bounds the rest here as it
-did. Once upgraded, what it reads goes to
-websockets' parser a few KiB at a time, each frame charged to the connection's byte
-rate (limits.py); in debt, it stops reading until the debt is repaid.
+did; what an answer holds while its peer has not taken it is the answering side's
+(http_answer.py ``AnsweringConnection``, which this connection is). Once upgraded,
+what it reads goes to websockets' parser a few KiB at a time, each frame charged to
+the connection's byte rate (limits.py); in debt, it stops reading until the debt is
+repaid.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.frames import Frame
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from bamboo_session.protocol.parsed_frames import handed_on
 
+from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, json_reject, parse_request
-from .http_stream import AnswerStream
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 
-if TYPE_CHECKING:
-    from .responses import StreamedResponse
-    from .unread_answers import AnswerShare
-
-# The kernel's send buffer of a connection that answers an HTTP request (the kernel
-# doubles it): what it holds of an unread answer is not counted (hold_answer).
-ANSWER_SEND_BUFFER = 64 * 1024
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
 EARLY_BYTES = 64 * 1024
@@ -54,22 +46,12 @@ PARSE_SLICE = 4096
 OPEN_TIMEOUT = 10.0
 
 
-class BambooConnection(ServerConnection):
+class BambooConnection(AnsweringConnection):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
     that pings without reading the pongs would grow that buffer without end."""
 
-    # The account of a big HTTP answer (responses.py) and how much of it is still
-    # charged there; class defaults, so that a WebSocket connection carries neither.
-    _answers: AnswerShare | None = None
-    _answer_held = 0
-    # The share this connection is among the holders of (AnswerShare.hold), from its
-    # answer's first charge until the answer is taken or the connection lost.
-    _holder_of: AnswerShare | None = None
-    # A streamed answer's body, written once its head is sent (stream_answer).
-    _stream: AnswerStream | None = None
-    _head_sent = False
     # The account of bytes read before the answer (http_requests.py), and this
     # connection's charge to it.
     _pending: UnansweredRequests | None = None
@@ -278,8 +260,6 @@ class BambooConnection(ServerConnection):
             super().connection_lost(exc)
         finally:
             self._release_request()
-            self._answer_left(0)  # whatever was left unsent is gone with the transport
-            self._let_go()
             if self._open_connections is not None:
                 self._open_connections.discard(self)
 
@@ -303,106 +283,8 @@ class BambooConnection(ServerConnection):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        super().resume_writing()
+        super().resume_writing()  # the answer's charge follows what left (http_answer.py)
         self._resume_reading()
-        self._follow_answer()
-
-    def stream_answer(
-        self,
-        answers: AnswerShare,
-        response: StreamedResponse,
-        page_timeout: float,
-        close_timeout: float | None,
-    ) -> None:
-        """The answer about to be sent is ``response``, whose ``held`` bytes are charged
-        to ``answers`` already: its head goes as any answer's, without the end of stream
-        that websockets sends after it, and then its pieces (http_stream.py)."""
-        assert response.pieces is not None
-        self._hold_share(answers)
-        timeouts = (page_timeout, close_timeout)
-        self._stream = AnswerStream(
-            self, answers, response.pieces, timeouts, response.held, response.piece_bytes
-        )
-        self._stream.chunked = response.chunked
-        self._stream.ready = response.ready
-        self.protocol.send_response = self._send_head  # type: ignore[method-assign]
-
-    def _send_head(self, response: Response) -> None:
-        # The connection stays CONNECTING, its end of stream not sent: websockets'
-        # handshake then returns as soon as the head is written, not when the peer
-        # hangs up, and bytes behind the request stay charged and bounded (EARLY_BYTES).
-        self.protocol.writes.append(response.serialize())
-        self._head_sent = True
-
-    def release_sent(self) -> None:
-        """Releases what has left the transport's buffer of the answer held now."""
-        self._follow_answer()
-
-    def hold_answer(self, answers: AnswerShare, size: int) -> None:
-        """The answer about to be written, ``size`` bytes charged to ``answers`` (its
-        peer's share of the unread answers): the charge follows its bytes out of the
-        transport's buffer. A streamed answer holds
-        each piece in turn (http_stream.py), the previous one gone by then."""
-        self._answers, self._answer_held = answers, self._answer_held + size
-        self._hold_share(answers)
-        # The kernel's buffer is outside every count: autotuned, it takes up to 4 MiB
-        # of an answer nobody reads (tcp_wmem), 40 such peers 54 MB. Kept small, the
-        # rest of the answer stays in the transport's buffer, where it is counted.
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ANSWER_SEND_BUFFER)
-        # This connection only answers, then closes: no stream to pace, so its buffer
-        # may as well report when it is empty (writing pauses as soon as it holds a
-        # byte and resumes once it holds none), when the charge goes.
-        self.transport.set_write_buffer_limits(high=0)
-        # websockets writes the answer in the same step as process_request returns it;
-        # by the next turn of the loop, what the kernel did not take is in the buffer.
-        self.loop.call_soon(self._follow_answer)
-
-    def _follow_answer(self) -> None:
-        if self._answers is not None:
-            self._answer_left(self.transport.get_write_buffer_size())
-
-    def _answer_left(self, buffered: int) -> None:
-        """Release the answer's charge down to the ``buffered`` bytes still to send."""
-        answers = self._answers
-        if answers is None:
-            return
-        held = min(self._answer_held, buffered)
-        answers.release(self._answer_held - held)
-        self._answer_held = held
-        if not held:
-            self._answers = None
-            if self._stream is None:
-                self._let_go()  # its one answer taken: nothing of it to drop any more
-
-    def _hold_share(self, answers: AnswerShare) -> None:
-        if self._holder_of is None:
-            self._holder_of = answers
-            answers.hold(self)
-
-    def _let_go(self) -> None:
-        if self._holder_of is not None:
-            self._holder_of.let_go(self)
-            self._holder_of = None
-
-    def drop_unread(self) -> int:
-        """Dropped to make room among the unread answers for another peer's answer
-        (UnreadAnswers.make_room), as a peer too slow to read its answer is: what the
-        server holds of this one's is gone with the transport, and given back now,
-        not when the loss is reported. Those bytes; 0, and not dropped, if it holds
-        none (a streamed answer between its pages)."""
-        stream = self._stream
-        held = self._answer_held + (stream.reserved if stream is not None else 0)
-        if not held:
-            return 0
-        self.transport.abort()  # its buffer is cleared at once
-        self._answer_left(0)
-        if stream is not None:
-            stream.abandon()
-        self._let_go()
-        return held
 
     def _resume_reading(self) -> None:
         if not self.paused and not self.recv_messages.paused and self._repaid is None:

@@ -20,7 +20,7 @@ from websockets.http11 import Response
 from .responses import error_response
 
 if TYPE_CHECKING:
-    from .http_wire import BambooConnection
+    from .http_answer import AnsweringConnection
 
 log = structlog.get_logger("bamboo_session.server")
 
@@ -31,7 +31,7 @@ SMALL_ANSWER_BYTES = 4096
 
 class AnswerHolder(Protocol):
     """What holds bytes of the account: a connection whose answer its peer has not
-    taken yet (http_wire.py ``BambooConnection``)."""
+    taken yet (http_answer.py ``AnsweringConnection``)."""
 
     def drop_unread(self) -> int:
         """Drops the connection, its answer unsent, and gives back at once what it held
@@ -47,7 +47,7 @@ class UnreadAnswers:
     bounds: 2,000 peers asking for a 1 MiB page and never reading held 2.3 GB. Each
     answer is charged here until its bytes have left that buffer: its connection
     releases them as the buffer drains, and at the latest when it is lost
-    (:meth:`BambooConnection.hold_answer`). One that would go past the limit gets 503
+    (:meth:`AnsweringConnection.hold_answer`). One that would go past the limit gets 503
     instead (the first always fits), unless room is made for it (:meth:`make_room`).
 
     Each answer is charged to its peer's share too (:meth:`share`), which may hold at
@@ -275,7 +275,7 @@ class AnswerShare:
             return account._refused("peer")
         return None
 
-    def admit(self, connection: BambooConnection, response: Response) -> Response:
+    def admit(self, connection: AnsweringConnection, response: Response) -> Response:
         """``response``, charged until its bytes have left, or the refusal to send
         instead of it."""
         if not is_charged(connection, response):
@@ -344,7 +344,7 @@ class AnswerShare:
         self.account._charge_waiting()
 
 
-def is_charged(connection: BambooConnection, response: Response) -> bool:
+def is_charged(connection: AnsweringConnection, response: Response) -> bool:
     """Whether ``response`` is charged, and may be refused: not if small, or to a peer
     already gone (nothing will be written)."""
     return len(response.body) > SMALL_ANSWER_BYTES and not connection.transport.is_closing()

@@ -1,0 +1,149 @@
+"""The answering side of the server's connection (http_wire.py ``BambooConnection``):
+what an HTTP answer holds of the account of answers not yet taken by their peers
+(unread_answers.py) while it waits in the transport's buffer, the body of a streamed
+answer written after its head (http_stream.py), and how the connection gives up its
+answer when room is made for another peer's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Response
+
+from .http_stream import AnswerStream
+
+if TYPE_CHECKING:
+    from .responses import StreamedResponse
+    from .unread_answers import AnswerShare
+
+# The kernel's send buffer of a connection that answers an HTTP request (the kernel
+# doubles it): what it holds of an unread answer is not counted (hold_answer).
+ANSWER_SEND_BUFFER = 64 * 1024
+
+
+class AnsweringConnection(ServerConnection):
+    """websockets' server connection, whose plain HTTP answer is charged to its peer's
+    share of the unread answers until its bytes have left the transport's buffer."""
+
+    # The account of a big HTTP answer (responses.py) and how much of it is still
+    # charged there; class defaults, so that a WebSocket connection carries neither.
+    _answers: AnswerShare | None = None
+    _answer_held = 0
+    # The share this connection is among the holders of (AnswerShare.hold), from its
+    # answer's first charge until the answer is taken or the connection lost.
+    _holder_of: AnswerShare | None = None
+    # A streamed answer's body, written once its head is sent (stream_answer).
+    _stream: AnswerStream | None = None
+    _head_sent = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._answer_left(0)  # whatever was left unsent is gone with the transport
+            self._let_go()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._follow_answer()
+
+    def stream_answer(
+        self,
+        answers: AnswerShare,
+        response: StreamedResponse,
+        page_timeout: float,
+        close_timeout: float | None,
+    ) -> None:
+        """The answer about to be sent is ``response``, whose ``held`` bytes are charged
+        to ``answers`` already: its head goes as any answer's, without the end of stream
+        that websockets sends after it, and then its pieces (http_stream.py)."""
+        assert response.pieces is not None
+        self._hold_share(answers)
+        timeouts = (page_timeout, close_timeout)
+        self._stream = AnswerStream(
+            self, answers, response.pieces, timeouts, response.held, response.piece_bytes
+        )
+        self._stream.chunked = response.chunked
+        self._stream.ready = response.ready
+        self.protocol.send_response = self._send_head  # type: ignore[method-assign]
+
+    def _send_head(self, response: Response) -> None:
+        # The connection stays CONNECTING, its end of stream not sent: websockets'
+        # handshake then returns as soon as the head is written, not when the peer
+        # hangs up, and bytes behind the request stay charged and bounded (EARLY_BYTES).
+        self.protocol.writes.append(response.serialize())
+        self._head_sent = True
+
+    def release_sent(self) -> None:
+        """Releases what has left the transport's buffer of the answer held now."""
+        self._follow_answer()
+
+    def hold_answer(self, answers: AnswerShare, size: int) -> None:
+        """The answer about to be written, ``size`` bytes charged to ``answers`` (its
+        peer's share of the unread answers): the charge follows its bytes out of the
+        transport's buffer. A streamed answer holds
+        each piece in turn (http_stream.py), the previous one gone by then."""
+        self._answers, self._answer_held = answers, self._answer_held + size
+        self._hold_share(answers)
+        # The kernel's buffer is outside every count: autotuned, it takes up to 4 MiB
+        # of an answer nobody reads (tcp_wmem), 40 such peers 54 MB. Kept small, the
+        # rest of the answer stays in the transport's buffer, where it is counted.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ANSWER_SEND_BUFFER)
+        # This connection only answers, then closes: no stream to pace, so its buffer
+        # may as well report when it is empty (writing pauses as soon as it holds a
+        # byte and resumes once it holds none), when the charge goes.
+        self.transport.set_write_buffer_limits(high=0)
+        # websockets writes the answer in the same step as process_request returns it;
+        # by the next turn of the loop, what the kernel did not take is in the buffer.
+        self.loop.call_soon(self._follow_answer)
+
+    def _follow_answer(self) -> None:
+        if self._answers is not None:
+            self._answer_left(self.transport.get_write_buffer_size())
+
+    def _answer_left(self, buffered: int) -> None:
+        """Release the answer's charge down to the ``buffered`` bytes still to send."""
+        answers = self._answers
+        if answers is None:
+            return
+        held = min(self._answer_held, buffered)
+        answers.release(self._answer_held - held)
+        self._answer_held = held
+        if not held:
+            self._answers = None
+            if self._stream is None:
+                self._let_go()  # its one answer taken: nothing of it to drop any more
+
+    def _hold_share(self, answers: AnswerShare) -> None:
+        if self._holder_of is None:
+            self._holder_of = answers
+            answers.hold(self)
+
+    def _let_go(self) -> None:
+        if self._holder_of is not None:
+            self._holder_of.let_go(self)
+            self._holder_of = None
+
+    def drop_unread(self) -> int:
+        """Dropped to make room among the unread answers for another peer's answer
+        (UnreadAnswers.make_room), as a peer too slow to read its answer is: what the
+        server holds of this one's is gone with the transport, and given back now,
+        not when the loss is reported. Those bytes; 0, and not dropped, if it holds
+        none (a streamed answer between its pages)."""
+        stream = self._stream
+        held = self._answer_held + (stream.reserved if stream is not None else 0)
+        if not held:
+            return 0
+        self.transport.abort()  # its buffer is cleared at once
+        self._answer_left(0)
+        if stream is not None:
+            stream.abandon()
+        self._let_go()
+        return held
