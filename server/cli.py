@@ -57,7 +57,8 @@ SERVE_HELP: dict[str, str] = {
     "(nothing of it delivered); then it is closed with 4429",
     "answer_page_timeout": "seconds the peer of an HTTP answer streamed in pages (GET "
     "/api/v1/sessions/{id} without limit and before: the whole history) has to take each "
-    "page; then its connection is dropped and the answer ends incomplete",
+    "page, and the most a page waits for its peer's read allowance; then its connection "
+    "is dropped and the answer ends incomplete",
     "answer_peer_share": "the part of what HTTP answers not yet taken by their peers may "
     "hold (a quarter of --memory-budget) that one peer's (token sub, else address) may "
     "hold; past it that peer's answers get 429 (1: no part of its own)",

@@ -62,7 +62,8 @@ class ServerConfig:
     replay_page_timeout: float = 20.0
     # An HTTP answer streamed in pages (the whole history of GET /api/v1/sessions/{id})
     # has this long for its peer to take each page (up to --max-page-bytes, held in the
-    # server meanwhile); else its connection is dropped.
+    # server meanwhile), and each page this long at most to wait for its peer's read
+    # allowance; else its connection is dropped.
     answer_page_timeout: float = 20.0
     # The part of what HTTP answers not yet taken may hold (a quarter of memory_budget)
     # that one peer's may hold (server/unread_answers.py).

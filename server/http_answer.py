@@ -7,6 +7,7 @@ answer when room is made for another peer's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ class AnsweringConnection(ServerConnection):
     # A streamed answer's body, written once its head is sent (stream_answer).
     _stream: AnswerStream | None = None
     _head_sent = False
+    # Whether the peer has sent its end of stream, and the future of peer_gone().
+    _peer_ended = False
+    _gone: asyncio.Future[None] | None = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:
@@ -46,6 +50,25 @@ class AnsweringConnection(ServerConnection):
         finally:
             self._answer_left(0)  # whatever was left unsent is gone with the transport
             self._let_go()
+            self.peer_ended()
+
+    def peer_ended(self) -> None:
+        """The peer has sent its end of stream (BambooConnection.eof_received), or the
+        connection is lost."""
+        self._peer_ended = True
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
+    def peer_gone(self) -> asyncio.Future[None]:
+        """Done once the peer has sent its end of stream, or the connection is lost: to
+        an answer that waits with nothing to write, its peer gone. One that only
+        half-closed, and still reads, looks the same from here: a write would tell
+        them apart (a reset), and there is nothing to write."""
+        if self._gone is None:
+            self._gone = self.loop.create_future()
+            if self._peer_ended:
+                self._gone.set_result(None)
+        return self._gone
 
     def resume_writing(self) -> None:
         super().resume_writing()

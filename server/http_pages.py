@@ -29,7 +29,13 @@ had again and again, beyond the allowance.
 
 A whole history's later pages come after its status, when a 429 can no longer be sent:
 each waits the debt before it is read, as a WebSocket page does (counted with them in
-``bamboo_page_wait_seconds_total``), and the answer comes whole, only later.
+``bamboo_page_wait_seconds_total``), and the answer comes whole, only later. Not for
+ever: a debt longer than ``--answer-page-timeout``, the time the peer has for each page,
+ends the answer at once, and so does the peer's going (its end of stream sent, its
+connection lost) while it waits, as a peer too slow for a page ends it (the client
+sees the body cut short, http_stream.py). Waiting out the debt, the answer kept its
+connection, reading nothing to tell whether its peer was still there, then read one
+more page for nobody.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import asyncio
 import functools
 import http
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from websockets.http11 import Response
 
@@ -108,16 +114,18 @@ def paced(
     charged as :func:`as_page` charges a page, and every later one once read; before
     a later page (not the end, which reads no page: an answer is not held back once
     its pages are sent), the answer waits for the peer's debt to be repaid
-    (``response.ready``), and only then takes room for it among the unread answers
-    (http_stream.py): a page waiting for its peer's debt holds nothing of the account."""
+    (``response.ready``: within ``--answer-page-timeout``, and while the peer is there),
+    and only then takes room for it among the unread answers (http_stream.py): a page
+    waiting for its peer's debt holds nothing of the account."""
     as_page(services, peer, response)
     allowance = peer.page_allowance
     if allowance is None or response.pieces is None:
         return response
-    ended_within = functools.partial(_lost_within, peer.lost)
+    gone = peer.gone() if peer.gone is not None else None
+    page_timeout = services.config.answer_page_timeout
     is_page = functools.partial(_is_page, response.piece_bytes, page_bytes)
     on_wait = services.metrics.page_wait_seconds.inc
-    response.ready = functools.partial(_ready, allowance, ended_within, is_page, on_wait)
+    response.ready = functools.partial(_ready, allowance, gone, page_timeout, is_page, on_wait)
     response.pieces = _charged(response.pieces, allowance)
     return response
 
@@ -130,14 +138,24 @@ def _is_page(piece_bytes: Callable[[], int], page_bytes: int) -> bool:
 
 async def _ready(
     allowance: ReadAllowance,
-    ended_within: Callable[[float], Awaitable[bool]],
+    gone: asyncio.Future[None] | None,
+    page_timeout: float,
     is_page: Callable[[], bool],
     on_wait: Callable[[float], None],
-) -> bool:
-    """Whether the next piece may be read: at once for the end; for a page, once the
-    peer's debt is repaid, False if its connection is lost first (its answer then ends
-    as any answer to a peer gone does, http_stream.py)."""
-    return not is_page() or await allowance.repaid(ended_within, on_wait)
+) -> str | None:
+    """None once the next piece may be read: at once for the end; for a page, once the
+    peer's debt is repaid, within ``page_timeout``. Else why the answer ends there
+    instead (http_stream.py drops its connection before the last chunk): its peer gone
+    first, or its debt longer than what is left of ``page_timeout`` (at once, then:
+    nothing it could wait for would repay it in time)."""
+    if not is_page():
+        return None
+    deadline = asyncio.get_running_loop().time() + page_timeout
+    if await allowance.repaid(functools.partial(_ends_within, gone, deadline), on_wait):
+        return None
+    if gone is not None and gone.done():
+        return "peer gone"
+    return "read allowance in debt past the page timeout"
 
 
 async def _charged(pieces: AsyncIterator[bytes], allowance: ReadAllowance) -> AsyncIterator[bytes]:
@@ -162,10 +180,14 @@ async def _charged(pieces: AsyncIterator[bytes], allowance: ReadAllowance) -> As
             await pieces.aclose()
 
 
-async def _lost_within(lost: asyncio.Future[None] | None, delay: float) -> bool:
-    """Waits ``delay`` seconds at most; whether the connection is lost by then."""
-    if lost is None:
+async def _ends_within(gone: asyncio.Future[None] | None, deadline: float, delay: float) -> bool:
+    """Waits ``delay`` seconds at most, or none if that would go past ``deadline`` (the
+    loop's clock); whether the answer ends instead: past the deadline, or its peer gone
+    (``gone`` done) by then."""
+    if asyncio.get_running_loop().time() + delay > deadline:
+        return True
+    if gone is None:
         await asyncio.sleep(delay)
         return False
-    await asyncio.wait((lost,), timeout=delay)
-    return lost.done()
+    await asyncio.wait((gone,), timeout=delay)
+    return gone.done()

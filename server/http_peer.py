@@ -15,11 +15,12 @@ anyone asks (app.py), and counts as having none.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
 from .auth import AccessPolicy, Principal, Unauthorized
+from .http_answer import AnsweringConnection
 from .quotas import creator_key
 from .read_allowance import ReadAllowance
 
@@ -37,7 +38,7 @@ class HttpPeer:
         "_principal",
         "_verified",
         "address",
-        "lost",
+        "gone",
         "page_allowance",
         "reservation",
     )
@@ -47,13 +48,14 @@ class HttpPeer:
         access: AccessPolicy,
         authorization: str | None,
         address: str | None,
-        lost: asyncio.Future[None] | None = None,
+        gone: Callable[[], asyncio.Future[None]] | None = None,
     ) -> None:
         self._access = access
         self._authorization = authorization
         self.address = address
-        # Done once the connection is lost: a whole history's wait for the debt ends then.
-        self.lost = lost
+        # A future done once the peer has gone (AnsweringConnection.peer_gone), made
+        # only if asked for: a whole history's wait for the debt ends then.
+        self.gone = gone
         self._verified = False
         self._principal: Principal | None = None
         self._failure: Unauthorized | None = None
@@ -69,7 +71,9 @@ class HttpPeer:
         self.reservation: tuple[ReadAllowance, int] | None = None
 
     @classmethod
-    def of(cls, access: AccessPolicy, request: Request, connection: ServerConnection) -> HttpPeer:
+    def of(
+        cls, access: AccessPolicy, request: Request, connection: AnsweringConnection
+    ) -> HttpPeer:
         """The peer of ``request``, come on ``connection``."""
         authorization = request.headers.get_all("Authorization")
         address = connection.remote_address
@@ -77,7 +81,7 @@ class HttpPeer:
             access,
             authorization[0] if len(authorization) == 1 else None,
             str(address[0]) if address else None,
-            connection.connection_lost_waiter,
+            connection.peer_gone,
         )
 
     def principal(self) -> Principal | None:

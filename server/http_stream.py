@@ -13,7 +13,8 @@ as one that is not taken waits for the peer, each for at most
 ``--answer-page-timeout``: past it the connection is dropped.
 Before a later piece takes room, it waits for what the answer says it must
 (``ready``: the peer's read allowance in debt, http_pages.py), so that an answer
-waiting for its peer's debt holds nothing of the account meanwhile.
+waiting for its peer's debt holds nothing of the account meanwhile; that wait may end
+the answer too (its peer gone, or a debt longer than the page timeout).
 A peer that stops reading holds one piece of the server for that long, then nothing;
 one that reads more slowly than a page per timeout is dropped too, so an answer ends
 within its page count times the timeout.
@@ -86,7 +87,7 @@ class AnswerStream:
         self.piece_bytes = piece_bytes
         self.chunked = True  # else (HTTP/1.0) the pieces as they are, ended by the close
         # Awaited before room is taken for each later piece (StreamedResponse.ready).
-        self.ready: Callable[[], Awaitable[bool]] | None = None
+        self.ready: Callable[[], Awaitable[str | None]] | None = None
 
     def abandon(self) -> None:
         """The head was not sent (the peer gone, the handshake failed): what was
@@ -122,8 +123,9 @@ class AnswerStream:
         """Every piece, then the last chunk: None once written, else why not."""
         while True:
             if not self.reserved:
-                if not await self._ready():
-                    return "peer gone"
+                ended = await self._ready()
+                if ended is not None:
+                    return ended
                 if not await self._reserve():
                     return "peer too slow to read"
             try:
@@ -146,14 +148,14 @@ class AnswerStream:
             return "peer too slow to read"
         return None
 
-    async def _ready(self) -> bool:
+    async def _ready(self) -> str | None:
         """Waits until the next piece may be read (its peer's read allowance repaid),
         before any room is taken for it, and with the previous piece's charge given
         back as its bytes left: so an answer that waits holds nothing of the account
-        (it took a page's room for as long as its peer's debt lasted). False if the
-        peer is gone meanwhile."""
+        (it took a page's room for as long as its peer's debt lasted). None to go
+        on, else why the answer ends there instead."""
         if self.ready is None:
-            return True
+            return None
         self.connection.release_sent()
         return await self.ready()
 

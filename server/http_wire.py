@@ -239,9 +239,11 @@ class BambooConnection(AnsweringConnection):
     def eof_received(self) -> bool | None:  # type: ignore[override]
         if self._discarding:
             return True  # asyncio's "keep the transport": the stop closes the socket
+        self.peer_ended()
         if self._stream is not None and not self.protocol.eof_sent:
             # A peer that half-closes after its request still reads the answer; its
-            # end of stream would end the parser's wait for it, and the answer.
+            # end of stream would end the parser's wait for it, and the answer. (An
+            # answer waiting for its peer's debt ends: http_pages.py.)
             return True
         super().eof_received()
         return None

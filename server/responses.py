@@ -45,9 +45,10 @@ class StreamedResponse(Response):
     pieces: AsyncIterator[bytes] | None = None
     held: int = 0
     piece_bytes: Callable[[], int] = int  # of the next piece: asked before it is read
-    # Awaited before room is taken for each later piece, and so before it is read: False
-    # ends the answer there (its peer gone). The read allowance's pace (http_pages.py).
-    ready: Callable[[], Awaitable[bool]] | None = None
+    # Awaited before room is taken for each later piece, and so before it is read: None
+    # goes on, a reason ends the answer there (its peer gone, a debt past the page
+    # timeout). The read allowance's pace (http_pages.py).
+    ready: Callable[[], Awaitable[str | None]] | None = None
     # False for an HTTP/1.0 request: the pieces as they are, the body ended by the close.
     chunked: bool = True
 

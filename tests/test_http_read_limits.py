@@ -13,7 +13,9 @@ waiting for its peer's debt holds no room for its next page. Real server, real s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import time
 from typing import Any
 
 from tests.memory_support import KIB, MIB
@@ -256,3 +258,56 @@ async def test_a_head_is_refused_for_the_bytes_its_get_would_hold() -> None:
             stalled.close()
         text = server.metrics.render().decode()
         assert 'bamboo_answers_refused_total{full="peer"} 2.0' in text
+
+
+def read_until_quiet(peer: socket.socket, quiet: float) -> bytes:
+    """What comes on ``peer`` until its end, or until nothing comes for ``quiet`` s."""
+    peer.settimeout(quiet)
+    received = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := peer.recv(65536):
+            received += chunk
+    return received
+
+
+async def test_a_whole_history_waits_its_peers_debt_no_longer_than_the_page_timeout() -> None:
+    # Pages of at most 100 kB: the first (about 90 kB) costs 5.7 kB of an allowance of
+    # 1 kB, at 1 kB a second: the second would wait nearly 5 s, the next ones as long.
+    # The answer waited as long as the debt lasted, however long (a peer's other
+    # requests add to it), holding its connection all along; now a debt longer than
+    # --answer-page-timeout (1 s here) ends it before its last chunk, at once, as a
+    # peer too slow to take a page is.
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    async with run_server(max_page_bytes=100_000, answer_page_timeout=1, **limits) as server:
+        await a_log(server, "long", 40)
+        started = time.monotonic()
+        peer = await in_thread(socket.create_connection, ("127.0.0.1", server.port), 5)
+        with peer:
+            peer.sendall(head("/api/v1/sessions/long"))
+            answer = await in_thread(read_until_quiet, peer, 8)
+        took = time.monotonic() - started
+        await eventually(lambda: not server._open_connections)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b'"role"') < 15, answer[:200]
+    assert not answer.endswith(b"\r\n0\r\n\r\n")  # incomplete, as every client says
+    assert took < 3, took
+
+
+async def test_a_whole_history_waiting_for_its_peers_debt_ends_when_its_peer_leaves() -> None:
+    # As above, the second page would wait nearly 5 s. The peer reads the first and
+    # leaves (its end of stream, all it got read): the answer kept the connection open
+    # and waited out the debt, then read one more page for nobody. Now it ends as soon
+    # as the peer has gone.
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    async with run_server(max_page_bytes=100_000, answer_page_timeout=60, **limits) as server:
+        await a_log(server, "long", 40)
+        peer = await in_thread(socket.create_connection, ("127.0.0.1", server.port), 5)
+        with peer:
+            peer.sendall(head("/api/v1/sessions/long"))
+            first = await in_thread(read_until_quiet, peer, 0.5)
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        allowance = server.services.read_allowances.of("addr:127.0.0.1")
+        assert allowance is not None and allowance.debt() > 3
+        await eventually(lambda: not server._open_connections, 1.5)
+        debt = allowance.debt()
+        await asyncio.sleep(debt + 0.5)
+        assert allowance.debt() == 0  # no page read and charged once the debt was repaid
