@@ -18,9 +18,12 @@ In debt, what the peer draws next waits the debt before it is read: a replay's n
 page, its first included (replay.py), a connection's next ``history`` or ``events``
 page (page_requests.py), a whole history's next page (http_pages.py). Nothing of those
 is refused: the pages come, only later. An HTTP request for a page that comes in debt
-is answered 429 with ``Retry-After`` at once, before anything is read (http_pages.py);
-one let through takes a page's worth at once (:meth:`ReadAllowance.reserve`), so that
-the requests of a peer in flight together count each other's pages. A peer that
+is answered 429 with ``Retry-After`` at once, before anything is read (http_pages.py).
+A page let through to its read takes a page's worth at once (:meth:`ReadAllowance.
+reserve`), given back when the page itself is charged (:meth:`ReadAllowance.settle`),
+so that the pages of a peer read at the same time, on its many connections or in its
+many requests, count each other's: checked before their reads and charged after them,
+they all found the allowance as it was before any of them. A peer that
 reconnects in a loop finds the debt its last connection left; one that resumes what it
 missed on a flaky link, or reads a long log page by page, waits for nothing up to
 64 MiB of pages, then gets 32 MiB a second, by default.
@@ -65,6 +68,12 @@ class ReadAllowance:
     def refund(self, share: int) -> None:
         """Gives back ``share`` (of :meth:`reserve`), within the allowance's burst."""
         self._meter.refund(share)
+
+    def settle(self, share: int, size: int) -> None:
+        """The page :meth:`reserve` took ``share`` for came to ``size`` bytes (0: none
+        was read, or it is not sent): ``share`` given back, the page's own charged."""
+        self.refund(share)
+        self.charge(size)
 
     def debt(self) -> float:
         """Seconds until the peer's debt is repaid; 0.0 within its allowance."""

@@ -11,8 +11,10 @@ to where the ring begins then goes in front of the ring (``SessionRoom.seed_ring
 that resumers who come later replay it from memory.
 
 ``send_replay`` sends a connection's replay, page after page, each within a deadline,
-and each once its peer's read allowance allows (server/read_allowance.py); when
-the session is closed or expires meanwhile, to its end, within the close's bound.
+and each once its peer's read allowance allows (server/read_allowance.py), a page's
+worth taken from it before the page is read (the replays of a peer's many connections
+count each other's pages); when the session is closed or expires meanwhile, to its
+end, within the close's bound.
 """
 
 from __future__ import annotations
@@ -138,7 +140,10 @@ async def send_replay(
     what was queued behind it along: those live events would come after a gap. With an
     ``allowance``, each page waits until the peer's debt is repaid (nothing is held
     meanwhile; a close ends the wait, and a replay the close lets finish goes on
-    without it, within the close's bound), and is charged once framed."""
+    without it, within the close's bound), and is charged once framed; a page's worth
+    (``REPLAY_PAGE_BYTES``) is taken from it before the page is read, and given back
+    then, so that the replays of a peer's connections, read at the same time, find
+    each other's pages there."""
     position, through, sent = replay.after, replay.through, 0
     while position < through and _goes_on(outbox):
         if (
@@ -149,17 +154,22 @@ async def send_replay(
             and not _goes_on(outbox)
         ):
             break  # closing meanwhile, and the close cuts the replay
+        reserved = allowance.reserve(REPLAY_PAGE_BYTES) if allowance is not None else 0
+        size = 0
         try:
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
+            if frames and _goes_on(outbox):
+                size = sum(map(len, frames))  # charged once framed, if it is to be sent
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
             outbox.drop(failure.close, failure.reason)  # live events cannot follow a gap
             return sent
-        if not frames or not _goes_on(outbox):
+        finally:
+            if allowance is not None:
+                allowance.settle(reserved, size)
+        if not size:
             break
-        if allowance is not None:
-            allowance.charge(sum(map(len, frames)))
         # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
         charge.start(outbox.budget)
