@@ -63,10 +63,13 @@ SERVE_HELP: dict[str, str] = {
     "hold (a quarter of --memory-budget) that one peer's (token sub, else address) may "
     "hold; past it that peer's answers get 429 (1: no part of its own)",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
-    "replay's page; waiting for one of the 8 read slots included), a hello's read of "
+    "replay's page; waiting for one of the --read-slots included), a hello's read of "
     "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "
     "take; then abandoned: error internal, HTTP 503, a replay or a hello closes with "
     "1011, /readyz 503, /metrics serves the figures it has",
+    "read_slots": "pages read from the store at once, over all connections and the HTTP "
+    "API (history, events, replays' pages not in memory, HTTP pages; whole histories' "
+    "pages in at most half); more wait their turn, within --store-read-timeout (2 to 256)",
     "compression": "permessage-deflate (true/false)",
     "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",

@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from .manager_config import SessionManagerConfig
+from .manager_config import DEFAULT_READ_SLOTS, SessionManagerConfig
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -73,6 +73,10 @@ class ServerConfig:
     # abandoned after this long: a store that hangs would keep every slot. Below
     # websockets' open_timeout (10 s), within which an HTTP request must be answered.
     store_read_timeout: float = 5.0
+    # Pages read from the store at once, over all connections and the HTTP API (the
+    # pages of whole histories in at most half of them): more wait their turn, within
+    # store_read_timeout (server/pages.py).
+    read_slots: int = DEFAULT_READ_SLOTS
     compression: bool = False
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
@@ -143,6 +147,7 @@ class ServerConfig:
             max_user_id_length=self.max_user_id_length,
             max_extra_bytes=self.max_extra_bytes,
             store_read_timeout=self.store_read_timeout,
+            read_slots=self.read_slots,
         )
 
     def store_url(self) -> str:
@@ -226,6 +231,10 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "answer_page_timeout": (0.001, None),
     "answer_peer_share": (0.001, 1),
     "store_read_timeout": (0.001, None),
+    # At least 2, so that whole histories, which take at most half, always leave one to
+    # other pages; at most 256: each page being read is decoded in memory, outside
+    # --memory-budget, several times its bytes (up to --max-page-bytes).
+    "read_slots": (2, 256),
     "idle_timeout": (0.001, None),
     # 0 would retire a session spawned for a hello before the hello is handled, again
     # and again until the read deadline (SessionManagerConfig refuses it).

@@ -47,7 +47,7 @@ from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
-from .pages import PAGE_READS_AT_ONCE, PageReads
+from .pages import PageReads
 from .presence import LOCAL, PresenceNotice, overlay_live, shared_presence
 from .quotas import Admission, check_fields
 from .readiness import AppendHealth
@@ -78,7 +78,7 @@ class SessionManager:
         self.append_health = AppendHealth()  # what the actors' appends say of the store
         # Store reads a peer waits for (pages, replays, a session's load), each within
         # config.store_read_timeout, and how many pages are read at once (pages.py).
-        self.page_reads = PageReads(PAGE_READS_AT_ONCE, config.store_read_timeout)
+        self.page_reads = PageReads(config.read_slots, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
         self.creations = Creations(self.stored_metadata, self.page_reads)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -6,6 +6,9 @@ import dataclasses
 from typing import Final
 
 MIB: Final = 1024 * 1024
+# Pages read from the store at once, by default (server/pages.py PageReads): each is
+# decoded in memory outside the memory budget, several times its bytes.
+DEFAULT_READ_SLOTS: Final = 8
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class SessionManagerConfig:
     page, a replay's page, a session's load, an attach's welcome, the wait for an old
     actor of the session to finish included) may take before it is abandoned
     (``StoreTimeout``; server/pages.py).
+    ``read_slots``: pages read from the store at once, at least 2 (the pages of whole
+    histories take at most half of them; server/pages.py).
     """
 
     idle_timeout: float = 300
@@ -48,6 +53,7 @@ class SessionManagerConfig:
     max_user_id_length: int = 256
     max_extra_bytes: int = 64 * 1024
     store_read_timeout: float = 5.0
+    read_slots: int = DEFAULT_READ_SLOTS
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "send_queue_frames", "inbox_limit"):
@@ -58,6 +64,9 @@ class SessionManagerConfig:
                 raise ValueError(f"{name} must not be negative (0: no limit)")
         if self.memory_budget < 0:
             raise ValueError("memory_budget must not be negative (0: no limit)")
+        if self.read_slots < 2:
+            # Whole histories take at most half: with one slot, they could take it all.
+            raise ValueError("read_slots must be at least 2")
         for name in ("idle_timeout", "disconnect_retention", "store_read_timeout"):
             if not getattr(self, name) > 0:  # NaN too
                 raise ValueError(f"{name} must be a number of seconds above 0")

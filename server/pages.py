@@ -31,7 +31,6 @@ from bamboo_session.protocol.frames import (
 )
 from bamboo_session.protocol.models import Message, StoredEvent
 
-PAGE_READS_AT_ONCE: Final = 8
 FIRST_CHUNK: Final = 16  # messages read first, before their size is known
 MAX_CHUNK: Final = 256
 
@@ -56,8 +55,9 @@ class PageReads:
     """The server's page reads, over all connections and the HTTP API: ``history`` and
     ``events`` pages, and the pages of replays that are not in memory.
 
-    At most ``slots`` are read at once: a page decoded is several times its bytes, and
-    50 peers asking at once without reading took RSS to 670 MiB. Each must end within
+    At most ``count`` are read at once (``--read-slots``, 8 by default), each in one of
+    the ``slots``: a page decoded is several times its bytes, and 50 peers asking at
+    once without reading took RSS to 670 MiB. Each must end within
     ``timeout`` seconds, its wait for a slot included, or it is abandoned with
     :class:`StoreTimeout` and its slot freed: a store that hangs would otherwise keep
     every slot, and every later read would wait behind them for as long as it hangs.
@@ -67,9 +67,10 @@ class PageReads:
     is always left to pages asked for one at a time: 100 to 200 streamed readers,
     queued for every slot, put a ``history`` or ``events`` page 0.4 to 1.4 s behind."""
 
-    __slots__ = ("abandoned", "slots", "stream_slots", "timeout")
+    __slots__ = ("abandoned", "count", "slots", "stream_slots", "timeout")
 
     def __init__(self, slots: int, timeout: float) -> None:
+        self.count = slots
         self.slots = asyncio.Semaphore(slots)
         self.stream_slots = asyncio.Semaphore(max(1, slots // 2))
         self.timeout = timeout

@@ -15,14 +15,16 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.pages import PAGE_READS_AT_ONCE
+from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from tests.support import attach, get, run_server
 from tests.test_server_lifecycle import eventually
 from tests.test_stalled_disks import log_as_fifo
 from tests.test_whole_history import stored_session
 
-STREAMS = 2 * PAGE_READS_AT_ONCE  # streamed readers at once: more than there are slots
+STREAMS = 2 * DEFAULT_READ_SLOTS  # streamed readers at once: more than there are slots
 # Generous for a loaded CI machine: a read that finds a slot takes milliseconds. The
 # streams' reads are abandoned only at --store-read-timeout, far later.
 DEADLINE = 10.0
@@ -38,19 +40,25 @@ def ask_whole_history(port: int, session_id: str) -> socket.socket:
 def reads_in_slots(server: BambooServer) -> int:
     """Page reads holding a slot now (a figure of the server's own, watched only to
     know that the streams' reads have reached the store)."""
-    return PAGE_READS_AT_ONCE - server.services.page_reads.slots._value
+    reads = server.services.page_reads
+    return reads.count - reads.slots._value
 
 
-async def test_streamed_histories_leave_slots_to_pages_asked_for_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_slots", [DEFAULT_READ_SLOTS, 3])
+async def test_streamed_histories_leave_slots_to_pages_asked_for_alone(
+    tmp_path: Path, read_slots: int
+) -> None:
     # Before: each streamed reader's page read queued for any of the 8 slots, and 100
     # to 200 of them put a history or events page 0.4 to 1.4 s behind; readers whose
-    # store reads stall held every slot until their read deadline.
+    # store reads stall held every slot until their read deadline. With --read-slots 3,
+    # they hold one of the three, and the two others serve the rest.
     store = f"jsonl://{tmp_path / 'data'}"
     async with run_server(store=store) as server:
         await stored_session(server, "long", 2000, size=2048)
         expected = await stored_session(server, "short", 10)
     # A new server: the JSONL store reads the long history from its log, not memory.
-    async with run_server(store=store, store_read_timeout=60) as server:
+    async with run_server(store=store, store_read_timeout=60, read_slots=read_slots) as server:
+        assert server.services.page_reads.count == read_slots
         async with attach(server, "short") as (viewer, _):
             with log_as_fifo(tmp_path / "data" / "events" / "long.jsonl"):
                 loop = asyncio.get_running_loop()
@@ -63,7 +71,7 @@ async def test_streamed_histories_leave_slots_to_pages_asked_for_alone(tmp_path:
                     await eventually(
                         lambda: (
                             len(server._open_connections) == STREAMS + 1
-                            and reads_in_slots(server) >= PAGE_READS_AT_ONCE // 2
+                            and reads_in_slots(server) >= read_slots // 2
                         ),
                         DEADLINE,
                     )

@@ -23,7 +23,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.pages import PAGE_READS_AT_ONCE, PageReads
+from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
+from bamboo_session.server.pages import PageReads
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
 from tests.test_server_lifecycle import eventually
@@ -337,7 +338,7 @@ class SlotsTaken:
         self.held = 0
 
     async def __aenter__(self) -> SlotsTaken:
-        for _ in range(PAGE_READS_AT_ONCE):
+        for _ in range(DEFAULT_READ_SLOTS):
             await self.slots.acquire()
             self.held += 1
         return self

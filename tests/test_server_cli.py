@@ -137,6 +137,9 @@ def test_bad_flag_values_fail_with_one_line_and_status_2() -> None:
         ("--max-frame-bytes", "1.5", "expected an integer, not '1.5'"),
         ("--compression", "maybe", "expected true or false, not 'maybe'"),
         ("--default-ttl", "0", "must be at least 1, not 0"),
+        ("--read-slots", "1", "must be between 2 and 256, not 1"),
+        ("--read-slots", "257", "must be between 2 and 256, not 257"),
+        ("--read-slots", "4.5", "expected an integer, not '4.5'"),
     ],
 )
 def test_every_number_is_checked(flag: str, value: str, says: str) -> None:
@@ -153,6 +156,18 @@ def test_the_least_each_session_setting_may_be_the_manager_takes() -> None:
         low, _ = _BOUNDS.get(field.name, (0, None))
         kind = type(getattr(ServerConfig(), field.name))
         ServerConfig(**{field.name: kind(low)}).manager_config()
+
+
+def test_the_read_slots_are_a_setting_refused_at_start_when_bad() -> None:
+    assert settings_from_flags({"read_slots": "12"}) == {"read_slots": 12}
+    assert ServerConfig.from_env({"BAMBOO_READ_SLOTS": "3"}).manager_config().read_slots == 3
+    assert ServerConfig().read_slots == 8
+    assert serve_refusal("--read-slots", "0") == (
+        "bamboo-session: --read-slots: must be between 2 and 256, not 0"
+    )
+    assert serve_refusal(env={"BAMBOO_READ_SLOTS": "many"}) == (
+        "bamboo-session: BAMBOO_READ_SLOTS: expected an integer, not 'many'"
+    )
 
 
 def test_the_environment_is_checked_as_flags_are() -> None:

@@ -31,16 +31,17 @@ from typing import Any
 import pytest
 
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.pages import PAGE_READS_AT_ONCE, StoreTimeout
+from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
+from bamboo_session.server.pages import StoreTimeout
 from tests.instances import eventually
 from tests.support import Peer, attach, get, open_peer, run_server, token
 
 DEADLINE = 1.0
 WITHIN = DEADLINE + 3.0  # bounds each wait: a reply that never comes fails the test
-VIEWERS = PAGE_READS_AT_ONCE + 2  # more readers at once than there are page slots
+VIEWERS = DEFAULT_READ_SLOTS + 2  # more readers at once than there are page slots
 # Rounds enough that the reads given up on outnumber asyncio's default executor's
 # threads (which the JSONL store used before it had its own).
-ROUNDS = min(32, (os.cpu_count() or 1) + 4) // PAGE_READS_AT_ONCE + 2
+ROUNDS = min(32, (os.cpu_count() or 1) + 4) // DEFAULT_READ_SLOTS + 2
 
 # Holds SQLite's WAL read locks: bytes 123..127 of the -shm file (the unix VFS locks
 # bytes 120..127: write, checkpoint, recover, then the five read marks).

@@ -27,10 +27,10 @@ from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
 from bamboo_session.server import readiness, store_stats
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.pages import (
     ABANDONED_READS_MAX,
-    PAGE_READS_AT_ONCE,
     PageReads,
     StoreTimeout,
 )
@@ -42,7 +42,7 @@ DEADLINE = 1.0
 # Without the deadline a read ends with redis-py's socket timeout (10 s,
 # persistence/redis/client.py) at best, and never on a store without one.
 WITHIN = DEADLINE + 3.0
-VIEWERS = PAGE_READS_AT_ONCE + 2  # more readers at once than there are slots
+VIEWERS = DEFAULT_READ_SLOTS + 2  # more readers at once than there are slots
 
 
 async def stubborn(answer: asyncio.Event) -> str:
@@ -140,14 +140,14 @@ async def test_reads_of_a_frozen_store_fail_within_the_deadline_and_give_back_th
             (await stack.enter_async_context(attach(server, session_id)))[0] for _ in range(VIEWERS)
         ]
         slots = server.services.page_reads.slots
-        for _ in range(PAGE_READS_AT_ONCE):  # the resumer's first page waits for a slot
+        for _ in range(DEFAULT_READ_SLOTS):  # the resumer's first page waits for a slot
             await slots.acquire()
         resumer, resumed = await stack.enter_async_context(attach(server, session_id, last_seq=0))
         assert resumed["replay"] == 4
 
         with frozen(redis):
             started = time.monotonic()
-            for _ in range(PAGE_READS_AT_ONCE):
+            for _ in range(DEFAULT_READ_SLOTS):
                 slots.release()  # the replay's read goes to the store, and hangs there
             replies = [history_reply(viewer, f"h{n}") for n, viewer in enumerate(viewers)]
             http = get(server, f"/api/v1/sessions/{session_id}/events")
