@@ -127,8 +127,9 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
     return common.bamboo_server(data, log, "--durability", durability)
 
 
-def before_server(kind: str, tree: Path, tmp: Path) -> common.ServerProcess:
-    """The server of an older checkout at ``tree``, fsync, with the flags it had."""
+def before_server(kind: str, tree: Path, tmp: Path, *extra: str) -> common.ServerProcess:
+    """The server of an older checkout at ``tree``, fsync, with the flags it had and
+    ``extra`` (later flags win: ``--data-dir`` for another data directory)."""
     package = tmp / f"{kind}-package" / "bamboo_session"
     package.mkdir(parents=True)
     for module in (tree / "bamboo_session").glob("*.py"):  # the root's (wakeup.py since 2f93b72)
@@ -138,7 +139,7 @@ def before_server(kind: str, tree: Path, tmp: Path) -> common.ServerProcess:
     argv = [sys.executable, "-c", _BEFORE_BOOT, str(package.parent), "serve"]
     argv += ["--host", common.HOST, "--port", "{port}", "--data-dir", str(tmp / f"data-{kind}")]
     argv += ["--durability", "fsync", "--log-format", "json", "--log-level", "warning"]
-    argv += ["--max-sessions", "1000000"]
+    argv += ["--max-sessions", "1000000", *extra]
     return common.ServerProcess(kind, argv, tmp / f"{kind}.log")
 
 

@@ -24,7 +24,10 @@ TINY = {
     "connections": ["--connections", "40", "--parked", "200"],
     "reconnect_storm": ["--sessions", "3", "--viewers", "2", "--events", "40"],
     "missed_storm": ["--sessions", "3", "--viewers", "2", "--events", "10", "--missed", "5"],
-    "read_fairness": ["--crowd", "20", "--streams", "4", "--messages", "300", "--seconds", "0.5"],
+    "read_fairness": [
+        *("--crowd", "20", "--streams", "4", "--holders", "2", "--messages", "300"),
+        *("--seconds", "0.5", "--holders-seconds", "1"),
+    ],
 }
 RATIO_LINES = {
     "throughput": 1,
@@ -32,7 +35,7 @@ RATIO_LINES = {
     "connections": 4,
     "reconnect_storm": 3,
     "missed_storm": 2,
-    "read_fairness": 2,
+    "read_fairness": 3,
 }
 
 
