@@ -162,7 +162,6 @@ class UnreadAnswers:
         it: what is dropped is given back before the answer is charged."""
         if not self.may_claim(asker, size):
             return False
-        part = self.equal_part(asker)
         self._making_room = True
         try:
             while self.used and self.used + size > self.limit:
@@ -171,7 +170,8 @@ class UnreadAnswers:
                     key=_held,
                     default=None,
                 )
-                if largest is None or largest.used <= part:
+                # Counted again each time: a peer dropped to nothing counts no more.
+                if largest is None or largest.used <= self.equal_part(asker):
                     return False  # bytes held outside any connection, for a moment
                 dropped = largest.drop_oldest()
                 if not dropped:
