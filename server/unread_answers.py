@@ -208,23 +208,40 @@ class UnreadAnswers:
         return self.over_share() if full == "peer" else self.busy()
 
     def _charge_waiting(self) -> None:
-        """Charges the waiting pieces that fit, first come first charged, none past the
-        first that the account cannot take (and no room may be made for); one whose
-        peer's share is full is passed over, and keeps its place for when its peer's
-        answers drain."""
+        """Charges the waiting pieces that fit, first come first charged. One that the
+        account cannot take, and no room may be made for (its peer past an equal part),
+        keeps its place, and so do those behind it, but for a piece whose peer may claim
+        room (:meth:`may_claim`): room is made for that one, as for its peer's plain
+        answer, whoever waits before it. (A piece past its peer's equal part, first in
+        line, held up the pieces of peers within theirs for as long as it waited, up to
+        the page timeout, when those were dropped as too slow, while their plain
+        answers got room at once.) One whose peer's share is full is passed over, and
+        keeps its place for when its peer's answers drain."""
         waiting = self._waiting
         if not waiting or self._making_room:
             return
         kept: list[tuple[AnswerShare, int, asyncio.Future[None]]] = []
-        for index, (share, size, future) in enumerate(waiting):
+        held_up = False  # behind a piece that waits for room none may be made for
+        for index, entry in enumerate(waiting):
+            share, size, future = entry
             if future.done():
                 continue
             if share.used and share.used + size > self.peer_limit:
-                kept.append((share, size, future))
+                kept.append(entry)  # its peer's share is full: passed over
                 continue
-            if self.used and self.used + size > self.limit and not self.make_room(share, size):
-                kept.extend(waiting[index:])
-                break
+            claims = self.may_claim(share, size)
+            if held_up and not claims:
+                kept.append(entry)  # in turn, behind the piece held up
+                continue
+            if self.used and self.used + size > self.limit:
+                if not claims:
+                    kept.append(entry)
+                    held_up = True
+                    continue
+                if not self.make_room(share, size):
+                    # Bytes held outside any connection, for a moment: all wait in turn.
+                    kept.extend(waiting[index:])
+                    break
             share.charge(size)
             future.set_result(None)
         self._waiting = kept

@@ -184,3 +184,30 @@ async def test_the_peer_holding_the_most_loses_its_oldest_answer_first() -> None
     assert mallory.refusal(150) is not None  # nor for a peer at its equal part already
     assert slow.size == 200 and account.used == 970
     assert refused == ["server", "server"]
+
+
+async def test_a_piece_within_its_equal_part_is_not_held_up_behind_one_past_it() -> None:
+    # Four peers hold the whole account, Mallory the most. Her streamed answer's next
+    # piece waits for room: with it she would hold past an equal part (250), so none is
+    # made for it. Alice's piece comes after it, and room may be made for hers (an
+    # equal part among five is 200): it waited behind Mallory's for as long as hers
+    # waited (up to the page timeout, then her answer was dropped as too slow), while
+    # a plain answer of Alice's got room at once. Now it gets room as that would.
+    account = UnreadAnswers(1000, 400)
+    mallory, eve, bob, carol, alice = (
+        account.share(f"user:{name}") for name in ("mallory", "eve", "bob", "carol", "alice")
+    )
+    mallorys = Held(mallory, 300)
+    eves = [Held(eve, 125), Held(eve, 125)]
+    Held(bob, 250)
+    carols = Held(carol, 200)
+    mallorys_piece = mallory.room(100)
+    assert not mallorys_piece.done()
+    alices_piece = alice.room(100)
+    assert alices_piece.done() and alice.used == 100
+    # Mallory held the most: her answer went for it, and nobody else's.
+    assert mallorys.size == 0 and [held.size for held in eves] == [125, 125]
+    assert account.used == 800
+    # Hers still comes first among what waits: at the next release, it is charged.
+    carols.drop_unread()
+    assert mallorys_piece.done() and mallory.used == 100
