@@ -332,10 +332,14 @@ class AnswerShare:
     def drop_oldest(self) -> int:
         """Drops the oldest of the connections holding bytes of this share (one that
         holds none now, a streamed answer between pages, is passed over): the bytes
-        given back, 0 if none held any."""
-        for holder in list(self.holders):
+        given back, 0 if none held any. Not a copy of the holders per answer dropped:
+        room made from many small answers of one peer copied them all for each one
+        (4,000 answers of 1 kB, 500 dropped: 1.8 million looked at)."""
+        for holder in self.holders:
             dropped = holder.drop_unread()
             if dropped:
+                # It let go of this share as it dropped (the one change to holders
+                # while they are looked at): the loop ends before it goes on.
                 return dropped
         return 0
 
