@@ -30,21 +30,29 @@ AHEAD_PER_PAGE = 10
 
 class Publisher:
     """Appends events to the session, one at a time as fast as they are acknowledged,
-    until :data:`MOST_EVENTS` or :meth:`stop`."""
+    until :data:`MOST_EVENTS`, :meth:`finish` or :meth:`stop`."""
 
     def __init__(self, agent: BambooClient) -> None:
         self.agent = agent
         self.appended = FIRST_EVENTS
+        self._finishing = False
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while self.appended < MOST_EVENTS:
+        while self.appended < MOST_EVENTS and not self._finishing:
             await self.agent.publish(Token("more"))
             self.appended += 1
 
     @property
     def done(self) -> bool:
         return self._task.done()
+
+    async def finish(self) -> None:
+        """Stops after the publish under way is acknowledged: the log grows no more.
+        (One cancelled may still be appended, its frame sent: the log's end would
+        move once more, after the test has read it.)"""
+        self._finishing = True
+        await self._task
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -122,7 +130,7 @@ async def test_until_seq_ends_the_read_there() -> None:
         assert await reader.read_all_events(after_seq=12, until_seq=12) == []
         # An end beyond the log's ends at the log's end: the read never waits.
         reader.publisher = None
-        await publisher.stop()
+        await publisher.finish()
         last = (await reader.read_events(limit=1)).last_seq
         far = await reader.read_all_events(after_seq=last - 3, until_seq=last + 100)
         assert seqs(far) == [last - 2, last - 1, last]
