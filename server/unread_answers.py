@@ -229,19 +229,15 @@ class UnreadAnswers:
             if share.used and share.used + size > self.peer_limit:
                 kept.append(entry)  # its peer's share is full: passed over
                 continue
-            claims = self.may_claim(share, size)
-            if held_up and not claims:
-                kept.append(entry)  # in turn, behind the piece held up
+            fits = not self.used or self.used + size <= self.limit
+            if (held_up or not fits) and not self.may_claim(share, size):
+                kept.append(entry)  # in turn, behind the piece held up, or first of them
+                held_up = True
                 continue
-            if self.used and self.used + size > self.limit:
-                if not claims:
-                    kept.append(entry)
-                    held_up = True
-                    continue
-                if not self.make_room(share, size):
-                    # Bytes held outside any connection, for a moment: all wait in turn.
-                    kept.extend(waiting[index:])
-                    break
+            if not fits and not self.make_room(share, size):
+                # Bytes held outside any connection, for a moment: all wait in turn.
+                kept.extend(waiting[index:])
+                break
             share.charge(size)
             future.set_result(None)
         self._waiting = kept
