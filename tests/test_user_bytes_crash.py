@@ -5,7 +5,8 @@ store's sum, as a refused append reports it, is the sum of the sessions'
 ``stored_bytes``, never past the bound, and the user is not blocked for good. And a
 JSONL delete that fails (its WAL record not written) with appends to the session in
 flight: the session comes back as its log is. And a delete's room is the user's only once
-its files are gone."""
+its files are gone. And a replacement that fails and cannot even be undone keeps the old
+session, and its bytes, while its files stay for the next open."""
 
 from __future__ import annotations
 
@@ -122,9 +123,9 @@ async def test_a_deleted_sessions_room_is_the_users_once_its_files_are_gone(
         await store.close()
 
 
-def deletefail(tmp_path: Path, mode: str) -> dict[str, Any]:
+def deletefail(tmp_path: Path, mode: str, limit: int = 100_000) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, str(CHILD), mode, str(tmp_path / "store"), "100000"],
+        [sys.executable, str(CHILD), mode, str(tmp_path / "store"), str(limit)],
         capture_output=True,
         timeout=120,
     )
@@ -162,6 +163,23 @@ def test_a_delete_that_fails_after_appends_in_flight_were_written(tmp_path: Path
     assert report["counted"] == report["truth"], report
     assert report["next"] == 4, report
     assert report["seqs"] == [1, 2, 3, 4] and report["reopened"] == [1, 2, 3, 4], report
+
+
+def test_a_replacement_that_cannot_be_undone_keeps_the_old_session(tmp_path: Path) -> None:
+    """JSONL: a create that replaces an expired session fails twice over: the old
+    one's deletion is refused (the WAL cannot take its record), and the undoing cannot
+    be made durable (no descriptor to sync the directory), so the id is blocked. The
+    replacement file is gone all the same, so the next open keeps the old session: it
+    stays in the store and in its user's sum meanwhile. (It was left out of both: the
+    user's other session took its room, and the reopened store held the user past the
+    bound, by the old session's size.)"""
+    report = deletefail(tmp_path, "replacefail", 0)
+    assert report["failed"], report  # the undoing's error: no descriptor for the sync
+    assert report["blocked"] and not report["replacing"], report
+    assert report["old"], report
+    assert report["counted"] == report["truth"], report
+    assert sum(report["reopened"].values()) <= USER_CAP, report
+    assert report["reopened"]["old"] > 20_000, report
 
 
 def _check_rows(path: Path) -> None:

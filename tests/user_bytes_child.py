@@ -17,11 +17,19 @@ left to open (RLIMIT_NOFILE), so the WAL can neither grow nor start a new segmen
 appends to session ``v`` in flight and its delete then fail together (the deletion
 could not be recorded: ``v`` is back). Lifts the limits, appends to ``v`` again, reopens
 the store, and prints a JSON report (tests/test_user_bytes_crash.py).
+
+``python tests/user_bytes_child.py replacefail DIR 0``: a JSONL store (fsync) whose
+expired session ``old`` is replaced by a create while the WAL cannot take the old
+one's deletion record (RLIMIT_FSIZE, and no descriptor for a new segment: RLIMIT_NOFILE),
+nor the replacement be undone durably (no descriptor to sync the directory). Lifts the
+limits, lets user ``u``'s other session take whatever room the store shows, reopens the
+store, and prints a JSON report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -37,7 +45,7 @@ from bamboo_session.persistence import (
     UserFull,
     open_storage,
 )
-from bamboo_session.protocol.models import AgentEvent, Message, Session
+from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
 
 USER_CAP = 64 * 1024  # crash: reached within a second of appends
 WRITEFAIL_CAP = 4 * 1024 * 1024  # writefail: far from it (the files fail first)
@@ -206,10 +214,70 @@ async def deletefail(base: str, limit: int, written: bool = False) -> None:
     say(json.dumps(report))
 
 
+async def replacefail(base: str) -> None:
+    """See the module docstring."""
+    fsize, nofile = (resource.getrlimit(r) for r in (resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE))
+    # One open log at most: old's is closed before the replacement, so that nothing
+    # the failed deletion closes frees a descriptor for the undoing.
+    config = JsonlStorageConfig(base, max_user_bytes=USER_CAP, max_open_logs=1)
+    store = await JsonlStorage.open(config)
+    for session_id in ("old", "other"):
+        await store.create_session(Session.new(session_id, user_id="u"))
+    for _ in range(20):
+        await store.append_event("old", AgentEvent.token("o" * 1000))
+    await store.update_session_state("old", SessionState.EXPIRED)
+    await store.append_event("other", AgentEvent.token("t"))
+    wal = store._writer._wal  # only to set the size limit just past its records
+    assert wal is not None
+    resource.setrlimit(resource.RLIMIT_FSIZE, (wal.size + 20, fsize[1]))
+    creating = asyncio.ensure_future(
+        store.create_session(Session.new("old", user_id="u"), replace_expired=True)
+    )
+    # Forgotten once its replacement file is written, before its deletion is queued.
+    while await store.get_metadata("old") is not None:  # noqa: ASYNC110 - no event tells
+        await asyncio.sleep(0)
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, nofile[1]))
+    held = []
+    try:  # every descriptor below the limit taken
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    try:
+        await creating
+        failed = ""
+    except StorageError as exc:
+        failed = str(exc)
+    for fd in held:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    resource.setrlimit(resource.RLIMIT_FSIZE, fsize)
+    layout = store.layout
+    report: dict[str, object] = {
+        "failed": failed,
+        "blocked": "old" in store._files.blocked,
+        "replacing": layout.replacement("old").exists(),
+        "old": await store.get_metadata("old") is not None,
+    }
+    counted, truth = await sums(store, USER_CAP, "other")
+    report["counted"], report["truth"] = counted, truth
+    with contextlib.suppress(UserFull):  # whatever room the store shows the user
+        await store.append_event("other", AgentEvent.token("z" * (USER_CAP - counted - 200)))
+    await store.close()
+    store = await JsonlStorage.open(JsonlStorageConfig(base, max_user_bytes=USER_CAP))
+    sessions = await store.list_user_sessions("u")
+    report["reopened"] = {meta.id: meta.stored_bytes for meta in sessions}
+    await store.close()
+    say(json.dumps(report))
+
+
 if __name__ == "__main__":
     mode, target, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "crash":
         asyncio.run(crash(target, number))
+    elif mode == "replacefail":
+        asyncio.run(replacefail(target))
     elif mode.startswith("deletefail"):
         asyncio.run(deletefail(target, number, written=mode == "deletefail-written"))
     else:

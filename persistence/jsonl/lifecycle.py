@@ -18,7 +18,9 @@ leaves the old session, or the new one: never the new metadata with the old even
 failure partway (the WAL cannot record the deletion, a file cannot be renamed) is
 undone: the ``.replacing`` file goes, durably, before any other create of the id (or
 the id takes none until the next open finishes the replacement, if even that fails),
-so a stale one never overrides a newer session at the next open.
+so a stale one never overrides a newer session at the next open. The old session is
+back then if its files are, and stay: as after a failed delete, even when the id is
+blocked (``expired_stays``).
 """
 
 from __future__ import annotations
@@ -129,6 +131,21 @@ class SessionFiles:
         record = SessionRecord(meta, 0, 0, 0, stamp=stamp, slots=slots)
         record.index_checked = True
         return record
+
+    def expired_stays(self, session_id: str, written: tuple[SlotFile, FileStamp]) -> bool:
+        """After :meth:`replace` failed: whether the expired session is still there, as
+        a failed delete leaves it, for the next open too: its checkpoint in place (not
+        the replacement's, ``written``, which takes its place once the old files are
+        gone), and no ``.replacing`` file that the next open would put over it. When the
+        undoing failed too, the id is blocked, but the file may be gone all the same
+        (removed, then its directory's sync failed): the old session stays then."""
+        if self.layout.replacement(session_id).exists():
+            return False
+        try:
+            inode = os.stat(self.layout.checkpoint(session_id)).st_ino
+        except FileNotFoundError:
+            return False
+        return inode != written[1][0]
 
     async def delete(self, record: SessionRecord) -> None:
         """Delete the (already forgotten) session's files, to the end even if the

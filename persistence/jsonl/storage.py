@@ -211,10 +211,10 @@ class JsonlStorage(JsonlQueries):
         try:
             record = await self._files.replace(None if taken else old, meta, written)
         except BaseException:
-            # Undone (lifecycle.py): the old session is back if its files still are,
-            # as after a failed delete; unless the id is blocked (the next open
-            # replaces it).
-            if not taken and meta.id not in self._files.blocked:
+            # Undone (lifecycle.py): the old session is back if its files still are, as
+            # after a failed delete, and the next open keeps them: even when the id is
+            # blocked, unless its replacement file is still there (that open replaces it).
+            if not taken and self._files.expired_stays(meta.id, written):
                 self._restore(old)
             raise
         finally:
