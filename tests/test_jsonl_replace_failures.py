@@ -256,3 +256,30 @@ async def test_a_replacement_checkpoint_renamed_but_not_synced_is_removed(
         meta = await storage.get_metadata("s1")
         assert meta is not None and (meta.title, meta.epoch) == ("later", later.metadata.epoch)
         assert await events_of(storage, "s1") == [AgentEvent.token("later1")]
+
+
+async def test_a_replacement_under_way_when_the_store_closes_ends(tmp_path: Path) -> None:
+    """A create replacing an expired session whose replacement checkpoint is still
+    being written when the store closes: the log writer stops before the old
+    session's deletion reaches it. The create ends (done, or StorageError) and the next
+    open holds the old session or the new one, whole. (It waited for ever: its
+    deletion was queued behind a writer that had stopped; and so did the loop's
+    shutdown, which cannot cancel a replacement.)"""
+    for attempt in range(3):
+        config = JsonlStorageConfig(tmp_path / f"data{attempt}")
+        storage = await JsonlStorage.open(config)
+        old = await expired(storage)
+        new = Session.new("s1", title="new")
+        creating = asyncio.ensure_future(storage.create_session(new, replace_expired=True))
+        await asyncio.sleep(0)  # under way: its checkpoint is written in a thread
+        await storage.close()
+        done, _ = await asyncio.wait({creating}, timeout=10)
+        assert done, "the create never ended"
+        async with await JsonlStorage.open(config) as storage:
+            meta = await storage.get_metadata("s1")
+            assert meta is not None
+            if creating.exception() is None or meta.epoch == new.metadata.epoch:
+                assert meta.epoch == new.metadata.epoch and await events_of(storage, "s1") == []
+            else:
+                assert isinstance(creating.exception(), StorageError)
+                await assert_old_is_back(storage, config, old)

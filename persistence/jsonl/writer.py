@@ -122,6 +122,7 @@ class LogWriter:
         # handing out descriptors (``os`` mode), even while a step runs on a thread.
         self._files_in_use = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
         self._sync_helper = sync_helper
         self._syncer: Syncer | None = None
         self.batches = 0  # for tests and benchmarks: how many batches were written
@@ -130,7 +131,8 @@ class LogWriter:
         self._loop = asyncio.get_running_loop()
         if self._wal is not None and self._sync_helper:
             self._syncer = Syncer.start()
-        self._tasks.append(asyncio.create_task(self._run(), name="bamboo-log-writer"))
+        self._runner = asyncio.create_task(self._run(), name="bamboo-log-writer")
+        self._tasks.append(self._runner)
         if self._durability != "fsync":
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
 
@@ -178,6 +180,10 @@ class LogWriter:
         self._sync_pool.shutdown()
 
     async def _control(self, forget: Forget | None) -> None:
+        if self._closing and (self._runner is None or self._runner.done()):
+            # Closed: nothing takes the queue any more, and the marker would wait for
+            # ever (a delete, or a replacement, still under way when the store closed).
+            raise StorageError("storage is closed")
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Control(future, forget))
         self._wakeup.set()
