@@ -336,6 +336,22 @@ async def test_close_writes_what_is_queued(layout: Layout, reports: Reports) -> 
         writer.submit("a", batch(6))
 
 
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+async def test_a_flush_or_a_deletion_after_close_is_refused(
+    layout: Layout, reports: Reports, durability: Durability
+) -> None:
+    """Nothing takes the queue once the writer is closed: a flush, or a session's
+    deletion (a delete still under way when its store closed), fails at once. (Its
+    marker was queued all the same, and waited for ever.)"""
+    writer = await started(layout, reports, durability=durability)
+    await writer.submit("a", batch(1))
+    await writer.close()
+    with pytest.raises(StorageError, match="closed"):
+        await asyncio.wait_for(writer.forget("a", "epoch"), DEADLINE)
+    with pytest.raises(StorageError, match="closed"):
+        await asyncio.wait_for(writer.flush(), DEADLINE)
+
+
 async def test_os_mode_trims_unsynced_logs_without_syncing_in_the_appends_way(
     layout: Layout, reports: Reports, monkeypatch: pytest.MonkeyPatch
 ) -> None:
