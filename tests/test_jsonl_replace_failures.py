@@ -260,11 +260,11 @@ async def test_a_replacement_checkpoint_renamed_but_not_synced_is_removed(
 
 async def test_a_replacement_under_way_when_the_store_closes_ends(tmp_path: Path) -> None:
     """A create replacing an expired session whose replacement checkpoint is still
-    being written when the store closes: the log writer stops before the old
-    session's deletion reaches it. The create ends (done, or StorageError) and the next
-    open holds the old session or the new one, whole. (It waited for ever: its
-    deletion was queued behind a writer that had stopped; and so did the loop's
-    shutdown, which cannot cancel a replacement.)"""
+    being written when the store closes: the close waits for it (a writer that had
+    stopped first would refuse the old session's deletion: StorageError). The create
+    ends, and the next open holds the old session or the new one, whole. (It waited
+    for ever: its deletion was queued behind a writer that had stopped; and so did the
+    loop's shutdown, which cannot cancel a replacement.)"""
     for attempt in range(3):
         config = JsonlStorageConfig(tmp_path / f"data{attempt}")
         storage = await JsonlStorage.open(config)

@@ -57,10 +57,24 @@ class SessionFiles:
         # Ids whose failed replacement could not be undone: no create until the next open.
         self.blocked: set[str] = set()
         self._deleting: dict[str, asyncio.Future[None]] = {}
+        self._ended = asyncio.Event()  # set whenever a create, replacement or delete ends
 
     async def wait_deleted(self, session_id: str) -> None:
         while (deleting := self._deleting.get(session_id)) is not None:
             await asyncio.shield(deleting)
+
+    async def settled(self) -> None:
+        """Return once no create, replacement or delete is under way: a close waits for
+        them, so that no file of the store changes once its lock is released (and none
+        fails for want of the threads the close shuts down)."""
+        while self.creating or self._deleting:
+            self._ended.clear()
+            await self._ended.wait()
+
+    def _created(self, session_id: str) -> None:
+        """A create or replacement of ``session_id`` is over (done or failed)."""
+        self.creating.discard(session_id)
+        self._ended.set()
 
     def reserve(self, session_id: str) -> None:
         """Count a session as being created, before its :meth:`create` runs (so that
@@ -74,7 +88,7 @@ class SessionFiles:
         try:
             slots, stamp = await self._checkpoints.create(meta)
         finally:
-            self.creating.discard(meta.id)
+            self._created(meta.id)
         record = SessionRecord(meta, 0, 0, 0, stamp=stamp, slots=slots)
         record.index_checked = True  # no index file yet: nothing to check
         return record
@@ -94,7 +108,7 @@ class SessionFiles:
                 self.blocked.add(meta.id)
                 raise
             finally:
-                self.creating.discard(meta.id)
+                self._created(meta.id)
             raise
 
     async def replace(
@@ -126,7 +140,7 @@ class SessionFiles:
                 raise
             raise
         finally:
-            self.creating.discard(meta.id)
+            self._created(meta.id)
         slots, stamp = written
         record = SessionRecord(meta, 0, 0, 0, stamp=stamp, slots=slots)
         record.index_checked = True
@@ -158,6 +172,7 @@ class SessionFiles:
         finally:
             del self._deleting[session_id]
             done.set_result(None)
+            self._ended.set()
 
     async def _delete_after_writes(self, record: SessionRecord) -> None:
         await self._writer.forget(record.session_id, record.meta.epoch)

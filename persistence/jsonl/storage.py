@@ -135,6 +135,9 @@ class JsonlStorage(JsonlQueries):
             for task in self._loops:
                 task.cancel()
             await asyncio.gather(*self._loops, return_exceptions=True)
+            # Creates, replacements and deletes under way end first, with the writer
+            # still taking their deletions and the threads their files.
+            await self._files.settled()
             try:
                 await self._writer.flush()
                 await self._tasks.wait()
