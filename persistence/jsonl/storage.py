@@ -120,8 +120,9 @@ class JsonlStorage(JsonlQueries):
         self._ready = True
 
     async def close(self) -> None:
-        """Write pending appends, checkpoint every dirty session, save the index
-        snapshot, release the lock. Safe to call twice."""
+        """Let the creates, replacements and deletes under way end, write pending
+        appends, checkpoint every dirty session, save the index snapshot, release the
+        lock. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
