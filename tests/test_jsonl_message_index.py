@@ -77,6 +77,61 @@ async def test_entries_not_yet_in_the_file_come_from_memory(tmp_path: Path) -> N
     assert saved(config, "s").index == Coverage(30, 30, config.layout.log("s").stat().st_size)
 
 
+async def test_messages_written_while_a_checkpoint_writes_the_index_are_in_it_after_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages appended while a checkpoint appends the index entries before them stay
+    pending; the checkpoint that then covers their seqs must leave the session dirty,
+    so that close writes them. (It did not: close left the index 273 entries short,
+    the last batch of test_a_page_reads_its_messages_only, in a loaded suite.)"""
+    config = JsonlStorageConfig(tmp_path).with_checkpointing(every=10, interval=3600)
+    entered, gate = threading.Event(), threading.Event()
+    real_append = message_index.append
+
+    def held_append(*args: Any) -> Any:
+        entered.set()
+        gate.wait(10)
+        return real_append(*args)
+
+    monkeypatch.setattr(message_index, "append", held_append)
+    storage = await JsonlStorage.open(config)
+    try:
+        await storage.create_session(Session.new("s"))
+        for i in range(10):  # the tenth starts a checkpoint, whose index append is held
+            await storage.append_message("s", Message.user(f"m{i}"))
+        assert await asyncio.to_thread(entered.wait, 10)
+        for i in range(10, 15):
+            await storage.append_message("s", Message.user(f"m{i}"))
+        monkeypatch.setattr(message_index, "append", real_append)
+        gate.set()
+    finally:
+        gate.set()
+        await storage.close()
+    assert config.layout.message_index("s").stat().st_size == HEADER_SIZE + 15 * ENTRY.size
+
+
+async def test_a_close_whose_index_entries_fail_still_saves_the_snapshot(tmp_path: Path) -> None:
+    """Index entries are derived data: a close that cannot write them still writes every
+    checkpoint and the index snapshot (a session left dirty by its pending entries
+    alone is not one that "could not be checkpointed"), and the next open finds the
+    messages from the log."""
+    config = JsonlStorageConfig(tmp_path).with_checkpointing(every=10_000, interval=3600)
+    storage = await JsonlStorage.open(config)
+    try:
+        await storage.create_session(Session.new("s"))
+        for i in range(5):
+            await storage.append_message("s", Message.user(f"m{i}"))
+        config.layout.message_index("s").unlink(missing_ok=True)
+        config.layout.message_index("s").mkdir()  # the entries cannot be written
+    finally:
+        await storage.close()
+    assert (config.layout.index / "snapshot.msgpack").exists()
+    config.layout.message_index("s").rmdir()
+    async with await JsonlStorage.open(config) as storage:
+        history = await storage.get_session_history("s")
+    assert [m.content for m in history] == [f"m{i}" for i in range(5)]
+
+
 @pytest.mark.parametrize("damage", ["missing", "short", "long", "other epoch", "wrong entry"])
 async def test_a_damaged_index_is_rebuilt_from_the_log(tmp_path: Path, damage: str) -> None:
     config = JsonlStorageConfig(tmp_path, message_cache_bytes=0)

@@ -165,6 +165,15 @@ class Checkpointer:
             return
         record.index_flushed(after, count)
 
+    def behind(self) -> list[str]:
+        """The dirty sessions whose checkpoint misses metadata or log lines."""
+        records = self._records
+        return [
+            session_id
+            for session_id in self.dirty
+            if (record := records.get(session_id)) is not None and record.checkpoint_behind()
+        ]
+
     async def write_dirty(self) -> None:
         """Checkpoint every dirty session, a few at a time; failures are logged."""
         semaphore = asyncio.Semaphore(CONCURRENCY)

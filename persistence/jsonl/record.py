@@ -107,6 +107,13 @@ class SessionRecord:
         return self.meta.id
 
     def is_dirty(self) -> bool:
+        # Pending index entries too: messages written while a checkpoint appended the
+        # entries before them are covered by its seq, not by the index file.
+        return self.checkpoint_behind() or bool(self.pending)
+
+    def checkpoint_behind(self) -> bool:
+        """Whether the checkpoint misses metadata or log lines (pending index entries
+        aside: derived data, which the next open finds from the log)."""
         return self.meta_dirty or self.meta.last_seq > self.checkpoint_seq
 
     def checkpoint_lock(self) -> asyncio.Lock:

@@ -145,12 +145,12 @@ class JsonlStorage(JsonlQueries):
                 await self._checkpoints.write_dirty()
             finally:
                 await self._writer.close()
-            if not self._checkpoints.dirty:
+            # A session whose index entries alone failed is checkpointed all the same.
+            if not (behind := self._checkpoints.behind()):
                 entries = snapshot_entries(self._records.values())
                 await asyncio.to_thread(snapshot.write, self.layout, entries)
             else:
-                count = len(self._checkpoints.dirty)
-                log.error("%d sessions could not be checkpointed on close", count)
+                log.error("%d sessions could not be checkpointed on close", len(behind))
         finally:
             self._lock_file.release()
             # Not waited for: a job of a disk that stalls would hold the close as long.
