@@ -2,9 +2,12 @@
 against real servers (one without auth, one with auth and no leeway, so that tokens
 expire on time, and one whose sessions expire 2 s after their last activity, so that a
 session can be replaced under its id), a type check of the JSDoc of server/web/ (tsc),
-and its format (prettier). Node 22+ has a global WebSocket; Node 20.10+ gets it from a
-flag. Without a Node that has one, or without the tools of tests/js/package-lock.json
-(``npm ci --prefix tests/js``, which .ci/run does), each skips with one line saying so."""
+and its format (prettier). The test files run side by side, each in a Node process of
+its own: most of their time goes in waiting for tokens, sessions and close bounds to
+run out, which they can do together. Node 22+ has a global WebSocket; Node 20.10+ gets
+it from a flag. Without a Node that has one, or without the tools of
+tests/js/package-lock.json (``npm ci --prefix tests/js``, which .ci/run does), each
+skips with one line saying so."""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ TEST_FILES = sorted(JS_DIR.glob("client*.test.mjs"))
 HINT = "install Node.js 22+ (or 20.10+) for the Node test of the JavaScript client"
 # The Node tests sign their own tokens with it (HS256, node:crypto).
 AUTH_SECRET = "js-test-secret-" + "s" * 32
-# Both files take some 55 s on two idle cores: room for a loaded machine.
+# The files take some 57 s one after another on two idle cores, some 20 s side by side
+# (the longest file, client_replay_cut, 17 s): room for a loaded machine.
 NODE_TIMEOUT = 120
 # The expiring server's session TTL (seconds): long enough for a replaced session to
 # outlive a client's reconnect and read, short enough for a test to wait for expiry.
@@ -66,6 +70,8 @@ async def test_js_client_on_node() -> None:
             *command,
             "--test",
             "--test-reporter=tap",
+            # All files at once (the default is one fewer than the cores: one, on two).
+            f"--test-concurrency={len(TEST_FILES)}",
             *map(str, TEST_FILES),
             cwd=ROOT,
             env=env,
@@ -110,6 +116,6 @@ def test_javascript_is_formatted() -> None:
     files = [f for f in sorted(sources) if f.suffix in (".js", ".css", ".html")]
     assert len(files) >= 12
     command = [prettier, "--config", JS_DIR / ".prettierrc.json", "--check", *files]
-    tests = sorted(JS_DIR.glob("*.mjs"))  # client.test.mjs, and the outside check's files
+    tests = sorted(JS_DIR.glob("*.mjs"))  # the client's tests, and the outside check's files
     result = subprocess.run([*command, *tests], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
