@@ -2,7 +2,7 @@
 
 The browser is the system's ``/usr/bin/chromium`` (``BAMBOO_CHROMIUM`` overrides it);
 Playwright never downloads one. Without it, or without the ``playwright`` package, the
-browser tests skip with one line saying how to install it. Each test module gets one
+browser tests skip with one line saying how to install it. Each test process gets one
 browser (Playwright starts it with a fresh, temporary profile), each page a fresh
 context; the ``browser`` fixture of ``conftest.py`` saves a screenshot of every page a
 failed test left open.

@@ -71,10 +71,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def chromium() -> AsyncIterator[Any]:
-    """One headless Chromium per test module (whose tests share the module's event
-    loop: ``pytestmark = pytest.mark.asyncio(loop_scope="module")``)."""
+    """One headless Chromium per test process, for every browser test module (whose
+    tests share the session's event loop: ``pytestmark =
+    pytest.mark.asyncio(loop_scope="session")``). One per module cost a launch and a
+    close each, some 3 s, and more where xdist split a module between its processes."""
     from tests.browser import browser_missing, launch
 
     missing = browser_missing()
@@ -84,9 +86,9 @@ async def chromium() -> AsyncIterator[Any]:
         yield browser
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="session")
 async def browser(request: pytest.FixtureRequest, chromium: Any) -> AsyncIterator[Any]:
-    """The module's Chromium for one test: every context (``browser.new_page()`` makes
+    """The process's Chromium for one test: every context (``browser.new_page()`` makes
     one) the test opened is closed after it, with screenshots of its pages saved as
     artifacts when the test failed."""
     from tests.browser import save_screenshots

@@ -27,7 +27,7 @@ from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import run_server
 
 pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SECRET = "client-test-secret-" + "x" * 32
 BURST = 200

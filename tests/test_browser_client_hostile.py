@@ -16,7 +16,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.support import run_server
 
 pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SESSION = {"id": "fake", "connections": 1, "last_seq": 0}
 WELCOME = {"type": "welcome", "connection_id": "c_1", "session": SESSION, "epoch": "e"}

@@ -27,7 +27,7 @@ from tests.support import get, run_server
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
 

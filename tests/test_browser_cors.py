@@ -18,7 +18,7 @@ from tests.proxies import HttpProxy
 from tests.support import client_modules, run_server
 
 pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SECRET = "cors-test-secret-" + "x" * 32
 # What /client/bamboo.js exports: the client's API, as it was before the entry re-exported

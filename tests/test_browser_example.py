@@ -17,7 +17,7 @@ from tests.support import run_server
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 EXAMPLE = ROOT / "examples" / "browser"
 # Records every text the streaming reply shows, as it grows.

@@ -24,7 +24,7 @@ from tests.test_rate_limited_clients import LIMITS, into_debt
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
 # What a 429 makes Chromium report on the page's console: the server's answer, not a

@@ -26,7 +26,7 @@ from tests.test_browser_console_missed import (
 )
 
 pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SESSION = "swapped"
 
