@@ -19,7 +19,7 @@ from tests.support import run_server
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
 BLOCK_CHARS = 10_000  # tail.js: MAX_CHARS
@@ -35,12 +35,12 @@ def console_url(port: int, route: str = "") -> str:
 
 @contextlib.asynccontextmanager
 async def agent_and_console(
-    browser: Any, session_id: str, init_script: str | None = None
+    browser: Any, session_id: str, init_script: str | None = None, **server_options: Any
 ) -> AsyncIterator[tuple[BambooClient, Any, list[str]]]:
-    """A server, an agent that created ``session_id`` on it, and a console page (with
-    ``init_script`` run first, if given) showing that session, attached; the problems
-    the page reports."""
-    async with run_server() as server:
+    """A server (with ``server_options``), an agent that created ``session_id`` on it,
+    and a console page (with ``init_script`` run first, if given) showing that session,
+    attached; the problems the page reports."""
+    async with run_server(**server_options) as server:
         url = f"ws://127.0.0.1:{server.port}"
         async with await BambooClient.connect(url, session_id, create=True, role="agent") as agent:
             page = await browser.new_page()
@@ -55,7 +55,10 @@ async def agent_and_console(
 async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -> None:
     """8,000 small tokens once took the page 40 s of layout (each one laid out the whole
     growing block, twice); then 30 tokens of 900 KB, 140 s."""
-    async with agent_and_console(browser, "stream") as (agent, page, problems):
+    # No byte rate: at the default 2 MiB/s the agent's 27 MB took 10 s to be read, and
+    # the page had them paced; at once, they come as fast as the server relays them.
+    unpaced = agent_and_console(browser, "stream", rate_limit_bytes=0)
+    async with unpaced as (agent, page, problems):
         await asyncio.gather(*(agent.publish(AgentEvent.token("word ")) for _ in range(8000)))
         await asyncio.gather(*(agent.publish(AgentEvent.token(HUGE)) for _ in range(30)))
         tail = page.locator("#tail")
