@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,10 +57,26 @@ def run_bench(
     return done.stdout
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[str, Path]]:
+    """``tiny_run(name)``: the stdout and the JSON of ``bench.name`` run at its TINY size,
+    once per module (the ratio test and the plots read the same run)."""
+    runs: dict[str, tuple[str, Path]] = {}
+
+    def run(name: str) -> tuple[str, Path]:
+        if name not in runs:
+            out = tmp_path_factory.mktemp(f"bench-{name}") / f"{name}.json"
+            runs[name] = (run_bench(name, out), out)
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_script_runs_and_prints_ratios(name: str, tmp_path: Path) -> None:
-    out = tmp_path / f"{name}.json"
-    stdout = run_bench(name, out)
+def test_script_runs_and_prints_ratios(
+    name: str, tiny_run: Callable[[str], tuple[str, Path]]
+) -> None:
+    stdout, out = tiny_run(name)
     ratios = [
         line for line in stdout.splitlines() if line.startswith(f"RATIO {name.split('_')[0]}")
     ]
@@ -118,9 +136,9 @@ def test_socketio_peer_is_skipped_in_one_line_without_node(tmp_path: Path) -> No
     assert "bamboo-os/relay" in stdout
 
 
-def test_plots_draw(tmp_path: Path) -> None:
+def test_plots_draw(tiny_run: Callable[[str], tuple[str, Path]], tmp_path: Path) -> None:
     for name in ("throughput", "latency"):
-        run_bench(name, tmp_path / f"{name}.json")
+        shutil.copy(tiny_run(name)[1], tmp_path / f"{name}.json")
     from bench.plot import plot_all
 
     written = plot_all(tmp_path, tmp_path)
