@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,19 @@ def test_stores_one_process_owns_refuse_several_workers(store: str, tmp_path: Pa
     assert record["event"].startswith("cannot start: --workers 2 needs a store several processes")
 
 
+def restarts_due(records: list[dict[str, object]]) -> dict[object, float]:
+    """The workers waiting to be started again, each with when (a wall-clock time) its
+    backoff runs out: the time of its last death plus the ``restart_in`` logged then."""
+    due: dict[object, float] = {}
+    for record in records:
+        if record.get("event") == "worker started":
+            due.pop(record["worker"], None)
+        elif record.get("event") == "worker died; restarting":
+            died = datetime.fromisoformat(str(record["timestamp"])).timestamp()
+            due[record["worker"]] = died + float(str(record["restart_in"]))
+    return due
+
+
 def test_workers_that_keep_dying_are_restarted_ever_more_slowly(tmp_path: Path) -> None:
     """Workers that cannot start (no Redis there) are restarted after a backoff that
     doubles, and at most RESTART_BURST times a minute over all of them."""
@@ -169,8 +183,14 @@ def test_workers_that_keep_dying_are_restarted_ever_more_slowly(tmp_path: Path) 
         while started() < 4 + RESTART_BURST and time.monotonic() < deadline:
             time.sleep(0.2)
         assert started() == 4 + RESTART_BURST, "restarted up to the bound"
-        # Without the bound, workers whose backoff is at 4 s would start again by now.
-        time.sleep(8 * BACKOFF_INITIAL * 2)
+        # Without the bound, every worker would start again once its backoff ran out (up
+        # to 4 s): waited for past the last of them, from the log, not a fixed 8 s.
+        dues: dict[object, float] = {}
+        while len(dues) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            dues = restarts_due(server.records())
+        assert len(dues) == 4, f"every worker died and waits: {dues}"
+        time.sleep(max(0.0, max(dues.values()) + 1.0 - time.time()))
         assert server.stop() == 0
     finally:
         server.kill()
