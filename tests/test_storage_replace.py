@@ -32,7 +32,12 @@ async def expired_session(store: Storage, session_id: str = "s1") -> Session:
     await store.append_events(session_id, tokens("a", "b"))
     await store.append_event(session_id, AgentEvent.token("keyed"), key="k1")
     await store.append_message(session_id, Message.user("hi"))
-    await asyncio.sleep(1.1)
+    # Its metadata read until it says expired (a read is no activity): a second after
+    # the last append, not a fixed 1.1 s.
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not (meta := await store.get_metadata(session_id)) or not meta.is_expired():
+        assert asyncio.get_running_loop().time() < deadline, f"{session_id} never expired"
+        await asyncio.sleep(0.02)
     with pytest.raises(SessionExpired):
         await store.touch(session_id)
     return old
