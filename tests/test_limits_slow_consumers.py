@@ -24,8 +24,10 @@ PAYLOAD = "y" * 60_000
 
 async def test_never_reading_peers_are_closed_4429_and_readers_get_everything() -> None:
     # The slow peers read only once the readers are done: a close timeout long enough
-    # that the server still waits for them to take their close frame.
-    async with run_server(send_queue_frames=64, durability="os", close_timeout=30) as server:
+    # that the server still waits for them to take their close frame. The agent's 18 MB
+    # come unpaced: at the default byte rate (2 MiB/s) they took some 7 s.
+    config: dict[str, Any] = {"send_queue_frames": 64, "durability": "os", "close_timeout": 30}
+    async with run_server(**config, rate_limit_bytes=0) as server:
         async with contextlib.AsyncExitStack() as stack:
             agent, welcome = await stack.enter_async_context(attach(server, role="agent"))
             session_id = welcome["session"]["id"]
