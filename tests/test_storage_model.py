@@ -283,6 +283,11 @@ class JsonlMachine(StorageMachine):
     def config(self) -> JsonlStorageConfig:
         url = parse_store_url(self.backend.url(self.dir))
         durability = "os" if url.params.get("durability") == "os" else "fsync"
+        # The WAL's fdatasync on the writer's thread, not in the sync helper: where it
+        # runs changes nothing the model can see, and each of the thousand reopens of a
+        # run started a helper and waited for it to exit (some 30 ms: half of this
+        # test's time). The helper has its own tests (test_jsonl_syncer.py), and every
+        # JSONL server of the suite runs with it.
         return JsonlStorageConfig(
             url.location,
             checkpoint_every=3,
@@ -290,6 +295,7 @@ class JsonlMachine(StorageMachine):
             key_cache_bytes=1000,
             max_open_logs=2,
             durability=durability,
+            sync_helper=False,
         )
 
     async def open(self) -> Storage:
