@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 # The kernel's send buffer of a connection that answers an HTTP request (the kernel
 # doubles it): what it holds of an unread answer is not counted (hold_answer).
 ANSWER_SEND_BUFFER = 64 * 1024
+# Seconds an answer's peer is given before its pace is looked at (behind_pace): its
+# first bytes reach it a round trip after they are written, and TCP's slow start
+# doubles what is in flight each round trip from 10 segments, so that a peer 300 ms
+# away takes some 150 kB in its first second however fast it reads. (What the
+# kernel's buffer takes at once counts as taken, and covers more: 128 KiB, an eighth
+# of a page of 1 MiB.)
+PACE_GRACE = 1.0
 
 
 class AnsweringConnection(ServerConnection):
@@ -37,6 +44,15 @@ class AnsweringConnection(ServerConnection):
     # The share this connection is among the holders of (AnswerShare.hold), from its
     # answer's first charge until the answer is taken or the connection lost.
     _holder_of: AnswerShare | None = None
+    # The answer (a streamed answer's piece) charged last: when it was written, its
+    # bytes, and the time its peer has to take it before the connection is dropped
+    # anyway; its pace is measured against them (behind_pace).
+    _answer_since = 0.0
+    _answer_bytes = 0
+    _answer_time = 0.0
+    # When a plain answer's connection is dropped, taken or not: the handshake's end
+    # (http_wire.py OPEN_TIMEOUT after the connection opened), set when it begins.
+    answer_deadline = 0.0
     # A streamed answer's body, written once its head is sent (stream_answer).
     _stream: AnswerStream | None = None
     _head_sent = False
@@ -112,6 +128,12 @@ class AnsweringConnection(ServerConnection):
         each piece in turn (http_stream.py), the previous one gone by then."""
         self._answers, self._answer_held = answers, self._answer_held + size
         self._hold_share(answers)
+        now = self.loop.time()
+        self._answer_since, self._answer_bytes = now, self._answer_held
+        stream = self._stream
+        self._answer_time = (
+            stream.page_timeout if stream is not None else max(self.answer_deadline - now, 0.0)
+        )
         # The kernel's buffer is outside every count: autotuned, it takes up to 4 MiB
         # of an answer nobody reads (tcp_wmem), 40 such peers 54 MB. Kept small, the
         # rest of the answer stays in the transport's buffer, where it is counted.
@@ -153,6 +175,27 @@ class AnsweringConnection(ServerConnection):
         if self._holder_of is not None:
             self._holder_of.let_go(self)
             self._holder_of = None
+
+    def behind_pace(self, now: float) -> int:
+        """What :meth:`drop_unread` would give back, if the peer has taken less of the
+        answer (bytes gone from the transport's buffer, into the kernel's) than the
+        pace that takes it all in the time it has (``--answer-page-timeout`` for a
+        streamed answer's piece, what is left of the handshake's 10 s for a plain
+        answer), ``PACE_GRACE`` aside: else 0. A streamed answer between its pages
+        holds nothing of its peer's (the server reads its next page): 0."""
+        held = self._answer_held
+        if not held:
+            return 0
+        late = now - self._answer_since - PACE_GRACE
+        if late <= 0:
+            return 0
+        # The charge follows the buffer only once it drains (hold_answer's limits):
+        # what is left in it now is asked for.
+        taken = self._answer_bytes - min(held, self.transport.get_write_buffer_size())
+        if taken * self._answer_time >= self._answer_bytes * late:
+            return 0
+        stream = self._stream
+        return held + (stream.reserved if stream is not None else 0)
 
     def drop_unread(self) -> int:
         """Dropped to make room among the unread answers for another peer's answer

@@ -203,6 +203,9 @@ class BambooConnection(AnsweringConnection):
             self.response.body = b""
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        # A plain answer not taken by then is dropped with the connection: its pace
+        # is measured against it (AnsweringConnection.behind_pace).
+        self.answer_deadline = self.loop.time() + OPEN_TIMEOUT
         try:
             async with asyncio.timeout(OPEN_TIMEOUT):
                 await super().handshake(*args, **kwargs)

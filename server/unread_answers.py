@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import http
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -38,6 +38,12 @@ class AnswerHolder(Protocol):
         of the account: those bytes (0, and nothing dropped, if it held none)."""
         ...
 
+    def behind_pace(self, now: float) -> int:
+        """What :meth:`drop_unread` would give back, if its peer takes its answer too
+        slowly to finish it in the time the answer has; else 0 (an answer on pace, or
+        none held)."""
+        ...
+
 
 class UnreadAnswers:
     """Bytes of HTTP answers written but not yet taken by their peers, against a limit.
@@ -62,8 +68,11 @@ class UnreadAnswers:
     peer's big answers got 503 for as long as those kept asking. So an answer the
     account cannot take, of a peer that would hold no more than an equal part of the
     account among the peers holding answers (itself counted), gets room made for it:
-    the peer that holds the most, past its equal part, loses its oldest unread answer,
-    then the next largest, until the answer fits (:meth:`make_room`).
+    the peer that holds the most, past its equal part, loses its oldest unread answer
+    that its peer takes behind pace, then the next largest, until the answer fits
+    (:meth:`make_room`). An answer taken at a pace that finishes it in its time is
+    never dropped: peers on many addresses (an IPv6 /56 is 256 peers) made the equal
+    part small, and room for them cut an honest peer's page while it read it at 1 MiB/s.
 
     A streamed answer's pieces wait for room instead (:meth:`AnswerShare.room`), in
     turn: one that looked for room as soon as its last piece left took it back before
@@ -149,39 +158,73 @@ class UnreadAnswers:
 
     def make_room(self, asker: AnswerShare, size: int) -> bool:
         """Room for an answer of ``size`` bytes of ``asker``'s, which the account cannot
-        take: True once made, False if ``asker`` may not claim it (:meth:`may_claim`).
-
-        The peer holding the most (``asker`` aside) loses its oldest unread answer, its
-        connection dropped as a reader too slow for its answer is, and so on until the
-        answer fits, none of them losing one while it holds no more than an equal part.
-        Those peers held more than ``asker`` will with its answer: a reader on a slow
-        link holding one page loses it only after every peer holding more has come
-        down to it. It always makes enough room: past their equal parts, all but
-        ``asker`` hold more than the account lacks (an equal part times the peers is
-        the limit, and ``asker`` stays within its own). The account holds no more for
-        it: what is dropped is given back before the answer is charged."""
-        if not self.may_claim(asker, size):
+        take: True once made (:meth:`answers_to_drop` dropped, their connections closed
+        as a reader too slow for its answer is, their bytes given back before the answer
+        is charged), else False, nothing dropped."""
+        holders = self.answers_to_drop(asker, size)
+        if holders is None:
             return False
         self._making_room = True
         try:
-            while self.used and self.used + size > self.limit:
-                largest = max(
-                    (share for share in self._holding if share is not asker),
-                    key=_held,
-                    default=None,
-                )
-                # Counted again each time: a peer dropped to nothing counts no more.
-                if largest is None or largest.used <= self.equal_part(asker):
-                    return False  # bytes held outside any connection, for a moment
-                dropped = largest.drop_oldest()
-                if not dropped:
-                    return False
-                log.info("unread answer dropped for room", peer=largest.peer, bytes=dropped)
+            for share, holder in holders:
+                dropped = holder.drop_unread()
+                log.info("unread answer dropped for room", peer=share.peer, bytes=dropped)
                 if self._on_drop is not None:
                     self._on_drop()
         finally:
             self._making_room = False
         return True
+
+    def answers_to_drop(
+        self, asker: AnswerShare, size: int
+    ) -> list[tuple[AnswerShare, AnswerHolder]] | None:
+        """The answers to drop to make room for ``size`` bytes of ``asker``'s (each with
+        its peer's share), or None if it may not claim room (:meth:`may_claim`) or too
+        few may go; nothing dropped here (a HEAD asks whether its GET would get room).
+
+        Only an answer behind pace may go (``AnswerHolder.behind_pace``): the peer
+        holding the most (``asker`` aside), past an equal part, loses its oldest such
+        answer, and so on, the largest again each time, until the answer fits; a peer
+        none of whose answers may go is passed over for the next. None loses an answer
+        while it holds no more than an equal part (counted again after each answer, a
+        peer dropped to nothing counting no more): a reader on a slow link holding one
+        page loses it only after every peer holding more has come down to it, or is on
+        pace. Each answer is looked at once at most, whatever the number chosen."""
+        if not self.may_claim(asker, size):
+            return None
+        lacking = self.used + size - self.limit if self.used else 0
+        if lacking <= 0:
+            return []
+        now = asyncio.get_running_loop().time()
+        # What each peer would hold once the answers chosen so far are dropped.
+        left = {share: share.used for share in self._holding if share is not asker}
+        peers = len(self._holding) + (asker not in self._holding)
+        lookups: dict[AnswerShare, Generator[tuple[AnswerHolder, int]]] = {}
+        chosen: list[tuple[AnswerShare, AnswerHolder]] = []
+        try:
+            while lacking > 0:
+                part = self.limit // peers
+                largest = max(left, key=left.__getitem__, default=None)
+                if largest is None or left[largest] <= part:
+                    return None  # what is past the equal parts is on pace, or unheld
+                lookup = lookups.get(largest)
+                if lookup is None:
+                    lookup = lookups[largest] = largest.behind_pace(now)
+                found = next(lookup, None)
+                if found is None:
+                    del left[largest]  # none of its answers may go: the next peer's
+                    continue
+                holder, held = found
+                chosen.append((largest, holder))
+                lacking -= held
+                left[largest] -= held
+                if left[largest] <= 0:
+                    del left[largest]
+                    peers -= 1
+        finally:
+            for lookup in lookups.values():
+                lookup.close()
+        return chosen
 
     @staticmethod
     def busy() -> Response:
@@ -243,10 +286,6 @@ class UnreadAnswers:
         self._waiting = kept
 
 
-def _held(share: AnswerShare) -> int:
-    return share.used
-
-
 class AnswerShare:
     """One peer's part of :class:`UnreadAnswers`: what its answers hold (``used``),
     each byte charged here and to the account together, and the connections holding
@@ -264,7 +303,7 @@ class AnswerShare:
 
     def refusal(self, size: int | None = None, *, make_room: bool = True) -> Response | None:
         """None if an answer of ``size`` bytes fits now, room made for it if need be
-        (:meth:`UnreadAnswers.make_room`; with ``make_room`` False, whether it could
+        (:meth:`UnreadAnswers.make_room`; with ``make_room`` False, whether it would
         be, nothing dropped), else the answer to give instead: 503 when the account
         cannot take it (every peer is refused then), else 429 when it would take the
         peer past its share. Without ``size``, whether every answer but a small one
@@ -280,8 +319,10 @@ class AnswerShare:
             over_share = bool(self.used) and self.used + size > account.peer_limit
             over_account = bool(account.used) and account.used + size > account.limit
             if over_account and not over_share:
-                room = account.make_room if make_room else account.may_claim
-                over_account = not room(self, size)
+                if make_room:
+                    over_account = not account.make_room(self, size)
+                else:
+                    over_account = account.answers_to_drop(self, size) is None
         if over_account:
             return account._refused("server")
         if over_share:
@@ -325,19 +366,16 @@ class AnswerShare:
     def let_go(self, holder: AnswerHolder) -> None:
         self.holders.pop(holder, None)
 
-    def drop_oldest(self) -> int:
-        """Drops the oldest of the connections holding bytes of this share (one that
-        holds none now, a streamed answer between pages, is passed over): the bytes
-        given back, 0 if none held any. Not a copy of the holders per answer dropped:
-        room made from many small answers of one peer copied them all for each one
-        (4,000 answers of 1 kB, 500 dropped: 1.8 million looked at)."""
+    def behind_pace(self, now: float) -> Generator[tuple[AnswerHolder, int]]:
+        """The connections holding bytes of this share taken behind pace, oldest first,
+        each with what dropping it gives back. Lazy, over the holders themselves: a
+        copy of them all per answer dropped made room from many small answers slow
+        (4,000 of 1 kB, 500 dropped: 1.8 million looked at). They are dropped only once
+        it is closed (:meth:`UnreadAnswers.make_room`): nothing changes them meanwhile."""
         for holder in self.holders:
-            dropped = holder.drop_unread()
-            if dropped:
-                # It let go of this share as it dropped (the one change to holders
-                # while they are looked at): the loop ends before it goes on.
-                return dropped
-        return 0
+            held = holder.behind_pace(now)
+            if held:
+                yield holder, held
 
     def room(self, size: int) -> asyncio.Future[None]:
         """A future done once ``size`` bytes of a streamed answer's next piece are

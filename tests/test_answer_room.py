@@ -19,6 +19,7 @@ from tests.support import run_server
 from tests.test_auth import SECRET, make_token
 from tests.test_http_read_limits import a_log, head, in_thread
 from tests.test_replay_server import metric
+from tests.test_server_lifecycle import eventually
 
 # The account of unread answers holds 8 MiB (a quarter of the budget), a peer's part of
 # it 2 MiB: two pages of about 970 kB each, held unread, and the third is refused 429.
@@ -66,12 +67,23 @@ def dropped_answers(server: Any) -> float:
     return metric(server.metrics.render().decode(), "bamboo_answers_dropped_total")
 
 
+def all_behind_pace(server: Any, peer: str) -> bool:
+    """Whether every answer ``peer`` holds is taken behind pace, so may be dropped
+    for room: a page not read at all, once the kernel's buffer and the grace no longer
+    cover it (some 2 s for a page of 1 MiB)."""
+    answers = server.unread_answers.share(peer)
+    now = asyncio.get_running_loop().time()
+    return all(holder.behind_pace(now) for holder in answers.holders)
+
+
 async def test_peers_that_keep_their_parts_full_lock_no_other_peer_out() -> None:
     # Five peers each keep its part nearly full with pages it does not read (each
     # part stops short of a third page), and together they fill the account: a sixth,
     # well-behaved peer got 503 for every page of that size, for as long as they kept
-    # asking again. Now the largest holder's oldest unread answer is dropped for it.
-    # Bob, on a slow link, holds one page, the oldest of all: he is not the one dropped.
+    # asking again. Now the largest holder's oldest unread answer is dropped for it,
+    # once it is behind the pace that would take it in its time (a page not read at
+    # all, within seconds). Bob, on a slow link, holds one page, the oldest of all: he
+    # is not the one dropped.
     async with run_server(**CONFIG) as server:
         users = ["bob", "alice", *(f"mallory{n}" for n in range(HOLDERS))]
         paths = {user: await a_log(server, user, MESSAGES, user_id=user) for user in users}
@@ -92,6 +104,8 @@ async def test_peers_that_keep_their_parts_full_lock_no_other_peer_out() -> None
                         break
             page = len(json.dumps({"x": "x" * 10_000})) * MESSAGES
             assert answers.used + page > answers.limit, (answers.used, page)  # full for alice
+            for user in users[2:]:
+                await eventually(lambda user=user: all_behind_pace(server, f"user:{user}"))
             dropped = dropped_answers(server)  # the holders drop each other's too
             status, body = await in_thread(read_whole, server.port, paths["alice"], tokens["alice"])
             assert status == 200, body[:200]
@@ -137,13 +151,17 @@ async def test_an_equal_part_is_what_a_peer_may_claim() -> None:
 
 
 class Held:
-    """An answer's bytes held on ``share``, as a connection holds them: dropped, it
-    gives them back at once (http_wire.py ``drop_unread``)."""
+    """An answer's bytes held on ``share``, as a connection holds them, its peer
+    behind pace unless ``on_pace``: dropped, it gives them back at once (http_answer.py
+    ``drop_unread``)."""
 
-    def __init__(self, share: AnswerShare, size: int) -> None:
-        self.share, self.size = share, size
+    def __init__(self, share: AnswerShare, size: int, on_pace: bool = False) -> None:
+        self.share, self.size, self.on_pace = share, size, on_pace
         share.charge(size)
         share.hold(self)
+
+    def behind_pace(self, now: float) -> int:
+        return 0 if self.on_pace else self.size
 
     def drop_unread(self) -> int:
         size, self.size = self.size, 0
@@ -241,3 +259,35 @@ async def test_room_made_from_many_answers_of_one_peer_looks_at_each_once() -> N
     assert alice.refusal(500_000) is None
     assert sum(1 for held in mallorys if not held.size) == 500
     assert CountedHolders.looked_at == 500
+
+
+async def test_only_answers_taken_behind_pace_are_dropped_for_room() -> None:
+    # Mallory holds the most, but her peer takes her answer at a pace that finishes it
+    # in its time: Eve's answer behind pace goes instead, then Bob's oldest behind-pace
+    # one, his on-pace one passed over. Peers on many addresses (each holding a little
+    # past the equal part they make small) had the page of an honest peer that read it
+    # at 1 MiB/s cut for them; now it is never dropped.
+    account = UnreadAnswers(1000, 500)
+    mallory, eve, bob, alice, carol = (
+        account.share(f"user:{name}") for name in ("mallory", "eve", "bob", "alice", "carol")
+    )
+    honest = Held(mallory, 400, on_pace=True)
+    eves = Held(eve, 320)
+    bobs = [Held(bob, 100, on_pace=True), Held(bob, 90), Held(bob, 90)]
+    assert account.used == 1000
+    assert alice.refusal(150) is None  # an equal part of four: 250
+    alice.charge(150)
+    assert honest.size == 400 and eves.size == 0 and account.used == 830
+    # Carol's may be up to a fourth (Eve holds nothing now): Mallory is passed over,
+    # Bob holds the most after her, and loses his oldest answer behind pace.
+    assert carol.refusal(250) is None
+    assert [held.size for held in bobs] == [100, 0, 90] and honest.size == 400
+    carols = [Held(carol, 100), Held(carol, 150, on_pace=True)]
+    # Dave's may be up to a fifth (200): Carol's answer behind pace would not make room
+    # enough, and Bob holds no more than that part. Nothing is dropped for nothing.
+    dave = account.share("user:dave")
+    assert account.answers_to_drop(dave, 200) is None
+    refusal = dave.refusal(200)
+    assert refusal is not None and refusal.status_code == 503
+    assert [held.size for held in carols] == [100, 150] and honest.size == 400
+    assert account.used == 990
