@@ -176,7 +176,8 @@ class Metrics:
         self.answers_dropped = Counter(
             "bamboo_answers_dropped",
             "HTTP answers dropped unread (their connection closed) to make room for the "
-            "answer of a peer holding less than an equal part of the unread answers",
+            "answer of a peer holding less than an equal part of the unread answers (only "
+            "answers taken behind pace)",
             registry=r,
         )
         self.errors = Counter("bamboo_errors", "Error frames sent, by code", ["code"], registry=r)
