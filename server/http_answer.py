@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
 from .http_stream import AnswerStream
+from .replay import kernel_queue
 
 if TYPE_CHECKING:
     from .responses import StreamedResponse
@@ -27,9 +28,8 @@ ANSWER_SEND_BUFFER = 64 * 1024
 # Seconds an answer's peer is given before its pace is looked at (behind_pace): its
 # first bytes reach it a round trip after they are written, and TCP's slow start
 # doubles what is in flight each round trip from 10 segments, so that a peer 300 ms
-# away takes some 150 kB in its first second however fast it reads. (What the
-# kernel's buffer takes at once counts as taken, and covers more: 128 KiB, an eighth
-# of a page of 1 MiB.)
+# away has acknowledged some 100 kB by then however fast it reads (the pace of a page
+# of 1 MiB in 10 s).
 PACE_GRACE = 1.0
 
 
@@ -178,11 +178,11 @@ class AnsweringConnection(ServerConnection):
 
     def behind_pace(self, now: float) -> int:
         """What :meth:`drop_unread` would give back, if the peer has taken less of the
-        answer (bytes gone from the transport's buffer, into the kernel's) than the
-        pace that takes it all in the time it has (``--answer-page-timeout`` for a
-        streamed answer's piece, what is left of the handshake's 10 s for a plain
-        answer), ``PACE_GRACE`` aside: else 0. A streamed answer between its pages
-        holds nothing of its peer's (the server reads its next page): 0."""
+        answer (bytes it has acknowledged) than the pace that takes it all in the time
+        it has (``--answer-page-timeout`` for a streamed answer's piece, what is left
+        of the handshake's 10 s for a plain answer), ``PACE_GRACE`` aside: else 0. A
+        streamed answer between its pages holds nothing of its peer's (the server
+        reads its next page): 0."""
         held = self._answer_held
         if not held:
             return 0
@@ -190,8 +190,13 @@ class AnsweringConnection(ServerConnection):
         if late <= 0:
             return 0
         # The charge follows the buffer only once it drains (hold_answer's limits):
-        # what is left in it now is asked for.
-        taken = self._answer_bytes - min(held, self.transport.get_write_buffer_size())
+        # what is left in it now is asked for. What the kernel's buffer took and the
+        # peer has not acknowledged is not taken either: counted as taken, it kept a
+        # page nobody read on pace for a second more (128 KiB of 1 MiB in 10 s).
+        sent = self._answer_bytes - min(held, self.transport.get_write_buffer_size())
+        sock = self.transport.get_extra_info("socket")
+        unacknowledged = kernel_queue(sock.fileno()) if sock is not None else 0
+        taken = max(sent - unacknowledged, 0)
         if taken * self._answer_time >= self._answer_bytes * late:
             return 0
         stream = self._stream

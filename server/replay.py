@@ -270,10 +270,10 @@ class _Waiting:
         return now - self._since
 
     def _bytes(self) -> int:
-        return self._transport.get_write_buffer_size() + _kernel_queue(self._fd)
+        return self._transport.get_write_buffer_size() + kernel_queue(self._fd)
 
 
-def _kernel_queue(fd: int) -> int:
+def kernel_queue(fd: int) -> int:
     """Bytes in a socket's send queue, not yet acknowledged by the peer (Linux's
     SIOCOUTQ; 0 where it cannot be read)."""
     if fd < 0:

@@ -69,8 +69,8 @@ def dropped_answers(server: Any) -> float:
 
 def all_behind_pace(server: Any, peer: str) -> bool:
     """Whether every answer ``peer`` holds is taken behind pace, so may be dropped
-    for room: a page not read at all, once the kernel's buffer and the grace no longer
-    cover it (some 2 s for a page of 1 MiB)."""
+    for room: a page not read at all, once the grace and what its peer's receive
+    buffer took no longer cover it (a little over 1 s)."""
     answers = server.unread_answers.share(peer)
     now = asyncio.get_running_loop().time()
     return all(holder.behind_pace(now) for holder in answers.holders)
