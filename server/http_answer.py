@@ -50,6 +50,9 @@ class AnsweringConnection(ServerConnection):
     _answer_since = 0.0
     _answer_bytes = 0
     _answer_time = 0.0
+    # Bytes the kernel's queue held, not yet acknowledged, when it was written: the
+    # previous page's tail, which the peer takes before any byte of this one.
+    _answer_ahead = 0
     # When a plain answer's connection is dropped, taken or not: the handshake's end
     # (http_wire.py OPEN_TIMEOUT after the connection opened), set when it begins.
     answer_deadline = 0.0
@@ -130,6 +133,7 @@ class AnsweringConnection(ServerConnection):
         self._hold_share(answers)
         now = self.loop.time()
         self._answer_since, self._answer_bytes = now, self._answer_held
+        self._answer_ahead = self._unacknowledged()
         stream = self._stream
         self._answer_time = (
             stream.page_timeout if stream is not None else max(self.answer_deadline - now, 0.0)
@@ -193,14 +197,22 @@ class AnsweringConnection(ServerConnection):
         # what is left in it now is asked for. What the kernel's buffer took and the
         # peer has not acknowledged is not taken either: counted as taken, it kept a
         # page nobody read on pace for a second more (128 KiB of 1 MiB in 10 s).
+        # The bytes ahead of it in the kernel's queue when it was written count in both
+        # what is taken and what is to take: counted in neither, a streamed answer read
+        # at three times the pace was behind it a third of the time (each page waited
+        # for the previous one's 128 KiB tail to be acknowledged first).
+        ahead = self._answer_ahead
         sent = self._answer_bytes - min(held, self.transport.get_write_buffer_size())
-        sock = self.transport.get_extra_info("socket")
-        unacknowledged = kernel_queue(sock.fileno()) if sock is not None else 0
-        taken = max(sent - unacknowledged, 0)
-        if taken * self._answer_time >= self._answer_bytes * late:
+        taken = max(ahead + sent - self._unacknowledged(), 0)
+        if taken * self._answer_time >= (ahead + self._answer_bytes) * late:
             return 0
         stream = self._stream
         return held + (stream.reserved if stream is not None else 0)
+
+    def _unacknowledged(self) -> int:
+        """Bytes written to the socket that its peer has not acknowledged yet."""
+        sock = self.transport.get_extra_info("socket")
+        return kernel_queue(sock.fileno()) if sock is not None else 0
 
     def drop_unread(self) -> int:
         """Dropped to make room among the unread answers for another peer's answer

@@ -17,6 +17,7 @@ from tests.support import run_server
 from tests.test_answer_room import all_behind_pace, dropped_answers
 from tests.test_http_read_limits import a_log, head, in_thread
 from tests.test_server_lifecycle import eventually
+from tests.test_whole_history import stored_session
 
 MIB = 1 << 20
 HOLDERS = 9  # addresses that each hold a page a little past the equal part they make
@@ -142,3 +143,56 @@ async def test_a_reader_that_stalls_is_still_dropped_for_room() -> None:
         assert got < length, (got, length)
         assert asked == 200
         assert dropped == 1
+
+
+def read_streamed_at(port: int, path: str, rate: float, stop: threading.Event) -> int:
+    """A peer at 127.0.1.1 that reads a streamed answer at ``rate`` bytes a second,
+    until ``stop``: the bytes it got."""
+    got = 0
+    with socket.socket() as peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        peer.bind(("127.0.1.1", 0))
+        peer.settimeout(DEADLINE)
+        peer.connect(("127.0.0.1", port))
+        peer.sendall(head(path))
+        start = time.monotonic()
+        while not stop.is_set():
+            chunk = peer.recv(4096)
+            if not chunk:
+                break
+            got += len(chunk)
+            early = got / rate - (time.monotonic() - start)
+            if early > 0:
+                time.sleep(early)
+    return got
+
+
+async def test_a_streamed_answer_read_well_above_pace_is_never_behind_it() -> None:
+    # Pages of 256 KiB, 20 s each: the pace is 13 kB/s, and this peer reads at five
+    # times that. Each page is written as soon as the previous one has left the
+    # server's buffer, its last 128 KiB still in the kernel's, unacknowledged: counted
+    # against the new page, they kept it at nothing taken for two seconds, and the
+    # peer was behind pace (so its page could be dropped for room) a quarter of the time.
+    config = {"memory_budget": 32 * MIB, "max_page_bytes": 256 * 1024}
+    async with run_server(**config) as server:
+        await stored_session(server, "streamed", 4000, size=2 * 1024)
+        stop = threading.Event()
+        path = "/api/v1/sessions/streamed"
+        reader = asyncio.ensure_future(in_thread(read_streamed_at, server.port, path, 64e3, stop))
+        answers = server.unread_answers.share("addr:127.0.1.1")
+        loop = asyncio.get_running_loop()
+        behind = looked = 0
+        try:
+            until = loop.time() + 5
+            while loop.time() < until:
+                await asyncio.sleep(0.05)
+                now = loop.time()
+                for holder in answers.holders:
+                    looked += 1
+                    behind += bool(holder.behind_pace(now))
+        finally:
+            stop.set()
+            got = await reader
+        assert got > 256 * 1024  # past its first page
+        assert looked > 50
+        assert behind == 0, f"behind pace at {behind} of {looked} looks"
