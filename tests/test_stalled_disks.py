@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
@@ -287,11 +288,25 @@ async def test_a_hello_given_up_on_while_its_attach_writes_leaves_no_connection_
                 await server.manager.connect_session(session_id)
         assert (code, frames) == (1011, []) and elapsed < DEADLINE + 1.0
         # The actor attaches this one after the two it was given up on: only it is left.
-        async with attach(server, session_id):
-            assert await session_is(server, session_id, "active", 1)
+        await attach_again_after_1011(server, session_id)
         await eventually(lambda: session_is(server, session_id, "disconnected", 0), WITHIN)
         # Nothing queued for them stays charged: no writer would ever send it.
         assert server.manager.budget.used == budget_used
+
+
+async def attach_again_after_1011(server: BambooServer, session_id: str) -> None:
+    """Attach as a client would once the lock is gone: the store first works off the
+    writes that waited for it, behind SQLite's busy backoff, and a hello meanwhile may
+    meet the read deadline too (1011, as in a loaded CI run); the client then tries
+    again. Attached, the session is active with this one connection alone."""
+    for attempt in range(3):
+        try:
+            async with attach(server, session_id):
+                assert await session_is(server, session_id, "active", 1)
+            return
+        except websockets.ConnectionClosedError as exc:
+            if exc.rcvd is None or exc.rcvd.code != 1011 or attempt == 2:
+                raise
 
 
 async def session_is(server: BambooServer, session_id: str, state: str, connections: int) -> bool:
