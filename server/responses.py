@@ -78,3 +78,25 @@ def error_response(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def answers_busy() -> Response:
+    """503: answers not yet read by their peers fill the server's account of them
+    (unread_answers.py)."""
+    return error_response(
+        http.HTTPStatus.SERVICE_UNAVAILABLE,
+        "internal",
+        "busy: answers not yet read by their peers fill the server's buffer; retry later",
+        {"Retry-After": "1"},
+    )
+
+
+def answers_over_share() -> Response:
+    """429: the asking peer's own unread answers fill its share of that account."""
+    return error_response(
+        http.HTTPStatus.TOO_MANY_REQUESTS,
+        "rate_limited",
+        "your answers not yet read fill your share of the server's buffer; read them, "
+        "or retry later",
+        {"Retry-After": "1"},
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Protocol
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from websockets.http11 import Response
 
-from .responses import error_response
+from .responses import answers_busy, answers_over_share
 
 if TYPE_CHECKING:
     from .http_answer import AnsweringConnection
@@ -226,29 +225,10 @@ class UnreadAnswers:
                 lookup.close()
         return chosen
 
-    @staticmethod
-    def busy() -> Response:
-        return error_response(
-            http.HTTPStatus.SERVICE_UNAVAILABLE,
-            "internal",
-            "busy: answers not yet read by their peers fill the server's buffer; retry later",
-            {"Retry-After": "1"},
-        )
-
-    @staticmethod
-    def over_share() -> Response:
-        return error_response(
-            http.HTTPStatus.TOO_MANY_REQUESTS,
-            "rate_limited",
-            "your answers not yet read fill your share of the server's buffer; read them, "
-            "or retry later",
-            {"Retry-After": "1"},
-        )
-
     def _refused(self, full: str) -> Response:
         if self._on_refusal is not None:
             self._on_refusal(full)
-        return self.over_share() if full == "peer" else self.busy()
+        return answers_over_share() if full == "peer" else answers_busy()
 
     def _charge_waiting(self) -> None:
         """Charges the waiting pieces that fit, first come first charged. One that the
