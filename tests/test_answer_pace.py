@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from tests.support import run_server
-from tests.test_answer_room import all_behind_pace, dropped_answers
+from tests.test_answer_room import all_behind_pace, dropped_answers, hold_unread
 from tests.test_http_read_limits import a_log, head, in_thread
 from tests.test_server_lifecycle import eventually
 from tests.test_whole_history import stored_session
@@ -25,20 +25,8 @@ DEADLINE = 20.0
 
 
 def hold_from(address: str, port: int, path: str) -> tuple[socket.socket, int]:
-    """A peer at ``address`` that asks for ``path`` and reads its status line, no more
-    (a tiny receive buffer: the answer stays in the server's buffer)."""
-    peer = socket.socket()
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    peer.bind((address, 0))
-    peer.settimeout(DEADLINE)
-    peer.connect(("127.0.0.1", port))
-    peer.sendall(head(path))
-    status = b""
-    while len(status) < len(b"HTTP/1.1 200"):
-        chunk = peer.recv(len(b"HTTP/1.1 200") - len(status))
-        assert chunk, status
-        status += chunk
-    return peer, int(status[9:12])
+    """A peer at ``address`` that asks for ``path`` and reads its status line, no more."""
+    return hold_unread(port, path, address=address, timeout=DEADLINE)
 
 
 def read_paced(

@@ -29,12 +29,21 @@ HOLDERS = 5  # peers that keep their parts full
 DEADLINE = 10.0
 
 
-def hold_unread(port: int, path: str, token: str) -> tuple[socket.socket, int]:
-    """A peer on a slow link: asks for ``path``, reads the status line and no more (a
-    tiny receive buffer, so that the answer stays in the server's buffer)."""
+def hold_unread(
+    port: int,
+    path: str,
+    token: str | None = None,
+    *,
+    address: str = "127.0.0.1",
+    timeout: float = DEADLINE,
+) -> tuple[socket.socket, int]:
+    """A peer on a slow link, at ``address``: asks for ``path``, reads the status line
+    and no more (a tiny receive buffer, so that the answer stays in the server's
+    buffer)."""
     peer = socket.socket()
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    peer.settimeout(DEADLINE)
+    peer.bind((address, 0))
+    peer.settimeout(timeout)
     peer.connect(("127.0.0.1", port))
     peer.sendall(head(path, token))
     status = b""
