@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted((ROOT / "tests" / "js").glob("protocol_*.test.mjs"))
 NODE_TIMEOUT = 120
-CHECKS = 21
+CHECKS = 38
 
 
 async def test_wire_contract_from_outside() -> None:
@@ -30,8 +30,9 @@ async def test_wire_contract_from_outside() -> None:
         node,
         "--test",
         "--test-reporter=tap",
-        # Every file at once, each with its four servers: the 10 s hello deadline of
-        # protocol_frames (awaited by its last test) no longer waits after the others.
+        # Every file at once, each with its servers (one to four): the 10 s hello
+        # deadline of protocol_frames (awaited by its last test) no longer waits after
+        # the others.
         f"--test-concurrency={len(TEST_FILES)}",
         *map(str, TEST_FILES),
         cwd=ROOT,
