@@ -155,12 +155,16 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
         # The lax conversion below reads every value from its string, and would also
         # take "1e2" or "100.0" for an integer, and a number of seconds for a time:
         # integers are plain digits and times RFC 3339, as on the other endpoints.
+        # The integers go in as read here: msgspec's own reading of a string refuses
+        # some plain digits ("05") that the other endpoints take.
+        values: dict[str, object] = dict(params)
         for name in ("limit", "offset"):
-            _integer(params, name, None, 0)
+            if name in params:
+                values[name] = _integer(params, name, None, 0)
         for name in _TIME_PARAMETERS:
             if name in params:
                 msgspec.convert(params[name], datetime)
-        filter = msgspec.convert(params, SessionFilter, strict=False)
+        filter = msgspec.convert(values, SessionFilter, strict=False)
     except (msgspec.ValidationError, _BadParameter) as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     max_page = services.config.max_list_page

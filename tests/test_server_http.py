@@ -107,6 +107,17 @@ async def test_list_sessions_refuses_bad_parameters() -> None:
             assert status == 400 and body["error"]["code"] == "bad_request", query
 
 
+async def test_list_sessions_reads_plain_digits_as_the_other_endpoints_do() -> None:
+    # "05" is plain digits: GET /api/v1/sessions/{id}/events takes it as 5, and so
+    # does the list (it answered 400 with msgspec's "Expected `int`, got `str`").
+    async with run_server() as server:
+        for i in range(3):
+            await server.manager.create_session("u", f"t{i}")
+        status, body = await get(server, "/api/v1/sessions?limit=02&offset=01")
+        assert status == 200, body
+        assert (body["limit"], body["offset"], len(body["sessions"])) == (2, 1, 2)
+
+
 async def test_list_sessions_takes_times_at_the_ends_of_the_calendar() -> None:
     # Valid RFC 3339 times whose UTC falls outside years 1..9999: a bound below every
     # time, or above every time. Not a 500 (the SQLite store converted them to UTC).

@@ -106,6 +106,12 @@ test("GET /api/v1/sessions: sorting, ties by id, time filters, limit and offset 
     [b.id],
   );
   assert.deepEqual([page.json.total, page.json.offset, page.json.limit], [3, 1, 1]);
+  // Integers are plain decimal digits, leading zeros included, as on the other endpoints.
+  const zeros = await getJSON(port, `/api/v1/sessions?user_id=${user}&limit=01&offset=02`);
+  assert.deepEqual(
+    zeros.json.sessions.map((s) => s.id),
+    [a.id],
+  );
   const beyond = await getJSON(port, `/api/v1/sessions?user_id=${user}&offset=10`);
   assert.deepEqual([beyond.json.sessions, beyond.json.total], [[], 3]);
   assert.equal((await httpGet(port, "/api/v1/sessions?limit=1000")).status, 200);
