@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted((ROOT / "tests" / "js").glob("protocol_*.test.mjs"))
 NODE_TIMEOUT = 120
-CHECKS = 38
+CHECKS = 39
 
 
 async def test_wire_contract_from_outside() -> None:
