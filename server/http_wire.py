@@ -62,6 +62,7 @@ class BambooConnection(AnsweringConnection):
     _debt = 0.0  # seconds until the byte rate is repaid, after the last frame
     _held = b""  # read while in debt, not parsed yet
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
+    _eof_held = False  # the peer's end of stream, come before its request was answered
 
     def __init__(
         self,
@@ -184,8 +185,10 @@ class BambooConnection(AnsweringConnection):
 
     def send_data(self) -> None:
         super().send_data()
-        if self._request_held and self.protocol.eof_sent:
-            self._answered()
+        if self.protocol.eof_sent:
+            if self._request_held:
+                self._answered()
+            self._pass_on_eof()
 
     def _answered(self) -> None:
         """The request is answered or refused, its end of stream sent: websockets drops
@@ -224,6 +227,9 @@ class BambooConnection(AnsweringConnection):
         if self.protocol.state is State.OPEN:
             self._forget_headers()
             self.data_received(b"")  # frames sent along with the request: read them now
+            # An upgrade whose peer ended its stream with the request: closed at once,
+            # as one that ends it right after the upgrade (1006, no handler).
+            self._pass_on_eof()
 
     def _forget_headers(self) -> None:
         """Keeps of the upgrade's request its path and the one header the ``hello`` may
@@ -240,16 +246,37 @@ class BambooConnection(AnsweringConnection):
         self.response = None
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
-        if self._discarding:
-            return True  # asyncio's "keep the transport": the stop closes the socket
         self.peer_ended()
-        if self._stream is not None and not self.protocol.eof_sent:
-            # A peer that half-closes after its request still reads the answer; its
-            # end of stream would end the parser's wait for it, and the answer. (An
-            # answer waiting for its peer's debt ends: http_pages.py.)
+        protocol = self.protocol
+        if self.request is not None and protocol.state is State.CONNECTING and not protocol.eof_sent:
+            # A client may shut down its sending side once its request is sent (RFC
+            # 9112 9.6), and still reads the answer. Fed to websockets now, the end of
+            # stream would end its wait for the answer, which would never be sent: it
+            # waits until the answer's own end of stream is sent, or the upgrade done
+            # (_pass_on_eof). Bounded as the answer is (OPEN_TIMEOUT, a streamed
+            # answer's page timeout); an answer waiting for its peer's debt ends now,
+            # its peer taken for gone (http_pages.py).
+            self._eof_held = True
             return True
+        if self._discarding:
+            # A stopping server parses nothing more: the transport closes once its
+            # buffer is written, as websockets has it close on any end of stream. Kept
+            # open, with nothing read from it, it was never seen to end: a peer that
+            # hung up as the stop began, reset by the close frame written to it, was
+            # owed that frame until the grace ran out.
+            return None
         super().eof_received()
         return None
+
+    def _pass_on_eof(self) -> None:
+        """The peer's end of stream, held while its request was answered, goes to
+        websockets now that the answer is sent (or the upgrade done), and the
+        connection closes once what it holds is written, as on any end of stream."""
+        if not self._eof_held:
+            return
+        self._eof_held = False
+        super().eof_received()
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

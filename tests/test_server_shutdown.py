@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Opcode
 from websockets.http11 import Response
@@ -21,6 +22,8 @@ from websockets.uri import parse_uri
 
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
+from tests.test_http_read_limits import a_log, read_some
+from tests.test_server_lifecycle import eventually
 
 RESTARTING = {"type": "closed", "reason": "server restarting"}
 
@@ -245,3 +248,31 @@ async def test_an_answered_http_request_does_not_hold_the_stop(tmp_path: Path) -
         writer.close()  # the peer hangs up once the stop has begun
         # Not the minute websockets would wait for that peer: it is owed nothing.
         await asyncio.wait_for(stopping, 10)
+
+
+async def test_a_peer_that_hangs_up_as_the_stop_begins_does_not_hold_it(tmp_path: Path) -> None:
+    # Its end of stream came once the stop discarded what peers send: it was ignored,
+    # the transport kept open and no longer read, and the close frame then written to
+    # the gone peer (reset by it, unseen) was owed until the close timeout.
+    async with run_server(tmp_path, shutdown_grace=30.0, close_timeout=30.0) as server:
+        uri = f"ws://127.0.0.1:{server.port}/api/v1/stream/s1"
+        ws = await connect(uri, subprotocols=[Subprotocol("bamboo.v1")])  # no hello yet
+        await eventually(lambda: len(server._open_connections) == 1)
+        ws.transport.close()  # the peer hangs up in the turn the stop begins
+        await asyncio.wait_for(server.stop(), 10)  # far from the 30 s either allows
+
+
+async def test_a_streamed_answer_waiting_for_a_gone_peers_debt_does_not_hold_the_stop() -> None:
+    # The first page of about 90 kB puts the peer some 25 s in debt at 200 bytes a
+    # second: the next one waits for it. The peer leaves as the stop begins: its end
+    # of stream, ignored once the stop had begun, never ended that wait, which held
+    # the stop for its whole grace.
+    limits = {"rate_limit_bytes": 200, "rate_limit_bytes_burst": 200}
+    grace = {"shutdown_grace": 30.0, "answer_page_timeout": 60.0}
+    async with run_server(max_page_bytes=100_000, **limits, **grace) as server:
+        await a_log(server, "long", 40)
+        peer = await asyncio.to_thread(read_some, server.port, "/api/v1/sessions/long", 80_000)
+        allowance = server.services.read_allowances.of("addr:127.0.0.1")
+        await eventually(lambda: allowance is not None and allowance.debt() > 15)
+        peer.close()
+        await asyncio.wait_for(server.stop(), 10)
