@@ -31,11 +31,11 @@ A whole history's later pages come after its status, when a 429 can no longer be
 each waits the debt before it is read, as a WebSocket page does (counted with them in
 ``bamboo_page_wait_seconds_total``), and the answer comes whole, only later. Not for
 ever: a debt longer than ``--answer-page-timeout``, the time the peer has for each page,
-ends the answer at once, and so does the peer's going (its end of stream sent, its
-connection lost) while it waits, as a peer too slow for a page ends it (the client
-sees the body cut short, http_stream.py). Waiting out the debt, the answer kept its
-connection, reading nothing to tell whether its peer was still there, then read one
-more page for nobody.
+ends the answer at once, and so does the peer's going (its end of stream sent, with
+its request or later, its connection lost) before or while it waits, as a peer too
+slow for a page ends it (the client sees the body cut short, http_stream.py).
+Waiting out the debt, the answer kept its connection, reading nothing to tell whether
+its peer was still there, then read one more page for nobody.
 """
 
 from __future__ import annotations

@@ -169,7 +169,8 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
     # send_response replaces this parser); an accepted upgrade resumes it (handshake
     # above). Read at once, they were frames of a connection not yet open: a stray CRLF
     # after a GET failed the connection under the answer being sent (AssertionError).
-    # The peer's end of stream is not waited on: websockets must see it to let go.
+    # The peer's end of stream ends the wait: it comes once the request is answered
+    # (http_wire.py holds it till then), and websockets must see it to let go.
     while protocol.state is State.CONNECTING and not protocol.reader.eof:
         yield
     yield from Protocol.parse(protocol)

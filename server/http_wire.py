@@ -12,7 +12,9 @@ did; what an answer holds while its peer has not taken it is the answering side'
 (http_answer.py ``AnsweringConnection``, which this connection is). Once upgraded,
 what it reads goes to websockets' parser a few KiB at a time, each frame charged to
 the connection's byte rate (limits.py); in debt, it stops reading until the debt is
-repaid.
+repaid. A peer's end of stream that comes once its request is read waits for the
+answer (a client may half-close after its request, RFC 9112 9.6): websockets, fed it
+at once, answered nothing.
 """
 
 from __future__ import annotations
@@ -248,14 +250,15 @@ class BambooConnection(AnsweringConnection):
     def eof_received(self) -> bool | None:  # type: ignore[override]
         self.peer_ended()
         protocol = self.protocol
-        if self.request is not None and protocol.state is State.CONNECTING and not protocol.eof_sent:
+        answering = protocol.state is State.CONNECTING and not protocol.eof_sent
+        if self.request is not None and answering:
             # A client may shut down its sending side once its request is sent (RFC
             # 9112 9.6), and still reads the answer. Fed to websockets now, the end of
             # stream would end its wait for the answer, which would never be sent: it
             # waits until the answer's own end of stream is sent, or the upgrade done
             # (_pass_on_eof). Bounded as the answer is (OPEN_TIMEOUT, a streamed
-            # answer's page timeout); an answer waiting for its peer's debt ends now,
-            # its peer taken for gone (http_pages.py).
+            # answer's page timeout); a streamed answer that comes to wait for its
+            # peer's debt ends there, its peer taken for gone (http_pages.py).
             self._eof_held = True
             return True
         if self._discarding:
@@ -299,7 +302,8 @@ class BambooConnection(AnsweringConnection):
         """From here on, what the peer sends is read and dropped unseen (a stopping
         server: shutdown.py). Its close reply costs no parsing and wakes no handler,
         and the socket's receive queue stays empty, so that closing it sends FIN, not
-        a reset, which could take bytes the peer has not read yet with it."""
+        a reset, which could take bytes the peer has not read yet with it. Its end of
+        stream closes the connection (eof_received)."""
         self._discarding = True
         self._stop_holding()
         if self.keepalive_task is not None:

@@ -11,7 +11,10 @@ or by ``drop_connections``) with FIN.
 
 "In the peer's hands" means out of the kernel's send queue too, not only out of the
 transport's buffer: a socket closed while the peer still sends is reset, and a reset
-throws away what its send queue held.
+throws away what its send queue held. A peer that has ended its stream is owed
+nothing more than what its connection already holds (BambooConnection.eof_received):
+one that hung up has its socket reset by the next bytes written to it, which then stay
+unacknowledged, and nothing reads the socket any more to see the reset.
 """
 
 from __future__ import annotations
