@@ -122,3 +122,18 @@ async def test_an_upgrade_followed_by_the_peers_end_of_stream_gets_its_101_then_
         assert await server.manager.get_metadata("fresh") is None
         assert server.metrics.figures()["connections_opened"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+async def test_a_half_closed_peer_in_debt_is_taken_for_gone_at_its_first_wait() -> None:
+    # The rule of a whole history's wait for its peer's debt (http_pages.py): a peer
+    # whose end of stream has come, with its request too, cannot be told from one that
+    # closed its socket, and the answer ends there rather than wait the debt (some 5 s
+    # here) for nobody: its first page, then no last chunk.
+    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    async with run_server(max_page_bytes=100_000, answer_page_timeout=60, **limits) as server:
+        await stored_session(server, "long", 40, size=10_000)
+        started = asyncio.get_running_loop().time()
+        answer = await asyncio.to_thread(half_closed, server.port, get("/api/v1/sessions/long"))
+        assert asyncio.get_running_loop().time() - started < 3
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b'"messages":[' in answer
+        assert not answer.endswith(b"\r\n0\r\n\r\n")  # incomplete, as every client says
