@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import socket
+from typing import Any
 
 import pytest
 from websockets.frames import Frame, Opcode
@@ -119,6 +120,8 @@ async def test_an_upgrade_followed_by_the_peers_end_of_stream_gets_its_101_then_
         assert answer.startswith(b"HTTP/1.1 101 "), answer
         assert answer.endswith(b"\r\n\r\n")  # nothing after the 101: no welcome
         await eventually(lambda: not server._open_connections)
+        assert server._server is not None
+        await eventually(lambda: not server._server.handler_tasks)  # no task left behind
         assert await server.manager.get_metadata("fresh") is None
         assert server.metrics.figures()["connections_opened"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
@@ -129,7 +132,7 @@ async def test_a_half_closed_peer_in_debt_is_taken_for_gone_at_its_first_wait() 
     # whose end of stream has come, with its request too, cannot be told from one that
     # closed its socket, and the answer ends there rather than wait the debt (some 5 s
     # here) for nobody: its first page, then no last chunk.
-    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    limits: dict[str, Any] = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
     async with run_server(max_page_bytes=100_000, answer_page_timeout=60, **limits) as server:
         await stored_session(server, "long", 40, size=10_000)
         started = asyncio.get_running_loop().time()

@@ -267,9 +267,9 @@ async def test_a_streamed_answer_waiting_for_a_gone_peers_debt_does_not_hold_the
     # second: the next one waits for it. The peer leaves as the stop begins: its end
     # of stream, ignored once the stop had begun, never ended that wait, which held
     # the stop for its whole grace.
-    limits = {"rate_limit_bytes": 200, "rate_limit_bytes_burst": 200}
-    grace = {"shutdown_grace": 30.0, "answer_page_timeout": 60.0}
-    async with run_server(max_page_bytes=100_000, **limits, **grace) as server:
+    limits: dict[str, Any] = {"rate_limit_bytes": 200, "rate_limit_bytes_burst": 200}
+    limits |= {"shutdown_grace": 30.0, "answer_page_timeout": 60.0}
+    async with run_server(max_page_bytes=100_000, **limits) as server:
         await a_log(server, "long", 40)
         peer = await asyncio.to_thread(read_some, server.port, "/api/v1/sessions/long", 80_000)
         allowance = server.services.read_allowances.of("addr:127.0.0.1")
