@@ -44,7 +44,7 @@ from .http import (
 from .http_peer import HttpPeer
 from .http_requests import UnansweredRequests
 from .http_wire import BambooConnection
-from .limits import ConnectionCounter
+from .limits import ConnectionCounter, connection_cap
 from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
@@ -169,6 +169,8 @@ class BambooServer:
             create_connection=functools.partial(  # type: ignore[arg-type]
                 BambooConnection,
                 open_connections=self._open_connections,
+                max_connections=connection_cap(config.max_connections),
+                on_over_limit=self.metrics.connections_over_limit.inc,
                 read_rate=(config.rate_limit_bytes, config.rate_limit_bytes_burst),
                 on_read_wait=self.metrics.read_wait_seconds.inc,
                 unanswered_requests=self.unanswered_requests,

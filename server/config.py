@@ -130,6 +130,10 @@ class ServerConfig:
     rate_limit_bytes: int = 2 * MIB
     rate_limit_bytes_burst: int = 4 * MIB
     max_connections_per_user: int = 100
+    # Connections open at once, upgraded or not (limits.connection_cap; 0: no cap):
+    # idle sockets would otherwise take every descriptor the store needs, and memory
+    # the budget does not count. None: half the open-file limit, at most 10,000.
+    max_connections: int | None = None
 
     def manager_config(self) -> SessionManagerConfig:
         return SessionManagerConfig(

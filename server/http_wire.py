@@ -71,6 +71,8 @@ class BambooConnection(AnsweringConnection):
         protocol: ServerProtocol,
         *args: Any,
         open_connections: set[BambooConnection] | None = None,
+        max_connections: int = 0,
+        on_over_limit: Callable[[], None] | None = None,
         read_rate: tuple[float, float] = (0.0, 1.0),
         on_read_wait: Callable[[float], None] | None = None,
         unanswered_requests: UnansweredRequests | None = None,
@@ -83,6 +85,8 @@ class BambooConnection(AnsweringConnection):
         # The server's account of every connection from accept to end (websockets
         # counts only the upgraded ones): what a stop waits for (shutdown.py).
         self._open_connections = open_connections
+        self._max_connections = max_connections  # of open_connections; 0: no cap
+        self._on_over_limit = on_over_limit
         self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
         self.read_waits = ReadWaits(self.loop, on_read_wait)  # for the byte rate's debt
         self._pending = unanswered_requests
@@ -284,6 +288,14 @@ class BambooConnection(AnsweringConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self._open_connections is not None:
+            if 0 < self._max_connections <= len(self._open_connections):
+                # Closed before anything is read: an answer would have to wait for the
+                # request, holding the descriptor the cap is there to keep for the
+                # store (limits.connection_cap). Its handler ends with the transport.
+                if self._on_over_limit is not None:
+                    self._on_over_limit()
+                self.transport.abort()
+                return
             self._open_connections.add(self)
         # websockets pauses reading while its incoming queue is full; resume only when
         # writing is not paused too (and the other way round, below).

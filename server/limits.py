@@ -13,11 +13,13 @@ long), and a count of messages alone bounds neither. The pages a peer draws (a r
 replay, ``history`` and ``events``, the HTTP API's pages) are charged at the same
 figures, a sixteenth of their size (``REPLY_SHARE``), not to the connection but to the
 peer, across its connections and requests (read_allowance.py).
-:class:`ConnectionCounter` caps the concurrent connections of one user.
+:class:`ConnectionCounter` caps the concurrent connections of one user;
+:func:`connection_cap` those of the whole process (server/http_wire.py applies it).
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 
@@ -151,3 +153,22 @@ class ConnectionCounter:
 
     def count(self, user: str) -> int:
         return self._counts.get(user, 0)
+
+
+# The most connections a process keeps open by default, whatever its descriptors allow:
+# each costs some 12 KiB idle, 24 KiB once attached, outside --memory-budget.
+DEFAULT_MAX_CONNECTIONS = 10_000
+
+
+def connection_cap(configured: int | None) -> int:
+    """Connections the process keeps open at once (0: no cap). ``None`` means half the
+    descriptors it may open (its soft RLIMIT_NOFILE, read after serve raised it), at
+    most ``DEFAULT_MAX_CONNECTIONS``: the other half is the store's (a JSONL store's
+    logs take up to a quarter at their peak), the kernel's backlog, which is accepted
+    in a burst before any connection over the cap is closed, and the process's own."""
+    if configured is not None:
+        return configured
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 2))

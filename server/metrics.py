@@ -93,6 +93,12 @@ class Metrics:
         self.connections_total = Counter(
             "bamboo_connections_opened", "WebSocket connections accepted", registry=r
         )
+        self.connections_over_limit = Counter(
+            "bamboo_connections_over_limit",
+            "TCP connections closed as soon as accepted: the process had --max-connections "
+            "open already",
+            registry=r,
+        )
         self.live_actors = Gauge("bamboo_live_actors", "Session actors in memory", registry=r)
         self.parked_actors = Gauge(
             "bamboo_parked_actors", "Session actors kept with no connection", registry=r
