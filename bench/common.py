@@ -182,6 +182,8 @@ def bamboo_server(data_dir: Path, log_path: Path, *extra: str) -> ServerProcess:
         "1000000",
         "--session-create-rate",  # benches create a thousand sessions at a time
         "0",
+        "--max-connections",  # BENCH_FULL opens 10,000 connections, the default cap
+        "0",
         *extra,
     ]
     return ServerProcess("bamboo", argv, log_path)

@@ -134,6 +134,8 @@ class ServerConfig:
     # idle sockets would otherwise take every descriptor the store needs, and memory
     # the budget does not count. None: half the open-file limit, at most 10,000.
     max_connections: int | None = None
+    # Connections attached to one session at once (manager_config.py; 0: no cap).
+    max_session_connections: int = 256
 
     def manager_config(self) -> SessionManagerConfig:
         return SessionManagerConfig(
@@ -152,6 +154,7 @@ class ServerConfig:
             max_extra_bytes=self.max_extra_bytes,
             store_read_timeout=self.store_read_timeout,
             read_slots=self.read_slots,
+            max_session_connections=self.max_session_connections,
         )
 
     def store_url(self) -> str:

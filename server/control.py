@@ -39,6 +39,7 @@ from .commands import (
     by_request,
 )
 from .failures import subscription_end
+from .limits import TooManySessionConnections
 from .status import EXPIRED
 
 if TYPE_CHECKING:
@@ -114,6 +115,14 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     refusal = attach_refusal(metadata, actor.session_id)
     if refusal is not None or metadata is None:
         command.future.set_exception(refusal or SessionNotFound(actor.session_id))
+        return
+    cap = actor.config.max_session_connections
+    if 0 < cap <= len(actor.room.outboxes):
+        # Each attach and leave is presence to all the others: a crowd costs the loop
+        # the square of its size.
+        command.future.set_exception(
+            TooManySessionConnections(f"more than {cap} connections for this session")
+        )
         return
     if metadata.epoch != actor.room.epoch:
         # It missed the end of its session: removed (expired, or deleted by another

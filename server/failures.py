@@ -29,7 +29,7 @@ from bamboo_session.protocol.errors import (
 )
 
 from .auth import Forbidden, Unauthorized
-from .limits import TooManyConnections
+from .limits import TooManyConnections, TooManySessionConnections
 from .pages import StoreTimeout
 from .quotas import CreatingTooFast, TooManySessions
 
@@ -97,6 +97,12 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     TooManyConnections: Failure(
         _C.TOO_SLOW, _E.RATE_LIMITED, _S.TOO_MANY_REQUESTS, "too many connections for this user"
+    ),
+    TooManySessionConnections: Failure(
+        _C.TOO_SLOW,
+        _E.RATE_LIMITED,
+        _S.TOO_MANY_REQUESTS,
+        "too many connections for this session",
     ),
     TooManySessions: Failure(
         _C.FORBIDDEN, _E.FORBIDDEN, _S.FORBIDDEN, "too many sessions for this user"

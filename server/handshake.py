@@ -38,7 +38,7 @@ from .config import ServerConfig
 from .failures import ServerBusy, failure_of
 from .flush import WebSocketSink
 from .http_wire import BambooConnection
-from .limits import TooManyConnections
+from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
 from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
 
@@ -53,6 +53,7 @@ _ATTACH_FAILURES = (
     StorageError,
     ServerBusy,
     TooManyConnections,
+    TooManySessionConnections,
     TooManySessions,
     CreatingTooFast,
     Unauthorized,

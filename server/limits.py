@@ -131,6 +131,11 @@ class TooManyConnections(Exception):
     """The user already has the most concurrent connections allowed: close 4429."""
 
 
+class TooManySessionConnections(Exception):
+    """The session already has the most connections allowed on this process (each
+    attach and leave is presence to all the others): close 4429."""
+
+
 class ConnectionCounter:
     """Concurrent connections per user; ``limit`` 0 or less means no limit."""
 

@@ -37,6 +37,8 @@ class SessionManagerConfig:
     (``StoreTimeout``; server/pages.py).
     ``read_slots``: pages read from the store at once, at least 2 (the pages of whole
     histories take at most half of them; server/pages.py).
+    ``max_session_connections``: connections attached to one session at once on this
+    process (0: no cap); one more is refused (``TooManySessionConnections``).
     """
 
     idle_timeout: float = 300
@@ -54,12 +56,21 @@ class SessionManagerConfig:
     max_extra_bytes: int = 64 * 1024
     store_read_timeout: float = 5.0
     read_slots: int = DEFAULT_READ_SLOTS
+    # Each attach and leave sends presence to every other connection of the session:
+    # filling it costs N²/2 frames, some 0.5 s of the loop at 256, 8 s at 1,000.
+    max_session_connections: int = 256
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "send_queue_frames", "inbox_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("send_queue_bytes", "ring_size", "ring_bytes", "inbox_bytes"):
+        for name in (
+            "send_queue_bytes",
+            "ring_size",
+            "ring_bytes",
+            "inbox_bytes",
+            "max_session_connections",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative (0: no limit)")
         if self.memory_budget < 0:
