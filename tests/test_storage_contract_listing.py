@@ -68,3 +68,10 @@ async def test_equal_sort_keys_are_ordered_by_id(store: Storage) -> None:
     by_count.limit, by_count.offset = 2, 1
     result = await store.list_sessions(by_count)
     assert [m.id for m in result.sessions] == ["b", "c"]
+
+
+async def test_an_offset_far_past_the_end_is_an_empty_page(store: Storage) -> None:
+    await new_session(store, "s0")
+    for offset in (2**53 + 2, 2**63 - 1):
+        result = await store.list_sessions(SessionFilter(offset=offset))
+        assert (result.sessions, result.total, result.offset) == ([], 1, offset)

@@ -10,6 +10,12 @@ from typing import Final
 from ..base import SessionFilter, SortBy
 from .layout import Layout, to_micros
 
+# An offset or a limit as list.lua gets it, at most: a sorted set holds fewer members
+# (2^32 - 1), so an offset of this is past every end; and Lua, whose numbers are
+# doubles, writes a larger one as "4.6116860184273879e+18", which ZRANGEBYSCORE's
+# LIMIT refuses (an offset past 2^53 was a 503 for a request with nothing wrong in it).
+SCRIPT_INDEX_MAX: Final = 2**32
+
 SORT_SETS: Final = {
     SortBy.CREATED_AT: "created",
     SortBy.UPDATED_AT: "updated",
@@ -30,8 +36,8 @@ def list_args(layout: Layout, query: SessionFilter) -> list[str | int]:
         _optional(query.title_contains),
         SORT_SETS[query.sort_by],
         query.sort_order.value,
-        max(query.offset, 0),
-        max(query.limit, 0),
+        min(max(query.offset, 0), SCRIPT_INDEX_MAX),
+        min(max(query.limit, 0), SCRIPT_INDEX_MAX),
     ]
 
 
