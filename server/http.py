@@ -158,19 +158,19 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
         # The integers go in as read here: msgspec's own reading of a string refuses
         # some plain digits ("05") that the other endpoints take.
         values: dict[str, object] = dict(params)
-        for name in ("limit", "offset"):
-            if name in params:
-                values[name] = _integer(params, name, None, 0)
+        max_page = services.config.max_list_page
+        # Without a limit, the default page, or the most --max-list-page allows when
+        # it is set lower: a listing was refused for a size it never asked for.
+        default_limit = min(_DEFAULT_LIST_PAGE, max_page)
+        values["limit"] = _integer(params, "limit", default_limit, 1, max_page)
+        if "offset" in params:
+            values["offset"] = _integer(params, "offset", None, 0)
         for name in _TIME_PARAMETERS:
             if name in params:
                 msgspec.convert(params[name], datetime)
         filter = msgspec.convert(values, SessionFilter, strict=False)
     except (msgspec.ValidationError, _BadParameter) as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
-    max_page = services.config.max_list_page
-    if not 0 < filter.limit <= max_page or filter.offset < 0:
-        message = f"limit must be 1..{max_page}, offset >= 0"
-        return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
     filter = services.access.listing_filter(principal, filter)
     refusal = refused_before_read(services, peer)
     if refusal is not None:
@@ -233,18 +233,25 @@ class _BadParameter(ValueError):
 
 
 _INT64_MAX = 2**63 - 1  # as the protocol's integers (docs/protocol.md, Integers)
+_DEFAULT_LIST_PAGE = SessionFilter().limit  # the protocol's default page size, 100
 
 
-def _integer(params: dict[str, str], name: str, default: int | None, minimum: int) -> int | None:
+def _integer(
+    params: dict[str, str],
+    name: str,
+    default: int | None,
+    minimum: int,
+    maximum: int = _INT64_MAX,
+) -> int | None:
     raw = params.get(name)
     if raw is None:
         return default
     # Plain decimal digits only: int() would also take "1_0", " 7" or "+7".
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-        raise _BadParameter(f"{name} must be an integer from {minimum} to {_INT64_MAX}")
+        raise _BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
     value = int(raw)
-    if not minimum <= value <= _INT64_MAX:
-        raise _BadParameter(f"{name} must be an integer from {minimum} to {_INT64_MAX}")
+    if not minimum <= value <= maximum:
+        raise _BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
     return value
 
 

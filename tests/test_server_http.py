@@ -118,6 +118,23 @@ async def test_list_sessions_reads_plain_digits_as_the_other_endpoints_do() -> N
         assert (body["limit"], body["offset"], len(body["sessions"])) == (2, 1, 2)
 
 
+async def test_list_sessions_without_a_limit_gets_a_page_a_smaller_max_list_page_allows() -> None:
+    # --max-list-page below the default page of 100 sessions: a listing that asked for
+    # no size was refused (400 "limit must be 1..2") for the default it never sent.
+    async with run_server(max_list_page=2) as server:
+        for i in range(3):
+            await server.manager.create_session("u", f"t{i}")
+        status, body = await get(server, "/api/v1/sessions")
+        assert status == 200, body
+        assert (body["limit"], len(body["sessions"]), body["total"]) == (2, 2, 3)
+        # One message for a limit out of range or not a number, with the range it has
+        # here ("limit=x" said "an integer from 0 to 9223372036854775807").
+        for query in ("limit=3", "limit=x", "limit=0"):
+            status, body = await get(server, f"/api/v1/sessions?{query}")
+            assert status == 400, query
+            assert body["error"]["message"] == "limit must be an integer from 1 to 2", query
+
+
 async def test_list_sessions_takes_times_at_the_ends_of_the_calendar() -> None:
     # Valid RFC 3339 times whose UTC falls outside years 1..9999: a bound below every
     # time, or above every time. Not a 500 (the SQLite store converted them to UTC).
