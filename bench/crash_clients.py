@@ -1,6 +1,8 @@
 """The crash soak's clients (bench/crash_soak.py): publishers that keep a window of
 keyed events in flight and re-send what was not acknowledged after each crash, and
-readers that follow a session live and resume after the last event they saw."""
+readers that follow a session live and resume after the last event they saw. Each
+(re)connect asks its endpoint for a URL: one server, or (``--instances``) a random
+instance among those up, so that a resend or a resume may land on another one."""
 
 from __future__ import annotations
 
@@ -8,17 +10,21 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
-
-from .soak_server import Server
 
 WINDOW = 32  # events in flight per publisher
 # How a killed server shows in a client: a dropped connection, a refused or broken
 # handshake, a timeout.
 LOST = (WebSocketException, OSError, TimeoutError)
+
+
+class Endpoint(Protocol):
+    """Where a client connects: asked again at each (re)connect."""
+
+    def url(self, session_id: str) -> str: ...
 
 
 @dataclasses.dataclass
@@ -71,7 +77,9 @@ def note_reply(pub: Publisher, reply: dict[str, Any]) -> int | None:
     return None
 
 
-async def publish(server: Server, pub: Publisher, *, attached: asyncio.Event | None = None) -> None:
+async def publish(
+    server: Endpoint, pub: Publisher, *, attached: asyncio.Event | None = None
+) -> None:
     """Re-sends what is unacknowledged, then new events, until the connection drops;
     ``attached`` is set once the server answered its hello."""
     async with connect(server.url(pub.session_id), open_timeout=5, close_timeout=1) as ws:
@@ -104,7 +112,7 @@ async def publish(server: Server, pub: Publisher, *, attached: asyncio.Event | N
                 await sending
 
 
-async def retry_pending(server: Server, pub: Publisher) -> None:
+async def retry_pending(server: Endpoint, pub: Publisher) -> None:
     """Re-sends every unacknowledged event, a window at a time, until all are acked."""
     async with connect(server.url(pub.session_id), open_timeout=5, close_timeout=1) as ws:
         await hello(ws, create=True, role="agent")
@@ -118,7 +126,7 @@ async def retry_pending(server: Server, pub: Publisher) -> None:
 
 
 async def follow(
-    server: Server,
+    server: Endpoint,
     reader: Reader,
     until_seq: int | None = None,
     *,

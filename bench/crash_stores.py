@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.base import Storage, StorageError, StoredEvent
 from bamboo_session.persistence.jsonl import checkpoint
 
 from .redis_scaling import Redis
@@ -96,7 +96,7 @@ class ApiStore(SoakStore):
     async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
         storage = await open_storage(self.url(), read_only=True, cleanup_interval=None)
         try:
-            events = await storage.read_events(session_id)
+            events = await read_all(storage, session_id)
             last_seq = await storage.last_seq(session_id)
         finally:
             await storage.close()
@@ -105,6 +105,18 @@ class ApiStore(SoakStore):
             problems.append(f"{session_id}: last_seq {last_seq}, last event {events[-1].seq}")
         records = [Record(e.seq, e.key, json.loads(bytes(e.event_json))["content"]) for e in events]
         return records, problems
+
+
+async def read_all(storage: Storage, session_id: str, page: int = 10_000) -> list[StoredEvent]:
+    """The session's whole log, a page at a time: read at once, a log of a few hundred
+    thousand events took Redis longer than the client's socket timeout (10 s)."""
+    events: list[StoredEvent] = []
+    while True:
+        after = events[-1].seq if events else 0
+        found = await storage.read_events(session_id, after, limit=page)
+        events += found
+        if len(found) < page:
+            return events
 
 
 class SqliteStore(ApiStore):
