@@ -29,8 +29,10 @@ directory and reports how many segments it saw retired (``wal_segments_retired``
 
 Run: ``python -m bench.crash_soak --cycles 50 --wal-cycles 20``, or
 ``python -m bench.crash_soak --store sqlite --cycles 30`` (tests/test_crash.py runs a
-few cycles of each). Exit status 0 when every check holds; the figures go to stdout as
-one JSON object.
+few cycles of each). ``--store redis --instances N`` runs N servers on the one
+redis-server instead, clients reconnecting to any of them, and kills one or two at a
+time while the others serve (bench/crash_cluster.py). Exit status 0 when every check
+holds; the figures go to stdout as one JSON object.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from typing import Any
 
 from .crash_checks import SESSIONS, check, log_problems
 from .crash_clients import LOST, Publisher, Reader, follow, publish, retry_pending
+from .crash_cluster import soak_instances
 from .crash_stores import KINDS, open_soak_store
 from .soak_server import Server
 
@@ -143,11 +146,17 @@ async def soak(
     wal_cycles: int = 0,
     wal_segment_age: float = 0.2,
     store: str = "jsonl",
+    instances: int = 1,
 ) -> dict[str, Any]:
     """Runs ``cycles`` kill-and-restart cycles on ``store`` (files in ``work``), then (on
     JSONL) ``wal_cycles`` on a server whose WAL retires segments after
     ``wal_segment_age`` seconds, each lasting 2 to 5 of those, then checks everything;
-    the figures, with ``problems`` empty when every check held."""
+    the figures, with ``problems`` empty when every check held. With ``instances`` > 1
+    (Redis only), that many servers on the one store (bench/crash_cluster.py)."""
+    if instances > 1:
+        if store != "redis":
+            raise ValueError("several instances share a Redis store only")
+        return await soak_instances(work, cycles, instances, publishers, seed)
     if wal_cycles and store != "jsonl":
         raise ValueError("WAL cycles are for the JSONL store")
     rng = random.Random(seed)
@@ -210,6 +219,12 @@ def main() -> int:
         help="cycles crossing WAL retirement (JSONL only; default 20 there)",
     )
     parser.add_argument("--wal-segment-age", type=float, default=0.2, help="seconds")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="server processes on the one store (redis only; see bench/crash_cluster.py)",
+    )
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -218,6 +233,8 @@ def main() -> int:
         args.wal_cycles = 20 if args.store == "jsonl" else 0
     elif args.wal_cycles and args.store != "jsonl":
         parser.error("--wal-cycles is for --store jsonl")
+    if args.instances < 1 or (args.instances > 1 and args.store != "redis"):
+        parser.error("--instances above 1 is for --store redis")
     work = Path(tempfile.mkdtemp(prefix=f"bamboo-crash-soak-{args.store}-"))
     result = asyncio.run(
         soak(
@@ -228,6 +245,7 @@ def main() -> int:
             args.wal_cycles,
             args.wal_segment_age,
             args.store,
+            args.instances,
         )
     )
     result["nproc"] = os.cpu_count()

@@ -129,13 +129,18 @@ class SqliteStore(ApiStore):
 class RedisStore(ApiStore):
     kind = "redis"
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, heartbeat: float | None = None) -> None:
         super().__init__(work)
         (work / "redis").mkdir(parents=True, exist_ok=True)
         self.redis = Redis(work / "redis")
+        # Seconds a connection counts in presence after its instance last refreshed
+        # it (None: the store's default, 30 s); the instances' soak shortens it so
+        # that a killed instance's connections expire within the run.
+        self.heartbeat = heartbeat
 
     def url(self) -> str:
-        return self.redis.url("soak")
+        url = self.redis.url("soak")
+        return url if self.heartbeat is None else f"{url}&heartbeat={self.heartbeat:g}"
 
     def close(self) -> None:
         self.redis.stop()
