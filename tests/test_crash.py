@@ -3,8 +3,8 @@ publishers and readers work, restart it, and check that every acknowledged event
 stored exactly once, in order, and that readers resumed without gap or duplicate.
 
 The same soak as ``python -m bench.crash_soak`` (on JSONL 50 cycles, and 20 that cross
-WAL segment retirement; ``--store sqlite`` and ``--store redis`` likewise), kept short
-here.
+WAL segment retirement; ``--store sqlite`` and ``--store redis`` likewise; ``--store
+redis --instances 3``, several servers on one store), kept short here.
 """
 
 from __future__ import annotations
@@ -49,3 +49,17 @@ async def test_redis_store_keeps_acknowledged_events_through_sigkill(tmp_path: P
     result = await soak(tmp_path, cycles=4, seed=seed, store="redis")
     assert result["problems"] == [], (seed, result)
     assert result["acknowledged"] > 0
+
+
+async def test_redis_instances_keep_acknowledged_events_when_one_dies(tmp_path: Path) -> None:
+    # Two servers on one redis-server; clients reconnect to either at random, so
+    # resends and resumes land on the other one while the killed one restarts.
+    if not available():
+        pytest.skip(INSTALL_HINT)
+    seed = random.randrange(1 << 32)
+    result = await soak(tmp_path, cycles=3, seed=seed, store="redis", instances=2)
+    assert result["problems"] == [], (seed, result)
+    assert result["acknowledged"] > 0
+    assert result["kills"] == 3
+    # The killed instance's watchers are gone, the other's still count.
+    assert result["watchers_attached_after_last_kill"] == {"soak-a": 1, "soak-b": 1}
