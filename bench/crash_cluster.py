@@ -56,10 +56,12 @@ class Cluster:
         self.up: set[int] = set()
         self.rng = rng
         self.starts = 0
+        self.connects = 0  # URLs handed out: the clients' connects and reconnects
 
     def url(self, session_id: str) -> str:
         if not self.up:
             raise OSError("no instance up")  # a client takes it as a lost server
+        self.connects += 1
         return self.servers[self.rng.choice(sorted(self.up))].url(session_id)
 
     async def start(self, indices: list[int]) -> None:
@@ -158,6 +160,8 @@ async def soak_instances(
                 killed_at = time.monotonic()
                 problems += await stop_clients(clients)
                 figures["presence_first_look"] = await presence_counts(cluster)
+                looked = time.monotonic() - killed_at
+                figures["presence_first_look_s_after_last_kill"] = round(looked, 2)
             await cluster.start(victims)
         figures |= await presence_converges(cluster, watchers, killed_at)
         problems += figures.pop("presence_problems")
@@ -183,6 +187,7 @@ async def soak_instances(
         "cycles": cycles,
         **figures,
         "starts": cluster.starts,
+        "client_connects": cluster.connects,
         "presence_heartbeat": HEARTBEAT,
         "publishers": publishers,
         "acknowledged": sum(len(p.acked) for p in pubs),
