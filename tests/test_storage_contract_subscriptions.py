@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bamboo_session.persistence import Storage
-from bamboo_session.protocol.models import AgentEvent, SessionState, Token
+from bamboo_session.persistence import SessionNotFound, Storage, Subscription
+from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, Token
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
 from tests.storage_contract_support import new_session, tokens
@@ -134,3 +134,32 @@ async def test_a_large_backlog_is_read_in_pages(store: Storage) -> None:
         seqs.extend(e.seq for e in batch)
     assert seqs == list(range(1, 5001))
     subscription.close()
+
+
+
+async def test_subscribers_waiting_for_a_new_session_get_its_creation(store: Storage) -> None:
+    # Subscribers that try until the id exists (clients that attach as soon as the
+    # session is made) may subscribe between the store's commit of the create and its
+    # acknowledgement. The create made a session and removed none: they follow the new
+    # log rather than end as "deleted". (A replace does end the old session's
+    # subscriptions: tests/test_storage_replace.py.) The window is narrow: many ids,
+    # several subscribers each.
+    async def subscribe_once_created(session_id: str) -> Subscription:
+        while True:
+            try:
+                return await store.subscribe(session_id, after_seq=0)
+            except SessionNotFound:
+                await asyncio.sleep(0)
+
+    for n in range(100):
+        session_id = f"new{n}"
+        session = Session.new(session_id)
+        session.messages.append(Message.user("made with"))
+        creating = asyncio.create_task(store.create_session(session))
+        waiting = [subscribe_once_created(session_id) for _ in range(4)]
+        subscriptions = await asyncio.wait_for(asyncio.gather(*waiting), RECV)
+        await asyncio.wait_for(creating, RECV)
+        for subscription in subscriptions:
+            batch = await asyncio.wait_for(subscription.next_batch(), RECV)
+            assert (subscription.ended, [e.seq for e in batch]) == (None, [1]), session_id
+            subscription.close()

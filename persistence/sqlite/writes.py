@@ -195,9 +195,9 @@ def create(
     """Insert the new session; with ``replace_expired``, in place of an expired one of
     the same id, removed in the same transaction. Whether it replaced one."""
     session_id = meta.id
-    row = batch.row(session_id)
-    if row is not None:
-        if not (replace_expired and row.is_expired(batch.now_text)):
+    old = batch.row(session_id)
+    if old is not None:
+        if not (replace_expired and old.is_expired(batch.now_text)):
             raise SessionExists(f"session {session_id!r} already exists")
         _remove(batch, session_id)  # after every check: a refusal leaves nothing done
     elif max_sessions is not None and batch.sessions() >= max_sessions:
@@ -212,7 +212,9 @@ def create(
     batch.session_delta += 1
     if messages:
         append(batch, session_id, messages)
-    return row is not None
+    # The caller ends the id's subscriptions as "deleted" on a replace only: one made
+    # between this commit and its acknowledgement follows the new session.
+    return old is not None
 
 
 def append(
