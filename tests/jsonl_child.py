@@ -11,6 +11,11 @@ appends again, and prints a JSON report (tests/write_failures.py, shared with SQ
 ``python tests/jsonl_child.py killsync DIR N``: appends N events to session ``k`` (each
 acknowledged), then one more batch, and SIGKILLs itself when the writer is about to
 append that batch to the WAL: its lines are in the log, never synced nor acknowledged.
+
+``python tests/jsonl_child.py faileddelete DIR N``: appends N events to session ``d``
+(each acknowledged), then deletes it while a directory stands at its tombstone's path:
+the WAL records the deletion, the rename fails, the caller is told so (``told failed``);
+then SIGKILLs itself, before anything else is appended.
 """
 
 from __future__ import annotations
@@ -98,11 +103,31 @@ async def killsync(base: str, acked: int) -> None:
     say("not killed")
 
 
+async def faileddelete(base: str, acked: int) -> None:
+    config = JsonlStorageConfig(base)
+    storage = await JsonlStorage.open(config)
+    await storage.create_session(Session.new("d", user_id="u"))
+    for i in range(acked):
+        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
+    blocker = config.layout.tombstone("d")
+    blocker.mkdir()
+    (blocker / "x").touch()  # renaming the checkpoint over it fails (EISDIR, ENOTEMPTY)
+    try:
+        await storage.delete_session("d")
+    except StorageError:
+        say("told failed")
+    else:
+        say("deleted")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 if __name__ == "__main__":
     mode, directory, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "crash":
         asyncio.run(crash(directory, number))
     elif mode == "killsync":
         asyncio.run(killsync(directory, number))
+    elif mode == "faileddelete":
+        asyncio.run(faileddelete(directory, number))
     else:
         asyncio.run(diskfull(directory, number))

@@ -2,7 +2,8 @@
 is SIGKILLed at a random instant, several times over one data directory. After each
 kill, every acknowledged event and message is there, in order, gap-free, and no line of
 any log is torn. And an ordinary kill -9 is not damage: lines written but never
-acknowledged are cut at the next open, quietly, and nothing is kept aside."""
+acknowledged are cut at the next open, quietly, and nothing is kept aside. A delete the
+caller was told failed stays undone after a kill -9."""
 
 from __future__ import annotations
 
@@ -135,3 +136,39 @@ def test_a_kill_between_write_and_sync_is_no_damage(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     cut = [r for r in caplog.records if "unacknowledged" in r.getMessage()]
     assert cut and all(r.levelno == logging.INFO for r in cut), caplog.text
+
+
+@pytest.mark.parametrize("power_cut", [False, True], ids=["kill", "kill-and-power-cut"])
+def test_a_delete_told_failed_stays_undone_after_a_kill(tmp_path: Path, power_cut: bool) -> None:
+    """The WAL recorded the deletion, then the tombstone could not be made: the caller
+    was told the delete failed, and the session is still there after a kill -9 that
+    came before its next append (the WAL's record of the deletion is cancelled). With
+    a power cut too (its log's unsynced lines lost: here, all of them), the WAL's
+    records of its events count again after the cancellation, and restore them."""
+    base = tmp_path / "data"
+    child = subprocess.run(
+        [sys.executable, str(CHILD), "faileddelete", str(base), "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.splitlines() == ["told failed"]
+    blocker = JsonlStorageConfig(base).layout.tombstone("d")
+    (blocker / "x").unlink()  # the test's obstacle, not the store's
+    blocker.rmdir()
+    if power_cut:
+        os.truncate(base / "events" / "d.jsonl", 0)
+
+    async def reopen() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            meta = await storage.get_metadata("d")
+            assert meta is not None, "a delete the caller was told failed took effect"
+            events = await storage.read_events("d")
+            assert [e.event for e in events] == [AgentEvent.token(f"acked{i}") for i in range(5)]
+            assert (await storage.append_event("d", AgentEvent.token("next"))).seq == 6
+            await storage.delete_session("d")  # and it can be deleted for good
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            assert await storage.get_metadata("d") is None
+
+    asyncio.run(reopen())

@@ -40,11 +40,14 @@ class Group:
 class Forget:
     """A session deleted: its deletion goes to the WAL, its descriptor is closed.
     ``error``: the deletion could not be recorded (then the delete must not go on, or
-    a crash could feed the old events into a new session of the same id)."""
+    a crash could feed the old events into a new session of the same id).
+    ``cancel``: the deletion failed after it was recorded and the session is back; its
+    cancellation goes to the WAL instead (``wal.py``), so that no open finishes it."""
 
     session_id: str
     epoch: str
     error: OSError | None = None
+    cancel: bool = False
 
 
 @dataclass(slots=True)

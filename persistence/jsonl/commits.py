@@ -30,7 +30,7 @@ from .batch import Commit, Group
 from .config import Durability
 from .files import write_all
 from .logfiles import LogFiles
-from .wal import Segment, SegmentFile, encode_deleted, encode_lines
+from .wal import Segment, SegmentFile, encode_deleted, encode_lines, encode_undeleted
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ class Committer:
         for group in commit.cuts:
             self.files.drop(group)
         for forget in commit.forgets:
-            self.files.forget(forget.session_id)
+            if not forget.cancel:  # a session back from a failed delete keeps its file
+                self.files.forget(forget.session_id)
         self.files.trim()
 
     def _write_group(self, group: Group, commit: Commit) -> None:
@@ -156,7 +157,10 @@ class Committer:
             )
             for group in commit.written
         ]
-        deletes = [encode_deleted(forget.session_id, forget.epoch) for forget in commit.forgets]
+        deletes = [
+            (encode_undeleted if forget.cancel else encode_deleted)(forget.session_id, forget.epoch)
+            for forget in commit.forgets
+        ]
         if not records and not deletes:
             return
         data = b"".join([*records, *deletes])

@@ -7,8 +7,10 @@ written and its deletion is in the WAL (so a crash cannot feed the old events in
 new session of the same id), and until any checkpoint in progress is done (so nothing
 recreates a file); then the checkpoint becomes a tombstone in one atomic rename
 (synced), the other files go, then the tombstone: a crash midway leaves a delete the
-next open finishes (``recovery.py``), never a half-deleted session. A create of an id
-being deleted waits for the delete.
+next open finishes (``recovery.py``), never a half-deleted session. A delete that fails
+once its deletion is in the WAL (the rename fails) leaves the session back, and the WAL
+cancels the deletion (:meth:`SessionFiles.cancel_deletion`): no open finishes a delete
+its caller was told failed. A create of an id being deleted waits for the delete.
 
 A create that replaces an expired session writes the new checkpoint beside the old one
 first (``<id>.json.replacing``, durably): that decides the replacement, and an open
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +47,7 @@ from .record import SessionRecord
 from .tasks import FileJobs, to_completion
 from .writer import LogWriter
 
+log = logging.getLogger(__name__)
 
 class SessionFiles:
     def __init__(
@@ -173,6 +177,18 @@ class SessionFiles:
             del self._deleting[session_id]
             done.set_result(None)
             self._ended.set()
+
+    async def cancel_deletion(self, record: SessionRecord) -> None:
+        """After a failed delete, the session back: the WAL cancels the deletion it may
+        have recorded, queued before anything else can be (this call does not yield
+        until then), so that no open finishes a delete its caller was told failed."""
+        cancelled = self._writer.cancel_deletion(record.session_id, record.meta.epoch)
+        try:
+            await asyncio.shield(cancelled)
+        except Exception:
+            # The WAL fails, and so do appends: a crash before the session's next
+            # append reaches the WAL lets the next open finish the delete.
+            log.exception("could not cancel the failed delete of %r", record.session_id)
 
     async def _delete_after_writes(self, record: SessionRecord) -> None:
         await self._writer.forget(record.session_id, record.meta.epoch)

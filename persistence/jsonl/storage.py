@@ -219,7 +219,7 @@ class JsonlStorage(JsonlQueries):
             # after a failed delete, and the next open keeps them: even when the id is
             # blocked, unless its replacement file is still there (that open replaces it).
             if not taken and self._files.expired_stays(meta.id, written):
-                self._restore(old)
+                await self._restore(old)
             raise
         finally:
             self._appends.deleted(old)
@@ -360,21 +360,24 @@ class JsonlStorage(JsonlQueries):
         try:
             await self._files.delete(record)
         except BaseException:
-            self._restore(record)
+            await self._restore(record)
             raise
         finally:
             self._appends.deleted(record)
 
-    def _restore(self, record: SessionRecord) -> None:
+    async def _restore(self, record: SessionRecord) -> None:
         """After a delete (or a replacement) that failed: the session is still there on
         disk (the WAL could not record its deletion, or its files stay), so it is in
-        memory and the index again."""
+        memory and the index again, and the WAL cancels the deletion it may have
+        recorded: the caller is told the delete failed, so no open may finish it."""
         session_id = record.session_id
         if session_id not in self._records and self.layout.checkpoint(session_id).exists():
             self._records[session_id] = record
             self._index.add(record.meta)
             record.count_in(self._appends.users)
             self._checkpoints.changed(record)
+            # Awaited at once: queued before any append to the session can be.
+            await self._files.cancel_deletion(record)
 
     def _forget(self, session_id: str) -> SessionRecord:
         """The session gone from memory (its subscriptions end); its record. Its bytes

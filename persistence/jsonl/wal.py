@@ -15,8 +15,13 @@ A segment is one record per line, a JSON object encoded by msgspec:
   byte offset in the session log where they start, ``crc`` the CRC-32 of the lines as
   the log holds them (joined and ended by newlines). A record whose line is cut, does
   not decode or fails its CRC is ignored (a torn tail).
-- ``{"sid": ID, "deleted": true}``: the session was deleted; its earlier records must
-  never flow into a new session of the same id.
+- ``{"sid": ID, "deleted": true, "epoch": EPOCH}``: the session was deleted; its earlier
+  records must never flow into a new session of the same id.
+- ``{"sid": ID, "undeleted": true, "epoch": EPOCH}``: that deletion failed after it was
+  recorded (its checkpoint could not become a tombstone) and the session is back: the
+  deletion is cancelled, and the session's earlier records count again. Without it, a
+  crash before the session's next append would let the next open finish a delete its
+  caller was told had failed.
 
 Room ahead of the records: the writer keeps the segment allocated, and synced, some way
 past its last record (``posix_fallocate``, ``ROOM_AHEAD_BYTES`` at a time; the room reads
@@ -72,6 +77,7 @@ class _Record(msgspec.Struct, omit_defaults=True):
     crc: int = 0
     lines: msgspec.Raw = msgspec.Raw(b"[]")
     deleted: bool = False
+    undeleted: bool = False
     epoch: str = ""  # of the deleted session: a re-created one has another
 
 
@@ -84,7 +90,13 @@ class ReadRecord(msgspec.Struct):
     crc: int = 0
     lines: list[msgspec.Raw] = []
     deleted: bool = False
+    undeleted: bool = False
     epoch: str = ""
+
+    @property
+    def of_lines(self) -> bool:
+        """A record of log lines, not a deletion or its cancellation."""
+        return not (self.deleted or self.undeleted)
 
 
 _encoder = msgspec.json.Encoder()
@@ -101,6 +113,10 @@ def encode_lines(session_id: str, first_seq: int, offset: int, data: bytes) -> b
 
 def encode_deleted(session_id: str, epoch: str) -> bytes:
     return _encoder.encode(_Record(session_id, deleted=True, epoch=epoch)) + b"\n"
+
+
+def encode_undeleted(session_id: str, epoch: str) -> bytes:
+    return _encoder.encode(_Record(session_id, undeleted=True, epoch=epoch)) + b"\n"
 
 
 def decode_record(line: bytes) -> ReadRecord:

@@ -6,7 +6,9 @@ its last commit, never synced. If a later commit's record follows it (``_Holes``
 a session's records then skip seqs (``_Pending``), it was damage instead, and the
 segments are kept aside. A later record of a session starting at seq s replaces
 whatever earlier records held from s on (a failed batch's seqs are reused by the next
-one), and a deletion forgets the session's earlier records. Then for each session that
+one), and a deletion forgets the session's earlier records, unless a cancellation of it
+follows (a delete that failed after its deletion was recorded: they count again, and
+open does not finish that delete). Then for each session that
 still has a checkpoint, the log's valid lines are found from the offset of the first
 seq the segments hold; lines past the last seq the segments hold were written by a
 batch whose record never made it, so they were never acknowledged and are cut
@@ -89,10 +91,10 @@ class _Holes:
         if not self.first_in or self.damage_in:
             return
         if segment > self.first_in or (
-            not record.deleted and (record.sid in self.seen or self.deletion_seen)
+            record.of_lines and (record.sid in self.seen or self.deletion_seen)
         ):
             self.damage_in = self.first_in
-        if record.deleted:
+        if not record.of_lines:
             self.deletion_seen = True
         else:
             self.seen.add(record.sid)
@@ -162,7 +164,7 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | None]:
                 log.error("WAL segment %s: a record before byte %d does not decode", path, end)
                 yield None  # damage if a later commit follows, as for a hole
                 continue
-            if not record.deleted:
+            if record.of_lines:
                 data = b"".join([bytes(line) + b"\n" for line in record.lines])
                 if not record.lines or zlib.crc32(data) != record.crc:
                     report.records_ignored += 1
@@ -194,6 +196,9 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     if not segments:
         return report
     pending: dict[str, _Pending] = {}
+    # What a deletion took from ``pending``, until its cancellation puts it back (or a
+    # record of a new session of the id shows it was not cancelled).
+    set_aside: dict[str, _Pending | None] = {}
     holes = _Holes()
     for number, path in segments:
         report.segments += 1
@@ -203,10 +208,18 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
                 continue
             holes.record(number, record)
             if record.deleted:
-                pending.pop(record.sid, None)
+                set_aside[record.sid] = pending.pop(record.sid, None)
                 report.deleted[record.sid] = record.epoch
                 continue
+            if record.undeleted:
+                if record.sid in report.deleted and report.deleted[record.sid] == record.epoch:
+                    del report.deleted[record.sid]
+                    restored = set_aside.pop(record.sid, None)
+                    if restored is not None:
+                        pending[record.sid] = restored
+                continue
             report.deleted.pop(record.sid, None)
+            set_aside.pop(record.sid, None)
             entry = pending.get(record.sid)
             if entry is None:
                 entry = pending[record.sid] = _Pending()

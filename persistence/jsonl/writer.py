@@ -158,6 +158,12 @@ class LogWriter:
         await self._control(Forget(session_id, epoch))
         self._generations.pop(session_id, None)
 
+    def cancel_deletion(self, session_id: str, epoch: str) -> asyncio.Future[None]:
+        """Record in the WAL that the session's recorded deletion failed and it is back
+        (``wal.py``). Queued now, before any append to it that follows: a record of
+        its lines must not come first, or replay would take it for a new session's."""
+        return self._enqueue(Forget(session_id, epoch, cancel=True))
+
     async def close(self) -> None:
         """Write everything queued, sync every file, close every descriptor."""
         if self._closing:
@@ -180,6 +186,9 @@ class LogWriter:
         self._sync_pool.shutdown()
 
     async def _control(self, forget: Forget | None) -> None:
+        await self._enqueue(forget)
+
+    def _enqueue(self, forget: Forget | None) -> asyncio.Future[None]:
         if self._closing and (self._runner is None or self._runner.done()):
             # Closed: nothing takes the queue any more, and the marker would wait for
             # ever (a delete, or a replacement, still under way when the store closed).
@@ -187,7 +196,7 @@ class LogWriter:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Control(future, forget))
         self._wakeup.set()
-        await future
+        return future
 
     async def _run(self) -> None:
         while True:
@@ -331,10 +340,12 @@ class LogWriter:
         for control in controls:
             if control.future.done():
                 continue
-            failed = control.forget.error if control.forget is not None else None
-            if failed is not None:
+            forget = control.forget
+            failed = forget.error if forget is not None else None
+            if forget is not None and failed is not None:
+                what = "cancellation of a deletion" if forget.cancel else "deletion"
                 control.future.set_exception(
-                    StorageError(f"could not record the deletion in the WAL: {failed}")
+                    StorageError(f"could not record the {what} in the WAL: {failed}")
                 )
             else:
                 control.future.set_result(None)
