@@ -136,7 +136,6 @@ async def test_a_large_backlog_is_read_in_pages(store: Storage) -> None:
     subscription.close()
 
 
-
 async def test_subscribers_waiting_for_a_new_session_get_its_creation(store: Storage) -> None:
     # Subscribers that try until the id exists (clients that attach as soon as the
     # session is made) may subscribe between the store's commit of the create and its

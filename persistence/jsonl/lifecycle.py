@@ -49,6 +49,7 @@ from .writer import LogWriter
 
 log = logging.getLogger(__name__)
 
+
 class SessionFiles:
     def __init__(
         self, layout: Layout, checkpoints: Checkpointer, writer: LogWriter, jobs: FileJobs
