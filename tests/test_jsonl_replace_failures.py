@@ -48,8 +48,8 @@ class FailingSync:
         return not self.trigger.exists()
 
 
-@pytest.fixture
-def fail_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FailingSync:
+@pytest.fixture(name="fail_sync")
+def fail_sync_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FailingSync:
     trigger = tmp_path / "fail-next-sync"
     monkeypatch.setenv("BAMBOO_TEST_FAIL_SYNC", str(trigger))
     monkeypatch.setattr(syncer, "_HELPER", Path(__file__).with_name("failing_sync_helper.py"))

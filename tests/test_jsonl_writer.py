@@ -36,7 +36,7 @@ class Reports:
             (session_id, [(offset, batch.events[0].seq) for offset, batch in batches], size)
         )
 
-    def on_failed(self, session_id: str, error: OSError) -> None:
+    def on_failed(self, session_id: str, error: OSError, uncut: int) -> None:
         self.failed.append(session_id)
 
 

@@ -246,7 +246,7 @@ class Appender:
             self._messages.extend(record.session_id, meta.message_count, messages)
         meta.message_count += len(messages)
 
-    def _on_failed(self, session_id: str, error: OSError) -> None:
+    def _on_failed(self, session_id: str, error: OSError, uncut: int) -> None:
         log.error("appending to the log of session %r failed: %s", session_id, error)
         # A session being deleted too: should the delete fail, it comes back as its
         # log is, without the seqs and bytes of appends that were never written.
@@ -254,7 +254,10 @@ class Appender:
         if record is not None:
             # Seqs handed out after the last written one were never stored: reuse them.
             record.next_seq = record.meta.last_seq
-            record.move_end(record.log_size)
+            # Failed lines the writer could not cut away yet are in the file: they
+            # count in the session's room and its user's sum until they are cut.
+            record.uncut = uncut
+            record.move_end(record.log_size + uncut)
             self.keys.discard_from(session_id, record.next_seq + 1)
 
 

@@ -121,6 +121,7 @@ class Committer:
             _fail(commit, None)
             for group in commit.cuts:
                 self.files.needs_truncate.setdefault(group.session_id, group.size_before)
+                self.files.uncut.setdefault(group.session_id, len(group.data))  # at most
             if wal is not None and commit.wal_before is not None:
                 wal.needs_truncate = commit.wal_before
         for group in commit.cuts:

@@ -5,7 +5,8 @@ Used by one step of the writer at a time (``commits.py``, ``writer.py``): openin
 closing on the loop's thread, syncs and cut-backs on the I/O thread (they block).
 Recently used descriptors stay open, at most ``max_open`` between batches, so a hundred
 thousand sessions never exhaust the process's descriptors. A failed cut-back is
-remembered (``needs_truncate``) and retried before the file's next write.
+remembered (``needs_truncate``) and retried before the file's next write; until then
+the bytes it left (``uncut``) are still in the file, and the writer's owner counts them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class LogFiles:
         self.open_logs: OrderedDict[str, OpenLog] = OrderedDict()
         # Logs whose failed write could not be truncated away: size to cut back to first.
         self.needs_truncate: dict[str, int] = {}
+        # And how many bytes past that size each holds meanwhile (at most).
+        self.uncut: dict[str, int] = {}
         # ``os`` mode: logs trimmed before the background sync came to them, synced by
         # path at its next round (``take_unsynced``), not in the writer's way.
         self.trimmed_unsynced: set[str] = set()
@@ -83,6 +86,7 @@ class LogFiles:
                 os.fsync(fd)
                 size = good
                 del self.needs_truncate[session_id]
+                self.uncut.pop(session_id, None)
         except OSError:
             os.close(fd)
             raise
@@ -112,6 +116,11 @@ class LogFiles:
             os.fsync(open_log.fd)
         except OSError as exc:
             self.sync_failed = True
+            try:
+                held = os.fstat(open_log.fd).st_size
+            except OSError:
+                held = good_size + len(group.data)  # at most what the batch wrote
+            self.uncut[session_id] = max(0, held - good_size)
             log.error(
                 "could not truncate the log of session %r back to %d bytes: %s; retrying "
                 "before its next append",
@@ -141,6 +150,7 @@ class LogFiles:
     def forget(self, session_id: str) -> None:
         """A deleted session's descriptor, closed before its log is deleted."""
         self.needs_truncate.pop(session_id, None)
+        self.uncut.pop(session_id, None)
         self.trimmed_unsynced.discard(session_id)
         open_log = self.open_logs.pop(session_id, None)
         if open_log is not None:

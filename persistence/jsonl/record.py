@@ -4,7 +4,8 @@
 - ``meta`` describes what is in the log: ``last_seq`` and ``log_size`` move together,
   when the writer reports lines written; ``next_seq`` runs ahead while appends are in
   flight, and so does ``log_end`` (the size the log will have once they are written:
-  what ``max_session_bytes`` is checked against). ``meta.stored_bytes`` is
+  what ``max_session_bytes`` is checked against; with ``uncut``, the lines of a failed
+  append the writer could not cut out of the file yet). ``meta.stored_bytes`` is
   ``log_size``: the log's size is the count, so it is right after any recovery. While
   the store knows the session, its ``log_end`` counts in its user's sum (``users``,
   what ``max_user_bytes`` is checked against): every move of ``log_end`` goes through
@@ -63,6 +64,7 @@ class SessionRecord:
         "preamble_messages",
         "slots",
         "stamp",
+        "uncut",
         "users",
     )
 
@@ -82,6 +84,7 @@ class SessionRecord:
         self.next_seq = meta.last_seq  # the last seq handed out; > meta.last_seq in flight
         self.log_size = log_size  # bytes of log holding events 1..meta.last_seq
         self.log_end = log_size  # and the lines of the appends in flight; >= log_size
+        self.uncut = 0  # in log_end too: failed lines a failed cut left in the file
         meta.stored_bytes = log_size
         self.users: UserBytes | None = None  # the sums log_end counts in, while known
         self.checkpoint_seq = checkpoint_seq
@@ -155,6 +158,9 @@ class SessionRecord:
     def written(self, last_seq: int, log_size: int) -> None:
         self.meta.last_seq = last_seq
         self.meta.stored_bytes = self.log_size = log_size
+        if self.uncut:  # the writer cuts a log's failed lines before writing to it
+            self.move_end(self.log_end - self.uncut)
+            self.uncut = 0
         if self.log_end < log_size:  # written after a failure reset it (_on_failed)
             self.move_end(log_size)
         if log_size - self.marks[-1][1] >= MARK_EVERY_BYTES:

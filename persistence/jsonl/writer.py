@@ -24,7 +24,8 @@ Failure: when a file's write or sync fails (ENOSPC, EIO, EFBIG), none of that fi
 appends in the batch is acknowledged (when the WAL's write or sync fails: none of the
 batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
 the file is cut back to its last good size (no torn line survives), and the owner is
-told (``on_failed``) so it can reset the session's next seq. Appends of that session
+told (``on_failed``, with what a cut that failed left in the file) so it can reset the
+session's next seq and count what the file holds. Appends of that session
 queued behind the failed ones carry seqs that no longer follow the log, so they fail
 too: each append records the session's *generation* when submitted, and a failure
 starts a new generation.
@@ -62,7 +63,8 @@ T = TypeVar("T")
 
 # (session id, [(where the batch's lines start in the log, batch)], new log size)
 WrittenCallback = Callable[[str, list[tuple[int, Batch]], int], None]
-FailedCallback = Callable[[str, OSError], None]
+# (session id, the error, bytes of failed lines its log still holds: a cut that failed)
+FailedCallback = Callable[[str, OSError, int], None]
 
 
 @dataclass(slots=True)
@@ -330,7 +332,7 @@ class LogWriter:
                 sid = group.session_id
                 cause = group.error or OSError("the log writer failed")
                 self._generations[sid] = self._generations.get(sid, 0) + 1
-                self._on_failed(sid, cause)
+                self._on_failed(sid, cause, self._files.uncut.get(sid, 0))
                 error = StorageError(
                     f"could not append to the log of session {sid!r}: {cause}; "
                     "nothing of this append was stored"
