@@ -8,6 +8,12 @@ own; the loop sends one byte on a socket and reads four back when it becomes rea
 as it does for any peer. The commit is acknowledged only once the child answered that
 the sync succeeded, so a crash of either process loses no acknowledged append.
 
+The writer starts the helper with its first commit that syncs the WAL (which itself
+syncs on the writer's thread), not when the store opens: a store opened and closed
+without one never waits for a child's interpreter to start and exit. A close kills a
+helper that never answered a sync (nothing is in flight by then; it may still be
+starting); one that did sees the end of its stream and exits.
+
 The helper is optional: where it cannot start (no ``SOCK_SEQPACKET`` or descriptor
 passing on this platform), or once it failed, the writer syncs on its I/O thread.
 """
@@ -38,6 +44,7 @@ class Syncer:
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[int] | None = None
         self._file: object = None  # what the helper syncs: set by ``sync``'s ``key``
+        self._answered = False  # it answered a sync: its interpreter is up
         self.broken = False
         self._loop.add_reader(channel.fileno(), self._on_readable)
 
@@ -113,6 +120,7 @@ class Syncer:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(OSError(errno.EIO, "the WAL sync helper stopped"))
             return
+        self._answered = True
         if waiter is not None and not waiter.done():
             waiter.set_result(int.from_bytes(answer, "little"))
 
@@ -125,11 +133,15 @@ class Syncer:
             self._process.poll()  # reaped now if it is already gone
 
     async def close(self) -> None:
-        """Close the socket: the helper sees the end of its stream and exits."""
+        """Close the socket: the helper sees the end of its stream and exits. One that
+        never answered a sync is killed instead: it has nothing to finish, and may still
+        be starting its interpreter (tens of ms a close would wait for)."""
         if not self.broken:
             self._loop.remove_reader(self._channel.fileno())
             self.broken = True
             self._channel.close()
+        if not self._answered and self._process.poll() is None:
+            self._process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(self._process.wait, 10.0)
         if self._process.poll() is None:

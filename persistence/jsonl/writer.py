@@ -131,8 +131,9 @@ class LogWriter:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self._wal is not None and self._sync_helper:
-            self._syncer = Syncer.start()
+        # The sync helper starts with the first commit (``_finish``): a store opened and
+        # closed without one would wait for its interpreter to start and exit (~90 ms).
+        self._sync_helper = self._sync_helper and self._wal is not None
         self._runner = asyncio.create_task(self._run(), name="bamboo-log-writer")
         self._tasks.append(self._runner)
         if self._durability != "fsync":
@@ -152,18 +153,17 @@ class LogWriter:
 
     async def flush(self) -> None:
         """Return once everything queued before this call is written (or failed)."""
-        await self._control(None)
+        await self._enqueue(None)
 
     async def forget(self, session_id: str, epoch: str = "") -> None:
         """Finish the session's queued appends, record its deletion in the WAL, then
         close its descriptor (before the log is deleted)."""
-        await self._control(Forget(session_id, epoch))
+        await self._enqueue(Forget(session_id, epoch))
         self._generations.pop(session_id, None)
 
     def cancel_deletion(self, session_id: str, epoch: str) -> asyncio.Future[None]:
-        """Record in the WAL that the session's recorded deletion failed and it is back
-        (``wal.py``). Queued now, before any append to it that follows: a record of
-        its lines must not come first, or replay would take it for a new session's."""
+        """Record in the WAL that the session's deletion failed (``wal.py``), queued now:
+        before any later append to it, which replay would take for a new session's."""
         return self._enqueue(Forget(session_id, epoch, cancel=True))
 
     async def close(self) -> None:
@@ -186,9 +186,6 @@ class LogWriter:
             await self._syncer.close()
         self._io.shutdown()
         self._sync_pool.shutdown()
-
-    async def _control(self, forget: Forget | None) -> None:
-        await self._enqueue(forget)
 
     def _enqueue(self, forget: Forget | None) -> asyncio.Future[None]:
         if self._closing and (self._runner is None or self._runner.done()):
@@ -295,6 +292,11 @@ class LogWriter:
         cutting): its answer is unknown, and the helper is dropped, since the answer may
         still come."""
         syncer = self._syncer
+        if syncer is None and self._sync_helper:
+            # This commit starts the WAL's first segment, so it is finished on the
+            # thread anyway; the helper starts meanwhile, for the ones after it.
+            self._sync_helper = False
+            self._syncer = Syncer.start()
         try:
             if whole:
                 await self._in_thread(self._commits.write_and_finish, commit)
