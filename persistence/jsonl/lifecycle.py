@@ -183,12 +183,12 @@ class SessionFiles:
         """After a failed delete, the session back: the WAL cancels the deletion it may
         have recorded, queued before anything else can be (this call does not yield
         until then), so that no open finishes a delete its caller was told failed."""
-        cancelled = self._writer.cancel_deletion(record.session_id, record.meta.epoch)
         try:
+            cancelled = self._writer.cancel_deletion(record.session_id, record.meta.epoch)
             await asyncio.shield(cancelled)
-        except Exception:
-            # The WAL fails, and so do appends: a crash before the session's next
-            # append reaches the WAL lets the next open finish the delete.
+        except Exception:  # the caller's error stands: this one is only logged
+            # The WAL fails (appends fail too), or the store closes: a crash before
+            # the session's next append reaches the WAL lets the next open finish it.
             log.exception("could not cancel the failed delete of %r", record.session_id)
 
     async def _delete_after_writes(self, record: SessionRecord) -> None:
