@@ -8,11 +8,10 @@ own; the loop sends one byte on a socket and reads four back when it becomes rea
 as it does for any peer. The commit is acknowledged only once the child answered that
 the sync succeeded, so a crash of either process loses no acknowledged append.
 
-The writer starts the helper with its first commit that syncs the WAL (which itself
-syncs on the writer's thread), not when the store opens: a store opened and closed
-without one never waits for a child's interpreter to start and exit. A close kills a
-helper that never answered a sync (nothing is in flight by then; it may still be
-starting); one that did sees the end of its stream and exits.
+A close kills a helper that never answered a sync: nothing is in flight by then (the
+writer's commits are done), and it may still be starting its interpreter, which a
+store opened and closed without a synced commit (a CLI tool, a read) would wait for,
+and for its exit. One that answered is up: it sees the end of its stream and exits.
 
 The helper is optional: where it cannot start (no ``SOCK_SEQPACKET`` or descriptor
 passing on this platform), or once it failed, the writer syncs on its I/O thread.
@@ -134,8 +133,7 @@ class Syncer:
 
     async def close(self) -> None:
         """Close the socket: the helper sees the end of its stream and exits. One that
-        never answered a sync is killed instead: it has nothing to finish, and may still
-        be starting its interpreter (tens of ms a close would wait for)."""
+        never answered a sync is killed instead (see the module's docstring)."""
         if not self.broken:
             self._loop.remove_reader(self._channel.fileno())
             self.broken = True

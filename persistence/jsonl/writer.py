@@ -131,9 +131,8 @@ class LogWriter:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # The sync helper starts with the first commit (``_finish``): a store opened and
-        # closed without one would wait for its interpreter to start and exit (~90 ms).
-        self._sync_helper = self._sync_helper and self._wal is not None
+        if self._wal is not None and self._sync_helper:
+            self._syncer = Syncer.start()
         self._runner = asyncio.create_task(self._run(), name="bamboo-log-writer")
         self._tasks.append(self._runner)
         if self._durability != "fsync":
@@ -292,11 +291,6 @@ class LogWriter:
         cutting): its answer is unknown, and the helper is dropped, since the answer may
         still come."""
         syncer = self._syncer
-        if syncer is None and self._sync_helper:
-            # This commit starts the WAL's first segment, so it is finished on the
-            # thread anyway; the helper starts meanwhile, for the ones after it.
-            self._sync_helper = False
-            self._syncer = Syncer.start()
         try:
             if whole:
                 await self._in_thread(self._commits.write_and_finish, commit)
