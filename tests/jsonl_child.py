@@ -15,7 +15,10 @@ append that batch to the WAL: its lines are in the log, never synced nor acknowl
 ``python tests/jsonl_child.py faileddelete DIR N``: appends N events to session ``d``
 (each acknowledged), then deletes it while a directory stands at its tombstone's path:
 the WAL records the deletion, the rename fails, the caller is told so (``told failed``);
-then SIGKILLs itself, before anything else is appended.
+then SIGKILLs itself, before anything else is appended. ``faileddelete-racing``: the
+same, with a commit window, while another task appends to ``d`` as soon as it is back
+(``appended during <seq>``): that append and the WAL's cancellation of the deletion
+share one group commit.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ import sys
 
 from write_failures import write_past_limit
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import (
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionNotFound,
+    StorageError,
+)
 from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 
@@ -103,8 +111,8 @@ async def killsync(base: str, acked: int) -> None:
     say("not killed")
 
 
-async def faileddelete(base: str, acked: int) -> None:
-    config = JsonlStorageConfig(base)
+async def faileddelete(base: str, acked: int, racing: bool = False) -> None:
+    config = JsonlStorageConfig(base, commit_window=0.05 if racing else 0.0)
     storage = await JsonlStorage.open(config)
     await storage.create_session(Session.new("d", user_id="u"))
     for i in range(acked):
@@ -112,12 +120,28 @@ async def faileddelete(base: str, acked: int) -> None:
     blocker = config.layout.tombstone("d")
     blocker.mkdir()
     (blocker / "x").touch()  # renaming the checkpoint over it fails (EISDIR, ENOTEMPTY)
+
+    async def append_once_back() -> None:
+        while True:
+            try:
+                stored = await storage.append_event("d", AgentEvent.token("during"))
+            except SessionNotFound:  # not back yet
+                await asyncio.sleep(0)
+            else:
+                say(f"appended during {stored.seq}")
+                return
+
+    deleting = asyncio.create_task(storage.delete_session("d"))
+    await asyncio.sleep(0)  # the session is gone from memory: the delete is under way
+    racer = asyncio.create_task(append_once_back()) if racing else None
     try:
-        await storage.delete_session("d")
+        await deleting
     except StorageError:
         say("told failed")
     else:
         say("deleted")
+    if racer is not None:
+        await racer
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -127,7 +151,7 @@ if __name__ == "__main__":
         asyncio.run(crash(directory, number))
     elif mode == "killsync":
         asyncio.run(killsync(directory, number))
-    elif mode == "faileddelete":
-        asyncio.run(faileddelete(directory, number))
+    elif mode.startswith("faileddelete"):
+        asyncio.run(faileddelete(directory, number, racing=mode.endswith("-racing")))
     else:
         asyncio.run(diskfull(directory, number))

@@ -172,3 +172,38 @@ def test_a_delete_told_failed_stays_undone_after_a_kill(tmp_path: Path, power_cu
             assert await storage.get_metadata("d") is None
 
     asyncio.run(reopen())
+
+
+@pytest.mark.parametrize("power_cut", [False, True], ids=["kill", "kill-and-power-cut"])
+def test_an_append_sharing_a_commit_with_the_cancellation_is_not_a_new_session(
+    tmp_path: Path, power_cut: bool
+) -> None:
+    """The session is back from a failed delete and another task appends to it at
+    once: its append and the WAL's cancellation of the deletion share a group commit
+    (a commit window holds it). Replay must not take that append's record for a new
+    session's (then the earlier records stay forgotten, and with a power cut the
+    acknowledged events before it are lost)."""
+    base = tmp_path / "data"
+    child = subprocess.run(
+        [sys.executable, str(CHILD), "faileddelete-racing", str(base), "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert sorted(child.stdout.splitlines()) == ["appended during 6", "told failed"]
+    blocker = JsonlStorageConfig(base).layout.tombstone("d")
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    if power_cut:
+        os.truncate(base / "events" / "d.jsonl", 0)
+
+    async def reopen() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            assert await storage.damaged_files() == []
+            events = await storage.read_events("d")
+            expected = [AgentEvent.token(f"acked{i}") for i in range(5)]
+            assert [e.event for e in events] == [*expected, AgentEvent.token("during")]
+            assert [e.seq for e in events] == list(range(1, 7))
+
+    asyncio.run(reopen())

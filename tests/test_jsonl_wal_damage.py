@@ -183,6 +183,27 @@ async def test_a_hole_in_the_last_commit_with_a_deletion_after_it_is_a_crash(
     assert loud(caplog, logging.ERROR) == []
 
 
+async def test_a_hole_in_the_last_commit_before_its_cancellations_is_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit writes its cancellations of failed deletes first, then its lines: a
+    cancellation after the hole, then t's lines, are the hole's own commit. An ordinary
+    crash, logged at info, not damage that keeps the segments aside."""
+
+    def last_commit_holed(lines: Lines) -> bytes:
+        synced = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+        cancels = [holed(wal.encode_undeleted("a", "e")), wal.encode_undeleted("b", "e")]
+        return b"".join([*synced, *cancels, record(lines, "t", 2)])
+
+    config = await crash_image_with(tmp_path, last_commit_holed)
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2]
+            assert await seqs(storage, "t") == [1, 2]
+            assert await storage.damaged_files() == []
+    assert loud(caplog, logging.ERROR) == []
+
+
 async def test_clearing_set_aside_segments_syncs_the_wal_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

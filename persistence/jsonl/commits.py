@@ -152,6 +152,14 @@ class Committer:
     def _write_wal(self, wal: SegmentFile, commit: Commit) -> None:
         """The written groups' records (and deletions), written to the WAL now when the
         current segment takes them, else kept for ``finish`` to start a new one."""
+        # Cancellations first: one was queued before any append to its session in this
+        # commit (its deletion is in an earlier one), and replay takes a record of lines
+        # after a deletion for a new session's, forgetting the earlier records for good.
+        cancels = [
+            encode_undeleted(forget.session_id, forget.epoch)
+            for forget in commit.forgets
+            if forget.cancel
+        ]
         records = [
             encode_lines(
                 group.session_id, group.batches[0].events[0].seq, group.size_before, group.data
@@ -159,12 +167,13 @@ class Committer:
             for group in commit.written
         ]
         deletes = [
-            (encode_undeleted if forget.cancel else encode_deleted)(forget.session_id, forget.epoch)
+            encode_deleted(forget.session_id, forget.epoch)
             for forget in commit.forgets
+            if not forget.cancel
         ]
-        if not records and not deletes:
+        if not cancels and not records and not deletes:
             return
-        data = b"".join([*records, *deletes])
+        data = b"".join([*cancels, *records, *deletes])
         if not wal.ready(time.monotonic(), len(data)):
             commit.wal_data = data
             return

@@ -23,6 +23,11 @@ A segment is one record per line, a JSON object encoded by msgspec:
   crash before the session's next append would let the next open finish a delete its
   caller was told had failed.
 
+A commit writes its cancellations first, then its records of lines, then its deletions.
+A cancellation's deletion is always in an earlier commit, and an append to the session
+in the same commit came after it: written after that append's record, replay would take
+the record for a new session's and forget the session's earlier records.
+
 Room ahead of the records: the writer keeps the segment allocated, and synced, some way
 past its last record (``posix_fallocate``, ``ROOM_AHEAD_BYTES`` at a time; the room reads
 as zeros), and writes the records into it. The file's size then does not change at a

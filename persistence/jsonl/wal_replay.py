@@ -73,11 +73,12 @@ class _Pending:
 class _Holes:
     """Whether a lost record (zero bytes, or one that fails to decode or its CRC) is
     damage rather than a crash's unwritten or torn page.
-    A crash cuts short only the last commit, which holds one record of lines per
-    session (then its deletions) and ends its segment's records (a segment rotates only
-    once it is synced). So a record after the hole in a later segment, or a second
-    record of lines of one session after it, comes from a later commit: the hole was
-    synced once, then damaged."""
+    A crash cuts short only the last commit, which holds its cancellations of failed
+    deletes, then one record of lines per session, then its deletions, and ends its
+    segment's records (a segment rotates only once it is synced). So a record after
+    the hole in a later segment, or a second record of lines of one session after it,
+    or one after a deletion, comes from a later commit: the hole was synced once, then
+    damaged. A cancellation after it proves nothing (its commit's lines follow it)."""
 
     first_in: int = 0  # the segment of the first hole
     seen: set[str] = field(default_factory=set)  # sessions with a record after it
@@ -94,9 +95,9 @@ class _Holes:
             record.of_lines and (record.sid in self.seen or self.deletion_seen)
         ):
             self.damage_in = self.first_in
-        if not record.of_lines:
+        if record.deleted:
             self.deletion_seen = True
-        else:
+        elif record.of_lines:
             self.seen.add(record.sid)
 
 
