@@ -84,3 +84,62 @@ async def test_lines_a_failed_cut_leaves_count_until_they_are_cut(
         assert user_bytes(storage) == files_hold(config)
     async with await JsonlStorage.open(config) as storage:
         assert user_bytes(storage) == files_hold(config)
+
+
+async def test_lines_a_failed_cut_leaves_stay_failed_after_a_close(
+    tmp_path: Path, fail_sync: FailingSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store closes before a's next write, so the cut was never retried: the failed
+    lines must not come back as stored events at the next open."""
+    config = JsonlStorageConfig(tmp_path / "data", max_user_bytes=USER_CAP)
+    truncate = None
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id, user_id="u"))
+        await storage.append_events("a", token(1000))
+        truncate = FailingTruncate(config.layout.log("a"), monkeypatch)
+        truncate.armed = True
+        fail_sync.arm()
+        with pytest.raises(StorageError):
+            await storage.append_events("a", token(2000))
+        assert fail_sync.fired() and truncate.failures == 1
+    truncate.armed = False
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.seq for e in await storage.read_events("a")] == [1]
+        assert user_bytes(storage) == files_hold(config) < 1500
+
+
+async def test_lines_a_failed_cut_leaves_are_cut_after_a_failed_delete(
+    tmp_path: Path, fail_sync: FailingSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete of a, which fails (its checkpoint cannot become a tombstone), before a's
+    next write: a is back, and its failed lines are still cut before that write."""
+    config = JsonlStorageConfig(tmp_path / "data", max_user_bytes=USER_CAP)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id, user_id="u"))
+        await storage.append_events("a", token(1000))
+        truncate = FailingTruncate(config.layout.log("a"), monkeypatch)
+        truncate.armed = True
+        fail_sync.arm()
+        with pytest.raises(StorageError):
+            await storage.append_events("a", token(2000))
+        assert fail_sync.fired() and truncate.failures == 1
+        truncate.armed = False
+        blocker = config.layout.tombstone("a")
+        blocker.mkdir()
+        (blocker / "x").touch()  # renaming the checkpoint over it fails
+        with pytest.raises(StorageError):
+            await storage.delete_session("a")
+        (blocker / "x").unlink()
+        blocker.rmdir()
+        assert user_bytes(storage) == files_hold(config)
+        await storage.append_events("a", token(10))
+        events = await storage.read_events("a")
+        assert [e.seq for e in events] == [1, 2]
+        assert events[1].event == AgentEvent.token("x" * 10)
+        assert user_bytes(storage) == files_hold(config) < 1500
+    async with await JsonlStorage.open(config) as storage:
+        events = await storage.read_events("a")
+        assert [e.seq for e in events] == [1, 2]
+        assert user_bytes(storage) == files_hold(config)

@@ -42,12 +42,16 @@ class Forget:
     ``error``: the deletion could not be recorded (then the delete must not go on, or
     a crash could feed the old events into a new session of the same id).
     ``cancel``: the deletion failed after it was recorded and the session is back; its
-    cancellation goes to the WAL instead (``wal.py``), so that no open finishes it."""
+    cancellation goes to the WAL instead (``wal.py``), so that no open finishes it.
+    With it, ``uncut``: failed lines a failed cut left past ``cut_to`` in the log, to
+    cut before its next write again (the deletion dropped that cut with the descriptor)."""
 
     session_id: str
     epoch: str
     error: OSError | None = None
     cancel: bool = False
+    cut_to: int = 0
+    uncut: int = 0
 
 
 @dataclass(slots=True)

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Final
 
-from .batch import Commit, Group
+from .batch import Commit, Forget, Group
 from .config import Durability
 from .files import write_all
 from .logfiles import LogFiles
@@ -56,6 +57,14 @@ class Committer:
                 return False
             size += sum(len(batch.data) for batch in group.batches)
         return size <= LOOP_WRITE_BYTES
+
+    def cut_again(self, forgets: Sequence[Forget]) -> None:
+        """A session back from a failed delete: failed lines a failed cut left in its log
+        are cut before its next write again (its deletion dropped that cut)."""
+        for forget in forgets:
+            if forget.cancel and forget.uncut:
+                self.files.needs_truncate.setdefault(forget.session_id, forget.cut_to)
+                self.files.uncut.setdefault(forget.session_id, forget.uncut)
 
     def write(self, commit: Commit) -> None:
         """The first step: the lines and the WAL records to the page cache."""

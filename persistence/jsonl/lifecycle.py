@@ -184,7 +184,9 @@ class SessionFiles:
         have recorded, queued before anything else can be (this call does not yield
         until then), so that no open finishes a delete its caller was told failed."""
         try:
-            cancelled = self._writer.cancel_deletion(record.session_id, record.meta.epoch)
+            cancelled = self._writer.cancel_deletion(
+                record.session_id, record.meta.epoch, record.log_size, record.uncut
+            )
             await asyncio.shield(cancelled)
         except Exception:  # the caller's error stands: this one is only logged
             # The WAL fails (appends fail too), or the store closes: a crash before

@@ -160,10 +160,13 @@ class LogWriter:
         await self._enqueue(Forget(session_id, epoch))
         self._generations.pop(session_id, None)
 
-    def cancel_deletion(self, session_id: str, epoch: str) -> asyncio.Future[None]:
+    def cancel_deletion(
+        self, session_id: str, epoch: str, cut_to: int, uncut: int
+    ) -> asyncio.Future[None]:
         """Record in the WAL that the session's deletion failed (``wal.py``), queued now:
-        before any later append to it, which replay would take for a new session's."""
-        return self._enqueue(Forget(session_id, epoch, cancel=True))
+        before any later append to it, which replay would take for a new session's.
+        ``uncut``: bytes of failed lines its log holds past ``cut_to``, to cut first."""
+        return self._enqueue(Forget(session_id, epoch, cancel=True, cut_to=cut_to, uncut=uncut))
 
     async def close(self) -> None:
         """Write everything queued, sync every file, close every descriptor."""
@@ -272,6 +275,7 @@ class LogWriter:
 
     async def _commit(self, groups: list[Group], forgets: list[Forget]) -> None:
         commits, commit = self._commits, Commit(groups, forgets)
+        commits.cut_again(forgets)  # before this commit's appends to a session back
         try:
             if commits.on_loop(groups):
                 commits.write(commit)
