@@ -1,13 +1,28 @@
 -- One page of list_sessions, from the sorted sets of the index: the smallest set the
 -- filter allows (one user's sessions, one state's, a range of creation or activity
--- times) is read, the other predicates are checked on its members, and only the
--- matches are sorted. With no predicate but a range of the sort key itself, the page
--- is read straight off that sorted set.
+-- times) is the source, the other predicates are checked on its members, and the
+-- matches are sorted. The sets of users and states are scored by creation time, like
+-- 'created': a range of creation times is a range of their scores.
+--
+-- Three ways, each a bound on how long one call holds Redis:
+-- - When the source's order is the sort's and it covers every predicate (no filter;
+--   a user's or a state's sessions by creation time, within a range of it; a range of
+--   the sort key itself), the page is read straight off it: {0, total, hash...}.
+-- - A source of at most <step> members is read, filtered and sorted in this call:
+--   {0, total, hash...}.
+-- - A larger one is read in steps of <step> members, in its order (score, then id),
+--   one step per call, the caller sorting what the steps found (queries.py); if the
+--   smallest is the set of activity times, the smallest of those scored by creation
+--   time is read instead (a session is read once: its creation time stays). A call
+--   returns {1, source, cursor score, cursor id, id, sort score, ...}: the matches
+--   among the members it read, and the cursor to give the next call; the call that
+--   reads the source's end returns {2, id, sort score, ...}. A source with no
+--   predicate of its own (a title alone) is 'created'.
 -- ARGV: index prefix, key prefix ('<prefix>:'), then each optional as '' (absent) or
 --       '=' .. value: user, state, created_after, created_before, active_after,
 --       title_contains; then sort set (created, updated, active, msgs), order (asc,
---       desc), offset, limit
--- Returns {total, metadata hash...}
+--       desc), offset, limit, step; then, after the first call, the source and the
+--       cursor (score, id) it returned ('', '', '' for the first call)
 
 local idx, prefix = ARGV[1], ARGV[2]
 local function opt(v) if v == '' then return nil end return string.sub(v, 2) end
@@ -16,6 +31,8 @@ local created_after, created_before, active_after = opt(ARGV[5]), opt(ARGV[6]), 
 local title = opt(ARGV[8])
 local sort, desc = ARGV[9], ARGV[10] == 'desc'
 local offset, limit = math.max(tonumber(ARGV[11]), 0), math.max(tonumber(ARGV[12]), 0)
+local step = math.max(tonumber(ARGV[13]), 1)
+local source, cursor_score, cursor_id = ARGV[14], ARGV[15], ARGV[16]
 
 -- Ranges: [low inclusive, high exclusive) on one sorted set.
 local ranges = {}
@@ -25,40 +42,61 @@ end
 if active_after then ranges.active = {tonumber(active_after), nil} end
 local function bounds(r)
   local low, high = '-inf', '+inf'
-  if r[1] then low = int(r[1]) end
-  if r[2] then high = '(' .. int(r[2]) end
+  if r then
+    if r[1] then low = int(r[1]) end
+    if r[2] then high = '(' .. int(r[2]) end
+  end
   return low, high
 end
 
--- The smallest candidate set.
-local source, source_size, source_range = nil, nil, nil
-local function consider(name, r)
-  local size
-  if r then size = redis.call('ZCOUNT', idx .. name, bounds(r))
-  else size = redis.call('ZCARD', idx .. name) end
-  if source_size == nil or size < source_size then
-    source, source_size, source_range = name, size, r
-  end
+local function by_created(name)
+  return name == 'created' or string.sub(name, 1, 5) == 'user:' or string.sub(name, 1, 6) == 'state:'
 end
-if user then consider('user:' .. user, nil) end
-if state then consider('state:' .. state, nil) end
-for name, r in pairs(ranges) do consider(name, r) end
-if source == nil then consider(sort, nil) end
+-- The range of a source's own scores the filter asks for.
+local function range_of(name)
+  if by_created(name) then return ranges.created end
+  return ranges[name]
+end
 
+-- The smallest candidate set (only_created: of those scored by creation time), and
+-- its size.
+local function smallest(only_created)
+  local chosen, size = nil, nil
+  local function consider(name)
+    if only_created and not by_created(name) then return end
+    local r, n = range_of(name), nil
+    if r then n = redis.call('ZCOUNT', idx .. name, bounds(r))
+    else n = redis.call('ZCARD', idx .. name) end
+    if size == nil or n < size then chosen, size = name, n end
+  end
+  if user then consider('user:' .. user) end
+  if state then consider('state:' .. state) end
+  for name, _ in pairs(ranges) do consider(name) end
+  if size == nil then
+    if title or only_created then consider('created') else consider(sort) end
+  end
+  return chosen, size
+end
+local source_size
+if source == '' then source, source_size = smallest(false) end
+local low, high = bounds(range_of(source))
+
+-- The predicates the source does not cover, checked on each of its members.
 local function in_range(score, r)
-  if score == nil then return false end
+  if not score then return false end  -- not in the set: Redis gives Lua false
   score = tonumber(score)
   return (r[1] == nil or score >= r[1]) and (r[2] == nil or score < r[2])
 end
+local function covered(name) return name == source or (name == 'created' and by_created(source)) end
 local function matches(id)
-  if user and source ~= 'user:' .. user and not redis.call('ZSCORE', idx .. 'user:' .. user, id) then
+  if user and not covered('user:' .. user) and not redis.call('ZSCORE', idx .. 'user:' .. user, id) then
     return false
   end
-  if state and source ~= 'state:' .. state and not redis.call('ZSCORE', idx .. 'state:' .. state, id) then
+  if state and not covered('state:' .. state) and not redis.call('ZSCORE', idx .. 'state:' .. state, id) then
     return false
   end
   for name, r in pairs(ranges) do
-    if name ~= source and not in_range(redis.call('ZSCORE', idx .. name, id), r) then return false end
+    if not covered(name) and not in_range(redis.call('ZSCORE', idx .. name, id), r) then return false end
   end
   if title then
     local t = redis.call('HGET', prefix .. '{' .. id .. '}:meta', 'title')
@@ -66,61 +104,102 @@ local function matches(id)
   end
   return true
 end
-
-local page = {}
-local function fetch(ids)
-  local out = {}
-  for _, id in ipairs(ids) do
-    local h = redis.call('HGETALL', prefix .. '{' .. id .. '}:meta')
-    if #h > 0 then out[#out + 1] = h end
-  end
-  return out
+-- The sort key of a member read with its source score: nil if it left the sort set.
+local in_sort_order = sort == source or (sort == 'created' and by_created(source))
+local function sort_score(id, score)
+  if sort == source then return score end
+  return redis.call('ZSCORE', idx .. sort, id)
 end
 
-local low, high = '-inf', '+inf'
-if source_range then low, high = bounds(source_range) end
-local only_source = source == sort and not user and not state and not title
-for name, _ in pairs(ranges) do if name ~= source then only_source = false end end
-if only_source then
-  -- Straight off the sort set.
-  local ids
-  if desc then ids = redis.call('ZREVRANGEBYSCORE', idx .. sort, high, low, 'LIMIT', offset, limit)
-  else ids = redis.call('ZRANGEBYSCORE', idx .. sort, low, high, 'LIMIT', offset, limit) end
-  if limit == 0 then ids = {} end
-  local result = {source_size}
-  for _, h in ipairs(fetch(ids)) do result[#result + 1] = h end
+local function page_of(total, ids)
+  local result = {0, total}
+  for _, id in ipairs(ids) do
+    local h = redis.call('HGETALL', prefix .. '{' .. id .. '}:meta')
+    if #h > 0 then result[#result + 1] = h end
+  end
   return result
 end
 
-local found = {}
-if source == sort then
-  -- Already in order: filter as it comes.
-  local ids
-  if desc then ids = redis.call('ZREVRANGEBYSCORE', idx .. sort, high, low)
-  else ids = redis.call('ZRANGEBYSCORE', idx .. sort, low, high) end
-  for _, id in ipairs(ids) do
-    if matches(id) then found[#found + 1] = id end
-  end
-else
-  local ids = redis.call('ZRANGEBYSCORE', idx .. source, low, high)
-  local scored = {}
-  for _, id in ipairs(ids) do
-    if matches(id) then
-      scored[#scored + 1] = {tonumber(redis.call('ZSCORE', idx .. sort, id)), id}
+if cursor_score == '' then
+  local straight = in_sort_order and not title
+  if user and not covered('user:' .. user) then straight = false end
+  if state and not covered('state:' .. state) then straight = false end
+  for name, _ in pairs(ranges) do if not covered(name) then straight = false end end
+  if straight then
+    local ids = {}
+    if limit > 0 then
+      if desc then ids = redis.call('ZREVRANGEBYSCORE', idx .. source, high, low, 'LIMIT', offset, limit)
+      else ids = redis.call('ZRANGEBYSCORE', idx .. source, low, high, 'LIMIT', offset, limit) end
     end
+    return page_of(source_size, ids)
   end
-  table.sort(scored, function(a, b)
-    if a[1] ~= b[1] then
-      if desc then return a[1] > b[1] end
-      return a[1] < b[1]
+
+  if source_size <= step then
+    local read = redis.call('ZRANGEBYSCORE', idx .. source, low, high, 'WITHSCORES')
+    local scored = {}
+    for i = 1, #read, 2 do
+      local id = read[i]
+      if matches(id) then
+        local score = sort_score(id, read[i + 1])
+        if score then scored[#scored + 1] = {tonumber(score), id} end
+      end
     end
-    if desc then return a[2] > b[2] end
-    return a[2] < b[2]
-  end)
-  for i, item in ipairs(scored) do found[i] = item[2] end
+    table.sort(scored, function(a, b)
+      if a[1] ~= b[1] then
+        if desc then return a[1] > b[1] end
+        return a[1] < b[1]
+      end
+      if desc then return a[2] > b[2] end
+      return a[2] < b[2]
+    end)
+    local ids = {}
+    for i = offset + 1, math.min(offset + limit, #scored) do ids[#ids + 1] = scored[i][2] end
+    return page_of(#scored, ids)
+  end
+
+  -- Steps go through a set whose scores never change (activity moves a session up
+  -- the 'active' set: a step after it would read it again, and a session touched
+  -- after each step would keep a listing going), so each session is read once.
+  if not by_created(source) then
+    source, source_size = smallest(true)
+    low, high = bounds(range_of(source))
+  end
 end
-local ids = {}
-for i = offset + 1, math.min(offset + limit, #found) do ids[#ids + 1] = found[i] end
-local result = {#found}
-for _, h in ipairs(fetch(ids)) do result[#result + 1] = h end
+
+-- One step: the next <step> members of the source after the cursor (flat: id, score).
+local read = {}
+if cursor_score == '' then
+  read = redis.call('ZRANGEBYSCORE', idx .. source, low, high, 'WITHSCORES', 'LIMIT', 0, step)
+else
+  -- The rest of the cursor's score (ids after its own), then the scores above it.
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', idx .. source, cursor_score, cursor_score)) do
+    if not id_not_after(id, cursor_id) then
+      read[#read + 1] = id
+      read[#read + 1] = cursor_score
+    end
+  end
+  local room = step - #read / 2
+  if room > 0 then
+    local above = redis.call('ZRANGEBYSCORE', idx .. source, '(' .. cursor_score, high, 'WITHSCORES', 'LIMIT', 0, room)
+    for _, value in ipairs(above) do read[#read + 1] = value end
+  end
+end
+local found = {}
+for i = 1, #read, 2 do
+  local id = read[i]
+  if matches(id) then
+    local score = sort_score(id, read[i + 1])
+    if score then
+      found[#found + 1] = id
+      found[#found + 1] = score
+    end
+  end
+end
+if #read / 2 < step then
+  local result = {2}
+  for _, value in ipairs(found) do result[#result + 1] = value end
+  return result
+end
+local result = {1, source, read[#read], read[#read - 1]}
+for _, value in ipairs(found) do result[#result + 1] = value end
 return result

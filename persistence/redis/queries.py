@@ -1,20 +1,39 @@
-"""``list_sessions`` as the arguments of ``list.lua``: a SessionFilter's predicates,
-sort key and page, in the encoding the script reads (times in microseconds, each
-optional value as ``""`` when absent or ``"=" + value``)."""
+"""``list_sessions`` on Redis: a SessionFilter's predicates, sort key and page as the
+arguments of ``list.lua`` (times in microseconds, each optional value as ``""`` when
+absent or ``"=" + value``), and the listing of a large candidate set in steps.
+
+Redis runs one script at a time, so a listing that read 100,000 candidates in one
+call held every instance's appends for 0.5 to 1 s (bench/redis_listing.py). A source
+of more than ``LIST_STEP`` candidates is now read ``LIST_STEP`` members per call, in
+its order, each call returning the matches it found with their sort keys; this side
+sorts them (score, then id, as one call would), cuts the page and reads its metadata.
+A listing that does not change meanwhile gets what one call would give. One that
+does: a session is counted once (the last step that saw it wins), sorted by the key
+its step read; one that joins the source behind the cursor is not seen, one that
+leaves it ahead of the cursor is not either, and one deleted before its page is read
+is left out of the page (not out of ``total``), as one call does too.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from ..base import SessionFilter, SortBy
-from .layout import Layout, to_micros
+from ..base import SessionFilter, SessionListResult, SortBy, SortOrder
+from .layout import Layout, metadata_from, to_micros
+
+if TYPE_CHECKING:
+    from .storage import RedisStorage
 
 # An offset or a limit as list.lua gets it, at most: a sorted set holds fewer members
 # (2^32 - 1), so an offset of this is past every end; and Lua, whose numbers are
 # doubles, writes a larger one as "4.6116860184273879e+18", which ZRANGEBYSCORE's
 # LIMIT refuses (an offset past 2^53 was a 503 for a request with nothing wrong in it).
 SCRIPT_INDEX_MAX: Final = 2**32
+
+# Candidates one list.lua call reads: a title checked costs some 6 us of Redis each
+# (bench/redis_listing.py), so a call holds Redis for a few ms at most.
+LIST_STEP: Final = 250
 
 SORT_SETS: Final = {
     SortBy.CREATED_AT: "created",
@@ -24,7 +43,31 @@ SORT_SETS: Final = {
 }
 
 
-def list_args(layout: Layout, query: SessionFilter) -> list[str | int]:
+async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionListResult:
+    args = list_args(storage.layout, query, storage.list_step)
+    reply = await storage.redis.run("list", [], [*args, "", "", ""])
+    offset, limit = max(query.offset, 0), max(query.limit, 0)
+    if reply[0] == 0:
+        sessions = [metadata_from(flat) for flat in reply[2:]]
+        return SessionListResult(sessions=sessions, total=int(reply[1]), offset=offset, limit=limit)
+    found: dict[bytes, float] = {}  # id -> sort key, as the last step that read it saw it
+    while True:
+        matches = reply[1:] if reply[0] == 2 else reply[4:]
+        for id_, score in zip(matches[::2], matches[1::2], strict=True):
+            found[id_] = float(score)
+        if reply[0] == 2:
+            break
+        reply = await storage.redis.run("list", [], [*args, *reply[1:4]])
+    ordered = sorted(found.items(), key=lambda item: (item[1], item[0]))
+    if query.sort_order is SortOrder.DESC:
+        ordered.reverse()
+    page = [id_.decode() for id_, _ in ordered[offset : offset + limit]]
+    hashes = await storage.redis.pipeline([("HGETALL", storage.layout.meta(i)) for i in page])
+    sessions = [metadata_from(flat) for flat in hashes if flat]
+    return SessionListResult(sessions=sessions, total=len(found), offset=offset, limit=limit)
+
+
+def list_args(layout: Layout, query: SessionFilter, step: int) -> list[str | int]:
     return [
         layout.index,
         f"{layout.prefix}:",
@@ -38,6 +81,7 @@ def list_args(layout: Layout, query: SessionFilter) -> list[str | int]:
         query.sort_order.value,
         min(max(query.offset, 0), SCRIPT_INDEX_MAX),
         min(max(query.limit, 0), SCRIPT_INDEX_MAX),
+        step,
     ]
 
 

@@ -57,7 +57,7 @@ from .layout import (
     metadata_from,
 )
 from .live import Live
-from .queries import list_args
+from .queries import LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .scripts import epoch_in_hash, optional_arg, removed_epoch
 
@@ -74,6 +74,7 @@ class RedisStorage:
         self.redis = Commands(client, config, sharded)
         self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
         self._open = True
+        self.list_step = LIST_STEP  # candidates a listing reads per script call
         from .maintenance import Maintenance, instance_name  # they import this module
 
         self.instance = instance_name()  # in lease tokens and presence notices
@@ -170,13 +171,7 @@ class RedisStorage:
         await self.maintenance.remove([check_session_id(session_id)], only_expired=False)
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
-        reply = await self.redis.run("list", [], list_args(self.layout, filter))
-        return SessionListResult(
-            sessions=[metadata_from(flat) for flat in reply[1:]],
-            total=int(reply[0]),
-            offset=max(filter.offset, 0),
-            limit=max(filter.limit, 0),
-        )
+        return await list_sessions(self, filter)
 
     async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
         result = await self.list_sessions(SessionFilter(user_id=user_id, limit=EVERYTHING))
