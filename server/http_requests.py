@@ -51,6 +51,14 @@ _CODES = {
 }
 ALLOWED_METHODS = "GET, HEAD"
 MAX_HEAD_BYTES = 16 * 1024
+MAX_LEADING_EMPTY_LINES = 8  # CRLFs skipped before a request line (RFC 9112 2.2)
+# A request target must be ASCII (RFC 9112 3.2, RFC 3986): other characters go
+# percent-encoded in UTF-8. websockets refuses one that is not with a codec's error,
+# which would reach the client as "'ascii' codec can't decode byte 0xc3 in position 5".
+NOT_ASCII_TARGET = (
+    "invalid HTTP request: the request target is not ASCII; percent-encode other "
+    "characters as UTF-8 (RFC 3986)"
+)
 
 
 class RequestHeadTooLarge(SecurityError):
@@ -125,25 +133,37 @@ def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
 
 class _HeadReader:
     """The request's lines, as websockets' request parser asks for them, within
-    :data:`MAX_HEAD_BYTES` in all; the first one kept (for the refusal's answer)."""
+    :data:`MAX_HEAD_BYTES` in all; the first one kept (for the refusal's answer).
 
-    __slots__ = ("first_line", "left", "protocol")
+    Up to :data:`MAX_LEADING_EMPTY_LINES` empty lines (CRLF) before the request line
+    are skipped, as RFC 9112 2.2 asks of a server (a client may send one after the
+    body of a previous request); their bytes count in the head's. websockets read the
+    first as the request line and the connection was dropped without an answer. One
+    more is read as the request line: not HTTP, dropped as any other."""
+
+    __slots__ = ("first_line", "left", "protocol", "skipped")
 
     def __init__(self, protocol: ServerProtocol) -> None:
         self.protocol = protocol
         self.left = MAX_HEAD_BYTES
         self.first_line: list[bytes] = []
+        self.skipped = 0  # empty lines before the request line
 
     def read_line(
         self, limit: int, too_long: type[Exception] = RuntimeError
     ) -> Generator[None, None, bytes | bytearray]:
-        if self.left < limit:
-            limit, too_long = self.left, RequestHeadTooLarge
-        line = yield from self.protocol.reader.read_line(limit, too_long)
-        self.left -= len(line)
-        if not self.first_line:
+        while True:
+            if self.left < limit:
+                limit, too_long = self.left, RequestHeadTooLarge
+            line = yield from self.protocol.reader.read_line(limit, too_long)
+            self.left -= len(line)
+            if self.first_line:
+                return line
+            if line == b"\r\n" and self.skipped < MAX_LEADING_EMPTY_LINES:
+                self.skipped += 1
+                continue
             self.first_line.append(bytes(line))
-        return line
+            return line
 
 
 def parse_request(protocol: ServerProtocol) -> Generator[None]:
@@ -198,6 +218,8 @@ def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
         )
         response.headers["Allow"] = ALLOWED_METHODS
         return response
+    if isinstance(exc, UnicodeDecodeError):  # the method is letters: the path
+        return json_reject(http.HTTPStatus.BAD_REQUEST, NOT_ASCII_TARGET)
     return json_reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {exc}")
 
 

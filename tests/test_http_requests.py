@@ -1,0 +1,83 @@
+"""How a request on the WebSocket port is read (server/http_requests.py), against a real
+server: empty lines before the request line are skipped (RFC 9112 2.2), up to eight,
+and counted in the head's 16 KiB; a request target that is not ASCII gets a 400 that
+says so in our words, not the codec's."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+
+from bamboo_session.server.http_requests import (
+    MAX_HEAD_BYTES,
+    MAX_LEADING_EMPTY_LINES,
+    NOT_ASCII_TARGET,
+)
+from tests.support import run_server
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def answer_of(port: int, request: bytes) -> bytes:
+    """Sends ``request`` as it is; all the server answers, to its close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+async def test_empty_lines_before_the_request_line_are_skipped() -> None:
+    async with run_server() as server:
+        for empty in (1, 2, MAX_LEADING_EMPTY_LINES):
+            answer = await answer_of(server.port, b"\r\n" * empty + HEALTHZ)
+            assert status_of(answer) == 200, (empty, answer)
+        # One more than that is read as the request line: not HTTP, dropped as such.
+        assert (
+            await answer_of(server.port, b"\r\n" * (MAX_LEADING_EMPTY_LINES + 1) + HEALTHZ) == b""
+        )
+        # An upgrade too.
+        key = base64.b64encode(os.urandom(16)).decode()
+        upgrade = (
+            "\r\nGET /api/v1/stream/crlf HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade.encode())
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 101 "), status
+
+
+async def test_empty_lines_count_in_the_head_s_bytes() -> None:
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 4000) for i in range(4))
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + filler
+    head += b"X-Last: " + b"l" * (MAX_HEAD_BYTES - len(head) - 8 - 4 - 6) + b"\r\n\r\n"
+    assert len(head) == MAX_HEAD_BYTES - 6
+    async with run_server() as server:
+        assert status_of(await answer_of(server.port, b"\r\n" * 3 + head)) == 200
+        answer = await answer_of(server.port, b"\r\n" * 4 + head)
+        assert status_of(answer) == 431, answer
+
+
+async def test_a_request_target_that_is_not_ascii_is_400_in_our_words() -> None:
+    async with run_server() as server:
+        for target in ("/api/v1/sessions/é", "/healthz?q=ü", "/é"):
+            request = b"GET " + target.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            answer = await answer_of(server.port, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert status_of(answer) == 400, answer
+            assert b"Content-Type: application/json" in head
+            error = json.loads(body)["error"]
+            assert error == {"code": "bad_request", "message": NOT_ASCII_TARGET}
+        # Percent-encoded, the same characters are a request like any other.
+        answer = await answer_of(server.port, b"GET /healthz?q=%C3%BC HTTP/1.1\r\n\r\n")
+        assert status_of(answer) == 200, answer
