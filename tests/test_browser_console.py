@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.client import BambooClient, StoredEvent
 from bamboo_session.protocol.models import ToolResult
-from tests.browser import watch_page
+from tests.browser import eventually, watch_page
 from tests.console_support import console_url, ws_url
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import run_server
@@ -227,7 +228,8 @@ async def test_console_publishes_a_test_event_and_closes_the_session(browser: An
 
 async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path) -> None:
     """The server stops (1012) and starts again while the console watches and an agent
-    keeps publishing: the tail goes on with no gap and no repeated text."""
+    keeps publishing: the tail goes on with no gap and no repeated text, and says that
+    it was disconnected and resumed; presence forgets the connections of before."""
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
     await asyncio.to_thread(server.start)
     server.extra = ("--port", str(server.port))  # the restart comes back on the same port
@@ -242,6 +244,10 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
             await page.goto(console_url(server.port, "#/s/restart"))
             text = page.locator("#tail .ev-text .text")
             await expect(text).to_have_text("".join(before))
+            # A peer that attaches after the page: presence names it, until the restart.
+            watcher = await BambooClient.connect(url, "restart", role="agent", **FAST)
+            first_id = watcher.connection_id
+            await expect(page.locator(f'#presence-list li[title="{first_id}"]')).to_have_count(1)
 
             after = [f"b{i} " for i in range(40)]
 
@@ -256,13 +262,25 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
             await asyncio.to_thread(server.start)
             await asyncio.wait_for(publishing, 30)
 
-            await expect(text).to_have_text("".join(before + after))
-            await expect(text).to_have_count(1)
+            # The lines about the restart part the text: joined, it is all there, once.
+            async def whole() -> bool:
+                shown = await text.evaluate_all("els => els.map(e => e.textContent).join('')")
+                return bool(shown == "".join(before + after))
+
+            await eventually(whole, "the text of every token, once and in order")
             state = page.locator("#conn-state")
             await expect(state).to_have_attribute("data-state", "open")
             assert int(await state.get_attribute("data-reconnects") or "0") >= 1
             assert agent.reconnects >= 1
             await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "50")
+            notes = page.locator("#tail .ev-note")
+            await expect(notes).to_have_count(2)
+            await expect(notes.first).to_contain_text("Disconnected after #")
+            await expect(notes.last).to_have_text(
+                re.compile(r"Reconnected after #\d+: resumed, no event missed \(#\d+ follows\)\.")
+            )
+            await expect(page.locator(f'#presence-list li[title="{first_id}"]')).to_have_count(0)
+            await watcher.close()
     finally:
         server.kill()
     assert_no_tracebacks(server.log_records())

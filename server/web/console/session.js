@@ -4,7 +4,8 @@
  * loaded; messages.js), presence and actions (attached.js), and a live tail of its
  * events, through the JavaScript client: the page attaches to the session resuming a
  * little before its last event, so the tail opens with the latest events and then
- * follows live, across server restarts, with no gap and no duplicate. A closed session
+ * follows live, across server restarts, with no gap and no duplicate (the tail says
+ * when it was disconnected and how it resumed: reconnects.js). A closed session
  * shows what storage keeps (history, metadata, its newest events). Should the session
  * end while the page is behind (the client ends with `ConnectionLost`: events after its
  * `afterSeq` never came), the rest is read over HTTP into the tail before the page says
@@ -30,6 +31,7 @@ import { fill, h, notice } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
 import { showMeta } from "./meta.js";
 import * as missed from "./missed.js";
+import { ReconnectNotes } from "./reconnects.js";
 import { Tail } from "./tail.js";
 
 const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
@@ -157,7 +159,15 @@ class SessionView {
     const attachedAt = session.last_seq; // message events after this are new messages
     this.#showMeta(session);
     this.#setConnState(client.state);
-    client.on("state", ({ state }) => this.#setConnState(state));
+    const reconnects = new ReconnectNotes(this.tail);
+    client.on("state", ({ state, error }) => {
+      this.#setConnState(state);
+      // Back after a drop: the peers presence told of were the connections before it.
+      if (reconnects.state(client, state, error)) {
+        this.peers.clear();
+        this.#showPresence();
+      }
+    });
     client.on("presence", (p) => {
       if (p.joined) this.peers.set(p.joined, p.role);
       if (p.left) this.peers.delete(p.left);
@@ -175,6 +185,7 @@ class SessionView {
     try {
       for await (const item of client.events()) {
         replaced = null;
+        reconnects.item(item);
         if ("reset" in item) {
           const line = this.tail.note(missed.resetText(item));
           if (missed.wasReplaced(item)) {

@@ -1,0 +1,74 @@
+// @ts-check
+/**
+ * reconnects.js: what the session page's tail says when its connection drops and comes
+ * back (a server restart, a network blip). The badge alone flips from "reconnecting" to
+ * "live" and back: an operator could not tell from the page whether the tail went on
+ * whole. So the tail gets a line as the connection is lost, one as it comes back, and
+ * that line says, once the stream goes on, whether it resumed with nothing missed (the
+ * next event follows the last one shown; the client checks there is no gap or repeat
+ * after it) or the resume was refused (the Reset's own line then says what is missing).
+ */
+
+/** @typedef {import("/client/bamboo.js").BambooClient} BambooClient */
+/** @typedef {import("./tail.js").Tail} Tail */
+
+export class ReconnectNotes {
+  /** @type {{ after: number, line: HTMLElement, left: number } | null} the line of the
+   * last reconnect, until the stream says how it resumed; `left`: items still to come
+   * from `events()` that were queued before it (the first after them is its answer) */
+  pending = null;
+  lost = false; // the connection dropped and has not come back yet
+
+  /** @param {Tail} tail */
+  constructor(tail) {
+    this.tail = tail;
+  }
+
+  /**
+   * The client's connection state changed (its `state` event).
+   * @param {BambooClient} client @param {string} state @param {unknown} [error]
+   * @returns {boolean} whether the connection just came back (presence is stale then:
+   * the connections it told of were of the server before)
+   */
+  state(client, state, error) {
+    if (state === "reconnecting" && !this.lost) {
+      this.lost = true;
+      this.pending = null;
+      const why = error instanceof Error ? error.message : "connection lost";
+      this.tail.note(`Disconnected after #${this.tail.lastSeq} (${why}): reconnecting…`);
+      return false;
+    }
+    if (state !== "open" || !this.lost) return state === "open";
+    this.lost = false;
+    const after = this.tail.lastSeq;
+    // Events received before the drop and not yet shown come first; a Reset, when the
+    // resume was refused, was queued last (or handed over already when none waited).
+    this.pending = {
+      after,
+      line: this.tail.note(`Reconnected after #${after}: resuming…`),
+      left: client.queuedEvents,
+    };
+    return true;
+  }
+
+  /**
+   * An item the page takes from `events()`, before it shows it: settles the line of the
+   * last reconnect when it answers how the stream resumed.
+   * @param {{ seq: number } | { reset: true }} item
+   */
+  item(item) {
+    const pending = this.pending;
+    if (pending === null) return;
+    if ("reset" in item) {
+      pending.line.textContent = `Reconnected after #${pending.after}: could not resume.`;
+      this.pending = null;
+    } else if (pending.left > 0) {
+      pending.left -= 1; // queued before the reconnect
+    } else {
+      pending.line.textContent =
+        `Reconnected after #${pending.after}: resumed, no event missed` +
+        ` (#${item.seq} follows).`;
+      this.pending = null;
+    }
+  }
+}
