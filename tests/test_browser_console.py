@@ -21,7 +21,7 @@ from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.client import BambooClient, StoredEvent
 from bamboo_session.protocol.models import ToolResult
 from tests.browser import eventually, watch_page
-from tests.console_support import console_url, ws_url
+from tests.console_support import DASH, console_url, ws_url
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import run_server
 
@@ -259,6 +259,9 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
             publishing = asyncio.create_task(publish_slowly())
             await asyncio.sleep(0.1)
             assert await asyncio.to_thread(server.stop) == 0
+            # The top bar does not pass the figures of before for the server's.
+            await expect(page.locator("#stats-away")).to_be_visible()
+            await expect(page.locator("#stat-rate")).to_have_text(DASH)
             await asyncio.to_thread(server.start)
             await asyncio.wait_for(publishing, 30)
 
@@ -280,6 +283,7 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
                 re.compile(r"Reconnected after #\d+: resumed, no event missed \(#\d+ follows\)\.")
             )
             await expect(page.locator(f'#presence-list li[title="{first_id}"]')).to_have_count(0)
+            await expect(page.locator("#stats-away")).to_be_hidden()
             await watcher.close()
     finally:
         server.kill()

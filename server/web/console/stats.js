@@ -2,6 +2,8 @@
 /**
  * stats.js: the server's figures in the top bar, read from `/api/v1/stats` every two
  * seconds; events per second is the change of `events_appended` between two reads.
+ * While the server does not answer (restarting, say), the figures shown are its last:
+ * the bar says so, greys them and shows no rate, rather than a rate it no longer has.
  */
 
 import { getJson } from "./api.js";
@@ -12,6 +14,14 @@ const PERIOD_MS = 2000;
 function put(id, text) {
   const el = document.getElementById(id);
   if (el) el.textContent = text;
+}
+
+/** Whether the figures shown are no longer the server's. @param {boolean} stale */
+function away(stale) {
+  const stats = document.getElementById("stats");
+  const badge = document.getElementById("stats-away");
+  if (stats) stats.dataset.stale = String(stale);
+  if (badge) badge.hidden = !stale;
 }
 
 export function watchStats() {
@@ -29,8 +39,11 @@ export function watchStats() {
         put("stat-rate", rate >= 10 ? rate.toFixed(0) : rate.toFixed(1));
       }
       previous = figures;
+      away(false);
     } catch {
       previous = null; // the server is away (restarting?): show the last figures
+      put("stat-rate", "–");
+      away(true);
     }
   };
   void read();
