@@ -118,6 +118,24 @@ async def test_session_shows_history_then_live_tokens_tools_and_presence(browser
         assert problems == []
 
 
+async def test_last_activity_follows_live_events_and_times_age(browser: Any) -> None:
+    async with run_server() as server:
+        agent = await BambooClient.connect(ws_url(server), "clock", create=True, role="agent")
+        async with agent:
+            page = await browser.new_page()
+            await page.clock.install()
+            await page.goto(console_url(server.port, "#/s/clock"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            activity = page.locator("#meta-last_activity_at time")
+            attached = await activity.get_attribute("datetime")
+            await agent.publish(AgentEvent.token("tick"))
+            await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "1")
+            await expect(activity).not_to_have_attribute("datetime", attached or "")
+            # Left open, the page says how long ago it is now, not when it was drawn.
+            await page.clock.fast_forward(5 * 60_000)
+            await expect(activity).to_have_text("5 min ago")
+
+
 async def test_history_pages_back_to_the_first_message(browser: Any) -> None:
     # More messages than one whole-history answer may hold: the console reads pages.
     async with run_server(max_history_page=100) as server:

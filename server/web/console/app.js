@@ -6,7 +6,7 @@
  */
 
 import { ApiError, getToken, setToken, tokenClaims, waits } from "./api.js";
-import { fill, h, notice } from "./dom.js";
+import { fill, h, notice, refreshTimes } from "./dom.js";
 import { showList } from "./list.js";
 import { showSession } from "./session.js";
 import { watchStats } from "./stats.js";
@@ -149,7 +149,10 @@ function showWaits() {
   });
 }
 
+const TIMES_EVERY_MS = 10_000; // how often "… ago" is said again
+
 window.addEventListener("hashchange", render);
 showWaits();
 render();
 watchStats();
+setInterval(refreshTimes, TIMES_EVERY_MS);

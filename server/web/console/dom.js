@@ -65,6 +65,17 @@ export function timeEl(iso) {
   return h("time", { datetime: iso ?? false, title: when(iso) }, ago(iso));
 }
 
+/**
+ * Every `<time>` of the page says again how long ago it was: a page left open must not
+ * go on saying "5 s ago" an hour later. app.js calls it every few seconds.
+ */
+export function refreshTimes() {
+  for (const el of document.querySelectorAll("time[datetime]")) {
+    const text = ago(el.getAttribute("datetime"));
+    if (el.textContent !== text) el.textContent = text;
+  }
+}
+
 /** Any JSON value, indented. @param {unknown} value */
 export function json(value) {
   return JSON.stringify(value, null, 2) ?? "null";

@@ -2,7 +2,7 @@
 /**
  * meta.js: a session's metadata as the page shows it, a definition list with a row per
  * field. Each value's element has the id `meta-<field>`, by which the live path
- * updates it in place (the state, the last seq, the connections).
+ * updates it in place (the state, the last seq, the connections, the last activity).
  */
 
 import { fill, h, json, timeEl, when } from "./dom.js";
@@ -32,4 +32,9 @@ export function showMeta(dl, m) {
   );
   if (Object.keys(m.extra ?? {}).length)
     dl.append(h("dt", {}, "extra"), h("dd", {}, h("pre", {}, json(m.extra))));
+}
+
+/** The session was active at `ts` (a live event's time). @param {string} ts */
+export function showActivity(ts) {
+  document.getElementById("meta-last_activity_at")?.replaceChildren(timeEl(ts));
 }

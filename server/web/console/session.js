@@ -29,7 +29,7 @@ import { ApiError, getJson, getToken } from "./api.js";
 import { actions, presence } from "./attached.js";
 import { fill, h, notice } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
-import { showMeta } from "./meta.js";
+import { showActivity, showMeta } from "./meta.js";
 import * as missed from "./missed.js";
 import { ReconnectNotes } from "./reconnects.js";
 import { Tail } from "./tail.js";
@@ -228,6 +228,7 @@ class SessionView {
   #show(item, attachedAt) {
     this.tail.add(item);
     this.#put("meta-last_seq", String(item.seq));
+    showActivity(item.ts);
     if (item.event.type === "message" && item.seq > attachedAt)
       this.messages.add(item.event.message);
     if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
