@@ -26,16 +26,15 @@ export class ReconnectNotes {
 
   /**
    * The client's connection state changed (its `state` event).
-   * @param {BambooClient} client @param {string} state @param {unknown} [error]
+   * @param {BambooClient} client @param {string} state
    * @returns {boolean} whether the connection just came back (presence is stale then:
    * the connections it told of were of the server before)
    */
-  state(client, state, error) {
+  state(client, state) {
     if (state === "reconnecting" && !this.lost) {
       this.lost = true;
       this.pending = null;
-      const why = error instanceof Error ? error.message : "connection lost";
-      this.tail.note(`Disconnected after #${this.tail.lastSeq} (${why}): reconnecting…`);
+      this.tail.note(`Disconnected after #${this.tail.lastSeq}: reconnecting…`);
       return false;
     }
     if (state !== "open" || !this.lost) return state === "open";

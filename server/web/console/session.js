@@ -160,10 +160,10 @@ class SessionView {
     this.#showMeta(session);
     this.#setConnState(client.state);
     const reconnects = new ReconnectNotes(this.tail);
-    client.on("state", ({ state, error }) => {
+    client.on("state", ({ state }) => {
       this.#setConnState(state);
       // Back after a drop: the peers presence told of were the connections before it.
-      if (reconnects.state(client, state, error)) {
+      if (reconnects.state(client, state)) {
         this.peers.clear();
         this.#showPresence();
       }
