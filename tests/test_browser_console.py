@@ -31,6 +31,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
+# Whether a scrolled element (that overflows) shows its end.
+AT_END = (
+    "el => el.scrollHeight > el.clientHeight"
+    " && el.scrollTop + el.clientHeight >= el.scrollHeight - 2"
+)
 
 
 @contextlib.asynccontextmanager
@@ -147,7 +152,16 @@ async def test_history_pages_back_to_the_first_message(browser: Any) -> None:
         messages = page.locator("#messages li")
         await expect(messages).to_have_count(50)
         await expect(messages.first.locator(".msg-body")).to_have_text("message 70")
+        # The list opens on its newest message, not on the 50th newest.
+        listed = page.locator("#messages")
+        assert await listed.evaluate(AT_END)
         await older_pages_to_the_first_of_120(page)
+        # Scrolled to its end, it follows a message that arrives live.
+        await listed.evaluate("el => { el.scrollTop = el.scrollHeight; }")
+        async with await BambooClient.connect(ws_url(server), "long") as peer:
+            await peer.send_message(Message.user("live one"))
+        await expect(messages.last.locator(".msg-body")).to_have_text("live one")
+        await eventually(lambda: listed.evaluate(AT_END), "the list to follow its live message")
 
 
 async def older_pages_to_the_first_of_120(page: Any) -> None:

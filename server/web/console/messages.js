@@ -5,7 +5,9 @@
  * the page is attached, else from the HTTP API (a closed session's storage). Messages
  * that arrive live are appended; past MAX_MESSAGES shown, the oldest go (and "Load
  * older" brings them back), so a session flooded with messages cannot fill the page.
- * A long value is cut: laying out a block of text costs its whole length.
+ * A long value is cut: laying out a block of text costs its whole length. The list
+ * opens scrolled to its newest message, and follows live ones while its end is in view,
+ * as a chat does: the newest page's oldest message first would hide what just happened.
  */
 
 import { getJson } from "./api.js";
@@ -31,6 +33,8 @@ function storedPages(path, alive) {
 
 export class MessageList {
   oldest = 0; // index of the oldest message shown
+  /** @type {boolean | null} whether the end was in view when this frame's messages began */
+  following = null;
   /** @type {FetchPage} */
   fetchPage = async () => ({ messages: [], hasMore: false });
 
@@ -106,6 +110,7 @@ export class MessageList {
 
   /** A message that arrived live, at the end. @param {any} message */
   add(message) {
+    this.#follow();
     this.el.append(this.#message(message, this.el.childElementCount + this.oldest));
     while (this.el.childElementCount > MAX_MESSAGES) {
       this.el.firstElementChild?.remove();
@@ -116,6 +121,17 @@ export class MessageList {
     if (count) count.textContent = String(this.oldest + this.el.childElementCount);
   }
 
+  /** Keep the end in view if it was: measured once a frame, as the tail does (tail.js). */
+  #follow() {
+    if (this.following !== null) return;
+    const el = this.el;
+    this.following = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+    requestAnimationFrame(() => {
+      if (this.following) el.scrollTop = el.scrollHeight;
+      this.following = null;
+    });
+  }
+
   /** The newest page of an answer of the HTTP API. @param {any} stored */
   #showPage(stored) {
     this.oldest = stored.start + stored.messages.length;
@@ -124,9 +140,11 @@ export class MessageList {
 
   /** @param {any[]} messages the page that ends at this.oldest @param {boolean} hasMore */
   #prepend(messages, hasMore) {
+    const first = this.el.childElementCount === 0; // the newest page: show its end
     this.oldest -= messages.length;
     this.el.prepend(...messages.map((m, i) => this.#message(m, this.oldest + i)));
     this.older.hidden = !hasMore;
+    if (first) this.el.scrollTop = this.el.scrollHeight;
   }
 
   /** @param {any} m @param {number} index */
