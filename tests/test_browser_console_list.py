@@ -137,6 +137,8 @@ async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -
 
         await page.goto(console_url(server.port, "#/s/b-1"))
         await expect(page.locator("#status")).to_have_text("This token may not see this session.")
+        # Refused is not closed: the session is live, for its owner.
+        await expect(page.locator("#conn-state")).to_have_text("not attached")
         await expect(page.locator("#meta dd")).to_have_count(0)
 
         await page.goto(console_url(server.port, "#/s/a-1"))

@@ -362,7 +362,7 @@ class SessionView {
 
   /** @param {unknown} error */
   #refused(error) {
-    this.#setConnState("closed");
+    this.#setConnState("refused"); // not "closed": the session may well be live
     let text = String(error instanceof Error ? error.message : error);
     if (error instanceof Forbidden || (error instanceof ApiError && error.status === 403)) {
       text = "This token may not see this session.";
@@ -376,7 +376,11 @@ class SessionView {
 
   /** @param {string} state */
   #setConnState(state) {
-    this.connState.textContent = state === "open" ? "live" : state;
+    const labels = /** @type {Record<string, string>} */ ({
+      open: "live",
+      refused: "not attached",
+    });
+    this.connState.textContent = labels[state] ?? state;
     this.connState.className = `badge conn-${state}`;
     this.connState.dataset.state = state;
     this.connState.dataset.reconnects = String(this.client?.reconnects ?? 0);
