@@ -1,8 +1,8 @@
 // @ts-check
 /**
  * reconnects.js: what the session page's tail says when its connection drops and comes
- * back (a server restart, a network blip). The badge alone flips from "reconnecting" to
- * "live" and back: an operator could not tell from the page whether the tail went on
+ * back (a server restart, a network blip). The badge alone goes to "reconnecting" and
+ * back to "live": an operator could not tell from the page whether the tail went on
  * whole. So the tail gets a line as the connection is lost, one as it comes back, and
  * that line says, once the stream goes on, whether it resumed with nothing missed (the
  * next event follows the last one shown; the client checks there is no gap or repeat

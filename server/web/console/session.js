@@ -27,6 +27,7 @@ import {
 } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
 import { actions, presence } from "./attached.js";
+import { connBadge, setBadge } from "./badge.js";
 import { fill, h, notice } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
 import { showActivity, showMeta } from "./meta.js";
@@ -72,7 +73,7 @@ class SessionView {
     this.messages = new MessageList(this.status, () => this.alive);
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
-    this.connState = h("span", { id: "conn-state", class: "badge" }, "loading");
+    this.connState = connBadge();
     fill(
       root,
       h("p", {}, h("a", { href: "#/", class: "back" }, "← Sessions")),
@@ -376,14 +377,7 @@ class SessionView {
 
   /** @param {string} state */
   #setConnState(state) {
-    const labels = /** @type {Record<string, string>} */ ({
-      open: "live",
-      refused: "not attached",
-    });
-    this.connState.textContent = labels[state] ?? state;
-    this.connState.className = `badge conn-${state}`;
-    this.connState.dataset.state = state;
-    this.connState.dataset.reconnects = String(this.client?.reconnects ?? 0);
+    setBadge(this.connState, state, this.client?.reconnects ?? 0);
   }
 
   /** @param {any} m the session's metadata */
