@@ -95,6 +95,11 @@ async def test_list_filters_sorts_and_pages(browser: Any) -> None:
         await expect(page.locator("#next")).to_be_disabled()
         await page.go_back()
         await expect(page.locator("#range")).to_have_text(f"1{DASH}10 of 13")
+        # A page past the end (an old link, sessions gone since) offers the last one.
+        await page.goto(console_url(server.port, "#/?limit=10&offset=40"))
+        await expect(page.locator("#results .empty")).to_contain_text("13 match")
+        await page.click("#last-page")
+        await expect(page.locator("#range")).to_have_text(f"11{DASH}13 of 13")
 
         await page.click("#filters a:text('Reset')")
         await submit_filters(page, created_after="2999-01-01T00:00")

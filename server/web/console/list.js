@@ -41,7 +41,9 @@ export function showList(root, params, context) {
     }
     try {
       const page = await getJson("/api/v1/sessions", query, { alive: () => alive });
-      if (alive) fill(results, table(page.sessions), pager(page, params));
+      const shown = page.sessions.length > 0 || page.total === 0;
+      if (alive)
+        fill(results, shown ? table(page.sessions) : pastTheEnd(page, params), pager(page, params));
     } catch (error) {
       if (!alive || context.unauthorized(error)) return;
       const text = error instanceof ApiError ? `${error.status}: ${error.message}` : String(error);
@@ -168,6 +170,25 @@ function table(sessions) {
         ),
       ),
     ),
+  );
+}
+
+/**
+ * An empty page of a list that has sessions: its offset is past the end (an old link,
+ * or sessions gone since). Say so, with a way back to the last page, rather than "No
+ * sessions match" above "0 of 301".
+ * @param {{ total: number, limit: number }} page @param {URLSearchParams} params
+ */
+function pastTheEnd({ total, limit }, params) {
+  const next = new URLSearchParams(params);
+  const last = Math.floor((total - 1) / limit) * limit;
+  if (last > 0) next.set("offset", String(last));
+  else next.delete("offset");
+  return h(
+    "p",
+    { class: "empty" },
+    `No sessions on this page: ${total} match, fewer than its start. `,
+    h("a", { id: "last-page", href: `#/?${next}` }, "Go to the last page"),
   );
 }
 
