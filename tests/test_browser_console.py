@@ -258,6 +258,22 @@ async def test_console_publishes_a_test_event_and_closes_the_session(browser: An
         assert problems == []
 
 
+async def test_a_session_deleted_while_watched_leaves_no_live_controls(browser: Any) -> None:
+    async with run_server() as server:
+        agent = await BambooClient.connect(ws_url(server), "gone", create=True, role="agent")
+        async with agent:
+            page = await browser.new_page()
+            await page.goto(console_url(server.port, "#/s/gone"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            await expect(page.locator("#publish")).to_have_count(1)
+            await server.manager.delete_session("gone")
+            await expect(page.locator("#status")).to_contain_text("No such session")
+            await expect(page.locator("#tail .ev-note")).to_contain_text("session deleted")
+            # Nothing offers to publish to, or close, a session that is gone.
+            await expect(page.locator("#publish, #close-session")).to_have_count(0)
+            await expect(page.locator("#presence")).to_have_text("This page is no longer attached.")
+
+
 async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path) -> None:
     """The server stops (1012) and starts again while the console watches and an agent
     keeps publishing: the tail goes on with no gap and no repeated text, and says that

@@ -3,7 +3,8 @@
  * attached.js: what a page attached to a live session shows beside its events. Who is
  * attached (presence: this page, the peers presence told of, and a count of those that
  * attached before it), and the actions: publish a test event, close the session for
- * everyone (after a confirmation). session.js puts them in their cards.
+ * everyone (after a confirmation). session.js puts them in their cards, and takes them
+ * back when the page is no longer attached.
  */
 
 import { SessionEnded } from "/client/bamboo.js";
@@ -43,6 +44,16 @@ export function presence(client, peers) {
     ),
     unknown ? h("p", { class: "muted" }, `${unknown} attached before you (roles not known)`) : null,
   ];
+}
+
+/**
+ * The presence and actions cards once the server ended the page's stream for good (the
+ * session was deleted, say): who was attached, and actions on it, are no longer so.
+ * @param {HTMLElement} presenceCard @param {HTMLElement} actionsCard
+ */
+export function detached(presenceCard, actionsCard) {
+  presenceCard.replaceChildren(h("p", { class: "muted" }, "This page is no longer attached."));
+  actionsCard.replaceChildren(h("p", { class: "muted" }, "No actions: not attached."));
 }
 
 /**

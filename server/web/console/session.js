@@ -26,7 +26,7 @@ import {
   Unauthorized,
 } from "/client/bamboo.js";
 import { ApiError, getJson, getToken } from "./api.js";
-import { actions, presence } from "./attached.js";
+import { actions, detached, presence } from "./attached.js";
 import { connBadge, setBadge } from "./badge.js";
 import { fill, h, notice } from "./dom.js";
 import { MessageList, PAGE } from "./messages.js";
@@ -217,7 +217,13 @@ class SessionView {
       ) {
         const epoch = /** @type {string} */ (client.epoch);
         await this.#catchUp(error.afterSeq, attachedAt, error.cause.reason, epoch);
-      } else this.#refused(error);
+      } else {
+        // The stream ended for good (deleted, refused): no controls of a live session.
+        this.#refused(error);
+        this.tail.note(`Stream ended: ${error instanceof Error ? error.message : error}`);
+        detached(this.presence, this.actions);
+        this.#put("meta-connections", "–");
+      }
     }
   }
 
@@ -368,7 +374,7 @@ class SessionView {
     if (error instanceof Forbidden || (error instanceof ApiError && error.status === 403)) {
       text = "This token may not see this session.";
     } else if (error instanceof NotFound || (error instanceof ApiError && error.status === 404)) {
-      text = "No such session (it may have expired).";
+      text = "No such session: it was deleted, or has expired.";
     } else if (error instanceof Unauthorized) {
       text = "The server refused the token.";
     }
