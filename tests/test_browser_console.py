@@ -285,6 +285,9 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
         url = f"ws://127.0.0.1:{server.port}"
         agent = await BambooClient.connect(url, "restart", create=True, role="agent", **FAST)
         async with agent:
+            # Blocks enough for the tail to scroll, to see that it still follows after.
+            for i in range(30):
+                await agent.publish(AgentEvent.custom("filler", i))
             before = [f"a{i} " for i in range(10)]
             for piece in before:
                 await agent.publish(AgentEvent.token(piece))
@@ -323,7 +326,7 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
             await expect(state).to_have_attribute("data-state", "open")
             assert int(await state.get_attribute("data-reconnects") or "0") >= 1
             assert agent.reconnects >= 1
-            await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "50")
+            await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "80")
             notes = page.locator("#tail .ev-note")
             await expect(notes).to_have_count(2)
             await expect(notes.first).to_contain_text("Disconnected after #")
@@ -332,6 +335,8 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
             )
             await expect(page.locator(f'#presence-list li[title="{first_id}"]')).to_have_count(0)
             await expect(page.locator("#stats-away")).to_be_hidden()
+            # The lines about the restart kept the tail on its end: it shows the last event.
+            await eventually(lambda: page.locator("#tail").evaluate(AT_END), "the tail's end")
             await watcher.close()
     finally:
         server.kill()

@@ -68,6 +68,7 @@ export class Tail {
   /** A line saying that events were skipped or the stream changed.
    * @param {string} text @returns {HTMLElement} the line (to take it back) */
   note(text) {
+    this.#follow(); // a line, as an event: two in a row would leave the end behind
     this.open = null;
     const line = h("div", { class: "ev ev-note" }, text);
     this.#append(line);
