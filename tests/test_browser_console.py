@@ -245,6 +245,8 @@ async def test_console_publishes_a_test_event_and_closes_the_session(browser: An
             await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
             await expect(page.locator("#meta-state")).to_have_text("closed")
             await expect(page.locator("#tail .ev-note")).to_contain_text("Session closed")
+            # Nobody is attached to a closed session: presence does not list who was.
+            await expect(page.locator("#presence")).to_have_text("Nobody can attach.")
             for _ in range(100):
                 if agent.finished:
                     break

@@ -47,13 +47,17 @@ export function presence(client, peers) {
 }
 
 /**
- * The presence and actions cards once the server ended the page's stream for good (the
- * session was deleted, say): who was attached, and actions on it, are no longer so.
+ * The presence and actions cards once the page's stream ended for good (the session
+ * closed, or was deleted): who was attached, and actions on it, are no longer so.
  * @param {HTMLElement} presenceCard @param {HTMLElement} actionsCard
+ * @param {boolean} closed whether the session closed (else the page was refused)
  */
-export function detached(presenceCard, actionsCard) {
-  presenceCard.replaceChildren(h("p", { class: "muted" }, "This page is no longer attached."));
-  actionsCard.replaceChildren(h("p", { class: "muted" }, "No actions: not attached."));
+export function detached(presenceCard, actionsCard, closed) {
+  const [nobody, none] = closed
+    ? ["Nobody can attach.", "The session is closed."]
+    : ["This page is no longer attached.", "No actions: not attached."];
+  presenceCard.replaceChildren(h("p", { class: "muted" }, nobody));
+  actionsCard.replaceChildren(h("p", { class: "muted" }, none));
 }
 
 /**

@@ -221,7 +221,7 @@ class SessionView {
         // The stream ended for good (deleted, refused): no controls of a live session.
         this.#refused(error);
         this.tail.note(`Stream ended: ${error instanceof Error ? error.message : error}`);
-        detached(this.presence, this.actions);
+        detached(this.presence, this.actions, false);
         this.#put("meta-connections", "–");
       }
     }
@@ -320,7 +320,7 @@ class SessionView {
       `The session was replaced: events after #${after} of this one are gone, and the` +
         " session now under this id is another one (another log, its own seqs).",
     );
-    fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
+    detached(this.presence, this.actions, true);
     fill(this.status, missed.replacedNotice(after));
   }
 
@@ -354,7 +354,7 @@ class SessionView {
   #ended(reason, metadata) {
     this.#setConnState("closed");
     const line = this.tail.note(`Session closed: ${reason}`);
-    fill(this.actions, h("p", { class: "muted" }, "The session is closed."));
+    detached(this.presence, this.actions, true);
     if (metadata !== undefined) this.#showMeta(metadata);
     else
       void getJson(this.#path(), { limit: 1 }, { alive: () => this.alive }) // its metadata
