@@ -177,9 +177,8 @@ class LogFiles:
 
     def close_all(self) -> None:
         """Sync what is unsynced and close every descriptor."""
-        trimmed, self.trimmed_unsynced = self.trimmed_unsynced, set()
-        for session_id in trimmed:
-            sync_trimmed(self._layout, session_id)
+        trimmed, self.trimmed_unsynced = list(self.trimmed_unsynced), set()
+        sync_trimmed(self._layout, trimmed)
         while self.open_logs:
             session_id, open_log = self.open_logs.popitem(last=False)
             with contextlib.suppress(OSError):
@@ -197,12 +196,14 @@ def sync_dups(taken: list[tuple[str, int]]) -> None:
             os.close(fd)
 
 
-def sync_trimmed(layout: Layout, session_id: str) -> None:
-    """Sync a log the writer closed before the background sync came to it."""
-    try:
-        sync_log(layout, session_id)
-    except OSError as exc:
-        log.error("background sync of the log of session %r failed: %s", session_id, exc)
+def sync_trimmed(layout: Layout, session_ids: list[str]) -> None:
+    """Sync logs the writer closed before the background sync came to them, one after
+    another (one descriptor at a time)."""
+    for session_id in session_ids:
+        try:
+            sync_log(layout, session_id)
+        except OSError as exc:
+            log.error("background sync of the log of session %r failed: %s", session_id, exc)
 
 
 def _close_quietly(session_id: str, fd: int) -> None:
