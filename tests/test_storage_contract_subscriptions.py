@@ -162,3 +162,36 @@ async def test_subscribers_waiting_for_a_new_session_get_its_creation(store: Sto
             batch = await asyncio.wait_for(subscription.next_batch(), RECV)
             assert (subscription.ended, [e.seq for e in batch]) == (None, [1]), session_id
             subscription.close()
+
+
+async def test_subscribers_of_a_replacing_session_follow_it(store: Storage) -> None:
+    # A replace (a session created over an expired one) ends the old session's
+    # subscriptions as "deleted", at its acknowledgement; one made between its commit
+    # and that acknowledgement, which sees the new session, follows the new session.
+    # Subscribers wait until the id's epoch is the new one, so they subscribe only
+    # after the commit (a store may have the id missing for a moment in between); the
+    # window is narrow: many ids, several subscribers each.
+    async def subscribe_once_replaced(session_id: str, old_epoch: str) -> Subscription:
+        while True:
+            try:
+                if await store.epoch(session_id) != old_epoch:
+                    return await store.subscribe(session_id, after_seq=0)
+            except SessionNotFound:
+                pass
+            await asyncio.sleep(0)
+
+    for n in range(100):
+        session_id = f"re{n}"
+        old = await new_session(store, session_id)
+        await store.append_events(session_id, tokens("old1", "old2"))
+        await store.update_session_state(session_id, SessionState.EXPIRED)
+        new = Session.new(session_id)
+        new.messages.append(Message.user("made with"))
+        replacing = asyncio.create_task(store.create_session(new, replace_expired=True))
+        waiting = [subscribe_once_replaced(session_id, old.metadata.epoch) for _ in range(4)]
+        subscriptions = await asyncio.wait_for(asyncio.gather(*waiting), RECV)
+        await asyncio.wait_for(replacing, RECV)
+        for subscription in subscriptions:
+            batch = await asyncio.wait_for(subscription.next_batch(), RECV)
+            assert (subscription.ended, [e.seq for e in batch]) == (None, [1]), session_id
+            subscription.close()

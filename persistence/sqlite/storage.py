@@ -179,10 +179,12 @@ class SqliteStorage:
             replace_expired=replace_expired,
         )
 
-        def after(replaced: bool) -> None:
+        def after(replaced_epoch: str | None) -> None:
             self._moved(session_id)
-            if replaced:  # the expired one's subscriptions end, as at its removal
-                self._feed.end(session_id, DELETED)
+            if replaced_epoch is not None:
+                # The expired one's subscriptions end, as at its removal; not those made
+                # since the commit, which follow the new session (``subscribe``).
+                self._feed.end(session_id, DELETED, epoch=replaced_epoch)
 
         await self._write(work, after)
 
@@ -285,7 +287,7 @@ class SqliteStorage:
         # write to this session was acknowledged while reading.
         while True:
             generation = self._generation
-            last_seq, state, _epoch = await self._read(reads.log_position, session_id)
+            last_seq, state, epoch = await self._read(reads.log_position, session_id)
             if not self._touched_since(session_id, generation):
                 break
 
@@ -293,6 +295,8 @@ class SqliteStorage:
             return await self.read_events(session_id, after, limit)
 
         subscription = self._feed.subscribe(session_id, after_seq, last_seq, read)
+        # The epoch it follows: a replace ends the replaced epoch's subscriptions only.
+        subscription.set_epoch(epoch)
         if state == SessionState.CLOSED:
             subscription.end(CLOSED)
         return subscription

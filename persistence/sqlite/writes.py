@@ -191,9 +191,10 @@ def create(
     messages: Sequence[Prepared],
     max_sessions: int | None,
     replace_expired: bool = False,
-) -> bool:
+) -> str | None:
     """Insert the new session; with ``replace_expired``, in place of an expired one of
-    the same id, removed in the same transaction. Whether it replaced one."""
+    the same id, removed in the same transaction. The epoch of the one it replaced, or
+    None."""
     session_id = meta.id
     old = batch.row(session_id)
     if old is not None:
@@ -212,9 +213,9 @@ def create(
     batch.session_delta += 1
     if messages:
         append(batch, session_id, messages)
-    # The caller ends the id's subscriptions as "deleted" on a replace only: one made
-    # between this commit and its acknowledgement follows the new session.
-    return old is not None
+    # The caller ends the subscriptions of the replaced epoch only: one made between
+    # this commit and its acknowledgement follows the new session, and stays.
+    return None if old is None else old.epoch
 
 
 def append(
