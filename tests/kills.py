@@ -1,7 +1,7 @@
 """kill -9 of a child process that appends and prints a line per acknowledged append,
 at a random instant, for the crash tests of the JSONL and SQLite stores: timed from
-its first acknowledgement (:func:`run_and_kill`), or from its ``count``-th line of a
-kind (:func:`run_and_kill_after`)."""
+its first line or its n-th acknowledgement (:func:`run_and_kill`), or from its
+``count``-th line of a kind (:func:`run_and_kill_after`)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,44 @@ import time
 from pathlib import Path
 
 
-def run_and_kill(argv: list[str], rng: random.Random, late: float) -> list[str]:
+def run_and_kill(argv: list[str], rng: random.Random, late: float, acks: int = 0) -> list[str]:
     """Start ``python argv…``, SIGKILL it at a random instant, and return its complete
     ``ack`` lines. Half the kills come during start-up and recovery; the others while it
-    appends, up to ``late`` seconds after its first acknowledgement (counted from there,
-    not from the start: on a busy machine, the suite running in two processes, a child
-    could take longer than any fixed delay to get there)."""
+    appends, up to ``late`` seconds after its first line (the children print ``ready``
+    once their store is open; counted from there, not from the start: on a busy
+    machine, the suite running in two processes, a child could take longer than any
+    fixed delay to get there). With ``acks``, the kill always comes while it appends:
+    up to ``late`` seconds after its ``acks``-th acknowledgement, however long a busy
+    machine takes to get there."""
     child = _start(argv)
     assert child.stdout is not None
-    first = b""
-    after_first_ack = rng.choice([None, rng.uniform(0.0, late)])
-    if after_first_ack is None:
+    read = b""
+    if acks:
+        read = _read_until(child, b"ack ", acks)
+        time.sleep(rng.uniform(0.0, late))
+        return _kill(child, read)
+    after_first_line = rng.choice([None, rng.uniform(0.0, late)])
+    if after_first_line is None:
         time.sleep(rng.uniform(0.05, 0.3))
     else:
-        first = child.stdout.readline()  # b"" if the child ended first
-        time.sleep(after_first_ack)
-    return _kill(child, first)
+        read = child.stdout.readline()  # b"" if the child ended first
+        time.sleep(after_first_line)
+    return _kill(child, read)
+
+
+def _read_until(child: subprocess.Popen[bytes], prefix: bytes, count: int) -> bytes:
+    """The child's lines up to its ``count``-th that starts with ``prefix`` (fewer if it
+    ended first: its stderr then says why)."""
+    assert child.stdout is not None
+    read = bytearray()
+    seen = 0
+    while seen < count:
+        line = child.stdout.readline()
+        if not line:
+            break
+        read += line
+        seen += line.startswith(prefix)
+    return bytes(read)
 
 
 def run_and_kill_after(argv: list[str], rng: random.Random, marker: str, count: int) -> list[str]:
