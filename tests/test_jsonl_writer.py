@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import StorageError
-from bamboo_session.persistence.jsonl import logfiles, wal
+from bamboo_session.persistence.jsonl import logfiles
 from bamboo_session.persistence.jsonl.batch import Batch
 from bamboo_session.persistence.jsonl.config import Durability
 from bamboo_session.persistence.jsonl.layout import Layout
@@ -198,50 +198,6 @@ async def test_concurrent_appends_share_batches(layout: Layout, reports: Reports
     await asyncio.gather(*futures)
     assert writer.batches < 40  # the first batch took one; the rest queued behind it
     await writer.close()
-
-
-def logs_open(layout: Layout) -> int:
-    """This process's descriptors of the layout's session logs: what the writer holds
-    (the process's other descriptors come and go with other tests' threads)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        count += target.endswith(".jsonl") and target.startswith(str(layout.log("x").parent))
-    return count
-
-
-async def test_descriptors_stay_within_the_bound(
-    layout: Layout, reports: Reports, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # README's promise: ``max_open`` logs open between commits, three times that at
-    # peak with durability=os (a batch's twice, and the background sync's share).
-    # Counted inside every sync, while the sync threads hold their descriptors; the
-    # syncs are slowed (a slow disk) so that the threads' descriptors overlap.
-    seen: list[int] = []
-    real = logfiles.datasync
-
-    def slow_sync(fd: int) -> None:
-        seen.append(logs_open(layout))
-        time.sleep(0.005)
-        real(fd)
-
-    monkeypatch.setattr(logfiles, "datasync", slow_sync)
-    monkeypatch.setattr(wal, "datasync", slow_sync)  # trimmed logs: synced by path
-    writer = await started(layout, reports, durability="os", max_open=3, fsync_interval=0.01)
-    for seq in (1, 2, 3):
-        await asyncio.gather(*(writer.submit(f"s{i}", batch(seq)) for i in range(40)))
-        await writer.flush()
-        assert len(writer._files.open_logs) <= 3
-        seen.append(logs_open(layout))
-        await asyncio.sleep(0.02)  # a background round over what was trimmed
-    await writer.close()
-    assert len(seen) > 40
-    assert max(seen) <= 3 * 3
-    for i in range(40):
-        assert len(layout.log(f"s{i}").read_bytes().splitlines()) == 3
 
 
 async def test_a_failed_file_fails_its_appends_only(layout: Layout, reports: Reports) -> None:

@@ -65,8 +65,9 @@ class JsonlStorageConfig:
     - ``max_open_logs``: event-log file descriptors kept open by the writer between
       batches (by default a twelfth of the process's open-file limit, from 32 to
       4,096). A batch opens the logs it needs before the least recently used are
-      closed, so in use at once are up to twice as many (three times in ``os`` mode,
-      whose background sync holds duplicates). A commit to a log that is not open is
+      closed, so a batch holds up to twice as many; the background syncs (``os``
+      mode's rounds, the retirement of old WAL segments) hold up to as many again, on
+      their threads: at most three times the bound at once. A commit to a log that is not open is
       written on the writer's thread (opening a file can block), which costs a
       hand-off: about 4% more CPU per event in a closed loop over 1,000 sessions with
       256 open.

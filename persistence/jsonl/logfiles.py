@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # Above this many files in one batch, syncs run on several threads: the filesystem
 # journal then commits them together instead of one after another.
 PARALLEL_SYNC_MIN: Final = 4
+# The background syncs' threads (``os`` mode's rounds, the WAL's retirement).
+SYNC_THREADS: Final = 8
 
 
 class LogFiles:

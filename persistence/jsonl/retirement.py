@@ -8,7 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from .layout import Layout
-from .logfiles import LogFiles
+from .logfiles import SYNC_THREADS, LogFiles
 from .wal import Segment, remove_segment, sync_log
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,18 @@ class Retirement:
         loop = asyncio.get_running_loop()
         while self._queue and not self._files.sync_failed:
             segment = self._queue[0]
+            # The logs are opened by path, at most ``max_open`` at once (a share per
+            # thread, one log after another), the bound's share of the background
+            # (README): opened on all the sync threads, beside a batch's twice
+            # ``max_open``, 14 logs were open at max_open=3.
+            touched = list(segment.touched)
+            threads = min(SYNC_THREADS, self._files.max_open, len(touched))
             syncs = [
-                loop.run_in_executor(self._sync_pool, sync_log, self._layout, session_id)
-                for session_id in segment.touched
+                loop.run_in_executor(self._sync_pool, _sync_logs, self._layout, share)
+                for share in (touched[i::threads] for i in range(threads))
             ]
             results = await asyncio.gather(*syncs, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
+            errors = [r for r in results if r is not None]
             try:
                 if errors:
                     raise errors[0]
@@ -71,3 +77,14 @@ class Retirement:
                 )
                 return
             del self._queue[0]
+
+
+def _sync_logs(layout: Layout, session_ids: list[str]) -> OSError | None:
+    """Sync the logs one after another; the first failure (the others are tried too)."""
+    error: OSError | None = None
+    for session_id in session_ids:
+        try:
+            sync_log(layout, session_id)
+        except OSError as exc:
+            error = error or exc
+    return error

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from bamboo_session.wakeup import Wakeup
 
@@ -49,15 +49,13 @@ from .batch import Batch, Commit, Forget, Group
 from .commits import Committer
 from .config import Durability
 from .layout import Layout
-from .logfiles import LogFiles, sync_dups, sync_trimmed
+from .logfiles import SYNC_THREADS, LogFiles, sync_dups, sync_trimmed
 from .retirement import Retirement
 from .syncer import Syncer
 from .tasks import IoThread, to_completion
 from .wal import SegmentFile
 
 log = logging.getLogger(__name__)
-
-SYNC_THREADS: Final = 8
 
 T = TypeVar("T")
 
