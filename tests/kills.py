@@ -1,7 +1,8 @@
 """kill -9 of a child process that appends and prints a line per acknowledged append,
 at a random instant, for the crash tests of the JSONL and SQLite stores: timed from
 its first line or its n-th acknowledgement (:func:`run_and_kill`), or from its
-``count``-th line of a kind (:func:`run_and_kill_after`)."""
+``count``-th line of a kind (:func:`run_and_kill_after`); rounds of those until enough
+appends were acknowledged (:func:`kill_rounds`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -36,6 +38,29 @@ def run_and_kill(argv: list[str], rng: random.Random, late: float, acks: int = 0
         read = child.stdout.readline()  # b"" if the child ended first
         time.sleep(after_first_line)
     return _kill(child, read)
+
+
+def kill_rounds(
+    run_round: Callable[[int, int], list[str]],
+    check: Callable[[list[str]], None],
+    rounds: int,
+    enough: int,
+) -> int:
+    """``rounds`` rounds of ``run_round(seed, 0)``, each round's acknowledged lines handed
+    to ``check``; the total acknowledged. Half the kills come during start-up, the
+    others soon after it: on a busy machine those rounds may acknowledge little, so when
+    they acknowledged fewer than ``enough``, one more round (``acks``: what is missing)
+    waits for them, then kills at a random instant (a count, not a speed)."""
+    total = 0
+    for seed in range(rounds):
+        lines = run_round(seed, 0)
+        check(lines)
+        total += len(lines)
+    if total < enough:
+        lines = run_round(rounds, enough - total)
+        check(lines)
+        total += len(lines)
+    return total
 
 
 def _read_until(child: subprocess.Popen[bytes], prefix: bytes, count: int) -> bytes:

@@ -56,20 +56,33 @@ def files_hold(config: JsonlStorageConfig) -> int:
     return sum(os.path.getsize(config.layout.log(sid)) for sid in ("a", "b"))
 
 
+async def fail_a_cut(
+    storage: JsonlStorage,
+    config: JsonlStorageConfig,
+    fail_sync: FailingSync,
+    monkeypatch: pytest.MonkeyPatch,
+) -> FailingTruncate:
+    """Sessions a and b of user u; a's second append fails, and so does the cut of its
+    lines: 2 KB of failed lines stay in a's log after 1 KB of good ones. The injected
+    ftruncate failure is left armed."""
+    for session_id in ("a", "b"):
+        await storage.create_session(Session.new(session_id, user_id="u"))
+    await storage.append_events("a", token(1000))
+    truncate = FailingTruncate(config.layout.log("a"), monkeypatch)
+    truncate.armed = True
+    fail_sync.arm()
+    with pytest.raises(StorageError):
+        await storage.append_events("a", token(2000))
+    assert fail_sync.fired() and truncate.failures == 1
+    return truncate
+
+
 async def test_lines_a_failed_cut_leaves_count_until_they_are_cut(
     tmp_path: Path, fail_sync: FailingSync, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path / "data", max_user_bytes=USER_CAP)
     async with await JsonlStorage.open(config) as storage:
-        for session_id in ("a", "b"):
-            await storage.create_session(Session.new(session_id, user_id="u"))
-        await storage.append_events("a", token(1000))
-        truncate = FailingTruncate(config.layout.log("a"), monkeypatch)
-        truncate.armed = True
-        fail_sync.arm()
-        with pytest.raises(StorageError):
-            await storage.append_events("a", token(2000))
-        assert fail_sync.fired() and truncate.failures == 1
+        truncate = await fail_a_cut(storage, config, fail_sync, monkeypatch)
         # The failed lines are still in a's log: they count, as the file holds them.
         assert files_hold(config) > 3000
         assert user_bytes(storage) == files_hold(config)
@@ -92,17 +105,8 @@ async def test_lines_a_failed_cut_leaves_stay_failed_after_a_close(
     """The store closes before a's next write, so the cut was never retried: the failed
     lines must not come back as stored events at the next open."""
     config = JsonlStorageConfig(tmp_path / "data", max_user_bytes=USER_CAP)
-    truncate = None
     async with await JsonlStorage.open(config) as storage:
-        for session_id in ("a", "b"):
-            await storage.create_session(Session.new(session_id, user_id="u"))
-        await storage.append_events("a", token(1000))
-        truncate = FailingTruncate(config.layout.log("a"), monkeypatch)
-        truncate.armed = True
-        fail_sync.arm()
-        with pytest.raises(StorageError):
-            await storage.append_events("a", token(2000))
-        assert fail_sync.fired() and truncate.failures == 1
+        truncate = await fail_a_cut(storage, config, fail_sync, monkeypatch)
     truncate.armed = False
     async with await JsonlStorage.open(config) as storage:
         assert [e.seq for e in await storage.read_events("a")] == [1]
@@ -116,15 +120,7 @@ async def test_lines_a_failed_cut_leaves_are_cut_after_a_failed_delete(
     next write: a is back, and its failed lines are still cut before that write."""
     config = JsonlStorageConfig(tmp_path / "data", max_user_bytes=USER_CAP)
     async with await JsonlStorage.open(config) as storage:
-        for session_id in ("a", "b"):
-            await storage.create_session(Session.new(session_id, user_id="u"))
-        await storage.append_events("a", token(1000))
-        truncate = FailingTruncate(config.layout.log("a"), monkeypatch)
-        truncate.armed = True
-        fail_sync.arm()
-        with pytest.raises(StorageError):
-            await storage.append_events("a", token(2000))
-        assert fail_sync.fired() and truncate.failures == 1
+        truncate = await fail_a_cut(storage, config, fail_sync, monkeypatch)
         truncate.armed = False
         blocker = config.layout.tombstone("a")
         blocker.mkdir()

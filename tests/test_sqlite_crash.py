@@ -91,23 +91,17 @@ def test_sigkill_at_random_instants_loses_no_acknowledged_write(tmp_path: Path) 
     rng = random.Random(int.from_bytes(os.urandom(4)))
     path = tmp_path / "store.db"
     acked = Acked()
-    total = 0
-    for round_ in range(ROUNDS):
-        lines = run_and_kill(path, seed=round_, rng=rng)
+
+    def check(lines: list[str]) -> None:
         for line in lines:
             acked.add(line)
-        total += len(lines)
         if path.exists():
             asyncio.run(verify(path, acked))
-    if total < ENOUGH:
-        # Half the kills come during start-up, the others soon after it: on a busy
-        # machine those rounds may acknowledge little. One more waits for what is
-        # missing, then kills at a random instant (a count, not a speed).
-        lines = run_and_kill(path, seed=ROUNDS, rng=rng, acks=ENOUGH - total)
-        for line in lines:
-            acked.add(line)
-        total += len(lines)
-        asyncio.run(verify(path, acked))
+
+    def run_round(seed: int, acks: int) -> list[str]:
+        return run_and_kill(path, seed=seed, rng=rng, acks=acks)
+
+    total = kills.kill_rounds(run_round, check, ROUNDS, ENOUGH)
     assert total >= ENOUGH, "the child ended before it acknowledged enough"
 
 
