@@ -22,6 +22,7 @@ import {
   until,
   readToTheEnd,
   storedSeqs,
+  droppingProxy,
 } from "./client_support.mjs";
 
 test("stream URLs", () => {
@@ -30,6 +31,31 @@ test("stream URLs", () => {
   assert.equal(streamUrl("https://h/api/v1/stream", "x"), "wss://h/api/v1/stream/x");
   assert.throws(() => streamUrl("ftp://h"), TypeError);
   assert.throws(() => streamUrl("ws://h", ".."), TypeError);
+});
+
+test("the reconnecting state says which close the client saw", async () => {
+  const proxy = await droppingProxy(url);
+  const options = { sessionId: "why-reconnecting", backoffInitial: 20 };
+  const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+  const viewer = await BambooClient.connect(proxy.url, options);
+  const changes = [];
+  viewer.on("state", (change) => changes.push(change));
+  try {
+    proxy.drop(1012, "server restarting");
+    await until(() => changes.length === 2); // reconnecting, open
+    proxy.cut(); // no close frame
+    await until(() => changes.length === 4);
+    assert.deepEqual(changes, [
+      { state: "reconnecting", code: 1012, reason: "server restarting" },
+      { state: "open" },
+      { state: "reconnecting", code: null, reason: "connection lost" },
+      { state: "open" },
+    ]);
+  } finally {
+    await viewer.close();
+    await agent.close();
+    await proxy.close();
+  }
 });
 
 test("publish, receive, read back", async () => {

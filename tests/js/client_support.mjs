@@ -144,9 +144,10 @@ export async function holdingProxy(target) {
 }
 
 /**
- * A TCP proxy to the server at `target` (a ws:// URL) whose `drop(code)` ends every
- * connection through it as the server does when it closes one: a close frame with
- * `code` to the client, and the server's side cut. After `refuseHttp()`, a plain HTTP
+ * A TCP proxy to the server at `target` (a ws:// URL) whose `drop(code, reason)` ends
+ * every connection through it as the server does when it closes one: a close frame with
+ * `code` (and `reason`) to the client, and the server's side cut; `cut()` ends them with
+ * no close frame, as a network failure does. After `refuseHttp()`, a plain HTTP
  * request through it (no WebSocket upgrade) gets 503.
  */
 export async function droppingProxy(target) {
@@ -185,11 +186,19 @@ export async function droppingProxy(target) {
     refuseHttp() {
       state.refuseHttp = true;
     },
-    /** @param {number} code */
-    drop(code) {
+    /** @param {number} code @param {string} [reason] short: one frame of < 126 bytes */
+    drop(code, reason = "") {
+      const text = Buffer.from(reason);
+      const frame = Buffer.from([0x88, 2 + text.length, code >> 8, code & 0xff]);
       for (const { client, upstream } of pairs) {
         upstream.destroy();
-        client.end(Buffer.from([0x88, 2, code >> 8, code & 0xff]));
+        client.end(Buffer.concat([frame, text]));
+      }
+    },
+    cut() {
+      for (const { client, upstream } of pairs) {
+        upstream.destroy();
+        client.destroy();
       }
     },
     close() {

@@ -11,7 +11,7 @@
 /** Close codes after which the client reconnects and resumes. */
 export const RESUME_CODES = Object.freeze([1001, 1011, 1012, 1013, 4408, 4429]);
 const RESUMABLE = new Set(RESUME_CODES);
-const ABNORMAL_CLOSURE = 1006; // what browsers report for a network failure
+export const ABNORMAL_CLOSURE = 1006; // what browsers report for a network failure
 
 /** Base of every error the client raises. */
 export class ClientError extends Error {

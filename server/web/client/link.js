@@ -15,7 +15,14 @@
  * @module bamboo/link
  */
 
-import { ClientError, Retry, SessionEnded, asClientError, closeError } from "./errors.js";
+import {
+  ABNORMAL_CLOSURE,
+  ClientError,
+  Retry,
+  SessionEnded,
+  asClientError,
+  closeError,
+} from "./errors.js";
 import { decodeFrame, frameBytes, sendQuietly } from "./frames.js";
 import { dial, eventsAfter, tokenNow } from "./handshake.js";
 import { replyWithin } from "./pending.js";
@@ -25,6 +32,8 @@ import { streamUrl } from "./urls.js";
 /**
  * @typedef {import("./types.js").Settings} Settings
  * @typedef {import("./types.js").ConnectionState} ConnectionState
+ * @typedef {import("./types.js").StateChange} StateChange
+ * @typedef {{ code: number | null, reason: string }} CloseSeen
  * @typedef {import("./client.js").BambooClient} BambooClient
  */
 
@@ -156,7 +165,9 @@ export class Link {
       return;
     }
     this.#attempts = 0; // a pause is no failure: its connection was fine
-    void this.#reconnect(new Retry("events queue read down"));
+    // The close the pause made: the client's own, which `"reconnecting"` names.
+    const close = { code: 1000, reason: "events queue full" };
+    void this.#reconnect(new Retry("events queue read down"), close);
   }
 
   // -- connection -------------------------------------------------------------------------
@@ -232,7 +243,7 @@ export class Link {
     if (error instanceof Retry && (state.overflowed || code === 4429)) state.fellBehind();
     if (!(error instanceof Retry)) this.finish(state.unlessBehind(error));
     else if (!this.#options.reconnect) this.finish(state.lost(`connection lost: ${error.message}`));
-    else void this.#reconnect(error);
+    else void this.#reconnect(error, closeSeen(code, reason));
   }
 
   /**
@@ -245,9 +256,13 @@ export class Link {
     return code === 4401 && typeof this.#options.token === "function";
   }
 
-  /** Reconnect with backoff until welcomed, refused, given up or closed. @param {Error} error */
-  async #reconnect(error) {
-    this.#setState("reconnecting");
+  /**
+   * Reconnect with backoff until welcomed, refused, given up or closed.
+   * @param {Error} error @param {CloseSeen} close what ended the connection, which the
+   *   `"reconnecting"` state change says
+   */
+  async #reconnect(error, close) {
+    this.#setState("reconnecting", close);
     if (performance.now() - this.#welcomedAt >= STABLE_AFTER) this.#attempts = 0;
     const { maxRetries } = this.#options;
     const state = this.#state;
@@ -321,7 +336,7 @@ export class Link {
         ws.close(1000);
       }
     }
-    this.#setState("closed", failure);
+    this.#setState("closed", { error: failure });
   }
 
   /** End this client (see `BambooClient#close`), and wait for its connection's close. */
@@ -338,11 +353,28 @@ export class Link {
     });
   }
 
-  /** @param {ConnectionState} state @param {ClientError} [error] */
-  #setState(state, error) {
+  /**
+   * @param {ConnectionState} state
+   * @param {{ error: ClientError } | CloseSeen} [why] what the change says besides
+   *   the state: why the client ended (`"closed"`), or the close that made it
+   *   reconnect (`"reconnecting"`)
+   */
+  #setState(state, why) {
     if (this.#connectionState === state) return;
     this.#connectionState = state;
-    const detail = error ? { state, error } : { state };
+    /** @type {StateChange} */
+    const detail = { state, ...why };
     this.#client.dispatchEvent(new CustomEvent("state", { detail }));
   }
+}
+
+/**
+ * The close of a connection as the `"reconnecting"` state change reports it: its code
+ * and reason, or, when no close frame came (1006: the connection dropped), a null
+ * code and "connection lost" (or what reason the WebSocket gave).
+ * @param {number} code @param {string} reason @returns {CloseSeen}
+ */
+function closeSeen(code, reason) {
+  if (code === ABNORMAL_CLOSURE) return { code: null, reason: reason || "connection lost" };
+  return { code, reason };
 }

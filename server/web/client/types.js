@@ -47,7 +47,13 @@
  * @typedef {"connecting" | "open" | "reconnecting" | "paused" | "closed"} ConnectionState
  *   `"paused"`: disconnected on purpose while the events queue is full; it reconnects
  *   and resumes once `events()` has taken the queue down to half, or at a request.
- * @typedef {{ state: ConnectionState, error?: import("./errors.js").ClientError }} StateChange
+ * @typedef {{ state: ConnectionState, error?: import("./errors.js").ClientError,
+ *   code?: number | null, reason?: string }} StateChange
+ *   `error`, with `"closed"`: why the client ended. `code` and `reason`, with
+ *   `"reconnecting"`: the close that made it reconnect, as the client saw it (the
+ *   server's close code and reason; a null code and `"connection lost"` when no close
+ *   frame came, as when the network dropped; 1000 and `"events queue full"` when it
+ *   closed the connection itself to pause).
  * @typedef {string | (() => string | Promise<string>)} TokenSource
  *   A JWT, or a function that returns one (or a promise of one), asked before every
  *   connection.
