@@ -3,13 +3,16 @@
  * reconnects.js: what the session page's tail says when its connection drops and comes
  * back (a server restart, a network blip). The badge alone goes to "reconnecting" and
  * back to "live": an operator could not tell from the page whether the tail went on
- * whole. So the tail gets a line as the connection is lost, one as it comes back, and
- * that line says, once the stream goes on, whether it resumed with nothing missed (the
- * next event follows the last one shown; the client checks there is no gap or repeat
- * after it) or the resume was refused (the Reset's own line then says what is missing).
+ * whole. So the tail gets a line as the connection is lost, saying why (the close the
+ * client saw: "1012 server restarting", or "connection lost" when no close frame
+ * came), and one as it comes back, which says, once the stream goes on, whether it
+ * resumed with nothing missed (the next event follows the last one shown; the client
+ * checks there is no gap or repeat after it) or the resume was refused (the Reset's
+ * own line then says what is missing).
  */
 
 /** @typedef {import("/client/bamboo.js").BambooClient} BambooClient */
+/** @typedef {import("/client/bamboo.js").StateChange} StateChange */
 /** @typedef {import("./tail.js").Tail} Tail */
 
 export class ReconnectNotes {
@@ -26,15 +29,17 @@ export class ReconnectNotes {
 
   /**
    * The client's connection state changed (its `state` event).
-   * @param {BambooClient} client @param {string} state
+   * @param {BambooClient} client @param {StateChange} change
    * @returns {boolean} whether the connection just came back (presence is stale then:
    * the connections it told of were of the server before)
    */
-  state(client, state) {
+  state(client, { state, code, reason }) {
     if (state === "reconnecting" && !this.lost) {
       this.lost = true;
       this.pending = null;
-      this.tail.note(`Disconnected after #${this.tail.lastSeq}: reconnecting…`);
+      // The close the client saw: "1012 server restarting", or "connection lost".
+      const why = `${code ?? ""} ${reason ?? ""}`.trim() || "connection lost";
+      this.tail.note(`Disconnected after #${this.tail.lastSeq} (${why}): reconnecting…`);
       return false;
     }
     if (state !== "open" || !this.lost) return state === "open";

@@ -161,10 +161,10 @@ class SessionView {
     this.#showMeta(session);
     this.#setConnState(client.state);
     const reconnects = new ReconnectNotes(this.tail);
-    client.on("state", ({ state }) => {
-      this.#setConnState(state);
+    client.on("state", (change) => {
+      this.#setConnState(change.state);
       // Back after a drop: the peers presence told of were the connections before it.
-      if (reconnects.state(client, state)) {
+      if (reconnects.state(client, change)) {
         this.peers.clear();
         this.#showPresence();
       }
