@@ -1,8 +1,8 @@
 // @ts-check
 /**
- * session.js: one session. Its metadata (meta.js), message history (paged, newest first
- * loaded; messages.js), presence and actions (attached.js), and a live tail of its
- * events, through the JavaScript client: the page attaches to the session resuming a
+ * session.js: one session's page (laid out by layout.js, which also words a refusal):
+ * its metadata (meta.js), message history (paged, newest first loaded; messages.js),
+ * presence and actions (attached.js), and a live tail of its events, through the JavaScript client: the page attaches to the session resuming a
  * little before its last event, so the tail opens with the latest events and then
  * follows live, across server restarts, with no gap and no duplicate (the tail says
  * when it was disconnected and how it resumed: reconnects.js). A closed session
@@ -17,18 +17,12 @@
  * reads them again, into the tail as it is. The read and those notices are missed.js's.
  */
 
-import {
-  BambooClient,
-  ConnectionLost,
-  Forbidden,
-  NotFound,
-  SessionEnded,
-  Unauthorized,
-} from "/client/bamboo.js";
-import { ApiError, getJson, getToken } from "./api.js";
+import { BambooClient, ConnectionLost, SessionEnded } from "/client/bamboo.js";
+import { getJson, getToken } from "./api.js";
 import { actions, detached, presence } from "./attached.js";
 import { connBadge, setBadge } from "./badge.js";
 import { fill, h, notice } from "./dom.js";
+import { layOut, refusalText } from "./layout.js";
 import { MessageList, PAGE } from "./messages.js";
 import { showActivity, showMeta } from "./meta.js";
 import * as missed from "./missed.js";
@@ -74,39 +68,15 @@ class SessionView {
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
     this.connState = connBadge();
-    fill(
-      root,
-      h("p", {}, h("a", { href: "#/", class: "back" }, "← Sessions")),
-      h(
-        "h1",
-        { class: "session-title" },
-        h("span", { id: "session-title" }, sessionId),
-        " ",
-        this.connState,
-      ),
-      this.status,
-      h(
-        "div",
-        { class: "session-grid" },
-        h("section", { class: "card" }, h("h2", {}, "Metadata"), this.meta),
-        h(
-          "section",
-          { class: "card" },
-          h("h2", {}, "Presence"),
-          this.presence,
-          h("h2", {}, "Actions"),
-          this.actions,
-        ),
-        h(
-          "section",
-          { class: "card history" },
-          h("h2", {}, "Messages"),
-          this.messages.older,
-          this.messages.el,
-        ),
-        h("section", { class: "card tail-card" }, h("h2", {}, "Live events"), this.tailEl),
-      ),
-    );
+    layOut(root, sessionId, {
+      badge: this.connState,
+      status: this.status,
+      meta: this.meta,
+      presence: this.presence,
+      actions: this.actions,
+      messages: this.messages,
+      tail: this.tailEl,
+    });
   }
 
   destroy() {
@@ -370,15 +340,7 @@ class SessionView {
   /** @param {unknown} error */
   #refused(error) {
     this.#setConnState("refused"); // not "closed": the session may well be live
-    let text = String(error instanceof Error ? error.message : error);
-    if (error instanceof Forbidden || (error instanceof ApiError && error.status === 403)) {
-      text = "This token may not see this session.";
-    } else if (error instanceof NotFound || (error instanceof ApiError && error.status === 404)) {
-      text = "No such session: it was deleted, or has expired.";
-    } else if (error instanceof Unauthorized) {
-      text = "The server refused the token.";
-    }
-    notice(this.status, text);
+    notice(this.status, refusalText(error));
   }
 
   /** @param {string} state */
