@@ -144,7 +144,13 @@ async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -
         await expect(page.locator("#status")).to_have_text("This token may not see this session.")
         # Refused is not closed: the session is live, for its owner.
         await expect(page.locator("#conn-state")).to_have_text("not attached")
-        await expect(page.locator("#meta dd")).to_have_count(0)
+        # Only the refusal: no empty cards as if there were a session to show.
+        await expect(page.locator(".card")).to_have_count(0)
+        await page.goto(console_url(server.port, "#/s/none-such"))
+        await expect(page.locator("#status")).to_have_text(
+            "No such session: it was deleted, or has expired."
+        )
+        await expect(page.locator(".card")).to_have_count(0)
 
         await page.goto(console_url(server.port, "#/s/a-1"))
         await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")

@@ -5,7 +5,7 @@
  * them): the link back to the list, the title and its badge, the status line, and
  * the cards of metadata, presence and actions, messages and live events.
  * {@link refusalText} words why the server would not let the page see or attach to
- * its session.
+ * its session, and {@link deniesSession} whether the page then shows only that.
  */
 
 import { Forbidden, NotFound, Unauthorized } from "/client/bamboo.js";
@@ -25,8 +25,30 @@ import { fill, h } from "./dom.js";
 /**
  * Fill `root` with the page of session `sessionId`, made of `parts`.
  * @param {HTMLElement} root @param {string} sessionId @param {SessionParts} parts
+ * @returns {HTMLElement} the cards
  */
 export function layOut(root, sessionId, parts) {
+  const cards = h(
+    "div",
+    { class: "session-grid" },
+    h("section", { class: "card" }, h("h2", {}, "Metadata"), parts.meta),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Presence"),
+      parts.presence,
+      h("h2", {}, "Actions"),
+      parts.actions,
+    ),
+    h(
+      "section",
+      { class: "card history" },
+      h("h2", {}, "Messages"),
+      parts.messages.older,
+      parts.messages.el,
+    ),
+    h("section", { class: "card tail-card" }, h("h2", {}, "Live events"), parts.tail),
+  );
   fill(
     root,
     h("p", {}, h("a", { href: "#/", class: "back" }, "← Sessions")),
@@ -38,28 +60,18 @@ export function layOut(root, sessionId, parts) {
       parts.badge,
     ),
     parts.status,
-    h(
-      "div",
-      { class: "session-grid" },
-      h("section", { class: "card" }, h("h2", {}, "Metadata"), parts.meta),
-      h(
-        "section",
-        { class: "card" },
-        h("h2", {}, "Presence"),
-        parts.presence,
-        h("h2", {}, "Actions"),
-        parts.actions,
-      ),
-      h(
-        "section",
-        { class: "card history" },
-        h("h2", {}, "Messages"),
-        parts.messages.older,
-        parts.messages.el,
-      ),
-      h("section", { class: "card tail-card" }, h("h2", {}, "Live events"), parts.tail),
-    ),
+    cards,
   );
+  return cards;
+}
+
+/**
+ * Whether `error` says the page has no session to show: this token may not see it
+ * (403, 4403), or there is none (404, 4404). @param {unknown} error @returns {boolean}
+ */
+export function deniesSession(error) {
+  if (error instanceof Forbidden || error instanceof NotFound) return true;
+  return error instanceof ApiError && (error.status === 403 || error.status === 404);
 }
 
 /** Why the server refused the page, in words. @param {unknown} error @returns {string} */

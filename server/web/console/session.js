@@ -22,7 +22,7 @@ import { getJson, getToken } from "./api.js";
 import { actions, detached, presence } from "./attached.js";
 import { connBadge, setBadge } from "./badge.js";
 import { fill, h, notice } from "./dom.js";
-import { layOut, refusalText } from "./layout.js";
+import { deniesSession, layOut, refusalText } from "./layout.js";
 import { MessageList, PAGE } from "./messages.js";
 import { showActivity, showMeta } from "./meta.js";
 import * as missed from "./missed.js";
@@ -68,7 +68,7 @@ class SessionView {
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
     this.connState = connBadge();
-    layOut(root, sessionId, {
+    this.cards = layOut(root, sessionId, {
       badge: this.connState,
       status: this.status,
       meta: this.meta,
@@ -91,7 +91,7 @@ class SessionView {
       // whole history, however long.
       stored = await getJson(this.#path(), { limit: PAGE }, { alive: () => this.alive });
     } catch (error) {
-      if (this.alive && !this.context.unauthorized(error)) this.#refused(error);
+      if (this.alive && !this.context.unauthorized(error)) this.#refused(error, true);
       return;
     }
     if (!this.alive) return;
@@ -118,7 +118,7 @@ class SessionView {
       if (!this.alive || this.context.unauthorized(error)) return;
       if (error instanceof SessionEnded)
         this.#showStored(stored, "This session is closed: no live events.");
-      else this.#refused(error);
+      else this.#refused(error, true);
       return;
     }
     if (!this.alive) {
@@ -337,10 +337,15 @@ class SessionView {
     return line;
   }
 
-  /** @param {unknown} error */
-  #refused(error) {
+  /**
+   * @param {unknown} error
+   * @param {boolean} [opening] the page was refused as it opened, nothing shown yet
+   */
+  #refused(error, opening = false) {
     this.#setConnState("refused"); // not "closed": the session may well be live
     notice(this.status, refusalText(error));
+    // No session to show this token (403, 404): empty cards would say there is one.
+    if (opening && deniesSession(error)) this.cards.remove();
   }
 
   /** @param {string} state */
