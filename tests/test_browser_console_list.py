@@ -1,6 +1,6 @@
 """The web console in a real headless Chromium: the session list (its filters, sort
-and pages), what a user's token lets it see (and the console asking for a token), a
-narrow screen, and markup shown as text under a policy that blocks injection.
+and pages), what a user's token lets it see (and the console asking for a token, again
+when it expires), a narrow screen, and markup shown as text under a policy that blocks injection.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ expect.set_options(timeout=10_000)
 SECRET = "console-test-secret-" + "x" * 32
 
 
-def make_token(sub: str, role: str = "user") -> str:
-    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, SECRET, "HS256")
+def make_token(sub: str, role: str = "user", ttl: int = 600) -> str:
+    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + ttl}, SECRET, "HS256")
 
 
 async def make_session(
@@ -171,6 +171,26 @@ async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -
         await page.click("#login button[type=submit]")
         await expect(rows).to_have_count(3)
         await expect(page.locator("#who-name")).to_have_text("root (admin)")
+
+
+async def test_a_token_that_expires_while_watching_signs_the_top_bar_out(browser: Any) -> None:
+    """The server ends the page's connection as its token expires (4401, no leeway):
+    the sign-in form replaces the page, and the top bar no longer names the user of
+    that token nor offers to sign out."""
+    async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
+        await make_session(ws_url(server), "watched", None, "Watched", token=make_token("alice"))
+        page = await browser.new_page()
+        problems = watch_page(page)
+        await page.goto(console_url(server.port, "#/s/watched"))
+        await page.fill("#token-input", make_token("alice", ttl=3))
+        await page.click("#login button[type=submit]")
+        await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+        await expect(page.locator("#who-name")).to_have_text("alice (user)")
+        await expect(page.locator("#login .notice")).to_contain_text("refused")
+        await expect(page.locator("#who-name")).to_have_count(0)
+        await expect(page.locator("#who button")).to_have_count(0)
+        # The browser reports the 401 of the read made before signing in: no page error.
+        assert [p for p in problems if "status of 401" not in p] == []
 
 
 async def test_console_fits_a_narrow_screen(browser: Any) -> None:

@@ -26,6 +26,9 @@ let current = null;
 function askForToken(reason) {
   current?.destroy();
   current = null;
+  // The top bar names no one while the page asks for a token: the one it named (and
+  // would sign out) is refused, expired maybe while a page was watched.
+  fill(who);
   const input = h("input", {
     id: "token-input",
     name: "token",
