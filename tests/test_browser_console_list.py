@@ -1,6 +1,7 @@
 """The web console in a real headless Chromium: the session list (its filters, sort
 and pages), what a user's token lets it see (and the console asking for a token, again
-when it expires), a narrow screen, and markup shown as text under a policy that blocks injection.
+when it expires), a narrow screen, and markup shown as text under a policy that
+blocks injection.
 """
 
 from __future__ import annotations
