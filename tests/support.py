@@ -22,6 +22,10 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 
 RECV_TIMEOUT = 5.0
+# A hello's welcome comes after the store's writes (a create, presence): on a loaded
+# machine whose disk stalls, the suite's Redis (appendfsync always) can hold them for
+# seconds. The tests wait for the welcome, not for its speed; a hung hello still fails.
+WELCOME_TIMEOUT = 20.0
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "server" / "web" / "client"
 # A static import or re-export of a sibling module (`import { … } from "./x.js";`,
 # `export { … } from "./x.js";`). A JSDoc type's `import("./x.js")` loads nothing.
@@ -142,7 +146,7 @@ async def attach(
     """A peer that has sent ``hello`` and read ``welcome``."""
     async with open_peer(server, session_id, msgpack=msgpack, headers=headers) as peer:
         await peer.send({"type": "hello", **hello})
-        welcome = await peer.recv()
+        welcome = await peer.recv(WELCOME_TIMEOUT)
         assert welcome["type"] == "welcome", welcome
         yield peer, welcome
 
