@@ -62,6 +62,15 @@ class AnsweringConnection(ServerConnection):
     # Whether the peer has sent its end of stream, and the future of peer_gone().
     _peer_ended = False
     _gone: asyncio.Future[None] | None = None
+    # The peer's host, read as the connection opens: a request may be handled after
+    # its peer reset the connection, when the transport no longer knows it (under
+    # uvloop, get_extra_info("peername") then raises AttributeError).
+    peer_host: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        address = transport.get_extra_info("peername")
+        self.peer_host = str(address[0]) if address else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:

@@ -76,11 +76,10 @@ class HttpPeer:
     ) -> HttpPeer:
         """The peer of ``request``, come on ``connection``."""
         authorization = request.headers.get_all("Authorization")
-        address = connection.remote_address
         return cls(
             access,
             authorization[0] if len(authorization) == 1 else None,
-            str(address[0]) if address else None,
+            connection.peer_host,  # not remote_address: the peer may have reset by now
             connection.peer_gone,
         )
 
