@@ -7,6 +7,7 @@ once."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -160,6 +161,32 @@ async def test_a_session_read_again_is_counted_once(store: RedisStorage) -> None
     assert again and len(ids) == len(set(ids)) == result.total == SESSIONS - SESSIONS // 5
     created = [m.created_at for m in result.sessions]
     assert created == sorted(created, reverse=True)  # the new creation times, newest first
+
+
+async def test_listings_in_steps_go_one_at_a_time(store: RedisStorage) -> None:
+    """Listings in steps made at once are read one after the other, whole: interleaved,
+    each took as long as all of them together (16 of 100,000 candidates each were all
+    past the read deadline, where one call each served one), each holding its matches
+    meanwhile."""
+    await fill(store)
+    store.list_step = STEP
+    callers: list[asyncio.Task[Any] | None] = []  # the listing of each later step
+    run = store.redis.run
+
+    async def noted(name: str, keys: Any, args: Any) -> Any:
+        if name == "list" and args[-3:] != ["", "", ""]:
+            callers.append(asyncio.current_task())
+        return await run(name, keys, args)
+
+    store.redis.run = noted  # type: ignore[method-assign]
+    query = SessionFilter(title_contains="Chat", limit=100)
+    results = await asyncio.gather(*(store.list_sessions(query) for _ in range(4)))
+    assert {result.total for result in results} == {SESSIONS - SESSIONS // 5}
+    assert len(callers) == 4 * (SESSIONS // STEP)
+    # Each listing's later steps in one run (its first is taken before anyone knows
+    # that steps follow): a listing that takes turns with others shows up again.
+    runs = [caller for caller, _ in itertools.groupby(callers)]
+    assert len(runs) == len(set(runs)) == 4
 
 
 def counting_calls(store: RedisStorage, after: Any = None) -> list[Any]:

@@ -12,12 +12,18 @@ does: a session is counted once (the last step that saw it wins), sorted by the 
 its step read; one that joins the source behind the cursor is not seen, one that
 leaves it ahead of the cursor is not either, and one deleted before its page is read
 is left out of the page (not out of ``total``), as one call does too.
+
+A process makes one listing in steps at a time (``RedisStorage.stepped_listing``), in
+the order they came: interleaved, 16 listings of 100,000 candidates made at once each
+took as long as all of them, and all 16 were past the server's read deadline (503;
+one call each served one of them), each holding its matches meanwhile (some 25 MB at
+100,000, counted nowhere). One at a time, three of the 16 are served.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..base import SessionFilter, SessionListResult, SortBy, SortOrder
 from .layout import Layout, metadata_from, to_micros
@@ -50,14 +56,10 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
     if reply[0] == 0:
         sessions = [metadata_from(flat) for flat in reply[2:]]
         return SessionListResult(sessions=sessions, total=int(reply[1]), offset=offset, limit=limit)
-    found: dict[bytes, float] = {}  # id -> sort key, as the last step that read it saw it
-    while True:
-        matches = reply[1:] if reply[0] == 2 else reply[4:]
-        for id_, score in zip(matches[::2], matches[1::2], strict=True):
-            found[id_] = float(score)
-        if reply[0] == 2:
-            break
-        reply = await storage.redis.run("list", [], [*args, *reply[1:4]])
+    # One listing in steps at a time on this process (the first step aside, taken
+    # before anyone knew it would be one), first come first served.
+    async with storage.stepped_listing:
+        found = await _rest_of_steps(storage, args, reply)
     ordered = sorted(found.items(), key=lambda item: (item[1], item[0]))
     if query.sort_order is SortOrder.DESC:
         ordered.reverse()
@@ -65,6 +67,21 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
     hashes = await storage.redis.pipeline([("HGETALL", storage.layout.meta(i)) for i in page])
     sessions = [metadata_from(flat) for flat in hashes if flat]
     return SessionListResult(sessions=sessions, total=len(found), offset=offset, limit=limit)
+
+
+async def _rest_of_steps(
+    storage: RedisStorage, args: list[str | int], reply: list[Any]
+) -> dict[bytes, float]:
+    """The matches of a listing in steps from its first step's ``reply`` on: id ->
+    sort key, as the last step that read it saw it."""
+    found: dict[bytes, float] = {}
+    while True:
+        matches = reply[1:] if reply[0] == 2 else reply[4:]
+        for id_, score in zip(matches[::2], matches[1::2], strict=True):
+            found[id_] = float(score)
+        if reply[0] == 2:
+            return found
+        reply = await storage.redis.run("list", [], [*args, *reply[1:4]])
 
 
 def list_args(layout: Layout, query: SessionFilter, step: int) -> list[str | int]:

@@ -15,6 +15,7 @@ Durability is Redis's: see docs/storage-redis.md (``appendonly yes`` and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Final, Self
@@ -75,6 +76,7 @@ class RedisStorage:
         self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
         self._open = True
         self.list_step = LIST_STEP  # candidates a listing reads per script call
+        self.stepped_listing = asyncio.Lock()  # one listing in steps at a time (queries.py)
         from .maintenance import Maintenance, instance_name  # they import this module
 
         self.instance = instance_name()  # in lease tokens and presence notices
