@@ -172,10 +172,25 @@ if cursor_score == '' then
   read = redis.call('ZRANGEBYSCORE', idx .. source, low, high, 'WITHSCORES', 'LIMIT', 0, step)
 else
   -- The rest of the cursor's score (ids after its own), then the scores above it.
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', idx .. source, cursor_score, cursor_score)) do
-    if not id_not_after(id, cursor_id) then
+  -- Still there with its score, the cursor's rank gives where the rest begins, and
+  -- at most <step> of them are read (many sessions can share a creation time: an
+  -- import's); gone, each member of its score is compared with it.
+  local rank = redis.call('ZRANK', idx .. source, cursor_id)
+  local at = redis.call('ZSCORE', idx .. source, cursor_id)
+  if rank and at and tonumber(at) == tonumber(cursor_score) then
+    local before = redis.call('ZCOUNT', idx .. source, '-inf', '(' .. cursor_score)
+    local rest = redis.call('ZRANGEBYSCORE', idx .. source, cursor_score, cursor_score,
+      'LIMIT', rank - before + 1, step)
+    for _, id in ipairs(rest) do
       read[#read + 1] = id
       read[#read + 1] = cursor_score
+    end
+  else
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', idx .. source, cursor_score, cursor_score)) do
+      if not id_not_after(id, cursor_id) then
+        read[#read + 1] = id
+        read[#read + 1] = cursor_score
+      end
     end
   end
   local room = step - #read / 2
