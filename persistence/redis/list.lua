@@ -11,18 +11,25 @@
 -- - A source of at most <step> members is read, filtered and sorted in this call:
 --   {0, total, hash...}.
 -- - A larger one is read in steps of <step> members, in its order (score, then id),
---   one step per call, the caller sorting what the steps found (queries.py); if the
---   smallest is the set of activity times, the smallest of those scored by creation
---   time is read instead (a session is read once: its creation time stays). A call
---   returns {1, source, cursor score, cursor id, id, sort score, ...}: the matches
---   among the members it read, and the cursor to give the next call; the call that
---   reads the source's end returns {2, id, sort score, ...}. A source with no
---   predicate of its own (a title alone) is 'created'.
+--   one step per call, the caller sorting what the steps found (queries.py). A call
+--   returns {1, source, cursor score, cursor id, bound, phase, id, sort score, ...}:
+--   the matches among the members it read, and what to give the next call; the call
+--   that reads the source's end returns {2, id, sort score, ...}. A sort score of ''
+--   says the member, read again, no longer matches. A source with no predicate of
+--   its own (a title alone) is 'created'.
+--   The range of activity times is walked up to a bound, the set's highest score at
+--   the first call: a session touched meanwhile moves above it (the clock is Redis's)
+--   and would otherwise be read again and again, so the walk could go on as long as
+--   sessions are touched. Once at the bound, the members above it (those touched
+--   while the listing ran) are read in the same way, up to a new bound (the phase
+--   counts them); in phase MAX_PHASES, or when they fit in this call, they are read
+--   whole, which ends the walk. A session stays ahead of the cursor until it is read
+--   (activity only moves it up), so each in the range from start to end is read.
 -- ARGV: index prefix, key prefix ('<prefix>:'), then each optional as '' (absent) or
 --       '=' .. value: user, state, created_after, created_before, active_after,
 --       title_contains; then sort set (created, updated, active, msgs), order (asc,
---       desc), offset, limit, step; then, after the first call, the source and the
---       cursor (score, id) it returned ('', '', '' for the first call)
+--       desc), offset, limit, step; then, after the first call, the source, the
+--       cursor (score, id), bound and phase it returned (5 x '' for the first call)
 
 local idx, prefix = ARGV[1], ARGV[2]
 local function opt(v) if v == '' then return nil end return string.sub(v, 2) end
@@ -33,6 +40,11 @@ local sort, desc = ARGV[9], ARGV[10] == 'desc'
 local offset, limit = math.max(tonumber(ARGV[11]), 0), math.max(tonumber(ARGV[12]), 0)
 local step = math.max(tonumber(ARGV[13]), 1)
 local source, cursor_score, cursor_id = ARGV[14], ARGV[15], ARGV[16]
+local bound, phase = ARGV[17], tonumber(ARGV[18])
+-- Phases of a walk over activity times read in steps, the last one whole: each after
+-- the first reads the sessions touched during the one before, so they shrink fast;
+-- the last bounds the calls of a listing whose sessions are touched faster than read.
+local MAX_PHASES = 3
 
 -- Ranges: [low inclusive, high exclusive) on one sorted set.
 local ranges = {}
@@ -58,12 +70,10 @@ local function range_of(name)
   return ranges[name]
 end
 
--- The smallest candidate set (only_created: of those scored by creation time), and
--- its size.
-local function smallest(only_created)
+-- The smallest candidate set, and its size.
+local function smallest()
   local chosen, size = nil, nil
   local function consider(name)
-    if only_created and not by_created(name) then return end
     local r, n = range_of(name), nil
     if r then n = redis.call('ZCOUNT', idx .. name, bounds(r))
     else n = redis.call('ZCARD', idx .. name) end
@@ -73,12 +83,12 @@ local function smallest(only_created)
   if state then consider('state:' .. state) end
   for name, _ in pairs(ranges) do consider(name) end
   if size == nil then
-    if title or only_created then consider('created') else consider(sort) end
+    if title then consider('created') else consider(sort) end
   end
   return chosen, size
 end
 local source_size
-if source == '' then source, source_size = smallest(false) end
+if source == '' then source, source_size = smallest() end
 local low, high = bounds(range_of(source))
 
 -- The predicates the source does not cover, checked on each of its members.
@@ -157,14 +167,13 @@ if cursor_score == '' then
     return page_of(#scored, ids)
   end
 
-  -- Steps go through a set whose scores never change (activity moves a session up
-  -- the 'active' set: a step after it would read it again, and a session touched
-  -- after each step would keep a listing going), so each session is read once.
-  if not by_created(source) then
-    source, source_size = smallest(true)
-    low, high = bounds(range_of(source))
+  -- A range of activity times: walked up to the highest score it has now.
+  if source == 'active' then
+    bound, phase = redis.call('ZREVRANGE', idx .. source, 0, 0, 'WITHSCORES')[2], 1
   end
 end
+local walking = bound ~= ''
+if walking then high = bound end
 
 -- One step: the next <step> members of the source after the cursor (flat: id, score).
 local read = {}
@@ -199,22 +208,44 @@ else
     for _, value in ipairs(above) do read[#read + 1] = value end
   end
 end
+-- At the bound, the members above it (touched since the walk began), from position
+-- <again> of read on: read before, perhaps, so one that no longer matches is said so.
+local done, again = #read / 2 < step, nil
+if walking then
+  if phase > 1 then again = 1 end
+  while #read / 2 < step do
+    local above = redis.call('ZCOUNT', idx .. source, '(' .. bound, '+inf')
+    if above == 0 then break end
+    local room = step - #read / 2
+    again = again or #read + 1
+    if above <= room or phase >= MAX_PHASES then
+      local rest = redis.call('ZRANGEBYSCORE', idx .. source, '(' .. bound, '+inf', 'WITHSCORES')
+      for _, value in ipairs(rest) do read[#read + 1] = value end
+      break
+    end
+    local top = redis.call('ZREVRANGE', idx .. source, 0, 0, 'WITHSCORES')[2]
+    local more = redis.call('ZRANGEBYSCORE', idx .. source, '(' .. bound, top, 'WITHSCORES', 'LIMIT', 0, room)
+    for _, value in ipairs(more) do read[#read + 1] = value end
+    bound, phase, done = top, phase + 1, false
+  end
+end
 local found = {}
 for i = 1, #read, 2 do
   local id = read[i]
-  if matches(id) then
-    local score = sort_score(id, read[i + 1])
-    if score then
-      found[#found + 1] = id
-      found[#found + 1] = score
-    end
+  local score = matches(id) and sort_score(id, read[i + 1])
+  if score then
+    found[#found + 1] = id
+    found[#found + 1] = score
+  elseif again and i >= again then
+    found[#found + 1] = id
+    found[#found + 1] = ''
   end
 end
-if #read / 2 < step then
+if done then
   local result = {2}
   for _, value in ipairs(found) do result[#result + 1] = value end
   return result
 end
-local result = {1, source, read[#read], read[#read - 1]}
+local result = {1, source, read[#read], read[#read - 1], bound, phase or ''}
 for _, value in ipairs(found) do result[#result + 1] = value end
 return result

@@ -8,10 +8,14 @@ of more than ``LIST_STEP`` candidates is now read ``LIST_STEP`` members per call
 its order, each call returning the matches it found with their sort keys; this side
 sorts them (score, then id, as one call would), cuts the page and reads its metadata.
 A listing that does not change meanwhile gets what one call would give. One that
-does: a session is counted once (the last step that saw it wins), sorted by the key
-its step read; one that joins the source behind the cursor is not seen, one that
-leaves it ahead of the cursor is not either, and one deleted before its page is read
-is left out of the page (not out of ``total``), as one call does too.
+does: a session is counted once (the last step that saw it wins, and one that read it
+again no longer matching drops it), sorted by the key its step read; one that joins
+the source behind the cursor is not seen, one that leaves it ahead of the cursor is
+not either, and one deleted before its page is read is left out of the page (not out
+of ``total``), as one call does too. A range of activity times is walked up to a
+bound and then through the sessions touched meanwhile (list.lua says how): each
+session in it from start to end is read, and the walk ends however often they are
+touched.
 
 A process makes one listing in steps at a time (``RedisStorage.stepped_listing``), in
 the order they came: interleaved, 16 listings of 100,000 candidates made at once each
@@ -41,6 +45,11 @@ SCRIPT_INDEX_MAX: Final = 2**32
 # (bench/redis_listing.py), so a call holds Redis for a few ms at most.
 LIST_STEP: Final = 250
 
+# What list.lua's first call of a listing gets after the query, and each later one
+# gets from the call before: the source, the cursor's score and id, and the bound and
+# phase of a walk over activity times ('' for a walk over creation times).
+FIRST_STEP: Final = ("", "", "", "", "")
+
 SORT_SETS: Final = {
     SortBy.CREATED_AT: "created",
     SortBy.UPDATED_AT: "updated",
@@ -51,7 +60,7 @@ SORT_SETS: Final = {
 
 async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionListResult:
     args = list_args(storage.layout, query, storage.list_step)
-    reply = await storage.redis.run("list", [], [*args, "", "", ""])
+    reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
     offset, limit = max(query.offset, 0), max(query.limit, 0)
     if reply[0] == 0:
         sessions = [metadata_from(flat) for flat in reply[2:]]
@@ -73,15 +82,19 @@ async def _rest_of_steps(
     storage: RedisStorage, args: list[str | int], reply: list[Any]
 ) -> dict[bytes, float]:
     """The matches of a listing in steps from its first step's ``reply`` on: id ->
-    sort key, as the last step that read it saw it."""
+    sort key, as the last step that read it saw it (an empty key: it was read again
+    and no longer matches)."""
     found: dict[bytes, float] = {}
     while True:
-        matches = reply[1:] if reply[0] == 2 else reply[4:]
+        matches = reply[1:] if reply[0] == 2 else reply[1 + len(FIRST_STEP) :]
         for id_, score in zip(matches[::2], matches[1::2], strict=True):
-            found[id_] = float(score)
+            if score == b"":
+                found.pop(id_, None)
+            else:
+                found[id_] = float(score)
         if reply[0] == 2:
             return found
-        reply = await storage.redis.run("list", [], [*args, *reply[1:4]])
+        reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
 
 
 def list_args(layout: Layout, query: SessionFilter, step: int) -> list[str | int]:
