@@ -88,6 +88,7 @@ def test_many_handshakes_with_big_headers_do_not_grow_memory_past_the_budget(
 
 
 async def answer_of(port: int, request: bytes) -> bytes:
+    """Sends ``request`` as it is; all the server answers, to its close."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)

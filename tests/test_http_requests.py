@@ -16,19 +16,9 @@ from bamboo_session.server.http_requests import (
     NOT_ASCII_TARGET,
 )
 from tests.support import run_server
+from tests.test_handshake_bytes import answer_of
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-
-async def answer_of(port: int, request: bytes) -> bytes:
-    """Sends ``request`` as it is; all the server answers, to its close."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
 
 
 def status_of(answer: bytes) -> int:
