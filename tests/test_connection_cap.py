@@ -13,7 +13,7 @@ import json
 import resource
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -33,13 +33,23 @@ def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
+def wait_for_fds(pid: int, wanted: Callable[[int], bool], timeout: float = 10.0) -> None:
+    """Until the server's open descriptors satisfy ``wanted`` (its accepts and closes
+    are its own to schedule: a loaded machine takes longer than any fixed pause)."""
+    deadline = time.monotonic() + timeout
+    while not wanted(open_fds(pid)):
+        assert time.monotonic() < deadline, f"{open_fds(pid)} descriptors open"
+        time.sleep(0.01)
+
+
 @contextmanager
 def idle_sockets(port: int, count: int) -> Iterator[list[socket.socket]]:
     """``count`` connections that send nothing, closed on exit."""
     with ExitStack() as stack:
         sockets = []
         for _ in range(count):
-            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+            # A full accept backlog drops SYNs, which the kernel retries after 1, 2, 4 s.
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30))
             sockets.append(sock)
         yield sockets
 
@@ -81,11 +91,14 @@ def test_one_connection_over_the_cap_is_closed_unanswered(tmp_path: Path) -> Non
     capped = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--max-connections", "4")
     with capped as server:
         port = server.port
+        assert server.proc is not None
+        pid = server.proc.pid
         with connect(f"ws://127.0.0.1:{port}/api/v1/stream/held", open_timeout=5) as held:
             held.send(json.dumps({"type": "hello", "create": True}))
             assert json.loads(held.recv(timeout=5))["type"] == "welcome"
+            before = open_fds(pid)
             with idle_sockets(port, 3):
-                time.sleep(0.3)
+                wait_for_fds(pid, lambda fds: fds >= before + 3)  # all three accepted
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
                     extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     try:
@@ -95,7 +108,8 @@ def test_one_connection_over_the_cap_is_closed_unanswered(tmp_path: Path) -> Non
                     assert answer == b""
                 # The connections within the cap go on as before.
                 assert publish(held, 1) == {"type": "ack", "seq": 1, "id": 1}
-            time.sleep(0.3)
+                with_idle = open_fds(pid)  # the session's log among them, since that append
+            wait_for_fds(pid, lambda fds: fds <= with_idle - 3)  # the three seen gone
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 metrics = b""
