@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import resource
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,22 @@ def idle_sockets(port: int, count: int) -> Iterator[list[socket.socket]]:
         yield sockets
 
 
+def wait_until_closed(sockets: list[socket.socket], count: int, timeout: float = 30.0) -> None:
+    """Until the server has closed at least ``count`` of ``sockets`` (an end of stream
+    or a reset reads on each)."""
+    deadline = time.monotonic() + timeout
+    closed: set[socket.socket] = set()
+    while len(closed) < count:
+        assert time.monotonic() < deadline, f"{len(closed)} of {len(sockets)} closed"
+        ready, _, _ = select.select([s for s in sockets if s not in closed], [], [], 0.1)
+        for sock in ready:
+            try:
+                if sock.recv(1) == b"":
+                    closed.add(sock)
+            except ConnectionResetError:
+                closed.add(sock)
+
+
 def publish(ws: ClientConnection, request_id: int) -> dict[str, object]:
     event = {"type": "event", "id": request_id, "event": {"type": "token", "content": "x"}}
     ws.send(json.dumps(event))
@@ -69,14 +86,15 @@ def test_idle_sockets_leave_the_store_its_descriptors(tmp_path: Path) -> None:
         with connect(f"ws://127.0.0.1:{port}/api/v1/stream/agent", open_timeout=5) as agent:
             agent.send(json.dumps({"type": "hello", "create": True}))
             assert json.loads(agent.recv(timeout=5))["type"] == "welcome"
-            with idle_sockets(port, FD_LIMIT + 144):
-                time.sleep(1.0)  # those over the cap are closed as soon as accepted
+            with idle_sockets(port, FD_LIMIT + 144) as idle:
+                # Those over the cap (half the limit, the agent's connection among them)
+                # are closed as soon as accepted.
+                wait_until_closed(idle, len(idle) - FD_LIMIT // 2)
                 # The session's log is opened by its first append, now.
                 assert publish(agent, 1) == {"type": "ack", "seq": 1, "id": 1}
                 # Half the limit for connections; the rest is the store's and the
                 # process's own (a few dozen here).
                 assert open_fds(server.proc.pid) <= FD_LIMIT // 2 + 48
-            time.sleep(0.5)
             assert publish(agent, 2) == {"type": "ack", "seq": 2, "id": 2}
         # Room again for new connections once the idle ones are gone.
         with connect(f"ws://127.0.0.1:{port}/api/v1/stream/later", open_timeout=5) as later:

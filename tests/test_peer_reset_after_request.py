@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from pathlib import Path
 
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
 ROUNDS = 60
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def send_and_reset(port: int, data: bytes) -> None:
@@ -30,6 +30,10 @@ def send_and_reset(port: int, data: bytes) -> None:
 def test_a_request_reset_at_once_is_no_error(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
         for _ in range(ROUNDS):
-            send_and_reset(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        time.sleep(1.0)  # the last ones handled
+            send_and_reset(server.port, HEALTHZ)
+        # One request more, answered: the server read the reset ones before it, and
+        # handled each as it read it.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(HEALTHZ)
+            assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
     assert_no_tracebacks(server.log_records())
