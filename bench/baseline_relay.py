@@ -22,7 +22,9 @@ import sys
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from .common import raise_open_file_limit, run
+from bamboo_session.server.cli import raise_open_file_limit
+
+from .common import run
 
 SERVICE_RESTART = 1012
 

@@ -37,6 +37,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common
 from .peers import bamboo_attach, open_ws
 
@@ -183,7 +185,7 @@ async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     with common.workdir("connections") as tmp:
         runs: dict[str, Any] = {}
         baseline = common.baseline_server(tmp / "baseline.log").start()

@@ -20,8 +20,9 @@ import json
 from pathlib import Path
 
 from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.base import Storage, StorageError, StoredEvent
+from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.persistence.jsonl import checkpoint
+from bamboo_session.protocol.models import StoredEvent
 
 from .redis_scaling import Redis
 from .soak_server import Server

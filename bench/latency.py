@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common, compare, socketio_peer
 from .workers import DriverGroup, DriverProcess
 
@@ -221,7 +223,7 @@ def report(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     lineup = compare.kinds(args)
     runs: dict[str, dict[str, Any]] = {}
     with common.workdir("latency") as tmp:

@@ -19,6 +19,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common
 from .peers import bamboo_attach, decode_frame, open_ws, timed_frame
 
@@ -158,5 +160,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     common.run(main())

@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common, compare
 from .peers import bamboo_attach, decode_frame, token_frame
 from .storm_worker import with_retries
@@ -118,7 +120,7 @@ async def storm(kind: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     kinds = ([compare.BEFORE] if os.environ.get(compare.BEFORE_TREE_ENV) else []) + ["bamboo"]
     runs: dict[str, dict[str, Any]] = {}
     for kind in kinds:

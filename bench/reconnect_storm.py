@@ -30,6 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common
 from .peers import open_ws
 from .storm_worker import with_retries
@@ -194,7 +196,7 @@ async def storm_baseline(tmp: Path, sessions: int, viewers_per: int) -> dict[str
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     with common.workdir("storm") as tmp:
         baseline = await storm_baseline(tmp, args.sessions, args.viewers)
         print(

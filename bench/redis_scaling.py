@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common, compare, latency, throughput
 from .workers import DriverGroup
 
@@ -293,7 +295,7 @@ def redis_server(tmp: Path, lineup: list[str]) -> Iterator[Redis | None]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     runs: dict[str, dict[str, Any]] = {}
     with common.workdir("redis-scaling") as tmp, redis_server(tmp, args.kinds) as redis:
         for kind in args.kinds:

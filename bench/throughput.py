@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common, compare, socketio_peer
 from .peers import bamboo_attach, open_ws, publish_unacked, publish_windowed, receive_events
 from .workers import DriverProcess
@@ -274,7 +276,7 @@ async def warm_up(servers: Servers, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    common.raise_open_file_limit()
+    raise_open_file_limit()
     lineup = compare.kinds(args)
     points: list[dict[str, Any]] = []
     with common.workdir("throughput") as tmp:

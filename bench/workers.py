@@ -26,6 +26,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bamboo_session.server.cli import raise_open_file_limit
+
 from . import common
 
 READY_TIMEOUT = 120.0  # connecting 2,000 clients on a busy 2-core machine
@@ -54,7 +56,7 @@ class DriverProcess:
             stdout=asyncio.subprocess.PIPE,
             cwd=common.ROOT,
             limit=STREAM_LIMIT,
-            preexec_fn=common.raise_open_file_limit,
+            preexec_fn=raise_open_file_limit,
         )
         self._write(self.config)
 
