@@ -216,7 +216,8 @@ async def hold_pages(port: int, user: str, stop: asyncio.Event, statuses: list[i
     ``statuses``."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
-        started, held = time.monotonic(), []
+        started = time.monotonic()
+        held: list[socket.socket] = []
         try:
             while len(held) < HELD_AT_MOST and not stop.is_set():
                 peer = await ask(port, HELD_PAGE, user, receive_buffer=4096)

@@ -99,10 +99,10 @@ class Redis:
                 header, sep, body = data.partition(b"\r\n")
                 if sep and len(body) >= int(header[1:]):
                     break
-        fields = {}
+        fields: dict[str, str] = {}
         for line in body.decode().splitlines():
-            name, sep, value = line.partition(":")
-            if sep and not name.startswith("#"):
+            name, colon, value = line.partition(":")
+            if colon and not name.startswith("#"):
                 fields[name] = value
         return fields
 
