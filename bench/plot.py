@@ -8,6 +8,7 @@ Socket.IO.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,9 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
         label += ")" if kind.startswith("bamboo-") else ""
         ax.plot(
             sessions,
-            [p["runs"][kind]["events_per_s"] if kind in p["runs"] else None for p in points],
+            # NaN leaves a gap where a kind has no run, as None did: matplotlib turns
+            # None into NaN, but its stubs take floats only.
+            [p["runs"][kind]["events_per_s"] if kind in p["runs"] else math.nan for p in points],
             marker="o",
             label=label,
         )
