@@ -35,12 +35,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # mypy cannot follow setuptools' editable import hook, so it checks the package
-# through a farm of symlinks laid out as the installed package would be.
+# through a farm of symlinks laid out as the installed package would be. bench/ sits
+# beside it as the top-level package it is when run (`python -m bench.<script>` from
+# the repo root), so its imports of bamboo_session resolve to the same farm and each
+# module is seen under one name only.
 typecheck: $(STAMP)
 	rm -rf build/typecheck && mkdir -p build/typecheck/bamboo_session
 	cp bamboo_session/*.py bamboo_session/py.typed build/typecheck/bamboo_session/
 	for pkg in protocol persistence server; do ln -s ../../../$$pkg build/typecheck/bamboo_session/$$pkg; done
-	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p bamboo_session
+	ln -s ../../bench build/typecheck/bench
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p bamboo_session -p bench
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
