@@ -13,8 +13,15 @@ sorted by created_at, the default, newest first), and by title sorted by message
 then by ``active_after`` (a time taken after the fill, ``--recent`` sessions touched
 since), with a title, and sorted by message count: a range of activity times is walked
 itself, where it read every session by creation time (300 among 20,000: 81 calls).
+Then listings that match every session (``Chat``, each sort and order; by state and by
+user sorted by message count; ``active_after`` a time before the fill; a page at offset
+half the sessions), whose matches a listing in steps once held whole.
 
-Run: ``python -m bench.redis_listing [--sessions 10000 100000] [--calls 5] [--recent 300]``.
+Each listing is also made once more under ``tracemalloc``: "peak" is the most this
+process held above what it held before, while it made the listing (its page included).
+
+Run: ``python -m bench.redis_listing [--sessions 10000 100000] [--calls 5] [--recent 300]
+[--all] [--only NAME...]``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bamboo_session.persistence import SessionFilter, SortBy, Storage, open_storage
+from bamboo_session.persistence import SessionFilter, SortBy, SortOrder, Storage, open_storage
 from bamboo_session.protocol.models import Session, SessionState, utcnow
 
 from . import common
@@ -106,6 +114,35 @@ def listings(count: int, users: int) -> dict[str, SessionFilter]:
     }
 
 
+def listings_of_all(count: int, users: int, before: datetime) -> dict[str, SessionFilter]:
+    """Listings that every session (or every one of a state or user) matches."""
+    by_msgs = SortBy.MESSAGE_COUNT
+    chosen: dict[str, SessionFilter] = {}
+    for sort_by in SortBy:
+        for order in SortOrder:
+            name = f"all {sort_by.value.split('_')[0]} {order.value}"
+            chosen[name] = SessionFilter(title_contains="Chat", sort_by=sort_by, sort_order=order)
+    chosen["all, offset half"] = SessionFilter(title_contains="Chat", offset=count // 2)
+    chosen["state by msgs"] = SessionFilter(state=SessionState.ACTIVE, sort_by=by_msgs)
+    chosen["user by msgs"] = SessionFilter(user_id=f"u{users // 2}", sort_by=by_msgs)
+    chosen["active all"] = SessionFilter(active_after=before, sort_by=by_msgs)
+    return chosen
+
+
+async def peak_bytes(store: Storage, query: SessionFilter) -> int:
+    """The most this process held, above what it held before, while it made the
+    listing (its page included)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        await store.list_sessions(query)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - before
+
+
 async def measure(store: Storage, redis: Any, query: SessionFilter, calls: int) -> dict[str, Any]:
     script_ms: list[float] = []  # the longest script call of each listing
     every_ms: list[float] = []  # every script call of every listing
@@ -125,7 +162,9 @@ async def measure(store: Storage, redis: Any, query: SessionFilter, calls: int) 
         held_ms.append(sum(durations) / 1000)
         script_ms.append(max(durations) / 1000)
         every_ms += [duration / 1000 for duration in durations]
+    peak = await peak_bytes(store, query)
     return {
+        "peak_bytes": peak,
         "total": total,
         "script_ms_median": statistics.median(script_ms),
         "script_ms_max": max(script_ms),
@@ -163,6 +202,7 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
             store = await open_storage(url)
             try:
+                before_fill = utcnow()
                 seconds = await fill(store, count, args.users)
                 print(f"{count:,} sessions, {args.users} users: filled in {seconds:.1f} s")
                 chosen = listings(count, args.users)
@@ -171,6 +211,10 @@ async def run(args: argparse.Namespace) -> None:
                     by_msgs, title = SortBy.MESSAGE_COUNT, "Chat"
                     chosen["active+title"] = SessionFilter(active_after=since, title_contains=title)
                     chosen["active by msgs"] = SessionFilter(active_after=since, sort_by=by_msgs)
+                if args.all:
+                    chosen |= listings_of_all(count, args.users, before_fill)
+                if args.only:
+                    chosen = {name: chosen[name] for name in args.only}
                 for name, query in chosen.items():
                     figures = await measure(store, redis, query, args.calls)
                     print(
@@ -180,7 +224,8 @@ async def run(args: argparse.Namespace) -> None:
                         f"calls of {figures['call_ms_median']:.2f} ms (median), "
                         f"{figures['call_ms_p99']:.2f} ms (p99), "
                         f"{figures['held_ms_median']:.1f} ms in all (median); "
-                        f"listing {figures['wall_ms_median']:8.1f} ms (median)"
+                        f"listing {figures['wall_ms_median']:8.1f} ms (median); "
+                        f"peak {figures['peak_bytes'] / 2**20:7.2f} MiB"
                     )
             finally:
                 await store.close()
@@ -193,6 +238,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--recent", type=int, default=300, help="sessions touched (0: none)")
+    parser.add_argument("--all", action="store_true", help="add the listings that match all")
+    parser.add_argument("--only", nargs="+", help="make only the listings of these names")
     asyncio.run(run(parser.parse_args()))
 
 
