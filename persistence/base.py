@@ -68,6 +68,7 @@ from bamboo_session.protocol.models import (
 )
 
 from .errors import (
+    ListingTooLarge,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -87,6 +88,7 @@ __all__ = [
     "HistoryPage",
     "InvalidSessionId",
     "InvalidTransition",
+    "ListingTooLarge",
     "SessionClosed",
     "SessionExists",
     "SessionExpired",

@@ -66,3 +66,9 @@ class StorageFull(StorageError):
 
 class StorageLocked(StorageError):
     """Another process holds this store (an embedded store has one owner)."""
+
+
+class ListingTooLarge(StorageError):
+    """A listing would hold more than its bound in memory while it is read (the Redis
+    store's listings in steps: the page's candidates, or every match): narrow the
+    filter, or ask for a smaller ``offset``."""

@@ -12,6 +12,7 @@ import dataclasses
 import http
 
 from bamboo_session.persistence.base import (
+    ListingTooLarge,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -84,6 +85,9 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     ServerStopping: Failure(
         _C.SERVICE_RESTART, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "server restarting"
+    ),
+    ListingTooLarge: Failure(
+        _C.INTERNAL_ERROR, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "listing too large", True
     ),
     StoreTimeout: Failure(
         _C.INTERNAL_ERROR, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "storage unavailable", True

@@ -310,8 +310,8 @@ async def test_a_step_reads_at_most_its_share_of_one_creation_time(
 
 
 def matches_of(reply: Any) -> Any:
-    """The ids and sort keys a list.lua call found, flat."""
-    return reply[1:] if reply[0] == 2 else reply[1 + len(FIRST_STEP) :]
+    """The ids and sort keys a list.lua call found, flat (after the count of early ones)."""
+    return reply[2:] if reply[0] == 2 else reply[2 + len(FIRST_STEP) :]
 
 
 async def index_of(store: RedisStorage) -> SessionIndex:

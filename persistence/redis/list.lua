@@ -11,12 +11,16 @@
 -- - A source of at most <step> members is read, filtered and sorted in this call:
 --   {0, total, hash...}.
 -- - A larger one is read in steps of <step> members, in its order (score, then id),
---   one step per call, the caller sorting what the steps found (queries.py). A call
---   returns {1, source, cursor score, cursor id, bound, phase, id, sort score, ...}:
---   the matches among the members it read, and what to give the next call; the call
---   that reads the source's end returns {2, id, sort score, ...}. A sort score of ''
---   says the member, read again, no longer matches. A source with no predicate of
---   its own (a title alone) is 'created'.
+--   one step per call, the caller keeping what sorts into the page (queries.py). A
+--   call returns {1, source, cursor score, cursor id, bound, phase, top, early, id,
+--   sort score, ...}: what to give the next call, then the matches among the members
+--   it read; the call that reads the source's end returns {2, early, id, sort score,
+--   ...}. A sort score of '' says the member, read again, no longer matches. <top> is
+--   the source's highest score at the first call: the first <early> matches of a call
+--   were at or below it, so read for the first time; the rest ("late": created or
+--   touched while the listing ran, the source being read in ascending order) may be a
+--   session read before (touched, or deleted and created again). A source with no
+--   predicate of its own (a title alone) is 'created'.
 --   The range of activity times is walked up to a bound, the set's highest score at
 --   the first call: a session touched meanwhile moves above it (the clock is Redis's)
 --   and would otherwise be read again and again, so the walk could go on as long as
@@ -29,7 +33,7 @@
 --       '=' .. value: user, state, created_after, created_before, active_after,
 --       title_contains; then sort set (created, updated, active, msgs), order (asc,
 --       desc), offset, limit, step; then, after the first call, the source, the
---       cursor (score, id), bound and phase it returned (5 x '' for the first call)
+--       cursor (score, id), bound, phase and top it returned (6 x '' for the first call)
 
 local idx, prefix = ARGV[1], ARGV[2]
 local function opt(v) if v == '' then return nil end return string.sub(v, 2) end
@@ -40,7 +44,7 @@ local sort, desc = ARGV[9], ARGV[10] == 'desc'
 local offset, limit = math.max(tonumber(ARGV[11]), 0), math.max(tonumber(ARGV[12]), 0)
 local step = math.max(tonumber(ARGV[13]), 1)
 local source, cursor_score, cursor_id = ARGV[14], ARGV[15], ARGV[16]
-local bound, phase = ARGV[17], tonumber(ARGV[18])
+local bound, phase, top = ARGV[17], tonumber(ARGV[18]), ARGV[19]
 -- Phases of a walk over activity times read in steps, the last one whole: each after
 -- the first reads the sessions touched during the one before, so they shrink fast;
 -- the last bounds the calls of a listing whose sessions are touched faster than read.
@@ -168,10 +172,10 @@ if cursor_score == '' then
   end
 
   -- A range of activity times: walked up to the highest score it has now.
-  if source == 'active' then
-    bound, phase = redis.call('ZREVRANGE', idx .. source, 0, 0, 'WITHSCORES')[2], 1
-  end
+  top = redis.call('ZREVRANGE', idx .. source, 0, 0, 'WITHSCORES')[2]
+  if source == 'active' then bound, phase = top, 1 end
 end
+local top_score = tonumber(top)
 local walking = bound ~= ''
 if walking then high = bound end
 
@@ -229,10 +233,11 @@ if walking then
     bound, phase, done = top, phase + 1, false
   end
 end
-local found = {}
+local found, early = {}, 0
 for i = 1, #read, 2 do
   local id = read[i]
   local score = matches(id) and sort_score(id, read[i + 1])
+  if score and tonumber(read[i + 1]) <= top_score then early = early + 1 end
   if score then
     found[#found + 1] = id
     found[#found + 1] = score
@@ -242,10 +247,10 @@ for i = 1, #read, 2 do
   end
 end
 if done then
-  local result = {2}
+  local result = {2, early}
   for _, value in ipairs(found) do result[#result + 1] = value end
   return result
 end
-local result = {1, source, read[#read], read[#read - 1], bound, phase or ''}
+local result = {1, source, read[#read], read[#read - 1], bound, phase or '', top, early}
 for _, value in ipairs(found) do result[#result + 1] = value end
 return result

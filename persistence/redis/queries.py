@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..base import SessionFilter, SessionListResult, SortBy, SortOrder
 from .layout import Layout, metadata_from, to_micros
+from .listing_page import EveryMatch, HoleInPage, PageKeeper
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -45,10 +46,16 @@ SCRIPT_INDEX_MAX: Final = 2**32
 # (bench/redis_listing.py), so a call holds Redis for a few ms at most.
 LIST_STEP: Final = 250
 
+# What one listing in steps may hold while its steps run (listing_page.py): the page's
+# candidates at 100,000 matches and an offset of 50,000 take some 12 MB; every match of
+# 100,000 (a listing read again after a hole in its page) some 14 MB.
+LIST_BYTES: Final = 16 * 2**20
+
 # What list.lua's first call of a listing gets after the query, and each later one
-# gets from the call before: the source, the cursor's score and id, and the bound and
-# phase of a walk over activity times ('' for a walk over creation times).
-FIRST_STEP: Final = ("", "", "", "", "")
+# gets from the call before: the source, the cursor's score and id, the bound and
+# phase of a walk over activity times ('' for a walk over creation times), and the
+# source's highest score at the first call (above it, a session may be read again).
+FIRST_STEP: Final = ("", "", "", "", "", "")
 
 SORT_SETS: Final = {
     SortBy.CREATED_AT: "created",
@@ -60,41 +67,60 @@ SORT_SETS: Final = {
 
 async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionListResult:
     args = list_args(storage.layout, query, storage.list_step)
-    reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
     offset, limit = max(query.offset, 0), max(query.limit, 0)
-    if reply[0] == 0:
+    size, descending = offset + limit, query.sort_order is SortOrder.DESC
+    reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
+    if reply[0] != 0:
+        # One listing in steps at a time on this process (the first step aside, taken
+        # before anyone knew it would be one), first come first served.
+        async with storage.stepped_listing:
+            try:
+                keeper = PageKeeper(size, descending, storage.list_bytes)
+                ids, total = await _steps_kept(storage, args, reply, keeper)
+            except HoleInPage:
+                reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
+                if reply[0] != 0:
+                    every = EveryMatch(storage.list_bytes)
+                    await _steps_whole(storage, args, reply, every)
+                    ids, total = every.result(size, descending)
+    if reply[0] == 0:  # one call's listing: the page's metadata, read with it
         sessions = [metadata_from(flat) for flat in reply[2:]]
         return SessionListResult(sessions=sessions, total=int(reply[1]), offset=offset, limit=limit)
-    # One listing in steps at a time on this process (the first step aside, taken
-    # before anyone knew it would be one), first come first served.
-    async with storage.stepped_listing:
-        found = await _rest_of_steps(storage, args, reply)
-    ordered = sorted(found.items(), key=lambda item: (item[1], item[0]))
-    if query.sort_order is SortOrder.DESC:
-        ordered.reverse()
-    page = [id_.decode() for id_, _ in ordered[offset : offset + limit]]
+    page = [id_.decode() for id_ in ids[offset:]]
     hashes = await storage.redis.pipeline([("HGETALL", storage.layout.meta(i)) for i in page])
     sessions = [metadata_from(flat) for flat in hashes if flat]
-    return SessionListResult(sessions=sessions, total=len(found), offset=offset, limit=limit)
+    return SessionListResult(sessions=sessions, total=total, offset=offset, limit=limit)
 
 
-async def _rest_of_steps(
-    storage: RedisStorage, args: list[str | int], reply: list[Any]
-) -> dict[bytes, float]:
-    """The matches of a listing in steps from its first step's ``reply`` on: id ->
-    sort key, as the last step that read it saw it (an empty key: it was read again
-    and no longer matches)."""
-    found: dict[bytes, float] = {}
+async def _steps_kept(
+    storage: RedisStorage, args: list[str | int], reply: list[Any], keeper: PageKeeper
+) -> tuple[list[bytes], int]:
+    """The page's ids (from the start) and the total of a listing in steps from its
+    first step's ``reply`` on, keeping only what sorts into the page."""
     while True:
-        matches = reply[1:] if reply[0] == 2 else reply[1 + len(FIRST_STEP) :]
-        for id_, score in zip(matches[::2], matches[1::2], strict=True):
-            if score == b"":
-                found.pop(id_, None)
-            else:
-                found[id_] = float(score)
+        early, matches = _matches_of(reply)
+        keeper.add(matches, early)
         if reply[0] == 2:
-            return found
+            return keeper.result()
         reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
+
+
+async def _steps_whole(
+    storage: RedisStorage, args: list[str | int], reply: list[Any], every: EveryMatch
+) -> None:
+    """The steps of a listing from its first ``reply`` on, into ``every``."""
+    while True:
+        every.add(_matches_of(reply)[1])
+        if reply[0] == 2:
+            return
+        reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
+
+
+def _matches_of(reply: list[Any]) -> tuple[int, list[bytes]]:
+    """How many of a step's matches are early, and its flat ``id, sort key, ...``."""
+    if reply[0] == 2:
+        return int(reply[1]), reply[2:]
+    return int(reply[len(FIRST_STEP) + 1]), reply[len(FIRST_STEP) + 2 :]
 
 
 def list_args(layout: Layout, query: SessionFilter, step: int) -> list[str | int]:

@@ -58,7 +58,7 @@ from .layout import (
     metadata_from,
 )
 from .live import Live
-from .queries import LIST_STEP, list_sessions
+from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .scripts import epoch_in_hash, optional_arg, removed_epoch
 
@@ -76,6 +76,7 @@ class RedisStorage:
         self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
         self._open = True
         self.list_step = LIST_STEP  # candidates a listing reads per script call
+        self.list_bytes = LIST_BYTES  # what a listing in steps may hold meanwhile
         self.stepped_listing = asyncio.Lock()  # one listing in steps at a time (queries.py)
         from .maintenance import Maintenance, instance_name  # they import this module
 

@@ -1,0 +1,132 @@
+"""What a Redis listing in steps holds while its steps run (queries.py): the sessions
+that sort into the page asked for, not every match.
+
+A listing needs the first ``offset + limit`` matches in its order and how many match.
+Its steps read the source in ascending order of the source's score, so a session is
+read once, but for the "late" ones: those above the source's highest score at the first
+call (list.lua's ``top``), created or touched while the listing ran, among them
+sessions read before (touched, or deleted and created again). So:
+
+- an early match is counted, its id's hash noted (8 bytes), and it joins the page's
+  candidates, cut back to the best ``offset + limit`` (by sort key, then id, in the
+  listing's direction) whenever they pass twice that or the byte bound;
+- a late one is kept by id, its last reading winning (a session touched between the
+  steps is read up to four times), and at the end replaces its early reading, if it
+  had one (its hash among the early ones', which a hash collision, 1 in 2^64 per pair,
+  would take for one).
+
+Replacing an early reading that was among the candidates leaves a hole that a match
+cut back earlier should fill: then (a listing whose sessions changed meanwhile, with
+more matches than the page reaches) the listing is read again holding every match's id
+and sort key, as before. Either way, what it holds is counted in bytes (an estimate of
+this process's allocations: ``ENTRY_BYTES`` per id and key beside the id's bytes) and
+bounded by ``max_bytes``: past it, ``ListingTooLarge`` (HTTP 503).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Final
+
+from ..errors import ListingTooLarge
+
+# What one (sort key, id) pair costs this process beside the id's own bytes: a list
+# slot (8), a 2-tuple (56), a float (24), a bytes object's header (33); or, held by id,
+# a dict entry (some 40 with the table's slack), the float and the bytes' header.
+ENTRY_BYTES: Final = 128
+# An early match's id noted as its hash, in an array of 64-bit integers.
+SEEN_BYTES: Final = 8
+
+
+class HoleInPage(Exception):
+    """A late reading replaced a page candidate after matches were cut back."""
+
+
+class PageKeeper:
+    """The first ``size`` matches of a listing in steps, and how many match."""
+
+    def __init__(self, size: int, descending: bool, max_bytes: int) -> None:
+        self.size = size
+        self.descending = descending
+        self.max_bytes = max_bytes
+        self.candidates: list[tuple[float, bytes]] = []
+        self.candidate_bytes = 0
+        self.cut_back = False  # some early match was dropped as outside the page
+        self.seen = array("q")  # hashes of the early matches' ids
+        self.late: dict[bytes, float | None] = {}  # None: read again, no longer matching
+        self.late_bytes = 0
+
+    def add(self, matches: list[bytes], early: int) -> None:
+        """One step's flat ``id, sort key, ...``, its first ``early`` pairs early."""
+        for position in range(0, len(matches), 2):
+            id_, score = matches[position], matches[position + 1]
+            if position // 2 < early:
+                self.candidates.append((float(score), id_))
+                self.candidate_bytes += ENTRY_BYTES + len(id_)
+                self.seen.append(hash(id_))
+                continue
+            if id_ not in self.late:
+                self.late_bytes += ENTRY_BYTES + len(id_)
+            self.late[id_] = None if score == b"" else float(score)
+        if len(self.candidates) > 2 * self.size or self.held() > self.max_bytes:
+            self._cut()
+        if self.held() > self.max_bytes:
+            raise too_large(self.held(), self.max_bytes)
+
+    def held(self) -> int:
+        return self.candidate_bytes + SEEN_BYTES * len(self.seen) + self.late_bytes
+
+    def _cut(self) -> None:
+        self.candidates.sort(reverse=self.descending)
+        if len(self.candidates) > self.size:
+            del self.candidates[self.size :]
+            self.cut_back = True
+        self.candidate_bytes = sum(ENTRY_BYTES + len(id_) for _, id_ in self.candidates)
+
+    def result(self) -> tuple[list[bytes], int]:
+        """The first ``size`` ids in order, and the total; HoleInPage if a late reading
+        replaced a candidate after some were cut back."""
+        replaced = [entry for entry in self.candidates if entry[1] in self.late]
+        if replaced and self.cut_back:
+            raise HoleInPage
+        late_hashes = {hash(id_) for id_ in self.late}
+        read_before = sum(1 for noted in self.seen if noted in late_hashes)
+        present = [(score, id_) for id_, score in self.late.items() if score is not None]
+        total = len(self.seen) - read_before + len(present)
+        entries = [entry for entry in self.candidates if entry[1] not in self.late]
+        entries += present
+        entries.sort(reverse=self.descending)
+        return [id_ for _, id_ in entries[: self.size]], total
+
+
+class EveryMatch:
+    """Every match's id and sort key, as the last step that read it saw it: what a
+    listing holds when a late reading left a hole in its page."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.found: dict[bytes, float] = {}
+        self.bytes = 0
+
+    def add(self, matches: list[bytes]) -> None:
+        for id_, score in zip(matches[::2], matches[1::2], strict=True):
+            if score == b"":
+                if self.found.pop(id_, None) is not None:
+                    self.bytes -= ENTRY_BYTES + len(id_)
+                continue
+            if id_ not in self.found:
+                self.bytes += ENTRY_BYTES + len(id_)
+            self.found[id_] = float(score)
+        if self.bytes > self.max_bytes:
+            raise too_large(self.bytes, self.max_bytes)
+
+    def result(self, size: int, descending: bool) -> tuple[list[bytes], int]:
+        ordered = sorted(((score, id_) for id_, score in self.found.items()), reverse=descending)
+        return [id_ for _, id_ in ordered[:size]], len(self.found)
+
+
+def too_large(held: int, max_bytes: int) -> ListingTooLarge:
+    return ListingTooLarge(
+        f"this listing would hold more than {max_bytes:,} bytes while it is read "
+        f"({held:,} so far): narrow its filter or ask for a smaller offset"
+    )
