@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import tracemalloc
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +19,19 @@ from typing import Any, cast
 
 import pytest
 
-from bamboo_session.persistence import SessionFilter, SortBy, SortOrder, open_storage
+from bamboo_session.persistence import (
+    ListingTooLarge,
+    SessionFilter,
+    SortBy,
+    SortOrder,
+    open_storage,
+)
 from bamboo_session.persistence.index import SessionIndex
 from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.persistence.redis.listing_page import ENTRY_BYTES
 from bamboo_session.persistence.redis.queries import FIRST_STEP
 from bamboo_session.protocol.models import Message, Session, SessionState, utcnow
+from bamboo_session.server.failures import failure_of
 from tests.redis_server import RedisServer, prefix_for
 
 SESSIONS = 40
@@ -340,3 +349,81 @@ def counting_calls(store: RedisStorage, after: Any = None) -> list[Any]:
 
     store.redis.run = counted  # type: ignore[method-assign]
     return calls
+
+
+async def test_a_listing_holds_its_page_not_every_match(store: RedisStorage) -> None:
+    """A page of 10 among 2,000 matches holds about what it holds among 500: the page's
+    candidates, and 8 bytes per match (a hash of its id). Every match's id and sort key
+    held, it grew by some 150 bytes per match (23.5 MiB at 100,000, bench/RESULTS.md)."""
+    gate = asyncio.Semaphore(64)
+
+    async def create(number: int) -> None:
+        async with gate:
+            await store.create_session(Session.new(f"m{number:05d}", title=f"Chat {number}"))
+
+    await asyncio.gather(*(create(number) for number in range(2000)))
+    store.list_step = 25
+    peaks = {}
+    for needle in ("Chat 1", "Chat"):  # 1,111 and 2,000 matches
+        query = SessionFilter(title_contains=needle, sort_by=SortBy.UPDATED_AT, limit=10)
+        await store.list_sessions(query)  # what a first listing allocates once
+        tracemalloc.start()
+        try:
+            result = await store.list_sessions(query)
+            peaks[result.total] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert set(peaks) == {1111, 2000}
+    assert peaks[2000] - peaks[1111] < 889 * 40
+
+
+async def test_a_listing_past_its_bytes_is_refused(store: RedisStorage) -> None:
+    """Its page's candidates past ``list_bytes`` (an offset of 25 among 32 matches, in
+    steps of 2, with room for about 20): ListingTooLarge, which HTTP answers 503
+    ``internal`` with what to do; the same listing with room is served."""
+    await fill(store)
+    store.list_step = STEP
+    query = SessionFilter(title_contains="Chat", offset=25, limit=5, sort_by=SortBy.MESSAGE_COUNT)
+    store.list_bytes = 20 * (ENTRY_BYTES + 3)
+    with pytest.raises(ListingTooLarge, match="narrow its filter or ask for a smaller offset"):
+        await store.list_sessions(query)
+    failure = failure_of(ListingTooLarge("x"))
+    assert (failure.status, failure.error.value) == (503, "internal")
+    store.list_bytes = 10**6
+    expected = (await index_of(store)).query(query)
+    result = await store.list_sessions(query)
+    assert [m.id for m in result.sessions] == [m.id for m in expected.sessions]
+
+
+async def test_a_reading_again_that_leaves_a_hole_in_the_page_reads_every_match(
+    store: RedisStorage,
+) -> None:
+    """Sorted by activity, oldest first, a page of 3: each session a step reads is
+    touched after it, so read again above the bound, no longer among the oldest. The
+    page's candidates were cut back to the best 3 meanwhile: the listing is read again
+    holding every match, and is what the index lists (the page cut back alone, its
+    candidates replaced by their later readings, lists newer sessions than it should)."""
+    first = await fill(store)
+    store.list_step = STEP
+    touched: set[bytes] = set()
+
+    async def touch_what_was_read(reply: Any) -> None:
+        if reply[0] == 1:
+            for session_id in matches_of(reply)[::2]:
+                if session_id not in touched and len(touched) < 6:
+                    touched.add(session_id)
+                    await store.touch(session_id.decode())
+
+    calls = counting_calls(store, after=touch_what_was_read)
+    query = SessionFilter(
+        active_after=first.metadata.created_at,
+        title_contains="Chat",
+        sort_by=SortBy.LAST_ACTIVITY_AT,
+        sort_order=SortOrder.ASC,
+        limit=3,
+    )
+    result = await store.list_sessions(query)
+    expected = (await index_of(store)).query(query)
+    assert [m.id for m in result.sessions] == [m.id for m in expected.sessions]
+    assert result.total == expected.total == SESSIONS - SESSIONS // 5
+    assert len(touched) == 6 and len(calls) > 2 * (SESSIONS // STEP)  # read twice
