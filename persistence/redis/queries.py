@@ -46,9 +46,10 @@ SCRIPT_INDEX_MAX: Final = 2**32
 # (bench/redis_listing.py), so a call holds Redis for a few ms at most.
 LIST_STEP: Final = 250
 
-# What one listing in steps may hold while its steps run (listing_page.py): the page's
-# candidates at 100,000 matches and an offset of 50,000 take some 12 MB; every match of
-# 100,000 (a listing read again after a hole in its page) some 14 MB.
+# What one listing in steps may hold while its steps run (listing_page.py), as it
+# counts it: a page at offset 50,000 among 100,000 matches peaked at 14.7 MiB
+# (tracemalloc, bench/RESULTS.md), a page of 100 at 1.1 MiB; every match held was
+# 23.5 MiB at 100,000.
 LIST_BYTES: Final = 16 * 2**20
 
 # What list.lua's first call of a listing gets after the query, and each later one
