@@ -19,6 +19,12 @@ then SIGKILLs itself, before anything else is appended. ``faileddelete-racing``:
 same, with a commit window, while another task appends to ``d`` as soon as it is back
 (``appended during <seq>``): that append and the WAL's cancellation of the deletion
 share one group commit.
+
+``python tests/jsonl_child.py syncfaildelete DIR N``: appends N events to session ``d``
+(each acknowledged) and one to ``o``, then deletes ``d`` with no descriptor left to open
+(RLIMIT_NOFILE): the checkpoint's rename to the tombstone needs none, the sync of its
+directory fails. Prints what the caller was told (``deleted`` or ``told failed``), then
+SIGKILLs itself: the crash at that instant.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import signal
 import sys
 
@@ -145,12 +152,50 @@ async def faileddelete(base: str, acked: int, racing: bool = False) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+async def syncfaildelete(base: str, acked: int) -> None:
+    # One log open at a time: the append to "o" closes d's, so the delete frees none
+    # (its sync would take that one).
+    storage = await JsonlStorage.open(JsonlStorageConfig(base, max_open_logs=1))
+    await storage.create_session(Session.new("d", user_id="u"))
+    for i in range(acked):
+        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
+    await storage.create_session(Session.new("o", user_id="u"))
+    await storage.append_event("o", AgentEvent.token("other"))
+    fill = _no_descriptor_left()
+    try:
+        await storage.delete_session("d")
+    except StorageError:
+        told = "told failed"
+    else:
+        told = "deleted"
+    for fd in fill:
+        os.close(fd)
+    say(told)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _no_descriptor_left() -> list[int]:
+    """Every descriptor taken (the soft limit lowered to the highest open one): the next
+    open fails with EMFILE. The descriptors that fill the gaps, to close after."""
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    fill = []
+    while True:
+        try:
+            fill.append(os.dup(0))
+        except OSError:
+            return fill
+
+
 if __name__ == "__main__":
     mode, directory, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "crash":
         asyncio.run(crash(directory, number))
     elif mode == "killsync":
         asyncio.run(killsync(directory, number))
+    elif mode == "syncfaildelete":
+        asyncio.run(syncfaildelete(directory, number))
     elif mode.startswith("faileddelete"):
         asyncio.run(faileddelete(directory, number, racing=mode.endswith("-racing")))
     else:

@@ -7,10 +7,14 @@ written and its deletion is in the WAL (so a crash cannot feed the old events in
 new session of the same id), and until any checkpoint in progress is done (so nothing
 recreates a file); then the checkpoint becomes a tombstone in one atomic rename
 (synced), the other files go, then the tombstone: a crash midway leaves a delete the
-next open finishes (``recovery.py``), never a half-deleted session. A delete that fails
-once its deletion is in the WAL (the rename fails) leaves the session back, and the WAL
-cancels the deletion (:meth:`SessionFiles.cancel_deletion`): no open finishes a delete
-its caller was told failed. A create of an id being deleted waits for the delete.
+next open finishes (``recovery.py``), never a half-deleted session. The rename decides:
+a delete fails only if it fails (or comes before it), and then leaves the session back,
+and the WAL cancels the deletion (:meth:`SessionFiles.cancel_deletion`): no open
+finishes a delete its caller was told failed. Once it is done the delete has taken
+effect, as a crash at that instant would leave it, so the caller is told so even when
+the directory's sync or a file's removal then fails (logged; the tombstone stays until
+the files are gone, for the next open to finish). A create of an id being deleted
+waits for the delete.
 
 A create that replaces an expired session writes the new checkpoint beside the old one
 first (``<id>.json.replacing``, durably): that decides the replacement, and an open
@@ -245,13 +249,54 @@ def abandon_replacement(layout: Layout, session_id: str) -> None:
 
 
 def delete_session_files(layout: Layout, session_id: str) -> None:
+    """Raises only when the checkpoint cannot become the tombstone: then the delete
+    failed and the session is as it was. Once the rename is done the delete has taken
+    effect (a kill -9 at that instant leaves the tombstone, which the next open
+    finishes), so nothing after it is raised: a failed sync of the directory is logged
+    (fsync mode: the WAL's record of the deletion is kept until the directory is
+    synced, ``retirement.py``, and replay finishes it after a power cut), and so is a
+    file that cannot be removed (the tombstone stays: the next open tries again)."""
     tombstone = layout.tombstone(session_id)
     with contextlib.suppress(FileNotFoundError):
         os.replace(layout.checkpoint(session_id), tombstone)
-    fsync_dir(layout.sessions)
+    try:
+        fsync_dir(layout.sessions)
+    except OSError as exc:
+        log.error(
+            "session %r is deleted (its checkpoint is the tombstone %s), but the sync of "
+            "its directory failed: %s",
+            session_id,
+            tombstone,
+            exc,
+        )
+    for path, error in finish_delete(layout, session_id):
+        log.error(
+            "session %r is deleted, but %s could not be removed (%s): the tombstone %s "
+            "stays, and the next open tries again",
+            session_id,
+            path,
+            error,
+            tombstone,
+        )
+
+
+def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]:
+    """Once the session's checkpoint is its tombstone: its other files removed, then
+    the tombstone, unless one of them stays; what could not be removed. The tombstone
+    outlives any file of the session, so that no open takes a leftover log for a
+    session of its own (an open finishes the delete again)."""
+    failed: list[tuple[Path, OSError]] = []
     for path in layout.session_files(session_id):
-        unlink_quietly(path)
-    unlink_quietly(tombstone)
+        try:
+            unlink_quietly(path)
+        except OSError as exc:  # a directory in the way, a file the system keeps
+            failed.append((path, exc))
+    if not failed:
+        try:
+            unlink_quietly(layout.tombstone(session_id))
+        except OSError as exc:
+            failed.append((layout.tombstone(session_id), exc))
+    return failed
 
 
 def remove_damaged(layout: Layout) -> list[Path]:

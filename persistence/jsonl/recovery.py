@@ -9,7 +9,11 @@ A crash can leave, per session:
 - a checkpoint whose log is missing or shorter than it says: the history is lost, so the
   session gets a new ``epoch`` and ``last_seq`` becomes what the log really holds;
 - a ``.tmp`` file (a checkpoint being written): removed, the old checkpoint stands;
-- a ``.deleted`` tombstone (a delete in progress): the delete is finished;
+- a ``.deleted`` tombstone (a delete in progress): the delete is finished; one that
+  cannot be (something stands in the way: a directory where a file must go, a file the
+  system does not let go) is logged and counted (``RecoveryReport.deletes_unfinished``),
+  and the open goes on: the session stays (its rename had failed) or stays deleted (the
+  tombstone kept for the next open to try again), never the whole store unopened;
 - a ``.json.replacing`` checkpoint (a create replacing an expired session,
   ``lifecycle.py``): the old session's files go, with whatever the WAL holds of them,
   and the new session takes their place once the segments are gone (so a crash
@@ -94,7 +98,7 @@ class _Recovery:
             # Before the logs are read: a log may lack acknowledged lines only the WAL holds.
             replayed = wal_replay.replay(self.layout, checkpoint_ids)
             unrestored = replayed.unrestored
-            self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
+            deleted |= self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
             self.report.wal_segments = replayed.segments
             self.report.wal_events_replayed = replayed.events_replayed
             self.report.torn_lines_cut += replayed.logs_cut - replayed.damaged
@@ -158,11 +162,11 @@ class _Recovery:
                     log.warning("ignoring %s: not a valid session id", entry.path)
         deleted = tombstones - checkpoint_ids
         if self.writable:
-            for session_id in tombstones:
+            for session_id in sorted(tombstones):
                 if session_id in deleted:  # the checkpoint became the tombstone: finish
-                    for path in self.layout.session_files(session_id):
-                        unlink_quietly(path)
-                os.unlink(self.layout.tombstone(session_id))
+                    self._finish_delete(session_id)
+                else:  # a delete that failed at its rename, or a stale tombstone
+                    self._remove_tombstone(session_id)
             self._remove_strays(preambles - checkpoint_ids, self.layout.preamble)
             if tombstones:
                 fsync_dir(self.layout.events)
@@ -193,13 +197,55 @@ class _Recovery:
     def _remove_strays(self, session_ids: set[str], path_of: Callable[[str], Path]) -> None:
         """Derived files whose session is gone (a delete cut short)."""
         for session_id in session_ids:
-            unlink_quietly(path_of(session_id))
+            try:
+                unlink_quietly(path_of(session_id))
+            except OSError as exc:  # in no session's way: it stays, and the open goes on
+                log.warning("could not remove %s, of no session: %s", path_of(session_id), exc)
 
-    def _finish_recorded_deletes(self, deleted: dict[str, str], checkpoint_ids: set[str]) -> None:
+    # -- deletes a crash or a failure left ----------------------------------------------
+    # One session's obstacle (a directory where a file must go, a file the system will
+    # not remove) is logged and counted, and the open goes on: it fails no other session.
+
+    def _finish_delete(self, session_id: str) -> None:
+        """The session's checkpoint is its tombstone: the delete took effect; its files
+        go (the tombstone stays while one of them does, for the next open)."""
+        failed = lifecycle.finish_delete(self.layout, session_id)
+        for path, exc in failed:
+            log.error(
+                "session %r is deleted, but %s could not be removed (%s): its tombstone "
+                "stays, and the next open tries again",
+                session_id,
+                path,
+                exc,
+            )
+        self.report.deletes_unfinished += bool(failed)
+
+    def _remove_tombstone(self, session_id: str) -> None:
+        """A tombstone beside the session's checkpoint: its delete failed (or the id was
+        created again after one), so the session stays as its checkpoint says."""
+        tombstone = self.layout.tombstone(session_id)
+        try:
+            unlink_quietly(tombstone)
+        except OSError as exc:
+            log.error(
+                "session %r: %s stands where its delete puts the checkpoint and cannot be "
+                "removed (%s); the session stays readable, and a delete of it fails until "
+                "that is removed",
+                session_id,
+                tombstone,
+                exc,
+            )
+            self.report.deletes_unfinished += 1
+
+    def _finish_recorded_deletes(
+        self, deleted: dict[str, str], checkpoint_ids: set[str]
+    ) -> set[str]:
         """A deletion the WAL recorded, of a session still there with the same epoch,
-        was interrupted before its tombstone: finish it (a re-created session of the
-        same id has another epoch and stays)."""
-        finished = False
+        was interrupted before its tombstone: finish it as a delete does (a re-created
+        session of the same id has another epoch and stays); the ids finished. One
+        whose checkpoint cannot become the tombstone stays, whole (its delete was never
+        answered: the crash came first)."""
+        finished = set()
         for session_id, epoch in deleted.items():
             if session_id not in checkpoint_ids or not epoch:
                 continue
@@ -207,14 +253,26 @@ class _Recovery:
             if metadata is None or metadata.epoch != epoch:
                 continue
             log.warning("finishing the interrupted delete of session %r", session_id)
-            for path in self.layout.session_files(session_id):
-                unlink_quietly(path)
-            os.unlink(self.layout.checkpoint(session_id))
+            try:
+                os.replace(self.layout.checkpoint(session_id), self.layout.tombstone(session_id))
+            except OSError as exc:
+                log.error(
+                    "session %r stays: its interrupted delete cannot be finished, as its "
+                    "checkpoint cannot become %s (%s)",
+                    session_id,
+                    self.layout.tombstone(session_id),
+                    exc,
+                )
+                self.report.deletes_unfinished += 1
+                continue
+            fsync_dir(self.layout.sessions)
+            self._finish_delete(session_id)
             checkpoint_ids.discard(session_id)
-            finished = True
+            finished.add(session_id)
         if finished:
             fsync_dir(self.layout.events)
             fsync_dir(self.layout.sessions)
+        return finished
 
     def _metadata_only(self, session_id: str) -> SessionMetadata | None:
         read = self.dirs.read_checkpoint(session_id)

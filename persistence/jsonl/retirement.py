@@ -1,5 +1,6 @@
 """Retiring the WAL segments a rotation leaves behind: each is deleted once every log
-it covers is synced, strictly oldest first, in a background task of the log writer."""
+it covers is synced (and the sessions directory: the deletes it records), strictly
+oldest first, in a background task of the log writer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from .files import fsync_dir
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .wal import Segment, remove_segment, sync_log
@@ -65,7 +67,7 @@ class Retirement:
             try:
                 if errors:
                     raise errors[0]
-                await loop.run_in_executor(self._sync_pool, remove_segment, segment)
+                await loop.run_in_executor(self._sync_pool, _remove, self._layout, segment)
             except OSError as exc:
                 if errors:
                     self._files.sync_failed = True
@@ -77,6 +79,15 @@ class Retirement:
                 )
                 return
             del self._queue[0]
+
+
+def _remove(layout: Layout, segment: Segment) -> None:
+    """The segment deleted once the sessions directory is synced: a delete whose
+    tombstone's rename could not be synced then (it was acknowledged all the same,
+    ``lifecycle.py``) is durable before the segment's record of its deletion, which
+    replay would finish it from after a power cut, is gone."""
+    fsync_dir(layout.sessions)
+    remove_segment(segment)
 
 
 def _sync_logs(layout: Layout, session_ids: list[str]) -> OSError | None:

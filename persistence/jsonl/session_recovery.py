@@ -65,6 +65,8 @@ class RecoveryReport:
     epochs_renewed: int = 0
     wal_segments: int = 0  # WAL segments found (a crash, or a close that could not sync)
     wal_events_replayed: int = 0  # acknowledged events a log lacked, restored from them
+    # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
+    deletes_unfinished: int = 0
 
 
 class Directories:
