@@ -6,7 +6,9 @@ store's sum, as a refused append reports it, is the sum of the sessions'
 JSONL delete that fails (its WAL record not written) with appends to the session in
 flight: the session comes back as its log is. And a delete's room is the user's only once
 its files are gone. And a replacement that fails and cannot even be undone keeps the old
-session, and its bytes, while its files stay for the next open."""
+session, and its bytes, while its files stay for the next open. And a kill -9 at each
+chosen step of a JSONL append, cut, delete and replacement leaves the sum its logs'
+sizes."""
 
 from __future__ import annotations
 
@@ -205,3 +207,38 @@ def _check_rows(path: Path) -> None:
         ).fetchall()
     for session_id, stored, counted in rows:
         assert stored == counted, (session_id, stored, counted)
+
+
+KILL_POINTS_CHILD = Path(__file__).with_name("kill_points_child.py")
+KILL_POINTS = [
+    "wal-write",
+    "cut",
+    "cut-after",
+    "delete-start",
+    "delete-renamed",
+    "delete-files",
+    "delete-tombstone",
+    "replace-delete",
+    "replace-install",
+]
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sums_after_a_kill_at_each_step(point: str, durability: str, tmp_path: Path) -> None:
+    """JSONL: a kill -9 at each step of an append, of the cut of a failed write, of a
+    delete and of a replacement (tests/kill_points_child.py), twice over one store: the
+    reopened store's sum for the user is its sessions' ``stored_bytes``, each its log's
+    size on disk, and the deleted or replaced session's bytes are in it no more."""
+    base = tmp_path / "store"
+    if point == "wal-write" and durability == "os":
+        pytest.skip("os mode has no WAL")
+    for _round in range(2):
+        child = subprocess.run(
+            [sys.executable, str(KILL_POINTS_CHILD), str(base), point, durability],
+            capture_output=True,
+            timeout=60,
+        )
+        assert child.returncode == -9, child.stderr.decode()[-3000:]
+        assert child.stdout.decode().splitlines() == ["ready"]
+        asyncio.run(_check(f"jsonl://{base}?durability={durability}", base))
