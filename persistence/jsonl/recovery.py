@@ -111,7 +111,9 @@ class _Recovery:
         log_ids, index_ids = _ids(self.layout.events, LOG_SUFFIX, INDEX_SUFFIX)
         log_ids -= deleted
         if self.writable:
-            self._remove_strays(index_ids - log_ids - checkpoint_ids, self.layout.message_index)
+            # (A deleted session's were tried with its other files: logged once, if they stay.)
+            strays = index_ids - log_ids - checkpoint_ids - deleted
+            self._remove_strays(strays, self.layout.message_index)
         entries = snapshot.consume(self.layout, read_only=not self.writable)
         for session_id in sorted(checkpoint_ids | log_ids):
             entry = entries.get(session_id)
