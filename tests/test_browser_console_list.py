@@ -16,6 +16,7 @@ from bamboo_session.protocol import AgentEvent, Message
 from bamboo_session.protocol.client import BambooClient
 from tests.browser import watch_page
 from tests.console_support import DASH, console_url, ws_url
+from tests.proxies import HttpProxy
 from tests.support import run_server
 
 playwright = pytest.importorskip("playwright.async_api")
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
 SECRET = "console-test-secret-" + "x" * 32
+TOKEN_KEY = "bamboo.console.token"  # where the console keeps its token (sessionStorage)
 
 
 def make_token(sub: str, role: str = "user", ttl: int = 600) -> str:
@@ -127,6 +129,7 @@ async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -
         await page.fill("#token-input", "not-a-token")
         await page.click("#login button[type=submit]")
         await expect(page.locator("#login .notice")).to_contain_text("refused")
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
 
         await page.fill("#token-input", alice)
         await page.click("#login button[type=submit]")
@@ -177,7 +180,9 @@ async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -
 async def test_a_token_that_expires_while_watching_signs_the_top_bar_out(browser: Any) -> None:
     """The server ends the page's connection as its token expires (4401, no leeway):
     the sign-in form replaces the page, and the top bar no longer names the user of
-    that token nor offers to sign out."""
+    that token nor offers to sign out. The console forgets that token at once: a reload
+    asks for one from the start, and sends the expired one nowhere (it kept it, tried
+    it again, and asked only once it was refused again)."""
     async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
         await make_session(ws_url(server), "watched", None, "Watched", token=make_token("alice"))
         page = await browser.new_page()
@@ -190,8 +195,56 @@ async def test_a_token_that_expires_while_watching_signs_the_top_bar_out(browser
         await expect(page.locator("#login .notice")).to_contain_text("refused")
         await expect(page.locator("#who-name")).to_have_count(0)
         await expect(page.locator("#who button")).to_have_count(0)
-        # The browser reports the 401 of the read made before signing in: no page error.
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+
+        requests: list[Any] = []
+        page.on("request", lambda request: requests.append(request))
+        await page.reload()
+        await expect(page.locator("#login")).to_be_visible()
+        await expect(page.locator("#login .notice")).to_have_count(0)  # none was refused
+        assert requests
+        assert [r.url for r in requests if "authorization" in await r.all_headers()] == []
+        # The browser reports the 401s of the reads made with no token: no page error.
         assert [p for p in problems if "status of 401" not in p] == []
+
+
+async def test_a_token_is_kept_when_the_server_is_away_or_busy(browser: Any) -> None:
+    """Only a refusal of the token (401, 4401) makes the console forget it: a read
+    answered 503 (a proxy in front of a server that is down), or not answered at all,
+    says nothing of the token, and once the server is back a reload goes on with it."""
+    async with run_server(auth_secret=SECRET) as server:
+        alice = make_token("alice")
+        await make_session(ws_url(server), "a-1", None, "Alice one", token=alice)
+        proxy = HttpProxy(server.port)
+        port = await proxy.start()
+        try:
+            page = await browser.new_page()
+            await page.goto(console_url(port))
+            await page.fill("#token-input", alice)
+            await page.click("#login button[type=submit]")
+            rows = page.locator("#sessions tbody tr")
+            await expect(rows).to_have_count(1)
+            failure = page.locator("#results .notice")
+            # The list's next read gets 503 (on a new connection: the cut ends those the
+            # browser keeps alive, whose later requests the proxy would pass on).
+            proxy.cut()
+            proxy.mend()
+            proxy.refusing = True
+            await submit_filters(page, user_id="alice")
+            await expect(failure).to_contain_text("503")
+            assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == alice
+            proxy.cut()  # and the next none
+            await submit_filters(page, user_id="")
+            await expect(failure).to_contain_text("Failed to fetch")
+            await expect(page.locator("#login")).to_have_count(0)
+            assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == alice
+            proxy.refusing = False
+            proxy.mend()
+            await page.reload()
+            await expect(rows).to_have_count(1)
+            await expect(page.locator("#who-name")).to_have_text("alice (user)")
+        finally:
+            await proxy.close()
 
 
 async def test_console_fits_a_narrow_screen(browser: Any) -> None:

@@ -2,8 +2,9 @@
 /**
  * api.js: the console's side of the server's JSON API, and the token it uses.
  *
- * The token lives in sessionStorage (this tab only, gone when it closes) and travels
- * as `Authorization: Bearer …`, never in a URL.
+ * The token lives in sessionStorage (this tab only, gone when it closes, or as soon
+ * as the server refuses it: app.js) and travels as `Authorization: Bearer …`, never
+ * in a URL.
  *
  * A read the server refuses for now, saying when to ask again (a 429: this browser's
  * reads are over their allowance, or its answers not yet read over their part; a 503

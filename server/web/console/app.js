@@ -86,13 +86,21 @@ function showWho() {
   );
 }
 
-/** The error handler every view shares: 401 asks for a token, the rest is shown. */
+/**
+ * The error handler every view shares: a refused token (401 over HTTP, 4401 on the
+ * stream: invalid, or expired) asks for a token; the rest is shown.
+ */
 const context = {
   /** @param {unknown} error @returns {boolean} true when handled by asking for a token */
   unauthorized(error) {
     const status = error instanceof ApiError ? error.status : /** @type {any} */ (error)?.code;
     if (status !== 401 && status !== 4401) return false;
-    askForToken(getToken() ? "That token was refused: it is invalid or has expired." : undefined);
+    const refused = getToken() !== null;
+    // Forgotten now, not when another is given: a reload would send it again, and ask
+    // only once it is refused again. A server away or busy (no answer, a 503) is no
+    // refusal, and its token is kept.
+    setToken(null);
+    askForToken(refused ? "That token was refused: it is invalid or has expired." : undefined);
     return true;
   },
 };
