@@ -423,7 +423,9 @@ async def closing_server(code: int) -> AsyncIterator[tuple[int, list[dict[str, A
 
 async def test_close_codes_resume_or_end_the_client(browser: Any, app_origin: str) -> None:
     """Each close code of the protocol's table: a resumable one reconnects and resumes
-    from the last seq seen and its epoch; any other ends the client with its error."""
+    from the last seq seen and its epoch; any other ends the client with its error, and
+    its ``"closed"`` state change names that close (code and reason), as the one after
+    the page's own ``close()`` names it (1000, "client closed")."""
     async with serving() as server:
         page = await client_page(browser, server.port, app_origin)
         watch = """async (url) => {
@@ -431,30 +433,45 @@ async def test_close_codes_resume_or_end_the_client(browser: Any, app_origin: st
             sessionId: "fake", create: true, backoffInitial: 10,
           });
           const seqs = [];
+          let closed = null;
+          c.on("state", ({ state, code, reason }) => {
+            if (state === "closed") closed = [code, reason];
+          });
           try {
             for await (const item of c.events()) {
               seqs.push(item.seq);
               if (item.seq === 2) break;
             }
           } catch (error) {
-            return { seqs, error: [error.name, error.code] };
+            return { seqs, error: [error.name, error.code], closed };
           }
           const ended = c.error && [c.error.name, c.error.code];
           await c.close();
-          return { seqs, reconnects: c.reconnects, ended };
+          return { seqs, reconnects: c.reconnects, ended, closed };
         }"""
         for code in RESUME_CODES:
             async with closing_server(code) as (port, hellos):
                 outcome = await page.evaluate(watch, f"ws://127.0.0.1:{port}")
-            assert outcome == {"seqs": [1, 2], "reconnects": 1, "ended": None}, code
+            assert outcome == {
+                "seqs": [1, 2],
+                "reconnects": 1,
+                "ended": None,
+                "closed": [1000, "client closed"],
+            }, code
             assert hellos[0]["create"] is True and "last_seq" not in hellos[0]
             assert hellos[1]["create"] is False, code
             assert (hellos[1]["last_seq"], hellos[1]["epoch"]) == (1, "e1"), code
         for code, error in FINAL_CODES.items():
             async with closing_server(code) as (port, hellos):
                 outcome = await page.evaluate(watch, f"ws://127.0.0.1:{port}")
+            closed = [code, "test"]  # the fake server's reason
             if error[0] == "SessionEnded":  # events() just ends
-                assert outcome == {"seqs": [1], "reconnects": 0, "ended": error}, code
+                assert outcome == {
+                    "seqs": [1],
+                    "reconnects": 0,
+                    "ended": error,
+                    "closed": closed,
+                }, code
             else:
-                assert outcome == {"seqs": [1], "error": error}, code
+                assert outcome == {"seqs": [1], "error": error, "closed": closed}, code
             assert len(hellos) == 1, code

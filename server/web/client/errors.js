@@ -3,7 +3,9 @@
  * errors.js: the errors the client throws (every one a {@link ClientError}), and what
  * each close code means: {@link closeError} is the one place that maps a close code to
  * a reconnect and resume ({@link Retry}) or to the typed error that ends the client.
- * The table it follows is docs/protocol.md's "Close codes".
+ * The table it follows is docs/protocol.md's "Close codes". {@link closeSeen} and
+ * {@link closeOf} say which close the `"state"` event names, as the client
+ * reconnects or as it ends.
  *
  * @module bamboo/errors
  */
@@ -139,6 +141,41 @@ export function closeError(code, reason, closedReason) {
   if (code === 4403) return new Forbidden(code, reason);
   if (code === 4404) return new NotFound(code, reason);
   return new Refused(code, reason);
+}
+
+/**
+ * A close as the `"state"` event reports it: the code and reason of the close that made
+ * the client reconnect (`"reconnecting"`) or ended it (`"closed"`).
+ * @typedef {{ code: number | null, reason: string }} CloseSeen
+ */
+
+/**
+ * The close of a connection as the client saw it: its code and reason, or, when no
+ * close frame came (1006: the connection dropped), a null code and "connection lost"
+ * (or what reason the WebSocket gave).
+ * @param {number} code @param {string} reason @returns {CloseSeen}
+ */
+export function closeSeen(code, reason) {
+  if (code === ABNORMAL_CLOSURE) return { code: null, reason: reason || "connection lost" };
+  return { code, reason };
+}
+
+/**
+ * The close that ended a client whose end is `failure`, when no close of a connection
+ * says it better: the code and reason of a refusal or of the session's end (a
+ * {@link ConnectionLost} whose `cause` is one included: the session ended while the
+ * client was behind), so that `code` is the one the error carries; else (given up
+ * after `maxRetries`, a frame it cannot take, a token function that threw) a null
+ * code and the error's message. (A welcome it cannot use is a {@link Refused} of its
+ * own, 1008.)
+ * @param {ClientError} failure @returns {CloseSeen}
+ */
+export function closeOf(failure) {
+  const ended = failure instanceof ConnectionLost ? failure.cause : failure;
+  if (ended instanceof SessionEnded || ended instanceof Refused) {
+    return { code: ended.code, reason: ended.reason };
+  }
+  return { code: null, reason: failure.message };
 }
 
 /** What ends the client for `failure`: itself when a {@link ClientError}, else (a token

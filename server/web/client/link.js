@@ -16,12 +16,13 @@
  */
 
 import {
-  ABNORMAL_CLOSURE,
   ClientError,
   Retry,
   SessionEnded,
   asClientError,
   closeError,
+  closeOf,
+  closeSeen,
 } from "./errors.js";
 import { decodeFrame, frameBytes, sendQuietly } from "./frames.js";
 import { dial, eventsAfter, tokenNow } from "./handshake.js";
@@ -33,7 +34,7 @@ import { streamUrl } from "./urls.js";
  * @typedef {import("./types.js").Settings} Settings
  * @typedef {import("./types.js").ConnectionState} ConnectionState
  * @typedef {import("./types.js").StateChange} StateChange
- * @typedef {{ code: number | null, reason: string }} CloseSeen
+ * @typedef {import("./errors.js").CloseSeen} CloseSeen
  * @typedef {import("./client.js").BambooClient} BambooClient
  */
 
@@ -41,6 +42,9 @@ import { streamUrl } from "./urls.js";
 // and counting towards maxRetries instead of starting again from the first wait, so a
 // server that welcomes then closes at once (or tokens that expire at once) is not hammered.
 const STABLE_AFTER = 10_000;
+// The close of a connection that skipped events past the full queue: the client's own,
+// which the `"reconnecting"` (or, with reconnect off, `"closed"`) state change names.
+const PAUSE_CLOSE = Object.freeze({ code: 1000, reason: "events queue full" });
 
 export class Link {
   #client;
@@ -149,7 +153,7 @@ export class Link {
     if (!state.overflowed || ws === null || state.pending.inFlight(this.#generation) > 0) return;
     this.#ws = null; // its close is ours: #onClose ignores it
     this.#ready = false;
-    ws.close(1000, "events queue full");
+    ws.close(PAUSE_CLOSE.code, PAUSE_CLOSE.reason);
     state.fellBehind(); // it skipped events: only a resume brings them
     this.#paused = true;
     if (state.feed.drained()) this.#unpause();
@@ -161,13 +165,11 @@ export class Link {
     this.#paused = false;
     if (!this.#options.reconnect) {
       const why = "events skipped past the full events queue need a resume";
-      this.finish(this.#state.lost(`${why}, and reconnect is off`));
+      this.finish(this.#state.lost(`${why}, and reconnect is off`), PAUSE_CLOSE);
       return;
     }
     this.#attempts = 0; // a pause is no failure: its connection was fine
-    // The close the pause made: the client's own, which `"reconnecting"` names.
-    const close = { code: 1000, reason: "events queue full" };
-    void this.#reconnect(new Retry("events queue read down"), close);
+    void this.#reconnect(new Retry("events queue read down"), PAUSE_CLOSE);
   }
 
   // -- connection -------------------------------------------------------------------------
@@ -242,8 +244,10 @@ export class Link {
     // events, or when the server dropped us as too slow to read.
     if (error instanceof Retry && (state.overflowed || code === 4429)) state.fellBehind();
     if (!(error instanceof Retry)) this.finish(state.unlessBehind(error));
-    else if (!this.#options.reconnect) this.finish(state.lost(`connection lost: ${error.message}`));
-    else void this.#reconnect(error, closeSeen(code, reason));
+    else if (!this.#options.reconnect) {
+      // The close that would have been resumed ends it: the `"closed"` state says which.
+      this.finish(state.lost(`connection lost: ${error.message}`), closeSeen(code, reason));
+    } else void this.#reconnect(error, closeSeen(code, reason));
   }
 
   /**
@@ -325,9 +329,13 @@ export class Link {
 
   // -- the end ----------------------------------------------------------------------------
 
-  /** End this client: fail what waits, end `events()`, close the connection.
-   * @param {ClientError} failure */
-  finish(failure) {
+  /**
+   * End this client: fail what waits, end `events()`, close the connection.
+   * @param {ClientError} failure
+   * @param {CloseSeen} [close] the close that ended it, for the `"closed"` state change;
+   *   by default the one `failure` carries ({@link closeOf})
+   */
+  finish(failure, close = closeOf(failure)) {
     if (!this.#state.finish(failure)) return;
     this.#ready = false;
     this.#sleeper?.wake();
@@ -336,7 +344,7 @@ export class Link {
         ws.close(1000);
       }
     }
-    this.#setState("closed", { error: failure });
+    this.#setState("closed", { error: failure, ...close });
   }
 
   /** End this client (see `BambooClient#close`), and wait for its connection's close. */
@@ -355,9 +363,9 @@ export class Link {
 
   /**
    * @param {ConnectionState} state
-   * @param {{ error: ClientError } | CloseSeen} [why] what the change says besides
-   *   the state: why the client ended (`"closed"`), or the close that made it
-   *   reconnect (`"reconnecting"`)
+   * @param {CloseSeen & { error?: ClientError }} [why] what the change says besides
+   *   the state: the close that made it reconnect (`"reconnecting"`), or the one that
+   *   ended it and why (`"closed"`)
    */
   #setState(state, why) {
     if (this.#connectionState === state) return;
@@ -366,15 +374,4 @@ export class Link {
     const detail = { state, ...why };
     this.#client.dispatchEvent(new CustomEvent("state", { detail }));
   }
-}
-
-/**
- * The close of a connection as the `"reconnecting"` state change reports it: its code
- * and reason, or, when no close frame came (1006: the connection dropped), a null
- * code and "connection lost" (or what reason the WebSocket gave).
- * @param {number} code @param {string} reason @returns {CloseSeen}
- */
-function closeSeen(code, reason) {
-  if (code === ABNORMAL_CLOSURE) return { code: null, reason: reason || "connection lost" };
-  return { code, reason };
 }

@@ -53,7 +53,14 @@
  *   `"reconnecting"`: the close that made it reconnect, as the client saw it (the
  *   server's close code and reason; a null code and `"connection lost"` when no close
  *   frame came, as when the network dropped; 1000 and `"events queue full"` when it
- *   closed the connection itself to pause).
+ *   closed the connection itself to pause). With `"closed"`: the close that ended it,
+ *   the code `error` carries: the server's (1000 or 4409 and `"session closed"` when
+ *   the session ended, 4404 `"session deleted"`, 4401 `"token expired"`, …, also when
+ *   `error` is a `ConnectionLost` whose `cause` is the session's end), 1000 and
+ *   `"client closed"` after `close()`; with `reconnect: false`, the close that would
+ *   have been resumed (as `"reconnecting"` says it); else (given up after
+ *   `maxRetries`, a frame it cannot take, a token function that threw) a null code
+ *   and `error`'s message.
  * @typedef {string | (() => string | Promise<string>)} TokenSource
  *   A JWT, or a function that returns one (or a promise of one), asked before every
  *   connection.

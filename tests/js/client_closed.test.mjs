@@ -1,0 +1,126 @@
+// The JavaScript client on Node (node:test): the `"closed"` state change says which
+// close ended the client (`code`, `reason`), as `"reconnecting"` says which close made it
+// reconnect, so that an application tells the session's end (1000 or 4409) from a
+// deletion (4404), a refused token (4401) and its own `close()` (1000, "client closed").
+// tests/test_js.py starts the servers (BAMBOO_URL, and BAMBOO_AUTH_URL with no leeway)
+// and runs this file beside the other client*.test.mjs (helpers: client_support.mjs).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  BambooClient,
+  ConnectionLost,
+  NotFound,
+  SessionEnded,
+  Unauthorized,
+} from "../../server/web/client/bamboo.js";
+
+import { url, authUrl, makeToken, droppingProxy, endOf, until } from "./client_support.mjs";
+
+/** The `"closed"` state change of `client`, once it comes: its code, reason and error. */
+function closedOf(client) {
+  return new Promise((resolve) => {
+    client.on("state", ({ state, code, reason, error }) => {
+      if (state === "closed") resolve({ code, reason, error });
+    });
+  });
+}
+
+test("the closed state names the close: the client's own, and the session's end", async () => {
+  const options = { sessionId: "closed-why-1", backoffInitial: 20 };
+  const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+  const viewer = await BambooClient.connect(url, options);
+  try {
+    const agentClosed = closedOf(agent);
+    const viewerClosed = closedOf(viewer);
+    await agent.setState("closed"); // the server closes every connection: 1000
+    const seen = await viewerClosed;
+    assert.ok(seen.error instanceof SessionEnded, String(seen.error));
+    assert.deepEqual([seen.code, seen.reason], [1000, "session closed"]);
+    assert.equal((await agentClosed).code, 1000);
+
+    const own = await BambooClient.connect(url, { sessionId: "closed-why-own", create: true });
+    const ownClosed = closedOf(own);
+    await own.close();
+    const mine = await ownClosed;
+    assert.deepEqual([mine.code, mine.reason], [1000, "client closed"]);
+    assert.ok(mine.error instanceof SessionEnded);
+  } finally {
+    await viewer.close();
+    await agent.close();
+  }
+});
+
+test("a close the client does not resume: its code and reason, as the server sent them", async () => {
+  const proxy = await droppingProxy(url);
+  const options = { sessionId: "closed-why-2", backoffInitial: 20 };
+  const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+  try {
+    // What the server closes a connection with as its session is deleted.
+    const viewer = await BambooClient.connect(proxy.url, options);
+    const deleted = closedOf(viewer);
+    proxy.drop(4404, "session deleted");
+    const seen = await deleted;
+    assert.ok(seen.error instanceof NotFound, String(seen.error));
+    assert.deepEqual([seen.code, seen.reason], [4404, "session deleted"]);
+
+    // With reconnect off, a close worth a resume ends it: that close, not a null code.
+    const once = await BambooClient.connect(proxy.url, { ...options, reconnect: false });
+    const restarted = closedOf(once);
+    proxy.drop(1012, "server restarting");
+    const lost = await restarted;
+    assert.ok(lost.error instanceof ConnectionLost, String(lost.error));
+    assert.deepEqual([lost.code, lost.reason], [1012, "server restarting"]);
+  } finally {
+    await agent.close();
+    await proxy.close();
+  }
+});
+
+test("a resume refused as the session closed while the client was away: 4409", async () => {
+  const proxy = await droppingProxy(url);
+  const options = { sessionId: "closed-why-3" };
+  const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+  // It waits at least 500 ms before it reconnects: the session is closed by then.
+  const viewer = await BambooClient.connect(proxy.url, { ...options, backoffInitial: 1000 });
+  try {
+    const closed = closedOf(viewer);
+    proxy.cut();
+    await until(() => viewer.state === "reconnecting");
+    await agent.setState("closed");
+    const seen = await closed;
+    assert.ok(seen.error instanceof SessionEnded, String(seen.error));
+    assert.deepEqual([seen.code, seen.reason], [4409, "session closed"]);
+  } finally {
+    await viewer.close();
+    await agent.close();
+    await proxy.close();
+  }
+});
+
+test("a fixed token that expires on an open connection: 4401", { timeout: 15000 }, async () => {
+  const client = await BambooClient.connect(authUrl, {
+    sessionId: "closed-why-4",
+    create: true,
+    token: makeToken("alice", 1),
+  });
+  const closed = closedOf(client);
+  const error = await endOf(client);
+  assert.ok(error instanceof Unauthorized, String(error));
+  const seen = await closed;
+  assert.equal(seen.error, error);
+  assert.deepEqual([seen.code, seen.reason], [4401, "token expired"]);
+});
+
+test("given up after maxRetries: no close code, and why", { timeout: 15000 }, async () => {
+  const proxy = await droppingProxy(url);
+  const options = { sessionId: "closed-why-5", create: true, backoffInitial: 20 };
+  const client = await BambooClient.connect(proxy.url, { ...options, maxRetries: 1 });
+  const closed = closedOf(client);
+  await proxy.close(); // every later attempt finds no one listening
+  const seen = await closed;
+  assert.ok(seen.error instanceof ConnectionLost, String(seen.error));
+  assert.equal(seen.code, null);
+  assert.equal(seen.reason, seen.error.message);
+  assert.match(seen.reason, /^gave up after 1 attempts/);
+});
