@@ -244,7 +244,10 @@ async def test_console_publishes_a_test_event_and_closes_the_session(browser: An
             await page.click("#confirm-close")
             await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
             await expect(page.locator("#meta-state")).to_have_text("closed")
-            await expect(page.locator("#tail .ev-note")).to_contain_text("Session closed")
+            # Why the connection ended (1000, closed on it), then that the session is.
+            await expect(page.locator("#tail .ev-note")).to_have_text(
+                ["Connection ended: 1000 session closed.", "Session closed: session closed"]
+            )
             # Nobody is attached to a closed session: presence does not list who was.
             await expect(page.locator("#presence")).to_have_text("Nobody can attach.")
             for _ in range(100):
@@ -270,7 +273,9 @@ async def test_a_session_deleted_while_watched_leaves_no_live_controls(browser: 
             await expect(page.locator("#publish")).to_have_count(1)
             await server.manager.delete_session("gone")
             await expect(page.locator("#status")).to_contain_text("No such session")
-            await expect(page.locator("#tail .ev-note")).to_contain_text("session deleted")
+            await expect(page.locator("#tail .ev-note")).to_have_text(
+                "Connection ended: 4404 session deleted."
+            )
             # Nothing offers to publish to, or close, a session that is gone.
             await expect(page.locator("#publish, #close-session")).to_have_count(0)
             await expect(page.locator("#presence")).to_have_text("This page is no longer attached.")

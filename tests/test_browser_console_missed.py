@@ -130,6 +130,9 @@ async def test_events_the_page_missed_when_the_session_ended_are_read_over_http(
         await expect(tail.locator('details.ev-tool[data-tool="call-9"]')).to_have_attribute(
             "data-status", "done"
         )
+        # Why the connection ended: the resume refused (4409), not a close on it (1000).
+        ended = tail.locator(".ev-note", has_text="Connection ended")
+        await expect(ended).to_have_text("Connection ended: 4409 session closed.")
         await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
         await expect(page.locator("#messages li .msg-body").last).to_have_text(
             "Written while the page was away."

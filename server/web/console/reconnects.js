@@ -8,7 +8,10 @@
  * came), and one as it comes back, which says, once the stream goes on, whether it
  * resumed with nothing missed (the next event follows the last one shown; the client
  * checks there is no gap or repeat after it) or the resume was refused (the Reset's
- * own line then says what is missing).
+ * own line then says what is missing). When the connection ends for good, the page
+ * says why ({@link ReconnectNotes#noteEnd}) with the close that ended the client: its
+ * code tells a session closed (1000, or 4409 for a resume refused) from one deleted
+ * (4404) or a token refused (4401), which the reasons alone may not.
  */
 
 /** @typedef {import("/client/bamboo.js").BambooClient} BambooClient */
@@ -21,6 +24,10 @@ export class ReconnectNotes {
    * from `events()` that were queued before it (the first after them is its answer) */
   pending = null;
   lost = false; // the connection dropped and has not come back yet
+  /** @type {{ code: number | null, reason: string } | null} the close that ended the
+   * client (its `"closed"` state change), once it has */
+  closed = null;
+  endNoted = false; // the tail said why the connection ended
 
   /** @param {Tail} tail */
   constructor(tail) {
@@ -33,12 +40,16 @@ export class ReconnectNotes {
    * @returns {boolean} whether the connection just came back (presence is stale then:
    * the connections it told of were of the server before)
    */
-  state(client, { state, code, reason }) {
+  state(client, { state, code = null, reason = "" }) {
+    if (state === "closed") {
+      // Said once the page has shown what `events()` still held (noteEnd).
+      this.closed = { code, reason };
+      return false;
+    }
     if (state === "reconnecting" && !this.lost) {
       this.lost = true;
       this.pending = null;
-      // The close the client saw: "1012 server restarting", or "connection lost".
-      const why = `${code ?? ""} ${reason ?? ""}`.trim() || "connection lost";
+      const why = closeText(code, reason);
       this.tail.note(`Disconnected after #${this.tail.lastSeq} (${why}): reconnecting…`);
       return false;
     }
@@ -75,4 +86,24 @@ export class ReconnectNotes {
       this.pending = null;
     }
   }
+
+  /**
+   * The stream ended for good: a line saying why the connection ended, the close that
+   * ended the client ("4409 session closed", "4404 session deleted"). Written once, by
+   * whichever end the page shows first; none before the client has ended.
+   */
+  noteEnd() {
+    if (this.closed === null || this.endNoted) return;
+    this.endNoted = true;
+    this.tail.note(`Connection ended: ${closeText(this.closed.code, this.closed.reason)}.`);
+  }
+}
+
+/**
+ * A close in words: its code and reason ("1012 server restarting"), or the reason alone
+ * when no close code came ("connection lost").
+ * @param {number | null} code @param {string} reason @returns {string}
+ */
+function closeText(code, reason) {
+  return `${code ?? ""} ${reason}`.trim() || "connection lost";
 }

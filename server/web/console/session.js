@@ -5,7 +5,8 @@
  * presence and actions (attached.js), and a live tail of its events, through the JavaScript client: the page attaches to the session resuming a
  * little before its last event, so the tail opens with the latest events and then
  * follows live, across server restarts, with no gap and no duplicate (the tail says
- * when it was disconnected and how it resumed: reconnects.js). A closed session
+ * when it was disconnected and how it resumed, and why the connection ended, with the
+ * close code and reason: reconnects.js). A closed session
  * shows what storage keeps (history, metadata, its newest events). Should the session
  * end while the page is behind (the client ends with `ConnectionLost`: events after its
  * `afterSeq` never came), the rest is read over HTTP into the tail before the page says
@@ -52,6 +53,8 @@ class SessionView {
   /** @type {HTMLElement[]} lines of the tail that a read of the missed events that
    * failed added, taken back when a Reload reads them */
   unread = [];
+  /** @type {ReconnectNotes | null} what the tail says of the connection, once attached */
+  reconnects = null;
 
   /**
    * @param {HTMLElement} root @param {string} sessionId
@@ -131,6 +134,7 @@ class SessionView {
     this.#showMeta(session);
     this.#setConnState(client.state);
     const reconnects = new ReconnectNotes(this.tail);
+    this.reconnects = reconnects;
     client.on("state", (change) => {
       this.#setConnState(change.state);
       // Back after a drop: the peers presence told of were the connections before it.
@@ -190,7 +194,7 @@ class SessionView {
       } else {
         // The stream ended for good (deleted, refused): no controls of a live session.
         this.#refused(error);
-        this.tail.note(`Stream ended: ${error instanceof Error ? error.message : error}`);
+        reconnects.noteEnd();
         detached(this.presence, this.actions, false);
         this.#put("meta-connections", "–");
       }
@@ -284,6 +288,7 @@ class SessionView {
    */
   #replaced(after, reason) {
     this.#setConnState("closed");
+    this.reconnects?.noteEnd();
     this.#put("meta-state", "closed"); // the stream ended as the earlier session closed
     this.tail.note(`Session closed: ${reason}`);
     this.tail.note(
@@ -323,6 +328,7 @@ class SessionView {
    */
   #ended(reason, metadata) {
     this.#setConnState("closed");
+    this.reconnects?.noteEnd();
     const line = this.tail.note(`Session closed: ${reason}`);
     detached(this.presence, this.actions, true);
     if (metadata !== undefined) this.#showMeta(metadata);
