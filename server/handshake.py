@@ -43,8 +43,6 @@ from .outbox import Outbox
 from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from .connection import Connection
     from .manager import SessionManager
 
@@ -124,7 +122,9 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         if user is not None:
             services.user_connections.acquire(user)
             conn.counted_user = user
-        creator = creator_key(principal.sub if principal else None, _peer_address(ws))
+        # The address read as the connection opened (http_answer.py), as an HTTP
+        # request's is: the transport may no longer know it.
+        creator = creator_key(principal.sub if principal else None, ws.peer_host)
         # Before the attach, which queues the replay the writer sends with it.
         conn.read_allowance = services.read_allowances.of(creator)
         created: list[float] = []  # when a creation of this hello's ended, if one did
@@ -196,11 +196,6 @@ def _close_at_expiry(valid_until: float, outbox: Outbox) -> asyncio.TimerHandle:
     return asyncio.get_running_loop().call_later(
         delay, outbox.close, CloseCode.UNAUTHORIZED, "token expired"
     )
-
-
-def _peer_address(ws: ServerConnection) -> str | None:
-    address = ws.remote_address
-    return str(address[0]) if address else None
 
 
 def batch_items(config: ServerConfig) -> int:

@@ -62,9 +62,12 @@ class AnsweringConnection(ServerConnection):
     # Whether the peer has sent its end of stream, and the future of peer_gone().
     _peer_ended = False
     _gone: asyncio.Future[None] | None = None
-    # The peer's host, read as the connection opens: a request may be handled after
-    # its peer reset the connection, when the transport no longer knows it (under
-    # uvloop, get_extra_info("peername") then raises AttributeError).
+    # The peer's host, read as the connection opens, and the one place both an HTTP
+    # request (http_peer.py) and an upgrade's hello (handshake.py) take it from: a
+    # request may be handled after its peer reset the connection, when the transport
+    # no longer knows it (under uvloop, a peer that reset before the connection was
+    # made leaves no address saved, and get_extra_info("peername") on the closed
+    # transport then raises AttributeError, or ValueError once its socket was made).
     peer_host: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
