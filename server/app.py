@@ -88,6 +88,7 @@ class BambooServer:
                 leeway=config.auth_leeway,
                 audience=config.auth_audience,
                 issuer=config.auth_issuer,
+                max_sub_length=config.max_user_id_length,
             )
         self.access = AccessPolicy(authenticator)
         self.user_connections = ConnectionCounter(config.max_connections_per_user)

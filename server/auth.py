@@ -82,6 +82,9 @@ class Authenticator:
     future, or expired a little ago, by this server's clock, still passes. ``audience``
     and ``issuer``, when set, must be the token's ``aud`` (one of them, for a list) and
     ``iss``; without ``audience`` a token that names one is refused (RFC 7519 4.1.3).
+    ``max_sub_length``, when set, is the most characters a ``sub`` may have: the
+    server's limit on a user id (``--max-user-id-length``), which a ``hello`` or the
+    Python API is held to as well.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Authenticator:
         leeway: float = 5.0,
         audience: str | None = None,
         issuer: str | None = None,
+        max_sub_length: int | None = None,
     ) -> None:
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise InsecureConfig(
@@ -100,6 +104,7 @@ class Authenticator:
         self.leeway = leeway
         self.audience = audience
         self.issuer = issuer
+        self.max_sub_length = max_sub_length
         required = ["sub", "exp"]
         required += ["aud"] if audience is not None else []
         required += ["iss"] if issuer is not None else []
@@ -130,6 +135,11 @@ class Authenticator:
             # (RFC 7519 4.1.3); PyJWT would let an empty one ("" or []) through.
             raise Unauthorized("invalid token")
         principal = _principal(claims)
+        if self.max_sub_length is not None and len(principal.sub) > self.max_sub_length:
+            # A user this server cannot hold: it would own sessions, and key the
+            # per-user counts, under an id no hello may give. A bad token, not a bad
+            # request: only a new token helps the client (4401, HTTP 401).
+            raise Unauthorized("invalid token")
         exp = claims["exp"]
         assert isinstance(exp, int | float)  # _principal checked it
         return dataclasses.replace(principal, valid_until=exp + self.leeway)
