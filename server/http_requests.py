@@ -2,12 +2,15 @@
 are answered.
 
 websockets refuses some requests itself, before the server sees them: a request line
-or headers too long (414, 431), a request with a body (the connection was just
-dropped), a failed upgrade (400, 426, 500, 503, the subprotocol refusal). Its refusals
-are plain text; a client of this server expects ``{"error": {"code", "message"}}`` on
-every error: :func:`json_reject`. :func:`parse_request` is websockets' request parser,
-except that a request with a body (or chunked) gets 405, since only GET and HEAD
-without a body are served here, where websockets dropped the connection without a word.
+or headers too long (414, 431), a malformed head (400), a request with a body (the
+connection was just dropped), a failed upgrade (400, 426, 500, 503, 505, the
+subprotocol refusal). Its refusals are plain text, in its own words; a client of this
+server expects ``{"error": {"code", "message"}}`` on every error, saying what was wrong
+in this server's words (http_refusals.py): :func:`json_reject`, :func:`upgrade_reject`.
+:func:`parse_request` is websockets' request parser, with the head checked line by line
+as it is read, and a request with a body (or chunked) answered 405, since only GET and
+HEAD without a body are served here, where websockets dropped the connection without a
+word.
 
 Bytes of requests not answered yet: websockets bounds a request's head in counts only
 (128 header lines of 8 KiB each: about 1 MiB), which it keeps while the request is read
@@ -40,6 +43,18 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
+from .http_refusals import (
+    HEADER_LINE_TOO_LONG,
+    NOT_HTTP,
+    REQUEST_LINE_TOO_LONG,
+    TOO_MANY_HEADERS,
+    HeadChecks,
+    MalformedHead,
+    looks_like_request_line,
+    request_line_fault,
+    upgrade_refusal,
+)
+
 _json = msgspec.json.Encoder()
 _CODES = {
     http.HTTPStatus.UNAUTHORIZED: "unauthorized",
@@ -48,6 +63,8 @@ _CODES = {
     http.HTTPStatus.TOO_MANY_REQUESTS: "rate_limited",
     http.HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
     http.HTTPStatus.SERVICE_UNAVAILABLE: "internal",
+    # An upgrade in HTTP/1.0: the client's to fix, as any bad request.
+    http.HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: "bad_request",
 }
 ALLOWED_METHODS = "GET, HEAD"
 MAX_HEAD_BYTES = 16 * 1024
@@ -115,8 +132,19 @@ def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
     return _json.encode({"error": {"code": code, "message": message}}), code
 
 
+def upgrade_reject(protocol: ServerProtocol) -> typing.Callable[[int, str], Response]:
+    """``protocol.reject``: websockets' refusal of a failed upgrade, as JSON, worded by
+    the exception it refuses for (http_refusals.py), not by websockets' text."""
+
+    def reject(status: int | http.HTTPStatus, text: str) -> Response:
+        status = http.HTTPStatus(status)
+        return json_reject(status, upgrade_refusal(status, protocol.handshake_exc))
+
+    return reject
+
+
 def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
-    """``ServerProtocol.reject`` with a JSON body: the websockets refusals' answer."""
+    """A refusal with a JSON body, saying ``text``."""
     status = http.HTTPStatus(status)
     body, _ = error_body(status, text.strip().replace("\n\n", " ").replace("\n", " "))
     headers = Headers(
@@ -141,13 +169,14 @@ class _HeadReader:
     first as the request line and the connection was dropped without an answer. One
     more is read as the request line: not HTTP, dropped as any other."""
 
-    __slots__ = ("first_line", "left", "protocol", "skipped")
+    __slots__ = ("checks", "first_line", "left", "protocol", "skipped")
 
     def __init__(self, protocol: ServerProtocol) -> None:
         self.protocol = protocol
         self.left = MAX_HEAD_BYTES
         self.first_line: list[bytes] = []
         self.skipped = 0  # empty lines before the request line
+        self.checks = HeadChecks()
 
     def read_line(
         self, limit: int, too_long: type[Exception] = RuntimeError
@@ -158,11 +187,13 @@ class _HeadReader:
             line = yield from self.protocol.reader.read_line(limit, too_long)
             self.left -= len(line)
             if self.first_line:
+                self.checks.header_line(line)
                 return line
             if line == b"\r\n" and self.skipped < MAX_LEADING_EMPTY_LINES:
                 self.skipped += 1
                 continue
             self.first_line.append(bytes(line))
+            self.checks.request_line(line)
             return line
 
 
@@ -199,16 +230,24 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
 def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
     """The answer to a request that did not parse, or None to drop the connection (it
     was not HTTP at all, or the peer is gone: nothing sensible to say)."""
+    too_large = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
     if isinstance(exc, RequestLineTooLong):
-        return json_reject(http.HTTPStatus.REQUEST_URI_TOO_LONG, f"request line too long: {exc}")
+        return json_reject(http.HTTPStatus.REQUEST_URI_TOO_LONG, REQUEST_LINE_TOO_LONG)
     if isinstance(exc, RequestHeadTooLarge):
-        status = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-        return json_reject(status, f"request head over {MAX_HEAD_BYTES} bytes")
-    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
-        status = http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-        return json_reject(status, f"header fields too large: {exc}")
-    if isinstance(exc, EOFError) or not first_line or not _is_request_line(first_line[0]):
+        return json_reject(too_large, f"request head over {MAX_HEAD_BYTES} bytes")
+    if isinstance(exc, HeaderLineTooLong):
+        return json_reject(too_large, HEADER_LINE_TOO_LONG)
+    if isinstance(exc, TooManyHeaders):
+        return json_reject(too_large, TOO_MANY_HEADERS)
+    if isinstance(exc, EOFError) or not first_line:
         return None
+    if not looks_like_request_line(first_line[0]):
+        return None
+    fault = request_line_fault(first_line[0])
+    if fault is not None:
+        return json_reject(*fault)
+    if isinstance(exc, MalformedHead):
+        return json_reject(http.HTTPStatus.BAD_REQUEST, str(exc))
     # websockets refuses a body with these two, once the request line and the
     # headers have parsed (Content-Length other than 0, or Transfer-Encoding).
     if isinstance(exc, NotImplementedError) or str(exc) == "unsupported request body":
@@ -220,12 +259,9 @@ def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
         return response
     if isinstance(exc, UnicodeDecodeError):  # the method is letters: the path
         return json_reject(http.HTTPStatus.BAD_REQUEST, NOT_ASCII_TARGET)
-    return json_reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {exc}")
-
-
-def _is_request_line(line: bytes) -> bool:
-    parts = line.rstrip(b"\r\n").split(b" ")
-    return len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0") and parts[0].isalpha()
+    # What websockets' parser refuses past the checks of http_refusals.py, if anything:
+    # its text would echo what the peer sent.
+    return json_reject(http.HTTPStatus.BAD_REQUEST, NOT_HTTP)
 
 
 def _parse_refused(protocol: ServerProtocol, exc: Exception) -> Generator[None]:

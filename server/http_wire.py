@@ -32,7 +32,7 @@ from websockets.server import ServerProtocol
 from bamboo_session.protocol.parsed_frames import handed_on
 
 from .http_answer import AnsweringConnection
-from .http_requests import UnansweredRequests, json_reject, parse_request
+from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 
@@ -78,7 +78,7 @@ class BambooConnection(AnsweringConnection):
         unanswered_requests: UnansweredRequests | None = None,
         **kwargs: Any,
     ) -> None:
-        protocol.reject = json_reject  # type: ignore[method-assign]
+        protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign]
         protocol.parser = parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)

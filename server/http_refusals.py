@@ -1,0 +1,175 @@
+"""What a refusal of a request that does not parse, or of an upgrade that fails, says:
+in this server's words, naming what was wrong, never websockets' own text (which is
+worded for its own users, may change with its releases, and echoes header values the
+peer sent).
+
+A request's head is checked here line by line as it is read (http_requests.py
+``_HeadReader``), against RFC 9112 and RFC 9110, before websockets' parser sees each
+line: a fault is raised as :class:`MalformedHead`, whose message is the answer's
+(400). websockets' parser checks the same, so what it refuses after these checks is
+only what they missed, answered in general words. A failed upgrade is worded from the
+exception websockets raised (``protocol.handshake_exc``): :func:`upgrade_refusal`.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+
+from websockets.exceptions import (
+    InvalidHeader,
+    InvalidHeaderFormat,
+    InvalidHeaderValue,
+    InvalidMethod,
+    InvalidOrigin,
+    InvalidProtocol,
+    InvalidUpgrade,
+    NegotiationError,
+)
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
+
+# RFC 9110 5.6.2 (token) and 5.5 (field-value: visible ASCII, obs-text, space, tab).
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_DIGITS = re.compile(rb"[0-9]+")
+_HTTP_VERSION = re.compile(rb"HTTP/[0-9](\.[0-9])?")
+NAME_SHOWN = 64  # characters of a header name a message repeats at most
+
+NOT_HTTP = "the request is not valid HTTP/1.1"
+REQUEST_LINE_TOO_LONG = f"request line over {MAX_LINE_LENGTH} bytes"
+HEADER_LINE_TOO_LONG = f"a header line over {MAX_LINE_LENGTH} bytes"
+TOO_MANY_HEADERS = f"more than {MAX_NUM_HEADERS} header lines"
+BAD_REQUEST_LINE = "the request line is not METHOD TARGET HTTP/1.1, one space apart (RFC 9112 3)"
+BARE_LF = "a line of the request head ends with LF alone: lines end with CRLF (RFC 9112 2.2)"
+OBS_FOLD = (
+    "a header line starts with a space or tab (obsolete line folding, RFC 9112 5.2): "
+    "send each header on one line"
+)
+NO_COLON = "a header line has no colon: a header is name: value (RFC 9112 5)"
+SPACE_BEFORE_COLON = "whitespace between a header's name and its colon (RFC 9112 5.1)"
+BAD_CONTENT_LENGTH = "Content-Length must be a number of bytes, in digits (RFC 9110 8.6)"
+CONTENT_LENGTHS_DIFFER = "more than one Content-Length, with different values (RFC 9112 6.3)"
+WEBSOCKET_ONLY = (
+    "this is a WebSocket endpoint: an upgrade needs Connection: Upgrade and Upgrade: websocket"
+)
+
+
+def looks_like_request_line(line: bytes) -> bool:
+    """Whether a peer meant ``line`` as an HTTP request line: a method (letters), a
+    space, and more. A peer that sends anything else speaks another protocol (a TLS
+    hello, a probe), and is not answered."""
+    method, space, rest = line.rstrip(b"\r\n").partition(b" ")
+    return bool(space) and method.isalpha() and bool(rest)
+
+
+def request_line_fault(line: bytes) -> tuple[http.HTTPStatus, str] | None:
+    """The answer to a request line meant as one (:func:`looks_like_request_line`) that
+    is not ``METHOD TARGET HTTP/1.1`` (or HTTP/1.0); None for one that is."""
+    parts = line.rstrip(b"\r\n").split(b" ")
+    if len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    if len(parts) == 3 and _HTTP_VERSION.fullmatch(parts[2]):
+        version = parts[2].decode("ascii")
+        return (
+            http.HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+            f"{version} is not served here: HTTP/1.1 (or 1.0) only",
+        )
+    return http.HTTPStatus.BAD_REQUEST, BAD_REQUEST_LINE
+
+
+class MalformedHead(ValueError):
+    """A request head that is not valid HTTP/1.1; the message says where, for the 400."""
+
+
+class HeadChecks:
+    """The checks of one request's head, a line at a time, as it is read."""
+
+    __slots__ = ("content_length",)
+
+    def __init__(self) -> None:
+        self.content_length: bytes | None = None  # the first one's value
+
+    def request_line(self, line: bytes) -> None:
+        if not line.endswith(b"\r\n"):
+            raise MalformedHead(BARE_LF)
+
+    def header_line(self, line: bytes) -> None:
+        """Raises :class:`MalformedHead` unless ``line`` (CRLF included) is a valid
+        header line, or the empty line that ends the head."""
+        if not line.endswith(b"\r\n"):
+            raise MalformedHead(BARE_LF)
+        line = line[:-2]
+        if not line:
+            return
+        if line[:1] in (b" ", b"\t"):
+            raise MalformedHead(OBS_FOLD)
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise MalformedHead(NO_COLON)
+        if not _TOKEN.fullmatch(name):
+            if _TOKEN.fullmatch(name.rstrip(b" \t")):
+                raise MalformedHead(SPACE_BEFORE_COLON)
+            raise MalformedHead(f"{_shown(name)} is not a header name: {_TOKEN_RULE}")
+        value = value.strip(b" \t")
+        shown = name[:NAME_SHOWN].decode("ascii")  # a token: ASCII
+        if not _FIELD_VALUE.fullmatch(value):
+            raise MalformedHead(f"the value of {shown} has control characters (RFC 9110 5.5)")
+        if name.lower() == b"content-length":
+            self._content_length(value)
+
+    def _content_length(self, value: bytes) -> None:
+        if not _DIGITS.fullmatch(value):
+            raise MalformedHead(BAD_CONTENT_LENGTH)
+        if self.content_length is None:
+            self.content_length = value
+        elif int(value) != int(self.content_length):
+            raise MalformedHead(CONTENT_LENGTHS_DIFFER)
+
+
+_TOKEN_RULE = "letters, digits and !#$%&'*+-.^_`|~ only (RFC 9110 5.6.2)"
+
+
+def _shown(name: bytes) -> str:
+    """A header name as a message may repeat it: printable ASCII, shortened."""
+    text = name[:NAME_SHOWN].decode("ascii", "replace")
+    if text.isprintable():
+        return repr(text)
+    return "a header's name"
+
+
+def upgrade_refusal(status: http.HTTPStatus, exc: BaseException | None) -> str:
+    """What the refusal of a failed upgrade says: websockets answers ``status`` for
+    ``exc`` (ServerProtocol.accept, or a failing process_request: None or another
+    exception, 500)."""
+    if isinstance(exc, InvalidUpgrade):
+        return WEBSOCKET_ONLY
+    if isinstance(exc, InvalidOrigin):
+        return "origin not allowed"
+    if isinstance(exc, InvalidHeader):
+        return _header_refusal(exc)
+    if isinstance(exc, InvalidMethod):
+        return "only GET opens a WebSocket (RFC 6455 4.1)"
+    if isinstance(exc, InvalidProtocol):
+        return "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 4.1)"
+    if type(exc) is NegotiationError:
+        return str(exc)  # server/app.py select_subprotocol's own words
+    if isinstance(exc, NegotiationError):
+        return "the Sec-WebSocket-Extensions offer could not be negotiated (RFC 7692)"
+    if status >= http.HTTPStatus.INTERNAL_SERVER_ERROR:
+        return "internal error"
+    return "the WebSocket upgrade request is not valid (RFC 6455 4.1)"
+
+
+def _header_refusal(exc: InvalidHeader) -> str:
+    name = exc.name  # one websockets names: a standard header, safe to repeat
+    if exc.value is None:
+        return f"the upgrade has no {name} header (RFC 6455 4.1)"
+    if exc.value == "multiple values":
+        return f"the upgrade has more than one {name} header"
+    if isinstance(exc, InvalidHeaderFormat):
+        return f"the {name} header is not well formed"
+    if isinstance(exc, InvalidHeaderValue) and name == "Sec-WebSocket-Key":
+        return "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 4.1)"
+    if isinstance(exc, InvalidHeaderValue) and name == "Sec-WebSocket-Version":
+        return "Sec-WebSocket-Version must be 13 (RFC 6455 4.1)"
+    return f"the value of the {name} header is not valid"

@@ -1,0 +1,176 @@
+"""Every refusal a client can provoke with a malformed request or a failed upgrade says,
+in the server's words, what was wrong (server/http_refusals.py), in the JSON error shape
+of docs/protocol.md: one request of each kind, sent as it is to a real server, and its
+answer's status and message read. Before, websockets' own text came through
+(``invalid HTTP request: invalid HTTP header line: …``, ``Failed to open a WebSocket
+connection: …``), echoing what the peer sent; a bare LF, a request line that was not
+``METHOD TARGET HTTP/1.1`` and an unsupported version were answered with nothing at all,
+and a bad ``Content-Length`` got 405 as if it were a body."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bamboo_session.server import http_refusals as words
+from tests.support import run_server
+from tests.test_handshake_bytes import answer_of
+
+HOST = b"Host: 127.0.0.1\r\n"
+GET = b"GET /healthz HTTP/1.1\r\n" + HOST
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+STREAM = b"GET /api/v1/stream HTTP/1.1\r\n" + HOST
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+VERSION = b"Sec-WebSocket-Version: 13\r\n"
+BODY = "only GET, HEAD without a body are served here"
+
+KINDS: dict[str, tuple[bytes, int, str]] = {
+    "request line without a version": (
+        b"GET /healthz\r\n" + HOST + b"\r\n",
+        400,
+        words.BAD_REQUEST_LINE,
+    ),
+    "request line with two spaces": (
+        b"GET  /healthz HTTP/1.1\r\n" + HOST + b"\r\n",
+        400,
+        words.BAD_REQUEST_LINE,
+    ),
+    "request line with four parts": (
+        b"GET /healthz HTTP/1.1 x\r\n" + HOST + b"\r\n",
+        400,
+        words.BAD_REQUEST_LINE,
+    ),
+    "another HTTP version": (
+        b"GET /healthz HTTP/2.0\r\n" + HOST + b"\r\n",
+        505,
+        "HTTP/2.0 is not served here: HTTP/1.1 (or 1.0) only",
+    ),
+    "request line ending in a bare LF": (
+        b"GET /healthz HTTP/1.1\n" + HOST + b"\r\n",
+        400,
+        words.BARE_LF,
+    ),
+    "header line ending in a bare LF": (GET + b"X-A: a\n\r\n", 400, words.BARE_LF),
+    "header line without a colon": (GET + b"NoColonHere\r\n\r\n", 400, words.NO_COLON),
+    "obs-fold": (GET + b"X-A: a\r\n  folded\r\n\r\n", 400, words.OBS_FOLD),
+    "obs-fold with a colon": (GET + b"X-A: a\r\n\tb: c\r\n\r\n", 400, words.OBS_FOLD),
+    "space before the colon": (GET + b"X-A : a\r\n\r\n", 400, words.SPACE_BEFORE_COLON),
+    "bad header name": (
+        GET + b"X(A): a\r\n\r\n",
+        400,
+        "'X(A)' is not a header name: letters, digits and !#$%&'*+-.^_`|~ only (RFC 9110 5.6.2)",
+    ),
+    "control character in a value": (
+        GET + b"X-Secret: a\x01b\r\n\r\n",
+        400,
+        "the value of X-Secret has control characters (RFC 9110 5.5)",
+    ),
+    "too many headers": (
+        GET + b"".join(b"X-%d: a\r\n" % i for i in range(130)) + b"\r\n",
+        431,
+        words.TOO_MANY_HEADERS,
+    ),
+    "header line too long": (
+        GET + b"X-A: " + b"a" * 9000 + b"\r\n\r\n",
+        431,
+        words.HEADER_LINE_TOO_LONG,
+    ),
+    "request line too long": (
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+        414,
+        words.REQUEST_LINE_TOO_LONG,
+    ),
+    "head too large": (
+        GET + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 4000) for i in range(5)) + b"\r\n",
+        431,
+        "request head over 16384 bytes",
+    ),
+    "Content-Length not a number": (
+        GET + b"Content-Length: abc\r\n\r\n",
+        400,
+        words.BAD_CONTENT_LENGTH,
+    ),
+    "Content-Length negative": (GET + b"Content-Length: -1\r\n\r\n", 400, words.BAD_CONTENT_LENGTH),
+    "Content-Length as a list": (
+        GET + b"Content-Length: 0, 0\r\n\r\n",
+        400,
+        words.BAD_CONTENT_LENGTH,
+    ),
+    "Content-Lengths that differ": (
+        GET + b"Content-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+        400,
+        words.CONTENT_LENGTHS_DIFFER,
+    ),
+    "a body": (GET + b"Content-Length: 5\r\n\r\nhello", 405, BODY),
+    "chunked": (GET + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 405, BODY),
+    "upgrade without a key": (
+        STREAM + UPGRADE + VERSION + b"\r\n",
+        400,
+        "the upgrade has no Sec-WebSocket-Key header (RFC 6455 4.1)",
+    ),
+    "upgrade with a bad key": (
+        STREAM + UPGRADE + VERSION + b"Sec-WebSocket-Key: abc\r\n\r\n",
+        400,
+        "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 4.1)",
+    ),
+    "upgrade with two keys": (
+        STREAM + UPGRADE + VERSION + KEY + KEY + b"\r\n",
+        400,
+        "the upgrade has more than one Sec-WebSocket-Key header",
+    ),
+    "upgrade without a version": (
+        STREAM + UPGRADE + KEY + b"\r\n",
+        400,
+        "the upgrade has no Sec-WebSocket-Version header (RFC 6455 4.1)",
+    ),
+    "upgrade with another version": (
+        STREAM + UPGRADE + KEY + b"Sec-WebSocket-Version: 8\r\n\r\n",
+        400,
+        "Sec-WebSocket-Version must be 13 (RFC 6455 4.1)",
+    ),
+    "upgrade without Connection": (
+        STREAM + b"Upgrade: websocket\r\n" + VERSION + KEY + b"\r\n",
+        426,
+        words.WEBSOCKET_ONLY,
+    ),
+    "upgrade with a malformed Connection": (
+        STREAM + b"Upgrade: websocket\r\nConnection: ,,,\r\n" + VERSION + KEY + b"\r\n",
+        400,
+        "the Connection header is not well formed",
+    ),
+    "upgrade with a malformed subprotocol offer": (
+        STREAM + UPGRADE + VERSION + KEY + b"Sec-WebSocket-Protocol: a b\r\n\r\n",
+        400,
+        "the Sec-WebSocket-Protocol header is not well formed",
+    ),
+    "upgrade in HTTP/1.0": (
+        b"GET /api/v1/stream HTTP/1.0\r\n" + HOST + UPGRADE + VERSION + KEY + b"\r\n",
+        505,
+        "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 4.1)",
+    ),
+}
+
+
+def read_refusal(answer: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in head, answer
+    assert b"\r\nConnection: close\r\n" in head, answer
+    body_json = json.loads(body)
+    assert set(body_json) == {"error"}, body_json
+    return int(head.split(b" ", 2)[1]), body_json["error"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+async def test_a_malformed_request_is_refused_in_our_words(kind: str) -> None:
+    request, status, message = KINDS[kind]
+    async with run_server() as server:
+        answer = await answer_of(server.port, request)
+    got_status, error = read_refusal(answer)
+    assert (got_status, error) == (status, {"code": "bad_request", "message": message}), kind
+
+
+async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
+    async with run_server() as server:
+        for not_http in (b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n", b"PING\r\n", b"SSH-2.0-x y\r\n"):
+            assert await answer_of(server.port, not_http) == b"", not_http
