@@ -87,13 +87,13 @@ class HeadChecks:
     __slots__ = ("content_length",)
 
     def __init__(self) -> None:
-        self.content_length: bytes | None = None  # the first one's value
+        self.content_length: bytes | bytearray | None = None  # the first one's value
 
-    def request_line(self, line: bytes) -> None:
+    def request_line(self, line: bytes | bytearray) -> None:
         if not line.endswith(b"\r\n"):
             raise MalformedHead(BARE_LF)
 
-    def header_line(self, line: bytes) -> None:
+    def header_line(self, line: bytes | bytearray) -> None:
         """Raises :class:`MalformedHead` unless ``line`` (CRLF included) is a valid
         header line, or the empty line that ends the head."""
         if not line.endswith(b"\r\n"):
@@ -117,7 +117,7 @@ class HeadChecks:
         if name.lower() == b"content-length":
             self._content_length(value)
 
-    def _content_length(self, value: bytes) -> None:
+    def _content_length(self, value: bytes | bytearray) -> None:
         if not _DIGITS.fullmatch(value):
             raise MalformedHead(BAD_CONTENT_LENGTH)
         if self.content_length is None:
@@ -129,7 +129,7 @@ class HeadChecks:
 _TOKEN_RULE = "letters, digits and !#$%&'*+-.^_`|~ only (RFC 9110 5.6.2)"
 
 
-def _shown(name: bytes) -> str:
+def _shown(name: bytes | bytearray) -> str:
     """A header name as a message may repeat it: printable ASCII, shortened."""
     text = name[:NAME_SHOWN].decode("ascii", "replace")
     if text.isprintable():

@@ -132,7 +132,9 @@ def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:
     return _json.encode({"error": {"code": code, "message": message}}), code
 
 
-def upgrade_reject(protocol: ServerProtocol) -> typing.Callable[[int, str], Response]:
+def upgrade_reject(
+    protocol: ServerProtocol,
+) -> typing.Callable[[http.HTTPStatus | int, str], Response]:
     """``protocol.reject``: websockets' refusal of a failed upgrade, as JSON, worded by
     the exception it refuses for (http_refusals.py), not by websockets' text."""
 

@@ -78,7 +78,7 @@ class BambooConnection(AnsweringConnection):
         unanswered_requests: UnansweredRequests | None = None,
         **kwargs: Any,
     ) -> None:
-        protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign]
+        protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
         protocol.parser = parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
