@@ -12,7 +12,8 @@ cannot resume is yielded by :meth:`BambooClient.events` as a :class:`Reset`.
 
 The modules, each on its own:
 
-- :mod:`.api`: :class:`BambooClient`, the public calls;
+- :mod:`.api`: :class:`BambooClient`, the public calls: connect, close, state, events;
+- :mod:`.requests`: its requests (publishes, reads, state, ping), its base class;
 - :mod:`.link`: the connection loop: read, send and resend, reconnect with backoff;
 - :mod:`.outgoing`: publishes encoded once, framed alone or in batches (no I/O);
 - :mod:`.handshake`: one connection: the stream URL, upgrade, ``hello``, ``welcome``;
