@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError, UserFull
-from bamboo_session.protocol.models import AgentEvent, Message, Session
+from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
 
 CHILD = Path(__file__).with_name("jsonl_child.py")
 USER_CAP = 64 * 1024
@@ -186,3 +186,58 @@ def test_a_delete_whose_directory_sync_fails_took_effect(tmp_path: Path) -> None
 
     gone = asyncio.run(reopen())
     assert gone and told == ["deleted"], (told, gone)
+
+
+async def test_a_create_over_a_kept_tombstone_finishes_the_delete_or_fails(
+    tmp_path: Path,
+) -> None:
+    """A delete that kept its tombstone (the message index's path is a directory) is
+    finished by a create of the same id, or the create fails naming what stands: the
+    new session was made over the leftover, which then stood where its message index
+    goes (its history unreadable once the store was opened again)."""
+    base = tmp_path / "store"
+    layout = JsonlStorageConfig(base).layout
+    storage = await _two_sessions(base)
+    try:
+        layout.message_index("d").unlink(missing_ok=True)
+        _obstacle(layout.message_index("d"))
+        await storage.delete_session("d")
+        with pytest.raises(StorageError, match="earlier delete left"):
+            await storage.create_session(Session.new("d", user_id="u"))
+        assert await storage.get_metadata("d") is None
+        assert not layout.checkpoint("d").exists() and layout.tombstone("d").is_file()
+        shutil.rmtree(layout.message_index("d"))
+        await storage.create_session(Session.new("d", user_id="u"))
+        assert not layout.tombstone("d").exists()
+        await storage.append_message("d", Message.user("new"))
+    finally:
+        await storage.close()
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        history = await storage.get_history_page("d", 10)
+        assert [m.content for m in history.messages] == ["new"]
+
+
+async def test_a_replacement_over_a_kept_tombstone_fails_cleanly(tmp_path: Path) -> None:
+    """The same for a create that replaces an expired session whose delete keeps its
+    tombstone: the create fails, the expired session is deleted (its delete took
+    effect), and no new session stands over the leftover."""
+    base = tmp_path / "store"
+    layout = JsonlStorageConfig(base).layout
+    storage = await _two_sessions(base)
+    try:
+        await storage.update_session_state("d", SessionState.EXPIRED)
+        layout.message_index("d").unlink(missing_ok=True)
+        _obstacle(layout.message_index("d"))
+        with pytest.raises(StorageError, match="earlier delete left"):
+            await storage.create_session(Session.new("d", user_id="u"), replace_expired=True)
+        assert await storage.get_metadata("d") is None
+        assert not layout.checkpoint("d").exists()
+        assert not layout.replacement("d").exists()
+        shutil.rmtree(layout.message_index("d"))
+        await storage.create_session(Session.new("d", user_id="u"), replace_expired=True)
+        await storage.append_message("d", Message.user("new"))
+    finally:
+        await storage.close()
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        history = await storage.get_history_page("d", 10)
+        assert [m.content for m in history.messages] == ["new"]

@@ -14,7 +14,9 @@ finishes a delete its caller was told failed. Once it is done the delete has tak
 effect, as a crash at that instant would leave it, so the caller is told so even when
 the directory's sync or a file's removal then fails (logged; the tombstone stays until
 the files are gone, for the next open to finish). A create of an id being deleted
-waits for the delete.
+waits for the delete; one of an id whose delete kept its tombstone finishes that
+delete first, or fails (``clear_unfinished_delete``): never a new session over the
+old one's leftover.
 
 A create that replaces an expired session writes the new checkpoint beside the old one
 first (``<id>.json.replacing``, durably): that decides the replacement, and an open
@@ -95,6 +97,7 @@ class SessionFiles:
         (the caller runs it to completion: files without a record would be a session the
         storage does not know it has)."""
         try:
+            await self._jobs.run(clear_unfinished_delete, self.layout, meta.id)
             slots, stamp = await self._checkpoints.create(meta)
         finally:
             self._created(meta.id)
@@ -222,6 +225,7 @@ def install_replacement(layout: Layout, session_id: str, check_deleted: bool = F
     have failed and left its checkpoint (and log): then nothing is replaced."""
     if check_deleted and layout.checkpoint(session_id).exists():
         raise StorageError(f"the expired session {session_id!r} could not be deleted")
+    clear_unfinished_delete(layout, session_id)
     os.replace(layout.replacement(session_id), layout.checkpoint(session_id))
     fsync_dir(layout.sessions)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -297,6 +301,25 @@ def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]
         except OSError as exc:
             failed.append((layout.tombstone(session_id), exc))
     return failed
+
+
+def clear_unfinished_delete(layout: Layout, session_id: str) -> None:
+    """Before a session of ``session_id`` is made: what a delete of the id left (its
+    tombstone kept while a file stays) removed, or :class:`StorageError` naming what
+    still stands. A new session made over it would take that file for its own (a
+    directory where its message index goes left it unreadable once the store was
+    opened again), and the delete would never be finished."""
+    if not layout.tombstone(session_id).is_file():  # (a directory: in no create's way)
+        return
+    failed = finish_delete(layout, session_id)
+    if failed:
+        path, error = failed[0]
+        raise StorageError(
+            f"session {session_id!r} cannot be created: its earlier delete left {path}, "
+            f"which cannot be removed ({error}); remove it and retry"
+        )
+    fsync_dir(layout.events)
+    fsync_dir(layout.sessions)
 
 
 def remove_damaged(layout: Layout) -> list[Path]:
