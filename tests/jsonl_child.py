@@ -25,6 +25,12 @@ share one group commit.
 (RLIMIT_NOFILE): the checkpoint's rename to the tombstone needs none, the sync of its
 directory fails. Prints what the caller was told (``deleted`` or ``told failed``), then
 SIGKILLs itself: the crash at that instant.
+
+``python tests/jsonl_child.py retiredsyncfaildelete DIR N``: the same, but the WAL
+segment that records the deletion is retired before the checkpoint's rename (a
+checkpoint of ``d`` in progress holds the rename back: its lock is taken here, while
+an append to ``o`` starts a new segment), and a directory at ``d``'s message index
+keeps the tombstone. Prints what the caller was told, then SIGKILLs itself.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import random
 import resource
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from write_failures import write_past_limit
 
@@ -45,6 +53,7 @@ from bamboo_session.persistence import (
     StorageError,
 )
 from bamboo_session.persistence.jsonl import wal
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 
 CRASH_SESSIONS = ("c0", "c1", "c2")
@@ -174,6 +183,53 @@ async def syncfaildelete(base: str, acked: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+async def retiredsyncfaildelete(base: str, acked: int) -> None:
+    layout = JsonlStorageConfig(base).layout
+    config = JsonlStorageConfig(base, max_open_logs=1, wal_segment_age=0.05)
+    storage = await JsonlStorage.open(config)
+    await storage.create_session(Session.new("d", user_id="u"))
+    for i in range(acked):
+        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
+    await storage.create_session(Session.new("o", user_id="u"))
+    await storage.append_event("o", AgentEvent.token("other"))
+    layout.message_index("d").unlink(missing_ok=True)
+    layout.message_index("d").mkdir()
+    (layout.message_index("d") / "x").touch()
+    checkpointing = storage._records["d"].checkpoint_lock()  # as a checkpoint holds it
+    await checkpointing.acquire()
+    deleting = asyncio.ensure_future(storage.delete_session("d"))
+    await _until(lambda: bool(_segments_recording_deletion(layout)))
+    await asyncio.sleep(0.1)  # past the segment's age: the next commit starts a new one
+    await storage.append_event("o", AgentEvent.token("rotates"))
+    await _until(lambda: not _segments_recording_deletion(layout))  # retired
+    fill = _no_descriptor_left()
+    checkpointing.release()
+    try:
+        await deleting
+    except StorageError:
+        told = "told failed"
+    else:
+        told = "deleted"
+    for fd in fill:
+        os.close(fd)
+    say(told)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Poll ``done`` (the WAL's files: no event tells of them) for up to 20 s."""
+    for _ in range(2000):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("the WAL never got there")
+
+
+def _segments_recording_deletion(layout: Layout) -> list[Path]:
+    """The WAL segments that hold a record of a deletion."""
+    return [path for _, path in layout.segments() if b'"deleted":true' in path.read_bytes()]
+
+
 def _no_descriptor_left() -> list[int]:
     """Every descriptor taken (the soft limit lowered to the highest open one): the next
     open fails with EMFILE. The descriptors that fill the gaps, to close after."""
@@ -196,6 +252,8 @@ if __name__ == "__main__":
         asyncio.run(killsync(directory, number))
     elif mode == "syncfaildelete":
         asyncio.run(syncfaildelete(directory, number))
+    elif mode == "retiredsyncfaildelete":
+        asyncio.run(retiredsyncfaildelete(directory, number))
     elif mode.startswith("faileddelete"):
         asyncio.run(faileddelete(directory, number, racing=mode.endswith("-racing")))
     else:

@@ -241,3 +241,34 @@ async def test_a_replacement_over_a_kept_tombstone_fails_cleanly(tmp_path: Path)
     async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
         history = await storage.get_history_page("d", 10)
         assert [m.content for m in history.messages] == ["new"]
+
+
+def test_a_delete_whose_sync_fails_after_its_segment_retired_stays_recorded(
+    tmp_path: Path,
+) -> None:
+    """The WAL segment recording the deletion is retired (the sessions directory synced)
+    before the checkpoint's rename, whose directory sync then fails: the delete is
+    answered done, so the WAL must record it again, or a power cut that loses the
+    unsynced rename brings the session back with nothing to finish its delete. The disk
+    is put as such a power cut leaves it (the tombstone back to the checkpoint) after a
+    kill -9 (tests/jsonl_child.py); the open finishes the delete from the WAL."""
+    base = tmp_path / "data"
+    layout = JsonlStorageConfig(base).layout
+    child = subprocess.run(
+        [sys.executable, str(CHILD), "retiredsyncfaildelete", str(base), "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert "the sync of its directory failed" in child.stderr
+    assert child.stdout.splitlines() == ["deleted"]
+    layout.tombstone("d").replace(layout.checkpoint("d"))  # the rename a power cut lost
+    shutil.rmtree(layout.message_index("d"))
+
+    async def reopen() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            assert [e.seq for e in await storage.read_events("o")] == [1, 2]
+            assert await storage.get_metadata("d") is None
+
+    asyncio.run(reopen())

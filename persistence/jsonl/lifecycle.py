@@ -203,7 +203,25 @@ class SessionFiles:
     async def _delete_after_writes(self, record: SessionRecord) -> None:
         await self._writer.forget(record.session_id, record.meta.epoch)
         async with record.checkpoint_lock():
-            await self._jobs.run(delete_session_files, self.layout, record.session_id)
+            synced = await self._jobs.run(delete_session_files, self.layout, record.session_id)
+        if not synced:
+            await self._record_deletion_again(record)
+
+    async def _record_deletion_again(self, record: SessionRecord) -> None:
+        """The delete took effect but its rename is not synced: the WAL records the
+        deletion again, in a segment retired only once the sessions directory is synced
+        after the rename. The first record may be gone already: its segment retired
+        while the delete waited for a checkpoint (its directory sync came before the
+        rename), and a power cut would bring the session back, with nothing to finish
+        its delete."""
+        try:
+            await self._writer.forget(record.session_id, record.meta.epoch)
+        except Exception:  # the WAL fails too (then appends do), or the store closes
+            log.exception(
+                "session %r is deleted, but neither its rename nor a record of its "
+                "deletion is durable: a power cut may bring it back",
+                record.session_id,
+            )
 
 
 def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMetadata:
@@ -252,20 +270,23 @@ def abandon_replacement(layout: Layout, session_id: str) -> None:
     fsync_dir(layout.sessions)
 
 
-def delete_session_files(layout: Layout, session_id: str) -> None:
+def delete_session_files(layout: Layout, session_id: str) -> bool:
     """Raises only when the checkpoint cannot become the tombstone: then the delete
     failed and the session is as it was. Once the rename is done the delete has taken
     effect (a kill -9 at that instant leaves the tombstone, which the next open
     finishes), so nothing after it is raised: a failed sync of the directory is logged
-    (fsync mode: the WAL's record of the deletion is kept until the directory is
-    synced, ``retirement.py``, and replay finishes it after a power cut), and so is a
-    file that cannot be removed (the tombstone stays: the next open tries again)."""
+    (and returns False: fsync mode records the deletion in the WAL again, whose
+    segment is retired only once the directory is synced, ``retirement.py``, so that
+    replay finishes it after a power cut), and so is a file that cannot be removed (the
+    tombstone stays: the next open tries again)."""
     tombstone = layout.tombstone(session_id)
     with contextlib.suppress(FileNotFoundError):
         os.replace(layout.checkpoint(session_id), tombstone)
+    synced = True
     try:
         fsync_dir(layout.sessions)
     except OSError as exc:
+        synced = False
         log.error(
             "session %r is deleted (its checkpoint is the tombstone %s), but the sync of "
             "its directory failed: %s",
@@ -282,6 +303,7 @@ def delete_session_files(layout: Layout, session_id: str) -> None:
             error,
             tombstone,
         )
+    return synced
 
 
 def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]:
