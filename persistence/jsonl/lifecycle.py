@@ -307,10 +307,10 @@ def delete_session_files(layout: Layout, session_id: str) -> bool:
 
 
 def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]:
-    """Once the session's checkpoint is its tombstone: its other files removed, then
-    the tombstone, unless one of them stays; what could not be removed. The tombstone
-    outlives any file of the session, so that no open takes a leftover log for a
-    session of its own (an open finishes the delete again)."""
+    """Once the session's checkpoint is its tombstone: its other files removed (synced),
+    then the tombstone, unless one of them stays; what could not be removed. The
+    tombstone outlives any file of the session, so that no open takes a leftover log
+    for a session of its own (an open finishes the delete again)."""
     failed: list[tuple[Path, OSError]] = []
     for path in layout.session_files(session_id):
         try:
@@ -319,6 +319,10 @@ def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]
             failed.append((path, exc))
     if not failed:
         try:
+            # The log's removal durable before the tombstone's: a power cut that kept
+            # only the latter left the log alone, which an open reads as a session of
+            # its own (the deleted history back, under no user).
+            fsync_dir(layout.events)
             unlink_quietly(layout.tombstone(session_id))
         except OSError as exc:
             failed.append((layout.tombstone(session_id), exc))
