@@ -34,7 +34,7 @@ def _traced_delete(tmp_path: Path) -> list[str]:
     """The system calls (of every thread) that remove or sync a file, with the paths
     of their descriptors (``-y``), in the order they ran."""
     if shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
+        pytest.skip("strace is not installed: apt-get install strace")
     trace = tmp_path / "trace"
     calls = "trace=unlink,unlinkat,rename,renameat,renameat2,fsync,fdatasync"
     child = [sys.executable, "-c", DELETE, str(tmp_path / "store")]
