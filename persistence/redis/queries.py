@@ -75,10 +75,12 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
         # One listing in steps at a time on this process (the first step aside, taken
         # before anyone knew it would be one), first come first served.
         async with storage.stepped_listing:
-            try:
-                keeper = PageKeeper(size, descending, storage.list_bytes)
-                ids, total = await _steps_kept(storage, args, reply, keeper)
-            except HoleInPage:
+            kept = await _steps_kept(storage, args, reply, size, descending)
+            if kept is not None:
+                ids, total = kept
+            else:
+                # Read again, the first reading's candidates already let go: held
+                # beside every match, a listing would hold up to twice list_bytes.
                 reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
                 if reply[0] != 0:
                     every = EveryMatch(storage.list_bytes)
@@ -94,16 +96,22 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
 
 
 async def _steps_kept(
-    storage: RedisStorage, args: list[str | int], reply: list[Any], keeper: PageKeeper
-) -> tuple[list[bytes], int]:
+    storage: RedisStorage, args: list[str | int], reply: list[Any], size: int, descending: bool
+) -> tuple[list[bytes], int] | None:
     """The page's ids (from the start) and the total of a listing in steps from its
-    first step's ``reply`` on, keeping only what sorts into the page."""
-    while True:
-        early, matches = _matches_of(reply)
-        keeper.add(matches, early)
-        if reply[0] == 2:
-            return keeper.result()
-        reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
+    first step's ``reply`` on, keeping only what sorts into the page; None if a late
+    reading left a hole in it. What it kept goes with this call's frame (the HoleInPage
+    caught here, whose traceback holds that frame, included)."""
+    keeper = PageKeeper(size, descending, storage.list_bytes)
+    try:
+        while True:
+            early, matches = _matches_of(reply)
+            keeper.add(matches, early)
+            if reply[0] == 2:
+                return keeper.result()
+            reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
+    except HoleInPage:
+        return None
 
 
 async def _steps_whole(
