@@ -476,3 +476,40 @@ async def test_a_listing_read_again_no_longer_holds_its_cut_back_page(
     assert [m.id for m in result.sessions] == [m.id for m in expected.sessions]
     assert len(keepers) == 1 and alive_while_read_again
     assert set(alive_while_read_again) == {0}
+
+
+async def test_readings_again_that_stay_in_the_page_leave_no_hole(store: RedisStorage) -> None:
+    """Sorted by activity, newest first (a dashboard's "recently active"), each session
+    a step reads is touched after it: read again above the walk's bound, newer than any
+    match cut back, so the page's candidates they replace are outranked anyway, and the
+    listing is read once. It was read again holding every match: on a busy store of some
+    100,000 matches, past list_bytes, a 503 however often it was asked."""
+    first = await fill(store)
+    store.list_step = STEP
+
+    async def touch_what_was_read(reply: Any) -> None:
+        if reply[0] == 1:
+            for session_id in matches_of(reply)[::2]:
+                await store.touch(session_id.decode())
+
+    first_steps: list[Any] = []
+    run = store.redis.run
+
+    async def noted(name: str, keys: Any, args: Any) -> Any:
+        if name == "list" and tuple(args[-len(FIRST_STEP) :]) == FIRST_STEP:
+            first_steps.append(args)
+        return await run(name, keys, args)
+
+    store.redis.run = noted  # type: ignore[method-assign]
+    counting_calls(store, after=touch_what_was_read)
+    query = SessionFilter(
+        active_after=first.metadata.created_at,
+        title_contains="Chat",
+        sort_by=SortBy.LAST_ACTIVITY_AT,
+        limit=3,
+    )
+    result = await store.list_sessions(query)
+    expected = (await index_of(store)).query(query)
+    assert [m.id for m in result.sessions] == [m.id for m in expected.sessions]
+    assert result.total == expected.total == SESSIONS - SESSIONS // 5
+    assert len(first_steps) == 1

@@ -16,9 +16,12 @@ sessions read before (touched, or deleted and created again). So:
   would take for one).
 
 Replacing an early reading that was among the candidates leaves a hole that a match
-cut back earlier should fill: then (a listing whose sessions changed meanwhile, with
-more matches than the page reaches) the listing is read again holding every match's id
-and sort key, as before. Either way, what it holds is counted in bytes (an estimate of
+cut back earlier may fill: every match cut back sorts after the best of them (the cut
+line), so none does while at least ``offset + limit`` of what is left sort before it
+(a session touched while a listing by activity, newest first, runs comes back newer
+than any). Otherwise (a listing whose sessions changed meanwhile, with more matches
+than the page reaches) the listing is read again holding every match's id and sort
+key, as before. Either way, what it holds is counted in bytes (an estimate of
 this process's allocations: ``ENTRY_BYTES`` per id and key beside the id's bytes) and
 bounded by ``max_bytes``: past it, ``ListingTooLarge`` (HTTP 503).
 """
@@ -51,7 +54,7 @@ class PageKeeper:
         self.max_bytes = max_bytes
         self.candidates: list[tuple[float, bytes]] = []
         self.candidate_bytes = 0
-        self.cut_back = False  # some early match was dropped as outside the page
+        self.cut_line: tuple[float, bytes] | None = None  # the best match dropped
         self.seen = array("q")  # hashes of the early matches' ids
         self.late: dict[bytes, float | None] = {}  # None: read again, no longer matching
         self.late_bytes = 0
@@ -79,22 +82,33 @@ class PageKeeper:
     def _cut(self) -> None:
         self.candidates.sort(reverse=self.descending)
         if len(self.candidates) > self.size:
+            best_dropped = self.candidates[self.size]
+            if self.cut_line is None or self._before(best_dropped, self.cut_line):
+                self.cut_line = best_dropped
             del self.candidates[self.size :]
-            self.cut_back = True
         self.candidate_bytes = sum(ENTRY_BYTES + len(id_) for _, id_ in self.candidates)
+
+    def _before(self, entry: tuple[float, bytes], other: tuple[float, bytes]) -> bool:
+        """Whether ``entry`` sorts before ``other`` in the listing's order."""
+        return entry > other if self.descending else entry < other
+
+    def _ahead_of(self, entries: list[tuple[float, bytes]], line: tuple[float, bytes]) -> int:
+        return sum(1 for entry in entries if self._before(entry, line))
 
     def result(self) -> tuple[list[bytes], int]:
         """The first ``size`` ids in order, and the total; HoleInPage if a late reading
-        replaced a candidate after some were cut back."""
-        replaced = [entry for entry in self.candidates if entry[1] in self.late]
-        if replaced and self.cut_back:
+        replaced a candidate after some were cut back, and a match cut back may now
+        belong in the page (fewer than ``size`` of the rest sort before the cut line)."""
+        present = [(score, id_) for id_, score in self.late.items() if score is not None]
+        entries = [entry for entry in self.candidates if entry[1] not in self.late]
+        replaced = len(entries) < len(self.candidates)
+        entries += present
+        line = self.cut_line
+        if replaced and line is not None and self._ahead_of(entries, line) < self.size:
             raise HoleInPage
         late_hashes = {hash(id_) for id_ in self.late}
         read_before = sum(1 for noted in self.seen if noted in late_hashes)
-        present = [(score, id_) for id_, score in self.late.items() if score is not None]
         total = len(self.seen) - read_before + len(present)
-        entries = [entry for entry in self.candidates if entry[1] not in self.late]
-        entries += present
         entries.sort(reverse=self.descending)
         return [id_ for _, id_ in entries[: self.size]], total
 
