@@ -68,6 +68,7 @@ from bamboo_session.protocol.models import (
 )
 
 from .errors import (
+    ListingChangedTooLarge,
     ListingTooLarge,
     SessionClosed,
     SessionExists,
@@ -88,6 +89,7 @@ __all__ = [
     "HistoryPage",
     "InvalidSessionId",
     "InvalidTransition",
+    "ListingChangedTooLarge",
     "ListingTooLarge",
     "SessionClosed",
     "SessionExists",

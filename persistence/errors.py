@@ -70,5 +70,12 @@ class StorageLocked(StorageError):
 
 class ListingTooLarge(StorageError):
     """A listing would hold more than its bound in memory while it is read (the Redis
-    store's listings in steps: the page's candidates, or every match): narrow the
-    filter, or ask for a smaller ``offset``."""
+    store's listings in steps: the page's candidates and a hash of each match): narrow
+    the filter, or ask for a smaller ``offset``. Asked again as it is, it fails the
+    same way while the store holds as many matches (HTTP 400)."""
+
+
+class ListingChangedTooLarge(ListingTooLarge):
+    """A listing that changed while it was read, read again holding every match, would
+    hold more than its bound: asked again while its sessions change less, it may be
+    served (HTTP 503)."""

@@ -12,6 +12,7 @@ import dataclasses
 import http
 
 from bamboo_session.persistence.base import (
+    ListingChangedTooLarge,
     ListingTooLarge,
     SessionClosed,
     SessionExists,
@@ -86,7 +87,12 @@ _TABLE: dict[type[BaseException], Failure] = {
     ServerStopping: Failure(
         _C.SERVICE_RESTART, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "server restarting"
     ),
+    # An offset or a filter no retry serves while the store holds as many matches: the
+    # request is what must change (a 503 tells clients and proxies to ask again).
     ListingTooLarge: Failure(
+        _C.POLICY_VIOLATION, _E.BAD_REQUEST, _S.BAD_REQUEST, "listing too large", True
+    ),
+    ListingChangedTooLarge: Failure(
         _C.INTERNAL_ERROR, _E.INTERNAL, _S.SERVICE_UNAVAILABLE, "listing too large", True
     ),
     StoreTimeout: Failure(

@@ -21,9 +21,12 @@ line), so none does while at least ``offset + limit`` of what is left sort befor
 (a session touched while a listing by activity, newest first, runs comes back newer
 than any). Otherwise (a listing whose sessions changed meanwhile, with more matches
 than the page reaches) the listing is read again holding every match's id and sort
-key, as before. Either way, what it holds is counted in bytes (an estimate of
-this process's allocations: ``ENTRY_BYTES`` per id and key beside the id's bytes) and
-bounded by ``max_bytes``: past it, ``ListingTooLarge`` (HTTP 503).
+key, as before. Either way, what it holds is counted in bytes (an estimate of this
+process's allocations: ``ENTRY_BYTES`` per id and key beside the id's bytes) and
+bounded by ``max_bytes``: past it, ``ListingTooLarge`` (HTTP 400: no reading of it is
+served while the store holds as many matches), or ``ListingChangedTooLarge`` when read
+again holding every match (HTTP 503: asked again while its sessions change less, the
+page's candidates may do).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 from array import array
 from typing import Final
 
-from ..errors import ListingTooLarge
+from ..errors import ListingChangedTooLarge, ListingTooLarge
 
 # What one (sort key, id) pair costs this process beside the id's own bytes: a list
 # slot (8), a 2-tuple (56), a float (24), a bytes object's header (33); or, held by id,
@@ -132,7 +135,11 @@ class EveryMatch:
                 self.bytes += ENTRY_BYTES + len(id_)
             self.found[id_] = float(score)
         if self.bytes > self.max_bytes:
-            raise too_large(self.bytes, self.max_bytes)
+            raise ListingChangedTooLarge(
+                f"this listing changed while it was read, and reading it again would hold "
+                f"more than {self.max_bytes:,} bytes ({self.bytes:,} so far): ask again, "
+                f"or narrow its filter"
+            )
 
     def result(self, size: int, descending: bool) -> tuple[list[bytes], int]:
         ordered = sorted(((score, id_) for id_, score in self.found.items()), reverse=descending)
