@@ -33,6 +33,12 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]+")
 _HTTP_VERSION = re.compile(rb"HTTP/[0-9](\.[0-9])?")
+# RFC 3986's characters are printable ASCII: a control character or a space in a target
+# could only be a fault (RFC 9112 3.2), and one a proxy in front may read otherwise.
+_TARGET_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+_HTTP_METHODS = frozenset(
+    (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
+)
 NAME_SHOWN = 64  # characters of a header name a message repeats at most
 
 NOT_HTTP = "the request is not valid HTTP/1.1"
@@ -48,6 +54,9 @@ OBS_FOLD = (
 NO_COLON = "a header line has no colon: a header is name: value (RFC 9112 5)"
 SPACE_BEFORE_COLON = "whitespace between a header's name and its colon (RFC 9112 5.1)"
 BAD_CONTENT_LENGTH = "Content-Length must be a number of bytes, in digits (RFC 9110 8.6)"
+TARGET_CONTROL = (
+    "the request target has control characters: percent-encode them (RFC 9112 3.2, RFC 3986)"
+)
 CONTENT_LENGTHS_DIFFER = "more than one Content-Length, with different values (RFC 9112 6.3)"
 WEBSOCKET_ONLY = (
     "this is a WebSocket endpoint: an upgrade needs Connection: Upgrade and Upgrade: websocket"
@@ -56,16 +65,22 @@ WEBSOCKET_ONLY = (
 
 def looks_like_request_line(line: bytes) -> bool:
     """Whether a peer meant ``line`` as an HTTP request line: a method (letters), a
-    space, and more. A peer that sends anything else speaks another protocol (a TLS
-    hello, a probe), and is not answered."""
-    method, space, rest = line.rstrip(b"\r\n").partition(b" ")
-    return bool(space) and method.isalpha() and bool(rest)
+    space and more, and either an HTTP method of RFC 9110 9 (or PATCH) or a last word
+    shaped as an HTTP version. A peer that sends anything else speaks another protocol
+    (a TLS hello, a PROXY protocol header, an SMTP or SSH greeting, a probe), and is
+    not answered: an answer in HTTP means nothing to it, and a proxy that sends a PROXY
+    header to a server not told to expect one must see the connection fail, not pass an
+    HTTP error on as if it were the answer to its client's request."""
+    method, space, rest = _without_line_end(line).partition(b" ")
+    if not (space and method.isalpha() and rest):
+        return False
+    return method in _HTTP_METHODS or rest.rpartition(b" ")[2].startswith(b"HTTP/")
 
 
 def request_line_fault(line: bytes) -> tuple[http.HTTPStatus, str] | None:
     """The answer to a request line meant as one (:func:`looks_like_request_line`) that
     is not ``METHOD TARGET HTTP/1.1`` (or HTTP/1.0); None for one that is."""
-    parts = line.rstrip(b"\r\n").split(b" ")
+    parts = _without_line_end(line).split(b" ")
     if len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0"):
         return None
     if len(parts) == 3 and _HTTP_VERSION.fullmatch(parts[2]):
@@ -75,6 +90,13 @@ def request_line_fault(line: bytes) -> tuple[http.HTTPStatus, str] | None:
             f"{version} is not served here: HTTP/1.1 (or 1.0) only",
         )
     return http.HTTPStatus.BAD_REQUEST, BAD_REQUEST_LINE
+
+
+def _without_line_end(line: bytes | bytearray) -> bytes | bytearray:
+    """``line`` without its LF and the one CR before it: a CR before that is the
+    line's, a fault (RFC 9112 2.2), not a line end to strip."""
+    line = line.removesuffix(b"\n")
+    return line.removesuffix(b"\r")
 
 
 class MalformedHead(ValueError):
@@ -92,6 +114,9 @@ class HeadChecks:
     def request_line(self, line: bytes | bytearray) -> None:
         if not line.endswith(b"\r\n"):
             raise MalformedHead(BARE_LF)
+        target = line.split(b" ", 2)[1:2]  # absent in a line that is not one
+        if target and _TARGET_CONTROL.search(target[0]):
+            raise MalformedHead(TARGET_CONTROL)
 
     def header_line(self, line: bytes | bytearray) -> None:
         """Raises :class:`MalformedHead` unless ``line`` (CRLF included) is a valid
@@ -122,7 +147,9 @@ class HeadChecks:
             raise MalformedHead(BAD_CONTENT_LENGTH)
         if self.content_length is None:
             self.content_length = value
-        elif int(value) != int(self.content_length):
+        elif value.lstrip(b"0") != self.content_length.lstrip(b"0"):
+            # Compared as digits, not as int(): Python refuses to convert more than
+            # 4,300 digits (ValueError), which was answered as not HTTP at all.
             raise MalformedHead(CONTENT_LENGTHS_DIFFER)
 
 

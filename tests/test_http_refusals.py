@@ -46,10 +46,36 @@ KINDS: dict[str, tuple[bytes, int, str]] = {
         505,
         "HTTP/2.0 is not served here: HTTP/1.1 (or 1.0) only",
     ),
+    "request line with a CR before its CRLF": (
+        b"GET /healthz HTTP/1.1\r\r\n" + HOST + b"\r\n",
+        400,
+        words.BAD_REQUEST_LINE,
+    ),
     "request line ending in a bare LF": (
         b"GET /healthz HTTP/1.1\n" + HOST + b"\r\n",
         400,
         words.BARE_LF,
+    ),
+    **{
+        f"target with {name}": (
+            b"GET /heal" + byte + b"thz HTTP/1.1\r\n" + HOST + b"\r\n",
+            400,
+            words.TARGET_CONTROL,
+        )
+        # Each was routed, the path read with it (404; a query's, 200): a proxy in
+        # front that reads the target otherwise would see another request.
+        for name, byte in (
+            ("a tab", b"\t"),
+            ("a NUL", b"\x00"),
+            ("a bare CR", b"\r"),
+            ("an escape", b"\x1b"),
+            ("a DEL", b"\x7f"),
+        )
+    },
+    "query with a control character": (
+        b"GET /healthz?a=\x1b HTTP/1.1\r\n" + HOST + b"\r\n",
+        400,
+        words.TARGET_CONTROL,
     ),
     "header line ending in a bare LF": (GET + b"X-A: a\n\r\n", 400, words.BARE_LF),
     "header line without a colon": (GET + b"NoColonHere\r\n\r\n", 400, words.NO_COLON),
@@ -85,6 +111,11 @@ KINDS: dict[str, tuple[bytes, int, str]] = {
         GET + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 4000) for i in range(5)) + b"\r\n",
         431,
         "request head over 16384 bytes",
+    ),
+    "Content-Lengths that differ, one of 5,000 digits": (
+        GET + b"Content-Length: " + b"9" * 5000 + b"\r\nContent-Length: 1\r\n\r\n",
+        400,
+        words.CONTENT_LENGTHS_DIFFER,
     ),
     "Content-Length not a number": (
         GET + b"Content-Length: abc\r\n\r\n",
@@ -172,5 +203,33 @@ async def test_a_malformed_request_is_refused_in_our_words(kind: str) -> None:
 
 async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
     async with run_server() as server:
-        for not_http in (b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n", b"PING\r\n", b"SSH-2.0-x y\r\n"):
+        for not_http in NOT_HTTP:
             assert await answer_of(server.port, not_http) == b"", not_http
+
+
+NOT_HTTP = (
+    b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n",  # a TLS hello
+    b"PING\r\n",
+    b"SSH-2.0-x y\r\n",
+    # A PROXY protocol header (v1, then v2's signature) before a request: a proxy that
+    # sends one to a server not told to expect it must see its connection fail, not
+    # pass on an HTTP 400 as its client's answer. v1 was answered 400.
+    b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 8080\r\n" + GET + b"\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes(12) + b"\r\n",
+    b"EHLO client.example\r\n",  # SMTP, answered 400 as well
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"PROPFIND /healthz HTTP/1.1", 405),  # a method not served, in HTTP/1.1
+        (b"FOO /healthz HTTP/1.1", 405),
+        (b"FOO /healthz HTTP/3", 505),
+        (b"DELETE /healthz", 400),  # an HTTP method, no version
+    ],
+)
+async def test_what_is_meant_as_http_is_answered(line: bytes, status: int) -> None:
+    async with run_server() as server:
+        answer = await answer_of(server.port, line + b"\r\n" + HOST + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
