@@ -204,7 +204,7 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
     but which has a body gets 405 instead of a dropped connection."""
     head = _HeadReader(protocol)
     try:
-        request = yield from Request.parse(head.read_line)
+        request = in_origin_form((yield from Request.parse(head.read_line)))
     except Exception as exc:
         response = _refusal(exc, head.first_line)
         if response is None:
@@ -227,6 +227,27 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
     while protocol.state is State.CONNECTING and not protocol.reader.eof:
         yield
     yield from Protocol.parse(protocol)
+
+
+def in_origin_form(request: Request) -> Request:
+    """A request whose target is in absolute-form (``http://host:port/path?query``),
+    which a server must accept (RFC 9112 3.2.2), as the same request in origin-form:
+    routed by its path and query, its host in place of the Host header's, which the
+    RFC has the server ignore then."""
+    target = request.path
+    scheme, separator, rest = target.partition("://")
+    if target.startswith("/") or not separator or scheme.lower() not in _SCHEMES:
+        return request
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    headers = request.headers
+    if "Host" in headers:
+        del headers["Host"]
+    headers["Host"] = authority
+    return Request("/" + path if path.startswith("?") or not path else path, headers)
+
+
+_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 
 
 def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:

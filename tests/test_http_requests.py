@@ -71,3 +71,33 @@ async def test_a_request_target_that_is_not_ascii_is_400_in_our_words() -> None:
         # Percent-encoded, the same characters are a request like any other.
         answer = await answer_of(server.port, b"GET /healthz?q=%C3%BC HTTP/1.1\r\n\r\n")
         assert status_of(answer) == 200, answer
+
+
+async def test_a_request_target_in_absolute_form_is_served_as_its_path() -> None:
+    # RFC 9112 3.2.2: a server MUST accept the absolute-form, and takes the host from
+    # it, not from the Host header. Before, its target was routed whole: 404.
+    async with run_server() as server:
+        here = f"127.0.0.1:{server.port}"
+        for target in (f"http://{here}/healthz", f"HTTP://{here}/healthz"):
+            request = f"GET {target} HTTP/1.1\r\nHost: {here}\r\n\r\n".encode()
+            assert status_of(await answer_of(server.port, request)) == 200, target
+        http_1_0 = f"GET http://{here}/healthz HTTP/1.0\r\n\r\n".encode()  # no Host at all
+        assert status_of(await answer_of(server.port, http_1_0)) == 200
+        request = f"GET http://{here}/api/v1/sessions?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = await answer_of(server.port, request.encode())
+        assert status_of(answer) == 200, answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["sessions"] == []
+        # The target's host is the one checked: a name rebound to this server reads
+        # nothing, whatever the Host header says.
+        request = f"GET http://rebound.example/healthz HTTP/1.1\r\nHost: {here}\r\n\r\n"
+        assert status_of(await answer_of(server.port, request.encode())) == 403
+        key = base64.b64encode(os.urandom(16)).decode()
+        upgrade = (
+            f"GET http://{here}/api/v1/stream/absolute HTTP/1.1\r\nHost: {here}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade.encode())
+        assert status_of(await asyncio.wait_for(reader.readline(), 5)) == 101
+        writer.close()
