@@ -152,24 +152,8 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
     # 401 before anything else.
     principal = peer.principal()
     try:
-        # The lax conversion below reads every value from its string, and would also
-        # take "1e2" or "100.0" for an integer, and a number of seconds for a time:
-        # integers are plain digits and times RFC 3339, as on the other endpoints.
-        # The integers go in as read here: msgspec's own reading of a string refuses
-        # some plain digits ("05") that the other endpoints take.
-        values: dict[str, object] = dict(params)
-        max_page = services.config.max_list_page
-        # Without a limit, the default page, or the most --max-list-page allows when
-        # it is set lower: a listing was refused for a size it never asked for.
-        default_limit = min(_DEFAULT_LIST_PAGE, max_page)
-        values["limit"] = _integer(params, "limit", default_limit, 1, max_page)
-        if "offset" in params:
-            values["offset"] = _integer(params, "offset", None, 0)
-        for name in _TIME_PARAMETERS:
-            if name in params:
-                msgspec.convert(params[name], datetime)
-        filter = msgspec.convert(values, SessionFilter, strict=False)
-    except (msgspec.ValidationError, _BadParameter) as exc:
+        filter = listing_terms(params, services.config.max_list_page)
+    except BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     filter = services.access.listing_filter(principal, filter)
     refusal = refused_before_read(services, peer)
@@ -178,6 +162,30 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
     result = await services.page_reads.lookup(lambda: services.manager.list_sessions(filter))
     result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
     return as_page(services, peer, json_response(http.HTTPStatus.OK, result))
+
+
+def listing_terms(params: dict[str, str], max_page: int) -> SessionFilter:
+    """The filter a listing's query asks for, or :class:`BadParameter` saying what is
+    wrong with it (a 400)."""
+    # The lax conversion below reads every value from its string, and would also
+    # take "1e2" or "100.0" for an integer, and a number of seconds for a time:
+    # integers are plain digits and times RFC 3339, as on the other endpoints.
+    # The integers go in as read here: msgspec's own reading of a string refuses
+    # some plain digits ("05") that the other endpoints take.
+    values: dict[str, object] = dict(params)
+    # Without a limit, the default page, or the most --max-list-page allows when
+    # it is set lower: a listing was refused for a size it never asked for.
+    default_limit = min(_DEFAULT_LIST_PAGE, max_page)
+    values["limit"] = _integer(params, "limit", default_limit, 1, max_page)
+    if "offset" in params:
+        values["offset"] = _integer(params, "offset", None, 0)
+    try:
+        for name in _TIME_PARAMETERS:
+            if name in params:
+                msgspec.convert(params[name], datetime)
+        return msgspec.convert(values, SessionFilter, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadParameter(str(exc)) from None
 
 
 async def _session_resource(
@@ -191,13 +199,9 @@ async def _session_resource(
     # The request's own terms before what its peer may read, as for the list: a bad
     # parameter is 400 whatever the peer's debt (a 429 first would have it retry, only
     # to be told 400 after the wait), and whether or not the session exists.
-    terms: tuple[int | None, int | None]
     try:
-        if tail == "events":
-            terms = (_integer(params, "after_seq", 0, 0), _integer(params, "limit", 1000, 1))
-        else:
-            terms = (_integer(params, "limit", None, 1), _integer(params, "before", None, 0))
-    except _BadParameter as exc:
+        terms = resource_terms(tail, params)
+    except BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
     # Before anything is read: a peer refused for what it reads, or for what it and
     # others leave unread, costs the store nothing (http_pages.py, in this order).
@@ -228,8 +232,16 @@ async def _session_resource(
     return as_page(services, peer, page)
 
 
-class _BadParameter(ValueError):
-    pass
+def resource_terms(tail: str, params: dict[str, str]) -> tuple[int | None, int | None]:
+    """A session resource's query: ``(after_seq, limit)`` for its events (``tail``
+    ``"events"``), else ``(limit, before)`` for its history; :class:`BadParameter`."""
+    if tail == "events":
+        return _integer(params, "after_seq", 0, 0), _integer(params, "limit", 1000, 1)
+    return _integer(params, "limit", None, 1), _integer(params, "before", None, 0)
+
+
+class BadParameter(ValueError):
+    """A query parameter the endpoint cannot take: a 400 that says which."""
 
 
 _INT64_MAX = 2**63 - 1  # as the protocol's integers (docs/protocol.md, Integers)
@@ -248,10 +260,10 @@ def _integer(
         return default
     # Plain decimal digits only: int() would also take "1_0", " 7" or "+7".
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-        raise _BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
+        raise BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
     value = int(raw)
     if not minimum <= value <= maximum:
-        raise _BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
+        raise BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
     return value
 
 

@@ -21,6 +21,9 @@ from hypothesis import settings
 
 from tests.redis_server import INSTALL_HINT, RedisServer, available, start_redis_server
 
+# The atheris harnesses are scripts of `make fuzz`, never tests (tests/fuzz/harness.py).
+collect_ignore = ["fuzz"]
+
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
