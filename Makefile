@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # could leave one process idle for the last long tests of the other.
 PYTEST_WORKERS ?= 2
 
-.PHONY: serve test lint typecheck pytest bench clean
+.PHONY: serve test lint typecheck pytest bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,21 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# Coverage-guided fuzzing (atheris, libFuzzer) of what a peer or a damaged disk can
+# reach: each tests/fuzz/fuzz_*.py for FUZZ_SECONDS; corpora, and any crashing input,
+# under build/fuzz/. Not part of `make test`: a time bound, not a verdict.
+FUZZ_SECONDS ?= 60
+FUZZ_ARGS ?= -timeout=20 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1
+
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet atheris
+	mkdir -p build/fuzz/crashes
+	set -e; for harness in tests/fuzz/fuzz_*.py; do \
+		name=$$(basename $$harness .py); echo "== $$name ($(FUZZ_SECONDS) s)"; \
+		$(BIN)/python $$harness -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS) \
+			-artifact_prefix=build/fuzz/crashes/$$name- ; \
+	done
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""atheris harness: the JSONL store's readers of a damaged disk (persistence/jsonl/).
+
+A template store holds one session ``s`` (messages, keyed events) closed cleanly; each
+input replaces one of its files with fuzzed bytes (the checkpoint, the event log, the
+message index, the index snapshot, or a WAL segment left by a crash) and opens a
+store over the copy, then reads and appends to ``s`` and closes. What a damaged file
+may cause is a damage report (the file kept aside, the session cut or gone): never an
+exception out of ``open``, a read, an append or ``close`` other than the session being
+missing (``SessionNotFound``), and never a read that returns what ``s`` never held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import atheris
+from harness import run
+
+with atheris.instrument_imports(include=["bamboo_session"]):
+    from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+    from bamboo_session.persistence.base import SessionFilter, SessionNotFound
+    from bamboo_session.persistence.jsonl import wal
+    from bamboo_session.persistence.jsonl.layout import Layout
+    from bamboo_session.protocol.models import AgentEvent, Message, Session
+
+WORK = Path(tempfile.mkdtemp(prefix="bamboo-fuzz-jsonl-"))
+TEMPLATE = WORK / "template"
+# Which file an input replaces: its first byte, modulo the count.
+TARGETS = ("sessions/s.json", "events/s.jsonl", "events/s.idx", "index/snapshot.msgpack")
+SEGMENT = "wal/0000000000000001.wal"
+
+
+async def _make_template() -> None:
+    storage = await JsonlStorage.open(JsonlStorageConfig(TEMPLATE))
+    await storage.create_session(Session.new("s", user_id="u", title="t"))
+    for n in range(3):
+        await storage.append_event("s", AgentEvent.token(f"t{n}"), key=f"k{n}")
+        await storage.append_event("s", AgentEvent.message(Message.user(f"m{n}")))
+    await storage.close()
+
+
+async def _open_and_use(base: Path) -> None:
+    storage = await JsonlStorage.open(JsonlStorageConfig(base))
+    try:
+        await storage.list_sessions(SessionFilter())
+        try:
+            events = await storage.read_events("s")
+            seqs = [event.seq for event in events]
+            assert seqs == list(range(1, len(seqs) + 1)), seqs
+            for event in events:
+                event.event  # noqa: B018 - decodes the stored JSON, as a reader does
+            await storage.get_history_page("s", 10)
+            appended = await storage.append_event("s", AgentEvent.token("after"), key="k0")
+            assert appended.seq >= 1
+            assert await storage.last_seq("s") >= appended.seq
+        except SessionNotFound:
+            pass
+        await storage.damaged_files()
+    finally:
+        await storage.close()
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    base = WORK / "store"
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(TEMPLATE, base)
+    choice = data[0] % (len(TARGETS) + 1)
+    if choice == len(TARGETS):
+        # A crash's image: a WAL segment, and a log that lost what it covers.
+        (base / "wal").mkdir(exist_ok=True)
+        (base / SEGMENT).write_bytes(data[1:])
+        (base / "index/snapshot.msgpack").unlink(missing_ok=True)
+    else:
+        if choice != 3:  # else the snapshot would answer for the session at start
+            (base / "index/snapshot.msgpack").unlink(missing_ok=True)
+        (base / TARGETS[choice]).write_bytes(data[1:])
+    asyncio.run(_open_and_use(base))
+
+
+def _seeds() -> list[bytes]:
+    seeds = []
+    for index, target in enumerate(TARGETS):
+        path = TEMPLATE / target
+        if path.exists():
+            seeds.append(bytes([index]) + path.read_bytes())
+    log = (TEMPLATE / "events/s.jsonl").read_bytes()
+    lines = log.splitlines(keepends=True)
+    half = b"".join(lines[: len(lines) // 2])
+    record = wal.encode_lines("s", len(lines) // 2 + 1, len(half), log[len(half) :])
+    seeds.append(bytes([len(TARGETS)]) + record + wal.encode_deleted("x", "e"))
+    return seeds
+
+
+if __name__ == "__main__":
+    logging.disable(logging.CRITICAL)  # damage reports are expected: not the fuzzer's
+    asyncio.run(_make_template())
+    assert Layout(TEMPLATE).base.exists()
+    words = ['"seq"', '"ts"', '"event"', '"key"', '"type"', '"message"', '"sid"', '"off"']
+    words += ['"crc"', '"lines"', '"deleted"', '"epoch"', '"last_seq"', "\n", "}\n", '"gen"']
+    try:
+        run("jsonl", test_one_input, _seeds(), words)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
