@@ -5,6 +5,7 @@ decodes leave payloads alone."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,26 @@ def test_a_line_keeps_an_empty_key_apart_from_none() -> None:
     assert [scan.decode_key(line).key for line in (keyed, keyless, null)] == ["", None, None]
     assert [scan.decode_head(line).key for line in (keyed, keyless, null)] == ["", None, None]
     assert [scan.decode_stored_event(line).key for line in (keyed, keyless)] == ["", None]
+
+
+def test_a_long_run_without_a_newline_is_read_once_not_again_at_each_chunk(
+    tmp_path: Path,
+) -> None:
+    """A zeroed tail (a crash's) or one long line: its bytes were joined again at each
+    64 KiB read, and 32 MiB took 11 s to scan (seen in the scanner while writing
+    tests/fuzz/fuzz_jsonl.py, whose inputs are too short to show it). Lines are found
+    across chunks as before."""
+    path = tmp_path / "s.jsonl"
+    starts = write_log(path, [10, 3 * scan.READ_CHUNK, 10])
+    size = path.stat().st_size
+    with open(path, "ab") as file:
+        file.write(b"\0" * (32 << 20))
+    began = time.perf_counter()
+    with open(path, "rb") as file:
+        found = list(scan.raw_lines(file, 0))
+    took = time.perf_counter() - began
+    assert [(start, stop) for start, stop, _line in found] == list(
+        zip(starts, [*starts[1:], size], strict=True)
+    )
+    assert all(len(line) == stop - start - 1 for start, stop, line in found)
+    assert took < 3, took  # about 0.03 s now; 11 s before

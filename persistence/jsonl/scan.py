@@ -112,20 +112,30 @@ def raw_lines(
     ``(start, end, line)`` with the newline stripped; a last line without its newline is
     not yielded. Reads in chunks, so a caller that stops early reads little."""
     file.seek(offset)
-    pending = b""
-    position = offset
+    # The current line's bytes read before this chunk, kept as pieces and joined once
+    # its newline comes: joined at every chunk, a run of bytes without a newline (a
+    # zeroed tail after a crash) was copied again each 64 KiB, and 32 MiB of it took
+    # 11 s to scan at open, 16 MiB 1.1 s: a time quadratic in its length.
+    pieces: list[bytes] = []
+    line_start = position = offset
     while end is None or position < end:
         chunk = file.read(READ_CHUNK if end is None else min(READ_CHUNK, end - position))
         if not chunk:
             return
+        base = position
         position += len(chunk)
-        data = pending + chunk
-        base = position - len(data)
         start = 0
-        while (newline := data.find(b"\n", start)) != -1:
-            yield base + start, base + newline + 1, data[start:newline]
+        while (newline := chunk.find(b"\n", start)) != -1:
+            line = chunk[start:newline]
+            if pieces:
+                pieces.append(line)
+                line = b"".join(pieces)
+                pieces = []
+            yield line_start, base + newline + 1, line
             start = newline + 1
-        pending = data[start:]
+            line_start = base + start
+        if start < len(chunk):
+            pieces.append(chunk[start:])
 
 
 def lines(
