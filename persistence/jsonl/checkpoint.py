@@ -141,8 +141,30 @@ def _padded(body: bytes, capacity: int) -> bytes:
     return body + b" " * (capacity - len(body) - 1) + b"\n"
 
 
-def parse(data: bytes) -> Found | LegacyCheckpoint:
-    """The checkpoint a file holds: its newest valid slot, or the old format."""
+def parse(data: bytes, session_id: str | None = None) -> Found | LegacyCheckpoint:
+    """The checkpoint a file holds: its newest valid slot, or the old format; with
+    ``session_id``, only one of that session (see :func:`_of_session`)."""
+    return _of_session(_parse(data), session_id)
+
+
+def _of_session(
+    found: Found | LegacyCheckpoint, session_id: str | None
+) -> Found | LegacyCheckpoint:
+    """``found``, if it is the checkpoint of ``session_id`` (None: of any): a file that
+    names another session (copied or renamed by hand; the old format has no CRC) is
+    not this session's. Taken as it was, the session was gone from the index and the
+    other id there instead, with no log of its own (its reads failed), even an id no
+    call accepts (``../x``), from which the store builds the paths of its files."""
+    if session_id is not None:
+        metadata = (
+            found.metadata if isinstance(found, LegacyCheckpoint) else found.checkpoint.metadata
+        )
+        if metadata.id != session_id:
+            raise CheckpointDamaged(f"it is the checkpoint of session {metadata.id!r}")
+    return found
+
+
+def _parse(data: bytes) -> Found | LegacyCheckpoint:
     size = len(data)
     if size % 2 == 0 and data.startswith(_SLOT_START):
         capacity = size // 2

@@ -281,7 +281,7 @@ class _Recovery:
         if read is None:
             return None
         with contextlib.suppress(CheckpointDamaged):
-            found = checkpoint.parse(read[0])
+            found = checkpoint.parse(read[0], session_id)
             if isinstance(found, LegacyCheckpoint):
                 return found.metadata
             return found.checkpoint.metadata

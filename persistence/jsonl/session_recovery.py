@@ -191,7 +191,7 @@ class SessionRecovery:
             return None, None
         data, stat = read
         try:
-            return checkpoint.parse(data), checkpoint.stamp_of(stat)
+            return checkpoint.parse(data, session_id), checkpoint.stamp_of(stat)
         except CheckpointDamaged as exc:
             path = self.layout.checkpoint(session_id)
             if self.writable:
