@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import atheris
 import msgspec
@@ -47,8 +48,58 @@ def check_server(codec: Codec, data: bytes) -> None:
     assert again == frame, (codec, frame, again)
 
 
+# Values that sit at the edges of what the protocol takes, for the structured mode.
+SPECIAL = (
+    None, True, 0, -1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 0.5, -0.0, 1e308,
+    "", "x" * 129, "\ud800", "\x00", "2024-01-02T03:04:05Z", "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00+23:59", "2024-02-30T00:00:00Z", [], {}, {"": None}, [[[]]],
+)  # fmt: skip
+
+
+def mutated(value: Any, fdp: atheris.FuzzedDataProvider, depth: int = 0) -> Any:
+    """``value`` with some of its parts replaced, as ``fdp`` chooses: by a special value,
+    a fuzzed string or integer, or dropped (a dict's key)."""
+    choice = fdp.ConsumeIntInRange(0, 9) if fdp.remaining_bytes() else 0
+    if choice == 1:
+        return SPECIAL[fdp.ConsumeIntInRange(0, len(SPECIAL) - 1)]
+    if choice == 2:
+        return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40))
+    if choice == 3:
+        return fdp.ConsumeInt(fdp.ConsumeIntInRange(1, 10))
+    if depth > 8:
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if fdp.remaining_bytes() and fdp.ConsumeIntInRange(0, 15) == 0:
+                continue
+            out[key] = mutated(item, fdp, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [mutated(item, fdp, depth + 1) for item in value]
+    return value
+
+
+def check_structured(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    frame = mutated(FRAMES[fdp.ConsumeIntInRange(0, len(FRAMES) - 1)], fdp)
+    try:
+        text = json.dumps(frame)
+    except ValueError:
+        return
+    check_client(JSON, text)
+    try:
+        packed = msgspec.msgpack.encode(frame)
+    except (OverflowError, UnicodeEncodeError):
+        return  # an integer MessagePack has no room for, a lone surrogate: unsendable
+    check_client(MSGPACK, packed)
+
+
 def test_one_input(data: bytes) -> None:
     if not data:
+        return
+    if data[0] >= 0xF0:
+        check_structured(data[1:])
         return
     mode, body = data[0] % 6, data[1:]
     if mode == 0:
@@ -69,7 +120,7 @@ def test_one_input(data: bytes) -> None:
         check_server(MSGPACK, body)
 
 
-def _seeds() -> list[bytes]:
+def _frames() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     message = {
         "role": "assistant",
         "content": "hi",
@@ -89,7 +140,7 @@ def _seeds() -> list[bytes]:
         {"type": "state_change", "state": "idle"},
         {"type": "custom", "name": "n", "data": {"k": [1, {"z": "y"}]}},
     ]
-    frames: list[dict[str, object]] = [
+    frames: list[dict[str, Any]] = [
         {"type": "hello", "token": "t", "user_id": "u", "title": "T", "create": True},
         {"type": "hello", "last_seq": 3, "epoch": "e", "role": "agent", "id": 1},
         {"type": "message", "message": message, "id": "m", "key": "k"},
@@ -108,7 +159,7 @@ def _seeds() -> list[bytes]:
         "last_activity_at": "2024-01-02T03:04:05Z",
         "state": "active",
     }
-    server_frames: list[dict[str, object]] = [
+    server_frames: list[dict[str, Any]] = [
         {
             "type": "welcome",
             "connection_id": "c",
@@ -123,10 +174,17 @@ def _seeds() -> list[bytes]:
         {"type": "error", "code": "bad_request", "message": "m", "id": None},
         {"type": "pong", "id": 5},
     ]
-    seeds = []
-    for frame in frames:
+    return frames, server_frames
+
+
+FRAMES, SERVER_FRAMES = _frames()
+
+
+def _seeds() -> list[bytes]:
+    seeds = [bytes([0xF0, index]) + bytes(range(64)) for index in range(len(FRAMES))]
+    for frame in FRAMES:
         seeds += [b"\x00" + json.dumps(frame).encode(), b"\x01" + msgspec.msgpack.encode(frame)]
-    for frame in server_frames:
+    for frame in SERVER_FRAMES:
         seeds += [b"\x04" + json.dumps(frame).encode(), b"\x05" + msgspec.msgpack.encode(frame)]
     return seeds
 
