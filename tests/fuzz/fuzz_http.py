@@ -4,7 +4,8 @@ Bytes as a peer sends them, in chunks, to websockets' protocol object with our p
 (server/http_requests.py ``parse_request``, as http_wire.py sets it up): feeding them
 raises nothing (an exception there is a traceback in ``data_received``). A request it
 parsed then goes through what the app reads of it before any store: the Host and
-Origin rules, CORS, the routes, the list endpoint's parameters (``listing_terms``) and a
+Origin rules, CORS, the routes, websockets' handshake with our subprotocols (an answer,
+not a 500), the list endpoint's parameters (``listing_terms``) and a
 session resource's (``resource_terms``), the bearer token; a refusal is ``BadRoute`` or
 ``BadParameter`` (400, 404) and nothing else.
 """
@@ -20,8 +21,10 @@ with atheris.instrument_imports(include=["bamboo_session", "websockets", "urllib
     from websockets.http11 import Request
     from websockets.server import ServerProtocol
 
+    from bamboo_session.protocol.codec import SUBPROTOCOLS
     from bamboo_session.protocol.ids import is_valid_session_id
     from bamboo_session.server import web
+    from bamboo_session.server.app import select_subprotocol
     from bamboo_session.server.auth import bearer_token
     from bamboo_session.server.cors import allowed_origin, is_preflight
     from bamboo_session.server.http import (
@@ -57,6 +60,17 @@ def requests_of(data: bytes, chunk: int) -> list[Request]:
     return [event for event in protocol.events_received() if isinstance(event, Request)]
 
 
+def check_upgrade(request: Request) -> None:
+    """websockets' handshake with our subprotocols: an answer, never a 500 (which
+    websockets gives, with a logged traceback, for an exception it did not expect)."""
+    protocol = ServerProtocol(
+        subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+        select_subprotocol=lambda _protocol, offered: select_subprotocol(None, offered),  # type: ignore[arg-type]
+    )
+    response = protocol.accept(request)
+    assert response.status_code != 500, (response, protocol.handshake_exc)
+
+
 def check_request(request: Request) -> None:
     headers = request.headers
     if any(len(headers.get_all(name)) > 1 for name in SINGLE_HEADERS):
@@ -76,6 +90,8 @@ def check_request(request: Request) -> None:
         except BadRoute:
             return
         assert route.session_id is None or is_valid_session_id(route.session_id)
+        if is_upgrade(request):
+            check_upgrade(request)
         return
     web.is_web_path(path)
     if not is_session_api(request.path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ TEMPLATE = WORK / "template"
 # Which file an input replaces: its first byte, modulo the count.
 TARGETS = ("sessions/s.json", "events/s.jsonl", "events/s.idx", "index/snapshot.msgpack")
 SEGMENT = "wal/0000000000000001.wal"
+HALF_LOG = 0  # set once the template is made
 
 
 async def _make_template() -> None:
@@ -76,6 +78,7 @@ def test_one_input(data: bytes) -> None:
         (base / "wal").mkdir(exist_ok=True)
         (base / SEGMENT).write_bytes(data[1:])
         (base / "index/snapshot.msgpack").unlink(missing_ok=True)
+        os.truncate(base / "events/s.jsonl", HALF_LOG)
     else:
         if choice != 3:  # else the snapshot would answer for the session at start
             (base / "index/snapshot.msgpack").unlink(missing_ok=True)
@@ -91,7 +94,7 @@ def _seeds() -> list[bytes]:
             seeds.append(bytes([index]) + path.read_bytes())
     log = (TEMPLATE / "events/s.jsonl").read_bytes()
     lines = log.splitlines(keepends=True)
-    half = b"".join(lines[: len(lines) // 2])
+    half = log[:HALF_LOG]
     record = wal.encode_lines("s", len(lines) // 2 + 1, len(half), log[len(half) :])
     seeds.append(bytes([len(TARGETS)]) + record + wal.encode_deleted("x", "e"))
     return seeds
@@ -100,6 +103,8 @@ def _seeds() -> list[bytes]:
 if __name__ == "__main__":
     logging.disable(logging.CRITICAL)  # damage reports are expected: not the fuzzer's
     asyncio.run(_make_template())
+    _lines = (TEMPLATE / "events/s.jsonl").read_bytes().splitlines(keepends=True)
+    HALF_LOG = len(b"".join(_lines[: len(_lines) // 2]))  # where the crash cut the log
     assert Layout(TEMPLATE).base.exists()
     words = ['"seq"', '"ts"', '"event"', '"key"', '"type"', '"message"', '"sid"', '"off"']
     words += ['"crc"', '"lines"', '"deleted"', '"epoch"', '"last_seq"', "\n", "}\n", '"gen"']
