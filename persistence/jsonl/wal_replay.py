@@ -274,6 +274,21 @@ def _replay_session(
         size = -1
     first = min(pending.lines)
     first_offset = pending.lines[first][0]
+    if 0 <= first_offset <= size and not _fits(path, first_offset, first):
+        # A record's seq and offset are outside its CRC: one damaged said a line the
+        # log holds whole was where its own begins, and replay cut the synced lines
+        # from there. The log is read from its start instead; the WAL's lines it lacks
+        # are appended after its last, as always.
+        log.error(
+            "session %r: the WAL says seq %d begins at byte %d of its log, where the log "
+            "holds another line; the WAL is damaged: the log is read from its start, and "
+            "the WAL segments are kept aside",
+            session_id,
+            first,
+            first_offset,
+        )
+        report.segments_kept = True
+        first, first_offset = 1, 0
     # Everything before the first seq the segments hold was synced before an older
     # segment was deleted: scan from there. If the log is shorter, scan it all.
     if 0 <= first_offset <= size:
@@ -320,6 +335,23 @@ def _replay_session(
         _append(path, missing)
         report.events_replayed += len(missing)
         log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
+
+
+def _fits(path: Path, offset: int, seq: int) -> bool:
+    """Whether the log may hold ``seq``'s line at ``offset``, as a WAL record says: the
+    offset starts a line, and a whole line there, if the log holds one, is ``seq``'s (a
+    line that does not decode is a crash's torn tail, which replay cuts)."""
+    with open(path, "rb") as file:
+        if offset > 0:
+            file.seek(offset - 1)
+            if file.read(1) != b"\n":
+                return False
+        for _start, _end, raw in raw_lines(file, offset):
+            try:
+                return decode_key(raw).seq == seq
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return True
+    return True
 
 
 def _append(path: Path, lines: list[bytes]) -> None:
