@@ -95,7 +95,7 @@ def check_structured(data: bytes) -> None:
     check_client(MSGPACK, packed)
 
 
-def test_one_input(data: bytes) -> None:
+def one_input(data: bytes) -> None:
     if not data:
         return
     if data[0] >= 0xF0:
@@ -196,4 +196,4 @@ if __name__ == "__main__":
     words += ["key", "id", "limit", "before", "after_seq", "last_seq", "epoch", "role"]
     tokens = [f'"{word}"' for word in words]
     tokens += ["1e999", "-0", "9223372036854775808", "\\ud800", "9999-12-31T23:59:59-23:59"]
-    run("codec", test_one_input, _seeds(), tokens)
+    run("codec", one_input, _seeds(), tokens)

@@ -110,7 +110,7 @@ def check_request(request: Request) -> None:
         return
 
 
-def test_one_input(data: bytes) -> None:
+def one_input(data: bytes) -> None:
     if not data:
         return
     chunk = 1 + data[0] % 64 if data[0] & 0x80 else len(data)
@@ -144,4 +144,4 @@ if __name__ == "__main__":
     words += ["/api/v1/sessions", "/api/v1/stream/", "limit=", "offset=", "before="]
     words += ["after_seq=", "created_after=", "state=", "%2F", "%00", "&", "?", "[::1]"]
     words += ["Content-Length: ", "Transfer-Encoding: ", "Upgrade: websocket\r\n"]
-    run("http", test_one_input, _seeds(), words)
+    run("http", one_input, _seeds(), words)

@@ -15,11 +15,10 @@ import asyncio
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import atheris
-from harness import run
+from harness import ROOT, run
 
 with atheris.instrument_imports(include=["bamboo_session"]):
     from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
@@ -28,7 +27,8 @@ with atheris.instrument_imports(include=["bamboo_session"]):
     from bamboo_session.persistence.jsonl.layout import Layout
     from bamboo_session.protocol.models import AgentEvent, Message, Session
 
-WORK = Path(tempfile.mkdtemp(prefix="bamboo-fuzz-jsonl-"))
+# Under build/, made anew at each run: libFuzzer ends the process without unwinding.
+WORK = ROOT / "build" / "fuzz" / "jsonl-stores"
 TEMPLATE = WORK / "template"
 # Which file an input replaces: its first byte, modulo the count.
 TARGETS = ("sessions/s.json", "events/s.jsonl", "events/s.idx", "index/snapshot.msgpack")
@@ -66,7 +66,7 @@ async def _open_and_use(base: Path) -> None:
         await storage.close()
 
 
-def test_one_input(data: bytes) -> None:
+def one_input(data: bytes) -> None:
     if not data:
         return
     base = WORK / "store"
@@ -102,13 +102,11 @@ def _seeds() -> list[bytes]:
 
 if __name__ == "__main__":
     logging.disable(logging.CRITICAL)  # damage reports are expected: not the fuzzer's
+    shutil.rmtree(WORK, ignore_errors=True)
     asyncio.run(_make_template())
     _lines = (TEMPLATE / "events/s.jsonl").read_bytes().splitlines(keepends=True)
     HALF_LOG = len(b"".join(_lines[: len(_lines) // 2]))  # where the crash cut the log
     assert Layout(TEMPLATE).base.exists()
     words = ['"seq"', '"ts"', '"event"', '"key"', '"type"', '"message"', '"sid"', '"off"']
     words += ['"crc"', '"lines"', '"deleted"', '"epoch"', '"last_seq"', "\n", "}\n", '"gen"']
-    try:
-        run("jsonl", test_one_input, _seeds(), words)
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)
+    run("jsonl", one_input, _seeds(), words)

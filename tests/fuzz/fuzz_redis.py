@@ -22,7 +22,7 @@ with atheris.instrument_imports(include=["bamboo_session"]):
 REFUSALS = (ValueError, KeyError, OverflowError)  # msgspec.DecodeError is a ValueError
 
 
-def test_one_input(data: bytes) -> None:
+def one_input(data: bytes) -> None:
     if not data:
         return
     mode, body = data[0] % 3, data[1:]
@@ -49,4 +49,4 @@ def _seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    run("redis", test_one_input, _seeds(), ['"type"', '"text"', "null", "[", "]", ","])
+    run("redis", one_input, _seeds(), ['"type"', '"text"', "null", "[", "]", ","])

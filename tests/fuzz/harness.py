@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run(
     name: str,
-    test_one_input: Callable[[bytes], None],
+    one_input: Callable[[bytes], None],
     seeds: Iterable[bytes],
     tokens: Iterable[str] = (),
 ) -> None:
-    """Fuzz ``test_one_input`` with libFuzzer's options from the command line; without
+    """Fuzz ``one_input`` with libFuzzer's options from the command line; without
     a corpus directory there, ``build/fuzz/<name>``, seeded with ``seeds``, and
     ``tokens`` as a dictionary. Both matter: msgspec's parsers are C, which atheris
     does not see, so the fuzzer learns their grammar only from valid inputs, the words
@@ -41,7 +41,7 @@ def run(
         dictionary = base / f"{name}.dict"
         dictionary.write_text("".join(f'"{_escaped(token)}"\n' for token in tokens))
         args.insert(0, f"-dict={dictionary}")
-    atheris.Setup([sys.argv[0], *args], test_one_input)
+    atheris.Setup([sys.argv[0], *args], one_input)
     atheris.Fuzz()
 
 
