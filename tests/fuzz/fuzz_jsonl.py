@@ -18,12 +18,13 @@ import shutil
 from pathlib import Path
 
 import atheris
+import msgspec
 from harness import ROOT, run
 
 with atheris.instrument_imports(include=["bamboo_session"]):
     from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
     from bamboo_session.persistence.base import SessionFilter, SessionNotFound
-    from bamboo_session.persistence.jsonl import wal
+    from bamboo_session.persistence.jsonl import checkpoint, wal
     from bamboo_session.persistence.jsonl.layout import Layout
     from bamboo_session.protocol.models import AgentEvent, Message, Session
 
@@ -92,6 +93,12 @@ def _seeds() -> list[bytes]:
         path = TEMPLATE / target
         if path.exists():
             seeds.append(bytes([index]) + path.read_bytes())
+    # The old checkpoint format too: it has no CRC, so damage can reach its decoding.
+    found = checkpoint.read(TEMPLATE / "sessions/s.json")
+    assert isinstance(found, checkpoint.Found)
+    metadata = found.checkpoint.metadata
+    legacy = checkpoint.LegacyCheckpoint(metadata, [Message.user("m0")], metadata.last_seq, 0)
+    seeds.append(b"\x00" + msgspec.json.encode(legacy))
     log = (TEMPLATE / "events/s.jsonl").read_bytes()
     lines = log.splitlines(keepends=True)
     half = log[:HALF_LOG]
