@@ -24,6 +24,11 @@ Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 # The page sizes a request that names none asks for (servers lower them to their maxima).
 HISTORY_LIMIT: Final = 100
 EVENTS_LIMIT: Final = 1000
+# The most items a batch frame may hold on any server (its --max-batch-items is at most
+# this). Bounded in the type, a msgpack array header over it is refused before one item
+# is built: a 1 MiB frame of a million empty items had 64 MB decoded before the count
+# was read.
+MAX_BATCH_ITEMS: Final = 10_000
 
 
 class ClientFrameBase(msgspec.Struct, tag_field="type", omit_defaults=True):
@@ -75,7 +80,7 @@ class PublishBatch(ClientFrameBase, tag="batch"):
     """Several appends in one frame, answered by one ``acks`` (docs/protocol.md,
     "Extension: batch publish")."""
 
-    items: list[BatchItem]
+    items: Annotated[list[BatchItem], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
     id: RequestId = None
 
 

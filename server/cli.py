@@ -109,7 +109,7 @@ SERVE_HELP: dict[str, str] = {
     "item): history, events and their HTTP endpoints",
     "batch_frames": "accept batch frames and list the batch extension in welcome (false: "
     "speak plain version 1)",
-    "max_batch_items": "items one batch frame may hold at most (bad_request above)",
+    "max_batch_items": "items one batch frame may hold at most, up to 10000 (bad_request above)",
     "auth_secret": "HS256 secret (32+ bytes) that turns JWT auth on; prefer the env "
     "variable, a flag shows in ps (unset: no auth, loopback only)",
     "auth_leeway": "seconds of clock difference allowed on a token's exp, nbf and iat",

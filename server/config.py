@@ -18,6 +18,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from bamboo_session.protocol.frames import MAX_BATCH_ITEMS
+
 from .manager_config import DEFAULT_READ_SLOTS, SessionManagerConfig
 
 LogFormat = Literal["auto", "json", "console"]
@@ -261,7 +263,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "max_events_page": (1, None),
     "max_list_page": (1, None),
     "max_page_bytes": (1024, None),
-    "max_batch_items": (1, None),
+    "max_batch_items": (1, MAX_BATCH_ITEMS),
 }
 
 

@@ -5,6 +5,7 @@ has a usable one; unknown fields are ignored.
 """
 
 import json
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from bamboo_session.protocol import Token
 from bamboo_session.protocol.codec import JSON, MSGPACK
-from bamboo_session.protocol.frames import Ping, PublishEvent
+from bamboo_session.protocol.frames import MAX_BATCH_ITEMS, Ping, PublishEvent
 from tests.codec_support import bad, jbad
 
 
@@ -205,3 +206,24 @@ def test_msgpack_values_json_cannot_carry_are_refused(data: Any) -> None:
     ]
     for frame in frames:
         assert bad(MSGPACK, msgspec.msgpack.encode(frame)).request_id == 9
+
+
+def test_a_msgpack_batch_over_the_ceiling_is_refused_before_its_items_are_built() -> None:
+    # A million empty items fit in a 1 MiB frame: decoded whole, they held 64 MB before
+    # the server read their count. The array's header says how many come: refused there.
+    frame = {"type": "batch", "id": 7, "items": [{}] * 1_000_000}
+    data = msgspec.msgpack.encode(frame)
+    assert len(data) < 1 << 20
+    tracemalloc.start()
+    try:
+        refused = bad(MSGPACK, data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    assert refused.request_id == 7
+    assert f"length <= {MAX_BATCH_ITEMS}" in str(refused)
+    # At the ceiling a batch still decodes (a server may allow up to it).
+    at_most = {"type": "batch", "items": [{"event": {"type": "token", "content": ""}}] * 10}
+    at_most["items"] *= MAX_BATCH_ITEMS // 10
+    assert len(MSGPACK.decode_client(msgspec.msgpack.encode(at_most)).items) == MAX_BATCH_ITEMS

@@ -140,6 +140,7 @@ def test_bad_flag_values_fail_with_one_line_and_status_2() -> None:
         ("--read-slots", "1", "must be between 2 and 256, not 1"),
         ("--read-slots", "257", "must be between 2 and 256, not 257"),
         ("--read-slots", "4.5", "expected an integer, not '4.5'"),
+        ("--max-batch-items", "10001", "must be between 1 and 10000, not 10001"),
     ],
 )
 def test_every_number_is_checked(flag: str, value: str, says: str) -> None:
