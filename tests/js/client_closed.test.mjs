@@ -124,3 +124,30 @@ test("given up after maxRetries: no close code, and why", { timeout: 15000 }, as
   assert.equal(seen.reason, seen.error.message);
   assert.match(seen.reason, /^gave up after 1 attempts/);
 });
+
+test("a resume refused with 4409 after a restart's closed frame: the refusal's reason", async () => {
+  // The server says `closed` ("server restarting") before it closes with 1012: that
+  // reason is the restarted connection's, not the one of the refusal that ends it.
+  const proxy = await droppingProxy(url);
+  const options = { sessionId: "closed-why-6" };
+  const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
+  const viewer = await BambooClient.connect(proxy.url, { ...options, backoffInitial: 1000 });
+  try {
+    const closed = closedOf(viewer);
+    const reconnecting = new Promise((resolve) => {
+      viewer.on("state", (change) => change.state === "reconnecting" && resolve(change));
+    });
+    proxy.drop(1012, "server restarting", "server restarting");
+    const restarted = await reconnecting;
+    assert.deepEqual([restarted.code, restarted.reason], [1012, "server restarting"]);
+    await agent.setState("closed");
+    const seen = await closed;
+    assert.ok(seen.error instanceof SessionEnded, String(seen.error));
+    assert.deepEqual([seen.code, seen.reason], [4409, "session closed"]);
+    assert.equal(seen.error.message, "session closed");
+  } finally {
+    await viewer.close();
+    await agent.close();
+    await proxy.close();
+  }
+});

@@ -186,13 +186,22 @@ export async function droppingProxy(target) {
     refuseHttp() {
       state.refuseHttp = true;
     },
-    /** @param {number} code @param {string} [reason] short: one frame of < 126 bytes */
-    drop(code, reason = "") {
+    /**
+     * @param {number} code @param {string} [reason] short: one frame of < 126 bytes
+     * @param {string} [closed] the reason of a `closed` frame sent before the close, as
+     *   the server sends one before 1000, 1011, 1012 and 4404 (short too)
+     */
+    drop(code, reason = "", closed = undefined) {
       const text = Buffer.from(reason);
       const frame = Buffer.from([0x88, 2 + text.length, code >> 8, code & 0xff]);
+      const before = [];
+      if (closed !== undefined) {
+        const json = Buffer.from(JSON.stringify({ type: "closed", reason: closed }));
+        before.push(Buffer.from([0x81, json.length]), json);
+      }
       for (const { client, upstream } of pairs) {
         upstream.destroy();
-        client.end(Buffer.concat([frame, text]));
+        client.end(Buffer.concat([...before, frame, text]));
       }
     },
     cut() {

@@ -37,7 +37,6 @@ export const RETRY_AFTER_PATIENCE = 60_000;
  * @property {(ws: WebSocket | null) => void} opening the connection being opened, then
  *   null once the attempt is settled: the client closes it if it ends meanwhile
  * @property {() => ClientError | null} failure why the client ended, if it has
- * @property {() => string | null} closedReason the reason of the last `closed` frame
  * @property {(reason: string) => void} closed a `closed` frame came before the welcome
  * @property {(ws: WebSocket, welcome: any) => void} welcomed takes the connection in
  */
@@ -74,6 +73,11 @@ export function dial(d) {
     d.opening(ws);
     let settled = false;
     let refusal = ""; // an error frame sent before the close
+    // The reason of a `closed` frame on this connection: a 1000 or 4409 that follows is
+    // the session's end it names. One of an earlier connection (a restart's, before its
+    // 1012) says nothing of this one's refusal.
+    /** @type {string | null} */
+    let closedHere = null;
     /** @param {Error} error */
     const fail = (error) => {
       if (settled) return;
@@ -100,7 +104,7 @@ export function dial(d) {
     ws.onerror = () => {
       if (!opened) fail(new Retry("the connection failed before it opened"));
     };
-    ws.onclose = (event) => fail(closeError(event.code, event.reason || refusal, d.closedReason()));
+    ws.onclose = (event) => fail(closeError(event.code, event.reason || refusal, closedHere));
     ws.onmessage = (message) => {
       if (settled) return;
       const frame = decodeFrame(message.data);
@@ -119,7 +123,8 @@ export function dial(d) {
       } else if (frame?.type === "error") {
         refusal = String(frame.message);
       } else if (frame?.type === "closed") {
-        d.closed(String(frame.reason));
+        closedHere = String(frame.reason);
+        d.closed(closedHere);
       } else {
         fail(new Refused(1008, `no welcome: ${frame === null ? "malformed frame" : frame.type}`));
       }

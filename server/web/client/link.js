@@ -193,7 +193,6 @@ export class Link {
       hello: () => this.#state.hello(token, this.#generation === 0),
       opening: (ws) => (this.#opening = ws),
       failure: () => this.#state.failure,
-      closedReason: () => client.closedReason,
       closed: (reason) => (client.closedReason = reason),
       welcomed: (ws, welcome) => {
         this.#state.welcomed(welcome, this.#generation === 0);
