@@ -6,6 +6,7 @@ blocks injection.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -206,6 +207,53 @@ async def test_a_token_that_expires_while_watching_signs_the_top_bar_out(browser
         assert [r.url for r in requests if "authorization" in await r.all_headers()] == []
         # The browser reports the 401s of the reads made with no token: no page error.
         assert [p for p in problems if "status of 401" not in p] == []
+
+
+async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any) -> None:
+    """A read made with a token that expired meanwhile is refused (401) only once the
+    user signed out and in with another: the page that made it is gone, and that 401
+    says nothing of the new token, which stays, with the page it shows. (A closed
+    session's stored events are read with the token of the page that asked; the read
+    is held back until the new token is in, then sent as the browser made it.)"""
+    async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
+        async with await BambooClient.connect(
+            ws_url(server), "over", create=True, token=make_token("alice")
+        ) as agent:
+            await agent.publish(AgentEvent.custom("step", {"i": 1}))
+            await agent.set_state("closed")
+        old, new = make_token("alice", ttl=3), make_token("alice")
+        expires_in = jwt.decode(old, options={"verify_signature": False})["exp"] - time.time()
+        held: list[Any] = []
+        sent = asyncio.Event()
+
+        async def hold_old_reads(route: Any) -> None:
+            if route.request.headers.get("authorization") == f"Bearer {old}":
+                held.append(route)
+                sent.set()
+            else:
+                await route.continue_()
+
+        page = await browser.new_page()
+        await page.route("**/api/v1/sessions/over/events?*", hold_old_reads)
+        await page.goto(console_url(server.port))
+        await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{old}')")
+        await page.goto(console_url(server.port, "#/s/over"))
+        await asyncio.wait_for(sent.wait(), 10)
+        await asyncio.sleep(expires_in + 0.5)  # the held read's token has expired
+        await page.click("#who button")  # sign out: the page asks for a token
+        await page.fill("#token-input", new)
+        await page.click("#login button[type=submit]")
+        notes = page.locator("#tail .ev-note")
+        await expect(notes.last).to_contain_text("This session is closed")
+        async with page.expect_response(lambda r: r.request.url == held[0].request.url) as late:
+            for route in held:
+                await route.continue_()  # the server answers 401: that token expired
+        assert (await late.value).status == 401
+        await page.wait_for_timeout(500)  # for the page to take that answer in
+        await expect(page.locator("#login")).to_have_count(0)
+        await expect(notes.last).to_contain_text("This session is closed")
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == new
+        await expect(page.locator("#who-name")).to_have_text("alice (user)")
 
 
 async def test_a_token_is_kept_when_the_server_is_away_or_busy(browser: Any) -> None:

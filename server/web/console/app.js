@@ -26,6 +26,7 @@ let current = null;
 function askForToken(reason) {
   current?.destroy();
   current = null;
+  shown += 1; // what the gone view's reads say now says nothing of the next token
   // The top bar names no one while the page asks for a token: the one it named (and
   // would sign out) is refused, expired maybe while a page was watched.
   fill(who);
@@ -86,24 +87,36 @@ function showWho() {
   );
 }
 
+// Counts what the page showed (views, sign-in forms, …): a view's refusal counts only
+// while nothing replaced it. A read a view made before it went may be answered after another token was
+// given (sign out, sign in): its 401 is of the token it was made with, not of this one.
+let shown = 0;
+
 /**
- * The error handler every view shares: a refused token (401 over HTTP, 4401 on the
- * stream: invalid, or expired) asks for a token; the rest is shown.
+ * The error handler of the view about to be shown: a refused token (401 over HTTP, 4401
+ * on the stream: invalid, or expired) asks for a token; the rest is shown. A refusal
+ * that comes once that view is gone is handled by doing nothing: the view is not
+ * shown, and the token it names may be an earlier one.
  */
-const context = {
-  /** @param {unknown} error @returns {boolean} true when handled by asking for a token */
-  unauthorized(error) {
-    const status = error instanceof ApiError ? error.status : /** @type {any} */ (error)?.code;
-    if (status !== 401 && status !== 4401) return false;
-    const refused = getToken() !== null;
-    // Forgotten now, not when another is given: a reload would send it again, and ask
-    // only once it is refused again. A server away or busy (no answer, a 503) is no
-    // refusal, and its token is kept.
-    setToken(null);
-    askForToken(refused ? "That token was refused: it is invalid or has expired." : undefined);
-    return true;
-  },
-};
+function contextOfNextView() {
+  const view = shown;
+  return {
+    /** @param {unknown} error @returns {boolean} true when handled (asking for a token,
+     * or nothing when the view is gone) */
+    unauthorized(error) {
+      const status = error instanceof ApiError ? error.status : /** @type {any} */ (error)?.code;
+      if (status !== 401 && status !== 4401) return false;
+      if (view !== shown) return true;
+      const refused = getToken() !== null;
+      // Forgotten now, not when another is given: a reload would send it again, and ask
+      // only once it is refused again. A server away or busy (no answer, a 503) is no
+      // refusal, and its token is kept.
+      setToken(null);
+      askForToken(refused ? "That token was refused: it is invalid or has expired." : undefined);
+      return true;
+    },
+  };
+}
 
 /**
  * The session id of a `#/s/<id>` route, or null when it cannot be one: a link to the
@@ -123,6 +136,7 @@ function sessionIdOf(encoded) {
 
 function render() {
   current?.destroy();
+  shown += 1;
   showWho();
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query = ""] = hash.split("?", 2);
@@ -131,9 +145,9 @@ function render() {
     if (id === null) {
       current = null;
       notice(main, "No such session: the address names no valid session id.");
-    } else current = showSession(main, id, context);
+    } else current = showSession(main, id, contextOfNextView());
   } else {
-    current = showList(main, new URLSearchParams(query), context);
+    current = showList(main, new URLSearchParams(query), contextOfNextView());
   }
 }
 
