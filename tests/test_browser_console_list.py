@@ -235,6 +235,9 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
 
         page = await browser.new_page()
         await page.route("**/api/v1/sessions/over/events?*", hold_old_reads)
+        seen: list[str] = []  # every URL asked and every console line: no token in any
+        page.on("request", lambda request: seen.append(request.url))
+        page.on("console", lambda message: seen.append(message.text))
         await page.goto(console_url(server.port))
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{old}')")
         await page.goto(console_url(server.port, "#/s/over"))
@@ -254,6 +257,8 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         await expect(notes.last).to_contain_text("This session is closed")
         assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == new
         await expect(page.locator("#who-name")).to_have_text("alice (user)")
+        seen.append(await page.evaluate("location.href"))
+        assert [line for line in seen if old in line or new in line] == []
 
 
 async def test_a_token_is_kept_when_the_server_is_away_or_busy(browser: Any) -> None:
