@@ -151,3 +151,28 @@ test("a resume refused with 4409 after a restart's closed frame: the refusal's r
     await proxy.close();
   }
 });
+
+test("a listener that closes the client as it reconnects: every listener hears closed last", async () => {
+  const proxy = await droppingProxy(url);
+  const options = { sessionId: "closed-why-7", create: true, backoffInitial: 20 };
+  const client = await BambooClient.connect(proxy.url, options);
+  try {
+    client.on("state", ({ state }) => {
+      if (state === "reconnecting") void client.close();
+    });
+    /** @type {Array<[string, number | null | undefined]>} */
+    const heard = [];
+    client.on("state", ({ state, code }) => heard.push([state, code]));
+    const closed = closedOf(client);
+    proxy.drop(1012, "server restarting");
+    const seen = await closed;
+    assert.deepEqual([seen.code, seen.reason], [1000, "client closed"]);
+    assert.deepEqual(heard, [
+      ["reconnecting", 1012],
+      ["closed", 1000],
+    ]);
+    assert.equal(client.state, "closed");
+  } finally {
+    await proxy.close();
+  }
+});

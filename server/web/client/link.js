@@ -65,6 +65,8 @@ export class Link {
   #sleeper = null;
   /** @type {ConnectionState} */
   #connectionState = "connecting";
+  /** @type {StateChange[]} the state change being told (first), and any made meanwhile */
+  #stateChanges = [];
 
   /**
    * @param {BambooClient} client the public face: its events are dispatched on it, and
@@ -371,6 +373,16 @@ export class Link {
     this.#connectionState = state;
     /** @type {StateChange} */
     const detail = { state, ...why };
-    this.#client.dispatchEvent(new CustomEvent("state", { detail }));
+    const told = this.#stateChanges;
+    told.push(detail);
+    // A listener that changes the state as it is told of a change (`close()` as it
+    // hears "reconnecting") has the new change told once every listener heard the one
+    // before: told at once, the listeners after it would hear "closed" first, then
+    // "reconnecting" last, as if the client went on.
+    if (told.length > 1) return;
+    while (told.length > 0) {
+      this.#client.dispatchEvent(new CustomEvent("state", { detail: told[0] }));
+      told.shift();
+    }
   }
 }
