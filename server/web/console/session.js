@@ -175,11 +175,15 @@ class SessionView {
       // Replaced, and the session now under this id ended with no event of it shown
       // (as when the client, its resume refused, found another epoch's log over HTTP):
       // the page shows the earlier session, as when its catch-up read finds that.
+      // Why it ended: the end the client saw (the `closed` frame's reason when that came
+      // before the close, else the refusal's); `closedReason` may be the frame of a
+      // connection before it (a restart's "server restarting", then a refused resume).
+      const ended = client.error instanceof SessionEnded ? client.error.reason : null;
+      const reason = ended ?? client.closedReason ?? "client closed";
       if (replaced !== null) {
         replaced.line.remove();
-        const ended = client.error instanceof SessionEnded ? client.error.reason : null;
-        this.#replaced(replaced.after, client.closedReason ?? ended ?? "client closed");
-      } else this.#ended(client.closedReason ?? "client closed");
+        this.#replaced(replaced.after, reason);
+      } else this.#ended(reason);
     } catch (error) {
       if (!this.alive || this.context.unauthorized(error)) return;
       // The session ended while this page was behind: the events after `afterSeq`
