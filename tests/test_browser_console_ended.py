@@ -23,6 +23,8 @@ expect = playwright.expect
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
+ELLIPSIS = "\N{HORIZONTAL ELLIPSIS}"
+
 
 async def test_a_session_closed_during_a_restart_ends_the_tail_as_closed(
     browser: Any, tmp_path: Path
@@ -58,7 +60,7 @@ async def test_a_session_closed_during_a_restart_ends_the_tail_as_closed(
         await expect(state).to_have_attribute("data-state", "closed")
         await expect(notes).to_have_text(
             [
-                "Disconnected after #1 (1012 server restarting): reconnecting\N{HORIZONTAL ELLIPSIS}",
+                "Disconnected after #1 (1012 server restarting): reconnecting" + ELLIPSIS,
                 "Connection ended: 4409 session closed.",
                 "Session closed: session closed",
             ]
