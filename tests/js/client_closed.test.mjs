@@ -176,3 +176,32 @@ test("a listener that closes the client as it reconnects: every listener hears c
     await proxy.close();
   }
 });
+
+test("closed while a reconnect waits for its token: nothing more is asked", async () => {
+  // The attempt under way ends with the client's own end (`SessionEnded`, "client
+  // closed"): no check of the session over HTTP follows, nor a call for its token.
+  const proxy = await droppingProxy(url);
+  let calls = 0;
+  /** @type {(token: string) => void} */
+  let give = () => {};
+  const token = () => {
+    calls += 1;
+    return calls === 1 ? "any" : new Promise((resolve) => (give = resolve));
+  };
+  const options = { sessionId: "closed-why-8", create: true, backoffInitial: 20, token };
+  const client = await BambooClient.connect(proxy.url, options);
+  try {
+    const closed = closedOf(client);
+    proxy.cut();
+    await until(() => calls === 2);
+    const closing = client.close();
+    give("any");
+    await closing;
+    const seen = await closed;
+    assert.deepEqual([seen.code, seen.reason], [1000, "client closed"]);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(calls, 2);
+  } finally {
+    await proxy.close();
+  }
+});

@@ -284,6 +284,8 @@ export class Link {
         await this.open();
         return;
       } catch (failure) {
+        // Closed meanwhile (the attempt ends with that end): nothing more to ask.
+        if (state.failure !== null) return;
         if (failure instanceof Retry) error = failure;
         else if (failure instanceof SessionEnded) this.finish(await this.#endedWhileAway(failure));
         else this.finish(state.unlessBehind(asClientError(failure)));
