@@ -261,6 +261,33 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         assert [line for line in seen if old in line or new in line] == []
 
 
+async def test_a_token_refused_to_load_older_messages_is_forgotten(browser: Any) -> None:
+    """A closed session's page reads older messages when asked: a token that expired
+    meanwhile is refused there as on any other read of the page (401), forgotten, and
+    asked for again, instead of "Could not load messages" with the token kept."""
+    async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
+        alice = make_token("alice")
+        async with await BambooClient.connect(
+            ws_url(server), "long", create=True, token=alice
+        ) as agent:
+            for i in range(60):
+                await agent.send_message(Message.user(f"message {i}"))
+            await agent.set_state("closed")
+        short = make_token("alice", ttl=3)
+        expires_in = jwt.decode(short, options={"verify_signature": False})["exp"] - time.time()
+        page = await browser.new_page()
+        await page.goto(console_url(server.port))
+        await page.fill("#token-input", short)
+        await page.click("#login button[type=submit]")
+        await page.goto(console_url(server.port, "#/s/long"))
+        await expect(page.locator("#messages li")).to_have_count(50)
+        await asyncio.sleep(expires_in + 0.5)
+        await page.click("#older")
+        await expect(page.locator("#login .notice")).to_contain_text("refused")
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+        await expect(page.locator("#who-name")).to_have_count(0)
+
+
 async def test_a_token_is_kept_when_the_server_is_away_or_busy(browser: Any) -> None:
     """Only a refusal of the token (401, 4401) makes the console forget it: a read
     answered 503 (a proxy in front of a server that is down), or not answered at all,

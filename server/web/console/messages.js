@@ -41,10 +41,13 @@ export class MessageList {
   /**
    * @param {HTMLElement} status where a failed read is said
    * @param {() => boolean} alive whether the page still shows the session
+   * @param {(error: unknown) => boolean} [unauthorized] takes a refused token (401) in
+   *   hand, as every read of the page does (app.js): true when it did
    */
-  constructor(status, alive) {
+  constructor(status, alive, unauthorized = () => false) {
     this.status = status;
     this.alive = alive;
+    this.unauthorized = unauthorized;
     this.el = h("ol", { id: "messages", class: "messages" });
     this.older = h(
       "button",
@@ -85,7 +88,8 @@ export class MessageList {
         if (this.alive()) this.#showPage(stored);
       })
       .catch((error) => {
-        if (this.alive()) this.status.append(` Could not load messages: ${error}`);
+        if (this.alive() && !this.unauthorized(error))
+          this.status.append(` Could not load messages: ${error}`);
       });
   }
 
@@ -102,7 +106,8 @@ export class MessageList {
       }
       this.#prepend(page.messages, page.hasMore);
     } catch (error) {
-      if (this.alive()) this.status.textContent = `Could not load messages: ${error}`;
+      if (this.alive() && !this.unauthorized(error))
+        this.status.textContent = `Could not load messages: ${error}`;
     } finally {
       this.older.removeAttribute("disabled");
     }

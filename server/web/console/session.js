@@ -67,7 +67,8 @@ class SessionView {
     this.meta = h("dl", { id: "meta", class: "meta" });
     this.presence = h("div", { id: "presence" });
     this.actions = h("div", { id: "actions" });
-    this.messages = new MessageList(this.status, () => this.alive);
+    const unauthorized = (/** @type {unknown} */ error) => context.unauthorized(error);
+    this.messages = new MessageList(this.status, () => this.alive, unauthorized);
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
     this.connState = connBadge();
