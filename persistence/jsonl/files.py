@@ -86,15 +86,16 @@ def read_file(path: Path) -> bytes | None:
 # The most one pread asks for: it allocates what it asks for before it reads, and a
 # damaged index entry's length (a u32) asked for 4 GiB of a file of a few KiB.
 READ_AT_CHUNK = 1 << 20
-MAX_FILE_OFFSET = 2**63 - 1  # off_t: a damaged u64 offset past it is past any file
+# off_t's largest: the kernel refuses (EINVAL) a pread whose offset plus count passes
+# it, so a read stops there: a damaged u64 offset near or past it is past any file.
+MAX_FILE_OFFSET = 2**63 - 1
 
 
 def read_at(fd: int, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset`` (fewer only at the end of the file, none past
     it): a damaged offset or length, however large, reads what the file holds."""
     chunks = []
-    if offset > MAX_FILE_OFFSET:
-        return b""
+    length = min(length, MAX_FILE_OFFSET - offset)
     while length > 0:
         chunk = os.pread(fd, min(length, READ_AT_CHUNK), offset)
         if not chunk:
