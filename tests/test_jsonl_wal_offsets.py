@@ -51,3 +51,45 @@ async def test_a_damaged_record_offset_never_cuts_synced_lines(
         assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 7
         logs_kept = [p for p in await storage.damaged_files() if p.parent.name == "events"]
     assert logs_kept == []
+
+
+async def seq_damaged_image(tmp_path: Path, record_seq: int, log_ends: str) -> JsonlStorageConfig:
+    """Session ``s`` with seqs 1..6 and a WAL segment whose record of seqs 4..6 has the
+    right offset but says it starts at ``record_seq``; the log holds every line (a kill
+    -9), or was cut by a power cut in the middle of seq 5's line, or right after seq 3."""
+    config = JsonlStorageConfig(tmp_path / "data")
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s", user_id="u"))
+        for n in range(6):
+            await storage.append_event("s", AgentEvent.token(f"t{n}"))
+    log = tmp_path / "data/events/s.jsonl"
+    data = log.read_bytes()
+    lines = data.splitlines(keepends=True)
+    half = len(b"".join(lines[:3]))
+    (tmp_path / "data/wal").mkdir(exist_ok=True)
+    segment = tmp_path / "data/wal/0000000000000001.wal"
+    segment.write_bytes(wal.encode_lines("s", record_seq, half, data[half:]))
+    cut = {"whole": len(data), "in seq 5": len(b"".join(lines[:4])) + 5, "after seq 3": half}
+    os.truncate(log, cut[log_ends])
+    (tmp_path / "data/index/snapshot.msgpack").unlink()
+    return config
+
+
+@pytest.mark.parametrize("record_seq", [2, 3, 5, 40])
+@pytest.mark.parametrize("log_ends", ["whole", "in seq 5", "after seq 3"])
+async def test_a_damaged_record_seq_neither_loses_nor_repeats_a_line(
+    tmp_path: Path, record_seq: int, log_ends: str
+) -> None:
+    # The record's lines are under its CRC, and each holds its seq: replay took the
+    # record's own seq field instead, outside the CRC. With a seq too low, the log's
+    # lines past the record's supposed last seq were cut as an unacknowledged tail:
+    # acknowledged seqs 5 and 6 lost. With one too high, seqs 4..6 appended again
+    # after a log that holds them, or a new epoch for a log that lacks nothing.
+    config = await seq_damaged_image(tmp_path, record_seq, log_ends)
+    async with await JsonlStorage.open(config) as storage:
+        assert [e.seq for e in await storage.read_events("s")] == [1, 2, 3, 4, 5, 6]
+        tokens = [e.event for e in await storage.read_events("s", 3)]
+        assert tokens == [AgentEvent.token(f"t{n}") for n in (3, 4, 5)]
+        assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 7
+        kept = {p.parent.name for p in await storage.damaged_files()}
+    assert "wal" in kept  # a damaged WAL is kept aside for an operator

@@ -224,7 +224,11 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             entry = pending.get(record.sid)
             if entry is None:
                 entry = pending[record.sid] = _Pending()
-            entry.add(record.seq, record.off, [bytes(line) for line in record.lines])
+            lines_of = [bytes(line) for line in record.lines]
+            seq = _first_seq(record.sid, record.seq, lines_of[0])
+            if seq != record.seq:
+                report.segments_kept = True
+            entry.add(seq, record.off, lines_of)
     if holes.damage_in:
         log.error(
             "WAL segment %d: a lost record (zero bytes, or one that does not decode) is "
@@ -335,6 +339,26 @@ def _replay_session(
         _append(path, missing)
         report.events_replayed += len(missing)
         log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
+
+
+def _first_seq(session_id: str, said: int, first_line: bytes) -> int:
+    """The seq of a record's first line: its ``seq`` field is outside its CRC, its lines
+    (each holding its seq) are not. A damaged field saying less had acknowledged lines
+    cut as a tail past the record's end."""
+    try:
+        held = decode_key(first_line).seq
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return said  # a line of another format: the field is all there is
+    if held != said:
+        log.error(
+            "session %r: a WAL record says its lines start at seq %d, and its first line "
+            "holds seq %d; the WAL is damaged: replayed by its lines' seqs, and the WAL "
+            "segments are kept aside",
+            session_id,
+            said,
+            held,
+        )
+    return held
 
 
 def _fits(path: Path, offset: int, seq: int) -> bool:
