@@ -31,6 +31,7 @@ from websockets.server import ServerProtocol
 
 from bamboo_session.protocol.parsed_frames import handed_on
 
+from .close_bound import ClosingBound
 from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
@@ -48,11 +49,12 @@ PARSE_SLICE = 4096
 OPEN_TIMEOUT = 10.0
 
 
-class BambooConnection(AnsweringConnection):
+class BambooConnection(ClosingBound, AnsweringConnection):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
-    that pings without reading the pongs would grow that buffer without end."""
+    that pings without reading the pongs would grow that buffer without end. A close
+    websockets starts itself ends within the close timeout (close_bound.py)."""
 
     # The account of bytes read before the answer (http_requests.py), and this
     # connection's charge to it.
