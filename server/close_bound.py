@@ -1,10 +1,11 @@
 """A close that websockets starts itself, bounded by ``--close-timeout`` like the
 server's own (server/closing.py ``close_within``).
 
-websockets closes a connection on its own in places the server never sees: the
-keepalive's 1011 when a Pong does not come in time, a 1002 or 1009 for a frame the peer
-got wrong. Each writes its close frame, then waits for the socket's buffer to drain
-below its low-water mark, with no deadline, and only then starts its close timer. A
+websockets closes a connection on its own where the server never sees it: the
+keepalive's 1011 when a Pong does not come in time. It writes its close frame, then
+waits for the socket's buffer to drain below its low-water mark, with no deadline, and
+only then waits out its close timer. (A close for a frame the peer got wrong, 1002 or
+1009, waits for no drain: the handler's own close then finds the deadline.) A
 peer that reads slowly but steadily (a replay taken at 1 KiB/s) keeps that buffer above
 the mark for minutes: its connection stayed open, holding its replay page in the
 memory budget and its place among the session's connections, as long as the peer

@@ -53,8 +53,8 @@ class BambooConnection(ClosingBound, AnsweringConnection):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
-    that pings without reading the pongs would grow that buffer without end. A close
-    websockets starts itself ends within the close timeout (close_bound.py)."""
+    that pings without reading the pongs would grow that buffer without end. The
+    keepalive's close ends within the close timeout (close_bound.py)."""
 
     # The account of bytes read before the answer (http_requests.py), and this
     # connection's charge to it.
