@@ -3,6 +3,7 @@ bounds in bytes, and the storage stays correct whatever they dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import tracemalloc
 from pathlib import Path
@@ -111,6 +112,39 @@ async def test_keys_stay_known_when_their_window_was_dropped(tmp_path: Path, ret
             again = await storage.append_event(f"s{n}", AgentEvent.token("x"), retried)
             assert again == Appended(5, duplicate=True)
         assert storage._appends.keys.bytes <= budget
+
+
+async def test_a_retry_finds_its_key_when_the_window_was_dropped_before_its_append(
+    tmp_path: Path,
+) -> None:
+    # A cache that holds one window: s1's, read from its log for A, is dropped for s2's
+    # (read for B in the same turns) before A resumes; C, A's retry a few turns later
+    # while A is not written yet, read s1's window again from the log, without A's key,
+    # and was stored as a new event (23 retries of 400 before).
+    config = JsonlStorageConfig(tmp_path, durability="os").with_caches(
+        key_bytes=WINDOW_BYTES + 2000
+    )
+    stored_twice = []
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("s1", "s2", "s3"):
+            await storage.create_session(Session.new(session_id))
+        for i in range(300):
+            await storage.append_event("s3", AgentEvent.token("x"), f"z{i}")  # drops s1's, s2's
+            first = asyncio.ensure_future(
+                storage.append_event("s1", AgentEvent.token("x"), f"k{i}")
+            )
+            other = asyncio.ensure_future(
+                storage.append_event("s2", AgentEvent.token("x"), f"j{i}")
+            )
+            for _ in range(i % 12):
+                await asyncio.sleep(0)
+            retry = asyncio.ensure_future(
+                storage.append_event("s1", AgentEvent.token("x"), f"k{i}")
+            )
+            appended, _, again = await asyncio.gather(first, other, retry)
+            if not appended.duplicate and not again.duplicate:
+                stored_twice.append(i)
+    assert stored_twice == []
 
 
 async def test_histories_stay_whole_with_a_tiny_message_cache(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ class Appender:
         self._messages = messages
         self._feed = feed
         self.keys = KeyWindows(KEY_WINDOWS_KEPT, config.key_cache_bytes)
-        self._keys_loading: dict[str, asyncio.Future[KeyWindow]] = {}
+        self._keys_loading: dict[str, asyncio.Future[tuple[SessionRecord, KeyWindow]]] = {}
         wal = SegmentFile(self.layout, config.wal_segment_bytes, config.wal_segment_age)
         self.writer = LogWriter(
             self.layout,
@@ -180,9 +180,22 @@ class Appender:
             loading = asyncio.ensure_future(self._read_key_window(session_id))
             self._keys_loading[session_id] = loading
             loading.add_done_callback(lambda _: self._keys_loading.pop(session_id, None))
-        return await asyncio.shield(loading)
+        record, window = await asyncio.shield(loading)
+        # Loaded and kept, then maybe dropped before this caller resumed: another
+        # session's window, kept in the same turns, made room (this session had no
+        # append in flight then). Its append is about to go in it, with no await
+        # between: kept again, it is the session's window while that append is in
+        # flight, and a retry of its key finds it there. Read again from the log
+        # instead, it missed the append not yet written: the retry was stored twice.
+        cached = self.keys.get(session_id)
+        if cached is not None:
+            return cached
+        if self._records.get(session_id) is record:  # not of a log that went meanwhile
+            self.keys.put(session_id, window, self._busy)
+        return window
 
-    async def _read_key_window(self, session_id: str) -> KeyWindow:
+    async def _read_key_window(self, session_id: str) -> tuple[SessionRecord, KeyWindow]:
+        """The session's key window read from its log, and the record it was read for."""
         record = self._records[session_id]
         start = max(0, record.meta.last_seq - KEY_WINDOW)
         low, high = record.bracket(start)
@@ -192,9 +205,14 @@ class Appender:
         for seq, key in pairs:
             window.add(key, seq)
         if self._records.get(session_id) is record:
+            cached = self.keys.get(session_id)
+            if cached is not None:
+                # Kept again by an earlier load's caller while this one read: it holds
+                # the keys of appends this read may have missed.
+                return record, cached
             window.forget_before(record.meta.last_seq)
             self.keys.put(session_id, window, self._busy)
-        return window
+        return record, window
 
     def _busy(self, session_id: str) -> bool:
         """Whether appends to the session are in flight (its key window holds them)."""
