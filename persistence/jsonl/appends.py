@@ -180,7 +180,7 @@ class Appender:
             loading = asyncio.ensure_future(self._read_key_window(session_id))
             self._keys_loading[session_id] = loading
             loading.add_done_callback(lambda _: self._keys_loading.pop(session_id, None))
-        record, window = await asyncio.shield(loading)
+        record, loaded = await asyncio.shield(loading)
         # Loaded and kept, then maybe dropped before this caller resumed: another
         # session's window, kept in the same turns, made room (this session had no
         # append in flight then). Its append is about to go in it, with no await
@@ -191,8 +191,8 @@ class Appender:
         if cached is not None:
             return cached
         if self._records.get(session_id) is record:  # not of a log that went meanwhile
-            self.keys.put(session_id, window, self._busy)
-        return window
+            self.keys.put(session_id, loaded, self._busy)
+        return loaded
 
     async def _read_key_window(self, session_id: str) -> tuple[SessionRecord, KeyWindow]:
         """The session's key window read from its log, and the record it was read for."""
