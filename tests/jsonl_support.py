@@ -3,6 +3,9 @@ and sessions made in a storage (``make``, ``populate``)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +13,17 @@ from bamboo_session.persistence import JsonlStorage
 from bamboo_session.persistence.jsonl import JsonlStorageConfig, checkpoint
 from bamboo_session.persistence.jsonl.checkpoint import Checkpoint
 from bamboo_session.protocol.models import Message, Session, SessionState, utcnow
+
+JSONL_CHILD = Path(__file__).with_name("jsonl_child.py")
+
+
+def killed_child(mode: str, base: Path, count: int = 5) -> subprocess.CompletedProcess[str]:
+    """tests/jsonl_child.py run in ``mode`` over ``base``, checked to have ended by its
+    own kill -9 (each mode kills itself at the instant it is about)."""
+    argv = [sys.executable, str(JSONL_CHILD), mode, str(base), str(count)]
+    child = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    return child
 
 
 def saved(config: JsonlStorageConfig, session_id: str) -> Checkpoint:

@@ -11,9 +11,6 @@ import asyncio
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +20,8 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, MessageEvent
 from tests import kills
+from tests.jsonl_support import JSONL_CHILD, killed_child
 
-CHILD = Path(__file__).with_name("jsonl_child.py")
 ROUNDS = 6
 ENOUGH = 51  # acknowledged appends, over all the rounds
 
@@ -50,7 +47,7 @@ class Acked:
 def run_and_kill(base: Path, seed: int, rng: random.Random, acks: int = 0) -> list[str]:
     """Start a child, kill it at a random instant (with ``acks``: after that many
     acknowledgements), return its complete ack lines."""
-    return kills.run_and_kill(kills.child_argv(CHILD, base, seed), rng, late=0.4, acks=acks)
+    return kills.run_and_kill(kills.child_argv(JSONL_CHILD, base, seed), rng, late=0.4, acks=acks)
 
 
 async def verify(base: Path, acked: Acked) -> None:
@@ -115,13 +112,7 @@ def test_a_kill_between_write_and_sync_is_no_damage(
     batch was never acknowledged, and the next open cuts it as ordinary recovery, at
     info level, keeping no ``.damaged-`` file."""
     base = tmp_path / "data"
-    child = subprocess.run(
-        [sys.executable, str(CHILD), "killsync", str(base), "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    child = killed_child("killsync", base)
     assert child.stdout.splitlines() == ["acked"]
     lines = (base / "events" / "k.jsonl").read_bytes().splitlines()
     assert len(lines) == 8, "the unacknowledged batch should be in the log before the open"
@@ -151,13 +142,7 @@ def test_a_delete_told_failed_stays_undone_after_a_kill(tmp_path: Path, power_cu
     a power cut too (its log's unsynced lines lost: here, all of them), the WAL's
     records of its events count again after the cancellation, and restore them."""
     base = tmp_path / "data"
-    child = subprocess.run(
-        [sys.executable, str(CHILD), "faileddelete", str(base), "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    child = killed_child("faileddelete", base)
     assert child.stdout.splitlines() == ["told failed"]
     blocker = JsonlStorageConfig(base).layout.tombstone("d")
     (blocker / "x").unlink()  # the test's obstacle, not the store's
@@ -189,13 +174,7 @@ def test_an_append_sharing_a_commit_with_the_cancellation_is_not_a_new_session(
     session's (then the earlier records stay forgotten, and with a power cut the
     acknowledged events before it are lost)."""
     base = tmp_path / "data"
-    child = subprocess.run(
-        [sys.executable, str(CHILD), "faileddelete-racing", str(base), "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    child = killed_child("faileddelete-racing", base)
     assert sorted(child.stdout.splitlines()) == ["appended during 6", "told failed"]
     blocker = JsonlStorageConfig(base).layout.tombstone("d")
     (blocker / "x").unlink()

@@ -12,17 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError, UserFull
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
+from tests.jsonl_support import killed_child
 
-CHILD = Path(__file__).with_name("jsonl_child.py")
 USER_CAP = 64 * 1024
 
 
@@ -102,13 +99,7 @@ def test_a_tombstone_path_taken_after_a_kill(tmp_path: Path) -> None:
             await storage.append_event("o", AgentEvent.token("other"))
 
     asyncio.run(other_session())
-    child = subprocess.run(
-        [sys.executable, str(CHILD), "faileddelete", str(base), "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    child = killed_child("faileddelete", base)
     assert child.stdout.splitlines() == ["told failed"]
 
     async def reopen() -> None:
@@ -169,13 +160,7 @@ def test_a_delete_whose_directory_sync_fails_took_effect(tmp_path: Path) -> None
     (no descriptor left): a kill -9 at that instant leaves the session deleted (the next
     open finishes it), so the caller is told it is deleted, not that the delete failed."""
     base = tmp_path / "data"
-    child = subprocess.run(
-        [sys.executable, str(CHILD), "syncfaildelete", str(base), "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    child = killed_child("syncfaildelete", base)
     assert "the sync of its directory failed" in child.stderr
     told = child.stdout.splitlines()
 
@@ -254,13 +239,7 @@ def test_a_delete_whose_sync_fails_after_its_segment_retired_stays_recorded(
     kill -9 (tests/jsonl_child.py); the open finishes the delete from the WAL."""
     base = tmp_path / "data"
     layout = JsonlStorageConfig(base).layout
-    child = subprocess.run(
-        [sys.executable, str(CHILD), "retiredsyncfaildelete", str(base), "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    child = killed_child("retiredsyncfaildelete", base)
     assert "the sync of its directory failed" in child.stderr
     assert child.stdout.splitlines() == ["deleted"]
     layout.tombstone("d").replace(layout.checkpoint("d"))  # the rename a power cut lost
