@@ -17,7 +17,8 @@ and the missing lines are appended from the segments, gap-free. Seqs the WAL
 acknowledged but cannot restore are reported (``unrestored``: open starts a new epoch
 for the session). Then every log the segments cover is synced, whether replay wrote to
 it or not (after a kill -9 its lines may sit in the page cache alone), and only then
-are the segments deleted.
+are the segments deleted. A record's fields outside its CRC (its seq, its offset) are
+checked against its lines and the log first (``wal_fields.py``).
 
 Everything here blocks; it runs in worker threads.
 """
@@ -42,6 +43,7 @@ from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
 from .wal import ReadRecord, decode_record, sync_log
+from .wal_fields import first_seq_held, fits_log
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             if entry is None:
                 entry = pending[record.sid] = _Pending()
             lines_of = [bytes(line) for line in record.lines]
-            seq = _first_seq(record.sid, record.seq, lines_of[0])
+            seq = first_seq_held(record.sid, record.seq, lines_of[0])
             if seq != record.seq:
                 report.segments_kept = True
             entry.add(seq, record.off, lines_of)
@@ -278,7 +280,7 @@ def _replay_session(
         size = -1
     first = min(pending.lines)
     first_offset = pending.lines[first][0]
-    if 0 <= first_offset <= size and not _fits(path, first_offset, first):
+    if 0 <= first_offset <= size and not fits_log(path, first_offset, first):
         # A record's seq and offset are outside its CRC: one damaged said a line the
         # log holds whole was where its own begins, and replay cut the synced lines
         # from there. The log is read from its start instead; the WAL's lines it lacks
@@ -339,43 +341,6 @@ def _replay_session(
         _append(path, missing)
         report.events_replayed += len(missing)
         log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
-
-
-def _first_seq(session_id: str, said: int, first_line: bytes) -> int:
-    """The seq of a record's first line: its ``seq`` field is outside its CRC, its lines
-    (each holding its seq) are not. A damaged field saying less had acknowledged lines
-    cut as a tail past the record's end."""
-    try:
-        held = decode_key(first_line).seq
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return said  # a line of another format: the field is all there is
-    if held != said:
-        log.error(
-            "session %r: a WAL record says its lines start at seq %d, and its first line "
-            "holds seq %d; the WAL is damaged: replayed by its lines' seqs, and the WAL "
-            "segments are kept aside",
-            session_id,
-            said,
-            held,
-        )
-    return held
-
-
-def _fits(path: Path, offset: int, seq: int) -> bool:
-    """Whether the log may hold ``seq``'s line at ``offset``, as a WAL record says: the
-    offset starts a line, and a whole line there, if the log holds one, is ``seq``'s (a
-    line that does not decode is a crash's torn tail, which replay cuts)."""
-    with open(path, "rb") as file:
-        if offset > 0:
-            file.seek(offset - 1)
-            if file.read(1) != b"\n":
-                return False
-        for _start, _end, raw in raw_lines(file, offset):
-            try:
-                return decode_key(raw).seq == seq
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                return True
-    return True
 
 
 def _append(path: Path, lines: list[bytes]) -> None:
