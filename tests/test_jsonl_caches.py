@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -145,6 +146,38 @@ async def test_a_retry_finds_its_key_when_the_window_was_dropped_before_its_appe
             if not appended.duplicate and not again.duplicate:
                 stored_twice.append(i)
     assert stored_twice == []
+
+
+async def test_a_key_window_read_while_its_append_was_written_holds_its_key(
+    tmp_path: Path,
+) -> None:
+    # The same race one step on: C found no window (A's was dropped before A resumed)
+    # and began reading s1's log; A resumed, kept its window again and was written,
+    # then that window was dropped too (no append in flight any more), all while C's
+    # read waited for a thread. C kept what it read, the log as it was when its read
+    # began, without A's key: A's retry was stored as a new event.
+    config = JsonlStorageConfig(tmp_path, durability="os")
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s1"))
+        appends, jobs = storage._appends, storage._jobs
+        window = await appends.key_window("s1")  # A's, read from the log
+        appends.keys.drop("s1")  # dropped for another session's before A resumed
+        release = threading.Event()
+        held = [asyncio.ensure_future(jobs.run(release.wait)) for _ in range(jobs.threads)]
+        for _ in range(3):  # every file thread taken: C's read waits for one
+            await asyncio.sleep(0)
+        reading = asyncio.ensure_future(appends.key_window("s1"))  # C's
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not reading.done()
+        appends.keys.put("s1", window, appends._busy)  # A resumed: its window kept again
+        await appends.append(storage._record("s1"), [(AgentEvent.token("x"), "k")], window)
+        appends.keys.drop("s1")  # dropped again for another session's: A is written
+        release.set()
+        await asyncio.gather(*held)
+        await reading
+        again = await storage.append_event("s1", AgentEvent.token("x"), "k")
+        assert again.duplicate, "the retry was stored as a new event"
 
 
 async def test_histories_stay_whole_with_a_tiny_message_cache(tmp_path: Path) -> None:

@@ -197,21 +197,30 @@ class Appender:
     async def _read_key_window(self, session_id: str) -> tuple[SessionRecord, KeyWindow]:
         """The session's key window read from its log, and the record it was read for."""
         record = self._records[session_id]
-        start = max(0, record.meta.last_seq - KEY_WINDOW)
-        low, high = record.bracket(start)
         path = self.layout.log_file(session_id)
-        pairs = await self._jobs.run(keys_after, path, start, low, high, record.log_size)
         window = KeyWindow()
-        for seq, key in pairs:
-            window.add(key, seq)
-        if self._records.get(session_id) is record:
+        after = max(0, record.meta.last_seq - KEY_WINDOW)
+        while True:
+            # The log as written now. An append may be written while this reads: one
+            # of an earlier load's caller, whose window was kept again (key_window)
+            # and dropped once it was written. Its key is read in the next round.
+            read_to, end = record.meta.last_seq, record.log_size
+            low, high = record.bracket(after)
+            pairs = await self._jobs.run(keys_after, path, after, low, high, end)
+            for seq, key in pairs:
+                window.add(key, seq)
+            if self._records.get(session_id) is not record:
+                return record, window  # a log that went meanwhile: nothing kept
             cached = self.keys.get(session_id)
             if cached is not None:
                 # Kept again by an earlier load's caller while this one read: it holds
                 # the keys of appends this read may have missed.
                 return record, cached
-            window.forget_before(record.meta.last_seq)
-            self.keys.put(session_id, window, self._busy)
+            if record.meta.last_seq <= read_to:  # nothing written since it began
+                break
+            after = read_to
+        window.forget_before(record.meta.last_seq)
+        self.keys.put(session_id, window, self._busy)
         return record, window
 
     def _busy(self, session_id: str) -> bool:
