@@ -17,18 +17,23 @@ from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.models import AgentEvent, Session
 
 
-async def crash_image(tmp_path: Path, wrong: str | None) -> JsonlStorageConfig:
-    """Session ``s`` with seqs 1..6, its log cut after seq 3 (where the crash left it),
-    and a WAL segment whose record of seqs 4..6 says they start where ``wrong`` says
-    (None: where they do)."""
+async def six_tokens(tmp_path: Path) -> tuple[JsonlStorageConfig, bytes, list[bytes]]:
+    """A store with session ``s`` of seqs 1..6, and its log's bytes and lines."""
     config = JsonlStorageConfig(tmp_path / "data")
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s", user_id="u"))
         for n in range(6):
             await storage.append_event("s", AgentEvent.token(f"t{n}"))
+    data = (tmp_path / "data/events/s.jsonl").read_bytes()
+    return config, data, data.splitlines(keepends=True)
+
+
+async def crash_image(tmp_path: Path, wrong: str | None) -> JsonlStorageConfig:
+    """Session ``s`` with seqs 1..6, its log cut after seq 3 (where the crash left it),
+    and a WAL segment whose record of seqs 4..6 says they start where ``wrong`` says
+    (None: where they do)."""
+    config, data, lines = await six_tokens(tmp_path)
     log = tmp_path / "data/events/s.jsonl"
-    data = log.read_bytes()
-    lines = data.splitlines(keepends=True)
     half = len(b"".join(lines[:3]))
     offsets = {None: half, "zero": 0, "mid-line": half - 5, "seq 2's start": len(lines[0])}
     (tmp_path / "data/wal").mkdir(exist_ok=True)
@@ -57,14 +62,8 @@ async def seq_damaged_image(tmp_path: Path, record_seq: int, log_ends: str) -> J
     """Session ``s`` with seqs 1..6 and a WAL segment whose record of seqs 4..6 has the
     right offset but says it starts at ``record_seq``; the log holds every line (a kill
     -9), or was cut by a power cut in the middle of seq 5's line, or right after seq 3."""
-    config = JsonlStorageConfig(tmp_path / "data")
-    async with await JsonlStorage.open(config) as storage:
-        await storage.create_session(Session.new("s", user_id="u"))
-        for n in range(6):
-            await storage.append_event("s", AgentEvent.token(f"t{n}"))
+    config, data, lines = await six_tokens(tmp_path)
     log = tmp_path / "data/events/s.jsonl"
-    data = log.read_bytes()
-    lines = data.splitlines(keepends=True)
     half = len(b"".join(lines[:3]))
     (tmp_path / "data/wal").mkdir(exist_ok=True)
     segment = tmp_path / "data/wal/0000000000000001.wal"
