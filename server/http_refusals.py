@@ -6,8 +6,10 @@ peer sent).
 A request's head is checked here line by line as it is read (http_requests.py
 ``_HeadReader``), against RFC 9112 and RFC 9110, before websockets' parser sees each
 line: a fault is raised as :class:`MalformedHead`, whose message is the answer's
-(400). websockets' parser checks the same, so what it refuses after these checks is
-only what they missed, answered in general words. A failed upgrade is worded from the
+(400). A line websockets would misread is handed to it in the one form it takes
+(:class:`HeadChecks`): a Content-Length of ``00`` as ``0``, not a body; an HTTP/1.2
+request line as HTTP/1.1, not 505. websockets' parser checks the same, so what it
+refuses after these checks is only what they missed, answered in general words. A failed upgrade is worded from the
 exception websockets raised (``protocol.handshake_exc``): :func:`upgrade_refusal`.
 """
 
@@ -33,6 +35,9 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]+")
 _HTTP_VERSION = re.compile(rb"HTTP/[0-9](\.[0-9])?")
+# HTTP/1.2 to 1.9: a later minor version of the major version served here, answered as
+# the highest minor version it serves, HTTP/1.1 (RFC 9112 2.3, RFC 9110 6.2).
+_LATER_MINOR_VERSION = re.compile(rb"HTTP/1\.[2-9]")
 # RFC 3986's characters are printable ASCII: a control character or a space in a target
 # could only be a fault (RFC 9112 3.2), and one a proxy in front may read otherwise.
 _TARGET_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
@@ -81,7 +86,9 @@ def request_line_fault(line: bytes) -> tuple[http.HTTPStatus, str] | None:
     """The answer to a request line meant as one (:func:`looks_like_request_line`) that
     is not ``METHOD TARGET HTTP/1.1`` (or HTTP/1.0); None for one that is."""
     parts = _without_line_end(line).split(b" ")
-    if len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0"):
+    if len(parts) == 3 and (
+        parts[2] in (b"HTTP/1.1", b"HTTP/1.0") or _LATER_MINOR_VERSION.fullmatch(parts[2])
+    ):
         return None
     if len(parts) == 3 and _HTTP_VERSION.fullmatch(parts[2]):
         version = parts[2].decode("ascii")
@@ -104,28 +111,36 @@ class MalformedHead(ValueError):
 
 
 class HeadChecks:
-    """The checks of one request's head, a line at a time, as it is read."""
+    """The checks of one request's head, a line at a time, as it is read. Each check
+    returns the line websockets' parser is to read: the line itself, or the same in the
+    one form that parser takes (an HTTP/1.2 request line as HTTP/1.1, a Content-Length
+    as its value in digits without leading zeros)."""
 
     __slots__ = ("content_length",)
 
     def __init__(self) -> None:
-        self.content_length: bytes | bytearray | None = None  # the first one's value
+        self.content_length: bytes | None = None  # the first one's value, as a number
 
-    def request_line(self, line: bytes | bytearray) -> None:
+    def request_line(self, line: bytes | bytearray) -> bytes | bytearray:
         if not line.endswith(b"\r\n"):
             raise MalformedHead(BARE_LF)
-        target = line.split(b" ", 2)[1:2]  # absent in a line that is not one
-        if target and _TARGET_CONTROL.search(target[0]):
+        parts = line[:-2].split(b" ")
+        if len(parts) > 1 and _TARGET_CONTROL.search(parts[1]):
             raise MalformedHead(TARGET_CONTROL)
+        if len(parts) == 3 and _LATER_MINOR_VERSION.fullmatch(parts[2]):
+            # websockets refuses any version but 1.1 and 1.0 (ValueError, then 505):
+            # it reads this one as the 1.1 it is served as, upgrades included.
+            return b"%s %s HTTP/1.1\r\n" % (parts[0], parts[1])
+        return line
 
-    def header_line(self, line: bytes | bytearray) -> None:
+    def header_line(self, line: bytes | bytearray) -> bytes | bytearray:
         """Raises :class:`MalformedHead` unless ``line`` (CRLF included) is a valid
         header line, or the empty line that ends the head."""
         if not line.endswith(b"\r\n"):
             raise MalformedHead(BARE_LF)
-        line = line[:-2]
+        whole, line = line, line[:-2]
         if not line:
-            return
+            return whole
         if line[:1] in (b" ", b"\t"):
             raise MalformedHead(OBS_FOLD)
         name, colon, value = line.partition(b":")
@@ -140,17 +155,30 @@ class HeadChecks:
         if not _FIELD_VALUE.fullmatch(value):
             raise MalformedHead(f"the value of {shown} has control characters (RFC 9110 5.5)")
         if name.lower() == b"content-length":
-            self._content_length(value)
+            # websockets takes "0" alone for no body: "00" was answered 405, as a body.
+            return b"%s: %s\r\n" % (name, self._content_length(value))
+        return whole
 
-    def _content_length(self, value: bytes | bytearray) -> None:
-        if not _DIGITS.fullmatch(value):
-            raise MalformedHead(BAD_CONTENT_LENGTH)
-        if self.content_length is None:
-            self.content_length = value
-        elif value.lstrip(b"0") != self.content_length.lstrip(b"0"):
-            # Compared as digits, not as int(): Python refuses to convert more than
-            # 4,300 digits (ValueError), which was answered as not HTTP at all.
+    def _content_length(self, value: bytes | bytearray) -> bytes:
+        """The number of bytes a Content-Length says, in digits without leading zeros
+        ("0" for none). A list of the same number (``0, 0``, as an upstream that joins
+        header lines may send) is that number, as several lines of it are (RFC 9110
+        8.6); numbers that differ, in one line or several, are refused."""
+        numbers = {_number(element.strip(b" \t")) for element in value.split(b",")}
+        if self.content_length is not None:
+            numbers.add(self.content_length)
+        if len(numbers) > 1:
             raise MalformedHead(CONTENT_LENGTHS_DIFFER)
+        self.content_length = numbers.pop()
+        return self.content_length
+
+
+def _number(digits: bytes | bytearray) -> bytes:
+    """``digits`` without leading zeros, compared as text, not as int(): Python refuses
+    to convert more than 4,300 digits (ValueError), which was answered as not HTTP."""
+    if not _DIGITS.fullmatch(digits):
+        raise MalformedHead(BAD_CONTENT_LENGTH)
+    return bytes(digits.lstrip(b"0") or b"0")
 
 
 _TOKEN_RULE = "letters, digits and !#$%&'*+-.^_`|~ only (RFC 9110 5.6.2)"

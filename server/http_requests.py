@@ -189,14 +189,12 @@ class _HeadReader:
             line = yield from self.protocol.reader.read_line(limit, too_long)
             self.left -= len(line)
             if self.first_line:
-                self.checks.header_line(line)
-                return line
+                return self.checks.header_line(line)
             if line == b"\r\n" and self.skipped < MAX_LEADING_EMPTY_LINES:
                 self.skipped += 1
                 continue
             self.first_line.append(bytes(line))
-            self.checks.request_line(line)
-            return line
+            return self.checks.request_line(line)
 
 
 def parse_request(protocol: ServerProtocol) -> Generator[None]:
