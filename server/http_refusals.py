@@ -9,8 +9,9 @@ line: a fault is raised as :class:`MalformedHead`, whose message is the answer's
 (400). A line websockets would misread is handed to it in the one form it takes
 (:class:`HeadChecks`): a Content-Length of ``00`` as ``0``, not a body; an HTTP/1.2
 request line as HTTP/1.1, not 505. websockets' parser checks the same, so what it
-refuses after these checks is only what they missed, answered in general words. A failed upgrade is worded from the
-exception websockets raised (``protocol.handshake_exc``): :func:`upgrade_refusal`.
+refuses after these checks is only what they missed, answered in general words. A
+failed upgrade is worded from the exception websockets raised
+(``protocol.handshake_exc``): :func:`upgrade_refusal`.
 """
 
 from __future__ import annotations
