@@ -48,7 +48,7 @@ from .limits import ConnectionCounter, connection_cap
 from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
-from .origins import RequestGuard
+from .origins import MALFORMED_AUTHORITY, RequestGuard, is_malformed_authority
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
@@ -334,7 +334,12 @@ class BambooServer:
             if len(request.headers.get_all(name)) > 1:
                 message = f"more than one {name} header"
                 return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
-        if not self.guard.host_allowed(request.headers.get("Host")):
+        host = request.headers.get("Host")
+        if host is not None and is_malformed_authority(host):
+            # Whatever the host checks allow: a server refuses an invalid Host (RFC
+            # 9112 3.2), and the guard reads only its host part.
+            return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", MALFORMED_AUTHORITY)
+        if not self.guard.host_allowed(host):
             # A page rebinding its own name to this server: it reads nothing here.
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
         if is_preflight(request):

@@ -26,6 +26,10 @@ import urllib.parse
 from .auth import is_loopback
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+MALFORMED_AUTHORITY = (
+    "the Host header (or the request target's host) is not host or host:port, a port "
+    "being digits up to 65535 and an IPv6 address in brackets (RFC 9110 7.2, RFC 3986 3.2)"
+)
 
 
 def _split_host(value: str) -> str:
@@ -34,6 +38,38 @@ def _split_host(value: str) -> str:
     if value.startswith("["):
         return value[: value.find("]") + 1] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_malformed_authority(value: str) -> bool:
+    """Whether a ``Host`` value (or an absolute-form target's authority) is not ``host``
+    or ``host:port`` (RFC 9110 7.2, RFC 3986 3.2.2 and 3.2.3): a port of anything but
+    digits, or over 65535, which no TCP connection could have reached; an IPv6 address
+    out of its brackets, or anything after them but a port. Only the host part was
+    checked: ``127.0.0.1:8000evil`` passed as loopback. An empty port (``host:``) is
+    allowed, as RFC 3986 3.2.3 does: it means the scheme's default, as no port does."""
+    value = value.strip(" \t")
+    if value.startswith("["):
+        closing = value.find("]")
+        if closing < 0:
+            return True
+        rest = value[closing + 1 :]
+        if not rest:
+            return False
+        colon, port = rest[:1], rest[1:]
+        if colon != ":":
+            return True
+    else:
+        # A name or an IPv4 address has no colon: the first one starts the port.
+        port = value.partition(":")[2]
+    if not port:
+        return False
+    # isdigit alone takes "²", which a header (read as Latin-1) may hold.
+    if not (port.isascii() and port.isdigit()):
+        return True
+    return len(port.lstrip("0")) > 5 or int(port) > _HIGHEST_PORT
+
+
+_HIGHEST_PORT = 65535
 
 
 def _is_ip(host: str) -> bool:

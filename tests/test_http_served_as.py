@@ -2,7 +2,9 @@
 to a real server (server/http_refusals.py, server/origins.py): a ``Content-Length`` of
 zeros is an empty body, on every route and on the upgrade, as ``0`` is (``00`` was
 answered 405, as if it were a body: websockets compares the header's text with "0");
-and a request line in HTTP/1.2 to 1.9 is served as HTTP/1.1 (it was 505)."""
+a request line in HTTP/1.2 to 1.9 is served as HTTP/1.1 (it was 505); and a ``Host``
+(or an absolute-form target's authority) whose port is not a port is 400, even where
+its host passes the host check (``Host: 127.0.0.1:8000evil`` was served)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 import pytest
 
 from bamboo_session.server import http_refusals as words
+from bamboo_session.server.origins import MALFORMED_AUTHORITY
 from tests.support import run_server
 from tests.test_handshake_bytes import answer_of
 
@@ -115,3 +118,44 @@ async def test_other_major_versions_stay_505(version: bytes) -> None:
         answer = await answer_of(server.port, b"GET /healthz " + version + b"\r\n" + HOST + b"\r\n")
     message = f"{version.decode()} is not served here: HTTP/1.1 (or 1.0) only"
     assert status_and_error(answer) == (505, {"code": "bad_request", "message": message})
+
+
+MALFORMED = [
+    "127.0.0.1:8000evil",
+    "127.0.0.1:99999",
+    "127.0.0.1:65536",
+    "127.0.0.1:-1",
+    "127.0.0.1: 80",
+    "127.0.0.1:80:80",
+    "localhost:8²",  # read as Latin-1, as websockets does: a digit to str.isdigit
+    "[::1]:x",
+    "[::1]x",
+    "[::1",
+    "::1",  # an IPv6 address outside brackets (RFC 3986 3.2.2)
+    "bamboo.internal:8000evil",
+]
+WELL_FORMED = ["127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65535", "127.0.0.1:00080", "[::1]:", "[::1]"]
+
+
+def host_request(host: str, absolute: bool = False) -> bytes:
+    if absolute:  # the target's authority is the host checked, not Host's
+        return f"GET http://{host}/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1")
+    return f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("allowed_hosts", [(), ("bamboo.internal", "*")])
+async def test_a_host_whose_port_is_not_a_port_is_400(allowed_hosts: tuple[str, ...]) -> None:
+    expected = (400, {"code": "bad_request", "message": MALFORMED_AUTHORITY})
+    async with run_server(allowed_hosts=allowed_hosts) as server:
+        for host in MALFORMED:
+            for absolute in (False, True):
+                if absolute and (not host.isascii() or " " in host):
+                    continue  # a target with a space, or not ASCII: refused as such
+                answer = await answer_of(server.port, host_request(host, absolute))
+                assert status_and_error(answer) == expected, (host, absolute, answer)
+            request = upgrade_request(host=f"Host: {host}\r\n".encode("latin-1"))
+            assert status_and_error(await answer_of(server.port, request)) == expected, host
+        for host in WELL_FORMED:
+            for absolute in (False, True):
+                answer = await answer_of(server.port, host_request(host, absolute))
+                assert status_and_error(answer) == (200, None), (host, absolute, answer)

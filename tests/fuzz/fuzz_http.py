@@ -39,7 +39,7 @@ with atheris.instrument_imports(include=["bamboo_session", "websockets", "urllib
         stream_route,
     )
     from bamboo_session.server.http_requests import json_reject, parse_request
-    from bamboo_session.server.origins import RequestGuard
+    from bamboo_session.server.origins import RequestGuard, is_malformed_authority
 
 SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")  # app.py's
 GUARDS = (
@@ -75,6 +75,7 @@ def check_request(request: Request) -> None:
     headers = request.headers
     if any(len(headers.get_all(name)) > 1 for name in SINGLE_HEADERS):
         return  # 400 before anything reads them (app.py)
+    is_malformed_authority(headers.get("Host") or "")
     for guard in GUARDS:
         guard.host_allowed(headers.get("Host"))
         guard.origin_allowed(headers.get("Origin"))
