@@ -31,6 +31,7 @@ The modules, one concern each:
   fsync mode's shared write-ahead log;
 - ``opening``, ``recovery``, ``session_recovery``: what open repairs, converts and
   finds; ``repair``: cutting a log's tail, telling an ordinary crash from damage;
+  ``damaged_wal``: the bound on WAL segments replay kept aside as damaged;
 - ``record``, ``caches``, ``reads``, ``appends``, ``checkpointer``, ``lifecycle``,
   ``tasks``: the storage's per-session state, its memory caches, its reads, its
   append path, its checkpoint scheduling, its sessions' files coming and going, and

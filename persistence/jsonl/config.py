@@ -75,6 +75,12 @@ class JsonlStorageConfig:
       of every session log it touched (see ``wal.py``); ``False`` syncs each touched
       log. ``wal_segment_bytes`` / ``wal_segment_age``: a WAL segment is retired (its
       logs synced, then it is deleted) past that size or age.
+    - ``wal_damaged_max_count`` / ``wal_damaged_max_bytes``: the WAL segments an open's
+      replay kept aside as damaged (``<n>.wal.damaged-...``, for an operator, until
+      ``clear_damaged``) are bounded: after each replay that keeps some aside, the
+      oldest are removed (each logged) until at most this many remain, of at most
+      this many bytes together (defaults 16 and 1 GiB: 16 full segments). A disk that
+      keeps damaging segments, or a loop of crashes, cannot fill the disk with them.
     - ``sync_helper``: with the WAL, a small child process runs each group commit's
       ``fdatasync`` (``syncer.py``: no GIL hand-off per commit); ``False``, or where it
       cannot start, the writer's I/O thread does.
@@ -105,6 +111,8 @@ class JsonlStorageConfig:
     wal: bool = True
     wal_segment_bytes: int = 64 * 1024 * 1024
     wal_segment_age: float = 30.0
+    wal_damaged_max_count: int = 16
+    wal_damaged_max_bytes: int = 1024 * 1024 * 1024
     sync_helper: bool = True
     read_only: bool = False
     offline: bool = False
@@ -129,6 +137,8 @@ class JsonlStorageConfig:
         wal: bool = True,
         wal_segment_bytes: int = 64 * 1024 * 1024,
         wal_segment_age: float = 30.0,
+        wal_damaged_max_count: int = 16,
+        wal_damaged_max_bytes: int = 1024 * 1024 * 1024,
         sync_helper: bool = True,
         read_only: bool = False,
         offline: bool = False,
@@ -155,6 +165,8 @@ class JsonlStorageConfig:
         set_field(self, "wal", wal)
         set_field(self, "wal_segment_bytes", wal_segment_bytes)
         set_field(self, "wal_segment_age", wal_segment_age)
+        set_field(self, "wal_damaged_max_count", wal_damaged_max_count)
+        set_field(self, "wal_damaged_max_bytes", wal_damaged_max_bytes)
         set_field(self, "sync_helper", sync_helper)
         set_field(self, "read_only", read_only)
         set_field(self, "offline", offline)
@@ -190,7 +202,12 @@ class JsonlStorageConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.commit_window <= MAX_COMMIT_WINDOW:
             raise ValueError(f"commit_window must be from 0 to {MAX_COMMIT_WINDOW} seconds")
-        for name in ("message_cache_bytes", "key_cache_bytes"):
+        for name in (
+            "message_cache_bytes",
+            "key_cache_bytes",
+            "wal_damaged_max_count",
+            "wal_damaged_max_bytes",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
-from . import checkpoint, lifecycle, snapshot, wal_replay
+from . import checkpoint, damaged_wal, lifecycle, snapshot, wal_replay
 from .checkpoint import CheckpointDamaged, LegacyCheckpoint
 from .config import JsonlStorageConfig
 from .files import fsync_dir, unlink_quietly
@@ -134,6 +134,12 @@ class _Recovery:
             # nothing else would tell the next open that those seqs were ever issued.
             wal_replay.discard_segments(self.layout, replayed)
             self.report.damaged += replayed.damaged
+            # At every open that may write, not only one that kept segments aside: the
+            # bound holds for those a store of an older version kept too.
+            removed = damaged_wal.bound_kept_aside(
+                self.layout, self.config.wal_damaged_max_count, self.config.wal_damaged_max_bytes
+            )
+            self.report.wal_damaged_removed = len(removed)
         for session_id in sorted(replaced):
             lifecycle.install_replacement(self.layout, session_id)
             found = self.sessions.recover(session_id, True, 0)

@@ -65,6 +65,9 @@ class RecoveryReport:
     epochs_renewed: int = 0
     wal_segments: int = 0  # WAL segments found (a crash, or a close that could not sync)
     wal_events_replayed: int = 0  # acknowledged events a log lacked, restored from them
+    # Older WAL segments kept aside as damaged, removed to keep them within the bounds
+    # (JsonlStorageConfig.wal_damaged_max_count / wal_damaged_max_bytes; each logged).
+    wal_damaged_removed: int = 0
     # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
     deletes_unfinished: int = 0
 

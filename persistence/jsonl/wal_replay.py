@@ -127,7 +127,8 @@ def discard_segments(layout: Layout, report: ReplayReport) -> None:
     When a log had lost lines they no longer cover, or they were damaged, they are
     kept aside instead (``<n>.wal.damaged-<pid>-<ns>``, listed by ``damaged_files``) for an
     operator: left in the WAL, the next open would replay them again, and their last
-    seqs would cut every line appended since."""
+    seqs would cut every line appended since. (Bounded in number and bytes, the
+    oldest removed first: ``damaged_wal.py``.)"""
     if not report.paths:
         return
     for path in report.paths:

@@ -1,0 +1,89 @@
+"""Bounding the WAL segments that replay kept aside as damaged (``wal_replay.py``).
+
+Replay renames a segment it cannot trust to ``<n>.wal.damaged-<pid>-<ns>`` rather than
+replaying it again at the next open. Those stay for an operator until
+``clear_damaged``; but a disk that keeps damaging segments, or a loop of crashes that
+each keep some aside, would grow them without limit and fill the disk the store needs.
+So after each replay that kept some aside, the oldest kept-aside segments are removed
+until at most ``wal_damaged_max_count`` of them remain, holding at most
+``wal_damaged_max_bytes`` together. Only names replay itself gives a kept-aside segment
+are counted or removed: nothing else in the directory, nor a session's damaged files.
+
+Everything here blocks; it runs in the worker thread of the open.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from .files import fsync_dir, unlink_quietly
+from .layout import DAMAGED_MARK, SEGMENT_SUFFIX, Layout
+
+log = structlog.get_logger("bamboo_session.persistence.jsonl.damaged_wal")
+
+# ``<n>.wal.damaged-<pid>-<ns>``: the segment number, then the pid and the time (ns) of
+# the replay that kept it aside.
+_KEPT_ASIDE: Final = re.compile(
+    r"(\d+)" + re.escape(SEGMENT_SUFFIX + DAMAGED_MARK) + r"(\d+)-(\d+)\Z"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptAside:
+    path: Path
+    set_aside_ns: int  # when replay kept it aside
+    number: int  # the segment's number: its order within one replay
+    size: int
+
+
+def kept_aside_segments(layout: Layout) -> list[KeptAside]:
+    """The segments replay kept aside, oldest first."""
+    found = []
+    try:
+        entries = list(os.scandir(layout.wal))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        match = _KEPT_ASIDE.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            size = entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:  # removed meanwhile (a clear_damaged)
+            continue
+        found.append(KeptAside(Path(entry.path), int(match[3]), int(match[1]), size))
+    found.sort(key=lambda kept: (kept.set_aside_ns, kept.number))
+    return found
+
+
+def bound_kept_aside(layout: Layout, max_count: int, max_bytes: int) -> list[Path]:
+    """Remove the oldest kept-aside segments until at most ``max_count`` remain, of at
+    most ``max_bytes`` together; the paths removed (each logged)."""
+    kept = kept_aside_segments(layout)
+    total = sum(segment.size for segment in kept)
+    removed: list[Path] = []
+    for segment in kept:
+        if len(kept) - len(removed) <= max_count and total <= max_bytes:
+            break
+        # (Gone already, a clear_damaged's meanwhile: it counts as removed all the same.)
+        unlink_quietly(segment.path)
+        total -= segment.size
+        removed.append(segment.path)
+        log.warning(
+            "wal_damaged_segment_removed",
+            path=str(segment.path),
+            bytes=segment.size,
+            kept=len(kept) - len(removed),
+            kept_bytes=total,
+            max_count=max_count,
+            max_bytes=max_bytes,
+        )
+    if removed:
+        fsync_dir(layout.wal)
+    return removed
