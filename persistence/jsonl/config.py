@@ -266,6 +266,13 @@ class JsonlStorageConfig:
         return self.wal and self.durability == "fsync" and not self.read_only
 
     @property
+    def sync_decides_delete(self) -> bool:
+        """Whether a delete is durable by its rename's directory sync alone, and so
+        fails when that sync fails (``fsync`` mode without the WAL, which would record
+        it): ``lifecycle.py``."""
+        return self.durability == "fsync" and not self.uses_wal and not self.read_only
+
+    @property
     def layout(self) -> Layout:
         """The store's paths (``layout.py``)."""
         return Layout(self.base_path)

@@ -11,9 +11,13 @@ next open finishes (``recovery.py``), never a half-deleted session. The rename d
 a delete fails only if it fails (or comes before it), and then leaves the session back,
 and the WAL cancels the deletion (:meth:`SessionFiles.cancel_deletion`): no open
 finishes a delete its caller was told failed. Once it is done the delete has taken
-effect, as a crash at that instant would leave it, so the caller is told so even when
-the directory's sync or a file's removal then fails (logged; the tombstone stays until
-the files are gone, for the next open to finish). A create of an id being deleted
+effect, so the caller is told so even when a file's removal then fails (logged; the
+tombstone stays for the next open to finish). When the directory's sync fails the
+rename is not known durable, nor after a later sync that succeeds (the kernel forgets a
+reported error): with the WAL the deletion is recorded again and no segment is deleted
+any more in this process, so the next open finishes it; ``os`` mode promises nothing
+on a power cut; ``fsync`` mode without the WAL has nothing else to make it durable, so
+the rename is undone and the delete fails. A create of an id being deleted
 waits for the delete; one of an id whose delete kept its tombstone finishes that
 delete first, or fails (``clear_unfinished_delete``): never a new session over the
 old one's leftover.
@@ -58,9 +62,17 @@ log = logging.getLogger(__name__)
 
 class SessionFiles:
     def __init__(
-        self, layout: Layout, checkpoints: Checkpointer, writer: LogWriter, jobs: FileJobs
+        self,
+        layout: Layout,
+        checkpoints: Checkpointer,
+        writer: LogWriter,
+        jobs: FileJobs,
+        sync_decides_delete: bool = False,
     ) -> None:
         self.layout = layout
+        # ``fsync`` mode without the WAL: no deletion record, so a delete is durable by
+        # its rename's directory sync alone, and fails when that fails (see the module).
+        self._sync_decides_delete = sync_decides_delete
         self._jobs = jobs
         self._checkpoints = checkpoints
         self._writer = writer
@@ -203,9 +215,15 @@ class SessionFiles:
     async def _delete_after_writes(self, record: SessionRecord) -> None:
         await self._writer.forget(record.session_id, record.meta.epoch)
         async with record.checkpoint_lock():
-            synced = await self._jobs.run(delete_session_files, self.layout, record.session_id)
+            synced = await self._jobs.run(
+                delete_session_files, self.layout, record.session_id, self._sync_decides_delete
+            )
         if not synced:
             await self._record_deletion_again(record)
+            # The sessions directory's later syncs prove nothing about this rename (the
+            # kernel forgets a reported error): the WAL keeps the deletion until the
+            # next open replays it, and no segment is deleted in this process.
+            self._writer.distrust_syncs()
 
     async def _record_deletion_again(self, record: SessionRecord) -> None:
         """The delete took effect but its rename is not synced: the WAL records the
@@ -270,15 +288,17 @@ def abandon_replacement(layout: Layout, session_id: str) -> None:
     fsync_dir(layout.sessions)
 
 
-def delete_session_files(layout: Layout, session_id: str) -> bool:
-    """Raises only when the checkpoint cannot become the tombstone: then the delete
-    failed and the session is as it was. Once the rename is done the delete has taken
-    effect (a kill -9 at that instant leaves the tombstone, which the next open
-    finishes), so nothing after it is raised: a failed sync of the directory is logged
-    (and returns False: fsync mode records the deletion in the WAL again, whose
-    segment is retired only once the directory is synced, ``retirement.py``, so that
-    replay finishes it after a power cut), and so is a file that cannot be removed (the
-    tombstone stays: the next open tries again)."""
+def delete_session_files(
+    layout: Layout, session_id: str, sync_decides_delete: bool = False
+) -> bool:
+    """Raises when the checkpoint cannot become the tombstone: the delete failed and
+    the session is as it was. Once renamed the delete has taken effect (a kill -9 then
+    leaves the tombstone, which the next open finishes): a file that cannot be removed
+    is logged (the tombstone stays: the next open tries again), and so is a failed sync
+    of the directory, which returns False (the module says what each mode does then),
+    unless ``sync_decides_delete``: then the tombstone is renamed back, nothing else
+    removed, and :class:`StorageError` raised. The session is back (or, if even that
+    rename fails, deleted: the next open finishes its tombstone), never half-deleted."""
     tombstone = layout.tombstone(session_id)
     with contextlib.suppress(FileNotFoundError):
         os.replace(layout.checkpoint(session_id), tombstone)
@@ -286,6 +306,8 @@ def delete_session_files(layout: Layout, session_id: str) -> bool:
     try:
         fsync_dir(layout.sessions)
     except OSError as exc:
+        if sync_decides_delete:
+            _undo_unsynced_delete(layout, session_id, exc)
         synced = False
         log.error(
             "session %r is deleted (its checkpoint is the tombstone %s), but the sync of "
@@ -304,6 +326,25 @@ def delete_session_files(layout: Layout, session_id: str) -> bool:
             tombstone,
         )
     return synced
+
+
+def _undo_unsynced_delete(layout: Layout, session_id: str, error: OSError) -> None:
+    """The delete's rename is not known durable and nothing else records it: the
+    checkpoint back in its place (unsynced: a power cut leaves it or the tombstone,
+    and an open finishes the latter, whole), and the delete fails."""
+    try:
+        os.replace(layout.tombstone(session_id), layout.checkpoint(session_id))
+    except OSError as undo_error:
+        log.error(
+            "session %r: the sync of its tombstone's rename failed (%s), and so did the "
+            "rename back (%s): it is deleted, and the next open finishes the delete",
+            session_id,
+            error,
+            undo_error,
+        )
+    raise StorageError(
+        f"session {session_id!r} was not deleted: the sync of its directory failed ({error}); retry"
+    ) from error
 
 
 def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]:

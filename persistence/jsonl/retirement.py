@@ -47,8 +47,8 @@ class Retirement:
 
     async def _retire(self) -> None:
         """Delete retired segments, oldest first, each once every log it covers is
-        synced. On failure the segment stays (and so do the newer ones): retried at the
-        next rotation and on close, replayed at open if it is still there."""
+        synced. On failure the segment stays, and so do the newer ones, for the rest of
+        this process (``LogFiles.sync_failed``): replayed at the next open."""
         loop = asyncio.get_running_loop()
         while self._queue and not self._files.sync_failed:
             segment = self._queue[0]
@@ -69,8 +69,12 @@ class Retirement:
                     raise errors[0]
                 await loop.run_in_executor(self._sync_pool, _remove, self._layout, segment)
             except OSError as exc:
-                if errors:
-                    self._files.sync_failed = True
+                # A log's sync or the sessions directory's: either way a later one that
+                # succeeds does not mean what this one covered reached the disk (Linux
+                # forgets the error once reported), so nothing more is retired here. A
+                # removal's own directory sync too: the segment may come back, older
+                # than one a later removal deleted, and replay would cut the logs to it.
+                self._files.sync_failed = True
                 log.error(
                     "could not retire the WAL segment %s: %s; it and every later one are "
                     "kept for replay at the next open",

@@ -81,7 +81,9 @@ class JsonlStorage(JsonlQueries):
             config, self._records, self._checkpoints, self._messages, self._feed, self._jobs
         )
         self._writer = self._appends.writer
-        self._files = SessionFiles(self.layout, self._checkpoints, self._writer, self._jobs)
+        self._files = SessionFiles(
+            self.layout, self._checkpoints, self._writer, self._jobs, config.sync_decides_delete
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._ready = False
         self._closed = False

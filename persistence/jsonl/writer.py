@@ -159,6 +159,12 @@ class LogWriter:
         await self._enqueue(Forget(session_id, epoch))
         self._generations.pop(session_id, None)
 
+    def distrust_syncs(self) -> None:
+        """A sync failed outside the writer (a directory's, ``lifecycle.py``): after it
+        the kernel may report later syncs clean although what it held was lost, so no
+        WAL segment is deleted any more in this process; the next open replays them."""
+        self._files.sync_failed = True
+
     def cancel_deletion(
         self, session_id: str, epoch: str, cut_to: int, uncut: int
     ) -> asyncio.Future[None]:

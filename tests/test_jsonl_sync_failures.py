@@ -1,0 +1,138 @@
+"""After a failed fsync, a later one that succeeds does not mean what the failed one
+covered reached the disk (Linux forgets a reported error: "fsyncgate"). The JSONL
+store never acknowledges on such a retry: a delete whose directory sync failed fails
+without the WAL (the session back, whole), and with it keeps its deletion in the WAL,
+which then keeps every segment until the next open replays them; so does a failed
+directory sync while retiring a segment (persistence/jsonl/lifecycle.py,
+retirement.py). Failures are injected (EIO) in the module's ``fsync_dir``."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl import lifecycle, retirement
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.test_jsonl_wal import segments
+
+
+def failing_directory_sync(
+    monkeypatch: pytest.MonkeyPatch, module: Any, directory: Path
+) -> dict[str, int]:
+    """``module.fsync_dir`` fails with EIO for ``directory`` while ``switch["left"]``
+    is above 0 (each failure counts it down); ``switch["failed"]`` counts failures."""
+    real = module.fsync_dir
+    switch = {"left": 0, "failed": 0}
+
+    def fsync_dir(path: Path) -> None:
+        if switch["left"] > 0 and Path(path) == directory:
+            switch["left"] -= 1
+            switch["failed"] += 1
+            raise OSError(errno.EIO, "injected EIO")
+        real(path)
+
+    monkeypatch.setattr(module, "fsync_dir", fsync_dir)
+    return switch
+
+
+async def tokens(storage: JsonlStorage, session_id: str) -> list[AgentEvent]:
+    return [stored.event for stored in await storage.read_events(session_id)]
+
+
+def deletion_recorded(config: JsonlStorageConfig, session_id: str) -> bool:
+    marker = f'"sid":"{session_id}","deleted":true'.encode()
+    return any(marker in path.read_bytes() for path in segments(config))
+
+
+async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        await storage.append_event("s", AgentEvent.token("kept"))
+        failing["left"] = 1
+        with pytest.raises(StorageError, match="not deleted"):
+            await storage.delete_session("s")
+        assert failing["failed"] == 1
+        # Back, whole: readable, appendable, its files in place and no tombstone.
+        assert await storage.get_metadata("s") is not None
+        assert await tokens(storage, "s") == [AgentEvent.token("kept")]
+        assert config.layout.checkpoint("s").exists()
+        assert not config.layout.tombstone("s").exists()
+        assert (await storage.append_event("s", AgentEvent.token("after"))).seq == 2
+    async with await JsonlStorage.open(config) as storage:
+        assert await tokens(storage, "s") == [AgentEvent.token("kept"), AgentEvent.token("after")]
+        await storage.delete_session("s")  # once the directory syncs, a delete works
+        assert await storage.get_metadata("s") is None
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("s") is None
+
+
+async def test_in_os_mode_a_delete_whose_directory_sync_fails_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``os`` mode promises nothing on a power cut: the delete is acknowledged as the
+    mode's writes are, once done (a kill -9 now leaves it deleted)."""
+    config = JsonlStorageConfig(tmp_path, durability="os")
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        failing["left"] = 1
+        await storage.delete_session("s")
+        assert failing["failed"] == 1 and await storage.get_metadata("s") is None
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("s") is None
+
+
+async def test_with_the_wal_a_delete_whose_directory_sync_fails_keeps_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("gone", "kept"):
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token(session_id))
+        failing["left"] = 1
+        await storage.delete_session("gone")  # its deletion is in the synced WAL
+        assert failing["failed"] == 1
+        for i in range(4):  # each append after 0.06 s rotates, and retires what it can
+            await storage.append_event("kept", AgentEvent.token(str(i)))
+            await asyncio.sleep(0.06)
+        await storage._writer.retirement.settled()
+        # A later sync of the sessions directory that succeeds proves nothing about the
+        # rename: the record that makes the delete durable stays until the next open.
+        assert deletion_recorded(config, "gone")
+    assert deletion_recorded(config, "gone")  # not even a clean close deletes it
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("gone") is None
+        assert len(await tokens(storage, "kept")) == 5
+    assert segments(config) == []  # replayed at open, then removed
+
+
+async def test_no_segment_is_retired_after_a_failed_directory_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
+    failing = failing_directory_sync(monkeypatch, retirement, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        failing["left"] = 1
+        for i in range(4):  # each append after 0.06 s rotates; retirement syncs the dir
+            await storage.append_event("a", AgentEvent.token(str(i)))
+            await asyncio.sleep(0.06)
+        await storage._writer.retirement.settled()
+        assert failing["failed"] == 1
+        # The retry's sync would succeed and prove nothing: everything stays.
+        assert len(segments(config)) >= 3
+    assert len(segments(config)) >= 3
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.last_seq("a") == 4
+    assert segments(config) == []
