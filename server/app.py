@@ -48,7 +48,7 @@ from .limits import ConnectionCounter, connection_cap
 from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
-from .origins import MALFORMED_AUTHORITY, RequestGuard, is_malformed_authority
+from .origins import RequestGuard, authority_fault
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
@@ -335,10 +335,11 @@ class BambooServer:
                 message = f"more than one {name} header"
                 return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
         host = request.headers.get("Host")
-        if host is not None and is_malformed_authority(host):
+        fault = None if host is None else authority_fault(host)
+        if fault is not None:
             # Whatever the host checks allow: a server refuses an invalid Host (RFC
             # 9112 3.2), and the guard reads only its host part.
-            return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", MALFORMED_AUTHORITY)
+            return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", fault)
         if not self.guard.host_allowed(host):
             # A page rebinding its own name to this server: it reads nothing here.
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")

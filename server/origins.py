@@ -21,6 +21,7 @@ pass; lists given still apply, on top of the loopback ones.
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 
 from .auth import is_loopback
@@ -40,33 +41,72 @@ def _split_host(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+USERINFO = (
+    "the Host header (or the request target's authority) has userinfo (name@ before the "
+    "host): a request names no user there (RFC 9110 4.2.4)"
+)
+BAD_HOST = (
+    "the Host header (or the request target) has no host name before its port, or one "
+    "with other characters than letters, digits, -._~!$&'()*+,;= and %XX (RFC 3986 3.2.2)"
+)
+BAD_IP_LITERAL = (
+    "a host in brackets must be an IPv6 address without a zone id (%25...): a zone names "
+    "an interface of the client's own host (RFC 3986 3.2.2, RFC 9110 4.2.1)"
+)
+# RFC 3986 3.2.2 reg-name: unreserved, sub-delims and pct-encoded characters.
+_REG_NAME = re.compile(r"(?:[-._~!$&'()*+,;=A-Za-z0-9]|%[0-9A-Fa-f]{2})*")
+
+
 def is_malformed_authority(value: str) -> bool:
-    """Whether a ``Host`` value (or an absolute-form target's authority) is not ``host``
-    or ``host:port`` (RFC 9110 7.2, RFC 3986 3.2.2 and 3.2.3): a port of anything but
-    digits, or over 65535, which no TCP connection could have reached; an IPv6 address
-    out of its brackets, or anything after them but a port. Only the host part was
-    checked: ``127.0.0.1:8000evil`` passed as loopback. An empty port (``host:``) is
-    allowed, as RFC 3986 3.2.3 does: it means the scheme's default, as no port does."""
+    """Whether a ``Host`` value (or an absolute-form target's authority) is not
+    ``host`` or ``host:port`` (:func:`authority_fault` says why)."""
+    return authority_fault(value) is not None
+
+
+def authority_fault(value: str) -> str | None:
+    """Why a ``Host`` value (or an absolute-form target's authority) is not ``host`` or
+    ``host:port`` (RFC 9110 7.2, RFC 3986 3.2), None if it is; an empty one is allowed
+    (RFC 9112 3.2: the target had no authority). Only the host part was checked by the
+    guard, and loosely: ``127.0.0.1:8000evil`` passed as loopback, and with any host
+    allowed ``user@127.0.0.1``, ``a b`` or ``[v1.x]`` were served. Refused: userinfo;
+    a host name of other characters than RFC 3986's reg-name, or none before a port;
+    in brackets, anything but an IPv6 address (an IPvFuture, which no version defines,
+    or a zone id); a port of anything but digits, or over 65535, which no TCP
+    connection could have reached; an IPv6 address out of its brackets. An empty port
+    (``host:``) is allowed, as RFC 3986 3.2.3 does: the scheme's default, as no port."""
     value = value.strip(" \t")
+    if not value:
+        return None
+    if "@" in value:
+        return USERINFO
     if value.startswith("["):
         closing = value.find("]")
         if closing < 0:
-            return True
-        rest = value[closing + 1 :]
-        if not rest:
-            return False
-        colon, port = rest[:1], rest[1:]
-        if colon != ":":
-            return True
+            return MALFORMED_AUTHORITY
+        host, rest = value[1:closing], value[closing + 1 :]
+        if rest[:1] not in ("", ":"):
+            return MALFORMED_AUTHORITY
+        port = rest[1:]
     else:
         # A name or an IPv4 address has no colon: the first one starts the port.
-        port = value.partition(":")[2]
-    if not port:
-        return False
+        host, _, port = value.partition(":")
     # isdigit alone takes "²", which a header (read as Latin-1) may hold.
-    if not (port.isascii() and port.isdigit()):
-        return True
-    return len(port.lstrip("0")) > 5 or int(port) > _HIGHEST_PORT
+    if port and not (port.isascii() and port.isdigit()):
+        return MALFORMED_AUTHORITY
+    if port and (len(port.lstrip("0")) > 5 or int(port) > _HIGHEST_PORT):
+        return MALFORMED_AUTHORITY
+    if value.startswith("["):
+        return None if _is_ipv6_address(host) else BAD_IP_LITERAL
+    return None if host and _REG_NAME.fullmatch(host) else BAD_HOST
+
+
+def _is_ipv6_address(text: str) -> bool:
+    """Whether ``text`` is an IPv6 address alone: Python takes a zone id after ``%``."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return "%" not in text
 
 
 _HIGHEST_PORT = 65535
