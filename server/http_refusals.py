@@ -63,6 +63,7 @@ BAD_CONTENT_LENGTH = "Content-Length must be a number of bytes, in digits (RFC 9
 TARGET_CONTROL = (
     "the request target has control characters: percent-encode them (RFC 9112 3.2, RFC 3986)"
 )
+EMPTY_TARGET_HOST = "the request target's authority names no host (RFC 9110 4.2.1)"
 CONTENT_LENGTHS_DIFFER = "more than one Content-Length, with different values (RFC 9112 6.3)"
 WEBSOCKET_ONLY = (
     "this is a WebSocket endpoint: an upgrade needs Connection: Upgrade and Upgrade: websocket"

@@ -44,6 +44,7 @@ from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from .http_refusals import (
+    EMPTY_TARGET_HOST,
     HEADER_LINE_TOO_LONG,
     NOT_HTTP,
     REQUEST_LINE_TOO_LONG,
@@ -231,13 +232,16 @@ def in_origin_form(request: Request) -> Request:
     """A request whose target is in absolute-form (``http://host:port/path?query``),
     which a server must accept (RFC 9112 3.2.2), as the same request in origin-form:
     routed by its path and query, its host in place of the Host header's, which the
-    RFC has the server ignore then."""
+    RFC has the server ignore then. One without a host (``http:///path``) is refused,
+    as RFC 9110 4.2.1 has a recipient do: as an empty Host, it was served."""
     target = request.path
     scheme, separator, rest = target.partition("://")
     if target.startswith("/") or not separator or scheme.lower() not in _SCHEMES:
         return request
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, path = rest[:end], rest[end:]
+    if not authority:
+        raise MalformedHead(EMPTY_TARGET_HOST)
     headers = request.headers
     if "Host" in headers:
         del headers["Host"]

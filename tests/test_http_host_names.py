@@ -3,12 +3,15 @@
 ``--allowed-hosts *``, let any host through): a name of letters, digits,
 ``-._~!$&'()*+,;=`` and ``%XX``; an IPv6 address in brackets, without a zone id; no
 userinfo (``user@``, RFC 9110 4.2.4). ``GET http://user@127.0.0.1/`` was served, and so
-was ``Host: a b``, ``a/b``, ``[v1.x]``; ``Host: [::1%x]`` passed as loopback."""
+was ``Host: a b``, ``a/b``, ``[v1.x]``; ``Host: [::1%x]`` passed as loopback. An
+absolute-form target without a host (``http:///healthz``) is 400 too (RFC 9110 4.2.1):
+it was served as an empty ``Host``, which passes (RFC 9112 3.2)."""
 
 from __future__ import annotations
 
 import pytest
 
+from bamboo_session.server import http_refusals as words
 from bamboo_session.server.origins import BAD_HOST, BAD_IP_LITERAL, USERINFO
 from tests.support import run_server
 from tests.test_handshake_bytes import answer_of
@@ -80,3 +83,13 @@ async def test_userinfo_in_an_absolute_form_upgrade_is_400() -> None:
         answer = await answer_of(server.port, request)
     assert status_and_error(answer) == (400, {"code": "bad_request", "message": USERINFO})
 
+
+async def test_an_absolute_form_target_with_an_empty_host_is_400() -> None:
+    async with run_server(allowed_hosts=("*",)) as server:
+        request = b"GET http:///healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        answer = await answer_of(server.port, request)
+        expected = (400, {"code": "bad_request", "message": words.EMPTY_TARGET_HOST})
+        assert status_and_error(answer) == expected, answer
+        # An empty Host header is another thing: the target has no authority (RFC 9112 3.2).
+        answer = await answer_of(server.port, b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\n")
+        assert status_and_error(answer) == (200, None), answer
