@@ -4,10 +4,14 @@ Replay renames a segment it cannot trust to ``<n>.wal.damaged-<pid>-<ns>`` rathe
 replaying it again at the next open. Those stay for an operator until
 ``clear_damaged``; but a disk that keeps damaging segments, or a loop of crashes that
 each keep some aside, would grow them without limit and fill the disk the store needs.
-So after each replay that kept some aside, the oldest kept-aside segments are removed
-until at most ``wal_damaged_max_count`` of them remain, holding at most
-``wal_damaged_max_bytes`` together. Only names replay itself gives a kept-aside segment
-are counted or removed: nothing else in the directory, nor a session's damaged files.
+So at each open that may write, the oldest kept-aside segments are removed until at
+most ``wal_damaged_max_count`` of them remain, holding at most ``wal_damaged_max_bytes``
+together. Only names replay itself gives a kept-aside segment are counted or removed:
+nothing else in the directory, nor a session's damaged files. Never those this very
+open kept aside: the damage was just found, and nobody has seen them yet (they take no
+more room than the WAL they were); the next open's bound counts them with the rest.
+Oldest by the time in their names, which replay makes later than every earlier one's
+(``wal_replay.discard_segments``), whatever the clock did meanwhile.
 
 Everything here blocks; it runs in the worker thread of the open.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -62,15 +67,29 @@ def kept_aside_segments(layout: Layout) -> list[KeptAside]:
     return found
 
 
-def bound_kept_aside(layout: Layout, max_count: int, max_bytes: int) -> list[Path]:
+def newest_stamp(layout: Layout) -> int:
+    """The time (ns) in the newest kept-aside segment's name; 0 if there is none."""
+    return max((segment.set_aside_ns for segment in kept_aside_segments(layout)), default=0)
+
+
+def bound_kept_aside(
+    layout: Layout, max_count: int, max_bytes: int, just_kept: Collection[Path] = ()
+) -> list[Path]:
     """Remove the oldest kept-aside segments until at most ``max_count`` remain, of at
-    most ``max_bytes`` together; the paths removed (each logged)."""
+    most ``max_bytes`` together; the paths removed (each logged). ``just_kept``, what
+    this open's replay kept aside, count but stay whatever the bounds: they are the
+    evidence of the damage this open found (an operator has not seen them yet), and
+    they held no more room as the WAL they were a moment ago; the next open's bound
+    takes them, oldest first, should they still be beyond it."""
     kept = kept_aside_segments(layout)
     total = sum(segment.size for segment in kept)
     removed: list[Path] = []
+    stays = set(just_kept)
     for segment in kept:
         if len(kept) - len(removed) <= max_count and total <= max_bytes:
             break
+        if segment.path in stays:
+            continue
         # (Gone already, a clear_damaged's meanwhile: it counts as removed all the same.)
         unlink_quietly(segment.path)
         total -= segment.size

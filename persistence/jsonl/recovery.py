@@ -137,7 +137,10 @@ class _Recovery:
             # At every open that may write, not only one that kept segments aside: the
             # bound holds for those a store of an older version kept too.
             removed = damaged_wal.bound_kept_aside(
-                self.layout, self.config.wal_damaged_max_count, self.config.wal_damaged_max_bytes
+                self.layout,
+                self.config.wal_damaged_max_count,
+                self.config.wal_damaged_max_bytes,
+                replayed.kept_aside,
             )
             self.report.wal_damaged_removed = len(removed)
         for session_id in sorted(replaced):

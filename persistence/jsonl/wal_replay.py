@@ -38,6 +38,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from . import damaged_wal
 from .files import fsync_dir, write_all
 from .layout import Layout
 from .repair import cut_tail
@@ -120,6 +121,7 @@ class ReplayReport:
     # with that seq: open starts a new epoch for them, so no seq is issued twice.
     unrestored: dict[str, int] = field(default_factory=dict)
     paths: list[Path] = field(default_factory=list)  # the segments replayed
+    kept_aside: list[Path] = field(default_factory=list)  # their names once kept aside
 
 
 def discard_segments(layout: Layout, report: ReplayReport) -> None:
@@ -131,10 +133,15 @@ def discard_segments(layout: Layout, report: ReplayReport) -> None:
     oldest removed first: ``damaged_wal.py``.)"""
     if not report.paths:
         return
+    # The time in a kept-aside name orders them for the bound (``damaged_wal.py``), oldest
+    # removed first: past every earlier one's, even when the clock went back since, or
+    # this open's would be the first removed, and could take an earlier one's name.
+    stamp = max(time.time_ns(), damaged_wal.newest_stamp(layout) + 1)
     for path in report.paths:
         if report.segments_kept:
-            aside = layout.damaged(path, f"{os.getpid()}-{time.time_ns()}")
+            aside = layout.damaged(path, f"{os.getpid()}-{stamp}")
             os.rename(path, aside)
+            report.kept_aside.append(aside)
             report.damaged += 1
             log.warning("WAL segment %s set aside as %s", path, aside)
         else:
