@@ -9,7 +9,9 @@ retirement.py). Failures are injected (EIO) in the module's ``fsync_dir``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +63,47 @@ async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
         with pytest.raises(StorageError, match="not deleted"):
             await storage.delete_session("s")
         assert failing["failed"] == 1
-        # Back, whole: readable, appendable, its files in place and no tombstone.
+        # Back, whole: readable, its files in place and no tombstone; but the rename
+        # back is not known durable either, so it takes no append until an open.
         assert await storage.get_metadata("s") is not None
         assert await tokens(storage, "s") == [AgentEvent.token("kept")]
         assert config.layout.checkpoint("s").exists()
         assert not config.layout.tombstone("s").exists()
-        assert (await storage.append_event("s", AgentEvent.token("after"))).seq == 2
+        with pytest.raises(StorageError, match="no appends"):
+            await storage.append_event("s", AgentEvent.token("refused"))
     async with await JsonlStorage.open(config) as storage:
+        assert await tokens(storage, "s") == [AgentEvent.token("kept")]
+        assert (await storage.append_event("s", AgentEvent.token("after"))).seq == 2
         assert await tokens(storage, "s") == [AgentEvent.token("kept"), AgentEvent.token("after")]
         await storage.delete_session("s")  # once the directory syncs, a delete works
         assert await storage.get_metadata("s") is None
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("s") is None
+
+
+async def test_a_power_cut_after_an_undone_delete_takes_nothing_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the WAL, the disk may hold the tombstone's rename and not the rename
+    back (neither synced): the next open then finishes the delete. So nothing is
+    acknowledged for the session in between, or it would go with it."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        await storage.append_event("s", AgentEvent.token("kept"))
+        failing["left"] = 1
+        with pytest.raises(StorageError, match="not deleted"):
+            await storage.delete_session("s")
+        acknowledged = []
+        for i in range(3):
+            with contextlib.suppress(StorageError):
+                acknowledged.append(await storage.append_event("s", AgentEvent.token(str(i))))
+    # The power cut's disk: the delete's rename there, the undoing lost.
+    os.replace(config.layout.checkpoint("s"), config.layout.tombstone("s"))
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("s") is None  # the delete finished, whole
+    assert acknowledged == []
 
 
 async def test_in_os_mode_a_delete_whose_directory_sync_fails_stands(
@@ -100,6 +131,8 @@ async def test_with_the_wal_a_delete_whose_directory_sync_fails_keeps_its_record
         for session_id in ("gone", "kept"):
             await storage.create_session(Session.new(session_id))
             await storage.append_event(session_id, AgentEvent.token(session_id))
+        await storage._checkpoints.write("gone", durable=True)
+        checkpoint_before = config.layout.checkpoint("gone").read_bytes()
         failing["left"] = 1
         await storage.delete_session("gone")  # its deletion is in the synced WAL
         assert failing["failed"] == 1
@@ -111,6 +144,9 @@ async def test_with_the_wal_a_delete_whose_directory_sync_fails_keeps_its_record
         # rename: the record that makes the delete durable stays until the next open.
         assert deletion_recorded(config, "gone")
     assert deletion_recorded(config, "gone")  # not even a clean close deletes it
+    # The disk a power cut may leave: the rename lost (its sync failed), the checkpoint
+    # back. The deletion's record still in the WAL finishes the delete at the open.
+    config.layout.checkpoint("gone").write_bytes(checkpoint_before)
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("gone") is None
         assert len(await tokens(storage, "kept")) == 5

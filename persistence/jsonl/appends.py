@@ -94,6 +94,7 @@ class Appender:
         ``capped``: held to ``max_session_bytes`` (SessionFull past it, nothing
         written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
         acknowledgement's."""
+        _check_settled(record)
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
         if stored:
@@ -113,6 +114,7 @@ class Appender:
         self, record: SessionRecord, events: Sequence[StoredEvent], window: KeyWindow | None
     ) -> None:
         """Append events as they are, with their own seq, ts and key."""
+        _check_settled(record)
         session_id = record.session_id
         expected = record.next_seq + 1
         for event in events:
@@ -316,3 +318,14 @@ def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
             messages.append((event.seq, offset, len(line) - 1))
         offset += len(line)
     return Batch(stored, b"".join(lines), messages, imported)
+
+
+def _check_settled(record: SessionRecord) -> None:
+    """Refuses appends to a session whose failed delete was undone by a rename not known
+    durable (``lifecycle.py``): a power cut may leave its tombstone, and the next open
+    would delete what they were acknowledged for. That open settles it."""
+    if record.delete_undone:
+        raise StorageError(
+            f"session {record.session_id!r}: a failed delete left it in place, but not "
+            "durably; it takes no appends until the store is opened again"
+        )

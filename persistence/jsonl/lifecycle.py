@@ -1,5 +1,4 @@
-"""A session's files coming and going: creation, deletion, and the ones in progress;
-and the removal of files kept aside as damaged.
+"""A session's files coming and going: creation, deletion, and the ones in progress.
 
 Creation writes the checkpoint first (durably), then the empty log: a crash between
 leaves a valid empty session. A delete waits until the session's queued appends are
@@ -17,10 +16,12 @@ rename is not known durable, nor after a later sync that succeeds (the kernel fo
 reported error): with the WAL the deletion is recorded again and no segment is deleted
 any more in this process, so the next open finishes it; ``os`` mode promises nothing
 on a power cut; ``fsync`` mode without the WAL has nothing else to make it durable, so
-the rename is undone and the delete fails. A create of an id being deleted
-waits for the delete; one of an id whose delete kept its tombstone finishes that
-delete first, or fails (``clear_unfinished_delete``): never a new session over the
-old one's leftover.
+the rename is undone and the delete fails; that rename back is not known durable
+either, so the session takes no appends until the next open settles it (whole, or
+after a power cut deleted whole: never without what it acknowledged). A create of an
+id being deleted waits for the delete; one of an id whose delete kept its tombstone
+finishes that delete first, or fails (``clear_unfinished_delete``): never a new
+session over the old one's leftover.
 
 A create that replaces an expired session writes the new checkpoint beside the old one
 first (``<id>.json.replacing``, durably): that decides the replacement, and an open
@@ -41,13 +42,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from datetime import timedelta
 from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
 from ..base import StorageError
-from ..index import copy_metadata
 from . import checkpoint
 from .checkpoint import Checkpoint, FileStamp, SlotFile
 from .checkpointer import Checkpointer
@@ -58,6 +57,11 @@ from .tasks import FileJobs, to_completion
 from .writer import LogWriter
 
 log = logging.getLogger(__name__)
+
+
+class DeleteUndone(StorageError):
+    """A delete failed at its rename's directory sync, and was undone by a rename back
+    whose own durability nobody knows (``_undo_unsynced_delete``)."""
 
 
 class SessionFiles:
@@ -215,9 +219,13 @@ class SessionFiles:
     async def _delete_after_writes(self, record: SessionRecord) -> None:
         await self._writer.forget(record.session_id, record.meta.epoch)
         async with record.checkpoint_lock():
-            synced = await self._jobs.run(
-                delete_session_files, self.layout, record.session_id, self._sync_decides_delete
-            )
+            try:
+                synced = await self._jobs.run(
+                    delete_session_files, self.layout, record.session_id, self._sync_decides_delete
+                )
+            except DeleteUndone:
+                record.delete_undone = True  # before the caller can bring the record back
+                raise
         if not synced:
             await self._record_deletion_again(record)
             # The sessions directory's later syncs prove nothing about this rename (the
@@ -240,18 +248,6 @@ class SessionFiles:
                 "deletion is durable: a power cut may bring it back",
                 record.session_id,
             )
-
-
-def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMetadata:
-    """A new session's metadata: the caller's, with a new log's counts and the store's
-    default TTL if it has none."""
-    meta = copy_metadata(given)
-    meta.last_seq = 0  # a new log; whatever the caller set does not describe it
-    meta.message_count = 0
-    if meta.ttl is None and default_ttl is not None:
-        meta.ttl = default_ttl
-        meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
-    return meta
 
 
 def install_replacement(layout: Layout, session_id: str, check_deleted: bool = False) -> None:
@@ -297,7 +293,7 @@ def delete_session_files(
     is logged (the tombstone stays: the next open tries again), and so is a failed sync
     of the directory, which returns False (the module says what each mode does then),
     unless ``sync_decides_delete``: then the tombstone is renamed back, nothing else
-    removed, and :class:`StorageError` raised. The session is back (or, if even that
+    removed, and :class:`DeleteUndone` raised. The session is back (or, if even that
     rename fails, deleted: the next open finishes its tombstone), never half-deleted."""
     tombstone = layout.tombstone(session_id)
     with contextlib.suppress(FileNotFoundError):
@@ -342,8 +338,13 @@ def _undo_unsynced_delete(layout: Layout, session_id: str, error: OSError) -> No
             error,
             undo_error,
         )
-    raise StorageError(
-        f"session {session_id!r} was not deleted: the sync of its directory failed ({error}); retry"
+        raise StorageError(
+            f"session {session_id!r}: the sync of its directory failed ({error}), and "
+            "undoing its delete too: it is deleted, not durably until the next open"
+        ) from error
+    raise DeleteUndone(
+        f"session {session_id!r} was not deleted: the sync of its directory failed "
+        f"({error}); it takes no appends until the store is opened again"
     ) from error
 
 
@@ -387,11 +388,3 @@ def clear_unfinished_delete(layout: Layout, session_id: str) -> None:
         )
     fsync_dir(layout.events)
     fsync_dir(layout.sessions)
-
-
-def remove_damaged(layout: Layout) -> list[Path]:
-    """Removes every file kept aside as damaged; returns those it removed."""
-    removed = [path for path in layout.damaged_files() if unlink_quietly(path)]
-    for directory in sorted({path.parent for path in removed}):
-        fsync_dir(directory)
-    return removed

@@ -19,17 +19,21 @@
   index's next preparation reads it.
 - ``marks``: a few places (seq, offset) of the log where a line starts, so that a read
   from a seq bisects the log between the two nearest (``scan.locate``).
+
+``new_metadata``: what a new session's record starts from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+from datetime import timedelta
 from typing import Final
 
 from bamboo_session.protocol.models import Message, SessionMetadata
 
 from ..events import UserBytes
+from ..index import copy_metadata
 from .checkpoint import Coverage, FileStamp, SlotFile
 from .message_index import ENTRY, Entry, entry_at
 
@@ -48,6 +52,7 @@ class SessionRecord:
         "checkpoint_offset",
         "checkpoint_pending",
         "checkpoint_seq",
+        "delete_undone",
         "index",
         "index_checked",
         "lock",
@@ -94,6 +99,9 @@ class SessionRecord:
         self.meta_dirty = False  # metadata changed without a log append (state, activity)
         self.checkpoint_pending = False
         self.lock: asyncio.Lock | None = None  # checkpoint writes, index upkeep, delete
+        # A failed delete undone by a rename whose sync is not known (``lifecycle.py``):
+        # after a power cut the next open may finish the delete, so no append is taken.
+        self.delete_undone = False
         self.index = index
         self.index_checked = False
         self.pending = bytearray(pending)
@@ -224,3 +232,15 @@ class SessionRecord:
 
 def _seq_of(place: Place) -> int:
     return place[0]
+
+
+def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMetadata:
+    """A new session's metadata: the caller's, with a new log's counts and the store's
+    default TTL if it has none."""
+    meta = copy_metadata(given)
+    meta.last_seq = 0  # a new log; whatever the caller set does not describe it
+    meta.message_count = 0
+    if meta.ttl is None and default_ttl is not None:
+        meta.ttl = default_ttl
+        meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+    return meta

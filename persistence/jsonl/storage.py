@@ -48,11 +48,11 @@ from . import snapshot
 from .appends import Appender
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
-from .files import LockFile
-from .lifecycle import SessionFiles, new_metadata, remove_damaged
+from .files import LockFile, remove_damaged
+from .lifecycle import SessionFiles
 from .opening import open_files, records_of, snapshot_entries
 from .queries import JsonlQueries
-from .record import SessionRecord
+from .record import SessionRecord, new_metadata
 from .recovery import RecoveryReport
 from .tasks import BackgroundTasks, every, to_completion
 
