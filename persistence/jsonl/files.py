@@ -1,6 +1,5 @@
 """Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
-whole writes (appended or positioned) and positioned reads, the lock file, and the
-removal of the files kept aside as damaged (``Layout.damaged_files``).
+whole writes (appended or positioned) and positioned reads, and the lock file.
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
 about sessions or log lines.
@@ -15,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..base import StorageLocked
-from .layout import Layout, temporary_path
+from .layout import temporary_path
 
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
 # it skips the timestamp update that a full fsync also writes.
@@ -190,11 +189,3 @@ def _read_holder(fd: int) -> str:
     except (OSError, UnicodeDecodeError):
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""
-
-
-def remove_damaged(layout: Layout) -> list[Path]:
-    """Removes every file kept aside as damaged; returns those it removed."""
-    removed = [path for path in layout.damaged_files() if unlink_quietly(path)]
-    for directory in sorted({path.parent for path in removed}):
-        fsync_dir(directory)
-    return removed

@@ -1,4 +1,5 @@
-"""A session's files coming and going: creation, deletion, and the ones in progress.
+"""A session's files coming and going: creation, deletion, and the ones in progress;
+and the removal of files kept aside as damaged.
 
 Creation writes the checkpoint first (durably), then the empty log: a crash between
 leaves a valid empty session. A delete waits until the session's queued appends are
@@ -388,3 +389,11 @@ def clear_unfinished_delete(layout: Layout, session_id: str) -> None:
         )
     fsync_dir(layout.events)
     fsync_dir(layout.sessions)
+
+
+def remove_damaged(layout: Layout) -> list[Path]:
+    """Removes every file kept aside as damaged; returns those it removed."""
+    removed = [path for path in layout.damaged_files() if unlink_quietly(path)]
+    for directory in sorted({path.parent for path in removed}):
+        fsync_dir(directory)
+    return removed

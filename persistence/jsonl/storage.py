@@ -48,8 +48,8 @@ from . import snapshot
 from .appends import Appender
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
-from .files import LockFile, remove_damaged
-from .lifecycle import SessionFiles
+from .files import LockFile
+from .lifecycle import SessionFiles, remove_damaged
 from .opening import open_files, records_of, snapshot_entries
 from .queries import JsonlQueries
 from .record import SessionRecord, new_metadata
