@@ -21,6 +21,7 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Storage
 from bamboo_session.persistence.jsonl import lifecycle, retirement
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.test_jsonl_wal import segments
+from tests.test_jsonl_wal_room import Lines, crash_image_with, record
 
 
 def failing_directory_sync(
@@ -171,4 +172,30 @@ async def test_no_segment_is_retired_after_a_failed_directory_sync(
     assert len(segments(config)) >= 3
     async with await JsonlStorage.open(config) as storage:
         assert await storage.last_seq("a") == 4
+    assert segments(config) == []
+
+
+async def test_an_open_writes_again_what_the_wal_covers_before_deleting_it(
+    tmp_path: Path,
+) -> None:
+    """After a sync that failed, the page cache may hold log lines the disk never got,
+    marked clean: a process started later in the same boot reads them back whole, and
+    a sync of its own writes nothing of them and succeeds. So replay writes again the
+    lines a log holds of the WAL's, for its sync to write them (or fail), before the
+    segments go. (Seen here as the logs' modification time: a fault the page cache
+    hides cannot be made without a block device.)"""
+
+    def all_whole(lines: Lines) -> bytes:
+        return b"".join([*(record(lines, "s", seq) for seq in (2, 3)), record(lines, "t", 1)])
+
+    config = await crash_image_with(tmp_path, all_whole, t_events=1)
+    before = {sid: config.layout.log(sid).read_bytes() for sid in "st"}
+    for sid in "st":
+        os.utime(config.layout.log(sid), (946_684_800, 946_684_800))  # 2000-01-01
+    async with await JsonlStorage.open(config) as storage:
+        assert storage.recovery is not None and storage.recovery.wal_events_replayed == 0
+        assert await tokens(storage, "s") == [AgentEvent.token(f"s{i}") for i in range(3)]
+    for sid in "st":
+        assert config.layout.log(sid).read_bytes() == before[sid]
+        assert config.layout.log(sid).stat().st_mtime > 946_684_800
     assert segments(config) == []

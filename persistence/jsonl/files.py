@@ -74,6 +74,24 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def rewrite_range(path: Path, start: int, end: int) -> None:
+    """Writes bytes ``start`` to ``end`` of ``path`` again, as they read now (unsynced).
+    After a sync that failed in an earlier process of this boot, the page cache may
+    hold bytes the disk never got, marked clean (Linux forgets the error once it has
+    reported it): a sync would write nothing of them and succeed. Written again they
+    are dirty, and the next sync writes them, or fails."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        while start < end:
+            chunk = read_at(fd, start, min(READ_AT_CHUNK, end - start))
+            if not chunk:
+                break
+            pwrite_all(fd, chunk, start)
+            start += len(chunk)
+    finally:
+        os.close(fd)
+
+
 def read_file(path: Path) -> bytes | None:
     """The whole file, or None when it does not exist."""
     try:

@@ -17,8 +17,11 @@ and the missing lines are appended from the segments, gap-free. Seqs the WAL
 acknowledged but cannot restore are reported (``unrestored``: open starts a new epoch
 for the session). Then every log the segments cover is synced, whether replay wrote to
 it or not (after a kill -9 its lines may sit in the page cache alone), and only then
-are the segments deleted. A record's fields outside its CRC (its seq, its offset) are
-checked against its lines and the log first (``wal_fields.py``).
+are the segments deleted; the lines a log already held are written again before
+that sync (a sync that failed in the process before may have left them in the page
+cache only, where a sync now would write nothing). A record's fields outside its CRC
+(its seq, its offset) are checked against its lines and the log first
+(``wal_fields.py``).
 
 Everything here blocks; it runs in worker threads.
 """
@@ -39,7 +42,7 @@ from typing import BinaryIO
 import msgspec
 
 from . import damaged_wal
-from .files import fsync_dir, write_all
+from .files import fsync_dir, rewrite_range, write_all
 from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
@@ -328,6 +331,10 @@ def _replay_session(
         cut = cut_tail(layout, path, size, end, last)
         report.logs_cut += 1
         report.damaged += cut.damaged is not None
+    # What the log holds of the WAL's lines is written again before the sync below,
+    # which the segments' deletion trusts: read back, it may be the page cache's only,
+    # after a sync that failed in the process before (``files.rewrite_range``).
+    rewrite_range(path, first_offset if 0 <= first_offset <= size else 0, end)
     missing = []
     seq = last + 1
     while (entry := pending.lines.get(seq)) is not None:
