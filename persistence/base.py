@@ -380,3 +380,16 @@ class Storage(SessionStorage, Protocol):
         """Finishes pending appends, releases what the backend holds; ends every
         subscription. Safe to call twice."""
         ...
+
+
+@runtime_checkable
+class SyncHealth(Protocol):
+    """A store that can lose trust in its own syncs (the JSONL store in ``fsync``
+    mode): after a failed ``fsync`` one that succeeds proves nothing (Linux reports a
+    write-back error once), so it keeps what it needs for the next open, which only a
+    restart brings (``/metrics``: ``bamboo_store_sync_failed``)."""
+
+    @property
+    def sync_failed(self) -> bool:
+        """A sync failed in this process: restart it (the JSONL WAL grows until then)."""
+        ...

@@ -113,6 +113,12 @@ class Metrics:
             "Bytes the store takes on disk (file stores; read at most every 30 s)",
             registry=r,
         )
+        self.store_sync_failed = Gauge(
+            "bamboo_store_sync_failed",
+            "1 once a sync of the store's files failed in this process (JSONL, fsync "
+            "mode): later syncs prove nothing, its WAL is kept whole and grows; restart",
+            registry=r,
+        )
         self.buffered_bytes = Gauge(
             "bamboo_buffered_bytes",
             "Bytes held in replay rings, send queues and inboxes (see --memory-budget)",

@@ -3,7 +3,8 @@
 Both cost more than a scrape should pay each time (counting walks an index, sizing
 walks a directory), so each is read at most once per interval and kept meanwhile.
 Bytes on disk are known for file stores (JSONL: its directory; SQLite: its file with
-its journal and WAL); for others the gauge stays unset.
+its journal and WAL); for others the gauge stays unset. Whether a sync failed in this
+process (``SyncHealth``, the JSONL store) is read at every scrape: it costs nothing.
 
 A scrape waits for a figure at most ``--store-read-timeout``: a store that does not
 answer leaves the gauge at its last value (the scrape serves what it has); the read,
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.persistence.base import SessionFilter, Storage, StorageError
+from bamboo_session.persistence.base import SessionFilter, Storage, StorageError, SyncHealth
 from bamboo_session.persistence.url import parse_store_url
 
 from .metrics import Metrics
@@ -75,6 +76,8 @@ class StoreStats:
     async def refresh(self) -> None:
         """Reads the figures that are due, at once. A failure (StoreTimeout among them)
         leaves a gauge at its last value; /readyz tells the failure."""
+        if isinstance(self.storage, SyncHealth):  # an attribute: read at every scrape
+            self.metrics.store_sync_failed.set(int(self.storage.sync_failed))
         now = time.monotonic()
         due = []
         if now - self._counted_at >= COUNT_EVERY:

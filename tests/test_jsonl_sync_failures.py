@@ -61,9 +61,11 @@ async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
         await storage.create_session(Session.new("s"))
         await storage.append_event("s", AgentEvent.token("kept"))
         failing["left"] = 1
+        assert not storage.sync_failed
         with pytest.raises(StorageError, match="not deleted"):
             await storage.delete_session("s")
         assert failing["failed"] == 1
+        assert storage.sync_failed  # for /metrics: a restart settles the session
         # Back, whole: readable, its files in place and no tombstone; but the rename
         # back is not known durable either, so it takes no append until an open.
         assert await storage.get_metadata("s") is not None
@@ -73,6 +75,7 @@ async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
         with pytest.raises(StorageError, match="no appends"):
             await storage.append_event("s", AgentEvent.token("refused"))
     async with await JsonlStorage.open(config) as storage:
+        assert not storage.sync_failed
         assert await tokens(storage, "s") == [AgentEvent.token("kept")]
         assert (await storage.append_event("s", AgentEvent.token("after"))).seq == 2
         assert await tokens(storage, "s") == [AgentEvent.token("kept"), AgentEvent.token("after")]
@@ -136,7 +139,7 @@ async def test_with_the_wal_a_delete_whose_directory_sync_fails_keeps_its_record
         checkpoint_before = config.layout.checkpoint("gone").read_bytes()
         failing["left"] = 1
         await storage.delete_session("gone")  # its deletion is in the synced WAL
-        assert failing["failed"] == 1
+        assert failing["failed"] == 1 and storage.sync_failed
         for i in range(4):  # each append after 0.06 s rotates, and retires what it can
             await storage.append_event("kept", AgentEvent.token(str(i)))
             await asyncio.sleep(0.06)
@@ -166,12 +169,12 @@ async def test_no_segment_is_retired_after_a_failed_directory_sync(
             await storage.append_event("a", AgentEvent.token(str(i)))
             await asyncio.sleep(0.06)
         await storage._writer.retirement.settled()
-        assert failing["failed"] == 1
+        assert failing["failed"] == 1 and storage.sync_failed
         # The retry's sync would succeed and prove nothing: everything stays.
         assert len(segments(config)) >= 3
     assert len(segments(config)) >= 3
     async with await JsonlStorage.open(config) as storage:
-        assert await storage.last_seq("a") == 4
+        assert await storage.last_seq("a") == 4 and not storage.sync_failed
     assert segments(config) == []
 
 

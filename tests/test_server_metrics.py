@@ -4,13 +4,17 @@ process's own figures and the store's."""
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from pathlib import Path
 
 import jwt
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bamboo_session.persistence.jsonl import lifecycle
+from bamboo_session.protocol.models import Session
 from bamboo_session.server.metrics import Histogram
 from bamboo_session.server.store_stats import bytes_on_disk
 from tests.support import attach, get, open_peer, run_server, token
@@ -123,3 +127,29 @@ async def test_store_bytes_follow_the_data_directory(tmp_path: Path) -> None:
     reported = value(text, "bamboo_store_bytes")
     assert reported >= 50_000 and abs(reported - on_disk) < on_disk * 0.5 + 65536
     assert re.search(r"^bamboo_sessions_stored 1\.0$", text, re.M)
+
+
+async def test_a_failed_sync_of_the_store_shows_until_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fsync, later ones prove nothing: the JSONL store keeps its WAL
+    whole, growing, until it is opened again; /metrics says so for an operator."""
+    real = lifecycle.fsync_dir
+
+    def failing_once(path: Path) -> None:
+        if Path(path).name == "sessions" and not failed:
+            failed.append(path)
+            raise OSError(errno.EIO, "injected EIO")
+        real(path)
+
+    failed: list[Path] = []
+    async with run_server(tmp_path) as server:
+        assert value(await scrape(server), "bamboo_store_sync_failed") == 0
+        assert server.storage is not None
+        await server.storage.create_session(Session.new("s"))
+        monkeypatch.setattr(lifecycle, "fsync_dir", failing_once)
+        await server.storage.delete_session("s")  # acknowledged: its deletion is in the WAL
+        assert failed
+        assert value(await scrape(server), "bamboo_store_sync_failed") == 1
+    async with run_server(tmp_path) as server:
+        assert value(await scrape(server), "bamboo_store_sync_failed") == 0

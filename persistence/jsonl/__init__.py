@@ -37,7 +37,8 @@ The modules, one concern each:
   append path, its checkpoint scheduling, its sessions' files coming and going, and
   its work off the event loop;
 - ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too),
-  on ``queries``: its base class, what it holds in memory and every read.
+  on ``imports`` (its side of ``SessionImport``), on ``queries``: what it holds in
+  memory and every read.
 """
 
 from __future__ import annotations

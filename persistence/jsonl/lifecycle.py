@@ -226,6 +226,7 @@ class SessionFiles:
                 )
             except DeleteUndone:
                 record.delete_undone = True  # before the caller can bring the record back
+                self._writer.distrust_syncs()  # (sync_failed: a restart's open settles it)
                 raise
         if not synced:
             await self._record_deletion_again(record)

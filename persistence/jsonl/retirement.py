@@ -26,6 +26,12 @@ class Retirement:
         self._queue: list[Segment] = []
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def stopped(self) -> bool:
+        """Whether a failed sync stopped retirement for the rest of this process: every
+        WAL segment stays from then on, until the next open replays them."""
+        return self._files.sync_failed
+
     async def settled(self) -> None:
         """Return once the background round under way, if any, has ended."""
         if self._task is not None:

@@ -3,10 +3,11 @@
 Appends go through ``appends.py`` (seqs in call order, keys, the group-commit writer),
 checkpoints through ``checkpointer.py`` (off the acknowledgement path, but creation, a
 move to closed or expired, and imported metadata are on disk when they return); every
-read is its base class's, :class:`~.queries.JsonlQueries` (through ``reads.py``); the
-history is the log's ``message`` events. Expired sessions (sliding TTL) refuse
-``load_session``, histories and appends with :class:`SessionExpired`; their metadata
-and events stay readable until cleanup.
+read is :class:`~.queries.JsonlQueries`'s (through ``reads.py``), and every import
+(``SessionImport``) :class:`~.imports.JsonlImports`'s, its bases; the history is the
+log's ``message`` events. Expired sessions (sliding TTL) refuse ``load_session``,
+histories and appends with :class:`SessionExpired`; their metadata and events stay
+readable until cleanup.
 
 Read-only (``open_storage(url, read_only=True)``): no lock, nothing created, changed or
 repaired, every write refused; a best-effort view beside a running server
@@ -29,7 +30,6 @@ from bamboo_session.protocol.models import (
     Session,
     SessionMetadata,
     SessionState,
-    StoredEvent,
     utcnow,
 )
 
@@ -42,16 +42,15 @@ from ..base import (
     StorageFull,
 )
 from ..feed import CLOSED, DELETED
-from ..importing import check_importable
 from ..index import copy_metadata
 from . import snapshot
 from .appends import Appender
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
 from .files import LockFile
+from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
 from .opening import open_files, records_of, snapshot_entries
-from .queries import JsonlQueries
 from .record import SessionRecord, new_metadata
 from .recovery import RecoveryReport
 from .tasks import BackgroundTasks, every, to_completion
@@ -64,7 +63,7 @@ T = TypeVar("T")
 _FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
 
 
-class JsonlStorage(JsonlQueries):
+class JsonlStorage(JsonlImports):
     """Sessions, histories and event logs in plain files under one directory.
 
     Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
@@ -168,6 +167,12 @@ class JsonlStorage(JsonlQueries):
     def ready(self) -> bool:
         """Open and accepting appends (never, when read-only)."""
         return self._ready
+
+    @property
+    def sync_failed(self) -> bool:
+        """A sync failed in this process (``SyncHealth``): from then on every WAL
+        segment stays, growing until the next open replays them; a restart brings it."""
+        return self._writer.retirement.stopped
 
     # -- sessions -------------------------------------------------------------------
 
@@ -313,32 +318,6 @@ class JsonlStorage(JsonlQueries):
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(record)
         return record
-
-    # -- import (SessionImport) -----------------------------------------------------
-
-    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
-        """Appends ``events`` with their own seq, ts and key, through the writer (as
-        durable as appends); the first must follow the session's last seq."""
-        self._require_writable()
-        self._record(session_id)
-        if not events:
-            return
-        check_importable(session_id, events)
-        window = None
-        if any(event.key is not None for event in events):
-            window = await self._appends.key_window(session_id)
-        await self._appends.import_events(self._record(session_id), events, window)
-
-    async def import_metadata(self, metadata: SessionMetadata) -> None:
-        """Sets the session's state, times, ttl and extra as given, durably."""
-        self._require_writable()
-        record = self._record(metadata.id)
-        self._index.set_state(metadata.id, metadata.state)
-        record.take_metadata(metadata)
-        self._checkpoints.changed(record)
-        await self._checkpoints.write(metadata.id, durable=True)
-        if metadata.state == SessionState.CLOSED:
-            self._feed.end(metadata.id, CLOSED)
 
     # -- damaged files --------------------------------------------------------------
 
