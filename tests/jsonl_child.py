@@ -26,6 +26,11 @@ share one group commit.
 directory fails. Prints what the caller was told (``deleted`` or ``told failed``), then
 SIGKILLs itself: the crash at that instant.
 
+``python tests/jsonl_child.py undonedelete DIR N``: ``syncfaildelete`` without the WAL:
+the delete fails and its rename is undone; prints what the caller was told, then what
+an append to ``d`` got (``append refused`` or ``append acked``), then SIGKILLs itself.
+``undonedelete-midway``: SIGKILLs itself once the sync failed, before the rename back.
+
 ``python tests/jsonl_child.py retiredsyncfaildelete DIR N``: the same, but the WAL
 segment that records the deletion is retired before the checkpoint's rename (a
 checkpoint of ``d`` in progress holds the rename back: its lock is taken here, while
@@ -52,7 +57,7 @@ from bamboo_session.persistence import (
     SessionNotFound,
     StorageError,
 )
-from bamboo_session.persistence.jsonl import wal
+from bamboo_session.persistence.jsonl import lifecycle, wal
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 
@@ -183,6 +188,35 @@ async def syncfaildelete(base: str, acked: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+async def undonedelete(base: str, acked: int, midway: bool) -> None:
+    config = JsonlStorageConfig(base, max_open_logs=1).with_wal(enabled=False)
+    storage = await JsonlStorage.open(config)
+    await storage.create_session(Session.new("d", user_id="u"))
+    for i in range(acked):
+        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
+    await storage.create_session(Session.new("o", user_id="u"))
+    await storage.append_event("o", AgentEvent.token("other"))
+    if midway:  # the rename to the tombstone done, its sync failed, nothing undone yet
+        lifecycle._undo_unsynced_delete = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+    fill = _no_descriptor_left()
+    try:
+        await storage.delete_session("d")
+    except StorageError:
+        told = "told failed"
+    else:
+        told = "deleted"
+    for fd in fill:
+        os.close(fd)
+    say(told)
+    try:
+        await storage.append_event("d", AgentEvent.token("after"))
+    except StorageError:
+        say("append refused")
+    else:
+        say("append acked")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 async def retiredsyncfaildelete(base: str, acked: int) -> None:
     layout = JsonlStorageConfig(base).layout
     config = JsonlStorageConfig(base, max_open_logs=1, wal_segment_age=0.05)
@@ -252,6 +286,8 @@ if __name__ == "__main__":
         asyncio.run(killsync(directory, number))
     elif mode == "syncfaildelete":
         asyncio.run(syncfaildelete(directory, number))
+    elif mode.startswith("undonedelete"):
+        asyncio.run(undonedelete(directory, number, midway=mode.endswith("-midway")))
     elif mode == "retiredsyncfaildelete":
         asyncio.run(retiredsyncfaildelete(directory, number))
     elif mode.startswith("faileddelete"):

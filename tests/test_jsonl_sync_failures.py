@@ -20,6 +20,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.persistence.jsonl import lifecycle, retirement
 from bamboo_session.protocol.models import AgentEvent, Session
+from tests.jsonl_support import killed_child
 from tests.test_jsonl_wal import segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, record
 
@@ -202,3 +203,31 @@ async def test_an_open_writes_again_what_the_wal_covers_before_deleting_it(
         assert config.layout.log(sid).read_bytes() == before[sid]
         assert config.layout.log(sid).stat().st_mtime > 946_684_800
     assert segments(config) == []
+
+
+@pytest.mark.parametrize("midway", [False, True])
+def test_a_kill_at_each_step_of_an_undone_delete_leaves_it_whole_or_deleted_whole(
+    tmp_path: Path, midway: bool
+) -> None:
+    """Without the WAL, the directory sync of a delete's rename fails (no descriptor
+    left) and the rename is undone: a kill -9 before the rename back leaves the delete
+    done (the caller was told nothing), after it the session whole, every event it
+    acknowledged there; the append tried after the failure was refused."""
+    base = tmp_path / "data"
+    child = killed_child("undonedelete-midway" if midway else "undonedelete", base)
+    told = child.stdout.splitlines()
+
+    async def reopen() -> tuple[list[AgentEvent] | None, list[str]]:
+        config = JsonlStorageConfig(base).with_wal(enabled=False)
+        async with await JsonlStorage.open(config) as storage:
+            assert await tokens(storage, "o") == [AgentEvent.token("other")]
+            found = await tokens(storage, "d") if await storage.get_metadata("d") else None
+        return found, sorted(p.name for p in config.layout.sessions.iterdir())
+
+    found, names = asyncio.run(reopen())
+    if midway:
+        assert told == [] and found is None
+        assert names == ["o.json"]  # no tombstone, nor any file of d, left
+    else:
+        assert told == ["told failed", "append refused"]
+        assert found == [AgentEvent.token(f"acked{i}") for i in range(5)]

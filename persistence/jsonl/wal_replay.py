@@ -334,7 +334,9 @@ def _replay_session(
     # What the log holds of the WAL's lines is written again before the sync below,
     # which the segments' deletion trusts: read back, it may be the page cache's only,
     # after a sync that failed in the process before (``files.rewrite_range``).
-    rewrite_range(path, first_offset if 0 <= first_offset <= size else 0, end)
+    start = first_offset if 0 <= first_offset <= size else 0
+    if end > start:  # (no log at all: nothing to write again)
+        rewrite_range(path, start, end)
     missing = []
     seq = last + 1
     while (entry := pending.lines.get(seq)) is not None:
