@@ -48,7 +48,7 @@ from .limits import ConnectionCounter, connection_cap
 from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
-from .origins import RequestGuard, authority_fault
+from .origins import RequestGuard, host_fault
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
@@ -335,7 +335,7 @@ class BambooServer:
                 message = f"more than one {name} header"
                 return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
         host = request.headers.get("Host")
-        fault = None if host is None else authority_fault(host)
+        fault = host_fault(host, request.protocol)
         if fault is not None:
             # Whatever the host checks allow: a server refuses an invalid Host (RFC
             # 9112 3.2), and the guard reads only its host part.

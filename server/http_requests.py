@@ -25,6 +25,7 @@ it, the connections that have held their part longest are dropped without one.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import http
 import typing
@@ -246,7 +247,10 @@ def in_origin_form(request: Request) -> Request:
     if "Host" in headers:
         del headers["Host"]
     headers["Host"] = authority
-    return Request("/" + path if path.startswith("?") or not path else path, headers)
+    origin_form = "/" + path if path.startswith("?") or not path else path
+    # Its method and version as they came: a HEAD, an OPTIONS, a POST or an HTTP/1.0
+    # request is answered as such, not as the GET of HTTP/1.1 a new Request would be.
+    return dataclasses.replace(request, path=origin_form, headers=headers)
 
 
 _SCHEMES = frozenset({"http", "https", "ws", "wss"})

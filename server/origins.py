@@ -9,8 +9,8 @@ the HTTP API as a same-origin page (DNS rebinding: the browser sends the page's
 
 - ``Host`` must name a loopback address (``localhost``, ``*.localhost``, 127.0.0.0/8,
   ``[::1]``) or the address the server is bound to; bound to every interface, any IP
-  address passes (a rebinding page always sends its own name). A request without
-  ``Host`` (HTTP/1.0) is not a browser's and passes.
+  address passes (a rebinding page always sends its own name). An HTTP/1.0 request
+  without ``Host`` is not a browser's and passes; an HTTP/1.1 one is malformed (400).
 - ``Origin`` must be absent (not a browser) or name a loopback host.
 
 ``allowed_hosts`` and ``allowed_origins`` add entries (``*`` allows any). With auth,
@@ -41,6 +41,7 @@ def _split_host(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+NO_HOST = "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)"
 USERINFO = (
     "the Host header (or the request target's authority) has userinfo (name@ before the "
     "host): a request names no user there (RFC 9110 4.2.4)"
@@ -61,6 +62,16 @@ def is_malformed_authority(value: str) -> bool:
     """Whether a ``Host`` value (or an absolute-form target's authority) is not
     ``host`` or ``host:port`` (:func:`authority_fault` says why)."""
     return authority_fault(value) is not None
+
+
+def host_fault(value: str | None, protocol: str) -> str | None:
+    """Why a request's ``Host`` header (``value``, None if it has none) is refused
+    whatever the host checks allow, None if it is not: RFC 9112 3.2 has a server answer
+    400 to an HTTP/1.1 request without one (an HTTP/1.0 request may lack it), and to an
+    invalid one (:func:`authority_fault`)."""
+    if value is None:
+        return None if protocol == "HTTP/1.0" else NO_HOST
+    return authority_fault(value)
 
 
 def authority_fault(value: str) -> str | None:

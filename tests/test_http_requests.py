@@ -15,6 +15,7 @@ from bamboo_session.server.http_requests import (
     MAX_LEADING_EMPTY_LINES,
     NOT_ASCII_TARGET,
 )
+from bamboo_session.server.origins import NO_HOST
 from tests.support import run_server
 from tests.test_handshake_bytes import answer_of
 
@@ -69,7 +70,9 @@ async def test_a_request_target_that_is_not_ascii_is_400_in_our_words() -> None:
             error = json.loads(body)["error"]
             assert error == {"code": "bad_request", "message": NOT_ASCII_TARGET}
         # Percent-encoded, the same characters are a request like any other.
-        answer = await answer_of(server.port, b"GET /healthz?q=%C3%BC HTTP/1.1\r\n\r\n")
+        answer = await answer_of(
+            server.port, b"GET /healthz?q=%C3%BC HTTP/1.1\r\nHost: [::1]\r\n\r\n"
+        )
         assert status_of(answer) == 200, answer
 
 
@@ -101,3 +104,38 @@ async def test_a_request_target_in_absolute_form_is_served_as_its_path() -> None
         writer.write(upgrade.encode())
         assert status_of(await asyncio.wait_for(reader.readline(), 5)) == 101
         writer.close()
+
+
+async def test_a_target_in_absolute_form_keeps_its_method_and_version() -> None:
+    # It was rebuilt as a new request, of websockets' defaults: a HEAD was answered
+    # as a GET (its body sent), a POST served as a GET, an HTTP/1.0 request as 1.1
+    # (tests/test_whole_history_wire.py).
+    async with run_server() as server:
+        here = f"127.0.0.1:{server.port}"
+        for target in ("/healthz", f"http://{here}/healthz"):
+            head = f"HEAD {target} HTTP/1.1\r\nHost: {here}\r\n\r\n".encode()
+            answer = await answer_of(server.port, head)
+            assert status_of(answer) == 200, answer
+            assert answer.endswith(b"\r\n\r\n"), answer  # no body after the head
+            post = f"POST {target} HTTP/1.1\r\nHost: {here}\r\n\r\n".encode()
+            assert status_of(await answer_of(server.port, post)) == 405, target
+
+
+async def test_an_http_1_1_request_without_host_is_400() -> None:
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host. An
+    # HTTP/1.0 one may lack it; an absolute-form target gives one.
+    async with run_server() as server:
+        for target in ("/healthz", "/api/v1/sessions", "/api/v1/stream/s", "/nowhere"):
+            answer = await answer_of(server.port, f"GET {target} HTTP/1.1\r\n\r\n".encode())
+            body = answer.partition(b"\r\n\r\n")[2]
+            assert status_of(answer) == 400, answer
+            assert json.loads(body)["error"] == {"code": "bad_request", "message": NO_HOST}
+        key = base64.b64encode(os.urandom(16)).decode()
+        upgrade = (
+            "GET /api/v1/stream/nohost HTTP/1.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert status_of(await answer_of(server.port, upgrade.encode())) == 400
+        assert status_of(await answer_of(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200
+        absolute = f"GET http://127.0.0.1:{server.port}/healthz HTTP/1.1\r\n\r\n"
+        assert status_of(await answer_of(server.port, absolute.encode())) == 200

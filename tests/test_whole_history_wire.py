@@ -50,6 +50,13 @@ async def test_an_http_1_0_request_gets_the_history_without_chunked_framing() ->
         lower = head.lower()
         assert "transfer-encoding" not in lower and "connection: close" in lower
         assert json.loads(body)["messages"] == expected
+        # In absolute-form too: it was rebuilt as a request of HTTP/1.1.
+        target = f"http://127.0.0.1:{server.port}/api/v1/sessions/old"
+        head, body = await asyncio.to_thread(
+            exchange, server.port, f"GET {target} HTTP/1.0\r\n\r\n".encode()
+        )
+        assert "transfer-encoding" not in head.lower(), head
+        assert json.loads(body)["messages"] == expected
         # HEAD alike: the GET's head, without Transfer-Encoding.
         request = b"HEAD /api/v1/sessions/old HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
         head, body = await asyncio.to_thread(exchange, server.port, request)
