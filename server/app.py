@@ -52,6 +52,7 @@ from .origins import RequestGuard, host_fault
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
+from .replay_shares import ReplayShares
 from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
@@ -161,6 +162,7 @@ class BambooServer:
             self._manager.page_reads,
             ReadAllowances(config.rate_limit_bytes, config.rate_limit_bytes_burst),
             self.unread_answers,
+            ReplayShares(config.memory_budget, config.replay_peer_share),
         )
         self._server = await serve(
             self._handle,

@@ -62,6 +62,9 @@ SERVE_HELP: dict[str, str] = {
     "answer_peer_share": "the part of what HTTP answers not yet taken by their peers may "
     "hold (a quarter of --memory-budget) that one peer's (token sub, else address) may "
     "hold; past it that peer's answers get 429 (1: no part of its own)",
+    "replay_peer_share": "the part of --memory-budget that the replay pages of one peer's "
+    "(token sub, else address) resuming connections may hold at once; past it, its next "
+    "pages wait for its others to be taken (1: no part of its own)",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
     "replay's page; waiting for one of the --read-slots included), a hello's read of "
     "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "

@@ -70,6 +70,9 @@ class ServerConfig:
     # The part of what HTTP answers not yet taken may hold (a quarter of memory_budget)
     # that one peer's may hold (server/unread_answers.py).
     answer_peer_share: float = 0.25
+    # The part of memory_budget that the replay pages of one peer's connections may
+    # hold at once (server/replay_shares.py); past it, its next pages wait their turn.
+    replay_peer_share: float = 0.25
     # A page read from the store (history, events, a replay's page), its wait for one
     # of the page-read slots included, and an HTTP API request's store reads, are
     # abandoned after this long: a store that hangs would keep every slot. Below
@@ -239,6 +242,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "replay_page_timeout": (0.001, None),
     "answer_page_timeout": (0.001, None),
     "answer_peer_share": (0.001, 1),
+    "replay_peer_share": (0.001, 1),
     "store_read_timeout": (0.001, None),
     # At least 2, so that whole histories, which take at most half, always leave one to
     # other pages; at most 256: each page being read is decoded in memory, outside

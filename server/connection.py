@@ -47,6 +47,7 @@ from .outbox import CloseRequest, Outbox, Replay, send_frames
 from .page_requests import answer_page
 from .read_allowance import ReadAllowance
 from .replay import send_replay
+from .replay_shares import ReplayShare
 from .services import Services
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -70,6 +71,7 @@ class Connection:
         "outbox",
         "page_waited",
         "read_allowance",
+        "replay_share",
         "services",
         "session_id",
         "started",
@@ -99,6 +101,7 @@ class Connection:
         self.counted_user: str | None = None  # counted in services.user_connections
         self.read_allowance: ReadAllowance | None = None  # its peer's, set at attach
         self.page_waited = 0.0  # seconds its pages waited for that allowance
+        self.replay_share: ReplayShare | None = None  # its peer's, set at attach
 
     async def run(self) -> None:
         # Every log line of this connection's tasks carries its ids (task-local context).
@@ -315,6 +318,7 @@ class Connection:
             self.codec,
             self.services.config.replay_page_timeout,
             self.read_allowance,
+            self.replay_share,
         )
 
     def framed(self, out: Outbound) -> bytes:

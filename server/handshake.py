@@ -127,6 +127,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         creator = creator_key(principal.sub if principal else None, ws.peer_host)
         # Before the attach, which queues the replay the writer sends with it.
         conn.read_allowance = services.read_allowances.of(creator)
+        conn.replay_share = services.replay_shares.of(creator)
         created: list[float] = []  # when a creation of this hello's ended, if one did
         admission = _noting_creation(services.quotas.admission(creator, deadline), created)
         session_id = await resolve_session(

@@ -160,6 +160,12 @@ class Metrics:
             "the time actually waited, counted when a wait ends",
             registry=r,
         )
+        self.replay_share_wait_seconds = Counter(
+            "bamboo_replay_share_wait_seconds",
+            "Seconds resumes' replay pages waited for their peer's other replay pages to "
+            "be taken (--replay-peer-share), counted when a wait ends",
+            registry=r,
+        )
         self.replay_wait_seconds = Counter(
             "bamboo_replay_wait_seconds",
             "Seconds resumes' replays waited for their peer's read allowance (the byte "

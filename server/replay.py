@@ -13,8 +13,9 @@ that resumers who come later replay it from memory.
 ``send_replay`` sends a connection's replay, page after page, each within a deadline,
 and each once its peer's read allowance allows (server/read_allowance.py), a page's
 worth taken from it before the page is read (the replays of a peer's many connections
-count each other's pages); when the session is closed or expires meanwhile, to its
-end, within the close's bound.
+count each other's pages), and once the pages that its peer's connections hold leave
+room for it in the peer's share of the memory budget (server/replay_shares.py); when
+the session is closed or expires meanwhile, to its end, within the close's bound.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .outbox import Outbox, Replay, send_frames
 from .pages import PageReads
 from .read_allowance import ReadAllowance
 from .replay_charge import PageCharge
+from .replay_shares import ReplayShare
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
 
 log = structlog.get_logger("bamboo_session.replay")
@@ -129,6 +131,7 @@ async def send_replay(
     codec: Codec,
     page_timeout: float,
     allowance: ReadAllowance | None = None,
+    share: ReplayShare | None = None,
 ) -> int:
     """Send a resume's missed events on ``ws``, a page at a time, each written before
     the next is read; the number of frames sent. A peer that takes nothing of its
@@ -143,7 +146,10 @@ async def send_replay(
     without it, within the close's bound), and is charged once framed; a page's worth
     (``REPLAY_PAGE_BYTES``) is taken from it before the page is read, and given back
     then, so that the replays of a peer's connections, read at the same time, find
-    each other's pages there."""
+    each other's pages there. With the peer's ``share`` (server/replay_shares.py), each
+    page waits, holding nothing, until the pages its peer's connections hold leave room
+    for it (a close ends the wait, as the allowance's), and is held in that share
+    until it is sent."""
     position, through, sent = replay.after, replay.through, 0
     while position < through and _goes_on(outbox):
         if (
@@ -154,6 +160,15 @@ async def send_replay(
             and not _goes_on(outbox)
         ):
             break  # closing meanwhile, and the close cuts the replay
+        if (
+            share is not None
+            and not share.take_now(REPLAY_PAGE_BYTES)
+            and not await _share_room(share, outbox, reads.metrics)
+        ):
+            if not _goes_on(outbox):
+                break  # closing meanwhile, and the close cuts the replay
+            share.settle(0, REPLAY_PAGE_BYTES)  # a close that lets it finish: no wait
+        held = REPLAY_PAGE_BYTES if share is not None else 0  # of the peer's share
         reserved = allowance.reserve(REPLAY_PAGE_BYTES) if allowance is not None else 0
         size = 0
         try:
@@ -168,6 +183,12 @@ async def send_replay(
         finally:
             if allowance is not None:
                 allowance.settle(reserved, size)
+            if share is not None:
+                # What the page holds once framed (or nothing, when not sent), from
+                # the ring or not: a slow reader holds it all the same.
+                kept = size + len(frames) * BYTES_HEADER if size else 0
+                share.settle(held, kept)
+                held = kept
         if not size:
             break
         # In the process's memory budget until it is in the socket's buffer: a stalled
@@ -177,6 +198,8 @@ async def send_replay(
             taken = await _send_page(ws, frames, page_timeout, charge.recheck)
         finally:
             charge.release()
+            if share is not None:
+                share.give_back(held)
         if not taken:
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
@@ -185,6 +208,21 @@ async def send_replay(
     if position < through and outbox.closing is not None:
         outbox.cut_to_close()  # what was queued behind the replay would follow a gap
     return sent
+
+
+async def _share_room(share: ReplayShare, outbox: Outbox, metrics: Metrics) -> bool:
+    """Waits, holding nothing, until the peer's ``share`` has room for a page (charged
+    then: True), or until the outbox is closing (False, nothing charged)."""
+    started = time.monotonic()
+    try:
+        return await share.room(REPLAY_PAGE_BYTES, functools.partial(_until_closing, outbox))
+    finally:
+        metrics.replay_share_wait_seconds.inc(time.monotonic() - started)
+
+
+async def _until_closing(outbox: Outbox) -> None:
+    while outbox.closing is None:
+        await outbox.closing_within(3600.0)
 
 
 async def _closing_within(outbox: Outbox, delay: float) -> bool:

@@ -15,6 +15,7 @@ from .pages import PageReads
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
+from .replay_shares import ReplayShares
 from .store_stats import StoreStats
 from .unread_answers import UnreadAnswers
 
@@ -40,3 +41,6 @@ class Services:
     # HTTP answers written and not yet taken by their peers, and each peer's share of
     # them (server/unread_answers.py): the server's, kept from its start.
     unread_answers: UnreadAnswers
+    # The replay pages each peer's connections hold at once, against its share of the
+    # memory budget (--replay-peer-share; server/replay_shares.py).
+    replay_shares: ReplayShares
