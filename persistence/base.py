@@ -68,6 +68,7 @@ from bamboo_session.protocol.models import (
 )
 
 from .errors import (
+    AppendsSuspended,
     ListingChangedTooLarge,
     ListingTooLarge,
     SessionClosed,
@@ -85,6 +86,7 @@ __all__ = [
     "KEY_WINDOW",
     "AppendItem",
     "Appended",
+    "AppendsSuspended",
     "EventStorage",
     "HistoryPage",
     "InvalidSessionId",

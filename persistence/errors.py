@@ -1,7 +1,8 @@
 """The storage contract's exceptions (persistence/base.py says when each is raised;
 ``persistence.base`` and ``persistence`` export them all): a failing store
 (:class:`StorageError`, the base of every other), a session missing, present, expired,
-closed or full (its own cap, or its user's), a store full or held by another process."""
+closed or full (its own cap, or its user's), or taking no appends until the store is
+opened again, a store full or held by another process."""
 
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ class UserFull(SessionFull):
         self.stored = stored
         self.adding = adding
         self.cap = cap
+
+
+class AppendsSuspended(StorageError):
+    """The session takes no appends until the store is opened again (the JSONL store,
+    after a delete it undid by a rename not known durable: a power cut may yet finish
+    that delete). Nothing was stored, and retrying fails the same way until that open;
+    after it, a retry with the same key is safe. The session stays readable."""
 
 
 class StorageFull(StorageError):

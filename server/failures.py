@@ -12,6 +12,7 @@ import dataclasses
 import http
 
 from bamboo_session.persistence.base import (
+    AppendsSuspended,
     ListingChangedTooLarge,
     ListingTooLarge,
     SessionClosed,
@@ -103,6 +104,16 @@ _TABLE: dict[type[BaseException], Failure] = {
         _E.INTERNAL,
         _S.SERVICE_UNAVAILABLE,
         "storage failed; retry later (a publish with the same key is safe)",
+        True,
+    ),
+    # Retrying helps only once the store is opened again, which for a server is its
+    # restart (its 1012 close is the cue): "retry later" alone would promise sooner.
+    AppendsSuspended: Failure(
+        _C.INTERNAL_ERROR,
+        _E.INTERNAL,
+        _S.SERVICE_UNAVAILABLE,
+        "the store takes no appends to this session until the server restarts; retry then "
+        "(with the same key)",
         True,
     ),
     TooManyConnections: Failure(

@@ -24,7 +24,7 @@ from typing import Final
 from bamboo_session.protocol.codec import encode_stored_event
 from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent, utcnow
 
-from ..base import KEY_WINDOW, Appended, AppendItem, StorageError
+from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError
 from ..events import UserBytes, check_room, check_user_room, completed_event
 from ..feed import Feed
 from ..keys import KeyWindow, split_duplicates
@@ -325,7 +325,7 @@ def _check_settled(record: SessionRecord) -> None:
     durable (``lifecycle.py``): a power cut may leave its tombstone, and the next open
     would delete what they were acknowledged for. That open settles it."""
     if record.delete_undone:
-        raise StorageError(
+        raise AppendsSuspended(
             f"session {record.session_id!r}: a failed delete left it in place, but not "
             "durably; it takes no appends until the store is opened again"
         )
