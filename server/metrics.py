@@ -267,4 +267,5 @@ _FIGURES = {
     "sessions_parked": "parked_actors",
     "events_appended": "events_appended",
     "events_replayed": "events_replayed",
+    "store_sync_failed": "store_sync_failed",
 }

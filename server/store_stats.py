@@ -4,7 +4,8 @@ Both cost more than a scrape should pay each time (counting walks an index, sizi
 walks a directory), so each is read at most once per interval and kept meanwhile.
 Bytes on disk are known for file stores (JSONL: its directory; SQLite: its file with
 its journal and WAL); for others the gauge stays unset. Whether a sync failed in this
-process (``SyncHealth``, the JSONL store) is read at every scrape: it costs nothing.
+process (``SyncHealth``, the JSONL store) is read whenever the gauge is, by ``/metrics``
+or ``/api/v1/stats``: it costs nothing (other stores: always 0).
 
 A scrape waits for a figure at most ``--store-read-timeout``: a store that does not
 answer leaves the gauge at its last value (the scrape serves what it has); the read,
@@ -72,12 +73,13 @@ class StoreStats:
         self._sized_at = -SIZE_EVERY
         self._counting = SharedRead(reads, self._count)
         self._sizing = SharedRead(reads, self._size)
+        if isinstance(storage, SyncHealth):  # an attribute: read at every read of the gauge
+            health = storage
+            metrics.store_sync_failed.set_function(lambda: int(health.sync_failed))
 
     async def refresh(self) -> None:
         """Reads the figures that are due, at once. A failure (StoreTimeout among them)
         leaves a gauge at its last value; /readyz tells the failure."""
-        if isinstance(self.storage, SyncHealth):  # an attribute: read at every scrape
-            self.metrics.store_sync_failed.set(int(self.storage.sync_failed))
         now = time.monotonic()
         due = []
         if now - self._counted_at >= COUNT_EVERY:

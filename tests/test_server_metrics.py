@@ -145,11 +145,25 @@ async def test_a_failed_sync_of_the_store_shows_until_a_restart(
     failed: list[Path] = []
     async with run_server(tmp_path) as server:
         assert value(await scrape(server), "bamboo_store_sync_failed") == 0
+        assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 0
         assert server.storage is not None
         await server.storage.create_session(Session.new("s"))
         monkeypatch.setattr(lifecycle, "fsync_dir", failing_once)
         await server.storage.delete_session("s")  # acknowledged: its deletion is in the WAL
         assert failed
+        # The console's figures too, read with no scrape of /metrics before them.
+        assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 1
         assert value(await scrape(server), "bamboo_store_sync_failed") == 1
     async with run_server(tmp_path) as server:
         assert value(await scrape(server), "bamboo_store_sync_failed") == 0
+        assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 0
+
+
+async def test_a_store_that_does_not_track_its_syncs_reports_none_failed(
+    tmp_path: Path,
+) -> None:
+    """SQLite (and Redis, memory) report a failed sync as the failed call's error, and
+    keep nothing that grows after it: the gauge is there, at 0."""
+    async with run_server(store=f"sqlite:///{tmp_path}/bamboo.db") as server:
+        assert value(await scrape(server), "bamboo_store_sync_failed") == 0
+        assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 0
