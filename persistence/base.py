@@ -244,8 +244,10 @@ class EventStorage(Protocol):
         the batch is SessionNotFound, nothing of it stored, checked atomically with the
         append. Past the store's ``max_session_bytes``, the batch is SessionFull, and
         past its ``max_user_bytes`` UserFull, nothing of it stored, checked atomically
-        with the append too. Raises
-        SessionNotFound, SessionExpired, SessionClosed, SessionFull, StorageError."""
+        with the append too. A store may refuse a session's appends until it is opened
+        again (AppendsSuspended, nothing stored: the JSONL store after a delete it undid).
+        Raises SessionNotFound, SessionExpired, SessionClosed, SessionFull,
+        AppendsSuspended, StorageError."""
         ...
 
     async def append_event(
