@@ -139,3 +139,19 @@ async def test_an_http_1_1_request_without_host_is_400() -> None:
         assert status_of(await answer_of(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200
         absolute = f"GET http://127.0.0.1:{server.port}/healthz HTTP/1.1\r\n\r\n"
         assert status_of(await answer_of(server.port, absolute.encode())) == 200
+
+
+async def test_an_upgrade_in_absolute_form_keeps_its_method_and_version() -> None:
+    # websockets refuses an upgrade that is not a GET of HTTP/1.1; rebuilt as a new
+    # request of its defaults, a POST or an HTTP/1.0 one in absolute-form opened (101).
+    async with run_server() as server:
+        here = f"127.0.0.1:{server.port}"
+        for method, version, status in (("POST", "HTTP/1.1", 405), ("GET", "HTTP/1.0", 505)):
+            key = base64.b64encode(os.urandom(16)).decode()
+            upgrade = (
+                f"{method} http://{here}/api/v1/stream/s {version}\r\nHost: {here}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            answer = await answer_of(server.port, upgrade.encode())
+            assert status_of(answer) == status, answer
