@@ -56,6 +56,7 @@ from .http_refusals import (
     request_line_fault,
     upgrade_refusal,
 )
+from .origins import host_fault
 
 _json = msgspec.json.Encoder()
 _CODES = {
@@ -69,6 +70,7 @@ _CODES = {
     http.HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: "bad_request",
 }
 ALLOWED_METHODS = "GET, HEAD"
+MORE_THAN_ONE_HOST = "more than one Host header"  # as app.py words it in origin-form
 MAX_HEAD_BYTES = 16 * 1024
 MAX_LEADING_EMPTY_LINES = 8  # CRLFs skipped before a request line (RFC 9112 2.2)
 # A request target must be ASCII (RFC 9112 3.2, RFC 3986): other characters go
@@ -234,7 +236,9 @@ def in_origin_form(request: Request) -> Request:
     which a server must accept (RFC 9112 3.2.2), as the same request in origin-form:
     routed by its path and query, its host in place of the Host header's, which the
     RFC has the server ignore then. One without a host (``http:///path``) is refused,
-    as RFC 9110 4.2.1 has a recipient do: as an empty Host, it was served."""
+    as RFC 9110 4.2.1 has a recipient do: as an empty Host, it was served. The Host
+    header it came with is checked first, as any request's (:func:`host_fault`, and
+    only one): RFC 9112 3.2 has it refused whatever the target."""
     target = request.path
     scheme, separator, rest = target.partition("://")
     if target.startswith("/") or not separator or scheme.lower() not in _SCHEMES:
@@ -244,7 +248,16 @@ def in_origin_form(request: Request) -> Request:
     if not authority:
         raise MalformedHead(EMPTY_TARGET_HOST)
     headers = request.headers
-    if "Host" in headers:
+    received = headers.get_all("Host")
+    # RFC 9112 3.2 has a server answer 400 to any HTTP/1.1 request without Host, and to
+    # any with several or an invalid one, whatever its target: the check in app.py sees
+    # only the target's host put in its place, so the one received is judged here.
+    if len(received) > 1:
+        raise MalformedHead(MORE_THAN_ONE_HOST)
+    fault = host_fault(received[0] if received else None, request.protocol)
+    if fault is not None:
+        raise MalformedHead(fault)
+    if received:
         del headers["Host"]
     headers["Host"] = authority
     origin_form = "/" + path if path.startswith("?") or not path else path

@@ -15,7 +15,7 @@ from bamboo_session.server.http_requests import (
     MAX_LEADING_EMPTY_LINES,
     NOT_ASCII_TARGET,
 )
-from bamboo_session.server.origins import NO_HOST
+from bamboo_session.server.origins import NO_HOST, USERINFO
 from tests.support import run_server
 from tests.test_handshake_bytes import answer_of
 
@@ -137,8 +137,38 @@ async def test_an_http_1_1_request_without_host_is_400() -> None:
         )
         assert status_of(await answer_of(server.port, upgrade.encode())) == 400
         assert status_of(await answer_of(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200
-        absolute = f"GET http://127.0.0.1:{server.port}/healthz HTTP/1.1\r\n\r\n"
+        absolute = f"GET http://127.0.0.1:{server.port}/healthz HTTP/1.0\r\n\r\n"
         assert status_of(await answer_of(server.port, absolute.encode())) == 200
+
+
+async def test_an_absolute_form_target_does_not_excuse_its_host_header() -> None:
+    # RFC 9112 3.2 has a server answer 400 to any HTTP/1.1 request without Host, and to
+    # any with several Host lines or an invalid one, whatever its target. The target's
+    # host replaced the header before it was checked: all three were served (200), and
+    # an upgrade without Host opened (101).
+    async with run_server() as server:
+        here = f"127.0.0.1:{server.port}"
+        target = f"http://{here}/healthz"
+        faults = {
+            "": NO_HOST,
+            f"Host: {here}\r\nHost: {here}\r\n": "more than one Host header",
+            "Host: user@127.0.0.1\r\n": USERINFO,
+        }
+        for host_lines, message in faults.items():
+            request = f"GET {target} HTTP/1.1\r\n{host_lines}\r\n".encode()
+            answer = await answer_of(server.port, request)
+            body = answer.partition(b"\r\n\r\n")[2]
+            assert status_of(answer) == 400, (host_lines, answer)
+            assert json.loads(body)["error"] == {"code": "bad_request", "message": message}
+        key = base64.b64encode(os.urandom(16)).decode()
+        upgrade = (
+            f"GET http://{here}/api/v1/stream/nohost HTTP/1.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert status_of(await answer_of(server.port, upgrade.encode())) == 400
+        # Its Host may name another host than the target's, which wins (RFC 9112 3.2.2).
+        request = f"GET {target} HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n".encode()
+        assert status_of(await answer_of(server.port, request)) == 200
 
 
 async def test_an_upgrade_in_absolute_form_keeps_its_method_and_version() -> None:
