@@ -44,6 +44,9 @@ class ActorRegistry:
         # every waiter may have given up on it (a hello past its deadline).
         self._spawning: dict[str, asyncio.Task[SessionActor]] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
+        # Hellos under way per session, from before their spawn until their welcome:
+        # such a session is not parked, though no connection is in its room yet.
+        self._attaching: collections.Counter[str] = collections.Counter()
         self.closed = False
 
     def __len__(self) -> int:
@@ -106,6 +109,22 @@ class ActorRegistry:
         or undoes the attach it finds given up on."""
         if deadline is None:
             deadline = self._reads.deadline()
+        self._attaching[session_id] += 1
+        try:
+            return await self._attach(session_id, outbox, last_seq, epoch, deadline)
+        finally:
+            self._attaching[session_id] -= 1
+            if not self._attaching[session_id]:
+                del self._attaching[session_id]
+
+    async def _attach(
+        self,
+        session_id: str,
+        outbox: Outbox,
+        last_seq: int | None,
+        epoch: str | None,
+        deadline: float,
+    ) -> tuple[SessionActor, Welcome]:
         while True:
             actor = await self._reads.within(deadline, self.actor(session_id))
             # In line for the inbox as a peer's frames are: an actor stuck on its store
@@ -160,7 +179,7 @@ class ActorRegistry:
         be (spawns in progress count as live)."""
         if len(self._actors) + len(self._spawning) < self.max_sessions:
             return
-        if any(not actor.room.outboxes for actor in self._actors.values()):
+        if any(self._evictable(actor) for actor in self._actors.values()):
             return
         raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
 
@@ -255,12 +274,18 @@ class ActorRegistry:
         finally:
             self._spawning.pop(session_id, None)
 
+    def _evictable(self, actor: SessionActor) -> bool:
+        """Parked: no connection, and no hello on its way to one. Evicting a session
+        a hello attaches to sent that hello back to spawn it again, which evicted the
+        session of another hello doing the same: at the limit, two such hellos went
+        on evicting each other until both ran out of time (1011)."""
+        return not actor.room.outboxes and not self._attaching[actor.session_id]
+
     def _make_room(self) -> None:
         """Evicts least recently used parked actors until one more fits: idle ones
-        first, then busy ones (an attach under way would get its welcome, then 1013;
-        an in-process append, a retry on the next actor)."""
+        first, then busy ones (an in-process append gets a retry on the next actor)."""
         while len(self._actors) >= self.max_sessions:
-            parked = [a for a in self._actors.values() if not a.room.outboxes]
+            parked = [a for a in self._actors.values() if self._evictable(a)]
             victim = next((a for a in parked if a.task is None), parked[0] if parked else None)
             if victim is None:
                 raise ServerBusy(f"{len(self._actors)} sessions live, none can be evicted")
