@@ -62,6 +62,12 @@ class ReplayShare:
         ending = asyncio.ensure_future(ended())
         try:
             await asyncio.wait((waiter, ending), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if waiter.done():
+                # Charged just before its task was cancelled (its connection ended):
+                # nobody will send that page, so nobody else would give it back.
+                self.give_back(size)
+            raise
         finally:
             ending.cancel()
             if not waiter.done():

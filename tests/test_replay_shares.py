@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.protocol.errors import CloseCode
@@ -128,3 +129,20 @@ async def test_one_peers_stalled_resumers_leave_other_peers_viewers_their_budget
         finally:
             for sock in stalled:
                 sock.close()
+
+
+async def test_a_wait_cancelled_just_as_it_was_charged_gives_the_charge_back() -> None:
+    """Found by review: the room freed by a page sent is charged to the first waiter at
+    once; a waiter whose task is cancelled before it resumes (its connection ended, the
+    reader cancels the writer) kept that charge for as long as its peer had another
+    connection: the peer's share shrank by a page each time, down to one page at a time."""
+    mine = ReplayShare("addr:127.0.0.1", 500)
+    assert mine.take_now(400)
+    box = Outbox("a", "client", 8)
+    waiting = asyncio.ensure_future(mine.room(300, functools.partial(until_closing, box)))
+    await asyncio.sleep(0.01)
+    mine.give_back(400)  # the waiter is charged now, and resumes at the next turn...
+    waiting.cancel()  # ...but its task is cancelled first
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert mine.used == 0
