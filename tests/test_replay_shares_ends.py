@@ -1,0 +1,134 @@
+"""A peer's replay share comes back to zero however its connections end
+(server/replay_shares.py): pages held or waiting when the peer resets its connections,
+when a stalled page is given up on (4429), when the session is closed (a close that
+lets the replay finish, within its bound), when the server stops, and when a page's
+store read fails (a frozen Redis: close 1011)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
+from bamboo_session.server.replay_shares import ReplayShare
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach, run_server
+from tests.test_replay_server import kernel_send_buffer_max, publish, stalled_resumer
+from tests.test_server_lifecycle import eventually
+from tests.test_store_stalls import frozen
+
+KIB = 1024
+MIB = 1024 * KIB
+EVENT_BYTES = 200_000  # one event a page: a share of 1 MiB holds five pages
+RESUMERS = 10  # five hold a page, five wait
+
+SETTINGS: dict[str, Any] = {
+    "memory_budget": 4 * MIB,  # a share of 1 MiB
+    "ring_bytes": 64 * KIB,  # too small for one event: every page is read
+    "replay_page_timeout": 3.0,
+    "close_timeout": 1.0,
+    "rate_limit_bytes": 0,  # megabytes to set up: not a read-allowance test
+    "durability": "os",
+}
+
+
+def reset(sock: socket.socket) -> None:
+    """Closes ``sock`` with a RST (the peer vanishes), not a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@contextlib.asynccontextmanager
+async def stalled_resumers(
+    server: BambooServer, session_id: str, share: ReplayShare
+) -> AsyncIterator[list[socket.socket]]:
+    """RESUMERS peers that resume ``session_id`` from 0 and read nothing, once the
+    share is full and some of them wait for it; closed on exit."""
+    loop = asyncio.get_running_loop()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(RESUMERS):
+            socks.append(
+                await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+            )
+        await eventually(lambda: share.used > share.limit // 2 and bool(share._waiting), 10.0)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def a_session_past_the_kernel_buffers(server: BambooServer) -> str:
+    """A session whose replay backs up into a held page even past the socket's buffers."""
+    async with attach(server, role="agent") as (agent, welcome):
+        count = (kernel_send_buffer_max() + 4 * MIB) // EVENT_BYTES + 1
+        await publish(agent, count, size=EVENT_BYTES)
+        return str(welcome["session"]["id"])
+
+
+async def test_a_peers_share_comes_back_to_zero_however_its_connections_end() -> None:
+    async with run_server(**SETTINGS) as server:
+        # Held here, so that the connections find this one and it outlives them.
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert share is not None and share.limit == MIB
+        session_id = await a_session_past_the_kernel_buffers(server)
+        closes = server.metrics.closes.labels(code="4429")
+
+        # Reset by their peer: two that hold a page, two that wait; the others are
+        # given up on as stalled (4429), and the waiters get their pages meanwhile.
+        before = closes._value.get()
+        async with stalled_resumers(server, session_id, share) as socks:
+            for sock in (socks[0], socks[1], socks[-1], socks[-2]):
+                reset(sock)
+            await eventually(lambda: closes._value.get() >= before + RESUMERS - 4, 30.0)
+        await eventually(lambda: share.used == 0 and not share._waiting, 10.0)
+
+        # The session closed meanwhile: the replays go on past the share, without
+        # waiting, until the close's bound cuts them.
+        async with stalled_resumers(server, session_id, share):
+            async with attach(server, session_id, role="agent") as (agent, _):
+                await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+            await eventually(lambda: share.used == 0 and not share._waiting, 15.0)
+
+    # The server stops while pages are held and waiting.
+    async with run_server(**SETTINGS) as server:
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert share is not None
+        session_id = await a_session_past_the_kernel_buffers(server)
+        async with stalled_resumers(server, session_id, share):
+            await server.stop()
+    assert share.used == 0 and not share._waiting
+
+
+async def test_a_page_whose_store_read_fails_gives_its_share_back(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("redis")
+    config = {
+        "store": redis.url(prefix=prefix_for(tmp_path)),
+        "store_read_timeout": 1.0,
+        "ring_size": 0,  # replays read the store
+    }
+    async with run_server(**config) as server:
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert share is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 3)
+        slots = server.services.page_reads.slots
+        for _ in range(DEFAULT_READ_SLOTS):  # the resumer's first page waits for a slot
+            await slots.acquire()
+        async with attach(server, session_id, last_seq=0) as (resumer, _):
+            await eventually(lambda: share.used > 0, 5.0)  # charged before it is read
+            with frozen(redis):
+                for _ in range(DEFAULT_READ_SLOTS):
+                    slots.release()  # the page's read goes to the store, and hangs there
+                code, _frames = await resumer.closed(timeout=5.0)
+            assert code == 1011
+        assert share.used == 0 and not share._waiting
