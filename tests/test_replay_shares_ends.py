@@ -1,8 +1,9 @@
 """A peer's replay share comes back to zero however its connections end
-(server/replay_shares.py): pages held or waiting when the peer resets its connections,
-when a stalled page is given up on (4429), when the session is closed (a close that
-lets the replay finish, within its bound), when the server stops, and when a page's
-store read fails (a frozen Redis: close 1011)."""
+(server/replay_shares.py): pages held or waiting when the peer resets its connections
+all at once, when a stalled page is given up on (4429), when the session is closed (a
+close that lets the replay finish, within its bound), when the server stops, and when
+a page's store read fails (a frozen Redis: close 1011); and the stalled peer's own
+honest resumer is served in its turn."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from bamboo_session.server.replay_shares import ReplayShare
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, run_server
+from tests.support import attach, run_server, token
 from tests.test_replay_server import kernel_send_buffer_max, publish, stalled_resumer
 from tests.test_server_lifecycle import eventually
 from tests.test_store_stalls import frozen
@@ -58,6 +59,8 @@ async def stalled_resumers(
                 await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
             )
         await eventually(lambda: share.used > share.limit // 2 and bool(share._waiting), 10.0)
+        await asyncio.sleep(1.0)  # the pages sent first fill the sockets' buffers
+        assert share._waiting, "their pages stall"
         yield socks
     finally:
         for sock in socks:
@@ -80,13 +83,18 @@ async def test_a_peers_share_comes_back_to_zero_however_its_connections_end() ->
         session_id = await a_session_past_the_kernel_buffers(server)
         closes = server.metrics.closes.labels(code="4429")
 
-        # Reset by their peer: two that hold a page, two that wait; the others are
-        # given up on as stalled (4429), and the waiters get their pages meanwhile.
-        before = closes._value.get()
+        # Reset by their peer all at once, those holding a page and those waiting: a
+        # page given back is charged to a waiter whose writer is being cancelled.
         async with stalled_resumers(server, session_id, share) as socks:
-            for sock in (socks[0], socks[1], socks[-1], socks[-2]):
+            for sock in socks:
                 reset(sock)
-            await eventually(lambda: closes._value.get() >= before + RESUMERS - 4, 30.0)
+            await eventually(lambda: share.used == 0 and not share._waiting, 10.0)
+
+        # Given up on as stalled (4429), one after the other, the waiters getting
+        # their pages meanwhile.
+        before = closes._value.get()
+        async with stalled_resumers(server, session_id, share):
+            await eventually(lambda: closes._value.get() >= before + RESUMERS, 30.0)
         await eventually(lambda: share.used == 0 and not share._waiting, 10.0)
 
         # The session closed meanwhile: the replays go on past the share, without
@@ -132,3 +140,27 @@ async def test_a_page_whose_store_read_fails_gives_its_share_back(
                 code, _frames = await resumer.closed(timeout=5.0)
             assert code == 1011
         assert share.used == 0 and not share._waiting
+
+
+async def test_a_resumer_of_the_same_peer_waits_its_turn_and_gets_its_events_in_order() -> None:
+    """The stalled peer's own honest resumer (same address) waits behind the pages of
+    those ahead of it, each given up on after the page timeout at the latest (3 s
+    here), and is served then: its replay, then the live events that queued
+    behind it meanwhile, in order, none lost."""
+    async with run_server(**SETTINGS) as server:
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert share is not None
+        stalled_session = await a_session_past_the_kernel_buffers(server)
+        async with attach(server, role="agent") as (agent, welcome):
+            honest_session = welcome["session"]["id"]
+            await publish(agent, 20)
+            async with stalled_resumers(server, stalled_session, share):
+                started = asyncio.get_running_loop().time()
+                async with attach(server, honest_session, last_seq=0) as (resumer, resumed):
+                    assert resumed["replay"] == 20
+                    for i in range(20, 25):  # live, while its replay waits
+                        await agent.send({"type": "event", "id": i, "event": token(f"live {i}")})
+                    seqs = [(await resumer.recv_type("event", 15.0))["seq"] for _ in range(25)]
+                    waited = asyncio.get_running_loop().time() - started
+        assert seqs == list(range(1, 26))
+        assert 1.5 < waited < 12.0, waited  # behind stalled pages, a page timeout or two
