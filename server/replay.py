@@ -149,8 +149,11 @@ async def send_replay(
     each other's pages there. With the peer's ``share`` (server/replay_shares.py), each
     page waits, holding nothing, until the pages its peer's connections hold leave room
     for it (a close ends the wait, as the allowance's), and is held in that share
-    until it is sent."""
+    until it is sent; a page that comes out bigger than its charge (one big event)
+    and past the share is let go before it is sent, and read again once its peer's
+    pages leave room for all of it."""
     position, through, sent = replay.after, replay.through, 0
+    wanted = REPLAY_PAGE_BYTES  # of the peer's share, for the next page before it is read
     while position < through and _goes_on(outbox):
         if (
             allowance is not None
@@ -162,19 +165,27 @@ async def send_replay(
             break  # closing meanwhile, and the close cuts the replay
         if (
             share is not None
-            and not share.take_now(REPLAY_PAGE_BYTES)
-            and not await _share_room(share, outbox, reads.metrics)
+            and not share.take_now(wanted)
+            and not await _share_room(share, wanted, outbox, reads.metrics)
         ):
             if not _goes_on(outbox):
                 break  # closing meanwhile, and the close cuts the replay
-            share.settle(0, REPLAY_PAGE_BYTES)  # a close that lets it finish: no wait
-        held = REPLAY_PAGE_BYTES if share is not None else 0  # of the peer's share
+            share.settle(0, wanted)  # a close that lets it finish: no wait
+        held = wanted if share is not None else 0  # of the peer's share
         reserved = allowance.reserve(REPLAY_PAGE_BYTES) if allowance is not None else 0
-        size = 0
+        size, regrown = 0, False
         try:
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
             if frames and _goes_on(outbox):
                 size = sum(map(len, frames))  # charged once framed, if it is to be sent
+                if share is not None:
+                    # A page of one event is as big as the event (a frame's worth, or
+                    # more once re-encoded): past its charge and its peer's share, it
+                    # is let go, and read again once the share has room for all of it.
+                    kept = size + len(frames) * BYTES_HEADER
+                    regrown = not share.may_grow(held, kept)
+                    if regrown:
+                        wanted, size = kept, 0
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
@@ -189,8 +200,12 @@ async def send_replay(
                 kept = size + len(frames) * BYTES_HEADER if size else 0
                 share.settle(held, kept)
                 held = kept
+        if regrown:
+            del frames, charge  # not held while it waits for room
+            continue
         if not size:
             break
+        wanted = REPLAY_PAGE_BYTES
         # In the process's memory budget until it is in the socket's buffer: a stalled
         # resumer holds a page for up to page_timeout, and there may be thousands.
         charge.start(outbox.budget)
@@ -210,12 +225,13 @@ async def send_replay(
     return sent
 
 
-async def _share_room(share: ReplayShare, outbox: Outbox, metrics: Metrics) -> bool:
-    """Waits, holding nothing, until the peer's ``share`` has room for a page (charged
-    then: True), or until the outbox is closing (False, nothing charged)."""
+async def _share_room(share: ReplayShare, size: int, outbox: Outbox, metrics: Metrics) -> bool:
+    """Waits, holding nothing, until the peer's ``share`` has room for a page of
+    ``size`` (charged then: True), or until the outbox is closing (False, nothing
+    charged)."""
     started = time.monotonic()
     try:
-        return await share.room(REPLAY_PAGE_BYTES, functools.partial(_until_closing, outbox))
+        return await share.room(size, functools.partial(_until_closing, outbox))
     finally:
         metrics.replay_share_wait_seconds.inc(time.monotonic() - started)
 

@@ -76,6 +76,15 @@ class ReplayShare:
                 self._charge_waiting()  # those behind it may fit now
         return not waiter.cancelled()
 
+    def may_grow(self, reserved: int, size: int) -> bool:
+        """Whether a page charged ``reserved`` may be held at ``size`` instead: no
+        bigger, or the peer holds no other page, or it stays within its share. A page
+        is charged a page's worth before it is read, and a page of one event is as big
+        as the event: the pages of a peer's resumers read at once (waiting for the
+        store) would otherwise grow together past the share, fourfold."""
+        others = self.used - reserved
+        return size <= reserved or not others or others + size <= self.limit
+
     def settle(self, reserved: int, size: int) -> None:
         """The page ``reserved`` was charged for came to ``size`` bytes (0: none to
         send): charged that instead."""

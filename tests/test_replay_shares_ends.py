@@ -164,3 +164,45 @@ async def test_a_resumer_of_the_same_peer_waits_its_turn_and_gets_its_events_in_
                     waited = asyncio.get_running_loop().time() - started
         assert seqs == list(range(1, 26))
         assert 1.5 < waited < 12.0, waited  # behind stalled pages, a page timeout or two
+
+
+async def test_pages_read_at_once_are_bounded_by_the_share_whatever_their_events_size() -> None:
+    """Found by review: a page was charged a page's worth (256 KiB) before it was read,
+    and its real size once framed; a page of one event is as big as the event (up to
+    a frame, 1 MiB), so the pages of a peer's resumers read at once (waiting for the
+    store's read slots, as under load) each grew fourfold past their charge: four
+    stalled resumers of 900 KB events held 3.6 MB of a 1 MiB share (and 256 of them,
+    64 MiB of charges, the whole default budget). A page is charged what it may come
+    to (a frame's most) until it is read."""
+    async with run_server(**SETTINGS) as server:
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert share is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 4, size=900_000)
+        slots = server.services.page_reads.slots
+        for _ in range(DEFAULT_READ_SLOTS):  # the resumers' pages wait for a read slot
+            await slots.acquire()
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            for _ in range(4):
+                socks.append(
+                    await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+                )
+            await asyncio.sleep(0.5)
+            for _ in range(DEFAULT_READ_SLOTS):
+                slots.release()
+            most = 0
+            for _ in range(20):  # their pages are read, and stall
+                most = max(most, share.used)
+                await asyncio.sleep(0.05)
+            assert 0 < most <= share.limit, (most, share.limit)
+            # A page let go for its size is read again in its turn: a resumer that
+            # reads gets every event, behind the stalled ones' page timeouts.
+            async with attach(server, session_id, last_seq=0) as (resumer, _):
+                got = [(await resumer.recv_type("event", 30.0))["seq"] for _ in range(4)]
+            assert got == [1, 2, 3, 4]
+        finally:
+            for sock in socks:
+                sock.close()
