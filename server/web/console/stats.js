@@ -4,6 +4,10 @@
  * seconds; events per second is the change of `events_appended` between two reads.
  * While the server does not answer (restarting, say), the figures shown are its last:
  * the bar says so, greys them and shows no rate, rather than a rate it no longer has.
+ * A failed sync of the store (`store_sync_failed`, 1 until the server restarts) is
+ * shown as a warning above the page, saying what it means and what to do; it stays
+ * while the server is away (the failure is its last word) and goes once the server
+ * says 0, as the restarted one does.
  */
 
 import { getJson } from "./api.js";
@@ -24,6 +28,13 @@ function away(stale) {
   if (badge) badge.hidden = !stale;
 }
 
+/** Shows or hides the warning of a failed store sync. @param {unknown} figure */
+function syncFailed(figure) {
+  const warning = document.getElementById("store-sync-failed");
+  // A server from before the figure sends none: nothing is known to have failed.
+  if (warning) warning.hidden = !(typeof figure === "number" && figure > 0);
+}
+
 export function watchStats() {
   /** @type {{ time: number, events_appended: number } | null} */
   let previous = null;
@@ -33,6 +44,7 @@ export function watchStats() {
       put("stat-connections", String(figures.connections));
       put("stat-live", String(figures.sessions_live));
       put("stat-parked", String(figures.sessions_parked));
+      syncFailed(figures.store_sync_failed);
       if (previous !== null && figures.time > previous.time) {
         const rate =
           (figures.events_appended - previous.events_appended) / (figures.time - previous.time);
