@@ -74,6 +74,44 @@ async def warn_of_eviction(client: Redis) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
+async def warn_of_lossy_persistence(client: Redis) -> tuple[str, str] | None:
+    """Logs a warning when Redis may acknowledge a write that a restart loses: no
+    append-only file (``appendonly no``: a restart goes back to the last snapshot, if
+    any), or one not fsynced before each reply (``appendfsync everysec`` or ``no``:
+    a crash of the machine loses the last writes). Nothing in Redis's data survives
+    to tell what was lost, so the sessions' ``seq`` are then given again under the
+    same epoch, and a client that saw the lost events cannot tell
+    (docs/storage-redis.md, Durability). Returns ``(appendonly, appendfsync)``
+    (None where Redis refuses to say: a managed Redis may disable CONFIG)."""
+    try:
+        said = await client.config_get("appendonly", "appendfsync")
+    except redis.exceptions.ResponseError:
+        return None  # CONFIG refused (renamed or disabled): nothing to tell
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+    settings = {_text(name): _text(value) for name, value in said.items()}
+    appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
+    if appendonly is None or appendfsync is None:
+        return None
+    if appendonly != "yes" or appendfsync != "always":
+        log.warning(
+            "Redis may lose writes it acknowledged (appendonly %s, appendfsync %s): a "
+            "restart of Redis %s, and the lost events' seqs are then given again to "
+            "other events under the same epoch, so a client that saw them resumes onto "
+            "a different log; set appendonly yes and appendfsync always",
+            appendonly,
+            appendfsync,
+            "goes back to its last snapshot"
+            if appendonly != "yes"
+            else "after a crash of the machine loses the last writes",
+        )
+    return appendonly, appendfsync
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Commands:
     """Commands and scripts on one client. ``publish`` is the command a script
     publishes with, or ``""`` when the caller must publish after ``WAIT``."""
@@ -171,4 +209,5 @@ __all__ = [
     "server_version",
     "stop_task",
     "warn_of_eviction",
+    "warn_of_lossy_persistence",
 ]

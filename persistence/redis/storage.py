@@ -47,7 +47,13 @@ from ..events import within_bytes
 from ..feed import CLOSED, DELETED, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing
-from .client import Commands, connect, server_version, warn_of_eviction
+from .client import (
+    Commands,
+    connect,
+    server_version,
+    warn_of_eviction,
+    warn_of_lossy_persistence,
+)
 from .config import RedisConfig
 from .layout import (
     CLOSED_NOTICE,
@@ -95,6 +101,7 @@ class RedisStorage:
             if sharded and version < (7, 0):
                 raise StorageError(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
             await warn_of_eviction(client)
+            await warn_of_lossy_persistence(client)
             storage = cls(config, client, sharded)
             await storage.live.listener.start()
         except BaseException:

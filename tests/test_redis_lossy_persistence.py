@@ -1,0 +1,94 @@
+"""A Redis store opened on a redis-server that may acknowledge a write a restart then
+loses (``appendonly no``, or ``appendfsync`` other than ``always``) says so in a
+warning. Nothing left in Redis tells what was lost, so the store cannot change the
+session's epoch: the lost events' seqs are given again to other events under the same
+epoch, and a client that saw the lost ones resumes onto a different log (the first
+test shows it on a real redis-server). ``appendonly yes`` with ``appendfsync always``
+(what docs/storage-redis.md asks for, and the tests run) opens quietly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.redis_server import RedisServer
+
+WARNING = "Redis may lose writes it acknowledged"
+
+
+async def test_writes_a_restart_lost_leave_their_seqs_to_others_under_the_same_epoch(
+    start_redis: Callable[[str], RedisServer],
+) -> None:
+    """Why the warning: Redis stops writing its append-only file (as ``appendonly no``
+    would), acknowledges 5 more events and is killed; started again on the file, it
+    has the first 5. The next event gets seq 6 again, under the epoch a client that
+    saw the lost seq 6 still holds."""
+    server = start_redis("lossy")
+    client = redis.asyncio.Redis(port=server.port)
+    store = await open_storage(server.url(prefix="l"))
+    try:
+        await store.create_session(Session.new("s"))
+        for i in range(5):
+            await store.append_event("s", AgentEvent.token(f"kept {i}"))
+        await client.config_set("appendonly", "no")
+        lost = [await store.append_event("s", AgentEvent.token(f"lost {i}")) for i in range(5)]
+        meta = await store.get_metadata("s")
+        assert meta is not None
+        epoch = meta.epoch
+        server.stop(signal.SIGKILL)
+        server.start()
+        again = None
+        for _ in range(100):  # the store's connections come back by themselves
+            try:
+                again = await store.append_event("s", AgentEvent.token("after"))
+                break
+            except Exception:  # noqa: BLE001 - redis unavailable while it loads
+                await client.aclose()
+                client = redis.asyncio.Redis(port=server.port)
+        assert again is not None
+        meta = await store.get_metadata("s")
+        assert meta is not None
+        assert again.seq == lost[0].seq == 6 and meta.epoch == epoch
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("appendonly", "appendfsync", "warned"),
+    [
+        ("yes", "always", False),
+        ("yes", "everysec", True),
+        ("yes", "no", True),
+        ("no", "always", True),
+        ("no", "everysec", True),
+    ],
+)
+async def test_a_redis_that_may_lose_acknowledged_writes_is_warned_of(
+    start_redis: Callable[[str], RedisServer],
+    caplog: pytest.LogCaptureFixture,
+    appendonly: str,
+    appendfsync: str,
+    warned: bool,
+) -> None:
+    server = start_redis("persistence")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.config_set("appendfsync", appendfsync)
+        await client.config_set("appendonly", appendonly)
+        with caplog.at_level(logging.WARNING):
+            store = await open_storage(server.url(prefix="p"))
+            await store.close()
+    finally:
+        await client.aclose()
+    said = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    assert bool(said) == warned, said
+    if warned:
+        assert f"appendonly {appendonly}, appendfsync {appendfsync}" in said[0]
+        assert "appendonly yes and appendfsync always" in said[0]
