@@ -8,6 +8,7 @@ test shows it on a real redis-server). ``appendonly yes`` with ``appendfsync alw
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio
 
-from bamboo_session.persistence import open_storage
+from bamboo_session.persistence import StorageError, open_storage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer
 
@@ -48,9 +49,8 @@ async def test_writes_a_restart_lost_leave_their_seqs_to_others_under_the_same_e
             try:
                 again = await store.append_event("s", AgentEvent.token("after"))
                 break
-            except Exception:  # noqa: BLE001 - redis unavailable while it loads
-                await client.aclose()
-                client = redis.asyncio.Redis(port=server.port)
+            except StorageError:  # redis unavailable while it loads its file
+                await asyncio.sleep(0.05)
         assert again is not None
         meta = await store.get_metadata("s")
         assert meta is not None
