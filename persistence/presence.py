@@ -5,10 +5,10 @@ the server counts its own connections, as it always has.
 
 A connection is registered with a heartbeat deadline; its instance refreshes the
 deadlines of all its connections every ``heartbeat / 3`` seconds (and registers again,
-announced as joined, any that went missing meanwhile: an outage of the store longer
-than the heartbeat). A connection whose deadline passed (its instance died) is removed
-by the next join, leave, refresh or count of any instance on that session, and
-announced as ``left`` then. Notices of joins and
+announced as joined, any that went missing meanwhile: an outage of the store, or a
+stall of the instance, longer than the heartbeat). A connection whose deadline passed
+(its instance died) is removed by the next join, leave, refresh or count of any
+instance on that session, and announced as ``left`` then. Notices of joins and
 leaves reach every instance subscribed to the session (it has a subscription to the
 session's events), through the callback given to :meth:`PresenceStore.on_presence`.
 
@@ -92,11 +92,14 @@ class PresenceStore(Protocol):
         ``epoch``, as :meth:`leave`."""
         ...
 
-    async def refresh(self, held: Sequence[Held]) -> None:
+    async def refresh(self, held: Sequence[Held]) -> Sequence[str]:
         """Heartbeat: every connection this instance holds, by session, in one round
         trip. Those of a session whose epoch is not the one they are held with (it
         was deleted, or replaced under its id) are not registered again: the session
-        stored under the id is left as it is, and no error is raised for them."""
+        stored under the id is left as it is, and no error is raised for them.
+        Returns the sessions some of whose connections it registered again (they had
+        gone missing: taken for dead after this instance stalled, or lost with the
+        store, for longer than the heartbeat)."""
         ...
 
     async def count(self, session_id: str) -> int:

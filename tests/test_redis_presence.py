@@ -80,7 +80,8 @@ async def test_refresh_registers_again_what_went_missing(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """An instance that lost Redis for longer than the heartbeat still holds its
-    connections: its next refresh registers them again, announced as joined; counts
+    connections: its next refresh registers them again, announced as joined, and
+    names their session; counts
     of several sessions come in one call; several connections leave at once."""
     url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=0.3)
     a, b = await open_storage(url), await open_storage(url)
@@ -99,13 +100,16 @@ async def test_refresh_registers_again_what_went_missing(
         await asyncio.sleep(0.4)  # a's heartbeat deadline passes: both are gone
         assert await a.presence.counts(["s1", "s2"]) == [0, 0]
         assert {(await next_notice(seen)).expired for _ in held} == {True}
-        await a.presence.refresh([Held("s1", held)])
+        # It says which sessions it registered connections of again (their actors
+        # write their state back: another instance may have parked them).
+        assert await a.presence.refresh([Held("s1", held), Held("s2", [])]) == ["s1"]
         again = [await next_notice(seen) for _ in held]
         assert [(n.connection_id, n.joined, n.connections) for n in again] == [
             ("c1", True, 1),
             ("c2", True, 2),
         ]
-        await a.presence.refresh([Held("s1", held)])  # still there: nothing to announce
+        # Still there: nothing to announce, nothing registered again.
+        assert await a.presence.refresh([Held("s1", held)]) == []
         assert await a.presence.counts(["s1", "s2"]) == [2, 0]
         assert seen.empty()
         assert await a.presence.leave_all("s1", held) == 0

@@ -2,12 +2,14 @@
 -- '<role>|<connection id>' of a sorted set scored by its heartbeat deadline (ms, Redis
 -- clock). Every call first removes the connections whose deadline passed and
 -- announces them as left. A refresh registers again (and announces as joined) a
--- connection that went missing: its instance lost Redis for longer than the heartbeat.
+-- connection that went missing: its instance lost Redis, or stalled, for longer than
+-- the heartbeat (another instance swept it as dead).
 -- KEYS: conns, meta
 -- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
 --       leave, refresh), epoch ('' : any; else the epoch of the session the members
 --       are of), then members ('<role>|<id>')
--- Returns the session-wide count after the call; -1, and nothing done (no member
+-- Returns the session-wide count after the call (a refresh of members: the count and
+-- how many of them it registered again, as a pair); -1, and nothing done (no member
 -- added or removed, nothing swept, nothing published), if an epoch is given and the
 -- session under the id is not of it (deleted, or replaced: a stale instance's
 -- members never count in the session that took the id; deleting or replacing a
@@ -35,6 +37,7 @@ if #dead > 0 then
 end
 
 local deadline = int(now + heartbeat)
+local again = 0
 for i = 8, #ARGV do
   local member = ARGV[i]
   if mode == 'join' then
@@ -45,10 +48,13 @@ for i = 8, #ARGV do
       announce(member, false, redis.call('ZCARD', conns), false)
     end
   elseif redis.call('ZADD', conns, deadline, member) == 1 then
+    again = again + 1
     announce(member, true, redis.call('ZCARD', conns), false)
   end
 end
-if redis.call('ZCARD', conns) > 0 then
+local count = redis.call('ZCARD', conns)
+if count > 0 then
   redis.call('PEXPIRE', conns, heartbeat * 2)
 end
-return redis.call('ZCARD', conns)
+if mode == 'refresh' and #ARGV >= 8 then return {count, again} end
+return count

@@ -72,11 +72,17 @@ class RedisPresence:
     ) -> int:
         return await self._run(session_id, "leave", connections, epoch)
 
-    async def refresh(self, held: Sequence[Held]) -> None:
+    async def refresh(self, held: Sequence[Held]) -> list[str]:
         # A session of another epoch answers -1 and is left as it is: its holder
-        # hears of the change by the session's notice, or at its next look.
+        # hears of the change by the session's notice, or at its next look. Else the
+        # script answers the count and how many it registered again.
         calls = [self._call(h.session_id, "refresh", h.connections, h.epoch) for h in held]
-        await self._storage.redis.run_many("presence", calls)
+        answers = await self._storage.redis.run_many("presence", calls)
+        return [
+            h.session_id
+            for h, answer in zip(held, answers, strict=True)
+            if isinstance(answer, list) and int(answer[1]) > 0
+        ]
 
     async def count(self, session_id: str) -> int:
         return await self._run(session_id, "refresh", [])  # sweeps the dead, then counts
