@@ -249,7 +249,12 @@ class Announce:
     connections: int
 
 
-Command = Append | Attach | Detach | SetState | Stop | Tick | Announce
+@dataclass(slots=True)
+class RegisteredAgain:
+    """The presence heartbeat registered again connections the store had lost."""
+
+
+Command = Append | Attach | Detach | SetState | Stop | Tick | Announce | RegisteredAgain
 Request = Append | SetState  # commands whose requester waits for a reply
 
 

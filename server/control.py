@@ -32,6 +32,7 @@ from .commands import (
     Attach,
     Command,
     Detach,
+    RegisteredAgain,
     SetState,
     Stop,
     Tick,
@@ -68,6 +69,8 @@ async def handle(actor: SessionActor, command: Command) -> None:
             await tick(actor, command.generation)
         case Announce(connection_id, role, joined, connections):
             actor.room.announce(connection_id, role, joined, connections)
+        case RegisteredAgain():
+            await registered_again(actor)
         case _:  # pragma: no cover - Append is batched by the caller
             raise AssertionError(command)
 
@@ -229,6 +232,20 @@ async def tick(actor: SessionActor, generation: int) -> None:
         actor.end(*subscription_end(ended))
         return
     actor.arm_timer()
+
+
+async def registered_again(actor: SessionActor) -> None:
+    """The store had lost some of this process's connections (taken for dead: this
+    process stalled, or lost the store, past the heartbeat), and the heartbeat
+    registered them again. Meanwhile another process may have parked the session as
+    if its last connection had gone: the state this actor holds is written again, not
+    left wrong until the next look (up to ``idle_timeout``)."""
+    if not actor.accepting or not actor.room.outboxes:
+        return
+    try:
+        await actor.status.reclaim()
+    except (StorageError, ValueError) as exc:  # the next look sets it right
+        log.warning("restoring the session's state failed", error=str(exc))
 
 
 async def set_state(actor: SessionActor, command: SetState) -> None:

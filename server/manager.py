@@ -41,7 +41,7 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import Announce, Detach, SetState, in_process_batch
+from .commands import Announce, Detach, RegisteredAgain, SetState, in_process_batch
 from .creations import Creations
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
@@ -83,7 +83,7 @@ class SessionManager:
         self.creations = Creations(self.stored_metadata, self.page_reads)
         self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
-        self.shared_presence = shared_presence(storage, self._announce)
+        self.shared_presence = shared_presence(storage, self._announce, self._registered_again)
         self.metrics.watch_actors(
             lambda: len(self.actors), self.actors.parked_count, lambda: self.budget.used
         )
@@ -381,6 +381,10 @@ class SessionManager:
             actor.post(
                 Announce(notice.connection_id, notice.role, notice.joined, notice.connections)
             )
+
+    def _registered_again(self, session_id: str) -> None:
+        if (actor := self.actors.get(session_id)) is not None and actor.accepting:
+            actor.post(RegisteredAgain())
 
     # -- shutdown ----------------------------------------------------------------
 

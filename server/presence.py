@@ -71,9 +71,16 @@ LOCAL = LocalPresence()
 class SharedPresence(LocalPresence):
     """This process's connections in a shared store's presence (module docstring)."""
 
-    def __init__(self, store: PresenceStore, notify: Callable[[PresenceNotice], None]) -> None:
+    def __init__(
+        self,
+        store: PresenceStore,
+        notify: Callable[[PresenceNotice], None],
+        registered_again: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self._notify = notify
+        # Told of each session some of whose connections a refresh registered again.
+        self._registered_again = registered_again
         # session -> connection -> (role, epoch): what this process registered in the
         # store, each with the epoch of its actor's session.
         self._held: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -182,14 +189,18 @@ class SharedPresence(LocalPresence):
             for connection_id, (role, epoch) in held.items():
                 by_epoch.setdefault((session_id, epoch), []).append((connection_id, role))
         snapshot = [Held(sid, conns, epoch) for (sid, epoch), conns in by_epoch.items()]
+        again: Sequence[str] = ()
         try:
-            await self.store.refresh(snapshot)
+            again = await self.store.refresh(snapshot)
             self.refreshes += 1
         except StorageError as exc:
             log.warning("presence heartbeat failed", error=str(exc))
         finally:
             self._refreshing = None
             done.set()
+        if self._registered_again is not None:
+            for session_id in again:
+                self._registered_again(session_id)
 
     async def _refreshed(self) -> None:
         """A leave waits for the refresh under way, which could otherwise register
@@ -209,12 +220,16 @@ class SharedPresence(LocalPresence):
 
 
 def shared_presence(
-    storage: object, notify: Callable[[PresenceNotice], None]
+    storage: object,
+    notify: Callable[[PresenceNotice], None],
+    registered_again: Callable[[str], None] | None = None,
 ) -> SharedPresence | None:
     """The server's presence for ``storage``: shared if the store offers it, else None
     (each room counts its own connections)."""
     store = getattr(storage, "presence", None)
-    return SharedPresence(store, notify) if isinstance(store, PresenceStore) else None
+    if not isinstance(store, PresenceStore):
+        return None
+    return SharedPresence(store, notify, registered_again)
 
 
 async def overlay_live(

@@ -93,6 +93,24 @@ class SessionStatus:
             await self.storage.update_session_state(self.session_id, self.state, epoch=self.epoch)
         self.owed = False
 
+    async def reclaim(self) -> None:
+        """This process's connections are attached (registered again after the store
+        lost them): a ``disconnected`` another process wrote, taking them for gone,
+        becomes the state held here again. Anything else stored is left to the look."""
+        if self.state not in (SessionState.ACTIVE, SessionState.IDLE):
+            return
+        metadata = await self.storage.get_metadata(self.session_id)
+        if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
+            return  # deleted or replaced: the notice, or the next look, ends it here
+        if metadata.is_expired() or metadata.state != SessionState.DISCONNECTED:
+            return
+        held, self.state = self.state, SessionState.DISCONNECTED
+        try:
+            await self.become(held)
+        except BaseException:
+            self.state = held  # still attached here, whatever the store says
+            raise
+
     async def touch(self) -> None:
         """Activity: the session's TTL starts again (not a closed one's: the store
         leaves a closed session's expiry as it closed)."""
