@@ -46,7 +46,7 @@ import random
 import resource
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from write_failures import write_past_limit
@@ -170,44 +170,18 @@ async def syncfaildelete(base: str, acked: int) -> None:
     # One log open at a time: the append to "o" closes d's, so the delete frees none
     # (its sync would take that one).
     storage = await JsonlStorage.open(JsonlStorageConfig(base, max_open_logs=1))
-    await storage.create_session(Session.new("d", user_id="u"))
-    for i in range(acked):
-        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
-    await storage.create_session(Session.new("o", user_id="u"))
-    await storage.append_event("o", AgentEvent.token("other"))
-    fill = _no_descriptor_left()
-    try:
-        await storage.delete_session("d")
-    except StorageError:
-        told = "told failed"
-    else:
-        told = "deleted"
-    for fd in fill:
-        os.close(fd)
-    say(told)
+    await _d_and_o(storage, acked)
+    say(await _told(storage.delete_session("d"), _no_descriptor_left()))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def undonedelete(base: str, acked: int, midway: bool) -> None:
     config = JsonlStorageConfig(base, max_open_logs=1).with_wal(enabled=False)
     storage = await JsonlStorage.open(config)
-    await storage.create_session(Session.new("d", user_id="u"))
-    for i in range(acked):
-        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
-    await storage.create_session(Session.new("o", user_id="u"))
-    await storage.append_event("o", AgentEvent.token("other"))
+    await _d_and_o(storage, acked)
     if midway:  # the rename to the tombstone done, its sync failed, nothing undone yet
         lifecycle._undo_unsynced_delete = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
-    fill = _no_descriptor_left()
-    try:
-        await storage.delete_session("d")
-    except StorageError:
-        told = "told failed"
-    else:
-        told = "deleted"
-    for fd in fill:
-        os.close(fd)
-    say(told)
+    say(await _told(storage.delete_session("d"), _no_descriptor_left()))
     try:
         await storage.append_event("d", AgentEvent.token("after"))
     except StorageError:
@@ -221,11 +195,7 @@ async def retiredsyncfaildelete(base: str, acked: int) -> None:
     layout = JsonlStorageConfig(base).layout
     config = JsonlStorageConfig(base, max_open_logs=1, wal_segment_age=0.05)
     storage = await JsonlStorage.open(config)
-    await storage.create_session(Session.new("d", user_id="u"))
-    for i in range(acked):
-        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
-    await storage.create_session(Session.new("o", user_id="u"))
-    await storage.append_event("o", AgentEvent.token("other"))
+    await _d_and_o(storage, acked)
     layout.message_index("d").unlink(missing_ok=True)
     layout.message_index("d").mkdir()
     (layout.message_index("d") / "x").touch()
@@ -238,16 +208,32 @@ async def retiredsyncfaildelete(base: str, acked: int) -> None:
     await _until(lambda: not _segments_recording_deletion(layout))  # retired
     fill = _no_descriptor_left()
     checkpointing.release()
+    say(await _told(deleting, fill))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _d_and_o(storage: JsonlStorage, acked: int) -> None:
+    """Session ``d`` of ``acked`` events, then ``o`` of one: with one log open at a
+    time, the append to ``o`` closes d's."""
+    await storage.create_session(Session.new("d", user_id="u"))
+    for i in range(acked):
+        await storage.append_event("d", AgentEvent.token(f"acked{i}"))
+    await storage.create_session(Session.new("o", user_id="u"))
+    await storage.append_event("o", AgentEvent.token("other"))
+
+
+async def _told(deleting: Awaitable[None], fill: list[int]) -> str:
+    """What the caller of a delete was told (``deleted`` or ``told failed``); the
+    descriptors of ``fill`` closed once it is."""
     try:
         await deleting
     except StorageError:
-        told = "told failed"
+        return "told failed"
     else:
-        told = "deleted"
-    for fd in fill:
-        os.close(fd)
-    say(told)
-    os.kill(os.getpid(), signal.SIGKILL)
+        return "deleted"
+    finally:
+        for fd in fill:
+            os.close(fd)
 
 
 async def _until(done: Callable[[], bool]) -> None:
