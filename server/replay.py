@@ -150,8 +150,9 @@ async def send_replay(
     page waits, holding nothing, until the pages its peer's connections hold leave room
     for it (a close ends the wait, as the allowance's), and is held in that share
     until it is sent; a page that comes out bigger than its charge (one big event)
-    and past the share is let go before it is sent, and read again once its peer's
-    pages leave room for all of it."""
+    and past the share is let go before it is sent (charged to the ``allowance`` all
+    the same: it was read), and read again once its peer's pages leave room for all
+    of it."""
     position, through, sent = replay.after, replay.through, 0
     wanted = REPLAY_PAGE_BYTES  # of the peer's share, for the next page before it is read
     while position < through and _goes_on(outbox):
@@ -173,7 +174,7 @@ async def send_replay(
             share.settle(0, wanted)  # a close that lets it finish: no wait
         held = wanted if share is not None else 0  # of the peer's share
         reserved = allowance.reserve(REPLAY_PAGE_BYTES) if allowance is not None else 0
-        size, regrown = 0, False
+        size, let_go = 0, 0  # let_go: the bytes of a page read, then let go for its size
         try:
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
             if frames and _goes_on(outbox):
@@ -183,9 +184,8 @@ async def send_replay(
                     # more once re-encoded): past its charge and its peer's share, it
                     # is let go, and read again once the share has room for all of it.
                     kept = size + len(frames) * BYTES_HEADER
-                    regrown = not share.may_grow(held, kept)
-                    if regrown:
-                        wanted, size = kept, 0
+                    if not share.may_grow(held, kept):
+                        wanted, let_go, size = kept, size, 0
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
@@ -193,14 +193,17 @@ async def send_replay(
             return sent
         finally:
             if allowance is not None:
-                allowance.settle(reserved, size)
+                # A page let go was read all the same, and is read again: charged each
+                # time, or a peer whose share is full has big events read for nothing
+                # (as app.py charges the page of an answer it refuses).
+                allowance.settle(reserved, size + let_go)
             if share is not None:
                 # What the page holds once framed (or nothing, when not sent), from
                 # the ring or not: a slow reader holds it all the same.
                 kept = size + len(frames) * BYTES_HEADER if size else 0
                 share.settle(held, kept)
                 held = kept
-        if regrown:
+        if let_go:
             del frames, charge  # not held while it waits for room
             continue
         if not size:

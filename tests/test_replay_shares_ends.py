@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bamboo_session.server.app import BambooServer
+from bamboo_session.server.limits import REPLY_SHARE
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from bamboo_session.server.replay_shares import ReplayShare
 from tests.redis_server import RedisServer, prefix_for
@@ -172,8 +173,9 @@ async def test_pages_read_at_once_are_bounded_by_the_share_whatever_their_events
     a frame, 1 MiB), so the pages of a peer's resumers read at once (waiting for the
     store's read slots, as under load) each grew fourfold past their charge: four
     stalled resumers of 900 KB events held 3.6 MB of a 1 MiB share (and 256 of them,
-    64 MiB of charges, the whole default budget). A page is charged what it may come
-    to (a frame's most) until it is read."""
+    64 MiB of charges, the whole default budget). A page that comes out bigger than
+    its charge and past the share is let go before it is sent, and read again in its
+    turn once the share has room for all of it."""
     async with run_server(**SETTINGS) as server:
         share = server.services.replay_shares.of("addr:127.0.0.1")
         assert share is not None
@@ -203,6 +205,48 @@ async def test_pages_read_at_once_are_bounded_by_the_share_whatever_their_events
             async with attach(server, session_id, last_seq=0) as (resumer, _):
                 got = [(await resumer.recv_type("event", 30.0))["seq"] for _ in range(4)]
             assert got == [1, 2, 3, 4]
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+async def test_a_page_let_go_for_its_size_is_charged_to_its_peer_s_reads() -> None:
+    """Found by review: a page let go for its size (past its peer's share) had been read
+    all the same, but was charged to the peer's read allowance only once read again and
+    kept: a peer whose share is full had each big event read once more for nothing (an
+    answer's page refused by the unread answers is charged for that, app.py). Four
+    resumers of one 900 KB event, read at once: three pages let go, four kept, seven
+    charged (four without the fix)."""
+    settings = {**SETTINGS, "rate_limit_bytes": 1, "rate_limit_bytes_burst": 64 * MIB}
+    async with run_server(**settings) as server:
+        allowance = server.services.read_allowances.of("addr:127.0.0.1")
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert allowance is not None and share is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 1, size=900_000)
+        slots = server.services.page_reads.slots
+        for _ in range(DEFAULT_READ_SLOTS):  # the resumers' pages are read at once
+            await slots.acquire()
+        left = allowance._meter._tokens  # at a byte a second, nothing refills meanwhile
+
+        def pages_charged() -> float:
+            return (left - allowance._meter._tokens) * REPLY_SHARE / 900_000
+
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            for _ in range(4):
+                socks.append(
+                    await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+                )
+            await asyncio.sleep(0.5)
+            for _ in range(DEFAULT_READ_SLOTS):
+                slots.release()
+            # Each page fits in its socket's buffers: the share empties page after page.
+            await eventually(lambda: pages_charged() >= 7, 15.0)
+            await eventually(lambda: share.used == 0, 15.0)
+            assert 7 <= pages_charged() < 7.01, pages_charged()
         finally:
             for sock in socks:
                 sock.close()
