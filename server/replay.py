@@ -152,7 +152,7 @@ async def send_replay(
     until it is sent; a page that comes out bigger than its charge (one big event)
     and past the share is let go before it is sent (charged to the ``allowance`` all
     the same: it was read), and read again once its peer's pages leave room for all
-    of it."""
+    of it, unless a close lets the replay finish (past the share: no page let go)."""
     position, through, sent = replay.after, replay.through, 0
     wanted = REPLAY_PAGE_BYTES  # of the peer's share, for the next page before it is read
     while position < through and _goes_on(outbox):
@@ -179,10 +179,12 @@ async def send_replay(
             frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
             if frames and _goes_on(outbox):
                 size = sum(map(len, frames))  # charged once framed, if it is to be sent
-                if share is not None:
+                if share is not None and outbox.closing is None:
                     # A page of one event is as big as the event (a frame's worth, or
                     # more once re-encoded): past its charge and its peer's share, it
                     # is let go, and read again once the share has room for all of it.
+                    # Not under a close that lets the replay finish: that goes on
+                    # without waiting for room, so the page would only be read again.
                     kept = size + len(frames) * BYTES_HEADER
                     if not share.may_grow(held, kept):
                         wanted, let_go, size = kept, size, 0

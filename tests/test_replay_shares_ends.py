@@ -250,3 +250,46 @@ async def test_a_page_let_go_for_its_size_is_charged_to_its_peer_s_reads() -> No
         finally:
             for sock in socks:
                 sock.close()
+
+
+async def test_a_replay_a_close_lets_finish_lets_no_page_go_for_its_size() -> None:
+    """Found by review: a close that lets the replays finish (the session closed) has
+    them go on past their peer's share, without waiting for room; a page that came out
+    bigger than its charge was let go all the same, and read again at once, past the
+    share: each big event was read twice within the close's bound, for nothing."""
+    settings = {**SETTINGS, "rate_limit_bytes": 1, "rate_limit_bytes_burst": 64 * MIB}
+    async with run_server(**settings) as server:
+        allowance = server.services.read_allowances.of("addr:127.0.0.1")
+        share = server.services.replay_shares.of("addr:127.0.0.1")
+        assert allowance is not None and share is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await publish(agent, 1, size=900_000)
+        slots = server.services.page_reads.slots
+        for _ in range(DEFAULT_READ_SLOTS):  # the resumers' pages are read at once
+            await slots.acquire()
+        left = allowance._meter._tokens  # at a byte a second, nothing refills meanwhile
+        reads = server.metrics.replay_store_reads._value.get()
+
+        def pages_charged() -> float:
+            return (left - allowance._meter._tokens) * REPLY_SHARE / 900_000
+
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            for _ in range(4):
+                socks.append(
+                    await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+                )
+            await asyncio.sleep(0.5)
+            async with attach(server, session_id, role="agent") as (agent, _):
+                await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+            for _ in range(DEFAULT_READ_SLOTS):
+                slots.release()
+            await eventually(lambda: share.used == 0 and not share._waiting, 15.0)
+            # One store read for the four (read at once), four pages framed and charged.
+            assert server.metrics.replay_store_reads._value.get() - reads == 1
+            assert 4 <= pages_charged() < 4.01, pages_charged()
+        finally:
+            for sock in socks:
+                sock.close()
