@@ -86,7 +86,11 @@ async def test_one_peers_stalled_resumers_leave_other_peers_viewers_their_budget
     settings: dict[str, Any] = {
         "memory_budget": 4 * MIB,
         "ring_bytes": 64 * KIB,  # too small for one event: every page is read
-        "replay_page_timeout": 3.0,
+        # The 30 are served five at a time, each round a page timeout long: 1.5 s
+        # keeps them stalled through the sleep below and the viewer's first bursts
+        # (without shares it is closed 4429 within them), in 14 s where 3 s took 30.
+        "replay_page_timeout": 1.5,
+        "close_timeout": 1.0,  # the 4429 closes of peers that never read the close
         "send_queue_bytes": 256 * KIB,  # past the budget, a queue of 32 KB goes
         "rate_limit_bytes": 0,  # megabytes to set up: not a read-allowance test
         "durability": "os",
