@@ -5,7 +5,8 @@ rare example found by chance cannot block a landing; local runs keep exploring n
 examples. ``redis_server`` is one real redis-server for the whole run (tests/
 redis_server.py); without the binary its tests are skipped, and the run ends with one
 line saying how to install it. ``browser`` is the browser tests' Chromium, which saves
-screenshots of a failed test's pages.
+screenshots of a failed test's pages. The slowest modules of a recorded run
+(tests/durations.txt) are collected first, so xdist starts them first.
 """
 
 from __future__ import annotations
@@ -27,6 +28,33 @@ collect_ignore = ["fuzz"]
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+# -- order: the slowest modules first ---------------------------------------------
+
+
+def _recorded_module_seconds() -> dict[str, float]:
+    from tests.record_durations import DURATIONS_FILE
+
+    seconds: dict[str, float] = {}
+    if DURATIONS_FILE.exists():
+        for line in DURATIONS_FILE.read_text().splitlines():
+            if line and not line.startswith("#"):
+                value, module = line.split(maxsplit=1)
+                seconds[module] = float(value)
+    return seconds
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules of tests/durations.txt first, the slowest first; the others after
+    them in their usual order, and each module's tests in theirs (its module fixtures
+    are set up once). Under worksteal a process takes the first half of this list and
+    the other the rest, and an idle one steals the end of a queue: a long module that
+    came last in alphabetical order (tests/test_storage_model.py, 2 to 3 minutes of
+    the run) could start when the other process had nothing left to take, and the run
+    waited for it alone. Started first, the long ones overlap the many short ones."""
+    seconds = _recorded_module_seconds()
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::", 1)[0], 0.0))
 
 
 # -- redis-server (tests/redis_server.py) -------------------------------------------
