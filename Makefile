@@ -10,9 +10,10 @@ PYTEST_ARGS ?=
 # Test processes side by side (pytest-xdist): most tests wait on sockets, timers and
 # child processes, so two halve the suite's time on a two-core machine. 0 runs it in
 # one process (what `-x` or a debugger needs). Each process takes half the tests, in
-# order (a module's tests stay together), and one that runs out takes half of what the
-# other has left ("worksteal"): xdist's default hands tests out in shrinking chunks and
-# could leave one process idle for the last long tests of the other.
+# order (the slowest modules first, tests/durations.txt; a module's tests together),
+# and one that runs out takes half of what the other has left ("worksteal"): xdist's
+# default hands tests out in shrinking chunks and could leave one process idle for the
+# last long tests of the other.
 PYTEST_WORKERS ?= 2
 
 .PHONY: serve test lint typecheck pytest bench fuzz clean
