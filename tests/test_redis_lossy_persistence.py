@@ -60,14 +60,20 @@ async def test_writes_a_restart_lost_leave_their_seqs_to_others_under_the_same_e
         await client.aclose()
 
 
+SNAPSHOT = "goes back to its last snapshot"
+NOTHING_KEPT = "loses every session"
+MACHINE_CRASH = "a crash of the machine loses the last writes"
+
+
 @pytest.mark.parametrize(
-    ("appendonly", "appendfsync", "warned"),
+    ("appendonly", "appendfsync", "save", "said_of_a_restart"),
     [
-        ("yes", "always", False),
-        ("yes", "everysec", True),
-        ("yes", "no", True),
-        ("no", "always", True),
-        ("no", "everysec", True),
+        ("yes", "always", "", None),
+        ("yes", "everysec", "", MACHINE_CRASH),
+        ("yes", "no", "", MACHINE_CRASH),
+        ("no", "always", "3600 1", SNAPSHOT),
+        ("no", "everysec", "3600 1", SNAPSHOT),
+        ("no", "always", "", NOTHING_KEPT),  # no snapshots either: nothing comes back
     ],
 )
 async def test_a_redis_that_may_lose_acknowledged_writes_is_warned_of(
@@ -75,20 +81,58 @@ async def test_a_redis_that_may_lose_acknowledged_writes_is_warned_of(
     caplog: pytest.LogCaptureFixture,
     appendonly: str,
     appendfsync: str,
-    warned: bool,
+    save: str,
+    said_of_a_restart: str | None,
 ) -> None:
+    """The warning says what Redis runs with, what a restart then loses (the last
+    snapshot's, or everything where Redis takes none), and what to set."""
     server = start_redis("persistence")
     client = redis.asyncio.Redis(port=server.port)
     try:
         await client.config_set("appendfsync", appendfsync)
         await client.config_set("appendonly", appendonly)
+        await client.config_set("save", save)
         with caplog.at_level(logging.WARNING):
             store = await open_storage(server.url(prefix="p"))
             await store.close()
     finally:
         await client.aclose()
     said = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
-    assert bool(said) == warned, said
-    if warned:
+    assert bool(said) == (said_of_a_restart is not None), said
+    if said_of_a_restart is not None:
         assert f"appendonly {appendonly}, appendfsync {appendfsync}" in said[0]
-        assert "appendonly yes and appendfsync always" in said[0]
+        assert said_of_a_restart in said[0]
+        assert "set appendonly yes and appendfsync always" in said[0]
+        assert (SNAPSHOT in said[0]) == (said_of_a_restart == SNAPSHOT)
+
+
+async def test_a_redis_that_refuses_config_opens_and_says_it_could_not_check(
+    start_redis: Callable[[str], RedisServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A managed Redis may rename or disable CONFIG (ElastiCache, Memorystore), or an
+    ACL deny it, as here: the store opens and works all the same, and says (at INFO,
+    since the operator may not be able to change it) that it could not check what
+    Redis keeps, and what Redis should run with."""
+    server = start_redis("no-config")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.execute_command(
+            "ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-config"
+        )
+        url = server.url(prefix="n").replace("redis://", "redis://app:secret@")
+        with caplog.at_level(logging.INFO, logger="bamboo_session.persistence.redis.client"):
+            store = await open_storage(url)
+            try:
+                await store.create_session(Session.new("s"))
+                assert (await store.append_event("s", AgentEvent.token("x"))).seq == 1
+            finally:
+                await store.close()
+    finally:
+        await client.aclose()
+    said = [r for r in caplog.records if "could not check" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert said[0].levelno == logging.INFO
+    assert "CONFIG GET refused" in said[0].getMessage()
+    assert "appendonly yes and appendfsync always" in said[0].getMessage()
+    assert not [r for r in caplog.records if WARNING in r.getMessage()]

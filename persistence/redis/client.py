@@ -76,17 +76,25 @@ async def warn_of_eviction(client: Redis) -> str | None:
 
 async def warn_of_lossy_persistence(client: Redis) -> tuple[str, str] | None:
     """Logs a warning when Redis may acknowledge a write that a restart loses: no
-    append-only file (``appendonly no``: a restart goes back to the last snapshot, if
-    any), or one not fsynced before each reply (``appendfsync everysec`` or ``no``:
-    a crash of the machine loses the last writes). Nothing in Redis's data survives
-    to tell what was lost, so the sessions' ``seq`` are then given again under the
-    same epoch, and a client that saw the lost events cannot tell
-    (docs/storage-redis.md, Durability). Returns ``(appendonly, appendfsync)``
-    (None where Redis refuses to say: a managed Redis may disable CONFIG)."""
+    append-only file (``appendonly no``: a restart goes back to the last snapshot, or
+    to nothing without snapshots), or one not fsynced before each reply
+    (``appendfsync everysec`` or ``no``: a crash of the machine loses the last
+    writes). Nothing in Redis's data survives to tell what was lost, so the sessions'
+    ``seq`` are then given again under the same epoch, and a client that saw the lost
+    events cannot tell (docs/storage-redis.md, Durability). Returns ``(appendonly,
+    appendfsync)``; None where Redis refuses to say (a managed Redis may rename or
+    disable CONFIG, or an ACL deny it): the store opens all the same, and says at
+    INFO that it could not check, so that the operator knows to."""
     try:
-        said = await client.config_get("appendonly", "appendfsync")
-    except redis.exceptions.ResponseError:
-        return None  # CONFIG refused (renamed or disabled): nothing to tell
+        said = await client.config_get("appendonly", "appendfsync", "save")
+    except redis.exceptions.ResponseError as exc:
+        log.info(
+            "could not check that Redis keeps the writes it acknowledged (CONFIG GET "
+            "refused: %s); unless it runs with appendonly yes and appendfsync always, a "
+            "restart of Redis may give lost events' seqs again under the same epoch",
+            exc,
+        )
+        return None
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
     settings = {_text(name): _text(value) for name, value in said.items()}
@@ -95,17 +103,29 @@ async def warn_of_lossy_persistence(client: Redis) -> tuple[str, str] | None:
         return None
     if appendonly != "yes" or appendfsync != "always":
         log.warning(
-            "Redis may lose writes it acknowledged (appendonly %s, appendfsync %s): a "
-            "restart of Redis %s, and the lost events' seqs are then given again to "
-            "other events under the same epoch, so a client that saw them resumes onto "
-            "a different log; set appendonly yes and appendfsync always",
+            "Redis may lose writes it acknowledged (appendonly %s, appendfsync %s): %s; "
+            "set appendonly yes and appendfsync always",
             appendonly,
             appendfsync,
-            "goes back to its last snapshot"
-            if appendonly != "yes"
-            else "after a crash of the machine loses the last writes",
+            _what_a_restart_loses(appendonly, settings.get("save")),
         )
     return appendonly, appendfsync
+
+
+def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
+    if appendonly == "yes":
+        return (
+            "a crash of the machine loses the last writes, and the lost events' seqs are "
+            "then given again to other events under the same epoch, so a client that saw "
+            "them resumes onto a different log"
+        )
+    if save == "":  # neither a log nor snapshots: nothing survives a restart
+        return "a restart of Redis loses every session (it takes no snapshots either)"
+    return (
+        "a restart of Redis goes back to its last snapshot, and the lost events' seqs "
+        "are then given again to other events under the same epoch, so a client that "
+        "saw them resumes onto a different log"
+    )
 
 
 def _text(value: object) -> str:
