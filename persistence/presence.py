@@ -99,7 +99,9 @@ class PresenceStore(Protocol):
         stored under the id is left as it is, and no error is raised for them.
         Returns the sessions some of whose connections it registered again (they had
         gone missing: taken for dead after this instance stalled, or lost with the
-        store, for longer than the heartbeat)."""
+        store, for longer than the heartbeat) and that the store holds as
+        ``disconnected`` (another instance parked them meanwhile); the others need
+        nothing written, and are not named."""
         ...
 
     async def count(self, session_id: str) -> int:

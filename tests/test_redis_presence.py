@@ -81,13 +81,15 @@ async def test_refresh_registers_again_what_went_missing(
 ) -> None:
     """An instance that lost Redis for longer than the heartbeat still holds its
     connections: its next refresh registers them again, announced as joined, and
-    names their session; counts
-    of several sessions come in one call; several connections leave at once."""
+    names their session if another instance parked it meanwhile (not one whose state
+    needs nothing: after an outage every session is registered again, and its actors
+    should read nothing); counts of several sessions come in one call; several
+    connections leave at once."""
     url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=0.3)
     a, b = await open_storage(url), await open_storage(url)
     assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
     try:
-        for session_id in ("s1", "s2"):
+        for session_id in ("s1", "s2", "s3"):
             await a.create_session(Session.new(session_id))
         seen: asyncio.Queue[PresenceNotice] = asyncio.Queue()
         b.presence.on_presence(seen.put_nowait)
@@ -96,13 +98,18 @@ async def test_refresh_registers_again_what_went_missing(
         await a.presence.join("s1", *held[0])
         await a.presence.join("s1", *held[1])
         assert [(await next_notice(seen)).connection_id for _ in held] == ["c1", "c2"]
+        await a.presence.join("s3", "c3", "client")  # its session stays active
 
         await asyncio.sleep(0.4)  # a's heartbeat deadline passes: both are gone
         assert await a.presence.counts(["s1", "s2"]) == [0, 0]
         assert {(await next_notice(seen)).expired for _ in held} == {True}
-        # It says which sessions it registered connections of again (their actors
-        # write their state back: another instance may have parked them).
-        assert await a.presence.refresh([Held("s1", held), Held("s2", [])]) == ["s1"]
+        # b, taking them for gone, parks s1; s3 is left active.
+        await b.update_session_state("s1", SessionState.DISCONNECTED)
+        # It says which parked sessions it registered connections of again (their
+        # actors write their state back), and only those.
+        s3 = Held("s3", [("c3", "client")])
+        assert await a.presence.refresh([Held("s1", held), Held("s2", []), s3]) == ["s1"]
+        assert await a.presence.counts(["s3"]) == [1]  # registered again all the same
         again = [await next_notice(seen) for _ in held]
         assert [(n.connection_id, n.joined, n.connections) for n in again] == [
             ("c1", True, 1),

@@ -8,8 +8,10 @@
 -- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
 --       leave, refresh), epoch ('' : any; else the epoch of the session the members
 --       are of), then members ('<role>|<id>')
--- Returns the session-wide count after the call (a refresh of members: the count and
--- how many of them it registered again, as a pair); -1, and nothing done (no member
+-- Returns the session-wide count after the call (a refresh of members: the count, how
+-- many of them it registered again, and the session's stored state, '' if none: the
+-- caller acts on a session another instance parked, and reads nothing of the rest);
+-- -1, and nothing done (no member
 -- added or removed, nothing swept, nothing published), if an epoch is given and the
 -- session under the id is not of it (deleted, or replaced: a stale instance's
 -- members never count in the session that took the id; deleting or replacing a
@@ -56,5 +58,7 @@ local count = redis.call('ZCARD', conns)
 if count > 0 then
   redis.call('PEXPIRE', conns, heartbeat * 2)
 end
-if mode == 'refresh' and #ARGV >= 8 then return {count, again} end
+if mode == 'refresh' and #ARGV >= 8 then
+  return {count, again, redis.call('HGET', KEYS[2], 'state') or ''}
+end
 return count

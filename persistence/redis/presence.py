@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import SessionState
 
 from ..base import SessionNotFound
 from ..presence import Held, PresenceNotice
@@ -34,6 +35,11 @@ class _Wire(msgspec.Struct):
 
 _decoder = msgspec.json.Decoder(_Wire)
 OTHER_EPOCH: Final = -1  # presence.lua's reply for a session of another epoch
+PARKED: Final = SessionState.DISCONNECTED.value
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisPresence:
@@ -75,13 +81,15 @@ class RedisPresence:
     async def refresh(self, held: Sequence[Held]) -> list[str]:
         # A session of another epoch answers -1 and is left as it is: its holder
         # hears of the change by the session's notice, or at its next look. Else the
-        # script answers the count and how many it registered again.
+        # script answers the count, how many it registered again and the stored state:
+        # only a parked session is named, so that a refresh after an outage, which
+        # registers every session's connections again, costs its actors no reads.
         calls = [self._call(h.session_id, "refresh", h.connections, h.epoch) for h in held]
         answers = await self._storage.redis.run_many("presence", calls)
         return [
             h.session_id
             for h, answer in zip(held, answers, strict=True)
-            if isinstance(answer, list) and int(answer[1]) > 0
+            if isinstance(answer, list) and int(answer[1]) > 0 and _text(answer[2]) == PARKED
         ]
 
     async def count(self, session_id: str) -> int:
