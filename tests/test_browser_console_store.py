@@ -8,6 +8,7 @@ real delete, whose rename's directory sync fails.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from pathlib import Path
 from typing import Any
@@ -83,16 +84,42 @@ async def test_a_failed_store_sync_is_a_warning_until_the_server_restarts(
 
 
 async def test_a_healthy_store_shows_no_warning(browser: Any, tmp_path: Path) -> None:
-    """The server says `store_sync_failed: 0`: once the page has read its figures (the
-    top bar shows them), there is no warning, and no alert at all."""
+    """The server says `store_sync_failed: 0`: the warning is in the page, hidden from
+    the start (held while the first figures are on their way, it is already hidden),
+    and reading them moves nothing (the main column stays where it was); once the page
+    has read its figures (the top bar shows them), there is no warning, and no alert
+    at all. Its presence is checked first, so that a renamed or removed warning cannot
+    pass for a hidden one."""
     async with run_server(tmp_path) as server:
         async with await BambooClient.connect(ws_url(server), "fine", create=True) as agent:
             await agent.publish(AgentEvent.custom("step", 1))
             page = await browser.new_page()
             problems = watch_page(page)
+            held: list[Any] | None = []  # the page's reads of its figures, until let go
+            asked = asyncio.Event()
+
+            async def hold_reads(route: Any) -> None:
+                if held is None:
+                    await route.continue_()
+                else:
+                    held.append(route)
+                    asked.set()
+
+            await page.route("**/api/v1/stats", hold_reads)
             await page.goto(console_url(server.port))
+            await asyncio.wait_for(asked.wait(), 10)
+            warning = page.locator("#store-sync-failed")
+            await expect(warning).to_have_count(1)
+            # Checked now, not waited for: no figure has come, nothing could hide it.
+            assert await warning.is_hidden()
+            before = await page.locator("#main").bounding_box()
+            waiting, held = held or [], None
+            for route in waiting:
+                await route.continue_()
             await expect(page.locator("#stat-connections")).to_have_text("1")
             assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 0
-            await expect(page.locator("#store-sync-failed")).to_be_hidden()
+            await expect(warning).to_have_count(1)
+            await expect(warning).to_be_hidden()
             await expect(page.get_by_role("alert")).to_have_count(0)
+            assert await page.locator("#main").bounding_box() == before
     assert problems == []
