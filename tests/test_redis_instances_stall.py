@@ -74,3 +74,28 @@ async def test_a_stalled_instance_takes_its_session_back_when_it_goes_on(
 
 async def _is(group: Instances, index: int, state: str) -> bool:
     return await state_on(group, index, "st") == state
+
+
+async def test_a_session_closed_while_its_instance_stalled_stays_closed(
+    group: Instances,
+) -> None:
+    """A peer on the other instance closes the session while A is stopped: A, going
+    on, registers its connection again but writes nothing back (the store holds the
+    session closed, not parked: ``state.lua`` would refuse closed to active anyway),
+    and the session stays closed on every instance."""
+    group.start(2)
+    async with clients(BambooClient.connect(group.url(0), "st", create=True, **FAST)):
+        bob = await BambooClient.connect(group.url(1), "st", **FAST)
+        stalled = group.processes[0].proc
+        assert stalled is not None
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(HEARTBEAT * 2.5)  # alice's registration runs out
+            await bob.set_state("closed")
+            await bob.close()
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+        await asyncio.sleep(HEARTBEAT * 2)  # A's heartbeats after it goes on
+        assert await state_on(group, 0, "st") == "closed"
+        assert await state_on(group, 1, "st") == "closed"
+    group.check_logs()
