@@ -93,3 +93,15 @@ async def test_an_absolute_form_target_with_an_empty_host_is_400() -> None:
         # An empty Host header is another thing: the target has no authority (RFC 9112 3.2).
         answer = await answer_of(server.port, b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\n")
         assert status_and_error(answer) == (200, None), answer
+
+
+async def test_an_empty_host_header_is_no_host_the_default_checks_allow() -> None:
+    """docs/protocol.md, Origins and hosts: an empty Host is not 400, but without auth
+    it names no allowed host (403); in absolute-form the target's host stands in."""
+    async with run_server() as server:
+        answer = await answer_of(server.port, b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\n")
+        refused = (403, {"code": "forbidden", "message": "host not allowed"})
+        assert status_and_error(answer) == refused, answer
+        request = b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost:\r\n\r\n"
+        answer = await answer_of(server.port, request)
+        assert status_and_error(answer) == (200, None), answer
