@@ -76,7 +76,7 @@ MACHINE_CRASH = "a crash of the machine loses the last writes"
         ("no", "always", "", NOTHING_KEPT),  # no snapshots either: nothing comes back
     ],
 )
-async def test_a_redis_that_may_lose_acknowledged_writes_is_warned_of(
+async def test_a_redis_that_may_lose_acknowledged_writes_is_refused_unless_accepted(
     start_redis: Callable[[str], RedisServer],
     caplog: pytest.LogCaptureFixture,
     appendonly: str,
@@ -84,21 +84,37 @@ async def test_a_redis_that_may_lose_acknowledged_writes_is_warned_of(
     save: str,
     said_of_a_restart: str | None,
 ) -> None:
-    """The warning says what Redis runs with, what a restart then loses (the last
-    snapshot's, or everything where Redis takes none), and what to set."""
+    """A writable store is refused on such a Redis (the epoch could not change when
+    history is lost, as the wire contract has it); with ``accept_lossy=true`` it opens
+    with a warning, and a read-only one opens as it writes nothing. Each says what
+    Redis runs with, what a restart then loses (the last snapshot's, or everything
+    where Redis takes none), and what to set."""
     server = start_redis("persistence")
     client = redis.asyncio.Redis(port=server.port)
     try:
         await client.config_set("appendfsync", appendfsync)
         await client.config_set("appendonly", appendonly)
         await client.config_set("save", save)
+        if said_of_a_restart is not None:
+            with pytest.raises(StorageError) as refused:
+                await open_storage(server.url(prefix="p"))
+            message = str(refused.value)
+            assert message.startswith(WARNING), message
+            assert f"appendonly {appendonly}, appendfsync {appendfsync}" in message
+            assert said_of_a_restart in message
+            assert "set appendonly yes and appendfsync always" in message
+            assert "or add accept_lossy=true to the store URL" in message
+            with pytest.raises(ValueError, match="accept_lossy must be true or false"):
+                await open_storage(server.url(prefix="p", accept_lossy="yes"))
         with caplog.at_level(logging.WARNING):
-            store = await open_storage(server.url(prefix="p"))
+            store = await open_storage(server.url(prefix="p", accept_lossy="true"))
             await store.close()
+            reader = await open_storage(server.url(prefix="p"), read_only=True)
+            await reader.close()
     finally:
         await client.aclose()
     said = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
-    assert bool(said) == (said_of_a_restart is not None), said
+    assert len(said) == (2 if said_of_a_restart is not None else 0), said
     if said_of_a_restart is not None:
         assert f"appendonly {appendonly}, appendfsync {appendfsync}" in said[0]
         assert said_of_a_restart in said[0]

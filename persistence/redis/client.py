@@ -74,17 +74,20 @@ async def warn_of_eviction(client: Redis) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
-async def warn_of_lossy_persistence(client: Redis) -> tuple[str, str] | None:
-    """Logs a warning when Redis may acknowledge a write that a restart loses: no
-    append-only file (``appendonly no``: a restart goes back to the last snapshot, or
-    to nothing without snapshots), or one not fsynced before each reply
+async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, str] | None:
+    """Refuses a writable store on a Redis that may acknowledge a write a restart loses
+    (StorageError), unless the URL has ``accept_lossy=true``, when it logs a warning:
+    no append-only file (``appendonly no``: a restart goes back to the last snapshot,
+    or to nothing without snapshots), or one not fsynced before each reply
     (``appendfsync everysec`` or ``no``: a crash of the machine loses the last
     writes). Nothing in Redis's data survives to tell what was lost, so the sessions'
-    ``seq`` are then given again under the same epoch, and a client that saw the lost
-    events cannot tell (docs/storage-redis.md, Durability). Returns ``(appendonly,
-    appendfsync)``; None where Redis refuses to say (a managed Redis may rename or
-    disable CONFIG, or an ACL deny it): the store opens all the same, and says at
-    INFO that it could not check, so that the operator knows to."""
+    ``seq`` would be given again under the same epoch, and a client that saw the lost
+    events could not tell: the wire contract has the epoch change whenever history is
+    lost (docs/storage-redis.md, Durability). A read-only store writes nothing and is
+    opened. Returns ``(appendonly, appendfsync)``; None where Redis refuses to say (a
+    managed Redis may rename or disable CONFIG, or an ACL deny it): the store opens
+    all the same, and says at INFO that it could not check, so that the operator
+    knows to."""
     try:
         said = await client.config_get("appendonly", "appendfsync", "save")
     except redis.exceptions.ResponseError as exc:
@@ -102,13 +105,14 @@ async def warn_of_lossy_persistence(client: Redis) -> tuple[str, str] | None:
     if appendonly is None or appendfsync is None:
         return None
     if appendonly != "yes" or appendfsync != "always":
-        log.warning(
-            "Redis may lose writes it acknowledged (appendonly %s, appendfsync %s): %s; "
-            "set appendonly yes and appendfsync always",
-            appendonly,
-            appendfsync,
-            _what_a_restart_loses(appendonly, settings.get("save")),
+        danger = (
+            f"Redis may lose writes it acknowledged (appendonly {appendonly}, appendfsync "
+            f"{appendfsync}): {_what_a_restart_loses(appendonly, settings.get('save'))}; "
+            "set appendonly yes and appendfsync always"
         )
+        if not (config.accept_lossy or config.read_only):
+            raise StorageError(f"{danger}, or add accept_lossy=true to the store URL")
+        log.warning("%s", danger)
     return appendonly, appendfsync
 
 
@@ -225,9 +229,9 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
 __all__ = [
     "Commands",
     "StorageError",
+    "check_persistence",
     "connect",
     "server_version",
     "stop_task",
     "warn_of_eviction",
-    "warn_of_lossy_persistence",
 ]

@@ -13,6 +13,11 @@
   its instance last refreshed it.
 - ``max_connections`` (default 50): connections to Redis from one instance at most;
   more calls at once wait for a free one.
+- ``accept_lossy`` (``true`` or ``false``, the default): open a writable store on a
+  Redis whose ``CONFIG`` says it may lose writes it acknowledged (``appendonly`` not
+  ``yes``, or ``appendfsync`` not ``always``), with a warning; refused otherwise, since
+  a restart of such a Redis gives the lost events' seqs to other events under the same
+  epoch, which the wire contract forbids (docs/storage-redis.md, Durability).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class RedisConfig:
     lease_ttl: float = 30.0
     heartbeat: float = 30.0
     max_connections: int = 50
+    accept_lossy: bool = False
     default_ttl: int | None = None
     max_sessions: int | None = None
     cleanup_interval: float | None = None
@@ -55,6 +61,7 @@ class RedisConfig:
                 "lease_ttl",
                 "heartbeat",
                 "max_connections",
+                "accept_lossy",
             }
         )
         prefix = url.take("prefix", "bamboo") or ""
@@ -65,6 +72,9 @@ class RedisConfig:
         pubsub = url.take("pubsub")
         if pubsub not in (None, "sharded", "classic"):
             raise ValueError(f"store URL {url.text!r}: pubsub must be sharded or classic")
+        accept_lossy = url.take("accept_lossy", "false")
+        if accept_lossy not in ("true", "false"):
+            raise ValueError(f"store URL {url.text!r}: accept_lossy must be true or false")
         return cls(
             url=f"redis://{url.location}",
             prefix=prefix,
@@ -74,6 +84,7 @@ class RedisConfig:
             lease_ttl=_number(url, "lease_ttl", 30.0),
             heartbeat=_number(url, "heartbeat", 30.0),
             max_connections=max(1, int(_number(url, "max_connections", 50, whole=True))),
+            accept_lossy=accept_lossy == "true",
             default_ttl=options.default_ttl,
             max_sessions=options.max_sessions,
             cleanup_interval=options.cleanup_interval,

@@ -49,10 +49,10 @@ from ..index import copy_metadata
 from . import appending, importing
 from .client import (
     Commands,
+    check_persistence,
     connect,
     server_version,
     warn_of_eviction,
-    warn_of_lossy_persistence,
 )
 from .config import RedisConfig
 from .layout import (
@@ -101,7 +101,7 @@ class RedisStorage:
             if sharded and version < (7, 0):
                 raise StorageError(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
             await warn_of_eviction(client)
-            await warn_of_lossy_persistence(client)
+            await check_persistence(client, config)
             storage = cls(config, client, sharded)
             await storage.live.listener.start()
         except BaseException:
