@@ -1,10 +1,12 @@
 """``open_storage(url)``: a store from its URL, importing only the backend it names.
 
 - ``jsonl:///var/lib/bamboo`` (as in file URLs: three slashes, then an absolute path),
-  or a bare path, absolute or relative (``~`` expands): the embedded JSONL store.
+  or a bare path, absolute or relative (``~`` expands): the embedded JSONL store. A
+  bare ``memory``, ``sqlite`` or ``redis`` (or ``redis:host``) is refused, not read as
+  a directory of that name: a ``://`` was meant.
   Query parameters set its options, e.g. ``?durability=os``.
 - ``memory://``: the in-memory store (tests, embedding).
-- ``sqlite:///path/to/file.db`` and ``redis://host:port/db``, once those backends exist.
+- ``sqlite:///path/to/file.db`` and ``redis://host:port/db``.
 
 Options every backend takes (``StoreOptions``) come as keyword arguments; a backend's
 own options come in the URL's query. An unknown scheme or option is a ``ValueError``
@@ -82,6 +84,13 @@ def parse_store_url(text: str) -> StoreURL:
     if not text:
         raise ValueError("store URL is empty")
     if "://" not in text:
+        kind = text.partition(":")[0].lower()
+        if kind in _OPENERS and (text.lower() == kind or ":" in text):
+            # "memory" or "redis:6379" meant a store, not a directory of that name.
+            raise ValueError(
+                f"store URL {text!r} names a kind of store but has no '://': write "
+                f"{kind}://... (or ./{text} for a directory of that name)"
+            )
         return StoreURL("jsonl", str(Path(text).expanduser()), {}, text)
     parts = urllib.parse.urlsplit(text)
     scheme = parts.scheme.lower()

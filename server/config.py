@@ -59,8 +59,9 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     close_timeout: float = 5.0
-    # A resuming connection's time to take each page of its replay (up to 1 MiB of
-    # events, held in its socket's buffer meanwhile); else it is closed with 4429.
+    # A resuming connection's time to take each page of its replay (up to 256 KiB of
+    # events, or one larger event, held in its socket's buffer meanwhile); else it is
+    # closed with 4429.
     replay_page_timeout: float = 20.0
     # An HTTP answer streamed in pages (the whole history of GET /api/v1/sessions/{id})
     # has this long for its peer to take each page (up to --max-page-bytes, held in the

@@ -111,6 +111,8 @@ def test_the_store_comes_from_flags_then_the_environment(tmp_path: Path) -> None
     ("env", "says"),
     [
         ({"BAMBOO_STORE": "ftp://x"}, "unknown scheme 'ftp'"),
+        ({"BAMBOO_STORE": "memory"}, "names a kind of store but has no '://'"),
+        ({"BAMBOO_STORE": "redis:127.0.0.1:6379"}, "write redis://"),
         ({"BAMBOO_DATA_DIR": "/nonexistent/bamboo"}, "no data directory at /nonexistent/bamboo"),
     ],
 )
