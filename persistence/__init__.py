@@ -36,6 +36,7 @@ from .base import (
     StorageError,
     StorageFull,
     StorageLocked,
+    StoreMisconfigured,
     Subscription,
     UserFull,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageLocked",
+    "StoreMisconfigured",
     "StoreOptions",
     "Subscription",
     "UserFull",

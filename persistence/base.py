@@ -79,6 +79,7 @@ from .errors import (
     StorageError,
     StorageFull,
     StorageLocked,
+    StoreMisconfigured,
     UserFull,
 )
 
@@ -107,6 +108,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageLocked",
+    "StoreMisconfigured",
     "Subscription",
     "UserFull",
 ]

@@ -2,7 +2,8 @@
 ``persistence.base`` and ``persistence`` export them all): a failing store
 (:class:`StorageError`, the base of every other), a session missing, present, expired,
 closed or full (its own cap, or its user's), or taking no appends until the store is
-opened again, a store full or held by another process."""
+opened again, a store full or held by another process, or a backend run with settings
+the store refuses."""
 
 from __future__ import annotations
 
@@ -74,6 +75,13 @@ class StorageFull(StorageError):
 
 class StorageLocked(StorageError):
     """Another process holds this store (an embedded store has one owner)."""
+
+
+class StoreMisconfigured(StorageError):
+    """The store's backend runs with settings this store refuses (a Redis that may lose
+    writes it acknowledged, or too old for what its URL asks): opening it again fails
+    the same way until its operator changes them, so a server exits as for a bad
+    configuration (status 2), and ``serve --workers`` stops instead of restarting."""
 
 
 class ListingTooLarge(StorageError):

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import structlog
 
 from bamboo_session import __version__
-from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.base import StorageError, StoreMisconfigured
 
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
@@ -285,6 +285,7 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     sockets of the connections still open close with it); ``worker``: one of several
     on one port. Returns only when the server cannot start."""
     from .app import BambooServer
+    from .supervisor import CONFIG_ERROR
 
     log = structlog.get_logger("bamboo_session.server")
     stop = asyncio.Event()
@@ -294,6 +295,12 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     server = BambooServer(config, reuse_port=worker is not None)
     try:
         await server.start()  # logs "listening on HOST:PORT"
+    except StoreMisconfigured as exc:
+        # Every restart would be refused alike until the store's settings change: the
+        # status of a bad configuration, which `serve --workers` does not restart.
+        await server.stop()
+        log.error(f"cannot start: {exc}")
+        return CONFIG_ERROR
     except (StorageError, OSError) as exc:
         await server.stop()
         log.error(f"cannot start: {exc}")

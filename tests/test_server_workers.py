@@ -15,11 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import redis
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
@@ -218,4 +219,29 @@ def test_a_configuration_every_worker_refuses_stops_the_supervisor_with_status_2
     records = server.records()
     assert not [r for r in records if r.get("event") == "worker died; restarting"]
     assert any(str(r.get("event")).startswith("cannot start: auth_secret") for r in records)
+    assert "Traceback" not in server.log_path.read_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_redis_that_may_lose_acknowledged_writes_stops_serve_with_status_2(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, workers: str
+) -> None:
+    """A Redis run without ``appendonly yes`` refuses every worker alike until its
+    operator changes it (docs/storage-redis.md, Durability): ``serve`` exits 2 with the
+    reason in one line, as for a bad configuration, and the supervisor stops instead of
+    restarting workers that would be refused forever."""
+    redis_server = start_redis("lossy")
+    with redis.Redis(port=redis_server.port) as admin:
+        admin.config_set("appendonly", "no")
+    store = redis_server.url(prefix=prefix_for(tmp_path))
+    server = Workers(tmp_path / "serve.log", "--store", store, "--workers", workers)
+    try:
+        assert server.proc.wait(30) == 2, server.log_path.read_text()
+    finally:
+        server.kill()
+    records = server.records()
+    assert not [r for r in records if r.get("event") == "worker died; restarting"]
+    refusals = [r for r in records if str(r.get("event")).startswith("cannot start: Redis")]
+    assert refusals and all(r["level"] == "error" for r in refusals), records
+    assert "or add accept_lossy=true to the store URL" in str(refusals[0]["event"])
     assert "Traceback" not in server.log_path.read_text()

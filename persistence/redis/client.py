@@ -14,7 +14,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..base import StorageError
+from ..base import StorageError, StoreMisconfigured
 from .config import RedisConfig
 from .scripts import Arg, run, run_and_wait, run_many, unreachable
 
@@ -76,7 +76,7 @@ async def warn_of_eviction(client: Redis) -> str | None:
 
 async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, str] | None:
     """Refuses a writable store on a Redis that may acknowledge a write a restart loses
-    (StorageError), unless the URL has ``accept_lossy=true``, when it logs a warning:
+    (StoreMisconfigured), unless the URL has ``accept_lossy=true``, when it logs a warning:
     no append-only file (``appendonly no``: a restart goes back to the last snapshot,
     or to nothing without snapshots), or one not fsynced before each reply
     (``appendfsync everysec`` or ``no``: a crash of the machine loses the last
@@ -111,7 +111,7 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
             "set appendonly yes and appendfsync always"
         )
         if not (config.accept_lossy or config.read_only):
-            raise StorageError(f"{danger}, or add accept_lossy=true to the store URL")
+            raise StoreMisconfigured(f"{danger}, or add accept_lossy=true to the store URL")
         log.warning("%s", danger)
     return appendonly, appendfsync
 

@@ -42,6 +42,7 @@ from ..base import (
     SessionListResult,
     SessionNotFound,
     StorageError,
+    StoreMisconfigured,
 )
 from ..events import within_bytes
 from ..feed import CLOSED, DELETED, FeedSubscription
@@ -99,7 +100,7 @@ class RedisStorage:
             version = await server_version(client)
             sharded = version >= (7, 0) if config.pubsub is None else config.pubsub == "sharded"
             if sharded and version < (7, 0):
-                raise StorageError(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
+                raise StoreMisconfigured(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
             await warn_of_eviction(client)
             await check_persistence(client, config)
             storage = cls(config, client, sharded)
