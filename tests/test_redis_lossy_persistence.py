@@ -1,6 +1,7 @@
-"""A Redis store opened on a redis-server that may acknowledge a write a restart then
-loses (``appendonly no``, or ``appendfsync`` other than ``always``) says so in a
-warning. Nothing left in Redis tells what was lost, so the store cannot change the
+"""A Redis store opened for writing on a redis-server that may acknowledge a write a
+restart then loses (``appendonly no``, or ``appendfsync`` other than ``always``) is
+refused, unless its URL says ``accept_lossy=true`` (then a warning, as a read-only
+store gets). Nothing left in Redis tells what was lost, so the store cannot change the
 session's epoch: the lost events' seqs are given again to other events under the same
 epoch, and a client that saw the lost ones resumes onto a different log (the first
 test shows it on a real redis-server). ``appendonly yes`` with ``appendfsync always``
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence.redis.client import PERSISTENCE_SETTINGS
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer
 
@@ -152,3 +154,24 @@ async def test_a_redis_that_refuses_config_opens_and_says_it_could_not_check(
     assert "CONFIG GET refused" in said[0].getMessage()
     assert "appendonly yes and appendfsync always" in said[0].getMessage()
     assert not [r for r in caplog.records if WARNING in r.getMessage()]
+
+
+async def test_each_setting_is_asked_alone_as_redis_before_7_answers_it(
+    start_redis: Callable[[str], RedisServer],
+) -> None:
+    """Redis 5 and 6 (which the store supports) take one parameter per ``CONFIG GET``
+    and refuse several with an error, which the store would read as CONFIG refused,
+    and open unchecked on a Redis that loses writes. No such Redis runs here, so what
+    is checked is what this Redis was asked: three ``CONFIG GET``s, each of one name
+    (a call with several counts once), and still a refusal."""
+    server = start_redis("one-by-one")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.config_set("appendonly", "no")
+        await client.config_resetstat()
+        with pytest.raises(StorageError, match=WARNING):
+            await open_storage(server.url(prefix="o"))
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    assert stats["cmdstat_config|get"]["calls"] == len(PERSISTENCE_SETTINGS) == 3, stats

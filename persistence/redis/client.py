@@ -21,6 +21,9 @@ from .scripts import Arg, run, run_and_wait, run_many, unreachable
 log = logging.getLogger(__name__)
 
 POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
+# What check_persistence reads of Redis's CONFIG: the first two say whether a write
+# it acknowledged survives a restart, the last what a restart comes back to if not.
+PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", "save")
 
 
 def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
@@ -88,8 +91,13 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
     managed Redis may rename or disable CONFIG, or an ACL deny it): the store opens
     all the same, and says at INFO that it could not check, so that the operator
     knows to."""
+    settings: dict[str, str] = {}
     try:
-        said = await client.config_get("appendonly", "appendfsync", "save")
+        for name in PERSISTENCE_SETTINGS:
+            # One name per CONFIG GET: Redis before 7.0 refuses several in one call,
+            # which would read as CONFIG refused and open the store unchecked.
+            said = await client.config_get(name)
+            settings.update({_text(key): _text(value) for key, value in said.items()})
     except redis.exceptions.ResponseError as exc:
         log.info(
             "could not check that Redis keeps the writes it acknowledged (CONFIG GET "
@@ -100,7 +108,6 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
         return None
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
-    settings = {_text(name): _text(value) for name, value in said.items()}
     appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
     if appendonly is None or appendfsync is None:
         return None
