@@ -174,4 +174,31 @@ async def test_each_setting_is_asked_alone_as_redis_before_7_answers_it(
         stats = await client.info("commandstats")
     finally:
         await client.aclose()
-    assert stats["cmdstat_config|get"]["calls"] == len(PERSISTENCE_SETTINGS) == 3, stats
+    assert stats["cmdstat_config|get"]["calls"] == len(PERSISTENCE_SETTINGS) == 4, stats
+
+
+async def test_no_fsync_while_rewriting_is_refused_though_appendfsync_is_always(
+    start_redis: Callable[[str], RedisServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``no-appendfsync-on-rewrite yes`` has Redis skip the fsync of ``appendfsync
+    always`` while a snapshot or an AOF rewrite runs (aof.c, flushAppendOnlyFile), so
+    a crash of the machine then loses writes it acknowledged, as ``everysec`` does:
+    refused as those are, and opened with a warning under ``accept_lossy=true``."""
+    server = start_redis("no-fsync-on-rewrite")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.config_set("no-appendfsync-on-rewrite", "yes")
+        with pytest.raises(StorageError) as refused:
+            await open_storage(server.url(prefix="r"))
+        with caplog.at_level(logging.WARNING):
+            store = await open_storage(server.url(prefix="r", accept_lossy="true"))
+            await store.close()
+    finally:
+        await client.aclose()
+    message = str(refused.value)
+    assert message.startswith(f"{WARNING} (no-appendfsync-on-rewrite yes)"), message
+    assert MACHINE_CRASH in message
+    assert "set no-appendfsync-on-rewrite no, or add accept_lossy=true" in message
+    said = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    assert len(said) == 1 and "no-appendfsync-on-rewrite yes" in said[0], said

@@ -21,9 +21,11 @@ from .scripts import Arg, run, run_and_wait, run_many, unreachable
 log = logging.getLogger(__name__)
 
 POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
-# What check_persistence reads of Redis's CONFIG: the first two say whether a write
-# it acknowledged survives a restart, the last what a restart comes back to if not.
-PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", "save")
+# What check_persistence reads of Redis's CONFIG: whether a write it acknowledged is
+# on disk (the first two, and the third, which skips the fsync while a snapshot or a
+# rewrite runs even with appendfsync always), and what a restart comes back to if not.
+NO_FSYNC_ON_REWRITE = "no-appendfsync-on-rewrite"
+PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", NO_FSYNC_ON_REWRITE, "save")
 
 
 def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
@@ -79,18 +81,19 @@ async def warn_of_eviction(client: Redis) -> str | None:
 
 async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, str] | None:
     """Refuses a writable store on a Redis that may acknowledge a write a restart loses
-    (StoreMisconfigured), unless the URL has ``accept_lossy=true``, when it logs a warning:
-    no append-only file (``appendonly no``: a restart goes back to the last snapshot,
-    or to nothing without snapshots), or one not fsynced before each reply
-    (``appendfsync everysec`` or ``no``: a crash of the machine loses the last
-    writes). Nothing in Redis's data survives to tell what was lost, so the sessions'
-    ``seq`` would be given again under the same epoch, and a client that saw the lost
-    events could not tell: the wire contract has the epoch change whenever history is
-    lost (docs/storage-redis.md, Durability). A read-only store writes nothing and is
-    opened. Returns ``(appendonly, appendfsync)``; None where Redis refuses to say (a
-    managed Redis may rename or disable CONFIG, or an ACL deny it): the store opens
-    all the same, and says at INFO that it could not check, so that the operator
-    knows to."""
+    (StoreMisconfigured), unless the URL has ``accept_lossy=true``, when it logs a
+    warning: no append-only file (``appendonly no``: a restart goes back to the last
+    snapshot, or to nothing without snapshots), or one not fsynced before each reply
+    (``appendfsync everysec`` or ``no``, or ``no-appendfsync-on-rewrite yes``, which
+    skips the fsync while a snapshot or a rewrite runs: a crash of the machine loses
+    the last writes). Nothing in Redis's data survives to tell what was lost, so the
+    sessions' ``seq`` would be given again under the same epoch, and a client that saw
+    the lost events could not tell: the wire contract has the epoch change whenever
+    history is lost (docs/storage-redis.md, Durability). A read-only store writes
+    nothing and is opened. Returns ``(appendonly, appendfsync)``; None where Redis
+    refuses to say (a managed Redis may rename or disable CONFIG, or an ACL deny it):
+    the store opens all the same, and says at INFO that it could not check, so that
+    the operator knows to."""
     settings: dict[str, str] = {}
     try:
         for name in PERSISTENCE_SETTINGS:
@@ -111,12 +114,20 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
     appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
     if appendonly is None or appendfsync is None:
         return None
+    danger = None
     if appendonly != "yes" or appendfsync != "always":
         danger = (
             f"Redis may lose writes it acknowledged (appendonly {appendonly}, appendfsync "
             f"{appendfsync}): {_what_a_restart_loses(appendonly, settings.get('save'))}; "
             "set appendonly yes and appendfsync always"
         )
+    elif settings.get(NO_FSYNC_ON_REWRITE) == "yes":
+        danger = (
+            f"Redis may lose writes it acknowledged ({NO_FSYNC_ON_REWRITE} yes): while "
+            "it takes a snapshot or rewrites its append-only file it fsyncs nothing, so "
+            f"{_what_a_restart_loses('yes', None)}; set {NO_FSYNC_ON_REWRITE} no"
+        )
+    if danger is not None:
         if not (config.accept_lossy or config.read_only):
             raise StoreMisconfigured(f"{danger}, or add accept_lossy=true to the store URL")
         log.warning("%s", danger)

@@ -15,7 +15,8 @@
   more calls at once wait for a free one.
 - ``accept_lossy`` (``true`` or ``false``, the default): open a writable store on a
   Redis whose ``CONFIG`` says it may lose writes it acknowledged (``appendonly`` not
-  ``yes``, or ``appendfsync`` not ``always``), with a warning; refused otherwise, since
+  ``yes``, ``appendfsync`` not ``always``, or ``no-appendfsync-on-rewrite yes``),
+  with a warning; refused otherwise, since
   a restart of such a Redis gives the lost events' seqs to other events under the same
   epoch, which the wire contract forbids (docs/storage-redis.md, Durability).
 """
