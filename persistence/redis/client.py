@@ -134,6 +134,29 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
     return appendonly, appendfsync
 
 
+async def refuse_replica(client: Redis, config: RedisConfig) -> None:
+    """Refuses a writable store on a replica (StoreMisconfigured): a read-only one
+    (``replica-read-only yes``, the default) opens and then fails every write, and a
+    writable one keeps writes that never reach its primary and that its next sync
+    drops. A read-only store (``migrate`` reading from it, ``ls``) is opened. Where
+    INFO is refused, nothing is said: the first write tells."""
+    if config.read_only:
+        return
+    try:
+        info = await client.execute_command("INFO", "replication")
+    except redis.exceptions.ResponseError:
+        return
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+    if _text(info.get("role")) == "slave":  # what INFO calls a replica, still in 7.x
+        primary = f"{_text(info.get('master_host'))}:{_text(info.get('master_port'))}"
+        raise StoreMisconfigured(
+            f"Redis is a replica of {primary}: a writable store needs a primary (a "
+            "replica refuses writes, or loses them at its next sync); point the store "
+            "URL at the primary"
+        )
+
+
 def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
     if appendonly == "yes":
         return (
@@ -249,6 +272,7 @@ __all__ = [
     "StorageError",
     "check_persistence",
     "connect",
+    "refuse_replica",
     "server_version",
     "stop_task",
     "warn_of_eviction",

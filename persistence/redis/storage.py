@@ -52,6 +52,7 @@ from .client import (
     Commands,
     check_persistence,
     connect,
+    refuse_replica,
     server_version,
     warn_of_eviction,
 )
@@ -102,6 +103,7 @@ class RedisStorage:
             if sharded and version < (7, 0):
                 raise StoreMisconfigured(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
             await warn_of_eviction(client)
+            await refuse_replica(client, config)
             await check_persistence(client, config)
             storage = cls(config, client, sharded)
             await storage.live.listener.start()
