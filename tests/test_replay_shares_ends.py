@@ -33,7 +33,7 @@ RESUMERS = 10  # five hold a page, five wait
 SETTINGS: dict[str, Any] = {
     "memory_budget": 4 * MIB,  # a share of 1 MiB
     "ring_bytes": 64 * KIB,  # too small for one event: every page is read
-    "replay_page_timeout": 3.0,
+    "replay_page_timeout": 1.5,  # stalled pages given up on soon: the suite's time
     "close_timeout": 1.0,
     "rate_limit_bytes": 0,  # megabytes to set up: not a read-allowance test
     "durability": "os",
@@ -148,7 +148,7 @@ async def test_a_resumer_of_the_same_peer_waits_its_turn_and_gets_its_events_in_
     those ahead of it, each given up on after the page timeout at the latest (3 s
     here), and is served then: its replay, then the live events that queued
     behind it meanwhile, in order, none lost."""
-    async with run_server(**SETTINGS) as server:
+    async with run_server(**{**SETTINGS, "replay_page_timeout": 3.0}) as server:
         share = server.services.replay_shares.of("addr:127.0.0.1")
         assert share is not None
         stalled_session = await a_session_past_the_kernel_buffers(server)
