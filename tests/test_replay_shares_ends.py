@@ -210,6 +210,46 @@ async def test_pages_read_at_once_are_bounded_by_the_share_whatever_their_events
                 sock.close()
 
 
+@contextlib.asynccontextmanager
+async def four_resumers_of_a_big_event(
+    server: BambooServer,
+) -> AsyncIterator[tuple[str, ReplayShare, Callable[[], float], Callable[[], None]]]:
+    """Four stalled resumers of one 900 KB event: its session, their peer's share, the
+    pages charged to their peer's read allowance since (at a byte a second, nothing
+    refills meanwhile), and what lets their pages be read, all at once (the read slots
+    are held until then)."""
+    allowance = server.services.read_allowances.of("addr:127.0.0.1")
+    share = server.services.replay_shares.of("addr:127.0.0.1")
+    assert allowance is not None and share is not None
+    async with attach(server, role="agent") as (agent, welcome):
+        session_id = welcome["session"]["id"]
+        await publish(agent, 1, size=900_000)
+    slots = server.services.page_reads.slots
+    for _ in range(DEFAULT_READ_SLOTS):
+        await slots.acquire()
+    left = allowance._meter._tokens
+
+    def pages_charged() -> float:
+        return (left - allowance._meter._tokens) * REPLY_SHARE / 900_000
+
+    def release() -> None:
+        for _ in range(DEFAULT_READ_SLOTS):
+            slots.release()
+
+    loop = asyncio.get_running_loop()
+    socks = []
+    try:
+        for _ in range(4):
+            socks.append(
+                await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
+            )
+        await asyncio.sleep(0.5)
+        yield session_id, share, pages_charged, release
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 async def test_a_page_let_go_for_its_size_is_charged_to_its_peer_s_reads() -> None:
     """Found by review: a page let go for its size (past its peer's share) had been read
     all the same, but was charged to the peer's read allowance only once read again and
@@ -219,37 +259,12 @@ async def test_a_page_let_go_for_its_size_is_charged_to_its_peer_s_reads() -> No
     charged (four without the fix)."""
     settings = {**SETTINGS, "rate_limit_bytes": 1, "rate_limit_bytes_burst": 64 * MIB}
     async with run_server(**settings) as server:
-        allowance = server.services.read_allowances.of("addr:127.0.0.1")
-        share = server.services.replay_shares.of("addr:127.0.0.1")
-        assert allowance is not None and share is not None
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, 1, size=900_000)
-        slots = server.services.page_reads.slots
-        for _ in range(DEFAULT_READ_SLOTS):  # the resumers' pages are read at once
-            await slots.acquire()
-        left = allowance._meter._tokens  # at a byte a second, nothing refills meanwhile
-
-        def pages_charged() -> float:
-            return (left - allowance._meter._tokens) * REPLY_SHARE / 900_000
-
-        loop = asyncio.get_running_loop()
-        socks = []
-        try:
-            for _ in range(4):
-                socks.append(
-                    await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
-                )
-            await asyncio.sleep(0.5)
-            for _ in range(DEFAULT_READ_SLOTS):
-                slots.release()
+        async with four_resumers_of_a_big_event(server) as (_, share, pages_charged, release):
+            release()
             # Each page fits in its socket's buffers: the share empties page after page.
             await eventually(lambda: pages_charged() >= 7, 15.0)
             await eventually(lambda: share.used == 0, 15.0)
             assert 7 <= pages_charged() < 7.01, pages_charged()
-        finally:
-            for sock in socks:
-                sock.close()
 
 
 async def test_a_replay_a_close_lets_finish_lets_no_page_go_for_its_size() -> None:
@@ -259,37 +274,13 @@ async def test_a_replay_a_close_lets_finish_lets_no_page_go_for_its_size() -> No
     share: each big event was read twice within the close's bound, for nothing."""
     settings = {**SETTINGS, "rate_limit_bytes": 1, "rate_limit_bytes_burst": 64 * MIB}
     async with run_server(**settings) as server:
-        allowance = server.services.read_allowances.of("addr:127.0.0.1")
-        share = server.services.replay_shares.of("addr:127.0.0.1")
-        assert allowance is not None and share is not None
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, 1, size=900_000)
-        slots = server.services.page_reads.slots
-        for _ in range(DEFAULT_READ_SLOTS):  # the resumers' pages are read at once
-            await slots.acquire()
-        left = allowance._meter._tokens  # at a byte a second, nothing refills meanwhile
-        reads = server.metrics.replay_store_reads._value.get()
-
-        def pages_charged() -> float:
-            return (left - allowance._meter._tokens) * REPLY_SHARE / 900_000
-
-        loop = asyncio.get_running_loop()
-        socks = []
-        try:
-            for _ in range(4):
-                socks.append(
-                    await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
-                )
-            await asyncio.sleep(0.5)
+        async with four_resumers_of_a_big_event(server) as resumers:
+            session_id, share, pages_charged, release = resumers
+            reads = server.metrics.replay_store_reads._value.get()  # none until released
             async with attach(server, session_id, role="agent") as (agent, _):
                 await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
-            for _ in range(DEFAULT_READ_SLOTS):
-                slots.release()
+            release()
             await eventually(lambda: share.used == 0 and not share._waiting, 15.0)
             # One store read for the four (read at once), four pages framed and charged.
             assert server.metrics.replay_store_reads._value.get() - reads == 1
             assert 4 <= pages_charged() < 4.01, pages_charged()
-        finally:
-            for sock in socks:
-                sock.close()
