@@ -39,9 +39,10 @@ from bamboo_session.protocol.models import SessionMetadata, SessionState, Stored
 from bamboo_session.wakeup import Wakeup
 
 from .budget import MemoryBudget
-from .commands import Append, Command, Inbox, Request, Tick, answer_late, attach_refusal
+from .commands import Append, Command, Request, Tick, answer_late, attach_refusal
 from .control import answer_stopped, handle, over_cap, store_failed
 from .following import Following
+from .inbox import Inbox
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .presence import LOCAL, LocalPresence

@@ -1,17 +1,16 @@
-"""What a session actor is asked to do (its commands), and the inbox they wait in.
+"""What a session actor is asked to do: its commands, how each answers its requester,
+and what becomes of one that comes too late (the inbox they wait in: server/inbox.py).
 
 Requests (appends, state changes) come from a peer, whose reply goes to its outbox, or
 from the in-process API, whose reply resolves a future; a request answers its
 requester either way. The items of a peer's ``batch`` frame are appends like any other,
 queued together, that answer their :class:`BatchReply` instead: one ``acks`` frame (or
-one ``error``) for the lot. The inbox is bounded for peers: a reader whose session is
-busy waits for room, which pushes back on that peer's socket.
+one ``error``) for the lot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,6 @@ from bamboo_session.protocol.models import (
     SessionState,
 )
 
-from .budget import NO_LIMIT, MemoryBudget
 from .failures import request_error
 from .outbound import Outbound
 from .outbox import Outbox
@@ -157,10 +155,10 @@ def in_process_batch(
 class BatchReply(_Request):
     """The one reply to appends queued together: a peer's ``batch`` frame, or an
     in-process ``append_events`` (``future``). The actor never splits them between two
-    store appends (:meth:`Inbox.take_batch`), and a store append is stored whole or not
-    at all, so they are answered together: once the last is answered, ``acks`` with
-    every seq (the future: what each became), or one ``error`` (the first refusal; the
-    others say nothing more)."""
+    store appends (``Inbox.take_batch``, server/inbox.py), and a store append is stored
+    whole or not at all, so they are answered together: once the last is answered,
+    ``acks`` with every seq (the future: what each became), or one ``error`` (the first
+    refusal; the others say nothing more)."""
 
     __slots__ = ("future", "origin", "request_id", "results", "settled", "size")
 
@@ -285,119 +283,3 @@ def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
     elif isinstance(command, Stop) and command.future is not None:
         command.future.set_result(None)
     return None
-
-
-class Inbox:
-    """The actor's command queue, bounded in commands and in bytes (and charged to the
-    process's memory budget). Peers' frames wait for room (back-pressure on their
-    socket); the actor's own timers and the manager never do. An empty inbox always
-    has room, so that one large request is never stuck."""
-
-    __slots__ = ("_items", "_room_changed", "_waiters", "budget", "bytes", "limit", "max_bytes")
-
-    def __init__(self, limit: int, max_bytes: int = 0, budget: MemoryBudget | None = None) -> None:
-        self.limit = limit
-        self.max_bytes = max_bytes if max_bytes > 0 else NO_LIMIT
-        self.budget = budget if budget is not None else MemoryBudget(0)
-        self.bytes = 0
-        # A deque keeps a 760-byte block even when empty: a parked session drops it.
-        self._items: collections.deque[Command] | None = None
-        # Peers waiting for room, in arrival order, and what wakes them to look again.
-        self._waiters: collections.deque[object] | None = None
-        self._room_changed: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._items) if self._items is not None else 0
-
-    def has_room(self, count: int = 1) -> bool:
-        """Whether ``count`` more commands (a batch's items) may be queued."""
-        items = self._items
-        if not items and not self.bytes:
-            return True  # one command (or batch) always fits, whatever its size
-        budget = self.budget
-        return (
-            len(items or ()) + count <= self.limit
-            and self.bytes < self.max_bytes
-            and budget.used <= budget.limit
-        )
-
-    def append(self, command: Command) -> None:
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(command)
-        if type(command) is Append:
-            self.bytes += command.size
-            self.budget.used += command.size
-
-    def _released(self, commands: list[Command]) -> None:
-        size = 0
-        for command in commands:
-            if type(command) is Append:
-                size += command.size
-        self.bytes -= size
-        self.budget.used -= size
-
-    def release(self) -> None:
-        """Drops the empty queue's storage (a parked session keeps none)."""
-        if not self._items:
-            self._items = None
-
-    def may_post(self, count: int = 1) -> bool:
-        """Whether ``count`` more commands may be queued now: there is room, and no
-        peer waits for it (one that does would be overtaken)."""
-        return not self._waiters and self.has_room(count)
-
-    async def wait_for_room(self, count: int = 1) -> None:
-        """Return once ``count`` commands may be queued, in arrival order: a peer never
-        overtakes one that waits before it (so single appends do not starve a batch
-        that waits for room for all its items). The caller queues them right away,
-        before the next in line looks."""
-        if self.may_post(count):
-            return
-        if self._waiters is None:
-            self._waiters = collections.deque()
-        me = object()
-        self._waiters.append(me)
-        try:
-            while not (self._waiters[0] is me and self.has_room(count)):
-                if self._room_changed is None or self._room_changed.done():
-                    self._room_changed = asyncio.get_running_loop().create_future()
-                await asyncio.shield(self._room_changed)
-        finally:
-            self._waiters.remove(me)
-            self._notify()  # the next in line looks, once this one's caller queued
-
-    def _notify(self) -> None:
-        room_changed = self._room_changed
-        if room_changed is not None and not room_changed.done():
-            room_changed.set_result(None)
-
-    def take_all(self) -> list[Command]:
-        items = list(self._items or ())
-        self._items = None
-        self._released(items)
-        if self._waiters:
-            self._notify()
-        return items
-
-    def take_batch(self, max_items: int) -> list[Command]:
-        """The next commands, at most ``max_items``, but never part of a batch frame's
-        items: those go to the store together. Their bytes stay counted (peers wait for
-        room) until :meth:`finished` says the batch was handled: a batch being written
-        is in memory as much as one waiting."""
-        items = self._items
-        if items is None:
-            return []
-        taken = [items.popleft() for _ in range(min(max_items, len(items)))]
-        last = taken[-1] if taken else None
-        if type(last) is Append and last.batch is not None:
-            reply = last.batch
-            while items and type(head := items[0]) is Append and head.batch is reply:
-                taken.append(items.popleft())
-        return taken
-
-    def finished(self, batch: list[Command]) -> None:
-        """A batch from :meth:`take_batch` was handled: its bytes are free again."""
-        self._released(batch)
-        if self._waiters:
-            self._notify()

@@ -20,7 +20,8 @@ from bamboo_session.protocol.codec import JSON, MSGPACK
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent, Token
 from bamboo_session.server.budget import MemoryBudget
-from bamboo_session.server.commands import Append, Inbox
+from bamboo_session.server.commands import Append
+from bamboo_session.server.inbox import Inbox
 from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import CloseRequest, Outbox
 from bamboo_session.server.room import SessionRoom

@@ -15,7 +15,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Ack, Acks, Closed, Error, EventFrame, Welcome
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from bamboo_session.server.actor import SessionActor
-from bamboo_session.server.commands import Append, Attach, BatchReply, Detach, Inbox, SetState
+from bamboo_session.server.commands import Append, Attach, BatchReply, Detach, SetState
+from bamboo_session.server.inbox import Inbox
 from bamboo_session.server.manager_config import SessionManagerConfig
 from bamboo_session.server.metrics import Metrics
 from bamboo_session.server.outbound import Outbound
