@@ -1,5 +1,6 @@
-"""The storage contract (typing.Protocol) every backend implements, its query and result
-types, and the typed errors every backend raises.
+"""The storage contract (typing.Protocol) every backend implements, its result types, and
+(re-exported, so that the contract has one import path) the typed errors every backend
+raises (persistence/errors.py) and the ``list_sessions`` query (persistence/listing.py).
 
 The methods follow the seed's ``SessionStorage`` trait, plus the event log that resume
 is built on. Every backend means them the same way, and one contract test suite
@@ -50,10 +51,8 @@ is built on. Every backend means them the same way, and one contract test suite
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
-from typing import Annotated, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -82,6 +81,7 @@ from .errors import (
     StoreMisconfigured,
     UserFull,
 )
+from .listing import SessionFilter, SessionListResult, SortBy, SortOrder
 
 __all__ = [
     "KEY_WINDOW",
@@ -116,45 +116,6 @@ __all__ = [
 KEY_WINDOW: Final = 10_000  # appends within which an idempotency key is remembered
 
 AppendItem = tuple[AnyAgentEvent, str | None]  # an event and its idempotency key
-
-
-class SortBy(enum.StrEnum):
-    CREATED_AT = "created_at"
-    UPDATED_AT = "updated_at"
-    LAST_ACTIVITY_AT = "last_activity_at"
-    MESSAGE_COUNT = "message_count"
-
-
-class SortOrder(enum.StrEnum):
-    ASC = "asc"
-    DESC = "desc"
-
-
-# A count or an offset: what a 64-bit signed integer holds (every store can take it).
-NonNegative64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-
-
-class SessionFilter(msgspec.Struct, kw_only=True):
-    """A ``list_sessions`` query: every given field must match; times are inclusive
-    lower bounds (``*_after``) and exclusive upper bounds (``created_before``)."""
-
-    user_id: str | None = None
-    state: SessionState | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    active_after: datetime | None = None
-    title_contains: str | None = None
-    limit: NonNegative64 = 100
-    offset: NonNegative64 = 0
-    sort_by: SortBy = SortBy.CREATED_AT
-    sort_order: SortOrder = SortOrder.DESC
-
-
-class SessionListResult(msgspec.Struct):
-    sessions: list[SessionMetadata]
-    total: int
-    offset: int
-    limit: int
 
 
 class Appended(msgspec.Struct, frozen=True, gc=False):
