@@ -4,8 +4,8 @@ The seed's ``SessionManager`` as a Python API, usable in-process without any soc
 the WebSocket layer is built on this same API. Each live session is a
 :class:`SessionActor`, which the manager's :class:`ActorRegistry` spawns, evicts and
 retires (server/actors.py). The manager also creates the session a ``hello`` asks
-for (server/handshake.py resolves which one), and relays other processes' presence
-notices.
+for (server/handshake.py resolves which one), closes and deletes sessions
+(server/endings.py), and relays other processes' presence notices.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import structlog
 
 from bamboo_session.persistence.base import (
     Appended,
-    SessionExpired,
     SessionFilter,
     SessionListResult,
     SessionNotFound,
@@ -41,8 +40,9 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import Announce, Detach, RegisteredAgain, SetState, in_process_batch
+from .commands import Announce, Detach, RegisteredAgain, in_process_batch
 from .creations import Creations
+from .endings import SessionEndings
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -81,6 +81,7 @@ class SessionManager:
         self.page_reads = PageReads(config.read_slots, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
         self.creations = Creations(self.stored_metadata, self.page_reads)
+        self.endings = SessionEndings(self.actors, storage)
         self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce, self._registered_again)
@@ -177,21 +178,9 @@ class SessionManager:
         return await self.creations.get_or_create(check_session_id(session_id), create, deadline)
 
     async def close_session(self, session_id: str) -> None:
-        """Closes the session: its connections get ``closed`` and code 1000. The close
-        is its last activity: a closed session expires one TTL after it, and nothing
-        (a touch included) puts that off."""
-        actor = await self.actors.live_or_none(session_id)
-        if actor is None:
-            # Activity first, as a live actor's close does (control.set_state): after
-            # the close, the store would ignore it. When it cannot be recorded, the
-            # move says why (the same errors as before: not found, expired, refused).
-            with contextlib.suppress(SessionExpired, SessionNotFound):
-                await self.storage.touch(session_id)
-            await self.storage.update_session_state(session_id, SessionState.CLOSED)
-            return
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        actor.post(SetState(SessionState.CLOSED, future=done))
-        await done
+        """Closes the session: its connections get ``closed`` and code 1000
+        (server/endings.py)."""
+        await self.endings.close(session_id)
 
     async def stored_metadata(
         self, session_id: str, deadline: float | None = None
@@ -233,13 +222,9 @@ class SessionManager:
         self.actors.check_room()
 
     async def delete_session(self, session_id: str) -> None:
-        """Removes the session; its connections are closed with 4404."""
-        check_session_id(session_id)
-        actor = self.actors.get(session_id)
-        if actor is not None:
-            await self.actors.stop(actor, CloseCode.NOT_FOUND, "session deleted")
-        await self.actors.await_retired(session_id)
-        await self.storage.delete_session(session_id)
+        """Removes the session; its connections are closed with 4404
+        (server/endings.py)."""
+        await self.endings.delete(session_id)
 
     # -- connections ---------------------------------------------------------------
 
