@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import structlog
 
@@ -47,6 +48,9 @@ class ActorRegistry:
         # Hellos under way per session, from before their spawn until their welcome:
         # such a session is not parked, though no connection is in its room yet.
         self._attaching: collections.Counter[str] = collections.Counter()
+        # Sessions being deleted: no actor is spawned for them until the delete's
+        # outcome is known (held_off), so none reads a session the store may yet bring back.
+        self._held_off: dict[str, asyncio.Future[None]] = {}
         self.closed = False
 
     def __len__(self) -> int:
@@ -73,6 +77,10 @@ class ActorRegistry:
         while True:
             if self.closed:
                 raise ServerStopping("server is shutting down")
+            held_off = self._held_off.get(session_id)
+            if held_off is not None:
+                await asyncio.wait([held_off])  # then spawned from what the store holds
+                continue
             actor = self._actors.get(session_id)
             if actor is not None and actor.accepting:
                 self._actors.move_to_end(session_id)
@@ -190,9 +198,40 @@ class ActorRegistry:
         self.retired(actor)
 
     async def stop(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
-        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stopped: asyncio.Future[list[Outbox]] = asyncio.get_running_loop().create_future()
         self.retire(actor, Stop(code, reason, stopped))
         await stopped
+
+    @contextlib.asynccontextmanager
+    async def held_off(self, session_id: str) -> AsyncIterator[list[Outbox]]:
+        """No actor of the session in this process while the block runs: the live one
+        (and any being spawned) retires, its queued appends stored and answered first;
+        attaches and appends wait for the block's end, then go to an actor spawned
+        from what the store holds then. Yields the retired actors' connections, still
+        open, for the caller to close once it knows what to tell them."""
+        check_session_id(session_id)
+        while (earlier := self._held_off.get(session_id)) is not None:
+            await asyncio.wait([earlier])  # another delete of it: this one comes after
+        self._held_off[session_id] = released = asyncio.get_running_loop().create_future()
+        try:
+            yield await self._retire_all_of(session_id)
+        finally:
+            del self._held_off[session_id]
+            released.set_result(None)
+
+    async def _retire_all_of(self, session_id: str) -> list[Outbox]:
+        """Retires the session's actors, keeping their connections open (held_off)."""
+        held: list[Outbox] = []
+        while True:
+            await self._await_spawning(session_id)  # one spawned before the hold retires too
+            actor = self._actors.get(session_id)
+            if actor is None:
+                break
+            handed: asyncio.Future[list[Outbox]] = asyncio.get_running_loop().create_future()
+            self.retire(actor, Stop(CloseCode.NORMAL, "", handed, hand_over=True))
+            held += await handed
+        await self.await_retired(session_id)
+        return held
 
     def retired(self, actor: SessionActor) -> None:
         """Called once an actor takes no more commands (it may still be flushing)."""

@@ -221,11 +221,14 @@ class SetState(_Request):
 
 @dataclass(slots=True)
 class Stop:
-    """Close every connection with ``code`` (after a ``closed`` frame) and retire."""
+    """Close every connection with ``code`` (after a ``closed`` frame) and retire; with
+    ``hand_over``, retire leaving the connections open, to the stopper (the future's
+    result), which closes them once it knows what to tell them (a delete's outcome)."""
 
     code: CloseCode
     reason: str
-    future: asyncio.Future[None] | None = field(default=None)
+    future: asyncio.Future[list[Outbox]] | None = field(default=None)
+    hand_over: bool = False
 
 
 @dataclass(slots=True)
@@ -281,5 +284,5 @@ def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
     if isinstance(command, Attach) and not command.future.done():
         command.future.set_exception(ActorRetired(session_id))
     elif isinstance(command, Stop) and command.future is not None:
-        command.future.set_result(None)
+        command.future.set_result([])  # its connections were closed when it finished
     return None

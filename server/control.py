@@ -61,10 +61,14 @@ async def handle(actor: SessionActor, command: Command) -> None:
         case SetState():
             await set_state(actor, command)
         case Stop():
-            actor.room.close_all(command.code, command.reason)
+            if command.hand_over:
+                held = actor.room.hand_over()
+            else:
+                held = []
+                actor.room.close_all(command.code, command.reason)
             actor.accepting = False
             if command.future is not None and not command.future.done():
-                command.future.set_result(None)
+                command.future.set_result(held)
         case Tick():
             await tick(actor, command.generation)
         case Announce(connection_id, role, joined, connections):

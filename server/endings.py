@@ -1,6 +1,6 @@
 """SessionEndings: a session ended through the in-process API, by its close (``state:
-closed``, code 1000 to its connections) or its delete (4404), whether its actor is
-live in this process or not.
+closed``, code 1000 to its connections) or its delete (4404, once the store has
+deleted it), whether its actor is live in this process or not.
 
 A live session's actor does the ending itself, in its turn among its commands, so
 that appends queued before it are answered first; a session with no live actor is
@@ -19,6 +19,7 @@ from bamboo_session.protocol.models import SessionState
 
 from .actors import ActorRegistry
 from .commands import SetState
+from .room import close_every
 
 
 class SessionEndings:
@@ -44,10 +45,22 @@ class SessionEndings:
         await done
 
     async def delete(self, session_id: str) -> None:
-        """Removes the session; its connections are closed with 4404."""
+        """Removes the session; its connections are closed with 4404 once it is gone.
+        When the store fails the delete, the session stays, and its connections are
+        closed with 1011 (``session not deleted``): they resume."""
         check_session_id(session_id)
-        actor = self.actors.get(session_id)
-        if actor is not None:
-            await self.actors.stop(actor, CloseCode.NOT_FOUND, "session deleted")
-        await self.actors.await_retired(session_id)
-        await self.storage.delete_session(session_id)
+        # The connections stay open until the store answers: 4404 tells a client to
+        # stop, which is a lie if the store brings the session back (the JSONL store
+        # undoes a delete whose directory sync fails). No actor is spawned meanwhile,
+        # so an attach or append racing the delete waits for its outcome: it neither
+        # finds the session missing while it may come back, nor brings it back.
+        async with self.actors.held_off(session_id) as connections:
+            try:
+                await self.storage.delete_session(session_id)
+            except SessionNotFound:
+                close_every(connections, CloseCode.NOT_FOUND, "session deleted")
+                raise
+            except BaseException:
+                close_every(connections, CloseCode.INTERNAL_ERROR, "session not deleted")
+                raise
+            close_every(connections, CloseCode.NOT_FOUND, "session deleted")

@@ -155,12 +155,14 @@ class SessionRoom:
         """A ``closed`` frame, then the close, for every connection; with
         ``replays_go_on`` (the session closed or expired), after the rest of a replay
         under way, within the close timeout (server/closing.py)."""
-        closed = Outbound(Closed(reason))
-        for outbox in self.outboxes.values():
-            outbox.push(closed)
-            outbox.close(code, reason, replay_goes_on=replays_go_on)
+        close_every(self.hand_over(), code, reason, replays_go_on=replays_go_on)
+
+    def hand_over(self) -> list[Outbox]:
+        """Every connection leaves the room, still open: the caller closes them."""
+        outboxes = list(self.outboxes.values())
         self.outboxes.clear()
         self.origins.clear()
+        return outboxes
 
     def _presence(self, subject: str, role: str, joined: bool, connections: int) -> None:
         """Everyone but ``subject`` learns that it joined or left."""
@@ -302,3 +304,14 @@ class SessionRoom:
             page.append(out)
             size += out.event_size
         return page
+
+
+def close_every(
+    outboxes: list[Outbox], code: CloseCode, reason: str, *, replays_go_on: bool = False
+) -> None:
+    """A ``closed`` frame, then the close, for each of ``outboxes`` (see
+    :meth:`SessionRoom.close_all`)."""
+    closed = Outbound(Closed(reason))
+    for outbox in outboxes:
+        outbox.push(closed)
+        outbox.close(code, reason, replay_goes_on=replays_go_on)

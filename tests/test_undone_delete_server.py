@@ -1,13 +1,17 @@
 """What a WebSocket client sees of a session whose delete the JSONL store undid (no
 WAL, ``fsync`` mode: the delete's directory sync failed, and the rename back is not
-known durable either, ``persistence/jsonl/lifecycle.py``): the session is readable, and
-every append is refused with ``internal`` saying that only a restart lets it in; the
-refusal holds for an actor created after the failed delete, and after the restart the
-same append, with the same key, is taken."""
+known durable either, ``persistence/jsonl/lifecycle.py``): its connections are closed
+with 1011 (resume), never 4404 (stop); an attach that raced the delete is welcomed;
+the session is readable, and every append is refused with ``internal`` saying that
+only a restart lets it in; the refusal holds for an actor created after the failed
+delete, and after the restart the same append, with the same key, is taken."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +22,8 @@ from bamboo_session.persistence.jsonl import lifecycle
 from bamboo_session.protocol.models import AgentEvent
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
-from tests.support import attach, token
+from tests.instances import eventually
+from tests.support import attach, get, open_peer, token
 from tests.test_jsonl_sync_failures import failing_directory_sync, tokens
 
 
@@ -67,3 +72,93 @@ async def test_appends_after_an_undone_delete_wait_for_the_restart(
             AgentEvent.token("a"),
             AgentEvent.token("b"),
         ]
+
+
+async def test_the_clients_of_a_session_whose_delete_failed_resume_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They are told 1011 (reconnect with resume), not 4404 (stop): the session is
+    still there, with every event it acknowledged. Its delete that succeeds later
+    tells them 4404."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with embedded(config) as server:
+        assert server._manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id, epoch = welcome["session"]["id"], welcome["epoch"]
+            async with attach(server, session_id) as (viewer, _welcome):
+                await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+                failing["left"] = 1
+                with pytest.raises(StorageError, match="not deleted"):
+                    await server._manager.delete_session(session_id)
+                for peer in (agent, viewer):
+                    code, frames = await peer.closed()
+                    assert code == 1011, (code, frames)
+                    assert frames[-1] == {"type": "closed", "reason": "session not deleted"}
+        status, body = await get(server, f"/api/v1/sessions/{session_id}/events")
+        assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
+        async with attach(server, session_id, last_seq=0, epoch=epoch) as (viewer, welcome):
+            assert welcome["resumed"] is True and welcome["replay"] == 1, welcome
+            assert (await viewer.recv_type("event"))["event"] == token("a")
+            await server._manager.delete_session(session_id)  # the sync holds this time
+            code, frames = await viewer.closed()
+            assert code == 4404 and frames[-1] == {"type": "closed", "reason": "session deleted"}
+        status, _body = await get(server, f"/api/v1/sessions/{session_id}")
+        assert status == 404
+
+
+def held_directory_sync(
+    monkeypatch: pytest.MonkeyPatch, directory: Path
+) -> tuple[threading.Event, threading.Event]:
+    """``lifecycle.fsync_dir`` of ``directory``, once: says it started (the first
+    event), waits for the second, then fails with EIO (the file job's thread waits)."""
+    real, started, release = lifecycle.fsync_dir, threading.Event(), threading.Event()
+
+    def fsync_dir(path: Path) -> None:
+        if Path(path) != directory or started.is_set():
+            real(path)
+            return
+        started.set()
+        release.wait(30)
+        raise OSError(errno.EIO, "injected EIO")
+
+    monkeypatch.setattr(lifecycle, "fsync_dir", fsync_dir)
+    return started, release
+
+
+async def test_an_attach_racing_a_delete_that_fails_is_welcomed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hello that comes while the store is deleting the session (it no longer lists
+    it then) waits for the outcome: the delete fails, so it is welcomed to the session
+    with its events, not told 4404."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+        deleting = asyncio.create_task(manager.delete_session(session_id))
+        try:
+            assert await asyncio.to_thread(started.wait, 10)
+            assert await manager.storage.get_metadata(session_id) is None  # mid-delete
+            async with open_peer(server, session_id) as peer:
+                await peer.send({"type": "hello", "last_seq": 0})
+                # The server took the hello: its attach waits, or it was refused.
+                await eventually(
+                    lambda: (
+                        session_id in manager.actors._attaching or peer.ws.close_code is not None
+                    )
+                )
+                release.set()
+                with pytest.raises(StorageError, match="not deleted"):
+                    await deleting
+                welcome = await peer.recv()
+                assert welcome["type"] == "welcome" and welcome["last_seq"] == 1, welcome
+                assert (await peer.recv_type("event"))["event"] == token("a")
+        finally:
+            release.set()
+            with contextlib.suppress(StorageError):
+                await deleting
