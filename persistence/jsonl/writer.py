@@ -7,15 +7,15 @@ or the sync helper process). So with many concurrent appenders one fsync covers 
 appends, and a lone append costs one round trip to the helper.
 
 Durability modes: ``fsync`` resolves an append's future once its lines are synced;
-``os`` after the write (a background task syncs written files every ``fsync_interval``).
-In ``fsync`` mode with the shared WAL (the default, ``wal.py``) a batch's lines go to
-the session logs unsynced and to the current WAL segment as one write, and that one
-file is synced; only then are the appends acknowledged. With a commit window, group
-commits start at most once per window, so that appends close together share a batch.
-Past a size or an age the writer starts a new segment and retires the old one in the
-background: every log written during it is synced (threads, off the event loop), then
-it is deleted, strictly in order. Without the WAL (``wal=False``), every touched log is
-synced instead.
+``os`` after the write (a background task syncs written files every ``fsync_interval``:
+``background_syncs.py``). In ``fsync`` mode with the shared WAL (the default,
+``wal.py``) a batch's lines go to the session logs unsynced and to the current WAL
+segment as one write, and that one file is synced; only then are the appends
+acknowledged. With a commit window, group commits start at most once per window, so
+that appends close together share a batch. Past a size or an age the writer starts a
+new segment and retires the old one in the background: every log written during it is
+synced (threads, off the event loop), then it is deleted, strictly in order. Without
+the WAL (``wal=False``), every touched log is synced instead.
 
 Before appends are acknowledged, the owner is told (``on_written``, with where each
 append's lines start in the log), so its metadata always describes what is in the log.
@@ -39,17 +39,17 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import TypeVar
 
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
+from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, Group
 from .commits import Committer
 from .config import Durability
 from .layout import Layout
-from .logfiles import SYNC_THREADS, LogFiles, sync_dups, sync_trimmed
+from .logfiles import SYNC_THREADS, LogFiles
 from .retirement import Retirement
 from .syncer import Syncer
 from .tasks import IoThread, to_completion
@@ -135,7 +135,9 @@ class LogWriter:
         self._runner = asyncio.create_task(self._run(), name="bamboo-log-writer")
         self._tasks.append(self._runner)
         if self._durability != "fsync":
-            self._tasks.append(asyncio.create_task(self._sync_loop(), name="bamboo-log-sync"))
+            syncs = BackgroundSyncs(self._layout, self._files, self._files_in_use, self._sync_pool)
+            sync_loop = syncs.run(self._fsync_interval)
+            self._tasks.append(asyncio.create_task(sync_loop, name="bamboo-log-sync"))
 
     def submit(self, session_id: str, batch: Batch) -> asyncio.Future[None]:
         """Queue the batch's lines for the session's log; the future resolves when they
@@ -356,41 +358,6 @@ class LogWriter:
                 )
             else:
                 control.future.set_result(None)
-
-    async def _sync_loop(self) -> None:
-        """``os`` mode's background sync, every ``fsync_interval``, until closed (a round
-        that fails is logged and the next one tries again)."""
-        while True:
-            await asyncio.sleep(self._fsync_interval)
-            sync_round = asyncio.ensure_future(self._sync_round())
-            try:
-                await asyncio.shield(sync_round)
-            except asyncio.CancelledError:
-                # close() came: the round ends first, so that every descriptor it took
-                # is synced and closed (close_all syncs only what is still unsynced).
-                await asyncio.wait({sync_round})
-                raise
-            except Exception:
-                log.exception("background sync failed")
-
-    async def _sync_round(self) -> None:
-        """The loop's thread only hands out duplicates of the unsynced descriptors; the
-        sync threads sync them, a share each. On the I/O thread the syncs held every
-        append queued behind them (p99 80 ms at 2,000 events/s over 200 sessions).
-        A round holds at most ``max_open`` log descriptors, its share of the bound
-        (README): the duplicates (taken between batches), then, once they are closed,
-        the trimmed logs opened by path, one per thread. Opened beside the duplicates,
-        on every sync thread, they went past it (10 logs open at ``max_open=3``)."""
-        async with self._files_in_use:
-            taken, trimmed = self._files.take_unsynced()
-        await self._on_sync_threads(sync_dups, taken)
-        await self._on_sync_threads(partial(sync_trimmed, self._layout), trimmed)
-
-    async def _on_sync_threads(self, sync: Callable[[list[T]], None], items: list[T]) -> None:
-        loop = asyncio.get_running_loop()
-        threads = min(SYNC_THREADS, self._files.max_open, len(items))
-        shares = [items[i::threads] for i in range(threads)]
-        await asyncio.gather(*(loop.run_in_executor(self._sync_pool, sync, s) for s in shares))
 
 
 def _fail(future: asyncio.Future[None], error: BaseException) -> None:
