@@ -214,12 +214,14 @@ async def retiredsyncfaildelete(base: str, acked: int) -> None:
 
 async def _d_and_o(storage: JsonlStorage, acked: int) -> None:
     """Session ``d`` of ``acked`` events, then ``o`` of one: with one log open at a
-    time, the append to ``o`` closes d's."""
+    time, the append to ``o`` closes d's (with the WAL, once it is synced: after the
+    append is acknowledged, before the writer's next batch, which the flush waits for)."""
     await storage.create_session(Session.new("d", user_id="u"))
     for i in range(acked):
         await storage.append_event("d", AgentEvent.token(f"acked{i}"))
     await storage.create_session(Session.new("o", user_id="u"))
     await storage.append_event("o", AgentEvent.token("other"))
+    await storage._writer.flush()
 
 
 async def _told(deleting: Awaitable[None], fill: list[int]) -> str:

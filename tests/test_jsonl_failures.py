@@ -59,6 +59,7 @@ async def test_appends_queued_behind_a_failed_one_fail_too(tmp_path: Path) -> No
         assert (await storage.append_event("a", AgentEvent.token("a1"))).seq == 1
         await storage.append_event("b", AgentEvent.token("b1"))
         await storage.append_event("c", AgentEvent.token("c1"))  # a's descriptor is closed
+        await storage._writer.flush()  # (synced first, after c1's acknowledgement)
         log = config.layout.events / "a.jsonl"
         log.rename(log.with_suffix(".saved"))
         log.mkdir()  # opening a's log now fails (EISDIR)

@@ -312,7 +312,7 @@ async def test_no_segment_is_deleted_after_a_failed_log_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
-    failing = failing_once(monkeypatch, retirement, "sync_log")
+    failing = failing_once(monkeypatch, retirement, "datasync")
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("a"))
         failing["on"] = True

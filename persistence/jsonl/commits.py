@@ -72,14 +72,14 @@ class Committer:
             for group in commit.groups:
                 group.data = b"".join(batch.data for batch in group.batches)
                 self._write_group(group, commit)
-            if self.wal is not None:
-                self._write_wal(self.wal, commit)
-            elif self._durability == "fsync":
+            if self._durability == "fsync" and self.wal is None:
                 commit.sync_logs = bool(commit.written)
-            else:
+            else:  # synced later: the WAL's retirement, or ``os`` mode's rounds
                 for group in commit.written:
                     assert group.open_log is not None
                     group.open_log.unsynced = True
+            if self.wal is not None:
+                self._write_wal(self.wal, commit)
         except Exception:
             # Unexpected (a bug, MemoryError): whatever was written is cut away.
             log.exception("log writer failed")

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..base import StorageLocked
@@ -74,22 +75,32 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def rewrite_range(path: Path, start: int, end: int) -> None:
-    """Writes bytes ``start`` to ``end`` of ``path`` again, as they read now (unsynced).
-    After a sync that failed in an earlier process of this boot, the page cache may
-    hold bytes the disk never got, marked clean (Linux forgets the error once it has
-    reported it): a sync would write nothing of them and succeed. Written again they
-    are dirty, and the next sync writes them, or fails."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+def rewrite_range(fd: int, start: int, end: int) -> None:
+    """Writes bytes ``start`` to ``end`` of the file open (for reading and writing, not
+    appending) as ``fd`` again, as they read now (unsynced). After a sync that failed in
+    an earlier process of this boot, the page cache may hold bytes the disk never got,
+    marked clean (Linux forgets the error once it has reported it): a sync would write
+    nothing of them and succeed. Written again they are dirty, and the next sync
+    through ``fd`` writes them, or fails."""
+    while start < end:
+        chunk = read_at(fd, start, min(READ_AT_CHUNK, end - start))
+        if not chunk:
+            break
+        pwrite_all(fd, chunk, start)
+        start += len(chunk)
+
+
+def sync_and_close(held: list[tuple[str, int]]) -> None:
+    """Sync the descriptors (``(name, fd)``, on threads), close them all, even after a
+    failure (the first is raised), and empty ``held``."""
     try:
-        while start < end:
-            chunk = read_at(fd, start, min(READ_AT_CHUNK, end - start))
-            if not chunk:
-                break
-            pwrite_all(fd, chunk, start)
-            start += len(chunk)
+        with ThreadPoolExecutor(8, thread_name_prefix="bamboo-sync") as pool:
+            list(pool.map(lambda item: datasync(item[1]), held))
     finally:
-        os.close(fd)
+        for _name, fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        held.clear()
 
 
 def read_file(path: Path) -> bytes | None:

@@ -4,7 +4,14 @@ one file (open, sync, cut back, close).
 Used by one step of the writer at a time (``commits.py``, ``writer.py``): opening and
 closing on the loop's thread, syncs and cut-backs on the I/O thread (they block).
 Recently used descriptors stay open, at most ``max_open`` between batches, so a hundred
-thousand sessions never exhaust the process's descriptors. A failed cut-back is
+thousand sessions never exhaust the process's descriptors. With the WAL
+(``sync_before_close``), a log's lines are synced through the descriptor they were
+written through, or a duplicate of it, never through one opened later: a write-back
+error is reported to the descriptors open when it was recorded, and a descriptor opened
+after that (the inode may even have left the cache meanwhile, with its error) syncs
+clean over lost lines. So one that holds unsynced lines is let go of (``released``) and
+synced before it is closed, and the WAL's retirement syncs duplicates of the open ones
+(``take_unsynced_of``); a log not open holds nothing unsynced. A failed cut-back is
 remembered (``needs_truncate``) and retried before the file's next write; until then
 the bytes it left (``uncut``) are still in the file, and the writer's owner counts them.
 """
@@ -33,11 +40,21 @@ SYNC_THREADS: Final = 8
 
 
 class LogFiles:
-    def __init__(self, layout: Layout, max_open: int, sync_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        max_open: int,
+        sync_pool: ThreadPoolExecutor,
+        sync_before_close: bool = False,
+    ) -> None:
         self._layout = layout
         self._sync_pool = sync_pool
         self.max_open = max_open
         self.open_logs: OrderedDict[str, OpenLog] = OrderedDict()
+        self.sync_before_close = sync_before_close
+        # ``sync_before_close``: descriptors let go of with unsynced lines, to sync and
+        # close (``sync_and_close``) before the next batch; at most a batch's worth.
+        self.released: list[tuple[str, int]] = []
         # Logs whose failed write could not be truncated away: size to cut back to first.
         self.needs_truncate: dict[str, int] = {}
         # And how many bytes past that size each holds meanwhile (at most).
@@ -103,9 +120,60 @@ class LogFiles:
         a sync here would hold the next batch (a serial fdatasync per trimmed log)."""
         while len(self.open_logs) > self.max_open:
             session_id, open_log = self.open_logs.popitem(last=False)
-            if open_log.unsynced:
+            if open_log.unsynced and not self.sync_before_close:
                 self.trimmed_unsynced.add(session_id)
+                open_log.unsynced = False
+            self._let_go(session_id, open_log)
+
+    def _let_go(self, session_id: str, open_log: OpenLog) -> None:
+        """Close a descriptor the LRU no longer holds, or, with ``sync_before_close``
+        and unsynced lines in it, hand it to ``released``."""
+        if open_log.unsynced and self.sync_before_close:
+            self.released.append((session_id, open_log.fd))
+        else:
             _close_quietly(session_id, open_log.fd)
+
+    def take_released(self) -> list[tuple[str, int]]:
+        released, self.released = self.released, []
+        return released
+
+    def sync_and_close(self, items: list[tuple[str, int]]) -> None:
+        """Sync each descriptor, then close it (on a sync thread). A failed sync is the
+        store's failed sync (``sync_failed``): no WAL segment is deleted any more."""
+        for session_id, fd in items:
+            try:
+                datasync(fd)
+            except OSError as exc:
+                self.sync_failed = True
+                log.error(
+                    "could not sync the log of session %r: %s; every WAL segment is kept "
+                    "for replay at the next open",
+                    session_id,
+                    exc,
+                )
+            finally:
+                _close_quietly(session_id, fd)
+
+    def take_unsynced_of(self, session_ids: list[str]) -> list[tuple[str, int]]:
+        """On the loop's thread, between batches: a duplicate of the descriptor of each
+        of ``session_ids``' logs that is open with unsynced lines (at most ``max_open``),
+        for the WAL's retirement to sync. The others hold none: let go of only once
+        synced. A duplicate shares its original's open file, so it is told of the
+        write-back errors that one is. Raises ``OSError`` when out of descriptors,
+        after closing those it took."""
+        taken: list[tuple[str, int]] = []
+        try:
+            for session_id in session_ids:
+                open_log = self.open_logs.get(session_id)
+                if open_log is not None and open_log.unsynced:
+                    taken.append((session_id, os.dup(open_log.fd)))
+        except OSError:
+            for session_id, fd in taken:
+                _close_quietly(session_id, fd)
+            raise
+        for session_id, _fd in taken:
+            self.open_logs[session_id].unsynced = False
+        return taken
 
     def cut_back(self, group: Group) -> None:
         """Remove a failed batch's bytes (on the I/O thread). The descriptor is dropped
@@ -147,7 +215,7 @@ class LogFiles:
             return
         if self.open_logs.get(group.session_id) is open_log:
             del self.open_logs[group.session_id]
-        _close_quietly(group.session_id, open_log.fd)
+        self._let_go(group.session_id, open_log)
 
     def forget(self, session_id: str) -> None:
         """A deleted session's descriptor, closed before its log is deleted."""
@@ -156,7 +224,8 @@ class LogFiles:
         self.trimmed_unsynced.discard(session_id)
         open_log = self.open_logs.pop(session_id, None)
         if open_log is not None:
-            _close_quietly(session_id, open_log.fd)
+            # Synced first all the same: a deletion may yet be undone.
+            self._let_go(session_id, open_log)
 
     def take_unsynced(self) -> tuple[list[tuple[str, int]], list[str]]:
         """``os`` mode, on the loop's thread: the logs written since the last background
@@ -183,8 +252,12 @@ class LogFiles:
         sync_trimmed(self._layout, trimmed)
         while self.open_logs:
             session_id, open_log = self.open_logs.popitem(last=False)
-            with contextlib.suppress(OSError):
-                self._close_log(session_id, open_log)
+            if self.sync_before_close:
+                self._let_go(session_id, open_log)
+            else:
+                with contextlib.suppress(OSError):
+                    self._close_log(session_id, open_log)
+        self.sync_and_close(self.take_released())
 
 
 def sync_dups(taken: list[tuple[str, int]]) -> None:

@@ -1,17 +1,20 @@
 """Retiring the WAL segments a rotation leaves behind: each is deleted once every log
 it covers is synced (and the sessions directory: the deletes it records), strictly
-oldest first, in a background task of the log writer."""
+oldest first, in a background task of the log writer. A log is synced through a
+duplicate of the writer's descriptor, the one its lines went through; one the writer
+no longer holds was synced before it was closed (``logfiles.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
-from .files import fsync_dir
+from .files import datasync, fsync_dir
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
-from .wal import Segment, remove_segment, sync_log
+from .wal import Segment, remove_segment
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +22,16 @@ log = logging.getLogger(__name__)
 class Retirement:
     """The segments waiting to be deleted (oldest first) and the one task deleting them."""
 
-    def __init__(self, layout: Layout, files: LogFiles, sync_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        files: LogFiles,
+        files_in_use: asyncio.Lock,
+        sync_pool: ThreadPoolExecutor,
+    ) -> None:
         self._layout = layout
         self._files = files
+        self._files_in_use = files_in_use
         self._sync_pool = sync_pool
         self._queue: list[Segment] = []
         self._task: asyncio.Task[None] | None = None
@@ -58,15 +68,18 @@ class Retirement:
         loop = asyncio.get_running_loop()
         while self._queue and not self._files.sync_failed:
             segment = self._queue[0]
-            # The logs are opened by path, at most ``max_open`` at once (a share per
-            # thread, one log after another), the bound's share of the background
-            # (README): opened on all the sync threads, beside a batch's twice
-            # ``max_open``, 14 logs were open at max_open=3.
-            touched = list(segment.touched)
-            threads = min(SYNC_THREADS, self._files.max_open, len(touched))
+            try:
+                async with self._files_in_use:  # between batches: the LRU holds still
+                    taken = self._files.take_unsynced_of(sorted(segment.touched))
+            except OSError as exc:  # out of descriptors: not a failed sync
+                log.warning("WAL segment %s: retirement postponed: %s", segment.path, exc)
+                return  # (the next rotation's ``add`` starts it again)
+            # At most ``max_open`` duplicates (the open logs'), the bound's share of the
+            # background (README), a share per thread.
+            threads = min(SYNC_THREADS, self._files.max_open, len(taken))
             syncs = [
-                loop.run_in_executor(self._sync_pool, _sync_logs, self._layout, share)
-                for share in (touched[i::threads] for i in range(threads))
+                loop.run_in_executor(self._sync_pool, _sync_dups, share)
+                for share in (taken[i::threads] for i in range(threads))
             ]
             results = await asyncio.gather(*syncs, return_exceptions=True)
             errors = [r for r in results if r is not None]
@@ -100,12 +113,15 @@ def _remove(layout: Layout, segment: Segment) -> None:
     remove_segment(segment)
 
 
-def _sync_logs(layout: Layout, session_ids: list[str]) -> OSError | None:
-    """Sync the logs one after another; the first failure (the others are tried too)."""
+def _sync_dups(taken: list[tuple[str, int]]) -> OSError | None:
+    """Sync the duplicates one after another, closing each; the first failure (the
+    others are tried too)."""
     error: OSError | None = None
-    for session_id in session_ids:
+    for _session_id, fd in taken:
         try:
-            sync_log(layout, session_id)
+            datasync(fd)
         except OSError as exc:
             error = error or exc
+        finally:
+            os.close(fd)
     return error

@@ -302,8 +302,11 @@ class SegmentFile:
 
 
 def sync_log(layout: Layout, session_id: str) -> None:
-    """Sync a session's log through a descriptor of its own (any descriptor flushes the
-    file's pages); a log deleted meanwhile needs nothing."""
+    """Sync a session's log through a descriptor of its own; a log deleted meanwhile
+    needs nothing. Only where nothing is promised on a power cut (``os`` mode's logs
+    closed before their round): a descriptor opened after a write-back error may not be
+    told of it, so ``fsync`` mode syncs through the descriptor the lines went through
+    (``logfiles.py``)."""
     try:
         fd = os.open(layout.log_file(session_id), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

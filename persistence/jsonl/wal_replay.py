@@ -16,7 +16,8 @@ batch whose record never made it, so they were never acknowledged and are cut
 and the missing lines are appended from the segments, gap-free. Seqs the WAL
 acknowledged but cannot restore are reported (``unrestored``: open starts a new epoch
 for the session). Then every log the segments cover is synced, whether replay wrote to
-it or not (after a kill -9 its lines may sit in the page cache alone), and only then
+it or not (after a kill -9 its lines may sit in the page cache alone), through the
+descriptor replay wrote it through (at most ``HELD_MAX`` held at once), and only then
 are the segments deleted; the lines a log already held are written again before
 that sync (a sync that failed in the process before may have left them in the page
 cache only, where a sync now would write nothing). A record's fields outside its CRC
@@ -34,7 +35,6 @@ import os
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -42,14 +42,18 @@ from typing import BinaryIO
 import msgspec
 
 from . import damaged_wal
-from .files import fsync_dir, rewrite_range, write_all
+from .files import fsync_dir, pwrite_all, rewrite_range, sync_and_close
 from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
-from .wal import ReadRecord, decode_record, sync_log
+from .wal import ReadRecord, decode_record
 from .wal_fields import first_seq_held, fits_log
 
 log = logging.getLogger(__name__)
+
+# Replayed logs held open at once for their syncs: a bound on descriptors, whatever
+# the number of sessions the segments cover.
+HELD_MAX = 64
 
 
 @dataclass(slots=True)
@@ -250,7 +254,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             holes.damage_in,
         )
         report.segments_kept = True
-    covered = []
+    held: list[tuple[str, int]] = []  # replayed logs' descriptors, to sync through
     for session_id in sorted(pending):
         entry = pending[session_id]
         if entry.skipped_to:
@@ -262,13 +266,16 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             )
             report.segments_kept = True
         if session_id in has_checkpoint and entry.lines:
-            _replay_session(layout, session_id, entry, report, keep_tail=bool(holes.damage_in))
-            covered.append(session_id)
+            fd = _replay_session(layout, session_id, entry, report, bool(holes.damage_in))
+            if fd is not None:
+                held.append((session_id, fd))
+            if len(held) >= HELD_MAX:
+                sync_and_close(held)
     # Every covered log, not only those replay appended to: the lines a log already held
-    # may be in the page cache only (a process crash). Synced before the segments go.
-    if covered:
-        with ThreadPoolExecutor(8, thread_name_prefix="bamboo-replay-sync") as pool:
-            list(pool.map(lambda sid: sync_log(layout, sid), covered))
+    # may be in the page cache only (a process crash). Synced before the segments go,
+    # each through the descriptor replay wrote it through (``logfiles.py``: a later
+    # one may not be told of a write-back error).
+    sync_and_close(held)
     if report.events_replayed or report.logs_cut:
         fsync_dir(layout.events)
     report.paths = [path for _number, path in segments]
@@ -283,7 +290,9 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
 
 def _replay_session(
     layout: Layout, session_id: str, pending: _Pending, report: ReplayReport, keep_tail: bool
-) -> None:
+) -> int | None:
+    """Cut and complete the session's log; the descriptor it was written through, open
+    for the sync (none when there is no log and nothing to write)."""
     path = layout.log(session_id)
     try:
         size = os.stat(path).st_size
@@ -335,8 +344,6 @@ def _replay_session(
     # which the segments' deletion trusts: read back, it may be the page cache's only,
     # after a sync that failed in the process before (``files.rewrite_range``).
     start = first_offset if 0 <= first_offset <= size else 0
-    if end > start:  # (no log at all: nothing to write again)
-        rewrite_range(path, start, end)
     missing = []
     seq = last + 1
     while (entry := pending.lines.get(seq)) is not None:
@@ -354,20 +361,21 @@ def _replay_session(
         )
         report.unrestored[session_id] = pending.last
         report.segments_kept = True
+    if size < 0 and not missing:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if end > start:  # (no log at all: nothing to write again)
+            rewrite_range(fd, start, end)
+        if missing:  # unsynced: ``replay`` syncs every log the segments cover
+            pwrite_all(fd, b"".join(missing), os.fstat(fd).st_size)
+    except BaseException:
+        os.close(fd)
+        raise
     if missing:
-        _append(path, missing)
         report.events_replayed += len(missing)
         log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
-
-
-def _append(path: Path, lines: list[bytes]) -> None:
-    """Appends ``lines``, unsynced: ``replay`` syncs every log the segments cover."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o644)
-    try:
-        write_all(fd, b"".join(lines))
-    finally:
-        os.close(fd)
+    return fd
 
 
 def _valid_lines(

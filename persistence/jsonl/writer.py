@@ -116,12 +116,14 @@ class LogWriter:
         self._closing = False
         self._io = IoThread("bamboo-log-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
-        self._files = LogFiles(layout, max_open, self._sync_pool)
-        self.retirement = Retirement(layout, self._files, self._sync_pool)
+        self._files = LogFiles(layout, max_open, self._sync_pool, self._wal is not None)
         self._commits = Committer(self._files, self._wal, durability)
         # The files have one user at a time: a commit's steps, or the background sync
-        # handing out descriptors (``os`` mode), even while a step runs on a thread.
+        # handing out descriptors (``os`` mode, the WAL's retirement), even while a
+        # step runs on a thread.
         self._files_in_use = asyncio.Lock()
+        self._syncs = BackgroundSyncs(layout, self._files, self._files_in_use, self._sync_pool)
+        self.retirement = Retirement(layout, self._files, self._files_in_use, self._sync_pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
         self._sync_helper = sync_helper
@@ -135,8 +137,7 @@ class LogWriter:
         self._runner = asyncio.create_task(self._run(), name="bamboo-log-writer")
         self._tasks.append(self._runner)
         if self._durability != "fsync":
-            syncs = BackgroundSyncs(self._layout, self._files, self._files_in_use, self._sync_pool)
-            sync_loop = syncs.run(self._fsync_interval)
+            sync_loop = self._syncs.run(self._fsync_interval)
             self._tasks.append(asyncio.create_task(sync_loop, name="bamboo-log-sync"))
 
     def submit(self, session_id: str, batch: Batch) -> asyncio.Future[None]:
@@ -186,7 +187,8 @@ class LogWriter:
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
-        await self._in_thread(self._files.close_all)
+        async with self._files_in_use:  # (the retirement may be taking duplicates)
+            await self._in_thread(self._files.close_all)
         if self._wal is not None:
             # Every log synced, then every segment deleted (kept on failure: replayed at
             # the next open).
@@ -272,6 +274,11 @@ class LogWriter:
         async with self._files_in_use:
             await self._commit([group for group, _ in ordered], forgets)
             self._settle(ordered, controls)
+            # After the acknowledgements, before the next batch opens more descriptors.
+            released = self._files.take_released()
+            if released:
+                syncs = self._syncs.on_sync_threads(self._files.sync_and_close, released)
+                await to_completion(syncs)
         rotated = self._commits.rotated
         if rotated:
             self.retirement.add(rotated)

@@ -1,0 +1,108 @@
+"""A write-back error is reported to the files open on the log when it came (Linux's
+errseq, since 4.13), once each, and not to one opened after it (nor at all once the
+inode left the cache with no file open). So the JSONL store syncs a log's lines through
+the descriptor they were written through, or a duplicate of it (the same open file),
+never through one it opens later, which would sync clean over lost lines
+(persistence/jsonl/logfiles.py, retirement.py). The error is injected as the kernel
+reports it: the open files of the moment are marked (``O_NONBLOCK``, which their
+duplicates share, a later open does not, and which does nothing to a regular file), and
+the store's ``datasync`` fails once for each marked one."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence.jsonl import files, logfiles, retirement, wal
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.test_jsonl_wal import segments
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+
+
+class WritebackError:
+    """Write-back errors on chosen files, reported as Linux reports them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reported = 0
+        real = files.datasync
+
+        def datasync(fd: int) -> None:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            if flags & os.O_NONBLOCK:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)  # reported once
+                self.reported += 1
+                raise OSError(errno.EIO, "injected write-back error")
+            real(fd)
+
+        for module in (logfiles, retirement, wal):  # every sync of a log, by any way
+            monkeypatch.setattr(module, "datasync", datasync, raising=False)
+
+    def strike(self, path: Path) -> int:
+        """The error comes now: every file open on ``path`` will be told. Returns how
+        many are open (a test that marks none proves nothing)."""
+        marked = 0
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != str(path):
+                    continue
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            except OSError:  # closed meanwhile (the listing's own descriptor)
+                continue
+            marked += 1
+        return marked
+
+
+async def tokens(storage: JsonlStorage, session_id: str) -> list[AgentEvent]:
+    return [stored.event for stored in await storage.read_events(session_id)]
+
+
+async def test_retiring_a_segment_syncs_through_the_descriptor_the_lines_went_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One byte per segment: each append starts a new one and retires the one before.
+    config = JsonlStorageConfig(tmp_path).with_wal(segment_bytes=1)
+    error = WritebackError(monkeypatch)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        await storage.append_event("a", AgentEvent.token("one"))
+        assert error.strike(config.layout.log("a").resolve()) == 1
+        await storage.append_event("a", AgentEvent.token("two"))
+        await storage._writer.retirement.settled()
+        assert error.reported == 1
+        assert storage.sync_failed
+        assert len(segments(config)) == 2  # the retired one kept, and the current one
+    assert len(segments(config)) == 2  # not even a clean close deletes them
+    async with await JsonlStorage.open(config) as storage:
+        assert not storage.sync_failed
+        assert await tokens(storage, "a") == [AgentEvent.token("one"), AgentEvent.token("two")]
+    assert segments(config) == []  # replayed, synced, then removed
+
+
+async def test_a_log_let_go_with_unsynced_lines_is_synced_through_its_descriptor_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One log open at a time: an append to "b" closes "a"'s descriptor, which holds
+    lines no sync has covered yet; closed unsynced, nothing would ever be told."""
+    config = JsonlStorageConfig(tmp_path, max_open_logs=1)
+    error = WritebackError(monkeypatch)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+        await storage.append_event("a", AgentEvent.token("a1"))
+        assert error.strike(config.layout.log("a").resolve()) == 1
+        await storage.append_event("b", AgentEvent.token("b1"))
+        await storage._writer.flush()  # (the released descriptors are synced by now)
+        assert error.reported == 1
+        assert storage.sync_failed
+    assert segments(config) != []  # kept for the next open
+    async with await JsonlStorage.open(config) as storage:
+        assert await tokens(storage, "a") == [AgentEvent.token("a1")]
+        assert await tokens(storage, "b") == [AgentEvent.token("b1")]
