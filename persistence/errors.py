@@ -65,8 +65,10 @@ class UserFull(SessionFull):
 class AppendsSuspended(StorageError):
     """The session takes no appends until the store is opened again (the JSONL store,
     after a delete it undid by a rename not known durable: a power cut may yet finish
-    that delete). Nothing was stored, and retrying fails the same way until that open;
-    after it, a retry with the same key is safe. The session stays readable."""
+    that delete; or, for every session, once the WAL it keeps whole after a failed
+    sync passes ``wal_kept_max_bytes``). Nothing was stored, and retrying fails the
+    same way until that open; after it, a retry with the same key is safe. The session
+    stays readable."""
 
 
 class StorageFull(StorageError):

@@ -44,7 +44,13 @@ The modules, one concern each:
 from __future__ import annotations
 
 from ..url import StoreOptions, StoreURL
-from .config import DURABILITY_MODES, MAX_COMMIT_WINDOW, Durability, JsonlStorageConfig
+from .config import (
+    DURABILITY_MODES,
+    MAX_COMMIT_WINDOW,
+    WAL_KEPT_MAX_BYTES,
+    Durability,
+    JsonlStorageConfig,
+)
 from .storage import JsonlStorage
 
 __all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig", "open_from_url"]
@@ -53,8 +59,9 @@ __all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig
 async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
     """``jsonl:///path?durability=os``: the store in that directory. Options:
     ``durability`` (fsync or os), ``commit_window`` (seconds, e.g. 0.002) and
-    ``max_open_logs`` (descriptors, at least 1)."""
-    url.check_params({"durability", "commit_window", "max_open_logs"})
+    ``max_open_logs`` (descriptors, at least 1) and ``wal_kept_max_bytes`` (bytes of
+    WAL kept after a failed sync before appends are refused, at least 1)."""
+    url.check_params({"durability", "commit_window", "max_open_logs", "wal_kept_max_bytes"})
     config = JsonlStorageConfig(
         url.location,
         default_ttl=options.default_ttl,
@@ -63,6 +70,7 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
         durability=_durability(url),
         commit_window=_commit_window(url),
         max_open_logs=_max_open_logs(url),
+        wal_kept_max_bytes=_wal_kept_max_bytes(url),
         read_only=options.read_only,
         offline=options.offline,
         max_session_bytes=options.max_session_bytes,
@@ -102,4 +110,15 @@ def _max_open_logs(url: StoreURL) -> int | None:
         return None  # the default: from the process's open-file limit
     if not given.isdigit() or int(given) < 1:
         raise ValueError(f"store URL {url.text!r}: max_open_logs must be a whole number >= 1")
+    return int(given)
+
+
+def _wal_kept_max_bytes(url: StoreURL) -> int:
+    given = url.take("wal_kept_max_bytes")
+    if given is None:
+        return WAL_KEPT_MAX_BYTES
+    if not given.isdigit() or int(given) < 1:
+        raise ValueError(
+            f"store URL {url.text!r}: wal_kept_max_bytes must be a whole number of bytes >= 1"
+        )
     return int(given)

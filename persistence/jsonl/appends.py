@@ -58,6 +58,8 @@ class Appender:
         self.layout = config.layout
         self.max_session_bytes = config.max_session_bytes
         self.max_user_bytes = config.max_user_bytes
+        self.wal_kept_max_bytes = config.wal_kept_max_bytes
+        self._wal_full_logged = False  # (once: then every append says so)
         self.users = UserBytes()  # the log_end of each user's sessions, summed
         # Sessions forgotten while their files are deleted: the writer's reports still
         # move their records, which a failed delete brings back (JsonlStorage._remove).
@@ -95,6 +97,7 @@ class Appender:
         written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
         acknowledgement's."""
         _check_settled(record)
+        self._check_wal_kept()
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
         if stored:
@@ -115,6 +118,7 @@ class Appender:
     ) -> None:
         """Append events as they are, with their own seq, ts and key."""
         _check_settled(record)
+        self._check_wal_kept()
         session_id = record.session_id
         expected = record.next_seq + 1
         for event in events:
@@ -123,6 +127,28 @@ class Appender:
             expected += 1
         batch = _batch(list(events), imported=True)
         await asyncio.shield(self._submit(record, batch, window))
+
+    def _check_wal_kept(self) -> None:
+        """Refuses every append once the WAL kept whole since a failed sync holds more
+        than ``wal_kept_max_bytes``: it would grow until the disk is full, as nothing
+        deletes it before the next open (which replays it, and settles the store)."""
+        kept = self.writer.wal_kept_bytes
+        if kept <= self.wal_kept_max_bytes:
+            return
+        if not self._wal_full_logged:
+            self._wal_full_logged = True
+            log.error(
+                "the WAL kept since a failed sync holds %d bytes, past wal_kept_max_bytes "
+                "(%d): the store takes no appends until it is opened again (restart the "
+                "server; its open replays the WAL)",
+                kept,
+                self.wal_kept_max_bytes,
+            )
+        raise AppendsSuspended(
+            f"the store's WAL, kept whole since a failed sync, holds {kept} bytes, past "
+            f"wal_kept_max_bytes ({self.wal_kept_max_bytes}); it takes no appends until "
+            "the store is opened again"
+        )
 
     def _submit(
         self, record: SessionRecord, batch: Batch, window: KeyWindow | None

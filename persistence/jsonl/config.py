@@ -24,6 +24,11 @@ MAX_COMMIT_WINDOW = 0.05
 OPEN_LOGS_MIN, OPEN_LOGS_MAX = 32, 4096
 
 
+# The WAL kept whole after a failed sync, past which appends are refused: 16 full
+# segments, the bound of the segments kept aside as damaged.
+WAL_KEPT_MAX_BYTES = 1024 * 1024 * 1024
+
+
 def open_logs_default() -> int:
     """A twelfth of the descriptors this process may open (its soft RLIMIT_NOFILE),
     from 32 to 4,096: at their peak the logs take up to three times the bound, and
@@ -81,6 +86,10 @@ class JsonlStorageConfig:
       oldest are removed (each logged) until at most this many remain, of at most
       this many bytes together (defaults 16 and 1 GiB: 16 full segments). A disk that
       keeps damaging segments, or a loop of crashes, cannot fill the disk with them.
+    - ``wal_kept_max_bytes``: after a failed sync no WAL segment is deleted until the
+      next open; once the segments so kept hold more than this many bytes (default
+      1 GiB: 16 full segments), every append is refused (``AppendsSuspended``) until
+      then, instead of the WAL growing until the disk is full.
     - ``sync_helper``: with the WAL, a small child process runs each group commit's
       ``fdatasync`` (``syncer.py``: no GIL hand-off per commit); ``False``, or where it
       cannot start, the writer's I/O thread does.
@@ -113,6 +122,7 @@ class JsonlStorageConfig:
     wal_segment_age: float = 30.0
     wal_damaged_max_count: int = 16
     wal_damaged_max_bytes: int = 1024 * 1024 * 1024
+    wal_kept_max_bytes: int = WAL_KEPT_MAX_BYTES
     sync_helper: bool = True
     read_only: bool = False
     offline: bool = False
@@ -139,6 +149,7 @@ class JsonlStorageConfig:
         wal_segment_age: float = 30.0,
         wal_damaged_max_count: int = 16,
         wal_damaged_max_bytes: int = 1024 * 1024 * 1024,
+        wal_kept_max_bytes: int = WAL_KEPT_MAX_BYTES,
         sync_helper: bool = True,
         read_only: bool = False,
         offline: bool = False,
@@ -167,6 +178,7 @@ class JsonlStorageConfig:
         set_field(self, "wal_segment_age", wal_segment_age)
         set_field(self, "wal_damaged_max_count", wal_damaged_max_count)
         set_field(self, "wal_damaged_max_bytes", wal_damaged_max_bytes)
+        set_field(self, "wal_kept_max_bytes", wal_kept_max_bytes)
         set_field(self, "sync_helper", sync_helper)
         set_field(self, "read_only", read_only)
         set_field(self, "offline", offline)
@@ -207,6 +219,7 @@ class JsonlStorageConfig:
             "key_cache_bytes",
             "wal_damaged_max_count",
             "wal_damaged_max_bytes",
+            "wal_kept_max_bytes",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -34,6 +34,7 @@ class Retirement:
         self._files_in_use = files_in_use
         self._sync_pool = sync_pool
         self._queue: list[Segment] = []
+        self.kept_bytes = 0  # of the segments in the queue
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -50,6 +51,7 @@ class Retirement:
     def add(self, segments: list[Segment]) -> None:
         """Retire ``segments`` (a rotation's, oldest first) in the background."""
         self._queue.extend(segments)
+        self.kept_bytes += sum(segment.size for segment in segments)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
 
@@ -58,6 +60,7 @@ class Retirement:
         segment is retired now, after the background task's round."""
         if last is not None:
             self._queue.append(last)
+            self.kept_bytes += last.size
         await self.settled()
         await self._retire()
 
@@ -102,6 +105,7 @@ class Retirement:
                 )
                 return
             del self._queue[0]
+            self.kept_bytes -= segment.size
 
 
 def _remove(layout: Layout, segment: Segment) -> None:

@@ -136,6 +136,7 @@ class Segment:
     number: int
     path: Path
     touched: set[str] = field(default_factory=set)  # sessions whose logs it covers
+    size: int = 0  # of the file, once left behind (what keeping it costs the disk)
 
 
 class SegmentFile:
@@ -192,10 +193,7 @@ class SegmentFile:
                 os.unlink(path)
             raise
         self._next_number = number + 1
-        old = self.current
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+        old = self._left_behind()
         self.current = Segment(number, path)
         self._fd, self.size, self.room_end, self._started = fd, 0, 0, now
         self.needs_truncate = None
@@ -293,11 +291,21 @@ class SegmentFile:
         self.size, self.needs_truncate = size, None
 
     def close(self) -> Segment | None:
+        current = self._left_behind()
+        self._fd, self.current = -1, None
+        return current
+
+    def _left_behind(self) -> Segment | None:
+        """The current segment, its size noted and its descriptor closed."""
+        current = self.current
         if self._fd >= 0:
+            if current is not None:
+                # The room allocated ahead is on the disk too.
+                current.size = max(self.size, self.room_end)
+                with contextlib.suppress(OSError):
+                    current.size = os.fstat(self._fd).st_size
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-            self._fd = -1
-        current, self.current = self.current, None
         return current
 
 

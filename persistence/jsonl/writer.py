@@ -168,6 +168,14 @@ class LogWriter:
         WAL segment is deleted any more in this process; the next open replays them."""
         self._files.sync_failed = True
 
+    @property
+    def wal_kept_bytes(self) -> int:
+        """Bytes of WAL segments kept for the next open since a failed sync (0 before
+        one, or without the WAL): nothing deletes them in this process."""
+        if self._wal is None or not self._files.sync_failed:
+            return 0
+        return self.retirement.kept_bytes + max(self._wal.size, self._wal.room_end)
+
     def cancel_deletion(
         self, session_id: str, epoch: str, cut_to: int, uncut: int
     ) -> asyncio.Future[None]:

@@ -1,0 +1,93 @@
+"""After a failed sync the JSONL store keeps every WAL segment until the next open
+replays them (tests/test_jsonl_sync_failures.py). That WAL is bounded: past
+``wal_kept_max_bytes`` every append is refused (``AppendsSuspended``) until the store is
+opened again, rather than the WAL growing until the disk is full. The failure is
+injected (EIO) in the retirement's ``datasync``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import (
+    AppendsSuspended,
+    JsonlStorage,
+    JsonlStorageConfig,
+    open_storage,
+)
+from bamboo_session.persistence.jsonl import retirement
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.test_jsonl_wal import failing_once, segments
+
+LIMIT = 1024 * 1024  # a few segments: each is allocated 256 KiB ahead of its records
+APPENDS_MAX = 64  # each starts a segment: far more than the bound lets through
+
+
+def kept_bytes(config: JsonlStorageConfig) -> int:
+    return sum(path.stat().st_size for path in segments(config))
+
+
+async def test_the_wal_kept_after_a_failed_sync_stops_appends_at_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One byte per segment: each append starts a new one and retires the one before.
+    config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=LIMIT).with_wal(segment_bytes=1)
+    failing = failing_once(monkeypatch, retirement, "datasync")
+    acked: list[str] = []
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+        failing["on"] = True
+        refused = None
+        for i in range(APPENDS_MAX):
+            try:
+                await storage.append_event("a", AgentEvent.token(str(i)))
+            except AppendsSuspended as exc:
+                refused = exc
+                break
+            acked.append(str(i))
+            await storage._writer.retirement.settled()
+        assert storage.sync_failed
+        assert refused is not None, "the kept WAL grew past its bound"
+        assert "wal_kept_max_bytes" in str(refused)
+        # Past the bound by one segment at most: the append that crossed it.
+        assert LIMIT < kept_bytes(config) <= LIMIT + 2 * 256 * 1024
+        with pytest.raises(AppendsSuspended):  # every session alike
+            await storage.append_event("b", AgentEvent.token("refused"))
+        tokens = [stored.event for stored in await storage.read_events("a")]
+        assert tokens == [AgentEvent.token(t) for t in acked]  # still readable
+    said = [r for r in caplog.records if "wal_kept_max_bytes" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR  # said once, not per append
+    async with await JsonlStorage.open(config) as storage:  # the open settles it
+        assert not storage.sync_failed
+        assert segments(config) == []
+        assert (await storage.append_event("b", AgentEvent.token("after"))).seq == 1
+        tokens = [stored.event for stored in await storage.read_events("a")]
+        assert tokens == [AgentEvent.token(t) for t in acked]
+
+
+async def test_without_a_failed_sync_the_bound_does_not_apply(tmp_path: Path) -> None:
+    """Segments retired as they go: the WAL never holds more than the current one."""
+    config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=1).with_wal(segment_bytes=1)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        for i in range(8):
+            assert (await storage.append_event("a", AgentEvent.token(str(i)))).seq == i + 1
+
+
+async def test_wal_kept_max_bytes_comes_from_the_url(tmp_path: Path) -> None:
+    async with await open_storage(f"jsonl://{tmp_path}?wal_kept_max_bytes=4096") as storage:
+        assert isinstance(storage, JsonlStorage)
+        assert storage.config.wal_kept_max_bytes == 4096
+    async with await open_storage(f"jsonl://{tmp_path}") as storage:
+        assert isinstance(storage, JsonlStorage)
+        assert storage.config.wal_kept_max_bytes == 1024**3
+
+
+@pytest.mark.parametrize("given", ["lots", "0", "-1", "1.5", "1GiB", ""])
+async def test_a_bad_wal_kept_max_bytes_in_the_url_is_named(tmp_path: Path, given: str) -> None:
+    with pytest.raises(ValueError, match="wal_kept_max_bytes must be"):
+        await open_storage(f"jsonl://{tmp_path}/store?wal_kept_max_bytes={given}")
+    assert not (tmp_path / "store").exists()
