@@ -15,11 +15,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import (
+    AppendsSuspended,
+    JsonlStorage,
+    JsonlStorageConfig,
+    StorageError,
+)
 from bamboo_session.persistence.jsonl import lifecycle, retirement
-from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from tests.jsonl_support import killed_child
 from tests.test_jsonl_wal import segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, record
@@ -109,6 +115,57 @@ async def test_a_power_cut_after_an_undone_delete_takes_nothing_acknowledged(
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("s") is None  # the delete finished, whole
     assert acknowledged == []
+
+
+async def test_an_undone_delete_takes_no_close_expiry_or_imported_metadata_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each is synced into the checkpoint's file, which a power cut may leave named as
+    the tombstone: the next open would then delete the session it was acknowledged
+    for, as it would an append's. Nothing of a refused one changes. A move among the
+    live states and activity promise nothing on disk, and go on."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        failing["left"] = 1
+        with pytest.raises(StorageError, match="not deleted"):
+            await storage.delete_session("s")
+        before = await storage.get_metadata("s")
+        assert before is not None and before.state == SessionState.ACTIVE
+        for state in (SessionState.CLOSED, SessionState.EXPIRED):
+            with pytest.raises(AppendsSuspended, match="no close, expiry"):
+                await storage.update_session_state("s", state)
+        imported = msgspec.structs.replace(before, state=SessionState.CLOSED, extra={"x": 1})
+        with pytest.raises(AppendsSuspended, match="imported metadata"):
+            await storage.import_metadata(imported)
+        after = await storage.get_metadata("s")
+        assert after is not None
+        assert (after.state, after.extra) == (SessionState.ACTIVE, before.extra)
+        assert (await storage.update_session_state("s", SessionState.IDLE)).state == "idle"
+        await storage.touch("s")
+    # The power cut's disk: the delete's rename there, the undoing lost.
+    os.replace(config.layout.checkpoint("s"), config.layout.tombstone("s"))
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("s") is None  # nothing acknowledged went
+
+
+async def test_after_an_undone_delete_an_open_takes_a_close_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        failing["left"] = 1
+        with pytest.raises(StorageError, match="not deleted"):
+            await storage.delete_session("s")
+    async with await JsonlStorage.open(config) as storage:
+        closed = await storage.update_session_state("s", SessionState.CLOSED)
+        assert closed.state == SessionState.CLOSED
+    async with await JsonlStorage.open(config) as storage:
+        meta = await storage.get_metadata("s")
+        assert meta is not None and meta.state == SessionState.CLOSED
 
 
 async def test_in_os_mode_a_delete_whose_directory_sync_fails_stands(

@@ -33,7 +33,7 @@ from .caches import KeyWindows, MessageCache
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
 from .reads import keys_after
-from .record import SessionRecord
+from .record import SessionRecord, check_settled
 from .tasks import FileJobs
 from .wal import SegmentFile
 from .writer import LogWriter
@@ -96,7 +96,7 @@ class Appender:
         ``capped``: held to ``max_session_bytes`` (SessionFull past it, nothing
         written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
         acknowledgement's."""
-        _check_settled(record)
+        check_settled(record)
         self._check_wal_kept()
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
@@ -117,7 +117,7 @@ class Appender:
         self, record: SessionRecord, events: Sequence[StoredEvent], window: KeyWindow | None
     ) -> None:
         """Append events as they are, with their own seq, ts and key."""
-        _check_settled(record)
+        check_settled(record)
         self._check_wal_kept()
         session_id = record.session_id
         expected = record.next_seq + 1
@@ -344,14 +344,3 @@ def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
             messages.append((event.seq, offset, len(line) - 1))
         offset += len(line)
     return Batch(stored, b"".join(lines), messages, imported)
-
-
-def _check_settled(record: SessionRecord) -> None:
-    """Refuses appends to a session whose failed delete was undone by a rename not known
-    durable (``lifecycle.py``): a power cut may leave its tombstone, and the next open
-    would delete what they were acknowledged for. That open settles it."""
-    if record.delete_undone:
-        raise AppendsSuspended(
-            f"session {record.session_id!r}: a failed delete left it in place, but not "
-            "durably; it takes no appends until the store is opened again"
-        )

@@ -30,7 +30,7 @@ from .checkpoint import Checkpoint, Coverage, FileStamp, SlotFile
 from .config import JsonlStorageConfig
 from .files import fsync_dir
 from .reads import HistoryReader
-from .record import SessionRecord
+from .record import SessionRecord, check_settled
 from .tasks import FileJobs, to_completion
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class Checkpointer:
                 return
             if not record.is_dirty() and not durable:
                 return
+            if durable:  # a delete undone while this waited for the lock
+                check_settled(record)
             await self._flush_index(record)
             # Taken together with no await in between: the metadata and the log position
             # describe the same point of the log. The index coverage may end before it:

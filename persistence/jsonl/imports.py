@@ -14,6 +14,7 @@ from ..importing import check_importable
 from .appends import Appender
 from .checkpointer import Checkpointer
 from .queries import JsonlQueries
+from .record import check_settled
 
 
 class JsonlImports(JsonlQueries):
@@ -42,6 +43,7 @@ class JsonlImports(JsonlQueries):
         """Sets the session's state, times, ttl and extra as given, durably."""
         self._require_writable()
         record = self._record(metadata.id)
+        check_settled(record)
         self._index.set_state(metadata.id, metadata.state)
         record.take_metadata(metadata)
         self._checkpoints.changed(record)

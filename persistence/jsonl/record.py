@@ -32,6 +32,7 @@ from typing import Final
 
 from bamboo_session.protocol.models import Message, SessionMetadata
 
+from ..errors import AppendsSuspended
 from ..events import UserBytes
 from ..index import copy_metadata
 from .checkpoint import Coverage, FileStamp, SlotFile
@@ -100,7 +101,8 @@ class SessionRecord:
         self.checkpoint_pending = False
         self.lock: asyncio.Lock | None = None  # checkpoint writes, index upkeep, delete
         # A failed delete undone by a rename whose sync is not known (``lifecycle.py``):
-        # after a power cut the next open may finish the delete, so no append is taken.
+        # after a power cut the next open may finish the delete, so no append is taken
+        # (``check_settled``).
         self.delete_undone = False
         self.index = index
         self.index_checked = False
@@ -244,3 +246,17 @@ def new_metadata(given: SessionMetadata, default_ttl: int | None) -> SessionMeta
         meta.ttl = default_ttl
         meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
     return meta
+
+
+def check_settled(record: SessionRecord) -> None:
+    """Refuses appends, and the changes said to be on disk when they return (a close,
+    an expiry, imported metadata), to a session whose failed delete was undone by a
+    rename not known durable (``lifecycle.py``): a power cut may leave its tombstone
+    (the checkpoint's own file, which those changes are synced into), and the next
+    open would delete what they were acknowledged for. That open settles it."""
+    if record.delete_undone:
+        raise AppendsSuspended(
+            f"session {record.session_id!r}: a failed delete left it in place, but not "
+            "durably; it takes no appends, and no close, expiry or imported metadata, "
+            "until the store is opened again"
+        )

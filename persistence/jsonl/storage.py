@@ -51,7 +51,7 @@ from .files import LockFile
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
 from .opening import open_files, records_of, snapshot_entries
-from .record import SessionRecord, new_metadata
+from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
 from .tasks import BackgroundTasks, every, to_completion
 
@@ -251,6 +251,8 @@ class JsonlStorage(JsonlImports):
         record.meta.state.check_transition(state)
         if state != SessionState.EXPIRED:
             self._check_not_expired(record)  # a state change does not revive a session
+        if state in _FINAL_STATES:
+            check_settled(record)  # (no await since: the check holds for the write)
         self._index.set_state(session_id, state)
         record.meta.updated_at = utcnow()
         self._checkpoints.changed(record)
