@@ -115,14 +115,15 @@ class LogFiles:
     def trim(self) -> None:
         """Close the least recently used descriptors beyond the bound. Only between
         batches: a batch may hold up to twice the bound (the open ones it does not
-        touch, plus the ones it does) until its syncs are done. An unsynced one (``os``
-        mode) is closed all the same, and synced by path at the next background round:
-        a sync here would hold the next batch (a serial fdatasync per trimmed log)."""
+        touch, plus the ones it does) until its syncs are done. An unsynced one in
+        ``os`` mode is closed all the same, and synced by path at the next background
+        round: a sync here would hold the next batch (a serial fdatasync per trimmed
+        log), and the mode promises nothing on a power cut. With the WAL it is
+        ``released``: synced on the sync threads, in parallel, before the next batch."""
         while len(self.open_logs) > self.max_open:
             session_id, open_log = self.open_logs.popitem(last=False)
             if open_log.unsynced and not self.sync_before_close:
                 self.trimmed_unsynced.add(session_id)
-                open_log.unsynced = False
             self._let_go(session_id, open_log)
 
     def _let_go(self, session_id: str, open_log: OpenLog) -> None:
