@@ -40,12 +40,15 @@ def free_port() -> int:
 
 class RedisServer:
     """One redis-server process; :meth:`stop` and :meth:`start` again keep its port
-    and its directory (and so its append-only file)."""
+    and its directory (and so its append-only file). ``persistence`` is what it starts
+    with: durable by default; a test that needs a Redis that may lose acknowledged
+    writes changes it and starts it again."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.persistence = {"appendonly": "yes", "appendfsync": "always", "save": ""}
 
     @property
     def pid(self) -> int | None:
@@ -64,9 +67,7 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--dir", str(self.directory),
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--save", "",
+                *(part for pair in self.persistence.items() for part in ("--" + pair[0], pair[1])),
                 "--repl-diskless-sync-delay", "0",
                 "--logfile", str(self.directory / "redis.log"),
                 "--daemonize", "no",

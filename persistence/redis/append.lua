@@ -3,9 +3,10 @@
 -- the metadata and the index, and publish the batch.
 -- KEYS: meta, log, keys, msgs
 -- ARGV: id, index prefix, key window, publish command ('' : the caller publishes),
---       channel, epoch ('' : any; else the epoch of the log meant: a session of
---       another epoch, one created again under the id, is NOTFOUND, as a deleted one
---       is), max session bytes ('' : no cap), max user bytes ('' : no cap), then per
+--       channel, epoch ('' : any; else the epoch of the log meant, as served
+--       (common.lua served_epoch): a session of another epoch, one created again
+--       under the id, is NOTFOUND, as a deleted one is; this log served under an
+--       earlier generation is GENERATION), max session bytes ('' : no cap), max user bytes ('' : no cap), then per
 --       item: flags ('k' keyed, 'm' message), key, event JSON
 -- Fresh items whose JSON and keys would take the session's 'bytes' past the cap: fail
 -- TOOLARGE <stored> <adding> <cap>, nothing written (a session stored before 'bytes'
@@ -16,14 +17,15 @@
 -- written (Redis adds the script's name after the user).
 -- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
 -- The batch: [[0, 0, epoch, null], [seq, ts, key, event], ...], its first entry
--- naming the log's epoch (an older listener skips it as an event of seq 0).
+-- naming the log's epoch as served (an older listener skips it as an event of seq 0).
 
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local cap, user_cap = tonumber(ARGV[7]), tonumber(ARGV[8])
 local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes', 'user')
 if not s[1] then fail('NOTFOUND') end
-if ARGV[6] ~= '' and s[6] ~= ARGV[6] then fail('NOTFOUND') end
+local generation = idx .. 'generation'
+if ARGV[6] ~= '' then check_served(ARGV[6], s[6], generation) end
 if s[1] == 'closed' then fail('CLOSED') end
 local now = clock()
 if has_expired(s[1], s[2], now) then fail('EXPIRED') end
@@ -70,7 +72,7 @@ if user_cap and user then
 end
 
 local batch = {}
-if s[6] then batch[1] = '[0,0,' .. cjson.encode(s[6]) .. ',null]' end
+if s[6] then batch[1] = '[0,0,' .. cjson.encode(served_epoch(s[6], generation)) .. ',null]' end
 for n, i in ipairs(fresh) do
   local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local keyed = string.find(flags, 'k', 1, true) ~= nil

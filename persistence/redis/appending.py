@@ -16,7 +16,7 @@ from bamboo_session.protocol.models import StoredEvent
 from ..base import KEY_WINDOW, Appended, AppendItem
 from ..events import completed_event
 from .layout import flags_of, from_micros
-from .scripts import optional_arg
+from .scripts import HistoryLost, optional_arg
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -45,14 +45,18 @@ async def append_events(
         KEY_WINDOW,
         storage.redis.publish,
         channel,
-        epoch or "",  # checked against the session's in the script
+        epoch or "",  # as served: checked against the session's, and the generation
         optional_arg(cap),
         optional_arg(user_cap),
     ]
     for (_, key), event, data in zip(items, events, encoded, strict=True):
         args += [flags_of(key, event), "" if key is None else key, data]
     keys = layout.session_keys(session_id)[:4]
-    reply = await storage.redis.write("append", keys, args, deferred=True, channel=channel)
+    try:
+        reply = await storage.redis.write("append", keys, args, deferred=True, channel=channel)
+    except HistoryLost:  # an earlier generation's epoch: this instance has not heard
+        await storage.generation.check()
+        raise
     results = [Appended(seq) if seq > 0 else Appended(-seq, True) for seq in reply[2:]]
     live = storage.live
     if live.feed.has_subscribers(session_id):

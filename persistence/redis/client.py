@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 
 from ..base import StorageError, StoreMisconfigured
 from .config import RedisConfig
-from .scripts import Arg, run, run_and_wait, run_many, unreachable
+from .scripts import Arg, BeforeReload, run, run_and_wait, run_many, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ async def warn_of_eviction(client: Redis) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
-async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, str] | None:
+async def check_persistence(client: Redis, config: RedisConfig) -> bool:
     """Refuses a writable store on a Redis that may acknowledge a write a restart loses
     (StoreMisconfigured), unless the URL has ``accept_lossy=true``, when it logs a
     warning: no append-only file (``appendonly no``: a restart goes back to the last
@@ -90,10 +90,11 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
     sessions' ``seq`` would be given again under the same epoch, and a client that saw
     the lost events could not tell: the wire contract has the epoch change whenever
     history is lost (docs/storage-redis.md, Durability). A read-only store writes
-    nothing and is opened. Returns ``(appendonly, appendfsync)``; None where Redis
-    refuses to say (a managed Redis may rename or disable CONFIG, or an ACL deny it):
-    the store opens all the same, and says at INFO that it could not check, so that
-    the operator knows to."""
+    nothing and is opened. Returns whether Redis may lose what it acknowledged: True
+    too where Redis refuses to say (a managed Redis may rename or disable CONFIG, or
+    an ACL deny it), when the store opens all the same, and says at INFO that it could
+    not check, so that the operator knows to. A store on a Redis that may lose writes
+    changes every session's epoch when Redis restarts (generation.py)."""
     settings: dict[str, str] = {}
     try:
         for name in PERSISTENCE_SETTINGS:
@@ -104,16 +105,17 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
     except redis.exceptions.ResponseError as exc:
         log.info(
             "could not check that Redis keeps the writes it acknowledged (CONFIG GET "
-            "refused: %s); unless it runs with appendonly yes and appendfsync always, a "
-            "restart of Redis may give lost events' seqs again under the same epoch",
+            "refused: %s): it should run with appendonly yes and appendfsync always; "
+            "taken as one that may lose them, so a restart of Redis changes every "
+            "session's epoch",
             exc,
         )
-        return None
+        return True
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
     appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
     if appendonly is None or appendfsync is None:
-        return None
+        return True
     danger = None
     if appendonly != "yes" or appendfsync != "always":
         danger = (
@@ -131,7 +133,7 @@ async def check_persistence(client: Redis, config: RedisConfig) -> tuple[str, st
         if not (config.accept_lossy or config.read_only):
             raise StoreMisconfigured(f"{danger}, or add accept_lossy=true to the store URL")
         log.warning("%s", danger)
-    return appendonly, appendfsync
+    return danger is not None
 
 
 async def refuse_replica(client: Redis, config: RedisConfig) -> None:
@@ -187,6 +189,7 @@ class Commands:
         self._wait_ms = config.wait_timeout_ms
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self.publish = "" if self._replicas else self.publish_command
+        self.before_reload: BeforeReload = None  # the generation's check (generation.py)
 
     async def call(self, *command: Arg) -> Any:
         try:
@@ -196,13 +199,15 @@ class Commands:
 
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script that only reads, or whose writes need no replica's word."""
-        return await run(self.client, name, keys, args)
+        return await run(self.client, name, keys, args, self.before_reload)
 
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
     ) -> list[Any]:
         """A script run once per ``(keys, args)`` in one round trip (scripts.run_many)."""
-        return await run_many(self.client, name, calls) if calls else []
+        if not calls:
+            return []
+        return await run_many(self.client, name, calls, self.before_reload)
 
     async def write(
         self,
@@ -221,8 +226,10 @@ class Commands:
         first with the epoch ``epoch_of`` finds in the reply, then bare, as the
         scripts publish it)."""
         if not self._replicas:
-            return await run(self.client, name, keys, args)
-        reply = await run_and_wait(self.client, name, keys, args, self._replicas, self._wait_ms)
+            return await run(self.client, name, keys, args, self.before_reload)
+        reply = await run_and_wait(
+            self.client, name, keys, args, self._replicas, self._wait_ms, self.before_reload
+        )
         if deferred:
             payloads = [reply[1]]
         elif notice is not None and reply:

@@ -17,6 +17,29 @@ local function fail(code)
   error({err = 'BAMBOO_' .. code})
 end
 
+-- The epoch a session's log is served under: its stored epoch, then '.' and the
+-- store's generation once a Redis that may lose acknowledged writes restarted
+-- (generation.lua), so that every session's epoch changed at once. Clients see only
+-- this; a caller that names an epoch names this one.
+local function served_epoch(stored, generation_key)
+  local token = redis.call('HGET', generation_key, 'token')
+  if token and token ~= '' then return stored .. '.' .. token end
+  return stored
+end
+
+-- A check of the epoch a caller named ('' : any) against the session's, served:
+-- NOTFOUND for another log (deleted and created again); GENERATION for this log as
+-- an earlier generation served it (the caller has not heard of the change yet).
+local function check_served(named, stored, generation_key)
+  if named == '' or not stored then return end
+  local served = served_epoch(stored, generation_key)
+  if named == served then return end
+  local head = string.sub(named, 1, #stored)
+  local mark = string.sub(named, #stored + 1, #stored + 1)
+  if head == stored and (mark == '' or mark == '.') then fail('GENERATION') end
+  fail('NOTFOUND')
+end
+
 local function hash_of(flat)
   local h = {}
   for i = 1, #flat, 2 do

@@ -69,6 +69,9 @@ class Listener:
         self._sharded = sharded
         self._on_reconnect = on_reconnect
         self.on_presence: OnPresence | None = None
+        # A notice's epoch as the store serves it (generation.py): what the feed's
+        # subscriptions hold. The store sets it; stored epochs are served as they are.
+        self.served: Callable[[str], str] = str
         self._pubsub: PubSub | None = None
         self._subscribed: set[str] = set()  # sessions whose channel Redis confirmed
         # Sessions whose notice with an epoch came: the bare one after it is skipped.
@@ -242,7 +245,7 @@ class Listener:
             notice, space, of = data.partition(b" ")
             if space and notice in (CLOSED_NOTICE, DELETED_NOTICE):
                 reason = CLOSED if notice == CLOSED_NOTICE else DELETED
-                self._feed.end(session_id, reason, of.decode())
+                self._feed.end(session_id, reason, self.served(of.decode()))
                 self._bare_next[session_id] = notice
 
     # -- connecting -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ how subscriptions catch up after the listener lost its connection."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -15,6 +16,9 @@ from ..feed import CLOSED, DELETED, Feed, FeedSubscription, ReadEvents
 from .client import Commands
 from .layout import Layout
 from .listener import Listener
+
+if TYPE_CHECKING:
+    from .generation import Generation
 
 
 class _Feed(Feed):
@@ -38,6 +42,10 @@ class Live:
         self.feed = _Feed()
         self.listener = Listener(pubsub, layout, self.feed, sharded, self.catch_up)
         self.feed.listener = self.listener
+        self.generation: Generation | None = None  # set by the store, once made
+
+    def served(self, stored: str) -> str:
+        return stored if self.generation is None else self.generation.served(stored)
 
     async def subscribe(
         self, session_id: str, after_seq: int, read: ReadEvents
@@ -56,7 +64,7 @@ class Live:
         if state is None:
             subscription.close()
             raise SessionNotFound(f"session {session_id!r} not found")
-        subscription.set_epoch(epoch.decode())
+        subscription.set_epoch(self.served(epoch.decode()))
         subscription.stored_up_to(int(last))
         if state == b"closed":
             subscription.end(CLOSED)
@@ -73,7 +81,10 @@ class Live:
         may have missed is read from the store, and a close or delete is noticed: a
         session replaced meanwhile by another of the same id (another epoch: an expired
         one taken over by a create) ends its old subscriptions as deleted, since the
-        new log's events are no sequel of theirs."""
+        new log's events are no sequel of theirs. First the store's generation: Redis
+        may have restarted, and lost what it acknowledged (generation.py)."""
+        if self.generation is not None:
+            await self.generation.check()
         ordered = list(sessions)
         replies = await self._commands.pipeline(
             [
@@ -85,7 +96,7 @@ class Live:
             if state is None:
                 self.feed.end(session_id, DELETED)
                 continue
-            self.feed.end_other_epochs(session_id, epoch.decode(), DELETED)
+            self.feed.end_other_epochs(session_id, self.served(epoch.decode()), DELETED)
             self.feed.stored_up_to(session_id, int(last))
             if state == b"closed":
                 self.feed.end(session_id, CLOSED)

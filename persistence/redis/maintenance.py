@@ -116,7 +116,9 @@ class Maintenance:
             )
             if done:
                 removed += 1
-                storage.live.feed.end(session_id, DELETED, removed_epoch(done))
+                storage.live.feed.end(
+                    session_id, DELETED, storage.served_epoch(removed_epoch(done))
+                )
         return removed
 
     async def _loop(self, interval: float) -> None:

@@ -132,7 +132,7 @@ class RedisPresence:
             storage.redis.publish_command,  # notices need no WAIT: nothing durable
             layout.channel(session_id),
             mode,
-            epoch or "",  # checked against the session's in the script
+            storage.generation.stored(epoch) or "",  # checked against the session's
             *(f"{role}|{connection_id}" for connection_id, role in connections),
         ]
         return [layout.conns(session_id), layout.meta(session_id)], args

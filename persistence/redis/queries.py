@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from ..base import SessionFilter, SessionListResult, SortBy, SortOrder
-from .layout import Layout, metadata_from, to_micros
+from .layout import Layout, to_micros
 from .listing_page import EveryMatch, HoleInPage, PageKeeper
 
 if TYPE_CHECKING:
@@ -87,11 +87,11 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
                     await _steps_whole(storage, args, reply, every)
                     ids, total = every.result(size, descending)
     if reply[0] == 0:  # one call's listing: the page's metadata, read with it
-        sessions = [metadata_from(flat) for flat in reply[2:]]
+        sessions = [storage.served_metadata(flat) for flat in reply[2:]]
         return SessionListResult(sessions=sessions, total=int(reply[1]), offset=offset, limit=limit)
     page = [id_.decode() for id_ in ids[offset:]]
     hashes = await storage.redis.pipeline([("HGETALL", storage.layout.meta(i)) for i in page])
-    sessions = [metadata_from(flat) for flat in hashes if flat]
+    sessions = [storage.served_metadata(flat) for flat in hashes if flat]
     return SessionListResult(sessions=sessions, total=total, offset=offset, limit=limit)
 
 

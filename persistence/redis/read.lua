@@ -3,13 +3,15 @@
 -- KEYS: meta, log
 -- ARGV: the first seq to read (after seq + 1, as a decimal string: Lua numbers are
 --       doubles, which tostring() writes as 1e+14 past 10^14), count ('' : all),
---       then optionally the epoch of the log meant: a session of another epoch (one
---       that replaced it under the same id) is NOTFOUND, as a deleted one is
+--       then optionally the epoch of the log meant, as served, and the store's
+--       generation key (common.lua served_epoch): a session of another epoch (one
+--       that replaced it under the same id) is NOTFOUND, as a deleted one is; this
+--       log served under an earlier generation is GENERATION
 -- Returns {XRANGE entries}
 
 if redis.call('EXISTS', KEYS[1]) == 0 then fail('NOTFOUND') end
-if ARGV[3] and ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then
-  fail('NOTFOUND')
+if ARGV[3] and ARGV[3] ~= '' then
+  check_served(ARGV[3], redis.call('HGET', KEYS[1], 'epoch'), ARGV[4])
 end
 local start = ARGV[1]
 if ARGV[2] == '' then

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import redis.exceptions
@@ -33,6 +33,7 @@ NAMES: Final = (
     "append",
     "create",
     "delete",
+    "generation",
     "history",
     "import",
     "import_meta",
@@ -46,10 +47,20 @@ NAMES: Final = (
 )
 
 Arg = str | bytes | int
+# Called before a script is loaded again: Redis lost its script cache, as a restart
+# does, and a restart of a Redis that may lose writes changes the store's generation
+# (generation.py), which must be settled before any script runs on the new Redis.
+BeforeReload = Callable[[], Awaitable[object]] | None
 
 
 class Fenced(StorageError):
     """The lease named in a fenced call is no longer held by the caller's token."""
+
+
+class HistoryLost(StorageError):
+    """A call named its session's log as an earlier generation of the store served it:
+    Redis, which may lose writes it acknowledged, restarted since (generation.py), and
+    every session's epoch changed. The caller's peers resume under the new epoch."""
 
 
 class Script:
@@ -70,13 +81,21 @@ def _load() -> dict[str, Script]:
 SCRIPTS: Final = _load()
 
 
-async def run(client: Redis, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+async def run(
+    client: Redis,
+    name: str,
+    keys: Sequence[Arg],
+    args: Sequence[Arg],
+    before_reload: BeforeReload = None,
+) -> Any:
     """Run script ``name``; its errors as the contract's exceptions."""
     script = SCRIPTS[name]
     try:
         try:
             return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
+            if before_reload is not None:
+                await before_reload()
             return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
     except redis.exceptions.ResponseError as exc:
         raise translate(exc) from None
@@ -85,7 +104,10 @@ async def run(client: Redis, name: str, keys: Sequence[Arg], args: Sequence[Arg]
 
 
 async def run_many(
-    client: Redis, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+    client: Redis,
+    name: str,
+    calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
+    before_reload: BeforeReload = None,
 ) -> list[Any]:
     """Run script ``name`` once per ``(keys, args)``, in one round trip (not atomic as
     a whole); the replies in order. A failed call raises, as :func:`run` would."""
@@ -95,6 +117,9 @@ async def run_many(
         for keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies = list(await pipe.execute(raise_on_error=False))
+        lost = any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies)
+        if lost and before_reload is not None:
+            await before_reload()
         for i, reply in enumerate(replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 # The script cache was lost (a restart): these calls did not run.
@@ -120,6 +145,7 @@ async def run_and_wait(
     args: Sequence[Arg],
     replicas: int,
     timeout_ms: int,
+    before_reload: BeforeReload = None,
 ) -> Any:
     """Run script ``name``, then ``WAIT`` on the same connection until ``replicas``
     replicas have its writes; StorageError if fewer confirm within ``timeout_ms``
@@ -132,6 +158,8 @@ async def run_and_wait(
             pipe.execute_command("WAIT", replicas, timeout_ms)
             reply, confirmed = await pipe.execute(raise_on_error=False)
             if isinstance(reply, redis.exceptions.NoScriptError):
+                if before_reload is not None:
+                    await before_reload()
                 continue
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise translate(reply)
@@ -170,6 +198,12 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
             return InvalidTransition(f"session cannot leave state {rest.split()[0]}")
         case "FENCED":
             return Fenced("the lease is no longer held by this holder")
+        case "GENERATION":
+            return HistoryLost(
+                "redis restarted and may have lost writes it acknowledged: the session's "
+                "epoch changed; retry after resuming (a publish with the same key is safe "
+                "unless the key was lost too)"
+            )
         case "TOOLARGE":
             stored, adding, cap = (int(number) for number in rest.split()[:3])
             return SessionFull(stored, adding, cap)

@@ -57,6 +57,7 @@ from .client import (
     warn_of_eviction,
 )
 from .config import RedisConfig
+from .generation import Generation
 from .layout import (
     CLOSED_NOTICE,
     DELETED_NOTICE,
@@ -68,7 +69,7 @@ from .layout import (
 from .live import Live
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
-from .scripts import epoch_in_hash, optional_arg, removed_epoch
+from .scripts import HistoryLost, epoch_in_hash, optional_arg, removed_epoch
 
 _message_of = msgspec.json.Decoder(MessageEvent)
 EVERYTHING: Final = 2**31
@@ -82,6 +83,10 @@ class RedisStorage:
         self.layout = Layout(config.prefix)
         self.redis = Commands(client, config, sharded)
         self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
+        self.generation = Generation(client, self.layout, self.live.feed, config.read_only)
+        self.live.generation = self.generation
+        self.live.listener.served = self.generation.served
+        self.redis.before_reload = self.generation.check
         self._open = True
         self.list_step = LIST_STEP  # candidates a listing reads per script call
         self.list_bytes = LIST_BYTES  # what a listing in steps may hold meanwhile
@@ -104,8 +109,10 @@ class RedisStorage:
                 raise StoreMisconfigured(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
             await warn_of_eviction(client)
             await refuse_replica(client, config)
-            await check_persistence(client, config)
+            lossy = await check_persistence(client, config)
             storage = cls(config, client, sharded)
+            storage.generation.lossy = lossy
+            await storage.generation.check()
             await storage.live.listener.start()
         except BaseException:
             await client.aclose()
@@ -163,7 +170,7 @@ class RedisStorage:
             channel=channel,
         )
         if replaced:
-            self.live.feed.end(session_id, DELETED, removed_epoch(replaced))
+            self.live.feed.end(session_id, DELETED, self.served_epoch(removed_epoch(replaced)))
         if session.messages:  # what the session is made with: not held to the cap
             items = [(MessageEvent(message), None) for message in session.messages]
             await appending.append_events(self, session_id, items, None, None)
@@ -177,7 +184,7 @@ class RedisStorage:
 
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
         flat = await self.redis.call("HGETALL", self.layout.meta(check_session_id(session_id)))
-        return metadata_from(flat) if flat else None
+        return self.served_metadata(flat) if flat else None
 
     async def delete_session(self, session_id: str) -> None:
         self.require_writable()
@@ -216,7 +223,7 @@ class RedisStorage:
         allowed = " ".join(s.value for s in SessionState if s.can_become(state))
         channel = self.layout.channel(session_id)
         args = [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel]
-        args.append(epoch or "")  # checked against the session's in the script
+        args.append(self.generation.stored(epoch) or "")  # checked in the script
         flat = await self.redis.write(
             "state",
             [self.layout.meta(session_id)],
@@ -226,13 +233,14 @@ class RedisStorage:
             channel=channel,
         )
         if state == SessionState.CLOSED:
-            self.live.feed.end(session_id, CLOSED, epoch_in_hash(flat))
-        return metadata_from(flat)
+            self.live.feed.end(session_id, CLOSED, self.served_epoch(epoch_in_hash(flat)))
+        return self.served_metadata(flat)
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         self.require_writable()
         session_id = check_session_id(session_id)
-        args = [session_id, self.layout.index, epoch or ""]  # the epoch: checked in the script
+        # The epoch: checked in the script.
+        args = [session_id, self.layout.index, self.generation.stored(epoch) or ""]
         await self.redis.run("touch", [self.layout.meta(session_id)], args)
 
     async def cleanup_expired_sessions(self) -> int:
@@ -283,8 +291,13 @@ class RedisStorage:
             if epoch is not None and found != epoch:
                 raise SessionNotFound(f"session {session_id!r} not found")
             return []
-        args = [str(max(after_seq, 0) + 1), count, epoch or ""]
-        entries = await self.redis.run("read", keys, args)
+        # The epoch as served: the script checks it against the generation's too.
+        args = [str(max(after_seq, 0) + 1), count, epoch or "", self.generation.key]
+        try:
+            entries = await self.redis.run("read", keys, args)
+        except HistoryLost:
+            await self.generation.check()
+            raise
         events = [event_from_entry(entry) for entry in entries]
         return events if max_bytes is None else within_bytes(events, max_bytes)
 
@@ -305,12 +318,12 @@ class RedisStorage:
     async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
         meta = self.layout.meta(check_session_id(session_id))
         seq, found = await self.redis.call("HMGET", meta, "seq", "epoch")  # in one read
-        if found is None or (epoch is not None and found.decode() != epoch):
+        if found is None or (epoch is not None and self.generation.served(found.decode()) != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return int(seq)
 
     async def epoch(self, session_id: str) -> str:
-        return (await self._field(session_id, "epoch")).decode()
+        return self.generation.served((await self._field(session_id, "epoch")).decode())
 
     # -- import (SessionImport) -----------------------------------------------------
 
@@ -336,7 +349,16 @@ class RedisStorage:
         meta, log, _, msgs, _ = self.layout.session_keys(session_id)
         reply = await self.redis.run("history", [meta, msgs, log], args)
         messages = [_message_of.decode(data).message for data in reply[2:]]
-        return metadata_from(reply[0]), int(reply[1]), messages
+        return self.served_metadata(reply[0]), int(reply[1]), messages
+
+    def served_metadata(self, flat: list[bytes] | dict[bytes, bytes]) -> SessionMetadata:
+        """A session's metadata hash, its epoch as clients see it (generation.py)."""
+        meta = metadata_from(flat)
+        meta.epoch = self.generation.served(meta.epoch)
+        return meta
+
+    def served_epoch(self, stored: str | None) -> str | None:
+        return None if stored is None else self.generation.served(stored)
 
     async def _field(self, session_id: str, name: str) -> bytes:
         meta = self.layout.meta(check_session_id(session_id))

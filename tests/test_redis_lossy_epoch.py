@@ -1,0 +1,202 @@
+"""A restart of a Redis that may lose writes it acknowledged (``accept_lossy=true``)
+changes every session's epoch (persistence/redis/generation.py), on real
+redis-servers killed and started again: a client that resumes with the epoch it held
+is told ``resumed: false``, however much of the log Redis kept, and new events are
+under the new epoch on every instance; viewers connected meanwhile are closed with
+1012. A Redis that keeps what it acknowledged (``appendonly yes``, ``appendfsync
+always``) keeps every epoch across a restart, and a resume there replays."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+from websockets.exceptions import ConnectionClosed
+
+from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import Peer, attach, run_server, token
+
+LOSSY = {"appendonly": "no", "appendfsync": "everysec", "save": ""}
+
+
+def lossy_redis(start_redis: Callable[[str], RedisServer]) -> RedisServer:
+    """A redis-server with no append-only file: a restart goes back to its last
+    snapshot (taken by ``SAVE`` in these tests), and loses what came after."""
+    server = start_redis("lossy")
+    server.stop()
+    server.persistence = dict(LOSSY)
+    server.start()
+    return server
+
+
+async def snapshot(server: RedisServer) -> None:
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.save()
+    finally:
+        await client.aclose()
+
+
+def crash_and_restart(server: RedisServer) -> None:
+    server.stop(signal.SIGKILL)
+    server.start()
+
+
+@asynccontextmanager
+async def two_servers(url: str) -> AsyncIterator[tuple[BambooServer, BambooServer]]:
+    async with run_server(store=url) as a, run_server(store=url) as b:
+        yield a, b
+
+
+@asynccontextmanager
+async def attached(
+    server: BambooServer, session_id: str, **hello: Any
+) -> AsyncIterator[tuple[Peer, dict[str, Any]]]:
+    """``attach`` once the server's store answers again (Redis restarting: 1011)."""
+    for _ in range(100):
+        try:
+            async with attach(server, session_id, **hello) as attached_peer:
+                yield attached_peer
+                return
+        except (AssertionError, ConnectionClosed):  # 1011 before its welcome: Redis away
+            await asyncio.sleep(0.1)
+    raise AssertionError("no welcome in 100 tries")
+
+
+async def publish(agent: Peer, count: int, start: int = 0) -> list[int]:
+    seqs = []
+    for i in range(start, start + count):
+        ack = await agent.request({"type": "event", "id": i, "event": token(f"e{i}")}, "ack")
+        seqs.append(ack["seq"])
+    return seqs
+
+
+async def test_a_lossy_restart_changes_the_epoch_on_every_instance(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """10 events acknowledged, 5 of them in Redis's snapshot; Redis killed and started
+    again keeps the 5. A viewer on the other instance is closed with 1012; resumes with
+    the old epoch are ``resumed: false`` on both instances, whether ``last_seq`` is
+    still in the log (3) or lost (10); the next event takes seq 6 under the new epoch,
+    the same on both instances, and reaches a viewer of the new epoch."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true", heartbeat=1)
+    async with two_servers(url) as (a, b):
+        async with (
+            attach(a, "s", create=True, role="agent") as (agent, welcome),
+            attach(b, "s", last_seq=0) as (viewer, _),
+        ):
+            old = welcome["epoch"]
+            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
+            await snapshot(server)
+            assert await publish(agent, 5, 5) == [6, 7, 8, 9, 10]
+            seen = [(await viewer.recv_type("event"))["seq"] for _ in range(10)]
+            assert seen == list(range(1, 11))
+            crash_and_restart(server)
+            viewer_code, _ = await viewer.closed()
+            agent_code, _ = await agent.closed()
+            assert (viewer_code, agent_code) == (1012, 1012)
+        async with attached(b, "s", last_seq=10, epoch=old) as (_, lost):
+            assert (lost["resumed"], lost["last_seq"]) == (False, 5)
+            new = lost["epoch"]
+            assert new != old
+        async with (
+            attached(a, "s", last_seq=3, epoch=old) as (agent, kept),
+            attached(b, "s", last_seq=5, epoch=new) as (viewer, current),
+        ):
+            assert (kept["resumed"], kept["epoch"]) == (False, new)
+            assert (current["resumed"], current["replay"]) == (True, 0)
+            assert await publish(agent, 1, 10) == [6]
+            event = await viewer.recv_type("event")
+            assert (event["seq"], event["event"]["content"]) == (6, "e10")
+
+
+async def test_the_change_is_made_once_however_many_instances_see_the_restart(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Two stores see one restart: one token, both serve the same new epoch. A third
+    store opened read-only serves it too, and writes no record of its own."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    first = await open_storage(url)
+    second = await open_storage(url)
+    try:
+        assert isinstance(first, RedisStorage) and isinstance(second, RedisStorage)
+        await first.create_session(Session.new("s"))
+        await first.append_event("s", AgentEvent.token("kept"))
+        old = await first.epoch("s")
+        await snapshot(server)
+        crash_and_restart(server)
+
+        async def both_changed() -> bool:
+            try:  # the pools' connections to the killed Redis fail once each
+                return await first.epoch("s") != old and await second.epoch("s") != old
+            except StorageError:
+                return False
+
+        await eventually(both_changed, timeout=10)
+        assert await first.epoch("s") == await second.epoch("s")
+        assert first.generation.token == second.generation.token != ""
+        reader = await open_storage(url, read_only=True)
+        try:
+            assert await reader.epoch("s") == await first.epoch("s")
+        finally:
+            await reader.close()
+        appended = await second.append_event("s", AgentEvent.token("after"))
+        assert appended.seq == 2
+        assert await first.read_events("s", 1, epoch=await first.epoch("s")) != []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_lossy_redis_whose_record_is_missing_changes_the_epoch(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """No record of the generation on a lossy Redis that holds sessions (a restart
+    that lost the record with the rest, or the first open of this version): the
+    sessions are served under a new epoch. On an empty store nothing changes."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    record = f"{prefix_for(tmp_path)}:{{idx}}:generation"
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        async with await open_storage(url) as store:
+            assert isinstance(store, RedisStorage) and store.generation.token == ""
+            await store.create_session(Session.new("s"))
+            old = await store.epoch("s")
+        assert await client.delete(record) == 1
+        async with await open_storage(url) as store:
+            assert await store.epoch("s") != old
+    finally:
+        await client.aclose()
+
+
+async def test_a_durable_redis_keeps_every_epoch_across_a_restart(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """``appendonly yes``, ``appendfsync always``: Redis killed and started again has
+    every acknowledged event; a client resuming with the epoch it held is replayed
+    what it missed, and the generation's token stays empty."""
+    server = start_redis("durable")
+    url = server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    async with run_server(store=url) as a:
+        async with attach(a, "s", create=True, role="agent") as (agent, welcome):
+            old = welcome["epoch"]
+            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
+        crash_and_restart(server)
+        async with attached(a, "s", last_seq=3, epoch=old) as (viewer, resumed):
+            assert (resumed["resumed"], resumed["epoch"], resumed["replay"]) == (True, old, 2)
+            assert [(await viewer.recv_type("event"))["seq"] for _ in range(2)] == [4, 5]
+        storage = a.storage
+        assert isinstance(storage, RedisStorage) and storage.generation.token == ""
