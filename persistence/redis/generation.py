@@ -17,11 +17,13 @@ over another history.
 Who looks: the store's open; the listener, before it catches its sessions up after
 its connection came back (a restart of Redis drops every connection); any call that
 finds Redis's script cache empty, before it loads a script again (so no script runs
-on a restarted Redis before the record is settled); and ``check()`` from the
-presence heartbeat. An instance that finds the token changed ends every subscription
-(its viewers are closed with 1012, resume, and are told ``resumed: false``), and its
-actors, parked ones included, retire at their next attach, whose epoch no longer
-matches the store's.
+on a restarted Redis before the record is settled); and the presence heartbeat,
+every ``heartbeat / 3`` while this instance holds connections, on a lossy Redis. A
+check of the run already checked costs one ``INFO server``; a new run, the script.
+An instance that finds the token changed ends every subscription (its viewers are
+closed with 1012, resume, and are told ``resumed: false``), and its actors, parked
+ones included, retire at their next attach, whose epoch no longer matches the
+store's.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Generation:
         self.lossy = True  # until the open's check of Redis's settings says otherwise
         self.token = ""
         self.changes = 0  # tokens this instance adopted (its open's included)
+        self._run = ""  # the run of Redis last checked: the same run needs no script
         self._checking = asyncio.Lock()
 
     def served(self, stored: str) -> str:
@@ -81,14 +84,16 @@ class Generation:
         True if the token changed (every subscription is then ended)."""
         async with self._checking:
             run_id = await self._run_id()
-            if run_id is None:
+            if run_id is None or run_id == self._run:
                 return False
             if self._read_only:  # writes nothing: serves what the record says
                 found = await self._call("HGET", self.key, "token")
+                self._run = run_id
                 return self._adopt(found.decode() if isinstance(found, bytes) else "")
             fresh = secrets.token_urlsafe(6)
             args = [run_id, "1" if self.lossy else "0", fresh, self._index]
             token, changed_here = await run(self._client, "generation", [self.key], args)
+            self._run = run_id
             if changed_here:
                 log.warning(
                     "Redis restarted and may have lost writes it acknowledged: every "

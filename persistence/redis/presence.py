@@ -84,6 +84,9 @@ class RedisPresence:
         # script answers the count, how many it registered again and the stored state:
         # only a parked session is named, so that a refresh after an outage, which
         # registers every session's connections again, costs its actors no reads.
+        generation = self._storage.generation
+        if generation.lossy:  # a restart the listener's reconnect did not tell of yet
+            await generation.check()
         calls = [self._call(h.session_id, "refresh", h.connections, h.epoch) for h in held]
         answers = await self._storage.redis.run_many("presence", calls)
         return [
