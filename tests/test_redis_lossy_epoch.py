@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio
 from websockets.exceptions import ConnectionClosed
 
@@ -125,7 +126,8 @@ async def test_the_change_is_made_once_however_many_instances_see_the_restart(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
     """Two stores see one restart: one token, both serve the same new epoch. A third
-    store opened read-only serves it too, and writes no record of its own."""
+    store opened read-only serves it too. An append or a read that names the old
+    epoch is refused (nothing appended), as from an actor not yet told."""
     server = lossy_redis(start_redis)
     url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
     first = await open_storage(url)
@@ -152,9 +154,14 @@ async def test_the_change_is_made_once_however_many_instances_see_the_restart(
             assert await reader.epoch("s") == await first.epoch("s")
         finally:
             await reader.close()
+        with pytest.raises(StorageError, match="epoch changed"):  # a caller not told yet
+            await second.append_events("s", [(AgentEvent.token("stale"), None)], epoch=old)
+        with pytest.raises(StorageError, match="epoch changed"):
+            await second.read_events("s", 0, epoch=old)
         appended = await second.append_event("s", AgentEvent.token("after"))
         assert appended.seq == 2
-        assert await first.read_events("s", 1, epoch=await first.epoch("s")) != []
+        events = await first.read_events("s", 0, epoch=await first.epoch("s"))
+        assert [event.seq for event in events] == [1, 2]
     finally:
         await first.close()
         await second.close()

@@ -1,11 +1,14 @@
 """A Redis store opened for writing on a redis-server that may acknowledge a write a
 restart then loses (``appendonly no``, or ``appendfsync`` other than ``always``) is
 refused, unless its URL says ``accept_lossy=true`` (then a warning, as a read-only
-store gets). Nothing left in Redis tells what was lost, so the store cannot change the
-session's epoch: the lost events' seqs are given again to other events under the same
-epoch, and a client that saw the lost ones resumes onto a different log (the first
-test shows it on a real redis-server). ``appendonly yes`` with ``appendfsync always``
-(what docs/storage-redis.md asks for, and the tests run) opens quietly."""
+store gets). Nothing left in Redis tells what was lost: on a Redis that the store
+found durable when it opened, the lost events' seqs are given again to other events
+under the same epoch, and a client that saw the lost ones resumes onto a different log
+(the first test shows it on a real redis-server, made lossy by ``CONFIG SET`` after
+the open). A store opened with ``accept_lossy=true`` changes every epoch when Redis
+restarts instead (tests/test_redis_lossy_epoch.py). ``appendonly yes`` with
+``appendfsync always`` (what docs/storage-redis.md asks for, and the tests run) opens
+quietly."""
 
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ WARNING = "Redis may lose writes it acknowledged"
 async def test_writes_a_restart_lost_leave_their_seqs_to_others_under_the_same_epoch(
     start_redis: Callable[[str], RedisServer],
 ) -> None:
-    """Why the warning: Redis stops writing its append-only file (as ``appendonly no``
-    would), acknowledges 5 more events and is killed; started again on the file, it
-    has the first 5. The next event gets seq 6 again, under the epoch a client that
-    saw the lost seq 6 still holds."""
+    """Why the refusal: Redis stops writing its append-only file (as ``appendonly
+    no`` would), acknowledges 5 more events and is killed; started again on the file,
+    it has the first 5. The next event gets seq 6 again, under the epoch a client that
+    saw the lost seq 6 still holds: the store read Redis's settings when it opened,
+    durable then, and a restart of a durable Redis keeps the epoch."""
     server = start_redis("lossy")
     client = redis.asyncio.Redis(port=server.port)
     store = await open_storage(server.url(prefix="l"))

@@ -201,8 +201,7 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
         case "GENERATION":
             return HistoryLost(
                 "redis restarted and may have lost writes it acknowledged: the session's "
-                "epoch changed; retry after resuming (a publish with the same key is safe "
-                "unless the key was lost too)"
+                "epoch changed; resume, then retry"
             )
         case "TOOLARGE":
             stored, adding, cap = (int(number) for number in rest.split()[:3])

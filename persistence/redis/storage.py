@@ -57,7 +57,7 @@ from .client import (
     warn_of_eviction,
 )
 from .config import RedisConfig
-from .generation import Generation
+from .generation import HISTORY_LOST, Generation
 from .layout import (
     CLOSED_NOTICE,
     DELETED_NOTICE,
@@ -310,7 +310,12 @@ class RedisStorage:
             # Only the log it subscribed to: another instance may have replaced the
             # session (an expired one, by a create) before this one heard of it.
             epoch = None if subscription is None else subscription.epoch
-            return await self._read_events(session_id, after, limit, epoch=epoch)
+            try:
+                return await self._read_events(session_id, after, limit, epoch=epoch)
+            except HistoryLost:  # its log's generation is gone: its viewers resume (1012)
+                if subscription is not None:
+                    subscription.end(HISTORY_LOST)
+                return []
 
         subscription = await self.live.subscribe(session_id, after_seq, read)
         return subscription
