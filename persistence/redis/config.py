@@ -16,9 +16,10 @@
 - ``accept_lossy`` (``true`` or ``false``, the default): open a writable store on a
   Redis whose ``CONFIG`` says it may lose writes it acknowledged (``appendonly`` not
   ``yes``, ``appendfsync`` not ``always``, or ``no-appendfsync-on-rewrite yes``),
-  with a warning; refused otherwise, since
-  a restart of such a Redis gives the lost events' seqs to other events under the same
-  epoch, which the wire contract forbids (docs/storage-redis.md, Durability).
+  with a warning; refused otherwise. A restart of such a Redis then changes every
+  session's epoch (generation.py): the store cannot tell what it lost, and would
+  otherwise give the lost events' seqs to other events under the same epoch, which
+  the wire contract forbids (docs/storage-redis.md, Durability).
 """
 
 from __future__ import annotations
