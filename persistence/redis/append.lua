@@ -24,8 +24,8 @@ local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), A
 local cap, user_cap = tonumber(ARGV[7]), tonumber(ARGV[8])
 local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes', 'user')
 if not s[1] then fail('NOTFOUND') end
-local generation = idx .. 'generation'
-if ARGV[6] ~= '' then check_served(ARGV[6], s[6], generation) end
+local served = served_epoch(s[6], idx .. 'generation')
+check_served(ARGV[6], s[6], served)
 if s[1] == 'closed' then fail('CLOSED') end
 local now = clock()
 if has_expired(s[1], s[2], now) then fail('EXPIRED') end
@@ -72,7 +72,7 @@ if user_cap and user then
 end
 
 local batch = {}
-if s[6] then batch[1] = '[0,0,' .. cjson.encode(served_epoch(s[6], generation)) .. ',null]' end
+if served then batch[1] = '[0,0,' .. cjson.encode(served) .. ',null]' end
 for n, i in ipairs(fresh) do
   local flags, key, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local keyed = string.find(flags, 'k', 1, true) ~= nil

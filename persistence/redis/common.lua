@@ -22,18 +22,18 @@ end
 -- (generation.lua), so that every session's epoch changed at once. Clients see only
 -- this; a caller that names an epoch names this one.
 local function served_epoch(stored, generation_key)
+  if not stored then return nil end  -- a session stored with no epoch
   local token = redis.call('HGET', generation_key, 'token')
   if token and token ~= '' then return stored .. '.' .. token end
   return stored
 end
 
--- A check of the epoch a caller named ('' : any) against the session's, served:
--- NOTFOUND for another log (deleted and created again); GENERATION for this log as
--- an earlier generation served it (the caller has not heard of the change yet).
-local function check_served(named, stored, generation_key)
-  if named == '' or not stored then return end
-  local served = served_epoch(stored, generation_key)
-  if named == served then return end
+-- A check of the epoch a caller named ('' : any) against the session's, stored and
+-- served: NOTFOUND for another log (deleted and created again); GENERATION for this
+-- log as an earlier generation served it (the caller has not heard of the change).
+local function check_served(named, stored, served)
+  if named == '' or named == served then return end
+  if not stored then fail('NOTFOUND') end
   local head = string.sub(named, 1, #stored)
   local mark = string.sub(named, #stored + 1, #stored + 1)
   if head == stored and (mark == '' or mark == '.') then fail('GENERATION') end

@@ -11,7 +11,8 @@
 
 if redis.call('EXISTS', KEYS[1]) == 0 then fail('NOTFOUND') end
 if ARGV[3] and ARGV[3] ~= '' then
-  check_served(ARGV[3], redis.call('HGET', KEYS[1], 'epoch'), ARGV[4])
+  local stored = redis.call('HGET', KEYS[1], 'epoch')
+  check_served(ARGV[3], stored, served_epoch(stored, ARGV[4]))
 end
 local start = ARGV[1]
 if ARGV[2] == '' then
