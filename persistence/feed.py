@@ -31,6 +31,9 @@ BUFFER_BYTES: Final = 1024 * 1024  # past it, a subscription reads from the stor
 CLOSED: Final = "closed"
 DELETED: Final = "deleted"
 UNSUBSCRIBED: Final = "unsubscribed"
+# The store lost history it had acknowledged, and changed the log's epoch (a Redis
+# that may lose writes, restarted): the subscription's log is no more; resume.
+HISTORY_LOST: Final = "history lost"
 
 
 class FeedSubscription:

@@ -165,6 +165,7 @@ def request_error(exc: BaseException, request_id: str | int | None) -> ProtocolE
 _SUBSCRIPTION_ENDS: dict[str, tuple[CloseCode, str]] = {
     "closed": (_C.NORMAL, "session closed"),
     "deleted": (_C.NOT_FOUND, "session deleted"),
+    "history lost": (_C.SERVICE_RESTART, "the store restarted and changed the epoch; resume"),
 }
 
 

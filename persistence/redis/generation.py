@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 
 import redis.exceptions
 
+from ..feed import HISTORY_LOST
 from .scripts import run, unreachable
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEPARATOR: Final = "."  # in no epoch the store makes (secrets.token_urlsafe)
-HISTORY_LOST: Final = "history lost"  # how the subscriptions end: closed with 1012
 # What a served epoch of another generation is given to a script as: no stored epoch
 # is this, so the session reads as another log's (NOTFOUND).
 OTHER_GENERATION: Final = "\x00"

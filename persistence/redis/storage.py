@@ -45,7 +45,7 @@ from ..base import (
     StoreMisconfigured,
 )
 from ..events import within_bytes
-from ..feed import CLOSED, DELETED, FeedSubscription
+from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing
 from .client import (
@@ -57,7 +57,7 @@ from .client import (
     warn_of_eviction,
 )
 from .config import RedisConfig
-from .generation import HISTORY_LOST, Generation
+from .generation import Generation
 from .layout import (
     CLOSED_NOTICE,
     DELETED_NOTICE,
