@@ -123,6 +123,28 @@ async def test_a_lossy_restart_changes_the_epoch_on_every_instance(
             assert (event["seq"], event["event"]["content"]) == (6, "e10")
 
 
+async def test_a_parked_session_resumes_under_the_new_epoch_after_a_lossy_restart(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """The agent leaves before Redis restarts: its session's actor is parked, with the
+    10 events in memory. After the restart a resume with the old epoch is not served
+    from them: ``resumed: false``, the new epoch, and the 5 events Redis kept."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    async with run_server(store=url, disconnect_retention=60) as a:
+        async with attach(a, "s", create=True, role="agent") as (agent, welcome):
+            old = welcome["epoch"]
+            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
+            await snapshot(server)
+            assert await publish(agent, 5, 5) == [6, 7, 8, 9, 10]
+        crash_and_restart(server)
+        async with attached(a, "s", last_seq=8, epoch=old) as (viewer, welcome):
+            assert (welcome["resumed"], welcome["last_seq"]) == (False, 5)
+            assert welcome["epoch"] != old
+            reply = await viewer.request({"type": "events", "id": 1}, "events")
+            assert [event["seq"] for event in reply["events"]] == [1, 2, 3, 4, 5]
+
+
 async def test_the_change_is_made_once_however_many_instances_see_the_restart(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
