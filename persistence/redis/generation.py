@@ -86,9 +86,8 @@ class Generation:
             run_id = await self._run_id()
             if run_id is None or run_id == self._run:
                 return False
-            if self._read_only:  # writes nothing: serves what the record says
-                found = await self._call("HGET", self.key, "token")
-                self._run = run_id
+            if self._read_only:  # writes nothing: serves what the record says, read anew
+                found = await self._call("HGET", self.key, "token")  # at each look
                 return self._adopt(found.decode() if isinstance(found, bytes) else "")
             fresh = secrets.token_urlsafe(6)
             args = [run_id, "1" if self.lossy else "0", fresh, self._index]
@@ -111,9 +110,11 @@ class Generation:
 
     async def _run_id(self) -> str | None:
         try:
-            info = await self._call("INFO", "server")
+            info = await self._client.execute_command("INFO", "server")
         except redis.exceptions.ResponseError:
-            return None  # INFO refused: nothing to compare; the scripts still check
+            return None  # INFO refused (an ACL): no run to compare, no change seen
+        except redis.exceptions.RedisError as exc:
+            raise unreachable(exc) from exc
         run_id = info.get("run_id") if isinstance(info, dict) else None
         if isinstance(run_id, bytes):
             run_id = run_id.decode()
@@ -122,7 +123,5 @@ class Generation:
     async def _call(self, *command: str) -> object:
         try:
             return await self._client.execute_command(*command)
-        except redis.exceptions.ResponseError:
-            raise
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
