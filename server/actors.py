@@ -27,6 +27,7 @@ from .commands import ActorRetired, Attach, Detach, Stop
 from .failures import ServerBusy, ServerStopping, is_expected
 from .outbox import Outbox
 from .pages import PageReads
+from .room import HeldConnections
 
 log = structlog.get_logger("bamboo_session.manager")
 
@@ -51,6 +52,8 @@ class ActorRegistry:
         # Sessions being deleted: no actor is spawned for them until the delete's
         # outcome is known (held_off), so none reads a session the store may yet bring back.
         self._held_off: dict[str, asyncio.Future[None]] = {}
+        # Their connections, open and in no room meanwhile: a stop tells them first.
+        self._held: dict[str, HeldConnections] = {}
         self.closed = False
 
     def __len__(self) -> int:
@@ -198,40 +201,43 @@ class ActorRegistry:
         self.retired(actor)
 
     async def stop(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
-        stopped: asyncio.Future[list[Outbox]] = asyncio.get_running_loop().create_future()
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.retire(actor, Stop(code, reason, stopped))
         await stopped
 
     @contextlib.asynccontextmanager
-    async def held_off(self, session_id: str) -> AsyncIterator[list[Outbox]]:
+    async def held_off(self, session_id: str) -> AsyncIterator[HeldConnections]:
         """No actor of the session in this process while the block runs: the live one
         (and any being spawned) retires, its queued appends stored and answered first;
         attaches and appends wait for the block's end, then go to an actor spawned
         from what the store holds then. Yields the retired actors' connections, still
-        open, for the caller to close once it knows what to tell them."""
+        open, for the caller to tell once it knows what to; a server stop meanwhile
+        tells them 1012, and a block that ends without telling them (cancelled before
+        it knew) 1011 ``session not deleted``: they resume, and find what is there."""
         check_session_id(session_id)
         while (earlier := self._held_off.get(session_id)) is not None:
             await asyncio.wait([earlier])  # another delete of it: this one comes after
         self._held_off[session_id] = released = asyncio.get_running_loop().create_future()
+        self._held[session_id] = held = HeldConnections()
         try:
-            yield await self._retire_all_of(session_id)
+            await self._retire_all_of(session_id, held)
+            yield held
         finally:
-            del self._held_off[session_id]
+            del self._held_off[session_id], self._held[session_id]
             released.set_result(None)
+            held.tell(CloseCode.INTERNAL_ERROR, "session not deleted")
 
-    async def _retire_all_of(self, session_id: str) -> list[Outbox]:
-        """Retires the session's actors, keeping their connections open (held_off)."""
-        held: list[Outbox] = []
+    async def _retire_all_of(self, session_id: str, held: HeldConnections) -> None:
+        """Retires the session's actors, handing their connections to ``held``."""
         while True:
             await self._await_spawning(session_id)  # one spawned before the hold retires too
             actor = self._actors.get(session_id)
             if actor is None:
                 break
-            handed: asyncio.Future[list[Outbox]] = asyncio.get_running_loop().create_future()
-            self.retire(actor, Stop(CloseCode.NORMAL, "", handed, hand_over=True))
-            held += await handed
+            handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.retire(actor, Stop(CloseCode.NORMAL, "", handed, hand_over=held))
+            await handed
         await self.await_retired(session_id)
-        return held
 
     def retired(self, actor: SessionActor) -> None:
         """Called once an actor takes no more commands (it may still be flushing)."""
@@ -248,6 +254,8 @@ class ActorRegistry:
         Spawns under way end now (their waiters get ServerStopping): their loads are
         abandoned, and no spawn outlives the registry, nor the store it reads."""
         self.closed = True
+        for held in self._held.values():
+            held.tell(code, reason)  # a delete's outcome, known later, comes too late
         spawns = list(self._spawning.values())
         for spawn in spawns:
             spawn.cancel()

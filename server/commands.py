@@ -44,6 +44,7 @@ from bamboo_session.protocol.models import (
 from .failures import request_error
 from .outbound import Outbound
 from .outbox import Outbox
+from .room import HeldConnections
 
 
 class _Request:
@@ -222,13 +223,14 @@ class SetState(_Request):
 @dataclass(slots=True)
 class Stop:
     """Close every connection with ``code`` (after a ``closed`` frame) and retire; with
-    ``hand_over``, retire leaving the connections open, to the stopper (the future's
-    result), which closes them once it knows what to tell them (a delete's outcome)."""
+    ``hand_over``, retire handing the connections, still open, to that holder: the
+    stopper tells them once it knows what to (a delete's outcome), unless a server
+    stop tells them first."""
 
     code: CloseCode
     reason: str
-    future: asyncio.Future[list[Outbox]] | None = field(default=None)
-    hand_over: bool = False
+    future: asyncio.Future[None] | None = field(default=None)
+    hand_over: HeldConnections | None = None
 
 
 @dataclass(slots=True)
@@ -284,5 +286,5 @@ def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
     if isinstance(command, Attach) and not command.future.done():
         command.future.set_exception(ActorRetired(session_id))
     elif isinstance(command, Stop) and command.future is not None:
-        command.future.set_result([])  # its connections were closed when it finished
+        command.future.set_result(None)
     return None

@@ -61,14 +61,15 @@ async def handle(actor: SessionActor, command: Command) -> None:
         case SetState():
             await set_state(actor, command)
         case Stop():
-            if command.hand_over:
-                held = actor.room.hand_over()
+            if command.hand_over is not None:
+                # Into the holder, not through the future: a stopper cancelled
+                # meanwhile would leave them open, in no room, told nothing.
+                command.hand_over.take(actor.room.hand_over())
             else:
-                held = []
                 actor.room.close_all(command.code, command.reason)
             actor.accepting = False
             if command.future is not None and not command.future.done():
-                command.future.set_result(held)
+                command.future.set_result(None)
         case Tick():
             await tick(actor, command.generation)
         case Announce(connection_id, role, joined, connections):

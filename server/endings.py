@@ -19,7 +19,6 @@ from bamboo_session.protocol.models import SessionState
 
 from .actors import ActorRegistry
 from .commands import SetState
-from .room import close_every
 
 
 class SessionEndings:
@@ -58,9 +57,7 @@ class SessionEndings:
             try:
                 await self.storage.delete_session(session_id)
             except SessionNotFound:
-                close_every(connections, CloseCode.NOT_FOUND, "session deleted")
+                connections.tell(CloseCode.NOT_FOUND, "session deleted")
                 raise
-            except BaseException:
-                close_every(connections, CloseCode.INTERNAL_ERROR, "session not deleted")
-                raise
-            close_every(connections, CloseCode.NOT_FOUND, "session deleted")
+            # Failed or cancelled: the block's end tells them 1011, "session not deleted".
+            connections.tell(CloseCode.NOT_FOUND, "session deleted")

@@ -306,6 +306,31 @@ class SessionRoom:
         return page
 
 
+class HeldConnections:
+    """Connections a retiring actor handed over still open (``Stop`` with
+    ``hand_over``), until someone tells them how the session ended: the first telling
+    closes them all, and any handed over after it, with its code."""
+
+    __slots__ = ("outboxes", "told")
+
+    def __init__(self) -> None:
+        self.outboxes: list[Outbox] = []
+        self.told: tuple[CloseCode, str] | None = None
+
+    def take(self, outboxes: list[Outbox]) -> None:
+        """Handed over by an actor: they wait for the telling, or get it now."""
+        self.outboxes += outboxes
+        if self.told is not None:
+            close_every(outboxes, *self.told)
+
+    def tell(self, code: CloseCode, reason: str) -> None:
+        """``closed`` and the close for each; a later telling changes nothing (a stop
+        that told them 1012 before a delete's outcome was known stays what they got)."""
+        if self.told is None:
+            self.told = (code, reason)
+            close_every(self.outboxes, code, reason)
+
+
 def close_every(
     outboxes: list[Outbox], code: CloseCode, reason: str, *, replays_go_on: bool = False
 ) -> None:

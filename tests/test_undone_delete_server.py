@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
-from bamboo_session.persistence.jsonl import lifecycle
+from bamboo_session.persistence.jsonl import lifecycle, logfiles
 from bamboo_session.protocol.models import AgentEvent
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
@@ -162,3 +162,76 @@ async def test_an_attach_racing_a_delete_that_fails_is_welcomed(
             release.set()
             with contextlib.suppress(StorageError):
                 await deleting
+
+
+async def test_a_stop_during_a_delete_tells_its_held_clients_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops while the store deletes the session (held at its directory
+    sync): its clients, whose closes wait for the delete's outcome, get `closed`
+    "server restarting" and 1012 as every other client does, not a dropped socket
+    (1006) once the grace has run out; the outcome known later changes nothing."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+            started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+            deleting = asyncio.create_task(manager.delete_session(session_id))
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                stopping = asyncio.create_task(server.stop())
+                code, frames = await agent.closed()
+                assert code == 1012 and frames == [
+                    {"type": "closed", "reason": "server restarting"}
+                ], (code, frames)
+                await stopping
+            finally:
+                release.set()
+                with contextlib.suppress(StorageError):
+                    await deleting
+
+
+async def test_a_delete_cancelled_while_the_session_stores_an_append_resumes_its_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete is cancelled while the live actor, which it asked to retire, still
+    stores an append (its log's sync held): the actor hands its connections over once
+    the append is acked, after the delete gave up, and they are closed with 1011
+    (resume), not left open in no session's room, told nothing."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            started, release = threading.Event(), threading.Event()
+            real = logfiles.datasync
+
+            def datasync(fd: int) -> None:
+                if not started.is_set():
+                    started.set()
+                    release.wait(30)
+                real(fd)
+
+            monkeypatch.setattr(logfiles, "datasync", datasync)
+            await agent.send({"type": "event", "id": 1, "event": token("a")})
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                deleting = asyncio.create_task(manager.delete_session(session_id))
+                await eventually(lambda: manager.actors.get(session_id) is None)  # retiring
+                deleting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await deleting
+            finally:
+                release.set()
+            assert (await agent.recv_type("ack"))["seq"] == 1
+            code, frames = await agent.closed()
+            assert code == 1011 and frames[-1] == {
+                "type": "closed",
+                "reason": "session not deleted",
+            }, (code, frames)
+        status, body = await get(server, f"/api/v1/sessions/{session_id}/events")
+        assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
