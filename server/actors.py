@@ -162,7 +162,10 @@ class ActorRegistry:
                 expiry.cancel()
 
     async def live_or_none(self, session_id: str) -> SessionActor | None:
-        """The session's accepting actor if it is live, without spawning one."""
+        """The session's accepting actor if it is live, without spawning one; once no
+        delete holds the session off (the store may bring back what it is deleting)."""
+        while (held_off := self._held_off.get(check_session_id(session_id))) is not None:
+            await asyncio.wait([held_off])
         await self._await_spawning(session_id)
         actor = self._actors.get(check_session_id(session_id))
         return actor if actor is not None and actor.accepting else None

@@ -235,3 +235,35 @@ async def test_a_delete_cancelled_while_the_session_stores_an_append_resumes_its
             }, (code, frames)
         status, body = await get(server, f"/api/v1/sessions/{session_id}/events")
         assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
+
+
+async def test_a_close_racing_a_delete_that_fails_closes_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-process close that comes while the store deletes the session (it no
+    longer lists it then) waits for the outcome, as a hello does: the delete fails, so
+    the close closes the session that is still there, instead of failing with
+    SessionNotFound about it."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+        deleting = asyncio.create_task(manager.delete_session(session_id))
+        try:
+            assert await asyncio.to_thread(started.wait, 10)
+            closing = asyncio.create_task(manager.close_session(session_id))
+            await asyncio.sleep(0)  # its first step: at the store, or waiting for the delete
+            release.set()
+            with pytest.raises(StorageError, match="not deleted"):
+                await deleting
+            await closing
+        finally:
+            release.set()
+            with contextlib.suppress(StorageError):
+                await deleting
+        status, body = await get(server, f"/api/v1/sessions/{session_id}")
+        assert status == 200 and body["metadata"]["state"] == "closed", body
