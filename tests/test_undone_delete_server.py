@@ -1,10 +1,12 @@
 """What a WebSocket client sees of a session whose delete the JSONL store undid (no
 WAL, ``fsync`` mode: the delete's directory sync failed, and the rename back is not
 known durable either, ``persistence/jsonl/lifecycle.py``): its connections are closed
-with 1011 (resume), never 4404 (stop); an attach that raced the delete is welcomed;
-the session is readable, and every append is refused with ``internal`` saying that
-only a restart lets it in; the refusal holds for an actor created after the failed
-delete, and after the restart the same append, with the same key, is taken."""
+with 1011 (resume), never 4404 (stop), and with 1012 when the server stops before the
+delete's outcome, or 1011 when the delete is cancelled; an attach or a close that
+raced the delete waits for its outcome; the session is readable, and every append is
+refused with ``internal`` saying that only a restart lets it in; the refusal holds for
+an actor created after the failed delete, and after the restart the same append, with
+the same key, is taken."""
 
 from __future__ import annotations
 
