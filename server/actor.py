@@ -39,7 +39,7 @@ from bamboo_session.protocol.models import SessionMetadata, SessionState, Stored
 from bamboo_session.wakeup import Wakeup
 
 from .budget import MemoryBudget
-from .commands import Append, Command, Request, Tick, answer_late, attach_refusal
+from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
 from .control import answer_stopped, handle, over_cap, store_failed
 from .following import Following
 from .inbox import Inbox
@@ -223,12 +223,19 @@ class SessionActor:
         self._retire()
         # Commands posted before the actor retired are answered, never dropped; from
         # the moment the inbox is found empty, new ones are rejected on arrival.
-        while len(self.inbox):
-            await self._handle_taken()
-        await self.presence.leave_session(self.session_id, self.room.epoch)
-        self.finished = True
-        for command in self.inbox.take_all():
-            self._reject(command)
+        try:
+            while len(self.inbox):
+                await self._handle_taken()
+            await self.presence.leave_session(self.session_id, self.room.epoch)
+        except asyncio.CancelledError:
+            # Past a stop's grace (ActorRegistry.close), as in the main loop: the stop
+            # that would have closed the connections may be among those not handled.
+            self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
+            raise
+        finally:
+            self.finished = True
+            for command in self.inbox.take_all():
+                self._reject(command)
 
     def _retire(self) -> None:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
@@ -246,7 +253,10 @@ class SessionActor:
             await self._handle_batch(batch)
         except asyncio.CancelledError:
             for command in batch:
-                answer_stopped(command)
+                if isinstance(command, Append | SetState):
+                    answer_stopped(command)
+                else:  # a stop or an attach: its waiter (a delete) would wait for ever
+                    answer_late(command, False, self.session_id)
             raise
         finally:
             self.inbox.finished(batch)

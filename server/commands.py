@@ -285,6 +285,6 @@ def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
         return command.refuse(SessionClosed(session_id) if closed else StorageError(reason))
     if isinstance(command, Attach) and not command.future.done():
         command.future.set_exception(ActorRetired(session_id))
-    elif isinstance(command, Stop) and command.future is not None:
-        command.future.set_result(None)
+    elif isinstance(command, Stop) and command.future is not None and not command.future.done():
+        command.future.set_result(None)  # done: its stopper gave up waiting
     return None

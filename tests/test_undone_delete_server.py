@@ -30,11 +30,19 @@ from tests.test_jsonl_sync_failures import failing_directory_sync, tokens
 
 
 @contextlib.asynccontextmanager
-async def embedded(config: JsonlStorageConfig) -> AsyncIterator[BambooServer]:
+async def embedded(
+    config: JsonlStorageConfig, shutdown_grace: float = 5.0
+) -> AsyncIterator[BambooServer]:
     """A server on a store opened by its embedder (the WAL off is not a URL option)."""
     async with await JsonlStorage.open(config) as storage:
         server = BambooServer(
-            ServerConfig(host="127.0.0.1", port=0, data_dir=str(config.base_path), rate_limit=0),
+            ServerConfig(
+                host="127.0.0.1",
+                port=0,
+                data_dir=str(config.base_path),
+                rate_limit=0,
+                shutdown_grace=shutdown_grace,
+            ),
             storage,
         )
         await server.start()
@@ -269,3 +277,44 @@ async def test_a_close_racing_a_delete_that_fails_closes_the_session(
                 await deleting
         status, body = await get(server, f"/api/v1/sessions/{session_id}")
         assert status == 200 and body["metadata"]["state"] == "closed", body
+
+
+async def test_a_stop_past_its_grace_ends_a_retiring_actor_without_hanging_the_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete asked the live actor to retire while it had an in-process append to
+    store first (its log's sync held): the server stops, and cancels the actor past its
+    grace before it got to the delete's stop. Its client still gets `closed` and 1012
+    (not a dropped socket), the append its error, and the delete goes on once the
+    store answers, instead of waiting for ever for connections nobody hands over."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    started, release = threading.Event(), threading.Event()
+    real = logfiles.datasync
+
+    def datasync(fd: int) -> None:
+        if not started.is_set():
+            started.set()
+            release.wait(30)
+        real(fd)
+
+    async with embedded(config, shutdown_grace=0.5) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            monkeypatch.setattr(logfiles, "datasync", datasync)
+            # In one step: the append, then the delete's stop, queued for the same turn.
+            appending = asyncio.create_task(manager.append_event(session_id, AgentEvent.token("a")))
+            deleting = asyncio.create_task(manager.delete_session(session_id))
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                await server.stop()
+                code, frames = await agent.closed()
+                assert code == 1012 and frames == [
+                    {"type": "closed", "reason": "server restarting"}
+                ], (code, frames)
+                with pytest.raises(StorageError, match="server stopped"):
+                    await appending
+            finally:
+                release.set()
+            await asyncio.wait_for(deleting, 10)  # deleted, once the store is free again
