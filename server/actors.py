@@ -120,9 +120,19 @@ class ActorRegistry:
         or undoes the attach it finds given up on."""
         if deadline is None:
             deadline = self._reads.deadline()
+        with self._attaching_to(session_id):
+            return await self._attach(session_id, outbox, last_seq, epoch, deadline)
+
+    async def unheld_for_hello(self, session_id: str) -> None:
+        """:meth:`unheld`, for a hello, which is under way to the session meanwhile."""
+        with self._attaching_to(session_id):
+            await self.unheld(session_id)
+
+    @contextlib.contextmanager
+    def _attaching_to(self, session_id: str) -> Iterator[None]:
         self._attaching[session_id] += 1
         try:
-            return await self._attach(session_id, outbox, last_seq, epoch, deadline)
+            yield
         finally:
             self._attaching[session_id] -= 1
             if not self._attaching[session_id]:
@@ -164,11 +174,16 @@ class ActorRegistry:
     async def live_or_none(self, session_id: str) -> SessionActor | None:
         """The session's accepting actor if it is live, without spawning one; once no
         delete holds the session off (the store may bring back what it is deleting)."""
-        while (held_off := self._held_off.get(check_session_id(session_id))) is not None:
-            await asyncio.wait([held_off])
+        await self.unheld(check_session_id(session_id))
         await self._await_spawning(session_id)
         actor = self._actors.get(check_session_id(session_id))
         return actor if actor is not None and actor.accepting else None
+
+    async def unheld(self, session_id: str) -> None:
+        """Returns once no delete holds the session off (held_off): the store then
+        holds what it will, the session or not."""
+        while (held_off := self._held_off.get(session_id)) is not None:
+            await asyncio.wait([held_off])
 
     async def await_retired(self, session_id: str) -> None:
         """Returns once no actor of the session is spawning or finishing."""

@@ -230,6 +230,10 @@ async def resolve_session(
         return session.id
     if principal is not None:
         check_session_id_for(principal, session_id)
+    # A delete of it under way here first: mid-delete the store may not list the
+    # session it then brings back, which a token would not be checked against.
+    reads = manager.page_reads
+    await reads.within(deadline or reads.deadline(), manager.actors.unheld_for_hello(session_id))
     metadata: SessionMetadata | None = None
     if hello.create:
         metadata = await manager.ensure_session(

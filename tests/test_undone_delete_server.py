@@ -16,6 +16,7 @@ import errno
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,23 +27,17 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.instances import eventually
 from tests.support import attach, get, open_peer, token
+from tests.test_auth import SECRET, make_token
 from tests.test_jsonl_sync_failures import failing_directory_sync, tokens
 
 
 @contextlib.asynccontextmanager
-async def embedded(
-    config: JsonlStorageConfig, shutdown_grace: float = 5.0
-) -> AsyncIterator[BambooServer]:
+async def embedded(config: JsonlStorageConfig, **overrides: Any) -> AsyncIterator[BambooServer]:
     """A server on a store opened by its embedder (the WAL off is not a URL option)."""
+    settings: dict[str, Any] = {"rate_limit": 0, **overrides}
     async with await JsonlStorage.open(config) as storage:
         server = BambooServer(
-            ServerConfig(
-                host="127.0.0.1",
-                port=0,
-                data_dir=str(config.base_path),
-                rate_limit=0,
-                shutdown_grace=shutdown_grace,
-            ),
+            ServerConfig(host="127.0.0.1", port=0, data_dir=str(config.base_path), **settings),
             storage,
         )
         await server.start()
@@ -318,3 +313,38 @@ async def test_a_stop_past_its_grace_ends_a_retiring_actor_without_hanging_the_d
             finally:
                 release.set()
             await asyncio.wait_for(deleting, 10)  # deleted, once the store is free again
+
+
+async def test_a_hello_racing_a_delete_that_fails_is_still_checked_for_access(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under auth, a hello for another user's session that comes while the store deletes
+    it (no session to check the token against then) waits for the outcome: the delete
+    fails, and the hello is refused 4403 (not your session), not welcomed to it."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config, auth_secret=SECRET) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, token=make_token("alice")) as (alice, welcome):
+            session_id = welcome["session"]["id"]
+            await alice.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+            started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+            deleting = asyncio.create_task(manager.delete_session(session_id))
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                async with open_peer(server, session_id) as bob:
+                    await bob.send({"type": "hello", "token": make_token("bob")})
+                    await eventually(
+                        lambda: (
+                            session_id in manager.actors._attaching or bob.ws.close_code is not None
+                        )
+                    )
+                    release.set()
+                    with pytest.raises(StorageError, match="not deleted"):
+                        await deleting
+                    code, frames = await bob.closed()  # a welcome, then no close, before
+                    assert code == 4403 and frames == [], (code, frames)
+            finally:
+                release.set()
+                with contextlib.suppress(StorageError):
+                    await deleting
