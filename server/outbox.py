@@ -83,6 +83,7 @@ class Outbox:
         "codec",
         "connection_id",
         "flusher",
+        "handed_over",
         "in_flight",
         "limit",
         "max_batch_bytes",
@@ -125,6 +126,9 @@ class Outbox:
         self.on_close = on_close
         self.closing: CloseRequest | None = None
         self.replaying = False  # while its writer sends a replay it took (get)
+        # Its actor retired leaving it open, for a delete's outcome to close it
+        # (server/room.py, HeldConnections): the store may not list its session meanwhile.
+        self.handed_over = False
         # A list read from ``_head`` rather than a deque: an idle connection's empty
         # list costs 56 bytes where an empty deque keeps a 760-byte block.
         self._items: list[OutboxItem] = []

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import structlog
 from websockets.asyncio.server import ServerConnection
 
-from bamboo_session.persistence.base import EventStorage, StorageError
+from bamboo_session.persistence.base import EventStorage, SessionNotFound, StorageError
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode
 
@@ -190,6 +190,11 @@ async def send_replay(
                         wanted, let_go, size = kept, size, 0
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
+            if isinstance(exc, SessionNotFound) and outbox.handed_over and not outbox.closing:
+                # Being deleted, and it may come back: the delete's outcome closes the
+                # connection (4404 or 1011), not this read. Nothing may follow the gap.
+                outbox.discard()
+                return sent
             failure = failure_of(exc)
             outbox.drop(failure.close, failure.reason)  # live events cannot follow a gap
             return sent

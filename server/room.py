@@ -319,6 +319,8 @@ class HeldConnections:
 
     def take(self, outboxes: list[Outbox]) -> None:
         """Handed over by an actor: they wait for the telling, or get it now."""
+        for outbox in outboxes:
+            outbox.handed_over = True
         self.outboxes += outboxes
         if self.told is not None:
             close_every(outboxes, *self.told)

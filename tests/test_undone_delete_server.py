@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.persistence.jsonl import lifecycle, logfiles
@@ -26,9 +27,10 @@ from bamboo_session.protocol.models import AgentEvent
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.instances import eventually
-from tests.support import attach, get, open_peer, token
+from tests.support import Peer, attach, get, open_peer, stream_url, token
 from tests.test_auth import SECRET, make_token
 from tests.test_jsonl_sync_failures import failing_directory_sync, tokens
+from tests.test_server_shutdown import publish_acked
 
 
 @contextlib.asynccontextmanager
@@ -348,3 +350,48 @@ async def test_a_hello_racing_a_delete_that_fails_is_still_checked_for_access(
                 release.set()
                 with contextlib.suppress(StorageError):
                     await deleting
+
+
+async def test_a_resume_replaying_when_a_delete_fails_is_told_1011_not_4404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumer is still taking its replay (it stopped reading, the socket is full)
+    when the delete starts: the next page, read while the store does not list the
+    session, is not found. It is closed once the delete has failed, with 1011 (resume),
+    not 4404 (stop) at that read, and the events it got before have no gap."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id, epoch = welcome["session"]["id"], welcome["epoch"]
+            await publish_acked(agent, 120)  # 60 KB each: more than the socket holds
+        url = stream_url(server, session_id)
+        async with connect(url, max_size=None, max_queue=1, compression=None) as ws:
+            resumer = Peer(ws)
+            await resumer.send({"type": "hello", "last_seq": 0, "epoch": epoch})
+            assert (await resumer.recv())["replay"] == 120
+            await eventually(  # the server's writer waits for the socket, mid-replay
+                lambda: any(c.transport.get_write_buffer_size() for c in server._open_connections)
+            )
+            started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+            deleting = asyncio.create_task(manager.delete_session(session_id))
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                (held,) = manager.actors._held[session_id].outboxes
+                reading = asyncio.create_task(resumer.closed())  # the replay goes on
+                await eventually(lambda: reading.done() or not held.replaying)
+                release.set()
+                with pytest.raises(StorageError, match="not deleted"):
+                    await deleting
+            finally:
+                release.set()
+                with contextlib.suppress(StorageError):
+                    await deleting
+            code, frames = await reading
+            events = [frame["seq"] for frame in frames if frame["type"] == "event"]
+            assert events == list(range(1, len(events) + 1)) and len(events) < 120, events
+            assert code == 1011 and frames[-1] == {
+                "type": "closed",
+                "reason": "session not deleted",
+            }, (code, frames[-1]["type"])
