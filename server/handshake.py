@@ -233,7 +233,8 @@ async def resolve_session(
     # A delete of it under way here first: mid-delete the store may not list the
     # session it then brings back, which a token would not be checked against.
     reads = manager.page_reads
-    await reads.within(deadline or reads.deadline(), manager.actors.unheld_for_hello(session_id))
+    until = reads.deadline() if deadline is None else deadline
+    await reads.within(until, manager.actors.unheld_for_hello(session_id))
     metadata: SessionMetadata | None = None
     if hello.create:
         metadata = await manager.ensure_session(
