@@ -221,7 +221,9 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         ) as agent:
             await agent.publish(AgentEvent.custom("step", {"i": 1}))
             await agent.set_state("closed")
-        old, new = make_token("alice", ttl=3), make_token("alice")
+        # Long enough for the page to load and make its first reads with it on a loaded
+        # machine (at 3 s, a run under load saw it expire before the read to hold).
+        old, new = make_token("alice", ttl=6), make_token("alice")
         expires_in = jwt.decode(old, options={"verify_signature": False})["exp"] - time.time()
         held: list[Any] = []
         sent = asyncio.Event()
