@@ -10,6 +10,7 @@ the store's ``datasync`` fails once for each marked one."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import os
@@ -105,4 +106,34 @@ async def test_a_log_let_go_with_unsynced_lines_is_synced_through_its_descriptor
     assert segments(config) != []  # kept for the next open
     async with await JsonlStorage.open(config) as storage:
         assert await tokens(storage, "a") == [AgentEvent.token("a1")]
+        assert await tokens(storage, "b") == [AgentEvent.token("b1")]
+
+
+async def test_a_segment_waiting_to_retire_is_kept_when_a_released_log_fails_its_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retirement of the segment that holds "a"'s first line waits for the files
+    while the next batch lets go of "a"'s descriptor (one log open at a time), whose
+    sync then fails. The segment is the lines' only durable copy: it must stay."""
+    config = JsonlStorageConfig(tmp_path, max_open_logs=1).with_wal(segment_bytes=1)
+    error = WritebackError(monkeypatch)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+        await storage.append_event("a", AgentEvent.token("a1"))
+        assert error.strike(config.layout.log("a").resolve()) == 1
+        # One tick: "a2" rotates the segment of "a1" out (its retirement starts), and
+        # the batch of "b1" comes before that retirement gets the files.
+        await asyncio.gather(
+            storage.append_event("a", AgentEvent.token("a2")),
+            storage.append_event("b", AgentEvent.token("b1")),
+        )
+        await storage._writer.flush()
+        await storage._writer.retirement.settled()
+        assert error.reported == 1
+        assert storage.sync_failed
+    # The power cut after the failed write-back: "a"'s lines never reached the disk.
+    os.truncate(config.layout.log("a"), 0)
+    async with await JsonlStorage.open(config) as storage:
+        assert await tokens(storage, "a") == [AgentEvent.token("a1"), AgentEvent.token("a2")]
         assert await tokens(storage, "b") == [AgentEvent.token("b1")]

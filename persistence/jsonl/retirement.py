@@ -89,6 +89,8 @@ class Retirement:
             try:
                 if errors:
                     raise errors[0]
+                if not await self._still_trusted():
+                    return
                 await loop.run_in_executor(self._sync_pool, _remove, self._layout, segment)
             except OSError as exc:
                 # A log's sync or the sessions directory's: either way a later one that
@@ -106,6 +108,15 @@ class Retirement:
                 return
             del self._queue[0]
             self.kept_bytes -= segment.size
+
+    async def _still_trusted(self) -> bool:
+        """Whether no sync has failed yet, asked once the files are free: a batch may
+        have let go of a log of the segment, unsynced, while the retirement waited for
+        them, and its sync failed (the log not open, nothing here synced it); or that
+        sync, under way (it holds the files), was told of an error of a duplicate's open
+        file before the duplicate was."""
+        async with self._files_in_use:
+            return not self._files.sync_failed
 
 
 def _remove(layout: Layout, segment: Segment) -> None:
