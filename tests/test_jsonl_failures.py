@@ -10,13 +10,14 @@ import asyncio
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.protocol.codec import decode_stored_event
-from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.protocol.models import AgentEvent, Session, utcnow
 from tests.write_failures import check_report
 
 CHILD = Path(__file__).with_name("jsonl_child.py")  # its diskfull: tests/write_failures.py
@@ -89,3 +90,29 @@ async def test_appends_queued_behind_a_failed_one_fail_too(tmp_path: Path) -> No
             (1, AgentEvent.token("a1")),
             (2, AgentEvent.token("a5")),
         ]
+
+
+async def test_a_session_whose_delete_fails_does_not_hold_up_the_cleanup_of_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint of "a" cannot become its tombstone (a directory holds the name): its
+    delete fails, every time. The cleanup removes the other expired sessions all the
+    same, says why "a" stays, and tries it again at its next round."""
+    config = JsonlStorageConfig(tmp_path)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b", "c"):
+            session = Session.new(session_id, ttl=60)
+            session.metadata.touch(utcnow() - timedelta(minutes=5))
+            await storage.create_session(session)
+        blocker = config.layout.tombstone("a")
+        blocker.mkdir()
+        (blocker / "in-the-way").write_bytes(b"")
+        assert await storage.cleanup_expired_sessions() == 2
+        assert await storage.get_metadata("a") is not None
+        assert await storage.get_metadata("b") is None
+        assert await storage.get_metadata("c") is None
+        assert "'a'" in caplog.text and "in-the-way" not in caplog.text
+        (blocker / "in-the-way").unlink()
+        blocker.rmdir()
+        assert await storage.cleanup_expired_sessions() == 1
+        assert await storage.get_metadata("a") is None

@@ -272,6 +272,10 @@ class JsonlStorage(JsonlImports):
         self._checkpoints.changed(record)
 
     async def cleanup_expired_sessions(self) -> int:
+        """Delete the expired sessions; one whose delete fails stays (it is as it was,
+        or its tombstone is finished by the next open), is logged, and is tried again
+        at the next round, after the others: in the order of the index, the same one
+        failing every round held up every session after it."""
         self._require_writable()
         now = utcnow()
         expired = [meta.id for meta in self._index if meta.is_expired(now)]
@@ -279,7 +283,11 @@ class JsonlStorage(JsonlImports):
         for session_id in expired:
             record = self._records.get(session_id)
             if record is not None and record.meta.is_expired(now):
-                await self._remove(session_id)
+                try:
+                    await self._remove(session_id)
+                except StorageError as exc:
+                    log.error("could not delete the expired session %r: %s", session_id, exc)
+                    continue
                 removed += 1
         if removed:
             log.info("removed %d expired sessions", removed)
