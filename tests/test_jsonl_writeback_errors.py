@@ -11,6 +11,7 @@ the store's ``datasync`` fails once for each marked one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -137,3 +138,31 @@ async def test_a_segment_waiting_to_retire_is_kept_when_a_released_log_fails_its
     async with await JsonlStorage.open(config) as storage:
         assert await tokens(storage, "a") == [AgentEvent.token("a1"), AgentEvent.token("a2")]
         assert await tokens(storage, "b") == [AgentEvent.token("b1")]
+
+
+def logs_open(config: JsonlStorageConfig) -> int:
+    """This process's descriptors of the store's session logs."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{name}").startswith(str(config.layout.events))
+    return count
+
+
+async def test_a_replay_that_fails_midway_leaves_no_log_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open's replay holds the logs it wrote, for their syncs; a log it cannot
+    replay ("b", a directory now) fails the open, and those it holds are closed."""
+    config = JsonlStorageConfig(tmp_path)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token(session_id))
+        storage._writer.distrust_syncs()  # (a failed sync: the segments are kept)
+    assert segments(config) != []
+    config.layout.log("b").unlink()
+    config.layout.log("b").mkdir()
+    with pytest.raises(IsADirectoryError):
+        await JsonlStorage.open(config)
+    assert logs_open(config) == 0

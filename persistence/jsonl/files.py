@@ -97,10 +97,15 @@ def sync_and_close(held: list[tuple[str, int]]) -> None:
         with ThreadPoolExecutor(8, thread_name_prefix="bamboo-sync") as pool:
             list(pool.map(lambda item: datasync(item[1]), held))
     finally:
-        for _name, fd in held:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        held.clear()
+        close_all(held)
+
+
+def close_all(held: list[tuple[str, int]]) -> None:
+    """Close the descriptors (``(name, fd)``), unsynced, and empty ``held``."""
+    for _name, fd in held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    held.clear()
 
 
 def read_file(path: Path) -> bytes | None:

@@ -42,7 +42,7 @@ from typing import BinaryIO
 import msgspec
 
 from . import damaged_wal
-from .files import fsync_dir, pwrite_all, rewrite_range, sync_and_close
+from .files import close_all, fsync_dir, pwrite_all, rewrite_range, sync_and_close
 from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
@@ -255,22 +255,27 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
         )
         report.segments_kept = True
     held: list[tuple[str, int]] = []  # replayed logs' descriptors, to sync through
-    for session_id in sorted(pending):
-        entry = pending[session_id]
-        if entry.skipped_to:
-            log.error(
-                "session %r: the WAL lacks a record before seq %d, which a later commit "
-                "holds: damaged, not cut short by a crash; the WAL segments are kept aside",
-                session_id,
-                entry.skipped_to,
-            )
-            report.segments_kept = True
-        if session_id in has_checkpoint and entry.lines:
-            fd = _replay_session(layout, session_id, entry, report, bool(holes.damage_in))
-            if fd is not None:
-                held.append((session_id, fd))
-            if len(held) >= HELD_MAX:
-                sync_and_close(held)
+    try:  # (closed whatever happens: an open that fails may be tried again)
+        for session_id in sorted(pending):
+            entry = pending[session_id]
+            if entry.skipped_to:
+                log.error(
+                    "session %r: the WAL lacks a record before seq %d, which a later "
+                    "commit holds: damaged, not cut short by a crash; the WAL segments "
+                    "are kept aside",
+                    session_id,
+                    entry.skipped_to,
+                )
+                report.segments_kept = True
+            if session_id in has_checkpoint and entry.lines:
+                fd = _replay_session(layout, session_id, entry, report, bool(holes.damage_in))
+                if fd is not None:
+                    held.append((session_id, fd))
+                if len(held) >= HELD_MAX:
+                    sync_and_close(held)
+    except BaseException:
+        close_all(held)
+        raise
     # Every covered log, not only those replay appended to: the lines a log already held
     # may be in the page cache only (a process crash). Synced before the segments go,
     # each through the descriptor replay wrote it through (``logfiles.py``: a later
