@@ -19,7 +19,9 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.persistence.jsonl import retirement
 from bamboo_session.protocol.models import AgentEvent, Session
+from tests.support import attach, token
 from tests.test_jsonl_wal import failing_once, segments
+from tests.test_undone_delete_server import embedded
 
 LIMIT = 1024 * 1024  # a few segments: each is allocated 256 KiB ahead of its records
 APPENDS_MAX = 64  # each starts a segment: far more than the bound lets through
@@ -91,3 +93,40 @@ async def test_a_bad_wal_kept_max_bytes_in_the_url_is_named(tmp_path: Path, give
     with pytest.raises(ValueError, match="wal_kept_max_bytes must be"):
         await open_storage(f"jsonl://{tmp_path}/store?wal_kept_max_bytes={given}")
     assert not (tmp_path / "store").exists()
+
+
+async def test_a_client_is_told_internal_past_the_bound_and_the_restart_takes_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the wire: past the bound, an append gets ``internal`` saying only a restart
+    lets it in (docs/protocol.md), the connection stays; after the restart the same
+    append, with the same key, is taken."""
+    config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=LIMIT).with_wal(segment_bytes=1)
+    failing = failing_once(monkeypatch, retirement, "datasync")
+    async with embedded(config) as server:
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            failing["on"] = True
+            refused = None
+            for i in range(1, APPENDS_MAX + 1):
+                frame = {"type": "event", "id": i, "key": f"k{i}", "event": token(str(i))}
+                await agent.send(frame)
+                reply = await agent.recv()
+                while reply["type"] not in ("ack", "error"):
+                    reply = await agent.recv()
+                if reply["type"] == "error":
+                    refused = (frame, reply)
+                    break
+                assert isinstance(server.storage, JsonlStorage)
+                await server.storage._writer.retirement.settled()
+            assert refused is not None, "the kept WAL grew past its bound"
+            frame, error = refused
+            assert error["code"] == "internal" and error["id"] == frame["id"], error
+            assert error["message"].startswith(
+                "the store takes no appends to this session until the server restarts"
+            ), error
+            assert (await agent.request({"type": "ping", "id": 0}, "pong"))["id"] == 0
+    async with embedded(config) as server:  # the restart: its open replays the WAL
+        async with attach(server, session_id, role="agent") as (agent, welcome):
+            assert welcome["session"]["last_seq"] == frame["id"] - 1
+            assert (await agent.request(frame, "ack"))["seq"] == frame["id"]
