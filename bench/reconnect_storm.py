@@ -12,6 +12,12 @@ run in ``--drivers`` processes, bench/storm_worker.py). Each viewer must end
 with seqs 1..M exactly, every token index exactly once. Goal: all resumed, 0 lost,
 0 duplicated, all resumed within 5 s of being disconnected (issue 14; 10 s before).
 
+Where the time goes: the phases (the old server's shutdown, the new one's start until
+it listens, the reconnects), when half, 90% and 99% of the viewers were back, their
+failed attempts by kind, and, from listening to the last resume, the share of a core
+the new server and the drivers used (read every 50 ms from their CPU clocks): the one
+near 1.0 is what the reconnects waited for; below both, the clients' backoff did.
+
 The baseline relay is restarted the same way with the same number of subscribers; it has
 no resume, so its figures are the time for all to reconnect and the events they missed.
 
@@ -68,6 +74,7 @@ async def storm_bamboo(
         ]
     )
     second: common.ServerProcess | None = None
+    samples: list[tuple[float, float, float]] = []
     try:
         async with asyncio.timeout(RUN_TIMEOUT), group:
             await group.ready()
@@ -80,7 +87,12 @@ async def storm_bamboo(
             second = common.bamboo_server(data_dir, tmp / "bamboo.log")
             await asyncio.to_thread(second.start, port)
             ready_at = time.perf_counter()
-            parts = await group.results()
+            drivers = [d.pid for d in group.drivers]
+            sampler = asyncio.ensure_future(sample_cpu(second.pid, drivers, samples))
+            try:
+                parts = await group.results()
+            finally:
+                sampler.cancel()
             # The new server's work for the storm and the live stream after it, and the
             # pages its replays read from the store, and how long they waited for their
             # peer's replay allowance (a server without the metric: None).
@@ -92,10 +104,46 @@ async def storm_bamboo(
             second.terminate()
         first.terminate()
     result = merged(parts, stopped_at, down_at, ready_at, exit_code, sessions, events)
-    return result | {
-        "new_server_cpu_s": server_cpu,
-        "replay_store_reads": None if store_reads is None else int(store_reads),
-        "replay_wait_s": replay_wait,
+    return (
+        result
+        | busy_while_back(samples, ready_at, ready_at + result["all_back_after_ready_s"])
+        | {
+            "new_server_cpu_s": server_cpu,
+            "replay_store_reads": None if store_reads is None else int(store_reads),
+            "replay_wait_s": replay_wait,
+        }
+    )
+
+
+SAMPLE_EVERY = 0.05  # seconds between two readings of the CPU clocks
+
+
+async def sample_cpu(
+    server: int, drivers: list[int], into: list[tuple[float, float, float]]
+) -> None:
+    """Reads the new server's and the drivers' CPU clocks until cancelled: (time, server
+    CPU, drivers' CPU), so the reconnect phase's share of each can be told apart."""
+    while True:
+        into.append(
+            (time.perf_counter(), common.cpu_seconds(server), sum(map(common.cpu_seconds, drivers)))
+        )
+        await asyncio.sleep(SAMPLE_EVERY)
+
+
+def busy_while_back(
+    samples: list[tuple[float, float, float]], start: float, end: float
+) -> dict[str, float | None]:
+    """The CPU the new server and the drivers used from ``start`` (the new server
+    listening) to ``end`` (the last viewer resumed), as fractions of a core: the one
+    near 1.0 is what the reconnect phase waited for."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return {"server_busy": None, "drivers_busy": None, "server_cpu_while_back_s": None}
+    (t0, server0, drivers0), (t1, server1, drivers1) = inside[0], inside[-1]
+    return {
+        "server_cpu_while_back_s": server1 - server0,
+        "server_busy": (server1 - server0) / (t1 - t0),
+        "drivers_busy": (drivers1 - drivers0) / (t1 - t0),
     }
 
 
@@ -129,6 +177,11 @@ def merged(
     last_resume = max(resumes, default=ready_at)
     total = {k: sum(p[k] for p in parts) for k in ("viewers", "reconnected", "resumed")}
     total |= {k: sum(p[k] for p in parts) for k in ("lost", "duplicated", "gaps", "replays")}
+    failed: dict[str, int] = {}
+    for part in parts:
+        for kind, n in part["failed_attempts"].items():
+            failed[kind] = failed.get(kind, 0) + n
+    back = sorted(t - ready_at for p in parts for t in p["resumed_at"])
     return {
         "kind": "bamboo",
         **total,
@@ -141,6 +194,9 @@ def merged(
         "restart_s": ready_at - down_at,
         "all_back_after_drop_s": last_resume - first_drop,
         "all_back_after_ready_s": last_resume - ready_at,
+        # Seconds after the new server listened by which half, 90% and 99% were back.
+        "back_after_ready_s": {f"p{q}": common.percentile(back, q / 100) for q in (50, 90, 99)},
+        "failed_attempts": failed,
     }
 
 
@@ -225,6 +281,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         f"their peer's allowance: {bamboo['replay_wait_s']}",
         flush=True,
     )
+    quantiles = ", ".join(f"{k} {v:.2f} s" for k, v in bamboo["back_after_ready_s"].items())
+    print(
+        f"bamboo    viewers back after the new server listened: {quantiles}; failed "
+        f"attempts to reconnect: {bamboo['failed_attempts']}",
+        flush=True,
+    )
+    if bamboo["server_busy"] is not None:
+        print(
+            f"bamboo    from listening to the last resume: the new server used "
+            f"{bamboo['server_busy']:.2f} of a core, the driver process(es) "
+            f"{bamboo['drivers_busy']:.2f}; the server's CPU per viewer back (the live "
+            f"stream's share included): "
+            f"{bamboo['server_cpu_while_back_s'] / max(1, bamboo['reconnected']) * 1e6:.0f} us",
+            flush=True,
+        )
     ratio = bamboo["all_back_after_drop_s"] / max(baseline["all_back_after_drop_s"], 1e-9)
     print(common.ratio_line("reconnect", "time to all back bamboo/baseline", ratio, "-"))
     print(

@@ -46,15 +46,21 @@ class Viewer:
     replays: int = 0  # resumes with events to replay
 
 
-async def with_retries(connect: Any, gate: asyncio.Semaphore) -> Any:
-    """``await connect()`` until it works, with jittered backoff, for RETRY_FOR seconds."""
+async def with_retries(
+    connect: Any, gate: asyncio.Semaphore, failures: dict[str, int] | None = None
+) -> Any:
+    """``await connect()`` until it works, with jittered backoff, for RETRY_FOR seconds;
+    each failed attempt counted by its exception's name in ``failures``."""
     deadline = time.monotonic() + RETRY_FOR
     delay = 0.05
     while True:
         try:
             async with gate:
                 return await connect()
-        except (OSError, ConnectionClosed, TimeoutError, RuntimeError):
+        except (OSError, ConnectionClosed, TimeoutError, RuntimeError) as exc:
+            if failures is not None:
+                name = type(exc).__name__
+                failures[name] = failures.get(name, 0) + 1
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -62,7 +68,12 @@ async def with_retries(connect: Any, gate: asyncio.Semaphore) -> Any:
 
 
 async def run_viewer(
-    base: str, viewer: Viewer, total: int, gate: asyncio.Semaphore, attached: asyncio.Event
+    base: str,
+    viewer: Viewer,
+    total: int,
+    gate: asyncio.Semaphore,
+    attached: asyncio.Event,
+    failures: dict[str, int],
 ) -> None:
     """Attach (full replay), read; on a drop, reconnect and resume; until seq ``total``."""
     first = True
@@ -75,6 +86,7 @@ async def run_viewer(
                 epoch=viewer.epoch or None,
             ),
             gate,
+            failures,
         )
         viewer.epoch = welcome.epoch
         if not first:
@@ -148,6 +160,7 @@ async def run(config: dict[str, Any], started: asyncio.Future[None]) -> dict[str
     base, ids, events = config["base"], config["sessions"], config["events"]
     gate = asyncio.Semaphore(config["concurrency"])
     viewers = [Viewer(sid) for sid in ids for _ in range(config["viewers"])]
+    failures: dict[str, int] = {}  # the viewers' failed connection attempts, by kind
     go_on = asyncio.Event()
     quartered = [asyncio.Event() for _ in ids]
     agents = [
@@ -160,7 +173,7 @@ async def run(config: dict[str, Any], started: asyncio.Future[None]) -> dict[str
         await asyncio.gather(*(e.wait() for e in quartered))
         attached = [asyncio.Event() for _ in viewers]
         watching = [
-            asyncio.ensure_future(run_viewer(base, v, events, gate, attached[i]))
+            asyncio.ensure_future(run_viewer(base, v, events, gate, attached[i], failures))
             for i, v in enumerate(viewers)
         ]
         await asyncio.gather(*(e.wait() for e in attached))
@@ -172,7 +185,7 @@ async def run(config: dict[str, Any], started: asyncio.Future[None]) -> dict[str
     finally:
         for task in agents:
             task.cancel()
-    return summary(viewers, events)
+    return summary(viewers, events) | {"failed_attempts": failures}
 
 
 def summary(viewers: list[Viewer], events: int) -> dict[str, Any]:
@@ -192,6 +205,7 @@ def summary(viewers: list[Viewer], events: int) -> dict[str, Any]:
         "close_codes": closes,
         "first_drop": min((v.disconnected_at for v in restarted), default=None),
         "last_resume": max((v.resumed_at for v in restarted), default=None),
+        "resumed_at": sorted(v.resumed_at for v in restarted),
     }
 
 
