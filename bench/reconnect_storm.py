@@ -87,8 +87,8 @@ async def storm_bamboo(
             second = common.bamboo_server(data_dir, tmp / "bamboo.log")
             await asyncio.to_thread(second.start, port)
             ready_at = time.perf_counter()
-            drivers = [d.pid for d in group.drivers]
-            sampler = asyncio.ensure_future(sample_cpu(second.pid, drivers, samples))
+            driver_pids = [d.pid for d in group.drivers]
+            sampler = asyncio.ensure_future(sample_cpu(second.pid, driver_pids, samples))
             try:
                 parts = await group.results()
             finally:
