@@ -75,6 +75,7 @@ class Connection:
         "services",
         "session_id",
         "started",
+        "writer",
         "ws",
     )
 
@@ -102,6 +103,7 @@ class Connection:
         self.read_allowance: ReadAllowance | None = None  # its peer's, set at attach
         self.page_waited = 0.0  # seconds its pages waited for that allowance
         self.replay_share: ReplayShare | None = None  # its peer's, set at attach
+        self.writer: asyncio.Task[None] | None = None  # while it has work (start_writer)
 
     async def run(self) -> None:
         # Every log line of this connection's tasks carries its ids (task-local context).
@@ -131,16 +133,24 @@ class Connection:
     # -- attached ----------------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Reads in this task (one task fewer per connection) while a writer task sends;
-        whichever side closes the socket ends the other."""
-        writer = asyncio.create_task(self._write(), name=f"writer:{self.connection_id}")
-        writer.add_done_callback(self._writer_done)
+        """Reads in this task (one task fewer per connection); a writer task sends what
+        must await, started when there is such work and ended when there is none
+        (Outbox.run_writer_on_demand): the flusher writes the rest, the welcome too.
+        Whichever side closes the socket ends the other."""
+        assert self.outbox is not None
         self.services.metrics.connections.inc()
         try:
+            self.outbox.run_writer_on_demand()
             await self._read()
         finally:
             self.services.metrics.connections.dec()
-            writer.cancel()
+            if self.writer is not None:
+                self.writer.cancel()
+
+    def start_writer(self) -> None:
+        """The outbox has work for a writer, and none runs: one is started."""
+        self.writer = asyncio.create_task(self._write(), name=f"writer:{self.connection_id}")
+        self.writer.add_done_callback(self._writer_done)
 
     def _writer_done(self, writer: asyncio.Task[None]) -> None:
         if writer.cancelled() or isinstance(writer.exception(), ConnectionClosed):
@@ -287,11 +297,11 @@ class Connection:
 
     async def _write(self) -> None:
         """Sends what the flusher leaves to this task (server/flush.py): frames that must
-        wait for room in the socket's buffer, replays, and the close."""
+        wait for room in the socket's buffer, replays, and the close; ends once the
+        outbox is empty (the next such work starts another)."""
         assert self.outbox is not None and self.actor is not None
         outbox, ws, codec = self.outbox, self.ws, self.codec
-        while True:
-            item = await outbox.get()
+        while (item := outbox.take()) is not None:
             if isinstance(item, Outbound):
                 # Whatever is queued goes out in one write (outbox.send_frames).
                 batch = outbox.take_frames(item, _SEND_BATCH)

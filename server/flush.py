@@ -60,23 +60,30 @@ class DirectSink(Protocol):
         """Write ``frames`` to the socket, in order, in one go."""
         ...
 
+    def start_writer(self) -> None:
+        """Start the connection's writer task: its outbox has work that must await
+        (a replay, the close, a socket that is full), and no writer runs."""
+        ...
+
 
 class WebSocketSink:
     """A connection's socket, written to as websockets' ``send()`` would, minus the
     await: only while the connection is open, its write buffer below the high-water
     mark, and no extension (compression) transforms frames."""
 
-    __slots__ = ("_count", "encode", "ws")
+    __slots__ = ("_count", "encode", "start_writer", "ws")
 
     def __init__(
         self,
         ws: ServerConnection,
         framed: Callable[[Outbound], bytes],
         count: Callable[[int], None],
+        start_writer: Callable[[], None],
     ) -> None:
         self.ws = ws
         self.encode = framed
         self._count = count
+        self.start_writer = start_writer
 
     def can_write(self) -> bool:
         ws = self.ws

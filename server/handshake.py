@@ -154,7 +154,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         if services.config.batch_frames:
             outbox.max_batch_items = batch_items(services.config)
             outbox.max_batch_bytes = services.config.max_frame_bytes
-        outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out)
+        outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out, conn.start_writer)
         outbox.flusher = services.flusher
         try:
             conn.actor, _ = await manager.attach(

@@ -77,6 +77,7 @@ class Outbox:
         "_scheduled",
         "_settled",
         "_waiter",
+        "_writer_absent",
         "budget",
         "bytes",
         "closing",
@@ -134,6 +135,9 @@ class Outbox:
         self._items: list[OutboxItem] = []
         self._head = 0
         self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
+        # A connection's writer runs only while it has work (run_writer_on_demand): an
+        # idle connection holds no task, and most connects never start one.
+        self._writer_absent = False
         self._loop: asyncio.AbstractEventLoop | None = None
         # Frames go straight to the socket at the end of the loop's turn while the
         # writer is idle (server/flush.py); without a sink, the writer sends them.
@@ -248,6 +252,7 @@ class Outbox:
         the moment before its actor takes it out of the room; and let go of its
         connection, which whatever still refers to it (an attach waiting in a stuck
         actor's inbox) would otherwise keep alive."""
+        self._writer_absent = False  # nothing starts a writer for it any more
         self.close(CloseCode.GOING_AWAY, reason)
         self.discard()
         self.on_close = None
@@ -290,19 +295,42 @@ class Outbox:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
-    def _wake(self) -> None:
+    def _writer_idle(self) -> bool:
+        """Whether the writer waits for work (or is not running: it starts when needed);
+        else it is at work, and takes what is queued."""
+        if self._writer_absent:
+            return True
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        return waiter is not None and not waiter.done()
+
+    def _rouse_writer(self) -> None:
+        """An idle writer is woken, an absent one started (``_writer_idle`` first)."""
+        if self._writer_absent:
+            self._writer_absent = False
+            assert self.sink is not None
+            self.sink.start_writer()
+        else:
+            assert self._waiter is not None
+            self._waiter.set_result(None)
+
+    def run_writer_on_demand(self) -> None:
+        """From now on the writer runs only while it has work: it ends when the queue is
+        empty (``take``), and the sink's ``start_writer`` starts it again when a replay,
+        the close, or a socket that is full needs it. What is queued already goes now."""
+        self._writer_absent = True
+        self.flush()
+
+    def _wake(self) -> None:
+        if self._writer_idle():
+            self._rouse_writer()
 
     def _notify(self) -> None:
         """Something was queued: an idle writer is woken, or, with a sink, the frames are
         flushed at the end of this turn of the loop without waking it."""
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if not self._writer_idle():
             return  # the writer is at work: it takes what was queued
         if self.sink is None or self.flusher is None:
-            waiter.set_result(None)
+            self._rouse_writer()
         elif not self._scheduled:
             self._scheduled = True
             self.flusher.add(self)
@@ -311,8 +339,7 @@ class Outbox:
         """Writes the queued frames to the sink while the writer is idle; what needs
         the writer (a replay, the close, a socket that is full) wakes it."""
         self._scheduled = False
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if not self._writer_idle():
             return
         items = self._items
         if len(self) and isinstance(items[self._head], Outbound):
@@ -320,7 +347,7 @@ class Outbox:
             if self.sink.can_write():
                 self.sink.write(self.take_frames(None, FLUSH_FRAMES))
         if len(self):
-            waiter.set_result(None)
+            self._rouse_writer()
 
     async def get(self) -> OutboxItem:
         """The next item, for the writer; from a replay taken until the next call, the
@@ -340,6 +367,14 @@ class Outbox:
         self.replaying = False
         item = self._popleft() if len(self) else None
         self.replaying = type(item) is Replay
+        return item
+
+    def take(self) -> OutboxItem | None:
+        """The next item, for a writer run on demand; None when there is none, and the
+        writer is to end (the next item that needs one starts another)."""
+        item = self.get_nowait()
+        if item is None:
+            self._writer_absent = True
         return item
 
     def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]:

@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from tests.instances import eventually
 from tests.support import attach, open_peer, run_server, stream_url, token
 
 
@@ -124,3 +125,26 @@ async def test_offering_no_subprotocol_gets_json() -> None:
         await ws.send(json.dumps({"type": "hello"}))
         welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert welcome["type"] == "welcome"
+
+
+def writer_tasks() -> list[asyncio.Task[object]]:
+    """The connections' writer tasks running in this process (server/connection.py)."""
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("writer:")]
+
+
+async def test_a_connection_runs_a_writer_only_while_it_has_a_replay_to_send() -> None:
+    # An idle connection holds no task to write with (about 1.1 KiB of each): its
+    # welcome and live events go straight to the socket; a resume's replay, read in
+    # pages, starts a writer, which ends once the replay is sent.
+    async with run_server() as server, attach(server, "w1", create=True) as (agent, welcome):
+        for n in range(3):
+            await agent.request({"type": "event", "id": n, "event": token(str(n))}, "ack")
+        async with attach(server, "w1", last_seq=0, epoch=welcome["epoch"]) as (viewer, back):
+            assert back["resumed"] and back["replay"] == 3
+            assert [(await viewer.recv_type("event"))["seq"] for _ in range(3)] == [1, 2, 3]
+            await eventually(lambda: not writer_tasks())
+            await agent.request({"type": "event", "id": 3, "event": token("3")}, "ack")
+            assert (await viewer.recv_type("event"))["seq"] == 4
+            assert not writer_tasks()
+            assert (await viewer.request({"type": "ping", "id": "p"}, "pong"))["id"] == "p"
+        assert not writer_tasks()
