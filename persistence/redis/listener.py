@@ -177,9 +177,15 @@ class Listener:
                 await asyncio.gather(*waiting.values())
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             raise StorageError(f"redis unavailable: pub/sub: {exc!r}") from exc
+        except (AttributeError, RuntimeError) as exc:
+            # redis-py's PubSub, its connection torn down by the reader (it saw the
+            # connection drop) while this command was under way, fails so rather than
+            # with a ConnectionError: the same loss.
+            raise StorageError(f"redis unavailable: pub/sub connection lost: {exc!r}") from exc
         finally:
-            for name in waiting:
+            for name, waiter in waiting.items():
                 self._confirming.pop(name, None)
+                _settle(waiter)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -289,3 +295,13 @@ class Listener:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    """A confirmation no longer waited for: cancelled, or its error (a lost
+    connection, set by :meth:`Listener._disconnect`) marked as seen, so that asyncio
+    does not report it as never retrieved."""
+    if not waiter.done():
+        waiter.cancel()
+    elif not waiter.cancelled():
+        waiter.exception()
