@@ -230,3 +230,30 @@ async def test_a_durable_redis_keeps_every_epoch_across_a_restart(
             assert [(await viewer.recv_type("event"))["seq"] for _ in range(2)] == [4, 5]
         storage = a.storage
         assert isinstance(storage, RedisStorage) and storage.generation.token == ""
+
+
+async def test_an_instance_not_yet_told_serves_no_old_epoch_over_the_new_history(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Redis (lossy) is down long enough for the second instance's listener to wait
+    between attempts to reconnect; once it is back, the first instance takes seq 6
+    for a new event under the new epoch. A client of the second instance that saw
+    the lost seq 6 under the old epoch resumes from it there, before that
+    instance's listener is back: ``resumed: false`` and the new epoch, not ``resumed:
+    true`` under the old epoch over a seq 6 it never saw."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    async with two_servers(url) as (a, b):
+        async with attach(a, "s", create=True, role="agent") as (agent, welcome):
+            old = welcome["epoch"]
+            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
+            await snapshot(server)
+            assert await publish(agent, 5, 5) == [6, 7, 8, 9, 10]
+        server.stop(signal.SIGKILL)
+        await asyncio.sleep(1.5)  # setup, not a measure: the listeners back off meanwhile
+        server.start()
+        async with attached(a, "s", last_seq=5, epoch=old) as (agent, _):
+            assert await publish(agent, 1, 10) == [6]
+            async with attached(b, "s", last_seq=6, epoch=old) as (_, resumed):
+                assert (resumed["resumed"], resumed["last_seq"]) == (False, 6)
+                assert resumed["epoch"] != old

@@ -18,8 +18,11 @@ Who looks: the store's open; the listener, before it catches its sessions up aft
 its connection came back (a restart of Redis drops every connection); any call that
 finds Redis's script cache empty, before it loads a script again (so no script runs
 on a restarted Redis before the record is settled); and the presence heartbeat,
-every ``heartbeat / 3`` while this instance holds connections, on a lossy Redis. A
-check of the run already checked costs one ``INFO server``; a new run, the script.
+every ``heartbeat / 3`` while this instance holds connections, on a lossy Redis;
+and any call answered on a connection the client made (or made again) since the last
+check (``settle``, client.py ``CountingPool``), before its answer is served: the
+first answers of a restarted Redis come on new connections. A check of the run
+already checked costs one ``INFO server``; a new run, the script.
 An instance that finds the token changed ends every subscription (its viewers are
 closed with 1012, resume, and are told ``resumed: false``), and its actors, parked
 ones included, retire at their next attach, whose epoch no longer matches the
@@ -65,6 +68,9 @@ class Generation:
         self.token = ""
         self.changes = 0  # tokens this instance adopted (its open's included)
         self._run = ""  # the run of Redis last checked: the same run needs no script
+        # Connections the client's pool had made at the last check (client.py
+        # CountingPool): one made since may be to another run of Redis.
+        self._connects = -1
         self._checking = asyncio.Lock()
 
     def served(self, stored: str) -> str:
@@ -83,22 +89,39 @@ class Generation:
         """Compares the record with the Redis now running, and adopts its token:
         True if the token changed (every subscription is then ended)."""
         async with self._checking:
-            run_id = await self._run_id()
-            if run_id is None or run_id == self._run:
-                return False
-            if self._read_only:  # writes nothing: serves what the record says, read anew
-                found = await self._call("HGET", self.key, "token")  # at each look
-                return self._adopt(found.decode() if isinstance(found, bytes) else "")
-            fresh = secrets.token_urlsafe(6)
-            args = [run_id, "1" if self.lossy else "0", fresh, self._index]
-            token, changed_here = await run(self._client, "generation", [self.key], args)
-            self._run = run_id
-            if changed_here:
-                log.warning(
-                    "Redis restarted and may have lost writes it acknowledged: every "
-                    "session's epoch changed; clients resume with resumed: false"
-                )
-            return self._adopt(token.decode() if isinstance(token, bytes) else str(token))
+            connects = self._pool_connects()  # before INFO, which may connect anew
+            changed = await self._compare()
+            self._connects = connects  # only once compared: a failed check is owed
+            return changed
+
+    async def _compare(self) -> bool:
+        run_id = await self._run_id()
+        if run_id is None or run_id == self._run:
+            return False
+        if self._read_only:  # writes nothing: serves what the record says, read anew
+            found = await self._call("HGET", self.key, "token")  # at each look
+            return self._adopt(found.decode() if isinstance(found, bytes) else "")
+        fresh = secrets.token_urlsafe(6)
+        args = [run_id, "1" if self.lossy else "0", fresh, self._index]
+        token, changed_here = await run(self._client, "generation", [self.key], args)
+        self._run = run_id
+        if changed_here:
+            log.warning(
+                "Redis restarted and may have lost writes it acknowledged: every "
+                "session's epoch changed; clients resume with resumed: false"
+            )
+        return self._adopt(token.decode() if isinstance(token, bytes) else str(token))
+
+    async def settle(self) -> None:
+        """Checks the generation if the client made a connection since the last check
+        (a restart of Redis drops them all): what was just read may be of a run of
+        Redis this instance has not compared the record with yet. Costs nothing else."""
+        if self._pool_connects() != self._connects:
+            await self.check()
+
+    def _pool_connects(self) -> int:
+        connects = getattr(self._client.connection_pool, "connects", 0)
+        return connects if isinstance(connects, int) else 0
 
     def _adopt(self, token: str) -> bool:
         if token == self.token:

@@ -87,6 +87,7 @@ class RedisStorage:
         self.live.generation = self.generation
         self.live.listener.served = self.generation.served
         self.redis.before_reload = self.generation.check
+        self.redis.settle = self.generation.settle
         self._open = True
         self.list_step = LIST_STEP  # candidates a listing reads per script call
         self.list_bytes = LIST_BYTES  # what a listing in steps may hold meanwhile
