@@ -257,3 +257,41 @@ async def test_an_instance_not_yet_told_serves_no_old_epoch_over_the_new_history
             async with attached(b, "s", last_seq=6, epoch=old) as (_, resumed):
                 assert (resumed["resumed"], resumed["last_seq"]) == (False, 6)
                 assert resumed["epoch"] != old
+
+
+async def test_a_record_lost_while_redis_runs_on_is_read_again_not_refused_for_ever(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """The generation's record is lost while Redis runs on (an operator's DEL, an
+    eviction): the scripts serve the stored epochs, the instance its token. An append
+    under the epoch the instance served is refused once (``HistoryLost``); the
+    instance then reads the record again and serves a new epoch, under which appends
+    go on, instead of refusing every append until Redis restarts."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    record = f"{prefix_for(tmp_path)}:{{idx}}:generation"
+    async with await open_storage(url) as store:
+        await store.create_session(Session.new("s"))
+        await snapshot(server)
+        crash_and_restart(server)
+        await eventually(lambda: _answers(store, "s"), timeout=10)
+        served = await store.epoch("s")
+        client = redis.asyncio.Redis(port=server.port)
+        try:
+            assert await client.delete(record) == 1
+        finally:
+            await client.aclose()
+        with pytest.raises(StorageError, match="epoch changed"):
+            await store.append_events("s", [(AgentEvent.token("a"), None)], epoch=served)
+        new = await store.epoch("s")
+        assert new != served
+        appended = await store.append_events("s", [(AgentEvent.token("b"), None)], epoch=new)
+        assert appended[0].seq == 1
+
+
+async def _answers(store: Any, session_id: str) -> bool:
+    try:  # the pool's connections to the killed Redis fail once each
+        await store.epoch(session_id)
+    except StorageError:
+        return False
+    return True

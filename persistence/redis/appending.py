@@ -55,7 +55,7 @@ async def append_events(
     try:
         reply = await storage.redis.write("append", keys, args, deferred=True, channel=channel)
     except HistoryLost:  # an earlier generation's epoch: this instance has not heard
-        await storage.generation.check()
+        await storage.generation.check(refused=True)
         raise
     results = [Appended(seq) if seq > 0 else Appended(-seq, True) for seq in reply[2:]]
     live = storage.live

@@ -85,18 +85,21 @@ class Generation:
         head, separator, token = served.rpartition(SEPARATOR)
         return head if separator and token == self.token else OTHER_GENERATION
 
-    async def check(self) -> bool:
+    async def check(self, *, refused: bool = False) -> bool:
         """Compares the record with the Redis now running, and adopts its token:
-        True if the token changed (every subscription is then ended)."""
+        True if the token changed (every subscription is then ended). ``refused``: a
+        script refused an epoch this instance served (HistoryLost), so the record
+        disagrees with it even on the run already checked (the record lost while
+        Redis ran on: a DEL, an eviction), and is compared again."""
         async with self._checking:
             connects = self._pool_connects()  # before INFO, which may connect anew
-            changed = await self._compare()
+            changed = await self._compare(refused)
             self._connects = connects  # only once compared: a failed check is owed
             return changed
 
-    async def _compare(self) -> bool:
+    async def _compare(self, refused: bool) -> bool:
         run_id = await self._run_id()
-        if run_id is None or run_id == self._run:
+        if run_id is None or (run_id == self._run and not refused):
             return False
         if self._read_only:  # writes nothing: serves what the record says, read anew
             found = await self._call("HGET", self.key, "token")  # at each look

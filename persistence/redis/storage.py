@@ -297,7 +297,7 @@ class RedisStorage:
         try:
             entries = await self.redis.run("read", keys, args)
         except HistoryLost:
-            await self.generation.check()
+            await self.generation.check(refused=True)
             raise
         events = [event_from_entry(entry) for entry in entries]
         return events if max_bytes is None else within_bytes(events, max_bytes)
