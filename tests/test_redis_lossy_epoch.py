@@ -295,3 +295,33 @@ async def _answers(store: Any, session_id: str) -> bool:
     except StorageError:
         return False
     return True
+
+
+async def test_a_burst_that_fills_the_pool_asks_redis_its_run_about_once_a_connection(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """An answer that came on a connection made since the last check has the run of
+    Redis checked first (INFO server). 400 appends at once on a fresh store fill its
+    pool (50 connections): the calls that waited for one check are settled by it, so
+    Redis is asked far fewer times than there were calls, and each append is one
+    script call."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    client = redis.asyncio.Redis(port=server.port)
+    async with await open_storage(url) as store:
+        ids = [f"s{i}" for i in range(20)]
+        for session_id in ids:
+            await store.create_session(Session.new(session_id))
+        before = await client.info("commandstats")
+        await asyncio.gather(
+            *(store.append_event(ids[i % 20], AgentEvent.token(f"e{i}")) for i in range(400))
+        )
+        after = await client.info("commandstats")
+    await client.aclose()
+
+    def calls(name: str) -> int:
+        done: int = after.get(name, {}).get("calls", 0) - before.get(name, {}).get("calls", 0)
+        return done
+
+    assert calls("cmdstat_evalsha") == 400
+    assert calls("cmdstat_info") <= calls("cmdstat_hello") + 1

@@ -92,10 +92,13 @@ class Generation:
         disagrees with it even on the run already checked (the record lost while
         Redis ran on: a DEL, an eviction), and is compared again."""
         async with self._checking:
-            connects = self._pool_connects()  # before INFO, which may connect anew
-            changed = await self._compare(refused)
-            self._connects = connects  # only once compared: a failed check is owed
-            return changed
+            return await self._check_locked(refused)
+
+    async def _check_locked(self, refused: bool) -> bool:
+        connects = self._pool_connects()  # before INFO, which may connect anew
+        changed = await self._compare(refused)
+        self._connects = connects  # only once compared: a failed check is owed
+        return changed
 
     async def _compare(self, refused: bool) -> bool:
         run_id = await self._run_id()
@@ -119,8 +122,13 @@ class Generation:
         """Checks the generation if the client made a connection since the last check
         (a restart of Redis drops them all): what was just read may be of a run of
         Redis this instance has not compared the record with yet. Costs nothing else."""
-        if self._pool_connects() != self._connects:
-            await self.check()
+        if self._pool_connects() == self._connects:
+            return
+        async with self._checking:
+            # Calls that waited here for one check are settled by it: a burst that
+            # fills the pool costs about one INFO per connection, not one per call.
+            if self._pool_connects() != self._connects:
+                await self._check_locked(False)
 
     def _pool_connects(self) -> int:
         connects = getattr(self._client.connection_pool, "connects", 0)
