@@ -20,8 +20,9 @@ import redis.asyncio
 from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence.redis.scripts import HistoryLost
 from bamboo_session.persistence.redis.storage import RedisStorage
-from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
@@ -325,3 +326,31 @@ async def test_a_burst_that_fills_the_pool_asks_redis_its_run_about_once_a_conne
 
     assert calls("cmdstat_evalsha") == 400
     assert calls("cmdstat_info") <= calls("cmdstat_hello") + 1
+
+
+async def test_a_touch_or_a_move_under_the_old_epoch_is_history_lost_not_not_found(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """After a lossy restart the instance serves the new epoch; an actor still holding
+    the old one touches the session, or moves its state: the session is there, its
+    history was lost, so the answer is the retryable ``HistoryLost`` (its peers
+    resume), never ``SessionNotFound`` (which tells them the session is gone: 4404,
+    stop). Nothing is written; a presence join under it is refused the same way."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    async with await open_storage(url) as store:
+        await store.create_session(Session.new("s"))
+        old = await store.epoch("s")
+        await snapshot(server)
+        crash_and_restart(server)
+        await eventually(lambda: _answers(store, "s"), timeout=10)
+        assert await store.epoch("s") != old
+        with pytest.raises(HistoryLost):
+            await store.touch("s", epoch=old)
+        with pytest.raises(HistoryLost):
+            await store.update_session_state("s", SessionState.IDLE, epoch=old)
+        with pytest.raises(HistoryLost):
+            await store.presence.join("s", "c_1", "client", epoch=old)
+        meta = await store.get_metadata("s")
+        assert meta is not None and meta.state == SessionState.ACTIVE
+        await store.touch("s", epoch=meta.epoch)

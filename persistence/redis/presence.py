@@ -18,6 +18,8 @@ from bamboo_session.protocol.models import SessionState
 
 from ..base import SessionNotFound
 from ..presence import Held, PresenceNotice
+from .generation import OTHER_GENERATION
+from .scripts import HistoryLost
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -115,6 +117,9 @@ class RedisPresence:
         keys, args = self._call(session_id, mode, connections, epoch)
         count: int = await self._storage.redis.run("presence", keys, args)
         if count == OTHER_EPOCH:
+            if epoch and self._storage.generation.stored(epoch) == OTHER_GENERATION:
+                # The same session, as an earlier generation served it: not gone.
+                raise HistoryLost("redis restarted and may have lost writes: epoch changed")
             raise SessionNotFound(f"session {session_id!r} not found")
         return count
 

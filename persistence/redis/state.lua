@@ -3,15 +3,17 @@
 -- KEYS: meta
 -- ARGV: id, index prefix, target state, the states it may be reached from (space
 --       separated), publish command ('' : the caller publishes), channel, epoch
---       ('' : any; else the epoch of the session meant: one of another epoch, created
---       again under the id or replaced, is NOTFOUND and left as it is)
+--       ('' : any; else the epoch of the session meant, as served (common.lua
+--       served_epoch): one of another epoch, created again under the id or replaced,
+--       is NOTFOUND and left as it is; this session as an earlier generation served
+--       it is GENERATION, left as it is too)
 -- Returns the metadata hash (HGETALL).
 
 local meta = KEYS[1]
 local id, idx, target, allowed, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local s = redis.call('HMGET', meta, 'state', 'expires', 'created', 'epoch')
 if not s[1] then fail('NOTFOUND') end
-if ARGV[7] ~= '' and s[4] ~= ARGV[7] then fail('NOTFOUND') end
+check_served(ARGV[7], s[4], served_epoch(s[4], idx .. 'generation'))
 local current = s[1]
 if current ~= target and not string.find(' ' .. allowed .. ' ', ' ' .. current .. ' ', 1, true) then
   fail('INVALID ' .. current)

@@ -224,15 +224,19 @@ class RedisStorage:
         allowed = " ".join(s.value for s in SessionState if s.can_become(state))
         channel = self.layout.channel(session_id)
         args = [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel]
-        args.append(self.generation.stored(epoch) or "")  # checked in the script
-        flat = await self.redis.write(
-            "state",
-            [self.layout.meta(session_id)],
-            args,
-            notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
-            epoch_of=epoch_in_hash,
-            channel=channel,
-        )
+        args.append(epoch or "")  # as served: checked in the script, generation too
+        try:
+            flat = await self.redis.write(
+                "state",
+                [self.layout.meta(session_id)],
+                args,
+                notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
+                epoch_of=epoch_in_hash,
+                channel=channel,
+            )
+        except HistoryLost:
+            await self.generation.check(refused=True)
+            raise
         if state == SessionState.CLOSED:
             self.live.feed.end(session_id, CLOSED, self.served_epoch(epoch_in_hash(flat)))
         return self.served_metadata(flat)
@@ -240,9 +244,13 @@ class RedisStorage:
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         self.require_writable()
         session_id = check_session_id(session_id)
-        # The epoch: checked in the script.
-        args = [session_id, self.layout.index, self.generation.stored(epoch) or ""]
-        await self.redis.run("touch", [self.layout.meta(session_id)], args)
+        # The epoch as served: checked in the script, against the generation too.
+        args = [session_id, self.layout.index, epoch or ""]
+        try:
+            await self.redis.run("touch", [self.layout.meta(session_id)], args)
+        except HistoryLost:
+            await self.generation.check(refused=True)
+            raise
 
     async def cleanup_expired_sessions(self) -> int:
         self.require_writable()
