@@ -143,7 +143,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # tell them; it retires, and the attach goes to an actor spawned from what is
         # stored now.
         if actor.following.active:
-            actor.end(*subscription_end(DELETED))
+            actor.end(*subscription_end(actor.following.ended(DELETED)))
         actor.accepting = False
         command.future.set_exception(ActorRetired(actor.session_id))
         return
@@ -234,7 +234,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
         # Deleted, or replaced by a session of another epoch, and the store's notice
         # is not here yet (another process's, late or lost): its peers are told what
         # the notice would tell them.
-        actor.end(*subscription_end(ended))
+        actor.end(*subscription_end(actor.following.ended(ended)))
         return
     actor.arm_timer()
 

@@ -34,6 +34,13 @@ class Following:
     def active(self) -> bool:
         return self.subscription is not None
 
+    def ended(self, otherwise: str) -> str:
+        """How the feed said the followed log ended, if it did (a store that changed
+        the log's epoch says ``history lost``: its viewers resume); else ``otherwise``."""
+        subscription = self.subscription
+        ended = None if subscription is None else subscription.ended
+        return otherwise if ended is None else ended
+
     def ready(self) -> bool:
         subscription = self.subscription
         return subscription is not None and subscription.ready()
