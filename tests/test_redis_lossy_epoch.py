@@ -298,14 +298,13 @@ async def _answers(store: Any, session_id: str) -> bool:
     return True
 
 
-async def test_a_burst_that_fills_the_pool_asks_redis_its_run_about_once_a_connection(
+async def test_a_burst_that_fills_the_pool_asks_redis_its_run_once_a_connection(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    """An answer that came on a connection made since the last check has the run of
-    Redis checked first (INFO server). 400 appends at once on a fresh store fill its
-    pool (50 connections): the calls that waited for one check are settled by it, so
-    Redis is asked far fewer times than there were calls, and each append is one
-    script call."""
+    """Each connection the store makes asks Redis its run (INFO server) before it
+    carries a call. 400 appends at once on a fresh store fill its pool (50
+    connections): Redis is asked about once a connection, not once a call, and each
+    append is one script call."""
     server = lossy_redis(start_redis)
     url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
     client = redis.asyncio.Redis(port=server.port)
@@ -325,7 +324,9 @@ async def test_a_burst_that_fills_the_pool_asks_redis_its_run_about_once_a_conne
         return done
 
     assert calls("cmdstat_evalsha") == 400
-    assert calls("cmdstat_info") <= calls("cmdstat_hello") + 1
+    # One INFO per connection made (each says HELLO first), give or take this test's
+    # own INFO and a heartbeat's look: not one per call.
+    assert calls("cmdstat_info") <= calls("cmdstat_hello") + 3
 
 
 async def test_a_touch_or_a_move_under_the_old_epoch_is_history_lost_not_not_found(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -19,7 +19,6 @@ from .config import RedisConfig
 from .scripts import Arg, BeforeReload, run, run_and_wait, run_many, unreachable
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
 # What check_persistence reads of Redis's CONFIG: whether a write it acknowledged is
@@ -29,23 +28,25 @@ NO_FSYNC_ON_REWRITE = "no-appendfsync-on-rewrite"
 PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", NO_FSYNC_ON_REWRITE, "save")
 
 
-class CountingPool(BlockingConnectionPool):
-    """A pool that counts the connections it made to Redis, first ones and ones made
-    again. A restart of Redis drops every connection, so a call answered on one made
-    since the store last looked at Redis's run may be answered by another run of it
-    (the store's generation, generation.py, is checked before its answer is used)."""
+class CheckedPool(BlockingConnectionPool):
+    """A pool whose every connection, once made (first, or again after it dropped),
+    goes through ``on_connect`` before it carries a call. A restart of Redis drops
+    every connection, so this is where an instance meets a restarted Redis first: the
+    store checks its generation there (generation.py), before anything is read or
+    written on that run of Redis."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connects = 0
+        self.on_connect: Callable[[Any], Awaitable[None]] | None = None
 
     def make_connection(self) -> Any:
         connection = super().make_connection()
         connection.register_connect_callback(self._connected)  # kept as a weak method
         return connection
 
-    def _connected(self, _connection: object) -> None:
-        self.connects += 1
+    async def _connected(self, connection: Any) -> None:
+        if self.on_connect is not None:
+            await self.on_connect(connection)
 
 
 def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
@@ -53,7 +54,7 @@ def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
     run, and only the caller knows whether running it again is safe. At most
     ``max_connections`` (the URL's) at once: a call beyond them waits for a free one,
     which paces a burst of sessions instead of failing it."""
-    pool = CountingPool.from_url(
+    pool = CheckedPool.from_url(
         config.url,
         max_connections=max_connections or config.max_connections,
         timeout=POOL_WAIT,
@@ -210,20 +211,16 @@ class Commands:
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self.publish = "" if self._replicas else self.publish_command
         self.before_reload: BeforeReload = None  # the generation's check (generation.py)
-        # The generation's check when a connection was made since its last one: an
-        # answer from a restarted Redis is not served under the epochs of the last run.
-        self.settle: Callable[[], Awaitable[object]] | None = None
 
     async def call(self, *command: Arg) -> Any:
         try:
-            reply = await self.client.execute_command(*command)
+            return await self.client.execute_command(*command)
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
-        return await self._settled(reply)
 
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script that only reads, or whose writes need no replica's word."""
-        return await self._settled(await run(self.client, name, keys, args, self.before_reload))
+        return await run(self.client, name, keys, args, self.before_reload)
 
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
@@ -231,7 +228,7 @@ class Commands:
         """A script run once per ``(keys, args)`` in one round trip (scripts.run_many)."""
         if not calls:
             return []
-        return await self._settled(await run_many(self.client, name, calls, self.before_reload))
+        return await run_many(self.client, name, calls, self.before_reload)
 
     async def write(
         self,
@@ -250,12 +247,10 @@ class Commands:
         first with the epoch ``epoch_of`` finds in the reply, then bare, as the
         scripts publish it)."""
         if not self._replicas:
-            reply = await run(self.client, name, keys, args, self.before_reload)
-            return await self._settled(reply, written=True)
+            return await run(self.client, name, keys, args, self.before_reload)
         reply = await run_and_wait(
             self.client, name, keys, args, self._replicas, self._wait_ms, self.before_reload
         )
-        reply = await self._settled(reply, written=True)
         if deferred:
             payloads = [reply[1]]
         elif notice is not None and reply:
@@ -282,23 +277,9 @@ class Commands:
         for command in commands:
             pipe.execute_command(*command)
         try:
-            replies = await pipe.execute()
+            return await pipe.execute()
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
-        return await self._settled(replies)
-
-    async def _settled(self, reply: _T, written: bool = False) -> _T:
-        if self.settle is None:
-            return reply
-        try:
-            await self.settle()
-        except StorageError as exc:
-            if not written:
-                raise
-            # What the script wrote stays acknowledged: a failure here would have the
-            # caller retry a write that was done. The next call checks again.
-            log.warning("checking redis's run after a write failed: %s", exc)
-        return reply
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:

@@ -19,10 +19,12 @@ its connection came back (a restart of Redis drops every connection); any call t
 finds Redis's script cache empty, before it loads a script again (so no script runs
 on a restarted Redis before the record is settled); and the presence heartbeat,
 every ``heartbeat / 3`` while this instance holds connections, on a lossy Redis;
-and any call answered on a connection the client made (or made again) since the last
-check (``settle``, client.py ``CountingPool``), before its answer is served: the
-first answers of a restarted Redis come on new connections. A check of the run
-already checked costs one ``INFO server``; a new run, the script.
+and every connection the client makes, or makes again, before it carries a call
+(``on_connect``, client.py ``CheckedPool``): a restart drops every connection, so an
+instance meets a restarted Redis there first, whether or not its script cache came
+back (Redis before 7.0 keeps the scripts in an RDB saved with replication
+information, and then no NOSCRIPT tells). A check of the run already checked costs
+one ``INFO server``; a new run, the script.
 An instance that finds the token changed ends every subscription (its viewers are
 closed with 1012, resume, and are told ``resumed: false``), and its actors, parked
 ones included, retire at their next attach, whose epoch no longer matches the
@@ -34,12 +36,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import redis.exceptions
 
 from ..feed import HISTORY_LOST
-from .scripts import run, unreachable
+from .scripts import SCRIPTS, run, unreachable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -68,9 +70,6 @@ class Generation:
         self.token = ""
         self.changes = 0  # tokens this instance adopted (its open's included)
         self._run = ""  # the run of Redis last checked: the same run needs no script
-        # Connections the client's pool had made at the last check (client.py
-        # CountingPool): one made since may be to another run of Redis.
-        self._connects = -1
         self._checking = asyncio.Lock()
 
     def served(self, stored: str) -> str:
@@ -92,49 +91,61 @@ class Generation:
         disagrees with it even on the run already checked (the record lost while
         Redis ran on: a DEL, an eviction), and is compared again."""
         async with self._checking:
-            return await self._check_locked(refused)
+            run_id = await self._run_id()
+            if run_id is None or (run_id == self._run and not refused):
+                return False
+            if self._read_only:  # writes nothing: serves what the record says, read anew
+                return self._adopt(await self._call("HGET", self.key, "token"))  # each look
+            reply = await run(self._client, "generation", [self.key], self._args(run_id))
+            return self._settle(run_id, reply)
 
-    async def _check_locked(self, refused: bool) -> bool:
-        connects = self._pool_connects()  # before INFO, which may connect anew
-        changed = await self._compare(refused)
-        self._connects = connects  # only once compared: a failed check is owed
-        return changed
+    async def on_connect(self, connection: Any) -> None:
+        """A connection just made (client.py CheckedPool), before it carries a call:
+        the run of Redis it reaches is compared with the one last checked, and on
+        another run the record too, on this connection (not the pool's: its calls may
+        be the ones waiting for this connection). Without the lock ``check`` holds,
+        which may be waiting for this very connection: the script is a
+        compare-and-set, and adopting a token twice changes nothing."""
+        try:
+            await connection.send_command("INFO", "server")
+            try:
+                run_id = _run_in(await connection.read_response())
+            except redis.exceptions.ResponseError:
+                return  # INFO refused (an ACL): as check(), nothing to compare
+            if run_id is None or run_id == self._run:
+                return
+            if self._read_only:
+                await connection.send_command("HGET", self.key, "token")
+                self._adopt(await connection.read_response())
+                return
+            script = SCRIPTS["generation"]
+            await connection.send_command("EVAL", script.source, 1, self.key, *self._args(run_id))
+            self._settle(run_id, await connection.read_response())
+        except Exception as exc:
+            # Left connected, it would carry calls unchecked: dropped, it is checked
+            # when made again. redis-py awaits this inside its connect, so the call
+            # fails as Redis's (retryable), never with a traceback of another kind.
+            await connection.disconnect()
+            if isinstance(exc, redis.exceptions.RedisError):
+                raise
+            raise redis.exceptions.ConnectionError(f"checking redis's run: {exc!r}") from exc
 
-    async def _compare(self, refused: bool) -> bool:
-        run_id = await self._run_id()
-        if run_id is None or (run_id == self._run and not refused):
-            return False
-        if self._read_only:  # writes nothing: serves what the record says, read anew
-            found = await self._call("HGET", self.key, "token")  # at each look
-            return self._adopt(found.decode() if isinstance(found, bytes) else "")
-        fresh = secrets.token_urlsafe(6)
-        args = [run_id, "1" if self.lossy else "0", fresh, self._index]
-        token, changed_here = await run(self._client, "generation", [self.key], args)
+    def _args(self, run_id: str) -> list[str]:
+        return [run_id, "1" if self.lossy else "0", secrets.token_urlsafe(6), self._index]
+
+    def _settle(self, run_id: str, reply: Any) -> bool:
+        """generation.lua's reply ``{token, changed here}`` for ``run_id``: adopted."""
+        token, changed_here = reply
         self._run = run_id
         if changed_here:
             log.warning(
                 "Redis restarted and may have lost writes it acknowledged: every "
                 "session's epoch changed; clients resume with resumed: false"
             )
-        return self._adopt(token.decode() if isinstance(token, bytes) else str(token))
+        return self._adopt(token)
 
-    async def settle(self) -> None:
-        """Checks the generation if the client made a connection since the last check
-        (a restart of Redis drops them all): what was just read may be of a run of
-        Redis this instance has not compared the record with yet. Costs nothing else."""
-        if self._pool_connects() == self._connects:
-            return
-        async with self._checking:
-            # Calls that waited here for one check are settled by it: a burst that
-            # fills the pool costs about one INFO per connection, not one per call.
-            if self._pool_connects() != self._connects:
-                await self._check_locked(False)
-
-    def _pool_connects(self) -> int:
-        connects = getattr(self._client.connection_pool, "connects", 0)
-        return connects if isinstance(connects, int) else 0
-
-    def _adopt(self, token: str) -> bool:
+    def _adopt(self, found: object) -> bool:
+        token = found.decode() if isinstance(found, bytes) else "" if found is None else str(found)
         if token == self.token:
             return False
         self.token = token
@@ -159,3 +170,13 @@ class Generation:
             return await self._client.execute_command(*command)
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
+
+
+def _run_in(info: object) -> str | None:
+    """The ``run_id`` in ``INFO server``'s text, as a bare connection reads it."""
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "run_id" and value.strip():
+            return value.strip()
+    return None

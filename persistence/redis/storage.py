@@ -49,6 +49,7 @@ from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing
 from .client import (
+    CheckedPool,
     Commands,
     check_persistence,
     connect,
@@ -87,7 +88,9 @@ class RedisStorage:
         self.live.generation = self.generation
         self.live.listener.served = self.generation.served
         self.redis.before_reload = self.generation.check
-        self.redis.settle = self.generation.settle
+        pool = client.connection_pool
+        if isinstance(pool, CheckedPool):  # every connection made checks the generation
+            pool.on_connect = self.generation.on_connect
         self._open = True
         self.list_step = LIST_STEP  # candidates a listing reads per script call
         self.list_bytes = LIST_BYTES  # what a listing in steps may hold meanwhile
