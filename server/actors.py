@@ -23,7 +23,7 @@ from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import SessionMetadata
 
 from .actor import SessionActor
-from .commands import ActorRetired, Attach, Detach, Stop
+from .commands import AccessRefusal, ActorRetired, Attach, Detach, Stop
 from .failures import ServerBusy, ServerStopping, is_expected
 from .outbox import Outbox
 from .pages import PageReads
@@ -111,17 +111,19 @@ class ActorRegistry:
         last_seq: int | None,
         epoch: str | None,
         deadline: float | None = None,
+        access: AccessRefusal | None = None,
     ) -> tuple[SessionActor, Welcome]:
         """``outbox`` attached to the session by its actor (server/control.py
         ``attach``), within one read deadline for all of it: waiting for an old actor
         to finish, the spawn, room in its inbox, and the actor's own reads and writes
         for the welcome (a live session reads itself at every attach). Past it (a
         hello's, from its arrival: server/handshake.py), StoreTimeout; the actor skips
-        or undoes the attach it finds given up on."""
+        or undoes the attach it finds given up on. ``access`` may refuse the peer the
+        session the actor finds (server/commands.py Attach)."""
         if deadline is None:
             deadline = self._reads.deadline()
         with self._attaching_to(session_id):
-            return await self._attach(session_id, outbox, last_seq, epoch, deadline)
+            return await self._attach(session_id, outbox, last_seq, epoch, deadline, access)
 
     async def unheld_for_hello(self, session_id: str) -> None:
         """:meth:`unheld`, for a hello, which is under way to the session meanwhile."""
@@ -145,6 +147,7 @@ class ActorRegistry:
         last_seq: int | None,
         epoch: str | None,
         deadline: float,
+        access: AccessRefusal | None,
     ) -> tuple[SessionActor, Welcome]:
         while True:
             actor = await self._reads.within(deadline, self.actor(session_id))
@@ -155,7 +158,7 @@ class ActorRegistry:
             ):
                 continue  # it retired meanwhile: the next one takes the attach
             welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
-            actor.post(Attach(outbox, last_seq, epoch, welcomed))
+            actor.post(Attach(outbox, last_seq, epoch, welcomed, access))
             expiry = self._reads.expire(welcomed, deadline)
             try:
                 return actor, await welcomed

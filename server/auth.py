@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jwt
 
@@ -248,6 +248,20 @@ def check_access(principal: Principal, metadata: SessionMetadata) -> None:
         return
     if metadata.user_id is None or metadata.user_id != principal.sub:
         raise Forbidden("not your session")
+
+
+def access_refusal(principal: Principal) -> Callable[[SessionMetadata], Forbidden | None]:
+    """:func:`check_access` for ``principal``, answering its refusal rather than raising
+    it: what a session's actor asks at the attach, of the metadata it welcomes with."""
+
+    def refusal(metadata: SessionMetadata) -> Forbidden | None:
+        try:
+            check_access(principal, metadata)
+        except Forbidden as exc:
+            return exc
+        return None
+
+    return refusal
 
 
 # -- binding -----------------------------------------------------------------------

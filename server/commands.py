@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,12 +195,21 @@ class BatchReply(_Request):
         return _Request.refuse(self, exc)
 
 
+# Why a peer may not have a session, if it may not (server/auth.py access_refusal).
+AccessRefusal = Callable[[SessionMetadata], Exception | None]
+
+
 @dataclass(slots=True)
 class Attach:
+    """``outbox`` into the session; ``access``, asked of the metadata the actor reads
+    for the welcome: the hello's own check may have found no session to check against
+    (not there yet, or not listed while a delete was under way) that is there now."""
+
     outbox: Outbox
     last_seq: int | None
     epoch: str | None
     future: asyncio.Future[Welcome]
+    access: AccessRefusal | None = None
 
 
 @dataclass(slots=True)
@@ -266,10 +275,15 @@ class ActorRetired(Exception):
     the session's next actor."""
 
 
-def attach_refusal(metadata: SessionMetadata | None, session_id: str) -> Exception | None:
-    """Why a session may not be attached to, if it may not."""
+def attach_refusal(
+    metadata: SessionMetadata | None, session_id: str, access: AccessRefusal | None = None
+) -> Exception | None:
+    """Why a session may not be attached to (by a peer ``access`` may refuse), if it
+    may not."""
     if metadata is None:
         return SessionNotFound(session_id)
+    if access is not None and (refused := access(metadata)) is not None:
+        return refused
     if metadata.is_expired():
         return SessionExpired(session_id)
     if metadata.state == SessionState.CLOSED:

@@ -29,6 +29,7 @@ from .auth import (
     Forbidden,
     Principal,
     Unauthorized,
+    access_refusal,
     check_access,
     check_new_session,
     check_session_id_for,
@@ -157,8 +158,11 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out, conn.start_writer)
         outbox.flusher = services.flusher
         try:
+            # Asked again of what the actor finds: resolve_session may have found no
+            # session to check the token against that is there by now.
+            access = access_refusal(principal) if principal is not None else None
             conn.actor, _ = await manager.attach(
-                session_id, outbox, hello.last_seq, hello.epoch, deadline=deadline
+                session_id, outbox, hello.last_seq, hello.epoch, deadline=deadline, access=access
             )
         except BaseException:
             outbox.abandon("attach failed")  # its Attach may wait in a stuck actor's inbox

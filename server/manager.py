@@ -40,7 +40,7 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import Announce, Detach, RegisteredAgain, in_process_batch
+from .commands import AccessRefusal, Announce, Detach, RegisteredAgain, in_process_batch
 from .creations import Creations
 from .endings import SessionEndings
 from .failures import ServerBusy
@@ -236,13 +236,14 @@ class SessionManager:
         epoch: str | None = None,
         *,
         deadline: float | None = None,
+        access: AccessRefusal | None = None,
     ) -> tuple[SessionActor, Welcome]:
         """Attaches ``outbox`` to the session; the welcome (then any replay) is the
         first thing queued on it. Raises SessionNotFound, SessionClosed,
-        SessionExpired, ServerBusy; StoreTimeout when the store keeps the session from
-        welcoming it by ``deadline`` (default: the read deadline from now;
-        ActorRegistry.attach)."""
-        return await self.actors.attach(session_id, outbox, last_seq, epoch, deadline)
+        SessionExpired, ServerBusy, what ``access`` refuses with; StoreTimeout when the
+        store keeps the session from welcoming it by ``deadline`` (default: the read
+        deadline from now; ActorRegistry.attach)."""
+        return await self.actors.attach(session_id, outbox, last_seq, epoch, deadline, access)
 
     def detach(self, session_id: str, connection_id: str) -> None:
         actor = self.actors.get(session_id)

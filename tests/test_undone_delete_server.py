@@ -395,3 +395,48 @@ async def test_a_resume_replaying_when_a_delete_fails_is_told_1011_not_4404(
                 "type": "closed",
                 "reason": "session not deleted",
             }, (code, frames[-1]["type"])
+
+
+async def test_a_hello_whose_access_read_a_delete_overtook_is_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under auth, bob's hello for alice's session finds no delete under way, reads the
+    session for its access check, and a delete starts before that read: the store does
+    not list the session then, so there was nothing to check the token against. The
+    delete fails, the session is back, and bob is refused 4403 by the session itself,
+    not welcomed to it."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config, auth_secret=SECRET) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, token=make_token("alice")) as (alice, welcome):
+            session_id = welcome["session"]["id"]
+            await alice.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+        reading, read = asyncio.Event(), asyncio.Event()
+        real_read = manager.stored_metadata
+
+        async def stored_metadata(session_id: str, deadline: float | None = None) -> Any:
+            reading.set()
+            await read.wait()  # the delete starts meanwhile
+            return await real_read(session_id, deadline)
+
+        monkeypatch.setattr(manager, "stored_metadata", stored_metadata)
+        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+        async with open_peer(server, session_id) as bob:
+            await bob.send({"type": "hello", "token": make_token("bob")})
+            await reading.wait()
+            deleting = asyncio.create_task(manager.delete_session(session_id))
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                read.set()  # the store does not list the session: None, nothing to check
+                await eventually(lambda: session_id in manager.actors._attaching)  # attaching
+                release.set()
+                with pytest.raises(StorageError, match="not deleted"):
+                    await deleting
+                code, frames = await bob.closed()  # a welcome, then no close, before
+                assert code == 4403 and frames == [], (code, frames)
+            finally:
+                read.set()
+                release.set()
+                with contextlib.suppress(StorageError):
+                    await deleting
