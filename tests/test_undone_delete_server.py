@@ -21,7 +21,12 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import (
+    AppendsSuspended,
+    JsonlStorage,
+    JsonlStorageConfig,
+    StorageError,
+)
 from bamboo_session.persistence.jsonl import lifecycle, logfiles
 from bamboo_session.protocol.models import AgentEvent
 from bamboo_session.server.app import BambooServer
@@ -249,8 +254,9 @@ async def test_a_close_racing_a_delete_that_fails_closes_the_session(
 ) -> None:
     """An in-process close that comes while the store deletes the session (it no
     longer lists it then) waits for the outcome, as a hello does: the delete fails, so
-    the close closes the session that is still there, instead of failing with
-    SessionNotFound about it."""
+    the close reaches the session that is still there, instead of failing with
+    SessionNotFound about it; the store refuses it as it refuses appends (its undone
+    delete is not durable until the next open), and the session stays as it was."""
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
     async with embedded(config) as server:
         manager = server._manager
@@ -267,13 +273,14 @@ async def test_a_close_racing_a_delete_that_fails_closes_the_session(
             release.set()
             with pytest.raises(StorageError, match="not deleted"):
                 await deleting
-            await closing
+            with pytest.raises(AppendsSuspended, match="no close"):
+                await closing
         finally:
             release.set()
             with contextlib.suppress(StorageError):
                 await deleting
         status, body = await get(server, f"/api/v1/sessions/{session_id}")
-        assert status == 200 and body["metadata"]["state"] == "closed", body
+        assert status == 200 and body["metadata"]["state"] == "disconnected", body
 
 
 async def test_a_stop_past_its_grace_ends_a_retiring_actor_without_hanging_the_delete(
