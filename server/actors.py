@@ -55,6 +55,7 @@ class ActorRegistry:
         # Their connections, open and in no room meanwhile: a stop tells them first.
         self._held: dict[str, HeldConnections] = {}
         self.closed = False
+        self._closing: asyncio.Future[None] | None = None  # set by close(), for holds' waiters
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -82,7 +83,7 @@ class ActorRegistry:
                 raise ServerStopping("server is shutting down")
             held_off = self._held_off.get(session_id)
             if held_off is not None:
-                await asyncio.wait([held_off])  # then spawned from what the store holds
+                await self._released(held_off)  # then spawned from what the store holds
                 continue
             actor = self._actors.get(session_id)
             if actor is not None and actor.accepting:
@@ -186,7 +187,17 @@ class ActorRegistry:
         """Returns once no delete holds the session off (held_off): the store then
         holds what it will, the session or not."""
         while (held_off := self._held_off.get(session_id)) is not None:
-            await asyncio.wait([held_off])
+            await self._released(held_off)
+
+    async def _released(self, held_off: asyncio.Future[None]) -> None:
+        """Returns once the hold ends; ServerStopping once the registry closes: a stop
+        waits for no store's delete, nor for a hello waiting for one (1012 at once)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        if not self.closed:
+            await asyncio.wait([held_off, self._closing], return_when=asyncio.FIRST_COMPLETED)
+        if self.closed:
+            raise ServerStopping("server is shutting down")
 
     async def await_retired(self, session_id: str) -> None:
         """Returns once no actor of the session is spawning or finishing."""
@@ -275,6 +286,8 @@ class ActorRegistry:
         Spawns under way end now (their waiters get ServerStopping): their loads are
         abandoned, and no spawn outlives the registry, nor the store it reads."""
         self.closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
         for held in self._held.values():
             held.tell(code, reason)  # a delete's outcome, known later, comes too late
         spawns = list(self._spawning.values())

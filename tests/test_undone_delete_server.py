@@ -447,3 +447,33 @@ async def test_a_hello_whose_access_read_a_delete_overtook_is_still_checked(
                 release.set()
                 with contextlib.suppress(StorageError):
                     await deleting
+
+
+async def test_a_stop_during_a_delete_ends_the_hellos_waiting_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hello waits for the outcome of its session's delete (held at its directory
+    sync) when the server stops: it is closed with 1012 at once, as a hello waiting for
+    a session's load is, and the stop waits neither its grace nor the hello's read
+    deadline for it."""
+    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    async with embedded(config, shutdown_grace=60, store_read_timeout=60) as server:
+        manager = server._manager
+        assert manager is not None
+        async with attach(server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
+        deleting = asyncio.create_task(manager.delete_session(session_id))
+        try:
+            assert await asyncio.to_thread(started.wait, 10)
+            async with open_peer(server, session_id) as peer:
+                await peer.send({"type": "hello", "last_seq": 0})
+                await eventually(lambda: session_id in manager.actors._attaching)
+                await asyncio.wait_for(server.stop(), 10)  # not 60 s
+                code, frames = await peer.closed()
+                assert code == 1012 and frames == [], (code, frames)
+        finally:
+            release.set()
+            with contextlib.suppress(StorageError):
+                await deleting
