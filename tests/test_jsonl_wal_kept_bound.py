@@ -19,9 +19,9 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.persistence.jsonl import retirement
 from bamboo_session.protocol.models import AgentEvent, Session
+from tests.held_delete_support import embedded
 from tests.support import attach, token
 from tests.test_jsonl_wal import failing_once, segments
-from tests.test_undone_delete_server import embedded
 
 LIMIT = 1024 * 1024  # a few segments: each is allocated 256 KiB ahead of its records
 APPENDS_MAX = 64  # each starts a segment: far more than the bound lets through

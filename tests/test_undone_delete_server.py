@@ -3,18 +3,15 @@ WAL, ``fsync`` mode: the delete's directory sync failed, and the rename back is 
 known durable either, ``persistence/jsonl/lifecycle.py``): its connections are closed
 with 1011 (resume), never 4404 (stop), and with 1012 when the server stops before the
 delete's outcome, or 1011 when the delete is cancelled; an attach or a close that
-raced the delete waits for its outcome; the session is readable, and every append is
-refused with ``internal`` saying that only a restart lets it in; the refusal holds for
-an actor created after the failed delete, and after the restart the same append, with
-the same key, is taken."""
+raced the delete waits for its outcome (a hello's token checked against the session
+it finds then), and a stop ends such a hello at once; the session is readable, and
+every append is refused with ``internal`` saying that only a restart lets it in; the
+refusal holds for an actor created after the failed delete, and after the restart the
+same append, with the same key, is taken."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +24,23 @@ from bamboo_session.persistence import (
     JsonlStorageConfig,
     StorageError,
 )
-from bamboo_session.persistence.jsonl import lifecycle, logfiles
+from bamboo_session.persistence.jsonl import lifecycle
 from bamboo_session.protocol.models import AgentEvent
-from bamboo_session.server.app import BambooServer
-from bamboo_session.server.config import ServerConfig
+from tests.held_delete_support import (
+    EVENT_A,
+    closed_with,
+    embedded,
+    held_log_sync,
+    scene,
+)
 from tests.instances import eventually
 from tests.support import Peer, attach, get, open_peer, stream_url, token
 from tests.test_auth import SECRET, make_token
 from tests.test_jsonl_sync_failures import failing_directory_sync, tokens
 from tests.test_server_shutdown import publish_acked
 
-
-@contextlib.asynccontextmanager
-async def embedded(config: JsonlStorageConfig, **overrides: Any) -> AsyncIterator[BambooServer]:
-    """A server on a store opened by its embedder (the WAL off is not a URL option)."""
-    settings: dict[str, Any] = {"rate_limit": 0, **overrides}
-    async with await JsonlStorage.open(config) as storage:
-        server = BambooServer(
-            ServerConfig(host="127.0.0.1", port=0, data_dir=str(config.base_path), **settings),
-            storage,
-        )
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
+NOT_DELETED = {"type": "closed", "reason": "session not deleted"}
+RESTARTING = {"type": "closed", "reason": "server restarting"}
 
 
 async def test_appends_after_an_undone_delete_wait_for_the_restart(
@@ -99,43 +88,22 @@ async def test_the_clients_of_a_session_whose_delete_failed_resume_it(
         async with attach(server, role="agent") as (agent, welcome):
             session_id, epoch = welcome["session"]["id"], welcome["epoch"]
             async with attach(server, session_id) as (viewer, _welcome):
-                await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+                await agent.request(EVENT_A, "ack")
                 failing["left"] = 1
                 with pytest.raises(StorageError, match="not deleted"):
                     await server._manager.delete_session(session_id)
                 for peer in (agent, viewer):
-                    code, frames = await peer.closed()
-                    assert code == 1011, (code, frames)
-                    assert frames[-1] == {"type": "closed", "reason": "session not deleted"}
+                    assert (await closed_with(peer, 1011))[-1] == NOT_DELETED
         status, body = await get(server, f"/api/v1/sessions/{session_id}/events")
         assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
         async with attach(server, session_id, last_seq=0, epoch=epoch) as (viewer, welcome):
             assert welcome["resumed"] is True and welcome["replay"] == 1, welcome
             assert (await viewer.recv_type("event"))["event"] == token("a")
             await server._manager.delete_session(session_id)  # the sync holds this time
-            code, frames = await viewer.closed()
-            assert code == 4404 and frames[-1] == {"type": "closed", "reason": "session deleted"}
+            frames = await closed_with(viewer, 4404)
+            assert frames[-1] == {"type": "closed", "reason": "session deleted"}
         status, _body = await get(server, f"/api/v1/sessions/{session_id}")
         assert status == 404
-
-
-def held_directory_sync(
-    monkeypatch: pytest.MonkeyPatch, directory: Path
-) -> tuple[threading.Event, threading.Event]:
-    """``lifecycle.fsync_dir`` of ``directory``, once: says it started (the first
-    event), waits for the second, then fails with EIO (the file job's thread waits)."""
-    real, started, release = lifecycle.fsync_dir, threading.Event(), threading.Event()
-
-    def fsync_dir(path: Path) -> None:
-        if Path(path) != directory or started.is_set():
-            real(path)
-            return
-        started.set()
-        release.wait(30)
-        raise OSError(errno.EIO, "injected EIO")
-
-    monkeypatch.setattr(lifecycle, "fsync_dir", fsync_dir)
-    return started, release
 
 
 async def test_an_attach_racing_a_delete_that_fails_is_welcomed(
@@ -144,36 +112,17 @@ async def test_an_attach_racing_a_delete_that_fails_is_welcomed(
     """A hello that comes while the store is deleting the session (it no longer lists
     it then) waits for the outcome: the delete fails, so it is welcomed to the session
     with its events, not told 4404."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
-        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-        deleting = asyncio.create_task(manager.delete_session(session_id))
-        try:
-            assert await asyncio.to_thread(started.wait, 10)
-            assert await manager.storage.get_metadata(session_id) is None  # mid-delete
-            async with open_peer(server, session_id) as peer:
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id) as deleting:
+            assert await s.manager.storage.get_metadata(session_id) is None  # mid-delete
+            async with open_peer(s.server, session_id) as peer:
                 await peer.send({"type": "hello", "last_seq": 0})
-                # The server took the hello: its attach waits, or it was refused.
-                await eventually(
-                    lambda: (
-                        session_id in manager.actors._attaching or peer.ws.close_code is not None
-                    )
-                )
-                release.set()
-                with pytest.raises(StorageError, match="not deleted"):
-                    await deleting
+                await s.hello_attaching(session_id)
+                await deleting.fails()
                 welcome = await peer.recv()
                 assert welcome["type"] == "welcome" and welcome["last_seq"] == 1, welcome
                 assert (await peer.recv_type("event"))["event"] == token("a")
-        finally:
-            release.set()
-            with contextlib.suppress(StorageError):
-                await deleting
 
 
 async def test_a_stop_during_a_delete_tells_its_held_clients_to_resume(
@@ -183,27 +132,14 @@ async def test_a_stop_during_a_delete_tells_its_held_clients_to_resume(
     sync): its clients, whose closes wait for the delete's outcome, get `closed`
     "server restarting" and 1012 as every other client does, not a dropped socket
     (1006) once the grace has run out; the outcome known later changes nothing."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
+    async with scene(tmp_path, monkeypatch) as s:
+        async with attach(s.server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
-            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
-            started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-            deleting = asyncio.create_task(manager.delete_session(session_id))
-            try:
-                assert await asyncio.to_thread(started.wait, 10)
-                stopping = asyncio.create_task(server.stop())
-                code, frames = await agent.closed()
-                assert code == 1012 and frames == [
-                    {"type": "closed", "reason": "server restarting"}
-                ], (code, frames)
+            await agent.request(EVENT_A, "ack")
+            async with s.delete_held(session_id):
+                stopping = asyncio.create_task(s.server.stop())
+                assert await closed_with(agent, 1012) == [RESTARTING]
                 await stopping
-            finally:
-                release.set()
-                with contextlib.suppress(StorageError):
-                    await deleting
 
 
 async def test_a_delete_cancelled_while_the_session_stores_an_append_resumes_its_clients(
@@ -213,40 +149,23 @@ async def test_a_delete_cancelled_while_the_session_stores_an_append_resumes_its
     stores an append (its log's sync held): the actor hands its connections over once
     the append is acked, after the delete gave up, and they are closed with 1011
     (resume), not left open in no session's room, told nothing."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
+    async with scene(tmp_path, monkeypatch) as s:
+        async with attach(s.server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
-            started, release = threading.Event(), threading.Event()
-            real = logfiles.datasync
-
-            def datasync(fd: int) -> None:
-                if not started.is_set():
-                    started.set()
-                    release.wait(30)
-                real(fd)
-
-            monkeypatch.setattr(logfiles, "datasync", datasync)
-            await agent.send({"type": "event", "id": 1, "event": token("a")})
+            started, release = held_log_sync(monkeypatch)
+            await agent.send(EVENT_A)
             try:
                 assert await asyncio.to_thread(started.wait, 10)
-                deleting = asyncio.create_task(manager.delete_session(session_id))
-                await eventually(lambda: manager.actors.get(session_id) is None)  # retiring
+                deleting = asyncio.create_task(s.manager.delete_session(session_id))
+                await eventually(lambda: s.manager.actors.get(session_id) is None)  # retiring
                 deleting.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await deleting
             finally:
                 release.set()
             assert (await agent.recv_type("ack"))["seq"] == 1
-            code, frames = await agent.closed()
-            assert code == 1011 and frames[-1] == {
-                "type": "closed",
-                "reason": "session not deleted",
-            }, (code, frames)
-        status, body = await get(server, f"/api/v1/sessions/{session_id}/events")
-        assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
+            assert (await closed_with(agent, 1011))[-1] == NOT_DELETED
+        assert await s.events(session_id) == [1]
 
 
 async def test_a_close_racing_a_delete_that_fails_closes_the_session(
@@ -257,29 +176,15 @@ async def test_a_close_racing_a_delete_that_fails_closes_the_session(
     the close reaches the session that is still there, instead of failing with
     SessionNotFound about it; the store refuses it as it refuses appends (its undone
     delete is not durable until the next open), and the session stays as it was."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
-        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-        deleting = asyncio.create_task(manager.delete_session(session_id))
-        try:
-            assert await asyncio.to_thread(started.wait, 10)
-            closing = asyncio.create_task(manager.close_session(session_id))
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id) as deleting:
+            closing = asyncio.create_task(s.manager.close_session(session_id))
             await asyncio.sleep(0)  # its first step: at the store, or waiting for the delete
-            release.set()
-            with pytest.raises(StorageError, match="not deleted"):
-                await deleting
+            await deleting.fails()
             with pytest.raises(AppendsSuspended, match="no close"):
                 await closing
-        finally:
-            release.set()
-            with contextlib.suppress(StorageError):
-                await deleting
-        status, body = await get(server, f"/api/v1/sessions/{session_id}")
+        status, body = await get(s.server, f"/api/v1/sessions/{session_id}")
         assert status == 200 and body["metadata"]["state"] == "disconnected", body
 
 
@@ -291,32 +196,19 @@ async def test_a_stop_past_its_grace_ends_a_retiring_actor_without_hanging_the_d
     grace before it got to the delete's stop. Its client still gets `closed` and 1012
     (not a dropped socket), the append its error, and the delete goes on once the
     store answers, instead of waiting for ever for connections nobody hands over."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    started, release = threading.Event(), threading.Event()
-    real = logfiles.datasync
-
-    def datasync(fd: int) -> None:
-        if not started.is_set():
-            started.set()
-            release.wait(30)
-        real(fd)
-
-    async with embedded(config, shutdown_grace=0.5) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
+    async with scene(tmp_path, monkeypatch, shutdown_grace=0.5) as s:
+        async with attach(s.server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
-            monkeypatch.setattr(logfiles, "datasync", datasync)
+            started, release = held_log_sync(monkeypatch)
             # In one step: the append, then the delete's stop, queued for the same turn.
-            appending = asyncio.create_task(manager.append_event(session_id, AgentEvent.token("a")))
-            deleting = asyncio.create_task(manager.delete_session(session_id))
+            appending = asyncio.create_task(
+                s.manager.append_event(session_id, AgentEvent.token("a"))
+            )
+            deleting = asyncio.create_task(s.manager.delete_session(session_id))
             try:
                 assert await asyncio.to_thread(started.wait, 10)
-                await server.stop()
-                code, frames = await agent.closed()
-                assert code == 1012 and frames == [
-                    {"type": "closed", "reason": "server restarting"}
-                ], (code, frames)
+                await s.server.stop()
+                assert await closed_with(agent, 1012) == [RESTARTING]
                 with pytest.raises(StorageError, match="server stopped"):
                     await appending
             finally:
@@ -330,33 +222,22 @@ async def test_a_hello_racing_a_delete_that_fails_is_still_checked_for_access(
     """Under auth, a hello for another user's session that comes while the store deletes
     it (no session to check the token against then) waits for the outcome: the delete
     fails, and the hello is refused 4403 (not your session), not welcomed to it."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config, auth_secret=SECRET) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, token=make_token("alice")) as (alice, welcome):
+    async with scene(tmp_path, monkeypatch, auth_secret=SECRET) as s:
+        async with attach(s.server, token=make_token("alice")) as (alice, welcome):
             session_id = welcome["session"]["id"]
-            await alice.request({"type": "event", "id": 1, "event": token("a")}, "ack")
-            started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-            deleting = asyncio.create_task(manager.delete_session(session_id))
-            try:
-                assert await asyncio.to_thread(started.wait, 10)
-                async with open_peer(server, session_id) as bob:
+            await alice.request(EVENT_A, "ack")
+            async with s.delete_held(session_id) as deleting:
+                async with open_peer(s.server, session_id) as bob:
                     await bob.send({"type": "hello", "token": make_token("bob")})
                     await eventually(
                         lambda: (
-                            session_id in manager.actors._attaching or bob.ws.close_code is not None
+                            session_id in s.manager.actors._attaching
+                            or bob.ws.close_code is not None
                         )
                     )
-                    release.set()
-                    with pytest.raises(StorageError, match="not deleted"):
-                        await deleting
-                    code, frames = await bob.closed()  # a welcome, then no close, before
-                    assert code == 4403 and frames == [], (code, frames)
-            finally:
-                release.set()
-                with contextlib.suppress(StorageError):
-                    await deleting
+                    await deleting.fails()
+                    # A welcome, then no close, before.
+                    assert await closed_with(bob, 4403) == []
 
 
 async def test_a_resume_replaying_when_a_delete_fails_is_told_1011_not_4404(
@@ -366,42 +247,27 @@ async def test_a_resume_replaying_when_a_delete_fails_is_told_1011_not_4404(
     when the delete starts: the next page, read while the store does not list the
     session, is not found. It is closed once the delete has failed, with 1011 (resume),
     not 4404 (stop) at that read, and the events it got before have no gap."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
+    async with scene(tmp_path, monkeypatch) as s:
+        async with attach(s.server, role="agent") as (agent, welcome):
             session_id, epoch = welcome["session"]["id"], welcome["epoch"]
             await publish_acked(agent, 120)  # 60 KB each: more than the socket holds
-        url = stream_url(server, session_id)
+        url = stream_url(s.server, session_id)
         async with connect(url, max_size=None, max_queue=1, compression=None) as ws:
             resumer = Peer(ws)
             await resumer.send({"type": "hello", "last_seq": 0, "epoch": epoch})
             assert (await resumer.recv())["replay"] == 120
             await eventually(  # the server's writer waits for the socket, mid-replay
-                lambda: any(c.transport.get_write_buffer_size() for c in server._open_connections)
+                lambda: any(c.transport.get_write_buffer_size() for c in s.server._open_connections)
             )
-            started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-            deleting = asyncio.create_task(manager.delete_session(session_id))
-            try:
-                assert await asyncio.to_thread(started.wait, 10)
-                (held,) = manager.actors._held[session_id].outboxes
+            async with s.delete_held(session_id) as deleting:
+                (held,) = s.manager.actors._held[session_id].outboxes
                 reading = asyncio.create_task(resumer.closed())  # the replay goes on
                 await eventually(lambda: reading.done() or not held.replaying)
-                release.set()
-                with pytest.raises(StorageError, match="not deleted"):
-                    await deleting
-            finally:
-                release.set()
-                with contextlib.suppress(StorageError):
-                    await deleting
+                await deleting.fails()
             code, frames = await reading
             events = [frame["seq"] for frame in frames if frame["type"] == "event"]
             assert events == list(range(1, len(events) + 1)) and len(events) < 120, events
-            assert code == 1011 and frames[-1] == {
-                "type": "closed",
-                "reason": "session not deleted",
-            }, (code, frames[-1]["type"])
+            assert code == 1011 and frames[-1] == NOT_DELETED, (code, frames[-1]["type"])
 
 
 async def test_a_hello_whose_access_read_a_delete_overtook_is_still_checked(
@@ -412,41 +278,29 @@ async def test_a_hello_whose_access_read_a_delete_overtook_is_still_checked(
     not list the session then, so there was nothing to check the token against. The
     delete fails, the session is back, and bob is refused 4403 by the session itself,
     not welcomed to it."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config, auth_secret=SECRET) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, token=make_token("alice")) as (alice, welcome):
-            session_id = welcome["session"]["id"]
-            await alice.request({"type": "event", "id": 1, "event": token("a")}, "ack")
+    async with scene(tmp_path, monkeypatch, auth_secret=SECRET) as s:
+        session_id = await s.session_with_an_event(token=make_token("alice"))
         reading, read = asyncio.Event(), asyncio.Event()
-        real_read = manager.stored_metadata
+        real_read = s.manager.stored_metadata
 
         async def stored_metadata(session_id: str, deadline: float | None = None) -> Any:
             reading.set()
             await read.wait()  # the delete starts meanwhile
             return await real_read(session_id, deadline)
 
-        monkeypatch.setattr(manager, "stored_metadata", stored_metadata)
-        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-        async with open_peer(server, session_id) as bob:
+        monkeypatch.setattr(s.manager, "stored_metadata", stored_metadata)
+        async with open_peer(s.server, session_id) as bob:
             await bob.send({"type": "hello", "token": make_token("bob")})
             await reading.wait()
-            deleting = asyncio.create_task(manager.delete_session(session_id))
             try:
-                assert await asyncio.to_thread(started.wait, 10)
-                read.set()  # the store does not list the session: None, nothing to check
-                await eventually(lambda: session_id in manager.actors._attaching)  # attaching
-                release.set()
-                with pytest.raises(StorageError, match="not deleted"):
-                    await deleting
-                code, frames = await bob.closed()  # a welcome, then no close, before
-                assert code == 4403 and frames == [], (code, frames)
+                async with s.delete_held(session_id) as deleting:
+                    read.set()  # the store does not list the session: None, nothing to check
+                    await s.hello_attaching(session_id)
+                    await deleting.fails()
+                    # A welcome, then no close, before.
+                    assert await closed_with(bob, 4403) == []
             finally:
                 read.set()
-                release.set()
-                with contextlib.suppress(StorageError):
-                    await deleting
 
 
 async def test_a_stop_during_a_delete_ends_the_hellos_waiting_for_it(
@@ -456,24 +310,10 @@ async def test_a_stop_during_a_delete_ends_the_hellos_waiting_for_it(
     sync) when the server stops: it is closed with 1012 at once, as a hello waiting for
     a session's load is, and the stop waits neither its grace nor the hello's read
     deadline for it."""
-    config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    async with embedded(config, shutdown_grace=60, store_read_timeout=60) as server:
-        manager = server._manager
-        assert manager is not None
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await agent.request({"type": "event", "id": 1, "event": token("a")}, "ack")
-        started, release = held_directory_sync(monkeypatch, config.layout.sessions)
-        deleting = asyncio.create_task(manager.delete_session(session_id))
-        try:
-            assert await asyncio.to_thread(started.wait, 10)
-            async with open_peer(server, session_id) as peer:
-                await peer.send({"type": "hello", "last_seq": 0})
-                await eventually(lambda: session_id in manager.actors._attaching)
-                await asyncio.wait_for(server.stop(), 10)  # not 60 s
-                code, frames = await peer.closed()
-                assert code == 1012 and frames == [], (code, frames)
-        finally:
-            release.set()
-            with contextlib.suppress(StorageError):
-                await deleting
+    async with scene(tmp_path, monkeypatch, shutdown_grace=60, store_read_timeout=60) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id), open_peer(s.server, session_id) as peer:
+            await peer.send({"type": "hello", "last_seq": 0})
+            await s.hello_attaching(session_id)
+            await asyncio.wait_for(s.server.stop(), 10)  # not 60 s
+            assert await closed_with(peer, 1012) == []
