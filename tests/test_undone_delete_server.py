@@ -3,11 +3,11 @@ WAL, ``fsync`` mode: the delete's directory sync failed, and the rename back is 
 known durable either, ``persistence/jsonl/lifecycle.py``): its connections are closed
 with 1011 (resume), never 4404 (stop), and with 1012 when the server stops before the
 delete's outcome, or 1011 when the delete is cancelled; an attach or a close that
-raced the delete waits for its outcome (a hello's token checked against the session
-it finds then), and a stop ends such a hello at once; the session is readable, and
-every append is refused with ``internal`` saying that only a restart lets it in; the
-refusal holds for an actor created after the failed delete, and after the restart the
-same append, with the same key, is taken."""
+raced the delete waits for its outcome (a hello within its read deadline, its token
+checked against the session it finds then), and a stop ends such a hello at once; the
+session is readable, and every append is refused with ``internal`` saying that only a
+restart lets it in; the refusal holds for an actor created after the failed delete,
+and after the restart the same append, with the same key, is taken."""
 
 from __future__ import annotations
 
@@ -317,3 +317,23 @@ async def test_a_stop_during_a_delete_ends_the_hellos_waiting_for_it(
             await s.hello_attaching(session_id)
             await asyncio.wait_for(s.server.stop(), 10)  # not 60 s
             assert await closed_with(peer, 1012) == []
+
+
+async def test_a_hello_waits_for_a_delete_no_longer_than_its_read_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hello to a session whose delete the store holds (its directory sync) waits for
+    the outcome within its read deadline only: then 1011 ``storage unavailable`` (resume
+    later), with or without ``create``, and nothing created; the delete fails, and a
+    hello after it is welcomed to the session as it was."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=0.3) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id) as deleting:
+            for create in (False, True):
+                async with open_peer(s.server, session_id) as peer:
+                    await peer.send({"type": "hello", "create": create})
+                    assert await closed_with(peer, 1011) == []
+                    assert peer.ws.close_reason == "storage unavailable"
+            await deleting.fails()
+        async with attach(s.server, session_id) as (_viewer, welcome):
+            assert welcome["session"]["last_seq"] == 1, welcome
