@@ -11,7 +11,8 @@ from websockets.protocol import State
 from bamboo_session.protocol.codec import Codec
 
 from .flush import unframe
-from .outbox import FLUSH_FRAMES, Outbox
+from .outbox import Outbox
+from .writer_life import FLUSH_FRAMES
 
 
 async def close_within(ws: ServerConnection, code: int, reason: str, grace: float) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
     from .outbound import Outbound
-    from .outbox import Outbox
+    from .writer_life import WriterLife
 
 _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode
@@ -112,10 +112,10 @@ class Flusher:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._dirty: list[Outbox] = []
+        self._dirty: list[WriterLife] = []
         self._handle: asyncio.Handle | None = None
 
-    def add(self, outbox: Outbox) -> None:
+    def add(self, outbox: WriterLife) -> None:
         self._dirty.append(outbox)
         if self._handle is None:
             self._handle = self._loop.call_soon(self._flush)

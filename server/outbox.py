@@ -3,7 +3,8 @@
 An :class:`Outbox` is one connection's queue of outbound frames (server/outbound.py),
 bounded in frames and in bytes and charged to the process's memory budget: producers
 never wait on it; when it is full, the connection is closed (4429) and the client
-resumes from the log.
+resumes from the log. When the connection's writer task runs to send what it holds is
+server/writer_life.py's, the outbox's base.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.wakeup import Wakeup
 
 from .budget import NO_LIMIT, MemoryBudget
-from .flush import DirectSink, Flusher, unframe
+from .flush import unframe
 from .outbound import EventOutbound, Outbound
+from .writer_life import WriterLife
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -60,30 +62,26 @@ OutboxItem = Outbound | Replay | CloseRequest
 
 _COMPACT_AFTER = 1024
 # One write to a socket: at most this many bytes of frames (one frame at least), and
-# FLUSH_FRAMES frames; the rest waits in the queue (counted, bounded) for the next one.
+# FLUSH_FRAMES frames (server/writer_life.py); the rest waits in the queue (counted,
+# bounded) for the next one.
 WRITE_BYTES: Final = 256 * 1024
-FLUSH_FRAMES: Final = 256
 
 
-class Outbox:
-    """A connection's bounded queue of frames, filled by producers that never wait."""
+class Outbox(WriterLife):
+    """A connection's bounded queue of frames, filled by producers that never wait; when
+    its writer task runs is its base's (server/writer_life.py)."""
 
     __slots__ = (
         "_backed_up",
         "_closing_wakeup",
         "_head",
         "_items",
-        "_loop",
-        "_scheduled",
         "_settled",
-        "_waiter",
-        "_writer_absent",
         "budget",
         "bytes",
         "closing",
         "codec",
         "connection_id",
-        "flusher",
         "handed_over",
         "in_flight",
         "limit",
@@ -94,7 +92,6 @@ class Outbox:
         "on_close",
         "replaying",
         "role",
-        "sink",
     )
 
     def __init__(
@@ -108,6 +105,7 @@ class Outbox:
         codec: Codec = JSON,
         budget: MemoryBudget | None = None,
     ) -> None:
+        super().__init__()
         self.connection_id = connection_id
         self.role = role
         # What its welcome offers: batch frames of this many items at most (0: none).
@@ -134,16 +132,6 @@ class Outbox:
         # list costs 56 bytes where an empty deque keeps a 760-byte block.
         self._items: list[OutboxItem] = []
         self._head = 0
-        self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
-        # A connection's writer runs only while it has work (run_writer_on_demand): an
-        # idle connection holds no task, and most connects never start one.
-        self._writer_absent = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Frames go straight to the socket at the end of the loop's turn while the
-        # writer is idle (server/flush.py); without a sink, the writer sends them.
-        self.sink: DirectSink | None = None
-        self.flusher: Flusher | None = None
-        self._scheduled = False
         # Requests read but not answered yet: capped so that a burst of replies always
         # fits in the queue, which keeps a pipelining publisher from closing itself.
         self.in_flight = 0
@@ -156,6 +144,9 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._items) - self._head
+
+    def _head_item(self) -> OutboxItem:
+        return self._items[self._head]
 
     def _popleft(self) -> OutboxItem:
         items, head = self._items, self._head
@@ -252,7 +243,7 @@ class Outbox:
         the moment before its actor takes it out of the room; and let go of its
         connection, which whatever still refers to it (an attach waiting in a stuck
         actor's inbox) would otherwise keep alive."""
-        self._writer_absent = False  # nothing starts a writer for it any more
+        self._no_more_writers()
         self.close(CloseCode.GOING_AWAY, reason)
         self.discard()
         self.on_close = None
@@ -288,77 +279,11 @@ class Outbox:
             async with asyncio.timeout(delay):
                 await self._closing_wakeup.wait()
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        # Asked once: on Python 3.11, asyncio.get_running_loop() is a getpid() call.
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
-
-    def _writer_idle(self) -> bool:
-        """Whether the writer waits for work (or is not running: it starts when needed);
-        else it is at work, and takes what is queued."""
-        if self._writer_absent:
-            return True
-        waiter = self._waiter
-        return waiter is not None and not waiter.done()
-
-    def _rouse_writer(self) -> None:
-        """An idle writer is woken, an absent one started (``_writer_idle`` first)."""
-        if self._writer_absent:
-            self._writer_absent = False
-            assert self.sink is not None
-            self.sink.start_writer()
-        else:
-            assert self._waiter is not None
-            self._waiter.set_result(None)
-
-    def run_writer_on_demand(self) -> None:
-        """From now on the writer runs only while it has work: it ends when the queue is
-        empty (``take``), and the sink's ``start_writer`` starts it again when a replay,
-        the close, or a socket that is full needs it. What is queued already goes now."""
-        self._writer_absent = True
-        self.flush()
-
-    def _wake(self) -> None:
-        if self._writer_idle():
-            self._rouse_writer()
-
-    def _notify(self) -> None:
-        """Something was queued: an idle writer is woken, or, with a sink, the frames are
-        flushed at the end of this turn of the loop without waking it."""
-        if not self._writer_idle():
-            return  # the writer is at work: it takes what was queued
-        if self.sink is None or self.flusher is None:
-            self._rouse_writer()
-        elif not self._scheduled:
-            self._scheduled = True
-            self.flusher.add(self)
-
-    def flush(self) -> None:
-        """Writes the queued frames to the sink while the writer is idle; what needs
-        the writer (a replay, the close, a socket that is full) wakes it."""
-        self._scheduled = False
-        if not self._writer_idle():
-            return
-        items = self._items
-        if len(self) and isinstance(items[self._head], Outbound):
-            assert self.sink is not None
-            if self.sink.can_write():
-                self.sink.write(self.take_frames(None, FLUSH_FRAMES))
-        if len(self):
-            self._rouse_writer()
-
     async def get(self) -> OutboxItem:
         """The next item, for the writer; from a replay taken until the next call, the
         outbox is ``replaying``."""
         self.replaying = False
-        while not len(self):
-            self._waiter = self._event_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        await self._work_queued()
         item = self._popleft()
         self.replaying = type(item) is Replay
         return item
@@ -374,7 +299,7 @@ class Outbox:
         writer is to end (the next item that needs one starts another)."""
         item = self.get_nowait()
         if item is None:
-            self._writer_absent = True
+            self._writer_ended()
         return item
 
     def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]:

@@ -1,9 +1,9 @@
 """A connection's writer task runs only while it has something to await (a replay, the
 close, a socket whose buffer is full) and ends once its outbox is empty; the flusher
-writes the rest (server/outbox.py, server/flush.py). These tests start and end writers
-in every way a peer can make them, and check what the peer reads: its welcome, then
-its replay (oldest first), then live events, with no gap and no duplicate, and the
-close it is owed.
+writes the rest (server/writer_life.py, server/flush.py). These tests start and end
+writers in every way a peer can make them, and check what the peer reads: its welcome,
+then its replay (oldest first), then live events, with no gap and no duplicate, and
+the close it is owed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,131 @@
+"""When a connection's writer task runs: the outbox's side of it.
+
+Frames queued during one turn of the event loop go to the socket at the end of that
+turn, through the :class:`~server.flush.Flusher`, with no task involved. A writer task
+runs only for what must be awaited (a replay read from the store, the close, a socket
+whose buffer is full): the outbox starts it when such work is queued and none runs,
+and it ends once the outbox is empty, so an idle connection holds no task. The
+outbox's queue itself, its bounds and its close are server/outbox.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from .flush import DirectSink, Flusher
+from .outbound import Outbound
+
+if TYPE_CHECKING:
+    from .outbox import OutboxItem
+
+# One write to a socket: at most FLUSH_FRAMES frames (and WRITE_BYTES, outbox.py).
+FLUSH_FRAMES: Final = 256
+
+
+class WriterLife:
+    """Whether a connection's writer runs, waits or is absent, and what wakes or starts
+    it; the base of :class:`~server.outbox.Outbox`, whose queue it hands out.
+
+    Three states. Before ``run_writer_on_demand`` (and for an in-process receiver,
+    which has no sink) the writer waits in ``get`` for an item (``_waiter`` set while
+    it does). After it, the writer is absent (``_writer_absent``) until work that must
+    be awaited is queued, then at work until ``take`` finds the queue empty, in the
+    same step as it ends: nothing can be queued between the two."""
+
+    __slots__ = ("_loop", "_scheduled", "_waiter", "_writer_absent", "flusher", "sink")
+
+    if TYPE_CHECKING:  # the queue, kept by the Outbox
+
+        def __len__(self) -> int: ...
+        def _head_item(self) -> OutboxItem: ...
+        def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]: ...
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
+        # A connection's writer runs only while it has work (run_writer_on_demand): an
+        # idle connection holds no task, and most connects never start one.
+        self._writer_absent = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Frames go straight to the socket at the end of the loop's turn while the
+        # writer is idle (server/flush.py); without a sink, the writer sends them.
+        self.sink: DirectSink | None = None
+        self.flusher: Flusher | None = None
+        self._scheduled = False
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        # Asked once: on Python 3.11, asyncio.get_running_loop() is a getpid() call.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    def _writer_idle(self) -> bool:
+        """Whether the writer waits for work (or is not running: it starts when needed);
+        else it is at work, and takes what is queued."""
+        if self._writer_absent:
+            return True
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _rouse_writer(self) -> None:
+        """An idle writer is woken, an absent one started (``_writer_idle`` first)."""
+        if self._writer_absent:
+            self._writer_absent = False
+            assert self.sink is not None
+            self.sink.start_writer()
+        else:
+            assert self._waiter is not None
+            self._waiter.set_result(None)
+
+    def run_writer_on_demand(self) -> None:
+        """From now on the writer runs only while it has work: it ends when the queue is
+        empty (``take``), and the sink's ``start_writer`` starts it again when a replay,
+        the close, or a socket that is full needs it. What is queued already goes now."""
+        self._writer_absent = True
+        self.flush()
+
+    def _writer_ended(self) -> None:
+        """The writer found the queue empty and ends: the next work starts another."""
+        self._writer_absent = True
+
+    def _no_more_writers(self) -> None:
+        """The connection is gone: nothing starts a writer for it any more."""
+        self._writer_absent = False
+
+    def _wake(self) -> None:
+        if self._writer_idle():
+            self._rouse_writer()
+
+    def _notify(self) -> None:
+        """Something was queued: an idle writer is woken, or, with a sink, the frames are
+        flushed at the end of this turn of the loop without waking it."""
+        if not self._writer_idle():
+            return  # the writer is at work: it takes what was queued
+        if self.sink is None or self.flusher is None:
+            self._rouse_writer()
+        elif not self._scheduled:
+            self._scheduled = True
+            self.flusher.add(self)
+
+    def flush(self) -> None:
+        """Writes the queued frames to the sink while the writer is idle; what needs
+        the writer (a replay, the close, a socket that is full) wakes it."""
+        self._scheduled = False
+        if not self._writer_idle():
+            return
+        if len(self) and isinstance(self._head_item(), Outbound):
+            assert self.sink is not None
+            if self.sink.can_write():
+                self.sink.write(self.take_frames(None, FLUSH_FRAMES))
+        if len(self):
+            self._rouse_writer()
+
+    async def _work_queued(self) -> None:
+        """Waits (the writer, run by ``get``) until something is queued."""
+        while not len(self):
+            self._waiter = self._event_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
