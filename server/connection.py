@@ -153,6 +153,8 @@ class Connection:
         self.writer.add_done_callback(self._writer_done)
 
     def _writer_done(self, writer: asyncio.Task[None]) -> None:
+        if self.writer is writer:  # not one started since: an idle connection holds none
+            self.writer = None
         if writer.cancelled() or isinstance(writer.exception(), ConnectionClosed):
             return
         if writer.exception() is not None:
@@ -305,12 +307,9 @@ class Connection:
             if isinstance(item, Outbound):
                 # Whatever is queued goes out in one write (outbox.send_frames).
                 batch = outbox.take_frames(item, _SEND_BATCH)
-                # Not held while the next get() waits: on an idle connection that
-                # would be its welcome frame, for as long as it stays open.
-                del item
                 await send_frames(ws, [out.framed(codec) for out in batch])
                 self.frames_out += len(batch)
-                del batch
+                del batch  # not held through a replay or a close that follows
             elif isinstance(item, Replay):
                 await self._replay(item)
             else:

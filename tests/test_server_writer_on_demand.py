@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import time
@@ -220,3 +221,25 @@ async def test_with_compression_every_frame_goes_through_a_writer_that_ends() ->
                 assert await asyncio.wait_for(reading, 30) == list(range(1, 201))
                 await eventually(lambda: not writer_tasks())
                 assert (await viewer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+
+
+def writer_tasks_held() -> list[asyncio.Task[Any]]:
+    """Every writer task something still refers to, ended or not."""
+    gc.collect()
+    return [
+        task
+        for task in gc.get_objects()
+        if isinstance(task, asyncio.Task) and task.get_name().startswith("writer:")
+    ]
+
+
+async def test_a_connection_whose_writer_ended_holds_no_task() -> None:
+    # A resumer's replay started a writer; once it is sent, the connection is idle and
+    # holds no task, ended or not (about 0.5 KiB with its coroutine and context).
+    async with run_server() as server, attach(server, "held", create=True) as (agent, welcome):
+        await publish(agent, 3)
+        async with attach(server, "held", last_seq=0, epoch=welcome["epoch"]) as (viewer, _):
+            assert await read_all(viewer, 3) == [1, 2, 3]
+            await eventually(lambda: not writer_tasks())
+            assert (await viewer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+            assert not writer_tasks_held()
