@@ -1,11 +1,12 @@
-"""One WebSocket connection: handshake (``hello``, server/handshake.py), then a reader
-and a writer task.
+"""One WebSocket connection: handshake (``hello``, server/handshake.py), then a reader,
+and a writer task while there is something to await.
 
 The reader decodes frames and posts commands to the session's actor (waiting when the
-actor's inbox is full, which pushes back on the peer's socket); the writer drains the
-connection's outbox to the socket. Failures become ``error`` frames or close codes as
-server/failures.py says; an unexpected exception closes with 1011 and tells the peer
-nothing more.
+actor's inbox is full, which pushes back on the peer's socket); the writer sends what
+the flusher leaves it (a replay, the close, frames for a full socket; see
+server/writer_life.py) and ends once the outbox is empty. Failures become ``error``
+frames or close codes as server/failures.py says; an unexpected exception closes with
+1011 and tells the peer nothing more.
 """
 
 from __future__ import annotations
