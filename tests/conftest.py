@@ -2,16 +2,21 @@
 
 Under CI, hypothesis runs derandomized, so a submission's CI run is reproducible and a
 rare example found by chance cannot block a landing; local runs keep exploring new
-examples. ``redis_server`` is one real redis-server for the whole run (tests/
-redis_server.py); without the binary its tests are skipped, and the run ends with one
-line saying how to install it. ``browser`` is the browser tests' Chromium, which saves
-screenshots of a failed test's pages. The slowest modules of a recorded run
-(tests/durations.txt) are collected first, so xdist starts them first.
+examples. The run's soft open-file limit is raised toward its hard one (to 65,536 at
+most), as ``serve`` raises its own: tests that hold thousands of sockets at once (2,000
+idle peers in tests/test_server_writer_on_demand_process.py) would otherwise meet a
+soft limit of 1,024 where the machine allows more. ``redis_server`` is one real
+redis-server for the whole run (tests/redis_server.py); without the binary its tests
+are skipped, and the run ends with one line saying how to install it. ``browser`` is
+the browser tests' Chromium, which saves screenshots of a failed test's pages. The
+slowest modules of a recorded run (tests/durations.txt) are collected first, so xdist
+starts them first.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,17 @@ from tests.redis_server import INSTALL_HINT, RedisServer, available, start_redis
 
 # The atheris harnesses are scripts of `make fuzz`, never tests (tests/fuzz/harness.py).
 collect_ignore = ["fuzz"]
+
+
+OPEN_FILES_WANTED = 65_536
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
 
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
