@@ -21,7 +21,7 @@ from bamboo_session.persistence.base import (
     StorageError,
     UserFull,
 )
-from bamboo_session.persistence.feed import DELETED
+from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionState
 
@@ -230,6 +230,9 @@ async def tick(actor: SessionActor, generation: int) -> None:
         # Its peers were silent for its whole TTL: tell them, as a delete would.
         actor.end(CloseCode.NOT_FOUND, "session expired", replays_go_on=True)
         return
+    if ended == CLOSED:
+        await closed_elsewhere(actor)
+        return
     if ended is not None:
         # Deleted, or replaced by a session of another epoch, and the store's notice
         # is not here yet (another process's, late or lost): its peers are told what
@@ -237,6 +240,18 @@ async def tick(actor: SessionActor, generation: int) -> None:
         actor.end(*subscription_end(actor.following.ended(ended)))
         return
     actor.arm_timer()
+
+
+async def closed_elsewhere(actor: SessionActor) -> None:
+    """Another process closed the session, and its notice did not come: its peers get
+    what the notice gives them (as a close here does, every event acknowledged before
+    it first, then ``closed`` and 1000)."""
+    stored = await actor.storage.get_metadata(actor.session_id)
+    if stored is not None and stored.epoch == actor.room.epoch:
+        actor.following.stored_up_to(stored.last_seq)
+        await actor.catch_up()
+    actor.status.state = SessionState.CLOSED
+    actor.end(*subscription_end(CLOSED), replays_go_on=True)
 
 
 async def registered_again(actor: SessionActor) -> None:

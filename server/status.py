@@ -10,12 +10,14 @@ import contextlib
 import structlog
 
 from bamboo_session.persistence.base import (
+    InvalidTransition,
+    SessionClosed,
     SessionExpired,
     SessionNotFound,
     Storage,
     StorageError,
 )
-from bamboo_session.persistence.feed import DELETED
+from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
 
 log = structlog.get_logger("bamboo_session.actor")
@@ -55,9 +57,7 @@ class SessionStatus:
         self.state.check_transition(state)
         stored = None
         try:
-            stored = await self.storage.update_session_state(
-                self.session_id, state, epoch=self.epoch
-            )
+            stored = await self._write(state)
         except SessionExpired:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
@@ -83,15 +83,37 @@ class SessionStatus:
         except StorageError as exc:
             log.warning("saving the disconnected state failed; saved later", error=str(exc))
             self.state = SessionState.DISCONNECTED
-            self.owed = not isinstance(exc, SessionNotFound)  # a deleted one is owed nothing
+            # A deleted session is owed nothing, nor one closed elsewhere: it never
+            # moves again (its notice ends it here, or the next attach reads it).
+            self.owed = not isinstance(exc, SessionNotFound | SessionClosed)
 
     async def save(self) -> None:
         """Write the state the store is owed, if any; StorageError if it fails again."""
         if not self.owed:
             return
-        with contextlib.suppress(SessionExpired, SessionNotFound):  # nothing left to save
-            await self.storage.update_session_state(self.session_id, self.state, epoch=self.epoch)
+        with contextlib.suppress(SessionExpired, SessionNotFound, SessionClosed):
+            await self._write(self.state)  # nothing left to save when these say so
         self.owed = False
+
+    async def _write(self, state: SessionState) -> SessionMetadata:
+        """``state`` written to the store. This actor's state allowed the move, so a
+        store that refuses it holds a state another process wrote since, closed or
+        expired (its notice not here yet): that end, as the StorageError the actor's
+        callers handle, not an InvalidTransition that fails the actor (and with it an
+        attach, after its read deadline, and every peer attached, with 1011)."""
+        try:
+            return await self.storage.update_session_state(self.session_id, state, epoch=self.epoch)
+        except InvalidTransition:
+            raise await self._ended_elsewhere() from None
+
+    async def _ended_elsewhere(self) -> StorageError:
+        metadata = await self.storage.get_metadata(self.session_id)
+        name = repr(self.session_id)
+        if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
+            return SessionNotFound(f"session {name} not found")
+        if metadata.is_expired() or metadata.state == SessionState.EXPIRED:
+            return SessionExpired(f"session {name} has expired")
+        return SessionClosed(f"session {name} was closed by another process")
 
     async def reclaim(self) -> None:
         """This process's connections are attached (registered again after the store
@@ -124,9 +146,10 @@ class SessionStatus:
         idle, unless the store recorded activity within it: on a shared store, peers
         attached to other processes publish (or send frames, recorded at their
         process's look) while this one's are silent. None while the session lives;
-        else how it ended: :data:`EXPIRED`, or :data:`DELETED` when the store holds
-        no session of this epoch (deleted, or replaced under its id: the notice of
-        another process is late, or was lost with its pub/sub connection)."""
+        else how it ended: :data:`EXPIRED`, :data:`CLOSED` (by another process), or
+        :data:`DELETED` when the store holds no session of this epoch (deleted, or
+        replaced under its id). Those two are another process's, whose notice is
+        late, or was lost with the pub/sub connection."""
         if traffic:
             await self.touch()
         metadata = await self.storage.get_metadata(self.session_id)
@@ -134,6 +157,8 @@ class SessionStatus:
             return DELETED  # the session that took its id is not this one's to look at
         if metadata.is_expired():
             return EXPIRED
+        if metadata.state == SessionState.CLOSED != self.state:
+            return CLOSED  # by another process, its notice late or lost
         if quiet_for >= idle_timeout:
             if self.state == SessionState.ACTIVE:
                 elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
