@@ -116,45 +116,64 @@ async def check_persistence(client: Redis, config: RedisConfig) -> bool:
     an ACL deny it), when the store opens all the same, and says at INFO that it could
     not check, so that the operator knows to. A store on a Redis that may lose writes
     changes every session's epoch when Redis restarts (generation.py)."""
-    settings: dict[str, str] = {}
-    try:
-        for name in PERSISTENCE_SETTINGS:
-            # One name per CONFIG GET: Redis before 7.0 refuses several in one call,
-            # which would read as CONFIG refused and open the store unchecked.
-            said = await client.config_get(name)
-            settings.update({_text(key): _text(value) for key, value in said.items()})
-    except redis.exceptions.ResponseError as exc:
+    settings = await read_persistence(client)
+    if settings is None:
         log.info(
             "could not check that Redis keeps the writes it acknowledged (CONFIG GET "
-            "refused: %s): it should run with appendonly yes and appendfsync always; "
+            "refused): it should run with appendonly yes and appendfsync always; "
             "taken as one that may lose them, so a restart of Redis changes every "
-            "session's epoch",
-            exc,
+            "session's epoch"
         )
         return True
-    except redis.exceptions.RedisError as exc:
-        raise unreachable(exc) from exc
-    appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
-    if appendonly is None or appendfsync is None:
-        return True
-    danger = None
-    if appendonly != "yes" or appendfsync != "always":
-        danger = (
-            f"Redis may lose writes it acknowledged (appendonly {appendonly}, appendfsync "
-            f"{appendfsync}): {_what_a_restart_loses(appendonly, settings.get('save'))}; "
-            "set appendonly yes and appendfsync always"
-        )
-    elif settings.get(NO_FSYNC_ON_REWRITE) == "yes":
-        danger = (
-            f"Redis may lose writes it acknowledged ({NO_FSYNC_ON_REWRITE} yes): while "
-            "it takes a snapshot or rewrites its append-only file it fsyncs nothing, so "
-            f"{_what_a_restart_loses('yes', None)}; set {NO_FSYNC_ON_REWRITE} no"
-        )
+    if "appendonly" not in settings or "appendfsync" not in settings:
+        return True  # a Redis that does not say: taken as lossy, as it cannot be refused
+    danger = persistence_danger(settings)
     if danger is not None:
         if not (config.accept_lossy or config.read_only):
             raise StoreMisconfigured(f"{danger}, or add accept_lossy=true to the store URL")
         log.warning("%s", danger)
     return danger is not None
+
+
+async def read_persistence(client: Redis) -> dict[str, str] | None:
+    """Redis's persistence settings (``PERSISTENCE_SETTINGS``) as it runs now; None
+    where it refuses ``CONFIG GET`` (renamed, disabled, or denied by an ACL)."""
+    settings: dict[str, str] = {}
+    try:
+        for name in PERSISTENCE_SETTINGS:
+            # One name per CONFIG GET: Redis before 7.0 refuses several in one call,
+            # which would read as CONFIG refused.
+            said = await client.config_get(name)
+            settings.update({_text(key): _text(value) for key, value in said.items()})
+    except redis.exceptions.ResponseError:
+        return None
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+    return settings
+
+
+def persistence_danger(settings: dict[str, str]) -> str | None:
+    """What in ``settings`` may lose writes Redis acknowledged, said for an operator
+    (what a restart then loses, what to set); None if nothing does. Settings missing
+    from what CONFIG GET answered (a Redis that does not know them) count as unsafe."""
+    appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
+    if appendonly is None or appendfsync is None:
+        return (
+            "Redis may lose writes it acknowledged (CONFIG GET says no appendonly or appendfsync)"
+        )
+    if appendonly != "yes" or appendfsync != "always":
+        return (
+            f"Redis may lose writes it acknowledged (appendonly {appendonly}, appendfsync "
+            f"{appendfsync}): {_what_a_restart_loses(appendonly, settings.get('save'))}; "
+            "set appendonly yes and appendfsync always"
+        )
+    if settings.get(NO_FSYNC_ON_REWRITE) == "yes":
+        return (
+            f"Redis may lose writes it acknowledged ({NO_FSYNC_ON_REWRITE} yes): while "
+            "it takes a snapshot or rewrites its append-only file it fsyncs nothing, so "
+            f"{_what_a_restart_loses('yes', None)}; set {NO_FSYNC_ON_REWRITE} no"
+        )
+    return None
 
 
 async def refuse_replica(client: Redis, config: RedisConfig) -> None:
