@@ -360,3 +360,16 @@ class SyncHealth(Protocol):
     def sync_failed(self) -> bool:
         """A sync failed in this process: restart it (the JSONL WAL grows until then)."""
         ...
+
+
+@runtime_checkable
+class WriteLossRisk(Protocol):
+    """A store on a server that may, by its settings, lose writes it acknowledged (the
+    Redis store: ``appendonly``, ``appendfsync``), which a restart of that server then
+    shows as every session's epoch changing (``/metrics``:
+    ``bamboo_store_may_lose_writes``)."""
+
+    @property
+    def may_lose_writes(self) -> bool:
+        """As last seen, the server may lose writes it acknowledged, or cannot say."""
+        ...

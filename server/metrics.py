@@ -119,6 +119,13 @@ class Metrics:
             "mode): later syncs prove nothing, its WAL is kept whole and grows; restart",
             registry=r,
         )
+        self.store_may_lose_writes = Gauge(
+            "bamboo_store_may_lose_writes",
+            "1 while the store's server may lose writes it acknowledged, as last checked "
+            "(Redis: appendonly, appendfsync, no-appendfsync-on-rewrite, every heartbeat/3 "
+            "s; or CONFIG refused): its next restart changes every session's epoch",
+            registry=r,
+        )
         self.buffered_bytes = Gauge(
             "bamboo_buffered_bytes",
             "Bytes held in replay rings, send queues and inboxes (see --memory-budget)",
@@ -268,4 +275,5 @@ _FIGURES = {
     "events_appended": "events_appended",
     "events_replayed": "events_replayed",
     "store_sync_failed": "store_sync_failed",
+    "store_may_lose_writes": "store_may_lose_writes",
 }

@@ -5,7 +5,9 @@ walks a directory), so each is read at most once per interval and kept meanwhile
 Bytes on disk are known for file stores (JSONL: its directory; SQLite: its file with
 its journal and WAL); for others the gauge stays unset. Whether a sync failed in this
 process (``SyncHealth``, the JSONL store) is read whenever the gauge is, by ``/metrics``
-or ``/api/v1/stats``: it costs nothing (other stores: always 0).
+or ``/api/v1/stats``: it costs nothing (other stores: always 0). So is whether the
+store's server may lose writes it acknowledged (``WriteLossRisk``, the Redis store, as
+its last look at Redis's settings found: other stores, always 0).
 
 A scrape waits for a figure at most ``--store-read-timeout``: a store that does not
 answer leaves the gauge at its last value (the scrape serves what it has); the read,
@@ -21,7 +23,13 @@ import time
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.persistence.base import SessionFilter, Storage, StorageError, SyncHealth
+from bamboo_session.persistence.base import (
+    SessionFilter,
+    Storage,
+    StorageError,
+    SyncHealth,
+    WriteLossRisk,
+)
 from bamboo_session.persistence.url import parse_store_url
 
 from .metrics import Metrics
@@ -76,6 +84,9 @@ class StoreStats:
         if isinstance(storage, SyncHealth):  # an attribute: read at every read of the gauge
             health = storage
             metrics.store_sync_failed.set_function(lambda: int(health.sync_failed))
+        if isinstance(storage, WriteLossRisk):  # likewise, read at every read
+            risk = storage
+            metrics.store_may_lose_writes.set_function(lambda: int(risk.may_lose_writes))
 
     async def refresh(self) -> None:
         """Reads the figures that are due, at once. A failure (StoreTimeout among them)

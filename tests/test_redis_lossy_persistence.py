@@ -5,10 +5,10 @@ store gets). Nothing left in Redis tells what was lost: on a Redis that the stor
 found durable when it opened, the lost events' seqs are given again to other events
 under the same epoch, and a client that saw the lost ones resumes onto a different log
 (the first test shows it on a real redis-server, made lossy by ``CONFIG SET`` after
-the open). A store opened with ``accept_lossy=true`` changes every epoch when Redis
-restarts instead (tests/test_redis_lossy_epoch.py). ``appendonly yes`` with
-``appendfsync always`` (what docs/storage-redis.md asks for, and the tests run) opens
-quietly."""
+the open, before the store's next look at its settings). A store opened with
+``accept_lossy=true`` changes every epoch when Redis restarts instead
+(tests/test_redis_lossy_epoch.py). ``appendonly yes`` with ``appendfsync always``
+(what docs/storage-redis.md asks for, and the tests run) opens quietly."""
 
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ async def test_writes_a_restart_lost_leave_their_seqs_to_others_under_the_same_e
     no`` would), acknowledges 5 more events and is killed; started again on the file,
     it has the first 5. The next event gets seq 6 again, under the epoch a client that
     saw the lost seq 6 still holds: the store read Redis's settings when it opened,
-    durable then, and a restart of a durable Redis keeps the epoch."""
+    durable then, and had not looked again (every ``heartbeat / 3``: an hour's
+    heartbeat here) when Redis restarted; a restart of a durable Redis keeps the
+    epoch. tests/test_redis_durability.py shows the look that sees the switch."""
     server = start_redis("lossy")
     client = redis.asyncio.Redis(port=server.port)
-    store = await open_storage(server.url(prefix="l"))
+    store = await open_storage(server.url(prefix="l", heartbeat=3600))
     try:
         await store.create_session(Session.new("s"))
         for i in range(5):

@@ -24,7 +24,10 @@ and every connection the client makes, or makes again, before it carries a call
 instance meets a restarted Redis there first, whether or not its script cache came
 back (Redis before 7.0 keeps the scripts in an RDB saved with replication
 information, and then no NOSCRIPT tells). A check of the run already checked costs
-one ``INFO server``; a new run, the script.
+one ``INFO server``; a new run, the script. The record is marked lossy, for the
+run, also when a Redis checked durable turns lossy later (durability.py
+``DurabilityWatch``, through ``record_lossy``): its next restart then changes the
+token, as a restart of a run recorded lossy does.
 An instance that finds the token changed ends every subscription (its viewers are
 closed with 1012, resume, and are told ``resumed: false``), and its actors, parked
 ones included, retire at their next attach, whose epoch no longer matches the
@@ -97,6 +100,24 @@ class Generation:
             if self._read_only:  # writes nothing: serves what the record says, read anew
                 return self._adopt(await self._call("HGET", self.key, "token"))  # each look
             reply = await run(self._client, "generation", [self.key], self._args(run_id))
+            return self._settle(run_id, reply)
+
+    async def record_lossy(self) -> bool:
+        """Redis, checked durable so far, may now lose writes it acknowledged (a
+        ``CONFIG SET`` since: durability.py): the record says so for the run now, so
+        that its next restart changes every epoch, as a restart of a run recorded lossy
+        does. On another run than the one last checked, that run is checked as
+        ``check`` would, now taken as lossy. True if the token changed."""
+        async with self._checking:
+            run_id = None if self._read_only else await self._run_id()
+            self.lossy = True  # in the script's arguments, and every check's after
+            if run_id is None:
+                return False  # read-only, or INFO refused: no record to write
+            try:
+                reply = await run(self._client, "generation", [self.key], self._args(run_id))
+            except BaseException:
+                self.lossy = False  # not recorded: the next look tries again
+                raise
             return self._settle(run_id, reply)
 
     async def on_connect(self, connection: Any) -> None:

@@ -58,6 +58,7 @@ from .client import (
     warn_of_eviction,
 )
 from .config import RedisConfig
+from .durability import DurabilityWatch
 from .generation import Generation
 from .layout import (
     CLOSED_NOTICE,
@@ -91,6 +92,7 @@ class RedisStorage:
         pool = client.connection_pool
         if isinstance(pool, CheckedPool):  # every connection made checks the generation
             pool.on_connect = self.generation.on_connect
+        self.durability = DurabilityWatch(client, self.generation, config.heartbeat)
         self._open = True
         self.list_step = LIST_STEP  # candidates a listing reads per script call
         self.list_bytes = LIST_BYTES  # what a listing in steps may hold meanwhile
@@ -122,6 +124,8 @@ class RedisStorage:
             await client.aclose()
             raise
         storage.maintenance.start()
+        if not config.read_only:  # a reader writes nothing a restart could lose
+            storage.durability.start()
         return storage
 
     async def __aenter__(self) -> Self:
@@ -134,11 +138,16 @@ class RedisStorage:
     def ready(self) -> bool:
         return self._open and self.live.listener.connected
 
+    @property
+    def may_lose_writes(self) -> bool:  # WriteLossRisk: bamboo_store_may_lose_writes
+        return self.durability.may_lose_writes
+
     async def close(self) -> None:
         if not self._open:
             return
         self._open = False
         await self.maintenance.stop()
+        await self.durability.stop()
         self.live.feed.end_all()
         await self.live.listener.close()
         await self.redis.client.aclose()

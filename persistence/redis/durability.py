@@ -1,0 +1,102 @@
+"""The watch on Redis's persistence settings after a writable store's open: a Redis
+found durable then (``appendonly yes``, ``appendfsync always``) may be switched later
+(``CONFIG SET appendfsync everysec``, ``appendonly no``), and its next restart may
+then lose writes it acknowledged while keeping every epoch, so that the lost events'
+seqs would go to other events under an epoch clients hold (the wire contract's
+Resume forbids it).
+
+Every ``heartbeat / 3`` seconds (the presence heartbeat's pace; 10 s by default)
+one ``CONFIG GET`` per setting reads what Redis runs with; nothing is read per append.
+When Redis turns lossy, the generation record is marked lossy for the run
+(generation.py ``record_lossy``), so that its next restart changes every session's
+epoch, and one warning says what changed and what to set; this instance also takes
+Redis for lossy from then on, so its first look at the next run changes the token
+even if the mark did not survive. The store keeps serving: the epoch change keeps the
+contract, and a refusal of every append, across every instance, for a setting an
+operator changed on purpose would be an outage of its own (the refusal at the open
+stays: a deploy that has not started yet loses nothing). The run stays recorded
+lossy even if Redis turns durable again: what was acknowledged meanwhile may not be
+on disk. ``may_lose_writes`` is what /metrics shows (``bamboo_store_may_lose_writes``).
+
+What this cannot see: a loss between the switch and the next look (the interval is
+that window), and, with ``appendonly no``, a restart that no instance which saw the
+switch outlives: the mark, written after the switch, is lost with the events
+(tests/test_redis_durability.py shows both sides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from ..base import StorageError
+from .client import persistence_danger, read_persistence, stop_task
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .generation import Generation
+
+log = logging.getLogger(__name__)
+
+SHORTEST_INTERVAL: Final = 0.1  # seconds: a heartbeat of 0 must not spin
+UNCHECKABLE: Final = (
+    "Redis now refuses CONFIG GET, so the store cannot tell whether it keeps the writes "
+    "it acknowledged; taken as one that may lose them"
+)
+
+
+class DurabilityWatch:
+    """Reads Redis's persistence settings every ``interval`` seconds, and records a
+    turn to lossy in the store's generation."""
+
+    def __init__(self, client: Redis, generation: Generation, heartbeat: float) -> None:
+        self._client = client
+        self._generation = generation
+        self.interval = max(heartbeat / 3, SHORTEST_INTERVAL)
+        self._task: asyncio.Task[None] | None = None
+        self.looks = 0  # looks done to the end (the settings read, a turn acted on)
+        self.turns = 0  # times Redis was seen turning lossy after the open
+
+    @property
+    def may_lose_writes(self) -> bool:
+        """Redis, as last seen, may lose writes it acknowledged (or cannot say)."""
+        return self._generation.lossy
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="bamboo-redis-durability")
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+
+    async def check(self) -> None:
+        """One look at the settings; a turn either way is acted on once."""
+        settings = await read_persistence(self._client)
+        danger = UNCHECKABLE if settings is None else persistence_danger(settings)
+        was_lossy = self._generation.lossy
+        if danger is not None and not was_lossy:
+            await self._generation.record_lossy()
+            self.turns += 1
+            log.warning(
+                "%s. Redis kept every write it acknowledged when the store last looked; "
+                "its next restart now changes every session's epoch (clients resume "
+                "with resumed: false)",
+                danger,
+            )
+        elif danger is None and was_lossy:
+            self._generation.lossy = False
+            log.info(
+                "Redis keeps the writes it acknowledged again; its next restart still "
+                "changes every session's epoch, as this run of Redis may have lost some"
+            )
+        self.looks += 1
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except StorageError as exc:  # Redis away: the next look tries again
+                log.debug("could not read Redis's persistence settings: %s", exc)
