@@ -175,7 +175,8 @@ async def test_a_run_seen_lossy_stays_recorded_lossy_when_redis_turns_durable_ag
         await store.create_session(Session.new("s"))
         old = await store.epoch("s")
         await config_set(server, "appendfsync", "everysec")
-        await eventually(lambda: store.may_lose_writes, timeout=WAIT)
+        await eventually(lambda: store.durability.turns == 1, timeout=WAIT)  # recorded
+        assert store.may_lose_writes
         assert await client.hget(store.generation.key, "lossy") == b"1"
         assert (await store.append_event("s", AgentEvent.token("meanwhile"))).seq == 1
         await config_set(server, "appendfsync", "always")
