@@ -196,3 +196,43 @@ async def test_a_run_seen_lossy_stays_recorded_lossy_when_redis_turns_durable_ag
     finally:
         await store.close()
         await client.aclose()
+
+
+async def test_a_turn_seen_but_not_recorded_still_changes_the_epoch_at_the_restart(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """The look sees ``appendonly no`` but cannot mark the record (scripts denied by
+    an ACL here; Redis dying mid-look does the same): the look fails, and the instance
+    still takes Redis for lossy, so that its first check of the next run changes the
+    epoch over the lost seq 6 (with ``appendonly no`` a mark would be lost with it
+    anyway). The warning waits for the mark, which the next look retries."""
+    server = start_redis("unrecorded")
+    store = await open_storage(server.url(prefix=prefix_for(tmp_path), heartbeat=3600))
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        assert isinstance(store, RedisStorage)
+        await store.create_session(Session.new("s"))
+        old = await store.epoch("s")
+        for i in range(5):
+            await store.append_event("s", AgentEvent.token(f"e{i}"))
+        await config_set(server, "appendonly", "no")
+        await client.execute_command("ACL", "SETUSER", "default", "-eval", "-evalsha")
+        with pytest.raises(StorageError):
+            await store.durability.check()  # the watch's look, here by hand
+        assert store.may_lose_writes
+        assert store.durability.turns == 0  # not recorded, so not said yet
+        await client.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
+        assert (await store.append_event("s", AgentEvent.token("e5"))).seq == 6
+        crash_and_restart(server)
+
+        async def changed() -> bool:
+            try:  # the pool's connections to the killed Redis fail once each
+                return await store.epoch("s") != old
+            except StorageError:
+                return False
+
+        await eventually(changed, timeout=WAIT)
+        assert await store.last_seq("s") == 5
+    finally:
+        await store.close()
+        await client.aclose()

@@ -11,7 +11,8 @@ When Redis turns lossy, the generation record is marked lossy for the run
 (generation.py ``record_lossy``), so that its next restart changes every session's
 epoch, and one warning says what changed and what to set; this instance also takes
 Redis for lossy from then on, so its first look at the next run changes the token
-even if the mark did not survive. The store keeps serving: the epoch change keeps the
+even if the mark did not survive, or could not be written (Redis away mid-look: the
+next look writes it, and only then warns). The store keeps serving: the epoch change keeps the
 contract, and a refusal of every append, across every instance, for a setting an
 operator changed on purpose would be an outage of its own (the refusal at the open
 stays: a deploy that has not started yet loses nothing). The run stays recorded
@@ -57,7 +58,8 @@ class DurabilityWatch:
         self.interval = max(heartbeat / 3, SHORTEST_INTERVAL)
         self._task: asyncio.Task[None] | None = None
         self.looks = 0  # looks done to the end (the settings read, a turn acted on)
-        self.turns = 0  # times Redis was seen turning lossy after the open
+        self.turns = 0  # times Redis was seen turning lossy after the open, and recorded
+        self._unrecorded = False  # a turn seen whose mark in the record failed so far
 
     @property
     def may_lose_writes(self) -> bool:
@@ -72,26 +74,42 @@ class DurabilityWatch:
         self._task = None
 
     async def check(self) -> None:
-        """One look at the settings; a turn either way is acted on once."""
+        """One look at the settings; a turn either way is acted on once. A turn to
+        lossy whose mark fails (Redis away mid-look, scripts refused) raises, and is
+        still taken: this instance keeps Redis for lossy, and the next look marks the
+        record, then warns."""
         settings = await read_persistence(self._client)
         danger = UNCHECKABLE if settings is None else persistence_danger(settings)
-        was_lossy = self._generation.lossy
-        if danger is not None and not was_lossy:
-            await self._generation.record_lossy()
-            self.turns += 1
-            log.warning(
-                "%s. Redis kept every write it acknowledged when the store last looked; "
-                "its next restart now changes every session's epoch (clients resume "
-                "with resumed: false)",
-                danger,
-            )
-        elif danger is None and was_lossy:
-            self._generation.lossy = False
-            log.info(
-                "Redis keeps the writes it acknowledged again; its next restart still "
-                "changes every session's epoch, as this run of Redis may have lost some"
-            )
+        if danger is not None:
+            await self._turned_lossy(danger)
+        elif self._generation.lossy:
+            await self._turned_durable()
         self.looks += 1
+
+    async def _turned_lossy(self, danger: str) -> None:
+        if not self._generation.lossy:
+            self._unrecorded = True
+        if not self._unrecorded:
+            return
+        await self._generation.record_lossy()  # takes Redis for lossy even if it fails
+        self._unrecorded = False
+        self.turns += 1
+        log.warning(
+            "%s. Redis kept every write it acknowledged when the store last looked; "
+            "its next restart now changes every session's epoch (clients resume "
+            "with resumed: false)",
+            danger,
+        )
+
+    async def _turned_durable(self) -> None:
+        if self._unrecorded:  # what was acknowledged meanwhile may not be on disk
+            await self._generation.record_lossy()
+            self._unrecorded = False
+        self._generation.lossy = False
+        log.info(
+            "Redis keeps the writes it acknowledged again; its next restart still "
+            "changes every session's epoch, as this run of Redis may have lost some"
+        )
 
     async def _loop(self) -> None:
         while True:

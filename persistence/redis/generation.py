@@ -107,17 +107,16 @@ class Generation:
         ``CONFIG SET`` since: durability.py): the record says so for the run now, so
         that its next restart changes every epoch, as a restart of a run recorded lossy
         does. On another run than the one last checked, that run is checked as
-        ``check`` would, now taken as lossy. True if the token changed."""
+        ``check`` would, now taken as lossy. True if the token changed. This instance
+        takes Redis for lossy from the call on, also when the record could not be
+        written (the call then raises): its first check of the next run changes the
+        token all the same."""
         async with self._checking:
-            run_id = None if self._read_only else await self._run_id()
             self.lossy = True  # in the script's arguments, and every check's after
+            run_id = None if self._read_only else await self._run_id()
             if run_id is None:
                 return False  # read-only, or INFO refused: no record to write
-            try:
-                reply = await run(self._client, "generation", [self.key], self._args(run_id))
-            except BaseException:
-                self.lossy = False  # not recorded: the next look tries again
-                raise
+            reply = await run(self._client, "generation", [self.key], self._args(run_id))
             return self._settle(run_id, reply)
 
     async def on_connect(self, connection: Any) -> None:
