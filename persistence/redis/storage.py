@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Final, Self
 
-import msgspec
 from redis.asyncio import Redis
 
 from bamboo_session.protocol.ids import check_session_id
@@ -44,10 +43,9 @@ from ..base import (
     StorageError,
     StoreMisconfigured,
 )
-from ..events import within_bytes
 from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
-from . import appending, importing
+from . import appending, importing, reading
 from .client import (
     CheckedPool,
     Commands,
@@ -64,7 +62,6 @@ from .layout import (
     CLOSED_NOTICE,
     DELETED_NOTICE,
     Layout,
-    event_from_entry,
     metadata_fields,
     metadata_from,
 )
@@ -73,7 +70,6 @@ from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .scripts import HistoryLost, epoch_in_hash, optional_arg, removed_epoch
 
-_message_of = msgspec.json.Decoder(MessageEvent)
 EVERYTHING: Final = 2**31
 
 
@@ -190,7 +186,7 @@ class RedisStorage:
 
     async def load_session(self, session_id: str) -> Session | None:
         try:
-            meta, _, messages = await self._history(session_id, ["all"])
+            meta, _, messages = await reading.read_history(self, session_id, ["all"])
         except SessionNotFound:
             return None
         return Session(meta, messages)
@@ -211,14 +207,14 @@ class RedisStorage:
         return result.sessions
 
     async def get_session_history(self, session_id: str) -> list[Message]:
-        _, _, messages = await self._history(session_id, ["all"])
+        _, _, messages = await reading.read_history(self, session_id, ["all"])
         return messages
 
     async def get_history_page(
         self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
         args: list[str | int] = ["page", limit, "" if before is None else before]
-        meta, start, messages = await self._history(session_id, args)
+        meta, start, messages = await reading.read_history(self, session_id, args)
         if epoch is not None and meta.epoch != epoch:  # read with the page, in one script
             raise SessionNotFound(f"session {session_id!r} not found")
         return HistoryPage(messages, start, start > 0)
@@ -293,34 +289,7 @@ class RedisStorage:
         epoch: str | None = None,
     ) -> list[StoredEvent]:
         session_id = check_session_id(session_id)
-        return await self._read_events(session_id, after_seq, limit, max_bytes, epoch)
-
-    async def _read_events(
-        self,
-        session_id: str,
-        after_seq: int,
-        limit: int | None,
-        max_bytes: int | None = None,
-        epoch: str | None = None,
-    ) -> list[StoredEvent]:
-        """``read_events``; with ``epoch``, SessionNotFound if the session's log is of
-        another epoch (a session that replaced it under its id), in the same script."""
-        count: int | str = "" if limit is None else max(limit, 0)
-        keys = [self.layout.meta(session_id), self.layout.log(session_id)]
-        if count == 0:
-            found = await self.epoch(session_id)  # SessionNotFound still applies
-            if epoch is not None and found != epoch:
-                raise SessionNotFound(f"session {session_id!r} not found")
-            return []
-        # The epoch as served: the script checks it against the generation's too.
-        args = [str(max(after_seq, 0) + 1), count, epoch or "", self.generation.key]
-        try:
-            entries = await self.redis.run("read", keys, args)
-        except HistoryLost:
-            await self.generation.check(refused=True)
-            raise
-        events = [event_from_entry(entry) for entry in entries]
-        return events if max_bytes is None else within_bytes(events, max_bytes)
+        return await reading.read_events(self, session_id, after_seq, limit, max_bytes, epoch)
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         session_id = check_session_id(session_id)
@@ -332,7 +301,7 @@ class RedisStorage:
             # session (an expired one, by a create) before this one heard of it.
             epoch = None if subscription is None else subscription.epoch
             try:
-                return await self._read_events(session_id, after, limit, epoch=epoch)
+                return await reading.read_events(self, session_id, after, limit, epoch=epoch)
             except HistoryLost:  # its log's generation is gone: its viewers resume (1012)
                 if subscription is not None:
                     subscription.end(HISTORY_LOST)
@@ -367,15 +336,6 @@ class RedisStorage:
         return RedisRecounter(self, dry_run=dry_run)
 
     # -- helpers --------------------------------------------------------------------
-
-    async def _history(
-        self, session_id: str, args: list[str | int]
-    ) -> tuple[SessionMetadata, int, list[Message]]:
-        session_id = check_session_id(session_id)
-        meta, log, _, msgs, _ = self.layout.session_keys(session_id)
-        reply = await self.redis.run("history", [meta, msgs, log], args)
-        messages = [_message_of.decode(data).message for data in reply[2:]]
-        return self.served_metadata(reply[0]), int(reply[1]), messages
 
     def served_metadata(self, flat: list[bytes] | dict[bytes, bytes]) -> SessionMetadata:
         """A session's metadata hash, its epoch as clients see it (generation.py)."""
