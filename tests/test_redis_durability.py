@@ -161,12 +161,14 @@ async def test_a_redis_that_stays_durable_keeps_its_epochs_across_a_restart(
 
 
 async def test_a_run_seen_lossy_stays_recorded_lossy_when_redis_turns_durable_again(
-    start_redis: Callable[[str], RedisServer], tmp_path: Path
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``appendfsync everysec`` for a while, then ``always`` again: what was
     acknowledged meanwhile may not be on disk, so the run stays recorded lossy and
     its restart changes the epoch, though Redis is durable at the crash. The gauge
-    follows the settings (1, then 0); the store took appends throughout."""
+    follows the settings (1, then 0); the store took appends throughout. The
+    warning says what a crash loses, not that lost seqs go to other events under the
+    same epoch: the mark is there to prevent it."""
     server = start_redis("everysec")
     store = await open_storage(server.url(prefix=prefix_for(tmp_path), heartbeat=0.3))
     client = redis.asyncio.Redis(port=server.port)
@@ -178,6 +180,9 @@ async def test_a_run_seen_lossy_stays_recorded_lossy_when_redis_turns_durable_ag
         await eventually(lambda: store.durability.turns == 1, timeout=WAIT)  # recorded
         assert store.may_lose_writes
         assert await client.hget(store.generation.key, "lossy") == b"1"
+        warned = [r.getMessage() for r in caplog.records if TURNED in r.getMessage()]
+        assert len(warned) == 1 and "a crash of the machine loses the last writes" in warned[0]
+        assert "under the same epoch" not in warned[0], warned[0]
         assert (await store.append_event("s", AgentEvent.token("meanwhile"))).seq == 1
         await config_set(server, "appendfsync", "always")
         await eventually(lambda: not store.may_lose_writes, timeout=WAIT)

@@ -152,10 +152,12 @@ async def read_persistence(client: Redis) -> dict[str, str] | None:
     return settings
 
 
-def persistence_danger(settings: dict[str, str]) -> str | None:
+def persistence_danger(settings: dict[str, str], *, epochs_change: bool = False) -> str | None:
     """What in ``settings`` may lose writes Redis acknowledged, said for an operator
     (what a restart then loses, what to set); None if nothing does. Settings missing
-    from what CONFIG GET answered (a Redis that does not know them) count as unsafe."""
+    from what CONFIG GET answered (a Redis that does not know them) count as unsafe.
+    ``epochs_change``: the store changes every epoch at such a loss (the run is marked
+    lossy), so the text does not say that lost seqs go to others under the same one."""
     appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
     if appendonly is None or appendfsync is None:
         return (
@@ -164,14 +166,15 @@ def persistence_danger(settings: dict[str, str]) -> str | None:
     if appendonly != "yes" or appendfsync != "always":
         return (
             f"Redis may lose writes it acknowledged (appendonly {appendonly}, appendfsync "
-            f"{appendfsync}): {_what_a_restart_loses(appendonly, settings.get('save'))}; "
+            f"{appendfsync}): "
+            f"{_what_a_restart_loses(appendonly, settings.get('save'), epochs_change)}; "
             "set appendonly yes and appendfsync always"
         )
     if settings.get(NO_FSYNC_ON_REWRITE) == "yes":
         return (
             f"Redis may lose writes it acknowledged ({NO_FSYNC_ON_REWRITE} yes): while "
             "it takes a snapshot or rewrites its append-only file it fsyncs nothing, so "
-            f"{_what_a_restart_loses('yes', None)}; set {NO_FSYNC_ON_REWRITE} no"
+            f"{_what_a_restart_loses('yes', None, epochs_change)}; set {NO_FSYNC_ON_REWRITE} no"
         )
     return None
 
@@ -199,19 +202,19 @@ async def refuse_replica(client: Redis, config: RedisConfig) -> None:
         )
 
 
-def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
-    if appendonly == "yes":
-        return (
-            "a crash of the machine loses the last writes, and the lost events' seqs are "
-            "then given again to other events under the same epoch, so a client that saw "
-            "them resumes onto a different log"
-        )
-    if save == "":  # neither a log nor snapshots: nothing survives a restart
+def _what_a_restart_loses(appendonly: str, save: str | None, epochs_change: bool) -> str:
+    if save == "" and appendonly != "yes":  # neither a log nor snapshots: nothing survives
         return "a restart of Redis loses every session (it takes no snapshots either)"
+    loss = (
+        "a crash of the machine loses the last writes"
+        if appendonly == "yes"
+        else "a restart of Redis goes back to its last snapshot"
+    )
+    if epochs_change:
+        return loss
     return (
-        "a restart of Redis goes back to its last snapshot, and the lost events' seqs "
-        "are then given again to other events under the same epoch, so a client that "
-        "saw them resumes onto a different log"
+        f"{loss}, and the lost events' seqs are then given again to other events under "
+        "the same epoch, so a client that saw them resumes onto a different log"
     )
 
 

@@ -79,7 +79,9 @@ class DurabilityWatch:
         still taken: this instance keeps Redis for lossy, and the next look marks the
         record, then warns."""
         settings = await read_persistence(self._client)
-        danger = UNCHECKABLE if settings is None else persistence_danger(settings)
+        danger = (
+            UNCHECKABLE if settings is None else persistence_danger(settings, epochs_change=True)
+        )
         if danger is not None:
             await self._turned_lossy(danger)
         elif self._generation.lossy:
@@ -117,4 +119,6 @@ class DurabilityWatch:
             try:
                 await self.check()
             except StorageError as exc:  # Redis away: the next look tries again
-                log.debug("could not read Redis's persistence settings: %s", exc)
+                log.debug(
+                    "a look at Redis's persistence settings failed (the next tries again): %s", exc
+                )
