@@ -107,10 +107,9 @@ async def check_persistence(client: Redis, config: RedisConfig) -> bool:
     snapshot, or to nothing without snapshots), or one not fsynced before each reply
     (``appendfsync everysec`` or ``no``, or ``no-appendfsync-on-rewrite yes``, which
     skips the fsync while a snapshot or a rewrite runs: a crash of the machine loses
-    the last writes). Nothing in Redis's data survives to tell what was lost, so the
-    sessions' ``seq`` would be given again under the same epoch, and a client that saw
-    the lost events could not tell: the wire contract has the epoch change whenever
-    history is lost (docs/storage-redis.md, Durability). A read-only store writes
+    the last writes). Acknowledged events would be lost; on such a Redis the store
+    changes every epoch at a restart (generation.py), so that clients reload rather
+    than resume onto a log cut short (docs/storage-redis.md, Durability). A read-only store writes
     nothing and is opened. Returns whether Redis may lose what it acknowledged: True
     too where Redis refuses to say (a managed Redis may rename or disable CONFIG, or
     an ACL deny it), when the store opens all the same, and says at INFO that it could
@@ -152,12 +151,13 @@ async def read_persistence(client: Redis) -> dict[str, str] | None:
     return settings
 
 
-def persistence_danger(settings: dict[str, str], *, epochs_change: bool = False) -> str | None:
+def persistence_danger(settings: dict[str, str]) -> str | None:
     """What in ``settings`` may lose writes Redis acknowledged, said for an operator
     (what a restart then loses, what to set); None if nothing does. Settings missing
     from what CONFIG GET answered (a Redis that does not know them) count as unsafe.
-    ``epochs_change``: the store changes every epoch at such a loss (the run is marked
-    lossy), so the text does not say that lost seqs go to others under the same one."""
+    It does not say that lost seqs go to other events under the same epoch: a store
+    that opens on such a Redis (``accept_lossy=true``) or sees it turn so marks the run
+    lossy, and its restart changes every epoch (generation.py)."""
     appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
     if appendonly is None or appendfsync is None:
         return (
@@ -167,14 +167,14 @@ def persistence_danger(settings: dict[str, str], *, epochs_change: bool = False)
         return (
             f"Redis may lose writes it acknowledged (appendonly {appendonly}, appendfsync "
             f"{appendfsync}): "
-            f"{_what_a_restart_loses(appendonly, settings.get('save'), epochs_change)}; "
+            f"{_what_a_restart_loses(appendonly, settings.get('save'))}; "
             "set appendonly yes and appendfsync always"
         )
     if settings.get(NO_FSYNC_ON_REWRITE) == "yes":
         return (
             f"Redis may lose writes it acknowledged ({NO_FSYNC_ON_REWRITE} yes): while "
             "it takes a snapshot or rewrites its append-only file it fsyncs nothing, so "
-            f"{_what_a_restart_loses('yes', None, epochs_change)}; set {NO_FSYNC_ON_REWRITE} no"
+            f"{_what_a_restart_loses('yes', None)}; set {NO_FSYNC_ON_REWRITE} no"
         )
     return None
 
@@ -202,20 +202,12 @@ async def refuse_replica(client: Redis, config: RedisConfig) -> None:
         )
 
 
-def _what_a_restart_loses(appendonly: str, save: str | None, epochs_change: bool) -> str:
+def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
     if save == "" and appendonly != "yes":  # neither a log nor snapshots: nothing survives
         return "a restart of Redis loses every session (it takes no snapshots either)"
-    loss = (
-        "a crash of the machine loses the last writes"
-        if appendonly == "yes"
-        else "a restart of Redis goes back to its last snapshot"
-    )
-    if epochs_change:
-        return loss
-    return (
-        f"{loss}, and the lost events' seqs are then given again to other events under "
-        "the same epoch, so a client that saw them resumes onto a different log"
-    )
+    if appendonly == "yes":
+        return "a crash of the machine loses the last writes"
+    return "a restart of Redis goes back to its last snapshot"
 
 
 def _text(value: object) -> str:

@@ -79,9 +79,7 @@ class DurabilityWatch:
         still taken: this instance keeps Redis for lossy, and the next look marks the
         record, then warns."""
         settings = await read_persistence(self._client)
-        danger = (
-            UNCHECKABLE if settings is None else persistence_danger(settings, epochs_change=True)
-        )
+        danger = UNCHECKABLE if settings is None else persistence_danger(settings)
         if danger is not None:
             await self._turned_lossy(danger)
         elif self._generation.lossy:
