@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from websockets.protocol import OPEN
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
+    from .http_wire import BambooConnection
     from .outbound import Outbound
     from .writer_life import WriterLife
 
@@ -60,6 +59,11 @@ class DirectSink(Protocol):
         """Write ``frames`` to the socket, in order, in one go."""
         ...
 
+    def close_at_once(self, frames: list[Outbound], code: int, reason: str) -> bool:
+        """Write ``frames`` then the close frame, in one go, if the connection can end
+        without awaiting anything; whether they were written."""
+        ...
+
     def start_writer(self) -> None:
         """Start the connection's writer task: its outbox has work that must await
         (a replay, the close, a socket that is full), and no writer runs."""
@@ -75,7 +79,7 @@ class WebSocketSink:
 
     def __init__(
         self,
-        ws: ServerConnection,
+        ws: BambooConnection,
         framed: Callable[[Outbound], bytes],
         count: Callable[[int], None],
         start_writer: Callable[[], None],
@@ -103,6 +107,26 @@ class WebSocketSink:
         chunks.extend(encode(out) for out in frames)
         ws.transport.writelines(chunks)
         self._count(len(frames))
+
+    def close_at_once(self, frames: list[Outbound], code: int, reason: str) -> bool:
+        """A stopping server's close (its input discarded: server/shutdown.py), written
+        behind ``frames`` in one write when the socket has room: no writer task, no
+        close timer. Nothing is left to await: the peer's close reply is dropped unread,
+        and the server's exit (or ``drop_connections``) closes the socket once the peer
+        holds these bytes (``bytes_delivered``). Otherwise False: the writer closes, within
+        the close timeout (server/closing.py)."""
+        ws = self.ws
+        if not ws.discarding or not self.can_write():
+            return False
+        protocol = ws.protocol
+        chunks = protocol.data_to_send()  # a pong queued by websockets goes first
+        encode = self.encode
+        chunks.extend(encode(out) for out in frames)
+        protocol.send_close(code, reason)
+        chunks.extend(protocol.data_to_send())
+        ws.transport.writelines(chunks)
+        self._count(len(frames))
+        return True
 
 
 class Flusher:

@@ -312,6 +312,11 @@ class BambooConnection(ClosingBound, AnsweringConnection):
             if self._open_connections is not None:
                 self._open_connections.discard(self)
 
+    @property
+    def discarding(self) -> bool:
+        """Whether what the peer sends is dropped unread (``discard_input``)."""
+        return self._discarding
+
     def discard_input(self) -> None:
         """From here on, what the peer sends is read and dropped unseen (a stopping
         server: shutdown.py). Its close reply costs no parsing and wakes no handler,

@@ -260,13 +260,32 @@ class Outbox(WriterLife):
     def _end(self, closing: CloseRequest) -> None:
         self.closing = closing
         self._items.append(closing)
-        self._wake()
+        # Through the flusher, like a frame: the frames queued ahead go without a task,
+        # and the close too where the sink can send it at once (close_with).
+        self._notify()
         if self._settled is not None:
             self._settled.set()
         if self._closing_wakeup is not None:
             self._closing_wakeup.set()
         if self.on_close is not None:
             self.on_close(closing)
+
+    def close_with(self, frames: list[Outbound]) -> bool:
+        """If the close is next, ``frames`` and the close frame go to the socket in one
+        write, with no writer task, where the sink can end the connection at once (a
+        stopping server: WebSocketSink.close_at_once); whether they went."""
+        closing = self.closing
+        if (
+            closing is None
+            or closing.overflow
+            or closing.replay_goes_on
+            or len(self) != 1  # the close is the last item: it is next once alone
+            or self.sink is None
+            or not self.sink.close_at_once(frames, closing.code, closing.reason)
+        ):
+            return False
+        self._popleft()
+        return True
 
     async def closing_within(self, delay: float) -> None:
         """Returns after ``delay`` seconds, or as soon as the outbox is closing: the

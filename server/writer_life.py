@@ -3,7 +3,8 @@
 Frames queued during one turn of the event loop go to the socket at the end of that
 turn, through the :class:`~server.flush.Flusher`, with no task involved. A writer task
 runs only for what must be awaited (a replay read from the store, the close, a socket
-whose buffer is full): the outbox starts it when such work is queued and none runs,
+whose buffer is full; a stopping server's close is written with the frames ahead of it,
+by the flusher): the outbox starts it when such work is queued and none runs,
 and it ends once the outbox is empty, so an idle connection holds no task. The
 outbox's queue itself, its bounds and its close are server/outbox.py's.
 """
@@ -40,6 +41,7 @@ class WriterLife:
         def __len__(self) -> int: ...
         def _head_item(self) -> OutboxItem: ...
         def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]: ...
+        def close_with(self, frames: list[Outbound]) -> bool: ...
 
     def __init__(self) -> None:
         self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
@@ -109,15 +111,18 @@ class WriterLife:
             self.flusher.add(self)
 
     def flush(self) -> None:
-        """Writes the queued frames to the sink while the writer is idle; what needs
-        the writer (a replay, the close, a socket that is full) wakes it."""
+        """Writes the queued frames to the sink while the writer is idle, and the close
+        behind them where the sink can end the connection at once (a stopping server);
+        what needs the writer (a replay, the close, a socket that is full) wakes it."""
         self._scheduled = False
         if not self._writer_idle():
             return
-        if len(self) and isinstance(self._head_item(), Outbound):
+        if len(self):
             assert self.sink is not None
             if self.sink.can_write():
-                self.sink.write(self.take_frames(None, FLUSH_FRAMES))
+                frames = self.take_frames(None, FLUSH_FRAMES)  # none when a close is next
+                if not self.close_with(frames) and frames:
+                    self.sink.write(frames)
         if len(self):
             self._rouse_writer()
 

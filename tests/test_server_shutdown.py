@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Close, Opcode
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
@@ -48,10 +50,16 @@ class MutePeer:
 
     @classmethod
     async def attach(
-        cls, port: int, session_id: str, receive_buffer: int = 0, **hello: Any
+        cls,
+        port: int,
+        session_id: str,
+        receive_buffer: int = 0,
+        compress: bool = False,
+        **hello: Any,
     ) -> tuple[MutePeer, dict[str, Any]]:
         """Upgraded, ``hello`` sent and ``welcome`` read; ``receive_buffer``: a small
-        socket buffer, for a peer that will stop reading."""
+        socket buffer, for a peer that will stop reading; ``compress``: permessage-deflate
+        offered."""
         sock = socket.socket()
         if receive_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -59,7 +67,10 @@ class MutePeer:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock)
         uri = parse_uri(f"ws://127.0.0.1:{port}/api/v1/stream/{session_id}")
-        protocol = ClientProtocol(uri, subprotocols=[Subprotocol("bamboo.v1")])
+        extensions = [ClientPerMessageDeflateFactory()] if compress else None
+        protocol = ClientProtocol(
+            uri, subprotocols=[Subprotocol("bamboo.v1")], extensions=extensions
+        )
         peer = cls(reader, writer, protocol)
         protocol.send_request(protocol.connect())
         peer.flush()
@@ -118,6 +129,36 @@ async def test_a_stop_does_not_wait_for_a_peer_to_answer_its_close(tmp_path: Pat
         # Long before the minute either timeout allows: the answer is not waited for.
         await asyncio.wait_for(stopping, 10)
         assert await peer.ended()
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_a_stop_gives_each_viewer_its_events_then_closed_and_1012_and_no_presence(
+    tmp_path: Path, compression: bool
+) -> None:
+    # Without compression the close goes out with what is queued ahead of it, in one
+    # write (WebSocketSink.close_at_once); with it, through the connection's writer.
+    # Either way: the backlog, ``closed``, the close, and nobody hears of the others
+    # leaving (they all are).
+    async with run_server(
+        tmp_path, shutdown_grace=60.0, close_timeout=60.0, compression=compression
+    ) as server:
+        viewers = [
+            (await MutePeer.attach(server.port, "s1", compress=compression, create=True))[0]
+            for _ in range(3)
+        ]
+        async with attach(server, "s1", role="agent") as (agent, _):
+            await publish_acked(agent, 5)
+            stopping = asyncio.ensure_future(server.stop())
+            for viewer in viewers:
+                frames, code = await viewer.until_close()
+                assert code == 1012 and frames[-1] == RESTARTING, frames
+                seqs = [f["seq"] for f in frames if f["type"] == "event"]
+                assert seqs == [1, 2, 3, 4, 5]
+                assert not [f for f in frames if f["type"] == "presence" and f.get("left")]
+                assert bool(viewer.protocol.extensions) is compression
+            await asyncio.wait_for(stopping, 10)
+            for viewer in viewers:
+                assert await viewer.ended()
 
 
 async def test_sigterm_exits_without_waiting_for_close_replies_and_resume_works(
