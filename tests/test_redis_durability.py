@@ -24,7 +24,7 @@ from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, run_server
-from tests.test_redis_lossy_epoch import attached, publish
+from tests.test_redis_lossy_epoch import attached, epoch_changed, publish, resumes_after_the_loss
 from tests.test_server_metrics import scrape, value
 
 CHANGED = "the store restarted and changed the epoch; resume"
@@ -88,19 +88,7 @@ async def test_a_redis_turned_lossy_after_the_open_changes_epochs_at_its_restart
                 crash_and_restart(server)
                 await agent.closed()
                 assert (agent.ws.close_code, agent.ws.close_reason) == (1012, CHANGED)
-            async with attached(bamboo, "s", last_seq=10, epoch=old) as (_, lost):
-                assert (lost["resumed"], lost["last_seq"]) == (False, 5)
-                new = lost["epoch"]
-                assert new != old
-            async with (
-                attached(bamboo, "s", last_seq=3, epoch=old) as (agent, kept),
-                attached(bamboo, "s", last_seq=5, epoch=new) as (viewer, current),
-            ):
-                assert (kept["resumed"], kept["epoch"]) == (False, new)
-                assert (current["resumed"], current["replay"]) == (True, 0)
-                assert await publish(agent, 1, 10) == [6]
-                event = await viewer.recv_type("event")
-                assert (event["seq"], event["event"]["content"]) == (6, "e10")
+            await resumes_after_the_loss(bamboo, bamboo, old)
             await looks_done(storage, 1)  # durable again: the gauge follows
             assert value(await scrape(bamboo), GAUGE) == 0
     warned = [r.getMessage() for r in caplog.records if TURNED in r.getMessage()]
@@ -189,14 +177,7 @@ async def test_a_run_seen_lossy_stays_recorded_lossy_when_redis_turns_durable_ag
         assert await client.hget(store.generation.key, "lossy") == b"1"
         assert store.durability.turns == 1
         crash_and_restart(server)
-
-        async def changed() -> bool:
-            try:  # the pool's connections to the killed Redis fail once each
-                return await store.epoch("s") != old
-            except StorageError:
-                return False
-
-        await eventually(changed, timeout=WAIT)
+        await eventually(lambda: epoch_changed(store, old), timeout=WAIT)
         assert (await store.append_event("s", AgentEvent.token("after"))).seq == 2
     finally:
         await store.close()
@@ -229,14 +210,7 @@ async def test_a_turn_seen_but_not_recorded_still_changes_the_epoch_at_the_resta
         await client.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
         assert (await store.append_event("s", AgentEvent.token("e5"))).seq == 6
         crash_and_restart(server)
-
-        async def changed() -> bool:
-            try:  # the pool's connections to the killed Redis fail once each
-                return await store.epoch("s") != old
-            except StorageError:
-                return False
-
-        await eventually(changed, timeout=WAIT)
+        await eventually(lambda: epoch_changed(store, old), timeout=WAIT)
         assert await store.last_seq("s") == 5
     finally:
         await store.close()

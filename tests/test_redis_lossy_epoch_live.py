@@ -18,7 +18,7 @@ from tests.test_redis_lossy_epoch import (
     attached,
     lossy_redis,
     publish,
-    snapshot,
+    ten_events_five_in_the_snapshot,
     two_servers,
 )
 
@@ -40,12 +40,7 @@ async def test_live_actors_meet_a_lossy_restart_with_resumes_refused_and_1012(
             attach(b, "s", last_seq=0) as (viewer, _),
         ):
             old = welcome["epoch"]
-            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
-            await snapshot(server)
-            assert await publish(agent, 5, 5) == [6, 7, 8, 9, 10]
-            assert [(await viewer.recv_type("event"))["seq"] for _ in range(10)] == list(
-                range(1, 11)
-            )
+            await ten_events_five_in_the_snapshot(server, agent, viewer)
             server.stop(signal.SIGKILL)
             await asyncio.sleep(1.5)  # setup, not a measure: the listeners back off
             server.start()
