@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence.redis import durability
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from bamboo_session.server.app import BambooServer
@@ -215,3 +216,36 @@ async def test_a_turn_seen_but_not_recorded_still_changes_the_epoch_at_the_resta
     finally:
         await store.close()
         await client.aclose()
+
+
+async def test_the_watch_goes_on_after_an_unexpected_fault_in_a_look(
+    start_redis: Callable[[str], RedisServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A look that fails with an error of the store's own (a bug, not Redis away) is
+    logged with its traceback, and the watch goes on: a turn to lossy after it is still
+    recorded, so the next restart would change the epochs."""
+    server = start_redis("faulty")
+    store = await open_storage(server.url(prefix=prefix_for(tmp_path), heartbeat=0.3))
+    reads = durability.read_persistence
+    faults = [RuntimeError("a bug in a look")]
+
+    async def read_once_faulty(client: redis.asyncio.Redis) -> dict[str, str] | None:
+        if faults:
+            raise faults.pop()
+        return await reads(client)
+
+    monkeypatch.setattr(durability, "read_persistence", read_once_faulty)
+    try:
+        assert isinstance(store, RedisStorage)
+        with caplog.at_level(logging.ERROR):
+            await eventually(lambda: not faults, timeout=WAIT)
+            await config_set(server, "appendfsync", "everysec")
+            await eventually(lambda: store.durability.turns == 1, timeout=WAIT)
+        assert [
+            r.exc_info is not None for r in caplog.records if "unexpectedly" in r.getMessage()
+        ] == [True]
+    finally:
+        await store.close()

@@ -120,3 +120,7 @@ class DurabilityWatch:
                 log.debug(
                     "a look at Redis's persistence settings failed (the next tries again): %s", exc
                 )
+            except Exception:
+                # A fault of ours, not Redis's: said loudly, and the watch goes on, since a
+                # watch that ended would miss a turn to lossy (and the epochs it changes).
+                log.exception("a look at Redis's persistence settings failed unexpectedly")
