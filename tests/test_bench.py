@@ -35,7 +35,7 @@ RATIO_LINES = {
     "throughput": 1,
     "latency": 2,
     "connections": 4,
-    "reconnect_storm": 3,
+    "reconnect_storm": 4,
     "missed_storm": 2,
     "read_fairness": 3,
 }
