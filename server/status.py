@@ -80,12 +80,16 @@ class SessionStatus:
             return
         try:
             await self.become(SessionState.DISCONNECTED)
+        except (SessionNotFound, SessionClosed) as exc:
+            # A deleted session is owed nothing, nor one closed elsewhere: it never
+            # moves again (its notice ends it here, or the next attach reads it).
+            log.info("the disconnected state not saved: the session has ended", error=str(exc))
+            self.state = SessionState.DISCONNECTED
+            self.owed = False
         except StorageError as exc:
             log.warning("saving the disconnected state failed; saved later", error=str(exc))
             self.state = SessionState.DISCONNECTED
-            # A deleted session is owed nothing, nor one closed elsewhere: it never
-            # moves again (its notice ends it here, or the next attach reads it).
-            self.owed = not isinstance(exc, SessionNotFound | SessionClosed)
+            self.owed = True
 
     async def save(self) -> None:
         """Write the state the store is owed, if any; StorageError if it fails again."""
