@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-from websockets.frames import Close, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
@@ -38,6 +39,16 @@ async def publish_acked(agent: Peer, count: int) -> None:
         await agent.recv_type("ack")
 
 
+def decoded(event: Frame) -> dict[str, Any] | None:
+    """A data frame's message (JSON text or msgpack binary); None for a control frame."""
+    if event.opcode is Opcode.TEXT:
+        frame: dict[str, Any] = json.loads(event.data)
+        return frame
+    if event.opcode is Opcode.BINARY:
+        return msgspec.msgpack.decode(event.data)  # type: ignore[no-any-return]
+    return None
+
+
 class MutePeer:
     """A WebSocket peer on websockets' sans-I/O protocol that writes only what it is
     told to: it reads the server's close frame and never answers it."""
@@ -55,11 +66,12 @@ class MutePeer:
         session_id: str,
         receive_buffer: int = 0,
         compress: bool = False,
+        msgpack: bool = False,
         **hello: Any,
     ) -> tuple[MutePeer, dict[str, Any]]:
         """Upgraded, ``hello`` sent and ``welcome`` read; ``receive_buffer``: a small
         socket buffer, for a peer that will stop reading; ``compress``: permessage-deflate
-        offered."""
+        offered; ``msgpack``: the msgpack subprotocol (binary frames)."""
         sock = socket.socket()
         if receive_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -68,16 +80,18 @@ class MutePeer:
         reader, writer = await asyncio.open_connection(sock=sock)
         uri = parse_uri(f"ws://127.0.0.1:{port}/api/v1/stream/{session_id}")
         extensions = [ClientPerMessageDeflateFactory()] if compress else None
-        protocol = ClientProtocol(
-            uri, subprotocols=[Subprotocol("bamboo.v1")], extensions=extensions
-        )
+        subprotocol = Subprotocol("bamboo.v1.msgpack" if msgpack else "bamboo.v1")
+        protocol = ClientProtocol(uri, subprotocols=[subprotocol], extensions=extensions)
         peer = cls(reader, writer, protocol)
         protocol.send_request(protocol.connect())
         peer.flush()
         while not isinstance(response := await peer.next_event(), Response):
             pass
         assert response.status_code == 101, response
-        protocol.send_text(json.dumps({"type": "hello", **hello}).encode())
+        if msgpack:
+            protocol.send_binary(msgspec.msgpack.encode({"type": "hello", **hello}))
+        else:
+            protocol.send_text(json.dumps({"type": "hello", **hello}).encode())
         peer.flush()
         welcome = await peer.next_frame()
         assert welcome["type"] == "welcome", welcome
@@ -98,8 +112,8 @@ class MutePeer:
 
     async def next_frame(self) -> dict[str, Any]:
         event = await self.next_event()
-        assert event.opcode is Opcode.TEXT, event
-        frame: dict[str, Any] = json.loads(event.data)
+        frame = decoded(event)
+        assert frame is not None, event
         return frame
 
     async def until_close(self) -> tuple[list[dict[str, Any]], int]:
@@ -109,8 +123,8 @@ class MutePeer:
             event = await self.next_event()
             if event.opcode is Opcode.CLOSE:
                 return frames, Close.parse(event.data).code
-            if event.opcode is Opcode.TEXT:
-                frames.append(json.loads(event.data))
+            if (frame := decoded(event)) is not None:
+                frames.append(frame)
 
     async def ended(self) -> bool:
         """Whether the server ended the TCP connection (an end of stream, or a reset)."""
