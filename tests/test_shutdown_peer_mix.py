@@ -6,11 +6,15 @@ close went out (in one write with the frames ahead of it, or by its writer task)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
+
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.support import attach
+from tests.support import attach, token
 from tests.test_server_shutdown import RESTARTING, MutePeer, publish_acked
 
 EVENTS = 40  # of 60 KB: 2.4 MB, far past what a peer with a 4 KB buffer takes unread
@@ -41,7 +45,7 @@ async def test_sigterm_gives_each_kind_of_peer_its_frames_closed_1012_then_the_e
             )
             assert hello["replay"] == EVENTS
             stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 60))
-            for peer, reading in readers:
+            for _peer, reading in readers:
                 frames, code = await reading
                 assert code == 1012 and frames[-1] == RESTARTING, frames[-3:]
                 assert event_seqs(frames) == list(range(1, EVENTS + 1))
@@ -64,3 +68,76 @@ async def test_sigterm_gives_each_kind_of_peer_its_frames_closed_1012_then_the_e
     assert not [r for r in records if r["level"] in ("warning", "error")], records
     (stopped,) = (r for r in records if r["event"] == "stopped")
     assert stopped["connections"] == 6
+
+
+class TappedPeer(MutePeer):
+    """A :class:`MutePeer` that keeps every byte the server sent after its answer to
+    the upgrade, to read the frames off the wire itself: websockets' client drops what
+    follows a close frame unseen."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.raw = bytearray()
+
+    async def next_event(self) -> Any:
+        while not self.events:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            assert data, "the server ended the connection"
+            self.raw += data
+            self.protocol.receive_data(data)
+            self.events.extend(self.protocol.events_received())
+        return self.events.popleft()
+
+    async def rest_until_fin(self) -> None:
+        """What comes after, up to the server's FIN (a reset fails here)."""
+        while data := await asyncio.wait_for(self.reader.read(65536), 10):
+            self.raw += data
+
+    def opcodes(self) -> list[int]:
+        """The opcodes of the server's frames, in order (unmasked, uncompressed)."""
+        data = bytes(self.raw).partition(b"\r\n\r\n")[2]
+        opcodes, at = [], 0
+        while at < len(data):
+            opcodes.append(data[at] & 0x0F)
+            length, at = data[at + 1] & 0x7F, at + 2
+            if length >= 126:
+                width = 2 if length == 126 else 8
+                length, at = int.from_bytes(data[at : at + width], "big"), at + width
+            at += length
+        assert at == len(data), "a frame cut short"
+        return opcodes
+
+
+async def test_after_the_close_frame_of_a_stop_nothing_more_goes_out_then_fin(
+    tmp_path: Path,
+) -> None:
+    # Keepalive pings every 20 ms (never answered: no timeout), and an agent that
+    # keeps publishing while the stop begins: neither a ping nor an event may follow
+    # a close written with the frames ahead of it (WebSocketSink.close_at_once).
+    flags = ("--shutdown-grace", "30", "--close-timeout", "60")
+    flags += ("--ping-interval", "0.02", "--ping-timeout", "none")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    with server:
+        port = server.port
+        peers = [(await TappedPeer.attach(port, "s1", create=True))[0] for _ in range(4)]
+        readers = [asyncio.ensure_future(peer.until_close()) for peer in peers]
+        async with attach(server, "s1", role="agent") as (agent, _):
+            await publish_acked(agent, 3)
+            await asyncio.sleep(0.2)  # some pings go out meanwhile: the stop comes amid them
+            stopping = asyncio.ensure_future(asyncio.to_thread(server.stop, 60))
+            with contextlib.suppress(ConnectionClosed):
+                for index in range(200):  # until the server stops reading it
+                    await agent.send({"type": "event", "id": 100 + index, "event": token("x")})
+                    await asyncio.sleep(0.001)
+            for peer, reading in zip(peers, readers, strict=True):
+                frames, code = await reading
+                assert code == 1012 and frames[-1] == RESTARTING
+                assert event_seqs(frames)[:3] == [1, 2, 3]
+                await peer.rest_until_fin()
+                peer.writer.close()
+                opcodes = peer.opcodes()
+                assert opcodes[-1] == Opcode.CLOSE and opcodes.count(Opcode.CLOSE) == 1
+            assert await stopping == 0
+    records = server.log_records()
+    assert_no_tracebacks(records)
+    assert not [r for r in records if r["level"] in ("warning", "error")], records
