@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.support import attach, token
+from tests.support import attach, run_server, token
 from tests.test_server_shutdown import RESTARTING, MutePeer, publish_acked
 
 EVENTS = 40  # of 60 KB: 2.4 MB, far past what a peer with a 4 KB buffer takes unread
@@ -141,3 +141,26 @@ async def test_after_the_close_frame_of_a_stop_nothing_more_goes_out_then_fin(
     records = server.log_records()
     assert_no_tracebacks(records)
     assert not [r for r in records if r["level"] in ("warning", "error")], records
+
+
+async def test_an_embedded_stop_counts_each_close_and_ends_every_handler(tmp_path: Path) -> None:
+    # Closes written at once (plain, msgpack) and by the writer (deflate) alike: each
+    # counted as a 1012 the server sent, each handler done, no connection left.
+    async with run_server(
+        tmp_path, shutdown_grace=60.0, close_timeout=60.0, compression=True
+    ) as server:
+        port = server.port
+        peers = [(await MutePeer.attach(port, "s1", create=True))[0]]
+        peers += [(await MutePeer.attach(port, "s1", msgpack=True))[0]]
+        peers += [(await MutePeer.attach(port, "s1", compress=True))[0] for _ in range(2)]
+        readers = [asyncio.ensure_future(peer.until_close()) for peer in peers]
+        await asyncio.wait_for(server.stop(), 30)
+        for peer, reading in zip(peers, readers, strict=True):
+            frames, code = await reading
+            assert code == 1012 and frames[-1] == RESTARTING
+            assert await peer.ended()
+            peer.writer.close()
+        metrics = server.services.metrics
+        assert metrics.closes.labels(code="1012")._value.get() == 4  # type: ignore[attr-defined]
+        assert metrics.connections._value.get() == 0  # type: ignore[attr-defined]
+        assert not server._open_connections
