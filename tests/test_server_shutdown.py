@@ -111,9 +111,9 @@ class MutePeer:
         return self.events.popleft()
 
     async def next_frame(self) -> dict[str, Any]:
-        event = await self.next_event()
-        frame = decoded(event)
-        assert frame is not None, event
+        """The next message; control frames (a keepalive ping) are skipped."""
+        while (frame := decoded(await self.next_event())) is None:
+            pass
         return frame
 
     async def until_close(self) -> tuple[list[dict[str, Any]], int]:
