@@ -164,3 +164,28 @@ async def test_an_embedded_stop_counts_each_close_and_ends_every_handler(tmp_pat
         assert metrics.closes.labels(code="1012")._value.get() == 4  # type: ignore[attr-defined]
         assert metrics.connections._value.get() == 0  # type: ignore[attr-defined]
         assert not server._open_connections
+
+
+async def test_a_stop_closes_at_once_behind_bytes_still_buffered_for_a_slow_peer(
+    tmp_path: Path,
+) -> None:
+    # The slow peer's kernel queue is full and some bytes wait in the transport's
+    # buffer, below its high-water mark: the close goes at once, behind them. Nothing
+    # is torn or lost: the peer, reading again, gets every event, closed, 1012, FIN.
+    async with run_server(tmp_path, shutdown_grace=60.0, close_timeout=60.0) as server:
+        slow, _ = await MutePeer.attach(server.port, "s1", receive_buffer=4096, create=True)
+        (connection,) = server._open_connections
+        transport = connection.transport
+        async with attach(server, "s1", role="agent") as (agent, _):
+            published = 0
+            while transport.get_write_buffer_size() == 0 and published < 2000:
+                published += 1
+                await agent.request({"type": "event", "event": token("x" * 8000)}, "ack")
+            assert transport.get_write_buffer_size() > 0 and not connection.paused
+            stopping = asyncio.ensure_future(server.stop())
+            frames, code = await slow.until_close()
+            assert code == 1012 and frames[-1] == RESTARTING
+            assert event_seqs(frames) == list(range(1, published + 1))
+            assert await slow.ended()
+            slow.writer.close()
+            await asyncio.wait_for(stopping, 30)
