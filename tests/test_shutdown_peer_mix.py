@@ -15,6 +15,7 @@ from websockets.frames import Opcode
 
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import attach, run_server, token
+from tests.test_server_lifecycle import eventually
 from tests.test_server_shutdown import RESTARTING, MutePeer, publish_acked
 
 EVENTS = 40  # of 60 KB: 2.4 MB, far past what a peer with a 4 KB buffer takes unread
@@ -189,3 +190,26 @@ async def test_a_stop_closes_at_once_behind_bytes_still_buffered_for_a_slow_peer
             assert await slow.ended()
             slow.writer.close()
             await asyncio.wait_for(stopping, 30)
+
+
+async def test_an_ordinary_close_gives_the_backlog_closed_1000_and_ends_its_handshake(
+    tmp_path: Path,
+) -> None:
+    # Not a stop: the frames ahead of the close go from the flusher, the close from the
+    # writer; the peer sees what it saw before, and its close reply is read.
+    async with run_server(tmp_path, shutdown_grace=60.0, close_timeout=60.0) as server:
+        viewer, _ = await MutePeer.attach(server.port, "s1", create=True)
+        (connection,) = server._open_connections
+        async with attach(server, "s1", role="agent") as (agent, _):
+            for index in range(3):
+                await agent.request({"type": "event", "id": index, "event": token("e")}, "ack")
+            await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
+            frames, code = await viewer.until_close()
+            assert code == 1000 and frames[-1] == {"type": "closed", "reason": "session closed"}
+            assert event_seqs(frames) == [1, 2, 3]
+            viewer.flush()  # the client's close reply, queued by its protocol
+            assert await viewer.ended()
+            viewer.writer.close()
+            # The reply was read: the closing handshake done (1006 had it been dropped).
+            await eventually(lambda: connection.close_code is not None)
+            assert connection.close_code == 1000
