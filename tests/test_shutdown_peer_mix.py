@@ -1,7 +1,9 @@
-"""A SIGTERM as a mix of peers sees it: idle readers (JSON, msgpack, permessage-deflate),
-one whose socket is full, one in the middle of a replay. Each gets what was queued for
-it, then ``closed``, then close 1012, then the end of the TCP stream, whichever way its
-close went out (in one write with the frames ahead of it, or by its writer task)."""
+"""A stop as a mix of peers sees it: idle readers (JSON, msgpack, permessage-deflate),
+one whose socket is full, one whose transport still buffers bytes, one in the middle of
+a replay. Each gets what was queued for it, then ``closed``, then close 1012, nothing
+after it, then the end of the TCP stream, whichever way its close went out (in one
+write with the frames ahead of it, WebSocketSink.close_at_once, or by its writer task);
+and an ordinary close, outside a stop, is what it was."""
 
 from __future__ import annotations
 
