@@ -17,12 +17,15 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+import structlog
 from websockets.protocol import OPEN
 
 if TYPE_CHECKING:
     from .http_wire import BambooConnection
     from .outbound import Outbound
     from .writer_life import WriterLife
+
+log = structlog.get_logger("bamboo_session.connection")
 
 _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode
@@ -67,6 +70,10 @@ class DirectSink(Protocol):
     def start_writer(self) -> None:
         """Start the connection's writer task: its outbox has work that must await
         (a replay, the close, a socket that is full), and no writer runs."""
+        ...
+
+    def abort(self) -> None:
+        """End the connection at once, without a close frame: its client resumes."""
         ...
 
 
@@ -128,6 +135,9 @@ class WebSocketSink:
         self._count(len(frames))
         return True
 
+    def abort(self) -> None:
+        self.ws.transport.abort()
+
 
 class Flusher:
     """Outboxes with frames to write, flushed once per turn of the event loop."""
@@ -148,4 +158,12 @@ class Flusher:
         self._handle = None
         dirty, self._dirty = self._dirty, []
         for outbox in dirty:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception:
+                # A fault of ours in one connection's write must not keep the others'
+                # frames back (nor leave them flagged as scheduled, never flushed again).
+                # Frames taken for it may be lost, so its socket is dropped: its client
+                # resumes, and no gap goes unnoticed.
+                log.exception("writing a connection's frames failed; connection dropped")
+                outbox.drop_socket()

@@ -95,6 +95,12 @@ class WriterLife:
         """The connection is gone: nothing starts a writer for it any more."""
         self._writer_absent = False
 
+    def drop_socket(self) -> None:
+        """Its socket ends at once (a fault while writing: the flusher), so that its
+        client resumes from what it holds."""
+        if self.sink is not None:
+            self.sink.abort()
+
     def _wake(self) -> None:
         if self._writer_idle():
             self._rouse_writer()

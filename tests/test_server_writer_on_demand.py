@@ -17,7 +17,9 @@ import time
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from bamboo_session.server.flush import WebSocketSink
 from tests.support import Peer, attach, run_server, token
 from tests.test_replay_server import (
     events_and_close,
@@ -243,3 +245,42 @@ async def test_a_connection_whose_writer_ended_holds_no_task() -> None:
             await eventually(lambda: not writer_tasks())
             assert (await viewer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
             assert not writer_tasks_held()
+
+
+async def test_a_fault_writing_one_connections_frames_drops_it_and_spares_the_others(
+    monkeypatch: Any,
+) -> None:
+    """The flusher writes every connection that got frames in one turn: a fault of the
+    server's own in one connection's write (injected here: nothing known raises there)
+    ends that connection at once, without a close frame, so its client resumes and gets
+    the event; the other viewer of the same turn gets it as if nothing happened."""
+    faulty: set[int] = set()  # the client port of the connection whose write fails once
+    write = WebSocketSink.write
+
+    def write_or_fail(sink: WebSocketSink, frames: list[Any]) -> None:
+        port = sink.ws.remote_address[1]
+        if port in faulty:
+            faulty.discard(port)
+            raise RuntimeError("a fault injected into one connection's write")
+        write(sink, frames)
+
+    monkeypatch.setattr(WebSocketSink, "write", write_or_fail)
+    async with run_server() as server:
+        async with (
+            attach(server, "s", create=True) as (victim, welcome),
+            attach(server, "s") as (bystander, _),
+            attach(server, "s", role="agent") as (agent, _),
+        ):
+            await victim.recv_type("presence")  # the bystander joined
+            await victim.recv_type("presence")  # the agent joined
+            await bystander.recv_type("presence")
+            faulty.add(victim.ws.local_address[1])
+            await publish(agent, 1)
+            assert (await bystander.recv_type("event", timeout=5))["seq"] == 1
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await victim.recv(5)
+            assert victim.ws.close_code == 1006  # no close frame: resume
+        async with attach(server, "s", last_seq=0, epoch=welcome["epoch"]) as (again, back):
+            assert (back["resumed"], back["replay"]) == (True, 1)
+            assert (await again.recv_type("event"))["seq"] == 1
