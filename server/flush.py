@@ -14,6 +14,7 @@ server frames are never masked, so the bytes are the same for every peer of a co
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -165,5 +166,16 @@ class Flusher:
                 # frames back (nor leave them flagged as scheduled, never flushed again).
                 # Frames taken for it may be lost, so its socket is dropped: its client
                 # resumes, and no gap goes unnoticed.
-                log.exception("writing a connection's frames failed; connection dropped")
                 outbox.drop_socket()
+                _log_dropped(outbox)
+
+
+def _log_dropped(outbox: WriterLife) -> None:
+    """The error line of a connection the flusher dropped (its traceback included)."""
+    # Logged in a context of its own: the flush runs in the context of whichever task
+    # queued the turn's first frame, whose ids may be another connection's or session's.
+    contextvars.Context().run(
+        log.exception,
+        "writing a connection's frames failed; connection dropped",
+        connection_id=outbox.connection_id,
+    )

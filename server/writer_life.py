@@ -36,7 +36,8 @@ class WriterLife:
 
     __slots__ = ("_loop", "_scheduled", "_waiter", "_writer_absent", "flusher", "sink")
 
-    if TYPE_CHECKING:  # the queue, kept by the Outbox
+    if TYPE_CHECKING:  # the connection's id and its queue, kept by the Outbox
+        connection_id: str
 
         def __len__(self) -> int: ...
         def _head_item(self) -> OutboxItem: ...

@@ -16,6 +16,8 @@ import socket
 import time
 from typing import Any
 
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -275,12 +277,18 @@ async def test_a_fault_writing_one_connections_frames_drops_it_and_spares_the_ot
             await victim.recv_type("presence")  # the agent joined
             await bystander.recv_type("presence")
             faulty.add(victim.ws.local_address[1])
-            await publish(agent, 1)
+            with capture_logs(processors=[merge_contextvars]) as logs:
+                await publish(agent, 1)
             assert (await bystander.recv_type("event", timeout=5))["seq"] == 1
             with contextlib.suppress(ConnectionClosed):
                 while True:
                     await victim.recv(5)
             assert victim.ws.close_code == 1006  # no close frame: resume
+            # The one line that says why names the connection dropped, not whichever
+            # task's context scheduled that turn's flush (the agent's, its session's actor).
+            [fault] = [line for line in logs if line.get("exc_info")]
+            assert fault["log_level"] == "error"
+            assert fault["connection_id"] == welcome["connection_id"]
         async with attach(server, "s", last_seq=0, epoch=welcome["epoch"]) as (again, back):
             assert (back["resumed"], back["replay"]) == (True, 1)
             assert (await again.recv_type("event"))["seq"] == 1
