@@ -50,6 +50,13 @@ def failing_directory_sync(
     return switch
 
 
+async def undone_delete(storage: JsonlStorage, failing: dict[str, int]) -> None:
+    """Session "s"'s delete fails at its directory sync (``failing``), and is undone."""
+    failing["left"] = 1
+    with pytest.raises(StorageError, match="not deleted"):
+        await storage.delete_session("s")
+
+
 async def tokens(storage: JsonlStorage, session_id: str) -> list[AgentEvent]:
     return [stored.event for stored in await storage.read_events(session_id)]
 
@@ -67,10 +74,8 @@ async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await storage.append_event("s", AgentEvent.token("kept"))
-        failing["left"] = 1
         assert not storage.sync_failed
-        with pytest.raises(StorageError, match="not deleted"):
-            await storage.delete_session("s")
+        await undone_delete(storage, failing)
         assert failing["failed"] == 1
         assert storage.sync_failed  # for /metrics: a restart settles the session
         # Back, whole: readable, its files in place and no tombstone; but the rename
@@ -103,9 +108,7 @@ async def test_a_power_cut_after_an_undone_delete_takes_nothing_acknowledged(
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await storage.append_event("s", AgentEvent.token("kept"))
-        failing["left"] = 1
-        with pytest.raises(StorageError, match="not deleted"):
-            await storage.delete_session("s")
+        await undone_delete(storage, failing)
         acknowledged = []
         for i in range(3):
             with contextlib.suppress(StorageError):
@@ -128,9 +131,7 @@ async def test_an_undone_delete_takes_no_close_expiry_or_imported_metadata_eithe
     failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
-        failing["left"] = 1
-        with pytest.raises(StorageError, match="not deleted"):
-            await storage.delete_session("s")
+        await undone_delete(storage, failing)
         before = await storage.get_metadata("s")
         assert before is not None and before.state == SessionState.ACTIVE
         for state in (SessionState.CLOSED, SessionState.EXPIRED):
@@ -157,9 +158,7 @@ async def test_after_an_undone_delete_an_open_takes_a_close_again(
     failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
-        failing["left"] = 1
-        with pytest.raises(StorageError, match="not deleted"):
-            await storage.delete_session("s")
+        await undone_delete(storage, failing)
     async with await JsonlStorage.open(config) as storage:
         closed = await storage.update_session_state("s", SessionState.CLOSED)
         assert closed.state == SessionState.CLOSED

@@ -88,6 +88,16 @@ async def test_retiring_a_segment_syncs_through_the_descriptor_the_lines_went_th
     assert segments(config) == []  # replayed, synced, then removed
 
 
+async def a1_struck_beside_b(
+    storage: JsonlStorage, config: JsonlStorageConfig, error: WritebackError
+) -> None:
+    """Sessions "a" and "b"; "a1" written to "a"'s log, whose write-back then fails."""
+    for session_id in ("a", "b"):
+        await storage.create_session(Session.new(session_id))
+    await storage.append_event("a", AgentEvent.token("a1"))
+    assert error.strike(config.layout.log("a").resolve()) == 1
+
+
 async def test_a_log_let_go_with_unsynced_lines_is_synced_through_its_descriptor_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,10 +106,7 @@ async def test_a_log_let_go_with_unsynced_lines_is_synced_through_its_descriptor
     config = JsonlStorageConfig(tmp_path, max_open_logs=1)
     error = WritebackError(monkeypatch)
     async with await JsonlStorage.open(config) as storage:
-        for session_id in ("a", "b"):
-            await storage.create_session(Session.new(session_id))
-        await storage.append_event("a", AgentEvent.token("a1"))
-        assert error.strike(config.layout.log("a").resolve()) == 1
+        await a1_struck_beside_b(storage, config, error)
         await storage.append_event("b", AgentEvent.token("b1"))
         await storage._writer.flush()  # (the released descriptors are synced by now)
         assert error.reported == 1
@@ -119,10 +126,7 @@ async def test_a_segment_waiting_to_retire_is_kept_when_a_released_log_fails_its
     config = JsonlStorageConfig(tmp_path, max_open_logs=1).with_wal(segment_bytes=1)
     error = WritebackError(monkeypatch)
     async with await JsonlStorage.open(config) as storage:
-        for session_id in ("a", "b"):
-            await storage.create_session(Session.new(session_id))
-        await storage.append_event("a", AgentEvent.token("a1"))
-        assert error.strike(config.layout.log("a").resolve()) == 1
+        await a1_struck_beside_b(storage, config, error)
         # One tick: "a2" rotates the segment of "a1" out (its retirement starts), and
         # the batch of "b1" comes before that retirement gets the files.
         await asyncio.gather(
