@@ -42,11 +42,15 @@ async def publish(agent: Peer, count: int, size: int = 10) -> None:
         await agent.recv_type("ack", timeout=30)
 
 
-def stalled_resumer(port: int, session_id: str, last_seq: int) -> socket.socket:
-    """A peer that resumes and then reads nothing: its receive buffer is made tiny before
-    it connects, so that the window it offers stays tiny too."""
+def stalled_resumer(
+    port: int, session_id: str, last_seq: int, address: str = "127.0.0.1"
+) -> socket.socket:
+    """A peer that resumes and then reads nothing, connecting from ``address``: its
+    receive buffer is made tiny before it connects, so that the window it offers stays
+    tiny too."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((address, 0))
     sock.connect(("127.0.0.1", port))
     key = "dGhlIHNhbXBsZSBub25jZQ=="
     sock.sendall(

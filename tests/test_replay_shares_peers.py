@@ -1,0 +1,147 @@
+"""Replay shares across peers (server/replay_shares.py): however many peers hold their
+whole share of replay pages, together the whole memory budget, a peer holding no page
+gets its page at once, and its replay ends while theirs still wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.room import REPLAY_PAGE_BYTES
+from tests.support import Peer, attach, run_server, stream_url
+from tests.test_replay_server import kernel_send_buffer_max, publish, stalled_resumer
+from tests.test_replay_shares_ends import (
+    EVENT_BYTES,
+    MIB,
+    SETTINGS,
+    a_session_past_the_kernel_buffers,
+)
+from tests.test_server_lifecycle import eventually
+
+# Their shares (a quarter each, four pages held of 200 KB: the fifth's charge does not
+# fit) hold the budget: 4 MB of 4 MiB, with no room for one more page.
+HEAVY = [f"127.0.0.{i}" for i in range(2, 7)]
+LIGHT = "127.0.0.7"
+STALLED = 6  # of each heavy address: four hold a page (a share of 1 MiB), two wait
+LIGHT_EVENTS = 40  # of 2 KB: more than the ring holds, so the replay reads the store
+
+
+@contextlib.asynccontextmanager
+async def resumer_from(
+    server: BambooServer, address: str, session_id: str
+) -> AsyncIterator[tuple[Peer, dict[str, Any]]]:
+    """A peer at ``address`` resuming ``session_id`` from its start, once welcomed."""
+    async with connect(
+        stream_url(server, session_id),
+        subprotocols=["bamboo.v1"],  # type: ignore[list-item]
+        compression=None,
+        open_timeout=5,
+        close_timeout=2,
+        local_addr=(address, 0),
+    ) as ws:
+        peer = Peer(ws)
+        await peer.send({"type": "hello", "last_seq": 0})
+        welcome = await peer.recv(10)
+        assert welcome["type"] == "welcome", welcome
+        yield peer, welcome
+
+
+async def events_through(peer: Peer, last: int) -> list[int]:
+    """The seqs of the events ``peer`` gets, up to ``last``."""
+    seqs = [(await peer.recv_type("event", 30.0))["seq"]]
+    while seqs[-1] < last:
+        seqs.append((await peer.recv_type("event", 30.0))["seq"])
+    return seqs
+
+
+@contextlib.asynccontextmanager
+async def heavy_peers_holding_their_shares(
+    server: BambooServer, session_id: str
+) -> AsyncIterator[list[socket.socket]]:
+    """STALLED resumers of ``session_id`` from each HEAVY address that read nothing,
+    once each address holds its share and some of its pages wait; closed on exit."""
+    shares = [server.services.replay_shares.of("addr:" + address) for address in HEAVY]
+    loop = asyncio.get_running_loop()
+    socks: list[socket.socket] = []
+    try:
+        for address in HEAVY:
+            for _ in range(STALLED):
+                socks.append(
+                    await loop.run_in_executor(
+                        None, stalled_resumer, server.port, session_id, 0, address
+                    )
+                )
+
+        def all_full() -> bool:
+            return all(s is not None and s.used > s.limit // 2 and s._waiting for s in shares)
+
+        await eventually(all_full, 20.0)
+        await asyncio.sleep(1.0)  # the pages sent first fill the sockets' buffers
+        assert all_full(), "their pages stall"
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_a_peer_holding_no_page_gets_its_replay_while_peers_filling_the_budget_wait() -> None:
+    """Five addresses' stalled resumers each hold their share (a quarter of the budget)
+    and queue more pages behind it: together they hold the budget, but no replay page
+    waits for the budget itself, only for its own peer's share. So a sixth address's
+    resume, reading the store, gets its whole replay while each heavy address's own
+    reading resumer still waits behind its stalled pages, and those get theirs once
+    the stalled resumers are gone. A process-wide gate on replay pages (a page waiting
+    once the budget has no room for it) would keep the sixth address waiting with them."""
+    settings = {**SETTINGS, "replay_page_timeout": 120.0}  # nothing given up on meanwhile
+    async with run_server(**settings) as server:
+        heavy_session = await a_session_past_the_kernel_buffers(server)
+        heavy_last = (kernel_send_buffer_max() + 4 * MIB) // EVENT_BYTES + 1  # its events
+        async with attach(server, role="agent") as (agent, welcome):
+            light_session = welcome["session"]["id"]
+            await publish(agent, LIGHT_EVENTS, size=2_000)
+        shares = [server.services.replay_shares.of("addr:" + address) for address in HEAVY]
+        budget = server.manager.budget
+        finished: list[str] = []
+        async with contextlib.AsyncExitStack() as stack:
+            stalled = await stack.enter_async_context(
+                heavy_peers_holding_their_shares(server, heavy_session)
+            )
+            # Together they leave the budget no room for another page.
+            assert budget.used + REPLAY_PAGE_BYTES > budget.limit
+            waiting = [len(s._waiting) for s in shares if s is not None]
+            heavy_readers = [
+                (await stack.enter_async_context(resumer_from(server, a, heavy_session)))[0]
+                for a in HEAVY
+            ]
+
+            store_reads = server.metrics.replay_store_reads._value.get()
+            async with resumer_from(server, LIGHT, light_session) as (light, resumed):
+                assert resumed["replay"] == LIGHT_EVENTS
+                seqs = await events_through(light, LIGHT_EVENTS)
+                assert seqs == list(range(1, LIGHT_EVENTS + 1))
+                finished.append("light")
+            assert server.metrics.replay_store_reads._value.get() > store_reads
+            # Each heavy address's reader still waits behind its stalled pages, in turn.
+            await eventually(
+                lambda: (
+                    [len(s._waiting) for s in shares if s is not None] == [n + 1 for n in waiting]
+                ),
+                10.0,
+            )
+            for reader in heavy_readers:
+                with pytest.raises(TimeoutError):
+                    await reader.recv(0.2)  # no event yet
+
+            for sock in stalled:
+                sock.close()  # their pages are given up on: the waiting ones go on
+            for address, reader in zip(HEAVY, heavy_readers, strict=True):
+                assert await events_through(reader, heavy_last) == list(range(1, heavy_last + 1))
+                finished.append(address)
+        assert finished == ["light", *HEAVY]
