@@ -17,6 +17,10 @@ pages, until the peer's pages being sent make room; a peer that holds no page al
 gets one. Nothing is refused and nobody is closed for it: the slow peer's replays come
 more slowly, at the pace it reads them all, and every page it waits behind is either
 read on, or given up on after ``--replay-page-timeout`` without progress (replay.py).
+A page waits for its own peer's share only, never for the budget as a whole: however
+many peers hold theirs, another peer's resume is not held back behind them
+(tests/test_replay_shares_peers.py); what they hold past the budget is paid for by
+live send queues that back up (outbox.py).
 """
 
 from __future__ import annotations
