@@ -12,6 +12,7 @@ frames or close codes as server/failures.py says; an unexpected exception closes
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 
@@ -64,6 +65,7 @@ class Connection:
         "actor",
         "codec",
         "connection_id",
+        "context",
         "counted_user",
         "expiry",
         "frames_in",
@@ -88,6 +90,9 @@ class Connection:
         self.codec = codec
         self.session_id = session_id
         self.connection_id = new_connection_id()
+        # Its writer's and its close's (bind_log_ids): not the context of whichever task
+        # started them (its session's actor, another connection), whose ids they'd log.
+        self.context = contextvars.Context()
         self.actor: SessionActor | None = None
         self.outbox: Outbox | None = None
         self._overflow_counted = False
@@ -107,10 +112,7 @@ class Connection:
         self.writer: asyncio.Task[None] | None = None  # while it has work (start_writer)
 
     async def run(self) -> None:
-        # Every log line of this connection's tasks carries its ids (task-local context).
-        structlog.contextvars.bind_contextvars(
-            connection_id=self.connection_id, session_id=self.session_id
-        )
+        self.bind_log_ids(connection_id=self.connection_id, session_id=self.session_id)
         self.services.metrics.connections_total.inc()
         try:
             hello = await read_hello(self)
@@ -131,6 +133,12 @@ class Connection:
             self._count_close()
             self._log_summary()
 
+    def bind_log_ids(self, **ids: str | None) -> None:
+        """Binds ``ids`` to the log lines of this connection's handler (the calling task)
+        and of what runs on its behalf, started from other tasks (its ``context``)."""
+        structlog.contextvars.bind_contextvars(**ids)
+        self.context = contextvars.copy_context()
+
     # -- attached ----------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -150,8 +158,10 @@ class Connection:
 
     def start_writer(self) -> None:
         """The outbox has work for a writer, and none runs: one is started."""
-        self.writer = asyncio.create_task(self._write(), name=f"writer:{self.connection_id}")
-        self.writer.add_done_callback(self._writer_done)
+        self.writer = asyncio.create_task(
+            self._write(), name=f"writer:{self.connection_id}", context=self.context.copy()
+        )
+        self.writer.add_done_callback(self._writer_done, context=self.context)
 
     def _writer_done(self, writer: asyncio.Task[None]) -> None:
         if self.writer is writer:  # not one started since: an idle connection holds none
@@ -349,13 +359,15 @@ class Connection:
             # The writer sends what is queued, then closes; should the peer stop
             # reading meanwhile, the close happens from outside the stuck writer.
             grace = self.services.config.close_timeout
-            asyncio.get_running_loop().call_later(grace, self._close_soon, request, True)
+            asyncio.get_running_loop().call_later(
+                grace, self._close_soon, request, True, context=self.context
+            )
 
     def _close_soon(self, request: CloseRequest, bound: bool = False) -> None:
         if self._closer is None and self.ws.close_code is None:
             if bound:  # a replay the close let go on stops here (server/closing.py)
                 cut_replay(self.outbox, self.ws, self.codec)
-            self._closer = asyncio.create_task(self._close(request))
+            self._closer = asyncio.create_task(self._close(request), context=self.context.copy())
 
     async def _close(self, request: CloseRequest) -> None:
         if request.code == CloseCode.TOO_SLOW and request.overflow and not self._overflow_counted:

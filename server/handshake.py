@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import structlog
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
@@ -142,7 +141,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             # whose id its client never learned.
             deadline = max(deadline, created[0] + services.page_reads.timeout)
         conn.session_id = session_id
-        structlog.contextvars.bind_contextvars(session_id=session_id)
+        conn.bind_log_ids(session_id=session_id)
         outbox = Outbox(
             conn.connection_id,
             hello.role,

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bamboo_session.server.connection import Connection
 from bamboo_session.server.flush import WebSocketSink
 from tests.support import Peer, attach, run_server, token
 from tests.test_replay_server import (
@@ -292,3 +293,39 @@ async def test_a_fault_writing_one_connections_frames_drops_it_and_spares_the_ot
         async with attach(server, "s", last_seq=0, epoch=welcome["epoch"]) as (again, back):
             assert (back["resumed"], back["replay"]) == (True, 1)
             assert (await again.recv_type("event"))["seq"] == 1
+
+
+async def test_a_writer_started_from_the_sessions_actor_logs_as_its_own_connection(
+    monkeypatch: Any,
+) -> None:
+    """A session closed by one of its clients queues ``closed`` and the close on every
+    connection in its actor's turn, so the flusher starts each one's writer for the close
+    from there. A fault in one of those writers (injected: nothing known raises there)
+    is logged naming that connection, not the actor's session alone nor the client
+    that closed the session; the connection still closes, with 1011."""
+    faulty: set[str] = set()  # the connection whose close, by its writer, fails once
+    close = Connection._close
+
+    async def close_or_fail(connection: Connection, request: Any) -> None:
+        if connection.connection_id in faulty:
+            faulty.discard(connection.connection_id)
+            raise RuntimeError("a fault injected into one connection's writer")
+        await close(connection, request)
+
+    monkeypatch.setattr(Connection, "_close", close_or_fail)
+    async with run_server() as server:
+        async with (
+            attach(server, "s", create=True) as (closer, _),
+            attach(server, "s") as (viewer, welcome),
+        ):
+            await closer.recv_type("presence")  # the viewer joined
+            faulty.add(welcome["connection_id"])
+            with capture_logs(processors=[merge_contextvars]) as logs:
+                await closer.request({"type": "state", "id": 1, "state": "closed"}, "ack")
+                code, frames = await viewer.closed()
+            assert [frame["type"] for frame in frames] == ["closed"]
+            assert code == 1011
+            [fault] = [line for line in logs if line.get("exc_info")]
+            assert fault["event"] == "connection writer failed"
+            assert fault["connection_id"] == welcome["connection_id"]
+            assert fault["session_id"] == "s"
