@@ -118,11 +118,13 @@ class WebSocketSink:
 
     def close_at_once(self, frames: list[Outbound], code: int, reason: str) -> bool:
         """A stopping server's close (its input discarded: server/shutdown.py), written
-        behind ``frames`` in one write when the socket has room: no writer task, no
-        close timer. Nothing is left to await: the peer's close reply is dropped unread,
-        and the server's exit (or ``drop_connections``) closes the socket once the peer
-        holds these bytes (``bytes_delivered``). Otherwise False: the writer closes, within
-        the close timeout (server/closing.py)."""
+        behind ``frames`` in one write when the socket has room: no writer task. Nothing
+        is left to await: the peer's close reply is dropped unread, and the server's exit
+        (or ``drop_connections``) closes the socket once the peer holds these bytes
+        (``bytes_delivered``). A peer that does not take them is dropped by the close's
+        bound (server/connection.py), at the close timeout from this write, as the
+        writer's close is. Otherwise False: the writer closes, within the close timeout
+        (server/closing.py)."""
         ws = self.ws
         if not ws.discarding or not self.can_write():
             return False
@@ -133,6 +135,10 @@ class WebSocketSink:
         protocol.send_close(code, reason)
         chunks.extend(protocol.data_to_send())
         ws.transport.writelines(chunks)
+        # The close timer starts now, as websockets starts it for a close it sends: the
+        # bound's close() (close_within) would start it only then, a close timeout late.
+        if ws.close_timeout is not None:
+            ws.close_deadline = ws.loop.time() + ws.close_timeout
         self._count(len(frames))
         return True
 

@@ -26,6 +26,7 @@ from websockets.uri import parse_uri
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
 from tests.test_http_read_limits import a_log, read_some
+from tests.test_replay_server import publish, stalled_resumer
 from tests.test_server_lifecycle import eventually
 
 RESTARTING = {"type": "closed", "reason": "server restarting"}
@@ -143,6 +144,31 @@ async def test_a_stop_does_not_wait_for_a_peer_to_answer_its_close(tmp_path: Pat
         # Long before the minute either timeout allows: the answer is not waited for.
         await asyncio.wait_for(stopping, 10)
         assert await peer.ended()
+
+
+async def test_a_close_written_at_once_drops_a_peer_that_takes_nothing_at_its_timeout() -> None:
+    """A stop writes a viewer's close behind its backlog, from the flusher (no writer
+    task). A viewer that takes none of it (a few KB past its window, in the server's
+    socket buffer) is owed those bytes, and holds the stop, until the close's bound drops
+    it: the close timeout after its close frame, as after a writer's close. It was
+    twice that: the bound's close() started websockets' close timer only then."""
+    close_timeout = 3.0
+    settings: dict[str, Any] = {"close_timeout": close_timeout, "shutdown_grace": 60.0}
+    async with run_server(ping_interval=None, **settings) as server:  # the peer pongs not
+        async with attach(server, "s1", create=True, role="agent") as (agent, _):
+            stuck = await asyncio.to_thread(stalled_resumer, server.port, "s1", 0)
+            await agent.recv_type("presence")  # the stuck viewer joined
+            await publish(agent, 20, size=1000)
+            stopping = asyncio.ensure_future(server.stop())
+            try:
+                # A bound that holds on a loaded machine: 1x passes, 2x cannot.
+                done, _ = await asyncio.wait({stopping}, timeout=1.5 * close_timeout)
+                assert stopping in done, "the stuck viewer outlived its close timeout"
+                code, frames = await agent.closed()
+                assert code == 1012 and frames[-1] == RESTARTING
+            finally:
+                await stopping
+                stuck.close()
 
 
 @pytest.mark.parametrize("compression", [False, True])
