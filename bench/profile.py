@@ -27,7 +27,9 @@ def summarize(paths: list[Path], top: int, thread: str) -> str:
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if not stack or thread not in stack.split(";", 1)[0]:
+            # py-spy may leave a line without its count (a stack it was writing when
+            # the server exited): nothing to count.
+            if not stack or not count_text.isdigit() or thread not in stack.split(";", 1)[0]:
                 continue
             count = int(count_text)
             frames = [frame_name(f) for f in stack.split(";")[1:]]
