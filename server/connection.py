@@ -41,6 +41,7 @@ from bamboo_session.protocol.models import MessageEvent, SessionState
 from .actor import SessionActor
 from .closing import close_within, cut_replay
 from .commands import Append, SetState, batch_frame_appends
+from .connection_end import end_connection
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
 from .limits import FrameLimiter
@@ -129,9 +130,7 @@ class Connection:
                 self.services.config.close_timeout,
             )
         finally:
-            self._detach()
-            self._count_close()
-            self._log_summary()
+            end_connection(self)
 
     def bind_log_ids(self, **ids: str | None) -> None:
         """Binds ``ids`` to the log lines of this connection's handler (the calling task)
@@ -375,37 +374,4 @@ class Connection:
             self.services.metrics.send_queue_drops.inc()
         await close_within(
             self.ws, request.code, request.reason, self.services.config.close_timeout
-        )
-
-    # -- teardown ----------------------------------------------------------------
-
-    def _detach(self) -> None:
-        if self.expiry is not None:
-            self.expiry.cancel()
-        if self.outbox is not None:
-            self.outbox.abandon("disconnected")
-        if self.counted_user is not None:
-            self.services.user_connections.release(self.counted_user)
-            self.counted_user = None
-        if self.outbox is not None and self.session_id is not None:
-            self.services.manager.detach(self.session_id, self.connection_id)
-
-    def _count_close(self) -> None:
-        """Every close the server started, by code: refusals during the handshake
-        (4401, 4403, 4404, 4408, 1008, 4429, 1013) as well as later ones."""
-        protocol = self.ws.protocol
-        sent = protocol.close_sent
-        if sent is not None and not protocol.close_rcvd_then_sent:
-            self.services.metrics.closes.labels(code=str(sent.code)).inc()
-
-    def _log_summary(self) -> None:
-        log.info(
-            "connection closed",
-            close_code=self.ws.close_code,
-            close_reason=self.ws.close_reason,
-            frames_in=self.frames_in,
-            frames_out=self.frames_out,
-            read_wait=round(self.ws.read_waits.waited, 3),
-            page_wait=round(self.page_waited, 3),
-            seconds=round(time.monotonic() - self.started, 3),
         )

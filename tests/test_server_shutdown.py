@@ -161,8 +161,9 @@ async def test_a_close_written_at_once_drops_a_peer_that_takes_nothing_at_its_ti
             await publish(agent, 20, size=1000)
             stopping = asyncio.ensure_future(server.stop())
             try:
-                # A bound that holds on a loaded machine: 1x passes, 2x cannot.
-                done, _ = await asyncio.wait({stopping}, timeout=1.5 * close_timeout)
+                # A bound that holds on a loaded machine: 1x passes (about 1.2x measured),
+                # the old 2x (and more) cannot.
+                done, _ = await asyncio.wait({stopping}, timeout=1.75 * close_timeout)
                 assert stopping in done, "the stuck viewer outlived its close timeout"
                 code, frames = await agent.closed()
                 assert code == 1012 and frames[-1] == RESTARTING

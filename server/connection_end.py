@@ -1,0 +1,58 @@
+"""What a connection leaves behind when it ends, whatever ended it: its session, its
+user's count and its expiry timer let go, its close counted by code, one summary line."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+# The connection's own logger: "connection closed" is its line.
+log = structlog.get_logger("bamboo_session.connection")
+
+
+def end_connection(connection: Connection) -> None:
+    """Detaches, counts the close and logs the summary (the handler's last step)."""
+    _detach(connection)
+    _count_close(connection)
+    _log_summary(connection)
+
+
+def _detach(connection: Connection) -> None:
+    if connection.expiry is not None:
+        connection.expiry.cancel()
+    outbox, services = connection.outbox, connection.services
+    if outbox is not None:
+        outbox.abandon("disconnected")
+    if connection.counted_user is not None:
+        services.user_connections.release(connection.counted_user)
+        connection.counted_user = None
+    if outbox is not None and connection.session_id is not None:
+        services.manager.detach(connection.session_id, connection.connection_id)
+
+
+def _count_close(connection: Connection) -> None:
+    """Every close the server started, by code: refusals during the handshake
+    (4401, 4403, 4404, 4408, 1008, 4429, 1013) as well as later ones."""
+    protocol = connection.ws.protocol
+    sent = protocol.close_sent
+    if sent is not None and not protocol.close_rcvd_then_sent:
+        connection.services.metrics.closes.labels(code=str(sent.code)).inc()
+
+
+def _log_summary(connection: Connection) -> None:
+    ws = connection.ws
+    log.info(
+        "connection closed",
+        close_code=ws.close_code,
+        close_reason=ws.close_reason,
+        frames_in=connection.frames_in,
+        frames_out=connection.frames_out,
+        read_wait=round(ws.read_waits.waited, 3),
+        page_wait=round(connection.page_waited, 3),
+        seconds=round(time.monotonic() - connection.started, 3),
+    )
