@@ -17,27 +17,45 @@ local function fail(code)
   error({err = 'BAMBOO_' .. code})
 end
 
--- The epoch a session's log is served under: its stored epoch, then '.' and the
--- store's generation once a Redis that may lose acknowledged writes restarted
--- (generation.lua), so that every session's epoch changed at once. Clients see only
--- this; a caller that names an epoch names this one.
-local function served_epoch(stored, generation_key)
-  if not stored then return nil end  -- a session stored with no epoch
-  local token = redis.call('HGET', generation_key, 'token')
-  if token and token ~= '' then return stored .. '.' .. token end
-  return stored
+-- A stored epoch is the epoch, then '~' and the store's token when the session was
+-- created under one (create.lua): 'k3J9…~Qx7-aB3c'. Its history began under that
+-- token, so it is served as it was given (a migrated session keeps the epoch its
+-- source served) until the token changes.
+local function epoch_parts(stored)
+  local at = string.find(stored, '~[^~]*$')
+  if not at then return stored, nil end
+  return string.sub(stored, 1, at - 1), string.sub(stored, at + 1)
 end
 
--- A check of the epoch a caller named ('' : any) against the session's, stored and
--- served: NOTFOUND for another log (deleted and created again); GENERATION for this
--- log as an earlier generation served it (the caller has not heard of the change).
+-- The epoch a session's log is served under: its epoch, then '.' and the store's
+-- generation once a Redis that may lose acknowledged writes restarted after the
+-- session was created (generation.lua), so that every session's epoch changed at
+-- once. Clients see only this; a caller that names an epoch names this one.
+local function served_epoch(stored, generation_key)
+  if not stored then return nil end  -- a session stored with no epoch
+  local epoch, created_under = epoch_parts(stored)
+  local token = redis.call('HGET', generation_key, 'token')
+  if not token or token == '' or token == created_under then return epoch end
+  return epoch .. '.' .. token
+end
+
+-- What an epoch a caller named ('' : any) is of the session's, stored and served:
+-- nil if it is the one served; 'NOTFOUND' for another log (deleted and created
+-- again); 'GENERATION' for this log as an earlier generation served it (the caller
+-- has not heard of the change).
+local function epoch_mismatch(named, stored, served)
+  if named == '' or named == served then return nil end
+  if not stored then return 'NOTFOUND' end
+  local epoch = epoch_parts(stored)
+  local head = string.sub(named, 1, #epoch)
+  local mark = string.sub(named, #epoch + 1, #epoch + 1)
+  if head == epoch and (mark == '' or mark == '.') then return 'GENERATION' end
+  return 'NOTFOUND'
+end
+
 local function check_served(named, stored, served)
-  if named == '' or named == served then return end
-  if not stored then fail('NOTFOUND') end
-  local head = string.sub(named, 1, #stored)
-  local mark = string.sub(named, #stored + 1, #stored + 1)
-  if head == stored and (mark == '' or mark == '.') then fail('GENERATION') end
-  fail('NOTFOUND')
+  local mismatch = epoch_mismatch(named, stored, served)
+  if mismatch then fail(mismatch) end
 end
 
 local function hash_of(flat)

@@ -6,6 +6,8 @@
 -- KEYS: meta, log, keys, msgs, conns
 -- ARGV: id, index prefix, max sessions ('' : no limit), replace ('expired' or ''),
 --       publish command ('' : the caller publishes), channel, then HSET field/value pairs
+-- The epoch is stored with the store's generation token of now, if it has one
+-- (common.lua epoch_parts): served as given until that token changes.
 -- Returns the replaced session's epoch (or 1, if it had none) if it replaced an
 -- expired session, else 0.
 
@@ -21,6 +23,12 @@ elseif max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then
 end
 local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+local token = redis.call('HGET', idx .. 'generation', 'token')
+for i = 1, #fields, 2 do
+  if fields[i] == 'epoch' and token and token ~= '' then
+    fields[i + 1] = fields[i + 1] .. '~' .. token
+  end
+end
 if replaced ~= 0 then
   rebuild_follows(idx, old[1] or nil, id, -(tonumber(old[5]) or 0))  -- while still indexed
   index_remove(idx, id, old[1] or nil, old[2])

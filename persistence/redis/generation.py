@@ -6,8 +6,12 @@ events would otherwise take the lost events' seqs under the same epoch.
 The record ``<prefix>:{idx}:generation`` (a hash: ``run``, ``token``, ``lossy``) holds
 the ``run_id`` of the Redis run it was checked against and a token. The epoch served
 for a session is its stored epoch, then ``.`` and the token when there is one
-(``served``); the scripts that hand out events or take appends compare a caller's
-epoch with that (common.lua ``served_epoch``). ``generation.lua`` compares the record
+(``served``), unless the session was created under that very token: a session's
+epoch is stored with the token of its creation (``k3J9…~Qx7-aB3c``, create.lua), and
+served as it was given until the token changes, since its whole history is of that
+generation (so a session migrated in keeps the epoch its source served). The
+scripts that hand out events or take appends compare a caller's epoch with that
+(common.lua ``served_epoch``). ``generation.lua`` compares the record
 with the current run: on another run of a lossy Redis, or no record on a lossy Redis
 that holds sessions (the record itself lost), it sets a fresh random token, once
 however many instances look (a compare-and-set). A random token, not a counter: a
@@ -55,9 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEPARATOR: Final = "."  # in no epoch the store makes (secrets.token_urlsafe)
-# What a served epoch of another generation is given to a script as: no stored epoch
-# is this, so the session reads as another log's (NOTFOUND).
-OTHER_GENERATION: Final = "\x00"
+CREATED_UNDER: Final = "~"  # between a stored epoch and the token it was created under
 
 
 class Generation:
@@ -77,15 +79,10 @@ class Generation:
 
     def served(self, stored: str) -> str:
         """The epoch clients see for a session stored with ``stored``."""
-        return stored + SEPARATOR + self.token if self.token else stored
-
-    def stored(self, served: str | None) -> str | None:
-        """The stored epoch of ``served`` for the scripts that compare stored epochs;
-        :data:`OTHER_GENERATION` if it was served under another generation."""
-        if not served or not self.token:
-            return served
-        head, separator, token = served.rpartition(SEPARATOR)
-        return head if separator and token == self.token else OTHER_GENERATION
+        epoch, created_under = split_stored(stored)
+        if not self.token or self.token == created_under:
+            return epoch
+        return epoch + SEPARATOR + self.token
 
     async def check(self, *, refused: bool = False) -> bool:
         """Compares the record with the Redis now running, and adopts its token:
@@ -190,6 +187,12 @@ class Generation:
             return await self._client.execute_command(*command)
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
+
+
+def split_stored(stored: str) -> tuple[str, str | None]:
+    """A stored epoch's epoch, and the token it was created under (None if none)."""
+    epoch, mark, token = stored.rpartition(CREATED_UNDER)
+    return (epoch, token) if mark else (stored, None)
 
 
 def _run_in(info: object) -> str | None:

@@ -7,20 +7,27 @@
 -- KEYS: conns, meta
 -- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
 --       leave, refresh), epoch ('' : any; else the epoch of the session the members
---       are of), then members ('<role>|<id>')
+--       are of, as served: common.lua served_epoch), the generation key, then
+--       members ('<role>|<id>')
 -- Returns the session-wide count after the call (a refresh of members: the count, how
 -- many of them it registered again, and the session's stored state, '' if none: the
 -- caller acts on a session another instance parked, and reads nothing of the rest);
 -- -1, and nothing done (no member
 -- added or removed, nothing swept, nothing published), if an epoch is given and the
--- session under the id is not of it (deleted, or replaced: a stale instance's
+-- session under the id is not of it (-2 if it is of this log as an earlier
+-- generation served it) (deleted, or replaced: a stale instance's
 -- members never count in the session that took the id; deleting or replacing a
 -- session removes its conns).
 
 local conns = KEYS[1]
 local id, instance, heartbeat = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local publish, channel, mode, epoch = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if epoch ~= '' and redis.call('HGET', KEYS[2], 'epoch') ~= epoch then return -1 end
+if epoch ~= '' then
+  local stored = redis.call('HGET', KEYS[2], 'epoch')
+  local mismatch = epoch_mismatch(epoch, stored, served_epoch(stored, ARGV[8]))
+  if mismatch == 'GENERATION' then return -2 end
+  if mismatch then return -1 end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -40,7 +47,7 @@ end
 
 local deadline = int(now + heartbeat)
 local again = 0
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local member = ARGV[i]
   if mode == 'join' then
     redis.call('ZADD', conns, deadline, member)
@@ -58,7 +65,7 @@ local count = redis.call('ZCARD', conns)
 if count > 0 then
   redis.call('PEXPIRE', conns, heartbeat * 2)
 end
-if mode == 'refresh' and #ARGV >= 8 then
+if mode == 'refresh' and #ARGV >= 9 then
   return {count, again, redis.call('HGET', KEYS[2], 'state') or ''}
 end
 return count

@@ -18,7 +18,6 @@ from bamboo_session.protocol.models import SessionState
 
 from ..base import SessionNotFound
 from ..presence import Held, PresenceNotice
-from .generation import OTHER_GENERATION
 from .scripts import HistoryLost
 
 if TYPE_CHECKING:
@@ -37,6 +36,7 @@ class _Wire(msgspec.Struct):
 
 _decoder = msgspec.json.Decoder(_Wire)
 OTHER_EPOCH: Final = -1  # presence.lua's reply for a session of another epoch
+EARLIER_GENERATION: Final = -2  # its reply for this session as an earlier generation served it
 PARKED: Final = SessionState.DISCONNECTED.value
 
 
@@ -81,11 +81,12 @@ class RedisPresence:
         return await self._run(session_id, "leave", connections, epoch)
 
     async def refresh(self, held: Sequence[Held]) -> list[str]:
-        # A session of another epoch answers -1 and is left as it is: its holder
-        # hears of the change by the session's notice, or at its next look. Else the
-        # script answers the count, how many it registered again and the stored state:
-        # only a parked session is named, so that a refresh after an outage, which
-        # registers every session's connections again, costs its actors no reads.
+        # A session of another epoch answers -1 (of an earlier generation, -2) and is
+        # left as it is: its holder hears of the change by the session's notice, or at
+        # its next look. Else the script answers the count, how many it registered
+        # again and the stored state: only a parked session is named, so that a refresh
+        # after an outage, which registers every session's connections again, costs
+        # its actors no reads.
         generation = self._storage.generation
         if generation.lossy:  # a restart the listener's reconnect did not tell of yet
             await generation.check()
@@ -116,10 +117,9 @@ class RedisPresence:
     ) -> int:
         keys, args = self._call(session_id, mode, connections, epoch)
         count: int = await self._storage.redis.run("presence", keys, args)
+        if count == EARLIER_GENERATION:  # the same session: not gone
+            raise HistoryLost("redis restarted and may have lost writes: epoch changed")
         if count == OTHER_EPOCH:
-            if epoch and self._storage.generation.stored(epoch) == OTHER_GENERATION:
-                # The same session, as an earlier generation served it: not gone.
-                raise HistoryLost("redis restarted and may have lost writes: epoch changed")
             raise SessionNotFound(f"session {session_id!r} not found")
         return count
 
@@ -140,7 +140,8 @@ class RedisPresence:
             storage.redis.publish_command,  # notices need no WAIT: nothing durable
             layout.channel(session_id),
             mode,
-            storage.generation.stored(epoch) or "",  # checked against the session's
+            epoch or "",  # as served: checked against the session's, generation too
+            storage.generation.key,
             *(f"{role}|{connection_id}" for connection_id, role in connections),
         ]
         return [layout.conns(session_id), layout.meta(session_id)], args

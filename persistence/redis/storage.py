@@ -57,7 +57,7 @@ from .client import (
 )
 from .config import RedisConfig
 from .durability import DurabilityWatch
-from .generation import Generation
+from .generation import CREATED_UNDER, Generation
 from .layout import (
     CLOSED_NOTICE,
     DELETED_NOTICE,
@@ -154,6 +154,8 @@ class RedisStorage:
         self.require_writable()
         session_id = check_session_id(session.metadata.id)
         meta = copy_metadata(session.metadata)
+        if CREATED_UNDER in meta.epoch:  # the stored epoch's mark (generation.py)
+            raise ValueError(f"session {session_id!r}: an epoch holds no {CREATED_UNDER!r}")
         meta.last_seq = 0
         meta.message_count = 0
         meta.stored_bytes = 0
