@@ -66,11 +66,17 @@ def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
 
 
 async def server_version(client: Redis) -> tuple[int, int]:
+    """Redis's version, from ``INFO server``, else from ``HELLO`` where an ACL refuses
+    INFO (every Redis with ACLs, 6.0 and later, answers HELLO)."""
     try:
-        info = await client.execute_command("INFO", "server")
+        try:
+            version = _text((await client.execute_command("INFO", "server"))["redis_version"])
+        except redis.exceptions.ResponseError:
+            hello = await client.execute_command("HELLO")
+            version = next(_text(v) for k, v in hello.items() if _text(k) == "version")
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
-    major, minor = info["redis_version"].split(".")[:2]
+    major, minor = version.split(".")[:2]
     return int(major), int(minor)
 
 

@@ -19,6 +19,11 @@ stays: a deploy that has not started yet loses nothing). The run stays recorded
 lossy even if Redis turns durable again: what was acknowledged meanwhile may not be
 on disk. ``may_lose_writes`` is what /metrics shows (``bamboo_store_may_lose_writes``).
 
+Where Redis refuses INFO (an ACL), the turn is taken all the same (the gauge says 1)
+but there is no run to record it against: one warning says that its next restart
+keeps the epochs, and what to allow (a writable store does not open on a lossy Redis
+that refuses INFO: storage.py).
+
 What this cannot see: a loss between the switch and the next look (the interval is
 that window), and, with ``appendonly no``, a restart that no instance which saw the
 switch outlives: the mark, written after the switch, is lost with the events
@@ -45,6 +50,15 @@ SHORTEST_INTERVAL: Final = 0.1  # seconds: a heartbeat of 0 must not spin
 UNCHECKABLE: Final = (
     "Redis now refuses CONFIG GET, so the store cannot tell whether it keeps the writes "
     "it acknowledged; taken as one that may lose them"
+)
+
+# Where Redis refuses INFO (an ACL) there is no run to record the turn against: said
+# once, at the turn, since nothing the watch does later can keep the epochs right.
+UNSEEN_RESTART: Final = (
+    "Redis refuses INFO to the store's user (an ACL), so the store cannot tell when it "
+    "restarts: its next restart may lose writes it acknowledged and keep every epoch "
+    "(clients would resume onto a log cut short). Allow INFO (ACL +info), or set "
+    "appendonly yes and appendfsync always again"
 )
 
 
@@ -94,6 +108,9 @@ class DurabilityWatch:
         await self._generation.record_lossy()  # takes Redis for lossy even if it fails
         self._unrecorded = False
         self.turns += 1
+        if not self._generation.sees_restarts:
+            log.warning("%s. %s", danger, UNSEEN_RESTART)
+            return
         log.warning(
             "%s. Redis kept every write it acknowledged when the store last looked; "
             "its next restart now changes every session's epoch (clients resume "

@@ -75,6 +75,10 @@ class Generation:
         self.token = ""
         self.changes = 0  # tokens this instance adopted (its open's included)
         self._run = ""  # the run of Redis last checked: the same run needs no script
+        # False once Redis refused INFO (an ACL): no run to compare, so a restart of
+        # Redis goes unseen and changes no epoch (storage.py refuses a writable store
+        # on a lossy Redis then; durability.py warns if Redis turns lossy later).
+        self.sees_restarts = True
         self._checking = asyncio.Lock()
 
     def served(self, stored: str) -> str:
@@ -128,7 +132,8 @@ class Generation:
             try:
                 run_id = _run_in(await connection.read_response())
             except redis.exceptions.ResponseError:
-                return  # INFO refused (an ACL): as check(), nothing to compare
+                self.sees_restarts = False  # INFO refused (an ACL): nothing to compare
+                return
             if run_id is None or run_id == self._run:
                 return
             if self._read_only:
@@ -174,7 +179,8 @@ class Generation:
         try:
             info = await self._client.execute_command("INFO", "server")
         except redis.exceptions.ResponseError:
-            return None  # INFO refused (an ACL): no run to compare, no change seen
+            self.sees_restarts = False  # INFO refused (an ACL): no run to compare
+            return None
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
         run_id = info.get("run_id") if isinstance(info, dict) else None

@@ -73,6 +73,15 @@ from .scripts import HistoryLost, epoch_in_hash, optional_arg, removed_epoch
 EVERYTHING: Final = 2**31
 
 
+UNSEEN_RESTARTS: Final = (
+    "Redis refuses INFO to the store's user (an ACL), so the store cannot tell when Redis "
+    "restarts; on a Redis that may lose writes it acknowledged (or that does not say: "
+    "CONFIG refused) a restart would keep every epoch over a log cut short. Allow INFO "
+    "(ACL +info), or run Redis with appendonly yes and appendfsync always and allow "
+    "CONFIG GET"
+)
+
+
 class RedisStorage:
     """The storage contract on Redis; ``await RedisStorage.open(config)``."""
 
@@ -115,6 +124,8 @@ class RedisStorage:
             storage = cls(config, client, sharded)
             storage.generation.lossy = lossy
             await storage.generation.check()
+            if lossy and not storage.generation.sees_restarts and not config.read_only:
+                raise StoreMisconfigured(UNSEEN_RESTARTS)
             await storage.live.listener.start()
         except BaseException:
             await client.aclose()

@@ -1,0 +1,79 @@
+"""A Redis store whose user an ACL refuses INFO (and CONFIG), on a real redis-server
+with a real ACL user: the store reads Redis's version from HELLO and opens on a
+durable Redis; it cannot see a restart without INFO's ``run_id``, so a writable store
+is refused, with the reason, on a Redis that may lose writes, and a durable one that
+turns lossy later is said once in a warning (not at every look), the gauge says 1,
+and the store keeps serving."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from bamboo_session.persistence import StoreMisconfigured, open_storage
+from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.instances import eventually
+from tests.redis_server import RedisServer, prefix_for
+from tests.test_redis_lossy_epoch import lossy_redis
+
+REFUSED = "refuses INFO"
+WAIT = 20.0  # seconds: a bound on waiting for looks, never a measure
+
+
+async def acl_user(server: RedisServer, tmp_path: Path, *denied: str, **params: object) -> str:
+    """A store URL for a user allowed every command but ``denied``."""
+    admin = redis.asyncio.Redis(port=server.port)
+    try:
+        rules = ["on", ">pw", "~*", "&*", "+@all", *denied]
+        await admin.execute_command("ACL", "SETUSER", "bamboo", *rules)
+    finally:
+        await admin.aclose()
+    url = server.url(prefix=prefix_for(tmp_path), heartbeat=0.3, **params)
+    return url.replace("redis://", "redis://bamboo:pw@", 1)
+
+
+async def config_set(server: RedisServer, name: str, value: str) -> None:
+    admin = redis.asyncio.Redis(port=server.port)
+    try:
+        await admin.config_set(name, value)
+    finally:
+        await admin.aclose()
+
+
+async def test_a_durable_redis_that_refuses_info_opens_and_warns_once_when_it_turns_lossy(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis("durable")
+    url = await acl_user(server, tmp_path, "-info")
+    caplog.set_level(logging.INFO, logger="bamboo_session")
+    async with await open_storage(url) as store:
+        assert isinstance(store, RedisStorage) and not store.may_lose_writes
+        await store.create_session(Session.new("s"))
+        assert (await store.append_event("s", AgentEvent.token("a"))).seq == 1
+        await config_set(server, "appendfsync", "everysec")
+        await eventually(lambda: store.durability.turns == 1, timeout=WAIT)
+        looks = store.durability.looks
+        await eventually(lambda: store.durability.looks >= looks + 5, timeout=WAIT)
+        assert store.may_lose_writes
+        warned = [r for r in caplog.records if REFUSED in r.getMessage()]
+        assert [r.levelno for r in warned] == [logging.WARNING]
+        assert "its next restart may lose writes it acknowledged" in warned[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        assert (await store.append_event("s", AgentEvent.token("b"))).seq == 2
+
+
+@pytest.mark.parametrize("denied", [("-info",), ("-info", "-config")])
+async def test_a_writable_store_on_a_lossy_redis_that_refuses_info_is_refused(
+    denied: tuple[str, ...], start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    server = lossy_redis(start_redis)
+    url = await acl_user(server, tmp_path, *denied, accept_lossy="true")
+    with pytest.raises(StoreMisconfigured, match="Allow INFO"):
+        await open_storage(url)
+    async with await open_storage(url, read_only=True) as reader:  # writes nothing
+        assert await reader.get_metadata("s") is None
