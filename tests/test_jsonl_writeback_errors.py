@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,69 @@ async def test_a_replay_that_fails_midway_leaves_no_log_open(
     with pytest.raises(IsADirectoryError):
         await JsonlStorage.open(config)
     assert logs_open(config) == 0
+
+
+class CloseOrder:
+    """What happens to each log's descriptor while the store closes: its sync's end
+    and its close, in order, per session; and whether two syncs were ever under way at
+    once (the first two wait for each other, for a while)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, config: JsonlStorageConfig) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.overlapped = False
+        self._meeting = threading.Barrier(2, timeout=10)
+        self._logs = str(config.layout.events)
+        sync, close = logfiles.datasync, logfiles._close_quietly
+
+        def datasync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if self._meeting.n_waiting < 2 and not self._meeting.broken:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    self._meeting.wait()
+                    self.overlapped = True
+            try:
+                sync(fd)
+            finally:
+                if path.startswith(self._logs):
+                    self.events.append(("synced", Path(path).stem))
+
+        def close_quietly(session_id: str, fd: int) -> None:
+            self.events.append(("closed", session_id))
+            close(session_id, fd)
+
+        monkeypatch.setattr(logfiles, "datasync", datasync)
+        monkeypatch.setattr(logfiles, "_close_quietly", close_quietly)
+
+    def of(self, session_id: str) -> list[str]:
+        return [what for what, whose in self.events if whose == session_id]
+
+
+async def test_the_close_syncs_the_logs_in_parallel_each_through_its_descriptor_then_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve logs open with unsynced lines, two of them struck: the close syncs them on
+    several threads at once, each once and before its close; the two failures keep the
+    WAL for the next open, which brings back what a power cut took from their logs."""
+    config = JsonlStorageConfig(tmp_path)
+    error = WritebackError(monkeypatch)
+    sessions = [f"s{i:02d}" for i in range(12)]
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in sessions:
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token(session_id))
+        struck = [sessions[3], sessions[8]]
+        for session_id in struck:
+            assert error.strike(config.layout.log(session_id).resolve()) == 1
+        order = CloseOrder(monkeypatch, config)
+    assert order.overlapped, "the close synced the logs one after another"
+    for session_id in sessions:
+        assert order.of(session_id) == ["synced", "closed"], session_id
+    assert error.reported == 2  # a failed sync did not stop the others of its thread
+    assert storage.sync_failed
+    assert segments(config) != []  # kept for the next open
+    assert logs_open(config) == 0
+    for session_id in struck:  # the power cut after the failed write-backs
+        os.truncate(config.layout.log(session_id), 0)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in sessions:
+            assert await tokens(storage, session_id) == [AgentEvent.token(session_id)]

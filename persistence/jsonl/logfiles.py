@@ -18,7 +18,6 @@ the bytes it left (``uncut``) are still in the file, and the writer's owner coun
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -201,14 +200,6 @@ class LogFiles:
             )
             self.needs_truncate[session_id] = good_size
 
-    def _close_log(self, session_id: str, open_log: OpenLog) -> None:
-        if open_log.unsynced:
-            try:
-                datasync(open_log.fd)
-            except OSError as exc:
-                log.error("background sync of the log of session %r failed: %s", session_id, exc)
-        os.close(open_log.fd)
-
     def drop(self, group: Group) -> None:
         """Close the descriptor a failed group wrote to (``cut_back``'s)."""
         open_log = group.open_log
@@ -247,29 +238,40 @@ class LogFiles:
                 taken.append((session_id, fd))
         return taken, trimmed
 
-    def close_all(self) -> None:
-        """Sync what is unsynced and close every descriptor."""
+    def close_all(self) -> tuple[list[tuple[str, int]], list[str]]:
+        """At close: every descriptor that holds nothing unsynced closed; the others
+        handed back with the ones ``released`` still, to sync then close
+        (``sync_at_close``, on the sync threads), and the logs trimmed unsynced in
+        ``os`` mode (``sync_trimmed``, by path)."""
         trimmed, self.trimmed_unsynced = list(self.trimmed_unsynced), set()
-        sync_trimmed(self._layout, trimmed)
         while self.open_logs:
             session_id, open_log = self.open_logs.popitem(last=False)
-            if self.sync_before_close:
-                self._let_go(session_id, open_log)
+            if open_log.unsynced:
+                self.released.append((session_id, open_log.fd))
             else:
-                with contextlib.suppress(OSError):
-                    self._close_log(session_id, open_log)
-        self.sync_and_close(self.take_released())
+                _close_quietly(session_id, open_log.fd)
+        return self.take_released(), trimmed
+
+    def sync_at_close(self, items: list[tuple[str, int]]) -> None:
+        """``close_all``'s unsynced descriptors, each synced then closed. With the WAL a
+        failed sync is the store's (``sync_and_close``: every segment is kept); in
+        ``os`` mode it is logged, as a background round's is."""
+        if self.sync_before_close:
+            self.sync_and_close(items)
+        else:
+            sync_dups(items)
 
 
 def sync_dups(taken: list[tuple[str, int]]) -> None:
-    """Sync and close the descriptors ``take_unsynced`` handed out."""
+    """Sync and close the descriptors ``take_unsynced`` handed out (and, in ``os`` mode,
+    ``close_all``)."""
     for session_id, fd in taken:
         try:
             datasync(fd)
         except OSError as exc:
             log.error("background sync of the log of session %r failed: %s", session_id, exc)
         finally:
-            os.close(fd)
+            _close_quietly(session_id, fd)
 
 
 def sync_trimmed(layout: Layout, session_ids: list[str]) -> None:

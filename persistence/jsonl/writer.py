@@ -195,8 +195,7 @@ class LogWriter:
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
-        async with self._files_in_use:  # (the retirement may be taking duplicates)
-            await self._in_thread(self._files.close_all)
+        await to_completion(self._syncs.close_files())
         if self._wal is not None:
             # Every log synced, then every segment deleted (kept on failure: replayed at
             # the next open).
