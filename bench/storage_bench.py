@@ -13,6 +13,9 @@ measured in the same invocation, so the figures compare as ratios:
    under 5 ms).
 3. Opening a store of N sessions: JSONL from its snapshot and rebuilt from its
    checkpoints (goal 3 s), SQLite (goal 0.5 s: nothing is rebuilt).
+4. Closing a JSONL store (``fsync``, the WAL) that holds ``--close-sessions`` logs
+   open, each with one unsynced append: its close syncs every one. ``--close-only``
+   runs only this (``--rounds`` times), to compare two trees run alternately.
 
 Run: ``python -m bench.storage_bench [--sessions 100000] [--events 20000]``;
 ``--tiny`` runs in seconds (the test suite uses it).
@@ -82,12 +85,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where to put the stores of 2 and 3 (default: in --dir); JSONL syncs every "
         "create, so 100,000 take about 15 minutes on a disk and 40 s on a tmpfs",
     )
+    parser.add_argument("--close-sessions", type=int, default=1000, help="open logs in 4")
+    parser.add_argument("--close-only", action="store_true", help="run only 4")
     parser.add_argument("--tiny", action="store_true", help="a quick run for the tests")
     args = parser.parse_args(argv)
     if args.tiny:
         args.sessions, args.events, args.appenders = 500, 300, 16
         args.append_sessions, args.queries = 16, 50
-        args.hot_sessions, args.rounds = 4, 1
+        args.hot_sessions, args.rounds, args.close_sessions = 4, 1, 50
     return args
 
 
@@ -315,7 +320,41 @@ async def bench_many(root: Path, args: argparse.Namespace) -> None:
     print(f"RATIO storage open sqlite/jsonl = {opens['sqlite'][1] / opens['jsonl'][1]:.3f}")
 
 
+# -- 4. close ------------------------------------------------------------------------
+
+
+async def timed_close(directory: Path, sessions: int) -> float:
+    """Seconds the store's close takes with ``sessions`` logs open, each holding one
+    append the WAL covers but no sync of its own yet."""
+    url = f"jsonl://{directory}?max_open_logs={sessions}"
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        ids = [f"c{i:06d}" for i in range(sessions)]
+        await asyncio.gather(*(storage.create_session(Session.new(i, user_id="u")) for i in ids))
+        await asyncio.gather(*(storage.append_event(i, AgentEvent.token("hi")) for i in ids))
+    except BaseException:
+        await storage.close()
+        raise
+    started = time.perf_counter()
+    await storage.close()
+    return time.perf_counter() - started
+
+
+async def bench_close(root: Path, args: argparse.Namespace) -> None:
+    print(f"4. close of a JSONL store with {args.close_sessions} open logs")
+    took = []
+    for run in range(args.rounds):
+        directory = root / f"close{run}"
+        took.append(await timed_close(directory, args.close_sessions))
+        shutil.rmtree(directory, ignore_errors=True)
+    listed = " ".join(f"{t:.3f}" for t in took)
+    print(f"   close: median {statistics.median(took):.3f} s over {len(took)} runs ({listed})")
+
+
 async def run(root: Path, args: argparse.Namespace) -> None:
+    if args.close_only:
+        await bench_close(root, args)
+        return
     await bench_appends(root / "appends", args)
     many = Path(args.many_dir) if args.many_dir else root / "many"
     try:
@@ -323,6 +362,7 @@ async def run(root: Path, args: argparse.Namespace) -> None:
     finally:
         if args.many_dir:
             shutil.rmtree(many, ignore_errors=True)
+    await bench_close(root, args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
