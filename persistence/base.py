@@ -277,7 +277,9 @@ class SessionStorage(EventStorage, Protocol):
 
     async def delete_session(self, session_id: str) -> None:
         """Removes the session and its log; raises SessionNotFound. Its subscriptions
-        end with ``"deleted"``."""
+        end with ``"deleted"``. A store may refuse deletes until it is opened again
+        (AppendsSuspended, the session left whole: the JSONL store past
+        ``wal_kept_max_bytes`` after a failed sync)."""
         ...
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult: ...

@@ -66,9 +66,10 @@ class AppendsSuspended(StorageError):
     """The session takes no appends until the store is opened again (the JSONL store,
     after a delete it undid by a rename not known durable: a power cut may yet finish
     that delete; or, for every session, once the WAL it keeps whole after a failed
-    sync passes ``wal_kept_max_bytes``). Nothing was stored, and retrying fails the
-    same way until that open; after it, a retry with the same key is safe. The session
-    stays readable."""
+    sync passes ``wal_kept_max_bytes``: then it takes no deletes either, raising this
+    from ``delete_session`` and from a create that replaces an expired session). Nothing
+    was stored, and retrying fails the same way until that open; after it, a retry
+    with the same key is safe. The session stays readable."""
 
 
 class StorageFull(StorageError):

@@ -1,12 +1,13 @@
 """After a failed sync the JSONL store keeps every WAL segment until the next open
 replays them (tests/test_jsonl_sync_failures.py). That WAL is bounded: past
-``wal_kept_max_bytes`` every append is refused (``AppendsSuspended``) until the store is
-opened again, rather than the WAL growing until the disk is full. The failure is
-injected (EIO) in the retirement's ``datasync``."""
+``wal_kept_max_bytes`` every append, and every delete, is refused (``AppendsSuspended``)
+until the store is opened again, rather than the WAL growing until the disk is full.
+The failure is injected (EIO) in the retirement's ``datasync``."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,17 +19,36 @@ from bamboo_session.persistence import (
     open_storage,
 )
 from bamboo_session.persistence.jsonl import retirement
-from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.protocol.models import AgentEvent, Session, utcnow
 from tests.held_delete_support import embedded
-from tests.support import attach, token
+from tests.support import attach, open_peer, token
 from tests.test_jsonl_wal import failing_once, segments
 
 LIMIT = 1024 * 1024  # a few segments: each is allocated 256 KiB ahead of its records
 APPENDS_MAX = 64  # each starts a segment: far more than the bound lets through
+DELETES = 16  # refused deletes of one session: each would have started a segment
 
 
 def kept_bytes(config: JsonlStorageConfig) -> int:
     return sum(path.stat().st_size for path in segments(config))
+
+
+async def past_the_bound(
+    storage: JsonlStorage, failing: dict[str, bool]
+) -> tuple[list[str], AppendsSuspended]:
+    """A retirement's sync fails, then appends to "a" until one is refused: the tokens
+    acknowledged, and the refusal."""
+    acked: list[str] = []
+    failing["on"] = True
+    for i in range(APPENDS_MAX):
+        try:
+            await storage.append_event("a", AgentEvent.token(str(i)))
+        except AppendsSuspended as exc:
+            assert storage.sync_failed
+            return acked, exc
+        acked.append(str(i))
+        await storage._writer.retirement.settled()
+    raise AssertionError("the kept WAL grew past its bound")
 
 
 async def test_the_wal_kept_after_a_failed_sync_stops_appends_at_its_bound(
@@ -37,22 +57,10 @@ async def test_the_wal_kept_after_a_failed_sync_stops_appends_at_its_bound(
     # One byte per segment: each append starts a new one and retires the one before.
     config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=LIMIT).with_wal(segment_bytes=1)
     failing = failing_once(monkeypatch, retirement, "datasync")
-    acked: list[str] = []
     async with await JsonlStorage.open(config) as storage:
         for session_id in ("a", "b"):
             await storage.create_session(Session.new(session_id))
-        failing["on"] = True
-        refused = None
-        for i in range(APPENDS_MAX):
-            try:
-                await storage.append_event("a", AgentEvent.token(str(i)))
-            except AppendsSuspended as exc:
-                refused = exc
-                break
-            acked.append(str(i))
-            await storage._writer.retirement.settled()
-        assert storage.sync_failed
-        assert refused is not None, "the kept WAL grew past its bound"
+        acked, refused = await past_the_bound(storage, failing)
         assert "wal_kept_max_bytes" in str(refused)
         # Past the bound by one segment at most: the append that crossed it.
         assert LIMIT < kept_bytes(config) <= LIMIT + 2 * 256 * 1024
@@ -68,6 +76,44 @@ async def test_the_wal_kept_after_a_failed_sync_stops_appends_at_its_bound(
         assert (await storage.append_event("b", AgentEvent.token("after"))).seq == 1
         tokens = [stored.event for stored in await storage.read_events("a")]
         assert tokens == [AgentEvent.token(t) for t in acked]
+
+
+async def test_past_the_bound_deletes_are_refused_too_and_leave_the_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delete records itself in the WAL (a small record: here, with one byte per
+    segment, a segment of its own), so a loop of them grew the kept WAL past the bound
+    all the same. Past it a delete, the replacement of an expired session and the
+    cleanup of one are refused as appends are, and change nothing; the next open,
+    which settles the WAL, takes them."""
+    config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=LIMIT).with_wal(segment_bytes=1)
+    failing = failing_once(monkeypatch, retirement, "datasync")
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("a", "b"):
+            await storage.create_session(Session.new(session_id))
+        old = Session.new("old", ttl=60)
+        old.metadata.touch(utcnow() - timedelta(minutes=5))  # expired a while ago
+        await storage.create_session(old)
+        acked, _ = await past_the_bound(storage, failing)
+        wal_before = segments(config)
+        for _ in range(DELETES):
+            with pytest.raises(AppendsSuspended, match="no appends and no deletes"):
+                await storage.delete_session("b")
+        with pytest.raises(AppendsSuspended, match="wal_kept_max_bytes"):
+            await storage.create_session(Session.new("old"), replace_expired=True)
+        assert await storage.cleanup_expired_sessions() == 0
+        assert segments(config) == wal_before  # not one record more
+        assert await storage.get_metadata("b") is not None
+        assert await storage.get_metadata("old") is not None
+        tokens = [stored.event for stored in await storage.read_events("a")]
+        assert tokens == [AgentEvent.token(t) for t in acked]
+    said = [r for r in caplog.records if "wal_kept_max_bytes" in r.getMessage()]
+    assert len(said) == 1 and "no deletes" in said[0].getMessage()  # once, not per delete
+    async with await JsonlStorage.open(config) as storage:  # the open settles it
+        await storage.delete_session("b")
+        assert await storage.cleanup_expired_sessions() == 1
+        assert await storage.get_metadata("b") is None
+        assert await storage.get_metadata("old") is None
 
 
 async def test_without_a_failed_sync_the_bound_does_not_apply(tmp_path: Path) -> None:
@@ -130,3 +176,32 @@ async def test_a_client_is_told_internal_past_the_bound_and_the_restart_takes_it
         async with attach(server, session_id, role="agent") as (agent, welcome):
             assert welcome["session"]["last_seq"] == frame["id"] - 1
             assert (await agent.request(frame, "ack"))["seq"] == frame["id"]
+
+
+async def test_past_the_bound_a_hello_that_would_replace_an_expired_session_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the wire: the replacement would delete the expired session (a WAL record):
+    the ``hello`` is closed 1011 with the words appends get (docs/protocol.md), and
+    the expired session stays; after the restart the same ``hello`` replaces it."""
+    config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=LIMIT).with_wal(segment_bytes=1)
+    failing = failing_once(monkeypatch, retirement, "datasync")
+    async with embedded(config) as server:
+        storage = server.storage
+        assert isinstance(storage, JsonlStorage)
+        old = Session.new("old", ttl=60)
+        old.metadata.touch(utcnow() - timedelta(minutes=5))  # expired a while ago
+        await storage.create_session(old)
+        await storage.create_session(Session.new("a"))
+        await past_the_bound(storage, failing)
+        async with open_peer(server, "old") as peer:
+            await peer.send({"type": "hello", "create": True})
+            code, _frames = await peer.closed()
+            assert code == 1011
+            reason = peer.ws.close_reason or ""
+            assert reason.startswith("the store takes no appends to this session"), reason
+        assert await storage.get_metadata("old") == old.metadata
+    async with embedded(config) as server:
+        async with attach(server, "old", create=True) as (_peer, welcome):
+            assert welcome["session"]["last_seq"] == 0
+            assert welcome["session"]["epoch"] != old.metadata.epoch

@@ -45,6 +45,12 @@ KEY_WINDOWS_KEPT: Final = 1024
 _NO_KEYS: Final = KeyWindow()  # for appends without keys: never written to
 
 
+class WalKeptFull(AppendsSuspended):
+    """The WAL kept whole since a failed sync holds more than ``wal_kept_max_bytes``:
+    the store takes no appends and no deletes (each records something in the WAL)
+    until it is opened again. Nothing was changed."""
+
+
 class Appender:
     def __init__(
         self,
@@ -97,7 +103,7 @@ class Appender:
         written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
         acknowledgement's."""
         check_settled(record)
-        self._check_wal_kept()
+        self.check_wal_kept()
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
         if stored:
@@ -118,7 +124,7 @@ class Appender:
     ) -> None:
         """Append events as they are, with their own seq, ts and key."""
         check_settled(record)
-        self._check_wal_kept()
+        self.check_wal_kept()
         session_id = record.session_id
         expected = record.next_seq + 1
         for event in events:
@@ -128,10 +134,14 @@ class Appender:
         batch = _batch(list(events), imported=True)
         await asyncio.shield(self._submit(record, batch, window))
 
-    def _check_wal_kept(self) -> None:
-        """Refuses every append once the WAL kept whole since a failed sync holds more
-        than ``wal_kept_max_bytes``: it would grow until the disk is full, as nothing
-        deletes it before the next open (which replays it, and settles the store)."""
+    def check_wal_kept(self) -> None:
+        """Refuses every append, and every delete, once the WAL kept whole since a
+        failed sync holds more than ``wal_kept_max_bytes`` (:class:`WalKeptFull`): it
+        would grow until the disk is full, as nothing deletes it before the next open
+        (which replays it, and settles the store). A delete writes only a small record,
+        but a loop of them grows it all the same. What a delete under way writes after
+        this check (its cancellation, a second record of it) is not refused: that
+        keeps its outcome true at the next open, and counts once per delete."""
         kept = self.writer.wal_kept_bytes
         if kept <= self.wal_kept_max_bytes:
             return
@@ -139,15 +149,15 @@ class Appender:
             self._wal_full_logged = True
             log.error(
                 "the WAL kept since a failed sync holds %d bytes, past wal_kept_max_bytes "
-                "(%d): the store takes no appends until it is opened again (restart the "
-                "server; its open replays the WAL)",
+                "(%d): the store takes no appends and no deletes until it is opened again "
+                "(restart the server; its open replays the WAL)",
                 kept,
                 self.wal_kept_max_bytes,
             )
-        raise AppendsSuspended(
+        raise WalKeptFull(
             f"the store's WAL, kept whole since a failed sync, holds {kept} bytes, past "
-            f"wal_kept_max_bytes ({self.wal_kept_max_bytes}); it takes no appends until "
-            "the store is opened again"
+            f"wal_kept_max_bytes ({self.wal_kept_max_bytes}); it takes no appends and no "
+            "deletes until the store is opened again"
         )
 
     def _submit(

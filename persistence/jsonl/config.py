@@ -88,8 +88,9 @@ class JsonlStorageConfig:
       keeps damaging segments, or a loop of crashes, cannot fill the disk with them.
     - ``wal_kept_max_bytes``: after a failed sync no WAL segment is deleted until the
       next open; once the segments so kept hold more than this many bytes (default
-      1 GiB: 16 full segments), every append is refused (``AppendsSuspended``) until
-      then, instead of the WAL growing until the disk is full.
+      1 GiB: 16 full segments), every append and every delete (a small WAL record
+      each) is refused (``AppendsSuspended``) until then, the session left as it was,
+      instead of the WAL growing until the disk is full.
     - ``sync_helper``: with the WAL, a small child process runs each group commit's
       ``fdatasync`` (``syncer.py``: no GIL hand-off per commit); ``False``, or where it
       cannot start, the writer's I/O thread does.

@@ -44,7 +44,7 @@ from ..base import (
 from ..feed import CLOSED, DELETED
 from ..index import copy_metadata
 from . import snapshot
-from .appends import Appender
+from .appends import Appender, WalKeptFull
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
 from .files import LockFile
@@ -190,6 +190,8 @@ class JsonlStorage(JsonlImports):
         replacing = old is not None and replace_expired and old.meta.is_expired()
         if (old is not None and not replacing) or session_id in creating:
             raise SessionExists(f"session {session_id!r} already exists")
+        if replacing:
+            self._appends.check_wal_kept()  # (the replacement deletes the old session)
         limit = self.config.max_sessions
         if not replacing and limit is not None and len(self._records) + len(creating) >= limit:
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
@@ -275,7 +277,8 @@ class JsonlStorage(JsonlImports):
         """Delete the expired sessions; one whose delete fails stays (it is as it was,
         or its tombstone is finished by the next open), is logged, and is tried again
         at the next round, after the others: in the order of the index, the same one
-        failing every round held up every session after it."""
+        failing every round held up every session after it. Once the WAL kept since a
+        failed sync passes its bound no delete is made, and the round ends."""
         self._require_writable()
         now = utcnow()
         expired = [meta.id for meta in self._index if meta.is_expired(now)]
@@ -285,6 +288,8 @@ class JsonlStorage(JsonlImports):
             if record is not None and record.meta.is_expired(now):
                 try:
                     await self._remove(session_id)
+                except WalKeptFull:
+                    break  # (logged once: no delete is made until the next open)
                 except StorageError as exc:
                     log.error("could not delete the expired session %r: %s", session_id, exc)
                     continue
@@ -345,7 +350,9 @@ class JsonlStorage(JsonlImports):
 
     async def _remove(self, session_id: str) -> None:
         """Forget the session, then delete its files once its queued appends and any
-        checkpoint in progress are done (so neither can recreate a file)."""
+        checkpoint in progress are done (so neither can recreate a file). Refused
+        before anything changes past the WAL's bound after a failed sync."""
+        self._appends.check_wal_kept()
         record = self._forget(session_id)
         self._appends.deleting_now(record)
         try:
