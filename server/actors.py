@@ -25,6 +25,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from .actor import SessionActor
 from .commands import AccessRefusal, ActorRetired, Attach, Detach, Stop
 from .failures import ServerBusy, ServerStopping, is_expected
+from .holds import DeleteHolds
 from .outbox import Outbox
 from .pages import PageReads
 from .room import HeldConnections
@@ -51,11 +52,8 @@ class ActorRegistry:
         self._attaching: collections.Counter[str] = collections.Counter()
         # Sessions being deleted: no actor is spawned for them until the delete's
         # outcome is known (held_off), so none reads a session the store may yet bring back.
-        self._held_off: dict[str, asyncio.Future[None]] = {}
-        # Their connections, open and in no room meanwhile: a stop tells them first.
-        self._held: dict[str, HeldConnections] = {}
+        self.holds = DeleteHolds(reads)
         self.closed = False
-        self._closing: asyncio.Future[None] | None = None  # set by close(), for holds' waiters
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -75,15 +73,18 @@ class ActorRegistry:
     def parked_count(self) -> int:
         return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
 
-    async def actor(self, session_id: str) -> SessionActor:
-        """The session's accepting actor, spawned from the store if need be."""
+    async def actor(self, session_id: str, deadline: float | None = None) -> SessionActor:
+        """The session's accepting actor, spawned from the store if need be; once no
+        delete holds the session off, waited for by ``deadline`` at most (default: the
+        read deadline from now), else StoreTimeout (DeleteHolds.unheld)."""
         check_session_id(session_id)
+        if deadline is None:
+            deadline = self._reads.deadline()
         while True:
             if self.closed:
                 raise ServerStopping("server is shutting down")
-            held_off = self._held_off.get(session_id)
-            if held_off is not None:
-                await self._released(held_off)  # then spawned from what the store holds
+            if self.holds.holds(session_id):
+                await self.holds.unheld(session_id, deadline)  # then spawned from the store
                 continue
             actor = self._actors.get(session_id)
             if actor is not None and actor.accepting:
@@ -151,7 +152,7 @@ class ActorRegistry:
         access: AccessRefusal | None,
     ) -> tuple[SessionActor, Welcome]:
         while True:
-            actor = await self._reads.within(deadline, self.actor(session_id))
+            actor = await self._reads.within(deadline, self.actor(session_id, deadline))
             # In line for the inbox as a peer's frames are: an actor stuck on its store
             # then holds at most ``inbox_limit`` attaches, not one per retry of a hello.
             if not actor.inbox.may_post() and not await self._reads.within(
@@ -177,27 +178,18 @@ class ActorRegistry:
 
     async def live_or_none(self, session_id: str) -> SessionActor | None:
         """The session's accepting actor if it is live, without spawning one; once no
-        delete holds the session off (the store may bring back what it is deleting)."""
+        delete holds the session off (the store may bring back what it is deleting),
+        within the read deadline (StoreTimeout)."""
         await self.unheld(check_session_id(session_id))
         await self._await_spawning(session_id)
         actor = self._actors.get(check_session_id(session_id))
         return actor if actor is not None and actor.accepting else None
 
-    async def unheld(self, session_id: str) -> None:
-        """Returns once no delete holds the session off (held_off): the store then
-        holds what it will, the session or not."""
-        while (held_off := self._held_off.get(session_id)) is not None:
-            await self._released(held_off)
-
-    async def _released(self, held_off: asyncio.Future[None]) -> None:
-        """Returns once the hold ends; ServerStopping once the registry closes: a stop
-        waits for no store's delete, nor for a hello waiting for one (1012 at once)."""
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
-        if not self.closed:
-            await asyncio.wait([held_off, self._closing], return_when=asyncio.FIRST_COMPLETED)
-        if self.closed:
-            raise ServerStopping("server is shutting down")
+    async def unheld(self, session_id: str, deadline: float | None = None) -> None:
+        """Returns once no delete holds the session off (held_off); StoreTimeout past
+        ``deadline`` (default: the read deadline from now); ServerStopping once the
+        registry closes (a hello waiting for a delete gets 1012 at once)."""
+        await self.holds.unheld(session_id, deadline)
 
     async def await_retired(self, session_id: str) -> None:
         """Returns once no actor of the session is spawning or finishing."""
@@ -247,17 +239,9 @@ class ActorRegistry:
         tells them 1012, and a block that ends without telling them (cancelled before
         it knew) 1011 ``session not deleted``: they resume, and find what is there."""
         check_session_id(session_id)
-        while (earlier := self._held_off.get(session_id)) is not None:
-            await asyncio.wait([earlier])  # another delete of it: this one comes after
-        self._held_off[session_id] = released = asyncio.get_running_loop().create_future()
-        self._held[session_id] = held = HeldConnections()
-        try:
+        async with self.holds.hold(session_id) as held:
             await self._retire_all_of(session_id, held)
             yield held
-        finally:
-            del self._held_off[session_id], self._held[session_id]
-            released.set_result(None)
-            held.tell(CloseCode.INTERNAL_ERROR, "session not deleted")
 
     async def _retire_all_of(self, session_id: str, held: HeldConnections) -> None:
         """Retires the session's actors, handing their connections to ``held``."""
@@ -286,10 +270,7 @@ class ActorRegistry:
         Spawns under way end now (their waiters get ServerStopping): their loads are
         abandoned, and no spawn outlives the registry, nor the store it reads."""
         self.closed = True
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
-        for held in self._held.values():
-            held.tell(code, reason)  # a delete's outcome, known later, comes too late
+        self.holds.close(code, reason)
         spawns = list(self._spawning.values())
         for spawn in spawns:
             spawn.cancel()

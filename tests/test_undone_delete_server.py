@@ -260,7 +260,7 @@ async def test_a_resume_replaying_when_a_delete_fails_is_told_1011_not_4404(
                 lambda: any(c.transport.get_write_buffer_size() for c in s.server._open_connections)
             )
             async with s.delete_held(session_id) as deleting:
-                (held,) = s.manager.actors._held[session_id].outboxes
+                (held,) = s.manager.actors.holds.held[session_id].outboxes
                 reading = asyncio.create_task(resumer.closed())  # the replay goes on
                 await eventually(lambda: reading.done() or not held.replaying)
                 await deleting.fails()
