@@ -212,6 +212,9 @@ async def _session_resource(
     # One deadline for every store read of the request (websockets drops a request
     # not answered within its open_timeout); the page takes a slot too.
     deadline = reads.deadline()
+    # A delete of it under way here first, as for a hello: mid-delete the store may not
+    # have the session it then brings back, and a 404 would tell the asker it is gone.
+    await services.manager.actors.unheld(session_id, deadline)
     metadata = await reads.lookup(lambda: services.manager.get_metadata(session_id), deadline)
     if metadata is None or metadata.is_expired():
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")

@@ -43,10 +43,11 @@ async def embedded(config: JsonlStorageConfig, **overrides: Any) -> AsyncIterato
 
 
 def held_directory_sync(
-    monkeypatch: pytest.MonkeyPatch, directory: Path
+    monkeypatch: pytest.MonkeyPatch, directory: Path, fails: bool = True
 ) -> tuple[threading.Event, threading.Event]:
     """``lifecycle.fsync_dir`` of ``directory``, once: says it started (the first
-    event), waits for the second, then fails with EIO (the file job's thread waits)."""
+    event), waits for the second, then fails with EIO (the file job's thread waits), or
+    syncs unless ``fails``."""
     real, started, release = lifecycle.fsync_dir, threading.Event(), threading.Event()
 
     def fsync_dir(path: Path) -> None:
@@ -55,7 +56,9 @@ def held_directory_sync(
             return
         started.set()
         release.wait(30)
-        raise OSError(errno.EIO, "injected EIO")
+        if fails:
+            raise OSError(errno.EIO, "injected EIO")
+        real(path)
 
     monkeypatch.setattr(lifecycle, "fsync_dir", fsync_dir)
     return started, release
@@ -107,18 +110,22 @@ class Scene:
             return str(welcome["session"]["id"])
 
     @contextlib.asynccontextmanager
-    async def delete_held(self, session_id: str) -> AsyncIterator[HeldDelete]:
+    async def delete_held(self, session_id: str, fails: bool = True) -> AsyncIterator[HeldDelete]:
         """The session's delete, held at its directory sync for the block (unless
-        released there), then let go and awaited whatever its outcome."""
-        started, release = held_directory_sync(self.monkeypatch, self.config.layout.sessions)
+        released there), then let go (to fail, or succeed unless ``fails``) and awaited
+        whatever its outcome."""
+        sessions = self.config.layout.sessions
+        started, release = held_directory_sync(self.monkeypatch, sessions, fails)
         deleting = asyncio.create_task(self.manager.delete_session(session_id))
         try:
             assert await asyncio.to_thread(started.wait, 10)
             yield HeldDelete(deleting, release)
         finally:
             release.set()
-            with contextlib.suppress(StorageError):
-                await deleting
+            await asyncio.wait([deleting])
+            if not deleting.cancelled():  # a test may cancel it
+                with contextlib.suppress(StorageError):
+                    deleting.result()
 
     async def hello_attaching(self, session_id: str) -> None:
         """Returns once a hello to the session is under way on the server."""

@@ -1,6 +1,7 @@
 """Who meets a delete under way, and how long they wait for its outcome: an in-process
 append or close waits no longer than the read deadline (StoreTimeout, on a Redis frozen
-with SIGSTOP mid-delete)."""
+with SIGSTOP mid-delete); an HTTP read of the session waits for the outcome within its
+deadline (then the session, or 404; 503 past it)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from bamboo_session.persistence import SessionNotFound, open_storage
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import StoreTimeout
+from tests.held_delete_support import scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
+from tests.support import get
 from tests.test_store_stalls import frozen
 
 DEADLINE = 0.5
@@ -45,3 +48,65 @@ async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_r
         with pytest.raises(SessionNotFound):
             await manager.append_event("doomed", AgentEvent.token("after"))
     await storage.close()
+
+
+async def wait_a_little(task: asyncio.Task[tuple[int, object]]) -> None:
+    """Gives ``task`` (an HTTP request) the time to reach the server and be answered if
+    it is not held: one that is answered meanwhile is asserted on by its caller."""
+    await asyncio.wait([task], timeout=DEADLINE)
+
+
+async def test_an_http_read_mid_delete_gets_the_session_the_failed_delete_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET of a session whose delete the store holds (its directory sync) waits for
+    the outcome: the delete fails and the session stays, so the GET is 200, not the 404
+    that would tell its asker the session is gone."""
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id) as deleting:
+            reads = [
+                asyncio.create_task(get(s.server, f"/api/v1/sessions/{session_id}{tail}"))
+                for tail in ("", "/events")
+            ]
+            await wait_a_little(reads[0])
+            assert not [read.result() for read in reads if read.done()]  # no 404 meanwhile
+            await deleting.fails()
+            (status, body), (events_status, events) = await asyncio.gather(*reads)
+        assert status == 200 and body["metadata"]["id"] == session_id, body
+        assert events_status == 200 and [e["seq"] for e in events["events"]] == [1], events
+
+
+async def test_an_http_read_mid_delete_is_404_once_the_delete_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id, fails=False) as deleting:
+            read = asyncio.create_task(get(s.server, f"/api/v1/sessions/{session_id}"))
+            await wait_a_little(read)
+            assert not read.done(), read.result()
+            deleting.release.set()
+            await deleting.task
+            status, body = await read
+        assert status == 404 and body["error"]["code"] == "not_found", body
+
+
+async def test_an_http_read_waits_for_a_delete_no_longer_than_its_read_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """503 ``storage unavailable`` (ask again) while the delete is still held, never
+    404; once it fails, the session is served."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id) as deleting:
+            status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
+            assert status == 503, body
+            assert body["error"] == {
+                "code": "internal",
+                "message": f"storage unavailable: no answer from the store within {DEADLINE:g} s",
+            }
+            assert not deleting.task.done()
+            await deleting.fails()
+        status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
+        assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
