@@ -81,7 +81,7 @@ class SessionManager:
         self.page_reads = PageReads(config.read_slots, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
         self.creations = Creations(self.stored_metadata, self.page_reads)
-        self.endings = SessionEndings(self.actors, storage)
+        self.endings = SessionEndings(self.actors, storage, self.page_reads)
         self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce, self._registered_again)

@@ -1,7 +1,9 @@
 """Who meets a delete under way, and how long they wait for its outcome: an in-process
 append or close waits no longer than the read deadline (StoreTimeout, on a Redis frozen
 with SIGSTOP mid-delete); an HTTP read of the session waits for the outcome within its
-deadline (then the session, or 404; 503 past it)."""
+deadline (then the session, or 404; 503 past it); a delete whose caller is cancelled
+while the store deletes tells its clients the outcome the store gives after all (4404
+for a JSONL delete that ends in its thread), or 1011 when the store undoes it."""
 
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from bamboo_session.persistence import SessionNotFound, open_storage
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import StoreTimeout
-from tests.held_delete_support import scene
+from tests.held_delete_support import closed_with, scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import get
+from tests.support import attach, get
 from tests.test_store_stalls import frozen
 
 DEADLINE = 0.5
+DELETED = {"type": "closed", "reason": "session deleted"}
+NOT_DELETED = {"type": "closed", "reason": "session not deleted"}
 
 
 async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_read_deadline(
@@ -110,3 +114,40 @@ async def test_an_http_read_waits_for_a_delete_no_longer_than_its_read_deadline(
             await deleting.fails()
         status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
         assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
+
+
+async def test_a_delete_cancelled_while_its_store_deletes_tells_clients_it_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSONL store's delete runs to its end in its thread whatever its caller does:
+    a caller cancelled while it is held at its directory sync leaves it to end, and the
+    session's client is told 4404 ``session deleted`` (stop), not 1011 (resume), which
+    sent it to resume a session then gone."""
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with attach(s.server, session_id) as (viewer, _welcome):
+            async with s.delete_held(session_id, fails=False) as deleting:
+                deleting.task.cancel()
+                await wait_a_little(deleting.task)  # the store's answer still to come
+                deleting.release.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await deleting.task
+            assert (await closed_with(viewer, 4404))[-1] == DELETED
+        status, _body = await get(s.server, f"/api/v1/sessions/{session_id}")
+        assert status == 404
+
+
+async def test_a_delete_cancelled_while_its_store_undoes_it_tells_clients_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with attach(s.server, session_id) as (viewer, _welcome):
+            async with s.delete_held(session_id) as deleting:
+                deleting.task.cancel()
+                await wait_a_little(deleting.task)
+                deleting.release.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await deleting.task
+            assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
+        assert await s.events(session_id) == [1]
