@@ -84,10 +84,10 @@ class SessionEndings:
             await asyncio.wait([deleting], timeout=self.reads.timeout)
         finally:
             if not deleting.done():
-                deleting.cancel()
+                deleting.cancel()  # ends at its next step, not now: done() stays False
             deleting.add_done_callback(_retrieve)  # nobody awaits it any more
-        if deleting.cancelled():
-            return
+        if not deleting.done() or deleting.cancelled():
+            return  # no outcome in time: the hold's end tells them 1011
         failure = deleting.exception()
         if failure is None or isinstance(failure, SessionNotFound):
             connections.tell(CloseCode.NOT_FOUND, "session deleted")

@@ -3,7 +3,8 @@ append or close waits no longer than the read deadline (StoreTimeout, on a Redis
 with SIGSTOP mid-delete); an HTTP read of the session waits for the outcome within its
 deadline (then the session, or 404; 503 past it); a delete whose caller is cancelled
 while the store deletes tells its clients the outcome the store gives after all (4404
-for a JSONL delete that ends in its thread), or 1011 when the store undoes it."""
+for a JSONL delete that ends in its thread), or 1011 when the store undoes it or gives
+no answer by the read deadline."""
 
 from __future__ import annotations
 
@@ -150,4 +151,22 @@ async def test_a_delete_cancelled_while_its_store_undoes_it_tells_clients_to_res
                 with pytest.raises(asyncio.CancelledError):
                     await deleting.task
             assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
+        assert await s.events(session_id) == [1]
+
+
+async def test_a_delete_cancelled_with_no_answer_by_the_read_deadline_tells_clients_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's delete stays held at its directory sync past the read deadline of
+    its caller's cancel: the caller gets its CancelledError (not an error of its own
+    making) and the session's client 1011, resume; the delete then fails, and the
+    session is there."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
+        session_id = await s.session_with_an_event()
+        async with attach(s.server, session_id) as (viewer, _welcome):
+            async with s.delete_held(session_id) as deleting:
+                deleting.task.cancel()
+                await asyncio.wait([deleting.task])  # the deadline passes, still held
+                assert deleting.task.cancelled(), deleting.task.exception()
+                assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
         assert await s.events(session_id) == [1]
