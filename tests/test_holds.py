@@ -1,10 +1,11 @@
 """Who meets a delete under way, and how long they wait for its outcome: an in-process
 append or close waits no longer than the read deadline (StoreTimeout, on a Redis frozen
 with SIGSTOP mid-delete); an HTTP read of the session waits for the outcome within its
-deadline (then the session, or 404; 503 past it); a delete whose caller is cancelled
-while the store deletes tells its clients the outcome the store gives after all (4404
-for a JSONL delete that ends in its thread), or 1011 when the store undoes it or gives
-no answer by the read deadline."""
+deadline (then the session, or 404; 503 past it or at a stop), its token checked
+against what it finds then; a delete whose caller is cancelled while the store deletes
+tells its clients the outcome the store gives after all (4404 for a JSONL delete that
+ends in its thread), or 1011 when the store undoes it or gives no answer by the read
+deadline."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.held_delete_support import closed_with, scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, get
+from tests.test_auth import SECRET, make_token
 from tests.test_store_stalls import frozen
 
 DEADLINE = 0.5
@@ -115,6 +117,44 @@ async def test_an_http_read_waits_for_a_delete_no_longer_than_its_read_deadline(
             await deleting.fails()
         status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
         assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
+
+
+async def test_an_http_read_mid_delete_is_checked_against_the_session_the_failed_delete_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under auth, another user's GETs of a session mid-delete (nothing to check their
+    token against while the store does not list it) wait for the outcome: the delete
+    fails, and they are 403, not served alice's session."""
+    async with scene(tmp_path, monkeypatch, auth_secret=SECRET) as s:
+        session_id = await s.session_with_an_event(token=make_token("alice"))
+        bob = {"Authorization": f"Bearer {make_token('bob')}"}
+        async with s.delete_held(session_id) as deleting:
+            reads = [
+                asyncio.create_task(get(s.server, f"/api/v1/sessions/{session_id}{tail}", bob))
+                for tail in ("", "/events")
+            ]
+            await wait_a_little(reads[0])
+            assert not [read.result() for read in reads if read.done()]
+            await deleting.fails()
+            answers = await asyncio.gather(*reads)
+        assert [status for status, _body in answers] == [403, 403], answers
+
+
+async def test_a_stop_answers_an_http_read_waiting_for_a_delete_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read deadline is far off and the store's delete still held: the stop answers
+    the waiting GET 503 ``server restarting`` (ask again), it neither hangs nor is 404."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=60) as s:
+        session_id = await s.session_with_an_event()
+        async with s.delete_held(session_id):
+            read = asyncio.create_task(get(s.server, f"/api/v1/sessions/{session_id}"))
+            await wait_a_little(read)
+            assert not read.done(), read.result()
+            await s.server.stop()
+            status, body = await read  # before the delete is let go
+        assert status == 503, body
+        assert body["error"] == {"code": "internal", "message": "server restarting"}
 
 
 async def test_a_delete_cancelled_while_its_store_deletes_tells_clients_it_is_gone(
