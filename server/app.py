@@ -162,7 +162,7 @@ class BambooServer:
             self._manager.page_reads,
             ReadAllowances(config.rate_limit_bytes, config.rate_limit_bytes_burst),
             self.unread_answers,
-            ReplayShares(config.memory_budget, config.replay_peer_share),
+            ReplayShares(config.memory_budget, config.replay_peer_share, config.replay_total_share),
         )
         self._server = await serve(
             self._handle,

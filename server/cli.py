@@ -65,6 +65,10 @@ SERVE_HELP: dict[str, str] = {
     "replay_peer_share": "the part of --memory-budget that the replay pages of one peer's "
     "(token sub, else address) resuming connections may hold at once; past it, its next "
     "pages wait for its others to be taken (1: no part of its own)",
+    "replay_total_share": "the part of --memory-budget that the replay pages of all peers "
+    "may hold together (a peer holding none always gets one); past it, further pages wait, "
+    "first those of peers holding less than an equal part, leaving the rest to live "
+    "viewers (1: no bound of its own)",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
     "replay's page; waiting for one of the --read-slots included), a hello's read of "
     "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "

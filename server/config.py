@@ -74,6 +74,9 @@ class ServerConfig:
     # The part of memory_budget that the replay pages of one peer's connections may
     # hold at once (server/replay_shares.py); past it, its next pages wait their turn.
     replay_peer_share: float = 0.25
+    # The part of memory_budget that the replay pages of all peers may hold together
+    # (server/replay_shares.py), a peer's first page apart; the rest is live traffic's.
+    replay_total_share: float = 0.5
     # A page read from the store (history, events, a replay's page), its wait for one
     # of the page-read slots included, and an HTTP API request's store reads, are
     # abandoned after this long: a store that hangs would keep every slot. Below
@@ -244,6 +247,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "answer_page_timeout": (0.001, None),
     "answer_peer_share": (0.001, 1),
     "replay_peer_share": (0.001, 1),
+    "replay_total_share": (0.001, 1),
     "store_read_timeout": (0.001, None),
     # At least 2, so that whole histories, which take at most half, always leave one to
     # other pages; at most 256: each page being read is decoded in memory, outside

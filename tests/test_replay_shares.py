@@ -14,8 +14,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.server.budget import NO_LIMIT
 from bamboo_session.server.outbox import Outbox
-from bamboo_session.server.replay_shares import ReplayShare, ReplayShares
+from bamboo_session.server.replay_shares import ReplayShare, ReplayShares, ReplayTotal
 from tests.support import Peer, attach, run_server, stream_url, token
 from tests.test_replay_server import (
     kernel_send_buffer_max,
@@ -35,8 +36,8 @@ async def until_closing(outbox: Outbox) -> None:
 
 
 async def test_a_peer_over_its_share_waits_in_turn_and_a_close_ends_its_wait() -> None:
-    shares = ReplayShares(1_000, 0.5)
-    assert ReplayShares(0, 0.5).of("addr:x") is None and shares.of(None) is None
+    shares = ReplayShares(1_000, 0.5, 1.0)
+    assert ReplayShares(0, 0.5, 0.5).of("addr:x") is None and shares.of(None) is None
     mine = shares.of("addr:127.0.0.1")
     assert isinstance(mine, ReplayShare) and shares.of("addr:127.0.0.1") is mine
     assert mine.take_now(600)  # a peer holding nothing always gets a page, any size
@@ -140,7 +141,7 @@ async def test_a_wait_cancelled_just_as_it_was_charged_gives_the_charge_back() -
     once; a waiter whose task is cancelled before it resumes (its connection ended, the
     reader cancels the writer) kept that charge for as long as its peer had another
     connection: the peer's share shrank by a page each time, down to one page at a time."""
-    mine = ReplayShare("addr:127.0.0.1", 500)
+    mine = ReplayShare("addr:127.0.0.1", 500, ReplayTotal(NO_LIMIT))
     assert mine.take_now(400)
     box = Outbox("a", "client", 8)
     waiting = asyncio.ensure_future(mine.room(300, functools.partial(until_closing, box)))

@@ -99,7 +99,14 @@ async def test_a_peer_holding_no_page_gets_its_replay_while_peers_filling_the_bu
     reading resumer still waits behind its stalled pages, and those get theirs once
     the stalled resumers are gone. A process-wide gate on replay pages (a page waiting
     once the budget has no room for it) would keep the sixth address waiting with them."""
-    settings = {**SETTINGS, "replay_page_timeout": 120.0}  # nothing given up on meanwhile
+    settings = {
+        **SETTINGS,
+        "replay_page_timeout": 120.0,  # nothing given up on meanwhile
+        # The pages of all peers together may fill the budget, so that the shares fill:
+        # the total is full too (a page short), and the light peer's first page, taken
+        # at once, passes it. Under the default half, tests/test_replay_total.py.
+        "replay_total_share": 1.0,
+    }
     async with run_server(**settings) as server:
         heavy_session = await a_session_past_the_kernel_buffers(server)
         heavy_last = (kernel_send_buffer_max() + 4 * MIB) // EVENT_BYTES + 1  # its events
