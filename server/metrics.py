@@ -170,7 +170,8 @@ class Metrics:
         self.replay_share_wait_seconds = Counter(
             "bamboo_replay_share_wait_seconds",
             "Seconds resumes' replay pages waited for their peer's other replay pages to "
-            "be taken (--replay-peer-share), counted when a wait ends",
+            "be taken (--replay-peer-share), or all peers' (--replay-total-share), "
+            "counted when a wait ends",
             registry=r,
         )
         self.replay_wait_seconds = Counter(
