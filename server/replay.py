@@ -14,7 +14,8 @@ that resumers who come later replay it from memory.
 and each once its peer's read allowance allows (server/read_allowance.py), a page's
 worth taken from it before the page is read (the replays of a peer's many connections
 count each other's pages), and once the pages that its peer's connections hold leave
-room for it in the peer's share of the memory budget (server/replay_shares.py); when
+room for it in the peer's share of the memory budget, and, past the peer's first page,
+under what all peers' pages may hold together (server/replay_shares.py); when
 the session is closed or expires meanwhile, to its end, within the close's bound.
 """
 
@@ -148,7 +149,8 @@ async def send_replay(
     then, so that the replays of a peer's connections, read at the same time, find
     each other's pages there. With the peer's ``share`` (server/replay_shares.py), each
     page waits, holding nothing, until the pages its peer's connections hold leave room
-    for it (a close ends the wait, as the allowance's), and is held in that share
+    for it, and those of all peers' under their total unless it is the peer's first (a
+    close ends the wait, as the allowance's), and is held in that share
     until it is sent; a page that comes out bigger than its charge (one big event)
     and past the share is let go before it is sent (charged to the ``allowance`` all
     the same: it was read), and read again once its peer's pages leave room for all

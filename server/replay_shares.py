@@ -101,7 +101,9 @@ class ReplayShare:
             if not waiter.done():
                 waiter.cancel()
                 self._waiting.remove(entry)
-                self._charge_waiting()  # those behind it, here or elsewhere, may fit now
+                # Those behind it, here or elsewhere, may fit now.
+                self._wait_for_total()
+                self.total.charge_waiting()
         return not waiter.cancelled()
 
     def may_grow(self, reserved: int, size: int) -> bool:
@@ -121,13 +123,18 @@ class ReplayShare:
         """The page ``reserved`` was charged for came to ``size`` bytes (0: none to
         send): charged that instead."""
         self._add(size - reserved)
-        if size < reserved:
+        if size < reserved and (self._waiting or self.total.blocked):
             self._charge_waiting()
 
     def give_back(self, size: int) -> None:
         """A page of ``size`` bytes is sent, or given up on."""
-        self._add(-size)
-        self._charge_waiting()
+        total = self.total
+        self.used -= size
+        total.used -= size
+        if size and not self.used:
+            total.holders -= 1
+        if self._waiting or total.blocked:
+            self._charge_waiting()
 
     def next_size(self) -> int:
         return self._waiting[0][0]
@@ -144,13 +151,16 @@ class ReplayShare:
 
     def _add(self, size: int) -> None:
         before, total = self.used, self.total
-        self.used = before + size
+        self.used = used = before + size
         total.used += size
-        total.holders += (self.used > 0) - (before > 0)
+        if (used > 0) != (before > 0):
+            total.holders += 1 if used > 0 else -1
 
     def _charge_waiting(self) -> None:
-        self._wait_for_total()
-        self.total.charge_waiting()
+        if self._waiting:
+            self._wait_for_total()
+        if self.total.blocked:
+            self.total.charge_waiting()
 
     def _wait_for_total(self) -> None:
         """Puts the peer in the total's turn while its first waiting page fits its

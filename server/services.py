@@ -42,5 +42,6 @@ class Services:
     # them (server/unread_answers.py): the server's, kept from its start.
     unread_answers: UnreadAnswers
     # The replay pages each peer's connections hold at once, against its share of the
-    # memory budget (--replay-peer-share; server/replay_shares.py).
+    # memory budget (--replay-peer-share), and all peers' together against their total
+    # (--replay-total-share; server/replay_shares.py).
     replay_shares: ReplayShares
