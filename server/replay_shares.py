@@ -71,7 +71,7 @@ class ReplayShare:
             used and (used + size > self.limit or total.blocked or total.used + size > total.limit)
         ):
             return False
-        if not used:
+        if not used and size:
             total.holders += 1
         self.used = used + size
         total.used += size
