@@ -237,3 +237,46 @@ async def test_the_close_syncs_the_logs_in_parallel_each_through_its_descriptor_
     async with await JsonlStorage.open(config) as storage:
         for session_id in sessions:
             assert await tokens(storage, session_id) == [AgentEvent.token(session_id)]
+
+
+def store_files_open(config: JsonlStorageConfig) -> int:
+    """This process's descriptors of any file of the store (logs, WAL, lock)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{name}").startswith(str(config.base_path))
+    return count
+
+
+async def test_a_close_cancelled_while_it_syncs_the_logs_still_ends_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's close is cancelled while a log's sync is under way (held until the
+    cancel came): the close still syncs every log, deletes the WAL it covered, closes
+    every descriptor of the store, then raises the cancellation."""
+    config = JsonlStorageConfig(tmp_path)
+    storage = await JsonlStorage.open(config)
+    sessions = ["a", "b", "c"]
+    for session_id in sessions:
+        await storage.create_session(Session.new(session_id))
+        await storage.append_event(session_id, AgentEvent.token(session_id))
+    syncing, cancelled = threading.Event(), threading.Event()
+    sync = logfiles.datasync
+
+    def held_datasync(fd: int) -> None:
+        syncing.set()
+        cancelled.wait(10)
+        sync(fd)
+
+    monkeypatch.setattr(logfiles, "datasync", held_datasync)
+    closing = asyncio.create_task(storage.close())
+    assert await asyncio.to_thread(syncing.wait, 10)
+    closing.cancel()
+    cancelled.set()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert store_files_open(config) == 0
+    assert segments(config) == []  # every log synced: the WAL was deleted
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in sessions:
+            assert await tokens(storage, session_id) == [AgentEvent.token(session_id)]

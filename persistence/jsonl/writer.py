@@ -34,7 +34,6 @@ starts a new generation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +113,7 @@ class LogWriter:
         self._wakeup = Wakeup()  # by submit, while idle: once per group commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._close_task: asyncio.Future[None] | None = None
         self._io = IoThread("bamboo-log-writer")
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
         self._files = LogFiles(layout, max_open, self._sync_pool, self._wal is not None)
@@ -185,17 +185,26 @@ class LogWriter:
         return self._enqueue(Forget(session_id, epoch, cancel=True, cut_to=cut_to, uncut=uncut))
 
     async def close(self) -> None:
-        """Write everything queued, sync every file, close every descriptor."""
-        if self._closing:
-            return
-        self._closing = True
-        self._wakeup.set()
+        """Write everything queued, sync every file, close every descriptor. Runs to its
+        end even if the caller is cancelled meanwhile (raised then, once it ended): cut
+        short after the logs' syncs, it left the WAL's segment open and undeleted and
+        the sync helper running. A second call waits for the first's end."""
+        if self._close_task is None:
+            self._closing = True
+            self._wakeup.set()
+            self._close_task = asyncio.ensure_future(self._close())
+        await to_completion(self._close_task)
+
+    async def _close(self) -> None:
         for task in self._tasks:
             if task.get_name() == "bamboo-log-sync":
                 task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks)
-        await to_completion(self._syncs.close_files())
+        # Each waited for (a gather that raised at the sync loop's cancellation left
+        # the writer's task running), and a failed one does not stop the close.
+        for result in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("log writer task failed: %r", result)
+        await self._syncs.close_files()
         if self._wal is not None:
             # Every log synced, then every segment deleted (kept on failure: replayed at
             # the next open).
