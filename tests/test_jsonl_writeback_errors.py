@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
-from bamboo_session.persistence.jsonl import files, logfiles, retirement, wal
+from bamboo_session.persistence.jsonl import files, logfiles, retirement, snapshot, wal
+from bamboo_session.persistence.jsonl.layout import Layout
+from bamboo_session.persistence.jsonl.snapshot import SnapshotEntry
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.test_jsonl_wal import segments
 
@@ -280,3 +282,37 @@ async def test_a_close_cancelled_while_it_syncs_the_logs_still_ends_whole(
     async with await JsonlStorage.open(config) as storage:
         for session_id in sessions:
             assert await tokens(storage, session_id) == [AgentEvent.token(session_id)]
+
+
+async def test_a_close_cancelled_while_it_writes_the_snapshot_keeps_the_lock_until_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while the index snapshot is written (held until the cancel came), the
+    close releases the directory's lock only once the snapshot is in place: a process
+    that took the lock meanwhile would consume the snapshot, then find this one's
+    rename bring back a stale one."""
+    config = JsonlStorageConfig(tmp_path)
+    storage = await JsonlStorage.open(config)
+    await storage.create_session(Session.new("a"))
+    writing, cancelled, written = threading.Event(), threading.Event(), threading.Event()
+    lock_held_when_written: list[bool] = []
+    write = snapshot.write
+
+    def held_write(layout: Layout, entries: list[SnapshotEntry]) -> None:
+        writing.set()
+        cancelled.wait(10)
+        write(layout, entries)
+        lock_held_when_written.append(store_files_open(config) > 0)
+        written.set()
+
+    monkeypatch.setattr(snapshot, "write", held_write)
+    closing = asyncio.create_task(storage.close())
+    assert await asyncio.to_thread(writing.wait, 10)
+    closing.cancel()
+    await asyncio.sleep(0)  # the close's turn to take the cancellation
+    cancelled.set()
+    assert await asyncio.to_thread(written.wait, 10)
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert lock_held_when_written == [True]
+    assert store_files_open(config) == 0

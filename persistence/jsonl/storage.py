@@ -149,7 +149,9 @@ class JsonlStorage(JsonlImports):
             # A session whose index entries alone failed is checkpointed all the same.
             if not (behind := self._checkpoints.behind()):
                 entries = snapshot_entries(self._records.values())
-                await asyncio.to_thread(snapshot.write, self.layout, entries)
+                # Written before the lock goes, even if the close is cancelled: a
+                # process that opened meanwhile would see a stale snapshot come back.
+                await to_completion(asyncio.to_thread(snapshot.write, self.layout, entries))
             else:
                 log.error("%d sessions could not be checkpointed on close", len(behind))
         finally:
