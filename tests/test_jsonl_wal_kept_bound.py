@@ -205,3 +205,30 @@ async def test_past_the_bound_a_hello_that_would_replace_an_expired_session_is_r
         async with attach(server, "old", create=True) as (_peer, welcome):
             assert welcome["session"]["last_seq"] == 0
             assert welcome["session"]["epoch"] != old.metadata.epoch
+
+
+async def test_past_the_bound_a_server_delete_is_refused_and_the_session_stays_attachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's delete past the bound: the caller gets the store's refusal, the
+    session's peer is closed 1011 ``session not deleted`` (it resumes), and nothing is
+    left held: the session takes a new peer, and the refused delete again refused."""
+    config = JsonlStorageConfig(tmp_path, wal_kept_max_bytes=LIMIT).with_wal(segment_bytes=1)
+    failing = failing_once(monkeypatch, retirement, "datasync")
+    async with embedded(config) as server:
+        storage = server.storage
+        assert isinstance(storage, JsonlStorage)
+        await storage.create_session(Session.new("a"))
+        await storage.create_session(Session.new("b"))
+        await past_the_bound(storage, failing)
+        async with attach(server, "b") as (peer, _welcome):
+            with pytest.raises(AppendsSuspended, match="no deletes"):
+                await server.manager.delete_session("b")
+            code, _frames = await peer.closed()
+            assert code == 1011 and peer.ws.close_reason == "session not deleted"
+        async with attach(server, "b") as (peer, welcome):
+            assert welcome["session"]["id"] == "b"
+            assert (await peer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+            with pytest.raises(AppendsSuspended):
+                await server.manager.delete_session("b")
+        assert await storage.get_metadata("b") is not None
