@@ -22,6 +22,7 @@ from bamboo_session.persistence.base import (
     SessionStorage,
     SortBy,
     SortOrder,
+    StorageError,
 )
 from bamboo_session.protocol.models import SessionMetadata, utcnow
 
@@ -54,8 +55,10 @@ def add_command(commands: SubParsers) -> None:
         help="remove sessions by id",
         description="Remove the given sessions, whatever their state: their metadata, "
         "history and log. Prints how many were removed; an id that names no session is "
-        "said on stderr, and the status is then 1. On a shared store (Redis), the "
-        "servers using it close the sessions' peers with 4404.",
+        "said on stderr, and the status is then 1. A delete the store fails is said on "
+        "stderr with its session's id, and the ids after it are not tried (status 1). "
+        "On a shared store (Redis), the servers using it close the sessions' peers with "
+        "4404.",
     )
     add_store_options(delete, with_url=False)
     delete.add_argument("ids", nargs="+", type=session_id_argument, metavar="ID")
@@ -141,15 +144,28 @@ async def _remove_if_expired(storage: SessionStorage, session_id: str) -> int:
 
 async def _delete(args: argparse.Namespace) -> int:
     removed, missing = 0, []
+    ids = list(dict.fromkeys(args.ids))  # each once, in the order given
+    failed: tuple[int, StorageError] | None = None
     async with offline_store(args, read_only=False) as storage:
-        for session_id in dict.fromkeys(args.ids):  # each once, in the order given
+        for i, session_id in enumerate(ids):
             try:
                 await storage.delete_session(session_id)
             except SessionNotFound:
                 missing.append(session_id)
+            except StorageError as exc:
+                # The store's failure said with the session it stopped at; the others
+                # are not tried (a store that fails one may fail each as slowly), and
+                # those removed before it are counted all the same.
+                failed = (i, exc)
+                break
             else:
                 removed += 1
     for session_id in missing:
         print(f"bamboo-session: delete: no session {session_id}", file=sys.stderr)
+    if failed is not None:
+        i, error = failed
+        print(f"bamboo-session: delete: session {ids[i]} not deleted: {error}", file=sys.stderr)
+        if ids[i + 1 :]:
+            print(f"bamboo-session: delete: not tried: {' '.join(ids[i + 1 :])}", file=sys.stderr)
     print(removed)
-    return 1 if missing else 0
+    return 1 if missing or failed is not None else 0

@@ -204,6 +204,33 @@ def test_delete_removes_sessions_by_id_whatever_their_state(tmp_path: Path) -> N
     assert json.loads(out)["sessions"] == []
 
 
+def test_a_delete_the_store_fails_names_the_session_and_counts_those_removed(
+    tmp_path: Path,
+) -> None:
+    """A directory stands where "b"'s delete puts its checkpoint (the rename fails, the
+    session stays): the tool says which session was not deleted, and why; the one
+    removed before it is counted, the one after it not tried."""
+    data_dir = tmp_path / "store"
+
+    async def three_sessions() -> None:
+        async with await JsonlStorage.open(JsonlStorageConfig(data_dir)) as storage:
+            for session_id in ("a", "b", "c"):
+                await storage.create_session(Session.new(session_id))
+
+    asyncio.run(three_sessions())
+    obstacle = JsonlStorageConfig(data_dir).layout.tombstone("b")
+    obstacle.mkdir()
+    (obstacle / "x").touch()
+    code, out, err = tool("delete", "a", "b", "c", "--data-dir", str(data_dir))
+    assert (code, out) == (1, "1\n")
+    said = [line for line in err.splitlines() if line.startswith("bamboo-session: delete:")]
+    assert said[0].startswith("bamboo-session: delete: session b not deleted: "), err
+    assert "Is a directory" in said[0]
+    assert said[1:] == ["bamboo-session: delete: not tried: c"]
+    code, out, _ = tool("ls", "--json", "--data-dir", str(data_dir))
+    assert sorted(s["id"] for s in json.loads(out)["sessions"]) == ["b", "c"]
+
+
 async def test_delete_is_refused_while_a_server_holds_the_store(tmp_path: Path) -> None:
     async with run_server(tmp_path, durability="os") as server:
         async with attach(server, "busy", create=True):
