@@ -134,13 +134,13 @@ class JsonlStorage(JsonlImports):
             self._jobs.shutdown(wait=False)
             return
         try:
-            for task in self._loops:
-                task.cancel()
-            await asyncio.gather(*self._loops, return_exceptions=True)
-            # Creates, replacements and deletes under way end first, with the writer
-            # still taking their deletions and the threads their files.
-            await self._files.settled()
-            try:
+            try:  # the writer closed whatever the close is cancelled at, before the lock goes
+                for task in self._loops:
+                    task.cancel()
+                await asyncio.gather(*self._loops, return_exceptions=True)
+                # Creates, replacements and deletes under way end first, with the writer
+                # still taking their deletions and the threads their files.
+                await self._files.settled()
                 await self._writer.flush()
                 await self._tasks.wait()
                 await self._checkpoints.write_dirty()
