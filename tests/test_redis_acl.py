@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from bamboo_session.persistence import StoreMisconfigured, open_storage
+from bamboo_session.persistence import StorageError, StoreMisconfigured, open_storage
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.test_redis_lossy_epoch import lossy_redis
+from tests.test_redis_lossy_epoch import crash_and_restart, lossy_redis, snapshot
 
 REFUSED = "refuses INFO"
 WAIT = 20.0  # seconds: a bound on waiting for looks, never a measure
@@ -77,3 +77,39 @@ async def test_a_writable_store_on_a_lossy_redis_that_refuses_info_is_refused(
         await open_storage(url)
     async with await open_storage(url, read_only=True) as reader:  # writes nothing
         assert await reader.get_metadata("s") is None
+
+
+async def test_a_store_that_is_refused_info_serves_the_epochs_the_record_says(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A lossy restart gave the store's generation a token, so session ``s`` is served
+    under a changed epoch. A store whose user is refused INFO has no run to compare,
+    but serves that same epoch: read-only (``migrate``'s source, ``show``), and
+    writable once Redis is made durable; an append under it is taken."""
+    server = lossy_redis(start_redis)
+    full = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    async with await open_storage(full) as store:
+        await store.create_session(Session.new("s"))
+        created = await store.epoch("s")
+        await snapshot(server)
+        crash_and_restart(server)
+        await eventually(lambda: _epoch_changed(store, created), timeout=WAIT)
+        served = await store.epoch("s")
+    url = await acl_user(server, tmp_path, "-info")
+    async with await open_storage(url, read_only=True) as reader:
+        assert await reader.epoch("s") == served
+    await config_set(server, "appendonly", "yes")
+    await config_set(server, "appendfsync", "always")
+    async with await open_storage(url) as writer:
+        assert not writer.may_lose_writes
+        assert await writer.epoch("s") == served
+        appended = await writer.append_events("s", [(AgentEvent.token("a"), None)], epoch=served)
+        assert appended[0].seq == 1
+
+
+async def _epoch_changed(store: object, old: str) -> bool:
+    assert isinstance(store, RedisStorage)
+    try:  # the pool's connections to the killed Redis fail once each
+        return await store.epoch("s") != old
+    except StorageError:
+        return False

@@ -96,7 +96,9 @@ class Generation:
         Redis ran on: a DEL, an eviction), and is compared again."""
         async with self._checking:
             run_id = await self._run_id()
-            if run_id is None or (run_id == self._run and not refused):
+            if run_id is None:  # INFO refused (an ACL): no run, but the token stands
+                return self._adopt(await self._call("HGET", self.key, "token"))
+            if run_id == self._run and not refused:
                 return False
             if self._read_only:  # writes nothing: serves what the record says, read anew
                 return self._adopt(await self._call("HGET", self.key, "token"))  # each look
