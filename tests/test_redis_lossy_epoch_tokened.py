@@ -1,0 +1,159 @@
+"""Sessions of a Redis store whose generation already has a token (a Redis that may
+lose writes restarted before they were created): each is served the epoch it was
+created with (create.lua stores it with the token), and the next lossy restart
+changes it all the same, on every instance, told or not yet; a session stored by an
+earlier version (no token with its epoch) keeps the epoch it was served. Real
+redis-servers killed and started again (see tests/test_redis_lossy_epoch.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence.redis.scripts import HistoryLost
+from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach
+from tests.test_redis_lossy_epoch import (
+    CHANGED,
+    attached,
+    crash_and_restart,
+    lossy_redis,
+    publish,
+    resumes_after_the_loss,
+    snapshot,
+    ten_events_five_in_the_snapshot,
+    two_servers,
+)
+
+WAIT = 10.0  # seconds: a bound on waiting for a restarted Redis, never a measure
+
+
+def stores(*servers: BambooServer) -> list[RedisStorage]:
+    found = [server.storage for server in servers]
+    assert all(isinstance(store, RedisStorage) for store in found)
+    return found  # type: ignore[return-value]
+
+
+async def tokened(server: RedisServer, *held: RedisStorage) -> str:
+    """A lossy restart of ``server`` before any session: the generation's record
+    (in the snapshot) gets a token, which every store in ``held`` adopts."""
+    await snapshot(server)
+    crash_and_restart(server)
+
+    async def adopted() -> bool:
+        for store in held:
+            try:  # the pools' connections to the killed Redis fail once each
+                await store.generation.check()
+            except StorageError:
+                return False
+        return all(store.generation.token for store in held)
+
+    await eventually(adopted, timeout=WAIT)
+    assert len({store.generation.token for store in held}) == 1
+    return held[0].generation.token
+
+
+async def test_a_session_created_under_a_token_changes_its_epoch_at_the_next_lossy_restart(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Created under a token, ``s`` is served the epoch its welcome gave, on both
+    instances. 10 events, 5 in the snapshot, a lossy restart: viewers are closed
+    1012, resumes with that epoch are ``resumed: false`` under one new epoch on both
+    instances (not ``resumed: true`` over a log cut short), and seq 6 is taken again
+    under it only."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true", heartbeat=1)
+    async with two_servers(url) as (a, b):
+        await tokened(server, *stores(a, b))
+        async with (
+            attach(a, "s", create=True, role="agent") as (agent, welcome),
+            attach(b, "s", last_seq=0) as (viewer, seen),
+        ):
+            old = welcome["epoch"]
+            assert seen["epoch"] == old and "~" not in old and "." not in old
+            assert [await store.epoch("s") for store in stores(a, b)] == [old, old]
+            await ten_events_five_in_the_snapshot(server, agent, viewer)
+            crash_and_restart(server)
+            for peer in (viewer, agent):
+                await peer.closed()
+                assert (peer.ws.close_code, peer.ws.close_reason) == (1012, CHANGED)
+        await resumes_after_the_loss(a, b, old)
+
+
+async def test_an_instance_not_yet_told_serves_no_epoch_of_a_session_created_under_a_token(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """As test_redis_lossy_epoch's test of an instance not yet told, for a session
+    created under a token: the second instance, whose listener is still backing off,
+    is asked to resume from the lost seq 6 with the old epoch after the first took
+    seq 6 again: ``resumed: false`` and the new epoch."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    async with two_servers(url) as (a, b):
+        await tokened(server, *stores(a, b))
+        async with attach(a, "s", create=True, role="agent") as (agent, welcome):
+            old = welcome["epoch"]
+            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
+            await snapshot(server)
+            assert await publish(agent, 5, 5) == [6, 7, 8, 9, 10]
+        server.stop(signal.SIGKILL)
+        await asyncio.sleep(1.5)  # setup, not a measure: the listeners back off meanwhile
+        server.start()
+        async with attached(a, "s", last_seq=5, epoch=old) as (agent, _):
+            assert await publish(agent, 1, 10) == [6]
+            async with attached(b, "s", last_seq=6, epoch=old) as (_, resumed):
+                assert (resumed["resumed"], resumed["last_seq"]) == (False, 6)
+                assert resumed["epoch"] != old
+
+
+async def test_a_session_stored_by_an_earlier_version_keeps_the_epoch_it_was_served(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """An earlier version stored the epoch alone and served it followed by '.' and
+    the token: such a session is served that same epoch (a client holding it resumes,
+    appends and joins under it), the bare epoch is an earlier generation's; the next
+    lossy restart changes it, and appends under the one served before are refused."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        async with await open_storage(url) as store:
+            assert isinstance(store, RedisStorage)
+            token = await tokened(server, store)
+            await store.create_session(Session.new("s"))
+            bare = await store.epoch("s")
+            stored = await client.hget(store.layout.meta("s"), "epoch")
+            assert stored == f"{bare}~{token}".encode()  # as this version stores it
+            await client.hset(store.layout.meta("s"), "epoch", bare)  # as stored before
+            served = f"{bare}.{token}"
+            assert await store.epoch("s") == served
+            appended = await store.append_events("s", [(AgentEvent.token("a"), None)], epoch=served)
+            assert appended[0].seq == 1
+            assert [e.seq for e in await store.read_events("s", 0, epoch=served)] == [1]
+            await store.presence.join("s", "c_1", "client", epoch=served)
+            with pytest.raises(HistoryLost):
+                await store.append_events("s", [(AgentEvent.token("b"), None)], epoch=bare)
+            await snapshot(server)
+            crash_and_restart(server)
+            await eventually(lambda: _epoch_changed(store, served), timeout=WAIT)
+            with pytest.raises(StorageError, match="epoch changed"):
+                await store.append_events("s", [(AgentEvent.token("c"), None)], epoch=served)
+    finally:
+        await client.aclose()
+
+
+async def _epoch_changed(store: RedisStorage, old: str) -> bool:
+    try:  # the pool's connections to the killed Redis fail once each
+        return await store.epoch("s") != old
+    except StorageError:
+        return False
