@@ -19,7 +19,15 @@ from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.test_redis_lossy_epoch import crash_and_restart, lossy_redis, snapshot
+from tests.support import attach, run_server
+from tests.test_redis_lossy_epoch import (
+    attached,
+    crash_and_restart,
+    lossy_redis,
+    snapshot,
+    ten_events_five_in_the_snapshot,
+)
+from tests.test_redis_lossy_epoch_tokened import stores
 
 REFUSED = "refuses INFO"
 WAIT = 20.0  # seconds: a bound on waiting for looks, never a measure
@@ -113,3 +121,35 @@ async def _epoch_changed(store: object, old: str) -> bool:
         return await store.epoch("s") != old
     except StorageError:
         return False
+
+
+async def test_an_instance_refused_info_resumes_nothing_under_an_epoch_a_restart_changed(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Instance ``b``'s user is refused INFO (opened on a durable Redis), ``a``'s is
+    not. Redis turns lossy, ``a`` records it; 10 events, 5 in the snapshot, Redis
+    killed and started again. ``a`` changes the epoch; a client resuming on ``b``
+    with the old epoch from the lost seq 10 is told ``resumed: false``, never
+    ``resumed: true`` over the log cut short."""
+    server = lossy_redis(start_redis)
+    await config_set(server, "appendonly", "yes")
+    await config_set(server, "appendfsync", "always")
+    refused = await acl_user(server, tmp_path, "-info")
+    full = server.url(prefix=prefix_for(tmp_path), accept_lossy="true", heartbeat=0.3)
+    async with run_server(store=full) as a, run_server(store=refused) as b:
+        await config_set(server, "appendfsync", "everysec")
+        for store in stores(a, b):
+            await eventually(lambda s=store: s.durability.turns == 1, timeout=WAIT)
+        async with (
+            attach(a, "s", create=True, role="agent") as (agent, welcome),
+            attach(b, "s", last_seq=0) as (viewer, _),
+        ):
+            old = welcome["epoch"]
+            await ten_events_five_in_the_snapshot(server, agent, viewer)
+        await config_set(server, "appendonly", "no")  # what the restart comes back with
+        crash_and_restart(server)
+        await acl_user(server, tmp_path, "-info")  # ACLs set at run time die with Redis
+        await eventually(lambda: _epoch_changed(stores(a)[0], old), timeout=WAIT)
+        async with attached(b, "s", last_seq=10, epoch=old) as (_, resumed):
+            assert (resumed["resumed"], resumed["last_seq"]) == (False, 5)
+            assert resumed["epoch"] != old
