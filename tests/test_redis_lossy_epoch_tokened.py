@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence import MemoryStorage, StorageError, open_storage
 from bamboo_session.persistence.redis.scripts import HistoryLost
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
@@ -157,3 +157,36 @@ async def _epoch_changed(store: RedisStorage, old: str) -> bool:
         return await store.epoch("s") != old
     except StorageError:
         return False
+
+
+async def test_imported_events_reach_a_viewer_on_another_instance_of_a_tokened_store(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """``migrate`` imports events into a session of a store whose generation has a
+    token: a subscription on another instance (its viewer) is offered them as they
+    are imported, as an append's, not left waiting for the next append to show the
+    gap. The batch names the epoch as served, which the subscription holds."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    async with await open_storage(url):
+        await snapshot(server)  # with the generation's record
+    crash_and_restart(server)  # before the stores open: no listener catches up after it
+    source = await MemoryStorage.open()
+    importer, other = await open_storage(url), await open_storage(url)
+    try:
+        assert isinstance(importer, RedisStorage) and isinstance(other, RedisStorage)
+        assert importer.generation.token == other.generation.token != ""
+        await source.create_session(Session.new("s"))
+        await source.append_events(
+            "s", [(AgentEvent.token("a"), "k1"), (AgentEvent.token("b"), None)]
+        )
+        await importer.create_session(Session((await source.load_session("s")).metadata, []))
+        watcher = await other.subscribe("s", 0)
+        await other.epoch("s")  # the subscription's epoch is known before the import
+        await importer.import_events("s", await source.read_events("s"))
+        batch = await asyncio.wait_for(watcher.next_batch(), WAIT)
+        assert [event.seq for event in batch] == [1, 2]
+    finally:
+        await importer.close()
+        await other.close()
+        await source.close()

@@ -26,7 +26,9 @@ for i = 6, #ARGV, 5 do
   batch[#batch + 1] = write_event(log, keys, msgs, last, ts, keyed and key or nil, is_message, json)
 end
 if #batch == 0 then return 0 end
-if s[3] then table.insert(batch, 1, '[0,0,' .. cjson.encode(s[3]) .. ',null]') end  -- as append.lua's
+-- The epoch as served, as append.lua's batch names it: subscriptions hold that one.
+local served = served_epoch(s[3], idx .. 'generation')
+if served then table.insert(batch, 1, '[0,0,' .. cjson.encode(served) .. ',null]') end
 redis.call('HSET', meta, 'seq', last, 'msgs', count, 'bytes', int(stored))
 if s[5] then
   local moved = stored - (tonumber(s[4]) or 0)
