@@ -1,7 +1,8 @@
 """Sessions of a Redis store whose generation already has a token (a Redis that may
 lose writes restarted before they were created): each is served the epoch it was
-created with (create.lua stores it with the token), and the next lossy restart
-changes it all the same, on every instance, told or not yet; a session stored by an
+created with (create.lua stores it with the token), a durable restart keeps it, and
+the next lossy restart changes it, on every instance, told or not yet; imported
+events reach other instances' subscriptions under it; a session stored by an
 earlier version (no token with its epoch) keeps the epoch it was served. Real
 redis-servers killed and started again (see tests/test_redis_lossy_epoch.py)."""
 
@@ -22,7 +23,7 @@ from bamboo_session.protocol.models import AgentEvent, Session
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach
+from tests.support import attach, run_server
 from tests.test_redis_lossy_epoch import (
     CHANGED,
     attached,
@@ -190,3 +191,32 @@ async def test_imported_events_reach_a_viewer_on_another_instance_of_a_tokened_s
         await importer.close()
         await other.close()
         await source.close()
+
+
+async def test_a_durable_restart_keeps_the_epoch_of_a_session_created_under_a_token(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A durable Redis (``appendonly yes``, ``appendfsync always``) whose record has a
+    token from a lossy past (written here as generation.lua leaves it): ``s``,
+    created under it, keeps its epoch across a restart, and a client resuming with
+    it is replayed what it missed."""
+    server = start_redis("durable")
+    url = server.url(prefix=prefix_for(tmp_path))
+    async with await open_storage(url):
+        pass  # writes the record for this run, its token empty
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.hset(f"{prefix_for(tmp_path)}:{{idx}}:generation", "token", "pastLoss")
+    finally:
+        await client.aclose()
+    async with run_server(store=url) as a:
+        assert stores(a)[0].generation.token == "pastLoss"
+        async with attach(a, "s", create=True, role="agent") as (agent, welcome):
+            old = welcome["epoch"]
+            assert "." not in old and "~" not in old
+            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
+        crash_and_restart(server)
+        async with attached(a, "s", last_seq=3, epoch=old) as (viewer, resumed):
+            assert (resumed["resumed"], resumed["epoch"], resumed["replay"]) == (True, old, 2)
+            assert [(await viewer.recv_type("event"))["seq"] for _ in range(2)] == [4, 5]
+        assert stores(a)[0].generation.token == "pastLoss"
