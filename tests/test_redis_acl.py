@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import StorageError, StoreMisconfigured, open_storage
+from bamboo_session.persistence.redis.client import server_version
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.instances import eventually
@@ -153,3 +154,24 @@ async def test_an_instance_refused_info_resumes_nothing_under_an_epoch_a_restart
         async with attached(b, "s", last_seq=10, epoch=old) as (_, resumed):
             assert (resumed["resumed"], resumed["last_seq"]) == (False, 5)
             assert resumed["epoch"] != old
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_the_version_comes_from_hello_in_either_protocol(
+    protocol: int, start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """HELLO answers a flat list in RESP2 (redis-py before 8 speaks it by default),
+    a map in RESP3: either gives the version when INFO is refused."""
+    server = start_redis("durable")
+    await acl_user(server, tmp_path, "-info")
+    client = redis.asyncio.Redis(
+        port=server.port, username="bamboo", password="pw", protocol=protocol
+    )
+    try:
+        info = redis.asyncio.Redis(port=server.port)
+        expected = (await info.info("server"))["redis_version"]
+        await info.aclose()
+        major, minor = expected.split(".")[:2]
+        assert await server_version(client) == (int(major), int(minor))
+    finally:
+        await client.aclose()

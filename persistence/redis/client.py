@@ -72,8 +72,7 @@ async def server_version(client: Redis) -> tuple[int, int]:
         try:
             version = _text((await client.execute_command("INFO", "server"))["redis_version"])
         except redis.exceptions.ResponseError:
-            hello = await client.execute_command("HELLO")
-            version = next(_text(v) for k, v in hello.items() if _text(k) == "version")
+            version = _hello_version(await client.execute_command("HELLO"))
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
     major, minor = version.split(".")[:2]
@@ -214,6 +213,21 @@ def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
     if appendonly == "yes":
         return "a crash of the machine loses the last writes"
     return "a restart of Redis goes back to its last snapshot"
+
+
+def _hello_version(hello: object) -> str:
+    """The version in HELLO's reply: a map in RESP3, a flat list of pairs in RESP2
+    (redis-py's default before 8.0)."""
+    if isinstance(hello, dict):
+        pairs = list(hello.items())
+    elif isinstance(hello, list):
+        pairs = list(zip(hello[::2], hello[1::2], strict=False))
+    else:
+        pairs = []
+    for name, value in pairs:
+        if _text(name) == "version":
+            return _text(value)
+    raise redis.exceptions.ResponseError(f"HELLO names no version: {hello!r:.200}")
 
 
 def _text(value: object) -> str:
