@@ -93,7 +93,9 @@ class Generation:
         True if the token changed (every subscription is then ended). ``refused``: a
         script refused an epoch this instance served (HistoryLost), so the record
         disagrees with it even on the run already checked (the record lost while
-        Redis ran on: a DEL, an eviction), and is compared again."""
+        Redis ran on: a DEL, an eviction), and is compared again. Where Redis refuses
+        INFO (an ACL) there is no run to compare: the record's token is adopted as it
+        stands, at every check."""
         async with self._checking:
             run_id = await self._run_id()
             if run_id is None:  # INFO refused (an ACL): no run, but the token stands
