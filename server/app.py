@@ -44,7 +44,7 @@ from .http import (
 from .http_peer import HttpPeer
 from .http_requests import UnansweredRequests
 from .http_wire import BambooConnection
-from .limits import ConnectionCounter, connection_cap
+from .limits import connection_cap
 from .logs import announce
 from .manager import SessionManager
 from .metrics import Metrics
@@ -58,6 +58,7 @@ from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
 from .unread_answers import SMALL_ANSWER_BYTES, UnreadAnswers, is_charged
+from .user_connections import LocalUserConnections, user_connections_for
 
 log = structlog.get_logger("bamboo_session.server")
 # Headers whose value decides something: two of them are ambiguous, and refused.
@@ -92,7 +93,8 @@ class BambooServer:
                 max_sub_length=config.max_user_id_length,
             )
         self.access = AccessPolicy(authenticator)
-        self.user_connections = ConnectionCounter(config.max_connections_per_user)
+        # Counted in the store once it is open, if several instances share it.
+        self.user_connections = LocalUserConnections(config.max_connections_per_user)
         # Plain HTTP answers not yet taken by their peers get a quarter of the memory
         # budget, apart from the sessions' share: a server busy streaming still serves
         # its pages. One peer's may hold --answer-peer-share of that, so that a peer
@@ -134,6 +136,7 @@ class BambooServer:
         config = self.config
         self._manager = SessionManager(config.manager_config(), self.storage, self.metrics)
         self._manager.start()
+        self.user_connections = user_connections_for(self.storage, config.max_connections_per_user)
         # A store handed in may live anywhere: its files are not ours to size.
         store_url = "" if self._given_storage is not None else config.store_url()
         self._services = Services(
@@ -193,6 +196,7 @@ class BambooServer:
             backlog=config.backlog,
             reuse_port=self.reuse_port,
         )
+        self.user_connections.start()  # its heartbeat, once nothing can fail the start
         # One line that says where, whatever the log format and level: scripts wait for it.
         announce(
             f"listening on {config.host}:{self.port}",
@@ -225,6 +229,7 @@ class BambooServer:
         delivered = time.monotonic()
         if not exiting:
             await self._end_connections(server, closing, grace)
+        await self.user_connections.stop(grace)
         if self._given_storage is None and self.storage is not None:
             await self.storage.close()
         log.info(

@@ -29,7 +29,7 @@ def _detach(connection: Connection) -> None:
     if outbox is not None:
         outbox.abandon("disconnected")
     if connection.counted_user is not None:
-        services.user_connections.release(connection.counted_user)
+        services.user_connections.release(connection.counted_user, connection.connection_id)
         connection.counted_user = None
     if outbox is not None and connection.session_id is not None:
         services.manager.detach(connection.session_id, connection.connection_id)

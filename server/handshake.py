@@ -120,7 +120,11 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         principal = services.access.authenticate_hello(hello, authorization)
         user = services.access.connection_user(principal, hello)
         if user is not None:
-            services.user_connections.acquire(user)
+            # Against the user's count on every instance, on a shared store: within
+            # the attach's deadline, as its other reads (server/user_connections.py).
+            await services.user_connections.acquire(
+                user, conn.connection_id, services.page_reads, deadline
+            )
             conn.counted_user = user
         # The address read as the connection opened (http_answer.py), as an HTTP
         # request's is: the transport may no longer know it.

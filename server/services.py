@@ -8,7 +8,6 @@ import dataclasses
 from .auth import AccessPolicy
 from .config import ServerConfig
 from .flush import Flusher
-from .limits import ConnectionCounter
 from .manager import SessionManager
 from .metrics import Metrics
 from .pages import PageReads
@@ -18,6 +17,7 @@ from .readiness import Readiness
 from .replay_shares import ReplayShares
 from .store_stats import StoreStats
 from .unread_answers import UnreadAnswers
+from .user_connections import LocalUserConnections
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -26,7 +26,9 @@ class Services:
     manager: SessionManager
     metrics: Metrics
     access: AccessPolicy
-    user_connections: ConnectionCounter
+    # --max-connections-per-user: this process's count, or the shared store's
+    # (server/user_connections.py)
+    user_connections: LocalUserConnections
     readiness: Readiness
     store_stats: StoreStats
     quotas: SessionQuotas

@@ -11,6 +11,11 @@ session lives in one Redis Cluster slot and a script may touch all of its keys::
     <prefix>:{<id>}:conns    sorted set: connection -> heartbeat deadline (presence)
     <prefix>:{<id>}:chan     pub/sub channel: new events and state changes
 
+Each user's connections, for the per-user cap across instances, have a tag of their
+own (``u:`` starts no session id)::
+
+    <prefix>:{u:<user>}:conns  sorted set: <instance>:<connection> -> heartbeat deadline
+
 The indexes share one tag of their own, ``{idx}``::
 
     <prefix>:{idx}:created   sorted sets of session ids, by created_at,
@@ -96,6 +101,11 @@ class Layout:
 
     def conns(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:conns"
+
+    def user_conns(self, user: str) -> str:
+        """One user's connections on every instance (--max-connections-per-user), in a
+        slot of its own: ``u:`` cannot start a session id, whose keys never collide."""
+        return f"{self.prefix}:{{u:{user}}}:conns"
 
     def channel(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:chan"

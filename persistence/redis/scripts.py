@@ -44,6 +44,7 @@ NAMES: Final = (
     "recount_user",
     "state",
     "touch",
+    "user_conns",
 )
 
 Arg = str | bytes | int

@@ -109,6 +109,10 @@ class RedisStorage:
         from .presence import RedisPresence
 
         self.presence = RedisPresence(self)
+        from .user_connections import RedisUserConnections
+
+        # A reader (a replica) takes no writes: its server counts its own connections.
+        self.user_connections = None if config.read_only else RedisUserConnections(self)
 
     @classmethod
     async def open(cls, config: RedisConfig) -> Self:

@@ -1,0 +1,180 @@
+"""Whose connections count against ``--max-connections-per-user``, and where they are
+counted: in this process (:class:`LocalUserConnections`, the counter of limits.py), or,
+on a store several instances share (one with a ``UserConnectionStore``,
+persistence/user_connections.py: Redis), in the store, so that the cap is the user's
+wherever they connect (:class:`SharedUserConnections`).
+
+The shared count is asked once per counted attach, within the attach's read deadline:
+a store that fails or does not answer in time fails the attach as any store read of
+it does (1011). A release never waits: the connection is forgotten here at once (the
+heartbeat no longer refreshes it, so it stops counting after the heartbeat at the
+latest) and unregistered in the store in the background. One heartbeat task refreshes
+every connection this process holds, one script call per user, in one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.user_connections import UserConnectionStore
+
+from .limits import ConnectionCounter, TooManyConnections
+from .pages import PageReads
+
+log = structlog.get_logger("bamboo_session.user_connections")
+
+
+class LocalUserConnections:
+    """Each user's connections to this process (the store is this process's alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counter = ConnectionCounter(limit)
+
+    def start(self) -> None:
+        return None
+
+    async def stop(self, grace: float) -> None:
+        return None
+
+    async def acquire(
+        self, user: str, connection_id: str, reads: PageReads, deadline: float
+    ) -> None:
+        """Count the connection against ``user``; TooManyConnections past the cap."""
+        self._counter.acquire(user)
+
+    def release(self, user: str, connection_id: str) -> None:
+        self._counter.release(user)
+
+    def count(self, user: str) -> int:
+        """The user's connections counted by this process."""
+        return self._counter.count(user)
+
+
+class SharedUserConnections(LocalUserConnections):
+    """Each user's connections on every instance sharing the store (module docstring)."""
+
+    def __init__(self, store: UserConnectionStore, limit: int) -> None:
+        super().__init__(limit)
+        self._counter = ConnectionCounter(0)  # only mirrors the store's word here: count()
+        self.store = store
+        # user -> this process's connections registered in the store under that user
+        self._held: dict[str, set[str]] = {}
+        self._refreshing: asyncio.Event | None = None  # set once a refresh under way ends
+        self._task: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        self.refreshes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._heartbeat(), name="bamboo-user-connections")
+
+    async def stop(self, grace: float) -> None:
+        """Ends the heartbeat, and unregisters what is still held, within ``grace``
+        seconds: what is left registered then stops counting after the heartbeat."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        held, self._held = self._held, {}
+        for user, connection_ids in held.items():
+            self._release_later(user, list(connection_ids))
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=grace)
+
+    async def acquire(
+        self, user: str, connection_id: str, reads: PageReads, deadline: float
+    ) -> None:
+        """Registers the connection under ``user`` in the store, by ``deadline``;
+        TooManyConnections past the cap, StorageError (StoreTimeout) if the store
+        fails (or does not answer in time)."""
+        call = asyncio.ensure_future(self.store.acquire(user, connection_id, self.limit))
+        try:
+            # Shielded: given up on at the deadline, the call still ends in the store,
+            # and what it registered is released then (_settle_abandoned).
+            admitted = await reads.lookup(lambda: asyncio.shield(call), deadline)
+        except BaseException:
+            call.add_done_callback(lambda done: self._settle_abandoned(done, user, connection_id))
+            raise
+        if not admitted:
+            raise TooManyConnections(f"more than {self.limit} connections for this user")
+        self._held.setdefault(user, set()).add(connection_id)
+        self._counter.acquire(user)
+
+    def release(self, user: str, connection_id: str) -> None:
+        held = self._held.get(user)
+        if held is None or connection_id not in held:
+            return
+        held.discard(connection_id)
+        if not held:
+            del self._held[user]
+        self._counter.release(user)
+        self._release_later(user, [connection_id])
+
+    def _settle_abandoned(self, call: asyncio.Future[bool], user: str, connection_id: str) -> None:
+        """An acquire its attach gave up on (deadline, cancelled, a failure that may
+        have come after Redis took the call): unregistered unless refused, so that it
+        does not count until the heartbeat passes."""
+        refused = not call.cancelled() and call.exception() is None and not call.result()
+        if not refused:
+            self._release_later(user, [connection_id])
+
+    def _release_later(self, user: str, connection_ids: list[str]) -> None:
+        task = asyncio.ensure_future(self._release(user, connection_ids))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, user: str, connection_ids: list[str]) -> None:
+        await self._refreshed()  # else a refresh under way could register them again
+        await self._quietly("release", lambda: self.store.release(user, connection_ids))
+
+    # -- the heartbeat ----------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.store.heartbeat / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._held:
+                await self.refresh()
+
+    async def refresh(self) -> None:
+        """Refresh every connection this process holds, in one round trip."""
+        done = self._refreshing = asyncio.Event()
+        snapshot = {user: sorted(ids) for user, ids in self._held.items()}
+        try:
+            if await self._quietly("heartbeat", lambda: self.store.refresh(snapshot)):
+                self.refreshes += 1
+        finally:
+            self._refreshing = None
+            done.set()
+
+    async def _refreshed(self) -> None:
+        refreshing = self._refreshing
+        if refreshing is not None:
+            await refreshing.wait()
+
+    async def _quietly(self, what: str, call: Callable[[], Awaitable[None]]) -> bool:
+        """``call()`` within the heartbeat; a failure logged, not raised: what it
+        leaves registered stops counting after the heartbeat."""
+        try:
+            async with asyncio.timeout(self.store.heartbeat):
+                await call()
+        except (StorageError, TimeoutError) as exc:
+            error = str(exc) or "no answer in time"
+            log.warning("per-user connection count failed", step=what, error=error)
+            return False
+        return True
+
+
+def user_connections_for(storage: object, limit: int) -> LocalUserConnections:
+    """The server's per-user count for ``storage``: shared if the store offers it (and
+    there is a cap to keep), else this process's."""
+    store = getattr(storage, "user_connections", None)
+    if limit > 0 and isinstance(store, UserConnectionStore):
+        return SharedUserConnections(store, limit)
+    return LocalUserConnections(limit)

@@ -1,0 +1,149 @@
+"""``--max-connections-per-user`` across instances on one Redis store
+(server/user_connections.py, persistence/redis/user_connections.py): the cap is the
+user's wherever they connect. A user at the cap over two instances is refused on
+either; a connection that closes frees room on the other; a SIGKILLed instance's
+connections stop counting once their heartbeat runs out; a Redis that does not answer
+fails the attach with 1011 within the read deadline, and what the abandoned call
+registered is released once Redis answers again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.user_connections import SharedUserConnections
+from tests.instances import Instances, eventually
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import Peer, attach, close_reading, run_server
+
+TOO_MANY = (4429, "too many connections for this user")
+
+
+async def hello_on(url: str, **hello: Any) -> tuple[int | None, str]:
+    """A hello on ``url`` (a stream URL): ``(None, "welcome")`` if welcomed (the
+    connection closed then), else the close code and reason it got."""
+    async with connect(url, open_timeout=5, close_timeout=2) as ws:
+        peer = Peer(ws)
+        await peer.send({"type": "hello", **hello})
+        return await _first(peer)
+
+
+async def _first(peer: Peer) -> tuple[int | None, str]:
+    with contextlib.suppress(ConnectionClosed):  # refused: closed with no frame
+        frame = await peer.recv()
+        assert frame["type"] == "welcome", frame
+        await close_reading(peer.ws)
+        return None, "welcome"
+    code, _ = await peer.closed()
+    return code, peer.ws.close_reason or ""
+
+
+def stream(server: BambooServer | str, session_id: str) -> str:
+    base = server if isinstance(server, str) else f"ws://127.0.0.1:{server.port}"
+    return f"{base}/api/v1/stream/{session_id}"
+
+
+@contextlib.asynccontextmanager
+async def pair(url: str, **overrides: Any) -> AsyncIterator[tuple[BambooServer, BambooServer]]:
+    async with run_server(store=url, **overrides) as a, run_server(store=url, **overrides) as b:
+        yield a, b
+
+
+async def test_the_cap_holds_over_both_instances_and_a_close_frees_room_on_the_other(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    async with pair(url, max_connections_per_user=2) as (a, b):
+        assert isinstance(a.user_connections, SharedUserConnections)
+        async with attach(a, "s", create=True, user_id="u") as (_, welcome):
+            assert welcome["session"]["id"] == "s"
+            async with attach(b, "s", user_id="u") as (on_b, _):
+                # u holds one connection on each: the third is refused on either.
+                assert await hello_on(stream(a, "s"), user_id="u") == TOO_MANY
+                assert await hello_on(stream(b, "s"), user_id="u") == TOO_MANY
+                # Other users, and connections without a user, are not counted.
+                assert await hello_on(stream(a, "s"), user_id="v") == (None, "welcome")
+                assert await hello_on(stream(b, "s")) == (None, "welcome")
+                assert (a.user_connections.count("u"), b.user_connections.count("u")) == (1, 1)
+                await on_b.close()
+            # The connection that closed on b leaves room on a.
+            await eventually(lambda: _welcomed(hello_on(stream(a, "s"), user_id="u")), timeout=10)
+            assert await hello_on(stream(b, "s"), user_id="u") == (None, "welcome")
+
+
+async def _welcomed(attempt: Any) -> bool:
+    return bool(await attempt == (None, "welcome"))
+
+
+async def test_jsonl_keeps_counting_per_process(tmp_path: Path) -> None:
+    async with run_server(tmp_path / "data", max_connections_per_user=1) as server:
+        assert not isinstance(server.user_connections, SharedUserConnections)
+        async with attach(server, "j", create=True, user_id="u"):
+            assert await hello_on(stream(server, "j"), user_id="u") == TOO_MANY
+
+
+@pytest.fixture
+def instances(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Instances]]:
+    made: list[Instances] = []
+
+    def make(*extra: str, **params: object) -> Instances:
+        made.append(
+            Instances(tmp_path, redis_server.url(prefix=prefix_for(tmp_path), **params), *extra)
+        )
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.close()
+
+
+async def test_a_killed_instances_connections_stop_counting_after_the_heartbeat(
+    instances: Callable[..., Instances],
+) -> None:
+    group = instances("--max-connections-per-user", "2", heartbeat=1)
+    group.start(2)
+    held = [await connect(stream(group.url(0), "k"), open_timeout=5) for _ in range(2)]
+    try:
+        for i, ws in enumerate(held):
+            await Peer(ws).send({"type": "hello", "user_id": "u", "create": True})
+            assert (await Peer(ws).recv())["type"] == "welcome", i
+        assert await hello_on(stream(group.url(1), "k"), user_id="u") == TOO_MANY
+        group.kill(0)  # its two connections stay in Redis until their deadline
+        await eventually(
+            lambda: _welcomed(hello_on(stream(group.url(1), "k"), user_id="u")), timeout=10
+        )
+    finally:
+        for ws in held:
+            ws.transport.abort()
+    group.check_logs([1])
+
+
+async def test_a_redis_that_does_not_answer_fails_the_attach_within_the_deadline(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("frozen")
+    url = redis.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    async with run_server(store=url, max_connections_per_user=1, store_read_timeout=1) as server:
+        # An anonymous viewer keeps the session live here: the hello needs no other read.
+        async with attach(server, "f", create=True):
+            assert redis.pid is not None
+            os.kill(redis.pid, signal.SIGSTOP)
+            try:
+                code, reason = await hello_on(stream(server, "f"), user_id="u")
+            finally:
+                os.kill(redis.pid, signal.SIGCONT)
+            assert (code, reason.split(":")[0]) == (1011, "storage unavailable")
+            # What the abandoned acquire registered once Redis answered is released:
+            # u's one place is free again, long before the heartbeat (30 s) would free it.
+            await eventually(lambda: _welcomed(hello_on(stream(server, "f"), user_id="u")))
