@@ -4,7 +4,8 @@ attach, publish and resume on any of them (``redis://host:port/db?prefix=bamboo`
 Modules: ``storage`` (RedisStorage, the contract), ``layout`` (keys and encodings),
 ``scripts`` and the ``*.lua`` files (every write, atomic in Redis), ``listener`` (pub/sub
 to the Feed), ``queries`` (list_sessions), ``maintenance`` (cleanup under the lease),
-``lease`` (the fenced lease), ``presence`` (connections across instances), ``config``
+``lease`` (the fenced lease), ``presence`` (connections across instances),
+``user_connections`` (each user's connections on every instance), ``config``
 (URL options). The layout and the durability settings: docs/storage-redis.md.
 """
 
