@@ -85,7 +85,9 @@ class SharedUserConnections(LocalUserConnections):
         for user, connection_ids in held.items():
             self._release_later(user, list(connection_ids))
         if self._releases:
-            await asyncio.wait(list(self._releases), timeout=grace)
+            _, late = await asyncio.wait(list(self._releases), timeout=grace)
+            for release in late:  # the store is closed next: they would fail anyway
+                release.cancel()
 
     async def acquire(
         self, user: str, connection_id: str, reads: PageReads, deadline: float
@@ -93,13 +95,21 @@ class SharedUserConnections(LocalUserConnections):
         """Registers the connection under ``user`` in the store, by ``deadline``;
         TooManyConnections past the cap, StorageError (StoreTimeout) if the store
         fails (or does not answer in time)."""
-        call = asyncio.ensure_future(self.store.acquire(user, connection_id, self.limit))
-        try:
+        calls: list[asyncio.Future[bool]] = []  # none if the reads refuse before it
+
+        def call() -> Awaitable[bool]:
+            calls.append(asyncio.ensure_future(self.store.acquire(user, connection_id, self.limit)))
             # Shielded: given up on at the deadline, the call still ends in the store,
             # and what it registered is released then (_settle_abandoned).
-            admitted = await reads.lookup(lambda: asyncio.shield(call), deadline)
+            return asyncio.shield(calls[0])
+
+        try:
+            admitted = await reads.lookup(call, deadline)
         except BaseException:
-            call.add_done_callback(lambda done: self._settle_abandoned(done, user, connection_id))
+            for started in calls:
+                started.add_done_callback(
+                    lambda done: self._settle_abandoned(done, user, connection_id)
+                )
             raise
         if not admitted:
             raise TooManyConnections(f"more than {self.limit} connections for this user")

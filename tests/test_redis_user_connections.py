@@ -1,8 +1,8 @@
 """``--max-connections-per-user`` across instances on one Redis store
 (server/user_connections.py, persistence/redis/user_connections.py): the cap is the
 user's wherever they connect. A user at the cap over two instances is refused on
-either; a connection that closes frees room on the other; a SIGKILLed instance's
-connections stop counting once their heartbeat runs out; a Redis that does not answer
+either; a connection that closes, or an instance that stops, frees room on the other;
+a SIGKILLed instance's connections stop counting once their heartbeat runs out; a Redis that does not answer
 fails the attach with 1011 within the read deadline, and what the abandoned call
 registered is released once Redis answers again."""
 
@@ -147,3 +147,17 @@ async def test_a_redis_that_does_not_answer_fails_the_attach_within_the_deadline
             # What the abandoned acquire registered once Redis answered is released:
             # u's one place is free again, long before the heartbeat (30 s) would free it.
             await eventually(lambda: _welcomed(hello_on(stream(server, "f"), user_id="u")))
+
+
+async def test_a_stopped_instance_frees_its_users_room_at_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    async with run_server(store=url, max_connections_per_user=1) as b:
+        async with run_server(store=url, max_connections_per_user=1) as a:
+            async with attach(a, "g", create=True, user_id="u") as (on_a, _):
+                assert await hello_on(stream(b, "g"), user_id="u") == TOO_MANY
+                await a.stop()  # closes u's connection 1012 and unregisters it
+                assert (await on_a.closed())[0] == 1012
+        # Long before the heartbeat (30 s) would have let it expire.
+        await eventually(lambda: _welcomed(hello_on(stream(b, "g"), user_id="u")))
