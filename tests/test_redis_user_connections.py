@@ -2,9 +2,10 @@
 (server/user_connections.py, persistence/redis/user_connections.py): the cap is the
 user's wherever they connect. A user at the cap over two instances is refused on
 either; a connection that closes, or an instance that stops, frees room on the other;
-a SIGKILLed instance's connections stop counting once their heartbeat runs out; a Redis that does not answer
-fails the attach with 1011 within the read deadline, and what the abandoned call
-registered is released once Redis answers again."""
+one open past the heartbeat still counts (refreshed), and a SIGKILLed instance's stop
+counting once their heartbeat runs out; a Redis that does not answer fails the attach
+with 1011 within the read deadline, and what the abandoned call registered is released
+once Redis answers again."""
 
 from __future__ import annotations
 
@@ -161,3 +162,16 @@ async def test_a_stopped_instance_frees_its_users_room_at_once(
                 assert (await on_a.closed())[0] == 1012
         # Long before the heartbeat (30 s) would have let it expire.
         await eventually(lambda: _welcomed(hello_on(stream(b, "g"), user_id="u")))
+
+
+async def test_a_connection_open_past_the_heartbeat_still_counts(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    async with pair(url, max_connections_per_user=1) as (a, b):
+        shared = a.user_connections
+        assert isinstance(shared, SharedUserConnections)
+        async with attach(a, "h", create=True, user_id="u"):
+            # Four refreshes, every heartbeat / 3: past its first deadline.
+            await eventually(lambda: shared.refreshes >= 4, timeout=10)
+            assert await hello_on(stream(b, "h"), user_id="u") == TOO_MANY
