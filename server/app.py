@@ -27,7 +27,7 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
-from .auth import AccessPolicy, Authenticator, check_binding
+from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
 from .connection import Connection
@@ -83,16 +83,7 @@ class BambooServer:
         self._open_connections: set[BambooConnection] = set()
         # Checked here, before any storage is opened: a bad config changes nothing.
         check_binding(config.host, config.auth_secret, config.insecure)
-        authenticator = None
-        if config.auth_secret is not None:
-            authenticator = Authenticator(
-                config.auth_secret,
-                leeway=config.auth_leeway,
-                audience=config.auth_audience,
-                issuer=config.auth_issuer,
-                max_sub_length=config.max_user_id_length,
-            )
-        self.access = AccessPolicy(authenticator)
+        self.access = AccessPolicy(authenticator_for(config))
         # Counted in the store once it is open, if several instances share it.
         self.user_connections = LocalUserConnections(config.max_connections_per_user)
         # Plain HTTP answers not yet taken by their peers get a quarter of the memory

@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import ipaddress
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import jwt
 
@@ -36,6 +37,9 @@ from bamboo_session.persistence.base import SessionFilter
 from bamboo_session.protocol.frames import Hello
 from bamboo_session.protocol.ids import is_valid_session_id
 from bamboo_session.protocol.models import SessionMetadata
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
 
 ALGORITHMS = ["HS256"]
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as the hash
@@ -143,6 +147,19 @@ class Authenticator:
         exp = claims["exp"]
         assert isinstance(exp, int | float)  # _principal checked it
         return dataclasses.replace(principal, valid_until=exp + self.leeway)
+
+
+def authenticator_for(config: ServerConfig) -> Authenticator | None:
+    """The config's token checker; None without ``auth_secret`` (no auth)."""
+    if config.auth_secret is None:
+        return None
+    return Authenticator(
+        config.auth_secret,
+        leeway=config.auth_leeway,
+        audience=config.auth_audience,
+        issuer=config.auth_issuer,
+        max_sub_length=config.max_user_id_length,
+    )
 
 
 def _numeric_date(value: object) -> bool:
