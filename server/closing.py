@@ -11,6 +11,7 @@ from websockets.protocol import State
 from bamboo_session.protocol.codec import Codec
 
 from .flush import unframe
+from .http_wire import BambooConnection
 from .outbox import Outbox
 from .writer_life import FLUSH_FRAMES
 
@@ -64,3 +65,5 @@ def cut_replay(outbox: Outbox | None, ws: ServerConnection, codec: Codec) -> Non
         frames = []
     protocol.send_close(closing.code, closing.reason)
     ws.transport.writelines([*frames, *protocol.data_to_send()])
+    if isinstance(ws, BambooConnection):
+        ws.await_close_reply()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.datastructures import Headers
-from websockets.frames import Frame
+from websockets.frames import DATA_OPCODES, Frame
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -67,6 +67,7 @@ class BambooConnection(ClosingBound, AnsweringConnection):
     _held = b""  # read while in debt, not parsed yet
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
     _eof_held = False  # the peer's end of stream, come before its request was answered
+    _close_sent = False  # our close frame is out: only the peer's close reply matters
 
     def __init__(
         self,
@@ -144,6 +145,8 @@ class BambooConnection(ClosingBound, AnsweringConnection):
             if self._meter is not None:
                 self._debt = self._meter.charge(len(event.data) + FRAME_BYTES)
             event = handed_on(event)  # not kept by the parser till the next frame
+            if self._close_sent and event.opcode in DATA_OPCODES:
+                return  # nothing can answer it now (RFC 6455 5.5.1): not queued
         super().process_event(event)
 
     def _hold(self, rest: bytes) -> None:
@@ -193,10 +196,22 @@ class BambooConnection(ClosingBound, AnsweringConnection):
 
     def send_data(self) -> None:
         super().send_data()
+        if self.protocol.close_sent is not None and not self._close_sent:
+            self.await_close_reply()
         if self.protocol.eof_sent:
             if self._request_held:
                 self._answered()
             self._pass_on_eof()
+
+    def await_close_reply(self) -> None:
+        """Our close frame is out. The peer's frames still unread in websockets' queue
+        (a handshake refused behind pipelined requests leaves up to ``--max-queue`` of
+        them, which nobody will read) stopped the socket being read, so the peer's
+        close reply was never seen and every such close waited out the close timeout,
+        then dropped the socket. From here on the socket is read whatever that queue
+        holds, and the peer's data frames are dropped unqueued."""
+        self._close_sent = True
+        self._resume_reading()
 
     def _answered(self) -> None:
         """The request is answered or refused, its end of stream sent: websockets drops
@@ -342,5 +357,6 @@ class BambooConnection(ClosingBound, AnsweringConnection):
         self._resume_reading()
 
     def _resume_reading(self) -> None:
-        if not self.paused and not self.recv_messages.paused and self._repaid is None:
+        queue_full = self.recv_messages.paused and not self._close_sent
+        if not self.paused and not queue_full and self._repaid is None:
             self.transport.resume_reading()

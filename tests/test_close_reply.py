@@ -1,0 +1,50 @@
+"""A close the server starts reads the peer's close reply at once, however many of the
+peer's frames sit unread: a handshake refused behind pipelined requests (docs/protocol.md
+lets a client send them right after ``hello``) left up to ``--max-queue`` frames in
+websockets' queue, which then stopped the socket being read. The peer's close reply was
+never seen, and every such close waited out ``--close-timeout`` before the server
+dropped the socket (server/http_wire.py ``await_close_reply``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.support import run_server, stream_url
+
+# Long beside the wait below: a close that waits for it has not read the reply.
+CLOSE_TIMEOUT = 60.0
+ENDED_WITHIN = 20.0
+PIPELINED = 8  # past --max-queue (4): websockets stops reading at five unread
+
+
+async def closed_by_server(url: str, first: str) -> int | None:
+    """Sends ``first`` and pipelined pings, then waits for the server's close; the code
+    the server closed with, once the TCP connection has ended."""
+    async with connect(url, subprotocols=["bamboo.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(first)
+        for i in range(PIPELINED):
+            await ws.send(json.dumps({"type": "ping", "id": i}))
+        async with asyncio.timeout(ENDED_WITHIN):
+            await ws.wait_closed()  # the client answers the close frame on its own
+        return ws.close_code
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ('{"type": "hello"}', 4404),  # an unknown session, no create
+        ('{"type": "ping", "id": 1}', 1008),  # not a hello
+    ],
+)
+async def test_a_refused_handshake_behind_pipelined_frames_ends_with_the_close_reply(
+    first: str, code: int
+) -> None:
+    async with run_server(close_timeout=CLOSE_TIMEOUT) as server:
+        url = stream_url(server, "nobody-made-this")
+        assert await closed_by_server(url, first) == code
+        # The server goes on serving: a second refusal ends the same way.
+        assert await closed_by_server(url, first) == code
