@@ -123,7 +123,9 @@ class ReplayShare:
         """The page ``reserved`` was charged for came to ``size`` bytes (0: none to
         send): charged that instead."""
         self._add(size - reserved)
-        if size < reserved and (self._waiting or self.total.blocked):
+        # Smaller: pages waiting here or for the total may fit now. Bigger: the peer's
+        # next waiting page may no longer fit its share, and must leave the total's turn.
+        if size != reserved and (self._waiting or self.total.blocked):
             self._charge_waiting()
 
     def give_back(self, size: int) -> None:

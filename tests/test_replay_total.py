@@ -179,3 +179,27 @@ async def test_room_given_back_goes_first_to_peers_holding_less_than_an_equal_pa
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert (c.used, shares.total.used) == (200, 400)
+
+
+async def test_a_waiting_page_is_not_charged_past_its_share_once_a_page_of_its_peer_grew() -> None:
+    """A peer's page that grows once read (one big event, the peer's only page held)
+    leaves its peer's next waiting page no room in its share: that page waits for
+    the peer's own pages, whatever room the total has. It stayed in the total's turn,
+    sized against the share as it was, and the next page given back by another peer
+    charged it past the share."""
+    shares = ReplayShares(2_000, 0.5, 1.0)  # a share of 1000, a total of 2000
+    a, b = shares.of("addr:a"), shares.of("addr:b")
+    assert a is not None and b is not None
+    assert b.take_now(1_500) and a.take_now(100)  # first pages, the total near full
+    box = Outbox("a", "client", 8)
+    page = asyncio.ensure_future(a.room(500, functools.partial(until_closing, box)))
+    await asyncio.sleep(0.01)
+    assert not page.done()  # within a's share, not under the total
+    assert a.may_grow(100, 900)  # a's only page held: it may grow
+    a.settle(100, 900)  # 900 of a's 1000: no room for its waiting 500
+    b.give_back(1_500)  # the total has room, a's share has not
+    await asyncio.sleep(0.01)
+    assert not page.done() and a.used == 900, a.used
+    a.give_back(900)  # a holds nothing: its waiting page at once
+    assert await page
+    assert (a.used, shares.total.used, shares.total.holders) == (500, 500, 1)
