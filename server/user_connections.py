@@ -99,9 +99,7 @@ class SharedUserConnections(LocalUserConnections):
 
         def call() -> Awaitable[bool]:
             calls.append(asyncio.ensure_future(self.store.acquire(user, connection_id, self.limit)))
-            # Shielded: given up on at the deadline, the call still ends in the store,
-            # and what it registered is released then (_settle_abandoned).
-            return asyncio.shield(calls[0])
+            return _outliving(calls[0])
 
         try:
             admitted = await reads.lookup(call, deadline)
@@ -179,6 +177,18 @@ class SharedUserConnections(LocalUserConnections):
             log.warning("per-user connection count failed", step=what, error=error)
             return False
         return True
+
+
+async def _outliving(call: asyncio.Future[bool]) -> bool:
+    """``call``'s answer. Given up on (cancelled), ``call`` still ends in the store, and
+    what it registered is released then (_settle_abandoned); and this ends only with
+    it, so that the page reads count it as abandoned while the store holds it (a bare
+    shield would end at once, and calls to a store that answers none would pile up)."""
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        await asyncio.wait((call,))
+        raise
 
 
 def user_connections_for(storage: object, limit: int) -> LocalUserConnections:

@@ -5,10 +5,11 @@ either; a connection that closes, or an instance that stops, frees room on the o
 one open past the heartbeat still counts (refreshed), and a SIGKILLed instance's stop
 counting once their heartbeat runs out; a Redis that does not answer fails the attach
 with 1011 within the read deadline, and what the abandoned call registered is released
-once Redis answers again."""
+once Redis answers again; the calls it holds count as abandoned reads, which bound them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -21,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.server.app import BambooServer
+from bamboo_session.server.pages import ABANDONED_READS_MAX
 from bamboo_session.server.user_connections import SharedUserConnections
 from tests.instances import Instances, eventually
 from tests.redis_server import RedisServer, prefix_for
@@ -175,3 +177,35 @@ async def test_a_connection_open_past_the_heartbeat_still_counts(
             # Four refreshes, every heartbeat / 3: past its first deadline.
             await eventually(lambda: shared.refreshes >= 4, timeout=10)
             assert await hello_on(stream(b, "h"), user_id="u") == TOO_MANY
+
+
+async def test_acquires_a_frozen_redis_holds_count_as_abandoned_reads(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("piling")
+    url = redis.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    limits = {"max_connections_per_user": 1, "store_read_timeout": 0.5}
+    async with run_server(store=url, **limits) as server:
+        async with attach(server, "p", create=True):  # live here: no other read at hello
+            assert redis.pid is not None
+            os.kill(redis.pid, signal.SIGSTOP)
+            try:
+                # Each hello's acquire is given up on at the deadline, and is still
+                # held by the store (redis-py's socket timeout, 10 s, is longer).
+                users = [f"u{i}" for i in range(ABANDONED_READS_MAX)]
+                given_up = await asyncio.gather(
+                    *(hello_on(stream(server, "p"), user_id=u) for u in users)
+                )
+                assert {code for code, _ in given_up} == {1011}
+                # The store still holds each, as the page reads count (they bound
+                # what piles up behind a store that answers none): one more hello is
+                # refused without a store call.
+                reads = server.services.page_reads
+                assert reads.abandoned == ABANDONED_READS_MAX
+                assert (await hello_on(stream(server, "p"), user_id="late"))[0] == 1011
+                assert reads.abandoned == ABANDONED_READS_MAX
+            finally:
+                os.kill(redis.pid, signal.SIGCONT)
+            # Once Redis answers, the calls end, and what they registered is released.
+            await eventually(lambda: reads.abandoned == 0)
+            await eventually(lambda: _welcomed(hello_on(stream(server, "p"), user_id="u0")))
