@@ -40,7 +40,7 @@ from .flush import WebSocketSink
 from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
-from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
+from .quotas import Admission, CreatingTooFast, FieldTooLong, TooManySessions, creator_key
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -118,6 +118,8 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             ws.request = Request(request.path, Headers())
             ws.response = None
         principal = services.access.authenticate_hello(hello, authorization)
+        if principal is None:
+            _check_user_id(hello, services.config)
         user = services.access.connection_user(principal, hello)
         if user is not None:
             # Against the user's count on every instance, on a shared store: within
@@ -183,6 +185,15 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         await _refuse_hello(conn, exc.message, hello.id)
         return False
     return True
+
+
+def _check_user_id(hello: Hello, config: ServerConfig) -> None:
+    """FieldTooLong (bad_request) for a ``user_id`` over ``--max-user-id-length``, whatever
+    the hello attaches to: it names whom the connection counts against (on Redis, a key
+    written and refreshed as long as it is open), so it is held to the limit of a
+    token's ``sub``, not only when it becomes a new session's owner."""
+    if hello.user_id is not None and len(hello.user_id) > config.max_user_id_length:
+        raise FieldTooLong(f"user_id is longer than {config.max_user_id_length} characters")
 
 
 def _noting_creation(admit: Admission, created: list[float]) -> Admission:

@@ -46,6 +46,20 @@ async def test_a_field_over_its_length_is_a_bad_hello_and_stores_nothing(
             pass
 
 
+async def test_a_user_id_over_its_length_is_a_bad_hello_on_an_existing_session_too() -> None:
+    # It names whom the connection counts against (a key of the store, on Redis), as a
+    # token's sub does, held to the same limit: not only the owner of a new session.
+    async with run_server(max_user_id_length=20, max_connections_per_user=5) as server:
+        async with attach(server, "kept", create=True):
+            async with open_peer(server, "kept") as peer:
+                code, frames = await refused(peer, id="h", user_id="u" * 21)
+                assert code == 1008
+                assert [(f["code"], f["id"]) for f in frames] == [("bad_request", "h")]
+                assert "user_id" in str(frames[0]["message"])
+            async with attach(server, "kept", user_id="u" * 20):  # at the limit: fine
+                assert server.user_connections.count("u" * 20) == 1
+
+
 async def test_extra_over_its_size_is_refused_in_process() -> None:
     storage = await MemoryStorage.open()
     config = SessionManagerConfig(max_extra_bytes=1000)
