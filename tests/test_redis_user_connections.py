@@ -21,6 +21,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.redis.user_connections import RedisUserConnections
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.pages import ABANDONED_READS_MAX
 from bamboo_session.server.user_connections import SharedUserConnections
@@ -209,3 +211,27 @@ async def test_acquires_a_frozen_redis_holds_count_as_abandoned_reads(
             # Once Redis answers, the calls end, and what they registered is released.
             await eventually(lambda: reads.abandoned == 0)
             await eventually(lambda: _welcomed(hello_on(stream(server, "p"), user_id="u0")))
+
+
+async def test_the_heartbeat_after_redis_lost_its_scripts_is_not_a_round_trip_per_user(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("flushed")
+    storage = await open_storage(redis.url(prefix=prefix_for(tmp_path)))
+    try:
+        shared = storage.user_connections
+        assert isinstance(shared, RedisUserConnections)
+        held = {f"user-{u}": [f"c{u}-{i}" for i in range(3)] for u in range(50)}
+        client = storage.redis.client
+        await client.execute_command("SCRIPT", "FLUSH")  # as a restart leaves it
+        await client.execute_command("CONFIG", "RESETSTAT")
+        await shared.refresh(held)
+        stats = await client.info("commandstats")
+        # Each user's script ran once, after one load: no EVAL of it per user.
+        assert "cmdstat_eval" not in stats
+        loads = [v["calls"] for k, v in stats.items() if k.startswith("cmdstat_script")]
+        assert loads == [1]
+        for user in held:
+            assert await client.zcard(storage.layout.user_conns(user)) == 3
+    finally:
+        await storage.close()

@@ -118,17 +118,21 @@ async def run_many(
         for keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies = list(await pipe.execute(raise_on_error=False))
-        lost = any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies)
-        if lost and before_reload is not None:
-            await before_reload()
-        for i, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                # The script cache was lost (a restart): these calls did not run.
+        lost = [i for i, reply in enumerate(replies) if _no_script(reply)]
+        if lost:
+            # The script cache was lost (a restart): these calls did not run. Loaded
+            # once, they run again in one more round trip, not one round trip each.
+            if before_reload is not None:
+                await before_reload()
+            await client.execute_command("SCRIPT", "LOAD", script.source)
+            again = client.pipeline(transaction=False)
+            for i in lost:
                 keys, args = calls[i]
-                replies[i] = await client.execute_command(
-                    "EVAL", script.source, len(keys), *keys, *args
-                )
-            elif isinstance(reply, redis.exceptions.ResponseError):
+                again.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for i, reply in zip(lost, await again.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.ResponseError):
                 raise translate(reply)
             elif isinstance(reply, Exception):
                 raise reply
@@ -137,6 +141,10 @@ async def run_many(
         raise translate(exc) from None
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
+
+
+def _no_script(reply: object) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 async def run_and_wait(
