@@ -69,6 +69,9 @@ class SharedUserConnections(LocalUserConnections):
         self._task: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()
         self.refreshes = 0
+        # A failure was logged and no call has worked since: a store that is down fails
+        # every release and heartbeat, and one line says so, not one per connection.
+        self._failing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._heartbeat(), name="bamboo-user-connections")
@@ -124,6 +127,11 @@ class SharedUserConnections(LocalUserConnections):
         self._counter.release(user)
         self._release_later(user, [connection_id])
 
+    @property
+    def releasing(self) -> int:
+        """Releases sent to the store that have not ended yet."""
+        return len(self._releases)
+
     def _settle_abandoned(self, call: asyncio.Future[bool], user: str, connection_id: str) -> None:
         """An acquire its attach gave up on (deadline, cancelled, a failure that may
         have come after Redis took the call): unregistered unless refused, so that it
@@ -167,15 +175,25 @@ class SharedUserConnections(LocalUserConnections):
             await refreshing.wait()
 
     async def _quietly(self, what: str, call: Callable[[], Awaitable[None]]) -> bool:
-        """``call()`` within the heartbeat; a failure logged, not raised: what it
-        leaves registered stops counting after the heartbeat."""
+        """``call()`` within the heartbeat; a failure logged (the first of a run of
+        them), not raised: what it leaves registered stops counting after the heartbeat."""
         try:
             async with asyncio.timeout(self.store.heartbeat):
                 await call()
         except (StorageError, TimeoutError) as exc:
-            error = str(exc) or "no answer in time"
-            log.warning("per-user connection count failed", step=what, error=error)
+            if not self._failing:
+                self._failing = True
+                error = str(exc) or "no answer in time"
+                log.warning(
+                    "per-user connection count failed",
+                    step=what,
+                    error=error,
+                    further="not logged until a call works again",
+                )
             return False
+        if self._failing:
+            self._failing = False
+            log.info("per-user connection count works again", step=what)
         return True
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -235,3 +236,35 @@ async def test_the_heartbeat_after_redis_lost_its_scripts_is_not_a_round_trip_pe
             assert await client.zcard(storage.layout.user_conns(user)) == 3
     finally:
         await storage.close()
+
+
+async def test_failed_releases_while_redis_does_not_answer_log_once(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis = start_redis("mute")
+    url = redis.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    users = [f"u{i}" for i in range(10)]
+    async with run_server(store=url, max_connections_per_user=1) as server:
+        shared = server.user_connections
+        assert isinstance(shared, SharedUserConnections) and redis.pid is not None
+        async with attach(server, "m", create=True):
+            with capture_logs() as logs:
+                async with contextlib.AsyncExitStack() as held:
+                    for user in users:
+                        await held.enter_async_context(attach(server, "m", user_id=user))
+                    os.kill(redis.pid, signal.SIGSTOP)
+                try:
+                    # Ten releases, each given up on after the heartbeat: one line.
+                    await eventually(lambda: shared.releasing == 0, timeout=10)
+                    assert all(shared.count(user) == 0 for user in users)
+                finally:
+                    os.kill(redis.pid, signal.SIGCONT)
+                failed = [e for e in logs if e["event"] == "per-user connection count failed"]
+                assert len(failed) == 1, failed
+                # Once a call works again, that is said once too.
+                await eventually(lambda: _welcomed(hello_on(stream(server, "m"), user_id="u0")))
+                await eventually(lambda: _said(logs, "per-user connection count works again"))
+
+
+def _said(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(entry["event"] == event for entry in logs)
