@@ -196,12 +196,20 @@ class BambooConnection(ClosingBound, AnsweringConnection):
 
     def send_data(self) -> None:
         super().send_data()
-        if self.protocol.close_sent is not None and not self._close_sent:
+        if self.protocol.close_sent is not None and not self._close_sent and self._closing_first():
             self.await_close_reply()
         if self.protocol.eof_sent:
             if self._request_held:
                 self._answered()
             self._pass_on_eof()
+
+    def _closing_first(self) -> bool:
+        """Whether our close frame, sent, is out ahead of anything that ends the peer's
+        frames. A close frame of the peer's, or one that fails the connection, has the
+        parser discard all that follows it, and the close that answers it goes out
+        while the frames read with it wait to be handed on: those came before it, and
+        are the peer's requests, queued as ever."""
+        return self.protocol.close_rcvd is None and self.protocol.parser_exc is None
 
     def await_close_reply(self) -> None:
         """Our close frame is out. The peer's frames still unread in websockets' queue

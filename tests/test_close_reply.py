@@ -3,7 +3,9 @@ peer's frames sit unread: a handshake refused behind pipelined requests (docs/pr
 lets a client send them right after ``hello``) left up to ``--max-queue`` frames in
 websockets' queue, which then stopped the socket being read. The peer's close reply was
 never seen, and every such close waited out ``--close-timeout`` before the server
-dropped the socket (server/http_wire.py ``await_close_reply``)."""
+dropped the socket (server/http_wire.py ``await_close_reply``). A close the peer starts,
+or a frame that fails the connection, is no such close: the requests read with it are
+still handled."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support import run_server, stream_url
+from tests.support import attach, run_server, stream_url, token
+from tests.test_wire_floods import masked_frame
 
 # Long beside the wait below: a close that waits for it has not read the reply.
 CLOSE_TIMEOUT = 60.0
@@ -48,3 +51,30 @@ async def test_a_refused_handshake_behind_pipelined_frames_ends_with_the_close_r
         assert await closed_by_server(url, first) == code
         # The server goes on serving: a second refusal ends the same way.
         assert await closed_by_server(url, first) == code
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        masked_frame((1000).to_bytes(2, "big"), 8),  # the peer's close frame: 1000
+        masked_frame(b"", 3),  # a reserved opcode: the server fails it, 1002
+    ],
+    ids=["peer-close", "protocol-error"],
+)
+async def test_a_request_read_along_with_the_peers_ending_is_still_handled(
+    ending: bytes,
+) -> None:
+    # A close the peer starts, or a frame that fails the connection, is no close the
+    # server starts: a request the peer sent before it is handled as before, also
+    # when both come in one read (one write here), where the server's close frame
+    # went out before the frames of that read were handed on.
+    async with run_server() as server:
+        async with attach(server, "kept", create=True) as (peer, welcome):
+            assert welcome["last_seq"] == 0
+            event = {"type": "event", "id": 1, "event": token("sent before the end")}
+            peer.ws.transport.write(masked_frame(json.dumps(event).encode(), 1) + ending)
+            await asyncio.wait_for(peer.ws.wait_closed(), ENDED_WITHIN)
+        async with attach(server, "kept", last_seq=0) as (peer, welcome):
+            assert welcome["last_seq"] == 1
+            replayed = await peer.recv_type("event")
+            assert replayed["event"] == event["event"]
