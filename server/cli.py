@@ -135,7 +135,7 @@ SERVE_HELP: dict[str, str] = {
     "server reads more slowly, nothing is refused (0: off)",
     "rate_limit_bytes_burst": "bytes of frames a connection may send at once above the rate",
     "max_connections_per_user": "concurrent connections per user (token sub, else "
-    "hello.user_id); over it: close 4429 (0: off)",
+    "hello.user_id), over every instance on a Redis store; over it: close 4429 (0: off)",
     "max_session_connections": "connections attached to one session at once on this "
     "process; one more is closed with 4429 at hello (0: no cap)",
     "max_connections": "connections open at once, HTTP and WebSocket, attached or not; "
