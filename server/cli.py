@@ -71,7 +71,8 @@ SERVE_HELP: dict[str, str] = {
     "viewers (1: no bound of its own)",
     "store_read_timeout": "seconds a page read from the store (history, events, a "
     "replay's page; waiting for one of the --read-slots included), a hello's read of "
-    "its session, an HTTP API request's store reads, or /readyz's and /metrics' may "
+    "its session (and, on a Redis store, of its user's connection count), an HTTP API "
+    "request's store reads, or /readyz's and /metrics' may "
     "take; then abandoned: error internal, HTTP 503, a replay or a hello closes with "
     "1011, /readyz 503, /metrics serves the figures it has",
     "read_slots": "pages read from the store at once, over all connections and the HTTP "

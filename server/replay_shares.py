@@ -20,7 +20,7 @@ all, and every page it waits behind is either read on, or given up on after
 ``--replay-page-timeout`` without progress (replay.py).
 
 Shares alone did not bound what many peers hold together: five addresses' stalled
-resumers, each peer within its quarter, held more than the budget, and the live
+resumers, each peer within its quarter, held 4.1 MB of a 4 MiB budget, and the live
 viewers of everyone else were closed with 4429 at their next burst. So the pages of
 all peers together are bounded too (``--replay-total-share`` of the budget, half by
 default, leaving the other half to live send queues, rings and inboxes):
