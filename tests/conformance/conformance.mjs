@@ -2,8 +2,12 @@
 // PROTOCOL.md alone. Usage: node conformance.mjs <mode> <http-base>   mode: open|auth|limits
 import net from "node:net";
 import crypto from "node:crypto";
-import WebSocket from "ws";
-import { encode as mpEncode, decode as mpDecode } from "@msgpack/msgpack";
+import { createRequire } from "node:module";
+// Its two packages are tests/js's (npm ci --prefix tests/js): an ESM import would look
+// for them in a node_modules above this file, and ESM ignores NODE_PATH.
+const require = createRequire(new URL("../js/package.json", import.meta.url));
+const WebSocket = require("ws");
+const { encode: mpEncode, decode: mpDecode } = require("@msgpack/msgpack");
 
 const [mode, BASE] = process.argv.slice(2);
 const WS = BASE.replace(/^http/, "ws");
@@ -881,7 +885,8 @@ async function limitsMode() {
 }
 
 import fs from "node:fs";
-const STATE = "/tmp/h181conf/restart-state.json";
+// Where restart1 leaves what restart2 reads: tests/test_conformance_node.py gives each run its own.
+const STATE = process.env.CONFORMANCE_STATE || "/tmp/h181conf/restart-state.json";
 async function restart1() {
   const a = await attach("/api/v1/stream", { user_id: "r" });
   const v = await attach(`/api/v1/stream/${a.welcome.session.id}`, {});

@@ -1,0 +1,172 @@
+"""The outside check of the wire contract: tests/conformance/conformance.mjs, a Node
+client written by another hand from the protocol document alone (never from this
+code), run against a real ``bamboo-session serve`` in each of its modes, one test per
+mode so that test processes share them out.
+
+A mode passes when the client exits 0 and prints no FAIL line, and the server, stopped
+by its pid, logged no traceback and nothing at error level. The client needs Node and
+the ``ws`` and ``@msgpack/msgpack`` of tests/js/package-lock.json; without them each
+test skips with one line saying how to install them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import RedisServer, prefix_for
+from tests.server_process import ServerProcess, assert_no_tracebacks
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "tests" / "conformance" / "conformance.mjs"
+NODE_MODULES = ROOT / "tests" / "js" / "node_modules"
+PACKAGES = ("ws", "@msgpack/msgpack")
+HINT = "the Node conformance client: apt-get install nodejs npm && npm ci --prefix tests/js"
+# Mode open takes some 21 s on an idle machine (12 s of it six 2 s waits for a
+# state_change that the server does not send to viewers), the others under 8 s.
+NODE_TIMEOUT = 120
+AUTH_SECRET = "conformance-secret-" + "s" * 32
+# The server's flags for each mode, as the client's checks expect them.
+SERVER_FLAGS: dict[str, tuple[str, ...]] = {
+    # The client waits out the hello timeout three times: a silent connection's 4408,
+    # and two raw upgrades it reads until the server drops them, which takes the close
+    # timeout too (the raw peer never answers the close). 10 s and 5 s by default.
+    "open": ("--hello-timeout", "1", "--close-timeout", "1"),
+    "auth": ("--auth-secret", AUTH_SECRET),
+    # What the client's limitsMode says it expects.
+    "limits": (
+        *("--max-sessions", "1", "--rate-limit", "2", "--rate-limit-burst", "2"),
+        *("--rate-limit-refusals", "5", "--default-ttl", "600"),
+    ),
+    # 10,000 pipelined appends on one connection, past any frame-rate limit.
+    "window": ("--rate-limit", "0"),
+    "slow": (),
+}
+
+
+@pytest.fixture
+def node() -> str:
+    node = shutil.which("node")
+    installed = all((NODE_MODULES / name / "package.json").exists() for name in PACKAGES)
+    if node is None or not installed:
+        pytest.skip(HINT)
+    return node
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ServerProcess]]:
+    """The servers a test starts (append them), each killed at the end if still up."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.kill()
+
+
+def start_server(
+    servers: list[ServerProcess], tmp_path: Path, name: str, *flags: str
+) -> ServerProcess:
+    server = ServerProcess(tmp_path / f"data-{name}", tmp_path / f"server-{name}.log", *flags)
+    servers.append(server)
+    server.start()
+    return server
+
+
+def base_url(server: ServerProcess) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def run_client(node: str, mode: str, *bases: str, env: dict[str, str] | None = None) -> str:
+    """The client's report; fails the test on a non-zero exit or a FAIL line."""
+    try:
+        result = subprocess.run(
+            [node, str(CLIENT), mode, *bases],
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+    except subprocess.TimeoutExpired as timeout:  # run() killed it
+        output = timeout.stdout or b""
+        report = output.decode(errors="replace") if isinstance(output, bytes) else output
+        pytest.fail(f"mode {mode} ran over {NODE_TIMEOUT} s:\n{report}")
+    assert_client_passed(mode, result.returncode, result.stdout + result.stderr)
+    return result.stdout
+
+
+def assert_client_passed(mode: str, returncode: int, report: str) -> None:
+    failures = [line for line in report.splitlines() if line.startswith("FAIL")]
+    assert not failures, f"mode {mode}: {len(failures)} FAIL\n" + "\n".join(failures)
+    assert returncode == 0, f"mode {mode} exited {returncode}:\n{report}"
+    assert " held, 0 failed" in report, report
+
+
+def stop_cleanly(*servers: ServerProcess) -> None:
+    """SIGTERM to each by its pid: a clean exit, and a log without a traceback."""
+    for server in servers:
+        assert server.stop() == 0, server.log_tail()
+        assert_no_tracebacks(server.log_records())
+
+
+@pytest.mark.parametrize("mode", list(SERVER_FLAGS))  # open, the longest, first
+def test_conformance_mode(
+    mode: str, node: str, servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    server = start_server(servers, tmp_path, mode, *SERVER_FLAGS[mode])
+    run_client(node, mode, base_url(server), env={"SECRET": AUTH_SECRET})
+    stop_cleanly(server)
+
+
+def test_conformance_cross_instances(
+    node: str, servers: list[ServerProcess], tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two servers on one Redis: a session made on one is attached, resumed and
+    closed through the other."""
+    store = ("--store", redis_server.url(prefix_for(tmp_path)))
+    a = start_server(servers, tmp_path, "a", *store)
+    b = start_server(servers, tmp_path, "b", *store)
+    run_client(node, "cross", base_url(a), base_url(b))
+    stop_cleanly(a, b)
+
+
+def test_conformance_restart(node: str, servers: list[ServerProcess], tmp_path: Path) -> None:
+    """restart1 holds two connections while the server shuts down (SIGTERM), restart2
+    finds the session, its idempotency keys and its epoch on the server started again
+    on the same data directory."""
+    server = start_server(servers, tmp_path, "restart")
+    env = {"CONFORMANCE_STATE": str(tmp_path / "restart-state.json")}
+    report_path = tmp_path / "restart1.txt"
+    with report_path.open("w") as report:
+        first = subprocess.Popen(
+            [node, str(CLIENT), "restart1", base_url(server)],
+            stdout=report,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+    try:
+        wait_for_line(report_path, "READY", first)
+        assert server.stop() == 0, server.log_tail()
+        returncode = first.wait(NODE_TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert_client_passed("restart1", returncode, report_path.read_text())
+    server.start()
+    run_client(node, "restart2", base_url(server), env=env)
+    stop_cleanly(server)
+
+
+def wait_for_line(path: Path, line: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + NODE_TIMEOUT
+    while line not in path.read_text().splitlines():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {line} from the client:\n{path.read_text()}")
+        time.sleep(0.05)
