@@ -213,3 +213,45 @@ async def test_an_old_actors_leave_spares_the_new_sessions_connections(
         assert (shared.held("s1"), await shared.count("s1")) == (0, 0)
     finally:
         await store.close()
+
+
+async def test_a_sweep_announces_the_count_after_the_join_that_made_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The first join after an instance died sweeps its connections out. The joining
+    instance tells its own peers of the join at once, with the count the join
+    answered, and hears the sweep's notices later, on the channel: each must carry
+    that same count (the one after the whole call), not the one from before the join,
+    or its peers would be left showing one connection fewer than there are (measured
+    before: a peer on the joining instance got `joined` with 2, then three `left` with
+    1, while 2 were attached)."""
+    prefix = prefix_for(tmp_path)
+    dead = await open_storage(redis_server.url(prefix=prefix, heartbeat=0.3))
+    b = await open_storage(redis_server.url(prefix=prefix, heartbeat=30))
+    assert isinstance(dead, RedisStorage) and isinstance(b, RedisStorage)
+    try:
+        await b.create_session(Session.new("s1"))
+        seen: asyncio.Queue[PresenceNotice] = asyncio.Queue()
+        b.presence.on_presence(seen.put_nowait)
+        subscription = await b.subscribe("s1", 0)
+        for connection_id in ("d1", "d2"):
+            await dead.presence.join("s1", connection_id, "client")
+        assert await b.presence.join("s1", "watcher", "client") == 3
+        assert [(await next_notice(seen)).connection_id for _ in range(3)] == [
+            "d1",
+            "d2",
+            "watcher",
+        ]
+
+        await asyncio.sleep(0.5)  # past the dead instance's deadline, not b's
+        assert await b.presence.join("s1", "joiner", "agent") == 2
+        notices = [await next_notice(seen) for _ in range(3)]
+        assert [(n.connection_id, n.joined, n.expired, n.connections) for n in notices] == [
+            ("d1", False, True, 2),
+            ("d2", False, True, 2),
+            ("joiner", True, False, 2),
+        ]
+        subscription.close()
+    finally:
+        await dead.close()
+        await b.close()

@@ -41,27 +41,34 @@ end
 local dead = redis.call('ZRANGEBYSCORE', conns, '-inf', now)
 if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', conns, '-inf', now)
-  local count = redis.call('ZCARD', conns)
-  for _, member in ipairs(dead) do announce(member, false, count, true) end
 end
 
+-- The members' own notices wait until the swept ones are out (announced first, so
+-- every listener hears the sweep before the change), and the swept ones carry the
+-- count after the whole call: the caller tells its own peers of its join or leave at
+-- once, with that count, and hears the sweep's notices only later on the channel, so a
+-- count from before its change would follow one from after it (its peers would see
+-- one connection fewer than there are until the next notice).
 local deadline = int(now + heartbeat)
 local again = 0
+local changes = {}
 for i = 9, #ARGV do
   local member = ARGV[i]
   if mode == 'join' then
     redis.call('ZADD', conns, deadline, member)
-    announce(member, true, redis.call('ZCARD', conns), false)
+    changes[#changes + 1] = {member, true, redis.call('ZCARD', conns)}
   elseif mode == 'leave' then
     if redis.call('ZREM', conns, member) == 1 then
-      announce(member, false, redis.call('ZCARD', conns), false)
+      changes[#changes + 1] = {member, false, redis.call('ZCARD', conns)}
     end
   elseif redis.call('ZADD', conns, deadline, member) == 1 then
     again = again + 1
-    announce(member, true, redis.call('ZCARD', conns), false)
+    changes[#changes + 1] = {member, true, redis.call('ZCARD', conns)}
   end
 end
 local count = redis.call('ZCARD', conns)
+for _, member in ipairs(dead) do announce(member, false, count, true) end
+for _, change in ipairs(changes) do announce(change[1], change[2], change[3], false) end
 if count > 0 then
   redis.call('PEXPIRE', conns, heartbeat * 2)
 end
