@@ -28,11 +28,18 @@ def _detach(connection: Connection) -> None:
     outbox, services = connection.outbox, connection.services
     if outbox is not None:
         outbox.abandon("disconnected")
-    if connection.counted_user is not None:
-        services.user_connections.release(connection.counted_user, connection.connection_id)
-        connection.counted_user = None
+    release_user_count(connection)
     if outbox is not None and connection.session_id is not None:
         services.manager.detach(connection.session_id, connection.connection_id)
+
+
+def release_user_count(connection: Connection) -> None:
+    """The connection stops counting against its user's cap: as its close frame goes
+    out (``on_close_sent``), so that a user who reconnects on seeing the close finds
+    the room, or at its end if it had none (the socket dropped); once."""
+    user, connection.counted_user = connection.counted_user, None
+    if user is not None:
+        connection.services.user_connections.release(user, connection.connection_id)
 
 
 def _count_close(connection: Connection) -> None:

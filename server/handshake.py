@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from .auth import (
 )
 from .closing import close_within
 from .config import ServerConfig
+from .connection_end import release_user_count
 from .failures import ServerBusy, failure_of
 from .flush import WebSocketSink
 from .http_wire import BambooConnection
@@ -128,6 +130,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
                 user, conn.connection_id, services.page_reads, deadline
             )
             conn.counted_user = user
+            ws.on_close_sent = functools.partial(release_user_count, conn)
         # The address read as the connection opened (http_answer.py), as an HTTP
         # request's is: the transport may no longer know it.
         creator = creator_key(principal.sub if principal else None, ws.peer_host)

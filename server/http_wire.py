@@ -68,6 +68,10 @@ class BambooConnection(ClosingBound, AnsweringConnection):
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
     _eof_held = False  # the peer's end of stream, come before its request was answered
     _close_sent = False  # our close frame is out: only the peer's close reply matters
+    # Called once as the close frame goes out, whoever started the close: what the
+    # connection holds for its peer is let go before the peer can see the close (the
+    # handler ends only when the socket does, up to the close timeout later).
+    on_close_sent: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -196,6 +200,9 @@ class BambooConnection(ClosingBound, AnsweringConnection):
 
     def send_data(self) -> None:
         super().send_data()
+        if self.protocol.close_sent is not None and self.on_close_sent is not None:
+            closing, self.on_close_sent = self.on_close_sent, None
+            closing()
         if self.protocol.close_sent is not None and not self._close_sent and self._closing_first():
             self.await_close_reply()
         if self.protocol.eof_sent:

@@ -8,8 +8,12 @@ The shared count is asked once per counted attach, within the attach's read dead
 a store that fails or does not answer in time fails the attach as any store read of
 it does (1011). A release never waits: the connection is forgotten here at once (the
 heartbeat no longer refreshes it, so it stops counting after the heartbeat at the
-latest) and unregistered in the store in the background. One heartbeat task refreshes
-every connection this process holds, one script call per user, in one round trip.
+latest) and unregistered in the store in the background. An acquire the store refuses
+while this process still has releases of that user under way waits for them (within
+its deadline) and asks once more: a user who reconnects here on seeing a close is not
+refused for a count on its way out (another instance's are a race). One heartbeat task
+refreshes every connection this process holds, one script call per user, in one round
+trip.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class SharedUserConnections(LocalUserConnections):
         self._refreshing: asyncio.Event | None = None  # set once a refresh under way ends
         self._task: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()
+        self._user_releases: dict[str, set[asyncio.Task[None]]] = {}  # the same, by user
         self.refreshes = 0
         # A failure was logged and no call has worked since: a store that is down fails
         # every release and heartbeat, and one line says so, not one per connection.
@@ -98,6 +103,20 @@ class SharedUserConnections(LocalUserConnections):
         """Registers the connection under ``user`` in the store, by ``deadline``;
         TooManyConnections past the cap, StorageError (StoreTimeout) if the store
         fails (or does not answer in time)."""
+        admitted = await self._acquire_once(user, connection_id, reads, deadline)
+        if not admitted and await self._released(user, deadline):
+            # Refused while this process still had the user's closed connections on
+            # their way out of the store: the peer saw those closes, and reconnecting
+            # at once is no reason to refuse it. Another instance's are a race.
+            admitted = await self._acquire_once(user, connection_id, reads, deadline)
+        if not admitted:
+            raise TooManyConnections(f"more than {self.limit} connections for this user")
+        self._held.setdefault(user, set()).add(connection_id)
+        self._counter.acquire(user)
+
+    async def _acquire_once(
+        self, user: str, connection_id: str, reads: PageReads, deadline: float
+    ) -> bool:
         calls: list[asyncio.Future[bool]] = []  # none if the reads refuse before it
 
         def call() -> Awaitable[bool]:
@@ -105,17 +124,23 @@ class SharedUserConnections(LocalUserConnections):
             return _outliving(calls[0])
 
         try:
-            admitted = await reads.lookup(call, deadline)
+            return await reads.lookup(call, deadline)
         except BaseException:
             for started in calls:
                 started.add_done_callback(
                     lambda done: self._settle_abandoned(done, user, connection_id)
                 )
             raise
-        if not admitted:
-            raise TooManyConnections(f"more than {self.limit} connections for this user")
-        self._held.setdefault(user, set()).add(connection_id)
-        self._counter.acquire(user)
+
+    async def _released(self, user: str, deadline: float) -> bool:
+        """Whether this process had releases of ``user``'s under way, and all of them
+        ended by ``deadline`` (a store too slow for that leaves the refusal standing)."""
+        under_way = self._user_releases.get(user)
+        if not under_way:
+            return False
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait(set(under_way), timeout=timeout)
+        return not late
 
     def release(self, user: str, connection_id: str) -> None:
         held = self._held.get(user)
@@ -143,7 +168,16 @@ class SharedUserConnections(LocalUserConnections):
     def _release_later(self, user: str, connection_ids: list[str]) -> None:
         task = asyncio.ensure_future(self._release(user, connection_ids))
         self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._user_releases.setdefault(user, set()).add(task)
+        task.add_done_callback(lambda done: self._release_ended(user, done))
+
+    def _release_ended(self, user: str, task: asyncio.Task[None]) -> None:
+        self._releases.discard(task)
+        under_way = self._user_releases.get(user)
+        if under_way is not None:
+            under_way.discard(task)
+            if not under_way:
+                del self._user_releases[user]
 
     async def _release(self, user: str, connection_ids: list[str]) -> None:
         await self._refreshed()  # else a refresh under way could register them again
