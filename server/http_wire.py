@@ -138,8 +138,8 @@ class BambooConnection(ClosingBound, AnsweringConnection):
         queue, decoded and inflated, is bounded so: ``--max-queue`` frames and what one
         slice holds. Not called while held today: the transport reads nothing then
         (every resume checks ``_repaid`` and the queue; a stop's discard_input clears
-        both first), and the handshake's nudge comes in the step that opened the
-        connection, before any frame was parsed or charged."""
+        both first), and the frames sent along with the request come in the step that
+        opened the connection, before any frame was parsed or charged."""
         if self._repaid is not None or self._queue_held or self._unheld is not None:
             # Unreachable with websockets 17 (no test gets here), kept because the cost
             # of being wrong is silent loss: a later websockets that fed us while held
@@ -147,7 +147,7 @@ class BambooConnection(ClosingBound, AnsweringConnection):
             self._held += data
             return
         size = DEFLATE_PARSE_SLICE if self.protocol.extensions else PARSE_SLICE
-        # b"" too (the handshake's nudge: frames sent along with the request).
+        # b"" too: the parser must go on from the handshake even with no early frame.
         for start in range(0, len(data), size) if data else (0,):
             if self._debt > 0:
                 self._hold(data[start:])
@@ -290,7 +290,12 @@ class BambooConnection(ClosingBound, AnsweringConnection):
             return
         if self.protocol.state is State.OPEN:
             self._forget_headers()
-            self.data_received(b"")  # frames sent along with the request: read them now
+            # Frames sent along with the request (up to EARLY_BYTES, in websockets'
+            # buffer) are read now, sliced as any read: parsed at once, 64 KiB of
+            # deflated frames would be 64 MiB queued.
+            early = bytes(self.protocol.reader.buffer)
+            del self.protocol.reader.buffer[:]
+            self.data_received(early)
             # An upgrade whose peer ended its stream with the request: closed at once,
             # as one that ends it right after the upgrade (1006, no handler).
             self._pass_on_eof()

@@ -13,12 +13,21 @@ burst was read, and what is still allocated once every frame has been answered.
 from __future__ import annotations
 
 import asyncio
+import json
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
+from websockets.frames import Frame
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from bamboo_session.server.app import BambooServer
 from tests.support import run_server, stream_url
@@ -102,3 +111,44 @@ async def test_frames_with_too_many_free_form_values_hold_nothing_once_refused()
             assert await errors(ws, 10) == ["bad_request"] * 10
             after = tracemalloc.get_traced_memory()[0]
     assert after - before < MIB, (after - before) / MIB
+
+
+def deflated_frames(*texts: str) -> bytes:
+    """Text frames as a client compresses them (the server's defaults: 12-bit windows,
+    context kept), on the wire."""
+    writer = ClientProtocol(parse_uri("ws://127.0.0.1/"))
+    writer.state = State.OPEN
+    writer.extensions = [PerMessageDeflate(False, False, 12, 12)]
+    for text in texts:
+        writer.send_text(text.encode())
+    return b"".join(writer.data_to_send())
+
+
+async def test_deflated_frames_sent_along_with_the_request_wait_their_turn_too() -> None:
+    # Up to 64 KiB may come behind the request, before the answer: 24 MiB inflated.
+    with traced():
+        async with run_server(compression=True, max_queue=1, rate_limit_bytes=0) as server:
+            peer = ClientProtocol(
+                parse_uri(stream_url(server, "early")),
+                extensions=[ClientPerMessageDeflateFactory()],
+                subprotocols=["bamboo.v1"],  # type: ignore[list-item]
+            )
+            peer.send_request(peer.connect())
+            hello = '{"type":"hello","create":true,"user_id":"u"}'
+            frames = deflated_frames(hello, *[BIG] * BURST)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            writer.write(b"".join(peer.data_to_send()) + frames)
+            codes: list[str] = []
+            while len(codes) < BURST:
+                data = await asyncio.wait_for(reader.read(65536), 30)
+                assert data, f"closed after {codes}"
+                peer.receive_data(data)
+                for event in peer.events_received():
+                    if isinstance(event, Frame) and b'"error"' in event.data:
+                        codes.append(json.loads(event.data)["code"])
+            peak = tracemalloc.get_traced_memory()[1] - start
+            writer.close()
+    assert codes == ["bad_request"] * BURST
+    assert peak < 5 * MIB, peak / MIB
