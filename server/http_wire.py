@@ -11,8 +11,9 @@ socket only while it can be written to. An answer whose body is streamed
 did; what an answer holds while its peer has not taken it is the answering side's
 (http_answer.py ``AnsweringConnection``, which this connection is). Once upgraded,
 what it reads goes to websockets' parser a few KiB at a time, each frame charged to
-the connection's byte rate (limits.py); in debt, it stops reading until the debt is
-repaid. A peer's end of stream that comes once its request is read waits for the
+the connection's byte rate (limits.py); in debt, or with websockets' incoming queue
+full, it stops reading until the debt is repaid or the handler took a frame
+(sliced_reads.py). A peer's end of stream that comes once its request is read waits for the
 answer (a client may half-close after its request, RFC 9112 9.6): websockets, fed it
 at once, answered nothing.
 """
@@ -36,26 +37,17 @@ from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
+from .sliced_reads import SlicedReads
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
 EARLY_BYTES = 64 * 1024
-# What the parser is handed at once, after the upgrade: a read of tiny frames (up to
-# 256 KiB of them) is parsed in slices, the meter and websockets' incoming queue looked
-# at between them, so that one read costs at most a slice's worth of parsing before a
-# peer in debt, or whose queue is full, stops being read.
-PARSE_SLICE = 4096
-# With permessage-deflate a slice inflates up to about 1,000 times (1 MiB frames of
-# 1 KiB each): 4 KiB held 4 frames of 1 MiB, parsed at once past --max-queue and the
-# byte rate's burst (8 MiB queued per connection, 900 MB for 100 peers on a server
-# slow to decode them). 1 KiB holds at most about one such frame.
-DEFLATE_PARSE_SLICE = 1024
 # websockets' open_timeout, applied here (serve() gets None): within it a request is
 # read and answered, but for a streamed answer's body, which has its own timeouts.
 OPEN_TIMEOUT = 10.0
 
 
-class BambooConnection(ClosingBound, AnsweringConnection):
+class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
@@ -68,14 +60,7 @@ class BambooConnection(ClosingBound, AnsweringConnection):
     _request_held = 0
     # Set once attached to a session: its outbox sends ``closed`` and the close.
     closes_itself = False
-    _discarding = False  # a stopping server: what the peer sends is dropped unread
-    _debt = 0.0  # seconds until the byte rate is repaid, after the last frame
-    _held = b""  # read while in debt, not parsed yet
-    _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
-    _queue_held = False  # reading waits for room in websockets' incoming queue
-    _unheld: asyncio.Handle | None = None  # set while what it held waits to be parsed
     _eof_held = False  # the peer's end of stream, come before its request was answered
-    _close_sent = False  # our close frame is out: only the peer's close reply matters
     # Called once as the close frame goes out, whoever started the close: what the
     # connection holds for its peer is let go before the peer can see the close (the
     # handler ends only when the socket does, up to the close timeout later).
@@ -131,41 +116,6 @@ class BambooConnection(ClosingBound, AnsweringConnection):
             # a peer that sends this much before it is answered is no WebSocket client.
             self.transport.abort()
 
-    def _parse_sliced(self, data: bytes) -> None:
-        """``data`` to the parser a slice at a time while the byte rate allows and
-        websockets' incoming queue has room; the rest is held, and reading stops,
-        until the debt is repaid or the handler has taken frames. What waits in that
-        queue, decoded and inflated, is bounded so: ``--max-queue`` frames and what one
-        slice holds. Not called while held today: the transport reads nothing then
-        (every resume checks ``_repaid`` and the queue; a stop's discard_input clears
-        both first), and the frames sent along with the request come in the step that
-        opened the connection, before any frame was parsed or charged."""
-        if self._repaid is not None or self._queue_held or self._unheld is not None:
-            # Unreachable with websockets 17 (no test gets here), kept because the cost
-            # of being wrong is silent loss: a later websockets that fed us while held
-            # would otherwise overwrite the held bytes. Behind what waits, never beside.
-            self._held += data
-            return
-        size = DEFLATE_PARSE_SLICE if self.protocol.extensions else PARSE_SLICE
-        # b"" too: the parser must go on from the handshake even with no early frame.
-        for start in range(0, len(data), size) if data else (0,):
-            if self._debt > 0:
-                self._hold(data[start:])
-                return
-            if self._queue_full():
-                self._held, self._queue_held = data[start:], True
-                self.transport.pause_reading()
-                return
-            super().data_received(data[start : start + size])
-        if self._debt > 0:
-            self._hold(b"")
-
-    def _queue_full(self) -> bool:
-        """websockets paused reading for its incoming queue (above ``--max-queue``),
-        and something will read it: once our close is out, only the peer's close reply
-        matters, and its data frames are dropped unqueued (process_event)."""
-        return self.recv_messages.paused and not self._close_sent
-
     def process_event(self, event: Any) -> None:
         if isinstance(event, Frame):
             if self._meter is not None:
@@ -174,35 +124,6 @@ class BambooConnection(ClosingBound, AnsweringConnection):
             if self._close_sent and event.opcode in DATA_OPCODES:
                 return  # nothing can answer it now (RFC 6455 5.5.1): not queued
         super().process_event(event)
-
-    def _hold(self, rest: bytes) -> None:
-        self._held, debt = rest, self._debt
-        self.transport.pause_reading()
-        self.read_waits.begin(debt)
-        self._repaid = self.loop.call_later(debt, self._go_on)
-
-    def _stop_holding(self) -> None:
-        """Ends a wait for the debt before it is due: the transport is gone, or what
-        the peer sends is discarded from now on."""
-        if self._repaid is not None:
-            self._repaid.cancel()
-            self._repaid, self._held = None, b""
-            self.read_waits.end()
-        if self._unheld is not None:
-            self._unheld.cancel()
-            self._unheld = None
-        self._queue_held, self._held = False, b""
-
-    def _go_on(self) -> None:
-        self._repaid, self._debt = None, 0.0
-        self.read_waits.end()
-        if self.transport.is_closing():
-            return  # aborted in this same turn of the loop: nothing more to parse
-        held, self._held = self._held, b""
-        if held and not self._discarding:
-            self._parse_sliced(held)
-        if self._repaid is None:
-            self._resume_reading()
 
     def _hold_request(self, size: int) -> bool:
         pending = self._pending
@@ -400,28 +321,4 @@ class BambooConnection(ClosingBound, AnsweringConnection):
 
     def resume_writing(self) -> None:
         super().resume_writing()  # the answer's charge follows what left (http_answer.py)
-        self._resume_reading()
-
-    def _resume_reading(self) -> None:
-        if self._queue_held:
-            if self._queue_full():
-                return
-            # Called from websockets' queue as the handler takes a frame: what was held
-            # is parsed from the loop, not inside that read.
-            self._queue_held = False
-            self._unheld = self.loop.call_soon(self._take_held)
-            return
-        ready = self._repaid is None and self._unheld is None
-        if not self.paused and not self._queue_full() and ready:
-            self.transport.resume_reading()
-
-    def _take_held(self) -> None:
-        """The queue has room again: what was held for it is parsed (it may be held
-        again), then the socket read, unless something still holds it."""
-        self._unheld = None
-        if self.transport.is_closing():
-            return
-        held, self._held = self._held, b""
-        if held and not self._discarding:
-            self._parse_sliced(held)
         self._resume_reading()

@@ -15,8 +15,9 @@ import threading
 import time
 from typing import Any
 
-from bamboo_session.server.http_wire import PARSE_SLICE, BambooConnection
+from bamboo_session.server.http_wire import BambooConnection
 from bamboo_session.server.limits import FRAME_BYTES, ByteRate
+from bamboo_session.server.sliced_reads import PARSE_SLICE
 from tests.support import attach, get, run_server, token
 from tests.test_limits import FakeClock
 from tests.test_wire_floods import upgraded_socket
