@@ -48,7 +48,8 @@ SERVE_HELP: dict[str, str] = {
     "(the URL's wait_timeout_ms)",
     "backlog": "connections the kernel queues before accepting (a reconnect storm needs many)",
     "max_frame_bytes": "largest frame accepted; larger ones close the connection with 1009",
-    "max_queue": "incoming frames buffered per connection before reading pauses",
+    "max_queue": "incoming frames buffered per connection before reading pauses (one more "
+    "is read, outside --memory-budget)",
     "write_limit": "outgoing bytes buffered per connection before a send waits",
     "ping_interval": "seconds between keepalive pings (none: off)",
     "ping_timeout": "seconds to wait for a pong before closing (none: forever)",
