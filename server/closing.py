@@ -66,4 +66,5 @@ def cut_replay(outbox: Outbox | None, ws: ServerConnection, codec: Codec) -> Non
     protocol.send_close(closing.code, closing.reason)
     ws.transport.writelines([*frames, *protocol.data_to_send()])
     if isinstance(ws, BambooConnection):
+        ws.close_frame_out()
         ws.await_close_reply()

@@ -135,6 +135,7 @@ class WebSocketSink:
         protocol.send_close(code, reason)
         chunks.extend(protocol.data_to_send())
         ws.transport.writelines(chunks)
+        ws.close_frame_out()
         # The close timer starts now, as websockets starts it for a close it sends: the
         # bound's close() (close_within) would start it only then, a close timeout late.
         if ws.close_timeout is not None:

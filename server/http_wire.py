@@ -147,15 +147,22 @@ class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
 
     def send_data(self) -> None:
         super().send_data()
-        if self.protocol.close_sent is not None and self.on_close_sent is not None:
-            closing, self.on_close_sent = self.on_close_sent, None
-            closing()
+        if self.on_close_sent is not None and self.protocol.close_sent is not None:
+            self.close_frame_out()
         if self.protocol.close_sent is not None and not self._close_sent and self._closing_first():
             self.await_close_reply()
         if self.protocol.eof_sent:
             if self._request_held:
                 self._answered()
             self._pass_on_eof()
+
+    def close_frame_out(self) -> None:
+        """Our close frame is in the socket's buffer: ``on_close_sent``, once. Called by
+        send_data, and by what writes a close without it (a stop's close_at_once,
+        closing.cut_replay), which would otherwise leave it to the connection's end."""
+        closing, self.on_close_sent = self.on_close_sent, None
+        if closing is not None:
+            closing()
 
     def _closing_first(self) -> bool:
         """Whether our close frame, sent, is out ahead of anything that ends the peer's

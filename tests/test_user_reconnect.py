@@ -5,7 +5,8 @@ server/user_connections.py): the connection stops counting as its close frame go
 and an acquire refused while the user's releases are under way waits for them and
 asks again. Real server, real redis-server; the bouncing peer is a raw socket that
 keeps its end open after the close reply (as a client that reconnects on seeing the
-close may), so the server's handler for it ends only after the new hello."""
+close may), so the server's handler for it ends only after the new hello. A stopping
+instance's close, written without websockets' send_data, lets the count go too."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from bamboo_session.server.user_connections import SharedUserConnections
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, run_server
+from tests.test_replay_server import publish, stalled_resumer
 
 UPGRADE = (
     "GET /api/v1/stream/{session} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -178,3 +180,39 @@ async def test_a_reconnect_waits_for_the_release_redis_holds(
                 old.drop()
                 assert code is None
             peer.drop()
+
+
+async def test_a_stopping_instance_lets_its_users_count_go_with_the_close(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A stop writes each attached peer's close at once (flush.py close_at_once), then
+    waits until every peer holds its bytes: here a viewer that takes nothing holds it
+    open (grace and close timeout a minute). The user who saw the stop's close and
+    reconnects to the other instance finds its place free: the count went with the close
+    frame, not when the stop is done with every peer (before: refused 4429 until then)."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    limits = {"max_connections_per_user": 1, "shutdown_grace": 60.0, "close_timeout": 60.0}
+    async with run_server(store=url, **limits) as other:
+        async with run_server(store=url, ping_interval=None, **limits) as stopping_one:
+            async with attach(stopping_one, "s", create=True, role="agent") as (agent, _):
+                peer, code = await RawPeer.hello(stopping_one.port, "s", user_id="u")
+                assert code is None
+                stuck = await asyncio.to_thread(stalled_resumer, stopping_one.port, "s", 0)
+                await agent.recv_type("presence")  # the stuck viewer joined
+                await publish(agent, 20, size=1000)
+                stopping = asyncio.ensure_future(stopping_one.stop())
+                try:
+                    while (await peer.frame())[0] != Opcode.CLOSE:
+                        pass
+                    assert not stopping.done()  # the stuck viewer holds the stop
+
+                    async def welcomed_on_the_other() -> bool:
+                        again, code = await RawPeer.hello(other.port, "t", user_id="u", create=True)
+                        again.drop()
+                        return code is None
+
+                    await eventually(welcomed_on_the_other, timeout=TIMEOUT)
+                finally:
+                    stuck.close()
+                    peer.drop()
+                    await stopping
