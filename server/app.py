@@ -171,6 +171,7 @@ class BambooServer:
                 read_rate=(config.rate_limit_bytes, config.rate_limit_bytes_burst),
                 on_read_wait=self.metrics.read_wait_seconds.inc,
                 unanswered_requests=self.unanswered_requests,
+                max_queue_bytes=config.max_queue_bytes,
             ),
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=select_subprotocol,

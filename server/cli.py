@@ -50,6 +50,8 @@ SERVE_HELP: dict[str, str] = {
     "max_frame_bytes": "largest frame accepted; larger ones close the connection with 1009",
     "max_queue": "incoming frames buffered per connection before reading pauses (one more "
     "is read, outside --memory-budget)",
+    "max_queue_bytes": "bytes those incoming frames may hold, inflated, before reading pauses "
+    "(a frame alone in the queue may be larger, up to --max-frame-bytes)",
     "write_limit": "outgoing bytes buffered per connection before a send waits",
     "ping_interval": "seconds between keepalive pings (none: off)",
     "ping_timeout": "seconds to wait for a pong before closing (none: forever)",

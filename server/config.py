@@ -55,6 +55,9 @@ class ServerConfig:
     # Incoming frames websockets buffers before it stops reading (not in the memory
     # budget, so few: at max_frame_bytes each, 4 MiB a connection at most).
     max_queue: int = 4
+    # ... and the bytes those frames may hold, inflated, beyond a first of any size:
+    # publish frames are small, a 1 MiB frame waits alone.
+    max_queue_bytes: int = 256 * 1024
     write_limit: int = 256 * 1024  # bytes buffered before a send waits for the socket
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -239,6 +242,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "backlog": (1, None),
     "max_frame_bytes": (64, None),
     "max_queue": (1, None),
+    "max_queue_bytes": (1024, None),
     "write_limit": (1024, None),
     "ping_interval": (0.001, None),
     "ping_timeout": (0.001, None),

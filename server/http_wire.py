@@ -76,6 +76,7 @@ class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
         read_rate: tuple[float, float] = (0.0, 1.0),
         on_read_wait: Callable[[float], None] | None = None,
         unanswered_requests: UnansweredRequests | None = None,
+        max_queue_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
@@ -90,6 +91,7 @@ class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
         self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
         self.read_waits = ReadWaits(self.loop, on_read_wait)  # for the byte rate's debt
         self._pending = unanswered_requests
+        self.max_queue_bytes = max_queue_bytes  # of frames read and not handled yet
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:

@@ -1,7 +1,8 @@
 """Reading a WebSocket's socket once upgraded: :class:`SlicedReads`, the part of the
 server's connection (http_wire.py ``BambooConnection``) that hands what it reads to
 websockets' parser a slice at a time, and holds the rest, reading paused, while the
-connection's byte rate is in debt (limits.py) or websockets' incoming queue is full.
+connection's byte rate is in debt (limits.py) or websockets' incoming queue is full:
+over ``--max-queue`` frames, or holding ``--max-queue-bytes`` of them.
 
 What the parser is handed is parsed at once, every frame in it inflated (with
 permessage-deflate) and queued for the handler: the slices bound what one read can
@@ -11,8 +12,11 @@ put in memory before the handler takes a frame.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import DATA_OPCODES, Frame
 
 from .limits import ByteRate
 from .read_waits import ReadWaits
@@ -42,6 +46,43 @@ class SlicedReads(ServerConnection):
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
     _queue_held = False  # reading waits for room in websockets' incoming queue
     _unheld: asyncio.Handle | None = None  # set while what it held waits to be parsed
+    # Bytes of the frames in websockets' incoming queue: each one's size as queued,
+    # oldest first, and their sum. None: no bound but the count (--max-queue).
+    max_queue_bytes: int | None = None
+    _queued_sizes: deque[int]
+    _queued_bytes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._queued_sizes = deque()
+        assembler = self.recv_messages
+        resume_for_count = assembler.maybe_resume
+
+        def frame_taken() -> None:  # websockets calls it as the handler takes a frame
+            was_full = self._queue_full()
+            self._frame_taken()
+            resume_for_count()
+            if was_full and not self._queue_full():
+                self._resume_reading()  # the bytes held it: websockets' count did not
+
+        assembler.maybe_resume = frame_taken  # type: ignore[method-assign]
+
+    def process_event(self, event: Any) -> None:
+        # A data frame is queued once this returns (websockets' put raises, and nothing
+        # is counted, once the queue is closed).
+        super().process_event(event)
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            self._queued_sizes.append(len(event.data))
+            self._queued_bytes += len(event.data)
+
+    def _frame_taken(self) -> None:
+        if self._queued_sizes:
+            self._queued_bytes -= self._queued_sizes.popleft()
+        if not len(self.recv_messages.frames):
+            # A recv cancelled mid-message puts its frames back uncounted: counted
+            # afresh from an empty queue, never held for frames no longer there.
+            self._queued_sizes.clear()
+            self._queued_bytes = 0
 
     def _parse_sliced(self, data: bytes) -> None:
         """``data`` to the parser a slice at a time while the byte rate allows and
@@ -73,10 +114,14 @@ class SlicedReads(ServerConnection):
             self._hold(b"")
 
     def _queue_full(self) -> bool:
-        """websockets paused reading for its incoming queue (above ``--max-queue``),
-        and something will read it: once our close is out, only the peer's close reply
-        matters, and its data frames are dropped unqueued (process_event)."""
-        return self.recv_messages.paused and not self._close_sent
+        """websockets paused reading for its incoming queue (above ``--max-queue``), or
+        the frames in it hold ``max_queue_bytes``, and something will read it: once our
+        close is out, only the peer's close reply matters, and its data frames are
+        dropped unqueued (process_event). An empty queue is never full: a frame over
+        the byte bound is queued alone."""
+        bound = self.max_queue_bytes
+        over_bytes = bound is not None and self._queued_bytes >= bound
+        return (self.recv_messages.paused or over_bytes) and not self._close_sent
 
     def _hold(self, rest: bytes) -> None:
         self._held, debt = rest, self._debt

@@ -1,0 +1,62 @@
+"""Frames read and not handled yet are bounded in bytes as well as in count: a
+connection's incoming queue holds one frame of any size and up to
+``--max-queue-bytes`` of further frames, inflated, before reading pauses.
+
+With permessage-deflate a 1 MiB frame of repeated bytes is about 1 KiB on the wire, so
+``--max-queue`` (4) frames were up to 5 MiB a peer, outside ``--memory-budget``.
+Memory is measured with tracemalloc on a real server in this process, as
+test_incoming_queue.py does, whose helpers these tests share.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from tests.support import run_server
+from tests.test_incoming_queue import BURST, MIB, deflate_peer, errors, traced
+
+KIB = 1 << 10
+
+
+def refused(size: int) -> str:
+    """A frame of ``size`` bytes that the server refuses at its first field: decoding it
+    costs nothing, so what the server holds is the frames waiting for the handler."""
+    return '{"type":"zzz","id":1,"pad":"' + "a" * (size - 32) + '"}'
+
+
+async def peak_over(frames: list[str], **config: object) -> int:
+    """Bytes the server's allocations peaked at above the start of ``frames``, sent in
+    one go (the server runs in this loop, so it reads them only once all are written),
+    until every one of them is answered."""
+    async with run_server(compression=True, rate_limit_bytes=0, **config) as server:
+        async with deflate_peer(server) as ws:
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            for frame in frames:
+                await ws.send(frame)
+            assert await errors(ws, len(frames)) == ["bad_request"] * len(frames)
+            return tracemalloc.get_traced_memory()[1] - start
+
+
+async def test_frames_bigger_than_the_byte_bound_wait_one_at_a_time() -> None:
+    # One frame queued (alone over the 256 KiB bound) and the one being handled, as
+    # bytes and as text: about 3 MiB. With --max-queue (4) alone, five were queued
+    # besides the one handled: 7 MiB.
+    with traced():
+        peak = await peak_over([refused(MIB)] * BURST)
+    assert peak < 4 * MIB, peak / MIB
+
+
+@pytest.mark.parametrize("max_queue_bytes", [64 * KIB, 256 * KIB])
+async def test_many_frames_under_the_count_wait_within_the_byte_bound(
+    max_queue_bytes: int,
+) -> None:
+    # 200 frames of 64 KiB with a count bound that never applies: the queue holds the
+    # byte bound and what one 1 KiB slice inflates to (a few frames), the handled frame
+    # besides. Bounded by the count alone, all 200 were queued: 12.5 MiB.
+    frames = [refused(64 * KIB)] * 200
+    with traced():
+        peak = await peak_over(frames, max_queue=1000, max_queue_bytes=max_queue_bytes)
+    assert peak < max_queue_bytes + 2 * MIB, peak / MIB
