@@ -88,11 +88,12 @@ class SlicedReads(ServerConnection):
         """``data`` to the parser a slice at a time while the byte rate allows and
         websockets' incoming queue has room; the rest is held, and reading stops,
         until the debt is repaid or the handler has taken frames. What waits in that
-        queue, decoded and inflated, is bounded so: ``--max-queue`` frames and what one
-        slice holds. Not called while held today: the transport reads nothing then
-        (every resume checks ``_repaid`` and the queue; a stop's discard_input clears
-        both first), and the frames sent along with the request come in the step that
-        opened the connection, before any frame was parsed or charged."""
+        queue, decoded and inflated, is bounded so: ``--max-queue`` frames, less than
+        ``--max-queue-bytes`` of them but for a frame alone, and what one slice holds.
+        Not called while held today: the transport reads nothing then (every resume
+        checks ``_repaid`` and the queue; a stop's discard_input clears both first),
+        and the frames sent along with the request come in the step that opened the
+        connection, before any frame was parsed or charged."""
         if self._repaid is not None or self._queue_held or self._unheld is not None:
             # Unreachable with websockets 17 (no test gets here), kept because the cost
             # of being wrong is silent loss: a later websockets that fed us while held

@@ -42,8 +42,8 @@ async def peak_over(frames: list[str], **config: object) -> int:
 
 async def test_frames_bigger_than_the_byte_bound_wait_one_at_a_time() -> None:
     # One frame queued (alone over the 256 KiB bound) and the one being handled, as
-    # bytes and as text: about 3 MiB. With --max-queue (4) alone, five were queued
-    # besides the one handled: 7 MiB.
+    # bytes and as text: 2 MiB measured. With --max-queue (4) alone, five were queued
+    # besides the one handled: 6 MiB measured.
     with traced():
         peak = await peak_over([refused(MIB)] * BURST)
     assert peak < 4 * MIB, peak / MIB
@@ -53,9 +53,10 @@ async def test_frames_bigger_than_the_byte_bound_wait_one_at_a_time() -> None:
 async def test_many_frames_under_the_count_wait_within_the_byte_bound(
     max_queue_bytes: int,
 ) -> None:
-    # 200 frames of 64 KiB with a count bound that never applies: the queue holds the
-    # byte bound and what one 1 KiB slice inflates to (a few frames), the handled frame
-    # besides. Bounded by the count alone, all 200 were queued: 12.5 MiB.
+    # 200 frames of 64 KiB with a count bound that never applies: the queue holds less
+    # than the byte bound and what one 1 KiB slice inflates to (some 14 of these frames:
+    # 0.8 MiB measured, for either bound), the handled frame besides. Bounded by the
+    # count alone, the server read on: 7-8.5 MiB measured.
     frames = [refused(64 * KIB)] * 200
     with traced():
         peak = await peak_over(frames, max_queue=1000, max_queue_bytes=max_queue_bytes)
