@@ -61,3 +61,15 @@ async def test_many_frames_under_the_count_wait_within_the_byte_bound(
     with traced():
         peak = await peak_over(frames, max_queue=1000, max_queue_bytes=max_queue_bytes)
     assert peak < max_queue_bytes + 2 * MIB, peak / MIB
+
+
+async def test_a_message_in_fragments_over_the_byte_bound_is_read_whole() -> None:
+    # Its fragments are queued and taken one by one: each take makes room for the next,
+    # so a message larger than the bound never waits for room it cannot have.
+    text = refused(200 * KIB)
+    fragments = [text[start : start + 500] for start in range(0, len(text), 500)]
+    async with run_server(compression=True, max_queue=64, max_queue_bytes=1024) as server:
+        async with deflate_peer(server) as ws:
+            for _ in range(5):
+                await ws.send(fragments)
+            assert await errors(ws, 5) == ["bad_request"] * 5
