@@ -222,9 +222,10 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
             await agent.publish(AgentEvent.custom("step", {"i": 1}))
             await agent.set_state("closed")
         # Long enough for the page to load and make its first reads with it on a loaded
-        # machine (at 3 s, a run under load saw it expire before the read to hold).
-        old, new = make_token("alice", ttl=6), make_token("alice")
-        expires_in = jwt.decode(old, options={"verify_signature": False})["exp"] - time.time()
+        # machine (at 3 s, then at 6 s, runs under load saw it expire before the read to
+        # hold: the page asked for a token instead). The test waits only until it ends.
+        old, new = make_token("alice", ttl=15), make_token("alice")
+        expires_at = jwt.decode(old, options={"verify_signature": False})["exp"]
         held: list[Any] = []
         sent = asyncio.Event()
 
@@ -244,7 +245,7 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{old}')")
         await page.goto(console_url(server.port, "#/s/over"))
         await asyncio.wait_for(sent.wait(), 10)
-        await asyncio.sleep(expires_in + 0.5)  # the held read's token has expired
+        await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token expired
         await page.click("#who button")  # sign out: the page asks for a token
         await page.fill("#token-input", new)
         await page.click("#login button[type=submit]")
