@@ -53,6 +53,11 @@ from .replay import send_replay
 from .replay_shares import ReplayShare
 from .services import Services
 
+# Frames the reader takes in a row before it gives the loop a turn (a refused one gives
+# it at once): pings, and publishes while the connection has room in flight, await
+# nothing, so a peer's queue of them would otherwise be drained in one pass.
+FRAMES_PER_TURN = 16
+
 log = structlog.get_logger("bamboo_session.connection")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
 
@@ -175,12 +180,23 @@ class Connection:
         assert self.actor is not None and self.outbox is not None
         actor, outbox, decode = self.actor, self.outbox, self.codec.decode_request
         limiter = self.limiter
+        taken = 0
         while True:
             # No local of this loop keeps a frame, as read or decoded, while the next is
             # awaited: a peer that sent a big one and went quiet would have it kept for
             # as long as it stays, and a batch's items would be walked by the cycle
             # collector meanwhile.
-            await self._take(await self.ws.recv(), actor, outbox, decode, limiter)
+            refused = await self._take(await self.ws.recv(), actor, outbox, decode, limiter)
+            taken += 1
+            if refused or taken >= FRAMES_PER_TURN:
+                # ws.recv() returns at once while frames are queued, and a refusal, a
+                # ping or a publish with room in flight awaits nothing: without a turn,
+                # each reader drained its whole queue in one pass, and peers whose
+                # frames cost ~18 ms each to refuse (a decode to the free-form values
+                # bound) held the loop that long per queued frame, every other
+                # connection waiting.
+                taken = 0
+                await asyncio.sleep(0)
 
     async def _take(
         self,
@@ -189,16 +205,18 @@ class Connection:
         outbox: Outbox,
         decode: Callable[[str | bytes], tuple[ClientFrame, int]],
         limiter: FrameLimiter,
-    ) -> None:
+    ) -> bool:
         """One frame read: refused, or decoded and handled. The frame as read is let go
         before the request waits for room (its weight, its bytes and free-form values
-        decoded, is what the session's request queue and the memory budget count)."""
+        decoded, is what the session's request queue and the memory budget count).
+        Whether it was refused (over the rate, or answered with an error), which may
+        have cost a whole decode and awaited nothing."""
         self.frames_in += 1
         if outbox.closing is not None:
-            return  # closing: read on (for the closing handshake), answer nothing
+            return False  # closing: read on (for the closing handshake), answer nothing
         if not limiter.admit():
             self._refuse_frame(data, limiter, outbox)
-            return
+            return True
         actor.note_traffic()
         try:
             request = decode(data)
@@ -206,6 +224,8 @@ class Connection:
             await self._dispatch(*request, actor, outbox)
         except ProtocolError as exc:
             self._push_error(exc.code, exc.message, exc.request_id)
+            return True
+        return False
 
     def _refuse_frame(self, data: bytes | str, limiter: FrameLimiter, outbox: Outbox) -> None:
         """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or
