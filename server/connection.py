@@ -56,7 +56,7 @@ from .services import Services
 # Frames the reader takes in a row before it gives the loop a turn (a refused one gives
 # it at once): pings, and publishes while the connection has room in flight, await
 # nothing, so a peer's queue of them would otherwise be drained in one pass.
-FRAMES_PER_TURN = 16
+FRAMES_PER_TURN = 64
 
 log = structlog.get_logger("bamboo_session.connection")
 _SEND_BATCH = 256  # frames written to the socket at once, at most
