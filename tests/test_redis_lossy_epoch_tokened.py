@@ -9,7 +9,6 @@ redis-servers killed and started again (see tests/test_redis_lossy_epoch.py)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.test_redis_lossy_epoch import (
     attached,
     crash_and_restart,
     lossy_redis,
+    no_old_epoch_from_an_instance_not_yet_told,
     publish,
     resumes_after_the_loss,
     snapshot,
@@ -98,23 +98,13 @@ async def test_an_instance_not_yet_told_serves_no_epoch_of_a_session_created_und
     created under a token: the second instance, whose listener is still backing off,
     is asked to resume from the lost seq 6 with the old epoch after the first took
     seq 6 again: ``resumed: false`` and the new epoch."""
-    server = lossy_redis(start_redis)
-    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
-    async with two_servers(url) as (a, b):
+
+    async def under_a_token(server: RedisServer, a: BambooServer, b: BambooServer) -> None:
         await tokened(server, *stores(a, b))
-        async with attach(a, "s", create=True, role="agent") as (agent, welcome):
-            old = welcome["epoch"]
-            assert await publish(agent, 5) == [1, 2, 3, 4, 5]
-            await snapshot(server)
-            assert await publish(agent, 5, 5) == [6, 7, 8, 9, 10]
-        server.stop(signal.SIGKILL)
-        await asyncio.sleep(1.5)  # setup, not a measure: the listeners back off meanwhile
-        server.start()
-        async with attached(a, "s", last_seq=5, epoch=old) as (agent, _):
-            assert await publish(agent, 1, 10) == [6]
-            async with attached(b, "s", last_seq=6, epoch=old) as (_, resumed):
-                assert (resumed["resumed"], resumed["last_seq"]) == (False, 6)
-                assert resumed["epoch"] != old
+
+    await no_old_epoch_from_an_instance_not_yet_told(
+        lossy_redis(start_redis), tmp_path, under_a_token
+    )
 
 
 async def test_a_session_stored_by_an_earlier_version_keeps_the_epoch_it_was_served(
