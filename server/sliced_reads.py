@@ -12,10 +12,10 @@ put in memory before the handler takes a frame.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections import deque
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import DATA_OPCODES, Frame
+from websockets.frames import Frame
 
 from .limits import ByteRate
 from .read_waits import ReadWaits
@@ -58,33 +58,41 @@ class SlicedReads(ServerConnection):
         super().connection_made(transport)
         self._queued_sizes = []
         assembler = self.recv_messages
-        resume_for_count = assembler.maybe_resume
+        put_frame, resume_for_count = assembler.put, assembler.maybe_resume
+        # websockets' put is called for data frames only, as process_event queues
+        # them: counting there costs no test of the event's type on every frame.
+        frames = assembler.frames.queue  # SimpleQueue's deque: no __len__ call
+
+        def frame_put(frame: Frame) -> None:
+            put_frame(frame)  # raises, and nothing is counted, once the queue is closed
+            size = len(frame.data)
+            self._queued_sizes.append(size)
+            self._queued_bytes += size
 
         def frame_taken() -> None:  # websockets calls it as the handler takes a frame
+            bound = self.max_queue_bytes
+            if not assembler.paused and (bound is None or self._queued_bytes < bound):
+                # Far from both bounds (most frames): nothing was full, so nothing
+                # is to resume, and websockets' maybe_resume does nothing unpaused.
+                self._frame_taken(frames)
+                return
             was_full = self._queue_full()
-            self._frame_taken()
+            self._frame_taken(frames)
             resume_for_count()
             if was_full and not self._queue_full():
                 self._resume_reading()  # the bytes held it: websockets' count did not
 
+        assembler.put = frame_put  # type: ignore[method-assign]
         assembler.maybe_resume = frame_taken  # type: ignore[method-assign]
 
-    def process_event(self, event: Any) -> None:
-        # A data frame is queued once this returns (websockets' put raises, and nothing
-        # is counted, once the queue is closed).
-        super().process_event(event)
-        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
-            self._queued_sizes.append(len(event.data))
-            self._queued_bytes += len(event.data)
-
-    def _frame_taken(self) -> None:
-        if self._queued_sizes:
-            self._queued_bytes -= self._queued_sizes.pop(0)
-        if not len(self.recv_messages.frames):
+    def _frame_taken(self, frames: deque[Frame]) -> None:
+        if not frames:
             # A recv cancelled mid-message puts its frames back uncounted: counted
             # afresh from an empty queue, never held for frames no longer there.
             self._queued_sizes.clear()
             self._queued_bytes = 0
+        elif self._queued_sizes:
+            self._queued_bytes -= self._queued_sizes.pop(0)
 
     def _parse_sliced(self, data: bytes) -> None:
         """``data`` to the parser a slice at a time while the byte rate allows and
