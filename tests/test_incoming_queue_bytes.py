@@ -13,8 +13,9 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from websockets.asyncio.client import connect
 
-from tests.support import run_server
+from tests.support import run_server, stream_url
 from tests.test_incoming_queue import BURST, MIB, deflate_peer, errors, traced
 
 KIB = 1 << 10
@@ -73,3 +74,24 @@ async def test_a_message_in_fragments_over_the_byte_bound_is_read_whole() -> Non
             for _ in range(5):
                 await ws.send(fragments)
             assert await errors(ws, 5) == ["bad_request"] * 5
+
+
+# refused(size) is size - 2 bytes: 514 makes two frames of exactly 1024, at the bound.
+@pytest.mark.parametrize("size", [514, 600, 1100])
+async def test_reading_held_for_bytes_alone_resumes_as_a_take_brings_them_under(
+    size: int,
+) -> None:
+    # --max-queue never applies here, so websockets never pauses: only the byte bound
+    # holds reading (two frames of 512 or 598 bytes reach 1024, one of 1098 is over it alone),
+    # and only the take that brings the bytes under it can wake reading again. Were
+    # that take to skip the wake-up, the frames behind it would never be read: errors
+    # waits at most 30 s for each answer.
+    count = 100
+    async with run_server(max_queue=1000, max_queue_bytes=1024) as server:
+        url = stream_url(server, "bytes-only")
+        async with connect(url, subprotocols=["bamboo.v1"], compression=None) as ws:
+            await ws.send('{"type":"hello","create":true,"user_id":"u"}')
+            assert '"welcome"' in await ws.recv()
+            for _ in range(count):
+                await ws.send(refused(size))
+            assert await errors(ws, count) == ["bad_request"] * count
