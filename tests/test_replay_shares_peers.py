@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.server.app import BambooServer
+from bamboo_session.server.replay_shares import ReplayShare
 from bamboo_session.server.room import REPLAY_PAGE_BYTES
 from tests.support import Peer, attach, run_server, stream_url
 from tests.test_replay_server import kernel_send_buffer_max, publish, stalled_resumer
@@ -62,33 +63,52 @@ async def events_through(peer: Peer, last: int) -> list[int]:
 
 
 @contextlib.asynccontextmanager
-async def heavy_peers_holding_their_shares(
-    server: BambooServer, session_id: str
+async def stalled_peers(
+    server: BambooServer,
+    session_id: str,
+    addresses: list[str],
+    per_address: int,
+    stalled: Callable[[ReplayShare], bool],
 ) -> AsyncIterator[list[socket.socket]]:
-    """STALLED resumers of ``session_id`` from each HEAVY address that read nothing,
-    once each address holds its share and some of its pages wait; closed on exit."""
-    shares = [server.services.replay_shares.of("addr:" + address) for address in HEAVY]
+    """``per_address`` resumers of ``session_id`` from each of ``addresses`` that read
+    nothing, once every address's share is ``stalled`` (and still is a second later,
+    when the pages sent first have filled the sockets' buffers); closed on exit."""
+    shares = [server.services.replay_shares.of("addr:" + address) for address in addresses]
     loop = asyncio.get_running_loop()
     socks: list[socket.socket] = []
     try:
-        for address in HEAVY:
-            for _ in range(STALLED):
+        for address in addresses:
+            for _ in range(per_address):
                 socks.append(
                     await loop.run_in_executor(
                         None, stalled_resumer, server.port, session_id, 0, address
                     )
                 )
 
-        def all_full() -> bool:
-            return all(s is not None and s.used > s.limit // 2 and s._waiting for s in shares)
+        def all_stalled() -> bool:
+            return all(share is not None and stalled(share) for share in shares)
 
-        await eventually(all_full, 20.0)
+        await eventually(all_stalled, 20.0)
         await asyncio.sleep(1.0)  # the pages sent first fill the sockets' buffers
-        assert all_full(), "their pages stall"
+        assert all_stalled(), "their pages stall"
         yield socks
     finally:
         for sock in socks:
             sock.close()
+
+
+def heavy_peers_holding_their_shares(
+    server: BambooServer, session_id: str
+) -> contextlib.AbstractAsyncContextManager[list[socket.socket]]:
+    """STALLED resumers from each HEAVY address, once each address holds more than half
+    its share and some of its pages wait."""
+    return stalled_peers(
+        server,
+        session_id,
+        HEAVY,
+        STALLED,
+        lambda share: share.used > share.limit // 2 and bool(share._waiting),
+    )
 
 
 async def test_a_peer_holding_no_page_gets_its_replay_while_peers_filling_the_budget_wait() -> None:

@@ -20,11 +20,10 @@ from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.replay_shares import ReplayShares
 from bamboo_session.server.room import REPLAY_PAGE_BYTES
 from tests.support import attach, run_server, token
-from tests.test_replay_server import kernel_send_buffer_max, stalled_resumer
+from tests.test_replay_server import kernel_send_buffer_max
 from tests.test_replay_shares import until_closing, viewer_from
 from tests.test_replay_shares_ends import EVENT_BYTES, MIB, a_session_past_the_kernel_buffers
-from tests.test_replay_shares_peers import events_through, resumer_from
-from tests.test_server_lifecycle import eventually
+from tests.test_replay_shares_peers import events_through, resumer_from, stalled_peers
 
 KIB = 1024
 HEAVY = [f"127.0.0.{i}" for i in range(2, 8)]  # six addresses, each within its share
@@ -61,32 +60,18 @@ async def peak_of(read: Callable[[], int]) -> AsyncIterator[list[int]]:
         peak[0] = max(peak[0], read())
 
 
-@contextlib.asynccontextmanager
-async def stalled_heavy_peers(server: BambooServer, session_id: str) -> AsyncIterator[None]:
-    """STALLED resumers of ``session_id`` from each HEAVY address that read nothing,
-    once every address holds pages and has more waiting; closed on exit."""
-    shares = [server.services.replay_shares.of("addr:" + address) for address in HEAVY]
-    loop = asyncio.get_running_loop()
-    socks: list[socket.socket] = []
-    try:
-        for address in HEAVY:
-            for _ in range(STALLED):
-                socks.append(
-                    await loop.run_in_executor(
-                        None, stalled_resumer, server.port, session_id, 0, address
-                    )
-                )
-
-        def all_waiting() -> bool:
-            return all(s is not None and s.used and s._waiting for s in shares)
-
-        await eventually(all_waiting, 20.0)
-        await asyncio.sleep(1.0)  # the pages sent first fill the sockets' buffers
-        assert all_waiting(), "their pages stall"
-        yield
-    finally:
-        for sock in socks:
-            sock.close()
+def stalled_heavy_peers(
+    server: BambooServer, session_id: str
+) -> contextlib.AbstractAsyncContextManager[list[socket.socket]]:
+    """STALLED resumers from each HEAVY address, once every address holds pages and
+    has more waiting."""
+    return stalled_peers(
+        server,
+        session_id,
+        HEAVY,
+        STALLED,
+        lambda share: bool(share.used) and bool(share._waiting),
+    )
 
 
 async def bursts_to_a_viewer(server: BambooServer) -> None:
