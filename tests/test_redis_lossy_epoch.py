@@ -137,12 +137,18 @@ async def test_a_lossy_restart_changes_the_epoch_on_every_instance(
             attach(b, "s", last_seq=0) as (viewer, _),
         ):
             old = welcome["epoch"]
-            await ten_events_five_in_the_snapshot(server, agent, viewer)
-            crash_and_restart(server)
-            for peer in (viewer, agent):
-                await peer.closed()
-                assert (peer.ws.close_code, peer.ws.close_reason) == (1012, CHANGED)
+            await both_told_the_epoch_changed(server, agent, viewer)
         await resumes_after_the_loss(a, b, old)
+
+
+async def both_told_the_epoch_changed(server: RedisServer, agent: Peer, viewer: Peer) -> None:
+    """Ten events, five of them in the snapshot, then a crash: the agent and the viewer
+    are closed 1012, the epoch changed."""
+    await ten_events_five_in_the_snapshot(server, agent, viewer)
+    crash_and_restart(server)
+    for peer in (viewer, agent):
+        await peer.closed()
+        assert (peer.ws.close_code, peer.ws.close_reason) == (1012, CHANGED)
 
 
 async def test_a_parked_session_resumes_under_the_new_epoch_after_a_lossy_restart(
