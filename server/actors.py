@@ -74,9 +74,10 @@ class ActorRegistry:
         return sum(1 for actor in self._actors.values() if not actor.room.outboxes)
 
     async def actor(self, session_id: str, deadline: float | None = None) -> SessionActor:
-        """The session's accepting actor, spawned from the store if need be; once no
-        delete holds the session off, waited for by ``deadline`` at most (default: the
-        read deadline from now), else StoreTimeout (DeleteHolds.unheld)."""
+        """The session's accepting actor, spawned from the store if need be, once no
+        delete holds the session off and no old actor of it is finishing: all waited
+        for by ``deadline`` at most (default: the read deadline from now), else
+        StoreTimeout."""
         check_session_id(session_id)
         if deadline is None:
             deadline = self._reads.deadline()
@@ -94,7 +95,7 @@ class ActorRegistry:
                 # It stopped taking commands in the middle of a batch (its parking ran
                 # out) and reports its retirement once that batch is stored: it
                 # finishes first, as a retiring one does.
-                await asyncio.wait([actor.task])
+                await self._finished(actor.task, deadline)
                 continue
             spawning = self._spawning.get(session_id)
             if spawning is not None:
@@ -104,7 +105,13 @@ class ActorRegistry:
             retiring = self._unfinished_retiring(session_id)
             if retiring is None:
                 return await self._join(self._start_spawn(session_id))
-            await asyncio.wait([retiring])  # the old actor finishes flushing first
+            await self._finished(retiring, deadline)  # the old actor finishes flushing first
+
+    async def _finished(self, task: asyncio.Task[None], deadline: float) -> None:
+        """Returns once an old actor's ``task`` ends; StoreTimeout past ``deadline``: what
+        it stores on the way out (its queued appends, the state its store is owed) may
+        wait on a store that does not answer, and its caller no longer than a read."""
+        await self._reads.within(deadline, asyncio.wait([task]))
 
     async def attach(
         self,

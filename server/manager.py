@@ -302,7 +302,9 @@ class SessionManager:
         stored, for a bad event (more than 16,384 free-form values in one included)
         or key, or more than ``inbox_limit`` items or ``inbox_bytes`` of weight (their
         JSON, and 128 bytes per free-form value). Waits, as a peer does, while the
-        session's queue (or the memory budget) is full."""
+        session's queue (or the memory budget) is full; for a delete under way or an old
+        actor of the session finishing, no longer than ``store_read_timeout``
+        (StoreTimeout, nothing stored)."""
         appends, acked = in_process_batch(items, self.config.inbox_limit, self.config.inbox_bytes)
         while True:
             actor = await self.actors.actor(session_id)  # SessionNotFound even for no items
