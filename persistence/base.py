@@ -347,7 +347,8 @@ class Storage(SessionStorage, Protocol):
 
     async def close(self) -> None:
         """Finishes pending appends, releases what the backend holds; ends every
-        subscription. Safe to call twice."""
+        subscription. Safe to call twice: a call made while another is closing returns
+        once that close has ended (persistence/close_once.py)."""
         ...
 
 

@@ -41,6 +41,7 @@ from ..base import (
     StorageError,
     StorageFull,
 )
+from ..close_once import CloseOnce
 from ..feed import CLOSED, DELETED
 from ..index import copy_metadata
 from . import snapshot
@@ -85,7 +86,7 @@ class JsonlStorage(JsonlImports):
         )
         self._loops: list[asyncio.Task[None]] = []
         self._ready = False
-        self._closed = False
+        self._closing = CloseOnce()
         self.recovery: RecoveryReport | None = None  # what open found and repaired
 
     # -- lifecycle ------------------------------------------------------------------
@@ -123,10 +124,11 @@ class JsonlStorage(JsonlImports):
     async def close(self) -> None:
         """Let the creates, replacements and deletes under way end, write pending
         appends, checkpoint every dirty session, save the index snapshot, release the
-        lock. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        lock. Safe to call twice: a call made while another closes returns once that
+        close has ended (CloseOnce)."""
+        await self._closing.run(self._close)
+
+    async def _close(self) -> None:
         self._ready = False
         self._feed.end_all()
         if self._read_only:

@@ -43,6 +43,7 @@ from ..base import (
     StorageError,
     StoreMisconfigured,
 )
+from ..close_once import CloseOnce
 from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing, reading
@@ -99,6 +100,7 @@ class RedisStorage:
             pool.on_connect = self.generation.on_connect
         self.durability = DurabilityWatch(client, self.generation, config.heartbeat)
         self._open = True
+        self._closing = CloseOnce()
         self.list_step = LIST_STEP  # candidates a listing reads per script call
         self.list_bytes = LIST_BYTES  # what a listing in steps may hold meanwhile
         self.stepped_listing = asyncio.Lock()  # one listing in steps at a time (queries.py)
@@ -154,8 +156,11 @@ class RedisStorage:
         return self.durability.may_lose_writes
 
     async def close(self) -> None:
-        if not self._open:
-            return
+        """Stop the background work, the listener and the client. Safe to call twice: a
+        call made while another closes returns once that close has ended (CloseOnce)."""
+        await self._closing.run(self._close)
+
+    async def _close(self) -> None:
         self._open = False
         await self.maintenance.stop()
         await self.durability.stop()

@@ -47,6 +47,7 @@ from ..base import (
     SessionListResult,
     StorageError,
 )
+from ..close_once import CloseOnce
 from ..feed import CLOSED, DELETED, Feed, FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
@@ -89,7 +90,7 @@ class SqliteStorage:
         self._recent: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_WRITES)
         self._cleanup: asyncio.Task[None] | None = None
         self._ready = False
-        self._closed = False
+        self._closing = CloseOnce()
 
     @classmethod
     async def open(cls, config: SqliteStorageConfig) -> Self:
@@ -139,10 +140,11 @@ class SqliteStorage:
 
     async def close(self) -> None:
         """Commit what is queued, close the connections (the last one folds the WAL into
-        the database file), release the lock. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        the database file), release the lock. Safe to call twice: a call made while
+        another closes returns once that close has ended (CloseOnce)."""
+        await self._closing.run(self._close)
+
+    async def _close(self) -> None:
         self._ready = False
         self._feed.end_all()
         if self._cleanup is not None:

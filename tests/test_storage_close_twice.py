@@ -1,0 +1,79 @@
+"""A store's close called again while the first call is still closing, on every backend
+of the contract suite (real files, a real Redis): the second call returns only once the
+first has ended, so that whoever awaited it may reopen the store at once (its lock
+released, the JSONL index snapshot written); and it returns normally when the first is
+cancelled midway (the JSONL close, held by a delete at its directory sync)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.held_delete_support import held_directory_sync
+from tests.storage_backends import Backend
+from tests.storage_contract_fixtures import backend_fixture  # noqa: F401 (the fixture)
+from tests.storage_contract_support import new_session, tokens
+from tests.test_jsonl_writeback_errors import store_files_open
+from tests.test_jsonl_writeback_errors import tokens as tokens_of
+
+
+async def test_a_second_close_returns_once_the_first_has_ended(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Two closes at once: when the second returns the first has ended, and the store
+    opens again at once with what it held (the lock free)."""
+    store = await backend.open(tmp_path)
+    await new_session(store)
+    await store.append_events("s1", tokens("a", "b"))
+    first = asyncio.create_task(store.close())
+    second = asyncio.create_task(store.close())
+    await second
+    assert first.done()
+    await first
+    reopened = await backend.open(tmp_path)
+    try:
+        if backend.durable:
+            assert [e.event for e in await reopened.read_events("s1")] == [
+                AgentEvent.token("a"),
+                AgentEvent.token("b"),
+            ]
+    finally:
+        await reopened.close()
+    await store.close()  # and once more, after the end: at once
+
+
+@pytest.mark.parametrize("first_cancelled", [False, True])
+async def test_a_jsonl_close_waits_for_the_first_held_by_a_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_cancelled: bool
+) -> None:
+    """The first close waits for a delete held at its directory sync, the second for
+    the first. Whether the first ends or is cancelled there, the second returns
+    normally only once the first has ended: the writer closed, the lock released (and,
+    not cancelled, the index snapshot written), the delete ended, the store whole."""
+    config = JsonlStorageConfig(tmp_path)
+    storage = await JsonlStorage.open(config)
+    for session_id in ("a", "b"):
+        await storage.create_session(Session.new(session_id))
+        await storage.append_event(session_id, AgentEvent.token(session_id))
+    started, release = held_directory_sync(monkeypatch, config.layout.sessions, fails=False)
+    deleting = asyncio.create_task(storage.delete_session("b"))
+    assert await asyncio.to_thread(started.wait, 10)
+    first = asyncio.create_task(storage.close())
+    second = asyncio.create_task(storage.close())
+    for _ in range(3):  # the first starts, and waits for the delete; the second for it
+        await asyncio.sleep(0)
+    assert not second.done()
+    if first_cancelled:
+        first.cancel()
+    release.set()
+    await second  # normally, whatever the first's outcome
+    assert first.done() and first.cancelled() == first_cancelled
+    assert store_files_open(config) == 0
+    assert config.layout.snapshot.exists() != first_cancelled
+    await asyncio.gather(deleting, return_exceptions=True)
+    async with await JsonlStorage.open(config) as reopened:
+        assert await tokens_of(reopened, "a") == [AgentEvent.token("a")]
