@@ -294,10 +294,7 @@ class SessionActor:
         except SessionFull as exc:  # not a failure of the store: /readyz stays quiet
             full = exc
         except (StorageError, ValueError) as exc:
-            if not isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
-                log.error("append failed", error=str(exc), count=len(appends))
-                if isinstance(exc, StorageError):
-                    health.failed(str(exc))  # /readyz: 503 until appends work
+            self._failed(exc, len(appends))
             for command in appends:
                 self.refuse(command, exc)
             return
@@ -305,8 +302,8 @@ class SessionActor:
             health.ended(id(items))
         if full is not None:
             return await over_cap(self, appends, full)
-        if health.failure is not None:
-            health.succeeded()
+        if health.failure is not None or health.failures.failing:
+            health.appended()
         now = time.monotonic()
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)
@@ -330,6 +327,16 @@ class SessionActor:
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
         self.metrics.events_appended.inc(fresh)
         self.note_traffic()
+
+    def _failed(self, exc: StorageError | ValueError, events: int) -> None:
+        """Tells the log, metrics and /readyz of a store append that failed."""
+        if isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
+            return  # the session's end, not a failure
+        if isinstance(exc, StorageError):  # /readyz: 503; logged once an outage, then counted
+            self.health.failed(self.session_id, str(exc), events)
+            self.metrics.events_failed.inc(events)
+        else:  # a bad event or key past the checks before the inbox: each is a bug
+            log.error("append failed", error=str(exc), count=events)
 
     def refuse(self, command: Request, exc: BaseException) -> None:
         """Answers a request with the error it failed with, and counts the error."""

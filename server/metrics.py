@@ -134,6 +134,12 @@ class Metrics:
         self.events_appended = Counter(
             "bamboo_events_appended", "Events appended to session logs", registry=r
         )
+        self.events_failed = Counter(
+            "bamboo_events_failed",
+            "Events whose store append failed (disk full, I/O error, store unreachable): "
+            "nothing of them stored, each answered with an error",
+            registry=r,
+        )
         self.appends_over_session_cap = Counter(
             "bamboo_appends_over_session_cap",
             "Appends refused (too_large, nothing stored) as they would take their session "

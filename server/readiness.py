@@ -31,6 +31,7 @@ from typing import Final
 from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.protocol.models import SessionMetadata
 
+from .append_failures import AppendFailures
 from .pages import PageReads, SharedRead
 from .store_stats import store_location
 
@@ -42,23 +43,36 @@ READ_PROBE_ID: Final = "bamboo-readyz"
 
 class AppendHealth:
     """What the session actors report of their appends (owned by the manager): the last
-    failure, and the appends the store has not answered yet."""
+    failure, and the appends the store has not answered yet; and, for the log, the
+    outage under way (``failures``; a probe that succeeds does not end it, an append
+    does)."""
 
-    __slots__ = ("_waiting", "failed_at", "failure")
+    __slots__ = ("_waiting", "failed_at", "failure", "failures")
 
     def __init__(self) -> None:
+        self.failures = AppendFailures()
         self.failure: str | None = None
         self.failed_at = 0.0
         # Store appends under way, by a key of each, with when each began: a dict keeps
         # them in the order they began, so the first is the oldest.
         self._waiting: dict[int, float] = {}
 
-    def failed(self, reason: str) -> None:
+    def failed(self, session_id: str, reason: str, events: int) -> None:
+        """A store append of ``events`` events failed: /readyz is 503 until appends
+        work, and the log tells of the outage (once, then in counts)."""
         self.failure = reason
         self.failed_at = time.monotonic()
+        self.failures.failed(session_id, reason, events)
 
     def succeeded(self) -> None:
+        """Appends work (an append or a probe succeeded)."""
         self.failure = None
+
+    def appended(self) -> None:
+        """An append succeeded: appends work, and the outage, if any, is over."""
+        self.failure = None
+        if self.failures.failing:
+            self.failures.succeeded()
 
     def began(self, key: int, at: float) -> None:
         self._waiting[key] = at

@@ -20,6 +20,7 @@ FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 EXPECTED_TROUBLE = (
     "storage failed",
     "append failed",
+    "appends failing",
     "reading the session's events failed",
     "presence",
     "redis pub/sub connection lost",

@@ -42,7 +42,7 @@ async def test_readyz_probes_the_store_after_a_failed_append(tmp_path: Path) -> 
     # after a while instead).
     async with run_server(store=f"jsonl://{tmp_path / 'probed'}") as server:
         # As the actors report it when an append fails (disk full, say):
-        server.manager.append_health.failed("storage failed: [Errno 28] No space left")
+        server.manager.append_health.failed("s1", "storage failed: [Errno 28] No space left", 1)
         # The store's directory takes a frame's worth of bytes again: ready at once,
         # though no append came to prove it (a balancer sends none to a 503).
         assert await get(server, "/readyz") == (200, "ready\n")

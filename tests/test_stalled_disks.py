@@ -187,7 +187,7 @@ async def test_readyz_is_503_while_its_probe_of_a_stalled_disk_hangs(tmp_path: P
     data = tmp_path / "data"
     async with run_server(store=f"jsonl://{data}", store_read_timeout=DEADLINE) as server:
         # As the actors report an append that failed; /readyz then probes the disk.
-        server.manager.append_health.failed("storage failed: [Errno 5] Input/output error")
+        server.manager.append_health.failed("s1", "storage failed: [Errno 5] Input/output error", 1)
         probe = data / f".bamboo-probe-{os.getpid()}"
         os.mkfifo(probe)  # where the probe writes: opening it waits for a reader
         try:

@@ -1,0 +1,100 @@
+"""AppendFailures: what the log says of store appends that fail, once per outage and then
+in counts.
+
+A store that fails (disk full, Redis down) fails the appends of every session that
+streams, thousands a second: a line for each would flood the log, and cost CPU, just
+when the server is in trouble. So the first failure of an outage is logged at once,
+with its error; later ones are counted, and summarised at most once per
+``SUMMARY_EVERY`` seconds (how many store appends failed, their events, over how many
+sessions, the last error), when one more fails; the first append that succeeds after
+them ends the outage with a line of its own (how long it lasted, how many failed, how
+many of those no summary told yet).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+import structlog
+
+log = structlog.get_logger("bamboo_session.actor")
+
+SUMMARY_EVERY: Final = 10.0  # seconds at least between two lines of one outage
+
+
+class AppendFailures:
+    """The outage under way, if any, as the session actors report their appends (one
+    per process: the manager's, in its AppendHealth)."""
+
+    __slots__ = (
+        "_began",
+        "_events",
+        "_failed",
+        "_last_error",
+        "_logged_at",
+        "_outage_failed",
+        "_sessions",
+        "every",
+    )
+
+    def __init__(self, every: float = SUMMARY_EVERY) -> None:
+        self.every = every
+        self._began: float | None = None  # the outage's first failure (monotonic clock)
+        self._outage_failed = 0  # store appends failed since then
+        self._logged_at = 0.0  # the outage's last line
+        # Since that line, not yet told: failed store appends, their events, the
+        # sessions they were for (at most the live ones), the last one's error.
+        self._failed = 0
+        self._events = 0
+        self._sessions: set[str] = set()
+        self._last_error = ""
+
+    @property
+    def failing(self) -> bool:
+        """An outage is under way: appends failed, and none succeeded since."""
+        return self._began is not None
+
+    def failed(self, session_id: str, error: str, events: int) -> None:
+        """A store append of ``events`` events for ``session_id`` failed with ``error``."""
+        now = time.monotonic()
+        self._outage_failed += 1
+        if self._began is None:
+            self._began = self._logged_at = now
+            log.error("append failed", error=error, count=events)
+            return
+        self._failed += 1
+        self._events += events
+        self._sessions.add(session_id)
+        self._last_error = error
+        if now - self._logged_at >= self.every:
+            log.error(
+                "appends failing",
+                failed=self._failed,
+                events=self._events,
+                sessions=len(self._sessions),
+                seconds=round(now - self._logged_at, 1),
+                last_error=error,
+            )
+            self._logged_at = now
+            self._forget_told()
+
+    def succeeded(self) -> None:
+        """A store append succeeded: the outage, if any, is over."""
+        if self._began is None:
+            return
+        log.info(
+            "appends succeed again",
+            failed=self._outage_failed,
+            not_summarised=self._failed,
+            seconds=round(time.monotonic() - self._began, 1),
+        )
+        self._began = None
+        self._outage_failed = 0
+        self._forget_told()
+
+    def _forget_told(self) -> None:
+        self._failed = 0
+        self._events = 0
+        self._sessions.clear()
+        self._last_error = ""

@@ -1,0 +1,87 @@
+"""What the log says while a store fails appends, on a JSONL store whose sync helper
+really fails (tests/failing_sync_helper.py, EIO at each armed sync): the first failure
+of an outage is logged at once with its error, later ones only as a count at most once
+per interval (how many, their events, over how many sessions, the last error), and the
+first append that succeeds says the outage is over; ``bamboo_events_failed_total``
+counts every event of a failed append."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.protocol import AgentEvent
+from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from tests.test_jsonl_replace_failures import (  # noqa: F401 (the fixture)
+    FailingSync,
+    fail_sync_fixture,
+)
+
+SESSIONS = tuple("abcdefgh")  # each fails once: its next append cuts back in a thread
+
+
+def lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The captured lines about failing appends."""
+    about = {"append failed", "appends failing", "appends succeed again"}
+    return [line for line in logs if line["event"] in about]
+
+
+async def fail_append(
+    manager: SessionManager, fail_sync: FailingSync, session_id: str, events: int = 1
+) -> None:
+    fail_sync.arm()
+    items = [(AgentEvent.token(f"{session_id}{n}"), None) for n in range(events)]
+    with pytest.raises(StorageError):
+        await manager.append_events(session_id, items)
+    assert fail_sync.fired()
+
+
+def failed_total(manager: SessionManager) -> float:
+    value = manager.metrics.registry.get_sample_value("bamboo_events_failed_total")
+    assert value is not None
+    return value
+
+
+async def test_an_outage_is_logged_once_then_counted_then_ended(
+    tmp_path: Path, fail_sync: FailingSync
+) -> None:
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path / "store")) as storage:
+        async with SessionManager(SessionManagerConfig(), storage) as manager:
+            for session_id in SESSIONS:  # each log written once: its appends sync the WAL only
+                await manager.create_session(session_id=session_id)
+                await manager.append_event(session_id, AgentEvent.token("first"))
+            failures = manager.append_health.failures
+            with capture_logs() as logs:
+                await fail_append(manager, fail_sync, "a", events=2)
+                (first,) = lines(logs)
+                assert first["log_level"] == "error"
+                assert "Input/output error" in first["error"] and first["count"] == 2
+                for session_id in "bcde":  # within the interval: counted
+                    await fail_append(manager, fail_sync, session_id)
+                assert lines(logs) == [first]
+                failures.every = 0.0  # the interval is over at the next failure
+                await fail_append(manager, fail_sync, "f", events=3)
+                summary = lines(logs)[1]
+                assert summary["log_level"] == "error"
+                assert summary["event"] == "appends failing"
+                assert (summary["failed"], summary["events"], summary["sessions"]) == (5, 7, 5)
+                assert "Input/output error" in summary["last_error"]
+                failures.every = 3600.0
+                await fail_append(manager, fail_sync, "g")  # counted, not yet told
+                assert (await manager.append_event("a", AgentEvent.token("back"))).seq == 2
+                await manager.append_event("b", AgentEvent.token("still well"))
+            assert [line["event"] for line in lines(logs)] == [
+                "append failed",
+                "appends failing",
+                "appends succeed again",
+            ]
+            ended = lines(logs)[2]
+            assert (ended["log_level"], ended["failed"], ended["not_summarised"]) == ("info", 7, 1)
+            assert failed_total(manager) == 2 + 4 + 3 + 1
+            with capture_logs() as logs:  # a new outage is told at once again
+                await fail_append(manager, fail_sync, "h")
+            assert [line["event"] for line in lines(logs)] == ["append failed"]
