@@ -8,7 +8,8 @@ with its error; later ones are counted, and summarised at most once per
 ``SUMMARY_EVERY`` seconds (how many store appends failed, their events, over how many
 sessions, the last error), when one more fails; the first append that succeeds after
 them ends the outage with a line of its own (how long it lasted, how many failed, how
-many of those no summary told yet).
+many of those no summary told yet). What no line told yet when the manager closes is
+told then (``flush``): an outage under way at a stop is not lost from the log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import structlog
 log = structlog.get_logger("bamboo_session.actor")
 
 SUMMARY_EVERY: Final = 10.0  # seconds at least between two lines of one outage
+# Distinct sessions a summary counts at most: the ids it keeps meanwhile (128 bytes
+# each at most) stay bounded however many sessions the outage fails.
+SESSIONS_COUNTED: Final = 1000
 
 
 class AppendFailures:
@@ -36,15 +40,17 @@ class AppendFailures:
         "_outage_failed",
         "_sessions",
         "every",
+        "sessions_counted",
     )
 
     def __init__(self, every: float = SUMMARY_EVERY) -> None:
         self.every = every
+        self.sessions_counted = SESSIONS_COUNTED
         self._began: float | None = None  # the outage's first failure (monotonic clock)
         self._outage_failed = 0  # store appends failed since then
         self._logged_at = 0.0  # the outage's last line
         # Since that line, not yet told: failed store appends, their events, the
-        # sessions they were for (at most the live ones), the last one's error.
+        # first ``sessions_counted`` sessions they were for, the last one's error.
         self._failed = 0
         self._events = 0
         self._sessions: set[str] = set()
@@ -65,19 +71,28 @@ class AppendFailures:
             return
         self._failed += 1
         self._events += events
-        self._sessions.add(session_id)
+        if len(self._sessions) < self.sessions_counted:
+            self._sessions.add(session_id)
         self._last_error = error
         if now - self._logged_at >= self.every:
-            log.error(
-                "appends failing",
-                failed=self._failed,
-                events=self._events,
-                sessions=len(self._sessions),
-                seconds=round(now - self._logged_at, 1),
-                last_error=error,
-            )
-            self._logged_at = now
-            self._forget_told()
+            self._summarise(now)
+
+    def flush(self) -> None:
+        """Tells what no line told yet, if anything (the manager closes)."""
+        if self._failed:
+            self._summarise(time.monotonic())
+
+    def _summarise(self, now: float) -> None:
+        log.error(
+            "appends failing",
+            failed=self._failed,
+            events=self._events,
+            sessions=len(self._sessions),
+            seconds=round(now - self._logged_at, 1),
+            last_error=self._last_error,
+        )
+        self._logged_at = now
+        self._forget_told()
 
     def succeeded(self) -> None:
         """A store append succeeded: the outage, if any, is over."""

@@ -384,7 +384,10 @@ class SessionManager:
     ) -> None:
         """Closes every connection with ``code`` after a ``closed`` frame, lets each
         actor flush and checkpoint, and cancels what is still running after ``grace``."""
-        await self.actors.close(code, reason, grace)
+        try:
+            await self.actors.close(code, reason, grace)
+        finally:  # an outage under way is told, not lost, however the close ends
+            self.append_health.failures.flush()
         if self.shared_presence is not None:
             await self.shared_presence.stop()
         for task in list(self._tasks):

@@ -85,3 +85,25 @@ async def test_an_outage_is_logged_once_then_counted_then_ended(
             with capture_logs() as logs:  # a new outage is told at once again
                 await fail_append(manager, fail_sync, "h")
             assert [line["event"] for line in lines(logs)] == ["append failed"]
+
+
+async def test_what_no_line_told_is_told_at_the_stop_its_sessions_counted_to_a_bound(
+    tmp_path: Path, fail_sync: FailingSync
+) -> None:
+    """An outage under way when the manager closes, its later failures not yet told:
+    the close tells them (else no line ever would), and the distinct sessions of a
+    summary are counted up to ``sessions_counted``, what it keeps of them bounded."""
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path / "store")) as storage:
+        with capture_logs() as logs:
+            async with SessionManager(SessionManagerConfig(), storage) as manager:
+                for session_id in "abcd":
+                    await manager.create_session(session_id=session_id)
+                    await manager.append_event(session_id, AgentEvent.token("first"))
+                manager.append_health.failures.sessions_counted = 2
+                for session_id in "abcd":  # a told at once, then three counted
+                    await fail_append(manager, fail_sync, session_id, events=2)
+                assert [line["event"] for line in lines(logs)] == ["append failed"]
+    summary = lines(logs)[1:]
+    assert [line["event"] for line in summary] == ["appends failing"]
+    assert (summary[0]["failed"], summary[0]["events"], summary[0]["sessions"]) == (3, 6, 2)
+    assert "Input/output error" in summary[0]["last_error"]
