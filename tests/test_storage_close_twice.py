@@ -2,7 +2,8 @@
 of the contract suite (real files, a real Redis): the second call returns only once the
 first has ended, so that whoever awaited it may reopen the store at once (its lock
 released, the JSONL index snapshot written); and it returns normally when the first is
-cancelled midway (the JSONL close, held by a delete at its directory sync)."""
+cancelled midway (the JSONL close, held by a delete at its directory sync; the Redis
+close, its connections closed all the same)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, open_storage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.held_delete_support import held_directory_sync
+from tests.instances import eventually
+from tests.redis_server import RedisServer, prefix_for
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture  # noqa: F401 (the fixture)
 from tests.storage_contract_support import new_session, tokens
@@ -77,3 +81,33 @@ async def test_a_jsonl_close_waits_for_the_first_held_by_a_delete(
     await asyncio.gather(deleting, return_exceptions=True)
     async with await JsonlStorage.open(config) as reopened:
         assert await tokens_of(reopened, "a") == [AgentEvent.token("a")]
+
+
+async def test_a_redis_close_cancelled_midway_closes_its_connections(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The first close cancelled as it stops its background work: the second returns
+    once it has ended, and Redis no longer sees any connection of the store's (its
+    listener's and its client's were left open)."""
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        others = {client["id"] for client in await admin.client_list()}
+        store = await open_storage(redis_server.url(prefix=prefix_for(tmp_path)))
+        await new_session(store)
+        await store.append_events("s1", tokens("a"))
+
+        async def store_clients() -> set[str]:
+            return {client["id"] for client in await admin.client_list()} - others
+
+        async def none_left() -> bool:
+            return not await store_clients()
+
+        assert await store_clients()
+        first = asyncio.create_task(store.close())
+        await asyncio.sleep(0)  # under way, waiting for its background tasks to end
+        first.cancel()
+        await store.close()
+        assert first.cancelled()
+        await eventually(none_left)
+    finally:
+        await admin.aclose()

@@ -162,11 +162,15 @@ class RedisStorage:
 
     async def _close(self) -> None:
         self._open = False
-        await self.maintenance.stop()
-        await self.durability.stop()
-        self.live.feed.end_all()
-        await self.live.listener.close()
-        await self.redis.client.aclose()
+        try:
+            await self.maintenance.stop()
+            await self.durability.stop()
+        finally:  # the connections closed whatever the close is cancelled at
+            self.live.feed.end_all()
+            try:
+                await self.live.listener.close()
+            finally:
+                await self.redis.client.aclose()
 
     # -- sessions -------------------------------------------------------------------
 
