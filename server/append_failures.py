@@ -14,8 +14,9 @@ told then (``flush``): an outage under way at a stop is not lost from the log.
 
 from __future__ import annotations
 
+import contextvars
 import time
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -83,7 +84,8 @@ class AppendFailures:
             self._summarise(time.monotonic())
 
     def _summarise(self, now: float) -> None:
-        log.error(
+        _process_wide(
+            "error",
             "appends failing",
             failed=self._failed,
             events=self._events,
@@ -98,7 +100,8 @@ class AppendFailures:
         """A store append succeeded: the outage, if any, is over."""
         if self._began is None:
             return
-        log.info(
+        _process_wide(
+            "info",
             "appends succeed again",
             failed=self._outage_failed,
             not_summarised=self._failed,
@@ -113,3 +116,14 @@ class AppendFailures:
         self._events = 0
         self._sessions.clear()
         self._last_error = ""
+
+
+def _process_wide(level: str, event: str, **fields: Any) -> None:
+    """``event`` logged without the ``session_id`` bound in the task of the actor whose
+    append tripped it: the line tells of the process's appends, not of that session."""
+    contextvars.copy_context().run(_unbound, level, event, fields)
+
+
+def _unbound(level: str, event: str, fields: dict[str, Any]) -> None:
+    structlog.contextvars.unbind_contextvars("session_id")
+    getattr(log, level)(event, **fields)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
@@ -55,10 +56,10 @@ async def test_an_outage_is_logged_once_then_counted_then_ended(
                 await manager.create_session(session_id=session_id)
                 await manager.append_event(session_id, AgentEvent.token("first"))
             failures = manager.append_health.failures
-            with capture_logs() as logs:
+            with capture_logs(processors=[merge_contextvars]) as logs:  # as served
                 await fail_append(manager, fail_sync, "a", events=2)
                 (first,) = lines(logs)
-                assert first["log_level"] == "error"
+                assert (first["log_level"], first["session_id"]) == ("error", "a")
                 assert "Input/output error" in first["error"] and first["count"] == 2
                 for session_id in "bcde":  # within the interval: counted
                     await fail_append(manager, fail_sync, session_id)
@@ -70,6 +71,7 @@ async def test_an_outage_is_logged_once_then_counted_then_ended(
                 assert summary["event"] == "appends failing"
                 assert (summary["failed"], summary["events"], summary["sessions"]) == (5, 7, 5)
                 assert "Input/output error" in summary["last_error"]
+                assert "session_id" not in summary  # of the process, not of session f
                 failures.every = 3600.0
                 await fail_append(manager, fail_sync, "g")  # counted, not yet told
                 assert (await manager.append_event("a", AgentEvent.token("back"))).seq == 2
@@ -81,6 +83,7 @@ async def test_an_outage_is_logged_once_then_counted_then_ended(
             ]
             ended = lines(logs)[2]
             assert (ended["log_level"], ended["failed"], ended["not_summarised"]) == ("info", 7, 1)
+            assert "session_id" not in ended
             assert failed_total(manager) == 2 + 4 + 3 + 1
             with capture_logs() as logs:  # a new outage is told at once again
                 await fail_append(manager, fail_sync, "h")
