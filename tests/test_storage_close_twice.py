@@ -3,7 +3,8 @@ of the contract suite (real files, a real Redis): the second call returns only o
 first has ended, so that whoever awaited it may reopen the store at once (its lock
 released, the JSONL index snapshot written); and it returns normally when the first is
 cancelled midway (the JSONL close, held by a delete at its directory sync; the Redis
-close, its connections closed all the same)."""
+close, its connections closed all the same); a caller cancelled during the first
+close hears it (the SQLite close took its cancellation for its cleanup task's)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, open_storage
+from bamboo_session.persistence.sqlite import SqliteStorage, SqliteStorageConfig
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.held_delete_support import held_directory_sync
 from tests.instances import eventually
@@ -111,3 +113,22 @@ async def test_a_redis_close_cancelled_midway_closes_its_connections(
         await eventually(none_left)
     finally:
         await admin.aclose()
+
+
+async def test_a_sqlite_close_cancelled_at_its_first_wait_is_cancelled_and_unlocks(
+    tmp_path: Path,
+) -> None:
+    """The first close cancelled while it waits for its cleanup task to end: its caller
+    gets CancelledError (it went on to close as if never cancelled), the second close
+    returns once it has ended, and the store opens again at once (its lock released)."""
+    config = SqliteStorageConfig(tmp_path / "store.db")
+    store = await SqliteStorage.open(config)
+    await new_session(store)
+    await store.append_events("s1", tokens("a"))
+    first = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # under way, waiting for the cleanup task it cancelled
+    first.cancel()
+    await store.close()
+    assert first.cancelled()
+    async with await SqliteStorage.open(config) as reopened:
+        assert [e.event for e in await reopened.read_events("s1")] == [AgentEvent.token("a")]

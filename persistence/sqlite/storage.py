@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -147,11 +146,12 @@ class SqliteStorage:
     async def _close(self) -> None:
         self._ready = False
         self._feed.end_all()
-        if self._cleanup is not None:
-            self._cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup
         try:
+            if self._cleanup is not None:
+                self._cleanup.cancel()
+                # Waited for without taking its CancelledError for ours: a caller
+                # cancelled meanwhile is, and the lock is released all the same.
+                await asyncio.wait([self._cleanup])
             await self._readers.close()
             if self._checkpointer is not None:
                 await self._checkpointer.close()
