@@ -5,7 +5,9 @@ either; a connection that closes, or an instance that stops, frees room on the o
 one open past the heartbeat still counts (refreshed), and a SIGKILLed instance's stop
 counting once their heartbeat runs out; a Redis that does not answer fails the attach
 with 1011 within the read deadline, and what the abandoned call registered is released
-once Redis answers again; the calls it holds count as abandoned reads, which bound them."""
+once Redis answers again; the calls it holds count as abandoned reads, which bound them.
+An acquire or refresh that Redis runs after the release of its connection (given up on
+by its instance, its bytes already sent) does not count that connection again."""
 
 from __future__ import annotations
 
@@ -268,3 +270,60 @@ async def test_failed_releases_while_redis_does_not_answer_log_once(
 
 def _said(logs: list[dict[str, Any]], event: str) -> bool:
     return any(entry["event"] == event for entry in logs)
+
+
+async def test_a_refresh_or_acquire_run_after_the_release_does_not_count_it_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The interleaving: the heartbeat's refresh of c1 is sent, then given up on (its
+    timeout, or a shutdown cancelling it), so c1's release goes out on another
+    connection at once, and Redis runs the release first, then the refresh. So does an
+    acquire abandoned at the attach's deadline whose release came first. Here the
+    calls are made in that order; neither counts c1 again, and the user's one place
+    is free. A member Redis lost (the key gone: an outage longer than the heartbeat)
+    is still registered again by the refresh."""
+    storage = await open_storage(redis_server.url(prefix=prefix_for(tmp_path), heartbeat=30))
+    try:
+        shared = storage.user_connections
+        assert isinstance(shared, RedisUserConnections)
+        client = storage.redis.client
+        conns = storage.layout.user_conns("u")
+        assert await shared.acquire("u", "c1", 1)
+        await shared.release("u", ["c1"])
+        await shared.refresh({"u": ["c1"]})  # the late refresh
+        assert await shared.acquire("u", "c1", 1)  # the late acquire
+        assert await client.zcard(conns) == 0
+        assert await shared.acquire("u", "c2", 1)
+        assert not await shared.acquire("u", "c3", 1)
+        # c2 lost by Redis, still connected here: the refresh registers it again.
+        await client.delete(conns)
+        await shared.refresh({"u": ["c2"]})
+        assert await client.zrange(conns, 0, -1) == [f"{storage.instance}:c2".encode()]
+        assert not await shared.acquire("u", "c3", 1)
+    finally:
+        await storage.close()
+
+
+async def test_the_marks_of_released_connections_are_bounded_and_expire(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    storage = await open_storage(redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1))
+    try:
+        shared = storage.user_connections
+        assert isinstance(shared, RedisUserConnections)
+        client = storage.redis.client
+        gone = storage.layout.user_conns_gone("u")
+        await shared.release("u", [f"c{i}" for i in range(1500)])
+        assert await client.zcard(gone) == 1024  # the newest: c476 to c1499
+        assert await client.zscore(gone, f"{storage.instance}:c1499") is not None
+        assert 0 < await client.pttl(gone) <= 2000
+        # Past twice the heartbeat the marks are gone, and a refresh counts c1499 again.
+        await eventually(lambda: _missing(client, gone), timeout=5)
+        await shared.refresh({"u": ["c1499"]})
+        assert await client.zcard(storage.layout.user_conns("u")) == 1
+    finally:
+        await storage.close()
+
+
+async def _missing(client: Any, key: str) -> bool:
+    return not await client.exists(key)

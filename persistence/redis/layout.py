@@ -107,6 +107,11 @@ class Layout:
         slot of its own: ``u:`` cannot start a session id, whose keys never collide."""
         return f"{self.prefix}:{{u:{user}}}:conns"
 
+    def user_conns_gone(self, user: str) -> str:
+        """One user's connections released lately, which a late acquire or refresh
+        must not count again (user_conns.lua), in the slot of ``user_conns``."""
+        return f"{self.prefix}:{{u:{user}}}:gone"
+
     def channel(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:chan"
 

@@ -3,7 +3,9 @@
 in a sorted set ``<prefix>:{u:<user>}:conns`` scored by heartbeat deadline, changed by
 ``user_conns.lua``, which sweeps out dead instances' members and refuses an acquire
 past the cap in the same step. The heartbeat refreshes every user's members in one
-pipelined round trip, one script call per user."""
+pipelined round trip, one script call per user. A release marks its members gone for
+twice the heartbeat (``<prefix>:{u:<user>}:gone``), so that an acquire or refresh given
+up on here but run by Redis after the release does not count them again."""
 
 from __future__ import annotations
 
@@ -50,4 +52,5 @@ class RedisUserConnections:
             max(0, limit),
             *(f"{instance}:{connection_id}" for connection_id in connection_ids),
         ]
-        return [self._storage.layout.user_conns(user)], args
+        layout = self._storage.layout
+        return [layout.user_conns(user), layout.user_conns_gone(user)], args
