@@ -134,7 +134,8 @@ async def test_what_is_published_names_the_epoch_and_an_older_listener_reads_it(
     replicas: bool,
 ) -> None:
     """Read off the channel as it is published (by the scripts, or after WAIT by the
-    caller with ``wait_replicas``): a batch's first entry is [0, 0, epoch, null]; a
+    caller with ``wait_replicas``): a batch's first entry is [0, 0, epoch, null],
+    an imported one's (``migrate``) too; a
     close and a delete publish ``<notice> <epoch>`` then ``<notice>``. A listener of
     the code before delivers the batch's events (not the epoch entry) and ends its
     subscriptions once per notice."""
@@ -155,19 +156,22 @@ async def test_what_is_published_names_the_epoch_and_an_older_listener_reads_it(
         await store.create_session(Session.new("s1"))
         epoch = await store.epoch("s1")
         await store.append_events("s1", [(AgentEvent.token(t), None) for t in "ab"])
+        then = from_micros(0)
+        await store.import_events("s1", [StoredEvent(3, then, AgentEvent.token("c"))])
         await store.update_session_state("s1", SessionState.CLOSED)
         await store.delete_session("s1")
         published: list[bytes] = []
         async with asyncio.timeout(RECV):
-            while len(published) < 5:
+            while len(published) < 6:
                 message = await pubsub.get_message(timeout=1.0)
                 if message and message["type"] in ("message", "smessage"):
                     published.append(message["data"])
-        batch = msgspec.json.decode(published[0])
-        assert batch[0] == [0, 0, epoch, None]
+        batch, imported = (msgspec.json.decode(data) for data in published[:2])
+        assert batch[0] == imported[0] == [0, 0, epoch, None]
         assert [entry[0] for entry in batch[1:]] == [1, 2]
+        assert [entry[0] for entry in imported[1:]] == [3]
         tagged = b" " + epoch.encode()
-        assert published[1:] == [b"closed" + tagged, b"closed", b"deleted" + tagged, b"deleted"]
+        assert published[2:] == [b"closed" + tagged, b"closed", b"deleted" + tagged, b"deleted"]
         # A listener of the code before, following the log from seq 0.
         feed = Feed()
 
@@ -179,7 +183,7 @@ async def test_what_is_published_names_the_epoch_and_an_older_listener_reads_it(
         batch_out = await asyncio.wait_for(subscription.next_batch(), RECV)
         assert [event.seq for event in batch_out] == [1, 2]
         ends: list[str | None] = []
-        for data in published[1:]:
+        for data in published[2:]:
             before = subscription.ended or subscription._ending
             old_deliver(feed, "s1", data)
             after = subscription.ended or subscription._ending

@@ -10,6 +10,7 @@ import contextlib
 import random
 import signal
 from collections.abc import AsyncIterator, Callable, Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -433,6 +434,10 @@ async def test_wait_replicas_acknowledges_once_a_replica_has_it(
             assert await collect(subscription, 1) == [1]  # published after the WAIT
             copy = await admin.execute_command("XLEN", f"{prefix}:{{s1}}:log")
             assert copy == 1
+            # An import (migrate) too: the watcher, another instance, gets it at once.
+            imported = StoredEvent(2, datetime.now(UTC), AgentEvent.token("b"))
+            await cast(SessionImport, store).import_events("s1", [imported])
+            assert await collect(subscription, 1) == [2]
             await store.update_session_state("s1", SessionState.CLOSED)
             assert await asyncio.wait_for(subscription.next_batch(), RECV) == []
         finally:

@@ -1,5 +1,7 @@
 -- Import events into a session's log with their own seq, ts and key (migration from
 -- another store). The first must follow the log's last seq; each the one before.
+-- Returns {events imported, the batch}: the batch is published here, or, with no
+-- publish command (wait_replicas), by the caller after WAIT, as append.lua's is.
 -- KEYS: meta, log, keys, msgs
 -- ARGV: id, index prefix, key window, publish command, channel, then per event:
 --       seq, ts, flags ('k' keyed, 'm' message), key, event JSON
@@ -25,7 +27,7 @@ for i = 6, #ARGV, 5 do
   last = tonumber(seq)
   batch[#batch + 1] = write_event(log, keys, msgs, last, ts, keyed and key or nil, is_message, json)
 end
-if #batch == 0 then return 0 end
+if #batch == 0 then return {0, ''} end
 -- The epoch as served, as append.lua's batch names it: subscriptions hold that one.
 local served = served_epoch(s[3], idx .. 'generation')
 if served then table.insert(batch, 1, '[0,0,' .. cjson.encode(served) .. ',null]') end
@@ -37,5 +39,11 @@ if s[5] then
 end
 redis.call('ZADD', idx .. 'msgs', count, id)
 redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
-notify(publish, channel, '[' .. table.concat(batch, ',') .. ']')
-return #batch
+local imported = #batch
+if served then imported = imported - 1 end
+local payload = '[' .. table.concat(batch, ',') .. ']'
+if publish ~= '' then
+  redis.call(publish, channel, payload)
+  payload = ''
+end
+return {imported, payload}

@@ -45,7 +45,12 @@ async def import_events(
         args += [event.seq, to_micros(event.ts), flags_of(key, event.event)]
         args.append("" if key is None else key)
         args.append(bytes(event.event_json))
-    await storage.redis.write("import", layout.session_keys(session_id)[:4], args)
+    keys = layout.session_keys(session_id)[:4]
+    # deferred: with wait_replicas the batch is published after the WAIT, as an
+    # append's, so that the session's subscriptions on every instance get it.
+    await storage.redis.write(
+        "import", keys, args, deferred=True, channel=layout.channel(session_id)
+    )
 
 
 async def import_metadata(storage: RedisStorage, metadata: SessionMetadata) -> None:
