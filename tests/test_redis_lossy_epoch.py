@@ -299,14 +299,15 @@ async def no_old_epoch_from_an_instance_not_yet_told(
                 assert resumed["epoch"] != old
 
 
-async def test_a_record_lost_while_redis_runs_on_is_read_again_not_refused_for_ever(
+async def test_a_record_lost_while_redis_runs_on_is_put_back_not_refused_for_ever(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
     """The generation's record is lost while Redis runs on (an operator's DEL, an
     eviction): the scripts serve the stored epochs, the instance its token. An append
-    under the epoch the instance served is refused once (``HistoryLost``); the
-    instance then reads the record again and serves a new epoch, under which appends
-    go on, instead of refusing every append until Redis restarts."""
+    under the epoch the instance served is refused once (``HistoryLost``, retryable);
+    the instance, which checked this run of Redis, puts the record back with its
+    token (nothing was lost: no restart), marked lossy, so the epoch stays and
+    appends under it go on, instead of being refused until Redis restarts."""
     server = lossy_redis(start_redis)
     url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
     record = f"{prefix_for(tmp_path)}:{{idx}}:generation"
@@ -318,15 +319,47 @@ async def test_a_record_lost_while_redis_runs_on_is_read_again_not_refused_for_e
         served = await store.epoch("s")
         client = redis.asyncio.Redis(port=server.port)
         try:
+            token = await client.hget(record, "token")
+            assert token and served.endswith("." + token.decode())
             assert await client.delete(record) == 1
+            with pytest.raises(HistoryLost):
+                await store.append_events("s", [(AgentEvent.token("a"), None)], epoch=served)
+            assert await client.hmget(record, "token", "lossy") == [token, b"1"]
         finally:
             await client.aclose()
-        with pytest.raises(StorageError, match="epoch changed"):
-            await store.append_events("s", [(AgentEvent.token("a"), None)], epoch=served)
-        new = await store.epoch("s")
-        assert new != served
-        appended = await store.append_events("s", [(AgentEvent.token("b"), None)], epoch=new)
+        assert await store.epoch("s") == served
+        appended = await store.append_events("s", [(AgentEvent.token("b"), None)], epoch=served)
         assert appended[0].seq == 1
+
+
+async def test_a_record_deleted_never_brings_back_an_epoch_served_before(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A lossy Redis restarted (its token changed every epoch), then made durable, and
+    its record deleted: an instance that opens then, which never checked this run,
+    cannot tell which token was served, nor whether the run could lose writes. It
+    serves a fresh epoch, never the one from before the restart, whose seqs the
+    restart may have given to other events (a client holding it would resume
+    ``resumed: true`` onto another history)."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    record = f"{prefix_for(tmp_path)}:{{idx}}:generation"
+    async with await open_storage(url) as store:
+        await store.create_session(Session.new("s"))
+        before_the_restart = await store.epoch("s")
+        await snapshot(server)
+        crash_and_restart(server)
+        await eventually(lambda: _answers(store, "s"), timeout=10)
+        after_the_restart = await store.epoch("s")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        await client.config_set("appendonly", "yes")
+        await client.config_set("appendfsync", "always")
+        assert await client.delete(record) == 1
+    finally:
+        await client.aclose()
+    async with await open_storage(url) as store:
+        assert await store.epoch("s") not in (before_the_restart, after_the_restart)
 
 
 async def _answers(store: Any, session_id: str) -> bool:

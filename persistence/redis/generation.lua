@@ -6,15 +6,26 @@
 -- acknowledged keeps its token across restarts.
 -- KEYS: the generation hash (fields run, token, lossy)
 -- ARGV: the run_id of this Redis (INFO server), '1' when the caller finds that it may
---       lose writes it acknowledged (or cannot tell), a fresh token, the index prefix
--- Returns {token, 1 if it changed here else 0}
+--       lose writes it acknowledged (or cannot tell), a fresh token, the index prefix,
+--       the run the caller checked last ('' if none) and the token it adopted then
+-- Returns {token, 1 if it changed here else 0, 1 if the record was put back else 0}
 
 local key, run, lossy, fresh, idx = KEYS[1], ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
+local known_run, known_token = ARGV[5], ARGV[6]
 local g = redis.call('HMGET', key, 'run', 'token', 'lossy')
 local token = g[2] or ''
 if g[1] == run then
   if lossy and g[3] ~= '1' then redis.call('HSET', key, 'lossy', '1') end
-  return {token, 0}
+  return {token, 0, 0}
+end
+if not g[1] and known_run == run then
+  -- The record went while this run of Redis went on (a DEL by hand, an eviction):
+  -- the caller checked this run and holds its token, and no restart lost anything
+  -- since, so the token is put back, and every epoch served stays right. Whether
+  -- the run was marked lossy went with the record: taken as lossy, so that its
+  -- restart changes every epoch (the safe side).
+  redis.call('HSET', key, 'run', run, 'token', known_token, 'lossy', '1')
+  return {known_token, 0, 1}
 end
 local changed = false
 if g[1] then
@@ -22,10 +33,12 @@ if g[1] then
   -- them (as recorded while it ran) or if this one can (its settings, read now).
   changed = lossy or g[3] == '1'
 else
-  -- No record: a first open of this version, or a restart that lost the record
-  -- itself. On a lossy Redis that holds sessions, their history may be cut short.
-  changed = lossy and redis.call('ZCARD', idx .. 'created') > 0
+  -- No record, and the caller did not check this run: a first open of this version,
+  -- a restart that lost the record itself, or a record deleted by hand. Whether the
+  -- last run could lose writes, and which token epochs were served under, went with
+  -- it: a Redis that holds sessions gets a fresh token, never an epoch served before.
+  changed = redis.call('ZCARD', idx .. 'created') > 0
 end
 if changed then token = fresh end
 redis.call('HSET', key, 'run', run, 'token', token, 'lossy', lossy and '1' or '0')
-return {token, changed and 1 or 0}
+return {token, changed and 1 or 0, 0}

@@ -12,11 +12,14 @@ served as it was given until the token changes, since its whole history is of th
 generation (so a session migrated in keeps the epoch its source served). The
 scripts that hand out events or take appends compare a caller's epoch with that
 (common.lua ``served_epoch``). ``generation.lua`` compares the record
-with the current run: on another run of a lossy Redis, or no record on a lossy Redis
-that holds sessions (the record itself lost), it sets a fresh random token, once
-however many instances look (a compare-and-set). A random token, not a counter: a
-counter lost with the record would start again and serve an epoch already served
-over another history.
+with the current run: on another run of a lossy Redis, or no record on a Redis that
+holds sessions (the record itself lost, or deleted by hand), it sets a fresh random
+token, once however many instances look (a compare-and-set). A record found missing
+by an instance that checked this very run (a DEL while Redis ran on: the scripts
+then serve stored epochs that no longer match, and refuse its calls) is put back
+with the token it holds, marked lossy: nothing was lost, and the epochs stay. A
+random token, not a counter: a counter lost with the record would start again and
+serve an epoch already served over another history.
 
 Who looks: the store's open; the listener, before it catches its sessions up after
 its connection came back (a restart of Redis drops every connection); any call that
@@ -157,16 +160,29 @@ class Generation:
             raise redis.exceptions.ConnectionError(f"checking redis's run: {exc!r}") from exc
 
     def _args(self, run_id: str) -> list[str]:
-        return [run_id, "1" if self.lossy else "0", secrets.token_urlsafe(6), self._index]
+        lossy = "1" if self.lossy else "0"
+        fresh = secrets.token_urlsafe(6)
+        return [run_id, lossy, fresh, self._index, self._run, self.token]
 
     def _settle(self, run_id: str, reply: Any) -> bool:
-        """generation.lua's reply ``{token, changed here}`` for ``run_id``: adopted."""
-        token, changed_here = reply
+        """generation.lua's reply ``{token, changed here, put back}`` for ``run_id``:
+        adopted."""
+        token, changed_here, put_back = reply
         self._run = run_id
         if changed_here:
             log.warning(
-                "Redis restarted and may have lost writes it acknowledged: every "
-                "session's epoch changed; clients resume with resumed: false"
+                "Redis restarted and may have lost writes it acknowledged, or the "
+                "store's generation record %s was missing: every session's epoch "
+                "changed; clients resume with resumed: false",
+                self.key,
+            )
+        if put_back:
+            log.warning(
+                "the store's generation record %s was missing while Redis ran on (deleted "
+                "by hand, or evicted): put back with the token this instance served, "
+                "marked lossy, so that the next restart of Redis changes every "
+                "session's epoch",
+                self.key,
             )
         return self._adopt(token)
 
