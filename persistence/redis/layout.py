@@ -15,6 +15,8 @@ Each user's connections, for the per-user cap across instances, have a tag of th
 own (``u:`` starts no session id)::
 
     <prefix>:{u:<user>}:conns  sorted set: <instance>:<connection> -> heartbeat deadline
+    <prefix>:{u:<user>}:gone   sorted set: the same, released lately -> until when
+                               (ms); an acquire or refresh adds none of them
 
 The indexes share one tag of their own, ``{idx}``::
 
