@@ -2,7 +2,9 @@
 leaves on one instance reach the others with the session-wide count, and a dead
 instance's connections expire after the heartbeat and are announced as left. Calls
 given an epoch reach the session of that epoch only: an instance that has not heard of
-a deletion or a replacement registers nothing in the session that took the id."""
+a deletion or a replacement registers nothing in the session that took the id. A
+refresh or join that Redis runs after the leave of its connection (given up on by its
+instance, its bytes already sent) registers nothing and announces nothing."""
 
 from __future__ import annotations
 
@@ -254,4 +256,41 @@ async def test_a_sweep_announces_the_count_after_the_join_that_made_it(
         subscription.close()
     finally:
         await dead.close()
+        await b.close()
+
+
+async def test_a_refresh_or_join_run_after_the_leave_registers_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The interleaving: a's heartbeat refresh of c1 is sent, then given up on (the
+    socket timeout of a stalled Redis, or a stop cancelling it), so c1's leave goes
+    out on another connection, and Redis runs the leave first and the refresh after;
+    a join given up on likewise. Made here in that order: c1 is not counted again nor
+    announced as joined. A connection Redis lost is still registered again."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    a, b = await open_storage(url), await open_storage(url)
+    assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
+    try:
+        await a.create_session(Session.new("s1"))
+        seen: asyncio.Queue[PresenceNotice] = asyncio.Queue()
+        b.presence.on_presence(seen.put_nowait)
+        subscription = await b.subscribe("s1", 0)
+        assert await a.presence.join("s1", "c1", "client") == 1
+        assert await a.presence.leave("s1", "c1", "client") == 0
+        assert [(await next_notice(seen)).joined for _ in range(2)] == [True, False]
+        assert await a.presence.refresh([Held("s1", [("c1", "client")])]) == []  # late
+        assert await a.presence.join("s1", "c1", "client") == 0  # late
+        assert await a.presence.counts(["s1"]) == [0]
+        # c2 lost by Redis (its key gone), still connected: registered again.
+        await a.presence.join("s1", "c2", "client")
+        await a.redis.call("DEL", a.layout.conns("s1"))
+        await a.presence.refresh([Held("s1", [("c2", "client")])])
+        assert await a.presence.counts(["s1"]) == [1]
+        # Only c2's notices came: c1 was announced joined once, and left once.
+        notices = [await next_notice(seen) for _ in range(2)]
+        assert [(n.connection_id, n.joined) for n in notices] == [("c2", True), ("c2", True)]
+        assert seen.empty()
+        subscription.close()
+    finally:
+        await a.close()
         await b.close()

@@ -9,6 +9,8 @@ session lives in one Redis Cluster slot and a script may touch all of its keys::
     <prefix>:{<id>}:keys     sorted set: idempotency key -> seq it was accepted with
     <prefix>:{<id>}:msgs     list: the seqs of the log's ``message`` events (history)
     <prefix>:{<id>}:conns    sorted set: connection -> heartbeat deadline (presence)
+    <prefix>:{<id>}:gone     sorted set: connections that left lately -> until when
+                             (ms); a join or refresh registers none of them
     <prefix>:{<id>}:chan     pub/sub channel: new events and state changes
 
 Each user's connections, for the per-user cap across instances, have a tag of their
@@ -103,6 +105,11 @@ class Layout:
 
     def conns(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:conns"
+
+    def gone(self, session_id: str) -> str:
+        """The session's connections that left lately, which a late join or refresh
+        must not register again (presence.lua)."""
+        return f"{self.prefix}:{{{session_id}}}:gone"
 
     def user_conns(self, user: str) -> str:
         """One user's connections on every instance (--max-connections-per-user), in a

@@ -3,8 +3,12 @@
 -- clock). Every call first removes the connections whose deadline passed and
 -- announces them as left. A refresh registers again (and announces as joined) a
 -- connection that went missing: its instance lost Redis, or stalled, for longer than
--- the heartbeat (another instance swept it as dead).
--- KEYS: conns, meta
+-- the heartbeat (another instance swept it as dead). A leave marks its members gone
+-- for twice the heartbeat, and a join or refresh adds none so marked: a refresh (or a
+-- join) its instance gave up on may reach Redis before it gave up and run after the
+-- leave, sent at once on another connection; it would register the connection that
+-- left again, announce it joined, and count it until the heartbeat swept it.
+-- KEYS: conns, meta, gone (the members left lately -> until when, ms)
 -- ARGV: session id, instance, heartbeat ms, publish command, channel, mode (join,
 --       leave, refresh), epoch ('' : any; else the epoch of the session the members
 --       are of, as served: common.lua served_epoch), the generation key, then
@@ -19,7 +23,8 @@
 -- members never count in the session that took the id; deleting or replacing a
 -- session removes its conns).
 
-local conns = KEYS[1]
+local conns, gone = KEYS[1], KEYS[3]
+local GONE_MAX = 1024  -- marks kept per session: the newest, which a late call may meet
 local id, instance, heartbeat = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local publish, channel, mode, epoch = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if epoch ~= '' then
@@ -42,6 +47,7 @@ local dead = redis.call('ZRANGEBYSCORE', conns, '-inf', now)
 if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', conns, '-inf', now)
 end
+redis.call('ZREMRANGEBYSCORE', gone, '-inf', now)
 
 -- The members' own notices wait until the swept ones are out (announced first, so
 -- every listener hears the sweep before the change), and the swept ones carry the
@@ -54,17 +60,24 @@ local again = 0
 local changes = {}
 for i = 9, #ARGV do
   local member = ARGV[i]
-  if mode == 'join' then
-    redis.call('ZADD', conns, deadline, member)
-    changes[#changes + 1] = {member, true, redis.call('ZCARD', conns)}
-  elseif mode == 'leave' then
+  if mode == 'leave' then
+    redis.call('ZADD', gone, int(now + heartbeat * 2), member)
     if redis.call('ZREM', conns, member) == 1 then
       changes[#changes + 1] = {member, false, redis.call('ZCARD', conns)}
     end
+  elseif redis.call('ZSCORE', gone, member) then
+    -- left already: a late call of its instance's, which registers nothing
+  elseif mode == 'join' then
+    redis.call('ZADD', conns, deadline, member)
+    changes[#changes + 1] = {member, true, redis.call('ZCARD', conns)}
   elseif redis.call('ZADD', conns, deadline, member) == 1 then
     again = again + 1
     changes[#changes + 1] = {member, true, redis.call('ZCARD', conns)}
   end
+end
+if mode == 'leave' and #ARGV >= 9 then
+  redis.call('ZREMRANGEBYRANK', gone, 0, -(GONE_MAX + 1))
+  redis.call('PEXPIRE', gone, heartbeat * 2)
 end
 local count = redis.call('ZCARD', conns)
 for _, member in ipairs(dead) do announce(member, false, count, true) end

@@ -144,7 +144,7 @@ class RedisPresence:
             storage.generation.key,
             *(f"{role}|{connection_id}" for connection_id, role in connections),
         ]
-        return [layout.conns(session_id), layout.meta(session_id)], args
+        return [layout.conns(session_id), layout.meta(session_id), layout.gone(session_id)], args
 
     def _deliver(self, session_id: str, data: bytes) -> None:
         if self._callback is None:
