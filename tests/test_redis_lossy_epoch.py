@@ -362,6 +362,32 @@ async def test_a_record_deleted_never_brings_back_an_epoch_served_before(
         assert await store.epoch("s") not in (before_the_restart, after_the_restart)
 
 
+async def test_a_durable_store_without_the_record_keeps_its_epochs(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A durable Redis whose record never held a token nor a lossy mark, so no
+    ``generation:marked`` either: a store 0.1.0 wrote (no record), or this one's
+    record deleted. Every epoch served was the stored one: an instance that opens
+    serves it on, and closes no viewer with 1012."""
+    server = start_redis("durable")
+    url = server.url(prefix=prefix_for(tmp_path))
+    record = f"{prefix_for(tmp_path)}:{{idx}}:generation"
+    async with await open_storage(url) as store:
+        await store.create_session(Session.new("s"))
+        served = await store.epoch("s")
+    client = redis.asyncio.Redis(port=server.port)
+    try:
+        assert not await client.exists(record + ":marked")
+        assert await client.delete(record) == 1
+        async with await open_storage(url) as store:
+            assert isinstance(store, RedisStorage)
+            assert await store.epoch("s") == served
+            assert store.generation.changes == 0
+        assert await client.hget(record, "token") == b""
+    finally:
+        await client.aclose()
+
+
 async def _answers(store: Any, session_id: str) -> bool:
     try:  # the pool's connections to the killed Redis fail once each
         await store.epoch(session_id)

@@ -13,8 +13,11 @@ generation (so a session migrated in keeps the epoch its source served). The
 scripts that hand out events or take appends compare a caller's epoch with that
 (common.lua ``served_epoch``). ``generation.lua`` compares the record
 with the current run: on another run of a lossy Redis, or no record on a Redis that
-holds sessions (the record itself lost, or deleted by hand), it sets a fresh random
-token, once however many instances look (a compare-and-set). A record found missing
+holds sessions (the record itself lost, or deleted by hand) when that Redis is lossy
+or the record was ever needed (``generation:marked``: it held a token or a lossy
+mark), it sets a fresh random token, once however many instances look (a
+compare-and-set). A store 0.1.0 wrote has neither key: a durable one keeps its
+epochs at the first open of this version. A record found missing
 by an instance that checked this very run (a DEL while Redis ran on: the scripts
 then serve stored epochs that no longer match, and refuse its calls) is put back
 with the token it holds, marked lossy: nothing was lost, and the epochs stay. A
