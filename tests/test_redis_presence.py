@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from bamboo_session.persistence.presence import Held, PresenceNotice, PresenceSt
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import Session, SessionState
 from bamboo_session.server.presence import SharedPresence
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 
 
@@ -294,3 +296,36 @@ async def test_a_refresh_or_join_run_after_the_leave_registers_nothing(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_marks_of_connections_that_left_are_bounded_and_expire(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A session's marks are the newest 1,024, each for twice the heartbeat, in a key
+    that expires with the last of them; a connection whose mark went is registered
+    again by a refresh (its instance still holds it: Redis lost it)."""
+    store = await open_storage(redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1))
+    assert isinstance(store, RedisStorage)
+    try:
+        await store.create_session(Session.new("s1"))
+        left = [(f"c{i}", "client") for i in range(1500)]
+        assert await store.presence.leave_all("s1", left) == 0
+        gone = store.layout.gone("s1")
+        client = store.redis.client
+        assert await client.zcard(gone) == 1024  # of one leave: by rank, as named
+        assert 0 < await client.pttl(gone) <= 2000
+        marked = {member.decode() for member in await client.zrange(gone, 0, -1)}
+        dropped = next(c for c, role in left if f"{role}|{c}" not in marked)
+        kept = next(c for c, role in left if f"{role}|{c}" in marked)
+        await store.presence.refresh([Held("s1", [(dropped, "client"), (kept, "client")])])
+        assert await store.presence.counts(["s1"]) == [1]  # the one whose mark went
+        await eventually(lambda: _missing(client, gone), timeout=5)
+        # Past twice the heartbeat (the first registration swept by now), both count.
+        await store.presence.refresh([Held("s1", [(dropped, "client"), (kept, "client")])])
+        assert await store.presence.counts(["s1"]) == [2]
+    finally:
+        await store.close()
+
+
+async def _missing(client: Any, key: str) -> bool:
+    return not await client.exists(key)
