@@ -37,6 +37,9 @@ The indexes share one tag of their own, ``{idx}``::
     <prefix>:{idx}:rebuild:<u> hash: a rebuild in steps of user <u>'s sum under way
                              (recount_user.lua: token, running sum, cursor score and
                              id), expiring 10 s after its last step
+    <prefix>:{idx}:generation hash: run, token, lossy (generation.lua)
+    <prefix>:{idx}:generation:marked string: the record held a token or a lossy
+                             mark once (without the record: one was deleted)
 
 Times are integers, microseconds since the Unix epoch, in hashes and scores alike
 (exact in a double until the year 2255), so scripts compute expiry without parsing.
