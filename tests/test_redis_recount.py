@@ -35,7 +35,17 @@ USER = "u ü"  # a space and a letter of two bytes: keys and sums carry it whole
 
 @pytest.fixture
 def url(redis_server: RedisServer, tmp_path: Path) -> Callable[[], str]:
-    return lambda: redis_server.url(prefix=prefix_for(tmp_path))
+    # A lease this short is taken 10 ms after a store with a cleanup loop opens, so the
+    # dumps around a tool's run see it if anything held one: the tool must not.
+    return lambda: redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=0.03)
+
+
+async def open_store(url: str, **options: Any) -> RedisStorage:
+    """The test's own handle on the store, with no cleanup loop: the tool runs none
+    (tools_store.py), and the loop's first hold on the lease (``lease_ttl / 3`` after
+    the open, 10 s by default) writes the lease's keys, which a test slower than that
+    would find among those the tool was to leave as they were."""
+    return cast(RedisStorage, await open_storage(url, cleanup_interval=None, **options))
 
 
 def tool(*argv: str) -> tuple[int, str, str]:
@@ -131,7 +141,7 @@ async def counts(storage: RedisStorage) -> tuple[dict[str, int | None], dict[str
 async def test_an_old_session_is_counted_then_the_users_bound_refuses(
     url: Callable[[], str],
 ) -> None:
-    storage = cast(RedisStorage, await open_storage(url()))
+    storage = await open_store(url())
     try:
         old = await write_old_session(storage, "old", USER, old_events(40))
         assert old > 5000
@@ -186,8 +196,8 @@ async def test_a_recount_beside_appends_leaves_every_count_exact(
     # One entry per script call: the recount of a session goes in as many steps as its
     # log has entries, with the appenders' scripts running between them.
     monkeypatch.setattr(redis_recount, "PAGE_BYTES", 1)
-    tool_store = cast(RedisStorage, await open_storage(url()))
-    live = await open_storage(url(), max_user_bytes=10**9)
+    tool_store = await open_store(url())
+    live = await open_store(url(), max_user_bytes=10**9)
     try:
         old_ids = [f"old-{n}" for n in range(6)]
         for n, session_id in enumerate(old_ids):
@@ -280,7 +290,7 @@ async def sum_and_counts(storage: RedisStorage, user: str) -> tuple[int, int]:
 
 
 async def test_a_recount_of_a_right_store_changes_nothing(url: Callable[[], str]) -> None:
-    storage = cast(RedisStorage, await open_storage(url()))
+    storage = await open_store(url())
     try:
         for n, user in enumerate((USER, USER, "v", None)):
             session_id = f"s{n}"
@@ -303,7 +313,7 @@ async def test_a_recount_of_a_right_store_changes_nothing(url: Callable[[], str]
 async def test_a_dry_run_writes_nothing_and_reports_what_the_run_applies(
     url: Callable[[], str],
 ) -> None:
-    storage = cast(RedisStorage, await open_storage(url()))
+    storage = await open_store(url())
     try:
         for n, user in enumerate((USER, "v", None)):  # old sessions: no count, no sum
             await write_old_session(storage, f"old-{n}", user, old_events(30 + n))
