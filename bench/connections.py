@@ -20,7 +20,7 @@ the RSS of one parked session. Goal <= 4 KB each.
 
     python -m bench.connections                   # 1,000 connections, 10,000 parked
     BENCH_FULL=1 python -m bench.connections      # 10,000 connections, 100,000 parked
-    python -m bench.connections --connections 40 --parked 200   # smoke
+    python -m bench.connections --connections 40 --parked 200 --settle 0.2  # smoke
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .peers import bamboo_attach, open_ws
 
 PER_SESSION = 10
 CONNECT_CONCURRENCY = 100
-SETTLE = 1.0  # seconds to let the server finish its work before reading RSS
+SETTLE = 1.0  # seconds to let the server finish its work before reading RSS (--settle)
 
 
 async def keep_reading(ws: ClientConnection) -> None:
@@ -53,13 +53,13 @@ async def keep_reading(ws: ClientConnection) -> None:
         await ws.recv(decode=False)
 
 
-async def settled_rss(pid: int) -> int:
-    await asyncio.sleep(SETTLE)
+async def settled_rss(pid: int, settle: float) -> int:
+    await asyncio.sleep(settle)
     return common.rss_kib(pid)
 
 
 async def measure_connections(
-    kind: str, server: common.ServerProcess, connections: int
+    kind: str, server: common.ServerProcess, connections: int, settle: float
 ) -> dict[str, Any]:
     sessions = max(1, connections // PER_SESSION)
     stamp = time.monotonic_ns()
@@ -72,17 +72,17 @@ async def measure_connections(
         ws, _ = await bamboo_attach(base, name, create=first)
         return ws
 
-    rss_empty = await settled_rss(server.pid)
+    rss_empty = await settled_rss(server.pid, settle)
     firsts = await common.gather_bounded([attach(n, True) for n in names], CONNECT_CONCURRENCY)
     readers = [asyncio.ensure_future(keep_reading(ws)) for ws in firsts]
-    rss_sessions = await settled_rss(server.pid)
+    rss_sessions = await settled_rss(server.pid, settle)
     rest_names = [names[i % sessions] for i in range(connections - sessions)]
     started, cpu_before = time.perf_counter(), common.cpu_seconds(server.pid)
     rest = await common.gather_bounded([attach(n, False) for n in rest_names], CONNECT_CONCURRENCY)
     connect_seconds = time.perf_counter() - started
     connect_cpu = common.cpu_seconds(server.pid) - cpu_before
     readers += [asyncio.ensure_future(keep_reading(ws)) for ws in rest]
-    rss_all = await settled_rss(server.pid)
+    rss_all = await settled_rss(server.pid, settle)
     for reader in readers:
         reader.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
@@ -114,10 +114,11 @@ async def measure_connections(
     return result
 
 
-def measure_parked(parked: int, data_dir: Path) -> dict[str, Any]:
+def measure_parked(parked: int, data_dir: Path, settle: float) -> dict[str, Any]:
     """Runs the parked-session measurement in a fresh process and returns its figures."""
+    child = ["--parked-child", str(parked), str(data_dir), "--settle", str(settle)]
     out = subprocess.run(
-        [sys.executable, "-m", "bench.connections", "--parked-child", str(parked), str(data_dir)],
+        [sys.executable, "-m", "bench.connections", *child],
         cwd=common.ROOT,
         capture_output=True,
         check=True,
@@ -134,7 +135,7 @@ def measure_parked(parked: int, data_dir: Path) -> dict[str, Any]:
     return result
 
 
-async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
+async def parked_child(parked: int, data_dir: Path, settle: float) -> dict[str, Any]:
     """In the child: create, then park, ``parked`` sessions; RSS at each step."""
     from bamboo_session.persistence import MemoryStorage
     from bamboo_session.server.manager import SessionManager, SessionManagerConfig
@@ -154,7 +155,7 @@ async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
         for sid in ids:
             await manager.create_session(session_id=sid)
         gc.collect()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(settle / 2)
         rss_created = common.rss_kib_self()
         for sid in ids:
             receiver = await manager.connect_session(sid)
@@ -169,7 +170,7 @@ async def parked_child(parked: int, data_dir: Path) -> dict[str, Any]:
         else:
             raise RuntimeError("sessions did not park in time")
         gc.collect()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(settle / 2)
         rss_parked = common.rss_kib_self()
     finally:
         await manager.close(grace=30)
@@ -190,15 +191,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, Any] = {}
         baseline = common.baseline_server(tmp / "baseline.log").start()
         try:
-            runs["baseline"] = await measure_connections("baseline", baseline, args.connections)
+            runs["baseline"] = await measure_connections(
+                "baseline", baseline, args.connections, args.settle
+            )
         finally:
             baseline.terminate()
         bamboo = common.bamboo_server(tmp / "data", tmp / "bamboo.log").start()
         try:
-            runs["bamboo"] = await measure_connections("bamboo", bamboo, args.connections)
+            runs["bamboo"] = await measure_connections(
+                "bamboo", bamboo, args.connections, args.settle
+            )
         finally:
             bamboo.terminate()
-        parked = await asyncio.to_thread(measure_parked, args.parked, tmp / "parked")
+        parked = await asyncio.to_thread(measure_parked, args.parked, tmp / "parked", args.settle)
     per_conn = runs["bamboo"]["kib_per_connection"]
     ratio = per_conn / max(runs["baseline"]["kib_per_connection"], 1e-9)
     # Goals are in KB; RSS comes in KiB.
@@ -230,6 +235,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=10_000 if full else 1_000)
     parser.add_argument("--parked", type=int, default=100_000 if full else 10_000)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE,
+        help="seconds the server is left to finish its work before each RSS reading",
+    )
     parser.add_argument("--parked-child", nargs=2, metavar=("COUNT", "DATA_DIR"), help="internal")
     common.add_common_args(parser)
     return parser.parse_args(argv)
@@ -239,7 +250,7 @@ if __name__ == "__main__":
     arguments = parse_args()
     if arguments.parked_child:
         count, directory = arguments.parked_child
-        figures = common.run(parked_child(int(count), Path(directory)))
+        figures = common.run(parked_child(int(count), Path(directory), arguments.settle))
         print(json.dumps(figures), flush=True)
     else:
         result = common.run(main(arguments))

@@ -23,7 +23,7 @@ TINY_LATENCY = ["--rate", "200", "--sessions", "4", "--seconds", "1", "--warmup"
 TINY = {
     "throughput": [*TINY_THROUGHPUT, *BEFORE_SOCKETIO],
     "latency": [*TINY_LATENCY, *BEFORE_SOCKETIO],
-    "connections": ["--connections", "40", "--parked", "200"],
+    "connections": ["--connections", "40", "--parked", "200", "--settle", "0.2"],
     "reconnect_storm": ["--sessions", "3", "--viewers", "2", "--events", "40"],
     "missed_storm": ["--sessions", "3", "--viewers", "2", "--events", "10", "--missed", "5"],
     "read_fairness": [
