@@ -21,7 +21,7 @@ def test_redis_scaling_runs_and_prints_ratios(tmp_path: Path) -> None:
     if not available():
         pytest.skip(INSTALL_HINT)
     out = tmp_path / "redis_scaling.json"
-    args = ["--sessions", "3", "--events", "20", "--rate", "200", "--seconds", "1"]
+    args = ["--sessions", "3", "--events", "20", "--rate", "200", "--seconds", "0.5"]
     args += ["--warmup", "0.2", "--latency-sessions", "4", "--json", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "BENCH_FULL"}
     done = subprocess.run(
