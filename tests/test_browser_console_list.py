@@ -221,11 +221,6 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         ) as agent:
             await agent.publish(AgentEvent.custom("step", {"i": 1}))
             await agent.set_state("closed")
-        # Long enough for the page to load and make its first reads with it on a loaded
-        # machine (at 3 s, then at 6 s, runs under load saw it expire before the read to
-        # hold: the page asked for a token instead). The test waits only until it ends.
-        old, new = make_token("alice", ttl=15), make_token("alice")
-        expires_at = jwt.decode(old, options={"verify_signature": False})["exp"]
         held: list[Any] = []
         sent = asyncio.Event()
 
@@ -242,6 +237,13 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         page.on("request", lambda request: seen.append(request.url))
         page.on("console", lambda message: seen.append(message.text))
         await page.goto(console_url(server.port))
+        # Made once the page is loaded, to live long enough for it to read the session on
+        # a loaded machine; the test waits only until it ends. (The page checks no exp:
+        # the server does, on the test's clock. Runs that timed out here with the page
+        # asking for a token, as at 3 s and 6 s, fit the race that
+        # test_a_refusal_of_a_read_made_before_a_token_was_put_in_keeps_that_token shows.)
+        old, new = make_token("alice", ttl=15), make_token("alice")
+        expires_at = jwt.decode(old, options={"verify_signature": False})["exp"]
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{old}')")
         await page.goto(console_url(server.port, "#/s/over"))
         await asyncio.wait_for(sent.wait(), 10)
@@ -262,6 +264,41 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         await expect(page.locator("#who-name")).to_have_text("alice (user)")
         seen.append(await page.evaluate("location.href"))
         assert [line for line in seen if old in line or new in line] == []
+
+
+async def test_a_refusal_of_a_read_made_before_a_token_was_put_in_keeps_that_token(
+    browser: Any,
+) -> None:
+    """The page's first read, made with no token, is refused (401) only once a token was
+    put in the tab's storage by something else than the page (a script, the user's own
+    tools): that refusal says nothing of it, so the token is kept, not called refused,
+    and the page is shown again with it."""
+    async with run_server(auth_secret=SECRET) as server:
+        alice = make_token("alice")
+        await make_session(ws_url(server), "a-1", None, "Alice one", token=alice)
+        first: list[Any] = []
+        asked = asyncio.Event()
+
+        async def hold_the_first_read(route: Any) -> None:
+            if first:
+                await route.continue_()
+            else:
+                first.append(route)
+                asked.set()
+
+        page = await browser.new_page()
+        await page.route("**/api/v1/sessions?*", hold_the_first_read)
+        await page.goto(console_url(server.port))
+        await asyncio.wait_for(asked.wait(), 10)
+        assert "authorization" not in first[0].request.headers
+        await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{alice}')")
+        async with page.expect_response(lambda r: r.request == first[0].request) as late:
+            await first[0].continue_()
+        assert (await late.value).status == 401
+        await expect(page.locator("#sessions tbody tr")).to_have_count(1)
+        await expect(page.locator("#login")).to_have_count(0)
+        await expect(page.locator("#who-name")).to_have_text("alice (user)")
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == alice
 
 
 async def test_a_token_refused_to_load_older_messages_is_forgotten(browser: Any) -> None:

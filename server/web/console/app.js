@@ -96,17 +96,26 @@ let shown = 0;
  * The error handler of the view about to be shown: a refused token (401 over HTTP, 4401
  * on the stream: invalid, or expired) asks for a token; the rest is shown. A refusal
  * that comes once that view is gone is handled by doing nothing: the view is not
- * shown, and the token it names may be an earlier one.
+ * shown, and the token it names may be an earlier one. A refusal that comes once
+ * another token was put in this tab's storage by something else than this page (a
+ * script, the user's own tools; this page shows a view again whenever it sets one) is
+ * of the token the view was shown with, and says nothing of that one either: the page
+ * is shown again with it, instead of forgetting it as refused.
  */
 function contextOfNextView() {
   const view = shown;
+  const token = getToken();
   return {
     /** @param {unknown} error @returns {boolean} true when handled (asking for a token,
-     * or nothing when the view is gone) */
+     * showing the page again, or nothing when the view is gone) */
     unauthorized(error) {
       const status = error instanceof ApiError ? error.status : /** @type {any} */ (error)?.code;
       if (status !== 401 && status !== 4401) return false;
       if (view !== shown) return true;
+      if (getToken() !== token) {
+        render();
+        return true;
+      }
       const refused = getToken() !== null;
       // Forgotten now, not when another is given: a reload would send it again, and ask
       // only once it is refused again. A server away or busy (no answer, a 503) is no
