@@ -16,12 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Throughput and latency with the line-up they had before Socket.IO joined (and their
-# RATIO lines as then); the full line-up has its own test below.
+# RATIO lines as then; throughput with batching agents beside, one run for both tests);
+# the full line-up has its own test below.
 BEFORE_SOCKETIO = ["--peers", "relay", "--durability", "fsync"]
 TINY_THROUGHPUT = ["--sessions", "3", "--events", "20"]
 TINY_LATENCY = ["--rate", "200", "--sessions", "4", "--seconds", "0.5", "--warmup", "0.2"]
 TINY = {
-    "throughput": [*TINY_THROUGHPUT, *BEFORE_SOCKETIO],
+    "throughput": [*TINY_THROUGHPUT, *BEFORE_SOCKETIO, "--batch"],
     "latency": [*TINY_LATENCY, *BEFORE_SOCKETIO],
     "connections": ["--connections", "40", "--parked", "200", "--settle", "0.2"],
     "reconnect_storm": ["--sessions", "3", "--viewers", "2", "--events", "40"],
@@ -32,7 +33,7 @@ TINY = {
     ],
 }
 RATIO_LINES = {
-    "throughput": 1,
+    "throughput": 3,
     "latency": 2,
     "connections": 4,
     "reconnect_storm": 4,
@@ -115,10 +116,10 @@ def test_socketio_and_bamboo_os_run_beside_the_relay(name: str, tmp_path: Path) 
     assert all(run["server_cpu_us_per_event"] > 0 for run in runs.values())
 
 
-def test_throughput_with_batching_agents_beside_single_frames(tmp_path: Path) -> None:
-    args = [*TINY_THROUGHPUT, "--peers", "relay", "--durability", "fsync", "--batch"]
-    out = tmp_path / "t.json"
-    stdout = run_bench("throughput", out, args)
+def test_throughput_with_batching_agents_beside_single_frames(
+    tiny_run: Callable[[str], tuple[str, Path]],
+) -> None:
+    stdout, out = tiny_run("throughput")
     assert "RATIO throughput sessions=3 bamboo-fsync-batch/bamboo-fsync = " in stdout
     (point,) = json.loads(out.read_text())["points"]
     assert list(point["runs"]) == ["relay", "bamboo-fsync", "bamboo-fsync-batch"]
