@@ -29,7 +29,7 @@ TINY = {
     "missed_storm": ["--sessions", "3", "--viewers", "2", "--events", "10", "--missed", "5"],
     "read_fairness": [
         *("--crowd", "20", "--streams", "4", "--holders", "2", "--messages", "300"),
-        *("--seconds", "0.5", "--holders-seconds", "1"),
+        *("--seconds", "0.5", "--holders-seconds", "0.5"),
     ],
 }
 RATIO_LINES = {
