@@ -24,14 +24,21 @@ const RETRY_PATIENCE = 10 * 60_000;
  */
 export const waits = new EventTarget();
 
-/** An HTTP error from the API: `status`, and the `code` of its JSON error body. */
+/**
+ * An HTTP error from the API: `status`, the `code` of its JSON error body, and the
+ * `token` the request carried (null: none), which a 401 refuses.
+ */
 export class ApiError extends Error {
-  /** @param {number} status @param {string} code @param {string} message */
-  constructor(status, code, message) {
+  /**
+   * @param {number} status @param {string} code @param {string} message
+   * @param {string | null} [token]
+   */
+  constructor(status, code, message, token = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
+    this.token = token;
   }
 }
 
@@ -90,6 +97,7 @@ export async function getJson(path, params = {}, { alive = () => true } = {}) {
       response.status,
       error.code ?? "http",
       error.message ?? response.statusText,
+      token,
     );
     const seconds = retryAfter(response);
     if (seconds === null || waited + seconds * 1000 > RETRY_PATIENCE || !alive()) throw failure;

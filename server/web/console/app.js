@@ -96,32 +96,38 @@ let shown = 0;
  * The error handler of the view about to be shown: a refused token (401 over HTTP, 4401
  * on the stream: invalid, or expired) asks for a token; the rest is shown. A refusal
  * that comes once that view is gone is handled by doing nothing: the view is not
- * shown, and the token it names may be an earlier one. A refusal that comes once
- * another token was put in this tab's storage by something else than this page (a
- * script, the user's own tools; this page shows a view again whenever it sets one) is
- * of the token the view was shown with, and says nothing of that one either: the page
- * is shown again with it, instead of forgetting it as refused.
+ * shown, and the token it names may be an earlier one. A refusal of another token than
+ * the one in this tab's storage now (put there by something else than this page: a
+ * script, the user's own tools; this page shows a view again whenever it sets one)
+ * says nothing of that one either: the page is shown again with it, instead of
+ * forgetting it as refused. Its own refusal, the first one, forgets it.
  */
 function contextOfNextView() {
   const view = shown;
-  const token = getToken();
   return {
-    /** @param {unknown} error @returns {boolean} true when handled (asking for a token,
-     * showing the page again, or nothing when the view is gone) */
-    unauthorized(error) {
+    /**
+     * @param {unknown} error
+     * @param {string | null} [sentWith] the token of a refusal that does not say it
+     *   (the stream's 4401); an {@link ApiError} carries its own
+     * @returns {boolean} true when handled (asking for a token, showing the page
+     *   again, or nothing when the view is gone)
+     */
+    unauthorized(error, sentWith = null) {
       const status = error instanceof ApiError ? error.status : /** @type {any} */ (error)?.code;
       if (status !== 401 && status !== 4401) return false;
       if (view !== shown) return true;
-      if (getToken() !== token) {
+      const refusedToken = error instanceof ApiError ? error.token : sentWith;
+      if (refusedToken !== getToken()) {
         render();
         return true;
       }
-      const refused = getToken() !== null;
       // Forgotten now, not when another is given: a reload would send it again, and ask
       // only once it is refused again. A server away or busy (no answer, a 503) is no
       // refusal, and its token is kept.
       setToken(null);
-      askForToken(refused ? "That token was refused: it is invalid or has expired." : undefined);
+      askForToken(
+        refusedToken !== null ? "That token was refused: it is invalid or has expired." : undefined,
+      );
       return true;
     },
   };

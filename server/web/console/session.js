@@ -34,7 +34,7 @@ const TAIL_REPLAY = 200; // events replayed into the tail when the page opens
 
 /**
  * @param {HTMLElement} root @param {string} sessionId
- * @param {{ unauthorized(error: unknown): boolean }} context
+ * @param {{ unauthorized(error: unknown, sentWith?: string | null): boolean }} context
  */
 export function showSession(root, sessionId, context) {
   const view = new SessionView(root, sessionId, context);
@@ -55,10 +55,12 @@ class SessionView {
   unread = [];
   /** @type {ReconnectNotes | null} what the tail says of the connection, once attached */
   reconnects = null;
+  /** @type {string | null} the token the stream was opened with, which a 4401 refuses */
+  streamToken = null;
 
   /**
    * @param {HTMLElement} root @param {string} sessionId
-   * @param {{ unauthorized(error: unknown): boolean }} context
+   * @param {{ unauthorized(error: unknown, sentWith?: string | null): boolean }} context
    */
   constructor(root, sessionId, context) {
     this.id = sessionId;
@@ -67,7 +69,7 @@ class SessionView {
     this.meta = h("dl", { id: "meta", class: "meta" });
     this.presence = h("div", { id: "presence" });
     this.actions = h("div", { id: "actions" });
-    const unauthorized = (/** @type {unknown} */ error) => context.unauthorized(error);
+    const unauthorized = (/** @type {unknown} */ error) => this.#unauthorized(error);
     this.messages = new MessageList(this.status, () => this.alive, unauthorized);
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
@@ -95,7 +97,7 @@ class SessionView {
       // whole history, however long.
       stored = await getJson(this.#path(), { limit: PAGE }, { alive: () => this.alive });
     } catch (error) {
-      if (this.alive && !this.context.unauthorized(error)) this.#refused(error, true);
+      if (this.alive && !this.#unauthorized(error)) this.#refused(error, true);
       return;
     }
     if (!this.alive) return;
@@ -108,18 +110,24 @@ class SessionView {
     await this.#attach(metadata, stored);
   }
 
+  /** app.js's, told the token a stream's 4401 refuses. @param {unknown} error */
+  #unauthorized(error) {
+    return this.context.unauthorized(error, this.streamToken);
+  }
+
   /** @param {any} metadata @param {any} stored the answer of the HTTP API */
   async #attach(metadata, stored) {
     let client;
+    this.streamToken = getToken();
     try {
       client = await BambooClient.connect(location.origin, {
         sessionId: this.id,
-        token: getToken() ?? undefined,
+        token: this.streamToken ?? undefined,
         lastSeq: Math.max(0, metadata.last_seq - TAIL_REPLAY),
         epoch: metadata.epoch,
       });
     } catch (error) {
-      if (!this.alive || this.context.unauthorized(error)) return;
+      if (!this.alive || this.#unauthorized(error)) return;
       if (error instanceof SessionEnded)
         this.#showStored(stored, "This session is closed: no live events.");
       else this.#refused(error, true);
@@ -186,7 +194,7 @@ class SessionView {
         this.#replaced(replaced.after, reason);
       } else this.#ended(reason);
     } catch (error) {
-      if (!this.alive || this.context.unauthorized(error)) return;
+      if (!this.alive || this.#unauthorized(error)) return;
       // The session ended while this page was behind: the events after `afterSeq`
       // never came, and only the HTTP API has them now.
       if (
@@ -237,7 +245,7 @@ class SessionView {
     try {
       read = await missed.readMissed(this.#path(), after, epoch, () => this.alive);
     } catch (error) {
-      if (!this.alive || this.context.unauthorized(error)) return;
+      if (!this.alive || this.#unauthorized(error)) return;
       this.#takeBackUnread();
       this.unread.push(this.#ended(reason));
       this.#missing(after, error, () => this.#catchUp(after, attachedAt, reason, epoch, true));
@@ -318,7 +326,7 @@ class SessionView {
     void missed
       .showStoredTail(this.tail, path, stored.metadata, TAIL_REPLAY, alive)
       .then((error) => {
-        if (error !== null && this.context.unauthorized(error)) return;
+        if (error !== null && this.#unauthorized(error)) return;
         if (this.alive) this.tail.note(text);
       });
   }
