@@ -32,12 +32,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
 
 
-def requests_with(page: Any, token: str) -> list[Any]:
-    """The requests the page makes from now on that carry ``token``, as they are made."""
+def reads_with(page: Any, token: str) -> list[Any]:
+    """The page's reads of sessions from now on that carry ``token``, as they are made
+    (not its reads of the server's figures, every 2 s, with the same token)."""
     carrying: list[Any] = []
 
     def note(request: Any) -> None:
-        if request.headers.get("authorization") == f"Bearer {token}":
+        sent = request.headers.get("authorization") == f"Bearer {token}"
+        if sent and "/api/v1/sessions" in request.url:
             carrying.append(request)
 
     page.on("request", note)
@@ -213,8 +215,10 @@ async def test_a_token_a_script_put_in_is_forgotten_at_its_first_refusal(browser
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{alice}')")
         await page.goto(console_url(server.port, "#/s/long"))
         await expect(page.locator("#messages li")).to_have_count(50)
+        # The page's last read (the tail's events) is answered: the next is the click's.
+        await expect(page.locator("#tail .ev-note").last).to_contain_text("This session is closed")
         forged = make_token("alice", secret="not-the-server-secret-" + "y" * 32)
-        sent = requests_with(page, forged)
+        sent = reads_with(page, forged)
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{forged}')")
         await page.click("#older")
         await expect(page.locator("#login .notice")).to_contain_text("refused")
@@ -248,7 +252,7 @@ async def test_a_script_put_in_token_refused_after_an_earlier_refusal_is_forgott
         await page.goto(console_url(server.port))
         await asyncio.wait_for(asked.wait(), 10)
         forged = make_token("alice", secret="not-the-server-secret-" + "y" * 32)
-        sent = requests_with(page, forged)
+        sent = reads_with(page, forged)
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{forged}')")
         await first[0].continue_()
         await expect(page.locator("#login .notice")).to_contain_text("refused")
