@@ -169,3 +169,32 @@ def test_message_time_in_utc_is_kept_as_is() -> None:
     when = datetime(2024, 1, 1, tzinfo=UTC)
     frame = PublishMessage(Message(Role.USER, "x", created_at=when))
     assert JSON.decode_client(JSON.encode(frame)).message.created_at == when
+
+
+def test_a_batch_weighs_each_item_as_a_value() -> None:
+    """A batch of plain tokens holds no free-form value, yet each item costs about what
+    one does to decode and check: each weighs FREE_VALUE_BYTES."""
+    item = {"event": {"type": "token", "content": "x"}}
+    for codec in CODECS:
+        encode = msgspec.msgpack.encode if codec is MSGPACK else json.dumps
+        data = encode({"type": "batch", "id": 1, "items": [item] * 10})
+        assert codec.decode_request(data)[1] == len(data) + 10 * FREE_VALUE_BYTES
+
+
+def test_a_refused_frame_weighs_the_most_values_its_bytes_could_hold() -> None:
+    """Refused past the bound, a frame was decoded whole but counted only to the bound:
+    its weight (what the server charges to its byte rate) assumes the most values its
+    bytes could hold, a value a byte in MessagePack, at most one per separator or
+    opening (and two bytes) in JSON, so a long string with one bad field weighs about
+    its bytes."""
+    values = MAX_FREE_VALUES + 1
+    dense = json.dumps(custom(rows(values)), separators=(",", ":"))
+    assert JSON.refused_weight(dense) >= len(dense) + values * FREE_VALUE_BYTES
+    assert JSON.refused_weight(dense.encode()) == JSON.refused_weight(dense)
+    packed = msgspec.msgpack.encode(custom(rows(values)))
+    assert MSGPACK.refused_weight(packed) == len(packed) * (1 + FREE_VALUE_BYTES)
+    prose = json.dumps(
+        {"type": "event", "id": 1, "key": 5, "event": {"type": "token", "content": "a" * 100_000}}
+    )
+    assert bad(JSON, prose).request_id == 1
+    assert JSON.refused_weight(prose) < len(prose) + 10 * FREE_VALUE_BYTES
