@@ -178,7 +178,7 @@ class Connection:
 
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
-        actor, outbox, decode = self.actor, self.outbox, self.codec.decode_request
+        actor, outbox, decode = self.actor, self.outbox, self._decode
         limiter = self.limiter
         taken = 0
         while True:
@@ -233,11 +233,23 @@ class Connection:
         if outbox.closing is not None or self._closed_for_rate(limiter, outbox):
             return
         try:
-            request_id = getattr(self.codec.decode_frame(data), "id", None)
+            request_id = getattr(self._decode(data)[0], "id", None)
         except ProtocolError as exc:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
+
+    def _decode(self, data: str | bytes) -> tuple[ClientFrame, int]:
+        """Codec.decode_request, and the weight beyond the bytes (charged as read)
+        charged to the byte rate: many small values cost far more to decode than long
+        strings. A refused frame, not counted to its end, weighs the most it could."""
+        try:
+            frame, weight = self.codec.decode_request(data)
+        except ProtocolError:
+            self.ws.charge_decoded(self.codec.refused_weight(data) - len(data))
+            raise
+        self.ws.charge_decoded(weight - len(data))
+        return frame, weight
 
     @staticmethod
     def _closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:

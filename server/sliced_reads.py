@@ -140,6 +140,23 @@ class SlicedReads(ServerConnection):
         self.read_waits.begin(debt)
         self._repaid = self.loop.call_later(debt, self._go_on)
 
+    def charge_decoded(self, size: int) -> None:
+        """What the handler found a frame to weigh decoded beyond its bytes (limits.py
+        ByteRate), charged once it is decoded: its reading stops at once for the debt,
+        as for a frame read into debt, or goes on after the longer wait if it waits
+        already (_go_on). Held for room in the queue, or parsing what was held, it
+        stops at the next slice parsed."""
+        meter = self._meter
+        if meter is None or size <= 0:
+            return
+        debt = meter.charge(size)
+        if debt <= 0:
+            return
+        self._debt = debt
+        reading = self._repaid is None and not self._queue_held and self._unheld is None
+        if reading and not self._discarding and not self.transport.is_closing():
+            self._hold(b"")
+
     def _stop_holding(self) -> None:
         """Ends a wait for the debt, or for room in the queue, before it is over: the
         transport is gone, or what the peer sends is discarded from now on."""
@@ -157,6 +174,12 @@ class SlicedReads(ServerConnection):
         self.read_waits.end()
         if self.transport.is_closing():
             return  # aborted in this same turn of the loop: nothing more to parse
+        meter = self._meter
+        if meter is not None and (debt := meter.charge(0)) > 0:
+            # A frame decoded meanwhile (charge_decoded) added to the debt.
+            self._debt = debt
+            self._hold(self._held)
+            return
         held, self._held = self._held, b""
         if held and not self._discarding:
             self._parse_sliced(held)

@@ -1,0 +1,123 @@
+"""The byte rate counts what a frame weighs decoded (docs/protocol.md, Byte rate): a
+frame of many small values costs the server far more to decode than its bytes say, and
+its peer's reading waits in proportion, while another peer is served meanwhile; a
+frame refused past the free-form values bound is charged as if its bytes held the most
+values they can. Lower bounds on the waits and orderings are asserted, not speeds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from bamboo_session.protocol.free_form import FREE_VALUE_BYTES, MAX_FREE_VALUES
+from tests.support import Peer, attach, run_server
+from tests.test_byte_rate import read_wait_seconds
+
+RATE = 100_000
+BURST = 20_000
+VALUES = 1_500  # in one frame: 192 KB decoded, some 1.7 s of debt at RATE past BURST
+
+
+def dense(values: int) -> list[Any]:
+    """A free-form value holding ``values`` values: a list of empty objects."""
+    return [{}] * (values - 1)
+
+
+def dense_requests() -> dict[str, dict[str, Any]]:
+    """Requests holding about VALUES values each: a custom event's data, a message's
+    metadata, a batch's items (each weighs as a value)."""
+    message = {"role": "user", "content": "", "metadata": {"rows": dense(VALUES - 1)}}
+    token = {"event": {"type": "token", "content": ""}}
+    return {
+        "custom": {
+            "type": "event",
+            "id": 1,
+            "event": {"type": "custom", "name": "x", "data": dense(VALUES)},
+        },
+        "metadata": {"type": "message", "id": 1, "message": message},
+        "batch": {"type": "batch", "id": 1, "items": [token] * VALUES},
+    }
+
+
+async def pong_after(peer: Peer, since: float) -> float:
+    """Seconds from ``since`` until ``peer``'s ping is answered."""
+    await peer.request({"type": "ping", "id": "p"}, "pong")
+    return time.monotonic() - since
+
+
+# A burst smaller than the frame: reading already waits for the frame's bytes when its
+# decoded weight is charged, and then waits that too.
+@pytest.mark.parametrize(
+    ("kind", "burst"),
+    [("custom", BURST), ("custom", 2_000), ("metadata", BURST), ("batch", BURST)],
+    ids=["custom", "custom-past-the-burst", "metadata", "batch"],
+)
+async def test_a_dense_request_holds_its_peers_reading_and_not_another_peers(
+    kind: str, burst: int
+) -> None:
+    request = dense_requests()[kind]
+    config = {"rate_limit_bytes": RATE, "rate_limit_bytes_burst": burst}
+    async with (
+        run_server(max_batch_items=VALUES, **config) as server,
+        attach(server, create=True) as (dense_peer, welcome),
+        attach(server, welcome["session"]["id"]) as (honest, _),
+    ):
+        sent = time.monotonic()
+        await dense_peer.send(request)
+        reply = await dense_peer.recv_type("acks" if kind == "batch" else "ack")
+        assert reply["id"] == 1, reply
+        # Decoded and answered, then the peer's reading waits for the debt: its next
+        # frame is read only after it, while another connection is answered at once.
+        dense_pong = asyncio.ensure_future(pong_after(dense_peer, sent))
+        same_size = {"type": "event", "id": 2, "event": {"type": "token", "content": "x" * 6_000}}
+        assert (await honest.request(same_size, "ack"))["id"] == 2
+        await honest.request({"type": "ping", "id": "h"}, "pong")
+        assert not dense_pong.done(), "the honest peer waited for the dense one"
+        waited = await dense_pong
+        assert waited >= (VALUES * FREE_VALUE_BYTES - burst) / RATE * 0.9, waited
+        assert await read_wait_seconds(server) > 0
+
+
+@pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
+async def test_a_frame_refused_past_the_values_bound_costs_its_peer_the_most_values(
+    msgpack: bool,
+) -> None:
+    """Decoded whole, then counted only to the bound: charged for at least every value
+    it held (JSON: for as many as its bytes could hold, half its bytes at most)."""
+    rate, values = 2_000_000, MAX_FREE_VALUES + 1
+    config = {"rate_limit_bytes": rate, "rate_limit_bytes_burst": BURST}
+    refused = {
+        "type": "event",
+        "id": 1,
+        "event": {"type": "custom", "name": "x", "data": dense(values)},
+    }
+    async with (
+        run_server(**config) as server,
+        attach(server, create=True, msgpack=msgpack) as (peer, _),
+    ):
+        sent = time.monotonic()
+        await peer.send(refused)
+        error = await peer.recv_type("error")
+        assert error["code"] == "bad_request" and error["id"] == 1, error
+        waited = await pong_after(peer, sent)
+        assert waited >= (values * FREE_VALUE_BYTES - BURST) / rate * 0.9, waited
+
+
+async def test_rate_limit_bytes_0_charges_nothing_for_dense_frames() -> None:
+    refused = {
+        "type": "event",
+        "id": 2,
+        "event": {"type": "custom", "name": "x", "data": dense(MAX_FREE_VALUES + 1)},
+    }
+    async with run_server(rate_limit_bytes=0, rate_limit_bytes_burst=1) as server:
+        async with attach(server, create=True) as (peer, _):
+            await peer.send(dense_requests()["custom"])
+            assert (await peer.recv_type("ack"))["id"] == 1
+            await peer.send(refused)
+            assert (await peer.recv_type("error"))["id"] == 2
+            await peer.request({"type": "ping", "id": "p"}, "pong")
+            assert not any(c._repaid is not None for c in server._open_connections)
+        assert await read_wait_seconds(server) == 0.0
