@@ -44,7 +44,7 @@ from .commands import Append, SetState, batch_frame_appends
 from .connection_end import end_connection
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
-from .limits import FrameLimiter
+from .limits import FRAME_BYTES, FrameLimiter
 from .outbound import Outbound
 from .outbox import CloseRequest, Outbox, Replay, send_frames
 from .page_requests import answer_page
@@ -306,10 +306,13 @@ class Connection:
         ``acks`` (server/commands.py ``BatchReply``). Each item counts as a frame
         against the rate and as a request in the inbox; the batch is one request in
         flight, since it has one reply."""
+        count = len(frame.items)
+        # Each item but the first took about a frame's decode (~2 us): it costs a
+        # frame's FRAME_BYTES against the byte rate, as a frame against the frame rate.
+        self.ws.charge_decoded(FRAME_BYTES * (count - 1))
         config = self.services.config
         if not config.batch_frames:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "unknown frame type 'batch'", frame.id)
-        count = len(frame.items)
         if count > config.max_batch_items:
             reason = f"a batch holds at most {config.max_batch_items} items, not {count}"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)

@@ -12,7 +12,8 @@ its decode (a dense 1 MiB frame takes tens of milliseconds, ten thousand empty P
 long), and a count of messages alone bounds neither: so a data frame, once decoded,
 costs what it weighs decoded beyond its bytes too (``FREE_VALUE_BYTES`` per free-form
 value and batch item; a frame refused in its decode, as many as its bytes could hold),
-charged by the connection's reader (connection.py). The pages a peer draws (a resume's
+and a batch ``FRAME_BYTES`` per item after the first, charged by the connection's
+reader (connection.py). The pages a peer draws (a resume's
 replay, ``history`` and ``events``, the HTTP API's pages) are charged at the same
 figures, a sixteenth of their size (``REPLY_SHARE``), not to the connection but to the
 peer, across its connections and requests (read_allowance.py).

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bamboo_session.protocol.free_form import FREE_VALUE_BYTES, MAX_FREE_VALUES
+from bamboo_session.server.limits import FRAME_BYTES
 from tests.support import Peer, attach, run_server
 from tests.test_byte_rate import read_wait_seconds
 
@@ -26,19 +27,30 @@ def dense(values: int) -> list[Any]:
     return [{}] * (values - 1)
 
 
-def dense_requests() -> dict[str, dict[str, Any]]:
-    """Requests holding about VALUES values each: a custom event's data, a message's
-    metadata, a batch's items (each weighs as a value)."""
+def dense_requests() -> dict[str, tuple[dict[str, Any], int]]:
+    """Requests of small values, and the least each costs decoded beyond its bytes
+    (about 190 KB): a custom event's data and a message's metadata, 128 a value; a
+    batch, 128 an item and a frame's 1 KiB for each item after the first."""
     message = {"role": "user", "content": "", "metadata": {"rows": dense(VALUES - 1)}}
     token = {"event": {"type": "token", "content": ""}}
+    items = 165
     return {
-        "custom": {
-            "type": "event",
-            "id": 1,
-            "event": {"type": "custom", "name": "x", "data": dense(VALUES)},
-        },
-        "metadata": {"type": "message", "id": 1, "message": message},
-        "batch": {"type": "batch", "id": 1, "items": [token] * VALUES},
+        "custom": (
+            {
+                "type": "event",
+                "id": 1,
+                "event": {"type": "custom", "name": "x", "data": dense(VALUES)},
+            },
+            VALUES * FREE_VALUE_BYTES,
+        ),
+        "metadata": (
+            {"type": "message", "id": 1, "message": message},
+            VALUES * FREE_VALUE_BYTES,
+        ),
+        "batch": (
+            {"type": "batch", "id": 1, "items": [token] * items},
+            items * FREE_VALUE_BYTES + (items - 1) * FRAME_BYTES,
+        ),
     }
 
 
@@ -58,10 +70,10 @@ async def pong_after(peer: Peer, since: float) -> float:
 async def test_a_dense_request_holds_its_peers_reading_and_not_another_peers(
     kind: str, burst: int
 ) -> None:
-    request = dense_requests()[kind]
+    request, decoded = dense_requests()[kind]
     config = {"rate_limit_bytes": RATE, "rate_limit_bytes_burst": burst}
     async with (
-        run_server(max_batch_items=VALUES, **config) as server,
+        run_server(**config) as server,
         attach(server, create=True) as (dense_peer, welcome),
         attach(server, welcome["session"]["id"]) as (honest, _),
     ):
@@ -77,7 +89,7 @@ async def test_a_dense_request_holds_its_peers_reading_and_not_another_peers(
         await honest.request({"type": "ping", "id": "h"}, "pong")
         assert not dense_pong.done(), "the honest peer waited for the dense one"
         waited = await dense_pong
-        assert waited >= (VALUES * FREE_VALUE_BYTES - burst) / RATE * 0.9, waited
+        assert waited >= (decoded - burst) / RATE * 0.9, waited
         assert await read_wait_seconds(server) > 0
 
 
@@ -114,7 +126,7 @@ async def test_rate_limit_bytes_0_charges_nothing_for_dense_frames() -> None:
     }
     async with run_server(rate_limit_bytes=0, rate_limit_bytes_burst=1) as server:
         async with attach(server, create=True) as (peer, _):
-            await peer.send(dense_requests()["custom"])
+            await peer.send(dense_requests()["custom"][0])
             assert (await peer.recv_type("ack"))["id"] == 1
             await peer.send(refused)
             assert (await peer.recv_type("error"))["id"] == 2
