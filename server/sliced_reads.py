@@ -135,7 +135,11 @@ class SlicedReads(ServerConnection):
         return (self.recv_messages.paused or over_bytes) and not self._close_sent
 
     def _hold(self, rest: bytes) -> None:
-        self._held, debt = rest, self._debt
+        # The debt as of now, not as charged: a decoded frame's (charge_decoded) may
+        # have waited for room in the queue since, repaying meanwhile.
+        meter = self._meter
+        debt = self._debt if meter is None else max(0.0, meter.charge(0))
+        self._held = rest
         self.transport.pause_reading()
         self.read_waits.begin(debt)
         self._repaid = self.loop.call_later(debt, self._go_on)
