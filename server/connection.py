@@ -42,6 +42,7 @@ from .actor import SessionActor
 from .closing import close_within, cut_replay
 from .commands import Append, SetState, batch_frame_appends
 from .connection_end import end_connection
+from .decode_charge import decode_charged
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
 from .limits import FRAME_BYTES, FrameLimiter
@@ -240,16 +241,7 @@ class Connection:
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
 
     def _decode(self, data: str | bytes) -> tuple[ClientFrame, int]:
-        """Codec.decode_request, and the weight beyond the bytes (charged as read)
-        charged to the byte rate: many small values cost far more to decode than long
-        strings. A refused frame, not counted to its end, weighs the most it could."""
-        try:
-            frame, weight = self.codec.decode_request(data)
-        except ProtocolError:
-            self.ws.charge_decoded(self.codec.refused_weight(data) - len(data))
-            raise
-        self.ws.charge_decoded(weight - len(data))
-        return frame, weight
+        return decode_charged(self.codec, self.ws, data)
 
     @staticmethod
     def _closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:
