@@ -228,13 +228,15 @@ class Codec:
         return frame, len(data) + values * FREE_VALUE_BYTES
 
     def refused_weight(self, data: bytes | str) -> int:
-        """What a frame that :meth:`decode_request` refused may have weighed decoded:
-        its bytes, and ``FREE_VALUE_BYTES`` for each value its bytes could hold, since
-        it was decoded up to its fault, which may be its end (a frame past the
-        free-form values bound was decoded whole, then counted only to the bound).
+        """The most a frame that :meth:`decode_request` refused may have weighed
+        decoded: its bytes, and ``FREE_VALUE_BYTES`` for each value its bytes could
+        hold, since it was decoded up to its fault, which may be its end (a frame past
+        the free-form values bound was decoded whole, then counted only to the bound).
         MessagePack holds a value in a byte; JSON in two (``0,``), and no more than its
-        separators and openings, counted at a fraction of a decode's cost, so that an
-        honest frame with one bad field weighs about its bytes."""
+        separators and openings, counted at a fraction of a decode's cost. The server
+        charges the time the decode took, at most this (server/decode_charge.py): in
+        MessagePack, a frame of long strings with a bad field first weighs this much
+        too."""
         if not self.text:
             return len(data) * (1 + FREE_VALUE_BYTES)
         if isinstance(data, str):

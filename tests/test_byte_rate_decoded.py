@@ -1,8 +1,10 @@
 """The byte rate counts what a frame weighs decoded (docs/protocol.md, Byte rate): a
 frame of many small values costs the server far more to decode than its bytes say, and
 its peer's reading waits in proportion, while another peer is served meanwhile; a
-frame refused past the free-form values bound is charged as if its bytes held the most
-values they can. Lower bounds on the waits and orderings are asserted, not speeds."""
+frame refused as it is decoded is charged the time its decode took, at most as if its
+bytes held the most values they can: one refused past the free-form values bound holds
+its peer back, one refused at its first field costs about its bytes. Lower bounds on
+the waits and orderings are asserted, not speeds."""
 
 from __future__ import annotations
 
@@ -94,13 +96,15 @@ async def test_a_dense_request_holds_its_peers_reading_and_not_another_peers(
 
 
 @pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
-async def test_a_frame_refused_past_the_values_bound_costs_its_peer_the_most_values(
+async def test_a_frame_refused_past_the_values_bound_holds_its_peers_reading(
     msgpack: bool,
 ) -> None:
-    """Decoded whole, then counted only to the bound: charged for at least every value
-    it held (JSON: for as many as its bytes could hold, half its bytes at most)."""
-    rate, values = 2_000_000, MAX_FREE_VALUES + 1
-    config = {"rate_limit_bytes": rate, "rate_limit_bytes_burst": BURST}
+    """Decoded whole, then counted only to the bound: charged for the time its decode
+    took (milliseconds: 2 MiB each), at most the most values its bytes could hold (2
+    MiB), so its peer's next frame is read after another peer's exchange."""
+    # A burst above the frame's bytes (48 KB in JSON): only its decode holds its peer.
+    rate, values = 1_000_000, MAX_FREE_VALUES + 1
+    config = {"rate_limit_bytes": rate, "rate_limit_bytes_burst": 100_000}
     refused = {
         "type": "event",
         "id": 1,
@@ -108,14 +112,39 @@ async def test_a_frame_refused_past_the_values_bound_costs_its_peer_the_most_val
     }
     async with (
         run_server(**config) as server,
-        attach(server, create=True, msgpack=msgpack) as (peer, _),
+        attach(server, create=True, msgpack=msgpack) as (peer, welcome),
+        attach(server, welcome["session"]["id"]) as (honest, _),
     ):
         sent = time.monotonic()
         await peer.send(refused)
         error = await peer.recv_type("error")
         assert error["code"] == "bad_request" and error["id"] == 1, error
-        waited = await pong_after(peer, sent)
-        assert waited >= (values * FREE_VALUE_BYTES - BURST) / rate * 0.9, waited
+        dense_pong = asyncio.ensure_future(pong_after(peer, sent))
+        await honest.request({"type": "ping", "id": "h"}, "pong")
+        assert not dense_pong.done(), "the honest peer waited for the refused one"
+        await dense_pong
+        assert await read_wait_seconds(server) > 0
+
+
+@pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
+async def test_a_long_frame_refused_at_its_first_field_costs_about_its_bytes(
+    msgpack: bool,
+) -> None:
+    """512 KiB of strings with an unknown event type, refused as soon as its type is
+    read: charged the most values its bytes could hold, a MessagePack one cost 64 MiB,
+    half a minute of reading at the default rate; it stays within the burst."""
+    strings = ["x" * 1_000] * 512
+    refused = {"type": "event", "id": 1, "event": {"type": "nope", "data": strings}}
+    async with (
+        run_server() as server,
+        attach(server, create=True, msgpack=msgpack) as (peer, _),
+    ):
+        await peer.send(refused)
+        error = await peer.recv_type("error")
+        assert error["code"] == "bad_request" and error["id"] == 1, error
+        assert not any(c._repaid is not None for c in server._open_connections)
+        await peer.request({"type": "ping", "id": "p"}, "pong")
+        assert await read_wait_seconds(server) == 0.0
 
 
 async def test_rate_limit_bytes_0_charges_nothing_for_dense_frames() -> None:
