@@ -131,12 +131,12 @@ async def test_a_long_frame_refused_at_its_first_field_costs_about_its_bytes(
     msgpack: bool,
 ) -> None:
     """512 KiB of strings with an unknown event type, refused as soon as its type is
-    read: charged the most values its bytes could hold, a MessagePack one cost 64 MiB,
-    half a minute of reading at the default rate; it stays within the burst."""
+    read: charged the most values its bytes could hold, a MessagePack one cost 64.5
+    MiB; it stays within a burst of 60 (unless its decode took 29 ms)."""
     strings = ["x" * 1_000] * 512
     refused = {"type": "event", "id": 1, "event": {"type": "nope", "data": strings}}
     async with (
-        run_server() as server,
+        run_server(rate_limit_bytes_burst=60 * 1024 * 1024) as server,
         attach(server, create=True, msgpack=msgpack) as (peer, _),
     ):
         await peer.send(refused)
