@@ -35,6 +35,12 @@ class ReadWaits:
         self._under_way += 1
         self.held_until = max(self.held_until, now + debt)
 
+    def held_seconds(self) -> float:
+        """Seconds reading was held back so far, the wait under way included."""
+        if not self._under_way:
+            return self.waited
+        return self.waited + self._loop.time() - self._since
+
     def end(self) -> None:
         """Once no wait is under way, the time they held reading back is counted."""
         self._under_way -= 1

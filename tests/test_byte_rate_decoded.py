@@ -162,3 +162,25 @@ async def test_rate_limit_bytes_0_charges_nothing_for_dense_frames() -> None:
             await peer.request({"type": "ping", "id": "p"}, "pong")
             assert not any(c._repaid is not None for c in server._open_connections)
         assert await read_wait_seconds(server) == 0.0
+
+
+async def test_a_peer_held_for_its_dense_frames_is_not_closed_by_the_keepalive() -> None:
+    """Its Pong waits behind frames the server does not read yet: reading held for the
+    debt does not count against ``--ping-timeout`` (4 s of debt here, past a Ping's
+    0.3 s and its Pong's 1.5 s), and every frame is answered."""
+    rate, frames = 2 * 1024 * 1024, 5
+    config = {
+        "rate_limit_bytes": rate,
+        "rate_limit_bytes_burst": rate,
+        "ping_interval": 0.3,
+        "ping_timeout": 1.5,
+    }
+    request = dense_requests()["custom"][0]
+    rows = {"type": "event", "event": {"type": "custom", "name": "x", "data": dense(16_000)}}
+    async with run_server(**config) as server, attach(server, create=True) as (peer, _):
+        for request_id in range(1, frames + 1):
+            await peer.send(rows | {"id": request_id})
+        acks = [(await peer.recv_type("ack"))["id"] for _ in range(frames)]
+        assert acks == list(range(1, frames + 1))
+        assert (await peer.request(request | {"id": "last"}, "ack"))["id"] == "last"
+        assert await read_wait_seconds(server) > 1.0
