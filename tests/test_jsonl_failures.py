@@ -18,7 +18,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Session, utcnow
-from tests.write_failures import check_report
+from tests.write_failures import assert_told_once, check_report
 
 CHILD = Path(__file__).with_name("jsonl_child.py")  # its diskfull: tests/write_failures.py
 
@@ -35,6 +35,8 @@ def test_disk_full_fails_cleanly_and_recovers(tmp_path: Path) -> None:
     report = json.loads(result.stdout.splitlines()[-1])
     seqs = check_report(report)
     assert "write" in report["reasons"]
+    # The store's log tells the outage once, with the OS error, then its end in counts.
+    assert_told_once(result.stderr, "appending to the log of session 'full' failed")
 
     raw = (base / "events" / "full.jsonl").read_bytes()
     assert raw.endswith(b"\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol.models import MessageEvent
 from tests import kills
-from tests.write_failures import check_report
+from tests.write_failures import assert_told_once, check_report
 
 CHILD = Path(__file__).with_name("sqlite_child.py")  # its writefail: tests/write_failures.py
 ROUNDS = 6
@@ -116,6 +116,7 @@ def test_failed_writes_fail_cleanly_and_recover(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     seqs = check_report(report)
+    assert_told_once(result.stderr, f"a write to {path} failed: disk I/O error")
     for reason in report["reasons"]:
         assert "\n" not in reason
         assert "could not write to the SQLite store" in reason

@@ -121,6 +121,19 @@ def check_report(report: dict[str, Any]) -> list[int]:
     return seqs
 
 
+def assert_told_once(stderr: str, failure: str) -> None:
+    """The child's log (stderr, Python's last-resort handler: warnings and errors)
+    tells the outage's first ``failure`` once, with the OS's words, and then how many
+    more failed, when writes succeed again: not a line per failed write."""
+    lines = stderr.splitlines()
+    told = [line for line in lines if line.startswith(failure)]
+    assert len(told) == 1, stderr
+    assert "later failures are logged at debug level" in told[0]
+    again = [line for line in lines if " succeed again; " in line]
+    assert len(again) == 1 and failure in again[0], stderr
+    assert int(again[0].split("; ")[1].split()[0]) >= 1, again[0]
+
+
 def _tag(event: StoredEvent) -> str:
     payload = event.event
     text = getattr(payload, "content", None)

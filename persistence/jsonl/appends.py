@@ -26,6 +26,7 @@ from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent, u
 
 from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError
 from ..events import UserBytes, check_room, check_user_room, completed_event
+from ..failure_log import FailureLog
 from ..feed import Feed
 from ..keys import KeyWindow, split_duplicates
 from .batch import Batch
@@ -66,6 +67,7 @@ class Appender:
         self.max_user_bytes = config.max_user_bytes
         self.wal_kept_max_bytes = config.wal_kept_max_bytes
         self._wal_full_logged = False  # (once: then every append says so)
+        self._failures = FailureLog(log, "appends to the logs")  # once per outage
         self.users = UserBytes()  # the log_end of each user's sessions, summed
         # Sessions forgotten while their files are deleted: the writer's reports still
         # move their records, which a failed delete brings back (JsonlStorage._remove).
@@ -269,6 +271,7 @@ class Appender:
     # -- the writer's reports -------------------------------------------------------
 
     def _on_written(self, session_id: str, written: list[tuple[int, Batch]], size: int) -> None:
+        self._failures.succeeded()
         record = self._records.get(session_id)
         known = record is not None
         if record is None:
@@ -312,7 +315,7 @@ class Appender:
         meta.message_count += len(messages)
 
     def _on_failed(self, session_id: str, error: OSError, uncut: int) -> None:
-        log.error("appending to the log of session %r failed: %s", session_id, error)
+        self._failures.failed(f"appending to the log of session {session_id!r} failed: {error}")
         # A session being deleted too: should the delete fail, it comes back as its
         # log is, without the seqs and bytes of appends that were never written.
         record = self._records.get(session_id) or self.deleting.get(session_id)

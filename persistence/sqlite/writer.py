@@ -29,6 +29,7 @@ from bamboo_session.protocol.models import utcnow
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
+from ..failure_log import FailureLog
 from .rows import RowCache
 from .writes import Batch
 
@@ -72,6 +73,7 @@ class Writer:
         self._closing = False
         self._session_count: int | None = None  # known after a batch counted them
         self._rows = RowCache(ROW_CACHE)
+        self._failures = FailureLog(log, f"writes to {path}")  # once per outage
         self.batches = 0  # for tests and benchmarks: transactions committed or failed
 
     async def start(self) -> None:
@@ -131,6 +133,7 @@ class Writer:
         except Exception as exc:
             self._fail(ops, exc)
         else:
+            self._failures.succeeded()
             self._settle(ops, outcomes)
         finally:
             self.batches += 1
@@ -188,7 +191,9 @@ class Writer:
 
     def _fail(self, ops: list[_Op[Any]], exc: Exception) -> None:
         if isinstance(exc, sqlite3.Error):
-            log.error("a write to %s failed: %s; nothing of its batch was stored", self._path, exc)
+            self._failures.failed(
+                f"a write to {self._path} failed: {exc}; nothing of its batch was stored"
+            )
         else:
             log.error("a write to %s failed", self._path, exc_info=exc)
         reason = (
