@@ -72,6 +72,15 @@ class AppendsSuspended(StorageError):
     with the same key is safe. The session stays readable."""
 
 
+class SessionRefused(StorageError):
+    """The store refused a call, not for a failure of its own, but because what the call
+    named changed meanwhile: the Redis store's ``HistoryLost`` (the session's log as an
+    earlier generation of the store served it, before a restart of a Redis that may
+    lose writes; its peers resume under the new epoch) and ``Fenced`` (a lease that
+    another instance holds now). Nothing was stored, and the store serves other calls
+    as before: a server does not count it as an outage (``/readyz`` stays ready)."""
+
+
 class StorageFull(StorageError):
     """The store holds its maximum number of sessions."""
 

@@ -31,6 +31,7 @@ from bamboo_session.persistence.base import (
     SessionExpired,
     SessionFull,
     SessionNotFound,
+    SessionRefused,
     Storage,
     StorageError,
 )
@@ -332,6 +333,9 @@ class SessionActor:
         """Tells the log, metrics and /readyz of a store append that failed."""
         if isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
             return  # the session's end, not a failure
+        if isinstance(exc, SessionRefused):  # its history lost: not an outage of the store
+            self.metrics.events_failed.inc(events)
+            return
         if isinstance(exc, StorageError):  # /readyz: 503; logged once an outage, then counted
             self.health.failed(self.session_id, str(exc), events)
             self.metrics.events_failed.inc(events)

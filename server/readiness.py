@@ -6,7 +6,8 @@ locked): ``/readyz`` reads one session's metadata, at most once a second; while 
 append has waited that long for the store (a disk that stalls writes, a write lock
 another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
-unreachable) until appends work again: the next append that succeeds, or a probe.
+unreachable; not ``SessionRefused``, a refusal of one session) until appends work
+again: the next append that succeeds, or a probe.
 Without a probe, a server that a load balancer takes out of rotation for its 503 would
 get no more appends to prove itself well, so while appends fail, ``/readyz`` probes (at
 most once a second) what a failed append needed: for a file store, writing and syncing

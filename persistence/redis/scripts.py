@@ -24,6 +24,7 @@ from ..base import (
     SessionExpired,
     SessionFull,
     SessionNotFound,
+    SessionRefused,
     StorageError,
     StorageFull,
     UserFull,
@@ -54,11 +55,11 @@ Arg = str | bytes | int
 BeforeReload = Callable[[], Awaitable[object]] | None
 
 
-class Fenced(StorageError):
+class Fenced(SessionRefused):
     """The lease named in a fenced call is no longer held by the caller's token."""
 
 
-class HistoryLost(StorageError):
+class HistoryLost(SessionRefused):
     """A call named its session's log as an earlier generation of the store served it:
     Redis, which may lose writes it acknowledged, restarted since (generation.py), and
     every session's epoch changed. The caller's peers resume under the new epoch."""

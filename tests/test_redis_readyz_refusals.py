@@ -1,0 +1,53 @@
+"""A Redis store's refusal of one session is not an outage: an append refused with
+``HistoryLost`` (its session's epoch as an earlier generation of the store served it)
+leaves ``/readyz`` ready, on a real redis-server killed and started again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import redis.asyncio
+
+from tests.instances import eventually
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach, get, run_server
+from tests.test_redis_lossy_epoch import (
+    _answers,
+    attached,
+    crash_and_restart,
+    lossy_redis,
+    publish,
+    snapshot,
+)
+
+
+async def test_an_append_refused_for_its_lost_history_leaves_readyz_ready(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """A lossy restart gives ``s`` a new epoch (its stored one and the generation's
+    token); the generation's record then lost while Redis runs on (as in
+    test_redis_lossy_epoch), an append under that epoch is refused once with
+    ``HistoryLost``: the agent is told, and ``/readyz`` stays 200, as the store
+    serves every other call."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), accept_lossy="true")
+    record = f"{prefix_for(tmp_path)}:{{idx}}:generation"
+    async with run_server(store=url) as bamboo:
+        async with attach(bamboo, "s", create=True, role="agent") as (agent, _):
+            assert await publish(agent, 2) == [1, 2]
+        await snapshot(server)
+        crash_and_restart(server)
+        await eventually(lambda: _answers(bamboo.storage, "s"), timeout=10)
+        async with attached(bamboo, "s", role="agent") as (agent, _):
+            admin = redis.asyncio.Redis(port=server.port)
+            try:
+                assert await admin.delete(record) == 1
+            finally:
+                await admin.aclose()
+            refused = await agent.request(
+                {"type": "event", "id": 9, "event": {"type": "token", "content": "x"}},
+                "error",
+            )
+            assert "epoch changed" in refused["message"]
+        assert await get(bamboo, "/readyz") == (200, "ready\n")
