@@ -7,6 +7,7 @@ every malformed frame to an ``error`` reply the same way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -47,6 +48,14 @@ from .models import (
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
+
+
+_TRUNCATED: Final = "Input data was truncated"
+# An escape ``\uD800``-``\uDBFF`` (after an even run of backslashes: not an escaped
+# backslash's text) with no low half's escape right after it.
+_LONE_HIGH_SURROGATE: Final = re.compile(
+    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 
 
 class _RequestIdOnly(msgspec.Struct):
@@ -203,12 +212,25 @@ class Codec:
         except msgspec.ValidationError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}") from None
+            why = self._why_malformed(exc, data)
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {why}") from None
         if isinstance(frame, PublishEvent | PublishMessage):
             return frame, _check_published(frame)
         if type(frame) is PublishBatch:
             return frame, _check_batch(frame)
         return frame, 0
+
+    def _why_malformed(self, exc: Exception, raw: bytes | str) -> str:
+        """msgspec's words for a frame it cannot decode; a lone high surrogate escape
+        in JSON named as what it is (msgspec says ``Input data was truncated``)."""
+        if self.text and str(exc) == _TRUNCATED:
+            data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
+            if _LONE_HIGH_SURROGATE.search(data):
+                return (
+                    "JSON is malformed: invalid utf-16 surrogate pair (a high half, "
+                    "\\ud800 to \\udbff, with no low half after it)"
+                )
+        return str(exc)
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already

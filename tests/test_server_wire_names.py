@@ -93,6 +93,14 @@ async def test_a_lone_surrogate_escape_is_a_frame_that_cannot_be_decoded() -> No
             error = await publisher.recv_type("error")
             # Not decoded at all, so not even the frame's id is read.
             assert error["code"] == "bad_request" and "id" not in error, error
+            # Named as what it is (msgspec says a lone high half is "truncated").
+            assert "invalid utf-16 surrogate pair" in error["message"], error
+        # An escaped backslash before "ud800" is text, and a frame cut short is that.
+        await publisher.ws.send(
+            '{"type": "event", "id": 8, "event": {"type": "token", "content": "\\\\ud800"'
+        )
+        error = await publisher.recv_type("error")
+        assert error["message"] == "malformed frame: Input data was truncated", error
         # A whole pair is the character it encodes; the connection stayed open.
         await publisher.ws.send(
             '{"type": "event", "id": 9, "event": {"type": "token", "content": "\\ud83d\\ude00"}}'
