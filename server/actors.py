@@ -198,8 +198,13 @@ class ActorRegistry:
         registry closes (a hello waiting for a delete gets 1012 at once)."""
         await self.holds.unheld(session_id, deadline)
 
-    async def await_retired(self, session_id: str) -> None:
-        """Returns once no actor of the session is spawning or finishing."""
+    async def await_retired(self, session_id: str, deadline: float) -> None:
+        """Returns once no actor of the session is spawning or finishing; StoreTimeout
+        past ``deadline``: a finishing actor stores what it holds first, on a store
+        that may not answer."""
+        await self._reads.within(deadline, self._retired(session_id))
+
+    async def _retired(self, session_id: str) -> None:
         await self._await_spawning(session_id)
         retiring = self._unfinished_retiring(session_id)
         if retiring is not None:
@@ -210,11 +215,13 @@ class ActorRegistry:
         ends as at its expiry (``closed`` and 4404, ``session expired``), and has
         finished, before a new session replaces it: the new one is then the one in
         memory. An actor of another epoch (the session a concurrent creation made) is
-        left alone."""
+        left alone. Within the read deadline (StoreTimeout, nothing created): the
+        actor ends once what it stores meanwhile is stored."""
+        deadline = self._reads.deadline()
         actor = self._actors.get(expired.id)
         if actor is not None and actor.room.epoch == expired.epoch:
-            await self.stop(actor, CloseCode.NOT_FOUND, "session expired")
-        await self.await_retired(expired.id)
+            await self.stop(actor, CloseCode.NOT_FOUND, "session expired", deadline)
+        await self.await_retired(expired.id, deadline)
 
     def check_room(self) -> None:
         """ServerBusy unless one more live session fits, evicting a parked one if need
@@ -231,10 +238,14 @@ class ActorRegistry:
         actor.post(stop)  # wakes the actor's task, which retires it
         self.retired(actor)
 
-    async def stop(self, actor: SessionActor, code: CloseCode, reason: str) -> None:
+    async def stop(
+        self, actor: SessionActor, code: CloseCode, reason: str, deadline: float
+    ) -> None:
+        """``actor`` retired, closing its connections with ``code`` once it takes its
+        ``Stop`` (after the command it carries out), by ``deadline`` (StoreTimeout)."""
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.retire(actor, Stop(code, reason, stopped))
-        await stopped
+        await self._reads.within(deadline, asyncio.wait([stopped]))
 
     @contextlib.asynccontextmanager
     async def held_off(self, session_id: str) -> AsyncIterator[HeldConnections]:
@@ -244,23 +255,28 @@ class ActorRegistry:
         from what the store holds then. Yields the retired actors' connections, still
         open, for the caller to tell once it knows what to; a server stop meanwhile
         tells them 1012, and a block that ends without telling them (cancelled before
-        it knew) 1011 ``session not deleted``: they resume, and find what is there."""
+        it knew) 1011 ``session not deleted``: they resume, and find what is there.
+        The retirement is within the read deadline: past it, StoreTimeout before the
+        block (the actor stores what it holds first, on a store that may not answer);
+        connections it hands over later are told 1011 then."""
         check_session_id(session_id)
         async with self.holds.hold(session_id) as held:
-            await self._retire_all_of(session_id, held)
+            await self._retire_all_of(session_id, held, self._reads.deadline())
             yield held
 
-    async def _retire_all_of(self, session_id: str, held: HeldConnections) -> None:
+    async def _retire_all_of(self, session_id: str, held: HeldConnections, deadline: float) -> None:
         """Retires the session's actors, handing their connections to ``held``."""
+        within = self._reads.within
         while True:
-            await self._await_spawning(session_id)  # one spawned before the hold retires too
+            # One spawned before the hold retires too.
+            await within(deadline, self._await_spawning(session_id))
             actor = self._actors.get(session_id)
             if actor is None:
                 break
             handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.retire(actor, Stop(CloseCode.NORMAL, "", handed, hand_over=held))
-            await handed
-        await self.await_retired(session_id)
+            await within(deadline, asyncio.wait([handed]))
+        await self.await_retired(session_id, deadline)
 
     def retired(self, actor: SessionActor) -> None:
         """Called once an actor takes no more commands (it may still be flushing)."""

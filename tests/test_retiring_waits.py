@@ -1,0 +1,81 @@
+"""Calls that wait for their session's actor to retire, the store holding up what that
+actor still has to store (a JSONL log sync held in its thread): an in-process delete,
+and a creation that replaces the expired session, give up at the read deadline
+(StoreTimeout, nothing deleted or created), as an append that meets a retiring actor
+does (tests/test_retiring_append.py); once the store answers, they work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.protocol import AgentEvent
+from bamboo_session.protocol.models import SessionState
+from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from bamboo_session.server.pages import StoreTimeout
+from tests.held_delete_support import held_log_sync
+
+DEADLINE = 0.5
+
+
+@asynccontextmanager
+async def append_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[SessionManager, asyncio.Task[object], Callable[[], None]]]:
+    """A manager whose session ``a``'s actor stores an append the store holds at its
+    log sync: the manager, the held append's task, and what releases it (at the
+    block's end at the latest)."""
+    config = SessionManagerConfig(store_read_timeout=DEADLINE)
+    async with await JsonlStorage.open(JsonlStorageConfig(tmp_path, wal=False)) as storage:
+        async with SessionManager(config, storage) as manager:
+            await manager.create_session(session_id="a")
+            started, release = held_log_sync(monkeypatch)
+            held = asyncio.create_task(manager.append_event("a", AgentEvent.token("a1")))
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                yield manager, held, release.set
+            finally:
+                release.set()
+                await asyncio.wait([held])
+
+
+async def test_a_delete_whose_actor_the_store_holds_up_ends_at_the_read_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with append_held(tmp_path, monkeypatch) as (manager, held, release):
+        async with asyncio.timeout(DEADLINE + 5):  # unbounded, it hangs here
+            with pytest.raises(StoreTimeout, match="no answer from the store"):
+                await manager.delete_session("a")
+        assert not held.done()  # the bound gave up, not the store's answer
+        release()
+        assert (await held).seq == 1  # type: ignore[attr-defined]
+        assert [e.seq for e in await manager.read_events("a")] == [1]  # not deleted
+        await manager.delete_session("a")
+        assert await manager.storage.get_metadata("a") is None
+
+
+async def test_a_creation_replacing_an_expired_session_whose_actor_is_held_ends_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session expires in the store (as its TTL running out would) while its actor
+    stores the held append: a get-or-create of it (a ``hello`` with ``create``) ends
+    that actor first, and gives up at the read deadline, nothing created."""
+    async with append_held(tmp_path, monkeypatch) as (manager, held, release):
+        old = await manager.storage.get_metadata("a")
+        assert old is not None
+        await manager.storage.update_session_state("a", SessionState.EXPIRED)
+        async with asyncio.timeout(DEADLINE + 5):  # unbounded, it hangs here
+            with pytest.raises(StoreTimeout, match="no answer from the store"):
+                await manager.ensure_session("a")
+        assert not held.done()
+        release()
+        await asyncio.wait([held])
+        kept = await manager.storage.get_metadata("a")
+        assert kept is not None and kept.epoch == old.epoch  # not replaced
+        created = await manager.ensure_session("a")
+        assert created.epoch != old.epoch and created.state != SessionState.EXPIRED
