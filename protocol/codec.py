@@ -51,11 +51,17 @@ MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
 
 
 _TRUNCATED: Final = "Input data was truncated"
-# An escape ``\uD800``-``\uDBFF`` (after an even run of backslashes: not an escaped
-# backslash's text) with no low half's escape right after it.
+# An escape ``\uD800``-``\uDBFF`` with no low half's escape right after it, searched
+# for once every escaped backslash is out of the way (_ESCAPED_BACKSLASH): a pattern
+# that counted the backslashes before each ``\u`` itself took 100 to 500 ms of the
+# event loop on a 1 MiB frame of them, where this takes about what msgspec does.
 _LONE_HIGH_SURROGATE: Final = re.compile(
-    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
 )
+# Replaced left to right, as JSON reads escapes, by as many bytes that are no
+# backslash: what follows a run of them is escaped exactly when the run was odd.
+_ESCAPED_BACKSLASH: Final = b"\\\\"
+_NOT_AN_ESCAPE: Final = b"__"
 
 
 class _RequestIdOnly(msgspec.Struct):
@@ -225,7 +231,7 @@ class Codec:
         in JSON named as what it is (msgspec says ``Input data was truncated``)."""
         if self.text and str(exc) == _TRUNCATED:
             data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
-            if _LONE_HIGH_SURROGATE.search(data):
+            if _LONE_HIGH_SURROGATE.search(data.replace(_ESCAPED_BACKSLASH, _NOT_AN_ESCAPE)):
                 return (
                     "JSON is malformed: invalid utf-16 surrogate pair (a high half, "
                     "\\ud800 to \\udbff, with no low half after it)"

@@ -83,6 +83,34 @@ def test_str_input_that_is_not_utf8_encodable() -> None:
     bad(MSGPACK, "\ud800")
 
 
+LONE_HIGH_HALF = "invalid utf-16 surrogate pair"
+TRUNCATED = "malformed frame: Input data was truncated"
+RUN = 1 << 20  # a frame's worth of backslashes (--max-frame-bytes, 1 MiB by default)
+
+
+@pytest.mark.parametrize(
+    ("backslashes", "after", "says"),
+    [
+        (1, "ud800", LONE_HIGH_HALF),
+        (2, "ud800", TRUNCATED),  # an escaped backslash, then the text "ud800"
+        (3, "ud800", LONE_HIGH_HALF),
+        (4, "ud800", TRUNCATED),
+        (1, "ud83d\\ude00", TRUNCATED),  # a pair, then a frame cut short
+        (RUN - 1, "ud800", LONE_HIGH_HALF),
+        (RUN, "ud800", TRUNCATED),
+        (RUN, "", TRUNCATED),
+    ],
+)
+def test_a_cut_short_json_frame_names_a_lone_high_half_after_an_odd_run_of_backslashes(
+    backslashes: int, after: str, says: str
+) -> None:
+    """msgspec says "truncated" for both: an escape is a backslash after an even run of
+    escaped ones, at any length of run a frame may hold."""
+    frame = '{"type":"event","event":{"type":"token","content":"' + "\\" * backslashes + after
+    for data in (frame, frame.encode()):
+        assert says in bad(JSON, data).message
+
+
 @pytest.mark.parametrize(
     "data",
     [
