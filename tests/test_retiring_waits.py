@@ -18,7 +18,10 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import StoreTimeout
-from tests.held_delete_support import held_log_sync
+from tests.held_delete_support import EVENT_A, closed_with, held_log_sync, scene
+from tests.support import attach, get
+
+NOT_DELETED = {"type": "closed", "reason": "session not deleted"}
 
 DEADLINE = 0.5
 
@@ -79,3 +82,32 @@ async def test_a_creation_replacing_an_expired_session_whose_actor_is_held_ends_
         assert kept is not None and kept.epoch == old.epoch  # not replaced
         created = await manager.ensure_session("a")
         assert created.epoch != old.epoch and created.state != SessionState.EXPIRED
+
+
+async def test_the_connections_of_a_delete_that_timed_out_are_told_1011_once_handed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete that gave up on the actor (StoreTimeout) leaves no hold behind and no
+    connection open in no room: once the store answers, the agent gets its ack, then
+    1011 (resume); a second delete meanwhile gives up the same way, and one after the
+    store answered deletes the session."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
+        async with attach(s.server, role="agent") as (agent, welcome):
+            session_id = welcome["session"]["id"]
+            started, release = held_log_sync(monkeypatch)
+            await agent.send(EVENT_A)
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                for _ in range(2):
+                    async with asyncio.timeout(DEADLINE + 5):  # unbounded, it hangs here
+                        with pytest.raises(StoreTimeout, match="no answer from the store"):
+                            await s.manager.delete_session(session_id)
+                    assert not s.manager.actors.holds.holds(session_id)
+            finally:
+                release.set()
+            assert (await agent.recv_type("ack"))["seq"] == 1
+            assert (await closed_with(agent, 1011))[-1] == NOT_DELETED
+        assert await s.events(session_id) == [1]
+        await s.manager.delete_session(session_id)
+        status, _body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
+        assert status == 404
