@@ -19,7 +19,7 @@ from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import StoreTimeout
 from tests.held_delete_support import EVENT_A, closed_with, held_log_sync, scene
-from tests.support import attach, get
+from tests.support import attach, get, open_peer
 
 NOT_DELETED = {"type": "closed", "reason": "session not deleted"}
 
@@ -111,3 +111,30 @@ async def test_the_connections_of_a_delete_that_timed_out_are_told_1011_once_han
         await s.manager.delete_session(session_id)
         status, _body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
         assert status == 404
+
+
+async def test_a_hello_creating_over_an_expired_session_whose_actor_is_held_gets_1011(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What docs/protocol.md says a client sees: the hello with ``create`` is closed
+    with 1011 at the read deadline, nothing created; the old session's agent gets its
+    ack once the store answers, then 4404 (``session expired``); a hello then creates."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
+        async with attach(s.server, "a", role="agent", create=True) as (agent, welcome):
+            old_epoch = welcome["session"]["epoch"]
+            started, release = held_log_sync(monkeypatch)
+            await agent.send(EVENT_A)
+            try:
+                assert await asyncio.to_thread(started.wait, 10)
+                await s.manager.storage.update_session_state("a", SessionState.EXPIRED)
+                async with open_peer(s.server, "a") as late:
+                    await late.send({"type": "hello", "role": "agent", "create": True})
+                    await closed_with(late, 1011)
+                kept = await s.manager.storage.get_metadata("a")
+                assert kept is not None and kept.epoch == old_epoch  # nothing created
+            finally:
+                release.set()
+            assert (await agent.recv_type("ack"))["seq"] == 1
+            assert (await closed_with(agent, 4404))[-1]["reason"] == "session expired"
+        async with attach(s.server, "a", role="agent", create=True) as (_agent, welcome):
+            assert welcome["session"]["epoch"] != old_epoch
