@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -127,6 +128,12 @@ class StorageMachine(RuleBasedStateMachine):
         return None
 
     # -- rules ----------------------------------------------------------------------
+
+    @initialize(session_id=SESSION_IDS, user_id=USERS)
+    def first_session(self, session_id: str, user_id: str | None) -> None:
+        """A session to start with: otherwise most steps of a run are appends to
+        sessions not made yet, refused (as the rules still check)."""
+        self.create(session_id, user_id, [])
 
     @rule(session_id=SESSION_IDS, user_id=USERS, first=st.lists(TEXT, max_size=2))
     def create(self, session_id: str, user_id: str | None, first: list[str]) -> None:
@@ -365,7 +372,14 @@ _settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-_EXAMPLES = {"memory": 150, "jsonl": 80, "jsonl-os": 50}
+# Each example starts with a session (first_session), so it appends far more often
+# than when most of its steps were refused appends to sessions not made yet: measured
+# over a few runs, 100 examples on memory accept some 200-340 appends (150 used to:
+# 170-420), 50 on jsonl some 80 (80 used to: 10-90), 20 on each other backend some
+# 30-90 (50 used to: 15-70), every rule run dozens of times. memory and jsonl keep the
+# most: the model's own semantics, and the most rules (checkpoints, caches, snapshots,
+# damaged indexes, crash images).
+_EXAMPLES = {"memory": 100, "jsonl": 50}
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS])
@@ -376,5 +390,5 @@ def test_storage_agrees_with_the_model(backend: Backend, request: pytest.Fixture
     bound: Backend = bind(request) if bind is not None else backend
     base = JsonlMachine if backend.name.startswith("jsonl") else StorageMachine
     machine = type(f"{base.__name__}_{backend.name}", (base,), {"backend": bound})
-    examples = _EXAMPLES.get(backend.name, 50)
+    examples = _EXAMPLES.get(backend.name, 20)
     run_state_machine_as_test(machine, settings=settings(_settings, max_examples=examples))
