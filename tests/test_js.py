@@ -1,7 +1,8 @@
 """The JavaScript on Node: the client's tests (tests/js/client*.test.mjs, node:test)
 against real servers (one without auth, one with auth and no leeway, so that tokens
-expire on time, and one whose sessions expire 2 s after their last activity, so that a
-session can be replaced under its id), a type check of the JSDoc of server/web/ (tsc),
+expire on time, one whose sessions expire 2 s after their last activity, so that a
+session can be replaced under its id, and one whose close bound is 1 s, so that a test
+outlives it soon), a type check of the JSDoc of server/web/ (tsc),
 and its format (prettier). The test files run side by side, each in a Node process of
 its own: most of their time goes in waiting for tokens, sessions and close bounds to
 run out, which they can do together. Node 22+ has a global WebSocket; Node 20.10+ gets
@@ -29,12 +30,14 @@ TEST_FILES = sorted(JS_DIR.glob("client*.test.mjs"))
 HINT = "install Node.js 22+ (or 20.10+) for the Node test of the JavaScript client"
 # The Node tests sign their own tokens with it (HS256, node:crypto).
 AUTH_SECRET = "js-test-secret-" + "s" * 32
-# The files take some 57 s one after another on two idle cores, some 20 s side by side
-# (the longest file, client_replay_cut, 17 s): room for a loaded machine.
+# The files take some 50 s one after another on two idle cores, some 18 s side by side
+# (the longest, client_replay_cut and client_tokens, some 15 s): room for a loaded machine.
 NODE_TIMEOUT = 120
 # The expiring server's session TTL (seconds): long enough for a replaced session to
 # outlive a client's reconnect and read, short enough for a test to wait for expiry.
 EXPIRING_TTL = 2
+# The quick server's --close-timeout (seconds): client_replay_cut waits past it.
+QUICK_CLOSE_TIMEOUT = 1
 
 
 @functools.cache
@@ -58,6 +61,7 @@ async def test_js_client_on_node() -> None:
         run_server() as server,
         run_server(auth_secret=AUTH_SECRET, auth_leeway=0) as authed,
         run_server(default_ttl=EXPIRING_TTL) as expiring,
+        run_server(close_timeout=QUICK_CLOSE_TIMEOUT) as quick_close,
     ):
         env = {
             **os.environ,
@@ -65,6 +69,8 @@ async def test_js_client_on_node() -> None:
             "BAMBOO_AUTH_URL": f"ws://127.0.0.1:{authed.port}",
             "BAMBOO_AUTH_SECRET": AUTH_SECRET,
             "BAMBOO_EXPIRING_URL": f"ws://127.0.0.1:{expiring.port}",
+            "BAMBOO_QUICK_CLOSE_URL": f"ws://127.0.0.1:{quick_close.port}",
+            "BAMBOO_QUICK_CLOSE_TIMEOUT": str(QUICK_CLOSE_TIMEOUT),
         }
         process = await asyncio.create_subprocess_exec(
             *command,

@@ -10,6 +10,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 export const url = process.env.BAMBOO_URL;
 export const authUrl = process.env.BAMBOO_AUTH_URL;
 export const secret = process.env.BAMBOO_AUTH_SECRET;
+// A server whose close bound (--close-timeout) is short, and that bound in ms.
+export const quickCloseUrl = process.env.BAMBOO_QUICK_CLOSE_URL;
+export const quickCloseTimeoutMs = Number(process.env.BAMBOO_QUICK_CLOSE_TIMEOUT) * 1000;
 
 /** An HS256 JWT for `sub` that the server (leeway 0) accepts for `ttl` more seconds. */
 export function makeToken(sub, ttl, key = secret) {
