@@ -744,7 +744,8 @@ async function crossMode(baseB) {
   const dup = await r.request({ type: "event", id: "d", key: "ky2", event: { type: "token", content: "y" } });
   check("cross: key given on A is a duplicate on B", dup && dup.duplicate === true && dup.seq === 23, J(dup));
   // B's next event is the marker: events reach A in seq order, so an event for the
-  // duplicate would reach A before it, and A's first event must be the marker.
+  // duplicate sent in order would reach A before it, and A's first event must be the
+  // marker. One sent late (out of order) is looked for once A's connection has ended.
   const ev = await r.request({ type: "event", id: "e", event: { type: "token", content: "fromB" } });
   const fa = await a.type("event");
   check("cross: no event to A for B's duplicate", fa && fa.seq === 26 && fa.event?.content === "fromB", J(fa));
@@ -754,6 +755,9 @@ async function crossMode(baseB) {
   const rc = await r.type("closed");
   const rcc = await r.waitClose();
   check("cross: close on A closes B's connection with closed + 1000", cl && cl.type === "ack" && rc && rcc && rcc.code === 1000, J([cl, rc, rcc]));
+  const acc = await a.waitClose();
+  const stray = a.frames.filter((f) => f.type === "event");
+  check("cross: no event to A after B's event, to its close (1000)", acc?.code === 1000 && stray.length === 0, J([acc, stray]));
   const late = await openB(`/api/v1/stream/${sid}`, {});
   check("cross: later attach on B -> 4409", (await late.waitClose())?.code === 4409, J(late.closeInfo));
 }
