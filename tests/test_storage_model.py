@@ -53,7 +53,8 @@ from tests.storage_backends import BACKENDS, Backend
 
 T = TypeVar("T")
 
-SESSION_IDS = st.sampled_from(["a", "b", "c", "d-1", "e.2"])
+SESSION_ID_LIST = ["a", "b", "c", "d-1", "e.2"]
+SESSION_IDS = st.sampled_from(SESSION_ID_LIST)
 USERS = st.sampled_from(["u1", "u2", None])
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 KEYS = st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3", "k4"]))
@@ -129,11 +130,15 @@ class StorageMachine(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
-    @initialize(session_id=SESSION_IDS, user_id=USERS)
-    def first_session(self, session_id: str, user_id: str | None) -> None:
+    @initialize(session_id=st.sampled_from([None, *SESSION_ID_LIST]), user_id=USERS)
+    def first_session(self, session_id: str | None, user_id: str | None) -> None:
         """A session to start with: otherwise most steps of a run are appends to
-        sessions not made yet, refused (as the rules still check)."""
-        self.create(session_id, user_id, [])
+        sessions not made yet, refused (as the rules still check). Some runs start
+        with none: a store never written to is compared, reopened, copied and viewed
+        too (Hypothesis skips the invariant before an initialize rule), and a failure
+        that needs no session shrinks to a run without one."""
+        if session_id is not None:
+            self.create(session_id, user_id, [])
 
     @rule(session_id=SESSION_IDS, user_id=USERS, first=st.lists(TEXT, max_size=2))
     def create(self, session_id: str, user_id: str | None, first: list[str]) -> None:
@@ -372,8 +377,8 @@ _settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-# Each example starts with a session (first_session), so it appends far more often
-# than when most of its steps were refused appends to sessions not made yet: measured
+# Most examples start with a session (first_session), so they append far more often
+# than when most of their steps were refused appends to sessions not made yet: measured
 # over a few runs, 100 examples on memory accept some 200-340 appends (150 used to:
 # 170-420), 50 on jsonl some 80 (80 used to: 10-90), 20 on each other backend some
 # 30-90 (50 used to: 15-70), every rule run dozens of times. memory and jsonl keep the
