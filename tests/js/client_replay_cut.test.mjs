@@ -1,6 +1,7 @@
 // The JavaScript client on Node (node:test), against the server in BAMBOO_URL (and the
 // one with a short close bound, to read past it): a session closed during a resume's
-// replay, read within the server's close bound or past it, and after it. tests/test_js.py starts the servers and runs this file beside the other
+// replay, read within the server's close bound or past it, and after it.
+// tests/test_js.py starts the servers and runs this file beside the other
 // client*.test.mjs (helpers: client_support.mjs).
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
