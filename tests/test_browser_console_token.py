@@ -46,6 +46,30 @@ def reads_with(page: Any, token: str) -> list[Any]:
     return carrying
 
 
+async def console_with_first_list_read_held(browser: Any, port: int) -> tuple[Any, Any, list[Any]]:
+    """A new page on the console whose first read of the session list is held, made
+    with no token: the page, that read's route (for the test to let through), and every
+    read of the list the page makes, held one included."""
+    first: list[Any] = []
+    asked = asyncio.Event()
+    reads: list[Any] = []
+
+    async def hold_the_first_read(route: Any) -> None:
+        reads.append(route.request)
+        if first:
+            await route.continue_()
+        else:
+            first.append(route)
+            asked.set()
+
+    page = await browser.new_page()
+    await page.route("**/api/v1/sessions?*", hold_the_first_read)
+    await page.goto(console_url(port))
+    await asyncio.wait_for(asked.wait(), 10)
+    assert "authorization" not in first[0].request.headers
+    return page, first[0], reads
+
+
 async def test_a_token_that_expires_while_watching_signs_the_top_bar_out(browser: Any) -> None:
     """The server ends the page's connection as its token expires (4401, no leeway):
     the sign-in form replaces the page, and the top bar no longer names the user of
@@ -144,24 +168,10 @@ async def test_a_refusal_of_a_read_made_before_a_token_was_put_in_keeps_that_tok
     async with run_server(auth_secret=SECRET) as server:
         alice = make_token("alice")
         await make_session(ws_url(server), "a-1", None, "Alice one", token=alice)
-        first: list[Any] = []
-        asked = asyncio.Event()
-
-        async def hold_the_first_read(route: Any) -> None:
-            if first:
-                await route.continue_()
-            else:
-                first.append(route)
-                asked.set()
-
-        page = await browser.new_page()
-        await page.route("**/api/v1/sessions?*", hold_the_first_read)
-        await page.goto(console_url(server.port))
-        await asyncio.wait_for(asked.wait(), 10)
-        assert "authorization" not in first[0].request.headers
+        page, held, _ = await console_with_first_list_read_held(browser, server.port)
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{alice}')")
-        async with page.expect_response(lambda r: r.request == first[0].request) as late:
-            await first[0].continue_()
+        async with page.expect_response(lambda r: r.request == held.request) as late:
+            await held.continue_()
         assert (await late.value).status == 401
         await expect(page.locator("#sessions tbody tr")).to_have_count(1)
         await expect(page.locator("#login")).to_have_count(0)
@@ -235,26 +245,11 @@ async def test_a_script_put_in_token_refused_after_an_earlier_refusal_is_forgott
     refusal forgets it and asks for a token, saying so. The page does not go on
     showing itself again: the token is sent once, and the list read twice in all."""
     async with run_server(auth_secret=SECRET) as server:
-        first: list[Any] = []
-        asked = asyncio.Event()
-        reads: list[Any] = []
-
-        async def hold_the_first_read(route: Any) -> None:
-            reads.append(route.request)
-            if first:
-                await route.continue_()
-            else:
-                first.append(route)
-                asked.set()
-
-        page = await browser.new_page()
-        await page.route("**/api/v1/sessions?*", hold_the_first_read)
-        await page.goto(console_url(server.port))
-        await asyncio.wait_for(asked.wait(), 10)
+        page, held, reads = await console_with_first_list_read_held(browser, server.port)
         forged = make_token("alice", secret="not-the-server-secret-" + "y" * 32)
         sent = reads_with(page, forged)
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{forged}')")
-        await first[0].continue_()
+        await held.continue_()
         await expect(page.locator("#login .notice")).to_contain_text("refused")
         assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
         assert len(sent) == 1
