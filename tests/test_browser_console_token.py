@@ -191,10 +191,12 @@ async def test_a_token_refused_to_load_older_messages_is_forgotten(browser: Any)
             for i in range(60):
                 await agent.send_message(Message.user(f"message {i}"))
             await agent.set_state("closed")
-        short = make_token("alice", ttl=3)
-        expires_in = jwt.decode(short, options={"verify_signature": False})["exp"] - time.time()
         page = await browser.new_page()
         await page.goto(console_url(server.port))
+        # Long enough for the page to show the session on a loaded machine (3 s was not,
+        # under a CI run beside other work), short enough to wait out.
+        short = make_token("alice", ttl=6)
+        expires_in = jwt.decode(short, options={"verify_signature": False})["exp"] - time.time()
         await page.fill("#token-input", short)
         await page.click("#login button[type=submit]")
         await page.goto(console_url(server.port, "#/s/long"))
