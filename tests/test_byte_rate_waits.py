@@ -57,8 +57,11 @@ async def test_a_held_read_ended_early_by_a_close_counts_the_time_it_waited() ->
 
 
 async def test_waits_served_in_full_count_their_debts() -> None:
-    """Frames past the burst wait their debts in full: the metric counts at least those,
-    and no more than the time that passed."""
+    """Frames past the burst wait their debts: the peer is served no faster than the
+    rate, and the metric counts most of the debts, and no more than the time that
+    passed. Not all of them: a hold waits the debt as it stands when reading stops,
+    and the bucket refills while the server is busy with the frames too (a tenth of
+    the debt, under a suite run with three processes on two cores)."""
     rate, burst, size = 100_000, 50_000, 75_000
     config = {"rate_limit_bytes": rate, "rate_limit_bytes_burst": burst}
     async with run_server(**config) as server:
@@ -74,4 +77,6 @@ async def test_waits_served_in_full_count_their_debts() -> None:
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - started
         waited = await read_wait_seconds(server)
-        assert (3 * size - burst) / rate * 0.95 <= waited <= elapsed, (waited, elapsed)
+        debt_seconds = (3 * size - burst) / rate
+        assert debt_seconds * 0.95 <= elapsed, (waited, elapsed)
+        assert debt_seconds * 0.75 <= waited <= elapsed, (waited, elapsed)
