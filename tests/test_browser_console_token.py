@@ -46,6 +46,16 @@ def reads_with(page: Any, token: str) -> list[Any]:
     return carrying
 
 
+async def closed_session_of_60_messages(server: Any, session_id: str, token: str) -> None:
+    """A session of 60 messages, closed: its page shows the newest 50 and offers older."""
+    async with await BambooClient.connect(
+        ws_url(server), session_id, create=True, token=token
+    ) as agent:
+        for i in range(60):
+            await agent.send_message(Message.user(f"message {i}"))
+        await agent.set_state("closed")
+
+
 async def console_with_first_list_read_held(browser: Any, port: int) -> tuple[Any, Any, list[Any]]:
     """A new page on the console whose first read of the session list is held, made
     with no token: the page, that read's route (for the test to let through), and every
@@ -185,12 +195,7 @@ async def test_a_token_refused_to_load_older_messages_is_forgotten(browser: Any)
     asked for again, instead of "Could not load messages" with the token kept."""
     async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
         alice = make_token("alice")
-        async with await BambooClient.connect(
-            ws_url(server), "long", create=True, token=alice
-        ) as agent:
-            for i in range(60):
-                await agent.send_message(Message.user(f"message {i}"))
-            await agent.set_state("closed")
+        await closed_session_of_60_messages(server, "long", alice)
         page = await browser.new_page()
         await page.goto(console_url(server.port))
         # Long enough for the page to show the session on a loaded machine (3 s was not,
@@ -216,12 +221,7 @@ async def test_a_token_a_script_put_in_is_forgotten_at_its_first_refusal(browser
     with the earlier token, was shown again with that one, whose refusal it then took)."""
     async with run_server(auth_secret=SECRET) as server:
         alice = make_token("alice")
-        async with await BambooClient.connect(
-            ws_url(server), "long", create=True, token=alice
-        ) as agent:
-            for i in range(60):
-                await agent.send_message(Message.user(f"message {i}"))
-            await agent.set_state("closed")
+        await closed_session_of_60_messages(server, "long", alice)
         page = await browser.new_page()
         await page.goto(console_url(server.port))
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{alice}')")
