@@ -64,8 +64,8 @@ def _recorded_module_seconds() -> dict[str, float]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The modules of tests/durations.txt first, the slowest first; the others after
     them in their usual order, and each module's tests in theirs (its module fixtures
-    are set up once). Under worksteal a process takes the first half of this list and
-    the other the rest, and an idle one steals the end of a queue: a long module that
+    are set up once). Under worksteal each process takes an equal share of this list,
+    in order, and an idle one steals the end of the longest queue: a long module that
     came last in alphabetical order (tests/test_storage_model.py, 2 to 3 minutes of
     the run) could start when the other process had nothing left to take, and the run
     waited for it alone. Started first, the long ones overlap the many short ones."""

@@ -1,6 +1,6 @@
 """Writes tests/durations.txt from a run's ``--durations`` lines, read on stdin:
 
-    pytest -n 2 --dist worksteal --durations=80 | python tests/record_durations.py
+    make pytest PYTEST_ARGS=--durations=80 | python tests/record_durations.py
 
 Each test module's seconds are the sum of its tests among those lines (setup, call and
 teardown), its slowest first. The conftest starts those modules first (see
