@@ -13,7 +13,9 @@ import json
 import socket
 import time
 import tracemalloc
+from collections.abc import AsyncIterator
 
+from bamboo_session.server.app import BambooServer
 from tests.memory_support import KIB, MIB
 from tests.support import run_server
 from tests.test_memory_bounds_http import WHOLE_ACCOUNT, status_of, unread_get
@@ -44,9 +46,7 @@ async def test_peers_that_do_not_read_hold_no_more_than_the_unread_answers_accou
             base = tracemalloc.get_traced_memory()[0]
             for _ in range(24):
                 peers.append(await loop.run_in_executor(None, unread_get, server.port, path))
-            await asyncio.sleep(1)  # every first page read (or refused) by now
-            gc.collect()
-            held = tracemalloc.get_traced_memory()[0] - base
+            held = await held_once_read(server, peers, base)
         finally:
             tracemalloc.stop()
             for peer in peers:
@@ -55,6 +55,48 @@ async def test_peers_that_do_not_read_hold_no_more_than_the_unread_answers_accou
         assert held < limit + 2 * page, f"{held} bytes held, the account is {limit}"
         # Refused ones were told so (503), and once the peers are gone the rest is served.
         assert (await loop.run_in_executor(None, status_of, server.port, path))[0] in (200, 503)
+
+
+async def held_once_read(server: BambooServer, peers: list[socket.socket], base: int) -> int:
+    """The memory traced beyond ``base`` once the pages for ``peers`` were read: every
+    answer has begun, or none more began while pages could be read (a request left
+    waiting holds nothing). Measured with no page being read: a second after the
+    requests, under load, pages were still read, and their decoded messages (what the
+    page-read slots bound, not the account of unread answers) were counted as held."""
+    loop = asyncio.get_running_loop()
+    seen, ends = -1, loop.time() + 30
+    while True:
+        async with every_stream_slot(server):
+            begun = sum(map(answered_yet, peers))
+            if begun == len(peers) or 0 < begun == seen or loop.time() > ends:
+                gc.collect()
+                return tracemalloc.get_traced_memory()[0] - base
+        seen = begun
+        await asyncio.sleep(0.1)  # pages waiting for a slot are read meanwhile
+
+
+@contextlib.asynccontextmanager
+async def every_stream_slot(server: BambooServer) -> AsyncIterator[None]:
+    """Holds every slot pages of streamed answers are read in (once the reads in them
+    have ended): no such page is read meanwhile."""
+    reads = server.services.page_reads
+    slots = max(1, reads.count // 2)
+    for _ in range(slots):
+        await reads.stream_slots.acquire()
+    try:
+        yield
+    finally:
+        for _ in range(slots):
+            reads.stream_slots.release()
+
+
+def answered_yet(peer: socket.socket) -> bool:
+    """Whether the answer to ``peer``'s request has begun to arrive (its head is
+    written with its first page, or it is a refusal), read without taking it."""
+    try:
+        return bool(peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
 
 
 def paced_read(port: int, path: str, pause: float) -> bytes:
