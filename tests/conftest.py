@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import settings
 
+from tests import forks
 from tests.redis_server import INSTALL_HINT, RedisServer, available, start_redis_server
 
 # The atheris harnesses are scripts of `make fuzz`, never tests (tests/fuzz/harness.py).
@@ -105,6 +106,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+# -- crash tests' children (tests/forks.py) ------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fork_server_stopped() -> Iterator[None]:
+    """The fork server of a module's crash tests, if they started it, stopped by pid at
+    the module's end: its children are waited for, and their CPU counted, then."""
+    yield
+    forks.stop()
 
 
 # -- browser tests (tests/browser.py) ------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,17 +12,20 @@ from bamboo_session.persistence import JsonlStorage
 from bamboo_session.persistence.jsonl import JsonlStorageConfig, checkpoint
 from bamboo_session.persistence.jsonl.checkpoint import Checkpoint
 from bamboo_session.protocol.models import Message, Session, SessionState, utcnow
+from tests.forks import ForkedChild
 
 JSONL_CHILD = Path(__file__).with_name("jsonl_child.py")
 
 
 def killed_child(mode: str, base: Path, count: int = 5) -> subprocess.CompletedProcess[str]:
     """tests/jsonl_child.py run in ``mode`` over ``base``, checked to have ended by its
-    own kill -9 (each mode kills itself at the instant it is about)."""
-    argv = [sys.executable, str(JSONL_CHILD), mode, str(base), str(count)]
-    child = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert child.returncode == -signal.SIGKILL, child.stderr
-    return child
+    own kill -9 (each mode kills itself at the instant it is about); forked once its
+    imports are done (tests/forks.py)."""
+    argv = [str(JSONL_CHILD), mode, str(base), str(count)]
+    child = ForkedChild(argv)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err.decode()
+    return subprocess.CompletedProcess(argv, child.returncode, out.decode(), err.decode())
 
 
 def saved(config: JsonlStorageConfig, session_id: str) -> Checkpoint:

@@ -2,17 +2,17 @@
 at a random instant, for the crash tests of the JSONL and SQLite stores: timed from
 its first line or its n-th acknowledgement (:func:`run_and_kill`), or from its
 ``count``-th line of a kind (:func:`run_and_kill_after`); rounds of those until enough
-appends were acknowledged (:func:`kill_rounds`)."""
+appends were acknowledged (:func:`kill_rounds`). The children are forked once their
+imports are done (tests/forks.py)."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.forks import ForkedChild
 
 
 def run_and_kill(argv: list[str], rng: random.Random, late: float, acks: int = 0) -> list[str]:
@@ -63,7 +63,7 @@ def kill_rounds(
     return total
 
 
-def _read_until(child: subprocess.Popen[bytes], prefix: bytes, count: int) -> bytes:
+def _read_until(child: ForkedChild, prefix: bytes, count: int) -> bytes:
     """The child's lines up to its ``count``-th that starts with ``prefix`` (fewer if it
     ended first: its stderr then says why)."""
     assert child.stdout is not None
@@ -103,17 +103,13 @@ def run_and_kill_after(argv: list[str], rng: random.Random, marker: str, count: 
     return _kill(child, bytes(read))
 
 
-def _start(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        bufsize=0,  # readline takes no more than its line: communicate reads the fd itself
-    )
+def _start(argv: list[str]) -> ForkedChild:
+    """``python argv…``, forked from a process whose imports are done (tests/forks.py);
+    its stdout unbuffered, so that readline takes no more than its line."""
+    return ForkedChild(argv)
 
 
-def _kill(child: subprocess.Popen[bytes], read: bytes) -> list[str]:
+def _kill(child: ForkedChild, read: bytes) -> list[str]:
     """SIGKILL the child; its complete ``ack`` lines, ``read`` already and the rest."""
     child.kill()
     out, err = child.communicate(timeout=30)

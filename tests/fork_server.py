@@ -1,0 +1,70 @@
+"""The process that starts the crash tests' children (tests/kills.py) by forking once
+the children's imports are done: those imports were most of each child's CPU, and the
+crash tests start a hundred children or more. Run as a script, not collected.
+
+``python tests/fork_server.py`` with a SOCK_SEQPACKET socket as fd 0: each request is a
+JSON list (a child's argv: a script and its arguments) with two file descriptors, the
+child's stdout and stderr. A child is forked per request and runs the script as
+``python script args…`` would (``__main__``, its directory first on ``sys.path``); the
+answer is ``{"pid": N}`` at once, then ``{"returncode": R}`` once it ended (``-9`` when
+killed with SIGKILL). One child at a time; the server ends when its socket closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import socket
+import sys
+import traceback
+
+# The children's imports (tests/*_child.py), done once here: no threads, no event loop.
+import bamboo_session.persistence
+import bamboo_session.persistence.jsonl.storage
+import bamboo_session.protocol.models  # noqa: F401
+
+MESSAGE_BYTES = 64 * 1024
+
+
+def serve(channel: socket.socket) -> None:
+    while True:
+        message, fds, _flags, _address = socket.recv_fds(channel, MESSAGE_BYTES, 2)
+        if not message:
+            return
+        argv = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            channel.close()
+            run_child(argv, fds[0], fds[1])
+        for fd in fds:
+            os.close(fd)  # the child's now: its reader sees the end when the child ends
+        channel.send(json.dumps({"pid": pid}).encode())
+        _, status = os.waitpid(pid, 0)
+        channel.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def run_child(argv: list[str], stdout: int, stderr: int) -> None:
+    """The forked child: ``python argv…`` with its own stdout and stderr; never returns."""
+    code = 1
+    try:
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.close(stdout)
+        os.close(stderr)
+        sys.argv = list(argv)
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+        runpy.run_path(argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=0))

@@ -1,0 +1,106 @@
+"""Children of the crash tests (tests/kills.py) forked by tests/fork_server.py, one
+server per test process, started at the first child and stopped by pid at the end of
+the module (or at exit), so that its children's CPU is counted with the module's: each
+child a real process, killed with a real SIGKILL, without the half second of CPU a
+fresh interpreter's imports took. :class:`ForkedChild` answers what the tests asked
+of a ``subprocess.Popen``: ``stdout``, ``kill``, ``communicate``, ``returncode``."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+SERVER = Path(__file__).with_name("fork_server.py")
+MESSAGE_BYTES = 64 * 1024
+
+_server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
+
+
+def _channel() -> socket.socket:
+    """The fork server's socket, the server started on first use."""
+    global _server
+    if _server is None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            process = subprocess.Popen(
+                [sys.executable, str(SERVER)],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        _server = (process, ours)
+    return _server[1]
+
+
+def stop() -> None:
+    """The fork server stopped, if it runs (tests/conftest.py: at each module's end)."""
+    global _server
+    if _server is None:
+        return
+    process, channel = _server
+    _server = None
+    channel.close()  # the server's end of its requests: it returns
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ForkedChild:
+    """``python argv…``, forked by the server; its stdout a pipe, its stderr a file."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.channel = _channel()
+        read_end, write_end = os.pipe()
+        self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by communicate)
+        try:
+            socket.send_fds(
+                self.channel, [json.dumps(argv).encode()], [write_end, self.stderr_file.fileno()]
+            )
+        finally:
+            os.close(write_end)
+        self.stdout: IO[bytes] = os.fdopen(read_end, "rb", buffering=0)
+        self.pid: int = self._answer()["pid"]
+        self.returncode: int | None = None
+
+    def _answer(self, timeout: float | None = None) -> dict[str, Any]:
+        self.channel.settimeout(timeout)
+        try:
+            answer: dict[str, Any] = json.loads(self.channel.recv(MESSAGE_BYTES))
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: a timeout of 0
+            raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0) from None
+        finally:
+            self.channel.settimeout(None)
+        return answer
+
+    def kill(self) -> None:
+        """SIGKILL, unless the server already told how it ended (its pid may be
+        another's by now)."""
+        if self.returncode is None:
+            try:
+                self.returncode = self._answer(timeout=0.0)["returncode"]
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+
+    def communicate(self, timeout: float) -> tuple[bytes, bytes]:
+        """The rest of its stdout and all its stderr, once it ended."""
+        out = self.stdout.read()
+        self.stdout.close()
+        if self.returncode is None:
+            self.returncode = self._answer(timeout)["returncode"]
+        self.stderr_file.seek(0)
+        err = self.stderr_file.read()
+        self.stderr_file.close()
+        return out or b"", err
+
+
+atexit.register(stop)
