@@ -12,22 +12,15 @@ go), ``delete-tombstone`` (before the tombstone goes), ``replace-delete`` and
 ``replace-install`` (a create replacing the expired session ``e``: before the old
 files go, before the new checkpoint takes their place). The kill comes from a hook
 on the store's own function at that step: the files are real, the crash is.
-
-``python tests/kill_points_child.py --forks``: the same, once per line of stdin
-(``DIR POINT DURABILITY STDERR_FILE``, tab-separated), each in a child forked from this
-process once its imports are done (they were most of a child's CPU, and the tests start
-34 of them); each child's wait status and stdout are printed as one JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import resource
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -103,38 +96,5 @@ def _arm_delete(point: str) -> None:
         lifecycle.unlink_quietly = unlink_unless_tombstone  # type: ignore[assignment]
 
 
-def forks() -> None:
-    """Runs ``main`` in a forked child per line of stdin; prints how each ended."""
-    for line in sys.stdin:
-        base, point, durability, stderr_file = line.rstrip("\n").split("\t")
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            run_forked(write_end, stderr_file, base, point, durability)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as output:
-            stdout = output.read()  # to its end: the child is gone
-        _, status = os.waitpid(pid, 0)
-        returncode = os.waitstatus_to_exitcode(status)
-        print(json.dumps({"returncode": returncode, "stdout": stdout.decode()}), flush=True)
-
-
-def run_forked(stdout: int, stderr_file: str, base: str, point: str, durability: str) -> None:
-    """The forked child: ``main`` with its own stdout and stderr; never returns."""
-    try:
-        os.dup2(stdout, 1)
-        os.dup2(os.open(stderr_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-        signal.alarm(60)  # a child that hangs ends (SIGALRM), as the tests' timeout did
-        asyncio.run(main(base, point, durability))
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    os._exit(0)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--forks"]:
-        forks()
-    else:
-        asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

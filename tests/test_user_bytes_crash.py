@@ -19,7 +19,6 @@ import random
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pytest
 from bamboo_session.persistence import UserFull, open_storage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests import kills
+from tests.forks import ForkedChild
 
 CHILD = Path(__file__).with_name("user_bytes_child.py")
 USER_CAP = 64 * 1024  # as the child's
@@ -224,55 +224,9 @@ KILL_POINTS = [
 ]
 
 
-KillAtPoint = Callable[[Path, str, str], dict[str, Any]]
-
-
-@pytest.fixture(scope="module")
-def kill_at_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillAtPoint]:
-    """Runs tests/kill_points_child.py on a store, to its kill: its returncode and its
-    stdout. One process for the module forks each run once its imports are done (a
-    fresh interpreter's imports were most of each run's CPU, 34 runs); the runs are
-    real processes, their kills real, each store its own."""
-    logs = tmp_path_factory.mktemp("kill-points")
-    with (logs / "forks.stderr").open("wb") as stderr:
-        forks = subprocess.Popen(
-            [sys.executable, str(KILL_POINTS_CHILD), "--forks"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    requests, reports = forks.stdin, forks.stdout
-    assert requests is not None and reports is not None
-    runs = 0
-
-    def run(base: Path, point: str, durability: str) -> dict[str, Any]:
-        nonlocal runs
-        runs += 1
-        child_stderr = logs / f"{runs}.stderr"
-        requests.write(f"{base}\t{point}\t{durability}\t{child_stderr}\n".encode())
-        requests.flush()
-        line = reports.readline()
-        assert line, (logs / "forks.stderr").read_text()[-3000:]
-        report: dict[str, Any] = json.loads(line)
-        report["stderr"] = child_stderr.read_text()[-3000:]
-        return report
-
-    try:
-        yield run
-    finally:
-        requests.close()
-        try:
-            forks.wait(30)
-        finally:
-            forks.kill()
-            forks.wait()
-
-
 @pytest.mark.parametrize("durability", ["fsync", "os"])
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_sums_after_a_kill_at_each_step(
-    point: str, durability: str, tmp_path: Path, kill_at_point: KillAtPoint
-) -> None:
+def test_sums_after_a_kill_at_each_step(point: str, durability: str, tmp_path: Path) -> None:
     """JSONL: a kill -9 at each step of an append, of the cut of a failed write, of a
     delete and of a replacement (tests/kill_points_child.py), twice over one store: the
     reopened store's sum for the user is its sessions' ``stored_bytes``, each its log's
@@ -281,7 +235,9 @@ def test_sums_after_a_kill_at_each_step(
     if point == "wal-write" and durability == "os":
         pytest.skip("os mode has no WAL")
     for _round in range(2):
-        child = kill_at_point(base, point, durability)
-        assert child["returncode"] == -9, child["stderr"]
-        assert child["stdout"].splitlines() == ["ready"]
+        # Forked once the imports are done (tests/forks.py): they were most of its CPU.
+        child = ForkedChild([str(KILL_POINTS_CHILD), str(base), point, durability])
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == -9, err.decode()[-3000:]
+        assert out.decode().splitlines() == ["ready"]
         asyncio.run(_check(f"jsonl://{base}?durability={durability}", base))
