@@ -4,6 +4,10 @@ Every setting of :class:`ServerConfig` is a flag of ``serve``, a ``BAMBOO_*``
 environment variable and a key of a TOML file (``--config``); flags win over the
 environment, which wins over the file, which wins over defaults (server/settings.py).
 Errors end with a one-line reason and a non-zero status, never a traceback.
+
+What only a running server needs (structlog, which pulls in rich where it is installed;
+the app; the store's errors) is imported where ``serve`` runs, not at the top: a tool, a
+``--help`` or a refused flag starts without it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-import structlog
-
 from bamboo_session import __version__
-from bamboo_session.persistence.base import StorageError, StoreMisconfigured
 
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
@@ -209,10 +210,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .logs import configure_logging
-
     raise_open_file_limit()  # before the store sizes its open logs from it
     config = config_from_args(args)  # a bad setting: one plain line, status 2 (main)
+    import structlog  # only now: a refused setting needs no logging
+
+    from .logs import configure_logging
+
     configure_logging(config.log_format, config.log_level)
     # From here on, everything said goes through the log, as JSON in JSON mode.
     log = structlog.get_logger("bamboo_session.server")
@@ -268,6 +271,8 @@ def leave_process(status: int) -> NoReturn:
 
 def run_worker(config: ServerConfig, number: int) -> int:
     """One of ``serve --workers N``'s processes (server/supervisor.py)."""
+    import structlog
+
     from .logs import configure_logging
     from .supervisor import CONFIG_ERROR
 
@@ -292,6 +297,10 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     """Serve until SIGTERM or SIGINT, then stop and end the process at once (the
     sockets of the connections still open close with it); ``worker``: one of several
     on one port. Returns only when the server cannot start."""
+    import structlog
+
+    from bamboo_session.persistence.base import StorageError, StoreMisconfigured
+
     from .app import BambooServer
     from .supervisor import CONFIG_ERROR
 

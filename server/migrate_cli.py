@@ -17,10 +17,11 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from bamboo_session.persistence import Storage, StorageError, StorageLocked, open_storage
-from bamboo_session.persistence.memory import MemoryStorage
-from bamboo_session.persistence.migrate import Progress, migrate, verify
 
 if TYPE_CHECKING:  # argparse's class is generic to type checkers only
+    # The copying is imported when migrate runs: every command line builds this parser.
+    from bamboo_session.persistence.migrate import Progress
+
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 PLAIN_EVERY = 2.0  # seconds between plain progress lines
@@ -103,10 +104,14 @@ async def _open_target(args: argparse.Namespace) -> Storage:
     except StorageError as exc:
         # Nothing there yet, most likely: a dry run compares against an empty store.
         print(f"destination: {exc}; planning against an empty store", file=sys.stderr)
+        from bamboo_session.persistence.memory import MemoryStorage
+
         return await MemoryStorage.open()
 
 
 async def _run(args: argparse.Namespace, source: Storage, target: Storage) -> int:
+    from bamboo_session.persistence.migrate import migrate, verify
+
     display = _display(args.progress)
     try:
         progress = await migrate(source, target, dry_run=args.dry_run, on_progress=display.update)

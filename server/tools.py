@@ -8,6 +8,9 @@ nothing). ``ls`` and ``show`` can ask a running server instead, over its HTTP AP
 ``recount`` tools_recount.py. Online, over the WebSocket API with
 :class:`~bamboo_session.protocol.client.BambooClient`: ``tail`` and ``publish``
 (tools_live.py). Every error ends with a one-line reason and a non-zero status.
+
+The WebSocket client, the HTTP client and what only ``serve`` uses are imported by the
+commands that use them: an offline tool's start is mostly its imports.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from bamboo_session.persistence.base import StorageError
-from bamboo_session.protocol.client import ClientError
 from bamboo_session.protocol.errors import InvalidSessionId
 from bamboo_session.protocol.ids import check_session_id
 
@@ -97,8 +99,6 @@ def runner(command: AsyncCommand) -> Callable[[argparse.Namespace], int]:
         try:
             return asyncio.run(command(args))
         except ToolError as exc:
-            fail(str(exc))
-        except ClientError as exc:
             fail(str(exc))
         except StorageError as exc:
             fail(f"storage: {exc}")

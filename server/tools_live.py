@@ -1,22 +1,27 @@
 """``tail`` and ``publish``: a running server's sessions over its WebSocket API, with the
-reference client (which resumes on its own)."""
+reference client (which resumes on its own). The client (websockets) is imported when
+one of them runs, not when the command line is parsed."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bamboo_session.protocol.client import BambooClient, Reset
 from bamboo_session.protocol.models import AnyAgentEvent
 
 from .tools import ToolError, fail, non_negative, positive, runner, session_id_argument
 from .tools_store import add_online, ws_base
 
 if TYPE_CHECKING:
+    from bamboo_session.protocol.client import BambooClient
+
     from .tools import SubParsers
+
+LiveCommand = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 _encoder = msgspec.json.Encoder()
 
@@ -37,7 +42,7 @@ def add_tail(commands: SubParsers) -> None:
         help="first print the events after this seq (0: the whole log); default: live only",
     )
     tail.add_argument("--count", type=positive, default=None, help="stop after this many events")
-    tail.set_defaults(run=runner(_tail))
+    tail.set_defaults(run=runner(_client_failures_said(_tail)))
 
 
 def add_publish(commands: SubParsers) -> None:
@@ -59,10 +64,26 @@ def add_publish(commands: SubParsers) -> None:
         "--create", action="store_true", help="create the session if it does not exist"
     )
     add_online(publish)
-    publish.set_defaults(run=runner(_publish))
+    publish.set_defaults(run=runner(_client_failures_said(_publish)))
+
+
+def _client_failures_said(command: LiveCommand) -> LiveCommand:
+    """``command``, its client's failures (ClientError) said as one line, as a ToolError."""
+
+    async def run(args: argparse.Namespace) -> int:
+        from bamboo_session.protocol.client import ClientError
+
+        try:
+            return await command(args)
+        except ClientError as exc:
+            raise ToolError(str(exc)) from None
+
+    return run
 
 
 async def _connect(args: argparse.Namespace, **options: Any) -> BambooClient:
+    from bamboo_session.protocol.client import BambooClient
+
     url = ws_base(args.url)
     try:
         return await BambooClient.connect(url, args.session_id, token=args.token, **options)
@@ -73,6 +94,8 @@ async def _connect(args: argparse.Namespace, **options: Any) -> BambooClient:
 
 
 async def _tail(args: argparse.Namespace) -> int:
+    from bamboo_session.protocol.client import Reset
+
     client = await _connect(args, last_seq=args.from_seq)
     printed = 0
     async with client:

@@ -24,16 +24,13 @@ import contextlib
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from bamboo_session.persistence import open_storage, parse_store_url
 from bamboo_session.persistence.base import Storage, StorageError, StorageLocked
-from bamboo_session.protocol.client.handshake import retry_after
 
 from .tools import ToolError, path_argument
 
@@ -160,6 +157,13 @@ RATE_LIMITED_PATIENCE = 60
 
 
 def _http_get(url: str, token: str | None) -> bytes:
+    # Imported here: an offline tool needs no HTTP client, nor the WebSocket client's
+    # module (websockets) that reads Retry-After.
+    import urllib.error
+    import urllib.request
+
+    from bamboo_session.protocol.client.handshake import retry_after
+
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"

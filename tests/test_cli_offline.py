@@ -251,3 +251,47 @@ def test_a_tool_that_writes_makes_no_sqlite_store_where_there_is_none(
     code, out, err = tool(*command, "--store", f"sqlite://{path}")
     assert (code, out, err.strip()) == (1, "", f"bamboo-session: no SQLite store at {path}")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a tool's start imports what it uses -----------------------------------------------------
+
+# What only `serve` (structlog, and rich with it where installed), `tail`/`publish`
+# (websockets) and `--url` (the HTTP client) need: most of a tool's start is its imports.
+SERVER_ONLY_MODULES = ("structlog", "rich", "websockets", "urllib.request")
+
+IMPORTS_OF_COMMANDS = """
+import contextlib, io, json, sys
+from bamboo_session.server.cli import main
+statuses = []
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    for argv in json.loads(sys.argv[1]):
+        statuses.append(main(argv))
+print(json.dumps({"statuses": statuses, "loaded": [m for m in json.loads(sys.argv[2])
+                                                   if m in sys.modules]}))
+"""
+
+
+def test_offline_tools_and_a_refused_setting_do_not_import_the_server_stack(
+    tmp_path: Path,
+) -> None:
+    data_dir = str(make_data_dir(tmp_path / "data"))
+    commands = [
+        ["ls", "--data-dir", data_dir],
+        ["show", "a", "--data-dir", data_dir],
+        ["cleanup", "--dry-run", "--data-dir", data_dir],
+        ["serve", "--port", "x"],
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            IMPORTS_OF_COMMANDS,
+            json.dumps(commands),
+            json.dumps(SERVER_ONLY_MODULES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"statuses": [0, 0, 0, 2], "loaded": []}

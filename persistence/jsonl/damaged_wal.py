@@ -23,14 +23,20 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-import structlog
+from typing import Any, Final
 
 from .files import fsync_dir, unlink_quietly
 from .layout import DAMAGED_MARK, SEGMENT_SUFFIX, Layout
 
-log = structlog.get_logger("bamboo_session.persistence.jsonl.damaged_wal")
+
+def _log() -> Any:
+    """The logger, structlog imported at the first removal: an open that removes nothing
+    (nearly every one; every offline tool's read) need not import it, and with rich
+    installed that import is a good part of a tool's start."""
+    import structlog
+
+    return structlog.get_logger("bamboo_session.persistence.jsonl.damaged_wal")
+
 
 # ``<n>.wal.damaged-<pid>-<ns>``: the segment number, then the pid and the time (ns) of
 # the replay that kept it aside.
@@ -94,7 +100,7 @@ def bound_kept_aside(
         unlink_quietly(segment.path)
         total -= segment.size
         removed.append(segment.path)
-        log.warning(
+        _log().warning(
             "wal_damaged_segment_removed",
             path=str(segment.path),
             bytes=segment.size,
