@@ -79,6 +79,12 @@ _OPENERS: dict[str, str] = {
 }
 
 
+def backend_module(url: str) -> str:
+    """The module of the backend ``url`` names (ValueError: not a store URL), which
+    ``open_storage`` imports: for a process that forks others to import it once."""
+    return _OPENERS[parse_store_url(url).scheme].partition(":")[0]
+
+
 def parse_store_url(text: str) -> StoreURL:
     """``text`` as a store URL (a bare path means jsonl), or ValueError."""
     if not text:

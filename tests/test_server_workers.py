@@ -203,6 +203,28 @@ def test_workers_that_keep_dying_are_restarted_ever_more_slowly(tmp_path: Path) 
     assert "cannot start: redis unavailable" in server.log_path.read_text()
 
 
+def test_the_supervisor_loads_what_workers_use_once_before_forking_them(tmp_path: Path) -> None:
+    """So a worker, and each restart of one, inherits its loop and its store's client
+    rather than importing them again (test_workers_that_keep_dying_are_restarted_ever_
+    more_slowly starts 14). The supervisor itself runs neither: their compiled modules
+    (uvloop's loop, hiredis for redis-py) are mapped in it only if it imported them."""
+    from tests.redis_server import free_port
+
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    server = Workers(tmp_path / "serve.log", "--store", nowhere, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r.get("event") == "worker started" for r in server.records()):
+            assert time.monotonic() < deadline and server.proc.poll() is None
+            time.sleep(0.05)
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    mapped = {Path(line.split()[-1]).name.split(".")[0] for line in maps.splitlines()}
+    assert {"loop", "hiredis"} <= mapped, sorted(mapped)
+
+
 def test_a_configuration_every_worker_refuses_stops_the_supervisor_with_status_2(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
