@@ -55,21 +55,28 @@ async def agent_and_console(
 async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -> None:
     """8,000 small tokens once took the page 40 s of layout (each one laid out the whole
     growing block, twice); then 30 tokens of 900 KB, 140 s."""
-    # No byte rate: at the default 2 MiB/s the agent's 27 MB took 10 s to be read, and
-    # the page had them paced; at once, they come as fast as the server relays them.
+    # No byte rate: at the default 2 MiB/s the agent's 2.7 MB took a second to be read,
+    # and the page had them paced; at once, they come as fast as the server relays them.
+    # Three huge tokens are enough for the cut (each its own block, each saying so): a
+    # block of 10,000 characters of one word still takes this Chromium 0.6 s to lay out
+    # in the console's font (system-ui), so the 30 of before took 20 s of the test.
+    huge_tokens = 3
     unpaced = agent_and_console(browser, "stream", rate_limit_bytes=0)
     async with unpaced as (agent, page, problems):
         await asyncio.gather(*(agent.publish(AgentEvent.token("word ")) for _ in range(8000)))
-        await asyncio.gather(*(agent.publish(AgentEvent.token(HUGE)) for _ in range(30)))
+        await asyncio.gather(*(agent.publish(AgentEvent.token(HUGE)) for _ in range(huge_tokens)))
         tail = page.locator("#tail")
         # A wait, not a measure (bench/ measures): the blocks' sizes below are the check.
-        await expect(tail).to_have_attribute("data-last-seq", "8030", timeout=60_000)
+        last_seq = str(8000 + huge_tokens)
+        await expect(tail).to_have_attribute("data-last-seq", last_seq, timeout=60_000)
         sizes = await page.locator("#tail .ev-text .text").evaluate_all(
             "blocks => blocks.map(b => b.textContent.length)"
         )
         assert sum(sizes[:4]) == 8000 * len("word ")  # all of the small ones, in blocks
+        assert len(sizes) == 4 + huge_tokens  # each huge one a block of its own
         assert max(sizes) <= BLOCK_CHARS + 100  # a huge one is cut, saying by how much
-        assert await tail.locator(".text", has_text="more characters)").count() == 30
+        cut = tail.locator(".text", has_text="more characters)")
+        assert await cut.count() == huge_tokens
     assert problems == []
 
 
@@ -174,8 +181,7 @@ async def test_load_older_while_live_messages_arrive_leaves_no_hole(browser: Any
     and every later message was numbered short."""
     async with agent_and_console(browser, "race", SLOW_HISTORY) as (agent, page, problems):
         count = SHOWN_MESSAGES + 20
-        for i in range(count):
-            await agent.send_message(Message.user(f"m{i}"))
+        await asyncio.gather(*(agent.send_message(Message.user(f"m{i}")) for i in range(count)))
         shown = page.locator("#messages li")
         await expect(shown.last.locator(".msg-body")).to_have_text(f"m{count - 1}")
         await page.evaluate("window.slowHistory = true")
