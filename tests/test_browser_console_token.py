@@ -7,10 +7,8 @@ a sign-out and in, or before a script put one in) keeps that one.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import jwt
 import pytest
 
 from bamboo_session.protocol import AgentEvent, Message
@@ -44,6 +42,13 @@ def reads_with(page: Any, token: str) -> list[Any]:
 
     page.on("request", note)
     return carrying
+
+
+def expired_in_place_of(route: Any, token: str) -> dict[str, str]:
+    """The headers of ``route``'s request with ``token`` (expired) in place of its own:
+    sent on, the read is refused (401) as its own token's would be once expired (the
+    page checks no exp, the server does), with no wait for that token to expire."""
+    return {**route.request.headers, "authorization": f"Bearer {token}"}
 
 
 async def closed_session_of_60_messages(server: Any, session_id: str, token: str) -> None:
@@ -139,17 +144,14 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         page.on("request", lambda request: seen.append(request.url))
         page.on("console", lambda message: seen.append(message.text))
         await page.goto(console_url(server.port))
-        # Made once the page is loaded, to live long enough for it to read the session on
-        # a loaded machine; the test waits only until it ends. (The page checks no exp:
-        # the server does, on the test's clock. Runs that timed out here with the page
-        # asking for a token, as at 3 s and 6 s, fit the race that
-        # test_a_refusal_of_a_read_made_before_a_token_was_put_in_keeps_that_token shows.)
-        old, new = make_token("alice", ttl=15), make_token("alice")
-        expires_at = jwt.decode(old, options={"verify_signature": False})["exp"]
+        # Two tokens of the same user (their lifetimes differ, so do they); the held read
+        # goes on with one that expired, as ``old`` would have meanwhile (it once did, at
+        # a 15 s lifetime the test waited out).
+        old, new = make_token("alice", ttl=300), make_token("alice")
+        expired = make_token("alice", ttl=-60)
         await page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', '{old}')")
         await page.goto(console_url(server.port, "#/s/over"))
         await asyncio.wait_for(sent.wait(), 10)
-        await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.5)  # the token expired
         await page.click("#who button")  # sign out: the page asks for a token
         await page.fill("#token-input", new)
         await page.click("#login button[type=submit]")
@@ -157,7 +159,8 @@ async def test_a_late_refusal_of_a_previous_token_keeps_the_new_one(browser: Any
         await expect(notes.last).to_contain_text("This session is closed")
         async with page.expect_response(lambda r: r.request.url == held[0].request.url) as late:
             for route in held:
-                await route.continue_()  # the server answers 401: that token expired
+                # The server answers 401: that token expired.
+                await route.continue_(headers=expired_in_place_of(route, expired))
         assert (await late.value).status == 401
         await page.wait_for_timeout(500)  # for the page to take that answer in
         await expect(page.locator("#login")).to_have_count(0)
@@ -197,16 +200,24 @@ async def test_a_token_refused_to_load_older_messages_is_forgotten(browser: Any)
         alice = make_token("alice")
         await closed_session_of_60_messages(server, "long", alice)
         page = await browser.new_page()
+        # The read of older messages goes on with the same user's token, expired, as the
+        # page's own would have meanwhile (it once did, at a 6 s lifetime waited out).
+        # Only that read: the page's other reads (its figures, every 2 s) go on with its
+        # own, valid token, so the refusal the page takes is that one's.
+        expired = make_token("alice", ttl=-60)
+
+        async def older_with_an_expired_token(route: Any) -> None:
+            if "before=" in route.request.url:
+                await route.continue_(headers=expired_in_place_of(route, expired))
+            else:
+                await route.continue_()
+
+        await page.route("**/api/v1/sessions/long?*", older_with_an_expired_token)
         await page.goto(console_url(server.port))
-        # Long enough for the page to show the session on a loaded machine (3 s was not,
-        # under a CI run beside other work), short enough to wait out.
-        short = make_token("alice", ttl=6)
-        expires_in = jwt.decode(short, options={"verify_signature": False})["exp"] - time.time()
-        await page.fill("#token-input", short)
+        await page.fill("#token-input", make_token("alice", ttl=300))
         await page.click("#login button[type=submit]")
         await page.goto(console_url(server.port, "#/s/long"))
         await expect(page.locator("#messages li")).to_have_count(50)
-        await asyncio.sleep(expires_in + 0.5)
         await page.click("#older")
         await expect(page.locator("#login .notice")).to_contain_text("refused")
         assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
