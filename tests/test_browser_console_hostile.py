@@ -27,6 +27,11 @@ MESSAGE_CHARS = 20_000  # messages.js: MAX_CHARS
 SHOWN_MESSAGES = 500  # messages.js: MAX_MESSAGES
 TAIL_BLOCKS = 1000  # tail.js: MAX_BLOCKS
 HUGE = "A" * 900_000  # under the 1 MiB frame
+# As big, in words of 100 characters: what is left of it after the cut is laid out in
+# milliseconds, where the cut of one word of 900,000 takes this Chromium 0.6 s for each
+# 10,000 characters in the console's font (system-ui). The tail's test of a long
+# stream shows that one; the sizes, not the words, are the point where this is used.
+HUGE_IN_WORDS = ("A" * 99 + " ") * 9000
 
 
 def console_url(port: int, route: str = "") -> str:
@@ -82,10 +87,10 @@ async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -
 
 async def test_huge_values_are_cut_and_live_messages_are_bounded(browser: Any) -> None:
     async with agent_and_console(browser, "huge") as (agent, page, problems):
-        await agent.send_message(Message.assistant(HUGE))
-        await agent.publish(AgentEvent.tool_start("call-1", "t", {"blob": HUGE}))
-        await agent.publish(AgentEvent.custom("blob", [HUGE]))
-        await agent.publish(AgentEvent.error(HUGE))
+        await agent.send_message(Message.assistant(HUGE_IN_WORDS))
+        await agent.publish(AgentEvent.tool_start("call-1", "t", {"blob": HUGE_IN_WORDS}))
+        await agent.publish(AgentEvent.custom("blob", [HUGE_IN_WORDS]))
+        await agent.publish(AgentEvent.error(HUGE_IN_WORDS))
         tail = page.locator("#tail")
         await expect(tail).to_have_attribute("data-last-seq", "4")
         body = page.locator("#messages .msg-body").first
