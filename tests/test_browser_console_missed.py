@@ -165,8 +165,7 @@ async def replace_session(server: BambooServer, session_id: str, epochs: list[st
     async with await BambooClient.connect(
         ws_url(server), session_id, create=True, role="agent"
     ) as agent:
-        for i in range(60):
-            await agent.publish(AgentEvent.token(f"new{i} "))
+        await asyncio.gather(*(agent.publish(AgentEvent.token(f"new{i} ")) for i in range(60)))
         await agent.send_message(Message.assistant("Written in the session that replaced it."))
         await agent.set_state("closed")
         assert agent.epoch is not None
@@ -395,8 +394,9 @@ async def test_a_session_replaced_while_the_page_was_away_and_live_says_so(brows
             async with await BambooClient.connect(
                 ws_url(server), "relived", create=True, role="agent"
             ) as agent:
-                for i in range(60):
-                    await agent.publish(AgentEvent.token(f"new{i} "))
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.token(f"new{i} ")) for i in range(60))
+                )
                 proxy.mend()
                 await expect(page.locator("#status .notice-warning")).to_contain_text(
                     "was replaced"
