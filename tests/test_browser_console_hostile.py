@@ -166,13 +166,15 @@ async def test_a_link_naming_no_valid_session_makes_no_request(browser: Any, rou
         assert problems == []
 
 
-# A slow uplink: the page's history requests leave 1 s late, so live messages arrive
-# while "Load older" waits for its page (as on any busy session and a slow network).
-SLOW_HISTORY = """(() => {
+# A slow uplink: while window.holdHistory, the page's history requests are held (in
+# window.heldHistory, each a function that sends it), so live messages arrive while
+# "Load older" waits for its page (as on any busy session and a slow network).
+HELD_HISTORY = """(() => {
   const send = WebSocket.prototype.send;
+  window.heldHistory = [];
   WebSocket.prototype.send = function (data) {
-    if (window.slowHistory && typeof data === "string" && data.includes('"type":"history"')) {
-      setTimeout(() => send.call(this, data), 1000);
+    if (window.holdHistory && typeof data === "string" && data.includes('"type":"history"')) {
+      window.heldHistory.push(() => send.call(this, data));
     } else send.call(this, data);
   };
 })()"""
@@ -184,19 +186,20 @@ async def test_load_older_while_live_messages_arrive_leaves_no_hole(browser: Any
     A page that comes back after live messages dropped the list's oldest no longer
     joins it: it was prepended, and the ones dropped meanwhile were never shown again,
     and every later message was numbered short."""
-    async with agent_and_console(browser, "race", SLOW_HISTORY) as (agent, page, problems):
+    async with agent_and_console(browser, "race", HELD_HISTORY) as (agent, page, problems):
         count = SHOWN_MESSAGES + 20
         await asyncio.gather(*(agent.send_message(Message.user(f"m{i}")) for i in range(count)))
         shown = page.locator("#messages li")
         await expect(shown.last.locator(".msg-body")).to_have_text(f"m{count - 1}")
-        await page.evaluate("window.slowHistory = true")
+        await page.evaluate("window.holdHistory = true")
         await expect(page.locator("#older")).to_be_visible()
         await page.click("#older")
+        await page.wait_for_function("window.heldHistory.length === 1")
         for i in range(count, count + 5):  # while the page of older ones is on its way
             await agent.send_message(Message.user(f"m{i}"))
         await expect(shown.last.locator(".msg-body")).to_have_text(f"m{count + 4}")
+        await page.evaluate("window.holdHistory = false; window.heldHistory.forEach((go) => go())")
         await expect(page.locator("#older")).not_to_have_attribute("disabled", "")
-        await page.evaluate("window.slowHistory = false")
         for _ in range(20):
             if not await page.locator("#older").is_visible():
                 break
