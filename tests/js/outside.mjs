@@ -99,18 +99,25 @@ export let authed; // --auth-secret
 export let ttl; // --default-ttl 3600
 export let tight; // small limits: 2 live sessions, 1 connection per user, 2 frames a second
 
-/** Starts this file's four servers before its tests, and stops them (by pid) after. */
-export function useServers() {
+const SHARED_FLAGS = {
+  main: ["--rate-limit", "0"],
+  authed: ["--auth-secret", SECRET],
+  ttl: ["--default-ttl", "3600"],
+  tight: [
+    ...["--max-sessions", "2", "--max-connections-per-user", "1"],
+    ...["--rate-limit", "2", "--rate-limit-burst", "2", "--rate-limit-refusals", "20"],
+  ],
+};
+
+/** Starts the shared servers a file names (of main, authed, ttl, tight) before its tests,
+ * and stops them (by pid) after. Only those: each server is a Python process, most of a
+ * file's CPU time; one a file does not name stays undefined. */
+export function useServers(...names) {
+  const unknown = names.filter((name) => !(name in SHARED_FLAGS));
+  if (unknown.length) throw new Error(`no shared server ${unknown.join(", ")}`);
   before(async () => {
-    [main, authed, ttl, tight] = await Promise.all([
-      startServer(["--rate-limit", "0"]),
-      startServer(["--auth-secret", SECRET]),
-      startServer(["--default-ttl", "3600"]),
-      startServer([
-        ...["--max-sessions", "2", "--max-connections-per-user", "1"],
-        ...["--rate-limit", "2", "--rate-limit-burst", "2", "--rate-limit-refusals", "20"],
-      ]),
-    ]);
+    const start = (name) => (names.includes(name) ? startServer(SHARED_FLAGS[name]) : undefined);
+    [main, authed, ttl, tight] = await Promise.all(["main", "authed", "ttl", "tight"].map(start));
   });
 
   after(async () => {

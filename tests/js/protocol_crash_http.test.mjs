@@ -22,7 +22,7 @@ import {
 } from "./outside.mjs";
 import { httpGet, upgrade } from "./wire.mjs";
 
-useServers();
+useServers("main", "authed", "ttl");
 
 test("resume across a kill -9 of the server in the middle of a stream", async () => {
   const server = await startServer(["--rate-limit", "0"]);

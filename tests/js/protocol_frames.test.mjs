@@ -22,7 +22,7 @@ import {
 } from "./outside.mjs";
 import { upgrade } from "./wire.mjs";
 
-useServers();
+useServers("main", "tight");
 
 // The 10 s hello deadline runs beside everything else (awaited by the last test).
 let helloDeadline;

@@ -8,7 +8,7 @@ import { test } from "node:test";
 
 import { RFC3339_UTC, main, sid, connect, attach, token, getJSON, useServers } from "./outside.mjs";
 
-useServers();
+useServers("main");
 
 // ---- Requests and replies ----
 
