@@ -25,7 +25,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from bamboo_session.server.cli import raise_open_file_limit, settle_garbage_collector
+from bamboo_session.server.process_setup import raise_open_file_limit, settle_garbage_collector
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent

@@ -37,7 +37,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from bamboo_session.server.cli import raise_open_file_limit
+from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common
 from .peers import bamboo_attach, open_ws

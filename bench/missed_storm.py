@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bamboo_session.server.cli import raise_open_file_limit
+from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common, compare
 from .peers import bamboo_attach, decode_frame, token_frame

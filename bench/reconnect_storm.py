@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bamboo_session.server.cli import raise_open_file_limit
+from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common
 from .peers import open_ws

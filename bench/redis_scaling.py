@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bamboo_session.server.cli import raise_open_file_limit
+from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common, compare, latency, throughput
 from .workers import DriverGroup

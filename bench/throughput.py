@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bamboo_session.server.cli import raise_open_file_limit
+from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common, compare, socketio_peer
 from .peers import bamboo_attach, open_ws, publish_unacked, publish_windowed, receive_events

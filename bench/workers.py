@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bamboo_session.server.cli import raise_open_file_limit
+from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common
 

@@ -16,10 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import importlib
 import os
-import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -29,6 +27,7 @@ from bamboo_session import __version__
 
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
+from .process_setup import raise_open_file_limit, settle_garbage_collector
 from .settings import CONFIG_VARIABLE, flag_name, load_config
 from .tools import add_tool_commands
 
@@ -240,29 +239,6 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
 
 
-# The most macOS grants a process whatever its hard limit says (OPEN_MAX).
-DARWIN_OPEN_MAX = 10240
-
-
-def raise_open_file_limit(wanted: int = 1 << 20) -> int:
-    """Raise this process's soft RLIMIT_NOFILE as far as its hard limit allows (as
-    other servers do; the soft limit is often 1,024, too few for a thousand peers and
-    their sessions' logs); the soft limit now. Where the kernel refuses that much
-    (macOS: an unlimited hard limit, yet no more than OPEN_MAX), it asks for less, and
-    failing that leaves the limit as it was."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    for asked in (target, min(target, DARWIN_OPEN_MAX)):
-        if asked <= soft:
-            break
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (asked, hard))
-        except (ValueError, OSError):
-            continue
-        break
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def leave_process(status: int) -> NoReturn:
     """Exits at once once the server has stopped, as a forked worker does (supervisor.py):
     everything is written, synced and closed by then, and what the interpreter's own
@@ -348,23 +324,6 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     log.info("shutting down")
     await server.stop(exiting=True)
     leave_process(0)
-
-
-# Allocations between two collections of the youngest generation (CPython's default is
-# 700): a server allocates a few objects per frame, nearly all freed by reference
-# counting, so the default collects every few hundred frames for little.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def settle_garbage_collector() -> None:
-    """Once started: what exists now (modules, the index of every stored session) moves
-    out of the collector's sight (gc.freeze), and young collections come less often.
-    Cyclic garbage is still collected; the collector just stops re-walking objects that
-    live as long as the process."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def fail(reason: str) -> None:

@@ -137,6 +137,34 @@ def test_socketio_peer_is_skipped_in_one_line_without_node(tmp_path: Path) -> No
     assert "bamboo-os/relay" in stdout
 
 
+# The scripts, and the worker and driver processes they start by the dozen.
+BENCH_PROCESSES = (
+    *("baseline_relay", "connections", "latency", "latency_worker", "missed_storm"),
+    *("read_fairness", "reconnect_storm", "redis_scaling", "storm_worker", "throughput"),
+    "workers",
+)
+IMPORTED = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(f"bench.{name}")
+print(" ".join(sorted(m for m in ("bamboo_session.server.cli", "structlog") if m in sys.modules)))
+"""
+
+
+def test_bench_processes_start_without_the_server_cli() -> None:
+    """A bench process imports neither the server's CLI nor its logging: they cost each
+    process a third of a second of CPU at its start, for two functions it used."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED, *BENCH_PROCESSES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
+
+
 def test_plots_draw(tiny_run: Callable[[str], tuple[str, Path]], tmp_path: Path) -> None:
     for name in ("throughput", "latency"):
         shutil.copy(tiny_run(name)[1], tmp_path / f"{name}.json")
