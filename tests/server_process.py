@@ -52,8 +52,10 @@ class ServerProcess:
             *self.extra,
         ]
 
-    def start(self, timeout: float = 15.0) -> int:
-        """Starts the server and returns its port once it listens."""
+    def start(self, timeout: float = 60.0) -> int:
+        """Starts the server and returns its port once it listens. The timeout only
+        guards against a start that hangs: a start costs about half a second of CPU,
+        and under four test processes on two cores that stretched past 15 s."""
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
