@@ -14,8 +14,9 @@ PYTEST_ARGS ?=
 # order (the slowest modules first, tests/durations.txt; a module's tests together),
 # and one that runs out takes half of what another has left ("worksteal"): xdist's
 # default hands tests out in shrinking chunks and could leave one process idle for the
-# last long tests of another.
-PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, 2 * len(os.sched_getaffinity(0))))")
+# last long tests of another. The cores are those this process may run on where the
+# system says (Linux), else all of them (macOS has no sched_getaffinity).
+PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1; print(min(8, 2 * cores))")
 
 .PHONY: serve test lint typecheck pytest bench fuzz clean
 
