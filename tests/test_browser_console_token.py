@@ -31,7 +31,7 @@ expect.set_options(timeout=10_000)
 
 
 # What the page showed, recorded as it shows it (window.shown): whether its stream was
-# ever open, and each name its top bar gave. A test whose token lives 3 s reads these
+# ever open, and each name its top bar gave. A test whose token lives 6 s reads these
 # once it expired: a check made while it lived raced its end on a busy machine.
 RECORD_SHOWN = """(() => {
   window.shown = { open: false, names: [] };
@@ -110,9 +110,11 @@ async def test_a_token_that_expires_while_watching_signs_the_top_bar_out(browser
         problems = watch_page(page)
         await page.add_init_script(RECORD_SHOWN)
         await page.goto(console_url(server.port, "#/s/watched"))
-        await page.fill("#token-input", make_token("alice", ttl=3))
+        # 6 s for the page to open and name alice before the token ends: at 3 s, under
+        # four test processes on two cores (load 28), a page once opened too late.
+        await page.fill("#token-input", make_token("alice", ttl=6))
         await page.click("#login button[type=submit]")
-        await expect(page.locator("#login .notice")).to_contain_text("refused")
+        await expect(page.locator("#login .notice")).to_contain_text("refused", timeout=20_000)
         # Before that, the page was open, its top bar naming the token's user.
         shown = await page.evaluate("window.shown")
         assert shown == {"open": True, "names": ["alice (user)"]}, shown
