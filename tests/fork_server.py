@@ -52,12 +52,22 @@ def run_child(argv: list[str], stdout: int, stderr: int) -> None:
         os.dup2(stderr, 2)
         os.close(stdout)
         os.close(stderr)
+        # fd 0 was the server's socket, closed with it: a fresh interpreter's stdin is
+        # open, and a file the child opens must not take its number.
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        if devnull != 0:
+            os.dup2(devnull, 0)
+            os.close(devnull)
         sys.argv = list(argv)
         sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
         runpy.run_path(argv[0], run_name="__main__")
         code = 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        # As the interpreter ends: sys.exit() is 0, sys.exit("why") prints why, then 1.
+        if exit_.code is None or isinstance(exit_.code, int):
+            code = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
     finally:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +24,9 @@ SERVER = Path(__file__).with_name("fork_server.py")
 MESSAGE_BYTES = 64 * 1024
 
 _server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
+# The server forks one child at a time, and answers its end before the next request:
+# a child a failed (or timed-out) test left running is ended before the next one starts.
+_running: ForkedChild | None = None
 
 
 def _channel() -> socket.socket:
@@ -45,6 +50,7 @@ def stop() -> None:
     global _server
     if _server is None:
         return
+    _end_running()
     process, channel = _server
     _server = None
     channel.close()  # the server's end of its requests: it returns
@@ -59,7 +65,9 @@ class ForkedChild:
     """``python argv…``, forked by the server; its stdout a pipe, its stderr a file."""
 
     def __init__(self, argv: list[str]) -> None:
+        global _running
         self.channel = _channel()
+        _end_running()
         read_end, write_end = os.pipe()
         self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by communicate)
         try:
@@ -71,6 +79,7 @@ class ForkedChild:
         self.stdout: IO[bytes] = os.fdopen(read_end, "rb", buffering=0)
         self.pid: int = self._answer()["pid"]
         self.returncode: int | None = None
+        _running = self
 
     def _answer(self, timeout: float | None = None) -> dict[str, Any]:
         self.channel.settimeout(timeout)
@@ -92,15 +101,48 @@ class ForkedChild:
                 os.kill(self.pid, signal.SIGKILL)
 
     def communicate(self, timeout: float) -> tuple[bytes, bytes]:
-        """The rest of its stdout and all its stderr, once it ended."""
-        out = self.stdout.read()
-        self.stdout.close()
-        if self.returncode is None:
-            self.returncode = self._answer(timeout)["returncode"]
+        """The rest of its stdout and all its stderr, once it ended; a child still
+        running after ``timeout`` seconds is killed and ``TimeoutExpired`` raised (as
+        ``subprocess.run`` does), so that no test waits on it for ever."""
+        deadline = time.monotonic() + timeout
+        out = bytearray()
+        try:
+            while chunk := self._read_stdout(deadline):
+                out += chunk
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self._end(timeout=10)
+            raise
+        self._end(max(deadline - time.monotonic(), 10.0))  # its stdout ended: so has it
         self.stderr_file.seek(0)
         err = self.stderr_file.read()
         self.stderr_file.close()
-        return out or b"", err
+        return bytes(out), err
+
+    def _read_stdout(self, deadline: float) -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([self.stdout], [], [], left)[0]:
+            raise subprocess.TimeoutExpired(str(self.pid), left)
+        return self.stdout.read(MESSAGE_BYTES) or b""
+
+    def _end(self, timeout: float) -> None:
+        """Its returncode, from the server's answer; its stdout closed."""
+        global _running
+        self.stdout.close()
+        if self.returncode is None:
+            self.returncode = self._answer(timeout)["returncode"]
+        if _running is self:
+            _running = None
+
+
+def _end_running() -> None:
+    """The child started last, if its end was never read (its test failed or timed
+    out before), killed and waited for: the server answers nothing else before."""
+    child = _running
+    if child is not None:
+        child.kill()
+        child._end(timeout=30)
+        child.stderr_file.close()
 
 
 atexit.register(stop)
