@@ -67,12 +67,13 @@ class PageReads:
     is always left to pages asked for one at a time: 100 to 200 streamed readers,
     queued for every slot, put a ``history`` or ``events`` page 0.4 to 1.4 s behind."""
 
-    __slots__ = ("abandoned", "count", "slots", "stream_slots", "timeout")
+    __slots__ = ("abandoned", "count", "slots", "stream_count", "stream_slots", "timeout")
 
     def __init__(self, slots: int, timeout: float) -> None:
         self.count = slots
         self.slots = asyncio.Semaphore(slots)
-        self.stream_slots = asyncio.Semaphore(max(1, slots // 2))
+        self.stream_count = max(1, slots // 2)
+        self.stream_slots = asyncio.Semaphore(self.stream_count)
         self.timeout = timeout
         self.abandoned = 0  # reads given up on whose store call has not ended yet
 

@@ -80,13 +80,12 @@ async def every_stream_slot(server: BambooServer) -> AsyncIterator[None]:
     """Holds every slot pages of streamed answers are read in (once the reads in them
     have ended): no such page is read meanwhile."""
     reads = server.services.page_reads
-    slots = max(1, reads.count // 2)
-    for _ in range(slots):
+    for _ in range(reads.stream_count):
         await reads.stream_slots.acquire()
     try:
         yield
     finally:
-        for _ in range(slots):
+        for _ in range(reads.stream_count):
             reads.stream_slots.release()
 
 
