@@ -83,3 +83,4 @@ fuzz: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +
