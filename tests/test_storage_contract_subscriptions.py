@@ -160,8 +160,7 @@ async def test_subscribers_waiting_for_a_new_session_get_its_creation(store: Sto
     # acknowledgement. The create made a session and removed none: they follow the new
     # log rather than end as "deleted". (A replace does end the old session's
     # subscriptions: tests/test_storage_replace.py.) The window is narrow: many ids,
-    # several subscribers each
-    # (until_the_window_is_hit).
+    # several subscribers each (until_the_window_is_hit).
     async def subscribe_once_created(session_id: str) -> Subscription:
         while True:
             try:
