@@ -253,8 +253,10 @@ def preload_worker_modules(store: str | None) -> None:
     """What every worker imports (the app, uvloop, the store's backend), imported once
     by the supervisor before it forks them: each worker, and each restart of one,
     inherits it rather than importing it again (most of a start's CPU; a restart comes
-    sooner, and workers dying in a loop cost less). What fails to import here is left
-    for the worker to say, as it would have."""
+    sooner, and workers dying in a loop cost less). uvloop or the store's backend failing
+    to import is left for the worker to say, as it would have; the app failing to import
+    (a broken install) stops the supervisor at once, "server failed" and status 1, as
+    every worker would fail alike."""
     from bamboo_session.persistence.url import backend_module
 
     from . import app  # noqa: F401
