@@ -24,7 +24,7 @@ import redis
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer, free_port, prefix_for
 from tests.server_process import ROOT, assert_no_tracebacks
 
 _LISTENING = re.compile(
@@ -170,7 +170,6 @@ def test_workers_that_keep_dying_are_restarted_ever_more_slowly(tmp_path: Path) 
     """Workers that cannot start (no Redis there) are restarted after a backoff that
     doubles, and at most RESTART_BURST times a minute over all of them."""
     from bamboo_session.server.supervisor import BACKOFF_INITIAL, RESTART_BURST
-    from tests.redis_server import free_port
 
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
     server = Workers(tmp_path / "serve.log", "--store", nowhere, "--workers", "4")
@@ -208,8 +207,6 @@ def test_the_supervisor_loads_what_workers_use_once_before_forking_them(tmp_path
     rather than importing them again (test_workers_that_keep_dying_are_restarted_ever_
     more_slowly starts 14). The supervisor itself runs neither: their compiled modules
     (uvloop's loop, hiredis for redis-py) are mapped in it only if it imported them."""
-    from tests.redis_server import free_port
-
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
     server = Workers(tmp_path / "serve.log", "--store", nowhere, "--workers", "2")
     try:
