@@ -48,7 +48,7 @@ async def serve_process(
         env={**os.environ, **(env or {})},
     )
     try:
-        port = await asyncio.wait_for(_read_port(process, lines), 20)
+        port = await asyncio.wait_for(_read_port(process, lines), 60)
         yield process, port
     finally:
         if process.returncode is None:
