@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # system says (Linux), else all of them (macOS has no sched_getaffinity).
 PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1; print(min(8, 2 * cores))")
 
-.PHONY: serve test lint typecheck pytest bench fuzz clean
+.PHONY: serve test lint typecheck warm pytest bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 serve: $(STAMP)
 	$(BIN)/bamboo-session serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
-test: $(STAMP) lint typecheck pytest
+# lint, mypy and the warm-up of pytest below each keep one core busy: side by side.
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j2 lint typecheck warm
+	$(MAKE) --no-print-directory pytest WARMED=1
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,9 +61,11 @@ typecheck: $(STAMP)
 # (14 s of CPU on a fresh clone) unless it finds them rewritten in tests/__pycache__: one
 # collection first, allowed to write, leaves them there for all. Its errors, if any, are
 # the run's own and are reported by it.
-pytest: $(STAMP)
+warm: $(STAMP)
 	$(BIN)/python -m compileall -q -j 0 bamboo_session protocol persistence server tests bench
 	-PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q --collect-only -p no:cacheprovider $(PYTEST_ARGS) > /dev/null 2>&1
+
+pytest: $(STAMP) $(if $(WARMED),,warm)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: $(STAMP)
