@@ -9,11 +9,11 @@ a store that fails or does not answer in time fails the attach as any store read
 it does (1011). A release never waits: the connection is forgotten here at once (the
 heartbeat no longer refreshes it, so it stops counting after the heartbeat at the
 latest) and unregistered in the store in the background. An acquire the store refuses
-while this process still has releases of that user under way waits for them (within
-its deadline) and asks once more: a user who reconnects here on seeing a close is not
-refused for a count on its way out (another instance's are a race). One heartbeat task
-refreshes every connection this process holds, one script call per user, in one round
-trip.
+while this process had releases of that user under way as it asked (or has since)
+waits for them (within its deadline) and asks once more: a user who reconnects here
+on seeing a close is not refused for a count on its way out (another instance's are a
+race). One heartbeat task refreshes every connection this process holds, one script
+call per user, in one round trip.
 """
 
 from __future__ import annotations
@@ -103,8 +103,11 @@ class SharedUserConnections(LocalUserConnections):
         """Registers the connection under ``user`` in the store, by ``deadline``;
         TooManyConnections past the cap, StorageError (StoreTimeout) if the store
         fails (or does not answer in time)."""
+        # Taken before the call: a release under way now may end before its refusal is
+        # read, and the refusal is still that release's doing.
+        under_way = set(self._user_releases.get(user, ()))
         admitted = await self._acquire_once(user, connection_id, reads, deadline)
-        if not admitted and await self._released(user, deadline):
+        if not admitted and await self._released(user, under_way, deadline):
             # Refused while this process still had the user's closed connections on
             # their way out of the store: the peer saw those closes, and reconnecting
             # at once is no reason to refuse it. Another instance's are a race.
@@ -132,14 +135,15 @@ class SharedUserConnections(LocalUserConnections):
                 )
             raise
 
-    async def _released(self, user: str, deadline: float) -> bool:
-        """Whether this process had releases of ``user``'s under way, and all of them
-        ended by ``deadline`` (a store too slow for that leaves the refusal standing)."""
-        under_way = self._user_releases.get(user)
+    async def _released(self, user: str, before: set[asyncio.Task[None]], deadline: float) -> bool:
+        """Whether this process had releases of ``user``'s under way (``before`` the
+        acquire, or since), and all of them ended by ``deadline`` (a store too slow for
+        that leaves the refusal standing)."""
+        under_way = before | self._user_releases.get(user, set())
         if not under_way:
             return False
         timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-        _, late = await asyncio.wait(set(under_way), timeout=timeout)
+        _, late = await asyncio.wait(under_way, timeout=timeout)
         return not late
 
     def release(self, user: str, connection_id: str) -> None:
