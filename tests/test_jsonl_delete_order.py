@@ -47,7 +47,24 @@ def _traced_delete(tmp_path: Path) -> list[str]:
     if run.returncode != 0 and "ptrace" in run.stderr:
         pytest.skip(f"strace cannot trace here: {run.stderr.strip()}")
     assert run.returncode == 0, run.stderr
-    return trace.read_text().splitlines()
+    return _resumed_calls_joined(trace.read_text().splitlines())
+
+
+def _resumed_calls_joined(lines: list[str]) -> list[str]:
+    """Each call strace split in two (``<unfinished ...>`` while another thread ran,
+    then ``<... fsync resumed>``) as one line, where it started."""
+    joined: list[str] = []
+    unfinished: dict[str, int] = {}  # thread id -> index of its unfinished call
+    for line in lines:
+        thread = line.split(maxsplit=1)[0]
+        if line.endswith("<unfinished ...>"):
+            unfinished[thread] = len(joined)
+            joined.append(line.removesuffix("<unfinished ...>").rstrip())
+        elif "resumed>" in line and thread in unfinished:
+            joined[unfinished.pop(thread)] += line.split("resumed>", 1)[1]
+        else:
+            joined.append(line)
+    return joined
 
 
 def _first(lines: list[str], pattern: str, after: int = -1) -> int:
