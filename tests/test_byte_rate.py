@@ -18,6 +18,7 @@ from typing import Any
 from bamboo_session.server.http_wire import BambooConnection
 from bamboo_session.server.limits import FRAME_BYTES, ByteRate
 from bamboo_session.server.sliced_reads import PARSE_SLICE
+from tests.instances import eventually
 from tests.support import attach, get, run_server, token
 from tests.test_limits import FakeClock
 from tests.test_wire_floods import upgraded_socket
@@ -142,14 +143,15 @@ async def test_a_flood_of_empty_frames_is_metered_and_others_are_served() -> Non
         loop = asyncio.get_running_loop()
         flooding = loop.run_in_executor(None, flood_of_empty_frames, server.port, session_id, stop)
         try:
-            await asyncio.sleep(0.5)  # the flood has spent its burst by now
+            # The flood has spent its burst once its reads wait (a fixed sleep was too
+            # short for a flooding thread starved of CPU).
+            await eventually(lambda: read_wait_seconds(server), timeout=30)
             async with attach(server, session_id) as (bystander, _):
                 for i in range(20):
                     assert (await bystander.request({"type": "ping", "id": i}, "pong"))["id"] == i
         finally:
             stop.set()
             assert await flooding > 0
-        assert await read_wait_seconds(server) > 0
 
 
 def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
