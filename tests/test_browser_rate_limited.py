@@ -9,6 +9,8 @@ as maybe missing. A real debt: a small allowance, and a big page read beside.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -44,8 +46,18 @@ async def test_the_session_list_waits_out_a_429(browser: Any) -> None:
         await a_log(server, "big", 96)
         page = await browser.new_page()
         problems = watch_page(page)
-        await into_debt(server)
+        # The page's first list request is held until the address is in debt: a page
+        # that loaded slower than the debt lasts (a loaded machine) asked after it.
+        in_debt = asyncio.Event()
+
+        async def after_the_debt(route: Any) -> None:
+            await in_debt.wait()
+            await route.continue_()
+
+        await page.route(re.compile(r"/api/v1/sessions(\?|$)"), after_the_debt)
         await page.goto(console_url(server.port))
+        await into_debt(server)
+        in_debt.set()
         waiting = page.locator("#waiting")
         await expect(waiting).to_be_visible()
         await expect(waiting).to_contain_text("429")
