@@ -1,13 +1,16 @@
-"""The process that starts the crash tests' children (tests/kills.py) by forking once
-the children's imports are done: those imports were most of each child's CPU, and the
-crash tests start a hundred children or more. Run as a script, not collected.
+"""The process that starts the crash tests' children (tests/kills.py) and the CLI's
+tools (tests/test_cli_offline.py ``tool``) by forking once the children's imports are
+done: those imports were most of each child's CPU, and the crash tests start a hundred
+children or more, the tools' tests dozens. Run as a script, not collected.
 
 ``python tests/fork_server.py`` with a SOCK_SEQPACKET socket as fd 0: each request is a
-JSON list (a child's argv: a script and its arguments) with two file descriptors, the
-child's stdout and stderr. A child is forked per request and runs the script as
-``python script args…`` would (``__main__``, its directory first on ``sys.path``); the
-answer is ``{"pid": N}`` at once, then ``{"returncode": R}`` once it ended (``-9`` when
-killed with SIGKILL). One child at a time; the server ends when its socket closes.
+JSON object, ``{"argv": [...], "env": {...} or null}``, with two file descriptors, the
+child's stdout and stderr. A child is forked per request and runs as ``python argv…``
+would, with ``env`` as its whole environment when given: a script and its arguments
+(``__main__``, its directory first on ``sys.path``), or ``-m module`` and its arguments
+(the working directory first on ``sys.path``). The answer is ``{"pid": N}`` at once,
+then ``{"returncode": R}`` once it ended (``-9`` when killed with SIGKILL). One child at
+a time; the server ends when its socket closes.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import socket
 import sys
 import traceback
 
-# The children's imports (tests/*_child.py), done once here: no threads, no event loop.
+# The children's imports (tests/*_child.py; the CLI and what its offline tools load),
+# done once here: no threads, no event loop.
 import bamboo_session.persistence
 import bamboo_session.persistence.jsonl.storage
-import bamboo_session.protocol.models  # noqa: F401
+import bamboo_session.persistence.sqlite
+import bamboo_session.protocol.models
+import bamboo_session.server.cli
+import bamboo_session.server.tools_store  # noqa: F401
 
 MESSAGE_BYTES = 64 * 1024
 
@@ -32,11 +39,11 @@ def serve(channel: socket.socket) -> None:
         message, fds, _flags, _address = socket.recv_fds(channel, MESSAGE_BYTES, 2)
         if not message:
             return
-        argv = json.loads(message)
+        request = json.loads(message)
         pid = os.fork()
         if pid == 0:
             channel.close()
-            run_child(argv, fds[0], fds[1])
+            run_child(request["argv"], request["env"], fds[0], fds[1])
         for fd in fds:
             os.close(fd)  # the child's now: its reader sees the end when the child ends
         channel.send(json.dumps({"pid": pid}).encode())
@@ -44,8 +51,9 @@ def serve(channel: socket.socket) -> None:
         channel.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode())
 
 
-def run_child(argv: list[str], stdout: int, stderr: int) -> None:
-    """The forked child: ``python argv…`` with its own stdout and stderr; never returns."""
+def run_child(argv: list[str], env: dict[str, str] | None, stdout: int, stderr: int) -> None:
+    """The forked child: ``python argv…`` with its own stdout, stderr and (given ``env``)
+    environment; never returns."""
     code = 1
     try:
         os.dup2(stdout, 1)
@@ -58,9 +66,17 @@ def run_child(argv: list[str], stdout: int, stderr: int) -> None:
         if devnull != 0:
             os.dup2(devnull, 0)
             os.close(devnull)
-        sys.argv = list(argv)
-        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
-        runpy.run_path(argv[0], run_name="__main__")
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if argv[0] == "-m":
+            sys.argv = argv[1:]  # runpy puts the module's file in sys.argv[0], as -m does
+            sys.path[0] = os.getcwd()
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+            runpy.run_path(argv[0], run_name="__main__")
         code = 0
     except SystemExit as exit_:
         # As the interpreter ends: sys.exit() is 0, sys.exit("why") prints why, then 1.

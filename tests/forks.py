@@ -1,9 +1,11 @@
-"""Children of the crash tests (tests/kills.py) forked by tests/fork_server.py, one
-server per test process, started at the first child and stopped by pid at the end of
-the module (or at exit), so that its children's CPU is counted with the module's: each
-child a real process, killed with a real SIGKILL, without the half second of CPU a
-fresh interpreter's imports took. :class:`ForkedChild` answers what the tests asked
-of a ``subprocess.Popen``: ``stdout``, ``kill``, ``communicate``, ``returncode``."""
+"""Children of the crash tests (tests/kills.py) and the CLI's tools, forked by
+tests/fork_server.py, one server per test process, started at the first child and
+stopped by pid at the end of the module (or at exit), so that its children's CPU is
+counted with the module's: each child a real process, killed with a real SIGKILL,
+without the third to half a second of CPU a fresh interpreter's imports took (the
+CLI's own start as a fresh process is tested in tests/test_server_cli.py).
+:class:`ForkedChild` answers what the tests asked of a ``subprocess.Popen``:
+``stdout``, ``kill``, ``communicate``, ``returncode``."""
 
 from __future__ import annotations
 
@@ -62,9 +64,10 @@ def stop() -> None:
 
 
 class ForkedChild:
-    """``python argv…``, forked by the server; its stdout a pipe, its stderr a file."""
+    """``python argv…`` (a script, or ``-m module``), forked by the server; its stdout a
+    pipe, its stderr a file, its environment ``env`` (the server's when None)."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         global _running
         self.channel = _channel()
         _end_running()
@@ -72,7 +75,9 @@ class ForkedChild:
         self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by communicate)
         try:
             socket.send_fds(
-                self.channel, [json.dumps(argv).encode()], [write_end, self.stderr_file.fileno()]
+                self.channel,
+                [json.dumps({"argv": argv, "env": env}).encode()],
+                [write_end, self.stderr_file.fileno()],
             )
         finally:
             os.close(write_end)

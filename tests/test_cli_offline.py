@@ -21,23 +21,23 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol import Message, Session, utcnow
 from bamboo_session.protocol.models import SessionState
+from tests.forks import ForkedChild
 from tests.support import attach, run_server
 from tests.test_cli_tools import make_data_dir
 
 TIMEOUT = 30.0
 
 
-def tool(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``bamboo-session ARGV`` as a process, with only ``env`` of the BAMBOO_* variables."""
+def tool(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT
+) -> tuple[int, str, str]:
+    """``bamboo-session ARGV`` as a process, with only ``env`` of the BAMBOO_* variables:
+    forked once the imports are done (tests/forks.py), which were most of its CPU."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BAMBOO_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "bamboo_session.server", *argv],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**clean, **(env or {})},
-    )
-    return result.returncode, result.stdout, result.stderr
+    child = ForkedChild(["-m", "bamboo_session.server", *argv], env={**clean, **(env or {})})
+    out, err = child.communicate(timeout=timeout)
+    assert child.returncode is not None
+    return child.returncode, out.decode(), err.decode()
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
