@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +26,7 @@ from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session, new_epoch, utcnow
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, run_server, token
+from tests.test_cli_offline import tool as cli_tool
 
 USER = "u ü"  # a space and a letter of two bytes: keys and sums carry it whole
 
@@ -49,16 +47,9 @@ async def open_store(url: str, **options: Any) -> RedisStorage:
 
 
 def tool(*argv: str) -> tuple[int, str, str]:
-    """``bamboo-session ARGV`` as a process, as an operator runs it."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BAMBOO_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "bamboo_session.server", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean,
-    )
-    return done.returncode, done.stdout, done.stderr
+    """``bamboo-session ARGV`` as a process, as an operator runs it (forked once its
+    imports are done: tests/test_cli_offline.py)."""
+    return cli_tool(*argv, timeout=60)
 
 
 def old_events(count: int, size: int = 120) -> list[tuple[bytes, str | None]]:
