@@ -72,6 +72,9 @@ def run_child(argv: list[str], env: dict[str, str] | None, stdout: int, stderr: 
         if argv[0] == "-m":
             sys.argv = argv[1:]  # runpy puts the module's file in sys.argv[0], as -m does
             sys.path[0] = os.getcwd()
+            # Preloaded here, but `python -m` runs it as a module of its own, __main__
+            # (and runpy warns of the copy it would otherwise run beside).
+            sys.modules.pop(argv[1], None)
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(argv)

@@ -26,16 +26,23 @@ from websockets.asyncio.client import connect
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol.models import AgentEvent, Message, Session
+from tests.forks import ForkedChild
 from tests.server_process import ServerProcess
+from tests.support import run_server, stream_url
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMAND = [sys.executable, "-m", "bamboo_session.server.migrate_cli"]
+MODULE = "bamboo_session.server.migrate_cli"
+COMMAND = [sys.executable, "-m", MODULE]
 
 
 def migrate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
+    """``migrate ARGS`` as a process, forked once its imports are done (tests/forks.py),
+    which were most of its CPU: the tests that need a fresh interpreter (a SIGKILL
+    mid-copy, a terminal) start one with ``COMMAND``."""
+    child = ForkedChild(["-m", MODULE, *args])
+    out, err = child.communicate(timeout=timeout)
+    assert child.returncode is not None
+    return subprocess.CompletedProcess(args, child.returncode, out.decode(), err.decode())
 
 
 async def make_source(url: str, sessions: int = 20, events: int = 30) -> None:
@@ -262,21 +269,25 @@ def test_a_client_resumes_against_the_new_store(tmp_path: Path) -> None:
 
     epoch, last_seq = asyncio.run(seen_before())
     assert migrate("--from", old, "--to", new, "--verify").returncode == 0
-    with StoreServer(new, tmp_path / "server.log") as server:
-        url = server.url("s0000")
-        # A client that saw everything under the old store: resumed, nothing to replay.
-        welcome, replayed = asyncio.run(hello(url, last_seq=last_seq, epoch=epoch))
-        assert welcome["type"] == "welcome", welcome
-        assert (welcome["resumed"], welcome["epoch"], welcome["last_seq"]) == (
-            True,
-            epoch,
-            last_seq,
-        )
-        assert replayed == []
-        # One that saw up to seq 4: resumed, and the rest replayed from the new store.
-        welcome, replayed = asyncio.run(hello(url, last_seq=4, epoch=epoch))
-        assert welcome["resumed"] is True
-        assert replayed == list(range(5, last_seq + 1))
+
+    async def resumed_on_the_new_store() -> None:
+        async with run_server(store=new) as server:
+            url = stream_url(server, "s0000")
+            # A client that saw everything under the old store: resumed, nothing to replay.
+            welcome, replayed = await hello(url, last_seq=last_seq, epoch=epoch)
+            assert welcome["type"] == "welcome", welcome
+            assert (welcome["resumed"], welcome["epoch"], welcome["last_seq"]) == (
+                True,
+                epoch,
+                last_seq,
+            )
+            assert replayed == []
+            # One that saw up to seq 4: resumed, and the rest replayed from the new store.
+            welcome, replayed = await hello(url, last_seq=4, epoch=epoch)
+            assert welcome["resumed"] is True
+            assert replayed == list(range(5, last_seq + 1))
+
+    asyncio.run(resumed_on_the_new_store())
 
 
 def test_a_second_server_on_the_same_file_fails_at_start(tmp_path: Path) -> None:
