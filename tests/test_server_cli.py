@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from bamboo_session.server.config import _BOUNDS, ServerConfig
 from bamboo_session.server.manager_config import SessionManagerConfig
 from bamboo_session.server.settings import load_config, settings_from_flags
+from tests.forks import ForkedChild
 from tests.server_process import ServerProcess
 
 
@@ -103,17 +104,17 @@ async def test_sigterm_closes_connections_with_1012_and_exits_0_then_resume_work
 
 
 def serve_refusal(*args: str, env: dict[str, str] | None = None) -> str:
-    """The one line ``serve`` exits with (status 2) for a bad setting."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bamboo_session.server", "serve", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
+    """The one line ``serve`` exits with (status 2) for a bad setting: a process forked
+    once its imports are done (tests/forks.py), which were most of its CPU; the tests
+    here of a server that starts and logs start a fresh interpreter."""
+    child = ForkedChild(
+        ["-m", "bamboo_session.server", "serve", *args], env={**os.environ, **(env or {})}
     )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    _, err = child.communicate(timeout=30)
+    stderr = err.decode()
+    assert child.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     return lines[0]
 
 
