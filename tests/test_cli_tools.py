@@ -1,12 +1,12 @@
 """The operator subcommands: ``ls``, ``show``, ``cleanup`` offline on a data directory
 (in-process), and ``ls``/``show`` over HTTP, ``tail`` and ``publish`` against a real
-server (as subprocesses). Every error is one line on stderr and a non-zero status."""
+server (as processes, forked: tests/forks.py). Every error is one line on stderr and
+a non-zero status."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol import AgentEvent, Message, Session, utcnow
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.server.cli import main
+from tests.forks import ForkedChild
 from tests.support import get, run_server
 
 TIMEOUT = 15.0
@@ -176,17 +177,17 @@ def test_every_flag_has_help() -> None:
 
 
 async def cli(*argv: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bamboo_session.server",
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    """``bamboo-session ARGV`` as a process, forked once its imports are done
+    (tests/forks.py), which were most of its CPU. One at a time: a second child ends
+    the first."""
+
+    def run() -> tuple[int, str, str]:
+        child = ForkedChild(["-m", "bamboo_session.server", *argv])
+        out, err = child.communicate(timeout=TIMEOUT)
+        assert child.returncode is not None
+        return child.returncode, out.decode(), err.decode()
+
+    return await asyncio.to_thread(run)
 
 
 async def test_online_commands(tmp_path: Path) -> None:
@@ -195,12 +196,10 @@ async def test_online_commands(tmp_path: Path) -> None:
         http_url = f"http://127.0.0.1:{server.port}"
         token = '{"type": "token", "content": "hi"}'
         first = await cli("publish", "t", "--event", token, "--url", ws_url, "--create")
-        again, offline, listed, shown = await asyncio.gather(
-            cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1"),
-            cli("ls", "--data-dir", str(tmp_path / "live")),
-            cli("ls", "--url", http_url, "--json"),
-            cli("show", "t", "--url", ws_url, "--json"),
-        )
+        again = await cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1")
+        offline = await cli("ls", "--data-dir", str(tmp_path / "live"))
+        listed = await cli("ls", "--url", http_url, "--json")
+        shown = await cli("show", "t", "--url", ws_url, "--json")
         assert await cli("publish", "t", "--event", token, "--url", ws_url, "--key", "k1") == again
         assert first == (0, "1\n", "") and again == (0, "2\n", "")  # the same key: once
         # Reading a store a server holds: a read-only view, no lock taken, nothing written.
