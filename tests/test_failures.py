@@ -23,7 +23,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.support import Peer
+from tests.support import Peer, attach, run_server
 
 FILE_LIMIT = 48 * 1024
 PAYLOAD = "z" * 1500
@@ -151,14 +151,13 @@ async def test_a_batch_that_does_not_fit_is_stored_not_at_all(tmp_path: Path) ->
             events = await roundtrip(peer, {"type": "events", "id": "e", "limit": 1000})
             assert [name(e) for e in events["events"]] == acked
         assert limited.stop() == 0
-    # Space returns: the refused batch, resent with its keys, is stored whole, once.
-    with ServerProcess(data_dir, tmp_path / "unlimited.log") as server:
-        async with peer_of(server, "full") as peer:
-            items = [{"event": token(f"b{b}.{i}"), "key": f"b{b}.{i}"} for i in range(5)]
-            reply = await roundtrip(peer, {"type": "batch", "id": "again", "items": items})
-            assert reply["seqs"] == list(range(len(acked) + 1, len(acked) + 6))
-            assert "duplicates" not in reply
-        assert server.stop() == 0
+    # Space returns: the refused batch, resent with its keys, is stored whole, once (by
+    # an in-process server: only the limited one needed a process, for its rlimit).
+    async with run_server(data_dir) as server, attach(server, "full") as (peer, _):
+        items = [{"event": token(f"b{b}.{i}"), "key": f"b{b}.{i}"} for i in range(5)]
+        reply = await roundtrip(peer, {"type": "batch", "id": "again", "items": items})
+        assert reply["seqs"] == list(range(len(acked) + 1, len(acked) + 6))
+        assert "duplicates" not in reply
 
 
 async def roundtrip(peer: Peer, frame: dict[str, Any]) -> dict[str, Any]:
@@ -179,10 +178,11 @@ def name(record: dict[str, Any]) -> str:
     return content.partition(":")[0]
 
 
-def test_a_second_server_on_a_locked_directory_exits_with_one_line(tmp_path: Path) -> None:
+async def test_a_second_server_on_a_locked_directory_exits_with_one_line(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with ServerProcess(data_dir, tmp_path / "first.log"):
-        second = subprocess.run(
+    async with run_server(data_dir):  # in-process: it only holds the directory's lock
+        second = await asyncio.to_thread(
+            subprocess.run,
             ServerProcess(data_dir, tmp_path / "second.log").argv(),
             capture_output=True,
             text=True,
