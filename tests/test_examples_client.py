@@ -4,25 +4,23 @@ promise: a gap-free resumed stream, and an agent turn that a rerun does not dupl
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.forks import ForkedChild
 from tests.support import run_server
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def run_example(name: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
+    """``python examples/NAME ARGS``: a process forked once the imports the examples
+    share with the tests' other children are done (tests/forks.py), run as __main__."""
+    child = ForkedChild([str(EXAMPLES / name), *args])
+    out, err = child.communicate(timeout=60)
+    stderr = err.decode()
+    assert child.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    return out.decode()
 
 
 def test_gateway_integration_resumes_without_gap(tmp_path: Path) -> None:
