@@ -5,11 +5,12 @@ fails on demand; this makes the helper's own failure path run for real."""
 
 import errno
 import os
+import posix
 import runpy
 from pathlib import Path
 
 _trigger = Path(os.environ["BAMBOO_TEST_FAIL_SYNC"])
-_real_fdatasync = os.fdatasync
+_real_fdatasync = posix.fdatasync
 
 
 def _fdatasync(fd: int) -> None:
@@ -19,6 +20,6 @@ def _fdatasync(fd: int) -> None:
     _real_fdatasync(fd)
 
 
-os.fdatasync = _fdatasync
+posix.fdatasync = _fdatasync  # what the helper calls
 helper = Path(__file__).resolve().parent.parent / "persistence" / "jsonl" / "sync_helper.py"
 runpy.run_path(str(helper), run_name="__main__")
