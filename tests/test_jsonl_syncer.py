@@ -53,6 +53,9 @@ async def test_the_helper_syncs_a_file_and_reports_a_failure(tmp_path: Path) -> 
         error = await syncer.sync("pipe", read_end)
         assert isinstance(error, OSError) and error.errno == errno.EINVAL
         assert await syncer.sync("file", fd) is None  # "file" again: a new descriptor
+        # No descriptor (a segment not open): not the previous file's sync reported.
+        error = await syncer.sync("closed", -1)
+        assert isinstance(error, OSError) and error.errno == errno.EBADF
         assert not syncer.broken
     finally:
         await syncer.close()

@@ -88,6 +88,8 @@ class Syncer:
         """``fdatasync`` the file ``fd`` refers to. The error, when the sync failed or
         the helper is gone (then nothing may be assumed synced). A cancelled sync drops
         the helper: its answer may still come, and would be taken for the next one's."""
+        if fd < 0:  # no file: an "S" now would sync the previous one and say so
+            return OSError(errno.EBADF, "no file to sync")
         self.use(key, fd)
         if self.broken:
             return OSError(errno.EIO, "the WAL sync helper stopped")
