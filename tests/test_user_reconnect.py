@@ -2,11 +2,12 @@
 as soon as the close reply comes is welcomed on the same instance, on a JSONL store
 (the count of this process) as on Redis (the shared count, released in the background:
 server/user_connections.py): the connection stops counting as its close frame goes out,
-and an acquire refused while the user's releases are under way waits for them and
-asks again. Real server, real redis-server; the bouncing peer is a raw socket that
-keeps its end open after the close reply (as a client that reconnects on seeing the
-close may), so the server's handler for it ends only after the new hello. A stopping
-instance's close, written without websockets' send_data, lets the count go too."""
+and an acquire refused while the user's releases are (or were, as it asked) under way
+waits for them and asks again. Real server, real redis-server; the bouncing peer is a
+raw socket that keeps its end open after the close reply (as a client that reconnects
+on seeing the close may), so the server's handler for it ends only after the new hello.
+A stopping instance's close, written without websockets' send_data, lets the count go
+too."""
 
 from __future__ import annotations
 
@@ -180,6 +181,89 @@ async def test_a_reconnect_waits_for_the_release_redis_holds(
                 old.drop()
                 assert code is None
             peer.drop()
+
+
+class ReleaseBeforeRefusal:
+    """A TCP proxy to Redis that, once ``armed``, reorders one release and one acquire:
+    the release's call waits to be sent on until an acquire's answer (a refusal: the
+    released connection still counts) came back from Redis, and that answer waits to
+    be handed on until ``release_ended`` is set. The refusal is read after the release
+    ended, which a loaded machine did by chance (the page reads' wake-ups late)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.armed = False
+        self.acquire_answered = asyncio.Event()
+        self.release_ended = asyncio.Event()
+        self._streams: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        self._server.close()
+        self.acquire_answered.set()  # nothing is held past the test, failed or not
+        self.release_ended.set()
+        for stream in self._streams:
+            stream.transport.abort()
+
+    async def _serve(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        redis, to_redis = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        self._streams += [to_client, to_redis]
+        held_answer = asyncio.Event()  # this stream's next answer is the acquire's
+
+        async def calls() -> None:
+            while data := await client.read(65536):
+                if self.armed and b"\r\nrelease\r\n" in data:
+                    await self.acquire_answered.wait()
+                elif self.armed and b"\r\nacquire\r\n" in data:
+                    self.armed = False
+                    held_answer.set()
+                to_redis.write(data)
+            to_redis.close()
+
+        async def answers() -> None:
+            while data := await redis.read(65536):
+                if held_answer.is_set():
+                    held_answer.clear()
+                    self.acquire_answered.set()
+                    await self.release_ended.wait()
+                to_client.write(data)
+            to_client.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(calls(), answers())
+
+
+async def test_a_refusal_read_after_the_release_ended_is_asked_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The release was under way as the acquire asked, and ended before its refusal was
+    read: the refusal is that release's doing all the same, and the hello is welcomed."""
+    proxy = ReleaseBeforeRefusal(redis_server.port)
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=30)
+    url = url.replace(f":{redis_server.port}/", f":{await proxy.start()}/")
+    try:
+        async with run_server(store=url, max_connections_per_user=CAP) as server:
+            shared = server.user_connections
+            assert isinstance(shared, SharedUserConnections)
+            async with at_the_cap(server, "o"):
+                peer, code = await RawPeer.hello(server.port, "o", user_id="u")
+                assert code is None
+                proxy.armed = True
+                await peer.close_answered()
+                hello = asyncio.ensure_future(RawPeer.hello(server.port, "o", user_id="u"))
+                await proxy.acquire_answered.wait()  # refused: the release is held
+                await eventually(lambda: shared.releasing == 0, timeout=TIMEOUT)
+                proxy.release_ended.set()
+                again, code = await hello
+                peer.drop()
+                again.drop()
+                assert code is None
+    finally:
+        await proxy.close()
 
 
 async def test_a_stopping_instance_lets_its_users_count_go_with_the_close(
