@@ -1,13 +1,17 @@
 """The outside check of the wire contract on Node: tests/js/protocol_*.test.mjs, a raw
 RFC 6455 client (tests/js/wire.mjs, over node:net: no WebSocket library, no project
-code) that checks the server against PROTOCOL.md's statements, frame by frame. It starts
-its own servers with this interpreter (on 127.0.0.1, a free port, a fresh data
-directory each), kills one with SIGKILL mid-stream to check resume, and stops every one
-by pid. Without ``node`` it skips with one line."""
+code) that checks the server against PROTOCOL.md's statements, frame by frame. The
+servers every file may share (outside.mjs's SHARED_FLAGS) run here, in this process, one
+of each for all the files; a file starts its own with this interpreter (on 127.0.0.1, a
+free port, a fresh data directory each) where a test needs one to itself: one it kills
+with SIGKILL mid-stream to check resume, one whose send queue a slow reader fills. It
+stops every one by pid. Without ``node`` it skips with one line."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,10 +20,30 @@ from pathlib import Path
 
 import pytest
 
+from bamboo_session.server.config import ServerConfig
+from tests.support import run_server
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted((ROOT / "tests" / "js").glob("protocol_*.test.mjs"))
 NODE_TIMEOUT = 120
 CHECKS = 39
+SECRET = "outside-check-secret-" + "x" * 32
+# outside.mjs's SHARED_FLAGS as the fields they set: one server of each, started here
+# instead of a Python process each in every file that names it (15 starts became 3).
+# run_server turns the frame rate off; the flags of all but main leave it at its default.
+DEFAULT_RATE = ServerConfig().rate_limit
+SHARED_SERVERS: dict[str, dict[str, object]] = {
+    "main": {},
+    "authed": {"auth_secret": SECRET, "rate_limit": DEFAULT_RATE},
+    "ttl": {"default_ttl": 3600, "rate_limit": DEFAULT_RATE},
+    "tight": {
+        **{"max_sessions": 2, "max_connections_per_user": 1},
+        **{"rate_limit": 2, "rate_limit_burst": 2, "rate_limit_refusals": 20},
+    },
+    "short": {"default_ttl": 3, "rate_limit": DEFAULT_RATE},
+    "quick": {"idle_timeout": 1, "rate_limit": DEFAULT_RATE},
+    "slow": {"rate_limit_bytes": 0, "send_queue_frames": 64, "close_timeout": 30},
+}
 
 
 # Past the node run's own bound, so that its process group is killed here: when
@@ -30,17 +54,38 @@ async def test_wire_contract_from_outside() -> None:
     node = shutil.which("node")
     if node is None:
         pytest.skip("install Node.js 18+ for the outside check of the wire contract")
+    async with contextlib.AsyncExitStack() as stack:
+        ports = {
+            name: (await stack.enter_async_context(run_server(**overrides))).port
+            for name, overrides in SHARED_SERVERS.items()
+        }
+        returncode, report = await run_node(node, ports)
+    assert returncode is not None and returncode >= 0, (
+        f"the outside check took over {NODE_TIMEOUT} s:\n{report}"
+    )
+    assert returncode == 0, report
+    assert f"# pass {CHECKS}" in report and "# fail 0" in report, report
+
+
+async def run_node(node: str, ports: dict[str, int]) -> tuple[int | None, str]:
+    """The node run's exit code (negative: killed over its time) and its TAP report."""
+    env = {
+        **os.environ,
+        "BAMBOO_PYTHON": sys.executable,
+        "BAMBOO_OUTSIDE_PORTS": json.dumps(ports),
+        "BAMBOO_OUTSIDE_SECRET": SECRET,
+    }
     process = await asyncio.create_subprocess_exec(
         node,
         "--test",
         "--test-reporter=tap",
-        # Every file at once, each with its servers (one to four): the 10 s hello
+        # Every file at once, each with any servers of its own: the 10 s hello
         # deadline of protocol_frames (awaited by its last test) no longer waits after
         # the others.
         f"--test-concurrency={len(TEST_FILES)}",
         *map(str, TEST_FILES),
         cwd=ROOT,
-        env={**os.environ, "BAMBOO_PYTHON": sys.executable},
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # its servers are in its process group: one kill ends all
@@ -55,9 +100,4 @@ async def test_wire_contract_from_outside() -> None:
         if process.returncode is None:  # over its time, or the test was cancelled
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
-    report = (await reading).decode(errors="replace")
-    assert process.returncode is not None and process.returncode >= 0, (
-        f"the outside check took over {NODE_TIMEOUT} s:\n{report}"
-    )
-    assert process.returncode == 0, report
-    assert f"# pass {CHECKS}" in report and "# fail 0" in report, report
+    return process.returncode, (await reading).decode(errors="replace")

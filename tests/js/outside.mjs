@@ -12,11 +12,12 @@ import path from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { httpGet, mpDecode, mpEncode, upgrade } from "./wire.mjs";
+import { destroySockets, httpGet, mpDecode, mpEncode, upgrade } from "./wire.mjs";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PYTHON = process.env.BAMBOO_PYTHON ?? path.join(ROOT, ".venv", "bin", "python");
-export const SECRET = "outside-check-secret-" + "x".repeat(32);
+// tests/test_js_protocol.py names the secret of the servers it runs (BAMBOO_OUTSIDE_SECRET).
+export const SECRET = process.env.BAMBOO_OUTSIDE_SECRET ?? "outside-check-secret-" + "x".repeat(32);
 export const RFC3339_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/;
 export const ERROR_CODES = [
   "bad_request",
@@ -47,9 +48,10 @@ export const METADATA_FIELDS = [
 
 // ---- servers ----
 
-const servers = [];
+const servers = []; // the servers this file started and has not stopped yet
 
-/** Starts `bamboo_session.server serve` on 127.0.0.1:0; resolves {proc, port, dataDir}. */
+/** Starts `bamboo_session.server serve` on 127.0.0.1:0; resolves {proc, port, dataDir}.
+ * A server that exits, or cannot be spawned, before it listens rejects with its output. */
 export function startServer(
   args = [],
   dataDir = mkdtempSync(path.join(tmpdir(), "bamboo-outside-")),
@@ -62,10 +64,11 @@ export function startServer(
     });
     const server = { proc, port: 0, dataDir, log: "" };
     servers.push(server);
-    const timer = setTimeout(
-      () => reject(new Error(`no "listening on" in 20 s: ${server.log}`)),
-      20000,
-    );
+    const fail = (why) => {
+      clearTimeout(timer);
+      reject(new Error(`server ${args.join(" ")} ${why}:\n${server.log}`));
+    };
+    const timer = setTimeout(() => fail('printed no "listening on" in 20 s'), 20000);
     proc.stderr.on("data", (chunk) => {
       server.log = (server.log + chunk.toString()).slice(-20000);
       const match = /listening on [^\s"]+:(\d+)/.exec(server.log);
@@ -75,16 +78,17 @@ export function startServer(
         resolve(server);
       }
     });
-    proc.on("exit", (code) => {
-      clearTimeout(timer);
-      if (!server.port) reject(new Error(`server exited ${code}: ${server.log}`));
+    proc.on("error", (error) => fail(`could not be spawned (${error.message})`));
+    proc.on("exit", (code, signal) => {
+      if (!server.port) fail(`exited (${code ?? signal}) before it listened`);
     });
   });
 }
 
 export function stopServer(server, signal = "SIGTERM") {
   return new Promise((resolve) => {
-    if (server.proc.exitCode !== null || server.proc.signalCode !== null) return resolve();
+    const ended = server.proc.exitCode !== null || server.proc.signalCode !== null;
+    if (ended || server.proc.pid === undefined) return resolve(); // or never spawned
     const timer = setTimeout(() => server.proc.kill("SIGKILL"), 10000);
     server.proc.once("exit", () => {
       clearTimeout(timer);
@@ -94,10 +98,36 @@ export function stopServer(server, signal = "SIGTERM") {
   });
 }
 
+/** Stops (by pid) every server this file started and still runs, and removes their data. */
+export async function stopServers(signal = "SIGTERM") {
+  const stopping = servers.splice(0);
+  await Promise.all(stopping.map((s) => stopServer(s, signal)));
+  for (const s of stopping) rmSync(s.dataDir, { recursive: true, force: true });
+}
+
+/** Starts a server for each list of flags, side by side. When one fails, the others are
+ * killed at once and this rejects with the failed one's output: none is left running to
+ * keep Node (and the test that waits for it) alive. */
+export async function startServers(flagLists) {
+  let failure;
+  const starting = flagLists.map((flags) =>
+    startServer(flags).catch((error) => {
+      failure ??= error;
+      return stopServers("SIGKILL");
+    }),
+  );
+  const started = await Promise.all(starting);
+  if (failure) throw failure;
+  return started;
+}
+
 export let main; // no auth, defaults but the frame rate (off, as the Python suite's servers)
 export let authed; // --auth-secret
 export let ttl; // --default-ttl 3600
 export let tight; // small limits: 2 live sessions, 1 connection per user, 2 frames a second
+export let short; // sessions live 3 s
+export let quick; // connections go idle after 1 s without a frame
+export let slow; // a send queue of 64 frames, no byte rate: a reader that reads nothing
 
 const SHARED_FLAGS = {
   main: ["--rate-limit", "0"],
@@ -107,22 +137,38 @@ const SHARED_FLAGS = {
     ...["--max-sessions", "2", "--max-connections-per-user", "1"],
     ...["--rate-limit", "2", "--rate-limit-burst", "2", "--rate-limit-refusals", "20"],
   ],
+  short: ["--default-ttl", "3"],
+  quick: ["--idle-timeout", "1"],
+  // The close frame of a 4429 waits 30 s for a slow reader (not 5: a loaded machine's
+  // publisher may take longer to be acked).
+  slow: [
+    ...["--rate-limit", "0", "--rate-limit-bytes", "0", "--send-queue-frames", "64"],
+    ...["--close-timeout", "30"],
+  ],
 };
+// The ports of servers with these flags that tests/test_js_protocol.py runs once for every
+// file (a JSON object, name to port): a server start is most of a file's CPU time, and
+// the files' sessions, ids and users are their own, so they share them. By hand, without
+// it, a file starts the ones it names.
+const GIVEN_PORTS = JSON.parse(process.env.BAMBOO_OUTSIDE_PORTS ?? "{}");
 
-/** Starts the shared servers a file names (of main, authed, ttl, tight) before its tests,
- * and stops them (by pid) after. Only those: each server is a Python process, most of a
- * file's CPU time; one a file does not name stays undefined. */
+/** Gives a file the shared servers it names (of SHARED_FLAGS) for its tests: those
+ * tests/test_js_protocol.py runs, else its own, started before its tests and stopped (by
+ * pid) after, with any other server the file started. One it does not name stays
+ * undefined. After its tests, the sockets they left open are destroyed. */
 export function useServers(...names) {
   const unknown = names.filter((name) => !(name in SHARED_FLAGS));
   if (unknown.length) throw new Error(`no shared server ${unknown.join(", ")}`);
   before(async () => {
-    const start = (name) => (names.includes(name) ? startServer(SHARED_FLAGS[name]) : undefined);
-    [main, authed, ttl, tight] = await Promise.all(["main", "authed", "ttl", "tight"].map(start));
+    const own = names.filter((name) => !(name in GIVEN_PORTS));
+    const started = await startServers(own.map((name) => SHARED_FLAGS[name]));
+    const named = Object.fromEntries(own.map((name, i) => [name, started[i]]));
+    for (const name of names) named[name] ??= { port: GIVEN_PORTS[name] };
+    ({ main, authed, ttl, tight, short, quick, slow } = named);
   });
-
-  after(async () => {
-    await Promise.all(servers.map((s) => stopServer(s)));
-    for (const s of servers) rmSync(s.dataDir, { recursive: true, force: true });
+  after(() => {
+    destroySockets(); // a shared server outlives the file: what a failed test left open
+    return stopServers();
   });
 }
 

@@ -6,42 +6,25 @@
 //   BAMBOO_PYTHON=.venv/bin/python node --test tests/js/protocol_*.test.mjs
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { rmSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import {
   SECRET,
-  startServer,
-  stopServer,
+  authed,
+  main as plain, // no auth, no frame rate
+  quick,
+  short,
   sid,
   connect,
   attach,
   token,
   getJSON,
+  useServers,
 } from "./outside.mjs";
 import { httpGet } from "./wire.mjs";
 
-let plain; // no auth, no frame rate
-let authed; // --auth-secret
-let short; // sessions live 3 s
-let quick; // sessions go idle after 1 s without a frame
-
-before(async () => {
-  [plain, authed, short, quick] = await Promise.all([
-    startServer(["--rate-limit", "0"]),
-    startServer(["--auth-secret", SECRET]),
-    startServer(["--default-ttl", "3"]),
-    startServer(["--idle-timeout", "1"]),
-  ]);
-});
-
-after(async () => {
-  for (const s of [plain, authed, short, quick]) {
-    await stopServer(s);
-    rmSync(s.dataDir, { recursive: true, force: true });
-  }
-});
+useServers("main", "authed", "short", "quick");
 
 const errorCode = (res) => JSON.parse(res.body).error.code;
 

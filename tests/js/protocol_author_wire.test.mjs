@@ -5,32 +5,23 @@
 // Run by tests/test_js_protocol.py; by hand:
 //   BAMBOO_PYTHON=.venv/bin/python node --test tests/js/protocol_*.test.mjs
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import {
   RFC3339_UTC,
-  startServer,
-  stopServer,
+  main as server, // no auth, no frame rate (the window test appends 10,001 events)
+  slow,
   sid,
   Peer,
   connect,
   attach,
   assertError,
   assertOpen,
+  useServers,
 } from "./outside.mjs";
 import { httpGet, mpEncode, upgrade } from "./wire.mjs";
 
-let server; // no auth, no frame rate (the window test appends 10,001 events)
-
-before(async () => {
-  server = await startServer(["--rate-limit", "0"]);
-});
-
-after(async () => {
-  await stopServer(server);
-  rmSync(server.dataDir, { recursive: true, force: true });
-});
+useServers("main", "slow");
 
 const errorBody = (res, code) => {
   assert.match(res.headers["content-type"] ?? "", /^application\/json/, JSON.stringify(res));
@@ -313,53 +304,42 @@ test("msgpack: a timestamp extension is read as a time; binary and non-string ke
 // ---- Flow control ----
 
 test("a peer too slow to read is closed with 4429, no closed frame, and resumes without a gap", async () => {
-  // A send queue of 64 frames, no byte rate: 400 events of 64 KB (25 MB) fill it and
-  // the sockets' buffers at once while the viewer reads nothing. The close frame waits
-  // 30 s for it (not 5: a loaded machine's publisher may take longer to be acked).
-  const slow = await startServer([
-    ...["--rate-limit", "0", "--rate-limit-bytes", "0", "--send-queue-frames", "64"],
-    ...["--close-timeout", "30"],
-  ]);
-  try {
-    const id = sid("slow");
-    const { peer: pub, welcome } = await attach(slow.port, id, { create: true });
-    const { peer: viewer, welcome: viewerWelcome } = await attach(slow.port, id, {});
-    await pub.recvType("presence");
-    viewer.ws.socket.pause();
-    const n = 400;
-    const content = "s".repeat(64000);
-    for (let i = 0; i < n; i++)
-      pub.send({ type: "event", id: i, event: { type: "token", content } });
-    for (let i = 0; i < n; i++) await pub.recvType("ack", 30000);
-    viewer.ws.socket.resume(); // within the --close-timeout the close frame waits for
-    const end = await viewer.closeCode(20000);
-    assert.equal(end.close, 4429, `${end.close} ${end.reason}`);
-    assert.match(end.reason, /too slow to read/);
-    const seqs = end.frames.filter((f) => f.type === "event").map((f) => f.seq);
-    assert.ok(
-      end.frames.every((f) => f.type === "event"),
-      "no closed frame before a 4429",
-    );
-    assert.deepEqual(
-      seqs,
-      seqs.map((_, i) => i + 1),
-      "what came before the close has no gap",
-    );
-    assert.ok(seqs.length < n, "nothing was dropped for a peer that reads nothing");
-    // The others see it leave.
-    const left = await pub.recvType("presence");
-    assert.deepEqual([left.left, left.connections], [viewerWelcome.connection_id, 1]);
-    // Resume from the last one seen: the rest, in order, once.
-    const last = seqs.at(-1) ?? 0;
-    const again = await attach(slow.port, id, { last_seq: last, epoch: welcome.epoch });
-    assert.deepEqual([again.welcome.resumed, again.welcome.replay], [true, n - last]);
-    for (let seq = last + 1; seq <= n; seq++) {
-      assert.equal((await again.peer.recvType("event", 20000)).seq, seq);
-    }
-    again.peer.close();
-    pub.close();
-  } finally {
-    await stopServer(slow);
-    rmSync(slow.dataDir, { recursive: true, force: true });
+  // The slow server's send queue of 64 frames: 400 events of 64 KB (25 MB) fill it and
+  // the sockets' buffers at once while the viewer reads nothing.
+  const id = sid("slow");
+  const { peer: pub, welcome } = await attach(slow.port, id, { create: true });
+  const { peer: viewer, welcome: viewerWelcome } = await attach(slow.port, id, {});
+  await pub.recvType("presence");
+  viewer.ws.socket.pause();
+  const n = 400;
+  const content = "s".repeat(64000);
+  for (let i = 0; i < n; i++) pub.send({ type: "event", id: i, event: { type: "token", content } });
+  for (let i = 0; i < n; i++) await pub.recvType("ack", 30000);
+  viewer.ws.socket.resume(); // within the --close-timeout the close frame waits for
+  const end = await viewer.closeCode(20000);
+  assert.equal(end.close, 4429, `${end.close} ${end.reason}`);
+  assert.match(end.reason, /too slow to read/);
+  const seqs = end.frames.filter((f) => f.type === "event").map((f) => f.seq);
+  assert.ok(
+    end.frames.every((f) => f.type === "event"),
+    "no closed frame before a 4429",
+  );
+  assert.deepEqual(
+    seqs,
+    seqs.map((_, i) => i + 1),
+    "what came before the close has no gap",
+  );
+  assert.ok(seqs.length < n, "nothing was dropped for a peer that reads nothing");
+  // The others see it leave.
+  const left = await pub.recvType("presence");
+  assert.deepEqual([left.left, left.connections], [viewerWelcome.connection_id, 1]);
+  // Resume from the last one seen: the rest, in order, once.
+  const last = seqs.at(-1) ?? 0;
+  const again = await attach(slow.port, id, { last_seq: last, epoch: welcome.epoch });
+  assert.deepEqual([again.welcome.resumed, again.welcome.replay], [true, n - last]);
+  for (let seq = last + 1; seq <= n; seq++) {
+    assert.equal((await again.peer.recvType("event", 20000)).seq, seq);
   }
+  again.peer.close();
+  pub.close();
 });

@@ -204,6 +204,8 @@ test("HTTP: health, readiness, metrics, sessions, one session, its events", asyn
 
 // ---- Auth ----
 
+// ann is this file's alone: authed is shared with protocol_author_http, whose alice has
+// sessions of her own, and the listing below is exactly ann's.
 test("auth: tokens, owners, sid scopes, admin, HTTP Bearer", async () => {
   const port = authed.port;
   const refused = async (p, hello, headers) => {
@@ -217,30 +219,30 @@ test("auth: tokens, owners, sid scopes, admin, HTTP Bearer", async () => {
   assert.deepEqual(end.frames, []);
   end = await refused(id, {
     create: true,
-    token: token({ sub: "alice" }, "wrong-key-" + "k".repeat(32)),
+    token: token({ sub: "ann" }, "wrong-key-" + "k".repeat(32)),
   });
   assert.equal(end.close, 4401);
-  end = await refused(id, { create: true, token: token({ sub: "alice", exp: 1000 }) });
+  end = await refused(id, { create: true, token: token({ sub: "ann", exp: 1000 }) });
   assert.equal(end.close, 4401);
 
-  const alice = token({ sub: "alice" });
+  const ann = token({ sub: "ann" });
   const { peer, welcome } = await attach(port, id, {
     create: true,
-    token: alice,
+    token: ann,
     user_id: "mallory",
   });
   assert.equal(
     welcome.session.user_id,
-    "alice",
+    "ann",
     "a session created under a token belongs to its sub",
   );
   // Bearer on the upgrade works as well.
-  const viaHeader = await attach(port, id, {}, { headers: { Authorization: `Bearer ${alice}` } });
+  const viaHeader = await attach(port, id, {}, { headers: { Authorization: `Bearer ${ann}` } });
   viaHeader.peer.close();
   end = await refused(id, { token: token({ sub: "bob" }) });
   assert.equal(end.close, 4403);
   assert.deepEqual(end.frames, []);
-  end = await refused(id, { token: token({ sub: "alice", sid: "another" }) });
+  end = await refused(id, { token: token({ sub: "ann", sid: "another" }) });
   assert.equal(end.close, 4403);
   const scoped = await attach(port, id, {
     token: token({ sub: "agent-x", role: "agent", sid: id }),
@@ -248,13 +250,13 @@ test("auth: tokens, owners, sid scopes, admin, HTTP Bearer", async () => {
   scoped.peer.close();
   const admin = await attach(port, id, { token: token({ sub: "root", role: "admin" }) });
   admin.peer.close();
-  end = await refused(sid("auth-missing"), { token: alice });
+  end = await refused(sid("auth-missing"), { token: ann });
   assert.equal(end.close, 4404);
 
   assert.equal((await httpGet(port, `/api/v1/sessions/${id}`)).status, 401);
   const bearer = (t) => ({ Authorization: `Bearer ${t}` });
   assert.equal(
-    (await httpGet(port, `/api/v1/sessions/${id}`, { headers: bearer(alice) })).status,
+    (await httpGet(port, `/api/v1/sessions/${id}`, { headers: bearer(ann) })).status,
     200,
   );
   assert.equal(
@@ -262,7 +264,7 @@ test("auth: tokens, owners, sid scopes, admin, HTTP Bearer", async () => {
       .status,
     403,
   );
-  const list = await getJSON(port, "/api/v1/sessions", bearer(alice));
+  const list = await getJSON(port, "/api/v1/sessions", bearer(ann));
   assert.equal(list.status, 200);
   assert.deepEqual(
     list.json.sessions.map((s) => s.id),

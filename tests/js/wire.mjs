@@ -7,6 +7,22 @@ import net from "node:net";
 
 const OP = { cont: 0, text: 1, binary: 2, close: 8, ping: 9, pong: 10 };
 
+const sockets = new Set(); // every socket opened here and not yet closed
+
+/** A socket to 127.0.0.1:`port`, known to destroySockets until it closes. */
+function connectTo(port) {
+  const socket = net.connect({ host: "127.0.0.1", port });
+  sockets.add(socket);
+  socket.once("close", () => sockets.delete(socket));
+  return socket;
+}
+
+/** Destroys every socket still open: a test that failed before it closed its peers
+ * would otherwise keep Node alive for as long as a server that outlives the file does. */
+export function destroySockets() {
+  for (const socket of sockets) socket.destroy();
+}
+
 /** One client frame (masked), as bytes. */
 export function encodeFrame(opcode, payload, fin = true) {
   const len = payload.length;
@@ -175,7 +191,7 @@ export class RawSocket {
  */
 export function upgrade(port, path, { protocols, headers = {} } = {}) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: "127.0.0.1", port });
+    const socket = connectTo(port);
     const lines = [
       `GET ${path} HTTP/1.1`,
       `Host: 127.0.0.1:${port}`,
@@ -231,7 +247,7 @@ export function upgrade(port, path, { protocols, headers = {} } = {}) {
 /** A plain GET: `{status, headers, body}`. */
 export function httpGet(port, path, { method = "GET", headers = {} } = {}) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: "127.0.0.1", port });
+    const socket = connectTo(port);
     const lines = [`${method} ${path} HTTP/1.1`, `Host: 127.0.0.1:${port}`, "Connection: close"];
     for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
     let buf = Buffer.alloc(0);
