@@ -218,8 +218,16 @@ async def replacefail(base: str) -> None:
     """See the module docstring."""
     fsize, nofile = (resource.getrlimit(r) for r in (resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE))
     # One open log at most: old's is closed before the replacement, so that nothing
-    # the failed deletion closes frees a descriptor for the undoing.
-    config = JsonlStorageConfig(base, max_user_bytes=USER_CAP, max_open_logs=1)
+    # the failed deletion closes frees a descriptor for the undoing. No periodic
+    # checkpoint or segment retirement in the run: a descriptor of theirs, open while
+    # every free one is taken below, would free one for the undoing when it closes.
+    config = JsonlStorageConfig(
+        base,
+        max_user_bytes=USER_CAP,
+        max_open_logs=1,
+        checkpoint_interval=3600.0,
+        wal_segment_age=3600.0,
+    )
     store = await JsonlStorage.open(config)
     for session_id in ("old", "other"):
         await store.create_session(Session.new(session_id, user_id="u"))
@@ -227,6 +235,9 @@ async def replacefail(base: str) -> None:
         await store.append_event("old", AgentEvent.token("o" * 1000))
     await store.update_session_state("old", SessionState.EXPIRED)
     await store.append_event("other", AgentEvent.token("t"))
+    # The append is acknowledged before old's log, let go of for it, is synced and
+    # closed (on a sync thread); the writer's next batch comes after that close.
+    await store._writer.flush()
     wal = store._writer._wal  # only to set the size limit just past its records
     assert wal is not None
     resource.setrlimit(resource.RLIMIT_FSIZE, (wal.size + 20, fsize[1]))
