@@ -18,11 +18,22 @@ from tests.test_server_lifecycle import eventually
 
 def unread_get(port: int, path: str) -> socket.socket:
     """A peer that asks for ``path`` and does not read the answer (a tiny buffer)."""
+    peer = non_reader(port)
+    ask(peer, path)
+    return peer
+
+
+def non_reader(port: int) -> socket.socket:
+    """A peer connected to the server that will not read (a tiny receive buffer)."""
     peer = socket.socket()
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     peer.connect(("127.0.0.1", port))
-    peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     return peer
+
+
+def ask(peer: socket.socket, path: str) -> None:
+    """``peer`` asks for ``path``."""
+    peer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
 
 
 def status_of(port: int, path: str, method: str = "GET") -> tuple[int, str]:
