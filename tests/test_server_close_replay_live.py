@@ -37,7 +37,10 @@ def check_stream(frames: list[dict[str, Any]], total: int, whole: bool) -> None:
 
 
 async def test_live_events_queued_behind_replays_then_closed() -> None:
-    bound = 3.0
+    # The readers read their 22 MB together, whole within the close's bound, while the
+    # stalled peer's replay is cut at it: under load (four test processes on two cores,
+    # CPU stolen) the reads took over 3 s.
+    bound = 10.0
     async with run_server(rate_limit_bytes=0, close_timeout=bound) as server:
         loop = asyncio.get_running_loop()
         async with attach(server, role="agent") as (agent, welcome):
@@ -54,8 +57,9 @@ async def test_live_events_queued_behind_replays_then_closed() -> None:
                     # Live events, queued behind the replays, then the close.
                     await publish(agent, LIVE, size=100)
                     await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
-                    for peer, start in ((first, 0), (second, COUNT // 2)):
-                        code, frames = await peer.closed(timeout=10)
+                    cut_by = loop.time() + bound  # (the server's timer, on this loop)
+                    ends = await asyncio.gather(first.closed(timeout=30), second.closed(timeout=30))
+                    for (code, frames), start in zip(ends, (0, COUNT // 2), strict=True):
                         assert code == 1000
                         seqs = seqs_of(frames)
                         assert seqs == list(range(start + 1, COUNT + LIVE + 1)), (
@@ -64,7 +68,7 @@ async def test_live_events_queued_behind_replays_then_closed() -> None:
                             seqs[-3:],
                         )
                         assert kinds(frames)[-1] == "closed"
-                await asyncio.sleep(bound + 0.3)
+                await asyncio.sleep(cut_by + 0.3 - loop.time())
                 frames, code = await loop.run_in_executor(None, frames_until_close, stalled, 5.0)
             finally:
                 stalled.close()
