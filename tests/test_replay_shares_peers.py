@@ -71,8 +71,9 @@ async def stalled_peers(
     stalled: Callable[[ReplayShare], bool],
 ) -> AsyncIterator[list[socket.socket]]:
     """``per_address`` resumers of ``session_id`` from each of ``addresses`` that read
-    nothing, once every address's share is ``stalled`` (and still is a second later,
-    when the pages sent first have filled the sockets' buffers); closed on exit."""
+    nothing, once every address's share is ``stalled`` and no replay of theirs can move:
+    each waits for its share, or holds a page its socket takes no more of (writing
+    paused). The pages must be held throughout (no page timeout); closed on exit."""
     shares = [server.services.replay_shares.of("addr:" + address) for address in addresses]
     loop = asyncio.get_running_loop()
     socks: list[socket.socket] = []
@@ -85,12 +86,21 @@ async def stalled_peers(
                     )
                 )
 
-        def all_stalled() -> bool:
-            return all(share is not None and stalled(share) for share in shares)
+        def settled() -> bool:
+            # Not a second after the shares first looked stalled: a loaded machine was
+            # still moving pages into the sockets' buffers then, and the shares changed.
+            if not all(share is not None and stalled(share) for share in shares):
+                return False
+            theirs = [
+                connection
+                for connection in server._open_connections
+                if connection.transport.get_extra_info("peername")[0] in addresses
+            ]
+            paused = sum(connection.paused for connection in theirs)
+            waiting = sum(len(share._waiting) for share in shares if share is not None)
+            return len(theirs) == len(socks) == paused + waiting
 
-        await eventually(all_stalled, 20.0)
-        await asyncio.sleep(1.0)  # the pages sent first fill the sockets' buffers
-        assert all_stalled(), "their pages stall"
+        await eventually(settled, 30.0)
         yield socks
     finally:
         for sock in socks:
