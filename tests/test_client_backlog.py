@@ -415,12 +415,17 @@ async def test_a_publish_only_client_owes_nothing_when_its_resume_meets_a_close(
         )
         closer = await BambooClient.connect(url(server), pub.session_id, receive_events=False)
         try:
-            pings = asyncio.gather(*(pub.ping() for _ in range(100)), return_exceptions=True)
-            # Closed as rate limited, it waits (1 to 2 s) to resume.
-            await eventually(lambda: not pub.connected)
+            # Pings over the rate until the server closes it as rate limited: as many as
+            # that takes, not a set number (a loaded server reads them more slowly, while
+            # the allowance refills). It then waits (1 to 2 s) to resume.
+            pings: list[asyncio.Future[Any]] = []
+            while pub.connected:
+                assert len(pings) < 5000, "not closed as rate limited"
+                pings.append(asyncio.ensure_future(pub.ping()))
+                await asyncio.sleep(0)
             await closer.set_state("closed")
             seqs, error = await read_to_the_end(pub, 10)
-            outcomes = await pings
+            outcomes = await asyncio.gather(*pings, return_exceptions=True)
         finally:
             await pub.close()
             await closer.close()
