@@ -80,10 +80,12 @@ async def test_a_resumer_that_reads_nothing_is_cut_at_the_bound_the_others_close
     """Three peers when the session closes: a live viewer, a resumer that reads, and one
     that reads nothing (a tiny receive window). The viewer is closed at once, the
     reader gets its whole replay within the bound; the stalled one is cut at the
-    bound (``--close-timeout``, here 2 s after the close): what was written to it, in
+    bound (``--close-timeout``, here 10 s after the close): what was written to it, in
     order, then ``closed`` and 1000. Then nothing is left: no actor, no read, no page
     in the memory budget."""
-    bound = 2.0
+    # The reader's 20 MB are read whole within it: under load (four test processes on
+    # two cores, CPU stolen) 2 s cut them at some 14 MB.
+    bound = 10.0
     async with run_server(rate_limit_bytes=0, close_timeout=bound) as server:
         loop = asyncio.get_running_loop()
         async with attach(server, role="agent") as (agent, welcome):
@@ -103,7 +105,8 @@ async def test_a_resumer_that_reads_nothing_is_cut_at_the_bound_the_others_close
                     closed_at = loop.time()
                     code, frames = await viewer.closed()
                     assert (code, kinds(frames)) == (1000, ["closed"])
-                    assert loop.time() - closed_at < 1.0, "the viewer waits for no replay"
+                    # Before the stalled one's replay ends (cut at the bound, at the earliest).
+                    assert loop.time() - closed_at < bound, "the viewer waits for no replay"
                     code, frames = await reader.closed(timeout=10)
                     assert seqs_of(frames) == list(range(1, COUNT + 1))
                     assert (code, kinds(frames)[-1]) == (1000, "closed")
