@@ -51,7 +51,8 @@ async def stalled_resumers(
     server: BambooServer, session_id: str, share: ReplayShare
 ) -> AsyncIterator[list[socket.socket]]:
     """RESUMERS peers that resume ``session_id`` from 0 and read nothing, once the
-    share is full and some of them wait for it; closed on exit."""
+    share is full, some of them wait for it, and the others hold a page their socket
+    takes no more of (writing paused); closed on exit."""
     loop = asyncio.get_running_loop()
     socks: list[socket.socket] = []
     try:
@@ -59,9 +60,23 @@ async def stalled_resumers(
             socks.append(
                 await loop.run_in_executor(None, stalled_resumer, server.port, session_id, 0)
             )
-        await eventually(lambda: share.used > share.limit // 2 and bool(share._waiting), 10.0)
-        await asyncio.sleep(1.0)  # the pages sent first fill the sockets' buffers
-        assert share._waiting, "their pages stall"
+        ends = {sock.getsockname() for sock in socks}
+
+        def settled() -> bool:
+            # Not a second after the share first looked full: a loaded machine was still
+            # moving pages into the sockets' buffers then, and the pages went on.
+            if not (share.used > share.limit // 2 and share._waiting):
+                return False
+            theirs = [
+                connection
+                for connection in server._open_connections
+                if connection.transport.get_extra_info("peername") in ends
+            ]
+            return sum(connection.paused for connection in theirs) + len(share._waiting) == len(
+                theirs
+            )
+
+        await eventually(settled, 30.0)
         yield socks
     finally:
         for sock in socks:
