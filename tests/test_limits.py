@@ -113,16 +113,20 @@ async def test_a_peer_that_keeps_flooding_is_closed_4429_and_others_are_unaffect
             attach(server, welcome["session"]["id"]) as (other, _),
         ):
             with_ids = [json.dumps({"type": "ping", "id": i}) for i in range(200)]
+            started = asyncio.get_running_loop().time()
             for frame in with_ids:
                 try:
                     await flooder.ws.send(frame)
                 except Exception:
                     break
             code, frames = await flooder.closed()
+            took = asyncio.get_running_loop().time() - started
             assert (code, flooder.ws.close_reason) == (4429, "rate limited")
             pongs = [f["id"] for f in frames if f["type"] == "pong"]
             refused = [f["id"] for f in frames if f["type"] == "error"]
-            assert len(pongs) <= 21
+            # The burst, and what the rate gave back while the flood was read (on a
+            # loaded machine that is more than the few milliseconds it takes at rest).
+            assert len(pongs) <= 20 + int(20 * took) + 1, (len(pongs), took)
             # Every frame read before the close got its answer: the rate_limited errors
             # queued are sent before the close, not dropped as a slow reader's backlog.
             assert sorted(pongs + refused) == list(range(len(pongs) + len(refused)))
