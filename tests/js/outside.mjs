@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before } from "node:test";
@@ -16,8 +16,12 @@ import { destroySockets, httpGet, mpDecode, mpEncode, upgrade } from "./wire.mjs
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const PYTHON = process.env.BAMBOO_PYTHON ?? path.join(ROOT, ".venv", "bin", "python");
-// tests/test_js_protocol.py names the secret of the servers it runs (BAMBOO_OUTSIDE_SECRET).
-export const SECRET = process.env.BAMBOO_OUTSIDE_SECRET ?? "outside-check-secret-" + "x".repeat(32);
+// The flags of the servers every file may share, by name: read by tests/test_js_protocol.py
+// as well, which runs one of each for all the files, so that both run the same servers.
+const SHARED_FLAGS = JSON.parse(
+  readFileSync(path.join(ROOT, "tests", "js", "shared_servers.json"), "utf8"),
+);
+export const SECRET = SHARED_FLAGS.authed[SHARED_FLAGS.authed.indexOf("--auth-secret") + 1];
 export const RFC3339_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/;
 export const ERROR_CODES = [
   "bad_request",
@@ -127,25 +131,11 @@ export let ttl; // --default-ttl 3600
 export let tight; // small limits: 2 live sessions, 1 connection per user, 2 frames a second
 export let short; // sessions live 3 s
 export let quick; // connections go idle after 1 s without a frame
-export let slow; // a send queue of 64 frames, no byte rate: a reader that reads nothing
+// A send queue of 64 frames, no byte rate: a reader that reads nothing. The close frame
+// of a 4429 waits 30 s for it (not 5: a loaded machine's publisher may take longer to be
+// acked).
+export let slow;
 
-const SHARED_FLAGS = {
-  main: ["--rate-limit", "0"],
-  authed: ["--auth-secret", SECRET],
-  ttl: ["--default-ttl", "3600"],
-  tight: [
-    ...["--max-sessions", "2", "--max-connections-per-user", "1"],
-    ...["--rate-limit", "2", "--rate-limit-burst", "2", "--rate-limit-refusals", "20"],
-  ],
-  short: ["--default-ttl", "3"],
-  quick: ["--idle-timeout", "1"],
-  // The close frame of a 4429 waits 30 s for a slow reader (not 5: a loaded machine's
-  // publisher may take longer to be acked).
-  slow: [
-    ...["--rate-limit", "0", "--rate-limit-bytes", "0", "--send-queue-frames", "64"],
-    ...["--close-timeout", "30"],
-  ],
-};
 // The ports of servers with these flags that tests/test_js_protocol.py runs once for every
 // file (a JSON object, name to port): a server start is most of a file's CPU time, and
 // the files' sessions, ids and users are their own, so they share them. By hand, without
