@@ -4,23 +4,31 @@ done: those imports were most of each child's CPU, and the crash tests start a h
 children or more, the tools' tests dozens. Run as a script, not collected.
 
 ``python tests/fork_server.py`` with a SOCK_SEQPACKET socket as fd 0: each request is a
-JSON object, ``{"argv": [...], "env": {...} or null}``, with two file descriptors, the
-child's stdout and stderr. A child is forked per request and runs as ``python argv…``
-would, with ``env`` as its whole environment when given: a script and its arguments
+JSON object, ``{"argv": [...], "env": {...}, "cwd": "..."}``, with two file descriptors,
+the child's stdout and stderr. A child is forked per request and runs as ``python argv…``
+would in ``cwd`` with ``env`` as its whole environment: a script and its arguments
 (``__main__``, its directory first on ``sys.path``), or ``-m module`` and its arguments
-(the working directory first on ``sys.path``). The answer is ``{"pid": N}`` at once,
-then ``{"returncode": R}`` once it ended (``-9`` when killed with SIGKILL). One child at
-a time; the server ends when its socket closes.
+(the working directory first on ``sys.path``); its stdout and stderr buffered as that
+environment asks (``PYTHONUNBUFFERED``), non-daemon threads and ``atexit`` run at its
+end, an uncaught KeyboardInterrupt ends it by SIGINT. The answer is ``{"pid": N}`` at
+once, then ``{"returncode": R}`` once it ended (``-9`` when killed with SIGKILL). One
+child at a time; the server ends when its socket closes. The server itself runs none of
+the children's code: no logging or event loop is configured in what they inherit.
 """
 
 from __future__ import annotations
 
+import atexit
+import io
 import json
 import os
 import runpy
+import signal
 import socket
 import sys
+import threading
 import traceback
+from typing import Any
 
 # The children's imports (tests/*_child.py; the CLI and what its offline tools load),
 # done once here: no threads, no event loop.
@@ -43,7 +51,7 @@ def serve(channel: socket.socket) -> None:
         pid = os.fork()
         if pid == 0:
             channel.close()
-            run_child(request["argv"], request["env"], fds[0], fds[1])
+            run_child(request, fds[0], fds[1])
         for fd in fds:
             os.close(fd)  # the child's now: its reader sees the end when the child ends
         channel.send(json.dumps({"pid": pid}).encode())
@@ -51,11 +59,14 @@ def serve(channel: socket.socket) -> None:
         channel.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode())
 
 
-def run_child(argv: list[str], env: dict[str, str] | None, stdout: int, stderr: int) -> None:
-    """The forked child: ``python argv…`` with its own stdout, stderr and (given ``env``)
-    environment; never returns."""
+def run_child(request: dict[str, Any], stdout: int, stderr: int) -> None:
+    """The forked child: ``python argv…`` with its own stdout, stderr, environment and
+    working directory; never returns."""
+    argv: list[str] = request["argv"]
+    env: dict[str, str] = request["env"]
     code = 1
     try:
+        os.chdir(request["cwd"])
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
         os.close(stdout)
@@ -66,15 +77,17 @@ def run_child(argv: list[str], env: dict[str, str] | None, stdout: int, stderr: 
         if devnull != 0:
             os.dup2(devnull, 0)
             os.close(devnull)
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(env)
+        os.environ.clear()
+        os.environ.update(env)
+        open_stdio(unbuffered=bool(env.get("PYTHONUNBUFFERED")))
         if argv[0] == "-m":
             sys.argv = argv[1:]  # runpy puts the module's file in sys.argv[0], as -m does
             sys.path[0] = os.getcwd()
-            # Preloaded here, but `python -m` runs it as a module of its own, __main__
-            # (and runpy warns of the copy it would otherwise run beside).
-            sys.modules.pop(argv[1], None)
+            # A preloaded module run by `python -m` is a module of its own, __main__
+            # (runpy warns of the copy it would otherwise run beside); a package runs
+            # its __main__, and stays the one its preloaded submodules belong to.
+            if not hasattr(sys.modules.get(argv[1]), "__path__"):
+                sys.modules.pop(argv[1], None)
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(argv)
@@ -87,12 +100,46 @@ def run_child(argv: list[str], env: dict[str, str] | None, stdout: int, stderr: 
             code = exit_.code or 0
         else:
             print(exit_.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = -signal.SIGINT  # the interpreter ends itself by SIGINT, below
     except BaseException:
         traceback.print_exc()
     finally:
+        end_child(code)
+
+
+def open_stdio(*, unbuffered: bool) -> None:
+    """sys.stdout and sys.stderr on fds 1 and 2 as a fresh interpreter opens them: the
+    server's were made for its own environment, not the child's."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = io.TextIOWrapper(
+            raw if unbuffered else io.BufferedWriter(raw),
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=not unbuffered and (fd == 2 or raw.isatty()),
+            write_through=unbuffered,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def end_child(code: int) -> None:
+    """The interpreter's end: non-daemon threads joined, ``atexit`` run, output flushed,
+    then the exit (by SIGINT for a KeyboardInterrupt); never returns."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+    except BaseException:
+        code = 120  # as the interpreter's, when its output cannot be flushed at exit
+    if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ CLI's own start as a fresh process is tested in tests/test_server_cli.py).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -41,7 +42,6 @@ def _channel() -> socket.socket:
                 [sys.executable, str(SERVER)],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         _server = (process, ours)
     return _server[1]
@@ -65,20 +65,28 @@ def stop() -> None:
 
 class ForkedChild:
     """``python argv…`` (a script, or ``-m module``), forked by the server; its stdout a
-    pipe, its stderr a file, its environment ``env`` (the server's when None)."""
+    pipe, its stderr a file. As ``subprocess.Popen``'s: its environment ``env``, its
+    working directory ``cwd``, each this process's now when None."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         global _running
+        request = json.dumps(
+            {
+                "argv": argv,
+                "env": dict(os.environ if env is None else env),
+                "cwd": str(cwd or Path.cwd()),
+            }
+        ).encode()
+        if len(request) > MESSAGE_BYTES:  # the server would read it cut short
+            raise ValueError(f"a fork request of {len(request)} bytes: at most {MESSAGE_BYTES}")
         self.channel = _channel()
         _end_running()
         read_end, write_end = os.pipe()
         self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by communicate)
         try:
-            socket.send_fds(
-                self.channel,
-                [json.dumps({"argv": argv, "env": env}).encode()],
-                [write_end, self.stderr_file.fileno()],
-            )
+            socket.send_fds(self.channel, [request], [write_end, self.stderr_file.fileno()])
         finally:
             os.close(write_end)
         self.stdout: IO[bytes] = os.fdopen(read_end, "rb", buffering=0)
@@ -103,7 +111,9 @@ class ForkedChild:
             try:
                 self.returncode = self._answer(timeout=0.0)["returncode"]
             except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
+                # It may have ended since: then the server has its answer, read at _end.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
 
     def communicate(self, timeout: float) -> tuple[bytes, bytes]:
         """The rest of its stdout and all its stderr, once it ended; a child still

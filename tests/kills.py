@@ -7,6 +7,7 @@ imports are done (tests/forks.py)."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -106,7 +107,7 @@ def run_and_kill_after(argv: list[str], rng: random.Random, marker: str, count: 
 def _start(argv: list[str]) -> ForkedChild:
     """``python argv…``, forked from a process whose imports are done (tests/forks.py);
     its stdout unbuffered, so that readline takes no more than its line."""
-    return ForkedChild(argv)
+    return ForkedChild(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _kill(child: ForkedChild, read: bytes) -> list[str]:
