@@ -39,7 +39,7 @@ def migrate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     """``migrate ARGS`` as a process, forked once its imports are done (tests/forks.py),
     which were most of its CPU: the tests that need a fresh interpreter (a SIGKILL
     mid-copy, a terminal) start one with ``COMMAND``."""
-    child = ForkedChild(["-m", MODULE, *args])
+    child = ForkedChild(["-m", MODULE, *args], cwd=ROOT)
     out, err = child.communicate(timeout=timeout)
     assert child.returncode is not None
     return subprocess.CompletedProcess(args, child.returncode, out.decode(), err.decode())
