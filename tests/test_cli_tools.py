@@ -220,6 +220,10 @@ async def test_online_commands(tmp_path: Path) -> None:
             assert [line["seq"] for line in lines] == [2, 3, 4]
             assert [line["event"]["content"] for line in lines] == ["hi", "second", "third"]
 
+            # The counted tail's process has ended, but the server may not have seen
+            # its connection go yet: its presence would pass for the live tail's below.
+            while agent.connections > 1:  # noqa: ASYNC110 - a property, not an event
+                await asyncio.sleep(0.05)
             # Live: a tail without --count ends when the session is closed.
             tail = asyncio.create_task(cli("tail", "t", "--url", ws_url, "--from-seq", "4"))
             # Presence updates agent.connections; the session must not close before the
