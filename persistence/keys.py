@@ -12,22 +12,31 @@ from .base import KEY_WINDOW, Appended
 
 T = TypeVar("T")
 
-# What one remembered key costs besides its characters: its dict slot, its entry in the
-# order deque (a tuple and an int) and the str object's header. An estimate for byte
-# budgets, not an exact count.
-KEY_OVERHEAD_BYTES: Final = 160
+# What one remembered key costs besides its characters, on CPython 3.11 (64-bit): the
+# str object's header (49), its entry in the order deque (a 2-tuple, 56; its seq, an
+# int, 32; the deque's slot, 8) and its dict slot (16 to 24, up to about 34 a key just
+# after the dict grew). Measured worst over a window's growth to KEY_WINDOW keys: 179.
+# An estimate for byte budgets, not an exact count.
+KEY_OVERHEAD_BYTES: Final = 192
+
+
+# How much more the header of a str that is not ASCII holds than an ASCII one's (49),
+# with its UTF-8 copy's terminator: at most 72 + 4 - 49 + 1.
+WIDE_STR_EXTRA_BYTES: Final = 32
 
 
 def key_cost(key: str) -> int:
     """The memory one remembered key holds, estimated from its value alone (the same
     when it is forgotten as when it was added). An ASCII key holds a byte a character.
-    Any other holds 1 to 4 bytes a character (by the widest of them), never more than
-    its UTF-8, and, once it was encoded (written to a log, sent), a UTF-8 copy of
-    itself too. Its length alone counted a key of 128 emoji as 128 bytes, which holds
-    1,101 once written: a window of such keys held 2.4 to 4 times what it was told."""
+    Any other holds 1, 2 or 4 bytes a character, by the widest of them, and, once it
+    was encoded (written to a log, sent), a UTF-8 copy of itself too. Its length alone
+    counted a key of 128 emoji as 128 bytes, which holds 1,101 once written; a key of
+    ASCII and one emoji holds 4 bytes a character, twice its UTF-8."""
     if key.isascii():
         return len(key) + KEY_OVERHEAD_BYTES
-    return 2 * len(key.encode()) + KEY_OVERHEAD_BYTES
+    widest = ord(max(key))
+    width = 1 if widest < 0x100 else 2 if widest < 0x10000 else 4
+    return width * len(key) + len(key.encode()) + WIDE_STR_EXTRA_BYTES + KEY_OVERHEAD_BYTES
 
 
 class KeyWindow:

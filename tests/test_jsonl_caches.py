@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bamboo_session.persistence import Appended, JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence import KEY_WINDOW, Appended, JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl.caches import (
     MESSAGE_BYTES,
     SESSION_SHARE,
@@ -194,25 +194,37 @@ async def test_histories_stay_whole_with_a_tiny_message_cache(tmp_path: Path) ->
         assert [m.content for m in page.messages] == ["message 47", "message 48", "message 49"]
 
 
-@pytest.mark.parametrize("character", ["a", "é", "中", "😀"])  # 1, 2 (latin-1), 2, 4 wide
-def test_a_key_window_counts_at_least_what_its_keys_hold(character: str) -> None:
+@pytest.mark.parametrize(  # 1, 2 (latin-1), 2, 4 bytes of UTF-8; one wide character
+    "tail", ["a" * 120, "é" * 120, "中" * 120, "😀" * 120, "a" * 119 + "😀"]
+)
+def test_a_key_window_counts_at_least_what_its_keys_hold(tail: str) -> None:
     """A key of 128 characters is at most 128 of any width (protocol: characters); a
     byte budget must count what they hold, and the UTF-8 copy CPython keeps of a key
     once it was encoded (written to a log) too. Counted by length alone, a window of
-    keys of 128 emoji held 2.4 times what it counted, 3.9 times once written."""
-    keys = [(f"{i:08d}" + character * 120).encode().decode() for i in range(2000)]
+    keys of 128 emoji held 2.4 times what it counted, 3.9 times once written; one emoji
+    makes a str of 4 bytes a character. Checked at every size up to a full window, as
+    its dict grows in steps."""
+    keys = [(f"{i:08d}" + tail).encode().decode() for i in range(KEY_WINDOW)]
     for key in keys[::2]:
         msgspec.json.encode(key)  # as the log's writer does: its UTF-8 stays cached
+    # Freed 2-tuples are kept for reuse (up to 2,000): a window built from them looked
+    # 56 bytes a key lighter than a fresh one. Hold enough that its own are new.
+    reused_tuples = [(i, -i) for i in range(4000)]
+    keys_held = 0
+    short_by = []
     tracemalloc.start()
     try:
         window = KeyWindow()
-        for seq, key in enumerate(keys, 1):
+        for seq, key in enumerate(keys, 1_000):  # seqs past the ints CPython shares
             window.add(key, seq)
-        held = tracemalloc.get_traced_memory()[0]
+            # The keys' own memory was allocated before tracing: add it.
+            keys_held += sys.getsizeof(key)
+            held = tracemalloc.get_traced_memory()[0] + keys_held
+            if window.bytes + WINDOW_BYTES < held:
+                short_by.append((len(window), held - window.bytes - WINDOW_BYTES))
     finally:
         tracemalloc.stop()
-    # The keys' own memory was allocated before tracing: add it.
-    held += sum(sys.getsizeof(key) for key in keys)
-    assert window.bytes >= held, (window.bytes, held)
-    window.forget_before(10_000 + len(keys))
+    assert not short_by, short_by[:5]
+    assert len(reused_tuples) == 4000
+    window.forget_before(1_000 + 2 * len(keys))
     assert window.bytes == 0 and len(window) == 0

@@ -24,10 +24,11 @@ from ..keys import KeyWindow
 
 SESSION_SHARE = 32  # a session's tail holds at most 1/SESSION_SHARE of the budget
 # What holding things costs besides the bytes they count (estimates, for the budgets):
-# a window's dict and deque; a tail's entry, object and deque; a decoded Message (and
-# FREE_VALUE_BYTES per value of its metadata and tool arguments, which its bytes do
-# not bound: protocol/free_form.py).
-WINDOW_BYTES = 1024
+# a window's object, dict and deque and its entry here (an empty KeyWindow holds 1,224:
+# its deque's first block is 528 of it); a tail's entry, object and deque; a decoded
+# Message (and FREE_VALUE_BYTES per value of its metadata and tool arguments, which
+# its bytes do not bound: protocol/free_form.py).
+WINDOW_BYTES = 1536
 TAIL_BYTES = 1024
 MESSAGE_BYTES = 256
 
