@@ -5,9 +5,9 @@ environment variable and a key of a TOML file (``--config``); flags win over the
 environment, which wins over the file, which wins over defaults (server/settings.py).
 Errors end with a one-line reason and a non-zero status, never a traceback.
 
-What only a running server needs (structlog, which pulls in rich where it is installed;
-the app; the store's errors) is imported where ``serve`` runs, not at the top: a tool, a
-``--help`` or a refused flag starts without it.
+What only a running server needs (structlog, which pulls in rich where it is installed
+unless the log is JSON; the app; the store's errors) is imported where ``serve`` runs,
+not at the top: a tool, a ``--help`` or a refused flag starts without it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from bamboo_session import __version__
 
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
-from .process_setup import raise_open_file_limit, settle_garbage_collector
+from .process_setup import (
+    leave_rich_out,
+    logs_as_json,
+    raise_open_file_limit,
+    settle_garbage_collector,
+)
 from .settings import CONFIG_VARIABLE, flag_name, load_config
 from .tools import add_tool_commands
 
@@ -213,6 +218,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def run_serve(args: argparse.Namespace) -> int:
     raise_open_file_limit()  # before the store sizes its open logs from it
     config = config_from_args(args)  # a bad setting: one plain line, status 2 (main)
+    if logs_as_json(config.log_format):
+        leave_rich_out()  # and the workers forked below with it
     import structlog  # only now: a refused setting needs no logging
 
     from .logs import configure_logging

@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from .process_setup import logs_as_json
+
 _encoder = msgspec.json.Encoder(enc_hook=str)
 # Tracebacks as JSON, without the frames' local variables: a request's locals hold its
 # headers, and a bearer token must never reach a log.
@@ -56,7 +58,7 @@ def configure_logging(
     (and again in a worker process: ``fields``, such as its number, go on every line)."""
     global _announcer, _process_fields
     _process_fields = dict(fields or {})
-    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    use_json = logs_as_json(log_format)
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

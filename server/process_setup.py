@@ -1,13 +1,15 @@
 """What a process of the server or of a bench sets up once at its start: its open-file
-limit raised, and the garbage collector settled. Standard library only: bench drivers
-and workers import it at their start, where the server's CLI (logging, the app, the
-client tools) cost each a third of a second of CPU for two functions.
+limit raised, the garbage collector settled, and rich left out of a server that logs
+JSON. Standard library only: bench drivers and workers import it at their start, where
+the server's CLI (logging, the app, the client tools) cost each a third of a second of
+CPU for two functions.
 """
 
 from __future__ import annotations
 
 import gc
 import resource
+import sys
 
 # The most macOS grants a process whatever its hard limit says (OPEN_MAX).
 DARWIN_OPEN_MAX = 10240
@@ -47,3 +49,21 @@ def settle_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def logs_as_json(log_format: str) -> bool:
+    """Whether a server's log is JSON lines: ``json``, or ``auto`` where stderr is not a
+    terminal; else it is the console's."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
+def leave_rich_out() -> None:
+    """Makes ``import rich`` fail in this process, unless it is imported already.
+
+    structlog imports rich, where it is installed, whatever it is asked to render: its
+    console renderer draws tracebacks with it, and that import is a sixth of a server's
+    start. A server that logs JSON lines never draws one (its tracebacks are JSON, their
+    frames' locals not shown), and structlog takes rich as not installed. A ``None`` in
+    ``sys.modules`` is how Python marks a module that must not be imported; call this
+    before structlog is first imported, and only in a process that logs JSON."""
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
