@@ -31,8 +31,6 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-import jwt
-
 from bamboo_session.persistence.base import SessionFilter
 from bamboo_session.protocol.frames import Hello
 from bamboo_session.protocol.ids import is_valid_session_id
@@ -118,6 +116,10 @@ class Authenticator:
         """The principal of a valid token; :class:`Unauthorized` for anything else."""
         if not token:
             raise Unauthorized("token required")
+        # Here, not at the top: a server without auth never loads PyJWT (nor the HTTP
+        # client its key-set fetcher imports), a tenth of its start.
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,
