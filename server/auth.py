@@ -116,8 +116,8 @@ class Authenticator:
         """The principal of a valid token; :class:`Unauthorized` for anything else."""
         if not token:
             raise Unauthorized("token required")
-        # Here, not at the top: a server without auth never loads PyJWT (nor the HTTP
-        # client its key-set fetcher imports), a tenth of its start.
+        # Here, not at the top: a server without auth never loads PyJWT, nor the HTTP
+        # client its key-set fetcher imports.
         import jwt
 
         try:
