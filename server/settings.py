@@ -9,7 +9,6 @@ defaults.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,8 @@ def settings_from_flags(given: Mapping[str, str | None]) -> dict[str, Any]:
 def settings_from_file(path: Path) -> dict[str, Any]:
     """The settings of a TOML file: top-level keys named as the fields (``max_sessions``,
     or as the flags, ``max-sessions``)."""
+    import tomllib  # only with --config (or BAMBOO_CONFIG): most starts read no file
+
     try:
         with path.open("rb") as file:
             table = tomllib.load(file)

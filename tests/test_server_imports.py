@@ -39,9 +39,9 @@ BACKENDS = {
     "sqlite": ("bamboo_session.persistence.sqlite", "sqlite3"),
     "redis": ("bamboo_session.persistence.redis", "redis", "hiredis"),
 }
-# What a server without auth logging JSON never needs: PyJWT, rich (structlog's
-# console tracebacks, and pygments with it), the client.
-UNASKED = ("jwt", "rich", "pygments", "bamboo_session.protocol.client")
+# What a server without auth or --config logging JSON never needs: PyJWT, rich
+# (structlog's console tracebacks, and pygments with it), the TOML parser, the client.
+UNASKED = ("jwt", "rich", "pygments", "tomllib", "bamboo_session.protocol.client")
 
 
 def loaded_by_serve(*flags: str) -> set[str]:
