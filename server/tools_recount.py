@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from bamboo_session.persistence import parse_store_url
 from bamboo_session.persistence.base import SessionFilter, SortOrder, Storage
-from bamboo_session.persistence.recount import Recount, StoredBytesRecount, recount
 from bamboo_session.protocol.models import SessionMetadata
 
 from .tools import ToolError, runner, session_id_argument
@@ -31,6 +30,8 @@ from .tools_cleanup import SCAN_PAGE, Progress
 from .tools_store import add_store_options, offline_store, store_url
 
 if TYPE_CHECKING:
+    from bamboo_session.persistence.recount import Recount
+
     from .tools import SubParsers
 
 # The stores that count at open (opened read-only, and refused while a server holds
@@ -72,6 +73,9 @@ def add_command(commands: SubParsers) -> None:
 
 
 async def _recount(args: argparse.Namespace) -> int:
+    # Here, not at the top: every start of bamboo-session registers this command.
+    from bamboo_session.persistence.recount import StoredBytesRecount, recount
+
     ids: list[str] | None = list(args.ids) or None
     try:
         parsed = parse_store_url(store_url(args))
@@ -103,6 +107,8 @@ async def _recount(args: argparse.Namespace) -> int:
 
 async def _as_counted(storage: Storage, ids: list[str] | None) -> Recount:
     """What a store that counts at open counts: its sessions' counts and users' sums."""
+    from bamboo_session.persistence.recount import Recount
+
     report = Recount()
     if ids is None:
         offset = 0
