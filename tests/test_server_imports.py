@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,13 +46,15 @@ UNASKED = ("jwt", "rich", "pygments", "tomllib", "bamboo_session.protocol.client
 
 
 def loaded_by_serve(*flags: str) -> set[str]:
-    """The modules a ``serve`` with ``flags`` has loaded once it listens."""
+    """The modules a ``serve`` with ``flags`` (and no BAMBOO_* variable) has loaded once
+    it listens."""
     process = subprocess.Popen(
         [sys.executable, "-c", LOADED_ONCE_LISTENING, "serve", "--port", "0", *flags],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
+        env={name: value for name, value in os.environ.items() if not name.startswith("BAMBOO_")},
     )
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
