@@ -61,8 +61,8 @@ def leave_rich_out() -> None:
     """Makes ``import rich`` fail in this process, unless it is imported already.
 
     structlog imports rich, where it is installed, whatever it is asked to render: its
-    console renderer draws tracebacks with it, and that import is a sixth of a server's
-    start. A server that logs JSON lines never draws one (its tracebacks are JSON, their
+    console renderer draws tracebacks with it, and that import is a seventh of a
+    server's start. A server that logs JSON lines never draws one (its tracebacks are JSON, their
     frames' locals not shown), and structlog takes rich as not installed. A ``None`` in
     ``sys.modules`` is how Python marks a module that must not be imported; call this
     before structlog is first imported, and only in a process that logs JSON."""
