@@ -1,5 +1,5 @@
-"""What a ``serve`` start imports: what its store and its log format use, and nothing
-else. Imports are most of a start's CPU, which every restart, every test that starts a
+"""What a ``serve`` start imports: what its store, its log format and its auth use, and
+nothing else. Imports are most of a start's CPU, which every restart, every test that starts a
 server and every worker of ``serve --workers`` pays: a backend, PyJWT or rich that
 comes back unasked shows here, not only as a slower start.
 
@@ -111,3 +111,13 @@ def test_serve_logging_to_the_console_keeps_rich_for_its_tracebacks(tmp_path: Pa
     loaded = loaded_by_serve("--store", "memory://", "--log-format", "console")
     assert "rich.traceback" in loaded
     assert among(loaded, ["redis", "sqlite3", "jwt"]) == []
+
+
+def test_serve_with_auth_loads_pyjwt_at_start_not_at_its_first_token() -> None:
+    # Loaded before it listens: the import would otherwise stop the event loop at the
+    # first token, with connections waiting, and a broken install fail each of them.
+    loaded = loaded_by_serve(
+        "--store", "memory://", "--log-format", "json", "--auth-secret", "s" * 32
+    )
+    assert "jwt" in loaded
+    assert among(loaded, ["rich", "redis", "sqlite3", "tomllib"]) == []
