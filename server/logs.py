@@ -73,7 +73,9 @@ def configure_logging(
         text_renderer: Any = structlog.processors.JSONRenderer(serializer=_json_text)
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        renderer = text_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = text_renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=_console_tracebacks()
+        )
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[*shared, renderer],
@@ -99,6 +101,20 @@ def configure_logging(
     logging.captureWarnings(True)  # warnings too are log lines, in the same format
     # websockets logs every connection at INFO; ours says the same once, with context.
     logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))
+
+
+def _console_tracebacks() -> Any:
+    """How the console log draws a traceback: with rich where it is installed, as
+    structlog would, but without the frames' locals (structlog's default shows them,
+    and they hold a request's headers and tokens, which the JSON log leaves out too);
+    else as Python prints one."""
+    try:
+        import rich  # noqa: F401  (structlog has imported it, if it is installed)
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(
+        show_locals=False, color_system="truecolor" if sys.stderr.isatty() else None
+    )
 
 
 def _write_line(line: str) -> None:
