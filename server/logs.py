@@ -76,7 +76,10 @@ def configure_logging(
         renderer = text_renderer = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(), exception_formatter=_console_tracebacks()
         )
-        factory = structlog.PrintLoggerFactory(sys.stderr)
+        # One write per record, its newline in it: `serve --workers N` shares stderr,
+        # and a record written in two (print's text, then its end) let another
+        # worker's record in between. A pipe keeps writes of up to 4 KiB whole.
+        factory = structlog.WriteLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

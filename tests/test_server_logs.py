@@ -4,6 +4,8 @@ locals hold its headers, bearer tokens among them)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -61,3 +63,59 @@ def test_a_traceback_on_the_console_has_no_locals_either(rich_installed: bool) -
     assert "request failed" in said and "RuntimeError: boom" in said
     assert "handle" in said  # the frames are there
     assert "eyJsecret" not in said
+
+
+_CONSOLE_RECORD = re.compile(r"\S+Z \[info\s*\] record\s+n=(?P<n>\d+) worker=(?P<worker>\d)")
+_JSON_RECORD = re.compile(
+    r'\{"worker":"(?P<worker>\d)","n":(?P<n>\d+),"event":"record","level":"info",'
+    r'"timestamp":"[^"]+"\}'
+)
+_WORKER = """
+import sys
+import structlog
+from bamboo_session.server.logs import configure_logging
+
+configure_logging(sys.argv[1], "info")
+log = structlog.get_logger("test")
+sys.stdin.readline()  # both start together, so that their writes overlap
+for n in range(int(sys.argv[3])):
+    log.info("record", worker=sys.argv[2], n=n)
+"""
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_two_processes_logging_into_one_pipe_keep_their_lines_whole(log_format: str) -> None:
+    """`serve --workers N` shares one stderr between its workers: a record must reach it
+    in one write, or another worker's record can land inside it (the console format
+    wrote a record's text and its newline apart)."""
+    records = 1000  # the two ran into each other within the first 100 in every run
+    read_end, write_end = os.pipe()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, log_format, str(worker), str(records)],
+            stdin=subprocess.PIPE,
+            stderr=write_end,
+            cwd=ROOT,
+            text=True,
+        )
+        for worker in range(2)
+    ]
+    os.close(write_end)
+    try:
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.close()
+        with os.fdopen(read_end, encoding="utf-8") as pipe:
+            lines = pipe.read().splitlines()
+        for worker in workers:
+            assert worker.wait(timeout=60) == 0
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    pattern = _JSON_RECORD if log_format == "json" else _CONSOLE_RECORD
+    broken = [line for line in lines if not pattern.fullmatch(line)]
+    assert not broken, broken[:3]
+    seen = sorted((int(m["worker"]), int(m["n"])) for m in map(pattern.fullmatch, lines) if m)
+    assert seen == [(worker, n) for worker in range(2) for n in range(records)]
