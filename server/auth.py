@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -170,15 +171,33 @@ def authenticator_for(config: ServerConfig) -> Authenticator | None:
 
 
 def _numeric_date(value: object) -> bool:
-    """RFC 7519's NumericDate: a JSON number, not a string that looks like one."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """RFC 7519's NumericDate: a JSON number, not a string that looks like one, and one
+    a clock can read: an integer of 400 digits passes PyJWT's checks, then cannot become
+    the float of a connection's deadline (it was a 1011 or HTTP 500 and a traceback)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text a store can hold: JSON's ``"\\ud800"``, a lone
+    UTF-16 surrogate, names no character, and PyJWT's JSON reader lets it through
+    (a session created under it failed to store: 1011 and a traceback)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _principal(claims: Mapping[str, object]) -> Principal:
     sub, role, sid = claims.get("sub"), claims.get("role", "user"), claims.get("sid")
     if not all(_numeric_date(claims[name]) for name in ("exp", "nbf", "iat") if name in claims):
         raise Unauthorized("invalid token")
-    if not isinstance(sub, str) or not sub:
+    if not isinstance(sub, str) or not sub or not _is_text(sub):
         raise Unauthorized("invalid token")
     if role not in tuple(Role):
         raise Unauthorized("invalid token")
