@@ -51,6 +51,13 @@ MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
 
 
 _TRUNCATED: Final = "Input data was truncated"
+# What msgspec says of a high half followed by anything but an escape, in an object's
+# key or a Struct's str field (elsewhere it says _TRUNCATED, or names the pair invalid).
+_HIGH_HALF_ALONE: Final = "JSON is malformed: unexpected end of escaped utf-16 surrogate pair"
+_LONE_HIGH_HALF: Final = (
+    "JSON is malformed: invalid utf-16 surrogate pair (a high half, "
+    "\\ud800 to \\udbff, with no low half after it)"
+)
 # An escape ``\uD800``-``\uDBFF`` with no low half's escape right after it, searched
 # for once every escaped backslash is out of the way (_ESCAPED_BACKSLASH): a pattern
 # that counted the backslashes before each ``\u`` itself took 100 to 500 ms of the
@@ -228,15 +235,17 @@ class Codec:
 
     def _why_malformed(self, exc: Exception, raw: bytes | str) -> str:
         """msgspec's words for a frame it cannot decode; a lone high surrogate escape
-        in JSON named as what it is (msgspec says ``Input data was truncated``)."""
-        if self.text and str(exc) == _TRUNCATED:
+        in JSON named as what it is, one way wherever it stands (msgspec says
+        ``Input data was truncated`` of some, ``unexpected end of escaped utf-16
+        surrogate pair`` of others)."""
+        words = str(exc)
+        if self.text and words.startswith(_HIGH_HALF_ALONE):
+            return _LONE_HIGH_HALF
+        if self.text and words == _TRUNCATED:
             data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
             if _LONE_HIGH_SURROGATE.search(data.replace(_ESCAPED_BACKSLASH, _NOT_AN_ESCAPE)):
-                return (
-                    "JSON is malformed: invalid utf-16 surrogate pair (a high half, "
-                    "\\ud800 to \\udbff, with no low half after it)"
-                )
-        return str(exc)
+                return _LONE_HIGH_HALF
+        return words
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already

@@ -84,12 +84,19 @@ async def test_a_lone_surrogate_escape_is_a_frame_that_cannot_be_decoded() -> No
         attach(server, SESSION, create=True) as (publisher, _),
         attach(server, SESSION) as (viewer, _),
     ):
-        for content in ("\\ud800", "\\udfffx", "a\\ud83d"):
-            await publisher.ws.send(
-                '{"type": "event", "id": 8, "event": {"type": "token", "content": "'
-                + content
-                + '"}}'
-            )
+        token = '{"type": "event", "id": 8, "event": {"type": "token", "content": "%s"}}'
+        custom = '{"type": "event", "id": 8, "event": {"type": "custom", "name": "n", "data": %s}}'
+        frames = [token % content for content in ("\\ud800", "\\udfffx", "a\\ud83d")]
+        # A high half alone in a key, or before an escaped backslash: msgspec words
+        # these otherwise ("unexpected end of escaped utf-16 surrogate pair").
+        frames += [
+            '{"type": "event", "id": 8, "key": "k\\ud800", "event": {"type": "token"}}',
+            custom % '{"\\ud800": 1}',
+            custom % '{"a\\udbff\\\\u0041": 1}',
+            token % "\\ud800\\\\u0041",
+        ]
+        for frame in frames:
+            await publisher.ws.send(frame)
             error = await publisher.recv_type("error")
             # Not decoded at all, so not even the frame's id is read.
             assert error["code"] == "bad_request" and "id" not in error, error
