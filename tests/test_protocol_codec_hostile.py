@@ -53,6 +53,23 @@ def test_invalid_frames_salvage_the_request_id(frame: Any, request_id: Any) -> N
         assert bad(codec, data).request_id == request_id
 
 
+def test_no_id_is_salvaged_from_a_frame_the_decoder_cannot_read_whole() -> None:
+    """docs/protocol.md, "A frame that cannot be decoded": a valid id is left out of
+    the error when the frame's own MessagePack map has a key that is not a string, or nests
+    deeper than the decoder reads."""
+    non_str_key = msgspec.msgpack.encode({"type": "ping", "id": 9, 5: 1})
+    assert bad(MSGPACK, non_str_key).request_id is None
+    # Deeper in, the id is read: the frame's own map is whole.
+    nested_key = msgspec.msgpack.encode({"type": "event", "id": 9, "event": {5: 1}})
+    assert bad(MSGPACK, nested_key).request_id == 9
+    deep = '{"type": "ping", "id": 9, "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    refusal = bad(JSON, deep)
+    assert refusal.request_id is None
+    assert refusal.message.endswith(
+        "maximum recursion depth exceeded while deserializing an object"
+    )
+
+
 @pytest.mark.parametrize(
     "data",
     [
