@@ -48,8 +48,9 @@ _HTTP_METHODS = frozenset(
 NAME_SHOWN = 64  # characters of a header name a message repeats at most
 
 NOT_HTTP = "the request is not valid HTTP/1.1"
-REQUEST_LINE_TOO_LONG = f"request line over {MAX_LINE_LENGTH} bytes"
-HEADER_LINE_TOO_LONG = f"a header line over {MAX_LINE_LENGTH} bytes"
+# websockets counts a line with its CRLF: one of 8,191 bytes and its CRLF is over.
+REQUEST_LINE_TOO_LONG = f"request line over {MAX_LINE_LENGTH} bytes with its CRLF"
+HEADER_LINE_TOO_LONG = f"a header line over {MAX_LINE_LENGTH} bytes with its CRLF"
 TOO_MANY_HEADERS = f"more than {MAX_NUM_HEADERS} header lines"
 BAD_REQUEST_LINE = "the request line is not METHOD TARGET HTTP/1.1, one space apart (RFC 9112 3)"
 BARE_LF = "a line of the request head ends with LF alone: lines end with CRLF (RFC 9112 2.2)"

@@ -202,6 +202,25 @@ async def test_a_malformed_request_is_refused_in_our_words(kind: str) -> None:
     assert (got_status, error) == (status, {"code": "bad_request", "message": message}), kind
 
 
+async def test_a_line_of_8190_bytes_is_served_one_of_8191_is_refused_its_crlf_counted() -> None:
+    """websockets reads a line of at most 8,192 bytes, its CRLF included: the refusal
+    says so (it said "over 8192 bytes" of a line of 8,191)."""
+    header = GET + b"X-A: " + b"a" * (8190 - len(b"X-A: ")) + b"\r\n"
+    target = b"/healthz?" + b"a" * (8190 - len(b"GET /healthz? HTTP/1.1"))
+    request_line = b"GET " + target + b" HTTP/1.1\r\n"
+    assert len(header) - len(GET) == len(request_line) == 8192  # each line with its CRLF
+    async with run_server() as server:
+        for fits in (header + b"\r\n", request_line + HOST + b"\r\n"):
+            assert (await answer_of(server.port, fits)).startswith(b"HTTP/1.1 200 "), fits[:40]
+        header_over = GET + b"X-A: a" + header[len(GET) + len(b"X-A: ") :] + b"\r\n"
+        line_over = b"GET /healthz?a" + request_line[len(b"GET /healthz?") :] + HOST + b"\r\n"
+        refusals = [read_refusal(await answer_of(server.port, r)) for r in (header_over, line_over)]
+    assert refusals == [
+        (431, {"code": "bad_request", "message": "a header line over 8192 bytes with its CRLF"}),
+        (414, {"code": "bad_request", "message": "request line over 8192 bytes with its CRLF"}),
+    ]
+
+
 async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
     async with run_server() as server:
         for not_http in NOT_HTTP:
