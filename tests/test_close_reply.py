@@ -58,22 +58,30 @@ async def test_a_refused_handshake_behind_pipelined_frames_ends_with_the_close_r
     [
         masked_frame((1000).to_bytes(2, "big"), 8),  # the peer's close frame: 1000
         masked_frame(b"", 3),  # a reserved opcode: the server fails it, 1002
+        None,  # the peer's end of stream (a TCP half-close), no close frame
     ],
-    ids=["peer-close", "protocol-error"],
+    ids=["peer-close", "protocol-error", "end-of-stream"],
 )
 async def test_a_request_read_along_with_the_peers_ending_is_still_handled(
-    ending: bytes,
+    ending: bytes | None,
 ) -> None:
     # A close the peer starts, or a frame that fails the connection, is no close the
     # server starts: a request the peer sent before it is handled as before, also
     # when both come in one read (one write here), where the server's close frame
-    # went out before the frames of that read were handed on.
+    # went out before the frames of that read were handed on. An end of stream read
+    # with the request ends the WebSocket (1006): the request is stored all the same,
+    # and its ack never sent (docs/protocol.md, "Closing").
     async with run_server() as server:
         async with attach(server, "kept", create=True) as (peer, welcome):
             assert welcome["last_seq"] == 0
             event = {"type": "event", "id": 1, "event": token("sent before the end")}
-            peer.ws.transport.write(masked_frame(json.dumps(event).encode(), 1) + ending)
+            request = masked_frame(json.dumps(event).encode(), 1)
+            peer.ws.transport.write(request + (ending or b""))
+            if ending is None:
+                peer.ws.transport.write_eof()
             await asyncio.wait_for(peer.ws.wait_closed(), ENDED_WITHIN)
+            if ending is None:
+                assert peer.ws.close_code == 1006  # no close frame came
         async with attach(server, "kept", last_seq=0) as (peer, welcome):
             assert welcome["last_seq"] == 1
             replayed = await peer.recv_type("event")
