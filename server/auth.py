@@ -194,7 +194,9 @@ def _is_text(value: str) -> bool:
 
 
 def _principal(claims: Mapping[str, object]) -> Principal:
-    sub, role, sid = claims.get("sub"), claims.get("role", "user"), claims.get("sid")
+    sub, role, sid = claims.get("sub"), claims.get("role"), claims.get("sid")
+    if role is None:  # left out, or null as issuers that write unset claims send it (sid too)
+        role = Role.USER
     if not all(_numeric_date(claims[name]) for name in ("exp", "nbf", "iat") if name in claims):
         raise Unauthorized("invalid token")
     if not isinstance(sub, str) or not sub or not _is_text(sub):

@@ -2,13 +2,15 @@
 ``sub`` holding a lone UTF-16 surrogate (JSON's ``"\\ud800"``, which PyJWT's reader
 lets through) and a NumericDate beyond a double's range. Each is a bad token, refused
 as every bad token is (close 4401 with no frame before it, HTTP 401), before any
-session is created: they were a 1011 or an HTTP 500, and a traceback in the log."""
+session is created: they were a 1011 or an HTTP 500, and a traceback in the log. And
+optional claims sent as ``null``, as issuers that write unset fields send them: none."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from bamboo_session.server.auth import Principal, Role
 from tests.support import run_server
 from tests.test_auth import SECRET, hello_outcome, make_token
 from tests.test_auth_sub_length import status_and_challenge
@@ -46,3 +48,16 @@ async def test_every_http_endpoint_refuses_an_unreadable_claim_with_401() -> Non
                 assert status == 401, (path, name, status, body)
                 assert challenge == 'Bearer realm="bamboo"'
                 assert body == b'{"error":{"code":"unauthorized","message":"invalid token"}}'
+
+
+async def test_a_null_role_or_sid_is_left_out() -> None:
+    # A null sid was none already; a null role was a bad token (4401).
+    async with run_server(auth_secret=SECRET) as server:
+        token = make_token(role=None, sid=None)
+        code, frames = await hello_outcome(server, "mine", token, create=True)
+        assert code is None and frames[0]["session"]["user_id"] == "alice"
+        assert server.access.authenticate_request(f"Bearer {token}") == Principal("alice")
+        assert Principal("alice").role is Role.USER
+        # Another user's session stays out of reach: null is a user, not more.
+        other = make_token("bob", role=None)
+        assert await hello_outcome(server, "mine", other) == (4403, [])
