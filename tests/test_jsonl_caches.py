@@ -4,6 +4,7 @@ bounds in bytes, and the storage stays correct whatever they dropped."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import threading
 import tracemalloc
@@ -203,13 +204,20 @@ def test_a_key_window_counts_at_least_what_its_keys_hold(tail: str) -> None:
     once it was encoded (written to a log) too. Counted by length alone, a window of
     keys of 128 emoji held 2.4 times what it counted, 3.9 times once written; one emoji
     makes a str of 4 bytes a character. Checked at every size up to a full window, as
-    its dict grows in steps."""
+    its dict grows in steps, with every key encoded (the most a key holds)."""
     keys = [(f"{i:08d}" + tail).encode().decode() for i in range(KEY_WINDOW)]
-    for key in keys[::2]:
+    for key in keys:
         msgspec.json.encode(key)  # as the log's writer does: its UTF-8 stays cached
-    # Freed 2-tuples are kept for reuse (up to 2,000): a window built from them looked
-    # 56 bytes a key lighter than a fresh one. Hold enough that its own are new.
-    reused_tuples = [(i, -i) for i in range(4000)]
+    # CPython keeps freed objects for reuse, allocated before tracing began, so unseen:
+    # up to 2,000 2-tuples (a window built from them looked 56 bytes a key lighter),
+    # 80 dicts and 80 small dict tables, 16 deque blocks of 528 bytes. What ran before
+    # in this process decides how many are kept: hold enough of each that the
+    # window's own are new.
+    reused = (
+        [(i, -i) for i in range(4000)],
+        [{"k": i} for i in range(160)],
+        [collections.deque([i]) for i in range(32)],
+    )
     keys_held = 0
     short_by = []
     tracemalloc.start()
@@ -225,6 +233,6 @@ def test_a_key_window_counts_at_least_what_its_keys_hold(tail: str) -> None:
     finally:
         tracemalloc.stop()
     assert not short_by, short_by[:5]
-    assert len(reused_tuples) == 4000
+    assert [len(held_back) for held_back in reused] == [4000, 160, 32]
     window.forget_before(1_000 + 2 * len(keys))
     assert window.bytes == 0 and len(window) == 0
