@@ -5,6 +5,7 @@ does the same inside its append script)."""
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 from typing import Final, TypeVar
 
@@ -23,6 +24,11 @@ KEY_OVERHEAD_BYTES: Final = 192
 # How much more the header of a str that is not ASCII holds than an ASCII one's (49),
 # with its UTF-8 copy's terminator: at most 72 + 4 - 49 + 1.
 WIDE_STR_EXTRA_BYTES: Final = 32
+# A str's width is its widest character's: 1 byte up to U+00FF, 2 up to U+FFFF, else 4.
+# Searched for, not found with max(key), which makes a str of each character past
+# U+00FF (13 us a key of 128 emoji, at each add and each forget; the search takes 2).
+_BEYOND_LATIN1: Final = re.compile(r"[^\x00-\xff]")
+_ASTRAL: Final = re.compile(r"[\U00010000-\U0010ffff]")
 
 
 def key_cost(key: str) -> int:
@@ -34,8 +40,7 @@ def key_cost(key: str) -> int:
     ASCII and one emoji holds 4 bytes a character, twice its UTF-8."""
     if key.isascii():
         return len(key) + KEY_OVERHEAD_BYTES
-    widest = ord(max(key))
-    width = 1 if widest < 0x100 else 2 if widest < 0x10000 else 4
+    width = 1 if _BEYOND_LATIN1.search(key) is None else 2 if _ASTRAL.search(key) is None else 4
     return width * len(key) + len(key.encode()) + WIDE_STR_EXTRA_BYTES + KEY_OVERHEAD_BYTES
 
 

@@ -22,7 +22,7 @@ from bamboo_session.persistence.jsonl.caches import (
     KeyWindows,
     MessageCache,
 )
-from bamboo_session.persistence.keys import KEY_OVERHEAD_BYTES, KeyWindow
+from bamboo_session.persistence.keys import KEY_OVERHEAD_BYTES, KeyWindow, key_cost
 from bamboo_session.protocol.codec import free_form_values
 from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
 from bamboo_session.protocol.models import AgentEvent, Message, Session
@@ -193,6 +193,15 @@ async def test_histories_stay_whole_with_a_tiny_message_cache(tmp_path: Path) ->
         assert [m.content for m in history] == [f"message {i}" for i in range(100)]
         page = await storage.get_history_page("s", 3, before=50)
         assert [m.content for m in page.messages] == ["message 47", "message 48", "message 49"]
+
+
+@pytest.mark.parametrize("widest", ["\x80", "\xff", "\u0100", "\uffff", "\U00010000", "\U0010ffff"])
+def test_a_key_counts_its_str_by_its_widest_character(widest: str) -> None:
+    """Each side of every step of a str's width (1, 2, 4 bytes a character): one
+    character past a step makes all 128 of the key as wide as it."""
+    key = ("a" * 127 + widest).encode().decode()
+    msgspec.json.encode(key)  # its UTF-8 copy, kept
+    assert key_cost(key) - KEY_OVERHEAD_BYTES + sys.getsizeof("") >= sys.getsizeof(key)
 
 
 @pytest.mark.parametrize(  # 1, 2 (latin-1), 2, 4 bytes of UTF-8; one wide character
