@@ -15,9 +15,10 @@ T = TypeVar("T")
 
 # What one remembered key costs besides its characters, on CPython 3.11 (64-bit): the
 # str object's header (49), its entry in the order deque (a 2-tuple, 56; its seq, an
-# int, 32; the deque's slot, 8) and its dict slot (16 to 24, up to about 34 a key just
-# after the dict grew). Measured worst over a window's growth to KEY_WINDOW keys: 179.
-# An estimate for byte budgets, not an exact count.
+# int, 28; the deque's slot, 8) and its dict slot (16 to 24, up to 38 a key just after
+# the dict grew). Measured worst over a window's growth to KEY_WINDOW keys: 179 (as
+# tracemalloc counts, what was asked of the allocator, whose blocks round each object
+# up to 16 bytes). An estimate for byte budgets, not an exact count.
 KEY_OVERHEAD_BYTES: Final = 192
 
 
