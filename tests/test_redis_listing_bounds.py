@@ -48,7 +48,7 @@ async def store(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Redi
 
 
 async def test_a_listing_holds_its_page_not_every_match(store: RedisStorage) -> None:
-    """A page of 10 among 2,000 matches holds about what it holds among 500: the page's
+    """A page of 10 among 2,000 matches holds about what it holds among 1,111: the page's
     candidates, and 8 bytes per match (a hash of its id). Every match's id and sort key
     held, it grew by some 150 bytes per match (23.5 MiB at 100,000, bench/RESULTS.md)."""
     gate = asyncio.Semaphore(64)
@@ -63,14 +63,25 @@ async def test_a_listing_holds_its_page_not_every_match(store: RedisStorage) -> 
     for needle in ("Chat 1", "Chat"):  # 1,111 and 2,000 matches
         query = SessionFilter(title_contains=needle, sort_by=SortBy.UPDATED_AT, limit=10)
         await store.list_sessions(query)  # what a first listing allocates once
-        tracemalloc.start()
-        try:
-            result = await store.list_sessions(query)
-            peaks[result.total] = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        # One listing's peak varied by 8 KB from call to call (293 to 301 KB, six calls
+        # of one query: what the loop, the client and the GC held at that moment, and
+        # which freed objects were reused unseen), as much as the 889 hashes between
+        # the two: the least of three calls is what the listing itself needs.
+        for _ in range(3):
+            total, peak = await listing_peak(store, query)
+            peaks[total] = min(peak, peaks.get(total, peak))
     assert set(peaks) == {1111, 2000}
-    assert peaks[2000] - peaks[1111] < 889 * 40
+    assert peaks[2000] - peaks[1111] < 889 * 40, peaks
+
+
+async def listing_peak(store: RedisStorage, query: SessionFilter) -> tuple[int, int]:
+    """How many sessions match ``query``, and the most memory its listing held."""
+    tracemalloc.start()
+    try:
+        result = await store.list_sessions(query)
+        return result.total, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 async def test_a_listing_past_its_bytes_is_refused(store: RedisStorage) -> None:
