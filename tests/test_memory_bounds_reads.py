@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.connection import Connection
 from tests.memory_support import KIB, MIB
 from tests.support import attach, run_server
 from tests.test_server_lifecycle import eventually
@@ -104,17 +107,30 @@ async def test_a_reply_waiting_for_a_slow_reader_is_held_once(tmp_path: Path) ->
                                              "before": COUNT - n}).encode(), 0x1)
                     for n in range(pages)
                 )  # fmt: skip
-                await loop.run_in_executor(None, peer.sendall, requests)
-                await eventually(lambda: server.manager.budget.used >= 8 * BIG)
-                await asyncio.sleep(0.2)
+                # A ping behind them: the reader takes it once every page is queued (it
+                # answers one frame at a time), with no page being read. A fixed wait
+                # was not always enough under load: a page read then, decoded, was
+                # counted as held.
+                ping = masked_frame(b'{"type":"ping","id":"p"}', 0x1)
+                await loop.run_in_executor(None, peer.sendall, requests + ping)
+                conn = server_side(server)
+                await eventually(lambda: conn.frames_in == 1 + pages + 1, 30.0)
                 held = tracemalloc.get_traced_memory()[0] - base
             finally:
                 tracemalloc.stop()
             queued = server.manager.budget.used
+            assert queued >= 8 * BIG, "the pages wait in the send queue"
             # The queued bytes, plus what the transport has taken and the last page read.
             assert held < 1.5 * queued, f"{held} bytes held for {queued} queued"
         finally:
             peer.close()
+
+
+def server_side(server: BambooServer) -> Connection:
+    """The server's half of its one open WebSocket connection."""
+    (ws,) = server._open_connections
+    (conn,) = [o for o in gc.get_referrers(ws) if isinstance(o, Connection)]
+    return conn
 
 
 async def test_an_idle_viewer_does_not_hold_its_last_replay_page(tmp_path: Path) -> None:
