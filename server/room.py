@@ -13,7 +13,7 @@ The ring of recent events is bounded in events and in bytes, and charged to the
 process's memory budget: past that budget it keeps nothing, and replays read the store.
 Its bytes are what its events keep: each event's JSON (``Outbound.event_size``) and the
 frames made of it for peers, one per codec at most, counted as they are made
-(``frame_kept``).
+(``frame_kept``); and, while it has any event, the ring's own deque (``RING_BYTES``).
 A page a replay reads from the store that ends where the ring begins goes in front of
 it (``seed_ring``): after a restart the ring is empty, and the first resumer's read then
 serves the session's other resumers from memory.
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import collections
 import itertools
+import sys
 import weakref
+from typing import Final
 
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Closed, Presence, Welcome
@@ -38,6 +40,11 @@ REPLAY_PAGE = 512  # events per page of a replay
 # within the page deadline (256 KiB in 20 s is 13 KB/s, slower than any reader that
 # makes progress).
 REPLAY_PAGE_BYTES = 256 * 1024
+# What a ring holds besides its events: its deque, with its first block of 64 slots
+# (760 bytes on CPython 3.11). Uncounted, a ring of one event held 657 bytes more than
+# it counted (tracemalloc); each further block (528 bytes, 8 an event) is within what
+# an event's count exceeds what it holds (server/outbound.py, 50 to 60 bytes).
+RING_BYTES: Final = sys.getsizeof(collections.deque())
 
 
 class SessionRoom:
@@ -184,7 +191,7 @@ class SessionRoom:
         if ring is None:
             if not self.ring_size:
                 return
-            ring = self.ring = collections.deque(maxlen=self.ring_size)
+            ring = self.ring = self._new_ring()
         size, budget = out.held, self.budget
         if len(ring) == self.ring_size:  # the oldest falls off as this one comes in
             oldest = ring[0]
@@ -224,7 +231,19 @@ class SessionRoom:
             self.ring_bytes -= size
             budget.used -= size
         if not ring:
-            self.ring = None
+            self._forget_ring()
+
+    def _new_ring(self) -> collections.deque[Outbound]:
+        """An empty ring, its own bytes counted (and charged) from here."""
+        self.ring_bytes += RING_BYTES
+        self.budget.used += RING_BYTES
+        return collections.deque(maxlen=self.ring_size)
+
+    def _forget_ring(self) -> None:
+        """An emptied ring goes, and its own bytes with it (its events' went with them)."""
+        self.ring = None
+        self.ring_bytes -= RING_BYTES
+        self.budget.used -= RING_BYTES
 
     def drop_ring(self) -> None:
         """Forget every event kept (the log moved on, or the session retires)."""
@@ -265,7 +284,7 @@ class SessionRoom:
         index = expected - page[0].seq  # a store page has no gap: seq i is at i - first
         if not 0 <= index < len(page):
             return 0
-        ring = self.ring if self.ring is not None else collections.deque(maxlen=self.ring_size)
+        ring = self.ring if self.ring is not None else self._new_ring()
         max_bytes, budget = self.ring_max_bytes, self.budget
         kept = 0
         while index >= 0 and len(ring) < self.ring_size:
@@ -286,6 +305,8 @@ class SessionRoom:
             index -= 1
         if kept:
             self.ring = ring
+        elif self.ring is None:
+            self._forget_ring()  # the new one: nothing went in
         return kept
 
     def ring_page(self, after: int, through: int) -> list[Outbound] | None:

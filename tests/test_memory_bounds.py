@@ -24,7 +24,7 @@ from bamboo_session.server.commands import Append
 from bamboo_session.server.inbox import Inbox
 from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import CloseRequest, Outbox
-from bamboo_session.server.room import SessionRoom
+from bamboo_session.server.room import RING_BYTES, SessionRoom
 from tests.memory_support import KIB, MIB
 from tests.support import attach, get, run_server, token
 from tests.test_replay_server import gauge
@@ -108,8 +108,8 @@ def test_the_ring_counts_the_frames_its_events_keep() -> None:
         for out in list(room.ring or ()):
             out.framed(codec)
     kept = list(room.ring or ())
-    # a frame's bytes object, header included
-    held = sum(
+    # a frame's bytes object, header included; and the ring's deque
+    held = RING_BYTES + sum(
         o.event_size + sys.getsizeof(o.framed(JSON)) + sys.getsizeof(o.framed(MSGPACK))
         for o in kept
     )
@@ -281,6 +281,14 @@ async def test_a_ring_of_big_events_nobody_framed_holds_what_it_counts(tmp_path:
 @pytest.mark.parametrize("size", [20, 300, 440])
 async def test_a_ring_of_small_events_holds_what_it_counts(tmp_path: Path, size: int) -> None:
     freed, counted = await ring_freed_and_counted(f"jsonl://{tmp_path}/j", size)
+    assert freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
+
+
+@pytest.mark.parametrize("count", [1, 5])
+async def test_a_ring_of_few_events_holds_what_it_counts(tmp_path: Path, count: int) -> None:
+    """Its deque (760 bytes) is counted too: uncounted, a ring of one event held 657
+    bytes more than it counted, of five 437 more."""
+    freed, counted = await ring_freed_and_counted(f"jsonl://{tmp_path}/j", 20, count=count)
     assert freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
 
 

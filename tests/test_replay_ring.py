@@ -22,7 +22,7 @@ from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.pages import PageReads
 from bamboo_session.server.replay_charge import PageCharge
-from bamboo_session.server.room import SessionRoom
+from bamboo_session.server.room import RING_BYTES, SessionRoom
 from tests.test_server_actor import append, attach, spawn
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -74,10 +74,10 @@ def test_the_ring_keeps_its_bounds_and_the_newest_events() -> None:
     assert room.seed_ring(page(1, 10)) == 4
     assert ring_seqs(room) == [7, 8, 9, 10]
     one = page(1, 1, size=1000)[0].event_size
-    by_bytes = watched_room(10, ring_max_bytes=3 * one)
+    by_bytes = watched_room(10, ring_max_bytes=RING_BYTES + 3 * one)
     by_bytes.seed_ring(page(1, 10, size=1000))
-    assert ring_seqs(by_bytes) == [8, 9, 10] and by_bytes.ring_bytes <= 3 * one
-    tight = MemoryBudget(2 * one)
+    assert ring_seqs(by_bytes) == [8, 9, 10] and by_bytes.ring_bytes <= RING_BYTES + 3 * one
+    tight = MemoryBudget(RING_BYTES + 2 * one)
     by_budget = watched_room(10, budget=tight)
     by_budget.seed_ring(page(1, 10, size=1000))
     assert ring_seqs(by_budget) == [9, 10] and tight.used == by_budget.ring_bytes
