@@ -100,7 +100,7 @@ SERVE_HELP: dict[str, str] = {
     "inbox_bytes": "bytes of requests queued per session before its peers' readers wait",
     "ring_size": "recent events kept in memory per session for fast replay",
     "ring_bytes": "bytes of recent events kept in memory per session for fast replay: "
-    "their JSON and the frames sent of them (one per codec)",
+    "their JSON, the frames sent of them (one per codec) and the ring's own 760",
     "memory_budget": "bytes all rings, send queues and inboxes may hold together; past "
     "it rings keep nothing and backed-up connections close with 4429 (0: no limit); a "
     "quarter of it more for HTTP answers not yet taken by their peers (then 503)",
