@@ -96,6 +96,10 @@ def test_two_processes_logging_into_one_pipe_keep_their_lines_whole(log_format: 
             stdin=subprocess.PIPE,
             stderr=write_end,
             cwd=ROOT,
+            # Unbuffered, each write is its own system call: buffered, print's text and
+            # newline reached the pipe together (but for a record of several lines), and
+            # the test passed whether or not a record was one write.
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
             text=True,
         )
         for worker in range(2)
@@ -119,3 +123,62 @@ def test_two_processes_logging_into_one_pipe_keep_their_lines_whole(log_format: 
     assert not broken, broken[:3]
     seen = sorted((int(m["worker"]), int(m["n"])) for m in map(pattern.fullmatch, lines) if m)
     assert seen == [(worker, n) for worker in range(2) for n in range(records)]
+
+
+_EVERY_KIND = """
+import io, json, logging, sys, warnings
+
+class Writes(io.RawIOBase):
+    def __init__(self):
+        self.writes = []
+    def writable(self):
+        return True
+    def write(self, data):
+        self.writes.append(bytes(data).decode())
+        return len(data)
+
+# stderr as an unbuffered one is (PYTHONUNBUFFERED): each write is a system call
+writes = Writes()
+sys.stderr = io.TextIOWrapper(writes, "utf-8", line_buffering=True, write_through=True)
+
+import structlog
+from bamboo_session.server.logs import announce, configure_logging
+
+configure_logging(sys.argv[1], "info")
+
+def fail():
+    raise RuntimeError("boom")
+
+structlog.get_logger("test").info("one line")
+try:
+    fail()
+except RuntimeError:
+    structlog.get_logger("test").exception("a traceback")
+try:
+    fail()
+except RuntimeError:
+    logging.getLogger("websockets").error("the standard library's", exc_info=True)
+warnings.warn("a warning")
+announce("listening")
+json.dump(writes.writes, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_every_kind_of_record_is_one_write(log_format: str) -> None:
+    """structlog's records, a traceback of many lines, the standard library's records,
+    warnings and announce(): each reaches stderr in one write, its newline last."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EVERY_KIND, log_format],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    writes = json.loads(done.stdout)
+    events = ["one line", "a traceback", "the standard library's", "a warning", "listening"]
+    assert len(writes) == len(events), writes
+    for write, event in zip(writes, events, strict=True):
+        assert event in write and write.endswith("\n"), write
+    assert "RuntimeError" in writes[1] and "RuntimeError" in writes[2]
