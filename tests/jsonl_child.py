@@ -206,6 +206,9 @@ async def retiredsyncfaildelete(base: str, acked: int) -> None:
     await asyncio.sleep(0.1)  # past the segment's age: the next commit starts a new one
     await storage.append_event("o", AgentEvent.token("rotates"))
     await _until(lambda: not _segments_recording_deletion(layout))  # retired
+    # Its removal syncs the directory after the unlink: a descriptor still open then,
+    # taken into account below and closed after, let the delete's own sync succeed.
+    await storage._writer.retirement.settled()
     fill = _no_descriptor_left()
     checkpointing.release()
     say(await _told(deleting, fill))

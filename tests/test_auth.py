@@ -56,15 +56,19 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# Made at collection: each but "expired" lives an hour, so that it is refused for what
+# its name says however late its test runs (a test under four processes can start
+# minutes after collection).
+LATER = 3600
 BAD_TOKENS = {
     "expired": make_token(ttl=-30),
-    "wrong signature": make_token(secret=OTHER_SECRET),
-    "alg none": unsigned_token(),
-    "HS512": jwt.encode({"sub": "alice", "exp": int(time.time() + 60)}, SECRET * 2, "HS512"),
+    "wrong signature": make_token(secret=OTHER_SECRET, ttl=LATER),
+    "alg none": unsigned_token(exp=int(time.time() + LATER)),
+    "HS512": jwt.encode({"sub": "alice", "exp": int(time.time() + LATER)}, SECRET * 2, "HS512"),
     "no exp": jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
-    "no sub": jwt.encode({"exp": int(time.time() + 60)}, SECRET, algorithm="HS256"),
-    "unknown role": make_token(role="root"),
-    "bad sid": make_token(sid="../x"),
+    "no sub": jwt.encode({"exp": int(time.time() + LATER)}, SECRET, algorithm="HS256"),
+    "unknown role": make_token(role="root", ttl=LATER),
+    "bad sid": make_token(sid="../x", ttl=LATER),
     "garbage": "not.a.token",
     "empty": "",
 }

@@ -8,25 +8,27 @@ optional claims sent as ``null``, as issuers that write unset fields send them: 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from bamboo_session.server.auth import Principal, Role
 from tests.support import run_server
 from tests.test_auth import SECRET, hello_outcome, make_token
 from tests.test_auth_sub_length import status_and_challenge
 
-NOW = int(time.time())
-UNREADABLE = {
-    "sub with a lone surrogate": make_token("\ud800"),
-    "sub ending in a lone low surrogate": make_token("alice\udfff"),
-    "exp of 400 digits": make_token(exp=10**400),
-    "nbf of 400 digits below zero": make_token(nbf=-(10**400)),
-}
+
+def unreadable() -> dict[str, str]:
+    """Made when a test runs, not when the module is collected: each lives 60 s, and
+    under four processes a test can start minutes after collection ("token expired")."""
+    return {
+        "sub with a lone surrogate": make_token("\ud800"),
+        "sub ending in a lone low surrogate": make_token("alice\udfff"),
+        "exp of 400 digits": make_token(exp=10**400),
+        "nbf of 400 digits below zero": make_token(nbf=-(10**400)),
+    }
 
 
 async def test_a_hello_under_an_unreadable_claim_is_closed_4401_and_creates_nothing() -> None:
     async with run_server(auth_secret=SECRET) as server:  # the JSONL store
-        for name, token in UNREADABLE.items():
+        for name, token in unreadable().items():
             for session_id in ("new-one", None):
                 outcome = await hello_outcome(server, session_id, token, create=True)
                 assert outcome == (4401, []), (name, session_id, outcome)
@@ -41,7 +43,7 @@ async def test_every_http_endpoint_refuses_an_unreadable_claim_with_401() -> Non
         await hello_outcome(server, "mine", make_token(), create=True)
         paths = ["/api/v1/sessions", "/api/v1/sessions/mine", "/api/v1/sessions/mine/events"]
         for path in paths:
-            for name, token in UNREADABLE.items():
+            for name, token in unreadable().items():
                 status, challenge, body = await asyncio.to_thread(
                     status_and_challenge, server.port, path, token
                 )

@@ -21,12 +21,14 @@ test(
   { timeout: 30000 },
   async () => {
     const issued = { agent: 0, viewer: 0 };
-    // The first two tokens of each client expire 1.5 s after they are made (the server
-    // closes the connection then); later ones last, so that no expiry comes while the
-    // test closes the clients, whose token function a reconnect under way would ask.
+    // The first two tokens of each client expire 2.5 to 3.5 s after they are made (the
+    // server closes the connection then): time for a hello to arrive under load, where
+    // 1.5 s was not (a token expired at the handshake ends the client, by design);
+    // later ones last, so that no expiry comes while the test closes the clients,
+    // whose token function a reconnect under way would ask.
     const tokenOf = (who) => async () => {
       issued[who] += 1;
-      return makeToken("alice", issued[who] <= 2 ? 1.5 : 60);
+      return makeToken("alice", issued[who] <= 2 ? 2.5 : 60);
     };
     const options = { sessionId: "refresh-1", backoffInitial: 20 };
     const agent = await BambooClient.connect(authUrl, {
@@ -52,9 +54,9 @@ test(
     const seqs = [];
     try {
       for (let i = 1; i <= 36; i++) {
-        // Across two expiries of each client's token (at about 1.5 and 3 s), 3.6 s in all.
+        // Across two expiries of each client's token (at about 3 and 6 s), 7.2 s in all.
         seqs.push(await agent.publish({ type: "token", content: `t${i}` }));
-        await sleep(100);
+        await sleep(200);
       }
       // Then judge what has arrived (an unref timer does not keep Node alive).
       await Promise.race([watching, sleep(5000, null, { ref: false })]);
