@@ -141,8 +141,10 @@ async def test_after_the_close_requests_get_no_reply_and_attaches_get_4409_at_on
     """While a resumer's replay is still being sent after the close, the frames it sends
     get no reply (the close is their answer), and a new attach is refused with 4409
     at once: it waits for no replay."""
-    async with run_server(rate_limit_bytes=0) as server:
-        loop = asyncio.get_running_loop()
+    # The resumer reads its 20 MB only after the late attach: at the default bound (5 s)
+    # a loaded machine cut it short (as in the first test).
+    bound = 60.0
+    async with run_server(rate_limit_bytes=0, close_timeout=bound) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, COUNT, size=SIZE)
@@ -152,12 +154,13 @@ async def test_after_the_close_requests_get_no_reply_and_attaches_get_4409_at_on
                 await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
                 await resumer.send({"type": "ping", "id": "late"})
                 await resumer.send({"type": "events", "id": "late-events", "after_seq": 0})
-                asked = loop.time()
+                # Refused at once: it waits for no replay, told by the order of events
+                # as in the first test (an attach kept for the replay would be answered
+                # at the bound at the earliest), not by a wall time.
                 async with open_peer(server, session_id) as late:
                     await late.send({"type": "hello", "last_seq": 0})
-                    code, frames = await late.closed()
+                    code, frames = await late.closed(timeout=bound / 3)
                 assert (code, frames) == (4409, [])
-                assert loop.time() - asked < 1.0, "refused at once"
                 code, frames = await resumer.closed(timeout=10)
     assert seqs_of(frames) == list(range(1, COUNT + 1))
     assert kinds(frames)[-1] == "closed" and code == 1000
@@ -168,7 +171,10 @@ async def test_a_session_expiring_during_a_replay_sends_it_whole_then_closed_440
     """Expiry closes like ``state: closed`` (with 4404, ``session expired``): a replay
     under way is sent whole first. (An expired session's events are no longer readable
     over HTTP: the replay is the resumer's only way to them.)"""
-    async with run_server(rate_limit_bytes=0, default_ttl=3) as server:
+    # The resumer reads its replay only once the session expired: a bound (default 5 s)
+    # a loaded machine's read of 20 MB does not come near, as in the first test.
+    ttl, bound = 3, 60.0
+    async with run_server(rate_limit_bytes=0, default_ttl=ttl, close_timeout=bound) as server:
         async with attach(server, role="agent") as (agent, welcome):
             session_id = welcome["session"]["id"]
             await publish(agent, COUNT, size=SIZE)
@@ -178,7 +184,7 @@ async def test_a_session_expiring_during_a_replay_sends_it_whole_then_closed_440
                 # server sees it within a third of the TTL.
                 actor = server.manager.live_actor(session_id)
                 assert actor is not None
-                await eventually(lambda: not actor.accepting, 10.0)
+                await eventually(lambda: not actor.accepting, 5 * ttl)  # a guard
                 await asyncio.sleep(0.3)
                 code, frames = await resumer.closed(timeout=10)
     assert seqs_of(frames) == list(range(1, COUNT + 1)), len(seqs_of(frames))
