@@ -229,22 +229,31 @@ async def test_a_peer_in_debt_does_not_hold_up_another(other: str) -> None:
             http_page, server.port, path, address, headers
         )
         check_refusal(status, body, answer)  # mallory is in debt
+        # Held up by mallory's debt, alice's pages would wait it out (or be refused over
+        # HTTP). The debt is made 10 s, as a mallory who kept drawing would make it, so
+        # that a hold-up is told apart from the time 2.4 MB take on a loaded machine by
+        # what is measured, not by a wall time of 1 s.
+        key = "user:mallory" if other == "user" else "addr:127.0.0.1"
+        mallorys = server.services.read_allowances.of(key)
+        assert mallorys is not None
+        mallorys.charge(int(10 * RATE * REPLY_SHARE))
+        started = time.monotonic()  # before the debt is read: a hold-up takes >= debt
+        debt = mallorys.debt()
 
         session_id, address, hello, headers = peers["alice"]
         path = PATHS["events"].format(session_id)
-        started = time.monotonic()
         async with peer_from(server, session_id, address, **hello) as ws:
             for i in range(3):
                 await ws.send(json.dumps({"type": "events", "id": i, "after_seq": 0}))
             for i in range(3):
-                reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 2 * debt))
                 while reply["type"] == "presence":
-                    reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 2 * debt))
                 assert reply["type"] == "events" and reply["id"] == i
         for _ in range(3):
             status, _, _ = await asyncio.to_thread(http_page, server.port, path, address, headers)
             assert status == 200
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < debt, f"held up by mallory's {debt:.1f} s"
 
 
 async def test_pages_within_the_allowance_wait_for_nothing() -> None:
@@ -253,7 +262,7 @@ async def test_pages_within_the_allowance_wait_for_nothing() -> None:
     limits = {"rate_limit_bytes": RATE, "rate_limit_bytes_burst": 200_000}
     async with run_server(**limits) as server:
         session_id = await a_log(server)
-        started = time.monotonic()
+        # No wait is told by the server's measure of it, not by a wall time.
         async with peer_from(server, session_id) as ws:
             for i in range(3):
                 await ws.send(json.dumps({"type": "events", "id": i, "after_seq": 0}))
@@ -263,7 +272,6 @@ async def test_pages_within_the_allowance_wait_for_nothing() -> None:
             path = PATHS[kind].format(session_id)
             status, _, _ = await asyncio.to_thread(http_page, server.port, path)
             assert status == 200, kind
-        assert time.monotonic() - started < 1.0
         assert await metric(server, "bamboo_page_wait_seconds_total") == 0.0
         assert await metric(server, "bamboo_http_rate_limited_total") == 0.0
 
