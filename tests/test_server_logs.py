@@ -35,16 +35,21 @@ except RuntimeError:
 """
 
 
-def logged_by_child(log_format: str) -> str:
+def run_child(script: str, log_format: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run in a child with ``log_format``; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, log_format],
+        [sys.executable, "-c", script, log_format],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    return done.stderr
+    return done
+
+
+def logged_by_child(log_format: str) -> str:
+    return run_child(_CHILD, log_format).stderr
 
 
 def test_a_logged_traceback_has_no_locals() -> None:
@@ -168,15 +173,7 @@ json.dump(writes.writes, sys.stdout)
 def test_every_kind_of_record_is_one_write(log_format: str) -> None:
     """structlog's records, a traceback of many lines, the standard library's records,
     warnings and announce(): each reaches stderr in one write, its newline last."""
-    done = subprocess.run(
-        [sys.executable, "-c", _EVERY_KIND, log_format],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    writes = json.loads(done.stdout)
+    writes = json.loads(run_child(_EVERY_KIND, log_format).stdout)
     events = ["one line", "a traceback", "the standard library's", "a warning", "listening"]
     assert len(writes) == len(events), writes
     for write, event in zip(writes, events, strict=True):
