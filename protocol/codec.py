@@ -7,7 +7,6 @@ every malformed frame to an ``error`` reply the same way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -31,6 +30,7 @@ from .free_form import (
     free_form_problem,
     walk_free_form,
 )
+from .malformed import why_malformed
 from .models import (
     AnyAgentEvent,
     Complete,
@@ -48,27 +48,6 @@ from .models import (
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
-
-
-_TRUNCATED: Final = "Input data was truncated"
-# What msgspec says of a high half followed by anything but an escape, in an object's
-# key or a Struct's str field (elsewhere it says _TRUNCATED, or names the pair invalid).
-_HIGH_HALF_ALONE: Final = "JSON is malformed: unexpected end of escaped utf-16 surrogate pair"
-_LONE_HIGH_HALF: Final = (
-    "JSON is malformed: invalid utf-16 surrogate pair (a high half, "
-    "\\ud800 to \\udbff, with no low half after it)"
-)
-# An escape ``\uD800``-``\uDBFF`` with no low half's escape right after it, searched
-# for once every escaped backslash is out of the way (_ESCAPED_BACKSLASH): a pattern
-# that counted the backslashes before each ``\u`` itself took 100 to 500 ms of the
-# event loop on a 1 MiB frame of them, where this takes about what msgspec does.
-_LONE_HIGH_SURROGATE: Final = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-)
-# Replaced left to right, as JSON reads escapes, by as many bytes that are no
-# backslash: what follows a run of them is escaped exactly when the run was odd.
-_ESCAPED_BACKSLASH: Final = b"\\\\"
-_NOT_AN_ESCAPE: Final = b"__"
 
 
 class _RequestIdOnly(msgspec.Struct):
@@ -225,27 +204,13 @@ class Codec:
         except msgspec.ValidationError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
-            why = self._why_malformed(exc, data)
+            why = why_malformed(exc, data, json=self.text)
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {why}") from None
         if isinstance(frame, PublishEvent | PublishMessage):
             return frame, _check_published(frame)
         if type(frame) is PublishBatch:
             return frame, _check_batch(frame)
         return frame, 0
-
-    def _why_malformed(self, exc: Exception, raw: bytes | str) -> str:
-        """msgspec's words for a frame it cannot decode; a lone high surrogate escape
-        in JSON named as what it is, one way wherever it stands (msgspec says
-        ``Input data was truncated`` of some, ``unexpected end of escaped utf-16
-        surrogate pair`` of others)."""
-        words = str(exc)
-        if self.text and words.startswith(_HIGH_HALF_ALONE):
-            return _LONE_HIGH_HALF
-        if self.text and words == _TRUNCATED:
-            data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
-            if _LONE_HIGH_SURROGATE.search(data.replace(_ESCAPED_BACKSLASH, _NOT_AN_ESCAPE)):
-                return _LONE_HIGH_HALF
-        return words
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already
