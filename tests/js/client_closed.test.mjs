@@ -15,7 +15,7 @@ import {
   Unauthorized,
 } from "../../server/web/client/bamboo.js";
 
-import { url, authUrl, makeToken, droppingProxy, endOf, until } from "./client_support.mjs";
+import { url, authUrl, makeToken, droppingProxy, endOf, until, SHORT } from "./client_support.mjs";
 
 /** The `"closed"` state change of `client`, once it comes: its code, reason and error. */
 function closedOf(client) {
@@ -102,7 +102,7 @@ test("a fixed token that expires on an open connection: 4401", { timeout: 15000 
   const client = await BambooClient.connect(authUrl, {
     sessionId: "closed-why-4",
     create: true,
-    token: makeToken("alice", 1),
+    token: makeToken("alice", SHORT),
   });
   const closed = closedOf(client);
   const error = await endOf(client);

@@ -14,21 +14,19 @@ import {
   Unauthorized,
 } from "../../server/web/client/bamboo.js";
 
-import { authUrl, makeToken, endOf, range } from "./client_support.mjs";
+import { authUrl, makeToken, endOf, range, SHORT } from "./client_support.mjs";
 
 test(
   "a token function is asked again at expiry; nothing is lost or repeated",
   { timeout: 30000 },
   async () => {
     const issued = { agent: 0, viewer: 0 };
-    // The first two tokens of each client expire 2.5 to 3.5 s after they are made (the
-    // server closes the connection then): time for a hello to arrive under load, where
-    // 1.5 s was not (a token expired at the handshake ends the client, by design);
-    // later ones last, so that no expiry comes while the test closes the clients,
-    // whose token function a reconnect under way would ask.
+    // The first two tokens of each client expire SHORT after they are made (the server
+    // closes the connection then); later ones last, so that no expiry comes while the
+    // test closes the clients, whose token function a reconnect under way would ask.
     const tokenOf = (who) => async () => {
       issued[who] += 1;
-      return makeToken("alice", issued[who] <= 2 ? 2.5 : 60);
+      return makeToken("alice", issued[who] <= 2 ? SHORT : 60);
     };
     const options = { sessionId: "refresh-1", backoffInitial: 20 };
     const agent = await BambooClient.connect(authUrl, {
@@ -83,7 +81,7 @@ test(
     const client = await BambooClient.connect(authUrl, {
       sessionId: "fixed-1",
       create: true,
-      token: makeToken("alice", 1),
+      token: makeToken("alice", SHORT),
       backoffInitial: 20,
     });
     await client.ping(); // open, until the token expires
@@ -105,14 +103,15 @@ test(
       "token expired": () => stale, // never refreshed: the same token again
       "invalid token": () => makeToken("alice", 60, "not the server's secret, 32 bytes"),
     };
-    // Side by side: each client waits out its first token, 1 s.
+    // Side by side: each client waits out its first token (SHORT); the stale one has
+    // expired by then.
     const refused = Object.entries(refreshers).map(async ([reason, refresh]) => {
       let calls = 0;
       const client = await BambooClient.connect(authUrl, {
         sessionId: `bad-refresh-${reason.split(" ")[0]}`,
         create: true,
         backoffInitial: 20,
-        token: () => (++calls === 1 ? makeToken("alice", 1) : refresh()),
+        token: () => (++calls === 1 ? makeToken("alice", SHORT) : refresh()),
       });
       const error = await endOf(client);
       assert.ok(error instanceof Unauthorized, String(error));
@@ -130,7 +129,7 @@ test(
         backoffInitial: 20,
         token: async () => {
           if (++calls > 1) throw new Error("no token service");
-          return makeToken("alice", 1);
+          return makeToken("alice", SHORT);
         },
       });
       const error = await endOf(client);
@@ -144,7 +143,7 @@ test(
 
 test(
   "tokens that expire soon after each welcome keep backing off, to maxRetries",
-  { timeout: 15000 },
+  { timeout: 20000 },
   async () => {
     let calls = 0;
     const client = await BambooClient.connect(authUrl, {
@@ -152,12 +151,12 @@ test(
       create: true,
       maxRetries: 2,
       backoffInitial: 20,
-      token: () => (calls++, makeToken("alice", 1)),
+      token: () => (calls++, makeToken("alice", SHORT)),
     });
     const error = await endOf(client);
     assert.ok(error instanceof ConnectionLost, String(error));
     assert.match(error.message, /^gave up after 2 attempts: token expired/);
-    assert.equal(calls, 3); // the first connection and 2 reconnects, each held for 1 s
+    assert.equal(calls, 3); // the first connection and 2 reconnects, each held for SHORT
     assert.equal(client.reconnects, 2);
   },
 );
