@@ -136,7 +136,13 @@ async def deletefail(base: str, limit: int, written: bool = False) -> None:
     message among them), in a commit of their own, and only the deletion's fails."""
     fsize, nofile = (resource.getrlimit(r) for r in (resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, fsize[1]))
-    store = await JsonlStorage.open(JsonlStorageConfig(base, max_user_bytes=WRITEFAIL_CAP))
+    # No periodic checkpoint or segment retirement in the run (replacefail's reason: a
+    # descriptor of theirs, open while every free one is taken below, would free one
+    # for a new segment when it closes), however long a loaded machine makes the run.
+    config = JsonlStorageConfig(
+        base, max_user_bytes=WRITEFAIL_CAP, checkpoint_interval=3600.0, wal_segment_age=3600.0
+    )
+    store = await JsonlStorage.open(config)
     fillers = [f"f{i}" for i in range(20)]  # each log far from the limit, the WAL near it
     for session_id in [*fillers, "v"]:
         await store.create_session(Session.new(session_id, user_id="u"))
