@@ -169,14 +169,16 @@ async def faileddelete(base: str, acked: int, racing: bool = False) -> None:
 async def syncfaildelete(base: str, acked: int) -> None:
     # One log open at a time: the append to "o" closes d's, so the delete frees none
     # (its sync would take that one).
-    storage = await JsonlStorage.open(JsonlStorageConfig(base, max_open_logs=1))
+    config = JsonlStorageConfig(base, max_open_logs=1, **_NO_BACKGROUND_FILES)
+    storage = await JsonlStorage.open(config)
     await _d_and_o(storage, acked)
     say(await _told(storage.delete_session("d"), _no_descriptor_left()))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def undonedelete(base: str, acked: int, midway: bool) -> None:
-    config = JsonlStorageConfig(base, max_open_logs=1).with_wal(enabled=False)
+    config = JsonlStorageConfig(base, max_open_logs=1, **_NO_BACKGROUND_FILES)
+    config = config.with_wal(enabled=False)
     storage = await JsonlStorage.open(config)
     await _d_and_o(storage, acked)
     if midway:  # the rename to the tombstone done, its sync failed, nothing undone yet
@@ -193,7 +195,9 @@ async def undonedelete(base: str, acked: int, midway: bool) -> None:
 
 async def retiredsyncfaildelete(base: str, acked: int) -> None:
     layout = JsonlStorageConfig(base).layout
-    config = JsonlStorageConfig(base, max_open_logs=1, wal_segment_age=0.05)
+    config = JsonlStorageConfig(
+        base, max_open_logs=1, checkpoint_interval=3600.0, wal_segment_age=0.05
+    )
     storage = await JsonlStorage.open(config)
     await _d_and_o(storage, acked)
     layout.message_index("d").unlink(missing_ok=True)
@@ -253,6 +257,12 @@ async def _until(done: Callable[[], bool]) -> None:
 def _segments_recording_deletion(layout: Layout) -> list[Path]:
     """The WAL segments that hold a record of a deletion."""
     return [path for _, path in layout.segments() if b'"deleted":true' in path.read_bytes()]
+
+
+# For the children that take every descriptor: no periodic checkpoint or segment
+# retirement, however long a loaded machine makes the run. A descriptor of theirs, open
+# at that instant and closed after, would free one for the sync meant to fail.
+_NO_BACKGROUND_FILES = {"checkpoint_interval": 3600.0, "wal_segment_age": 3600.0}
 
 
 def _no_descriptor_left() -> list[int]:
