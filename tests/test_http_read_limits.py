@@ -272,12 +272,12 @@ def read_until_quiet(peer: socket.socket, quiet: float) -> bytes:
 
 async def test_a_whole_history_waits_its_peers_debt_no_longer_than_the_page_timeout() -> None:
     # Pages of at most 100 kB: the first (about 90 kB) costs 5.7 kB of an allowance of
-    # 1 kB, at 1 kB a second: the second would wait nearly 5 s, the next ones as long.
+    # 500 B, at 500 B a second: the second would wait over 10 s, the next ones as long.
     # The answer waited as long as the debt lasted, however long (a peer's other
     # requests add to it), holding its connection all along; now a debt longer than
     # --answer-page-timeout (1 s here) ends it before its last chunk, at once, as a
     # peer too slow to take a page is.
-    limits = {"rate_limit_bytes": 1_000, "rate_limit_bytes_burst": 1_000}
+    limits = {"rate_limit_bytes": 500, "rate_limit_bytes_burst": 500}
     async with run_server(max_page_bytes=100_000, answer_page_timeout=1, **limits) as server:
         await a_log(server, "long", 40)
         started = time.monotonic()
@@ -289,7 +289,9 @@ async def test_a_whole_history_waits_its_peers_debt_no_longer_than_the_page_time
         await eventually(lambda: not server._open_connections)
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b'"role"') < 15, answer[:200]
     assert not answer.endswith(b"\r\n0\r\n\r\n")  # incomplete, as every client says
-    assert took < 3, took
+    # Ends at the page timeout (1 s); waiting out the debt, at 10 s at least: 4 s and
+    # 5 s on either side of the bound.
+    assert took < 5, took
 
 
 async def test_a_whole_history_waiting_for_its_peers_debt_ends_when_its_peer_leaves() -> None:
