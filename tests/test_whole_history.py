@@ -208,7 +208,9 @@ async def test_a_stop_cuts_a_streamed_answer_short_after_the_grace_period() -> N
             await eventually(lambda: server.unread_answers.used > 0)
             started = time.monotonic()
             await server.stop()
-            assert time.monotonic() - started < 5
+            # At the grace period (1 s); without it, at the answer's page timeout (60 s)
+            # at best: 14 s and 45 s on either side of the bound.
+            assert time.monotonic() - started < 15
             received, _ = await asyncio.to_thread(read_all, peer)
             assert received.startswith(b"HTTP/1.1 200") and not received.endswith(b"0\r\n\r\n")
         finally:
