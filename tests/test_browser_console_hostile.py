@@ -27,11 +27,14 @@ MESSAGE_CHARS = 20_000  # messages.js: MAX_CHARS
 SHOWN_MESSAGES = 500  # messages.js: MAX_MESSAGES
 TAIL_BLOCKS = 1000  # tail.js: MAX_BLOCKS
 HUGE = "A" * 900_000  # under the 1 MiB frame
-# As big, in words of 100 characters: what is left of it after the cut is laid out in
-# milliseconds, where the cut of one word of 900,000 takes this Chromium 0.6 s for each
-# 10,000 characters in the console's font (system-ui). The tail's test of a long
-# stream shows that one; the sizes, not the words, are the point where this is used.
+# As big, in words of 100 characters (the sizes, not the words, are the point where this
+# is used; the runs without white space have their own test).
 HUGE_IN_WORDS = ("A" * 99 + " ") * 9000
+WRAP_RUN = 64  # dom.js: a break opportunity at least every WRAP_RUN characters of a run
+# One grapheme of 8 UTF-16 code units (man, joiner, woman, joiner, girl), and one of 2 (an
+# e and its combining acute): a break inside either would draw them apart.
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+ACCENTED = "e\u0301"
 
 
 def console_url(port: int, route: str = "") -> str:
@@ -62,9 +65,7 @@ async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -
     growing block, twice); then 30 tokens of 900 KB, 140 s."""
     # No byte rate: at the default 2 MiB/s the agent's 2.7 MB took a second to be read,
     # and the page had them paced; at once, they come as fast as the server relays them.
-    # Three huge tokens are enough for the cut (each its own block, each saying so): a
-    # block of 10,000 characters of one word still takes this Chromium 0.6 s to lay out
-    # in the console's font (system-ui), so the 30 of before took 20 s of the test.
+    # Three huge tokens are enough for the cut (each its own block, each saying so).
     huge_tokens = 3
     unpaced = agent_and_console(browser, "stream", rate_limit_bytes=0)
     async with unpaced as (agent, page, problems):
@@ -82,6 +83,48 @@ async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -
         assert max(sizes) <= BLOCK_CHARS + 100  # a huge one is cut, saying by how much
         cut = tail.locator(".text", has_text="more characters)")
         assert await cut.count() == huge_tokens
+    assert problems == []
+
+
+# The runs without white space in a block of text or a message: the longest (in UTF-16
+# code units), whether a break opportunity falls inside a grapheme, and the text itself.
+RUNS = """(el) => {
+  const joined = (before, after) =>
+    /[\\uD800-\\uDBFF\\u200d]$/u.test(before) || /^[\\uDC00-\\uDFFF\\u200d\\p{M}]/u.test(after);
+  let run = 0, longest = 0, splitsGraphemes = false, previous = "", broken = false;
+  for (const node of el.childNodes) {
+    if (node.nodeName === "WBR") { run = 0; broken = true; continue; }
+    const text = node.textContent;
+    if (broken && joined(previous, text)) splitsGraphemes = true;
+    broken = false;
+    for (const c of text) { run = /\\s/.test(c) ? 0 : run + c.length; longest = Math.max(longest, run); }
+    previous = text;
+  }
+  return { longest, splitsGraphemes, text: el.textContent };
+}"""
+
+
+async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any) -> None:
+    """Laying out one long run without white space costs some fonts time quadratic in its
+    length: 10,000 "A"s took this Chromium a second in the console's system-ui, at every
+    layout of the page (a resize, a new block). The page puts a break opportunity in a
+    run every WRAP_RUN characters, never inside a grapheme, and the text (what a copy
+    gives) is unchanged; small tokens that add up to one run are broken as one."""
+    stream = "A" * 5000 + "A" * 5 * 200
+    message = FAMILY * 1000 + ACCENTED * 2000
+    async with agent_and_console(browser, "runs", rate_limit_bytes=0) as (agent, page, problems):
+        await agent.publish(AgentEvent.token("A" * 5000))
+        await asyncio.gather(*(agent.publish(AgentEvent.token("A" * 5)) for _ in range(200)))
+        await agent.send_message(Message.assistant(message))
+        await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "202")
+        block = await page.locator("#tail .ev-text .text").evaluate(RUNS)
+        body = page.locator("#messages .msg-body").first
+        await expect(body).to_have_text(message)
+        shown = await body.evaluate(RUNS)
+    assert block == {"longest": block["longest"], "splitsGraphemes": False, "text": stream}
+    assert block["longest"] == WRAP_RUN
+    assert shown == {"longest": shown["longest"], "splitsGraphemes": False, "text": message}
+    assert WRAP_RUN <= shown["longest"] < WRAP_RUN + len(FAMILY)  # a cut waits for a grapheme
     assert problems == []
 
 

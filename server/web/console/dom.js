@@ -94,6 +94,53 @@ export function clip(text, max) {
   return `${text.slice(0, end)}… (${text.length - end} more characters)`;
 }
 
+/** Characters a run without white space may have before the page may break it. */
+const WRAP_RUN = 64;
+/** A character that belongs with the one before it: a mark, a joiner, a skin tone, a tag. */
+const JOINS_PREVIOUS = /^[\p{M}\u200d\u{1F3FB}-\u{1F3FF}\u{E0020}-\u{E007F}]/u;
+
+/**
+ * `text` with a break opportunity (`<wbr>`) every WRAP_RUN characters of a run without
+ * white space, never inside a surrogate pair or before a character that joins the one
+ * before it. Laying out one long unbreakable run costs some fonts time quadratic in its
+ * length (10,000 "A"s took this Chromium a second in system-ui, for each layout of the
+ * page); with breaks every 64, milliseconds. Copying the text, or its `textContent`,
+ * gives it unchanged. `run`: the run the text continues (a growing block's end).
+ * @param {string} text @param {number} [run]
+ * @returns {[Node | string, number]} the text to append, and the run it ends with
+ */
+export function breakable(text, run = 0) {
+  /** @type {Array<Node | string>} */
+  const parts = [];
+  let from = 0;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 32 || code === 10 || code === 9 || (code > 127 && /\s/.test(text[i]))) {
+      run = 0;
+      continue;
+    }
+    if (run >= WRAP_RUN && !joinsPrevious(text, i)) {
+      parts.push(text.slice(from, i), document.createElement("wbr"));
+      from = i;
+      run = 0;
+    }
+    run++;
+  }
+  if (parts.length === 0) return [text, run];
+  parts.push(text.slice(from));
+  const fragment = document.createDocumentFragment();
+  fragment.append(...parts);
+  return [fragment, run];
+}
+
+/** @param {string} text @param {number} i */
+function joinsPrevious(text, i) {
+  const code = text.charCodeAt(i);
+  if (code >= 0xdc00 && code <= 0xdfff) return true; // the second half of a pair
+  if (text.charCodeAt(i - 1) === 0x200d) return true; // after a zero-width joiner
+  return JOINS_PREVIOUS.test(text.slice(i, i + 2));
+}
+
 /** A message to the user inside `root`. @param {Element} root @param {string} text @param {string} [kind] */
 export function notice(root, text, kind = "error") {
   return fill(

@@ -11,7 +11,7 @@
  */
 
 import { getJson } from "./api.js";
-import { clip, fill, h, json, timeEl } from "./dom.js";
+import { breakable, clip, fill, h, json, timeEl } from "./dom.js";
 
 export const PAGE = 50; // messages per history page
 const MAX_MESSAGES = 500;
@@ -164,7 +164,7 @@ export class MessageList {
         " ",
         timeEl(m.created_at),
       ),
-      h("div", { class: "msg-body" }, clip(String(m.content ?? ""), MAX_CHARS)),
+      h("div", { class: "msg-body" }, breakable(clip(String(m.content ?? ""), MAX_CHARS))[0]),
       ...(m.tool_calls ?? []).map((/** @type {any} */ call) =>
         h(
           "details",

@@ -11,7 +11,7 @@
  * the page is measured (to follow the end) once per frame, not once per event.
  */
 
-import { clip, h, json } from "./dom.js";
+import { breakable, clip, h, json } from "./dom.js";
 
 export const MAX_BLOCKS = 1000;
 const MAX_CHARS = 10_000; // characters of one block
@@ -19,15 +19,15 @@ const MAX_NAME = 200; // characters of a name or an id in a block's heading
 
 /** A value of an event as text that fits in a block. @param {unknown} value */
 function text(value, max = MAX_CHARS) {
-  return clip(typeof value === "string" ? value : String(value ?? ""), max);
+  return breakable(clip(typeof value === "string" ? value : String(value ?? ""), max))[0];
 }
 
 export class Tail {
   /** @param {HTMLElement} el */
   constructor(el) {
     this.el = el;
-    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement, size: number } | null}
-     * the growing text, and its characters */
+    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement, size: number, run: number } | null}
+     * the growing text, its characters, and the run without white space it ends with */
     this.open = null;
     /** @type {Map<string, HTMLDetailsElement>} */
     this.tools = new Map();
@@ -86,12 +86,14 @@ export class Tail {
         kind === "thinking" ? h("span", { class: "label" }, "thinking") : null,
         text,
       );
-      this.open = { kind, block, text, size: 0 };
+      this.open = { kind, block, text, size: 0, run: 0 };
       this.#append(block);
     }
     const shown = clip(content, MAX_CHARS);
-    this.open.text.append(shown);
+    const [nodes, run] = breakable(shown, this.open.run); // tokens add up to one run
+    this.open.text.append(nodes);
     this.open.size += shown.length;
+    this.open.run = run;
     this.open.block.dataset.to = String(seq);
   }
 
