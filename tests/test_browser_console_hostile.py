@@ -31,10 +31,11 @@ HUGE = "A" * 900_000  # under the 1 MiB frame
 # is used; the runs without white space have their own test).
 HUGE_IN_WORDS = ("A" * 99 + " ") * 9000
 WRAP_RUN = 64  # dom.js: a break opportunity at least every WRAP_RUN characters of a run
-# One grapheme of 8 UTF-16 code units (man, joiner, woman, joiner, girl), and one of 2 (an
-# e and its combining acute): a break inside either would draw them apart.
+# Graphemes of several UTF-16 code units, each after 1 or 3 letters so that a break
+# every 64 would fall inside them: a family (man, joiner, woman, joiner, girl: 8 units),
+# a flag (two regional indicators: 4), an e and its combining acute (2).
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
-ACCENTED = "e\u0301"
+GRAPHEMES = ("x" + FAMILY) * 700 + ("x" + "\U0001f1eb\U0001f1f7") * 1000 + "xyze\u0301" * 1000
 
 
 def console_url(port: int, route: str = "") -> str:
@@ -89,8 +90,11 @@ async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -
 # The runs without white space in a block of text or a message: the longest (in UTF-16
 # code units), whether a break opportunity falls inside a grapheme, and the text itself.
 RUNS = """(el) => {
-  const joined = (before, after) =>
-    /[\\uD800-\\uDBFF\\u200d]$/u.test(before) || /^[\\uDC00-\\uDFFF\\u200d\\p{M}]/u.test(after);
+  const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+  const joined = (before, after) => {
+    const around = before.slice(-16) + after.slice(0, 16), at = Math.min(before.length, 16);
+    return graphemes.segment(around).containing(at)?.index !== at;
+  };
   let run = 0, longest = 0, splitsGraphemes = false, previous = "", broken = false;
   for (const node of el.childNodes) {
     if (node.nodeName === "WBR") { run = 0; broken = true; continue; }
@@ -111,7 +115,7 @@ async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any
     run every WRAP_RUN characters, never inside a grapheme, and the text (what a copy
     gives) is unchanged; small tokens that add up to one run are broken as one."""
     stream = "A" * 5000 + "A" * 5 * 200
-    message = FAMILY * 1000 + ACCENTED * 2000
+    message = GRAPHEMES
     async with agent_and_console(browser, "runs", rate_limit_bytes=0) as (agent, page, problems):
         await agent.publish(AgentEvent.token("A" * 5000))
         await asyncio.gather(*(agent.publish(AgentEvent.token("A" * 5)) for _ in range(200)))
@@ -124,7 +128,8 @@ async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any
     assert block == {"longest": block["longest"], "splitsGraphemes": False, "text": stream}
     assert block["longest"] == WRAP_RUN
     assert shown == {"longest": shown["longest"], "splitsGraphemes": False, "text": message}
-    assert WRAP_RUN <= shown["longest"] < WRAP_RUN + len(FAMILY)  # a cut waits for a grapheme
+    # A break waits for the end of a grapheme: at most a family's 8 code units less one.
+    assert WRAP_RUN < shown["longest"] < WRAP_RUN + len(FAMILY.encode("utf-16-le")) // 2
     assert problems == []
 
 

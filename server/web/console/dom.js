@@ -96,16 +96,18 @@ export function clip(text, max) {
 
 /** Characters a run without white space may have before the page may break it. */
 const WRAP_RUN = 64;
-/** A character that belongs with the one before it: a mark, a joiner, a skin tone, a tag. */
-const JOINS_PREVIOUS = /^[\p{M}\u200d\u{1F3FB}-\u{1F3FF}\u{E0020}-\u{E007F}]/u;
+/** Characters either side of a break that say whether it falls inside a grapheme. */
+const GRAPHEME_WINDOW = 32;
+const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
 
 /**
  * `text` with a break opportunity (`<wbr>`) every WRAP_RUN characters of a run without
- * white space, never inside a surrogate pair or before a character that joins the one
- * before it. Laying out one long unbreakable run costs some fonts time quadratic in its
- * length (10,000 "A"s took this Chromium a second in system-ui, for each layout of the
- * page); with breaks every 64, milliseconds. Copying the text, or its `textContent`,
- * gives it unchanged. `run`: the run the text continues (a growing block's end).
+ * white space, never inside a grapheme (a letter and its marks, a flag, an emoji
+ * sequence). Laying out one long unbreakable run costs some fonts time quadratic in
+ * its length (10,000 "A"s took this Chromium a second in system-ui, for each layout of
+ * the page); with breaks every 64, milliseconds. Copying the text, or its
+ * `textContent`, gives it unchanged. `run`: the run the text continues (a growing
+ * block's end).
  * @param {string} text @param {number} [run]
  * @returns {[Node | string, number]} the text to append, and the run it ends with
  */
@@ -119,7 +121,7 @@ export function breakable(text, run = 0) {
       run = 0;
       continue;
     }
-    if (run >= WRAP_RUN && !joinsPrevious(text, i)) {
+    if (run >= WRAP_RUN && !insideGrapheme(text, i)) {
       parts.push(text.slice(from, i), document.createElement("wbr"));
       from = i;
       run = 0;
@@ -133,12 +135,13 @@ export function breakable(text, run = 0) {
   return [fragment, run];
 }
 
-/** @param {string} text @param {number} i */
-function joinsPrevious(text, i) {
-  const code = text.charCodeAt(i);
-  if (code >= 0xdc00 && code <= 0xdfff) return true; // the second half of a pair
-  if (text.charCodeAt(i - 1) === 0x200d) return true; // after a zero-width joiner
-  return JOINS_PREVIOUS.test(text.slice(i, i + 2));
+/** Whether `i` falls inside a grapheme of `text`, judged within GRAPHEME_WINDOW of it
+ * (a longer cluster, such as a letter with dozens of marks, may be broken).
+ * @param {string} text @param {number} i */
+function insideGrapheme(text, i) {
+  const start = Math.max(0, i - GRAPHEME_WINDOW);
+  const around = graphemes.segment(text.slice(start, i + GRAPHEME_WINDOW));
+  return around.containing(i - start)?.index !== i - start;
 }
 
 /** A message to the user inside `root`. @param {Element} root @param {string} text @param {string} [kind] */
