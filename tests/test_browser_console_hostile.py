@@ -101,7 +101,10 @@ RUNS = """(el) => {
     const text = node.textContent;
     if (broken && joined(previous, text)) splitsGraphemes = true;
     broken = false;
-    for (const c of text) { run = /\\s/.test(c) ? 0 : run + c.length; longest = Math.max(longest, run); }
+    for (const c of text) {
+      run = /\\s/.test(c) ? 0 : run + c.length;
+      longest = Math.max(longest, run);
+    }
     previous = text;
   }
   return { longest, splitsGraphemes, text: el.textContent };
