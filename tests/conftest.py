@@ -2,15 +2,15 @@
 
 Under CI, hypothesis runs derandomized, so a submission's CI run is reproducible and a
 rare example found by chance cannot block a landing; local runs keep exploring new
-examples. The run's soft open-file limit is raised toward its hard one (to 65,536 at
-most), as ``serve`` raises its own: tests that hold thousands of sockets at once (2,000
-idle peers in tests/test_server_writer_on_demand_process.py) would otherwise meet a
-soft limit of 1,024 where the machine allows more. ``redis_server`` is one real
-redis-server for the whole run (tests/redis_server.py); without the binary its tests
-are skipped, and the run ends with one line saying how to install it. ``browser`` is
-the browser tests' Chromium, which saves screenshots of a failed test's pages. The
-slowest modules of a recorded run (tests/durations.txt) are collected first, so xdist
-starts them first.
+examples. Neither holds an example to a deadline. The run's soft open-file limit is
+raised toward its hard one (to 65,536 at most), as ``serve`` raises its own: tests that
+hold thousands of sockets at once (2,000 idle peers in
+tests/test_server_writer_on_demand_process.py) would otherwise meet a soft limit of
+1,024 where the machine allows more. ``redis_server`` is one real redis-server for the
+whole run (tests/redis_server.py); without the binary its tests are skipped, and the run
+ends with one line saying how to install it. ``browser`` is the browser tests' Chromium,
+which saves screenshots of a failed test's pages. The slowest modules of a recorded run
+(tests/durations.txt) are collected first, so xdist starts them first.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from tests import forks
 from tests.redis_server import INSTALL_HINT, RedisServer, available, start_redis_server
@@ -42,9 +42,14 @@ def pytest_configure(config: pytest.Config) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-settings.register_profile("ci", derandomize=True, database=None)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# No deadline per example and no health check of the time examples take to make:
+# Hypothesis's defaults (200 ms an example, 1 s for a few examples' data) are timed
+# assertions of speed, which a test process sharing a loaded core can miss (a codec
+# round trip did, once, under load); speed is measured in bench/.
+UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("local", **UNTIMED)
+settings.register_profile("ci", derandomize=True, database=None, **UNTIMED)
+settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 
 # -- order: the slowest modules first ---------------------------------------------
