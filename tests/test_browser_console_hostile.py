@@ -88,51 +88,94 @@ async def test_a_long_stream_of_tokens_keeps_the_tail_responsive(browser: Any) -
 
 
 # The runs without white space in a block of text or a message: the longest (in UTF-16
-# code units), whether a break opportunity falls inside a grapheme, and the text itself.
+# code units, between white space and breaks), the length of each grapheme a break falls
+# inside, how many breaks fall inside a surrogate pair, and the text itself.
 RUNS = """(el) => {
-  const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
-  const joined = (before, after) => {
-    const around = before.slice(-16) + after.slice(0, 16), at = Math.min(before.length, 16);
-    return graphemes.segment(around).containing(at)?.index !== at;
-  };
-  let run = 0, longest = 0, splitsGraphemes = false, previous = "", broken = false;
+  let text = "";
+  const breaks = new Set();
   for (const node of el.childNodes) {
-    if (node.nodeName === "WBR") { run = 0; broken = true; continue; }
-    const text = node.textContent;
-    if (broken && joined(previous, text)) splitsGraphemes = true;
-    broken = false;
-    for (const c of text) {
-      run = /\\s/.test(c) ? 0 : run + c.length;
-      longest = Math.max(longest, run);
-    }
-    previous = text;
+    if (node.nodeName === "WBR") breaks.add(text.length);
+    else text += node.textContent;
   }
-  return { longest, splitsGraphemes, text: el.textContent };
+  const broken = [];
+  const halves = [...breaks].filter((at) => /[\\udc00-\\udfff]/.test(text[at])).length;
+  const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+  for (const { index, segment } of graphemes.segment(text)) {
+    for (let at = index + 1; at < index + segment.length; at++)
+      if (breaks.has(at)) broken.push(segment.length);
+  }
+  let run = 0, longest = 0;
+  for (let i = 0; i < text.length; i++) {
+    run = breaks.has(i) || " \\t\\n".includes(text[i]) ? 0 : run;
+    if (!" \\t\\n".includes(text[i])) run++;
+    longest = Math.max(longest, run);
+  }
+  return { longest, broken, halves, text };
 }"""
+# Tokens that end inside a grapheme where a break is due, after 63 letters: an e, then
+# its acute; a flag's first regional indicator, then its second; a man, then a joiner
+# and a woman.
+SPLIT_GRAPHEMES = [" " + "A" * 63 + "e", "\u0301", " " + "A" * 63 + "\U0001f1eb", "\U0001f1f7"]
+SPLIT_GRAPHEMES += [" " + "A" * 63 + "\U0001f468", "\u200d\U0001f469"]
+# A letter under 300 marks: a cluster so long costs the font quadratic time as a run does
+# (10,000 marks took 1.5 s), and is broken as one past GRAPHEME_WINDOW (dom.js) is, but
+# never inside a surrogate pair (a man under 150 skin tones, after a letter so that a
+# break every 64 would fall inside a pair).
+ZALGO = "Z" + "\u0301" * 300
+TONES = "\U0001f468" + "\U0001f3fb" * 150
+CLUSTERS = "x" + TONES + ZALGO
+GRAPHEME_WINDOW = 32  # dom.js
+
+
+def utf16(text: str) -> int:
+    """The length of ``text`` in JavaScript (UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any) -> None:
     """Laying out one long run without white space costs some fonts time quadratic in its
     length: 10,000 "A"s took this Chromium a second in the console's system-ui, at every
     layout of the page (a resize, a new block). The page puts a break opportunity in a
-    run every WRAP_RUN characters, never inside a grapheme, and the text (what a copy
-    gives) is unchanged; small tokens that add up to one run are broken as one."""
+    run every WRAP_RUN characters, never inside a grapheme (but one longer than
+    GRAPHEME_WINDOW), and the text (what a copy gives) is unchanged; small tokens that
+    add up to one run are broken as one, and not where one ends inside a grapheme."""
     stream = "A" * 5000 + "A" * 5 * 200
-    message = GRAPHEMES
+    message = GRAPHEMES + "A\ufeff" * 100  # a BOM is no white space to break at
     async with agent_and_console(browser, "runs", rate_limit_bytes=0) as (agent, page, problems):
         await agent.publish(AgentEvent.token("A" * 5000))
         await asyncio.gather(*(agent.publish(AgentEvent.token("A" * 5)) for _ in range(200)))
+        for token in SPLIT_GRAPHEMES:
+            await agent.publish(AgentEvent.thinking(token))
         await agent.send_message(Message.assistant(message))
-        await expect(page.locator("#tail")).to_have_attribute("data-last-seq", "202")
+        await agent.send_message(Message.assistant(CLUSTERS))
+        last_seq = str(203 + len(SPLIT_GRAPHEMES))
+        await expect(page.locator("#tail")).to_have_attribute("data-last-seq", last_seq)
         block = await page.locator("#tail .ev-text .text").evaluate(RUNS)
-        body = page.locator("#messages .msg-body").first
-        await expect(body).to_have_text(message)
-        shown = await body.evaluate(RUNS)
-    assert block == {"longest": block["longest"], "splitsGraphemes": False, "text": stream}
-    assert block["longest"] == WRAP_RUN
-    assert shown == {"longest": shown["longest"], "splitsGraphemes": False, "text": message}
+        thinking = await page.locator("#tail .ev-thinking .text").evaluate(RUNS)
+        bodies = page.locator("#messages .msg-body")
+        await expect(bodies).to_have_text([message, CLUSTERS])
+        shown = await bodies.nth(0).evaluate(RUNS)
+        clusters = await bodies.nth(1).evaluate(RUNS)
+    assert block == {"longest": WRAP_RUN, "broken": [], "halves": 0, "text": stream}
     # A break waits for the end of a grapheme: at most a family's 8 code units less one.
-    assert WRAP_RUN < shown["longest"] < WRAP_RUN + len(FAMILY.encode("utf-16-le")) // 2
+    most = WRAP_RUN + utf16(FAMILY) - 1
+    assert thinking == {
+        "longest": thinking["longest"],
+        "broken": [],
+        "halves": 0,
+        "text": "".join(SPLIT_GRAPHEMES),
+    }
+    assert WRAP_RUN < thinking["longest"] <= most
+    assert shown == {"longest": shown["longest"], "broken": [], "halves": 0, "text": message}
+    assert WRAP_RUN < shown["longest"] <= most
+    # A longer grapheme is broken too, at most GRAPHEME_WINDOW after a break was due.
+    broken = clusters["broken"]
+    text = CLUSTERS
+    assert clusters == {"longest": clusters["longest"], "broken": broken, "halves": 0, "text": text}
+    assert clusters["longest"] <= WRAP_RUN + GRAPHEME_WINDOW
+    assert broken.count(utf16(ZALGO)) >= utf16(ZALGO) // WRAP_RUN
+    assert broken.count(utf16(TONES)) >= utf16(TONES) // WRAP_RUN
+    assert set(broken) == {utf16(ZALGO), utf16(TONES)}
     assert problems == []
 
 

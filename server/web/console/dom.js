@@ -96,52 +96,84 @@ export function clip(text, max) {
 
 /** Characters a run without white space may have before the page may break it. */
 const WRAP_RUN = 64;
-/** Characters either side of a break that say whether it falls inside a grapheme. */
+/** Characters either side of a break that say whether it falls inside a grapheme: a
+ * cluster longer than that (a letter under dozens of marks) is broken like a run, since
+ * laying it out whole costs some fonts quadratic time too. */
 const GRAPHEME_WINDOW = 32;
 const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+
+/** @typedef {{ run: number, before: string }} RunEnd where a text ends: the length of
+ * the run without white space it ends with, and its last GRAPHEME_WINDOW characters */
+/** Where nothing ends: a text that continues none. @type {RunEnd} */
+export const NO_RUN = Object.freeze({ run: 0, before: "" });
 
 /**
  * `text` with a break opportunity (`<wbr>`) every WRAP_RUN characters of a run without
  * white space, never inside a grapheme (a letter and its marks, a flag, an emoji
- * sequence). Laying out one long unbreakable run costs some fonts time quadratic in
- * its length (10,000 "A"s took this Chromium a second in system-ui, for each layout of
- * the page); with breaks every 64, milliseconds. Copying the text, or its
- * `textContent`, gives it unchanged. `run`: the run the text continues (a growing
- * block's end).
- * @param {string} text @param {number} [run]
- * @returns {[Node | string, number]} the text to append, and the run it ends with
+ * sequence) of GRAPHEME_WINDOW characters at most. Laying out one long unbreakable run
+ * costs some fonts time quadratic in its length (10,000 "A"s, or Arabic letters, took
+ * this Chromium a second in system-ui, for each layout of the page); with breaks every
+ * 64, milliseconds. Copying the text, or its `textContent`, gives it unchanged. `end`:
+ * where the text it continues ends (a growing block's end, which may be half a grapheme).
+ * @param {string} text @param {RunEnd} [end]
+ * @returns {[Node | string, RunEnd]} the text to append, and where it ends
  */
-export function breakable(text, run = 0) {
+export function breakable(text, end = NO_RUN) {
   /** @type {Array<Node | string>} */
   const parts = [];
+  let { run } = end;
   let from = 0;
+  let graphemeEnd = 0; // no break before it: the end of a grapheme found inside
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
-    if (code === 32 || code === 10 || code === 9 || (code > 127 && /\s/.test(text[i]))) {
+    // Only these: a no-break space, or a BOM, is white space to /\s/ but no break.
+    if (code === 32 || code === 10 || code === 9) {
       run = 0;
       continue;
     }
-    if (run >= WRAP_RUN && !insideGrapheme(text, i)) {
-      parts.push(text.slice(from, i), document.createElement("wbr"));
-      from = i;
-      run = 0;
+    if (run >= WRAP_RUN && i >= graphemeEnd) {
+      graphemeEnd = nextGraphemeStart(end.before, text, i);
+      if (graphemeEnd === i) {
+        parts.push(text.slice(from, i), document.createElement("wbr"));
+        from = i;
+        run = 0;
+      }
     }
     run++;
   }
-  if (parts.length === 0) return [text, run];
+  const before =
+    text.length >= GRAPHEME_WINDOW
+      ? text.slice(-GRAPHEME_WINDOW)
+      : (end.before + text).slice(-GRAPHEME_WINDOW);
+  if (parts.length === 0) return [text, { run, before }];
   parts.push(text.slice(from));
   const fragment = document.createDocumentFragment();
   fragment.append(...parts);
-  return [fragment, run];
+  return [fragment, { run, before }];
 }
 
-/** Whether `i` falls inside a grapheme of `text`, judged within GRAPHEME_WINDOW of it
- * (a longer cluster, such as a letter with dozens of marks, may be broken).
- * @param {string} text @param {number} i */
-function insideGrapheme(text, i) {
-  const start = Math.max(0, i - GRAPHEME_WINDOW);
-  const around = graphemes.segment(text.slice(start, i + GRAPHEME_WINDOW));
-  return around.containing(i - start)?.index !== i - start;
+/**
+ * `i` if a break may fall before `text[i]`: a grapheme starts there, or the one there
+ * started GRAPHEME_WINDOW characters before or more; else where to look next (the end of
+ * that grapheme within GRAPHEME_WINDOW of `i`, or past the second half of a surrogate
+ * pair). `before`: the text that `text` continues.
+ * @param {string} before @param {string} text @param {number} i
+ */
+function nextGraphemeStart(before, text, i) {
+  const left =
+    i >= GRAPHEME_WINDOW
+      ? text.slice(i - GRAPHEME_WINDOW, i)
+      : (before + text.slice(0, i)).slice(-GRAPHEME_WINDOW);
+  const around = graphemes.segment(left + text.slice(i, i + GRAPHEME_WINDOW));
+  const grapheme = /** @type {Intl.SegmentData} */ (around.containing(left.length));
+  const tooLong = grapheme.index === 0 && left.length === GRAPHEME_WINDOW;
+  if (grapheme.index === left.length || tooLong) return lowSurrogate(text, i) ? i + 1 : i;
+  return i + grapheme.index + grapheme.segment.length - left.length;
+}
+
+/** Whether `text[i]` is the second half of a surrogate pair. @param {string} text @param {number} i */
+function lowSurrogate(text, i) {
+  return (text.charCodeAt(i) & 0xfc00) === 0xdc00;
 }
 
 /** A message to the user inside `root`. @param {Element} root @param {string} text @param {string} [kind] */

@@ -11,7 +11,9 @@
  * the page is measured (to follow the end) once per frame, not once per event.
  */
 
-import { breakable, clip, h, json } from "./dom.js";
+import { NO_RUN, breakable, clip, h, json } from "./dom.js";
+
+/** @typedef {import("./dom.js").RunEnd} RunEnd */
 
 export const MAX_BLOCKS = 1000;
 const MAX_CHARS = 10_000; // characters of one block
@@ -26,8 +28,8 @@ export class Tail {
   /** @param {HTMLElement} el */
   constructor(el) {
     this.el = el;
-    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement, size: number, run: number } | null}
-     * the growing text, its characters, and the run without white space it ends with */
+    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement, size: number, end: RunEnd } | null}
+     * the growing text, its characters, and where it ends (breakable) */
     this.open = null;
     /** @type {Map<string, HTMLDetailsElement>} */
     this.tools = new Map();
@@ -86,14 +88,14 @@ export class Tail {
         kind === "thinking" ? h("span", { class: "label" }, "thinking") : null,
         text,
       );
-      this.open = { kind, block, text, size: 0, run: 0 };
+      this.open = { kind, block, text, size: 0, end: NO_RUN };
       this.#append(block);
     }
     const shown = clip(content, MAX_CHARS);
-    const [nodes, run] = breakable(shown, this.open.run); // tokens add up to one run
+    const [nodes, end] = breakable(shown, this.open.end); // tokens add up to one run
     this.open.text.append(nodes);
     this.open.size += shown.length;
-    this.open.run = run;
+    this.open.end = end;
     this.open.block.dataset.to = String(seq);
   }
 
