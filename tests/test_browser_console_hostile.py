@@ -44,14 +44,19 @@ def console_url(port: int, route: str = "") -> str:
 
 @contextlib.asynccontextmanager
 async def agent_and_console(
-    browser: Any, session_id: str, init_script: str | None = None, **server_options: Any
+    browser: Any,
+    session_id: str,
+    init_script: str | None = None,
+    title: str | None = None,
+    **server_options: Any,
 ) -> AsyncIterator[tuple[BambooClient, Any, list[str]]]:
-    """A server (with ``server_options``), an agent that created ``session_id`` on it,
-    and a console page (with ``init_script`` run first, if given) showing that session,
-    attached; the problems the page reports."""
+    """A server (with ``server_options``), an agent that created ``session_id`` (with
+    ``title``) on it, and a console page (with ``init_script`` run first, if given)
+    showing that session, attached; the problems the page reports."""
     async with run_server(**server_options) as server:
         url = f"ws://127.0.0.1:{server.port}"
-        async with await BambooClient.connect(url, session_id, create=True, role="agent") as agent:
+        connect = BambooClient.connect(url, session_id, create=True, role="agent", title=title)
+        async with await connect as agent:
             page = await browser.new_page()
             problems = watch_page(page)
             if init_script is not None:
@@ -138,10 +143,15 @@ async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any
     layout of the page (a resize, a new block). The page puts a break opportunity in a
     run every WRAP_RUN characters, never inside a grapheme (but one longer than
     GRAPHEME_WINDOW), and the text (what a copy gives) is unchanged; small tokens that
-    add up to one run are broken as one, and not where one ends inside a grapheme."""
+    add up to one run are broken as one, and not where one ends inside a grapheme. So
+    are a message, and the session's title (its heading and its metadata)."""
     stream = "A" * 5000 + "A" * 5 * 200
     message = GRAPHEMES + "A\ufeff" * 100  # a BOM is no white space to break at
-    async with agent_and_console(browser, "runs", rate_limit_bytes=0) as (agent, page, problems):
+    # The longest title the server takes, in letters as slow as "A" (an Arabic beh): 10,000
+    # of them, where a server allows it, took 1 to 4 s at each layout of the page.
+    title = "\u0628" * 1024
+    console = agent_and_console(browser, "runs", title=title, rate_limit_bytes=0)
+    async with console as (agent, page, problems):
         await agent.publish(AgentEvent.token("A" * 5000))
         await asyncio.gather(*(agent.publish(AgentEvent.token("A" * 5)) for _ in range(200)))
         for token in SPLIT_GRAPHEMES:
@@ -156,6 +166,11 @@ async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any
         await expect(bodies).to_have_text([message, CLUSTERS])
         shown = await bodies.nth(0).evaluate(RUNS)
         clusters = await bodies.nth(1).evaluate(RUNS)
+        await expect(page.locator("#session-title")).to_have_text(title)
+        titles = [
+            await page.locator(f"#{name}").evaluate(RUNS)
+            for name in ("session-title", "meta-title")
+        ]
     assert block == {"longest": WRAP_RUN, "broken": [], "halves": 0, "text": stream}
     # A break waits for the end of a grapheme: at most a family's 8 code units less one.
     most = WRAP_RUN + utf16(FAMILY) - 1
@@ -169,13 +184,13 @@ async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any
     assert shown == {"longest": shown["longest"], "broken": [], "halves": 0, "text": message}
     assert WRAP_RUN < shown["longest"] <= most
     # A longer grapheme is broken too, at most GRAPHEME_WINDOW after a break was due.
-    broken = clusters["broken"]
-    text = CLUSTERS
-    assert clusters == {"longest": clusters["longest"], "broken": broken, "halves": 0, "text": text}
-    assert clusters["longest"] <= WRAP_RUN + GRAPHEME_WINDOW
+    longest, broken = clusters["longest"], clusters["broken"]
+    assert clusters == {"longest": longest, "broken": broken, "halves": 0, "text": CLUSTERS}
+    assert longest <= WRAP_RUN + GRAPHEME_WINDOW
     assert broken.count(utf16(ZALGO)) >= utf16(ZALGO) // WRAP_RUN
     assert broken.count(utf16(TONES)) >= utf16(TONES) // WRAP_RUN
     assert set(broken) == {utf16(ZALGO), utf16(TONES)}
+    assert titles == [{"longest": WRAP_RUN, "broken": [], "halves": 0, "text": title}] * 2
     assert problems == []
 
 

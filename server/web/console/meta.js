@@ -5,7 +5,7 @@
  * updates it in place (the state, the last seq, the connections, the last activity).
  */
 
-import { fill, h, json, timeEl, when } from "./dom.js";
+import { breakable, fill, h, json, timeEl, when } from "./dom.js";
 
 /** The rows of `dl`, from `m` (the session's metadata). @param {HTMLElement} dl @param {any} m */
 export function showMeta(dl, m) {
@@ -27,7 +27,7 @@ export function showMeta(dl, m) {
     dl,
     ...rows.flatMap(([name, value]) => [
       h("dt", {}, name.replaceAll("_", " ")),
-      h("dd", { id: `meta-${name}` }, value),
+      h("dd", { id: `meta-${name}` }, typeof value === "string" ? breakable(value)[0] : value),
     ]),
   );
   if (Object.keys(m.extra ?? {}).length)

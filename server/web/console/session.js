@@ -22,7 +22,7 @@ import { BambooClient, ConnectionLost, SessionEnded } from "/client/bamboo.js";
 import { getJson, getToken } from "./api.js";
 import { actions, detached, presence } from "./attached.js";
 import { connBadge, setBadge } from "./badge.js";
-import { fill, h, notice } from "./dom.js";
+import { breakable, fill, h, notice } from "./dom.js";
 import { deniesSession, layOut, refusalText } from "./layout.js";
 import { MessageList, PAGE } from "./messages.js";
 import { showActivity, showMeta } from "./meta.js";
@@ -375,7 +375,7 @@ class SessionView {
   /** @param {any} m the session's metadata */
   #showMeta(m) {
     showMeta(this.meta, m);
-    document.getElementById("session-title")?.replaceChildren(m.title || m.id);
+    document.getElementById("session-title")?.replaceChildren(breakable(m.title || m.id)[0]);
   }
 
   #showPresence() {
