@@ -115,7 +115,13 @@ RUNS = """(el) => {
     if (!" \\t\\n".includes(text[i])) run++;
     longest = Math.max(longest, run);
   }
-  return { longest, broken, halves, text };
+  const selection = getSelection(), range = document.createRange();
+  range.selectNodeContents(el);
+  selection.removeAllRanges();
+  selection.addRange(range);
+  const copied = selection.toString() === text; // what a copy gives, as the user selects it
+  selection.removeAllRanges();
+  return { longest, broken, halves, copied, text };
 }"""
 # Tokens that end inside a grapheme where a break is due, after 63 letters: an e, then
 # its acute; a flag's first regional indicator, then its second; a man, then a joiner
@@ -171,26 +177,42 @@ async def test_long_runs_without_white_space_are_laid_out_in_pieces(browser: Any
             await page.locator(f"#{name}").evaluate(RUNS)
             for name in ("session-title", "meta-title")
         ]
-    assert block == {"longest": WRAP_RUN, "broken": [], "halves": 0, "text": stream}
+    assert block == {"longest": WRAP_RUN, "broken": [], "halves": 0, "copied": True, "text": stream}
     # A break waits for the end of a grapheme: at most a family's 8 code units less one.
     most = WRAP_RUN + utf16(FAMILY) - 1
     assert thinking == {
         "longest": thinking["longest"],
         "broken": [],
         "halves": 0,
+        "copied": True,
         "text": "".join(SPLIT_GRAPHEMES),
     }
     assert WRAP_RUN < thinking["longest"] <= most
-    assert shown == {"longest": shown["longest"], "broken": [], "halves": 0, "text": message}
+    assert shown == {
+        "longest": shown["longest"],
+        "broken": [],
+        "halves": 0,
+        "copied": True,
+        "text": message,
+    }
     assert WRAP_RUN < shown["longest"] <= most
     # A longer grapheme is broken too, at most GRAPHEME_WINDOW after a break was due.
     longest, broken = clusters["longest"], clusters["broken"]
-    assert clusters == {"longest": longest, "broken": broken, "halves": 0, "text": CLUSTERS}
+    assert clusters == {
+        "longest": longest,
+        "broken": broken,
+        "halves": 0,
+        "copied": True,
+        "text": CLUSTERS,
+    }
     assert longest <= WRAP_RUN + GRAPHEME_WINDOW
     assert broken.count(utf16(ZALGO)) >= utf16(ZALGO) // WRAP_RUN
     assert broken.count(utf16(TONES)) >= utf16(TONES) // WRAP_RUN
     assert set(broken) == {utf16(ZALGO), utf16(TONES)}
-    assert titles == [{"longest": WRAP_RUN, "broken": [], "halves": 0, "text": title}] * 2
+    assert (
+        titles
+        == [{"longest": WRAP_RUN, "broken": [], "halves": 0, "copied": True, "text": title}] * 2
+    )
     assert problems == []
 
 
