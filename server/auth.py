@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import ipaddress
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -127,17 +128,18 @@ class Authenticator:
         import jwt  # loaded by __init__: only its name is looked up here
 
         try:
+            # Expiry is checked below, once exp is known to be a NumericDate: PyJWT
+            # reads exp with int(), so a true, a false or a string of digits was
+            # "token expired", where any other claim of the wrong type is a bad token.
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=ALGORITHMS,
-                options={"require": self._required},
+                options={"require": self._required, "verify_exp": False},
                 leeway=self.leeway,
                 audience=self.audience,
                 issuer=self.issuer,
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
         except jwt.InvalidTokenError:
             # Forged, malformed, wrong algorithm, missing claims: one answer for all, so a
             # prober learns nothing about which check failed.
@@ -154,7 +156,10 @@ class Authenticator:
             raise Unauthorized("invalid token")
         exp = claims["exp"]
         assert isinstance(exp, int | float)  # _principal checked it
-        return dataclasses.replace(principal, valid_until=exp + self.leeway)
+        valid_until = exp + self.leeway
+        if valid_until <= time.time():
+            raise Unauthorized("token expired")
+        return dataclasses.replace(principal, valid_until=valid_until)
 
 
 def authenticator_for(config: ServerConfig) -> Authenticator | None:
