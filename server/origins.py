@@ -13,6 +13,9 @@ the HTTP API as a same-origin page (DNS rebinding: the browser sends the page's
   without ``Host`` is not a browser's and passes; an HTTP/1.1 one is malformed (400).
 - ``Origin`` must be absent (not a browser) or name a loopback host.
 
+A name with the trailing dot of a fully qualified one (``localhost.``) is checked as
+the name without it, in ``Host``, ``Origin`` and the lists alike.
+
 ``allowed_hosts`` and ``allowed_origins`` add entries (``*`` allows any). With auth,
 tokens are not sent by browsers on their own, so by default any ``Host`` and ``Origin``
 pass; lists given still apply, on top of the loopback ones.
@@ -39,6 +42,20 @@ def _split_host(value: str) -> str:
     if value.startswith("["):
         return value[: value.find("]") + 1] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _host_and_authority(value: str) -> tuple[str, str]:
+    """A ``Host`` value (or an origin's authority) as the checks compare it: its host
+    name, and the whole value, lowercased, the host written without the trailing dot of
+    a fully qualified name. ``localhost.`` names the same host as ``localhost`` (the
+    root of DNS, RFC 1034 3.1), so it passes or fails as that name does. One dot only:
+    ``localhost..`` names nothing, and stays as it is."""
+    value = value.strip().lower()
+    host = _split_host(value)
+    port = value[len(host) :]
+    if len(host) > 1 and host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]
+    return host, host + port
 
 
 NO_HOST = "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)"
@@ -136,7 +153,10 @@ def _is_loopback_name(host: str) -> bool:
 
 
 def _normalized_origin(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()
+    scheme, separator, authority = origin.strip().rstrip("/").lower().partition("://")
+    if not separator:
+        return scheme  # "null", or not a URL at all
+    return scheme + separator + _host_and_authority(authority)[1]
 
 
 class RequestGuard:
@@ -149,18 +169,17 @@ class RequestGuard:
         allowed_origins: tuple[str, ...] = (),
         allowed_hosts: tuple[str, ...] = (),
     ) -> None:
-        self.bound_host = bound_host.strip().lower()
+        self.bound_host = _host_and_authority(bound_host)[0]
         self.auth_enabled = auth_enabled
         self.origins = frozenset(_normalized_origin(o) for o in allowed_origins if o.strip())
-        self.hosts = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
+        self.hosts = frozenset(_host_and_authority(h)[1] for h in allowed_hosts if h.strip())
         self.any_origin = "*" in self.origins or (auth_enabled and not self.origins)
         self.any_host = "*" in self.hosts or (auth_enabled and not self.hosts)
 
     def host_allowed(self, host_header: str | None) -> bool:
         if self.any_host or host_header is None:
             return True
-        value = host_header.strip().lower()
-        host = _split_host(value)
+        host, value = _host_and_authority(host_header)
         if value in self.hosts or host in self.hosts or _is_loopback_name(host):
             return True
         bound = self.bound_host

@@ -247,7 +247,8 @@ async def test_no_path_or_origin_trick_names_an_origin_on_what_asks_for_no_token
         for origin in (
             "http://localhost.evil.example",
             "http://127.0.0.1.nip.io",
-            "http://localhost.",
+            "http://localhost..",
+            "http://localhost.evil.example.",
             "http://0.0.0.0",
             "http://localhost@evil.example",
             "http://evil.example@localhost",
@@ -260,6 +261,9 @@ async def test_no_path_or_origin_trick_names_an_origin_on_what_asks_for_no_token
             assert status == 200, origin
             assert_no_cors(headers)
             assert (await preflight(server, origin))[0] == 403, origin
+        # A fully qualified name is the name: http://localhost. is loopback, and named.
+        status, headers, _ = await answer(server, EVENTS, {"Origin": "http://localhost."})
+        assert status == 200 and headers["access-control-allow-origin"] == "http://localhost."
 
 
 async def preflight_of(server: Any, path: str, origin: str) -> tuple[int, dict[str, str]]:

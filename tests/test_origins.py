@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from bamboo_session.server.origins import RequestGuard
@@ -37,6 +38,49 @@ def test_without_auth_only_loopback_hosts_and_origins_pass() -> None:
         assert not guard.origin_allowed(origin), origin
     for origin in ("http://[::1", "http://[localhost]"):  # urlsplit raises ValueError
         assert not guard.origin_allowed(origin), origin
+
+
+def test_a_trailing_dot_names_the_same_host_and_nothing_more() -> None:
+    guard = RequestGuard(
+        "192.168.1.5",
+        auth_enabled=False,
+        allowed_origins=("https://app.example.",),
+        allowed_hosts=("bamboo.internal.", "proxy.example:8443"),
+    )
+    for host in (
+        "localhost.",
+        "LOCALHOST.:80",
+        "app.localhost.",  # as app.localhost: any name under localhost is loopback
+        "127.0.0.1.:8765",
+        "192.168.1.5.:8765",
+        "bamboo.internal",
+        "bamboo.internal.:8765",
+        "proxy.example.:8443",
+    ):
+        assert guard.host_allowed(host), host
+    for host in (
+        "localhost..",
+        "localhost..:8765",
+        ".",
+        ".:8765",
+        "evil.example.",
+        "localhost.evil.example.",
+        "192.168.1.6.:8765",
+        "proxy.example.:9999",
+    ):
+        assert not guard.host_allowed(host), host
+    for origin in ("http://localhost.:3000", "https://app.localhost./", "https://app.example"):
+        assert guard.origin_allowed(origin), origin
+    assert guard.origin_allowed("https://APP.example.")
+    for origin in (
+        "http://localhost..:3000",
+        "http://evil.example.",
+        "http://localhost.evil.example.",
+    ):
+        assert not guard.origin_allowed(origin), origin
+    named = RequestGuard("bamboo.lan.", auth_enabled=False)
+    assert named.host_allowed("bamboo.lan:8765") and named.host_allowed("bamboo.lan.")
+    assert not named.host_allowed("bamboo.lan..")
 
 
 def test_the_flags_widen_the_lists() -> None:
@@ -115,6 +159,34 @@ async def test_by_default_a_rebound_host_reads_nothing() -> None:
         assert (await raw_http(server, upgrade))[0] == 403
     async with run_server(allowed_hosts=("bamboo.internal",)) as server:
         assert (await get(server, "/healthz", {"Host": "bamboo.internal:80"}))[0] == 200
+
+
+async def upgrade_status_as(server: Any, host: str, origin: str | None = None) -> int:
+    """An upgrade whose Host header is ``host`` (with the port), sent to 127.0.0.1."""
+    headers = {"Origin": origin} if origin is not None else None
+    url = f"ws://{host}:{server.port}/api/v1/stream"
+    try:
+        async with connect(
+            url, host="127.0.0.1", additional_headers=headers, proxy=None, open_timeout=5
+        ) as ws:
+            await ws.send('{"type": "hello"}')
+            assert '"welcome"' in str(await ws.recv())
+            return 101
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+async def test_a_fully_qualified_loopback_name_is_served_as_its_name() -> None:
+    async with run_server() as server:
+        for host in ("localhost.", "localhost.:8765"):
+            assert (await get(server, "/api/v1/sessions", {"Host": host}))[0] == 200, host
+        for host in ("localhost..", "evil.example."):
+            status, body = await get(server, "/api/v1/sessions", {"Host": host})
+            assert status == 403 and body["error"]["message"] == "host not allowed", host
+        assert await upgrade_status_as(server, "localhost.") == 101
+        assert await upgrade_status_as(server, "localhost.", "http://localhost.:3000") == 101
+        assert await upgrade_status_as(server, "localhost..") == 403
+        assert await upgrade_status_as(server, "localhost", "http://localhost..:3000") == 403
 
 
 async def test_a_second_host_header_is_a_bad_request() -> None:
