@@ -30,6 +30,7 @@ from .free_form import (
     free_form_problem,
     walk_free_form,
 )
+from .leap_seconds import INVALID_TIME, read_leap_seconds
 from .malformed import why_malformed
 from .models import (
     AnyAgentEvent,
@@ -173,6 +174,7 @@ class Codec:
         self._client = make_decoder(ClientFrame)
         self._server = make_decoder(ServerFrame)
         self._request_id = make_decoder(_RequestIdOnly)
+        self._plain = make_decoder(Any)
 
     def __repr__(self) -> str:
         return f"<Codec {self.name}>"
@@ -200,7 +202,7 @@ class Codec:
         try:
             # msgspec reads JSON from a str as it is; MessagePack only from bytes.
             raw: Any = data.encode() if isinstance(data, str) and not self.text else data
-            frame: ClientFrame = self._client.decode(raw)
+            frame = self._typed(raw)
         except msgspec.ValidationError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
@@ -211,6 +213,22 @@ class Codec:
         if type(frame) is PublishBatch:
             return frame, _check_batch(frame)
         return frame, 0
+
+    def _typed(self, raw: Any) -> ClientFrame:
+        """The frame ``raw`` holds, msgspec's exceptions as they come. A frame refused
+        for a time that holds a leap second (``:60``) is decoded again, as plain
+        objects, each leap second of a message's time read as leap_seconds.py says."""
+        try:
+            frame: ClientFrame = self._client.decode(raw)
+        except msgspec.ValidationError as exc:
+            leap = ":60" if isinstance(raw, str) else b":60"
+            if not (str(exc).startswith(INVALID_TIME) and leap in raw):
+                raise
+            plain = self._plain.decode(raw)
+            if not read_leap_seconds(plain):
+                raise
+            frame = msgspec.convert(plain, ClientFrame)
+        return frame
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already
