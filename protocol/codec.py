@@ -30,7 +30,7 @@ from .free_form import (
     free_form_problem,
     walk_free_form,
 )
-from .leap_seconds import INVALID_TIME, read_leap_seconds
+from .leap_seconds import INVALID_TIME, LeapSecondReader
 from .malformed import why_malformed
 from .models import (
     AnyAgentEvent,
@@ -174,7 +174,7 @@ class Codec:
         self._client = make_decoder(ClientFrame)
         self._server = make_decoder(ServerFrame)
         self._request_id = make_decoder(_RequestIdOnly)
-        self._plain = make_decoder(Any)
+        self._leap_seconds = LeapSecondReader(make_decoder, encoder.encode)
 
     def __repr__(self) -> str:
         return f"<Codec {self.name}>"
@@ -216,18 +216,18 @@ class Codec:
 
     def _typed(self, raw: Any) -> ClientFrame:
         """The frame ``raw`` holds, msgspec's exceptions as they come. A frame refused
-        for a time that holds a leap second (``:60``) is decoded again, as plain
-        objects, each leap second of a message's time read as leap_seconds.py says."""
+        for a time that holds a leap second (``:60``) is decoded again, each leap
+        second of a message's time read as leap_seconds.py says."""
         try:
             frame: ClientFrame = self._client.decode(raw)
         except msgspec.ValidationError as exc:
             leap = ":60" if isinstance(raw, str) else b":60"
             if not (str(exc).startswith(INVALID_TIME) and leap in raw):
                 raise
-            plain = self._plain.decode(raw)
-            if not read_leap_seconds(plain):
+            read = self._leap_seconds.read(raw)
+            if read is None:
                 raise
-            frame = msgspec.convert(plain, ClientFrame)
+            frame = self._client.decode(read)
         return frame
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:

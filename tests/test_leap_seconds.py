@@ -6,10 +6,16 @@ as any invalid time is. It was refused everywhere (``bad_request``, HTTP 400).""
 
 from __future__ import annotations
 
+import tracemalloc
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
+from bamboo_session.protocol.codec import JSON, MSGPACK, Codec
+from bamboo_session.protocol.errors import ProtocolError
+from bamboo_session.protocol.frames import PublishMessage
 from bamboo_session.protocol.leap_seconds import leap_second_read
 from tests.support import Peer, attach, get, run_server
 
@@ -113,3 +119,65 @@ def test_second_60_is_read_only_where_a_leap_second_can_be() -> None:
         "",
     ):
         assert leap_second_read(sent) is None, sent
+
+
+def leap_frames(created_at: str) -> dict[str, Any]:
+    """Frames whose messages' time is ``created_at``, each with something else a peer
+    may get wrong or leave for the server to ignore (LEAP in free-form values)."""
+    sent = message("x", created_at, metadata={"at": LEAP})
+    sent_in_an_event = {"type": "message", "message": sent}
+    return {
+        "unknown fields": {"type": "message", "message": {**sent, "extra": [LEAP]}, "x": 1},
+        "a key too long": {"type": "message", "message": sent, "key": "k" * 129},
+        "an id out of range": {"type": "message", "id": 2**63, "message": sent},
+        "a content of another type": {"type": "message", "message": {**sent, "content": 5}},
+        "an event of type message": {"type": "event", "event": sent_in_an_event},
+        "an event of another type": {
+            "type": "event",
+            "event": {"type": "custom", "name": "n", "data": {"message": message("x", LEAP)}},
+        },
+        "a batch": {"type": "batch", "items": [{"message": sent}, {"event": {"type": "x"}}]},
+        "a batch with an item of no object": {"type": "batch", "items": [{"message": sent}, 5]},
+        "a batch with both in an item": {
+            "type": "batch",
+            "items": [{"message": sent, "event": sent_in_an_event}],
+        },
+    }
+
+
+def outcome(codec: Codec, frame: dict[str, Any]) -> tuple[str, Any]:
+    """What the codec makes of ``frame``: the frame decoded and its weight beyond its
+    bytes, or the error (a time in it named as it is read)."""
+    data = msgspec.json.encode(frame).decode() if codec is JSON else msgspec.msgpack.encode(frame)
+    try:
+        decoded, weight = codec.decode_request(data)
+    except ProtocolError as refusal:
+        return "refused", (refusal.message, refusal.request_id)
+    return "decoded", (msgspec.to_builtins(decoded), weight - len(data))
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_a_frame_with_a_leap_second_is_decoded_as_the_frame_with_its_reading(codec: Codec) -> None:
+    # Anything else in it is checked, refused or ignored as in any frame: it is decoded
+    # by the codec's own decoder once its times are read, not converted from objects.
+    as_read = leap_frames(ITS_LAST_MICROSECOND)
+    for name, frame in leap_frames(LEAP).items():
+        assert outcome(codec, frame) == outcome(codec, as_read[name]), name
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_reading_a_leap_second_decodes_no_value_the_frame_would_not(codec: Codec) -> None:
+    # An unknown field of 300,000 empty lists, which the decoder skips: decoded as
+    # plain objects to find the leap second, it took 64 bytes of memory a byte of
+    # frame (a second of CPU for a MessagePack frame of 1 MiB, charged as its bytes).
+    frame = {"type": "message", "message": message("x", LEAP), "junk": [[]] * 300_000}
+    data = msgspec.json.encode(frame).decode() if codec is JSON else msgspec.msgpack.encode(frame)
+    tracemalloc.start()
+    try:
+        decoded, _ = codec.decode_request(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(decoded, PublishMessage)
+    assert decoded.message.created_at == datetime(2016, 12, 31, 23, 59, 59, 999999, UTC)
+    assert peak < 4 * len(data), (peak, len(data))
