@@ -167,6 +167,11 @@ export function useServers(...names) {
 let counter = 0;
 export const sid = (name) => `oc-${name}-${process.pid}-${++counter}`;
 
+// A hello's answer comes after the store's writes (a create, presence): on a loaded
+// machine whose disk stalls they can take seconds, as tests/support.py's
+// WELCOME_TIMEOUT says. A guard against a hello never answered, not a speed.
+export const WELCOME_MS = 20000;
+
 export class Peer {
   constructor(ws, msgpack = false) {
     this.ws = ws;
@@ -238,7 +243,7 @@ export async function connect(port, sessionId, { msgpack = false, protocols, hea
 export async function attach(port, sessionId, hello = {}, opts = {}) {
   const peer = await connect(port, sessionId, opts);
   peer.send({ type: "hello", ...hello });
-  const welcome = await peer.recv();
+  const welcome = await peer.recv(WELCOME_MS);
   assert.equal(welcome.type, "welcome", `hello got ${JSON.stringify(welcome)}`);
   return { peer, welcome };
 }

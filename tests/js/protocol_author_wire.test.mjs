@@ -18,6 +18,7 @@ import {
   assertError,
   assertOpen,
   useServers,
+  WELCOME_MS,
 } from "./outside.mjs";
 import { httpGet, mpEncode, upgrade } from "./wire.mjs";
 
@@ -44,7 +45,7 @@ test("subprotocols: the first offer the server speaks; only unknown ones are a 4
     assert.equal(res.headers["sec-websocket-protocol"], chosen, `${protocols}`);
     const peer = new Peer(res.ws, chosen === "bamboo.v1.msgpack");
     peer.send({ type: "hello", create: true });
-    assert.equal((await peer.recv()).type, "welcome");
+    assert.equal((await peer.recv(WELCOME_MS)).type, "welcome");
     peer.close();
   }
   const refused = await upgrade(port, `/api/v1/stream/${sid("offer")}`, {
@@ -153,7 +154,7 @@ test("requests sent right after hello are answered after welcome", async () => {
   peer.send({ type: "event", id: 1, event: { type: "token", content: "a" } });
   peer.send({ type: "ping", id: 2 });
   peer.send({ type: "events", id: 3 });
-  assert.equal((await peer.recv()).type, "welcome");
+  assert.equal((await peer.recv(WELCOME_MS)).type, "welcome");
   const replies = [await peer.recv(), await peer.recv(), await peer.recv()];
   const byId = Object.fromEntries(replies.map((r) => [r.id, r]));
   assert.deepEqual(byId[1], { type: "ack", id: 1, seq: 1 });

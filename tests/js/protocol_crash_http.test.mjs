@@ -19,6 +19,7 @@ import {
   token,
   getJSON,
   useServers,
+  WELCOME_MS,
 } from "./outside.mjs";
 import { httpGet, upgrade } from "./wire.mjs";
 
@@ -211,7 +212,7 @@ test("auth: tokens, owners, sid scopes, admin, HTTP Bearer", async () => {
   const refused = async (p, hello, headers) => {
     const peer = await connect(port, p, { headers });
     peer.send({ type: "hello", ...hello });
-    return peer.closeCode();
+    return peer.closeCode(WELCOME_MS);
   };
   const id = sid("auth");
   let end = await refused(id, { create: true });

@@ -19,6 +19,7 @@ import {
   assertError,
   assertOpen,
   useServers,
+  WELCOME_MS,
 } from "./outside.mjs";
 import { upgrade } from "./wire.mjs";
 
@@ -47,7 +48,7 @@ test("transport: subprotocols, endpoints, session ids", async () => {
   assert.equal(bare.headers["sec-websocket-protocol"], undefined);
   const barePeer = new Peer(bare.ws);
   barePeer.send({ type: "hello", create: true });
-  assert.equal((await barePeer.recv()).type, "welcome");
+  assert.equal((await barePeer.recv(WELCOME_MS)).type, "welcome");
   barePeer.close();
 
   const json = await upgrade(main.port, `/api/v1/stream/${sid("json")}`, {
@@ -108,7 +109,7 @@ test("hello: create, 4404 without it, user_id and title only on creation", async
   const id = sid("hello");
   const missing = await connect(main.port, id);
   missing.send({ type: "hello" });
-  const end = await missing.closeCode();
+  const end = await missing.closeCode(WELCOME_MS);
   assert.equal(end.close, 4404);
   assert.deepEqual(end.frames, [], "4404 comes with no frame");
 
