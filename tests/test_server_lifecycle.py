@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from bamboo_session.server.app import BambooServer
 from tests.server_backends import pytest_generate_tests, server_store
-from tests.support import attach, get, open_peer, run_server, token
+from tests.support import Peer, attach, get, open_peer, run_server, token
 
 __all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
 pytestmark = pytest.mark.usefixtures("server_store")
@@ -155,12 +156,32 @@ async def test_an_expired_session_is_closed_and_then_not_found() -> None:
         assert status == 404  # the disconnect did not revive it
 
 
+async def ping_past_its_first_expiry(server: BambooServer, session_id: str, peer: Peer) -> None:
+    """Pings every 0.2 s until the store records activity after the moment the session
+    would have expired without them (its expiry when this began): the session lived
+    past its TTL, kept alive by frames alone. A server that did not count them closed
+    it (4404) by then, or recorded nothing (a guard against never, not a speed).
+
+    The tests' TTL is 2 s, not 1: only a stall of the whole process for the TTL leaves
+    a look with no frame since the activity it recorded last."""
+    first = await server.manager.get_metadata(session_id)
+    assert first is not None and first.expires_at is not None
+    deadline = asyncio.get_running_loop().time() + 30.0
+    for i in range(1000):
+        await peer.request({"type": "ping", "id": i}, "pong")
+        metadata = await server.manager.get_metadata(session_id)
+        assert metadata is not None
+        if metadata.last_activity_at > first.expires_at:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "no activity past the TTL"
+        await asyncio.sleep(0.2)
+    raise AssertionError("no activity past the TTL in 1,000 pings")
+
+
 async def test_frames_from_attached_peers_keep_a_session_alive() -> None:
-    async with run_server(default_ttl=1, idle_timeout=0.25) as server:
+    async with run_server(default_ttl=2, idle_timeout=0.25) as server:
         async with attach(server, "kept", create=True) as (peer, _):
-            for i in range(10):  # 2 s of pings, twice the TTL
-                await peer.request({"type": "ping", "id": i}, "pong")
-                await asyncio.sleep(0.2)
+            await ping_past_its_first_expiry(server, "kept", peer)
             ack = await peer.request({"type": "event", "id": "e", "event": token("x")}, "ack")
             assert ack["seq"] == 1
 
@@ -168,11 +189,9 @@ async def test_frames_from_attached_peers_keep_a_session_alive() -> None:
 async def test_pings_keep_alive_a_session_whose_ttl_is_shorter_than_the_idle_timeout() -> None:
     # The look at a connected session comes at a third of its TTL, not only at the idle
     # timeout: a peer that keeps pinging keeps it alive, whatever the two settings.
-    async with run_server(default_ttl=1, idle_timeout=5) as server:
+    async with run_server(default_ttl=2, idle_timeout=5) as server:
         async with attach(server, "short", create=True) as (peer, _):
-            for i in range(12):  # 2.4 s of pings, more than twice the TTL
-                await peer.request({"type": "ping", "id": i}, "pong")
-                await asyncio.sleep(0.2)
+            await ping_past_its_first_expiry(server, "short", peer)
             ack = await peer.request({"type": "event", "id": "e", "event": token("x")}, "ack")
             assert ack["seq"] == 1
 
