@@ -31,7 +31,7 @@ from bamboo_session.server.auth import (
     is_loopback,
 )
 from bamboo_session.server.config import ServerConfig
-from tests.support import attach, get, open_peer, run_server
+from tests.support import WELCOME_TIMEOUT, attach, get, open_peer, run_server
 
 SECRET = "s" * 32
 OTHER_SECRET = "o" * 32
@@ -343,13 +343,32 @@ async def test_without_auth_hello_user_id_is_trusted() -> None:
             assert welcome["session"]["user_id"] == "u1"
 
 
+async def attached_until_its_token_expires(server: BambooServer, session_id: str) -> dict[str, Any]:
+    """Attaches with a token of a second or two (``exp`` is in whole seconds; it was
+    0.5 to 1.5 s, less than a loaded machine's hello and ping took), is served, and
+    is closed 4401 at its expiry, not at some later look (the wait is 5 s past it);
+    the welcome. A hello or ping answered only after the token's end cannot tell:
+    tried again with a longer token, as the outside check does."""
+    for life in (2, 6, 12):
+        expires = int(time.time()) + life
+        async with open_peer(server, session_id) as peer:
+            try:
+                await peer.send({"type": "hello", "create": True, "token": make_token(exp=expires)})
+                welcome = await peer.recv(WELCOME_TIMEOUT)
+                assert welcome["type"] == "welcome", welcome
+                assert (await peer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
+            except ConnectionClosed:
+                assert (peer.ws.close_code, time.time() >= expires) == (4401, True)
+                continue
+            code, frames = await peer.closed(timeout=expires - time.time() + 5)
+            assert (code, peer.ws.close_reason, frames) == (4401, "token expired", [])
+            return welcome
+    raise AssertionError("no attach and ping within its token's life in three tries")
+
+
 async def test_a_connection_is_closed_4401_when_its_token_expires() -> None:
     async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
-        token = make_token(ttl=1.5)
-        async with attach(server, "s1", create=True, token=token) as (peer, welcome):
-            assert (await peer.request({"type": "ping", "id": 1}, "pong"))["id"] == 1
-            code, frames = await peer.closed(timeout=5)
-            assert (code, peer.ws.close_reason, frames) == (4401, "token expired", [])
+        welcome = await attached_until_its_token_expires(server, "s1")
         # With a fresh token the client resumes where it was.
         fresh = make_token(ttl=60)
         async with attach(server, "s1", token=fresh, last_seq=0, epoch=welcome["epoch"]) as (
@@ -446,7 +465,10 @@ async def test_the_client_resumes_with_a_fresh_token_when_its_token_expires() ->
     issued: list[str] = []
 
     async def fresh_token() -> str:
-        issued.append(make_token("alice", ttl=1.5))
+        # Two to three seconds (exp is in whole seconds; it was 0.5 to 1.5 s): a
+        # reconnect that a loaded machine took longer over was refused, and the
+        # client stopped, as it should.
+        issued.append(make_token("alice", exp=int(time.time()) + 3))
         return issued[-1]
 
     async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
@@ -455,20 +477,33 @@ async def test_the_client_resumes_with_a_fresh_token_when_its_token_expires() ->
             url, "renewed", create=True, token=fresh_token, backoff_initial=0.02
         ) as agent:
             seqs = []
-            for i in range(12):  # across at least one expiry
+            for i in range(16):  # 4 s: across the first token's expiry, and on
                 seqs.append(await agent.publish(AgentEvent.token(f"t{i}")))
                 await asyncio.sleep(0.25)
-            assert seqs == list(range(1, 13))
+            assert seqs == list(range(1, 17))
             assert agent.reconnects >= 1 and len(issued) >= 2
 
 
 async def test_a_client_with_a_fixed_token_stops_at_its_expiry() -> None:
     async with run_server(auth_secret=SECRET, auth_leeway=0) as server:
         url = f"ws://127.0.0.1:{server.port}"
-        token = make_token("alice", ttl=1.5)
-        async with await BambooClient.connect(url, "fixed", create=True, token=token) as client:
-            with pytest.raises(Refused) as refused:
-                for _ in range(50):
-                    await client.ping()
-                    await asyncio.sleep(0.1)
+        # A token of a second or two; a connect later than that on a loaded machine
+        # cannot tell, and is tried again with a longer one.
+        for life in (2, 6, 12):
+            expires = int(time.time()) + life
+            token = make_token("alice", exp=expires)
+            try:
+                client = await BambooClient.connect(url, "fixed", create=True, token=token)
+            except Refused as late:
+                assert (late.code, time.time() >= expires) == (4401, True)
+                continue
+            async with client:
+                with pytest.raises(Refused) as refused:
+                    for _ in range(1000):  # until 5 s past its expiry: a guard
+                        await client.ping()
+                        if time.time() > expires + 5:
+                            break
+                        await asyncio.sleep(0.1)
             assert refused.value.code == 4401
+            return
+        raise AssertionError("no connect within its token's life in three tries")
