@@ -276,6 +276,22 @@ async def test_a_close_on_an_instance_not_yet_told_of_the_events_delivers_them_f
         assert kinds == [("event", 1), ("closed", None)]
 
 
+async def stored_state(server: BambooServer, session_id: str) -> str:
+    """The session's state, as ``server`` answers it over HTTP."""
+    status, body = await get(server, f"/api/v1/sessions/{session_id}")
+    assert status == 200
+    return str(body["metadata"]["state"])
+
+
+async def becomes(server: BambooServer, session_id: str, state: str) -> None:
+    """Waits until the session's state is ``state``: a guard against never (20 s)."""
+
+    async def reached() -> bool:
+        return await stored_state(server, session_id) == state
+
+    await eventually(reached, 20.0)
+
+
 async def test_the_state_is_the_whole_sessions_not_one_instances(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -291,12 +307,6 @@ async def test_the_state_is_the_whole_sessions_not_one_instances(
         run_server(store=url, idle_timeout=idle_timeout) as a,
         run_server(store=url, idle_timeout=60) as b,
     ):
-
-        async def state() -> str:
-            status, body = await get(a, "/api/v1/sessions/st")
-            assert status == 200
-            return str(body["metadata"]["state"])
-
         async with attach(b, "st", create=True, role="agent") as (agent, _):
             async with attach(a, "st") as (_viewer, _):
                 # Two of A's looks at its silent viewer (the first at about the idle
@@ -310,38 +320,30 @@ async def test_the_state_is_the_whole_sessions_not_one_instances(
                         break
                     await agent.request({"type": "event", "id": i, "event": token("x")}, "ack")
                     await asyncio.sleep(0.1)
-                    assert await state() == "active", i
+                    assert await stored_state(a, "st") == "active", i
             for i in range(3):
                 await agent.request({"type": "event", "id": 10 + i, "event": token("y")}, "ack")
-                assert await state() == "active"
-
-        async def disconnected() -> bool:
-            return await state() == "disconnected"
-
-        await eventually(disconnected, 20.0)  # written as the last one leaves; not never
+                assert await stored_state(a, "st") == "active"
+        await becomes(a, "st", "disconnected")  # written as the last one leaves
 
 
 async def test_a_dead_instances_connections_hold_off_disconnected_until_they_expire(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """The last connection on A leaves while presence still holds a connection of an
-    instance that died (it never left; it expires after the heartbeat, 2 s): A leaves
+    instance that died (it never left; it expires after the heartbeat, 4 s): A leaves
     the session's state to whoever holds that connection, looking again every 0.3 s,
     then, once it expired, writes ``disconnected`` itself."""
-    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=2)
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=4)
     async with run_server(store=url, idle_timeout=0.3) as a:
         async with attach(a, "dd", create=True) as (_viewer, _):
             presence = a.storage.presence  # type: ignore[union-attr]
             assert await presence.join("dd", "c_of_a_dead_instance", "client") == 2
-        await asyncio.sleep(0.8)  # looks at 0.3 and 0.6 s found it still attached
-        status, body = await get(a, "/api/v1/sessions/dd")
-        assert body["metadata"]["state"] == "active"
-        for _ in range(80):
-            status, body = await get(a, "/api/v1/sessions/dd")
-            if body["metadata"]["state"] == "disconnected":
-                break
-            await asyncio.sleep(0.05)
-        assert (status, body["metadata"]["state"]) == (200, "disconnected")
+        # Looks at 0.3 and 0.6 s found it still attached. Its expiry is 4 s away (it
+        # was 2): only a stall of 3 s, not 1, brings this read past it.
+        await asyncio.sleep(0.8)
+        assert await stored_state(a, "dd") == "active"
+        await becomes(a, "dd", "disconnected")  # once it expired
 
 
 @contextlib.asynccontextmanager
@@ -519,22 +521,16 @@ async def test_a_session_made_idle_by_one_instance_is_made_active_by_anothers_pe
     url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
     settings = {"idle_timeout": 0.5}
     async with run_server(store=url, **settings) as a, run_server(store=url, **settings) as b:
-
-        async def state() -> str:
-            status, body = await get(a, "/api/v1/sessions/si")
-            assert status == 200
-            return str(body["metadata"]["state"])
-
         async with attach(b, "si", create=True, role="agent") as (agent, _):
             async with attach(a, "si") as (_viewer, _):
                 # What A's look writes (server/status.py check), now rather than when
                 # its timer and B's happen to fall that way.
                 await a.manager.storage.update_session_state("si", SessionState.IDLE)
-                assert await state() == "idle"
+                assert await stored_state(a, "si") == "idle"
                 for i in range(10):  # 2 s: four of B's looks
                     await agent.request({"type": "event", "id": i, "event": token("x")}, "ack")
                     await asyncio.sleep(0.2)
-                assert await state() == "active"
+                assert await stored_state(a, "si") == "active"
 
 
 async def test_a_late_deleted_notice_of_the_old_log_leaves_the_new_logs_clients(
