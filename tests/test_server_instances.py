@@ -84,6 +84,11 @@ async def test_presence_and_counts_are_session_wide(
             "role": "agent",
             "connections": 1,
         }
+    # The viewer's close handshake ends before A's detach leaves presence: wait for
+    # that leave (A's room empties after it), not for the count, which a server that
+    # never left would reach too once the connection's heartbeat lapsed (1 s).
+    actor = a.manager.live_actor("p")
+    await eventually(lambda: actor is None or not actor.room.outboxes)
     status, body = await get(b, "/api/v1/sessions/p")
     assert body["metadata"]["connections"] == 0
 
