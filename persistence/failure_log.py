@@ -3,56 +3,90 @@
 A store that fails (disk full, I/O error) fails every write that comes, thousands a
 second: a line for each would flood the log just when the server is in trouble. So
 the first failure of an outage is logged at once, as an error with the OS's words;
-the later ones at debug level only, and counted; the first write that succeeds after
-them ends the outage with a line that says how many more failed, and the last one's
-error. (The server counts failed appends in its own lines too: this is the store's
+the later ones at debug level only, and counted. The outage ends, with a line that
+says how many more failed and the last one's error, at the first write that succeeds
+from the source whose failure began it (a session's log, the database file), or from
+any source once none has failed for ``QUIET`` seconds. Not at once at the success of
+another source's write: one file that keeps failing among good ones (a session's log
+at the file size limit, a file the store may not write) is told once, not at every
+batch. (The server counts failed appends in its own lines too: this is the store's
 side, which knows the file and the OS error.)
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Final
+
+# Seconds without a failed write after which the success of any write ends an outage:
+# failures that came in a steady stream have stopped, whatever their source.
+QUIET: Final = 1.0
 
 
 class FailureLog:
     """The outage under way in one store's writes, if any (owned by its writer)."""
 
-    __slots__ = ("_failing", "_last_error", "_log", "_more", "_writes")
+    __slots__ = (
+        "_failed_at",
+        "_last_error",
+        "_log",
+        "_more",
+        "_source",
+        "_writes",
+        "_writes_of",
+        "quiet",
+    )
 
-    def __init__(self, log: logging.Logger, writes: str) -> None:
+    def __init__(self, log: logging.Logger, writes: str, writes_of: str | None = None) -> None:
         self._log = log
         self._writes = writes  # what fails, for the lines: "appends to the logs"
-        self._failing = False
+        # The same, of one source: "appends to the log of session {!r}" (None: the
+        # store writes to one source only, ``writes``).
+        self._writes_of = writes_of
+        self.quiet = QUIET
+        self._source: str | None = None  # whose failure began the outage under way
+        self._failed_at = 0.0  # the last failure (monotonic clock)
         self._more = 0  # failures after the outage's first
         self._last_error = ""
 
-    def failed(self, error: str) -> None:
-        """A write failed with ``error`` (what it was, and the OS's words)."""
-        if not self._failing:
-            self._failing = True
+    def failed(self, source: str, error: str) -> None:
+        """A write to ``source`` failed with ``error`` (what it was, and the OS's words)."""
+        self._failed_at = time.monotonic()
+        if self._source is None:
+            self._source = source
             self._log.error(
-                "%s (until %s succeed again, later failures are logged at debug level)",
+                "%s (later failures are logged at debug level, until it succeeds again"
+                " or none fails for %g s)",
                 error,
-                self._writes,
+                self.quiet,
             )
             return
         self._more += 1
         self._last_error = error
         self._log.debug("%s", error)
 
-    def succeeded(self) -> None:
-        """A write succeeded: the outage, if any, is over."""
-        if not self._failing:
+    def succeeded(self, source: str) -> None:
+        """A write to ``source`` succeeded: the outage, if any, is over if that source
+        began it, or if no write failed for ``quiet`` seconds."""
+        if self._source is None:
             return
+        if source == self._source:
+            writes = self._writes if self._writes_of is None else self._writes_of.format(source)
+            ended = f"{writes} succeed again"
+        elif time.monotonic() - self._failed_at >= self.quiet:
+            ended = f"{self._writes} succeed again, none failed for {self.quiet:g} s"
+        else:
+            return  # the source that failed may well fail again: not over yet
         if self._more:
             self._log.warning(
-                "%s succeed again; %d more failed since the first failure logged (the last: %s)",
-                self._writes,
+                "%s; %d more failed since the first failure logged (the last: %s)",
+                ended,
                 self._more,
                 self._last_error,
             )
         else:
-            self._log.warning("%s succeed again", self._writes)
-        self._failing = False
+            self._log.warning("%s", ended)
+        self._source = None
         self._more = 0
         self._last_error = ""

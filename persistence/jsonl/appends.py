@@ -67,7 +67,10 @@ class Appender:
         self.max_user_bytes = config.max_user_bytes
         self.wal_kept_max_bytes = config.wal_kept_max_bytes
         self._wal_full_logged = False  # (once: then every append says so)
-        self._failures = FailureLog(log, "appends to the logs")  # once per outage
+        # Once per outage; each session's log is a source of its own.
+        self._failures = FailureLog(
+            log, "appends to the logs", "appends to the log of session {!r}"
+        )
         self.users = UserBytes()  # the log_end of each user's sessions, summed
         # Sessions forgotten while their files are deleted: the writer's reports still
         # move their records, which a failed delete brings back (JsonlStorage._remove).
@@ -271,7 +274,7 @@ class Appender:
     # -- the writer's reports -------------------------------------------------------
 
     def _on_written(self, session_id: str, written: list[tuple[int, Batch]], size: int) -> None:
-        self._failures.succeeded()
+        self._failures.succeeded(session_id)
         record = self._records.get(session_id)
         known = record is not None
         if record is None:
@@ -315,7 +318,8 @@ class Appender:
         meta.message_count += len(messages)
 
     def _on_failed(self, session_id: str, error: OSError, uncut: int) -> None:
-        self._failures.failed(f"appending to the log of session {session_id!r} failed: {error}")
+        failure = f"appending to the log of session {session_id!r} failed: {error}"
+        self._failures.failed(session_id, failure)
         # A session being deleted too: should the delete fail, it comes back as its
         # log is, without the seqs and bytes of appends that were never written.
         record = self._records.get(session_id) or self.deleting.get(session_id)

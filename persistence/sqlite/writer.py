@@ -133,7 +133,7 @@ class Writer:
         except Exception as exc:
             self._fail(ops, exc)
         else:
-            self._failures.succeeded()
+            self._failures.succeeded(str(self._path))  # its one source
             self._settle(ops, outcomes)
         finally:
             self.batches += 1
@@ -192,7 +192,8 @@ class Writer:
     def _fail(self, ops: list[_Op[Any]], exc: Exception) -> None:
         if isinstance(exc, sqlite3.Error):
             self._failures.failed(
-                f"a write to {self._path} failed: {exc}; nothing of its batch was stored"
+                str(self._path),
+                f"a write to {self._path} failed: {exc}; nothing of its batch was stored",
             )
         else:
             log.error("a write to %s failed", self._path, exc_info=exc)
