@@ -304,7 +304,7 @@ class SessionActor:
         if full is not None:
             return await over_cap(self, appends, full)
         if health.failure is not None or health.failures.failing:
-            health.appended()
+            health.appended(self.session_id)
         now = time.monotonic()
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)

@@ -6,10 +6,14 @@ streams, thousands a second: a line for each would flood the log, and cost CPU, 
 when the server is in trouble. So the first failure of an outage is logged at once,
 with its error; later ones are counted, and summarised at most once per
 ``SUMMARY_EVERY`` seconds (how many store appends failed, their events, over how many
-sessions, the last error), when one more fails; the first append that succeeds after
-them ends the outage with a line of its own (how long it lasted, how many failed, how
-many of those no summary told yet). What no line told yet when the manager closes is
-told then (``flush``): an outage under way at a stop is not lost from the log.
+sessions, the last error), when one more fails. The outage ends with a line of its own
+(how long it lasted, how many failed, how many of those no summary told yet) at the
+first append that succeeds of the session whose failure began it, or of any session
+once none has failed for ``QUIET`` seconds: not at once at another session's append,
+so that one session whose appends keep failing among thousands that succeed (its log
+at the file size limit) makes one outage, not one per batch. What no line told yet
+when the manager closes is told then (``flush``): an outage under way at a stop is not
+lost from the log.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import structlog
 log = structlog.get_logger("bamboo_session.actor")
 
 SUMMARY_EVERY: Final = 10.0  # seconds at least between two lines of one outage
+# Seconds without a failed append after which any append that succeeds ends an outage:
+# failures that came in a steady stream have stopped, whatever session they were for.
+QUIET: Final = 1.0
 # Distinct sessions a summary counts at most: the ids it keeps meanwhile (128 bytes
 # each at most) stay bounded however many sessions the outage fails.
 SESSIONS_COUNTED: Final = 1000
@@ -36,18 +43,24 @@ class AppendFailures:
         "_began",
         "_events",
         "_failed",
+        "_failed_at",
         "_last_error",
         "_logged_at",
         "_outage_failed",
         "_sessions",
+        "_source",
         "every",
+        "quiet",
         "sessions_counted",
     )
 
     def __init__(self, every: float = SUMMARY_EVERY) -> None:
         self.every = every
+        self.quiet = QUIET
         self.sessions_counted = SESSIONS_COUNTED
         self._began: float | None = None  # the outage's first failure (monotonic clock)
+        self._source = ""  # the session of that failure
+        self._failed_at = 0.0  # the outage's last failure
         self._outage_failed = 0  # store appends failed since then
         self._logged_at = 0.0  # the outage's last line
         # Since that line, not yet told: failed store appends, their events, the
@@ -59,15 +72,16 @@ class AppendFailures:
 
     @property
     def failing(self) -> bool:
-        """An outage is under way: appends failed, and none succeeded since."""
+        """An outage is under way: appends failed, and it has not ended since."""
         return self._began is not None
 
     def failed(self, session_id: str, error: str, events: int) -> None:
         """A store append of ``events`` events for ``session_id`` failed with ``error``."""
-        now = time.monotonic()
+        now = self._failed_at = time.monotonic()
         self._outage_failed += 1
         if self._began is None:
             self._began = self._logged_at = now
+            self._source = session_id
             log.error("append failed", error=error, count=events)
             return
         self._failed += 1
@@ -96,16 +110,25 @@ class AppendFailures:
         self._logged_at = now
         self._forget_told()
 
-    def succeeded(self) -> None:
-        """A store append succeeded: the outage, if any, is over."""
+    def succeeded(self, session_id: str) -> None:
+        """A store append for ``session_id`` succeeded: the outage, if any, is over if
+        that session's failure began it, or if no append failed for ``quiet`` seconds."""
         if self._began is None:
             return
+        now = time.monotonic()
+        if session_id == self._source:
+            ended_by = f"an append of session {session_id!r}, whose failure began it"
+        elif now - self._failed_at >= self.quiet:
+            ended_by = f"{self.quiet:g} s without a failure"
+        else:
+            return  # the session that failed may well fail again: not over yet
         _process_wide(
             "info",
             "appends succeed again",
             failed=self._outage_failed,
             not_summarised=self._failed,
-            seconds=round(time.monotonic() - self._began, 1),
+            seconds=round(now - self._began, 1),
+            ended_by=ended_by,
         )
         self._began = None
         self._outage_failed = 0

@@ -69,11 +69,12 @@ class AppendHealth:
         """Appends work (an append or a probe succeeded)."""
         self.failure = None
 
-    def appended(self) -> None:
-        """An append succeeded: appends work, and the outage, if any, is over."""
+    def appended(self, session_id: str) -> None:
+        """An append for ``session_id`` succeeded: appends work, and the outage, if
+        any, may be over."""
         self.failure = None
         if self.failures.failing:
-            self.failures.succeeded()
+            self.failures.succeeded(session_id)
 
     def began(self, key: int, at: float) -> None:
         self._waiting[key] = at

@@ -66,3 +66,19 @@ async def populate(storage: JsonlStorage) -> list[str]:
     await storage.update_session_state("s03", SessionState.IDLE)
     await storage.update_session_state("s06", SessionState.IDLE)
     return ids
+
+
+def break_log(base: Path, session_id: str) -> Path:
+    """Breaks the session's log, in the store at ``base``, for good until it is mended
+    (``mend_log``): a directory takes its place, so the writer's next open of it fails
+    (EISDIR), whatever is appended. The writer must not hold it open: a session
+    created and not yet appended to, or whose descriptor was closed."""
+    log = JsonlStorageConfig(base).layout.log(session_id)
+    log.rename(log.with_suffix(".saved"))
+    log.mkdir()
+    return log
+
+
+def mend_log(log: Path) -> None:
+    log.rmdir()
+    log.with_suffix(".saved").rename(log)

@@ -2,8 +2,9 @@
 really fails (tests/failing_sync_helper.py, EIO at each armed sync): the first failure
 of an outage is logged at once with its error, later ones only as a count at most once
 per interval (how many, their events, over how many sessions, the last error), and the
-first append that succeeds says the outage is over; ``bamboo_events_failed_total``
-counts every event of a failed append."""
+outage ends at the next append of the session whose failure began it, or of any session
+once none failed for a quiet interval; ``bamboo_events_failed_total`` counts every
+event of a failed append."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from structlog.testing import capture_logs
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
+from tests.jsonl_support import break_log, mend_log
 from tests.test_jsonl_replace_failures import (  # noqa: F401 (the fixture)
     FailingSync,
     fail_sync_fixture,
@@ -110,3 +112,48 @@ async def test_what_no_line_told_is_told_at_the_stop_its_sessions_counted_to_a_b
     assert [line["event"] for line in summary] == ["appends failing"]
     assert (summary[0]["failed"], summary[0]["events"], summary[0]["sessions"]) == (3, 6, 2)
     assert "Input/output error" in summary[0]["last_error"]
+
+
+async def test_a_session_whose_appends_keep_failing_among_good_ones_makes_one_outage(
+    tmp_path: Path,
+) -> None:
+    """Session x's log is broken for good (a directory at its path) while b appends:
+    one outage, told once, which b's appends do not end; it ends at an append of any
+    session once none failed for ``quiet`` seconds (0 here: as if they had passed), or
+    at an append of x, whose failure began it."""
+    base = tmp_path / "store"
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        async with SessionManager(SessionManagerConfig(), storage) as manager:
+            for session_id in "xb":
+                await manager.create_session(session_id=session_id)
+            log = break_log(base, "x")
+            failures = manager.append_health.failures
+            failures.quiet = 3600.0  # b's appends come well within it, however slow
+            with capture_logs(processors=[merge_contextvars]) as logs:
+                for n in range(3):
+                    with pytest.raises(StorageError, match="Is a directory"):
+                        await manager.append_event("x", AgentEvent.token(f"lost{n}"))
+                    await manager.append_event("b", AgentEvent.token(f"fine{n}"))
+                told = [(line["event"], line.get("session_id")) for line in lines(logs)]
+                assert told == [("append failed", "x")]
+                failures.quiet = 0.0
+                await manager.append_event("b", AgentEvent.token("fine"))
+                with pytest.raises(StorageError, match="Is a directory"):
+                    await manager.append_event("x", AgentEvent.token("lost again"))
+                failures.quiet = 3600.0
+                mend_log(log)
+                assert (await manager.append_event("x", AgentEvent.token("back"))).seq == 1
+    told = [(line["event"], line["log_level"]) for line in lines(logs)]
+    assert told == [
+        ("append failed", "error"),
+        ("appends succeed again", "info"),
+        ("append failed", "error"),
+        ("appends succeed again", "info"),
+    ]
+    quiet, back = lines(logs)[1], lines(logs)[3]
+    assert (quiet["failed"], quiet["ended_by"]) == (3, "0 s without a failure")
+    assert (back["failed"], back["ended_by"]) == (
+        1,
+        "an append of session 'x', whose failure began it",
+    )
+    assert "session_id" not in quiet and "session_id" not in back

@@ -15,6 +15,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.persistence.jsonl import appends
 from bamboo_session.protocol.models import AgentEvent, Session
+from tests.jsonl_support import break_log, mend_log
 
 FAILED_A = "appending to the log of session 'a' failed: [Errno 21] Is a directory"
 
@@ -32,19 +33,6 @@ async def storage(tmp_path: Path) -> AsyncIterator[JsonlStorage]:
         yield storage
 
 
-def broken(base: Path, session_id: str) -> Path:
-    """Breaks the session's log in the store at ``base`` for good, until it is mended."""
-    log = JsonlStorageConfig(base).layout.log(session_id)
-    log.rename(log.with_suffix(".saved"))
-    log.mkdir()  # opening the log now fails (EISDIR), whatever is appended
-    return log
-
-
-def mended(log: Path) -> None:
-    log.rmdir()
-    log.with_suffix(".saved").rename(log)
-
-
 async def fails(storage: JsonlStorage, session_id: str) -> None:
     with pytest.raises(StorageError, match="Is a directory"):
         await storage.append_event(session_id, AgentEvent.token("lost"))
@@ -60,7 +48,7 @@ async def test_a_log_that_keeps_failing_is_told_once_until_it_takes_an_append(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=appends.__name__)
     storage._appends._failures.quiet = 3600.0  # the failures never stop for that long
-    log = broken(tmp_path, "a")
+    log = break_log(tmp_path, "a")
     for _ in range(4):  # a batch of each: a's append fails, b's and c's are stored
         await fails(storage, "a")
         await storage.append_event("b", AgentEvent.token("fine"))
@@ -70,7 +58,7 @@ async def test_a_log_that_keeps_failing_is_told_once_until_it_takes_an_append(
     assert "later failures are logged at debug level" in first[1]
     assert [level for level, _text in later] == [logging.DEBUG] * 3
     assert all(text.startswith(FAILED_A) for _level, text in later), later
-    mended(log)
+    mend_log(log)
     assert (await storage.append_event("a", AgentEvent.token("back"))).seq == 2
     ended = told(caplog)[4:]
     assert len(ended) == 1 and ended[0][0] == logging.WARNING, ended
@@ -92,7 +80,7 @@ async def test_an_outage_ends_at_any_append_once_none_failed_for_the_quiet_inter
     caplog.set_level(logging.WARNING, logger=appends.__name__)
     failures = storage._appends._failures
     failures.quiet = 3600.0
-    broken(tmp_path, "a")
+    break_log(tmp_path, "a")
     await fails(storage, "a")
     await fails(storage, "a")
     await storage.append_event("b", AgentEvent.token("fine"))
