@@ -303,7 +303,7 @@ class SessionActor:
             health.ended(id(items))
         if full is not None:
             return await over_cap(self, appends, full)
-        if health.failure is not None or health.failures.failing:
+        if health.watching:
             health.appended(self.session_id)
         now = time.monotonic()
         metrics.group_commit_events.observe(len(items))

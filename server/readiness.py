@@ -7,7 +7,11 @@ append has waited that long for the store (a disk that stalls writes, a write lo
 another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable; not ``SessionRefused``, a refusal of one session) until appends work
-again: the next append that succeeds, or a probe.
+again: the next append that succeeds, or a probe. Not so the failure of a session
+whose appends keep failing while others' succeed (its log at the file size limit, a
+file the store may not write): it failed before, and an append of another session
+succeeded since its appends began to fail, so the store takes appends; a server out
+of rotation would serve that session no better, and every other session worse.
 Without a probe, a server that a load balancer takes out of rotation for its 503 would
 get no more appends to prove itself well, so while appends fail, ``/readyz`` probes (at
 most once a second) what a failed append needed: for a file store, writing and syncing
@@ -38,41 +42,69 @@ from .store_stats import store_location
 
 PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
 RETRY_AFTER: Final = 10.0  # seconds a store that cannot be probed stays unready
+# Sessions whose last append failed that /readyz remembers, the most recent (ids of up
+# to 128 bytes: some 17 KB at most, the dict included, as tracemalloc counts them).
+FAILING_KEPT: Final = 64
 # The session whose metadata /readyz reads: any id would do (it need not exist).
 READ_PROBE_ID: Final = "bamboo-readyz"
 
 
 class AppendHealth:
     """What the session actors report of their appends (owned by the manager): the last
-    failure, and the appends the store has not answered yet; and, for the log, the
-    outage under way (``failures``; a probe that succeeds does not end it, an append
-    does)."""
+    failure of the store's, the sessions whose last append failed, and the appends the
+    store has not answered yet; and, for the log, the outage under way (``failures``; a
+    probe that succeeds does not end it, an append does)."""
 
-    __slots__ = ("_waiting", "failed_at", "failure", "failures")
+    __slots__ = ("_appended", "_failing", "_waiting", "failed_at", "failure", "failures")
 
     def __init__(self) -> None:
         self.failures = AppendFailures()
         self.failure: str | None = None
         self.failed_at = 0.0
+        # Appends that succeeded while any session was failing (a count that only goes
+        # up), and, by session whose last append failed, that count at the first of its
+        # failures since it last appended: if the count moved since, another session
+        # appended while it was failing (its own append removes it).
+        self._appended = 0
+        self._failing: dict[str, int] = {}
         # Store appends under way, by a key of each, with when each began: a dict keeps
         # them in the order they began, so the first is the oldest.
         self._waiting: dict[int, float] = {}
 
+    @property
+    def watching(self) -> bool:
+        """Whether an append that succeeds has anything to tell (``appended``)."""
+        return self.failure is not None or bool(self._failing) or self.failures.failing
+
     def failed(self, session_id: str, reason: str, events: int) -> None:
         """A store append of ``events`` events failed: /readyz is 503 until appends
-        work, and the log tells of the outage (once, then in counts)."""
-        self.failure = reason
-        self.failed_at = time.monotonic()
+        work, unless the session's appends fail alone; and the log tells of the outage
+        (once, then in counts)."""
+        if not self._fails_alone(session_id):
+            self.failure = reason
+            self.failed_at = time.monotonic()
         self.failures.failed(session_id, reason, events)
+
+    def _fails_alone(self, session_id: str) -> bool:
+        """Whether the session was failing already, and another session appended since
+        its appends began to fail."""
+        failing = self._failing
+        began = failing.pop(session_id, None)
+        failing[session_id] = self._appended if began is None else began  # now the latest
+        if len(failing) > FAILING_KEPT:
+            del failing[next(iter(failing))]  # the one whose last failure is the oldest
+        return began is not None and self._appended > began
 
     def succeeded(self) -> None:
         """Appends work (an append or a probe succeeded)."""
         self.failure = None
 
     def appended(self, session_id: str) -> None:
-        """An append for ``session_id`` succeeded: appends work, and the outage, if
-        any, may be over."""
+        """An append for ``session_id`` succeeded: appends work, that session's fail no
+        more, and the outage, if any, may be over."""
         self.failure = None
+        self._appended += 1
+        self._failing.pop(session_id, None)
         if self.failures.failing:
             self.failures.succeeded(session_id)
 
