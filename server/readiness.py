@@ -74,7 +74,9 @@ class AppendHealth:
     @property
     def watching(self) -> bool:
         """Whether an append that succeeds has anything to tell (``appended``)."""
-        return self.failure is not None or bool(self._failing) or self.failures.failing
+        if self._failing or self.failure is not None:
+            return True
+        return self.failures.failing
 
     def failed(self, session_id: str, reason: str, events: int) -> None:
         """A store append of ``events`` events failed: /readyz is 503 until appends
