@@ -178,23 +178,50 @@ def name(record: dict[str, Any]) -> str:
     return content.partition(":")[0]
 
 
+async def refused_start(data_dir: Path) -> str:
+    """What a ``serve`` on ``data_dir`` that cannot start says: its one line, an error."""
+    server = await asyncio.to_thread(
+        subprocess.run,
+        ServerProcess(data_dir, data_dir.with_suffix(".log")).argv(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert server.returncode != 0
+    assert "Traceback" not in server.stderr
+    lines = server.stderr.strip().splitlines()
+    assert len(lines) == 1, server.stderr
+    record = json.loads(lines[0])  # --log-format json: every line is JSON, this one too
+    assert record["level"] == "error", record
+    event: str = record["event"]
+    assert event.startswith("cannot start:"), event
+    return event
+
+
 async def test_a_second_server_on_a_locked_directory_exits_with_one_line(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     async with run_server(data_dir):  # in-process: it only holds the directory's lock
-        second = await asyncio.to_thread(
-            subprocess.run,
-            ServerProcess(data_dir, tmp_path / "second.log").argv(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert second.returncode != 0
-    lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1, second.stderr
-    record = json.loads(lines[0])  # --log-format json: every line is JSON, this one too
-    assert record["level"] == "error", record
-    assert record["event"].startswith("cannot start:") and "lock" in record["event"].lower()
-    assert "Traceback" not in second.stderr
+        assert "lock" in (await refused_start(data_dir)).lower()
+
+
+async def test_a_directory_where_a_session_log_should_be_is_told_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Not an IsADirectoryError's traceback from the recovery's scan: the path, and what
+    to do; once done, the server starts."""
+    data_dir = tmp_path / "data"
+    async with run_server(data_dir) as server, attach(server, "x", create=True) as (peer, _):
+        ack = await roundtrip(peer, {"type": "event", "id": 1, "event": token("kept")})
+        assert ack["type"] == "ack"
+    log = data_dir / "events" / "x.jsonl"
+    log.rename(log.with_suffix(".saved"))
+    log.mkdir()
+    said = await refused_start(data_dir)
+    assert f"{log} is a directory" in said and "move it out of the store's directory" in said
+    log.rmdir()
+    log.with_suffix(".saved").rename(log)
+    with ServerProcess(data_dir, tmp_path / "mended.log") as mended:
+        assert await asyncio.to_thread(readyz, mended) == (200, "ready\n")
 
 
 def readyz(server: ServerProcess) -> tuple[int, str]:

@@ -6,12 +6,19 @@ would have left them, and the index snapshot removed), so each test checks one r
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
+from bamboo_session.persistence import (
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionFilter,
+    StorageError,
+)
 from bamboo_session.protocol.codec import encode_stored_event
 from bamboo_session.protocol.models import (
     AgentEvent,
@@ -237,3 +244,37 @@ async def test_a_checkpoint_damaged_in_both_slots_is_kept_aside(config: JsonlSto
         assert len(await storage.get_session_history("s")) == 3
         damaged = await storage.damaged_files()
         assert [p.name.split(".damaged-")[0] for p in damaged] == ["s.json"]
+
+
+@pytest.mark.parametrize(
+    ("file", "made", "said"),
+    [
+        ("log", Path.mkdir, "is a directory"),
+        ("checkpoint", Path.mkdir, "is a directory"),
+        ("log", os.mkfifo, "is not a regular file"),
+        ("checkpoint", os.mkfifo, "is not a regular file"),  # an open waits for a writer
+    ],
+    ids=["log-directory", "checkpoint-directory", "log-fifo", "checkpoint-fifo"],
+)
+@pytest.mark.parametrize("snapshot", [True, False], ids=["snapshot", "crash"])
+async def test_what_is_no_file_where_one_should_be_fails_the_open_saying_where(
+    config: JsonlStorageConfig, file: str, made: Any, said: str, snapshot: bool
+) -> None:
+    """A StorageError that names the path and what to do, not an OSError from deep in the
+    recovery (nor an open that hangs); the lock is let go, and once the thing is moved out
+    the store opens."""
+    await seed(config)
+    if not snapshot:
+        crash_state(config)
+    path = log_path(config) if file == "log" else config.layout.checkpoint("s")
+    path.unlink()
+    made(path)
+    with pytest.raises(StorageError) as refused:
+        await JsonlStorage.open(config)
+    assert str(refused.value) == (
+        f"{path} {said}, where the store keeps a file of its own: move it out of the "
+        "store's directory, then open the store again"
+    )
+    os.rmdir(path) if path.is_dir() else path.unlink()
+    async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("s") is not None

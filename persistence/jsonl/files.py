@@ -1,5 +1,6 @@
 """Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
-whole writes (appended or positioned) and positioned reads, and the lock file.
+whole writes (appended or positioned) and positioned reads, the lock file, and the
+check that what stands where a file of the store should is one (``file_expected``).
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
 about sessions or log lines.
@@ -11,10 +12,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..base import StorageLocked
+from ..base import StorageError, StorageLocked
 from .layout import temporary_path
 
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
@@ -29,6 +31,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_expected(found: os.stat_result, path: Path) -> None:
+    """Raises StorageError unless ``found`` is a regular file's: a directory (or FIFO,
+    socket, device) where the store keeps one of its files was put there by hand, and
+    reading it would fail (EISDIR) or hang (a FIFO) with no word of what to do."""
+    if not stat.S_ISREG(found.st_mode):
+        kind = "a directory" if stat.S_ISDIR(found.st_mode) else "not a regular file"
+        raise StorageError(
+            f"{path} is {kind}, where the store keeps a file of its own: move it out of "
+            "the store's directory, then open the store again"
+        )
 
 
 def write_atomic(path: Path, data: bytes, durable: bool) -> os.stat_result:

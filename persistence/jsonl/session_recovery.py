@@ -27,7 +27,7 @@ from bamboo_session.protocol.models import Message, SessionMetadata, new_epoch
 from . import checkpoint, message_index, snapshot
 from .checkpoint import Checkpoint, CheckpointDamaged, Coverage, FileStamp, LegacyCheckpoint
 from .config import JsonlStorageConfig
-from .files import unlink_quietly
+from .files import file_expected, unlink_quietly
 from .layout import Layout
 from .repair import cut_tail
 from .scan import BrokenLine, decode_head, lines
@@ -98,20 +98,25 @@ class Directories:
     def read_checkpoint(self, session_id: str) -> tuple[bytes, os.stat_result] | None:
         """The checkpoint file's content and stat (its stamp), or None."""
         try:
-            fd = os.open(Layout.checkpoint_name(session_id), os.O_RDONLY, dir_fd=self._sessions)
+            # Non-blocking: a FIFO in its place would hold the open until a writer came.
+            flags = os.O_RDONLY | os.O_NONBLOCK
+            fd = os.open(Layout.checkpoint_name(session_id), flags, dir_fd=self._sessions)
         except FileNotFoundError:
             return None
         try:
-            stat = os.fstat(fd)
-            return os.pread(fd, stat.st_size, 0), stat  # small: one read takes it all
+            found = os.fstat(fd)
+            file_expected(found, self.layout.checkpoint(session_id))
+            return os.pread(fd, found.st_size, 0), found  # small: one read takes it all
         finally:
             os.close(fd)
 
     def log_size(self, session_id: str) -> int | None:
         try:
-            return os.stat(Layout.log_name(session_id), dir_fd=self._events).st_size
+            found = os.stat(Layout.log_name(session_id), dir_fd=self._events)
         except FileNotFoundError:
             return None
+        file_expected(found, self.layout.log(session_id))
+        return found.st_size
 
 
 class SessionRecovery:

@@ -42,7 +42,7 @@ from typing import BinaryIO
 import msgspec
 
 from . import damaged_wal
-from .files import close_all, fsync_dir, pwrite_all, rewrite_range, sync_and_close
+from .files import close_all, file_expected, fsync_dir, pwrite_all, rewrite_range, sync_and_close
 from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
@@ -300,9 +300,12 @@ def _replay_session(
     for the sync (none when there is no log and nothing to write)."""
     path = layout.log(session_id)
     try:
-        size = os.stat(path).st_size
+        found = os.stat(path)
     except FileNotFoundError:
         size = -1
+    else:
+        file_expected(found, path)
+        size = found.st_size
     first = min(pending.lines)
     first_offset = pending.lines[first][0]
     if 0 <= first_offset <= size and not fits_log(path, first_offset, first):
