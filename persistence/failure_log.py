@@ -20,8 +20,10 @@ import time
 from typing import Final
 
 # Seconds without a failed write after which the success of any write ends an outage:
-# failures that came in a steady stream have stopped, whatever their source.
-QUIET: Final = 1.0
+# failures that came in a steady stream have stopped, whatever their source. Longer than
+# a client takes to try again: one session's log that fails at each of its retries
+# (every few seconds) among good ones stays one outage, not an error at each retry.
+QUIET: Final = 10.0
 
 
 class FailureLog:

@@ -29,7 +29,9 @@ log = structlog.get_logger("bamboo_session.actor")
 SUMMARY_EVERY: Final = 10.0  # seconds at least between two lines of one outage
 # Seconds without a failed append after which any append that succeeds ends an outage:
 # failures that came in a steady stream have stopped, whatever session they were for.
-QUIET: Final = 1.0
+# Longer than a client takes to try again: one session whose append fails at each of
+# its retries (every few seconds) among good ones stays one outage, summarised as one.
+QUIET: Final = SUMMARY_EVERY
 # Distinct sessions a summary counts at most: the ids it keeps meanwhile (128 bytes
 # each at most) stay bounded however many sessions the outage fails.
 SESSIONS_COUNTED: Final = 1000

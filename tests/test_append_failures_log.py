@@ -8,6 +8,8 @@ event of a failed append."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl import appends
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from tests.jsonl_support import break_log, mend_log
@@ -157,3 +160,28 @@ async def test_a_session_whose_appends_keep_failing_among_good_ones_makes_one_ou
         "an append of session 'x', whose failure began it",
     )
     assert "session_id" not in quiet and "session_id" not in back
+
+
+async def test_a_session_that_fails_again_seconds_later_is_still_the_same_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """x's client tries again 1.2 s after its failure, b appending meanwhile: at the
+    default ``quiet`` (a 1 s one told an error and an end at each such retry), still one
+    outage, told once; the store's own log (``failure_log.QUIET``) likewise."""
+    caplog.set_level(logging.WARNING, logger=appends.__name__)
+    base = tmp_path / "store"
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        async with SessionManager(SessionManagerConfig(), storage) as manager:
+            for session_id in "xb":
+                await manager.create_session(session_id=session_id)
+            break_log(base, "x")
+            with capture_logs() as logs:
+                for n in range(2):
+                    with pytest.raises(StorageError, match="Is a directory"):
+                        await manager.append_event("x", AgentEvent.token(f"lost{n}"))
+                    for m in range(3):  # b's appends come after x's failure: not at once
+                        await asyncio.sleep(0.4)
+                        await manager.append_event("b", AgentEvent.token(f"fine{n}.{m}"))
+                assert [line["event"] for line in lines(logs)] == ["append failed"]
+    store_told = [r.levelno for r in caplog.records if r.name == appends.__name__]
+    assert store_told == [logging.ERROR], caplog.text
