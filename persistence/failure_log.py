@@ -9,8 +9,11 @@ from the source whose failure began it (a session's log, the database file), or 
 any source once none has failed for ``QUIET`` seconds. Not at once at the success of
 another source's write: one file that keeps failing among good ones (a session's log
 at the file size limit, a file the store may not write) is told once, not at every
-batch. (The server counts failed appends in its own lines too: this is the store's
-side, which knows the file and the OS error.)
+batch. A failure of another kind (another OS error: the disk full, while one file
+fails for a reason of its own) is told as an error too, once per outage, so that it is
+not hidden at debug level behind the failure that began it. (The server counts failed
+appends in its own lines too: this is the store's side, which knows the file and the
+OS error.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from typing import Final
 # a client takes to try again: one session's log that fails at each of its retries
 # (every few seconds) among good ones stays one outage, not an error at each retry.
 QUIET: Final = 10.0
+# Kinds of failure told as errors in one outage, the first's included (errno values:
+# a handful at most, unless the file system is in trouble beyond what more lines say).
+KINDS_TOLD: Final = 8
 
 
 class FailureLog:
@@ -31,6 +37,7 @@ class FailureLog:
 
     __slots__ = (
         "_failed_at",
+        "_kinds",
         "_last_error",
         "_log",
         "_more",
@@ -50,13 +57,16 @@ class FailureLog:
         self._source: str | None = None  # whose failure began the outage under way
         self._failed_at = 0.0  # the last failure (monotonic clock)
         self._more = 0  # failures after the outage's first
+        self._kinds: set[object] = set()  # those told as errors in the outage under way
         self._last_error = ""
 
-    def failed(self, source: str, error: str) -> None:
-        """A write to ``source`` failed with ``error`` (what it was, and the OS's words)."""
+    def failed(self, source: str, error: str, kind: object = None) -> None:
+        """A write to ``source`` failed with ``error`` (what it was, and the OS's words);
+        ``kind``: what sort of failure it was (the errno), as a key."""
         self._failed_at = time.monotonic()
         if self._source is None:
             self._source = source
+            self._kinds.add(kind)
             self._log.error(
                 "%s (later failures are logged at debug level, until it succeeds again"
                 " or none fails for %g s)",
@@ -66,7 +76,11 @@ class FailureLog:
             return
         self._more += 1
         self._last_error = error
-        self._log.debug("%s", error)
+        if kind in self._kinds or len(self._kinds) >= KINDS_TOLD:
+            self._log.debug("%s", error)
+            return
+        self._kinds.add(kind)
+        self._log.error("%s (a failure of another kind, in an outage under way)", error)
 
     def succeeded(self, source: str) -> None:
         """A write to ``source`` succeeded: the outage, if any, is over if that source
@@ -90,5 +104,6 @@ class FailureLog:
         else:
             self._log.warning("%s", ended)
         self._source = None
+        self._kinds.clear()
         self._more = 0
         self._last_error = ""

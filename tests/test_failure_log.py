@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.failure_log import KINDS_TOLD, FailureLog
 from bamboo_session.persistence.jsonl import appends
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.jsonl_support import break_log, mend_log
@@ -99,3 +100,49 @@ async def test_an_outage_ends_at_any_append_once_none_failed_for_the_quiet_inter
         logging.WARNING,
         logging.ERROR,
     ]
+
+
+async def test_a_failure_of_another_kind_in_an_outage_under_way_is_told_too(
+    storage: JsonlStorage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """a's log fails for good (EISDIR) while b appends: one outage. Then d's log fails
+    otherwise (a symbolic link to itself: ELOOP, as the disk filling would with ENOSPC):
+    told as an error, once, not hidden at debug level behind a's; and a's failures
+    again, and d's, at debug level."""
+    caplog.set_level(logging.DEBUG, logger=appends.__name__)
+    storage._appends._failures.quiet = 3600.0  # b's appends come within it
+    await storage.create_session(Session.new("d"))  # no descriptor of its log yet
+    d_log = JsonlStorageConfig(tmp_path).layout.log("d")
+    d_log.unlink(missing_ok=True)
+    d_log.symlink_to(d_log.name)
+    break_log(tmp_path, "a")
+    for _ in range(2):
+        await fails(storage, "a")
+        await storage.append_event("b", AgentEvent.token("fine"))
+        with pytest.raises(StorageError, match="Too many levels of symbolic links"):
+            await storage.append_event("d", AgentEvent.token("lost"))
+    levels = [(level, text.split(" failed: ")[0]) for level, text in told(caplog)]
+    assert levels == [
+        (logging.ERROR, "appending to the log of session 'a'"),
+        (logging.ERROR, "appending to the log of session 'd'"),
+        (logging.DEBUG, "appending to the log of session 'a'"),
+        (logging.DEBUG, "appending to the log of session 'd'"),
+    ], told(caplog)
+    assert "a failure of another kind, in an outage under way" in told(caplog)[1][1]
+
+
+def test_the_kinds_of_failure_told_in_one_outage_are_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A file system in trouble enough to fail in twenty ways: ``KINDS_TOLD`` errors, the
+    rest at debug level; the next outage tells its kinds again."""
+    caplog.set_level(logging.DEBUG, logger=__name__)
+    failures = FailureLog(logging.getLogger(__name__), "appends to the logs")
+    for errno in range(20):
+        failures.failed("a", f"failed: errno {errno}", errno)
+    assert [r.levelno for r in caplog.records].count(logging.ERROR) == KINDS_TOLD
+    failures.succeeded("a")
+    caplog.clear()
+    failures.failed("b", "failed: errno 19", 19)
+    failures.failed("b", "failed: errno 0", 0)
+    assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR]

@@ -319,7 +319,7 @@ class Appender:
 
     def _on_failed(self, session_id: str, error: OSError, uncut: int) -> None:
         failure = f"appending to the log of session {session_id!r} failed: {error}"
-        self._failures.failed(session_id, failure)
+        self._failures.failed(session_id, failure, error.errno)
         # A session being deleted too: should the delete fail, it comes back as its
         # log is, without the seqs and bytes of appends that were never written.
         record = self._records.get(session_id) or self.deleting.get(session_id)

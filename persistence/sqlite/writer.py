@@ -194,6 +194,7 @@ class Writer:
             self._failures.failed(
                 str(self._path),
                 f"a write to {self._path} failed: {exc}; nothing of its batch was stored",
+                exc.sqlite_errorcode,
             )
         else:
             log.error("a write to %s failed", self._path, exc_info=exc)
