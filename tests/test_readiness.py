@@ -12,6 +12,7 @@ from typing import Any
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from bamboo_session.server.readiness import FAILING_KEPT, AppendHealth
 from tests.instances import eventually
 from tests.jsonl_support import break_log, mend_log
 from tests.support import Peer, attach, get, run_server, token
@@ -100,3 +101,24 @@ async def test_a_session_whose_appends_fail_for_good_among_good_ones_leaves_it_r
     ended = told[1]
     assert ended["failed"] == 3 + 3 + 3 + 2  # x's and c's, the first included
     assert ended["ended_by"] == "an append of session 'x', whose failure began it"
+
+
+def store_failures_in_turn(failing: int, rounds: int = 3) -> list[bool]:
+    """``failing`` sessions failing in turn, b's append succeeding after each: whether
+    each failure after the first round was taken as the store's."""
+    health = AppendHealth()
+    taken = []
+    for n in range(failing * rounds):
+        health.failed(f"failing-{n % failing}", "could not append", 1)
+        taken.append(health.failure is not None)
+        health.appended("b")
+    return taken[failing:]
+
+
+def test_it_remembers_the_last_failing_sessions_up_to_its_bound() -> None:
+    """Up to ``FAILING_KEPT`` sessions failing for good in turn among good appends: none
+    is taken as the store's once each has failed once. One more, and the one failing
+    next is always the one forgotten: each failure is taken as new (the bound that keeps
+    what ``/readyz`` holds small, as docs/protocol.md says)."""
+    assert not any(store_failures_in_turn(FAILING_KEPT))
+    assert all(store_failures_in_turn(FAILING_KEPT + 1))
