@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.persistence.jsonl import files, logfiles, retirement, snapshot, wal
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.persistence.jsonl.snapshot import SnapshotEntry
@@ -160,7 +160,8 @@ async def test_a_replay_that_fails_midway_leaves_no_log_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The open's replay holds the logs it wrote, for their syncs; a log it cannot
-    replay ("b", a directory now) fails the open, and those it holds are closed."""
+    replay ("b", a directory now) fails the open, saying where and what to do (not an
+    IsADirectoryError from its open of the log), and those it holds are closed."""
     config = JsonlStorageConfig(tmp_path)
     async with await JsonlStorage.open(config) as storage:
         for session_id in ("a", "b"):
@@ -170,8 +171,10 @@ async def test_a_replay_that_fails_midway_leaves_no_log_open(
     assert segments(config) != []
     config.layout.log("b").unlink()
     config.layout.log("b").mkdir()
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(StorageError) as refused:
         await JsonlStorage.open(config)
+    assert str(refused.value).startswith(f"{config.layout.log('b')} is a directory, where")
+    assert "move it out of the store's directory" in str(refused.value)
     assert logs_open(config) == 0
 
 
