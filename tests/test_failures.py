@@ -178,8 +178,9 @@ def name(record: dict[str, Any]) -> str:
     return content.partition(":")[0]
 
 
-async def refused_start(data_dir: Path) -> str:
-    """What a ``serve`` on ``data_dir`` that cannot start says: its one line, an error."""
+async def refused_start(data_dir: Path, status: int | None = None) -> str:
+    """What a ``serve`` on ``data_dir`` that cannot start says: its one line, an error;
+    it exits with ``status`` if given (2: a bad configuration, not worth a restart)."""
     server = await asyncio.to_thread(
         subprocess.run,
         ServerProcess(data_dir, data_dir.with_suffix(".log")).argv(),
@@ -187,7 +188,7 @@ async def refused_start(data_dir: Path) -> str:
         text=True,
         timeout=30,
     )
-    assert server.returncode != 0
+    assert server.returncode != 0 if status is None else server.returncode == status
     assert "Traceback" not in server.stderr
     lines = server.stderr.strip().splitlines()
     assert len(lines) == 1, server.stderr
@@ -216,7 +217,7 @@ async def test_a_directory_where_a_session_log_should_be_is_told_in_one_line(
     log = data_dir / "events" / "x.jsonl"
     log.rename(log.with_suffix(".saved"))
     log.mkdir()
-    said = await refused_start(data_dir)
+    said = await refused_start(data_dir, status=2)  # as a bad configuration: no restarts
     assert f"{log} is a directory" in said and "move it out of the store's directory" in said
     log.rmdir()
     log.with_suffix(".saved").rename(log)

@@ -16,7 +16,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..base import StorageError, StorageLocked
+from ..base import StorageLocked, StoreMisconfigured
 from .layout import temporary_path
 
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
@@ -34,12 +34,14 @@ def fsync_dir(path: Path) -> None:
 
 
 def file_expected(found: os.stat_result, path: Path) -> None:
-    """Raises StorageError unless ``found`` is a regular file's: a directory (or FIFO,
-    socket, device) where the store keeps one of its files was put there by hand, and
-    reading it would fail (EISDIR) or hang (a FIFO) with no word of what to do."""
+    """Raises StoreMisconfigured unless ``found`` is a regular file's: a directory (or
+    FIFO, socket, device) where the store keeps one of its files was put there by hand,
+    and reading it would fail (EISDIR) or hang (a FIFO) with no word of what to do.
+    Opening the store again fails the same way until its operator moves it out, so a
+    server exits as for a bad configuration and ``serve --workers`` does not restart."""
     if not stat.S_ISREG(found.st_mode):
         kind = "a directory" if stat.S_ISDIR(found.st_mode) else "not a regular file"
-        raise StorageError(
+        raise StoreMisconfigured(
             f"{path} is {kind}, where the store keeps a file of its own: move it out of "
             "the store's directory, then open the store again"
         )
