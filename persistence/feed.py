@@ -189,6 +189,13 @@ class FeedSubscription:
             else:
                 await self._wakeup.wait()
 
+    def take_buffered(self, limit: int = 512) -> list[StoredEvent]:
+        # An ended subscription's buffer is dropped (_finish): nothing is at hand.
+        batch = self._take_buffered(limit)
+        if batch:
+            self._position = batch[-1].seq
+        return batch
+
     def __aiter__(self) -> AsyncIterator[StoredEvent]:
         return self
 

@@ -27,11 +27,8 @@ from collections.abc import Callable
 import structlog
 
 from bamboo_session.persistence.base import (
-    SessionClosed,
-    SessionExpired,
     SessionFull,
     SessionNotFound,
-    SessionRefused,
     Storage,
     StorageError,
 )
@@ -41,7 +38,7 @@ from bamboo_session.wakeup import Wakeup
 
 from .budget import MemoryBudget
 from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
-from .control import answer_stopped, handle, over_cap, store_failed
+from .control import answer_stopped, append_failed, handle, over_cap, store_failed
 from .following import Following
 from .inbox import Inbox
 from .manager_config import SessionManagerConfig
@@ -194,7 +191,12 @@ class SessionActor:
         try:
             while self.accepting:
                 if self.following.ready():
-                    await self._deliver()
+                    # What this process appended is at hand: given with no coroutine.
+                    buffered = self.following.take_buffered(_BATCH_MAX)
+                    if buffered:
+                        self._give(buffered)
+                    else:
+                        await self._deliver()
                 elif len(self.inbox):
                     await self._handle_taken()
                 elif self.room.outboxes:
@@ -249,9 +251,23 @@ class SessionActor:
     # -- commands -------------------------------------------------------------------
 
     async def _handle_taken(self) -> None:
+        """The commands taken together: each run of appends in one store append."""
         batch = self.inbox.take_batch(_BATCH_MAX)
+        appends: list[Append] = []
         try:
-            await self._handle_batch(batch)
+            for command in batch:
+                if isinstance(command, Append):
+                    appends.append(command)
+                    continue
+                if appends:
+                    await self.append(appends)
+                    appends = []
+                try:
+                    await handle(self, command)
+                except StorageError as exc:
+                    store_failed(self, command, exc)
+            if appends:
+                await self.append(appends)
         except asyncio.CancelledError:
             for command in batch:
                 if isinstance(command, Append | SetState):
@@ -261,22 +277,6 @@ class SessionActor:
             raise
         finally:
             self.inbox.finished(batch)
-
-    async def _handle_batch(self, batch: list[Command]) -> None:
-        appends: list[Append] = []
-        for command in batch:
-            if isinstance(command, Append):
-                appends.append(command)
-                continue
-            if appends:
-                await self.append(appends)
-                appends = []
-            try:
-                await handle(self, command)
-            except StorageError as exc:
-                store_failed(self, command, exc)
-        if appends:
-            await self.append(appends)
 
     async def append(self, appends: list[Append]) -> None:
         """Store appends taken together, in one store append, and answer each."""
@@ -295,7 +295,7 @@ class SessionActor:
         except SessionFull as exc:  # not a failure of the store: /readyz stays quiet
             full = exc
         except (StorageError, ValueError) as exc:
-            self._failed(exc, len(appends))
+            append_failed(self, exc, len(appends))
             for command in appends:
                 self.refuse(command, exc)
             return
@@ -328,19 +328,6 @@ class SessionActor:
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
         self.metrics.events_appended.inc(fresh)
         self.note_traffic()
-
-    def _failed(self, exc: StorageError | ValueError, events: int) -> None:
-        """Tells the log, metrics and /readyz of a store append that failed."""
-        if isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
-            return  # the session's end, not a failure
-        if isinstance(exc, SessionRefused):  # its history lost: not an outage of the store
-            self.metrics.events_failed.inc(events)
-            return
-        if isinstance(exc, StorageError):  # /readyz: 503; logged once an outage, then counted
-            self.health.failed(self.session_id, str(exc), events)
-            self.metrics.events_failed.inc(events)
-        else:  # a bad event or key past the checks before the inbox: each is a bug
-            log.error("append failed", error=str(exc), count=events)
 
     def refuse(self, command: Request, exc: BaseException) -> None:
         """Answers a request with the error it failed with, and counts the error."""

@@ -3,8 +3,9 @@
 Attach (check the stored session, follow it, join presence and the room, welcome),
 detach (leave; the last connection out parks the session, even while the store fails),
 a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
-another process's presence notice; what a failing store does to each of them; and the
-answer to an in-process request whose actor was stopped. Appends and the delivery of
+another process's presence notice; what a failing store does to each of them (and what
+a failed append tells the log, metrics and /readyz); and the answer to an in-process
+request whose actor was stopped. Appends and the delivery of
 events are the actor's hot path and stay in server/actor.py; these run far less often,
 between its batches.
 """
@@ -16,8 +17,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bamboo_session.persistence.base import (
+    SessionClosed,
+    SessionExpired,
     SessionFull,
     SessionNotFound,
+    SessionRefused,
     StorageError,
     UserFull,
 )
@@ -96,6 +100,20 @@ async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull)
         actor.metrics.appends_over_session_cap.inc()
     for command in appends:
         actor.refuse(command, exc)
+
+
+def append_failed(actor: SessionActor, exc: StorageError | ValueError, events: int) -> None:
+    """Tells the log, metrics and /readyz of a store append that failed."""
+    if isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
+        return  # the session's end, not a failure
+    if isinstance(exc, SessionRefused):  # its history lost: not an outage of the store
+        actor.metrics.events_failed.inc(events)
+        return
+    if isinstance(exc, StorageError):  # /readyz: 503; logged once an outage, then counted
+        actor.health.failed(actor.session_id, str(exc), events)
+        actor.metrics.events_failed.inc(events)
+    else:  # a bad event or key past the checks before the inbox: each is a bug
+        log.error("append failed", error=str(exc), count=events)
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:

@@ -63,6 +63,13 @@ class Following:
             subscription.on_ready(None)
             subscription.close()
 
+    def take_buffered(self, limit: int) -> list[StoredEvent]:
+        """The next events if they are at hand (no read of the store, no wait): the
+        events this process appended come this way, with no coroutine made to take
+        them; else none, and :meth:`take` is the way on."""
+        subscription = self.subscription
+        return [] if subscription is None else subscription.take_buffered(limit)
+
     async def take(self, limit: int) -> list[StoredEvent] | Ending | None:
         """The next events; or, once the feed ended, how to close the connections
         (with the store's reason: ``closed``, ``deleted``...); None if nothing waits."""

@@ -1,7 +1,8 @@
 """The storage contract's live subscriptions (persistence/base.py), on every backend
 of tests/storage_backends.py: stored events then live ones, one at a time, with no gap
 and no duplicate under concurrent appends; ``on_ready``; their end when the session
-closes or goes, or the store closes; a large backlog read in pages.
+closes or goes, or the store closes; a large backlog read in pages; what is at hand
+taken without waiting (``take_buffered``).
 """
 
 from __future__ import annotations
@@ -92,6 +93,28 @@ async def test_subscriptions_see_concurrent_appends_once_in_order(store: Storage
     results = await asyncio.wait_for(asyncio.gather(*readers), RECV)
     for start, seqs in zip((0, 3, 6), results, strict=True):
         assert seqs == list(range(start + 1, total + 1))
+
+
+async def test_take_buffered_hands_out_what_is_at_hand_once_in_order(store: Storage) -> None:
+    """``take_buffered`` never waits nor reads the store: what was stored before the
+    subscription comes from ``next_batch``; mixed with it, every event comes once, in
+    order; once the subscription ended, nothing."""
+    await new_session(store)
+    await store.append_events("s1", tokens("a", "b"))
+    subscription = await store.subscribe("s1", after_seq=0)
+    assert subscription.take_buffered() == []  # stored before: not at hand
+    seen = [e.seq for e in await asyncio.wait_for(subscription.next_batch(), RECV)]
+    for name in "cdef":
+        await store.append_event("s1", AgentEvent.token(name))
+        batch = subscription.take_buffered(limit=1)
+        if not batch:  # not at hand yet (a notice still on its way from a shared store)
+            batch = await asyncio.wait_for(subscription.next_batch(limit=1), RECV)
+        seen += [e.seq for e in batch]
+        assert subscription.position == seen[-1]
+    assert seen == [1, 2, 3, 4, 5, 6]
+    await store.append_event("s1", AgentEvent.token("g"))
+    subscription.close()
+    assert subscription.take_buffered() == []
 
 
 async def test_on_ready_is_called_when_events_arrive(store: Storage) -> None:
