@@ -367,10 +367,6 @@ class Connection:
             self.replay_share,
         )
 
-    def framed(self, out: Outbound) -> bytes:
-        """``out`` as this connection's codec frames it (for the flusher's sink)."""
-        return out.framed(self.codec)
-
     def count_out(self, frames: int) -> None:
         """Frames the flusher sent on this connection's behalf."""
         self.frames_out += frames

@@ -22,6 +22,8 @@ import structlog
 from websockets.protocol import OPEN
 
 if TYPE_CHECKING:
+    from bamboo_session.protocol.codec import Codec
+
     from .http_wire import BambooConnection
     from .outbound import Outbound
     from .writer_life import WriterLife
@@ -83,17 +85,17 @@ class WebSocketSink:
     await: only while the connection is open, its write buffer below the high-water
     mark, and no extension (compression) transforms frames."""
 
-    __slots__ = ("_count", "encode", "start_writer", "ws")
+    __slots__ = ("_count", "codec", "start_writer", "ws")
 
     def __init__(
         self,
         ws: BambooConnection,
-        framed: Callable[[Outbound], bytes],
+        codec: Codec,
         count: Callable[[int], None],
         start_writer: Callable[[], None],
     ) -> None:
         self.ws = ws
-        self.encode = framed
+        self.codec = codec  # the connection's: what its frames are framed with
         self._count = count
         self.start_writer = start_writer
 
@@ -111,8 +113,8 @@ class WebSocketSink:
         ws = self.ws
         # Whatever websockets itself has queued (a pong) goes first, as send() would.
         chunks = ws.protocol.data_to_send()
-        encode = self.encode
-        chunks.extend(encode(out) for out in frames)
+        codec = self.codec
+        chunks += [out.framed(codec) for out in frames]
         ws.transport.writelines(chunks)
         self._count(len(frames))
 
@@ -130,8 +132,8 @@ class WebSocketSink:
             return False
         protocol = ws.protocol
         chunks = protocol.data_to_send()  # a pong queued by websockets goes first
-        encode = self.encode
-        chunks.extend(encode(out) for out in frames)
+        codec = self.codec
+        chunks += [out.framed(codec) for out in frames]
         protocol.send_close(code, reason)
         chunks.extend(protocol.data_to_send())
         ws.transport.writelines(chunks)

@@ -163,7 +163,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         if services.config.batch_frames:
             outbox.max_batch_items = batch_items(services.config)
             outbox.max_batch_bytes = services.config.max_frame_bytes
-        outbox.sink = WebSocketSink(ws, conn.framed, conn.count_out, conn.start_writer)
+        outbox.sink = WebSocketSink(ws, conn.codec, conn.count_out, conn.start_writer)
         outbox.flusher = services.flusher
         try:
             # Asked again of what the actor finds: resolve_session may have found no

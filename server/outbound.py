@@ -67,15 +67,15 @@ class Outbound(msgspec.Struct):
     def framed(self, codec: Codec) -> bytes:
         """The frame as ``codec`` encodes it, in one unmasked WebSocket frame: the same
         bytes for every connection of that codec."""
-        if codec.text:
-            data = self._json
-            if data is None:
-                data = self._json = websocket_frame(codec.encode(self._frame()), True)
-                self._keep(len(data) + BYTES_HEADER)
-            return data
-        data = self._msgpack
+        data = self._json if codec.text else self._msgpack
         if data is None:
-            data = self._msgpack = websocket_frame(codec.encode(self._frame()), False)
+            frame = self.frame
+            assert frame is not None, "a reply is framed for its one connection's codec"
+            data = websocket_frame(codec.encode(frame), codec.text)
+            if codec.text:
+                self._json = data
+            else:
+                self._msgpack = data
             self._keep(len(data) + BYTES_HEADER)
         return data
 
@@ -84,10 +84,6 @@ class Outbound(msgspec.Struct):
         keeper = self.ring() if self.ring is not None else None
         if keeper is not None:
             keeper.frame_kept(size)
-
-    def _frame(self) -> ServerFrame:
-        assert self.frame is not None, "a reply is framed for its one connection's codec"
-        return self.frame
 
     def size(self, codec: Codec) -> int:
         """The bytes this frame takes in a queue: an event's as stored plus its

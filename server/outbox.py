@@ -149,13 +149,18 @@ class Outbox(WriterLife):
         return self._items[self._head]
 
     def _popleft(self) -> OutboxItem:
-        items, head = self._items, self._head
-        item = items[head]
+        item = self._items[self._head]
+        size = 0
         if isinstance(item, Outbound):
             size = item.event_size or len(item.framed(self.codec))
-            self.bytes -= size
-            self.budget.used -= size
-        head += 1
+        self._taken(self._head + 1, size)
+        return item
+
+    def _taken(self, head: int, size: int) -> None:
+        """The items before ``head`` left the queue, ``size`` bytes of frames."""
+        self.bytes -= size
+        self.budget.used -= size
+        items = self._items
         if head == len(items):
             items.clear()  # frees the array: drained is the common, idle case
             head = 0
@@ -163,7 +168,6 @@ class Outbox(WriterLife):
             del items[:head]  # a queue that never drains still frees what was sent
             head = 0
         self._head = head
-        return item
 
     def push(self, item: Outbound | Replay) -> None:
         """Queue ``item``; a full outbox closes its connection with 4429 instead. One
@@ -327,15 +331,23 @@ class Outbox(WriterLife):
         stops at a replay or the close). What is taken leaves the queue's count of bytes
         and the budget's; bounding a write keeps what sits in the socket's buffer,
         uncounted, to about one write past its high-water mark."""
+        codec, items, head = self.codec, self._items, self._head
         frames = [] if first is None else [first]
-        written = 0 if first is None else first.size(self.codec)
-        items = self._items
-        while len(self) and len(frames) < limit and written < WRITE_BYTES:
-            head = items[self._head]
-            if not isinstance(head, Outbound):
+        written = 0 if first is None else first.event_size or len(first.framed(codec))
+        end = min(len(items), head + limit - len(frames))
+        index, taken = head, 0
+        # Each frame's size is read once, and the queue's count updated once for all.
+        while index < end and written < WRITE_BYTES:
+            item = items[index]
+            if not isinstance(item, Outbound):
                 break
-            written += head.size(self.codec)
-            frames.append(self._popleft())  # type: ignore[arg-type]
+            size = item.event_size or len(item.framed(codec))
+            written += size
+            taken += size
+            frames.append(item)
+            index += 1
+        if index != head:
+            self._taken(index, taken)
         return frames
 
 

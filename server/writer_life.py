@@ -38,6 +38,7 @@ class WriterLife:
 
     if TYPE_CHECKING:  # the connection's id and its queue, kept by the Outbox
         connection_id: str
+        closing: object | None
 
         def __len__(self) -> int: ...
         def _head_item(self) -> OutboxItem: ...
@@ -109,7 +110,7 @@ class WriterLife:
     def _notify(self) -> None:
         """Something was queued: an idle writer is woken, or, with a sink, the frames are
         flushed at the end of this turn of the loop without waking it."""
-        if not self._writer_idle():
+        if not (self._writer_absent or self._writer_idle()):
             return  # the writer is at work: it takes what was queued
         if self.sink is None or self.flusher is None:
             self._rouse_writer()
@@ -122,14 +123,15 @@ class WriterLife:
         behind them where the sink can end the connection at once (a stopping server);
         what needs the writer (a replay, the close, a socket that is full) wakes it."""
         self._scheduled = False
-        if not self._writer_idle():
+        if not (self._writer_absent or self._writer_idle()):
             return
         if len(self):
-            assert self.sink is not None
-            if self.sink.can_write():
+            sink = self.sink
+            assert sink is not None
+            if sink.can_write():
                 frames = self.take_frames(None, FLUSH_FRAMES)  # none when a close is next
-                if not self.close_with(frames) and frames:
-                    self.sink.write(frames)
+                if (self.closing is None or not self.close_with(frames)) and frames:
+                    sink.write(frames)
         if len(self):
             self._rouse_writer()
 
