@@ -11,11 +11,12 @@ from pathlib import Path
 
 import jwt
 import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bamboo_session.persistence.jsonl import lifecycle
 from bamboo_session.protocol.models import Session
-from bamboo_session.server.metrics import Histogram
+from bamboo_session.server.metrics import Histogram, HotCounter
 from bamboo_session.server.store_stats import bytes_on_disk
 from tests.support import attach, get, open_peer, run_server, token
 
@@ -51,6 +52,21 @@ def test_histogram_renders_cumulative_buckets() -> None:
     assert buckets == {"0.1": 2, "1.0": 3, "+Inf": 4}
     count = next(s.value for s in family.samples if s.name == "h_seconds_count")
     assert count == 4 and histogram.sum == 3.65
+
+
+def test_a_hot_counter_renders_as_a_prometheus_counter() -> None:
+    """The same samples, by name and type, as prometheus_client's own Counter."""
+    hot, plain = CollectorRegistry(), CollectorRegistry()
+    counter = HotCounter("c_events", "c")
+    hot.register(counter)
+    reference = Counter("c_events", "c", registry=plain)
+    for amount in (1, 4):
+        counter.inc(amount)
+        reference.inc(amount)
+    ours, theirs = samples(generate_latest(hot).decode()), samples(generate_latest(plain).decode())
+    assert ours.keys() == theirs.keys() == {("c_events_total", ()), ("c_events_created", ())}
+    assert ours[("c_events_total", ())] == theirs[("c_events_total", ())] == 5
+    assert abs(ours[("c_events_created", ())] - time.time()) < 60  # when it was made
 
 
 async def test_connections_opened_and_handshake_closes_are_counted() -> None:
