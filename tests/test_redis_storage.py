@@ -61,10 +61,13 @@ async def pair(url: Callable[..., str]) -> AsyncIterator[tuple[Storage, Storage]
         await b.close()
 
 
-async def collect(subscription: Subscription, count: int) -> list[int]:
+async def collect(subscription: Subscription, count: int, *, at_hand: bool = False) -> list[int]:
+    """``count`` events' seqs; with ``at_hand``, as the actor takes them: what
+    ``take_buffered`` has first, else ``next_batch``."""
     seqs: list[int] = []
     while len(seqs) < count:
-        batch = await asyncio.wait_for(subscription.next_batch(), RECV)
+        batch = subscription.take_buffered() if at_hand else []
+        batch = batch or await asyncio.wait_for(subscription.next_batch(), RECV)
         assert batch, f"subscription ended ({subscription.ended}) after {seqs[-3:]}"
         seqs.extend(event.seq for event in batch)
     return seqs
@@ -104,7 +107,10 @@ async def test_concurrent_writers_on_both_instances_are_seen_once_in_order(
             seqs.append(done.seq)
         return seqs
 
-    readers = [asyncio.create_task(collect(w, total)) for w in watchers]
+    # One watcher on each instance takes what is at hand first, as the actor does.
+    readers = [
+        asyncio.create_task(collect(w, total, at_hand=n % 2 == 1)) for n, w in enumerate(watchers)
+    ]
     written = await asyncio.gather(writer(a, "a"), writer(b, "b"), writer(a, "c"), writer(b, "d"))
     assert sorted(seq for seqs in written for seq in seqs) == list(range(1, total + 1))
     for seqs in await asyncio.wait_for(asyncio.gather(*readers), RECV):

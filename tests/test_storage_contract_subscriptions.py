@@ -2,7 +2,7 @@
 of tests/storage_backends.py: stored events then live ones, one at a time, with no gap
 and no duplicate under concurrent appends; ``on_ready``; their end when the session
 closes or goes, or the store closes; a large backlog read in pages; what is at hand
-taken without waiting (``take_buffered``).
+taken without waiting (``take_buffered``), past the buffer and at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bamboo_session.persistence import SessionNotFound, Storage, Subscription
+from bamboo_session.persistence.feed import BUFFER_EVENTS
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, Token
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
@@ -114,6 +115,50 @@ async def test_take_buffered_hands_out_what_is_at_hand_once_in_order(store: Stor
     assert seen == [1, 2, 3, 4, 5, 6]
     await store.append_event("s1", AgentEvent.token("g"))
     subscription.close()
+    assert subscription.take_buffered() == []
+
+
+async def take_mixed(subscription: Subscription, limit: int) -> list[int]:
+    """What is at hand, else what ``next_batch`` brings: the actor's way."""
+    batch = subscription.take_buffered(limit)
+    if not batch:
+        batch = await asyncio.wait_for(subscription.next_batch(limit), RECV)
+    return [event.seq for event in batch]
+
+
+async def test_take_buffered_past_the_buffer_and_at_a_close(store: Storage) -> None:
+    """Published past the subscription's buffer (in events) while nobody took: what
+    ``take_buffered`` and ``next_batch``, mixed, hand out is every event once, in order.
+    Its session closed mid-delivery (events at hand): the events before the close
+    still come, then the end; nothing is at hand once it ended."""
+    await new_session(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    total = (BUFFER_EVENTS // 100 + 3) * 100  # whole appends of 100
+    for start in range(0, total, 100):
+        await store.append_events("s1", tokens(*(f"t{n}" for n in range(start, start + 100))))
+    seen: list[int] = []
+    while len(seen) < total:
+        seen += await take_mixed(subscription, 7)
+    await store.append_events("s1", tokens(*"abcdefghijklmnopqrst"))  # buffered: at hand
+    while len(seen) < total + 10:
+        seen += await take_mixed(subscription, 7)
+    await store.update_session_state("s1", SessionState.CLOSED)
+    while batch := await take_mixed(subscription, 7):
+        seen += batch
+    assert seen == list(range(1, total + 21))
+    assert subscription.ended == "closed"
+    assert subscription.take_buffered() == []
+
+
+async def test_take_buffered_of_a_deleted_session_gives_nothing(store: Storage) -> None:
+    await new_session(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    await store.append_events("s1", tokens("a", "b", "c"))
+    assert await take_mixed(subscription, 1) == [1]
+    await store.delete_session("s1")
+    while await take_mixed(subscription, 1):  # a shared store's notice may come late
+        pass
+    assert subscription.ended == "deleted"
     assert subscription.take_buffered() == []
 
 
