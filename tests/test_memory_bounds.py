@@ -296,3 +296,34 @@ async def test_a_ring_of_keyed_events_holds_what_it_counts(tmp_path: Path) -> No
     """On SQLite the ring is the key's only holder (JSONL's key window keeps its own)."""
     freed, counted = await ring_freed_and_counted(f"sqlite://{tmp_path}/s.db", 600, keyed=True)
     assert freed <= counted, f"dropping the ring freed {freed}, it counted {counted}"
+
+
+async def test_queues_count_no_byte_once_sent_though_peers_drop_mid_stream() -> None:
+    """Bursts of large events, more than one write takes, go to readers of both codecs
+    that read them all and to a viewer that reads one and drops its socket (writes cut
+    short, then failing), many times over: the readers' queues count no byte once all
+    is read, and the budget holds the session's ring and no more."""
+    async with (
+        run_server(rate_limit_bytes=0, durability="os") as server,
+        attach(server, role="agent") as (agent, welcome),
+        attach(server, welcome["session"]["id"]) as (reader, _),
+        attach(server, welcome["session"]["id"], msgpack=True) as (packed_reader, _),
+    ):
+        session_id = welcome["session"]["id"]
+        actor = server.manager.live_actor(session_id)
+        assert actor is not None
+        sent = 0
+        for n in range(16):
+            async with attach(server, session_id, msgpack=n % 2 == 1) as (dropping, _):
+                for i in range(8):  # 320 KB: past one write's 256 KiB
+                    frame = {"type": "event", "id": f"{n}.{i}", "event": token("z" * 40_000)}
+                    await agent.request(frame, "ack")
+                    sent += 1
+                await dropping.recv_type("event")
+                dropping.ws.transport.abort()
+            for peer in (reader, packed_reader):
+                while (await peer.recv_type("event"))["seq"] < sent:
+                    pass
+            await eventually(lambda: len(actor.room.outboxes) == 3)
+            assert [outbox.bytes for outbox in actor.room.outboxes.values()] == [0, 0, 0]
+            assert server.manager.budget.used == actor.room.ring_bytes > 0
