@@ -191,11 +191,7 @@ class SessionActor:
         try:
             while self.accepting:
                 if self.following.ready():
-                    # What this process appended is at hand: given with no coroutine.
-                    buffered = self.following.take_buffered(_BATCH_MAX)
-                    if buffered:
-                        self._give(buffered)
-                    else:
+                    if not self._give_at_hand():
                         await self._deliver()
                 elif len(self.inbox):
                     await self._handle_taken()
@@ -362,6 +358,15 @@ class SessionActor:
             if closed:
                 self.status.state = SessionState.CLOSED
             self.end(code, reason, replays_go_on=closed)
+
+    def _give_at_hand(self) -> bool:
+        """Gives what this process appended, at hand, with no coroutine; False if none
+        is. Not inline in ``_run``: a local of that loop would hold the last batch (big
+        events, decoded and encoded) for as long as the session then stays quiet."""
+        events = self.following.take_buffered(_BATCH_MAX)
+        if events:
+            self._give(events)
+        return bool(events)
 
     def _give(self, events: list[StoredEvent]) -> None:
         self.room.deliver(events)
