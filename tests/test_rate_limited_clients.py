@@ -8,6 +8,7 @@ Real servers, real clients, a real debt: a small read allowance and a big page."
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -16,7 +17,6 @@ from bamboo_session.protocol.client import BambooClient, ConnectionLost
 from tests.instances import eventually
 from tests.proxies import HttpProxy
 from tests.support import run_server
-from tests.test_cli_tools import cli
 from tests.test_client_backlog import read_to_the_end, take, url
 from tests.test_http_read_limits import a_log, in_thread, stalled_get, status_of
 
@@ -73,6 +73,29 @@ async def test_the_clients_check_after_a_4409_waits_out_a_429() -> None:
     assert time.monotonic() - started > 1.5  # it waited as told
 
 
+async def cli_process(*argv: str) -> tuple[int, str, str]:
+    """``bamboo-session ARGV`` as a fresh process: two wait at once below, where the
+    forked children of tests/test_cli_tools.py's ``cli`` run one at a time (a second
+    ends the first, and the two threads read each other's answers from the fork
+    server: "KeyError: 'pid'" in a CI run)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bamboo_session.server",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def test_ls_and_show_with_url_wait_out_a_503_that_says_when() -> None:
     """Answers not yet read hold all the server's buffer may (a peer leaves a page of
     about 1.5 MB unread, of a 4 MiB budget: 1 MiB): every GET of the session API gets
@@ -90,7 +113,9 @@ async def test_ls_and_show_with_url_wait_out_a_503_that_says_when() -> None:
             "1",
         )
         asked = asyncio.ensure_future(
-            asyncio.gather(cli("ls", "--url", base), cli("show", "mine", "--url", base))
+            asyncio.gather(
+                cli_process("ls", "--url", base), cli_process("show", "mine", "--url", base)
+            )
         )
         await asyncio.sleep(3)  # both have been told 503 by now, and wait
         stalled.close()
