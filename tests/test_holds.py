@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,4 +210,14 @@ async def test_a_delete_cancelled_with_no_answer_by_the_read_deadline_tells_clie
                 await asyncio.wait([deleting.task])  # the deadline passes, still held
                 assert deleting.task.cancelled(), deleting.task.exception()
                 assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
+        # Its caller gone, the store's delete goes on in its thread and fails there: the
+        # session is back once its undo is done, which a read right away may come before
+        # (a CI run read 404 there).
+        url = f"/api/v1/sessions/{session_id}/events"
+        await eventually(lambda: _found(s, url), timeout=20)
         assert await s.events(session_id) == [1]
+
+
+async def _found(s: Any, url: str) -> bool:
+    status, _body = await get(s.server, url)
+    return status == 200
