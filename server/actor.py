@@ -38,7 +38,7 @@ from bamboo_session.wakeup import Wakeup
 
 from .budget import MemoryBudget
 from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
-from .control import answer_stopped, append_failed, handle, over_cap, store_failed
+from .control import answer_stopped, append_failed, feed_repeated, handle, over_cap, store_failed
 from .following import Following
 from .inbox import Inbox
 from .manager_config import SessionManagerConfig
@@ -369,7 +369,8 @@ class SessionActor:
         return bool(events)
 
     def _give(self, events: list[StoredEvent]) -> None:
-        self.room.deliver(events)
+        if repeated := self.room.deliver(events):
+            feed_repeated(self, events, repeated)
         # Once per batch, for its oldest event: the lag that batch's viewers saw at
         # most, at a cost that does not grow with the batch.
         lag = time.time() - events[0].ts.timestamp()

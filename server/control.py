@@ -4,10 +4,10 @@ Attach (check the stored session, follow it, join presence and the room, welcome
 detach (leave; the last connection out parks the session, even while the store fails),
 a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
 another process's presence notice; what a failing store does to each of them (and what
-a failed append tells the log, metrics and /readyz); and the answer to an in-process
-request whose actor was stopped. Appends and the delivery of
-events are the actor's hot path and stay in server/actor.py; these run far less often,
-between its batches.
+a failed append tells the log, metrics and /readyz, and events the feed repeated); and
+the answer to an in-process request whose actor was stopped. Appends and the delivery
+of events are the actor's hot path and stay in server/actor.py; these run far less
+often, between its batches.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.models import SessionState
+from bamboo_session.protocol.models import SessionState, StoredEvent
 
 from .commands import (
     ActorRetired,
@@ -114,6 +114,18 @@ def append_failed(actor: SessionActor, exc: StorageError | ValueError, events: i
         actor.metrics.events_failed.inc(events)
     else:  # a bad event or key past the checks before the inbox: each is a bug
         log.error("append failed", error=str(exc), count=events)
+
+
+def feed_repeated(actor: SessionActor, events: list[StoredEvent], repeated: int) -> None:
+    """The session's feed handed out events the room had fanned out already, which it
+    sent nobody again (SessionRoom.deliver): a fault of the feed's, counted and told."""
+    actor.metrics.events_repeated.inc(repeated)
+    log.warning(
+        "events handed out again by the session's feed were not sent again",
+        repeated=repeated,
+        seqs=f"{events[0].seq}..{events[-1].seq}",
+        published_seq=actor.room.published_seq,
+    )
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:

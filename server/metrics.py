@@ -174,6 +174,12 @@ class Metrics:
             "of their session's user past --max-user-bytes",
             registry=r,
         )
+        self.events_repeated = Counter(
+            "bamboo_events_repeated",
+            "Events a session's feed handed out again, at or below the seq already sent to "
+            "its connections: not sent again (0 unless the feed is at fault)",
+            registry=r,
+        )
         self.events_replayed = Counter(
             "bamboo_events_replayed", "Events replayed to resuming connections", registry=r
         )

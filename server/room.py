@@ -91,12 +91,21 @@ class SessionRoom:
         if seq > self.published_seq:
             self.origins[seq] = origin
 
-    def deliver(self, events: list[StoredEvent]) -> None:
+    def deliver(self, events: list[StoredEvent]) -> int:
         """Stored events, in seq order, following ``published_seq``: each goes to the
-        ring and to every outbox but its publisher's."""
+        ring and to every outbox but its publisher's. One at or below ``published_seq``
+        was fanned out already: it goes nowhere again, so that each connection gets each
+        event once and in order, and the ring stays one run of seqs with no repeat
+        (``ring_page`` indexes it by seq), whatever its source hands out twice. Returns
+        how many were so (0 unless that source is at fault: the actor counts them). A
+        gap is let through as it comes: peers see it in the seqs, and resume."""
         outboxes = self.outboxes.values()
         origins = self.origins
+        repeated = 0
         for stored in events:
+            if stored.seq <= self.published_seq:
+                repeated += 1
+                continue
             out = Outbound.for_event(stored)
             self._remember(out)
             self.published_seq = stored.seq
@@ -104,6 +113,7 @@ class SessionRoom:
             for outbox in outboxes:
                 if outbox is not origin:
                     outbox.push(out)
+        return repeated
 
     def restart_at(self, last_seq: int) -> None:
         """The log moved on while nobody watched (appends while parked, another

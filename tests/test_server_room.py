@@ -124,6 +124,26 @@ def test_session_wide_counts_given_by_the_actor_replace_the_rooms_own() -> None:
     assert isinstance(left, Outbound) and left.frame == Presence("agent", 3, left="b")
 
 
+def test_an_event_handed_out_again_goes_to_nobody_again() -> None:
+    # Should the feed ever hand out events twice (a fault of its own), each connection
+    # still gets each event once and in order, and the ring holds each once.
+    room, (viewer,) = room_with("v")
+    assert room.deliver(events(1, 2)) == 0
+    assert room.deliver(events(1, 3)) == 2  # 1 and 2 again, then 3
+    assert seqs(drain(viewer)) == [1, 2, 3]
+    assert [out.seq for out in room.ring or []] == [1, 2, 3]
+    assert [out.seq for out in room.ring_page(0, 3) or []] == [1, 2, 3]
+    # A joiner's stream starts after what was fanned out when it joined.
+    joiner = Outbox("j", "client", limit=100)
+    room.join(joiner, None, None, _meta())
+    drain(joiner)
+    assert room.deliver(events(3, 4)) == 1
+    assert seqs(drain(joiner)) == [4] and seqs(drain(viewer)) == [4]
+    # A gap is let through as it comes (the peer sees it in the seqs, and resumes).
+    assert room.deliver(events(6, 6)) == 0 and seqs(drain(viewer)) == [6]
+    assert room.published_seq == 6
+
+
 def test_close_all_sends_closed_then_the_code() -> None:
     room, (a,) = room_with("a")
     room.close_all(CloseCode.SESSION_CLOSED, "bye")
