@@ -118,14 +118,18 @@ def append_failed(actor: SessionActor, exc: StorageError | ValueError, events: i
 
 def feed_repeated(actor: SessionActor, events: list[StoredEvent], repeated: int) -> None:
     """The session's feed handed out events the room had fanned out already, which it
-    sent nobody again (SessionRoom.deliver): a fault of the feed's, counted and told."""
+    sent nobody again (SessionRoom.deliver): a fault of the feed's, counted each time
+    and logged the first time of the room's life only. A feed that keeps repeating
+    itself would otherwise log a line per batch, hundreds a second per session."""
     actor.metrics.events_repeated.inc(repeated)
-    log.warning(
-        "events handed out again by the session's feed were not sent again",
-        repeated=repeated,
-        seqs=f"{events[0].seq}..{events[-1].seq}",
-        published_seq=actor.room.published_seq,
-    )
+    if actor.room.repeated == repeated:
+        log.warning(
+            "events handed out again by the session's feed were not sent again; "
+            "further ones are counted only",
+            repeated=repeated,
+            seqs=f"{events[0].seq}..{events[-1].seq}",
+            published_seq=actor.room.published_seq,
+        )
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:

@@ -56,6 +56,7 @@ class SessionRoom:
         "origins",
         "outboxes",
         "published_seq",
+        "repeated",
         "ring",
         "ring_bytes",
         "ring_max_bytes",
@@ -72,6 +73,7 @@ class SessionRoom:
     ) -> None:
         self.epoch = epoch
         self.published_seq = published_seq  # every event up to here has been fanned out
+        self.repeated = 0  # events handed out again, fanned out to nobody (deliver)
         self.ring_size = ring_size
         self.ring_max_bytes = ring_max_bytes if ring_max_bytes > 0 else NO_LIMIT
         self.ring_bytes = 0
@@ -97,8 +99,9 @@ class SessionRoom:
         was fanned out already: it goes nowhere again, so that each connection gets each
         event once and in order, and the ring stays one run of seqs with no repeat
         (``ring_page`` indexes it by seq), whatever its source hands out twice. Returns
-        how many were so (0 unless that source is at fault: the actor counts them). A
-        gap is let through as it comes: peers see it in the seqs, and resume."""
+        how many were so, also added to ``repeated`` (0 unless that source is at fault:
+        the actor counts them). A gap is let through as it comes: peers see it in the
+        seqs, and resume."""
         outboxes = self.outboxes.values()
         origins = self.origins
         repeated = 0
@@ -113,6 +116,8 @@ class SessionRoom:
             for outbox in outboxes:
                 if outbox is not origin:
                     outbox.push(out)
+        if repeated:
+            self.repeated += repeated
         return repeated
 
     def restart_at(self, last_seq: int) -> None:

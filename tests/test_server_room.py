@@ -141,7 +141,7 @@ def test_an_event_handed_out_again_goes_to_nobody_again() -> None:
     assert seqs(drain(joiner)) == [4] and seqs(drain(viewer)) == [4]
     # A gap is let through as it comes (the peer sees it in the seqs, and resumes).
     assert room.deliver(events(6, 6)) == 0 and seqs(drain(viewer)) == [6]
-    assert room.published_seq == 6
+    assert room.published_seq == 6 and room.repeated == 3
 
 
 def test_close_all_sends_closed_then_the_code() -> None:
