@@ -40,12 +40,15 @@ def walk_free_form(value: Any, room: int = MAX_FREE_VALUES) -> tuple[int, str | 
     count = 1
     if count > room:  # a scalar counts too: 95k tool calls without arguments are 95k
         return count, _TOO_MANY
+    kind = type(value)
+    if kind is not list and kind is not dict:
+        return count, _scalar_problem(value)
+    if not value:  # a message's metadata, most often: {} holds itself alone
+        return count, None
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         kind = type(item)
-        if kind is not list and kind is not dict:  # only the root: children are below
-            return count, _scalar_problem(item)
         if depth >= MAX_NESTING:
             return count, f"value nested deeper than {MAX_NESTING} levels"
         if kind is dict:
