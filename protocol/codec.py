@@ -210,11 +210,18 @@ class Codec:
         return self._decode(data)[0]
 
     def _decode(self, data: bytes | str) -> tuple[ClientFrame, int]:
-        """:meth:`decode_client`, and how many free-form values the frame holds."""
+        """:meth:`decode_client`, and how many free-form values the frame holds. A
+        frame refused for a time it holds is decoded again, each leap second of a
+        message's time read as leap_seconds.py says."""
         try:
             # msgspec reads JSON from a str as it is; MessagePack only from bytes.
             raw: Any = data.encode() if isinstance(data, str) and not self.text else data
-            frame = self._typed(raw)
+            try:
+                frame: ClientFrame = self._client.decode(raw)
+            except msgspec.ValidationError as exc:
+                if not str(exc).startswith(INVALID_TIME):
+                    raise
+                frame = self._leap_seconds.decode(raw, exc)
         except msgspec.ValidationError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
@@ -225,22 +232,6 @@ class Codec:
         if type(frame) is PublishBatch:
             return frame, _check_batch(frame)
         return frame, 0
-
-    def _typed(self, raw: Any) -> ClientFrame:
-        """The frame ``raw`` holds, msgspec's exceptions as they come. A frame refused
-        for a time that holds a leap second (``:60``) is decoded again, each leap
-        second of a message's time read as leap_seconds.py says."""
-        try:
-            frame: ClientFrame = self._client.decode(raw)
-        except msgspec.ValidationError as exc:
-            leap = ":60" if isinstance(raw, str) else b":60"
-            if not (str(exc).startswith(INVALID_TIME) and leap in raw):
-                raise
-            read = self._leap_seconds.read(raw)
-            if read is None:
-                raise
-            frame = self._client.decode(read)
-        return frame
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already

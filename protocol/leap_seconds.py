@@ -20,11 +20,12 @@ import calendar
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Union, get_args
 
 import msgspec
 
-from .frames import MAX_BATCH_ITEMS
+from .events import AnyAgentEvent
+from .frames import MAX_BATCH_ITEMS, ClientFrame, PublishBatch, PublishEvent
 
 # How msgspec begins its refusal of a time it cannot read.
 INVALID_TIME: Final = "Invalid RFC3339 encoded datetime"
@@ -50,6 +51,30 @@ def leap_second_read(text: str) -> str | None:
     return last if month_ends and (utc.hour, utc.minute) == (23, 59) else None
 
 
+def _tags_only(union: Any, fields: dict[type, list[tuple[str, Any]]]) -> Any:
+    """A union of Structs with the tags of ``union``'s, each with only the ``fields``
+    given for its type: decoded, it reads nothing but the tags (and ``type`` named
+    twice), as the typed decoder reads them."""
+    variants = []
+    for variant in get_args(union):
+        config = variant.__struct_config__
+        own = fields.get(variant, [])
+        variants.append(msgspec.defstruct(variant.__name__, own, tag=config.tag, tag_field="type"))
+    return Union[tuple(variants)]  # noqa: UP007 (a union built at run time)
+
+
+_EVENT_TAGS: Final = _tags_only(AnyAgentEvent, {})
+_ITEM_TAGS: Final[Any] = msgspec.defstruct("BatchItem", [("event", _EVENT_TAGS | None, None)])
+# The tags of a client frame and of the AgentEvents in it, where leap seconds are read.
+FRAME_TAGS: Final = _tags_only(
+    ClientFrame,
+    {
+        PublishEvent: [("event", _EVENT_TAGS)],
+        PublishBatch: [("items", list[_ITEM_TAGS])],
+    },
+)
+
+
 class LeapSecondReader:
     """Reads, in a client frame of one codec's encoding, each message's ``created_at``
     that is a leap second, as :func:`leap_second_read` says (a ``message`` frame's, an
@@ -62,17 +87,35 @@ class LeapSecondReader:
     decoded as plain objects and converted: that built every value of the frame, its
     unknown fields too, which the typed decoder skips (a MessagePack frame of 1 MiB,
     a million empty lists in an unknown field, took 6 ms to decode without a leap
-    second and 1,060 ms with one, charged as the same bytes; now 18 ms). Of members
-    named twice in an object on the way, the last is kept, as a plain decode keeps it.
+    second and 1,060 ms with one, charged as the same bytes; now 18 ms).
     """
 
     def __init__(self, make_decoder: Callable[[Any], Any], encode: Callable[[Any], bytes]) -> None:
+        self._frame = make_decoder(ClientFrame)
+        self._tags = make_decoder(FRAME_TAGS)
         self._fields = make_decoder(dict[str, msgspec.Raw])
         self._items = make_decoder(
             Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
         )
         self._text = make_decoder(str)
         self._encode = encode
+
+    def decode(self, raw: bytes | str, refused: msgspec.ValidationError) -> Any:
+        """The client frame ``raw`` holds, each leap second of a message's time read;
+        ``refused``, the typed decoder's refusal of ``raw`` for an invalid time, raised
+        again when it holds none. Raises msgspec's errors as the typed decoder would.
+
+        A member named twice is read as its last occurrence, as the typed decoder
+        reads it; but the frame encoded again holds the last only, so ``raw`` is
+        decoded once more for what the typed decoder refuses of the others: a ``type``
+        named twice with two values (the frame's, or an AgentEvent's), or an earlier
+        ``event`` or ``items`` of the wrong shape."""
+        read = self.read(raw)
+        if read is None:
+            raise refused
+        frame = self._frame.decode(read)
+        self._tags.decode(raw)
+        return frame
 
     def read(self, raw: bytes | str) -> bytes | None:
         """``raw`` encoded again with each leap second of a message's time read; None

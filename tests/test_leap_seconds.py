@@ -145,10 +145,10 @@ def leap_frames(created_at: str) -> dict[str, Any]:
     }
 
 
-def outcome(codec: Codec, frame: dict[str, Any]) -> tuple[str, Any]:
+def outcome(codec: Codec, frame: Any) -> tuple[str, Any]:
     """What the codec makes of ``frame``: the frame decoded and its weight beyond its
     bytes, or the error (a time in it named as it is read)."""
-    data = msgspec.json.encode(frame).decode() if codec is JSON else msgspec.msgpack.encode(frame)
+    data = encoded(codec, frame)
     try:
         decoded, weight = codec.decode_request(data)
     except ProtocolError as refusal:
@@ -163,6 +163,110 @@ def test_a_frame_with_a_leap_second_is_decoded_as_the_frame_with_its_reading(cod
     as_read = leap_frames(ITS_LAST_MICROSECOND)
     for name, frame in leap_frames(LEAP).items():
         assert outcome(codec, frame) == outcome(codec, as_read[name]), name
+
+
+class Members(list[tuple[str, Any]]):
+    """An object as its members in order, which may name a key twice (a dict cannot)."""
+
+
+def encoded(codec: Codec, value: Any) -> str | bytes:
+    """``value`` in ``codec``'s encoding, each :class:`Members` an object as it is."""
+    return _json(value).decode() if codec is JSON else _msgpack(value)
+
+
+def _json(value: Any) -> bytes:
+    if isinstance(value, Members):
+        members = (msgspec.json.encode(name) + b":" + _json(each) for name, each in value)
+        return b"{" + b",".join(members) + b"}"
+    if isinstance(value, list):
+        return b"[" + b",".join(_json(each) for each in value) + b"]"
+    if isinstance(value, dict):
+        return _json(Members(value.items()))
+    return msgspec.json.encode(value)
+
+
+def _msgpack(value: Any) -> bytes:
+    if isinstance(value, Members):
+        assert len(value) < 16  # a fixmap
+        members = (msgspec.msgpack.encode(name) + _msgpack(each) for name, each in value)
+        return bytes([0x80 | len(value)]) + b"".join(members)
+    if isinstance(value, list):
+        assert len(value) < 16  # a fixarray
+        return bytes([0x90 | len(value)]) + b"".join(_msgpack(each) for each in value)
+    if isinstance(value, dict):
+        return _msgpack(Members(value.items()))
+    return msgspec.msgpack.encode(value)
+
+
+def frames_naming_twice(created_at: str) -> dict[str, Members]:
+    """Frames in which a member on the way to a message's time is named twice
+    (docs/protocol.md, "Frames: general rules": the last counts, but ``type`` named
+    twice with two values is refused), the time ``created_at`` in the last."""
+    sent = message("x", created_at)
+    other = message("y", "2020-01-01T00:00:00Z")
+    in_an_event = Members([("type", "message"), ("message", sent)])
+    token = Members([("type", "token"), ("content", "t")])
+    return {
+        "type, two values": Members([("type", "message"), ("message", sent), ("type", "ping")]),
+        "type, one value": Members([("type", "message"), ("message", sent), ("type", "message")]),
+        "an event's type, two values": Members(
+            [
+                ("type", "event"),
+                ("event", Members([*token, ("message", sent), ("type", "message")])),
+            ]
+        ),
+        "an item's event's type, two values": Members(
+            [
+                ("type", "batch"),
+                ("items", [Members([("event", Members([*token, *in_an_event]))])]),
+            ]
+        ),
+        "created_at": Members(
+            [("type", "message"), ("message", Members([*other.items(), *sent.items()]))]
+        ),
+        "message": Members([("type", "message"), ("message", other), ("message", sent)]),
+        "event, the first with no type": Members(
+            [("type", "event"), ("event", Members([("content", "x")])), ("event", in_an_event)]
+        ),
+        "items, the first no list": Members(
+            [("type", "batch"), ("items", 5), ("items", [Members([("message", sent)])])]
+        ),
+        "an item's message": Members(
+            [("type", "batch"), ("items", [Members([("message", other), ("message", sent)])])]
+        ),
+    }
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_a_member_named_twice_on_the_way_is_read_as_without_a_leap_second(codec: Codec) -> None:
+    # The last occurrence counts, as the typed decoder reads it; and what it refuses
+    # of the others (a `type` of two values, an earlier member of the wrong shape) is
+    # refused, though the frame is decoded again from its members' last occurrences.
+    as_read = frames_naming_twice(ITS_LAST_MICROSECOND)
+    for name, frame in frames_naming_twice(LEAP).items():
+        assert outcome(codec, frame) == outcome(codec, as_read[name]), name
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_a_leap_second_named_before_the_member_that_counts_is_an_invalid_time(
+    codec: Codec,
+) -> None:
+    # Read as its last occurrence, a frame is decoded again from it alone: a leap second
+    # in an earlier one is refused as an invalid time (the typed decoder checks every
+    # occurrence), never read as another time.
+    later = message("y", "2020-01-01T00:00:00Z")
+    frame = Members([("type", "message"), ("message", message("x", LEAP)), ("message", later)])
+    refused = "Invalid RFC3339 encoded datetime - at `$.message.created_at`"
+    assert outcome(codec, frame) == ("refused", (refused, None))
+
+
+def test_a_leap_second_with_escaped_characters_is_read_as_any_other() -> None:
+    # JSON may escape any character of a string: the time is the same, and so its reading.
+    for escaped in ("2016-12-31T23:59\\u003a60Z", "2016-12-31T23:59:6\\u0030Z"):
+        data = encoded(JSON, {"type": "message", "message": message("x", "AT")})
+        frame = JSON.decode_client(str(data).replace("AT", escaped))
+        assert isinstance(frame, PublishMessage), escaped
+        assert frame.message.created_at == datetime(2016, 12, 31, 23, 59, 59, 999999, UTC)
 
 
 @pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
