@@ -80,11 +80,15 @@ def check_content(
     message: Message | None,
     request_id: RequestId,
     room: int = MAX_FREE_VALUES,
+    *,
+    to_utc: bool = False,
 ) -> int:
     """Refuse what not every peer could read in a published event or message (one of
-    the two), or more than ``room`` free-form values.
-    Changes nothing: the client runs it on its caller's objects too, to keep a publish
-    the server would refuse out of a batch. How many free-form values it holds."""
+    the two), or more than ``room`` free-form values. How many free-form values it
+    holds. With ``to_utc``, a message's time is brought to UTC in place, for objects
+    the caller owns (decoded from a frame, or a copy); without, it changes nothing:
+    the client runs it on its caller's objects too, to keep a publish the server would
+    refuse out of a batch."""
     if message is None and isinstance(event, MessageEvent):
         message = event.message
     elif type(event) in _PLAIN_EVENT_TYPES:
@@ -98,12 +102,14 @@ def check_content(
                 reason = problem
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id)
         count += values
-    if message is not None and message.created_at is not None and message.created_at.utcoffset():
-        try:  # times travel in UTC (in_utc); the decoder has already refused naive ones
-            message.created_at.astimezone(UTC)
+    if message is not None and (created := message.created_at) is not None and created.utcoffset():
+        try:  # times travel in UTC; the decoder has already refused naive ones
+            utc = created.astimezone(UTC)
         except OverflowError:
             reason = "created_at out of range in UTC"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id) from None
+        if to_utc:
+            message.created_at = utc
     return count
 
 
@@ -113,26 +119,13 @@ def free_form_values(message: Message) -> int:
     return sum(walk_free_form(value, UNCOUNTED)[0] for value in _free_form_fields(None, message))
 
 
-def in_utc(event: AnyAgentEvent | None, message: Message | None) -> None:
-    """Bring a published message's time to UTC, in place: for objects the caller owns
-    (decoded from a frame, or a copy), once :func:`check_content` has passed them."""
-    if message is None and isinstance(event, MessageEvent):
-        message = event.message
-    if message is not None and message.created_at is not None and message.created_at.utcoffset():
-        message.created_at = message.created_at.astimezone(UTC)
-
-
 def _check_published(frame: PublishEvent | PublishMessage) -> int:
     """Normalize what a publisher sent, or refuse what not every peer could read; how
     many free-form values it holds. The key is kept as sent: ``""`` is a key like any
     other (PROTOCOL.md); only ``null`` or no ``key`` is none."""
     if isinstance(frame, PublishEvent):
-        values = check_content(frame.event, None, frame.id)
-        in_utc(frame.event, None)
-    else:
-        values = check_content(None, frame.message, frame.id)
-        in_utc(None, frame.message)
-    return values
+        return check_content(frame.event, None, frame.id, to_utc=True)
+    return check_content(None, frame.message, frame.id, to_utc=True)
 
 
 def _check_batch(frame: PublishBatch) -> int:
@@ -155,11 +148,10 @@ def _check_batch(frame: PublishBatch) -> int:
         if type(event) in _PLAIN_EVENT_TYPES:
             continue
         try:
-            values += check_content(event, message, frame.id, MAX_FREE_VALUES - values)
+            values += check_content(event, message, frame.id, MAX_FREE_VALUES - values, to_utc=True)
         except ProtocolError as exc:
             reason = f"items[{index}]: {exc.message}"
             raise ProtocolError(exc.code, reason, frame.id) from None
-        in_utc(event, message)
     # Each item weighs as a value too: decoded and checked, it costs about what a
     # free-form value does (a batch of 10,000 tokens, 400 KB, took as long to refuse
     # as a frame of 16,000 values), and holds a struct of its own.
@@ -376,8 +368,7 @@ def checked_event(event: AnyAgentEvent) -> tuple[AnyAgentEvent, int]:
     try:
         encoded = _appended_encoder.encode(event)
         copy = _appended_decoder.decode(encoded)
-        values = check_content(copy, None, None)
-        in_utc(copy, None)
+        values = check_content(copy, None, None, to_utc=True)
     except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as exc:
         raise ValueError(f"event cannot be stored: {exc}") from None
     except ProtocolError as exc:
