@@ -75,6 +75,16 @@ FRAME_TAGS: Final = _tags_only(
 )
 
 
+def _may_hold_leap_second(raw: bytes | str) -> bool:
+    """Whether ``raw`` may hold a leap second: ``:60``, or, in JSON, a ``\\u`` escape
+    of one of those characters. A frame refused for a time that is none is then
+    refused at once: looking at each item of a batch of 10,000 messages took 20 ms,
+    against 1.7 ms for the typed decode that stopped at the first."""
+    if isinstance(raw, str):
+        return ":60" in raw or "\\u" in raw
+    return b":60" in raw or b"\\u" in raw
+
+
 class LeapSecondReader:
     """Reads, in a client frame of one codec's encoding, each message's ``created_at``
     that is a leap second, as :func:`leap_second_read` says (a ``message`` frame's, an
@@ -110,6 +120,8 @@ class LeapSecondReader:
         decoded once more for what the typed decoder refuses of the others: a ``type``
         named twice with two values (the frame's, or an AgentEvent's), or an earlier
         ``event`` or ``items`` of the wrong shape."""
+        if not _may_hold_leap_second(raw):
+            raise refused
         read = self.read(raw)
         if read is None:
             raise refused
