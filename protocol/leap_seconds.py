@@ -70,7 +70,11 @@ FRAME_TAGS: Final = _tags_only(
     ClientFrame,
     {
         PublishEvent: [("event", _EVENT_TAGS)],
-        PublishBatch: [("items", list[_ITEM_TAGS])],
+        # Bounded as the frame's own are: this pass builds no more than the typed
+        # decoder would (which has already refused a longer one, to get here).
+        PublishBatch: [
+            ("items", Annotated[list[_ITEM_TAGS], msgspec.Meta(max_length=MAX_BATCH_ITEMS)])
+        ],
     },
 )
 
