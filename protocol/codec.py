@@ -178,7 +178,7 @@ class Codec:
         self._client = make_decoder(ClientFrame)
         self._server = make_decoder(ServerFrame)
         self._request_id = make_decoder(_RequestIdOnly)
-        self._leap_seconds = LeapSecondReader(make_decoder, encoder.encode)
+        self._leap_seconds = LeapSecondReader(make_decoder, encoder.encode, json=text)
 
     def __repr__(self) -> str:
         return f"<Codec {self.name}>"

@@ -247,6 +247,59 @@ def test_a_member_named_twice_on_the_way_is_read_as_without_a_leap_second(codec:
         assert outcome(codec, frame) == outcome(codec, as_read[name]), name
 
 
+def frames_with_an_occurrence_between(created_at: str) -> dict[str, Members]:
+    """Frames in which a member on the way to a message's time is named three times,
+    ``created_at`` in the first and the last: the one between, which the last
+    replaces, is of the wrong shape (refused by the typed decoder), or a time too."""
+    sent = message("x", created_at)
+    wrong = {"role": "user", "content": 5}
+    in_an_event = {"type": "message", "message": sent}
+
+    def thrice(name: str, between: Any, first: Any = sent) -> list[tuple[str, Any]]:
+        return [(name, first), (name, between), (name, first)]
+
+    def batch(item: Members) -> Members:
+        return Members([("type", "batch"), ("id", 7), ("items", [item])])
+
+    token = {"type": "token", "content": 5}
+    return {
+        "message": Members([("type", "message"), ("id", 7), *thrice("message", wrong)]),
+        "message, a time between": Members(
+            [("type", "message"), *thrice("message", message("y", created_at))]
+        ),
+        "message, no time between": Members(
+            [("type", "message"), ("id", 7), *thrice("message", message("y", "not a time"))]
+        ),
+        "event": Members([("type", "event"), ("id", 7), *thrice("event", token, in_an_event)]),
+        "items": Members(
+            [
+                ("type", "batch"),
+                ("id", 7),
+                *thrice("items", [{"message": wrong}], [{"message": sent}]),
+            ]
+        ),
+        "an item's message": batch(Members(thrice("message", wrong))),
+        "an item's event": batch(Members(thrice("event", token, in_an_event))),
+        "an item's event's message": batch(
+            Members([("event", Members([("type", "message"), *thrice("message", wrong)]))])
+        ),
+    }
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_an_occurrence_after_a_leap_second_is_checked_as_the_typed_decoder_does(
+    codec: Codec,
+) -> None:
+    # The typed decoder stops at the first leap second; what follows it, an occurrence
+    # that a later one replaces included, is checked as in a frame without one (each
+    # of these was taken: only the last occurrences were decoded again).
+    as_read = frames_with_an_occurrence_between(ITS_LAST_MICROSECOND)
+    for name, frame in frames_with_an_occurrence_between(LEAP).items():
+        read = outcome(codec, as_read[name])
+        assert outcome(codec, frame) == read, name
+        assert read[0] == ("decoded" if name == "message, a time between" else "refused"), name
+
+
 @pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
 def test_a_leap_second_named_before_the_member_that_counts_is_an_invalid_time(
     codec: Codec,
