@@ -81,15 +81,16 @@ def _with(union: Any, replaced: dict[Any, Any]) -> Any:
     return Union[tuple(replaced.get(variant, variant) for variant in get_args(union))]  # noqa: UP007 (built at run time)
 
 
-def every_occurrence(check_time: Callable[[msgspec.Raw], None]) -> Any:
+def every_occurrence(read_time: Callable[[msgspec.Raw], msgspec.Raw]) -> Any:
     """A client frame's type that reads a message's ``created_at`` as its bytes, given
-    to ``check_time`` in every occurrence: decoded, it refuses what the typed decoder
-    refuses of any occurrence of any member (an earlier one, that a later one replaces,
-    included), but a leap second, as ``check_time`` reads it."""
+    to ``read_time`` in every occurrence and replaced by what it returns: decoded, it
+    refuses what the typed decoder refuses of any occurrence of any member (an earlier
+    one, that a later one replaces, included), but a leap second, as ``read_time``
+    reads it."""
 
     def check(message: Any) -> None:
         if message.created_at is not None:
-            check_time(message.created_at)
+            message.created_at = read_time(message.created_at)
 
     message = _rebuilt(Message, {"created_at": msgspec.Raw}, {"__post_init__": check})
     event = _rebuilt(MessageEvent, {"message": message})
@@ -134,13 +135,14 @@ class LeapSecondReader:
     ``event`` of type ``message``, and those of a batch's items; free-form values are
     stored as they were sent).
 
-    Only the objects that lead to those times are decoded, their members kept as the
-    bytes they were sent as (``msgspec.Raw``); the frame, encoded again with each time
-    read, is then decoded by the codec's own decoder, and checked as any frame is. Not
-    decoded as plain objects and converted: that built every value of the frame, its
-    unknown fields too, which the typed decoder skips (a MessagePack frame of 1 MiB,
-    a million empty lists in an unknown field, took 6 ms to decode without a leap
-    second and 1,060 ms with one, charged as the same bytes; now 18 ms).
+    The frame is decoded as :func:`every_occurrence` reads it, which checks every
+    occurrence of every member as the typed decoder does and keeps each time as its
+    bytes, a leap second's replaced by its reading; that, encoded again, is decoded by
+    the codec's own decoder and checked as any frame is. Unknown fields are skipped,
+    as the typed decoder skips them: decoded as plain objects, a MessagePack frame of
+    1 MiB, a million empty lists in an unknown field, took 1,060 ms with a leap second
+    (6 ms without). A frame at fault in two places may be refused for another of them
+    than the typed decoder would name: a time is checked once its message is read.
     """
 
     def __init__(
@@ -148,106 +150,38 @@ class LeapSecondReader:
     ) -> None:
         self._json = json
         self._frame = make_decoder(ClientFrame)
-        self._every_occurrence = make_decoder(every_occurrence(self._check_time))
+        self._every_occurrence = make_decoder(every_occurrence(self._time_read))
         self._time = make_decoder(AwareDatetime | None)
-        self._fields = make_decoder(dict[str, msgspec.Raw])
-        self._items = make_decoder(
-            Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
-        )
         self._text = make_decoder(str)
         self._encode = encode
 
     def decode(self, raw: bytes | str, refused: msgspec.ValidationError) -> Any:
         """The client frame ``raw`` holds, each leap second of a message's time read;
         ``refused``, the typed decoder's refusal of ``raw`` for an invalid time, raised
-        again when it holds none. Raises msgspec's errors as the typed decoder would.
-
-        A member named twice is read as its last occurrence, as the typed decoder
-        reads it; but the frame encoded again holds the last only, so ``raw`` is first
-        decoded as :func:`every_occurrence` reads it, which checks every occurrence
-        of every member as the typed decoder does. A leap second in an occurrence
-        that a later one replaces is checked as a time, not read: a frame with no
-        other is refused as ``refused`` says."""
+        again when it cannot hold a leap second. Raises msgspec's errors as the typed
+        decoder would. Of a member named twice, the last occurrence counts, as the
+        typed decoder reads it, and every other is checked as it checks them."""
         if not _may_hold_leap_second(raw, self._json):
             raise refused
         try:
-            self._every_occurrence.decode(raw)
+            read = self._every_occurrence.decode(raw)
         except msgspec.ValidationError as exc:
             raise _time_named(exc) from None
-        read = self.read(raw)
-        if read is None:
-            raise refused
-        return self._frame.decode(read)
+        return self._frame.decode(self._encode(read))
 
-    def _check_time(self, sent: msgspec.Raw) -> None:
-        """Refuse ``sent``, a message's ``created_at`` as its bytes, as the typed
-        decoder refuses a time, unless it is a leap second (:func:`leap_second_read`)."""
-        text = self._text_of(sent)
-        if text is None or leap_second_read(text) is None:
-            try:
-                self._time.decode(sent)
-            except msgspec.ValidationError as exc:  # msgspec names the message's path
-                raise ValueError(f"{_TIME_REFUSED}{exc}") from None
-
-    def read(self, raw: bytes | str) -> bytes | None:
-        """``raw`` encoded again with each leap second of a message's time read; None
-        when it holds none. A frame malformed to its end raises msgspec's DecodeError."""
-        frame = self._fields_of(raw)
-        if frame is None:
-            return None
-        found = self._read_in(frame)
-        items = self._items_of(frame) if self._text_of(frame.get("type")) == "batch" else []
-        items_read = False
-        for index, item in enumerate(items):
-            fields = self._fields_of(item)
-            if fields is not None and self._read_in(fields):
-                items[index] = msgspec.Raw(self._encode(fields))
-                items_read = True
-        if items_read:
-            frame["items"] = msgspec.Raw(self._encode(items))
-        return self._encode(frame) if found or items_read else None
-
-    def _read_in(self, holder: dict[str, msgspec.Raw]) -> bool:
-        """Read the leap second of the message ``holder`` holds, or of the message of
-        its ``event`` of type ``message``, in place; whether there was one."""
-        found = self._read_message(holder, "message")
-        event = self._fields_of(holder.get("event"))
-        if event is None or self._text_of(event.get("type")) != "message":
-            return found
-        if self._read_message(event, "message"):
-            holder["event"] = msgspec.Raw(self._encode(event))
-            found = True
-        return found
-
-    def _read_message(self, holder: dict[str, msgspec.Raw], name: str) -> bool:
-        message = self._fields_of(holder.get(name))
-        sent = self._text_of(message.get("created_at")) if message is not None else None
-        read = leap_second_read(sent) if sent is not None else None
-        if message is None or read is None:
-            return False
-        message["created_at"] = msgspec.Raw(self._encode(read))
-        holder[name] = msgspec.Raw(self._encode(message))
-        return True
-
-    def _fields_of(self, raw: msgspec.Raw | bytes | str | None) -> dict[str, msgspec.Raw] | None:
-        """The members of the object ``raw`` holds, None when it holds another value
-        (the frame's own decoding says what is wrong with it)."""
-        fields: dict[str, msgspec.Raw] | None = self._decoded(self._fields, raw)
-        return fields
-
-    def _items_of(self, frame: dict[str, msgspec.Raw]) -> list[msgspec.Raw]:
-        items: list[msgspec.Raw] | None = self._decoded(self._items, frame.get("items"))
-        return items or []
-
-    def _text_of(self, raw: msgspec.Raw | None) -> str | None:
-        text: str | None = self._decoded(self._text, raw)
-        return text
-
-    @staticmethod
-    def _decoded(decoder: Any, raw: msgspec.Raw | bytes | str | None) -> Any:
-        if raw is None:
-            return None
+    def _time_read(self, sent: msgspec.Raw) -> msgspec.Raw:
+        """``sent``, a message's ``created_at`` as its bytes, or its reading when it is
+        a leap second (:func:`leap_second_read`); refused as the typed decoder refuses
+        a time when it is neither."""
         try:
-            return decoder.decode(raw)
+            text: str | None = self._text.decode(sent)
         except msgspec.ValidationError:
-            return None
+            text = None
+        read = leap_second_read(text) if text is not None else None
+        if read is not None:
+            return msgspec.Raw(self._encode(read))
+        try:
+            self._time.decode(sent)
+        except msgspec.ValidationError as exc:  # msgspec names the message's path
+            raise ValueError(f"{_TIME_REFUSED}{exc}") from None
+        return sent

@@ -301,16 +301,32 @@ def test_an_occurrence_after_a_leap_second_is_checked_as_the_typed_decoder_does(
 
 
 @pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
-def test_a_leap_second_named_before_the_member_that_counts_is_an_invalid_time(
+def test_a_leap_second_named_before_the_member_that_counts_is_read_and_replaced(
     codec: Codec,
 ) -> None:
-    # Read as its last occurrence, a frame is decoded again from it alone: a leap second
-    # in an earlier one is refused as an invalid time (the typed decoder checks every
-    # occurrence), never read as another time.
+    # As in any frame, the last occurrence counts and every other is checked: a leap
+    # second in an earlier one is a time (it was refused as an invalid one), and a
+    # second 60 that is no leap second is refused there too.
     later = message("y", "2020-01-01T00:00:00Z")
-    frame = Members([("type", "message"), ("message", message("x", LEAP)), ("message", later)])
-    refused = "Invalid RFC3339 encoded datetime - at `$.message.created_at`"
-    assert outcome(codec, frame) == ("refused", (refused, None))
+    for earlier, expected in ((LEAP, "decoded"), (NOT_A_LEAP_SECOND, "refused")):
+        frame = Members(
+            [("type", "message"), ("message", message("x", earlier)), ("message", later)]
+        )
+        as_read = Members(
+            [
+                ("type", "message"),
+                ("message", message("x", ITS_LAST_MICROSECOND)),
+                ("message", later),
+            ]
+        )
+        got = outcome(codec, frame)
+        assert got[0] == expected, earlier
+        if expected == "decoded":
+            assert got == outcome(codec, as_read)
+            assert got[1][0]["message"]["content"] == "y"
+        else:
+            refused = "Invalid RFC3339 encoded datetime - at `$.message.created_at`"
+            assert got == ("refused", (refused, None))
 
 
 def test_a_leap_second_with_escaped_characters_is_read_as_any_other() -> None:
