@@ -1,7 +1,11 @@
 -- Set an imported session's state, times, ttl and extra as another store held them,
--- and move its index entries with them.
+-- and move its index entries with them. A move to closed tells every instance, as
+-- state.lua's does: the session's subscriptions there end (an import may run into a
+-- store that instances serve).
 -- KEYS: meta
--- ARGV: id, index prefix, state, updated, active, expires (''), ttl (''), extra JSON
+-- ARGV: id, index prefix, state, updated, active, expires (''), ttl (''), extra JSON,
+--       publish command ('' : the caller publishes), channel
+-- Returns the session's epoch (1 if it has none) when it was closed here, else 0.
 
 local meta = KEYS[1]
 local id, idx = ARGV[1], ARGV[2]
@@ -19,4 +23,6 @@ end
 if ARGV[7] ~= '' then redis.call('HSET', meta, 'ttl', ARGV[7]) end
 index_remove(idx, id, old.user, old.state)
 index_add(idx, id, m)
-return 1
+if m.state ~= 'closed' or old.state == 'closed' then return 0 end
+notify(ARGV[9], ARGV[10], 'closed', old.epoch)
+return old.epoch or 1

@@ -1,6 +1,9 @@
 """What ``bamboo-session migrate`` needs of a Redis store beyond the contract
 (``SessionImport``): events with their own seq, ts and key, and a session's final
-metadata, each written by one script (``import.lua``, ``import_meta.lua``)."""
+metadata, each written by one script (``import.lua``, ``import_meta.lua``). Both tell
+every instance what they change, as an append and a close do: ``migrate`` may write
+into a store that instances serve (nothing there holds it off, unlike a file store's
+lock), and their viewers are then told at once."""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
 from ..base import KEY_WINDOW
+from ..feed import CLOSED
 from ..importing import check_importable
-from .layout import flags_of, to_micros
+from .layout import CLOSED_NOTICE, flags_of, to_micros
+from .scripts import removed_epoch
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -54,9 +59,11 @@ async def import_events(
 
 
 async def import_metadata(storage: RedisStorage, metadata: SessionMetadata) -> None:
-    """Sets state, times, ttl and extra as given, and moves the index entries."""
+    """Sets state, times, ttl and extra as given, and moves the index entries; a move to
+    closed ends the session's subscriptions on every instance, this one's too."""
     storage.require_writable()
     session_id = check_session_id(metadata.id)
+    channel = storage.layout.channel(session_id)
     expires = "" if metadata.expires_at is None else to_micros(metadata.expires_at)
     ttl = "" if metadata.ttl is None else metadata.ttl
     args = [
@@ -68,5 +75,16 @@ async def import_metadata(storage: RedisStorage, metadata: SessionMetadata) -> N
         expires,
         ttl,
         msgspec.json.encode(metadata.extra),
+        storage.redis.publish,
+        channel,
     ]
-    await storage.redis.write("import_meta", [storage.layout.meta(session_id)], args)
+    closed = await storage.redis.write(
+        "import_meta",
+        [storage.layout.meta(session_id)],
+        args,
+        notice=CLOSED_NOTICE,  # published by the caller (replicas) only if it closed
+        epoch_of=removed_epoch,
+        channel=channel,
+    )
+    if closed:
+        storage.live.feed.end(session_id, CLOSED, storage.served_epoch(removed_epoch(closed)))

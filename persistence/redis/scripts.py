@@ -237,8 +237,8 @@ def optional_arg(value: int | None) -> int | str:
 
 
 def removed_epoch(reply: Any) -> str | None:
-    """The epoch of the session a create replaced or a delete removed, as their
-    scripts return it (1 for a session stored with none)."""
+    """The epoch of the session a create replaced, a delete removed or an import
+    closed, as their scripts return it (1 for a session stored with none)."""
     return reply.decode() if isinstance(reply, bytes) else None
 
 
