@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final, Self, TypeVar
+from typing import Final, Self
 
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
@@ -57,8 +57,6 @@ from .recovery import RecoveryReport
 from .tasks import BackgroundTasks, every, to_completion
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # States with no log line to recover them from: on disk before the change returns.
 _FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
