@@ -4,7 +4,8 @@
 A log is one JSON object per line, ``{"seq": N, "ts": ..., "event": {...}, "key": ...}``,
 seqs consecutive from 1. :func:`lines` walks complete lines from a byte offset where a
 line starts, decodes each with the decoder the caller needs, and checks that each seq
-follows the one before; it raises :class:`BrokenLine` at the first line that does not.
+follows the one before; it raises :class:`BrokenLine` at the first line that does not
+(:func:`valid_lines` says where the valid ones end instead).
 The decoders decode no more than their caller reads:
 
 - :func:`decode_stored_event`: a StoredEvent whose AgentEvent stays JSON until used;
@@ -19,6 +20,7 @@ Everything here blocks; it runs in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -43,6 +45,7 @@ __all__ = [
     "locate",
     "raw_lines",
     "read_spans",
+    "valid_lines",
 ]
 
 READ_CHUNK: Final = 1 << 16
@@ -161,6 +164,21 @@ def lines(
                 raise BrokenLine(path, start, None, f"it holds seq {item.seq}")
             expected = item.seq
             yield item, start, stop
+
+
+def valid_lines(
+    path: Path, offset: int, after_seq: int, upto_seq: int | None = None
+) -> tuple[int, int]:
+    """(last seq, end offset) of the consecutive valid lines from ``offset``, where the
+    line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start), up to
+    ``upto_seq`` at most."""
+    last, end = after_seq, offset
+    with contextlib.suppress(FileNotFoundError, BrokenLine):
+        for head, _start, stop in lines(path, offset, after_seq, decode_key):
+            if last == upto_seq:
+                break
+            last, end = head.seq, stop
+    return last, end
 
 
 def _next(seq: int | None) -> int | None:

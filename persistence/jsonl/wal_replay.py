@@ -29,7 +29,6 @@ Everything here blocks; it runs in worker threads.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -45,7 +44,7 @@ from . import damaged_wal
 from .files import close_all, file_expected, fsync_dir, pwrite_all, rewrite_range, sync_and_close
 from .layout import Layout
 from .repair import cut_tail
-from .scan import READ_CHUNK, BrokenLine, decode_key, lines, raw_lines
+from .scan import READ_CHUNK, raw_lines, valid_lines
 from .wal import ReadRecord, decode_record
 from .wal_fields import first_seq_held, fits_log
 
@@ -330,7 +329,7 @@ def _replay_session(
         # WAL record never made it: never acknowledged, so cut (a batch is all or none).
         # Unless the WAL is damaged: then a lost record may have acknowledged them.
         upto = None if keep_tail else pending.last
-        last, end = _valid_lines(path, first_offset, first - 1, upto_seq=upto)
+        last, end = valid_lines(path, first_offset, first - 1, upto_seq=upto)
     else:
         # Lines a deleted segment had covered are gone: data was lost below the WAL's
         # reach. Say so, and keep the segments as evidence.
@@ -343,7 +342,7 @@ def _replay_session(
             first,
         )
         report.segments_kept = True
-        last, end = _valid_lines(path, 0, 0) if size > 0 else (0, 0)
+        last, end = valid_lines(path, 0, 0) if size > 0 else (0, 0)
     if size > end:
         cut = cut_tail(layout, path, size, end, last)
         report.logs_cut += 1
@@ -384,18 +383,3 @@ def _replay_session(
         report.events_replayed += len(missing)
         log.warning("session %r: restored seqs %d..%d from the WAL", session_id, last + 1, seq - 1)
     return fd
-
-
-def _valid_lines(
-    path: Path, offset: int, after_seq: int, upto_seq: int | None = None
-) -> tuple[int, int]:
-    """(last seq, end offset) of the consecutive valid lines from ``offset``, where the
-    line after ``after_seq`` begins (``after_seq`` 0 at offset 0: from the start), up to
-    ``upto_seq`` at most."""
-    last, end = after_seq, offset
-    with contextlib.suppress(FileNotFoundError, BrokenLine):
-        for head, _start, stop in lines(path, offset, after_seq, decode_key):
-            if last == upto_seq:
-                break
-            last, end = head.seq, stop
-    return last, end
