@@ -74,6 +74,7 @@ from .errors import (
     SessionExists,
     SessionExpired,
     SessionFull,
+    SessionLogFailed,
     SessionNotFound,
     SessionRefused,
     StorageError,
@@ -101,6 +102,7 @@ __all__ = [
     "SessionFilter",
     "SessionFull",
     "SessionListResult",
+    "SessionLogFailed",
     "SessionNotFound",
     "SessionRefused",
     "SessionStorage",
@@ -217,8 +219,10 @@ class EventStorage(Protocol):
         past its ``max_user_bytes`` UserFull, nothing of it stored, checked atomically
         with the append too. A store may refuse a session's appends until it is opened
         again (AppendsSuspended, nothing stored: the JSONL store after a delete it undid).
-        Raises SessionNotFound, SessionExpired, SessionClosed, SessionFull,
-        AppendsSuspended, StorageError."""
+        A failure of the session's own file, not of the store, is SessionLogFailed (the
+        JSONL store's log at the file size limit, one it may not write). Raises
+        SessionNotFound, SessionExpired, SessionClosed, SessionFull, AppendsSuspended,
+        SessionLogFailed, StorageError."""
         ...
 
     async def append_event(

@@ -1,9 +1,9 @@
 """The storage contract's exceptions (persistence/base.py says when each is raised;
 ``persistence.base`` and ``persistence`` export them all): a failing store
 (:class:`StorageError`, the base of every other), a session missing, present, expired,
-closed or full (its own cap, or its user's), or taking no appends until the store is
-opened again, a store full or held by another process, or a backend run with settings
-the store refuses."""
+closed or full (its own cap, or its user's), taking no appends until the store is
+opened again, or whose append failed for a reason of its own file alone, a store full
+or held by another process, or a backend run with settings the store refuses."""
 
 from __future__ import annotations
 
@@ -79,6 +79,17 @@ class SessionRefused(StorageError):
     lose writes; its peers resume under the new epoch) and ``Fenced`` (a lease that
     another instance holds now). Nothing was stored, and the store serves other calls
     as before: a server does not count it as an outage (``/readyz`` stays ready)."""
+
+
+class SessionLogFailed(StorageError):
+    """An append failed for a reason of the session's own file alone, not the store's:
+    the JSONL store's log of the session at the file system's size limit (EFBIG), one
+    the store may not write (EACCES, EPERM), a directory in its place (EISDIR); or an
+    append queued behind a failed one of the same session (it was not tried: its failure
+    tells nothing of the store). Nothing of it was stored, and the store
+    takes other sessions' appends as before: a server does not take it alone as an
+    outage (``/readyz`` stays ready while other sessions' appends succeed). A failure
+    of the store's (disk full, I/O error, store unreachable) is a plain StorageError."""
 
 
 class StorageFull(StorageError):

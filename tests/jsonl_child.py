@@ -54,6 +54,7 @@ from write_failures import write_past_limit
 from bamboo_session.persistence import (
     JsonlStorage,
     JsonlStorageConfig,
+    SessionLogFailed,
     SessionNotFound,
     StorageError,
 )
@@ -113,7 +114,9 @@ async def diskfull(base: str, limit: int) -> None:
 
 
 def _reason(exc: StorageError) -> str:
-    return "behind a failed one" if "earlier append" in str(exc) else "write"
+    if "earlier append" in str(exc):
+        return "behind a failed one"
+    return "its own log's write" if isinstance(exc, SessionLogFailed) else "write"
 
 
 async def killsync(base: str, acked: int) -> None:

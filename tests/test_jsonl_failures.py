@@ -7,6 +7,7 @@ process would break pytest itself)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import subprocess
 import sys
@@ -15,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import (
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionLogFailed,
+    StorageError,
+)
+from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Session, utcnow
 from tests.write_failures import assert_told_once, check_report
@@ -34,7 +41,8 @@ def test_disk_full_fails_cleanly_and_recovers(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     seqs = check_report(report)
-    assert "write" in report["reasons"]
+    # The log past the file size limit (EFBIG): the session's alone, not the store's.
+    assert "its own log's write" in report["reasons"]
     # The store's log tells the outage once, with the OS error, then its end in counts.
     assert_told_once(result.stderr, "appending to the log of session 'full' failed")
 
@@ -77,10 +85,11 @@ async def test_appends_queued_behind_a_failed_one_fail_too(tmp_path: Path) -> No
             for i in (3, 4)
         ]
         await slow
-        with pytest.raises(StorageError, match="nothing of this append was stored"):
+        # Its own log's failure, and those behind it: the session's alone, not the store's.
+        with pytest.raises(SessionLogFailed, match=r"Is a directory.*nothing of this append"):
             await failing
         for task in behind:
-            with pytest.raises(StorageError, match="earlier append"):
+            with pytest.raises(SessionLogFailed, match="earlier append"):
                 await task
         assert await storage.last_seq("a") == 1
 
@@ -92,6 +101,30 @@ async def test_appends_queued_behind_a_failed_one_fail_too(tmp_path: Path) -> No
             (1, AgentEvent.token("a1")),
             (2, AgentEvent.token("a5")),
         ]
+
+
+async def test_an_append_whose_wal_sync_fails_fails_for_the_store_not_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the one file every session's appends share (its sync fails: EIO,
+    injected once; in this process, not the sync helper's) is the store's: a plain
+    StorageError, not ``SessionLogFailed``."""
+    config = JsonlStorageConfig(tmp_path, sync_helper=False)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("a"))
+        await storage.append_event("a", AgentEvent.token("a1"))
+        real, failures = wal.datasync, [OSError(errno.EIO, "injected EIO")]
+
+        def datasync(fd: int) -> None:
+            if failures:
+                raise failures.pop()
+            real(fd)
+
+        monkeypatch.setattr(wal, "datasync", datasync)
+        with pytest.raises(StorageError, match="injected EIO") as failed:
+            await storage.append_event("a", AgentEvent.token("a2"))
+        assert not isinstance(failed.value, SessionLogFailed)
+        assert (await storage.append_event("a", AgentEvent.token("a3"))).seq == 2
 
 
 async def test_a_session_whose_delete_fails_does_not_hold_up_the_cleanup_of_others(

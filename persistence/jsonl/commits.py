@@ -29,7 +29,7 @@ from typing import Final
 
 from .batch import Commit, Forget, Group
 from .config import Durability
-from .files import write_all
+from .files import of_its_own, write_all
 from .logfiles import LogFiles
 from .wal import Segment, SegmentFile, encode_deleted, encode_lines, encode_undeleted
 
@@ -145,13 +145,13 @@ class Committer:
         try:
             open_log = self.files.open(group.session_id)
         except OSError as exc:
-            group.error = exc
+            group.error, group.alone = exc, of_its_own(exc)
             return
         group.open_log, group.size_before = open_log, open_log.size
         try:
             write_all(open_log.fd, group.data)
         except OSError as exc:
-            group.error = exc
+            group.error, group.alone = exc, of_its_own(exc)
             commit.cuts.append(group)
             return
         open_log.size = group.size_before + len(group.data)

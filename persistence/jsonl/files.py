@@ -1,6 +1,7 @@
 """Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
-whole writes (appended or positioned) and positioned reads, the lock file, and the
-check that what stands where a file of the store should is one (``file_expected``).
+whole writes (appended or positioned) and positioned reads, the lock file, the
+check that what stands where a file of the store should is one (``file_expected``),
+and which failures of a file's open or write are that file's alone (``of_its_own``).
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
 about sessions or log lines.
@@ -15,6 +16,7 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Final
 
 from ..base import StorageLocked, StoreMisconfigured
 from .layout import temporary_path
@@ -68,6 +70,17 @@ def write_atomic(path: Path, data: bytes, durable: bool) -> os.stat_result:
     if durable:
         fsync_dir(path.parent)
     return stat
+
+
+# Errors of a file's open or write that say it is that file, not the disk, that fails:
+# at the file system's size limit, a file the process may not write, a directory in its
+# place. Any other (ENOSPC, EDQUOT, EIO, EROFS, EMFILE...) is the store's.
+FILE_OWN_ERRNOS: Final = frozenset({errno.EFBIG, errno.EACCES, errno.EPERM, errno.EISDIR})
+
+
+def of_its_own(error: OSError) -> bool:
+    """Whether ``error``, from a file's open or write, is that file's alone."""
+    return error.errno in FILE_OWN_ERRNOS
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -28,7 +28,9 @@ told (``on_failed``, with what a cut that failed left in the file) so it can res
 session's next seq and count what the file holds. Appends of that session
 queued behind the failed ones carry seqs that no longer follow the log, so they fail
 too: each append records the session's *generation* when submitted, and a failure
-starts a new generation.
+starts a new generation. An append fails with ``SessionLogFailed`` when the error is its
+log's alone (its open or write: ``files.of_its_own``) or it was queued behind a failed
+one, else with a plain StorageError: the store's, as a failure of the WAL is.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import TypeVar
 
 from bamboo_session.wakeup import Wakeup
 
-from ..base import StorageError
+from ..base import SessionLogFailed, StorageError
 from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, Group
 from .commits import Committer
@@ -363,7 +365,8 @@ class LogWriter:
                 cause = group.error or OSError("the log writer failed")
                 self._generations[sid] = self._generations.get(sid, 0) + 1
                 self._on_failed(sid, cause, self._files.uncut.get(sid, 0))
-                error = StorageError(
+                failure = SessionLogFailed if group.alone else StorageError
+                error = failure(
                     f"could not append to the log of session {sid!r}: {cause}; "
                     "nothing of this append was stored"
                 )
@@ -389,7 +392,7 @@ def _fail(future: asyncio.Future[None], error: BaseException) -> None:
 
 
 def _stale_error(session_id: str) -> StorageError:
-    return StorageError(
+    return SessionLogFailed(
         f"could not append to the log of session {session_id!r}: an earlier append to it "
         "failed, so this one was not stored either; retry"
     )
