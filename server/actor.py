@@ -299,9 +299,8 @@ class SessionActor:
             health.ended(id(items))
         if full is not None:
             return await over_cap(self, appends, full)
-        if health.watching:
-            health.appended(self.session_id)
         now = time.monotonic()
+        health.appended(self.session_id, now)
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)
         observe_ack = metrics.append_ack_seconds.observe

@@ -20,6 +20,7 @@ from bamboo_session.persistence.base import (
     SessionClosed,
     SessionExpired,
     SessionFull,
+    SessionLogFailed,
     SessionNotFound,
     SessionRefused,
     StorageError,
@@ -110,7 +111,8 @@ def append_failed(actor: SessionActor, exc: StorageError | ValueError, events: i
         actor.metrics.events_failed.inc(events)
         return
     if isinstance(exc, StorageError):  # /readyz: 503; logged once an outage, then counted
-        actor.health.failed(actor.session_id, str(exc), events)
+        own = isinstance(exc, SessionLogFailed)  # unless the session fails alone
+        actor.health.failed(actor.session_id, str(exc), events, own)
         actor.metrics.events_failed.inc(events)
     else:  # a bad event or key past the checks before the inbox: each is a bug
         log.error("append failed", error=str(exc), count=events)

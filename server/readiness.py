@@ -7,11 +7,25 @@ append has waited that long for the store (a disk that stalls writes, a write lo
 another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable; not ``SessionRefused``, a refusal of one session) until appends work
-again: the next append that succeeds, or a probe. Not so the failure of a session
-whose appends keep failing while others' succeed (its log at the file size limit, a
-file the store may not write): it failed before, and an append of another session
-succeeded since its appends began to fail, so the store takes appends; a server out
-of rotation would serve that session no better, and every other session worse.
+again: the next append that succeeds, or a probe. Not so the failure of one session's
+own file (``SessionLogFailed``: its log at the file size limit, a file the store may
+not write) while an append of another session succeeded less than ``ALONE_WITHIN``
+seconds before: the store takes appends; a server out of rotation would serve that
+session no better, and every other session worse.
+
+Why this rule: the store says what failed, as data (the error's class, from the errno
+of the file's own open or write), so a session's fault is told from the store's at its
+first failure, however many sessions fail so and however often each fails and succeeds
+in turn (a log near its size limit: some appends fit, some do not). No table of failing
+sessions is kept, to outgrow or go stale: what the rule holds is three fields, whatever
+the load. A failure of the store's (disk full, I/O error, store unreachable, a failure
+of the WAL every session shares), or any the store does not mark as the session's own,
+is 503 at once. The window keeps a fault of every file at once (a mass change of
+permissions: EACCES at each log) from passing for each session's own: then no other
+session's append succeeds, and the first failure ``ALONE_WITHIN`` after the last
+success is the store's. A session whose file fails while no other appends is taken as
+the store's too: nothing shows that other sessions' appends would succeed.
+
 Without a probe, a server that a load balancer takes out of rotation for its 503 would
 get no more appends to prove itself well, so while appends fail, ``/readyz`` probes (at
 most once a second) what a failed append needed: for a file store, writing and syncing
@@ -27,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -42,71 +57,75 @@ from .store_stats import store_location
 
 PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
 RETRY_AFTER: Final = 10.0  # seconds a store that cannot be probed stays unready
-# Sessions whose last append failed that /readyz remembers, the most recent (ids of up
-# to 128 bytes: some 17 KB at most, the dict included, as tracemalloc counts them).
-FAILING_KEPT: Final = 64
+# Seconds another session's append that succeeded shows the store takes appends, for a
+# session whose own file fails. Failures the store says are its own are let pass that
+# long only: longer, a fault of every file at once (each log made unwritable) would
+# keep /readyz ready longer; shorter, one session's failures (a client retrying every
+# few seconds) among good sessions that append less often would flap it to 503.
+ALONE_WITHIN: Final = 10.0
 # The session whose metadata /readyz reads: any id would do (it need not exist).
 READ_PROBE_ID: Final = "bamboo-readyz"
 
 
 class AppendHealth:
     """What the session actors report of their appends (owned by the manager): the last
-    failure of the store's, the sessions whose last append failed, and the appends the
-    store has not answered yet; and, for the log, the outage under way (``failures``; a
-    probe that succeeds does not end it, an append does)."""
+    failure of the store's, who appended last, and the appends the store has not
+    answered yet; and, for the log, the outage under way (``failures``; a probe that
+    succeeds does not end it, an append does)."""
 
-    __slots__ = ("_appended", "_failing", "_waiting", "failed_at", "failure", "failures")
+    __slots__ = (
+        "_last_appender",
+        "_last_at",
+        "_other_at",
+        "_waiting",
+        "alone_within",
+        "failed_at",
+        "failure",
+        "failures",
+    )
 
     def __init__(self) -> None:
         self.failures = AppendFailures()
         self.failure: str | None = None
         self.failed_at = 0.0
-        # Appends that succeeded while any session was failing (a count that only goes
-        # up), and, by session whose last append failed, that count at the first of its
-        # failures since it last appended: if the count moved since, another session
-        # appended while it was failing (its own append removes it).
-        self._appended = 0
-        self._failing: dict[str, int] = {}
+        self.alone_within = ALONE_WITHIN
+        # The session of the last append that succeeded and when (monotonic clock), and
+        # when the last one of any other session did (-inf: none yet): enough to say,
+        # whatever session fails, when another one last appended.
+        self._last_appender: str | None = None
+        self._last_at = self._other_at = -math.inf
         # Store appends under way, by a key of each, with when each began: a dict keeps
         # them in the order they began, so the first is the oldest.
         self._waiting: dict[int, float] = {}
 
-    @property
-    def watching(self) -> bool:
-        """Whether an append that succeeds has anything to tell (``appended``)."""
-        if self._failing or self.failure is not None:
-            return True
-        return self.failures.failing
-
-    def failed(self, session_id: str, reason: str, events: int) -> None:
-        """A store append of ``events`` events failed: /readyz is 503 until appends
-        work, unless the session's appends fail alone; and the log tells of the outage
+    def failed(self, session_id: str, reason: str, events: int, own: bool = False) -> None:
+        """A store append of ``events`` events failed; ``own``: for a reason of the
+        session's own file, the store says (``SessionLogFailed``). /readyz is 503 until
+        appends work, unless the session fails alone; and the log tells of the outage
         (once, then in counts)."""
-        if not self._fails_alone(session_id):
+        if not (own and self._another_appended_lately(session_id)):
             self.failure = reason
             self.failed_at = time.monotonic()
         self.failures.failed(session_id, reason, events)
 
-    def _fails_alone(self, session_id: str) -> bool:
-        """Whether the session was failing already, and another session appended since
-        its appends began to fail."""
-        failing = self._failing
-        began = failing.pop(session_id, None)
-        failing[session_id] = self._appended if began is None else began  # now the latest
-        if len(failing) > FAILING_KEPT:
-            del failing[next(iter(failing))]  # the one whose last failure is the oldest
-        return began is not None and self._appended > began
+    def _another_appended_lately(self, session_id: str) -> bool:
+        """Whether an append of a session other than ``session_id`` succeeded less than
+        ``alone_within`` seconds ago."""
+        last = self._other_at if session_id == self._last_appender else self._last_at
+        return time.monotonic() - last < self.alone_within
 
     def succeeded(self) -> None:
         """Appends work (an append or a probe succeeded)."""
         self.failure = None
 
-    def appended(self, session_id: str) -> None:
-        """An append for ``session_id`` succeeded: appends work, that session's fail no
-        more, and the outage, if any, may be over."""
+    def appended(self, session_id: str, now: float) -> None:
+        """An append for ``session_id`` succeeded at ``now`` (monotonic clock): appends
+        work, and the outage, if any, may be over. Told of every append: kept cheap."""
+        if session_id != self._last_appender:
+            self._other_at = self._last_at
+            self._last_appender = session_id
+        self._last_at = now
         self.failure = None
-        self._appended += 1
-        self._failing.pop(session_id, None)
         if self.failures.failing:
             self.failures.succeeded(session_id)
 

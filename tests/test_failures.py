@@ -160,6 +160,48 @@ async def test_a_batch_that_does_not_fit_is_stored_not_at_all(tmp_path: Path) ->
         assert "duplicates" not in reply
 
 
+async def test_readyz_stays_ready_while_a_session_near_the_file_limit_fails_now_and_then(
+    tmp_path: Path,
+) -> None:
+    """A session whose log is near the file size limit: its small appends fit, its large
+    ones fail (EFBIG), in turn, while another session appends. Each failure is that
+    session's own file's, and another session appended just before: ``/readyz`` stays
+    ready at every poll (its probe, a frame's worth of bytes, fails under this limit:
+    only appends tell it anything)."""
+    data_dir = tmp_path / "data"
+    log = data_dir / "events" / "near.jsonl"
+    room_kept = 1000  # bytes left in the log: a few small lines fit, never a large one
+
+    def event(text: str, size: int) -> dict[str, Any]:
+        return {"type": "event", "id": text, "event": {"type": "token", "content": "z" * size}}
+
+    with ServerProcess(data_dir, tmp_path / "limited.log", preexec_fn=limit_file_size) as limited:
+        async with (
+            peer_of(limited, "good", create=True) as good,
+            peer_of(limited, "near", create=True) as near,
+        ):
+            n = 0
+            while (room := FILE_LIMIT - log_size(log)) > 2 * room_kept:
+                n += 1
+                size = min(len(PAYLOAD), room - room_kept)
+                assert (await roundtrip(near, event(f"fill{n}", size)))["type"] == "ack"
+            answers = []
+            for n in range(5):
+                # One round trip before each failure: well within the 10 s that another
+                # session's append shows the store takes appends (readiness.ALONE_WITHIN).
+                assert (await roundtrip(good, event(f"good{n}", 10)))["type"] == "ack"
+                failed = await roundtrip(near, event(f"large{n}", FILE_LIMIT))
+                assert failed["type"] == "error" and "File too large" in failed["message"]
+                answers.append(await asyncio.to_thread(readyz, limited))
+                assert (await roundtrip(near, event(f"small{n}", 10)))["type"] == "ack"
+                answers.append(await asyncio.to_thread(readyz, limited))
+            assert answers == [(200, "ready\n")] * 10
+
+
+def log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
 async def roundtrip(peer: Peer, frame: dict[str, Any]) -> dict[str, Any]:
     """Send a request and return its reply (or its error), skipping other frames."""
     await peer.send(frame)

@@ -1,34 +1,46 @@
-"""What ``/readyz`` answers over time while a session's appends fail for good among good
-ones: a real server on a JSONL store in a temp dir, the session's log a directory
-(EISDIR at every open), and the file ``/readyz`` probes the disk with a directory too,
-so that only appends tell it whether the store takes them."""
+"""What ``/readyz`` answers over time while sessions' appends fail among good ones: a real
+server on a JSONL store in a temp dir, a failing session's log a directory (EISDIR at
+every open: a failure of its own file, the store says), or the WAL's sync failing (EIO:
+the store's); and the file ``/readyz`` probes the disk with a directory too, so
+that only appends tell it whether the store takes them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from bamboo_session.server.readiness import FAILING_KEPT, AppendHealth
+from bamboo_session.server.readiness import AppendHealth
 from tests.instances import eventually
 from tests.jsonl_support import break_log, mend_log
 from tests.support import Peer, attach, get, run_server, token
+from tests.test_jsonl_replace_failures import (  # noqa: F401 (the fixture)
+    FailingSync,
+    fail_sync_fixture,
+)
 
 READY = (200, "ready\n")
 # /readyz probes at most once a second: on a loaded machine, a few more.
 PROBED_WITHIN = 15.0
+# How long another session's append shows the store takes appends, in the tests that do
+# not test that window: longer than any stall of a loaded machine between two requests.
+LATELY = 3600.0
 
 
 async def acked(peer: Peer, text: str) -> None:
     await peer.request({"type": "event", "id": text, "event": token(text)}, "ack")
 
 
-async def refused(peer: Peer, text: str) -> None:
+async def refused(peer: Peer, text: str, why: str = "Is a directory") -> None:
     error = await peer.request({"type": "event", "id": text, "event": token(text)}, "error")
-    assert error["code"] == "internal" and "Is a directory" in error["message"], error
+    assert error["code"] == "internal" and why in error["message"], error
 
 
 async def not_ready(server: Any, session_id: str) -> None:
@@ -40,22 +52,35 @@ async def not_ready(server: Any, session_id: str) -> None:
     assert body.startswith(prefix), body
 
 
+@contextlib.asynccontextmanager
+async def probes_failing(data: Path) -> AsyncIterator[Path]:
+    """Every probe of the disk by ``/readyz`` fails (EISDIR) while the directory this
+    yields, where it probes, stands."""
+    probe = data / f".bamboo-probe-{os.getpid()}"
+    probe.mkdir()
+    try:
+        yield probe
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
+
+
 async def test_a_session_whose_appends_fail_for_good_among_good_ones_leaves_it_ready(
     tmp_path: Path,
 ) -> None:
-    """A session's failures may be the store's: 503 until another session's append
-    succeeds (a probe that succeeds says nothing of them). From then on, until it
-    appends, its failures are its own: taking the server out of rotation would serve it
-    no better and every other session worse, so ``/readyz`` stays ready; and the log
-    tells one outage, ended when that session appends again."""
+    """A session's failures, though of its own file, may be the store's while no other
+    session appends: 503 (a probe that succeeds says nothing of them). Once another
+    session's append succeeds, its failures are its own, and so are those of another
+    session whose file fails, from its first: taking the server out of rotation would
+    serve them no better and every other session worse, so ``/readyz`` stays ready; and
+    the log tells one outage, ended when the session that began it appends again."""
     data = tmp_path / "data"
-    async with run_server(store=f"jsonl://{data}") as server:
-        probe = data / f".bamboo-probe-{os.getpid()}"
-        probe.mkdir()  # where /readyz probes the disk: every probe fails (EISDIR)
+    async with run_server(store=f"jsonl://{data}") as server, probes_failing(data) as probe:
 
         async def ready() -> bool:
             return await get(server, "/readyz") == READY
 
+        server.manager.append_health.alone_within = LATELY
         failures = server.manager.append_health.failures
         failures.quiet = 3600.0  # b's appends come within it, however loaded the machine
         failures.every = 3600.0  # no summary line either, however long the test takes
@@ -81,11 +106,10 @@ async def test_a_session_whose_appends_fail_for_good_among_good_ones_leaves_it_r
                     await refused(x, f"x{n}")
                     answers.append(await get(server, "/readyz"))
                 assert answers == [READY] * 6
-                # Another session fails, its first failure: the store's, until shown not.
+                # Another session's own file fails: its own failure, from its first.
                 break_log(data, "c")
                 await refused(c, "c0")
-                await not_ready(server, "c")
-                await acked(b, "b4")
+                assert await get(server, "/readyz") == READY
                 for n in range(1, 3):
                     await refused(c, f"c{n}")
                     await refused(x, f"x{3 + n}")
@@ -103,22 +127,119 @@ async def test_a_session_whose_appends_fail_for_good_among_good_ones_leaves_it_r
     assert ended["ended_by"] == "an append of session 'x', whose failure began it"
 
 
-def store_failures_in_turn(failing: int, rounds: int = 3) -> list[bool]:
-    """``failing`` sessions failing in turn, b's append succeeding after each: whether
-    each failure after the first round was taken as the store's."""
+async def test_a_hundred_sessions_failing_alone_among_good_ones_leave_it_ready(
+    tmp_path: Path,
+) -> None:
+    """However many sessions' own files fail, each at every append, among good ones:
+    ``/readyz`` stays ready at every poll, from each one's first failure on, and when
+    each fails again after a hundred others did."""
+    data = tmp_path / "data"
+    failing = [f"f{n}" for n in range(100)]
+    async with (
+        run_server(store=f"jsonl://{data}") as server,
+        probes_failing(data),
+        contextlib.AsyncExitStack() as peers,
+    ):
+        server.manager.append_health.alone_within = LATELY
+        good, _ = await peers.enter_async_context(attach(server, "good", create=True))
+        failing_peers: list[Peer] = []
+        for group in range(0, len(failing), 25):  # a few handshakes at once, not a hundred
+            attached = await asyncio.gather(
+                *(
+                    peers.enter_async_context(attach(server, session_id, create=True))
+                    for session_id in failing[group : group + 25]
+                )
+            )
+            failing_peers += [peer for peer, _ in attached]
+        for session_id in failing:
+            break_log(data, session_id)
+        answers = []
+        for round_ in range(2):
+            await acked(good, f"good{round_}")
+            for session_id, peer in zip(failing, failing_peers, strict=True):
+                await refused(peer, f"{session_id}.{round_}")
+                answers.append(await get(server, "/readyz"))
+        assert answers == [READY] * 2 * len(failing)
+
+
+async def test_a_failure_of_the_store_is_not_ready_at_once_though_others_appended(
+    tmp_path: Path, fail_sync: FailingSync
+) -> None:
+    """The disk fails a sync (EIO, for real: tests/failing_sync_helper.py): the store's
+    failure, 503 from the first, however lately another session appended; ready again
+    at the next append that succeeds."""
+    data = tmp_path / "data"
+    async with (
+        run_server(store=f"jsonl://{data}") as server,
+        probes_failing(data),
+        attach(server, "b", create=True) as (b, _),
+        attach(server, "x", create=True) as (x, _),
+    ):
+        server.manager.append_health.alone_within = LATELY
+        await acked(x, "x1")  # each log written once: an append syncs the WAL only
+        await acked(b, "b1")
+        fail_sync.arm()
+        await refused(x, "x2", "Input/output error")
+        assert fail_sync.fired()
+        await not_ready(server, "x")
+        await acked(b, "b2")
+        assert await get(server, "/readyz") == READY
+
+
+async def test_a_sessions_own_failure_with_no_other_append_lately_is_the_stores(
+    tmp_path: Path,
+) -> None:
+    """A failure of a session's own file is its alone only while another session's
+    append succeeded less than ``alone_within`` seconds before (0 here: never): else
+    every file may be failing so, and it is the store's."""
+    data = tmp_path / "data"
+    async with (
+        run_server(store=f"jsonl://{data}") as server,
+        probes_failing(data),
+        attach(server, "b", create=True) as (b, _),
+        attach(server, "x", create=True) as (x, _),
+    ):
+        server.manager.append_health.alone_within = 0.0
+        break_log(data, "x")
+        await acked(b, "b1")
+        await refused(x, "x1")
+        await not_ready(server, "x")
+        await acked(b, "b2")
+        assert await get(server, "/readyz") == READY
+
+
+def store_failures_in_turn(failing: int, own: bool, rounds: int = 3) -> list[bool]:
+    """``failing`` sessions failing in turn, b's append succeeding before each, each
+    failure of the session's own file (``own``) or not: whether each was taken as the
+    store's."""
     health = AppendHealth()
+    health.alone_within = LATELY
     taken = []
     for n in range(failing * rounds):
-        health.failed(f"failing-{n % failing}", "could not append", 1)
+        health.appended("b", time.monotonic())
+        health.failed(f"failing-{n % failing}", "could not append", 1, own)
         taken.append(health.failure is not None)
-        health.appended("b")
-    return taken[failing:]
+    return taken
 
 
-def test_it_remembers_the_last_failing_sessions_up_to_its_bound() -> None:
-    """Up to ``FAILING_KEPT`` sessions failing for good in turn among good appends: none
-    is taken as the store's once each has failed once. One more, and the one failing
-    next is always the one forgotten: each failure is taken as new (the bound that keeps
-    what ``/readyz`` holds small, as docs/protocol.md says)."""
-    assert not any(store_failures_in_turn(FAILING_KEPT))
-    assert all(store_failures_in_turn(FAILING_KEPT + 1))
+def test_failures_of_sessions_own_files_among_good_appends_are_never_the_stores() -> None:
+    """However many sessions fail in turn among good appends, and whether or not each
+    appends between its failures: none is taken as the store's if its own file fails,
+    every one if not."""
+    for failing in (1, 64, 65, 1000):
+        assert not any(store_failures_in_turn(failing, own=True))
+        assert all(store_failures_in_turn(failing, own=False))
+    health = AppendHealth()
+    health.alone_within = LATELY
+    health.appended("b", time.monotonic())
+    for _ in range(100):  # one session near its file's limit: fits, too big, fits...
+        health.appended("x", time.monotonic())
+        health.failed("x", "could not append", 1, own=True)
+        assert health.failure is None
+    health.failed("b", "could not append", 1, own=True)  # x appended lately: b is alone
+    assert health.failure is None
+    alone = AppendHealth()
+    alone.alone_within = LATELY
+    alone.appended("x", time.monotonic())
+    alone.failed("x", "could not append", 1, own=True)  # its own append shows nothing
+    assert alone.failure == "could not append"
