@@ -6,7 +6,10 @@ streams, thousands a second: a line for each would flood the log, and cost CPU, 
 when the server is in trouble. So the first failure of an outage is logged at once,
 with its error; later ones are counted, and summarised at most once per
 ``SUMMARY_EVERY`` seconds (how many store appends failed, their events, over how many
-sessions, the last error), when one more fails. The outage ends with a line of its own
+sessions, the last error), when one more fails; except the first failure of the
+store's in an outage that began with one session's own (its log at the file size limit,
+then the disk fills: ``/readyz`` turns 503 at that instant), logged at once too, not
+left for the next summary. The outage ends with a line of its own
 (how long it lasted, how many failed, how many of those no summary told yet) at the
 first append that succeeds of the session whose failure began it, or of any session
 once none has failed for ``QUIET`` seconds: not at once at another session's append,
@@ -51,6 +54,7 @@ class AppendFailures:
         "_outage_failed",
         "_sessions",
         "_source",
+        "_store_told",
         "every",
         "quiet",
         "sessions_counted",
@@ -62,6 +66,7 @@ class AppendFailures:
         self.sessions_counted = SESSIONS_COUNTED
         self._began: float | None = None  # the outage's first failure (monotonic clock)
         self._source = ""  # the session of that failure
+        self._store_told = False  # a failure of the store's was logged in this outage
         self._failed_at = 0.0  # the outage's last failure
         self._outage_failed = 0  # store appends failed since then
         self._logged_at = 0.0  # the outage's last line
@@ -77,13 +82,16 @@ class AppendFailures:
         """An outage is under way: appends failed, and it has not ended since."""
         return self._began is not None
 
-    def failed(self, session_id: str, error: str, events: int) -> None:
-        """A store append of ``events`` events for ``session_id`` failed with ``error``."""
+    def failed(self, session_id: str, error: str, events: int, of_store: bool = True) -> None:
+        """A store append of ``events`` events for ``session_id`` failed with ``error``;
+        ``of_store``: not that session's alone (``/readyz`` takes it as the store's)."""
         now = self._failed_at = time.monotonic()
         self._outage_failed += 1
-        if self._began is None:
-            self._began = self._logged_at = now
-            self._source = session_id
+        if self._began is None or (of_store and not self._store_told):
+            if self._began is None:
+                self._began = self._logged_at = now
+                self._source = session_id
+            self._store_told = of_store
             log.error("append failed", error=error, count=events)
             return
         self._failed += 1
@@ -133,6 +141,7 @@ class AppendFailures:
             ended_by=ended_by,
         )
         self._began = None
+        self._store_told = False
         self._outage_failed = 0
         self._forget_told()
 

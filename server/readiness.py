@@ -102,11 +102,12 @@ class AppendHealth:
         """A store append of ``events`` events failed; ``own``: for a reason of the
         session's own file, the store says (``SessionLogFailed``). /readyz is 503 until
         appends work, unless the session fails alone; and the log tells of the outage
-        (once, then in counts)."""
-        if not (own and self._another_appended_lately(session_id)):
+        (once, then in counts; a failure of the store's also at once)."""
+        of_store = not (own and self._another_appended_lately(session_id))
+        if of_store:
             self.failure = reason
             self.failed_at = time.monotonic()
-        self.failures.failed(session_id, reason, events)
+        self.failures.failed(session_id, reason, events, of_store)
 
     def _another_appended_lately(self, session_id: str) -> bool:
         """Whether an append of a session other than ``session_id`` succeeded less than

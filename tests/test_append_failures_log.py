@@ -17,7 +17,12 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import (
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionLogFailed,
+    StorageError,
+)
 from bamboo_session.persistence.jsonl import appends
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
@@ -160,6 +165,38 @@ async def test_a_session_whose_appends_keep_failing_among_good_ones_makes_one_ou
         "an append of session 'x', whose failure began it",
     )
     assert "session_id" not in quiet and "session_id" not in back
+
+
+async def test_a_failure_of_the_store_in_an_outage_of_one_sessions_own_is_told_at_once(
+    tmp_path: Path, fail_sync: FailingSync
+) -> None:
+    """x's own log fails among b's good appends: an outage, told once, its later
+    failures counted. Then the disk fails (EIO at the WAL's sync, for real): that first
+    failure of the store's is told at once too, as ``/readyz`` turns 503 then, not left
+    for the next summary; the ones after it are counted."""
+    base = tmp_path / "store"
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        async with SessionManager(SessionManagerConfig(), storage) as manager:
+            for session_id in "xbc":
+                await manager.create_session(session_id=session_id)
+            for session_id in "bc":  # each log written once: its appends sync the WAL only
+                await manager.append_event(session_id, AgentEvent.token("first"))
+            break_log(base, "x")
+            health = manager.append_health
+            health.alone_within = 3600.0  # b's append comes within it, however slow
+            health.failures.every = 3600.0  # no summary line, however long the test takes
+            with capture_logs(processors=[merge_contextvars]) as logs:
+                for n in range(2):
+                    with pytest.raises(SessionLogFailed, match="Is a directory"):
+                        await manager.append_event("x", AgentEvent.token(f"lost{n}"))
+                assert health.failure is None  # x's own: /readyz stays ready
+                await fail_append(manager, fail_sync, "b", events=2)
+                assert health.failure is not None
+                await fail_append(manager, fail_sync, "c")
+    told = [(line["event"], line.get("session_id")) for line in lines(logs)]
+    assert told == [("append failed", "x"), ("append failed", "b")]
+    store = lines(logs)[1]
+    assert "Input/output error" in store["error"] and store["count"] == 2
 
 
 async def test_a_session_that_fails_again_seconds_later_is_still_the_same_outage(
