@@ -9,19 +9,21 @@ moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable; not ``SessionRefused``, a refusal of one session) until appends work
 again: the next append that succeeds, or a probe. Not so the failure of one session's
 own file (``SessionLogFailed``: its log at the file size limit, a file the store may
-not write) while an append of another session succeeded less than ``ALONE_WITHIN``
-seconds before: the store takes appends; a server out of rotation would serve that
-session no better, and every other session worse.
+not write; on Redis, a key of the session's that something else wrote over) while an
+append of another session succeeded less than ``ALONE_WITHIN`` seconds before: the
+store takes appends; a server out of rotation would serve that session no better, and
+every other session worse.
 
-Why this rule: the store says what failed, as data (the error's class, from the errno
-of the file's own open or write), so a session's fault is told from the store's at its
-first failure, however many sessions fail so and however often each fails and succeeds
-in turn (a log near its size limit: some appends fit, some do not). No table of failing
-sessions is kept, to outgrow or go stale: what the rule holds is three fields, whatever
-the load. A failure of the store's (disk full, I/O error, store unreachable, a failure
-of the WAL every session shares), or any the store does not mark as the session's own,
-is 503 at once. The window keeps a fault of every file at once (a mass change of
-permissions: EACCES at each log) from passing for each session's own: then no other
+Why this rule: the store says what failed, as data (the error's class: from the errno
+of the file's own open or write; from Redis's error code), so a session's fault is
+told from the store's at its first failure, however many sessions fail so and however
+often each fails and succeeds in turn (a log near its size limit: some appends fit,
+some do not). No table of failing sessions is kept, to outgrow or go stale: what the
+rule holds is three fields, whatever the load. A failure of the store's (disk full,
+I/O error, store unreachable, a failure of the WAL every session shares), or any the
+store does not mark as the session's own, is 503 at once. The window keeps a fault of
+every file at once (a mass change of permissions: EACCES at each log; on Redis, a key
+every append writes, written over) from passing for each session's own: then no other
 session's append succeeds, and the first failure ``ALONE_WITHIN`` after the last
 success is the store's. A session whose file fails while no other appends is taken as
 the store's too: nothing shows that other sessions' appends would succeed.

@@ -1,6 +1,7 @@
 """A Redis store's refusal of one session is not an outage: an append refused with
 ``HistoryLost`` (its session's epoch as an earlier generation of the store served it)
-leaves ``/readyz`` ready, on a real redis-server killed and started again."""
+leaves ``/readyz`` ready, on a real redis-server killed and started again; so do the
+failures of a session whose keys something else wrote over, among good appends."""
 
 from __future__ import annotations
 
@@ -51,3 +52,31 @@ async def test_an_append_refused_for_its_lost_history_leaves_readyz_ready(
             )
             assert "epoch changed" in refused["message"]
         assert await get(bamboo, "/readyz") == (200, "ready\n")
+
+
+async def test_a_session_whose_keys_were_written_over_fails_alone_among_good_ones(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Something else wrote a string over session ``bad``'s log (a stream): each of its
+    appends fails (WRONGTYPE, the session's own keys: ``SessionLogFailed``) while
+    ``good``'s succeed, and ``/readyz`` stays ready at every one."""
+    prefix = prefix_for(tmp_path)
+    async with run_server(store=redis_server.url(prefix=prefix)) as bamboo:
+        bamboo.manager.append_health.alone_within = 3600.0  # however slow the machine
+        async with (
+            attach(bamboo, "good", create=True) as (good, _),
+            attach(bamboo, "bad", create=True) as (bad, _),
+        ):
+            admin = redis.asyncio.Redis(port=redis_server.port)
+            try:
+                await admin.set(f"{prefix}:{{bad}}:log", "not a stream")
+            finally:
+                await admin.aclose()
+            answers = []
+            for n in range(3):
+                event = {"type": "token", "content": f"{n}"}
+                await good.request({"type": "event", "id": n, "event": event}, "ack")
+                refused = await bad.request({"type": "event", "id": n, "event": event}, "error")
+                assert "WRONGTYPE" in refused["message"], refused
+                answers.append(await get(bamboo, "/readyz"))
+            assert answers == [(200, "ready\n")] * 3

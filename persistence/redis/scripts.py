@@ -23,6 +23,7 @@ from ..base import (
     SessionExists,
     SessionExpired,
     SessionFull,
+    SessionLogFailed,
     SessionNotFound,
     SessionRefused,
     StorageError,
@@ -187,9 +188,13 @@ async def run_and_wait(
 
 
 def translate(exc: redis.exceptions.ResponseError) -> Exception:
-    """A script's typed error as the contract's exception; anything else as a
-    StorageError naming what Redis said."""
+    """A script's typed error as the contract's exception; a key of the wrong type (a
+    session's key that something else wrote over: Redis 7 keeps the code of an error a
+    script's call raised) as SessionLogFailed; anything else as a StorageError naming
+    what Redis said."""
     text = str(exc)
+    if text.startswith("WRONGTYPE "):
+        return SessionLogFailed(f"redis: {text}")
     if not text.startswith("BAMBOO_"):
         return StorageError(f"redis: {text}")
     code, _, rest = text.removeprefix("BAMBOO_").partition(" ")
