@@ -7,7 +7,8 @@ would (without its notice, they would wait for their server's next look at the
 session, up to ``idle_timeout``). Read off the channel, with and without
 ``wait_replicas``: an import that closes the session publishes ``closed <epoch>`` then
 ``closed``, as ``state.lua`` does; one that leaves it open, or closed, publishes
-nothing."""
+nothing. A close (or a delete) that fewer replicas confirmed in time than asked is on
+the primary all the same, and its rerun (or retry) finds it done: it is told at once."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from bamboo_session.persistence import Storage, open_storage
+from bamboo_session.persistence import Storage, StorageError, open_storage
+from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.migrate import migrate
 from bamboo_session.persistence.redis import RedisStorage
@@ -131,3 +133,32 @@ async def test_an_import_that_closes_the_session_publishes_the_close(
         if admin is not None:
             await admin.execute_command("REPLICAOF", "NO", "ONE")
             await admin.aclose()
+
+
+@pytest.mark.parametrize("write", ["import", "state", "delete"])
+async def test_a_close_the_replicas_missed_is_told_all_the_same(
+    redis_server: RedisServer, tmp_path: Path, write: str
+) -> None:
+    """With ``wait_replicas`` and no replica to confirm: every write fails, and stays
+    on the primary. A subscription on another instance ends at once (it waited for
+    its server's next look, up to ``idle_timeout``: a rerun of ``migrate`` skips the
+    session, whose final state is there, and a retried close or delete finds it done)."""
+    prefix = prefix_for(tmp_path)
+    url = redis_server.url(prefix=prefix, wait_replicas=1, wait_timeout_ms=50)
+    async with opened(url) as store, opened(redis_server.url(prefix=prefix)) as other:
+        assert isinstance(store, SessionImport)
+        with pytest.raises(StorageError, match="0 of 1 replicas"):
+            await store.create_session(Session.new("s1"))
+        subscription = await other.subscribe("s1", 0)
+        meta = await other.get_metadata("s1")
+        assert meta is not None
+        with pytest.raises(StorageError, match="0 of 1 replicas"):
+            if write == "import":
+                closed = msgspec.structs.replace(meta, state=SessionState.CLOSED)
+                await store.import_metadata(closed)
+            elif write == "state":
+                await store.update_session_state("s1", SessionState.CLOSED)
+            else:
+                await store.delete_session("s1")
+        assert await asyncio.wait_for(subscription.next_batch(), NOTICE_TIMEOUT) == []
+        assert subscription.ended == (DELETED if write == "delete" else CLOSED)

@@ -1,6 +1,7 @@
 """The store's connection to Redis, and the one way its commands and scripts are run:
 no silent retries, Redis errors as the contract's exceptions, and the ``WAIT`` for
-replicas (``wait_replicas``) before anything written is acknowledged or published."""
+replicas (``wait_replicas``) before anything written is acknowledged or published (a
+close or delete they fall short on is published all the same: see ``Commands.write``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from redis.backoff import NoBackoff
 
 from ..base import StorageError, StoreMisconfigured
 from .config import RedisConfig
-from .scripts import Arg, BeforeReload, run, run_and_wait, run_many, unreachable
+from .scripts import (
+    Arg,
+    BeforeReload,
+    ReplicasBehind,
+    run,
+    run_and_wait,
+    run_many,
+    unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,16 +291,23 @@ class Commands:
         scripts publish it)."""
         if not self._replicas:
             return await run(self.client, name, keys, args, self.before_reload)
-        reply = await run_and_wait(
-            self.client, name, keys, args, self._replicas, self._wait_ms, self.before_reload
-        )
-        if deferred:
-            payloads = [reply[1]]
-        elif notice is not None and reply:
-            epoch = None if epoch_of is None else epoch_of(reply)
-            payloads = [notice] if epoch is None else [notice + b" " + epoch.encode(), notice]
-        else:
-            payloads = []
+        try:
+            reply = await run_and_wait(
+                self.client, name, keys, args, self._replicas, self._wait_ms, self.before_reload
+            )
+        except ReplicasBehind as behind:
+            # A close or a delete stands on the primary, which every later read sees,
+            # and its retry (or a rerun of migrate) finds it done and tells no one: told
+            # now, or the session's subscriptions on other instances would wait for
+            # their server's next look (idle_timeout). Not a batch: its events reach
+            # them with the next batch, read from the log.
+            if not deferred:
+                await self._publish(channel, _notices(notice, epoch_of, behind.reply))
+            raise
+        await self._publish(channel, [reply[1]] if deferred else _notices(notice, epoch_of, reply))
+        return reply
+
+    async def _publish(self, channel: str, payloads: list[Any]) -> None:
         payloads = [payload for payload in payloads if payload]
         if len(payloads) == 1:
             await self.call(self.publish_command, channel, payloads[0])
@@ -303,7 +319,6 @@ class Commands:
                 await pipe.execute()
             except redis.exceptions.RedisError as exc:
                 raise unreachable(exc) from exc
-        return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Commands in one round trip (not atomic); StorageError if Redis is away."""
@@ -314,6 +329,17 @@ class Commands:
             return await pipe.execute()
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
+
+
+def _notices(
+    notice: bytes | None, epoch_of: Callable[[Any], str | None] | None, reply: Any
+) -> list[bytes]:
+    """What a script that publishes ``notice`` (none: nothing) would have published,
+    given its ``reply`` (falsy: it did nothing)."""
+    if notice is None or not reply:
+        return []
+    epoch = None if epoch_of is None else epoch_of(reply)
+    return [notice] if epoch is None else [notice + b" " + epoch.encode(), notice]
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:

@@ -149,6 +149,15 @@ def _no_script(reply: object) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
 
 
+class ReplicasBehind(StorageError):
+    """Fewer replicas than asked confirmed a script's writes in time: they are on the
+    primary all the same, and ``reply`` is what the script returned."""
+
+    def __init__(self, message: str, reply: Any) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
 async def run_and_wait(
     client: Redis,
     name: str,
@@ -159,8 +168,8 @@ async def run_and_wait(
     before_reload: BeforeReload = None,
 ) -> Any:
     """Run script ``name``, then ``WAIT`` on the same connection until ``replicas``
-    replicas have its writes; StorageError if fewer confirm within ``timeout_ms``
-    (the write is on the primary then, and may yet be lost with it)."""
+    replicas have its writes; :class:`ReplicasBehind` if fewer confirm within
+    ``timeout_ms`` (the write is on the primary then, and may yet be lost with it)."""
     script = SCRIPTS[name]
     try:
         for command, body in (("EVALSHA", script.sha), ("EVAL", script.source)):
@@ -177,9 +186,10 @@ async def run_and_wait(
             if isinstance(reply, Exception):
                 raise reply
             if confirmed < replicas:
-                raise StorageError(
+                raise ReplicasBehind(
                     f"only {confirmed} of {replicas} replicas confirmed the write within "
-                    f"{timeout_ms} ms; it is on the primary, and may be lost with it"
+                    f"{timeout_ms} ms; it is on the primary, and may be lost with it",
+                    reply,
                 )
             return reply
     except redis.exceptions.RedisError as exc:
