@@ -12,7 +12,8 @@ Resuming: a session whose copy is whole (same epoch, same last seq, same final
 metadata) is skipped; one cut short (by an interruption or a SIGKILL) goes on from the
 destination's last seq, after checking that the destination's last event is the
 source's; a session of the same id but another epoch is a conflict, left alone and
-reported. So a rerun finishes the job.
+reported, as is one the destination closed or expired since (a state it cannot leave
+for the source's). So a rerun finishes the job.
 
 Verifying compares every session of both stores: counts, last seq, epoch, state, and a
 checksum of the events (seq, ts, key and the event, re-encoded so that two backends'
@@ -117,6 +118,13 @@ async def plan_session(source: Storage, target: Storage, meta: SessionMetadata) 
         if [_fingerprint(e) for e in mine] != [_fingerprint(e) for e in theirs]:
             reason = f"event {found.last_seq} differs between source and destination"
             return Planned(meta.id, Action.CONFLICT, 0, reason)
+    if not found.state.can_become(meta.state):
+        # Closed or expired there since the last run (a server serves the destination):
+        # final, as the state table has it; the source's older state would reopen it.
+        reason = (
+            f"the destination's session is {found.state.value}, the source's {meta.state.value}"
+        )
+        return Planned(meta.id, Action.CONFLICT, 0, reason)
     if found.last_seq == meta.last_seq and _final_fields(found) == _final_fields(meta):
         return Planned(meta.id, Action.SKIP, 0)
     return Planned(meta.id, Action.RESUME, meta.last_seq - found.last_seq)

@@ -299,6 +299,26 @@ async def test_a_session_of_the_same_id_and_another_epoch_is_a_conflict(
     assert [e.event for e in await target.read_events("s1")] == [AgentEvent.token("theirs")]
 
 
+@pytest.mark.parametrize("final", [SessionState.CLOSED, SessionState.EXPIRED])
+@pytest.mark.parametrize("stores", [("memory", "sqlite")], indirect=True)
+async def test_a_session_the_destination_closed_since_is_a_conflict(
+    stores: list[Storage], final: SessionState
+) -> None:
+    """Served between two runs, the destination's copy was closed (or expired); the
+    source still has it active. A rerun leaves it so (a closed session is never
+    reopened: later attaches get 4409) and reports it."""
+    source, target = stores
+    await source.create_session(Session.new("s1"))
+    await source.append_event("s1", AgentEvent.token("before"))
+    await migrate(source, target)
+    await target.update_session_state("s1", final)
+    progress = await migrate(source, target)
+    assert [(c.session_id, c.action) for c in progress.conflicts] == [("s1", Action.CONFLICT)]
+    assert f"is {final.value}, the source's active" in progress.conflicts[0].reason
+    found = await target.get_metadata("s1")
+    assert found is not None and found.state == final
+
+
 @pytest.mark.parametrize("stores", [("jsonl", "sqlite")], indirect=True)
 async def test_verify_reads_pages_bounded_in_bytes(stores: list[Storage]) -> None:
     """A session of large events is checksummed a page of at most PAGE_BYTES at a time,

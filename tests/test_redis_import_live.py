@@ -7,8 +7,9 @@ would (without its notice, they would wait for their server's next look at the
 session, up to ``idle_timeout``). Read off the channel, with and without
 ``wait_replicas``: an import that closes the session publishes ``closed <epoch>`` then
 ``closed``, as ``state.lua`` does; one that leaves it open, or closed, publishes
-nothing. A close (or a delete) that fewer replicas confirmed in time than asked is on
-the primary all the same, and its rerun (or retry) finds it done: it is told at once."""
+nothing, and one that would reopen it is refused. A close (or a delete) that fewer
+replicas confirmed in time than asked is on the primary all the same, and its rerun
+(or retry) finds it done: it is told at once."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.migrate import migrate
 from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.protocol.errors import InvalidTransition
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from tests.redis_server import RedisServer, link_replica, prefix_for
 from tests.support import WELCOME_TIMEOUT, Peer, attach, run_server
@@ -118,6 +120,10 @@ async def test_an_import_that_closes_the_session_publishes_the_close(
             closed = msgspec.structs.replace(meta, state=SessionState.CLOSED)
             await store.import_metadata(closed)
             await store.import_metadata(closed)  # closed already: told once
+            with pytest.raises(InvalidTransition, match="closed"):  # never reopened
+                await store.import_metadata(meta)
+            found = await store.get_metadata("s1")
+            assert found is not None and found.state == SessionState.CLOSED
             await store.delete_session("s1")  # the end of what is read here
             published: list[bytes] = []
             async with asyncio.timeout(NOTICE_TIMEOUT):

@@ -6,12 +6,20 @@
 -- ARGV: id, index prefix, state, updated, active, expires (''), ttl (''), extra JSON,
 --       publish command ('' : the caller publishes), channel
 -- Returns the session's epoch (1 if it has none) when it was closed here, else 0.
+-- NOTFOUND, or INVALID <state> for a session closed or expired that the import would
+-- move to a state the state table does not reach from there (nothing written).
 
 local meta = KEYS[1]
 local id, idx = ARGV[1], ARGV[2]
 local h = redis.call('HGETALL', meta)
 if #h == 0 then fail('NOTFOUND') end
 local old = hash_of(h)
+-- Closed or expired since the run planned (an instance serves the store): final, as
+-- the state table has it (closed may still expire); a run must not reopen it.
+local final = old.state == 'closed' or old.state == 'expired'
+if final and ARGV[3] ~= old.state and not (old.state == 'closed' and ARGV[3] == 'expired') then
+  fail('INVALID ' .. old.state)
+end
 local m = {id = id, user = old.user, created = old.created, msgs = old.msgs,
            state = ARGV[3], updated = ARGV[4], active = ARGV[5]}
 redis.call('HSET', meta, 'state', m.state, 'updated', m.updated, 'active', m.active, 'extra', ARGV[8])
