@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.migrate import migrate
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.errors import InvalidTransition
-from bamboo_session.protocol.models import AgentEvent, Session, SessionState
+from bamboo_session.protocol.models import AgentEvent, Session, SessionState, StoredEvent
 from tests.redis_server import RedisServer, link_replica, prefix_for
 from tests.support import WELCOME_TIMEOUT, Peer, attach, run_server
 
@@ -168,3 +169,29 @@ async def test_a_close_the_replicas_missed_is_told_all_the_same(
                 await store.delete_session("s1")
         assert await asyncio.wait_for(subscription.next_batch(), NOTICE_TIMEOUT) == []
         assert subscription.ended == (DELETED if write == "delete" else CLOSED)
+
+
+async def test_events_the_replicas_missed_reach_the_other_instances_before_a_close(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An append and an import that no replica confirmed are on the primary, and their
+    batches are published all the same: a subscription on another instance gets them
+    at once, and before a close that comes next (whose notice tells no seq: without
+    them it ended with the events unseen)."""
+    prefix = prefix_for(tmp_path)
+    url = redis_server.url(prefix=prefix, wait_replicas=1, wait_timeout_ms=50)
+    plain = redis_server.url(prefix=prefix)
+    async with opened(url) as store, opened(plain) as other, opened(plain) as closer:
+        assert isinstance(store, SessionImport)
+        await closer.create_session(Session.new("s1"))
+        subscription = await other.subscribe("s1", 0)
+        with pytest.raises(StorageError, match="0 of 1 replicas"):
+            await store.append_event("s1", AgentEvent.token("appended"))
+        imported = StoredEvent(2, datetime.now(UTC), AgentEvent.token("imported"))
+        with pytest.raises(StorageError, match="0 of 1 replicas"):
+            await store.import_events("s1", [imported])
+        await closer.update_session_state("s1", SessionState.CLOSED)
+        seen: list[int] = []
+        while batch := await asyncio.wait_for(subscription.next_batch(), NOTICE_TIMEOUT):
+            seen += [event.seq for event in batch]
+        assert (seen, subscription.ended) == ([1, 2], CLOSED)

@@ -1,7 +1,7 @@
 """The store's connection to Redis, and the one way its commands and scripts are run:
 no silent retries, Redis errors as the contract's exceptions, and the ``WAIT`` for
 replicas (``wait_replicas``) before anything written is acknowledged or published (a
-close or delete they fall short on is published all the same: see ``Commands.write``)."""
+write they fall short on is published all the same: see ``Commands.write``)."""
 
 from __future__ import annotations
 
@@ -296,15 +296,15 @@ class Commands:
                 self.client, name, keys, args, self._replicas, self._wait_ms, self.before_reload
             )
         except ReplicasBehind as behind:
-            # A close or a delete stands on the primary, which every later read sees,
+            # What the script wrote stands on the primary, which every later read sees,
             # and its retry (or a rerun of migrate) finds it done and tells no one: told
-            # now, or the session's subscriptions on other instances would wait for
-            # their server's next look (idle_timeout). Not a batch: its events reach
-            # them with the next batch, read from the log.
-            if not deferred:
-                await self._publish(channel, _notices(notice, epoch_of, behind.reply))
+            # now all the same. Else a close or a delete would leave the session's
+            # subscriptions on other instances attached until their server's next look
+            # (idle_timeout), and a batch's events would reach them only with the next
+            # batch, read from the log: never, if a close came first.
+            await self._publish(channel, _left(behind.reply, deferred, notice, epoch_of))
             raise
-        await self._publish(channel, [reply[1]] if deferred else _notices(notice, epoch_of, reply))
+        await self._publish(channel, _left(reply, deferred, notice, epoch_of))
         return reply
 
     async def _publish(self, channel: str, payloads: list[Any]) -> None:
@@ -331,11 +331,16 @@ class Commands:
             raise unreachable(exc) from exc
 
 
-def _notices(
-    notice: bytes | None, epoch_of: Callable[[Any], str | None] | None, reply: Any
-) -> list[bytes]:
-    """What a script that publishes ``notice`` (none: nothing) would have published,
-    given its ``reply`` (falsy: it did nothing)."""
+def _left(
+    reply: Any,
+    deferred: bool,
+    notice: bytes | None,
+    epoch_of: Callable[[Any], str | None] | None,
+) -> list[Any]:
+    """What a script left the caller to publish, given its ``reply``: the batch it
+    returned (``deferred``), or ``notice`` (none: nothing) if it did anything."""
+    if deferred:
+        return [reply[1]]
     if notice is None or not reply:
         return []
     epoch = None if epoch_of is None else epoch_of(reply)
