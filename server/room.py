@@ -357,16 +357,20 @@ class HeldConnections:
         """Handed over by an actor: they wait for the telling, or get it now."""
         for outbox in outboxes:
             outbox.handed_over = True
-        self.outboxes += outboxes
         if self.told is not None:
             close_every(outboxes, *self.told)
+        else:
+            self.outboxes += outboxes
 
     def tell(self, code: CloseCode, reason: str) -> None:
-        """``closed`` and the close for each; a later telling changes nothing (a stop
-        that told them 1012 before a delete's outcome was known stays what they got)."""
+        """``closed`` and the close for each, which are let go (a hold may outlive
+        them: its store's delete may never end); a later telling changes nothing (a
+        stop that told them 1012 before a delete's outcome was known stays what they
+        got)."""
         if self.told is None:
             self.told = (code, reason)
             close_every(self.outboxes, code, reason)
+            self.outboxes = []
 
 
 def close_every(
