@@ -25,7 +25,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from .actor import SessionActor
 from .commands import AccessRefusal, ActorRetired, Attach, Detach, Stop
 from .failures import ServerBusy, ServerStopping, is_expected
-from .holds import DeleteHolds
+from .holds import DeleteHolds, Hold
 from .outbox import Outbox
 from .pages import PageReads
 from .room import HeldConnections
@@ -248,21 +248,23 @@ class ActorRegistry:
         await self._reads.within(deadline, asyncio.wait([stopped]))
 
     @contextlib.asynccontextmanager
-    async def held_off(self, session_id: str) -> AsyncIterator[HeldConnections]:
-        """No actor of the session in this process while the block runs: the live one
-        (and any being spawned) retires, its queued appends stored and answered first;
-        attaches and appends wait for the block's end, then go to an actor spawned
-        from what the store holds then. Yields the retired actors' connections, still
-        open, for the caller to tell once it knows what to; a server stop meanwhile
-        tells them 1012, and a block that ends without telling them (cancelled before
-        it knew) 1011 ``session not deleted``: they resume, and find what is there.
-        The retirement is within the read deadline: past it, StoreTimeout before the
-        block (the actor stores what it holds first, on a store that may not answer);
-        connections it hands over later are told 1011 then."""
+    async def held_off(self, session_id: str, deadline: float) -> AsyncIterator[Hold]:
+        """No actor of the session in this process while the block runs, nor after it
+        until the store call it runs in the hold (:meth:`Hold.lasts_for`) has ended:
+        the live one (and any being spawned) retires, its queued appends stored and
+        answered first; attaches and appends wait for the hold's end, then go to an
+        actor spawned from what the store holds then. Yields the hold, whose
+        connections, the retired actors', stay open for the caller to tell once it
+        knows what to; a server stop meanwhile tells them 1012, and 1011 ``session not
+        deleted`` by ``deadline`` or the hold's end if no one told them: they resume,
+        and find what is there. An earlier hold of the session, then the retirement,
+        within ``deadline``: past it, StoreTimeout before the block (the actor stores
+        what it holds first, on a store that may not answer); connections it hands
+        over later are told 1011 then."""
         check_session_id(session_id)
-        async with self.holds.hold(session_id) as held:
-            await self._retire_all_of(session_id, held, self._reads.deadline())
-            yield held
+        async with self.holds.hold(session_id, deadline) as hold:
+            await self._retire_all_of(session_id, hold.connections, deadline)
+            yield hold
 
     async def _retire_all_of(self, session_id: str, held: HeldConnections, deadline: float) -> None:
         """Retires the session's actors, handing their connections to ``held``."""

@@ -27,7 +27,7 @@ class SessionEndings:
     def __init__(self, actors: ActorRegistry, storage: Storage, reads: PageReads) -> None:
         self.actors = actors
         self.storage = storage
-        self.reads = reads  # the bound on a delete's outcome once its caller has left
+        self.reads = reads  # a delete's deadline: the store's delete may not answer
 
     async def close(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000. The close
@@ -49,50 +49,30 @@ class SessionEndings:
     async def delete(self, session_id: str) -> None:
         """Removes the session; its connections are closed with 4404 once it is gone.
         When the store fails the delete, the session stays, and its connections are
-        closed with 1011 (``session not deleted``): they resume. A caller cancelled
-        meanwhile leaves the store's delete its read deadline to end: its connections
-        are told its outcome all the same (:meth:`_told_after_cancel`)."""
+        closed with 1011 (``session not deleted``): they resume. All of it within the
+        read deadline from the call, else StoreTimeout (a Redis that stopped, a disk
+        that stalls): its connections are then closed with 1011 too, while the store's
+        delete goes on, and the session stays held off until it ends. A caller
+        cancelled meanwhile leaves its connections the outcome the store gives by
+        that deadline."""
         check_session_id(session_id)
+        deadline = self.reads.deadline()
         # The connections stay open until the store answers: 4404 tells a client to
         # stop, which is a lie if the store brings the session back (the JSONL store
-        # undoes a delete whose directory sync fails). No actor is spawned meanwhile,
-        # so an attach or append racing the delete waits for its outcome: it neither
-        # finds the session missing while it may come back, nor brings it back.
-        async with self.actors.held_off(session_id) as connections:
-            deleting = asyncio.ensure_future(self.storage.delete_session(session_id))
-            try:
-                await asyncio.shield(deleting)
-            except asyncio.CancelledError:
-                await self._told_after_cancel(deleting, connections)
-                raise
-            except SessionNotFound:
-                connections.tell(CloseCode.NOT_FOUND, "session deleted")
-                raise
-            # Failed: the block's end tells them 1011, "session not deleted".
-            connections.tell(CloseCode.NOT_FOUND, "session deleted")
+        # undoes a delete whose directory sync fails). No actor is spawned until the
+        # store's delete has ended, whoever waits for it, so an attach, read or append
+        # racing the delete waits for its outcome (bounded by its own deadline): it
+        # neither finds the session missing while it may come back, nor brings it back.
+        async with self.actors.held_off(session_id, deadline) as hold:
+            deleting = hold.lasts_for(self._deleted(session_id, hold.connections))
+            await self.reads.within(deadline, asyncio.shield(deleting))
 
-    async def _told_after_cancel(
-        self, deleting: asyncio.Future[None], connections: HeldConnections
-    ) -> None:
-        """The delete's caller left while the store deleted. A JSONL delete runs to its
-        end in its thread whatever its caller does: telling its connections 1011 then
-        sent them to resume a session that was gone (4404). So they get the outcome, if
-        the store gives it within the read deadline; past it the store call is
-        cancelled, and the hold's end tells them 1011: they resume, and find what is
-        there."""
+    async def _deleted(self, session_id: str, connections: HeldConnections) -> None:
+        """The store's delete; ``connections`` told 4404 once the session is gone (a
+        failure leaves them to the hold's end: 1011)."""
         try:
-            await asyncio.wait([deleting], timeout=self.reads.timeout)
-        finally:
-            if not deleting.done():
-                deleting.cancel()  # ends at its next step, not now: done() stays False
-            deleting.add_done_callback(_retrieve)  # nobody awaits it any more
-        if not deleting.done() or deleting.cancelled():
-            return  # no outcome in time: the hold's end tells them 1011
-        failure = deleting.exception()
-        if failure is None or isinstance(failure, SessionNotFound):
+            await self.storage.delete_session(session_id)
+        except SessionNotFound:
             connections.tell(CloseCode.NOT_FOUND, "session deleted")
-
-
-def _retrieve(call: asyncio.Future[None]) -> None:
-    if not call.cancelled():
-        call.exception()
+            raise
+        connections.tell(CloseCode.NOT_FOUND, "session deleted")

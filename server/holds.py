@@ -1,14 +1,15 @@
 """DeleteHolds: the sessions a delete holds off in this process (ActorRegistry.held_off)
-until the store's outcome is known, the connections handed over meanwhile, and the
-bounded wait of whoever meets a hold: an attach, an in-process append or close, an HTTP
-read of the session.
+until the store's delete has ended, the connections handed over meanwhile, and the
+bounded wait of whoever meets a hold: an attach, an in-process append, close or delete,
+an HTTP read of the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from bamboo_session.protocol.errors import CloseCode
 
@@ -16,19 +17,55 @@ from .failures import ServerStopping
 from .pages import PageReads
 from .room import HeldConnections
 
+NOT_DELETED = "session not deleted"
+
+
+class Hold:
+    """One delete's hold of a session: the connections its actor handed over, and the
+    store's delete, which the hold lasts for even once its caller has left."""
+
+    __slots__ = ("_telling", "call", "connections", "released")
+
+    def __init__(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.connections = HeldConnections()
+        self.released: asyncio.Future[None] = loop.create_future()
+        self.call: asyncio.Task[None] | None = None
+        # The connections wait for the outcome no longer than the delete's caller does:
+        # then 1011, they resume, and their hellos wait (bounded) for the outcome.
+        self._telling = loop.call_at(
+            deadline, self.connections.tell, CloseCode.INTERNAL_ERROR, NOT_DELETED
+        )
+
+    def lasts_for(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """``call`` (the store's delete) run in a task the hold lasts for: the store
+        holds what it will, the session or not, only once it has ended."""
+        self.call = asyncio.ensure_future(call)
+        return self.call
+
+    def release(self) -> None:
+        self._telling.cancel()
+        self.released.set_result(None)
+        # Not told by the call's outcome: it failed, or never started.
+        self.connections.tell(CloseCode.INTERNAL_ERROR, NOT_DELETED)
+        if self.call is not None and not self.call.cancelled():
+            self.call.exception()  # its caller may have left: nobody else retrieves it
+
 
 class DeleteHolds:
     def __init__(self, reads: PageReads) -> None:
         # A wait for a hold is a wait for the store's delete: as bounded as a read.
         self._reads = reads
-        self._released: dict[str, asyncio.Future[None]] = {}
-        # Their connections, open and in no room meanwhile: a stop tells them first.
-        self.held: dict[str, HeldConnections] = {}
+        # One hold per session at most: a delete meeting one waits for it (bounded)
+        # instead of adding another, so a store whose deletes never end keeps one per
+        # session deleted meanwhile (a future, a timer handle, and a task the store
+        # holds anyway), and no connection: they are told 1011 by the deadline and let go.
+        self.holding: dict[str, Hold] = {}
         self.closed = False
         self._closing: asyncio.Future[None] | None = None  # set by close(), for waiters
 
     def holds(self, session_id: str) -> bool:
-        return session_id in self._released
+        return session_id in self.holding
 
     async def unheld(self, session_id: str, deadline: float | None = None) -> None:
         """Returns once no delete holds the session off: the store then holds what it
@@ -44,27 +81,32 @@ class DeleteHolds:
     async def _unheld(self, session_id: str) -> None:
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_future()
-        while (released := self._released.get(session_id)) is not None and not self.closed:
-            await asyncio.wait([released, self._closing], return_when=asyncio.FIRST_COMPLETED)
+        while (hold := self.holding.get(session_id)) is not None and not self.closed:
+            await asyncio.wait([hold.released, self._closing], return_when=asyncio.FIRST_COMPLETED)
         if self.closed:
             raise ServerStopping("server is shutting down")
 
     @contextlib.asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[HeldConnections]:
-        """The session held off while the block runs, after any earlier hold of it
-        (another delete: this one comes after). A block that ends without telling the
-        connections handed over (cancelled before it knew) tells them 1011 ``session
-        not deleted``: they resume, and find what is there."""
-        while (earlier := self._released.get(session_id)) is not None:
-            await asyncio.wait([earlier])
-        self._released[session_id] = released = asyncio.get_running_loop().create_future()
-        self.held[session_id] = held = HeldConnections()
+    async def hold(self, session_id: str, deadline: float) -> AsyncIterator[Hold]:
+        """The session held off while the block runs, and after it until the store
+        call it ran (:meth:`Hold.lasts_for`) has ended; after any earlier hold of it
+        (another delete: this one comes after), within ``deadline`` (StoreTimeout).
+        Its connections are told 1011 ``session not deleted`` by ``deadline`` unless
+        told its outcome before: they resume, and find what is there."""
+        while self.holds(session_id):
+            await self.unheld(session_id, deadline)
+        self.holding[session_id] = hold = Hold(deadline)
         try:
-            yield held
+            yield hold
         finally:
-            del self._released[session_id], self.held[session_id]
-            released.set_result(None)
-            held.tell(CloseCode.INTERNAL_ERROR, "session not deleted")
+            if hold.call is None or hold.call.done():
+                self._release(session_id, hold)
+            else:
+                hold.call.add_done_callback(lambda _call: self._release(session_id, hold))
+
+    def _release(self, session_id: str, hold: Hold) -> None:
+        del self.holding[session_id]
+        hold.release()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Ends every wait for a hold (ServerStopping) and tells the connections held
@@ -72,5 +114,5 @@ class DeleteHolds:
         self.closed = True
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
-        for held in self.held.values():
-            held.tell(code, reason)
+        for hold in self.holding.values():
+            hold.connections.tell(code, reason)

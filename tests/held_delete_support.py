@@ -20,6 +20,7 @@ from bamboo_session.persistence.jsonl import lifecycle, logfiles
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.manager import SessionManager
+from bamboo_session.server.pages import StoreTimeout
 from tests.instances import eventually
 from tests.support import Peer, attach, get, token
 
@@ -93,6 +94,13 @@ class HeldDelete:
         with pytest.raises(StorageError, match="not deleted"):
             await self.task
 
+    async def given_up(self) -> None:
+        """Returns once the delete's caller has given up on the store (its deadline
+        passed), which still holds the delete at its directory sync."""
+        with pytest.raises(StoreTimeout, match="no answer from the store"):
+            await self.task
+        assert not self.release.is_set()
+
 
 @dataclasses.dataclass
 class Scene:
@@ -127,6 +135,13 @@ class Scene:
                 with contextlib.suppress(StorageError):
                     deleting.result()
 
+    async def delete_ended(self, session_id: str) -> None:
+        """Returns once the store's delete of the session has ended (its caller may
+        have left long before), and with it the hold of the session."""
+        hold = self.manager.actors.holds.holding.get(session_id)
+        if hold is not None:
+            await hold.released
+
     async def hello_attaching(self, session_id: str) -> None:
         """Returns once a hello to the session is under way on the server."""
         await eventually(lambda: session_id in self.manager.actors._attaching)
@@ -142,6 +157,10 @@ async def scene(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any
 ) -> AsyncIterator[Scene]:
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
+    # A delete gives up on its store within the read deadline (5 s by default): one
+    # held that long on a loaded CI machine, by a test of something else, would give
+    # up. Tests of that bound set their own.
+    overrides.setdefault("store_read_timeout", 30)
     async with embedded(config, **overrides) as server:
         assert server._manager is not None
         yield Scene(server, server._manager, config, monkeypatch)

@@ -1,18 +1,19 @@
-"""Who meets a delete under way, and how long they wait for its outcome: an in-process
-append or close waits no longer than the read deadline (StoreTimeout, on a Redis frozen
-with SIGSTOP mid-delete); an HTTP read of the session waits for the outcome within its
-deadline (then the session, or 404; 503 past it or at a stop), its token checked
-against what it finds then; a delete whose caller is cancelled while the store deletes
-tells its clients the outcome the store gives after all (4404 for a JSONL delete that
-ends in its thread), or 1011 when the store undoes it or gives no answer by the read
-deadline."""
+"""Who meets a delete under way, and how long they wait for its outcome: the delete's
+caller, an in-process append or close wait no longer than the read deadline
+(StoreTimeout, on a Redis frozen with SIGSTOP mid-delete, or a JSONL delete held at its
+directory sync), and the session stays held off until the store's delete has ended;
+an HTTP read of the session or a hello waits for the outcome within its deadline (then
+the session, or 404 / 4404; 503 / 1011 past it or at a stop), its token checked against
+what it finds then; a second delete meanwhile is bounded the same way; a delete whose
+caller is cancelled while the store deletes tells its clients the outcome the store
+gives after all (4404 for a JSONL delete that ends in its thread), or 1011 when the
+store undoes it or gives no answer by the read deadline."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from bamboo_session.server.pages import StoreTimeout
 from tests.held_delete_support import closed_with, scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, get
+from tests.support import attach, get, open_peer
 from tests.test_auth import SECRET, make_token
 from tests.test_store_stalls import frozen
 
@@ -35,10 +36,11 @@ NOT_DELETED = {"type": "closed", "reason": "session not deleted"}
 async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_read_deadline(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    """The store's delete hangs (its Redis stopped): an append or a close that meets it
-    gets StoreTimeout at the read deadline while the delete is still under way, not a
-    wait as long as the store's; once Redis answers, the delete ends and the session
-    is gone."""
+    """The store's delete hangs (its Redis stopped): the delete, and an append or a
+    close that meets it, get StoreTimeout at the read deadline, not a wait as long as
+    the store's; the session stays held off after its delete gave up (an append is
+    still StoreTimeout, not SessionNotFound nor stored); once Redis answers, the
+    store's delete ends, and the session is gone."""
     redis = start_redis("redis")
     storage = await open_storage(redis.url(prefix=prefix_for(tmp_path)))
     config = SessionManagerConfig(store_read_timeout=DEADLINE)
@@ -51,8 +53,11 @@ async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_r
                 await manager.append_event("doomed", AgentEvent.token("late"))
             with pytest.raises(StoreTimeout, match="no answer from the store"):
                 await manager.close_session("doomed")
-            assert not deleting.done()  # the bound gave up, not the delete's end
-        await deleting
+            with pytest.raises(StoreTimeout, match="no answer from the store"):
+                await deleting  # its deadline came before the append's
+            with pytest.raises(StoreTimeout, match="no answer from the store"):
+                await manager.append_event("doomed", AgentEvent.token("later"))
+        await eventually(lambda: not manager.actors.holds.holds("doomed"), timeout=20)
         with pytest.raises(SessionNotFound):
             await manager.append_event("doomed", AgentEvent.token("after"))
     await storage.close()
@@ -104,18 +109,18 @@ async def test_an_http_read_waits_for_a_delete_no_longer_than_its_read_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """503 ``storage unavailable`` (ask again) while the delete is still held, never
-    404; once it fails, the session is served."""
+    404, its caller gone (StoreTimeout) or not; once it fails, the session is served."""
     async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
         session_id = await s.session_with_an_event()
+        late = f"storage unavailable: no answer from the store within {DEADLINE:g} s"
         async with s.delete_held(session_id) as deleting:
-            status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
-            assert status == 503, body
-            assert body["error"] == {
-                "code": "internal",
-                "message": f"storage unavailable: no answer from the store within {DEADLINE:g} s",
-            }
-            assert not deleting.task.done()
-            await deleting.fails()
+            for _ in range(2):  # the first read's deadline is after the delete's
+                status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
+                assert status == 503, body
+                assert body["error"] == {"code": "internal", "message": late}
+                await deleting.given_up()
+            deleting.release.set()
+            await s.delete_ended(session_id)
         status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
         assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
 
@@ -200,24 +205,63 @@ async def test_a_delete_cancelled_with_no_answer_by_the_read_deadline_tells_clie
 ) -> None:
     """The store's delete stays held at its directory sync past the read deadline of
     its caller's cancel: the caller gets its CancelledError (not an error of its own
-    making) and the session's client 1011, resume; the delete then fails, and the
-    session is there."""
+    making) and the session's client 1011, resume; a read meanwhile is 503, not 404;
+    the delete then fails in its thread, and the session is there."""
     async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
         session_id = await s.session_with_an_event()
         async with attach(s.server, session_id) as (viewer, _welcome):
             async with s.delete_held(session_id) as deleting:
                 deleting.task.cancel()
-                await asyncio.wait([deleting.task])  # the deadline passes, still held
+                await asyncio.wait([deleting.task])
                 assert deleting.task.cancelled(), deleting.task.exception()
                 assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
-        # Its caller gone, the store's delete goes on in its thread and fails there: the
-        # session is back once its undo is done, which a read right away may come before
-        # (a CI run read 404 there).
-        url = f"/api/v1/sessions/{session_id}/events"
-        await eventually(lambda: _found(s, url), timeout=20)
+                status, body = await get(s.server, f"/api/v1/sessions/{session_id}")
+                assert status == 503, body  # still held, after the 1011
+                deleting.release.set()
+                await s.delete_ended(session_id)
         assert await s.events(session_id) == [1]
 
 
-async def _found(s: Any, url: str) -> bool:
-    status, _body = await get(s.server, url)
-    return status == 200
+@pytest.mark.parametrize("undone", [True, False], ids=["undone", "deleted"])
+async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undone: bool
+) -> None:
+    """The store holds the delete (its directory sync) past the read deadline: its
+    caller gets StoreTimeout, the session's client 1011 (resume), and the session stays
+    held off while the store's delete goes on: a resuming hello gets 1011 ``storage
+    unavailable``, a GET 503, a second delete StoreTimeout, never 4404 or 404 for a
+    session that may come back. Once the store's delete ends, the session is back with
+    its event (the store undid the delete), or gone."""
+    async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
+        session_id = await s.session_with_an_event()
+        async with attach(s.server, session_id) as (viewer, welcome):
+            resume = {"type": "hello", "last_seq": 1, "epoch": welcome["epoch"]}
+            async with s.delete_held(session_id, fails=undone) as deleting:
+                async with asyncio.timeout(DEADLINE + 10):  # unbounded, it waits 30 s
+                    await deleting.given_up()
+                assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
+                async with open_peer(s.server, session_id) as peer:
+                    await peer.send(resume)
+                    assert await closed_with(peer, 1011) == []
+                    assert peer.ws.close_reason == "storage unavailable"
+                status, body = await get(s.server, f"/api/v1/sessions/{session_id}")
+                assert status == 503, body
+                async with asyncio.timeout(DEADLINE + 10):
+                    with pytest.raises(StoreTimeout, match="no answer from the store"):
+                        await s.manager.delete_session(session_id)
+                assert list(s.manager.actors.holds.holding) == [session_id]  # not a second
+                deleting.release.set()
+                await s.delete_ended(session_id)
+        async with open_peer(s.server, session_id) as peer:
+            await peer.send(resume)
+            if undone:
+                welcomed = await peer.recv()
+                assert welcomed["type"] == "welcome" and welcomed["resumed"], welcomed
+                assert welcomed["session"]["last_seq"] == 1, welcomed
+            else:
+                assert await closed_with(peer, 4404) == []
+        status, body = await get(s.server, f"/api/v1/sessions/{session_id}/events")
+        if undone:
+            assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
+        else:
+            assert status == 404, body
