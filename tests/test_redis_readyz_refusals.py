@@ -1,7 +1,8 @@
 """A Redis store's refusal of one session is not an outage: an append refused with
 ``HistoryLost`` (its session's epoch as an earlier generation of the store served it)
 leaves ``/readyz`` ready, on a real redis-server killed and started again; so do the
-failures of a session whose keys something else wrote over, among good appends."""
+failures of a session whose keys something else wrote over, among good appends; not
+those of an index every session's appends write (the store's)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,32 @@ async def test_a_session_whose_keys_were_written_over_fails_alone_among_good_one
                 assert "WRONGTYPE" in refused["message"], refused
                 answers.append(await get(bamboo, "/readyz"))
             assert answers == [(200, "ready\n")] * 3
+
+
+async def test_an_index_every_session_writes_written_over_is_the_stores(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Something else wrote a string over the index of sessions by message count, which
+    every append of a message writes: each session's messages fail (WRONGTYPE, as for
+    a session's own key) while tokens are stored. The store's failure, not one
+    session's: ``/readyz`` is 503 though other sessions' appends succeed."""
+    prefix = prefix_for(tmp_path)
+    async with run_server(store=redis_server.url(prefix=prefix)) as bamboo:
+        bamboo.manager.append_health.alone_within = 3600.0  # however slow the machine
+        async with (
+            attach(bamboo, "good", create=True) as (good, _),
+            attach(bamboo, "other", create=True) as (other, _),
+        ):
+            admin = redis.asyncio.Redis(port=redis_server.port)
+            try:
+                await admin.set(f"{prefix}:{{idx}}:msgs", "not a sorted set")
+            finally:
+                await admin.aclose()
+            token = {"type": "token", "content": "fits"}
+            message = {"type": "message", "message": {"role": "assistant", "content": "no"}}
+            await good.request({"type": "event", "id": 1, "event": token}, "ack")
+            await other.request({"type": "event", "id": 1, "event": token}, "ack")
+            refused = await other.request({"type": "event", "id": 2, "event": message}, "error")
+            assert "WRONGTYPE" in refused["message"], refused
+            status, body = await get(bamboo, "/readyz")
+            assert status == 503 and "WRONGTYPE" in body, body

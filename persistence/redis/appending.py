@@ -1,11 +1,12 @@
 """The Redis store's append: one run of ``append.lua`` (seqs, the key window, the cap on
-a session's stored bytes, the metadata and the pub/sub notice, atomically), and the
-hand-off of what it stored to this instance's own subscriptions at once."""
+a session's stored bytes, the metadata and the pub/sub notice, atomically), the
+hand-off of what it stored to this instance's own subscriptions at once, and whose a
+key of the wrong type was when the script met one (the session's: ``SessionLogFailed``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -13,13 +14,17 @@ from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import StoredEvent
 
-from ..base import KEY_WINDOW, Appended, AppendItem
+from ..base import KEY_WINDOW, Appended, AppendItem, SessionLogFailed
 from ..events import completed_event
 from .layout import flags_of, from_micros
-from .scripts import HistoryLost, optional_arg
+from .scripts import HistoryLost, KeyOfWrongType, optional_arg
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
+
+# What the append writes to each of the session's own keys (layout.session_keys: meta,
+# log, keys, msgs), as Redis's TYPE names it; a key not there yet is "none".
+OWN_KEY_TYPES: Final = ("hash", "stream", "zset", "list")
 
 
 async def append_events(
@@ -57,6 +62,10 @@ async def append_events(
     except HistoryLost:  # an earlier generation's epoch: this instance has not heard
         await storage.generation.check(refused=True)
         raise
+    except KeyOfWrongType as exc:
+        if await own_key_written_over(storage, keys):
+            raise SessionLogFailed(str(exc)) from exc
+        raise  # an index every session's appends write: the store's
     results = [Appended(seq) if seq > 0 else Appended(-seq, True) for seq in reply[2:]]
     live = storage.live
     if live.feed.has_subscribers(session_id):
@@ -69,3 +78,14 @@ async def append_events(
         ]
         live.publish(session_id, fresh, epoch)
     return results
+
+
+async def own_key_written_over(storage: RedisStorage, keys: Sequence[str]) -> bool:
+    """Whether one of the session's own ``keys`` holds another type than the append
+    writes to it (something else wrote over it). Asked only after a WRONGTYPE: a
+    command of its own, so the append's script spends nothing on it."""
+    found = await storage.redis.pipeline([("TYPE", key) for key in keys])
+    kinds = [kind.decode() if isinstance(kind, bytes) else kind for kind in found]
+    return any(
+        kind not in ("none", expected) for kind, expected in zip(kinds, OWN_KEY_TYPES, strict=True)
+    )

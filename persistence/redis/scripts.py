@@ -23,7 +23,6 @@ from ..base import (
     SessionExists,
     SessionExpired,
     SessionFull,
-    SessionLogFailed,
     SessionNotFound,
     SessionRefused,
     StorageError,
@@ -64,6 +63,13 @@ class HistoryLost(SessionRefused):
     """A call named its session's log as an earlier generation of the store served it:
     Redis, which may lose writes it acknowledged, restarted since (generation.py), and
     every session's epoch changed. The caller's peers resume under the new epoch."""
+
+
+class KeyOfWrongType(StorageError):
+    """A script met a key that holds another type than it writes (Redis's WRONGTYPE,
+    passed on from the script by Redis 7). Redis does not say which key: one of the
+    session's own, or an index every session's writes share (``{idx}:msgs``), whose
+    failure is the store's; the caller that can tell them apart does (appending.py)."""
 
 
 class Script:
@@ -198,13 +204,12 @@ async def run_and_wait(
 
 
 def translate(exc: redis.exceptions.ResponseError) -> Exception:
-    """A script's typed error as the contract's exception; a key of the wrong type (a
-    session's key that something else wrote over: Redis 7 keeps the code of an error a
-    script's call raised) as SessionLogFailed; anything else as a StorageError naming
-    what Redis said."""
+    """A script's typed error as the contract's exception; a key of the wrong type
+    (Redis 7 keeps the code of an error a script's call raised) as KeyOfWrongType;
+    anything else as a StorageError naming what Redis said."""
     text = str(exc)
     if text.startswith("WRONGTYPE "):
-        return SessionLogFailed(f"redis: {text}")
+        return KeyOfWrongType(f"redis: {text}")
     if not text.startswith("BAMBOO_"):
         return StorageError(f"redis: {text}")
     code, _, rest = text.removeprefix("BAMBOO_").partition(" ")
