@@ -84,7 +84,8 @@ class SessionRefused(StorageError):
 class SessionLogFailed(StorageError):
     """An append failed for a reason of the session's own file alone, not the store's:
     the JSONL store's log of the session at the file system's size limit (EFBIG), one
-    the store may not write (EACCES, EPERM), a directory in its place (EISDIR); the
+    the store may not write (EACCES, EPERM: the log's own mode, not its directory's,
+    which refuses every log), a directory in its place (EISDIR); the
     Redis store's own keys of the session holding another type (WRONGTYPE; not an
     index every session's appends write: the store's); or an
     append queued behind a failed one of the same session (it was not tried: its failure

@@ -16,18 +16,21 @@ every other session worse.
 
 Why this rule: the store says what failed, as data (the error's class: from the errno
 of the file's own open or write; from Redis's error code and the type the session's
-own keys hold), so a session's fault is
-told from the store's at its first failure, however many sessions fail so and however
-often each fails and succeeds in turn (a log near its size limit: some appends fit,
-some do not). No table of failing sessions is kept, to outgrow or go stale: what the
-rule holds is three fields, whatever the load. A failure of the store's (disk full,
-I/O error, store unreachable, a failure of the WAL every session shares), or any the
-store does not mark as the session's own, is 503 at once. The window keeps a fault of
-every file at once (a mass change of permissions: EACCES at each log) from passing for
-each session's own: then no other session's append succeeds, and the first failure
-``ALONE_WITHIN`` after the last success is the store's. A session whose file fails
-while no other appends is taken as the store's too: nothing shows that other
-sessions' appends would succeed.
+own keys hold), so a session's fault is told from the store's at its first failure,
+however many sessions fail so and however often each fails and succeeds in turn (a
+log near its size limit: some appends fit, some do not). No table of failing sessions
+is kept, to outgrow or go stale: what the rule holds is three fields, whatever the
+load. A failure of the store's (disk full, I/O error, store unreachable, a failure of
+the WAL every session shares), or any the store does not mark as the session's own,
+is 503 at once; so is a directory every log lives in that refuses them (the JSONL
+store tells it from a log's own mode). The window keeps a fault of every file at once
+(a mass change of the logs' modes: EACCES at each) from passing for each session's
+own while no other session's append succeeds: the first failure ``ALONE_WITHIN``
+after the last success is the store's. It does not while sessions whose logs the
+store holds open go on appending (a log's mode binds its next open only): then each
+other session's failure passes for its own, and the log tells of them. A session
+whose file fails while no other appends is taken as the store's too: nothing shows
+that other sessions' appends would succeed.
 
 Without a probe, a server that a load balancer takes out of rotation for its 503 would
 get no more appends to prove itself well, so while appends fail, ``/readyz`` probes (at

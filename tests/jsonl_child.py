@@ -31,6 +31,11 @@ the delete fails and its rename is undone; prints what the caller was told, then
 an append to ``d`` got (``append refused`` or ``append acked``), then SIGKILLs itself.
 ``undonedelete-midway``: SIGKILLs itself once the sync failed, before the rename back.
 
+``python tests/jsonl_child.py permissions DIR 0``, as a user that file modes bind (not
+root): ``a``'s log, then the directory of every log, made unwritable in turn while
+``a``'s log is not open; prints what each append to ``a`` raised (``<class>: <text>``),
+and, while the directory refuses, whether ``b``'s (its log open) was stored.
+
 ``python tests/jsonl_child.py retiredsyncfaildelete DIR N``: the same, but the WAL
 segment that records the deletion is retired before the checkpoint's rename (a
 checkpoint of ``d`` in progress holds the rename back: its lock is taken here, while
@@ -117,6 +122,29 @@ def _reason(exc: StorageError) -> str:
     if "earlier append" in str(exc):
         return "behind a failed one"
     return "its own log's write" if isinstance(exc, SessionLogFailed) else "write"
+
+
+async def permissions(base: str) -> None:
+    config = JsonlStorageConfig(base, max_open_logs=1)  # b's append closes a's log
+    layout = config.layout
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in "ab":
+            await storage.create_session(Session.new(session_id))
+            await storage.append_event(session_id, AgentEvent.token("fits"))
+        for refusing, mode, back in (
+            (layout.log("a"), 0o444, 0o644),
+            (layout.events, 0o600, 0o755),
+        ):
+            refusing.chmod(mode)
+            try:
+                await storage.append_event("a", AgentEvent.token("refused"))
+            except StorageError as exc:
+                say(f"{type(exc).__name__}: {exc}")
+            await storage.append_event("b", AgentEvent.token("its log open"))
+            say("b stored")
+            refusing.chmod(back)
+        await storage.append_event("a", AgentEvent.token("back"))
+        say("a stored")
 
 
 async def killsync(base: str, acked: int) -> None:
@@ -286,6 +314,8 @@ if __name__ == "__main__":
     mode, directory, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "crash":
         asyncio.run(crash(directory, number))
+    elif mode == "permissions":
+        asyncio.run(permissions(directory))
     elif mode == "killsync":
         asyncio.run(killsync(directory, number))
     elif mode == "syncfaildelete":

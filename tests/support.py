@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import shutil
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
 
@@ -195,6 +198,21 @@ async def get(
     if content_type.startswith("application/json"):
         return status, json.loads(body)
     return status, body.decode()
+
+
+NOBODY = 65534  # the uid and gid that ``unprivileged`` runs a child as
+
+
+def unprivileged() -> list[str]:
+    """The command prefix that runs a child as a user whom file modes bind: nothing
+    when not root; else setpriv to ``nobody`` (skips without it). Its files must be
+    where that user reaches (``tempfile.mkdtemp`` in /tmp, owned by it)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv to drop root (apt-get install util-linux)")
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
 def token(content: str) -> dict[str, Any]:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,9 +28,36 @@ from bamboo_session.persistence import (
 from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Session, utcnow
+from tests.support import NOBODY, unprivileged
 from tests.write_failures import assert_told_once, check_report
 
 CHILD = Path(__file__).with_name("jsonl_child.py")  # its diskfull: tests/write_failures.py
+
+
+def test_a_log_refused_is_its_own_and_the_directory_of_every_log_refused_is_the_stores() -> None:
+    """As a user file modes bind (tests/jsonl_child.py permissions): an append whose log
+    may not be written is ``SessionLogFailed``, the session's alone; one whose log's
+    directory may not be searched (EACCES too, at the open) is the store's, a plain
+    StorageError, though a session whose log is open still appends. Both mended, the
+    session appends again."""
+    drop = unprivileged()
+    base = Path(tempfile.mkdtemp(prefix="bamboo-modes-"))  # /tmp: reachable by nobody
+    try:
+        if drop:
+            os.chown(base, NOBODY, NOBODY)
+        result = subprocess.run(
+            [*drop, sys.executable, str(CHILD), "permissions", str(base / "data"), "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        own, b_stored, directory, b_again, a_back = result.stdout.splitlines()
+        assert own.startswith("SessionLogFailed: ") and "Permission denied" in own, own
+        assert directory.startswith("StorageError: ") and "Permission denied" in directory
+        assert [b_stored, b_again, a_back] == ["b stored", "b stored", "a stored"]
+    finally:
+        shutil.rmtree(base)
 
 
 def test_disk_full_fails_cleanly_and_recovers(tmp_path: Path) -> None:

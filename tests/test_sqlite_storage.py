@@ -25,6 +25,7 @@ from bamboo_session.persistence import (
 from bamboo_session.persistence.sqlite import SqliteStorage, SqliteStorageConfig
 from bamboo_session.persistence.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
+from tests.support import unprivileged
 
 
 def url(path: Path, query: str = "") -> str:
@@ -357,12 +358,7 @@ async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
 def test_a_store_in_a_read_only_directory_opens_read_only() -> None:
     """A mounted backup: readable, no lock file to make, nothing created; a writing open
     fails in one line. Runs as an unprivileged user (root writes anywhere)."""
-    drop: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("needs setpriv to drop root (apt-get install util-linux)")
-        drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    drop = unprivileged()
     backup = Path(tempfile.mkdtemp(prefix="bamboo-ro-"))  # /tmp: reachable by nobody
     try:
         asyncio.run(filled(backup / "store.db"))

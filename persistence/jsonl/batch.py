@@ -31,8 +31,9 @@ class Group:
     data: bytes = b""
     new_size: int = 0
     error: OSError | None = None
-    # The error is this file's alone (files.of_its_own: its open or write), not the
-    # batch's (the WAL's write or sync): other sessions' appends are not affected.
+    # The error is this file's alone (files.of_its_own: its open or write), not its
+    # directory's or the batch's (the WAL's write or sync): other sessions' appends are
+    # not affected.
     alone: bool = False
     ok: bool = False  # written (and synced, in fsync mode): may be acknowledged
     open_log: OpenLog | None = None  # the descriptor written to

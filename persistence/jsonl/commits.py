@@ -145,7 +145,7 @@ class Committer:
         try:
             open_log = self.files.open(group.session_id)
         except OSError as exc:
-            group.error, group.alone = exc, of_its_own(exc)
+            group.error, group.alone = exc, of_its_own(exc, self.files.path(group.session_id))
             return
         group.open_log, group.size_before = open_log, open_log.size
         try:

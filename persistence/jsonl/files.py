@@ -1,7 +1,8 @@
 """Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
 whole writes (appended or positioned) and positioned reads, the lock file, the
 check that what stands where a file of the store should is one (``file_expected``),
-and which failures of a file's open or write are that file's alone (``of_its_own``).
+and which failures of a file's open or write are that file's alone, not its
+directory's or the disk's (``of_its_own``).
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
 about sessions or log lines.
@@ -76,11 +77,24 @@ def write_atomic(path: Path, data: bytes, durable: bool) -> os.stat_result:
 # at the file system's size limit, a file the process may not write, a directory in its
 # place. Any other (ENOSPC, EDQUOT, EIO, EROFS, EMFILE...) is the store's.
 FILE_OWN_ERRNOS: Final = frozenset({errno.EFBIG, errno.EACCES, errno.EPERM, errno.EISDIR})
+# Of those, the ones a directory on the file's path gives too (it may not be searched,
+# or takes no new file), for every file in it.
+DIRECTORY_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM})
 
 
-def of_its_own(error: OSError) -> bool:
-    """Whether ``error``, from a file's open or write, is that file's alone."""
-    return error.errno in FILE_OWN_ERRNOS
+def of_its_own(error: OSError, opened: str | None = None) -> bool:
+    """Whether ``error``, from a file's write or from the open of the file at ``opened``,
+    is that file's alone. An open refused is the file's only if the file stands and
+    can be looked up (``stat``, on this failure only): else a directory refused it."""
+    if error.errno not in FILE_OWN_ERRNOS:
+        return False
+    if opened is None or error.errno not in DIRECTORY_ERRNOS:
+        return True
+    try:
+        os.stat(opened)
+    except OSError:  # EACCES: a directory not searchable; ENOENT: one takes no new file
+        return False
+    return True
 
 
 def write_all(fd: int, data: bytes) -> None:

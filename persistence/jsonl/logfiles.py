@@ -88,12 +88,15 @@ class LogFiles:
                 group.error = error
                 commit.cuts.append(group)
 
+    def path(self, session_id: str) -> str:
+        return self._layout.log_file(session_id)
+
     def open(self, session_id: str) -> OpenLog:
         open_log = self.open_logs.get(session_id)
         if open_log is not None:
             self.open_logs.move_to_end(session_id)
             return open_log
-        path = self._layout.log_file(session_id)
+        path = self.path(session_id)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(fd).st_size

@@ -29,8 +29,9 @@ session's next seq and count what the file holds. Appends of that session
 queued behind the failed ones carry seqs that no longer follow the log, so they fail
 too: each append records the session's *generation* when submitted, and a failure
 starts a new generation. An append fails with ``SessionLogFailed`` when the error is its
-log's alone (its open or write: ``files.of_its_own``) or it was queued behind a failed
-one, else with a plain StorageError: the store's, as a failure of the WAL is.
+log's alone (its open or write: ``files.of_its_own``; not its directory's) or it was
+queued behind a failed one, else with a plain StorageError: the store's, as a failure
+of the WAL is.
 """
 
 from __future__ import annotations
