@@ -127,14 +127,15 @@ async def test_a_session_whose_appends_fail_for_good_among_good_ones_leaves_it_r
     assert ended["ended_by"] == "an append of session 'x', whose failure began it"
 
 
-async def test_a_hundred_sessions_failing_alone_among_good_ones_leave_it_ready(
+async def test_sessions_failing_alone_in_turn_among_good_ones_leave_it_ready(
     tmp_path: Path,
 ) -> None:
-    """However many sessions' own files fail, each at every append, among good ones:
+    """Several sessions' own files fail, each at every append, in turn among good ones:
     ``/readyz`` stays ready at every poll, from each one's first failure on, and when
-    each fails again after a hundred others did."""
+    each fails again after the others did. Nothing is kept per failing session, so
+    their number does not matter here (the unit test below counts to 1,000 of them)."""
     data = tmp_path / "data"
-    failing = [f"f{n}" for n in range(100)]
+    failing = [f"f{n}" for n in range(4)]
     async with (
         run_server(store=f"jsonl://{data}") as server,
         probes_failing(data),
@@ -142,21 +143,15 @@ async def test_a_hundred_sessions_failing_alone_among_good_ones_leave_it_ready(
     ):
         server.manager.append_health.alone_within = LATELY
         good, _ = await peers.enter_async_context(attach(server, "good", create=True))
-        failing_peers: list[Peer] = []
-        for group in range(0, len(failing), 25):  # a few handshakes at once, not a hundred
-            attached = await asyncio.gather(
-                *(
-                    peers.enter_async_context(attach(server, session_id, create=True))
-                    for session_id in failing[group : group + 25]
-                )
-            )
-            failing_peers += [peer for peer, _ in attached]
+        attached = await asyncio.gather(
+            *(peers.enter_async_context(attach(server, sid, create=True)) for sid in failing)
+        )
         for session_id in failing:
             break_log(data, session_id)
         answers = []
         for round_ in range(2):
             await acked(good, f"good{round_}")
-            for session_id, peer in zip(failing, failing_peers, strict=True):
+            for session_id, (peer, _) in zip(failing, attached, strict=True):
                 await refused(peer, f"{session_id}.{round_}")
                 answers.append(await get(server, "/readyz"))
         assert answers == [READY] * 2 * len(failing)
