@@ -85,14 +85,14 @@ class SessionLogFailed(StorageError):
     """An append failed for a reason of the session's own file alone, not the store's:
     the JSONL store's log of the session at the file system's size limit (EFBIG), one
     the store may not write (EACCES, EPERM: the log's own mode, not its directory's,
-    which refuses every log), a directory in its place (EISDIR); the
-    Redis store's own keys of the session holding another type (WRONGTYPE; not an
-    index every session's appends write: the store's); or an
-    append queued behind a failed one of the same session (it was not tried: its failure
-    tells nothing of the store). Nothing of it was stored, and the store
-    takes other sessions' appends as before: a server does not take it alone as an
-    outage (``/readyz`` stays ready while other sessions' appends succeed). A failure
-    of the store's (disk full, I/O error, store unreachable) is a plain StorageError."""
+    which refuses every log), a directory in its place (EISDIR); the Redis store's own
+    keys of the session holding another type (WRONGTYPE; not an index every session's
+    appends write: the store's); or an append queued behind a failed one of the same
+    session, whatever failed it (it was not tried: its failure tells nothing of the
+    store). Nothing of it was stored, and the store takes other sessions' appends as
+    before: a server does not take it alone as an outage (``/readyz`` stays ready while
+    other sessions' appends succeed). A failure of the store's (disk full, I/O error,
+    store unreachable) is a plain StorageError."""
 
 
 class StorageFull(StorageError):
