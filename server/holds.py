@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from bamboo_session.protocol.errors import CloseCode
 
 from .failures import ServerStopping
-from .pages import PageReads
+from .pages import PageReads, StoreTimeout
 from .room import HeldConnections
 
 NOT_DELETED = "session not deleted"
+# Store deletes that outlived their caller's deadline and still run: past these, the
+# store answers none of them, and another would only pile up behind (a stalled disk
+# never ends one). A hold is a few objects of fixed size: the count bounds its bytes.
+OUTLIVED_DELETES_MAX: Final = 64
 
 
 class Hold:
@@ -59,8 +63,10 @@ class DeleteHolds:
         # One hold per session at most: a delete meeting one waits for it (bounded)
         # instead of adding another, so a store whose deletes never end keeps one per
         # session deleted meanwhile (a future, a timer handle, and a task the store
-        # holds anyway), and no connection: they are told 1011 by the deadline and let go.
+        # holds anyway), OUTLIVED_DELETES_MAX once their callers have gone, and no
+        # connection: they are told 1011 by the deadline and let go.
         self.holding: dict[str, Hold] = {}
+        self.outlived = 0  # holds whose store delete still runs, its caller gone
         self.closed = False
         self._closing: asyncio.Future[None] | None = None  # set by close(), for waiters
 
@@ -92,9 +98,12 @@ class DeleteHolds:
         call it ran (:meth:`Hold.lasts_for`) has ended; after any earlier hold of it
         (another delete: this one comes after), within ``deadline`` (StoreTimeout).
         Its connections are told 1011 ``session not deleted`` by ``deadline`` unless
-        told its outcome before: they resume, and find what is there."""
+        told its outcome before: they resume, and find what is there. StoreTimeout at
+        once, nothing held, while OUTLIVED_DELETES_MAX store deletes outlive theirs."""
         while self.holds(session_id):
             await self.unheld(session_id, deadline)
+        if self.outlived >= OUTLIVED_DELETES_MAX:
+            raise StoreTimeout(f"the store has not answered {self.outlived} deletes")
         self.holding[session_id] = hold = Hold(deadline)
         try:
             yield hold
@@ -102,7 +111,12 @@ class DeleteHolds:
             if hold.call is None or hold.call.done():
                 self._release(session_id, hold)
             else:
-                hold.call.add_done_callback(lambda _call: self._release(session_id, hold))
+                self.outlived += 1
+                hold.call.add_done_callback(lambda _call: self._released_late(session_id, hold))
+
+    def _released_late(self, session_id: str, hold: Hold) -> None:
+        self.outlived -= 1
+        self._release(session_id, hold)
 
     def _release(self, session_id: str, hold: Hold) -> None:
         del self.holding[session_id]

@@ -19,6 +19,7 @@ import pytest
 
 from bamboo_session.persistence import SessionNotFound, open_storage
 from bamboo_session.protocol import AgentEvent
+from bamboo_session.server.holds import OUTLIVED_DELETES_MAX
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import StoreTimeout
 from tests.held_delete_support import closed_with, scene
@@ -60,6 +61,34 @@ async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_r
         await eventually(lambda: not manager.actors.holds.holds("doomed"), timeout=20)
         with pytest.raises(SessionNotFound):
             await manager.append_event("doomed", AgentEvent.token("after"))
+    await storage.close()
+
+
+async def test_deletes_a_frozen_store_leaves_unanswered_are_bounded(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Redis stopped: deletes of as many sessions as the bound give up at their
+    deadline, their store deletes still held; one more is refused at once, nothing
+    held nor asked of the store, instead of piling up behind them; once Redis answers,
+    they end, and a delete is taken again."""
+    redis = start_redis("redis")
+    storage = await open_storage(redis.url(prefix=prefix_for(tmp_path)))
+    config = SessionManagerConfig(store_read_timeout=DEADLINE)
+    async with SessionManager(config, storage) as manager:
+        holds = manager.actors.holds
+        with frozen(redis):
+            given_up = await asyncio.gather(
+                *(manager.delete_session(f"s{i}") for i in range(OUTLIVED_DELETES_MAX)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(failure, StoreTimeout) for failure in given_up), given_up
+            refused = f"the store has not answered {OUTLIVED_DELETES_MAX} deletes"
+            with pytest.raises(StoreTimeout, match=refused):
+                await manager.delete_session("one-more")
+            assert len(holds.holding) == OUTLIVED_DELETES_MAX and not holds.holds("one-more")
+        await eventually(lambda: not holds.holding, timeout=20)
+        with pytest.raises(SessionNotFound):
+            await manager.delete_session("one-more")
     await storage.close()
 
 
