@@ -260,7 +260,8 @@ async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_end
     held off while the store's delete goes on: a resuming hello gets 1011 ``storage
     unavailable``, a GET 503, a second delete StoreTimeout, never 4404 or 404 for a
     session that may come back. Once the store's delete ends, the session is back with
-    its event (the store undid the delete), or gone."""
+    its event (the store undid the delete), or gone (a retry of the delete is then
+    SessionNotFound)."""
     async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
         session_id = await s.session_with_an_event()
         async with attach(s.server, session_id) as (viewer, welcome):
@@ -297,3 +298,5 @@ async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_end
             assert status == 200 and [e["seq"] for e in body["events"]] == [1], body
         else:
             assert status == 404, body
+            with pytest.raises(SessionNotFound):  # the first delete's, after its StoreTimeout
+                await s.manager.delete_session(session_id)
