@@ -11,6 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
 
+import structlog
+
+from bamboo_session.persistence.base import SessionNotFound
 from bamboo_session.protocol.errors import CloseCode
 
 from .failures import ServerStopping
@@ -22,6 +25,8 @@ NOT_DELETED = "session not deleted"
 # store answers none of them, and another would only pile up behind (a stalled disk
 # never ends one). A hold is a few objects of fixed size: the count bounds its bytes.
 OUTLIVED_DELETES_MAX: Final = 64
+
+log = structlog.get_logger("bamboo_session.manager")
 
 
 class Hold:
@@ -117,6 +122,12 @@ class DeleteHolds:
     def _released_late(self, session_id: str, hold: Hold) -> None:
         self.outlived -= 1
         self._release(session_id, hold)
+        # Its caller got StoreTimeout (or left): the outcome is known to the log alone.
+        log.warning(
+            "a delete ended after its caller gave up on it",
+            session_id=session_id,
+            outcome=_outcome(hold.call),
+        )
 
     def _release(self, session_id: str, hold: Hold) -> None:
         del self.holding[session_id]
@@ -130,3 +141,14 @@ class DeleteHolds:
             self._closing.set_result(None)
         for hold in self.holding.values():
             hold.connections.tell(code, reason)
+
+
+def _outcome(call: asyncio.Task[None] | None) -> str:
+    if call is None or call.cancelled():
+        return "cancelled"
+    failure = call.exception()
+    if failure is None:
+        return "deleted"
+    if isinstance(failure, SessionNotFound):
+        return "not found"
+    return f"not deleted: {failure}"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from bamboo_session.persistence import SessionNotFound, open_storage
 from bamboo_session.protocol import AgentEvent
@@ -41,24 +42,29 @@ async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_r
     close that meets it, get StoreTimeout at the read deadline, not a wait as long as
     the store's; the session stays held off after its delete gave up (an append is
     still StoreTimeout, not SessionNotFound nor stored); once Redis answers, the
-    store's delete ends, and the session is gone."""
+    store's delete ends, the session is gone, and the log says so (its caller cannot)."""
     redis = start_redis("redis")
     storage = await open_storage(redis.url(prefix=prefix_for(tmp_path)))
     config = SessionManagerConfig(store_read_timeout=DEADLINE)
     async with SessionManager(config, storage) as manager:
         await manager.create_session("u1", session_id="doomed")  # stored, no actor
-        with frozen(redis):
-            deleting = asyncio.create_task(manager.delete_session("doomed"))
-            await eventually(lambda: manager.actors.holds.holds("doomed"))
-            with pytest.raises(StoreTimeout, match="no answer from the store"):
-                await manager.append_event("doomed", AgentEvent.token("late"))
-            with pytest.raises(StoreTimeout, match="no answer from the store"):
-                await manager.close_session("doomed")
-            with pytest.raises(StoreTimeout, match="no answer from the store"):
-                await deleting  # its deadline came before the append's
-            with pytest.raises(StoreTimeout, match="no answer from the store"):
-                await manager.append_event("doomed", AgentEvent.token("later"))
-        await eventually(lambda: not manager.actors.holds.holds("doomed"), timeout=20)
+        with capture_logs() as logs:
+            with frozen(redis):
+                deleting = asyncio.create_task(manager.delete_session("doomed"))
+                await eventually(lambda: manager.actors.holds.holds("doomed"))
+                with pytest.raises(StoreTimeout, match="no answer from the store"):
+                    await manager.append_event("doomed", AgentEvent.token("late"))
+                with pytest.raises(StoreTimeout, match="no answer from the store"):
+                    await manager.close_session("doomed")
+                with pytest.raises(StoreTimeout, match="no answer from the store"):
+                    await deleting  # its deadline came before the append's
+                with pytest.raises(StoreTimeout, match="no answer from the store"):
+                    await manager.append_event("doomed", AgentEvent.token("later"))
+            await eventually(lambda: not manager.actors.holds.holds("doomed"), timeout=20)
+        late = [entry for entry in logs if entry["event"].startswith("a delete ended after")]
+        assert [(entry["session_id"], entry["outcome"]) for entry in late] == [
+            ("doomed", "deleted")
+        ], logs
         with pytest.raises(SessionNotFound):
             await manager.append_event("doomed", AgentEvent.token("after"))
     await storage.close()
