@@ -141,7 +141,11 @@ class SessionManager:
         return stored or session
 
     async def get_session(self, session_id: str) -> Session | None:
-        session = await self.storage.load_session(check_session_id(session_id))
+        """The session as the store has it, None when it has none. A delete of it under
+        way is waited for, within ``store_read_timeout`` (else StoreTimeout): meanwhile
+        the store may not list a session it then brings back."""
+        await self.actors.unheld(check_session_id(session_id))
+        session = await self.storage.load_session(session_id)
         if session is not None:
             await self._overlay_live([session.metadata])
         return session

@@ -265,9 +265,9 @@ async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_end
     caller gets StoreTimeout, the session's client 1011 (resume), and the session stays
     held off while the store's delete goes on: a resuming hello gets 1011 ``storage
     unavailable``, a GET 503, a second delete StoreTimeout, never 4404 or 404 for a
-    session that may come back. Once the store's delete ends, the session is back with
-    its event (the store undid the delete), or gone (a retry of the delete is then
-    SessionNotFound)."""
+    session that may come back, nor does an in-process get_session find it missing.
+    Once the store's delete ends, the session is back with its event (the store undid
+    the delete), or gone (a retry of the delete is then SessionNotFound)."""
     async with scene(tmp_path, monkeypatch, store_read_timeout=DEADLINE) as s:
         session_id = await s.session_with_an_event()
         async with attach(s.server, session_id) as (viewer, welcome):
@@ -279,15 +279,17 @@ async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_end
                 async with open_peer(s.server, session_id) as peer, asyncio.timeout(DEADLINE + 10):
                     await peer.send(resume)
                     # Each waits for the store's delete within its own deadline, together.
-                    hello, (status, body), second = await asyncio.gather(
+                    hello, (status, body), second, got = await asyncio.gather(
                         closed_with(peer, 1011),
                         get(s.server, f"/api/v1/sessions/{session_id}"),
                         s.manager.delete_session(session_id),
+                        s.manager.get_session(session_id),
                         return_exceptions=True,
                     )
                 assert hello == [] and peer.ws.close_reason == "storage unavailable", hello
                 assert status == 503, body
                 assert isinstance(second, StoreTimeout), second
+                assert isinstance(got, StoreTimeout), got  # not None: it may come back
                 assert list(s.manager.actors.holds.holding) == [session_id]  # not a second
                 deleting.release.set()
                 await s.delete_ended(session_id)
@@ -306,3 +308,4 @@ async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_end
             assert status == 404, body
             with pytest.raises(SessionNotFound):  # the first delete's, after its StoreTimeout
                 await s.manager.delete_session(session_id)
+        assert (await s.manager.get_session(session_id) is None) is not undone
