@@ -256,7 +256,8 @@ async def test_a_fault_writing_one_connections_frames_drops_it_and_spares_the_ot
     """The flusher writes every connection that got frames in one turn: a fault of the
     server's own in one connection's write (injected here: nothing known raises there)
     ends that connection at once, without a close frame, so its client resumes and gets
-    the event; the other viewer of the same turn gets it as if nothing happened."""
+    the events; the session's actor goes on, and the other viewer of the same turn gets
+    each delivery as if nothing happened."""
     faulty: set[int] = set()  # the client port of the connection whose write fails once
     write = WebSocketSink.write
 
@@ -290,9 +291,13 @@ async def test_a_fault_writing_one_connections_frames_drops_it_and_spares_the_ot
             [fault] = [line for line in logs if line.get("exc_info")]
             assert fault["log_level"] == "error"
             assert fault["connection_id"] == welcome["connection_id"]
+            items = [{"event": token(f"after {i}")} for i in range(3)]
+            await agent.request({"type": "batch", "id": "b", "items": items}, "acks")
+            # The session's actor went on: the bystander gets the next delivery whole.
+            assert [(await bystander.recv_type("event"))["seq"] for _ in range(3)] == [2, 3, 4]
         async with attach(server, "s", last_seq=0, epoch=welcome["epoch"]) as (again, back):
-            assert (back["resumed"], back["replay"]) == (True, 1)
-            assert (await again.recv_type("event"))["seq"] == 1
+            assert (back["resumed"], back["replay"]) == (True, 4)
+            assert [(await again.recv_type("event"))["seq"] for _ in range(4)] == [1, 2, 3, 4]
 
 
 async def test_a_writer_started_from_the_sessions_actor_logs_as_its_own_connection(
