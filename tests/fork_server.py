@@ -14,15 +14,23 @@ end, an uncaught KeyboardInterrupt ends it by SIGINT. The answer is ``{"pid": N}
 once, then ``{"returncode": R}`` once it ended (``-9`` when killed with SIGKILL). One
 child at a time; the server ends when its socket closes. The server itself runs none of
 the children's code: no logging or event loop is configured in what they inherit.
+
+Nothing outlives the test process (Linux; elsewhere a child runs on until it ends): the
+test process sends nothing while a child runs, so its socket's end then means it is
+gone, killed or crashed; the server kills the child and ends. A child is killed
+(PR_SET_PDEATHSIG) when the server ends, however it ends.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import io
 import json
 import os
 import runpy
+import select
 import signal
 import socket
 import sys
@@ -40,9 +48,12 @@ import bamboo_session.server.cli
 import bamboo_session.server.tools_store  # noqa: F401
 
 MESSAGE_BYTES = 64 * 1024
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ON_LINUX = sys.platform == "linux"
 
 
 def serve(channel: socket.socket) -> None:
+    server_pid = os.getpid()
     while True:
         message, fds, _flags, _address = socket.recv_fds(channel, MESSAGE_BYTES, 2)
         if not message:
@@ -51,17 +62,51 @@ def serve(channel: socket.socket) -> None:
         pid = os.fork()
         if pid == 0:
             channel.close()
-            run_child(request, fds[0], fds[1])
+            run_child(request, fds[0], fds[1], server_pid)
         for fd in fds:
             os.close(fd)  # the child's now: its reader sees the end when the child ends
         channel.send(json.dumps({"pid": pid}).encode())
-        _, status = os.waitpid(pid, 0)
-        channel.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode())
+        returncode = wait_for_child(pid, channel)
+        if returncode is None:
+            return
+        channel.send(json.dumps({"returncode": returncode}).encode())
 
 
-def run_child(request: dict[str, Any], stdout: int, stderr: int) -> None:
+def wait_for_child(pid: int, channel: socket.socket) -> int | None:
+    """The child's exit code once it ended; None when the test process's end of
+    ``channel`` became readable first (it sends nothing while a child runs: it is
+    gone), the child then killed and reaped."""
+    if ON_LINUX:
+        child_end = os.pidfd_open(pid)
+        try:
+            readable, _, _ = select.select([child_end, channel], [], [])
+        finally:
+            os.close(child_end)
+        if channel in readable:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def end_with_server(server_pid: int) -> None:
+    """The forked child (on Linux) killed by SIGKILL when the server ends: the server
+    is single-threaded, so its one thread's end is its end. A server that ended before
+    the signal was asked for made the child another's: then it ends at once."""
+    if not ON_LINUX:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != server_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_child(request: dict[str, Any], stdout: int, stderr: int, server_pid: int) -> None:
     """The forked child: ``python argv…`` with its own stdout, stderr, environment and
-    working directory; never returns."""
+    working directory, ended with the server; never returns."""
     argv: list[str] = request["argv"]
     env: dict[str, str] = request["env"]
     code = 1
@@ -71,6 +116,7 @@ def run_child(request: dict[str, Any], stdout: int, stderr: int) -> None:
         os.dup2(stderr, 2)
         os.close(stdout)
         os.close(stderr)
+        end_with_server(server_pid)
         # fd 0 was the server's socket, closed with it: a fresh interpreter's stdin is
         # open, and a file the child opens must not take its number.
         devnull = os.open(os.devnull, os.O_RDONLY)

@@ -1,16 +1,23 @@
 """The fork server (tests/fork_server.py, tests/forks.py) against a fresh interpreter:
 a forked child runs a script as ``python script args`` would, in what the tests assert
-of the processes they fork (exit status, output, environment, working directory)."""
+of the processes they fork (exit status, output, environment, working directory); and
+neither the server nor its child outlives the test process that started them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.forks import ForkedChild
+
+REPO = Path(__file__).resolve().parent.parent
 
 # How it ends is the first argument; what it saw of its start is printed before.
 SCRIPT = """\
@@ -50,3 +57,58 @@ def test_a_forked_script_ends_and_prints_as_a_fresh_interpreter(
     assert (child.returncode, out) == (fresh.returncode, fresh.stdout)
     # A traceback's last lines are the script's: the runner's frames come before.
     assert err.splitlines()[-2:] == fresh.stderr.splitlines()[-2:]
+
+
+# A test process of its own: it forks a child that would run for ever, prints its fork
+# server's pid and its child's once the child runs, then waits to be killed.
+HOLDER = """\
+import sys, time
+from tests import forks
+child = forks.ForkedChild([sys.argv[1]])
+child.stdout.readline()
+print(forks._server[0].pid, child.pid, flush=True)
+time.sleep(600)
+"""
+RUN_FOR_EVER = "import time\nprint('up', flush=True)\ntime.sleep(600)\n"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG and pidfd: Linux")
+@pytest.mark.parametrize("killed", ["test process", "fork server"])
+def test_a_killed_test_process_or_fork_server_leaves_no_child_running(
+    tmp_path: Path, killed: str
+) -> None:
+    script = tmp_path / "run_for_ever.py"
+    script.write_text(RUN_FOR_EVER)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(script)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
+    server_pid = child_pid = 0
+    try:
+        assert holder.stdout is not None
+        server_pid, child_pid = map(int, holder.stdout.readline().split())
+        os.kill(holder.pid if killed == "test process" else server_pid, signal.SIGKILL)
+        assert _ended(server_pid) and _ended(child_pid)
+    finally:
+        for pid in (child_pid, server_pid, holder.pid):  # survivors of a failed test
+            if pid and not _ended(pid, wait=0.0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        holder.wait(10)
+
+
+def _ended(pid: int, wait: float = 10.0) -> bool:
+    """Whether the process ``pid`` ended (or is a zombie: ended, not yet reaped) within
+    ``wait`` seconds; a condition polled, not a speed: a live one fails after the wait."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
