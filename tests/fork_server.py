@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -38,6 +37,9 @@ import threading
 import traceback
 from typing import Any
 
+# This script's directory, tests/, is first on sys.path.
+from parent_death import end_with
+
 # The children's imports (tests/*_child.py; the CLI and what its offline tools load),
 # done once here: no threads, no event loop.
 import bamboo_session.persistence
@@ -48,8 +50,6 @@ import bamboo_session.server.cli
 import bamboo_session.server.tools_store  # noqa: F401
 
 MESSAGE_BYTES = 64 * 1024
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-ON_LINUX = sys.platform == "linux"
 
 
 def serve(channel: socket.socket) -> None:
@@ -76,7 +76,7 @@ def wait_for_child(pid: int, channel: socket.socket) -> int | None:
     """The child's exit code once it ended; None when the test process's end of
     ``channel`` became readable first (it sends nothing while a child runs: it is
     gone), the child then killed and reaped."""
-    if ON_LINUX:
+    if sys.platform == "linux":
         child_end = os.pidfd_open(pid)
         try:
             readable, _, _ = select.select([child_end, channel], [], [])
@@ -91,19 +91,6 @@ def wait_for_child(pid: int, channel: socket.socket) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def end_with_server(server_pid: int) -> None:
-    """The forked child (on Linux) killed by SIGKILL when the server ends: the server
-    is single-threaded, so its one thread's end is its end. A server that ended before
-    the signal was asked for made the child another's: then it ends at once."""
-    if not ON_LINUX:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != server_pid:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_child(request: dict[str, Any], stdout: int, stderr: int, server_pid: int) -> None:
     """The forked child: ``python argv…`` with its own stdout, stderr, environment and
     working directory, ended with the server; never returns."""
@@ -116,7 +103,8 @@ def run_child(request: dict[str, Any], stdout: int, stderr: int, server_pid: int
         os.dup2(stderr, 2)
         os.close(stdout)
         os.close(stderr)
-        end_with_server(server_pid)
+        if sys.platform == "linux":
+            end_with(server_pid)  # the server is single-threaded: its thread's end is its own
         # fd 0 was the server's socket, closed with it: a fresh interpreter's stdin is
         # open, and a file the child opens must not take its number.
         devnull = os.open(os.devnull, os.O_RDONLY)

@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.forks import ForkedChild
+from tests.parent_death import ended
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,26 +89,10 @@ def test_a_killed_test_process_or_fork_server_leaves_no_child_running(
         assert holder.stdout is not None
         server_pid, child_pid = map(int, holder.stdout.readline().split())
         os.kill(holder.pid if killed == "test process" else server_pid, signal.SIGKILL)
-        assert _ended(server_pid) and _ended(child_pid)
+        assert ended(server_pid) and ended(child_pid)
     finally:
         for pid in (child_pid, server_pid, holder.pid):  # survivors of a failed test
-            if pid and not _ended(pid, wait=0.0):
+            if pid and not ended(pid, wait=0.0):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         holder.wait(10)
-
-
-def _ended(pid: int, wait: float = 10.0) -> bool:
-    """Whether the process ``pid`` ended (or is a zombie: ended, not yet reaped) within
-    ``wait`` seconds; a condition polled, not a speed: a live one fails after the wait."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state in ("Z", "X"):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
