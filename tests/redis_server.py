@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.parent_death import ending_with_this_process
+
 INSTALL_HINT = "install redis-server: apt-get install -y redis-server"
 # BAMBOO_REDIS_SERVER names another binary (or a missing one, to see the skips).
 REDIS_SERVER = (
@@ -74,6 +76,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=ending_with_this_process(),  # no redis-server left by a killed test
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.parent_death import ending_with_this_process
+
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"listening on ([^\s:\"]+|\[[^\]]*\]):(\d+)")
 
@@ -64,7 +66,7 @@ class ServerProcess:
             stdout=log,
             stderr=log,
             cwd=ROOT,
-            preexec_fn=self.preexec_fn,
+            preexec_fn=ending_with_this_process(self.preexec_fn),
         )
         log.close()
         deadline = time.monotonic() + timeout

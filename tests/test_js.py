@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.parent_death import ending_with_this_process
 from tests.support import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,7 @@ async def test_js_client_on_node() -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # node --test runs the file in a child of its own
+            preexec_fn=ending_with_this_process(),  # no node left by a killed test process
         )
         assert process.stdout is not None
         reading = asyncio.create_task(process.stdout.read())

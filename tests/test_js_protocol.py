@@ -24,6 +24,7 @@ import pytest
 
 from bamboo_session.server.cli import build_parser, config_from_args
 from bamboo_session.server.config import ServerConfig
+from tests.parent_death import ending_with_this_process
 from tests.support import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +97,7 @@ async def run_node(node: str, ports: dict[str, int]) -> tuple[int | None, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # its servers are in its process group: one kill ends all
+        preexec_fn=ending_with_this_process(),  # no node left by a killed test process
     )
     assert process.stdout is not None
     reading = asyncio.create_task(process.stdout.read())

@@ -24,6 +24,7 @@ import redis
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
+from tests.parent_death import ending_with_this_process
 from tests.redis_server import RedisServer, free_port, prefix_for
 from tests.server_process import ROOT, assert_no_tracebacks
 
@@ -41,7 +42,9 @@ class Workers:
         argv = [sys.executable, "-m", "bamboo_session.server", "serve", "--port", "0"]
         argv += ["--log-format", "json", *args]
         with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=log, cwd=ROOT, preexec_fn=ending_with_this_process()
+            )
         self.pids: set[int] = set()  # workers seen listening
 
     def listening(self, count: int, timeout: float = 20.0) -> dict[int, int]:
