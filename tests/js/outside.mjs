@@ -55,7 +55,8 @@ export const METADATA_FIELDS = [
 const servers = []; // the servers this file started and has not stopped yet
 
 /** Starts `bamboo_session.server serve` on 127.0.0.1:0; resolves {proc, port, dataDir}.
- * A server that exits, or cannot be spawned, before it listens rejects with its output. */
+ * A server that exits, or cannot be spawned, before it listens rejects with its output;
+ * one that does not listen in 20 s is killed (by pid) first: nothing waits on it. */
 export function startServer(
   args = [],
   dataDir = mkdtempSync(path.join(tmpdir(), "bamboo-outside-")),
@@ -72,7 +73,10 @@ export function startServer(
       clearTimeout(timer);
       reject(new Error(`server ${args.join(" ")} ${why}:\n${server.log}`));
     };
-    const timer = setTimeout(() => fail('printed no "listening on" in 20 s'), 20000);
+    const timer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      fail('printed no "listening on" in 20 s');
+    }, 20000);
     proc.stderr.on("data", (chunk) => {
       server.log = (server.log + chunk.toString()).slice(-20000);
       const match = /listening on [^\s"]+:(\d+)/.exec(server.log);
