@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.parent_death import ending_with_this_process
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
@@ -156,6 +157,7 @@ def test_conformance_restart(node: str, servers: list[ServerProcess], tmp_path: 
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env={**os.environ, **env},
+            preexec_fn=ending_with_this_process(),  # no node left by a killed test process
         )
     try:
         wait_for_line(report_path, "READY", first)

@@ -22,6 +22,7 @@ from bamboo_session.server.config import _BOUNDS, ServerConfig
 from bamboo_session.server.manager_config import SessionManagerConfig
 from bamboo_session.server.settings import load_config, settings_from_flags
 from tests.forks import ForkedChild
+from tests.parent_death import ending_with_this_process
 from tests.server_process import ServerProcess
 
 
@@ -47,6 +48,7 @@ async def serve_process(
         *args,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        preexec_fn=ending_with_this_process(),  # no server left by a killed test process
     )
     try:
         port = await asyncio.wait_for(_read_port(process, lines), 60)
