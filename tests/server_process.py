@@ -7,6 +7,7 @@ file, which :meth:`ServerProcess.log_records` parses afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -58,6 +59,18 @@ class ServerProcess:
         """Starts the server and returns its port once it listens. The timeout only
         guards against a start that hangs: a start costs about half a second of CPU,
         and under four test processes on two cores that stretched past 15 s."""
+        return self._listening(self._launch(), timeout)
+
+    async def start_in_loop(self, timeout: float = 60.0) -> int:
+        """:meth:`start` from a test's event loop without blocking it: started from the
+        loop's thread, so that it ends with the test process (tests/parent_death.py: a
+        worker thread of ``asyncio.to_thread`` would take it along when it ended), and
+        waited for in a worker thread."""
+        offset = self._launch()
+        return await asyncio.to_thread(self._listening, offset, timeout)
+
+    def _launch(self) -> int:
+        """The process started; the offset in its log where its lines begin."""
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -69,6 +82,10 @@ class ServerProcess:
             preexec_fn=ending_with_this_process(self.preexec_fn),
         )
         log.close()
+        return offset
+
+    def _listening(self, offset: int, timeout: float) -> int:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.log_path.open("rb") as f:

@@ -67,7 +67,7 @@ async def test_keyed_burst_is_stored_exactly_once_across_a_server_restart(
     browser's close reply) and started again mid-burst: the log holds each exactly
     once, in order, and the page saw the close the server sent."""
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
-    await asyncio.to_thread(server.start)
+    await server.start_in_loop()
     server.extra = ("--port", str(server.port))
     try:
         page = await client_page(browser, server.port, app_origin)
@@ -123,7 +123,7 @@ async def test_keyed_burst_is_stored_exactly_once_across_a_server_restart(
         else:
             assert await asyncio.to_thread(server.stop) == 0
         acked_at_stop = await acked()
-        await asyncio.to_thread(server.start)
+        await server.start_in_loop()
         result = await asyncio.wait_for(page.evaluate("window.burst"), 60)
         print(f"acked at the stop: {acked_at_stop}, resent: {result['resent']}")
 

@@ -290,7 +290,7 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
     keeps publishing: the tail goes on with no gap and no repeated text, and says that
     it was disconnected and resumed; presence forgets the connections of before."""
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
-    await asyncio.to_thread(server.start)
+    await server.start_in_loop()
     server.extra = ("--port", str(server.port))  # the restart comes back on the same port
     try:
         url = f"ws://127.0.0.1:{server.port}"
@@ -324,7 +324,7 @@ async def test_tail_resumes_across_a_server_restart(browser: Any, tmp_path: Path
             # The top bar does not pass the figures of before for the server's.
             await expect(page.locator("#stats-away")).to_be_visible()
             await expect(page.locator("#stat-rate")).to_have_text(DASH)
-            await asyncio.to_thread(server.start)
+            await server.start_in_loop()
             await asyncio.wait_for(publishing, 30)
 
             # The lines about the restart part the text: joined, it is all there, once.

@@ -36,7 +36,7 @@ async def test_a_session_closed_during_a_restart_ends_the_tail_as_closed(
     data = tmp_path / "data"
     server = ServerProcess(data, tmp_path / "server.log")
     other = ServerProcess(data, tmp_path / "other.log")
-    await asyncio.to_thread(server.start)
+    await server.start_in_loop()
     server.extra = ("--port", str(server.port))  # the restart comes back on the same port
     try:
         url = f"ws://127.0.0.1:{server.port}"
@@ -54,11 +54,11 @@ async def test_a_session_closed_during_a_restart_ends_the_tail_as_closed(
 
         assert await asyncio.to_thread(server.stop) == 0
         await expect(notes.first).to_contain_text("(1012 server restarting): reconnecting")
-        await asyncio.to_thread(other.start)
+        await other.start_in_loop()
         async with await BambooClient.connect(f"ws://127.0.0.1:{other.port}", "ended") as closer:
             await closer.set_state("closed")
         assert await asyncio.to_thread(other.stop) == 0
-        await asyncio.to_thread(server.start)
+        await server.start_in_loop()
 
         await expect(state).to_have_attribute("data-state", "closed")
         await expect(notes).to_have_text(
