@@ -13,17 +13,26 @@ keep dying young, and at most ``RESTART_BURST`` restarts a minute), and passes S
 and SIGINT on to every worker for a graceful shutdown, exiting once all have exited.
 A worker that exits with status 2 (a configuration error) is not restarted: the
 supervisor stops the others and exits 2.
+
+A worker ends with its supervisor (Linux): killed with SIGKILL (the OOM killer, an
+operator's ``kill -9``, a crash), the supervisor leaves no worker serving on the port
+with nobody to stop or restart it. Each worker asks the kernel for SIGTERM when its
+parent dies (``PR_SET_PDEATHSIG``) and stops as on the supervisor's own SIGTERM. The
+kernel sends it when the *thread* that forked the worker ends, so the supervisor runs
+on the main thread only. Elsewhere workers outlive a killed supervisor.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -45,6 +54,8 @@ RESTART_BURST: Final = 10  # restarts within RESTART_WINDOW at most, over all wo
 RESTART_WINDOW: Final = 60.0
 CONFIG_ERROR: Final = 2  # a worker's exit status for a bad configuration: not retried
 _SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 Worker = Callable[[ServerConfig, int], int]  # (config, worker number) -> exit status
 
@@ -85,6 +96,10 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and look after them until they have all exited."""
+        if threading.current_thread() is not threading.main_thread():
+            # The parent-death signal comes when the thread that forked a worker ends.
+            raise RuntimeError("the supervisor runs on the main thread")
+        self._pid = os.getpid()
         self._port_holder = hold_port(self.config.host, self.config.port)
         port = self._port_holder.getsockname()[1]
         self.worker_config = self.config.replace(port=port)
@@ -196,6 +211,9 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            if not end_with_parent(self._pid):
+                status = 0  # the supervisor is gone already: stopped before starting
+                return
             status = self.worker(self.worker_config, number)
         except KeyboardInterrupt:
             status = 130
@@ -205,6 +223,17 @@ class Supervisor:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
+
+
+def end_with_parent(parent_pid: int) -> bool:
+    """In a forked worker (Linux): SIGTERM when its parent, ``parent_pid``, dies. False
+    when the parent died before that was asked (the worker was handed to another
+    process already), so that no signal will come."""
+    if _libc is None:
+        return True
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    return os.getppid() == parent_pid
 
 
 def hold_port(host: str, port: int) -> socket.socket:

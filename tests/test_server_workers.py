@@ -1,8 +1,8 @@
 """``serve --workers N`` as an operator runs it: N worker processes on one port under a
 supervisor, sharing one Redis store. Connections are spread over the workers; a worker
 killed with SIGKILL is restarted and its clients resume on the others; SIGTERM to the
-supervisor shuts every worker down gracefully; stores one process must own are refused
-with a one-line reason."""
+supervisor shuts every worker down gracefully, and so does a supervisor killed with
+SIGKILL (Linux); stores one process must own are refused with a one-line reason."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from websockets.asyncio.client import connect
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
-from tests.parent_death import ending_with_this_process
+from tests.parent_death import ON_LINUX, ended, ending_with_this_process
 from tests.redis_server import RedisServer, free_port, prefix_for
 from tests.server_process import ROOT, assert_no_tracebacks
 
@@ -134,6 +136,35 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(workers: Workers) ->
     assert exits == {(1, 0), (2, 0)}
     assert sum(1 for r in records if r.get("event") == "stopped") == 2
     assert_no_tracebacks(records, allowed=("worker died",))
+
+
+@pytest.mark.skipif(not ON_LINUX, reason="workers end with their supervisor on Linux only")
+def test_workers_of_a_killed_supervisor_stop_gracefully(workers: Workers) -> None:
+    """An OOM kill or ``kill -9`` of the supervisor leaves no worker serving the port
+    with nobody to stop or restart it: each stops as on SIGTERM, its clients closed
+    with 1012 (they resume elsewhere), and nothing listens on the port after."""
+    pids = set(workers.listening(2).values())
+
+    async def killed_while_attached() -> tuple[dict[str, object], int | None]:
+        async with connect(f"{workers.url}/api/v1/stream/s1", open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "hello", "create": True}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
+            workers.proc.kill()  # SIGKILL, to the supervisor alone
+            closed = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return closed, ws.close_code
+
+    closed, code = asyncio.run(killed_while_attached())
+    assert (closed, code) == ({"type": "closed", "reason": "server restarting"}, 1012)
+    assert workers.proc.wait(10) == -signal.SIGKILL
+    # A condition waited for, not a speed: a worker still alive fails after the wait.
+    assert [pid for pid in sorted(pids) if not ended(pid, wait=20)] == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", workers.port), timeout=5).close()
+    records = workers.records()
+    stopped = [r.get("worker") for r in records if r.get("event") == "stopped"]
+    assert sorted(stopped) == [1, 2], records  # both stopped gracefully, the idle one too
+    assert_no_tracebacks(records)
 
 
 @pytest.mark.parametrize("store", ["jsonl", "memory://"])
