@@ -15,10 +15,9 @@ once, then ``{"returncode": R}`` once it ended (``-9`` when killed with SIGKILL)
 child at a time; the server ends when its socket closes. The server itself runs none of
 the children's code: no logging or event loop is configured in what they inherit.
 
-Nothing outlives the test process (Linux; elsewhere a child runs on until it ends): the
-test process sends nothing while a child runs, so its socket's end then means it is
-gone, killed or crashed; the server kills the child and ends. A child is killed
-(PR_SET_PDEATHSIG) when the server ends, however it ends.
+Nothing outlives the test process: it sends nothing while a child runs, so its socket's
+end then means it is gone, killed or crashed; the server kills the child and ends. On
+Linux a child is also killed (PR_SET_PDEATHSIG) when the server ends, however it ends.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ import bamboo_session.server.cli
 import bamboo_session.server.tools_store  # noqa: F401
 
 MESSAGE_BYTES = 64 * 1024
+POLL_SECONDS = 0.1  # how often a child's end is checked without a pidfd
 
 
 def serve(channel: socket.socket) -> None:
@@ -75,20 +75,32 @@ def serve(channel: socket.socket) -> None:
 def wait_for_child(pid: int, channel: socket.socket) -> int | None:
     """The child's exit code once it ended; None when the test process's end of
     ``channel`` became readable first (it sends nothing while a child runs: it is
-    gone), the child then killed and reaped."""
-    if sys.platform == "linux":
-        child_end = os.pidfd_open(pid)
-        try:
-            readable, _, _ = select.select([child_end, channel], [], [])
-        finally:
+    gone), the child then killed and reaped. Its end is seen on its pidfd (Linux 5.3);
+    without one (another system, an older kernel, a sandbox that refuses the call) it is
+    polled, every POLL_SECONDS."""
+    child_end = _pidfd(pid)
+    watched = [channel] if child_end is None else [channel, child_end]
+    timeout = POLL_SECONDS if child_end is None else None
+    try:
+        while True:
+            if channel in select.select(watched, [], [], timeout)[0]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if ended:
+                return os.waitstatus_to_exitcode(status)
+    finally:
+        if child_end is not None:
             os.close(child_end)
-        if channel in readable:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no os.pidfd_open, or ENOSYS / EPERM
+        return None
 
 
 def run_child(request: dict[str, Any], stdout: int, stderr: int, server_pid: int) -> None:
