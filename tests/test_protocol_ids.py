@@ -1,4 +1,8 @@
-"""Session id validation and generated ids (protocol/ids.py)."""
+"""Session id validation and generated ids (protocol/ids.py; message ids,
+protocol/messages.py)."""
+
+import os
+import re
 
 import pytest
 from hypothesis import given
@@ -11,6 +15,7 @@ from bamboo_session.protocol import (
     new_connection_id,
     new_session_id,
 )
+from bamboo_session.protocol.models import new_message_id
 
 VALID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 
@@ -80,3 +85,25 @@ def test_generated_ids_are_valid_and_distinct() -> None:
     assert len(sessions) == len(connections) == 100
     assert all(s.startswith("s_") and is_valid_session_id(s) for s in sessions)
     assert all(c.startswith("c_") and is_valid_session_id(c) for c in connections)
+
+
+def test_message_ids_are_96_random_bits_and_distinct() -> None:
+    # Many more than are drawn at a time (64): ids from several draws.
+    ids = [new_message_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"m_[A-Za-z0-9_-]{16}", i) for i in ids)  # docs/protocol.md
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_process_never_makes_its_parents_next_message_ids() -> None:
+    new_message_id()  # ids drawn ahead now wait in the parent
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write_end, " ".join(new_message_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        childs = set(pipe.read().split())
+    assert os.waitpid(child, 0)[1] == 0
+    assert len(childs) == 8 and not childs & {new_message_id() for _ in range(8)}

@@ -96,6 +96,30 @@ async def test_duplicates_within_a_batch_and_against_earlier_appends() -> None:
         assert await log_of(peer) == [(1, "one"), (2, "two"), (3, "x"), (4, "m")]
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-keys", "keys"])
+async def test_a_thousand_messages_without_ids_get_distinct_ids_in_order(keyed: bool) -> None:
+    # With keys, the second half repeats the first's: duplicates within the batch.
+    keys = [f"k{i % 500}" if keyed else None for i in range(1000)]
+    items = [message_item(str(i), key) for i, key in enumerate(keys)]
+    stored = 500 if keyed else 1000
+    async with (
+        run_server(max_batch_items=1000) as server,
+        attach(server, "ids", create=True) as (peer, _),
+    ):
+        acks = await peer.request({"type": "batch", "id": 1, "items": items}, "acks")
+        assert acks["seqs"] == [i % stored + 1 for i in range(1000)]
+        assert acks.get("duplicates", []) == list(range(stored, 1000))
+        history = {"type": "history", "id": "h", "limit": 1000}
+        messages = (await peer.request(history, "history"))["messages"]
+        assert [m["content"] for m in messages] == [str(i) for i in range(stored)]
+        assert len({m["id"] for m in messages}) == stored
+        if keyed:  # the batch sent again: each item a duplicate of its first seq
+            acks = await peer.request({"type": "batch", "id": 2, "items": items}, "acks")
+            assert acks["seqs"] == [i % 500 + 1 for i in range(1000)]
+            assert acks["duplicates"] == list(range(1000))
+        assert [seq for seq, _ in await log_of(peer)] == list(range(1, stored + 1))
+
+
 async def test_an_empty_key_is_a_key_within_a_batch() -> None:
     # PROTOCOL.md: "" is a key like any other, in a batch's items as on single frames.
     async with run_server() as server, attach(server, "e", create=True) as (peer, _):
