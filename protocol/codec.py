@@ -102,7 +102,9 @@ def check_content(
                 reason = problem
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id)
         count += values
-    if message is not None and (created := message.created_at) is not None and created.utcoffset():
+    if message is None or (created := message.created_at) is None or created.tzinfo is UTC:
+        return count  # a time in UTC (as decoded from a "Z") is seen so without a call
+    if created.utcoffset():
         try:  # times travel in UTC; the decoder has already refused naive ones
             utc = created.astimezone(UTC)
         except OverflowError:

@@ -119,6 +119,8 @@ class Message(msgspec.Struct, omit_defaults=True):
         created_at = self.created_at
         if created_at is None:
             created_at = utcnow()
+        elif created_at.tzinfo is UTC:
+            pass  # the common case, looked at without a call: decoded, then made UTC
         elif (offset := created_at.utcoffset()) is None:
             created_at = created_at.replace(tzinfo=UTC)
         elif offset:
