@@ -157,9 +157,13 @@ class SessionActor:
         return self.accepting
 
     def post_batch(self, appends: list[Append]) -> None:
-        """Queue a batch's items one after another: nothing comes between them."""
-        for append in appends:
-            self.post(append)
+        """Queue a batch's items together: nothing comes between them."""
+        if self.finished:
+            for append in appends:
+                self._reject(append)  # their reply sends the first refusal, once
+            return
+        self.inbox.extend(appends)
+        self._wake()
 
     def _wake(self) -> None:
         if self._wakeup.set():

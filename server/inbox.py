@@ -57,6 +57,17 @@ class Inbox:
             self.bytes += command.size
             self.budget.used += command.size
 
+    def extend(self, appends: list[Append]) -> None:
+        """Queue a batch's items together (counted as :meth:`append` counts each)."""
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.extend(appends)
+        size = 0
+        for append in appends:
+            size += append.size
+        self.bytes += size
+        self.budget.used += size
+
     def _released(self, commands: list[Command]) -> None:
         size = 0
         for command in commands:

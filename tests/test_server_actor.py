@@ -15,6 +15,7 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Ack, Acks, Closed, Error, EventFrame, Welcome
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from bamboo_session.server.actor import SessionActor
+from bamboo_session.server.budget import MemoryBudget
 from bamboo_session.server.commands import Append, Attach, BatchReply, Detach, SetState
 from bamboo_session.server.inbox import Inbox
 from bamboo_session.server.manager_config import SessionManagerConfig
@@ -254,6 +255,28 @@ def test_the_inbox_never_splits_a_batch() -> None:
     assert taken[3:] == first  # ... and the rest of that batch, never the next one
     assert inbox.take_batch(1) == second
     assert len(inbox) == 0 and inbox.has_room(1000)  # an empty inbox takes any batch
+
+
+def test_a_batch_weighs_in_the_inbox_and_the_budget_what_its_items_do() -> None:
+    budget = MemoryBudget(1000)
+    inbox = Inbox(limit=10, max_bytes=111, budget=budget)
+    outbox = Outbox("p", "client", limit=1000)
+    first, second = batch_of(outbox, ["a", "b", "c"], 1), batch_of(outbox, ["d"], 2)
+    for append, size in zip(first, [50, 30, 30], strict=True):
+        append.size = size
+    second[0].size = 5
+    inbox.extend(first)
+    assert (len(inbox), inbox.bytes, budget.used) == (3, 110, 110)
+    assert inbox.has_room(7) and not inbox.has_room(8)  # each item counts
+    inbox.extend(second)
+    assert (len(inbox), inbox.bytes, budget.used) == (4, 115, 115)
+    assert not inbox.has_room(1)  # over its bytes: the next peer waits
+    taken = inbox.take_batch(1)
+    assert taken == first  # the whole batch, and its bytes counted until it is handled
+    assert (inbox.bytes, budget.used) == (115, 115)
+    inbox.finished(taken)
+    inbox.finished(inbox.take_batch(1))
+    assert (len(inbox), inbox.bytes, budget.used) == (0, 0, 0)
 
 
 async def test_peers_waiting_for_room_in_the_inbox_go_in_arrival_order() -> None:
