@@ -211,7 +211,7 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            if not end_with_parent(self._pid):
+            if not self._ends_with_supervisor(number):
                 status = 0  # the supervisor is gone already: stopped before starting
                 return
             status = self.worker(self.worker_config, number)
@@ -223,6 +223,17 @@ class Supervisor:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
+
+    def _ends_with_supervisor(self, number: int) -> bool:
+        """In the child: :func:`end_with_parent`, and False if the supervisor is gone.
+        A kernel or sandbox (seccomp) that refuses prctl leaves the worker serving as
+        it would elsewhere, with a warning, rather than failing every start and restart
+        of every worker."""
+        try:
+            return end_with_parent(self._pid)
+        except OSError as exc:
+            log.warning("worker will outlive a killed supervisor", worker=number, error=str(exc))
+            return True
 
 
 def end_with_parent(parent_pid: int) -> bool:
