@@ -62,6 +62,18 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0" + (f"?{tail}" if tail else "")
 
     def start(self, timeout: float = 10.0) -> None:
+        self._launch()
+        self._answering(timeout)
+
+    async def start_in_loop(self, timeout: float = 10.0) -> None:
+        """:meth:`start` from a test's event loop without blocking it: launched from the
+        loop's thread, so that it ends with the test process (tests/parent_death.py: a
+        worker thread of ``asyncio.to_thread`` would take it along when it ended), and
+        waited for in a worker thread."""
+        self._launch()
+        await asyncio.to_thread(self._answering, timeout)
+
+    def _launch(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -78,6 +90,11 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=ending_with_this_process(),  # no redis-server left by a killed test
         )  # fmt: skip
+
+    def _answering(self, timeout: float) -> None:
+        """Returns once the launched server answers; RuntimeError if it exits or does not
+        answer within ``timeout`` seconds (then it is stopped)."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

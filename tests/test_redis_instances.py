@@ -208,7 +208,7 @@ async def test_a_redis_restart_loses_nothing_acknowledged_and_service_returns(
 
     async def restart_redis_later() -> None:
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(own.start)
+        await own.start_in_loop()
 
     async with (
         clients(BambooClient.connect(group.url(0), "rr", create=True, **FAST)) as (agent,),
