@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
 
+from bamboo_session.persistence import Storage, open_storage
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 
@@ -230,3 +231,13 @@ def client_modules() -> set[str]:
             found.add(name)
             todo.extend(_SIBLING_IMPORT.findall((CLIENT_DIR / name).read_text()))
     return found
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Storage]:
+    """The store at ``url``, opened with no cleanup task, closed at the block's end."""
+    store = await open_storage(url, cleanup_interval=None)
+    try:
+        yield store
+    finally:
+        await store.close()

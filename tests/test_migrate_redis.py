@@ -10,20 +10,19 @@ be cut short) and refuses the old epoch's resume."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from bamboo_session.persistence import SessionNotFound, Storage, open_storage
+from bamboo_session.persistence import SessionNotFound, Storage
 from bamboo_session.persistence.migrate import Action, migrate, plan_session, verify
 from bamboo_session.persistence.redis.scripts import HistoryLost
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, run_server
+from tests.support import attach, opened, run_server
 from tests.test_migrate import all_sessions, populate
 from tests.test_migrate_cli import migrate as run_migrate
 from tests.test_redis_lossy_epoch import crash_and_restart, lossy_redis, snapshot
@@ -32,15 +31,6 @@ SOURCES = {
     "jsonl": lambda directory: f"jsonl://{directory / 'store'}",
     "sqlite": lambda directory: f"sqlite://{directory / 'store.db'}",
 }
-
-
-@asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Storage]:
-    store = await open_storage(url, cleanup_interval=None)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def tokened_redis(

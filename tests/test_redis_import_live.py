@@ -14,8 +14,8 @@ replicas confirmed in time than asked is on the primary all the same, and its re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from bamboo_session.persistence import Storage, StorageError, open_storage
+from bamboo_session.persistence import StorageError
 from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.migrate import migrate
@@ -32,22 +32,13 @@ from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.errors import InvalidTransition
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState, StoredEvent
 from tests.redis_server import RedisServer, link_replica, prefix_for
-from tests.support import WELCOME_TIMEOUT, Peer, attach, run_server
+from tests.support import WELCOME_TIMEOUT, Peer, attach, opened, run_server
 
 # The close's notice comes after the import's write, which waits for Redis's fsync
 # (appendfsync always): on a loaded machine whose disk stalls that takes seconds, as a
 # welcome does. The servers' own look at the session comes only after idle_timeout.
 NOTICE_TIMEOUT = WELCOME_TIMEOUT
 IDLE_TIMEOUT = 300.0  # the default, said here: no look rescues a lost notice in a test
-
-
-@asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Storage]:
-    store = await open_storage(url, cleanup_interval=None)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def events_until_closed(peer: Peer) -> tuple[list[Any], dict[str, Any], int | None]:
