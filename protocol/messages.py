@@ -37,7 +37,8 @@ def utcnow() -> datetime:
 _IDS_DRAWN: Final = 64
 _ID_BYTES: Final = 12  # 16 URL-safe base64 characters, no padding
 _drawn_ids: collections.deque[str] = collections.deque()
-os.register_at_fork(after_in_child=_drawn_ids.clear)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork (the client runs there)
+    os.register_at_fork(after_in_child=_drawn_ids.clear)
 
 
 def new_message_id() -> str:

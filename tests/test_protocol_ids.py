@@ -3,6 +3,9 @@ protocol/messages.py)."""
 
 import os
 import re
+import subprocess
+import sys
+import threading
 
 import pytest
 from hypothesis import given
@@ -107,3 +110,37 @@ def test_a_forked_process_never_makes_its_parents_next_message_ids() -> None:
         childs = set(pipe.read().split())
     assert os.waitpid(child, 0)[1] == 0
     assert len(childs) == 8 and not childs & {new_message_id() for _ in range(8)}
+
+
+def test_threads_drawing_message_ids_at_once_never_share_one() -> None:
+    # Threads switched as often as the interpreter allows: an id read from the drawn
+    # ones before it is taken away (rather than in one popleft) is then handed out twice.
+    drawn: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(mine: list[str]) -> None:
+        mine.extend([new_message_id() for _ in range(100_000)])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=draw, args=(mine,)) for mine in drawn]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    ids = [i for mine in drawn for i in mine]
+    assert len(ids) == len(set(ids)) == 800_000
+
+
+def test_message_ids_are_made_where_there_is_no_fork() -> None:
+    # Windows has neither os.fork nor os.register_at_fork, and the Python client, which
+    # imports protocol/, runs there.
+    code = (
+        "import os; del os.fork, os.register_at_fork\n"
+        "from bamboo_session.protocol.models import new_message_id; print(new_message_id())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(r"m_[A-Za-z0-9_-]{16}\n", run.stdout)
