@@ -242,6 +242,28 @@ async def test_a_batch_refused_by_the_store_gets_one_error(store: MemoryStorage)
     assert await store.last_seq("s") == 0
 
 
+async def test_a_batch_posted_to_a_finished_actor_is_refused_once_and_weighs_nothing(
+    store: MemoryStorage,
+) -> None:
+    actor = await spawn(store)
+    viewer, _ = await attach(actor, "v")
+    await store.update_session_state("s", SessionState.CLOSED)  # by another process
+    await next_items(viewer, 3)  # welcome, closed, the close
+    assert actor.task is not None
+    await asyncio.wait_for(actor.task, WAIT)
+    assert actor.finished  # a connection's room_for returned just before: it posts
+    outbox = Outbox("p", "client", limit=1000)
+    batch = batch_of(outbox, ["a", "b", "c"], 9)
+    for append in batch:
+        append.size = 100
+    actor.post_batch(batch)
+    (error,) = await next_items(outbox, 1)
+    assert isinstance(error, Outbound) and isinstance(error.frame, Error)
+    assert (error.frame.code, error.frame.id) == ("closed", 9)
+    assert len(outbox) == 0 and outbox.in_flight == 0  # one reply, settled once
+    assert (len(actor.inbox), actor.inbox.bytes, actor.inbox.budget.used) == (0, 0, 0)
+
+
 def test_the_inbox_never_splits_a_batch() -> None:
     inbox = Inbox(limit=10)
     outbox = Outbox("p", "client", limit=1000)
