@@ -226,12 +226,9 @@ class SessionManager:
         self.actors.check_room()
 
     async def delete_session(self, session_id: str) -> None:
-        """Removes the session; its connections are closed with 4404 once the store has
-        deleted it, 1011 (``session not deleted``: they resume) when it failed the
-        delete. Within ``store_read_timeout`` of the call, else StoreTimeout: the
-        connections get 1011 then, and the session stays held off (hellos, reads,
-        appends, closes and another delete of it wait, each within its own deadline)
-        until the store's delete has ended (server/endings.py)."""
+        """Removes the session: its connections get 4404 once the store deleted it, else
+        1011 (they resume). StoreTimeout past ``store_read_timeout``; the session stays
+        held off until the store's delete ends (server/endings.py)."""
         await self.endings.delete(session_id)
 
     # -- connections ---------------------------------------------------------------
