@@ -325,6 +325,7 @@ class MemoryStorage:
             self._feed.publish(session_id, list(events))
 
     async def import_metadata(self, metadata: SessionMetadata) -> None:
+        self._require_open()
         meta = self._meta(metadata.id)
         self._index.set_state(meta.id, metadata.state)
         meta.updated_at = metadata.updated_at
@@ -332,6 +333,8 @@ class MemoryStorage:
         meta.expires_at = metadata.expires_at
         meta.ttl = metadata.ttl
         meta.extra = dict(metadata.extra)
+        if metadata.state == SessionState.CLOSED:  # as a close does: its viewers are told
+            self._feed.end(meta.id, CLOSED)
 
     # -- helpers --------------------------------------------------------------------
 

@@ -1,12 +1,14 @@
 """SessionImport held to its word (persistence/importing.py): what ``bamboo-session
 migrate`` needs, on the backends of tests/storage_backends.py that implement it.
 Imported events keep their seqs, times and keys (which are the session's keys after),
-in order only; imported metadata sets state, times, TTL and extra; both survive a
-reopen; a missing session, or an event that does not decode, is refused.
+in order only; imported metadata sets state, times, TTL and extra, and a move to
+closed ends the session's subscriptions after its events, as a close does; both
+survive a reopen; a missing session, or an event that does not decode, is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
@@ -28,6 +30,8 @@ from bamboo_session.protocol.models import (
 )
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
+
+RECV = 5.0  # seconds: a bound on a wait for what the store already took
 
 
 @pytest.fixture
@@ -146,6 +150,25 @@ async def test_import_metadata_sets_state_times_ttl_and_extra(importer: SessionI
     with pytest.raises(SessionClosed):
         await store.append_event("s1", AgentEvent.token("late"))
     assert len(await store.get_session_history("s1")) == 2
+
+
+async def test_an_import_that_closes_a_session_ends_its_subscriptions(
+    importer: SessionImport,
+) -> None:
+    """A viewer following the session (a server's actor does, through the store) gets
+    the imported events, then the end: ``closed``, as at a close, not a wait forever."""
+    store = cast(Storage, importer)
+    await new_import_target(store)
+    subscription = await store.subscribe("s1", after_seq=0)
+    await importer.import_events("s1", carried_over())
+    meta = await store.get_metadata("s1")
+    assert meta is not None
+    meta.state = SessionState.CLOSED
+    await importer.import_metadata(meta)
+    seen = []
+    while batch := await asyncio.wait_for(subscription.next_batch(), RECV):
+        seen += [event.seq for event in batch]
+    assert (seen, subscription.ended) == ([1, 2, 3, 4], "closed")
 
 
 async def test_import_into_a_missing_session(importer: SessionImport) -> None:

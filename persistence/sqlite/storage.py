@@ -319,9 +319,16 @@ class SqliteStorage:
         await self._write(work, lambda _: self._published(session_id, batch))
 
     async def import_metadata(self, metadata: SessionMetadata) -> None:
-        check_session_id(metadata.id)
+        session_id = check_session_id(metadata.id)
+        closes = metadata.state == SessionState.CLOSED
+
+        def after(_: None) -> None:
+            if closes:  # its subscriptions end, as at update_session_state's close
+                self._moved(session_id)
+                self._feed.end(session_id, CLOSED)
+
         work = functools.partial(writes.import_metadata, meta=metadata)
-        await self._write(work)
+        await self._write(work, after)
 
     # -- recount (StoredBytesRecount) -----------------------------------------------
 
