@@ -1,7 +1,7 @@
 """DeleteHolds: the sessions a delete holds off in this process (ActorRegistry.held_off)
 until the store's delete has ended, the connections handed over meanwhile, and the
-bounded wait of whoever meets a hold: an attach, an in-process append, close or delete,
-an HTTP read of the session.
+bounded wait of whoever meets a hold: an attach, an in-process append, create, read,
+close or delete, an HTTP read of the session.
 """
 
 from __future__ import annotations

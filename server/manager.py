@@ -65,10 +65,7 @@ class SessionManager:
     """Sessions, live and stored, behind one API (the seed's ``SessionManager``)."""
 
     def __init__(
-        self,
-        config: SessionManagerConfig,
-        storage: Storage,
-        metrics: Metrics | None = None,
+        self, config: SessionManagerConfig, storage: Storage, metrics: Metrics | None = None
     ) -> None:
         self.config = config
         self.storage = storage
@@ -126,15 +123,14 @@ class SessionManager:
         replace_expired: bool = False,
     ) -> Session:
         """A new session. Raises FieldTooLong when ``user_id``, ``title`` or ``extra``
-        is over its limit (the index keeps them in memory), SessionExists.
+        is over its limit (the index keeps them in memory), SessionExists; a delete of
+        ``session_id`` under way is waited for first, as by ``get_session``.
         ``replace_expired``: see ``create_admitted``."""
         check_fields(self.config, user_id, title, extra)
+        if session_id:
+            await self.actors.unheld(check_session_id(session_id))
         session = Session.new(
-            check_session_id(session_id) if session_id else new_session_id(),
-            user_id=user_id,
-            title=title,
-            ttl=ttl,
-            extra=extra,
+            session_id or new_session_id(), user_id=user_id, title=title, ttl=ttl, extra=extra
         )
         await self.storage.create_session(session, replace_expired=replace_expired)
         stored = await self.storage.load_session(session.id)
@@ -171,15 +167,16 @@ class SessionManager:
         """get-or-create without reading the history: what an attach with ``create``
         needs, so a reconnect storm does not load every session's messages. An expired
         session counts as missing: a new one replaces it. ``admit`` wraps a creation,
-        and refuses it by raising; ``deadline`` bounds the reads
-        (server/creations.py)."""
+        and refuses it by raising; ``deadline`` bounds the reads, and the wait for a
+        delete under way (server/creations.py, ``get_session``)."""
 
         def create(expired: SessionMetadata | None) -> Coroutine[Any, Any, Session]:
             return self.create_admitted(
                 admit, user_id, title, session_id=session_id, replacing=expired
             )
 
-        return await self.creations.get_or_create(check_session_id(session_id), create, deadline)
+        await self.actors.unheld(check_session_id(session_id), deadline)
+        return await self.creations.get_or_create(session_id, create, deadline)
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000
@@ -251,8 +248,7 @@ class SessionManager:
         return await self.actors.attach(session_id, outbox, last_seq, epoch, deadline, access)
 
     def detach(self, session_id: str, connection_id: str) -> None:
-        actor = self.actors.get(session_id)
-        if actor is not None:
+        if (actor := self.actors.get(session_id)) is not None:
             actor.post(Detach(connection_id))
 
     async def connect_session(
@@ -327,20 +323,25 @@ class SessionManager:
         return await self.append_event(session_id, MessageEvent(message.completed()), key)
 
     async def list_sessions(self, filter: SessionFilter | None = None) -> SessionListResult:
+        """What the store lists now: a session whose delete is under way may be left
+        out, and back once the delete fails (none of them is waited for)."""
         result = await self.storage.list_sessions(filter or SessionFilter())
         await self._overlay_live(result.sessions)
         return result
 
     async def get_session_history(self, session_id: str) -> list[Message]:
-        return await self.storage.get_session_history(check_session_id(session_id))
+        await self.actors.unheld(check_session_id(session_id))
+        return await self.storage.get_session_history(session_id)
 
     async def read_events(
         self, session_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
-        return await self.storage.read_events(check_session_id(session_id), after_seq, limit)
+        await self.actors.unheld(check_session_id(session_id))
+        return await self.storage.read_events(session_id, after_seq, limit)
 
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
-        metadata = await self.storage.get_metadata(check_session_id(session_id))
+        await self.actors.unheld(check_session_id(session_id))
+        metadata = await self.storage.get_metadata(session_id)
         if metadata is not None:
             await self._overlay_live([metadata])
         return metadata
