@@ -1,7 +1,9 @@
 """persistence/migrate.py between real stores: every session arrives as the source holds
 it (metadata, state, TTL, messages, events with seq, ts and key, epoch), verify agrees,
 an interrupted run finishes when run again, a dry run changes nothing, and the new store
-goes on where the old one stopped (seqs, idempotency keys, subscriptions).
+goes on where the old one stopped (seqs, idempotency keys, subscriptions); a rerun
+into a store a server serves in the same process closes the viewers of a session it
+imports as closed.
 
 Backends: memory and sqlite both ways, jsonl as a source. Tests with JSONL as the
 destination run once JsonlStorage implements SessionImport (import_events and
@@ -28,6 +30,7 @@ from bamboo_session.protocol.models import (
     SessionState,
     ToolResult,
 )
+from tests.support import attach, run_server
 
 URLS = {
     "memory": lambda _directory: "memory://",
@@ -341,3 +344,29 @@ async def test_verify_reads_pages_bounded_in_bytes(stores: list[Storage]) -> Non
 
 
 BIG_EVENTS = 80
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "jsonl"])
+async def test_a_rerun_into_a_store_a_server_serves_closes_the_viewers(
+    tmp_path: Path, kind: str
+) -> None:
+    """An embedder migrates into the store its own server serves: a session the rerun
+    imports as closed gives its viewer the events imported before, then ``closed`` and
+    1000, as a close would; the viewer waited for events that could no longer come."""
+    async with run_server(tmp_path, store=URLS[kind](tmp_path)) as server:
+        assert server._manager is not None
+        target = server._manager.storage
+        source = await open_store("memory", tmp_path)
+        try:
+            await source.create_session(Session.new("moved"))
+            await source.append_event("moved", AgentEvent.token("before"))
+            await migrate(source, target)
+            async with attach(server, "moved", last_seq=1) as (viewer, _welcome):
+                await source.append_event("moved", AgentEvent.token("after"))
+                await source.update_session_state("moved", SessionState.CLOSED)
+                await migrate(source, target)
+                code, frames = await viewer.closed()
+        finally:
+            await source.close()
+    seen = [(frame["type"], frame.get("seq")) for frame in frames if frame["type"] != "presence"]
+    assert (seen, code) == ([("event", 2), ("closed", None)], 1000)
