@@ -17,7 +17,14 @@ from tests.support import attach, open_peer, run_server, stream_url, token
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/api/v1/stream/bad%20id", 400), ("/api/v1/stream/..", 400), ("/elsewhere", 404)],
+    [
+        ("/api/v1/stream/bad%20id", 400),
+        ("/api/v1/stream/..", 400),
+        ("/elsewhere", 404),
+        # Everything after /api/v1/stream/ is the id: these are bad ids, not other paths.
+        ("/api/v1/stream/", 400),
+        ("/api/v1/stream/a/b", 400),
+    ],
 )
 async def test_bad_paths_are_refused_before_the_upgrade(path: str, status: int) -> None:
     async with run_server() as server:
@@ -25,6 +32,32 @@ async def test_bad_paths_are_refused_before_the_upgrade(path: str, status: int) 
             async with connect(f"ws://127.0.0.1:{server.port}{path}", open_timeout=5):
                 pass
         assert refused.value.response.status_code == status
+
+
+async def test_the_id_is_percent_decoded_and_a_query_string_ignored() -> None:
+    async with run_server() as server:
+        url = f"ws://127.0.0.1:{server.port}/api/v1/stream/a%2Db?user_id=q"
+        async with connect(url, subprotocols=["bamboo.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "hello", "create": True}))
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["session"]["id"] == "a-b" and welcome["session"]["user_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        (["chat.v9", "bamboo.v1.msgpack", "bamboo.v1"], "bamboo.v1.msgpack"),
+        (["bamboo.v1", "bamboo.v1.msgpack"], "bamboo.v1"),
+    ],
+)
+async def test_of_several_subprotocols_the_first_offered_that_the_server_speaks_is_chosen(
+    offered: list[str], chosen: str
+) -> None:
+    async with (
+        run_server() as server,
+        connect(stream_url(server), subprotocols=offered, open_timeout=5) as ws,  # type: ignore[arg-type]
+    ):
+        assert ws.subprotocol == chosen
 
 
 @pytest.mark.parametrize(
