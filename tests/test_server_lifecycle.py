@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -65,6 +66,29 @@ async def test_a_quiet_connected_session_becomes_idle_and_traffic_wakes_it() -> 
             assert loop.time() - sent_at >= idle_timeout, f"{seen} at once after an append"
         else:
             raise AssertionError(f"no read came within {idle_timeout} s of the ack in 5 tries")
+
+
+async def test_pings_are_activity_but_leave_an_idle_session_idle() -> None:
+    # docs/protocol.md (Session states): a ping starts the TTL again, but only an
+    # append, an attach or a state request wakes an idle session.
+    async with run_server(idle_timeout=0.2) as server, attach(server) as (peer, welcome):
+        session_id = welcome["session"]["id"]
+        manager = server.manager
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0  # waited for, however loaded the machine
+        while (idle := await manager.get_metadata(session_id)) is None or idle.state != "idle":
+            assert loop.time() < deadline, "never became idle"
+            await asyncio.sleep(0.05)
+        # Pinged on until a look at the session records the pings as activity; a
+        # server that woke it for them would show it active from that look on.
+        for n in itertools.count():
+            await peer.request({"type": "ping", "id": n}, "pong")
+            seen = await manager.get_metadata(session_id)
+            assert seen is not None and seen.state == "idle", seen
+            if seen.last_activity_at > idle.last_activity_at:
+                break
+            assert loop.time() < deadline, "the pings were never recorded as activity"
+            await asyncio.sleep(0.05)
 
 
 async def test_least_recently_used_parked_session_is_evicted_first() -> None:
