@@ -5,11 +5,12 @@ stays, oversized ones close 1009, MessagePack carries the same objects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.instances import eventually
 from tests.support import attach, open_peer, run_server, stream_url, token
@@ -123,6 +124,16 @@ async def test_unknown_fields_are_ignored() -> None:
 async def test_frame_over_the_limit_closes_1009() -> None:
     async with run_server(max_frame_bytes=4096) as server, attach(server) as (peer, _):
         await peer.send({"type": "event", "id": 1, "event": token("x" * 5000)})
+        code, _ = await peer.closed()
+        assert code == 1009
+
+
+async def test_a_message_over_the_limit_in_fragments_under_it_closes_1009() -> None:
+    # The limit bounds the reassembled message, not each fragment (docs/protocol.md).
+    async with run_server(max_frame_bytes=4096) as server, attach(server) as (peer, _):
+        frame = json.dumps({"type": "event", "id": 1, "event": token("x" * 5000)})
+        with contextlib.suppress(ConnectionClosed):
+            await peer.ws.send([frame[:3000], frame[3000:]])  # sent as two fragments
         code, _ = await peer.closed()
         assert code == 1009
 
