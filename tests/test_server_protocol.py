@@ -203,3 +203,18 @@ async def test_state_idle_and_active_are_acked() -> None:
         metadata = await server.manager.get_metadata(welcome["session"]["id"])
         assert metadata is not None and metadata.state == "idle"
         await peer.request({"type": "state", "id": "t", "state": "active"}, "ack")
+
+
+async def test_a_state_request_is_acked_with_the_last_seq_and_not_told_to_other_peers() -> None:
+    async with run_server() as server, attach(server) as (peer, welcome):
+        async with attach(server, welcome["session"]["id"]) as (viewer, _):
+            await peer.recv_type("presence")
+            await peer.request({"type": "event", "id": "e1", "event": token("a")}, "ack")
+            # The second asks for the state the session is in: a no-op, acked the same.
+            for request_id, state in (("s1", "idle"), ("s2", "idle"), ("s3", "active")):
+                ack = await peer.request({"type": "state", "id": request_id, "state": state}, "ack")
+                assert ack == {"type": "ack", "id": request_id, "seq": 1}
+            await peer.request({"type": "event", "id": "e2", "event": token("b")}, "ack")
+            # Nothing about the state came between the viewer's two events.
+            frames = [await viewer.recv(), await viewer.recv()]
+            assert [(f["type"], f.get("seq")) for f in frames] == [("event", 1), ("event", 2)]
