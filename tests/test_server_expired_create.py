@@ -164,6 +164,11 @@ async def test_under_auth_another_user_may_create_an_expired_session() -> None:
             await peer.send({"type": "hello", "create": True})
             assert (await peer.closed())[0] == 4403  # alive: alice's, not bob's
         await expire(server)
+        # Without create, whose it was comes before its expiry over WebSocket (as
+        # docs/protocol.md has it): 4403 for bob, 4404 for alice; over HTTP, 404 for both.
+        assert await refused(server, "s1", token=make_token("bob")) == (4403, "not your session")
+        assert await refused(server, "s1", token=make_token("alice")) == (4404, "session expired")
+        assert (await get(server, "/api/v1/sessions/s1", bob))[0] == 404
         async with attach(server, "s1", headers=bob, create=True) as (peer, new):
             assert new["session"]["user_id"] == "bob" and new["epoch"] != old["epoch"]
             events = await peer.request({"type": "events", "id": "e"}, "events")
