@@ -131,6 +131,11 @@ async def test_the_host_check_comes_first() -> None:
             "OPTIONS",
         )
         assert status == 400 and b"more than one Host header" in body
+        # A refusal of the request's Host, not of a head that does not parse: the page
+        # may read it.
+        status, headers, body = await answer(server, EVENTS, {"Origin": LOCAL, "Host": "x"})
+        assert status == 400 and b"more than one Host header" in body
+        assert headers["access-control-allow-origin"] == LOCAL
         status, _, body = await raw_http(
             server,
             b"OPTIONS /healthz HTTP/1.1\r\nHost: rebound.evil.example\r\nOrigin: "
