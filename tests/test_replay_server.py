@@ -99,6 +99,14 @@ def events_and_close(data: bytes) -> tuple[list[int], int | None]:
     return seqs, code
 
 
+def close_reason(data: bytes) -> str | None:
+    """The reason of the server's close frame in what a peer read, if one came."""
+    for opcode, payload in server_frames(data):
+        if opcode == 0x8:
+            return payload[2:].decode()
+    return None
+
+
 def bytes_until_close(sock: socket.socket, timeout: float) -> bytes:
     """What the server sent, up to its close frame or for ``timeout`` at most."""
     sock.settimeout(0.2)
@@ -185,10 +193,12 @@ async def test_a_resumer_that_does_not_read_is_closed_4429_and_a_reader_gets_eve
             # few KiB per wakeup (the server drops the socket --close-timeout after it).
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 * MIB)
             close_timeout = server.config.close_timeout
-            got, code = await loop.run_in_executor(None, read_until_close, stalled, close_timeout)
+            data = await loop.run_in_executor(None, bytes_until_close, stalled, close_timeout)
         finally:
             stalled.close()
+        got, code = events_and_close(data)
         assert code == 4429
+        assert close_reason(data) == "too slow to read: replay page not taken in time"
         assert 0 < len(got) < count and got == list(range(1, len(got) + 1))
         assert gauge(server, "bamboo_send_queue_drops_total") == 1
         await eventually(lambda: gauge(server, "bamboo_connections") == 0)
