@@ -26,13 +26,15 @@ from bamboo_session.server.pages import StoreTimeout
 from tests.held_delete_support import closed_with, scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, get, open_peer
+from tests.support import attach, get, open_peer, token
 from tests.test_auth import SECRET, make_token
 from tests.test_store_stalls import frozen
 
 DEADLINE = 0.5
 DELETED = {"type": "closed", "reason": "session deleted"}
 NOT_DELETED = {"type": "closed", "reason": "session not deleted"}
+OFFLINE = "session went offline, reconnect and retry"
+EVENT_B = {"type": "event", "id": 2, "event": token("b")}
 
 
 async def test_in_process_appends_and_closes_give_up_on_a_frozen_delete_at_the_read_deadline(
@@ -309,3 +311,22 @@ async def test_a_delete_the_store_does_not_answer_holds_the_session_until_it_end
             with pytest.raises(SessionNotFound):  # the first delete's, after its StoreTimeout
                 await s.manager.delete_session(session_id)
         assert (await s.manager.get_session(session_id) is None) is not undone
+
+
+async def test_appends_and_states_mid_delete_are_refused_and_store_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection of a session whose delete the store holds: its append and its
+    ``state`` get ``internal`` (reconnect and retry), as docs/protocol.md has it, and
+    nothing is stored; the delete the store undoes then closes it with 1011."""
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        async with attach(s.server, session_id) as (viewer, _welcome):
+            async with s.delete_held(session_id) as deleting:
+                for request in (EVENT_B, {"type": "state", "id": 3, "state": "idle"}):
+                    error = await viewer.request(request, "error")
+                    assert error["code"] == "internal", error
+                    assert error["message"].endswith(OFFLINE), error
+                await deleting.fails()
+            assert (await closed_with(viewer, 1011))[-1] == NOT_DELETED
+        assert await s.events(session_id) == [1]
