@@ -13,6 +13,8 @@ import json
 import socket
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from bamboo_session.server.unread_answers import AnswerShare, UnreadAnswers
 from tests.memory_support import KIB, MIB
 from tests.support import run_server
@@ -116,8 +118,15 @@ async def test_peers_that_keep_their_parts_full_lock_no_other_peer_out() -> None
             for user in users[2:]:
                 await eventually(lambda user=user: all_behind_pace(server, f"user:{user}"))
             dropped = dropped_answers(server)  # the holders drop each other's too
-            status, body = await in_thread(read_whole, server.port, paths["alice"], tokens["alice"])
+            with capture_logs() as logs:
+                status, body = await in_thread(
+                    read_whole, server.port, paths["alice"], tokens["alice"]
+                )
             assert status == 200, body[:200]
+            # Each drop is logged, with whose answer it was and its bytes.
+            drops = [e for e in logs if e["event"] == "unread answer dropped for room"]
+            assert drops and all(e["peer"].startswith("user:mallory") for e in drops), logs
+            assert all(e["bytes"] > 0 for e in drops), drops
             assert len(json.loads(body)["messages"]) == MESSAGES
             assert answers.used <= answers.limit
             assert dropped_answers(server) > dropped
