@@ -56,8 +56,13 @@ async def test_never_reading_peers_are_closed_4429_and_readers_get_everything() 
             for seqs in await asyncio.wait_for(asyncio.gather(*reading), 60):
                 assert seqs == list(range(1, TOTAL + 1))
             for peer in slow:
-                code, _ = await peer.closed(timeout=20)
-                assert code == 4429
+                code, frames = await peer.closed(timeout=20)
+                assert (code, peer.ws.close_reason) == (4429, "too slow to read: send queue full")
+                # What was written to its socket, in order, then the close: its queued
+                # frames are dropped, and no `closed` comes.
+                seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
+                assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < TOTAL
+                assert "closed" not in [frame["type"] for frame in frames]
         metrics = server.metrics.render().decode()
         assert f"bamboo_send_queue_drops_total {float(SLOW)}" in metrics
 
