@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.support import attach, run_server
+from tests.support import attach, get, run_server
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 _JSON_BLOCK = re.compile(r"^```json\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -32,3 +32,25 @@ async def test_the_welcome_example_and_the_metadata_table_name_what_a_server_sen
         sent = set(welcome["session"])
     assert sorted(example["session"]) == sorted(sent)
     assert sorted(table) == sorted(sent) and len(table) == len(set(table))
+
+
+_TABLE_ROW = re.compile(r"^\| (`bamboo_[^|]*) \| (\w+) \|", re.MULTILINE)
+_METRIC = re.compile(r"`(bamboo_[a-z_]+)")
+_EXPORTED = re.compile(r"^# TYPE (bamboo_[a-z_]+) (\w+)$", re.MULTILINE)
+
+
+async def test_the_metrics_table_names_every_metric_a_server_exports_with_its_type() -> None:
+    documented = {
+        name: kind
+        for names, kind in _TABLE_ROW.findall(section("### Metrics"))
+        for name in _METRIC.findall(names)
+    }
+    async with run_server() as server:
+        status, text = await get(server, "/metrics")
+    assert status == 200, text
+    exported = dict(_EXPORTED.findall(text))
+    # Each counter's `_created` gauge, which the section's text names once for all.
+    created = {name for name in exported if name.endswith("_created")}
+    assert {name.removesuffix("_created") + "_total" for name in created} <= set(documented)
+    assert all(exported[name] == "gauge" for name in created)
+    assert {name: exported[name] for name in set(exported) - created} == documented
