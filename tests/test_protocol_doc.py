@@ -2,7 +2,8 @@
 server: the session in the ``welcome`` example shows every SessionMetadata field the
 server sends, and the SessionMetadata table (whose fields are "always sent") lists
 exactly those. A client written from the example alone then expects every field it
-will meet."""
+will meet. The Metrics table names every metric ``/metrics`` serves, with its type, and
+the Limits table gives each flag it names the default the server has."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from bamboo_session.server.config import FIELD_NAMES, ServerConfig
+from bamboo_session.server.limits import DEFAULT_MAX_CONNECTIONS
 from tests.support import attach, get, run_server
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -54,3 +57,46 @@ async def test_the_metrics_table_names_every_metric_a_server_exports_with_its_ty
     assert {name.removesuffix("_created") + "_total" for name in created} <= set(documented)
     assert all(exported[name] == "gauge" for name in created)
     assert {name: exported[name] for name in set(exported) - created} == documented
+
+
+# "1 MiB (`--max-frame-bytes`", "20 per second, bursts of 1,000 (`--session-create-rate`,
+# `--session-create-burst`": the defaults a row's cell names, each before the flags of
+# the parenthesis it precedes, in their order.
+_FLAGS_AFTER = re.compile(r"\(((?:`--[a-z-]+`(?:, )?)+)")
+_FLAG = re.compile(r"`--([a-z-]+)`")
+_AMOUNT = re.compile(r"(\d[\d,]*(?:\.\d+)?)(?: (KiB|MiB|GiB|s)\b)?")
+_UNIT = {"": 1, "s": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+# Defaults that ServerConfig leaves to the process: the bound the table names.
+_DERIVED = {"max_connections": DEFAULT_MAX_CONNECTIONS}
+
+
+def documented_defaults() -> list[tuple[str, float]]:
+    """(ServerConfig field, default) for each flag of the Limits table that a default
+    stands before."""
+    pairs = []
+    for row in section("## Limits").splitlines():
+        cells = row.split(" | ")
+        if not row.startswith("| ") or len(cells) < 3:
+            continue
+        cell, start = cells[1], 0
+        for group in _FLAGS_AFTER.finditer(cell):
+            flags = _FLAG.findall(group.group(1))
+            amounts = _AMOUNT.findall(cell[start : group.start()])[-len(flags) :]
+            assert len(amounts) == len(flags), (row, flags, amounts)
+            for flag, (number, unit) in zip(flags, amounts, strict=True):
+                pairs.append((flag.replace("-", "_"), float(number.replace(",", "")) * _UNIT[unit]))
+            start = group.end()
+    return pairs
+
+
+def test_the_limits_table_gives_each_flag_the_default_a_server_has() -> None:
+    defaults = ServerConfig()
+    pairs = documented_defaults()
+    # Every row names its flags so; too few found means the table changed form.
+    assert len(pairs) >= 35, pairs
+    rows = [row for row in section("## Limits").splitlines() if row.startswith("| ")]
+    named = {flag.replace("-", "_") for flag in _FLAG.findall("\n".join(rows))}
+    assert named <= set(FIELD_NAMES), named - set(FIELD_NAMES)
+    for field, documented in pairs:
+        actual = getattr(defaults, field)
+        assert _DERIVED.get(field, actual) == documented, (field, actual, documented)
