@@ -221,6 +221,22 @@ async def test_a_line_of_8190_bytes_is_served_one_of_8191_is_refused_its_crlf_co
     ]
 
 
+async def test_a_head_of_128_header_lines_is_served_one_of_129_is_431() -> None:
+    """The table of limits says 128 headers, ``Host`` among them; the refusals above
+    send 131."""
+    lines = [HOST] + [b"X-%d: a\r\n" % i for i in range(128)]
+    async with run_server() as server:
+        served = await answer_of(
+            server.port, b"GET /healthz HTTP/1.1\r\n" + b"".join(lines[:128]) + b"\r\n"
+        )
+        refused = await answer_of(
+            server.port, b"GET /healthz HTTP/1.1\r\n" + b"".join(lines) + b"\r\n"
+        )
+    assert served.startswith(b"HTTP/1.1 200 "), served
+    error = {"code": "bad_request", "message": "more than 128 header lines"}
+    assert read_refusal(refused) == (431, error)
+
+
 async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
     async with run_server() as server:
         for not_http in NOT_HTTP:
