@@ -165,7 +165,7 @@ class ConnectionCounter:
 
 
 # The most connections a process keeps open by default, whatever its descriptors allow:
-# each costs some 12 KiB idle, 24 KiB once attached, outside --memory-budget.
+# each costs some 12 KiB idle, 16 KiB once attached, outside --memory-budget.
 DEFAULT_MAX_CONNECTIONS = 10_000
 
 
