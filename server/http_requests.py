@@ -35,6 +35,7 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.exceptions import (
     HeaderLineTooLong,
+    InvalidHeader,
     InvalidMessage,
     RequestLineTooLong,
     SecurityError,
@@ -144,7 +145,12 @@ def upgrade_reject(
 
     def reject(status: int | http.HTTPStatus, text: str) -> Response:
         status = http.HTTPStatus(status)
-        return json_reject(status, upgrade_refusal(status, protocol.handshake_exc))
+        refused = protocol.handshake_exc
+        response = json_reject(status, upgrade_refusal(status, refused))
+        if isinstance(refused, InvalidHeader) and refused.name == "Sec-WebSocket-Version":
+            # RFC 6455 4.2.2, 4.4: a refused version is answered with the one spoken.
+            response.headers["Sec-WebSocket-Version"] = "13"
+        return response
 
     return reject
 

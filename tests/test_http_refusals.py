@@ -237,6 +237,17 @@ async def test_a_head_of_128_header_lines_is_served_one_of_129_is_431() -> None:
     assert read_refusal(refused) == (431, error)
 
 
+async def test_an_upgrade_of_another_version_is_told_the_version_served() -> None:
+    """RFC 6455 4.2.2 and 4.4: the refusal of a version the server does not speak names,
+    in Sec-WebSocket-Version, the one it does, so that a client may try that one."""
+    async with run_server() as server:
+        for version in (b"Sec-WebSocket-Version: 8\r\n", b""):
+            answer = await answer_of(server.port, STREAM + UPGRADE + KEY + version + b"\r\n")
+            assert read_refusal(answer)[0] == 400, answer
+            head = answer.partition(b"\r\n\r\n")[0].lower()
+            assert b"\r\nsec-websocket-version: 13\r\n" in head + b"\r\n", answer
+
+
 async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
     async with run_server() as server:
         for not_http in NOT_HTTP:
