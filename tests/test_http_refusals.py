@@ -248,6 +248,25 @@ async def test_an_upgrade_of_another_version_is_told_the_version_served() -> Non
             assert b"\r\nsec-websocket-version: 13\r\n" in head + b"\r\n", answer
 
 
+async def test_a_body_is_refused_before_the_host_and_a_method_after_it() -> None:
+    """docs/protocol.md, Order of checks, step 1: a body is refused as the request is
+    read, whatever its Host; a method other than GET and HEAD once the Host passed."""
+    evil = b"Host: evil.example\r\n"
+    body = b"Content-Length: 1\r\n\r\nx"
+    async with run_server() as server:
+        answers = [
+            read_refusal(await answer_of(server.port, request))
+            for request in (
+                b"GET /api/v1/sessions HTTP/1.1\r\n" + evil + body,
+                b"GET /api/v1/sessions HTTP/1.1\r\n" + body,
+                b"POST /api/v1/sessions HTTP/1.1\r\n" + evil + b"\r\n",
+                b"POST /api/v1/sessions HTTP/1.1\r\n" + HOST + b"\r\n",
+            )
+        ]
+    assert [status for status, _ in answers] == [405, 405, 403, 405], answers
+    assert answers[0][1]["message"] == BODY
+
+
 async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
     async with run_server() as server:
         for not_http in NOT_HTTP:
