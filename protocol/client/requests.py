@@ -8,7 +8,7 @@ with the first ``seq``.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import secrets
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -33,7 +33,7 @@ from .state import ClientState
 def _key_or_new(key: str | None) -> str:
     """The idempotency key a publish goes out with: the caller's, ``""`` included (a
     key like any other on the wire), or 128 random bits in hex when none was given."""
-    return uuid.uuid4().hex if key is None else key
+    return secrets.token_hex(16) if key is None else key
 
 
 class SessionRequests:
