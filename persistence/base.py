@@ -52,6 +52,7 @@ is built on. Every backend means them the same way, and one contract test suite
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
 import msgspec
@@ -388,3 +389,12 @@ class WriteLossRisk(Protocol):
     def may_lose_writes(self) -> bool:
         """As last seen, the server may lose writes it acknowledged, or cannot say."""
         ...
+
+
+@runtime_checkable
+class WriteLocations(Protocol):
+    """A store in files (JSONL, SQLite): the directories its appends write in, which
+    ``/readyz`` probes, each, while appends fail (server/readiness.py); none when
+    read-only. A store without files (memory, Redis) does not implement it."""
+
+    def write_locations(self) -> tuple[Path, ...]: ...

@@ -280,6 +280,17 @@ class JsonlStorageConfig:
         return self.wal and self.durability == "fsync" and not self.read_only
 
     @property
+    def append_directories(self) -> tuple[Path, ...]:
+        """The directories appends write in: the logs' (and their message indexes'),
+        the checkpoints' (written after them), and the WAL's when it is used; none
+        when read-only."""
+        if self.read_only:
+            return ()
+        layout = self.layout
+        written = (layout.events, layout.sessions)
+        return (*written, layout.wal) if self.uses_wal else written
+
+    @property
     def sync_decides_delete(self) -> bool:
         """Whether a delete is durable by its rename's directory sync alone, and so
         fails when that sync fails (``fsync`` mode without the WAL, which would record

@@ -33,14 +33,7 @@ from bamboo_session.protocol.models import (
     utcnow,
 )
 
-from ..base import (
-    Appended,
-    AppendItem,
-    SessionClosed,
-    SessionExists,
-    StorageError,
-    StorageFull,
-)
+from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageError, StorageFull
 from ..close_once import CloseOnce
 from ..feed import CLOSED, DELETED
 from ..index import copy_metadata
@@ -175,6 +168,9 @@ class JsonlStorage(JsonlImports):
         """A sync failed in this process (``SyncHealth``): from then on every WAL
         segment stays, growing until the next open replays them; a restart brings it."""
         return self._writer.retirement.stopped
+
+    def write_locations(self) -> tuple[Path, ...]:  # WriteLocations: what /readyz probes
+        return self.config.append_directories
 
     # -- sessions -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
 from bamboo_session.protocol.ids import check_session_id
@@ -136,6 +137,11 @@ class SqliteStorage:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def write_locations(self) -> tuple[Path, ...]:
+        """The database's directory, where its journal and WAL files go too
+        (``WriteLocations``: what /readyz probes); none when read-only."""
+        return () if self.config.read_only else (self.config.path.parent,)
 
     async def close(self) -> None:
         """Commit what is queued, close the connections (the last one folds the WAL into
