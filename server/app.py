@@ -139,7 +139,6 @@ class BambooServer:
             Readiness(
                 self.storage,
                 self._manager.append_health,
-                store_url,
                 config.max_frame_bytes,
                 self._manager.page_reads,
                 serving=lambda: self._server is not None,

@@ -35,9 +35,12 @@ that other sessions' appends would succeed.
 Without a probe, a server that a load balancer takes out of rotation for its 503 would
 get no more appends to prove itself well, so while appends fail, ``/readyz`` probes (at
 most once a second) what a failed append needed: for a file store, writing and syncing
-as many bytes as the largest frame beside its files, within the same deadline. A store
-without files is trusted again ``RETRY_AFTER`` seconds after its last failure, so that
-traffic tries it.
+as many bytes as the largest frame in each directory its appends write in, as the store
+names them (``WriteLocations``: a JSONL store's logs, checkpoints and WAL; an SQLite
+file's directory), within the same deadline. Each, not the store's base directory
+alone: one of them may fail by itself (made read-only, a mount of its own full or gone),
+and a probe beside it would pass while every append failed. A store without files is
+trusted again ``RETRY_AFTER`` seconds after its last failure, so that traffic tries it.
 
 A read or a probe the store does not answer is not started again until it ends (each
 would hold a thread, or a connection): ``/readyz`` answers 503 meanwhile, at once.
@@ -54,12 +57,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.persistence.base import Storage, StorageError
+from bamboo_session.persistence.base import Storage, StorageError, WriteLocations
 from bamboo_session.protocol.models import SessionMetadata
 
 from .append_failures import AppendFailures
 from .pages import PageReads, SharedRead
-from .store_stats import store_location
 
 PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
 RETRY_AFTER: Final = 10.0  # seconds a store that cannot be probed stays unready
@@ -154,7 +156,6 @@ class Readiness:
         self,
         storage: Storage,
         health: AppendHealth,
-        store_url: str,
         probe_bytes: int,
         reads: PageReads,
         serving: Callable[[], bool] = lambda: True,
@@ -162,12 +163,10 @@ class Readiness:
         self.storage = storage
         self.serving = serving
         self.health = health
-        location = store_location(store_url)
-        self._probe_dir: Path | None = None
-        if location is not None:
-            kind, path = location
-            self._probe_dir = path if kind == "dir" else path.parent
+        # Where the store's appends write (none: a store without files, or read-only).
+        self._probe_dirs = storage.write_locations() if isinstance(storage, WriteLocations) else ()
         self._probe_bytes = probe_bytes
+        self.probe_every = PROBE_EVERY  # a test sets 0: a probe at each /readyz
         self._probed_at = -PROBE_EVERY
         self._reads = reads
         self._probing = SharedRead(reads, self._write_probe)
@@ -190,7 +189,7 @@ class Readiness:
             return f"an append has waited {waited:.1f} s for the store"
         if health.failure is None:
             return None
-        if self._probe_dir is None:
+        if not self._probe_dirs:
             if time.monotonic() - health.failed_at >= RETRY_AFTER:
                 health.succeeded()
                 return None
@@ -221,7 +220,7 @@ class Readiness:
 
     async def _probe(self) -> bool:
         """Whether appends should work again: a probe succeeded (now or lately)."""
-        if time.monotonic() - self._probed_at < PROBE_EVERY:
+        if time.monotonic() - self._probed_at < self.probe_every:
             return self.health.failure is None
         self._probed_at = time.monotonic()
         try:
@@ -232,13 +231,24 @@ class Readiness:
         return True
 
     async def _write_probe(self) -> None:
-        assert self._probe_dir is not None
-        await asyncio.to_thread(write_probe, self._probe_dir, self._probe_bytes)
+        await asyncio.to_thread(write_probes, self._probe_dirs, self._probe_bytes)
+
+
+def write_probes(directories: tuple[Path, ...], size: int) -> None:
+    """A probe in each directory, in turn; raises the first one's error."""
+    for directory in directories:
+        write_probe(directory, size)
+
+
+def probe_path(directory: Path) -> Path:
+    """The file a probe of ``directory`` writes: no store's file is named so (each of
+    a session's ends with a suffix of its own)."""
+    return directory / f".bamboo-probe-{os.getpid()}"
 
 
 def write_probe(directory: Path, size: int) -> None:
-    """Writes ``size`` bytes beside the store's files, syncs them, removes the file."""
-    path = directory / f".bamboo-probe-{os.getpid()}"
+    """Writes ``size`` bytes in ``directory``, syncs them, removes the file."""
+    path = probe_path(directory)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -1,23 +1,26 @@
 """What ``/readyz`` answers over time while sessions' appends fail among good ones: a real
 server on a JSONL store in a temp dir, a failing session's log a directory (EISDIR at
 every open: a failure of its own file, the store says), or the WAL's sync failing (EIO:
-the store's); and the file ``/readyz`` probes the disk with a directory too, so
-that only appends tell it whether the store takes them."""
+the store's); and the file ``/readyz`` probes the logs' directory with a directory too,
+so that only appends tell it whether the store takes them. Then each directory the
+store's appends write in, gone, with a file in its place (ENOTDIR, as root too): the
+probes of ``/readyz`` fail while it is gone, though the store's base directory takes
+files."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from bamboo_session.server.readiness import AppendHealth
+from bamboo_session.server.readiness import AppendHealth, probe_path
 from tests.instances import eventually
 from tests.jsonl_support import break_log, mend_log
 from tests.support import Peer, attach, get, run_server, token
@@ -55,8 +58,8 @@ async def not_ready(server: Any, session_id: str) -> None:
 @contextlib.asynccontextmanager
 async def probes_failing(data: Path) -> AsyncIterator[Path]:
     """Every probe of the disk by ``/readyz`` fails (EISDIR) while the directory this
-    yields, where it probes, stands."""
-    probe = data / f".bamboo-probe-{os.getpid()}"
+    yields, where it probes the logs' directory, stands."""
+    probe = probe_path(data / "events")
     probe.mkdir()
     try:
         yield probe
@@ -238,3 +241,75 @@ def test_failures_of_sessions_own_files_among_good_appends_are_never_the_stores(
     alone.appended("x", time.monotonic())
     alone.failed("x", "could not append", 1, own=True)  # its own append shows nothing
     assert alone.failure == "could not append"
+
+
+@contextlib.contextmanager
+def directory_gone(directory: Path) -> Iterator[None]:
+    """A directory of the store gone, with a file in its place (a mount of its own
+    lost): every new file in it fails (ENOTDIR), whoever the process runs as; files
+    open in it stay writable. Back as it was when the block ends."""
+    saved = directory.with_name(directory.name + ".away")
+    directory.rename(saved)
+    directory.write_bytes(b"")
+    try:
+        yield
+    finally:
+        directory.unlink()
+        saved.rename(directory)
+
+
+async def test_appends_failing_in_the_logs_directory_alone_keep_it_not_ready(
+    tmp_path: Path,
+) -> None:
+    """Appends fail because the logs' directory takes no new log (the store's failure,
+    whatever else appends), while the store's base directory takes files: ``/readyz``
+    stays 503 at every probe, and is ready at the first probe once the directory is
+    back, though no append proved it."""
+    data = tmp_path / "data"
+    async with (
+        run_server(store=f"jsonl://{data}") as server,
+        attach(server, "x", create=True) as (x, _),  # its log not open: never appended
+    ):
+        server.services.readiness.probe_every = 0.0  # a probe at each /readyz, no waiting
+        with directory_gone(data / "events"):
+            await refused(x, "x1", "Not a directory")
+            for _ in range(4):
+                await not_ready(server, "x")
+        assert await get(server, "/readyz") == READY
+
+
+@pytest.mark.parametrize(
+    ("store", "directory"),
+    [
+        ("jsonl://{}", "events"),
+        ("jsonl://{}", "sessions"),
+        ("jsonl://{}", "wal"),
+        ("sqlite://{}/bamboo.db", "."),  # the database's, where its journal and WAL go
+    ],
+)
+async def test_each_directory_the_appends_write_in_is_probed(
+    tmp_path: Path, store: str, directory: str
+) -> None:
+    """The logs', the checkpoints' and the WAL's directories each may fail alone (a
+    mount of its own): a probe that passes beside the others does not make it ready."""
+    data = tmp_path / "data"
+    async with run_server(store=store.format(data)) as server:
+        server.services.readiness.probe_every = 0.0
+        # As the actors report an append that failed for a reason of the store's.
+        server.manager.append_health.failed("s1", "storage failed: [Errno 5] I/O error", 1)
+        with directory_gone((data / directory).resolve()):
+            for _ in range(4):
+                status, body = await get(server, "/readyz")
+                assert status == 503 and body.startswith("not ready: appends are failing"), body
+        assert await get(server, "/readyz") == READY
+
+
+async def test_a_directory_the_appends_do_not_write_in_is_not_probed(tmp_path: Path) -> None:
+    """``os`` mode keeps no WAL: its directory gone does not hold ``/readyz`` at 503
+    once the appends' own directories take a probe."""
+    data = tmp_path / "data"
+    async with run_server(store=f"jsonl://{data}?durability=os") as server:
+        server.services.readiness.probe_every = 0.0
+        server.manager.append_health.failed("s1", "storage failed: [Errno 5] I/O error", 1)
+        with directory_gone(data / "wal"):
+            assert await get(server, "/readyz") == READY

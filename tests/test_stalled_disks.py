@@ -34,6 +34,7 @@ import websockets
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from bamboo_session.server.pages import StoreTimeout
+from bamboo_session.server.readiness import probe_path
 from tests.instances import eventually
 from tests.support import Peer, attach, get, open_peer, run_server, token
 
@@ -192,7 +193,7 @@ async def test_readyz_is_503_while_its_probe_of_a_stalled_disk_hangs(tmp_path: P
     async with run_server(store=f"jsonl://{data}", store_read_timeout=DEADLINE) as server:
         # As the actors report an append that failed; /readyz then probes the disk.
         server.manager.append_health.failed("s1", "storage failed: [Errno 5] Input/output error", 1)
-        probe = data / f".bamboo-probe-{os.getpid()}"
+        probe = probe_path(data / "events")
         os.mkfifo(probe)  # where the probe writes: opening it waits for a reader
         try:
             for _ in range(4):
