@@ -171,6 +171,28 @@ async def test_an_import_that_closes_a_session_ends_its_subscriptions(
     assert (seen, subscription.ended) == ([1, 2, 3, 4], "closed")
 
 
+async def test_an_import_that_closes_a_closed_session_ends_nothing_twice(
+    importer: SessionImport,
+) -> None:
+    """Imported as closed again (a migrate rerun): no error, the subscription the close
+    ended stays ended as it was, and one made after ends at once, ``closed``."""
+    store = cast(Storage, importer)
+    await new_import_target(store)
+    await importer.import_events("s1", carried_over())
+    before = await store.subscribe("s1", after_seq=4)
+    await store.update_session_state("s1", SessionState.CLOSED)
+    assert await asyncio.wait_for(before.next_batch(), RECV) == []
+    meta = await store.get_metadata("s1")
+    assert meta is not None
+    await importer.import_metadata(meta)
+    assert before.ended == "closed"
+    after = await store.subscribe("s1", after_seq=0)
+    seen = []
+    while batch := await asyncio.wait_for(after.next_batch(), RECV):
+        seen += [event.seq for event in batch]
+    assert (seen, after.ended) == ([1, 2, 3, 4], "closed")
+
+
 async def test_import_into_a_missing_session(importer: SessionImport) -> None:
     with pytest.raises(SessionNotFound):
         await importer.import_events("nope", carried_over())
