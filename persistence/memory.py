@@ -301,6 +301,7 @@ class MemoryStorage:
     # -- import (SessionImport) -----------------------------------------------------
 
     async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
+        self._require_open()
         meta = self._meta(session_id)
         check_importable(session_id, events)
         log_ = self._logs[session_id]

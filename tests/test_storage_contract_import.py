@@ -16,7 +16,13 @@ from typing import cast
 import msgspec
 import pytest
 
-from bamboo_session.persistence import Appended, SessionClosed, SessionNotFound, Storage
+from bamboo_session.persistence import (
+    Appended,
+    SessionClosed,
+    SessionNotFound,
+    Storage,
+    StorageError,
+)
 from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.protocol.models import (
     AgentEvent,
@@ -191,6 +197,17 @@ async def test_an_import_that_closes_a_closed_session_ends_nothing_twice(
     while batch := await asyncio.wait_for(after.next_batch(), RECV):
         seen += [event.seq for event in batch]
     assert (seen, after.ended) == ([1, 2, 3, 4], "closed")
+
+
+async def test_a_closed_store_refuses_imports(importer: SessionImport) -> None:
+    """As it refuses every other write: nothing is imported into a store once closed."""
+    store = cast(Storage, importer)
+    session = await new_import_target(store)
+    await store.close()
+    with pytest.raises(StorageError):
+        await importer.import_events("s1", carried_over())
+    with pytest.raises(StorageError):
+        await importer.import_metadata(session.metadata)
 
 
 async def test_import_into_a_missing_session(importer: SessionImport) -> None:
