@@ -134,10 +134,11 @@ class ActorRegistry:
         with self._attaching_to(session_id):
             return await self._attach(session_id, outbox, last_seq, epoch, deadline, access)
 
-    async def unheld_for_hello(self, session_id: str) -> None:
+    async def unheld_for_hello(self, session_id: str, deadline: float | None) -> None:
         """:meth:`unheld`, for a hello, which is under way to the session meanwhile."""
-        with self._attaching_to(session_id):
-            await self.unheld(session_id)
+        if self.holds.holds(session_id):  # else nothing to wait for, nor a timer to set
+            with self._attaching_to(session_id):
+                await self.unheld(session_id, deadline)
 
     @contextlib.contextmanager
     def _attaching_to(self, session_id: str) -> Iterator[None]:

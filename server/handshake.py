@@ -253,9 +253,7 @@ async def resolve_session(
         check_session_id_for(principal, session_id)
     # A delete of it under way here first: mid-delete the store may not list the
     # session it then brings back, which a token would not be checked against.
-    reads = manager.page_reads
-    until = reads.deadline() if deadline is None else deadline
-    await reads.within(until, manager.actors.unheld_for_hello(session_id))
+    await manager.actors.unheld_for_hello(session_id, deadline)
     metadata: SessionMetadata | None = None
     if hello.create:
         metadata = await manager.ensure_session(
