@@ -323,8 +323,7 @@ class SessionManager:
         return await self.append_event(session_id, MessageEvent(message.completed()), key)
 
     async def list_sessions(self, filter: SessionFilter | None = None) -> SessionListResult:
-        """What the store lists now: a session whose delete is under way may be left
-        out, and back once the delete fails (none of them is waited for)."""
+        """What the store lists: a session mid-delete may be missing (back if the delete fails)."""
         result = await self.storage.list_sessions(filter or SessionFilter())
         await self._overlay_live(result.sessions)
         return result
