@@ -2,7 +2,7 @@
 (a JSONL store without WAL, its directory sync held): a create of that id, a
 get-or-create and the reads wait for the delete's outcome within the read deadline,
 then find what the store holds (the session the failed delete leaves, or none: a
-create then makes a new one), StoreTimeout past it; ``list_sessions`` waits for no
+create or a get-or-create then makes a new one), StoreTimeout past it; ``list_sessions`` waits for no
 delete, and lists what the store does.
 """
 
@@ -111,3 +111,31 @@ async def test_calls_mid_delete_wait_no_longer_than_the_read_deadline(
                 await s.manager.read_events(session_id)
             created = await s.manager.create_session("u2", session_id=session_id)
             assert (created.metadata.user_id, created.metadata.last_seq) == ("u2", 0)
+
+
+async def test_a_get_or_create_mid_delete_gets_a_new_session_once_it_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete succeeds: a get-or-create that waited for it makes a new session
+    (another epoch, no event, its own owner), never the deleted one's metadata."""
+    async with scene(tmp_path, monkeypatch) as s:
+        session_id = await s.session_with_an_event()
+        before = await s.manager.get_metadata(session_id)
+        assert before is not None
+        async with s.delete_held(session_id, fails=False) as deleting:
+            calls = {
+                "ensure_session": s.manager.ensure_session(session_id, "u2"),
+                "get_or_create_session": s.manager.get_or_create_session(session_id, "u2"),
+            }
+            waiting = asyncio.create_task(outcomes(calls))
+            await asyncio.wait([waiting], timeout=DEADLINE)  # time for any to go wrong
+            assert not waiting.done(), waiting.result()
+            deleting.release.set()
+            await deleting.task
+            got = await waiting
+        made = [got["ensure_session"], got["get_or_create_session"].metadata]
+        assert {meta.epoch for meta in made} != {before.epoch}, got
+        assert len({meta.epoch for meta in made}) == 1, got  # one creation, shared
+        assert [(meta.user_id, meta.last_seq) for meta in made] == [("u2", 0)] * 2, got
+        stored = await s.manager.get_metadata(session_id)  # what the store holds after
+        assert stored is not None and stored.epoch == made[0].epoch, (stored, got)
