@@ -2,8 +2,8 @@
 (a JSONL store without WAL, its directory sync held): a create of that id, a
 get-or-create and the reads wait for the delete's outcome within the read deadline,
 then find what the store holds (the session the failed delete leaves, or none: a
-create or a get-or-create then makes a new one), StoreTimeout past it; ``list_sessions`` waits for no
-delete, and lists what the store does.
+create or a get-or-create then makes a new one), StoreTimeout past it;
+``list_sessions`` waits for no delete, and lists what the store does.
 """
 
 from __future__ import annotations
