@@ -237,15 +237,38 @@ async def test_a_head_of_128_header_lines_is_served_one_of_129_is_431() -> None:
     assert read_refusal(refused) == (431, error)
 
 
+def names_version_13(answer: bytes) -> bool:
+    """Whether the answer's head carries ``Sec-WebSocket-Version: 13``."""
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    return b"\r\nsec-websocket-version: 13\r\n" in head + b"\r\n"
+
+
+# Upgrades refused for their version: none, another, two, one that is no number.
+VERSION_REFUSALS = {
+    b"": "the upgrade has no Sec-WebSocket-Version header (RFC 6455 4.1)",
+    b"Sec-WebSocket-Version: 8\r\n": "Sec-WebSocket-Version must be 13 (RFC 6455 4.1)",
+    b"Sec-WebSocket-Version: 14\r\n": "Sec-WebSocket-Version must be 13 (RFC 6455 4.1)",
+    b"Sec-WebSocket-Version: x13\r\n": "Sec-WebSocket-Version must be 13 (RFC 6455 4.1)",
+    VERSION + VERSION: "the upgrade has more than one Sec-WebSocket-Version header",
+}
+
+
 async def test_an_upgrade_of_another_version_is_told_the_version_served() -> None:
     """RFC 6455 4.2.2 and 4.4: the refusal of a version the server does not speak names,
-    in Sec-WebSocket-Version, the one it does, so that a client may try that one."""
+    in Sec-WebSocket-Version, the one it does, so that a client may try that one; a
+    refusal for anything else does not."""
     async with run_server() as server:
-        for version in (b"Sec-WebSocket-Version: 8\r\n", b""):
+        for version, message in VERSION_REFUSALS.items():
             answer = await answer_of(server.port, STREAM + UPGRADE + KEY + version + b"\r\n")
-            assert read_refusal(answer)[0] == 400, answer
-            head = answer.partition(b"\r\n\r\n")[0].lower()
-            assert b"\r\nsec-websocket-version: 13\r\n" in head + b"\r\n", answer
+            error = {"code": "bad_request", "message": message}
+            assert read_refusal(answer) == (400, error), answer
+            assert names_version_13(answer), answer
+        for kind in ("upgrade with a bad key", "upgrade without Connection", "upgrade in HTTP/1.0"):
+            answer = await answer_of(server.port, KINDS[kind][0])
+            assert not names_version_13(answer), (kind, answer)
+        for other in (b"GET /elsewhere HTTP/1.1\r\n", b"GET /api/v1/stream/.. HTTP/1.1\r\n"):
+            answer = await answer_of(server.port, other + HOST + UPGRADE + KEY + VERSION + b"\r\n")
+            assert not names_version_13(answer), answer
 
 
 async def test_a_body_is_refused_before_the_host_and_a_method_after_it() -> None:
