@@ -2,19 +2,25 @@
 handshake fails"): a hello at fault in two ways gets the close of the check that comes
 first. Token (4401), connections per user (4429), a token scoped to another session
 (4403); for a creation, room (1013), then the creation rate (4429), then the user's
-quota (4403); then another user's session (4403), before a closed one (4409) or a
-missing one (4404)."""
+quota (4403), then the store's room (1013); then another user's session (4403), before a
+closed one (4409) or a missing one (4404)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jwt
 
+from bamboo_session.persistence import open_storage
 from bamboo_session.server.app import BambooServer
+from bamboo_session.server.config import ServerConfig
 from tests.instances import eventually
-from tests.support import attach, open_peer, run_server
+from tests.support import attach, get, open_peer, run_server
+from tests.test_server_expired_create import expire
 
 SECRET = "handshake-order-secret-of-32-bytes"
 
@@ -23,7 +29,9 @@ def make_token(sub: str, **claims: Any) -> str:
     return jwt.encode({"sub": sub, "exp": int(time.time()) + 600, **claims}, SECRET, "HS256")
 
 
-async def refusal(server: BambooServer, session_id: str, **hello: Any) -> tuple[int | None, str]:
+async def refusal(
+    server: BambooServer, session_id: str | None, **hello: Any
+) -> tuple[int | None, str]:
     """The close code and reason of a ``hello`` the server refuses (no frame before)."""
     async with open_peer(server, session_id) as peer:
         await peer.send({"type": "hello", **hello})
@@ -79,3 +87,44 @@ async def test_a_creation_meets_room_then_rate_then_quota() -> None:
             4429,
             "creating sessions too fast",
         )
+
+
+@contextlib.asynccontextmanager
+async def server_on_a_store_for_one_session(
+    data_dir: Path, **settings: Any
+) -> AsyncIterator[BambooServer]:
+    """A server on a JSONL store its embedder opened with room for one session."""
+    store = await open_storage(f"jsonl://{data_dir}", max_sessions=1, cleanup_interval=None)
+    config = ServerConfig(host="127.0.0.1", port=0, data_dir=str(data_dir), rate_limit=0)
+    try:
+        server = BambooServer(config.replace(**settings), store)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+    finally:
+        await store.close()
+
+
+async def test_a_creation_the_store_has_no_room_for_is_1013_after_the_quota(
+    tmp_path: Path,
+) -> None:
+    async with server_on_a_store_for_one_session(tmp_path, max_sessions_per_user=1) as server:
+        async with attach(server, "first", user_id="u", create=True):
+            pass
+        # u is at its quota too: that refusal comes first.
+        assert await refusal(server, "second", user_id="u", create=True) == (
+            4403,
+            "too many sessions for this user",
+        )
+        for session_id in ("second", None):  # None: /api/v1/stream, a new session
+            assert await refusal(server, session_id, user_id="v", create=True) == (
+                1013,
+                "the store is full",
+            )
+        assert (await get(server, "/api/v1/sessions/second"))[0] == 404
+        # A session that replaces an expired one takes its place, no more room.
+        await expire(server, "first")
+        async with attach(server, "first", user_id="v", create=True) as (_, welcome):
+            assert welcome["session"]["user_id"] == "v"
