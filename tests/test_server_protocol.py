@@ -174,6 +174,10 @@ async def test_events_pages_after_seq_with_limit() -> None:
         assert page["last_seq"] == 7 and page["events"][0]["event"] == token("2")
         assert page["epoch"] == welcome["epoch"]  # the log's it was read from
         assert set(page["events"][0]) == {"seq", "ts", "event"}
+        # last_seq is the session's, not the page's: an empty page says it too.
+        for after_seq in (7, 100):
+            page = await peer.request({"type": "events", "after_seq": after_seq}, "events")
+            assert (page["events"], page["last_seq"]) == ([], 7)
 
 
 async def test_closing_a_session_closes_everyone_and_refuses_later_attaches() -> None:
