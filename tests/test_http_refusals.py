@@ -272,22 +272,28 @@ async def test_an_upgrade_of_another_version_is_told_the_version_served() -> Non
 
 
 async def test_a_body_is_refused_before_the_host_and_a_method_after_it() -> None:
-    """docs/protocol.md, Order of checks, step 1: a body is refused as the request is
-    read, whatever its Host; a method other than GET and HEAD once the Host passed."""
+    """docs/protocol.md, Order of checks, step 1: a malformed head, then a body, are
+    refused as the request is read, whatever its Host; two Upgrade headers (or Host...)
+    once it is read; a method other than GET and HEAD once the Host passed."""
     evil = b"Host: evil.example\r\n"
     body = b"Content-Length: 1\r\n\r\nx"
+    sessions = b"GET /api/v1/sessions HTTP/1.1\r\n"
     async with run_server() as server:
         answers = [
             read_refusal(await answer_of(server.port, request))
             for request in (
-                b"GET /api/v1/sessions HTTP/1.1\r\n" + evil + body,
-                b"GET /api/v1/sessions HTTP/1.1\r\n" + body,
+                sessions + evil + body,
+                sessions + body,
+                sessions + HOST + b"X y: z\r\n" + body,
+                sessions + HOST + HOST + body,
                 b"POST /api/v1/sessions HTTP/1.1\r\n" + evil + b"\r\n",
+                b"POST /api/v1/sessions HTTP/1.1\r\n" + HOST + b"Upgrade: a\r\nUpgrade: b\r\n\r\n",
                 b"POST /api/v1/sessions HTTP/1.1\r\n" + HOST + b"\r\n",
             )
         ]
-    assert [status for status, _ in answers] == [405, 405, 403, 405], answers
+    assert [status for status, _ in answers] == [405, 405, 400, 405, 403, 400, 405], answers
     assert answers[0][1]["message"] == BODY
+    assert answers[5][1]["message"] == "more than one Upgrade header"
 
 
 async def test_what_is_not_http_at_all_is_still_not_answered() -> None:
