@@ -145,6 +145,37 @@ async def test_the_host_check_comes_first() -> None:
         assert status == 403 and json.loads(body)["error"]["message"] == "host not allowed"
 
 
+async def test_a_refusal_of_the_head_as_it_is_read_is_the_same_whatever_the_origin() -> None:
+    """docs/protocol.md, Origins and hosts: a 400 for the Host of a request whose target
+    is a path (as a browser's is) names the page's origin; the refusals of a request
+    as it is read (a malformed line, a body, the Host of one in absolute-form) carry no
+    CORS header, nor Vary."""
+    origin = b"Origin: " + LOCAL.encode() + b"\r\n"
+    target = EVENTS.encode()
+    async with run_server() as server:
+        for host in (b"", b"Host: a b\r\n"):
+            status, headers, _ = await raw_http(
+                server, b"GET " + target + b" HTTP/1.1\r\n" + host + origin + b"\r\n"
+            )
+            assert status == 400 and headers["access-control-allow-origin"] == LOCAL, host
+            assert headers["vary"] == "Origin", host
+        here = f"Host: 127.0.0.1:{server.port}\r\n".encode()
+        absolute = f"GET http://127.0.0.1:{server.port}{EVENTS} HTTP/1.1\r\n".encode()
+        for request, refused in (
+            (b"GET " + target + b" HTTP/1.1\r\n" + here + origin + b"X y: z\r\n\r\n", 400),
+            (
+                b"GET " + target + b" HTTP/1.1\r\n" + here + origin + b"Content-Length: 1\r\n\r\nx",
+                405,
+            ),
+            (absolute + origin + b"\r\n", 400),  # no Host
+            (absolute + b"Host: a b\r\n" + origin + b"\r\n", 400),
+        ):
+            status, headers, _ = await raw_http(server, request)
+            assert status == refused, request
+            assert_no_cors(headers)
+            assert "vary" not in headers, request
+
+
 async def test_with_auth_any_web_origin_reads_with_its_token() -> None:
     async with run_server(auth_secret=SECRET) as server:
         await server.manager.create_session("alice", session_id="s1")
