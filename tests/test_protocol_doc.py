@@ -23,13 +23,29 @@ _TABLE_FIELD = re.compile(r"^\| `([a-z_]+)` \|", re.MULTILINE)
 def section(heading: str) -> str:
     """The text under ``heading`` (a whole line of the page), up to the next heading."""
     text = DOC.read_text(encoding="utf-8")
-    start = text.index(f"\n{heading}\n") + len(heading) + 2
+    found = text.find(f"\n{heading}\n")
+    assert found >= 0, f"docs/protocol.md has no heading {heading!r}: this test reads it"
+    start = found + len(heading) + 2
     end = text.find("\n#", start)
     return text[start : end if end >= 0 else len(text)]
 
 
+def table_of(heading: str, columns: str) -> str:
+    """The section under ``heading``, which must hold a table of ``columns`` (its
+    header row, as ``| a | b |``): a test that reads the table's rows by position
+    says so when its layout changes, rather than finding nothing or the wrong cells."""
+    text = section(heading)
+    assert f"\n{columns}\n|---" in f"\n{text}", (
+        f"the table under {heading!r} no longer has the columns {columns!r}: "
+        "update this test with it"
+    )
+    return text
+
+
 async def test_the_welcome_example_and_the_metadata_table_name_what_a_server_sends() -> None:
-    example = json.loads(_JSON_BLOCK.findall(section("### `welcome`"))[0])
+    examples = _JSON_BLOCK.findall(section("### `welcome`"))
+    assert examples, "the welcome section has no ```json example any more"
+    example = json.loads(examples[0])
     table = _TABLE_FIELD.findall(section("### SessionMetadata"))
     async with run_server() as server, attach(server, user_id="u1", title="T") as (_, welcome):
         sent = set(welcome["session"])
@@ -45,9 +61,10 @@ _EXPORTED = re.compile(r"^# TYPE (bamboo_[a-z_]+) (\w+)$", re.MULTILINE)
 async def test_the_metrics_table_names_every_metric_a_server_exports_with_its_type() -> None:
     documented = {
         name: kind
-        for names, kind in _TABLE_ROW.findall(section("### Metrics"))
+        for names, kind in _TABLE_ROW.findall(table_of("### Metrics", "| metric | type | what |"))
         for name in _METRIC.findall(names)
     }
+    assert documented, "no row of the Metrics table reads | `bamboo_…` | type | what |"
     async with run_server() as server:
         status, text = await get(server, "/metrics")
     assert status == 200, text
@@ -66,6 +83,7 @@ _FLAGS_AFTER = re.compile(r"\(((?:`--[a-z-]+`(?:, )?)+)")
 _FLAG = re.compile(r"`--([a-z-]+)`")
 _AMOUNT = re.compile(r"(\d[\d,]*(?:\.\d+)?)(?: (KiB|MiB|GiB|s)\b)?")
 _UNIT = {"": 1, "s": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+LIMITS_COLUMNS = "| limit | default (flag) | over it |"
 # Defaults that ServerConfig leaves to the process: the bound the table names.
 _DERIVED = {"max_connections": DEFAULT_MAX_CONNECTIONS}
 
@@ -74,7 +92,7 @@ def documented_defaults() -> list[tuple[str, float]]:
     """(ServerConfig field, default) for each flag of the Limits table that a default
     stands before."""
     pairs = []
-    for row in section("## Limits").splitlines():
+    for row in table_of("## Limits", LIMITS_COLUMNS).splitlines():
         cells = row.split(" | ")
         if not row.startswith("| ") or len(cells) < 3:
             continue
@@ -94,7 +112,9 @@ def test_the_limits_table_gives_each_flag_the_default_a_server_has() -> None:
     pairs = documented_defaults()
     # Every row names its flags so; too few found means the table changed form.
     assert len(pairs) >= 35, pairs
-    rows = [row for row in section("## Limits").splitlines() if row.startswith("| ")]
+    rows = [
+        row for row in table_of("## Limits", LIMITS_COLUMNS).splitlines() if row.startswith("| ")
+    ]
     named = {flag.replace("-", "_") for flag in _FLAG.findall("\n".join(rows))}
     assert named <= set(FIELD_NAMES), named - set(FIELD_NAMES)
     for field, documented in pairs:
