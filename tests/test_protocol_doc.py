@@ -46,7 +46,7 @@ async def test_the_welcome_example_and_the_metadata_table_name_what_a_server_sen
     examples = _JSON_BLOCK.findall(section("### `welcome`"))
     assert examples, "the welcome section has no ```json example any more"
     example = json.loads(examples[0])
-    table = _TABLE_FIELD.findall(section("### SessionMetadata"))
+    table = _TABLE_FIELD.findall(table_of("### SessionMetadata", "| field | type | meaning |"))
     async with run_server() as server, attach(server, user_id="u1", title="T") as (_, welcome):
         sent = set(welcome["session"])
     assert sorted(example["session"]) == sorted(sent)
