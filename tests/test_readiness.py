@@ -304,6 +304,23 @@ async def test_each_directory_the_appends_write_in_is_probed(
         assert await get(server, "/readyz") == READY
 
 
+async def test_a_symlinked_sqlite_file_is_probed_where_sqlite_writes(tmp_path: Path) -> None:
+    """The database a symlink to a file on another disk: SQLite writes its journal and
+    WAL beside that file, not beside the link, and so does the probe."""
+    data, disk = tmp_path / "data", tmp_path / "disk"
+    data.mkdir()
+    disk.mkdir()
+    (data / "bamboo.db").symlink_to(disk / "bamboo.db")
+    async with run_server(store=f"sqlite://{data}/bamboo.db") as server:
+        assert (disk / "bamboo.db-wal").exists()  # where SQLite writes
+        server.services.readiness.probe_every = 0.0
+        server.manager.append_health.failed("s1", "storage failed: [Errno 5] I/O error", 1)
+        with directory_gone(disk):
+            status, body = await get(server, "/readyz")
+            assert status == 503 and body.startswith("not ready: appends are failing"), body
+        assert await get(server, "/readyz") == READY
+
+
 async def test_a_directory_the_appends_do_not_write_in_is_not_probed(tmp_path: Path) -> None:
     """``os`` mode keeps no WAL: its directory gone does not hold ``/readyz`` at 503
     once the appends' own directories take a probe."""

@@ -139,9 +139,9 @@ class SqliteStorage:
         return self._ready
 
     def write_locations(self) -> tuple[Path, ...]:
-        """The database's directory, where its journal and WAL files go too
-        (``WriteLocations``: what /readyz probes); none when read-only."""
-        return () if self.config.read_only else (self.config.path.parent,)
+        """The database's directory, where its journal and WAL go too: the real file's,
+        as SQLite follows a symlink (``WriteLocations``); none when read-only."""
+        return () if self.config.read_only else (self.config.path.resolve().parent,)
 
     async def close(self) -> None:
         """Commit what is queued, close the connections (the last one folds the WAL into
