@@ -182,10 +182,16 @@ def probes_under_way() -> int:
 
 def drain(fifo: Path) -> None:
     """Be the FIFO's reader until its writer is done (the probe writes a frame's worth
-    of bytes, then fails to sync a FIFO)."""
-    with open(fifo, "rb") as reader:
-        while reader.read(65536):
+    of bytes, then fails to sync a FIFO). Opened without waiting for a writer: a probe
+    waiting in its open counts as one already, and with none (a probe that never came
+    here) the first read is the end, and the test fails rather than hangs."""
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.set_blocking(reader, True)
+        while os.read(reader, 65536):
             pass
+    finally:
+        os.close(reader)
 
 
 async def test_readyz_is_503_while_its_probe_of_a_stalled_disk_hangs(tmp_path: Path) -> None:
