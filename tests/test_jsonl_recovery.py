@@ -6,12 +6,14 @@ would have left them, and the index snapshot removed), so each test checks one r
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from bamboo_session.persistence import (
     JsonlStorage,
@@ -29,6 +31,7 @@ from bamboo_session.protocol.models import (
     StoredEvent,
     utcnow,
 )
+from bamboo_session.server.readiness import probe_path
 from tests.jsonl_support import crash_state, log_path, saved
 
 
@@ -278,3 +281,24 @@ async def test_what_is_no_file_where_one_should_be_fails_the_open_saying_where(
     os.rmdir(path) if path.is_dir() else path.unlink()
     async with await JsonlStorage.open(config) as storage:
         assert await storage.get_metadata("s") is not None
+
+
+async def test_a_probe_file_a_killed_server_left_is_none_of_the_stores(
+    config: JsonlStorageConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``/readyz``'s probe writes its file in each directory appends write in
+    (server/readiness.py); a server killed mid-probe leaves it there. The next open
+    takes it for none of the store's files: it says nothing of it, keeps nothing
+    aside, and the session is as it was."""
+    epoch = await seed(config)
+    crash_state(config)
+    for directory in config.append_directories:
+        probe_path(directory).write_bytes(bytes(65536))
+    with caplog.at_level(logging.INFO), capture_logs() as structured:
+        async with await JsonlStorage.open(config) as storage:
+            assert [s.id for s in (await storage.list_sessions(SessionFilter())).sessions] == ["s"]
+            assert await storage.epoch("s") == epoch
+            assert len(await storage.get_session_history("s")) == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not [r for r in structured if r["log_level"] != "info"], structured
+    assert config.layout.damaged_files() == []
