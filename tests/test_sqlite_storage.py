@@ -110,6 +110,21 @@ async def test_a_second_writer_is_refused_with_one_line(tmp_path: Path) -> None:
         pass  # released on close
 
 
+async def test_a_second_writer_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """Two paths to one file, one a symlink to it: SQLite opens the same database
+    through both, so the second writer is refused, as on the same path."""
+    path, link = tmp_path / "store.db", tmp_path / "other" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(path)
+    async with await open_storage(url(path)):
+        with pytest.raises(StorageLocked, match="is in use"):
+            await open_storage(url(link))
+    async with await open_storage(url(link)):
+        with pytest.raises(StorageLocked, match="is in use"):
+            await open_storage(url(path))
+    assert not (link.parent / "link.db.lock").exists()
+
+
 async def test_readers_share_and_keep_a_writer_out(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     await filled(path)

@@ -1,4 +1,6 @@
-"""One process holds an SQLite store: a ``flock`` on ``<file>.lock`` beside the database.
+"""One process holds an SQLite store: a ``flock`` on ``<file>.lock`` beside the database
+file, the real one when its path is a symlink (``real_file``): SQLite follows the link,
+so two paths to one file are one store.
 
 A store opened for writing (a server, ``cleanup``, the destination of a migrate) takes
 the lock exclusively and writes its pid into the file; a store opened read-only (``ls``,
@@ -19,8 +21,15 @@ from pathlib import Path
 from ..base import StorageError, StorageLocked
 
 
+def real_file(database: Path) -> Path:
+    """The file SQLite opens for ``database`` (its journal and WAL beside it): symlinks
+    followed. Never raises (a loop stays unresolved: the open says what is wrong)."""
+    return Path(os.path.realpath(database))
+
+
 def lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+    real = real_file(database)
+    return real.with_name(real.name + ".lock")
 
 
 class StoreLock:

@@ -54,7 +54,7 @@ from ..index import copy_metadata
 from . import reads, writes
 from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
-from .lock import StoreLock
+from .lock import StoreLock, real_file
 from .reads import Readers
 from .recount import SqliteRecounter
 from .schema import check_readable, connect_writer
@@ -141,7 +141,7 @@ class SqliteStorage:
     def write_locations(self) -> tuple[Path, ...]:
         """The database's directory, where its journal and WAL go too: the real file's,
         as SQLite follows a symlink (``WriteLocations``); none when read-only."""
-        return () if self.config.read_only else (self.config.path.resolve().parent,)
+        return () if self.config.read_only else (real_file(self.config.path).parent,)
 
     async def close(self) -> None:
         """Commit what is queued, close the connections (the last one folds the WAL into
