@@ -242,8 +242,10 @@ def write_probes(directories: tuple[Path, ...], size: int) -> None:
 
 def probe_path(directory: Path) -> Path:
     """The file a probe of ``directory`` writes: no store's file is named so (each of
-    a session's ends with a suffix of its own)."""
-    return directory / f".bamboo-probe-{os.getpid()}"
+    a session's ends with a suffix of its own). One name, not one per process: a probe
+    a crash cut short leaves one file, which the next probe overwrites and removes
+    (one process at a time writes a store: its lock)."""
+    return directory / ".bamboo-probe"
 
 
 def write_probe(directory: Path, size: int) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from bamboo_session.server.readiness import AppendHealth, probe_path
+from bamboo_session.server.readiness import AppendHealth, probe_path, write_probes
 from tests.instances import eventually
 from tests.jsonl_support import break_log, mend_log
 from tests.support import Peer, attach, get, run_server, token
@@ -330,3 +332,16 @@ async def test_a_directory_the_appends_do_not_write_in_is_not_probed(tmp_path: P
         server.manager.append_health.failed("s1", "storage failed: [Errno 5] I/O error", 1)
         with directory_gone(data / "wal"):
             assert await get(server, "/readyz") == READY
+
+
+def test_a_probe_a_crash_cut_short_is_overwritten_and_removed_by_the_next(tmp_path: Path) -> None:
+    """A server killed mid-probe leaves the probe's file; the next probe, by any later
+    process, writes the same file and removes it: crashes never pile files up."""
+    directories = (tmp_path / "events", tmp_path / "wal")
+    for directory in directories:
+        directory.mkdir()
+    leave = "import sys; from pathlib import Path; from bamboo_session.server.readiness import"
+    leave += " probe_path; [probe_path(Path(d)).write_bytes(bytes(65536)) for d in sys.argv[1:]]"
+    subprocess.run([sys.executable, "-c", leave, *map(str, directories)], check=True)
+    write_probes(directories, 4096)
+    assert [list(directory.iterdir()) for directory in directories] == [[], []]
