@@ -108,8 +108,13 @@ async def publish(
                     window.release()
         finally:
             sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *LOST):
-                await sending
+            # Waited for, not awaited: awaiting it under a suppress of CancelledError
+            # also swallowed a cancel of this task that came meanwhile, and the task
+            # (the soaks' keep_connecting) reconnected instead of ending.
+            await asyncio.wait({sending})
+            if not sending.cancelled():
+                with contextlib.suppress(*LOST):
+                    sending.result()
 
 
 async def retry_pending(server: Endpoint, pub: Publisher) -> None:
