@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import random
+import socket
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
@@ -38,9 +41,13 @@ class Publisher:
     acked: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> seq
     duplicates: int = 0
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    padding: int = 0  # bytes each event's content carries after its key
 
     def key(self, index: int) -> str:
         return f"{self.name}-{index}"
+
+    def frame(self, index: int) -> str:
+        return event_frame(index, self.unacked[index], self.padding)
 
 
 @dataclasses.dataclass
@@ -52,6 +59,39 @@ class Reader:
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass
+class SlowRead:
+    """How a reader too slow to keep up reads (bench/chaos_soak.py): through a socket
+    with a small receive buffer, pausing now and then, so that the server's send queue
+    for it fills and it is closed with 4429 (or, in a graceful stop, drained slowly)."""
+
+    rng: random.Random
+    receive_buffer: int = 4096
+    pause_chance: float = 0.02  # after each frame
+    pause: tuple[float, float] = (0.5, 2.0)  # seconds, drawn uniformly
+    pauses: int = 0
+
+    async def socket(self, url: str) -> socket.socket:
+        """A connected socket to ``url``'s host and port, its receive buffer set small
+        before the connect (the window it offers is scaled from it)."""
+        where = urlsplit(url)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.sock_connect(sock, (where.hostname, where.port)), 5)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def after_frame(self) -> None:
+        if self.rng.random() < self.pause_chance:
+            self.pauses += 1
+            await asyncio.sleep(self.rng.uniform(*self.pause))
+
+
 async def hello(ws: ClientConnection, **fields: Any) -> dict[str, Any]:
     await ws.send(json.dumps({"type": "hello", **fields}))
     welcome: dict[str, Any] = json.loads(await ws.recv())
@@ -60,8 +100,8 @@ async def hello(ws: ClientConnection, **fields: Any) -> dict[str, Any]:
     return welcome
 
 
-def event_frame(index: int, key: str) -> str:
-    event = {"type": "token", "content": key}
+def event_frame(index: int, key: str, padding: int = 0) -> str:
+    event = {"type": "token", "content": key + "." * padding}
     return json.dumps({"type": "event", "id": index, "key": key, "event": event})
 
 
@@ -90,7 +130,7 @@ async def publish(
 
         async def send(index: int) -> None:
             await window.acquire()
-            await ws.send(event_frame(index, pub.unacked[index]))
+            await ws.send(pub.frame(index))
 
         async def sender() -> None:
             for index in list(pub.unacked):
@@ -125,7 +165,7 @@ async def retry_pending(server: Endpoint, pub: Publisher) -> None:
         for start in range(0, len(pending), WINDOW):
             waiting = set(pending[start : start + WINDOW])
             for index in sorted(waiting):
-                await ws.send(event_frame(index, pub.unacked[index]))
+                await ws.send(pub.frame(index))
             while waiting:
                 waiting.discard(note_reply(pub, json.loads(await ws.recv())))
 
@@ -136,15 +176,21 @@ async def follow(
     until_seq: int | None = None,
     *,
     attached: asyncio.Event | None = None,
+    slow: SlowRead | None = None,
 ) -> None:
     """Reads events, resuming after the last one seen (from the start the first time),
     until the connection drops or ``until_seq`` is reached; ``attached`` is set once the
-    server answered its hello."""
+    server answered its hello. With ``slow``, reads as that says."""
 
     def last() -> int:
         return reader.seen[-1] if reader.seen else 0
 
-    async with connect(server.url(reader.session_id), open_timeout=5, close_timeout=1) as ws:
+    url = server.url(reader.session_id)
+    # A slow reader's client buffers few frames, so that its socket's window closes.
+    options: dict[str, Any] = (
+        {} if slow is None else {"sock": await slow.socket(url), "max_queue": 4}
+    )
+    async with connect(url, open_timeout=5, close_timeout=1, **options) as ws:
         welcome = await hello(ws, create=True, last_seq=last(), epoch=reader.epoch)
         if not welcome["resumed"]:
             reader.problems.append(f"not resumed after seq {last()}: {welcome}")
@@ -159,3 +205,5 @@ async def follow(
                 reader.problems.append(f"seq {frame['seq']} after {last()}")
             reader.seen.append(frame["seq"])
             reader.contents.append(frame["event"]["content"])
+            if slow is not None:
+                await slow.after_frame()

@@ -29,7 +29,7 @@ import signal
 import time
 import urllib.request
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from websockets.asyncio.client import connect
 
 from .crash_checks import SESSIONS, check, log_problems
 from .crash_clients import LOST, Publisher, Reader, follow, hello, publish, retry_pending
-from .crash_stores import RedisStore
+from .crash_stores import RedisStore, SoakStore
 
 HEARTBEAT = 2.0  # presence heartbeat of the soak's instances, seconds (default 30)
 TWO_AT_ONCE = 0.25  # the share of cycles that kill two instances at once (N >= 3)
@@ -48,10 +48,10 @@ PATIENCE = 30.0
 
 
 class Cluster:
-    """The instances: started, SIGKILLed and restarted; and the client's endpoint,
+    """The instances: started, SIGKILLed (or stopped) and restarted; and the client's endpoint,
     which hands out the URL of an instance drawn at random among those up."""
 
-    def __init__(self, store: RedisStore, work: Path, count: int, rng: random.Random) -> None:
+    def __init__(self, store: SoakStore, work: Path, count: int, rng: random.Random) -> None:
         self.servers = [store.server(work / f"server-{i}.log") for i in range(count)]
         self.up: set[int] = set()
         self.rng = rng
@@ -59,10 +59,14 @@ class Cluster:
         self.connects = 0  # URLs handed out: the clients' connects and reconnects
 
     def url(self, session_id: str) -> str:
+        self.connects += 1
+        return f"ws://127.0.0.1:{self.any_port()}/api/v1/stream/{session_id}"
+
+    def any_port(self) -> int:
+        """The port of an instance drawn at random among those up."""
         if not self.up:
             raise OSError("no instance up")  # a client takes it as a lost server
-        self.connects += 1
-        return self.servers[self.rng.choice(sorted(self.up))].url(session_id)
+        return self.servers[self.rng.choice(sorted(self.up))].port
 
     async def start(self, indices: list[int]) -> None:
         """Starts the instances side by side, off the event loop, which keeps serving
@@ -81,6 +85,12 @@ class Cluster:
         for proc in procs:
             assert proc is not None
             proc.wait(10)
+
+    async def stop_gracefully(self, indices: list[int]) -> list[int]:
+        """SIGTERM to each, side by side, off the event loop; their exit statuses."""
+        self.up.difference_update(indices)
+        stops = (asyncio.to_thread(self.servers[i].stop) for i in indices)
+        return list(await asyncio.gather(*stops))
 
     def stop(self) -> list[str]:
         """SIGTERM to every instance; a problem for each that did not exit 0."""
@@ -200,12 +210,18 @@ async def soak_instances(
 async def start_clients(
     cluster: Cluster, pubs: list[Publisher], readers: list[Reader]
 ) -> list[asyncio.Task[None]]:
-    """Readers first (so that they see live events too), then publishers, each started
-    once the one before attached (or failed to: ``PATIENCE`` bounds the wait)."""
-    runs: list[Callable[..., Awaitable[None]]] = [
-        *(partial(follow, cluster, reader) for reader in readers),
-        *(partial(publish, cluster, pub) for pub in pubs),
-    ]
+    """Readers first (so that they see live events too), then publishers."""
+    return await start_runs(
+        [
+            *(partial(follow, cluster, reader) for reader in readers),
+            *(partial(publish, cluster, pub) for pub in pubs),
+        ]
+    )
+
+
+async def start_runs(runs: Sequence[Callable[..., Awaitable[None]]]) -> list[asyncio.Task[None]]:
+    """Each client, reconnecting each time its server is lost, started once the one
+    before attached (or failed to: ``PATIENCE`` bounds the wait)."""
     tasks = []
     for run in runs:
         attached = asyncio.Event()

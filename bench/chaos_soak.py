@@ -1,0 +1,271 @@
+"""Question: do the faults a running server survives ever lose, duplicate or reorder an
+acknowledged event, or hand a reader an event twice?
+
+The crash soak (bench/crash_soak.py) SIGKILLs its server; this one mixes in the faults
+of a server that stays up, with the same clients (bench/crash_clients.py) and checks
+(bench/crash_checks.py). Publishers (keyed events, a window in flight, every one not
+acknowledged sent again after a reconnect) and one reader per session go through a
+TCP proxy on loopback (bench/chaos_proxy.py); one slow reader per session connects
+straight to a server, with a 4 KiB receive buffer and pauses of 0.5 to 2 s, so that its
+send queue fills (the servers run with ``--send-queue-frames 64``) and it is closed
+with 4429. Each cycle waits a random instant (0.05 to 0.4 s, and at least one new
+acknowledgement since the last fault), then:
+
+- cuts 1 to 3 connections through the proxy, each at once or, three times in four,
+  once 1 to 300 more bytes went one way (to the server or from it), so mostly in the
+  middle of a frame;
+- and in ``GRACEFUL`` of the cycles stops a server with SIGTERM (``--shutdown-grace
+  2``: its peers get their backlog, ``closed`` and 1012, a slow reader as it reads, or
+  is cut when the grace ends in one of its pauses) and starts it again on the same
+  store; in ``KILLED`` of them SIGKILLs it instead (the first cycle
+  does the one, the second the other, so that a short run has every fault).
+
+Every client reconnects at once; readers resume with ``last_seq`` + ``epoch``. With
+``--instances N`` (Redis only) N servers share the store, each (re)connect goes to one
+drawn at random, and a fault takes down one of them while the others serve. After the
+last cycle everything pending is retried, readers catch up, the servers stop with
+SIGTERM, and the checks are those of the crash soak: every acknowledged event stored
+exactly once at its acked seq; each publisher's order kept; each reader (slow ones
+too) saw 1..N exactly once, in order, across every cut, 4429 and restart, and was
+resumed every time (nothing here trims a log, so ``resumed: false`` is a failure);
+every server exited 0 on SIGTERM, its log holds no error and no traceback. And this
+soak's own: no log holds "events handed out again by the session's feed" (the warning
+of server/room.py's guard), and ``bamboo_events_repeated_total``, read from /metrics
+before every stop and kill and at the end, stays 0.
+
+Run: ``python -m bench.chaos_soak --cycles 300 --max-seconds 300`` (``--store sqlite``,
+``--store redis --instances 2`` likewise; tests/test_chaos_soak.py runs a few cycles).
+Exit status 0 when every check holds; the figures go to stdout as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from .chaos_proxy import CuttingProxy
+from .crash_checks import SESSIONS, check, log_problems
+from .crash_clients import LOST, Publisher, Reader, SlowRead, follow, publish, retry_pending
+from .crash_cluster import PATIENCE, Cluster, start_runs, stop_clients, wait_for_progress
+from .crash_stores import KINDS, open_soak_store
+
+GRACEFUL = 0.3  # the share of cycles that stop a server with SIGTERM
+KILLED = 0.1  # and that SIGKILL one
+CHAOS_FLAGS = ("--shutdown-grace", "2", "--send-queue-frames", "64", "--write-limit", "4096")
+REPEATED = "events handed out again"
+# Bytes of each event's content past its key: the servers' rings (1 MiB) then hold 256
+# events at most, so resumes read the store as well as the ring.
+PADDING = 4000
+
+
+async def chaos(
+    work: Path,
+    cycles: int,
+    store: str = "jsonl",
+    instances: int = 1,
+    publishers: int = 4,
+    seed: int | None = None,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Runs up to ``cycles`` cycles of faults (module docstring), within ``max_seconds``
+    if given, on ``instances`` servers of ``store`` (files in ``work``), then checks
+    everything; the figures, with ``problems`` empty when every check held."""
+    if instances < 1 or (instances > 1 and store != "redis"):
+        raise ValueError("several instances share a Redis store only")
+    seed = random.randrange(1 << 32) if seed is None else seed
+    rng = random.Random(seed)
+    under_test = open_soak_store(store, work)
+    cluster = Cluster(under_test, work, instances, rng)
+    for server in cluster.servers:
+        server.extra = (*server.extra, *CHAOS_FLAGS)
+    proxy = CuttingProxy(cluster.any_port, rng)
+    pubs = [
+        Publisher(f"p{i}", SESSIONS[i % len(SESSIONS)], padding=PADDING) for i in range(publishers)
+    ]
+    readers = [Reader(s) for s in SESSIONS]
+    slow_readers = [(Reader(s), SlowRead(random.Random(rng.random()))) for s in SESSIONS]
+    closes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    runs = [
+        *(partial(counted, partial(follow, proxy, r), closes["readers"]) for r in readers),
+        *(
+            partial(counted, partial(follow, cluster, r, slow=slow), closes["slow_readers"])
+            for r, slow in slow_readers
+        ),
+        *(partial(counted, partial(publish, proxy, p), closes["publishers"]) for p in pubs),
+    ]
+    figures: dict[str, Any] = {"cycles_run": 0, "graceful_restarts": 0, "kills": 0}
+    repeats = Repeats(cluster)
+    problems: list[str] = []
+    clients: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    deadline = started + max_seconds if max_seconds is not None else float("inf")
+    try:
+        await cluster.start(list(range(instances)))
+        await proxy.start()
+        clients = await start_runs(runs)
+        for cycle in range(cycles):
+            if time.monotonic() > deadline:
+                break
+            await wait_for_progress(pubs, rng.uniform(0.05, 0.4))
+            proxy.cut(rng.randint(1, 3))
+            # The first two cycles restart, then kill: a short run has every fault.
+            draw = (0.0, GRACEFUL)[cycle] if cycle < 2 else rng.random()
+            if draw < GRACEFUL + KILLED:
+                victim = rng.choice(sorted(cluster.up))
+                await repeats.read(victim)
+                if draw < GRACEFUL:
+                    figures["graceful_restarts"] += 1
+                    (status,) = await cluster.stop_gracefully([victim])
+                    if status != 0:
+                        problems.append(f"instance {victim} exited {status} on SIGTERM")
+                else:
+                    figures["kills"] += 1
+                    cluster.kill([victim])
+                await cluster.start([victim])
+            figures["cycles_run"] += 1
+        for index in sorted(cluster.up):
+            await repeats.read(index)
+        problems += await stop_clients(clients)
+        await proxy.close()
+        await asyncio.wait_for(
+            asyncio.gather(*(retry_pending(cluster, p) for p in pubs)), PATIENCE * 2
+        )
+        everyone = readers + [r for r, _ in slow_readers]
+        for reader in everyone:
+            sessions_pubs = (p for p in pubs if p.session_id == reader.session_id)
+            last = max((seq for p in sessions_pubs for seq in p.acked.values()), default=0)
+            await asyncio.wait_for(follow(cluster, reader, until_seq=last), PATIENCE * 2)
+        problems += cluster.stop()
+        problems += await check(under_test, pubs, everyone)
+    finally:
+        for task in clients:
+            task.cancel()
+        await proxy.close()
+        cluster.kill_all()  # if a step failed while they ran
+        under_test.close()
+    for i, server in enumerate(cluster.servers):
+        problems += [f"instance {i}: {p}" for p in log_problems(server.log_path)]
+        problems += [f"instance {i}: {p}" for p in repeat_warnings(server.log_path)]
+    if repeats.total:
+        problems.append(f"bamboo_events_repeated_total came to {repeats.total}")
+    return {
+        "store": store,
+        "instances": instances,
+        "seed": seed,
+        "cycles": cycles,
+        **figures,
+        "cuts": proxy.cuts,
+        "cuts_mid_stream": proxy.cuts_mid_stream,
+        "closes_seen": {role: dict(sorted(c.items())) for role, c in sorted(closes.items())},
+        "slow_reader_pauses": sum(slow.pauses for _, slow in slow_readers),
+        "publishers": publishers,
+        "acknowledged": sum(len(p.acked) for p in pubs),
+        "duplicate_acks_after_retry": sum(p.duplicates for p in pubs),
+        "events_repeated": repeats.total,
+        "metrics_reads": repeats.reads,
+        "metrics_unread": repeats.unread,
+        "seconds": round(time.monotonic() - started, 1),
+        "problems": problems,
+    }
+
+
+async def counted(
+    client: Callable[..., Awaitable[None]], closes: collections.Counter[str], **kwargs: Any
+) -> None:
+    """Runs the client, counting how its connection ended: the close code it received,
+    ``cut`` when none came (a cut, a killed server), or the error that kept it from
+    connecting."""
+    try:
+        await client(**kwargs)
+    except ConnectionClosed as exc:
+        closes[str(exc.rcvd.code) if exc.rcvd is not None else "cut"] += 1
+        raise
+    except LOST as exc:
+        closes[type(exc).__name__] += 1
+        raise
+
+
+class Repeats:
+    """``bamboo_events_repeated_total`` summed over the servers' lives: read before
+    each one stops (a restart counts from 0 again) and at the end."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.total = 0
+        self.reads = 0
+        self.unread = 0  # a /metrics that did not answer (its log is checked anyway)
+
+    async def read(self, index: int) -> None:
+        url = f"http://127.0.0.1:{self.cluster.servers[index].port}/metrics"
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return str(answer.read().decode())
+
+        try:
+            text = await asyncio.to_thread(get)
+        except OSError:
+            self.unread += 1
+            return
+        self.reads += 1
+        for line in text.splitlines():
+            if line.startswith("bamboo_events_repeated_total "):
+                self.total += int(float(line.split()[1]))
+
+
+def repeat_warnings(log_path: Path) -> list[str]:
+    """The log's warnings of server/room.py's guard: a feed handed out an event again."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    return [f"server log: {line[:500]}" for line in lines if REPEATED in line]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=KINDS, default="jsonl")
+    parser.add_argument("--cycles", type=int, default=300)
+    parser.add_argument("--max-seconds", type=float, default=None, help="stop cycling then")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="servers on the one store (redis only)"
+    )
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = parser.parse_args()
+    if args.instances < 1 or (args.instances > 1 and args.store != "redis"):
+        parser.error("--instances above 1 is for --store redis")
+    work = Path(tempfile.mkdtemp(prefix=f"bamboo-chaos-soak-{args.store}-"))
+    result = asyncio.run(
+        chaos(
+            work,
+            args.cycles,
+            args.store,
+            args.instances,
+            args.publishers,
+            args.seed,
+            args.max_seconds,
+        )
+    )
+    result["nproc"] = os.cpu_count()
+    result["workdir"] = str(work) if args.keep or result["problems"] else None
+    print(json.dumps(result, indent=2))
+    if not args.keep and not result["problems"]:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if result["problems"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
