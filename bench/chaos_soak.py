@@ -65,7 +65,7 @@ from .crash_stores import KINDS, open_soak_store
 
 GRACEFUL = 0.3  # the share of cycles that stop a server with SIGTERM
 KILLED = 0.1  # and that SIGKILL one
-CHAOS_FLAGS = ("--shutdown-grace", "2", "--send-queue-frames", "64", "--write-limit", "4096")
+CHAOS_FLAGS = ("--send-queue-frames", "64", "--write-limit", "4096")
 REPEATED = "events handed out again"
 # Bytes of each event's content past its key: the servers' rings (1 MiB) then hold 256
 # events at most, so resumes read the store as well as the ring.
@@ -80,6 +80,7 @@ async def chaos(
     publishers: int = 4,
     seed: int | None = None,
     max_seconds: float | None = None,
+    shutdown_grace: float = 2.0,
 ) -> dict[str, Any]:
     """Runs up to ``cycles`` cycles of faults (module docstring), within ``max_seconds``
     if given, on ``instances`` servers of ``store`` (files in ``work``), then checks
@@ -91,7 +92,7 @@ async def chaos(
     under_test = open_soak_store(store, work)
     cluster = Cluster(under_test, work, instances, rng)
     for server in cluster.servers:
-        server.extra = (*server.extra, *CHAOS_FLAGS)
+        server.extra = (*server.extra, *CHAOS_FLAGS, "--shutdown-grace", str(shutdown_grace))
     proxy = CuttingProxy(cluster.any_port, rng)
     pubs = [
         Publisher(f"p{i}", SESSIONS[i % len(SESSIONS)], padding=PADDING) for i in range(publishers)
@@ -167,6 +168,7 @@ async def chaos(
         "instances": instances,
         "seed": seed,
         "cycles": cycles,
+        "shutdown_grace": shutdown_grace,
         **figures,
         "cuts": proxy.cuts,
         "cuts_mid_stream": proxy.cuts_mid_stream,
@@ -242,6 +244,7 @@ def main() -> int:
         "--instances", type=int, default=1, help="servers on the one store (redis only)"
     )
     parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--shutdown-grace", type=float, default=2.0, help="the servers', seconds")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
@@ -257,6 +260,7 @@ def main() -> int:
             args.publishers,
             args.seed,
             args.max_seconds,
+            args.shutdown_grace,
         )
     )
     result["nproc"] = os.cpu_count()

@@ -197,12 +197,18 @@ async def follow(
         reader.epoch = welcome["epoch"]
         if attached is not None:
             attached.set()
+        received = 0  # events on this connection
         while until_seq is None or last() < until_seq:
             frame = json.loads(await ws.recv())
             if frame["type"] != "event":
                 continue
+            received += 1
             if frame["seq"] != last() + 1:
-                reader.problems.append(f"seq {frame['seq']} after {last()}")
+                reader.problems.append(
+                    f"seq {frame['seq']} after {last()}, event {received} of a connection "
+                    f"welcomed with last_seq {welcome['last_seq']}, replay {welcome['replay']}, "
+                    f"its id {welcome['connection_id']}"
+                )
             reader.seen.append(frame["seq"])
             reader.contents.append(frame["event"]["content"])
             if slow is not None:
