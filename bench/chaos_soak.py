@@ -121,7 +121,14 @@ async def chaos(
         for cycle in range(cycles):
             if time.monotonic() > deadline:
                 break
-            await wait_for_progress(pubs, rng.uniform(0.05, 0.4))
+            try:
+                await wait_for_progress(pubs, rng.uniform(0.05, 0.4))
+            except RuntimeError as exc:  # a stall: the checks below tell what they can
+                problems.append(
+                    f"cycle {cycle}: {exc}; {sum(t.done() for t in clients)} "
+                    f"of {len(clients)} clients ended"
+                )
+                break
             proxy.cut(rng.randint(1, 3))
             # The first two cycles restart, then kill: a short run has every fault.
             draw = (0.0, GRACEFUL)[cycle] if cycle < 2 else rng.random()
