@@ -65,7 +65,9 @@ from .crash_stores import KINDS, open_soak_store
 
 GRACEFUL = 0.3  # the share of cycles that stop a server with SIGTERM
 KILLED = 0.1  # and that SIGKILL one
-CHAOS_FLAGS = ("--send-queue-frames", "64", "--write-limit", "4096")
+# No cap on a session's bytes: at 4 KB an event, a run of minutes fills the default's
+# 256 MiB, and its publishers then get only ``too_large`` (a stall of the soak's own).
+CHAOS_FLAGS = ("--send-queue-frames", "64", "--write-limit", "4096", "--max-session-bytes", "0")
 REPEATED = "events handed out again"
 # Bytes of each event's content past its key: the servers' rings (1 MiB) then hold 256
 # events at most, so resumes read the store as well as the ring.
