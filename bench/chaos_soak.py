@@ -43,10 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
-import os
 import random
-import shutil
 import tempfile
 import time
 import urllib.request
@@ -58,7 +55,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from .chaos_proxy import CuttingProxy
-from .crash_checks import SESSIONS, check, log_problems
+from .crash_checks import SESSIONS, check, log_problems, report
 from .crash_clients import LOST, Publisher, Reader, SlowRead, follow, publish, retry_pending
 from .crash_cluster import PATIENCE, Cluster, start_runs, stop_clients, wait_for_progress
 from .crash_stores import KINDS, open_soak_store
@@ -272,12 +269,7 @@ def main() -> int:
             args.shutdown_grace,
         )
     )
-    result["nproc"] = os.cpu_count()
-    result["workdir"] = str(work) if args.keep or result["problems"] else None
-    print(json.dumps(result, indent=2))
-    if not args.keep and not result["problems"]:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if result["problems"] else 0
+    return report(result, work, keep=args.keep)
 
 
 if __name__ == "__main__":

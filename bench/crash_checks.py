@@ -5,7 +5,10 @@ servers' logs."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from .crash_clients import Publisher, Reader
 from .crash_stores import SoakStore
@@ -63,3 +66,14 @@ def log_problems(log_path: Path, most: int = 5) -> list[str]:
     return [f"server log: {line[:500]}" for line in found[:most]] + (
         [f"server log: {len(found) - most} more such lines"] if len(found) > most else []
     )
+
+
+def report(result: dict[str, Any], work: Path, *, keep: bool) -> int:
+    """Prints a soak's figures as one JSON object, removes its directory unless kept or
+    it holds what went wrong, and returns the exit status: 1 when a check failed."""
+    result["nproc"] = os.cpu_count()
+    result["workdir"] = str(work) if keep or result["problems"] else None
+    print(json.dumps(result, indent=2))
+    if not keep and not result["problems"]:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if result["problems"] else 0

@@ -39,10 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import random
-import shutil
 import tempfile
 import time
 from asyncio import FIRST_COMPLETED
@@ -51,7 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .crash_checks import SESSIONS, check, log_problems
+from .crash_checks import SESSIONS, check, log_problems, report
 from .crash_clients import LOST, Publisher, Reader, follow, publish, retry_pending
 from .crash_cluster import soak_instances
 from .crash_stores import KINDS, open_soak_store
@@ -248,12 +245,7 @@ def main() -> int:
             args.instances,
         )
     )
-    result["nproc"] = os.cpu_count()
-    result["workdir"] = str(work) if args.keep or result["problems"] else None
-    print(json.dumps(result, indent=2))
-    if not args.keep and not result["problems"]:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if result["problems"] else 0
+    return report(result, work, keep=args.keep)
 
 
 if __name__ == "__main__":
