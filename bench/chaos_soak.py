@@ -56,7 +56,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .chaos_proxy import CuttingProxy
 from .crash_checks import SESSIONS, check, log_problems, report
-from .crash_clients import LOST, Publisher, Reader, SlowRead, follow, publish, retry_pending
+from .crash_clients import LOST, Publisher, Reader, SlowRead, follow, publish, settle
 from .crash_cluster import PATIENCE, Cluster, start_runs, stop_clients, wait_for_progress
 from .crash_stores import KINDS, open_soak_store
 
@@ -148,14 +148,8 @@ async def chaos(
             await repeats.read(index)
         problems += await stop_clients(clients)
         await proxy.close()
-        await asyncio.wait_for(
-            asyncio.gather(*(retry_pending(cluster, p) for p in pubs)), PATIENCE * 2
-        )
         everyone = readers + [r for r, _ in slow_readers]
-        for reader in everyone:
-            sessions_pubs = (p for p in pubs if p.session_id == reader.session_id)
-            last = max((seq for p in sessions_pubs for seq in p.acked.values()), default=0)
-            await asyncio.wait_for(follow(cluster, reader, until_seq=last), PATIENCE * 2)
+        await settle(cluster, pubs, everyone, PATIENCE * 2)
         problems += cluster.stop()
         problems += await check(under_test, pubs, everyone)
     finally:

@@ -157,6 +157,19 @@ async def publish(
                     sending.result()
 
 
+async def settle(
+    server: Endpoint, pubs: list[Publisher], readers: list[Reader], patience: float
+) -> None:
+    """The end of a soak: every publisher's unacknowledged events sent again until
+    acknowledged, then each reader followed up to the last seq acknowledged in its
+    session; each step within ``patience`` seconds."""
+    await asyncio.wait_for(asyncio.gather(*(retry_pending(server, p) for p in pubs)), patience)
+    for reader in readers:
+        acked = (seq for p in pubs if p.session_id == reader.session_id for seq in p.acked.values())
+        last = max(acked, default=0)
+        await asyncio.wait_for(follow(server, reader, until_seq=last), patience)
+
+
 async def retry_pending(server: Endpoint, pub: Publisher) -> None:
     """Re-sends every unacknowledged event, a window at a time, until all are acked."""
     async with connect(server.url(pub.session_id), open_timeout=5, close_timeout=1) as ws:

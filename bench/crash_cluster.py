@@ -37,7 +37,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from .crash_checks import SESSIONS, check, log_problems
-from .crash_clients import LOST, Publisher, Reader, follow, hello, publish, retry_pending
+from .crash_clients import LOST, Publisher, Reader, follow, hello, publish, settle
 from .crash_stores import RedisStore, SoakStore
 
 HEARTBEAT = 2.0  # presence heartbeat of the soak's instances, seconds (default 30)
@@ -175,13 +175,7 @@ async def soak_instances(
             await cluster.start(victims)
         figures |= await presence_converges(cluster, watchers, killed_at)
         problems += figures.pop("presence_problems")
-        await asyncio.wait_for(
-            asyncio.gather(*(retry_pending(cluster, p) for p in pubs)), PATIENCE * 2
-        )
-        for reader in readers:
-            sessions_pubs = (p for p in pubs if p.session_id == reader.session_id)
-            last = max((seq for p in sessions_pubs for seq in p.acked.values()), default=0)
-            await asyncio.wait_for(follow(cluster, reader, until_seq=last), PATIENCE * 2)
+        await settle(cluster, pubs, readers, PATIENCE * 2)
         problems += cluster.stop()
         problems += await check(store, pubs, readers)
     finally:

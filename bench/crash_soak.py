@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .crash_checks import SESSIONS, check, log_problems, report
-from .crash_clients import LOST, Publisher, Reader, follow, publish, retry_pending
+from .crash_clients import LOST, Publisher, Reader, follow, publish, settle
 from .crash_cluster import soak_instances
 from .crash_stores import KINDS, open_soak_store
 from .soak_server import Server
@@ -175,11 +175,7 @@ async def soak(
         server.wal_segment_age = None
         # The last start: retry everything pending, let readers catch up, stop cleanly.
         server.start()
-        await asyncio.wait_for(asyncio.gather(*(retry_pending(server, p) for p in pubs)), 60)
-        for reader in readers:
-            sessions_pubs = (p for p in pubs if p.session_id == reader.session_id)
-            last = max((seq for p in sessions_pubs for seq in p.acked.values()), default=0)
-            await asyncio.wait_for(follow(server, reader, until_seq=last), timeout=60)
+        await settle(server, pubs, readers, 60)
         status = server.stop()
         problems = await check(under_test, pubs, readers)
     finally:
