@@ -139,8 +139,7 @@ class SqliteStorage:
         return self._ready
 
     def write_locations(self) -> tuple[Path, ...]:
-        """The database's directory, where its journal and WAL go too: the real file's,
-        as SQLite follows a symlink (``WriteLocations``); none when read-only."""
+        """Where SQLite writes its file, journal and WAL: the real file's directory."""
         return () if self.config.read_only else (real_file(self.config.path).parent,)
 
     async def close(self) -> None:
