@@ -201,9 +201,10 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # activity first: should it fail, nothing has changed (the attach fails, the
         # session stays as it was); should the move fail after it, the session was only
         # touched. The other way round, a failed touch left it active, in the store
-        # too, with nobody attached, and nothing would have written it back.
+        # too, with nobody attached, and nothing would have written it back. The
+        # welcome shows the session as the store holds it after both, as a GET would.
         await actor.status.touch()
-        await actor.status.become(SessionState.ACTIVE)
+        metadata = await actor.status.become(SessionState.ACTIVE) or metadata
     metadata.state = actor.state
     outbox = command.outbox
     connections = await actor.presence.join(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,38 @@ async def test_last_connection_leaving_parks_the_session_then_retention_ends_it(
         await eventually(lambda: manager.live_actor(session_id) is None)
         async with attach(server, session_id) as (_, again):
             assert again["session"]["state"] == "active"
+
+
+async def stored(server: BambooServer, session_id: str) -> dict[str, Any]:
+    status, body = await get(server, f"/api/v1/sessions/{session_id}")
+    assert status == 200, body
+    metadata: dict[str, Any] = body["metadata"]
+    return metadata
+
+
+async def test_a_welcome_shows_the_session_as_a_get_right_after_it_does() -> None:
+    # A resume into a parked session is activity (docs/protocol.md, "Session states and
+    # activity"): its welcome shows the activity, not the session as it was parked.
+    # Another attach while it has a connection is not activity, and writes nothing.
+    async with run_server(default_ttl=3600) as server:
+        async with attach(server, "back", create=True) as (_, first):
+            pass
+        parked = await stored(server, "back")
+        for _ in range(1000):  # parked as its last connection left: waited for
+            if parked["state"] == "disconnected":
+                break
+            await asyncio.sleep(0.02)
+            parked = await stored(server, "back")
+        assert parked["state"] == "disconnected"
+        async with attach(server, "back", last_seq=0, epoch=first["epoch"]) as (_, resumed):
+            now = await stored(server, "back")
+            assert resumed["session"] == now
+            assert now["last_activity_at"] != parked["last_activity_at"]
+            assert now["expires_at"] != parked["expires_at"]
+            async with attach(server, "back") as (_, viewer):
+                assert viewer["session"] == await stored(server, "back")
+                assert viewer["session"]["connections"] == 2
+                assert viewer["session"]["last_activity_at"] == now["last_activity_at"]
 
 
 async def test_a_quiet_connected_session_becomes_idle_and_traffic_wakes_it() -> None:
