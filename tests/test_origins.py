@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from bamboo_session.server.origins import RequestGuard
 from tests.support import get, open_peer, run_server
-from tests.test_server_http import raw_http
+from tests.test_server_http import error_of, raw_http
 
 SECRET = "o" * 32
 
@@ -189,14 +189,37 @@ async def test_a_fully_qualified_loopback_name_is_served_as_its_name() -> None:
         assert await upgrade_status_as(server, "localhost", "http://localhost..:3000") == 403
 
 
-async def test_a_second_host_header_is_a_bad_request() -> None:
-    async with run_server() as server:
-        status, _, body = await raw_http(
-            server, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n"
-        )
-        assert status == 400 and b"more than one Host header" in body
-        assert await upgrade_status(server, {"Origin": "http://localhost"}) == 101
-        assert await upgrade_status(server, {"Host": "localhost"}) == 400  # plus its own
+UPGRADE_HEAD = (
+    b"GET /api/v1/stream HTTP/1.1\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+TWICE = {
+    "Host": b"Host: localhost\r\nHost: evil.example\r\n",
+    "Origin": b"Host: localhost\r\nOrigin: http://localhost\r\nOrigin: http://localhost\r\n",
+    "Authorization": b"Host: localhost\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n",
+    "Upgrade": b"Host: localhost\r\nUpgrade: websocket\r\nUpgrade: websocket\r\n",
+}
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
+async def test_a_second_host_origin_authorization_or_upgrade_header_is_a_bad_request(
+    auth: bool,
+) -> None:
+    # docs/protocol.md, "Origins and hosts": with auth on or off, on any request.
+    async with run_server(auth_secret=SECRET if auth else None) as server:
+        for name, headers in TWICE.items():
+            upgrade = UPGRADE_HEAD + (b"" if name == "Upgrade" else b"Upgrade: websocket\r\n")
+            for head in (
+                b"GET /healthz HTTP/1.1\r\n",
+                b"GET /api/v1/sessions HTTP/1.1\r\n",
+                upgrade,
+            ):
+                status, answer, body = await raw_http(server, head + headers + b"\r\n")
+                refused = (status, error_of(answer, body)["message"])
+                assert refused == (400, f"more than one {name} header"), (name, head)
+        if not auth:
+            assert await upgrade_status(server, {"Origin": "http://localhost"}) == 101
+            assert await upgrade_status(server, {"Host": "localhost"}) == 400  # plus its own
 
 
 async def test_with_auth_hosts_and_origins_are_not_restricted_by_default() -> None:
