@@ -40,7 +40,8 @@ SIZE_EVERY: Final = 30.0  # seconds between walks of the store's files
 
 
 def store_location(url: str) -> tuple[str, Path] | None:
-    """``("dir", path)`` or ``("file", path)`` for a file store, else None."""
+    """``("dir", path)`` or ``("file", path)`` for a file store, else None; an SQLite
+    store's file is the real one, symlinks followed, as its lock and its writes find it."""
     try:
         parsed = parse_store_url(url)
     except ValueError:
@@ -48,7 +49,11 @@ def store_location(url: str) -> tuple[str, Path] | None:
     if parsed.scheme == "jsonl":
         return "dir", Path(parsed.location)
     if parsed.scheme == "sqlite":
-        return "file", Path(parsed.location)
+        # Its journal and WAL are beside the file SQLite opens, not beside a symlink to
+        # it. Imported here: a backend is imported only when its URL is used.
+        from bamboo_session.persistence.sqlite.lock import real_file
+
+        return "file", real_file(Path(parsed.location))
     return None
 
 

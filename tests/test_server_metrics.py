@@ -145,6 +145,27 @@ async def test_store_bytes_follow_the_data_directory(tmp_path: Path) -> None:
     assert re.search(r"^bamboo_sessions_stored 1\.0$", text, re.M)
 
 
+async def test_store_bytes_of_an_sqlite_store_behind_a_symlink_count_its_wal(
+    tmp_path: Path,
+) -> None:
+    """SQLite writes its WAL and shared memory beside the real file, not beside a
+    symlink to it: they are counted there, where they are."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "bamboo.db").symlink_to(tmp_path / "real" / "bamboo.db")
+    files = [tmp_path / "real" / f"bamboo.db{suffix}" for suffix in ("", "-wal", "-shm")]
+    async with run_server(store=f"sqlite://{tmp_path}/link/bamboo.db") as server:
+        async with attach(server) as (agent, _):
+            for i in range(3):
+                event = token("x" * 100_000)
+                await agent.request({"type": "event", "id": i, "event": event}, "ack")
+        wal = files[1].stat().st_size  # a WAL is not cut back below 64 MiB: it only grows
+        assert wal > 300_000
+        reported = value(await scrape(server), "bamboo_store_bytes")
+        # Nothing shrinks meanwhile (a checkpoint copies the WAL's pages into the file).
+        assert wal <= reported <= sum(path.stat().st_size for path in files)
+
+
 async def test_a_failed_sync_of_the_store_shows_until_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
