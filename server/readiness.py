@@ -7,7 +7,8 @@ append has waited that long for the store (a disk that stalls writes, a write lo
 another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable; not ``SessionRefused``, a refusal of one session) until appends work
-again: the next append that succeeds, or a probe. Not so the failure of one session's
+again: the next append that succeeds, or a probe begun after the failure (one under
+way when it is reported may have written before it). Not so the failure of one session's
 own file (``SessionLogFailed``: its log at the file size limit, a file the store may
 not write; on Redis, a key of the session's that something else wrote over) while an
 append of another session succeeded less than ``ALONE_WITHIN`` seconds before: the
@@ -90,12 +91,16 @@ class AppendHealth:
         "failed_at",
         "failure",
         "failures",
+        "reported",
     )
 
     def __init__(self) -> None:
         self.failures = AppendFailures()
         self.failure: str | None = None
         self.failed_at = 0.0
+        # Failures of the store's reported so far: a probe read it as it began, and
+        # clears only the failures reported before that (see probed).
+        self.reported = 0
         self.alone_within = ALONE_WITHIN
         # The session of the last append that succeeded and when (monotonic clock), and
         # when the last one of any other session did (-inf: none yet): enough to say,
@@ -115,6 +120,7 @@ class AppendHealth:
         if of_store:
             self.failure = reason
             self.failed_at = time.monotonic()
+            self.reported += 1
         self.failures.failed(session_id, reason, events, of_store)
 
     def _another_appended_lately(self, session_id: str) -> bool:
@@ -124,8 +130,16 @@ class AppendHealth:
         return time.monotonic() - last < self.alone_within
 
     def succeeded(self) -> None:
-        """Appends work (an append or a probe succeeded)."""
+        """Appends work: the store is trusted again."""
         self.failure = None
+
+    def probed(self, reported: int) -> None:
+        """A probe that began when :attr:`reported` was ``reported`` succeeded: appends
+        work, unless the store failed again since it began. That failure may have come
+        after the probe wrote (a disk that filled meanwhile): only a probe begun after
+        it says it is over."""
+        if reported == self.reported:
+            self.failure = None
 
     def appended(self, session_id: str, now: float) -> None:
         """An append for ``session_id`` succeeded at ``now`` (monotonic clock): appends
@@ -224,14 +238,17 @@ class Readiness:
             return self.health.failure is None
         self._probed_at = time.monotonic()
         try:
-            await self._probing.result()
+            began_after = await self._probing.result()
         except (OSError, StorageError):  # StoreTimeout: the disk did not answer in time
             return False  # the reason stays that of the append that failed
-        self.health.succeeded()
-        return True
+        self.health.probed(began_after)
+        return self.health.failure is None
 
-    async def _write_probe(self) -> None:
+    async def _write_probe(self) -> int:
+        """Probes every directory; the store's failures reported when it began."""
+        reported = self.health.reported
         await asyncio.to_thread(write_probes, self._probe_dirs, self._probe_bytes)
+        return reported
 
 
 def write_probes(directories: tuple[Path, ...], size: int) -> None:
