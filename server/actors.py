@@ -97,14 +97,16 @@ class ActorRegistry:
                 # finishes first, as a retiring one does.
                 await self._finished(actor.task, deadline)
                 continue
+            # Each wait has a timer of its own, by ``deadline``; an actor at hand, none.
             spawning = self._spawning.get(session_id)
             if spawning is not None:
                 # The spawn in progress is this caller's too, and so is its failure (a
                 # store that does not answer): waiters do not each try again in turn.
-                return await self._join(spawning)
+                return await self._reads.within(deadline, self._join(spawning))
             retiring = self._unfinished_retiring(session_id)
             if retiring is None:
-                return await self._join(self._start_spawn(session_id))
+                spawn = self._start_spawn(session_id)
+                return await self._reads.within(deadline, self._join(spawn))
             await self._finished(retiring, deadline)  # the old actor finishes flushing first
 
     async def _finished(self, task: asyncio.Task[None], deadline: float) -> None:
@@ -160,7 +162,7 @@ class ActorRegistry:
         access: AccessRefusal | None,
     ) -> tuple[SessionActor, Welcome]:
         while True:
-            actor = await self._reads.within(deadline, self.actor(session_id, deadline))
+            actor = await self.actor(session_id, deadline)  # by the deadline
             # In line for the inbox as a peer's frames are: an actor stuck on its store
             # then holds at most ``inbox_limit`` attaches, not one per retry of a hello.
             if not actor.inbox.may_post() and not await self._reads.within(
