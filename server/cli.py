@@ -48,7 +48,8 @@ SERVE_HELP: dict[str, str] = {
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
     "log_level": "debug, info, warning or error",
     "workers": "server processes on one port (SO_REUSEPORT) under one supervisor; more "
-    "than 1 needs a redis:// store",
+    "than 1 needs a redis:// store; each worker gets every limit whole (--memory-budget, "
+    "--read-slots, rates: N workers hold N times as much)",
     "redis_wait_replicas": "Redis store: acknowledge a write once this many replicas have "
     "it (WAIT; the URL's wait_replicas)",
     "redis_wait_timeout_ms": "Redis store: how long WAIT may take before a write fails "
