@@ -6,12 +6,13 @@ write they fall short on is published all the same: see ``Commands.write``)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -70,8 +71,24 @@ def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
         retry=Retry(NoBackoff(), 0),
         socket_timeout=10,
         socket_connect_timeout=5,
+        **_without_maintenance_notifications(),
     )
     return Redis.from_pool(pool)
+
+
+def _without_maintenance_notifications() -> dict[str, Any]:
+    """What turns redis-py's maintenance notifications off, where its asyncio pool
+    has them (8.1 and later). On, as they are by default over RESP3, they make the
+    pool hand out a connection Redis closed while it sat idle, rather than make it
+    again (redis-py issue #4252): after a restart of Redis, each pooled connection
+    failed its next call, a write too. The store has no use for them (a managed
+    Redis's notice of its maintenance): a connection its maintenance drops is one
+    more dropped connection."""
+    if "maint_notifications_config" not in inspect.signature(ConnectionPool).parameters:
+        return {}
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 async def server_version(client: Redis) -> tuple[int, int]:
