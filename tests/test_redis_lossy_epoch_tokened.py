@@ -46,17 +46,18 @@ def stores(*servers: BambooServer) -> list[RedisStorage]:
 
 async def tokened(server: RedisServer, *held: RedisStorage) -> str:
     """A lossy restart of ``server`` before any session: the generation's record
-    (in the snapshot) gets a token, which every store in ``held`` adopts."""
+    (in the snapshot) gets a token, which every store in ``held`` adopts; returns
+    once their listeners are back too (a ``hello`` subscribes through them)."""
     await snapshot(server)
     crash_and_restart(server)
 
     async def adopted() -> bool:
         for store in held:
-            try:  # the pools' connections to the killed Redis fail once each
+            try:  # Redis may still be coming back
                 await store.generation.check()
             except StorageError:
                 return False
-        return all(store.generation.token for store in held)
+        return all(store.generation.token and store.ready for store in held)
 
     await eventually(adopted, timeout=WAIT)
     assert len({store.generation.token for store in held}) == 1
@@ -139,7 +140,7 @@ async def test_a_session_stored_by_an_earlier_version_keeps_the_epoch_it_was_ser
 
 
 async def _epoch_changed(store: RedisStorage, old: str) -> bool:
-    try:  # the pool's connections to the killed Redis fail once each
+    try:  # Redis may still be coming back
         return await store.epoch("s") != old
     except StorageError:
         return False
