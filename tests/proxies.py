@@ -1,12 +1,16 @@
-"""A TCP proxy between the tests' clients and a real server, for the faults a network
-or a front proxy brings: connections cut, and plain HTTP requests refused."""
+"""TCP proxies between the tests' clients and a real server, for the faults a network
+or a front proxy brings: connections cut, and plain HTTP requests refused; and before
+a redis-server, connections Redis closed that the client has not seen close yet, and
+replies lost after their command ran."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -90,3 +94,93 @@ class HttpProxy:
         self.cut()
         if self._server is not None:
             self._server.close()
+
+
+@dataclass(eq=False)
+class _Link:
+    """One client's connection through a RedisProxy, and its way to Redis."""
+
+    client: asyncio.StreamWriter
+    redis: asyncio.StreamWriter
+    dropped: bool = False  # Redis's side closed; the client's left open
+    losing: bool = False  # the reply to the command sent last is to be lost
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class RedisProxy:
+    """A TCP proxy on loopback to a redis-server's ``port``. ``drop()`` closes every
+    connection through it on Redis's side and leaves the client's side open, as a
+    connection whose close (a restart of Redis, a network fault) has not reached the
+    client yet: the client's next command on it is not passed on, and the connection
+    is reset instead. ``lose_reply_to(marker)``: the next command that holds
+    ``marker`` reaches Redis, runs, and its reply is lost, the connection reset."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lost = 0  # replies lost so far
+        self._marker: bytes | None = None
+        self._links: set[_Link] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def drop(self) -> None:
+        for link in self._links:
+            link.dropped = True
+            link.redis.transport.abort()
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        self._marker = marker
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            writer.transport.abort()
+            return
+        link = _Link(writer, redis_writer)
+        self._links.add(link)
+        link.pumps = [
+            asyncio.create_task(self._to_redis(link, reader)),
+            asyncio.create_task(self._to_client(link, redis_reader)),
+        ]
+        try:
+            await asyncio.gather(*link.pumps, return_exceptions=True)
+        finally:
+            self._links.discard(link)
+
+    async def _to_redis(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if link.dropped:
+                    break
+                if self._marker is not None and self._marker in data:
+                    self._marker, link.losing = None, True
+                link.redis.write(data)
+                await link.redis.drain()
+        link.client.transport.abort()
+        link.redis.transport.abort()
+
+    async def _to_client(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if link.losing:
+                    self.lost += 1
+                    break
+                link.client.write(data)
+                await link.client.drain()
+        if not link.dropped:
+            link.client.transport.abort()
+            link.redis.transport.abort()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in list(self._links):
+            for pump in link.pumps:
+                pump.cancel()
+            link.client.transport.abort()
+            link.redis.transport.abort()

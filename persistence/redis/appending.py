@@ -84,7 +84,7 @@ async def own_key_written_over(storage: RedisStorage, keys: Sequence[str]) -> bo
     """Whether one of the session's own ``keys`` holds another type than the append
     writes to it (something else wrote over it). Asked only after a WRONGTYPE: a
     command of its own, so the append's script spends nothing on it."""
-    found = await storage.redis.pipeline([("TYPE", key) for key in keys])
+    found = await storage.redis.read_many([("TYPE", key) for key in keys])
     kinds = [kind.decode() if isinstance(kind, bytes) else kind for kind in found]
     return any(
         kind not in ("none", expected) for kind, expected in zip(kinds, OWN_KEY_TYPES, strict=True)

@@ -1,23 +1,25 @@
 """The store's connection to Redis, and the one way its commands and scripts are run:
-no silent retries, Redis errors as the contract's exceptions, and the ``WAIT`` for
-replicas (``wait_replicas``) before anything written is acknowledged or published (a
-write they fall short on is published all the same: see ``Commands.write``)."""
+no silent retries (a read is made once more where its connection dropped: pool.py),
+Redis errors as the contract's exceptions, and the ``WAIT`` for replicas
+(``wait_replicas``) before anything written is acknowledged or published (a write
+they fall short on is published all the same: see ``Commands.write``)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..base import StorageError, StoreMisconfigured
 from .config import RedisConfig
+from .pool import READ_COMMANDS, CheckedPool, attempt, read
 from .scripts import (
     Arg,
     BeforeReload,
@@ -36,27 +38,6 @@ POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
 # rewrite runs even with appendfsync always), and what a restart comes back to if not.
 NO_FSYNC_ON_REWRITE = "no-appendfsync-on-rewrite"
 PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", NO_FSYNC_ON_REWRITE, "save")
-
-
-class CheckedPool(BlockingConnectionPool):
-    """A pool whose every connection, once made (first, or again after it dropped),
-    goes through ``on_connect`` before it carries a call. A restart of Redis drops
-    every connection, so this is where an instance meets a restarted Redis first: the
-    store checks its generation there (generation.py), before anything is read or
-    written on that run of Redis."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_connect: Callable[[Any], Awaitable[None]] | None = None
-
-    def make_connection(self) -> Any:
-        connection = super().make_connection()
-        connection.register_connect_callback(self._connected)  # kept as a weak method
-        return connection
-
-    async def _connected(self, connection: Any) -> None:
-        if self.on_connect is not None:
-            await self.on_connect(connection)
 
 
 def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
@@ -96,9 +77,9 @@ async def server_version(client: Redis) -> tuple[int, int]:
     INFO (every Redis with ACLs, 6.0 and later, answers HELLO)."""
     try:
         try:
-            version = _text((await client.execute_command("INFO", "server"))["redis_version"])
+            version = _text((await read(client, "INFO", "server"))["redis_version"])
         except redis.exceptions.ResponseError:
-            version = _hello_version(await client.execute_command("HELLO"))
+            version = _hello_version(await read(client, "HELLO"))
     except redis.exceptions.RedisError as exc:
         raise unreachable(exc) from exc
     major, minor = version.split(".")[:2]
@@ -113,7 +94,7 @@ async def warn_of_eviction(client: Redis) -> str | None:
     so ``noeviction`` and the ``volatile-*`` policies keep them. Returns the policy
     (None where INFO does not say, or is refused)."""
     try:
-        info = await client.execute_command("INFO", "memory")
+        info = await read(client, "INFO", "memory")
     except redis.exceptions.ResponseError:
         return None  # INFO's memory section refused: nothing to tell
     except redis.exceptions.RedisError as exc:
@@ -173,7 +154,7 @@ async def read_persistence(client: Redis) -> dict[str, str] | None:
         for name in PERSISTENCE_SETTINGS:
             # One name per CONFIG GET: Redis before 7.0 refuses several in one call,
             # which would read as CONFIG refused.
-            said = await client.config_get(name)
+            said = await read(client, "CONFIG GET", name)
             settings.update({_text(key): _text(value) for key, value in said.items()})
     except redis.exceptions.ResponseError:
         return None
@@ -219,7 +200,7 @@ async def refuse_replica(client: Redis, config: RedisConfig) -> None:
     if config.read_only:
         return
     try:
-        info = await client.execute_command("INFO", "replication")
+        info = await read(client, "INFO", "replication")
     except redis.exceptions.ResponseError:
         return
     except redis.exceptions.RedisError as exc:
@@ -272,14 +253,27 @@ class Commands:
         self.publish = "" if self._replicas else self.publish_command
         self.before_reload: BeforeReload = None  # the generation's check (generation.py)
 
-    async def call(self, *command: Arg) -> Any:
+    async def read(self, *command: Arg) -> Any:
+        """A command of ``pool.READ_COMMANDS``: made once more, on a fresh connection,
+        if its connection dropped."""
         try:
-            return await self.client.execute_command(*command)
+            return await read(self.client, *command)
+        except redis.exceptions.RedisError as exc:
+            raise unreachable(exc) from exc
+
+    async def call(self, *command: Arg) -> Any:
+        """Any command, made once: one that writes may have run though its connection
+        dropped."""
+        try:
+            return await attempt(
+                self.client, lambda: self.client.execute_command(*command), only_reads=False
+            )
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
 
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """A script that only reads, or whose writes need no replica's word."""
+        """A script whose writes, if any, need no replica's word (made once more where
+        its connection dropped only if it reads: ``scripts.READING_SCRIPTS``)."""
         return await run(self.client, name, keys, args, self.before_reload)
 
     async def run_many(
@@ -333,17 +327,24 @@ class Commands:
             for payload in payloads:
                 pipe.execute_command(self.publish_command, channel, payload)
             try:
-                await pipe.execute()
+                await attempt(self.client, pipe.execute, only_reads=False)
             except redis.exceptions.RedisError as exc:
                 raise unreachable(exc) from exc
 
-    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Commands in one round trip (not atomic); StorageError if Redis is away."""
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        try:
+    async def read_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Commands of ``pool.READ_COMMANDS`` in one round trip (not atomic), made once
+        more if their connection dropped; StorageError if Redis is away."""
+        if any(command[0] not in READ_COMMANDS for command in commands):
+            raise ValueError(f"not only reads: {[command[0] for command in commands]}")
+
+        async def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
             return await pipe.execute()
+
+        try:
+            return await attempt(self.client, send, only_reads=True)
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
 

@@ -30,7 +30,7 @@ finds Redis's script cache empty, before it loads a script again (so no script r
 on a restarted Redis before the record is settled); and the presence heartbeat,
 every ``heartbeat / 3`` while this instance holds connections, on a lossy Redis;
 and every connection the client makes, or makes again, before it carries a call
-(``on_connect``, client.py ``CheckedPool``): a restart drops every connection, so an
+(``on_connect``, pool.py ``CheckedPool``): a restart drops every connection, so an
 instance meets a restarted Redis there first, whether or not its script cache came
 back (Redis before 7.0 keeps the scripts in an RDB saved with replication
 information, and then no NOSCRIPT tells). A check of the run already checked costs
@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.exceptions
 
 from ..feed import HISTORY_LOST
+from .pool import read
 from .scripts import SCRIPTS, run, unreachable
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class Generation:
             return self._settle(run_id, reply)
 
     async def on_connect(self, connection: Any) -> None:
-        """A connection just made (client.py CheckedPool), before it carries a call:
+        """A connection just made (pool.py CheckedPool), before it carries a call:
         the run of Redis it reaches is compared with the one last checked, and on
         another run the record too, on this connection (not the pool's: its calls may
         be the ones waiting for this connection). Without the lock ``check`` holds,
@@ -200,7 +201,7 @@ class Generation:
 
     async def _run_id(self) -> str | None:
         try:
-            info = await self._client.execute_command("INFO", "server")
+            info = await read(self._client, "INFO", "server")
         except redis.exceptions.ResponseError:
             self.sees_restarts = False  # INFO refused (an ACL): no run to compare
             return None
@@ -213,7 +214,7 @@ class Generation:
 
     async def _call(self, *command: str) -> object:
         try:
-            return await self._client.execute_command(*command)
+            return await read(self._client, *command)
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
 

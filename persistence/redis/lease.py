@@ -28,6 +28,7 @@ from typing import Final
 import redis.exceptions
 from redis.asyncio import Redis
 
+from .pool import attempt, read
 from .scripts import Fenced, unreachable
 
 __all__ = ["Fenced", "Lease", "LeaseRecord"]
@@ -155,7 +156,7 @@ class Lease:
     async def records(self) -> list[LeaseRecord]:
         """The lease's log, oldest first (the last ``LOG_LENGTH`` or so)."""
         try:
-            entries = await self._client.execute_command("XRANGE", f"{self.key}:log", "-", "+")
+            entries = await read(self._client, "XRANGE", f"{self.key}:log", "-", "+")
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
         records = []
@@ -175,6 +176,9 @@ class Lease:
 
     async def _eval(self, script: bytes, keys: list[str], args: list[str | int]) -> object:
         try:
-            return await self._client.execute_command("EVAL", script, len(keys), *keys, *args)
+            command = ("EVAL", script, len(keys), *keys, *args)
+            return await attempt(
+                self._client, lambda: self._client.execute_command(*command), only_reads=False
+            )
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc

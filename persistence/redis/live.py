@@ -55,7 +55,7 @@ class Live:
         subscription = self.feed.subscribe(session_id, after_seq, after_seq, read)
         try:
             await self.listener.watch(session_id)
-            state, last, epoch = await self._commands.call(
+            state, last, epoch = await self._commands.read(
                 "HMGET", self._layout.meta(session_id), "state", "seq", "epoch"
             )
         except BaseException:
@@ -86,7 +86,7 @@ class Live:
         if self.generation is not None:
             await self.generation.check()
         ordered = list(sessions)
-        replies = await self._commands.pipeline(
+        replies = await self._commands.read_many(
             [
                 ("HMGET", self._layout.meta(session_id), "state", "seq", "epoch")
                 for session_id in ordered

@@ -79,10 +79,10 @@ class Maintenance:
         removed = 0
         while True:
             now = to_micros(utcnow())
-            candidates = await storage.redis.call(
+            candidates = await storage.redis.read(
                 "ZRANGEBYSCORE", index + "expires", "-inf", now, "LIMIT", 0, BATCH
             )
-            candidates += await storage.redis.call("ZRANGE", index + "state:expired", 0, BATCH - 1)
+            candidates += await storage.redis.read("ZRANGE", index + "state:expired", 0, BATCH - 1)
             ids = sorted({candidate.decode() for candidate in candidates})
             done = await self.remove(ids, only_expired=True, fence=fence)
             removed += done

@@ -90,7 +90,7 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
         sessions = [storage.served_metadata(flat) for flat in reply[2:]]
         return SessionListResult(sessions=sessions, total=int(reply[1]), offset=offset, limit=limit)
     page = [id_.decode() for id_ in ids[offset:]]
-    hashes = await storage.redis.pipeline([("HGETALL", storage.layout.meta(i)) for i in page])
+    hashes = await storage.redis.read_many([("HGETALL", storage.layout.meta(i)) for i in page])
     sessions = [storage.served_metadata(flat) for flat in hashes if flat]
     return SessionListResult(sessions=sessions, total=total, offset=offset, limit=limit)
 

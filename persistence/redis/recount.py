@@ -80,7 +80,7 @@ class RedisRecounter:
         storage = self.storage
         session_id = check_session_id(session_id)
         meta = storage.layout.meta(session_id)
-        epoch = await storage.redis.call("HGET", meta, "epoch")
+        epoch = await storage.redis.read("HGET", meta, "epoch")
         if epoch is None:
             return None
         keys = [meta, storage.layout.log(session_id)]
@@ -139,11 +139,11 @@ class RedisRecounter:
         """The user's sum and the sum of its sessions' counts, as the store holds them
         (a dry run's rebuild), a page of sessions at a time."""
         layout, redis = self.storage.layout, self.storage.redis
-        held = await redis.call("HGET", layout.index + "userbytes", user_id)
+        held = await redis.read("HGET", layout.index + "userbytes", user_id)
         index, total, start = layout.index + f"user:{user_id}", 0, 0
-        while ids := await redis.call("ZRANGE", index, start, start + self.user_step - 1):
+        while ids := await redis.read("ZRANGE", index, start, start + self.user_step - 1):
             metas = [("HMGET", layout.meta(i.decode()), "user", "bytes") for i in ids]
-            for user, count in await redis.pipeline(metas):
+            for user, count in await redis.read_many(metas):
                 if user is not None and user.decode() == user_id:
                     total += int(count or 0)
             start += len(ids)
@@ -152,7 +152,7 @@ class RedisRecounter:
     async def _scan(self, command: str, key: str) -> AsyncIterator[list[str]]:
         cursor = b"0"
         while True:
-            cursor, found = await self.storage.redis.call(command, key, cursor, "COUNT", SCAN_COUNT)
+            cursor, found = await self.storage.redis.read(command, key, cursor, "COUNT", SCAN_COUNT)
             yield _names(found)
             if int(cursor) == 0:
                 return

@@ -48,7 +48,6 @@ from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing, reading
 from .client import (
-    CheckedPool,
     Commands,
     check_persistence,
     connect,
@@ -67,6 +66,7 @@ from .layout import (
     metadata_from,
 )
 from .live import Live
+from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .scripts import HistoryLost, epoch_in_hash, optional_arg, removed_epoch
@@ -218,7 +218,7 @@ class RedisStorage:
         return Session(meta, messages)
 
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
-        flat = await self.redis.call("HGETALL", self.layout.meta(check_session_id(session_id)))
+        flat = await self.redis.read("HGETALL", self.layout.meta(check_session_id(session_id)))
         return self.served_metadata(flat) if flat else None
 
     async def delete_session(self, session_id: str) -> None:
@@ -338,7 +338,7 @@ class RedisStorage:
 
     async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
         meta = self.layout.meta(check_session_id(session_id))
-        seq, found = await self.redis.call("HMGET", meta, "seq", "epoch")  # in one read
+        seq, found = await self.redis.read("HMGET", meta, "seq", "epoch")  # in one read
         if found is None or (epoch is not None and self.generation.served(found.decode()) != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return int(seq)
@@ -374,7 +374,7 @@ class RedisStorage:
 
     async def _field(self, session_id: str, name: str) -> bytes:
         meta = self.layout.meta(check_session_id(session_id))
-        value = await self.redis.call("HGET", meta, name)
+        value = await self.redis.read("HGET", meta, name)
         if value is None:
             raise SessionNotFound(f"session {session_id!r} not found")
         assert isinstance(value, bytes)
