@@ -161,13 +161,33 @@ async def settle(
     server: Endpoint, pubs: list[Publisher], readers: list[Reader], patience: float
 ) -> None:
     """The end of a soak: every publisher's unacknowledged events sent again until
-    acknowledged, then each reader followed up to the last seq acknowledged in its
-    session; each step within ``patience`` seconds."""
+    acknowledged, within ``patience`` seconds, then each reader followed up to the last
+    seq acknowledged in its session, for as long as it gets events: a reader left far
+    behind (a slow one, hundreds of megabytes) may take minutes to catch up on a busy
+    machine. One that gets none for ``patience`` seconds has a problem saying where it
+    stopped."""
     await asyncio.wait_for(asyncio.gather(*(retry_pending(server, p) for p in pubs)), patience)
     for reader in readers:
         acked = (seq for p in pubs if p.session_id == reader.session_id for seq in p.acked.values())
-        last = max(acked, default=0)
-        await asyncio.wait_for(follow(server, reader, until_seq=last), patience)
+        await catch_up(server, reader, max(acked, default=0), patience)
+
+
+async def catch_up(server: Endpoint, reader: Reader, until_seq: int, patience: float) -> None:
+    """Follows ``reader`` up to ``until_seq`` while each ``patience`` seconds bring it
+    at least one event; else stops it, with a problem."""
+    following = asyncio.create_task(follow(server, reader, until_seq=until_seq))
+    count = len(reader.seen)
+    while not (await asyncio.wait({following}, timeout=patience))[0]:
+        if len(reader.seen) == count:
+            following.cancel()
+            await asyncio.wait({following})
+            at = reader.seen[-1] if reader.seen else 0
+            reader.problems.append(
+                f"no event in {patience:.0f} s while catching up at seq {at} of {until_seq}"
+            )
+            return
+        count = len(reader.seen)
+    following.result()
 
 
 async def retry_pending(server: Endpoint, pub: Publisher) -> None:
