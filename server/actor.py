@@ -284,7 +284,7 @@ class SessionActor:
         metrics, health = self.metrics, self.health
         full: SessionFull | None = None
         started = time.monotonic()
-        health.began(id(items), started)  # /readyz sees an append the store holds up
+        reported = health.began(id(items), started)  # /readyz sees it if the store holds it
         try:
             # Fenced by the epoch of the log this actor serves: should the session have
             # been deleted or replaced by another process, its notice not yet here, the
@@ -304,7 +304,7 @@ class SessionActor:
         if full is not None:
             return await over_cap(self, appends, full)
         now = time.monotonic()
-        health.appended(self.session_id, now)
+        health.appended(self.session_id, now, reported)
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)
         observe_ack = metrics.append_ack_seconds.observe

@@ -7,7 +7,7 @@ append has waited that long for the store (a disk that stalls writes, a write lo
 another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable; not ``SessionRefused``, a refusal of one session) until appends work
-again: the next append that succeeds, or a probe begun after the failure (one under
+again: the next append, or a probe, begun after the failure that succeeds (one under
 way when it is reported may have written before it). Not so the failure of one session's
 own file (``SessionLogFailed``: its log at the file size limit, a file the store may
 not write; on Redis, a key of the session's that something else wrote over) while an
@@ -141,19 +141,26 @@ class AppendHealth:
         if reported == self.reported:
             self.failure = None
 
-    def appended(self, session_id: str, now: float) -> None:
-        """An append for ``session_id`` succeeded at ``now`` (monotonic clock): appends
-        work, and the outage, if any, may be over. Told of every append: kept cheap."""
+    def appended(self, session_id: str, now: float, reported: int) -> None:
+        """An append for ``session_id``, begun when :attr:`reported` was ``reported``,
+        succeeded at ``now`` (monotonic clock): appends work, unless the store failed
+        since it began (it may have been stored before: on Redis, appends of several
+        sessions are under way at once), and the outage, if any, may be over. Told of
+        every append: kept cheap."""
         if session_id != self._last_appender:
             self._other_at = self._last_at
             self._last_appender = session_id
         self._last_at = now
-        self.failure = None
+        if reported == self.reported:
+            self.failure = None
         if self.failures.failing:
             self.failures.succeeded(session_id)
 
-    def began(self, key: int, at: float) -> None:
+    def began(self, key: int, at: float) -> int:
+        """A store append began at ``at``; the store's failures reported so far, the
+        ones its success may clear (:meth:`appended`)."""
         self._waiting[key] = at
+        return self.reported
 
     def ended(self, key: int) -> None:
         del self._waiting[key]

@@ -216,7 +216,7 @@ def store_failures_in_turn(failing: int, own: bool, rounds: int = 3) -> list[boo
     health.alone_within = LATELY
     taken = []
     for n in range(failing * rounds):
-        health.appended("b", time.monotonic())
+        health.appended("b", time.monotonic(), health.reported)
         health.failed(f"failing-{n % failing}", "could not append", 1, own)
         taken.append(health.failure is not None)
     return taken
@@ -231,16 +231,16 @@ def test_failures_of_sessions_own_files_among_good_appends_are_never_the_stores(
         assert all(store_failures_in_turn(failing, own=False))
     health = AppendHealth()
     health.alone_within = LATELY
-    health.appended("b", time.monotonic())
+    health.appended("b", time.monotonic(), health.reported)
     for _ in range(100):  # one session near its file's limit: fits, too big, fits...
-        health.appended("x", time.monotonic())
+        health.appended("x", time.monotonic(), health.reported)
         health.failed("x", "could not append", 1, own=True)
         assert health.failure is None
     health.failed("b", "could not append", 1, own=True)  # x appended lately: b is alone
     assert health.failure is None
     alone = AppendHealth()
     alone.alone_within = LATELY
-    alone.appended("x", time.monotonic())
+    alone.appended("x", time.monotonic(), alone.reported)
     alone.failed("x", "could not append", 1, own=True)  # its own append shows nothing
     assert alone.failure == "could not append"
 
