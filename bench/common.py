@@ -240,10 +240,14 @@ def _own_ticks(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """The live children of ``pid``: none once it ended (a driver process measured as
+    it exits: its own time then reads 0, ``_own_ticks``), rather than an error that
+    ends the run."""
     children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            children += [int(c) for c in (task / "children").read_text().split()]
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                children += [int(c) for c in (task / "children").read_text().split()]
     return children
 
 
