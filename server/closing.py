@@ -13,6 +13,7 @@ from bamboo_session.protocol.codec import Codec
 from .flush import unframe
 from .http_wire import BambooConnection
 from .outbox import Outbox
+from .sent_events import CLOSE
 from .writer_life import FLUSH_FRAMES
 
 
@@ -54,7 +55,7 @@ def cut_replay(outbox: Outbox | None, ws: ServerConnection, codec: Codec) -> Non
     outbox.cut_to_close()
     frames: list[bytes] = []
     while taken := outbox.take_frames(None, FLUSH_FRAMES):  # up to the close request
-        frames += [out.framed(codec) for out in taken]
+        frames += [out.framed(codec) for out in outbox.to_socket(taken, CLOSE)]
     if protocol.extensions:
         for data in frames:  # websockets builds (and compresses) each frame itself
             payload, text = unframe(data)

@@ -52,6 +52,7 @@ from .page_requests import answer_page
 from .read_allowance import ReadAllowance
 from .replay import send_replay
 from .replay_shares import ReplayShare
+from .sent_events import WRITER
 from .services import Services
 
 # Frames the reader takes in a row before it gives the loop a turn (a refused one gives
@@ -335,15 +336,14 @@ class Connection:
         self.services.metrics.errors.labels(code=code.value).inc()
 
     async def _write(self) -> None:
-        """Sends what the flusher leaves to this task (server/flush.py): frames that must
-        wait for room in the socket's buffer, replays, and the close; ends once the
-        outbox is empty (the next such work starts another)."""
+        """Sends what the flusher leaves it (server/flush.py): frames waiting for room in
+        the socket (what is queued in one write, send_frames, each frame checked on its
+        way, to_socket), replays, the close; ends once the outbox is empty."""
         assert self.outbox is not None and self.actor is not None
         outbox, ws, codec = self.outbox, self.ws, self.codec
         while (item := outbox.take()) is not None:
             if isinstance(item, Outbound):
-                # Whatever is queued goes out in one write (outbox.send_frames).
-                batch = outbox.take_frames(item, _SEND_BATCH)
+                batch = outbox.to_socket(outbox.take_frames(item, _SEND_BATCH), WRITER)
                 await send_frames(ws, [out.framed(codec) for out in batch])
                 self.frames_out += len(batch)
                 del batch  # not held through a replay or a close that follows

@@ -159,6 +159,8 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             max_bytes=manager.config.send_queue_bytes,
             codec=conn.codec,
             budget=manager.budget,
+            session_id=session_id,
+            metrics=services.metrics,  # what its check of the frames it sends counts
         )
         if services.config.batch_frames:
             outbox.max_batch_items = batch_items(services.config)

@@ -27,6 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .sent_events import PATHS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds, from a fraction of a millisecond (an ack in memory) to seconds (a stalled
@@ -180,6 +182,23 @@ class Metrics:
             "its connections: not sent again (0 unless the feed is at fault)",
             registry=r,
         )
+        self.events_not_resent = Counter(
+            "bamboo_events_not_resent",
+            "Event frames not sent to a connection because one at or above their seq was "
+            "sent to it already, by the path they came by (0 unless the server is at fault)",
+            ["path"],
+            registry=r,
+        )
+        self.event_gaps = Counter(
+            "bamboo_event_gaps",
+            "Event frames not sent to a connection (closed 1011 to resume) because events "
+            "before them were missing from its stream, by path (0 unless the server is at fault)",
+            ["path"],
+            registry=r,
+        )
+        for path in PATHS:  # each at 0 from the start: scraped, and read by the soaks
+            self.events_not_resent.labels(path=path)
+            self.event_gaps.labels(path=path)
         self.events_replayed = Counter(
             "bamboo_events_replayed", "Events replayed to resuming connections", registry=r
         )

@@ -4,7 +4,9 @@ An :class:`Outbox` is one connection's queue of outbound frames (server/outbound
 bounded in frames and in bytes and charged to the process's memory budget: producers
 never wait on it; when it is full, the connection is closed (4429) and the client
 resumes from the log. When the connection's writer task runs to send what it holds is
-server/writer_life.py's, the outbox's base.
+server/writer_life.py's, the outbox's base; what it has handed its socket of the
+session's events, and the check of each frame on its way there, server/sent_events.py's,
+its base's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .writer_life import WriterLife
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
+
+    from .metrics import Metrics
 
 
 class Replay:
@@ -69,7 +73,8 @@ WRITE_BYTES: Final = 256 * 1024
 
 class Outbox(WriterLife):
     """A connection's bounded queue of frames, filled by producers that never wait; when
-    its writer task runs is its base's (server/writer_life.py)."""
+    its writer task runs is its base's (server/writer_life.py), what of them may reach
+    the socket its base's base's (server/sent_events.py)."""
 
     __slots__ = (
         "_backed_up",
@@ -104,8 +109,10 @@ class Outbox(WriterLife):
         max_bytes: int = 0,
         codec: Codec = JSON,
         budget: MemoryBudget | None = None,
+        session_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(session_id, metrics)
         self.connection_id = connection_id
         self.role = role
         # What its welcome offers: batch frames of this many items at most (0: none).

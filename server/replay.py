@@ -45,6 +45,7 @@ from .read_allowance import ReadAllowance
 from .replay_charge import PageCharge
 from .replay_shares import ReplayShare
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom
+from .sent_events import REPLAY
 
 log = structlog.get_logger("bamboo_session.replay")
 
@@ -154,7 +155,10 @@ async def send_replay(
     until it is sent; a page that comes out bigger than its charge (one big event)
     and past the share is let go before it is sent (charged to the ``allowance`` all
     the same: it was read), and read again once its peer's pages leave room for all
-    of it, unless a close lets the replay finish (past the share: no page let go)."""
+    of it, unless a close lets the replay finish (past the share: no page let go).
+    Each page passes the outbox's check of what goes to the socket (to_socket,
+    server/sent_events.py) before it is framed: a page let go is checked again when it
+    is read again, and one whose events were all sent already is skipped."""
     position, through, sent = replay.after, replay.through, 0
     wanted = REPLAY_PAGE_BYTES  # of the peer's share, for the next page before it is read
     while position < through and _goes_on(outbox):
@@ -177,8 +181,11 @@ async def send_replay(
         held = wanted if share is not None else 0  # of the peer's share
         reserved = allowance.reserve(REPLAY_PAGE_BYTES) if allowance is not None else 0
         size, let_go = 0, 0  # let_go: the bytes of a page read, then let go for its size
+        checked = outbox.sent_seq  # where the check stood before this page
         try:
-            frames, end, charge = await _page_frames(reads, page_reads, codec, position, through)
+            frames, end, charge = await _page_frames(
+                reads, page_reads, outbox, codec, position, through
+            )
             if frames and _goes_on(outbox):
                 size = sum(map(len, frames))  # charged once framed, if it is to be sent
                 if share is not None and outbox.closing is None:
@@ -190,6 +197,7 @@ async def send_replay(
                     kept = size + len(frames) * BYTES_HEADER
                     if not share.may_grow(held, kept):
                         wanted, let_go, size = kept, size, 0
+                        outbox.sent_seq = checked  # not sent: checked again once read again
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             if isinstance(exc, SessionNotFound) and outbox.handed_over and not outbox.closing:
@@ -216,6 +224,9 @@ async def send_replay(
             del frames, charge  # not held while it waits for room
             continue
         if not size:
+            if end > position and not frames and _goes_on(outbox):
+                position = end  # every event of the page was sent already: none goes
+                continue
             break
         wanted = REPLAY_PAGE_BYTES
         # In the process's memory budget until it is in the socket's buffer: a stalled
@@ -268,14 +279,22 @@ def _goes_on(outbox: Outbox) -> bool:
 
 
 async def _page_frames(
-    reads: ReplayReads, page_reads: PageReads, codec: Codec, after: int, through: int
+    reads: ReplayReads,
+    page_reads: PageReads,
+    outbox: Outbox,
+    codec: Codec,
+    after: int,
+    through: int,
 ) -> tuple[list[bytes], int, PageCharge]:
-    """The next page of a replay as this connection's frames, the seq it ends at, and
-    what to charge to the memory budget while they are sent. Of a page read from the
-    store, only the frames are kept: what a stalled peer holds is them, no more."""
+    """The next page of a replay as the connection's frames (those its outbox's check
+    lets through), the seq the page ends at, and what to charge to the memory budget
+    while they are sent. Of a page read from the store, only the frames are kept: what
+    a stalled peer holds is them, no more."""
     page = await reads.page(after, through, page_reads)
     if not page:
         return [], after, PageCharge(0, [])
+    end = page[-1].seq
+    page = outbox.to_socket(page, REPLAY)
     frames = [out.framed(codec) for out in page]
     fixed, in_rings = 0, []
     for out, frame in zip(page, frames, strict=True):
@@ -283,7 +302,7 @@ async def _page_frames(
             fixed += len(frame) + BYTES_HEADER
         else:
             in_rings.append(out)
-    return frames, page[-1].seq, PageCharge(fixed, in_rings)
+    return frames, end, PageCharge(fixed, in_rings)
 
 
 async def _send_page(

@@ -89,9 +89,11 @@ class SessionRoom:
     # -- events -------------------------------------------------------------------
 
     def expect(self, seq: int, origin: Outbox) -> None:
-        """``origin`` published ``seq``: when it arrives, it is not sent back there."""
+        """``origin`` published ``seq``: when it arrives, it is not sent back there (its
+        stream misses it by design, which its check of what it sends then allows)."""
         if seq > self.published_seq:
             self.origins[seq] = origin
+            origin.expects_gaps = True
 
     def deliver(self, events: list[StoredEvent]) -> int:
         """Stored events, in seq order, following ``published_seq``: each goes to the
@@ -100,15 +102,18 @@ class SessionRoom:
         event once and in order, and the ring stays one run of seqs with no repeat
         (``ring_page`` indexes it by seq), whatever its source hands out twice. Returns
         how many were so, also added to ``repeated`` (0 unless that source is at fault:
-        the actor counts them). A gap is let through as it comes: peers see it in the
-        seqs, and resume."""
+        the actor counts them). A gap is let through as it comes, and the ring starts
+        again after it: connections that publish nothing are closed at it when their
+        check sees it (server/sent_events.py), and resume from the store."""
         outboxes = self.outboxes.values()
         origins = self.origins
         repeated = 0
         for stored in events:
-            if stored.seq <= self.published_seq:
-                repeated += 1
-                continue
+            if stored.seq - self.published_seq != 1:
+                if stored.seq <= self.published_seq:
+                    repeated += 1
+                    continue
+                self.drop_ring()  # ring_page takes it for one run of seqs
             out = Outbound.for_event(stored)
             self._remember(out)
             self.published_seq = stored.seq
@@ -156,6 +161,8 @@ class SessionRoom:
             welcome.max_batch_items = outbox.max_batch_items
             welcome.max_batch_bytes = outbox.max_batch_bytes
         outbox.push(Outbound(welcome))
+        # Its stream starts after the last event it has, or after the welcome's last_seq.
+        outbox.sent_seq, outbox.expects_gaps = through - replay, False
         if replay and last_seq is not None:
             outbox.push(Replay(last_seq, through))
         self._presence(outbox.connection_id, outbox.role, True, connections)

@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Final
 
 from .flush import DirectSink, Flusher
 from .outbound import Outbound
+from .sent_events import FLUSH, SentEvents
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .outbox import OutboxItem
 
 # One write to a socket: at most FLUSH_FRAMES frames (and WRITE_BYTES, outbox.py).
 FLUSH_FRAMES: Final = 256
 
 
-class WriterLife:
+class WriterLife(SentEvents):
     """Whether a connection's writer runs, waits or is absent, and what wakes or starts
     it; the base of :class:`~server.outbox.Outbox`, whose queue it hands out.
 
@@ -32,7 +34,8 @@ class WriterLife:
     which has no sink) the writer waits in ``get`` for an item (``_waiter`` set while
     it does). After it, the writer is absent (``_writer_absent``) until work that must
     be awaited is queued, then at work until ``take`` finds the queue empty, in the
-    same step as it ends: nothing can be queued between the two."""
+    same step as it ends: nothing can be queued between the two. Its base checks what
+    goes to the socket (server/sent_events.py)."""
 
     __slots__ = ("_loop", "_scheduled", "_waiter", "_writer_absent", "flusher", "sink")
 
@@ -45,7 +48,8 @@ class WriterLife:
         def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]: ...
         def close_with(self, frames: list[Outbound]) -> bool: ...
 
-    def __init__(self) -> None:
+    def __init__(self, session_id: str | None = None, metrics: Metrics | None = None) -> None:
+        super().__init__(session_id, metrics)
         self._waiter: asyncio.Future[None] | None = None  # set while the writer is idle
         # A connection's writer runs only while it has work (run_writer_on_demand): an
         # idle connection holds no task, and most connects never start one.
@@ -129,7 +133,8 @@ class WriterLife:
             sink = self.sink
             assert sink is not None
             if sink.can_write():
-                frames = self.take_frames(None, FLUSH_FRAMES)  # none when a close is next
+                # None when a close is next; every frame passes to_socket on its way.
+                frames = self.to_socket(self.take_frames(None, FLUSH_FRAMES), FLUSH)
                 if (self.closing is None or not self.close_with(frames)) and frames:
                     sink.write(frames)
         if len(self):
