@@ -30,8 +30,11 @@ too) saw 1..N exactly once, in order, across every cut, 4429 and restart, and wa
 resumed every time (nothing here trims a log, so ``resumed: false`` is a failure);
 every server exited 0 on SIGTERM, its log holds no error and no traceback. And this
 soak's own: no log holds "events handed out again by the session's feed" (the warning
-of server/room.py's guard), and ``bamboo_events_repeated_total``, read from /metrics
-before every stop and kill and at the end, stays 0.
+of server/room.py's guard), nor a warning of the check each event frame passes on its
+way to a socket (server/sent_events.py: an event not sent again, events missing before
+one), and ``bamboo_events_repeated_total``, ``bamboo_events_not_resent_total`` and
+``bamboo_event_gaps_total``, read from /metrics before every stop and kill and at the
+end, stay 0; a failed run prints those warnings whole.
 
 Run: ``python -m bench.chaos_soak --cycles 300 --max-seconds 300`` (``--store sqlite``,
 ``--store redis --instances 2`` likewise; tests/test_chaos_soak.py runs a few cycles).
@@ -65,7 +68,19 @@ KILLED = 0.1  # and that SIGKILL one
 # No cap on a session's bytes: at 4 KB an event, a run of minutes fills the default's
 # 256 MiB, and its publishers then get only ``too_large`` (a stall of the soak's own).
 CHAOS_FLAGS = ("--send-queue-frames", "64", "--write-limit", "4096", "--max-session-bytes", "0")
-REPEATED = "events handed out again"
+# The warnings of the server's guards against an event sent twice or after a gap: the
+# room's (server/control.py), and the socket's (server/sent_events.py).
+WARNINGS = (
+    "events handed out again",
+    "was sent already was not sent again",
+    "events missing before an event frame",
+)
+# The counters of those guards, summed over every label, over every server's life.
+GUARDED = (
+    "bamboo_events_repeated_total",
+    "bamboo_events_not_resent_total",
+    "bamboo_event_gaps_total",
+)
 # Bytes of each event's content past its key: the servers' rings (1 MiB) then hold 256
 # events at most, so resumes read the store as well as the ring.
 PADDING = 4000
@@ -160,9 +175,8 @@ async def chaos(
         under_test.close()
     for i, server in enumerate(cluster.servers):
         problems += [f"instance {i}: {p}" for p in log_problems(server.log_path)]
-        problems += [f"instance {i}: {p}" for p in repeat_warnings(server.log_path)]
-    if repeats.total:
-        problems.append(f"bamboo_events_repeated_total came to {repeats.total}")
+        problems += [f"instance {i}: {p}" for p in guard_warnings(server.log_path)]
+    problems += [f"{name} came to {total:g}" for name, total in repeats.totals.items() if total]
     return {
         "store": store,
         "instances": instances,
@@ -177,7 +191,9 @@ async def chaos(
         "publishers": publishers,
         "acknowledged": sum(len(p.acked) for p in pubs),
         "duplicate_acks_after_retry": sum(p.duplicates for p in pubs),
-        "events_repeated": repeats.total,
+        "events_repeated": repeats.totals["bamboo_events_repeated_total"],
+        "events_not_resent": repeats.totals["bamboo_events_not_resent_total"],
+        "event_gaps": repeats.totals["bamboo_event_gaps_total"],
         "metrics_reads": repeats.reads,
         "metrics_unread": repeats.unread,
         "seconds": round(time.monotonic() - started, 1),
@@ -202,12 +218,12 @@ async def counted(
 
 
 class Repeats:
-    """``bamboo_events_repeated_total`` summed over the servers' lives: read before
-    each one stops (a restart counts from 0 again) and at the end."""
+    """The guards' counters (``GUARDED``) summed over their labels and the servers'
+    lives: read before each one stops (a restart counts from 0 again) and at the end."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.total = 0
+        self.totals = dict.fromkeys(GUARDED, 0.0)
         self.reads = 0
         self.unread = 0  # a /metrics that did not answer (its log is checked anyway)
 
@@ -225,14 +241,17 @@ class Repeats:
             return
         self.reads += 1
         for line in text.splitlines():
-            if line.startswith("bamboo_events_repeated_total "):
-                self.total += int(float(line.split()[1]))
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in self.totals:
+                self.totals[name] += float(line.rsplit(" ", 1)[1])
 
 
-def repeat_warnings(log_path: Path) -> list[str]:
-    """The log's warnings of server/room.py's guard: a feed handed out an event again."""
+def guard_warnings(log_path: Path) -> list[str]:
+    """The log's warnings of the guards against an event sent twice or after a gap,
+    whole: each names the connection, the session, the seq, the last seq sent and the
+    path the frame came by (server/sent_events.py)."""
     lines = log_path.read_text(errors="replace").splitlines()
-    return [f"server log: {line[:500]}" for line in lines if REPEATED in line]
+    return [f"server log: {line}" for line in lines if any(w in line for w in WARNINGS)]
 
 
 def main() -> int:
