@@ -12,7 +12,9 @@ invocation, since absolute figures drift on a shared machine.
 
 ``BENCH_BEFORE=/path/to/an/older/checkout`` adds ``before``, after the peers: that
 tree's Bamboo server (fsync, its own flags), to show that a change did not cost speed
-(``git worktree add /tmp/before <commit>``). Its drivers are this tree's: the wire
+(``git worktree add /tmp/before <commit>``); ``BENCH_BEFORE_DURABILITY`` runs it with
+another durability (``memory``: beside ``--durability memory``, what a change costs
+the serving path without a disk). Its drivers are this tree's: the wire
 protocol is the same. Where a ``-batch`` durability is measured, ``before-batch`` is
 that older server again, with agents that publish in batch frames.
 """
@@ -33,6 +35,7 @@ PEERS = (RELAY, SOCKETIO)
 BAMBOO = "bamboo-"
 BEFORE = "before"
 BEFORE_TREE_ENV = "BENCH_BEFORE"
+BEFORE_DURABILITY_ENV = "BENCH_BEFORE_DURABILITY"  # fsync unless it says otherwise
 # Runs the older tree's server: its folders go first on sys.path (a package of
 # symlinks, as pyproject's package-dir maps them), ahead of this tree's editable install.
 _BEFORE_BOOT = (
@@ -117,19 +120,23 @@ def server(kind: str, tmp: Path) -> common.ServerProcess:
     if kind.removesuffix(BATCH) == BEFORE:
         return before_server(kind, Path(os.environ[BEFORE_TREE_ENV]), tmp)
     label = kind.removeprefix(BAMBOO)  # each server its own data
-    durability = label.removesuffix(BATCH)
     data, log = tmp / f"data-{label}", tmp / f"{kind}.log"
+    return common.bamboo_server(data, log, *store_flags(label.removesuffix(BATCH), data))
+
+
+def store_flags(durability: str, data: Path) -> list[str]:
+    """The flags of a Bamboo server of ``durability`` (DURABILITIES) on ``data``."""
     if durability == "memory":  # the in-memory store: what Bamboo costs without a disk
-        return common.bamboo_server(data, log, "--store", "memory://")
+        return ["--store", "memory://"]
     if durability == "fsync-window":  # lone events wait a little to share an fsync
-        store = f"jsonl://{data}?commit_window={COMMIT_WINDOW}"
-        return common.bamboo_server(data, log, "--store", store)
-    return common.bamboo_server(data, log, "--durability", durability)
+        return ["--store", f"jsonl://{data}?commit_window={COMMIT_WINDOW}"]
+    return ["--durability", durability]
 
 
 def before_server(kind: str, tree: Path, tmp: Path, *extra: str) -> common.ServerProcess:
-    """The server of an older checkout at ``tree``, fsync, with the flags it had and
-    ``extra`` (later flags win: ``--data-dir`` for another data directory)."""
+    """The server of an older checkout at ``tree``, fsync (or BENCH_BEFORE_DURABILITY),
+    with the flags it had and ``extra`` (later flags win: ``--data-dir`` for another data
+    directory)."""
     package = tmp / f"{kind}-package" / "bamboo_session"
     package.mkdir(parents=True)
     for module in (tree / "bamboo_session").glob("*.py"):  # the root's (wakeup.py since 2f93b72)
@@ -137,8 +144,12 @@ def before_server(kind: str, tree: Path, tmp: Path, *extra: str) -> common.Serve
     for folder in ("protocol", "persistence", "server"):
         (package / folder).symlink_to(tree.resolve() / folder)
     argv = [sys.executable, "-c", _BEFORE_BOOT, str(package.parent), "serve"]
-    argv += ["--host", common.HOST, "--port", "{port}", "--data-dir", str(tmp / f"data-{kind}")]
-    argv += ["--durability", "fsync", "--log-format", "json", "--log-level", "warning"]
+    data = tmp / f"data-{kind}"
+    durability = os.environ.get(BEFORE_DURABILITY_ENV, "fsync")
+    if durability not in DURABILITIES:
+        raise SystemExit(f"{BEFORE_DURABILITY_ENV}={durability}: not one of {DURABILITIES}")
+    argv += ["--host", common.HOST, "--port", "{port}", "--data-dir", str(data)]
+    argv += [*store_flags(durability, data), "--log-format", "json", "--log-level", "warning"]
     argv += ["--max-sessions", "1000000", *extra]
     return common.ServerProcess(kind, argv, tmp / f"{kind}.log")
 
