@@ -26,12 +26,7 @@ from collections.abc import Callable
 
 import structlog
 
-from bamboo_session.persistence.base import (
-    SessionFull,
-    SessionNotFound,
-    Storage,
-    StorageError,
-)
+from bamboo_session.persistence.base import SessionFull, SessionNotFound, Storage, StorageError
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
