@@ -8,7 +8,8 @@ more and succeed, after a lossy restart served the new epoch; once one connectio
 dropped, every other made before it is made again before its next call, so writes then
 succeed; a write whose reply was lost is never made again, and its publisher's keyed
 retry is a duplicate. The scripts read again write nothing (Redis's EVAL_RO runs them,
-and none names a command Redis flags as writing).
+and none names a command Redis flags as writing), and the store calls them read-only:
+one that wrote would fail.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio
 from websockets.exceptions import ConnectionClosed
 
-from bamboo_session.persistence import open_storage
+from bamboo_session.persistence import StorageError, open_storage
 from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.persistence.redis import scripts
 from bamboo_session.persistence.redis.client import connect
 from bamboo_session.persistence.redis.config import RedisConfig
 from bamboo_session.persistence.redis.queries import FIRST_STEP, list_args
@@ -317,6 +320,30 @@ async def test_the_scripts_read_again_write_nothing(
                 assert b"write" not in info["flags"], (name, command)
             script = SCRIPTS[name].source
             assert await admin.execute_command("EVAL_RO", script, len(keys), *keys, *args)
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+async def test_a_script_the_store_may_send_twice_can_write_nothing(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Redis 7.0 and later the store calls each script of ``READING_SCRIPTS`` by
+    ``EVALSHA_RO``, which Redis refuses to a script that writes: were one that writes
+    (``touch``) taken for one of them, its call fails and writes nothing, where it
+    would otherwise have run, and been run again where its connection dropped."""
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    store = await open_storage(redis_server.url(prefix=prefix_for(tmp_path)))
+    try:
+        assert isinstance(store, RedisStorage)
+        await store.create_session(Session.new("s"))
+        meta = store.layout.meta("s")
+        active = await admin.hget(meta, "active")
+        monkeypatch.setattr(scripts, "READING_SCRIPTS", READING_SCRIPTS | {"touch"})
+        with pytest.raises(StorageError, match="not allowed from read-only scripts"):
+            await store.touch("s")
+        assert await admin.hget(meta, "active") == active
+        assert len(await store.read_events("s")) == 0  # a script that reads runs as ever
     finally:
         await store.close()
         await admin.aclose()

@@ -252,6 +252,7 @@ class Commands:
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self.publish = "" if self._replicas else self.publish_command
         self.before_reload: BeforeReload = None  # the generation's check (generation.py)
+        self.eval_ro = False  # Redis has EVAL_RO (7.0 and later): set by the store's open
 
     async def read(self, *command: Arg) -> Any:
         """A command of ``pool.READ_COMMANDS``: made once more, on a fresh connection,
@@ -273,8 +274,9 @@ class Commands:
 
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script whose writes, if any, need no replica's word (made once more where
-        its connection dropped only if it reads: ``scripts.READING_SCRIPTS``)."""
-        return await run(self.client, name, keys, args, self.before_reload)
+        its connection dropped only if it reads: ``scripts.READING_SCRIPTS``, called
+        read-only where Redis can: ``scripts.eval_commands``)."""
+        return await run(self.client, name, keys, args, self.before_reload, self.eval_ro)
 
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
@@ -282,7 +284,7 @@ class Commands:
         """A script run once per ``(keys, args)`` in one round trip (scripts.run_many)."""
         if not calls:
             return []
-        return await run_many(self.client, name, calls, self.before_reload)
+        return await run_many(self.client, name, calls, self.before_reload, self.eval_ro)
 
     async def write(
         self,

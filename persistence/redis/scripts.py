@@ -52,9 +52,10 @@ NAMES: Final = (
     "user_conns",
 )
 
-# The scripts that write nothing (tests/test_redis_pool.py runs each with EVAL_RO, which
-# Redis refuses to a script that writes): only these are made again where their
-# connection dropped. Any other may have run though its reply was lost.
+# The scripts that write nothing: only these are made again where their connection
+# dropped (any other may have run though its reply was lost), and on Redis 7.0 and
+# later they are called by EVALSHA_RO, which Redis refuses to a script that writes
+# (``eval_commands``; tests/test_redis_pool.py checks them on older ones' behalf).
 READING_SCRIPTS: Final = frozenset({"history", "list", "read"})
 
 Arg = str | bytes | int
@@ -99,23 +100,35 @@ def _load() -> dict[str, Script]:
 SCRIPTS: Final = _load()
 
 
+def eval_commands(name: str, eval_ro: bool) -> tuple[str, str]:
+    """The commands script ``name`` is called by, by its SHA and by its source: for
+    one of ``READING_SCRIPTS``, where Redis has them (``eval_ro``: 7.0 and later), the
+    read-only ones, which Redis refuses to a script that writes, so that a script the
+    store may send twice can write nothing, whatever its code comes to say."""
+    if eval_ro and name in READING_SCRIPTS:
+        return "EVALSHA_RO", "EVAL_RO"
+    return "EVALSHA", "EVAL"
+
+
 async def run(
     client: Redis,
     name: str,
     keys: Sequence[Arg],
     args: Sequence[Arg],
     before_reload: BeforeReload = None,
+    eval_ro: bool = False,
 ) -> Any:
     """Run script ``name``; its errors as the contract's exceptions."""
     script = SCRIPTS[name]
+    by_sha, by_source = eval_commands(name, eval_ro)
 
     async def once() -> Any:
         try:
-            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await client.execute_command(by_sha, script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             if before_reload is not None:
                 await before_reload()
-            return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+            return await client.execute_command(by_source, script.source, len(keys), *keys, *args)
 
     try:
         return await attempt(client, once, only_reads=name in READING_SCRIPTS)
@@ -130,16 +143,18 @@ async def run_many(
     name: str,
     calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
     before_reload: BeforeReload = None,
+    eval_ro: bool = False,
 ) -> list[Any]:
     """Run script ``name`` once per ``(keys, args)``, in one round trip (not atomic as
     a whole); the replies in order. A failed call raises, as :func:`run` would."""
     script = SCRIPTS[name]
+    by_sha = eval_commands(name, eval_ro)[0]
 
     async def send(indexes: Sequence[int]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for i in indexes:
             keys, args = calls[i]
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command(by_sha, script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def once() -> list[Any]:

@@ -128,6 +128,7 @@ class RedisStorage:
             await refuse_replica(client, config)
             lossy = await check_persistence(client, config)
             storage = cls(config, client, sharded)
+            storage.redis.eval_ro = version >= (7, 0)
             storage.generation.lossy = lossy
             await storage.generation.check()
             if lossy and not storage.generation.sees_restarts and not config.read_only:
