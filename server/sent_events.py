@@ -27,6 +27,7 @@ from bamboo_session.protocol.errors import CloseCode
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .outbound import Outbound
+    from .outbox import CloseRequest
 
 log = structlog.get_logger("bamboo_session.connection")
 
@@ -52,6 +53,7 @@ class SentEvents:
 
     if TYPE_CHECKING:  # the Outbox's
         connection_id: str
+        closing: CloseRequest | None
 
         def drop(self, code: CloseCode, reason: str) -> None: ...
 
@@ -108,6 +110,13 @@ class SentEvents:
         if self.metrics is not None:
             self.metrics.event_gaps.labels(path=path).inc()
         self._log(GAP, seq, path)
+        closing = self.closing
+        if closing is not None and closing.code == CloseCode.NORMAL:
+            # The close already asked for stays (drop), but not as 1000 (the session
+            # closed): that would tell the client it has the whole stream, to stop short
+            # of the events held back. It resumes, and its resume, refused (4409), tells
+            # it to read them from the log (protocol/client, server/web/client).
+            closing.code, closing.reason = CloseCode.INTERNAL_ERROR, GAP_REASON
         self.drop(CloseCode.INTERNAL_ERROR, GAP_REASON)
 
     def _log(self, message: str, seq: int, path: str) -> None:

@@ -41,7 +41,6 @@ class WriterLife(SentEvents):
 
     if TYPE_CHECKING:  # the connection's id and its queue, kept by the Outbox
         connection_id: str
-        closing: object | None
 
         def __len__(self) -> int: ...
         def _head_item(self) -> OutboxItem: ...

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.persistence.feed import Feed
 from bamboo_session.persistence.memory import MemoryStorage
+from bamboo_session.protocol.client import BambooClient, ConnectionLost
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.protocol.models import StoredEvent
@@ -222,6 +224,61 @@ async def test_a_viewer_is_closed_at_a_gap_and_its_resume_fills_it(tmp_path: Pat
                 assert await seqs(resumed, 2) == [3, 4]  # from the log
                 await publish(agent, 1)  # the publisher's stream was left alone
                 assert await seqs(resumed, 1) == [5]
+    finally:
+        await server.stop()
+
+
+class SilentFeed(Feed):
+    """A feed that hands its subscribers no copy of event ``LOST`` nor of any after it."""
+
+    def publish(self, session_id: str, events: list[StoredEvent], epoch: str | None = None) -> None:
+        super().publish(session_id, [event for event in events if event.seq < LOST], epoch)
+
+
+class LosesAnEventSilently(LosesAnEvent):
+    """As :class:`LosesAnEvent`, but its feed tells nobody of event ``LOST`` and later
+    ones: a subscriber reads them once told they are stored, as a close's catch-up
+    tells it, and that read loses ``LOST``. The gap reaches a viewer's outbox right
+    before the session's ``closed`` and its close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._feed = SilentFeed()
+
+
+async def test_a_gap_found_ahead_of_a_sessions_close_is_no_normal_end(tmp_path: Path) -> None:
+    """A 1000 tells a client that it has the session's whole stream, and to stop: one
+    held back from events at a gap must be closed 1011 instead, so that it resumes;
+    refused then (the session is closed), the Python client asks the log and ends
+    saying what it missed, rather than ending as if it had it all."""
+    config = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path), rate_limit=0)
+    server = BambooServer(config, LosesAnEventSilently())
+    await server.start()
+    try:
+        async with (
+            attach(server, "e", create=True, role="agent") as (agent, _),
+            attach(server, "e") as (viewer, _),
+        ):
+            client = await BambooClient.connect(
+                f"ws://127.0.0.1:{server.port}", "e", backoff_initial=0.01, backoff_max=0.05
+            )
+            await agent.recv_type("presence")
+            await agent.recv_type("presence")  # both viewers joined
+            await publish(agent, 2)
+            assert await seqs(viewer, 2) == [1, 2]
+            events = client.events()
+            for seq in (1, 2):
+                assert getattr(await anext(events), "seq", None) == seq
+            await publish(agent, 2)  # 3 and 4, which the feed keeps quiet about
+            await agent.request({"type": "state", "id": "end", "state": "closed"}, "ack")
+            code, frames = await viewer.closed()
+            assert (code, viewer.ws.close_reason) == (CloseCode.INTERNAL_ERROR, GAP_REASON)
+            assert [frame for frame in frames if frame["type"] == "event"] == []
+            with pytest.raises(ConnectionLost) as lost:
+                await anext(events)
+            assert lost.value.after_seq == 2
+            await client.close()
+            assert sum(counted(server, "bamboo_event_gaps_total").values()) == 2
     finally:
         await server.stop()
 
