@@ -10,7 +10,10 @@ them. An event frame at or below the last one handed over is not sent again: cou
 leave a gap, on a connection that never published, is not sent, nor anything behind
 it: the connection is closed with 1011 at once, counted (``bamboo_event_gaps_total``)
 and logged, and its client resumes from the last event it got, which its replay then
-fills in from the log. A publisher's stream misses its own appends by design, so only
+fills in from the log. Not a gap in a replay's page, though: that was read from the
+log (or the ring that keeps its tail), which a resume would read again, to meet the
+same gap for ever; it is sent as it is (counted and logged the same), and the client
+sees it for itself. A publisher's stream misses its own appends by design, so only
 repeats are held back from it. The check costs one subtraction and one comparison per
 event frame, and allocates nothing unless it holds a frame back.
 """
@@ -43,6 +46,7 @@ NOT_RESENT: Final = (
 )
 GAP: Final = "events missing before an event frame: not sent, connection closed to resume"
 GAP_REASON: Final = "events missing from this stream; resume"
+GAP_IN_LOG: Final = "events missing before an event frame of a replay, from the log: sent as it is"
 
 
 class SentEvents:
@@ -71,7 +75,7 @@ class SentEvents:
         """``frames`` as they may go to the socket now, through ``path``: as they are
         (the same list), unless an event frame among them was sent already (it is
         left out) or follows a gap (it and those behind it are left out, and the
-        connection is closed)."""
+        connection is closed; in a replay's page, it is sent all the same)."""
         sent = self.sent_seq
         for out in frames:
             seq = out.seq
@@ -92,8 +96,10 @@ class SentEvents:
                 self._not_resent(seq, path)
                 continue
             if seq and seq - sent != 1 and not self.expects_gaps:
-                self._gap(seq, path)
-                break
+                if path != REPLAY:
+                    self._gap(seq, path)
+                    break
+                self._gap_in_log(seq)
             if seq:
                 self.sent_seq = seq
             kept.append(out)
@@ -118,6 +124,11 @@ class SentEvents:
             # it to read them from the log (protocol/client, server/web/client).
             closing.code, closing.reason = CloseCode.INTERNAL_ERROR, GAP_REASON
         self.drop(CloseCode.INTERNAL_ERROR, GAP_REASON)
+
+    def _gap_in_log(self, seq: int) -> None:
+        if self.metrics is not None:
+            self.metrics.event_gaps.labels(path=REPLAY).inc()
+        self._log(GAP_IN_LOG, seq, REPLAY)
 
     def _log(self, message: str, seq: int, path: str) -> None:
         # In a context of its own: the flusher runs in the context of whichever task
