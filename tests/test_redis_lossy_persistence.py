@@ -165,8 +165,8 @@ async def test_a_redis_that_refuses_config_opens_and_says_it_could_not_check(
 async def test_each_setting_is_asked_alone_as_redis_before_7_answers_it(
     start_redis: Callable[[str], RedisServer],
 ) -> None:
-    """Redis 5 and 6 (which the store supports) take one parameter per ``CONFIG GET``
-    and refuse several with an error, which the store would read as CONFIG refused,
+    """Redis 6 (which the store supports) takes one parameter per ``CONFIG GET``
+    and refuses several with an error, which the store would read as CONFIG refused,
     and open unchecked on a Redis that loses writes. No such Redis runs here, so what
     is checked is what this Redis was asked: three ``CONFIG GET``s, each of one name
     (a call with several counts once), and still a refusal."""
