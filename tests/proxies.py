@@ -1,7 +1,8 @@
 """TCP proxies between the tests' clients and a real server, for the faults a network
 or a front proxy brings: connections cut, and plain HTTP requests refused; and before
-a redis-server, connections Redis closed that the client has not seen close yet, and
-replies lost after their command ran."""
+a redis-server, connections Redis closed that the client has not seen close yet,
+replies lost after their command ran, new connections refused, and bytes no Redis
+would send pushed to a pub/sub connection."""
 
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ class _Link:
     client: asyncio.StreamWriter
     redis: asyncio.StreamWriter
     dropped: bool = False  # Redis's side closed; the client's left open
+    subscriber: bool = False  # the client sent a (S)SUBSCRIBE on it
     losing: bool = False  # the reply to the command sent last is to be lost
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -113,11 +115,15 @@ class RedisProxy:
     connection whose close (a restart of Redis, a network fault) has not reached the
     client yet: the client's next command on it is not passed on, and the connection
     is reset instead. ``lose_reply_to(marker)``: the next command that holds
-    ``marker`` reaches Redis, runs, and its reply is lost, the connection reset."""
+    ``marker`` reaches Redis, runs, and its reply is lost, the connection reset.
+    While ``refusing``, a new connection is closed at once (Redis unreachable to new
+    connections, the open ones working on). ``push_to_subscribers(data)`` sends
+    ``data`` to the client of each connection that subscribed, as if Redis had."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.lost = 0  # replies lost so far
+        self.refusing = False
         self._marker: bytes | None = None
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
@@ -135,7 +141,17 @@ class RedisProxy:
     def lose_reply_to(self, marker: bytes) -> None:
         self._marker = marker
 
+    def push_to_subscribers(self, data: bytes) -> int:
+        """Sends ``data`` to each subscribed client; how many there were."""
+        subscribers = [link for link in self._links if link.subscriber and not link.dropped]
+        for link in subscribers:
+            link.client.write(data)
+        return len(subscribers)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         try:
             redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.port)
         except OSError:
@@ -159,6 +175,7 @@ class RedisProxy:
                     break
                 if self._marker is not None and self._marker in data:
                     self._marker, link.losing = None, True
+                link.subscriber = link.subscriber or b"SUBSCRIBE" in data
                 link.redis.write(data)
                 await link.redis.drain()
         link.client.transport.abort()

@@ -15,6 +15,11 @@ for, dispatching what arrives to the store's :class:`Feed`.
   ``PING_TIMEOUT``). The listener connects again, subscribes to every channel it
   should, then has the store catch every session up (``on_reconnect``): whatever was
   published meanwhile is read from the streams by the subscriptions themselves.
+- Any other failure of the reader (redis-py, or this module, failing on what the
+  connection brought: a transport torn down under a write, a message that does not
+  decode) is handled as a lost connection too, the store not ready meanwhile, and
+  logged with its traceback the first time of its kind: the task never ends while the
+  store is open, which would leave it ready with no event reaching any viewer.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ PING_EVERY: Final = 5.0  # seconds of silence before a ping
 PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
 CONFIRM_TIMEOUT: Final = 10.0
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# What a lost connection raises; anything else is logged with its traceback, once.
+LOST: Final = (redis.exceptions.RedisError, OSError, StorageError)
 
 OnReconnect = Callable[[Collection[str]], Awaitable[None]]
 OnPresence = Callable[[str, bytes], None]
@@ -86,6 +93,7 @@ class Listener:
         self._closing = False
         self._broken = False
         self._last_heard = 0.0
+        self._failed_so: set[type[Exception]] = set()  # kinds of failure logged in full
         self.reconnects = 0
 
     @property
@@ -200,9 +208,8 @@ class Listener:
                     attempt = 0
                     continue
                 await self._read(pubsub)
-            except (redis.exceptions.RedisError, OSError, StorageError) as exc:
-                if self._connected.is_set():
-                    log.warning("redis pub/sub connection lost: %r", exc)
+            except Exception as exc:  # anything but a cancellation: see the docstring
+                self._report("redis pub/sub connection lost", exc, self._connected.is_set())
                 await self._disconnect()
                 await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
                 attempt += 1
@@ -281,9 +288,19 @@ class Listener:
         try:
             await self._sync()
             await self._on_reconnect(set(self._subscribed))
-        except StorageError as exc:
-            log.warning("catching up after a reconnect failed: %s", exc)
-            self._broken = True  # the reader starts over with a fresh connection
+        except Exception as exc:  # the reader starts over with a fresh connection
+            self._report("catching up after a reconnect failed", exc, True)
+            self._broken = True
+
+    def _report(self, what: str, exc: Exception, news: bool) -> None:
+        """Logs a failure: one of Redis or of the connection as a warning, if it is
+        ``news`` (the first of an outage, not each retry's); any other with its
+        traceback the first time of its kind, then as those are."""
+        if not isinstance(exc, LOST) and type(exc) not in self._failed_so:
+            self._failed_so.add(type(exc))
+            log.error("%s: %r", what, exc, exc_info=exc)
+        elif news:
+            log.warning("%s: %r", what, exc)
 
     async def _disconnect(self) -> None:
         self._connected.clear()
