@@ -1,8 +1,8 @@
 """TCP proxies between the tests' clients and a real server, for the faults a network
 or a front proxy brings: connections cut, and plain HTTP requests refused; and before
 a redis-server, connections Redis closed that the client has not seen close yet,
-replies lost after their command ran, new connections refused, and bytes no Redis
-would send pushed to a pub/sub connection."""
+replies lost after their command ran, connections reset, new connections refused,
+and bytes no Redis would send pushed to a pub/sub connection."""
 
 from __future__ import annotations
 
@@ -116,6 +116,7 @@ class RedisProxy:
     client yet: the client's next command on it is not passed on, and the connection
     is reset instead. ``lose_reply_to(marker)``: the next command that holds
     ``marker`` reaches Redis, runs, and its reply is lost, the connection reset.
+    ``reset()`` resets every connection through it, on both sides.
     While ``refusing``, a new connection is closed at once (Redis unreachable to new
     connections, the open ones working on). ``push_to_subscribers(data)`` sends
     ``data`` to the client of each connection that subscribed, as if Redis had."""
@@ -140,6 +141,11 @@ class RedisProxy:
 
     def lose_reply_to(self, marker: bytes) -> None:
         self._marker = marker
+
+    def reset(self) -> None:
+        for link in self._links:
+            link.client.transport.abort()
+            link.redis.transport.abort()
 
     def push_to_subscribers(self, data: bytes) -> int:
         """Sends ``data`` to each subscribed client; how many there were."""

@@ -44,6 +44,7 @@ from .layout import (
     Layout,
     events_from_batch,
 )
+from .pool import from_redis_py
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,12 @@ class Listener:
                 await asyncio.gather(*waiting.values())
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             raise StorageError(f"redis unavailable: pub/sub: {exc!r}") from exc
-        except (AttributeError, RuntimeError) as exc:
+        except Exception as exc:
+            if not from_redis_py(exc):
+                raise
             # redis-py's PubSub, its connection torn down by the reader (it saw the
-            # connection drop) while this command was under way, fails so rather than
-            # with a ConnectionError: the same loss.
+            # connection drop) or by the event loop (pool.py) while this command was
+            # under way, fails so rather than with a ConnectionError: the same loss.
             raise StorageError(f"redis unavailable: pub/sub connection lost: {exc!r}") from exc
         finally:
             for name, waiter in waiting.items():

@@ -22,6 +22,13 @@ each pooled connection would fail its first call after it. So:
 
 Every connection made, first or again, goes through ``on_connect`` (the store's
 generation check, generation.py) before it carries a call: the retried read's too.
+
+A transport torn down under redis-py (the peer reset the connection just before a
+write) can fail a call with another error than the ConnectionError redis-py means to
+raise: uvloop's RuntimeError ("the handler is closed"), asyncio's TypeError or
+AttributeError on Python 3.12 to 3.14.0 (redis-py issue #4287). redis-py has dropped
+that connection by then; the store takes such an error, raised inside redis-py
+(``from_redis_py``), as the dropped connection or the failure to connect it is.
 """
 
 from __future__ import annotations
@@ -98,6 +105,10 @@ class CheckedPool(BlockingConnectionPool):
             if type(exc) is not redis.exceptions.ConnectionError:
                 raise  # Redis's answer (LOADING, a refused login): as it is
             raise NoConnection(*exc.args) from exc
+        except Exception as exc:
+            if not from_redis_py(exc):
+                raise
+            raise NoConnection(f"connecting failed: {exc!r}") from exc
 
     async def _make_again(self, connection: Any) -> None:
         try:
@@ -122,14 +133,47 @@ async def attempt(client: Redis, call: Callable[[], Awaitable[T]], *, only_reads
     made = pool.made if isinstance(pool, CheckedPool) else 0
     try:
         return await call()
-    except redis.exceptions.ConnectionError as exc:
-        if type(exc) is not redis.exceptions.ConnectionError:
-            raise  # no connection to be had (NoConnection), or Redis's answer (LOADING)
+    except Exception as exc:
+        dropped = as_dropped(exc)
+        if dropped is None:
+            raise  # no connection to be had (NoConnection), Redis's answer, or ours
         if isinstance(pool, CheckedPool):
             pool.dropped(made)
         if not only_reads:
-            raise
+            if dropped is exc:
+                raise
+            raise dropped from exc
     return await call()
+
+
+def as_dropped(exc: Exception) -> redis.exceptions.ConnectionError | None:
+    """The dropped connection ``exc`` tells of, else None: a plain ConnectionError
+    (not NoConnection, nor Redis's answer such as LOADING), or a failure from inside
+    redis-py's I/O that is no RedisError (see the module docstring)."""
+    if type(exc) is redis.exceptions.ConnectionError:
+        return exc
+    if from_redis_py(exc):
+        return redis.exceptions.ConnectionError(f"connection lost: {exc!r}")
+    return None
+
+
+def from_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc``, no RedisError, was raised inside redis-py: of the frames in
+    its traceback that are redis-py's or this package's, the deepest is redis-py's
+    (those below it are the event loop's transport). A failure of this package's own
+    code is not, a callback that redis-py runs (``on_connect``) included."""
+    if isinstance(exc, redis.exceptions.RedisError):
+        return False
+    inside = False
+    frame = exc.__traceback__
+    while frame is not None:
+        module = frame.tb_frame.f_globals.get("__name__", "")
+        if module.startswith("bamboo_session."):
+            inside = False
+        elif module.partition(".")[0] == "redis":
+            inside = True
+        frame = frame.tb_next
+    return inside
 
 
 async def read(client: Redis, *command: Any) -> Any:

@@ -1,0 +1,156 @@
+"""Connections reset at random instants under the Redis store's calls, on the event
+loop the server runs on (uvloop): a real redis-server behind a TCP proxy that resets
+every connection through it, on both sides, a few times a round while reads, appends,
+subscriptions and metadata reads run at once. A reset that reaches the process just
+before redis-py writes on a connection makes uvloop raise RuntimeError ("the handler
+is closed"), not the OSError that redis-py turns into a ConnectionError (asyncio on
+Python 3.12 to 3.14.0 raises TypeError or AttributeError: redis-py issue #4287). It
+escaped the store's calls, logged with a traceback: a ``hello`` closed 1011 ``internal
+error``, an append ended its session's actor, which closed each of the session's
+connections 1011, and a page read answered 500. Every call
+now succeeds or fails with StorageError (Redis unavailable), and every acknowledged
+append is in the log once. A failure of the store's own code inside such a call is
+not taken for one: it is raised as it is, and marks no connection.
+
+The instants are drawn from a seeded generator, but when a reset reaches redis-py is
+up to the scheduler: the rounds go on (at most ``ROUNDS``) until ``ENOUGH`` calls met
+such an error, and the test fails if none did (it would prove nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from bamboo_session.persistence import StorageError, open_storage
+from bamboo_session.persistence.base import Appended, Storage
+from bamboo_session.persistence.redis.client import connect
+from bamboo_session.persistence.redis.config import RedisConfig
+from bamboo_session.persistence.redis.pool import CheckedPool, attempt
+from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.protocol.models import AgentEvent, Session
+from tests.instances import eventually
+from tests.proxies import RedisProxy
+from tests.redis_server import RedisServer, prefix_for
+
+SESSIONS = 4
+ROUNDS = 400
+ENOUGH = 3  # calls that met a transport torn down under redis-py
+TORN_DOWN = (RuntimeError, TypeError, AttributeError)
+
+
+def torn_down(exc: BaseException) -> bool:
+    """Whether ``exc`` came of a transport torn down under redis-py (in its chain)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TORN_DOWN):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def subscribe_once(store: Storage, session_id: str) -> None:
+    subscription = await store.subscribe(session_id, 0)
+    subscription.close()
+
+
+async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    draw = random.Random(279)
+    escaped: collections.Counter[str] = collections.Counter()
+    met = 0
+    acknowledged: dict[str, int] = {}  # content -> seq
+    ids = [f"s{i}" for i in range(SESSIONS)]
+    try:
+        url = f"redis://127.0.0.1:{port}/0?prefix={prefix}&max_connections=8"
+        store = await open_storage(url, cleanup_interval=None)
+        try:
+            for session_id in ids:
+                await store.create_session(Session.new(session_id))
+
+            async def append(session_id: str, content: str) -> None:
+                appended: Appended = await store.append_event(session_id, AgentEvent.token(content))
+                acknowledged[content] = appended.seq
+
+            async def resets() -> None:
+                for _ in range(3):
+                    await asyncio.sleep(draw.random() * 0.004)
+                    proxy.reset()
+
+            for round_ in range(ROUNDS):
+                calls: list[Awaitable[Any]] = [store.read_events(i) for i in ids * 2]
+                calls += [append(i, f"{round_}:{i}:{n}") for n in range(2) for i in ids]
+                calls += [store.get_metadata(i) for i in ids]
+                calls += [subscribe_once(store, i) for i in ids]
+                results = await asyncio.gather(*calls, resets(), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, StorageError):
+                        met += torn_down(result)
+                    elif isinstance(result, BaseException):
+                        escaped[type(result).__name__] += 1
+                if met + sum(escaped.values()) >= ENOUGH:
+                    break
+                await asyncio.sleep(draw.random() * 0.01)
+            assert isinstance(store, RedisStorage)
+            await eventually(lambda: store.ready, timeout=10)  # the listener back
+            await asyncio.gather(*(subscribe_once(store, i) for i in ids))
+            logs = {i: await store.read_events(i) for i in ids}
+        finally:
+            await store.close()
+    finally:
+        await proxy.close()
+    stored = [
+        (event.event.content, event.seq)  # type: ignore[union-attr]
+        for events in logs.values()
+        for event in events
+    ]
+    counts = collections.Counter(content for content, _ in stored)
+    return {
+        "escaped": dict(escaped),
+        "met": met + sum(escaped.values()) >= 1,
+        "stored twice": [content for content, count in counts.items() if count > 1],
+        "acknowledged, not stored": [
+            content for content, seq in acknowledged.items() if (content, seq) not in stored
+        ],
+    }
+
+
+def test_connections_reset_under_redis_py_fail_calls_as_redis_unavailable(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    seen = uvloop.run(chaos(redis_server, prefix_for(tmp_path)))
+    assert seen == {
+        "escaped": {},
+        "met": True,
+        "stored twice": [],
+        "acknowledged, not stored": [],
+    }
+
+
+async def test_a_failure_of_the_stores_own_code_in_a_call_is_raised_as_it_is(
+    redis_server: RedisServer,
+) -> None:
+    """A TypeError of the caller's, after a command redis-py ran: not a connection
+    lost, so neither StorageError nor a mark on the pool's connections."""
+    client = connect(RedisConfig(url=redis_server.url()))
+
+    async def ours() -> None:
+        await client.execute_command("PING")
+        raise TypeError("a bug of ours")
+
+    try:
+        await client.execute_command("PING")  # a connection made before the call
+        with pytest.raises(TypeError, match="a bug of ours"):
+            await attempt(client, ours, only_reads=False)
+        pool = client.connection_pool
+        assert isinstance(pool, CheckedPool)
+        assert (pool.made, pool._stale_up_to) == (1, 0)
+    finally:
+        await client.aclose()
