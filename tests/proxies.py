@@ -118,15 +118,22 @@ class RedisProxy:
     ``marker`` reaches Redis, runs, and its reply is lost, the connection reset.
     ``reset()`` resets every connection through it, on both sides.
     While ``refusing``, a new connection is closed at once (Redis unreachable to new
-    connections, the open ones working on). ``push_to_subscribers(data)`` sends
-    ``data`` to the client of each connection that subscribed, as if Redis had."""
+    connections, the open ones working on); while ``hanging``, a new connection is
+    held open and never answered (a Redis that accepts and does not reply), until the
+    client closes it or the proxy closes. ``push_to_subscribers(data)`` sends
+    ``data`` to the client of each connection that subscribed, as if Redis had;
+    ``reset_subscribers()`` resets those connections alone, on both sides (a fault on a
+    pub/sub connection); ``subscribers`` counts the connections that subscribed."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.lost = 0  # replies lost so far
         self.refusing = False
+        self.hanging = False
+        self.subscribers = 0
         self._marker: bytes | None = None
         self._links: set[_Link] = set()
+        self._held: set[asyncio.StreamWriter] = set()  # connections hanging
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -147,6 +154,14 @@ class RedisProxy:
             link.client.transport.abort()
             link.redis.transport.abort()
 
+    def reset_subscribers(self) -> int:
+        """Resets each subscribed connection; how many there were."""
+        subscribers = [link for link in self._links if link.subscriber]
+        for link in subscribers:
+            link.client.transport.abort()
+            link.redis.transport.abort()
+        return len(subscribers)
+
     def push_to_subscribers(self, data: bytes) -> int:
         """Sends ``data`` to each subscribed client; how many there were."""
         subscribers = [link for link in self._links if link.subscriber and not link.dropped]
@@ -157,6 +172,9 @@ class RedisProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
             writer.transport.abort()
+            return
+        if self.hanging:
+            await self._hang(reader, writer)
             return
         try:
             redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -174,6 +192,16 @@ class RedisProxy:
         finally:
             self._links.discard(link)
 
+    async def _hang(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._held.add(writer)
+        try:
+            with contextlib.suppress(OSError):
+                while await reader.read(65536):
+                    pass  # read, never answered
+        finally:
+            self._held.discard(writer)
+            writer.transport.abort()
+
     async def _to_redis(self, link: _Link, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
@@ -181,7 +209,9 @@ class RedisProxy:
                     break
                 if self._marker is not None and self._marker in data:
                     self._marker, link.losing = None, True
-                link.subscriber = link.subscriber or b"SUBSCRIBE" in data
+                if not link.subscriber and b"SUBSCRIBE" in data:
+                    link.subscriber = True
+                    self.subscribers += 1
                 link.redis.write(data)
                 await link.redis.drain()
         link.client.transport.abort()
@@ -202,6 +232,8 @@ class RedisProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for writer in list(self._held):
+            writer.transport.abort()
         for link in list(self._links):
             for pump in link.pumps:
                 pump.cancel()
