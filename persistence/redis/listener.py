@@ -15,6 +15,10 @@ for, dispatching what arrives to the store's :class:`Feed`.
   ``PING_TIMEOUT``). The listener connects again, subscribes to every channel it
   should, then has the store catch every session up (``on_reconnect``): whatever was
   published meanwhile is read from the streams by the subscriptions themselves.
+- A :meth:`watch` while the connection is down does not wait out the backoff: it has
+  the listener try now (though never sooner than the backoff's first step after the
+  last try), and waits for that try: connected, it subscribes; failed, it fails. Every
+  watch meanwhile waits for the same try, so a crowd of them makes one.
 - Any other failure of the reader (redis-py, or this module, failing on what the
   connection brought: a transport torn down under a write, a message that does not
   decode) is handled as a lost connection too, the store not ready meanwhile, and
@@ -88,6 +92,10 @@ class Listener:
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._sync_lock = asyncio.Lock()
         self._connected = asyncio.Event()
+        # The outcome of the next try to connect (True: connected), for the watches
+        # that found the connection down; and their wish that it be made now.
+        self._next_try: asyncio.Future[bool] | None = None
+        self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._catch_up: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # unsubscribes under way
@@ -96,6 +104,7 @@ class Listener:
         self._last_heard = 0.0
         self._failed_so: set[type[Exception]] = set()  # kinds of failure logged in full
         self.reconnects = 0
+        self.tries = 0  # to connect, each: the first, and every one after a loss
 
     @property
     def connected(self) -> bool:
@@ -110,15 +119,17 @@ class Listener:
         for task in (self._task, self._catch_up, *self._background):
             await stop_task(task)
         await self._disconnect()
+        _tell(self._next_try, False)
 
     # -- what the store asks ------------------------------------------------------------
 
     async def watch(self, session_id: str) -> None:
-        """Return once the session's channel is subscribed (confirmed by Redis)."""
+        """Return once the session's channel is subscribed (confirmed by Redis). With
+        the connection down, once the try to connect it asks for succeeded."""
         self._pinned[session_id] = self._pinned.get(session_id, 0) + 1
         try:
             if not self._connected.is_set():
-                raise StorageError("redis unavailable: the pub/sub connection is down")
+                await self._reconnected()
             await self._sync()
             if session_id not in self._subscribed:
                 raise StorageError("redis unavailable: could not subscribe")
@@ -135,6 +146,22 @@ class Listener:
             task = asyncio.get_running_loop().create_task(self._sync_quietly())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def _reconnected(self) -> None:
+        """Has the next try to connect made now (see :meth:`_back_off`) and waits for
+        it, no longer than ``CONFIRM_TIMEOUT`` (the try's connect and handshake have
+        their own timeouts): StorageError unless it connected. A hello waits for it no
+        longer than its own deadline (the server gives up on its attach then)."""
+        if self._closing:
+            raise StorageError("redis unavailable: the store is closing")
+        if self._next_try is None:
+            self._next_try = asyncio.get_running_loop().create_future()
+        outcome = self._next_try
+        self._hurry.set()
+        # Not cancelled with this waiter: the others wait for the same outcome.
+        await asyncio.wait([outcome], timeout=CONFIRM_TIMEOUT)
+        if not (outcome.done() and outcome.result()):
+            raise StorageError("redis unavailable: the pub/sub connection is down")
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -214,7 +241,7 @@ class Listener:
             except Exception as exc:  # anything but a cancellation: see the docstring
                 self._report("redis pub/sub connection lost", exc, self._connected.is_set())
                 await self._disconnect()
-                await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                await self._back_off(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
                 attempt += 1
 
     async def _read(self, pubsub: PubSub) -> None:
@@ -266,11 +293,27 @@ class Listener:
 
     # -- connecting -----------------------------------------------------------------------
 
+    async def _back_off(self, delay: float) -> None:
+        """Waits ``delay`` before the next try to connect, or only the backoff's first
+        step once a watch asks for a try: a stream of hellos tries a Redis that is away
+        no more often than the backoff's fastest."""
+        first = RECONNECT_DELAYS[0]
+        await asyncio.sleep(first)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, delay - first)):
+                await self._hurry.wait()
+
     async def _connect(self) -> None:
+        """One try to connect; its outcome told to the watches waiting for it (those
+        that came during the try wait for the next, unless this one connected)."""
+        asked, self._next_try = self._next_try, None
+        self._hurry.clear()
+        self.tries += 1
         pubsub = self._client.pubsub()
         try:
             await pubsub.connect()
         except BaseException:
+            _tell(asked, False)
             await pubsub.aclose()
             raise
         self._pubsub = pubsub
@@ -279,6 +322,10 @@ class Listener:
         self._bare_next = {}
         self._last_heard = asyncio.get_running_loop().time()
         self._connected.set()
+        late, self._next_try = self._next_try, None
+        self._hurry.clear()
+        _tell(asked, True)
+        _tell(late, True)
 
     def _resubscribe(self) -> None:
         """After a reconnect: subscribe again, then catch every session up. In a task
@@ -315,6 +362,11 @@ class Listener:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+
+def _tell(outcome: asyncio.Future[bool] | None, connected: bool) -> None:
+    if outcome is not None and not outcome.done():
+        outcome.set_result(connected)
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
