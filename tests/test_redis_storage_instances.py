@@ -1,17 +1,13 @@
 """The Redis backend beyond the contract suite: several store instances on one Redis
-act as one store (live delivery, idempotency, close and delete reach every instance);
-a lost pub/sub connection and a redis-server restart lose nothing acknowledged; URL
-options; WAIT for a real replica; list_sessions against the in-memory index."""
+act as one store (live delivery, idempotency, close and delete reach every instance, a
+lost pub/sub connection is caught up from the stream, the session cap holds between
+instances appending at once)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import signal
 from collections.abc import AsyncIterator, Callable, Collection
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -20,34 +16,21 @@ import redis.asyncio
 from bamboo_session.persistence import (
     Appended,
     InvalidTransition,
-    MemoryStorage,
-    SessionFilter,
     SessionFull,
-    SortBy,
-    SortOrder,
     Storage,
-    StorageError,
     Subscription,
     open_storage,
 )
 from bamboo_session.persistence.events import stored_size
-from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, StoredEvent
-from tests.redis_server import RedisServer, link_replica, prefix_for
-
-RECV = 5.0
-
-
-@pytest.fixture
-def url(redis_server: RedisServer, tmp_path: Path) -> Callable[..., str]:
-    """The URL of a keyspace of this test's own, with options."""
-
-    def make(**params: object) -> str:
-        return redis_server.url(prefix=prefix_for(tmp_path), **params)
-
-    return make
+from tests.redis_server import RedisServer
+from tests.redis_storage_support import (
+    RECV,
+    collect,
+    url_fixture,  # noqa: F401 (a fixture)
+)
 
 
 @pytest.fixture
@@ -59,18 +42,6 @@ async def pair(url: Callable[..., str]) -> AsyncIterator[tuple[Storage, Storage]
     finally:
         await a.close()
         await b.close()
-
-
-async def collect(subscription: Subscription, count: int, *, at_hand: bool = False) -> list[int]:
-    """``count`` events' seqs; with ``at_hand``, as the actor takes them: what
-    ``take_buffered`` has first, else ``next_batch``."""
-    seqs: list[int] = []
-    while len(seqs) < count:
-        batch = subscription.take_buffered() if at_hand else []
-        batch = batch or await asyncio.wait_for(subscription.next_batch(), RECV)
-        assert batch, f"subscription ended ({subscription.ended}) after {seqs[-3:]}"
-        seqs.extend(event.seq for event in batch)
-    return seqs
 
 
 # -- several instances ------------------------------------------------------------------
@@ -348,228 +319,6 @@ async def test_classic_pubsub_delivers_across_instances(url: Callable[..., str])
     finally:
         await a.close()
         await b.close()
-
-
-# -- a redis-server restart --------------------------------------------------------------------
-
-
-async def test_a_redis_restart_loses_nothing_acknowledged(
-    start_redis: Callable[[str], RedisServer],
-) -> None:
-    server = start_redis("own-redis")
-    store = await open_storage(server.url(prefix="restart"))
-    try:
-        await store.create_session(Session.new("s1"))
-        subscription = await store.subscribe("s1", 0)
-        for i in range(20):
-            await store.append_event("s1", AgentEvent.token(f"t{i}"), f"k{i}")
-        server.stop(signal.SIGKILL)
-        with pytest.raises(StorageError, match="redis unavailable"):
-            await store.append_event("s1", AgentEvent.token("lost"))
-        server.start()
-        appended = None
-        for _ in range(100):  # service returns by itself
-            try:
-                appended = await store.append_event("s1", AgentEvent.token("after"), "k-after")
-                break
-            except StorageError:
-                await asyncio.sleep(0.05)
-        assert appended is not None and appended.seq == 21
-        assert await store.append_event("s1", AgentEvent.token("t3"), "k3") == Appended(4, True)
-        events = await store.read_events("s1")
-        assert [e.seq for e in events] == list(range(1, 22))
-        assert await collect(subscription, 21) == list(range(1, 22))
-        for _ in range(100):
-            if store.ready:
-                break
-            await asyncio.sleep(0.05)
-        assert store.ready
-    finally:
-        await store.close()
-
-
-# -- options and durability --------------------------------------------------------------------
-
-
-async def test_url_options_are_checked(url: Callable[..., str]) -> None:
-    with pytest.raises(ValueError, match="unknown option 'nope'"):
-        await open_storage(url(nope=1))
-    with pytest.raises(ValueError, match="prefix"):
-        await open_storage(url().replace("prefix=t", "prefix={t"))
-    with pytest.raises(ValueError, match="wait_replicas"):
-        await open_storage(url(wait_replicas="two"))
-    with pytest.raises(ValueError, match="pubsub"):
-        await open_storage(url(pubsub="loud"))
-
-
-async def test_more_calls_at_once_than_connections_wait_for_one(
-    url: Callable[..., str],
-) -> None:
-    """A burst of calls beyond ``max_connections`` is paced by the pool, not failed
-    (redis-py's own pool refuses the 101st with "Too many connections")."""
-    store = await open_storage(url(max_connections=4))
-    try:
-        names = [f"b{i}" for i in range(300)]
-        await asyncio.gather(*(store.create_session(Session.new(name)) for name in names))
-        found = await asyncio.gather(*(store.get_metadata(name) for name in names))
-        assert [metadata.id for metadata in found if metadata is not None] == names
-    finally:
-        await store.close()
-
-
-async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path)  # a free port nobody listens on
-    with pytest.raises(StorageError, match="redis unavailable"):
-        await open_storage(server.url(prefix="nobody"))
-
-
-async def test_wait_replicas_acknowledges_once_a_replica_has_it(
-    redis_server: RedisServer, start_redis: Callable[[str], RedisServer], tmp_path: Path
-) -> None:
-    replica = start_redis("replica")
-    admin = redis.asyncio.Redis(port=replica.port)
-    try:
-        await link_replica(admin, redis_server)
-        prefix = prefix_for(tmp_path)
-        store = await open_storage(redis_server.url(prefix=prefix, wait_replicas=1))
-        watcher = await open_storage(redis_server.url(prefix=prefix))
-        try:
-            await store.create_session(Session.new("s1"))
-            subscription = await watcher.subscribe("s1", 0)
-            assert await store.append_event("s1", AgentEvent.token("a"), "k") == Appended(1)
-            assert await collect(subscription, 1) == [1]  # published after the WAIT
-            copy = await admin.execute_command("XLEN", f"{prefix}:{{s1}}:log")
-            assert copy == 1
-            # An import (migrate) too: the watcher, another instance, gets it at once.
-            imported = StoredEvent(2, datetime.now(UTC), AgentEvent.token("b"))
-            await cast(SessionImport, store).import_events("s1", [imported])
-            assert await collect(subscription, 1) == [2]
-            await store.update_session_state("s1", SessionState.CLOSED)
-            assert await asyncio.wait_for(subscription.next_batch(), RECV) == []
-        finally:
-            await store.close()
-            await watcher.close()
-    finally:
-        await admin.aclose()
-
-
-async def test_wait_replicas_without_replicas_is_an_error(url: Callable[..., str]) -> None:
-    store = await open_storage(url(wait_replicas=1, wait_timeout_ms=50))
-    try:
-        with pytest.raises(StorageError, match="0 of 1 replicas"):
-            await store.create_session(Session.new("s1"))
-        with pytest.raises(StorageError, match="0 of 1 replicas"):
-            await store.append_event("s1", AgentEvent.token("a"), "k")
-        # Not acknowledged, yet on the primary (a retry with its key is a duplicate).
-        assert await store.last_seq("s1") == 1
-    finally:
-        await store.close()
-
-
-# -- list_sessions against the in-memory index -------------------------------------------------
-
-
-async def test_list_sessions_matches_the_memory_index(url: Callable[..., str]) -> None:
-    chance = random.Random(12)
-    redis_store = await open_storage(url())
-    memory = await MemoryStorage.open()
-    stores: list[Storage] = [redis_store, memory]
-    try:
-        for i in range(30):
-            session = Session.new(
-                f"s{i:02d}", user_id=chance.choice(["u1", "u2", "u3", None]), title=f"T{i % 7}"
-            )
-            for store in stores:
-                await store.create_session(Session(session.metadata, []))
-            for _ in range(chance.randrange(3)):
-                for store in stores:
-                    await store.append_message(session.id, Message.user("m"))
-            if chance.random() < 0.3:
-                for store in stores:
-                    await store.update_session_state(session.id, SessionState.IDLE)
-        for _ in range(150):
-            pivot = f"s{chance.randrange(30):02d}"
-            user = chance.choice([None, "u1", "u2", "nobody"])
-            state = chance.choice([None, SessionState.IDLE, SessionState.ACTIVE])
-            bounds = [chance.random() < 0.3 for _ in range(3)]
-            title = chance.choice([None, "T3", "T"])
-            sort_by, order = chance.choice(list(SortBy)), chance.choice(list(SortOrder))
-            limit, offset = chance.choice([0, 3, 100]), chance.choice([0, 2])
-            results = []
-            for store in stores:  # the same query, its times taken from each store
-                meta = await store.get_metadata(pivot)
-                assert meta is not None
-                query = SessionFilter(
-                    user_id=user,
-                    state=state,
-                    created_after=meta.created_at if bounds[0] else None,
-                    created_before=meta.created_at if bounds[1] else None,
-                    active_after=meta.last_activity_at if bounds[2] else None,
-                    title_contains=title,
-                    sort_by=sort_by,
-                    sort_order=order,
-                    limit=limit,
-                    offset=offset,
-                )
-                result = await store.list_sessions(query)
-                results.append((result.total, [m.id for m in result.sessions]))
-            assert results[0] == results[1], query
-    finally:
-        await redis_store.close()
-        await memory.close()
-
-
-# -- import (SessionImport) -------------------------------------------------------------------
-
-
-async def test_a_session_is_imported_as_another_store_holds_it(url: Callable[..., str]) -> None:
-    source = await MemoryStorage.open()
-    target = await open_storage(url())
-    try:
-        assert isinstance(target, SessionImport)
-        original = Session.new("s1", user_id="u", title="T", ttl=3600, extra={"k": 1})
-        await source.create_session(original)
-        await source.append_message("s1", Message.user("hi"), "m1")
-        await source.append_events(
-            "s1", [(AgentEvent.token("a"), "k1"), (AgentEvent.token("b"), None)]
-        )
-        await source.update_session_state("s1", SessionState.IDLE)
-        meta = await source.get_metadata("s1")
-        events = await source.read_events("s1")
-        assert meta is not None
-
-        await target.create_session(Session(original.metadata, []))
-        watcher = await target.subscribe("s1", 0)
-        with pytest.raises(ValueError, match="seq"):
-            await target.import_events("s1", events[1:])
-        await target.import_events("s1", events[:1])
-        await target.import_events("s1", events[1:])
-        await target.import_metadata(meta)
-
-        assert await target.read_events("s1") == events
-        assert await collect(watcher, 3) == [1, 2, 3]
-        assert [m.content for m in await target.get_session_history("s1")] == ["hi"]
-        assert await target.append_event("s1", AgentEvent.token("a"), "k1") == Appended(2, True)
-        imported = await target.get_metadata("s1")
-        assert imported is not None
-        assert (imported.state, imported.ttl, imported.extra, imported.epoch) == (
-            SessionState.IDLE,
-            3600,
-            {"k": 1},
-            meta.epoch,
-        )
-        assert (imported.expires_at, imported.last_activity_at, imported.created_at) == (
-            meta.expires_at,
-            meta.last_activity_at,
-            meta.created_at,
-        )
-        assert (imported.last_seq, imported.message_count) == (3, 1)
-        idle = await target.list_sessions(SessionFilter(state=SessionState.IDLE))
-        assert [m.id for m in idle.sessions] == ["s1"]
-        assert (await target.list_sessions(SessionFilter(state=SessionState.ACTIVE))).total == 0
-    finally:
-        await source.close()
-        await target.close()
 
 
 async def test_two_instances_appending_at_once_stay_within_the_session_cap(
