@@ -49,7 +49,7 @@ async def test_a_refusal_while_reconnecting_says_why_itself() -> None:
     async with fake_server(script) as hellos:
         # Publish-only: a client that takes events would ask the HTTP API whether any
         # were appended while it was away, which this WebSocket-only server cannot
-        # answer (tests/test_client_backlog.py covers that).
+        # answer (tests/test_client_closed_sessions.py covers that).
         client = await BambooClient.connect(url_of(hellos), "f", receive_events=False, **FAST)
         async for _ in client.events():
             pass  # ends: the session ended

@@ -14,10 +14,10 @@ from typing import Any
 
 from bamboo_session.protocol import Token
 from bamboo_session.protocol.client import BambooClient, ConnectionLost
+from tests.client_backlog_support import read_to_the_end, take, url
 from tests.instances import eventually
 from tests.proxies import HttpProxy
 from tests.support import run_server
-from tests.test_client_backlog import read_to_the_end, take, url
 from tests.test_http_read_limits import a_log, in_thread, stalled_get, status_of
 
 # A page of about 1 MB costs 60 kB of an allowance of 20 kB at 20 kB a second: its peer
