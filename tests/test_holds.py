@@ -26,9 +26,9 @@ from bamboo_session.server.pages import StoreTimeout
 from tests.held_delete_support import closed_with, scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
+from tests.store_stalls_support import frozen
 from tests.support import attach, get, open_peer, token
 from tests.test_auth import SECRET, make_token
-from tests.test_store_stalls import frozen
 
 DEADLINE = 0.5
 DELETED = {"type": "closed", "reason": "session deleted"}
