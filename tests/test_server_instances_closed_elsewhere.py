@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from bamboo_session.persistence.redis import listener
 from bamboo_session.server.app import BambooServer
 from tests.redis_server import RedisServer, prefix_for
+from tests.server_instances_support import _pubsub_clients
 from tests.support import attach, open_peer, run_server, token
-from tests.test_server_instances import _pubsub_clients
 
 # Rounds of a hello racing a close on the other server: each ends in a few
 # milliseconds; about one in six hit the window between the attach's read of the

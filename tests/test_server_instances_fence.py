@@ -1,6 +1,6 @@
 """The epoch fence between two servers on one Redis store, where the old session's peer
 stays on an instance that has not heard of its end (its pub/sub connection killed;
-tests/test_server_instances.py ``alice_unheard``): ``s1`` deleted or expired on B,
+tests/server_instances_support.py ``alice_unheard``): ``s1`` deleted or expired on B,
 and bob creating it again there (a new epoch). Alice's instance, A, must not let her
 count in bob's session (its presence heartbeat), must end her at its next look at the
 session (it finds another epoch stored), and her ``events`` request must not name
@@ -18,8 +18,8 @@ import redis.asyncio
 from bamboo_session.persistence.redis import listener
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer, prefix_for
+from tests.server_instances_support import _pubsub_clients, _reply, alice_unheard
 from tests.support import attach, get, run_server, token
-from tests.test_server_instances import _pubsub_clients, _reply, alice_unheard
 
 
 @pytest.mark.parametrize("ending", ["expired", "deleted"])

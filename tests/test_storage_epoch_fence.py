@@ -4,7 +4,8 @@ that log only. Once the session was deleted and created again under its id, or a
 expired one replaced (a new epoch, seq from 1), one given the old epoch is
 SessionNotFound, as on a deleted session, and nothing of a refused append is stored
 (no event, no message, no key). With the current epoch they work; without an epoch
-they are unchanged. What a server's peers see of it: tests/test_server_instances.py."""
+they are unchanged. What a server's peers see of it:
+tests/test_server_instances_fenced_requests.py."""
 
 from __future__ import annotations
 

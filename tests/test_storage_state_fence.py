@@ -5,8 +5,9 @@ under its id, or an expired one replaced (a new epoch), one given the old epoch 
 SessionNotFound, as on a deleted session, and the new session is left exactly as it
 was: its state, ``updated_at``, ``last_activity_at`` and ``expires_at``, and its
 subscriptions (a refused close ends none). With the current epoch they work; without an
-epoch they are unchanged. What a server's peers see of it: tests/test_server_instances.py.
-The fence of appends and reads: tests/test_storage_epoch_fence.py."""
+epoch they are unchanged. What a server's peers see of it:
+tests/test_server_instances_fenced_requests.py. The fence of appends and reads:
+tests/test_storage_epoch_fence.py."""
 
 from __future__ import annotations
 
