@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 
 from bamboo_session.server.unread_answers import AnswerShare, UnreadAnswers
 from tests.memory_support import KIB, MIB
+from tests.replay_support import metric
 from tests.support import run_server
 from tests.test_auth import SECRET, make_token
 from tests.test_http_read_limits import a_log, head, in_thread
-from tests.test_replay_server import metric
 from tests.test_server_lifecycle import eventually
 
 # The account of unread answers holds 8 MiB (a quarter of the budget), a peer's part of

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tests.replay_support import metric, stalled_resumer
 from tests.support import attach, get, run_server, token
-from tests.test_replay_server import metric, stalled_resumer
 
 PING_INTERVAL = 0.5
 # Long enough for the publisher to fill the stalled peer's socket buffers (several MiB

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+from tests.replay_support import metric, publish, read_until_close, stalled_resumer
 from tests.support import Peer, attach, run_server, token
-from tests.test_replay_server import metric, publish, read_until_close, stalled_resumer
 from tests.test_server_lifecycle import eventually
 
 SLOW = 5

@@ -26,8 +26,8 @@ from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import CloseRequest, Outbox
 from bamboo_session.server.room import RING_BYTES, SessionRoom
 from tests.memory_support import KIB, MIB
+from tests.replay_support import gauge
 from tests.support import attach, get, run_server, token
-from tests.test_replay_server import gauge
 from tests.test_server_lifecycle import eventually
 
 

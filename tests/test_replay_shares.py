@@ -17,13 +17,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.server.budget import NO_LIMIT
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.replay_shares import ReplayShare, ReplayShares, ReplayTotal
+from tests.replay_support import kernel_send_buffer_max, metric, publish, stalled_resumer
 from tests.support import Peer, attach, run_server, stream_url, token
-from tests.test_replay_server import (
-    kernel_send_buffer_max,
-    metric,
-    publish,
-    stalled_resumer,
-)
 from tests.test_server_lifecycle import eventually
 
 KIB = 1024

@@ -20,9 +20,9 @@ from bamboo_session.server.limits import REPLY_SHARE
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from bamboo_session.server.replay_shares import ReplayShare
 from tests.redis_server import RedisServer, prefix_for
+from tests.replay_support import kernel_send_buffer_max, publish, stalled_resumer
 from tests.store_stalls_support import frozen
 from tests.support import attach, run_server, token
-from tests.test_replay_server import kernel_send_buffer_max, publish, stalled_resumer
 from tests.test_server_lifecycle import eventually
 
 KIB = 1024

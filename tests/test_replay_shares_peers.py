@@ -16,8 +16,8 @@ from websockets.asyncio.client import connect
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.replay_shares import ReplayShare
 from bamboo_session.server.room import REPLAY_PAGE_BYTES
+from tests.replay_support import kernel_send_buffer_max, publish, stalled_resumer
 from tests.support import Peer, attach, run_server, stream_url
-from tests.test_replay_server import kernel_send_buffer_max, publish, stalled_resumer
 from tests.test_replay_shares_ends import (
     EVENT_BYTES,
     MIB,

@@ -19,8 +19,8 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.replay_shares import ReplayShares
 from bamboo_session.server.room import REPLAY_PAGE_BYTES
+from tests.replay_support import kernel_send_buffer_max
 from tests.support import attach, run_server, token
-from tests.test_replay_server import kernel_send_buffer_max
 from tests.test_replay_shares import until_closing, viewer_from
 from tests.test_replay_shares_ends import EVENT_BYTES, MIB, a_session_past_the_kernel_buffers
 from tests.test_replay_shares_peers import events_through, resumer_from, stalled_peers

@@ -20,8 +20,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.replay_shares import ReplayShare, ReplayShares
+from tests.replay_support import publish
 from tests.support import Peer, attach, run_server, stream_url
-from tests.test_replay_server import publish
 from tests.test_replay_shares import until_closing
 from tests.test_server_lifecycle import eventually
 

@@ -39,8 +39,8 @@ from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.outbound import Outbound
 from bamboo_session.server.outbox import Outbox, Replay
 from bamboo_session.server.sent_events import GAP_REASON, PATHS
+from tests.replay_support import publish
 from tests.support import Peer, attach, run_server, stream_url, token
-from tests.test_replay_server import publish
 
 
 def counted(server: BambooServer, name: str) -> dict[str, float]:

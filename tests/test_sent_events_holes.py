@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 
 from bamboo_session.protocol.client import BambooClient, SequenceError
 from bamboo_session.server.sent_events import GAP_IN_LOG, PATHS
+from tests.replay_support import publish
 from tests.support import attach, run_server
-from tests.test_replay_server import publish
 
 HOLE = 3
 

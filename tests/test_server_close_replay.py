@@ -11,14 +11,8 @@ import json
 import socket
 from typing import Any
 
+from tests.replay_support import bytes_until_close, metric, publish, server_frames, stalled_resumer
 from tests.support import attach, open_peer, run_server
-from tests.test_replay_server import (
-    bytes_until_close,
-    metric,
-    publish,
-    server_frames,
-    stalled_resumer,
-)
 from tests.test_server_lifecycle import eventually
 
 COUNT, SIZE = 2000, 10_000  # 20 MB: more than the sockets' buffers hold

@@ -17,8 +17,8 @@ import socket
 import zlib
 from typing import Any
 
+from tests.replay_support import bytes_until_close, metric, publish, stalled_resumer
 from tests.support import attach, run_server, token
-from tests.test_replay_server import bytes_until_close, metric, publish, stalled_resumer
 from tests.test_server_close_replay import frames_until_close, kinds, seqs_of
 from tests.test_server_lifecycle import eventually
 from tests.test_wire_floods import masked_frame

@@ -14,8 +14,7 @@ import struct
 from structlog.testing import capture_logs
 from websockets.protocol import OPEN
 
-from tests.support import Peer, attach, run_server, token
-from tests.test_replay_server import (
+from tests.replay_support import (
     bytes_until_close,
     events_and_close,
     frame_bounds,
@@ -23,6 +22,7 @@ from tests.test_replay_server import (
     server_frames,
     stalled_resumer,
 )
+from tests.support import Peer, attach, run_server, token
 from tests.test_server_lifecycle import eventually
 from tests.test_wire_floods import masked_frame
 

@@ -16,7 +16,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.manager import Receiver, SessionManager, SessionManagerConfig
-from tests.test_replay_server import SlotsTaken
+from tests.replay_support import SlotsTaken
 
 
 async def test_a_receiver_resuming_far_back_holds_one_page_at_a_time(tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from tests.replay_support import publish, stalled_resumer
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server, token
 from tests.test_http_read_limits import a_log, read_some
-from tests.test_replay_server import publish, stalled_resumer
 from tests.test_server_lifecycle import eventually
 
 RESTARTING = {"type": "closed", "reason": "server restarting"}

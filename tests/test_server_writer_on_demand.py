@@ -23,14 +23,14 @@ from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.server.connection import Connection
 from bamboo_session.server.flush import WebSocketSink
-from tests.support import Peer, attach, run_server, token
-from tests.test_replay_server import (
+from tests.replay_support import (
     events_and_close,
     frame_bounds,
     kernel_send_buffer_max,
     publish,
     stalled_resumer,
 )
+from tests.support import Peer, attach, run_server, token
 from tests.test_server_lifecycle import eventually
 
 MIB = 1024 * 1024

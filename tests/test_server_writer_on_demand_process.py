@@ -18,8 +18,8 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.replay_support import metric
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.test_replay_server import metric
 from tests.test_server_lifecycle import eventually
 
 # A thousand idle connections, none with a writer task: the shutdown starts one for each

@@ -27,8 +27,8 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.user_connections import SharedUserConnections
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
+from tests.replay_support import publish, stalled_resumer
 from tests.support import attach, run_server
-from tests.test_replay_server import publish, stalled_resumer
 
 UPGRADE = (
     "GET /api/v1/stream/{session} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"

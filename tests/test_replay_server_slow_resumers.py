@@ -1,102 +1,40 @@
-"""Resume replays on a real server: a resumer that does not read is closed with 4429 at
-its page's deadline while a reader on the same server gets everything; store reads of
-replay pages wait for a page-read slot; a replay stops once its connection is closing
-(a deletion), unless the session was closed under it (then it finishes); and after a
-restart, the viewers of a session who resume at once cause one store read.
-"""
+"""Resume replays on a real server to resumers that do not keep up: one that does not
+read is closed with 4429 at its page's deadline while a reader on the same server gets
+everything; one that stops reading mid-replay is closed at the deadline, and one that
+resets gives its page back; resumers stalled on the ring are charged only what it lets
+go; one that reads slowly but steadily gets its whole replay."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import json
 import socket
 import struct
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
 
 from bamboo_session.server.app import BambooServer
-from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
-from bamboo_session.server.pages import PageReads
 from bamboo_session.server.replay import kernel_queue
-from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.support import Peer, attach, run_server, token
+from tests.replay_support import (
+    KIB,
+    MIB,
+    bytes_until_close,
+    events_and_close,
+    frame_bounds,
+    gauge,
+    kernel_send_buffer_max,
+    metric,
+    publish,
+    read_until_close,
+    server_frames,
+    stalled_resumer,
+)
+from tests.support import attach, run_server
 from tests.test_server_lifecycle import eventually
-from tests.test_wire_floods import masked_frame
-
-KIB = 1024
-MIB = 1024 * KIB
-
-
-async def publish(agent: Peer, count: int, size: int = 10) -> None:
-    """``count`` events, pipelined, each acknowledged before this returns."""
-    for i in range(count):
-        await agent.send({"type": "event", "id": i, "event": token(f"{i}:" + "e" * size)})
-    for _ in range(count):
-        await agent.recv_type("ack", timeout=30)
-
-
-def stalled_resumer(
-    port: int, session_id: str, last_seq: int, address: str = "127.0.0.1"
-) -> socket.socket:
-    """A peer that resumes and then reads nothing, connecting from ``address``: its
-    receive buffer is made tiny before it connects, so that the window it offers stays
-    tiny too."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.bind((address, 0))
-    sock.connect(("127.0.0.1", port))
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall(
-        f"GET /api/v1/stream/{session_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(1)
-    assert b" 101 " in answer.split(b"\r\n")[0], answer
-    sock.sendall(masked_frame(json.dumps({"type": "hello", "last_seq": last_seq}).encode(), 1))
-    return sock
-
-
-def frame_bounds(data: bytes | bytearray, at: int = 0) -> Iterator[tuple[int, int, int]]:
-    """(opcode, where its payload starts, where it ends) of each whole (unmasked) server
-    frame in ``data`` from offset ``at``, which must be where a frame starts."""
-    while at + 2 <= len(data):
-        length, head = data[at + 1] & 0x7F, 2
-        if length == 126:
-            length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
-        elif length == 127:
-            length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
-        if at + head + length > len(data):
-            return
-        yield data[at] & 0x0F, at + head, at + head + length
-        at += head + length
-
-
-def server_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(opcode, payload) of each whole (unmasked) server frame at the start of ``data``."""
-    for opcode, start, end in frame_bounds(data):
-        yield opcode, data[start:end]
-
-
-def events_and_close(data: bytes) -> tuple[list[int], int | None]:
-    """The seqs of the event frames in what a peer read, and the close code, if any."""
-    seqs, code = [], None
-    for opcode, payload in server_frames(data):
-        if opcode == 0x1 and json.loads(payload)["type"] == "event":
-            seqs.append(json.loads(payload)["seq"])
-        elif opcode == 0x8:
-            code = int.from_bytes(payload[:2], "big")
-    return seqs, code
 
 
 def close_reason(data: bytes) -> str | None:
@@ -105,48 +43,6 @@ def close_reason(data: bytes) -> str | None:
         if opcode == 0x8:
             return payload[2:].decode()
     return None
-
-
-def bytes_until_close(sock: socket.socket, timeout: float) -> bytes:
-    """What the server sent, up to its close frame or for ``timeout`` at most."""
-    sock.settimeout(0.2)
-    data = b""
-    ends = time.monotonic() + timeout
-    while time.monotonic() < ends:
-        with contextlib.suppress(TimeoutError):
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        if any(opcode == 0x8 for opcode, _ in server_frames(data)):
-            break
-    return data
-
-
-def read_until_close(sock: socket.socket, timeout: float) -> tuple[list[int], int | None]:
-    """Reads what the server sent: the seqs of its event frames, and its close code
-    (None if no close frame came within ``timeout``)."""
-    return events_and_close(bytes_until_close(sock, timeout))
-
-
-def kernel_send_buffer_max() -> int:
-    """The most a TCP socket's send buffer grows to (the third field of tcp_wmem)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    except (OSError, IndexError, ValueError):
-        return 4 * MIB
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
-
-
-def gauge(server: BambooServer, name: str) -> float:
-    """A metric's value on ``server`` now."""
-    return metric(server.metrics.render().decode(), name)
 
 
 @contextlib.asynccontextmanager
@@ -364,148 +260,3 @@ async def test_a_resumer_that_reads_slowly_but_steadily_gets_its_whole_replay(si
         assert code is None and got == list(range(1, count + 1))
         metrics = server.metrics.render().decode()
         assert metric(metrics, "bamboo_send_queue_drops_total") == 0
-
-
-class SlotsTaken:
-    """Every page-read slot held (as if eight pages were being read elsewhere) until
-    ``give_back`` or the end of the ``async with``."""
-
-    def __init__(self, reads: PageReads) -> None:
-        self.slots = reads.slots
-        self.held = 0
-
-    async def __aenter__(self) -> SlotsTaken:
-        for _ in range(DEFAULT_READ_SLOTS):
-            await self.slots.acquire()
-            self.held += 1
-        return self
-
-    def give_back(self, count: int | None = None) -> None:
-        for _ in range(self.held if count is None else count):
-            self.slots.release()
-            self.held -= 1
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.give_back()
-
-
-async def test_a_replay_cut_short_by_a_close_sends_no_live_event_past_its_gap() -> None:
-    """A live event is queued behind a replay, then the session closes: the replay
-    stops, and the live event goes too (it would follow a gap); the close comes."""
-    async with run_server(ring_size=0) as server:  # no ring: replays read the store
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, 20)
-            async with SlotsTaken(server.services.page_reads) as taken:
-                async with attach(server, session_id, last_seq=0) as (viewer, resumed):
-                    assert resumed["replay"] == 20  # its first page waits for a slot
-                    live = {"type": "event", "id": "live", "event": token("x")}
-                    await agent.request(live, "ack")  # seq 21, queued behind the replay
-                    await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
-                    taken.give_back()
-                    code, frames = await viewer.closed()
-        seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
-        assert seqs in ([], list(range(1, 22))), f"events {seqs} after a replay that stopped"
-        assert code == 1000
-
-
-async def test_a_replay_read_from_the_store_waits_for_a_page_read_slot() -> None:
-    async with run_server(ring_size=0) as server:  # no ring: replays read the store
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, 3)
-        async with SlotsTaken(server.services.page_reads) as taken:
-            async with attach(server, session_id, last_seq=0) as (peer, resumed):
-                assert resumed["replay"] == 3
-                with pytest.raises(TimeoutError):  # eight pages are being read elsewhere
-                    await peer.recv(timeout=0.5)
-                taken.give_back(1)
-                assert [(await peer.recv_type("event"))["seq"] for _ in range(3)] == [1, 2, 3]
-
-
-async def test_a_replay_goes_on_when_its_session_closes_under_it() -> None:
-    """Closed, the session lets the replay finish (its peers cannot resume): the page
-    that waited for a slot, and the next, are read and sent, then ``closed``."""
-    async with run_server(ring_size=0) as server:
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, 600)  # two pages of 512 events at most
-            async with SlotsTaken(server.services.page_reads) as taken:
-                async with attach(server, session_id, last_seq=0) as (viewer, resumed):
-                    assert resumed["replay"] == 600  # its page waits for a slot
-                    await agent.request({"type": "state", "id": "c", "state": "closed"}, "ack")
-                    taken.give_back()
-                    code, frames = await viewer.closed()
-        assert code == 1000
-        assert [frame["seq"] for frame in frames[:-1]] == list(range(1, 601))
-        assert frames[-1]["type"] == "closed"
-        metrics = server.metrics.render().decode()
-        assert metric(metrics, "bamboo_replay_store_reads_total") == 2
-
-
-async def test_a_replay_stops_when_its_session_is_deleted_under_it() -> None:
-    """Deleted, the session's log is gone: a replay goes no further than its page under
-    way (here none: it waited for a slot), then ``closed`` and 4404."""
-    async with run_server(ring_size=0) as server:
-        async with attach(server, role="agent") as (agent, welcome):
-            session_id = welcome["session"]["id"]
-            await publish(agent, 20)
-            async with SlotsTaken(server.services.page_reads) as taken:
-                async with attach(server, session_id, last_seq=0) as (viewer, resumed):
-                    assert resumed["replay"] == 20  # its page waits for a slot
-                    await server.manager.delete_session(session_id)
-                    taken.give_back()
-                    code, frames = await viewer.closed()
-        assert code == 4404
-        assert [frame["type"] for frame in frames] == ["closed"]  # nothing of the replay
-        metrics = server.metrics.render().decode()
-        assert metric(metrics, "bamboo_replay_store_reads_total") <= 1  # no page after it
-
-
-# -- after a restart -----------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def peer_on(server: ServerProcess, session_id: str, **hello: Any) -> AsyncIterator[Peer]:
-    async with connect(server.url(session_id), subprotocols=["bamboo.v1"]) as ws:  # type: ignore[list-item]
-        peer = Peer(ws)
-        await peer.send({"type": "hello", **hello})
-        peer.welcome = await peer.recv()  # type: ignore[attr-defined]
-        yield peer
-
-
-def store_reads(server: ServerProcess) -> float:
-    url = f"http://127.0.0.1:{server.port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return metric(response.read().decode(), "bamboo_replay_store_reads_total")
-
-
-async def test_after_a_restart_the_viewers_of_a_session_resume_with_one_store_read(
-    tmp_path: Path,
-) -> None:
-    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--durability", "os")
-    server.start()
-    try:
-        async with peer_on(server, "talk", create=True, role="agent") as agent:
-            epoch = agent.welcome["epoch"]  # type: ignore[attr-defined]
-            await publish(agent, 30)
-        assert server.stop() == 0
-        server.start()  # a new process: every ring is empty
-
-        async def resume(last_seq: int) -> list[int]:
-            async with peer_on(server, "talk", last_seq=last_seq, epoch=epoch) as viewer:
-                welcome = viewer.welcome  # type: ignore[attr-defined]
-                assert welcome["resumed"] and welcome["replay"] == 30 - last_seq
-                return [(await viewer.recv_type("event"))["seq"] for _ in range(30 - last_seq)]
-
-        viewers = await asyncio.gather(*(resume(10) for _ in range(5)))
-        assert viewers == [list(range(11, 31))] * 5  # each missed event once, in order
-        assert await asyncio.to_thread(store_reads, server) == 1
-        # Further back: one more read, for what the ring does not hold; then none.
-        assert await resume(4) == list(range(5, 31))
-        assert await resume(4) == list(range(5, 31))
-        assert await asyncio.to_thread(store_reads, server) == 2
-        assert server.stop() == 0
-        assert_no_tracebacks(server.log_records())
-    finally:
-        server.kill()
