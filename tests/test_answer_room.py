@@ -16,10 +16,10 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from bamboo_session.server.unread_answers import AnswerShare, UnreadAnswers
+from tests.auth_support import SECRET, make_token
 from tests.memory_support import KIB, MIB
 from tests.replay_support import metric
 from tests.support import run_server
-from tests.test_auth import SECRET, make_token
 from tests.test_http_read_limits import a_log, head, in_thread
 from tests.test_server_lifecycle import eventually
 

@@ -13,9 +13,9 @@ import socket
 from typing import Any
 
 from bamboo_session.server.unread_answers import UnreadAnswers
+from tests.auth_support import SECRET, bearer, make_token
 from tests.memory_support import KIB, MIB
 from tests.support import run_server
-from tests.test_auth import SECRET, bearer, make_token
 from tests.test_memory_bounds_http import MISSING, history_page_of, status_of, unread_get
 from tests.test_server_lifecycle import eventually
 from tests.test_whole_history import stored_session

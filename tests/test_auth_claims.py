@@ -13,8 +13,8 @@ import asyncio
 from typing import Any
 
 from bamboo_session.server.auth import Principal, Role
+from tests.auth_support import SECRET, hello_outcome, make_token
 from tests.support import open_peer, run_server
-from tests.test_auth import SECRET, hello_outcome, make_token
 from tests.test_auth_sub_length import status_and_challenge
 
 

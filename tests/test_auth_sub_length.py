@@ -11,8 +11,8 @@ import http.client
 import pytest
 
 from bamboo_session.server.auth import Authenticator, Unauthorized
+from tests.auth_support import SECRET, bearer, hello_outcome, make_token
 from tests.support import run_server
-from tests.test_auth import SECRET, bearer, hello_outcome, make_token
 
 LIMIT = 8
 FITS, TOO_LONG = "u" * LIMIT, "u" * (LIMIT + 1)

@@ -23,12 +23,12 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.holds import OUTLIVED_DELETES_MAX
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.pages import StoreTimeout
+from tests.auth_support import SECRET, make_token
 from tests.held_delete_support import closed_with, scene
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.store_stalls_support import frozen
 from tests.support import attach, get, open_peer, token
-from tests.test_auth import SECRET, make_token
 
 DEADLINE = 0.5
 DELETED = {"type": "closed", "reason": "session deleted"}

@@ -18,9 +18,9 @@ import socket
 import time
 from typing import Any
 
+from tests.auth_support import SECRET, make_token
 from tests.memory_support import KIB, MIB
 from tests.support import run_server
-from tests.test_auth import SECRET, make_token
 from tests.test_server_lifecycle import eventually
 
 CONTENT = "x" * 10_000  # a message of a little over 10 kB, as stored and sent

@@ -22,8 +22,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from bamboo_session.server.limits import REPLY_SHARE
+from tests.auth_support import SECRET, make_token
 from tests.support import attach, run_server
-from tests.test_auth import SECRET, make_token
 from tests.test_replay_allowance import metric
 
 MESSAGES = 40

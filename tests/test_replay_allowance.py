@@ -17,8 +17,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.server.limits import REPLY_SHARE
 from bamboo_session.server.outbox import Outbox
 from bamboo_session.server.read_allowance import MAX_PEERS, ReadAllowances
+from tests.auth_support import SECRET, make_token
 from tests.support import attach, get, open_peer, run_server, token
-from tests.test_auth import SECRET, make_token
 from tests.test_client_resume import FAST, TcpProxy, watch
 from tests.test_limits import FakeClock
 

@@ -15,9 +15,9 @@ import pytest
 
 from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.app import BambooServer
+from tests.auth_support import SECRET, make_token
 from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import attach, get, open_peer, run_server, token
-from tests.test_auth import SECRET, make_token
 
 __all__ = ["pytest_generate_tests", "server_store"]  # the store each test runs on
 pytestmark = pytest.mark.usefixtures("server_store")

@@ -26,16 +26,10 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.persistence.jsonl import lifecycle
 from bamboo_session.protocol.models import AgentEvent
-from tests.held_delete_support import (
-    EVENT_A,
-    closed_with,
-    embedded,
-    held_log_sync,
-    scene,
-)
+from tests.auth_support import SECRET, make_token
+from tests.held_delete_support import EVENT_A, closed_with, embedded, held_log_sync, scene
 from tests.instances import eventually
 from tests.support import Peer, attach, get, open_peer, stream_url, token
-from tests.test_auth import SECRET, make_token
 from tests.test_jsonl_sync_failures import failing_directory_sync, tokens
 from tests.test_server_shutdown import publish_acked
 
