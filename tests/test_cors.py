@@ -12,8 +12,8 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.http_support import raw_http
 from tests.support import run_server
-from tests.test_server_http import raw_http
 
 SECRET = "c" * 32
 LOCAL = "http://localhost:5173"

@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from bamboo_session.server.origins import RequestGuard
+from tests.http_support import error_of, raw_http
 from tests.support import get, open_peer, run_server
-from tests.test_server_http import error_of, raw_http
 
 SECRET = "o" * 32
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bamboo_session.server.readiness import write_probes
+from tests.http_support import raw_http
 from tests.support import attach, run_server
 from tests.test_readiness import directory_gone, refused
-from tests.test_server_http import raw_http
 
 READYZ = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
