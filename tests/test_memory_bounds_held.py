@@ -21,9 +21,9 @@ from bamboo_session.protocol.models import Token
 from tests.instances import eventually as eventually_async
 from tests.memory_support import KIB, MIB
 from tests.server_process import ServerProcess
+from tests.stalled_disks_support import write_lock_held
 from tests.support import attach, get, run_server, token
 from tests.test_server_lifecycle import eventually
-from tests.test_stalled_disks import write_lock_held
 
 
 async def test_viewers_that_come_and_go_leave_no_budget_behind() -> None:

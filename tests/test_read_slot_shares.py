@@ -19,9 +19,9 @@ import pytest
 
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
+from tests.stalled_disks_support import log_as_fifo
 from tests.support import attach, get, run_server
 from tests.test_server_lifecycle import eventually
-from tests.test_stalled_disks import log_as_fifo
 from tests.test_whole_history import stored_session
 
 STREAMS = 2 * DEFAULT_READ_SLOTS  # streamed readers at once: more than there are slots
