@@ -1,12 +1,18 @@
 """Helpers for the JSONL backend's tests: its files, read the way the backend reads them,
-and sessions made in a storage (``make``, ``populate``)."""
+sessions made in a storage (``make``, ``populate``), the WAL's segments (and crash
+states made of them by hand), and an OS call made to fail once (``failing_once``)."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 import signal
 import subprocess
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bamboo_session.persistence import JsonlStorage
 from bamboo_session.persistence.jsonl import JsonlStorageConfig, checkpoint
@@ -82,3 +88,40 @@ def break_log(base: Path, session_id: str) -> Path:
 def mend_log(log: Path) -> None:
     log.rmdir()
     log.with_suffix(".saved").rename(log)
+
+
+def segments(config: JsonlStorageConfig) -> list[Path]:
+    return [path for _number, path in config.layout.segments()]
+
+
+def save_segments(config: JsonlStorageConfig, aside: Path) -> None:
+    aside.mkdir(exist_ok=True)
+    for path in segments(config):
+        shutil.copy(path, aside / path.name)
+
+
+def crash_with_segments(config: JsonlStorageConfig, aside: Path) -> None:
+    """After a clean close: the segments copied aside are back, the snapshot gone."""
+    for path in aside.iterdir():
+        shutil.copy(path, config.layout.wal / path.name)
+    config.layout.snapshot.unlink(missing_ok=True)
+
+
+def wal_records(segment: Path) -> bytes:
+    """A segment's records: what comes before the room allocated ahead of them."""
+    return segment.read_bytes().rstrip(b"\0")
+
+
+def failing_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> dict[str, bool]:
+    """Makes ``module.name`` raise EIO on its next call while ``switch["on"]``."""
+    real = getattr(module, name)
+    switch = {"on": False}
+
+    def wrapper(*args: Any) -> Any:
+        if switch["on"]:
+            switch["on"] = False
+            raise OSError(errno.EIO, "injected")
+        return real(*args)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return switch

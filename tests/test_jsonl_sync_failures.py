@@ -26,8 +26,7 @@ from bamboo_session.persistence import (
 )
 from bamboo_session.persistence.jsonl import lifecycle, retirement
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
-from tests.jsonl_support import killed_child
-from tests.test_jsonl_wal import segments
+from tests.jsonl_support import killed_child, segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, record
 
 

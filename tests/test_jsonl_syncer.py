@@ -16,7 +16,7 @@ from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Storage
 from bamboo_session.persistence.jsonl import syncer
 from bamboo_session.persistence.jsonl.syncer import Syncer
 from bamboo_session.protocol.models import AgentEvent, Session
-from tests.test_jsonl_wal import wal_records
+from tests.jsonl_support import wal_records
 
 
 def helper_pids() -> list[int]:

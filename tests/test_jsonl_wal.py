@@ -1,5 +1,7 @@
-"""The shared WAL of ``fsync`` mode (persistence/wal.py): one sync per group commit, and
-every acknowledged event comes back from it when a session log lost its unsynced tail.
+"""The shared WAL of ``fsync`` mode (persistence/wal.py): one sync per group commit,
+segments rotated by size and age, and every acknowledged event comes back from it when a
+session log lost its unsynced tail; at open, lines of a batch the WAL never got are
+cut, a deleted session is not resurrected, and a delete it recorded is finished.
 
 Crash states are made two ways: by SIGKILLing a child that appends (segments remain,
 as after any crash), or by hand: the segments are copied aside while the storage is
@@ -9,42 +11,19 @@ open, then put back after a clean close (which deletes them), with the snapshot 
 from __future__ import annotations
 
 import asyncio
-import errno
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
-from bamboo_session.persistence.jsonl import retirement, wal
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence.jsonl import wal
 from bamboo_session.protocol.codec import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session
+from tests.jsonl_support import crash_with_segments, save_segments, segments, wal_records
 from tests.test_jsonl_crash import Acked, run_and_kill, verify
-
-
-def segments(config: JsonlStorageConfig) -> list[Path]:
-    return [path for _number, path in config.layout.segments()]
-
-
-def save_segments(config: JsonlStorageConfig, aside: Path) -> None:
-    aside.mkdir(exist_ok=True)
-    for path in segments(config):
-        shutil.copy(path, aside / path.name)
-
-
-def crash_with_segments(config: JsonlStorageConfig, aside: Path) -> None:
-    """After a clean close: the segments copied aside are back, the snapshot gone."""
-    for path in aside.iterdir():
-        shutil.copy(path, config.layout.wal / path.name)
-    config.layout.snapshot.unlink(missing_ok=True)
-
-
-def wal_records(segment: Path) -> bytes:
-    """A segment's records: what comes before the room allocated ahead of them."""
-    return segment.read_bytes().rstrip(b"\0")
 
 
 def log_lines(config: JsonlStorageConfig, session_id: str) -> list[bytes]:
@@ -168,53 +147,6 @@ async def test_segments_rotate_by_age(tmp_path: Path) -> None:
         assert segments(config) != first and len(segments(config)) == 1
 
 
-async def test_a_failed_wal_sync_acknowledges_nothing_and_leaves_no_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = JsonlStorageConfig(tmp_path / "data", sync_helper=False)
-    aside = tmp_path / "aside"
-    real = wal.datasync
-    failing = {"on": False}
-
-    def datasync(fd: int) -> None:
-        if failing["on"]:
-            failing["on"] = False
-            raise OSError(errno.EIO, "injected")
-        real(fd)
-
-    monkeypatch.setattr(wal, "datasync", datasync)
-    async with await JsonlStorage.open(config) as storage:
-        for session_id in ("a", "b"):
-            await storage.create_session(Session.new(session_id))
-            await storage.append_event(session_id, AgentEvent.token("ok1"))
-        segment = segments(config)[0]
-        records = wal_records(segment)
-        log_size = (config.layout.events / "a.jsonl").stat().st_size
-        failing["on"] = True
-        results = await asyncio.gather(
-            storage.append_event("a", AgentEvent.token("lost-a")),
-            storage.append_event("b", AgentEvent.token("lost-b")),
-            return_exceptions=True,
-        )
-        assert all(isinstance(r, StorageError) for r in results), results
-        # Cut back to the records' end (the room ahead goes too): nothing to replay.
-        assert segment.stat().st_size == len(records) and wal_records(segment) == records
-        assert (config.layout.events / "a.jsonl").stat().st_size == log_size
-        assert await storage.last_seq("a") == 1
-        # Works again, with the seq the failed append had.
-        assert (await storage.append_event("a", AgentEvent.token("ok2"))).seq == 2
-        save_segments(config, aside)
-    crash_with_segments(config, aside)
-    for session_id in ("a", "b"):
-        (config.layout.events / f"{session_id}.jsonl").write_bytes(b"")
-    async with await JsonlStorage.open(config) as storage:
-        assert [e.event for e in await storage.read_events("a")] == [
-            AgentEvent.token("ok1"),
-            AgentEvent.token("ok2"),
-        ]
-        assert [e.event for e in await storage.read_events("b")] == [AgentEvent.token("ok1")]
-
-
 @pytest.mark.parametrize("after", [b"", bytes(4096)], ids=["at-the-end", "zeros-after"])
 async def test_a_torn_last_wal_record_is_ignored(tmp_path: Path, after: bytes) -> None:
     config = JsonlStorageConfig(tmp_path / "data")
@@ -308,89 +240,6 @@ def test_sigkill_then_lost_log_tails_every_acknowledged_event_comes_back(
 
     asyncio.run(reopen())
     asyncio.run(verify(base, acked))
-
-
-def failing_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> dict[str, bool]:
-    """Makes ``module.name`` raise EIO on its next call while ``switch["on"]``."""
-    real = getattr(module, name)
-    switch = {"on": False}
-
-    def wrapper(*args: Any) -> Any:
-        if switch["on"]:
-            switch["on"] = False
-            raise OSError(errno.EIO, "injected")
-        return real(*args)
-
-    monkeypatch.setattr(module, name, wrapper)
-    return switch
-
-
-async def test_a_delete_that_the_wal_cannot_record_fails_and_keeps_the_session(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = JsonlStorageConfig(tmp_path, sync_helper=False)
-    failing = failing_once(monkeypatch, wal, "datasync")
-    async with await JsonlStorage.open(config) as storage:
-        await storage.create_session(Session.new("old"))
-        await storage.append_event("old", AgentEvent.token("secret"))
-        failing["on"] = True
-        with pytest.raises(StorageError, match="deletion"):
-            await storage.delete_session("old")
-        # Still there, whole: a crash now cannot feed its events into a new "old".
-        assert [e.event for e in await storage.read_events("old")] == [AgentEvent.token("secret")]
-        await storage.delete_session("old")  # works once the WAL does
-        await storage.create_session(Session.new("old"))
-        assert await storage.read_events("old") == []
-
-
-async def test_no_segment_is_deleted_after_a_failed_log_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
-    failing = failing_once(monkeypatch, retirement, "datasync")
-    async with await JsonlStorage.open(config) as storage:
-        await storage.create_session(Session.new("a"))
-        failing["on"] = True
-        for i in range(4):  # each append after 0.06 s rotates; retirement syncs "a"
-            await storage.append_event("a", AgentEvent.token(str(i)))
-            await asyncio.sleep(0.06)
-        await storage._writer.retirement.settled()
-        # After a failed sync the kernel may report later ones clean: keep everything.
-        assert len(segments(config)) >= 3
-    assert len(segments(config)) >= 3  # not even a clean close deletes them
-    async with await JsonlStorage.open(config) as storage:
-        assert await storage.last_seq("a") == 4
-    assert segments(config) == []  # replayed at open, then removed
-
-
-async def test_a_segment_is_not_left_behind_with_a_failed_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Rotation by age only once the failure is in: a short age from the start was
-    # sometimes over by the failing append on a loaded machine, whose rotation then took
-    # the failing sync (allocating the new segment's room), and nothing failed.
-    config = JsonlStorageConfig(tmp_path, sync_helper=False).with_wal(segment_age=3600.0)
-    sync_fails = failing_once(monkeypatch, wal, "datasync")
-    truncate_fails = failing_once(monkeypatch, wal.os, "ftruncate")
-    async with await JsonlStorage.open(config) as storage:
-        await storage.create_session(Session.new("a"))
-        await storage.append_event("a", AgentEvent.token("ok1"))
-        segment = segments(config)[0]
-        records = wal_records(segment)
-        sync_fails["on"] = truncate_fails["on"] = True
-        with pytest.raises(StorageError):
-            await storage.append_event("a", AgentEvent.token("FAILED"))
-        assert len(wal_records(segment)) > len(records)  # the cut failed: the record is still there
-        segment_file = storage._writer._wal
-        assert segment_file is not None
-        segment_file.segment_age = 0.0  # the next append rotates by age
-        await storage.append_event("a", AgentEvent.token("ok2"))
-        # The old segment was cut before being left behind (it may be retired already).
-        assert not segment.exists() or segment.stat().st_size == len(records)
-        assert [e.event for e in await storage.read_events("a")] == [
-            AgentEvent.token("ok1"),
-            AgentEvent.token("ok2"),
-        ]
 
 
 async def test_replay_keeps_the_segments_when_a_log_lost_what_they_no_longer_cover(

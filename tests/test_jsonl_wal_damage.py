@@ -13,8 +13,8 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl import lifecycle, session_recovery, wal
 from bamboo_session.protocol.models import AgentEvent, SessionMetadata
+from tests.jsonl_support import segments
 from tests.support import attach, run_server
-from tests.test_jsonl_wal import segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, holed, record, seqs
 
 

@@ -21,8 +21,8 @@ from bamboo_session.persistence import (
 from bamboo_session.persistence.jsonl import retirement
 from bamboo_session.protocol.models import AgentEvent, Session, utcnow
 from tests.held_delete_support import embedded
+from tests.jsonl_support import failing_once, segments
 from tests.support import attach, open_peer, token
-from tests.test_jsonl_wal import failing_once, segments
 
 LIMIT = 1024 * 1024  # a few segments: each is allocated 256 KiB ahead of its records
 APPENDS_MAX = 64  # each starts a segment: far more than the bound lets through

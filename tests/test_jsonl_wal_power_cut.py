@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
-from tests.test_jsonl_wal import segments
+from tests.jsonl_support import segments
 from tests.test_jsonl_wal_room import crash_image_with, holed, record, seqs
 
 

@@ -17,7 +17,7 @@ import pytest
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl import wal, wal_replay
 from bamboo_session.protocol.models import AgentEvent, Session
-from tests.test_jsonl_wal import crash_with_segments, save_segments, segments, wal_records
+from tests.jsonl_support import crash_with_segments, save_segments, segments, wal_records
 
 
 async def test_a_commit_writes_into_room_ahead_and_leaves_the_segment_size_alone(

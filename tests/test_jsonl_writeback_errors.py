@@ -25,7 +25,7 @@ from bamboo_session.persistence.jsonl import files, logfiles, retirement, snapsh
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.persistence.jsonl.snapshot import SnapshotEntry
 from bamboo_session.protocol.models import AgentEvent, Session
-from tests.test_jsonl_wal import segments
+from tests.jsonl_support import segments
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 
