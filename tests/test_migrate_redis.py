@@ -21,11 +21,11 @@ from bamboo_session.persistence.migrate import Action, migrate, plan_session, ve
 from bamboo_session.persistence.redis.scripts import HistoryLost
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
+from tests.redis_lossy_support import crash_and_restart, lossy_redis, snapshot
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, opened, run_server
 from tests.test_migrate import all_sessions, populate
 from tests.test_migrate_cli import migrate as run_migrate
-from tests.test_redis_lossy_epoch import crash_and_restart, lossy_redis, snapshot
 
 SOURCES = {
     "jsonl": lambda directory: f"jsonl://{directory / 'store'}",

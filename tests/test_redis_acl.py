@@ -19,15 +19,15 @@ from bamboo_session.persistence.redis.client import server_version
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.instances import eventually
-from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, run_server
-from tests.test_redis_lossy_epoch import (
+from tests.redis_lossy_support import (
     attached,
     crash_and_restart,
     lossy_redis,
     snapshot,
     ten_events_five_in_the_snapshot,
 )
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach, run_server
 from tests.test_redis_lossy_epoch_tokened import stores
 
 REFUSED = "refuses INFO"

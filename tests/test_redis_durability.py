@@ -23,9 +23,9 @@ from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
+from tests.redis_lossy_support import attached, epoch_changed, publish, resumes_after_the_loss
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, run_server
-from tests.test_redis_lossy_epoch import attached, epoch_changed, publish, resumes_after_the_loss
 from tests.test_server_metrics import scrape, value
 
 CHANGED = "the store restarted and changed the epoch; resume"

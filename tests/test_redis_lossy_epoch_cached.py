@@ -18,8 +18,8 @@ import redis.asyncio
 from bamboo_session.persistence import StorageError, open_storage
 from bamboo_session.persistence.redis.scripts import SCRIPTS
 from bamboo_session.protocol.models import AgentEvent, Session
+from tests.redis_lossy_support import lossy_redis, snapshot
 from tests.redis_server import RedisServer, prefix_for
-from tests.test_redis_lossy_epoch import lossy_redis, snapshot
 
 
 async def load_every_script(server: RedisServer) -> None:

@@ -11,9 +11,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach
-from tests.test_redis_lossy_epoch import (
+from tests.redis_lossy_support import (
     CHANGED,
     attached,
     lossy_redis,
@@ -21,6 +19,8 @@ from tests.test_redis_lossy_epoch import (
     ten_events_five_in_the_snapshot,
     two_servers,
 )
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach
 
 
 async def test_live_actors_meet_a_lossy_restart_with_resumes_refused_and_1012(

@@ -21,9 +21,7 @@ from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
-from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, run_server
-from tests.test_redis_lossy_epoch import (
+from tests.redis_lossy_support import (
     attached,
     both_told_the_epoch_changed,
     crash_and_restart,
@@ -34,6 +32,8 @@ from tests.test_redis_lossy_epoch import (
     snapshot,
     two_servers,
 )
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach, run_server
 
 WAIT = 10.0  # seconds: a bound on waiting for a restarted Redis, never a measure
 

@@ -38,9 +38,9 @@ from bamboo_session.protocol.models import AgentEvent, Message, Session
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.proxies import RedisProxy
+from tests.redis_lossy_support import crash_and_restart, lossy_redis, publish, snapshot
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, get, run_server, token
-from tests.test_redis_lossy_epoch import crash_and_restart, lossy_redis, publish, snapshot
 
 BURST = 6  # connections pooled before the restart, and calls of each kind after it
 SCRIPTS_DIR = Path(__file__).parents[1] / "persistence" / "redis"

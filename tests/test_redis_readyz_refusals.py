@@ -13,9 +13,7 @@ import redis.asyncio
 
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
-from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, get, run_server
-from tests.test_redis_lossy_epoch import (
+from tests.redis_lossy_support import (
     _answers,
     attached,
     crash_and_restart,
@@ -23,6 +21,8 @@ from tests.test_redis_lossy_epoch import (
     publish,
     snapshot,
 )
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import attach, get, run_server
 
 
 async def test_an_append_refused_for_its_lost_history_leaves_readyz_ready(
@@ -30,7 +30,7 @@ async def test_an_append_refused_for_its_lost_history_leaves_readyz_ready(
 ) -> None:
     """A lossy restart gives ``s`` a new epoch (its stored one and the generation's
     token); the generation's record then lost while Redis runs on (as in
-    test_redis_lossy_epoch), an append under that epoch is refused once with
+    test_redis_lossy_epoch_store), an append under that epoch is refused once with
     ``HistoryLost``: the agent is told, and ``/readyz`` stays 200, as the store
     serves every other call."""
     server = lossy_redis(start_redis)
