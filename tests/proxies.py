@@ -2,7 +2,8 @@
 or a front proxy brings: connections cut, and plain HTTP requests refused; and before
 a redis-server, connections Redis closed that the client has not seen close yet,
 replies lost after their command ran, connections reset, new connections refused,
-and bytes no Redis would send pushed to a pub/sub connection."""
+and bytes no Redis would send pushed to a pub/sub connection, or garbled in what it
+sends one."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ class HttpProxy:
 
     def mend(self) -> None:
         self.down = False
+
+    def garble_pushes(self, old: bytes = b"", new: bytes = b"") -> None:
+        assert len(old) == len(new), "a replacement of another length breaks RESP's framing"
+        self._garble = (old, new) if old else None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.down:
@@ -123,7 +128,10 @@ class RedisProxy:
     client closes it or the proxy closes. ``push_to_subscribers(data)`` sends
     ``data`` to the client of each connection that subscribed, as if Redis had;
     ``reset_subscribers()`` resets those connections alone, on both sides (a fault on a
-    pub/sub connection); ``subscribers`` counts the connections that subscribed."""
+    pub/sub connection); ``subscribers`` counts the connections that subscribed.
+    ``garble_pushes(old, new)``: ``old`` is replaced by ``new``, of its length (the
+    RESP framing stays whole), in what Redis sends a subscribed connection, until
+    :meth:`garble_pushes` is called with nothing; ``garbled`` counts the replacements."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -131,6 +139,8 @@ class RedisProxy:
         self.refusing = False
         self.hanging = False
         self.subscribers = 0
+        self.garbled = 0
+        self._garble: tuple[bytes, bytes] | None = None
         self._marker: bytes | None = None
         self._links: set[_Link] = set()
         self._held: set[asyncio.StreamWriter] = set()  # connections hanging
@@ -168,6 +178,10 @@ class RedisProxy:
         for link in subscribers:
             link.client.write(data)
         return len(subscribers)
+
+    def garble_pushes(self, old: bytes = b"", new: bytes = b"") -> None:
+        assert len(old) == len(new), "a replacement of another length breaks RESP's framing"
+        self._garble = (old, new) if old else None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
@@ -223,6 +237,9 @@ class RedisProxy:
                 if link.losing:
                     self.lost += 1
                     break
+                if link.subscriber and self._garble is not None and self._garble[0] in data:
+                    self.garbled += data.count(self._garble[0])
+                    data = data.replace(*self._garble)
                 link.client.write(data)
                 await link.client.drain()
         if not link.dropped:

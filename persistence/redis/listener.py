@@ -19,11 +19,20 @@ for, dispatching what arrives to the store's :class:`Feed`.
   the listener try now (though never sooner than the backoff's first step after the
   last try), and waits for that try: connected, it subscribes; failed, it fails. Every
   watch meanwhile waits for the same try, so a crowd of them makes one.
-- Any other failure of the reader (redis-py, or this module, failing on what the
-  connection brought: a transport torn down under a write, a message that does not
-  decode) is handled as a lost connection too, the store not ready meanwhile, and
-  logged with its traceback the first time of its kind: the task never ends while the
-  store is open, which would leave it ready with no event reaching any viewer.
+- Any other failure of the reader (redis-py failing on what the connection brought: a
+  push it cannot read, a transport torn down under a write) is handled as a lost
+  connection too, the store not ready meanwhile, and logged with its traceback the
+  first time of its kind: the task never ends while the store is open, which would
+  leave it ready with no event reaching any viewer.
+- A message on a session's channel that this module cannot handle (a batch that is no
+  JSON, a notice it cannot read: published by any client of the Redis, or by an
+  instance of another version during a rolling upgrade) is dropped and counted
+  (``unreadable``), and the session's subscriptions are caught up from the store, as
+  after a reconnect, so whatever the message carried still reaches them, once. The
+  connection is fine, so it is kept: a reconnect per such message would take the
+  store out of readiness, and delay every session's viewers, for as long as they
+  came. The first of each kind is logged with its traceback; later ones as a count,
+  at most once per ``UNREADABLE_TOLD_EVERY``.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ PING_EVERY: Final = 5.0  # seconds of silence before a ping
 PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
 CONFIRM_TIMEOUT: Final = 10.0
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+UNREADABLE_TOLD_EVERY: Final = 60.0  # seconds between warnings of unreadable messages
 # What a lost connection raises; anything else is logged with its traceback, once.
 LOST: Final = (redis.exceptions.RedisError, OSError, StorageError)
 
@@ -105,6 +115,10 @@ class Listener:
         self._failed_so: set[type[Exception]] = set()  # kinds of failure logged in full
         self.reconnects = 0
         self.tries = 0  # to connect, each: the first, and every one after a loss
+        self.unreadable = 0  # messages on session channels dropped as unreadable
+        self._unreadable_told = (0.0, 0)  # when unreadable ones were last logged, how many
+        self._lagging: set[str] = set()  # sessions to catch up after an unreadable message
+        self._lagging_catch_up: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -116,7 +130,7 @@ class Listener:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._task, self._catch_up, *self._background):
+        for task in (self._task, self._catch_up, self._lagging_catch_up, *self._background):
             await stop_task(task)
         await self._disconnect()
         _tell(self._next_try, False)
@@ -265,7 +279,10 @@ class Listener:
         if kind in ("message", "smessage"):
             session_id = self._layout.session_of_channel(message["channel"])
             if session_id is not None:
-                self._deliver(session_id, message["data"])
+                try:
+                    self._deliver(session_id, message["data"])
+                except Exception as exc:  # what was published, not the connection
+                    self._unreadable(session_id, exc)
         elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
             waiter = self._confirming.get(message["channel"])
             if waiter is not None and not waiter.done():
@@ -290,6 +307,42 @@ class Listener:
                 reason = CLOSED if notice == CLOSED_NOTICE else DELETED
                 self._feed.end(session_id, reason, self.served(of.decode()))
                 self._bare_next[session_id] = notice
+
+    def _unreadable(self, session_id: str, exc: Exception) -> None:
+        """A message on the session's channel could not be handled: dropped, counted,
+        logged (see the module docstring), and the session caught up from the store."""
+        self.unreadable += 1
+        now = asyncio.get_running_loop().time()
+        told_at, told = self._unreadable_told
+        if type(exc) not in self._failed_so:
+            self._failed_so.add(type(exc))
+            what = "unreadable message on session %r's channel dropped: %r"
+            log.error(what, session_id, exc, exc_info=exc)
+            self._unreadable_told = (now, self.unreadable)
+        elif now - told_at >= UNREADABLE_TOLD_EVERY:
+            what = "%d more unreadable messages on session channels dropped (the last: %r, %r)"
+            log.warning(what, self.unreadable - told, session_id, exc)
+            self._unreadable_told = (now, self.unreadable)
+        if self._closing or not self._feed.has_subscribers(session_id):
+            return
+        self._lagging.add(session_id)
+        if self._lagging_catch_up is None or self._lagging_catch_up.done():
+            loop = asyncio.get_running_loop()
+            self._lagging_catch_up = loop.create_task(self._catch_up_lagging())
+
+    async def _catch_up_lagging(self) -> None:
+        """Catches up the sessions an unreadable message left behind, those that come
+        meanwhile in the next round; on a failure, the reader starts over with a fresh
+        connection, which catches every session up."""
+        while self._lagging:
+            sessions, self._lagging = self._lagging, set()
+            try:
+                await self._on_reconnect(sessions)
+            except Exception as exc:
+                self._report("catching up after an unreadable message failed", exc, True)
+                self._broken = True
+                self._lagging.clear()
+                return
 
     # -- connecting -----------------------------------------------------------------------
 
