@@ -44,13 +44,15 @@ class RedisServer:
     """One redis-server process; :meth:`stop` and :meth:`start` again keep its port
     and its directory (and so its append-only file). ``persistence`` is what it starts
     with: durable by default; a test that needs a Redis that may lose acknowledged
-    writes changes it and starts it again."""
+    writes changes it and starts it again, as one does that sets ``options`` (more of
+    redis-server's command line, such as ``--rename-command HELLO X``)."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.persistence = {"appendonly": "yes", "appendfsync": "always", "save": ""}
+        self.options: tuple[str, ...] = ()
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +87,7 @@ class RedisServer:
                 "--repl-diskless-sync-delay", "0",
                 "--logfile", str(self.directory / "redis.log"),
                 "--daemonize", "no",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

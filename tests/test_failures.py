@@ -220,12 +220,13 @@ def name(record: dict[str, Any]) -> str:
     return content.partition(":")[0]
 
 
-async def refused_start(data_dir: Path, status: int | None = None) -> str:
-    """What a ``serve`` on ``data_dir`` that cannot start says: its one line, an error;
-    it exits with ``status`` if given (2: a bad configuration, not worth a restart)."""
+async def refused_start(data_dir: Path, status: int | None = None, *extra: str) -> str:
+    """What a ``serve`` on ``data_dir`` (and ``extra`` options) that cannot start says:
+    its one line, an error; it exits with ``status`` if given (2: a bad configuration,
+    not worth a restart)."""
     server = await asyncio.to_thread(
         subprocess.run,
-        ServerProcess(data_dir, data_dir.with_suffix(".log")).argv(),
+        ServerProcess(data_dir, data_dir.with_suffix(".log"), *extra).argv(),
         capture_output=True,
         text=True,
         timeout=30,

@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import StorageError, StoreMisconfigured, open_storage
-from bamboo_session.persistence.redis.client import server_version
 from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.persistence.redis.versions import server_version
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.instances import eventually
 from tests.redis_lossy_support import (

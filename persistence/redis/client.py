@@ -72,20 +72,6 @@ def _without_maintenance_notifications() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-async def server_version(client: Redis) -> tuple[int, int]:
-    """Redis's version, from ``INFO server``, else from ``HELLO`` where an ACL refuses
-    INFO (every Redis with ACLs, 6.0 and later, answers HELLO)."""
-    try:
-        try:
-            version = _text((await read(client, "INFO", "server"))["redis_version"])
-        except redis.exceptions.ResponseError:
-            version = _hello_version(await read(client, "HELLO"))
-    except redis.exceptions.RedisError as exc:
-        raise unreachable(exc) from exc
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
-
-
 async def warn_of_eviction(client: Redis) -> str | None:
     """Logs a warning when Redis, at its ``maxmemory``, may evict any key
     (``maxmemory-policy allkeys-*``): it would drop sessions' keys, and leave the bytes
@@ -220,21 +206,6 @@ def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
     if appendonly == "yes":
         return "a crash of the machine loses the last writes"
     return "a restart of Redis goes back to its last snapshot"
-
-
-def _hello_version(hello: object) -> str:
-    """The version in HELLO's reply: a map in RESP3, a flat list of pairs in RESP2
-    (redis-py's default before 8.0)."""
-    if isinstance(hello, dict):
-        pairs = list(hello.items())
-    elif isinstance(hello, list):
-        pairs = list(zip(hello[::2], hello[1::2], strict=False))
-    else:
-        pairs = []
-    for name, value in pairs:
-        if _text(name) == "version":
-            return _text(value)
-    raise redis.exceptions.ResponseError(f"HELLO names no version: {hello!r:.200}")
 
 
 def _text(value: object) -> str:
@@ -386,7 +357,6 @@ __all__ = [
     "check_persistence",
     "connect",
     "refuse_replica",
-    "server_version",
     "stop_task",
     "warn_of_eviction",
 ]

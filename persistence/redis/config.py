@@ -5,9 +5,8 @@
   one Redis (tests use one per test). Letters, digits and ``_.:-``.
 - ``wait_replicas`` (default 0): acknowledge an append, a close or a delete only once
   that many replicas have it (``WAIT``), within ``wait_timeout_ms`` (default 1000).
-- ``pubsub``: ``sharded`` (SSUBSCRIBE/SPUBLISH, Redis 7.0 and later; on a Cluster a
-  session's messages then stay on its shard) or ``classic``; by default sharded when
-  the server has it.
+- ``pubsub``: ``sharded`` (SSUBSCRIBE/SPUBLISH, the default; on a Cluster a
+  session's messages then stay on its shard) or ``classic``.
 - ``lease_ttl`` (seconds, default 30): how long the cleanup lease lasts unless renewed.
 - ``heartbeat`` (seconds, default 30): how long a connection counts in presence after
   its instance last refreshed it.
@@ -40,7 +39,7 @@ class RedisConfig:
     prefix: str = "bamboo"
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
-    pubsub: PubSubMode | None = None  # None: sharded if the server has it
+    pubsub: PubSubMode | None = None  # None: sharded
     lease_ttl: float = 30.0
     heartbeat: float = 30.0
     max_connections: int = 50

@@ -52,7 +52,6 @@ from .client import (
     check_persistence,
     connect,
     refuse_replica,
-    server_version,
     warn_of_eviction,
 )
 from .config import RedisConfig
@@ -70,6 +69,7 @@ from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .scripts import HistoryLost, epoch_in_hash, optional_arg, removed_epoch
+from .versions import require_redis, server_version
 
 EVERYTHING: Final = 2**31
 
@@ -120,15 +120,13 @@ class RedisStorage:
     async def open(cls, config: RedisConfig) -> Self:
         client = connect(config)
         try:
-            version = await server_version(client)
-            sharded = version >= (7, 0) if config.pubsub is None else config.pubsub == "sharded"
-            if sharded and version < (7, 0):
-                raise StoreMisconfigured(f"pubsub=sharded needs Redis 7.0 or later, not {version}")
+            require_redis(await server_version(client))  # sharded pub/sub and EVAL_RO too
+            sharded = config.pubsub != "classic"
             await warn_of_eviction(client)
             await refuse_replica(client, config)
             lossy = await check_persistence(client, config)
             storage = cls(config, client, sharded)
-            storage.redis.eval_ro = version >= (7, 0)
+            storage.redis.eval_ro = True
             storage.generation.lossy = lossy
             await storage.generation.check()
             if lossy and not storage.generation.sees_restarts and not config.read_only:
