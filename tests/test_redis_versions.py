@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from bamboo_session.persistence import StoreMisconfigured
+from bamboo_session.persistence import SessionFilter, StoreMisconfigured
 from bamboo_session.persistence.redis import REDIS_PY_FLOOR, require_redis_py
 from bamboo_session.persistence.redis.versions import REDIS_FLOOR, require_redis
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import opened
 from tests.test_failures import refused_start
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -85,3 +86,19 @@ async def test_a_redis_that_knows_no_hello_is_refused_in_one_line(
     event = await refused_start(tmp_path / "data", 2, "--store", server.url(prefix="p"))
     assert "Redis refused HELLO" in event, event
     assert "needs Redis 7.0 or later, with HELLO allowed" in event, event
+
+
+@pytest.mark.parametrize("version", ["8.0.0b1", "8.1.0.dev0", "8.0rc1", ""])
+def test_a_pre_release_or_no_version_is_taken(version: str) -> None:
+    require_redis_py(version)
+
+
+async def test_a_redis_py_that_names_no_version_opens_the_store(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build of redis-py without ``__version__`` (a vendored copy, a patched one):
+    the store opened with an AttributeError's traceback and `serve` said "server
+    failed"; the check takes it, as it takes a version it cannot read."""
+    monkeypatch.delattr(redis, "__version__")
+    async with opened(redis_server.url(prefix=prefix_for(tmp_path))) as store:
+        assert (await store.list_sessions(SessionFilter())).total == 0
