@@ -10,7 +10,8 @@ error``, an append ended its session's actor, which closed each of the session's
 connections 1011, and a page read answered 500. Every call
 now succeeds or fails with StorageError (Redis unavailable), and every acknowledged
 append is in the log once. A failure of the store's own code inside such a call is
-not taken for one: it is raised as it is, and marks no connection.
+not taken for one, nor one of redis-py's outside its connection layer (a reply's
+callback): each is raised as it is, and marks no connection.
 
 The instants are drawn from a seeded generator, but when a reset reaches redis-py is
 up to the scheduler: the rounds go on (at most ``ROUNDS``) until ``ENOUGH`` calls met
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 import uvloop
 
 from bamboo_session.persistence import StorageError, open_storage
@@ -153,4 +155,37 @@ async def test_a_failure_of_the_stores_own_code_in_a_call_is_raised_as_it_is(
         assert isinstance(pool, CheckedPool)
         assert (pool.made, pool._stale_up_to) == (1, 0)
     finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("only_reads", [True, False])
+async def test_a_failure_in_a_reply_callback_of_redis_pys_is_raised_as_it_is(
+    only_reads: bool, redis_server: RedisServer
+) -> None:
+    """An option the reply's callback cannot take, as a caller's bug would pass one:
+    redis-py fails on it after the reply was read, on a connection that is fine. It
+    was taken for a dropped connection, redis-py's being the deepest frame: a read
+    was sent twice, a write failed as a lost connection (so "redis unavailable", the
+    bug hidden), and each marked every pooled connection stale. Now it is raised as
+    it is, the command sent once (Redis's own count of PINGs), nothing marked."""
+    client = connect(RedisConfig(url=redis_server.url()))
+    counter = redis.asyncio.Redis(port=redis_server.port)
+
+    async def pings() -> int:
+        calls: int = (await counter.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+        return calls
+
+    try:
+        await client.execute_command("PING")  # a connection made before the call
+        before = await pings()
+        with pytest.raises(TypeError, match="unexpected keyword argument 'ours'"):
+            await attempt(
+                client, lambda: client.execute_command("PING", ours=1), only_reads=only_reads
+            )
+        assert await pings() - before == 1
+        pool = client.connection_pool
+        assert isinstance(pool, CheckedPool)
+        assert (pool.made, pool._stale_up_to) == (1, 0)
+    finally:
+        await counter.aclose()
         await client.aclose()

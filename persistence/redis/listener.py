@@ -228,11 +228,11 @@ class Listener:
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             raise StorageError(f"redis unavailable: pub/sub: {exc!r}") from exc
         except Exception as exc:
-            if not from_redis_py(exc):
+            # redis-py's PubSub fails so rather than with a ConnectionError when its
+            # connection was torn down under this command: by the reader, which saw it
+            # drop (any error then), or by the event loop (pool.py): the same loss.
+            if self._pubsub is pubsub and not from_redis_py(exc):
                 raise
-            # redis-py's PubSub, its connection torn down by the reader (it saw the
-            # connection drop) or by the event loop (pool.py) while this command was
-            # under way, fails so rather than with a ConnectionError: the same loss.
             raise StorageError(f"redis unavailable: pub/sub connection lost: {exc!r}") from exc
         finally:
             for name, waiter in waiting.items():

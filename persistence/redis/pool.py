@@ -27,8 +27,10 @@ A transport torn down under redis-py (the peer reset the connection just before 
 write) can fail a call with another error than the ConnectionError redis-py means to
 raise: uvloop's RuntimeError ("the handler is closed"), asyncio's TypeError or
 AttributeError on Python 3.12 to 3.14.0 (redis-py issue #4287). redis-py has dropped
-that connection by then; the store takes such an error, raised inside redis-py
-(``from_redis_py``), as the dropped connection or the failure to connect it is.
+that connection by then (its connection layer disconnects on any error); the store
+takes such an error, raised through that layer (``from_redis_py``), as the dropped
+connection or the failure to connect it is. An error raised elsewhere in redis-py, a
+reply's callback for one, left the connection as it was: it is raised as it is.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import redis.exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
 
 T = TypeVar("T")
+
+CONNECTION_LAYER: Final = "redis.asyncio.connection"  # see ``from_redis_py``
 
 # The commands the store reads with (see ``read``): none writes, so any may be sent
 # again. A command that writes, or a script, is not one of them.
@@ -149,7 +153,7 @@ async def attempt(client: Redis, call: Callable[[], Awaitable[T]], *, only_reads
 def as_dropped(exc: Exception) -> redis.exceptions.ConnectionError | None:
     """The dropped connection ``exc`` tells of, else None: a plain ConnectionError
     (not NoConnection, nor Redis's answer such as LOADING), or a failure from inside
-    redis-py's I/O that is no RedisError (see the module docstring)."""
+    redis-py's connection layer that is no RedisError (see the module docstring)."""
     if type(exc) is redis.exceptions.ConnectionError:
         return exc
     if from_redis_py(exc):
@@ -158,22 +162,25 @@ def as_dropped(exc: Exception) -> redis.exceptions.ConnectionError | None:
 
 
 def from_redis_py(exc: BaseException) -> bool:
-    """Whether ``exc``, no RedisError, was raised inside redis-py: of the frames in
-    its traceback that are redis-py's or this package's, the deepest is redis-py's
-    (those below it are the event loop's transport). A failure of this package's own
-    code is not, a callback that redis-py runs (``on_connect``) included."""
+    """Whether ``exc``, no RedisError, was raised inside redis-py's connection layer
+    (``redis.asyncio.connection``, which drops its connection on any error): of the
+    frames in its traceback that are redis-py's or this package's, one of that layer's
+    lies below the deepest of this package's (the frames below it are the event loop's
+    transport, or redis-py's parser). A failure of this package's own code is not, a
+    callback that redis-py runs (``on_connect``) included; nor is one of redis-py's
+    outside that layer (a reply's callback: the connection is as it was)."""
     if isinstance(exc, redis.exceptions.RedisError):
         return False
-    inside = False
+    through_connection = False
     frame = exc.__traceback__
     while frame is not None:
         module = frame.tb_frame.f_globals.get("__name__", "")
         if module.startswith("bamboo_session."):
-            inside = False
-        elif module.partition(".")[0] == "redis":
-            inside = True
+            through_connection = False
+        elif module == CONNECTION_LAYER:
+            through_connection = True
         frame = frame.tb_next
-    return inside
+    return through_connection
 
 
 async def read(client: Redis, *command: Any) -> Any:
