@@ -9,8 +9,9 @@ the listener still waiting out its backoff. Now the hello has it try at once: it
 welcomed; so are many at once, on one pub/sub connection made; and a viewer attached
 so gets every event the other instance appends, once and in order. While the listener
 cannot connect (the proxy refusing new connections, the pooled ones working on), hellos
-are still closed 1011, after far fewer tries than hellos; and a subscription waiting for
-a try that hangs (Redis accepting, never answering) ends when the store closes."""
+are still closed 1011, after far fewer tries than hellos; and subscriptions waiting for a
+try that hangs (Redis accepting, never answering), or for the one after it, end when the
+store closes."""
 
 from __future__ import annotations
 
@@ -196,13 +197,14 @@ async def test_hellos_while_the_listener_cannot_connect_are_closed_1011_after_fe
     assert 1 <= made <= HELLOS // 2, made
 
 
-async def test_a_subscription_waiting_for_a_try_that_hangs_ends_when_the_store_closes(
+async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_closes(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """The listener's connection reset, its next connections accepted and never
     answered: a subscription asked for meanwhile waits for a try that hangs (for up to
-    the client's socket timeout, 10 s), or for the one after it. The store's close ends
-    it with StorageError at once, not after that timeout."""
+    the client's socket timeout, 10 s), or for the one after it; one asked for once
+    that try is under way waits for the next one. The store's close ends both with
+    StorageError at once, not after that timeout (CONFIRM_TIMEOUT, 10 s)."""
     prefix = prefix_for(tmp_path)
     proxy = RedisProxy(redis_server.port)
     port = await proxy.start()
@@ -213,7 +215,7 @@ async def test_a_subscription_waiting_for_a_try_that_hangs_ends_when_the_store_c
         try:
             assert isinstance(store, RedisStorage)
             listener = store.live.listener
-            for session_id in ("viewed", "s"):
+            for session_id in ("viewed", "s", "later"):
                 await store.create_session(Session.new(session_id))
             viewing = await store.subscribe("viewed", 0)  # so that the listener subscribes
             # Refused first: redis-py's pub/sub connects again by itself on the loss, and
@@ -225,12 +227,17 @@ async def test_a_subscription_waiting_for_a_try_that_hangs_ends_when_the_store_c
             tries = listener.tries
             watching = asyncio.create_task(store.subscribe("s", 0))
             await eventually(lambda: listener.tries > tries)  # a try, which hangs
-            assert store.live.feed.has_subscribers("s") and not watching.done()
+            # Asked for while that try hangs: it waits for the next one.
+            later = asyncio.create_task(store.subscribe("later", 0))
+            await eventually(lambda: store.live.feed.has_subscribers("later"))
+            assert store.live.feed.has_subscribers("s")
+            assert not watching.done() and not later.done()
         finally:
             await store.close()
-        # A bound on a hang, not a measure: it ends in a few turns of the loop.
-        await asyncio.wait([watching], timeout=5)
-        assert watching.done() and isinstance(watching.exception(), StorageError)
+        # A bound on a hang, not a measure: they end in a few turns of the loop.
+        await asyncio.wait([watching, later], timeout=5)
+        for subscribing in (watching, later):
+            assert subscribing.done() and isinstance(subscribing.exception(), StorageError)
         assert viewing.ended is not None
     finally:
         await proxy.close()
