@@ -155,9 +155,9 @@ def test_socketio_peer_is_skipped_in_one_line_without_node(
 
 # The scripts, and the worker and driver processes they start by the dozen.
 BENCH_PROCESSES = (
-    *("baseline_relay", "connections", "latency", "latency_worker", "missed_storm"),
-    *("read_fairness", "reconnect_storm", "redis_scaling", "storm_worker", "throughput"),
-    "workers",
+    *("baseline_relay", "connections", "latency", "latency_worker", "listener_tries"),
+    *("missed_storm", "read_fairness", "reconnect_storm", "redis_scaling", "storm_worker"),
+    *("throughput", "workers"),
 )
 IMPORTED = """
 import importlib, sys

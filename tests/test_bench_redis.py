@@ -1,6 +1,7 @@
-"""bench/redis_scaling.py runs at a tiny size (never asserting speed): JSONL, Redis with
-one worker and with two, each through throughput and latency, with the CPU split and
-Redis's round trips per event."""
+"""The bench scripts on Redis run at a tiny size (never asserting speed):
+bench/redis_scaling.py (JSONL, Redis with one worker and with two, each through
+throughput and latency, with the CPU split and Redis's round trips per event) and
+bench/listener_tries.py (hellos while the store's pub/sub listener cannot connect)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,32 @@ def test_redis_scaling_runs_and_prints_ratios(tmp_path: Path) -> None:
         assert point["events"] == 60
         assert point["redis_round_trips_per_event"] > 0 and point["bamboo_cpu_us_per_event"] > 0
         assert "evalsha" in point["redis_commands_by_name"]
+
+
+def test_listener_tries_runs_and_prints_ratios(tmp_path: Path) -> None:
+    """bench/listener_tries.py at a tiny size: hellos welcomed while Redis takes
+    connections, closed 1011 while it refuses them (at ``maxclients``), and the tries
+    of the store's listener counted as the connections Redis refused."""
+    if not available():
+        pytest.skip(INSTALL_HINT)
+    out = tmp_path / "listener_tries.json"
+    args = ["--rate", "40", "--seconds", "0.5", "--sessions", "5", "--json", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_FULL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.listener_tries", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ratios = [line for line in done.stdout.splitlines() if line.startswith("RATIO listener_tries")]
+    assert len(ratios) == 4, done.stdout
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python -m bench.listener_tries")
+    runs = results["runs"]
+    assert list(runs) == ["up", "down", "idle"]
+    assert runs["up"]["outcomes"] == {"welcome": 20} and runs["up"]["connections_refused"] == 0
+    assert runs["down"]["outcomes"] == {"1011": 20} and runs["down"]["connections_refused"] > 0
+    assert results["cpu_s_per_try"] > 0
