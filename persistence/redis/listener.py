@@ -17,8 +17,9 @@ for, dispatching what arrives to the store's :class:`Feed`.
   published meanwhile is read from the streams by the subscriptions themselves.
 - A :meth:`watch` while the connection is down does not wait out the backoff: it has
   the listener try now (though never sooner than the backoff's first step after the
-  last try), and waits for that try: connected, it subscribes; failed, it fails. Every
-  watch meanwhile waits for the same try, so a crowd of them makes one.
+  last try), and waits for that try: connected, it subscribes; failed, it fails. The
+  watches that come while a try is due share it; one that comes while a try is under
+  way shares it if it connects, else waits for the next: a crowd makes one or two.
 - Any other failure of the reader (redis-py failing on what the connection brought: a
   push it cannot read, a transport torn down under a write) is handled as a lost
   connection too, the store not ready meanwhile, and logged with its traceback the
