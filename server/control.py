@@ -186,6 +186,13 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     if not actor.following.active:
         actor.room.restart_at(metadata.last_seq)
         await actor.following.start(actor.room.published_seq)
+        if command.future.done():
+            # Its caller gave up while the store subscribed (a Redis store's listener,
+            # disconnected, may take past the hello's deadline to connect): nothing of
+            # it goes into the session, as if the subscription had failed.
+            if not actor.room.outboxes:
+                actor.unfollow()
+            return
     elif metadata.last_seq > actor.room.published_seq:
         # The store holds events the room has not delivered yet: another instance's
         # appends whose pub/sub message is still on its way, or was lost with the

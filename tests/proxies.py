@@ -125,10 +125,11 @@ class RedisProxy:
     While ``refusing``, a new connection is closed at once (Redis unreachable to new
     connections, the open ones working on); while ``hanging``, a new connection is
     held open and never answered (a Redis that accepts and does not reply), until the
-    client closes it or the proxy closes. ``push_to_subscribers(data)`` sends
-    ``data`` to the client of each connection that subscribed, as if Redis had;
-    ``reset_subscribers()`` resets those connections alone, on both sides (a fault on a
-    pub/sub connection); ``subscribers`` counts the connections that subscribed.
+    client closes it, the proxy closes, or ``reset_held()`` resets it.
+    ``push_to_subscribers(data)`` sends ``data`` to the client of each connection that
+    subscribed, as if Redis had; ``reset_subscribers()`` resets those connections alone,
+    on both sides (a fault on a pub/sub connection); ``subscribers`` counts the
+    connections that subscribed.
     ``garble_pushes(old, new)``: ``old`` is replaced by ``new``, of its length (the
     RESP framing stays whole), in what Redis sends a subscribed connection, until
     :meth:`garble_pushes` is called with nothing; ``garbled`` counts the replacements."""
@@ -171,6 +172,14 @@ class RedisProxy:
             link.client.transport.abort()
             link.redis.transport.abort()
         return len(subscribers)
+
+    def reset_held(self) -> int:
+        """Resets each connection held while ``hanging`` (a try that hung fails at
+        once); how many there were."""
+        held = list(self._held)
+        for writer in held:
+            writer.transport.abort()
+        return len(held)
 
     def push_to_subscribers(self, data: bytes) -> int:
         """Sends ``data`` to each subscribed client; how many there were."""

@@ -9,9 +9,10 @@ the listener still waiting out its backoff. Now the hello has it try at once: it
 welcomed; so are many at once, on one pub/sub connection made; and a viewer attached
 so gets every event the other instance appends, once and in order. While the listener
 cannot connect (the proxy refusing new connections, the pooled ones working on), hellos
-are still closed 1011, after far fewer tries than hellos; and subscriptions waiting for a
+are still closed 1011, after far fewer tries than hellos; subscriptions waiting for a
 try that hangs (Redis accepting, never answering), or for the one after it, end when the
-store closes."""
+store closes; and a hello closed at its deadline while it waited is never counted in its
+session once the try connects."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from tests.test_redis_pool import welcome_or_close
 
 HELLOS = 20
 APPENDS = 20
+SHORT = {"store_read_timeout": 1.0}  # a hello's deadline: given up on soon
 # Tries to connect after which the listener waits its longest step before the next.
 TO_LONGEST = len(RECONNECT_DELAYS) - 1
 
@@ -241,3 +243,52 @@ async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_clo
         assert viewing.ended is not None
     finally:
         await proxy.close()
+
+
+async def test_a_hello_given_up_on_while_its_subscription_waits_is_never_counted(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A server whose store reaches Redis through the proxy (A), with a short read
+    deadline, and another server on Redis itself (B), where a viewer follows session
+    ``x``. A's listener disconnected, its next try hanging; a hello to ``y`` is waiting
+    for that try, then one to ``x`` comes, which waits for the try after it, and is
+    closed 1011 at its deadline. The hanging try then fails, and the next connects:
+    the given-up attach must not go on into the session. It used to: the viewer on B
+    saw A's closed connection join ``x`` and leave it (presence, ``connections`` 2)
+    before the next hello's connection joined."""
+    prefix = prefix_for(tmp_path)
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    try:
+        async with (
+            run_server(store=redis_server.url(prefix=prefix)) as other,
+            run_server(store=f"redis://127.0.0.1:{port}/0?prefix={prefix}", **SHORT) as bamboo,
+        ):
+            for session_id in ("x", "y"):
+                await other.manager.create_session(session_id=session_id)
+            store = bamboo.storage
+            assert isinstance(store, RedisStorage)
+            listener = store.live.listener
+            async with attach(other, "x") as (viewer, _), attach(bamboo, "viewed", create=True):
+                await asyncio.gather(*(store.get_metadata(s) for s in ("x", "y") * 10))  # pooled
+                proxy.refusing = True
+                assert proxy.reset_subscribers() == 1
+                await eventually(lambda: not listener.connected)
+                proxy.refusing, proxy.hanging = False, True
+                tries = listener.tries
+                async with open_peer(bamboo, "y") as first, open_peer(bamboo, "x") as given_up:
+                    await first.send({"type": "hello"})
+                    await eventually(lambda: listener.tries > tries)  # the try, hanging
+                    await given_up.send({"type": "hello"})  # waits for the next one
+                    assert await given_up.closed(WELCOME_TIMEOUT) == (1011, [])
+                    proxy.hanging = False
+                    assert proxy.reset_held() == 1
+                    await eventually(lambda: listener.connected)
+                    # In line behind the given-up attach in x's actor: welcomed once
+                    # that attach has ended.
+                    async with attach(bamboo, "x") as (_, welcome):
+                        presence = await viewer.recv_type("presence", WELCOME_TIMEOUT)
+    finally:
+        await proxy.close()
+    assert presence["joined"] == welcome["connection_id"], presence
+    assert presence["connections"] == 2, presence
