@@ -14,15 +14,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conformance_support import (  # noqa: F401 (servers, a fixture)
+    assert_client_passed,
+    base_url,
+    servers_fixture,
+    start_server,
+    stop_cleanly,
+    wait_for_line,
+)
 from tests.parent_death import ending_with_this_process
 from tests.redis_server import RedisServer, prefix_for
-from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "tests" / "conformance" / "conformance.mjs"
@@ -67,28 +73,6 @@ def node() -> str:
     return node
 
 
-@pytest.fixture
-def servers() -> Iterator[list[ServerProcess]]:
-    """The servers a test starts (append them), each killed at the end if still up."""
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.kill()
-
-
-def start_server(
-    servers: list[ServerProcess], tmp_path: Path, name: str, *flags: str
-) -> ServerProcess:
-    server = ServerProcess(tmp_path / f"data-{name}", tmp_path / f"server-{name}.log", *flags)
-    servers.append(server)
-    server.start()
-    return server
-
-
-def base_url(server: ServerProcess) -> str:
-    return f"http://127.0.0.1:{server.port}"
-
-
 def run_client(node: str, mode: str, *bases: str, env: dict[str, str] | None = None) -> str:
     """The client's report; fails the test on a non-zero exit or a FAIL line."""
     try:
@@ -106,20 +90,6 @@ def run_client(node: str, mode: str, *bases: str, env: dict[str, str] | None = N
         pytest.fail(f"mode {mode} ran over {NODE_TIMEOUT} s:\n{report}")
     assert_client_passed(mode, result.returncode, result.stdout + result.stderr)
     return result.stdout
-
-
-def assert_client_passed(mode: str, returncode: int, report: str) -> None:
-    failures = [line for line in report.splitlines() if line.startswith("FAIL")]
-    assert not failures, f"mode {mode}: {len(failures)} FAIL\n" + "\n".join(failures)
-    assert returncode == 0, f"mode {mode} exited {returncode}:\n{report}"
-    assert " held, 0 failed" in report, report
-
-
-def stop_cleanly(*servers: ServerProcess) -> None:
-    """SIGTERM to each by its pid: a clean exit, and a log without a traceback."""
-    for server in servers:
-        assert server.stop() == 0, server.log_tail()
-        assert_no_tracebacks(server.log_records())
 
 
 @pytest.mark.parametrize("mode", list(SERVER_FLAGS))  # open, the longest, first
@@ -160,7 +130,7 @@ def test_conformance_restart(node: str, servers: list[ServerProcess], tmp_path: 
             preexec_fn=ending_with_this_process(),  # no node left by a killed test process
         )
     try:
-        wait_for_line(report_path, "READY", first)
+        wait_for_line(report_path, "READY", first, NODE_TIMEOUT)
         assert server.stop() == 0, server.log_tail()
         returncode = first.wait(NODE_TIMEOUT)
     finally:
@@ -171,11 +141,3 @@ def test_conformance_restart(node: str, servers: list[ServerProcess], tmp_path: 
     server.start()
     run_client(node, "restart2", base_url(server), env=env)
     stop_cleanly(server)
-
-
-def wait_for_line(path: Path, line: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + NODE_TIMEOUT
-    while line not in path.read_text().splitlines():
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"no {line} from the client:\n{path.read_text()}")
-        time.sleep(0.05)

@@ -1,0 +1,63 @@
+"""What the outside checks of the wire contract share (tests/test_conformance_node.py,
+tests/test_conformance_java.py): real ``bamboo-session serve`` processes started for a
+client in another language and stopped by their pid (the ``servers`` fixture, which a
+test module takes in by importing it), and the reading of that client's report: no FAIL
+line, exit 0, the " N held, 0 failed" summary, and a server log without a traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import ServerProcess, assert_no_tracebacks
+
+
+@pytest.fixture(name="servers")
+def servers_fixture() -> Iterator[list[ServerProcess]]:
+    """The servers a test starts (append them), each killed at the end if still up."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.kill()
+
+
+def start_server(
+    servers: list[ServerProcess], tmp_path: Path, name: str, *flags: str
+) -> ServerProcess:
+    server = ServerProcess(tmp_path / f"data-{name}", tmp_path / f"server-{name}.log", *flags)
+    servers.append(server)
+    server.start()
+    return server
+
+
+def base_url(server: ServerProcess) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def assert_client_passed(mode: str, returncode: int, report: str) -> None:
+    failures = [line for line in report.splitlines() if line.startswith("FAIL")]
+    assert not failures, f"mode {mode}: {len(failures)} FAIL\n" + "\n".join(failures)
+    assert returncode == 0, f"mode {mode} exited {returncode}:\n{report}"
+    assert " held, 0 failed" in report, report
+
+
+def stop_cleanly(*servers: ServerProcess) -> None:
+    """SIGTERM to each by its pid: a clean exit, and a log without a traceback."""
+    for server in servers:
+        assert server.stop() == 0, server.log_tail()
+        assert_no_tracebacks(server.log_records())
+
+
+def wait_for_line(path: Path, line: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until the client's report at ``path`` holds ``line``; fails the test if the client
+    ends, or ``timeout`` seconds pass, first."""
+    deadline = time.monotonic() + timeout
+    while line not in path.read_text().splitlines():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {line} from the client:\n{path.read_text()}")
+        time.sleep(0.05)
