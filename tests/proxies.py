@@ -1,9 +1,9 @@
 """TCP proxies between the tests' clients and a real server, for the faults a network
 or a front proxy brings: connections cut, and plain HTTP requests refused; and before
 a redis-server, connections Redis closed that the client has not seen close yet,
-replies lost after their command ran, connections reset, new connections refused,
-and bytes no Redis would send pushed to a pub/sub connection, or garbled in what it
-sends one."""
+replies lost after their command ran, or held back until the test lets them through
+(a slow Redis), connections reset, new connections refused, and bytes no Redis would
+send pushed to a pub/sub connection, or garbled in what it sends one."""
 
 from __future__ import annotations
 
@@ -111,6 +111,7 @@ class _Link:
     dropped: bool = False  # Redis's side closed; the client's left open
     subscriber: bool = False  # the client sent a (S)SUBSCRIBE on it
     losing: bool = False  # the reply to the command sent last is to be lost
+    held: asyncio.Event | None = None  # replies wait until it is set
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -121,6 +122,9 @@ class RedisProxy:
     client yet: the client's next command on it is not passed on, and the connection
     is reset instead. ``lose_reply_to(marker)``: the next command that holds
     ``marker`` reaches Redis, runs, and its reply is lost, the connection reset.
+    ``hold_reply_to(marker)``: the next command that holds ``marker`` reaches Redis
+    and runs, and its reply (with whatever else Redis sends on its connection) waits
+    until ``release_replies()``; ``replies_held`` counts the commands so met.
     ``reset()`` resets every connection through it, on both sides.
     While ``refusing``, a new connection is closed at once (Redis unreachable to new
     connections, the open ones working on); while ``hanging``, a new connection is
@@ -143,6 +147,9 @@ class RedisProxy:
         self.garbled = 0
         self._garble: tuple[bytes, bytes] | None = None
         self._marker: bytes | None = None
+        self._hold_marker: bytes | None = None
+        self._release = asyncio.Event()
+        self.replies_held = 0
         self._links: set[_Link] = set()
         self._held: set[asyncio.StreamWriter] = set()  # connections hanging
         self._server: asyncio.Server | None = None
@@ -159,6 +166,14 @@ class RedisProxy:
 
     def lose_reply_to(self, marker: bytes) -> None:
         self._marker = marker
+
+    def hold_reply_to(self, marker: bytes) -> None:
+        self._hold_marker = marker
+
+    def release_replies(self) -> None:
+        """Every reply held goes on to its client; those held later wait again."""
+        self._release.set()
+        self._release = asyncio.Event()
 
     def reset(self) -> None:
         for link in self._links:
@@ -232,6 +247,9 @@ class RedisProxy:
                     break
                 if self._marker is not None and self._marker in data:
                     self._marker, link.losing = None, True
+                if self._hold_marker is not None and self._hold_marker in data:
+                    self._hold_marker, link.held = None, self._release
+                    self.replies_held += 1
                 if not link.subscriber and b"SUBSCRIBE" in data:
                     link.subscriber = True
                     self.subscribers += 1
@@ -246,6 +264,9 @@ class RedisProxy:
                 if link.losing:
                     self.lost += 1
                     break
+                if link.held is not None:
+                    await link.held.wait()
+                    link.held = None
                 if link.subscriber and self._garble is not None and self._garble[0] in data:
                     self.garbled += data.count(self._garble[0])
                     data = data.replace(*self._garble)
