@@ -153,6 +153,9 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         return
     if command.future.done():  # its caller gave up waiting (the read deadline)
         return
+    # Each await below is a step its caller may give up during: the attach stops at
+    # the first one after which it finds it given up (``given_up``).
+    was = actor.state
     metadata = await actor.storage.get_metadata(actor.session_id)
     if command.future.done():
         return
@@ -190,9 +193,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
             # Its caller gave up while the store subscribed (a Redis store's listener,
             # disconnected, may take past the hello's deadline to connect): nothing of
             # it goes into the session, as if the subscription had failed.
-            if not actor.room.outboxes:
-                actor.unfollow()
-            return
+            return await given_up(actor, was)
     elif metadata.last_seq > actor.room.published_seq:
         # The store holds events the room has not delivered yet: another instance's
         # appends whose pub/sub message is still on its way, or was lost with the
@@ -202,7 +203,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         actor.following.stored_up_to(metadata.last_seq)
         await actor.catch_up()
         if command.future.done():  # its caller gave up waiting meanwhile
-            return
+            return await given_up(actor, was)
     if actor.state != SessionState.ACTIVE:
         # A session nobody was attached to becomes active: that is activity too. The
         # activity first: should it fail, nothing has changed (the attach fails, the
@@ -211,25 +212,52 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # too, with nobody attached, and nothing would have written it back. The
         # welcome shows the session as the store holds it after both, as a GET would.
         await actor.status.touch()
+        if command.future.done():  # given up while the store was slow to write it
+            return await given_up(actor, was)
         metadata = await actor.status.become(SessionState.ACTIVE) or metadata
+        if command.future.done():
+            return await given_up(actor, was)
     metadata.state = actor.state
     outbox = command.outbox
     connections = await actor.presence.join(
         actor.session_id, outbox.connection_id, outbox.role, actor.room.epoch
     )
+    if command.future.done():
+        # Given up while the store registered it. On a store several processes share,
+        # the session's peers on the others have seen it join (the store told them):
+        # they now see it leave, as a connection that dropped right after its welcome.
+        # Its peers here, whom only the room tells, see nothing of it.
+        await actor.presence.leave(actor.session_id, outbox.connection_id, outbox.role)
+        return await given_up(actor, was)
+    # No await from here to the welcome: its caller cannot give up in between.
     welcome = actor.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
     if welcome.replay:
         actor.metrics.events_replayed.inc(welcome.replay)
     actor.note_traffic()
     if len(actor.room.outboxes) == 1:
         actor.arm_timer()  # parked until now: from here on, watch for idleness
-    if command.future.done():
-        # Its caller gave up while the store was slow to take the writes above: the
-        # connection is gone, so it leaves at once instead of waiting in the room.
-        outbox.abandon("attach given up")
-        await detach(actor, outbox.connection_id)
-        return
     command.future.set_result(welcome)
+
+
+async def given_up(actor: SessionActor, was: SessionState) -> None:
+    """The caller of an attach gave up on it (its hello, closed 1011 at its deadline)
+    while the store was slow to answer one of its steps: the attach stops there, before
+    the connection reaches the room, and what it did is undone, as a failed one's is
+    (store_failed). A session nobody here is attached to stops following its log. One
+    it moved to ``active`` goes back to ``was``, the state it had: ``idle`` while others
+    are attached here; else parked, as at a detach (``disconnected``, written unless
+    another process's connections are attached). Only the activity it wrote stays: the
+    session's TTL started again, as at any hello the store took."""
+    moved = actor.state != was
+    if actor.room.outboxes:
+        if moved:
+            await actor.status.become(was)  # idle again: its peers are as quiet as before
+        return
+    actor.unfollow()
+    if moved:
+        await actor.status.park(elsewhere=True)  # owed: written unless others are attached
+        await save_owed(actor)
+        actor.arm_timer()
 
 
 async def detach(actor: SessionActor, connection_id: str) -> None:
@@ -255,13 +283,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
     if not timer.is_current(generation):
         return
     if not actor.room.outboxes:
-        try:
-            # Not while another process's connections are attached: the session is
-            # not disconnected, and the last of them to leave writes it.
-            if not (actor.status.owed and await actor.presence.count(actor.session_id)):
-                await actor.status.save()
-        except StorageError as exc:  # again at the next look, unless this one retires
-            log.warning("saving the session's state failed", error=str(exc))
+        await save_owed(actor)
         if timer.retires:
             actor.accepting = False  # parked for the whole retention: retire
         else:
@@ -284,6 +306,18 @@ async def tick(actor: SessionActor, generation: int) -> None:
         actor.end(*subscription_end(actor.following.ended(ended)))
         return
     actor.arm_timer()
+
+
+async def save_owed(actor: SessionActor) -> None:
+    """A parked session's state that its store was not given is written, unless
+    another process's connections are attached: the session is not disconnected, and
+    the last of them to leave writes it. A failure is logged; the next look tries again
+    (unless that one retires the actor)."""
+    try:
+        if not (actor.status.owed and await actor.presence.count(actor.session_id)):
+            await actor.status.save()
+    except StorageError as exc:
+        log.warning("saving the session's state failed", error=str(exc))
 
 
 async def closed_elsewhere(actor: SessionActor) -> None:

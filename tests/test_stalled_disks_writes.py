@@ -4,10 +4,10 @@ its busy handler), a JSONL log that is a FIFO nobody writes (opening it blocks i
 kernel, as on a hung disk).
 
 A hello given up on while its attach writes ends 1011 at ``--store-read-timeout`` and
-leaves no connection behind; a hello to a session whose old actor retires in a stalled
-write, or whose read and attach both stall, ends at one deadline; a hello whose
-creation waits past the deadline is still welcomed. A log whose open hangs holds up
-appends, not the server."""
+leaves no connection behind, nor a ``presence`` its session's viewer sees; a hello to
+a session whose old actor retires in a stalled write, or whose read and attach both
+stall, ends at one deadline; a hello whose creation waits past the deadline is still
+welcomed. A log whose open hangs holds up appends, not the server."""
 
 from __future__ import annotations
 
@@ -67,6 +67,34 @@ async def test_a_hello_given_up_on_while_its_attach_writes_leaves_no_connection_
         await eventually(lambda: session_is(server, session_id, "disconnected", 0), WITHIN)
         # Nothing queued for them stays charged: no writer would ever send it.
         assert server.manager.budget.used == budget_used
+
+
+async def test_a_hello_given_up_on_while_it_writes_an_idle_sessions_activity_is_never_seen(
+    tmp_path: Path,
+) -> None:
+    """An idle session (its viewer asked so) becomes active when someone attaches: its
+    activity first, a write that waits for the lock another process holds. The hello
+    ends with 1011 at the read deadline; once the lock goes, the attach stops after
+    that write, and the viewer sees nothing of it: the next hello is the first join it
+    sees. Before, the attach went on into the room, and the viewer saw the closed
+    connection join and leave."""
+    path = tmp_path / "bamboo.db"
+    async with run_server(store=f"sqlite://{path}", store_read_timeout=DEADLINE) as server:
+        async with attach(server, "s", create=True) as (viewer, _):
+            await viewer.request({"type": "state", "id": 1, "state": "idle"}, "ack")
+            async with write_lock_held(path):
+                async with open_peer(server, "s") as peer:
+                    await peer.send({"type": "hello"})
+                    assert await peer.closed(timeout=ATTACH_WITHIN) == (1011, [])
+            for attempt in range(3):  # as in attach_again_after_1011
+                try:
+                    async with attach(server, "s") as (_peer, welcome):
+                        presence = await viewer.recv_type("presence", WITHIN)
+                    break
+                except websockets.ConnectionClosedError as exc:
+                    if exc.rcvd is None or exc.rcvd.code != 1011 or attempt == 2:
+                        raise
+    assert presence["joined"] == welcome["connection_id"], presence
 
 
 async def attach_again_after_1011(server: BambooServer, session_id: str) -> None:
