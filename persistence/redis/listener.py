@@ -16,15 +16,13 @@ for, dispatching what arrives to the store's :class:`Feed`.
   should, then has the store catch every session up (``on_reconnect``): whatever was
   published meanwhile is read from the streams by the subscriptions themselves.
 - A :meth:`watch` while the connection is down does not wait out the backoff: it has
-  the listener try now (though never sooner than the backoff's first step after the
-  last try), and waits for that try: connected, it subscribes; failed, it fails. The
-  watches that come while a try is due share it; one that comes while a try is under
-  way shares it if it connects, else waits for the next: a crowd makes one or two.
+  the listener try now, and waits for that try: connected, it subscribes; failed, it
+  fails (tries.py: a crowd of watches makes one try or two).
 - Any other failure of the reader (redis-py failing on what the connection brought: a
   push it cannot read, a transport torn down under a write) is handled as a lost
   connection too, the store not ready meanwhile, and logged with its traceback the
-  first time of its kind: the task never ends while the store is open, which would
-  leave it ready with no event reaching any viewer.
+  first time of its kind (listener_log.py): the task never ends while the store is
+  open, which would leave it ready with no event reaching any viewer.
 - A message on a session's channel that this module cannot handle (a batch that is no
   JSON, a notice it cannot read: published by any client of the Redis, or by an
   instance of another version during a rolling upgrade) is dropped and counted
@@ -33,7 +31,7 @@ for, dispatching what arrives to the store's :class:`Feed`.
   connection is fine, so it is kept: a reconnect per such message would take the
   store out of readiness, and delay every session's viewers, for as long as they
   came. The first of each kind is logged with its traceback; later ones as a count,
-  at most once per ``UNREADABLE_TOLD_EVERY``.
+  at most once a minute (listener_log.py).
 """
 
 from __future__ import annotations
@@ -58,7 +56,9 @@ from .layout import (
     Layout,
     events_from_batch,
 )
+from .listener_log import ListenerLog
 from .pool import from_redis_py
+from .tries import Tries
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ PING_EVERY: Final = 5.0  # seconds of silence before a ping
 PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
 CONFIRM_TIMEOUT: Final = 10.0
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-UNREADABLE_TOLD_EVERY: Final = 60.0  # seconds between warnings of unreadable messages
-# What a lost connection raises; anything else is logged with its traceback, once.
-LOST: Final = (redis.exceptions.RedisError, OSError, StorageError)
 
 OnReconnect = Callable[[Collection[str]], Awaitable[None]]
 OnPresence = Callable[[str, bytes], None]
@@ -103,27 +100,31 @@ class Listener:
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._sync_lock = asyncio.Lock()
         self._connected = asyncio.Event()
-        # The outcome of the next try to connect (True: connected), for the watches
-        # that found the connection down; and their wish that it be made now.
-        self._next_try: asyncio.Future[bool] | None = None
-        self._hurry = asyncio.Event()
+        self._tries = Tries(CONFIRM_TIMEOUT)
         self._task: asyncio.Task[None] | None = None
         self._catch_up: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # unsubscribes under way
         self._closing = False
         self._broken = False
         self._last_heard = 0.0
-        self._failed_so: set[type[Exception]] = set()  # kinds of failure logged in full
+        self._log = ListenerLog(log)
         self.reconnects = 0
-        self.tries = 0  # to connect, each: the first, and every one after a loss
-        self.unreadable = 0  # messages on session channels dropped as unreadable
-        self._unreadable_told = (0.0, 0)  # when unreadable ones were last logged, how many
         self._lagging: set[str] = set()  # sessions to catch up after an unreadable message
         self._lagging_catch_up: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def unreadable(self) -> int:
+        """Messages on session channels dropped as unreadable so far."""
+        return self._log.unreadable
+
+    @property
+    def tries(self) -> int:
+        """Tries to connect so far: the first, and every one after a loss."""
+        return self._tries.made
 
     async def start(self) -> None:
         await self._connect()
@@ -134,7 +135,7 @@ class Listener:
         for task in (self._task, self._catch_up, self._lagging_catch_up, *self._background):
             await stop_task(task)
         await self._disconnect()
-        _tell(self._next_try, False)
+        self._tries.close()
 
     # -- what the store asks ------------------------------------------------------------
 
@@ -144,7 +145,9 @@ class Listener:
         self._pinned[session_id] = self._pinned.get(session_id, 0) + 1
         try:
             if not self._connected.is_set():
-                await self._reconnected()
+                if self._closing:
+                    raise StorageError("redis unavailable: the store is closing")
+                await self._tries.next_one()
             await self._sync()
             if session_id not in self._subscribed:
                 raise StorageError("redis unavailable: could not subscribe")
@@ -161,22 +164,6 @@ class Listener:
             task = asyncio.get_running_loop().create_task(self._sync_quietly())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-    async def _reconnected(self) -> None:
-        """Has the next try to connect made now (see :meth:`_back_off`) and waits for
-        it, no longer than ``CONFIRM_TIMEOUT`` (the try's connect and handshake have
-        their own timeouts): StorageError unless it connected. A hello waits for it no
-        longer than its own deadline (the server gives up on its attach then)."""
-        if self._closing:
-            raise StorageError("redis unavailable: the store is closing")
-        if self._next_try is None:
-            self._next_try = asyncio.get_running_loop().create_future()
-        outcome = self._next_try
-        self._hurry.set()
-        # Not cancelled with this waiter: the others wait for the same outcome.
-        await asyncio.wait([outcome], timeout=CONFIRM_TIMEOUT)
-        if not (outcome.done() and outcome.result()):
-            raise StorageError("redis unavailable: the pub/sub connection is down")
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -254,9 +241,10 @@ class Listener:
                     continue
                 await self._read(pubsub)
             except Exception as exc:  # anything but a cancellation: see the docstring
-                self._report("redis pub/sub connection lost", exc, self._connected.is_set())
+                self._log.failure("redis pub/sub connection lost", exc, self._connected.is_set())
                 await self._disconnect()
-                await self._back_off(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                await self._tries.back_off(delay, RECONNECT_DELAYS[0])
                 attempt += 1
 
     async def _read(self, pubsub: PubSub) -> None:
@@ -312,18 +300,7 @@ class Listener:
     def _unreadable(self, session_id: str, exc: Exception) -> None:
         """A message on the session's channel could not be handled: dropped, counted,
         logged (see the module docstring), and the session caught up from the store."""
-        self.unreadable += 1
-        now = asyncio.get_running_loop().time()
-        told_at, told = self._unreadable_told
-        if type(exc) not in self._failed_so:
-            self._failed_so.add(type(exc))
-            what = "unreadable message on session %r's channel dropped: %r"
-            log.error(what, session_id, exc, exc_info=exc)
-            self._unreadable_told = (now, self.unreadable)
-        elif now - told_at >= UNREADABLE_TOLD_EVERY:
-            what = "%d more unreadable messages on session channels dropped (the last: %r, %r)"
-            log.warning(what, self.unreadable - told, session_id, exc)
-            self._unreadable_told = (now, self.unreadable)
+        self._log.unreadable_message(session_id, exc)
         if self._closing or not self._feed.has_subscribers(session_id):
             return
         self._lagging.add(session_id)
@@ -340,34 +317,21 @@ class Listener:
             try:
                 await self._on_reconnect(sessions)
             except Exception as exc:
-                self._report("catching up after an unreadable message failed", exc, True)
+                self._log.failure("catching up after an unreadable message failed", exc, True)
                 self._broken = True
                 self._lagging.clear()
                 return
 
     # -- connecting -----------------------------------------------------------------------
 
-    async def _back_off(self, delay: float) -> None:
-        """Waits ``delay`` before the next try to connect, or only the backoff's first
-        step once a watch asks for a try: a stream of hellos tries a Redis that is away
-        no more often than the backoff's fastest."""
-        first = RECONNECT_DELAYS[0]
-        await asyncio.sleep(first)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, delay - first)):
-                await self._hurry.wait()
-
     async def _connect(self) -> None:
-        """One try to connect; its outcome told to the watches waiting for it (those
-        that came during the try wait for the next, unless this one connected)."""
-        asked, self._next_try = self._next_try, None
-        self._hurry.clear()
-        self.tries += 1
+        """One try to connect; its outcome told to the watches waiting for it."""
+        self._tries.begin()
         pubsub = self._client.pubsub()
         try:
             await pubsub.connect()
         except BaseException:
-            _tell(asked, False)
+            self._tries.failed()
             await pubsub.aclose()
             raise
         self._pubsub = pubsub
@@ -376,10 +340,7 @@ class Listener:
         self._bare_next = {}
         self._last_heard = asyncio.get_running_loop().time()
         self._connected.set()
-        late, self._next_try = self._next_try, None
-        self._hurry.clear()
-        _tell(asked, True)
-        _tell(late, True)
+        self._tries.connected()
 
     def _resubscribe(self) -> None:
         """After a reconnect: subscribe again, then catch every session up. In a task
@@ -393,18 +354,8 @@ class Listener:
             await self._sync()
             await self._on_reconnect(set(self._subscribed))
         except Exception as exc:  # the reader starts over with a fresh connection
-            self._report("catching up after a reconnect failed", exc, True)
+            self._log.failure("catching up after a reconnect failed", exc, True)
             self._broken = True
-
-    def _report(self, what: str, exc: Exception, news: bool) -> None:
-        """Logs a failure: one of Redis or of the connection as a warning, if it is
-        ``news`` (the first of an outage, not each retry's); any other with its
-        traceback the first time of its kind, then as those are."""
-        if not isinstance(exc, LOST) and type(exc) not in self._failed_so:
-            self._failed_so.add(type(exc))
-            log.error("%s: %r", what, exc, exc_info=exc)
-        elif news:
-            log.warning("%s: %r", what, exc)
 
     async def _disconnect(self) -> None:
         self._connected.clear()
@@ -416,11 +367,6 @@ class Listener:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
-
-
-def _tell(outcome: asyncio.Future[bool] | None, connected: bool) -> None:
-    if outcome is not None and not outcome.done():
-        outcome.set_result(connected)
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
