@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bamboo_session.persistence import Storage, StorageError, open_storage
 from bamboo_session.persistence.redis.listener import RECONNECT_DELAYS, Listener
@@ -197,6 +200,27 @@ async def test_hellos_while_the_listener_cannot_connect_are_closed_1011_after_fe
             proxy.refusing = False
     assert ends == [(1011, [])] * HELLOS
     assert 1 <= made <= HELLOS // 2, made
+
+
+async def test_a_subscription_the_listener_cannot_connect_for_says_where_and_why(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Redis stopped under a store, its port closed: a subscription has the listener
+    try, and fails with the try's reason, Redis's address and errno in it. It used to
+    say only "the pub/sub connection is down"."""
+    redis = start_redis("stopped")
+    store = await open_storage(redis.url(prefix=prefix_for(tmp_path)), cleanup_interval=None)
+    try:
+        assert isinstance(store, RedisStorage)
+        await store.create_session(Session.new("s"))
+        redis.stop()
+        await eventually(lambda: not store.live.listener.connected)
+        with pytest.raises(StorageError) as failed:
+            await store.subscribe("s", 0)
+    finally:
+        await store.close()
+    refused = f"Error {errno.ECONNREFUSED} connecting to 127.0.0.1:{redis.port}"
+    assert str(failed.value).startswith(f"redis unavailable: pub/sub: NoConnection: {refused}")
 
 
 async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_closes(

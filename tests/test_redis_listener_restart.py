@@ -1,22 +1,29 @@
 """The pub/sub listener of a Redis store across a crash of Redis (a real
 redis-server, SIGKILLed and started again): subscriptions that close while the
 listener's connection is going down leave no traceback behind (no task or future
-whose exception nobody retrieves), and the listener comes back."""
+whose exception nobody retrieves), and the listener comes back; a server logs the
+loss as a warning that says where and why, with no traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from websockets.asyncio.client import connect
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import Session
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.test_failures import readyz
 
 SESSIONS = 20
 
@@ -53,3 +60,35 @@ async def test_subscriptions_closed_as_redis_dies_leave_no_unretrieved_error(
         await asyncio.sleep(0)
         loop.set_exception_handler(None)
     assert [context.get("message") for context in reported] == []
+
+
+async def test_a_server_logs_a_crash_of_redis_as_a_warning_saying_where_and_why(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """``serve`` (its log as JSON) on a real redis-server, a viewer attached; Redis
+    killed, then started again. The listener's lost connection is one warning that
+    names Redis's address and the reason, no traceback. It read "redis pub/sub
+    connection lost: network:ConnectionError" (the repr of redis-py's errors has no
+    message)."""
+    redis = start_redis("crashing")
+    server = ServerProcess(
+        tmp_path / "data", tmp_path / "serve.log", "--store", redis.url(prefix=prefix_for(tmp_path))
+    )
+    await server.start_in_loop()
+    try:
+        async with connect(server.url("s")) as viewer:
+            await viewer.send(json.dumps({"type": "hello", "create": True}))
+            assert json.loads(await viewer.recv())["type"] == "welcome"
+            redis.stop(signal.SIGKILL)
+            await eventually(lambda: asyncio.to_thread(lambda: readyz(server)[0] == 503))
+            await redis.start_in_loop()
+            await eventually(lambda: asyncio.to_thread(lambda: readyz(server)[0] == 200))
+    finally:
+        server.stop()
+    records = server.log_records()
+    lost = [record for record in records if "pub/sub connection lost" in record["event"]]
+    assert [record["level"] for record in lost] == ["warning"], lost
+    # redis-py connects again at once on the loss, to a port with nobody behind it.
+    refused = f"Error {errno.ECONNREFUSED} connecting to 127.0.0.1:{redis.port}."
+    assert lost[0]["event"].startswith(f"redis pub/sub connection lost: ConnectionError: {refused}")
+    assert_no_tracebacks(records)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.exceptions
 
 from ..feed import HISTORY_LOST
-from .pool import read
+from .pool import described, read
 from .scripts import SCRIPTS, run, unreachable
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ class Generation:
             await connection.disconnect()
             if isinstance(exc, redis.exceptions.RedisError):
                 raise
-            raise redis.exceptions.ConnectionError(f"checking redis's run: {exc!r}") from exc
+            what = described(exc)
+            raise redis.exceptions.ConnectionError(f"checking redis's run: {what}") from exc
 
     def _args(self, run_id: str) -> list[str]:
         lossy = "1" if self.lossy else "0"

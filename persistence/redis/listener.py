@@ -57,8 +57,8 @@ from .layout import (
     events_from_batch,
 )
 from .listener_log import ListenerLog
-from .pool import from_redis_py
-from .tries import Tries
+from .pool import described, from_redis_py
+from .tries import CLOSING, Tries
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Listener:
         try:
             if not self._connected.is_set():
                 if self._closing:
-                    raise StorageError("redis unavailable: the store is closing")
+                    raise StorageError(f"redis unavailable: {CLOSING}")
                 await self._tries.next_one()
             await self._sync()
             if session_id not in self._subscribed:
@@ -214,14 +214,15 @@ class Listener:
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 await asyncio.gather(*waiting.values())
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            raise StorageError(f"redis unavailable: pub/sub: {exc!r}") from exc
+            raise StorageError(f"redis unavailable: pub/sub: {described(exc)}") from exc
         except Exception as exc:
             # redis-py's PubSub fails so rather than with a ConnectionError when its
             # connection was torn down under this command: by the reader, which saw it
             # drop (any error then), or by the event loop (pool.py): the same loss.
             if self._pubsub is pubsub and not from_redis_py(exc):
                 raise
-            raise StorageError(f"redis unavailable: pub/sub connection lost: {exc!r}") from exc
+            what = described(exc)
+            raise StorageError(f"redis unavailable: pub/sub connection lost: {what}") from exc
         finally:
             for name, waiter in waiting.items():
                 self._confirming.pop(name, None)
@@ -330,8 +331,8 @@ class Listener:
         pubsub = self._client.pubsub()
         try:
             await pubsub.connect()
-        except BaseException:
-            self._tries.failed()
+        except BaseException as exc:
+            self._tries.failed(exc)
             await pubsub.aclose()
             raise
         self._pubsub = pubsub

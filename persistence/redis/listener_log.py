@@ -20,6 +20,7 @@ from typing import Final
 import redis.exceptions
 
 from ..base import StorageError
+from .pool import described
 
 UNREADABLE_TOLD_EVERY: Final = 60.0  # seconds between warnings of unreadable messages
 # What a lost connection raises; anything else is logged with its traceback, once.
@@ -41,9 +42,9 @@ class ListenerLog:
         those are."""
         if not isinstance(exc, LOST) and type(exc) not in self._failed_so:
             self._failed_so.add(type(exc))
-            self._log.error("%s: %r", what, exc, exc_info=exc)
+            self._log.error("%s: %s", what, described(exc), exc_info=exc)
         elif news:
-            self._log.warning("%s: %r", what, exc)
+            self._log.warning("%s: %s", what, described(exc))
 
     def unreadable_message(self, session_id: str, exc: Exception) -> None:
         """A message on the session's channel could not be handled: counted, logged."""
@@ -52,10 +53,10 @@ class ListenerLog:
         told_at, told = self._unreadable_told
         if type(exc) not in self._failed_so:
             self._failed_so.add(type(exc))
-            what = "unreadable message on session %r's channel dropped: %r"
-            self._log.error(what, session_id, exc, exc_info=exc)
+            what = "unreadable message on session %r's channel dropped: %s"
+            self._log.error(what, session_id, described(exc), exc_info=exc)
             self._unreadable_told = (now, self.unreadable)
         elif now - told_at >= UNREADABLE_TOLD_EVERY:
-            what = "%d more unreadable messages on session channels dropped (the last: %r, %r)"
-            self._log.warning(what, self.unreadable - told, session_id, exc)
+            what = "%d more unreadable messages on session channels dropped (the last: %r, %s)"
+            self._log.warning(what, self.unreadable - told, session_id, described(exc))
             self._unreadable_told = (now, self.unreadable)

@@ -31,6 +31,10 @@ that connection by then (its connection layer disconnects on any error); the sto
 takes such an error, raised through that layer (``from_redis_py``), as the dropped
 connection or the failure to connect it is. An error raised elsewhere in redis-py, a
 reply's callback for one, left the connection as it was: it is raised as it is.
+
+An error is told by its class and its message (``described``), never its repr:
+redis-py's errors have a repr without their message (``network:ConnectionError``),
+which loses the host, the port and the reason an operator needs.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class CheckedPool(BlockingConnectionPool):
         except Exception as exc:
             if not from_redis_py(exc):
                 raise
-            raise NoConnection(f"connecting failed: {exc!r}") from exc
+            raise NoConnection(f"connecting failed: {described(exc)}") from exc
 
     async def _make_again(self, connection: Any) -> None:
         try:
@@ -157,8 +161,16 @@ def as_dropped(exc: Exception) -> redis.exceptions.ConnectionError | None:
     if type(exc) is redis.exceptions.ConnectionError:
         return exc
     if from_redis_py(exc):
-        return redis.exceptions.ConnectionError(f"connection lost: {exc!r}")
+        return redis.exceptions.ConnectionError(f"connection lost: {described(exc)}")
     return None
+
+
+def described(exc: BaseException) -> str:
+    """``exc`` as an operator reads it: its class and its message, as in
+    ``ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused.``
+    (the class alone when it has none)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def from_redis_py(exc: BaseException) -> bool:

@@ -32,7 +32,7 @@ from ..base import (
     StorageFull,
     UserFull,
 )
-from .pool import attempt
+from .pool import attempt, described
 
 NAMES: Final = (
     "append",
@@ -282,7 +282,7 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
 
 
 def unreachable(exc: redis.exceptions.RedisError) -> StorageError:
-    return StorageError(f"redis unavailable: {exc.__class__.__name__}: {exc}")
+    return StorageError(f"redis unavailable: {described(exc)}")
 
 
 def optional_arg(value: int | None) -> int | str:

@@ -5,7 +5,7 @@ watches that found the connection down and wait for one.
   (:meth:`Tries.back_off`). A watch that finds the connection down does not wait out
   that step: it has the next try made now (though never sooner than the backoff's
   first step after the last try) and waits for it (:meth:`Tries.next_one`): connected,
-  it goes on; failed, it fails.
+  it goes on; failed, it fails with the try's reason (Redis's address and why).
 - The watches that come while a try is due share it; one that comes while a try is
   under way shares it if it connects, else waits for the next one (a failure begun
   before the watch asked says nothing of Redis since): a crowd makes one or two.
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Final
 
 from ..base import StorageError
+from .pool import described
 
-Outcome = asyncio.Future[bool]  # what a try told its watches: True if it connected
+Outcome = asyncio.Future[str | None]  # what a try told its watches: None, or why it failed
+CLOSING: Final = "the store is closing"
 
 
 class Tries:
@@ -43,8 +46,9 @@ class Tries:
         self._hurry.set()
         # Not cancelled with this waiter: the others wait for the same outcome.
         await asyncio.wait([outcome], timeout=self._wait)
-        if not (outcome.done() and outcome.result()):
-            raise StorageError("redis unavailable: the pub/sub connection is down")
+        failure = outcome.result() if outcome.done() else "the pub/sub connection is down"
+        if failure is not None:
+            raise StorageError(f"redis unavailable: {failure}")
 
     async def back_off(self, delay: float, first: float) -> None:
         """Waits ``delay`` before the next try, or only ``first`` (the backoff's first
@@ -61,10 +65,11 @@ class Tries:
         self._hurry.clear()
         self.made += 1
 
-    def failed(self) -> None:
-        """The try under way failed: so do its watches."""
+    def failed(self, exc: BaseException) -> None:
+        """The try under way failed with ``exc`` (cancelled: the store closes): so do
+        its watches."""
         under_way, self._under_way = self._under_way, None
-        _tell(under_way, False)
+        _tell(under_way, f"pub/sub: {described(exc)}" if isinstance(exc, Exception) else CLOSING)
 
     def connected(self) -> None:
         """The try under way connected: so do its watches, and the ones that came
@@ -72,17 +77,17 @@ class Tries:
         under_way, self._under_way = self._under_way, None
         late, self._next = self._next, None
         self._hurry.clear()
-        _tell(under_way, True)
-        _tell(late, True)
+        _tell(under_way, None)
+        _tell(late, None)
 
     def close(self) -> None:
         """The store closed: the watches still waiting for a try fail."""
         under_way, self._under_way = self._under_way, None
         waiting, self._next = self._next, None
-        _tell(under_way, False)
-        _tell(waiting, False)
+        _tell(under_way, CLOSING)
+        _tell(waiting, CLOSING)
 
 
-def _tell(outcome: Outcome | None, connected: bool) -> None:
+def _tell(outcome: Outcome | None, failure: str | None) -> None:
     if outcome is not None and not outcome.done():
-        outcome.set_result(connected)
+        outcome.set_result(failure)
