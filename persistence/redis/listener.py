@@ -20,9 +20,10 @@ for, dispatching what arrives to the store's :class:`Feed`.
   fails (tries.py: a crowd of watches makes one try or two).
 - Any other failure of the reader (redis-py failing on what the connection brought: a
   push it cannot read, a transport torn down under a write) is handled as a lost
-  connection too, the store not ready meanwhile, and logged with its traceback the
-  first time of its kind (listener_log.py): the task never ends while the store is
-  open, which would leave it ready with no event reaching any viewer.
+  connection too, the store not ready meanwhile: the task never ends while the store
+  is open, which would leave it ready with no event reaching any viewer. A lost
+  connection is logged as a warning; a failure that is a bug, ours or redis-py's,
+  with its traceback the first time of its kind (listener_log.py).
 - A message on a session's channel that this module cannot handle (a batch that is no
   JSON, a notice it cannot read: published by any client of the Redis, or by an
   instance of another version during a rolling upgrade) is dropped and counted

@@ -2,10 +2,15 @@
 count of the messages it dropped as unreadable: which kinds of failure it has logged
 in full, and when it last told of unreadable messages.
 
-- A failure of Redis or of the connection (``LOST``) is logged as a warning when it is
-  news (the first of an outage, not each retry's).
-- Any other failure is logged as an error with its traceback the first time of its
-  kind; later ones of that kind as the lost connections are.
+- A lost connection is routine (a reset, a restart of Redis): a warning with no
+  traceback, when it is news (the first of an outage, not each retry's). It is a
+  failure of Redis or of the connection (``LOST``), or any error raised through
+  redis-py's connection layer, which drops its connection on any error (pool.py
+  ``from_redis_py``: a transport torn down under a write, two reads at once on the
+  connection as redis-py makes it again).
+- Any other failure is a bug, ours or redis-py's (a push it cannot read): an error with
+  its traceback the first time of its kind; later ones of that kind as the lost
+  connections are.
 - A message on a session's channel that could not be handled is counted; the first of
   its kind is logged as an error with its traceback, later ones as a count, at most
   once per ``UNREADABLE_TOLD_EVERY``.
@@ -20,10 +25,10 @@ from typing import Final
 import redis.exceptions
 
 from ..base import StorageError
-from .pool import described
+from .pool import described, from_redis_py
 
 UNREADABLE_TOLD_EVERY: Final = 60.0  # seconds between warnings of unreadable messages
-# What a lost connection raises; anything else is logged with its traceback, once.
+# What a lost connection raises, besides what redis-py's connection layer raises.
 LOST: Final = (redis.exceptions.RedisError, OSError, StorageError)
 
 
@@ -37,10 +42,10 @@ class ListenerLog:
         self._unreadable_told = (0.0, 0)  # when unreadable ones were last logged, how many
 
     def failure(self, what: str, exc: Exception, news: bool) -> None:
-        """Logs a failure: one of Redis or of the connection as a warning, if it is
-        ``news``; any other with its traceback the first time of its kind, then as
-        those are."""
-        if not isinstance(exc, LOST) and type(exc) not in self._failed_so:
+        """Logs a failure: a lost connection as a warning, if it is ``news``; any
+        other with its traceback the first time of its kind, then as those are."""
+        lost = isinstance(exc, LOST) or from_redis_py(exc)
+        if not lost and type(exc) not in self._failed_so:
             self._failed_so.add(type(exc))
             self._log.error("%s: %s", what, described(exc), exc_info=exc)
         elif news:
