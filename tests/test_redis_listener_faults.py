@@ -18,7 +18,9 @@ instance's events only through their listener.
   every session up again, a warning logged per message. Now each is dropped and
   counted, no instance reconnects or leaves readiness, and the session is caught up
   from the store: the viewer gets the garbled batch's event without waiting for a
-  next one, then the next, in order and once; one traceback is logged."""
+  next one, then the next, in order and once; one traceback is logged.
+- A subscribe whose confirmation is lost with the connection: the subscription fails
+  with the loss, said once."""
 
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ import msgspec
 import pytest
 import redis.asyncio
 
+from bamboo_session.persistence import StorageError
 from bamboo_session.persistence.redis.storage import RedisStorage
-from bamboo_session.protocol.models import AgentEvent
+from bamboo_session.protocol.models import AgentEvent, Session
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.proxies import RedisProxy
@@ -169,3 +172,26 @@ async def publish(agent: Peer, content: str) -> None:
 
 async def _is(status: Awaitable[int], expected: int) -> bool:
     return await status == expected
+
+
+async def test_a_subscription_whose_confirmation_is_lost_with_the_connection_says_so_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The listener's connection reset after its subscribe for a session reached
+    Redis, before the confirmation came back: the subscription fails with the loss,
+    said once. It read "redis unavailable: pub/sub connection lost: StorageError('redis
+    unavailable: pub/sub connection lost')"."""
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    try:
+        url = f"redis://127.0.0.1:{port}/0?prefix={prefix_for(tmp_path)}"
+        async with opened(url) as store:
+            assert isinstance(store, RedisStorage)
+            await store.create_session(Session.new("s"))
+            proxy.lose_reply_to(store.layout.channel("s").encode())
+            with pytest.raises(StorageError) as failed:
+                await store.subscribe("s", 0)
+            assert proxy.lost == 1
+    finally:
+        await proxy.close()
+    assert str(failed.value) == "redis unavailable: pub/sub connection lost"

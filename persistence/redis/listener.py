@@ -214,6 +214,8 @@ class Listener:
                 await pubsub.unsubscribe(*channels)
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 await asyncio.gather(*waiting.values())
+        except StorageError:
+            raise  # the connection lost under the command (_disconnect): said already
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             raise StorageError(f"redis unavailable: pub/sub: {described(exc)}") from exc
         except Exception as exc:
