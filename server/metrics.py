@@ -8,7 +8,8 @@ events a second is a few percent of a core; here it is a bisect and an increment
 are exposed as ordinary Prometheus histograms (``_bucket{le=…}``, ``_sum``, ``_count``),
 so ``histogram_quantile()`` graphs them as they are. The counter bumped once per append
 (``bamboo_events_appended``) is likewise a :class:`HotCounter`: an addition, exposed as
-prometheus_client exposes a counter (``_total``, ``_created``).
+prometheus_client exposes a counter (``_total``, ``_created``). A count another object
+keeps (the store's) is a :class:`CounterOf`, read at each scrape.
 """
 
 from __future__ import annotations
@@ -106,6 +107,22 @@ class HotCounter(Collector):
         )
 
 
+class CounterOf(HotCounter):
+    """A counter whose count another object keeps (a store's), read at each scrape
+    through the function given to ``set_function``: 0 until one is given."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        super().__init__(name, documentation)
+        self._read: Callable[[], float] = lambda: 0
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        self.value = self._read()
+        return super().collect()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -149,6 +166,18 @@ class Metrics:
             "s; or CONFIG refused): its next restart changes every session's epoch",
             registry=r,
         )
+        self.pubsub_reconnects = CounterOf(
+            "bamboo_redis_pubsub_reconnects",
+            "Times the Redis store's pub/sub connection was made again after it was lost "
+            "(not ready meanwhile; 0 for other stores)",
+        )
+        self.pubsub_unreadable = CounterOf(
+            "bamboo_redis_pubsub_unreadable",
+            "Messages on sessions' pub/sub channels the Redis store dropped as unreadable, "
+            "each session caught up from the store instead (0 for other stores)",
+        )
+        r.register(self.pubsub_reconnects)
+        r.register(self.pubsub_unreadable)
         self.buffered_bytes = Gauge(
             "bamboo_buffered_bytes",
             "Bytes held in replay rings, send queues and inboxes (see --memory-budget)",

@@ -7,7 +7,8 @@ its journal and WAL); for others the gauge stays unset. Whether a sync failed in
 process (``SyncHealth``, the JSONL store) is read whenever the gauge is, by ``/metrics``
 or ``/api/v1/stats``: it costs nothing (other stores: always 0). So is whether the
 store's server may lose writes it acknowledged (``WriteLossRisk``, the Redis store, as
-its last look at Redis's settings found: other stores, always 0).
+its last look at Redis's settings found: other stores, always 0), and so are the counts
+of its pub/sub connection (``PubSubCounts``, the Redis store: other stores, 0).
 
 A scrape waits for a figure at most ``--store-read-timeout``: a store that does not
 answer leaves the gauge at its last value (the scrape serves what it has); the read,
@@ -30,6 +31,7 @@ from bamboo_session.persistence.base import (
     SyncHealth,
     WriteLossRisk,
 )
+from bamboo_session.persistence.pubsub_counts import PubSubCounts
 from bamboo_session.persistence.url import parse_store_url
 
 from .metrics import Metrics
@@ -92,6 +94,10 @@ class StoreStats:
         if isinstance(storage, WriteLossRisk):  # likewise, read at every read
             risk = storage
             metrics.store_may_lose_writes.set_function(lambda: int(risk.may_lose_writes))
+        if isinstance(storage, PubSubCounts):  # likewise
+            counts = storage
+            metrics.pubsub_reconnects.set_function(lambda: counts.pubsub_reconnects)
+            metrics.pubsub_unreadable.set_function(lambda: counts.pubsub_unreadable)
 
     async def refresh(self) -> None:
         """Reads the figures that are due, at once. A failure (StoreTimeout among them)

@@ -154,6 +154,14 @@ class RedisStorage:
     def may_lose_writes(self) -> bool:  # WriteLossRisk: bamboo_store_may_lose_writes
         return self.durability.may_lose_writes
 
+    @property
+    def pubsub_reconnects(self) -> int:  # PubSubCounts: bamboo_redis_pubsub_reconnects
+        return self.live.listener.reconnects
+
+    @property
+    def pubsub_unreadable(self) -> int:  # PubSubCounts: bamboo_redis_pubsub_unreadable
+        return self.live.listener.unreadable
+
     async def close(self) -> None:
         """Stop the background work, the listener and the client. Safe to call twice: a
         call made while another closes returns once that close has ended (CloseOnce)."""
