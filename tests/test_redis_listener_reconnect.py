@@ -269,6 +269,52 @@ async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_clo
         await proxy.close()
 
 
+async def test_a_close_given_up_on_still_ends_the_subscriptions_waiting_for_a_try(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """As above, but the listener's close is itself cancelled once it has begun (a
+    shutdown that gives up on it, say): the subscriptions waiting for a try fail all
+    the same, told the store is closing. The one waiting for the try after the one
+    that hangs was told only once the listener's tasks had stopped: past a cancelled
+    close, it waited out CONFIRM_TIMEOUT (10 s), then said "the pub/sub connection is
+    down"."""
+    prefix = prefix_for(tmp_path)
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    try:
+        store = await open_storage(
+            f"redis://127.0.0.1:{port}/0?prefix={prefix}", cleanup_interval=None
+        )
+        try:
+            assert isinstance(store, RedisStorage)
+            listener = store.live.listener
+            for session_id in ("viewed", "s", "later"):
+                await store.create_session(Session.new(session_id))
+            viewing = await store.subscribe("viewed", 0)
+            proxy.refusing = True
+            assert proxy.reset_subscribers() == 1
+            await eventually(lambda: not listener.connected)
+            proxy.refusing, proxy.hanging = False, True
+            tries = listener.tries
+            watching = asyncio.create_task(store.subscribe("s", 0))
+            await eventually(lambda: listener.tries > tries)  # a try, which hangs
+            later = asyncio.create_task(store.subscribe("later", 0))  # waits for the next
+            await eventually(lambda: store.live.feed.has_subscribers("later"))
+            closing = asyncio.create_task(listener.close())
+            await asyncio.sleep(0)  # the close begins: it is stopping the listener's tasks
+            assert not closing.done()
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+            for subscribing in (watching, later):
+                with pytest.raises(StorageError, match="redis unavailable: the store is closing"):
+                    await subscribing
+            viewing.close()
+        finally:
+            await store.close()
+    finally:
+        await proxy.close()
+
+
 async def test_a_hello_given_up_on_while_its_subscription_waits_is_never_counted(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -133,10 +133,12 @@ class Listener:
 
     async def close(self) -> None:
         self._closing = True
+        # First: stopping the tasks takes turns of the loop, in which this close may
+        # be cancelled, and a watch waiting for a try would wait out CONFIRM_TIMEOUT.
+        self._tries.close()
         for task in (self._task, self._catch_up, self._lagging_catch_up, *self._background):
             await stop_task(task)
         await self._disconnect()
-        self._tries.close()
 
     # -- what the store asks ------------------------------------------------------------
 

@@ -9,7 +9,7 @@ watches that found the connection down and wait for one.
 - The watches that come while a try is due share it; one that comes while a try is
   under way shares it if it connects, else waits for the next one (a failure begun
   before the watch asked says nothing of Redis since): a crowd makes one or two.
-- :meth:`Tries.close` fails the watches still waiting.
+- :meth:`Tries.close` fails every watch still waiting, at once: the store is closing.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class Tries:
         _tell(late, None)
 
     def close(self) -> None:
-        """The store closed: the watches still waiting for a try fail."""
+        """The store closes: every watch waiting for a try fails now, the one under
+        way too (its try may yet connect, for nobody)."""
         under_way, self._under_way = self._under_way, None
         waiting, self._next = self._next, None
         _tell(under_way, CLOSING)
