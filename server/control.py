@@ -163,6 +163,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     if refusal is not None or metadata is None:
         command.future.set_exception(refusal or SessionNotFound(actor.session_id))
         return
+    stored = metadata.state  # what the store held, and gets back should it be given up
     cap = actor.config.max_session_connections
     if 0 < cap <= len(actor.room.outboxes):
         # Each attach and leave is presence to all the others: a crowd costs the loop
@@ -193,7 +194,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
             # Its caller gave up while the store subscribed (a Redis store's listener,
             # disconnected, may take past the hello's deadline to connect): nothing of
             # it goes into the session, as if the subscription had failed.
-            return await given_up(actor, was)
+            return await given_up(actor, was, stored)
     elif metadata.last_seq > actor.room.published_seq:
         # The store holds events the room has not delivered yet: another instance's
         # appends whose pub/sub message is still on its way, or was lost with the
@@ -203,7 +204,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         actor.following.stored_up_to(metadata.last_seq)
         await actor.catch_up()
         if command.future.done():  # its caller gave up waiting meanwhile
-            return await given_up(actor, was)
+            return await given_up(actor, was, stored)
     if actor.state != SessionState.ACTIVE:
         # A session nobody was attached to becomes active: that is activity too. The
         # activity first: should it fail, nothing has changed (the attach fails, the
@@ -213,10 +214,10 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # welcome shows the session as the store holds it after both, as a GET would.
         await actor.status.touch()
         if command.future.done():  # given up while the store was slow to write it
-            return await given_up(actor, was)
+            return await given_up(actor, was, stored)
         metadata = await actor.status.become(SessionState.ACTIVE) or metadata
         if command.future.done():
-            return await given_up(actor, was)
+            return await given_up(actor, was, stored)
     metadata.state = actor.state
     outbox = command.outbox
     connections = await actor.presence.join(
@@ -228,7 +229,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # they now see it leave, as a connection that dropped right after its welcome.
         # Its peers here, whom only the room tells, see nothing of it.
         await actor.presence.leave(actor.session_id, outbox.connection_id, outbox.role)
-        return await given_up(actor, was)
+        return await given_up(actor, was, stored)
     # No await from here to the welcome: its caller cannot give up in between.
     welcome = actor.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
     if welcome.replay:
@@ -239,25 +240,33 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     command.future.set_result(welcome)
 
 
-async def given_up(actor: SessionActor, was: SessionState) -> None:
+async def given_up(actor: SessionActor, was: SessionState, stored: SessionState) -> None:
     """The caller of an attach gave up on it (its hello, closed 1011 at its deadline)
     while the store was slow to answer one of its steps: the attach stops there, before
     the connection reaches the room, and what it did is undone, as a failed one's is
     (store_failed). A session nobody here is attached to stops following its log. One
     it moved to ``active`` goes back to ``was``, the state it had: ``idle`` while others
     are attached here; else parked, as at a detach (``disconnected``, written unless
-    another process's connections are attached). Only the activity it wrote stays: the
-    session's TTL started again, as at any hello the store took."""
+    another process's connections are attached), and a session the store held
+    ``idle`` (``stored``: others' elsewhere, quiet) is written idle again first. Only
+    the activity it wrote stays: the session's TTL started again, as at any hello."""
     moved = actor.state != was
     if actor.room.outboxes:
         if moved:
             await actor.status.become(was)  # idle again: its peers are as quiet as before
         return
     actor.unfollow()
-    if moved:
-        await actor.status.park(elsewhere=True)  # owed: written unless others are attached
-        await save_owed(actor)
-        actor.arm_timer()
+    if not moved:
+        return
+    if stored == SessionState.IDLE:
+        # Their processes hold it idle already, and would never write it so again.
+        try:
+            await actor.status.become(SessionState.IDLE)
+        except StorageError as exc:  # parked all the same; the state stays as written
+            log.warning("restoring the session's idle state failed", error=str(exc))
+    await actor.status.park(elsewhere=True)  # owed: written unless others are attached
+    await save_owed(actor)
+    actor.arm_timer()
 
 
 async def detach(actor: SessionActor, connection_id: str) -> None:

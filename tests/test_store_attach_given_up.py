@@ -140,3 +140,25 @@ async def test_a_hello_given_up_on_while_its_presence_is_written_is_seen_elsewhe
     assert closed != welcome["connection_id"] and joined["connections"] == 3, seen_there
     assert left.get("left") == closed and left["connections"] == 2, seen_there
     assert then["joined"] == welcome["connection_id"] and then["connections"] == 3, seen_there
+
+
+async def test_a_hello_given_up_on_while_it_moves_a_session_idle_elsewhere_leaves_it_idle(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Session ``x`` parked on A, its viewer on B idle (the viewer asked so): the store
+    holds ``idle``. A hello on A moves x to ``active``, the reply held until the hello
+    is closed 1011: x is idle in the store again. Before, A parked its actor, wrote
+    nothing (B's connection is attached), and x stayed ``active`` in the store for as
+    long as B's viewer stayed quiet: B holds it idle already, and writes nothing."""
+    async with servers(redis_server, tmp_path) as (a, b, proxy):
+        async with attach(a, "x", create=True):
+            pass
+        actor = a.manager.live_actor("x")
+        assert actor is not None
+        await eventually(lambda: actor.state == SessionState.DISCONNECTED)
+        async with attach(b, "x") as (viewer, _):
+            idle = {"type": "state", "id": 1, "state": "idle"}
+            assert (await viewer.request(idle, "ack"))["id"] == 1
+            await given_up(a, "x", proxy, WRITES["state"])
+            await eventually(lambda: stored_idle(b, "x"))
+            assert actor.state == SessionState.DISCONNECTED
