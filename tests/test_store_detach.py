@@ -165,15 +165,19 @@ async def test_a_session_parked_while_redis_stays_away_retires_all_the_same(
         assert welcome["session"]["state"] == "active"
 
 
-async def test_an_attach_given_up_on_then_undone_while_redis_is_away_parks_the_session(
+async def test_an_attach_given_up_on_while_redis_dies_is_undone_and_the_actor_retires(
     start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
     """Redis holds the attach's presence write past the read deadline (its hello gets
-    1011), then dies: the attach, found given up on, leaves at once, and its leave's
-    writes fail. The session is parked and retired after its retention all the same."""
+    1011), then dies: the attach, found given up on, is undone (its presence's leave
+    fails with Redis away). The session is as it was before the hello (a new one,
+    active, nobody attached: the attach had moved nothing), and its actor retires after
+    its retention all the same. Before 8fe488a a given-up attach was an attach and a
+    detach, and parked the session as ``disconnected``."""
     config = {"idle_timeout": 60.0, "disconnect_retention": 1.0}
     async with server_on_own_redis(start_redis, tmp_path, **config) as (server, redis):
         await server.manager.create_session("u1", session_id="g")
+        assert (await metadata(server, "g"))["state"] == "active"
         pause_writes(redis, 30)
         async with open_peer(server, "g") as peer:
             await peer.send({"type": "hello"})
@@ -182,11 +186,10 @@ async def test_an_attach_given_up_on_then_undone_while_redis_is_away_parks_the_s
         actor = live(server, "g")
         assert actor.task is not None  # still waiting for Redis to take the presence write
         redis.stop(signal.SIGKILL)
-        await done_with_commands(actor)
-        redis.start()
         await eventually(lambda: server.manager.live_actor("g") is None, timeout=5)
-        assert not actor.accepting
+        assert not actor.accepting and not actor.room.outboxes
+        redis.start()
         found = await metadata(server, "g")
-        assert (found["state"], found["connections"]) == ("disconnected", 0)
+        assert (found["state"], found["connections"]) == ("active", 0)
         welcome = await attach_when_back(server, "g")
         assert welcome["session"]["connections"] == 1
