@@ -7,6 +7,7 @@ line, exit 0, the " N held, 0 failed" summary, and a server log without a traceb
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.parent_death import ending_with_this_process
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
 
@@ -61,3 +63,30 @@ def wait_for_line(path: Path, line: str, process: subprocess.Popen[bytes], timeo
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"no {line} from the client:\n{path.read_text()}")
         time.sleep(0.05)
+
+
+def restart_across_a_stop(
+    server: ServerProcess, argv: list[str], report_path: Path, env: dict[str, str], timeout: float
+) -> None:
+    """Runs a client's ``restart1`` (``argv``) until it says READY, stops the server
+    (SIGTERM) under it, checks the client's report of the closes, and starts the
+    server again on the same data directory, for the client's ``restart2``."""
+    with report_path.open("w") as report:
+        first = subprocess.Popen(
+            argv,
+            stdout=report,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, **env},
+            preexec_fn=ending_with_this_process(),  # no client left by a killed test process
+        )
+    try:
+        wait_for_line(report_path, "READY", first, timeout)
+        assert server.stop() == 0, server.log_tail()
+        returncode = first.wait(timeout)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert_client_passed("restart1", returncode, report_path.read_text())
+    server.start()

@@ -23,12 +23,12 @@ import pytest
 from tests.conformance_support import (  # noqa: F401 (servers, a fixture)
     assert_client_passed,
     base_url,
+    restart_across_a_stop,
     servers_fixture,
     start_server,
     stop_cleanly,
     wait_for_line,
 )
-from tests.parent_death import ending_with_this_process
 from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,24 +111,12 @@ def test_conformance_restart(classes: Path, servers: list[ServerProcess], tmp_pa
     and its idempotency keys on the server started again on the same data directory."""
     server = start_server(servers, tmp_path, "restart")
     env = {"CONFORMANCE_STATE": str(tmp_path / "restart-state.json")}
-    report_path = tmp_path / "restart1.txt"
-    with report_path.open("w") as report:
-        first = subprocess.Popen(
-            client_argv(classes, "restart1", base_url(server)),
-            stdout=report,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            preexec_fn=ending_with_this_process(),  # no JVM left by a killed test process
-        )
-    try:
-        wait_for_line(report_path, "READY", first, JAVA_TIMEOUT)
-        assert server.stop() == 0, server.log_tail()
-        returncode = first.wait(JAVA_TIMEOUT)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert_client_passed("restart1", returncode, report_path.read_text())
-    server.start()
+    restart_across_a_stop(
+        server,
+        client_argv(classes, "restart1", base_url(server)),
+        tmp_path / "restart1.txt",
+        env,
+        JAVA_TIMEOUT,
+    )
     run_client(classes, "restart2", base_url(server), env)
     stop_cleanly(server)
