@@ -6,16 +6,12 @@ bench/listener_tries.py (hellos while the store's pub/sub listener cannot connec
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.redis_server import INSTALL_HINT, available
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_bench import run_bench
 
 
 def test_redis_scaling_runs_and_prints_ratios(tmp_path: Path) -> None:
@@ -23,20 +19,11 @@ def test_redis_scaling_runs_and_prints_ratios(tmp_path: Path) -> None:
         pytest.skip(INSTALL_HINT)
     out = tmp_path / "redis_scaling.json"
     args = ["--sessions", "3", "--events", "20", "--rate", "200", "--seconds", "0.5"]
-    args += ["--warmup", "0.2", "--latency-sessions", "4", "--json", str(out)]
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_FULL"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.redis_scaling", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    ratios = [line for line in done.stdout.splitlines() if line.startswith("RATIO redis_scaling")]
+    args += ["--warmup", "0.2", "--latency-sessions", "4"]
+    stdout = run_bench("redis_scaling", out, args)
+    ratios = [line for line in stdout.splitlines() if line.startswith("RATIO redis_scaling")]
     # Throughput and latency: redis-1 and redis-2 against jsonl, redis-2 against redis-1.
-    assert len(ratios) == 6, done.stdout
+    assert len(ratios) == 6, stdout
     results = json.loads(out.read_text())
     assert results["command"].startswith("python -m bench.redis_scaling")
     assert list(results["runs"]) == ["jsonl", "redis-1", "redis-2"]
@@ -54,19 +41,10 @@ def test_listener_tries_runs_and_prints_ratios(tmp_path: Path) -> None:
     if not available():
         pytest.skip(INSTALL_HINT)
     out = tmp_path / "listener_tries.json"
-    args = ["--rate", "40", "--seconds", "0.5", "--sessions", "5", "--json", str(out)]
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_FULL"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.listener_tries", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    ratios = [line for line in done.stdout.splitlines() if line.startswith("RATIO listener_tries")]
-    assert len(ratios) == 4, done.stdout
+    args = ["--rate", "40", "--seconds", "0.5", "--sessions", "5"]
+    stdout = run_bench("listener_tries", out, args)
+    ratios = [line for line in stdout.splitlines() if line.startswith("RATIO listener_tries")]
+    assert len(ratios) == 4, stdout
     results = json.loads(out.read_text())
     assert results["command"].startswith("python -m bench.listener_tries")
     runs = results["runs"]
