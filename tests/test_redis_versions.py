@@ -6,6 +6,7 @@ than 7.0, or one that knows no HELLO, instead of failing calls one by one."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tomllib
 from collections.abc import Callable
@@ -85,6 +86,33 @@ async def test_a_redis_that_knows_no_hello_is_refused_in_one_line(
     server.start()
     event = await refused_start(tmp_path / "data", 2, "--store", server.url(prefix="p"))
     assert "Redis refused HELLO" in event, event
+    assert "needs Redis 7.0 or later, with HELLO allowed" in event, event
+
+
+async def test_a_resp2_only_peer_that_answers_noproto_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A proxy in front of Redis that speaks RESP2 only answers ``HELLO 3`` with
+    ``NOPROTO`` (as Redis answers a protocol it lacks): played by a listener on
+    loopback that answers every command so. ``serve`` said "redis unavailable" and
+    exited 1 (only "unknown command" was read as a refused HELLO); now it says what
+    the store needs, and exits 2."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            writer.write(b"-NOPROTO unsupported protocol version\r\n")
+            await writer.drain()
+        writer.close()
+
+    peer = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = peer.sockets[0].getsockname()[1]
+    try:
+        url = f"redis://127.0.0.1:{port}/0?prefix=p"
+        event = await refused_start(tmp_path / "data", 2, "--store", url)
+    finally:
+        peer.close()
+        await peer.wait_closed()
+    assert "Redis refused HELLO (NOPROTO" in event, event
     assert "needs Redis 7.0 or later, with HELLO allowed" in event, event
 
 

@@ -76,8 +76,10 @@ async def server_version(client: Redis) -> tuple[int, int]:
 
 
 def _knows_no_hello(exc: redis.exceptions.ResponseError) -> bool:
-    text = str(exc).lower()
-    return text.startswith("unknown command") and "hello" in text
+    """Redis's refusal of ``HELLO 3``: a command it does not know (before 6.0, or
+    renamed), or a protocol it does not speak (``NOPROTO``, a RESP2-only proxy)."""
+    text = str(exc).lower().removeprefix("err ")
+    return (text.startswith("unknown command") and "hello" in text) or text.startswith("noproto")
 
 
 def _hello_version(hello: object) -> str:
