@@ -223,20 +223,21 @@ async def test_a_subscription_the_listener_cannot_connect_for_says_where_and_why
     assert str(failed.value).startswith(f"redis unavailable: pub/sub: NoConnection: {refused}")
 
 
-async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_closes(
+@contextlib.asynccontextmanager
+async def waiting_for_a_hanging_try(
     redis_server: RedisServer, tmp_path: Path
-) -> None:
-    """The listener's connection reset, its next connections accepted and never
-    answered: a subscription asked for meanwhile waits for a try that hangs (for up to
-    the client's socket timeout, 10 s), or for the one after it; one asked for once
-    that try is under way waits for the next one. The store's close ends both with
-    StorageError at once, not after that timeout (CONFIRM_TIMEOUT, 10 s)."""
-    prefix = prefix_for(tmp_path)
+) -> AsyncIterator[tuple[Listener, Any, list[asyncio.Task[Any]]]]:
+    """A store through a proxy, a session ``viewed`` subscribed; the listener's
+    connection reset and its next connections accepted and never answered. Yields the
+    listener, the subscription to ``viewed`` and two asked for meanwhile: ``s``, waiting for a
+    try that hangs (for up to the client's socket timeout, 10 s), and ``later``, asked
+    for once that try was under way, waiting for the next one. The store is closed on
+    the way out."""
     proxy = RedisProxy(redis_server.port)
     port = await proxy.start()
     try:
         store = await open_storage(
-            f"redis://127.0.0.1:{port}/0?prefix={prefix}", cleanup_interval=None
+            f"redis://127.0.0.1:{port}/0?prefix={prefix_for(tmp_path)}", cleanup_interval=None
         )
         try:
             assert isinstance(store, RedisStorage)
@@ -253,20 +254,30 @@ async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_clo
             tries = listener.tries
             watching = asyncio.create_task(store.subscribe("s", 0))
             await eventually(lambda: listener.tries > tries)  # a try, which hangs
-            # Asked for while that try hangs: it waits for the next one.
             later = asyncio.create_task(store.subscribe("later", 0))
             await eventually(lambda: store.live.feed.has_subscribers("later"))
             assert store.live.feed.has_subscribers("s")
             assert not watching.done() and not later.done()
+            yield listener, viewing, [watching, later]
         finally:
             await store.close()
-        # A bound on a hang, not a measure: they end in a few turns of the loop.
-        await asyncio.wait([watching, later], timeout=5)
-        for subscribing in (watching, later):
-            assert subscribing.done() and isinstance(subscribing.exception(), StorageError)
-        assert viewing.ended is not None
     finally:
         await proxy.close()
+
+
+async def test_subscriptions_waiting_for_a_try_that_hangs_end_when_the_store_closes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The store's close ends both subscriptions waiting for a try (the one that
+    hangs, and the next) with StorageError at once, not after that timeout
+    (CONFIRM_TIMEOUT, 10 s); the subscription that was following ends too."""
+    async with waiting_for_a_hanging_try(redis_server, tmp_path) as (_, viewing, subscribing):
+        pass
+    # A bound on a hang, not a measure: they end in a few turns of the loop.
+    await asyncio.wait(subscribing, timeout=5)
+    for task in subscribing:
+        assert task.done() and isinstance(task.exception(), StorageError)
+    assert viewing.ended is not None
 
 
 async def test_a_close_given_up_on_still_ends_the_subscriptions_waiting_for_a_try(
@@ -278,41 +289,20 @@ async def test_a_close_given_up_on_still_ends_the_subscriptions_waiting_for_a_tr
     that hangs was told only once the listener's tasks had stopped: past a cancelled
     close, it waited out CONFIRM_TIMEOUT (10 s), then said "the pub/sub connection is
     down"."""
-    prefix = prefix_for(tmp_path)
-    proxy = RedisProxy(redis_server.port)
-    port = await proxy.start()
-    try:
-        store = await open_storage(
-            f"redis://127.0.0.1:{port}/0?prefix={prefix}", cleanup_interval=None
-        )
-        try:
-            assert isinstance(store, RedisStorage)
-            listener = store.live.listener
-            for session_id in ("viewed", "s", "later"):
-                await store.create_session(Session.new(session_id))
-            viewing = await store.subscribe("viewed", 0)
-            proxy.refusing = True
-            assert proxy.reset_subscribers() == 1
-            await eventually(lambda: not listener.connected)
-            proxy.refusing, proxy.hanging = False, True
-            tries = listener.tries
-            watching = asyncio.create_task(store.subscribe("s", 0))
-            await eventually(lambda: listener.tries > tries)  # a try, which hangs
-            later = asyncio.create_task(store.subscribe("later", 0))  # waits for the next
-            await eventually(lambda: store.live.feed.has_subscribers("later"))
-            closing = asyncio.create_task(listener.close())
-            await asyncio.sleep(0)  # the close begins: it is stopping the listener's tasks
-            assert not closing.done()
-            closing.cancel()
-            await asyncio.gather(closing, return_exceptions=True)
-            for subscribing in (watching, later):
-                with pytest.raises(StorageError, match="redis unavailable: the store is closing"):
-                    await subscribing
-            viewing.close()
-        finally:
-            await store.close()
-    finally:
-        await proxy.close()
+    async with waiting_for_a_hanging_try(redis_server, tmp_path) as (
+        listener,
+        viewing,
+        subscribing,
+    ):
+        closing = asyncio.create_task(listener.close())
+        await asyncio.sleep(0)  # the close begins: it is stopping the listener's tasks
+        assert not closing.done()
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        for task in subscribing:
+            with pytest.raises(StorageError, match="redis unavailable: the store is closing"):
+                await task
+        viewing.close()
 
 
 async def test_a_hello_given_up_on_while_its_subscription_waits_is_never_counted(
