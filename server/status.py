@@ -163,6 +163,14 @@ class SessionStatus:
             return EXPIRED
         if metadata.state == SessionState.CLOSED != self.state:
             return CLOSED  # by another process, its notice late or lost
+        if self.state == SessionState.IDLE and metadata.state == SessionState.ACTIVE:
+            # Another process's attach or append made it active, and may have written
+            # nothing since (its connection left again: others are attached, here).
+            # Held idle here, it was then never written idle again: the store said
+            # active for as long as this one's peers stayed quiet. Taken as active,
+            # it is written idle below once the store too has recorded no activity
+            # for ``idle_timeout`` (appends elsewhere are activity).
+            self.state = SessionState.ACTIVE
         if quiet_for >= idle_timeout:
             if self.state == SessionState.ACTIVE:
                 elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
