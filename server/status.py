@@ -180,7 +180,10 @@ class SessionStatus:
             # Another process moved it (its peers silent, and this one's too then: idle;
             # its last connection out, as this one's attached: disconnected), and this
             # one's peers are busy. Its appends write nothing while it holds the
-            # session active, so without this the store kept it so for as long.
-            self.state = metadata.state
-            await self.become(SessionState.ACTIVE)
+            # session active, so without this the store kept it so for as long. The
+            # state held here stays active should the write fail: the next look
+            # writes it again (taking the stored state first, a failure left the
+            # actor holding ``disconnected`` with its connections attached).
+            with contextlib.suppress(SessionExpired):  # the next look ends it
+                await self._write(SessionState.ACTIVE)
         return None

@@ -4,7 +4,8 @@ session's ``idle`` is the whole session's. B's viewers are quiet, and B made the
 active for the idle timeout, B writes ``idle`` again, although it held the session idle
 all along (before, the store said ``active`` for as long as B's viewers stayed quiet).
 A session that is really active on A, its agent publishing there, is never written
-``idle`` by B."""
+``idle`` by B. And an instance whose write of ``active`` over another's state failed at
+its look writes it again at the next one, rather than holding the other's state."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bamboo_session.persistence.redis.scripts import SCRIPTS
 from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
+from tests.proxies import RedisProxy
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, run_server, token
 from tests.test_server_instances import becomes, stored_state
@@ -85,3 +88,34 @@ async def test_a_session_active_on_one_instance_is_not_made_idle_by_the_other(
             else:
                 raise AssertionError("100 appends before two looks")
         await becomes(b, "w", "idle")  # its agent gone, and B's viewer quiet
+
+
+async def test_a_failed_write_of_active_at_a_look_is_written_at_the_next(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """B's viewer pings; the store says ``disconnected`` (as another instance writes
+    when it takes B's connections for gone). B's look writes ``active`` back; its reply
+    is lost (the write ran; B's store reports a failure). B still holds the session
+    ``active``: once its viewer is quiet, its look writes ``idle``. Before, B took the
+    stored ``disconnected`` as its own state before writing, kept it when the write
+    failed, and never made the session idle (nor wrote anything at its looks)."""
+    prefix = prefix_for(tmp_path)
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    through_proxy = f"redis://127.0.0.1:{port}/0?prefix={prefix}&heartbeat=1"
+    try:
+        async with run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as b:
+            async with attach(b, "f", create=True) as (viewer, _):
+                await b.storage.update_session_state("f", SessionState.DISCONNECTED)
+                proxy.lose_reply_to(SCRIPTS["state"].sha.encode())
+                for i in range(200):  # 20 s: a guard, where B looks every 0.5 s
+                    if proxy.lost:
+                        break
+                    await viewer.request({"type": "ping", "id": i}, "pong")
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("no look wrote the state in 20 s")
+                assert await stored_state(b, "f") == "active"  # the write ran
+                await becomes(b, "f", "idle")
+    finally:
+        await proxy.close()
