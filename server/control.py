@@ -259,7 +259,7 @@ async def given_up(actor: SessionActor, was: SessionState, stored: SessionState)
     if not moved:
         return
     if stored == SessionState.IDLE:
-        # Their processes hold it idle already, and would never write it so again.
+        # Their processes hold it idle: written back now rather than at their next look.
         try:
             await actor.status.become(SessionState.IDLE)
         except StorageError as exc:  # parked all the same; the state stays as written
