@@ -25,7 +25,10 @@ class HttpProxy:
     that JSON page instead of the server's answer; ``events_reads`` counts them. With
     ``before_events_read``, the first such read waits for it before it goes on (to the
     server, or to ``events_page``): what happens meanwhile comes between the console's
-    read of the session's metadata and its read of the events."""
+    read of the session's metadata and its read of the events. ``freeze()`` is a silent
+    partition (a phone in a tunnel): the connections through the proxy stop carrying
+    bytes either way, with no FIN and no RST, while new ones go through (the client
+    found another network); ``thaw()`` heals it, and what was held goes on, in order."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -35,6 +38,7 @@ class HttpProxy:
         self.events_reads = 0
         self.before_events_read: Callable[[], Awaitable[None]] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing: set[asyncio.Event] = set()  # one per connection: set while it flows
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -46,9 +50,20 @@ class HttpProxy:
         self.down = True
         for writer in list(self._writers):
             writer.transport.abort()
+        self.thaw()  # nothing is left to hold
 
     def mend(self) -> None:
         self.down = False
+
+    def freeze(self) -> int:
+        """Stop every connection through the proxy, silently; how many there were."""
+        for flowing in self._flowing:
+            flowing.clear()
+        return len(self._flowing)
+
+    def thaw(self) -> None:
+        for flowing in self._flowing:
+            flowing.set()
 
     def garble_pushes(self, old: bytes = b"", new: bytes = b"") -> None:
         assert len(old) == len(new), "a replacement of another length breaks RESP's framing"
@@ -79,20 +94,36 @@ class HttpProxy:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
             self._writers |= {writer, up_writer}
             up_writer.write(head)
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            flowing = asyncio.Event()
+            flowing.set()
+            self._flowing.add(flowing)
+            try:
+                await asyncio.gather(
+                    self._pump(reader, up_writer, flowing), self._pump(up_reader, writer, flowing)
+                )
+            finally:
+                self._flowing.discard(flowing)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                # Frozen, a pump holds the chunk it read and reads no more: the sender's
+                # socket buffers fill, and nothing tells either end the link is gone.
+                await flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except OSError:
             pass
         finally:
+            # A frozen link's end does not reach the other side either: in a partition
+            # neither the FIN nor the RST gets through.
+            await flowing.wait()
             self._writers.discard(writer)
             writer.close()
 
