@@ -13,6 +13,7 @@ import { ConnectionLost, Retry, SessionEnded } from "./errors.js";
 import { END, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS } from "./feed.js";
 import { newKey } from "./frames.js";
 import { Link } from "./link.js";
+import { PING_INTERVAL, PING_TIMEOUT } from "./liveness.js";
 import { readPages } from "./pages.js";
 import { checkSessionId, streamUrl } from "./urls.js";
 
@@ -67,12 +68,21 @@ export class BambooClient extends EventTarget {
       receiveEvents: true,
       maxQueuedEvents: MAX_QUEUED_EVENTS,
       maxQueuedBytes: MAX_QUEUED_BYTES,
+      pingInterval: PING_INTERVAL,
+      pingTimeout: PING_TIMEOUT,
       ...options,
     };
     for (const name of /** @type {const} */ (["maxQueuedEvents", "maxQueuedBytes"])) {
       const value = settings[name];
       if (!Number.isSafeInteger(value) || value < 1) {
         throw new TypeError(`${name} must be an integer of at least 1, not ${value}`);
+      }
+    }
+    for (const name of /** @type {const} */ (["pingInterval", "pingTimeout"])) {
+      const value = settings[name];
+      if (name === "pingInterval" && value === null) continue; // no liveness check
+      if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
+        throw new TypeError(`${name} must be a number of ms above 0, not ${value}`);
       }
     }
     this.#link = new Link(this, url, WebSocketClass, settings);

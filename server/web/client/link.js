@@ -11,6 +11,9 @@
  * also pauses on purpose: a connection that skipped events past the full events queue
  * is closed as soon as no reply is awaited on it, and the link resumes once `events()`
  * has read the queue down to half (or at once when a request needs a connection).
+ * A connection on which nothing comes for `pingInterval`, then nothing either for
+ * `pingTimeout` after a `ping` (liveness.js), is dead though not closed: the link lets
+ * it go at once and resumes on another, as after any drop.
  *
  * @module bamboo/link
  */
@@ -26,6 +29,7 @@ import {
 } from "./errors.js";
 import { decodeFrame, frameBytes, sendQuietly } from "./frames.js";
 import { dial, eventsAfter, tokenNow } from "./handshake.js";
+import { watchLiveness } from "./liveness.js";
 import { replyWithin } from "./pending.js";
 import { ClientState } from "./state.js";
 import { streamUrl } from "./urls.js";
@@ -45,6 +49,9 @@ const STABLE_AFTER = 10_000;
 // The close of a connection that skipped events past the full queue: the client's own,
 // which the `"reconnecting"` (or, with reconnect off, `"closed"`) state change names.
 const PAUSE_CLOSE = Object.freeze({ code: 1000, reason: "events queue full" });
+// What the `"reconnecting"` state change says of a connection given up as silent: no
+// close came (nor may for minutes), as after a network failure.
+const SILENT = Object.freeze({ code: null, reason: "connection silent" });
 
 export class Link {
   #client;
@@ -57,6 +64,8 @@ export class Link {
   /** @type {WebSocket | null} a connection being opened */
   #opening = null;
   #generation = 0;
+  /** @type {import("./liveness.js").Liveness | null} watching the connection in use */
+  #liveness = null;
   #ready = false; // connected, and every earlier request resent
   #attempts = 0; // reconnect attempts since the last connection that held STABLE_AFTER
   #welcomedAt = 0; // performance.now() at the last welcome
@@ -153,8 +162,7 @@ export class Link {
     const ws = this.#ws;
     const state = this.#state;
     if (!state.overflowed || ws === null || state.pending.inFlight(this.#generation) > 0) return;
-    this.#ws = null; // its close is ours: #onClose ignores it
-    this.#ready = false;
+    this.#release(); // its close is ours: #onClose ignores it
     ws.close(PAUSE_CLOSE.code, PAUSE_CLOSE.reason);
     state.fellBehind(); // it skipped events: only a resume brings them
     this.#paused = true;
@@ -210,6 +218,7 @@ export class Link {
     this.#generation += 1;
     if (this.#generation > 1) this.#client.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
+    this.#liveness = watchLiveness(ws, this.#options, () => this.#onSilent(ws));
     this.#paused = false;
     ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
     // Every request not yet sent on this connection, oldest first.
@@ -219,9 +228,18 @@ export class Link {
     this.#setState("open");
   }
 
+  /** The connection in use is no longer: no frame of it is taken, nor its close. */
+  #release() {
+    this.#ws = null;
+    this.#ready = false;
+    this.#liveness?.stop();
+    this.#liveness = null;
+  }
+
   /** @param {WebSocket} ws @param {unknown} data */
   #onMessage(ws, data) {
     if (ws !== this.#ws || this.#state.failure !== null) return;
+    this.#liveness?.heard();
     const frame = decodeFrame(data);
     try {
       if (frame === null) throw new ClientError("malformed frame from the server");
@@ -234,8 +252,7 @@ export class Link {
   /** @param {WebSocket} ws @param {number} code @param {string} reason */
   #onClose(ws, code, reason) {
     if (ws !== this.#ws) return;
-    this.#ws = null;
-    this.#ready = false;
+    this.#release();
     const state = this.#state;
     if (state.failure !== null) return;
     const error = this.#tokenExpired(code)
@@ -245,10 +262,33 @@ export class Link {
     // events, or when the server dropped us as too slow to read.
     if (error instanceof Retry && (state.overflowed || code === 4429)) state.fellBehind();
     if (!(error instanceof Retry)) this.finish(state.unlessBehind(error));
-    else if (!this.#options.reconnect) {
-      // The close that would have been resumed ends it: the `"closed"` state says which.
-      this.finish(state.lost(`connection lost: ${error.message}`), closeSeen(code, reason));
-    } else void this.#reconnect(error, closeSeen(code, reason));
+    else this.#lost(error, closeSeen(code, reason));
+  }
+
+  /**
+   * Nothing came in time on the connection in use, not even the answer to a ping: the
+   * link is dead, though its close may not come for minutes. Nothing more of it is
+   * heard (a late pong included); it is closed, and resumed on another connection.
+   * @param {WebSocket} ws
+   */
+  #onSilent(ws) {
+    if (ws !== this.#ws) return;
+    this.#release();
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.close(1000, SILENT.reason);
+    const state = this.#state;
+    if (state.failure !== null) return;
+    if (state.overflowed) state.fellBehind(); // it skipped events: only a resume brings them
+    this.#lost(new Retry(SILENT.reason), SILENT);
+  }
+
+  /** The connection in use ended in a way worth a resume: resume, or with `reconnect`
+   * off, end (the `"closed"` state says which close would have been resumed).
+   * @param {Retry} error @param {CloseSeen} close */
+  #lost(error, close) {
+    if (this.#options.reconnect) void this.#reconnect(error, close);
+    else this.finish(this.#state.lost(`connection lost: ${error.message}`), close);
   }
 
   /**
@@ -341,6 +381,8 @@ export class Link {
   finish(failure, close = closeOf(failure)) {
     if (!this.#state.finish(failure)) return;
     this.#ready = false;
+    this.#liveness?.stop();
+    this.#liveness = null;
     this.#sleeper?.wake();
     for (const ws of [this.#ws, this.#opening]) {
       if (ws !== null && ws.readyState !== ws.CLOSING && ws.readyState !== ws.CLOSED) {

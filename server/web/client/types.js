@@ -91,13 +91,19 @@
  *   `events()`, at most; default 10000
  * @property {number} [maxQueuedBytes] their frames' bytes (UTF-8), at most; default
  *   16 MiB (one event always fits in an empty queue)
+ * @property {number | null} [pingInterval] ms without a frame from the server after
+ *   which the client sends a `ping`; null: no liveness check; default 20000
+ * @property {number} [pingTimeout] ms after that `ping` without any frame after which
+ *   the connection is dead (though not closed: a silent network) and the client resumes
+ *   on another; default 15000
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (Node < 22: the `ws` package's)
  *
  * @typedef {ConnectOptions & {
  *   create: boolean, role: "client" | "agent", reconnect: boolean,
  *   maxRetries: number | null, backoffInitial: number, backoffMax: number,
  *   openTimeout: number, requestTimeout: number | null, receiveEvents: boolean,
- *   maxQueuedEvents: number, maxQueuedBytes: number
+ *   maxQueuedEvents: number, maxQueuedBytes: number, pingInterval: number | null,
+ *   pingTimeout: number
  * }} Settings
  *   The options with their defaults filled in, as the client keeps them (internal:
  *   bamboo.js does not export it).

@@ -1,0 +1,100 @@
+// @ts-check
+/**
+ * liveness.js: finds a connection that went silent without closing. A browser can send
+ * no WebSocket Ping, and answers the server's itself, so a link that stops carrying
+ * bytes with no FIN and no RST (a phone in a tunnel, a NAT that forgot it) may stay
+ * "open" for minutes. {@link Liveness} watches one connection: once nothing has come on
+ * it for `interval` ms it asks for a protocol `ping` (without an id: its `pong` answers
+ * no request), and once nothing at all has come for `timeout` ms after that it calls
+ * the connection dead. Any frame is a sign of life, so a busy connection is never
+ * pinged. It keeps one timer, not one per frame: a frame only notes the time (but the
+ * first after a ping, which starts the next interval of silence).
+ *
+ * @module bamboo/liveness
+ */
+
+import { sendQuietly } from "./frames.js";
+
+// The defaults: a silent connection is found within 35 s of its last frame, and an
+// idle one costs a ping (and its pong) every 20 s, as the server's own keepalive does.
+export const PING_INTERVAL = 20_000;
+export const PING_TIMEOUT = 15_000;
+// The probe has no id: its pong answers no request, on whichever connection it comes.
+const PING = JSON.stringify({ type: "ping" });
+
+/**
+ * Watch `ws` for silence as the settings say (`pingInterval` null: not at all).
+ * @param {WebSocket} ws
+ * @param {{ pingInterval: number | null, pingTimeout: number }} settings
+ * @param {() => void} dead called once `ws` is found dead
+ * @returns {Liveness | null}
+ */
+export function watchLiveness(ws, { pingInterval, pingTimeout }, dead) {
+  if (pingInterval === null) return null;
+  return new Liveness(pingInterval, pingTimeout, () => sendQuietly(ws, PING), dead);
+}
+
+export class Liveness {
+  #interval;
+  #timeout;
+  #probe;
+  #dead;
+  #heardAt = 0; // performance.now() at the last frame (or at the start)
+  /** @type {number | null} performance.now() when the ping went, while it is unanswered */
+  #probedAt = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #timer = null;
+
+  /**
+   * @param {number} interval ms of silence before a ping
+   * @param {number} timeout ms of silence after the ping before the connection is dead
+   * @param {() => void} probe sends the ping
+   * @param {() => void} dead the connection is dead: called once, after which it stops
+   */
+  constructor(interval, timeout, probe, dead) {
+    this.#interval = interval;
+    this.#timeout = timeout;
+    this.#probe = probe;
+    this.#dead = dead;
+    this.#heardAt = performance.now();
+    this.#schedule(interval);
+  }
+
+  /** A frame came: the connection lives. */
+  heard() {
+    this.#heardAt = performance.now();
+    if (this.#probedAt === null) return;
+    // Answered: an idle connection is pinged every `interval`, whatever the timeout.
+    this.#probedAt = null;
+    this.stop();
+    this.#schedule(this.#interval);
+  }
+
+  /** Stop watching (the connection closed, or the client ended). */
+  stop() {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  /** @param {number} ms */
+  #schedule(ms) {
+    this.#timer = setTimeout(() => this.#check(), Math.max(0, ms));
+  }
+
+  #check() {
+    this.#timer = null;
+    const now = performance.now();
+    const probedAt = this.#probedAt;
+    if (probedAt === null) {
+      const quiet = now - this.#heardAt;
+      if (quiet < this.#interval) return this.#schedule(this.#interval - quiet);
+      this.#probedAt = now;
+      this.#probe();
+      return this.#schedule(this.#timeout);
+    }
+    // Nothing came since the ping (`heard` would have cleared it).
+    const waited = now - probedAt;
+    if (waited < this.#timeout) return this.#schedule(this.#timeout - waited);
+    this.#dead();
+  }
+}
