@@ -52,8 +52,9 @@
  *   `error`, with `"closed"`: why the client ended. `code` and `reason`, with
  *   `"reconnecting"`: the close that made it reconnect, as the client saw it (the
  *   server's close code and reason; a null code and `"connection lost"` when no close
- *   frame came, as when the network dropped; 1000 and `"events queue full"` when it
- *   closed the connection itself to pause). With `"closed"`: the close that ended it,
+ *   frame came, as when the network dropped; a null code and `"connection silent"`
+ *   when nothing came on it in time, a ping's answer included (`pingTimeout`); 1000
+ *   and `"events queue full"` when it closed the connection itself to pause). With `"closed"`: the close that ended it,
  *   the code `error` carries: the server's (1000 or 4409 and `"session closed"` when
  *   the session ended, 4404 `"session deleted"`, 4401 `"token expired"`, …, also when
  *   `error` is a `ConnectionLost` whose `cause` is the session's end), 1000 and
