@@ -10,6 +10,12 @@
  * pinged. It keeps one timer, not one per frame: a frame only notes the time (but the
  * first after a ping, which starts the next interval of silence).
  *
+ * A check that runs well after it was due (a page frozen in the background, or busy
+ * with a long task) may run before frames that came meanwhile are read: it pings
+ * again and waits `timeout` more, once per silence, rather than give up a live
+ * connection. A wait longer than a timer can hold (2^31 - 1 ms: one set longer fires
+ * at once) is made of several timers.
+ *
  * @module bamboo/liveness
  */
 
@@ -21,6 +27,10 @@ export const PING_INTERVAL = 20_000;
 export const PING_TIMEOUT = 15_000;
 // The probe has no id: its pong answers no request, on whichever connection it comes.
 const PING = JSON.stringify({ type: "ping" });
+// The longest delay setTimeout takes as given (ms): a longer one fires at once.
+const LONGEST_TIMER = 2 ** 31 - 1;
+// A check this late (ms) ran after the page slept or was busy: frames may wait unread.
+const LATE = 1000;
 
 /**
  * Watch `ws` for silence as the settings say (`pingInterval` null: not at all).
@@ -42,8 +52,10 @@ export class Liveness {
   #heardAt = 0; // performance.now() at the last frame (or at the start)
   /** @type {number | null} performance.now() when the ping went, while it is unanswered */
   #probedAt = null;
+  #probedAgain = false; // a late check pinged again in this silence
   /** @type {ReturnType<typeof setTimeout> | null} */
   #timer = null;
+  #dueAt = 0; // performance.now() when the timer is due
 
   /**
    * @param {number} interval ms of silence before a ping
@@ -66,6 +78,7 @@ export class Liveness {
     if (this.#probedAt === null) return;
     // Answered: an idle connection is pinged every `interval`, whatever the timeout.
     this.#probedAt = null;
+    this.#probedAgain = false;
     this.stop();
     this.#schedule(this.#interval);
   }
@@ -78,7 +91,9 @@ export class Liveness {
 
   /** @param {number} ms */
   #schedule(ms) {
-    this.#timer = setTimeout(() => this.#check(), Math.max(0, ms));
+    const delay = Math.min(Math.max(0, ms), LONGEST_TIMER); // #check sets the rest
+    this.#dueAt = performance.now() + delay;
+    this.#timer = setTimeout(() => this.#check(), delay);
   }
 
   #check() {
@@ -88,13 +103,22 @@ export class Liveness {
     if (probedAt === null) {
       const quiet = now - this.#heardAt;
       if (quiet < this.#interval) return this.#schedule(this.#interval - quiet);
-      this.#probedAt = now;
-      this.#probe();
-      return this.#schedule(this.#timeout);
+      return this.#ping(now);
     }
     // Nothing came since the ping (`heard` would have cleared it).
     const waited = now - probedAt;
     if (waited < this.#timeout) return this.#schedule(this.#timeout - waited);
+    if (now - this.#dueAt >= LATE && !this.#probedAgain) {
+      this.#probedAgain = true; // what came meanwhile is read before the next check
+      return this.#ping(now);
+    }
     this.#dead();
+  }
+
+  /** @param {number} now */
+  #ping(now) {
+    this.#probedAt = now;
+    this.#probe();
+    this.#schedule(this.#timeout);
   }
 }

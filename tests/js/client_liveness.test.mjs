@@ -1,0 +1,143 @@
+// The JavaScript client on Node (node:test): its liveness check (liveness.js) where the
+// browser tests (tests/test_browser_partition.py) cannot easily put it: settings past
+// what a timer can hold (2^31 - 1 ms), and a check that runs late because the page (here
+// the process) was busy or asleep while the answer to its ping waited to be read.
+// tests/test_js.py starts the server (BAMBOO_URL) and runs this file beside the other
+// client*.test.mjs (helpers: client_support.mjs).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { BambooClient } from "../../server/web/client/bamboo.js";
+
+import { url, until } from "./client_support.mjs";
+
+/** A WebSocket class that counts the client's pings and, when `onPing` says so, does not
+ * send them (a link on which no pong can come). @param {(ws: WebSocket) => boolean} onPing */
+function pingWatching(onPing) {
+  const seen = { pings: 0 };
+  class Watched extends WebSocket {
+    /** @param {string} data */
+    send(data) {
+      if (JSON.parse(data).type === "ping") {
+        seen.pings += 1;
+        if (!onPing(this)) return;
+      }
+      super.send(data);
+    }
+  }
+  return { WebSocket: Watched, seen };
+}
+
+/** Keep the process busy for `ms`, after the current I/O: the timers that fall due
+ * meanwhile then run before the frames that came meanwhile are read (Node's loop runs
+ * timers, then I/O). @param {number} ms */
+function busyFor(ms) {
+  const end = performance.now() + ms;
+  while (performance.now() < end);
+}
+
+// Long enough for a check to run well after it was due (liveness.js's LATE, 1 s).
+const BUSY = 1600;
+
+/** How many timers the process sets during `ms`. */
+async function timersSetDuring(ms) {
+  const original = globalThis.setTimeout;
+  let count = 0;
+  globalThis.setTimeout = /** @type {typeof setTimeout} */ (
+    (...args) => {
+      count += 1;
+      return original(...args);
+    }
+  );
+  try {
+    await sleep(ms);
+  } finally {
+    globalThis.setTimeout = original;
+  }
+  return count;
+}
+
+test("a ping interval or timeout past 2^31 - 1 ms waits, rather than spinning on timers", async () => {
+  const options = { sessionId: "liveness-long", create: true, backoffInitial: 20 };
+  const silent = pingWatching(() => false);
+  // 2^31 ms (some 25 days), and a year: a timer that long fires at once (Node warns,
+  // browsers say nothing), and the check, finding the time not yet come, set it again.
+  const idle = await BambooClient.connect(url, { ...options, pingInterval: 2 ** 31 });
+  const probed = await BambooClient.connect(url, {
+    ...options,
+    pingInterval: 50,
+    pingTimeout: 365 * 24 * 3600 * 1000,
+    WebSocket: silent.WebSocket,
+  });
+  try {
+    await until(() => silent.seen.pings === 1);
+    const timers = await timersSetDuring(300);
+    assert.ok(timers < 10, `${timers} timers set in 300 ms by two idle clients`);
+    assert.equal(silent.seen.pings, 1);
+    assert.deepEqual([idle.state, probed.state], ["open", "open"]);
+  } finally {
+    await idle.close();
+    await probed.close();
+  }
+});
+
+test("a check that runs late, its pong waiting unread, does not give up a live link", async () => {
+  const timeout = 200;
+  // The process is busy for over a second right after the first ping: the pong comes
+  // meanwhile, and the check, overdue, runs before it is read, as in a page that was
+  // frozen in the background, or running a long task.
+  const busy = pingWatching(() => {
+    if (busy.seen.pings === 1) setImmediate(() => busyFor(BUSY));
+    return true;
+  });
+  const client = await BambooClient.connect(url, {
+    sessionId: "liveness-late",
+    create: true,
+    pingInterval: 100,
+    pingTimeout: timeout,
+    WebSocket: busy.WebSocket,
+  });
+  /** @type {(string | null)[]} */
+  const reasons = [];
+  client.on("state", ({ state, reason }) => reasons.push(`${state} ${reason}`));
+  try {
+    await until(() => busy.seen.pings >= 3, 10_000);
+    assert.deepEqual(reasons, []);
+    assert.equal(client.reconnects, 0);
+  } finally {
+    await client.close();
+  }
+});
+
+test("a link whose pongs never come is still given up after a late check", async () => {
+  const timeout = 200;
+  let blocked = false;
+  const silent = pingWatching(() => {
+    if (!blocked) {
+      blocked = true; // once: the first check runs late, the one after on time
+      setImmediate(() => busyFor(BUSY));
+    }
+    return false;
+  });
+  const client = await BambooClient.connect(url, {
+    sessionId: "liveness-late-dead",
+    create: true,
+    backoffInitial: 20,
+    pingInterval: 100,
+    pingTimeout: timeout,
+    WebSocket: silent.WebSocket,
+  });
+  /** @type {(string | null)[]} */
+  const reasons = [];
+  client.on("state", ({ state, code, reason }) => reasons.push(`${state} ${code} ${reason}`));
+  try {
+    await until(() => client.reconnects === 1 && client.state === "open", 10_000);
+    assert.deepEqual(reasons.slice(0, 2), [
+      "reconnecting null connection silent",
+      "open undefined undefined",
+    ]);
+  } finally {
+    await client.close();
+  }
+});
