@@ -7,8 +7,9 @@
  * it exports the client's whole API, from dependency-free ES modules beside it that it
  * imports by relative URL (so they load from wherever it was loaded, any origin):
  * client.js ({@link BambooClient}), errors.js, types.js (the JSDoc types), urls.js,
- * frames.js, handshake.js, link.js (connections and resume), liveness.js (finding a
- * silent connection), state.js (what the client
+ * frames.js, handshake.js, link.js (connections and resume), backoff.js (the waits
+ * between attempts), changes.js (the connection state and its `"state"` events),
+ * liveness.js (finding a silent connection), state.js (what the client
  * knows of its session), sequence.js (the gap check), feed.js (the events queue),
  * pending.js (requests awaiting replies) and pages.js (the log page by page).
  *

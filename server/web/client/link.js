@@ -6,8 +6,9 @@
  * with every unanswered one, oldest first, once the next connection is welcomed.
  *
  * When the connection closes with a code worth a resume ({@link closeError}), the link
- * reconnects with exponential backoff and full jitter, until welcomed, refused, given up
- * (`maxRetries`) or closed; anything else ends the client ({@link Link#finish}). It
+ * reconnects with exponential backoff and full jitter (backoff.js), until welcomed,
+ * refused, given up (`maxRetries`) or closed; anything else ends the client
+ * ({@link Link#finish}), each change of state told as changes.js does. It
  * also pauses on purpose: a connection that skipped events past the full events queue
  * is closed as soon as no reply is awaited on it, and the link resumes once `events()`
  * has read the queue down to half (or at once when a request needs a connection).
@@ -18,6 +19,8 @@
  * @module bamboo/link
  */
 
+import { Backoff } from "./backoff.js";
+import { ConnectionStates } from "./changes.js";
 import {
   ClientError,
   Retry,
@@ -37,15 +40,10 @@ import { streamUrl } from "./urls.js";
 /**
  * @typedef {import("./types.js").Settings} Settings
  * @typedef {import("./types.js").ConnectionState} ConnectionState
- * @typedef {import("./types.js").StateChange} StateChange
  * @typedef {import("./errors.js").CloseSeen} CloseSeen
  * @typedef {import("./client.js").BambooClient} BambooClient
  */
 
-// A connection that held less than this (ms) was no recovery: the backoff goes on growing
-// and counting towards maxRetries instead of starting again from the first wait, so a
-// server that welcomes then closes at once (or tokens that expire at once) is not hammered.
-const STABLE_AFTER = 10_000;
 // The close of a connection that skipped events past the full queue: the client's own,
 // which the `"reconnecting"` (or, with reconnect off, `"closed"`) state change names.
 const PAUSE_CLOSE = Object.freeze({ code: 1000, reason: "events queue full" });
@@ -67,15 +65,9 @@ export class Link {
   /** @type {import("./liveness.js").Liveness | null} watching the connection in use */
   #liveness = null;
   #ready = false; // connected, and every earlier request resent
-  #attempts = 0; // reconnect attempts since the last connection that held STABLE_AFTER
-  #welcomedAt = 0; // performance.now() at the last welcome
   #paused = false; // disconnected on purpose until the queue is read down (or a request)
-  /** @type {{ timer: ReturnType<typeof setTimeout>, wake: () => void } | null} */
-  #sleeper = null;
-  /** @type {ConnectionState} */
-  #connectionState = "connecting";
-  /** @type {StateChange[]} the state change being told (first), and any made meanwhile */
-  #stateChanges = [];
+  #backoff;
+  #states;
 
   /**
    * @param {BambooClient} client the public face: its events are dispatched on it, and
@@ -87,6 +79,8 @@ export class Link {
     this.#baseUrl = baseUrl;
     this.#WebSocket = WebSocketClass;
     this.#options = options;
+    this.#backoff = new Backoff(options);
+    this.#states = new ConnectionStates(client);
     this.#state = new ClientState(client, options, {
       pauseIfIdle: () => this.#pauseIfIdle(),
       taken: () => this.#taken(),
@@ -105,12 +99,12 @@ export class Link {
 
   /** @returns {ConnectionState} */
   get connectionState() {
-    return this.#connectionState;
+    return this.#states.current;
   }
 
   /** The first connection failed (`connect()` rejects): closed, with no `"state"` event. */
   abandon() {
-    this.#connectionState = "closed";
+    this.#states.abandon();
   }
 
   // -- requests -------------------------------------------------------------------------
@@ -167,7 +161,7 @@ export class Link {
     state.fellBehind(); // it skipped events: only a resume brings them
     this.#paused = true;
     if (state.feed.drained()) this.#unpause();
-    else this.#setState("paused");
+    else this.#states.change("paused");
   }
 
   /** Connect again after a pause, resuming from the last event queued. */
@@ -178,7 +172,7 @@ export class Link {
       this.finish(this.#state.lost(`${why}, and reconnect is off`), PAUSE_CLOSE);
       return;
     }
-    this.#attempts = 0; // a pause is no failure: its connection was fine
+    this.#backoff.reset(); // a pause is no failure: its connection was fine
     void this.#reconnect(new Retry("events queue read down"), PAUSE_CLOSE);
   }
 
@@ -214,7 +208,7 @@ export class Link {
   /** Make a welcomed connection the one in use. @param {WebSocket} ws */
   #attach(ws) {
     this.#ws = ws;
-    this.#welcomedAt = performance.now();
+    this.#backoff.welcomed();
     this.#generation += 1;
     if (this.#generation > 1) this.#client.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
@@ -225,7 +219,7 @@ export class Link {
     const send = (/** @type {string} */ data) => sendQuietly(ws, data);
     this.#client.resent += this.#state.pending.resend(this.#generation, send);
     this.#ready = true;
-    this.#setState("open");
+    this.#states.change("open");
   }
 
   /** The connection in use is no longer: no frame of it is taken, nor its close. */
@@ -307,19 +301,18 @@ export class Link {
    *   `"reconnecting"` state change says
    */
   async #reconnect(error, close) {
-    this.#setState("reconnecting", close);
-    if (performance.now() - this.#welcomedAt >= STABLE_AFTER) this.#attempts = 0;
+    this.#states.change("reconnecting", close);
+    this.#backoff.dropped();
     const { maxRetries } = this.#options;
     const state = this.#state;
     while (state.failure === null) {
-      const attempts = this.#attempts;
+      const attempts = this.#backoff.attempts;
       if (maxRetries != null && attempts >= maxRetries) {
         this.finish(state.lost(`gave up after ${attempts} attempts: ${error.message}`));
         return;
       }
-      await this.#sleep(this.#backoff(attempts));
+      await this.#backoff.next();
       if (state.failure !== null) return;
-      this.#attempts += 1;
       try {
         await this.open();
         return;
@@ -340,34 +333,12 @@ export class Link {
     const { token, openTimeout } = this.#options;
     // A wait that `close()` cuts short, and after which the check gives up.
     const wait = async (/** @type {number} */ ms) => {
-      await this.#sleep(ms);
+      await this.#backoff.sleep(ms);
       return this.#state.failure === null;
     };
     return this.#state.endedWhileAway(error, (sessionId, afterSeq) =>
       eventsAfter(this.#baseUrl, sessionId, afterSeq, () => tokenNow(token), openTimeout, wait),
     );
-  }
-
-  /** Full jitter: uniform in [0, min(max, initial * 2**attempt)]; the first retry waits
-   * at least half of it, so a closing server is not hammered. @param {number} attempt */
-  #backoff(attempt) {
-    const { backoffInitial, backoffMax } = this.#options;
-    const ceiling = Math.min(backoffMax, backoffInitial * 2 ** attempt);
-    const floor = attempt === 0 ? ceiling / 2 : 0;
-    return floor + Math.random() * (ceiling - floor);
-  }
-
-  /** A wait that `close()` cuts short. @param {number} ms @returns {Promise<void>} */
-  #sleep(ms) {
-    return new Promise((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        this.#sleeper = null;
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.#sleeper = { timer, wake };
-    });
   }
 
   // -- the end ----------------------------------------------------------------------------
@@ -383,13 +354,13 @@ export class Link {
     this.#ready = false;
     this.#liveness?.stop();
     this.#liveness = null;
-    this.#sleeper?.wake();
+    this.#backoff.wake();
     for (const ws of [this.#ws, this.#opening]) {
       if (ws !== null && ws.readyState !== ws.CLOSING && ws.readyState !== ws.CLOSED) {
         ws.close(1000);
       }
     }
-    this.#setState("closed", { error: failure, ...close });
+    this.#states.change("closed", { error: failure, ...close });
   }
 
   /** End this client (see `BambooClient#close`), and wait for its connection's close. */
@@ -404,29 +375,5 @@ export class Link {
         resolve(undefined);
       });
     });
-  }
-
-  /**
-   * @param {ConnectionState} state
-   * @param {CloseSeen & { error?: ClientError }} [why] what the change says besides
-   *   the state: the close that made it reconnect (`"reconnecting"`), or the one that
-   *   ended it and why (`"closed"`)
-   */
-  #setState(state, why) {
-    if (this.#connectionState === state) return;
-    this.#connectionState = state;
-    /** @type {StateChange} */
-    const detail = { state, ...why };
-    const told = this.#stateChanges;
-    told.push(detail);
-    // A listener that changes the state as it is told of a change (`close()` as it
-    // hears "reconnecting") has the new change told once every listener heard the one
-    // before: told at once, the listeners after it would hear "closed" first, then
-    // "reconnecting" last, as if the client went on.
-    if (told.length > 1) return;
-    while (told.length > 0) {
-      this.#client.dispatchEvent(new CustomEvent("state", { detail: told[0] }));
-      told.shift();
-    }
   }
 }
