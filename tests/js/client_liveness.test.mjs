@@ -15,12 +15,13 @@ import { url, until } from "./client_support.mjs";
 /** A WebSocket class that counts the client's pings and, when `onPing` says so, does not
  * send them (a link on which no pong can come). @param {(ws: WebSocket) => boolean} onPing */
 function pingWatching(onPing) {
-  const seen = { pings: 0 };
+  const seen = { pings: 0, sent: /** @type {unknown[]} */ ([]) };
   class Watched extends WebSocket {
     /** @param {string} data */
     send(data) {
       if (JSON.parse(data).type === "ping") {
         seen.pings += 1;
+        seen.sent.push(JSON.parse(data));
         if (!onPing(this)) return;
       }
       super.send(data);
@@ -75,6 +76,9 @@ test("a ping interval or timeout past 2^31 - 1 ms waits, rather than spinning on
     const timers = await timersSetDuring(300);
     assert.ok(timers < 10, `${timers} timers set in 300 ms by two idle clients`);
     assert.equal(silent.seen.pings, 1);
+    // With an id, as the wire contract answers only a request with one (PROTOCOL.md);
+    // a string, where the client's requests have numbers.
+    assert.deepEqual(silent.seen.sent, [{ type: "ping", id: "liveness" }]);
     assert.deepEqual([idle.state, probed.state], ["open", "open"]);
   } finally {
     await idle.close();

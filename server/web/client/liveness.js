@@ -4,8 +4,8 @@
  * no WebSocket Ping, and answers the server's itself, so a link that stops carrying
  * bytes with no FIN and no RST (a phone in a tunnel, a NAT that forgot it) may stay
  * "open" for minutes. {@link Liveness} watches one connection: once nothing has come on
- * it for `interval` ms it asks for a protocol `ping` (without an id: its `pong` answers
- * no request), and once nothing at all has come for `timeout` ms after that it calls
+ * it for `interval` ms it asks for a protocol `ping` (its id a string, that of no
+ * request: its `pong` answers none), and once nothing at all has come for `timeout` ms after that it calls
  * the connection dead. Any frame is a sign of life, so a busy connection is never
  * pinged. It keeps one timer, not one per frame: a frame only notes the time (but the
  * first after a ping, which starts the next interval of silence).
@@ -25,8 +25,11 @@ import { sendQuietly } from "./frames.js";
 // idle one costs a ping (and its pong) every 20 s, as the server's own keepalive does.
 export const PING_INTERVAL = 20_000;
 export const PING_TIMEOUT = 15_000;
-// The probe has no id: its pong answers no request, on whichever connection it comes.
-const PING = JSON.stringify({ type: "ping" });
+// The probe's id is a string, where the client's requests have numbers: its pong answers
+// no request, on whichever connection it comes. It has one all the same, as the wire
+// contract (PROTOCOL.md) promises a reply only to a request with an id.
+const PING_ID = "liveness";
+const PING = JSON.stringify({ type: "ping", id: PING_ID });
 // The longest delay setTimeout takes as given (ms): a longer one fires at once.
 const LONGEST_TIMER = 2 ** 31 - 1;
 // A check this late (ms) ran after the page slept or was busy: frames may wait unread.
