@@ -29,7 +29,7 @@ _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
 
 
 class SessionStatus:
-    __slots__ = ("epoch", "owed", "session_id", "state", "storage", "ttl")
+    __slots__ = ("epoch", "idle_elsewhere", "owed", "session_id", "state", "storage", "ttl")
 
     def __init__(
         self,
@@ -48,6 +48,10 @@ class SessionStatus:
         # SessionNotFound to them, and the session that took its id is left alone.
         self.epoch = epoch
         self.owed = False  # the store has not taken ``state`` (see park and save)
+        # Held idle as another process wrote it while this one's peers had sent frames
+        # within idle_timeout: a frame of theirs after it makes the session active again
+        # at the look (on one process, a ping leaves an idle session idle).
+        self.idle_elsewhere = False
 
     async def become(self, state: SessionState) -> SessionMetadata | None:
         """Change to ``state`` (InvalidTransition if it may not), in the store too; the
@@ -64,6 +68,7 @@ class SessionStatus:
             log.info("session expired", state=state.value)
         self.state = state
         self.owed = False
+        self.idle_elsewhere = False
         return stored
 
     async def park(self, elsewhere: bool = False) -> None:
@@ -171,19 +176,54 @@ class SessionStatus:
             # it is written idle below once the store too has recorded no activity
             # for ``idle_timeout`` (appends elsewhere are activity).
             self.state = SessionState.ACTIVE
+            self.idle_elsewhere = False
         if quiet_for >= idle_timeout:
+            self.idle_elsewhere = False
             if self.state == SessionState.ACTIVE:
-                elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
-                if elsewhere >= idle_timeout:
-                    await self.become(SessionState.IDLE)
-        elif self.state == SessionState.ACTIVE and metadata.state in _PAUSED:
-            # Another process moved it (its peers silent, and this one's too then: idle;
-            # its last connection out, as this one's attached: disconnected), and this
-            # one's peers are busy. Its appends write nothing while it holds the
-            # session active, so without this the store kept it so for as long. The
-            # state held here stays active should the write fail: the next look
-            # writes it again (taking the stored state first, a failure left the
-            # actor holding ``disconnected`` with its connections attached).
+                await self._quiet(metadata, idle_timeout)
+        elif self.state == SessionState.ACTIVE or self.idle_elsewhere:
+            await self._spoken(metadata, traffic)
+        return None
+
+    async def _quiet(self, metadata: SessionMetadata, idle_timeout: float) -> None:
+        """No frame here for ``idle_timeout``: idle, unless the store recorded activity
+        within it. Already stored idle (by another process), it is taken as it is."""
+        if metadata.state == SessionState.IDLE:
+            self.state = SessionState.IDLE
+            return
+        elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
+        if elsewhere >= idle_timeout:
+            await self.become(SessionState.IDLE)
+
+    async def _spoken(self, metadata: SessionMetadata, traffic: bool) -> None:
+        """This process's peers sent frames within ``idle_timeout``, and another process
+        may have written the session idle (its own peers quiet for its idle_timeout,
+        and no activity recorded within it), or disconnected (its last connection out,
+        as this one's are attached, or taking them for gone). Active again over an
+        idle only for activity its writer could not weigh: frames here since the last
+        look (``traffic``: recorded by this look, not before), or activity the store
+        recorded after the idle (store times against store times, not one process's
+        clock against another's). Not for frames a look here recorded before: with a
+        longer idle_timeout here than there, that rewrote active at every look, and
+        the other process idle after each (r289: 119 state writes a minute)."""
+        if metadata.state == SessionState.IDLE and not (traffic or _active_since_written(metadata)):
+            self.state = SessionState.IDLE
+            self.idle_elsewhere = True
+            return
+        if metadata.state in _PAUSED:
+            # Its appends write nothing while it holds the session active, so without
+            # this the store kept it so for as long. The state held here is active
+            # should the write fail: the next look writes it again (taking the stored
+            # state first, a failure left the actor holding ``disconnected`` with its
+            # connections attached).
+            self.state = SessionState.ACTIVE
+            self.idle_elsewhere = False
             with contextlib.suppress(SessionExpired):  # the next look ends it
                 await self._write(SessionState.ACTIVE)
-        return None
+
+
+def _active_since_written(metadata: SessionMetadata) -> bool:
+    """The store recorded activity since the session's record was last written
+    otherwise (a state write sets ``updated_at`` alone; activity sets both to one
+    time, from the store's own clock on Redis)."""
+    return metadata.last_activity_at >= metadata.updated_at
