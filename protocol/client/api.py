@@ -18,6 +18,7 @@ from ..models import SessionMetadata, StoredEvent
 from .errors import ConnectionLost, Retry, SessionEnded
 from .feed import END, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS, EventFeed
 from .handshake import Dialer, TokenSource, stream_url
+from .keepalive import PING_INTERVAL, PING_TIMEOUT, Keepalive
 from .link import Link
 from .reconnect import ReconnectPolicy
 from .requests import SessionRequests
@@ -50,6 +51,8 @@ class BambooClient(SessionRequests):
         backoff_max: float,
         open_timeout: float,
         request_timeout: float | None,
+        ping_interval: float | None,
+        ping_timeout: float | None,
         receive_events: bool,
         max_queued_events: int,
         max_queued_bytes: int,
@@ -71,6 +74,7 @@ class BambooClient(SessionRequests):
             Dialer(url, codec, token, open_timeout),
             ReconnectPolicy(reconnect, max_retries, backoff_initial, backoff_max),
             request_timeout,
+            Keepalive(ping_interval, ping_timeout),
         )
 
     # -- opening and closing ------------------------------------------------------------
@@ -95,6 +99,8 @@ class BambooClient(SessionRequests):
         backoff_max: float = 5.0,
         open_timeout: float = 10.0,
         request_timeout: float | None = None,
+        ping_interval: float | None = PING_INTERVAL,
+        ping_timeout: float | None = PING_TIMEOUT,
         receive_events: bool = True,
         max_queued_events: int = MAX_QUEUED_EVENTS,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
@@ -114,6 +120,17 @@ class BambooClient(SessionRequests):
           ``Retry-After`` says, for a minute of such waits at most).
         - ``request_timeout``: seconds a request may wait for its reply, across
           reconnects (``None``: no limit).
+        - ``ping_interval`` (20) and ``ping_timeout`` (20): seconds between the
+          client's Pings, and for each Pong. A connection that goes silent (no FIN, no
+          RST: a phone in a tunnel, a NAT that forgot it) is found dead within
+          ``ping_interval + ping_timeout`` (40 s) and dropped, then resumed like any
+          other drop: from ``last_seq``, unanswered requests resent once. ``None``
+          turns Pings off (a silent link is then never found by a client that only
+          reads, and in some 15 minutes of the kernel's retries by one that writes),
+          or the Pong's limit (Pings only keep NATs awake). A Pong is read with the
+          events: an application that leaves the events queue full that long may have
+          its connection dropped so too, and resumed once it has read the queue down,
+          with nothing lost (see :mod:`.keepalive`).
         - ``token``: a JWT, or an async function returning a fresh one, asked before
           every connection; with a function, a connection the server closes with 4401
           when its token expires is resumed with a new token instead of ending.
@@ -154,6 +171,8 @@ class BambooClient(SessionRequests):
             backoff_max=backoff_max,
             open_timeout=open_timeout,
             request_timeout=request_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
             receive_events=receive_events,
             max_queued_events=max_queued_events,
             max_queued_bytes=max_queued_bytes,

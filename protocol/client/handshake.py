@@ -237,6 +237,7 @@ class Dialer:
                 compression=None,
                 create_connection=LettingGoConnection,
                 open_timeout=self.open_timeout,
+                ping_interval=None,  # the link's Keepalive pings: see .keepalive for why
                 close_timeout=2,
                 max_size=None,  # pages of history or events may be several MiB
             )

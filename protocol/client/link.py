@@ -1,7 +1,8 @@
 """Link: keeps a client attached to its session across drops.
 
 One task per client reads the connection and hands every frame to :class:`.ClientState`;
-a sender task per connection writes requests, in the order they were made. When the
+a sender task per connection writes requests, in the order they were made, and a
+:class:`.Keepalive` drops a connection that went silent. When the
 connection ends in a way worth retrying (:func:`.close_outcome`), the link reconnects
 with exponential backoff and full jitter (:class:`ReconnectPolicy`), with the ``hello``
 the state gives (resume from ``last_seq`` and ``epoch``), then resends every unanswered
@@ -44,6 +45,7 @@ from ..errors import CloseCode
 from ..frames import PublishEvent, PublishMessage
 from .errors import ClientError, ConnectionLost, Resync, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
+from .keepalive import Keepalive
 from .outgoing import MAX_BATCH_ITEMS, Publish, batch_bytes, batch_frame, plan, single_frame
 from .pending import PendingRequest
 from .reconnect import ReconnectPolicy
@@ -66,11 +68,13 @@ class Link:
         dialer: Dialer,
         policy: ReconnectPolicy,
         request_timeout: float | None,
+        keepalive: Keepalive,
     ) -> None:
         self.state = state
         self.dialer = dialer
         self.policy = policy
         self.request_timeout = request_timeout
+        self.keepalive = keepalive
         self._ws: ClientConnection | None = None
         self._generation = 0  # counts connections; a request remembers the one it went on
         self._ready = False  # connected, and every earlier request resent
@@ -224,13 +228,14 @@ class Link:
     async def _serve(self, ws: ClientConnection) -> Retry | None:
         """Read ``ws`` while its sender writes; the error to reconnect after, or ``None``
         when the client is finished."""
-        sender = asyncio.create_task(self._sender(ws))
+        tasks = [asyncio.create_task(self._sender(ws)), self.keepalive.start(ws)]
         try:
             return await self._read_until_closed(ws)
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            for task in filter(None, tasks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _sender(self, ws: ClientConnection) -> None:
         try:

@@ -1,0 +1,84 @@
+"""Keepalive: how the client finds a connection that went silent, with no FIN and no
+RST (a phone in a tunnel, a NAT or a proxy that forgot the flow): no byte comes, and
+none of ours arrives, so no read or write ever fails on its own.
+
+Every ``interval`` seconds the client sends a Ping; when its Pong has not come
+``timeout`` seconds later, the link is taken for dead and the socket is dropped at
+once (a closing handshake could not cross it). The reader then sees the connection
+closed with no close frame received, which :func:`.close_outcome` resumes from like
+any network failure. A silent link is so found within ``interval + timeout`` seconds
+of going silent (the Pong's latency more, at most).
+
+Not websockets' own keepalive: it starts a Ping's timer only once the Ping is written
+out, and writing waits for the socket's buffer to drain, which a dead link never does:
+a client that fills its buffer on one (publishes, or a batch, sent into the tunnel)
+would wait on it for as long as the kernel keeps retrying, a quarter of an hour. Here
+the timer runs from the moment the Ping is due, through its write.
+
+Pongs are read with the rest of the socket: while the application leaves the events
+feed full, the link stops reading (:mod:`.feed`), and once websockets has 16 frames
+queued so does its socket, Pongs included. A stall that lasts past the timeout ends
+the connection here as the server's own keepalive (1011) or its full queue (4429)
+would: safely, the client resumes from the last event queued once the application
+has read the feed down, and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from ..errors import CloseCode
+
+log = logging.getLogger("bamboo_session.client")
+
+# The server's defaults too (--ping-interval, --ping-timeout): both ends find a silent
+# link within 40 s, and the Ping every 20 s keeps NATs and proxies (often idle for 60 s
+# at least) from forgetting a quiet session.
+PING_INTERVAL: Final = 20.0
+PING_TIMEOUT: Final = 20.0
+SILENT_REASON: Final = "keepalive ping timeout"
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Seconds between Pings (``None``: no Pings) and for each Pong (``None``: no
+    limit, the Pings only keep the path's NATs awake)."""
+
+    interval: float | None = PING_INTERVAL
+    timeout: float | None = PING_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name, value in (("ping_interval", self.interval), ("ping_timeout", self.timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds or None")
+
+    def start(self, ws: ClientConnection) -> asyncio.Task[None] | None:
+        """Watch ``ws`` until it closes, in a task the caller cancels; none without
+        Pings."""
+        if self.interval is None:
+            return None
+        return asyncio.get_running_loop().create_task(self._watch(ws, self.interval))
+
+    async def _watch(self, ws: ClientConnection, interval: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        pong = await ws.ping()  # may wait for a full buffer to drain
+                        await pong
+                except TimeoutError:
+                    break
+        except ConnectionClosed:
+            return  # the reader sees why
+        log.info("no pong within %s s: the connection is silent; dropping it", self.timeout)
+        # Recorded as the close we sent (the reader's ConnectionClosed says it), but not
+        # waited for: nothing crosses the link, and the transport goes at once.
+        ws.protocol.fail(CloseCode.INTERNAL_ERROR, SILENT_REASON)
+        ws.transport.abort()
