@@ -6,7 +6,8 @@ events come once each, in order, and publishes in flight are stored once each, e
 when their bytes filled the dead socket's buffers. The server ends the frozen
 connection with its own keepalive (1011). A partition healed before the keepalive runs
 out costs nothing, and an application that stops reading its events is resumed with
-nothing lost. Real servers and clients on loopback; every wait is bounded."""
+nothing lost. A client closed during a partition, its socket buffer full, returns
+within its close timeout. Real servers and clients on loopback; every wait is bounded."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from bamboo_session.protocol import Token
-from bamboo_session.protocol.client import BambooClient
+from bamboo_session.protocol.client import BambooClient, SessionEnded
 from bamboo_session.server.app import BambooServer
 from tests.client_backlog_support import take, url
 from tests.proxies import HttpProxy
@@ -32,6 +33,7 @@ PING_TIMEOUT = 0.7
 FOUND_WITHIN = PING_INTERVAL + PING_TIMEOUT
 SERVER = {"ping_interval": 0.5, "ping_timeout": 1.0, "close_timeout": 0.5}
 SERVER_ENDS_WITHIN = sum(SERVER.values())
+CLOSE_TIMEOUT = 2.0  # the client's wait for the server's close frame (handshake.py)
 SLACK = 1.5  # a loaded two-core machine's scheduling, and the reconnect's backoff
 CLIENT = {
     "ping_interval": PING_INTERVAL,
@@ -196,3 +198,18 @@ async def test_d_an_application_that_stops_reading_loses_nothing_to_the_keepaliv
         assert [e.event.content for e in events] == [f"e{i}" for i in range(300)]
         assert viewer.reconnects >= 1  # its stalled connection was dropped, and resumed
 
+
+async def test_e_close_during_a_partition_returns_though_the_socket_buffer_is_full() -> None:
+    # A keepalive too patient to find the dead link first: close() must not wait on it.
+    patient = {**CLIENT, "ping_timeout": 60.0}
+    config = {**SERVER, "rate_limit_bytes": 0, "durability": "os"}
+    async with run_server(**config) as server, proxied(server) as (proxy, proxy_url):
+        publisher = await BambooClient.connect(proxy_url, create=True, role="agent", **patient)
+        await publisher.publish(Token("before"))
+        assert proxy.freeze() == 1
+        flood = [asyncio.create_task(publisher.publish(Token("f" * 60_000))) for _ in range(120)]
+        await asyncio.sleep(0.5)  # the sender fills the socket's buffers and waits on them
+        await asyncio.wait_for(publisher.close(), CLOSE_TIMEOUT + SLACK)
+        for publish in flood:
+            with pytest.raises(SessionEnded):
+                await publish

@@ -106,16 +106,33 @@ class LogCheck(msgspec.Struct, frozen=True):
 
 
 class LettingGoConnection(ClientConnection):
-    """websockets' client connection, but for the frame its parser parsed last: the
-    parser keeps it (a local of its generator) until the next frame comes, so a client
-    that received one big event and then waited would keep its payload for as long as
-    the quiet lasts, outside ``max_queued_bytes``. The message is made of a new frame
-    with the same payload, and the parser's frame is emptied (as the server does)."""
+    """websockets' client connection, but for two things it holds on to.
+
+    The frame its parser parsed last: the parser keeps it (a local of its generator)
+    until the next frame comes, so a client that received one big event and then waited
+    would keep its payload for as long as the quiet lasts, outside ``max_queued_bytes``.
+    The message is made of a new frame with the same payload, and the parser's frame is
+    emptied (as the server does).
+
+    And a close on a dead link: websockets writes the close frame, then waits for the
+    socket's buffer to drain with no deadline, and only then starts its close timer. A
+    client whose buffer filled on a link gone silent (publishes sent into the tunnel)
+    waited in :meth:`BambooClient.close` for ever. Once a close is under way, a wait
+    for room in the buffer ends at the close's deadline: websockets then drops the
+    socket, as its timer would have (the server's ``server/close_bound.py`` does so)."""
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame):
             event = handed_on(event)
         super().process_event(event)
+
+    async def drain(self) -> None:
+        deadline = self.close_deadline
+        if deadline is None:
+            await super().drain()  # an open connection: plain back-pressure
+            return
+        async with asyncio.timeout_at(deadline):
+            await super().drain()
 
 
 @dataclass(frozen=True)

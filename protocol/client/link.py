@@ -226,8 +226,8 @@ class Link:
         return None, attempt
 
     async def _serve(self, ws: ClientConnection) -> Retry | None:
-        """Read ``ws`` while its sender writes; the error to reconnect after, or ``None``
-        when the client is finished."""
+        """Read ``ws`` while its sender writes and its keepalive watches; the error to
+        reconnect after, or ``None`` when the client is finished."""
         tasks = [asyncio.create_task(self._sender(ws)), self.keepalive.start(ws)]
         try:
             return await self._read_until_closed(ws)
