@@ -16,11 +16,12 @@ would wait on it for as long as the kernel keeps retrying, a quarter of an hour.
 the timer runs from the moment the Ping is due, through its write.
 
 Pongs are read with the rest of the socket: while the application leaves the events
-feed full, the link stops reading (:mod:`.feed`), and once websockets has 16 frames
-queued so does its socket, Pongs included. A stall that lasts past the timeout ends
-the connection here as the server's own keepalive (1011) or its full queue (4429)
-would: safely, the client resumes from the last event queued once the application
-has read the feed down, and loses nothing.
+feed full, the link stops reading (:mod:`.feed`), and once websockets holds 16 frames
+unread it stops reading the socket too, Pongs included. A stall that lasts past the
+timeout ends the connection here, as the server's own keepalive (1011) or its full
+queue (4429) would: safely, the client resumes from the last event queued once the
+application has read the feed down, and loses nothing (tests/test_client_partition.py
+test_d).
 """
 
 from __future__ import annotations
