@@ -115,6 +115,9 @@ class StateRequest(ClientFrameBase, tag="state"):
 
 class Ping(ClientFrameBase, tag="ping"):
     id: RequestId = None
+    # A connection's own liveness check (a browser can send no WebSocket Ping): answered
+    # as any ping, but not the session's activity (docs/protocol.md, `ping`).
+    keepalive: bool | None = None
 
 
 ClientFrame = (

@@ -219,12 +219,14 @@ class Connection:
         if not limiter.admit():
             self._refuse_frame(data, limiter, outbox)
             return True
-        actor.note_traffic()
         try:
-            request = decode(data)
+            frame, size = decode(data)
             del data
-            await self._dispatch(*request, actor, outbox)
+            if type(frame) is not Ping or not frame.keepalive:
+                actor.note_traffic()
+            await self._dispatch(frame, size, actor, outbox)
         except ProtocolError as exc:
+            actor.note_traffic()
             self._push_error(exc.code, exc.message, exc.request_id)
             return True
         return False

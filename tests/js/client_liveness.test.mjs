@@ -78,7 +78,7 @@ test("a ping interval or timeout past 2^31 - 1 ms waits, rather than spinning on
     assert.equal(silent.seen.pings, 1);
     // With an id, as the wire contract answers only a request with one (PROTOCOL.md);
     // a string, where the client's requests have numbers.
-    assert.deepEqual(silent.seen.sent, [{ type: "ping", id: "liveness" }]);
+    assert.deepEqual(silent.seen.sent, [{ type: "ping", id: "liveness", keepalive: true }]);
     assert.deepEqual([idle.state, probed.state], ["open", "open"]);
   } finally {
     await idle.close();

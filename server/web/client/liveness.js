@@ -29,7 +29,9 @@ export const PING_TIMEOUT = 15_000;
 // no request, on whichever connection it comes. It has one all the same, as the wire
 // contract (PROTOCOL.md) promises a reply only to a request with an id.
 const PING_ID = "liveness";
-const PING = JSON.stringify({ type: "ping", id: PING_ID });
+// keepalive: the server answers it, but it is not the session's activity, so a page
+// left open on a quiet session lets it go idle and expire.
+const PING = JSON.stringify({ type: "ping", id: PING_ID, keepalive: true });
 // The longest delay setTimeout takes as given (ms): a longer one fires at once.
 const LONGEST_TIMER = 2 ** 31 - 1;
 // A check this late (ms) ran after the page slept or was busy: frames may wait unread.
