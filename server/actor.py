@@ -388,8 +388,10 @@ class SessionActor:
     def arm_timer(self) -> None:
         """Look again after a while: for idleness while connections are attached, for
         the end of parking when none is (sooner while its store is owed its state)."""
-        config = self.config
-        look = self.status.look_interval(config.idle_timeout)
+        config, ttl = self.config, self.status.ttl
+        # Often enough that peers who keep sending frames keep a short-lived session
+        # alive: their traffic is recorded as activity at every look.
+        look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
         if self.room.outboxes:
             self.timer.arm(look)
         else:

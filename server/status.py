@@ -26,22 +26,10 @@ EXPIRED = "expired"  # how a session ended that check() found expired (DELETED: 
 
 # Stored states that another process may write while this one's peers are busy.
 _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
-# A process looks at least every idle_timeout / this while others with a shorter
-# idle_timeout write its sessions idle: a bound on the store calls that costs.
-_LOOK_DIVISOR_MAX = 16
 
 
 class SessionStatus:
-    __slots__ = (
-        "epoch",
-        "idle_elsewhere",
-        "look_cap",
-        "owed",
-        "session_id",
-        "state",
-        "storage",
-        "ttl",
-    )
+    __slots__ = ("epoch", "idle_elsewhere", "owed", "session_id", "state", "storage", "ttl")
 
     def __init__(
         self,
@@ -64,16 +52,6 @@ class SessionStatus:
         # within idle_timeout: a frame of theirs after it makes the session active again
         # at the look (on one process, a ping leaves an idle session idle).
         self.idle_elsewhere = False
-        self.look_cap: float | None = None  # see look_interval
-
-    def look_interval(self, idle_timeout: float) -> float:
-        """Seconds between the actor's looks while connections are attached: every
-        ``idle_timeout``, or a third of the TTL when sooner (peers that keep sending
-        frames keep a short-lived session alive: their traffic is recorded as activity
-        at every look), or sooner still once another process with a shorter
-        idle_timeout wrote the session idle between two of them (:meth:`_spoken`)."""
-        look = idle_timeout if self.ttl is None else min(idle_timeout, self.ttl / 3)
-        return look if self.look_cap is None else min(look, self.look_cap)
 
     async def become(self, state: SessionState) -> SessionMetadata | None:
         """Change to ``state`` (InvalidTransition if it may not), in the store too; the
@@ -204,7 +182,7 @@ class SessionStatus:
             if self.state == SessionState.ACTIVE:
                 await self._quiet(metadata, idle_timeout)
         elif self.state == SessionState.ACTIVE or self.idle_elsewhere:
-            await self._spoken(metadata, traffic, idle_timeout)
+            await self._spoken(metadata, traffic)
         return None
 
     async def _quiet(self, metadata: SessionMetadata, idle_timeout: float) -> None:
@@ -217,7 +195,7 @@ class SessionStatus:
         if elsewhere >= idle_timeout:
             await self.become(SessionState.IDLE)
 
-    async def _spoken(self, metadata: SessionMetadata, traffic: bool, idle_timeout: float) -> None:
+    async def _spoken(self, metadata: SessionMetadata, traffic: bool) -> None:
         """This process's peers sent frames within ``idle_timeout``, and another process
         may have written the session idle (its own peers quiet for its idle_timeout,
         and no activity recorded within it), or disconnected (its last connection out,
@@ -232,14 +210,6 @@ class SessionStatus:
             self.state = SessionState.IDLE
             self.idle_elsewhere = True
             return
-        if metadata.state == SessionState.IDLE and traffic:
-            # Written idle between two of this process's records of its peers' frames:
-            # the writer's idle_timeout is shorter than these looks are apart. Looking
-            # (and recording) twice as often, down to a floor, the writer's look finds
-            # activity recorded within its timeout for as long as these peers send
-            # frames that often, and the idle comes once they are quiet that long.
-            look = self.look_interval(idle_timeout)
-            self.look_cap = max(look / 2, idle_timeout / _LOOK_DIVISOR_MAX)
         if metadata.state in _PAUSED:
             # Its appends write nothing while it holds the session active, so without
             # this the store kept it so for as long. The state held here is active

@@ -1,7 +1,6 @@
 """ActivityTimer: when a live session next needs looking at. While connections are
-attached, after SessionStatus.look_interval: ``idle_timeout`` or a third of the session's
-TTL, whichever is sooner, or less beside a process with a shorter idle_timeout (is it
-idle? did its peers send frames since the last look, which is activity?);
+attached, after ``idle_timeout`` or a third of the session's TTL, whichever is sooner
+(is it idle? did its peers send frames since the last look, which is activity?);
 while parked, after ``disconnect_retention`` from when it parked (retire), or sooner to
 save a state its store missed. One timer handle at a time; a tick from a timer that was
 re-armed since is recognised by its generation."""
