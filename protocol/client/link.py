@@ -50,6 +50,7 @@ from .outgoing import MAX_BATCH_ITEMS, Publish, batch_bytes, batch_frame, plan, 
 from .pending import PendingRequest
 from .reconnect import ReconnectPolicy
 from .state import ClientState
+from .tasks import stopped
 
 log = logging.getLogger("bamboo_session.client")
 
@@ -228,14 +229,12 @@ class Link:
     async def _serve(self, ws: ClientConnection) -> Retry | None:
         """Read ``ws`` while its sender writes and its keepalive watches; the error to
         reconnect after, or ``None`` when the client is finished."""
-        tasks = [asyncio.create_task(self._sender(ws)), self.keepalive.start(ws)]
+        sender = asyncio.create_task(self._sender(ws))
+        keepalive = self.keepalive.start(ws)
         try:
             return await self._read_until_closed(ws)
         finally:
-            for task in filter(None, tasks):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stopped(sender, keepalive)
 
     async def _sender(self, ws: ClientConnection) -> None:
         try:
@@ -389,10 +388,7 @@ class Link:
         """Stop the task and close the connection (1000)."""
         self.finish(SessionEnded("client closed"))
         runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        await stopped(runner)
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
