@@ -9,10 +9,15 @@ bounded."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 
-from bamboo_session.protocol.client import BambooClient
+from bamboo_session.protocol import Token
+from bamboo_session.protocol.client import BambooClient, StoredEvent
+from tests.client_backlog_support import take, url
+from tests.pong_proxy import PongPolicy, pong_proxied
 from tests.proxies import HttpProxy
 from tests.support import run_server
 
@@ -54,3 +59,94 @@ async def test_close_as_the_connection_drops_stops_the_client_at_once(turns: int
             assert (client.reconnects, client.connected, client.finished) == (0, False, True)
         finally:
             await proxy.close()
+
+
+async def within(condition: Callable[[], bool], bound: float) -> float:
+    """Seconds until ``condition()`` holds; fails past ``bound``."""
+    started = time.monotonic()
+    for _ in range(int(bound / 0.02) + 1):
+        if condition():
+            return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {bound:.1f} s")
+
+
+async def publish_paced(client: BambooClient, count: int, pause: float) -> None:
+    for i in range(count):
+        await client.publish(Token(f"e{i}"))
+        await asyncio.sleep(pause)
+
+
+async def read_into(client: BambooClient, seqs: list[int]) -> None:
+    async for item in client.events():
+        assert isinstance(item, StoredEvent), item
+        seqs.append(item.seq)
+
+
+async def test_a_link_that_carries_events_but_no_pongs_is_kept_until_it_goes_quiet() -> None:
+    """A server that never answers Pings, but whose events keep coming, is heard from:
+    its link is alive (the server's own keepalive finds one that carries nothing of
+    ours). Once nothing comes for the timeout after a Ping was due, it is dropped and
+    resumed, every event delivered once."""
+    async with (
+        run_server(**PATIENT_SERVER) as server,
+        pong_proxied(server.port, "drop") as (proxy, proxy_url),
+        await BambooClient.connect(url(server), create=True, role="agent") as agent,
+        await BambooClient.connect(proxy_url, agent.session_id, last_seq=0, **CLIENT) as viewer,
+    ):
+        seqs: list[int] = []
+        reading = asyncio.create_task(read_into(viewer, seqs))
+        try:
+            # An event every 0.1 s for 3 s: ten Pings go unanswered meanwhile.
+            await publish_paced(agent, 30, 0.1)
+            assert proxy.pongs_seen >= 1
+            assert viewer.reconnects == 0
+            found = await within(lambda: viewer.reconnects > 0, PING_INTERVAL + PING_TIMEOUT + 1.5)
+            # Not before the quiet had lasted that long (it began a pause before).
+            assert found >= PING_TIMEOUT - 0.1
+            await agent.publish(Token("after"))
+            await within(lambda: len(seqs) == 31, 5)
+            assert seqs == list(range(1, 32))
+        finally:
+            reading.cancel()
+
+
+@pytest.mark.parametrize(("pongs", "flood", "dropped"), [("garble", 0, True), ("flood", 50, False)])
+async def test_pongs_of_pings_never_sent_are_no_answer(
+    pongs: PongPolicy, flood: int, dropped: bool
+) -> None:
+    """An idle link whose Pongs answer no Ping of ours (garbled) is dropped as silent
+    and resumed; one flooded with unsolicited Pongs besides the right ones is kept."""
+    async with (
+        run_server(**PATIENT_SERVER) as server,
+        pong_proxied(server.port, pongs, flood) as (proxy, proxy_url),
+        await BambooClient.connect(url(server), create=True, role="agent") as agent,
+        await BambooClient.connect(proxy_url, agent.session_id, last_seq=0, **CLIENT) as viewer,
+    ):
+        await agent.publish(Token("before"))
+        assert [e.seq for e in await take(viewer, 1, 5)] == [1]
+        await asyncio.sleep(4 * (PING_INTERVAL + PING_TIMEOUT))
+        assert proxy.pongs_seen >= 3
+        assert (viewer.reconnects >= 3) is dropped
+        assert (viewer.reconnects == 0) is not dropped
+        await agent.publish(Token("after"))
+        assert [e.seq for e in await take(viewer, 1, 5)] == [2]
+
+
+async def test_a_server_reading_slowly_answers_late_but_its_acks_keep_the_link() -> None:
+    """The server's byte rate holds its reading back: the client's Ping is read after
+    the publishes ahead of it (seconds of them), but their acks come meanwhile. The
+    link is alive: it is kept, and nothing is sent twice."""
+    slow = {**PATIENT_SERVER, "rate_limit_bytes": 256 * 1024, "rate_limit_bytes_burst": 256 * 1024}
+    async with (
+        run_server(**slow) as server,
+        await BambooClient.connect(url(server), create=True, role="agent", **CLIENT) as publisher,
+    ):
+        started = time.monotonic()
+        contents = [f"{i:04d} " + "x" * 4000 for i in range(400)]  # 1.6 MB: 6 s of reading
+        seqs = await asyncio.wait_for(
+            asyncio.gather(*(publisher.publish(Token(c)) for c in contents)), 30
+        )
+        assert time.monotonic() - started > 3 * (PING_INTERVAL + PING_TIMEOUT)
+        assert sorted(seqs) == list(range(1, 401))
+        assert (publisher.reconnects, publisher.resent) == (0, 0)

@@ -121,10 +121,10 @@ class BambooClient(SessionRequests):
         - ``request_timeout``: seconds a request may wait for its reply, across
           reconnects (``None``: no limit).
         - ``ping_interval`` (20) and ``ping_timeout`` (20): seconds between the
-          client's Pings, and for each Pong. A connection that goes silent (no FIN, no
-          RST: a phone in a tunnel, a NAT that forgot it) is found dead within
-          ``ping_interval + ping_timeout`` (40 s) and dropped, then resumed like any
-          other drop: from ``last_seq``, unanswered requests resent once. ``None``
+          client's Pings, and for each Pong or any other byte. A connection that goes
+          silent (no FIN, no RST: a phone in a tunnel, a NAT that forgot it) is found
+          dead within ``ping_interval + ping_timeout`` (40 s) and dropped, then resumed
+          like any other drop: from ``last_seq``, unanswered requests resent once. ``None``
           turns Pings off (a silent link is then never found by a client that only
           reads, and in some 15 minutes of the kernel's retries by one that writes),
           or the Pong's limit (Pings only keep NATs awake). A Pong is read with the

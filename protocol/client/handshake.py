@@ -35,6 +35,7 @@ from ..frames import Error, Hello, Welcome
 from ..ids import check_session_id
 from ..parsed_frames import handed_on
 from .errors import ClientError, Refused, Retry, close_outcome
+from .keepalive import HeardConnection
 
 STREAM_PATH: Final = "/api/v1/stream"
 SESSIONS_PATH: Final = "/api/v1/sessions"
@@ -105,7 +106,7 @@ class LogCheck(msgspec.Struct, frozen=True):
         return bool(self.events)
 
 
-class LettingGoConnection(ClientConnection):
+class LettingGoConnection(HeardConnection):
     """websockets' client connection, but for two things it holds on to.
 
     The frame its parser parsed last: the parser keeps it (a local of its generator)

@@ -2,12 +2,19 @@
 RST (a phone in a tunnel, a NAT or a proxy that forgot the flow): no byte comes, and
 none of ours arrives, so no read or write ever fails on its own.
 
-Every ``interval`` seconds the client sends a Ping; when its Pong has not come
-``timeout`` seconds later, the link is taken for dead and the socket is dropped at
-once (a closing handshake could not cross it). The reader then sees the connection
-closed with no close frame received, which :func:`.close_outcome` resumes from like
-any network failure. A silent link is so found within ``interval + timeout`` seconds
-of going silent (the Pong's latency more, at most).
+Every ``interval`` seconds the client sends a Ping; when ``timeout`` seconds pass with
+neither its Pong nor any other byte received (:class:`HeardConnection` notes when the
+last came), the link is taken for dead and the socket is dropped at once (a closing
+handshake could not cross it). The reader then sees the connection closed with no
+close frame received, which :func:`.close_outcome` resumes from like any network
+failure. A silent link is so found within ``interval + timeout`` seconds of going
+silent (the Pong's latency more, at most).
+
+Any byte counts, as the JavaScript client counts any frame: a server reading slowly
+(its byte rate limit) reads the Ping only after our publishes ahead of it, seconds of
+them, but their acks come meanwhile; dropping such a link would send them all again.
+A server that sends events and never answers Pings is kept so too: what we send may
+not reach it, but then its own keepalive misses our Pongs and closes the connection.
 
 Not websockets' own keepalive: it starts a Ping's timer only once the Ping is written
 out, and writing waits for the socket's buffer to drain, which a dead link never does:
@@ -46,10 +53,20 @@ PING_TIMEOUT: Final = 20.0
 SILENT_REASON: Final = "keepalive ping timeout"
 
 
+class HeardConnection(ClientConnection):
+    """websockets' client connection, noting when it last received bytes."""
+
+    last_received = 0.0  # the loop's time
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self.loop.time()
+        super().data_received(data)
+
+
 @dataclass(frozen=True)
 class Keepalive:
-    """Seconds between Pings (``None``: no Pings) and for each Pong (``None``: no
-    limit, the Pings only keep the path's NATs awake)."""
+    """Seconds between Pings (``None``: no Pings) and for each Pong or any other byte
+    (``None``: no limit, the Pings only keep the path's NATs awake)."""
 
     interval: float | None = PING_INTERVAL
     timeout: float | None = PING_TIMEOUT
@@ -64,22 +81,43 @@ class Keepalive:
         Pings."""
         if self.interval is None:
             return None
+        assert isinstance(ws, HeardConnection)
         return asyncio.get_running_loop().create_task(self._watch(ws, self.interval))
 
-    async def _watch(self, ws: ClientConnection, interval: float) -> None:
+    async def _watch(self, ws: HeardConnection, interval: float) -> None:
         try:
             while True:
                 await asyncio.sleep(interval)
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        pong = await ws.ping()  # may wait for a full buffer to drain
-                        await pong
-                except TimeoutError:
+                if not await self._heard_from(ws):
                     break
         except ConnectionClosed:
             return  # the reader sees why
-        log.info("no pong within %s s: the connection is silent; dropping it", self.timeout)
+        log.info("nothing came within %s s of a ping: the connection is silent", self.timeout)
         # Recorded as the close we sent (the reader's ConnectionClosed says it), but not
         # waited for: nothing crosses the link, and the transport goes at once.
         ws.protocol.fail(CloseCode.INTERNAL_ERROR, SILENT_REASON)
         ws.transport.abort()
+
+    async def _heard_from(self, ws: HeardConnection) -> bool:
+        """Ping ``ws`` now: whether its Pong comes before ``timeout`` seconds pass with
+        nothing received at all (the Ping's write, behind a full buffer, included)."""
+        loop = asyncio.get_running_loop()
+        answered = loop.create_task(pinged(ws))
+        try:
+            quiet_since = loop.time()
+            while True:
+                left = None if self.timeout is None else quiet_since + self.timeout - loop.time()
+                if (await asyncio.wait([answered], timeout=left))[0]:
+                    await answered  # a ConnectionClosed, if that is how it ended
+                    return True
+                if ws.last_received <= quiet_since:
+                    return False
+                quiet_since = ws.last_received
+        finally:
+            answered.cancel()
+
+
+async def pinged(ws: ClientConnection) -> None:
+    """Send a Ping and wait for its Pong."""
+    pong = await ws.ping()  # may wait for a full buffer to drain
+    await pong
