@@ -150,3 +150,34 @@ async def test_a_server_reading_slowly_answers_late_but_its_acks_keep_the_link()
         assert time.monotonic() - started > 3 * (PING_INTERVAL + PING_TIMEOUT)
         assert sorted(seqs) == list(range(1, 401))
         assert (publisher.reconnects, publisher.resent) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "error"),
+    [
+        ("ping_interval", 0, ValueError),
+        ("ping_interval", -1.0, ValueError),
+        ("ping_timeout", float("nan"), ValueError),
+        ("ping_timeout", 0.0, ValueError),
+        ("ping_interval", True, TypeError),
+        ("ping_timeout", "20", TypeError),
+    ],
+)
+async def test_keepalive_settings_that_are_no_positive_number_are_refused_before_connecting(
+    setting: str, value: object, error: type[Exception]
+) -> None:
+    # Nothing listens on the discard port: a check made after connecting would fail so.
+    with pytest.raises(error, match=setting):
+        await BambooClient.connect("ws://127.0.0.1:9", create=True, **{setting: value})  # type: ignore[arg-type]
+
+
+async def test_keepalive_settings_past_any_timer_wait_as_set() -> None:
+    async with (
+        run_server() as server,
+        await BambooClient.connect(
+            url(server), create=True, ping_interval=1e300, ping_timeout=float("inf")
+        ) as client,
+    ):
+        assert await client.publish(Token("kept")) == 1
+        await asyncio.sleep(0.2)
+        assert (client.connected, client.reconnects) == (True, 0)

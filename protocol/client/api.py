@@ -130,7 +130,10 @@ class BambooClient(SessionRequests):
           or the Pong's limit (Pings only keep NATs awake). A Pong is read with the
           events: an application that leaves the events queue full that long may have
           its connection dropped so too, and resumed once it has read the queue down,
-          with nothing lost (see :mod:`.keepalive`).
+          with nothing lost (see :mod:`.keepalive`). Each is a number above 0 or
+          ``None``: 0, a negative or NaN is a ``ValueError``, anything else (a string,
+          a bool) a ``TypeError``, before any connection; any larger value waits as
+          set, ``float("inf")`` included.
         - ``token``: a JWT, or an async function returning a fresh one, asked before
           every connection; with a function, a connection the server closes with 4401
           when its token expires is resumed with a new token instead of ending.

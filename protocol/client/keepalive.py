@@ -73,7 +73,12 @@ class Keepalive:
 
     def __post_init__(self) -> None:
         for name, value in (("ping_interval", self.interval), ("ping_timeout", self.timeout)):
-            if value is not None and not value > 0:
+            if value is None:
+                continue
+            # A bool is an int: True would be a Ping a second, not an error.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
+            if not value > 0:  # NaN too
                 raise ValueError(f"{name} must be a positive number of seconds or None")
 
     def start(self, ws: ClientConnection) -> asyncio.Task[None] | None:
