@@ -24,6 +24,24 @@ WINDOW = 32  # events in flight per publisher
 LOST = (WebSocketException, OSError, TimeoutError)
 
 
+@dataclasses.dataclass(frozen=True)
+class Keepalive:
+    """websockets' keepalive of a client's connections (a Ping every ``ping_interval``
+    seconds, the connection failed when its Pong takes longer than ``ping_timeout``)
+    and how long its close waits for the server's (then it aborts)."""
+
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    close_timeout: float = 1.0
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# websockets' defaults: a killed server resets its connections, nothing goes silent.
+DEFAULT_KEEPALIVE = Keepalive()
+
+
 class Endpoint(Protocol):
     """Where a client connects: asked again at each (re)connect."""
 
@@ -118,11 +136,17 @@ def note_reply(pub: Publisher, reply: dict[str, Any]) -> int | None:
 
 
 async def publish(
-    server: Endpoint, pub: Publisher, *, attached: asyncio.Event | None = None
+    server: Endpoint,
+    pub: Publisher,
+    *,
+    attached: asyncio.Event | None = None,
+    keepalive: Keepalive = DEFAULT_KEEPALIVE,
 ) -> None:
-    """Re-sends what is unacknowledged, then new events, until the connection drops;
-    ``attached`` is set once the server answered its hello."""
-    async with connect(server.url(pub.session_id), open_timeout=5, close_timeout=1) as ws:
+    """Re-sends what is unacknowledged, then new events, until the connection drops
+    (or ``keepalive`` finds it dead); ``attached`` is set once the server answered its
+    hello."""
+    url = server.url(pub.session_id)
+    async with connect(url, open_timeout=5, **keepalive.options()) as ws:
         await hello(ws, create=True, role="agent")
         if attached is not None:
             attached.set()
@@ -210,10 +234,12 @@ async def follow(
     *,
     attached: asyncio.Event | None = None,
     slow: SlowRead | None = None,
+    keepalive: Keepalive = DEFAULT_KEEPALIVE,
 ) -> None:
     """Reads events, resuming after the last one seen (from the start the first time),
-    until the connection drops or ``until_seq`` is reached; ``attached`` is set once the
-    server answered its hello. With ``slow``, reads as that says."""
+    until the connection drops (or ``keepalive`` finds it dead) or ``until_seq`` is
+    reached; ``attached`` is set once the server answered its hello. With ``slow``,
+    reads as that says."""
 
     def last() -> int:
         return reader.seen[-1] if reader.seen else 0
@@ -223,7 +249,7 @@ async def follow(
     options: dict[str, Any] = (
         {} if slow is None else {"sock": await slow.socket(url), "max_queue": 4}
     )
-    async with connect(url, open_timeout=5, close_timeout=1, **options) as ws:
+    async with connect(url, open_timeout=5, **keepalive.options(), **options) as ws:
         welcome = await hello(ws, create=True, last_seq=last(), epoch=reader.epoch)
         if not welcome["resumed"]:
             reader.problems.append(f"not resumed after seq {last()}: {welcome}")
