@@ -1,7 +1,20 @@
 """The chaos soak's network (bench/chaos_soak.py): a TCP proxy on loopback between its
-clients and the servers, which cuts connections at the soak's command, in either
-direction, at once or after a few more bytes, so most often in the middle of a frame.
-(tests/proxies.py is the tests' proxy, which cuts every connection at once.)"""
+clients and the servers, which at the soak's command cuts connections (in either
+direction, at once or after a few more bytes, so most often in the middle of a frame)
+or freezes them: a silent partition, where no byte, FIN or RST gets through.
+
+A frozen link either stays frozen (``held``) or thaws after ``THAW_AFTER`` seconds.
+While frozen, neither end learns anything, not even that the other end closed or
+aborted its side. A thawing link stops reading: per direction, the chunk in hand
+waits, and its stream's buffer stops taking more past ``2 * CHUNK`` (the senders'
+buffers keep the rest, as in a stalled network); at the thaw every byte, FIN and
+reset goes on late, to an end that may have given the connection up or resumed
+elsewhere meanwhile. A held link reads and drops whatever either end sends, holding
+nothing, so that it sees each end give up (its FIN or reset): it is dropped once both
+did, each end's time to give up recorded. (Reading, it lets TCP acknowledge what it
+drops, so a sender's buffers do not fill as in a real partition: the thawing links
+have that case.) tests/proxies.py is the tests' proxy, which cuts every connection
+at once or freezes it until told to thaw."""
 
 from __future__ import annotations
 
@@ -9,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import time
 from collections.abc import Callable
 
 CHUNK = 65536
@@ -17,6 +31,16 @@ CHUNK = 65536
 MOST_BYTES_BEFORE_CUT = 300
 # A cut that waits for bytes happens after this long anyway (nothing may come).
 CUT_DEADLINE = 0.5
+# Seconds a thawing link stays frozen, drawn uniformly: from before either end's
+# keepalive notices to after both did (bench/chaos_soak.py's settings).
+THAW_AFTER = (0.2, 3.0)
+ENDS = ("client", "server")
+
+
+def _flowing() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
 
 
 @dataclasses.dataclass(eq=False)
@@ -25,8 +49,16 @@ class Link:
 
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
+    readers: tuple[asyncio.StreamReader, asyncio.StreamReader]  # from the client, the server
     # Bytes still let through, per direction ("up": to the server), before the cut.
     cut_after: dict[str, int] = dataclasses.field(default_factory=dict)
+    flowing: asyncio.Event = dataclasses.field(default_factory=_flowing)
+    held: bool = False  # frozen for good
+    frozen_at: float = 0.0
+    # The ends still sending (each pump reads one), and those that gave up while held.
+    sending: set[str] = dataclasses.field(default_factory=lambda: set(ENDS))
+    gave_up: set[str] = dataclasses.field(default_factory=set)
+    ended: bool = False
 
     def abort(self) -> None:
         self.client.transport.abort()
@@ -40,14 +72,27 @@ class CuttingProxy:
     def __init__(self, upstream: Callable[[], int], rng: random.Random) -> None:
         self.upstream = upstream
         self.rng = rng
-        self.links: set[Link] = set()
+        self.links: set[Link] = set()  # those a cut or a freeze may pick
+        self.frozen: set[Link] = set()
         self.port = 0
         self.cuts = 0
         self.cuts_mid_stream = 0  # after some more bytes in one direction
+        self.freezes = 0
+        self.freezes_held = 0  # of them, the links that never thawed
+        self.thaws = 0
+        # Thaws of a link an end had left meanwhile, as far as the proxy saw (its FIN or
+        # reset already read, not yet passed on): a lower bound.
+        self.thaws_after_an_end_left = 0
+        self.held_dropped = 0  # held links dropped once both ends gave up
+        # Seconds from a held link's freeze to each end's giving it up.
+        self.gave_up_after: dict[str, list[float]] = {end: [] for end in ENDS}
         self._server: asyncio.Server | None = None
+        self._closing = False  # its own aborts are no end giving up
+        self._none_frozen = asyncio.Event()
+        self._none_frozen.set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=CHUNK)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def url(self, session_id: str) -> str:
@@ -70,14 +115,63 @@ class CuttingProxy:
             loop.call_later(CUT_DEADLINE, link.abort)
         return len(victims)
 
+    def freeze(self, most: int, held: bool | None = None) -> int:
+        """Freezes up to ``most`` connections drawn at random, each held for good or
+        thawed later, as ``held`` says (None: a coin toss each); how many it froze."""
+        victims = self.rng.sample(list(self.links), min(most, len(self.links)))
+        loop = asyncio.get_running_loop()
+        for link in victims:
+            self.links.discard(link)
+            self.frozen.add(link)
+            self._none_frozen.clear()
+            self.freezes += 1
+            link.flowing.clear()
+            link.frozen_at = time.monotonic()
+            link.held = self.rng.random() < 0.5 if held is None else held
+            if link.held:
+                self.freezes_held += 1
+            else:
+                loop.call_later(self.rng.uniform(*THAW_AFTER), self._thaw, link)
+        return len(victims)
+
+    def _thaw(self, link: Link) -> None:
+        self.thaws += 1
+        left = link.sending != set(ENDS) or any(
+            r.exception() is not None or r.at_eof() for r in link.readers
+        )
+        self.thaws_after_an_end_left += left
+        self._unfreeze(link)
+        link.flowing.set()
+        if not link.ended:
+            self.links.add(link)
+
+    async def unfrozen(self, patience: float) -> list[str]:
+        """Waits up to ``patience`` seconds until no link is frozen (each thawed, or was
+        dropped once both its ends gave it up); a line for each still frozen then,
+        naming the ends that did not give it up."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_frozen.wait(), patience)
+        now = time.monotonic()
+        return [
+            f"a link frozen {now - link.frozen_at:.0f} s ago"
+            + (" (held)" if link.held else " (to thaw)")
+            + f": its {' and '.join(sorted(link.sending))} never gave it up"
+            for link in self.frozen
+        ]
+
+    def _unfreeze(self, link: Link) -> None:
+        self.frozen.discard(link)
+        if not self.frozen:
+            self._none_frozen.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             port = self.upstream()
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port, limit=CHUNK)
         except OSError:
             writer.transport.abort()
             return
-        link = Link(writer, up_writer)
+        link = Link(writer, up_writer, (reader, up_reader))
         self.links.add(link)
         try:
             await asyncio.gather(
@@ -85,36 +179,84 @@ class CuttingProxy:
                 self._pump(link, up_reader, writer, "down"),
             )
         finally:
+            link.ended = True
             self.links.discard(link)
+            if link.held and link.gave_up == set(ENDS):
+                self.held_dropped += 1
+            self._unfreeze(link)
             link.abort()
+
+    async def _pump(
+        self,
+        link: Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        direction: str,
+    ) -> None:
+        """Carries one direction's bytes until its sending end stops, through cuts and
+        freezes; an end's FIN or reset goes on to the other as the bytes would."""
+        end = "client" if direction == "up" else "server"
+        while True:
+            try:
+                data: bytes | None = await reader.read(CHUNK)
+            except OSError:
+                data = None  # a reset
+            if not data:
+                await self._end_left(link, end, writer, reset=data is None)
+                return
+            if not link.flowing.is_set():
+                if link.held:
+                    continue  # dropped: nothing gets through, ever
+                await link.flowing.wait()  # the chunk in hand waits; nothing more is read
+            try:
+                if self._forward(link, direction, data, writer):
+                    await writer.drain()
+            except OSError:  # the other end is gone
+                if link.held and not link.flowing.is_set():
+                    continue  # its reset was no news to this end: held, it keeps sending
+                link.abort()
+                return
 
     @staticmethod
-    async def _pump(
-        link: Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
-    ) -> None:
-        try:
-            while data := await reader.read(CHUNK):
-                left = link.cut_after.get(direction)
-                if left is not None and left <= len(data):
-                    # Into an empty buffer a write goes out at once: the peer gets the
-                    # part of a frame before the reset.
-                    writer.write(data[:left])
-                    await writer.drain()
-                    link.abort()
-                    return
-                if left is not None:
-                    link.cut_after[direction] = left - len(data)
-                writer.write(data)
-                await writer.drain()
-            # One side ended: the other learns it by its end of stream.
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write_eof()
-        except OSError:
+    def _forward(link: Link, direction: str, data: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Writes ``data`` on, or the part of it a pending cut lets through and then
+        cuts; whether the link is still up."""
+        left = link.cut_after.get(direction)
+        if left is not None and left <= len(data):
+            # Into an empty buffer a write goes out at once: the peer gets the part of
+            # a frame before the reset.
+            writer.write(data[:left])
             link.abort()
+            return False
+        if left is not None:
+            link.cut_after[direction] = left - len(data)
+        writer.write(data)
+        return True
+
+    async def _end_left(
+        self, link: Link, end: str, writer: asyncio.StreamWriter, *, reset: bool
+    ) -> None:
+        """``end`` closed (FIN) or aborted (reset) its side: the other end learns it as
+        it would learn bytes: now, at the thaw, or never (a held link)."""
+        link.sending.discard(end)
+        if self._closing:
+            return
+        if not link.flowing.is_set() and link.held:
+            link.gave_up.add(end)
+            self.gave_up_after[end].append(time.monotonic() - link.frozen_at)
+            return  # once both gave up, both pumps ended, and the link is dropped
+        await link.flowing.wait()
+        if reset:
+            link.abort()
+            return
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for link in list(self.links):
+        for link in list(self.links | self.frozen):
             link.abort()
         self.links.clear()
+        self.frozen.clear()
