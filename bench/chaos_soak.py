@@ -14,6 +14,16 @@ acknowledgement since the last fault), then:
 - cuts 1 to 3 connections through the proxy, each at once or, three times in four,
   once 1 to 300 more bytes went one way (to the server or from it), so mostly in the
   middle of a frame;
+- or freezes 1 to 3 of them (in ``FREEZES`` of the cycles, with cuts besides in most):
+  a silent partition, no byte, FIN or reset getting through either way. Half the
+  frozen links stay so until both ends gave them up (the proxy swallows each end's
+  close), the others thaw after 0.2 to 3 s, their held bytes, closes and resets then
+  going on late: to a server that may have given the connection up, or from a
+  publisher that already resumed elsewhere, its events sent again there (stored once
+  all the same, by their keys). The servers run with ``--ping-interval 1
+  --ping-timeout 2``, the proxied clients with websockets' keepalive at 0.5 s and 1 s
+  (``CLIENT_KEEPALIVE``), so each end finds a silent link on its own within seconds
+  (the first cycle freezes a held link, the second one that thaws);
 - and in ``GRACEFUL`` of the cycles stops a server with SIGTERM (``--shutdown-grace
   2``: its peers get their backlog, ``closed`` and 1012, a slow reader as it reads, or
   is cut when the grace ends in one of its pauses) and starts it again on the same
@@ -29,16 +39,19 @@ exactly once at its acked seq; each publisher's order kept; each reader (slow on
 too) saw 1..N exactly once, in order, across every cut, 4429 and restart, and was
 resumed every time (nothing here trims a log, so ``resumed: false`` is a failure);
 every server exited 0 on SIGTERM, its log holds no error and no traceback. And this
-soak's own: no log holds "events handed out again by the session's feed" (the warning
-of server/room.py's guard), nor a warning of the check each event frame passes on its
-way to a socket (server/sent_events.py: an event not sent again, events missing before
-one), and ``bamboo_events_repeated_total``, ``bamboo_events_not_resent_total`` and
+soak's own: every frozen link thawed, or both its ends gave it up, within ``PATIENCE``
+of its freeze (before the clients are stopped, which would close them too); no log
+holds "events handed out again by the session's feed" (the warning of
+server/room.py's guard), nor a warning of the check each event frame passes on its
+way to a socket (server/sent_events.py: an event not sent again, events missing
+before one), and ``bamboo_events_repeated_total``, ``bamboo_events_not_resent_total`` and
 ``bamboo_event_gaps_total``, read from /metrics before every stop and kill and at the
 end, stay 0; a failed run prints those warnings whole.
 
 Run: ``python -m bench.chaos_soak --cycles 300 --max-seconds 300`` (``--store sqlite``,
 ``--store redis --instances 2`` likewise; tests/test_chaos_soak.py runs a few cycles).
-Exit status 0 when every check holds; the figures go to stdout as one JSON object.
+Exit status 0 when every check holds; the figures go to stdout as one JSON object
+(``closes_seen``: ``keepalive`` is a client's own keepalive finding its link dead).
 """
 
 from __future__ import annotations
@@ -59,12 +72,34 @@ from websockets.exceptions import ConnectionClosed
 
 from .chaos_proxy import CuttingProxy
 from .crash_checks import SESSIONS, check, log_problems, report
-from .crash_clients import LOST, Publisher, Reader, SlowRead, follow, publish, settle
+from .crash_clients import (
+    LOST,
+    Keepalive,
+    Publisher,
+    Reader,
+    SlowRead,
+    follow,
+    publish,
+    settle,
+)
 from .crash_cluster import PATIENCE, Cluster, start_runs, stop_clients, wait_for_progress
 from .crash_stores import KINDS, open_soak_store
 
 GRACEFUL = 0.3  # the share of cycles that stop a server with SIGTERM
 KILLED = 0.1  # and that SIGKILL one
+# The share of cycles that freeze links, and of them those that cut none besides: a
+# frozen link takes its client out for seconds where a cut costs a reconnect, and the
+# proxy carries only six, so freezing in every cycle would leave none flowing.
+FREEZES = 0.35
+FREEZES_ONLY = 0.2
+# The servers find a silent link within 3 s, the proxied clients within 1.5 s (and
+# close it within 1 s more): a thaw after 0.2 to 3 s lands before either noticed,
+# after the client resumed elsewhere but before the server gave the old connection
+# up (its late publishes are stored once, by their keys), or after both did.
+# The slow readers, straight to a server, keep websockets' 20 s: nothing between them
+# goes silent, and a pause of theirs (up to 2 s) would fail a keepalive of 1 s.
+SERVER_KEEPALIVE = ("--ping-interval", "1", "--ping-timeout", "2")
+CLIENT_KEEPALIVE = Keepalive(ping_interval=0.5, ping_timeout=1.0, close_timeout=1.0)
 # No cap on a session's bytes: at 4 KB an event, a run of minutes fills the default's
 # 256 MiB, and its publishers then get only ``too_large`` (a stall of the soak's own).
 CHAOS_FLAGS = ("--send-queue-frames", "64", "--write-limit", "4096", "--max-session-bytes", "0")
@@ -106,7 +141,12 @@ async def chaos(
     under_test = open_soak_store(store, work)
     cluster = Cluster(under_test, work, instances, rng)
     for server in cluster.servers:
-        server.extra = (*server.extra, *CHAOS_FLAGS, "--shutdown-grace", str(shutdown_grace))
+        server.extra = (
+            *server.extra,
+            *CHAOS_FLAGS,
+            *SERVER_KEEPALIVE,
+            *("--shutdown-grace", str(shutdown_grace)),
+        )
     proxy = CuttingProxy(cluster.any_port, rng)
     pubs = [
         Publisher(f"p{i}", SESSIONS[i % len(SESSIONS)], padding=PADDING) for i in range(publishers)
@@ -114,13 +154,20 @@ async def chaos(
     readers = [Reader(s) for s in SESSIONS]
     slow_readers = [(Reader(s), SlowRead(random.Random(rng.random()))) for s in SESSIONS]
     closes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    short = CLIENT_KEEPALIVE  # the proxy's links may go silent
     runs = [
-        *(partial(counted, partial(follow, proxy, r), closes["readers"]) for r in readers),
+        *(
+            partial(counted, partial(follow, proxy, r, keepalive=short), closes["readers"])
+            for r in readers
+        ),
         *(
             partial(counted, partial(follow, cluster, r, slow=slow), closes["slow_readers"])
             for r, slow in slow_readers
         ),
-        *(partial(counted, partial(publish, proxy, p), closes["publishers"]) for p in pubs),
+        *(
+            partial(counted, partial(publish, proxy, p, keepalive=short), closes["publishers"])
+            for p in pubs
+        ),
     ]
     figures: dict[str, Any] = {"cycles_run": 0, "graceful_restarts": 0, "kills": 0}
     repeats = Repeats(cluster)
@@ -143,7 +190,7 @@ async def chaos(
                     f"of {len(clients)} clients ended"
                 )
                 break
-            proxy.cut(rng.randint(1, 3))
+            network_faults(proxy, rng, cycle)
             # The first two cycles restart, then kill: a short run has every fault.
             draw = (0.0, GRACEFUL)[cycle] if cycle < 2 else rng.random()
             if draw < GRACEFUL + KILLED:
@@ -161,6 +208,9 @@ async def chaos(
             figures["cycles_run"] += 1
         for index in sorted(cluster.up):
             await repeats.read(index)
+        # Before the clients stop (a cancel closes a connection too): each end of a
+        # frozen link must have given it up on its own, within PATIENCE.
+        problems += await proxy.unfrozen(PATIENCE)
         problems += await stop_clients(clients)
         await proxy.close()
         everyone = readers + [r for r, _ in slow_readers]
@@ -186,6 +236,14 @@ async def chaos(
         **figures,
         "cuts": proxy.cuts,
         "cuts_mid_stream": proxy.cuts_mid_stream,
+        "freezes": proxy.freezes,
+        "freezes_held": proxy.freezes_held,
+        "thaws": proxy.thaws,
+        "thaws_after_an_end_left": proxy.thaws_after_an_end_left,
+        "held_dropped": proxy.held_dropped,
+        "held_given_up_s_max": {
+            end: round(max(after, default=0.0), 2) for end, after in proxy.gave_up_after.items()
+        },
         "closes_seen": {role: dict(sorted(c.items())) for role, c in sorted(closes.items())},
         "slow_reader_pauses": sum(slow.pauses for _, slow in slow_readers),
         "publishers": publishers,
@@ -201,16 +259,36 @@ async def chaos(
     }
 
 
+def network_faults(proxy: CuttingProxy, rng: random.Random, cycle: int) -> None:
+    """Cuts 1 to 3 links, freezes 1 to 3, or both (``FREEZES``, ``FREEZES_ONLY``); the
+    first two cycles freeze one each, held then thawing, so a short run has both."""
+    if cycle < 2:
+        proxy.freeze(1, held=cycle == 0)
+        proxy.cut(rng.randint(1, 3))
+        return
+    draw = rng.random()
+    if draw < FREEZES:
+        proxy.freeze(rng.randint(1, 3))
+    if draw >= FREEZES_ONLY:
+        proxy.cut(rng.randint(1, 3))
+
+
 async def counted(
     client: Callable[..., Awaitable[None]], closes: collections.Counter[str], **kwargs: Any
 ) -> None:
     """Runs the client, counting how its connection ended: the close code it received,
-    ``cut`` when none came (a cut, a killed server), or the error that kept it from
-    connecting."""
+    ``keepalive`` when none came after its own keepalive failed it (a silent link),
+    ``cut`` when none came otherwise (a cut, a killed server), or the error that kept
+    it from connecting."""
     try:
         await client(**kwargs)
     except ConnectionClosed as exc:
-        closes[str(exc.rcvd.code) if exc.rcvd is not None else "cut"] += 1
+        if exc.rcvd is not None:
+            closes[str(exc.rcvd.code)] += 1
+        elif exc.sent is not None and exc.sent.reason == "keepalive ping timeout":
+            closes["keepalive"] += 1
+        else:
+            closes["cut"] += 1
         raise
     except LOST as exc:
         closes[type(exc).__name__] += 1
