@@ -58,6 +58,7 @@ class Link:
     # The ends still sending (each pump reads one), and those that gave up while held.
     sending: set[str] = dataclasses.field(default_factory=lambda: set(ENDS))
     gave_up: set[str] = dataclasses.field(default_factory=set)
+    client_left: bool = False  # seen leaving before the thaw
     ended: bool = False
 
     def abort(self) -> None:
@@ -83,6 +84,9 @@ class CuttingProxy:
         # Thaws of a link an end had left meanwhile, as far as the proxy saw (its FIN or
         # reset already read, not yet passed on): a lower bound.
         self.thaws_after_an_end_left = 0
+        # Of them, those that then passed on bytes the client sent before it left (and
+        # its publishes, most likely sent again on a new connection meanwhile).
+        self.thaws_delivering_a_gone_client = 0
         self.held_dropped = 0  # held links dropped once both ends gave up
         # Seconds from a held link's freeze to each end's giving it up.
         self.gave_up_after: dict[str, list[float]] = {end: [] for end in ENDS}
@@ -136,14 +140,19 @@ class CuttingProxy:
 
     def _thaw(self, link: Link) -> None:
         self.thaws += 1
-        left = link.sending != set(ENDS) or any(
-            r.exception() is not None or r.at_eof() for r in link.readers
-        )
-        self.thaws_after_an_end_left += left
+        left = [end for end in ENDS if self._seen_leaving(link, end)]
+        self.thaws_after_an_end_left += bool(left)
+        link.client_left = "client" in left
         self._unfreeze(link)
         link.flowing.set()
         if not link.ended:
             self.links.add(link)
+
+    @staticmethod
+    def _seen_leaving(link: Link, end: str) -> bool:
+        """Whether the proxy read ``end``'s FIN or reset (passed on or not)."""
+        reader = link.readers[ENDS.index(end)]
+        return end not in link.sending or reader.exception() is not None or reader.at_eof()
 
     async def unfrozen(self, patience: float) -> list[str]:
         """Waits up to ``patience`` seconds until no link is frozen (each thawed, or was
@@ -208,6 +217,9 @@ class CuttingProxy:
                 if link.held:
                     continue  # dropped: nothing gets through, ever
                 await link.flowing.wait()  # the chunk in hand waits; nothing more is read
+                if direction == "up" and link.client_left:
+                    link.client_left = False  # counted once
+                    self.thaws_delivering_a_gone_client += 1
             try:
                 if self._forward(link, direction, data, writer):
                     await writer.drain()

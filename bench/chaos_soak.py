@@ -240,6 +240,7 @@ async def chaos(
         "freezes_held": proxy.freezes_held,
         "thaws": proxy.thaws,
         "thaws_after_an_end_left": proxy.thaws_after_an_end_left,
+        "thaws_delivering_a_gone_client": proxy.thaws_delivering_a_gone_client,
         "held_dropped": proxy.held_dropped,
         "held_given_up_s_max": {
             end: round(max(after, default=0.0), 2) for end, after in proxy.gave_up_after.items()
