@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import socket
 import time
 from collections.abc import Callable
 
@@ -35,6 +36,8 @@ CUT_DEADLINE = 0.5
 # keepalive notices to after both did (bench/chaos_soak.py's settings).
 THAW_AFTER = (0.2, 3.0)
 ENDS = ("client", "server")
+# Linux's TCP states once the peer sent a FIN (CLOSE_WAIT) or a reset (CLOSE).
+PEER_GONE = (8, 7)
 
 
 def _flowing() -> asyncio.Event:
@@ -81,11 +84,11 @@ class CuttingProxy:
         self.freezes = 0
         self.freezes_held = 0  # of them, the links that never thawed
         self.thaws = 0
-        # Thaws of a link an end had left meanwhile, as far as the proxy saw (its FIN or
-        # reset already read, not yet passed on): a lower bound.
+        # Thaws of a link an end had closed or reset meanwhile (FIN or reset received,
+        # read by the proxy or not).
         self.thaws_after_an_end_left = 0
-        # Of them, those that then passed on bytes the client sent before it left (and
-        # its publishes, most likely sent again on a new connection meanwhile).
+        # Thaws that then passed on to the server bytes the client sent before it left
+        # (its publishes, most likely sent again on a new connection meanwhile).
         self.thaws_delivering_a_gone_client = 0
         self.held_dropped = 0  # held links dropped once both ends gave up
         # Seconds from a held link's freeze to each end's giving it up.
@@ -150,9 +153,14 @@ class CuttingProxy:
 
     @staticmethod
     def _seen_leaving(link: Link, end: str) -> bool:
-        """Whether the proxy read ``end``'s FIN or reset (passed on or not)."""
-        reader = link.readers[ENDS.index(end)]
-        return end not in link.sending or reader.exception() is not None or reader.at_eof()
+        """Whether ``end`` closed or reset its side, read by the proxy or still behind
+        bytes it did not read: the kernel's state of the proxy's socket to it says."""
+        sock = (link.client, link.server)[ENDS.index(end)].get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except (OSError, AttributeError):  # closed already, or no TCP_INFO (not Linux)
+            state = None
+        return end not in link.sending or state in PEER_GONE
 
     async def unfrozen(self, patience: float) -> list[str]:
         """Waits up to ``patience`` seconds until no link is frozen (each thawed, or was

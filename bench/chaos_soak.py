@@ -22,8 +22,9 @@ acknowledgement since the last fault), then:
   publisher that already resumed elsewhere, its events sent again there (stored once
   all the same, by their keys). The servers run with ``--ping-interval 1
   --ping-timeout 2``, the proxied clients with websockets' keepalive at 0.5 s and 1 s
-  (``CLIENT_KEEPALIVE``), so each end finds a silent link on its own within seconds
-  (the first cycle freezes a held link, the second one that thaws);
+  and a close timeout of 0.5 s (``CLIENT_KEEPALIVE``), so each end finds a silent link
+  on its own within seconds (the first cycle freezes a held link, the second one that
+  thaws);
 - and in ``GRACEFUL`` of the cycles stops a server with SIGTERM (``--shutdown-grace
   2``: its peers get their backlog, ``closed`` and 1012, a slow reader as it reads, or
   is cut when the grace ends in one of its pauses) and starts it again on the same
@@ -93,13 +94,13 @@ KILLED = 0.1  # and that SIGKILL one
 FREEZES = 0.35
 FREEZES_ONLY = 0.2
 # The servers find a silent link within 3 s, the proxied clients within 1.5 s (and
-# close it within 1 s more): a thaw after 0.2 to 3 s lands before either noticed,
+# close it within 0.5 s more): a thaw after 0.2 to 3 s lands before either noticed,
 # after the client resumed elsewhere but before the server gave the old connection
 # up (its late publishes are stored once, by their keys), or after both did.
 # The slow readers, straight to a server, keep websockets' 20 s: nothing between them
 # goes silent, and a pause of theirs (up to 2 s) would fail a keepalive of 1 s.
 SERVER_KEEPALIVE = ("--ping-interval", "1", "--ping-timeout", "2")
-CLIENT_KEEPALIVE = Keepalive(ping_interval=0.5, ping_timeout=1.0, close_timeout=1.0)
+CLIENT_KEEPALIVE = Keepalive(ping_interval=0.5, ping_timeout=1.0, close_timeout=0.5)
 # No cap on a session's bytes: at 4 KB an event, a run of minutes fills the default's
 # 256 MiB, and its publishers then get only ``too_large`` (a stall of the soak's own).
 CHAOS_FLAGS = ("--send-queue-frames", "64", "--write-limit", "4096", "--max-session-bytes", "0")
