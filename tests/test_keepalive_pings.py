@@ -114,3 +114,26 @@ async def test_keepalive_pings_on_one_instance_let_the_session_go_idle_on_both(
         while (await pinger.recv_type("pong"))["id"] != "last":
             pongs += 1
         assert pongs >= 20, pongs
+
+
+async def test_websocket_pings_are_answered_but_are_no_activity() -> None:
+    # docs/protocol.md (`ping`): a WebSocket Ping, the Python client's keepalive, is
+    # no frame of the protocol: a session whose peer sends only those goes idle, and
+    # no look records activity.
+    async with run_server(idle_timeout=0.3) as server, attach(server) as (peer, welcome):
+        session_id = welcome["session"]["id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0  # waited for, however loaded the machine
+        while (idle := await server.manager.get_metadata(session_id)) is None or (
+            idle.state != "idle"
+        ):
+            assert loop.time() < deadline, "WebSocket Pings every 50 ms held off idle"
+            await asyncio.wait_for(await peer.ws.ping(), 5)  # its Pong came
+            await asyncio.sleep(0.05)
+        until = loop.time() + 1.0  # three looks' worth of them
+        while loop.time() < until:
+            await asyncio.wait_for(await peer.ws.ping(), 5)
+            await asyncio.sleep(0.05)
+        seen = await server.manager.get_metadata(session_id)
+        assert seen is not None and seen.state == "idle", seen
+        assert seen.last_activity_at == idle.last_activity_at, (seen, idle)
