@@ -137,3 +137,33 @@ async def test_websocket_pings_are_answered_but_are_no_activity() -> None:
         seen = await server.manager.get_metadata(session_id)
         assert seen is not None and seen.state == "idle", seen
         assert seen.last_activity_at == idle.last_activity_at, (seen, idle)
+
+
+@pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
+@pytest.mark.parametrize("keepalive", [False, None], ids=["false", "null"])
+async def test_a_ping_with_keepalive_false_or_null_is_activity(
+    keepalive: bool | None, msgpack: bool
+) -> None:
+    # docs/protocol.md (`ping`): null is as if left out, and false is no keepalive: a
+    # plain ping, recorded as activity at the next look (the session stays idle).
+    async with (
+        run_server(idle_timeout=0.2) as server,
+        attach(server, msgpack=msgpack) as (peer, welcome),
+    ):
+        session_id = welcome["session"]["id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0  # waited for, however loaded the machine
+        while (idle := await server.manager.get_metadata(session_id)) is None or (
+            idle.state != "idle"
+        ):
+            assert loop.time() < deadline, "never became idle"
+            await asyncio.sleep(0.05)
+        ping = {"type": "ping", "id": "p", "keepalive": keepalive}
+        while True:
+            assert (await peer.request(ping, "pong"))["id"] == "p"
+            seen = await server.manager.get_metadata(session_id)
+            assert seen is not None and seen.state == "idle", seen
+            if seen.last_activity_at > idle.last_activity_at:
+                break
+            assert loop.time() < deadline, "the pings were never recorded as activity"
+            await asyncio.sleep(0.05)
