@@ -117,7 +117,8 @@ class Ping(ClientFrameBase, tag="ping"):
     id: RequestId = None
     # A connection's own liveness check (a browser can send no WebSocket Ping): answered
     # as any ping, but not the session's activity (docs/protocol.md, `ping`).
-    keepalive: bool | None = None
+    # Any: only ``true`` means it; any other value is ignored, as an unknown field is.
+    keepalive: Any = None
 
 
 ClientFrame = (

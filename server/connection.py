@@ -222,7 +222,7 @@ class Connection:
         try:
             frame, size = decode(data)
             del data
-            if type(frame) is not Ping or not frame.keepalive:
+            if type(frame) is not Ping or frame.keepalive is not True:
                 actor.note_traffic()
             await self._dispatch(frame, size, actor, outbox)
         except ProtocolError as exc:

@@ -140,12 +140,15 @@ async def test_websocket_pings_are_answered_but_are_no_activity() -> None:
 
 
 @pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
-@pytest.mark.parametrize("keepalive", [False, None], ids=["false", "null"])
-async def test_a_ping_with_keepalive_false_or_null_is_activity(
-    keepalive: bool | None, msgpack: bool
+@pytest.mark.parametrize(
+    "keepalive", [False, None, 1, "true"], ids=["false", "null", "one", "string"]
+)
+async def test_a_ping_with_keepalive_other_than_true_is_activity(
+    keepalive: object, msgpack: bool
 ) -> None:
-    # docs/protocol.md (`ping`): null is as if left out, and false is no keepalive: a
-    # plain ping, recorded as activity at the next look (the session stays idle).
+    # docs/protocol.md (`ping`): only true makes a keepalive ping; any other value is
+    # ignored, as an unknown field would be (never refused): a plain ping, recorded as
+    # activity at the next look (the session stays idle).
     async with (
         run_server(idle_timeout=0.2) as server,
         attach(server, msgpack=msgpack) as (peer, welcome),
