@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 from websockets.exceptions import ConnectionClosed
@@ -180,7 +181,8 @@ class Connection:
 
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
-        actor, outbox, decode = self.actor, self.outbox, self._decode
+        actor, outbox = self.actor, self.outbox
+        decode = partial(decode_charged, self.codec, self.ws)
         limiter = self.limiter
         taken = 0
         while True:
@@ -237,14 +239,11 @@ class Connection:
         if outbox.closing is not None or self._closed_for_rate(limiter, outbox):
             return
         try:
-            request_id = getattr(self._decode(data)[0], "id", None)
+            request_id = getattr(decode_charged(self.codec, self.ws, data)[0], "id", None)
         except ProtocolError as exc:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
-
-    def _decode(self, data: str | bytes) -> tuple[ClientFrame, int]:
-        return decode_charged(self.codec, self.ws, data)
 
     @staticmethod
     def _closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:
