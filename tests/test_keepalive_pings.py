@@ -2,22 +2,66 @@
 session pinged only so expires at its TTL with its peer attached (``closed`` and 4404);
 such pings are held to the frame rate like any frame (``rate_limited``, then 4429); and
 on a Redis store, one instance's keepalive pings do not keep the session from going
-``idle`` on the other, nor record activity there."""
+``idle`` on the other, nor record activity there. A session pinged only so, or only
+with WebSocket Pings, goes idle and no look records activity; a ``keepalive`` other than
+``true`` leaves a plain ping, which is activity."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from bamboo_session.protocol.models import SessionMetadata
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, get, run_server
 from tests.test_server_instances import becomes
 
 KEEPALIVE = {"type": "ping", "id": "liveness", "keepalive": True}
+
+
+async def idle_while(
+    server: Any, session_id: str, between: Callable[[], Awaitable[object]], what: str
+) -> SessionMetadata:
+    """The session's metadata once it is ``idle``, ``between()`` awaited between two
+    reads of it (30 s at most, however loaded the machine; ``what`` held off idle)."""
+    deadline = asyncio.get_running_loop().time() + 30.0
+    while (idle := await server.manager.get_metadata(session_id)) is None or (idle.state != "idle"):
+        assert asyncio.get_running_loop().time() < deadline, f"{what} held off idle"
+        await between()
+        await asyncio.sleep(0.05)
+    return idle
+
+
+async def keepalive_ping(peer: Peer) -> None:
+    assert (await peer.request(KEEPALIVE, "pong"))["id"] == KEEPALIVE["id"]
+
+
+async def no_activity_from(
+    server: Any, session_id: str, pinged: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """A session whose peer only ``pinged()`` every 50 ms goes idle, and three looks'
+    worth more of them (idle_timeout 0.3 s) record no activity."""
+    idle = await idle_while(server, session_id, pinged, f"{what} every 50 ms")
+    until = asyncio.get_running_loop().time() + 1.0
+    while asyncio.get_running_loop().time() < until:
+        await pinged()
+        await asyncio.sleep(0.05)
+    seen = await server.manager.get_metadata(session_id)
+    assert seen is not None and seen.state == "idle", seen
+    assert (seen.last_activity_at, seen.expires_at) == (idle.last_activity_at, idle.expires_at)
+
+
+async def test_keepalive_pings_are_answered_but_are_no_activity() -> None:
+    async with run_server(idle_timeout=0.3) as server, attach(server) as (peer, welcome):
+        pinged = partial(keepalive_ping, peer)
+        await no_activity_from(server, welcome["session"]["id"], pinged, "keepalive pings")
 
 
 async def keep_pinging(peer: Peer, every: float, most: int = 300) -> None:
@@ -121,22 +165,11 @@ async def test_websocket_pings_are_answered_but_are_no_activity() -> None:
     # no frame of the protocol: a session whose peer sends only those goes idle, and
     # no look records activity.
     async with run_server(idle_timeout=0.3) as server, attach(server) as (peer, welcome):
-        session_id = welcome["session"]["id"]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30.0  # waited for, however loaded the machine
-        while (idle := await server.manager.get_metadata(session_id)) is None or (
-            idle.state != "idle"
-        ):
-            assert loop.time() < deadline, "WebSocket Pings every 50 ms held off idle"
+
+        async def pinged() -> None:
             await asyncio.wait_for(await peer.ws.ping(), 5)  # its Pong came
-            await asyncio.sleep(0.05)
-        until = loop.time() + 1.0  # three looks' worth of them
-        while loop.time() < until:
-            await asyncio.wait_for(await peer.ws.ping(), 5)
-            await asyncio.sleep(0.05)
-        seen = await server.manager.get_metadata(session_id)
-        assert seen is not None and seen.state == "idle", seen
-        assert seen.last_activity_at == idle.last_activity_at, (seen, idle)
+
+        await no_activity_from(server, welcome["session"]["id"], pinged, "WebSocket Pings")
 
 
 @pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
@@ -156,11 +189,7 @@ async def test_a_ping_with_keepalive_other_than_true_is_activity(
         session_id = welcome["session"]["id"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30.0  # waited for, however loaded the machine
-        while (idle := await server.manager.get_metadata(session_id)) is None or (
-            idle.state != "idle"
-        ):
-            assert loop.time() < deadline, "never became idle"
-            await asyncio.sleep(0.05)
+        idle = await idle_while(server, session_id, partial(asyncio.sleep, 0), "nothing")
         ping = {"type": "ping", "id": "p", "keepalive": keepalive}
         while True:
             assert (await peer.request(ping, "pong"))["id"] == "p"
