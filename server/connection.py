@@ -247,8 +247,7 @@ class Connection:
 
     @staticmethod
     def _closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:
-        """Counts a refused frame; closes with 4429 (and says so) once there were too
-        many."""
+        """Counts a refused frame; closes with 4429 (and says so) once too many were."""
         if not limiter.refuse():
             return False
         log.info("rate limit persists, closing", refused=limiter.refused)

@@ -152,9 +152,9 @@ class SessionStatus:
         """A timer's look at a connected session: ``traffic`` (peers sent frames since
         the last look, pings included, keepalive pings not) is activity, and its TTL
         starts again, as on every append; no frame for ``idle_timeout`` (``quiet_for``,
-        here) makes it idle, unless the store recorded activity within it: on a shared store, peers
-        attached to other processes publish (or send frames, recorded at their
-        process's look) while this one's are silent. None while the session lives;
+        here) makes it idle, unless the store recorded activity within it: on a shared
+        store, peers attached to other processes publish (or send frames, recorded at
+        their process's look) while this one's are silent. None while the session lives;
         else how it ended: :data:`EXPIRED`, :data:`CLOSED` (by another process), or
         :data:`DELETED` when the store holds no session of this epoch (deleted, or
         replaced under its id). Those two are another process's, whose notice is
