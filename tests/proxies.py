@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +29,18 @@ class HttpProxy:
     read of the session's metadata and its read of the events. ``freeze()`` is a silent
     partition (a phone in a tunnel): the connections through the proxy stop carrying
     bytes either way, with no FIN and no RST, while new ones go through (the client
-    found another network); ``thaw()`` heals it, and what was held goes on, in order."""
+    found another network); ``thaw()`` heals it, and what was held goes on, in order.
+    With ``uplink_rate``, what clients send reaches the server at that many bytes a
+    second at most (a slow uplink: a large frame takes seconds to cross while the
+    server sends nothing); the proxy's side of each connection then offers a small
+    receive window, so that the client's bytes wait in the client, not in loopback's
+    megabytes of kernel buffer."""
 
-    def __init__(self, port: int) -> None:
+    UPLINK_RECEIVE_BUFFER = 16384
+
+    def __init__(self, port: int, *, uplink_rate: int | None = None) -> None:
         self.port = port
+        self.uplink_rate = uplink_rate
         self.down = False
         self.refusing = False
         self.events_page: dict[str, Any] | None = None
@@ -42,7 +51,16 @@ class HttpProxy:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.uplink_rate is not None:
+            # Set before listen: accepted sockets inherit it, and the window they
+            # offer is scaled from it at the handshake.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.UPLINK_RECEIVE_BUFFER)
+        listener.bind(("127.0.0.1", 0))
+        # A throttled reader buffers little more than the window, for the same reason.
+        limit = 65536 if self.uplink_rate is None else self.UPLINK_RECEIVE_BUFFER
+        self._server = await asyncio.start_server(self._serve, sock=listener, limit=limit)
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
@@ -99,7 +117,8 @@ class HttpProxy:
             self._flowing.add(flowing)
             try:
                 await asyncio.gather(
-                    self._pump(reader, up_writer, flowing), self._pump(up_reader, writer, flowing)
+                    self._pump(reader, up_writer, flowing, self.uplink_rate),
+                    self._pump(up_reader, writer, flowing),
                 )
             finally:
                 self._flowing.discard(flowing)
@@ -109,15 +128,27 @@ class HttpProxy:
             writer.close()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        flowing: asyncio.Event,
+        rate: int | None = None,
     ) -> None:
+        # A tenth of a second's worth at a time, each chunk then waited out: the
+        # sender sees its bytes leave at the rate, not in bursts a second apart.
+        chunk = 65536 if rate is None else max(1, rate // 10)
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         try:
-            while data := await reader.read(65536):
+            while data := await reader.read(chunk):
                 # Frozen, a pump holds the chunk it read and reads no more: the sender's
                 # socket buffers fill, and nothing tells either end the link is gone.
                 await flowing.wait()
                 writer.write(data)
                 await writer.drain()
+                if rate is not None:
+                    due = max(due, loop.time()) + len(data) / rate
+                    await asyncio.sleep(due - loop.time())
         except OSError:
             pass
         finally:
