@@ -18,15 +18,27 @@ PYTEST_ARGS ?=
 # system says (Linux), else all of them (macOS has no sched_getaffinity).
 PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1; print(min(8, 2 * cores))")
 
-.PHONY: serve test lint typecheck warm pytest bench fuzz clean
+.PHONY: serve test lint typecheck warm pytest bench fuzz clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,redis]'
 	touch $(STAMP)
+
+# constraints.txt afresh: the newest versions pyproject.toml allows, resolved in a
+# scratch virtualenv (not .venv: what it holds beyond them, atheris say, stays out).
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/python -m pip install --quiet --upgrade pip
+	build/constraints-venv/bin/python -m pip install --quiet -e '.[dev,redis]'
+	sed -n '/^#/p' constraints.txt > build/constraints.txt
+	build/constraints-venv/bin/python -m pip freeze --exclude-editable >> build/constraints.txt
+	mv build/constraints.txt constraints.txt
+	rm -rf build/constraints-venv
 
 serve: $(STAMP)
 	$(BIN)/bamboo-session serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
