@@ -97,6 +97,7 @@ class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
         if self._discarding:
             return
         if self.protocol.state is not State.CONNECTING:
+            self.bytes_read += len(data)
             self._parse_sliced(data)
             return
         if (
