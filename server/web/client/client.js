@@ -13,7 +13,7 @@ import { ConnectionLost, Retry, SessionEnded } from "./errors.js";
 import { END, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS } from "./feed.js";
 import { newKey } from "./frames.js";
 import { Link } from "./link.js";
-import { PING_INTERVAL, PING_TIMEOUT } from "./liveness.js";
+import { MIN_UPLINK_RATE, PING_INTERVAL, PING_TIMEOUT } from "./liveness.js";
 import { readPages } from "./pages.js";
 import { checkSessionId, streamUrl } from "./urls.js";
 
@@ -70,6 +70,7 @@ export class BambooClient extends EventTarget {
       maxQueuedBytes: MAX_QUEUED_BYTES,
       pingInterval: PING_INTERVAL,
       pingTimeout: PING_TIMEOUT,
+      minUplinkRate: MIN_UPLINK_RATE,
       ...options,
     };
     for (const name of /** @type {const} */ (["maxQueuedEvents", "maxQueuedBytes"])) {
@@ -78,11 +79,12 @@ export class BambooClient extends EventTarget {
         throw new TypeError(`${name} must be an integer of at least 1, not ${value}`);
       }
     }
-    for (const name of /** @type {const} */ (["pingInterval", "pingTimeout"])) {
+    for (const name of /** @type {const} */ (["pingInterval", "pingTimeout", "minUplinkRate"])) {
       const value = settings[name];
       if (name === "pingInterval" && value === null) continue; // no liveness check
       if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
-        throw new TypeError(`${name} must be a number of ms above 0, not ${value}`);
+        const unit = name === "minUplinkRate" ? "bytes a second" : "ms";
+        throw new TypeError(`${name} must be a number of ${unit} above 0, not ${value}`);
       }
     }
     this.#link = new Link(this, url, WebSocketClass, settings);

@@ -42,6 +42,7 @@ import { streamUrl } from "./urls.js";
  * @typedef {import("./types.js").ConnectionState} ConnectionState
  * @typedef {import("./errors.js").CloseSeen} CloseSeen
  * @typedef {import("./client.js").BambooClient} BambooClient
+ * @typedef {import("./pending.js").Pending} Pending
  */
 
 // The close of a connection that skipped events past the full queue: the client's own,
@@ -118,7 +119,7 @@ export class Link {
     if (this.#ready && this.#ws !== null) {
       // Sent now; if the connection drops first, the reconnect resends it.
       pending.sentOn = this.#generation;
-      sendQuietly(this.#ws, pending.data);
+      this.#send(this.#ws, pending);
     } else {
       this.#pauseIfIdle(); // held back from a connection that skips: resume to send it
     }
@@ -216,10 +217,17 @@ export class Link {
     this.#paused = false;
     ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
     // Every request not yet sent on this connection, oldest first.
-    const send = (/** @type {string} */ data) => sendQuietly(ws, data);
+    const send = (/** @type {Pending} */ pending) => this.#send(ws, pending);
     this.#client.resent += this.#state.pending.resend(this.#generation, send);
     this.#ready = true;
     this.#states.change("open");
+  }
+
+  /** Send a request on the connection in use; its liveness check waits behind it.
+   * @param {WebSocket} ws @param {Pending} pending */
+  #send(ws, pending) {
+    sendQuietly(ws, pending.data);
+    this.#liveness?.sent(pending.bytes);
   }
 
   /** The connection in use is no longer: no frame of it is taken, nor its close. */

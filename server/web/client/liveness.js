@@ -5,14 +5,28 @@
  * bytes with no FIN and no RST (a phone in a tunnel, a NAT that forgot it) may stay
  * "open" for minutes. {@link Liveness} watches one connection: once nothing has come on
  * it for `interval` ms it asks for a protocol `ping` (its id a string, that of no
- * request: its `pong` answers none), and once nothing at all has come for `timeout` ms after that it calls
- * the connection dead. Any frame is a sign of life, so a busy connection is never
+ * request: its `pong` answers none), and once nothing at all has come for `timeout` ms
+ * after that, plus the ping's time behind the page's own bytes (below), it calls the
+ * connection dead. Any frame is a sign of life, so a busy connection is never
  * pinged. It keeps one timer, not one per frame: a frame only notes the time (but the
  * first after a ping, which starts the next interval of silence).
  *
+ * The ping queues behind what the page sent before it, and the server answers nothing
+ * while it reads a large frame: a 1 MiB publish over a 30 KB/s uplink takes 35 s to
+ * cross, the link alive all along. So the wait for the answer grows by the bytes that
+ * may still be ahead of the ping at `uplinkRate` (the client's `minUplinkRate`, bytes a
+ * second): the page's sends taken as a queue that the uplink empties at that rate (the
+ * socket's `bufferedAmount` instead, when more; Chromium's stays 0 once the bytes are
+ * in the kernel's send buffer, which on most links holds megabytes). Each send adds
+ * its length and reads the clock; a frame heard costs nothing more. An uplink slower
+ * than `uplinkRate` is given up as dead. A dead link is found within `interval` +
+ * `timeout` + B / `uplinkRate` of its last frame, B being that queue when the ping goes:
+ * at most the bytes sent on the connection, and with the defaults (8 KiB/s) 128 s more
+ * for a 1 MiB frame sent just before the ping, nothing more for an idle page.
+ *
  * A check that runs well after it was due (a page frozen in the background, or busy
  * with a long task) may run before frames that came meanwhile are read: it pings
- * again and waits `timeout` more, once per silence, rather than give up a live
+ * again and waits its while more, once per silence, rather than give up a live
  * connection. A wait longer than a timer can hold (2^31 - 1 ms: one set longer fires
  * at once) is made of several timers.
  *
@@ -25,6 +39,9 @@ import { sendQuietly } from "./frames.js";
 // idle one costs a ping (and its pong) every 20 s, as the server's own keepalive does.
 export const PING_INTERVAL = 20_000;
 export const PING_TIMEOUT = 15_000;
+// The slowest uplink (bytes a second) taken for alive: a mobile link at its worst
+// carries more; at it a 1 MiB frame, the server's largest, takes 128 s to cross.
+export const MIN_UPLINK_RATE = 8192;
 // The probe's id is a string, where the client's requests have numbers: its pong answers
 // no request, on whichever connection it comes. It has one all the same, as the wire
 // contract (PROTOCOL.md) promises a reply only to a request with an id.
@@ -38,42 +55,60 @@ const LONGEST_TIMER = 2 ** 31 - 1;
 const LATE = 1000;
 
 /**
+ * @typedef {object} LivenessSettings
+ * @property {number} interval ms of silence before a ping
+ * @property {number} timeout ms of silence after the ping before the connection is
+ *   dead, beyond the ping's time behind the page's own bytes
+ * @property {number} uplinkRate bytes a second the uplink carries at least, while alive
+ */
+
+/**
  * Watch `ws` for silence as the settings say (`pingInterval` null: not at all).
  * @param {WebSocket} ws
- * @param {{ pingInterval: number | null, pingTimeout: number }} settings
+ * @param {{ pingInterval: number | null, pingTimeout: number, minUplinkRate: number }} settings
  * @param {() => void} dead called once `ws` is found dead
  * @returns {Liveness | null}
  */
-export function watchLiveness(ws, { pingInterval, pingTimeout }, dead) {
+export function watchLiveness(ws, { pingInterval, pingTimeout, minUplinkRate }, dead) {
   if (pingInterval === null) return null;
-  return new Liveness(pingInterval, pingTimeout, () => sendQuietly(ws, PING), dead);
+  const settings = { interval: pingInterval, timeout: pingTimeout, uplinkRate: minUplinkRate };
+  const probe = () => sendQuietly(ws, PING);
+  return new Liveness(settings, probe, dead, () => ws.bufferedAmount ?? 0);
 }
 
 export class Liveness {
   #interval;
   #timeout;
+  #bytesPerMs;
   #probe;
   #dead;
+  #buffered;
   #heardAt = 0; // performance.now() at the last frame (or at the start)
   /** @type {number | null} performance.now() when the ping went, while it is unanswered */
   #probedAt = null;
+  #wait = 0; // ms of silence after the ping before the connection is dead
   #probedAgain = false; // a late check pinged again in this silence
   /** @type {ReturnType<typeof setTimeout> | null} */
   #timer = null;
   #dueAt = 0; // performance.now() when the timer is due
+  #queued = 0; // bytes sent that an uplink at its slowest may still hold, as of #queuedAt
+  #queuedAt = 0;
 
   /**
-   * @param {number} interval ms of silence before a ping
-   * @param {number} timeout ms of silence after the ping before the connection is dead
+   * @param {LivenessSettings} settings
    * @param {() => void} probe sends the ping
    * @param {() => void} dead the connection is dead: called once, after which it stops
+   * @param {() => number} [buffered] bytes sent and not yet handed to the network
    */
-  constructor(interval, timeout, probe, dead) {
+  constructor({ interval, timeout, uplinkRate }, probe, dead, buffered = () => 0) {
     this.#interval = interval;
     this.#timeout = timeout;
+    this.#bytesPerMs = uplinkRate / 1000;
     this.#probe = probe;
     this.#dead = dead;
+    this.#buffered = buffered;
     this.#heardAt = performance.now();
+    this.#queuedAt = this.#heardAt;
     this.#schedule(interval);
   }
 
@@ -88,10 +123,24 @@ export class Liveness {
     this.#schedule(this.#interval);
   }
 
+  /** The page sent `bytes` on the connection: a ping after them waits behind them.
+   * @param {number} bytes */
+  sent(bytes) {
+    this.#queued = this.#queuedNow(performance.now()) + bytes;
+  }
+
   /** Stop watching (the connection closed, or the client ended). */
   stop() {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
+  }
+
+  /** Bytes sent that an uplink at `uplinkRate` would still hold at `now`; from then on.
+   * @param {number} now */
+  #queuedNow(now) {
+    const carried = (now - this.#queuedAt) * this.#bytesPerMs;
+    this.#queuedAt = now;
+    return Math.max(0, this.#queued - carried);
   }
 
   /** @param {number} ms */
@@ -112,7 +161,7 @@ export class Liveness {
     }
     // Nothing came since the ping (`heard` would have cleared it).
     const waited = now - probedAt;
-    if (waited < this.#timeout) return this.#schedule(this.#timeout - waited);
+    if (waited < this.#wait) return this.#schedule(this.#wait - waited);
     if (now - this.#dueAt >= LATE && !this.#probedAgain) {
       this.#probedAgain = true; // what came meanwhile is read before the next check
       return this.#ping(now);
@@ -122,8 +171,11 @@ export class Liveness {
 
   /** @param {number} now */
   #ping(now) {
+    this.#queued = this.#queuedNow(now);
+    const ahead = Math.max(this.#queued, this.#buffered());
+    this.#wait = this.#timeout + ahead / this.#bytesPerMs;
     this.#probedAt = now;
     this.#probe();
-    this.#schedule(this.#timeout);
+    this.#schedule(this.#wait);
   }
 }

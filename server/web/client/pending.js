@@ -12,10 +12,12 @@
  */
 
 import { RequestTimeout } from "./errors.js";
+import { frameBytes } from "./frames.js";
 
 /**
  * @typedef {object} Pending a request waiting for its reply; resent after a reconnect
  * @property {string} data the request, encoded
+ * @property {number} bytes its length in UTF-8, as it goes on the wire
  * @property {string} type its frame type
  * @property {(value: any) => void} resolve
  * @property {(error: Error) => void} reject
@@ -41,6 +43,7 @@ export class PendingRequests {
     /** @type {Pending} */
     const pending = {
       data,
+      bytes: frameBytes(data),
       type: String(frame.type),
       resolve: () => {},
       reject: () => {},
@@ -99,7 +102,7 @@ export class PendingRequests {
   /**
    * Send every request not yet sent on connection `generation`, oldest first; returns
    * how many of them had been sent on an earlier one.
-   * @param {number} generation @param {(data: string) => void} send
+   * @param {number} generation @param {(pending: Pending) => void} send
    */
   resend(generation, send) {
     let again = 0;
@@ -107,7 +110,7 @@ export class PendingRequests {
       if (pending.sentOn === generation) continue;
       if (pending.sentOn >= 0) again += 1;
       pending.sentOn = generation;
-      send(pending.data);
+      send(pending);
     }
     return again;
   }

@@ -96,7 +96,11 @@
  *   which the client sends a `ping`; null: no liveness check; default 20000
  * @property {number} [pingTimeout] ms after that `ping` without any frame after which
  *   the connection is dead (though not closed: a silent network) and the client resumes
- *   on another; default 15000
+ *   on another, beyond the ping's time behind the client's own bytes; default 15000
+ * @property {number} [minUplinkRate] bytes a second the connection carries the client's
+ *   frames at, at least, while alive: the wait for a `ping`'s answer grows by what was
+ *   sent before it and may still be ahead of it at that rate (a large publish over a
+ *   slow uplink); default 8192
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (Node < 22: the `ws` package's)
  *
  * @typedef {ConnectOptions & {
@@ -104,7 +108,7 @@
  *   maxRetries: number | null, backoffInitial: number, backoffMax: number,
  *   openTimeout: number, requestTimeout: number | null, receiveEvents: boolean,
  *   maxQueuedEvents: number, maxQueuedBytes: number, pingInterval: number | null,
- *   pingTimeout: number
+ *   pingTimeout: number, minUplinkRate: number
  * }} Settings
  *   The options with their defaults filled in, as the client keeps them (internal:
  *   bamboo.js does not export it).
