@@ -74,11 +74,14 @@ SEEN = """() => ({
 
 
 @contextlib.asynccontextmanager
-async def watched(browser: Any, options: dict[str, Any]) -> AsyncIterator[tuple[Any, ...]]:
-    """A server, an agent attached straight to it, the proxy, and a page whose client
+async def watched(
+    browser: Any, options: dict[str, Any], uplink_rate: int | None = None, **settings: Any
+) -> AsyncIterator[tuple[Any, ...]]:
+    """A server (with ``settings``), an agent attached straight to it, the
+    proxy (carrying what the page sends at ``uplink_rate``), and a page whose client
     follows the session through the proxy with ``options``; the page's problems."""
-    async with run_server() as server:
-        proxy = HttpProxy(server.port)
+    async with run_server(**settings) as server:
+        proxy = HttpProxy(server.port, uplink_rate=uplink_rate)
         port = await proxy.start()
         try:
             async with await BambooClient.connect(
@@ -158,6 +161,53 @@ async def test_a_silent_link_is_given_up_and_resumed_with_every_event_once(
     assert problems == []
 
 
+# A page publishes one event of random text (incompressible, should the link compress)
+# of this many characters, and the resolved seq goes to window.own.
+PUBLISH_LARGE = """(size) => {
+  const bytes = new Uint8Array((size * 3) / 4);
+  for (let at = 0; at < bytes.length; at += 65536) {
+    crypto.getRandomValues(bytes.subarray(at, at + 65536)); // 64 KiB at most a call
+  }
+  window.content = btoa(Array.from(bytes, (byte) => String.fromCharCode(byte)).join(""));
+  window.own = null;
+  window.client.publish({ type: "token", content: window.content })
+    .then((seq) => { window.own = seq; }, (error) => { window.own = String(error); });
+}"""
+
+
+async def test_a_large_publish_over_a_slow_uplink_keeps_its_link(browser: Any) -> None:
+    """360 kB published over a 30 kB/s uplink take 12 s to cross, the server silent
+    meanwhile (it acks once it read the frame): the ping sent after 0.5 s of silence
+    waits behind the frame, and its answer comes after the ack. Before, the client gave
+    the link up 1 s after the ping, resumed and sent the frame again, and again, for
+    ever; now the ping's wait grows by the frame's time at ``minUplinkRate`` (8 KiB/s),
+    and the link is kept: acked once, stored once, no reconnect. (The server's own
+    keepalive, every 60 s here, has the same flaw while it reads a large frame.)"""
+    interval, timeout, rate, size = 0.5, 1.0, 30_000, 360_000
+    options = {"pingInterval": interval * 1000, "pingTimeout": timeout * 1000}
+    async with watched(browser, options, uplink_rate=rate, ping_interval=60) as (
+        server,
+        _proxy,
+        _agent,
+        page,
+        problems,
+    ):
+        started = time.monotonic()
+        await page.evaluate(PUBLISH_LARGE, size)
+        await page.wait_for_function("() => window.own !== null", timeout=60_000)
+        took = time.monotonic() - started
+        result = await seen(page)
+        own, content = await page.evaluate("() => [window.own, window.content]")
+        stored = await stored_seqs(server)
+    assert took > 0.8 * size / rate, took  # the uplink was that slow
+    assert own == 1, own
+    assert result["pings"] >= 1, result  # the check ran while the frame crossed
+    assert result["states"] == [] and result["reconnects"] == 0, result
+    assert result["resent"] == 0, result
+    assert list(stored) == [1] and stored[1]["content"] == content
+    assert problems == []
+
+
 async def resumed_once(page: Any) -> bool:
     return bool(
         await page.evaluate(
@@ -233,7 +283,8 @@ async def test_ping_interval_null_sends_no_ping_and_bad_settings_are_refused(
               const { BambooClient } = await import("/client/bamboo.js");
               const refusals = [];
               for (const bad of [{ pingInterval: 0 }, { pingTimeout: -1 },
-                                 { pingTimeout: null }, { pingInterval: "20" }]) {
+                                 { pingTimeout: null }, { pingInterval: "20" },
+                                 { minUplinkRate: 0 }, { minUplinkRate: Infinity }]) {
                 try {
                   await BambooClient.connect(url, { sessionId: "partition", ...bad });
                   refusals.push(null);
@@ -246,5 +297,5 @@ async def test_ping_interval_null_sends_no_ping_and_bad_settings_are_refused(
             page.url.removesuffix("/healthz"),
         )
     assert quiet["pings"] == 0 and quiet["state"] == "open", quiet
-    assert refused == ["TypeError"] * 4, refused
+    assert refused == ["TypeError"] * 6, refused
     assert problems == []

@@ -145,3 +145,69 @@ test("a link whose pongs never come is still given up after a late check", async
     await client.close();
   }
 });
+
+/** A WebSocket class whose first connection's uplink dies once `die()` is called: from
+ * then on it sends nothing (the bytes go into a link that carries none), and the server's
+ * frames stop with it, as nothing the page sent is answered. The connections after it
+ * work. */
+function dyingUplink() {
+  const link = { dead: false, first: /** @type {WebSocket | null} */ (null), swallowed: 0 };
+  class Dying extends WebSocket {
+    /** @param {string | URL} address @param {string | string[]} [protocols] */
+    constructor(address, protocols) {
+      super(address, protocols);
+      link.first ??= this;
+    }
+
+    /** @param {string} data */
+    send(data) {
+      if (link.dead && this === link.first) {
+        link.swallowed += 1;
+        return;
+      }
+      super.send(data);
+    }
+  }
+  return { WebSocket: Dying, link, die: () => (link.dead = true) };
+}
+
+test("a ping behind a large frame waits for it at minUplinkRate, and a dead link is still found", async () => {
+  // 100 ms of silence brings the ping; the verdict comes 200 ms after what the frame
+  // sent before it would take to cross at minUplinkRate: 1 s for 100 kB at 100 kB/s.
+  const [interval, timeout, rate, size] = [100, 200, 100_000, 100_000];
+  const uplink = dyingUplink();
+  const client = await BambooClient.connect(url, {
+    sessionId: "liveness-uplink",
+    create: true,
+    backoffInitial: 20,
+    pingInterval: interval,
+    pingTimeout: timeout,
+    minUplinkRate: rate,
+    WebSocket: uplink.WebSocket,
+  });
+  /** @type {number | null} */
+  let givenUpAfter = null;
+  const start = performance.now();
+  client.on("state", ({ state, reason }) => {
+    if (state === "reconnecting" && reason === "connection silent") {
+      givenUpAfter ??= performance.now() - start;
+    }
+  });
+  try {
+    uplink.die(); // the publish, then the ping, go nowhere
+    const content = "x".repeat(size);
+    const published = client.publish({ type: "token", content });
+    await until(() => givenUpAfter !== null, 10_000);
+    // Without the allowance, interval + timeout: some 300 ms.
+    const least = (size / rate) * 1000 + timeout;
+    const elapsed = /** @type {number} */ (givenUpAfter);
+    assert.ok(elapsed >= least - 50, `given up after ${elapsed} ms, before ${least} ms`);
+    assert.ok(elapsed < least + 1500, `given up after ${elapsed} ms, long after ${least} ms`);
+    assert.equal(uplink.link.swallowed, 2); // the publish and one ping
+    // Resumed on a working connection, the publish resent there and stored once.
+    assert.equal(await published, 1);
+    assert.equal(client.reconnects, 1);
+  } finally {
+    await client.close();
+  }
+});
