@@ -13,8 +13,9 @@
  * is closed as soon as no reply is awaited on it, and the link resumes once `events()`
  * has read the queue down to half (or at once when a request needs a connection).
  * A connection on which nothing comes for `pingInterval`, then nothing either for
- * `pingTimeout` after a `ping` (liveness.js), is dead though not closed: the link lets
- * it go at once and resumes on another, as after any drop.
+ * `pingTimeout` after a `ping` (liveness.js, which also waits for what the link sent
+ * before the ping to cross), is dead though not closed: the link lets it go at once
+ * and resumes on another, as after any drop.
  *
  * @module bamboo/link
  */
