@@ -52,6 +52,7 @@ is built on. Every backend means them the same way, and one contract test suite
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
@@ -321,7 +322,12 @@ class SessionStorage(EventStorage, Protocol):
         ...
 
     async def update_session_state(
-        self, session_id: str, state: SessionState, *, epoch: str | None = None
+        self,
+        session_id: str,
+        state: SessionState,
+        *,
+        epoch: str | None = None,
+        unless_updated_since: datetime | None = None,
     ) -> SessionMetadata:
         """Moves the session to ``state`` (InvalidTransition if the state table forbids
         it). A move to ``closed`` is durable when this returns, and ends the session's
@@ -329,8 +335,10 @@ class SessionStorage(EventStorage, Protocol):
         (active, idle, disconnected) lazily, since they describe connections, which a
         crash ends anyway. With ``epoch``, only the session of that epoch: one of
         another (deleted and created again, or replaced) is SessionNotFound and left as
-        it is, checked atomically with the move and before anything else. Raises
-        SessionNotFound, SessionExpired."""
+        it is, checked atomically with the move and before anything else. With
+        ``unless_updated_since`` (the ``updated_at`` the caller read), one written
+        since (activity, a state) is left as it is, checked atomically with the move
+        after all else: the state returned tells. Raises SessionNotFound, SessionExpired."""
         ...
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:

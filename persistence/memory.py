@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Self
 
 from bamboo_session.protocol.ids import check_session_id
@@ -49,6 +49,7 @@ from .feed import CLOSED, DELETED, Feed, FeedSubscription
 from .importing import check_importable
 from .index import SessionIndex, copy_metadata
 from .keys import KeyWindow, split_duplicates
+from .state_condition import check_condition, updated_since
 from .url import StoreOptions, StoreURL
 
 log = logging.getLogger(__name__)
@@ -191,13 +192,21 @@ class MemoryStorage:
         return await self.append_event(session_id, MessageEvent(message), key)
 
     async def update_session_state(
-        self, session_id: str, state: SessionState, *, epoch: str | None = None
+        self,
+        session_id: str,
+        state: SessionState,
+        *,
+        epoch: str | None = None,
+        unless_updated_since: datetime | None = None,
     ) -> SessionMetadata:
         self._require_open()
+        check_condition(state, unless_updated_since)
         meta = self._meta(session_id, epoch)
         meta.state.check_transition(state)
         if state != SessionState.EXPIRED:
             self._check_not_expired(meta)  # a state change does not revive a session
+        if updated_since(meta.updated_at, unless_updated_since):
+            return copy_metadata(meta)  # written since its caller read it: left as it is
         self._index.set_state(session_id, state)
         meta.updated_at = utcnow()
         if state == SessionState.CLOSED:

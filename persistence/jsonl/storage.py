@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Final, Self
 
@@ -37,6 +38,7 @@ from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageEr
 from ..close_once import CloseOnce
 from ..feed import CLOSED, DELETED
 from ..index import copy_metadata
+from ..state_condition import check_condition, updated_since
 from . import snapshot
 from .appends import Appender, WalKeptFull
 from .checkpointer import Checkpointer
@@ -241,16 +243,24 @@ class JsonlStorage(JsonlImports):
         await self._remove(session_id)
 
     async def update_session_state(
-        self, session_id: str, state: SessionState, *, epoch: str | None = None
+        self,
+        session_id: str,
+        state: SessionState,
+        *,
+        epoch: str | None = None,
+        unless_updated_since: datetime | None = None,
     ) -> SessionMetadata:
         """Closed and expired are on disk when this returns; moves among the live states
         go to disk with the session's next checkpoint (a crash ends connections anyway).
-        The epoch is checked with no await before the move."""
+        The epoch and the condition are checked with no await before the move."""
         self._require_writable()
+        check_condition(state, unless_updated_since)
         record = self._record(session_id, epoch)
         record.meta.state.check_transition(state)
         if state != SessionState.EXPIRED:
             self._check_not_expired(record)  # a state change does not revive a session
+        if updated_since(record.meta.updated_at, unless_updated_since):
+            return copy_metadata(record.meta)
         if state in _FINAL_STATES:
             check_settled(record)  # (no await since: the check holds for the write)
         self._index.set_state(session_id, state)

@@ -6,12 +6,14 @@
 --       ('' : any; else the epoch of the session meant, as served (common.lua
 --       served_epoch): one of another epoch, created again under the id or replaced,
 --       is NOTFOUND and left as it is; this session as an earlier generation served
---       it is GENERATION, left as it is too)
+--       it is GENERATION, left as it is too), the updated time the caller read
+--       ('' : any; else a session updated since, by activity or a state, is left
+--       as it is, checked after everything that fails)
 -- Returns the metadata hash (HGETALL).
 
 local meta = KEYS[1]
 local id, idx, target, allowed, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local s = redis.call('HMGET', meta, 'state', 'expires', 'created', 'epoch')
+local s = redis.call('HMGET', meta, 'state', 'expires', 'created', 'epoch', 'updated')
 if not s[1] then fail('NOTFOUND') end
 check_served(ARGV[7], s[4], served_epoch(s[4], idx .. 'generation'))
 local current = s[1]
@@ -20,6 +22,8 @@ if current ~= target and not string.find(' ' .. allowed .. ' ', ' ' .. current .
 end
 local now = clock()
 if target ~= 'expired' and has_expired(current, s[2], now) then fail('EXPIRED') end
+local read_updated = ARGV[8] or ''
+if read_updated ~= '' and read_updated ~= s[5] then return redis.call('HGETALL', meta) end
 redis.call('HSET', meta, 'state', target, 'updated', now)
 redis.call('ZADD', idx .. 'updated', now, id)
 if current ~= target then

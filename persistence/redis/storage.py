@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final, Self
 
 from redis.asyncio import Redis
@@ -46,6 +46,7 @@ from ..base import (
 from ..close_once import CloseOnce
 from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
+from ..state_condition import check_condition
 from . import appending, importing, reading
 from .client import (
     Commands,
@@ -63,6 +64,7 @@ from .layout import (
     Layout,
     metadata_fields,
     metadata_from,
+    to_micros,
 )
 from .live import Live
 from .pool import CheckedPool
@@ -258,14 +260,21 @@ class RedisStorage:
         return await self.append_event(session_id, MessageEvent(message), key)
 
     async def update_session_state(
-        self, session_id: str, state: SessionState, *, epoch: str | None = None
+        self,
+        session_id: str,
+        state: SessionState,
+        *,
+        epoch: str | None = None,
+        unless_updated_since: datetime | None = None,
     ) -> SessionMetadata:
         self.require_writable()
         session_id = check_session_id(session_id)
+        check_condition(state, unless_updated_since)
         allowed = " ".join(s.value for s in SessionState if s.can_become(state))
         channel = self.layout.channel(session_id)
         args = [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel]
         args.append(epoch or "")  # as served: checked in the script, generation too
+        args.append("" if unless_updated_since is None else str(to_micros(unless_updated_since)))
         try:
             flat = await self.redis.write(
                 "state",

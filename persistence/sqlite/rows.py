@@ -37,6 +37,10 @@ class Row:
         return str(self.values[3])
 
     @property
+    def updated_at(self) -> str:
+        return str(self.values[5])
+
+    @property
     def ttl(self) -> int | None:
         ttl = self.values[8]
         return None if ttl is None else int(ttl)

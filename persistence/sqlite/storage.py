@@ -24,7 +24,7 @@ import collections
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
@@ -230,7 +230,12 @@ class SqliteStorage:
         return await self.append_event(session_id, MessageEvent(message), key)
 
     async def update_session_state(
-        self, session_id: str, state: SessionState, *, epoch: str | None = None
+        self,
+        session_id: str,
+        state: SessionState,
+        *,
+        epoch: str | None = None,
+        unless_updated_since: datetime | None = None,
     ) -> SessionMetadata:
         check_session_id(session_id)
 
@@ -239,7 +244,13 @@ class SqliteStorage:
                 self._moved(session_id)
                 self._feed.end(session_id, CLOSED)
 
-        work = functools.partial(writes.set_state, session_id=session_id, state=state, epoch=epoch)
+        work = functools.partial(
+            writes.set_state,
+            session_id=session_id,
+            state=state,
+            epoch=epoch,
+            unless_updated_since=unless_updated_since,
+        )
         return await self._write(work, after)
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:

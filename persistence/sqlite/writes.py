@@ -45,6 +45,7 @@ from ..base import (
     StorageFull,
 )
 from ..events import check_room, check_user_room, completed_event, stored_size
+from ..state_condition import check_condition, updated_since
 from .rows import CLEAN, MOVED, Row, RowCache
 from .schema import SESSION_COLUMNS, encode_extra, row_of, time_text
 
@@ -320,14 +321,23 @@ def import_metadata(batch: Batch, meta: SessionMetadata) -> None:
 
 
 def set_state(
-    batch: Batch, session_id: str, state: SessionState, epoch: str | None = None
+    batch: Batch,
+    session_id: str,
+    state: SessionState,
+    epoch: str | None = None,
+    unless_updated_since: datetime | None = None,
 ) -> SessionMetadata:
-    """With ``epoch``, only the session of that epoch (else SessionNotFound)."""
+    """With ``epoch``, only the session of that epoch (else SessionNotFound); with
+    ``unless_updated_since``, only one not written since (else left as it is: this
+    batch's writes of it, activity included, are in its row already)."""
+    check_condition(state, unless_updated_since)
     row = batch.existing(session_id, epoch)
     SessionState(row.state).check_transition(state)
     if state != SessionState.EXPIRED and row.is_expired(batch.now_text):
         # A state change does not revive a session.
         raise SessionExpired(f"session {session_id!r} has expired")
+    if updated_since(datetime.fromisoformat(row.updated_at), unless_updated_since):
+        return row.metadata()
     row.set(state=state.value, updated_at=batch.now_text)
     return row.metadata()
 
