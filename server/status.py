@@ -6,6 +6,7 @@ fails: the state it could not write is owed, and written at the actor's next loo
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 
 import structlog
 
@@ -53,19 +54,26 @@ class SessionStatus:
         # at the look (on one process, a ping leaves an idle session idle).
         self.idle_elsewhere = False
 
-    async def become(self, state: SessionState) -> SessionMetadata | None:
+    async def become(
+        self, state: SessionState, unless_updated_since: datetime | None = None
+    ) -> SessionMetadata | None:
         """Change to ``state`` (InvalidTransition if it may not), in the store too; the
-        metadata the store holds after the change (None if nothing was written)."""
+        metadata the store holds after the change (None if nothing was written). With
+        ``unless_updated_since`` (the ``updated_at`` this actor read), not over a write
+        since (another process's activity or state): the store left the session as it
+        was, and so does this actor (the metadata returned is the store's)."""
         if state == self.state:
             return None
         self.state.check_transition(state)
         stored = None
         try:
-            stored = await self._write(state)
+            stored = await self._write(state, unless_updated_since)
         except SessionExpired:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
             log.info("session expired", state=state.value)
+        if stored is not None and stored.state != state:
+            return stored  # refused for a write since the caller's read
         self.state = state
         self.owed = False
         self.idle_elsewhere = False
@@ -104,14 +112,21 @@ class SessionStatus:
             await self._write(self.state)  # nothing left to save when these say so
         self.owed = False
 
-    async def _write(self, state: SessionState) -> SessionMetadata:
+    async def _write(
+        self, state: SessionState, unless_updated_since: datetime | None = None
+    ) -> SessionMetadata:
         """``state`` written to the store. This actor's state allowed the move, so a
         store that refuses it holds a state another process wrote since, closed or
         expired (its notice not here yet): that end, as the StorageError the actor's
         callers handle, not an InvalidTransition that fails the actor (and with it an
         attach, after its read deadline, and every peer attached, with 1011)."""
         try:
-            return await self.storage.update_session_state(self.session_id, state, epoch=self.epoch)
+            return await self.storage.update_session_state(
+                self.session_id,
+                state,
+                epoch=self.epoch,
+                unless_updated_since=unless_updated_since,
+            )
         except InvalidTransition:
             raise await self._ended_elsewhere() from None
 
@@ -187,13 +202,16 @@ class SessionStatus:
 
     async def _quiet(self, metadata: SessionMetadata, idle_timeout: float) -> None:
         """No frame here for ``idle_timeout``: idle, unless the store recorded activity
-        within it. Already stored idle (by another process), it is taken as it is."""
+        within it. Already stored idle (by another process), it is taken as it is. The
+        write is refused should the store have been written since this look read it
+        (another process's attach or append between the two): the session stays active
+        here, as that activity says, and the next look weighs it."""
         if metadata.state == SessionState.IDLE:
             self.state = SessionState.IDLE
             return
         elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
         if elsewhere >= idle_timeout:
-            await self.become(SessionState.IDLE)
+            await self.become(SessionState.IDLE, unless_updated_since=metadata.updated_at)
 
     async def _spoken(self, metadata: SessionMetadata, traffic: bool) -> None:
         """This process's peers sent frames within ``idle_timeout``, and another process
@@ -206,9 +224,13 @@ class SessionStatus:
         clock against another's). Not for frames a look here recorded before: with a
         longer idle_timeout here than there, that rewrote active at every look, and
         the other process idle after each (r289: 119 state writes a minute)."""
-        if metadata.state == SessionState.IDLE and not (traffic or _active_since_written(metadata)):
+        unweighed = traffic or _active_since_written(metadata)
+        if metadata.state == SessionState.IDLE and not unweighed:
             self.state = SessionState.IDLE
             self.idle_elsewhere = True
+            return
+        if metadata.state == SessionState.DISCONNECTED and self.idle_elsewhere and not unweighed:
+            await self._idle_again(metadata)
             return
         if metadata.state in _PAUSED:
             # Its appends write nothing while it holds the session active, so without
@@ -220,6 +242,14 @@ class SessionStatus:
             self.idle_elsewhere = False
             with contextlib.suppress(SessionExpired):  # the next look ends it
                 await self._write(SessionState.ACTIVE)
+
+    async def _idle_again(self, metadata: SessionMetadata) -> None:
+        """Held idle as another process wrote it, and since parked by one that took
+        this one's connections for gone: idle again, as :meth:`reclaim` writes it, for
+        nothing happened here that the idle did not weigh (active, before, for frames
+        that idle had weighed). Not over a write since this look's read."""
+        with contextlib.suppress(SessionExpired):  # the next look ends it
+            await self._write(SessionState.IDLE, unless_updated_since=metadata.updated_at)
 
 
 def _active_since_written(metadata: SessionMetadata) -> bool:

@@ -1,0 +1,87 @@
+"""Two servers, A and B, on one Redis store (in this process, on real sockets): A's look
+reads the session's metadata, finds no activity within its idle timeout and its own
+viewer quiet, and writes ``idle``. Activity B records between A's read and A's write
+(an attach, an append) is not overwritten: the store refuses the idle (its write is
+conditional on what A read), A keeps the session ``active``, and writes ``idle`` only
+once the store too has been quiet for the idle timeout. The window is opened on purpose:
+A reaches Redis through a proxy that holds the reply to its look's read until B's
+activity has landed. Before, A's idle landed over it, and the store said ``idle`` a
+moment after activity, with B holding the session active (its look 60 s away)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.protocol.models import SessionState
+from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
+from tests.proxies import RedisProxy
+from tests.redis_server import RedisServer, prefix_for
+from tests.support import Peer, attach, run_server, token
+from tests.test_server_instances import becomes, stored_state
+from tests.test_server_instances_idle_timeouts import state_writes
+
+IDLE_TIMEOUT = 1.0  # A's: it looks every second
+B_IDLE_TIMEOUT = 60  # B does not look during the test
+
+
+@pytest.mark.parametrize("activity", ["attach", "append"])
+async def test_activity_elsewhere_between_a_looks_read_and_its_idle_write_is_kept(
+    redis_server: RedisServer, tmp_path: Path, activity: str
+) -> None:
+    """A's first look, a second after its viewer's hello, finds it and the store quiet
+    for the idle timeout: the reply to that look's read of the session is held. B's
+    agent then appends (attached all along), or attaches again (it had attached and
+    left: B's actor was parked, and writes its activity and ``active``). Released,
+    A's look calls the state script: the session stays ``active``, A holds it so;
+    a second later, nothing having happened since, A makes it ``idle``."""
+    prefix = prefix_for(tmp_path)
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    through_proxy = f"redis://127.0.0.1:{port}/0?prefix={prefix}&heartbeat=1"
+    try:
+        async with (
+            run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as a,
+            run_server(store=redis_server.url(prefix=prefix), idle_timeout=B_IDLE_TIMEOUT) as b,
+            attach(a, "w", create=True) as (_viewer, _),
+        ):
+            meta_key = b.storage.layout.meta("w").encode()  # type: ignore[attr-defined]
+            proxy.hold_reply_to(b"HGETALL\r\n$%d\r\n%s" % (len(meta_key), meta_key))
+            async with attach(b, "w", role="agent") as (agent, _):
+                if activity == "attach":
+                    await agent.close()
+                    parked = b.manager.live_actor("w")
+                    assert parked is not None
+                    await eventually(lambda: parked.state == SessionState.DISCONNECTED)
+                await _window(a, b, redis_server, prefix, proxy, agent, activity)
+            await becomes(b, "w", "idle")  # A's next quiet look, the store quiet too
+    finally:
+        proxy.release_replies()
+        await proxy.close()
+
+
+async def _window(
+    a: BambooServer,
+    b: BambooServer,
+    redis: RedisServer,
+    prefix: str,
+    proxy: RedisProxy,
+    agent: Peer,
+    activity: str,
+) -> None:
+    """A's look's read held, B's activity, the read released: A keeps it active."""
+    async with state_writes(redis, prefix) as writes:
+        await eventually(lambda: proxy.replies_held == 1)  # A's look reads
+        if activity == "append":
+            await agent.request({"type": "event", "id": 1, "event": token("x")}, "ack")
+        else:
+            async with attach(b, "w", role="agent") as (_, welcome):
+                assert welcome["session"]["state"] == "active"
+        proxy.release_replies()
+        tried = ["idle"] if activity == "append" else ["active", "idle"]
+        await eventually(lambda: writes == tried)  # B's attach; A's look
+        assert await stored_state(b, "w") == "active"
+        actor = a.manager.live_actor("w")
+        assert actor is not None and actor.state == SessionState.ACTIVE
