@@ -244,13 +244,9 @@ class SqliteStorage:
                 self._moved(session_id)
                 self._feed.end(session_id, CLOSED)
 
-        work = functools.partial(
-            writes.set_state,
-            session_id=session_id,
-            state=state,
-            epoch=epoch,
-            unless_updated_since=unless_updated_since,
-        )
+        def work(batch: Batch) -> SessionMetadata:
+            return writes.set_state(batch, session_id, state, epoch, unless_updated_since)
+
         return await self._write(work, after)
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
