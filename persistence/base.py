@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
 import msgspec
@@ -371,38 +370,3 @@ class Storage(SessionStorage, Protocol):
         subscription. Safe to call twice: a call made while another is closing returns
         once that close has ended (persistence/close_once.py)."""
         ...
-
-
-@runtime_checkable
-class SyncHealth(Protocol):
-    """A store that can lose trust in its own syncs (the JSONL store in ``fsync``
-    mode): after a failed ``fsync`` one that succeeds proves nothing (Linux reports a
-    write-back error once), so it keeps what it needs for the next open, which only a
-    restart brings (``/metrics``: ``bamboo_store_sync_failed``)."""
-
-    @property
-    def sync_failed(self) -> bool:
-        """A sync failed in this process: restart it (the JSONL WAL grows until then)."""
-        ...
-
-
-@runtime_checkable
-class WriteLossRisk(Protocol):
-    """A store on a server that may, by its settings, lose writes it acknowledged (the
-    Redis store: ``appendonly``, ``appendfsync``), which a restart of that server then
-    shows as every session's epoch changing (``/metrics``:
-    ``bamboo_store_may_lose_writes``)."""
-
-    @property
-    def may_lose_writes(self) -> bool:
-        """As last seen, the server may lose writes it acknowledged, or cannot say."""
-        ...
-
-
-@runtime_checkable
-class WriteLocations(Protocol):
-    """A store in files (JSONL, SQLite): the directories its appends write in, which
-    ``/readyz`` probes, each, while appends fail (server/readiness.py); none when
-    read-only. A store without files (memory, Redis) does not implement it."""
-
-    def write_locations(self) -> tuple[Path, ...]: ...

@@ -58,7 +58,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.persistence.base import Storage, StorageError, WriteLocations
+from bamboo_session.persistence.base import Storage, StorageError
+from bamboo_session.persistence.capabilities import WriteLocations
 from bamboo_session.protocol.models import SessionMetadata
 
 from .append_failures import AppendFailures

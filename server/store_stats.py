@@ -24,13 +24,8 @@ import time
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.persistence.base import (
-    SessionFilter,
-    Storage,
-    StorageError,
-    SyncHealth,
-    WriteLossRisk,
-)
+from bamboo_session.persistence.base import SessionFilter, Storage, StorageError
+from bamboo_session.persistence.capabilities import SyncHealth, WriteLossRisk
 from bamboo_session.persistence.pubsub_counts import PubSubCounts
 from bamboo_session.persistence.url import parse_store_url
 
