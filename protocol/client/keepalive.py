@@ -4,11 +4,18 @@ none of ours arrives, so no read or write ever fails on its own.
 
 Every ``interval`` seconds the client sends a Ping; when ``timeout`` seconds pass with
 neither its Pong nor any other byte received (:class:`HeardConnection` notes when the
-last came), the link is taken for dead and the socket is dropped at once (a closing
-handshake could not cross it). The reader then sees the connection closed with no
-close frame received, which :func:`.close_outcome` resumes from like any network
-failure. A silent link is so found within ``interval + timeout`` seconds of going
-silent (the Pong's latency more, at most).
+last came), nor any byte of ours taken by the peer (:mod:`.sent_bytes`), the link is
+taken for dead and the socket is dropped at once (a closing handshake could not cross
+it). The reader then sees the connection closed with no close frame received, which
+:func:`.close_outcome` resumes from like any network failure. A silent link is so
+found within ``interval + timeout`` seconds of going silent, plus a quarter of the
+timeout (how often a late Pong's wait looks at what we sent), plus the Pong's latency
+at most.
+
+Our own bytes count, as the peer's do, while the Ping waits behind them: a publish of
+1 MiB over a 30 KB/s uplink takes 35 s to cross, the Ping after it, and the server
+sends nothing until it has read it. Dropping that link resent the frame on the next,
+for ever.
 
 Any byte counts, as the JavaScript client counts any frame: a server reading slowly
 (its byte rate limit) reads the Ping only after our publishes ahead of it, seconds of
@@ -36,12 +43,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from ..errors import CloseCode
+from .sent_bytes import SentBytes
 
 log = logging.getLogger("bamboo_session.client")
 
@@ -51,12 +59,30 @@ log = logging.getLogger("bamboo_session.client")
 PING_INTERVAL: Final = 20.0
 PING_TIMEOUT: Final = 20.0
 SILENT_REASON: Final = "keepalive ping timeout"
+# How often, in a timeout, a late Pong's wait looks whether the peer took our bytes:
+# a link that dies while bytes of ours are on their way is found that much later.
+LOOKS_PER_TIMEOUT: Final = 4
 
 
 class HeardConnection(ClientConnection):
-    """websockets' client connection, noting when it last received bytes."""
+    """websockets' client connection, noting when it last received bytes, and how many
+    it has written."""
 
     last_received = 0.0  # the loop's time
+    written = 0  # bytes handed to the transport, in all
+
+    def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        # Every write of websockets' connection takes what its protocol has to send:
+        # counted there, the bytes written are known without writing them ourselves.
+        data_to_send = protocol.data_to_send
+
+        def counted() -> list[bytes]:
+            data: list[bytes] = data_to_send()
+            self.written += sum(map(len, data))
+            return data
+
+        protocol.data_to_send = counted
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
@@ -90,10 +116,11 @@ class Keepalive:
         return asyncio.get_running_loop().create_task(self._watch(ws, self.interval))
 
     async def _watch(self, ws: HeardConnection, interval: float) -> None:
+        sent = SentBytes(ws)
         try:
             while True:
                 await asyncio.sleep(interval)
-                if not await self._heard_from(ws):
+                if not await self._heard_from(ws, sent):
                     break
         except ConnectionClosed:
             return  # the reader sees why
@@ -103,21 +130,32 @@ class Keepalive:
         ws.protocol.fail(CloseCode.INTERNAL_ERROR, SILENT_REASON)
         ws.transport.abort()
 
-    async def _heard_from(self, ws: HeardConnection) -> bool:
+    async def _heard_from(self, ws: HeardConnection, sent: SentBytes) -> bool:
         """Ping ``ws`` now: whether its Pong comes before ``timeout`` seconds pass with
-        nothing received at all (the Ping's write, behind a full buffer, included)."""
+        nothing received at all and nothing of ours taken by the peer (the Ping's write,
+        behind a full buffer, included)."""
         loop = asyncio.get_running_loop()
         answered = loop.create_task(pinged(ws))
         try:
             quiet_since = loop.time()
+            timeout = self.timeout
+            if timeout is not None:
+                timeout += sent.allowance()
+            sent.moved()  # what was taken before the Ping is no news
             while True:
-                left = None if self.timeout is None else quiet_since + self.timeout - loop.time()
+                left = None
+                if timeout is not None:
+                    left = min(quiet_since + timeout - loop.time(), timeout / LOOKS_PER_TIMEOUT)
                 if (await asyncio.wait([answered], timeout=left))[0]:
                     await answered  # a ConnectionClosed, if that is how it ended
                     return True
-                if ws.last_received <= quiet_since:
+                assert timeout is not None  # the wait only times out with one
+                now = loop.time()
+                if sent.moved():
+                    quiet_since = now  # taken since the previous look, a quarter ago
+                quiet_since = max(quiet_since, ws.last_received)
+                if now - quiet_since >= timeout:
                     return False
-                quiet_since = ws.last_received
         finally:
             answered.cancel()
 
