@@ -223,6 +223,11 @@ class BambooClient(SessionRequests):
 
     @property
     def connected(self) -> bool:
+        """Whether the client is attached now: welcomed, its unanswered requests resent,
+        and the connection open. False from the moment the client knows it is gone
+        (dropped by the keepalive, closed by either end, reconnecting, finished), even
+        while the application leaves the events feed full and the client waits for it
+        before it resumes; True again once resumed."""
         return self._link.ready
 
     @property

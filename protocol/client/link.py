@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from bamboo_session.wakeup import Wakeup
 
@@ -92,7 +93,11 @@ class Link:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """Connected, every earlier request resent, and the connection not known to be
+        gone: dropped by the keepalive, or closed, while the reader waits for the
+        application to read its events (the reader sees it only then)."""
+        ws = self._ws
+        return self._ready and ws is not None and ws.protocol.state is State.OPEN
 
     # -- opening ------------------------------------------------------------------------
 
@@ -107,6 +112,7 @@ class Link:
     def start(self, ws: ClientConnection) -> None:
         """Run the link on ``ws``, the first connection, until the client ends."""
         self._ws = ws  # close() before the runner first runs must still close it
+        self._ready = True  # welcomed, with nothing from before it to resend
         self._runner = asyncio.create_task(self._run(ws), name="bamboo-client")
 
     # -- requests -----------------------------------------------------------------------
