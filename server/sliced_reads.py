@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame
 
 from .limits import ByteRate
+from .link_progress import LinkProgress
 from .read_waits import ReadWaits
 
 # What the parser is handed at once, after the upgrade: a read of tiny frames (up to
@@ -31,12 +32,6 @@ PARSE_SLICE = 4096
 # byte rate's burst (8 MiB queued per connection, 900 MB for 100 peers on a server
 # slow to decode them). 1 KiB holds at most about one such frame.
 DEFLATE_PARSE_SLICE = 1024
-# Bytes a second a peer's upload must keep to count as alive while the keepalive waits
-# for its Pong: the Pong comes behind the rest of a large frame the peer is sending,
-# 35 s of it for 1 MiB at 30 KB/s. A trickle below this is closed as before (1011), so
-# that a peer sending a byte now and then, and never a Pong, holds no connection for
-# ever. 1 KiB/s is below any working uplink (GPRS carries several).
-MIN_UPLOAD_RATE = 1024
 
 
 class SlicedReads(ServerConnection):
@@ -214,31 +209,37 @@ class SlicedReads(ServerConnection):
     async def keepalive(self) -> None:
         """websockets' keepalive, a Ping every ``ping_interval`` and close 1011 when its
         Pong is not read within ``ping_timeout``, but the time reading is held for the
-        byte rate does not count, nor time the peer's bytes keep coming at
-        :data:`MIN_UPLOAD_RATE`: the Pong waits behind the frames sent before it, which
-        the server chose not to read yet, or which a slow uplink is still carrying. A
-        peer that sent 20 frames of 16,000 values at once (1 MB, weighing 40 MiB
-        decoded) was closed 1011 so, for its own debt; one uploading a 1 MiB frame at
-        30 KB/s, after 40 s, and sent it again on its next connection, for ever."""
+        byte rate does not count, nor time the link keeps carrying bytes either way at
+        link_progress.py's ``MIN_LINK_RATE``: the Pong waits behind the frames sent before
+        it, which the server chose not to read yet, or which a slow uplink is still
+        carrying; the Ping, behind what the server wrote before it to a slow reader. A
+        peer that sent 20 frames of 16,000 values at once (1 MB, weighing 40 MiB decoded)
+        was closed 1011 so, for its own debt; one uploading a 1 MiB frame at 30 KB/s,
+        after 40 s; one reading a 6 MB replay at 300 KB/s, after 4.5 s of a 1 s / 2 s
+        keepalive; each then sent, or was sent, the same bytes again on its next
+        connection."""
         assert self.ping_interval is not None
         latency = 0.0
         try:
             while True:
                 await asyncio.sleep(self.ping_interval - latency)
+                # Before the Ping is written: where it ends in the output is known then.
+                progress = LinkProgress(self.transport, self)
                 pong = await self.ping()
                 if self.ping_timeout is not None:
-                    latency = await self._pong_in_time(pong, self.ping_timeout)
+                    latency = await self._pong_in_time(pong, self.ping_timeout, progress)
         except Exception:
             self.logger.error("keepalive ping failed", exc_info=True)
 
-    async def _pong_in_time(self, pong_received: Awaitable[float], seconds: float) -> float:
+    async def _pong_in_time(
+        self, pong_received: Awaitable[float], seconds: float, progress: LinkProgress
+    ) -> float:
         """The Pong's latency, once it is read within ``seconds`` of reading, the waits
-        for the debt not counted, and put off by ``seconds`` more each time the peer's
-        bytes came at :data:`MIN_UPLOAD_RATE` at least since the last such look; else
-        the connection fails with 1011, as websockets'."""
+        for the debt not counted, and put off by ``seconds`` more each time the link
+        showed ``progress`` since the last such look; else the connection fails with
+        1011, as websockets'."""
         pong = asyncio.ensure_future(pong_received)  # websockets' future itself, no task
         held, deadline = self.read_waits.held_seconds(), self.loop.time() + seconds
-        read, since = self.bytes_read, self.loop.time()
         while True:
             # asyncio.wait, not asyncio.timeout: the Pong's future is websockets' to
             # resolve, and must not be cancelled by a deadline that is put off.
@@ -246,9 +247,8 @@ class SlicedReads(ServerConnection):
             if pong.done():
                 return pong.result()
             now = self.loop.time()
-            if self.bytes_read - read >= MIN_UPLOAD_RATE * (now - since):
-                read, since, deadline = self.bytes_read, now, now + seconds
-                held = self.read_waits.held_seconds()
+            if progress.alive(now):
+                deadline, held = now + seconds, self.read_waits.held_seconds()
                 continue
             held, was_held = self.read_waits.held_seconds(), held
             if held <= was_held:

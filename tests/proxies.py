@@ -34,13 +34,19 @@ class HttpProxy:
     second at most (a slow uplink: a large frame takes seconds to cross while the
     server sends nothing); the proxy's side of each connection then offers a small
     receive window, so that the client's bytes wait in the client, not in loopback's
-    megabytes of kernel buffer."""
+    megabytes of kernel buffer. ``downlink_rate`` is its twin for what the server sends
+    (a slow reader's link: a replay takes minutes to cross), the proxy's socket to the
+    server offering that small window, so that the backlog waits in the server's kernel
+    send queue, as it does before a real slow link."""
 
     UPLINK_RECEIVE_BUFFER = 16384
 
-    def __init__(self, port: int, *, uplink_rate: int | None = None) -> None:
+    def __init__(
+        self, port: int, *, uplink_rate: int | None = None, downlink_rate: int | None = None
+    ) -> None:
         self.port = port
         self.uplink_rate = uplink_rate
+        self.downlink_rate = downlink_rate
         self.down = False
         self.refusing = False
         self.events_page: dict[str, Any] | None = None
@@ -109,7 +115,7 @@ class HttpProxy:
                     + body
                 )
                 return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            up_reader, up_writer = await self._open_upstream()
             self._writers |= {writer, up_writer}
             up_writer.write(head)
             flowing = asyncio.Event()
@@ -118,7 +124,7 @@ class HttpProxy:
             try:
                 await asyncio.gather(
                     self._pump(reader, up_writer, flowing, self.uplink_rate),
-                    self._pump(up_reader, writer, flowing),
+                    self._pump(up_reader, writer, flowing, self.downlink_rate),
                 )
             finally:
                 self._flowing.discard(flowing)
@@ -126,6 +132,16 @@ class HttpProxy:
             pass
         finally:
             writer.close()
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.downlink_rate is None:
+            return await asyncio.open_connection("127.0.0.1", self.port)
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Before connect: the window offered at the handshake is scaled from it.
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.UPLINK_RECEIVE_BUFFER)
+        upstream.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(upstream, ("127.0.0.1", self.port))
+        return await asyncio.open_connection(sock=upstream, limit=self.UPLINK_RECEIVE_BUFFER)
 
     async def _pump(
         self,

@@ -1,6 +1,6 @@
 """The server's keepalive and a peer uploading a large frame over a slow link: the
 peer's Pong waits behind the rest of that frame, so the keepalive counts the peer's
-bytes, arriving at ``MIN_UPLOAD_RATE`` at least, as signs of life. Before, a frame
+bytes, arriving at ``MIN_LINK_RATE`` at least, as signs of life. Before, a frame
 that took longer than ``--ping-interval`` + ``--ping-timeout`` to arrive was cut off
 with 1011, and sent again on the next connection, and cut off again. A trickle below
 that rate, never a Pong, is still closed (a peer holding a connection byte by byte)."""
@@ -8,14 +8,16 @@ that rate, never a Pong, is still closed (a peer holding a connection byte by by
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
+import socket
 import time
 from typing import Any
 
 from websockets.asyncio.client import connect
 
-from bamboo_session.server.sliced_reads import MIN_UPLOAD_RATE
+from bamboo_session.server.link_progress import MIN_LINK_RATE
 from tests.proxies import HttpProxy
 from tests.replay_support import metric
 from tests.support import Peer, attach, get, run_server, token
@@ -89,7 +91,7 @@ async def test_a_frame_trickled_below_the_floor_without_a_pong_is_closed() -> No
         header = bytes([0x81, 0x80 | 126]) + size.to_bytes(2, "big") + os.urandom(4)
         transport.write(header)
         trickle_rate = 100  # bytes a second
-        assert trickle_rate < MIN_UPLOAD_RATE / 2
+        assert trickle_rate < MIN_LINK_RATE / 2
         opened = time.monotonic()
         bound = PING_INTERVAL + 2 * PING_TIMEOUT + 1.0 + 2.0  # a look, a close timeout
         while await open_connections(server) > 0 and time.monotonic() - opened < bound + 5:
@@ -99,3 +101,42 @@ async def test_a_frame_trickled_below_the_floor_without_a_pong_is_closed() -> No
         assert await open_connections(server) == 0, f"still open after {ended:.1f} s"
         assert ended < bound, f"closed {ended:.1f} s after the frame began"
         assert await keepalive_closes(server) == 1
+
+
+async def test_a_peer_that_sends_at_the_floor_but_reads_nothing_is_closed() -> None:
+    # Its bytes come at twice the floor, but it takes none of the server's: the Pong is
+    # behind nothing of its own, and what it is sent piles up unread. Before, its bytes
+    # alone kept it open for as long as it pleased.
+    receive_buffer = 4096  # the peer's window, full within a second of answers
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    async with run_server(**KEEPALIVE) as server:
+        sock.connect(("127.0.0.1", server.port))
+        subprotocols: Any = ["bamboo.v1"]
+        async with connect(
+            f"ws://127.0.0.1:{server.port}/api/v1/stream",
+            sock=sock,
+            subprotocols=subprotocols,
+            ping_interval=None,
+            compression=None,
+            close_timeout=1,
+        ) as ws:
+            peer = Peer(ws)
+            await peer.send({"type": "hello", "role": "agent"})
+            await peer.recv_type("welcome")
+            ws.transport.pause_reading()  # from here on it reads nothing, answers no Ping
+            frame_id = "x" * 200  # echoed in each pong: the answers fill its window
+            rate = 2 * MIN_LINK_RATE
+            frame = json.dumps({"type": "ping", "id": frame_id}).encode()
+            header = bytes([0x81, 0x80 | 126]) + len(frame).to_bytes(2, "big")
+            opened = time.monotonic()
+            bound = 1.0 + PING_INTERVAL + 2 * PING_TIMEOUT + 1.0 + 2.0  # filled, a look
+            while await open_connections(server) > 0 and time.monotonic() - opened < bound + 5:
+                mask = os.urandom(4)
+                masked = bytes(b ^ mask[i % 4] for i, b in enumerate(frame))
+                ws.transport.write(header + mask + masked)
+                await asyncio.sleep(len(frame) / rate)
+            ended = time.monotonic() - opened
+            assert await open_connections(server) == 0, f"still open after {ended:.1f} s"
+            assert ended < bound, f"closed {ended:.1f} s after it stopped reading"
+            assert await keepalive_closes(server) == 1
