@@ -211,3 +211,41 @@ test("a ping behind a large frame waits for it at minUplinkRate, and a dead link
     await client.close();
   }
 });
+
+test("a large publish answered before the link dies adds nothing to the wait for the ping", async () => {
+  // The publish crossed (its ack says so) long before the link went: the ping behind no
+  // bytes of the page's, the link is given up interval + timeout after its last frame.
+  // Counting the publish as still queued at minUplinkRate gave it up 3 s later.
+  const [interval, timeout, rate, size] = [100, 200, 100_000, 300_000];
+  const uplink = dyingUplink();
+  const client = await BambooClient.connect(url, {
+    sessionId: "liveness-answered",
+    create: true,
+    backoffInitial: 20,
+    pingInterval: interval,
+    pingTimeout: timeout,
+    minUplinkRate: rate,
+    WebSocket: uplink.WebSocket,
+  });
+  /** @type {number | null} */
+  let givenUpAfter = null;
+  let start = 0;
+  client.on("state", ({ state, reason }) => {
+    if (state === "reconnecting" && reason === "connection silent") {
+      givenUpAfter ??= performance.now() - start;
+    }
+  });
+  try {
+    assert.equal(await client.publish({ type: "token", content: "x".repeat(size) }), 1);
+    start = performance.now();
+    uplink.die(); // the tunnel, right after the ack
+    await until(() => givenUpAfter !== null, 10_000);
+    const elapsed = /** @type {number} */ (givenUpAfter);
+    const crossing = (size / rate) * 1000; // what the queue alone would have added
+    assert.ok(elapsed >= interval + timeout - 50, `given up after ${elapsed} ms`);
+    assert.ok(elapsed < interval + timeout + crossing / 2, `given up after ${elapsed} ms`);
+    assert.equal(uplink.link.swallowed, 1); // the ping
+  } finally {
+    await client.close();
+  }
+});

@@ -19,8 +19,8 @@
  *   `hello` with `last_seq` and `epoch`, and resends every unanswered request in its
  *   original order before any new one. A connection on which nothing comes for
  *   `pingInterval` (20 s), then nothing either within `pingTimeout` (15 s) of a
- *   `ping` (more when the ping waits behind a large frame: what was sent before it, at
- *   `minUplinkRate`), is silently dead (a browser cannot send WebSocket Pings): it is
+ *   `ping` (more when the ping waits behind a large frame: what was sent before it and
+ *   not answered yet, at `minUplinkRate`), is silently dead (a browser cannot send WebSocket Pings): it is
  *   dropped without waiting for its close, and resumed the same way.
  * - Every publish carries an idempotency key (generated when none is given), so a
  *   resent publish the server had already stored is answered with its first `seq`.

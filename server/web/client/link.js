@@ -214,7 +214,9 @@ export class Link {
     this.#generation += 1;
     if (this.#generation > 1) this.#client.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
-    this.#liveness = watchLiveness(ws, this.#options, () => this.#onSilent(ws));
+    const generation = this.#generation;
+    const unanswered = () => this.#state.pending.bytesInFlight(generation);
+    this.#liveness = watchLiveness(ws, this.#options, () => this.#onSilent(ws), unanswered);
     this.#paused = false;
     ws.onclose = (event) => this.#onClose(ws, event.code, event.reason);
     // Every request not yet sent on this connection, oldest first.

@@ -15,14 +15,18 @@
  * while it reads a large frame: a 1 MiB publish over a 30 KB/s uplink takes 35 s to
  * cross, the link alive all along. So the wait for the answer grows by the bytes that
  * may still be ahead of the ping at `uplinkRate` (the client's `minUplinkRate`, bytes a
- * second): the page's sends taken as a queue that the uplink empties at that rate (the
- * socket's `bufferedAmount` instead, when more; Chromium's stays 0 once the bytes are
- * in the kernel's send buffer, which on most links holds megabytes). Each send adds
- * its length and reads the clock; a frame heard costs nothing more. An uplink slower
- * than `uplinkRate` is given up as dead. A dead link is found within `interval` +
- * `timeout` + B / `uplinkRate` of its last frame, B being that queue when the ping goes:
- * at most the bytes sent on the connection, and with the defaults (8 KiB/s) 128 s more
- * for a 1 MiB frame sent just before the ping, nothing more for an idle page.
+ * second): the page's sends taken as a queue that the uplink empties at that rate, but
+ * never more than the requests sent on the connection and not answered yet (an answer
+ * says its request, and all before it, crossed), or the socket's `bufferedAmount`,
+ * when more (Chromium's stays 0 once the bytes are in the kernel's send buffer, which
+ * on most links holds megabytes). Each send adds its length and reads the clock; a
+ * frame heard costs nothing more. An uplink slower than `uplinkRate` is given up as
+ * dead. A dead link is found within `interval` + `timeout` + B / `uplinkRate` of its
+ * last frame, B being what may be ahead of the ping when it goes: with the defaults
+ * (8 KiB/s) 128 s more for a 1 MiB frame sent just before the ping and not answered,
+ * nothing more for an idle page, nor for one whose sends were all answered (a large
+ * publish acked a moment before the link died, or a page that publishes faster than
+ * `uplinkRate` for minutes: the queue alone grew by the difference, without end).
  *
  * A check that runs well after it was due (a page frozen in the background, or busy
  * with a long task) may run before frames that came meanwhile are read: it pings
@@ -67,13 +71,14 @@ const LATE = 1000;
  * @param {WebSocket} ws
  * @param {{ pingInterval: number | null, pingTimeout: number, minUplinkRate: number }} settings
  * @param {() => void} dead called once `ws` is found dead
+ * @param {() => number} unanswered bytes of the requests sent on `ws` and not answered
  * @returns {Liveness | null}
  */
-export function watchLiveness(ws, { pingInterval, pingTimeout, minUplinkRate }, dead) {
+export function watchLiveness(ws, { pingInterval, pingTimeout, minUplinkRate }, dead, unanswered) {
   if (pingInterval === null) return null;
   const settings = { interval: pingInterval, timeout: pingTimeout, uplinkRate: minUplinkRate };
   const probe = () => sendQuietly(ws, PING);
-  return new Liveness(settings, probe, dead, () => ws.bufferedAmount ?? 0);
+  return new Liveness(settings, probe, dead, () => ws.bufferedAmount ?? 0, unanswered);
 }
 
 export class Liveness {
@@ -83,6 +88,7 @@ export class Liveness {
   #probe;
   #dead;
   #buffered;
+  #unanswered;
   #heardAt = 0; // performance.now() at the last frame (or at the start)
   /** @type {number | null} performance.now() when the ping went, while it is unanswered */
   #probedAt = null;
@@ -99,14 +105,22 @@ export class Liveness {
    * @param {() => void} probe sends the ping
    * @param {() => void} dead the connection is dead: called once, after which it stops
    * @param {() => number} [buffered] bytes sent and not yet handed to the network
+   * @param {() => number} [unanswered] bytes of the requests sent and not answered yet
    */
-  constructor({ interval, timeout, uplinkRate }, probe, dead, buffered = () => 0) {
+  constructor(
+    { interval, timeout, uplinkRate },
+    probe,
+    dead,
+    buffered = () => 0,
+    unanswered = () => Infinity,
+  ) {
     this.#interval = interval;
     this.#timeout = timeout;
     this.#bytesPerMs = uplinkRate / 1000;
     this.#probe = probe;
     this.#dead = dead;
     this.#buffered = buffered;
+    this.#unanswered = unanswered;
     this.#heardAt = performance.now();
     this.#queuedAt = this.#heardAt;
     this.#schedule(interval);
@@ -172,7 +186,8 @@ export class Liveness {
   /** @param {number} now */
   #ping(now) {
     this.#queued = this.#queuedNow(now);
-    const ahead = Math.max(this.#queued, this.#buffered());
+    // What was answered crossed: the queue is bounded by what was not.
+    const ahead = Math.max(Math.min(this.#queued, this.#unanswered()), this.#buffered());
     this.#wait = this.#timeout + ahead / this.#bytesPerMs;
     this.#probedAt = now;
     this.#probe();

@@ -90,6 +90,16 @@ export class PendingRequests {
     return count;
   }
 
+  /** Bytes of the requests sent on connection `generation` and not yet answered: what
+   * may still be ahead of what it sends next. @param {number} generation */
+  bytesInFlight(generation) {
+    let bytes = 0;
+    for (const pending of this.#book.values()) {
+      if (pending.sentOn === generation) bytes += pending.bytes;
+    }
+    return bytes;
+  }
+
   /** Requests sent on connection `generation` and not yet answered. @param {number} generation */
   inFlight(generation) {
     let count = 0;

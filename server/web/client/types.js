@@ -99,8 +99,8 @@
  *   on another, beyond the ping's time behind the client's own bytes; default 15000
  * @property {number} [minUplinkRate] bytes a second the connection carries the client's
  *   frames at, at least, while alive: the wait for a `ping`'s answer grows by what was
- *   sent before it and may still be ahead of it at that rate (a large publish over a
- *   slow uplink); default 8192
+ *   sent before it, not answered yet, and may still be ahead of it at that rate (a
+ *   large publish over a slow uplink); default 8192
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (Node < 22: the `ws` package's)
  *
  * @typedef {ConnectOptions & {
