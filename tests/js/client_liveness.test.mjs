@@ -9,6 +9,7 @@ import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { BambooClient } from "../../server/web/client/bamboo.js";
+import { Liveness } from "../../server/web/client/liveness.js";
 
 import { url, until } from "./client_support.mjs";
 
@@ -248,4 +249,23 @@ test("a large publish answered before the link dies adds nothing to the wait for
   } finally {
     await client.close();
   }
+});
+
+test("a minUplinkRate too small to divide by still waits pingTimeout for an idle link", async () => {
+  // 5e-324 bytes a second is a number above 0, so the client takes it; per ms it is 0,
+  // and an idle link's wait was 0 / 0: given up some 35 ms after the ping, not 200.
+  const [interval, timeout] = [50, 200];
+  let pings = 0;
+  const start = performance.now();
+  const givenUp = new Promise((resolve) => {
+    const settings = { interval, timeout, uplinkRate: 5e-324 };
+    new Liveness(
+      settings,
+      () => (pings += 1),
+      () => resolve(performance.now() - start),
+    );
+  });
+  const elapsed = /** @type {number} */ (await givenUp);
+  assert.equal(pings, 1);
+  assert.ok(elapsed >= interval + timeout - 20, `given up after ${elapsed} ms`);
 });

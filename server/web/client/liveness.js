@@ -76,7 +76,11 @@ const LATE = 1000;
  */
 export function watchLiveness(ws, { pingInterval, pingTimeout, minUplinkRate }, dead, unanswered) {
   if (pingInterval === null) return null;
-  const settings = { interval: pingInterval, timeout: pingTimeout, uplinkRate: minUplinkRate };
+  const settings = {
+    interval: pingInterval,
+    timeout: pingTimeout,
+    uplinkRate: minUplinkRate,
+  };
   const probe = () => sendQuietly(ws, PING);
   return new Liveness(settings, probe, dead, () => ws.bufferedAmount ?? 0, unanswered);
 }
@@ -84,7 +88,7 @@ export function watchLiveness(ws, { pingInterval, pingTimeout, minUplinkRate }, 
 export class Liveness {
   #interval;
   #timeout;
-  #bytesPerMs;
+  #uplinkRate;
   #probe;
   #dead;
   #buffered;
@@ -116,7 +120,7 @@ export class Liveness {
   ) {
     this.#interval = interval;
     this.#timeout = timeout;
-    this.#bytesPerMs = uplinkRate / 1000;
+    this.#uplinkRate = uplinkRate;
     this.#probe = probe;
     this.#dead = dead;
     this.#buffered = buffered;
@@ -152,7 +156,7 @@ export class Liveness {
   /** Bytes sent that an uplink at `uplinkRate` would still hold at `now`; from then on.
    * @param {number} now */
   #queuedNow(now) {
-    const carried = (now - this.#queuedAt) * this.#bytesPerMs;
+    const carried = ((now - this.#queuedAt) * this.#uplinkRate) / 1000;
     this.#queuedAt = now;
     return Math.max(0, this.#queued - carried);
   }
@@ -188,7 +192,9 @@ export class Liveness {
     this.#queued = this.#queuedNow(now);
     // What was answered crossed: the queue is bounded by what was not.
     const ahead = Math.max(Math.min(this.#queued, this.#unanswered()), this.#buffered());
-    this.#wait = this.#timeout + ahead / this.#bytesPerMs;
+    // Nothing ahead adds nothing, whatever the rate: a rate too small to divide by
+    // (5e-324 / 1000 is 0) made 0 / 0, a NaN wait, and an idle link given up at once.
+    this.#wait = this.#timeout + (ahead > 0 ? (ahead * 1000) / this.#uplinkRate : 0);
     this.#probedAt = now;
     this.#probe();
     this.#schedule(this.#wait);
