@@ -70,19 +70,32 @@ class HeardConnection(ClientConnection):
 
     last_received = 0.0  # the loop's time
     written = 0  # bytes handed to the transport, in all
+    # ``written`` once the last Ping was handed to the transport (its last byte's place
+    # in what we sent); None until then.
+    ping_end: int | None = None
 
     def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
         # Every write of websockets' connection takes what its protocol has to send:
         # counted there, the bytes written are known without writing them ourselves.
-        data_to_send = protocol.data_to_send
+        data_to_send, send_ping = protocol.data_to_send, protocol.send_ping
+        ping_queued = False
+
+        def queue_ping(data: bytes) -> None:
+            nonlocal ping_queued
+            send_ping(data)
+            ping_queued = True  # ping() hands it over next, in the same step
 
         def counted() -> list[bytes]:
+            nonlocal ping_queued
             data: list[bytes] = data_to_send()
             self.written += sum(map(len, data))
+            if ping_queued:
+                ping_queued = False
+                self.ping_end = self.written
             return data
 
-        protocol.data_to_send = counted
+        protocol.data_to_send, protocol.send_ping = counted, queue_ping
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
@@ -135,13 +148,14 @@ class Keepalive:
         nothing received at all and nothing of ours taken by the peer (the Ping's write,
         behind a full buffer, included)."""
         loop = asyncio.get_running_loop()
+        ws.ping_end = None  # until this Ping is handed over
         answered = loop.create_task(pinged(ws))
         try:
             quiet_since = loop.time()
             timeout = self.timeout
             if timeout is not None:
                 timeout += sent.allowance()
-            sent.moved()  # what was taken before the Ping is no news
+            sent.moved(None)  # what was taken before the Ping is no news
             while True:
                 left = None
                 if timeout is not None:
@@ -151,7 +165,10 @@ class Keepalive:
                     return True
                 assert timeout is not None  # the wait only times out with one
                 now = loop.time()
-                if sent.moved():
+                # Only bytes ahead of the Ping, or the Ping itself: once the peer took it,
+                # what follows it moving says nothing of the Pong (a hung peer's kernel
+                # takes a receive buffer's worth, megabytes, while its process sleeps).
+                if sent.moved(ws.ping_end):
                     quiet_since = now  # taken since the previous look, a quarter ago
                 quiet_since = max(quiet_since, ws.last_received)
                 if now - quiet_since >= timeout:

@@ -82,9 +82,12 @@ class SentBytes:
             return handed  # the fallback: only websockets' buffer falling is seen
         return handed - (kernel_unsent(self._socket) or 0)
 
-    def moved(self) -> bool:
-        """Whether the peer took bytes of ours since the previous look."""
+    def moved(self, up_to: int | None) -> bool:
+        """Whether the peer took bytes of ours since the previous look, counting only
+        those of the first ``up_to`` written (all, if ``None``)."""
         taken, was = self._now_taken(), self._taken
+        if up_to is not None:
+            taken = min(taken, up_to)
         self._taken = taken
         return taken > was
 
