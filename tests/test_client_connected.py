@@ -126,4 +126,3 @@ async def test_b_a_refused_resume_leaves_it_not_connected() -> None:
             await client.close()
         finally:
             await proxy.close()
-

@@ -15,7 +15,10 @@ at most.
 Our own bytes count, as the peer's do, while the Ping waits behind them: a publish of
 1 MiB over a 30 KB/s uplink takes 35 s to cross, the Ping after it, and the server
 sends nothing until it has read it. Dropping that link resent the frame on the next,
-for ever.
+for ever. Only those ahead of the Ping, and the Ping, count (:class:`HeardConnection`
+notes where it ends): a peer whose kernel acknowledges while its process hangs (or a
+proxy that stopped forwarding) takes a receive buffer's worth of what a busy client
+writes after it, megabytes, and says nothing by it of the Pong.
 
 Any byte counts, as the JavaScript client counts any frame: a server reading slowly
 (its byte rate limit) reads the Ping only after our publishes ahead of it, seconds of

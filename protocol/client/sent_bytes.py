@@ -14,7 +14,10 @@ kernel's send buffer may hold our bytes unseen: the fallback then allows every P
 wait ``min(bytes handed to the kernel since the previous Ping, SO_SNDBUF)`` at
 ``FALLBACK_UPLINK_RATE`` more, the time the kernel could take to send them on a
 slow but working uplink (a dead link is so found that much later, 16 s at most per
-256 KiB of send buffer).
+256 KiB of send buffer: 256 s once Linux has grown it to 4 MiB).
+
+Only bytes ahead of the keepalive's Ping are news (``moved(up_to)``): those written
+after it are taken by a peer's kernel while its process hangs just as well.
 """
 
 from __future__ import annotations
