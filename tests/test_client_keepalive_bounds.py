@@ -126,3 +126,46 @@ async def test_b_without_the_kernels_send_queue_the_allowance_bounds_the_wait(
         )
         # The allowance's other bound, the send buffer, was no bound at all here.
         assert send_buffer / FALLBACK_UPLINK_RATE > found
+
+
+async def test_c_written_counts_every_byte_the_server_was_sent_once() -> None:
+    # Through a relay that counts what it carries from the client: the handshake, the
+    # client's frames small and large, its Pings, its Pongs to the server's Pings, and
+    # its close frame, each counted once, as the keepalive's view of what was taken
+    # depends on.
+    from_client = 0
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal from_client
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            nonlocal from_client
+            while data := await src.read(65536):
+                if up:
+                    from_client += len(data)
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+    chatty_server = {"ping_interval": 0.1, "ping_timeout": 5.0}
+    async with run_server(**chatty_server) as server:
+        listener = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            client = await BambooClient.connect(
+                f"ws://127.0.0.1:{port}", create=True, role="agent", ping_interval=0.1
+            )
+            ws = client._link._ws
+            assert ws is not None
+            for size in (10, 70_000, 1_000_000):
+                await client.publish(Token("y" * size))
+            await asyncio.gather(*(client.publish(Token(f"t{i}")) for i in range(100)))
+            await asyncio.sleep(0.5)  # Pings both ways meanwhile
+            await client.close()
+            await seconds_until(lambda: from_client == ws.written, 5.0)
+            assert ws.written > 1_070_000
+        finally:
+            listener.close()
