@@ -155,14 +155,17 @@ class Keepalive:
         answered = loop.create_task(pinged(ws))
         try:
             quiet_since = loop.time()
-            timeout = self.timeout
+            timeout = look_every = self.timeout
             if timeout is not None:
+                # A quarter of the timeout itself: a fallback's allowance of minutes must
+                # not make the looks, and the bound past it, that much coarser.
+                look_every = timeout / LOOKS_PER_TIMEOUT
                 timeout += sent.allowance()
             sent.moved(None)  # what was taken before the Ping is no news
             while True:
                 left = None
-                if timeout is not None:
-                    left = min(quiet_since + timeout - loop.time(), timeout / LOOKS_PER_TIMEOUT)
+                if timeout is not None and look_every is not None:
+                    left = min(quiet_since + timeout - loop.time(), look_every)
                 if (await asyncio.wait([answered], timeout=left))[0]:
                     await answered  # a ConnectionClosed, if that is how it ended
                     return True
