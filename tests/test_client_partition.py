@@ -189,14 +189,20 @@ async def test_d_an_application_that_stops_reading_loses_nothing_to_the_keepaliv
             url(server), agent.session_id, last_seq=0, max_queued_events=20, **CLIENT
         ) as viewer,
     ):
+        assert viewer.connected
         for start in range(0, 300, 50):
             await asyncio.gather(*(agent.publish(Token(f"e{i}")) for i in range(start, start + 50)))
-        # The application reads nothing for longer than the keepalive allows a Pong.
-        await asyncio.sleep(FOUND_WITHIN + 0.5)
+        # The application reads nothing for longer than the keepalive allows a Pong: the
+        # client says so (it stayed True before), and stays so until it is read again.
+        await seconds_until(lambda: not viewer.connected, FOUND_WITHIN + SLACK)
+        await asyncio.sleep(2 * PING_INTERVAL)
+        assert (viewer.connected, viewer.reconnects) == (False, 0)
         events = await take(viewer, 300, 10)
         assert [e.seq for e in events] == list(range(1, 301))
         assert [e.event.content for e in events] == [f"e{i}" for i in range(300)]
+        await seconds_until(lambda: viewer.connected, 5)
         assert viewer.reconnects >= 1  # its stalled connection was dropped, and resumed
+    assert not viewer.connected  # closed
 
 
 async def test_e_close_during_a_partition_returns_though_the_socket_buffer_is_full() -> None:
