@@ -11,9 +11,7 @@ Real servers and clients on loopback; every wait and loop is bounded."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,7 +21,7 @@ from bamboo_session.protocol.client.sent_bytes import FALLBACK_UPLINK_RATE
 from bamboo_session.server.app import BambooServer
 from tests.proxies import HttpProxy
 from tests.support import run_server
-from tests.test_client_partition import seconds_until, stored
+from tests.test_client_partition import proxied, seconds_until, stored
 from tests.test_client_slow_uplink import (
     CLIENT,
     FOUND_WITHIN,
@@ -48,16 +46,6 @@ async def chatter(client: BambooClient, publishes: list[asyncio.Task[int]]) -> N
         content = f"{i:06d}" + "x" * (CONTENT_CHARS - 6)
         publishes.append(asyncio.create_task(client.publish(Token(content))))
         await asyncio.sleep(PUBLISH_EVERY)
-
-
-@contextlib.asynccontextmanager
-async def proxied(server: BambooServer) -> AsyncIterator[tuple[HttpProxy, str]]:
-    proxy = HttpProxy(server.port)
-    port = await proxy.start()
-    try:
-        yield proxy, f"ws://127.0.0.1:{port}"
-    finally:
-        await proxy.close()
 
 
 async def found_while_chatting(
