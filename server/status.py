@@ -30,7 +30,16 @@ _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
 
 
 class SessionStatus:
-    __slots__ = ("epoch", "idle_elsewhere", "owed", "session_id", "state", "storage", "ttl")
+    __slots__ = (
+        "epoch",
+        "idle_elsewhere",
+        "idle_written_at",
+        "owed",
+        "session_id",
+        "state",
+        "storage",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -53,6 +62,10 @@ class SessionStatus:
         # within idle_timeout: a frame of theirs after it makes the session active again
         # at the look (on one process, a ping leaves an idle session idle).
         self.idle_elsewhere = False
+        # The stored ``updated_at`` of that idle, as the look that took it read it: a
+        # park written over it since hides, from the metadata alone, activity recorded
+        # between the two (store times, compared with store times).
+        self.idle_written_at: datetime | None = None
 
     async def become(
         self, state: SessionState, unless_updated_since: datetime | None = None
@@ -228,8 +241,9 @@ class SessionStatus:
         if metadata.state == SessionState.IDLE and not unweighed:
             self.state = SessionState.IDLE
             self.idle_elsewhere = True
+            self.idle_written_at = metadata.updated_at
             return
-        if metadata.state == SessionState.DISCONNECTED and self.idle_elsewhere and not unweighed:
+        if metadata.state == SessionState.DISCONNECTED and self._idle_unmoved(metadata, unweighed):
             await self._idle_again(metadata)
             return
         if metadata.state in _PAUSED:
@@ -242,6 +256,14 @@ class SessionStatus:
             self.idle_elsewhere = False
             with contextlib.suppress(SessionExpired):  # the next look ends it
                 await self._write(SessionState.ACTIVE)
+
+    def _idle_unmoved(self, metadata: SessionMetadata, unweighed: bool) -> bool:
+        """Held idle as another process wrote it, and nothing since that the idle did
+        not weigh: no frame here, no activity stored after the idle (another process's
+        agent appended, then left, and a park was written over both)."""
+        if not self.idle_elsewhere or unweighed or self.idle_written_at is None:
+            return False
+        return metadata.last_activity_at <= self.idle_written_at
 
     async def _idle_again(self, metadata: SessionMetadata) -> None:
         """Held idle as another process wrote it, and since parked by one that took
