@@ -4,8 +4,8 @@ earlier look, which the idle weighed. Should a process then park the session
 (``disconnected``: it took this one's connections for gone), this one's next look
 writes ``idle`` back, as the heartbeat's reclaim does, not ``active``: nothing happened
 here that the idle had not weighed. Frames since, or activity the store recorded since
-the idle (after the park, or before it, hidden by the park's write), make it ``active``. Two servers on Redis, with real peers:
-tests/test_server_instances_idle.py."""
+the idle (after the park, or before it, hidden by the park's write), make it
+``active``. Two servers on Redis, with real peers: tests/test_server_instances_idle.py."""
 
 from __future__ import annotations
 
