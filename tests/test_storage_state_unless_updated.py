@@ -10,12 +10,13 @@ server's peers see of it: tests/test_server_instances_idle_window.py."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import InvalidTransition, SessionNotFound, Storage
+from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
@@ -120,6 +121,49 @@ async def test_the_condition_holds_across_a_restart(backend: Backend, tmp_path: 
         await new_session(store, "s1", ttl=TTL)
         await store.append_events("s1", tokens("a"))
         await store.update_session_state("s1", SessionState.DISCONNECTED)
+    finally:
+        await store.close()
+    store = await backend.open(tmp_path)
+    try:
+        looked = await read(store)
+        moved = await store.update_session_state("s1", IDLE, unless_updated_since=looked.updated_at)
+        assert moved.state == IDLE
+    finally:
+        await store.close()
+
+
+async def test_the_condition_holds_on_times_an_import_wrote(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A session migrated in keeps its source's times: here an offset of its own (+05:30)
+    and a second's last microsecond. The ``updated_at`` read back matches what the store
+    holds (microseconds in Redis, UTC text in SQLite, the given datetime in a JSONL
+    record and its checkpoint), so a look's idle over it moves, after a reopen too (in
+    memory: at once); a time one microsecond off is another."""
+    store = await backend.open(tmp_path)
+    if not isinstance(store, SessionImport):
+        await store.close()
+        pytest.skip("this backend does not implement SessionImport")
+    try:
+        await new_session(store, "s1", ttl=TTL)
+        meta = await read(store)
+        source = timezone(timedelta(hours=5, minutes=30))
+        meta.last_activity_at = datetime(2026, 12, 4, 9, 0, 0, 999_999, tzinfo=source)
+        meta.updated_at = meta.last_activity_at + timedelta(microseconds=7)
+        meta.expires_at = None
+        meta.ttl = None
+        await store.import_metadata(meta)
+        looked = await read(store)
+        assert looked.updated_at == meta.updated_at
+        shifted = looked.updated_at + timedelta(microseconds=1)
+        left = await store.update_session_state("s1", IDLE, unless_updated_since=shifted)
+        assert left.state == SessionState.ACTIVE
+        if not backend.durable:
+            moved = await store.update_session_state(
+                "s1", IDLE, unless_updated_since=looked.updated_at
+            )
+            assert moved.state == IDLE
+            return
     finally:
         await store.close()
     store = await backend.open(tmp_path)
