@@ -155,7 +155,9 @@ class SessionStatus:
     async def reclaim(self) -> None:
         """This process's connections are attached (registered again after the store
         lost them): a ``disconnected`` another process wrote, taking them for gone,
-        becomes the state held here again. Anything else stored is left to the look."""
+        becomes the state held here again. Anything else stored is left to the look,
+        as is anything written after this read (another process's attach, say: an
+        ``idle`` held here must not land over its ``active``)."""
         if self.state not in (SessionState.ACTIVE, SessionState.IDLE):
             return
         metadata = await self.storage.get_metadata(self.session_id)
@@ -165,10 +167,9 @@ class SessionStatus:
             return
         held, self.state = self.state, SessionState.DISCONNECTED
         try:
-            await self.become(held)
-        except BaseException:
+            await self.become(held, unless_updated_since=metadata.updated_at)
+        finally:
             self.state = held  # still attached here, whatever the store says
-            raise
 
     async def touch(self) -> None:
         """Activity: the session's TTL starts again (not a closed one's: the store
