@@ -44,10 +44,9 @@ from ..base import (
     StoreMisconfigured,
 )
 from ..close_once import CloseOnce
-from ..feed import CLOSED, DELETED, HISTORY_LOST, FeedSubscription
+from ..feed import DELETED, HISTORY_LOST, FeedSubscription
 from ..index import copy_metadata
-from ..state_condition import check_condition
-from . import appending, importing, reading
+from . import appending, importing, reading, state_writes
 from .client import (
     Commands,
     check_persistence,
@@ -59,18 +58,16 @@ from .config import RedisConfig
 from .durability import DurabilityWatch
 from .generation import CREATED_UNDER, Generation
 from .layout import (
-    CLOSED_NOTICE,
     DELETED_NOTICE,
     Layout,
     metadata_fields,
     metadata_from,
-    to_micros,
 )
 from .live import Live
 from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
-from .scripts import HistoryLost, epoch_in_hash, optional_arg, removed_epoch
+from .scripts import HistoryLost, optional_arg, removed_epoch
 from .versions import require_redis, server_version
 
 EVERYTHING: Final = 2**31
@@ -267,40 +264,12 @@ class RedisStorage:
         epoch: str | None = None,
         unless_updated_since: datetime | None = None,
     ) -> SessionMetadata:
-        self.require_writable()
-        session_id = check_session_id(session_id)
-        check_condition(state, unless_updated_since)
-        allowed = " ".join(s.value for s in SessionState if s.can_become(state))
-        channel = self.layout.channel(session_id)
-        args = [session_id, self.layout.index, state.value, allowed, self.redis.publish, channel]
-        args.append(epoch or "")  # as served: checked in the script, generation too
-        args.append("" if unless_updated_since is None else str(to_micros(unless_updated_since)))
-        try:
-            flat = await self.redis.write(
-                "state",
-                [self.layout.meta(session_id)],
-                args,
-                notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
-                epoch_of=epoch_in_hash,
-                channel=channel,
-            )
-        except HistoryLost:
-            await self.generation.check(refused=True)
-            raise
-        if state == SessionState.CLOSED:
-            self.live.feed.end(session_id, CLOSED, self.served_epoch(epoch_in_hash(flat)))
-        return self.served_metadata(flat)
+        return await state_writes.update_session_state(
+            self, session_id, state, epoch, unless_updated_since
+        )
 
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
-        self.require_writable()
-        session_id = check_session_id(session_id)
-        # The epoch as served: checked in the script, against the generation too.
-        args = [session_id, self.layout.index, epoch or ""]
-        try:
-            await self.redis.run("touch", [self.layout.meta(session_id)], args)
-        except HistoryLost:
-            await self.generation.check(refused=True)
-            raise
+        await state_writes.touch(self, session_id, epoch)
 
     async def cleanup_expired_sessions(self) -> int:
         self.require_writable()

@@ -1,0 +1,70 @@
+"""A Redis session's state and activity writes, each one script: ``state.lua`` (a move
+in the state table, fenced by the epoch served and, for a look's idle, by the
+``updated`` time its caller read) and ``touch.lua`` (activity now: the sliding TTL
+starts again). A refusal for an earlier generation's epoch has the store check its
+generation (a restart of Redis that this instance has not heard of yet)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.models import SessionMetadata, SessionState
+
+from ..feed import CLOSED
+from ..state_condition import check_condition
+from .layout import CLOSED_NOTICE, to_micros
+from .scripts import HistoryLost, epoch_in_hash
+
+if TYPE_CHECKING:
+    from .storage import RedisStorage
+
+
+async def update_session_state(
+    storage: RedisStorage,
+    session_id: str,
+    state: SessionState,
+    epoch: str | None,
+    unless_updated_since: datetime | None,
+) -> SessionMetadata:
+    """The contract's ``update_session_state`` (persistence/base.py); a close ends the
+    session's subscriptions here at once, every instance's by the script's notice."""
+    storage.require_writable()
+    session_id = check_session_id(session_id)
+    check_condition(state, unless_updated_since)
+    layout, redis = storage.layout, storage.redis
+    allowed = " ".join(s.value for s in SessionState if s.can_become(state))
+    channel = layout.channel(session_id)
+    args = [session_id, layout.index, state.value, allowed, redis.publish, channel]
+    args.append(epoch or "")  # as served: checked in the script, generation too
+    args.append("" if unless_updated_since is None else str(to_micros(unless_updated_since)))
+    try:
+        flat = await redis.write(
+            "state",
+            [layout.meta(session_id)],
+            args,
+            notice=CLOSED_NOTICE if state == SessionState.CLOSED else None,
+            epoch_of=epoch_in_hash,
+            channel=channel,
+        )
+    except HistoryLost:
+        await storage.generation.check(refused=True)
+        raise
+    if state == SessionState.CLOSED:
+        storage.live.feed.end(session_id, CLOSED, storage.served_epoch(epoch_in_hash(flat)))
+    return storage.served_metadata(flat)
+
+
+async def touch(storage: RedisStorage, session_id: str, epoch: str | None) -> None:
+    """The contract's ``touch``: a closed session is left as it closed (the script
+    checks, so a touch racing a close on another instance never lands after it)."""
+    storage.require_writable()
+    session_id = check_session_id(session_id)
+    # The epoch as served: checked in the script, against the generation too.
+    args = [session_id, storage.layout.index, epoch or ""]
+    try:
+        await storage.redis.run("touch", [storage.layout.meta(session_id)], args)
+    except HistoryLost:
+        await storage.generation.check(refused=True)
+        raise
