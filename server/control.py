@@ -218,6 +218,14 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         metadata = await actor.status.become(SessionState.ACTIVE) or metadata
         if command.future.done():
             return await given_up(actor, was, stored)
+    elif actor.presence.shared:
+        # Held active here, the attach moves no state, and writes nothing else: on a
+        # store other processes serve, it is activity all the same, recorded now. A
+        # look there that read the session before it then finds it written since (its
+        # idle is conditional on that read), and one after it finds the store busy.
+        await actor.status.touch()
+        if command.future.done():
+            return await given_up(actor, was, stored)
     metadata.state = actor.state
     outbox = command.outbox
     connections = await actor.presence.join(

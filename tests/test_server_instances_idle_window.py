@@ -10,6 +10,7 @@ moment after activity, with B holding the session active (its look 60 s away).""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,34 @@ async def _window(
         assert await stored_state(b, "w") == "active"
         actor = a.manager.live_actor("w")
         assert actor is not None and actor.state == SessionState.ACTIVE
+
+
+async def test_an_attach_elsewhere_to_a_session_stored_active_between_a_looks_read_and_write(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """As above, but B has no actor of the session: its agent's attach spawns one from
+    the store, ``active`` (A's viewer's), and writes no state. The attach is activity
+    all the same: A's idle, its read from before it, does not land over it."""
+    prefix = prefix_for(tmp_path)
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    through_proxy = f"redis://127.0.0.1:{port}/0?prefix={prefix}&heartbeat=1"
+    try:
+        async with (
+            run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as a,
+            run_server(store=redis_server.url(prefix=prefix), idle_timeout=B_IDLE_TIMEOUT) as b,
+            attach(a, "w", create=True) as (_viewer, _),
+        ):
+            meta_key = b.storage.layout.meta("w").encode()  # type: ignore[attr-defined]
+            proxy.hold_reply_to(b"HGETALL\r\n$%d\r\n%s" % (len(meta_key), meta_key))
+            await eventually(lambda: proxy.replies_held == 1)  # A's look reads
+            async with attach(b, "w", role="agent") as (_, welcome):
+                assert welcome["session"]["state"] == "active"
+                proxy.release_replies()
+                await asyncio.sleep(0.5)  # A's look's write, if any, has landed
+                assert await stored_state(b, "w") == "active"  # before: idle
+                actor = a.manager.live_actor("w")
+                assert actor is not None and actor.state == SessionState.ACTIVE
+    finally:
+        proxy.release_replies()
+        await proxy.close()
