@@ -219,10 +219,9 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         if command.future.done():
             return await given_up(actor, was, stored)
     elif actor.presence.shared:
-        # Held active here, the attach moves no state, and writes nothing else: on a
-        # store other processes serve, it is activity all the same, recorded now. A
-        # look there that read the session before it then finds it written since (its
-        # idle is conditional on that read), and one after it finds the store busy.
+        # Held active here, the attach writes no state; on a store other processes
+        # serve it is activity all the same, recorded now: a look there that read the
+        # session before it finds it written since, one after it the store busy.
         await actor.status.touch()
         if command.future.done():
             return await given_up(actor, was, stored)
@@ -257,11 +256,12 @@ async def given_up(actor: SessionActor, was: SessionState, stored: SessionState)
     are attached here; else parked, as at a detach (``disconnected``, written unless
     another process's connections are attached), and a session the store held
     ``idle`` (``stored``: others' elsewhere, quiet) is written idle again first. Only
-    the activity it wrote stays: the session's TTL started again, as at any hello."""
-    moved = actor.state != was
+    the activity it wrote stays: the session's TTL started again, as at any hello. Not
+    over a write since its own (another process's attach or append meanwhile)."""
+    moved, since = actor.state != was, actor.status.written_at
     if actor.room.outboxes:
-        if moved:
-            await actor.status.become(was)  # idle again: its peers are as quiet as before
+        if moved:  # idle again: its peers are as quiet as before
+            await actor.status.become(was, unless_updated_since=since)
         return
     actor.unfollow()
     if not moved:
@@ -269,7 +269,7 @@ async def given_up(actor: SessionActor, was: SessionState, stored: SessionState)
     if stored == SessionState.IDLE:
         # Their processes hold it idle: written back now rather than at their next look.
         try:
-            await actor.status.become(SessionState.IDLE)
+            await actor.status.become(SessionState.IDLE, unless_updated_since=since)
         except StorageError as exc:  # parked all the same; the state stays as written
             log.warning("restoring the session's idle state failed", error=str(exc))
     await actor.status.park(elsewhere=True)  # owed: written unless others are attached

@@ -39,6 +39,7 @@ class SessionStatus:
         "state",
         "storage",
         "ttl",
+        "written_at",
     )
 
     def __init__(
@@ -66,6 +67,9 @@ class SessionStatus:
         # park written over it since hides, from the metadata alone, activity recorded
         # between the two (store times, compared with store times).
         self.idle_written_at: datetime | None = None
+        # The ``updated_at`` of the last state this status wrote (None: unknown), for
+        # undoing that move only if nothing wrote the session since (control.given_up).
+        self.written_at: datetime | None = None
 
     async def become(
         self, state: SessionState, unless_updated_since: datetime | None = None
@@ -87,6 +91,7 @@ class SessionStatus:
             log.info("session expired", state=state.value)
         if stored is not None and stored.state != state:
             return stored  # refused for a write since the caller's read
+        self.written_at = None if stored is None else stored.updated_at
         self.state = state
         self.owed = False
         self.idle_elsewhere = False
