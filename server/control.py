@@ -218,13 +218,6 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         metadata = await actor.status.become(SessionState.ACTIVE) or metadata
         if command.future.done():
             return await given_up(actor, was, stored)
-    elif actor.presence.shared:
-        # Held active here, the attach writes no state; on a store other processes
-        # serve it is activity all the same, recorded now: a look there that read the
-        # session before it finds it written since, one after it the store busy.
-        await actor.status.touch()
-        if command.future.done():
-            return await given_up(actor, was, stored)
     metadata.state = actor.state
     outbox = command.outbox
     connections = await actor.presence.join(

@@ -48,8 +48,6 @@ log = structlog.get_logger("bamboo_session.presence")
 class LocalPresence:
     """No presence beyond this process: each room counts its own connections."""
 
-    shared = False  # other processes serve the store's sessions too
-
     async def join(
         self, session_id: str, connection_id: str, role: str, epoch: str | None = None
     ) -> int | None:
@@ -72,8 +70,6 @@ LOCAL = LocalPresence()
 
 class SharedPresence(LocalPresence):
     """This process's connections in a shared store's presence (module docstring)."""
-
-    shared = True
 
     def __init__(
         self,

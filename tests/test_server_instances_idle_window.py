@@ -88,12 +88,20 @@ async def _window(
         assert actor is not None and actor.state == SessionState.ACTIVE
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="an attach to a session its process holds active writes nothing: A's idle "
+    "lands over it, set right at B's next look (a known hole: r302's report)",
+)
 async def test_an_attach_elsewhere_to_a_session_stored_active_between_a_looks_read_and_write(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """As above, but B has no actor of the session: its agent's attach spawns one from
-    the store, ``active`` (A's viewer's), and writes no state. The attach is activity
-    all the same: A's idle, its read from before it, does not land over it."""
+    the store, ``active`` (A's viewer's), and writes nothing (an attach to a session
+    held active is no activity: docs/protocol.md, ``welcome``). A's idle, its read from
+    before it, lands over it: the store says ``idle`` with B's agent just attached and
+    B holding the session active until its next look. Expected to fail until an attach
+    elsewhere is something A's conditional write can see."""
     prefix = prefix_for(tmp_path)
     proxy = RedisProxy(redis_server.port)
     port = await proxy.start()
