@@ -10,6 +10,7 @@ saying how to install it (:data:`INSTALL_HINT`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -17,10 +18,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from tests.parent_death import ending_with_this_process
+from tests.proxies import RedisProxy
 
 INSTALL_HINT = "install redis-server: apt-get install -y redis-server"
 # BAMBOO_REDIS_SERVER names another binary (or a missing one, to see the skips).
@@ -165,3 +168,18 @@ async def link_replica(replica: Any, primary: RedisServer) -> None:
         if info.get("master_link_status") == "up":
             return
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def store_through_proxy(
+    redis_server: RedisServer, prefix: str
+) -> AsyncIterator[tuple[RedisProxy, str]]:
+    """A tests/proxies.py RedisProxy before ``redis_server``, and a store URL (keys under
+    ``prefix``, a 1 s heartbeat) through it; replies it holds are let go at the end."""
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    try:
+        yield proxy, f"redis://127.0.0.1:{port}/0?prefix={prefix}&heartbeat=1"
+    finally:
+        proxy.release_replies()
+        await proxy.close()

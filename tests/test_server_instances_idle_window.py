@@ -19,7 +19,7 @@ from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.proxies import RedisProxy
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer, prefix_for, store_through_proxy
 from tests.support import Peer, attach, run_server, token
 from tests.test_server_instances import becomes, stored_state
 from tests.test_server_instances_idle_timeouts import state_writes
@@ -39,28 +39,22 @@ async def test_activity_elsewhere_between_a_looks_read_and_its_idle_write_is_kep
     A's look calls the state script: the session stays ``active``, A holds it so;
     a second later, nothing having happened since, A makes it ``idle``."""
     prefix = prefix_for(tmp_path)
-    proxy = RedisProxy(redis_server.port)
-    port = await proxy.start()
-    through_proxy = f"redis://127.0.0.1:{port}/0?prefix={prefix}&heartbeat=1"
-    try:
-        async with (
-            run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as a,
-            run_server(store=redis_server.url(prefix=prefix), idle_timeout=B_IDLE_TIMEOUT) as b,
-            attach(a, "w", create=True) as (_viewer, _),
-        ):
-            meta_key = b.storage.layout.meta("w").encode()  # type: ignore[attr-defined]
-            proxy.hold_reply_to(b"HGETALL\r\n$%d\r\n%s" % (len(meta_key), meta_key))
-            async with attach(b, "w", role="agent") as (agent, _):
-                if activity == "attach":
-                    await agent.close()
-                    parked = b.manager.live_actor("w")
-                    assert parked is not None
-                    await eventually(lambda: parked.state == SessionState.DISCONNECTED)
-                await _window(a, b, redis_server, prefix, proxy, agent, activity)
-            await becomes(b, "w", "idle")  # A's next quiet look, the store quiet too
-    finally:
-        proxy.release_replies()
-        await proxy.close()
+    async with (
+        store_through_proxy(redis_server, prefix) as (proxy, through_proxy),
+        run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as a,
+        run_server(store=redis_server.url(prefix=prefix), idle_timeout=B_IDLE_TIMEOUT) as b,
+        attach(a, "w", create=True) as (_viewer, _),
+    ):
+        meta_key = b.storage.layout.meta("w").encode()  # type: ignore[attr-defined]
+        proxy.hold_reply_to(b"HGETALL\r\n$%d\r\n%s" % (len(meta_key), meta_key))
+        async with attach(b, "w", role="agent") as (agent, _):
+            if activity == "attach":
+                await agent.close()
+                parked = b.manager.live_actor("w")
+                assert parked is not None
+                await eventually(lambda: parked.state == SessionState.DISCONNECTED)
+            await _window(a, b, redis_server, prefix, proxy, agent, activity)
+        await becomes(b, "w", "idle")  # A's next quiet look, the store quiet too
 
 
 async def _window(
@@ -103,25 +97,19 @@ async def test_an_attach_elsewhere_to_a_session_stored_active_between_a_looks_re
     B holding the session active until its next look. Expected to fail until an attach
     elsewhere is something A's conditional write can see."""
     prefix = prefix_for(tmp_path)
-    proxy = RedisProxy(redis_server.port)
-    port = await proxy.start()
-    through_proxy = f"redis://127.0.0.1:{port}/0?prefix={prefix}&heartbeat=1"
-    try:
-        async with (
-            run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as a,
-            run_server(store=redis_server.url(prefix=prefix), idle_timeout=B_IDLE_TIMEOUT) as b,
-            attach(a, "w", create=True) as (_viewer, _),
-        ):
-            meta_key = b.storage.layout.meta("w").encode()  # type: ignore[attr-defined]
-            proxy.hold_reply_to(b"HGETALL\r\n$%d\r\n%s" % (len(meta_key), meta_key))
-            await eventually(lambda: proxy.replies_held == 1)  # A's look reads
-            async with attach(b, "w", role="agent") as (_, welcome):
-                assert welcome["session"]["state"] == "active"
-                proxy.release_replies()
-                await asyncio.sleep(0.5)  # A's look's write, if any, has landed
-                assert await stored_state(b, "w") == "active"  # before: idle
-                actor = a.manager.live_actor("w")
-                assert actor is not None and actor.state == SessionState.ACTIVE
-    finally:
-        proxy.release_replies()
-        await proxy.close()
+    async with (
+        store_through_proxy(redis_server, prefix) as (proxy, through_proxy),
+        run_server(store=through_proxy, idle_timeout=IDLE_TIMEOUT) as a,
+        run_server(store=redis_server.url(prefix=prefix), idle_timeout=B_IDLE_TIMEOUT) as b,
+        attach(a, "w", create=True) as (_viewer, _),
+    ):
+        meta_key = b.storage.layout.meta("w").encode()  # type: ignore[attr-defined]
+        proxy.hold_reply_to(b"HGETALL\r\n$%d\r\n%s" % (len(meta_key), meta_key))
+        await eventually(lambda: proxy.replies_held == 1)  # A's look reads
+        async with attach(b, "w", role="agent") as (_, welcome):
+            assert welcome["session"]["state"] == "active"
+            proxy.release_replies()
+            await asyncio.sleep(0.5)  # A's look's write, if any, has landed
+            assert await stored_state(b, "w") == "active"  # before: idle
+            actor = a.manager.live_actor("w")
+            assert actor is not None and actor.state == SessionState.ACTIVE
