@@ -20,7 +20,7 @@ from bamboo_session.protocol import Token
 from bamboo_session.protocol.client import BambooClient
 from tests.proxies import HttpProxy
 from tests.support import run_server
-from tests.test_client_partition import seconds_until
+from tests.test_client_partition import proxied, seconds_until
 
 CLIENT = {"backoff_initial": 0.05, "backoff_max": 0.2, "max_retries": 1000}
 SAMPLE_EVERY = 0.01
@@ -101,28 +101,21 @@ async def test_a_connected_through_restart_failed_resumes_resume_and_close() -> 
 
 
 async def test_b_a_refused_resume_leaves_it_not_connected() -> None:
-    async with run_server() as server:
-        proxy = HttpProxy(server.port)
-        port = await proxy.start()
-        try:
-            client = await BambooClient.connect(
-                f"ws://127.0.0.1:{port}", create=True, role="agent", **CLIENT
-            )
-            sampler = Sampler(client)
-            async with sampler.running():
-                assert client.connected
-                proxy.cut()  # and new connections closed at once, until mend()
-                await until(lambda: not client.connected, 2.0)
-                assert client.session_id is not None
-                # Deleted while the client is away: its resume is refused, for good.
-                manager = server._manager
-                assert manager is not None
-                await manager.delete_session(client.session_id)
-                proxy.mend()
-                await until(lambda: client.finished, 5.0)
-                assert not client.connected
-                await asyncio.sleep(0.3)
-                assert not client.connected and client.reconnects == 0
-            await client.close()
-        finally:
-            await proxy.close()
+    async with run_server() as server, proxied(server) as (proxy, proxy_url):
+        client = await BambooClient.connect(proxy_url, create=True, role="agent", **CLIENT)
+        sampler = Sampler(client)
+        async with sampler.running():
+            assert client.connected
+            proxy.cut()  # and new connections closed at once, until mend()
+            await until(lambda: not client.connected, 2.0)
+            assert client.session_id is not None
+            # Deleted while the client is away: its resume is refused, for good.
+            manager = server._manager
+            assert manager is not None
+            await manager.delete_session(client.session_id)
+            proxy.mend()
+            await until(lambda: client.finished, 5.0)
+            assert not client.connected
+            await asyncio.sleep(0.3)
+            assert not client.connected and client.reconnects == 0
+        await client.close()
