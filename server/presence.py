@@ -24,7 +24,6 @@ session); its leaves are no-ops, and its refreshes register nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -32,6 +31,7 @@ import structlog
 from bamboo_session.persistence.base import SessionNotFound, StorageError
 from bamboo_session.persistence.presence import Held, PresenceNotice, PresenceStore
 from bamboo_session.protocol.models import SessionMetadata
+from bamboo_session.tasks import cancel_and_wait
 
 __all__ = [
     "LOCAL",
@@ -95,10 +95,7 @@ class SharedPresence(LocalPresence):
     async def stop(self) -> None:
         self.store.on_presence(None)
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)  # its refresh may be in redis-py's send
 
     def held(self, session_id: str) -> int:
         """This process's connections registered for the session."""

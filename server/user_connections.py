@@ -19,13 +19,13 @@ call per user, in one round trip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.persistence.user_connections import UserConnectionStore
+from bamboo_session.tasks import cancel_and_wait
 
 from .limits import ConnectionCounter, TooManyConnections
 from .pages import PageReads
@@ -85,10 +85,7 @@ class SharedUserConnections(LocalUserConnections):
         """Ends the heartbeat, and unregisters what is still held, within ``grace``
         seconds: what is left registered then stops counting after the heartbeat."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)  # its refresh may be in redis-py's send
         held, self._held = self._held, {}
         for user, connection_ids in held.items():
             self._release_later(user, list(connection_ids))

@@ -17,6 +17,8 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from bamboo_session.tasks import cancel_and_wait
+
 from ..base import StorageError, StoreMisconfigured
 from .config import RedisConfig
 from .pool import READ_COMMANDS, CheckedPool, attempt, read
@@ -344,14 +346,13 @@ def _left(
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end. Again if need be: a cancellation that
-    meets a socket timeout at the same instant can come out as a TimeoutError, which
-    the task's loop takes for a Redis error and survives."""
+    """Cancel ``task`` and wait for it to end, cancelling it again if need be: a
+    cancellation that meets a socket timeout at the same instant can come out as a
+    TimeoutError, which the task's loop takes for a Redis error and survives, or be
+    dropped by redis-py's send (:mod:`bamboo_session.tasks`)."""
     if task is None:
         return
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
+    await cancel_and_wait(task)
     if not task.cancelled():
         task.exception()  # retrieved: the task's failure was logged where it happened
 

@@ -1,0 +1,38 @@
+"""Stopping tasks: each cancelled, and waited for until it has ended, for every layer
+(a store's background loops, the server's heartbeats, the client's sender and keepalive).
+
+One cancellation is not always enough. On Python 3.11 ``asyncio.wait_for`` returns the
+inner result and drops a cancellation that arrives just as the inner awaitable finishes
+(fixed in 3.12), and redis-py sends every command through it when ``socket_timeout`` is
+set, as our Redis store's is: a loop whose cancellation lands there goes on looping, and
+whoever awaits it waits for ever (tests/test_tasks_stopped.py sees it in about one
+cancellation in five of a loop of Redis reads). So a task still running a while after
+its cancellation is cancelled again.
+
+Not ``with contextlib.suppress(CancelledError): await task`` either: that swallows a
+cancellation of the waiting task too.
+
+It lives in the root package beside :mod:`bamboo_session.wakeup`, for the same reason:
+every layer uses it, and none should import another for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+AGAIN_AFTER = 1.0  # seconds a cancelled task has to end before it is cancelled again
+
+
+async def cancel_and_wait(
+    *tasks: asyncio.Future[Any] | None, again_after: float = AGAIN_AFTER
+) -> None:
+    """Cancel ``tasks`` (``None`` among them is no task) and wait until every one has
+    ended, cancelling again each that is still running ``again_after`` seconds after its
+    last cancellation. What a task raised is left on it, for its owner to retrieve.
+    Only the waiting task's own cancellation is raised."""
+    running = {task for task in tasks if task is not None}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=again_after)
