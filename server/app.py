@@ -237,7 +237,8 @@ class BambooServer:
         drop_connections(self._open_connections)
         server.close(close_connections=False)
         try:
-            await asyncio.wait_for(server.wait_closed(), grace)
+            async with asyncio.timeout(grace):  # not wait_for: 3.11's drops a cancellation
+                await server.wait_closed()
         except TimeoutError:
             log.warning("connection handlers still running after the grace period")
         await asyncio.gather(*closing, return_exceptions=True)

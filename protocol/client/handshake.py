@@ -217,7 +217,8 @@ class Dialer:
 
         try:
             # urllib's own timeout bounds each socket operation; this bounds the whole.
-            return await asyncio.wait_for(asyncio.to_thread(get), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(get)
         except urllib.error.HTTPError as exc:
             with exc:
                 delay = retry_after(exc.code, exc.headers.get("Retry-After"))
@@ -231,7 +232,8 @@ class Dialer:
         codec = self.codec
         try:
             await ws.send(codec.encode(hello), text=codec.text)
-            data = await asyncio.wait_for(ws.recv(decode=False), WELCOME_TIMEOUT)
+            async with asyncio.timeout(WELCOME_TIMEOUT):
+                data = await ws.recv(decode=False)
             welcome = codec.decode_server(data)
         except ConnectionClosed as exc:
             # A refusal comes before any frame: no closed frame explains it.

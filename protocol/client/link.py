@@ -134,7 +134,9 @@ class Link:
         self._sender_wakeup.set()
         self._wake_reader()  # its reply must be read, whatever the events feed holds
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
+            # Not wait_for: Python 3.11's drops a cancellation that meets the answer.
+            async with asyncio.timeout(self.request_timeout):
+                return await asyncio.shield(future)
         finally:
             state.pending.release(request_id)
 
