@@ -10,7 +10,6 @@ for (server/handshake.py resolves which one), closes and deletes sessions
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Self
@@ -79,7 +78,6 @@ class SessionManager:
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
         self.creations = Creations(self.stored_metadata, self.page_reads)
         self.endings = SessionEndings(self.actors, storage, self.page_reads)
-        self._tasks: set[asyncio.Task[None]] = set()
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce, self._registered_again)
         self.metrics.watch_actors(
@@ -104,11 +102,6 @@ class SessionManager:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    def track(self, task: asyncio.Task[None]) -> None:
-        """Keep a background task referenced until it ends."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- session lifecycle -------------------------------------------------------
 
@@ -395,6 +388,3 @@ class SessionManager:
             self.append_health.failures.flush()
         if self.shared_presence is not None:
             await self.shared_presence.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
