@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
 
 from bamboo_session.persistence import Storage, open_storage
+from bamboo_session.protocol.client.tasks import stopped
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 
@@ -133,9 +134,7 @@ async def close_reading(ws: ClientConnection) -> None:
     try:
         await ws.close()
     finally:
-        reading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reading
+        await stopped(reading)
 
 
 @contextlib.asynccontextmanager

@@ -5,13 +5,13 @@ its reply as growing text, and shows the same conversation once after a reload."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import itertools
 from typing import Any
 
 import pytest
 
+from bamboo_session.protocol.client.tasks import stopped
 from tests.browser import ROOT, eventually, static_server, watch_page
 from tests.support import run_server
 
@@ -72,9 +72,7 @@ async def test_chat_page_talks_to_the_echo_agent(browser: Any) -> None:
                 await page.close()
                 assert problems == []
         finally:
-            agent.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await agent
+            await stopped(agent)
 
 
 async def _attached(server: Any, session_id: str) -> bool:

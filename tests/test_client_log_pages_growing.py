@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from bamboo_session.protocol import Token
 from bamboo_session.protocol.client import BambooClient, EventPage, StoredEvent
 from bamboo_session.protocol.client.log_pages import log_pages
+from bamboo_session.protocol.client.tasks import stopped
 from tests.instances import eventually
 from tests.support import run_server
 
@@ -55,9 +56,7 @@ class Publisher:
         await self._task
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stopped(self._task)
 
 
 class SlowReader(BambooClient):

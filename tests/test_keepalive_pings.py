@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from bamboo_session.protocol.client.tasks import stopped
 from bamboo_session.protocol.models import SessionMetadata
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, get, run_server
@@ -93,9 +94,7 @@ async def test_a_session_pinged_only_with_keepalive_expires_and_its_peer_is_told
             except TimeoutError:
                 raise AssertionError("keepalive pings kept the session alive") from None
         finally:
-            pinging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinging
+            await stopped(pinging)
         assert code == 4404, (code, frames[-3:])
         assert frames[-1] == {"type": "closed", "reason": "session expired"}
         pongs = [f for f in frames if f["type"] == "pong"]
@@ -149,9 +148,7 @@ async def test_keepalive_pings_on_one_instance_let_the_session_go_idle_on_both(
             assert seen.last_activity_at == idle.last_activity_at, (seen, idle)
             assert seen.expires_at == idle.expires_at
         finally:
-            pinging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinging
+            await stopped(pinging)
         # The pings were answered all along, each with its pong.
         await pinger.send({**KEEPALIVE, "id": "last"})
         pongs = 0

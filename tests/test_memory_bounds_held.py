@@ -17,6 +17,7 @@ import pytest
 
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.protocol.client import StoredEvent as ClientStoredEvent
+from bamboo_session.protocol.client.tasks import stopped
 from bamboo_session.protocol.models import Token
 from tests.instances import eventually as eventually_async
 from tests.memory_support import KIB, MIB
@@ -116,9 +117,7 @@ async def test_a_request_whose_wait_for_room_is_cancelled_gives_its_weight_back(
         waiting = asyncio.create_task(actor.inbox.budget.charged_while(300 * KIB, never))
         await asyncio.sleep(0.05)
         assert server.manager.budget.used == before + 300 * KIB
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
+        await stopped(waiting)
         assert server.manager.budget.used == before
 
 

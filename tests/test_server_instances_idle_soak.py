@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.app import BambooServer
+from bamboo_session.tasks import cancel_and_wait
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, run_server, token
@@ -120,9 +121,7 @@ async def watched_idles(redis: RedisServer, meta_key: str) -> AsyncIterator[Idle
     try:
         yield idles
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await client.aclose()
 
 

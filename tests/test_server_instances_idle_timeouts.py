@@ -13,6 +13,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bamboo_session.persistence.redis.scripts import SCRIPTS
+from bamboo_session.tasks import cancel_and_wait
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import attach, run_server
 from tests.test_server_instances import becomes, stored_state
@@ -47,9 +48,7 @@ async def state_writes(redis: RedisServer, prefix: str) -> AsyncIterator[list[st
         await asyncio.wait_for(watching.wait(), 10)
         yield writes
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await client.aclose()
 
 
