@@ -27,6 +27,7 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
+from .arriving_frames import ArrivingFrames
 from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
@@ -103,6 +104,9 @@ class BambooServer:
         # a thousand heads of the largest size, ten times as many of a browser's).
         unanswered = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
         self.unanswered_requests = UnansweredRequests(unanswered)
+        # Messages still arriving: a sixteenth too, and one of the largest always fits.
+        arriving = max(config.memory_budget // 16, config.max_frame_bytes)
+        self.arriving_frames = ArrivingFrames(arriving if config.memory_budget > 0 else NO_LIMIT)
         self.guard = RequestGuard(
             config.host,
             config.auth_secret is not None,
@@ -170,6 +174,7 @@ class BambooServer:
                 read_rate=(config.rate_limit_bytes, config.rate_limit_bytes_burst),
                 on_read_wait=self.metrics.read_wait_seconds.inc,
                 unanswered_requests=self.unanswered_requests,
+                arriving_frames=self.arriving_frames,
                 max_queue_bytes=config.max_queue_bytes,
             ),
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]

@@ -13,9 +13,10 @@ did; what an answer holds while its peer has not taken it is the answering side'
 what it reads goes to websockets' parser a few KiB at a time, each frame charged to
 the connection's byte rate (limits.py); in debt, or with websockets' incoming queue
 full, it stops reading until the debt is repaid or the handler took a frame
-(sliced_reads.py). A peer's end of stream that comes once its request is read waits for the
-answer (a client may half-close after its request, RFC 9112 9.6): websockets, fed it
-at once, answered nothing.
+(sliced_reads.py); a message still arriving is charged to its share of the memory
+budget, and held to a floor of rate (arriving_frames.py). A peer's end of stream that
+comes once its request is read waits for the answer (a client may half-close after its
+request, RFC 9112 9.6): websockets, fed it at once, answered nothing.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from websockets.server import ServerProtocol
 
 from bamboo_session.protocol.parsed_frames import handed_on
 
+from .arriving_frames import ArrivingFrames, ChargedArrivals
 from .close_bound import ClosingBound
 from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
-from .sliced_reads import SlicedReads
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
@@ -47,7 +48,7 @@ EARLY_BYTES = 64 * 1024
 OPEN_TIMEOUT = 10.0
 
 
-class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
+class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
@@ -77,6 +78,7 @@ class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
         on_read_wait: Callable[[float], None] | None = None,
         unanswered_requests: UnansweredRequests | None = None,
         max_queue_bytes: int | None = None,
+        arriving_frames: ArrivingFrames | None = None,
         **kwargs: Any,
     ) -> None:
         protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
@@ -92,6 +94,7 @@ class BambooConnection(SlicedReads, ClosingBound, AnsweringConnection):
         self.read_waits = ReadWaits(self.loop, on_read_wait)  # for the byte rate's debt
         self._pending = unanswered_requests
         self.max_queue_bytes = max_queue_bytes  # of frames read and not handled yet
+        self.arrivals = arriving_frames  # the share of messages still arriving
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:

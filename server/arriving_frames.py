@@ -1,0 +1,169 @@
+"""Messages still arriving on upgraded connections: :class:`ArrivingFrames`, the share of
+``--memory-budget`` their bytes may hold, all connections together, and
+:class:`ChargedArrivals`, the connection's side of it (http_wire.py
+``BambooConnection``).
+
+websockets parses a frame only once it is whole: until then its parser's reader keeps
+what came of it, and the fragments of a message not ended yet wait for its last one.
+The keepalive takes a peer's bytes at ``MIN_LINK_RATE`` for signs of life, so that a
+slow uplink carrying a large frame is not taken for a dead one (link_progress.py); a
+peer trickling a 1 MiB frame at that rate held it some 17 minutes, where no budget saw
+it (200 such peers: 200 MiB).
+
+Two rules bound that. A message's bytes are charged to the share while they arrive;
+past it, the connections whose messages have been arriving longest are closed with
+4429 and their bytes dropped (a client sends a frame in one go, and it crosses in
+milliseconds: the oldest holders are the slow ones). And a message must come at
+``MIN_LINK_RATE`` on average from its first byte, after :data:`ARRIVAL_GRACE`: looked
+at as its bytes come, so a peer that stops sending is the keepalive's to close.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from websockets.protocol import State
+
+from bamboo_session.protocol.errors import CloseCode
+
+from .link_progress import MIN_LINK_RATE
+from .sliced_reads import SlicedReads
+
+# Seconds a message may take before its average rate is looked at: a link stalls for
+# some seconds in a TCP retransmission's backoff or a mobile handover, and catches up.
+ARRIVAL_GRACE = 10.0
+TOO_SLOW = "too slow to send: frame below 1 KiB/s"
+SHARE_FULL = "too slow to send: frames arriving hold their memory share"
+
+
+class Arrival(typing.Protocol):
+    def drop_arrival(self) -> None:
+        """Close the connection, giving back its charge at once (:meth:`give_back`)."""
+
+
+class ArrivingFrames:
+    """Bytes of messages still arriving, against a limit, and who holds them, the
+    longest holding first (each message counts from its first byte)."""
+
+    __slots__ = ("_holders", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._holders: dict[Arrival, None] = {}  # those with a charge, oldest first
+
+    def take(self, holder: Arrival, size: int) -> bool:
+        """Charge ``size`` more bytes to ``holder``, dropping the oldest other holders
+        while that would go past the limit; False (nothing charged) if even that cannot
+        make room."""
+        while self.used + size > self.limit:
+            oldest = next((other for other in self._holders if other is not holder), None)
+            if oldest is None:
+                return False
+            oldest.drop_arrival()
+        self.used += size
+        self._holders.setdefault(holder, None)
+        return True
+
+    def shrink(self, size: int) -> None:
+        """A holder's charge is ``size`` bytes less, and is not all given back."""
+        self.used -= size
+
+    def give_back(self, holder: Arrival, size: int) -> None:
+        """``holder``'s whole charge, ``size`` bytes, is given back."""
+        self.used -= size
+        del self._holders[holder]
+
+
+class ChargedArrivals(SlicedReads):
+    """A connection whose message still arriving, after each slice parsed, is charged to
+    ``arrivals`` and held to its average rate. A frame whole in its read leaves nothing
+    to charge: the look costs three tests."""
+
+    arrivals: ArrivingFrames | None = None
+    _arriving = 0  # bytes charged for the message arriving; 0: none is
+    _arriving_since = 0.0  # loop time its first byte was parsed
+    _arriving_base = 0  # bytes_read before its first byte
+    _arriving_held = 0.0  # seconds reading had been held for the byte rate by then
+    _consumed = 0  # bytes the parser had taken whole (frames, heads) at the last look
+
+    def _parse_sliced(self, data: bytes) -> None:
+        super()._parse_sliced(data)
+        protocol = self.protocol
+        if self._arriving or protocol.reader.buffer or protocol.current_size is not None:
+            self._look_at_arrival()
+
+    def _look_at_arrival(self) -> None:
+        protocol = self.protocol
+        if protocol.state is not State.OPEN:
+            # Closing: what comes is dropped unparsed or waits for the close reply,
+            # within the close timeout.
+            self._release_arrival()
+            return
+        buffered = len(protocol.reader.buffer)
+        size = buffered + (protocol.current_size or 0)
+        # Bytes fed to the parser that it no longer holds: unchanged while the same
+        # frame grows; a frame completed or a new head read changes it.
+        consumed = self.bytes_read - len(self._held) - buffered
+        moved_on, self._consumed = consumed != self._consumed, consumed
+        if moved_on and protocol.current_size is None:
+            self._release_arrival()  # a new message: it counts from now, last in line
+        if size == 0:
+            self._release_arrival()
+            return
+        now = self.loop.time()
+        if not self._arriving:
+            self._arriving_since, self._arriving_base = now, self.bytes_read - size
+            self._arriving_held = self.read_waits.held_seconds()
+        elif self._below_rate(now):
+            self._fail_arrival(TOO_SLOW)
+            return
+        self._charge_arrival(size)
+
+    def _below_rate(self, now: float) -> bool:
+        """Whether the message came slower than ``MIN_LINK_RATE`` since its first byte,
+        once past the grace; time its reading was held for the byte rate not counted."""
+        elapsed = now - self._arriving_since - ARRIVAL_GRACE
+        arrived = self.bytes_read - self._arriving_base
+        if arrived >= MIN_LINK_RATE * elapsed:
+            return False
+        elapsed -= self.read_waits.held_seconds() - self._arriving_held
+        return arrived < MIN_LINK_RATE * elapsed
+
+    def _charge_arrival(self, size: int) -> None:
+        arrivals, held = self.arrivals, self._arriving
+        if arrivals is not None:
+            if size < held:
+                arrivals.shrink(held - size)
+            elif not arrivals.take(self, size - held):
+                self._fail_arrival(SHARE_FULL)  # alone, it is over the share
+                return
+        self._arriving = size
+
+    def _release_arrival(self) -> None:
+        held, self._arriving = self._arriving, 0
+        if held and self.arrivals is not None:
+            self.arrivals.give_back(self, held)
+
+    def drop_arrival(self) -> None:
+        """Closed to make room in the share (ArrivingFrames.take): its message has been
+        arriving longest."""
+        self._fail_arrival(SHARE_FULL)
+
+    def _fail_arrival(self, reason: str) -> None:
+        """Closes with 4429, as websockets closes for a frame it refuses (1009): the
+        parser drops what it holds at once, and what follows up to the close reply."""
+        self._release_arrival()
+        protocol = self.protocol
+        if protocol.state is not State.OPEN:
+            return
+        protocol.fail(CloseCode.TOO_SLOW, reason)
+        self.send_data()
+        if self.close_deadline is None and self.close_timeout is not None:
+            self.close_deadline = self.loop.time() + self.close_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._release_arrival()
