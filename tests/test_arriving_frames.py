@@ -112,9 +112,7 @@ async def test_a_peer_gone_mid_frame_gives_its_charge_back() -> None:
         assert arriving(server) == 0
 
 
-async def trickle(
-    peer: Peer, frame: bytes, rate: int, seconds: float, after: float = 0.0
-) -> None:
+async def trickle(peer: Peer, frame: bytes, rate: int, seconds: float, after: float = 0.0) -> None:
     """``frame``'s head, then its payload at ``rate`` bytes a second, for ``seconds``
     at most: never whole; begun ``after`` seconds."""
     await asyncio.sleep(after)
