@@ -12,6 +12,17 @@ its cancellation is cancelled again.
 Not ``with contextlib.suppress(CancelledError): await task`` either: that swallows a
 cancellation of the waiting task too.
 
+The same drop loses an ``asyncio.timeout`` deadline: its timer cancels the task, and if
+that lands in redis-py's send the body runs on with no deadline left (a block of 50
+HMGETs on the store's client ran past a 0.5-3 ms deadline in 439-495 of 500 tries; in 2
+of 500 without ``socket_timeout``). A deadline around store calls is kept by waiting for
+them in a task of their own (``asyncio.wait(..., timeout=)``, server/pages.py
+``lookup``); past a lost one, each command left still ends by ``socket_timeout``.
+
+A stopped task's cleanup (what it awaits on its cancellation) is cancelled too if it
+takes longer than ``again_after``: keep it short. A cleanup it shields is then cut
+loose, not waited for: ``cancel_and_wait`` returns while it runs.
+
 It lives in the root package beside :mod:`bamboo_session.wakeup`, for the same reason:
 every layer uses it, and none should import another for it.
 """
