@@ -5,7 +5,6 @@ backends (``memory://``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from bamboo_session.protocol.models import (
     StoredEvent,
     utcnow,
 )
+from bamboo_session.tasks import cancel_and_wait
 
 from .base import (
     Appended,
@@ -119,9 +119,7 @@ class MemoryStorage:
     async def close(self) -> None:
         self._open = False
         if self._cleanup is not None:
-            self._cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup
+            await cancel_and_wait(self._cleanup)
         self._feed.end_all()
 
     # -- sessions -------------------------------------------------------------------

@@ -16,12 +16,13 @@ synced WAL, checkpointed or not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
+
+from bamboo_session.tasks import cancel_and_wait
 
 from .schema import connect_checkpointer
 
@@ -46,9 +47,7 @@ class Checkpointer:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._db is not None:
             db, self._db = self._db, None
