@@ -15,7 +15,9 @@ past it, the connections whose messages have been arriving longest are closed wi
 4429 and their bytes dropped (a client sends a frame in one go, and it crosses in
 milliseconds: the oldest holders are the slow ones). And a message must come at
 ``MIN_LINK_RATE`` on average from its first byte, after :data:`ARRIVAL_GRACE`: looked
-at as its bytes come, so a peer that stops sending is the keepalive's to close.
+at as its bytes come, so a peer that stops sending is the keepalive's to close. Only
+the message's own bytes count: Pings or Pongs sent between its fragments (the
+keepalive's signs of life) held a 1 MiB message charged for ever at 1 KiB/s of them.
 """
 
 from __future__ import annotations
@@ -83,7 +85,6 @@ class ChargedArrivals(SlicedReads):
     arrivals: ArrivingFrames | None = None
     _arriving = 0  # bytes charged for the message arriving; 0: none is
     _arriving_since = 0.0  # loop time its first byte was parsed
-    _arriving_base = 0  # bytes_read before its first byte
     _arriving_held = 0.0  # seconds reading had been held for the byte rate by then
     _consumed = 0  # bytes the parser had taken whole (frames, heads) at the last look
 
@@ -113,18 +114,18 @@ class ChargedArrivals(SlicedReads):
             return
         now = self.loop.time()
         if not self._arriving:
-            self._arriving_since, self._arriving_base = now, self.bytes_read - size
+            self._arriving_since = now
             self._arriving_held = self.read_waits.held_seconds()
-        elif self._below_rate(now):
+        elif self._below_rate(now, size + len(self._held)):
             self._fail_arrival(TOO_SLOW)
             return
         self._charge_arrival(size)
 
-    def _below_rate(self, now: float) -> bool:
-        """Whether the message came slower than ``MIN_LINK_RATE`` since its first byte,
+    def _below_rate(self, now: float, arrived: int) -> bool:
+        """Whether the message, ``arrived`` bytes of it so far (read and held for the
+        byte rate included), came slower than ``MIN_LINK_RATE`` since its first byte,
         once past the grace; time its reading was held for the byte rate not counted."""
         elapsed = now - self._arriving_since - ARRIVAL_GRACE
-        arrived = self.bytes_read - self._arriving_base
         if arrived >= MIN_LINK_RATE * elapsed:
             return False
         elapsed -= self.read_waits.held_seconds() - self._arriving_held

@@ -216,3 +216,60 @@ async def test_a_frame_slower_than_the_floor_on_average_is_closed(
             # first read after 0.67 s.
             assert time.monotonic() - opened < 3.0
         assert arriving(server) == 0
+
+
+async def send_pongs(transport: Any, rate: int) -> None:
+    """Unsolicited Pongs of 125 bytes at about ``rate`` bytes a second, until closed:
+    signs of life for the keepalive, none of them a message's bytes."""
+    head, payload = masked_frame(b"p" * 125, opcode=0xA)
+    per_tick = max(1, rate // 10 // len(head + payload))
+    while not transport.is_closing():
+        transport.write((head + payload) * per_tick)
+        await asyncio.sleep(0.1)
+
+
+async def test_pongs_between_fragments_do_not_keep_a_stalled_message_arriving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arriving_frames, "ARRIVAL_GRACE", 0.5)
+    async with run_server(durability="os", ping_interval=None) as server:
+        async with attach(server, role="agent") as (peer, _):
+            transport = peer.ws.transport
+            head, payload = masked_frame(event_frame(8 * KIB)[:KIB], fin=False)
+            transport.write(head + payload)
+            await until(lambda: arriving(server) == KIB)
+            opened = time.monotonic()
+            ponging = asyncio.ensure_future(send_pongs(transport, 4 * MIN_LINK_RATE))
+            try:
+                code, reason = await asyncio.wait_for(close_of(peer), 5.0)
+            except TimeoutError:
+                pytest.fail("a message stalled behind Pongs at 4 KiB/s was still arriving")
+            finally:
+                ponging.cancel()
+                await asyncio.gather(ponging, return_exceptions=True)
+            assert (code, reason) == (CloseCode.TOO_SLOW, arriving_frames.TOO_SLOW)
+            # 1 KiB of the message, past a grace of 0.5 s: owed by 1.5 s, closed at the
+            # first Pong after.
+            assert time.monotonic() - opened < 3.0
+        assert arriving(server) == 0 and not server.arriving_frames._holders
+
+
+async def test_fragments_at_twice_the_floor_with_pings_between_are_acked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arriving_frames, "ARRIVAL_GRACE", 0.5)
+    async with run_server(durability="os", ping_interval=None) as server:
+        async with attach(server, role="agent") as (peer, _):
+            transport = peer.ws.transport
+            message = event_frame(6 * KIB)
+            step = 2 * MIN_LINK_RATE // 10
+            ping_head, ping_payload = masked_frame(b"i" * 100, opcode=0x9)
+            for start in range(0, len(message), step):
+                last = start + step >= len(message)
+                head, payload = masked_frame(
+                    message[start : start + step], opcode=0x0 if start else 0x1, fin=last
+                )
+                transport.write(head + payload + (b"" if last else ping_head + ping_payload))
+                await asyncio.sleep(0.1)
+            assert (await peer.recv_type("ack", timeout=10))["seq"] == 1
+        assert arriving(server) == 0 and not server.arriving_frames._holders
