@@ -27,7 +27,7 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
-from .arriving_frames import ArrivingFrames
+from .arriving_frames import FRAME_SLACK, ArrivingFrames
 from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
@@ -105,7 +105,7 @@ class BambooServer:
         unanswered = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
         self.unanswered_requests = UnansweredRequests(unanswered)
         # Messages still arriving: a sixteenth too, and one of the largest always fits.
-        arriving = max(config.memory_budget // 16, config.max_frame_bytes)
+        arriving = max(config.memory_budget // 16, config.max_frame_bytes + FRAME_SLACK)
         self.arriving_frames = ArrivingFrames(arriving if config.memory_budget > 0 else NO_LIMIT)
         self.guard = RequestGuard(
             config.host,

@@ -35,6 +35,10 @@ from .sliced_reads import SlicedReads
 # some seconds in a TCP retransmission's backoff or a mobile handover, and catches up.
 ARRIVAL_GRACE = 10.0
 TOO_SLOW = "too slow to send: frame below 1 KiB/s"
+# What the parser may hold beside a message of the largest size, which the share always
+# has room for: the head of its next fragment (14 bytes at most) or a control frame
+# between its fragments (the head and up to 125 bytes), split across reads.
+FRAME_SLACK = 14 + 125
 SHARE_FULL = "too slow to send: frames arriving hold their memory share"
 
 

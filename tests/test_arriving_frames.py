@@ -139,7 +139,7 @@ async def test_slow_frames_past_their_share_are_closed_oldest_first_and_others_s
     overrides: dict[str, Any] = {"memory_budget": 2 * 1024 * KIB, "max_frame_bytes": 256 * KIB}
     async with run_server(durability="os", **overrides) as server:
         share = server.arriving_frames.limit
-        assert share == 256 * KIB
+        assert share == 256 * KIB + arriving_frames.FRAME_SLACK
         async with attach(server, role="agent") as (client, _):
             tricklers: list[Peer] = []
             contexts = [attach(server, role="agent") for _ in range(10)]
@@ -272,4 +272,37 @@ async def test_fragments_at_twice_the_floor_with_pings_between_are_acked(
                 transport.write(head + payload + (b"" if last else ping_head + ping_payload))
                 await asyncio.sleep(0.1)
             assert (await peer.recv_type("ack", timeout=10))["seq"] == 1
+        assert arriving(server) == 0 and not server.arriving_frames._holders
+
+
+def event_of_exactly(size: int) -> bytes:
+    """An event frame of exactly ``size`` bytes of JSON."""
+    overhead = len(json.dumps({"type": "event", "id": 1, "key": "k1", "event": token("")}))
+    frame = {"type": "event", "id": 1, "key": "k1", "event": token("x" * (size - overhead))}
+    encoded = json.dumps(frame).encode()
+    assert len(encoded) == size
+    return encoded
+
+
+async def test_a_message_of_the_largest_size_fits_the_share_with_the_next_head() -> None:
+    # The share is --max-frame-bytes here (a sixteenth of the budget is less): a
+    # message of that size, in fragments, with the head of its last (empty) fragment
+    # split across reads, holds the whole size and a byte of that head at once.
+    overrides: dict[str, Any] = {"memory_budget": 2 * 1024 * KIB, "max_frame_bytes": 256 * KIB}
+    async with run_server(durability="os", **overrides) as server:
+        assert server.arriving_frames.limit >= 256 * KIB
+        async with attach(server, role="agent") as (peer, _):
+            transport = peer.ws.transport
+            message = event_of_exactly(256 * KIB)
+            head, payload = masked_frame(message[: 200 * KIB], fin=False)
+            transport.write(head + payload)
+            await until(lambda: arriving(server) == 200 * KIB)
+            last_head, _ = masked_frame(b"", opcode=0x0)
+            head, payload = masked_frame(message[200 * KIB :], opcode=0x0, fin=False)
+            transport.write(head + payload + last_head[:3])
+            # Its head's first two bytes are parsed, the third waits with the mask's.
+            await until(lambda: arriving(server) == 256 * KIB + 1 or transport.is_closing())
+            assert not transport.is_closing(), "closed for a message of the largest size"
+            transport.write(last_head[3:])
+            assert (await peer.recv_type("ack"))["seq"] == 1
         assert arriving(server) == 0 and not server.arriving_frames._holders
