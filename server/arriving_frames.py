@@ -164,8 +164,15 @@ class ChargedArrivals(SlicedReads):
             return
         protocol.fail(CloseCode.TOO_SLOW, reason)
         self.send_data()
-        if self.close_deadline is None and self.close_timeout is not None:
+        if self.close_timeout is None:
+            return
+        if self.close_deadline is None:
             self.close_deadline = self.loop.time() + self.close_timeout
+        # Nothing else awaits that deadline: the handler waits for the rest of a message
+        # that the parser now discards, so a peer that never answered the close kept its
+        # connection, and the fragments it had sent, until the keepalive's next Ping (for
+        # ever with none). A connection ended by then is not aborted again.
+        self.loop.call_at(self.close_deadline, self.transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:

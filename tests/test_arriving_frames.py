@@ -306,3 +306,31 @@ async def test_a_message_of_the_largest_size_fits_the_share_with_the_next_head()
             transport.write(last_head[3:])
             assert (await peer.recv_type("ack"))["seq"] == 1
         assert arriving(server) == 0 and not server.arriving_frames._holders
+
+
+async def test_a_peer_that_never_answers_the_close_is_cut_at_the_close_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(arriving_frames, "ARRIVAL_GRACE", 0.5)
+    # No keepalive to end it: the close's own deadline must.
+    async with run_server(durability="os", ping_interval=None, close_timeout=1.0) as server:
+        async with attach(server, role="agent") as (peer, _):
+            transport = peer.ws.transport
+            head, payload = masked_frame(event_frame(8 * KIB)[: 2 * KIB], fin=False)
+            transport.write(head + payload)
+            await until(lambda: arriving(server) == 2 * KIB)
+            transport.pause_reading()  # it never sees the 4429, nor answers it
+            head, payload = masked_frame(b"a" * KIB, opcode=0x0)
+            transport.write(head)
+            started = time.monotonic()
+            # A byte every 0.2 s: 2 KiB of the message are owed by 2.5 s, the close
+            # timeout runs out a second later.
+            for byte in range(40):
+                if not server._open_connections:
+                    break
+                transport.write(payload[byte : byte + 1])
+                await asyncio.sleep(0.2)
+            assert not server._open_connections, "the closed connection is still there"
+            assert time.monotonic() - started < 6.0
+            assert arriving(server) == 0 and not server.arriving_frames._holders
+            transport.abort()
