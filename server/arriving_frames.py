@@ -11,9 +11,11 @@ peer trickling a 1 MiB frame at that rate held it some 17 minutes, where no budg
 it (200 such peers: 200 MiB).
 
 Two rules bound that. A message's bytes are charged to the share while they arrive;
-past it, the connections whose messages have been arriving longest are closed with
-4429 and their bytes dropped (a client sends a frame in one go, and it crosses in
-milliseconds: the oldest holders are the slow ones). And a message must come at
+past it, connections of the peer (its address, an IPv6 peer's /64) holding the most of
+the share are closed with 4429, its oldest message first, and their bytes dropped. Not
+simply the oldest of all: a peer that started its frames after an honest slow upload
+(a 1 MiB publish at 30 KB/s) and stalled them had that upload closed, for as little as
+470 KB/s of bandwidth (r306). And a message must come at
 ``MIN_LINK_RATE`` on average from its first byte, after :data:`ARRIVAL_GRACE`: looked
 at as its bytes come, so a peer that stops sending is the keepalive's to close. Only
 the message's own bytes count: Pings or Pongs sent between its fragments (the
@@ -29,6 +31,7 @@ from websockets.protocol import State
 from bamboo_session.protocol.errors import CloseCode
 
 from .link_progress import MIN_LINK_RATE
+from .quotas import creator_key
 from .sliced_reads import SlicedReads
 
 # Seconds a message may take before its average rate is looked at: a link stalls for
@@ -43,42 +46,70 @@ SHARE_FULL = "too slow to send: frames arriving hold their memory share"
 
 
 class Arrival(typing.Protocol):
+    @property
+    def arrival_peer(self) -> str | None:
+        """Whose messages these are: quotas.creator_key of the peer's address."""
+
     def drop_arrival(self) -> None:
         """Close the connection, giving back its charge at once (:meth:`give_back`)."""
 
 
 class ArrivingFrames:
-    """Bytes of messages still arriving, against a limit, and who holds them, the
-    longest holding first (each message counts from its first byte)."""
+    """Bytes of messages still arriving, against a limit, who holds them, the longest
+    holding first (each message counts from its first byte), and how much each peer
+    holds."""
 
-    __slots__ = ("_holders", "limit", "used")
+    __slots__ = ("_by_peer", "_holders", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._holders: dict[Arrival, None] = {}  # those with a charge, oldest first
+        self._by_peer: dict[str | None, int] = {}  # bytes charged, by arrival_peer
 
     def take(self, holder: Arrival, size: int) -> bool:
-        """Charge ``size`` more bytes to ``holder``, dropping the oldest other holders
-        while that would go past the limit; False (nothing charged) if even that cannot
-        make room."""
+        """Charge ``size`` more bytes to ``holder``, dropping other holders while that
+        would go past the limit (:meth:`_victim`); False (nothing charged) if even that
+        cannot make room."""
         while self.used + size > self.limit:
-            oldest = next((other for other in self._holders if other is not holder), None)
-            if oldest is None:
+            victim = self._victim(holder)
+            if victim is None:
                 return False
-            oldest.drop_arrival()
-        self.used += size
+            victim.drop_arrival()
+        self._count(holder, size)
         self._holders.setdefault(holder, None)
         return True
 
-    def shrink(self, size: int) -> None:
-        """A holder's charge is ``size`` bytes less, and is not all given back."""
-        self.used -= size
+    def _victim(self, holder: Arrival) -> Arrival | None:
+        """The oldest holder, ``holder`` aside, of the peer holding the most: a scan,
+        only when the share is full."""
+        others = [other for other in self._holders if other is not holder]
+        if not others:
+            return None
+        most = max(self._by_peer[other.arrival_peer] for other in others)
+        return next(other for other in others if self._by_peer[other.arrival_peer] == most)
+
+    def shrink(self, holder: Arrival, size: int) -> None:
+        """``holder``'s charge is ``size`` bytes less, and is not all given back."""
+        self._count(holder, -size)
 
     def give_back(self, holder: Arrival, size: int) -> None:
         """``holder``'s whole charge, ``size`` bytes, is given back."""
-        self.used -= size
+        self._count(holder, -size)
         del self._holders[holder]
+
+    def _count(self, holder: Arrival, size: int) -> None:
+        self.used += size
+        peer = holder.arrival_peer
+        left = self._by_peer.get(peer, 0) + size
+        if left:
+            self._by_peer[peer] = left
+        else:
+            del self._by_peer[peer]
+
+    def held_by(self, peer: str | None) -> int:
+        """Bytes ``peer``'s messages arriving hold."""
+        return self._by_peer.get(peer, 0)
 
 
 class ChargedArrivals(SlicedReads):
@@ -87,6 +118,7 @@ class ChargedArrivals(SlicedReads):
     to charge: the look costs three tests."""
 
     arrivals: ArrivingFrames | None = None
+    _arrival_peer: str | bool | None = False  # False: not looked up yet
     _arriving = 0  # bytes charged for the message arriving; 0: none is
     _arriving_since = 0.0  # loop time its first byte was parsed
     _arriving_held = 0.0  # seconds reading had been held for the byte rate by then
@@ -139,7 +171,7 @@ class ChargedArrivals(SlicedReads):
         arrivals, held = self.arrivals, self._arriving
         if arrivals is not None:
             if size < held:
-                arrivals.shrink(held - size)
+                arrivals.shrink(self, held - size)
             elif not arrivals.take(self, size - held):
                 self._fail_arrival(SHARE_FULL)  # alone, it is over the share
                 return
@@ -150,9 +182,19 @@ class ChargedArrivals(SlicedReads):
         if held and self.arrivals is not None:
             self.arrivals.give_back(self, held)
 
+    @property
+    def arrival_peer(self) -> str | None:
+        """The peer's address as the share counts peers (an IPv6 peer's /64), looked up
+        once, at its first message that spans reads."""
+        peer = self._arrival_peer
+        if peer is False:
+            address = self.transport.get_extra_info("peername")
+            peer = self._arrival_peer = creator_key(None, address[0] if address else None)
+        return peer  # type: ignore[return-value]
+
     def drop_arrival(self) -> None:
-        """Closed to make room in the share (ArrivingFrames.take): its message has been
-        arriving longest."""
+        """Closed to make room in the share (ArrivingFrames.take): its peer holds the
+        most of it, and its message has been arriving longest of that peer's."""
         self._fail_arrival(SHARE_FULL)
 
     def _fail_arrival(self, reason: str) -> None:

@@ -144,10 +144,14 @@ async def attach(
     *,
     msgpack: bool = False,
     headers: dict[str, str] | None = None,
+    local_addr: tuple[str, int] | None = None,
     **hello: Any,
 ) -> AsyncIterator[tuple[Peer, dict[str, Any]]]:
-    """A peer that has sent ``hello`` and read ``welcome``."""
-    async with open_peer(server, session_id, msgpack=msgpack, headers=headers) as peer:
+    """A peer that has sent ``hello`` and read ``welcome`` (from ``local_addr``, e.g.
+    another loopback address, 127.0.0.2, for a peer the server counts apart)."""
+    async with open_peer(
+        server, session_id, msgpack=msgpack, headers=headers, local_addr=local_addr
+    ) as peer:
         await peer.send({"type": "hello", **hello})
         welcome = await peer.recv(WELCOME_TIMEOUT)
         assert welcome["type"] == "welcome", welcome
@@ -161,6 +165,7 @@ async def open_peer(
     *,
     msgpack: bool = False,
     headers: dict[str, str] | None = None,
+    local_addr: tuple[str, int] | None = None,
 ) -> AsyncIterator[Peer]:
     subprotocols = ["bamboo.v1.msgpack"] if msgpack else ["bamboo.v1"]
     async with connect(
@@ -170,6 +175,7 @@ async def open_peer(
         compression=None,
         open_timeout=5,
         close_timeout=2,
+        local_addr=local_addr,
     ) as ws:
         try:
             yield Peer(ws, msgpack)

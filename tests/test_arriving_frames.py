@@ -112,15 +112,18 @@ async def test_a_peer_gone_mid_frame_gives_its_charge_back() -> None:
         assert arriving(server) == 0
 
 
-async def trickle(peer: Peer, frame: bytes, rate: int, seconds: float, after: float = 0.0) -> None:
+async def trickle(
+    peer: Peer, frame: bytes, rate: int, seconds: float, after: float = 0.0, whole: bool = False
+) -> None:
     """``frame``'s head, then its payload at ``rate`` bytes a second, for ``seconds``
-    at most: never whole; begun ``after`` seconds."""
+    at most: never whole, unless ``whole``; begun ``after`` seconds."""
     await asyncio.sleep(after)
     head, payload = masked_frame(frame)
     transport = peer.ws.transport
     transport.write(head)
     step = rate // 10
-    for start in range(0, min(len(payload) - 1, int(rate * seconds)), step):
+    end = len(payload) if whole else len(payload) - 1
+    for start in range(0, min(end, int(rate * seconds)), step):
         if transport.is_closing():
             return
         transport.write(payload[start : start + step])
@@ -181,6 +184,40 @@ async def test_slow_frames_past_their_share_are_closed_oldest_first_and_others_s
                     task.cancel()
                 await asyncio.gather(*trickles, *closes, return_exceptions=True)
                 for peer in tricklers:
+                    peer.ws.transport.abort()
+                for context in contexts:
+                    await context.__aexit__(None, None, None)
+        await until(lambda: len(server._open_connections) == 0)
+        assert arriving(server) == 0
+
+
+async def test_a_peer_holding_the_most_is_closed_before_an_older_slow_upload() -> None:
+    """An honest client uploads a 300 KB frame at 60 KB/s; 2 s in, another address
+    starts five 300 KB frames, sends 250 KB of each at once and stalls. The share
+    (1 MiB and a head, the default frame size's) cannot hold both: the stalling peer's
+    own connections are closed, oldest first, and the upload is acknowledged. Closing
+    the oldest holder of all closed the honest upload instead (r306)."""
+    async with run_server(durability="os", memory_budget=16 * 1024 * KIB) as server:
+        async with attach(server, role="agent") as (honest, _):
+            uploading = asyncio.ensure_future(
+                trickle(honest, event_frame(300 * KIB), 60_000, 20.0, whole=True)
+            )
+            await asyncio.sleep(2.0)
+            contexts = [attach(server, role="agent", local_addr=("127.0.0.2", 0)) for _ in range(5)]
+            stalling = [(await context.__aenter__())[0] for context in contexts]
+            try:
+                assert stalling[0].ws.local_address[0] == "127.0.0.2"
+                for peer in stalling:
+                    head, payload = masked_frame(event_frame(300 * KIB))
+                    peer.ws.transport.write(head + payload[: 250 * KIB])
+                    await asyncio.sleep(0.05)
+                ack = await honest.recv_type("ack", timeout=30)
+                assert ack["id"] == 1 and ack["seq"] == 1, ack
+                closes = await asyncio.gather(*(close_of(peer) for peer in stalling[:2]))
+                assert closes == [(CloseCode.TOO_SLOW, arriving_frames.SHARE_FULL)] * 2
+            finally:
+                uploading.cancel()
+                for peer in stalling:
                     peer.ws.transport.abort()
                 for context in contexts:
                     await context.__aexit__(None, None, None)
