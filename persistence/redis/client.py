@@ -35,6 +35,9 @@ from .scripts import (
 log = logging.getLogger(__name__)
 
 POOL_WAIT = 10.0  # seconds a call waits for a free connection before it fails
+# Seconds a send or a read waits on Redis before its call fails (and its connection is
+# dropped): a Redis that stops reading or answering fails calls, not hangs them.
+SOCKET_TIMEOUT = 10.0
 # What check_persistence reads of Redis's CONFIG: whether a write it acknowledged is
 # on disk (the first two, and the third, which skips the fsync while a snapshot or a
 # rewrite runs even with appendfsync always), and what a restart comes back to if not.
@@ -42,17 +45,22 @@ NO_FSYNC_ON_REWRITE = "no-appendfsync-on-rewrite"
 PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", NO_FSYNC_ON_REWRITE, "save")
 
 
-def connect(config: RedisConfig, max_connections: int | None = None) -> Redis:
+def connect(
+    config: RedisConfig,
+    max_connections: int | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT,
+) -> Redis:
     """A client that never retries by itself: a script whose reply was lost may have
     run, and only the caller knows whether running it again is safe. At most
     ``max_connections`` (the URL's) at once: a call beyond them waits for a free one,
-    which paces a burst of sessions instead of failing it."""
+    which paces a burst of sessions instead of failing it. Each send and each read is
+    bounded by ``socket_timeout``."""
     pool = CheckedPool.from_url(
         config.url,
         max_connections=max_connections or config.max_connections,
         timeout=POOL_WAIT,
         retry=Retry(NoBackoff(), 0),
-        socket_timeout=10,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=5,
         # Asked for, not left to the default: redis-py 8.2 falls back to RESP2, with
         # only a warning, where a default HELLO 3 is refused (a Redis that knows no
