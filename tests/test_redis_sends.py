@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from bamboo_session.persistence import StorageError
 from bamboo_session.persistence.redis.client import Commands, connect
 from bamboo_session.persistence.redis.config import RedisConfig
 from tests.redis_server import RedisServer
+from tests.store_stalls_support import frozen
 
 BOUND = 1.0  # the client's socket timeout here
 # Seconds past the bound a call may take to fail: a test process that gets a quarter
@@ -31,16 +30,6 @@ SLACK = 4.0
 # Far more than loopback's socket buffers hold (4 MiB sent, up to 32 MiB received);
 # made by each test that sends it, not held by the module for the whole run.
 LARGE_SIZE = 64 * 1024 * 1024
-
-
-@contextlib.contextmanager
-def stopped(redis: RedisServer) -> Iterator[None]:
-    assert redis.pid is not None
-    os.kill(redis.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(redis.pid, signal.SIGCONT)
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +56,7 @@ async def test_a_send_redis_does_not_read_fails_within_the_socket_timeout(
 ) -> None:
     redis = start_redis("send")
     async with store_commands(redis) as (commands, client):
-        with stopped(redis):
+        with frozen(redis):
             error, took = await failure_of(lambda: commands.call("SET", "large", b"x" * LARGE_SIZE))
         assert str(error) == "redis unavailable: TimeoutError: Timeout writing to socket"
         assert took >= BOUND * 0.9  # the bound, not a failure of another kind
@@ -83,7 +72,7 @@ async def test_a_read_redis_does_not_answer_fails_within_the_socket_timeout(
     redis = start_redis("read")
     async with store_commands(redis) as (commands, _):
         await commands.call("SET", "k", b"v")
-        with stopped(redis):
+        with frozen(redis):
             error, took = await failure_of(lambda: commands.call("GET", "k"))
         assert str(error).startswith("redis unavailable: TimeoutError: Timeout reading from")
         assert took >= BOUND * 0.9
@@ -98,7 +87,7 @@ async def test_a_send_cancelled_while_it_waits_ends_cancelled(
     partial command is never completed by the next one."""
     redis = start_redis("cancel")
     async with store_commands(redis) as (commands, _):
-        with stopped(redis):
+        with frozen(redis):
             send = asyncio.create_task(commands.call("SET", "large", b"x" * LARGE_SIZE))
             await asyncio.sleep(BOUND / 4)
             assert not send.done()  # waiting for Redis to read
