@@ -121,7 +121,7 @@ class ChargedArrivals(SlicedReads):
     _arrival_peer: str | bool | None = False  # False: not looked up yet
     _arriving = 0  # bytes charged for the message arriving; 0: none is
     _arriving_since = 0.0  # loop time its first byte was parsed
-    _arriving_held = 0.0  # seconds reading had been held for the byte rate by then
+    _arriving_held = 0.0  # reading_held_seconds() by then
     _consumed = 0  # bytes the parser had taken whole (frames, heads) at the last look
 
     def _parse_sliced(self, data: bytes) -> None:
@@ -151,7 +151,7 @@ class ChargedArrivals(SlicedReads):
         now = self.loop.time()
         if not self._arriving:
             self._arriving_since = now
-            self._arriving_held = self.read_waits.held_seconds()
+            self._arriving_held = self.reading_held_seconds()
         elif self._below_rate(now, size + len(self._held)):
             self._fail_arrival(TOO_SLOW)
             return
@@ -160,11 +160,14 @@ class ChargedArrivals(SlicedReads):
     def _below_rate(self, now: float, arrived: int) -> bool:
         """Whether the message, ``arrived`` bytes of it so far (read and held for the
         byte rate included), came slower than ``MIN_LINK_RATE`` since its first byte,
-        once past the grace; time its reading was held for the byte rate not counted."""
+        once past the grace; the time the server held its reading back, for the byte
+        rate or for its handler to take the frames queued, not counted: the peer's
+        bytes wait in the socket meanwhile (a handler held by a stalled store had its
+        peer closed for the store's slowness, r306)."""
         elapsed = now - self._arriving_since - ARRIVAL_GRACE
         if arrived >= MIN_LINK_RATE * elapsed:
             return False
-        elapsed -= self.read_waits.held_seconds() - self._arriving_held
+        elapsed -= self.reading_held_seconds() - self._arriving_held
         return arrived < MIN_LINK_RATE * elapsed
 
     def _charge_arrival(self, size: int) -> None:

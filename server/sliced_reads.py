@@ -46,6 +46,10 @@ class SlicedReads(ServerConnection):
     _held = b""  # read while in debt or the queue full, not parsed yet
     _repaid: asyncio.TimerHandle | None = None  # set while reading waits for the debt
     _queue_held = False  # reading waits for room in websockets' incoming queue
+    # Seconds reading waited for room in that queue, the wait under way aside, and the
+    # loop time that wait began (None: none is under way): the server's own slowness.
+    _queue_waited = 0.0
+    _queue_wait_since: float | None = None
     _unheld: asyncio.Handle | None = None  # set while what it held waits to be parsed
     # Bytes of the frames in websockets' incoming queue: each one's size as queued,
     # oldest first, and their sum. None: no bound but the count (--max-queue). A list,
@@ -62,6 +66,7 @@ class SlicedReads(ServerConnection):
         self._queued_sizes = []
         assembler = self.recv_messages
         put_frame, resume_for_count = assembler.put, assembler.maybe_resume
+        pause_for_count = assembler.pause
         # websockets' put is called for data frames only, as process_event queues
         # them: counting there costs no test of the event's type on every frame.
         frames = assembler.frames.queue  # SimpleQueue's deque: no __len__ call
@@ -85,7 +90,12 @@ class SlicedReads(ServerConnection):
             if was_full and not self._queue_full():
                 self._resume_reading()  # the bytes held it: websockets' count did not
 
+        def paused_for_count() -> None:  # websockets' queue went past --max-queue
+            pause_for_count()
+            self._begin_queue_wait()
+
         assembler.put = frame_put  # type: ignore[method-assign]
+        assembler.pause = paused_for_count
         assembler.maybe_resume = frame_taken  # type: ignore[method-assign]
 
     def _frame_taken(self, frames: deque[Frame]) -> None:
@@ -122,6 +132,7 @@ class SlicedReads(ServerConnection):
             if self._queue_full():
                 self._held, self._queue_held = data[start:], True
                 self.transport.pause_reading()
+                self._begin_queue_wait()
                 return
             super().data_received(data[start : start + size])
         if self._debt > 0:
@@ -175,6 +186,7 @@ class SlicedReads(ServerConnection):
             self._unheld.cancel()
             self._unheld = None
         self._queue_held, self._held = False, b""
+        self._end_queue_wait()
 
     def _go_on(self) -> None:
         self._repaid, self._debt = None, 0.0
@@ -200,11 +212,33 @@ class SlicedReads(ServerConnection):
             # Called from websockets' queue as the handler takes a frame: what was held
             # is parsed from the loop, not inside that read.
             self._queue_held = False
+            self._end_queue_wait()
             self._unheld = self.loop.call_soon(self._take_held)
             return
-        ready = self._repaid is None and self._unheld is None
-        if not self.paused and not self._queue_full() and ready:
+        if self._queue_full():
+            return
+        self._end_queue_wait()
+        if not self.paused and self._repaid is None and self._unheld is None:
             self.transport.resume_reading()
+
+    def _begin_queue_wait(self) -> None:
+        if self._queue_wait_since is None:
+            self._queue_wait_since = self.loop.time()
+
+    def _end_queue_wait(self) -> None:
+        since, self._queue_wait_since = self._queue_wait_since, None
+        if since is not None:
+            self._queue_waited += self.loop.time() - since
+
+    def reading_held_seconds(self) -> float:
+        """Seconds the server held reading back so far, the waits under way included:
+        for the byte rate's debt (``read_waits``), or for its handler to take the frames
+        in websockets' incoming queue. Neither is the peer's slowness: its bytes wait in
+        the socket meanwhile. A debt's wait that overlaps a wait for the queue (a frame
+        decoded into debt while the queue is full) counts in both."""
+        held = self.read_waits.held_seconds() + self._queue_waited
+        since = self._queue_wait_since
+        return held if since is None else held + self.loop.time() - since
 
     async def keepalive(self) -> None:
         """websockets' keepalive, a Ping every ``ping_interval`` and close 1011 when its
