@@ -242,16 +242,17 @@ class SlicedReads(ServerConnection):
 
     async def keepalive(self) -> None:
         """websockets' keepalive, a Ping every ``ping_interval`` and close 1011 when its
-        Pong is not read within ``ping_timeout``, but the time reading is held for the
-        byte rate does not count, nor time the link keeps carrying bytes either way at
-        link_progress.py's ``MIN_LINK_RATE``: the Pong waits behind the frames sent before
-        it, which the server chose not to read yet, or which a slow uplink is still
-        carrying; the Ping, behind what the server wrote before it to a slow reader. A
-        peer that sent 20 frames of 16,000 values at once (1 MB, weighing 40 MiB decoded)
-        was closed 1011 so, for its own debt; one uploading a 1 MiB frame at 30 KB/s,
-        after 40 s; one reading a 6 MB replay at 300 KB/s, after 4.5 s of a 1 s / 2 s
-        keepalive; each then sent, or was sent, the same bytes again on its next
-        connection."""
+        Pong is not read within ``ping_timeout``, but the time reading is held
+        (``reading_held_seconds``) does not count, nor time the link keeps carrying
+        bytes either way at link_progress.py's ``MIN_LINK_RATE``: the Pong waits behind
+        the frames sent before it, which the server chose not to read yet, or which a
+        slow uplink is still carrying; the Ping, behind what the server wrote before it
+        to a slow reader. A peer that sent 20 frames of 16,000 values at once (1 MB,
+        weighing 40 MiB decoded) was closed 1011 so, for its own debt; one uploading a
+        1 MiB frame at 30 KB/s, after 40 s; one reading a 6 MB replay at 300 KB/s, after
+        4.5 s of a 1 s / 2 s keepalive; each then sent, or was sent, the same bytes
+        again on its next connection; one whose frames filled the incoming queue while
+        a stalled store held the handler, once the stall outlasted the timeout."""
         assert self.ping_interval is not None
         latency = 0.0
         try:
@@ -273,7 +274,7 @@ class SlicedReads(ServerConnection):
         showed ``progress`` since the last such look; else the connection fails with
         1011, as websockets'."""
         pong = asyncio.ensure_future(pong_received)  # websockets' future itself, no task
-        held, deadline = self.read_waits.held_seconds(), self.loop.time() + seconds
+        held, deadline = self.reading_held_seconds(), self.loop.time() + seconds
         while True:
             # asyncio.wait, not asyncio.timeout: the Pong's future is websockets' to
             # resolve, and must not be cancelled by a deadline that is put off.
@@ -282,9 +283,9 @@ class SlicedReads(ServerConnection):
                 return pong.result()
             now = self.loop.time()
             if progress.alive(now):
-                deadline, held = now + seconds, self.read_waits.held_seconds()
+                deadline, held = now + seconds, self.reading_held_seconds()
                 continue
-            held, was_held = self.read_waits.held_seconds(), held
+            held, was_held = self.reading_held_seconds(), held
             if held <= was_held:
                 break
             deadline += held - was_held

@@ -2,8 +2,10 @@
 its own handler (websockets' incoming queue full, by ``--max-queue`` frames or by
 ``--max-queue-bytes``) is not held to its 1 KiB/s for that time: the peer's bytes wait
 in the socket meanwhile, and its TCP window closes (arriving_frames.py, sliced_reads.py
-``reading_held_seconds``). Counted against the peer, a store that stalled the handler
-had the peer closed 4429 ``too slow to send`` for the store's slowness (r306).
+``reading_held_seconds``); nor, for the same reason, against the keepalive's Pong.
+Counted against the peer, a store that stalled the handler had the peer closed 4429
+``too slow to send`` for the store's slowness (r306), or 1011 ``keepalive ping
+timeout`` once the stall outlasted the Pong's timeout.
 
 The handler is held by the session's creation, stalled in the store, while the peer's
 frames, pipelined behind its ``hello``, fill the queue; raw frames are written under a
@@ -101,3 +103,31 @@ async def test_the_wait_for_the_handler_does_not_count_against_a_message_arrivin
             assert ack["id"] == 9 and ack["seq"] == 5, ack
             assert connection.reading_held_seconds() >= STALL - 1.0
         assert arriving(server) == 0 and not server.arriving_frames._holders
+
+
+async def test_the_wait_for_the_handler_does_not_count_against_the_pong(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ping every 0.5 s, its Pong owed within 1 s of reading: the peer's Pongs wait
+    # in its socket behind its frames while the handler is held for 4 s.
+    config: dict[str, Any] = {"ping_interval": 0.5, "ping_timeout": 1.0, "max_queue": 2}
+    async with run_server(durability="os", **config) as server:
+        storage: Any = server.storage
+        create = storage.create_session
+
+        async def stalled_create(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(STALL)  # a store that stalls, then goes on
+            return await create(*args, **kwargs)
+
+        monkeypatch.setattr(storage, "create_session", stalled_create)
+        async with open_peer(server) as peer:
+            peer.ws.transport.write(b"".join(requests_ahead(4, 2400)))
+            await until(lambda: bool(server._open_connections))
+            connection = next(iter(server._open_connections))
+            await until(connection._queue_full)
+            welcome = await peer.recv(timeout=STALL + 5)
+            assert welcome["type"] == "welcome", welcome
+            for frame_id in range(1, 5):
+                assert (await peer.recv_type("ack"))["id"] == frame_id
+            await peer.send({"type": "ping", "id": 5})
+            assert (await peer.recv_type("pong"))["id"] == 5
