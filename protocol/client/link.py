@@ -134,8 +134,7 @@ class Link:
         self._sender_wakeup.set()
         self._wake_reader()  # its reply must be read, whatever the events feed holds
         try:
-            # Not wait_for: Python 3.11's drops a cancellation that meets the answer.
-            async with asyncio.timeout(self.request_timeout):
+            async with asyncio.timeout(self.request_timeout):  # 3.11's wait_for drops cancels
                 return await asyncio.shield(future)
         finally:
             state.pending.release(request_id)
