@@ -107,10 +107,6 @@ class ArrivingFrames:
         else:
             del self._by_peer[peer]
 
-    def held_by(self, peer: str | None) -> int:
-        """Bytes ``peer``'s messages arriving hold."""
-        return self._by_peer.get(peer, 0)
-
 
 class ChargedArrivals(SlicedReads):
     """A connection whose message still arriving, after each slice parsed, is charged to
