@@ -48,6 +48,7 @@ SESSIONS = 4
 # timing moves the resets away from redis-py's writes).
 ROUNDS = 3000
 SECONDS = 40.0
+MIN_SPREAD = 0.012  # seconds the three resets of a round spread over, at least
 ENOUGH = 3  # calls that met a transport torn down under redis-py
 TORN_DOWN = (RuntimeError, TypeError, AttributeError)
 
@@ -65,6 +66,16 @@ def torn_down(exc: BaseException) -> bool:
 async def subscribe_once(store: Storage, session_id: str) -> None:
     subscription = await store.subscribe(session_id, 0)
     subscription.close()
+
+
+async def subscribed_to_all(store: Storage, ids: list[str]) -> bool:
+    """Whether a subscription to each of ``ids`` was made (and closed); False if the
+    store said Redis is unavailable."""
+    try:
+        await asyncio.gather(*(subscribe_once(store, i) for i in ids))
+    except StorageError:
+        return False
+    return True
 
 
 async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
@@ -86,20 +97,26 @@ async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
                 appended: Appended = await store.append_event(session_id, AgentEvent.token(content))
                 acknowledged[content] = appended.seq
 
-            async def resets() -> None:
+            async def resets(spread: float) -> None:
                 for _ in range(3):
-                    await asyncio.sleep(draw.random() * 0.004)
+                    await asyncio.sleep(draw.random() * spread / 3)
                     proxy.reset()
 
-            until = asyncio.get_running_loop().time() + SECONDS
+            # The resets spread over as long as a round took last: on a loaded machine
+            # a round's calls write later, and resets within a fixed 12 ms all came
+            # before them (CI met no torn-down transport in 40 s, 2 runs in 5).
+            loop = asyncio.get_running_loop()
+            until, spread = loop.time() + SECONDS, MIN_SPREAD
             for round_ in range(ROUNDS):
-                if asyncio.get_running_loop().time() > until:
+                started = loop.time()
+                if started > until:
                     break
                 calls: list[Awaitable[Any]] = [store.read_events(i) for i in ids * 2]
                 calls += [append(i, f"{round_}:{i}:{n}") for n in range(2) for i in ids]
                 calls += [store.get_metadata(i) for i in ids]
                 calls += [subscribe_once(store, i) for i in ids]
-                results = await asyncio.gather(*calls, resets(), return_exceptions=True)
+                results = await asyncio.gather(*calls, resets(spread), return_exceptions=True)
+                spread = max(MIN_SPREAD, loop.time() - started)
                 for result in results:
                     if isinstance(result, StorageError):
                         met += torn_down(result)
@@ -109,8 +126,10 @@ async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
                     break
                 await asyncio.sleep(draw.random() * 0.01)
             assert isinstance(store, RedisStorage)
-            await eventually(lambda: store.ready, timeout=10)  # the listener back
-            await asyncio.gather(*(subscribe_once(store, i) for i in ids))
+            # The listener back, and subscribing again (after minutes of resets on a
+            # loaded machine, its backoff and a last dropped connection take a while).
+            await eventually(lambda: store.ready, timeout=30)
+            await eventually(lambda: subscribed_to_all(store, ids), timeout=30)
             logs = {i: await store.read_events(i) for i in ids}
         finally:
             await store.close()
