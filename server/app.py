@@ -394,6 +394,7 @@ async def open_configured_storage(config: ServerConfig) -> Storage:
         config.store_url(),
         default_ttl=config.default_ttl,
         cleanup_interval=config.cleanup_interval,
+        max_sessions=config.max_stored_sessions or None,
         max_session_bytes=config.max_session_bytes or None,
         max_user_bytes=config.max_user_bytes or None,
     )

@@ -115,6 +115,12 @@ class ServerConfig:
     # cap): what a user may keep on disk (persistence/base.py).
     max_session_bytes: int = 256 * MIB
     max_user_bytes: int = 4096 * MIB
+    # Sessions the store keeps, whoever owns them, closed and expired ones too until
+    # they go (0: no cap): neither the per-user count (not closed ones, users with an
+    # id) nor the byte caps (logs only) bound the metadata of sessions left behind, in
+    # the JSONL store's memory index and on disk: some 6 and 12 KiB each at most of
+    # what a peer sets (a title of 1,024 four-byte characters).
+    max_stored_sessions: int = 1_000_000
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000
