@@ -2,20 +2,26 @@
 server: the session in the ``welcome`` example shows every SessionMetadata field the
 server sends, and the SessionMetadata table (whose fields are "always sent") lists
 exactly those. A client written from the example alone then expects every field it
-will meet. The Metrics table names every metric ``/metrics`` serves, with its type, and
-the Limits table gives each flag it names the default the server has."""
+will meet. The Metrics table names every metric ``/metrics`` serves, with its type, the
+Limits table gives each flag it names the default the server has, the Error codes and
+Close codes tables list exactly the codes of protocol/errors.py (the close table's last
+column being ``CloseCode.should_resume``), and every close reason it quotes is one the
+server's code holds."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
 
+from bamboo_session.protocol.errors import CloseCode, ErrorCode
 from bamboo_session.server.config import FIELD_NAMES, ServerConfig
 from bamboo_session.server.limits import DEFAULT_MAX_CONNECTIONS
 from tests.support import attach, get, run_server
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "protocol.md"
 _JSON_BLOCK = re.compile(r"^```json\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 _TABLE_FIELD = re.compile(r"^\| `([a-z_]+)` \|", re.MULTILINE)
 
@@ -120,3 +126,47 @@ def test_the_limits_table_gives_each_flag_the_default_a_server_has() -> None:
     for field, documented in pairs:
         actual = getattr(defaults, field)
         assert _DERIVED.get(field, actual) == documented, (field, actual, documented)
+
+
+CLOSE_COLUMNS = "| code | meaning | reason sent by this server | client should | resume |"
+_QUOTED = re.compile(r"`([^`]+)`")
+
+
+def table_rows(heading: str, columns: str) -> list[list[str]]:
+    """The cells of each row of the table under ``heading`` (no cell holds a ``|``)."""
+    rows = table_of(heading, columns).splitlines()
+    body = [row for row in rows if row.startswith("| ") and not row.startswith("|---")]
+    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in body[1:]]
+
+
+def test_the_error_codes_table_lists_exactly_the_codes_a_server_sends() -> None:
+    rows = table_rows("## Error codes", "| code | sent when | the client should |")
+    assert sorted(row[0] for row in rows) == sorted(f"`{code.value}`" for code in ErrorCode)
+
+
+def test_the_close_codes_table_lists_each_code_and_whether_to_resume_as_the_code_says() -> None:
+    rows = table_rows("## Close codes", CLOSE_COLUMNS)
+    documented = {int(row[0]): row[-1] for row in rows}
+    assert sorted(documented) == sorted(CloseCode)
+    assert documented == {code: "yes" if code.should_resume else "no" for code in CloseCode}
+
+
+def server_strings() -> set[str]:
+    """Every string constant of the server's modules (adjacent literals joined)."""
+    found: set[str] = set()
+    for module in (ROOT / "server").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def test_every_close_reason_the_table_quotes_is_one_the_server_holds() -> None:
+    held = server_strings()
+    quoted = [
+        (row[0], reason)
+        for row in table_rows("## Close codes", CLOSE_COLUMNS)
+        for reason in _QUOTED.findall(row[2])
+    ]
+    assert len(quoted) >= 30, quoted  # too few: the table changed form
+    assert [pair for pair in quoted if pair[1] not in held] == []
