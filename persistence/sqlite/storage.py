@@ -12,21 +12,21 @@ How it holds the contract's promises:
   transaction that appends: the window needs no memory and survives restarts.
 - Reads run on their own read-only connections (``reads.py``) and never wait for the
   writer. Nothing is loaded at open: the file *is* the index.
-- Live delivery: after a commit, the store publishes what it acknowledged to its
-  :class:`~..feed.Feed`, and ends a session's subscriptions when it is closed or deleted.
+- Live delivery (``live.py``): after a commit, the store publishes what it acknowledged
+  to its :class:`~..feed.Feed`, and ends a session's subscriptions when it is closed or
+  deleted.
 - One process holds the file (``lock.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
@@ -48,12 +48,13 @@ from ..base import (
     StorageError,
 )
 from ..close_once import CloseOnce
-from ..feed import CLOSED, DELETED, Feed, FeedSubscription
+from ..feed import FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
 from . import reads, writes
 from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
+from .live import Live
 from .lock import StoreLock, real_file
 from .reads import Readers
 from .recount import SqliteRecounter
@@ -64,9 +65,6 @@ from .writes import Batch
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Writes remembered for subscribe's consistency check (see _touched_since).
-RECENT_WRITES: Final = 4096
 
 
 class SqliteStorage:
@@ -84,10 +82,7 @@ class SqliteStorage:
             connect = functools.partial(connect_writer, path, SYNCHRONOUS[config.durability])
             self._writer = Writer(path, connect)
             self._checkpointer = Checkpointer(path)
-        self._feed = Feed()
-        # Sessions whose log or state moved, by a generation number: see subscribe.
-        self._generation = 0
-        self._recent: collections.deque[tuple[int, str]] = collections.deque(maxlen=RECENT_WRITES)
+        self._live = Live()
         self._cleanup: asyncio.Task[None] | None = None
         self._ready = False
         self._closing = CloseOnce()
@@ -150,7 +145,7 @@ class SqliteStorage:
 
     async def _close(self) -> None:
         self._ready = False
-        self._feed.end_all()
+        self._live.end_all()
         try:
             if self._cleanup is not None:
                 self._cleanup.cancel()
@@ -185,15 +180,7 @@ class SqliteStorage:
             max_sessions=self.config.max_sessions,
             replace_expired=replace_expired,
         )
-
-        def after(replaced_epoch: str | None) -> None:
-            self._moved(session_id)
-            if replaced_epoch is not None:
-                # The expired one's subscriptions end, as at its removal; not those made
-                # since the commit, which follow the new session (``subscribe``).
-                self._feed.end(session_id, DELETED, epoch=replaced_epoch)
-
-        await self._write(work, after)
+        await self._write(work, functools.partial(self._live.created, session_id))
 
     async def load_session(self, session_id: str) -> Session | None:
         found = await self._read(reads.load_session, check_session_id(session_id))
@@ -204,7 +191,7 @@ class SqliteStorage:
 
     async def delete_session(self, session_id: str) -> None:
         work = functools.partial(writes.delete, session_id=check_session_id(session_id))
-        await self._write(work, lambda _: self._removed([session_id]))
+        await self._write(work, lambda _: self._live.removed([session_id]))
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
         sessions, total = await self._read(reads.list_sessions, filter)
@@ -241,8 +228,7 @@ class SqliteStorage:
 
         def after(meta: SessionMetadata) -> None:
             if meta.state == SessionState.CLOSED:
-                self._moved(session_id)
-                self._feed.end(session_id, CLOSED)
+                self._live.closed(session_id)
 
         def work(batch: Batch) -> SessionMetadata:
             return writes.set_state(batch, session_id, state, epoch, unless_updated_since)
@@ -254,7 +240,7 @@ class SqliteStorage:
         await self._write(functools.partial(writes.touch, session_id=session_id, epoch=epoch))
 
     async def cleanup_expired_sessions(self) -> int:
-        removed = await self._write(writes.cleanup, self._removed)
+        removed = await self._write(writes.cleanup, self._live.removed)
         return len(removed)
 
     # -- events ---------------------------------------------------------------------
@@ -272,9 +258,8 @@ class SqliteStorage:
             cap=self.config.max_session_bytes,
             user_cap=self.config.max_user_bytes,
         )
-        results, _stored = await self._write(
-            work, lambda done: self._published(session_id, done[1])
-        )
+        live = self._live
+        results, _stored = await self._write(work, lambda done: live.published(session_id, done[1]))
         return results
 
     async def append_event(
@@ -296,24 +281,12 @@ class SqliteStorage:
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         check_session_id(session_id)
-        # The Feed wants the last acknowledged seq with no await before subscribing. A
-        # read takes an await, during which a commit may be published; so read until no
-        # write to this session was acknowledged while reading.
-        while True:
-            generation = self._generation
-            last_seq, state, epoch = await self._read(reads.log_position, session_id)
-            if not self._touched_since(session_id, generation):
-                break
+        position = functools.partial(self._read, reads.log_position, session_id)
 
         async def read(after: int, limit: int) -> list[StoredEvent]:
             return await self.read_events(session_id, after, limit)
 
-        subscription = self._feed.subscribe(session_id, after_seq, last_seq, read)
-        # The epoch it follows: a replace ends the replaced epoch's subscriptions only.
-        subscription.set_epoch(epoch)
-        if state == SessionState.CLOSED:
-            subscription.end(CLOSED)
-        return subscription
+        return await self._live.subscribe(session_id, after_seq, position, read)
 
     async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
         return (await self._read(reads.log_position, check_session_id(session_id), epoch))[0]
@@ -328,7 +301,7 @@ class SqliteStorage:
         check_importable(session_id, events)
         batch = list(events)
         work = functools.partial(writes.import_events, session_id=session_id, events=batch)
-        await self._write(work, lambda _: self._published(session_id, batch))
+        await self._write(work, lambda _: self._live.published(session_id, batch))
 
     async def import_metadata(self, metadata: SessionMetadata) -> None:
         session_id = check_session_id(metadata.id)
@@ -336,8 +309,7 @@ class SqliteStorage:
 
         def after(_: None) -> None:
             if closes:  # its subscriptions end, as at update_session_state's close
-                self._moved(session_id)
-                self._feed.end(session_id, CLOSED)
+                self._live.closed(session_id)
 
         work = functools.partial(writes.import_metadata, meta=metadata)
         await self._write(work, after)
@@ -365,37 +337,6 @@ class SqliteStorage:
         if not self._ready:
             raise StorageError(f"SQLite store {self.config.path} is not open")
         return await self._readers.run(query, *args)
-
-    def _published(self, session_id: str, events: list[StoredEvent]) -> None:
-        if events:
-            self._moved(session_id)
-            self._feed.publish(session_id, events)
-
-    def _removed(self, session_ids: list[str]) -> None:
-        for session_id in session_ids:
-            self._moved(session_id)
-            self._feed.end(session_id, DELETED)
-        if session_ids:
-            log.info("removed %d sessions", len(session_ids))
-
-    def _moved(self, session_id: str) -> None:
-        self._generation += 1
-        self._recent.append((self._generation, session_id))
-
-    def _touched_since(self, session_id: str, generation: int) -> bool:
-        """Whether a write to the session was acknowledged after ``generation`` (true
-        too when the record of writes no longer reaches back that far)."""
-        if generation == self._generation:
-            return False
-        recent = self._recent
-        if not recent or recent[0][0] > generation + 1:
-            return True
-        for moved_at, moved in reversed(recent):
-            if moved_at <= generation:
-                return False
-            if moved == session_id:
-                return True
-        return False
 
     async def _cleanup_loop(self) -> None:
         assert self.config.cleanup_interval is not None
