@@ -3,7 +3,8 @@
 It owns what the store keeps in memory of its sessions (their records, the index,
 the live feed, the message cache) and answers every read of the storage contract
 from them and the files: metadata, listings, histories, pages of events and live
-subscriptions. :class:`~.storage.JsonlStorage` adds opening, closing and every write.
+subscriptions. :class:`~.storage.JsonlStorage` adds opening, closing and every write;
+sessions come into them and go through its :class:`~.membership.Membership`.
 
 Expired sessions (sliding TTL) refuse ``load_session`` and histories with
 :class:`SessionExpired`; their metadata and events stay readable until cleanup.

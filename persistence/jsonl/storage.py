@@ -5,9 +5,10 @@ checkpoints through ``checkpointer.py`` (off the acknowledgement path, but creat
 move to closed or expired, and imported metadata are on disk when they return); every
 read is :class:`~.queries.JsonlQueries`'s (through ``reads.py``), and every import
 (``SessionImport``) :class:`~.imports.JsonlImports`'s, its bases; the history is the
-log's ``message`` events. Expired sessions (sliding TTL) refuse ``load_session``,
-histories and appends with :class:`SessionExpired`; their metadata and events stay
-readable until cleanup.
+log's ``message`` events. A session's files come and go through ``lifecycle.py``, what
+is kept of it in memory through ``membership.py``. Expired sessions (sliding TTL)
+refuse ``load_session``, histories and appends with :class:`SessionExpired`; their
+metadata and events stay readable until cleanup.
 
 Read-only (``open_storage(url, read_only=True)``): no lock, nothing created, changed or
 repaired, every write refused; a best-effort view beside a running server
@@ -36,7 +37,7 @@ from bamboo_session.protocol.models import (
 
 from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageError, StorageFull
 from ..close_once import CloseOnce
-from ..feed import CLOSED, DELETED
+from ..feed import CLOSED
 from ..index import copy_metadata
 from ..state_condition import check_condition, updated_since
 from . import snapshot
@@ -46,6 +47,7 @@ from .config import JsonlStorageConfig
 from .files import LockFile
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
+from .membership import Membership
 from .opening import open_files, records_of, snapshot_entries
 from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
@@ -77,6 +79,9 @@ class JsonlStorage(JsonlImports):
         self._files = SessionFiles(
             self.layout, self._checkpoints, self._writer, self._jobs, config.sync_decides_delete
         )
+        self._members = Membership(
+            self._records, self._index, self._feed, self._messages, self._appends, self._checkpoints
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._ready = False
         self._closing = CloseOnce()
@@ -95,9 +100,7 @@ class JsonlStorage(JsonlImports):
     async def _open(self) -> None:
         self.recovery = await open_files(self.config, self._lock_file)
         for record in records_of(self.recovery):
-            self._records[record.session_id] = record
-            self._index.add(record.meta)
-            record.count_in(self._appends.users)  # each user's sum, rebuilt from the logs
+            self._members.admit(record)  # (each user's sum, rebuilt from the logs)
             if record.is_dirty() and not self._read_only:
                 self._checkpoints.dirty.add(record.session_id)
         if self._read_only:
@@ -206,11 +209,7 @@ class JsonlStorage(JsonlImports):
             await self._appends.append(self._appendable(session_id), items, None, capped=False)
 
     async def _create(self, meta: SessionMetadata) -> None:
-        record = await self._files.create(meta)
-        self._records[meta.id] = record
-        self._index.add(meta)
-        record.count_in(self._appends.users)
-        self._messages.start(meta.id, 0)
+        self._members.admit(await self._files.create(meta), new_log=True)
 
     async def _replace(self, old: SessionRecord, meta: SessionMetadata) -> None:
         """The new session in place of ``old``, expired, on disk crash-safe
@@ -220,7 +219,7 @@ class JsonlStorage(JsonlImports):
         # Unless a delete or cleanup took it meanwhile (then its files go, or went).
         taken = self._records.get(meta.id) is not old
         if not taken:
-            self._appends.deleting_now(self._forget(meta.id))
+            self._appends.deleting_now(self._members.forget(meta.id))
         try:
             record = await self._files.replace(None if taken else old, meta, written)
         except BaseException:
@@ -232,10 +231,7 @@ class JsonlStorage(JsonlImports):
             raise
         finally:
             self._appends.deleted(old)
-        self._records[meta.id] = record
-        self._index.add(meta)
-        record.count_in(self._appends.users)
-        self._messages.start(meta.id, 0)
+        self._members.admit(record, new_log=True)
 
     async def delete_session(self, session_id: str) -> None:
         self._require_writable()
@@ -361,7 +357,7 @@ class JsonlStorage(JsonlImports):
         checkpoint in progress are done (so neither can recreate a file). Refused
         before anything changes past the WAL's bound after a failed sync."""
         self._appends.check_wal_kept()
-        record = self._forget(session_id)
+        record = self._members.forget(session_id)
         self._appends.deleting_now(record)
         try:
             await self._files.delete(record)
@@ -378,23 +374,10 @@ class JsonlStorage(JsonlImports):
         recorded: the caller is told the delete failed, so no open may finish it."""
         session_id = record.session_id
         if session_id not in self._records and self.layout.checkpoint(session_id).exists():
-            self._records[session_id] = record
-            self._index.add(record.meta)
-            record.count_in(self._appends.users)
+            self._members.admit(record)
             self._checkpoints.changed(record)
             # Awaited at once: queued before any append to the session can be.
             await self._files.cancel_deletion(record)
-
-    def _forget(self, session_id: str) -> SessionRecord:
-        """The session gone from memory (its subscriptions end); its record. Its bytes
-        stay in its user's sum until its files are gone (``Appender.deleted``)."""
-        record = self._records.pop(session_id)
-        self._feed.end(session_id, DELETED)
-        self._appends.keys.drop(session_id)
-        self._index.remove(session_id)
-        self._messages.drop(session_id)
-        self._checkpoints.forget(session_id)
-        return record
 
     # -- helpers --------------------------------------------------------------------
 
