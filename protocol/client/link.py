@@ -7,7 +7,8 @@ connection ends in a way worth retrying (:func:`.close_outcome`), the link recon
 with exponential backoff and full jitter (:class:`ReconnectPolicy`), with the ``hello``
 the state gives (resume from ``last_seq`` and ``epoch``), then resends every unanswered
 request in its original order before any new request goes out. Anything else ends the
-client through :meth:`Link.finish`.
+client through :meth:`Link.finish`, with the error :mod:`.endings` gives when the
+session ended.
 
 Requests wait for the sender in a queue; it takes whatever is there when it runs. A
 lone request goes out at once, with no wait for company; publishes that queued up
@@ -44,6 +45,7 @@ from bamboo_session.wakeup import Wakeup
 
 from ..errors import CloseCode
 from ..frames import PublishEvent, PublishMessage
+from .endings import ended_while_away, unless_behind
 from .errors import ClientError, ConnectionLost, Resync, Retry, SessionEnded
 from .handshake import Dialer, closed_outcome
 from .keepalive import Keepalive
@@ -212,7 +214,7 @@ class Link:
                 ws = reconnected
                 self.reconnects += 1
         except ClientError as exc:
-            self.finish(self._unless_behind(exc))
+            self.finish(unless_behind(self.state, exc))
         except Exception as exc:  # a bug must not leave callers waiting forever
             log.exception("client failed")
             self.finish(ClientError(f"client failed: {exc!r}"))
@@ -228,7 +230,7 @@ class Link:
             except Retry as exc:
                 error = exc
             except SessionEnded as exc:
-                self.finish(await self._ended_while_away(exc))
+                self.finish(await ended_while_away(self.state, self.dialer, exc))
                 return None, attempt
         self.finish(ConnectionLost(f"gave up after {attempt} attempts: {error}"))
         return None, attempt
@@ -270,7 +272,7 @@ class Link:
                 return error
             if self._token_expired(exc):
                 return Retry("token expired: reconnecting with a fresh one")
-            self.finish(self._unless_behind(error))
+            self.finish(unless_behind(self.state, error))
         except (msgspec.DecodeError, ClientError) as exc:
             self.finish(exc if isinstance(exc, ClientError) else ClientError(str(exc)))
             await ws.close()
@@ -337,49 +339,6 @@ class Link:
             raise state.failure
 
     # -- the end --------------------------------------------------------------------------
-
-    def _unless_behind(self, error: ClientError) -> ClientError:
-        """``error``, unless the session ended (closed, or a resume refused with 4409)
-        while events still due to this client were not delivered
-        (:attr:`.ClientState.owes_events`): events it skipped past its full queue, or
-        held back while it did not read, or a replay the close cut short. No resume can
-        bring those now, so events() must not end as if it had them all."""
-        if not isinstance(error, SessionEnded) or not self.state.owes_events:
-            return error
-        return self._lost_after(error)
-
-    async def _ended_while_away(self, error: SessionEnded) -> ClientError:
-        """The end of a client whose session ended while it was disconnected (a resume
-        refused with 4409): it saw no ``closed`` on a connection it read, so events may
-        have been appended while it was away (a publisher that resumed first after a
-        restart, then closed the session). A client that takes events asks the HTTP API
-        once whether the log holds one after the last it delivered: if so, or if the
-        answer cannot be had, the end is a :class:`.ConnectionLost` naming that seq;
-        if not, ``error`` itself. Should the answer be of another epoch's log (the
-        session was replaced meanwhile: deleted and created again under its id), the
-        events after that seq went with the log they were of, and none of the new one
-        follows it: events() yields a :class:`.Reset` saying so, then ends with
-        ``error``, as for a resume refused because of another epoch."""
-        state = self.state
-        if not state.receive_events or state.owes_events or state.session_id is None:
-            return self._unless_behind(error)
-        after = state.sequence.resume_point
-        try:
-            found = await self.dialer.events_after(state.session_id, after)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a token function's failure too: the answer is unknown
-            log.info("could not ask whether events follow seq %d: %s", after, exc)
-            return self._lost_after(error, unchecked=str(exc))
-        if found.epoch is not None and found.epoch != state.epoch and state.failure is None:
-            state.replaced(found.epoch, found.last_seq)
-            return error
-        return self._lost_after(error) if found.added else error
-
-    def _lost_after(self, error: SessionEnded, unchecked: str | None = None) -> ConnectionLost:
-        state = self.state
-        after = state.sequence.resume_point
-        return ConnectionLost.events_after(error.reason, state.session_id, after, unchecked)
 
     def finish(self, failure: ClientError) -> None:
         """End the client: fail what waits, end events(), close the connection unless
