@@ -1,5 +1,5 @@
 """What each way a connection ends means to the client (protocol/client/errors.py), and
-the reconnect policy's backoff (protocol/client/link.py): no event loop, no socket."""
+the reconnect policy's backoff (protocol/client/reconnect.py): no event loop, no socket."""
 
 from __future__ import annotations
 
