@@ -154,6 +154,7 @@ class BambooServer:
                 config.session_create_rate,
                 config.session_create_burst,
                 self._manager.page_reads,
+                config.max_stored_sessions_per_user,
             ),
             Flusher(),
             self._manager.page_reads,

@@ -124,6 +124,9 @@ SERVE_HELP: dict[str, str] = {
     "max_stored_sessions": "sessions the store keeps, any user's or none's, closed and "
     "expired ones too until they are deleted or cleaned up; a hello creating one more is "
     "closed 1013 (0: no cap)",
+    "max_stored_sessions_per_user": "sessions a user (token sub, else hello.user_id) keeps "
+    "in the store, closed and expired ones too until they are deleted or cleaned up; a "
+    "hello creating one more is closed 4403 (0: no cap)",
     "max_history_page": "most messages one history request returns",
     "max_events_page": "most events one events request returns",
     "max_list_page": "most sessions one listing returns",

@@ -121,6 +121,10 @@ class ServerConfig:
     # the JSONL store's memory index and on disk: some 6 and 12 KiB each at most of
     # what a peer sets (a title of 1,024 four-byte characters).
     max_stored_sessions: int = 1_000_000
+    # Sessions one user keeps in the store, closed and expired ones too until they go
+    # (0: no cap; server/quotas.py): without it one user could create and close
+    # sessions until the store-wide cap above refused everyone's.
+    max_stored_sessions_per_user: int = 10_000
     # Request limits.
     max_history_page: int = 1000
     max_events_page: int = 10_000

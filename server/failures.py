@@ -34,7 +34,7 @@ from bamboo_session.protocol.errors import (
 from .auth import Forbidden, Unauthorized
 from .limits import TooManyConnections, TooManySessionConnections
 from .pages import StoreTimeout
-from .quotas import CreatingTooFast, TooManySessions
+from .quotas import CreatingTooFast, TooManySessions, TooManyStoredSessions
 
 
 class ServerBusy(Exception):
@@ -127,6 +127,10 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     TooManySessions: Failure(
         _C.FORBIDDEN, _E.FORBIDDEN, _S.FORBIDDEN, "too many sessions for this user"
+    ),
+    # Its own words: closing sessions makes no room under this cap, deleting them does.
+    TooManyStoredSessions: Failure(
+        _C.FORBIDDEN, _E.FORBIDDEN, _S.FORBIDDEN, "too many stored sessions for this user"
     ),
     CreatingTooFast: Failure(
         _C.TOO_SLOW, _E.RATE_LIMITED, _S.TOO_MANY_REQUESTS, "creating sessions too fast"

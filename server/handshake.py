@@ -205,8 +205,10 @@ def _noting_creation(admit: Admission, created: list[float]) -> Admission:
     """``admit``, noting in ``created`` when the creation it wrapped ended, if it did."""
 
     @contextlib.asynccontextmanager
-    async def noting(owner: str | None, replaces_own: bool = False) -> AsyncIterator[None]:
-        async with admit(owner, replaces_own):
+    async def noting(
+        owner: str | None, replacing: SessionMetadata | None = None
+    ) -> AsyncIterator[None]:
+        async with admit(owner, replacing):
             yield
         created.append(asyncio.get_running_loop().time())
 

@@ -32,7 +32,6 @@ from bamboo_session.protocol.models import (
     MessageEvent,
     Session,
     SessionMetadata,
-    SessionState,
     StoredEvent,
 )
 
@@ -196,15 +195,9 @@ class SessionManager:
         stored when no actor could be spawned for it (a client refused with 1013
         retries, and each retry would leave an orphan), or when ``admit`` says no.
         ``replacing``: the expired session of ``session_id`` it takes the place of,
-        whose live actor ends first."""
+        whose live actor ends first; ``admit`` is told of it (its owner's counts stay)."""
         self.check_room()
-        # Its own expired session, counted against its cap, goes: its count stays.
-        own = (
-            replacing is not None
-            and replacing.user_id == user_id
-            and replacing.state != SessionState.CLOSED
-        )
-        async with admit(user_id, own) if admit is not None else contextlib.nullcontext():
+        async with admit(user_id, replacing) if admit is not None else contextlib.nullcontext():
             if replacing is not None:
                 await self.actors.end_expired(replacing)
             return await self.create_session(

@@ -11,6 +11,13 @@ one creator may make them.
   processes sharing a store; within one process creations of one user are serialized,
   across processes two creations racing for the last place may both succeed (the
   window is one store round trip). Over it: :class:`TooManySessions`, close 4403.
+- Stored sessions per user (:class:`SessionQuotas` too): a user keeps at most
+  ``max_stored_sessions_per_user`` sessions in the store, closed and expired ones
+  included until they are deleted or cleaned up, so that one user cannot fill the
+  store-wide cap (``--max-stored-sessions``) for everyone by creating and closing.
+  Counted from the same listing, under the same lock. Over it:
+  :class:`TooManyStoredSessions`, close 4403 with its own reason (closing will not
+  make room; deleting or the TTL will).
 - Creation rate: a token bucket per creator: the token's ``sub`` under auth, the peer's
   address without (an IPv6 peer's /64, which one host usually holds whole). Over it:
   :class:`CreatingTooFast`, close 4429; the client backs off and retries.
@@ -24,13 +31,13 @@ import contextlib
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 
 from bamboo_session.persistence.base import SessionFilter, SessionStorage
 from bamboo_session.protocol.errors import ErrorCode, ProtocolError
-from bamboo_session.protocol.models import SessionState
+from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .limits import TokenBucket
 from .manager_config import SessionManagerConfig
@@ -46,6 +53,17 @@ class FieldTooLong(ProtocolError):
 
 class TooManySessions(Exception):
     """The user already keeps the most sessions allowed."""
+
+
+class TooManyStoredSessions(TooManySessions):
+    """The user already keeps the most sessions allowed in the store, closed ones too."""
+
+
+class OwnerCount(NamedTuple):
+    """An owner's sessions in the store: not closed (``live``), and all (``stored``)."""
+
+    live: int
+    stored: int
 
 
 class CreatingTooFast(Exception):
@@ -87,16 +105,18 @@ def creator_key(user: str | None, address: str | None) -> str | None:
 
 class Admission(Protocol):
     """Wraps the creation of a session for an owner: refuses it by raising on entry.
-    ``replaces_own``: the creation replaces an expired session of that owner which
-    counts against the cap (not closed), so it keeps the owner's count as it was."""
+    ``replacing``: the expired session the creation takes the place of, if any. When it
+    is the owner's it goes with the creation, so the owner's counts stay as they were:
+    the count of stored sessions always, the count of sessions not closed if it was
+    not closed."""
 
     def __call__(
-        self, owner: str | None, replaces_own: bool = False
+        self, owner: str | None, replacing: SessionMetadata | None = None
     ) -> AbstractAsyncContextManager[None]: ...
 
 
 class SessionQuotas:
-    """The per-user cap and the creation rates of one server process."""
+    """The per-user caps and the creation rates of one server process."""
 
     def __init__(
         self,
@@ -105,10 +125,12 @@ class SessionQuotas:
         rate: float,
         burst: int,
         reads: PageReads | None = None,
+        max_stored_per_user: int = 0,
     ) -> None:
         self.storage = storage
         self.reads = reads  # the store's read deadline, for the count of an owner's sessions
         self.max_per_user = max_per_user  # 0: no cap
+        self.max_stored_per_user = max_stored_per_user  # 0: no cap
         self.rate = rate  # sessions per second per creator; 0: no limit
         self.burst = burst
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
@@ -121,21 +143,35 @@ class SessionQuotas:
         start)."""
 
         @contextlib.asynccontextmanager
-        async def admit(owner: str | None, replaces_own: bool = False) -> AsyncIterator[None]:
+        async def admit(
+            owner: str | None, replacing: SessionMetadata | None = None
+        ) -> AsyncIterator[None]:
             self._check_rate(creator)
-            if owner is None or self.max_per_user <= 0:
+            if owner is None or (self.max_per_user <= 0 and self.max_stored_per_user <= 0):
                 yield
                 return
             # One creation at a time per owner in this process, from its count to its
             # end: two of them never both take the last place.
             async with self._owner_lock(owner):
                 kept = await self._count(owner, deadline)
-                # The expired session it replaces is in the count, and goes with it.
-                if kept - replaces_own >= self.max_per_user:
-                    raise TooManySessions(f"{owner!r} keeps {kept} sessions")
+                self._check_counts(owner, kept, replacing)
                 yield
 
         return admit
+
+    def _check_counts(
+        self, owner: str, kept: OwnerCount, replacing: SessionMetadata | None
+    ) -> None:
+        """TooManyStoredSessions or TooManySessions unless one more session fits."""
+        # The owner's expired session it replaces is in the counts, and goes with it.
+        replaced = replacing if replacing is not None and replacing.user_id == owner else None
+        stored = kept.stored - (replaced is not None)
+        live = kept.live - (replaced is not None and replaced.state != SessionState.CLOSED)
+        # The stored cap first: past it, closing sessions would not make room.
+        if 0 < self.max_stored_per_user <= stored:
+            raise TooManyStoredSessions(f"{owner!r} keeps {kept.stored} sessions in the store")
+        if 0 < self.max_per_user <= live:
+            raise TooManySessions(f"{owner!r} keeps {kept.live} sessions")
 
     @contextlib.asynccontextmanager
     async def _owner_lock(self, owner: str) -> AsyncIterator[None]:
@@ -165,17 +201,19 @@ class SessionQuotas:
         if not bucket.take():
             raise CreatingTooFast(f"over {self.rate:g} new sessions/s")
 
-    async def _count(self, owner: str, deadline: float | None = None) -> int:
-        """The owner's sessions that count against the cap, within the read deadline
-        (StoreTimeout, which closes the hello with 1011)."""
+    async def _count(self, owner: str, deadline: float | None = None) -> OwnerCount:
+        """The owner's sessions in the store, within the read deadline (StoreTimeout,
+        which closes the hello with 1011)."""
         if self.reads is None:
             return await self._count_in_store(owner)
         return await self.reads.lookup(lambda: self._count_in_store(owner), deadline)
 
-    async def _count_in_store(self, owner: str) -> int:
+    async def _count_in_store(self, owner: str) -> OwnerCount:
         storage = self.storage
         mine = await storage.list_sessions(SessionFilter(user_id=owner, limit=1))
+        if self.max_per_user <= 0:  # the closed ones matter to that cap only
+            return OwnerCount(live=mine.total, stored=mine.total)
         closed = await storage.list_sessions(
             SessionFilter(user_id=owner, state=SessionState.CLOSED, limit=1)
         )
-        return mine.total - closed.total
+        return OwnerCount(live=mine.total - closed.total, stored=mine.total)
