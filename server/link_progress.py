@@ -74,12 +74,6 @@ class LinkProgress:
         self._read = reader.bytes_read
         self._since = asyncio.get_running_loop().time()
 
-    @property
-    def sees_acks(self) -> bool:
-        """Whether the kernel tells what the peer's TCP acknowledged (Linux): without it,
-        a backlog draining ahead of the Ping shows no life."""
-        return self._acked is not None
-
     def alive(self, now: float) -> bool:
         """Whether the link showed life since the previous look (and the look moves on
         when it did: the next one asks the same of the time after it)."""

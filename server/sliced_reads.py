@@ -263,9 +263,7 @@ class SlicedReads(ServerConnection):
                 await asyncio.sleep(self.ping_interval - latency)
                 # Before the Ping is written: where it ends in the output is known then.
                 progress = LinkProgress(self.transport, self)
-                # Where no acks are seen, a backlog ahead of the Ping would show no life:
-                # the Ping waits for room, as websockets', and its timer starts then.
-                pong = await (self._ping_unwaited() if progress.sees_acks else self.ping())
+                pong = await self._ping_unwaited()
                 if self.ping_timeout is not None:
                     latency = await self._pong_in_time(pong, self.ping_timeout, progress)
         except Exception:
@@ -274,8 +272,7 @@ class SlicedReads(ServerConnection):
     async def _ping_unwaited(self) -> Awaitable[float]:
         """websockets' ``ping()``, but the Ping is written behind what the peer has not
         read yet without waiting for room in the socket's buffer: its Pong's timer starts
-        at once, and ``LinkProgress`` takes the peer's TCP taking that backlog for life
-        (where it sees the peer's acks: Linux).
+        at once, and ``LinkProgress`` takes the peer's TCP taking that backlog for life.
         Waiting for room, a peer that filled the buffer and then read nothing at all
         was never looked at: its connection stayed as long as it pleased (r312)."""
         if self.protocol.state is not State.OPEN:
