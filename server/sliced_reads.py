@@ -12,14 +12,11 @@ put in memory before the handler takes a frame.
 from __future__ import annotations
 
 import asyncio
-import random
-import struct
 from collections import deque
 from collections.abc import Awaitable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame
-from websockets.protocol import State
 
 from .limits import ByteRate
 from .link_progress import LinkProgress
@@ -263,28 +260,11 @@ class SlicedReads(ServerConnection):
                 await asyncio.sleep(self.ping_interval - latency)
                 # Before the Ping is written: where it ends in the output is known then.
                 progress = LinkProgress(self.transport, self)
-                pong = await self._ping_unwaited()
+                pong = await self.ping()
                 if self.ping_timeout is not None:
                     latency = await self._pong_in_time(pong, self.ping_timeout, progress)
         except Exception:
             self.logger.error("keepalive ping failed", exc_info=True)
-
-    async def _ping_unwaited(self) -> Awaitable[float]:
-        """websockets' ``ping()``, but the Ping is written behind what the peer has not
-        read yet without waiting for room in the socket's buffer: its Pong's timer starts
-        at once, and ``LinkProgress`` takes the peer's TCP taking that backlog for life.
-        Waiting for room, a peer that filled the buffer and then read nothing at all
-        was never looked at: its connection stayed as long as it pleased (r312)."""
-        if self.protocol.state is not State.OPEN:
-            return await self.ping()  # waits for the close, then raises ConnectionClosed
-        payload = None
-        while payload is None or payload in self.pending_pings:
-            payload = struct.pack("!I", random.getrandbits(32))
-        pong_received = self.loop.create_future()
-        self.pending_pings[payload] = (pong_received, self.loop.time())
-        self.protocol.send_ping(payload)
-        self.send_data()
-        return pong_received
 
     async def _pong_in_time(
         self, pong_received: Awaitable[float], seconds: float, progress: LinkProgress
