@@ -58,7 +58,7 @@ from .layout import (
     events_from_batch,
 )
 from .listener_log import ListenerLog
-from .pool import described, from_redis_py
+from .pool import address, described, from_redis_py
 from .tries import CLOSING, Tries
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Listener:
         self._closing = False
         self._broken = False
         self._last_heard = 0.0
-        self._log = ListenerLog(log)
+        self._log = ListenerLog(log, address(client))
         self.reconnects = 0
         self._lagging: set[str] = set()  # sessions to catch up after an unreadable message
         self._lagging_catch_up: asyncio.Task[None] | None = None

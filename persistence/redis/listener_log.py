@@ -3,11 +3,12 @@ count of the messages it dropped as unreadable: which kinds of failure it has lo
 in full, and when it last told of unreadable messages.
 
 - A lost connection is routine (a reset, a restart of Redis): a warning with no
-  traceback, when it is news (the first of an outage, not each retry's). It is a
-  failure of Redis or of the connection (``LOST``), or any error raised through
-  redis-py's connection layer, which drops its connection on any error (pool.py
-  ``from_redis_py``: a transport torn down under a write, two reads at once on the
-  connection as redis-py makes it again).
+  traceback, when it is news (the first of an outage, not each retry's), naming
+  Redis's address where the error does not (redis-py's "Connection closed by
+  server." does not). It is a failure of Redis or of the connection (``LOST``), or
+  any error raised through redis-py's connection layer, which drops its connection
+  on any error (pool.py ``from_redis_py``: a transport torn down under a write, two
+  reads at once on the connection as redis-py makes it again).
 - Any other failure is a bug, ours or redis-py's (a push it cannot read): an error with
   its traceback the first time of its kind; later ones of that kind as the lost
   connections are.
@@ -35,8 +36,9 @@ LOST: Final = (redis.exceptions.RedisError, OSError, StorageError)
 class ListenerLog:
     """Logs the listener's failures to its logger (see module docstring)."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, where: str = "") -> None:
         self._log = log
+        self._where = where  # Redis's address, told with a lost connection
         self._failed_so: set[type[Exception]] = set()  # kinds of failure logged in full
         self.unreadable = 0  # messages on session channels dropped as unreadable
         self._unreadable_told = (0.0, 0)  # when unreadable ones were last logged, how many
@@ -49,7 +51,10 @@ class ListenerLog:
             self._failed_so.add(type(exc))
             self._log.error("%s: %s", what, described(exc), exc_info=exc)
         elif news:
-            self._log.warning("%s: %s", what, described(exc))
+            told = described(exc)
+            if lost and self._where not in told:
+                told = f"{told} (redis at {self._where})"
+            self._log.warning("%s: %s", what, told)
 
     def unreadable_message(self, session_id: str, exc: Exception) -> None:
         """A message on the session's channel could not be handled: counted, logged."""

@@ -165,6 +165,12 @@ def as_dropped(exc: Exception) -> redis.exceptions.ConnectionError | None:
     return None
 
 
+def address(client: Redis) -> str:
+    """Where ``client`` connects: a host and a port, or a Unix socket's path."""
+    options = client.connection_pool.connection_kwargs
+    return str(options.get("path") or f"{options.get('host')}:{options.get('port')}")
+
+
 def described(exc: BaseException) -> str:
     """``exc`` as an operator reads it: its class and its message, as in
     ``ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused.``
