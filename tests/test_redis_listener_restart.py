@@ -89,11 +89,12 @@ async def test_a_server_logs_a_crash_of_redis_as_a_warning_saying_where_and_why(
     lost = [record for record in records if "pub/sub connection lost" in record["event"]]
     assert [record["level"] for record in lost] == ["warning"], lost
     event = lost[0]["event"]
-    assert event.startswith("redis pub/sub connection lost: ConnectionError: Error "), event
+    assert event.startswith("redis pub/sub connection lost: ConnectionError: "), event
     assert f"127.0.0.1:{redis.port}" in event, event
-    # Refused: redis-py connects again at once on the loss, to a port with nobody behind
-    # it. Reset: under load, the kill's reset reaches the read first (5 runs in 18, with
-    # six copies at once).
-    reasons = (f"Error {errno.ECONNREFUSED} connecting to", f"({errno.ECONNRESET}, ")
+    # What the read met: the connection closed as Redis died, or, under load, reset
+    # (5 runs in 18, with six copies at once). It told of a refusal ("Error 111
+    # connecting to") while redis-py connected again by itself at once on the loss:
+    # only the listener does, after it logged the loss (test_redis_listener_kills.py).
+    reasons = ("Connection closed by server.", f"({errno.ECONNRESET}, ")
     assert any(reason in event for reason in reasons), event
     assert_no_tracebacks(records)

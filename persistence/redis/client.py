@@ -49,6 +49,7 @@ def connect(
     config: RedisConfig,
     max_connections: int | None = None,
     socket_timeout: float = SOCKET_TIMEOUT,
+    retry: Retry | None = None,
 ) -> Redis:
     """A client that never retries by itself: a script whose reply was lost may have
     run, and only the caller knows whether running it again is safe. At most
@@ -59,7 +60,7 @@ def connect(
         config.url,
         max_connections=max_connections or config.max_connections,
         timeout=POOL_WAIT,
-        retry=Retry(NoBackoff(), 0),
+        retry=retry or Retry(NoBackoff(), 0),
         socket_timeout=socket_timeout,
         socket_connect_timeout=5,
         # Asked for, not left to the default: redis-py 8.2 falls back to RESP2, with
@@ -70,6 +71,15 @@ def connect(
         **_without_maintenance_notifications(),
     )
     return Redis.from_pool(pool)
+
+
+def connect_listener(config: RedisConfig) -> Redis:
+    """The pub/sub listener's client (listener.py): one connection, which only the
+    listener makes again once it is lost. redis-py's PubSub has a call that failed on
+    its connection make it again, even with no retries (``PubSub._execute``: the
+    retry runs its failure callback, which connects, before it gives up): with no
+    error the retry handles, nothing runs it, and the call's own error is raised."""
+    return connect(config, max_connections=1, retry=Retry(NoBackoff(), 0, supported_errors=()))
 
 
 def _without_maintenance_notifications() -> dict[str, Any]:

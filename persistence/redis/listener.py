@@ -14,7 +14,9 @@ for, dispatching what arrives to the store's :class:`Feed`.
 - A lost connection is noticed (an error, or no answer to a ping within
   ``PING_TIMEOUT``). The listener connects again, subscribes to every channel it
   should, then has the store catch every session up (``on_reconnect``): whatever was
-  published meanwhile is read from the streams by the subscriptions themselves.
+  published meanwhile is read from the streams by the subscriptions themselves. Only
+  the listener connects again, never redis-py behind its back (client.py
+  ``connect_listener``, and ``_still_connected``).
 - A :meth:`watch` while the connection is down does not wait out the backoff: it has
   the listener try now, and waits for that try: connected, it subscribes; failed, it
   fails (tries.py: a crowd of watches makes one try or two).
@@ -68,6 +70,7 @@ PING_EVERY: Final = 5.0  # seconds of silence before a ping
 PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
 CONFIRM_TIMEOUT: Final = 10.0
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+LOST: Final = "redis unavailable: pub/sub connection lost"
 
 OnReconnect = Callable[[Collection[str]], Awaitable[None]]
 OnPresence = Callable[[str, bytes], None]
@@ -204,8 +207,10 @@ class Listener:
         waiting = {channel.encode(): loop.create_future() for channel in channels}
         self._confirming.update(waiting)
         try:
+            _still_connected(pubsub)
             if self._sharded:
                 for channel in channels:  # one by one: on a Cluster each has its own slot
+                    _still_connected(pubsub)  # as it may have been lost under the last one
                     if subscribe:
                         await pubsub.ssubscribe(channel)
                     else:
@@ -256,6 +261,9 @@ class Listener:
     async def _read(self, pubsub: PubSub) -> None:
         if self._broken:
             raise StorageError("the pub/sub connection is to be replaced")
+        connection: Any = pubsub.connection  # closed (None) only once no longer read
+        if not connection.is_connected:  # see _still_connected
+            raise StorageError(LOST)
         loop = asyncio.get_running_loop()
         message = await pubsub.get_message(timeout=POLL)
         now = loop.time()
@@ -264,6 +272,7 @@ class Listener:
             if silent > PING_TIMEOUT:
                 raise StorageError("no answer from redis on the pub/sub connection")
             if silent > PING_EVERY:
+                _still_connected(pubsub)
                 await pubsub.ping()
             return
         self._last_heard = now
@@ -369,10 +378,19 @@ class Listener:
         self._subscribed = set()
         for waiter in self._confirming.values():
             if not waiter.done():
-                waiter.set_exception(StorageError("redis unavailable: pub/sub connection lost"))
+                waiter.set_exception(StorageError(LOST))
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+
+def _still_connected(pubsub: PubSub) -> None:
+    """A lost connection (StorageError) unless ``pubsub``'s is up, just before a call
+    on it: redis-py would connect it again, or take the pool's for a closed PubSub,
+    behind the listener's back. Nothing is awaited between this test and redis-py's."""
+    connection: Any = pubsub.connection  # typed None by redis-py
+    if connection is None or not connection.is_connected:
+        raise StorageError(LOST)
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

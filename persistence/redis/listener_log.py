@@ -7,8 +7,7 @@ in full, and when it last told of unreadable messages.
   Redis's address where the error does not (redis-py's "Connection closed by
   server." does not). It is a failure of Redis or of the connection (``LOST``), or
   any error raised through redis-py's connection layer, which drops its connection
-  on any error (pool.py ``from_redis_py``: a transport torn down under a write, two
-  reads at once on the connection as redis-py makes it again).
+  on any error (pool.py ``from_redis_py``: a transport torn down under a write).
 - Any other failure is a bug, ours or redis-py's (a push it cannot read): an error with
   its traceback the first time of its kind; later ones of that kind as the lost
   connections are.

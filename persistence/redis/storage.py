@@ -51,6 +51,7 @@ from .client import (
     Commands,
     check_persistence,
     connect,
+    connect_listener,
     refuse_replica,
     warn_of_eviction,
 )
@@ -89,7 +90,7 @@ class RedisStorage:
         self.config = config
         self.layout = Layout(config.prefix)
         self.redis = Commands(client, config, sharded)
-        self.live = Live(self.redis, self.layout, connect(config, max_connections=1), sharded)
+        self.live = Live(self.redis, self.layout, connect_listener(config), sharded)
         self.generation = Generation(client, self.layout, self.live.feed, config.read_only)
         self.live.generation = self.generation
         self.live.listener.served = self.generation.served
