@@ -9,8 +9,11 @@ once more after failing on the connection (``PubSub._execute``, even with no ret
 Two of them at once on the one connection made two sockets and two handshakes reading
 one stream: "read() called while another coroutine is already waiting for incoming
 data" was logged, and the first socket stayed open, known to no pool, for as long as
-the process ran. Now only the listener connects again: the process holds no connection
-to Redis once its stores are closed, nothing of the kind is logged, and every session
+the process ran; and a subscribe or an unsubscribe on a PubSub the listener had just
+closed took the pool's only connection, so the listener never connected again (the
+store not ready for good). Before the fix each run failed so, in either mode (11 runs
+in 11). Now only the listener connects again: the process holds no connection to
+Redis once its stores are closed, nothing of the kind is logged, and every session
 still gets its events live."""
 
 from __future__ import annotations
