@@ -14,9 +14,15 @@ not taken for one, nor one of redis-py's outside its connection layer (a reply's
 callback): each is raised as it is, and marks no connection.
 
 The instants are drawn from a seeded generator, but when a reset reaches redis-py is
-up to the scheduler: the rounds go on (at most ``ROUNDS``, for ``SECONDS`` at most)
-until ``ENOUGH`` calls met such an error, and the test fails if none did (it would
-prove nothing)."""
+up to the scheduler. The rounds used to go on until a few calls met a torn-down
+transport, and the test failed if none did; every such call turned out to be the
+pub/sub listener's, redis-py reconnecting its connection behind its back (two
+handshakes on one reader: "read() called while another coroutine is already
+waiting"), which it no longer does (tests/test_redis_listener_kills.py). Since then no
+call met one in 120 s of these resets, so the rounds run for ``SECONDS`` and the test
+asks only what a user sees: no error but StorageError, every acknowledged append
+stored once. That such an error is taken for a lost connection is
+tests/test_redis_listener_log.py's (two reads at once on a real connection)."""
 
 from __future__ import annotations
 
@@ -43,24 +49,9 @@ from tests.proxies import RedisProxy
 from tests.redis_server import RedisServer, prefix_for
 
 SESSIONS = 4
-# Rounds until ENOUGH calls met a torn-down transport, at most ROUNDS and SECONDS: a
-# few dozen usually; under a loaded CI, 400 rounds once met none (the scheduler's
-# timing moves the resets away from redis-py's writes).
-ROUNDS = 3000
-SECONDS = 40.0
+ROUNDS = 3000  # rounds at most, for SECONDS at most
+SECONDS = 8.0
 MIN_SPREAD = 0.012  # seconds the three resets of a round spread over, at least
-ENOUGH = 3  # calls that met a transport torn down under redis-py
-TORN_DOWN = (RuntimeError, TypeError, AttributeError)
-
-
-def torn_down(exc: BaseException) -> bool:
-    """Whether ``exc`` came of a transport torn down under redis-py (in its chain)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, TORN_DOWN):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 async def subscribe_once(store: Storage, session_id: str) -> None:
@@ -83,7 +74,6 @@ async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
     port = await proxy.start()
     draw = random.Random(279)
     escaped: collections.Counter[str] = collections.Counter()
-    met = 0
     acknowledged: dict[str, int] = {}  # content -> seq
     ids = [f"s{i}" for i in range(SESSIONS)]
     try:
@@ -104,7 +94,7 @@ async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
 
             # The resets spread over as long as a round took last: on a loaded machine
             # a round's calls write later, and resets within a fixed 12 ms all came
-            # before them (CI met no torn-down transport in 40 s, 2 runs in 5).
+            # before them.
             loop = asyncio.get_running_loop()
             until, spread = loop.time() + SECONDS, MIN_SPREAD
             for round_ in range(ROUNDS):
@@ -118,12 +108,8 @@ async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
                 results = await asyncio.gather(*calls, resets(spread), return_exceptions=True)
                 spread = max(MIN_SPREAD, loop.time() - started)
                 for result in results:
-                    if isinstance(result, StorageError):
-                        met += torn_down(result)
-                    elif isinstance(result, BaseException):
+                    if isinstance(result, BaseException) and not isinstance(result, StorageError):
                         escaped[type(result).__name__] += 1
-                if met + sum(escaped.values()) >= ENOUGH:
-                    break
                 await asyncio.sleep(draw.random() * 0.01)
             assert isinstance(store, RedisStorage)
             # The listener back, and subscribing again (after minutes of resets on a
@@ -143,7 +129,6 @@ async def chaos(redis_server: RedisServer, prefix: str) -> dict[str, Any]:
     counts = collections.Counter(content for content, _ in stored)
     return {
         "escaped": dict(escaped),
-        "met": met + sum(escaped.values()) >= 1,
         "stored twice": [content for content, count in counts.items() if count > 1],
         "acknowledged, not stored": [
             content for content, seq in acknowledged.items() if (content, seq) not in stored
@@ -157,7 +142,6 @@ def test_connections_reset_under_redis_py_fail_calls_as_redis_unavailable(
     seen = uvloop.run(chaos(redis_server, prefix_for(tmp_path)))
     assert seen == {
         "escaped": {},
-        "met": True,
         "stored twice": [],
         "acknowledged, not stored": [],
     }
