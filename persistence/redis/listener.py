@@ -12,11 +12,10 @@ for, dispatching what arrives to the store's :class:`Feed`.
   deleted and created again, or replaced, is another log); the bare notice a script
   publishes after the one with its epoch, for older listeners, is skipped.
 - A lost connection is noticed (an error, or no answer to a ping within
-  ``PING_TIMEOUT``). The listener connects again, subscribes to every channel it
-  should, then has the store catch every session up (``on_reconnect``): whatever was
-  published meanwhile is read from the streams by the subscriptions themselves. Only
-  the listener connects again, never redis-py behind its back (client.py
-  ``connect_listener``, and ``_still_connected``).
+  ``PING_TIMEOUT``). The listener (never redis-py: ``connect_listener``,
+  ``_still_connected``) connects again, subscribes to every channel it should, then
+  has the store catch every session up (``on_reconnect``): whatever was published
+  meanwhile is read from the streams by the subscriptions themselves.
 - A :meth:`watch` while the connection is down does not wait out the backoff: it has
   the listener try now, and waits for that try: connected, it subscribes; failed, it
   fails (tries.py: a crowd of watches makes one try or two).
@@ -261,9 +260,7 @@ class Listener:
     async def _read(self, pubsub: PubSub) -> None:
         if self._broken:
             raise StorageError("the pub/sub connection is to be replaced")
-        connection: Any = pubsub.connection  # closed (None) only once no longer read
-        if not connection.is_connected:  # see _still_connected
-            raise StorageError(LOST)
+        _still_connected(pubsub)
         loop = asyncio.get_running_loop()
         message = await pubsub.get_message(timeout=POLL)
         now = loop.time()
