@@ -9,6 +9,10 @@ the server wrote to a slow reader before the Ping (a replay in the kernel's send
 queue: megabytes on Linux, minutes at 30 KB/s). Neither is a Pong's fault, and both
 used to end in a 1011, the client resuming the same frame or backlog on its next
 connection.
+
+Before the Ping is written at all, websockets' ``ping()`` waits for room in the
+connection's buffer: :class:`OutputStall` tells, over :func:`stall_window`, a peer
+whose TCP takes nothing of that buffer from one that takes it slowly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ PING_FRAME_BYTES = 6
 _BYTES_ACKED = struct.Struct("=Q")
 _BYTES_ACKED_OFFSET = 120
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+# Seconds at least over which a peer whose output waits (the Ping waiting for room in
+# the buffer) must have its TCP acknowledge some of it, or send something, to be kept.
+# A reader's TCP acknowledges in bursts, as its receive window reopens: Linux offers no
+# window until a segment's worth, or a sixteenth of the buffer, is free. Over loopback
+# (an MSS of 64 KiB) with default buffers, a peer reading 16 or 32 KiB/s was seen to
+# acknowledge 93 KiB every 5.8 or 2.9 s: about 93 s at 1 KiB/s. Four minutes is 2.5
+# times that; a peer that reads nothing holds its backlog that long, not for ever.
+STALL_WINDOW = 240.0
 
 
 class ReadCount(Protocol):
@@ -99,3 +111,39 @@ class LinkProgress:
         """The server's output not yet acknowledged: in the transport's buffer, and in
         the kernel's send queue."""
         return self._transport.get_write_buffer_size() + kernel_queue(self._fd)
+
+
+def stall_window(ping_interval: float, ping_timeout: float) -> float:
+    """Seconds a waiting Ping gives a peer to take some of the output, or send."""
+    return max(ping_interval + ping_timeout, STALL_WINDOW)
+
+
+class OutputStall:
+    """One wait of the Ping for room in the connection's buffer: ``stalled()`` at each
+    of its looks says whether, since the previous one, the peer's TCP acknowledged
+    nothing of the server's output and the peer sent nothing. (The server reads
+    nothing while that buffer is full, http_wire.py ``pause_writing``: it is the
+    acknowledgements that keep a reader.) None from ``watch`` where the kernel does
+    not tell what the peer acknowledged: nothing is judged."""
+
+    __slots__ = ("_acked", "_read", "_reader", "_sock")
+
+    def __init__(self, sock: socket.socket, acked: int, reader: ReadCount) -> None:
+        self._sock, self._acked = sock, acked
+        self._reader, self._read = reader, reader.bytes_read
+
+    @classmethod
+    def watch(cls, transport: asyncio.BaseTransport, reader: ReadCount) -> OutputStall | None:
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        acked = bytes_acked(sock)
+        return None if sock is None or acked is None else cls(sock, acked, reader)
+
+    def stalled(self) -> bool:
+        """Whether nothing moved either way since the previous look (and the look moves
+        on: the next one asks the same of the time after it)."""
+        acked, read = bytes_acked(self._sock), self._reader.bytes_read
+        if acked is None:
+            return False  # the socket is gone: its connection ends on its own
+        moved = acked != self._acked or read != self._read
+        self._acked, self._read = acked, read
+        return not moved

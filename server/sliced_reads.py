@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable
+from typing import NoReturn
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame
 
 from .limits import ByteRate
-from .link_progress import LinkProgress
+from .link_progress import LinkProgress, OutputStall, stall_window
 from .read_waits import ReadWaits
 
 # What the parser is handed at once, after the upgrade: a read of tiny frames (up to
@@ -260,11 +261,36 @@ class SlicedReads(ServerConnection):
                 await asyncio.sleep(self.ping_interval - latency)
                 # Before the Ping is written: where it ends in the output is known then.
                 progress = LinkProgress(self.transport, self)
-                pong = await self.ping()
+                pong = await self._ping_unless_stalled()
                 if self.ping_timeout is not None:
                     latency = await self._pong_in_time(pong, self.ping_timeout, progress)
         except Exception:
             self.logger.error("keepalive ping failed", exc_info=True)
+
+    async def _ping_unless_stalled(self) -> Awaitable[float]:
+        """websockets' ``ping()``, which waits for room in the connection's buffer (below
+        a quarter of ``--write-limit``) before its Pong's timer starts; that wait ends
+        in a 1011 once the peer's TCP acknowledged nothing of that buffer, and the peer
+        sent nothing, over a whole ``stall_window``. A peer that filled the buffer (a
+        few large pages asked for) and then read nothing kept its connection, and all
+        it held, for as long as it pleased; an honest slow reader's TCP acknowledges in
+        bursts, one each time its receive window reopens, well within that window."""
+        stall = OutputStall.watch(self.transport, self)
+        if stall is None or self.ping_timeout is None or self.ping_interval is None:
+            return await self.ping()
+        window = stall_window(self.ping_interval, self.ping_timeout)
+        ping = asyncio.ensure_future(self.ping())
+        try:
+            while True:
+                # asyncio.wait, not a timeout: the Ping's wait goes on, uncancelled,
+                # past a look that finds the peer took something.
+                await asyncio.wait((ping,), timeout=window)
+                if ping.done():
+                    return ping.result()
+                if stall.stalled():
+                    await self._keepalive_timeout()
+        finally:
+            ping.cancel()  # nothing once it is done; the keepalive cancelled, its wait
 
     async def _pong_in_time(
         self, pong_received: Awaitable[float], seconds: float, progress: LinkProgress
@@ -289,6 +315,10 @@ class SlicedReads(ServerConnection):
             if held <= was_held:
                 break
             deadline += held - was_held
+        await self._keepalive_timeout()
+
+    async def _keepalive_timeout(self) -> NoReturn:
+        """Fails the connection with 1011, as websockets' keepalive does."""
         async with self.send_context():
             self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
         raise AssertionError("send_context() waits for connection_lost(), which cancels this")
