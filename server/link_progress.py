@@ -39,10 +39,11 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 # the buffer) must have its TCP acknowledge some of it, or send something, to be kept.
 # A reader's TCP acknowledges in bursts, as its receive window reopens: Linux offers no
 # window until a segment's worth, or a sixteenth of the buffer, is free. Over loopback
-# (an MSS of 64 KiB) with default buffers, a peer reading 16 or 32 KiB/s was seen to
-# acknowledge 93 KiB every 5.8 or 2.9 s: about 93 s at 1 KiB/s. Four minutes is 2.5
-# times that; a peer that reads nothing holds its backlog that long, not for ever.
-STALL_WINDOW = 240.0
+# (an MSS of 64 KiB) with default buffers, a raw peer reading 1 KiB/s had its TCP
+# acknowledge 65 KiB after 64 s, then 93 KiB after 126 s (129 KiB read in between);
+# its reads themselves may come a minute apart. Five minutes is over twice the longest
+# gap; a peer that reads nothing holds its backlog that long, not for ever.
+STALL_WINDOW = 300.0
 
 
 class ReadCount(Protocol):
