@@ -28,6 +28,19 @@ async def connections(server: object) -> tuple[float, float]:
     return metric(text, "bamboo_connections"), metric(text, closes) if closes in text else 0.0
 
 
+async def closed_by_keepalive_within(server: object, opened: float, bound: float) -> None:
+    """Asserts that the stalled peer's connection (the one open beside the agent's)
+    ended, its keepalive's 1011 counted, within ``bound`` seconds of ``opened``."""
+    open_now, keepalive_closes = await connections(server)
+    while open_now > 1 and time.monotonic() - opened < bound + 5:
+        await asyncio.sleep(0.1)
+        open_now, keepalive_closes = await connections(server)
+    ended = time.monotonic() - opened
+    assert open_now == 1, f"still open {ended:.1f} s after it was attached"
+    assert ended < bound, f"ended {ended:.1f} s after it was attached"
+    assert keepalive_closes == 1  # its keepalive closed it (counted once it ended)
+
+
 async def test_a_keepalive_close_behind_a_full_socket_buffer_ends_within_the_close_timeout() -> (
     None
 ):
@@ -53,13 +66,6 @@ async def test_a_keepalive_close_behind_a_full_socket_buffer_ends_within_the_clo
                 for _ in range(10):
                     await agent.recv_type("ack")
             bound = PING_INTERVAL + PING_TIMEOUT + CLOSE_TIMEOUT + 1.5
-            open_now, keepalive_closes = await connections(server)
-            while open_now > 1 and time.monotonic() - opened < bound + 5:
-                await asyncio.sleep(0.1)
-                open_now, keepalive_closes = await connections(server)
-            ended = time.monotonic() - opened
-            assert open_now == 1, f"still open {ended:.1f} s after it was attached"
-            assert ended < bound, f"ended {ended:.1f} s after it was attached"
-            assert keepalive_closes == 1  # its keepalive closed it (counted once it ended)
+            await closed_by_keepalive_within(server, opened, bound)
         finally:
             stalled.close()

@@ -20,7 +20,7 @@ from bamboo_session.server import link_progress
 from bamboo_session.server.app import BambooServer
 from tests.replay_support import stalled_resumer
 from tests.support import attach, run_server, token
-from tests.test_keepalive_close import connections
+from tests.test_keepalive_close import closed_by_keepalive_within, connections
 from tests.test_wire_floods import masked_frame
 
 PING_INTERVAL = 2.0
@@ -77,14 +77,7 @@ async def test_a_peer_that_filled_its_buffer_and_reads_nothing_is_closed() -> No
             # Its first Ping waits for room from PING_INTERVAL on; the window then
             # passes with nothing acknowledged, and the close takes its timeout.
             bound = PING_INTERVAL + STALL_WINDOW + CLOSE_TIMEOUT + 2.0
-            open_now, keepalive_closes = await connections(server)
-            while open_now > 1 and time.monotonic() - opened < bound + 5:
-                await asyncio.sleep(0.2)
-                open_now, keepalive_closes = await connections(server)
-            ended = time.monotonic() - opened
-            assert open_now == 1, f"still open {ended:.1f} s after it was attached"
-            assert ended < bound, f"ended {ended:.1f} s after it was attached"
-            assert keepalive_closes == 1
+            await closed_by_keepalive_within(server, opened, bound)
         finally:
             stalled.close()
 
