@@ -39,6 +39,7 @@ from bamboo_session.persistence.base import SessionFilter, SessionStorage
 from bamboo_session.protocol.errors import ErrorCode, ProtocolError
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
+from .config import ServerConfig
 from .limits import TokenBucket
 from .manager_config import SessionManagerConfig
 from .pages import PageReads
@@ -119,20 +120,14 @@ class SessionQuotas:
     """The per-user caps and the creation rates of one server process."""
 
     def __init__(
-        self,
-        storage: SessionStorage,
-        max_per_user: int,
-        rate: float,
-        burst: int,
-        reads: PageReads | None = None,
-        max_stored_per_user: int = 0,
+        self, storage: SessionStorage, config: ServerConfig, reads: PageReads | None = None
     ) -> None:
         self.storage = storage
         self.reads = reads  # the store's read deadline, for the count of an owner's sessions
-        self.max_per_user = max_per_user  # 0: no cap
-        self.max_stored_per_user = max_stored_per_user  # 0: no cap
-        self.rate = rate  # sessions per second per creator; 0: no limit
-        self.burst = burst
+        self.max_per_user = config.max_sessions_per_user  # 0: no cap
+        self.max_stored_per_user = config.max_stored_sessions_per_user  # 0: no cap
+        self.rate = config.session_create_rate  # sessions per second per creator; 0: none
+        self.burst = config.session_create_burst
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
         # Owners with a creation under way in this process: their lock and its users.
         self._owners: dict[str, tuple[asyncio.Lock, list[int]]] = {}
