@@ -58,6 +58,7 @@ from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
+from .stored_caps import StoredCaps
 from .unread_answers import SMALL_ANSWER_BYTES, UnreadAnswers, is_charged
 from .user_connections import LocalUserConnections, user_connections_for
 
@@ -134,6 +135,7 @@ class BambooServer:
         self.user_connections = user_connections_for(self.storage, config.max_connections_per_user)
         # A store handed in may live anywhere: its files are not ours to size.
         store_url = "" if self._given_storage is not None else config.store_url()
+        stored_caps = StoredCaps(config, self.metrics)
         self._services = Services(
             config,
             self._manager,
@@ -147,8 +149,11 @@ class BambooServer:
                 self._manager.page_reads,
                 serving=lambda: self._server is not None,
             ),
-            StoreStats(self.storage, store_url, self.metrics, self._manager.page_reads),
+            StoreStats(
+                self.storage, store_url, self.metrics, self._manager.page_reads, stored_caps
+            ),
             SessionQuotas(self.storage, config, self._manager.page_reads),
+            stored_caps,
             Flusher(),
             self._manager.page_reads,
             ReadAllowances(config.rate_limit_bytes, config.rate_limit_bytes_burst),

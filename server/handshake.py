@@ -183,6 +183,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         if principal is not None and principal.valid_until is not None:
             conn.expiry = _close_at_expiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:
+        services.stored_caps.note_refusal(exc)  # at a stored-session cap: counted, logged
         failure = failure_of(exc)
         await close_within(ws, failure.close, failure.reason, conn.services.config.close_timeout)
         return False

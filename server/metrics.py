@@ -148,6 +148,14 @@ class Metrics:
             "Sessions in the store (read at most every few seconds)",
             registry=r,
         )
+        self.stored_cap_refusals = Counter(
+            "bamboo_stored_cap_refusals",
+            "Hellos refused as their creation would pass a cap on stored sessions, closed "
+            "and expired ones counted: cap=max_stored_sessions (close 1013, the store is "
+            "full) or max_stored_sessions_per_user (close 4403)",
+            ["cap"],
+            registry=r,
+        )
         self.store_bytes = Gauge(
             "bamboo_store_bytes",
             "Bytes the store takes on disk (file stores; read at most every 30 s)",

@@ -59,6 +59,10 @@ class TooManySessions(Exception):
 class TooManyStoredSessions(TooManySessions):
     """The user already keeps the most sessions allowed in the store, closed ones too."""
 
+    def __init__(self, owner: str, message: str) -> None:
+        super().__init__(message)
+        self.owner = owner  # whom the operator's log line names (server/stored_caps.py)
+
 
 class OwnerCount(NamedTuple):
     """An owner's sessions in the store: not closed (``live``), and all (``stored``)."""
@@ -164,7 +168,9 @@ class SessionQuotas:
         live = kept.live - (replaced is not None and replaced.state != SessionState.CLOSED)
         # The stored cap first: past it, closing sessions would not make room.
         if 0 < self.max_stored_per_user <= stored:
-            raise TooManyStoredSessions(f"{owner!r} keeps {kept.stored} sessions in the store")
+            raise TooManyStoredSessions(
+                owner, f"{owner!r} keeps {kept.stored} sessions in the store"
+            )
         if 0 < self.max_per_user <= live:
             raise TooManySessions(f"{owner!r} keeps {kept.live} sessions")
 

@@ -16,6 +16,7 @@ from .read_allowance import ReadAllowances
 from .readiness import Readiness
 from .replay_shares import ReplayShares
 from .store_stats import StoreStats
+from .stored_caps import StoredCaps
 from .unread_answers import UnreadAnswers
 from .user_connections import LocalUserConnections
 
@@ -32,6 +33,9 @@ class Services:
     readiness: Readiness
     store_stats: StoreStats
     quotas: SessionQuotas
+    # What the log and the metrics tell of the stored-session caps (hellos refused at
+    # them, the count nearing --max-stored-sessions: server/stored_caps.py).
+    stored_caps: StoredCaps
     flusher: Flusher  # writes frames to idle connections' sockets, once per loop turn
     # Pages (history, events, replays) read from the store at once, each within
     # --store-read-timeout (server/pages.py): the manager's.

@@ -31,6 +31,7 @@ from bamboo_session.persistence.url import parse_store_url
 
 from .metrics import Metrics
 from .pages import PageReads, SharedRead
+from .stored_caps import StoredCaps
 
 COUNT_EVERY: Final = 5.0  # seconds between counts of the sessions stored
 SIZE_EVERY: Final = 30.0  # seconds between walks of the store's files
@@ -75,8 +76,16 @@ def _size(path: Path) -> int:
 class StoreStats:
     """Refreshes the store gauges of ``metrics`` when they are older than they may be."""
 
-    def __init__(self, storage: Storage, url: str, metrics: Metrics, reads: PageReads) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        url: str,
+        metrics: Metrics,
+        reads: PageReads,
+        caps: StoredCaps | None = None,
+    ) -> None:
         self.storage = storage
+        self.caps = caps  # told each count, to warn as it nears --max-stored-sessions
         self.location = store_location(url)
         self.metrics = metrics
         self._counted_at = -COUNT_EVERY
@@ -112,6 +121,8 @@ class StoreStats:
     async def _count(self) -> None:
         found = await self.storage.list_sessions(SessionFilter(limit=1))
         self.metrics.sessions_stored.set(found.total)
+        if self.caps is not None:
+            self.caps.counted(found.total)
 
     async def _size(self) -> None:
         assert self.location is not None
