@@ -43,7 +43,8 @@ SERVE_HELP: dict[str, str] = {
     "store": "the store's URL: jsonl:///path, sqlite:///path, redis://host:port/db, memory://",
     "data_dir": "directory of the embedded JSONL store when --store is not given (~ expands)",
     "durability": "of the JSONL store in --data-dir: fsync (ack after fsync) or os (after write)",
-    "default_ttl": "seconds of inactivity after which a session expires (none: never)",
+    "default_ttl": "seconds of inactivity after which a session expires (none: never, and "
+    "closed sessions then stay, counted by --max-stored-sessions, until deleted)",
     "cleanup_interval": "seconds between removals of expired sessions",
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
     "log_level": "debug, info, warning or error",
@@ -123,7 +124,7 @@ SERVE_HELP: dict[str, str] = {
     "too_large (0: no cap)",
     "max_stored_sessions": "sessions the store keeps, any user's or none's, closed and "
     "expired ones too until they are deleted or cleaned up; a hello creating one more is "
-    "closed 1013 (0: no cap)",
+    "closed 1013 (0: no cap); a warning is logged as the count passes 90%% of it",
     "max_stored_sessions_per_user": "sessions a user (token sub, else hello.user_id) keeps "
     "in the store, closed and expired ones too until they are deleted or cleaned up; a "
     "hello creating one more is closed 4403 (0: no cap)",
