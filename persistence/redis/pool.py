@@ -46,6 +46,8 @@ from typing import Any, Final, TypeVar
 import redis.exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from .cancellation import keeping_cancellations
+
 T = TypeVar("T")
 
 CONNECTION_LAYER: Final = "redis.asyncio.connection"  # see ``from_redis_py``
@@ -87,6 +89,8 @@ class CheckedPool(BlockingConnectionPool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Else a cancellation that meets a send's end is dropped (cancellation.py).
+        self.connection_class = keeping_cancellations(self.connection_class)
         self.on_connect: Callable[[Any], Awaitable[None]] | None = None
         self.made = 0  # connections made so far, first or again
         self._stale_up_to = 0  # the last connection made that is stale, by its number
