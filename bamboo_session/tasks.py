@@ -4,20 +4,22 @@
 One cancellation is not always enough. On Python 3.11 ``asyncio.wait_for`` returns the
 inner result and drops a cancellation that arrives just as the inner awaitable finishes
 (fixed in 3.12), and redis-py sends every command through it when ``socket_timeout`` is
-set, as our Redis store's is: a loop whose cancellation lands there goes on looping, and
-whoever awaits it waits for ever (tests/test_tasks_stopped.py sees it in about one
-cancellation in five of a loop of Redis reads). So a task still running a while after
-its cancellation is cancelled again.
+set, as our Redis store's is. The store's connections keep those cancellations
+(persistence/redis/cancellation.py: before, a loop of Redis reads outlived about one
+cancellation in five, tests/test_tasks_stopped.py, and a watch of a session about one
+in thirty, tests/test_redis_watch_cancelled.py); any other code that waits through a
+``wait_for`` of 3.11, or catches a cancellation and goes on, may still drop one. So a
+task still running a while after its cancellation is cancelled again.
 
 Not ``with contextlib.suppress(CancelledError): await task`` either: that swallows a
 cancellation of the waiting task too.
 
-The same drop loses an ``asyncio.timeout`` deadline: its timer cancels the task, and if
-that lands in redis-py's send the body runs on with no deadline left (a block of 50
+The same drop lost an ``asyncio.timeout`` deadline: its timer cancels the task, and if
+that landed in redis-py's send the body ran on with no deadline left (a block of 50
 HMGETs on the store's client ran past a 0.5-3 ms deadline in 439-495 of 500 tries; in 2
-of 500 without ``socket_timeout``). A deadline around store calls is kept by waiting for
-them in a task of their own (``asyncio.wait(..., timeout=)``, server/pages.py
-``lookup``); past a lost one, each command left still ends by ``socket_timeout``.
+of 500 without ``socket_timeout``). The store's connections keep that one too; a
+deadline around store calls is still waited for in a task of its own
+(``asyncio.wait(..., timeout=)``, server/pages.py ``lookup``), which no drop can lose.
 
 A stopped task's cleanup (what it awaits on its cancellation) is cancelled too if it
 takes longer than ``again_after``: keep it short. A cleanup it shields is then cut

@@ -366,8 +366,8 @@ def _left(
 async def stop_task(task: asyncio.Task[None] | None) -> None:
     """Cancel ``task`` and wait for it to end, cancelling it again if need be: a
     cancellation that meets a socket timeout at the same instant can come out as a
-    TimeoutError, which the task's loop takes for a Redis error and survives, or be
-    dropped by redis-py's send (:mod:`bamboo_session.tasks`)."""
+    TimeoutError, which the task's loop takes for a Redis error and survives (a send
+    that dropped it raises it again: cancellation.py)."""
     if task is None:
         return
     await cancel_and_wait(task)
