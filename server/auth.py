@@ -9,12 +9,13 @@ Only HS256 is accepted: ``alg: none`` and every other algorithm are refused by P
 The rules (docs/protocol.md, "Auth and limits"):
 
 - ``sid`` narrows a token to that one session, whatever its role.
-- ``admin`` may attach to and read any session (within its ``sid``, if any).
-- ``agent`` with ``sid`` may attach to that session whoever owns it: it is the
-  capability an agent runtime is given for the session it works in. Without ``sid`` an
-  agent is treated like a user.
-- ``user`` may attach only to sessions whose ``user_id`` is its ``sub``. A session with
-  no ``user_id`` belongs to nobody: only ``admin`` (or an agent scoped to it) gets in.
+- ``admin`` may attach to and read any session (within its ``sid``, if any): an admin
+  token with ``sid`` is the capability an agent runtime is given for a session of
+  another user, or of none.
+- ``user`` and ``agent`` alike may attach only to sessions whose ``user_id`` is their
+  ``sub``: PROTOCOL.md's restrictions compose, and a ``sid`` only narrows what a role
+  reaches, never widens it. A session with no ``user_id`` belongs to nobody: only
+  ``admin`` gets in.
 - A session created under a token belongs to its ``sub``; ``hello.user_id`` is ignored.
   A ``sid`` token cannot create a new session on ``/api/v1/stream`` (the id is not its
   own), only get-or-create its own ``sid``.
@@ -293,8 +294,6 @@ def check_access(principal: Principal, metadata: SessionMetadata) -> None:
     """May this principal attach to, or read, this session? Else :class:`Forbidden`."""
     check_session_id_for(principal, metadata.id)
     if principal.is_admin:
-        return
-    if principal.role == Role.AGENT and principal.sid == metadata.id:
         return
     if metadata.user_id is None or metadata.user_id != principal.sub:
         raise Forbidden("not your session")

@@ -113,11 +113,13 @@ def test_access_rules() -> None:
     metadata = _metadata("s1", "alice")
     check_access(Principal("alice"), metadata)
     check_access(Principal("root", Role.ADMIN), metadata)
-    check_access(Principal("bot", Role.AGENT, "s1"), metadata)
+    check_access(Principal("alice", Role.AGENT, "s1"), metadata)
     check_access(Principal("alice", Role.USER, "s1"), metadata)
+    check_access(Principal("root", Role.ADMIN, "s1"), metadata)
     for principal in (
         Principal("bob"),
         Principal("bot", Role.AGENT),
+        Principal("bot", Role.AGENT, "s1"),  # a sid narrows a role, never widens it
         Principal("bot", Role.AGENT, "s2"),
         Principal("alice", Role.USER, "s2"),
         Principal("root", Role.ADMIN, "s2"),
@@ -125,9 +127,11 @@ def test_access_rules() -> None:
         with pytest.raises(Forbidden):
             check_access(principal, metadata)
     nobody = _metadata("s1", None)
-    with pytest.raises(Forbidden):
-        check_access(Principal("alice"), nobody)
+    for principal in (Principal("alice"), Principal("bot", Role.AGENT, "s1")):
+        with pytest.raises(Forbidden):
+            check_access(principal, nobody)
     check_access(Principal("root", Role.ADMIN), nobody)
+    check_access(Principal("root", Role.ADMIN, "s1"), nobody)
 
 
 def _metadata(session_id: str, user_id: str | None) -> SessionMetadata:

@@ -20,10 +20,13 @@ async def test_http_authorization_matrix() -> None:
         expectations: dict[str, tuple[str | None, int]] = {
             "owner": (make_token("alice"), 200),
             "owner scoped to it": (make_token("alice", sid=sid), 200),
-            "agent scoped to it": (make_token("bot", role="agent", sid=sid), 200),
+            "owner as agent scoped to it": (make_token("alice", role="agent", sid=sid), 200),
             "admin": (make_token("root", role="admin"), 200),
+            "admin scoped to it": (make_token("root", role="admin", sid=sid), 200),
             "other user": (make_token("bob"), 403),
+            "other user as agent scoped to it": (make_token("bob", role="agent", sid=sid), 403),
             "agent scoped elsewhere": (make_token("bot", role="agent", sid=bob_sid), 403),
+            "admin scoped elsewhere": (make_token("root", role="admin", sid=bob_sid), 403),
             "no token": (None, 401),
             **{name: (bad, 401) for name, bad in BAD_TOKENS.items()},
         }
@@ -41,6 +44,25 @@ async def test_http_authorization_matrix() -> None:
         # health and metrics stay open for orchestrators
         assert (await get(server, "/healthz"))[0] == 200
         assert (await get(server, "/metrics"))[0] == 200
+
+
+async def test_a_session_of_nobody_is_read_by_admins_alone() -> None:
+    """An agent scoped to a session with no ``user_id`` is refused as its user would
+    be; an admin, scoped to that session or to none, reads it."""
+    async with run_server(auth_secret=SECRET) as server:
+        await server.manager.create_session(None, session_id="orphan")
+        expectations = {
+            "agent scoped to it": (make_token("bot", role="agent", sid="orphan"), 403),
+            "user scoped to it": (make_token("bot", sid="orphan"), 403),
+            "admin scoped to it": (make_token("root", role="admin", sid="orphan"), 200),
+            "admin": (make_token("root", role="admin"), 200),
+        }
+        for path in ("/api/v1/sessions/orphan", "/api/v1/sessions/orphan/events"):
+            for name, (token, expected) in expectations.items():
+                status, body = await get(server, path, bearer(token))
+                assert status == expected, (path, name, status, body)
+                if expected == 403:
+                    assert set(body) == {"error"}, body
 
 
 async def test_listing_shows_only_the_callers_sessions_unless_admin() -> None:

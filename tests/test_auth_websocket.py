@@ -27,13 +27,18 @@ async def test_websocket_authorization_matrix() -> None:
         allowed = {
             "owner": make_token("alice"),
             "owner scoped to it": make_token("alice", sid=sid),
-            "agent scoped to it": make_token("bot", role="agent", sid=sid),
+            "owner as agent scoped to it": make_token("alice", role="agent", sid=sid),
             "admin": make_token("root", role="admin"),
+            "admin scoped to it": make_token("root", role="admin", sid=sid),
         }
         refused = {
             "other user": (make_token("bob"), 4403),
             "other user as agent": (make_token("bob", role="agent"), 4403),
-            "agent scoped elsewhere": (make_token("bot", role="agent", sid="other"), 4403),
+            "other user as agent scoped to it": (make_token("bob", role="agent", sid=sid), 4403),
+            "owner as agent scoped elsewhere": (
+                make_token("alice", role="agent", sid="other"),
+                4403,
+            ),
             "owner scoped elsewhere": (make_token("alice", sid="other"), 4403),
             "admin scoped elsewhere": (make_token("root", role="admin", sid="other"), 4403),
             "no token": (None, 4401),
@@ -83,6 +88,38 @@ async def test_sessions_created_under_a_token_belong_to_its_sub() -> None:
         assert (await hello_outcome(server, "orphan", make_token("alice")))[0] == 4403
         admin = make_token("root", role="admin")
         assert (await hello_outcome(server, "orphan", admin))[0] is None
+
+
+async def test_an_agent_token_reaches_only_its_subs_sessions() -> None:
+    """PROTOCOL.md's rules compose: ``sid`` narrows what a role reaches, never widens
+    it, so an agent scoped to another user's session, or to one of nobody's, is refused
+    as that user would be; an admin token with ``sid`` is the capability for those."""
+    async with run_server(auth_secret=SECRET) as server:
+        sid = await alice_session(server)
+        bob_agent = make_token("bob", role="agent", sid=sid)
+        assert await hello_outcome(server, sid, bob_agent) == (4403, [])
+        # get-or-create of an existing session does not hand it over either
+        assert await hello_outcome(server, sid, bob_agent, create=True) == (4403, [])
+        metadata = await server.manager.get_metadata(sid)
+        assert metadata is not None and metadata.user_id == "alice"
+        code, frames = await hello_outcome(server, sid, make_token("alice", role="agent", sid=sid))
+        assert (code, frames[0]["session"]["user_id"]) == (None, "alice")
+        code, frames = await hello_outcome(server, sid, make_token("root", role="admin", sid=sid))
+        assert (code, frames[0]["session"]["user_id"]) == (None, "alice")
+        # a session of nobody: an admin, scoped to it or to none, and no one else
+        await server.manager.create_session(None, session_id="orphan")
+        for refused in (
+            make_token("bot", role="agent", sid="orphan"),
+            make_token("bot", sid="orphan"),
+            make_token("root", role="admin", sid=sid),
+        ):
+            assert await hello_outcome(server, "orphan", refused) == (4403, [])
+        for admin in (
+            make_token("root", role="admin", sid="orphan"),
+            make_token("root", role="admin"),
+        ):
+            code, frames = await hello_outcome(server, "orphan", admin)
+            assert (code, frames[0]["session"]["user_id"]) == (None, None)
 
 
 async def test_without_auth_hello_user_id_is_trusted() -> None:

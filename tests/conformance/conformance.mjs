@@ -803,8 +803,10 @@ async function authMode() {
   check("auth: sid-scoped token creates its own session", scopedCreate.welcome && scopedCreate.welcome.type === "welcome" && scopedCreate.welcome.session.user_id === "alice", J(scopedCreate.welcome));
   await scopedCreate.close();
   const agentSid = await attach(`/api/v1/stream/${sid}`, { token: token({ sub: "bot", role: "agent", sid }) });
-  check("auth: agent token with sid reaches another owner's session (docs choice)", agentSid.welcome && agentSid.welcome.type === "welcome", J(agentSid.welcome && agentSid.welcome.type) + J(agentSid.closeInfo));
-  if (agentSid.welcome && agentSid.welcome.type === "welcome") await agentSid.close();
+  check("auth: agent token with sid of another owner's session -> 4403", (await agentSid.waitClose())?.code === 4403, J([agentSid.welcome, agentSid.closeInfo]));
+  const adminSid = await attach(`/api/v1/stream/${sid}`, { token: token({ sub: "root", role: "admin", sid }) });
+  check("auth: admin token with sid reaches that session", adminSid.welcome && adminSid.welcome.type === "welcome", J(adminSid.welcome && adminSid.welcome.type) + J(adminSid.closeInfo));
+  if (adminSid.welcome && adminSid.welcome.type === "welcome") await adminSid.close();
   const userSid = await attach(`/api/v1/stream/${sid}`, { token: token({ sub: "bob", sid }) });
   check("auth: user token with sid of another owner's session -> 4403", (await userSid.waitClose())?.code === 4403, J(userSid.closeInfo));
   const hs = await http(`/api/v1/sessions/${sid}/events`, { Authorization: "Bearer " + token({ sub: "alice", sid: fixed }) });

@@ -245,8 +245,13 @@ test("auth: tokens, owners, sid scopes, admin, HTTP Bearer", async () => {
   assert.deepEqual(end.frames, []);
   end = await refused(id, { token: token({ sub: "ann", sid: "another" }) });
   assert.equal(end.close, 4403);
+  // A sid narrows a role, never widens it: an agent of another user is refused, an
+  // admin scoped to the session is welcomed.
+  end = await refused(id, { token: token({ sub: "agent-x", role: "agent", sid: id }) });
+  assert.equal(end.close, 4403);
+  assert.deepEqual(end.frames, []);
   const scoped = await attach(port, id, {
-    token: token({ sub: "agent-x", role: "agent", sid: id }),
+    token: token({ sub: "agent-x", role: "admin", sid: id }),
   });
   scoped.peer.close();
   const admin = await attach(port, id, { token: token({ sub: "root", role: "admin" }) });
