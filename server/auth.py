@@ -240,10 +240,18 @@ class AccessPolicy:
         return self.authenticator.verify(bearer_token(authorization))
 
     @staticmethod
-    def connection_user(principal: Principal | None, hello: Hello) -> str | None:
+    def connection_user(
+        principal: Principal | None, hello: Hello, max_user_id_length: int
+    ) -> str | None:
         """Whom a connection counts against in ``max_connections_per_user``: the token's
-        ``sub``, else ``hello.user_id``; anonymous connections are not counted."""
-        return principal.sub if principal is not None else hello.user_id
+        ``sub``, else ``hello.user_id``; anonymous connections are not counted. A
+        ``user_id`` over ``max_user_id_length`` names nobody, as if absent: it could be
+        no session's owner (a hello creating a session with it is refused), and it is
+        no key of a per-user count (on Redis, one refreshed while the connection lasts)."""
+        if principal is not None:
+            return principal.sub
+        user_id = hello.user_id
+        return user_id if user_id is not None and len(user_id) <= max_user_id_length else None
 
     @staticmethod
     def listing_filter(principal: Principal | None, filter: SessionFilter) -> SessionFilter:

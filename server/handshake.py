@@ -42,7 +42,7 @@ from .flush import WebSocketSink
 from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
-from .quotas import Admission, CreatingTooFast, FieldTooLong, TooManySessions, creator_key
+from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -120,9 +120,10 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             ws.request = Request(request.path, Headers())
             ws.response = None
         principal = services.access.authenticate_hello(hello, authorization)
-        if principal is None:
-            _check_user_id(hello, services.config)
-        user = services.access.connection_user(principal, hello)
+        # A user_id over its limit applies to nothing here, as a title does not: it is
+        # refused only by a creation, which would make it the session's owner.
+        max_user_id = services.config.max_user_id_length
+        user = services.access.connection_user(principal, hello, max_user_id)
         if user is not None:
             # Against the user's count on every instance, on a shared store: within
             # the attach's deadline, as its other reads (server/user_connections.py).
@@ -187,19 +188,10 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         failure = failure_of(exc)
         await close_within(ws, failure.close, failure.reason, conn.services.config.close_timeout)
         return False
-    except ProtocolError as exc:  # a field of the hello over its limit
+    except ProtocolError as exc:  # a field of the session it would create over its limit
         await _refuse_hello(conn, exc.message, hello.id)
         return False
     return True
-
-
-def _check_user_id(hello: Hello, config: ServerConfig) -> None:
-    """FieldTooLong (bad_request) for a ``user_id`` over ``--max-user-id-length``, whatever
-    the hello attaches to: it names whom the connection counts against (on Redis, a key
-    written and refreshed as long as it is open), so it is held to the limit of a
-    token's ``sub``, not only when it becomes a new session's owner."""
-    if hello.user_id is not None and len(hello.user_id) > config.max_user_id_length:
-        raise FieldTooLong(f"user_id is longer than {config.max_user_id_length} characters")
 
 
 def _noting_creation(admit: Admission, created: list[float]) -> Admission:

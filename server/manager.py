@@ -195,7 +195,10 @@ class SessionManager:
         stored when no actor could be spawned for it (a client refused with 1013
         retries, and each retry would leave an orphan), or when ``admit`` says no.
         ``replacing``: the expired session of ``session_id`` it takes the place of,
-        whose live actor ends first; ``admit`` is told of it (its owner's counts stay)."""
+        whose live actor ends first; ``admit`` is told of it (its owner's counts stay).
+        FieldTooLong first: a field over its limit takes no room, no creation-rate token
+        and no per-owner lock (keyed by ``user_id``), and a retry would fail the same."""
+        check_fields(self.config, user_id, title, None)
         self.check_room()
         async with admit(user_id, replacing) if admit is not None else contextlib.nullcontext():
             if replacing is not None:

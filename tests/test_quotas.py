@@ -46,18 +46,42 @@ async def test_a_field_over_its_length_is_a_bad_hello_and_stores_nothing(
             pass
 
 
-async def test_a_user_id_over_its_length_is_a_bad_hello_on_an_existing_session_too() -> None:
-    # It names whom the connection counts against (a key of the store, on Redis), as a
-    # token's sub does, held to the same limit: not only the owner of a new session.
-    async with run_server(max_user_id_length=20, max_connections_per_user=5) as server:
-        async with attach(server, "kept", create=True):
+async def test_a_user_id_or_title_over_its_length_is_ignored_on_an_existing_session() -> None:
+    # PROTOCOL.md: "`user_id` and `title` apply only when the session is created".
+    async with run_server(max_title_length=100, max_user_id_length=20) as server:
+        async with attach(server, "kept", create=True, user_id="owner", title="Kept"):
+            for create in (False, True):  # with create, the session is found: no creation
+                hello = {"create": create, "user_id": "u" * 21, "title": "t" * 101}
+                async with attach(server, "kept", **hello) as (_, welcome):
+                    assert (welcome["session"]["user_id"], welcome["session"]["title"]) == (
+                        "owner",
+                        "Kept",
+                    )
+        assert await stored_ids(server.manager) == ["kept"]
+
+
+async def test_an_ignored_user_id_counts_against_no_user() -> None:
+    # It is as if the hello had no user_id: not the owner's, and no count keyed by it
+    # (on Redis a key refreshed while the connection is open), whatever its length.
+    too_long = "u" * 300_000
+    async with run_server(max_connections_per_user=1) as server:
+        async with attach(server, "kept", create=True, user_id="u"):
             async with open_peer(server, "kept") as peer:
-                code, frames = await refused(peer, id="h", user_id="u" * 21)
-                assert code == 1008
-                assert [(f["code"], f["id"]) for f in frames] == [("bad_request", "h")]
-                assert "user_id" in str(frames[0]["message"])
-            async with attach(server, "kept", user_id="u" * 20):  # at the limit: fine
-                assert server.user_connections.count("u" * 20) == 1
+                assert (await refused(peer, user_id="u"))[0] == 4429
+            async with (
+                attach(server, "kept", user_id=too_long),
+                attach(server, "kept", user_id=too_long, create=True),
+            ):
+                assert server.user_connections.count(too_long) == 0
+                assert server.user_connections.count("u") == 1
+                async with open_peer(server, "kept") as peer:
+                    assert (await refused(peer, user_id="u"))[0] == 4429
+            async with attach(server, "kept", user_id="v" * 256):  # at the limit: counted
+                assert server.user_connections.count("v" * 256) == 1
+        async with open_peer(server) as peer:  # creating with it is still refused
+            code, frames = await refused(peer, id="h", user_id=too_long)
+            assert (code, [(f["code"], f["id"]) for f in frames]) == (1008, [("bad_request", "h")])
+        assert await stored_ids(server.manager) == ["kept"]
 
 
 async def test_extra_over_its_size_is_refused_in_process() -> None:
@@ -147,6 +171,18 @@ async def test_creating_too_fast_closes_4429_and_stores_nothing() -> None:
             pass
         metrics = server.metrics.render().decode()
         assert 'bamboo_closes_total{code="4429"} 2.0' in metrics
+
+
+async def test_a_creation_refused_for_a_field_takes_no_creation_rate_token() -> None:
+    # The fields are checked before the rate: fixing the field and retrying at once works.
+    limits = {"session_create_rate": 0.01, "session_create_burst": 1, "max_title_length": 10}
+    async with run_server(**limits) as server:
+        for session_id in (None, "fresh"):
+            async with open_peer(server, session_id) as peer:
+                code, _ = await refused(peer, create=True, title="t" * 11)
+                assert code == 1008
+        async with attach(server, "fresh", create=True, title="t" * 10):
+            pass
 
 
 async def test_under_auth_the_creation_rate_is_per_user() -> None:

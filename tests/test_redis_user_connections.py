@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -87,6 +88,27 @@ async def test_the_cap_holds_over_both_instances_and_a_close_frees_room_on_the_o
             # The connection that closed on b leaves room on a.
             await eventually(lambda: _welcomed(hello_on(stream(a, "s"), user_id="u")), timeout=10)
             assert await hello_on(stream(b, "s"), user_id="u") == (None, "welcome")
+
+
+async def test_an_over_long_user_id_on_an_existing_session_writes_no_key(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Ignored, it counts against nobody: no user_conns key named by 300,000 characters,
+    # refreshed every heartbeat while the connection lasts.
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=1)
+    too_long = "u" * 300_000
+    async with run_server(store=url, max_connections_per_user=1) as server:
+        async with attach(server, "s", create=True, user_id="u"):
+            assert await hello_on(stream(server, "s"), user_id="u") == TOO_MANY
+            async with attach(server, "s", user_id=too_long) as (_, welcome):
+                assert welcome["session"]["user_id"] == "u"
+                client = redis.asyncio.Redis(port=redis_server.port)
+                try:
+                    longest = max([len(key) async for key in client.scan_iter()])
+                finally:
+                    await client.aclose()
+                assert longest < 1000
+                assert await hello_on(stream(server, "s"), user_id="u") == TOO_MANY
 
 
 async def _welcomed(attempt: Any) -> bool:
