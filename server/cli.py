@@ -113,7 +113,8 @@ SERVE_HELP: dict[str, str] = {
     "session_create_burst": "new sessions a creator may make at once above the rate",
     "max_title_length": "characters of a session title at most (bad_request above)",
     "max_user_id_length": "characters of a user id at most (a hello's user_id: bad_request "
-    "above; a token whose sub is longer is refused, 4401 or HTTP 401)",
+    "above when it creates a session, else ignored and counted against no user; a token "
+    "whose sub is longer is refused, 4401 or HTTP 401)",
     "max_extra_bytes": "bytes of a session's extra (JSON) at most",
     "max_session_bytes": "bytes a session's log may hold in the store (events' JSON and "
     "keys; JSONL: its log file); an append past it stores nothing and gets error "
