@@ -251,10 +251,10 @@ async def test_a_new_logs_batch_heard_before_the_catch_up_is_not_the_old_ones_se
         reconnects = listener.reconnects
         await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         for _ in range(200):  # subscribed again, the catch-up held
-            if listener.reconnects > reconnects and "s1" in listener._subscribed:
+            if listener.reconnects > reconnects and "s1" in listener.subscribed:
                 break
             await asyncio.sleep(0.02)
-        assert "s1" in listener._subscribed
+        assert "s1" in listener.subscribed
         await a.append_events("s1", [(AgentEvent.token("new 4"), None)])
         for _ in range(200):
             if heard:

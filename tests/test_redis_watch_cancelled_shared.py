@@ -73,7 +73,9 @@ async def channels_subscribed(admin: redis.asyncio.Redis, store: RedisStorage) -
     names = [*FOLLOWED_NAMES, *WATCHED_NAMES]
     sharded = store.redis.publish_command == "SPUBLISH"  # Redis 7: SSUBSCRIBE
     counts = await admin.execute_command(
-        "PUBSUB", "SHARDNUMSUB" if sharded else "NUMSUB", *(store.layout.channel(name) for name in names)
+        "PUBSUB",
+        "SHARDNUMSUB" if sharded else "NUMSUB",
+        *(store.layout.channel(name) for name in names),
     )
     return {name: int(count) for name, count in zip(names, counts[1::2], strict=True)}
 
@@ -112,4 +114,3 @@ async def test_cancelled_watches_leave_the_shared_connection_alone(
         await admin.aclose()
     assert ran_on == [], f"watches that did not end cancelled, by turn: {ran_on}"
     assert (reconnects, tries) == (0, 1), "the shared pub/sub connection was dropped"
-

@@ -4,8 +4,9 @@ for, dispatching what arrives to the store's :class:`Feed`.
 
 - A session's channel is subscribed when its first subscription opens (:meth:`watch`
   returns once Redis confirmed it, so nothing published after that is missed) and
-  unsubscribed when its last one closes. Changes go out one command at a time, each
-  confirmed before the next, so a confirmation is never mistaken for another's.
+  unsubscribed when its last one closes. The commands are sent by a task of the
+  listener's, one at a time, each confirmed before the next (subscribing.py): a
+  cancelled watch never cuts one short, which would drop the shared connection.
 - Event batches go to :meth:`Feed.publish`; ``closed`` and ``deleted`` notices end the
   session's subscriptions; presence notices go to the presence callback. A batch or a
   notice that names its epoch is for the subscriptions of that epoch only (a session
@@ -13,7 +14,7 @@ for, dispatching what arrives to the store's :class:`Feed`.
   publishes after the one with its epoch, for older listeners, is skipped.
 - A lost connection is noticed (an error, or no answer to a ping within
   ``PING_TIMEOUT``). The listener (never redis-py: ``connect_listener``,
-  ``_still_connected``) connects again, subscribes to every channel it should, then
+  ``still_connected``) connects again, subscribes to every channel it should, then
   has the store catch every session up (``on_reconnect``): whatever was published
   meanwhile is read from the streams by the subscriptions themselves.
 - A :meth:`watch` while the connection is down does not wait out the backoff: it has
@@ -44,7 +45,6 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
-import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
@@ -59,7 +59,8 @@ from .layout import (
     events_from_batch,
 )
 from .listener_log import ListenerLog
-from .pool import address, described, from_redis_py
+from .pool import address
+from .subscribing import CONFIRM_TIMEOUT, Subscriber, still_connected
 from .tries import CLOSING, Tries
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,7 @@ log = logging.getLogger(__name__)
 POLL: Final = 1.0  # seconds a read waits before the listener looks at its health
 PING_EVERY: Final = 5.0  # seconds of silence before a ping
 PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
-CONFIRM_TIMEOUT: Final = 10.0
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-LOST: Final = "redis unavailable: pub/sub connection lost"
 
 OnReconnect = Callable[[Collection[str]], Awaitable[None]]
 OnPresence = Callable[[str, bytes], None]
@@ -89,28 +88,24 @@ class Listener:
         self._client = client  # with no retries: a lost connection must be seen here
         self._layout = layout
         self._feed = feed
-        self._sharded = sharded
         self._on_reconnect = on_reconnect
         self.on_presence: OnPresence | None = None
         # A notice's epoch as the store serves it (generation.py): what the feed's
         # subscriptions hold. The store sets it; stored epochs are served as they are.
         self.served: Callable[[str], str] = str
         self._pubsub: PubSub | None = None
-        self._subscribed: set[str] = set()  # sessions whose channel Redis confirmed
         # Sessions whose notice with an epoch came: the bare one after it is skipped.
         self._bare_next: dict[str, bytes] = {}
-        self._pinned: dict[str, int] = {}  # sessions being watched, not yet in the feed
-        self._confirming: dict[bytes, asyncio.Future[None]] = {}
-        self._sync_lock = asyncio.Lock()
         self._connected = asyncio.Event()
         self._tries = Tries(CONFIRM_TIMEOUT)
         self._task: asyncio.Task[None] | None = None
         self._catch_up: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()  # unsubscribes under way
         self._closing = False
         self._broken = False
         self._last_heard = 0.0
         self._log = ListenerLog(log, address(client))
+        self._subscriber = Subscriber(layout, feed, sharded, self._connection, self._log)
+        self._subscriber.on_dropped = self._forget
         self.reconnects = 0
         self._lagging: set[str] = set()  # sessions to catch up after an unreadable message
         self._lagging_catch_up: asyncio.Task[None] | None = None
@@ -118,6 +113,11 @@ class Listener:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def subscribed(self) -> Collection[str]:
+        """Sessions whose channel Redis confirmed, on the connection there is now."""
+        return frozenset(self._subscriber.subscribed)
 
     @property
     def unreadable(self) -> int:
@@ -138,104 +138,40 @@ class Listener:
         # First: stopping the tasks takes turns of the loop, in which this close may
         # be cancelled, and a watch waiting for a try would wait out CONFIRM_TIMEOUT.
         self._tries.close()
-        for task in (self._task, self._catch_up, self._lagging_catch_up, *self._background):
+        for task in (self._task, self._catch_up, self._lagging_catch_up):
             await stop_task(task)
+        await self._subscriber.stop()
         await self._disconnect()
 
     # -- what the store asks ------------------------------------------------------------
 
     async def watch(self, session_id: str) -> None:
         """Return once the session's channel is subscribed (confirmed by Redis). With
-        the connection down, once the try to connect it asks for succeeded."""
-        self._pinned[session_id] = self._pinned.get(session_id, 0) + 1
-        try:
+        the connection down, once the try to connect it asks for succeeded. Cancelled,
+        it leaves the subscribing to the listener's task (subscribing.py)."""
+        with self._subscriber.pinned(session_id):
             if not self._connected.is_set():
                 if self._closing:
                     raise StorageError(f"redis unavailable: {CLOSING}")
                 await self._tries.next_one()
-            await self._sync()
-            if session_id not in self._subscribed:
-                raise StorageError("redis unavailable: could not subscribe")
-        finally:
-            left = self._pinned[session_id] - 1
-            if left:
-                self._pinned[session_id] = left
-            else:
-                del self._pinned[session_id]
+            await self._subscriber.subscribed_to(session_id)
 
     def unwatch(self, session_id: str) -> None:
         """The session's last subscription closed: unsubscribe, in the background."""
-        if session_id in self._subscribed and self._connected.is_set() and not self._closing:
-            task = asyncio.get_running_loop().create_task(self._sync_quietly())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if (
+            session_id in self._subscriber.subscribed
+            and self._connected.is_set()
+            and not self._closing
+        ):
+            self._subscriber.sync_soon()
 
-    # -- subscribing ----------------------------------------------------------------------
+    def _connection(self) -> PubSub | None:
+        """The connection to subscribe on: None while there is none."""
+        return self._pubsub if self._connected.is_set() else None
 
-    def _wanted(self) -> set[str]:
-        return set(self._feed.sessions()) | set(self._pinned)
-
-    async def _sync(self) -> None:
-        """Subscribe and unsubscribe until Redis has exactly the wanted channels."""
-        async with self._sync_lock:
-            while True:
-                pubsub = self._pubsub
-                if pubsub is None or not self._connected.is_set():
-                    return
-                wanted = self._wanted()
-                add = wanted - self._subscribed
-                drop = self._subscribed - wanted
-                if add:
-                    await self._command(pubsub, add, subscribe=True)
-                    self._subscribed |= add
-                elif drop:
-                    self._subscribed -= drop
-                    for session_id in drop:
-                        self._bare_next.pop(session_id, None)
-                    await self._command(pubsub, drop, subscribe=False)
-                else:
-                    return
-
-    async def _sync_quietly(self) -> None:
-        with contextlib.suppress(StorageError):
-            await self._sync()
-
-    async def _command(self, pubsub: PubSub, sessions: set[str], subscribe: bool) -> None:
-        channels = [self._layout.channel(session_id) for session_id in sorted(sessions)]
-        loop = asyncio.get_running_loop()
-        waiting = {channel.encode(): loop.create_future() for channel in channels}
-        self._confirming.update(waiting)
-        try:
-            _still_connected(pubsub)
-            if self._sharded:
-                for channel in channels:  # one by one: on a Cluster each has its own slot
-                    _still_connected(pubsub)  # as it may have been lost under the last one
-                    if subscribe:
-                        await pubsub.ssubscribe(channel)
-                    else:
-                        await pubsub.sunsubscribe(channel)
-            elif subscribe:
-                await pubsub.subscribe(*channels)
-            else:
-                await pubsub.unsubscribe(*channels)
-            async with asyncio.timeout(CONFIRM_TIMEOUT):
-                await asyncio.gather(*waiting.values())
-        except StorageError:
-            raise  # the connection lost under the command (_disconnect): said already
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            raise StorageError(f"redis unavailable: pub/sub: {described(exc)}") from exc
-        except Exception as exc:
-            # redis-py's PubSub fails so rather than with a ConnectionError when its
-            # connection was torn down under this command: by the reader, which saw it
-            # drop (any error then), or by the event loop (pool.py): the same loss.
-            if self._pubsub is pubsub and not from_redis_py(exc):
-                raise
-            what = described(exc)
-            raise StorageError(f"redis unavailable: pub/sub connection lost: {what}") from exc
-        finally:
-            for name, waiter in waiting.items():
-                self._confirming.pop(name, None)
-                _settle(waiter)
+    def _forget(self, session_id: str) -> None:
+        """The session's channel is being unsubscribed: no notice of it is due."""
+        self._bare_next.pop(session_id, None)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -260,7 +196,7 @@ class Listener:
     async def _read(self, pubsub: PubSub) -> None:
         if self._broken:
             raise StorageError("the pub/sub connection is to be replaced")
-        _still_connected(pubsub)
+        still_connected(pubsub)
         loop = asyncio.get_running_loop()
         message = await pubsub.get_message(timeout=POLL)
         now = loop.time()
@@ -269,7 +205,7 @@ class Listener:
             if silent > PING_TIMEOUT:
                 raise StorageError("no answer from redis on the pub/sub connection")
             if silent > PING_EVERY:
-                _still_connected(pubsub)
+                still_connected(pubsub)
                 await pubsub.ping()
             return
         self._last_heard = now
@@ -285,9 +221,7 @@ class Listener:
                 except Exception as exc:  # what was published, not the connection
                     self._unreadable(session_id, exc)
         elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
-            waiter = self._confirming.get(message["channel"])
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._subscriber.confirmed(message["channel"])
 
     def _deliver(self, session_id: str, data: bytes) -> None:
         if self._bare_next and self._bare_next.pop(session_id, None) == data:
@@ -348,7 +282,7 @@ class Listener:
             raise
         self._pubsub = pubsub
         self._broken = False
-        self._subscribed = set()
+        self._subscriber.lost()  # nothing subscribed on the new one yet
         self._bare_next = {}
         self._last_heard = asyncio.get_running_loop().time()
         self._connected.set()
@@ -358,13 +292,15 @@ class Listener:
         """After a reconnect: subscribe again, then catch every session up. In a task
         of its own, since confirmations come through this listener's reads."""
         self.reconnects += 1
-        log.info("redis pub/sub connection back; catching %d sessions up", len(self._wanted()))
+        log.info(
+            "redis pub/sub connection back; catching %d sessions up", len(self._subscriber.wanted())
+        )
         self._catch_up = asyncio.get_running_loop().create_task(self._resubscribe_and_catch_up())
 
     async def _resubscribe_and_catch_up(self) -> None:
         try:
-            await self._sync()
-            await self._on_reconnect(set(self._subscribed))
+            await self._subscriber.sync()
+            await self._on_reconnect(set(self._subscriber.subscribed))
         except Exception as exc:  # the reader starts over with a fresh connection
             self._log.failure("catching up after a reconnect failed", exc, True)
             self._broken = True
@@ -372,29 +308,7 @@ class Listener:
     async def _disconnect(self) -> None:
         self._connected.clear()
         pubsub, self._pubsub = self._pubsub, None
-        self._subscribed = set()
-        for waiter in self._confirming.values():
-            if not waiter.done():
-                waiter.set_exception(StorageError(LOST))
+        self._subscriber.lost()
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
-
-
-def _still_connected(pubsub: PubSub) -> None:
-    """A lost connection (StorageError) unless ``pubsub``'s is up, just before a call
-    on it: redis-py would connect it again, or take the pool's for a closed PubSub,
-    behind the listener's back. Nothing is awaited between this test and redis-py's."""
-    connection: Any = pubsub.connection  # typed None by redis-py
-    if connection is None or not connection.is_connected:
-        raise StorageError(LOST)
-
-
-def _settle(waiter: asyncio.Future[None]) -> None:
-    """A confirmation no longer waited for: cancelled, or its error (a lost
-    connection, set by :meth:`Listener._disconnect`) marked as seen, so that asyncio
-    does not report it as never retrieved."""
-    if not waiter.done():
-        waiter.cancel()
-    elif not waiter.cancelled():
-        waiter.exception()
