@@ -82,11 +82,24 @@ def serve(request: Request, path: str) -> Response:
     if asset is None:
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such file")
     headers = _headers(request, path, asset)
-    if request.headers.get("If-None-Match") == asset.etag:
+    if _matches(request.headers.get_all("If-None-Match"), asset.etag):
         return Response(304, "Not Modified", headers, b"")
     headers["Content-Type"] = asset.content_type
     headers["Content-Length"] = str(len(asset.body))
     return Response(200, "OK", headers, asset.body)
+
+
+def _matches(if_none_match: list[str], etag: str) -> bool:
+    """Whether an If-None-Match header (every line of it) names ``etag``: RFC 9110
+    13.1.2, a list matches if any tag does, by the weak comparison (``W/"x"`` is
+    ``"x"``), and ``*`` matches any asset. A browser revalidating with several stored
+    tags, or behind a proxy that weakened ours when it compressed, gets its 304."""
+    for line in if_none_match:
+        for tag in line.split(","):
+            tag = tag.strip()
+            if tag == "*" or tag.removeprefix("W/") == etag:
+                return True
+    return False
 
 
 def content_security_policy(host: str | None) -> str:

@@ -164,6 +164,12 @@ async def test_unchanged_assets_revalidate_with_304() -> None:
         assert again.status == 304 and again.body == b""
         stale = await fetch(server, "/console/app.js", **{"If-None-Match": '"other"'})
         assert stale.status == 200 and stale.body == first.body
+        # RFC 9110 13.1.2: any tag of a list, a weakened tag (a compressing proxy's), *
+        for form in (f'"other", {etag}', f"W/{etag}", "*"):
+            matching = await fetch(server, "/console/app.js", **{"If-None-Match": form})
+            assert matching.status == 304 and matching.body == b"", form
+        weak_other = await fetch(server, "/console/app.js", **{"If-None-Match": 'W/"other"'})
+        assert weak_other.status == 200
 
 
 @pytest.mark.parametrize(
