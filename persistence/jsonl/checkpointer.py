@@ -94,7 +94,8 @@ class Checkpointer:
         return await self._jobs.run(self._create_files, meta)
 
     def _create_files(self, meta: SessionMetadata) -> tuple[SlotFile, FileStamp]:
-        # Checkpoint first: a crash before the log exists leaves a valid empty session.
+        # Checkpoint first: a crash before the log exists leaves a valid empty session
+        # (the next open makes its log: recovery.py).
         found = checkpoint.create(self.layout.checkpoint(meta.id), Checkpoint(metadata=meta))
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         os.close(os.open(self.layout.log(meta.id), flags, 0o644))

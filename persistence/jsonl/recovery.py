@@ -8,6 +8,9 @@ A crash can leave, per session:
 - a log without a checkpoint: recovered as a session with default metadata;
 - a checkpoint whose log is missing or shorter than it says: the history is lost, so the
   session gets a new ``epoch`` and ``last_seq`` becomes what the log really holds;
+- a checkpoint of no events without its log (a create cut short between its two
+  writes): a valid empty session; like one whose log was lost, it gets its empty log
+  made (durably), so that no reader or writer after the open finds no file;
 - a ``.tmp`` file (a checkpoint being written): removed, the old checkpoint stands;
 - a ``.deleted`` tombstone (a delete in progress): the delete is finished; one that
   cannot be (something stands in the way: a directory where a file must go, a file the
@@ -115,6 +118,7 @@ class _Recovery:
             strays = index_ids - log_ids - checkpoint_ids - deleted
             self._remove_strays(strays, self.layout.message_index)
         entries = snapshot.consume(self.layout, read_only=not self.writable)
+        without_log = []
         for session_id in sorted(checkpoint_ids | log_ids):
             entry = entries.get(session_id)
             found = None
@@ -128,6 +132,10 @@ class _Recovery:
                 found = self.sessions.recover(session_id, has_checkpoint, acknowledged)
             if found is not None:
                 self.report.sessions.append(found)
+                if session_id not in log_ids:
+                    without_log.append(session_id)
+        if self.writable and without_log:
+            self._create_empty_logs(without_log)
         if replayed is not None:
             # Only now: the new epoch of a session whose acknowledged seqs are lost is in
             # its checkpoint. A crash before this replays the segments again; after it,
@@ -212,6 +220,20 @@ class _Recovery:
                 unlink_quietly(path_of(session_id))
             except OSError as exc:  # in no session's way: it stays, and the open goes on
                 log.warning("could not remove %s, of no session: %s", path_of(session_id), exc)
+
+    def _create_empty_logs(self, session_ids: list[str]) -> None:
+        """Sessions recovered from a checkpoint whose log is not there: a create cut
+        short between its two writes (or a log lost, which ``recover`` reported and
+        gave a new epoch): each is empty now (last seq 0), and gets its empty log,
+        durably, so that every reader and writer after the open finds the file of an
+        empty session (read-only, none is made: nothing reads the log of a session
+        with no events)."""
+        for session_id in session_ids:
+            log.info("session %r: its checkpoint had no log; an empty one is made", session_id)
+            # No O_TRUNC: the open never shortens a file it did not read.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+            os.close(os.open(self.layout.log(session_id), flags, 0o644))
+        fsync_dir(self.layout.events)
 
     # -- deletes a crash or a failure left ----------------------------------------------
     # One session's obstacle (a directory where a file must go, a file the system will
