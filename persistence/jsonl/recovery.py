@@ -228,11 +228,14 @@ class _Recovery:
         durably, so that every reader and writer after the open finds the file of an
         empty session (read-only, none is made: nothing reads the log of a session
         with no events)."""
+        # No O_TRUNC: the open never shortens a file it did not read.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         for session_id in session_ids:
             log.info("session %r: its checkpoint had no log; an empty one is made", session_id)
-            # No O_TRUNC: the open never shortens a file it did not read.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-            os.close(os.open(self.layout.log(session_id), flags, 0o644))
+            try:
+                os.close(os.open(self.layout.log(session_id), flags, 0o644))
+            except OSError as exc:  # one session's trouble (no room, no right): not the open's
+                log.warning("session %r: its empty log could not be made: %s", session_id, exc)
         fsync_dir(self.layout.events)
 
     # -- deletes a crash or a failure left ----------------------------------------------
