@@ -96,7 +96,8 @@ class JsonlStorageConfig:
       cannot start, the writer's I/O thread does.
     - ``read_only``: open an existing store to read it (offline tools): no lock, no
       repair, no file created or changed, and every write refused (see ``storage.py``).
-      ``offline``: and refuse it (StorageLocked) while a process holds its lock.
+      ``offline``: and refuse it (StorageLocked) while a process holds its lock, and
+      hold ``LOCK`` shared until closed, so that no server starts on it meanwhile.
     - ``max_session_bytes``: what one session's log file may hold, in bytes (its lines:
       seq, time, key and event JSON); an append that would take it past this is
       ``SessionFull``, nothing of it written. None: no cap.

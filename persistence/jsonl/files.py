@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from ..base import StorageLocked, StoreMisconfigured
+from ..base import StorageError, StorageLocked, StoreMisconfigured
 from .layout import temporary_path
 
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
@@ -203,7 +203,9 @@ def unlink_quietly(path: Path) -> bool:
 
 
 class LockFile:
-    """An exclusive ``flock`` on ``<base>/LOCK``, held while the storage is open.
+    """A ``flock`` on ``<base>/LOCK``, held while the storage is open: exclusive for a
+    writer (:meth:`acquire`), shared for an offline reader (:meth:`share`: the source
+    of a migrate), so that no server starts on a store a tool is copying.
 
     flock locks belong to an open file description, so a second open of the same
     directory fails both in another process and in this one."""
@@ -213,22 +215,45 @@ class LockFile:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot lock the store at {self.path.parent}: {exc.strerror}: {self.path}"
+            ) from None
+        self._lock(fd, fcntl.LOCK_EX)
+        # The holder's pid, for the message of a refusal; informational only.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def share(self) -> None:
+        """Take the lock shared: other readers may too, a writer may not."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise StorageError(f"cannot lock the store at {self.path.parent}: {exc}") from exc
+            # A reader of a directory it may not write to (a mounted backup): taken if
+            # it is there; where it is not, no server of this user could create it.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+        self._lock(fd, fcntl.LOCK_SH)
+
+    def _lock(self, fd: int, how: int) -> None:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = _holder_of(fd, how)
             os.close(fd)
             raise StorageLocked(
                 f"storage at {self.path.parent} is in use: {self.path} is locked by "
-                f"another JsonlStorage{holder}; close it before opening this directory again"
+                f"{holder}; stop it before opening this directory again"
             ) from None
         except BaseException:
             os.close(fd)
             raise
-        # The holder's pid, for the message above; informational only.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -260,9 +285,19 @@ class LockFile:
         return None
 
 
-def _read_holder(fd: int) -> str:
+def _holder_of(fd: int, wanted: int) -> str:
+    """Who holds the lock that refused ``wanted``: readers (a shared lock would be
+    granted) or a writer, whose pid is in the file."""
+    if wanted == fcntl.LOCK_EX:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return "a reader (a migrate copying the store, or an offline tool)"
     try:
         pid = os.pread(fd, 32, 0).decode().strip()
     except (OSError, UnicodeDecodeError):
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+        pid = ""
+    return f"another JsonlStorage (pid {pid})" if pid.isdigit() else "another JsonlStorage"

@@ -9,10 +9,15 @@ Read-only (``JsonlStorageConfig.read_only``, ``open_storage(url, read_only=True)
 for offline tools. It opens an existing store only (a directory without ``sessions/``
 and ``events/`` is refused, naming it), creates and changes nothing (not even
 ``LOCK``), and the storage refuses every write with ``StorageError``. It neither waits
-for a server that holds the store nor takes the lock from it, nor could stop one from
-starting later (a shared lock would): it reads the files as they are, without repair
-(a torn tail is left out, WAL segments are not replayed, a lazily written state may be
-older), a best-effort view; the log names the process that holds the store, if any.
+for a server that holds the store nor takes the lock from it, nor stops one from
+starting later: it reads the files as they are, without repair (a torn tail is left
+out, WAL segments are not replayed, a lazily written state may be older), a
+best-effort view; the log names the process that holds the store, if any.
+
+Read-only and offline (``offline=True``: the source of a migrate, ``recount``) refuses
+a store a server holds, and takes ``LOCK`` shared (creating it if need be) until it
+closes, so that no server starts on the store meanwhile (its exclusive lock is
+refused, naming a reader), while other offline readers may share it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from ..base import StorageError, StorageLocked
 from . import snapshot
@@ -42,15 +48,12 @@ async def open_files(config: JsonlStorageConfig, lock_file: LockFile) -> Recover
                 f"{base} is not a bamboo JSONL store (it has no sessions/ and events/ "
                 "directories); a read-only open does not create one"
             )
-        holder = await asyncio.to_thread(lock_file.holder)
-        if holder is not None and config.offline:
-            raise StorageLocked(
-                f"store at {base} is in use by pid {holder}; stop that server first"
-            )
-        if holder is not None:
+        if config.offline:
+            await asyncio.to_thread(_share, lock_file, base)
+        elif (holder := await asyncio.to_thread(lock_file.holder)) is not None:
             log.info("read-only: %s is in use by pid %d; reading it as it is", base, holder)
     else:
-        await asyncio.to_thread(base.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_make_directory, base)
         lock_file.acquire()
     try:
         with gc_paused():
@@ -58,6 +61,26 @@ async def open_files(config: JsonlStorageConfig, lock_file: LockFile) -> Recover
     except BaseException:
         lock_file.release()
         raise
+
+
+def _share(lock_file: LockFile, base: Path) -> None:
+    holder = lock_file.holder()
+    try:
+        lock_file.share()
+    except StorageLocked:
+        who = f"pid {holder}" if holder is not None else "a server"
+        raise StorageLocked(f"store at {base} is in use by {who}; stop that server first") from None
+
+
+def _make_directory(base: Path) -> None:
+    """The store's directory, made if need be; one line saying why not otherwise (a
+    file in its place, a parent the process may not write to)."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StorageError(f"{base} is a file, not a directory: not a JSONL store") from None
+    except OSError as exc:
+        raise StorageError(f"cannot create the store directory {base}: {exc.strerror}") from None
 
 
 def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:

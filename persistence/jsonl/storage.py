@@ -129,6 +129,7 @@ class JsonlStorage(JsonlImports):
         self._feed.end_all()
         if self._read_only:
             await self._writer.close()
+            self._lock_file.release()  # an offline reader's shared lock
             self._jobs.shutdown(wait=False)
             return
         try:
