@@ -15,6 +15,13 @@ source's; a session of the same id but another epoch is a conflict, left alone a
 reported, as is one the destination closed or expired since (a state it cannot leave
 for the source's). So a rerun finishes the job.
 
+The source is not to change while it is copied (a JSONL or SQLite source is locked
+meanwhile; a Redis store has no lock its servers would hold). At the end of a run the
+source is listed again and compared with what was copied: a session created, deleted
+or changed since (its epoch, last seq or final metadata) is a :class:`SourceChange`,
+in :attr:`Progress.changed`, so a copy missing what servers wrote during the run is
+never taken for whole.
+
 Verifying compares every session of both stores: counts, last seq, epoch, state, and a
 checksum of the events (seq, ts, key and the event, re-encoded so that two backends'
 byte-for-byte spellings of one event agree).
@@ -72,6 +79,15 @@ class Progress:
     resumed: int = 0
     skipped: int = 0
     conflicts: list[Planned] = dataclasses.field(default_factory=list)
+    changed: list[SourceChange] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceChange:
+    """A session the source changed while it was copied: the copy lacks the change."""
+
+    session_id: str
+    what: str
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -84,7 +100,7 @@ class MigrationError(StorageError):
 
 async def source_sessions(source: Storage) -> AsyncIterator[SessionMetadata]:
     """Every session of ``source``, oldest first, a page at a time (the source is not
-    written meanwhile: it is held by the migration, not by a server)."""
+    to be written meanwhile: :func:`source_changes` tells when it was)."""
     offset = 0
     while True:
         query = SessionFilter(
@@ -164,7 +180,38 @@ async def migrate(
     await asyncio.gather(*(run.worker(queue) for _ in range(max(concurrency, 1))))
     if run.failure is not None:
         raise run.failure
+    progress.changed = await source_changes(source, {meta.id: meta for meta, _ in plans})
     return progress
+
+
+async def source_changes(source: Storage, copied: dict[str, SessionMetadata]) -> list[SourceChange]:
+    """What ``source`` holds now that differs from ``copied``, its sessions as listed
+    when the run began (and copied as they were then)."""
+    changes: list[SourceChange] = []
+    seen: set[str] = set()
+    async for meta in source_sessions(source):
+        seen.add(meta.id)
+        before = copied.get(meta.id)
+        if before is None:
+            changes.append(SourceChange(meta.id, "created during the run: not copied"))
+        elif what := _change(before, meta):
+            changes.append(SourceChange(meta.id, what))
+    gone = "deleted from the source during the run (the destination keeps its copy)"
+    changes.extend(SourceChange(id_, gone) for id_ in copied if id_ not in seen)
+    return changes
+
+
+def _change(before: SessionMetadata, now: SessionMetadata) -> str:
+    if before.epoch != now.epoch:
+        return f"replaced during the run (epoch {before.epoch} -> {now.epoch})"
+    if before.last_seq != now.last_seq:
+        return (
+            f"last seq {before.last_seq} -> {now.last_seq} during the run: "
+            f"events after seq {before.last_seq} not copied"
+        )
+    if _final_fields(before) != _final_fields(now):
+        return "its state or times changed during the run: copied as they were before"
+    return ""
 
 
 def _count(progress: Progress, planned: Planned) -> None:

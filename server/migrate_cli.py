@@ -1,22 +1,32 @@
 """``bamboo-session migrate --from URL --to URL``: move every session between stores.
 
 The copying is ``persistence/migrate.py``'s; this module is the command around it:
-opening both stores (the source read-only, so a store a running server holds is refused
-with the reason), showing progress on stderr (a live display with rich when stderr is a
-terminal and rich is installed, ``pip install 'bamboo-session[progress]'``; plain lines
-otherwise), ``--dry-run``, ``--verify``, and the exit status: 0 when everything was
-copied (and verified), 1 when a session is in conflict or differs, or a store fails.
+opening both stores (the source read-only and offline: a JSONL or SQLite store a
+running server holds is refused with the reason, and locked for the run so that no
+server starts on it; the same store as both is refused), showing progress on stderr (a
+live display with rich when stderr is a terminal and rich is installed,
+``pip install 'bamboo-session[progress]'``; plain lines otherwise), ``--dry-run``,
+``--verify``, and the exit status: 0 when everything was copied (and verified), 1 when
+a session is in conflict or differs, the source changed during the run (a Redis store
+its servers kept writing to), a store fails, or a store cannot be opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from bamboo_session.persistence import Storage, StorageError, StorageLocked, open_storage
+from bamboo_session.persistence import (
+    Storage,
+    StorageError,
+    StorageLocked,
+    open_storage,
+    parse_store_url,
+)
 
 if TYPE_CHECKING:  # argparse's class is generic to type checkers only
     # The copying is imported when migrate runs: every command line builds this parser.
@@ -40,7 +50,11 @@ DESCRIPTION = (
     "Copy every session (metadata, state, TTL, messages, events with their seq, ts and "
     "keys, and epoch) from one store to another, e.g. --from jsonl:///var/lib/bamboo "
     "--to sqlite:///var/lib/bamboo/sessions.db. Rerun it after an interruption: sessions "
-    "already copied whole are skipped. Neither store may be held by a running server."
+    "already copied whole are skipped. Neither store may be held by a running server: "
+    "a JSONL or SQLite store a server holds is refused, and the source is locked for the "
+    "run, so no server starts on it. A Redis store has no such lock: stop its servers "
+    "first; at its end the run lists the source again, and exits 1 naming each session "
+    "created, deleted or changed since it began (rerun once the servers are stopped)."
 )
 
 
@@ -74,15 +88,17 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
+    if same_store(args.source, args.target):
+        return _fail(f"the source and the destination are the same store: {args.target}")
     try:
         source = await open_storage(
             args.source, read_only=True, offline=True, cleanup_interval=None
         )
-    except StorageError as exc:
+    except (StorageError, OSError) as exc:
         return _fail(f"cannot read the source {args.source}: {exc}")
     try:
         target = await _open_target(args)
-    except StorageError as exc:
+    except (StorageError, OSError) as exc:
         await source.close()
         return _fail(f"cannot open the destination {args.target}: {exc}")
     try:
@@ -92,6 +108,24 @@ async def _migrate(args: argparse.Namespace) -> int:
     finally:
         await target.close()
         await source.close()
+
+
+def same_store(source: str, target: str) -> bool:
+    """Whether two store URLs name one store: one JSONL directory or SQLite file
+    (symlinks followed), or one Redis database and prefix. Malformed URLs are not the
+    same: opening them says what is wrong."""
+    try:
+        a, b = parse_store_url(source), parse_store_url(target)
+    except ValueError:
+        return False
+    if a.scheme != b.scheme or a.scheme == "memory":
+        return False
+    if a.scheme in ("jsonl", "sqlite"):
+        return os.path.realpath(a.location) == os.path.realpath(b.location)
+    return (a.location.rstrip("/"), a.params.get("prefix")) == (
+        b.location.rstrip("/"),
+        b.params.get("prefix"),
+    )
 
 
 async def _open_target(args: argparse.Namespace) -> Storage:
@@ -119,6 +153,9 @@ async def _run(args: argparse.Namespace, source: Storage, target: Storage) -> in
         display.close()
     _summary(progress, args.dry_run)
     status = 1 if progress.conflicts else 0
+    if progress.changed:
+        _changed(progress)
+        status = 1
     if args.verify and not args.dry_run:
         compared, differences = await verify(source, target)
         for difference in differences:
@@ -142,6 +179,15 @@ def _summary(progress: Progress, dry_run: bool) -> None:
     )
     for conflict in progress.conflicts:
         print(f"conflict: {conflict.session_id}: {conflict.reason}", flush=True)
+
+
+def _changed(progress: Progress) -> None:
+    for change in progress.changed:
+        print(f"changed: {change.session_id}: {change.what}", flush=True)
+    _fail(
+        f"the source changed during the run ({len(progress.changed):,} sessions): a server "
+        "is writing to it; stop every server using it, then rerun migrate to copy the rest"
+    )
 
 
 def _fail(reason: str) -> int:
