@@ -38,6 +38,17 @@ DEFAULT_DATA_DIR = "~/.bamboo/sessions"
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
 
+# What --store does with a store a running server holds: ls and show read it, the tools
+# that write (or count) refuse a JSONL or SQLite one (offline_store).
+HELD_READ = (
+    "read offline: a JSONL store a server holds is read as it is (a best-effort view, "
+    "the latest events may be missing), an SQLite one is refused (ask the server: --url)"
+)
+HELD_REFUSED = (
+    "opened offline: a JSONL or SQLite store a server holds is refused before anything is changed"
+)
+
+
 def add_store_options(parser: argparse.ArgumentParser, *, with_url: bool) -> None:
     """``--store`` / ``--data-dir`` (offline), or ``--url`` (a running server)."""
     source = parser.add_mutually_exclusive_group()
@@ -45,7 +56,7 @@ def add_store_options(parser: argparse.ArgumentParser, *, with_url: bool) -> Non
         "--store",
         default=None,
         help="the store's URL, as serve takes it (default: $BAMBOO_STORE, else "
-        "--data-dir); read offline, refused while a server holds it",
+        f"--data-dir); {HELD_READ if with_url else HELD_REFUSED}",
     )
     source.add_argument(
         "--data-dir",

@@ -243,6 +243,30 @@ async def test_delete_is_refused_while_a_server_holds_the_store(tmp_path: Path) 
     assert err.strip() == f"bamboo-session: {tmp_path} is in use by a running server; stop it first"
 
 
+async def test_ls_and_show_read_a_held_jsonl_store_and_refuse_a_held_sqlite_one_as_said(
+    tmp_path: Path,
+) -> None:
+    for command in (["ls"], ["show", "a"]):
+        code, out, _ = await asyncio.to_thread(tool, *command, "--help")
+        help_text = " ".join(out.split())
+        assert code == 0 and "refused while a server holds it" not in help_text
+        assert "a JSONL store a server holds is read as it is" in help_text, help_text
+        assert "an SQLite one is refused" in help_text, help_text
+    database = tmp_path / "held.db"
+    for store in (f"jsonl://{tmp_path / 'held'}", f"sqlite://{database}"):
+        async with run_server(store=store, durability="os") as server:
+            async with attach(server, "a", create=True):
+                pass
+            listed = await asyncio.to_thread(tool, "ls", "--json", "--store", store)
+            shown = await asyncio.to_thread(tool, "show", "a", "--json", "--store", store)
+        if store.startswith("jsonl"):
+            assert listed[0] == 0 and [s["id"] for s in json.loads(listed[1])["sessions"]] == ["a"]
+            assert shown[0] == 0 and json.loads(shown[1])["metadata"]["id"] == "a"
+        else:
+            for code, out, err in (listed, shown):
+                assert code == 1 and out == "" and "is in use" in err, err
+
+
 @pytest.mark.parametrize("command", [["delete", "a"], ["cleanup"], ["recount"]])
 def test_a_tool_that_writes_makes_no_sqlite_store_where_there_is_none(
     tmp_path: Path, command: list[str]
