@@ -54,7 +54,8 @@ DESCRIPTION = (
     "a JSONL or SQLite store a server holds is refused, and the source is locked for the "
     "run, so no server starts on it. A Redis store has no such lock: stop its servers "
     "first; at its end the run lists the source again, and exits 1 naming each session "
-    "created, deleted or changed since it began (rerun once the servers are stopped)."
+    "created, deleted or changed since it began (rerun once the servers are stopped). "
+    "The same store as source and destination is refused."
 )
 
 

@@ -4,6 +4,7 @@
 :class:`JsonlStorageConfig` and ``await JsonlStorage.open(config)``. A store::
 
     LOCK                    flock'ed while a storage has the store open for writing
+                            (exclusive), or an offline reader (shared: migrate's source)
     sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
     sessions/<id>.preamble  history from the old format that has no log line (rare)
     events/<id>.jsonl       the event log, one StoredEvent per line: the truth

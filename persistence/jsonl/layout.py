@@ -4,6 +4,7 @@ file names, and reads names back into session ids.
 ::
 
     <base>/LOCK                   flock'ed while a storage has the store open for writing
+                                  (exclusive), or an offline reader (shared)
     <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
     <base>/sessions/<id>.preamble history from the old format that has no log line
     <base>/sessions/<id>.json.replacing  the checkpoint of a session replacing an expired
