@@ -8,7 +8,10 @@ deadlines of all its connections every ``heartbeat / 3`` seconds (and registers 
 announced as joined, any that went missing meanwhile: an outage of the store, or a
 stall of the instance, longer than the heartbeat). A connection whose deadline passed
 (its instance died) is removed by the next join, leave, refresh or count of any
-instance on that session, and announced as ``left`` then. Notices of joins and
+instance on that session, and announced as ``left`` then; every instance's heartbeat
+also sweeps the instances whose heartbeat ran out (:meth:`PresenceStore.sweep_dead`),
+so that a session whose connections were all on a dead one is ``disconnected`` even
+when no surviving instance holds it. Notices of joins and
 leaves reach every instance subscribed to the session (it has a subscription to the
 session's events), through the callback given to :meth:`PresenceStore.on_presence`.
 
@@ -110,6 +113,13 @@ class PresenceStore(Protocol):
 
     async def counts(self, session_ids: Sequence[str]) -> list[int]:
         """:meth:`count` of each session, in one round trip."""
+        ...
+
+    async def sweep_dead(self) -> int:
+        """Park the sessions of instances that died (their heartbeat ran out): each
+        one left with no connection is written ``disconnected``, once however many
+        instances sweep at once, and none that a connection attached to meanwhile,
+        nor one closed, expired or deleted. How many it wrote."""
         ...
 
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:

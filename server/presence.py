@@ -5,8 +5,10 @@ with a ``PresenceStore``, persistence/presence.py: Redis).
 registered in the store (the one owner of that), one heartbeat task that refreshes
 them all every ``heartbeat / 3`` seconds, and the notices of other processes' joins
 and leaves, handed on (the manager posts each to the session's actor, whose room sends
-a ``presence`` frame). Actors register a connection when it attaches and unregister it
-when it leaves; the counts the store answers go into ``welcome`` and ``presence``.
+a ``presence`` frame). The heartbeat also sweeps other processes that died, parking
+the sessions none of their connections is left in (persistence/redis/orphans.py).
+Actors register a connection when it attaches and unregister it when it leaves; the
+counts the store answers go into ``welcome`` and ``presence``.
 
 A failure of the store here never fails an attach: the room's own count stands in,
 the heartbeat registers a connection whose join failed, and one whose leave failed
@@ -177,6 +179,16 @@ class SharedPresence(LocalPresence):
             await asyncio.sleep(interval)
             if self._held:
                 await self.refresh()
+            await self.sweep_dead()
+
+    async def sweep_dead(self) -> None:
+        """Park the sessions of the instances that died: whether or not this process
+        holds connections, or ever held those sessions (a restarted instance sweeps
+        the one it replaces)."""
+        try:
+            await self.store.sweep_dead()
+        except StorageError as exc:
+            log.warning("presence sweep of dead instances failed", error=str(exc))
 
     async def refresh(self) -> None:
         """Refresh every connection this process holds, in one round trip."""

@@ -136,6 +136,17 @@ local function rebuild_follows(idx, user, id, moved)
   end
 end
 
+-- A state written (not activity: last_activity_at stays): updated_at now, and the
+-- session moved among the index's states.
+local function write_state(meta, idx, id, current, target, created, now)
+  redis.call('HSET', meta, 'state', target, 'updated', now)
+  redis.call('ZADD', idx .. 'updated', now, id)
+  if current ~= target then
+    redis.call('ZREM', idx .. 'state:' .. current, id)
+    redis.call('ZADD', idx .. 'state:' .. target, created, id)
+  end
+end
+
 -- Activity now: last_activity_at and updated_at, and the sliding expiry.
 local function record_activity(meta, idx, id, now, ttl)
   redis.call('HSET', meta, 'updated', now, 'active', now)

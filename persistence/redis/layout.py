@@ -40,6 +40,10 @@ The indexes share one tag of their own, ``{idx}``::
     <prefix>:{idx}:generation hash: run, token, lossy (generation.lua)
     <prefix>:{idx}:generation:marked string: the record held a token or a lossy
                              mark once (without the record: one was deleted)
+    <prefix>:{idx}:instances  sorted set: instance -> its latest connection deadline
+                             (ms; presence.lua), swept by survivors (orphans.lua)
+    <prefix>:{idx}:instance:<name> sorted set: "<id> <epoch>" -> deadline (ms): the
+                             sessions the instance registered connections in
 
 Times are integers, microseconds since the Unix epoch, in hashes and scores alike
 (exact in a double until the year 2255), so scripts compute expiry without parsing.
@@ -113,6 +117,16 @@ class Layout:
         """The session's connections that left lately, which a late join or refresh
         must not register again (presence.lua)."""
         return f"{self.prefix}:{{{session_id}}}:gone"
+
+    def instances(self) -> str:
+        """The instances that registered presence, by their latest connection deadline
+        (presence.lua), which survivors sweep once it passed (orphans.lua)."""
+        return f"{self.index}instances"
+
+    def instance_sessions(self, instance: str) -> str:
+        """The sessions one instance registered connections in, ``<id> <epoch>`` by
+        deadline: what a survivor parks once the instance died."""
+        return f"{self.index}instance:{instance}"
 
     def user_conns(self, user: str) -> str:
         """One user's connections on every instance (--max-connections-per-user), in a

@@ -2,7 +2,9 @@
 persistence/presence.py): each session's connections in a sorted set
 ``<prefix>:{<id>}:conns`` scored by heartbeat deadline, changed by ``presence.lua``,
 which also sweeps out dead instances' connections and publishes every join and leave
-on the session's channel. The store's listener hands the notices back here. A call
+on the session's channel. The store's listener hands the notices back here. The
+sessions of instances that died are parked by the survivors' heartbeats
+(orphans.py). A call
 given an epoch is checked against the session's ``epoch`` field in the same script
 (its reply -1: another epoch, nothing done)."""
 
@@ -13,11 +15,12 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.ids import check_session_id, is_valid_session_id
 from bamboo_session.protocol.models import SessionState
 
 from ..base import SessionNotFound
 from ..presence import Held, PresenceNotice
+from .orphans import sweep_dead_instances
 from .scripts import HistoryLost
 
 if TYPE_CHECKING:
@@ -105,6 +108,19 @@ class RedisPresence:
         calls = [self._call(session_id, "refresh", []) for session_id in session_ids]
         return [int(count) for count in await self._storage.redis.run_many("presence", calls)]
 
+    async def sweep_dead(self) -> int:
+        return await sweep_dead_instances(self._storage)
+
+    def park_call(self, entry: str) -> tuple[list[str], list[str | int]] | None:
+        """The park (presence.lua) of one session a dead instance was in, its entry
+        ``<id> <epoch>`` as presence.lua recorded it; None for one that names no
+        session id."""
+        session_id, _, epoch = entry.partition(" ")
+        if not is_valid_session_id(session_id):
+            return None
+        keys, args = self._call(session_id, "park", [], epoch)
+        return keys, [*args, self._storage.layout.index]
+
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:
         self._callback = callback
 
@@ -144,7 +160,8 @@ class RedisPresence:
             storage.generation.key,
             *(f"{role}|{connection_id}" for connection_id, role in connections),
         ]
-        return [layout.conns(session_id), layout.meta(session_id), layout.gone(session_id)], args
+        keys = [layout.conns(session_id), layout.meta(session_id), layout.gone(session_id)]
+        return [*keys, layout.instance_sessions(self._instance), layout.instances()], args
 
     def _deliver(self, session_id: str, data: bytes) -> None:
         if self._callback is None:

@@ -43,6 +43,7 @@ NAMES: Final = (
     "import",
     "import_meta",
     "list",
+    "orphans",
     "presence",
     "read",
     "recount",

@@ -24,11 +24,6 @@ local now = clock()
 if target ~= 'expired' and has_expired(current, s[2], now) then fail('EXPIRED') end
 local read_updated = ARGV[8] or ''
 if read_updated ~= '' and read_updated ~= s[5] then return redis.call('HGETALL', meta) end
-redis.call('HSET', meta, 'state', target, 'updated', now)
-redis.call('ZADD', idx .. 'updated', now, id)
-if current ~= target then
-  redis.call('ZREM', idx .. 'state:' .. current, id)
-  redis.call('ZADD', idx .. 'state:' .. target, s[3], id)
-  if target == 'closed' then notify(publish, channel, 'closed', s[4]) end
-end
+write_state(meta, idx, id, current, target, s[3], now)
+if current ~= target and target == 'closed' then notify(publish, channel, 'closed', s[4]) end
 return redis.call('HGETALL', meta)

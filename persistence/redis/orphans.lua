@@ -1,0 +1,36 @@
+-- The instances that registered presence (presence.lua records each, by its latest
+-- connection deadline, and the sessions it was in), as survivors sweep those that
+-- died: an instance whose deadline passed refreshed nothing for a whole heartbeat.
+-- Mode 'claim' (KEYS: the instances; ARGV: mode, heartbeat ms, at most how many):
+--   the names of instances whose deadline passed, each given a new deadline one
+--   heartbeat away, so that other survivors leave it to this one meanwhile (and
+--   take it up should this one die before it is done).
+-- Mode 'take' (KEYS: one instance's sessions; ARGV: mode, at most how many): its
+--   entries '<id> <epoch>' whose deadline passed, each followed by its score (an
+--   entry refreshed since, its instance alive after all, is not among them).
+-- Mode 'drop' (KEYS: one instance's sessions, the instances; ARGV: mode, the
+--   instance, then pairs of an entry and the score 'take' read): the entries parked,
+--   those refreshed since kept; the instance goes once none is left.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode = ARGV[1]
+if mode == 'claim' then
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+  for _, name in ipairs(dead) do
+    redis.call('ZADD', KEYS[1], 'XX', int(now + tonumber(ARGV[2])), name)
+  end
+  return dead
+end
+if mode == 'take' then
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+    tonumber(ARGV[2]))
+end
+for i = 3, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return 0

@@ -1,0 +1,63 @@
+"""The sessions of instances that died, parked by the survivors of a Redis store.
+
+presence.lua records, at each join and refresh, the session in its instance's own
+sorted set and the instance in ``<prefix>:{idx}:instances``, each by its deadline. An
+instance whose deadline passed refreshed nothing for a whole heartbeat: it died (or
+stalls). Each survivor's presence heartbeat (every ``heartbeat / 3``) claims such
+instances (``orphans.lua``, one heartbeat each, so that survivors sweeping at once
+share them out), and calls ``presence.lua`` in mode ``park`` on each of their
+sessions: it sweeps the dead connections out and, should none be left, writes the
+session ``disconnected`` in that same step, as the last connection's leave would
+have. Without it, a session whose connections were all on the dead instance stayed
+``active`` with no connection for ever unless a survivor held it (r325).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .storage import RedisStorage
+
+log = logging.getLogger(__name__)
+
+CLAIMED_AT_ONCE: Final = 16  # dead instances one sweep takes up
+PARKED_AT_ONCE: Final = 256  # sessions of one, parked in one round trip
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def sweep_dead_instances(storage: RedisStorage) -> int:
+    """Park the sessions of the instances whose deadline passed; how many it wrote
+    ``disconnected`` (0 where another survivor did, or a connection is left)."""
+    heartbeat_ms = round(storage.config.heartbeat * 1000)
+    claimed = await storage.redis.run(
+        "orphans", [storage.layout.instances()], ["claim", heartbeat_ms, CLAIMED_AT_ONCE]
+    )
+    parked = 0
+    for name in claimed:
+        instance = _text(name)
+        swept = await _sweep_instance(storage, instance)
+        if swept:
+            log.info("parked %d sessions of instance %s, which died", swept, instance)
+        parked += swept
+    return parked
+
+
+async def _sweep_instance(storage: RedisStorage, instance: str) -> int:
+    layout = storage.layout
+    key = layout.instance_sessions(instance)
+    parked = 0
+    while True:
+        flat = await storage.redis.run("orphans", [key], ["take", PARKED_AT_ONCE])
+        entries = [_text(entry) for entry in flat[::2]]
+        calls = [c for c in map(storage.presence.park_call, entries) if c is not None]
+        answers = await storage.redis.run_many("presence", calls)
+        parked += sum(1 for a in answers if isinstance(a, list) and int(a[1]) == 1)
+        # Dropped only once parked: a sweeper that dies first leaves them to the next.
+        await storage.redis.run("orphans", [key, layout.instances()], ["drop", instance, *flat])
+        if len(entries) < PARKED_AT_ONCE:
+            return parked
