@@ -1,0 +1,128 @@
+"""The sessions of an instance that stopped refreshing its presence (died), parked by
+the survivors of a Redis store (persistence/redis/orphans.py): written
+``disconnected`` once, however many survivors sweep at once; not one a connection is
+left in, nor one closed, deleted or replaced under its id meanwhile. Real redis-server;
+the dead instance is a store closed without a leave (its heartbeat stops, as a killed
+process's does: tests/test_server_instances_dead.py kills real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.listing import SessionFilter
+from bamboo_session.persistence.presence import Held
+from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.protocol.models import Session, SessionState
+from tests.redis_server import RedisServer, prefix_for
+
+HEARTBEAT = 0.3
+
+
+async def open_redis(url: str) -> RedisStorage:
+    storage = await open_storage(url)
+    assert isinstance(storage, RedisStorage)
+    return storage
+
+
+async def died_in(url: str, *session_ids: str) -> None:
+    """An instance joins a connection to each session, then stops without a leave."""
+    doomed = await open_redis(url)
+    try:
+        for session_id in session_ids:
+            epoch = (await doomed.get_metadata(session_id)).epoch  # type: ignore[union-attr]
+            await doomed.presence.join(session_id, f"c_{session_id}", "agent", epoch=epoch)
+    finally:
+        await doomed.close()
+
+
+async def test_two_survivors_sweeping_at_once_park_the_session_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    a, b = await open_redis(url), await open_redis(url)
+    try:
+        await a.create_session(Session.new("orphan"))
+        before = await a.get_metadata("orphan")
+        assert before is not None and before.state == SessionState.ACTIVE
+        await died_in(url, "orphan")
+        assert await a.presence.sweep_dead() == 0  # its heartbeat has not run out yet
+        await asyncio.sleep(HEARTBEAT + 0.1)
+
+        swept = await asyncio.gather(*(s.presence.sweep_dead() for s in (a, b, a, b)))
+        assert sum(swept) == 1
+        parked = await b.get_metadata("orphan")
+        assert parked is not None and parked.state == SessionState.DISCONNECTED
+        assert parked.updated_at > before.updated_at  # a state write, not activity:
+        assert parked.last_activity_at == before.last_activity_at
+        listed = await a.list_sessions(SessionFilter(state=SessionState.DISCONNECTED))
+        assert [m.id for m in listed.sessions] == ["orphan"]
+        assert await a.presence.sweep_dead() == await b.presence.sweep_dead() == 0
+        again = await a.get_metadata("orphan")
+        assert again is not None and again.updated_at == parked.updated_at  # written once
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_one_park_however_many_run_it(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The park itself (presence.lua), run by two survivors whose claims crossed (one
+    slower than a heartbeat): the first writes, the second finds it parked."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    a, b = await open_redis(url), await open_redis(url)
+    try:
+        await a.create_session(Session.new("twice"))
+        entry = f"twice {(await a.get_metadata('twice')).epoch}"  # type: ignore[union-attr]
+        await died_in(url, "twice")
+        await asyncio.sleep(HEARTBEAT + 0.1)
+        calls = [a.presence.park_call(entry), b.presence.park_call(entry)]
+        assert None not in calls
+        answers = await asyncio.gather(
+            a.redis.run_many("presence", calls[:1] * 2),  # type: ignore[list-item]
+            b.redis.run_many("presence", calls[1:] * 2),  # type: ignore[list-item]
+        )
+        assert sorted(int(answer[1]) for pair in answers for answer in pair) == [0, 0, 0, 1]
+        assert (await a.get_metadata("twice")).state == SessionState.DISCONNECTED  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_left_as_it_is_what_changed_since(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A session with a connection left on a survivor stays active; one closed since
+    stays closed; one deleted and created again under its id (another epoch, active
+    with no connection yet) is not the dead instance's, and stays active."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    a = await open_redis(url)
+    try:
+        for session_id in ("shared", "closed", "replaced", "alone"):
+            await a.create_session(Session.new(session_id))
+        await died_in(url, "shared", "closed", "replaced", "alone")
+        shared = await a.get_metadata("shared")
+        assert shared is not None
+        survivor = Held("shared", [("c_survivor", "client")], shared.epoch)
+        await a.presence.join("shared", "c_survivor", "client", epoch=shared.epoch)
+        await a.update_session_state("closed", SessionState.CLOSED)
+        await a.delete_session("replaced")
+        await a.create_session(Session.new("replaced"))
+        replacement = await a.get_metadata("replaced")
+        assert replacement is not None
+
+        await asyncio.sleep(HEARTBEAT / 2)
+        await a.presence.refresh([survivor])  # the survivor's heartbeat
+        await asyncio.sleep(HEARTBEAT / 2 + 0.1)  # the dead one's deadline passed
+        assert await a.presence.sweep_dead() == 1
+        states = {m.id: m.state for m in (await a.list_sessions(SessionFilter())).sessions}
+        assert states == {
+            "shared": SessionState.ACTIVE,
+            "closed": SessionState.CLOSED,
+            "replaced": SessionState.ACTIVE,
+            "alone": SessionState.DISCONNECTED,
+        }
+        assert await a.presence.counts(["shared", "alone"]) == [1, 0]
+        stored = await a.get_metadata("replaced")
+        assert stored is not None and stored.epoch == replacement.epoch
+        assert stored.updated_at == replacement.updated_at
+    finally:
+        await a.close()

@@ -1,0 +1,137 @@
+"""Server processes on one Redis, one killed with SIGKILL (r325): a session whose
+connections were all on it is ``disconnected`` one heartbeat (and a survivor's sweep,
+every third of it) after the kill, though no surviving process ever held it, and is
+no longer listed by ``?state=active``; one with a connection left on a survivor stays
+``active``; and a process started after the only one died (on its port, or another)
+parks them too. Real redis-server, real processes, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.instances import Instances
+from tests.redis_server import RedisServer, prefix_for
+
+HEARTBEAT = 1.0
+# The dead connections' deadline (one heartbeat after their last refresh, which came
+# up to a third of one before the kill), then a survivor's next sweep (a third of one).
+PARKED_WITHIN = HEARTBEAT * 5 / 3 + 1.5  # and the instance's start, poll and scheduling
+
+
+def get(port: int, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return json.loads(answer.read())  # type: ignore[no-any-return]
+
+
+async def metadata(port: int, session_id: str) -> dict[str, Any]:
+    body = await asyncio.to_thread(get, port, f"/api/v1/sessions/{session_id}")
+    return body["metadata"]  # type: ignore[no-any-return]
+
+
+async def listed(port: int, state: str) -> list[str]:
+    body = await asyncio.to_thread(get, port, f"/api/v1/sessions?state={state}")
+    return [session["id"] for session in body["sessions"]]
+
+
+async def connect(port: int, session_id: str) -> Any:
+    peer = await websockets.connect(f"ws://127.0.0.1:{port}/api/v1/stream/{session_id}")
+    await peer.send(json.dumps({"type": "hello", "create": True, "user_id": "u"}))
+    assert json.loads(await peer.recv())["type"] == "welcome"
+    return peer
+
+
+async def until_parked(port: int, session_id: str, within: float) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        meta = await metadata(port, session_id)
+        if meta["state"] != "active" or time.monotonic() > deadline:
+            return meta
+        await asyncio.sleep(0.1)
+
+
+def instances_on(redis_server: RedisServer, tmp_path: Path) -> Instances:
+    store = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    return Instances(tmp_path, store)
+
+
+async def test_a_session_only_a_killed_instance_served_is_parked(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    instances = instances_on(redis_server, tmp_path)
+    try:
+        survivor, doomed = instances.start(2)
+        peers = [await connect(doomed, "orphan") for _ in range(2)]
+        before = await metadata(survivor, "orphan")
+        assert (before["state"], before["connections"]) == ("active", 2)
+
+        instances.kill(1)
+        killed = time.monotonic()
+        meta = await until_parked(survivor, "orphan", PARKED_WITHIN + 5)
+        took = time.monotonic() - killed
+        assert (meta["state"], meta["connections"]) == ("disconnected", 0)
+        assert took < PARKED_WITHIN, f"parked {took:.1f} s after the kill"
+        assert meta["last_activity_at"] == before["last_activity_at"]  # not activity
+        assert meta["updated_at"] > before["updated_at"]
+        assert "orphan" not in await listed(survivor, "active")
+        assert "orphan" in await listed(survivor, "disconnected")
+        for peer in peers:
+            peer.transport.abort()
+        instances.check_logs([0])
+    finally:
+        instances.close()
+
+
+async def test_a_session_with_a_connection_on_a_survivor_stays_active(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    instances = instances_on(redis_server, tmp_path)
+    try:
+        survivor, doomed = instances.start(2)
+        staying = await connect(survivor, "shared")
+        dying = await connect(doomed, "shared")
+        joined = json.loads(await asyncio.wait_for(staying.recv(), 5))
+        assert (joined["type"], joined["connections"]) == ("presence", 2)
+        instances.kill(1)
+        left = json.loads(await asyncio.wait_for(staying.recv(), PARKED_WITHIN + 5))
+        assert left["type"] == "presence" and "left" in left and left["connections"] == 1
+        await asyncio.sleep(HEARTBEAT)  # further sweeps of the survivor's
+        meta = await metadata(survivor, "shared")
+        assert (meta["state"], meta["connections"]) == ("active", 1)
+        assert "shared" in await listed(survivor, "active")
+        dying.transport.abort()
+        await staying.close()
+        meta = await until_parked(survivor, "shared", 5)
+        assert (meta["state"], meta["connections"]) == ("disconnected", 0)
+        instances.check_logs([0])
+    finally:
+        instances.close()
+
+
+@pytest.mark.parametrize("port", ["same", "new"])
+async def test_an_instance_started_after_the_only_one_died_parks_its_sessions(
+    redis_server: RedisServer, tmp_path: Path, port: str
+) -> None:
+    instances = instances_on(redis_server, tmp_path)
+    try:
+        (only,) = instances.start(1)
+        peer = await connect(only, "left-behind")
+        if port == "same":
+            instances.restart(0)  # a kill -9, then a new process on its port
+            (started,) = instances.ports
+        else:
+            instances.kill(0)
+            started = instances.start(1)[1]
+        peer.transport.abort()
+        meta = await until_parked(started, "left-behind", PARKED_WITHIN + 5)
+        assert (meta["state"], meta["connections"]) == ("disconnected", 0)
+        assert await listed(started, "active") == []
+    finally:
+        instances.close()
