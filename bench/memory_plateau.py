@@ -239,9 +239,12 @@ async def drive(
             round_started = time.monotonic()
             parked, summary = await run_round(server.port, number, parked, args, url, store)
             churn_seconds = time.monotonic() - round_started
-            await asyncio.sleep(args.settle)
+            cpu_before = common.cpu_seconds(server.pid)
+            await asyncio.sleep(args.settle)  # no peer: what the server does is its own
+            settle_cpu = common.cpu_seconds(server.pid) - cpu_before
             row = await measure(server, probe, tmp, redis_port)
             row["churn_s"] = round(churn_seconds, 1)
+            row["settle_cpu_s"] = round(settle_cpu, 3)
             row.update(summary)
             print_row(store, number, row)
             dumps.append(probe.last)
