@@ -27,15 +27,17 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import common
-from .memory_churn import MemoryDump, Probe, run_round
+from .memory_churn import MemoryDump, Probe, http_get, run_round
 
 PROBE_DIR = common.BENCH_DIR / "memory_probe"
 GAUGES = (
@@ -68,9 +70,9 @@ def parse_args() -> argparse.Namespace:
 
 
 @contextmanager
-def redis_server(directory: Path):  # type: ignore[no-untyped-def]
-    """A durable redis-server of our own on a free port (stopped by its pid)."""
-    port = common_free_port()
+def redis_server(directory: Path) -> Iterator[int]:
+    """A durable redis-server of our own on a free port (stopped by its pid): its port."""
+    port = free_port()
     process = subprocess.Popen(
         [
             "redis-server",
@@ -86,15 +88,13 @@ def redis_server(directory: Path):  # type: ignore[no-untyped-def]
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        yield port, process.pid
+        yield port
     finally:
         os.kill(process.pid, signal.SIGTERM)
         process.wait(10)
 
 
-def common_free_port() -> int:
-    import socket
-
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((common.HOST, 0))
         port: int = probe.getsockname()[1]
@@ -142,18 +142,16 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def store_files(directory: Path) -> tuple[int, int]:
-    """Files under the store's directory and their bytes (the probe's dumps aside)."""
+    """Files under the store's directory and their bytes."""
     count = size = 0
     for path in directory.rglob("*"):
-        if path.is_file() and "probe" not in path.parts:
+        if path.is_file():
             count += 1
             size += path.stat().st_size
     return count, size
 
 
 async def read_gauges(port: int) -> dict[str, float]:
-    from .memory_churn import http_get
-
     _, body = await http_get(port, "/metrics")
     gauges = {}
     for line in body.decode().splitlines():
@@ -212,7 +210,7 @@ async def run_store(store: str, args: argparse.Namespace) -> None:
     with common.workdir(f"memory-{store}") as tmp:
         (tmp / "store").mkdir()
         if store == "redis":
-            with redis_server(tmp / "store") as (port, _pid):
+            with redis_server(tmp / "store") as port:
                 url = f"redis://{common.HOST}:{port}/0"
                 await drive(store, url, args, tmp, port)
         else:
