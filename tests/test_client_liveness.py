@@ -125,10 +125,12 @@ async def test_pongs_of_pings_never_sent_are_no_answer(
     ):
         await agent.publish(Token("before"))
         assert [e.seq for e in await take(viewer, 1, 5)] == [1]
-        await asyncio.sleep(4 * (PING_INTERVAL + PING_TIMEOUT))
+        if dropped:  # three rounds of silence at least; slower on a loaded machine
+            await within(lambda: viewer.reconnects >= 3, 10 * (PING_INTERVAL + PING_TIMEOUT))
+        else:
+            await asyncio.sleep(4 * (PING_INTERVAL + PING_TIMEOUT))
+            assert viewer.reconnects == 0
         assert proxy.pongs_seen >= 3
-        assert (viewer.reconnects >= 3) is dropped
-        assert (viewer.reconnects == 0) is not dropped
         await agent.publish(Token("after"))
         assert [e.seq for e in await take(viewer, 1, 5)] == [2]
 
