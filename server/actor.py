@@ -386,13 +386,15 @@ class SessionActor:
         self.timer.note_traffic()
 
     def arm_timer(self) -> None:
-        """Look again after a while: for idleness while connections are attached, for
-        the end of parking when none is (sooner while its store is owed its state)."""
+        """Look again after a while: for idleness while connections are attached; when
+        none is, for the session's end in the store (its expiry, or a delete no notice
+        told this process of), the state its store is owed, and the end of parking."""
         config, ttl = self.config, self.status.ttl
         # Often enough that peers who keep sending frames keep a short-lived session
         # alive: their traffic is recorded as activity at every look.
         look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
         if self.room.outboxes:
+            self.status.expires_at = None  # their activity moves it: read again once parked
             self.timer.arm(look)
         else:
-            self.timer.park(config.disconnect_retention, look if self.status.owed else None)
+            self.timer.park(config.disconnect_retention, self.status.parked_look(look))

@@ -287,12 +287,17 @@ async def detach(actor: SessionActor, connection_id: str) -> None:
 
 
 async def tick(actor: SessionActor, generation: int) -> None:
-    """The timer fired: check an attached session for idleness and expiry; save the
-    state a parked one's store missed, and retire it at the end of its retention."""
+    """The timer fired: check an attached session for idleness and expiry. A parked
+    one retires once the store no longer holds it alive (expired, deleted, replaced or
+    closed: its ring and timer leave memory then, not at the end of its retention), or
+    at the end of its retention; until then, the state its store missed is saved."""
     timer = actor.timer
     if not timer.is_current(generation):
         return
     if not actor.room.outboxes:
+        if await actor.status.gone_from_store():
+            actor.accepting = False  # an attach reads the store, and is told so from there
+            return
         await save_owed(actor)
         if timer.retires:
             actor.accepting = False  # parked for the whole retention: retire

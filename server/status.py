@@ -25,6 +25,10 @@ log = structlog.get_logger("bamboo_session.actor")
 
 EXPIRED = "expired"  # how a session ended that check() found expired (DELETED: gone)
 
+# How long after the session's expiry its parked look comes: a timer that fires a
+# moment early would find it alive, and look once more.
+PAST_EXPIRY = 0.05
+
 # Stored states that another process may write while this one's peers are busy.
 _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
 
@@ -32,6 +36,7 @@ _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
 class SessionStatus:
     __slots__ = (
         "epoch",
+        "expires_at",
         "idle_elsewhere",
         "idle_written_at",
         "owed",
@@ -70,6 +75,9 @@ class SessionStatus:
         # The ``updated_at`` of the last state this status wrote (None: unknown), for
         # undoing that move only if nothing wrote the session since (control.given_up).
         self.written_at: datetime | None = None
+        # When the session expires, as the store said at the last look of it parked
+        # (None: unknown, or never): that look's next one comes then, not later.
+        self.expires_at: datetime | None = None
 
     async def become(
         self, state: SessionState, unless_updated_since: datetime | None = None
@@ -175,6 +183,33 @@ class SessionStatus:
             await self.become(held, unless_updated_since=metadata.updated_at)
         finally:
             self.state = held  # still attached here, whatever the store says
+
+    async def gone_from_store(self) -> bool:
+        """A parked session's look at the store: whether the session it serves is no
+        more there, as a live one: deleted (by cleanup once expired, by the API, or by
+        another process on a shared store, whose notice only a subscription hears),
+        replaced under its id, expired, or closed by another process. Nothing of it
+        is then worth keeping in memory: an attach reads the store, and gets from it
+        what it would get from this actor (4404, 4409). A read that fails says no: the
+        next look reads again."""
+        try:
+            metadata = await self.storage.get_metadata(self.session_id)
+        except StorageError as exc:
+            log.info("reading the parked session failed", error=str(exc))
+            return False
+        if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
+            return True
+        self.expires_at = metadata.expires_at
+        ended = (SessionState.EXPIRED, SessionState.CLOSED)
+        return metadata.is_expired() or metadata.state in ended
+
+    def parked_look(self, look: float) -> float:
+        """Seconds to a parked session's next look: ``look``, or just past the expiry
+        the last look read, when that is sooner."""
+        if self.expires_at is None:
+            return look
+        until = (self.expires_at - utcnow()).total_seconds()
+        return min(look, max(until, 0.0) + PAST_EXPIRY)
 
     async def touch(self) -> None:
         """Activity: the session's TTL starts again (not a closed one's: the store

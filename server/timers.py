@@ -1,9 +1,11 @@
 """ActivityTimer: when a live session next needs looking at. While connections are
 attached, after ``idle_timeout`` or a third of the session's TTL, whichever is sooner
 (is it idle? did its peers send frames since the last look, which is activity?);
-while parked, after ``disconnect_retention`` from when it parked (retire), or sooner to
-save a state its store missed. One timer handle at a time; a tick from a timer that was
-re-armed since is recognised by its generation."""
+while parked, after ``disconnect_retention`` from when it parked (retire), and at looks
+before that (as often, or at the session's expiry when that is sooner) that retire it
+once the store no longer holds it alive, and save a state its store missed. One timer
+handle at a time; a tick from a timer that was re-armed since is recognised by its
+generation."""
 
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ class ActivityTimer:
     def park(self, retention: float, look: float | None = None) -> None:
         """A session with no connection: the tick ``retention`` seconds after it parked
         (the first call since :meth:`arm`) retires it; one comes after ``look`` before
-        that, to save what its store missed."""
+        that, to look at the store (is the session still there? is it owed a state?)."""
         now = self._loop.time()
         if self._retire_at is None:
             self._retire_at = now + retention
