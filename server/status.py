@@ -75,8 +75,8 @@ class SessionStatus:
         # The ``updated_at`` of the last state this status wrote (None: unknown), for
         # undoing that move only if nothing wrote the session since (control.given_up).
         self.written_at: datetime | None = None
-        # When the session expires, as the store said at the last look of it parked
-        # (None: unknown, or never): that look's next one comes then, not later.
+        # When the session expires, as the store said when it parked or at its last
+        # look since (None: unknown, or never): the next look comes then, not later.
         self.expires_at: datetime | None = None
 
     async def become(
@@ -118,7 +118,9 @@ class SessionStatus:
             self.owed = True
             return
         try:
-            await self.become(SessionState.DISCONNECTED)
+            stored = await self.become(SessionState.DISCONNECTED)
+            if stored is not None:  # a state write is no activity: it expires as it would
+                self.expires_at = stored.expires_at
         except (SessionNotFound, SessionClosed) as exc:
             # A deleted session is owed nothing, nor one closed elsewhere: it never
             # moves again (its notice ends it here, or the next attach reads it).
