@@ -26,18 +26,15 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import common
 from .memory_churn import MemoryDump, Probe, http_get, run_round
+from .redis_scaling import Redis
 
 PROBE_DIR = common.BENCH_DIR / "memory_probe"
 GAUGES = (
@@ -67,31 +64,6 @@ def parse_args() -> argparse.Namespace:
         help="one more argument for serve (repeat: --server-arg=--max-sessions --server-arg=200)",
     )  # fmt: skip
     return parser.parse_args()
-
-
-@contextmanager
-def redis_server(directory: Path) -> Iterator[int]:
-    """A durable redis-server of our own on a free port (stopped by its pid): its port."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port", str(port),
-            "--bind", common.HOST,
-            "--dir", str(directory),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--logfile", str(directory / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield port
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(10)
 
 
 def free_port() -> int:
@@ -210,9 +182,11 @@ async def run_store(store: str, args: argparse.Namespace) -> None:
     with common.workdir(f"memory-{store}") as tmp:
         (tmp / "store").mkdir()
         if store == "redis":
-            with redis_server(tmp / "store") as port:
-                url = f"redis://{common.HOST}:{port}/0"
-                await drive(store, url, args, tmp, port)
+            redis = Redis(tmp / "store")  # durable, of our own; stopped by its pid
+            try:
+                await drive(store, f"redis://{common.HOST}:{redis.port}/0", args, tmp, redis.port)
+            finally:
+                redis.stop()
         else:
             name = "sessions.db" if store == "sqlite" else "sessions"
             await drive(store, f"{store}://{tmp / 'store' / name}", args, tmp, None)
