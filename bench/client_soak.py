@@ -1,0 +1,296 @@
+"""The client soak: the project's own clients, used as an application would use them,
+through network faults and server crashes
+(``python -m bench.client_soak --store jsonl|redis --seconds 480``).
+
+The server's soaks (bench/chaos_soak.py, bench/crash_soak.py) use raw websockets
+clients; this one holds the clients to the product's promise: a follower that drops and
+comes back gets exactly the events it missed, in order, once, and a publisher's retry is
+safe with keys. The applications are bench/client_soak_apps.py's: Python publishers,
+Python followers (one slow, with a small queue) and a JavaScript follower under Node,
+all on one session, all through bench/chaos_proxy.py's CuttingProxy, which cuts and
+freezes their connections. Behind it, one server (``jsonl``) or two sharing a Redis
+store (``redis``, on a redis-server of the soak's own), each connection going to an
+instance drawn at random among those up. Every few seconds an instance is SIGKILLed
+(or, one time in five, stopped with SIGTERM) and restarted; sometimes every instance
+stays down for ``OUTAGE`` seconds, after which no Python client may say ``connected``.
+
+At the end the chaos stops, the followers catch up, every client is closed (timed), the
+servers stop, and the checks of bench/client_soak_checks.py run on what the store holds.
+Exits 1 when any check failed. Every process it starts it stops, by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bamboo_session.protocol.client import BambooClient
+
+from .chaos_proxy import CuttingProxy
+from .client_soak_apps import CLOSE_BOUND, Follower, JsFollower, Publisher
+from .client_soak_checks import check_all
+from .crash_cluster import Cluster
+from .crash_stores import JsonlStore, RedisStore, SoakStore
+
+SESSION = "client-soak"
+OUTAGE = 3.5  # seconds every instance stays down, in some cycles: > PING * 2 + slack
+KILL_EVERY = (2.0, 6.0)  # seconds between two kills, drawn uniformly
+GRACEFUL = 0.2  # the share of stops that are a SIGTERM
+ALL_DOWN = 0.2  # the share of cycles that leave every instance down for OUTAGE
+CATCH_UP = 60.0  # seconds the followers may take to catch up once the chaos stopped
+SAMPLE_EVERY = 5.0  # seconds between samples of tasks and memory
+
+
+def http_last_seq(cluster: Cluster) -> int:
+    port = cluster.any_port()
+    url = f"http://127.0.0.1:{port}/api/v1/sessions/{SESSION}/events?after_seq=0&limit=1"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return int(json.loads(answer.read())["last_seq"])
+
+
+def open_to_port(port: int, pid: int | str = "self") -> int:
+    """Process ``pid``'s TCP sockets connected to ``port`` on loopback, in any state
+    but closed (Linux: /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if remote_port == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+class Soak:
+    def __init__(self, store: SoakStore, instances: int, work: Path, args: argparse.Namespace):
+        self.rng = random.Random(args.seed)
+        self.store = store
+        self.work = work
+        self.cluster = Cluster(store, work, instances, self.rng)
+        self.proxy = CuttingProxy(self.cluster.any_port, self.rng)
+        self.args = args
+        self.figures: dict[str, Any] = {"kills": 0, "sigterms": 0, "outages": 0}
+        self.problems: list[str] = []
+        self.samples: list[dict[str, int]] = []
+        self.publishers: list[Publisher] = []
+        self.followers: list[Follower] = []
+        self.js: list[JsFollower] = []
+
+    async def run(self) -> dict[str, Any]:
+        await self.cluster.start(list(range(len(self.cluster.servers))))
+        await self.proxy.start()
+        direct = f"ws://127.0.0.1:{self.cluster.any_port()}"
+        create = await BambooClient.connect(direct, SESSION, create=True)
+        await create.close()
+        url = f"ws://127.0.0.1:{self.proxy.port}"
+        self._make_apps(url)
+        stop = asyncio.Event()
+        for js in self.js:
+            await js.start()
+        runs = [asyncio.ensure_future(app.run(stop)) for app in [*self.publishers, *self.followers]]
+        sampler = asyncio.ensure_future(self._sample())
+        started = time.monotonic()
+        await self._chaos(started + self.args.seconds)
+        self.figures["chaos_seconds"] = round(time.monotonic() - started, 1)
+        await self._settle(stop, runs)
+        sampler.cancel()
+        await self._stop_servers()
+        records, store_problems = await self.store.records(SESSION)
+        self.problems += store_problems
+        self.problems += check_all(records, self.publishers, self.followers, self.js, self.samples)
+        self._count(records)
+        return {"figures": self.figures, "problems": self.problems}
+
+    def _make_apps(self, url: str) -> None:
+        a = self.args
+        for i in range(a.publishers):
+            timeout = 3.0 if i % 2 else None  # half of them give up on a slow reply
+            self.publishers.append(Publisher(f"p{i}", url, SESSION, self._rng(), timeout))
+        for i in range(a.followers):
+            self.followers.append(Follower(f"f{i}", url, SESSION, self._rng(), slow=i == 0))
+            self.followers[-1].codec = "msgpack" if i % 2 else "json"
+        for i in range(a.js):
+            self.js.append(JsFollower(f"js{i}", url, SESSION, self.work))
+
+    def _rng(self) -> random.Random:
+        return random.Random(self.rng.random())
+
+    # -- chaos ----------------------------------------------------------------------------
+
+    async def _chaos(self, deadline: float) -> None:
+        next_kill = time.monotonic() + self.rng.uniform(*KILL_EVERY)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.rng.uniform(0.2, 0.8))
+            roll = self.rng.random()
+            if roll < 0.4:
+                self.proxy.cut(self.rng.randint(1, 2))
+            elif roll < 0.6:
+                self.proxy.freeze(1)
+            if time.monotonic() >= next_kill:
+                await self._cycle()
+                next_kill = time.monotonic() + self.rng.uniform(*KILL_EVERY)
+
+    async def _cycle(self) -> None:
+        """Stops one instance (or all), waits, restarts them."""
+        up = sorted(self.cluster.up)
+        all_down = self.rng.random() < ALL_DOWN
+        victims = up if all_down or len(up) == 1 else [self.rng.choice(up)]
+        if self.rng.random() < GRACEFUL:
+            self.figures["sigterms"] += len(victims)
+            for i, status in zip(victims, await self.cluster.stop_gracefully(victims), strict=True):
+                if status != 0:
+                    self.problems.append(f"instance {i} exited {status} on SIGTERM")
+        else:
+            self.figures["kills"] += len(victims)
+            self.cluster.kill(victims)
+        if all_down and self.rng.random() < 0.5:
+            self.figures["outages"] += 1
+            await asyncio.sleep(OUTAGE)
+            self._check_disconnected()
+        else:
+            await asyncio.sleep(self.rng.uniform(0.05, 1.0))
+        await self.cluster.start(victims)
+
+    def _check_disconnected(self) -> None:
+        """Every instance has been down for OUTAGE seconds: no client may say connected."""
+        for app in [*self.publishers, *self.followers]:
+            client = app.client
+            if client is not None and client.connected and not client.finished:
+                self.problems.append(f"{app.name}: connected is True {OUTAGE} s into an outage")
+
+    # -- the end --------------------------------------------------------------------------
+
+    async def _settle(self, stop: asyncio.Event, runs: list[asyncio.Future[None]]) -> None:
+        self.problems += await self.proxy.unfrozen(patience=30)
+        stop.set()
+        pubs = runs[: len(self.publishers)]
+        _, late = await asyncio.wait(pubs, timeout=60)
+        if late:
+            self.problems.append(f"{len(late)} publishers did not stop within 60 s")
+        last = await asyncio.to_thread(http_last_seq, self.cluster)
+        self.figures["last_seq"] = last
+        deadline = time.monotonic() + CATCH_UP
+        while time.monotonic() < deadline and not self._caught_up(last):  # noqa: ASYNC110 - polls other apps' lists
+            await asyncio.sleep(0.2)
+        for follower in self.followers:
+            c = follower.client
+            if c is not None and not c.connected:
+                self.problems.append(
+                    f"{follower.name}: connected is False once caught up (finished {c.finished},"
+                    f" queued {c.queued_events}, skipped {c.skipped_events}, last_seq"
+                    f" {c.last_seq}, reconnects {c.reconnects}, delivered"
+                    f" {follower.seen[-1][0] if follower.seen else 0})"
+                )
+            await follower.close()
+        _, late = await asyncio.wait(runs[len(self.publishers) :], timeout=2 * CLOSE_BOUND)
+        if late:
+            self.problems.append(f"{len(late)} followers did not stop after close()")
+        for task in [*runs]:
+            task.cancel()
+        for js in self.js:
+            assert js.proc is not None
+            # Its one live connection; any more are connections it gave up, still open.
+            self.figures[f"{js.name}_sockets_at_end"] = open_to_port(self.proxy.port, js.proc.pid)
+            problem = await js.stop(bound=2 * CLOSE_BOUND)
+            if problem:
+                self.problems.append(problem)
+
+    def _caught_up(self, last: int) -> bool:
+        seen = [f.seen[-1][0] if f.seen else 0 for f in self.followers]
+        return all(s >= last for s in seen) and all(js.progress >= last for js in self.js)
+
+    async def _stop_servers(self) -> None:
+        # Every client is closed: none may still hold a connection to the proxy.
+        left = open_to_port(self.proxy.port)
+        if left:
+            self.problems.append(
+                f"{left} sockets to the proxy still open in the soak once its clients closed"
+            )
+        self.problems += self.cluster.stop()
+        await self.proxy.close()
+
+    async def _sample(self) -> None:
+        while True:
+            for js in self.js:
+                js.sample_rss()
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.samples.append({"tasks": len(asyncio.all_tasks()), "max_rss_kib": rss})
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    def _count(self, records: list[Any]) -> None:
+        f = self.figures
+        f["stored"] = len(records)
+        f["publish_calls"] = sum(p.calls for p in self.publishers)
+        f["acked"] = sum(len(p.acked) for p in self.publishers)
+        f["raised_keys"] = sum(len(set(p.raised) - set(p.acked)) for p in self.publishers)
+        f["cuts"], f["freezes"] = self.proxy.cuts, self.proxy.freezes
+        f["server_starts"] = self.cluster.starts
+        for app in [*self.publishers, *self.followers]:
+            fig = app.figures
+            f[app.name] = {
+                "clients": fig.clients,
+                "reconnects": fig.reconnects,
+                "resent": fig.resent,
+                "connect_failures": fig.connect_failures,
+                "errors": fig.ended_with,
+                "slowest_close_s": round(max(fig.close_seconds, default=0), 2),
+            }
+        for js in self.js:
+            r = dict(js.report)
+            r.pop("seen", None)
+            r["max_rss_kib"] = max(js.rss_kib, default=0)
+            f[js.name] = r
+        f["tasks"] = [s["tasks"] for s in self.samples[:: max(1, len(self.samples) // 8)]]
+
+
+async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="client-soak-") as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        store: SoakStore = JsonlStore(work) if args.store == "jsonl" else RedisStore(work)
+        instances = 1 if args.store == "jsonl" else 2
+        runner = Soak(store, instances, work, args)
+        try:
+            return await runner.run()
+        finally:
+            runner.cluster.kill_all()
+            for js in runner.js:
+                if js.proc is not None and js.proc.returncode is None:
+                    js.proc.kill()
+                    await js.proc.wait()
+            store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=("jsonl", "redis"), default="jsonl")
+    parser.add_argument("--seconds", type=float, default=480.0, help="of chaos")
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--followers", type=int, default=2, help="Python followers")
+    parser.add_argument("--js", type=int, default=1, help="JavaScript followers")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--work", default=None, help="keep the files here (default: a temp dir)")
+    args = parser.parse_args()
+    result = asyncio.run(soak(args))
+    print(json.dumps(result, indent=1))
+    return 1 if result["problems"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
