@@ -126,7 +126,7 @@ class Soak:
             self.followers.append(Follower(f"f{i}", url, SESSION, self._rng(), slow=i == 0))
             self.followers[-1].codec = "msgpack" if i % 2 else "json"
         for i in range(a.js):
-            self.js.append(JsFollower(f"js{i}", url, SESSION, self.work))
+            self.js.append(JsFollower(f"js{i}", url, SESSION, self.work, slow=i == 1))
 
     def _rng(self) -> random.Random:
         return random.Random(self.rng.random())
@@ -283,7 +283,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=480.0, help="of chaos")
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--followers", type=int, default=2, help="Python followers")
-    parser.add_argument("--js", type=int, default=1, help="JavaScript followers")
+    parser.add_argument("--js", type=int, default=2, help="JavaScript followers (js1 slow)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--work", default=None, help="keep the files here (default: a temp dir)")
     args = parser.parse_args()

@@ -202,11 +202,12 @@ class Follower:
 class JsFollower:
     """A follower on the JavaScript client, in a Node process of its own."""
 
-    def __init__(self, name: str, url: str, session_id: str, work: Path) -> None:
+    def __init__(self, name: str, url: str, session_id: str, work: Path, slow: bool) -> None:
         self.name = name
         self.argv = [
             "node", "--experimental-websocket", "--no-warnings",
             str(ROOT / "bench" / "client_soak_follower.mjs"), url, session_id,
+            "slow" if slow else "",
         ]  # fmt: skip
         self.stderr = work / f"{name}.stderr"
         self.proc: asyncio.subprocess.Process | None = None

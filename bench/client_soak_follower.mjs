@@ -5,10 +5,13 @@
 // lastSeq and epoch. On SIGTERM it closes its client (timed) and prints one JSON line:
 // what it saw and what the client reported.
 //
-// node --experimental-websocket bench/client_soak_follower.mjs WS_URL SESSION_ID
+// node --experimental-websocket bench/client_soak_follower.mjs WS_URL SESSION_ID [slow]
 import { BambooClient } from "../server/web/client/bamboo.js";
 
-const [url, sessionId] = process.argv.slice(2);
+const [url, sessionId, mode] = process.argv.slice(2);
+// "slow": a small queue and a callback that dawdles now and then, so that the client
+// skips events past its full queue, pauses, and resumes for them.
+const slow = mode === "slow";
 const seen = []; // [seq, key]
 const states = {}; // state name: times told
 const endedWith = {}; // error name: count
@@ -39,6 +42,7 @@ async function open() {
         pingInterval: 1000,
         pingTimeout: 1000,
         openTimeout: 5000,
+        ...(slow ? { maxQueuedEvents: 64 } : {}),
       });
       report.clients += 1;
       c.on("state", (change) => {
@@ -59,11 +63,16 @@ async function follow() {
     client = await open();
     if (client === null) return;
     try {
-      for await (const item of client.events()) deliver(item);
+      for await (const item of client.events()) {
+        deliver(item);
+        if (slow && Math.random() < 0.01)
+          await new Promise((r) => setTimeout(r, 500));
+      }
     } catch (error) {
       endedWith[error.name] = (endedWith[error.name] ?? 0) + 1;
     }
     report.reconnects += client.reconnects;
+    report.skipped += client.skippedEvents;
     const delivered = seen.length ? seen[seen.length - 1][0] : 0;
     if (client.lastSeq !== delivered) {
       report.mismatches.push(
