@@ -65,8 +65,7 @@ async function follow() {
     try {
       for await (const item of client.events()) {
         deliver(item);
-        if (slow && Math.random() < 0.01)
-          await new Promise((r) => setTimeout(r, 500));
+        if (slow && Math.random() < 0.01) await new Promise((r) => setTimeout(r, 500));
       }
     } catch (error) {
       endedWith[error.name] = (endedWith[error.name] ?? 0) + 1;
@@ -75,9 +74,7 @@ async function follow() {
     report.skipped += client.skippedEvents;
     const delivered = seen.length ? seen[seen.length - 1][0] : 0;
     if (client.lastSeq !== delivered) {
-      report.mismatches.push(
-        `lastSeq ${client.lastSeq}, delivered ${delivered}`,
-      );
+      report.mismatches.push(`lastSeq ${client.lastSeq}, delivered ${delivered}`);
     }
     lastSeq = client.lastSeq;
     epoch = client.epoch;
