@@ -8,8 +8,9 @@ deadlines of all its connections every ``heartbeat / 3`` seconds (and registers 
 announced as joined, any that went missing meanwhile: an outage of the store, or a
 stall of the instance, longer than the heartbeat). A connection whose deadline passed
 (its instance died) is removed by the next join, leave, refresh or count of any
-instance on that session, and announced as ``left`` then; every instance's heartbeat
-also sweeps the instances whose heartbeat ran out (:meth:`PresenceStore.sweep_dead`),
+instance on that session, and announced as ``left`` then; every instance also sweeps,
+as often as it refreshes but on a task of its own (a big sweep takes seconds), the
+instances whose heartbeat ran out (:meth:`PresenceStore.sweep_dead`),
 so that a session whose connections were all on a dead one is ``disconnected`` even
 when no surviving instance holds it. Notices of joins and
 leaves reach every instance subscribed to the session (it has a subscription to the

@@ -5,8 +5,11 @@ with a ``PresenceStore``, persistence/presence.py: Redis).
 registered in the store (the one owner of that), one heartbeat task that refreshes
 them all every ``heartbeat / 3`` seconds, and the notices of other processes' joins
 and leaves, handed on (the manager posts each to the session's actor, whose room sends
-a ``presence`` frame). The heartbeat also sweeps other processes that died, parking
-the sessions none of their connections is left in (persistence/redis/orphans.py).
+a ``presence`` frame). A task of its own, as often, sweeps other processes that died,
+parking the sessions none of their connections is left in
+(persistence/redis/orphans.py): not the heartbeat's, since parking a big dead instance
+takes seconds (0.1 to 0.35 ms a session), and a heartbeat waiting on it let this
+process's own connections run out, its live sessions then parked by the others (r333).
 Actors register a connection when it attaches and unregister it when it leaves; the
 counts the store answers go into ``welcome`` and ``presence``.
 
@@ -88,16 +91,19 @@ class SharedPresence(LocalPresence):
         self._held: dict[str, dict[str, tuple[str, str | None]]] = {}
         self._refreshing: asyncio.Event | None = None  # set once a refresh under way ends
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.refreshes = 0
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
         self._task = asyncio.create_task(self._heartbeat(), name="bamboo-presence-heartbeat")
+        self._sweeper = asyncio.create_task(self._sweeps(), name="bamboo-presence-sweep")
 
     async def stop(self) -> None:
         self.store.on_presence(None)
-        task, self._task = self._task, None
-        await cancel_and_wait(task)  # its refresh may be in redis-py's send
+        tasks = (self._task, self._sweeper)
+        self._task = self._sweeper = None
+        await cancel_and_wait(*tasks)  # a refresh or a park may be in redis-py's send
 
     def held(self, session_id: str) -> int:
         """This process's connections registered for the session."""
@@ -179,6 +185,11 @@ class SharedPresence(LocalPresence):
             await asyncio.sleep(interval)
             if self._held:
                 await self.refresh()
+
+    async def _sweeps(self) -> None:
+        interval = self.store.heartbeat / 3
+        while True:
+            await asyncio.sleep(interval)
             await self.sweep_dead()
 
     async def sweep_dead(self) -> None:

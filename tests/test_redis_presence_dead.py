@@ -3,11 +3,13 @@ the survivors of a Redis store (persistence/redis/orphans.py): written
 ``disconnected`` once, however many survivors sweep at once; not one a connection is
 left in, nor one closed, deleted or replaced under its id meanwhile. Real redis-server;
 the dead instance is a store closed without a leave (its heartbeat stops, as a killed
-process's does: tests/test_server_instances_dead.py kills real servers)."""
+process's does: tests/test_server_instances_dead.py kills real servers). A dead
+instance too big to park within a heartbeat stays its first sweeper's to the end."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from bamboo_session.persistence import open_storage
@@ -33,6 +35,26 @@ async def died_in(url: str, *session_ids: str) -> None:
         for session_id in session_ids:
             epoch = (await doomed.get_metadata(session_id)).epoch  # type: ignore[union-attr]
             await doomed.presence.join(session_id, f"c_{session_id}", "agent", epoch=epoch)
+    finally:
+        await doomed.close()
+
+
+async def died_in_many_sessions(url: str, count: int) -> str:
+    """The name of an instance that registered a connection in each of ``count`` new
+    sessions, then stopped without a leave (its heartbeat stops, as a killed one's).
+    All registered within its heartbeat (``url``'s): a refresh drops its instance's
+    entries whose deadline passed, sessions it no longer holds."""
+    doomed = await open_redis(url)
+    try:
+        held = []
+        for start in range(0, count, 500):
+            chunk = [f"dead-{i}" for i in range(start, min(start + 500, count))]
+            await asyncio.gather(*(doomed.create_session(Session.new(i)) for i in chunk))
+            metas = await asyncio.gather(*(doomed.get_metadata(i) for i in chunk))
+            held += [Held(m.id, [(f"c-{m.id}", "agent")], m.epoch) for m in metas if m]
+        for start in range(0, count, 500):
+            await doomed.presence.refresh(held[start : start + 500])
+        return doomed.instance
     finally:
         await doomed.close()
 
@@ -126,3 +148,36 @@ async def test_left_as_it_is_what_changed_since(redis_server: RedisServer, tmp_p
         assert stored.updated_at == replacement.updated_at
     finally:
         await a.close()
+
+
+async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The sweeper renews its claim between batches: the dead instance's deadline
+    never passes while it parks, and a second survivor sweeping meanwhile takes up
+    nothing of it (r333: the claim ran out, and each survivor in turn redid it)."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    a, b = await open_redis(url), await open_redis(url)
+    try:
+        # Its own heartbeat longer: 8,000 registered before the first deadline passes.
+        doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=2)
+        dead = await died_in_many_sessions(doomed, 8000)
+        await asyncio.sleep(2.1)
+        began = time.monotonic()
+        sweep = asyncio.create_task(a.presence.sweep_dead())
+        lapsed, swept_by_b = [], 0
+        while not sweep.done():
+            await asyncio.sleep(HEARTBEAT / 3)
+            deadline = await b.redis.client.zscore(b.layout.instances(), dead)
+            seconds, micros = await b.redis.client.time()
+            now_ms = seconds * 1000 + micros // 1000
+            if deadline is not None and deadline <= now_ms:
+                lapsed.append(round(now_ms - deadline))
+            swept_by_b += await b.presence.sweep_dead()
+        took = time.monotonic() - began
+        assert took > 2 * HEARTBEAT, f"parked in {took:.2f} s: too few to outlast a claim"
+        assert (await sweep, swept_by_b, lapsed) == (8000, 0, [])
+        assert await b.redis.client.zcard(b.layout.instances()) == 0  # swept whole
+    finally:
+        await a.close()
+        await b.close()

@@ -3,7 +3,10 @@ connections were all on it is ``disconnected`` one heartbeat (and a survivor's s
 every third of it) after the kill, though no surviving process ever held it, and is
 no longer listed by ``?state=active``; one with a connection left on a survivor stays
 ``active``; and a process started after the only one died (on its port, or another)
-parks them too. Real redis-server, real processes, real WebSocket clients."""
+parks them too. A survivor parking a dead instance of 10,000 sessions (seconds of
+work) keeps its own connections refreshed meanwhile: no other survivor takes its live
+sessions for dead (r333; its claim held: tests/test_redis_presence_dead.py). Real
+redis-server, real processes, real WebSocket clients."""
 
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from typing import Any
 import pytest
 import websockets
 
+from bamboo_session.protocol.models import SessionState
 from tests.instances import Instances
 from tests.redis_server import RedisServer, prefix_for
+from tests.test_redis_presence_dead import died_in_many_sessions, open_redis
 
 HEARTBEAT = 1.0
 # The dead connections' deadline (one heartbeat after their last refresh, which came
@@ -134,4 +139,53 @@ async def test_an_instance_started_after_the_only_one_died_parks_its_sessions(
         assert (meta["state"], meta["connections"]) == ("disconnected", 0)
         assert await listed(started, "active") == []
     finally:
+        instances.close()
+
+
+DEAD_SESSIONS = 10_000  # 1 to 4 s of parking (0.1 to 0.4 ms each): heartbeats of it
+
+
+async def test_a_survivor_parking_a_big_dead_instance_keeps_its_own_sessions_live(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    instances = Instances(tmp_path, url)
+    other_survivor = await open_redis(url)  # sweeps as a server's heartbeat does
+    try:
+        (port,) = instances.start(1)
+        peer = await connect(port, "mine")
+        # Its own heartbeat longer: all registered before the first deadline passes.
+        doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=2 * HEARTBEAT)
+        dead = await died_in_many_sessions(doomed, DEAD_SESSIONS)
+        alive = other_survivor.layout.instances()
+        deadline_of_dead = await other_survivor.redis.client.zscore(alive, dead)
+        until = time.monotonic() + 10
+        while await other_survivor.redis.client.zscore(alive, dead) == deadline_of_dead:
+            assert time.monotonic() < until, "the server never claimed the dead instance"
+            await asyncio.sleep(0.02)
+
+        seen, swept_by_other = [], 0
+        until = time.monotonic() + 3 * HEARTBEAT
+        while time.monotonic() < until:
+            swept_by_other += await other_survivor.presence.sweep_dead()
+            meta = await other_survivor.get_metadata("mine")
+            assert meta is not None
+            (count,) = await other_survivor.presence.counts(["mine"])
+            seen.append((meta.state, count))
+            await asyncio.sleep(HEARTBEAT / 3)
+        # Its peer live throughout; and the dead instance left to the server, which
+        # renews its claim, not parked by the other survivor too.
+        wrong = [s for s in seen if s != (SessionState.ACTIVE, 1)]
+        assert (wrong, swept_by_other) == ([], 0), f"of {len(seen)} looks"
+
+        until = time.monotonic() + 30
+        while await other_survivor.redis.client.zscore(alive, dead) is not None:
+            assert time.monotonic() < until, "the server never finished the sweep"
+            await asyncio.sleep(0.1)
+        last = await other_survivor.get_metadata(f"dead-{DEAD_SESSIONS - 1}")
+        assert last is not None and last.state == SessionState.DISCONNECTED
+        await peer.close()
+        instances.check_logs([0])
+    finally:
+        await other_survivor.close()
         instances.close()

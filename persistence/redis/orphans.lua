@@ -2,9 +2,14 @@
 -- connection deadline, and the sessions it was in), as survivors sweep those that
 -- died: an instance whose deadline passed refreshed nothing for a whole heartbeat.
 -- Mode 'claim' (KEYS: the instances; ARGV: mode, heartbeat ms, at most how many):
---   the names of instances whose deadline passed, each given a new deadline one
---   heartbeat away, so that other survivors leave it to this one meanwhile (and
+--   each instance whose deadline passed, followed by the new deadline it is given,
+--   one heartbeat away, so that other survivors leave it to this one meanwhile (and
 --   take it up should this one die before it is done).
+-- Mode 'renew' (KEYS: the instances; ARGV: mode, heartbeat ms, the instance, the
+--   deadline this sweeper gave it): one heartbeat more for a sweep still under way,
+--   the new deadline; false if the deadline is another's (a survivor took it up
+--   after this claim ran out, or the instance refreshed: alive after all) or the
+--   instance is gone (swept whole).
 -- Mode 'take' (KEYS: one instance's sessions; ARGV: mode, at most how many): its
 --   entries '<id> <epoch>' whose deadline passed, each followed by its score (an
 --   entry refreshed since, its instance alive after all, is not among them).
@@ -16,10 +21,20 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
 if mode == 'claim' then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+  local claimed = {}
   for _, name in ipairs(dead) do
     redis.call('ZADD', KEYS[1], 'XX', int(now + tonumber(ARGV[2])), name)
+    claimed[#claimed + 1] = name
+    claimed[#claimed + 1] = redis.call('ZSCORE', KEYS[1], name)
   end
-  return dead
+  return claimed
+end
+if mode == 'renew' then
+  if redis.call('ZSCORE', KEYS[1], ARGV[3]) ~= ARGV[4] then
+    return false
+  end
+  redis.call('ZADD', KEYS[1], 'XX', int(now + tonumber(ARGV[2])), ARGV[3])
+  return redis.call('ZSCORE', KEYS[1], ARGV[3])
 end
 if mode == 'take' then
   return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
