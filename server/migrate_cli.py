@@ -3,9 +3,11 @@
 The copying is ``persistence/migrate.py``'s; this module is the command around it:
 opening both stores (the source read-only and offline: a JSONL or SQLite store a
 running server holds is refused with the reason, and locked for the run so that no
-server starts on it; the same store as both is refused), showing progress on stderr (a
-live display with rich when stderr is a terminal and rich is installed,
-``pip install 'bamboo-session[progress]'``; plain lines otherwise), ``--dry-run``,
+server starts on it; the same store as both is refused: one path, symlinks followed,
+or for Redis one server, database and prefix, compared once both are open), showing
+progress on stderr (a live display with rich when stderr is a terminal and rich is
+installed, ``pip install 'bamboo-session[progress]'``; plain lines otherwise),
+``--dry-run``,
 ``--verify``, and the exit status: 0 when everything was copied (and verified), 1 when
 a session is in conflict or differs, the source changed during the run (a Redis store
 its servers kept writing to), a store fails, or a store cannot be opened.
@@ -103,6 +105,8 @@ async def _migrate(args: argparse.Namespace) -> int:
         await source.close()
         return _fail(f"cannot open the destination {args.target}: {exc}")
     try:
+        if await same_redis_store(source, target):
+            return _fail(f"the source and the destination are the same store: {args.target}")
         return await _run(args, source, target)
     except StorageError as exc:
         return _fail(f"migrate failed: {exc}; rerun to finish")
@@ -112,9 +116,10 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 def same_store(source: str, target: str) -> bool:
-    """Whether two store URLs name one store: one JSONL directory or SQLite file
-    (symlinks followed), or one Redis database and prefix. Malformed URLs are not the
-    same: opening them says what is wrong."""
+    """Whether two store URLs name one store, before either is opened: one JSONL
+    directory or SQLite file (symlinks followed), or one Redis URL and prefix as
+    written (:func:`same_redis_store` knows any spelling, once both are open).
+    Malformed URLs are not the same: opening them says what is wrong."""
     try:
         a, b = parse_store_url(source), parse_store_url(target)
     except ValueError:
@@ -127,6 +132,19 @@ def same_store(source: str, target: str) -> bool:
         b.location.rstrip("/"),
         b.params.get("prefix"),
     )
+
+
+async def same_redis_store(source: Storage, target: Storage) -> bool:
+    """Whether two opened stores are one Redis store: one server (its run), database
+    and prefix, however their URLs spell them (persistence/redis/identity.py)."""
+    try:
+        from bamboo_session.persistence.redis import RedisStorage
+        from bamboo_session.persistence.redis.identity import store_identity
+    except ImportError:  # no redis-py: neither is a Redis store
+        return False
+    if not (isinstance(source, RedisStorage) and isinstance(target, RedisStorage)):
+        return False
+    return await store_identity(source) == await store_identity(target)
 
 
 async def _open_target(args: argparse.Namespace) -> Storage:

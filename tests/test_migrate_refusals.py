@@ -2,7 +2,8 @@
 the JSONL store a migrate copies (its lock is held, shared, for the run); a destination
 that cannot be a store (a file, a path under a file, a directory that cannot be made)
 is one line and exit 1, not a traceback; the same store as source and destination is
-refused under any spelling, its files untouched; and a Redis source that a server keeps
+refused under any spelling, its files untouched (a Redis one by its server's run,
+database and prefix, r333); and a Redis source that a server keeps
 writing to during the run is not taken for copied whole: exit 1, each session created
 or changed meanwhile named, and a rerun once the writes stop finishes the copy."""
 
@@ -13,9 +14,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from bamboo_session.persistence import open_storage
@@ -25,6 +28,7 @@ from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess
 from tests.support import opened
 from tests.test_migrate_cli import ROOT, make_source, migrate
+from tests.test_redis_acl import acl_user
 
 
 def files_of(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -100,6 +104,47 @@ def test_a_store_migrated_into_itself_is_refused(tmp_path: Path) -> None:
             )
             assert run.stdout == ""
     assert files_of(tmp_path) == before  # no LOCK, snapshot or database file rewritten
+
+
+def redis_spellings(port: int) -> list[tuple[str, str]]:
+    """One store, two ways: the default prefix, the host's name, the default database."""
+    return [
+        (f"redis://127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/0?prefix=bamboo"),
+        (f"redis://127.0.0.1:{port}/0?prefix=p", f"redis://localhost:{port}/0?prefix=p"),
+        (f"redis://127.0.0.1:{port}?prefix=p", f"redis://127.0.0.1:{port}/0?prefix=p"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_one_redis_store_spelt_two_ways_is_refused(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, case: int
+) -> None:
+    server = start_redis("redis")  # its own: the default prefix is the test's alone
+    source, target = redis_spellings(server.port)[case]
+    asyncio.run(make_source(source, sessions=3, events=5))
+    for dry_run in ((), ("--dry-run",)):
+        run = migrate("--from", source, "--to", target, *dry_run)
+        assert (run.returncode, run.stderr, run.stdout) == (
+            1,
+            f"bamboo-session: the source and the destination are the same store: {target}\n",
+            "",
+        ), run
+    # Another database of the same server is another store.
+    other = f"redis://localhost:{server.port}/1"
+    run = migrate("--from", source, "--to", other)
+    assert run.returncode == 0 and run.stdout.startswith("copied 3 sessions"), run
+
+
+async def test_one_redis_store_that_refuses_info_is_known_by_its_address(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    server = start_redis("redis")
+    source = await acl_user(server, tmp_path, "-info")  # no run_id to compare
+    target = source.replace("127.0.0.1", "localhost")
+    await make_source(source, sessions=2, events=1)
+    run = await run_migrate("--from", source, "--to", target)
+    assert (run.returncode, run.stdout) == (1, ""), run
+    assert run.stderr.endswith(f"the same store: {target}\n"), run.stderr
 
 
 async def test_the_run_lists_what_the_source_changed_since_it_began(tmp_path: Path) -> None:
