@@ -46,17 +46,24 @@ async def died_in_many_sessions(url: str, count: int) -> str:
     entries whose deadline passed, sessions it no longer holds."""
     doomed = await open_redis(url)
     try:
-        held = []
-        for start in range(0, count, 500):
-            chunk = [f"dead-{i}" for i in range(start, min(start + 500, count))]
-            await asyncio.gather(*(doomed.create_session(Session.new(i)) for i in chunk))
-            metas = await asyncio.gather(*(doomed.get_metadata(i) for i in chunk))
-            held += [Held(m.id, [(f"c-{m.id}", "agent")], m.epoch) for m in metas if m]
-        for start in range(0, count, 500):
-            await doomed.presence.refresh(held[start : start + 500])
+        await registered_in_many_sessions(doomed, count)
         return doomed.instance
     finally:
         await doomed.close()
+
+
+async def registered_in_many_sessions(store: RedisStorage, count: int) -> list[Held]:
+    """A connection of ``store``'s instance registered in each of ``count`` new
+    sessions, the last one last."""
+    held = []
+    for start in range(0, count, 500):
+        chunk = [f"dead-{i}" for i in range(start, min(start + 500, count))]
+        await asyncio.gather(*(store.create_session(Session.new(i)) for i in chunk))
+        metas = await asyncio.gather(*(store.get_metadata(i) for i in chunk))
+        held += [Held(m.id, [(f"c-{m.id}", "agent")], m.epoch) for m in metas if m]
+    for start in range(0, count, 500):
+        await store.presence.refresh(held[start : start + 500])
+    return held
 
 
 async def test_two_survivors_sweeping_at_once_park_the_session_once(
@@ -181,3 +188,34 @@ async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_claim_is_renewed_only_by_its_holder(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """orphans.lua ``renew``, which a sweeper calls before it goes on: one heartbeat
+    more for the deadline its claim set; nothing, and the deadline left as it is, once
+    that deadline is another's (a survivor took the instance up after the claim ran
+    out, or the instance refreshed: alive after all, its sessions its own again)."""
+    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    a = await open_redis(url)
+    stalled = await open_redis(url)
+    try:
+        held = await registered_in_many_sessions(stalled, 2)
+        await asyncio.sleep(HEARTBEAT + 0.1)
+        instances, ms = a.layout.instances(), round(HEARTBEAT * 1000)
+        name, claimed = await a.redis.run("orphans", [instances], ["claim", ms, 16])
+        assert name.decode() == stalled.instance
+        renew = ["renew", ms, stalled.instance]
+        renewed = await a.redis.run("orphans", [instances], [*renew, claimed])
+        assert int(renewed) >= int(claimed)
+        assert await a.redis.run("orphans", [instances], [*renew, claimed]) is None  # stale
+        await stalled.presence.refresh(held)  # it goes on
+        mine = await a.redis.client.zscore(instances, stalled.instance)
+        assert await a.redis.run("orphans", [instances], [*renew, renewed]) is None
+        assert await a.redis.client.zscore(instances, stalled.instance) == mine
+        assert await a.presence.sweep_dead() == 0
+        assert await a.presence.counts([h.session_id for h in held]) == [1, 1]
+    finally:
+        await stalled.close()
+        await a.close()

@@ -8,18 +8,21 @@ stalls). Each survivor's sweep (server/presence.py, a task beside its heartbeat,
 survivors sweeping at once share them out), and calls ``presence.lua`` in mode
 ``park`` on each of their sessions, ``PARKED_AT_ONCE`` in a round trip: it sweeps the
 dead connections out and, should none be left, writes the session ``disconnected`` in
-that same step, as the last connection's leave would have. Before each such batch the
-sweeper renews its claim, one heartbeat more, so that a dead instance too big to park
-within a heartbeat (0.1 to 0.35 ms a session: 10,000 take 1 to 3.5 s) stays its alone, not
-taken up again by every survivor in turn; it stops where its claim is found to be
-another's (taken up after it ran out, or the instance refreshed: alive after all).
-Without this, a session whose connections were all on the dead instance stayed
-``active`` with no connection for ever unless a survivor held it (r325).
+that same step, as the last connection's leave would have. Before a batch, once a
+third of a heartbeat passed since it last did, the sweeper renews its claim, one
+heartbeat more, so that a dead instance too big to park within a heartbeat (0.1 to
+0.35 ms a session: 10,000 take 1 to 3.5 s) stays its alone, not taken up again by
+every survivor in turn; it stops where its claim is found to be another's (taken up
+after it ran out, or the instance refreshed: alive after all). Without this sweep, a
+session whose connections were all on the dead instance stayed ``active`` with no
+connection for ever unless a survivor held it (r325).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -28,9 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLAIMED_AT_ONCE: Final = 16  # dead instances one sweep takes up
-# Sessions of one parked in one round trip: about 45 ms of Redis's time, far less than
-# the heartbeat that the claim, renewed before each batch, lasts.
-PARKED_AT_ONCE: Final = 128
+# Sessions of one parked in one round trip: 25 to 90 ms of Redis's time, far less than
+# the two thirds of a heartbeat the claim has left when the sweeper renews it.
+PARKED_AT_ONCE: Final = 256
 
 
 def _text(value: object) -> str:
@@ -40,6 +43,7 @@ def _text(value: object) -> str:
 async def sweep_dead_instances(storage: RedisStorage) -> int:
     """Park the sessions of the instances whose deadline passed; how many it wrote
     ``disconnected`` (0 where another survivor did, or a connection is left)."""
+    claimed_at = time.monotonic()  # before it: the deadline set is at least this late
     claimed = await storage.redis.run(
         "orphans",
         [storage.layout.instances()],
@@ -48,24 +52,28 @@ async def sweep_dead_instances(storage: RedisStorage) -> int:
     parked = 0
     for name, deadline in zip(claimed[::2], claimed[1::2], strict=True):
         instance = _text(name)
-        swept = await _sweep_instance(storage, instance, _text(deadline))
+        swept = await _sweep_instance(storage, _Claim(instance, _text(deadline), claimed_at))
         if swept:
             log.info("parked %d sessions of instance %s, which died", swept, instance)
         parked += swept
     return parked
 
 
-async def _sweep_instance(storage: RedisStorage, instance: str, deadline: str) -> int:
+@dataclasses.dataclass(slots=True)
+class _Claim:
+    instance: str
+    deadline: str  # as orphans.lua set it: a deadline of another's is not this claim
+    renewed_at: float  # time.monotonic() before the call that set it
+
+
+async def _sweep_instance(storage: RedisStorage, claim: _Claim) -> int:
     layout = storage.layout
+    instance = claim.instance
     key = layout.instance_sessions(instance)
     parked = 0
     while True:
-        renewed = await storage.redis.run(
-            "orphans", [layout.instances()], ["renew", _heartbeat_ms(storage), instance, deadline]
-        )
-        if renewed is None:  # another survivor's now, or alive after all, or done
+        if not await _renewed(storage, claim):  # another's now, alive after all, or done
             return parked
-        deadline = _text(renewed)
         flat = await storage.redis.run("orphans", [key], ["take", PARKED_AT_ONCE])
         entries = [_text(entry) for entry in flat[::2]]
         calls = [c for c in map(storage.presence.park_call, entries) if c is not None]
@@ -75,6 +83,22 @@ async def _sweep_instance(storage: RedisStorage, instance: str, deadline: str) -
         await storage.redis.run("orphans", [key, layout.instances()], ["drop", instance, *flat])
         if len(entries) < PARKED_AT_ONCE:
             return parked
+
+
+async def _renewed(storage: RedisStorage, claim: _Claim) -> bool:
+    """Whether the claim still holds, renewed if a third of a heartbeat passed since."""
+    began = time.monotonic()
+    if began - claim.renewed_at < storage.config.heartbeat / 3:
+        return True
+    renewed = await storage.redis.run(
+        "orphans",
+        [storage.layout.instances()],
+        ["renew", _heartbeat_ms(storage), claim.instance, claim.deadline],
+    )
+    if renewed is None:
+        return False
+    claim.deadline, claim.renewed_at = _text(renewed), began
+    return True
 
 
 def _heartbeat_ms(storage: RedisStorage) -> int:
