@@ -200,6 +200,8 @@ class SharedPresence(LocalPresence):
             await self.store.sweep_dead()
         except StorageError as exc:
             log.warning("presence sweep of dead instances failed", error=str(exc))
+        except Exception:  # what other instances wrote, read back: the next sweep tries again
+            log.exception("presence sweep of dead instances failed unexpectedly")
 
     async def refresh(self) -> None:
         """Refresh every connection this process holds, in one round trip."""

@@ -157,6 +157,9 @@ async def test_left_as_it_is_what_changed_since(redis_server: RedisServer, tmp_p
         await a.close()
 
 
+SWEPT = 16_000  # sessions of the dead instance: their sweep outlasts two heartbeats
+
+
 async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -166,10 +169,11 @@ async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
     url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
     a, b = await open_redis(url), await open_redis(url)
     try:
-        # Its own heartbeat longer: 8,000 registered before the first deadline passes.
-        doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=2)
-        dead = await died_in_many_sessions(doomed, 8000)
-        await asyncio.sleep(2.1)
+        # Its own heartbeat longer: all registered before the first deadline passes.
+        # 16,000: a quiet machine parked 8,000 within two heartbeats (0.54 s).
+        doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=4)
+        dead = await died_in_many_sessions(doomed, SWEPT)
+        await asyncio.sleep(4.1)
         began = time.monotonic()
         sweep = asyncio.create_task(a.presence.sweep_dead())
         lapsed, swept_by_b = [], 0
@@ -183,7 +187,7 @@ async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
             swept_by_b += await b.presence.sweep_dead()
         took = time.monotonic() - began
         assert took > 2 * HEARTBEAT, f"parked in {took:.2f} s: too few to outlast a claim"
-        assert (await sweep, swept_by_b, lapsed) == (8000, 0, [])
+        assert (await sweep, swept_by_b, lapsed) == (SWEPT, 0, [])
         assert await b.redis.client.zcard(b.layout.instances()) == 0  # swept whole
     finally:
         await a.close()
