@@ -1,8 +1,8 @@
 """Blocking file primitives of the JSONL backend: atomic replace, directory fsync,
-whole writes (appended or positioned) and positioned reads, the lock file, the
-check that what stands where a file of the store should is one (``file_expected``),
-and which failures of a file's open or write are that file's alone, not its
-directory's or the disk's (``of_its_own``).
+whole writes (appended or positioned) and positioned reads, the check that what
+stands where a file of the store should is one (``file_expected``), and which
+failures of a file's open or write are that file's alone, not its directory's or the
+disk's (``of_its_own``). The store's lock is ``..flock``'s (see ``opening.py``).
 
 Everything here blocks; the storage calls it from worker threads. Nothing here knows
 about sessions or log lines.
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from ..base import StorageError, StorageLocked, StoreMisconfigured
+from ..base import StoreMisconfigured
 from .layout import temporary_path
 
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
@@ -200,104 +199,3 @@ def unlink_quietly(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-class LockFile:
-    """A ``flock`` on ``<base>/LOCK``, held while the storage is open: exclusive for a
-    writer (:meth:`acquire`), shared for an offline reader (:meth:`share`: the source
-    of a migrate), so that no server starts on a store a tool is copying.
-
-    flock locks belong to an open file description, so a second open of the same
-    directory fails both in another process and in this one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot lock the store at {self.path.parent}: {exc.strerror}: {self.path}"
-            ) from None
-        self._lock(fd, fcntl.LOCK_EX)
-        # The holder's pid, for the message of a refusal; informational only.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-
-    def share(self) -> None:
-        """Take the lock shared: other readers may too, a writer may not."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise StorageError(f"cannot lock the store at {self.path.parent}: {exc}") from exc
-            # A reader of a directory it may not write to (a mounted backup): taken if
-            # it is there; where it is not, no server of this user could create it.
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return
-        self._lock(fd, fcntl.LOCK_SH)
-
-    def _lock(self, fd: int, how: int) -> None:
-        try:
-            fcntl.flock(fd, how | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder_of(fd, how)
-            os.close(fd)
-            raise StorageLocked(
-                f"storage at {self.path.parent} is in use: {self.path} is locked by "
-                f"{holder}; stop it before opening this directory again"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def holder(self) -> int | None:
-        """The pid holding the lock now, or None (nobody, or not known). Asks the
-        kernel's lock table rather than the lock itself, so it takes nothing and
-        creates nothing: a read-only open may call it while a server starts."""
-        try:
-            inode = os.stat(self.path).st_ino
-            with open("/proc/locks", encoding="ascii") as locks:
-                table = locks.read().splitlines()
-        except OSError:
-            return None
-        for line in table:
-            fields = line.split()
-            # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
-            if (
-                len(fields) >= 6
-                and (fields[1], fields[3]) == ("FLOCK", "WRITE")
-                and fields[5].rsplit(":", 1)[-1] == str(inode)
-                and fields[4].isdigit()
-            ):
-                return int(fields[4])
-        return None
-
-
-def _holder_of(fd: int, wanted: int) -> str:
-    """Who holds the lock that refused ``wanted``: readers (a shared lock would be
-    granted) or a writer, whose pid is in the file."""
-    if wanted == fcntl.LOCK_EX:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return "a reader (a migrate copying the store, or an offline tool)"
-    try:
-        pid = os.pread(fd, 32, 0).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        pid = ""
-    return f"another JsonlStorage (pid {pid})" if pid.isdigit() else "another JsonlStorage"

@@ -30,16 +30,33 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..base import StorageError, StorageLocked
+from ..flock import LockWording, StoreFlock
 from . import snapshot
 from .config import JsonlStorageConfig
-from .files import LockFile
 from .record import SessionRecord
 from .recovery import RecoveryReport, recover
 
 log = logging.getLogger(__name__)
 
 
-async def open_files(config: JsonlStorageConfig, lock_file: LockFile) -> RecoveryReport:
+def store_lock(config: JsonlStorageConfig) -> StoreFlock:
+    """The (not yet taken) lock of the store, on its ``LOCK`` file."""
+    base, path = config.base_path, config.layout.lock
+    return StoreFlock(
+        path,
+        LockWording(
+            store=f"the store at {base}",
+            refusal=lambda holder: (
+                f"storage at {base} is in use: {path} is locked by {holder}; "
+                "stop it before opening this directory again"
+            ),
+            readers="a reader (a migrate copying the store, or an offline tool)",
+            writer="another JsonlStorage",
+        ),
+    )
+
+
+async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> RecoveryReport:
     """Lock (unless read-only) and recover the store; the lock is released on failure."""
     base, layout = config.base_path, config.layout
     if config.read_only:
@@ -50,11 +67,11 @@ async def open_files(config: JsonlStorageConfig, lock_file: LockFile) -> Recover
             )
         if config.offline:
             await asyncio.to_thread(_share, lock_file, base)
-        elif (holder := await asyncio.to_thread(lock_file.holder)) is not None:
+        elif (holder := await asyncio.to_thread(lock_file.holder_pid)) is not None:
             log.info("read-only: %s is in use by pid %d; reading it as it is", base, holder)
     else:
         await asyncio.to_thread(_make_directory, base)
-        lock_file.acquire()
+        lock_file.take_exclusive()
     try:
         with gc_paused():
             return await asyncio.to_thread(recover, config)
@@ -63,10 +80,10 @@ async def open_files(config: JsonlStorageConfig, lock_file: LockFile) -> Recover
         raise
 
 
-def _share(lock_file: LockFile, base: Path) -> None:
-    holder = lock_file.holder()
+def _share(lock_file: StoreFlock, base: Path) -> None:
+    holder = lock_file.holder_pid()
     try:
-        lock_file.share()
+        lock_file.take_shared()
     except StorageLocked:
         who = f"pid {holder}" if holder is not None else "a server"
         raise StorageLocked(f"store at {base} is in use by {who}; stop that server first") from None

@@ -44,11 +44,10 @@ from . import snapshot
 from .appends import Appender, WalKeptFull
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
-from .files import LockFile
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
 from .membership import Membership
-from .opening import open_files, records_of, snapshot_entries
+from .opening import open_files, records_of, snapshot_entries, store_lock
 from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
 from .tasks import BackgroundTasks, every, to_completion
@@ -67,7 +66,7 @@ class JsonlStorage(JsonlImports):
 
     def __init__(self, config: JsonlStorageConfig) -> None:
         super().__init__(config)  # the records, index, feed and caches reads use
-        self._lock_file = LockFile(self.layout.lock)
+        self._lock_file = store_lock(config)
         self._tasks = BackgroundTasks()
         self._checkpoints = Checkpointer(
             config, self._records, self._history, self._tasks.spawn, self._jobs

@@ -55,7 +55,7 @@ from . import reads, writes
 from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .live import Live
-from .lock import StoreLock, real_file
+from .lock import real_file, store_lock
 from .reads import Readers
 from .recount import SqliteRecounter
 from .schema import check_readable, connect_writer
@@ -74,7 +74,7 @@ class SqliteStorage:
     def __init__(self, config: SqliteStorageConfig) -> None:
         self.config = config
         path = config.path
-        self._lock = StoreLock(path, exclusive=not config.read_only)
+        self._lock = store_lock(path)
         self._readers = Readers(path, config.readers)
         self._writer: Writer | None = None
         self._checkpointer: Checkpointer | None = None
@@ -102,7 +102,10 @@ class SqliteStorage:
                 await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
-        self._lock.acquire()
+        if self.config.read_only:
+            self._lock.take_shared()
+        else:
+            self._lock.take_exclusive()
         try:
             if self._writer is not None:
                 await self._writer.start()
