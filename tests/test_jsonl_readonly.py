@@ -115,3 +115,24 @@ async def test_a_crashed_store_is_read_without_repair(tmp_path: Path) -> None:
     assert files_of(tmp_path) == before  # nothing cut, nothing written
     async with await JsonlStorage.open(config) as writer:  # the writer repairs it
         assert writer.recovery is not None and writer.recovery.torn_lines_cut == 1
+
+
+@pytest.mark.parametrize("offline", [False, True])
+async def test_a_lock_file_that_cannot_be_opened_refuses_in_one_line(
+    tmp_path: Path, offline: bool
+) -> None:
+    """A directory where ``LOCK`` should be (put there by hand): the writer and the
+    offline reader (which takes the lock shared) are refused alike, in one line naming
+    it, and nothing is read or changed."""
+    config = await seeded(tmp_path)
+    config.layout.lock.unlink()
+    config.layout.lock.mkdir()  # refuses O_RDWR even to root, unlike a mode of 000
+    before = listing(tmp_path)
+    url = f"jsonl://{tmp_path}"
+    opening = open_storage(url, read_only=True, offline=True) if offline else open_storage(url)
+    with pytest.raises(StorageError) as refused:
+        await opening
+    assert str(refused.value) == (
+        f"cannot lock the store at {tmp_path}: Is a directory: {config.layout.lock}"
+    )
+    assert listing(tmp_path) == before
