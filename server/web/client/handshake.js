@@ -17,6 +17,7 @@
 
 import { ClientError, Refused, Retry, closeError } from "./errors.js";
 import { decodeFrame, sendQuietly } from "./frames.js";
+import { letGo } from "./sockets.js";
 import { eventsUrl, isSessionId } from "./urls.js";
 
 export const SUBPROTOCOL = "bamboo.v1";
@@ -78,21 +79,22 @@ export function dial(d) {
     // 1012) says nothing of this one's refusal.
     /** @type {string | null} */
     let closedHere = null;
-    /** @param {Error} error */
-    const fail = (error) => {
+    /** @param {Error} error @param {boolean} [silent] nothing came in time: the path
+     * may be dead, and its socket is released at once where it can be */
+    const fail = (error, silent = false) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       d.opening(null);
-      if (ws.readyState !== ws.CLOSED) ws.close();
+      letGo(ws, { silent });
       reject(error);
     };
-    let timer = setTimeout(() => fail(new Retry("no upgrade in time")), d.openTimeout);
+    let timer = setTimeout(() => fail(new Retry("no upgrade in time"), true), d.openTimeout);
     let opened = false;
     ws.onopen = () => {
       opened = true;
       clearTimeout(timer);
-      timer = setTimeout(() => fail(new Retry("no welcome in time")), d.openTimeout);
+      timer = setTimeout(() => fail(new Retry("no welcome in time"), true), d.openTimeout);
       sendQuietly(ws, JSON.stringify(d.hello()));
     };
     // An error before the upgrade is a failed attempt: Node 20's WebSocket reports a

@@ -35,6 +35,7 @@ import { decodeFrame, frameBytes, sendQuietly } from "./frames.js";
 import { dial, eventsAfter, tokenNow } from "./handshake.js";
 import { watchLiveness } from "./liveness.js";
 import { replyWithin } from "./pending.js";
+import { CLOSE_BOUND, letGo } from "./sockets.js";
 import { ClientState } from "./state.js";
 import { streamUrl } from "./urls.js";
 
@@ -159,7 +160,7 @@ export class Link {
     const state = this.#state;
     if (!state.overflowed || ws === null || state.pending.inFlight(this.#generation) > 0) return;
     this.#release(); // its close is ours: #onClose ignores it
-    ws.close(PAUSE_CLOSE.code, PAUSE_CLOSE.reason);
+    letGo(ws, PAUSE_CLOSE);
     state.fellBehind(); // it skipped events: only a resume brings them
     this.#paused = true;
     if (state.feed.drained()) this.#unpause();
@@ -273,7 +274,8 @@ export class Link {
   /**
    * Nothing came in time on the connection in use, not even the answer to a ping: the
    * link is dead, though its close may not come for minutes. Nothing more of it is
-   * heard (a late pong included); it is closed, and resumed on another connection.
+   * heard (a late pong included); it is closed, its socket released where the
+   * WebSocket can be terminated (sockets.js), and resumed on another connection.
    * @param {WebSocket} ws
    */
   #onSilent(ws) {
@@ -281,7 +283,7 @@ export class Link {
     this.#release();
     ws.onmessage = null;
     ws.onclose = null;
-    ws.close(1000, SILENT.reason);
+    letGo(ws, { code: 1000, reason: SILENT.reason, silent: true });
     const state = this.#state;
     if (state.failure !== null) return;
     if (state.overflowed) state.fellBehind(); // it skipped events: only a resume brings them
@@ -366,11 +368,7 @@ export class Link {
     this.#liveness?.stop();
     this.#liveness = null;
     this.#backoff.wake();
-    for (const ws of [this.#ws, this.#opening]) {
-      if (ws !== null && ws.readyState !== ws.CLOSING && ws.readyState !== ws.CLOSED) {
-        ws.close(1000);
-      }
-    }
+    for (const ws of [this.#ws, this.#opening]) if (ws !== null) letGo(ws, { code: 1000 });
     this.#states.change("closed", { error: failure, ...close });
   }
 
@@ -380,7 +378,7 @@ export class Link {
     const ws = this.#ws ?? this.#opening;
     if (ws === null || ws.readyState === ws.CLOSED) return;
     await new Promise((resolve) => {
-      const timer = setTimeout(resolve, 2000);
+      const timer = setTimeout(resolve, CLOSE_BOUND);
       ws.addEventListener("close", () => {
         clearTimeout(timer);
         resolve(undefined);

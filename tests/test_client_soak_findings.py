@@ -1,0 +1,125 @@
+"""What the client soak (bench/client_soak.py) found, as an application would see it.
+
+- The JavaScript client gives a silent connection up (its liveness check) and resumes
+  on a new one; the old one's socket must not stay open for as long as the path stays
+  silent (in the soak's held partitions it was still open 527 s later: each flap of a
+  phone's network left one more). ``ws.close(1000)`` alone starts a closing handshake
+  that cannot complete there. With the ``ws`` package's WebSocket the client now
+  terminates the socket at once, as the Python client drops its own. Node's built-in
+  WebSocket has no way to abort and no bound of its own on the handshake: its socket
+  is released only once the path carries the server's close again, which the second
+  test pins down (docs/protocol.md, "JavaScript client", says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.parent_death import ending_with_this_process
+from tests.proxies import HttpProxy
+from tests.support import run_server
+from tests.test_js import HINT, JS_DIR, node_command
+
+FOLLOWER = JS_DIR / "silent_socket_follower.mjs"
+# Seconds the given-up connection's socket may outlive the resume where the client can
+# terminate it: room for a loaded machine, well short of ws's own 30 s close timeout.
+TERMINATED_WITHIN = 5.0
+# Seconds Node's built-in WebSocket is watched holding the given-up socket: longer than
+# any bound the client sets (its close bound is 2 s), so a hold here is the runtime's.
+HELD_FOR = 6.0
+# Seconds it may take, once the path carries bytes again, for its close to complete.
+RELEASED_AFTER_THAW_WITHIN = 10.0
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+
+
+def sockets_to(port: int, pid: int) -> int:
+    """Process ``pid``'s TCP sockets to ``port`` on loopback, in any state (Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in list(table)[1:]]
+    return sum(1 for r in rows if int(r[2].split(":")[1], 16) == port and r[9] in inodes)
+
+
+async def sockets_after(port: int, pid: int, seconds: float) -> int:
+    """The count of ``sockets_to`` once it is down to one, or when ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while sockets_to(port, pid) > 1 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls /proc
+        await asyncio.sleep(0.2)
+    return sockets_to(port, pid)
+
+
+async def next_state(node: asyncio.subprocess.Process) -> dict[str, str]:
+    assert node.stdout is not None
+    line = await asyncio.wait_for(node.stdout.readline(), 20)
+    assert line, "the follower exited"
+    return dict(json.loads(line))
+
+
+@asynccontextmanager
+async def given_up_as_silent(
+    *implementation: str,
+) -> AsyncIterator[tuple[HttpProxy, int, asyncio.subprocess.Process]]:
+    """The follower (with ``implementation``'s WebSocket) through a proxy, once it gave
+    its connection up as silent and resumed on a new one: the proxy, its port, Node."""
+    command = node_command()
+    if command is None:
+        pytest.skip(HINT)
+    async with run_server() as server:
+        proxy = HttpProxy(server.port)
+        port = await proxy.start()
+        node = await asyncio.create_subprocess_exec(
+            *command, "--no-warnings", str(FOLLOWER), f"ws://127.0.0.1:{port}", "silent-js",
+            *implementation,
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=ending_with_this_process,
+        )  # fmt: skip
+        try:
+            assert await next_state(node) == {"state": "connected"}
+            assert sockets_to(port, node.pid) == 1
+            proxy.freeze()  # the link goes silent: no byte, FIN or RST either way
+            assert await next_state(node) == {
+                "state": "reconnecting",
+                "reason": "connection silent",
+            }
+            assert (await next_state(node))["state"] == "open"  # resumed on a new connection
+            yield proxy, port, node
+        finally:
+            if node.returncode is None:
+                os.kill(node.pid, signal.SIGKILL)
+            await node.wait()
+            proxy.thaw()
+            await proxy.close()
+
+
+async def test_js_client_terminates_the_socket_of_a_connection_it_gave_up_as_silent() -> None:
+    if not (JS_DIR / "node_modules" / "ws").exists():
+        pytest.skip("the ws package for the JavaScript checks: npm ci --prefix tests/js")
+    async with given_up_as_silent("ws") as (_proxy, port, node):
+        # Only the new connection's socket: the silent one was terminated.
+        assert await sockets_after(port, node.pid, TERMINATED_WITHIN) == 1
+
+
+async def test_node_builtin_websocket_holds_a_given_up_socket_until_its_path_thaws() -> None:
+    async with given_up_as_silent() as (proxy, port, node):
+        # No abort in the WHATWG API, and no close timeout in undici: the client's
+        # close() waits on the server's close, which the silent path holds.
+        assert await sockets_after(port, node.pid, HELD_FOR) == 2
+        proxy.thaw()  # the held close goes through, and the server's comes back
+        assert await sockets_after(port, node.pid, RELEASED_AFTER_THAW_WITHIN) == 1
