@@ -9,9 +9,10 @@
  * client.js ({@link BambooClient}), errors.js, types.js (the JSDoc types), urls.js,
  * frames.js, handshake.js, link.js (connections and resume), backoff.js (the waits
  * between attempts), changes.js (the connection state and its `"state"` events),
- * liveness.js (finding a silent connection), state.js (what the client
- * knows of its session), sequence.js (the gap check), feed.js (the events queue),
- * pending.js (requests awaiting replies) and pages.js (the log page by page).
+ * liveness.js (finding a silent connection), sockets.js (letting a connection go),
+ * state.js (what the client knows of its session), sequence.js (the gap check),
+ * feed.js (the events queue), pending.js (requests awaiting replies) and pages.js (the
+ * log page by page).
  *
  * - One connection at a time to one session. When it drops for a reason the protocol
  *   says to resume from (close 1001, 1011, 1012, 1013, 4408, 4429, or a network
@@ -21,7 +22,11 @@
  *   `pingInterval` (20 s), then nothing either within `pingTimeout` (15 s) of a
  *   `ping` (more when the ping waits behind a large frame: what was sent before it and
  *   not answered yet, at `minUplinkRate`), is silently dead (a browser cannot send WebSocket Pings): it is
- *   dropped without waiting for its close, and resumed the same way.
+ *   dropped without waiting for its close, and resumed the same way. Its socket is
+ *   released at once where the WebSocket has `terminate()` (the `ws` package's: pass
+ *   it on any Node); a browser ends the unanswered closing handshake itself (Chromium
+ *   after 60 s, Firefox 20 s), while Node's built-in WebSocket holds the socket for as
+ *   long as the path stays silent (sockets.js).
  * - Every publish carries an idempotency key (generated when none is given), so a
  *   resent publish the server had already stored is answered with its first `seq`.
  * - Every `event` must carry the next `seq` after those seen; seqs of our own
