@@ -31,6 +31,7 @@ import resource
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,10 @@ class Soak:
         self.followers: list[Follower] = []
         self.js: list[JsFollower] = []
 
+    def _apps(self) -> list[Publisher | Follower]:
+        """The Python applications, publishers first."""
+        return [*self.publishers, *self.followers]
+
     async def run(self) -> dict[str, Any]:
         await self.cluster.start(list(range(len(self.cluster.servers))))
         await self.proxy.start()
@@ -103,7 +108,7 @@ class Soak:
         stop = asyncio.Event()
         for js in self.js:
             await js.start()
-        runs = [asyncio.ensure_future(app.run(stop)) for app in [*self.publishers, *self.followers]]
+        runs = [asyncio.ensure_future(app.run(stop)) for app in self._apps()]
         sampler = asyncio.ensure_future(self._sample())
         started = time.monotonic()
         await self._chaos(started + self.args.seconds)
@@ -169,14 +174,14 @@ class Soak:
 
     def _check_disconnected(self) -> None:
         """Every instance has been down for OUTAGE seconds: no client may say connected."""
-        for app in [*self.publishers, *self.followers]:
+        for app in self._apps():
             client = app.client
             if client is not None and client.connected and not client.finished:
                 self.problems.append(f"{app.name}: connected is True {OUTAGE} s into an outage")
 
     # -- the end --------------------------------------------------------------------------
 
-    async def _settle(self, stop: asyncio.Event, runs: list[asyncio.Future[None]]) -> None:
+    async def _settle(self, stop: asyncio.Event, runs: Sequence[asyncio.Future[None]]) -> None:
         self.problems += await self.proxy.unfrozen(patience=30)
         stop.set()
         pubs = runs[: len(self.publishers)]
@@ -241,7 +246,7 @@ class Soak:
         f["raised_keys"] = sum(len(set(p.raised) - set(p.acked)) for p in self.publishers)
         f["cuts"], f["freezes"] = self.proxy.cuts, self.proxy.freezes
         f["server_starts"] = self.cluster.starts
-        for app in [*self.publishers, *self.followers]:
+        for app in self._apps():
             fig = app.figures
             f[app.name] = {
                 "clients": fig.clients,

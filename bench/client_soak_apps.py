@@ -150,6 +150,10 @@ class Follower:
     closing: bool = False
     codec: str = "json"
 
+    def closed(self) -> bool:
+        """Whether :meth:`close` came (read afresh after an await)."""
+        return self.closing
+
     def deliver(self, item: Any) -> None:
         """The application's callback."""
         if isinstance(item, Reset):
@@ -168,7 +172,7 @@ class Follower:
             client = self.client = await open_client(
                 self.url, self.session_id, self.figures, last_seq=last_seq, epoch=epoch, **options
             )
-            if self.closing:  # close() came while it connected
+            if self.closed():  # close() came while it connected
                 await timed_close(client, self.figures)
                 return
             recycle = asyncio.ensure_future(asyncio.sleep(self.rng.uniform(*RECYCLE_AFTER)))
