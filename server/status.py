@@ -198,6 +198,9 @@ class SessionStatus:
             metadata = await self.storage.get_metadata(self.session_id)
         except StorageError as exc:
             log.info("reading the parked session failed", error=str(exc))
+            # Not the expiry read before: past, it would bring the next look at once,
+            # and a store that fails would be asked again twenty times a second.
+            self.expires_at = None
             return False
         if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
             return True
