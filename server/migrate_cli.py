@@ -144,7 +144,7 @@ async def same_redis_store(source: Storage, target: Storage) -> bool:
         return False
     if not (isinstance(source, RedisStorage) and isinstance(target, RedisStorage)):
         return False
-    return await store_identity(source) == await store_identity(target)
+    return (await store_identity(source)).same_as(await store_identity(target))
 
 
 async def _open_target(args: argparse.Namespace) -> Storage:

@@ -21,9 +21,20 @@ if TYPE_CHECKING:
 
 
 class StoreIdentity(NamedTuple):
-    server: str  # "run <run_id>"; "address <ip>:<port>" where Redis refuses INFO
+    run: str | None  # the server's run_id; None where Redis refuses INFO (an ACL)
+    address: str  # "<ip>:<port>" the client connects to
     db: int
     prefix: str
+
+    def same_as(self, other: StoreIdentity) -> bool:
+        """One store: the same database and prefix on one server, known by its run
+        where both could read it, else by the address (two users of one server, one
+        allowed INFO and the other not, are still one server)."""
+        if (self.db, self.prefix) != (other.db, other.prefix):
+            return False
+        if self.run is not None and other.run is not None:
+            return self.run == other.run
+        return self.address == other.address
 
 
 async def store_identity(storage: RedisStorage) -> StoreIdentity:
@@ -31,7 +42,8 @@ async def store_identity(storage: RedisStorage) -> StoreIdentity:
     client = storage.redis.client
     given: dict[str, Any] = client.connection_pool.connection_kwargs
     return StoreIdentity(
-        await _run_id(storage) or await _address(given),
+        await _run_id(storage),
+        await _address(given),
         int(given.get("db") or 0),
         storage.config.prefix,
     )
@@ -47,7 +59,7 @@ async def _run_id(storage: RedisStorage) -> str | None:
     run_id = info.get("run_id") if isinstance(info, dict) else None
     if isinstance(run_id, bytes):
         run_id = run_id.decode()
-    return f"run {run_id}" if isinstance(run_id, str) and run_id else None
+    return run_id if isinstance(run_id, str) and run_id else None
 
 
 async def _address(given: dict[str, Any]) -> str:
@@ -57,5 +69,5 @@ async def _address(given: dict[str, Any]) -> str:
     try:
         found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return f"address {host.lower()}:{port}"
-    return f"address {found[0][4][0]}:{port}"
+        return f"{host.lower()}:{port}"
+    return f"{found[0][4][0]}:{port}"
