@@ -15,6 +15,7 @@ names its store in the lines of a refusal.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -56,9 +57,11 @@ class StoreFlock:
         except OSError as exc:
             raise self._cannot_lock(exc) from None
         self._lock(fd, fcntl.LOCK_EX)
-        # The holder's pid, for the message of a refusal; informational only.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # The holder's pid, for the message of a refusal; informational only, so a
+        # lock file that takes no bytes (a FIFO, /dev/null, a full disk) holds anyway.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
     def take_shared(self) -> None:
         """Take the lock for a reader: other readers may too, a writer may not."""
