@@ -109,7 +109,23 @@ class StoreFlock:
         return None
 
     def _open_for_writing(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._give_to_directory_owner(fd)
+        return fd
+
+    def _give_to_directory_owner(self, fd: int) -> None:
+        """A lock file made by a tool run as root belongs to the store's owner, not to
+        root: else the server, run as that owner, could not open it again."""
+        try:
+            owner = os.stat(self.path.parent)
+            if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass  # not root: the file is the creator's, as any file it makes
 
     def _cannot_lock(self, error: OSError) -> StorageError:
         return StorageError(f"cannot lock {self.wording.store}: {error.strerror}: {self.path}")

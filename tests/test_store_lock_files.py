@@ -1,17 +1,24 @@
 """The store lock (persistence/flock.py) on a lock file that takes no bytes: a FIFO in
 its place, as a full disk would fail the holder's pid write. The pid is there only for
 a refusal's message, so the writer still opens and holds the lock (r338: it failed
-with a bare OSError naming no file, and kept the lock it had taken)."""
+with a bare OSError naming no file, and kept the lock it had taken). And the lock file a
+tool run as root makes: it belongs to the store's owner, whose server opens it after."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import StorageLocked
+from tests.support import NOBODY, unprivileged
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
@@ -32,3 +39,41 @@ async def test_a_lock_file_that_takes_no_pid_still_locks(tmp_path: Path, kind: s
         await writer.close()
     reader = await open_storage(url, read_only=True, offline=True)  # and let go
     await reader.close()
+
+
+async def open_and_close(url: str, **options: bool) -> None:
+    await (await open_storage(url, **options)).close()
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_a_lock_file_a_root_tool_makes_belongs_to_the_stores_owner(kind: str) -> None:
+    """A store restored without its lock file, read by root (a migrate's source, an
+    offline `ls`): the server, run as the store's owner, still opens it for writing."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root: it checks the lock file a root tool leaves behind")
+    drop = unprivileged()
+    home = Path(tempfile.mkdtemp(prefix="bamboo-owner-"))  # /tmp: reachable by nobody
+    try:
+        if kind == "jsonl":
+            url, lock = f"jsonl://{home / 'store'}", home / "store" / "LOCK"
+        else:
+            url, lock = f"sqlite:///{home / 's.db'}", home / "s.db.lock"
+        asyncio.run(open_and_close(url))
+        lock.unlink()
+        for path in (home, *home.rglob("*")):
+            os.chown(path, NOBODY, NOBODY)
+        asyncio.run(open_and_close(url, read_only=True, offline=True))  # as root
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (NOBODY, NOBODY)
+        script = (
+            "import asyncio\n"
+            "from bamboo_session.persistence import open_storage\n"
+            "async def main():\n"
+            f"    await (await open_storage({url!r})).close()\n"
+            "asyncio.run(main())\n"
+        )
+        result = subprocess.run(
+            [*drop, sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+    finally:
+        shutil.rmtree(home)
