@@ -65,6 +65,20 @@ async def test_parent_directories_are_created(tmp_path: Path) -> None:
     assert path.is_file()
 
 
+async def test_a_directory_is_refused_with_a_file_to_name_instead(tmp_path: Path) -> None:
+    """`sqlite:///data` where data is a directory: one line saying what to write (it
+    said "unable to open database file")."""
+    (tmp_path / "data").mkdir()
+    for read_only in (False, True):
+        with pytest.raises(StorageError) as refused:
+            await open_storage(url(tmp_path / "data"), read_only=read_only)
+        assert str(refused.value) == (
+            f"{tmp_path / 'data'} is a directory; an SQLite store is a file: name one in "
+            f"it, e.g. sqlite://{tmp_path / 'data' / 'bamboo.db'}"
+        )
+    assert os.listdir(tmp_path) == ["data"] and os.listdir(tmp_path / "data") == []
+
+
 # -- read-only ------------------------------------------------------------------------------
 
 

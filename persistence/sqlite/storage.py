@@ -95,6 +95,11 @@ class SqliteStorage:
 
     async def _open(self) -> None:
         path = self.config.path
+        if await asyncio.to_thread(path.is_dir):
+            raise StorageError(
+                f"{path} is a directory; an SQLite store is a file: name one in it, "
+                f"e.g. sqlite://{path / 'bamboo.db'}"
+            )
         try:
             if self.config.read_only:
                 await asyncio.to_thread(check_readable, path)
