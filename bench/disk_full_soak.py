@@ -93,9 +93,9 @@ class Server:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT)
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """Whether /healthz answered within ``timeout`` (False: it exited or stayed mute)."""
-        deadline = time.monotonic() + timeout
+    async def wait_ready(self, seconds: float) -> bool:
+        """Whether /healthz answered within ``seconds`` (False: it exited or stayed mute)."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -263,14 +263,14 @@ class Soak:
             if status != 200:
                 self.problems.append(f"{when}: created session {session_id}: {status} {body[:120]}")
 
-    async def wait_for(self, name: str, condition: Any, timeout: float) -> float | None:
+    async def wait_for(self, name: str, condition: Any, seconds: float) -> float | None:
         """Seconds until ``condition()`` (a coroutine function) held, or None."""
         began = time.monotonic()
-        while time.monotonic() - began < timeout:
+        while time.monotonic() - began < seconds:
             if await condition():
                 return round(time.monotonic() - began, 2)
             await asyncio.sleep(0.25)
-        self.problems.append(f"{name}: not within {timeout} s")
+        self.problems.append(f"{name}: not within {seconds} s")
         return None
 
     async def failing(self) -> bool:
@@ -401,7 +401,7 @@ class Soak:
             self.problems.append("the server did not start at the end")
 
     async def all_acked(self) -> None:
-        while any(p.unacked for p in self.pubs):
+        while any(p.unacked for p in self.pubs):  # noqa: ASYNC110 (polls the clients' records)
             await asyncio.sleep(0.2)
 
 
