@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,53 +25,18 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.disk_full_support import event_frame, fill_until_refused, mounted_tmpfs
 from tests.server_process import ServerProcess
 from tests.support import http_get
 
 DISK = "8m"
 FREED = 2 << 20  # a quarter of the disk
-PADDING = 2000
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", DISK) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def event_frame(key: str, padding: int) -> str:
-    event = {"type": "token", "content": key + "." * padding}
-    return json.dumps({"type": "event", "id": key, "key": key, "event": event})
-
-
-async def fill_until_refused(url: str, name: str, acked: dict[str, int]) -> None:
-    """Publishes padded keyed events, 8 in flight, until the server refuses some."""
-    async with connect(url, open_timeout=10, close_timeout=1) as ws:
-        await ws.send(json.dumps({"type": "hello", "create": True}))
-        await ws.recv()
-        for start in range(0, 20_000, 8):
-            keys = [f"{name}-{index}" for index in range(start, start + 8)]
-            for key in keys:
-                await ws.send(event_frame(key, PADDING))
-            replies = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in keys]
-            acked.update((r["id"], r["seq"]) for r in replies if r["type"] == "ack")
-            refused = [r for r in replies if r["type"] != "ack"]
-            if refused:
-                assert all(r["code"] == "internal" for r in refused), refused
-                return
-    raise AssertionError("the disk never filled")
 
 
 async def publish_at_pace(url: str, name: str, seconds: float = 20.0) -> list[bool]:
