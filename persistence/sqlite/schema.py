@@ -26,8 +26,12 @@ from ..base import StorageError
 # 'Bamb': PRAGMA application_id, so that a file of another program is never taken over.
 APPLICATION_ID: Final = 0x42616D62
 SCHEMA_VERSION: Final = 2
-# WAL pages past which the writer checkpoints itself (SQLite's default is 1,000).
-WRITER_AUTOCHECKPOINT: Final = 16_000
+# The WAL's bound, in bytes: past it the writer checkpoints at its next commit (should
+# the checkpointer beside it have fallen behind), and a WAL restarted from its start is
+# cut back to it. Every page in the WAL may need a page of the database file when it is
+# folded in: on a disk that fills, this is about what must be freed for the store to
+# take writes again, however long it ran full (SQLite's default is 1,000 pages).
+WAL_MAX_BYTES: Final = 4 << 20
 
 _V1: Final = (
     """
@@ -110,11 +114,11 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
         if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
             raise StorageError(f"{path}: SQLite refused WAL mode (is it on a network share?)")
         connection.execute(f"PRAGMA synchronous = {synchronous}")
-        # Bound the WAL on disk after a checkpoint has emptied it.
-        connection.execute("PRAGMA journal_size_limit = 67108864")
+        connection.execute(f"PRAGMA journal_size_limit = {WAL_MAX_BYTES}")
         connection.execute("PRAGMA cache_size = -32768")  # KiB: the hot pages of a big store
         # Checkpoints run beside the writer (checkpoint.py); this is the safety net.
-        connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_MAX_BYTES // page_size}")
         _migrate(connection, path)
     except BaseException:
         connection.close()

@@ -11,7 +11,10 @@ Operations run in the order they were submitted, so seqs follow call order. An
 operation refused on its own (session not found, closed, expired...) fails alone; an
 SQLite error (disk full, I/O error) rolls the batch back and fails every operation in
 it with a StorageError: nothing of a failed batch is stored, nothing is acknowledged.
-The next batch starts again from what the file holds.
+The next batch starts again from what the file holds; after a disk full or an I/O
+error (and at open), by folding the WAL into the database file (checkpoint.py's
+WalFold): until that succeeds, batches fail without writing, so that space freed on a
+full disk goes to the fold, not to a WAL that would fill it again.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
 from ..failure_log import FailureLog
+from .checkpoint import FoldPending, WalFold
 from .rows import RowCache
 from .writes import Batch
 
@@ -74,6 +78,7 @@ class Writer:
         self._session_count: int | None = None  # known after a batch counted them
         self._rows = RowCache(ROW_CACHE)
         self._failures = FailureLog(log, f"writes to {path}")  # once per outage
+        self._fold = WalFold()
         self.batches = 0  # for tests and benchmarks: transactions committed or failed
 
     async def start(self) -> None:
@@ -143,6 +148,7 @@ class Writer:
     def _write(self, ops: list[_Op[Any]]) -> list[tuple[bool, Any]]:
         db = self._db
         assert db is not None
+        self._fold.before_write(db)
         batch = Batch(db, utcnow(), self._rows, self._session_count)
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -154,12 +160,14 @@ class Writer:
                     outcomes.append((False, exc))
             batch.flush()
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             # Nothing of the batch stays: the count is the one at its start again, and
             # the rows it changed in memory are dropped.
             self._session_count = batch.session_count
             self._rows.clear()
             self._rollback(db)
+            if isinstance(exc, sqlite3.Error):
+                self._fold.failed(exc)
             raise
         count = batch.session_count
         self._session_count = None if count is None else count + batch.session_delta
@@ -190,11 +198,12 @@ class Writer:
                 op.future.set_exception(value)
 
     def _fail(self, ops: list[_Op[Any]], exc: Exception) -> None:
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, sqlite3.Error | FoldPending):
+            kind = exc.sqlite_errorcode if isinstance(exc, sqlite3.Error) else exc.kind
             self._failures.failed(
                 str(self._path),
                 f"a write to {self._path} failed: {exc}; nothing of its batch was stored",
-                exc.sqlite_errorcode,
+                kind,
             )
         else:
             log.error("a write to %s failed", self._path, exc_info=exc)
