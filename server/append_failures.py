@@ -108,7 +108,7 @@ class AppendFailures:
             self._summarise(time.monotonic())
 
     def _summarise(self, now: float) -> None:
-        _process_wide(
+        process_wide(
             "error",
             "appends failing",
             failed=self._failed,
@@ -132,7 +132,7 @@ class AppendFailures:
             ended_by = f"{self.quiet:g} s without a failure"
         else:
             return  # the session that failed may well fail again: not over yet
-        _process_wide(
+        process_wide(
             "info",
             "appends succeed again",
             failed=self._outage_failed,
@@ -152,7 +152,7 @@ class AppendFailures:
         self._last_error = ""
 
 
-def _process_wide(level: str, event: str, **fields: Any) -> None:
+def process_wide(level: str, event: str, **fields: Any) -> None:
     """``event`` logged without the ``session_id`` bound in the task of the actor whose
     append tripped it: the line tells of the process's appends, not of that session."""
     contextvars.copy_context().run(_unbound, level, event, fields)

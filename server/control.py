@@ -135,8 +135,10 @@ def feed_repeated(actor: SessionActor, events: list[StoredEvent], repeated: int)
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:
-    """The store failed under a command (Redis away): it fails, the session goes on."""
-    log.warning("storage failed", command=type(command).__name__, error=str(exc))
+    """The store failed under a command (Redis away, a full disk): it fails, the session
+    goes on; the log tells the first of an outage, then counts (a line per refused hello
+    would flood it)."""
+    actor.health.command_failures.failed(type(command).__name__, str(exc))
     if isinstance(command, Attach):
         if not actor.room.outboxes:
             actor.unfollow()

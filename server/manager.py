@@ -382,5 +382,6 @@ class SessionManager:
             await self.actors.close(code, reason, grace)
         finally:  # an outage under way is told, not lost, however the close ends
             self.append_health.failures.flush()
+            self.append_health.command_failures.flush()
         if self.shared_presence is not None:
             await self.shared_presence.stop()

@@ -63,6 +63,7 @@ from bamboo_session.persistence.capabilities import WriteLocations
 from bamboo_session.protocol.models import SessionMetadata
 
 from .append_failures import AppendFailures
+from .command_failures import CommandFailures
 from .pages import PageReads, SharedRead
 
 PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
@@ -81,7 +82,8 @@ class AppendHealth:
     """What the session actors report of their appends (owned by the manager): the last
     failure of the store's, who appended last, and the appends the store has not
     answered yet; and, for the log, the outage under way (``failures``; a probe that
-    succeeds does not end it, an append does)."""
+    succeeds does not end it, an append does), and that of the other commands the store
+    failed (``command_failures``: an attach, a state change)."""
 
     __slots__ = (
         "_last_appender",
@@ -89,6 +91,7 @@ class AppendHealth:
         "_other_at",
         "_waiting",
         "alone_within",
+        "command_failures",
         "failed_at",
         "failure",
         "failures",
@@ -97,6 +100,7 @@ class AppendHealth:
 
     def __init__(self) -> None:
         self.failures = AppendFailures()
+        self.command_failures = CommandFailures()
         self.failure: str | None = None
         self.failed_at = 0.0
         # Failures of the store's reported so far: a probe read it as it began, and

@@ -19,6 +19,7 @@ FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 # What an instance may log when a peer instance or Redis dies under it.
 EXPECTED_TROUBLE = (
     "storage failed",
+    "storage failing",
     "append failed",
     "appends failing",
     "reading the session's events failed",

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.app import BambooServer
@@ -101,3 +103,47 @@ async def test_a_state_change_whose_activity_write_fails_changes_nothing(
             assert ack["id"] == 2
             assert (await peer.recv_type("closed"))["reason"] == "session closed"
         assert (await metadata(server, "s"))["state"] == "closed"
+
+
+async def refused_hello(server: BambooServer) -> None:
+    async with open_peer(server, "s") as peer:
+        await peer.send({"type": "hello"})
+        code, frames = await peer.closed()
+    assert (code, frames) == (1011, [])
+
+
+async def test_hellos_the_store_refuses_are_logged_once_an_outage_then_counted(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Peers reconnecting to a store that fails their attach: the first refusal is
+    logged at once, the later ones counted and told at most once an interval, with
+    the commands that failed; after a quiet interval the next failure is a new outage,
+    told at once again."""
+    prefix = prefix_for(tmp_path)
+    async with run_server(store=redis_server.url(prefix=prefix)) as server:
+        async with attach(server, "s", create=True):
+            pass
+        await eventually(lambda: parked(server, "s"))
+        failures = server.manager.append_health.command_failures
+        told = {"storage failed", "storage failing"}
+        async with activity_index_broken(redis_server, prefix):
+            with capture_logs(processors=[merge_contextvars]) as logs:
+                for _ in range(10):
+                    await refused_hello(server)
+                (first,) = [line for line in logs if line["event"] in told]
+                assert (first["log_level"], first["command"]) == ("warning", "Attach")
+                assert first["session_id"] == "s" and "WRONGTYPE" in first["error"]
+                failures.every = 0.0  # the interval is over at the next failure
+                await refused_hello(server)
+                summary = [line for line in logs if line["event"] in told][1:]
+                assert [(s["event"], s["failed"], s["commands"]) for s in summary] == [
+                    ("storage failing", 10, {"Attach": 10})
+                ]
+                assert "WRONGTYPE" in summary[0]["last_error"]
+                failures.every, failures.quiet = 3600.0, 0.0  # an outage of each failure
+                await refused_hello(server)
+                assert [line["event"] for line in logs if line["event"] in told] == [
+                    "storage failed",
+                    "storage failing",
+                    "storage failed",
+                ]
