@@ -42,7 +42,7 @@ from .presence import LOCAL, LocalPresence
 from .readiness import AppendHealth
 from .replay import ReplayReads
 from .room import SessionRoom
-from .status import SessionStatus
+from .status import SessionStatus, held_state
 from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
@@ -92,9 +92,9 @@ class SessionActor:
         self.metrics = metrics
         self._on_retired = on_retired
         self.presence = presence  # session-wide, on a store processes share (presence.py)
-        self.status = SessionStatus(
-            self.session_id, metadata.state, storage, metadata.ttl, metadata.epoch
-        )
+        held = held_state(metadata.state, presence.shared)
+        self.status = SessionStatus(self.session_id, held, storage, metadata.ttl, metadata.epoch)
+        self.status.owed = held != metadata.state  # parked at its first look, if not before
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
         )

@@ -46,7 +46,7 @@ from .commands import (
 )
 from .failures import subscription_end
 from .limits import TooManySessionConnections
-from .status import EXPIRED
+from .status import EXPIRED, attach_is_activity
 
 if TYPE_CHECKING:
     from .actor import SessionActor
@@ -207,7 +207,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         await actor.catch_up()
         if command.future.done():  # its caller gave up waiting meanwhile
             return await given_up(actor, was, stored)
-    if actor.state != SessionState.ACTIVE:
+    if attach_is_activity(actor.state, actor.presence.shared, bool(actor.room.outboxes)):
         # A session nobody was attached to becomes active: that is activity too. The
         # activity first: should it fail, nothing has changed (the attach fails, the
         # session stays as it was); should the move fail after it, the session was only

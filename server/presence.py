@@ -53,6 +53,10 @@ log = structlog.get_logger("bamboo_session.presence")
 class LocalPresence:
     """No presence beyond this process: each room counts its own connections."""
 
+    # Whether other processes may hold connections to this process's sessions: on a
+    # store only this process holds, a session with none here has none at all.
+    shared = False
+
     async def join(
         self, session_id: str, connection_id: str, role: str, epoch: str | None = None
     ) -> int | None:
@@ -75,6 +79,8 @@ LOCAL = LocalPresence()
 
 class SharedPresence(LocalPresence):
     """This process's connections in a shared store's presence (module docstring)."""
+
+    shared = True
 
     def __init__(
         self,

@@ -33,6 +33,28 @@ PAST_EXPIRY = 0.05
 _PAUSED = (SessionState.IDLE, SessionState.DISCONNECTED)
 
 
+def held_state(stored: SessionState, shared: bool) -> SessionState:
+    """The state an actor spawned with no connection holds for a session ``stored`` so:
+    as stored on a store other processes share (theirs may be attached); else, for a
+    stored ``active`` or ``idle``, ``disconnected`` (owed to the store), since no
+    connection of any process can be attached: its server died with them."""
+    if shared or stored not in (SessionState.ACTIVE, SessionState.IDLE):
+        return stored
+    return SessionState.DISCONNECTED
+
+
+def attach_is_activity(state: SessionState, shared: bool, attached_here: bool) -> bool:
+    """An attach to a session with no connection, or an idle one, is activity
+    (docs/protocol.md). On a store only this process holds, no connection is none
+    here (``attached_here``), whatever state the store kept (a server killed with
+    peers attached left it ``active``); on one processes share (``shared``), none in
+    the whole session, as its ``state`` says (presence keeps it ``active`` while any
+    process's connections are attached)."""
+    if not shared and not attached_here:
+        return True
+    return state != SessionState.ACTIVE
+
+
 class SessionStatus:
     __slots__ = (
         "epoch",
