@@ -123,6 +123,8 @@ class BambooServer:
         try:
             await self._listen()
         except BaseException:
+            if self._manager is not None:  # not writing into the store closed below
+                await self._manager.restart_park.stop()
             if self._given_storage is None:
                 await self.storage.close()
             raise
@@ -132,6 +134,8 @@ class BambooServer:
         config = self.config
         self._manager = SessionManager(config.manager_config(), self.storage, self.metrics)
         self._manager.start()
+        if self._given_storage is None:  # opened here: this server's store, for `serve`
+            await self._manager.park_left_attached()
         self.user_connections = user_connections_for(self.storage, config.max_connections_per_user)
         # A store handed in may live anywhere: its files are not ours to size.
         store_url = "" if self._given_storage is not None else config.store_url()

@@ -50,6 +50,7 @@ from .presence import LOCAL, PresenceNotice, overlay_live, shared_presence
 from .quotas import Admission, check_fields
 from .readiness import AppendHealth
 from .receiver import Receiver
+from .restart_park import RestartPark
 
 log = structlog.get_logger("bamboo_session.manager")
 
@@ -79,6 +80,7 @@ class SessionManager:
         self.endings = SessionEndings(self.actors, storage, self.page_reads)
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce, self._registered_again)
+        self.restart_park = RestartPark(storage)
         self.metrics.watch_actors(
             lambda: len(self.actors), self.actors.parked_count, lambda: self.budget.used
         )
@@ -94,6 +96,13 @@ class SessionManager:
         """Starts the shared store's presence heartbeat, the one background task."""
         if self.shared_presence is not None:
             self.shared_presence.start()
+
+    async def park_left_attached(self) -> None:
+        """On a store only this process holds, what a dead server left ``active`` or
+        ``idle`` becomes ``disconnected`` (server/restart_park.py), before this returns
+        or, past its first half second, in a task. ``serve``'s, not offline tools'."""
+        if self.shared_presence is None:  # a shared store's presence sweep parks them
+            await self.restart_park.begin()
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -378,6 +387,7 @@ class SessionManager:
     ) -> None:
         """Closes every connection with ``code`` after a ``closed`` frame, lets each
         actor flush and checkpoint, and cancels what is still running after ``grace``."""
+        await self.restart_park.stop()
         try:
             await self.actors.close(code, reason, grace)
         finally:  # an outage under way is told, not lost, however the close ends
