@@ -65,7 +65,9 @@ async def welcome(server: ServerProcess, session_id: str) -> tuple[Any, dict[str
     return ws, frame["session"]
 
 
-async def state_becomes(server: ServerProcess, session_id: str, state: str, within: float) -> dict[str, Any]:
+async def state_becomes(
+    server: ServerProcess, session_id: str, state: str, within: float
+) -> dict[str, Any]:
     """The session's metadata once its state is ``state``, or the last read."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -75,12 +77,16 @@ async def state_becomes(server: ServerProcess, session_id: str, state: str, with
         await asyncio.sleep(0.1)
 
 
-async def test_a_session_attached_at_a_kill_is_disconnected_after_the_restart(server: ServerProcess) -> None:
+async def test_a_session_attached_at_a_kill_is_disconnected_after_the_restart(
+    server: ServerProcess,
+) -> None:
     """Failed on main for JSONL and SQLite: the session stayed ``active`` with
     ``connections: 0`` after the restart, for as long as nobody attached (SQLite and
     JSONL: no look parks a session the new process never loaded)."""
     ws, _ = await welcome(server, "chat")
-    await ws.send(json.dumps({"type": "event", "id": 1, "event": {"type": "token", "content": "a"}}))
+    await ws.send(
+        json.dumps({"type": "event", "id": 1, "event": {"type": "token", "content": "a"}})
+    )
     assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ack"
     server.kill()
     ws.transport.abort()

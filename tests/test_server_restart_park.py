@@ -1,0 +1,162 @@
+"""After a ``kill -9`` and a restart on a store one process holds (JSONL, SQLite), no
+session claims connections it cannot have: ``serve`` parks what the dead server left
+``active`` or ``idle`` (``disconnected``, not activity), and the first attach after it
+is activity (its TTL starts again), whatever state the store kept (r341: they came
+back ``active`` with no connection, and their first attach did not count).
+
+Real servers: killed with SIGKILL by pid, or in-process on a store handed in (which
+the server does not park: the attach alone must count); real files in temp dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.base import SessionFilter, Storage
+from bamboo_session.protocol.models import Session, SessionState, utcnow
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.config import ServerConfig
+from bamboo_session.server.restart_park import BATCH, RestartPark
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.support import attach, get
+
+STORES = ("jsonl", "sqlite")
+
+
+def store_url(kind: str, directory: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite://{directory / 'sessions.db'}?durability=fsync"
+    return f"jsonl://{directory / 'data'}?durability=fsync"
+
+
+def http_json(port: int, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def listed(port: int, **query: str) -> dict[str, dict[str, Any]]:
+    page = http_json(port, f"/api/v1/sessions?limit=1000&{urllib.parse.urlencode(query)}")
+    return {metadata["id"]: metadata for metadata in page["sessions"]}
+
+
+async def hello(port: int, session_id: str) -> tuple[Any, dict[str, Any]]:
+    ws = await connect(f"ws://127.0.0.1:{port}/api/v1/stream/{session_id}", open_timeout=10)
+    await ws.send(json.dumps({"type": "hello", "create": True, "user_id": "u1"}))
+    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert frame["type"] == "welcome", frame
+    return ws, frame["session"]
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_sessions_attached_at_a_kill_are_listed_disconnected_after_the_restart(
+    kind: str, tmp_path: Path
+) -> None:
+    flags = ("--store", store_url(kind, tmp_path), "--default-ttl", "3600")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    server.start()
+    try:
+        attached = [await hello(server.port, f"chat-{n}") for n in range(3)]
+        left, _ = await hello(server.port, "left")
+        await left.close()
+        await asyncio.sleep(0.5)  # its park, written lazily on JSONL: lost to the kill
+        before = await asyncio.to_thread(listed, server.port)
+        server.kill()
+        for ws, _ in attached:
+            ws.transport.abort()
+        await server.start_in_loop()
+
+        still_active = await asyncio.to_thread(listed, server.port, state="active")
+        parked = await asyncio.to_thread(listed, server.port, state="disconnected")
+
+        assert still_active == {}
+        assert set(parked) == {"chat-0", "chat-1", "chat-2", "left"}
+        for session_id, metadata in parked.items():
+            assert metadata["connections"] == 0
+            # A park is no activity. (Not ==: JSONL writes activity with the session's
+            # next checkpoint, so the kill may lose the attach's; it is no later.)
+            assert metadata["last_activity_at"] <= before[session_id]["last_activity_at"]
+            assert metadata["expires_at"] <= before[session_id]["expires_at"]
+        # The first attach after it is activity: listed as active after the restart.
+        restarted = utcnow().isoformat()
+        again, _ = await hello(server.port, "chat-1")
+        recent = await asyncio.to_thread(listed, server.port, active_after=restarted)
+        await again.close()
+        assert set(recent) == {"chat-1"}
+    finally:
+        server.kill()
+    assert_no_tracebacks(server.log_records())
+
+
+@pytest.fixture(params=("memory", *STORES))
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    url = "memory://" if request.param == "memory" else store_url(request.param, tmp_path)
+    opened = await open_storage(url, default_ttl=3600)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_the_first_attach_to_a_session_stored_active_with_no_connection_restarts_its_ttl(
+    storage: Storage,
+) -> None:
+    """The store handed in is not parked at the start: the attach alone decides, by the
+    connections in this process, not by the ``active`` the store kept."""
+    await storage.create_session(Session.new("chat", user_id="u1", ttl=3600))
+    before = await storage.update_session_state("chat", SessionState.ACTIVE)
+    await asyncio.sleep(0.05)  # store times have microseconds: a later touch shows
+    config = ServerConfig(host="127.0.0.1", port=0, log_format="console", rate_limit=0)
+    async with BambooServer(config, storage) as server:
+        status, read = await get(server, "/api/v1/sessions/chat?limit=1")
+        assert (status, read["metadata"]["state"]) == (200, "active")  # as the store kept
+        async with attach(server, "chat", user_id="u1") as (_, welcome):
+            session = welcome["session"]
+            assert session["state"] == "active"
+            assert datetime.fromisoformat(session["expires_at"]) > before.expires_at
+            assert datetime.fromisoformat(session["last_activity_at"]) > before.last_activity_at
+        await asyncio.sleep(0.1)  # the detach, in the actor's turn
+        status, read = await get(server, "/api/v1/sessions/chat?limit=1")
+        assert read["metadata"]["state"] == "disconnected"
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_the_batches_past_the_foreground_park_the_rest_and_leave_what_was_written_since(
+    kind: str, tmp_path: Path
+) -> None:
+    """More than a batch, none of it before listening (``foreground=0``): the task parks
+    every one but the session an attach wrote meanwhile, and an expired one (cleanup's)
+    holds up none after it."""
+    url = store_url(kind, tmp_path)
+    storage = await open_storage(url, default_ttl=3600, cleanup_interval=None)
+    try:
+        total = BATCH + 200
+        for number in range(total):
+            ttl = 1 if number == 0 else 3600
+            await storage.create_session(Session.new(f"s{number:05}", user_id="u", ttl=ttl))
+            await storage.update_session_state(f"s{number:05}", SessionState.ACTIVE)
+        await asyncio.sleep(1.1)  # s00000 expires, still stored
+        park = RestartPark(storage)
+        await park.begin(foreground=0)
+        assert park.task is not None
+        await storage.touch(f"s{total - 1:05}")  # an attach meanwhile: written since
+        await park.task
+
+        active = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE, limit=total))
+        assert sorted(metadata.id for metadata in active.sessions) == [
+            "s00000",
+            f"s{total - 1:05}",
+        ]
+        assert park.parked == total - 2
+    finally:
+        await storage.close()
