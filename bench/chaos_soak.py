@@ -52,7 +52,8 @@ end, stay 0; a failed run prints those warnings whole.
 Run: ``python -m bench.chaos_soak --cycles 300 --max-seconds 300`` (``--store sqlite``,
 ``--store redis --instances 2`` likewise; tests/test_chaos_soak.py runs a few cycles).
 Exit status 0 when every check holds; the figures go to stdout as one JSON object
-(``closes_seen``: ``keepalive`` is a client's own keepalive finding its link dead).
+(``closes_seen``: per role, each close code with its reason; ``keepalive`` is a
+client's own keepalive finding its link dead).
 """
 
 from __future__ import annotations
@@ -278,15 +279,17 @@ def network_faults(proxy: CuttingProxy, rng: random.Random, cycle: int) -> None:
 async def counted(
     client: Callable[..., Awaitable[None]], closes: collections.Counter[str], **kwargs: Any
 ) -> None:
-    """Runs the client, counting how its connection ended: the close code it received,
-    ``keepalive`` when none came after its own keepalive failed it (a silent link),
+    """Runs the client, counting how its connection ended: the close code it received
+    with its reason (``4429 too slow to read: send queue full``: the server's reasons
+    are a few fixed phrases, docs/protocol.md's close codes), ``keepalive`` when none
+    came after its own keepalive failed it (a silent link),
     ``cut`` when none came otherwise (a cut, a killed server), or the error that kept
     it from connecting."""
     try:
         await client(**kwargs)
     except ConnectionClosed as exc:
         if exc.rcvd is not None:
-            closes[str(exc.rcvd.code)] += 1
+            closes[f"{exc.rcvd.code} {exc.rcvd.reason}".rstrip()] += 1
         elif exc.sent is not None and exc.sent.reason == "keepalive ping timeout":
             closes["keepalive"] += 1
         else:
