@@ -23,23 +23,13 @@ from bamboo_session.wakeup import Wakeup
 from .budget import NO_LIMIT, MemoryBudget
 from .flush import unframe
 from .outbound import EventOutbound, Outbound
+from .read_back import Replay, read_back
 from .writer_life import WriterLife
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
     from .metrics import Metrics
-
-
-class Replay:
-    """A placeholder in an outbox: send the session's events in ``(after, through]``
-    here, read from the actor's ring or from storage."""
-
-    __slots__ = ("after", "through")
-
-    def __init__(self, after: int, through: int) -> None:
-        self.after = after
-        self.through = through
 
 
 class CloseRequest:
@@ -95,7 +85,7 @@ class Outbox(WriterLife):
         "max_bytes",
         "max_in_flight",
         "on_close",
-        "replaying",
+        "replay_under_way",
         "role",
     )
 
@@ -131,7 +121,7 @@ class Outbox(WriterLife):
         # other close after a grace period, should the peer stop reading meanwhile).
         self.on_close = on_close
         self.closing: CloseRequest | None = None
-        self.replaying = False  # while its writer sends a replay it took (get)
+        self.replay_under_way: Replay | None = None  # the replay it took (get), being sent
         # Its actor retired leaving it open, for a delete's outcome to close it
         # (server/room.py, HeldConnections): the store may not list its session meanwhile.
         self.handed_over = False
@@ -151,6 +141,11 @@ class Outbox(WriterLife):
 
     def __len__(self) -> int:
         return len(self._items) - self._head
+
+    @property
+    def replaying(self) -> bool:
+        """While its writer sends a replay it took (get)."""
+        return self.replay_under_way is not None
 
     def _head_item(self) -> OutboxItem:
         return self._items[self._head]
@@ -192,12 +187,49 @@ class Outbox(WriterLife):
                 or after > self.max_bytes
                 or (budget.used > budget.limit and after > self._backed_up)
             ):
-                self.overflow()
+                if not self._read_back(item, size):
+                    self.overflow()
                 return
+        self._queue(item, size)
+
+    def _full(self, size: int) -> bool:
+        """Whether one more frame of ``size`` bytes would overflow the queue."""
+        after, budget = self.bytes + size, self.budget
+        return (
+            len(self) >= self.limit
+            or after > self.max_bytes
+            or (budget.used > budget.limit and after > self._backed_up)
+        )
+
+    def _queue(self, item: Outbound | Replay, size: int) -> None:
         self._items.append(item)
         self.bytes += size
         self.budget.used += size
         self._notify()
+
+    def _read_back(self, item: Outbound | Replay, size: int) -> bool:
+        """Whether ``item`` was taken where the queue had no room, by leaving the events
+        queued behind the replay under way to be read back with it (server/read_back.py),
+        and ``item`` with them if it follows them."""
+        replay = self.replay_under_way
+        if replay is None:
+            return False
+        kept, freed = read_back(self._items[self._head :], replay)
+        self._items, self._head = kept, 0
+        self.bytes -= freed
+        self.budget.used -= freed
+        tail = kept[-1] if kept else replay
+        if (
+            isinstance(item, EventOutbound)
+            and type(tail) is Replay
+            and item.seq == tail.through + 1
+        ):
+            tail.through = item.seq  # the newest of them: it is read back too
+            return True
+        if len(self) and self._full(size):
+            return False
+        self._queue(item, size)
+        return True
 
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""
@@ -236,15 +268,16 @@ class Outbox(WriterLife):
             self.cut_to_close()
 
     def cut_to_close(self) -> None:
-        """Drops the events queued ahead of the close already asked for: behind a replay
-        that stopped short, they would come after a gap. The other frames (the
-        ``closed`` notice, an ``error``) and the close itself stay."""
+        """Drops the events queued ahead of the close already asked for, and those left
+        to be read back (server/read_back.py): behind a replay that stopped short, they
+        would come after a gap. The other frames (the ``closed`` notice, an ``error``)
+        and the close itself stay."""
         kept: list[OutboxItem] = []
         for item in self._items[self._head :]:
             if isinstance(item, EventOutbound):
                 self.bytes -= item.event_size
                 self.budget.used -= item.event_size
-            else:
+            elif not isinstance(item, Replay):
                 kept.append(item)
         self._items, self._head = kept, 0
 
@@ -311,17 +344,17 @@ class Outbox(WriterLife):
 
     async def get(self) -> OutboxItem:
         """The next item, for the writer; from a replay taken until the next call, the
-        outbox is ``replaying``."""
-        self.replaying = False
+        outbox is ``replaying`` (it is ``replay_under_way``)."""
+        self.replay_under_way = None
         await self._work_queued()
         item = self._popleft()
-        self.replaying = type(item) is Replay
+        self.replay_under_way = item if type(item) is Replay else None
         return item
 
     def get_nowait(self) -> OutboxItem | None:
-        self.replaying = False
+        self.replay_under_way = None
         item = self._popleft() if len(self) else None
-        self.replaying = type(item) is Replay
+        self.replay_under_way = item if type(item) is Replay else None
         return item
 
     def take(self) -> OutboxItem | None:

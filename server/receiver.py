@@ -31,8 +31,10 @@ class Receiver:
         self.outbox = outbox
         self._replay = replay
         self._reads = reads
-        # The replay under way: the seq after which the next page starts, and its end.
-        self._missed: tuple[int, int] | None = None
+        # The replay under way: the seq after which the next page starts (its ``after``,
+        # moved on page by page), and its end (its ``through``, which live events that
+        # would overflow the queue behind it move on: Outbox.push).
+        self._missed: Replay | None = None
         self._pending: collections.deque[StoredEvent] = collections.deque()
         self.close_code: CloseCode | None = None
         self.close_reason: str | None = None
@@ -54,8 +56,9 @@ class Receiver:
         """The next event, or None once the subscription has ended. A caller that stops
         waiting (a timeout of its own) loses nothing: the next call goes on."""
         while not self._pending:
-            if self._missed is not None:
-                await self._next_page(*self._missed)
+            missed = self._missed
+            if missed is not None and missed.after < missed.through:
+                await self._next_page(missed)
                 continue
             if self.close_code is not None:
                 return None
@@ -63,19 +66,19 @@ class Receiver:
             if isinstance(item, CloseRequest):
                 self.close_code, self.close_reason = item.code, item.reason
             elif isinstance(item, Replay):
-                self._missed = (item.after, item.through)
+                self._missed = item
             elif isinstance(item, EventOutbound):
                 self._pending.append(item.stored_event())
         return self._pending.popleft()
 
-    async def _next_page(self, after: int, through: int) -> None:
+    async def _next_page(self, missed: Replay) -> None:
         """The next page of the missed events, once the last one was handed out: one
         page at a time in memory (a slot and a deadline each, as for a WebSocket's
         replay). A page the store does not give ends the subscription as it closes a
         WebSocket (1011), and what was queued behind the replay goes with it: live
         events cannot follow a gap. The pages read before it were handed out."""
         try:
-            page = await self._replay.page(after, through, self._reads)
+            page = await self._replay.page(missed.after, missed.through, self._reads)
         except StorageError as exc:
             log.warning("replay failed", error=str(exc))
             failure = failure_of(exc)
@@ -84,5 +87,8 @@ class Receiver:
             self.outbox.discard()  # nor any queued already, should it have been closing
             self.close_code, self.close_reason = failure.close, failure.reason
             return
-        self._missed = (page[-1].seq, through) if page and page[-1].seq < through else None
+        if page:
+            missed.after = page[-1].seq
+        else:
+            self._missed = None
         self._pending.extend(out.stored_event() for out in page if isinstance(out, EventOutbound))

@@ -159,9 +159,11 @@ async def send_replay(
     Each page passes the outbox's check of what goes to the socket (to_socket,
     server/sent_events.py) before it is framed: a page let go is checked again when it
     is read again, and one whose events were all sent already is skipped."""
-    position, through, sent = replay.after, replay.through, 0
+    position, sent = replay.after, 0
     wanted = REPLAY_PAGE_BYTES  # of the peer's share, for the next page before it is read
-    while position < through and _goes_on(outbox):
+    # ``replay.through`` is read again at every page: it moves on to take in the live
+    # events that would overflow the queue behind the replay (Outbox.push).
+    while position < replay.through and _goes_on(outbox):
         if (
             allowance is not None
             and not await allowance.repaid(
@@ -184,7 +186,7 @@ async def send_replay(
         checked = outbox.sent_seq  # where the check stood before this page
         try:
             frames, end, charge = await _page_frames(
-                reads, page_reads, outbox, codec, position, through
+                reads, page_reads, outbox, codec, position, replay.through
             )
             if frames and _goes_on(outbox):
                 size = sum(map(len, frames))  # charged once framed, if it is to be sent
@@ -243,7 +245,7 @@ async def send_replay(
             return sent
         sent, position = sent + len(frames), end
         del frames  # not held while the next page is read
-    if position < through and outbox.closing is not None:
+    if position < replay.through and outbox.closing is not None:
         outbox.cut_to_close()  # what was queued behind the replay would follow a gap
     return sent
 
