@@ -48,9 +48,10 @@ from .handshake import attach, read_hello
 from .http_wire import BambooConnection
 from .limits import FRAME_BYTES, FrameLimiter
 from .outbound import Outbound
-from .outbox import CloseRequest, Outbox, Replay, send_frames
+from .outbox import CloseRequest, Outbox, send_frames
 from .page_requests import answer_page
 from .read_allowance import ReadAllowance
+from .read_back import Replay
 from .replay import send_replay
 from .replay_shares import ReplayShare
 from .sent_events import WRITER

@@ -14,8 +14,9 @@ from bamboo_session.protocol.models import StoredEvent
 
 from .failures import failure_of
 from .outbound import EventOutbound
-from .outbox import CloseRequest, Outbox, Replay
+from .outbox import CloseRequest, Outbox
 from .pages import PageReads
+from .read_back import Replay
 from .replay import ReplayReads
 
 log = structlog.get_logger("bamboo_session.receiver")

@@ -39,9 +39,10 @@ from bamboo_session.protocol.errors import CloseCode
 from .failures import failure_of
 from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
-from .outbox import Outbox, Replay, send_frames
+from .outbox import Outbox, send_frames
 from .pages import PageReads
 from .read_allowance import ReadAllowance
+from .read_back import Replay
 from .replay_charge import PageCharge
 from .replay_shares import ReplayShare
 from .room import REPLAY_PAGE, REPLAY_PAGE_BYTES, SessionRoom

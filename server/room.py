@@ -33,7 +33,8 @@ from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
 from .budget import NO_LIMIT, MemoryBudget
 from .outbound import FrameKeeper, Outbound
-from .outbox import Outbox, Replay
+from .outbox import Outbox
+from .read_back import Replay
 
 REPLAY_PAGE = 512  # events per page of a replay
 # And bytes: a page is what a stalled resumer holds, and what a slow one must take

@@ -37,7 +37,8 @@ from bamboo_session.server.actor import SessionActor
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.outbound import Outbound
-from bamboo_session.server.outbox import Outbox, Replay
+from bamboo_session.server.outbox import Outbox
+from bamboo_session.server.read_back import Replay
 from bamboo_session.server.sent_events import GAP_REASON, PATHS
 from tests.replay_support import publish
 from tests.support import Peer, attach, run_server, stream_url, token

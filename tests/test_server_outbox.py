@@ -5,7 +5,8 @@ from __future__ import annotations
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Pong
 from bamboo_session.server.outbound import Outbound
-from bamboo_session.server.outbox import CloseRequest, Outbox, Replay
+from bamboo_session.server.outbox import CloseRequest, Outbox
+from bamboo_session.server.read_back import Replay
 
 
 def frames(count: int) -> list[Outbound]:

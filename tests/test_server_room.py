@@ -10,7 +10,8 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Closed, EventFrame, Presence, Welcome
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent, Token
 from bamboo_session.server.outbound import EventOutbound, Outbound
-from bamboo_session.server.outbox import CloseRequest, Outbox, OutboxItem, Replay
+from bamboo_session.server.outbox import CloseRequest, Outbox, OutboxItem
+from bamboo_session.server.read_back import Replay
 from bamboo_session.server.room import REPLAY_PAGE, SessionRoom
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
