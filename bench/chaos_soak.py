@@ -8,8 +8,10 @@ acknowledged sent again after a reconnect) and one reader per session go through
 TCP proxy on loopback (bench/chaos_proxy.py); one slow reader per session connects
 straight to a server, with a 4 KiB receive buffer and pauses of 0.5 to 2 s, so that its
 send queue fills (the servers run with ``--send-queue-frames 64``) and it is closed
-with 4429. Each cycle waits a random instant (0.05 to 0.4 s, and at least one new
-acknowledgement since the last fault), then:
+with 4429, unless a replay of its resume is under way: the events queued behind that
+are read back from the store instead (server/read_back.py), and a reader slower than
+the publishers then stays in that replay. Each cycle waits a random instant (0.05 to
+0.4 s, and at least one new acknowledgement since the last fault), then:
 
 - cuts 1 to 3 connections through the proxy, each at once or, three times in four,
   once 1 to 300 more bytes went one way (to the server or from it), so mostly in the
