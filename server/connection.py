@@ -44,11 +44,12 @@ from .closing import close_within, cut_replay
 from .commands import Append, SetState, batch_frame_appends
 from .connection_end import end_connection
 from .decode_charge import decode_charged
+from .flush import send_frames
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
 from .limits import FRAME_BYTES, FrameLimiter
 from .outbound import Outbound
-from .outbox import CloseRequest, Outbox, send_frames
+from .outbox import CloseRequest, Outbox
 from .page_requests import answer_page
 from .read_allowance import ReadAllowance
 from .read_back import Replay

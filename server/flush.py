@@ -9,6 +9,7 @@ needs awaiting: a replay read from the store, a close, a socket whose buffer is 
 
 A frame is framed once for all the connections it goes to (:func:`websocket_frame`):
 server frames are never masked, so the bytes are the same for every peer of a codec.
+The writer task sends the same bytes with :func:`send_frames`, awaiting room.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import structlog
 from websockets.protocol import OPEN
 
 if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
     from bamboo_session.protocol.codec import Codec
 
     from .http_wire import BambooConnection
@@ -188,3 +191,26 @@ def _log_dropped(outbox: WriterLife) -> None:
         "writing a connection's frames failed; connection dropped",
         connection_id=outbox.connection_id,
     )
+
+
+async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
+    """Send already framed ``frames`` (:meth:`Outbound.framed`) with one write to the
+    socket, with websockets' flow control and error handling: this is ``send()``'s
+    context around one ``writelines`` instead of a frame at a time. The writer task's
+    way, when it must await room in the socket's buffer; server/flush.py writes the same
+    bytes without awaiting when there is room. With an extension (compression) frames
+    are left to websockets to transform."""
+    protocol = ws.protocol
+    async with ws.send_context():
+        if protocol.extensions:
+            for data in frames:
+                # websockets builds (and compresses) each frame itself: the payload.
+                payload, text = unframe(data)
+                if text:
+                    protocol.send_text(payload)
+                else:
+                    protocol.send_binary(payload)
+        else:
+            chunks = protocol.data_to_send()
+            chunks.extend(frames)
+            ws.transport.writelines(chunks)

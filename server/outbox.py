@@ -3,10 +3,11 @@
 An :class:`Outbox` is one connection's queue of outbound frames (server/outbound.py),
 bounded in frames and in bytes and charged to the process's memory budget: producers
 never wait on it; when it is full, the connection is closed (4429) and the client
-resumes from the log. When the connection's writer task runs to send what it holds is
-server/writer_life.py's, the outbox's base; what it has handed its socket of the
-session's events, and the check of each frame on its way there, server/sent_events.py's,
-its base's.
+resumes from the log, unless a replay is being sent: then the events queued behind
+it are read back with it (server/read_back.py). When the connection's writer task runs
+to send what it holds is server/writer_life.py's, the outbox's base; what it has handed
+its socket of the session's events, and the check of each frame on its way there,
+server/sent_events.py's, its base's.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.wakeup import Wakeup
 
 from .budget import NO_LIMIT, MemoryBudget
-from .flush import unframe
 from .outbound import EventOutbound, Outbound
 from .read_back import Replay, read_back
 from .writer_life import WriterLife
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from .metrics import Metrics
 
 
@@ -179,17 +177,10 @@ class Outbox(WriterLife):
         size = 0
         if isinstance(item, Outbound):
             size = item.event_size or len(item.framed(self.codec))
-        queued = len(self._items) - self._head
-        if queued:
-            after, budget = self.bytes + size, self.budget
-            if (
-                queued >= self.limit
-                or after > self.max_bytes
-                or (budget.used > budget.limit and after > self._backed_up)
-            ):
-                if not self._read_back(item, size):
-                    self.overflow()
-                return
+        if len(self._items) > self._head and self._full(size):
+            if not self._read_back(item, size):
+                self.overflow()
+            return
         self._queue(item, size)
 
     def _full(self, size: int) -> bool:
@@ -389,26 +380,3 @@ class Outbox(WriterLife):
         if index != head:
             self._taken(index, taken)
         return frames
-
-
-async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
-    """Send already framed ``frames`` (:meth:`Outbound.framed`) with one write to the
-    socket, with websockets' flow control and error handling: this is ``send()``'s
-    context around one ``writelines`` instead of a frame at a time. The writer task's
-    way, when it must await room in the socket's buffer; server/flush.py writes the same
-    bytes without awaiting when there is room. With an extension (compression) frames
-    are left to websockets to transform."""
-    protocol = ws.protocol
-    async with ws.send_context():
-        if protocol.extensions:
-            for data in frames:
-                # websockets builds (and compresses) each frame itself: the payload.
-                payload, text = unframe(data)
-                if text:
-                    protocol.send_text(payload)
-                else:
-                    protocol.send_binary(payload)
-        else:
-            chunks = protocol.data_to_send()
-            chunks.extend(frames)
-            ws.transport.writelines(chunks)

@@ -37,9 +37,10 @@ from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode
 
 from .failures import failure_of
+from .flush import send_frames
 from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
-from .outbox import Outbox, send_frames
+from .outbox import Outbox
 from .pages import PageReads
 from .read_allowance import ReadAllowance
 from .read_back import Replay
