@@ -121,9 +121,14 @@ class ServerProcess:
         return self.log_path.read_bytes()[-size:].decode(errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
-        """Every JSON log line; a line that is not JSON (a bare traceback) fails here."""
+        """Every JSON log line; a line that is not JSON (a bare traceback) fails here.
+        A last line with no newline is left out: a SIGKILL may cut a write where it
+        crosses a page of the file (the kernel checks for it between pages)."""
+        text = self.log_path.read_text()
+        if not text.endswith("\n"):
+            text = text.rpartition("\n")[0]
         records = []
-        for line in self.log_path.read_text().splitlines():
+        for line in text.splitlines():
             if not line.strip():
                 continue
             records.append(json.loads(line))
