@@ -1,10 +1,13 @@
 """Reproducers from a review that gave the store's Redis a bad day
-(bench/redis_bad_day.py; both fail on main at 095c90d):
+(bench/redis_bad_day.py; all fail on main at 095c90d):
 
 - A Redis at its ``maxmemory`` with ``noeviction`` refuses some appends and takes
   others as its memory hovers at the bound: each refusal after a success is logged as
   a new outage (``append failed``, at error) and each success after it as its end
   (``appends succeed again``), two lines per flap, as many as the appends.
+- ``/readyz`` with Redis gone (killed, or only the pub/sub connection lost) says
+  ``storage is not open``: the store is open, Redis is away, and the reason names
+  neither Redis nor what failed, where a stalled Redis is told as one.
 - A Redis switched to ``maxmemory-policy allkeys-lru`` after the store opened evicts
   sessions' keys without a word from the server: the warning is given only at the
   open, though the store reads Redis's persistence settings again every
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +32,7 @@ from structlog.testing import capture_logs
 from bamboo_session.persistence.redis.storage import RedisStorage
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
-from tests.support import attach, run_server
+from tests.support import attach, get, run_server
 
 FLAPPING_SECONDS = 4.0  # how long Redis takes and refuses appends by turns
 FLAP_EVERY = 0.1  # seconds between two turns of Redis's maxmemory
@@ -134,3 +138,27 @@ async def test_a_policy_turned_to_evict_any_key_after_the_open_is_warned_of(
         await client.aclose()
     said = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
     assert said, "no warning that Redis now may evict sessions' keys (allkeys-lru)"
+
+
+async def test_readiness_with_redis_gone_names_redis_not_a_store_never_opened(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    server = start_redis("gone")
+    async with run_server(store=server.url(prefix=prefix_for(tmp_path))) as bamboo:
+        assert (await get(bamboo, "/readyz"))[0] == 200
+        server.stop(signal.SIGKILL)
+        readiness: list[tuple[int, str]] = []
+
+        async def not_ready() -> bool:
+            readiness.append(await get(bamboo, "/readyz"))
+            return readiness[-1][0] == 503
+
+        await eventually(not_ready, timeout=10)
+        await server.start_in_loop()
+
+        async def ready() -> bool:
+            return (await get(bamboo, "/readyz"))[0] == 200
+
+        await eventually(ready, timeout=10)  # back by itself
+    reason = readiness[-1][1]
+    assert "not open" not in reason and "redis" in reason.lower(), reason
