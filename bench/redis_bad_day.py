@@ -288,7 +288,7 @@ def check_store(rds: Redis, port: int, pubs: list[Publisher], epochs_lost: set[s
     problems: list[str] = []
     for pub in pubs:
         status, body = http(port, f"/api/v1/sessions/{pub.session_id}")
-        epoch = json.loads(body)["epoch"] if status == 200 else None
+        epoch = json.loads(body)["metadata"]["epoch"] if status == 200 else None
         entries = client.xrange(f"{PREFIX}:{{{pub.session_id}}}:log")
         at: dict[str, list[int]] = {}
         for entry_id, fields in entries:
