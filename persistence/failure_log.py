@@ -5,11 +5,14 @@ second: a line for each would flood the log just when the server is in trouble. 
 the first failure of an outage is logged at once, as an error with the OS's words;
 the later ones at debug level only, and counted. The outage ends, with a line that
 says how many more failed and the last one's error, at the first write that succeeds
-from the source whose failure began it (a session's log, the database file), or from
-any source once none has failed for ``QUIET`` seconds. Not at once at the success of
-another source's write: one file that keeps failing among good ones (a session's log
-at the file size limit, a file the store may not write) is told once, not at every
-batch. A failure of another kind (another OS error: the disk full, while one file
+from the source whose failure began it (a session's log, the database file) once none
+has failed for ``SETTLE`` seconds, or from any source once none has failed for
+``QUIET`` seconds. Not at once at a success: a store that flaps (a disk all but full,
+taking some writes and refusing others as space comes and goes) fails again within a
+moment, and each turn told as an outage that ended and one that began would flood the
+log as the failures would have. Nor at once at the success of another source's write:
+one file that keeps failing among good ones (a session's log at the file size limit,
+a file the store may not write) is told once, not at every batch. A failure of another kind (another OS error: the disk full, while one file
 fails for a reason of its own) is told as an error too, once per outage, so that it is
 not hidden at debug level behind the failure that began it. (The server counts failed
 appends in its own lines too: this is the store's side, which knows the file and the
@@ -27,6 +30,10 @@ from typing import Final
 # a client takes to try again: one session's log that fails at each of its retries
 # (every few seconds) among good ones stays one outage, not an error at each retry.
 QUIET: Final = 10.0
+# Seconds without a failed write after which a success of the source whose failure
+# began the outage ends it: a store that takes writes and refuses others by turns
+# (flapping at a bound) fails again well within them, and stays one outage.
+SETTLE: Final = 5.0
 # Kinds of failure told as errors in one outage, the first's included (errno values:
 # a handful at most, unless the file system is in trouble beyond what more lines say).
 KINDS_TOLD: Final = 8
@@ -45,6 +52,7 @@ class FailureLog:
         "_writes",
         "_writes_of",
         "quiet",
+        "settle",
     )
 
     def __init__(self, log: logging.Logger, writes: str, writes_of: str | None = None) -> None:
@@ -54,6 +62,7 @@ class FailureLog:
         # store writes to one source only, ``writes``).
         self._writes_of = writes_of
         self.quiet = QUIET
+        self.settle = SETTLE
         self._source: str | None = None  # whose failure began the outage under way
         self._failed_at = 0.0  # the last failure (monotonic clock)
         self._more = 0  # failures after the outage's first
@@ -69,9 +78,9 @@ class FailureLog:
             self._kinds.add(kind)
             self._log.error(
                 "%s (later failures are logged at debug level, until it succeeds again"
-                " or none fails for %g s)",
+                " after none failed for %g s)",
                 error,
-                self.quiet,
+                self.settle,
             )
             return
         self._more += 1
@@ -83,17 +92,18 @@ class FailureLog:
         self._log.error("%s (a failure of another kind, in an outage under way)", error)
 
     def succeeded(self, source: str) -> None:
-        """A write to ``source`` succeeded: the outage, if any, is over if that source
-        began it, or if no write failed for ``quiet`` seconds."""
+        """A write to ``source`` succeeded: the outage, if any, is over if no write
+        failed for ``settle`` seconds and that source began it, or for ``quiet``."""
         if self._source is None:
             return
-        if source == self._source:
+        quiet_for = time.monotonic() - self._failed_at
+        if source == self._source and quiet_for >= self.settle:
             writes = self._writes if self._writes_of is None else self._writes_of.format(source)
             ended = f"{writes} succeed again"
-        elif time.monotonic() - self._failed_at >= self.quiet:
+        elif quiet_for >= self.quiet:
             ended = f"{self._writes} succeed again, none failed for {self.quiet:g} s"
         else:
-            return  # the source that failed may well fail again: not over yet
+            return  # the failures may well go on (a flapping store): not over yet
         if self._more:
             self._log.warning(
                 "%s; %d more failed since the first failure logged (the last: %s)",

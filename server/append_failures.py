@@ -11,10 +11,14 @@ store's in an outage that began with one session's own (its log at the file size
 then the disk fills: ``/readyz`` turns 503 at that instant), logged at once too, not
 left for the next summary. The outage ends with a line of its own
 (how long it lasted, how many failed, how many of those no summary told yet) at the
-first append that succeeds of the session whose failure began it, or of any session
-once none has failed for ``QUIET`` seconds: not at once at another session's append,
-so that one session whose appends keep failing among thousands that succeed (its log
-at the file size limit) makes one outage, not one per batch. What no line told yet
+first append that succeeds of the session whose failure began it once none has failed
+for ``SETTLE`` seconds, or of any session once none has failed for ``QUIET`` seconds.
+Not at once at a success: a store that flaps (Redis at its ``maxmemory``, taking some
+appends and refusing others as its memory hovers at the bound) fails again within a
+moment, and each turn told as an end and a new outage, at error, made two lines per
+flap, as many as the appends. Nor at once at another session's append, so that one
+session whose appends keep failing among thousands that succeed (its log at the file
+size limit) makes one outage, not one per batch. What no line told yet
 when the manager closes is told then (``flush``): an outage under way at a stop is not
 lost from the log.
 """
@@ -26,6 +30,8 @@ import time
 from typing import Any, Final
 
 import structlog
+
+from bamboo_session.persistence.failure_log import SETTLE
 
 log = structlog.get_logger("bamboo_session.actor")
 
@@ -58,11 +64,13 @@ class AppendFailures:
         "every",
         "quiet",
         "sessions_counted",
+        "settle",
     )
 
     def __init__(self, every: float = SUMMARY_EVERY) -> None:
         self.every = every
         self.quiet = QUIET
+        self.settle = SETTLE  # the same rule as the stores' own logs (failure_log.py)
         self.sessions_counted = SESSIONS_COUNTED
         self._began: float | None = None  # the outage's first failure (monotonic clock)
         self._source = ""  # the session of that failure
@@ -122,16 +130,18 @@ class AppendFailures:
 
     def succeeded(self, session_id: str) -> None:
         """A store append for ``session_id`` succeeded: the outage, if any, is over if
-        that session's failure began it, or if no append failed for ``quiet`` seconds."""
+        no append failed for ``settle`` seconds and that session's failure began it, or
+        for ``quiet`` seconds."""
         if self._began is None:
             return
         now = time.monotonic()
-        if session_id == self._source:
+        quiet_for = now - self._failed_at
+        if session_id == self._source and quiet_for >= self.settle:
             ended_by = f"an append of session {session_id!r}, whose failure began it"
-        elif now - self._failed_at >= self.quiet:
+        elif quiet_for >= self.quiet:
             ended_by = f"{self.quiet:g} s without a failure"
         else:
-            return  # the session that failed may well fail again: not over yet
+            return  # the failures may well go on (a flapping store): not over yet
         process_wide(
             "info",
             "appends succeed again",

@@ -85,6 +85,9 @@ async def test_an_outage_is_logged_once_then_counted_then_ended(
                 failures.every = 3600.0
                 await fail_append(manager, fail_sync, "g")  # counted, not yet told
                 assert (await manager.append_event("a", AgentEvent.token("back"))).seq == 2
+                assert len(lines(logs)) == 2  # a flapping store fails again at once: not over
+                failures.settle = 0.0  # as if none had failed for that long
+                assert (await manager.append_event("a", AgentEvent.token("back again"))).seq == 3
                 await manager.append_event("b", AgentEvent.token("still well"))
             assert [line["event"] for line in lines(logs)] == [
                 "append failed",
@@ -149,6 +152,7 @@ async def test_a_session_whose_appends_keep_failing_among_good_ones_makes_one_ou
                 with pytest.raises(StorageError, match="Is a directory"):
                     await manager.append_event("x", AgentEvent.token("lost again"))
                 failures.quiet = 3600.0
+                failures.settle = 0.0  # x's next append comes as if none failed for long
                 mend_log(log)
                 assert (await manager.append_event("x", AgentEvent.token("back"))).seq == 1
     told = [(line["event"], line["log_level"]) for line in lines(logs)]

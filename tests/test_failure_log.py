@@ -1,8 +1,9 @@
 """What a store's own log says while one file fails for good among good ones
 (persistence/failure_log.py), on a JSONL store whose session log is a directory (EISDIR
 at every open): the first failure once, as an error; the later ones at debug level;
-the outage ends when that log takes an append again, or when no append failed for the
-quiet interval, never at once at another session's append."""
+the outage ends when that log takes an append again once none failed for the settle
+interval, or at any append once none failed for the quiet interval; never at once at
+another session's append, nor at once at its own (a store that flaps)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ async def test_a_log_that_keeps_failing_is_told_once_until_it_takes_an_append(
     assert all(text.startswith(FAILED_A) for _level, text in later), later
     mend_log(log)
     assert (await storage.append_event("a", AgentEvent.token("back"))).seq == 2
+    assert len(told(caplog)) == 4  # a's write may fail again at once (a flapping store)
+    storage._appends._failures.settle = 0.0  # as if none had failed for that long
+    assert (await storage.append_event("a", AgentEvent.token("back again"))).seq == 3
     ended = told(caplog)[4:]
     assert len(ended) == 1 and ended[0][0] == logging.WARNING, ended
     assert ended[0][1].startswith(
@@ -141,8 +145,31 @@ def test_the_kinds_of_failure_told_in_one_outage_are_bounded(
     for errno in range(20):
         failures.failed("a", f"failed: errno {errno}", errno)
     assert [r.levelno for r in caplog.records].count(logging.ERROR) == KINDS_TOLD
+    failures.settle = 0.0  # as if none had failed for that long
     failures.succeeded("a")
     caplog.clear()
     failures.failed("b", "failed: errno 19", 19)
     failures.failed("b", "failed: errno 0", 0)
     assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR]
+
+
+def test_a_source_failing_and_succeeding_by_turns_is_one_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that flaps (Redis at its ``maxmemory``, a disk all but full): a's writes
+    fail and succeed by turns, each failure within ``settle`` of the last. One error,
+    no end, however many turns; the first success after ``settle`` ends it, with the
+    count of the failures after the first."""
+    caplog.set_level(logging.DEBUG, logger=__name__)
+    failures = FailureLog(logging.getLogger(__name__), "appends to the logs")
+    for _ in range(50):
+        failures.failed("a", "failed: errno 28", 28)
+        failures.succeeded("a")
+    assert [r.levelno for r in caplog.records if r.levelno > logging.DEBUG] == [logging.ERROR]
+    failures.settle = 0.0  # as if none had failed for that long
+    failures.succeeded("a")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "appends to the logs succeed again; 49 more failed since the first failure logged"
+        " (the last: failed: errno 28)"
+    ], warnings

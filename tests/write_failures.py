@@ -19,10 +19,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bamboo_session.persistence import Storage, StorageError
+from bamboo_session.persistence import Storage, StorageError, failure_log
 from bamboo_session.protocol.models import AgentEvent, Message, Session, StoredEvent
 
 SESSION = "full"
+
+
+def end_outages_at_first_success() -> None:
+    """The child's stores end an outage at the first write that succeeds after the
+    limit is lifted, as if none had failed for ``failure_log.SETTLE`` seconds: waiting
+    those out would cost every run seconds (tests/test_failure_log.py shows them)."""
+    failure_log.SETTLE = 0.0
 
 
 async def write_past_limit(
