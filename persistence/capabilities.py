@@ -1,6 +1,6 @@
 """What a backend may offer beyond the storage contract (persistence/base.py), which the
 server looks for with ``isinstance``: the health of its syncs, the risk that its server
-loses acknowledged writes, and the directories it writes in."""
+loses acknowledged writes, the directories it writes in, and why it is not ready."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ class WriteLossRisk(Protocol):
     @property
     def may_lose_writes(self) -> bool:
         """As last seen, the server may lose writes it acknowledged, or cannot say."""
+        ...
+
+
+@runtime_checkable
+class NotReadyReason(Protocol):
+    """A store that can say why it cannot be promised on now, beyond "not open" (the
+    Redis store: Redis away, its pub/sub connection lost; Redis evicting the store's
+    keys): ``/readyz``'s reason, in an operator's words."""
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the store is not ready now (naming its server and the cause), or None."""
         ...
 
 

@@ -1,6 +1,9 @@
 """Readiness: can an append succeed right now? What ``/readyz`` answers.
 
-Not ready while the store is not open (``storage.ready``); while it does not answer a
+Not ready while the store is not open (``storage.ready``), or says why it is not
+(``NotReadyReason``: on Redis, Redis away or the pub/sub connection lost, with Redis's
+address and the error; Redis evicting the store's keys, ``maxmemory-policy
+allkeys-*``); while it does not answer a
 read within ``--store-read-timeout`` (a stopped Redis, a file another process keeps
 locked): ``/readyz`` reads one session's metadata, at most once a second; while an
 append has waited that long for the store (a disk that stalls writes, a write lock
@@ -59,7 +62,7 @@ from pathlib import Path
 from typing import Final
 
 from bamboo_session.persistence.base import Storage, StorageError
-from bamboo_session.persistence.capabilities import WriteLocations
+from bamboo_session.persistence.capabilities import NotReadyReason, WriteLocations
 from bamboo_session.protocol.models import SessionMetadata
 
 from .append_failures import AppendFailures
@@ -189,6 +192,7 @@ class Readiness:
         self.storage = storage
         self.serving = serving
         self.health = health
+        self._says_why = storage if isinstance(storage, NotReadyReason) else None
         # Where the store's appends write (none: a store without files, or read-only).
         self._probe_dirs = storage.write_locations() if isinstance(storage, WriteLocations) else ()
         self._probe_bytes = probe_bytes
@@ -204,8 +208,9 @@ class Readiness:
         """Why the server is not ready, or None when it is."""
         if not self.serving():
             return "not serving (starting or stopping)"
-        if not self.storage.ready:
-            return "storage is not open"
+        not_ready = self._store_not_ready()
+        if not_ready is not None:
+            return not_ready
         unanswered = await self._store_unanswered()
         if unanswered is not None:
             return unanswered
@@ -222,6 +227,14 @@ class Readiness:
         elif await self._probe():
             return None
         return f"appends are failing: {health.failure}"
+
+    def _store_not_ready(self) -> str | None:
+        """Why the store says it is not ready, in its own words where it has them."""
+        if self._says_why is not None:
+            reason = self._says_why.not_ready_reason
+            if reason is not None:
+                return reason
+        return None if self.storage.ready else "storage is not open"
 
     async def _store_unanswered(self) -> str | None:
         """Why the store seems not to answer reads (None: it answered the last read,

@@ -97,32 +97,6 @@ def _without_maintenance_notifications() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-async def warn_of_eviction(client: Redis) -> str | None:
-    """Logs a warning when Redis, at its ``maxmemory``, may evict any key
-    (``maxmemory-policy allkeys-*``): it would drop sessions' keys, and leave the bytes
-    of a session it dropped in its user's sum (``userbytes``), which nothing then frees
-    (docs/storage-redis.md, Durability). The store sets no expiry on a session's keys,
-    so ``noeviction`` and the ``volatile-*`` policies keep them. Returns the policy
-    (None where INFO does not say, or is refused)."""
-    try:
-        info = await read(client, "INFO", "memory")
-    except redis.exceptions.ResponseError:
-        return None  # INFO's memory section refused: nothing to tell
-    except redis.exceptions.RedisError as exc:
-        raise unreachable(exc) from exc
-    policy = info.get("maxmemory_policy")
-    if isinstance(policy, bytes):
-        policy = policy.decode()
-    if isinstance(policy, str) and policy.startswith("allkeys"):
-        log.warning(
-            "Redis may evict any key at its maxmemory (maxmemory-policy %s): it would "
-            "drop sessions, and leave their bytes counted against their users' "
-            "--max-user-bytes for good; set maxmemory-policy noeviction",
-            policy,
-        )
-    return policy if isinstance(policy, str) else None
-
-
 async def check_persistence(client: Redis, config: RedisConfig) -> bool:
     """Refuses a writable store on a Redis that may acknowledge a write a restart loses
     (StoreMisconfigured), unless the URL has ``accept_lossy=true``, when it logs a
@@ -382,5 +356,4 @@ __all__ = [
     "connect",
     "refuse_replica",
     "stop_task",
-    "warn_of_eviction",
 ]

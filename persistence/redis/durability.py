@@ -19,6 +19,14 @@ stays: a deploy that has not started yet loses nothing). The run stays recorded
 lossy even if Redis turns durable again: what was acknowledged meanwhile may not be
 on disk. ``may_lose_writes`` is what /metrics shows (``bamboo_store_may_lose_writes``).
 
+Each look also reads ``maxmemory-policy`` (one more ``CONFIG GET``, eviction.py): a
+Redis switched to an ``allkeys-*`` policy after the open drops sessions' keys, and
+the events it acknowledged with them, at its ``maxmemory``, which no epoch change
+makes good. A change into such a policy (or from one to another) is warned of once,
+at the look that finds it; ``evicting`` says it to ``/readyz`` (503 while it holds:
+an evicting Redis is not a store the server can promise on) and to the gauge; a
+change back is said at INFO.
+
 Where Redis refuses INFO (an ACL), the turn is taken all the same (the gauge says 1)
 but there is no run to record it against: one warning says that its next restart
 keeps the epochs, and what to allow (a writable store does not open on a lossy Redis
@@ -38,6 +46,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..base import StorageError
 from .client import persistence_danger, read_persistence, stop_task
+from .eviction import eviction_danger, read_policy
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -74,11 +83,15 @@ class DurabilityWatch:
         self.looks = 0  # looks done to the end (the settings read, a turn acted on)
         self.turns = 0  # times Redis was seen turning lossy after the open, and recorded
         self._unrecorded = False  # a turn seen whose mark in the record failed so far
+        # What Redis's maxmemory-policy may do to the store's keys, as last seen (None:
+        # it keeps them, or was never said): set by the open, then by each look.
+        self.evicting: str | None = None
 
     @property
     def may_lose_writes(self) -> bool:
-        """Redis, as last seen, may lose writes it acknowledged (or cannot say)."""
-        return self._generation.lossy
+        """Redis, as last seen, may lose writes it acknowledged (or cannot say): by its
+        persistence settings, or by evicting the store's keys."""
+        return self._generation.lossy or self.evicting is not None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="bamboo-redis-durability")
@@ -98,7 +111,23 @@ class DurabilityWatch:
             await self._turned_lossy(danger)
         elif self._generation.lossy:
             await self._turned_durable()
+        await self._look_at_eviction()
         self.looks += 1
+
+    async def _look_at_eviction(self) -> None:
+        """Reads the policy; a change of what it may do is said once. Where CONFIG GET
+        is refused, what was seen last stands (the open's look, by INFO)."""
+        policy = await read_policy(self._client)
+        if policy is None:
+            return
+        danger = eviction_danger(policy)
+        if danger == self.evicting:
+            return
+        if danger is not None:
+            log.warning("%s (changed after the open; /readyz answers 503 meanwhile)", danger)
+        else:
+            log.info("Redis keeps the store's keys again (maxmemory-policy %s)", policy)
+        self.evicting = danger
 
     async def _turned_lossy(self, danger: str) -> None:
         if not self._generation.lossy:

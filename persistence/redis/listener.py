@@ -59,7 +59,7 @@ from .layout import (
     events_from_batch,
 )
 from .listener_log import ListenerLog
-from .pool import address
+from .pool import address, described
 from .subscribing import CONFIRM_TIMEOUT, Subscriber, still_connected
 from .tries import CLOSING, Tries
 
@@ -103,7 +103,11 @@ class Listener:
         self._closing = False
         self._broken = False
         self._last_heard = 0.0
-        self._log = ListenerLog(log, address(client))
+        self.address = address(client)
+        self._log = ListenerLog(log, self.address)
+        # Why the connection is not there now, for /readyz: its last failure's error
+        # (a failed connect: Redis's address and "Connection refused").
+        self.lost_by = "not connected yet"
         self._subscriber = Subscriber(layout, feed, sharded, self._connection, self._log)
         self._subscriber.on_dropped = self._forget
         self.reconnects = 0
@@ -188,6 +192,7 @@ class Listener:
                 await self._read(pubsub)
             except Exception as exc:  # anything but a cancellation: see the docstring
                 self._log.failure("redis pub/sub connection lost", exc, self._connected.is_set())
+                self.lost_by = described(exc)
                 await self._disconnect()
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 await self._tries.back_off(delay, RECONNECT_DELAYS[0])

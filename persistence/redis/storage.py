@@ -53,10 +53,10 @@ from .client import (
     connect,
     connect_listener,
     refuse_replica,
-    warn_of_eviction,
 )
 from .config import RedisConfig
 from .durability import DurabilityWatch
+from .eviction import warn_of_eviction
 from .generation import CREATED_UNDER, Generation
 from .layout import (
     DELETED_NOTICE,
@@ -122,12 +122,13 @@ class RedisStorage:
         try:
             require_redis(await server_version(client))  # sharded pub/sub and EVAL_RO too
             sharded = config.pubsub != "classic"
-            await warn_of_eviction(client)
+            evicting = await warn_of_eviction(client)
             await refuse_replica(client, config)
             lossy = await check_persistence(client, config)
             storage = cls(config, client, sharded)
             storage.redis.eval_ro = True
             storage.generation.lossy = lossy
+            storage.durability.evicting = evicting
             await storage.generation.check()
             if lossy and not storage.generation.sees_restarts and not config.read_only:
                 raise StoreMisconfigured(UNSEEN_RESTARTS)
@@ -149,6 +150,15 @@ class RedisStorage:
     @property
     def ready(self) -> bool:
         return self._open and self.live.listener.connected
+
+    @property
+    def not_ready_reason(self) -> str | None:  # NotReadyReason: /readyz
+        listener = self.live.listener
+        if not self._open:
+            return "storage is not open"
+        if not listener.connected:  # Redis away, or this connection alone lost
+            return f"no pub/sub connection to Redis at {listener.address}: {listener.lost_by}"
+        return self.durability.evicting
 
     @property
     def may_lose_writes(self) -> bool:  # WriteLossRisk: bamboo_store_may_lose_writes
