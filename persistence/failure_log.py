@@ -12,9 +12,10 @@ taking some writes and refusing others as space comes and goes) fails again with
 moment, and each turn told as an outage that ended and one that began would flood the
 log as the failures would have. Nor at once at the success of another source's write:
 one file that keeps failing among good ones (a session's log at the file size limit,
-a file the store may not write) is told once, not at every batch. A failure of another kind (another OS error: the disk full, while one file
-fails for a reason of its own) is told as an error too, once per outage, so that it is
-not hidden at debug level behind the failure that began it. (The server counts failed
+a file the store may not write) is told once, not at every batch. A failure of
+another kind (another OS error: the disk full, while one file fails for a reason of
+its own) is told as an error too, once per outage, so that it is not hidden at debug
+level behind the failure that began it. (The server counts failed
 appends in its own lines too: this is the store's side, which knows the file and the
 OS error.)
 """
