@@ -113,7 +113,16 @@ class StoreFlock:
             return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             pass
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Made here, never through a link: a lock file planted as a dangling symlink
+        # would have root (an offline tool) make its target anywhere, and the chown
+        # below hand it to the store's owner.
+        creating = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, creating, 0o644)
+        except FileExistsError:
+            # Made by another process meanwhile, or a link: opened as it is, if it
+            # leads to a file (a dangling link is refused: FileNotFoundError).
+            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         self._give_to_directory_owner(fd)
         return fd
 

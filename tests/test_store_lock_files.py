@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.base import StorageLocked
+from bamboo_session.persistence.base import StorageError, StorageLocked
 from tests.support import NOBODY, unprivileged
 
 
@@ -77,3 +77,35 @@ def test_a_lock_file_a_root_tool_makes_belongs_to_the_stores_owner(kind: str) ->
         assert result.returncode == 0, result.stderr
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_a_lock_file_planted_as_a_dangling_symlink_makes_nothing_and_is_refused(
+    kind: str,
+) -> None:
+    """The store's owner plants its lock file as a dangling symlink to a path it may
+    not write (/etc/ld.so.preload, say); root then reads the store with an offline
+    tool. The lock is never made through the link (r345: root made the target and the
+    chown gave it to the store's owner): the read is refused, naming the lock file."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root: it checks what a root tool makes through a link")
+    home = Path(tempfile.mkdtemp(prefix="bamboo-owner-"))
+    outside = Path(tempfile.mkdtemp(prefix="bamboo-root-only-"))  # root's, 0700
+    target = outside / "made-by-root"
+    try:
+        if kind == "jsonl":
+            url, lock = f"jsonl://{home / 'store'}", home / "store" / "LOCK"
+        else:
+            url, lock = f"sqlite:///{home / 's.db'}", home / "s.db.lock"
+        asyncio.run(open_and_close(url))
+        lock.unlink()
+        for path in (home, *home.rglob("*")):
+            os.chown(path, NOBODY, NOBODY)
+        lock.symlink_to(target)
+        os.lchown(lock, NOBODY, NOBODY)
+        with pytest.raises(StorageError, match=r"cannot lock .*No such file or directory"):
+            asyncio.run(open_and_close(url, read_only=True, offline=True))  # as root
+        assert not target.exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(outside, ignore_errors=True)
