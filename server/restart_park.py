@@ -36,6 +36,7 @@ from bamboo_session.persistence.base import (
     Storage,
     StorageError,
 )
+from bamboo_session.protocol.errors import InvalidTransition
 from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
 from bamboo_session.tasks import cancel_and_wait
 
@@ -90,6 +91,8 @@ class RestartPark:
                     yield
         except StorageError as exc:
             log.warning("parking the sessions a dead server left attached failed", error=str(exc))
+        except Exception:  # a defect: told, and the server goes on without the park
+            log.exception("parking the sessions a dead server left attached failed")
 
     def _done(self) -> None:
         if self.parked:
@@ -137,6 +140,6 @@ async def _park(storage: Storage, metadata: SessionMetadata) -> str:
         )
     except SessionExpired:
         return EXPIRED  # cleanup's to remove
-    except SessionNotFound:
-        return LEFT
+    except (SessionNotFound, InvalidTransition):
+        return LEFT  # deleted, or closed since it was listed (r345)
     return PARKED if stored.state == SessionState.DISCONNECTED else LEFT

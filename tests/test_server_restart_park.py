@@ -22,8 +22,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.base import SessionFilter, Storage
+from bamboo_session.persistence.base import SessionFilter, SessionListResult, Storage
 from bamboo_session.protocol.models import Session, SessionState, utcnow
+from bamboo_session.server import restart_park
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.restart_park import BATCH, RestartPark
@@ -158,5 +159,46 @@ async def test_the_batches_past_the_foreground_park_the_rest_and_leave_what_was_
             f"s{total - 1:05}",
         ]
         assert park.parked == total - 2
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_a_close_between_the_parks_listing_and_its_write_does_not_end_the_park(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer closes a session (once the server listens) after a background batch
+    listed it ``active`` and before that batch's write: the write raises
+    InvalidTransition (closed cannot become disconnected; a ValueError, which neither
+    ``_park`` nor ``_batches`` takes), so the park's task dies with it, unretrieved (a
+    traceback at exit), and every session of the batches after it stays ``active`` with
+    no connection, as r341 found them."""
+    url = f"sqlite://{tmp_path / 's.db'}" if kind == "sqlite" else f"jsonl://{tmp_path / 'd'}"
+    storage = await open_storage(url, default_ttl=3600, cleanup_interval=None)
+    try:
+        for number in range(30):
+            await storage.create_session(Session.new(f"s{number:03}", user_id="u", ttl=3600))
+            await storage.update_session_state(f"s{number:03}", SessionState.ACTIVE)
+        monkeypatch.setattr(restart_park, "BATCH", 10)
+        listing, listings = storage.list_sessions, 0
+
+        async def closed_once_listed(query: SessionFilter) -> SessionListResult:
+            nonlocal listings
+            page = await listing(query)
+            listings += 1
+            if listings == 2:  # the close lands between the listing and the park's write
+                await storage.update_session_state(page.sessions[0].id, SessionState.CLOSED)
+            return page
+
+        monkeypatch.setattr(storage, "list_sessions", closed_once_listed)
+        park = RestartPark(storage)
+        await park.begin(foreground=0)  # the first batch, then the task
+        assert park.task is not None
+        await asyncio.wait({park.task})
+        monkeypatch.undo()
+        assert park.task.exception() is None, f"the park's task died: {park.task.exception()!r}"
+        active = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE))
+        assert [metadata.id for metadata in active.sessions] == []
+        assert park.parked == 29
     finally:
         await storage.close()
