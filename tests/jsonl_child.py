@@ -54,7 +54,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from write_failures import end_outages_at_first_success, write_past_limit
+from write_failures import end_outages_soon, write_past_limit
 
 from bamboo_session.persistence import (
     JsonlStorage,
@@ -114,7 +114,7 @@ async def crash(base: str, seed: int) -> None:
 
 
 async def diskfull(base: str, limit: int) -> None:
-    end_outages_at_first_success()
+    end_outages_soon()
     storage = await JsonlStorage.open(JsonlStorageConfig(base))
     await write_past_limit(storage, limit, _reason)
 

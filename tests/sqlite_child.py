@@ -18,7 +18,7 @@ import asyncio
 import random
 import sys
 
-from write_failures import end_outages_at_first_success, write_past_limit
+from write_failures import end_outages_soon, write_past_limit
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol.models import AgentEvent, Message, Session
@@ -64,7 +64,7 @@ async def crash(path: str, seed: int) -> None:
 
 
 async def writefail(path: str, limit: int) -> None:
-    end_outages_at_first_success()
+    end_outages_soon()
     storage = await open_storage(f"sqlite://{path}")
     await write_past_limit(storage, limit, str)
 

@@ -25,11 +25,18 @@ from bamboo_session.protocol.models import AgentEvent, Message, Session, StoredE
 SESSION = "full"
 
 
-def end_outages_at_first_success() -> None:
-    """The child's stores end an outage at the first write that succeeds after the
-    limit is lifted, as if none had failed for ``failure_log.SETTLE`` seconds: waiting
-    those out would cost every run seconds (tests/test_failure_log.py shows them)."""
-    failure_log.SETTLE = 0.0
+# Seconds without a failure after which the child's stores end an outage at a success:
+# shorter than ``failure_log.SETTLE``, to keep each run short, and long enough that a
+# store that flaps within the outage (SQLite's WAL, folded after a failure, takes a
+# small write before the file reaches the limit again) stays one outage under load.
+SETTLE_IN_CHILD = 1.5
+
+
+def end_outages_soon() -> None:
+    """The child's stores end an outage at the first write that succeeds once none has
+    failed for ``SETTLE_IN_CHILD`` seconds (tests/test_failure_log.py shows the real
+    bound); :func:`write_past_limit` waits them out before its last appends."""
+    failure_log.SETTLE = SETTLE_IN_CHILD
 
 
 async def write_past_limit(
@@ -96,6 +103,7 @@ async def write_past_limit(
     still_failing = await storage.last_seq(SESSION) == last_before
 
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    await asyncio.sleep(SETTLE_IN_CHILD)  # the outage told as over at the next success
     await asyncio.gather(*(append(f"after{i}|", i % 3 == 0) for i in range(6)))
     history = [_tag_of(m.content) for m in await storage.get_session_history(SESSION)]
     events = [(e.seq, _tag(e)) for e in await storage.read_events(SESSION)]
