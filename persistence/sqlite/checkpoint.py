@@ -12,10 +12,14 @@ bound in bytes (``WAL_MAX_BYTES``) as a safety net, should this one fall behind.
 On a full disk a passive checkpoint cannot fold the WAL in (the database file has no
 room to grow), and a WAL that is never restarted only grows: once space is freed, the
 next writes would take it before any checkpoint could, and the store would stay full
-for good. So after a write fails for want of space or with an I/O error, and at open
-(a WAL a crash left), the writer's next step is :class:`WalFold`: a ``TRUNCATE``
-checkpoint, which folds the whole WAL in and empties its file; until one succeeds,
-writes are refused without touching the disk, and freed space goes to the fold first.
+for good. So after a write fails for want of space or with an I/O error, the writer's
+next step is :class:`WalFold`: a ``TRUNCATE`` checkpoint, which folds the whole WAL in
+and empties its file; while it fails for want of space or with an I/O error, writes are
+refused without touching the disk, and freed space goes to the fold first. The open
+folds a WAL a crash left (perhaps on a full disk) the same way, before any reader of
+ours exists. A fold never waits for readers: one that they are in the way of leaves the
+WAL folded up to them and the writes flowing, and is tried again later (a healthy store
+never refuses writes because of readers).
 
 A checkpoint moves nothing that was not already durable: acknowledged means in the
 synced WAL, checkpointed or not. Its failures are logged once per outage
@@ -103,18 +107,28 @@ class FoldPending(Exception):
 
 
 class WalFold:
-    """Whether the writer must fold the whole WAL into the database file before its next
-    write, and that fold (on the writer's thread and connection only)."""
+    """Whether the writer must fold the whole WAL into the database file, and that fold
+    (on the writer's thread and connection only): tried at open, then before a write
+    for as long as it has not succeeded, at most every ``FOLD_RETRY`` seconds. Writes
+    are refused only while the fold is owed after a failed write or itself fails, for
+    want of space or with an I/O error; not while readers are in its way."""
 
     def __init__(self) -> None:
-        # At open: a WAL left by a crash, perhaps on a full disk, is folded in first.
         self._why: str | None = "the store was opened"
         self._kind: int | None = None
+        self._refusing = False  # the writes wait for the fold
+        self._state = "not tried yet"
         self._next_try = 0.0  # monotonic clock
 
     @property
     def pending(self) -> bool:
         return self._why is not None
+
+    def at_open(self, db: sqlite3.Connection) -> None:
+        """The fold of a WAL a crash left, before any reader of ours exists; what it
+        could not do is left pending, as after a failed write."""
+        self._next_try = time.monotonic() + FOLD_RETRY
+        self._try(db)
 
     def failed(self, exc: sqlite3.Error) -> None:
         """A write failed with ``exc``: if for want of space or with an I/O error, the
@@ -122,29 +136,56 @@ class WalFold:
         if exc.sqlite_errorcode & 0xFF in FOLD_AFTER:
             self._why = f"a write failed ({exc})"
             self._kind = exc.sqlite_errorcode
+            self._refusing = True
+            self._state = "not tried yet"
             self._next_try = 0.0
 
     def before_write(self, db: sqlite3.Connection) -> None:
-        """Folds the WAL in if it must be; raises FoldPending, having written nothing
-        else, if that cannot be done yet (tried at most every ``FOLD_RETRY`` s)."""
+        """Folds the WAL in if it must be and it is time to try; raises FoldPending,
+        having written nothing else, while the writes must wait for the fold."""
         if self._why is None:
             return
         now = time.monotonic()
-        if now < self._next_try:
-            raise self._pending("tried again shortly")
-        self._next_try = now + FOLD_RETRY
+        if now >= self._next_try:
+            self._next_try = now + FOLD_RETRY
+            self._try(db)
+        if self._refusing:
+            raise FoldPending(
+                f"its WAL must be folded into the database file before it takes writes, "
+                f"since {self._why}; {self._state}",
+                self._kind,
+            )
+
+    def _try(self, db: sqlite3.Connection) -> None:
         try:
-            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            busy, wal_frames, _ = _checkpoint_without_waiting(db)
         except sqlite3.Error as exc:
             self._kind = exc.sqlite_errorcode
-            raise self._pending(f"the fold failed: {exc}") from exc
-        if busy:  # a reader, or the checkpointer, was in the way
-            raise self._pending("a reader was in its way")
-        self._why = None
+            self._refusing = exc.sqlite_errorcode & 0xFF in FOLD_AFTER
+            self._state = f"the fold failed: {exc}; tried again shortly"
+            return
+        if not busy:
+            self._why = None
+            self._refusing = False
+        elif wal_frames >= 0:
+            # Readers were in its way: what it could fold is folded, and the disk had
+            # room for it. Writes go on; the fold waits for a moment without readers.
+            self._refusing = False
+            self._state = "readers were in its way"
+        else:
+            # The checkpointer held the checkpoint lock: a passive checkpoint, over
+            # soon. Nothing was learnt about the disk; tried again shortly.
+            self._state = "the checkpointer was folding it; tried again shortly"
 
-    def _pending(self, state: str) -> FoldPending:
-        return FoldPending(
-            f"its WAL must be folded into the database file before it takes writes, "
-            f"since {self._why}; {state}",
-            self._kind,
-        )
+
+def _checkpoint_without_waiting(db: sqlite3.Connection) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` with no busy wait: a reader in its way would
+    otherwise hold the writer's thread, and every write, for the whole busy timeout.
+    Returns (busy, frames in the WAL or -1, frames folded or -1)."""
+    timeout = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        busy, wal_frames, folded = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    return busy, wal_frames, folded

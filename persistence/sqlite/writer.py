@@ -12,9 +12,10 @@ operation refused on its own (session not found, closed, expired...) fails alone
 SQLite error (disk full, I/O error) rolls the batch back and fails every operation in
 it with a StorageError: nothing of a failed batch is stored, nothing is acknowledged.
 The next batch starts again from what the file holds; after a disk full or an I/O
-error (and at open), by folding the WAL into the database file (checkpoint.py's
-WalFold): until that succeeds, batches fail without writing, so that space freed on a
-full disk goes to the fold, not to a WAL that would fill it again.
+error, by folding the WAL into the database file (checkpoint.py's WalFold; the open
+folds a WAL a crash left too): while that fails for want of space, batches fail without
+writing, so that space freed on a full disk goes to the fold, not to a WAL that would
+fill it again. Readers in the fold's way never hold the writes.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Writer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(self._thread, self._connect)
+        await loop.run_in_executor(self._thread, self._fold.at_open, self._db)
         self._task = asyncio.create_task(self._run(), name="bamboo-sqlite-writer")
 
     def submit(
