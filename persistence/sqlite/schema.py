@@ -30,8 +30,9 @@ SCHEMA_VERSION: Final = 2
 # the checkpointer beside it have fallen behind), and a WAL restarted from its start is
 # cut back to it. Every page in the WAL may need a page of the database file when it is
 # folded in: on a disk that fills, this is about what must be freed for the store to
-# take writes again, however long it ran full (SQLite's default is 1,000 pages).
-WAL_MAX_BYTES: Final = 4 << 20
+# take writes again, however long it ran full (SQLite's default is 1,000 pages). Read at
+# each open: bench/sqlite_wal_bound.py sets it to compare bounds (not a user option).
+WAL_MAX_BYTES: int = 4 << 20
 
 _V1: Final = (
     """
