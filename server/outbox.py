@@ -3,11 +3,11 @@
 An :class:`Outbox` is one connection's queue of outbound frames (server/outbound.py),
 bounded in frames and in bytes and charged to the process's memory budget: producers
 never wait on it; when it is full, the connection is closed (4429) and the client
-resumes from the log, unless a replay is being sent: then the events queued behind
-it are read back with it (server/read_back.py). When the connection's writer task runs
-to send what it holds is server/writer_life.py's, the outbox's base; what it has handed
-its socket of the session's events, and the check of each frame on its way there,
-server/sent_events.py's, its base's.
+resumes from the log, unless a replay is being sent and making progress: then the
+events queued behind it are read back with it (server/read_back.py). When the
+connection's writer task runs to send what it holds is server/writer_life.py's, the
+outbox's base; what it has handed its socket of the session's events, and the check of
+each frame on its way there, server/sent_events.py's, its base's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bamboo_session.wakeup import Wakeup
 
 from .budget import NO_LIMIT, MemoryBudget
 from .outbound import EventOutbound, Outbound
-from .read_back import Replay, read_back
+from .read_back import ReadBackLag, Replay, read_back
 from .writer_life import WriterLife
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class Outbox(WriterLife):
         "max_bytes",
         "max_in_flight",
         "on_close",
+        "read_back_lag",
         "replay_under_way",
         "role",
     )
@@ -120,6 +121,8 @@ class Outbox(WriterLife):
         self.on_close = on_close
         self.closing: CloseRequest | None = None
         self.replay_under_way: Replay | None = None  # the replay it took (get), being sent
+        # Made at its first read-back, let go once its replays have made it up.
+        self.read_back_lag: ReadBackLag | None = None
         # Its actor retired leaving it open, for a delete's outcome to close it
         # (server/room.py, HeldConnections): the store may not list its session meanwhile.
         self.handed_over = False
@@ -205,7 +208,7 @@ class Outbox(WriterLife):
         replay = self.replay_under_way
         if replay is None:
             return False
-        kept, freed = read_back(self._items[self._head :], replay)
+        kept, events, freed = read_back(self._items[self._head :], replay)
         self._items, self._head = kept, 0
         self.bytes -= freed
         self.budget.used -= freed
@@ -216,11 +219,23 @@ class Outbox(WriterLife):
             and item.seq == tail.through + 1
         ):
             tail.through = item.seq  # the newest of them: it is read back too
-            return True
-        if len(self) and self._full(size):
+            return not self._left_behind(events + 1, freed + size)
+        if self._left_behind(events, freed) or (len(self) and self._full(size)):
             return False
         self._queue(item, size)
         return True
+
+    def _left_behind(self, events: int, size: int) -> bool:
+        """Counts ``events`` of ``size`` bytes read back; whether the replays have
+        fallen behind by more than a read-back may leave (ReadBackLag): a reader that
+        does not keep up is closed then, the overflow dropping what was kept too."""
+        lag = self.read_back_lag = self.read_back_lag or ReadBackLag()
+        return lag.left_behind(events, size)
+
+    def replay_page_sent(self, events: int, size: int) -> None:
+        """A page of a replay went to its peer: it makes up for what was read back."""
+        if self.read_back_lag is not None and self.read_back_lag.made_up(events, size):
+            self.read_back_lag = None
 
     async def reserve(self) -> None:
         """Waits until one more request may be in flight, then counts it."""

@@ -8,14 +8,26 @@ Redis one) or waiting for its peer's read allowance may last longer than the que
 does at the session's rate. Closing such a reader with 4429, however fast it reads,
 left a reader far behind on a busy session unable ever to catch up (it got a page or
 so per connection: bench/chaos_soak.py on Redis). Read back instead, the same frames
-come in the same order, each once, and the queue's bounds hold.
+come in the same order, each once, and the queue's bounds hold. A read-back is for a
+replay that is making progress: the events it leaves to the store, net of the pages
+the replay has sent since, are bounded (:class:`ReadBackLag`), so that a reader that
+stopped reading, or that reads slower than the session goes, is still closed with 4429
+and resumes, rather than lagging without end.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from .outbound import EventOutbound
+
+# How far a connection's replays may fall behind through read-backs, net of the pages
+# sent since: four replay pages (server/room.py: 512 events, 256 KiB each), in events
+# and in bytes. A reader that keeps up sends a page (up to 512 events) in the time a
+# busy session appends a few dozen, so it stays near zero; the tests' reader waiting
+# 1.5 s on its read allowance reaches about 420 KB (tests/test_replay_live_overflow.py).
+READ_BACK_LAG_EVENTS: Final = 4 * 512
+READ_BACK_LAG_BYTES: Final = 4 * 256 * 1024
 
 
 class Replay:
@@ -30,22 +42,50 @@ class Replay:
         self.through = through
 
 
+class ReadBackLag:
+    """What a connection's read-backs have left to the store (events, bytes), less what
+    its replays have sent since, never below zero: how far it has fallen behind the
+    session by them. Grows only while a replay makes less progress than the session
+    appends; past its bound, a read-back is refused (the queue overflows: 4429)."""
+
+    __slots__ = ("bytes", "events")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.bytes = 0
+
+    def left_behind(self, events: int, size: int) -> bool:
+        """Counts ``events`` of ``size`` bytes read back; whether the lag is past its
+        bound now."""
+        self.events += events
+        self.bytes += size
+        return self.events > READ_BACK_LAG_EVENTS or self.bytes > READ_BACK_LAG_BYTES
+
+    def made_up(self, events: int, size: int) -> bool:
+        """Counts a replay page of ``events`` and ``size`` bytes sent; whether nothing
+        is owed any more."""
+        self.events = max(0, self.events - events)
+        self.bytes = max(0, self.bytes - size)
+        return not self.events and not self.bytes
+
+
 Item = TypeVar("Item")
 
 
-def read_back(items: list[Item], replay: Replay) -> tuple[list[Item | Replay], int]:
+def read_back(items: list[Item], replay: Replay) -> tuple[list[Item | Replay], int, int]:
     """``items``, queued behind ``replay`` (being sent), with the events that follow it
     one after the other left to be read back: those right behind it join it (its
     ``through`` moves on), each other run of them becomes a replay in its place, so
     that every other frame (presence, a reply) keeps its place among them; and the
-    bytes of the events let go. From an event out of order on (a publisher's queue
+    number and bytes of the events let go. From an event out of order on (a publisher's queue
     leaves its own out, a gap is let through as it comes) nothing is changed: a
     replay would send what the queue does not hold."""
     kept: list[Item | Replay] = []
     tail: Replay | None = replay  # the replay the next event in order joins, if any
-    expected, freed = replay.through + 1, 0
+    expected, events, freed = replay.through + 1, 0, 0
     for index, item in enumerate(items):
         if isinstance(item, EventOutbound) and item.seq == expected:
+            events += 1
             freed += item.event_size
             if tail is None:
                 tail = Replay(item.seq - 1, item.seq)
@@ -60,10 +100,10 @@ def read_back(items: list[Item], replay: Replay) -> tuple[list[Item | Replay], i
                 tail.through = item.through
         elif isinstance(item, EventOutbound | Replay):
             kept += items[index:]
-            return kept, freed
+            return kept, events, freed
         else:
             kept.append(item)
             tail = None
             continue
         expected = tail.through + 1
-    return kept, freed
+    return kept, events, freed

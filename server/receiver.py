@@ -34,7 +34,8 @@ class Receiver:
         self._reads = reads
         # The replay under way: the seq after which the next page starts (its ``after``,
         # moved on page by page), and its end (its ``through``, which live events that
-        # would overflow the queue behind it move on: Outbox.push).
+        # would overflow the queue behind it move on while its pages keep up with them:
+        # Outbox.push; a caller that stops reading is closed with 4429 all the same).
         self._missed: Replay | None = None
         self._pending: collections.deque[StoredEvent] = collections.deque()
         self.close_code: CloseCode | None = None
@@ -92,4 +93,8 @@ class Receiver:
             missed.after = page[-1].seq
         else:
             self._missed = None
-        self._pending.extend(out.stored_event() for out in page if isinstance(out, EventOutbound))
+        events = [out for out in page if isinstance(out, EventOutbound)]
+        # Asked for once the last page was handed out: progress, which lets the live
+        # events behind the replay be read back (Outbox.push) while its caller keeps up.
+        self.outbox.replay_page_sent(len(events), sum(out.event_size for out in events))
+        self._pending.extend(out.stored_event() for out in events)

@@ -164,7 +164,8 @@ async def send_replay(
     position, sent = replay.after, 0
     wanted = REPLAY_PAGE_BYTES  # of the peer's share, for the next page before it is read
     # ``replay.through`` is read again at every page: it moves on to take in the live
-    # events that would overflow the queue behind the replay (Outbox.push).
+    # events that would overflow the queue behind the replay (Outbox.push), for as long
+    # as the pages sent keep up (server/read_back.py, ReadBackLag).
     while position < replay.through and _goes_on(outbox):
         if (
             allowance is not None
@@ -246,6 +247,7 @@ async def send_replay(
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
         sent, position = sent + len(frames), end
+        outbox.replay_page_sent(len(frames), size)  # progress: what read-backs may lag
         del frames  # not held while the next page is read
     if position < replay.through and outbox.closing is not None:
         outbox.cut_to_close()  # what was queued behind the replay would follow a gap

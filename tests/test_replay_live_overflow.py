@@ -6,7 +6,11 @@ with 4429 (``too slow to read: send queue full``) however fast it read, and on R
 reader beyond the ring (a replay read from the store, about 40 ms a page on a busy
 machine) never caught up (bench/chaos_soak.py: some 1,200 of those closes in two
 minutes, where JSONL saw 9). A reader that stops reading is still closed, at its
-page's deadline (tests/test_replay_server_slow_resumers.py)."""
+page's deadline (tests/test_replay_server_slow_resumers.py), and so is one whose
+replay falls behind the session through read-backs by more than four pages, net of
+what it sent meanwhile (server/read_back.py, ``ReadBackLag``): a reader slower than
+the session, or an in-process receiver dropped unread (reviewer r345), is closed with
+4429 and resumes, rather than lagging without end."""
 
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.protocol import Token
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.protocol import AgentEvent, Token
+from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Presence
 from bamboo_session.protocol.models import StoredEvent
+from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.outbound import EventOutbound, Outbound
-from bamboo_session.server.read_back import Replay, read_back
+from bamboo_session.server.read_back import READ_BACK_LAG_EVENTS, Replay, read_back
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, run_server, token
 
@@ -105,7 +112,7 @@ def test_read_back_keeps_every_frame_in_its_place() -> None:
     presence = Outbound(Presence(role="client", connections=2, joined="c_x"))
     sent = Replay(0, 10)
     queue = [event(11), event(12), presence, event(13), presence, event(14), event(16)]
-    kept, freed = read_back(queue, sent)
+    kept, events, freed = read_back(queue, sent)
     assert (sent.after, sent.through) == (0, 12)
     assert frames_of(kept) == [
         "presence",
@@ -114,7 +121,77 @@ def test_read_back_keeps_every_frame_in_its_place() -> None:
         ("replay", 13, 14),
         ("event", 16),  # after a hole (a publisher's own event): as it was
     ]
+    assert events == 4
     assert freed == sum(e.event_size for e in queue[:2] + queue[3:4] + queue[5:6])
     # Read back again: a replay queued already is extended, not one more made.
-    kept, freed = read_back([presence, Replay(12, 13), event(14), event(15)], Replay(0, 12))
-    assert frames_of(kept) == ["presence", ("replay", 12, 15)] and freed > 0
+    kept, events, freed = read_back([presence, Replay(12, 13), event(14), event(15)], Replay(0, 12))
+    assert frames_of(kept) == ["presence", ("replay", 12, 15)] and (events, freed > 0) == (2, True)
+
+
+async def test_a_receiver_dropped_unread_mid_replay_is_still_closed_as_too_slow(
+    tmp_path: Path,
+) -> None:
+    """Reviewer r345: connect_session "may drop its receiver unread; its queue is
+    bounded all the same". A receiver dropped in the middle of its replay had every
+    live event that would overflow its queue move the replay's end on, and stayed
+    attached for as long as the session lived. Its read-backs are made up by no page
+    now, so once they pass four pages' worth it is closed with 4429."""
+    queue = 8
+    storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path), durability="os"))
+    config = SessionManagerConfig(ring_size=0, send_queue_frames=queue)
+    async with storage, await SessionManager.new(config, storage) as manager:
+        session = await manager.create_session()
+        tokens = [(AgentEvent.token(f"t{i}"), None) for i in range(600)]
+        await manager.append_events(session.id, tokens)
+        receiver = await manager.connect_session(session.id, last_seq=0)
+        first = await asyncio.wait_for(receiver.recv(), 5)
+        assert first is not None and first.seq == 1
+        # The caller drops it here, unread, mid-replay; the session goes on.
+        outbox = receiver.outbox
+        for i in range(queue * 10):  # r345's count: read back, so not closed yet
+            await manager.append_event(session.id, AgentEvent.token(f"live{i}"))
+        assert outbox.closing is None and len(outbox) <= queue
+        live = [(AgentEvent.token("more"), None)] * 50
+        for _ in range(READ_BACK_LAG_EVENTS // len(live) + 1):
+            await manager.append_events(session.id, live)
+        assert outbox.closing is not None and outbox.closing.code == CloseCode.TOO_SLOW, (
+            f"a receiver dropped mid-replay still attached {READ_BACK_LAG_EVENTS + 130} "
+            f"live events past a queue of {queue}: queued={len(outbox)}"
+        )
+
+
+SLOW_READER_CAP = 5000  # events appended at most, waiting for the close
+
+
+async def test_a_reader_slower_than_the_session_is_closed_and_resumes_with_every_event_once(
+    store: dict[str, Any],
+) -> None:
+    """A resumer held back by its read allowance (about 1.6 MB/s of replay pages) on
+    a session appended to many times faster: its replay, with the live events read back
+    into it, fell further behind for as long as the session went on. Now it is closed
+    with 4429 once its read-backs are more than four pages (1 MiB here) ahead of the
+    pages it was sent, and its resume gets every event once, in order."""
+    allowance = {"rate_limit_bytes": 40_000, "rate_limit_bytes_burst": 40_000}
+    async with run_server(send_queue_frames=QUEUE, **allowance, **store) as server:
+        async with attach(server, role="agent") as (_, welcome):
+            session_id, epoch = welcome["session"]["id"], welcome["epoch"]
+        await server.manager.append_events(session_id, [(token(CONTENT), None)] * BEFORE)
+        async with attach(server, session_id, last_seq=0, epoch=epoch) as (reader, _):
+            reading = asyncio.create_task(reader.closed(timeout=20))
+            appended, deadline = BEFORE, asyncio.get_running_loop().time() + 30
+            while not reading.done() and appended < SLOW_READER_CAP:
+                assert asyncio.get_running_loop().time() < deadline
+                await server.manager.append_events(session_id, [(token(CONTENT), None)] * 4)
+                appended += 4
+            assert appended < SLOW_READER_CAP, "a reader slower than the session never closed"
+            code, frames = await asyncio.wait_for(reading, 20)
+            assert (code, reader.ws.close_reason) == (4429, "too slow to read: send queue full")
+        seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
+        assert seqs == list(range(1, len(seqs) + 1))
+        async with attach(server, session_id, last_seq=seqs[-1], epoch=epoch) as (reader, back):
+            assert (back["resumed"], back["replay"]) == (True, appended - seqs[-1])
+            while len(seqs) < appended:
+                frame = await reader.recv(timeout=20)
+                if frame["type"] == "event":
+                    seqs.append(frame["seq"])
+        assert seqs == list(range(1, appended + 1))
