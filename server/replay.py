@@ -188,7 +188,7 @@ async def send_replay(
         size, let_go = 0, 0  # let_go: the bytes of a page read, then let go for its size
         checked = outbox.sent_seq  # where the check stood before this page
         try:
-            frames, end, charge = await _page_frames(
+            frames, end, charge, counted = await _page_frames(
                 reads, page_reads, outbox, codec, position, replay.through
             )
             if frames and _goes_on(outbox):
@@ -247,7 +247,7 @@ async def send_replay(
             outbox.drop(CloseCode.TOO_SLOW, "too slow to read: replay page not taken in time")
             return sent
         sent, position = sent + len(frames), end
-        outbox.replay_page_sent(len(frames), size)  # progress: what read-backs may lag
+        outbox.replay_page_sent(len(frames), counted)  # progress: what read-backs may lag
         del frames  # not held while the next page is read
     if position < replay.through and outbox.closing is not None:
         outbox.cut_to_close()  # what was queued behind the replay would follow a gap
@@ -291,14 +291,16 @@ async def _page_frames(
     codec: Codec,
     after: int,
     through: int,
-) -> tuple[list[bytes], int, PageCharge]:
+) -> tuple[list[bytes], int, PageCharge, int]:
     """The next page of a replay as the connection's frames (those its outbox's check
-    lets through), the seq the page ends at, and what to charge to the memory budget
-    while they are sent. Of a page read from the store, only the frames are kept: what
-    a stalled peer holds is them, no more."""
+    lets through), the seq the page ends at, what to charge to the memory budget
+    while they are sent, and their events' bytes as a queue counts them (as a
+    read-back counts what it leaves to the store: Outbox.replay_page_sent). Of a page
+    read from the store, only the frames are kept: what a stalled peer holds is them,
+    no more."""
     page = await reads.page(after, through, page_reads)
     if not page:
-        return [], after, PageCharge(0, [])
+        return [], after, PageCharge(0, []), 0
     end = page[-1].seq
     page = outbox.to_socket(page, REPLAY)
     frames = [out.framed(codec) for out in page]
@@ -308,7 +310,7 @@ async def _page_frames(
             fixed += len(frame) + BYTES_HEADER
         else:
             in_rings.append(out)
-    return frames, end, PageCharge(fixed, in_rings)
+    return frames, end, PageCharge(fixed, in_rings), sum(out.event_size for out in page)
 
 
 async def _send_page(
