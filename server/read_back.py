@@ -22,12 +22,16 @@ from typing import Final, TypeVar
 from .outbound import EventOutbound
 
 # How far a connection's replays may fall behind through read-backs, net of the pages
-# sent since: four replay pages (server/room.py: 512 events, 256 KiB each), in events
-# and in bytes. A reader that keeps up sends a page (up to 512 events) in the time a
-# busy session appends a few dozen, so it stays near zero; the tests' reader waiting
-# 1.5 s on its read allowance reaches about 420 KB (tests/test_replay_live_overflow.py).
-READ_BACK_LAG_EVENTS: Final = 4 * 512
-READ_BACK_LAG_BYTES: Final = 4 * 256 * 1024
+# sent since: sixteen replay pages (server/room.py: 512 events, 256 KiB each), in
+# events and in bytes. Big enough to ride out a burst: in the chaos soak on Redis a
+# session appends up to ~5.7 MB/s while a reader's pages (64 of its 4 KB events, 20 to
+# 60 ms a read) come at about as much: with four pages, readers were closed 146 times
+# in 120 s, most of whom would have caught up (traced without the bound: 44 of 48 did);
+# with sixteen, 5 times.
+# Small enough that a reader slower than the session is told within seconds at such
+# rates, for a few MiB of lag held in the store, not in memory.
+READ_BACK_LAG_EVENTS: Final = 16 * 512
+READ_BACK_LAG_BYTES: Final = 16 * 256 * 1024
 
 
 class Replay:

@@ -7,7 +7,7 @@ reader beyond the ring (a replay read from the store, about 40 ms a page on a bu
 machine) never caught up (bench/chaos_soak.py: some 1,200 of those closes in two
 minutes, where JSONL saw 9). A reader that stops reading is still closed, at its
 page's deadline (tests/test_replay_server_slow_resumers.py), and so is one whose
-replay falls behind the session through read-backs by more than four pages, net of
+replay falls behind the session through read-backs by more than sixteen pages, net of
 what it sent meanwhile (server/read_back.py, ``ReadBackLag``): a reader slower than
 the session, or an in-process receiver dropped unread (reviewer r345), is closed with
 4429 and resumes, rather than lagging without end."""
@@ -135,7 +135,7 @@ async def test_a_receiver_dropped_unread_mid_replay_is_still_closed_as_too_slow(
     bounded all the same". A receiver dropped in the middle of its replay had every
     live event that would overflow its queue move the replay's end on, and stayed
     attached for as long as the session lived. Its read-backs are made up by no page
-    now, so once they pass four pages' worth it is closed with 4429."""
+    now, so once they pass sixteen pages' worth it is closed with 4429."""
     queue = 8
     storage = await JsonlStorage.open(JsonlStorageConfig(str(tmp_path), durability="os"))
     config = SessionManagerConfig(ring_size=0, send_queue_frames=queue)
@@ -160,18 +160,18 @@ async def test_a_receiver_dropped_unread_mid_replay_is_still_closed_as_too_slow(
         )
 
 
-SLOW_READER_CAP = 5000  # events appended at most, waiting for the close
+SLOW_READER_CAP = 8000  # events appended at most, waiting for the close
 
 
 async def test_a_reader_slower_than_the_session_is_closed_and_resumes_with_every_event_once(
     store: dict[str, Any],
 ) -> None:
     """A resumer held back by its read allowance (about 1.6 MB/s of replay pages) on
-    a session appended to many times faster: its replay, with the live events read back
+    a session appended to several times faster: its replay, with the live events read back
     into it, fell further behind for as long as the session went on. Now it is closed
-    with 4429 once its read-backs are more than four pages (1 MiB here) ahead of the
+    with 4429 once its read-backs are more than sixteen pages (4 MiB here) ahead of the
     pages it was sent, and its resume gets every event once, in order."""
-    allowance = {"rate_limit_bytes": 40_000, "rate_limit_bytes_burst": 40_000}
+    allowance = {"rate_limit_bytes": 100_000, "rate_limit_bytes_burst": 20_000}
     async with run_server(send_queue_frames=QUEUE, **allowance, **store) as server:
         async with attach(server, role="agent") as (_, welcome):
             session_id, epoch = welcome["session"]["id"], welcome["epoch"]
@@ -181,8 +181,8 @@ async def test_a_reader_slower_than_the_session_is_closed_and_resumes_with_every
             appended, deadline = BEFORE, asyncio.get_running_loop().time() + 30
             while not reading.done() and appended < SLOW_READER_CAP:
                 assert asyncio.get_running_loop().time() < deadline
-                await server.manager.append_events(session_id, [(token(CONTENT), None)] * 4)
-                appended += 4
+                await server.manager.append_events(session_id, [(token(CONTENT), None)] * 8)
+                appended += 8
             assert appended < SLOW_READER_CAP, "a reader slower than the session never closed"
             code, frames = await asyncio.wait_for(reading, 20)
             assert (code, reader.ws.close_reason) == (4429, "too slow to read: send queue full")
