@@ -45,6 +45,20 @@ async def open_and_close(url: str, **options: bool) -> None:
     await (await open_storage(url, **options)).close()
 
 
+def nobodys_store_without_its_lock(home: Path, kind: str) -> tuple[str, Path]:
+    """A store in ``home`` given to nobody, its lock file gone (restored from a backup
+    without it): its URL, and where its lock file goes."""
+    if kind == "jsonl":
+        url, lock = f"jsonl://{home / 'store'}", home / "store" / "LOCK"
+    else:
+        url, lock = f"sqlite:///{home / 's.db'}", home / "s.db.lock"
+    asyncio.run(open_and_close(url))
+    lock.unlink()
+    for path in (home, *home.rglob("*")):
+        os.chown(path, NOBODY, NOBODY)
+    return url, lock
+
+
 @pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
 def test_a_lock_file_a_root_tool_makes_belongs_to_the_stores_owner(kind: str) -> None:
     """A store restored without its lock file, read by root (a migrate's source, an
@@ -54,14 +68,7 @@ def test_a_lock_file_a_root_tool_makes_belongs_to_the_stores_owner(kind: str) ->
     drop = unprivileged()
     home = Path(tempfile.mkdtemp(prefix="bamboo-owner-"))  # /tmp: reachable by nobody
     try:
-        if kind == "jsonl":
-            url, lock = f"jsonl://{home / 'store'}", home / "store" / "LOCK"
-        else:
-            url, lock = f"sqlite:///{home / 's.db'}", home / "s.db.lock"
-        asyncio.run(open_and_close(url))
-        lock.unlink()
-        for path in (home, *home.rglob("*")):
-            os.chown(path, NOBODY, NOBODY)
+        url, lock = nobodys_store_without_its_lock(home, kind)
         asyncio.run(open_and_close(url, read_only=True, offline=True))  # as root
         assert (lock.stat().st_uid, lock.stat().st_gid) == (NOBODY, NOBODY)
         script = (
@@ -93,14 +100,7 @@ def test_a_lock_file_planted_as_a_dangling_symlink_makes_nothing_and_is_refused(
     outside = Path(tempfile.mkdtemp(prefix="bamboo-root-only-"))  # root's, 0700
     target = outside / "made-by-root"
     try:
-        if kind == "jsonl":
-            url, lock = f"jsonl://{home / 'store'}", home / "store" / "LOCK"
-        else:
-            url, lock = f"sqlite:///{home / 's.db'}", home / "s.db.lock"
-        asyncio.run(open_and_close(url))
-        lock.unlink()
-        for path in (home, *home.rglob("*")):
-            os.chown(path, NOBODY, NOBODY)
+        url, lock = nobodys_store_without_its_lock(home, kind)
         lock.symlink_to(target)
         os.lchown(lock, NOBODY, NOBODY)
         with pytest.raises(StorageError, match=r"cannot lock .*No such file or directory"):
