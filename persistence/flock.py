@@ -109,20 +109,18 @@ class StoreFlock:
         return None
 
     def _open_for_writing(self) -> int:
+        # Never through a link (ELOOP: refused): the store's owner may plant its lock
+        # file as one, and root (a tool) would then write its pid into the file it
+        # names, or make that file anywhere and (below) give it to the owner.
+        opening = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            return os.open(self.path, opening)
         except FileNotFoundError:
             pass
-        # Made here, never through a link: a lock file planted as a dangling symlink
-        # would have root (an offline tool) make its target anywhere, and the chown
-        # below hand it to the store's owner.
-        creating = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, creating, 0o644)
+            fd = os.open(self.path, opening | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            # Made by another process meanwhile, or a link: opened as it is, if it
-            # leads to a file (a dangling link is refused: FileNotFoundError).
-            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            return os.open(self.path, opening)  # made by another process meanwhile
         self._give_to_directory_owner(fd)
         return fd
 

@@ -103,9 +103,33 @@ def test_a_lock_file_planted_as_a_dangling_symlink_makes_nothing_and_is_refused(
         url, lock = nobodys_store_without_its_lock(home, kind)
         lock.symlink_to(target)
         os.lchown(lock, NOBODY, NOBODY)
-        with pytest.raises(StorageError, match=r"cannot lock .*No such file or directory"):
+        with pytest.raises(StorageError, match=r"cannot lock .*Too many levels of symbolic links"):
             asyncio.run(open_and_close(url, read_only=True, offline=True))  # as root
         assert not target.exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_a_lock_file_linked_to_an_existing_file_is_refused_and_the_file_kept(kind: str) -> None:
+    """The store's owner plants its lock file as a symlink to a file of root's; root
+    then runs a writer on the store (``cleanup``, a migrate's destination). The writer
+    is refused, and never writes its pid through the link (r349: root's file became
+    its pid)."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root: it checks what a root tool writes through a link")
+    home = Path(tempfile.mkdtemp(prefix="bamboo-owner-"))
+    outside = Path(tempfile.mkdtemp(prefix="bamboo-root-only-"))  # root's, 0700
+    target = outside / "roots-file"
+    target.write_text("root's precious contents\n")
+    try:
+        url, lock = nobodys_store_without_its_lock(home, kind)
+        lock.symlink_to(target)
+        os.lchown(lock, NOBODY, NOBODY)
+        with pytest.raises(StorageError, match=r"cannot lock .*Too many levels of symbolic links"):
+            asyncio.run(open_and_close(url))  # a writer, as root
+        assert target.read_text() == "root's precious contents\n"
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(outside, ignore_errors=True)
