@@ -14,14 +14,11 @@ import functools
 import http
 import os
 import time
-from collections.abc import Sequence
 from typing import Self
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
 
 from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
@@ -59,6 +56,7 @@ from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats
 from .stored_caps import StoredCaps
+from .subprotocols import select_subprotocol
 from .unread_answers import SMALL_ANSWER_BYTES, UnreadAnswers, is_charged
 from .user_connections import LocalUserConnections, user_connections_for
 
@@ -375,18 +373,6 @@ class BambooServer:
         if not self.guard.origin_allowed(request.headers.get("Origin")):
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
         return None
-
-
-def select_subprotocol(
-    connection: ServerConnection, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
-    """The client's first offered subprotocol that we speak; none offered means JSON."""
-    if not offered:
-        return None
-    for subprotocol in offered:
-        if subprotocol in CODECS_BY_SUBPROTOCOL:
-            return subprotocol
-    raise NegotiationError(f"unsupported subprotocol; expected one of {', '.join(SUBPROTOCOLS)}")
 
 
 async def open_configured_storage(config: ServerConfig) -> Storage:

@@ -1,20 +1,26 @@
-"""Closing a WebSocket the server ends, within a deadline whatever the peer does; and
-the end of a replay that a close let go on, at that close's bound."""
+"""Closing a WebSocket the server ends, within a deadline whatever the peer does; the
+end of a replay that a close let go on, at that close's bound; and the close of a peer
+that goes on past the frame rate."""
 
 from __future__ import annotations
 
 import asyncio
 
+import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.errors import CloseCode
 
 from .flush import unframe
 from .http_wire import BambooConnection
+from .limits import FrameLimiter
 from .outbox import Outbox
 from .sent_events import CLOSE
 from .writer_life import FLUSH_FRAMES
+
+log = structlog.get_logger("bamboo_session.connection")
 
 
 async def close_within(ws: ServerConnection, code: int, reason: str, grace: float) -> None:
@@ -69,3 +75,13 @@ def cut_replay(outbox: Outbox | None, ws: ServerConnection, codec: Codec) -> Non
     if isinstance(ws, BambooConnection):
         ws.close_frame_out()
         ws.await_close_reply()
+
+
+def closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:
+    """Counts a frame refused over the rate; closes with 4429 (and says so) once the
+    peer has ignored too many of those ``rate_limited`` errors."""
+    if not limiter.refuse():
+        return False
+    log.info("rate limit persists, closing", refused=limiter.refused)
+    outbox.close(CloseCode.TOO_SLOW, "rate limited")
+    return True

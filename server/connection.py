@@ -40,7 +40,7 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import MessageEvent, SessionState
 
 from .actor import SessionActor
-from .closing import close_within, cut_replay
+from .closing import close_within, closed_for_rate, cut_replay
 from .commands import Append, SetState, batch_frame_appends
 from .connection_end import end_connection
 from .decode_charge import decode_charged
@@ -238,7 +238,7 @@ class Connection:
     def _refuse_frame(self, data: bytes | str, limiter: FrameLimiter, outbox: Outbox) -> None:
         """A frame over the rate: not processed; ``rate_limited`` (with its ``id``), or
         close 4429 once the peer has ignored too many of those."""
-        if outbox.closing is not None or self._closed_for_rate(limiter, outbox):
+        if outbox.closing is not None or closed_for_rate(limiter, outbox):
             return
         try:
             request_id = getattr(decode_charged(self.codec, self.ws, data)[0], "id", None)
@@ -246,15 +246,6 @@ class Connection:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
         self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
-
-    @staticmethod
-    def _closed_for_rate(limiter: FrameLimiter, outbox: Outbox) -> bool:
-        """Counts a refused frame; closes with 4429 (and says so) once too many were."""
-        if not limiter.refuse():
-            return False
-        log.info("rate limit persists, closing", refused=limiter.refused)
-        outbox.close(CloseCode.TOO_SLOW, "rate limited")
-        return True
 
     async def _dispatch(
         self, frame: ClientFrame, size: int, actor: SessionActor, outbox: Outbox
@@ -312,7 +303,7 @@ class Connection:
             reason = f"a batch holds at most {config.max_batch_items} items, not {count}"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
         if count > 1 and not self.limiter.admit_items(count - 1):
-            if outbox.closing is None and not self._closed_for_rate(self.limiter, outbox):
+            if outbox.closing is None and not closed_for_rate(self.limiter, outbox):
                 reason = f"over {config.rate_limit:g} frames/s (a batch counts each item)"
                 self._push_error(ErrorCode.RATE_LIMITED, reason, frame.id)
             return

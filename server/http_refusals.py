@@ -210,7 +210,7 @@ def upgrade_refusal(status: http.HTTPStatus, exc: BaseException | None) -> str:
     if isinstance(exc, InvalidProtocol):
         return "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 4.1)"
     if type(exc) is NegotiationError:
-        return str(exc)  # server/app.py select_subprotocol's own words
+        return str(exc)  # server/subprotocols.py's own words
     if isinstance(exc, NegotiationError):
         return "the Sec-WebSocket-Extensions offer could not be negotiated (RFC 7692)"
     if status >= http.HTTPStatus.INTERNAL_SERVER_ERROR:

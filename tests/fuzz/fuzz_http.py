@@ -24,7 +24,6 @@ with atheris.instrument_imports(include=["bamboo_session", "websockets", "urllib
     from bamboo_session.protocol.codec import SUBPROTOCOLS
     from bamboo_session.protocol.ids import is_valid_session_id
     from bamboo_session.server import web
-    from bamboo_session.server.app import select_subprotocol
     from bamboo_session.server.auth import bearer_token
     from bamboo_session.server.cors import allowed_origin, is_preflight
     from bamboo_session.server.http import (
@@ -40,6 +39,7 @@ with atheris.instrument_imports(include=["bamboo_session", "websockets", "urllib
     )
     from bamboo_session.server.http_requests import json_reject, parse_request
     from bamboo_session.server.origins import RequestGuard, is_malformed_authority
+    from bamboo_session.server.subprotocols import select_subprotocol
 
 SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")  # app.py's
 GUARDS = (
