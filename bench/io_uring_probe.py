@@ -308,10 +308,11 @@ async def check_errors_surface(ways: Ways) -> None:
 
 async def probe(args: argparse.Namespace) -> list[Segment]:
     modes = list(args.modes)
-    missing = ring_unavailable()
-    if missing and any(mode.startswith("uring") for mode in modes):
+    uring_modes = [mode for mode in modes if mode.startswith("uring")]
+    missing = ring_unavailable() if uring_modes else None
+    if missing:
         print(f"io_uring modes skipped: {missing}")
-        modes = [mode for mode in modes if not mode.startswith("uring")]
+        modes = [mode for mode in modes if mode not in uring_modes]
     ways = Ways(modes)
     segments: list[Segment] = []
     try:

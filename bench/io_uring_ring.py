@@ -17,6 +17,9 @@ import asyncio
 import contextlib
 import errno
 import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
 try:
@@ -25,10 +28,20 @@ except ImportError:  # the io_uring modes are skipped
     liburing = None
 
 
+# A ring made and torn down in a child first: PyPI's liburing wheel is built for a
+# newer CPU than some (an AMD EPYC without its instructions dies of SIGILL making a
+# Ring), and a signal in this process could not be caught.
+_TRIAL = "import liburing; r = liburing.Ring(); liburing.io_uring_queue_init(2, r)"
+
+
 def ring_unavailable() -> str | None:
     """Why no ring can run here, or None."""
     if liburing is None:
         return "the liburing module is not installed (pip install liburing)"
+    trial = subprocess.run([sys.executable, "-c", _TRIAL], capture_output=True, timeout=60)
+    if trial.returncode < 0:
+        name = signal.Signals(-trial.returncode).name
+        return f"the liburing module dies of {name} on this CPU (its wheel's build)"
     ring = liburing.Ring()
     try:
         liburing.io_uring_queue_init(2, ring)

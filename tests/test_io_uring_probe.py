@@ -4,16 +4,17 @@ module the io_uring modes are skipped in one line. Never asserts speed."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.io_uring_ring import ring_unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--rounds", "2", "--commits", "5", "--rate", "1000"]
-HAVE_LIBURING = importlib.util.find_spec("liburing") is not None
+RING_UNAVAILABLE = ring_unavailable()
 
 
 def run_probe(tmp_path: Path, *args: str, prelude: str = "") -> str:
@@ -40,7 +41,7 @@ def test_the_probe_measures_the_helper_and_the_threads(tmp_path: Path) -> None:
     assert all("helper   0.0;" not in line for line in helper_lines), helper_lines
 
 
-@pytest.mark.skipif(not HAVE_LIBURING, reason="the liburing module is not installed")
+@pytest.mark.skipif(RING_UNAVAILABLE is not None, reason=f"io_uring: {RING_UNAVAILABLE}")
 def test_the_probe_syncs_through_io_uring_and_sees_its_errors(tmp_path: Path) -> None:
     stdout = run_probe(tmp_path, "--modes", "helper", "uring-fsync", "uring-linked", "uring-ringfd")
     for mode in ("uring-fsync", "uring-linked", "uring-ringfd"):
