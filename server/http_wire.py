@@ -39,6 +39,7 @@ from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
+from .subprotocols import check_extension_offer
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
@@ -82,6 +83,7 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         **kwargs: Any,
     ) -> None:
         protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
+        check_extension_offer(protocol)
         protocol.parser = parse_request(protocol)
         next(protocol.parser)
         super().__init__(protocol, *args, **kwargs)
