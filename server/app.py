@@ -194,6 +194,7 @@ class BambooServer:
             reuse_port=self.reuse_port,
         )
         self.user_connections.start()  # its heartbeat, once nothing can fail the start
+        self.services.store_stats.start()  # the count nearing --max-stored-sessions
         # One line that says where, whatever the log format and level: scripts wait for it.
         announce(
             f"listening on {config.host}:{self.port}",
@@ -227,6 +228,7 @@ class BambooServer:
         if not exiting:
             await self._end_connections(server, closing, grace)
         await self.user_connections.stop(grace)
+        await self.services.store_stats.stop()
         if self._given_storage is None and self.storage is not None:
             await self.storage.close()
         log.info(

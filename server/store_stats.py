@@ -14,26 +14,45 @@ A scrape waits for a figure at most ``--store-read-timeout``: a store that does 
 answer leaves the gauge at its last value (the scrape serves what it has); the read,
 or the walk, is not started again until it ends, and its figure, should it come late,
 is kept for the next scrape.
+
+The count also tells server/stored_caps.py how near ``--max-stored-sessions`` the
+store is. With that cap set (it is by default), the sessions are counted without a
+scrape too (:meth:`StoreStats.start`): at the start, then whenever ``WATCH_EVERY`` has
+passed since the last count, a scrape's included, so a server nobody scrapes still
+warns, and one scraped at least that often is not read once more for it. A scrape
+counts afresh as before, at most every ``COUNT_EVERY`` whatever counted meanwhile:
+what it serves is never older than that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from bamboo_session.persistence.base import SessionFilter, Storage, StorageError
 from bamboo_session.persistence.capabilities import SyncHealth, WriteLossRisk
 from bamboo_session.persistence.pubsub_counts import PubSubCounts
 from bamboo_session.persistence.url import parse_store_url
+from bamboo_session.tasks import cancel_and_wait
 
 from .metrics import Metrics
 from .pages import PageReads, SharedRead
-from .stored_caps import StoredCaps
+from .stored_caps import STORE_CAP, StoredCaps
+
+log = structlog.get_logger("bamboo_session.server")
 
 COUNT_EVERY: Final = 5.0  # seconds between counts of the sessions stored
+# Seconds between counts made for the near-full warning alone, when no scrape counted
+# meanwhile: one read of a count the stores keep (Redis: ZCARD; SQLite: count(*) in its
+# reader thread; JSONL: its index in memory) twice a minute, and a warning at most that
+# late after the crossing (refusals at the cap have their own, at once).
+WATCH_EVERY: Final = 30.0
 SIZE_EVERY: Final = 30.0  # seconds between walks of the store's files
 
 
@@ -88,9 +107,11 @@ class StoreStats:
         self.caps = caps  # told each count, to warn as it nears --max-stored-sessions
         self.location = store_location(url)
         self.metrics = metrics
-        self._counted_at = -COUNT_EVERY
+        self._scraped_at = -math.inf  # a scrape's last count
+        self._counted_at = -math.inf  # the last count, a scrape's or the watch's
         self._sized_at = -SIZE_EVERY
         self._counting = SharedRead(reads, self._count)
+        self._watch: asyncio.Task[None] | None = None
         self._sizing = SharedRead(reads, self._size)
         if isinstance(storage, SyncHealth):  # an attribute: read at every read of the gauge
             health = storage
@@ -108,8 +129,8 @@ class StoreStats:
         leaves a gauge at its last value; /readyz tells the failure."""
         now = time.monotonic()
         due = []
-        if now - self._counted_at >= COUNT_EVERY:
-            self._counted_at = now
+        if now - self._scraped_at >= COUNT_EVERY:
+            self._scraped_at = self._counted_at = now
             due.append(self._counting.result())
         if self.location is not None and now - self._sized_at >= SIZE_EVERY:
             self._sized_at = now
@@ -117,6 +138,32 @@ class StoreStats:
         for outcome in await asyncio.gather(*due, return_exceptions=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, StorageError):
                 raise outcome
+
+    def start(self) -> None:
+        """Counts the sessions on its own, for the near-full warning, when there is a
+        ``--max-stored-sessions`` to be near (module docstring)."""
+        if self.caps is not None and self.caps.limits[STORE_CAP] > 0 and self._watch is None:
+            self._watch = asyncio.create_task(self._count_when_due(), name="bamboo-store-count")
+
+    async def stop(self) -> None:
+        task, self._watch = self._watch, None
+        await cancel_and_wait(task)
+
+    async def _count_when_due(self) -> None:
+        while True:
+            # A scrape's count moves the next one on: read here only when none came.
+            due = self._counted_at + WATCH_EVERY - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
+            self._counted_at = time.monotonic()
+            try:
+                await self._counting.result()
+            except StorageError:
+                pass  # the gauge keeps its last value, and /readyz tells the failure
+            except Exception:
+                # Not the store's failure: said, and the count tried again when due.
+                log.exception("counting the stored sessions failed")
 
     async def _count(self) -> None:
         found = await self.storage.list_sessions(SessionFilter(limit=1))

@@ -7,7 +7,8 @@ it first, unless the log and the metrics say so:
 
 - a warning, ``stored sessions near their cap``, when the count of stored sessions
   (the one ``bamboo_sessions_stored`` shows, read by server/store_stats.py at a
-  scrape of ``/metrics``) reaches ``NEAR_FULL`` of ``--max-stored-sessions``: once per
+  scrape of ``/metrics``, and on its own at the start and whenever no count came for
+  ``WATCH_EVERY``) reaches ``NEAR_FULL`` of ``--max-stored-sessions``: once per
   crossing, again only after it has been below;
 - a warning, ``session creation refused at a stored-session cap``, when a ``hello``
   is refused at either cap: the first, then at most one a ``REFUSAL_LOG_EVERY`` per

@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 from bamboo_session.server import store_stats, stored_caps
 from bamboo_session.server.app import BambooServer
 from tests.auth_support import SECRET, make_token
+from tests.instances import eventually
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import attach, get, open_peer, run_server
 
@@ -176,3 +177,28 @@ async def test_nearing_the_cap_is_told_once_per_crossing(
                 pass
             await scrape_in_process()  # 9 of 10: crossed again
         assert [log["stored"] for log in lines(logs, NEAR)] == [9, 9]
+
+
+async def test_nearing_the_cap_is_told_without_a_scrape(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Nobody scrapes /metrics: the server counts on its own, every ``WATCH_EVERY``
+    (30 s; shortened here), and at its start. Before, the count, and so the warning,
+    came only with a scrape."""
+    monkeypatch.setattr(store_stats, "WATCH_EVERY", 0.2)
+    async with run_server(tmp_path, max_stored_sessions=10) as server:
+        with capture_logs() as logs:
+            for i in range(9):
+                async with attach(server, f"s{i}", create=True):
+                    pass
+            await eventually(lambda: lines(logs, NEAR), timeout=10)
+        [near] = lines(logs, NEAR)
+        assert (near["stored"], near["limit"], near["log_level"]) == (9, 10, "warning")
+    # A server started on a store already past 90% says so from the start, scraped or not.
+    monkeypatch.setattr(store_stats, "WATCH_EVERY", 3600.0)
+    async with run_server(tmp_path, max_stored_sessions=10):
+        # Its start configured the log: captured from here, before its first count,
+        # which waits for this test to yield the loop.
+        with capture_logs() as logs:
+            await eventually(lambda: lines(logs, NEAR), timeout=10)
+    assert [log["stored"] for log in lines(logs, NEAR)] == [9]
