@@ -136,8 +136,7 @@ def feed_repeated(actor: SessionActor, events: list[StoredEvent], repeated: int)
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:
     """The store failed under a command (Redis away, a full disk): it fails, the session
-    goes on; the log tells the first of an outage, then counts (a line per refused hello
-    would flood it)."""
+    goes on; the log tells the first of an outage, then counts (not a line per hello)."""
     actor.health.command_failures.failed(type(command).__name__, str(exc))
     if isinstance(command, Attach):
         if not actor.room.outboxes:
@@ -268,7 +267,7 @@ async def given_up(actor: SessionActor, was: SessionState, stored: SessionState)
         except StorageError as exc:  # parked all the same; the state stays as written
             log.warning("restoring the session's idle state failed", error=str(exc))
     await actor.status.park(elsewhere=True)  # owed: written unless others are attached
-    await save_owed(actor)
+    await save_owed(actor, "Attach")
     actor.arm_timer()
 
 
@@ -283,7 +282,8 @@ async def detach(actor: SessionActor, connection_id: str) -> None:
     actor.room.leave(connection_id, connections)
     if not actor.room.outboxes and actor.state != SessionState.CLOSED:
         actor.unfollow()
-        await actor.status.park(elsewhere=bool(connections))
+        if failed := await actor.status.park(elsewhere=bool(connections)):
+            actor.health.command_failures.failed("Detach", str(failed))  # told once an outage
         actor.room.shrink_ring(PARKED_RING_SIZE)
         actor.arm_timer()  # retires it after the retention; saves its state before
 
@@ -300,7 +300,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
         if await actor.status.gone_from_store():
             actor.accepting = False  # an attach reads the store, and is told so from there
             return
-        await save_owed(actor)
+        await save_owed(actor, "Tick")
         if timer.retires:
             actor.accepting = False  # parked for the whole retention: retire
         else:
@@ -325,16 +325,16 @@ async def tick(actor: SessionActor, generation: int) -> None:
     actor.arm_timer()
 
 
-async def save_owed(actor: SessionActor) -> None:
+async def save_owed(actor: SessionActor, command: str) -> None:
     """A parked session's state that its store was not given is written, unless
-    another process's connections are attached: the session is not disconnected, and
-    the last of them to leave writes it. A failure is logged; the next look tries again
-    (unless that one retires the actor)."""
+    another process's connections are attached (the last of them to leave writes it).
+    A failure is the outage's, told under ``command`` (once, then counted: every parked
+    session's look fails); the next look tries again, unless that one retires the actor."""
     try:
         if not (actor.status.owed and await actor.presence.count(actor.session_id)):
             await actor.status.save()
     except StorageError as exc:
-        log.warning("saving the session's state failed", error=str(exc))
+        actor.health.command_failures.failed(command, str(exc))
 
 
 async def closed_elsewhere(actor: SessionActor) -> None:

@@ -127,10 +127,12 @@ class SessionStatus:
         self.idle_elsewhere = False
         return stored
 
-    async def park(self, elsewhere: bool = False) -> None:
+    async def park(self, elsewhere: bool = False) -> StorageError | None:
         """The last connection left: ``disconnected``, in the store too unless it fails.
         Then the session parks all the same, and the state is owed to the store
-        (:meth:`save`): a store that is away must not leave it ``active`` for ever.
+        (:meth:`save`): a store that is away must not leave it ``active`` for ever. The
+        failure is returned, for the caller to tell as the outage's (a store that fails
+        fails every disconnect: server/command_failures.py), else None.
         ``elsewhere``: connections of other processes sharing the store are still
         attached (presence says so). The session is not disconnected, so nothing is
         written; the state is owed, and written once they are gone (the last of them
@@ -138,7 +140,7 @@ class SessionStatus:
         if elsewhere:
             self.state = SessionState.DISCONNECTED
             self.owed = True
-            return
+            return None
         try:
             stored = await self.become(SessionState.DISCONNECTED)
             if stored is not None:  # a state write is no activity: it expires as it would
@@ -150,9 +152,10 @@ class SessionStatus:
             self.state = SessionState.DISCONNECTED
             self.owed = False
         except StorageError as exc:
-            log.warning("saving the disconnected state failed; saved later", error=str(exc))
             self.state = SessionState.DISCONNECTED
-            self.owed = True
+            self.owed = True  # saved at a look (control.py save_owed)
+            return exc
+        return None
 
     async def save(self) -> None:
         """Write the state the store is owed, if any; StorageError if it fails again."""

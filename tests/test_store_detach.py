@@ -16,6 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.server.actor import SessionActor
@@ -193,3 +196,59 @@ async def test_an_attach_given_up_on_while_redis_dies_is_undone_and_the_actor_re
         assert (found["state"], found["connections"]) == ("active", 0)
         welcome = await attach_when_back(server, "g")
         assert welcome["session"]["connections"] == 1
+
+
+OUTAGE_SESSIONS = 8
+
+
+async def test_disconnects_while_redis_refuses_writes_are_one_line_then_counts(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """Redis at its ``maxmemory`` (``noeviction``: every write refused, reads served),
+    and the last peer of each of 8 sessions leaves: each session parks all the same,
+    its state owed. The log tells the outage as it tells failed attaches: one
+    ``storage failed`` line, the rest counted by command (``storage failing``, told
+    here at the server's stop); before, each disconnect logged ``saving the
+    disconnected state failed; saved later`` (h346: 10 to 20 lines an instance in an
+    8 s fault). Once Redis takes writes again, each owed state is saved."""
+    config = {"idle_timeout": 0.5, "disconnect_retention": 60.0}
+    names = [f"o{i}" for i in range(OUTAGE_SESSIONS)]
+    redis = start_redis("redis")
+    client = aioredis.Redis(host="127.0.0.1", port=redis.port)
+    told = {"storage failed", "storage failing"}
+
+    async def saved() -> bool:
+        stored = [await server.storage.get_metadata(name) for name in names]
+        return all(m is not None and m.state == "disconnected" for m in stored)
+
+    try:
+        with contextlib.ExitStack() as capturing:  # ends after the server's stop
+            async with server_on_own_redis(lambda _: redis, tmp_path, **config) as (server, _):
+                logs = capturing.enter_context(capture_logs(processors=[merge_contextvars]))
+                async with contextlib.AsyncExitStack() as peers:
+                    for name in names:
+                        await peers.enter_async_context(attach(server, name, create=True))
+                    actors = [live(server, name) for name in names]
+                    await client.config_set("maxmemory-policy", "noeviction")
+                    await client.config_set("maxmemory", "1")
+                # Every last peer has left.
+                for actor in actors:
+                    await done_with_commands(actor)
+                assert all(actor.status.owed for actor in actors)  # parked, not saved yet
+                warnings = [line for line in logs if line["log_level"] == "warning"]
+                assert not [line for line in warnings if "disconnected state" in line["event"]]
+                [first] = [line for line in logs if line["event"] in told]
+                assert first["event"] == "storage failed", first
+                assert "maxmemory" in first["error"], first
+                assert len(warnings) < OUTAGE_SESSIONS, [line["event"] for line in warnings]
+                await client.config_set("maxmemory", "0")
+                await eventually(saved, timeout=10)  # at each session's next look
+                assert not any(actor.status.owed for actor in actors)
+        # The server's stop tells what the first line did not: every disconnect is
+        # counted, on that line or in the summary.
+        lines = [line for line in logs if line["event"] in told]
+        assert [line["event"] for line in lines] == ["storage failed", "storage failing"]
+        detaches = (first["command"] == "Detach") + lines[1]["commands"].get("Detach", 0)
+        assert detaches == OUTAGE_SESSIONS, lines
+    finally:
+        await client.aclose()
