@@ -39,6 +39,7 @@ from .base import (
     StorageFull,
     StorageLocked,
     StoreMisconfigured,
+    StoreTooNew,
     Subscription,
     UserFull,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "StorageFull",
     "StorageLocked",
     "StoreMisconfigured",
+    "StoreTooNew",
     "StoreOptions",
     "Subscription",
     "UserFull",

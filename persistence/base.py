@@ -82,6 +82,7 @@ from .errors import (
     StorageFull,
     StorageLocked,
     StoreMisconfigured,
+    StoreTooNew,
     UserFull,
 )
 from .listing import SessionFilter, SessionListResult, SortBy, SortOrder
@@ -114,6 +115,7 @@ __all__ = [
     "StorageFull",
     "StorageLocked",
     "StoreMisconfigured",
+    "StoreTooNew",
     "Subscription",
     "UserFull",
 ]

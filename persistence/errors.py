@@ -3,7 +3,8 @@
 (:class:`StorageError`, the base of every other), a session missing, present, expired,
 closed or full (its own cap, or its user's), taking no appends until the store is
 opened again, or whose append failed for a reason of its own file alone, a store full
-or held by another process, or a backend run with settings the store refuses."""
+or held by another process, a backend run with settings the store refuses, or a store
+of a format newer than this version reads."""
 
 from __future__ import annotations
 
@@ -108,6 +109,23 @@ class StoreMisconfigured(StorageError):
     writes it acknowledged, or too old for what its URL asks): opening it again fails
     the same way until its operator changes them, so a server exits as for a bad
     configuration (status 2), and ``serve --workers`` stops instead of restarting."""
+
+
+class StoreTooNew(StoreMisconfigured):
+    """The store holds a format newer than this version reads: a later version wrote
+    it (a rollback past a format change, docs/upgrading.md). Refused before anything
+    in it is read or changed; every open fails alike until a version that reads it
+    runs, so a server exits as for a bad configuration (status 2)."""
+
+    def __init__(self, where: str, found: int, known: int, what: str = "store format") -> None:
+        super().__init__(
+            f"{where} holds {what} {found}, newer than this bamboo-session reads "
+            f"({known}): a newer version wrote it. Run that version or a later one, or "
+            "restore a copy of the store taken before the upgrade (docs/upgrading.md); "
+            "nothing in it was changed"
+        )
+        self.found = found
+        self.known = known
 
 
 class ListingTooLarge(StorageError):

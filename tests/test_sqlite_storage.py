@@ -196,7 +196,7 @@ async def test_a_newer_schema_or_a_foreign_file_is_refused(tmp_path: Path) -> No
     db = sqlite3.connect(newer)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StorageError, match="newer than this bamboo-session knows"):
+    with pytest.raises(StorageError, match="newer than this bamboo-session reads"):
         await open_storage(url(newer))
     foreign = tmp_path / "foreign.db"
     db = sqlite3.connect(foreign)

@@ -21,7 +21,7 @@ import msgspec
 
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 
-from ..base import StorageError
+from ..base import StorageError, StoreTooNew
 
 # 'Bamb': PRAGMA application_id, so that a file of another program is never taken over.
 APPLICATION_ID: Final = 0x42616D62
@@ -183,11 +183,8 @@ def _version(connection: sqlite3.Connection, path: Path) -> int:
     tables = connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
     if application_id != APPLICATION_ID and (application_id or tables):
         raise StorageError(f"{path} is an SQLite file of another program, not a Bamboo store")
-    if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"{path} has schema version {version}, newer than this bamboo-session knows "
-            f"({SCHEMA_VERSION}); upgrade bamboo-session"
-        )
+    if version > SCHEMA_VERSION:  # a rollback onto a file a later version migrated
+        raise StoreTooNew(str(path), version, SCHEMA_VERSION, "schema version")
     return version
 
 
