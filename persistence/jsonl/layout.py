@@ -5,6 +5,7 @@ file names, and reads names back into session ids.
 
     <base>/LOCK                   flock'ed while a storage has the store open for writing
                                   (exclusive), or an offline reader (shared)
+    <base>/FORMAT                 the store's format, {"format": 1} (store_format.py)
     <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
     <base>/sessions/<id>.preamble history from the old format that has no log line
     <base>/sessions/<id>.json.replacing  the checkpoint of a session replacing an expired
@@ -42,6 +43,7 @@ TMP_SUFFIX: Final = ".tmp"
 DAMAGED_MARK: Final = ".damaged-"
 SNAPSHOT_NAME: Final = "snapshot.msgpack"
 LOCK_NAME: Final = "LOCK"
+FORMAT_NAME: Final = "FORMAT"
 # A name kept aside ends with the mark and a tag of digits and dashes (a pid, a time, an
 # offset). A session's own files end with a suffix of letters, so a session whose id
 # holds the mark (``x.damaged-1``: the id is a peer's choice) is never taken for one.
@@ -88,6 +90,11 @@ class Layout:
     @property
     def lock(self) -> Path:
         return self.base / LOCK_NAME
+
+    @property
+    def format(self) -> Path:
+        """The store's format record (``store_format.py``)."""
+        return self.base / FORMAT_NAME
 
     @property
     def snapshot(self) -> Path:

@@ -1,7 +1,9 @@
 """Opening a JSONL store, and what its clean close leaves for the next open.
 
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
-time). Then recovery (``recovery.py``) runs in a worker thread, and its sessions become
+time). Then the store's format is checked (``store_format.py``: a newer one is refused
+untouched, a store without the record gets it), recovery (``recovery.py``) runs in a
+worker thread, and its sessions become
 :class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
 the records.
 
@@ -35,6 +37,7 @@ from . import snapshot
 from .config import JsonlStorageConfig
 from .record import SessionRecord
 from .recovery import RecoveryReport, recover
+from .store_format import check_format
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
         await asyncio.to_thread(_make_directory, base)
         lock_file.take_exclusive()
     try:
+        # Before anything is read or repaired: a newer format is refused untouched.
+        await asyncio.to_thread(check_format, layout, not config.read_only)
         with gc_paused():
             return await asyncio.to_thread(recover, config)
     except BaseException:

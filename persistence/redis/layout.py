@@ -40,6 +40,7 @@ The indexes share one tag of their own, ``{idx}``::
     <prefix>:{idx}:generation hash: run, token, lossy (generation.lua)
     <prefix>:{idx}:generation:marked string: the record held a token or a lossy
                              mark once (without the record: one was deleted)
+    <prefix>:{idx}:format    string: the store's format number, "1" (store_format.py)
     <prefix>:{idx}:instances  sorted set: instance -> its latest connection deadline
                              (ms; presence.lua), swept by survivors (orphans.lua)
     <prefix>:{idx}:instance:<name> sorted set: "<id> <epoch>" -> deadline (ms): the
@@ -117,6 +118,10 @@ class Layout:
         """The session's connections that left lately, which a late join or refresh
         must not register again (presence.lua)."""
         return f"{self.prefix}:{{{session_id}}}:gone"
+
+    def format(self) -> str:
+        """The store's format number (store_format.py)."""
+        return f"{self.index}format"
 
     def instances(self) -> str:
         """The instances that registered presence, by their latest connection deadline

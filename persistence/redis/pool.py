@@ -57,6 +57,7 @@ CONNECTION_LAYER: Final = "redis.asyncio.connection"  # see ``from_redis_py``
 READ_COMMANDS: Final = frozenset(
     {
         "CONFIG GET",
+        "GET",
         "HELLO",
         "HGET",
         "HGETALL",

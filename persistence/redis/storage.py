@@ -69,6 +69,7 @@ from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .scripts import HistoryLost, optional_arg, removed_epoch
+from .store_format import check_format
 from .versions import require_redis, server_version
 
 EVERYTHING: Final = 2**31
@@ -125,6 +126,8 @@ class RedisStorage:
             evicting = await warn_of_eviction(client)
             await refuse_replica(client, config)
             lossy = await check_persistence(client, config)
+            # Before any script runs: a store of a newer format is refused untouched.
+            await check_format(client, Layout(config.prefix), not config.read_only)
             storage = cls(config, client, sharded)
             storage.redis.eval_ro = True
             storage.generation.lossy = lossy
