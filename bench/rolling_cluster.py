@@ -11,11 +11,15 @@ pick an instance in turn at every (re)connect, as behind a client-side rotation.
 - the upgrade: the old instance leaves the rotation and is stopped (SIGTERM) while
   they stream; a new one takes its place; every acked item once at its seq, every
   viewer's resume exact;
+- a dead instance (SIGKILL) beside a live one of the other version, each holding a
+  connection of one session: the session stays active, with the live one's;
 - a dead instance (SIGKILL) whose session had its only connection there: is the
   session parked by the survivor, for an old and for a new dead instance;
 - cleanup across versions: a session left to expire (``--default-ttl``) is removed
   by whichever instance holds the cleanup lease;
-- each instance's ``bamboo_redis_pubsub_unreadable_total`` and its log's errors.
+- each instance's ``bamboo_redis_pubsub_unreadable_total`` and its log's errors;
+- at the end, every instance stopped, the store's format record set past what either
+  version reads: does each refuse to start on it?
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 from .redis_scaling import Redis
 from .rolling_checks import check_history, check_log, metadata
 from .rolling_peers import Publisher, Viewer, attach, get_json
-from .rolling_trees import Tree, TreeServer
+from .rolling_trees import StartRefused, Tree, TreeServer
 
 TTL = 10  # seconds: --default-ttl, so that the expiring session goes within the run
 HEARTBEAT = 1.0  # seconds: presence's, so that a dead instance's connections go soon
@@ -114,6 +118,51 @@ async def dead_instance(tree: Tree, store: str, log: Path, survivor: TreeServer)
     }
 
 
+async def dead_beside(tree: Tree, store: str, log: Path, holder: TreeServer) -> dict[str, Any]:
+    """A session with a connection on ``holder`` (alive) and one on an instance of
+    ``tree`` that is killed: once the dead one's heartbeat passed (4 heartbeats), the
+    session must stay ``active`` with the one live connection, whichever version
+    swept the dead one's."""
+    doomed = TreeServer(tree, store, log, FLAGS)
+    await asyncio.to_thread(doomed.start)
+    session_id = f"shared-{tree.name}-{holder.tree.name}"
+    kept, _ = await attach(holder.ws(session_id), create=True)
+    lost, _ = await attach(doomed.ws(session_id))
+    await asyncio.to_thread(doomed.kill)
+    await asyncio.sleep(4 * HEARTBEAT)  # the dead one's deadline, and a sweep, passed
+    meta = await metadata(holder.http(""), session_id)
+    await kept.close()
+    await lost.close()
+    found = {"state": meta.get("state"), "connections": meta.get("connections")}
+    return {"dead": tree.name, "alive": holder.tree.name, **found}
+
+
+async def future_format(port: int, store: str, work: Path, trees: tuple[Tree, ...]) -> Any:
+    """The store's format record set past what either tree reads, and each tree started
+    on it (every instance stopped first): a refusal (status, line), or a start."""
+
+    def mark() -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            client.set("rolling:{idx}:format", "99")
+        finally:
+            client.close()
+
+    await asyncio.to_thread(mark)
+    found: dict[str, Any] = {}
+    for tree in trees:
+        server = TreeServer(tree, store, work / f"future-{tree.name}.log", FLAGS)
+        try:
+            await asyncio.to_thread(server.start)
+        except StartRefused as exc:
+            found[tree.name] = {"refused": True, "status": exc.status, "says": exc.tail}
+            continue
+        found[tree.name] = {"refused": False, "stop_status": await asyncio.to_thread(server.stop)}
+    return found
+
+
 async def unreadable(server: TreeServer) -> float | None:
     def fetch() -> str:
         import urllib.request
@@ -132,7 +181,11 @@ async def cluster_scenario(old: Tree, new: Tree, work: Path, events: int) -> lis
     servers: list[TreeServer] = []
     try:
         store = f"{redis.url('rolling')}&heartbeat={HEARTBEAT:g}"
-        return [await _cluster(old, new, work, store, events, servers)]
+        report = await _cluster(old, new, work, store, events, servers)
+        report["future_format"] = await future_format(redis.port, store, work, (new, old))
+        refused = report["future_format"]["new"]
+        report["ok"] = report["ok"] and refused.get("status") == 2
+        return [report]
     finally:
         for server in servers:
             server.kill()
@@ -156,6 +209,13 @@ async def _cluster(
     problems: list[str] = report["problems"]
     problems += await presence_probe(a, b, "presence-1")
     problems += await presence_probe(b, a, "presence-2")
+    report["dead_beside_live"] = [
+        await dead_beside(new, store, work / "c-new.log", a),
+        await dead_beside(old, store, work / "c-old.log", b),
+    ]
+    for case in report["dead_beside_live"]:
+        if (case["state"], case["connections"]) != ("active", 1):
+            problems.append(f"a live connection's session after a dead instance: {case}")
     expiring = Publisher("e", "expiring", title="expiring")
     await expiring.publish(lambda sid: a.ws(sid), 10, deadline)
 
@@ -206,7 +266,7 @@ async def _cluster(
         if wrong:
             problems.append(f"{viewer.name} saw {len(wrong)} acked items not at their seq")
     report["dead_instances"] = [
-        await dead_instance(old, store, work / "c-old.log", b),
+        await dead_instance(old, store, work / "d-old.log", b),
         await dead_instance(new, store, work / "d-new.log", b),
     ]
     report["expiring"] = await _expired(b, "expiring", deadline)

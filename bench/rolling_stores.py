@@ -10,7 +10,9 @@ or SIGKILL: ``stop``):
    was not acked, the viewer resumes; the new version writes a session of its own;
 3. downgrade: the old version starts on what the new one wrote (as a rollback after
    a bad deploy does); it refuses, or the same checks run;
-4. the new version again, on what the old one wrote last.
+4. the new version again, on what the old one wrote last;
+5. the store marked as of a format later than either reads (JSONL's ``FORMAT``,
+   SQLite's schema version): does each version refuse it, or start on it?
 
 After each start: every acked event at its seq once, the history, the metadata and the
 listing as they were (bench/rolling_checks.py), the viewer's resume exact, and the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,15 @@ from .rolling_peers import LOST, Publisher, Viewer, attach
 from .rolling_trees import StartRefused, Tree, TreeServer
 
 FLAGS = ("--default-ttl", "86400", "--shutdown-grace", "2")
+
+
+def _set_user_version(path: str, version: int) -> None:
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(f"PRAGMA user_version = {version}")
+        connection.commit()
+    finally:
+        connection.close()
 
 
 def store_url(kind: str, work: Path) -> str:
@@ -86,16 +98,47 @@ class StoreRun:
                 (self.old, "downgrade: old on new's data"),
                 (self.new, "new again on old's data"),
             ):
-                if not await self._hand_over(tree, step):
-                    break
+                await self._hand_over(tree, step)
             if self.server is not None:
                 self.report["final_stop_status"] = await asyncio.to_thread(self.server.stop)
                 self.steps[-1]["log_problems"] = self.server.problems()
+                self.server = None
+            self.report["future_format"] = await self._future_format()
         finally:
             if self.server is not None:
                 self.server.kill()
-        self.report["ok"] = all(not s.get("problems") and s["started"] for s in self.steps)
+        # A start refused in one line with status 2 (a newer format) is a clear refusal.
+        self.report["ok"] = (
+            all(
+                (s["started"] and not s.get("problems")) or s.get("status") == 2 for s in self.steps
+            )
+            and self.report.get("future_format", {}).get("new", {}).get("status") == 2
+        )
         return self.report
+
+    async def _future_format(self) -> dict[str, Any]:
+        """The store marked as written by a format after the new tree's (JSONL: its
+        ``FORMAT`` record; SQLite: its schema version), and each tree started on it: a
+        refusal (status, line) or a start. The new tree goes first, as it must change
+        nothing; the old one, if it starts, may."""
+        if self.kind == "jsonl":
+            path = Path(self.store.removeprefix("jsonl://")) / "FORMAT"
+            await asyncio.to_thread(path.write_text, '{"format": 99}\n')
+        else:
+            await asyncio.to_thread(_set_user_version, self.store.removeprefix("sqlite://"), 99)
+        found: dict[str, Any] = {}
+        for tree in (self.new, self.old):
+            server = TreeServer(tree, self.store, self.log, FLAGS)
+            try:
+                await asyncio.to_thread(server.start)
+            except StartRefused as exc:
+                found[tree.name] = {"refused": True, "status": exc.status, "says": exc.tail}
+                continue
+            found[tree.name] = {
+                "refused": False,
+                "stop_status": await asyncio.to_thread(server.stop),
+            }
+        return found
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -125,8 +168,12 @@ class StoreRun:
 
     async def _hand_over(self, tree: Tree, step: str) -> bool:
         """Stops the server while the live publisher streams, starts ``tree``'s on the
-        store, lets the publisher finish and the viewer catch up, and checks."""
-        assert self.server is not None
+        store, lets the publisher finish and the viewer catch up, and checks. After a
+        refused start (no server up) ``tree``'s starts and is checked alone."""
+        if self.server is None:
+            if await self._start(tree, step):
+                await self._check(self.steps[-1]["problems"])
+            return self.server is not None
         self.known["live"] = await metadata(self.base, "live")
         stream = asyncio.create_task(
             self.live.publish(self.endpoint, self.events, self.deadline, pace=0.001)

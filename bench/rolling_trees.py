@@ -72,13 +72,17 @@ class Tree:
         return env
 
     def commit(self) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(self.root), "log", "-1", "--format=%h %cd", "--date=iso"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return done.stdout.strip() or "unknown"
+        """The tree's commit and its date, and whether files differ from it."""
+
+        def git(*args: str) -> str:
+            done = subprocess.run(
+                ["git", "-C", str(self.root), *args], capture_output=True, text=True, check=False
+            )
+            return done.stdout.strip()
+
+        commit = git("log", "-1", "--format=%h %cd", "--date=iso") or "unknown"
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        return f"{commit} (+ uncommitted changes)" if changed else commit
 
     def imports_from(self) -> str:
         """Where ``bamboo_session.server`` is imported from under this tree's shim."""
