@@ -5,6 +5,7 @@
 
     LOCK                    flock'ed while a storage has the store open for writing
                             (exclusive), or an offline reader (shared: migrate's source)
+    FORMAT                  the store's format, {"format": 1}: a newer one is refused
     sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
     sessions/<id>.preamble  history from the old format that has no log line (rare)
     events/<id>.jsonl       the event log, one StoredEvent per line: the truth
@@ -30,8 +31,9 @@ The modules, one concern each:
 - ``snapshot``: the index snapshot a clean close leaves, for a fast open;
 - ``writer`` and ``logfiles``: the group-commit writer and its I/O thread; ``wal``:
   fsync mode's shared write-ahead log;
-- ``opening``, ``recovery``, ``session_recovery``: what open repairs, converts and
-  finds; ``repair``: cutting a log's tail, telling an ordinary crash from damage;
+- ``opening``, ``store_format``, ``recovery``, ``session_recovery``: what open
+  checks (the store's format), repairs, converts and finds; ``repair``: cutting a
+  log's tail, telling an ordinary crash from damage;
   ``damaged_wal``: the bound on WAL segments replay kept aside as damaged;
 - ``record``, ``caches``, ``reads``, ``appends``, ``checkpointer``, ``lifecycle``,
   ``tasks``: the storage's per-session state, its memory caches, its reads, its
