@@ -18,7 +18,7 @@ scenario is bounded in events and in time. Make an old tree with
 ``git worktree add --detach /tmp/old <commit>``.
 
     python -m bench.rolling_upgrade --old /tmp/old                 # every scenario
-    python -m bench.rolling_upgrade --old /tmp/old --only store --events 600
+    python -m bench.rolling_upgrade --old /tmp/old --only store --stores jsonl --stops kill
 
 Prints one JSON object (each scenario's steps and the problems found) and exits 0 when
 no problem was found.
@@ -51,8 +51,8 @@ async def run_scenarios(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         from .rolling_stores import StoreRun
 
         report["store"] = []
-        for kind in ("jsonl", "sqlite"):
-            for stop in ("term", "kill"):
+        for kind in args.stores:
+            for stop in args.stops:
                 where = work / f"{kind}-{stop}"
                 where.mkdir()
                 run = StoreRun(kind, stop, old, new, where, args.events)
@@ -78,6 +78,10 @@ def main() -> int:
     parser.add_argument("--old", type=Path, required=True, help="the older source tree")
     parser.add_argument("--new", type=Path, default=ROOT, help="the newer (default: this one)")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument(
+        "--stores", nargs="+", choices=("jsonl", "sqlite"), default=["jsonl", "sqlite"]
+    )
+    parser.add_argument("--stops", nargs="+", choices=("term", "kill"), default=["term", "kill"])
     parser.add_argument("--events", type=int, default=600, help="items each publisher sends")
     parser.add_argument("--keep", type=Path, help="work here (logs, data) and keep it")
     args = parser.parse_args()
