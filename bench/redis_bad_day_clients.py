@@ -29,6 +29,7 @@ class Tally:
 
     closes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    messages: dict[str, int] = field(default_factory=dict)  # error frames' words, by count
     hangs: int = 0  # replies not come within PATIENCE
 
     def closed(self, error: BaseException) -> None:
@@ -132,6 +133,9 @@ async def publish(pub: Publisher, port: int) -> None:
                 elif reply["type"] == "error":
                     code = reply.get("code", "?")
                     pub.tally.errors[code] = pub.tally.errors.get(code, 0) + 1
+                    words = str(reply.get("message", ""))[:200]
+                    if words in pub.tally.messages or len(pub.tally.messages) < 20:
+                        pub.tally.messages[words] = pub.tally.messages.get(words, 0) + 1
                     window.release()  # stays unacked: resent on the next connection
         finally:
             sending.cancel()
