@@ -22,6 +22,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio
+import redis.exceptions
+
 from tests.parent_death import ending_with_this_process
 from tests.proxies import RedisProxy
 
@@ -183,3 +186,52 @@ async def store_through_proxy(
     finally:
         proxy.release_replies()
         await proxy.close()
+
+
+async def able_to_refuse_writes(server: RedisServer) -> None:
+    """Starts ``server`` again allowing ``CONFIG SET dir`` (Redis 7 protects it), which
+    :func:`refusing_writes` needs."""
+    server.stop()
+    server.options = (*server.options, "--enable-protected-configs", "local")
+    await server.start_in_loop()
+
+
+@contextlib.asynccontextmanager
+async def refusing_writes(server: RedisServer) -> AsyncIterator[str]:
+    """Redis refusing writes as it does once its disk is full: ``MISCONF`` for every
+    write (and PING) after a snapshot failed, ``stop-writes-on-bgsave-error yes`` (its
+    default). The snapshot is made to fail by moving Redis's ``dir`` to /proc, where no
+    file can be made, whoever runs it; on exit the dir is put back and a snapshot that
+    succeeds ends the refusals. Yields Redis's words for the refusal. The server must
+    allow ``CONFIG SET dir`` (:func:`able_to_refuse_writes`)."""
+    client = redis.asyncio.Redis(port=server.port, decode_responses=True)
+    try:
+        await client.config_set("save", "3600 1")  # snapshots on: their failure counts
+        await client.config_set("dir", "/proc")
+        await _snapshot(client, "err")
+        try:
+            await client.set("probe", "1")
+        except redis.exceptions.ResponseError as refused:
+            words = str(refused)
+        else:
+            raise AssertionError("Redis took a write after a failed snapshot")
+        assert words.startswith("MISCONF "), words
+        try:
+            yield words
+        finally:
+            await client.config_set("dir", str(server.directory))
+            await _snapshot(client, "ok")
+    finally:
+        await client.aclose()
+
+
+async def _snapshot(client: redis.asyncio.Redis, outcome: str) -> None:
+    """A BGSAVE (scheduled after a rewrite under way), then its end, which must be
+    ``outcome`` (INFO's ``rdb_last_bgsave_status``)."""
+    await client.execute_command("BGSAVE", "SCHEDULE")
+    for _ in range(400):
+        info = await client.info("persistence")
+        if not info["rdb_bgsave_in_progress"] and info["rdb_last_bgsave_status"] == outcome:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"no snapshot ended {outcome}: {info}")

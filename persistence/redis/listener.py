@@ -13,10 +13,15 @@ for, dispatching what arrives to the store's :class:`Feed`.
   deleted and created again, or replaced, is another log); the bare notice a script
   publishes after the one with its epoch, for older listeners, is skipped.
 - A lost connection is noticed (an error, or no answer to a ping within
-  ``PING_TIMEOUT``). The listener (never redis-py: ``connect_listener``,
-  ``still_connected``) connects again, subscribes to every channel it should, then
-  has the store catch every session up (``on_reconnect``): whatever was published
-  meanwhile is read from the streams by the subscriptions themselves.
+  ``PING_TIMEOUT``). Redis's refusal of the ping for its disk (``MISCONF``: Redis
+  refuses PING as it refuses writes while it cannot persist) is an answer: the
+  connection is fine, and still brings what is published (bench/redis_disk_full.py:
+  it was taken for a loss, a reconnect and every session caught up again each
+  ``PING_EVERY`` of silence, for as long as the disk stayed full). The listener
+  (never redis-py: ``connect_listener``, ``still_connected``) connects again,
+  subscribes to every channel it should, then has the store catch every session up
+  (``on_reconnect``): whatever was published meanwhile is read from the streams by
+  the subscriptions themselves.
 - A :meth:`watch` while the connection is down does not wait out the backoff: it has
   the listener try now, and waits for that try: connected, it subscribes; failed, it
   fails (tries.py: a crowd of watches makes one try or two).
@@ -45,6 +50,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
+import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
@@ -69,6 +75,10 @@ POLL: Final = 1.0  # seconds a read waits before the listener looks at its healt
 PING_EVERY: Final = 5.0  # seconds of silence before a ping
 PING_TIMEOUT: Final = 10.0  # seconds of silence after which the connection is dead
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# How Redis refuses a ping while it cannot persist (a failed snapshot with
+# stop-writes-on-bgsave-error, a failed AOF write): only a ping or a write gets it,
+# and this connection sends no write, so it is the ping's answer.
+REFUSED_PING: Final = "MISCONF "
 
 OnReconnect = Callable[[Collection[str]], Awaitable[None]]
 OnPresence = Callable[[str, bytes], None]
@@ -203,7 +213,13 @@ class Listener:
             raise StorageError("the pub/sub connection is to be replaced")
         still_connected(pubsub)
         loop = asyncio.get_running_loop()
-        message = await pubsub.get_message(timeout=POLL)
+        try:
+            message = await pubsub.get_message(timeout=POLL)
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith(REFUSED_PING):
+                raise
+            message = None  # Redis answered the ping (module docstring)
+            self._last_heard = loop.time()
         now = loop.time()
         if message is None:
             silent = now - self._last_heard
