@@ -15,8 +15,14 @@ counts the store answers go into ``welcome`` and ``presence``.
 
 A failure of the store here never fails an attach: the room's own count stands in,
 the heartbeat registers a connection whose join failed, and one whose leave failed
-expires after the heartbeat. Without a PresenceStore (memory, jsonl, sqlite) the
-server has none of this, and each room counts its own connections.
+expires after the heartbeat. A store that fails (Redis away, or refusing writes:
+``MISCONF`` when its disk is full) fails every join and leave, each heartbeat and each
+sweep: the first failure of each kind is logged, the others only counted
+(``failures``), until a call of that kind works again, which is said once too. A
+warning per attach and per heartbeat would flood the log just when the store is in
+trouble (bench/redis_disk_full.py: three or four lines a second for each instance).
+Without a PresenceStore (memory, jsonl, sqlite) the server has none of this, and each
+room counts its own connections.
 
 Every connection is registered with the epoch of its actor's session, and its joins,
 leaves and refreshes are fenced by it: an actor whose session was deleted or replaced
@@ -99,6 +105,10 @@ class SharedPresence(LocalPresence):
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.refreshes = 0
+        self.failures = 0  # the store's failures so far, of every kind of call
+        # Kinds of call ("join", "leave", "heartbeat", "sweep") failing now, each with
+        # its failures since its first, which alone was logged.
+        self._failing: dict[str, int] = {}
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -125,13 +135,15 @@ class SharedPresence(LocalPresence):
         of another epoch (nothing registered)."""
         self._held.setdefault(session_id, {})[connection_id] = (role, epoch)
         try:
-            return await self.store.join(session_id, connection_id, role, epoch=epoch)
+            count = await self.store.join(session_id, connection_id, role, epoch=epoch)
         except SessionNotFound:
             self._drop(session_id, connection_id)
             raise
         except StorageError as exc:
-            log.warning("presence join failed; the heartbeat registers it", error=str(exc))
+            self._failed("join", "presence join failed; the heartbeat registers it", exc)
             return None
+        self._worked("join")
+        return count
 
     async def leave(self, session_id: str, connection_id: str, role: str) -> int | None:
         """Unregister a connection; the session-wide count, or None if the store failed
@@ -141,12 +153,14 @@ class SharedPresence(LocalPresence):
             return None
         await self._refreshed()
         try:
-            return await self.store.leave(session_id, connection_id, role, epoch=held[1])
+            count = await self.store.leave(session_id, connection_id, role, epoch=held[1])
         except SessionNotFound:
             return None  # deleted or replaced: nothing of its connections is left there
         except StorageError as exc:
-            log.warning("presence leave failed; it expires after the heartbeat", error=str(exc))
+            self._failed("leave", "presence leave failed; it expires after the heartbeat", exc)
             return None
+        self._worked("leave")
+        return count
 
     async def leave_session(self, session_id: str, epoch: str | None = None) -> None:
         """Unregister every connection still registered for the session of ``epoch``
@@ -165,7 +179,9 @@ class SharedPresence(LocalPresence):
         except SessionNotFound:
             return
         except StorageError as exc:
-            log.warning("presence leave failed; they expire after the heartbeat", error=str(exc))
+            self._failed("leave", "presence leave failed; they expire after the heartbeat", exc)
+            return
+        self._worked("leave")
 
     def _drop(self, session_id: str, connection_id: str) -> tuple[str, str | None] | None:
         """Forget a connection held; its ``(role, epoch)``, or None if not held."""
@@ -205,9 +221,11 @@ class SharedPresence(LocalPresence):
         try:
             await self.store.sweep_dead()
         except StorageError as exc:
-            log.warning("presence sweep of dead instances failed", error=str(exc))
+            self._failed("sweep", "presence sweep of dead instances failed", exc)
         except Exception:  # what other instances wrote, read back: the next sweep tries again
             log.exception("presence sweep of dead instances failed unexpectedly")
+        else:
+            self._worked("sweep")
 
     async def refresh(self) -> None:
         """Refresh every connection this process holds, in one round trip."""
@@ -221,14 +239,33 @@ class SharedPresence(LocalPresence):
         try:
             again = await self.store.refresh(snapshot)
             self.refreshes += 1
+            self._worked("heartbeat")
         except StorageError as exc:
-            log.warning("presence heartbeat failed", error=str(exc))
+            self._failed("heartbeat", "presence heartbeat failed", exc)
         finally:
             self._refreshing = None
             done.set()
         if self._registered_again is not None:
             for session_id in again:
                 self._registered_again(session_id)
+
+    def _failed(self, kind: str, event: str, exc: StorageError) -> None:
+        """A call of ``kind`` failed: logged as ``event`` if none of its kind was
+        failing, else counted (module docstring)."""
+        self.failures += 1
+        failed = self._failing.get(kind)
+        if failed is not None:
+            self._failing[kind] = failed + 1
+            return
+        self._failing[kind] = 1
+        log.warning(event, error=str(exc), further=f"not logged until a {kind} works again")
+
+    def _worked(self, kind: str) -> None:
+        """A call of ``kind`` worked: if its kind was failing, that is said, once."""
+        if self._failing:
+            failed = self._failing.pop(kind, None)
+            if failed is not None:
+                log.info(f"presence {kind} works again", failed=failed)
 
     async def _refreshed(self) -> None:
         """A leave waits for the refresh under way, which could otherwise register

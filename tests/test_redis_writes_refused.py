@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from structlog.testing import capture_logs
 
 from bamboo_session.persistence.redis import listener
 from bamboo_session.persistence.redis.storage import RedisStorage
@@ -90,3 +91,31 @@ async def test_the_pub_sub_connection_is_kept_while_redis_refuses_its_pings(
             got = await viewer.recv_type("event")
             assert got["seq"] == 1 and got["event"] == token("after"), got
         assert pubsub.reconnects == 0
+
+
+async def test_presence_failures_while_redis_refuses_writes_are_logged_once_a_kind(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    server = await refusable(start_redis, "full")
+    url = server.url(prefix=prefix_for(tmp_path), heartbeat=0.3)  # a beat each 0.1 s
+    async with run_server(store=url) as bamboo, attach(bamboo, "s", create=True):
+        with capture_logs() as logs:
+            async with refusing_writes(server):
+                failed_before = await command_stat(server, "evalsha", "failed_calls")
+                for _ in range(5):  # each a join, then a leave, that fail
+                    async with attach(bamboo, "s"):
+                        pass
+
+                async def beats_failed() -> bool:
+                    failed = await command_stat(server, "evalsha", "failed_calls")
+                    return failed >= failed_before + 30
+
+                await eventually(beats_failed, timeout=WAIT)
+            failed = [e for e in logs if e["event"].startswith("presence ")]
+            warned = [e for e in failed if e["log_level"] == "warning"]
+            assert 3 <= len(warned) <= PRESENCE_KINDS, warned
+
+            def said_again() -> bool:
+                return any(e["event"] == "presence heartbeat works again" for e in logs)
+
+            await eventually(said_again, timeout=WAIT)
