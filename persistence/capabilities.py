@@ -1,6 +1,7 @@
 """What a backend may offer beyond the storage contract (persistence/base.py), which the
 server looks for with ``isinstance``: the health of its syncs, the risk that its server
-loses acknowledged writes, the directories it writes in, and why it is not ready."""
+loses acknowledged writes, the directories it writes in, whether it takes writes now,
+and why it is not ready."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ class WriteLocations(Protocol):
     read-only. A store without files (memory, Redis) does not implement it."""
 
     def write_locations(self) -> tuple[Path, ...]: ...
+
+
+@runtime_checkable
+class WriteProbe(Protocol):
+    """A store without files that can tell whether it takes writes now, writing nothing
+    (the Redis store: Redis refuses writes while it cannot persist, ``MISCONF``; at its
+    ``maxmemory``, ``OOM``): while appends fail, ``/readyz`` trusts the store again
+    only once it says so, no sooner than it would trust one that cannot tell
+    (server/readiness.py)."""
+
+    async def probe_writes(self) -> None:
+        """Returns if the store would take a write now; StorageError if not."""
+        ...

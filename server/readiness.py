@@ -44,7 +44,14 @@ names them (``WriteLocations``: a JSONL store's logs, checkpoints and WAL; an SQ
 file's directory), within the same deadline. Each, not the store's base directory
 alone: one of them may fail by itself (made read-only, a mount of its own full or gone),
 and a probe beside it would pass while every append failed. A store without files is
-trusted again ``RETRY_AFTER`` seconds after its last failure, so that traffic tries it.
+trusted again ``RETRY_AFTER`` seconds after its last failure, so that traffic tries it;
+if it can tell whether it takes writes (``WriteProbe``: Redis, which refuses writes
+while it cannot persist, its disk full), only once it says it does, asked within the
+same deadline. Not sooner: its probe sees refusals of every write, not every failure
+of the store's (an index every session's appends write, written over by another
+client). Without it, with Redis still refusing every write, ``/readyz`` answered 200
+again ``RETRY_AFTER`` after the last failure, and a load balancer sent traffic back
+to fail (bench/redis_disk_full.py).
 
 A read or a probe the store does not answer is not started again until it ends (each
 would hold a thread, or a connection): ``/readyz`` answers 503 meanwhile, at once.
@@ -62,7 +69,7 @@ from pathlib import Path
 from typing import Final
 
 from bamboo_session.persistence.base import Storage, StorageError
-from bamboo_session.persistence.capabilities import NotReadyReason, WriteLocations
+from bamboo_session.persistence.capabilities import NotReadyReason, WriteLocations, WriteProbe
 from bamboo_session.protocol.models import SessionMetadata
 
 from .append_failures import AppendFailures
@@ -195,6 +202,8 @@ class Readiness:
         self._says_why = storage if isinstance(storage, NotReadyReason) else None
         # Where the store's appends write (none: a store without files, or read-only).
         self._probe_dirs = storage.write_locations() if isinstance(storage, WriteLocations) else ()
+        # A store without files that can say whether it takes writes (Redis).
+        self._asks_store = not self._probe_dirs and isinstance(storage, WriteProbe)
         self._probe_bytes = probe_bytes
         self.probe_every = PROBE_EVERY  # a test sets 0: a probe at each /readyz
         self._probed_at = -PROBE_EVERY
@@ -220,13 +229,16 @@ class Readiness:
             return f"an append has waited {waited:.1f} s for the store"
         if health.failure is None:
             return None
-        if not self._probe_dirs:
-            if time.monotonic() - health.failed_at >= RETRY_AFTER:
+        failing = f"appends are failing: {health.failure}"
+        if not self._probe_dirs:  # trusted again RETRY_AFTER on, if it takes writes then
+            if time.monotonic() - health.failed_at < RETRY_AFTER:
+                return failing
+            if not self._asks_store:
                 health.succeeded()
                 return None
-        elif await self._probe():
+        if await self._probe():
             return None
-        return f"appends are failing: {health.failure}"
+        return failing
 
     def _store_not_ready(self) -> str | None:
         """Why the store says it is not ready, in its own words where it has them."""
@@ -270,9 +282,13 @@ class Readiness:
         return self.health.failure is None
 
     async def _write_probe(self) -> int:
-        """Probes every directory; the store's failures reported when it began."""
+        """Probes every directory, or asks the store; the store's failures reported
+        when it began."""
         reported = self.health.reported
-        await asyncio.to_thread(write_probes, self._probe_dirs, self._probe_bytes)
+        if isinstance(self.storage, WriteProbe) and self._asks_store:
+            await self.storage.probe_writes()
+        else:
+            await asyncio.to_thread(write_probes, self._probe_dirs, self._probe_bytes)
         return reported
 
 

@@ -8,10 +8,10 @@ a snapshot that cannot be written), which Redis answers exactly as a full disk.
   the connection stays open, and ``/readyz`` answers 503 naming them. It stayed 503
   only while appends kept failing: ``RETRY_AFTER`` (10 s) after the last failure it
   answered 200 again, Redis still refusing every write, so a load balancer sent
-  traffic back to fail. Now ``/readyz`` probes Redis (a script that writes nothing,
-  which Redis refuses as it refuses a write) and stays 503 until Redis takes writes;
-  then it is 200 with no append made meanwhile, and the publisher's retry with the
-  same key is stored once.
+  traffic back to fail. Now, ``RETRY_AFTER`` on, ``/readyz`` also asks Redis (a script
+  that writes nothing, which Redis refuses as it refuses a write) and stays 503 until
+  Redis takes writes; then it is 200 with no append made meanwhile, and the
+  publisher's retry with the same key is stored once.
 - The pub/sub listener pings Redis after ``PING_EVERY`` of silence, and Redis refuses
   a ping with ``MISCONF`` too: each refusal was taken for a lost connection (a
   warning, a reconnect, every session caught up again, ``/readyz`` 503 for the pub/sub
@@ -34,6 +34,7 @@ from structlog.testing import capture_logs
 
 from bamboo_session.persistence.redis import listener
 from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.server import readiness
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.redis_server import RedisServer, able_to_refuse_writes, prefix_for, refusing_writes
@@ -60,6 +61,33 @@ async def command_stat(server: RedisServer, command: str, field: str) -> int:
     finally:
         await client.aclose()
     return int(stats.get(f"cmdstat_{command}", {}).get(field, 0))
+
+
+async def test_readyz_stays_503_while_redis_refuses_writes_and_is_200_once_it_takes_them(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    server = await refusable(start_redis, "full")
+    async with run_server(store=server.url(prefix=prefix_for(tmp_path))) as bamboo:
+        checks = bamboo.services.readiness
+        checks.probe_every = 0.0  # a probe at each /readyz
+        async with attach(bamboo, "s", create=True, role="agent") as (publisher, _):
+            event = {"type": "event", "id": 1, "key": "k1", "event": token("a")}
+            async with refusing_writes(server) as words:
+                refused = await publisher.request(event, "error")
+                assert refused["code"] == "internal", refused
+                assert words.split(" ")[0] in refused["message"], refused
+                status, reason = await get(bamboo, "/readyz")
+                assert status == 503 and "MISCONF" in reason, (status, reason)
+                # As long after the failure as a store that cannot be probed stays
+                # unready, no append made since: Redis refuses writes all the same.
+                checks.health.failed_at -= readiness.RETRY_AFTER
+                status, reason = await get(bamboo, "/readyz")
+                assert status == 503 and "MISCONF" in reason, (status, reason)
+            await eventually(lambda: ready(bamboo), timeout=WAIT)  # with no append
+            acked = await publisher.request({**event, "id": 2}, "ack")
+            assert acked["seq"] == 1 and not acked.get("duplicate"), acked
+            again = await publisher.request({**event, "id": 3}, "ack")
+            assert again == {"type": "ack", "id": 3, "seq": 1, "duplicate": True}, again
 
 
 async def test_the_pub_sub_connection_is_kept_while_redis_refuses_its_pings(

@@ -43,6 +43,12 @@ SOCKET_TIMEOUT = 10.0
 # rewrite runs even with appendfsync always), and what a restart comes back to if not.
 NO_FSYNC_ON_REWRITE = "no-appendfsync-on-rewrite"
 PERSISTENCE_SETTINGS = ("appendonly", "appendfsync", NO_FSYNC_ON_REWRITE, "save")
+# A script that writes nothing but declares, by its shebang without flags, that it may
+# write (Redis 7): Redis refuses it before it runs exactly when it refuses writes
+# (MISCONF while it cannot persist, OOM at its maxmemory, READONLY on a replica), and
+# runs it otherwise, changing nothing and propagating nothing. (A script without a
+# shebang is refused only at its first write: it would pass.)
+WRITE_PROBE = "#!lua\nreturn 1"
 
 
 def connect(
@@ -241,6 +247,10 @@ class Commands:
             )
         except redis.exceptions.RedisError as exc:
             raise unreachable(exc) from exc
+
+    async def probe_writes(self) -> None:
+        """Returns if Redis takes writes now (``WRITE_PROBE``); StorageError if not."""
+        await self.call("EVAL", WRITE_PROBE, 0)
 
     async def run(self, name: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script whose writes, if any, need no replica's word (made once more where

@@ -163,6 +163,9 @@ class RedisStorage:
             return f"no pub/sub connection to Redis at {listener.address}: {listener.lost_by}"
         return self.durability.evicting
 
+    async def probe_writes(self) -> None:  # WriteProbe: /readyz while appends fail
+        await self.redis.probe_writes()
+
     @property
     def may_lose_writes(self) -> bool:  # WriteLossRisk: bamboo_store_may_lose_writes
         return self.durability.may_lose_writes
