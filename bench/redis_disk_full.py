@@ -342,7 +342,8 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
         report["told"]["rejoiner_problems"] = [q for v in rejoiners for q in v.problems][:10]
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks, timeout=10)
+        _, running = await asyncio.wait(tasks, timeout=10)
+        report["clients_left_running"] = len(running)  # their acks would come after
         tasks.clear()
         rds.kill()  # a crash of Redis, then a start from its files
         report["restart_from_files"] = rds.start(30)
@@ -374,6 +375,8 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
 
 def problems_of(report: dict[str, Any]) -> list[str]:
     problems = list(report["compare"]["problems"])
+    if report["clients_left_running"]:
+        problems.append(f"{report['clients_left_running']} clients did not stop when told")
     if report["compare"]["lost_same_epoch"]:
         problems.append(f"{report['compare']['lost_same_epoch']} acked events lost, same epoch")
     if "NOT_RECOVERED" in report["recovery"]:

@@ -56,14 +56,18 @@ async def compare(port: int, pubs: list[Publisher]) -> dict[str, Any]:
         "lost_same_epoch": 0,
         "acked_under_changed_epoch": 0,
         "missing_under_changed_epoch": 0,
+        "epochs": {},  # by session: acked under each epoch, and the epoch served now
     }
     problems: list[str] = []
     for pub in pubs:
         by_epoch: dict[str, dict[str, int]] = {}
         for key, (seq, epoch) in pub.acked.items():
             by_epoch.setdefault(epoch, {})[key] = seq
+        told = out["epochs"][pub.session_id] = {"acked": {}, "now": None}
         for epoch, acked in by_epoch.items():
             read = await resume_from_zero(port, pub.session_id, epoch)
+            told["acked"][epoch] = len(acked)
+            told["now"] = read["epoch"]
             out["acked"] += len(acked)
             if not read["gap_free"]:
                 problems.append(f"{pub.session_id}: the replay from 0 has a gap")
