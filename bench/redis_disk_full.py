@@ -46,8 +46,7 @@ from typing import Any
 import redis
 import websockets.asyncio.client
 
-from .common import cpu_seconds, rss_kib
-from .redis_bad_day import Cluster, free_port, http, recovered
+from .redis_bad_day import Cluster, free_port, recovered
 from .redis_bad_day_clients import (
     PATIENCE,
     Publisher,
@@ -59,7 +58,7 @@ from .redis_bad_day_clients import (
     publish,
     view,
 )
-from .redis_disk_full_checks import compare, log_window
+from .redis_disk_full_checks import Sampler, compare, since, snapshot, tallies
 
 MODES = ("aof_always", "aof_everysec", "rdb")
 SESSIONS = 3
@@ -175,82 +174,6 @@ def fill(path: Path) -> int:
             out.flush()
             written += len(chunk)
     return written
-
-
-class Sampler:
-    """Samples both instances' ``/readyz`` every half second into ``codes`` and
-    ``reasons``, from ``start`` until ``stop``."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.codes: set[tuple[int, ...]] = set()
-        self.reasons: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> dict[str, Any]:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
-        return {"codes": sorted(self.codes), "reasons": self.reasons}
-
-    async def _run(self) -> None:
-        while True:
-            answers = [await asyncio.to_thread(http, p, "/readyz") for p in self.cluster.ports]
-            self.codes.add(tuple(code for code, _ in answers))
-            for code, body in answers:
-                if code != 200:
-                    reason = body[:220]
-                    self.reasons[reason] = self.reasons.get(reason, 0) + 1
-            await asyncio.sleep(0.5)
-
-
-def snapshot(cluster: Cluster) -> dict[str, Any]:
-    """Log offsets, CPU seconds and RSS of both instances, now."""
-    procs = [p for p in cluster.instances if p is not None]
-    return {
-        "offsets": [(cluster.work / f"i{i}.log").stat().st_size for i in (0, 1)],
-        "cpu": [cpu_seconds(p.pid) for p in procs],
-        "rss": [rss_kib(p.pid) for p in procs],
-        "at": time.monotonic(),
-    }
-
-
-def since(cluster: Cluster, before: dict[str, Any]) -> dict[str, Any]:
-    after = snapshot(cluster)
-    seconds = after["at"] - before["at"]
-    return {
-        "seconds": round(seconds, 1),
-        "cpu_share": [
-            round((b - a) / seconds, 3) for a, b in zip(before["cpu"], after["cpu"], strict=True)
-        ],
-        "rss_kib": [before["rss"], after["rss"]],
-        "log": [
-            log_window(cluster.work / f"i{i}.log", before["offsets"][i], after["offsets"][i])
-            for i in (0, 1)
-        ],
-    }
-
-
-def tallies(pubs: list[Publisher], viewers: list[Viewer], creator: Tally) -> dict[str, Any]:
-    def merged(group: list[Tally]) -> dict[str, Any]:
-        out: dict[str, Any] = {"errors": {}, "closes": {}, "hangs": 0}
-        for tally in group:
-            for kind in ("errors", "closes"):
-                for name, count in getattr(tally, kind).items():
-                    out[kind][name] = out[kind].get(name, 0) + count
-            out["hangs"] += tally.hangs
-        return out
-
-    return {
-        "publishers": merged([p.tally for p in pubs]),
-        "viewers": merged([v.tally for v in viewers]),
-        "creator": merged([creator]),
-        "viewer_problems": [q for v in viewers for q in v.problems][:10],
-        "error_messages": {m: c for p in pubs for m, c in p.tally.messages.items()},
-    }
 
 
 async def outage(mode: str, rds: RedisOnTmpfs, hold: float, crash: bool) -> dict[str, Any]:

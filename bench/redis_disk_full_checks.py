@@ -1,17 +1,21 @@
-"""What ``bench.redis_disk_full`` reads back and sums up: a fresh resume from seq 0 of
-each session compared with what its publisher had acknowledged, and the instances'
-log lines (by level and event, tracebacks) in a window of the run."""
+"""What ``bench.redis_disk_full`` watches, reads back and sums up: both instances'
+``/readyz`` sampled, their CPU, RSS and log lines (by level and event, tracebacks) over
+a window of the run, what the peers were told, and a fresh resume from seq 0 of each
+session compared with what its publisher had acknowledged."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
 
-from .redis_bad_day_clients import PATIENCE, Publisher, hello
+from .common import cpu_seconds, rss_kib
+from .redis_bad_day import Cluster, http
+from .redis_bad_day_clients import PATIENCE, Publisher, Tally, Viewer, hello
 
 
 def key_of(event: dict[str, Any]) -> str:
@@ -63,7 +67,8 @@ async def compare(port: int, pubs: list[Publisher]) -> dict[str, Any]:
         by_epoch: dict[str, dict[str, int]] = {}
         for key, (seq, epoch) in pub.acked.items():
             by_epoch.setdefault(epoch, {})[key] = seq
-        told = out["epochs"][pub.session_id] = {"acked": {}, "now": None}
+        told: dict[str, Any] = {"acked": {}, "now": None}
+        out["epochs"][pub.session_id] = told
         for epoch, acked in by_epoch.items():
             read = await resume_from_zero(port, pub.session_id, epoch)
             told["acked"][epoch] = len(acked)
@@ -114,3 +119,79 @@ def log_window(path: Path, start: int, end: int | None = None) -> dict[str, Any]
         if name not in first:
             first[name] = {k: v for k, v in entry.items() if k not in ("timestamp", "level")}
     return {"lines": len(lines), "by_event": events, "first": first, "tracebacks": tracebacks}
+
+
+class Sampler:
+    """Samples both instances' ``/readyz`` every half second into ``codes`` and
+    ``reasons``, from ``start`` until ``stop``."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.codes: set[tuple[int, ...]] = set()
+        self.reasons: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        return {"codes": sorted(self.codes), "reasons": self.reasons}
+
+    async def _run(self) -> None:
+        while True:
+            answers = [await asyncio.to_thread(http, p, "/readyz") for p in self.cluster.ports]
+            self.codes.add(tuple(code for code, _ in answers))
+            for code, body in answers:
+                if code != 200:
+                    reason = body[:220]
+                    self.reasons[reason] = self.reasons.get(reason, 0) + 1
+            await asyncio.sleep(0.5)
+
+
+def snapshot(cluster: Cluster) -> dict[str, Any]:
+    """Log offsets, CPU seconds and RSS of both instances, now."""
+    procs = [p for p in cluster.instances if p is not None]
+    return {
+        "offsets": [(cluster.work / f"i{i}.log").stat().st_size for i in (0, 1)],
+        "cpu": [cpu_seconds(p.pid) for p in procs],
+        "rss": [rss_kib(p.pid) for p in procs],
+        "at": time.monotonic(),
+    }
+
+
+def since(cluster: Cluster, before: dict[str, Any]) -> dict[str, Any]:
+    after = snapshot(cluster)
+    seconds = after["at"] - before["at"]
+    return {
+        "seconds": round(seconds, 1),
+        "cpu_share": [
+            round((b - a) / seconds, 3) for a, b in zip(before["cpu"], after["cpu"], strict=True)
+        ],
+        "rss_kib": [before["rss"], after["rss"]],
+        "log": [
+            log_window(cluster.work / f"i{i}.log", before["offsets"][i], after["offsets"][i])
+            for i in (0, 1)
+        ],
+    }
+
+
+def tallies(pubs: list[Publisher], viewers: list[Viewer], creator: Tally) -> dict[str, Any]:
+    def merged(group: list[Tally]) -> dict[str, Any]:
+        out: dict[str, Any] = {"errors": {}, "closes": {}, "hangs": 0}
+        for tally in group:
+            for kind in ("errors", "closes"):
+                for name, count in getattr(tally, kind).items():
+                    out[kind][name] = out[kind].get(name, 0) + count
+            out["hangs"] += tally.hangs
+        return out
+
+    return {
+        "publishers": merged([p.tally for p in pubs]),
+        "viewers": merged([v.tally for v in viewers]),
+        "creator": merged([creator]),
+        "viewer_problems": [q for v in viewers for q in v.problems][:10],
+        "error_messages": {m: c for p in pubs for m, c in p.tally.messages.items()},
+    }
