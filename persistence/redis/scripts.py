@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final
@@ -238,11 +239,17 @@ async def run_and_wait(
     raise StorageError(f"redis: script {name} could not be loaded")
 
 
+# Redis 7 ends the error of a call a script made with where in the script it was made
+# (`` script: <sha1>, on @user_script:<line>.``): our insides, not words for a peer's
+# error frame or an operator's /readyz.
+_WHERE_IN_SCRIPT: Final = re.compile(r"\s*script: [0-9a-f]+, on @user_script:\d+\.?\s*$")
+
+
 def translate(exc: redis.exceptions.ResponseError) -> Exception:
     """A script's typed error as the contract's exception; a key of the wrong type
     (Redis 7 keeps the code of an error a script's call raised) as KeyOfWrongType;
     anything else as a StorageError naming what Redis said."""
-    text = str(exc)
+    text = _WHERE_IN_SCRIPT.sub("", str(exc))
     if text.startswith("WRONGTYPE "):
         return KeyOfWrongType(f"redis: {text}")
     if not text.startswith("BAMBOO_"):
