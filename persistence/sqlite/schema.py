@@ -112,6 +112,9 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     """The one connection that writes, with the schema brought up to date."""
     connection = _connect(f"file:{_quote(path)}?mode=rwc")
     try:
+        # Before WAL mode, which is written in the file's header: a file refused (of
+        # another program, or a newer version) is left as it was.
+        _version(connection, path)
         if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
             raise StorageError(f"{path}: SQLite refused WAL mode (is it on a network share?)")
         connection.execute(f"PRAGMA synchronous = {synchronous}")
