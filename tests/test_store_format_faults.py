@@ -24,6 +24,7 @@ from bamboo_session.persistence.base import StoreTooNew
 from tests.disk_full_support import mounted_tmpfs
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess
+from tests.test_redis_acl import acl_user
 from tests.test_store_format import jsonl_store_with_a_session
 
 NOT_WRITTEN = "could not be written"
@@ -169,3 +170,19 @@ async def test_an_sqlite_file_refused_at_a_writable_open_is_left_as_it_was(
     with pytest.raises(refusal):
         await open_storage(f"sqlite://{path}")
     assert path.read_bytes() == before
+
+
+async def test_an_acl_that_refuses_the_format_record_s_commands(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``SET`` refused: the store opens as format 1, with a warning. ``GET`` refused:
+    a bad configuration (``serve`` exits 2) saying which command to allow, not "redis
+    unavailable" (exit 1, restarted for ever)."""
+    redis = start_redis("redis")
+    url = await acl_user(redis, tmp_path, "-set")
+    storage = await open_storage(url)
+    await storage.close()
+    assert [r for r in caplog.records if NOT_WRITTEN in r.getMessage()]
+    url = await acl_user(redis, tmp_path, "-get")
+    with pytest.raises(StoreMisconfigured, match=r"refuses GET .*format"):
+        await open_storage(url, read_only=True)

@@ -52,6 +52,11 @@ async def check_format(client: Redis, layout: Layout, writable: bool) -> int:
         found = await read(client, "GET", key)
         if found is None and writable:
             found = await _set_record(client, key)
+    except redis.exceptions.NoPermissionError as exc:  # an ACL: the same at every open
+        raise StoreMisconfigured(
+            f"Redis refuses GET of {key} to the store's user ({described(exc)}): allow "
+            "it (ACL +get, or +@read), as the store reads its format there"
+        ) from None
     except redis.exceptions.ResponseError as exc:
         if str(exc).startswith("WRONGTYPE"):
             raise StoreMisconfigured(_not_a_record(key, "a value of another type")) from None
