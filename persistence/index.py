@@ -13,7 +13,7 @@ change goes through :meth:`SessionIndex.set_state`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,11 +81,14 @@ class SessionIndex:
     def query(self, query: SessionFilter) -> SessionListResult:
         """The page of sessions matching ``query``. The metadata objects are the index's
         own; the caller copies them before they leave the storage."""
-        matches = self._select(query)
         offset, limit = max(query.offset, 0), max(query.limit, 0)
+        wanted = offset + limit
+        if wanted == 0:  # a count alone (server/store_stats.py): nothing to copy or order
+            total = self._count(query)
+            return SessionListResult(sessions=[], total=total, offset=offset, limit=limit)
+        matches = self._select(query)
         key = _SORT_KEYS[query.sort_by]
         descending = query.sort_order == SortOrder.DESC
-        wanted = offset + limit
         if wanted < len(matches) // 4:
             # A small page of a large result: a heap beats sorting everything.
             pick = heapq.nlargest if descending else heapq.nsmallest
@@ -96,6 +99,13 @@ class SessionIndex:
             sessions=ordered[offset:wanted], total=len(matches), offset=offset, limit=limit
         )
 
+    def _count(self, query: SessionFilter) -> int:
+        candidates = self._candidates(query)
+        checks = _predicates(query)
+        if not checks:
+            return len(candidates)
+        return sum(1 for m in candidates if all(check(m) for check in checks))
+
     def _select(self, query: SessionFilter) -> list[SessionMetadata]:
         candidates = self._candidates(query)
         checks = _predicates(query)
@@ -103,7 +113,7 @@ class SessionIndex:
             return list(candidates)
         return [m for m in candidates if all(check(m) for check in checks)]
 
-    def _candidates(self, query: SessionFilter) -> Iterable[SessionMetadata]:
+    def _candidates(self, query: SessionFilter) -> Collection[SessionMetadata]:
         if not self._secondary:
             return self._by_id.values()
         sets: list[set[str]] = []

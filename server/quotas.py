@@ -211,12 +211,12 @@ class SessionQuotas:
 
     async def _count_in_store(self, owner: str) -> OwnerCount:
         storage = self.storage
-        mine = await storage.list_sessions(SessionFilter(user_id=owner, limit=1))
+        mine = await storage.list_sessions(SessionFilter(user_id=owner, limit=0))  # counts alone
         # The closed ones matter to the live cap only, and not once the stored cap
         # refuses whatever the creation replaces (a user hammering at it: one listing).
         if self.max_per_user <= 0 or 0 < self.max_stored_per_user < mine.total:
             return OwnerCount(live=mine.total, stored=mine.total)
         closed = await storage.list_sessions(
-            SessionFilter(user_id=owner, state=SessionState.CLOSED, limit=1)
+            SessionFilter(user_id=owner, state=SessionState.CLOSED, limit=0)
         )
         return OwnerCount(live=mine.total - closed.total, stored=mine.total)

@@ -166,7 +166,7 @@ class StoreStats:
                 log.exception("counting the stored sessions failed")
 
     async def _count(self) -> None:
-        found = await self.storage.list_sessions(SessionFilter(limit=1))
+        found = await self.storage.list_sessions(SessionFilter(limit=0))  # a count alone
         self.metrics.sessions_stored.set(found.total)
         if self.caps is not None:
             self.caps.counted(found.total)

@@ -75,3 +75,20 @@ async def test_an_offset_far_past_the_end_is_an_empty_page(store: Storage) -> No
     for offset in (2**53 + 2, 2**63 - 1):
         result = await store.list_sessions(SessionFilter(offset=offset))
         assert (result.sessions, result.total, result.offset) == ([], 1, offset)
+
+
+async def test_a_listing_of_no_sessions_is_a_count(store: Storage) -> None:
+    """``limit=0``: how many match, and no page (server/store_stats.py and the
+    per-user caps count so: the memory and JSONL stores then order nothing)."""
+    for i in range(5):
+        await new_session(store, f"s{i}", user_id="u1" if i < 3 else "u2", title=f"Chat {i}")
+    await store.update_session_state("s1", SessionState.CLOSED)
+    for query, total in (
+        (SessionFilter(limit=0), 5),
+        (SessionFilter(user_id="u1", limit=0), 3),
+        (SessionFilter(user_id="u1", state=SessionState.CLOSED, limit=0), 1),
+        (SessionFilter(title_contains="Chat 4", limit=0), 1),
+        (SessionFilter(user_id="nobody", limit=0), 0),
+    ):
+        result = await store.list_sessions(query)
+        assert (result.sessions, result.total, result.limit) == ([], total, 0), query
