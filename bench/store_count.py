@@ -19,16 +19,16 @@ import asyncio
 import statistics
 import time
 
-from bamboo_session.persistence import SessionFilter, open_storage
+from bamboo_session.persistence import SessionFilter, Storage, open_storage
 from bamboo_session.protocol import Session
 
 
-async def timed(store: object, query: SessionFilter, rounds: int) -> tuple[float, int]:
+async def timed(store: Storage, query: SessionFilter, rounds: int) -> tuple[float, int]:
     """The median CPU seconds of ``rounds`` listings, and the total they found."""
     seconds, total = [], 0
     for _ in range(rounds):
         started = time.thread_time()
-        found = await store.list_sessions(query)  # type: ignore[attr-defined]
+        found = await store.list_sessions(query)
         seconds.append(time.thread_time() - started)
         total = found.total
     return statistics.median(seconds), total
