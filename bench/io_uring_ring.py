@@ -38,7 +38,10 @@ def ring_unavailable() -> str | None:
     """Why no ring can run here, or None."""
     if liburing is None:
         return "the liburing module is not installed (pip install liburing)"
-    trial = subprocess.run([sys.executable, "-c", _TRIAL], capture_output=True, timeout=60)
+    try:
+        trial = subprocess.run([sys.executable, "-c", _TRIAL], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "a trial ring made in a child did not come back within 60 s"
     if trial.returncode < 0:
         name = signal.Signals(-trial.returncode).name
         return f"the liburing module dies of {name} on this CPU (its wheel's build)"
