@@ -122,9 +122,12 @@ class CuttingProxy:
             loop.call_later(CUT_DEADLINE, link.abort)
         return len(victims)
 
-    def freeze(self, most: int, held: bool | None = None) -> int:
+    def freeze(
+        self, most: int, held: bool | None = None, thaw_after: tuple[float, float] = THAW_AFTER
+    ) -> int:
         """Freezes up to ``most`` connections drawn at random, each held for good or
-        thawed later, as ``held`` says (None: a coin toss each); how many it froze."""
+        thawed later (after ``thaw_after`` seconds, drawn uniformly), as ``held`` says
+        (None: a coin toss each); how many it froze."""
         victims = self.rng.sample(list(self.links), min(most, len(self.links)))
         loop = asyncio.get_running_loop()
         for link in victims:
@@ -138,7 +141,7 @@ class CuttingProxy:
             if link.held:
                 self.freezes_held += 1
             else:
-                loop.call_later(self.rng.uniform(*THAW_AFTER), self._thaw, link)
+                loop.call_later(self.rng.uniform(*thaw_after), self._thaw, link)
         return len(victims)
 
     def _thaw(self, link: Link) -> None:
