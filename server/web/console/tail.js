@@ -8,7 +8,8 @@
  * Events come from any peer of the session, so what they cost the page is bounded:
  * a block shows at most MAX_CHARS characters (a growing text block goes on in a new
  * block; a longer value is cut), because laying out a block costs its whole text, and
- * the page is measured (to follow the end) once per frame, not once per event.
+ * the page is measured (to follow the end) once per frame, not once per event. A text
+ * block's tokens join its last text node rather than each add a node of its own.
  */
 
 import { NO_RUN, breakable, clip, h, json } from "./dom.js";
@@ -93,7 +94,12 @@ export class Tail {
     }
     const shown = clip(content, MAX_CHARS);
     const [nodes, end] = breakable(shown, this.open.end); // tokens add up to one run
-    this.open.text.append(nodes);
+    // A token is a few characters: as a node of its own each, a full block held
+    // thousands of nodes, and the tail's bound hundreds of MB of them. Text that needs
+    // no break goes on the block's last text node instead.
+    const last = this.open.text.lastChild;
+    if (typeof nodes === "string" && last instanceof Text) last.appendData(nodes);
+    else this.open.text.append(nodes);
     this.open.size += shown.length;
     this.open.end = end;
     this.open.block.dataset.to = String(seq);
