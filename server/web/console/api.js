@@ -17,6 +17,13 @@
 const TOKEN_KEY = "bamboo.console.token";
 // Ms of waits one read makes in all before it gives up and says why.
 const RETRY_PATIENCE = 10 * 60_000;
+// Ms a read may go without a byte of its answer before it gives up. A connection that
+// died silently (a NAT that forgot it, a partition: no FIN, no RST) held a read, and the
+// page's "Loading…", for as long as the browser kept the socket: a quarter of an hour of
+// TCP retries, or for ever behind a proxy that still acknowledges. The browser reuses
+// an idle kept-alive connection for the next read, so the first read after such a death
+// lands on it. A page of the API is at most 1 MiB, sent as it is read.
+export const READ_SILENCE = 30_000;
 
 /**
  * Where the waits of reads told to ask again are announced: a `wait` event (`detail`:
@@ -70,15 +77,61 @@ export function tokenClaims(token) {
   }
 }
 
+/** A read given up: nothing of its answer came for `silence` ms. */
+export class ReadSilent extends Error {
+  /** @param {number} silence */
+  constructor(silence) {
+    super(`no answer from the server for ${Math.round(silence / 1000)} s`);
+    this.name = "ReadSilent";
+  }
+}
+
 /**
- * GET a JSON resource of this server; throws {@link ApiError} on an HTTP error. A 429 or
- * a 503 with `Retry-After` is asked again after it, while `alive()` (the view that
- * asked is still shown), for RETRY_PATIENCE ms of waits at most.
+ * `fetch(url)` and its body as text, given up with {@link ReadSilent} (its socket
+ * with it) once `silence` ms pass without a byte of the answer: before the head, or
+ * between two chunks of the body.
+ * @param {URL} url @param {Record<string, string>} headers @param {number} silence
+ * @returns {Promise<{ response: Response, text: string }>}
+ */
+async function fetchText(url, headers, silence) {
+  const controller = new AbortController();
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  const heard = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => controller.abort(new ReadSilent(silence)), silence);
+  };
+  heard();
+  try {
+    const response = await fetch(url, { headers, cache: "no-store", signal: controller.signal });
+    heard();
+    const decoder = new TextDecoder();
+    let text = "";
+    const reader = /** @type {ReadableStream<Uint8Array>} */ (response.body).getReader();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      heard();
+      text += decoder.decode(chunk.value, { stream: true });
+    }
+    return { response, text: text + decoder.decode() };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * GET a JSON resource of this server; throws {@link ApiError} on an HTTP error, and
+ * {@link ReadSilent} when nothing of the answer came for `silence` ms (READ_SILENCE).
+ * A 429 or a 503 with `Retry-After` is asked again after it, while `alive()` (the view
+ * that asked is still shown), for RETRY_PATIENCE ms of waits at most.
  * @param {string} path @param {Record<string, string | number | undefined>} [params]
- * @param {{ alive?: () => boolean }} [options]
+ * @param {{ alive?: () => boolean, silence?: number }} [options]
  * @returns {Promise<any>}
  */
-export async function getJson(path, params = {}, { alive = () => true } = {}) {
+export async function getJson(
+  path,
+  params = {},
+  { alive = () => true, silence = READ_SILENCE } = {},
+) {
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(params)) {
     if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
@@ -89,8 +142,13 @@ export async function getJson(path, params = {}, { alive = () => true } = {}) {
     const headers = { Accept: "application/json" };
     const token = getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(url, { headers, cache: "no-store" });
-    const body = await response.json().catch(() => null);
+    const { response, text } = await fetchText(url, headers, silence);
+    let body = null;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      // Not JSON (a proxy's error page, say): the status says what happened.
+    }
     if (response.ok) return body;
     const error = body?.error ?? {};
     const failure = new ApiError(

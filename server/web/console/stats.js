@@ -7,12 +7,16 @@
  * A failed sync of the store (`store_sync_failed`, 1 until the server restarts) is
  * shown as a warning above the page, saying what it means and what to do; it stays
  * while the server is away (the failure is its last word) and goes once the server
- * says 0, as the restarted one does.
+ * says 0, as the restarted one does. One read at a time: one that hears nothing for
+ * SILENCE_MS (its connection died silently) counts as the server away.
  */
 
 import { getJson } from "./api.js";
 
 const PERIOD_MS = 2000;
+// A read that hears nothing for this long (ms) finds the server away, as a refused one
+// does: its connection may have died silently, which no error would ever say.
+const SILENCE_MS = 5 * PERIOD_MS;
 
 /** @param {string} id @param {string} text */
 function put(id, text) {
@@ -38,9 +42,15 @@ function syncFailed(figure) {
 export function watchStats() {
   /** @type {{ time: number, events_appended: number } | null} */
   let previous = null;
+  let reading = false;
   const read = async () => {
+    // One read at a time: reads that hang (a server that accepts and never answers)
+    // would otherwise take a new connection every period, and the browser's few to
+    // this origin with them, which the page's other reads then wait for.
+    if (reading) return;
+    reading = true;
     try {
-      const figures = await getJson("/api/v1/stats");
+      const figures = await getJson("/api/v1/stats", {}, { silence: SILENCE_MS });
       put("stat-connections", String(figures.connections));
       put("stat-live", String(figures.sessions_live));
       put("stat-parked", String(figures.sessions_parked));
@@ -56,6 +66,8 @@ export function watchStats() {
       previous = null; // the server is away (restarting?): show the last figures
       put("stat-rate", "–");
       away(true);
+    } finally {
+      reading = false;
     }
   };
   void read();
