@@ -38,6 +38,7 @@ import random
 import signal
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class BrowserSoak:
         follower += f"&recycle={int(self.args.recycle * 1000)}"
         self.pages.append(await Watched.open(browser, "client", follower))
 
-    async def _soak(self, stop: asyncio.Event, runs: list[asyncio.Future[None]]) -> None:
+    async def _soak(self, stop: asyncio.Event, runs: Sequence[asyncio.Future[None]]) -> None:
         self.started = time.monotonic()
         deadline = self.started + self.args.minutes * 60
         sampler = asyncio.ensure_future(self._sample_every())
