@@ -63,6 +63,7 @@ class ServerProcess:
         self.port = 0
         self._drain: threading.Thread | None = None
         self._profiler: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None  # the server's environment (None: ours)
 
     def start(self, port: int = 0) -> ServerProcess:
         argv = [a.replace("{port}", str(port)) for a in self.argv]
@@ -72,6 +73,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=ROOT,
+            env=self.env,
             preexec_fn=raise_open_file_limit,
         )
         assert self.proc.stderr is not None
