@@ -23,6 +23,10 @@ is built on. Every backend means them the same way, and one contract test suite
 - ``touch`` records activity (sliding TTL), except on a closed session, which has none:
   its expiry stays as it was when it closed. Checkpoints, write-ahead logs and
   durability modes are a backend's own business, not the contract's.
+- Times are the store's: ``now()`` is the clock it stamps with and judges expiry by,
+  and the one a caller compares stored times with (never its own: another machine's
+  on a shared store). A store one process holds never stamps a time behind one it
+  holds, whatever its wall clock does (persistence/clock.py).
 - Session ids are validated before any path or key is built from them.
 - An epoch fences a log: a session deleted and created again under its id, or an
   expired one replaced, has a new epoch, and an append or a read given the old one
@@ -355,6 +359,12 @@ class SessionStorage(EventStorage, Protocol):
 
     async def cleanup_expired_sessions(self) -> int:
         """Removes every session whose TTL has passed; returns how many."""
+        ...
+
+    def now(self) -> datetime:
+        """The store's clock now: what it stamps ``updated_at``, ``last_activity_at``,
+        ``expires_at`` and events' ``ts`` with, and judges expiry by (``is_expired``
+        of a session read from it is ``metadata.is_expired(storage.now())``)."""
         ...
 
 

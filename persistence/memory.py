@@ -1,6 +1,6 @@
 """MemoryStorage: the storage contract held in this process's memory, for tests and for
 embedding. Nothing survives the process; everything else behaves as on the durable
-backends (``memory://``)."""
+backends (``memory://``). Imports, and each session's log, are in memory_imports.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from bamboo_session.protocol.models import (
     SessionMetadata,
     SessionState,
     StoredEvent,
-    utcnow,
 )
 from bamboo_session.tasks import cancel_and_wait
 
@@ -36,6 +35,7 @@ from .base import (
     StorageError,
     StorageFull,
 )
+from .clock import StoreClock
 from .events import (
     UserBytes,
     check_room,
@@ -46,27 +46,16 @@ from .events import (
     within_bytes,
 )
 from .feed import CLOSED, DELETED, Feed, FeedSubscription
-from .importing import check_importable
 from .index import SessionIndex, copy_metadata
-from .keys import KeyWindow, split_duplicates
+from .keys import split_duplicates
+from .memory_imports import MemoryImports, SessionLog
 from .state_condition import check_condition, updated_since
 from .url import StoreOptions, StoreURL
 
 log = logging.getLogger(__name__)
 
 
-class _Log:
-    """One session's events, and the seqs of its ``message`` events."""
-
-    __slots__ = ("events", "keys", "message_seqs")
-
-    def __init__(self) -> None:
-        self.events: list[StoredEvent] = []
-        self.message_seqs: list[int] = []
-        self.keys = KeyWindow()
-
-
-class MemoryStorage:
+class MemoryStorage(MemoryImports):
     """Sessions and their logs in dictionaries. ``async with MemoryStorage() as s``, or
     ``await MemoryStorage.open()``."""
 
@@ -85,10 +74,11 @@ class MemoryStorage:
         self._users = UserBytes()  # what each user's sessions hold
         self._cleanup_interval = cleanup_interval
         self._index = SessionIndex()
-        self._logs: dict[str, _Log] = {}
+        self._logs: dict[str, SessionLog] = {}
         self._feed = Feed()
         self._cleanup: asyncio.Task[None] | None = None
         self._open = True
+        self._clock = StoreClock()  # what its times are stamped with (persistence/clock.py)
 
     @classmethod
     async def open(
@@ -129,7 +119,7 @@ class MemoryStorage:
         session_id = check_session_id(session.metadata.id)
         existing = self._index.get(session_id)
         if existing is not None:
-            if not (replace_expired and existing.is_expired()):
+            if not (replace_expired and existing.is_expired(self.now())):
                 raise SessionExists(f"session {session_id!r} already exists")
             self._remove(session_id)  # its place goes to the new one, with no await between
         elif self.max_sessions is not None and len(self._index) >= self.max_sessions:
@@ -141,8 +131,10 @@ class MemoryStorage:
         if meta.ttl is None and self.default_ttl is not None:
             meta.ttl = self.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+        if (stamp := self._clock.restamped(meta.updated_at)) is not None:
+            meta.touch(stamp)  # the creator's clock is behind the store's
         self._index.add(meta)
-        self._logs[session_id] = _Log()
+        self._logs[session_id] = SessionLog()
         if session.messages:  # what the session is made with: not held to the cap
             items = [(MessageEvent(message), None) for message in session.messages]
             self._append(meta, self._logs[session_id], items, capped=False)
@@ -206,7 +198,7 @@ class MemoryStorage:
         if updated_since(meta.updated_at, unless_updated_since):
             return copy_metadata(meta)  # written since its caller read it: left as it is
         self._index.set_state(session_id, state)
-        meta.updated_at = utcnow()
+        meta.updated_at = self._clock.stamp()
         if state == SessionState.CLOSED:
             self._feed.end(session_id, CLOSED)
         return copy_metadata(meta)
@@ -216,11 +208,11 @@ class MemoryStorage:
         meta = self._meta(session_id, epoch)
         self._check_not_expired(meta)
         if meta.state != SessionState.CLOSED:  # a closed session has no activity
-            meta.touch()
+            meta.touch(self._clock.stamp())
 
     async def cleanup_expired_sessions(self) -> int:
         self._require_open()
-        now = utcnow()
+        now = self._clock.now()
         expired = [meta.id for meta in self._index if meta.is_expired(now)]
         for session_id in expired:
             self._remove(session_id)
@@ -239,12 +231,16 @@ class MemoryStorage:
         return self._append(meta, self._logs[session_id], items)
 
     def _append(
-        self, meta: SessionMetadata, log_: _Log, items: Sequence[AppendItem], capped: bool = True
+        self,
+        meta: SessionMetadata,
+        log_: SessionLog,
+        items: Sequence[AppendItem],
+        capped: bool = True,
     ) -> list[Appended]:
         fresh, results = split_duplicates(items, meta.last_seq, log_.keys)
         if not fresh:
             return results
-        now = utcnow()
+        now = self._clock.stamp()
         stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
         adding = sum(stored_size(event.event_json, event.key) for event in stored)
         if capped:
@@ -305,45 +301,6 @@ class MemoryStorage:
     async def epoch(self, session_id: str) -> str:
         return self._meta(session_id).epoch
 
-    # -- import (SessionImport) -----------------------------------------------------
-
-    async def import_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
-        self._require_open()
-        meta = self._meta(session_id)
-        check_importable(session_id, events)
-        log_ = self._logs[session_id]
-        expected = meta.last_seq + 1
-        for event in events:
-            if event.seq != expected:
-                raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
-            expected += 1
-        for event in events:
-            log_.events.append(event)
-            if event.key is not None:
-                log_.keys.add(event.key, event.seq)
-            if isinstance(event.event, MessageEvent):
-                log_.message_seqs.append(event.seq)
-        if events:
-            meta.last_seq = events[-1].seq
-            meta.message_count = len(log_.message_seqs)
-            adding = sum(stored_size(event.event_json, event.key) for event in events)
-            meta.stored_bytes += adding
-            self._users.add(meta.user_id, adding)
-            log_.keys.forget_before(meta.last_seq)
-            self._feed.publish(session_id, list(events))
-
-    async def import_metadata(self, metadata: SessionMetadata) -> None:
-        self._require_open()
-        meta = self._meta(metadata.id)
-        self._index.set_state(meta.id, metadata.state)
-        meta.updated_at = metadata.updated_at
-        meta.last_activity_at = metadata.last_activity_at
-        meta.expires_at = metadata.expires_at
-        meta.ttl = metadata.ttl
-        meta.extra = dict(metadata.extra)
-        if metadata.state == SessionState.CLOSED:  # as a close does: its viewers are told
-            self._feed.end(meta.id, CLOSED)
-
     # -- helpers --------------------------------------------------------------------
 
     def _messages(self, session_id: str, start: int, end: int) -> list[Message]:
@@ -369,8 +326,12 @@ class MemoryStorage:
             raise SessionNotFound(f"session {session_id!r} not found")
         return meta
 
+    def now(self) -> datetime:
+        """The store's clock: the wall clock, never behind a time the store holds."""
+        return self._clock.now()
+
     def _check_not_expired(self, meta: SessionMetadata) -> None:
-        if meta.is_expired():
+        if meta.is_expired(self._clock.now()):
             raise SessionExpired(f"session {meta.id!r} has expired")
 
     def _require_open(self) -> None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from bamboo_session.protocol.codec import encode_stored_event
-from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent, utcnow
+from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
 
 from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError
+from ..clock import StoreClock
 from ..events import UserBytes, check_room, check_user_room, completed_event
 from ..failure_log import FailureLog
 from ..feed import Feed
@@ -61,8 +63,10 @@ class Appender:
         messages: MessageCache,
         feed: Feed,
         jobs: FileJobs,
+        clock: StoreClock,
     ) -> None:
         self.layout = config.layout
+        self._clock = clock  # events' ts
         self.max_session_bytes = config.max_session_bytes
         self.max_user_bytes = config.max_user_bytes
         self.wal_kept_max_bytes = config.wal_kept_max_bytes
@@ -110,7 +114,7 @@ class Appender:
         check_settled(record)
         self.check_wal_kept()
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        stored, results = _to_store(items, record.next_seq, window or _NO_KEYS)
+        stored, results = _to_store(items, record.next_seq, window or _NO_KEYS, self._clock.stamp())
         if stored:
             batch = _batch(stored, imported=False)
             if capped:
@@ -334,13 +338,12 @@ class Appender:
 
 
 def _to_store(
-    items: Sequence[AppendItem], next_seq: int, window: KeyWindow
+    items: Sequence[AppendItem], next_seq: int, window: KeyWindow, now: datetime
 ) -> tuple[list[StoredEvent], list[Appended]]:
     """The items' fresh events as stored, and what each item became. A function of
     its own so that nothing of the split outlives it: what an append in flight holds
     until its commit, the cycle collector walks again and again."""
     fresh, results = split_duplicates(items, next_seq, window)
-    now = utcnow()
     stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
     return stored, results
 

@@ -34,6 +34,7 @@ class JsonlImports(JsonlQueries):
         if not events:
             return
         check_importable(session_id, events)
+        self._clock.saw(events[-1].ts)  # the store's clock never goes back behind them
         window = None
         if any(event.key is not None for event in events):
             window = await self._appends.key_window(session_id)
@@ -46,6 +47,7 @@ class JsonlImports(JsonlQueries):
         check_settled(record)
         self._index.set_state(metadata.id, metadata.state)
         record.take_metadata(metadata)
+        self._clock.saw(metadata.updated_at, metadata.last_activity_at)
         self._checkpoints.changed(record)
         await self._checkpoints.write(metadata.id, durable=True)
         if metadata.state == SessionState.CLOSED:

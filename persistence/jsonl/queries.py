@@ -12,6 +12,8 @@ Expired sessions (sliding TTL) refuse ``load_session`` and histories with
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
     Message,
@@ -29,6 +31,7 @@ from ..base import (
     SessionNotFound,
     StorageError,
 )
+from ..clock import StoreClock
 from ..events import page_bounds
 from ..feed import CLOSED, Feed, FeedSubscription
 from ..index import SessionIndex, copy_metadata
@@ -53,6 +56,7 @@ class JsonlQueries:
         # The store's threads for file work (reads, checkpoints, deletions): see tasks.py.
         self._jobs = FileJobs()
         self._history = HistoryReader(self.layout, self._messages, not config.read_only, self._jobs)
+        self._clock = StoreClock()  # what its times are stamped with (persistence/clock.py)
 
     @property
     def read_only(self) -> bool:
@@ -153,6 +157,10 @@ class JsonlQueries:
             raise SessionNotFound(f"session {session_id!r} not found")
         return record
 
+    def now(self) -> datetime:
+        """The store's clock: its wall clock, never behind a time it holds."""
+        return self._clock.now()
+
     def _check_not_expired(self, record: SessionRecord) -> None:
-        if record.meta.is_expired():
+        if record.meta.is_expired(self._clock.now()):
             raise SessionExpired(f"session {record.meta.id!r} has expired")

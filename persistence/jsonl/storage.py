@@ -32,7 +32,6 @@ from bamboo_session.protocol.models import (
     Session,
     SessionMetadata,
     SessionState,
-    utcnow,
 )
 
 from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageError, StorageFull
@@ -72,7 +71,13 @@ class JsonlStorage(JsonlImports):
             config, self._records, self._history, self._tasks.spawn, self._jobs
         )
         self._appends = Appender(
-            config, self._records, self._checkpoints, self._messages, self._feed, self._jobs
+            config,
+            self._records,
+            self._checkpoints,
+            self._messages,
+            self._feed,
+            self._jobs,
+            self._clock,
         )
         self._writer = self._appends.writer
         self._files = SessionFiles(
@@ -100,6 +105,7 @@ class JsonlStorage(JsonlImports):
         self.recovery = await open_files(self.config, self._lock_file)
         for record in records_of(self.recovery):
             self._members.admit(record)  # (each user's sum, rebuilt from the logs)
+            self._clock.saw(record.meta.updated_at, record.meta.last_activity_at)
             if record.is_dirty() and not self._read_only:
                 self._checkpoints.dirty.add(record.session_id)
         if self._read_only:
@@ -190,7 +196,7 @@ class JsonlStorage(JsonlImports):
             )
         creating = self._files.creating
         old = self._records.get(session_id)
-        replacing = old is not None and replace_expired and old.meta.is_expired()
+        replacing = old is not None and replace_expired and old.meta.is_expired(self.now())
         if (old is not None and not replacing) or session_id in creating:
             raise SessionExists(f"session {session_id!r} already exists")
         if replacing:
@@ -200,6 +206,8 @@ class JsonlStorage(JsonlImports):
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
         self._files.reserve(session_id)
         meta = new_metadata(session.metadata, self.config.default_ttl)
+        if (stamp := self._clock.restamped(meta.updated_at)) is not None:
+            meta.touch(stamp)  # the creator's clock is behind the store's
         if old is not None:
             await to_completion(self._replace(old, meta))
         else:
@@ -260,7 +268,7 @@ class JsonlStorage(JsonlImports):
         if state in _FINAL_STATES:
             check_settled(record)  # (no await since: the check holds for the write)
         self._index.set_state(session_id, state)
-        record.meta.updated_at = utcnow()
+        record.meta.updated_at = self._clock.stamp()
         self._checkpoints.changed(record)
         if state in _FINAL_STATES:
             await self._checkpoints.write(session_id, durable=True)
@@ -274,7 +282,7 @@ class JsonlStorage(JsonlImports):
         self._check_not_expired(record)
         if record.meta.state == SessionState.CLOSED:  # a closed session has no activity
             return
-        record.meta.touch()
+        record.meta.touch(self._clock.stamp())
         self._checkpoints.changed(record)
 
     async def cleanup_expired_sessions(self) -> int:
@@ -284,7 +292,7 @@ class JsonlStorage(JsonlImports):
         failing every round held up every session after it. Once the WAL kept since a
         failed sync passes its bound no delete is made, and the round ends."""
         self._require_writable()
-        now = utcnow()
+        now = self._clock.now()
         expired = [meta.id for meta in self._index if meta.is_expired(now)]
         removed = 0
         for session_id in expired:

@@ -21,8 +21,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from bamboo_session.protocol.models import utcnow
-
 from ..base import StorageError
 from ..feed import DELETED
 from .client import stop_task
@@ -78,7 +76,7 @@ class Maintenance:
         index = storage.layout.index
         removed = 0
         while True:
-            now = to_micros(utcnow())
+            now = to_micros(storage.now())
             candidates = await storage.redis.read(
                 "ZRANGEBYSCORE", index + "expires", "-inf", now, "LIMIT", 0, BATCH
             )

@@ -64,6 +64,7 @@ READ_COMMANDS: Final = frozenset(
         "HMGET",
         "HSCAN",
         "INFO",
+        "TIME",
         "TYPE",
         "XRANGE",
         "ZRANGE",

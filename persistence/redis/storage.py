@@ -54,6 +54,7 @@ from .client import (
     connect_listener,
     refuse_replica,
 )
+from .clock import RedisClock
 from .config import RedisConfig
 from .durability import DurabilityWatch
 from .eviction import warn_of_eviction
@@ -100,6 +101,7 @@ class RedisStorage:
         if isinstance(pool, CheckedPool):  # every connection made checks the generation
             pool.on_connect = self.generation.on_connect
         self.durability = DurabilityWatch(client, self.generation, config.heartbeat)
+        self.clock = RedisClock(self.redis, self.durability.interval)  # Redis's TIME
         self._open = True
         self._closing = CloseOnce()
         self.list_step = LIST_STEP  # candidates a listing reads per script call
@@ -136,6 +138,7 @@ class RedisStorage:
             if lossy and not storage.generation.sees_restarts and not config.read_only:
                 raise StoreMisconfigured(UNSEEN_RESTARTS)
             await storage.live.listener.start()
+            await storage.clock.start()  # the last step that may fail: its task ends here
         except BaseException:
             await client.aclose()
             raise
@@ -178,6 +181,10 @@ class RedisStorage:
     def pubsub_unreadable(self) -> int:  # PubSubCounts: bamboo_redis_pubsub_unreadable
         return self.live.listener.unreadable
 
+    def now(self) -> datetime:
+        """The store's clock: Redis's, as this process last read it (clock.py)."""
+        return self.clock.now()
+
     async def close(self) -> None:
         """Stop the background work, the listener and the client. Safe to call twice: a
         call made while another closes returns once that close has ended (CloseOnce)."""
@@ -188,6 +195,7 @@ class RedisStorage:
         try:
             await self.maintenance.stop()
             await self.durability.stop()
+            await self.clock.stop()
         finally:  # the connections closed whatever the close is cancelled at
             self.live.feed.end_all()
             try:
@@ -209,6 +217,7 @@ class RedisStorage:
         if meta.ttl is None and self.config.default_ttl is not None:
             meta.ttl = self.config.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+        self.clock.restamp(meta)  # times by Redis's clock, as every later write's
         maximum = self.config.max_sessions
         channel = self.layout.channel(session_id)
         replaced = await self.redis.write(

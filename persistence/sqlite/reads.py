@@ -112,6 +112,20 @@ def session_row(db: sqlite3.Connection, session_id: str) -> SessionRow | None:
     return row
 
 
+def newest_times(db: sqlite3.Connection) -> list[datetime]:
+    """The newest times the store holds, for its clock (persistence/clock.py): of
+    activity (events share it), of creations, and of states written to sessions now
+    ``active`` or ``idle`` (what a restart parks, fenced by time: server/restart_park.py).
+    Each read through an index, never the whole table: a state written to a session
+    parked or closed since may be newer, and is only listed a little out of order."""
+    found = db.execute(
+        "SELECT (SELECT max(last_activity_at) FROM sessions), "
+        "(SELECT max(created_at) FROM sessions), "
+        "(SELECT max(updated_at) FROM sessions WHERE state IN ('active', 'idle'))"
+    ).fetchone()
+    return [datetime.fromisoformat(text) for text in found if text is not None]
+
+
 def metadata(db: sqlite3.Connection, session_id: str) -> SessionMetadata | None:
     row = session_row(db, session_id)
     return None if row is None else metadata_of(row)
@@ -124,9 +138,10 @@ def existing(db: sqlite3.Connection, session_id: str) -> SessionMetadata:
     return metadata_of(row)
 
 
-def live(db: sqlite3.Connection, session_id: str) -> SessionMetadata:
+def live(db: sqlite3.Connection, session_id: str, now: datetime) -> SessionMetadata:
+    """The session's metadata, unless it has expired by ``now`` (the store's clock)."""
     meta = existing(db, session_id)
-    if meta.is_expired():
+    if meta.is_expired(now):
         raise SessionExpired(f"session {session_id!r} has expired")
     return meta
 
@@ -145,21 +160,21 @@ def log_position(
 
 
 def load_session(
-    db: sqlite3.Connection, session_id: str
+    db: sqlite3.Connection, session_id: str, now: datetime
 ) -> tuple[SessionMetadata, list[Message]] | None:
     db.execute("BEGIN")
     row = session_row(db, session_id)
     if row is None:
         return None
     meta = metadata_of(row)
-    if meta.is_expired():
+    if meta.is_expired(now):
         raise SessionExpired(f"session {session_id!r} has expired")
     return meta, _messages(db, session_id, 0, meta.message_count)
 
 
-def history(db: sqlite3.Connection, session_id: str) -> list[Message]:
+def history(db: sqlite3.Connection, session_id: str, now: datetime) -> list[Message]:
     db.execute("BEGIN")
-    meta = live(db, session_id)
+    meta = live(db, session_id, now)
     return _messages(db, session_id, 0, meta.message_count)
 
 
@@ -168,10 +183,11 @@ def history_page(
     session_id: str,
     limit: int,
     before: int | None,
-    epoch: str | None = None,
+    epoch: str | None,
+    now: datetime,
 ) -> tuple[list[Message], int]:
     db.execute("BEGIN")
-    meta = live(db, session_id)
+    meta = live(db, session_id, now)
     if epoch is not None and meta.epoch != epoch:  # another session took its id
         raise SessionNotFound(f"session {session_id!r} not found")
     start, end = page_bounds(meta.message_count, limit, before)

@@ -47,6 +47,7 @@ from ..base import (
     SessionListResult,
     StorageError,
 )
+from ..clock import StoreClock
 from ..close_once import CloseOnce
 from ..feed import FeedSubscription
 from ..importing import check_importable
@@ -74,13 +75,14 @@ class SqliteStorage:
     def __init__(self, config: SqliteStorageConfig) -> None:
         self.config = config
         path = config.path
+        self._clock = StoreClock()  # what its times are stamped with (persistence/clock.py)
         self._lock = store_lock(path)
         self._readers = Readers(path, config.readers)
         self._writer: Writer | None = None
         self._checkpointer: Checkpointer | None = None
         if not config.read_only:
             connect = functools.partial(connect_writer, path, SYNCHRONOUS[config.durability])
-            self._writer = Writer(path, connect)
+            self._writer = Writer(path, connect, self._clock)
             self._checkpointer = Checkpointer(path)
         self._live = Live()
         self._cleanup: asyncio.Task[None] | None = None
@@ -117,6 +119,7 @@ class SqliteStorage:
             if self._checkpointer is not None:
                 await self._checkpointer.start()
             await self._readers.start()
+            self._clock.saw(*await self._readers.run(reads.newest_times))
         except BaseException as exc:
             await self._readers.close()
             if self._checkpointer is not None:
@@ -180,6 +183,8 @@ class SqliteStorage:
         if meta.ttl is None and default_ttl is not None:
             meta.ttl = default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=default_ttl)
+        if (stamp := self._clock.restamped(meta.updated_at)) is not None:
+            meta.touch(stamp)  # the creator's clock is behind the store's
         messages = writes.prepare([(MessageEvent(message), None) for message in session.messages])
         work = functools.partial(
             writes.create,
@@ -190,8 +195,12 @@ class SqliteStorage:
         )
         await self._write(work, functools.partial(self._live.created, session_id))
 
+    def now(self) -> datetime:
+        """The store's clock: its wall clock, never behind a time it holds."""
+        return self._clock.now()
+
     async def load_session(self, session_id: str) -> Session | None:
-        found = await self._read(reads.load_session, check_session_id(session_id))
+        found = await self._read(reads.load_session, check_session_id(session_id), self.now())
         return None if found is None else Session(found[0], found[1])
 
     async def get_metadata(self, session_id: str) -> SessionMetadata | None:
@@ -209,14 +218,14 @@ class SqliteStorage:
         return await self._read(reads.user_sessions, user_id)
 
     async def get_session_history(self, session_id: str) -> list[Message]:
-        return await self._read(reads.history, check_session_id(session_id))
+        return await self._read(reads.history, check_session_id(session_id), self.now())
 
     async def get_history_page(
         self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
     ) -> HistoryPage:
         query = reads.history_page
         session_id = check_session_id(session_id)
-        messages, start = await self._read(query, session_id, limit, before, epoch)
+        messages, start = await self._read(query, session_id, limit, before, epoch, self.now())
         return HistoryPage(messages, start, start > 0)
 
     async def append_message(
@@ -308,6 +317,7 @@ class SqliteStorage:
         check_session_id(session_id)
         check_importable(session_id, events)
         batch = list(events)
+        self._clock.saw(*(event.ts for event in batch[-1:]))  # never back behind them
         work = functools.partial(writes.import_events, session_id=session_id, events=batch)
         await self._write(work, lambda _: self._live.published(session_id, batch))
 
@@ -321,6 +331,7 @@ class SqliteStorage:
 
         work = functools.partial(writes.import_metadata, meta=metadata)
         await self._write(work, after)
+        self._clock.saw(metadata.updated_at, metadata.last_activity_at)
 
     # -- recount (StoredBytesRecount) -----------------------------------------------
 

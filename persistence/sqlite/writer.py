@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from bamboo_session.protocol.errors import InvalidSessionId, InvalidTransition
-from bamboo_session.protocol.models import utcnow
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
+from ..clock import StoreClock
 from ..failure_log import FailureLog
 from .checkpoint import FoldPending, WalFold
 from .rows import RowCache
@@ -67,9 +67,12 @@ class _Op(Generic[T]):
 class Writer:
     """Runs submitted operations in batches, one transaction each (group commit)."""
 
-    def __init__(self, path: Path, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self, path: Path, connect: Callable[[], sqlite3.Connection], clock: StoreClock
+    ) -> None:
         self._path = path
         self._connect = connect
+        self._clock = clock  # each batch's time: its rows' and events'
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="bamboo-sqlite-write")
         self._db: sqlite3.Connection | None = None
         self._queue: list[_Op[Any]] = []
@@ -151,7 +154,7 @@ class Writer:
         db = self._db
         assert db is not None
         self._fold.before_write(db)
-        batch = Batch(db, utcnow(), self._rows, self._session_count)
+        batch = Batch(db, self._clock.stamp(), self._rows, self._session_count)
         outcomes: list[tuple[bool, Any]] = []
         try:
             db.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,90 @@
+"""RedisClock: Redis's clock as this process reads it (``RedisStorage.now``).
+
+A Redis store stamps ``updated_at``, ``last_activity_at``, ``expires_at`` and events'
+``ts`` with Redis's clock (``TIME`` in its scripts, common.lua ``clock``), and judges
+expiry by it; every instance of the server reads those times, on machines whose clocks
+may be seconds or hours from Redis's. An instance that compared them with its own
+clock took a session for expired when Redis did not (4404 to every attach of a session
+Redis held alive, its live peers closed with ``session expired``, every HTTP read 404,
+with the instance's clock an hour ahead and a TTL of an hour), and for quiet when its
+peers had spoken (bench/clock_jump.py, bench/RESULTS.md). So the server compares them
+with this: the offset of Redis's ``TIME`` from this process's monotonic clock, read at
+the open and every ``interval`` seconds after, added to the monotonic clock. A step of
+this machine's wall clock moves nothing here; one of Redis's is seen at the next
+reading. Until the first reading, and where Redis refuses ``TIME`` (an ACL), it is this
+machine's wall clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
+
+from bamboo_session.protocol.models import SessionMetadata, utcnow
+
+from ..base import StorageError
+from .client import stop_task
+
+if TYPE_CHECKING:
+    from .client import Commands
+
+log = logging.getLogger(__name__)
+
+# How far a creator's clock may be from Redis's before a new session's times are Redis's:
+# created by a clock an hour behind, with a TTL of an hour, it expired before its first
+# append; by one an hour ahead, it outlived its TTL by that hour.
+CREATOR_CLOCK_OFF: Final = timedelta(seconds=1)
+
+
+class RedisClock:
+    """Redis's ``TIME``, carried between readings by this process's monotonic clock."""
+
+    def __init__(self, redis: Commands, interval: float) -> None:
+        self._redis = redis
+        self.interval = interval
+        self._offset: float | None = None  # Redis's time less the monotonic clock, seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def now(self) -> datetime:
+        """Redis's clock now, as last read (this machine's wall clock before any read)."""
+        if self._offset is None:
+            return utcnow()
+        return datetime.fromtimestamp(time.monotonic() + self._offset, UTC)
+
+    def restamp(self, meta: SessionMetadata) -> None:
+        """A new session's activity (and expiry) at Redis's now, if the clock that
+        stamped it is more than ``CREATOR_CLOCK_OFF`` from Redis's; its ``created_at``
+        stays the creator's."""
+        now = self.now()
+        if abs(meta.updated_at - now) > CREATOR_CLOCK_OFF:
+            meta.touch(now)
+
+    async def read(self) -> None:
+        """Reads Redis's ``TIME``: the offset, taken at the middle of the round trip."""
+        before = time.monotonic()
+        seconds, micros = await self._redis.read("TIME")
+        after = time.monotonic()
+        self._offset = int(seconds) + int(micros) / 1_000_000 - (before + after) / 2
+
+    async def start(self) -> None:
+        """The first reading (a Redis that refuses ``TIME`` is said once), then one
+        every ``interval`` seconds."""
+        try:
+            await self.read()
+        except StorageError as exc:
+            log.warning("cannot read Redis's clock, this machine's is used: %s", exc)
+        self._task = asyncio.create_task(self._loop(), name="bamboo-redis-clock")
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.read()
+            except StorageError as exc:  # Redis away: the last reading stands meanwhile
+                log.debug("reading Redis's clock failed: %s", exc)
