@@ -7,8 +7,7 @@ never split between two calls, so that the store takes them whole or not at all.
 Fan-out does not come from those results but from the store: while connections are
 attached the actor follows the session with ``storage.subscribe``, and hands each event
 to its :class:`~.room.SessionRoom`, which sends it to every connection but its
-publisher's. So events appended by another process (a shared store) reach this
-process's viewers the same way as its own.
+publisher's: events another process appended (a shared store) reach viewers alike.
 
 Spawning an actor reads the session's metadata and nothing else; idempotency is the
 store's. A parked actor (no connection) holds no task, no subscription and a small ring.
@@ -92,8 +91,9 @@ class SessionActor:
         self.metrics = metrics
         self._on_retired = on_retired
         self.presence = presence  # session-wide, on a store processes share (presence.py)
-        held = held_state(metadata.state, presence.shared)
-        self.status = SessionStatus(self.session_id, held, storage, metadata.ttl, metadata.epoch)
+        shared = presence.shared
+        held, ttl, epoch = held_state(metadata.state, shared), metadata.ttl, metadata.epoch
+        self.status = SessionStatus(metadata.id, held, storage, ttl, epoch, shared)
         self.status.owed = held != metadata.state  # parked at its first look, if not before
         self.room = SessionRoom(
             metadata.epoch, metadata.last_seq, config.ring_size, config.ring_bytes, budget
@@ -121,7 +121,7 @@ class SessionActor:
     ) -> SessionActor:
         """An actor for a stored session: its metadata is all it reads."""
         metadata = await storage.get_metadata(session_id)
-        refusal = attach_refusal(metadata, session_id)
+        refusal = attach_refusal(metadata, session_id, storage.now())
         if refusal is not None or metadata is None:
             raise refusal or SessionNotFound(session_id)
         return cls(metadata, storage, config, metrics, on_retired, presence, budget, health)
@@ -370,8 +370,8 @@ class SessionActor:
         if repeated := self.room.deliver(events):
             feed_repeated(self, events, repeated)
         # Once per batch, for its oldest event: the lag that batch's viewers saw at
-        # most, at a cost that does not grow with the batch.
-        lag = time.time() - events[0].ts.timestamp()
+        # most, at a cost that does not grow with the batch (on the store's clock: its ts).
+        lag = (self.storage.now() - events[0].ts).total_seconds()
         self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
 
     def end(self, code: CloseCode, reason: str, *, replays_go_on: bool = False) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from bamboo_session.persistence.base import (
@@ -276,15 +277,18 @@ class ActorRetired(Exception):
 
 
 def attach_refusal(
-    metadata: SessionMetadata | None, session_id: str, access: AccessRefusal | None = None
+    metadata: SessionMetadata | None,
+    session_id: str,
+    now: datetime,
+    access: AccessRefusal | None = None,
 ) -> Exception | None:
     """Why a session may not be attached to (by a peer ``access`` may refuse), if it
-    may not."""
+    may not; ``now``: the store's clock (``Storage.now``), which its expiry is of."""
     if metadata is None:
         return SessionNotFound(session_id)
     if access is not None and (refused := access(metadata)) is not None:
         return refused
-    if metadata.is_expired():
+    if metadata.is_expired(now):
         return SessionExpired(session_id)
     if metadata.state == SessionState.CLOSED:
         return SessionClosed(session_id)

@@ -160,7 +160,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     metadata = await actor.storage.get_metadata(actor.session_id)
     if command.future.done():
         return
-    refusal = attach_refusal(metadata, actor.session_id, command.access)
+    refusal = attach_refusal(metadata, actor.session_id, actor.storage.now(), command.access)
     if refusal is not None or metadata is None:
         command.future.set_exception(refusal or SessionNotFound(actor.session_id))
         return

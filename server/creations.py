@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -30,9 +31,10 @@ Create = Callable[[SessionMetadata | None], Coroutine[Any, Any, Session]]
 class Creations:
     """The creations under way (``SessionManager.ensure_session``), one per id."""
 
-    def __init__(self, read: ReadMetadata, reads: PageReads) -> None:
+    def __init__(self, read: ReadMetadata, reads: PageReads, now: Callable[[], datetime]) -> None:
         self._read = read
         self._reads = reads
+        self._now = now  # the store's clock, which the sessions' expiry is of
         self._under_way: dict[str, asyncio.Future[Session]] = {}
 
     def __contains__(self, session_id: str) -> bool:
@@ -52,11 +54,11 @@ class Creations:
         existing = await self._read(session_id, deadline)
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
-        if _missing(existing) and (creating := self._under_way.get(session_id)) is not None:
+        if self._missing(existing) and (creating := self._under_way.get(session_id)) is not None:
             theirs = asyncio.wait([creating])
             await (theirs if deadline is None else self._reads.within(deadline, theirs))
             existing = await self._read(session_id, deadline)
-        if existing is not None and not existing.is_expired():
+        if existing is not None and not existing.is_expired(self._now()):
             return existing
         creation = self._start(session_id, create(existing))
         with contextlib.suppress(SessionExists):  # another caller created it first
@@ -66,7 +68,7 @@ class Creations:
         found = await self._read(session_id, None)
         if found is None:  # created and deleted in between: let the caller retry
             raise SessionNotFound(session_id)
-        if found.is_expired():  # the store's clock says it has not expired yet
+        if found.is_expired(self._now()):  # created by another caller, and expired since
             raise SessionExpired(session_id)
         return found
 
@@ -90,7 +92,6 @@ class Creations:
         if failure is not None and not is_expected(failure):
             log.error("creating a session failed", session_id=session_id, exc_info=failure)
 
-
-def _missing(metadata: SessionMetadata | None) -> bool:
-    """Whether a creation would make the session: it is not stored, or has expired."""
-    return metadata is None or metadata.is_expired()
+    def _missing(self, metadata: SessionMetadata | None) -> bool:
+        """Whether a creation would make the session: it is not stored, or has expired."""
+        return metadata is None or metadata.is_expired(self._now())

@@ -218,7 +218,7 @@ async def _session_resource(
     # have the session it then brings back, and a 404 would tell the asker it is gone.
     await services.manager.actors.unheld(session_id, deadline)
     metadata = await reads.lookup(lambda: services.manager.get_metadata(session_id), deadline)
-    if metadata is None or metadata.is_expired():
+    if metadata is None or metadata.is_expired(services.manager.storage.now()):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "session not found")
     services.access.check_session(principal, metadata)
     if tail == "events":

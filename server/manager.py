@@ -76,7 +76,7 @@ class SessionManager:
         # config.store_read_timeout, and how many pages are read at once (pages.py).
         self.page_reads = PageReads(config.read_slots, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
-        self.creations = Creations(self.stored_metadata, self.page_reads)
+        self.creations = Creations(self.stored_metadata, self.page_reads, storage.now)
         self.endings = SessionEndings(self.actors, storage, self.page_reads)
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce, self._registered_again)

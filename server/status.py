@@ -19,7 +19,7 @@ from bamboo_session.persistence.base import (
     StorageError,
 )
 from bamboo_session.persistence.feed import CLOSED, DELETED
-from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
+from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 log = structlog.get_logger("bamboo_session.actor")
 
@@ -63,6 +63,7 @@ class SessionStatus:
         "idle_written_at",
         "owed",
         "session_id",
+        "shared",
         "state",
         "storage",
         "ttl",
@@ -76,8 +77,12 @@ class SessionStatus:
         storage: Storage,
         ttl: int | None = None,
         epoch: str | None = None,
+        shared: bool = False,
     ) -> None:
         self.session_id = session_id
+        # Other processes write the session too (Redis): its stored activity is weighed
+        # with this one's quiet, by the store's clock (``Storage.now``).
+        self.shared = shared
         self.state = state
         self.storage = storage
         self.ttl = ttl  # seconds of inactivity before it expires; None: never
@@ -188,7 +193,7 @@ class SessionStatus:
         name = repr(self.session_id)
         if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
             return SessionNotFound(f"session {name} not found")
-        if metadata.is_expired() or metadata.state == SessionState.EXPIRED:
+        if metadata.is_expired(self.storage.now()):
             return SessionExpired(f"session {name} has expired")
         return SessionClosed(f"session {name} was closed by another process")
 
@@ -203,7 +208,7 @@ class SessionStatus:
         metadata = await self.storage.get_metadata(self.session_id)
         if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
             return  # deleted or replaced: the notice, or the next look, ends it here
-        if metadata.is_expired() or metadata.state != SessionState.DISCONNECTED:
+        if metadata.is_expired(self.storage.now()) or metadata.state != SessionState.DISCONNECTED:
             return
         held, self.state = self.state, SessionState.DISCONNECTED
         try:
@@ -231,14 +236,14 @@ class SessionStatus:
             return True
         self.expires_at = metadata.expires_at
         ended = (SessionState.EXPIRED, SessionState.CLOSED)
-        return metadata.is_expired() or metadata.state in ended
+        return metadata.is_expired(self.storage.now()) or metadata.state in ended
 
     def parked_look(self, look: float) -> float:
         """Seconds to a parked session's next look: ``look``, or just past the expiry
         the last look read, when that is sooner."""
         if self.expires_at is None:
             return look
-        until = (self.expires_at - utcnow()).total_seconds()
+        until = (self.expires_at - self.storage.now()).total_seconds()
         return min(look, max(until, 0.0) + PAST_EXPIRY)
 
     async def touch(self) -> None:
@@ -263,7 +268,7 @@ class SessionStatus:
         metadata = await self.storage.get_metadata(self.session_id)
         if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
             return DELETED  # the session that took its id is not this one's to look at
-        if metadata.is_expired():
+        if metadata.is_expired(self.storage.now()):
             return EXPIRED
         if metadata.state == SessionState.CLOSED != self.state:
             return CLOSED  # by another process, its notice late or lost
@@ -286,16 +291,21 @@ class SessionStatus:
 
     async def _quiet(self, metadata: SessionMetadata, idle_timeout: float) -> None:
         """No frame here for ``idle_timeout``: idle, unless the store recorded activity
-        within it. Already stored idle (by another process), it is taken as it is. The
+        within it, by its own clock (on a store only this process writes, all of it came
+        through here: its quiet, on the monotonic clock, is the session's, and a step of
+        the wall clock changes nothing). Already stored idle (by another process), it is
+        taken as it is. The
         write is refused should the store have been written since this look read it
         (another process's attach or append between the two): the session stays active
         here, as that activity says, and the next look weighs it."""
         if metadata.state == SessionState.IDLE:
             self.state = SessionState.IDLE
             return
-        elsewhere = (utcnow() - metadata.last_activity_at).total_seconds()
-        if elsewhere >= idle_timeout:
-            await self.become(SessionState.IDLE, unless_updated_since=metadata.updated_at)
+        if self.shared:
+            elsewhere = (self.storage.now() - metadata.last_activity_at).total_seconds()
+            if elsewhere < idle_timeout:
+                return
+        await self.become(SessionState.IDLE, unless_updated_since=metadata.updated_at)
 
     async def _spoken(self, metadata: SessionMetadata, traffic: bool) -> None:
         """This process's peers sent frames within ``idle_timeout``, and another process

@@ -24,7 +24,7 @@ from bamboo_session.persistence.base import (
     SortOrder,
     StorageError,
 )
-from bamboo_session.protocol.models import SessionMetadata, utcnow
+from bamboo_session.protocol.models import SessionMetadata
 
 from .tools import runner, session_id_argument, short_time
 from .tools_store import add_store_options, offline_store
@@ -88,8 +88,9 @@ class Progress:
 
 
 async def expired_sessions(storage: SessionStorage) -> list[SessionMetadata]:
-    """Every session whose TTL has passed, scanning the store a page at a time."""
-    now = utcnow()
+    """Every session whose TTL has passed (by the store's clock), scanning the store a
+    page at a time."""
+    now = storage.now()
     expired: list[SessionMetadata] = []
     progress = Progress("sessions scanned:")
     offset = 0
@@ -133,7 +134,7 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 async def _remove_if_expired(storage: SessionStorage, session_id: str) -> int:
     metadata = await storage.get_metadata(session_id)
-    if metadata is None or not metadata.is_expired():
+    if metadata is None or not metadata.is_expired(storage.now()):
         return 0  # gone, or touched since the scan
     try:
         await storage.delete_session(session_id)

@@ -39,6 +39,7 @@ class ServerProcess:
         self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.env: dict[str, str] | None = None  # its environment (None: this process's)
 
     def argv(self) -> list[str]:
         return [
@@ -79,6 +80,7 @@ class ServerProcess:
             stdout=log,
             stderr=log,
             cwd=ROOT,
+            env=self.env,
             preexec_fn=ending_with_this_process(self.preexec_fn),
         )
         log.close()
