@@ -37,7 +37,7 @@ from bamboo_session.persistence.base import (
     StorageError,
 )
 from bamboo_session.protocol.errors import InvalidTransition
-from bamboo_session.protocol.models import SessionMetadata, SessionState, utcnow
+from bamboo_session.protocol.models import SessionMetadata, SessionState
 from bamboo_session.tasks import cancel_and_wait
 
 log = structlog.get_logger("bamboo_session.restart_park")
@@ -83,7 +83,9 @@ class RestartPark:
         """One step per batch parked. A store that fails (or is read-only) ends them:
         logged; the sessions left are parked as their actors load, or at the next
         start."""
-        self.started, since = time.monotonic(), utcnow()  # written before now: left
+        # The store's clock, which gives every write after this read a later time,
+        # whatever the wall clock does (a machine that boots with its clock behind).
+        self.started, since = time.monotonic(), self.storage.now()
         try:
             for state in _LEFT_ATTACHED:
                 async for parked in _park_state(self.storage, state, since):
@@ -104,7 +106,7 @@ class RestartPark:
 
 
 async def _park_state(storage: Storage, state: SessionState, since: datetime) -> AsyncIterator[int]:
-    """Parks the sessions in ``state`` written before ``since``, a batch at a time (how
+    """Parks the sessions in ``state`` written by ``since``, a batch at a time (how
     many each parked). Those it could not park (expired: cleanup removes them) stay in
     the listing, in front: the next page starts past them."""
     skipped = 0
@@ -118,7 +120,7 @@ async def _park_state(storage: Storage, state: SessionState, since: datetime) ->
                 limit=BATCH,
             )
         )
-        stale = [metadata for metadata in page.sessions if metadata.updated_at < since]
+        stale = [metadata for metadata in page.sessions if metadata.updated_at <= since]
         if not stale:
             return
         outcomes = await asyncio.gather(*(_park(storage, metadata) for metadata in stale))

@@ -14,7 +14,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,40 @@ async def test_the_first_attach_to_a_session_stored_active_with_no_connection_re
         await asyncio.sleep(0.1)  # the detach, in the actor's turn
         status, read = await get(server, "/api/v1/sessions/chat?limit=1")
         assert read["metadata"]["state"] == "disconnected"
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_what_a_dead_server_stamped_ahead_of_the_restarts_clock_is_parked(
+    kind: str, tmp_path: Path
+) -> None:
+    """The machine came back with its clock an hour behind the times its store holds
+    (its clock set back before the crash, or one that boots before NTP sets it): the
+    park fenced by the wall clock took what the dead server left ``active`` for written
+    since its own start, and left it so for good (bench/clock_jump.py). The store's
+    clock never goes back behind the times it holds: they are before the park's."""
+    url = store_url(kind, tmp_path)
+    storage = await open_storage(url, default_ttl=3600, cleanup_interval=None)
+    try:
+        for name in ("a", "b"):
+            await storage.create_session(Session.new(name, user_id="u", ttl=3600))
+            await storage.update_session_state(name, SessionState.ACTIVE)
+            metadata = await storage.get_metadata(name)
+            assert metadata is not None
+            metadata.updated_at = metadata.last_activity_at = utcnow() + timedelta(hours=1)
+            metadata.expires_at = metadata.last_activity_at + timedelta(hours=1)
+            await storage.import_metadata(metadata)  # as a clock an hour ahead wrote it
+    finally:
+        await storage.close()
+    storage = await open_storage(url, default_ttl=3600, cleanup_interval=None)
+    try:
+        park = RestartPark(storage)
+        await park.begin()
+        assert park.task is None and park.parked == 2
+        for name in ("a", "b"):
+            metadata = await storage.get_metadata(name)
+            assert metadata is not None and metadata.state == SessionState.DISCONNECTED
+    finally:
+        await storage.close()
 
 
 @pytest.mark.parametrize("kind", STORES)
