@@ -57,6 +57,7 @@ from .replay import send_replay
 from .replay_shares import ReplayShare
 from .sent_events import WRITER
 from .services import Services
+from .token_expiry import TokenExpiry
 
 # Frames the reader takes in a row before it gives the loop a turn (a refused one gives
 # it at once): pings, and publishes while the connection has room in flight, await
@@ -108,7 +109,7 @@ class Connection:
         self.outbox: Outbox | None = None
         self._overflow_counted = False
         self._closer: asyncio.Task[None] | None = None
-        self.expiry: asyncio.TimerHandle | None = None  # the close at the token's expiry
+        self.expiry: TokenExpiry | None = None  # the close at the token's expiry
         self.frames_in = 0
         self.frames_out = 0
         self.started = time.monotonic()

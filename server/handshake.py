@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -43,6 +42,7 @@ from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
 from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
+from .token_expiry import TokenExpiry
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -182,7 +182,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         if isinstance(ws, BambooConnection):
             ws.closes_itself = True  # a stop leaves its close to the outbox
         if principal is not None and principal.valid_until is not None:
-            conn.expiry = _close_at_expiry(principal.valid_until, outbox)
+            conn.expiry = TokenExpiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:
         services.stored_caps.note_refusal(exc)  # at a stored-session cap: counted, logged
         failure = failure_of(exc)
@@ -206,15 +206,6 @@ def _noting_creation(admit: Admission, created: list[float]) -> Admission:
         created.append(asyncio.get_running_loop().time())
 
     return noting
-
-
-def _close_at_expiry(valid_until: float, outbox: Outbox) -> asyncio.TimerHandle:
-    """A connection does not outlive its token: at expiry it is closed with 4401
-    (after what is queued), and the client resumes with a fresh token."""
-    delay = max(0.0, valid_until - time.time())
-    return asyncio.get_running_loop().call_later(
-        delay, outbox.close, CloseCode.UNAUTHORIZED, "token expired"
-    )
 
 
 def batch_items(config: ServerConfig) -> int:
