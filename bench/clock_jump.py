@@ -36,6 +36,8 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ LIBRARIES = (
 TTL, SHORT_TTL, IDLE = 3600, 600, 2.0
 TOKEN_LIFE = 1800  # seconds the token holder's token has left, on the real clock
 SETTLE, AFTER, RESTARTED = 3.0, 7.0, 2.0  # seconds before the jump, after it, after a restart
+PHASE: dict[str, Any] = {}  # where the running scenario is, for a report should it stall
 REDIS_RESTARTED = 6.0  # past the presence sweep of the dead instance (heartbeat=3: 4 s)
 BOUND = 120.0  # seconds a scenario may take in all (the machine may be loaded)
 JUMPS = {"past_expiry": 7200, "within_expiry": 1800, "back_hour": -3600, "none": 0}
@@ -229,11 +232,15 @@ async def run_scenario(scenario: Scenario, work: Path, library: str) -> dict[str
     else:
         url = f"jsonl://{work / 'data'}"
     await precreate(url)
-    bamboo = server(url, work / "server.log", library, offset, scenario.monotonic).start()
+    bamboo = server(url, work / "server.log", library, offset, scenario.monotonic)
+    PHASE.update(phase="start", log=bamboo.log_path, server=bamboo)
+    await asyncio.to_thread(bamboo.start)
     pub = peers.Publisher("live")
     try:
         report = await observe(scenario, bamboo, offset, pub)
-        bamboo.terminate()
+        PHASE["phase"] = "stop"
+        await asyncio.to_thread(bamboo.terminate)
+        PHASE["phase"] = "reading the store"
         report["acked_gone_with_expiry"], report["acked_lost"] = await lost_acks(url, pub)
         report["log"] = log_problems(work / "server.log")
         return report
@@ -247,6 +254,7 @@ async def observe(
     scenario: Scenario, bamboo: ServerProcess, offset: Path, pub: peers.Publisher
 ) -> dict[str, Any]:
     port = bamboo.port
+    PHASE.update(phase="peers", pid=bamboo.pid)
     await leave_parked(port)
     viewer = peers.Viewer("live")
     talking, watcher, holder = asyncio.Event(), peers.Tally(), peers.Tally()
@@ -260,16 +268,19 @@ async def observe(
     holding = asyncio.create_task(peers.hold_token("live", port, TOKEN_LIFE, holder))
     try:
         await asyncio.sleep(SETTLE)
+        PHASE["phase"] = "before the jump"
         before = await snapshot(port)
         acked_before, closes_before = len(pub.acked), len(pub.tally.closes)
         viewer_closes, watcher_closes = len(viewer.tally.closes), len(watcher.closes)
         set_offset(offset, JUMPS[scenario.jump])
         talking.clear()
         jumped = time.monotonic()
+        PHASE["phase"] = "after the jump"
         await asyncio.sleep(1)
         born = await peers.born("born", port)  # a session made after the jump
         await asyncio.sleep(AFTER - 1)
         fresh_token = await peers.try_token("live", port, TOKEN_LIFE)
+        PHASE["phase"] = "reading after the jump"
         after = await snapshot(port)
         times = await peers.log_times(port, "live")
         report: dict[str, Any] = {
@@ -297,9 +308,11 @@ async def observe(
     finally:
         for task in (*tasks, holding):
             task.cancel()
-        await asyncio.gather(*tasks, holding, return_exceptions=True)
+        await asyncio.wait({*tasks, holding}, timeout=peers.PATIENCE)
     set_offset(offset, JUMPS[scenario.jump] + RESTART_BEHIND)
-    bamboo.start(port)
+    PHASE["phase"] = "restart"
+    await asyncio.to_thread(bamboo.start, port)
+    PHASE.update(phase="after the restart", pid=bamboo.pid)
     await asyncio.sleep(RESTARTED if scenario.store != "redis" else REDIS_RESTARTED)
     restarted = await snapshot(port)
     report["restarted"] = restarted
@@ -329,6 +342,26 @@ def summary(name: str, r: dict[str, Any]) -> str:
     )
 
 
+def stalled(scenario: Scenario) -> str:
+    """Where a scenario stood past its bound; the server's stacks (py-spy) and log go
+    to bench/out for a post-mortem."""
+    OUT_DIR.mkdir(exist_ok=True)
+    name = scenario.name.replace("/", "-")
+    spy, pid = Path(sys.executable).with_name("py-spy"), PHASE.get("pid")
+    if pid is not None and spy.exists():
+        dump = subprocess.run(
+            [str(spy), "dump", "--pid", str(pid)], capture_output=True, timeout=60, check=False
+        )
+        (OUT_DIR / f"clock_jump-{name}-stacks.txt").write_bytes(dump.stdout + dump.stderr)
+    if (log := PHASE.get("log")) is not None and log.exists():
+        shutil.copy(log, OUT_DIR / f"clock_jump-{name}-server.log")
+    process = PHASE["server"].proc if "server" in PHASE else None
+    code = None if process is None else process.poll()
+    return f"in {PHASE.get('phase')!r}, server pid {pid}, " + (
+        "running" if code is None else f"exited with {code}"
+    )
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", default="jsonl,sqlite,redis")
@@ -345,14 +378,21 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     for store in args.stores.split(","):
         for jump in args.jumps.split(","):
+            if args.monotonic and JUMPS[jump] < 0:
+                print(f"{store}/{jump}/monotonic: skipped, a monotonic clock never goes back")
+                continue
             scenario = Scenario(store, jump, args.monotonic)
             started = time.monotonic()
             with workdir("clock-jump") as work:
-                try:
-                    result = await asyncio.wait_for(run_scenario(scenario, work, library), BOUND)
-                except TimeoutError:
-                    print(f"{scenario.name}: not done within {BOUND} s", flush=True)
+                PHASE.clear()
+                running = asyncio.create_task(run_scenario(scenario, work, library))
+                await asyncio.wait({running}, timeout=BOUND)
+                if not running.done():
+                    print(f"{scenario.name}: not done within {BOUND} s: {stalled(scenario)}")
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
                     continue
+                result = running.result()
             result["seconds"] = round(time.monotonic() - started, 1)
             results[scenario.name] = result
             print(summary(scenario.name, result), flush=True)

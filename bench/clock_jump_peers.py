@@ -99,15 +99,20 @@ async def hello(ws: Any, **fields: Any) -> dict[str, Any]:
 
 
 async def again(run: Any, tally: Tally, *args: Any) -> None:
-    """``run(*args)`` again and again until cancelled, noting how each ended."""
-    while True:
+    """``run(*args)`` again and again until cancelled, noting how each ended. A
+    cancellation that met an expiring ``open_timeout`` comes out as a TimeoutError
+    (asyncio.timeout): the task is still being cancelled, and ends."""
+    task = asyncio.current_task()
+    assert task is not None
+    while not task.cancelling():
         try:
             await run(*args)
         except LOST as error:
             tally.closed(error)
         except RuntimeError as error:
             tally.closes.append(str(error)[:80])
-        await asyncio.sleep(0.2)
+        if not task.cancelling():
+            await asyncio.sleep(0.2)
 
 
 async def publish(pub: Publisher, port: int) -> None:
