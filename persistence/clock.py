@@ -56,19 +56,9 @@ class StoreClock:
         return now
 
     def saw(self, *moments: datetime | None) -> None:
-        """Times the store holds (read at its open, or imported as given): the clock
-        never goes back behind them."""
+        """Times the store holds (read at its open, imported, or a new session's as its
+        creator stamped them): the clock never goes back behind them."""
         with self._lock:
             for moment in moments:
                 if moment is not None and moment > self._newest:
                     self._newest = moment
-
-    def restamped(self, given: datetime) -> datetime | None:
-        """For a time a caller stamped with its own clock (a new session's): a stamp in
-        its place if it is not later than the newest time given or seen, else None (the
-        caller's time stands, and is seen)."""
-        with self._lock:
-            if given > self._newest:
-                self._newest = given
-                return None
-        return self.stamp()

@@ -131,8 +131,7 @@ class MemoryStorage(MemoryImports):
         if meta.ttl is None and self.default_ttl is not None:
             meta.ttl = self.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
-        if (stamp := self._clock.restamped(meta.updated_at)) is not None:
-            meta.touch(stamp)  # the creator's clock is behind the store's
+        self._clock.saw(meta.updated_at, meta.last_activity_at)  # the creator's times stay
         self._index.add(meta)
         self._logs[session_id] = SessionLog()
         if session.messages:  # what the session is made with: not held to the cap

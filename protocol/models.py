@@ -160,10 +160,14 @@ class Session(msgspec.Struct):
         title: str | None = None,
         ttl: int | None = None,
         extra: dict[str, Any] | None = None,
+        now: datetime | None = None,
     ) -> Self:
+        """A session made ``now`` (by default this machine's clock; a server gives its
+        store's, which a new session's expiry is of)."""
         metadata = SessionMetadata(
             id=session_id, user_id=user_id, title=title, ttl=ttl, extra=dict(extra or {})
         )
+        metadata.created_at = now or metadata.created_at
         metadata.touch(metadata.created_at)
         return cls(metadata=metadata)
 

@@ -131,7 +131,7 @@ class SessionManager:
         if session_id:
             await self.actors.unheld(check_session_id(session_id))
         session = Session.new(
-            session_id or new_session_id(), user_id=user_id, title=title, ttl=ttl, extra=extra
+            session_id or new_session_id(), user_id, title, ttl, extra, self.storage.now()
         )
         await self.storage.create_session(session, replace_expired=replace_expired)
         stored = await self.storage.load_session(session.id)

@@ -7,7 +7,7 @@ it follows (bench/clock_jump.py).
 
 The times an hour ahead of this machine's clock are what a clock an hour ahead left in
 the store: imported as given (the storage's ``import_metadata``), or there at the
-store's open. Real stores in temp dirs."""
+store's open. Real stores in temp dirs, and a real server on a store handed in."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, SortBy, SortOrder, Storage
 from bamboo_session.protocol import Token
 from bamboo_session.protocol.models import Session, SessionState, utcnow
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.config import ServerConfig
+from tests.support import attach
 
 KINDS = ("memory", "jsonl", "sqlite")
 HOUR = timedelta(hours=1)
@@ -51,11 +54,11 @@ async def assert_written_after(storage: Storage, earlier: str, later: str) -> No
     await storage.append_events(later, [(Token(content="x"), None)])
     await storage.update_session_state(later, SessionState.IDLE)
     second = await storage.get_metadata(later)
-    assert second is not None and first.expires_at is not None
+    assert second is not None and second.ttl is not None
     assert second.last_activity_at > first.last_activity_at
     assert second.updated_at > first.updated_at
-    assert second.expires_at >= first.expires_at
-    (event,) = await storage.read_events(later)
+    assert second.expires_at == second.last_activity_at + timedelta(seconds=second.ttl)
+    event = (await storage.read_events(later))[-1]  # the one just appended
     assert event.ts > first.last_activity_at
     query = SessionFilter(sort_by=SortBy.UPDATED_AT, sort_order=SortOrder.DESC, limit=10)
     assert [m.id for m in (await storage.list_sessions(query)).sessions] == [later, earlier]
@@ -94,21 +97,44 @@ async def test_a_store_opened_with_its_clock_behind_the_times_it_holds_stamps_af
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_a_session_made_by_a_clock_behind_the_store_gets_the_stores_times(
+async def test_a_session_made_with_times_behind_the_stores_keeps_them_until_its_activity(
     kind: str, tmp_path: Path
 ) -> None:
-    """Its creator stamped it with a time behind what the store holds: the store's times
-    take its place (its ``created_at`` stays the creator's)."""
+    """An embedder may make a session with times of its own, earlier ones included (an
+    expired session, for a test of cleanup): they stay as given. Its first activity
+    (the server touches a session at the attach that follows its creation) is stamped
+    by the store's clock."""
     storage = await open_storage(url_of(kind, tmp_path), cleanup_interval=None)
     try:
         await stamped_an_hour_ahead(storage, "before")
         session = Session.new("made", user_id="u", ttl=60)
+        session.metadata.touch(utcnow() - HOUR)
         await storage.create_session(session)
-        made, before = await storage.get_metadata("made"), await storage.get_metadata("before")
-        assert made is not None and before is not None and made.expires_at is not None
-        assert made.created_at == session.metadata.created_at
-        assert made.updated_at > before.updated_at
-        assert made.expires_at == made.last_activity_at + timedelta(seconds=60)
-        assert not made.is_expired(storage.now())
+        made = await storage.get_metadata("made")
+        assert made is not None and made.last_activity_at == session.metadata.last_activity_at
+        assert made.is_expired(storage.now())
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_session_a_server_makes_after_a_step_back_lives_its_ttl(
+    kind: str, tmp_path: Path
+) -> None:
+    """The server makes a session with the store's clock: made with its machine's,
+    an hour behind the store's (which stands still after the step back), a session of
+    a TTL shorter than the step was expired before its first attach (4404)."""
+    storage = await open_storage(url_of(kind, tmp_path), default_ttl=60, cleanup_interval=None)
+    try:
+        await stamped_an_hour_ahead(storage, "before")
+        config = ServerConfig(host="127.0.0.1", port=0, log_format="console", rate_limit=0)
+        async with (
+            BambooServer(config, storage) as server,
+            attach(server, "new", create=True, user_id="u") as (peer, welcome),
+        ):
+            assert welcome["session"]["ttl"] == 60
+            await peer.send({"type": "event", "id": 1, "event": {"type": "token", "content": "x"}})
+            assert await peer.recv() == {"type": "ack", "id": 1, "seq": 1}
+        await assert_written_after(storage, "before", "new")
     finally:
         await storage.close()

@@ -206,8 +206,7 @@ class JsonlStorage(JsonlImports):
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
         self._files.reserve(session_id)
         meta = new_metadata(session.metadata, self.config.default_ttl)
-        if (stamp := self._clock.restamped(meta.updated_at)) is not None:
-            meta.touch(stamp)  # the creator's clock is behind the store's
+        self._clock.saw(meta.updated_at, meta.last_activity_at)  # the creator's times stay
         if old is not None:
             await to_completion(self._replace(old, meta))
         else:

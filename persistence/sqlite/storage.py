@@ -183,8 +183,7 @@ class SqliteStorage:
         if meta.ttl is None and default_ttl is not None:
             meta.ttl = default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=default_ttl)
-        if (stamp := self._clock.restamped(meta.updated_at)) is not None:
-            meta.touch(stamp)  # the creator's clock is behind the store's
+        self._clock.saw(meta.updated_at, meta.last_activity_at)  # the creator's times stay
         messages = writes.prepare([(MessageEvent(message), None) for message in session.messages])
         work = functools.partial(
             writes.create,
