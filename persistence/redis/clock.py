@@ -9,7 +9,7 @@ Redis held alive, its live peers closed with ``session expired``, every HTTP rea
 with the instance's clock an hour ahead and a TTL of an hour), and for quiet when its
 peers had spoken (bench/clock_jump.py, bench/RESULTS.md). So the server compares them
 with this: the offset of Redis's ``TIME`` from this process's monotonic clock, read at
-the open and every ``interval`` seconds after, added to the monotonic clock. A step of
+the open and every ``READ_EVERY`` seconds after, added to the monotonic clock. A step of
 this machine's wall clock moves nothing here; one of Redis's is seen at the next
 reading. Until the first reading, and where Redis refuses ``TIME`` (an ACL), it is this
 machine's wall clock."""
@@ -36,12 +36,16 @@ log = logging.getLogger(__name__)
 # created by a clock an hour behind, with a TTL of an hour, it expired before its first
 # append; by one an hour ahead, it outlived its TTL by that hour.
 CREATOR_CLOCK_OFF: Final = timedelta(seconds=1)
+# Seconds between two readings of Redis's clock: a step of it is seen within this. Not
+# the heartbeat's pace: a test's heartbeat of 0.3 s read it ten times a second, for
+# nothing (the monotonic clock carries the reading well for far longer).
+READ_EVERY: Final = 10.0
 
 
 class RedisClock:
     """Redis's ``TIME``, carried between readings by this process's monotonic clock."""
 
-    def __init__(self, redis: Commands, interval: float) -> None:
+    def __init__(self, redis: Commands, interval: float = READ_EVERY) -> None:
         self._redis = redis
         self.interval = interval
         self._offset: float | None = None  # Redis's time less the monotonic clock, seconds

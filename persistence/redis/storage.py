@@ -101,7 +101,7 @@ class RedisStorage:
         if isinstance(pool, CheckedPool):  # every connection made checks the generation
             pool.on_connect = self.generation.on_connect
         self.durability = DurabilityWatch(client, self.generation, config.heartbeat)
-        self.clock = RedisClock(self.redis, self.durability.interval)  # Redis's TIME
+        self.clock = RedisClock(self.redis)  # Redis's TIME
         self._open = True
         self._closing = CloseOnce()
         self.list_step = LIST_STEP  # candidates a listing reads per script call
