@@ -128,7 +128,6 @@ class RedisStorage:
             evicting = await warn_of_eviction(client)
             await refuse_replica(client, config)
             lossy = await check_persistence(client, config)
-            # Before any script runs: a store of a newer format is refused untouched.
             await check_format(client, Layout(config.prefix), not config.read_only)
             storage = cls(config, client, sharded)
             storage.redis.eval_ro = True
