@@ -58,12 +58,11 @@ from .browser_soak_pages import (
     BUSY,
     Watched,
     app_origin,
-    browser_missing,
     chromium_cpu_seconds,
     chromium_processes,
-    launch,
 )
 from .chaos_proxy import CuttingProxy
+from .chromium import browser_missing, launch
 from .soak_server import Server
 
 SAMPLE_EVERY = 10.0  # seconds between two samples of the pages

@@ -2,7 +2,7 @@
 Chromium driven by Playwright (never a downloaded browser), its pages, and what is
 read of them over CDP.
 
-- :func:`launch`: the browser, as tests/browser.py launches it, or why it cannot run.
+- :func:`launch` (bench/chromium.py): the browser, as the browser tests launch it.
 - :func:`app_origin`: the JavaScript client page's own origin (another loopback port,
   as an application's), serving bench/browser_soak_web/.
 - :class:`Watched`: one page, each in a context of its own, with the probe
@@ -24,26 +24,11 @@ import http.server
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 WEB = Path(__file__).resolve().parent / "browser_soak_web"
-HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
-CHROMIUM = os.environ.get(
-    "BAMBOO_CHROMIUM", HEADLESS_SHELL if os.path.exists(HEADLESS_SHELL) else "/usr/bin/chromium"
-)
-# No network beyond loopback: nothing that phones home, no QUIC, no GPU.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Seconds the page's main thread spent (Performance.getMetrics), and the sample's field
 # for their share of the wall clock since the sample before, in percent: all its tasks,
@@ -54,32 +39,6 @@ BUSY = {
     "RecalcStyleDuration": "style_pct",
     "LayoutDuration": "layout_pct",
 }
-
-
-def browser_missing() -> str | None:
-    """Why the soak cannot run here (one line), or None."""
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return "no Chromium: apt-get install -y chromium-headless-shell"
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "no playwright: pip install -e '.[dev]'"
-    return None
-
-
-@contextlib.asynccontextmanager
-async def launch() -> AsyncIterator[Any]:
-    """A headless Chromium (a Playwright ``Browser``), closed on exit."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .browser_soak_pages import browser_missing, launch
+from .chromium import browser_missing, launch
 from .soak_server import Server
 
 CHECKPOINTS = (10, 100, 250, 500, 1000)

@@ -1,14 +1,12 @@
 """Helpers of the browser tests: Debian's headless Chromium driven by Playwright.
 
-The browser is Debian's headless shell of Chromium (package ``chromium-headless-shell``,
-the same Blink without the desktop browser around it: about half the CPU per page of
-``/usr/bin/chromium --headless``, measured over the 67 browser tests: 30 s against
-66 s), else ``/usr/bin/chromium``; ``BAMBOO_CHROMIUM`` overrides both. Playwright never
-downloads one. Without either, or without the ``playwright`` package, the browser
-tests skip with one line saying how to install it. Each test process gets one
-browser (Playwright starts it with a fresh, temporary profile), each page a fresh
-context; the ``browser`` fixture of ``conftest.py`` saves a screenshot of every page a
-failed test left open.
+The browser is Debian's headless shell of Chromium, started as bench/chromium.py says
+(about half the CPU per page of ``/usr/bin/chromium --headless``, measured over the 67
+browser tests: 30 s against 66 s). Playwright never downloads one. Without a browser,
+or without the ``playwright`` package, the browser tests skip with one line saying how
+to install it. Each test process gets one browser (Playwright starts it with a fresh,
+temporary profile), each page a fresh context; the ``browser`` fixture of
+``conftest.py`` saves a screenshot of every page a failed test left open.
 """
 
 from __future__ import annotations
@@ -21,55 +19,13 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADLESS_SHELL = "/usr/lib/chromium/chromium-headless-shell"
-CHROMIUM = os.environ.get(
-    "BAMBOO_CHROMIUM", HEADLESS_SHELL if os.path.exists(HEADLESS_SHELL) else "/usr/bin/chromium"
-)
-INSTALL_HINT = "install Debian's chromium: apt-get install -y chromium-headless-shell"
 ARTIFACTS = Path(os.environ.get("BAMBOO_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
-# The machine has no network: nothing that phones home, no QUIC, no GPU.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT = 10.0  # seconds any one expectation in a page may take
-
-
-def browser_missing() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return INSTALL_HINT
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "install the dev extras (pip install -e '.[dev]') for playwright"
-    return None
-
-
-@contextlib.asynccontextmanager
-async def launch() -> AsyncIterator[Any]:
-    """A headless Chromium (a Playwright ``Browser``), closed on exit."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def save_screenshots(contexts: list[Any], name: str) -> list[Path]:

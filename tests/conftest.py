@@ -141,7 +141,7 @@ async def chromium() -> AsyncIterator[Any]:
     tests share the session's event loop: ``pytestmark =
     pytest.mark.asyncio(loop_scope="session")``). One per module cost a launch and a
     close each, some 3 s, and more where xdist split a module between its processes."""
-    from tests.browser import browser_missing, launch
+    from bench.chromium import browser_missing, launch
 
     missing = browser_missing()
     if missing is not None:
@@ -183,7 +183,7 @@ def app_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line for each kind of test skipped for want of a binary, saying how to
     install it."""
-    from tests.browser import INSTALL_HINT as BROWSER_HINT
+    from bench.chromium import INSTALL_HINT as BROWSER_HINT
 
     skipped = [str(report.longrepr) for report in terminalreporter.stats.get("skipped", [])]
     if any(INSTALL_HINT in text for text in skipped):
