@@ -34,13 +34,19 @@ def url_of(kind: str, directory: Path) -> str:
     return "memory://" if kind == "memory" else f"jsonl://{directory / 'data'}"
 
 
-async def stamped_an_hour_ahead(storage: Storage, session_id: str) -> None:
-    """A session active, its times an hour ahead of this machine's clock."""
+async def stamped_an_hour_ahead(
+    storage: Storage, session_id: str, state: SessionState | None = None
+) -> None:
+    """A session active, its times an hour ahead of this machine's clock; or, given
+    ``state``, moved to it an hour ahead (its ``updated_at``: a state write is no
+    activity), its activity now."""
     await storage.create_session(Session.new(session_id, user_id="u", ttl=7200))
-    await storage.update_session_state(session_id, SessionState.ACTIVE)
+    await storage.update_session_state(session_id, state or SessionState.ACTIVE)
     metadata = await storage.get_metadata(session_id)
     assert metadata is not None
-    metadata.updated_at = metadata.last_activity_at = utcnow() + HOUR
+    metadata.updated_at = utcnow() + HOUR
+    if state is None:
+        metadata.last_activity_at = metadata.updated_at
     metadata.expires_at = metadata.last_activity_at + timedelta(seconds=7200)
     await storage.import_metadata(metadata)
 
@@ -86,6 +92,31 @@ async def test_a_store_opened_with_its_clock_behind_the_times_it_holds_stamps_af
     storage = await open_storage(url, cleanup_interval=None)
     try:
         await stamped_an_hour_ahead(storage, "before")
+        await storage.create_session(Session.new("after", user_id="u", ttl=7200))
+    finally:
+        await storage.close()
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        await assert_written_after(storage, "before", "after")
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("state", [SessionState.DISCONNECTED, SessionState.CLOSED])
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_the_times_of_parked_and_closed_sessions_found_at_the_open_count_too(
+    kind: str, state: SessionState, tmp_path: Path
+) -> None:
+    """A server's stop parks every session it holds (``disconnected``, a state write
+    later than any activity), and a close is one too: the newest time a store holds is
+    often one of theirs. The SQLite store's open read only the ``updated_at`` of
+    sessions ``active`` or ``idle``: a session parked at the stop and attached again
+    after a restart with the clock set back had its ``updated_at`` moved back, and was
+    listed behind the sessions parked with it."""
+    url = url_of(kind, tmp_path)
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        await stamped_an_hour_ahead(storage, "before", state)
         await storage.create_session(Session.new("after", user_id="u", ttl=7200))
     finally:
         await storage.close()
