@@ -1,14 +1,17 @@
-"""A server restarted on its SQLite store with the clock set back while it was down
-stamps nothing behind what the store holds (docs/protocol.md, Clocks), the states
-written as sessions were parked included: the store's open read the newest
-``updated_at`` of sessions ``active`` or ``idle`` only, so a session parked at its
-peer's close (its ``updated_at`` later than its activity) and attached again after the
-restart had its ``updated_at`` moved back, and was listed behind a session parked
-after it and quiet since.
+"""A server restarted on a store whose times are ahead of its machine's clock (the
+clock set back while it was down, or wrong for a while before): what it stamps and
+what it says (docs/protocol.md, Clocks).
 
-The first server runs on the real clock and stops (SIGTERM: it parks what it holds);
-the second under libfaketime an hour behind it (skipped without it: apt-get install
-faketime). Real stores in a temp dir."""
+- On SQLite, nothing is stamped behind what the store holds, the states written as
+  sessions were parked included: the store's open read the newest ``updated_at`` of
+  sessions ``active`` or ``idle`` only, so a session parked at its peer's close (its
+  ``updated_at`` later than its activity) and attached again after the restart had its
+  ``updated_at`` moved back, and was listed behind a session parked after it and
+  quiet since. The first server runs on the real clock and stops; the second under
+  libfaketime an hour behind it (skipped without it: apt-get install faketime).
+- A store holding times far ahead says, once, that its clock stands still.
+
+Real servers, real stores in temp dirs."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import asyncio
 import json
 import os
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,12 +27,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, SortBy, SortOrder
-from bamboo_session.protocol.models import SessionMetadata
+from bamboo_session.protocol.models import Session, SessionMetadata, utcnow
 from tests.instances import eventually
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.test_redis_clock_skew import LIBFAKETIME
+from tests.test_store_clock import url_of
 
-pytestmark = pytest.mark.skipif(
+needs_libfaketime = pytest.mark.skipif(
     LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)"
 )
 
@@ -69,6 +74,7 @@ async def stored(url: str, *session_ids: str) -> tuple[list[SessionMetadata], li
     return [metadata for metadata in found if metadata is not None], order
 
 
+@needs_libfaketime
 async def test_a_session_parked_at_the_stop_and_attached_after_a_restart_an_hour_behind(
     tmp_path: Path,
 ) -> None:
@@ -106,3 +112,34 @@ async def test_a_session_parked_at_the_stop_and_attached_after_a_restart_an_hour
     assert again.updated_at > parked_again.updated_at  # it was moved back to its activity
     assert again.last_activity_at > parked_again.last_activity_at
     assert order == ["again", "quiet"]  # the session attached last is listed first
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_a_store_holding_times_a_day_ahead_says_its_clock_stands_still(
+    kind: str, tmp_path: Path
+) -> None:
+    """A machine that ran a moment with its clock a day ahead (booted with it wrong,
+    then NTP stepped it back) left times a day ahead in its store: for that day every
+    new time is that one plus a microsecond a write, and no session expires. Nothing
+    said so; the log does now, once, at the start."""
+    url = url_of(kind, tmp_path)
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        await storage.create_session(Session.new("ahead", user_id="u", ttl=60))
+        metadata = await storage.get_metadata("ahead")
+        assert metadata is not None
+        metadata.updated_at = metadata.last_activity_at = utcnow() + timedelta(days=1)
+        await storage.import_metadata(metadata)  # as the clock a day ahead wrote it
+    finally:
+        await storage.close()
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--store", url)
+    await server.start_in_loop()
+    try:
+        await (await attached(server, "new", create=True)).close()
+    finally:
+        server.kill()
+    records = server.log_records()
+    assert_no_tracebacks(records)
+    said = [record for record in records if "ahead of this machine's clock" in record["event"]]
+    assert len(said) == 1 and said[0]["level"] == "warning", said
+    assert "23:59:" in said[0]["event"] or "1 day" in said[0]["event"], said
