@@ -9,7 +9,8 @@ Redis held alive, its live peers closed with ``session expired``, every HTTP rea
 with the instance's clock an hour ahead and a TTL of an hour), and for quiet when its
 peers had spoken (bench/clock_jump.py, bench/RESULTS.md). So the server compares them
 with this: the offset of Redis's ``TIME`` from this process's monotonic clock, read at
-the open and every ``READ_EVERY`` seconds after, added to the monotonic clock. A step of
+the open and every ``READ_EVERY`` seconds after, added to the monotonic clock (a
+reading whose round trip a busy Redis held up is left: ``SLOW_ROUND_TRIP``). A step of
 this machine's wall clock moves nothing here; one of Redis's is seen at the next
 reading. Until the first reading, and where Redis refuses ``TIME`` (an ACL), it is this
 machine's wall clock."""
@@ -40,6 +41,13 @@ CREATOR_CLOCK_OFF: Final = timedelta(seconds=1)
 # the heartbeat's pace: a test's heartbeat of 0.3 s read it ten times a second, for
 # nothing (the monotonic clock carries the reading well for far longer).
 READ_EVERY: Final = 10.0
+# A reading is off by up to half its round trip (Redis's TIME is taken somewhere in
+# it): one held up by a busy Redis (a slow script, a fork, a CLIENT PAUSE, a retry on
+# a new connection) is not taken, and the last one stands, if its round trip took
+# longer than this and than twice the last one's, unless the last is STALE old: a
+# Redis slower for good (a farther network) is read at its new pace.
+SLOW_ROUND_TRIP: Final = 0.1
+STALE: Final = 60.0
 
 
 class RedisClock:
@@ -49,6 +57,8 @@ class RedisClock:
         self._redis = redis
         self.interval = interval
         self._offset: float | None = None  # Redis's time less the monotonic clock, seconds
+        self._round_trip = 0.0  # of the reading taken, seconds
+        self._taken_at = 0.0  # when, on the monotonic clock
         self._task: asyncio.Task[None] | None = None
 
     def now(self) -> datetime:
@@ -66,11 +76,24 @@ class RedisClock:
             meta.touch(now)
 
     async def read(self) -> None:
-        """Reads Redis's ``TIME``: the offset, taken at the middle of the round trip."""
+        """Reads Redis's ``TIME``: the offset, taken at the middle of the round trip,
+        unless that was slow (``SLOW_ROUND_TRIP``) and the reading held is good."""
         before = time.monotonic()
         seconds, micros = await self._redis.read("TIME")
         after = time.monotonic()
+        round_trip = after - before
+        if self._holds_better(round_trip, after) and round_trip > SLOW_ROUND_TRIP:
+            log.debug("Redis's clock read in %.3f s: the last reading stands", round_trip)
+            return
         self._offset = int(seconds) + int(micros) / 1_000_000 - (before + after) / 2
+        self._round_trip, self._taken_at = round_trip, after
+
+    def _holds_better(self, round_trip: float, now: float) -> bool:
+        """Whether the reading held is better than one of ``round_trip`` made ``now``:
+        one there is, not ``STALE``, of a round trip less than half as long."""
+        if self._offset is None or now - self._taken_at >= STALE:
+            return False
+        return round_trip > 2 * self._round_trip
 
     async def start(self) -> None:
         """The first reading (a Redis that refuses ``TIME`` is said once), then one
