@@ -12,8 +12,8 @@ with this: the offset of Redis's ``TIME`` from this process's monotonic clock, r
 the open and every ``READ_EVERY`` seconds after, added to the monotonic clock (a
 reading whose round trip a busy Redis held up is left: ``SLOW_ROUND_TRIP``). A step of
 this machine's wall clock moves nothing here; one of Redis's is seen at the next
-reading. Until the first reading, and where Redis refuses ``TIME`` (an ACL), it is this
-machine's wall clock."""
+reading. Until the first reading, and where it fails, it is this machine's wall clock
+(an ACL that refuses ``TIME`` fails every script too: docs/storage-redis.md, Scripts)."""
 
 from __future__ import annotations
 
