@@ -79,13 +79,17 @@ class RedisClock:
         """Reads Redis's ``TIME``: the offset, taken at the middle of the round trip,
         unless that was slow (``SLOW_ROUND_TRIP``) and the reading held is good."""
         before = time.monotonic()
-        seconds, micros = await self._redis.read("TIME")
+        answer = await self._redis.read("TIME")
         after = time.monotonic()
+        try:  # (a proxy in between may answer anything: the loop must go on)
+            seconds, micros = int(answer[0]), int(answer[1])
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise StorageError(f"Redis answered TIME with {answer!r:.80}") from exc
         round_trip = after - before
         if self._holds_better(round_trip, after) and round_trip > SLOW_ROUND_TRIP:
             log.debug("Redis's clock read in %.3f s: the last reading stands", round_trip)
             return
-        self._offset = int(seconds) + int(micros) / 1_000_000 - (before + after) / 2
+        self._offset = seconds + micros / 1_000_000 - (before + after) / 2
         self._round_trip, self._taken_at = round_trip, after
 
     def _holds_better(self, round_trip: float, now: float) -> bool:
