@@ -25,7 +25,7 @@ expect.set_options(timeout=10_000)
 BLOCK_CHARS = 10_000  # tail.js: MAX_CHARS
 MESSAGE_CHARS = 20_000  # messages.js: MAX_CHARS
 SHOWN_MESSAGES = 500  # messages.js: MAX_MESSAGES
-TAIL_BLOCKS = 1000  # tail.js: MAX_BLOCKS
+TAIL_BLOCKS = 300  # tail.js: MAX_BLOCKS
 HUGE = "A" * 900_000  # under the 1 MiB frame
 # As big, in words of 100 characters (the sizes, not the words, are the point where this
 # is used; the runs without white space have their own test).
@@ -247,8 +247,8 @@ async def test_huge_values_are_cut_and_live_messages_are_bounded(browser: Any) -
 
 async def test_tool_calls_that_never_complete_are_not_kept_past_the_tail(browser: Any) -> None:
     async with agent_and_console(browser, "tools") as (agent, page, problems):
-        # 200 past the tail: kept alive by the page, they would count 1,200 elements
-        # where at most 1,010 may be (the 1,000 of before took 20 s more to show).
+        # 200 past the tail: kept alive by the page, they would count 500 elements
+        # where at most 310 may be.
         count = TAIL_BLOCKS + 200
         await asyncio.gather(
             *(agent.publish(AgentEvent.tool_start(f"c{i}", "t", {"i": i})) for i in range(count))

@@ -29,6 +29,7 @@ playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
+MAX_TAIL_CHARS = 500_000  # tail.js: characters the tail shows at most
 
 
 @contextlib.asynccontextmanager
@@ -284,7 +285,7 @@ async def test_reload_after_a_failed_read_shows_the_session_whole(browser: Any) 
 
 async def test_more_events_missed_than_the_tail_holds_shows_the_newest(browser: Any) -> None:
     """The same with 1,200 tokens published while the page was away, more events than
-    the tail shows (1,000 blocks): the page reads only the newest 998, after a line
+    the tail shows (300 blocks): the page reads only the newest 298, after a line
     saying which are not shown, and the message list is read again from storage."""
     async with closed_while_the_page_is_away(browser, "behind-3", False, tokens=1200) as (
         page,
@@ -294,7 +295,7 @@ async def test_more_events_missed_than_the_tail_holds_shows_the_newest(browser: 
         last_seq = stored["last_seq"]
         tail = page.locator("#tail")
         await expect(tail).to_have_attribute("data-last-seq", str(last_seq))
-        note = f"Events 6{DASH}{last_seq - 998} are not shown"
+        note = f"Events 6{DASH}{last_seq - 298} are not shown"
         await expect(tail.locator(".ev-note").nth(1)).to_contain_text(note)  # after "Disconnected"
         await expect(tail.locator(".ev-text .text").last).to_have_text("the end.")
         await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
@@ -326,9 +327,38 @@ async def test_more_events_missed_than_the_tail_holds_says_which_are_not_shown(
         text = await note.text_content()
         assert text is not None and text.startswith(f"Events 6{DASH}"), text
         shown_from = int(text.split(DASH)[1].split(" ")[0]) + 1
-        assert shown_from == last_seq - 997  # the newest 998, with the two lines
+        assert shown_from == last_seq - 297  # the newest 298, with the two lines
         after = note.locator("xpath=following-sibling::*[1]")
         await expect(after.locator(".seq")).to_have_text(f"#{shown_from}")
+    assert problems == []
+
+
+async def test_more_characters_missed_than_the_tail_holds_says_which_are_not_shown(
+    browser: Any,
+) -> None:
+    """The same with 120 events of 9,000 characters each (1.08 million), fewer than the
+    tail's blocks but more than its characters (MAX_TAIL_CHARS, 500,000): the page
+    shows the newest that fit, after the line saying which are not shown, which stays
+    in the tail, as does the first of those read."""
+    big = "x" * 9000
+    async with closed_while_the_page_is_away(
+        browser, "behind-5", False, 120, lambda i: AgentEvent.custom("away", {"i": i, "t": big})
+    ) as (page, problems, stored):
+        last_seq = stored["last_seq"]
+        tail = page.locator("#tail")
+        await expect(tail).to_have_attribute("data-last-seq", str(last_seq))
+        await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
+        note = tail.locator(".ev-note", has_text="are not shown")
+        await expect(note).to_have_count(1)
+        text = await note.text_content()
+        assert text is not None and text.startswith(f"Events 6{DASH}"), text
+        shown_from = int(text.split(DASH)[1].split(" ")[0]) + 1
+        after = note.locator("xpath=following-sibling::*[1]")
+        await expect(after.locator(".seq")).to_have_text(f"#{shown_from}")
+        chars = await tail.evaluate("el => el.textContent.length")
+        await expect(page.locator("#tail-earlier")).to_have_count(0)  # nothing dropped
+    assert 6 + 40 < shown_from < last_seq - 40  # some, not all, of the 120
+    assert chars <= MAX_TAIL_CHARS
     assert problems == []
 
 
@@ -353,7 +383,8 @@ async def test_pages_of_events_that_stop_short_of_last_seq_are_said_to_be_missin
     nothing said of the missing ones), and a page of old events was asked for again,
     and again, with no end."""
     proxy = HttpProxy(0)
-    proxy.events_page = {"events": events, "last_seq": 900}
+    # (fewer after seq 5 than the page reads at most: its first read asks for them)
+    proxy.events_page = {"events": events, "last_seq": 200}
     async with closed_while_the_page_is_away(
         browser, f"short-{len(events)}", False, proxy=proxy
     ) as (

@@ -8,19 +8,25 @@
  * the log the stream had. The notices say that
  * events may be missing (the read failed; its Reload reads them again) or that the
  * session was replaced meanwhile (its Reload opens the session now under this id).
- * session.js puts them in the page.
+ * session.js puts them in the page. readEarlier reads the events the tail's "Show
+ * earlier" asks for.
  */
 
 import { getJson } from "./api.js";
+import { MAX_CHARS, shownChars } from "./blocks.js";
 import { h } from "./dom.js";
-import { MAX_BLOCKS } from "./tail.js";
+import { MAX_BLOCKS, MAX_TAIL_CHARS } from "./tail.js";
 
 const CATCH_UP_PAGE = 1000; // events per HTTP read when the stream ended short
 // Events read over HTTP when the stream ended short: no more than the tail shows (each
-// event is at most one block) beside two lines, the one before them that says which
-// were left out and the one after them that says the session closed, so that neither
-// that line nor the oldest event read is pushed out of the tail.
+// event is at most one block, of at most shownChars characters) beside two lines, the
+// one before them that says which were left out and the one after them that says the
+// session closed, so that neither that line nor the oldest event read is pushed out of
+// the tail. In characters, room is left for those lines and for the text block the
+// first events read may grow (when no line comes before them).
 const CATCH_UP_MAX = MAX_BLOCKS - 2;
+const LINE_CHARS = 1000; // at most, of a line (its close reason is at most 123 bytes)
+const CATCH_UP_CHARS = MAX_TAIL_CHARS - MAX_CHARS - 2 * LINE_CHARS;
 
 /**
  * The events after `after` of the session at `path` (its `/api/v1/sessions/…`), over
@@ -32,7 +38,8 @@ const CATCH_UP_MAX = MAX_BLOCKS - 2;
  * name none, that check alone: epochs do not come back, so the same epoch before and
  * after as the stream's says that every event read is of the stream's log). Then the
  * events are not returned, and the metadata returned says by which it was replaced.
- * `leftOut`: the last seq of the events not read (null when none).
+ * Of the events read, the newest that the tail shows in CATCH_UP_CHARS are returned.
+ * `leftOut`: the last seq of the events not returned (null when none).
  * @param {string} path @param {number} after @param {string} epoch
  * @param {() => boolean} alive
  * @returns {Promise<{ metadata: any, events: Array<{ seq: number, ts: string, event: any }>,
@@ -74,8 +81,49 @@ export async function readMissed(path, after, epoch, alive) {
     if (cursor === from && cursor < last)
       throw new Error(`the server answered no events after #${cursor} of ${last}`);
   }
+  let chars = 0;
+  let kept = events.length;
+  while (kept > 0 && chars + shownChars(events[kept - 1]) <= CATCH_UP_CHARS)
+    chars += shownChars(events[--kept]);
+  if (kept > 0) leftOut = events.splice(0, kept)[kept - 1].seq;
   const end = await getJson(path, { limit: 1 }, options);
-  return { metadata: end.metadata, events: end.metadata.epoch === epoch ? events : [], leftOut };
+  return {
+    metadata: end.metadata,
+    events: end.metadata.epoch === epoch ? events : [],
+    leftOut,
+  };
+}
+
+/**
+ * The events after `after` up to `upTo` of the session at `path`, over HTTP, page
+ * after page (a page may hold fewer than asked: the server bounds its bytes), of the
+ * log of `epoch`: a page of another says the session was replaced, and its earlier
+ * events went with its log (an error, which "Show earlier" shows).
+ * @param {string} path @param {number} after @param {number} upTo @param {string} epoch
+ * @param {() => boolean} alive
+ * @returns {Promise<Array<{ seq: number, ts: string, event: any }>>}
+ */
+export async function readEarlier(path, after, upTo, epoch, alive) {
+  /** @type {Array<{ seq: number, ts: string, event: any }>} */
+  const events = [];
+  for (let cursor = after, last = upTo; alive() && cursor < last;) {
+    const page = await getJson(
+      `${path}/events`,
+      { after_seq: cursor, limit: last - cursor },
+      { alive },
+    );
+    if (typeof page.epoch === "string" && page.epoch !== epoch)
+      throw new Error("the session was replaced: they went with its log");
+    last = Math.min(upTo, page.last_seq);
+    const from = cursor;
+    for (const item of page.events) {
+      if (item.seq > cursor && item.seq <= upTo) events.push(item);
+      cursor = Math.max(cursor, item.seq);
+    }
+    if (cursor === from && cursor < last)
+      throw new Error(`the server answered no events after #${cursor} of ${last}`);
+  }
+  return events;
 }
 
 /**
@@ -160,8 +208,9 @@ export async function showStoredTail(tail, path, metadata, count, alive) {
     if (read.metadata.epoch !== metadata.epoch)
       tail.note("The session was replaced while this page read it.");
     else {
-      if (after > 0 && read.events.length > 0)
-        tail.note(`Events 1–${after} are not shown (GET ${path}/events has them).`);
+      const notShown = read.leftOut ?? after; // (more than `after` when too long to show)
+      if (notShown > 0 && read.events.length > 0)
+        tail.note(`Events 1–${notShown} are not shown (GET ${path}/events has them).`);
       for (const item of read.events) tail.add(item);
     }
     return null;

@@ -75,14 +75,15 @@ export class ReconnectNotes {
     const pending = this.pending;
     if (pending === null) return;
     if ("reset" in item) {
-      pending.line.textContent = `Reconnected after #${pending.after}: could not resume.`;
+      this.tail.retext(pending.line, `Reconnected after #${pending.after}: could not resume.`);
       this.pending = null;
     } else if (pending.left > 0) {
       pending.left -= 1; // queued before the reconnect
     } else {
-      pending.line.textContent =
-        `Reconnected after #${pending.after}: resumed, no event missed` +
-        ` (#${item.seq} follows).`;
+      this.tail.retext(
+        pending.line,
+        `Reconnected after #${pending.after}: resumed, no event missed (#${item.seq} follows).`,
+      );
       this.pending = null;
     }
   }

@@ -138,6 +138,7 @@ class SessionView {
       return;
     }
     this.client = client;
+    this.#readEarlier(client.epoch ?? metadata.epoch);
     const session = /** @type {any} */ (client.session);
     const attachedAt = session.last_seq; // message events after this are new messages
     this.#showMeta(session);
@@ -190,7 +191,7 @@ class SessionView {
       const ended = client.error instanceof SessionEnded ? client.error.reason : null;
       const reason = ended ?? client.closedReason ?? "client closed";
       if (replaced !== null) {
-        replaced.line.remove();
+        this.tail.remove(replaced.line);
         this.#replaced(replaced.after, reason);
       } else this.#ended(reason);
     } catch (error) {
@@ -288,7 +289,7 @@ class SessionView {
 
   /** The lines a failed read of the missed events added to the tail, gone. */
   #takeBackUnread() {
-    for (const line of this.unread.splice(0)) line.remove();
+    for (const line of this.unread.splice(0)) this.tail.remove(line);
   }
 
   /**
@@ -323,12 +324,20 @@ class SessionView {
     this.messages.showStored(this.#path(), stored);
     const alive = () => this.alive;
     const path = this.#path();
+    this.#readEarlier(stored.metadata.epoch);
     void missed
       .showStoredTail(this.tail, path, stored.metadata, TAIL_REPLAY, alive)
       .then((error) => {
         if (error !== null && this.#unauthorized(error)) return;
         if (this.alive) this.tail.note(text);
       });
+  }
+
+  /** The tail's "Show earlier" reads the events of the log of `epoch` (the one it
+   * shows). @param {string} epoch */
+  #readEarlier(epoch) {
+    const alive = () => this.alive;
+    this.tail.read = (after, upTo) => missed.readEarlier(this.#path(), after, upTo, epoch, alive);
   }
 
   #path() {

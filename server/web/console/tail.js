@@ -1,227 +1,298 @@
 // @ts-check
 /**
- * tail.js: a session's events as a person reads them. Consecutive `token` events grow
- * one block of text (and `thinking` ones another), tool calls are collapsible blocks
- * that their result or error completes, and everything else is one line. At most
- * MAX_BLOCKS blocks are kept; older ones are dropped from the page.
+ * tail.js: the tail of a session's events as a person reads them (each event's block
+ * is blocks.js's), bounded, following the end, and with the way back to what it
+ * dropped.
  *
- * Events come from any peer of the session, so what they cost the page is bounded:
- * a block shows at most MAX_CHARS characters (a growing text block goes on in a new
- * block; a longer value is cut), because laying out a block costs its whole text, and
- * the page is measured (to follow the end) once per frame, not once per event. A text
- * block's tokens join its last text node rather than each add a node of its own.
+ * Bounded in characters as well as blocks: a page left open for hours on a stream
+ * held 10 million characters in 1,000 blocks, 181 MB of Blink's heap, and every frame
+ * cost half a core (bench/RESULTS.md). The tail drops its oldest blocks while its text
+ * passes MAX_TAIL_CHARS or its blocks MAX_BLOCKS, counted as they are added (a sum
+ * kept, never a walk of the page). A viewer scrolled up keeps what they read: the tail
+ * then waits until twice the bound before it drops anything (what is dropped later
+ * goes when they are back at the end). Its first line then says which events it does
+ * not show, with "Show earlier", which reads them over HTTP (`read`), a page at a
+ * time, into its top.
+ *
+ * Following the end is a state: on while the viewer is at the end (within END_SLACK),
+ * off once they scroll up, on again when they scroll back. A following tail is
+ * scrolled to the end once per frame, after that frame's events (the page is measured
+ * once per frame, not once per event); one scrolled up keeps its place: the block at
+ * the top of the view stays where it was as blocks are dropped or inserted above it.
  */
 
-import { NO_RUN, breakable, clip, h, json } from "./dom.js";
+import { Blocks } from "./blocks.js";
+import { fill, h } from "./dom.js";
 
-/** @typedef {import("./dom.js").RunEnd} RunEnd */
+/** @typedef {import("./blocks.js").Item} Item */
+/** The events after `after` up to `upTo`, oldest first, of the log the tail shows.
+ * @typedef {(after: number, upTo: number) => Promise<Item[]>} ReadEvents */
 
-export const MAX_BLOCKS = 1000;
-const MAX_CHARS = 10_000; // characters of one block
-const MAX_NAME = 200; // characters of a name or an id in a block's heading
-
-/** A value of an event as text that fits in a block. @param {unknown} value */
-function text(value, max = MAX_CHARS) {
-  return breakable(clip(typeof value === "string" ? value : String(value ?? ""), max))[0];
-}
+export const MAX_BLOCKS = 300;
+export const MAX_TAIL_CHARS = 500_000;
+const SCROLLED_UP = 2; // times the bound a tail scrolled up keeps
+const EARLIER_PAGE = 1000; // events read by a "Show earlier"
+const END_SLACK = 40; // px from the end that still are the end
 
 export class Tail {
+  /** @type {WeakMap<Element, number>} characters of each block */
+  sizes = new WeakMap();
+  chars = 0; // characters of the blocks shown
+  count = 0; // blocks shown
+  lastSeq = 0;
+  hidden = 0; // events 1 to this are not shown (dropped, or before the first shown)
+  following = true;
+  /** @type {number | null} where this tail scrolled to last (not the viewer) */
+  placed = null;
+  /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean } | null}
+   * a frame's changes, to settle when it is drawn: the block at the top of the view
+   * before anything above it moved, and where it was */
+  frame = null;
+  /** @type {HTMLElement | null} the first line, saying which events are not shown */
+  header = null;
+  /** @type {ReadEvents | null} how "Show earlier" reads: none, no button */
+  read = null;
+  reading = false;
+
   /** @param {HTMLElement} el */
   constructor(el) {
     this.el = el;
-    /** @type {{ kind: string, block: HTMLElement, text: HTMLElement, size: number, end: RunEnd } | null}
-     * the growing text, its characters, and where it ends (breakable) */
-    this.open = null;
-    /** @type {Map<string, HTMLDetailsElement>} */
-    this.tools = new Map();
-    this.lastSeq = 0;
-    /** @type {boolean | null} whether the end was in view when this frame's events began */
-    this.following = null;
+    this.blocks = new Blocks();
+    el.addEventListener("scroll", () => this.#scrolled(), { passive: true });
   }
 
   /**
    * Show one event. `own`: published from this page (the server does not echo it).
-   * @param {{ seq: number, ts: string, event: any }} item @param {boolean} [own]
+   * @param {Item} item @param {boolean} [own]
    */
   add(item, own = false) {
-    const { seq, event } = item;
-    this.#follow();
-    if (event.type === "token" || event.type === "thinking") {
-      this.#grow(event.type, seq, String(event.content ?? ""));
-    } else {
-      this.open = null;
-      const block = this.#block(item);
-      if (block !== null) this.#append(block, own);
+    this.#changing();
+    const shown = this.blocks.add(item);
+    if (shown.block !== null) {
+      if (own) shown.block.classList.add("own");
+      this.el.append(shown.block);
+      this.count += 1;
     }
-    this.lastSeq = Math.max(this.lastSeq, seq);
+    if (shown.grown !== null) this.#grew(shown.grown, shown.chars);
+    this.#trim();
+    this.lastSeq = Math.max(this.lastSeq, item.seq);
     this.el.dataset.lastSeq = String(this.lastSeq);
   }
 
-  /** Keep the end in view if it was: measured at the first event of a frame only, as
-   * a measure lays out what changed since, and scrolled when the frame is drawn. */
-  #follow() {
-    if (this.following !== null) return;
-    this.following = this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 40;
-    requestAnimationFrame(() => {
-      if (this.following) this.el.scrollTop = this.el.scrollHeight;
-      this.following = null;
-    });
-  }
-
   /** A line saying that events were skipped or the stream changed.
-   * @param {string} text @returns {HTMLElement} the line (to take it back) */
+   * @param {string} text @returns {HTMLElement} the line (to take it back: `remove`) */
   note(text) {
-    this.#follow(); // a line, as an event: two in a row would leave the end behind
-    this.open = null;
+    this.#changing();
+    this.blocks.close();
     const line = h("div", { class: "ev ev-note" }, text);
-    this.#append(line);
+    this.el.append(line);
+    this.count += 1;
+    this.#grew(line, text.length);
+    this.#trim();
     return line;
   }
 
-  /** @param {string} kind @param {number} seq @param {string} content */
-  #grow(kind, seq, content) {
-    if (this.open?.kind !== kind || this.open.size + content.length > MAX_CHARS) {
-      const text = h("span", { class: "text" });
-      const block = h(
-        "div",
-        { class: `ev ev-${kind === "token" ? "text" : "thinking"}`, dataset: { from: seq } },
-        h("span", { class: "seq" }, `#${seq}`),
-        kind === "thinking" ? h("span", { class: "label" }, "thinking") : null,
-        text,
+  /** Take back a line `note` added, if it is still shown. @param {HTMLElement} line */
+  remove(line) {
+    if (line.parentElement !== this.el || line === this.header) return;
+    this.#changing(true);
+    this.#drop(line);
+  }
+
+  /** A line `note` added says `text` now. @param {HTMLElement} line @param {string} text */
+  retext(line, text) {
+    if (line.parentElement !== this.el) return;
+    this.#changing(true);
+    this.#grew(line, text.length - (line.textContent?.length ?? 0));
+    line.textContent = text;
+  }
+
+  /** @param {Element} block @param {number} chars */
+  #grew(block, chars) {
+    this.sizes.set(block, (this.sizes.get(block) ?? 0) + chars);
+    this.chars += chars;
+  }
+
+  /** @param {HTMLElement} block */
+  #drop(block) {
+    this.chars -= this.sizes.get(block) ?? 0;
+    this.count -= 1;
+    this.blocks.forget(block);
+    block.remove();
+  }
+
+  /** The oldest blocks go while the tail passes its bound (twice it, scrolled up).
+   * Events up to the last one dropped are then not shown (blocks are in seq order; a
+   * line has no seq). */
+  #trim() {
+    const times = this.following ? 1 : SCROLLED_UP;
+    let hidden = this.hidden;
+    while (
+      this.count > 0 &&
+      (this.chars > MAX_TAIL_CHARS * times || this.count > MAX_BLOCKS * times)
+    ) {
+      const oldest = /** @type {HTMLElement} */ (
+        this.header === null ? this.el.firstElementChild : this.header.nextElementSibling
       );
-      this.open = { kind, block, text, size: 0, end: NO_RUN };
-      this.#append(block);
+      this.#changing(true);
+      hidden = Math.max(hidden, Number(oldest.dataset.to ?? oldest.dataset.from ?? 0));
+      this.#drop(oldest);
     }
-    const shown = clip(content, MAX_CHARS);
-    const [nodes, end] = breakable(shown, this.open.end); // tokens add up to one run
-    // A token is a few characters: as a node of its own each, a full block held
-    // thousands of nodes, and the tail's bound hundreds of MB of them. Text that needs
-    // no break goes on the block's last text node instead.
-    const last = this.open.text.lastChild;
-    if (typeof nodes === "string" && last instanceof Text) last.appendData(nodes);
-    else this.open.text.append(nodes);
-    this.open.size += shown.length;
-    this.open.end = end;
-    this.open.block.dataset.to = String(seq);
+    if (hidden !== this.hidden) this.#hide(hidden);
   }
 
-  /** A new block, or null when the event completed a block already shown.
-   * @param {{ seq: number, ts: string, event: any }} item @returns {HTMLElement | null} */
-  #block({ seq, event }) {
-    const tag = h("span", { class: "seq" }, `#${seq}`);
-    switch (event.type) {
-      case "message": {
-        const m = event.message ?? {};
-        return h(
-          "div",
-          { class: `ev ev-message role-${m.role}` },
-          tag,
-          h("b", {}, m.role),
-          " ",
-          text(m.content),
-        );
-      }
-      case "tool_start": {
-        const details = /** @type {HTMLDetailsElement} */ (
-          h(
-            "details",
-            { class: "ev ev-tool", dataset: { tool: event.tool_call_id, status: "running" } },
-            h(
-              "summary",
-              {},
-              tag,
-              h("b", {}, text(event.tool_name, MAX_NAME)),
-              " ",
-              h("span", { class: "status" }, "running…"),
-            ),
-            h("div", { class: "label" }, "arguments"),
-            h("pre", {}, text(json(event.arguments ?? null))),
-          )
-        );
-        this.tools.set(event.tool_call_id, details);
-        return details;
-      }
-      case "tool_complete":
-      case "tool_error": {
-        const details = this.tools.get(event.tool_call_id);
-        const ok = event.type === "tool_complete" && event.result?.success;
-        const body =
-          event.type === "tool_error"
-            ? [h("div", { class: "label" }, "error"), h("pre", {}, text(event.error))]
-            : [
-                h("div", { class: "label" }, ok ? "result" : "failed"),
-                h("pre", {}, text(resultText(event.result))),
-              ];
-        this.tools.delete(event.tool_call_id); // completed: later results get a block of their own
-        if (details !== undefined && details.isConnected) {
-          details.dataset.status = ok ? "done" : "failed";
-          const status = details.querySelector(".status");
-          if (status) status.textContent = ok ? `done (#${seq})` : `failed (#${seq})`;
-          details.append(...body);
-          return null;
-        }
-        return h(
-          "details",
-          {
-            class: "ev ev-tool",
-            dataset: { tool: event.tool_call_id, status: ok ? "done" : "failed" },
-          },
-          h(
-            "summary",
-            {},
-            tag,
-            h("b", {}, text(event.tool_call_id, MAX_NAME)),
-            " ",
-            h("span", { class: "status" }, ok ? "done" : "failed"),
-          ),
-          ...body,
-        );
-      }
-      case "complete": {
-        const u = event.usage;
-        const usage = u
-          ? ` (${u.prompt_tokens} + ${u.completion_tokens} = ${u.total_tokens} tokens)`
-          : "";
-        return h("div", { class: "ev ev-complete" }, tag, `complete${usage}`);
-      }
-      case "error":
-        return h(
-          "div",
-          { class: "ev ev-error" },
-          tag,
-          text(`error${event.code ? ` ${event.code}` : ""}: ${event.message}`),
-        );
-      case "state_change":
-        return h("div", { class: "ev ev-state" }, tag, text(`state ${event.from} → ${event.to}`));
-      case "custom":
-        return h(
-          "details",
-          { class: "ev ev-custom" },
-          h("summary", {}, tag, h("b", {}, text(event.name, MAX_NAME))),
-          h("pre", {}, text(json(event.data ?? null))),
-        );
-      default:
-        return h("div", { class: "ev" }, tag, text(json(event)));
+  /** Events 1 to `upTo` are not shown: the first line says so (none: no line).
+   * @param {number} upTo @param {string} [state] what a read of them did */
+  #hide(upTo, state = "") {
+    this.hidden = upTo;
+    if (upTo <= 0) {
+      this.header?.remove();
+      this.header = null;
+      return;
+    }
+    if (this.header === null) {
+      this.header = h("div", {
+        id: "tail-earlier",
+        class: "tail-earlier",
+        role: "status",
+      });
+      this.el.prepend(this.header);
+    }
+    const what = upTo === 1 ? "Event 1 not shown" : `Events 1–${upTo} not shown`;
+    /** @type {Array<Node | string>} */
+    const parts = [h("span", { class: "what" }, what)];
+    if (state) parts.push(" · ", h("span", { class: "state" }, state));
+    if (this.read !== null && !this.reading) {
+      const button = h("button", { type: "button", class: "link" }, "Show earlier");
+      button.addEventListener("click", () => void this.#showEarlier());
+      parts.push(" · ", button);
+    }
+    fill(this.header, ...parts);
+  }
+
+  /** "Show earlier": the page of events before the first shown, read, into the top. */
+  async #showEarlier() {
+    const read = this.read;
+    if (read === null || this.reading || this.hidden <= 0) return;
+    const upTo = this.hidden;
+    this.reading = true;
+    this.#hide(upTo, "reading…");
+    /** @type {Item[]} */
+    let items;
+    try {
+      items = await read(Math.max(0, upTo - EARLIER_PAGE), upTo);
+    } catch (error) {
+      this.reading = false;
+      const why = error instanceof Error ? error.message : String(error);
+      this.#hide(this.hidden, `reading them failed (${why})`);
+      return;
+    }
+    this.reading = false;
+    // More were dropped meanwhile: this page would leave a gap below it. Ask again.
+    if (this.hidden !== upTo) this.#hide(this.hidden);
+    else
+      this.#insert(
+        Math.max(0, upTo - EARLIER_PAGE),
+        items.filter((item) => item.seq <= upTo),
+      );
+  }
+
+  /** Events before the first shown, oldest first (every one after `after`), into the
+   * top: the newest of them that fit in what a tail scrolled up keeps.
+   * @param {number} after @param {Item[]} items */
+  #insert(after, items) {
+    const page = new Blocks();
+    /** @type {Map<Element, number>} the page's blocks, in order, and their characters */
+    const built = new Map();
+    for (const item of items) {
+      const shown = page.add(item);
+      if (shown.block !== null) built.set(shown.block, 0);
+      if (shown.grown !== null) built.set(shown.grown, (built.get(shown.grown) ?? 0) + shown.chars);
+    }
+    const blocks = [...built];
+    let from = blocks.length;
+    let chars = this.chars;
+    while (
+      from > 0 &&
+      chars + blocks[from - 1][1] <= MAX_TAIL_CHARS * SCROLLED_UP &&
+      this.count + blocks.length - from < MAX_BLOCKS * SCROLLED_UP
+    ) {
+      from -= 1;
+      chars += blocks[from][1];
+    }
+    if (from === blocks.length && blocks.length > 0) {
+      this.#hide(this.hidden, "the tail holds no more: scroll to its end first");
+      return;
+    }
+    this.#changing(true);
+    const first = this.header?.nextSibling ?? null;
+    for (const [block, size] of blocks.slice(from)) {
+      this.el.insertBefore(block, first);
+      this.sizes.set(block, size);
+      this.count += 1;
+    }
+    this.chars = chars;
+    const oldest = /** @type {HTMLElement | undefined} */ (blocks[from]?.[0]);
+    this.#hide(from === 0 ? after : Number(oldest?.dataset.from ?? this.hidden + 1) - 1);
+  }
+
+  /** Something in the tail changes: settle its scroll once this frame is drawn. `above`:
+   * it moves what is above the view, so a viewer scrolled up needs to keep their place
+   * (measured now, before it moves: once a frame). @param {boolean} [above] */
+  #changing(above = false) {
+    if (this.frame === null) {
+      this.frame = { anchor: null, moved: false };
+      requestAnimationFrame(() => this.#settle());
+    }
+    if (above && !this.following && !this.frame.moved) {
+      this.frame.moved = true;
+      this.frame.anchor = this.#anchor();
     }
   }
 
-  /** @param {HTMLElement} block @param {boolean} [own] */
-  #append(block, own = false) {
-    if (own) block.classList.add("own");
-    this.el.append(block);
-    while (this.el.childElementCount > MAX_BLOCKS) {
-      const gone = /** @type {HTMLElement} */ (this.el.firstElementChild);
-      gone.remove();
-      // A tool call that never completed goes from the map too, not to be kept alive by it.
-      const tool = gone.dataset.tool;
-      if (tool !== undefined && this.tools.get(tool) === gone) this.tools.delete(tool);
-    }
+  #settle() {
+    const frame = this.frame;
+    this.frame = null;
+    if (this.following) this.#place(this.el.scrollHeight);
+    else if (frame?.anchor && frame.anchor.block.parentElement === this.el) {
+      const top = this.#top(frame.anchor.block);
+      this.#place(this.el.scrollTop + top - frame.anchor.top);
+    } // (a viewer whose block was dropped: its place went with it)
   }
-}
 
-/** @param {any} result */
-function resultText(result) {
-  if (!result) return "";
-  if (result.error) return `${result.content ?? ""}\n${result.error}`.trim();
-  return String(result.content ?? "");
+  /** The first block (not the first line) in view, and where it is in the view. */
+  #anchor() {
+    const children = this.el.children;
+    const viewTop = this.el.getBoundingClientRect().top;
+    let low = this.header === null ? 0 : 1;
+    let high = children.length;
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (children[mid].getBoundingClientRect().bottom > viewTop) high = mid;
+      else low = mid + 1;
+    }
+    if (low >= children.length) return null;
+    return { block: children[low], top: this.#top(children[low]) };
+  }
+
+  /** Where a block is, from the top of the view. @param {Element} block */
+  #top(block) {
+    return block.getBoundingClientRect().top - this.el.getBoundingClientRect().top;
+  }
+
+  /** @param {number} top */
+  #place(top) {
+    const before = this.el.scrollTop;
+    this.el.scrollTop = top;
+    this.placed = this.el.scrollTop === before ? null : this.el.scrollTop;
+  }
+
+  /** The viewer scrolled (or this tail did: `placed`). At the end, following; away
+   * from it, not (unless this tail put it there, as a frame's end before the next). */
+  #scrolled() {
+    const el = this.el;
+    if (el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK) this.following = true;
+    else if (el.scrollTop !== this.placed) this.following = false;
+    this.placed = null;
+  }
 }

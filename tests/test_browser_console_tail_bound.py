@@ -1,0 +1,171 @@
+"""The console's tail past its bound, in a real headless Chromium: it keeps at most
+MAX_TAIL_CHARS characters and MAX_BLOCKS blocks while the viewer follows the end, its
+first line says which events it does not show, "Show earlier" brings exactly those
+back (read over HTTP, a page at a time), and a viewer scrolled up keeps their place
+while events arrive and while earlier ones are put above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bamboo_session.protocol import AgentEvent
+from bamboo_session.protocol.client import BambooClient
+from tests.browser import eventually, watch_page
+from tests.console_support import DASH, console_url, ws_url
+from tests.support import run_server
+
+playwright = pytest.importorskip("playwright.async_api")
+expect = playwright.expect
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+expect.set_options(timeout=20_000)
+
+MAX_TAIL_CHARS = 500_000  # tail.js
+MAX_BLOCKS = 300  # tail.js
+EARLIER_PAGE = 1000  # tail.js: events a "Show earlier" reads
+
+# The tail's blocks, each as [first seq, last seq (text blocks), its characters].
+BLOCKS = """el => [...el.querySelectorAll(":scope > .ev")].map(b => [
+  Number(b.dataset.from ?? 0), Number(b.dataset.to ?? b.dataset.from ?? 0), b.textContent.length,
+])"""
+# Whether "Show earlier" is done reading (or there is nothing more to read).
+READ_DONE = """() => {
+  const h = document.getElementById("tail-earlier");
+  return h === null || !h.textContent.includes("reading");
+}"""
+# How far the tail is from its end, in px.
+FROM_END = "el => el.scrollHeight - el.scrollTop - el.clientHeight"
+# The first block in the tail's view (not its first line), and where it is in the view.
+IN_VIEW = """el => {
+  const top = el.getBoundingClientRect().top;
+  for (const b of el.querySelectorAll(":scope > .ev")) {
+    const rect = b.getBoundingClientRect();
+    if (rect.bottom > top) return [Number(b.dataset.from), Math.round(rect.top - top)];
+  }
+  return null;
+}"""
+
+
+async def at_end(tail: Any) -> bool:
+    return bool(await tail.evaluate(f"el => ({FROM_END})(el) < 2"))
+
+
+def token(i: int) -> str:
+    """A token of 100 characters that says which it is."""
+    return f"{i:06d} " + "abcdefghi " * 9 + "xyz "
+
+
+async def show_earlier_until_all(page: Any) -> int:
+    """Click "Show earlier" (without scrolling to it, as a viewer's place is kept) until
+    the tail shows every event; the clicks."""
+    header = page.locator("#tail-earlier")
+    clicks = 0
+    while await header.count() > 0:
+        assert clicks < 20, await header.text_content()
+        button = header.get_by_role("button", name="Show earlier")
+        await button.evaluate("b => b.click()")
+        clicks += 1
+        await eventually(lambda: page.evaluate(READ_DONE), "the read of earlier events")
+        await next_frame(page)
+    return clicks
+
+
+async def next_frame(page: Any) -> None:
+    await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done()))")
+
+
+async def test_a_stream_past_the_bound_shows_its_characters_and_brings_back_the_rest(
+    browser: Any,
+) -> None:
+    """6,500 tokens of 100 characters (650,000): the tail, following the end, keeps at
+    most MAX_TAIL_CHARS of them and says which events it does not show; "Show earlier",
+    a page of 1,000 events at a time, brings back exactly those, in order, once."""
+    count = 6500
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "long", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/long"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            for start in range(1, count + 1, 500):
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.token(token(i))) for i in range(start, start + 500))
+                )
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", str(count), timeout=60_000)
+            blocks = await tail.evaluate(BLOCKS)
+            assert sum(chars for _, _, chars in blocks) <= MAX_TAIL_CHARS
+            assert len(blocks) <= MAX_BLOCKS
+            first = blocks[0][0]
+            assert first > EARLIER_PAGE + 1  # more than a page is not shown
+            assert blocks[-1][1] == count
+            header = page.locator("#tail-earlier")
+            await expect(header).to_contain_text(f"Events 1{DASH}{first - 1} not shown")
+            await eventually(lambda: at_end(tail), "the tail at its end")  # it followed
+
+            await tail.evaluate("el => { el.scrollTop = 0; }")  # up, to "Show earlier"
+            await next_frame(page)
+            clicks = await show_earlier_until_all(page)
+            text = await tail.evaluate(
+                "el => [...el.querySelectorAll('.ev-text .text')].map(t => t.textContent).join('')"
+            )
+    assert clicks == -(-(first - 1) // EARLIER_PAGE)
+    assert text == "".join(token(i) for i in range(1, count + 1))  # each once, in order
+    assert problems == []
+
+
+async def test_a_viewer_scrolled_up_keeps_their_place(browser: Any) -> None:
+    """400 events of a block each (100 past MAX_BLOCKS), then the viewer scrolls up:
+    100 more arrive, and the 100 not shown are put above, and the block they were
+    reading stays where it was. Back at the end, the tail follows again, and goes back
+    to its bound."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "steps", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/steps"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+
+            async def publish(start: int, end: int) -> None:
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
+                )
+
+            await publish(1, 401)
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", "400")
+            await expect(tail.locator(".ev-custom")).to_have_count(MAX_BLOCKS)
+            await expect(page.locator("#tail-earlier")).to_contain_text(
+                f"Events 1{DASH}100 not shown"
+            )
+            await tail.evaluate("el => { el.scrollTop = el.scrollHeight / 2; }")
+            await next_frame(page)
+            place = await tail.evaluate(IN_VIEW)
+            assert place is not None and place[0] > 200, place
+
+            await publish(401, 501)
+            await expect(tail).to_have_attribute("data-last-seq", "500")
+            await next_frame(page)
+            assert await tail.evaluate(IN_VIEW) == place  # events arrived below
+            assert await show_earlier_until_all(page) == 1
+            await next_frame(page)
+            assert await tail.evaluate(IN_VIEW) == place  # and 100 were put above
+            blocks = await tail.evaluate(BLOCKS)
+            assert [seq for seq, _, _ in blocks] == list(range(1, 501))
+
+            await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # back at the end
+            await next_frame(page)
+            await eventually(lambda: at_end(tail), "the tail at its end")
+            await publish(501, 511)
+            await expect(tail).to_have_attribute("data-last-seq", "510")
+            await expect(tail.locator(".ev-custom")).to_have_count(MAX_BLOCKS)
+            await expect(page.locator("#tail-earlier")).to_contain_text(
+                f"Events 1{DASH}210 not shown"
+            )
+            await eventually(lambda: at_end(tail), "the tail at its end")
+    assert problems == []
