@@ -2,8 +2,9 @@
 and does it stay bounded? (``python -m bench.console_tail_cost``)
 
 bench/browser_soak.py runs minutes, at agent rates: a tail fills its bound
-(``MAX_BLOCKS`` blocks of up to 10,000 characters, server/web/console/tail.js) only
-after hours. This script fills one at once, in a console page of a real server in
+(``MAX_TAIL_CHARS`` characters or ``MAX_BLOCKS`` blocks of up to 10,000 characters,
+whichever comes first, server/web/console/tail.js) only after an hour or more. This
+script fills one at once, in a console page of a real server in
 Debian's headless Chromium: tail.js's own ``Tail``, fed tokens as the live path feeds
 them, in two shapes of stream:
 

@@ -16,6 +16,7 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
 from tests.browser import eventually, watch_page
 from tests.console_support import DASH, console_url, ws_url
+from tests.proxies import HttpProxy
 from tests.support import run_server
 
 playwright = pytest.importorskip("playwright.async_api")
@@ -169,3 +170,42 @@ async def test_a_viewer_scrolled_up_keeps_their_place(browser: Any) -> None:
             )
             await eventually(lambda: at_end(tail), "the tail at its end")
     assert problems == []
+
+
+async def test_a_read_of_earlier_events_that_fails_is_shown_and_can_be_tried_again(
+    browser: Any,
+) -> None:
+    """The server refuses "Show earlier"'s read (503, through a proxy): the tail's
+    first line says so, with "Show earlier" again, which reads them once the server
+    answers; the page throws nothing."""
+    async with run_server() as server:
+        proxy = HttpProxy(server.port)
+        port = await proxy.start()
+        try:
+            connect = BambooClient.connect(ws_url(server), "refused", create=True, role="agent")
+            async with await connect as agent:
+                page = await browser.new_page()
+                problems = watch_page(page)
+                await page.goto(console_url(port, "#/s/refused"))
+                await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(310))
+                )
+                tail = page.locator("#tail")
+                await expect(tail).to_have_attribute("data-last-seq", "310")
+                header = page.locator("#tail-earlier")
+                await expect(header).to_contain_text(f"Events 1{DASH}10 not shown")
+                await tail.evaluate("el => { el.scrollTop = 0; }")
+                await next_frame(page)
+                proxy.refusing = True
+                await header.get_by_role("button", name="Show earlier").click()
+                await expect(header).to_contain_text("reading them failed (")
+                await expect(header).to_contain_text(f"Events 1{DASH}10 not shown")
+                proxy.refusing = False
+                await header.get_by_role("button", name="Show earlier").click()
+                await expect(header).to_have_count(0)
+                blocks = await tail.evaluate(BLOCKS)
+        finally:
+            await proxy.close()
+    assert [seq for seq, _, _ in blocks] == list(range(1, 311))
+    assert [p for p in problems if "status of 503" not in p] == []  # (Chromium logs the 503)
