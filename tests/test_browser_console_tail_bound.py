@@ -209,3 +209,40 @@ async def test_a_read_of_earlier_events_that_fails_is_shown_and_can_be_tried_aga
             await proxy.close()
     assert [seq for seq, _, _ in blocks] == list(range(1, 311))
     assert [p for p in problems if "status of 503" not in p] == []  # (Chromium logs the 503)
+
+
+async def test_a_viewer_scrolled_up_keeps_their_place_as_the_oldest_go(browser: Any) -> None:
+    """Scrolled up, the tail keeps up to twice its bound; past it, the oldest blocks go
+    from above the viewer, whose block stays where it was, and the first line says which
+    events are not shown."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "steps", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/steps"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+
+            async def publish(start: int, end: int) -> None:
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
+                )
+
+            await publish(1, MAX_BLOCKS + 1)
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS))
+            await tail.evaluate("el => { el.scrollTop = el.scrollHeight / 2; }")
+            await next_frame(page)
+            place = await tail.evaluate(IN_VIEW)
+            assert place is not None and place[0] > 100, place
+
+            last = 2 * MAX_BLOCKS + 50  # 50 past twice the bound
+            await publish(MAX_BLOCKS + 1, last + 1)
+            await expect(tail).to_have_attribute("data-last-seq", str(last))
+            await expect(tail.locator(".ev-custom")).to_have_count(2 * MAX_BLOCKS)
+            await expect(page.locator("#tail-earlier")).to_contain_text(
+                f"Events 1{DASH}50 not shown"
+            )
+            await next_frame(page)
+            assert await tail.evaluate(IN_VIEW) == place
+    assert problems == []
