@@ -14,11 +14,15 @@
  * not show, with "Show earlier", which reads them over HTTP (`read`), a page at a
  * time, into its top.
  *
- * Following the end is a state: on while the viewer is at the end (within END_SLACK),
- * off once they scroll up, on again when they scroll back. A following tail is
- * scrolled to the end once per frame, after that frame's events (the page is measured
- * once per frame, not once per event); one scrolled up keeps its place: the block at
- * the top of the view stays where it was as blocks are dropped or inserted above it.
+ * Following the end is a state: whether the viewer was at the end (within END_SLACK)
+ * when a frame's changes began, which the frame before left at the end if it was
+ * following: so it stays on until the viewer scrolls up, and is on again once they
+ * scroll back. (Measured before the frame's changes, not by scroll events: a drop at
+ * the top moves the scroll, and its event comes a frame later, when more came below.)
+ * A following tail is scrolled to the end once per frame, after that frame's events
+ * (the page is measured once per frame, not once per event); one scrolled up keeps its
+ * place: the block at the top of the view stays where it was as blocks are dropped or
+ * inserted above it.
  */
 
 import { Blocks } from "./blocks.js";
@@ -42,8 +46,6 @@ export class Tail {
   lastSeq = 0;
   hidden = 0; // events 1 to this are not shown (dropped, or before the first shown)
   following = true;
-  /** @type {number | null} where this tail scrolled to last (not the viewer) */
-  placed = null;
   /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean } | null}
    * a frame's changes, to settle when it is drawn: the block at the top of the view
    * before anything above it moved, and where it was */
@@ -58,7 +60,6 @@ export class Tail {
   constructor(el) {
     this.el = el;
     this.blocks = new Blocks();
-    el.addEventListener("scroll", () => this.#scrolled(), { passive: true });
   }
 
   /**
@@ -151,11 +152,8 @@ export class Tail {
       return;
     }
     if (this.header === null) {
-      this.header = h("div", {
-        id: "tail-earlier",
-        class: "tail-earlier",
-        role: "status",
-      });
+      // (Not a live region: it changes as each block goes.)
+      this.header = h("div", { id: "tail-earlier", class: "tail-earlier" });
       this.el.prepend(this.header);
     }
     const what = upTo === 1 ? "Event 1 not shown" : `Events 1–${upTo} not shown`;
@@ -241,6 +239,8 @@ export class Tail {
    * (measured now, before it moves: once a frame). @param {boolean} [above] */
   #changing(above = false) {
     if (this.frame === null) {
+      const el = this.el;
+      this.following = el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK;
       this.frame = { anchor: null, moved: false };
       requestAnimationFrame(() => this.#settle());
     }
@@ -253,10 +253,10 @@ export class Tail {
   #settle() {
     const frame = this.frame;
     this.frame = null;
-    if (this.following) this.#place(this.el.scrollHeight);
+    if (this.following) this.el.scrollTop = this.el.scrollHeight;
     else if (frame?.anchor && frame.anchor.block.parentElement === this.el) {
       const top = this.#top(frame.anchor.block);
-      this.#place(this.el.scrollTop + top - frame.anchor.top);
+      this.el.scrollTop += top - frame.anchor.top;
     } // (a viewer whose block was dropped: its place went with it)
   }
 
@@ -278,21 +278,5 @@ export class Tail {
   /** Where a block is, from the top of the view. @param {Element} block */
   #top(block) {
     return block.getBoundingClientRect().top - this.el.getBoundingClientRect().top;
-  }
-
-  /** @param {number} top */
-  #place(top) {
-    const before = this.el.scrollTop;
-    this.el.scrollTop = top;
-    this.placed = this.el.scrollTop === before ? null : this.el.scrollTop;
-  }
-
-  /** The viewer scrolled (or this tail did: `placed`). At the end, following; away
-   * from it, not (unless this tail put it there, as a frame's end before the next). */
-  #scrolled() {
-    const el = this.el;
-    if (el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK) this.following = true;
-    else if (el.scrollTop !== this.placed) this.following = false;
-    this.placed = null;
   }
 }
