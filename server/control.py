@@ -297,7 +297,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
     if not timer.is_current(generation):
         return
     if not actor.room.outboxes:
-        if await actor.status.gone_from_store():
+        if await actor.status.gone_from_store(actor.health.parked_looks):
             actor.accepting = False  # an attach reads the store, and is told so from there
             return
         await save_owed(actor, "Tick")

@@ -18,7 +18,7 @@ the heartbeat registers a connection whose join failed, and one whose leave fail
 expires after the heartbeat. A store that fails (Redis away, or refusing writes:
 ``MISCONF`` when its disk is full) fails every join and leave, each heartbeat and each
 sweep: the first failure of each kind is logged, the others only counted
-(``failures``), until a call of that kind works again, which is said once too. A
+(server/outage_log.py), until a call of that kind works again, which is said once too. A
 warning per attach and per heartbeat would flood the log just when the store is in
 trouble (bench/redis_disk_full.py: three or four lines a second for each instance).
 Without a PresenceStore (memory, jsonl, sqlite) the server has none of this, and each
@@ -43,6 +43,8 @@ from bamboo_session.persistence.base import SessionNotFound, StorageError
 from bamboo_session.persistence.presence import Held, PresenceNotice, PresenceStore
 from bamboo_session.protocol.models import SessionMetadata
 from bamboo_session.tasks import cancel_and_wait
+
+from .outage_log import OutageLog
 
 __all__ = [
     "LOCAL",
@@ -105,10 +107,9 @@ class SharedPresence(LocalPresence):
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.refreshes = 0
-        self.failures = 0  # the store's failures so far, of every kind of call
-        # Kinds of call ("join", "leave", "heartbeat", "sweep") failing now, each with
-        # its failures since its first, which alone was logged.
-        self._failing: dict[str, int] = {}
+        # Kinds of call ("join", "leave", "heartbeat", "sweep") failing now: the first
+        # failure of each logged, the others counted (server/outage_log.py).
+        self.outages = OutageLog("presence", log)
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -250,22 +251,10 @@ class SharedPresence(LocalPresence):
                 self._registered_again(session_id)
 
     def _failed(self, kind: str, event: str, exc: StorageError) -> None:
-        """A call of ``kind`` failed: logged as ``event`` if none of its kind was
-        failing, else counted (module docstring)."""
-        self.failures += 1
-        failed = self._failing.get(kind)
-        if failed is not None:
-            self._failing[kind] = failed + 1
-            return
-        self._failing[kind] = 1
-        log.warning(event, error=str(exc), further=f"not logged until a {kind} works again")
+        self.outages.failed(kind, event, str(exc))
 
     def _worked(self, kind: str) -> None:
-        """A call of ``kind`` worked: if its kind was failing, that is said, once."""
-        if self._failing:
-            failed = self._failing.pop(kind, None)
-            if failed is not None:
-                log.info(f"presence {kind} works again", failed=failed)
+        self.outages.worked(kind)
 
     async def _refreshed(self) -> None:
         """A leave waits for the refresh under way, which could otherwise register

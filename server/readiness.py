@@ -68,12 +68,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.persistence.capabilities import NotReadyReason, WriteLocations, WriteProbe
 from bamboo_session.protocol.models import SessionMetadata
 
 from .append_failures import AppendFailures
 from .command_failures import CommandFailures
+from .outage_log import OutageLog
 from .pages import PageReads, SharedRead
 
 PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
@@ -86,14 +89,18 @@ RETRY_AFTER: Final = 10.0  # seconds a store that cannot be probed stays unready
 ALONE_WITHIN: Final = 10.0
 # The session whose metadata /readyz reads: any id would do (it need not exist).
 READ_PROBE_ID: Final = "bamboo-readyz"
+# The parked sessions' looks are told in the actors' log, where they were.
+_ACTOR_LOG = structlog.get_logger("bamboo_session.actor")
 
 
 class AppendHealth:
     """What the session actors report of their appends (owned by the manager): the last
     failure of the store's, who appended last, and the appends the store has not
     answered yet; and, for the log, the outage under way (``failures``; a probe that
-    succeeds does not end it, an append does), and that of the other commands the store
-    failed (``command_failures``: an attach, a state change)."""
+    succeeds does not end it, an append does), that of the other commands the store
+    failed (``command_failures``: an attach, a state change), and that of parked
+    sessions' looks (``parked_looks``: one line when the first fails, one when a look
+    works again)."""
 
     __slots__ = (
         "_last_appender",
@@ -105,12 +112,14 @@ class AppendHealth:
         "failed_at",
         "failure",
         "failures",
+        "parked_looks",
         "reported",
     )
 
     def __init__(self) -> None:
         self.failures = AppendFailures()
         self.command_failures = CommandFailures()
+        self.parked_looks = OutageLog("parked session", _ACTOR_LOG)
         self.failure: str | None = None
         self.failed_at = 0.0
         # Failures of the store's reported so far: a probe read it as it began, and

@@ -21,6 +21,8 @@ from bamboo_session.persistence.base import (
 from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
+from .outage_log import OutageLog
+
 log = structlog.get_logger("bamboo_session.actor")
 
 EXPIRED = "expired"  # how a session ended that check() found expired (DELETED: gone)
@@ -216,22 +218,24 @@ class SessionStatus:
         finally:
             self.state = held  # still attached here, whatever the store says
 
-    async def gone_from_store(self) -> bool:
+    async def gone_from_store(self, looks: OutageLog) -> bool:
         """A parked session's look at the store: whether the session it serves is no
         more there, as a live one: deleted (by cleanup once expired, by the API, or by
         another process on a shared store, whose notice only a subscription hears),
         replaced under its id, expired, or closed by another process. Nothing of it
         is then worth keeping in memory: an attach reads the store, and gets from it
         what it would get from this actor (4404, 4409). A read that fails says no: the
-        next look reads again."""
+        next look reads again. ``looks`` (the process's) tells the log of an outage
+        once, not at every parked session's every look (server/outage_log.py)."""
         try:
             metadata = await self.storage.get_metadata(self.session_id)
         except StorageError as exc:
-            log.info("reading the parked session failed", error=str(exc))
+            looks.failed("look", "reading the parked session failed", str(exc))
             # Not the expiry read before: past, it would bring the next look at once,
             # and a store that fails would be asked again twenty times a second.
             self.expires_at = None
             return False
+        looks.worked("look")
         if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
             return True
         self.expires_at = metadata.expires_at
