@@ -123,6 +123,14 @@ class PresenceStore(Protocol):
         nor one closed, expired or deleted. How many it wrote."""
         ...
 
+    async def park(self, session_id: str, *, epoch: str | None = None) -> tuple[int, bool]:
+        """Write the session ``disconnected`` if no connection of any instance is
+        registered (dead ones swept first), in one step with that check: never over a
+        connection registered meanwhile. Only over ``active`` or ``idle``, and not an
+        expired session. The count of connections, and whether it wrote. With ``epoch``,
+        SessionNotFound for a session of another epoch (nothing touched)."""
+        ...
+
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:
         """Call ``callback`` with every notice for the sessions this instance
         subscribes to (its own changes included; see ``instance``)."""

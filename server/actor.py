@@ -213,8 +213,7 @@ class SessionActor:
                 await self._finish()
 
     async def _wait_for_work(self) -> None:
-        """While connections are attached the task waits here instead of ending, so a
-        busy session does not pay for a new task on every command."""
+        """Connections attached: the task waits here, not ending (no task per command)."""
         await self._wakeup.wait()
 
     async def _finish(self) -> None:
@@ -241,6 +240,7 @@ class SessionActor:
         self.timer.cancel()
         self.unfollow()
         self.room.drop_ring()
+        self.health.owe(self.status)  # a state still owed: written once the store answers
         self._on_retired(self)
 
     # -- commands -------------------------------------------------------------------

@@ -45,6 +45,7 @@ from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
+from .owed_states import OwedStates
 from .pages import PageReads
 from .presence import LOCAL, PresenceNotice, overlay_live, shared_presence
 from .quotas import Admission, check_fields
@@ -80,6 +81,8 @@ class SessionManager:
         self.endings = SessionEndings(self.actors, storage, self.page_reads)
         # Session-wide presence when the store is shared by several processes.
         self.shared_presence = shared_presence(storage, self._announce, self._registered_again)
+        self.owed_states = OwedStates(storage, self.shared_presence, self.actors.get)
+        self.append_health.owed_states = self.owed_states  # retiring actors hand theirs there
         self.restart_park = RestartPark(storage)
         self.metrics.watch_actors(
             lambda: len(self.actors), self.actors.parked_count, lambda: self.budget.used
@@ -312,8 +315,7 @@ class SessionManager:
             if await actor.room_for(len(appends)):
                 actor.post_batch(appends)
                 return await acked
-            # Its actor retired while this waited for room (a session with no
-            # connection is parked, and may be evicted): the next one takes the batch.
+            # Its actor retired while this waited (parked, it may be evicted): the next takes it.
 
     async def add_message(
         self, session_id: str, message: Message, key: str | None = None
@@ -393,5 +395,6 @@ class SessionManager:
         finally:  # an outage under way is told, not lost, however the close ends
             self.append_health.failures.flush()
             self.append_health.command_failures.flush()
+        await self.owed_states.close()  # what is still owed then is not written
         if self.shared_presence is not None:
             await self.shared_presence.stop()

@@ -13,9 +13,12 @@ process's own connections run out, its live sessions then parked by the others (
 Actors register a connection when it attaches and unregister it when it leaves; the
 counts the store answers go into ``welcome`` and ``presence``.
 
-A failure of the store here never fails an attach: the room's own count stands in,
-the heartbeat registers a connection whose join failed, and one whose leave failed
-expires after the heartbeat. A store that fails (Redis away, or refusing writes:
+A failure of the store here never fails an attach: the room's own count stands in, the
+heartbeat registers a connection whose join failed, and one whose leave failed expires
+after the heartbeat, unless a later call for its session, once the store answers, leaves
+it again first (a leave that failed is remembered for a heartbeat: until then it would
+swell the session's count, and keep a state write that waits for no connection,
+server/owed_states.py, waiting). A store that fails (Redis away, or refusing writes:
 ``MISCONF`` when its disk is full) fails every join and leave, each heartbeat and each
 sweep: the first failure of each kind is logged, the others only counted
 (server/outage_log.py), until a call of that kind works again, which is said once too. A
@@ -35,6 +38,8 @@ session); its leaves are no-ops, and its refreshes register nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -45,6 +50,9 @@ from bamboo_session.protocol.models import SessionMetadata
 from bamboo_session.tasks import cancel_and_wait
 
 from .outage_log import OutageLog
+
+# Sessions whose failed leaves are remembered at most (see SharedPresence._lingering).
+MAX_LINGERING = 65_536
 
 __all__ = [
     "LOCAL",
@@ -110,6 +118,10 @@ class SharedPresence(LocalPresence):
         # Kinds of call ("join", "leave", "heartbeat", "sweep") failing now: the first
         # failure of each logged, the others counted (server/outage_log.py).
         self.outages = OutageLog("presence", log)
+        # Connections whose leave the store failed, by session, oldest first, with when
+        # the last failed: the store counts them until their heartbeat deadline, which
+        # a write that waits for no connection would wait for (leave_lingering).
+        self._lingering: dict[str, tuple[float, list[tuple[str, str, str | None]]]] = {}
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -135,6 +147,7 @@ class SharedPresence(LocalPresence):
         or None if the store failed. SessionNotFound if the session under the id is
         of another epoch (nothing registered)."""
         self._held.setdefault(session_id, {})[connection_id] = (role, epoch)
+        await self._lingering_left(session_id)
         try:
             count = await self.store.join(session_id, connection_id, role, epoch=epoch)
         except SessionNotFound:
@@ -153,12 +166,14 @@ class SharedPresence(LocalPresence):
         if held is None:
             return None
         await self._refreshed()
+        await self._lingering_left(session_id)
         try:
             count = await self.store.leave(session_id, connection_id, role, epoch=held[1])
         except SessionNotFound:
             return None  # deleted or replaced: nothing of its connections is left there
         except StorageError as exc:
             self._failed("leave", "presence leave failed; it expires after the heartbeat", exc)
+            self._linger(session_id, [(connection_id, role)], held[1])
             return None
         self._worked("leave")
         return count
@@ -181,8 +196,57 @@ class SharedPresence(LocalPresence):
             return
         except StorageError as exc:
             self._failed("leave", "presence leave failed; they expire after the heartbeat", exc)
+            self._linger(session_id, leaving, epoch)
             return
         self._worked("leave")
+
+    async def leave_lingering(self, session_id: str) -> None:
+        """Leave again the session's connections whose leave failed (the store away),
+        before a write that waits for none to be left (server/owed_states.py): else
+        they count until their heartbeat deadline. StorageError if it fails again."""
+        self._forget_lapsed()
+        lingering = self._lingering.pop(session_id, None)
+        if lingering is None:
+            return
+        failed_at, connections = lingering
+        by_epoch: dict[str | None, list[tuple[str, str]]] = {}
+        for connection_id, role, epoch in connections:
+            by_epoch.setdefault(epoch, []).append((connection_id, role))
+        try:
+            for epoch, leaving in by_epoch.items():
+                with contextlib.suppress(SessionNotFound):
+                    await self.store.leave_all(session_id, leaving, epoch=epoch)
+        except StorageError:
+            self._lingering.setdefault(session_id, (failed_at, connections))
+            raise
+
+    async def _lingering_left(self, session_id: str) -> None:
+        """The session's connections whose leave failed, left again before a call
+        whose count they would swell (quietly: that call fails alike)."""
+        if session_id in self._lingering:
+            with contextlib.suppress(StorageError):
+                await self.leave_lingering(session_id)
+
+    def _linger(
+        self, session_id: str, connections: Sequence[tuple[str, str]], epoch: str | None
+    ) -> None:
+        """Remembers connections whose leave failed (bounded: beyond MAX_LINGERING
+        sessions, they are left to their deadline)."""
+        self._forget_lapsed()
+        _, held = self._lingering.pop(session_id, (0.0, []))
+        if len(self._lingering) >= MAX_LINGERING:
+            return
+        held.extend((connection_id, role, epoch) for connection_id, role in connections)
+        self._lingering[session_id] = (time.monotonic(), held)
+
+    def _forget_lapsed(self) -> None:
+        """Forget failed leaves older than a heartbeat: the store dropped those itself."""
+        lapsed = time.monotonic() - self.store.heartbeat
+        while self._lingering:
+            session_id, (failed_at, _) = next(iter(self._lingering.items()))
+            if failed_at > lapsed:
+                return
+            del self._lingering[session_id]
 
     def _drop(self, session_id: str, connection_id: str) -> tuple[str, str | None] | None:
         """Forget a connection held; its ``(role, epoch)``, or None if not held."""
@@ -194,6 +258,7 @@ class SharedPresence(LocalPresence):
 
     async def count(self, session_id: str) -> int:
         """The session-wide count; StorageError if the store fails."""
+        await self._lingering_left(session_id)
         return (await self.store.counts([session_id]))[0]
 
     async def counts(self, session_ids: Sequence[str]) -> list[int]:

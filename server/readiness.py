@@ -66,7 +66,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -78,6 +78,10 @@ from .append_failures import AppendFailures
 from .command_failures import CommandFailures
 from .outage_log import OutageLog
 from .pages import PageReads, SharedRead
+
+if TYPE_CHECKING:
+    from .owed_states import OwedStates
+    from .status import SessionStatus
 
 PROBE_EVERY: Final = 1.0  # seconds between probes while appends fail, and between reads
 RETRY_AFTER: Final = 10.0  # seconds a store that cannot be probed stays unready
@@ -100,7 +104,8 @@ class AppendHealth:
     succeeds does not end it, an append does), that of the other commands the store
     failed (``command_failures``: an attach, a state change), and that of parked
     sessions' looks (``parked_looks``: one line when the first fails, one when a look
-    works again)."""
+    works again); and the states actors retire owing the store (``owe``), for the
+    manager's queue that writes them once the store answers (server/owed_states.py)."""
 
     __slots__ = (
         "_last_appender",
@@ -112,6 +117,7 @@ class AppendHealth:
         "failed_at",
         "failure",
         "failures",
+        "owed_states",
         "parked_looks",
         "reported",
     )
@@ -120,6 +126,7 @@ class AppendHealth:
         self.failures = AppendFailures()
         self.command_failures = CommandFailures()
         self.parked_looks = OutageLog("parked session", _ACTOR_LOG)
+        self.owed_states: OwedStates | None = None  # the manager's
         self.failure: str | None = None
         self.failed_at = 0.0
         # Failures of the store's reported so far: a probe read it as it began, and
@@ -152,6 +159,11 @@ class AppendHealth:
         ``alone_within`` seconds ago."""
         last = self._other_at if session_id == self._last_appender else self._last_at
         return time.monotonic() - last < self.alone_within
+
+    def owe(self, status: SessionStatus) -> None:
+        """A retiring actor's state, if the store is still owed it, to the manager's queue."""
+        if status.owed and self.owed_states is not None:
+            self.owed_states.owe(status.session_id, status.epoch)
 
     def succeeded(self) -> None:
         """Appends work: the store is trusted again."""

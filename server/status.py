@@ -237,10 +237,14 @@ class SessionStatus:
             return False
         looks.worked("look")
         if metadata is None or (self.epoch is not None and metadata.epoch != self.epoch):
+            self.owed = False
             return True
         self.expires_at = metadata.expires_at
         ended = (SessionState.EXPIRED, SessionState.CLOSED)
-        return metadata.is_expired(self.storage.now()) or metadata.state in ended
+        if metadata.is_expired(self.storage.now()) or metadata.state in ended:
+            self.owed = False  # an ended session is owed nothing
+            return True
+        return False
 
     def parked_look(self, look: float) -> float:
         """Seconds to a parked session's next look: ``look``, or just past the expiry

@@ -111,6 +111,12 @@ class RedisPresence:
     async def sweep_dead(self) -> int:
         return await sweep_dead_instances(self._storage)
 
+    async def park(self, session_id: str, *, epoch: str | None = None) -> tuple[int, bool]:
+        answer = await self._storage.redis.run("presence", *self._park_call(session_id, epoch))
+        if not isinstance(answer, list):  # OTHER_EPOCH
+            raise SessionNotFound(f"session {session_id!r} not found")
+        return int(answer[0]), int(answer[1]) == 1
+
     def park_call(self, entry: str) -> tuple[list[str], list[str | int]] | None:
         """The park (presence.lua) of one session a dead instance was in, its entry
         ``<id> <epoch>`` as presence.lua recorded it; None for one that names no
@@ -118,6 +124,9 @@ class RedisPresence:
         session_id, _, epoch = entry.partition(" ")
         if not is_valid_session_id(session_id):
             return None
+        return self._park_call(session_id, epoch)
+
+    def _park_call(self, session_id: str, epoch: str | None) -> tuple[list[str], list[str | int]]:
         keys, args = self._call(session_id, "park", [], epoch)
         return keys, [*args, self._storage.layout.index]
 

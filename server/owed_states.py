@@ -1,0 +1,228 @@
+"""OwedStates: the ``disconnected`` states that session actors retired still owing
+their store, written once the store answers again (one queue per process: the
+manager's).
+
+A session parks even while its store fails (server/status.py): its actor holds it
+``disconnected`` and writes the state at a later look. An outage longer than
+``--disconnect-retention`` retired the actor with the state still unwritten, and the
+store kept ``active`` or ``idle`` until some later attach: listings by state said so,
+and cleanup took the session for a live one (r356). So a retiring actor that owes its
+state hands it here (:meth:`OwedStates.owe`), and a task writes it once the store
+answers: a round every ``retry_every`` seconds while some are owed, which ends at the
+first failure (a store that fails costs one call a round, however many are owed; the
+log tells the outage once, server/outage_log.py). Bounded in count and in bytes: past
+either, a state is not kept (the log says so), and the store keeps what it has until
+the session's next attach, or on a store one process holds, the next start's park.
+
+Each write is fenced as the actor's own would be, so that it never lands over what
+came since:
+- not while this process has an actor for the session again (spawned by a later
+  attach, a read): that actor owns the state; the one owed waits for it to retire;
+- only on the session of the retired actor's epoch (one deleted or replaced is owed
+  nothing), only over ``active`` or ``idle``, and not on an expired session;
+- on a store processes share (Redis), in one step with its presence
+  (``PresenceStore.park``): not while another process's connections are attached (a
+  newer attach elsewhere: the last of them writes it as it leaves). This process's own
+  connections whose leave failed in the outage are left again first
+  (``SharedPresence.leave_lingering``): else they count until their heartbeat deadline.
+  A session others hold is tried again for up to ``PATIENCE`` heartbeats (a leave of
+  theirs lost in the outage too), then left to them;
+- elsewhere, not over a write since the read that decided it
+  (``unless_updated_since``).
+
+The JSONL store writes state moves into its index at once (to disk with the next
+checkpoint), so its actors owe none; SQLite's and Redis's fail with the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+from bamboo_session.persistence.base import (
+    InvalidTransition,
+    SessionExpired,
+    SessionNotFound,
+    Storage,
+    StorageError,
+)
+from bamboo_session.protocol.models import SessionState
+from bamboo_session.tasks import cancel_and_wait
+
+from .outage_log import OutageLog
+from .presence import SharedPresence
+
+log = structlog.get_logger("bamboo_session.actor")
+
+RETRY_EVERY: Final = 1.0  # seconds between rounds while states are owed
+MAX_OWED: Final = 65_536  # states kept at most
+MAX_OWED_BYTES: Final = 16 * 1024 * 1024  # and bytes, as ENTRY_BYTES + ids counts them
+# What one owed state holds beyond its session id and epoch: a dict slot, the entry,
+# the two strings' headers (CPython 3.11, 64-bit: some 250 bytes; rounded up).
+ENTRY_BYTES: Final = 320
+WRITTEN_AT_ONCE: Final = 32  # writes under way at once in a round
+# Heartbeats a session owed on a shared store is tried again while presence counts
+# connections: another process's whose leave failed count until their deadline.
+PATIENCE: Final = 2
+_PARKED_ONLY = (SessionState.ACTIVE, SessionState.IDLE)
+
+
+class _Owed:
+    __slots__ = ("epoch", "held_since", "size")
+
+    def __init__(self, session_id: str, epoch: str | None) -> None:
+        self.epoch = epoch
+        self.size = ENTRY_BYTES + len(session_id) + len(epoch or "")
+        self.held_since: float | None = None  # when presence first counted connections
+
+
+class OwedStates:
+    """States owed to the store by actors that retired (module docstring)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        presence: SharedPresence | None,
+        live: Callable[[str], object],
+        retry_every: float = RETRY_EVERY,
+        max_count: int = MAX_OWED,
+        max_bytes: int = MAX_OWED_BYTES,
+    ) -> None:
+        self.storage = storage
+        self.presence = presence
+        self._live = live  # session id -> this process's actor of it, or None
+        self.retry_every = retry_every
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.written = 0  # states written so far
+        self._owed: dict[str, _Owed] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.outages = OutageLog("owed state", log)
+
+    def __len__(self) -> int:
+        return len(self._owed)
+
+    def owe(self, session_id: str, epoch: str | None) -> None:
+        """A retiring actor's session is owed ``disconnected``: written once the store
+        answers (not kept past the bounds, nor once the manager closed)."""
+        if self._closed:
+            return
+        owed = _Owed(session_id, epoch)
+        if (held := self._owed.get(session_id)) is not None:
+            self._drop(session_id, held)
+        if len(self._owed) >= self.max_count or self.bytes + owed.size > self.max_bytes:
+            error = f"{len(self._owed)} states, {self.bytes} bytes held"
+            self.outages.failed("queue", "an owed state is not kept: too many are owed", error)
+            return
+        self.outages.worked("queue")
+        self._owed[session_id] = owed
+        self.bytes += owed.size
+        if self._task is None:
+            self._task = asyncio.create_task(self._rounds(), name="bamboo-owed-states")
+
+    async def close(self) -> None:
+        """Stops the rounds; what is still owed is not written (the store's own
+        recovery at the next start, or the next attach, sets it right)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+
+    async def _rounds(self) -> None:
+        try:
+            while self._owed:
+                await asyncio.sleep(self.retry_every)
+                await self.write_owed()
+        finally:
+            self._task = None
+
+    async def write_owed(self) -> int:
+        """One round: each state owed written, or dropped when nothing is owed any more,
+        the first alone, then in groups of WRITTEN_AT_ONCE, until the store fails. How
+        many were written."""
+        written = 0
+        pending = list(self._owed.items())
+        start, size = 0, 1  # the first alone: a store still failing costs one call
+        while start < len(pending):
+            group = pending[start : start + size]
+            start, size = start + size, WRITTEN_AT_ONCE
+            outcomes = await asyncio.gather(
+                *(self._settle(session_id, owed) for session_id, owed in group),
+                return_exceptions=True,
+            )
+            failed: StorageError | None = None
+            for (session_id, owed), outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, StorageError):
+                    failed = failed or outcome
+                    continue
+                if isinstance(outcome, BaseException):  # a fault of ours: not tried again
+                    log.error("writing an owed state failed", exc_info=outcome)
+                    outcome = 0
+                if outcome is not None:
+                    written += outcome
+                    self._drop(session_id, owed)
+            if failed is not None:
+                self.outages.failed("write", "writing an owed state failed", str(failed))
+                break
+            self.outages.worked("write")
+        if written:
+            self.written += written
+            log.info("owed states written", written=written, owed=len(self._owed))
+        return written
+
+    def _drop(self, session_id: str, owed: _Owed) -> None:
+        if self._owed.get(session_id) is owed:  # not one owed again since
+            del self._owed[session_id]
+            self.bytes -= owed.size
+
+    async def _settle(self, session_id: str, owed: _Owed) -> int | None:
+        """Writes the state owed if the fence lets it: 1 if written, 0 if nothing is
+        owed any more, None to try again at the next round. StorageError if the store
+        fails."""
+        if self._live(session_id) is not None:
+            return None  # its actor now: the state is its own to write
+        if self.presence is not None:
+            return await self._park_shared(session_id, owed)
+        storage = self.storage
+        metadata = await storage.get_metadata(session_id)
+        if metadata is None or (owed.epoch is not None and metadata.epoch != owed.epoch):
+            return 0
+        if metadata.state not in _PARKED_ONLY or metadata.is_expired(storage.now()):
+            return 0
+        if self._live(session_id) is not None:
+            return None  # spawned during the read
+        with contextlib.suppress(SessionExpired, SessionNotFound, InvalidTransition):
+            stored = await storage.update_session_state(
+                session_id,
+                SessionState.DISCONNECTED,
+                epoch=owed.epoch,
+                unless_updated_since=metadata.updated_at,
+            )
+            return int(stored.state == SessionState.DISCONNECTED)
+        return 0
+
+    async def _park_shared(self, session_id: str, owed: _Owed) -> int | None:
+        """Parked in one step with the session's presence: written only if no
+        connection of any process is registered (module docstring)."""
+        assert self.presence is not None
+        store = self.presence.store
+        await self.presence.leave_lingering(session_id)  # its own, whose leave failed
+        try:
+            connections, parked = await store.park(session_id, epoch=owed.epoch)
+        except SessionNotFound:
+            return 0
+        if not connections:
+            return int(parked)
+        now = time.monotonic()
+        if owed.held_since is None:
+            owed.held_since = now
+        if now - owed.held_since < PATIENCE * store.heartbeat:
+            return None
+        return 0  # others attached: the last of them to leave writes it

@@ -1,0 +1,148 @@
+"""OwedStates (server/owed_states.py) on real stores: what a round writes, what its
+fence leaves alone, and its bounds. The outage itself, and a server's actors handing
+their states over, are tests/test_server_owed_states.py's (Redis stopped and started)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from bamboo_session.persistence import Storage, open_storage
+from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.protocol.models import Session, SessionState
+from bamboo_session.server.owed_states import ENTRY_BYTES, OwedStates
+from bamboo_session.server.presence import shared_presence
+from tests.redis_server import RedisServer, prefix_for
+from tests.storage_backends import BACKENDS
+
+# Where nothing else writes the state but the owed round: stores one process holds.
+LOCAL_BACKENDS = {b.name: b for b in BACKENDS if b.name in ("memory", "jsonl", "sqlite")}
+
+
+@pytest.fixture(params=sorted(LOCAL_BACKENDS))
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    store = await LOCAL_BACKENDS[request.param].open(tmp_path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def stored_in(storage: Storage, session_id: str, state: SessionState) -> str:
+    """``session_id`` created and moved to ``state``; its epoch."""
+    session = Session.new(session_id, now=storage.now())
+    await storage.create_session(session)
+    if state != SessionState.ACTIVE:
+        await storage.update_session_state(session_id, SessionState.ACTIVE)
+    await storage.update_session_state(session_id, state)
+    metadata = await storage.get_metadata(session_id)
+    assert metadata is not None and metadata.state == state
+    return metadata.epoch
+
+
+async def state_of(storage: Storage, session_id: str) -> SessionState:
+    metadata = await storage.get_metadata(session_id)
+    assert metadata is not None
+    return metadata.state
+
+
+def nothing_live(session_id: str) -> None:
+    return None
+
+
+async def test_active_and_idle_sessions_owed_their_park_are_written_disconnected(
+    storage: Storage,
+) -> None:
+    owed = OwedStates(storage, None, nothing_live)
+    for session_id, state in (("was-active", SessionState.ACTIVE), ("was-idle", SessionState.IDLE)):
+        owed.owe(session_id, await stored_in(storage, session_id, state))
+    with capture_logs() as logs:
+        assert await owed.write_owed() == 2
+    assert len(owed) == 0 and owed.bytes == 0
+    listed = await storage.list_sessions(SessionFilter(state=SessionState.DISCONNECTED))
+    assert sorted(m.id for m in listed.sessions) == ["was-active", "was-idle"]
+    assert [(e["written"], e["owed"]) for e in logs if e["event"] == "owed states written"] == [
+        (2, 0)
+    ]
+
+
+async def test_nothing_is_written_over_an_ended_or_replaced_session(storage: Storage) -> None:
+    """Closed, already parked, deleted, or of another epoch (the id taken by a new
+    session): nothing is owed any more, and the store is left as it is."""
+    owed = OwedStates(storage, None, nothing_live)
+    owed.owe("closed", await stored_in(storage, "closed", SessionState.CLOSED))
+    owed.owe("parked", await stored_in(storage, "parked", SessionState.DISCONNECTED))
+    owed.owe("deleted", await stored_in(storage, "deleted", SessionState.ACTIVE))
+    await storage.delete_session("deleted")
+    await stored_in(storage, "replaced", SessionState.ACTIVE)
+    owed.owe("replaced", "an-earlier-epoch")
+    assert await owed.write_owed() == 0
+    assert len(owed) == 0
+    assert await state_of(storage, "closed") == SessionState.CLOSED
+    assert await state_of(storage, "replaced") == SessionState.ACTIVE
+    assert await storage.get_metadata("deleted") is None
+
+
+async def test_a_session_with_an_actor_here_again_waits_for_it_to_retire(
+    storage: Storage,
+) -> None:
+    """A later attach here spawned an actor: the state is its own to write. The owed
+    one is kept, not written, until that actor is gone."""
+    live: set[str] = {"again"}
+    owed = OwedStates(storage, None, lambda session_id: True if session_id in live else None)
+    owed.owe("again", await stored_in(storage, "again", SessionState.ACTIVE))
+    for _ in range(3):
+        assert await owed.write_owed() == 0
+        assert await state_of(storage, "again") == SessionState.ACTIVE
+    assert len(owed) == 1
+    live.clear()
+    assert await owed.write_owed() == 1
+    assert await state_of(storage, "again") == SessionState.DISCONNECTED
+
+
+async def test_owed_states_are_bounded_in_count_and_in_bytes(storage: Storage) -> None:
+    """Past either bound a state is not kept: said once until one fits again."""
+    owed = OwedStates(storage, None, nothing_live, max_count=2)
+    with capture_logs() as logs:
+        for n in range(5):
+            owed.owe(f"s{n}", "epoch")
+        assert len(owed) == 2
+        owed.owe("s0", "epoch")  # owed again: the one it held is replaced, not added
+        assert len(owed) == 2
+    refusals = [e for e in logs if e["event"] == "an owed state is not kept: too many are owed"]
+    assert len(refusals) == 1
+    by_bytes = OwedStates(storage, None, nothing_live, max_bytes=2 * ENTRY_BYTES + 20)
+    by_bytes.owe("a", "e")
+    by_bytes.owe("b", "e")
+    by_bytes.owe("c" * 64, "e")
+    assert len(by_bytes) == 2 and by_bytes.bytes <= by_bytes.max_bytes
+
+
+async def test_on_redis_a_connection_attached_elsewhere_is_never_written_over(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """On a store processes share, the park is one step with presence: while another
+    instance's connection is registered it writes nothing (and the state owed is kept,
+    for up to two heartbeats: such a connection may be one whose leave was lost); once
+    it leaves, it writes."""
+    url = redis_server.url(prefix=prefix_for(tmp_path))
+    a, b = await open_storage(url), await open_storage(url)
+    try:
+        presence, elsewhere = (shared_presence(s, lambda notice: None) for s in (a, b))
+        assert presence is not None and elsewhere is not None
+        owed = OwedStates(a, presence, nothing_live)
+        epoch = await stored_in(a, "held", SessionState.ACTIVE)
+        await elsewhere.store.join("held", "c_elsewhere", "client", epoch=epoch)
+        owed.owe("held", epoch)
+        assert await owed.write_owed() == 0
+        assert await state_of(a, "held") == SessionState.ACTIVE
+        assert len(owed) == 1
+        await elsewhere.store.leave("held", "c_elsewhere", "client", epoch=epoch)
+        assert await owed.write_owed() == 1
+        assert await state_of(a, "held") == SessionState.DISCONNECTED
+    finally:
+        await a.close()
+        await b.close()
