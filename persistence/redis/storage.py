@@ -69,6 +69,7 @@ from .live import Live
 from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
+from .reports import StoreReports
 from .scripts import HistoryLost, optional_arg, removed_epoch
 from .store_format import check_format
 from .versions import require_redis, server_version
@@ -85,8 +86,9 @@ UNSEEN_RESTARTS: Final = (
 )
 
 
-class RedisStorage:
-    """The storage contract on Redis; ``await RedisStorage.open(config)``."""
+class RedisStorage(StoreReports):
+    """The storage contract on Redis; ``await RedisStorage.open(config)``; what it says
+    of itself beyond that, in reports.py."""
 
     def __init__(self, config: RedisConfig, client: Redis, sharded: bool) -> None:
         self.config = config
@@ -151,38 +153,6 @@ class RedisStorage:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    @property
-    def ready(self) -> bool:
-        return self._open and self.live.listener.connected
-
-    @property
-    def not_ready_reason(self) -> str | None:  # NotReadyReason: /readyz
-        listener = self.live.listener
-        if not self._open:
-            return "storage is not open"
-        if not listener.connected:  # Redis away, or this connection alone lost
-            return f"no pub/sub connection to Redis at {listener.address}: {listener.lost_by}"
-        return self.durability.evicting
-
-    async def probe_writes(self) -> None:  # WriteProbe: /readyz while appends fail
-        await self.redis.probe_writes()
-
-    @property
-    def may_lose_writes(self) -> bool:  # WriteLossRisk: bamboo_store_may_lose_writes
-        return self.durability.may_lose_writes
-
-    @property
-    def pubsub_reconnects(self) -> int:  # PubSubCounts: bamboo_redis_pubsub_reconnects
-        return self.live.listener.reconnects
-
-    @property
-    def pubsub_unreadable(self) -> int:  # PubSubCounts: bamboo_redis_pubsub_unreadable
-        return self.live.listener.unreadable
-
-    def now(self) -> datetime:
-        """The store's clock: Redis's, as this process last read it (clock.py)."""
-        return self.clock.now()
 
     async def close(self) -> None:
         """Stop the background work, the listener and the client. Safe to call twice: a
