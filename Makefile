@@ -24,7 +24,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+# setup.py records the commit installed from (bamboo_session/BUILD_COMMIT): an editable
+# install keeps it until the next one, which a change to any of these three brings.
+$(STAMP): pyproject.toml setup.py constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,redis]'
 	touch $(STAMP)
 

@@ -1,7 +1,7 @@
 """What a backend may offer beyond the storage contract (persistence/base.py), which the
 server looks for with ``isinstance``: the health of its syncs, the risk that its server
 loses acknowledged writes, the directories it writes in, whether it takes writes now,
-and why it is not ready."""
+why it is not ready, and the format of what it stores."""
 
 from __future__ import annotations
 
@@ -67,3 +67,14 @@ class WriteProbe(Protocol):
     async def probe_writes(self) -> None:
         """Returns if the store would take a write now; StorageError if not."""
         ...
+
+
+@runtime_checkable
+class StoreFormat(Protocol):
+    """A store that records its format (JSONL, SQLite, Redis: docs/upgrading.md): which
+    one it holds, ``<kind>/<number>`` as its open found or wrote it (``jsonl/1``,
+    ``sqlite/2``), for an operator to tell (the ``listening`` line,
+    ``bamboo_build_info``). A store that keeps nothing (memory) has none."""
+
+    @property
+    def store_format(self) -> str: ...

@@ -54,7 +54,7 @@ from .replay_shares import ReplayShares
 from .responses import StreamedResponse, error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
-from .store_stats import StoreStats
+from .store_stats import StoreStats, build_labels
 from .stored_caps import StoredCaps
 from .subprotocols import select_subprotocol
 from .unread_answers import SMALL_ANSWER_BYTES, UnreadAnswers, is_charged
@@ -202,6 +202,7 @@ class BambooServer:
             port=self.port,
             store=config.store_for_logs(),
             pid=os.getpid(),
+            **build_labels(self.storage),  # which build, on which store format
         )
 
     async def stop(self, *, exiting: bool = False) -> None:

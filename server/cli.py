@@ -23,8 +23,6 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-from bamboo_session import __version__
-
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
 from .process_setup import (
@@ -166,11 +164,27 @@ SERVE_HELP: dict[str, str] = {
 Command = Callable[[argparse.Namespace], int]
 
 
+class ShowVersion(argparse.Action):
+    """``--version``: the version and the commit it was built from (build_info.py),
+    read only when asked: building the parser, at every start, reads nothing."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        from bamboo_session.build_info import described
+
+        print(f"{parser.prog} {described()}")  # on stdout, as argparse's own version
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bamboo-session", description="Bamboo session server for AI agents."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=ShowVersion, help="show the version and the commit, and exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_command(commands)
     add_tool_commands(commands)  # ls, show, tail, cleanup, delete, recount, publish (tools.py)

@@ -156,6 +156,14 @@ class Metrics:
             ["cap"],
             registry=r,
         )
+        self.build_info = Gauge(
+            "bamboo_build_info",
+            "1, labelled with this server's version, the commit it was built from "
+            "(unknown: not built from a git checkout) and its store's format "
+            "(docs/upgrading.md)",
+            ["version", "commit", "store_format"],
+            registry=r,
+        )
         self.store_bytes = Gauge(
             "bamboo_store_bytes",
             "Bytes the store takes on disk (file stores; read at most every 30 s)",

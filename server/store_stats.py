@@ -1,4 +1,5 @@
-"""Figures about the store for /metrics: sessions stored and bytes on disk.
+"""Figures about the store for /metrics: sessions stored and bytes on disk; and which
+build serves it, on which store format (``bamboo_build_info``, set once).
 
 Both cost more than a scrape should pay each time (counting walks an index, sizing
 walks a directory), so each is read at most once per interval and kept meanwhile.
@@ -36,7 +37,7 @@ from typing import Final
 import structlog
 
 from bamboo_session.persistence.base import SessionFilter, Storage, StorageError
-from bamboo_session.persistence.capabilities import SyncHealth, WriteLossRisk
+from bamboo_session.persistence.capabilities import StoreFormat, SyncHealth, WriteLossRisk
 from bamboo_session.persistence.pubsub_counts import PubSubCounts
 from bamboo_session.persistence.url import parse_store_url
 from bamboo_session.tasks import cancel_and_wait
@@ -54,6 +55,16 @@ COUNT_EVERY: Final = 5.0  # seconds between counts of the sessions stored
 # late after the crossing (refusals at the cap have their own, at once).
 WATCH_EVERY: Final = 30.0
 SIZE_EVERY: Final = 30.0  # seconds between walks of the store's files
+
+
+def build_labels(storage: Storage | None) -> dict[str, str]:
+    """Which build this is and which format its store holds (bamboo_session/
+    build_info.py; ``StoreFormat``: ``none`` for a store that keeps nothing): the
+    ``listening`` line's fields, and ``bamboo_build_info``'s labels."""
+    from bamboo_session.build_info import commit, version
+
+    store_format = storage.store_format if isinstance(storage, StoreFormat) else "none"
+    return {"version": version(), "commit": commit(), "store_format": store_format}
 
 
 def store_location(url: str) -> tuple[str, Path] | None:
@@ -113,6 +124,7 @@ class StoreStats:
         self._counting = SharedRead(reads, self._count)
         self._watch: asyncio.Task[None] | None = None
         self._sizing = SharedRead(reads, self._size)
+        metrics.build_info.labels(**build_labels(storage)).set(1)
         if isinstance(storage, SyncHealth):  # an attribute: read at every read of the gauge
             health = storage
             metrics.store_sync_failed.set_function(lambda: int(health.sync_failed))

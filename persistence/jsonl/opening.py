@@ -77,9 +77,11 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
         lock_file.take_exclusive()
     try:
         # Before anything is read or repaired: a newer format is refused untouched.
-        await asyncio.to_thread(check_format, layout, not config.read_only)
+        found = await asyncio.to_thread(check_format, layout, not config.read_only)
         with gc_paused():
-            return await asyncio.to_thread(recover, config)
+            report = await asyncio.to_thread(recover, config)
+        report.format = found
+        return report
     except BaseException:
         lock_file.release()
         raise

@@ -70,6 +70,7 @@ class RecoveryReport:
     wal_damaged_removed: int = 0
     # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
     deletes_unfinished: int = 0
+    format: int = 0  # the store's format (store_format.py), as the open found it
 
 
 class Directories:

@@ -49,6 +49,7 @@ from .membership import Membership
 from .opening import open_files, records_of, snapshot_entries, store_lock
 from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
+from .store_format import FORMAT
 from .tasks import BackgroundTasks, every, to_completion
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class JsonlStorage(JsonlImports):
 
     Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
     may have a directory open for writing at a time (:class:`StorageLocked`)."""
+
+    store_format = f"jsonl/{FORMAT}"  # StoreFormat: as the open found it (set there)
 
     def __init__(self, config: JsonlStorageConfig) -> None:
         super().__init__(config)  # the records, index, feed and caches reads use
@@ -103,6 +106,7 @@ class JsonlStorage(JsonlImports):
 
     async def _open(self) -> None:
         self.recovery = await open_files(self.config, self._lock_file)
+        self.store_format = f"jsonl/{self.recovery.format}"
         for record in records_of(self.recovery):
             self._members.admit(record)  # (each user's sum, rebuilt from the logs)
             self._clock.saw(record.meta.updated_at, record.meta.last_activity_at)

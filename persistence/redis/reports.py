@@ -1,9 +1,9 @@
 """What RedisStorage says of itself beyond the storage contract, for the server's
 optional questions (persistence/capabilities.py, persistence/pubsub_counts.py):
 whether it is ready and why not, a probe of whether Redis takes writes, whether Redis
-may lose acknowledged writes, its pub/sub connection's counts, and Redis's clock.
-Each is a pass-through to the part that knows; kept here, as a base class of
-RedisStorage, so that storage.py holds the contract itself."""
+may lose acknowledged writes, its pub/sub connection's counts, the store's format, and
+Redis's clock. Each is a pass-through to the part that knows; kept here, as a base
+class of RedisStorage, so that storage.py holds the contract itself."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .client import Commands
 from .clock import RedisClock
 from .durability import DurabilityWatch
 from .live import Live
+from .store_format import FORMAT
 
 
 class StoreReports:
@@ -23,6 +24,8 @@ class StoreReports:
     durability: DurabilityWatch
     redis: Commands
     clock: RedisClock
+    # StoreFormat: the format as the open found it (or wrote it, where none was).
+    store_format = f"redis/{FORMAT}"
 
     @property
     def ready(self) -> bool:

@@ -130,8 +130,9 @@ class RedisStorage(StoreReports):
             evicting = await warn_of_eviction(client)
             await refuse_replica(client, config)
             lossy = await check_persistence(client, config)
-            await check_format(client, Layout(config.prefix), not config.read_only)
+            found = await check_format(client, Layout(config.prefix), not config.read_only)
             storage = cls(config, client, sharded)
+            storage.store_format = f"redis/{found}"
             storage.redis.eval_ro = True
             storage.generation.lossy = lossy
             storage.durability.evicting = evicting

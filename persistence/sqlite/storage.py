@@ -59,7 +59,7 @@ from .live import Live
 from .lock import real_file, store_lock
 from .reads import Readers
 from .recount import SqliteRecounter
-from .schema import check_readable, connect_writer
+from .schema import SCHEMA_VERSION, check_readable, connect_writer
 from .writer import Writer
 from .writes import Batch
 
@@ -71,6 +71,9 @@ T = TypeVar("T")
 class SqliteStorage:
     """Sessions, histories and event logs in one SQLite file. Open with ``await
     SqliteStorage.open(config)``; only one process may hold a file (StorageLocked)."""
+
+    # StoreFormat: an open brings the file to this version, or refuses it.
+    store_format = f"sqlite/{SCHEMA_VERSION}"
 
     def __init__(self, config: SqliteStorageConfig) -> None:
         self.config = config
