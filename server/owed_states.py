@@ -22,11 +22,11 @@ came since:
   nothing), only over ``active`` or ``idle``, and not on an expired session;
 - on a store processes share (Redis), in one step with its presence
   (``PresenceStore.park``): not while another process's connections are attached (a
-  newer attach elsewhere: the last of them writes it as it leaves). This process's own
-  connections whose leave failed in the outage are left again first
-  (``SharedPresence.leave_lingering``): else they count until their heartbeat deadline.
-  A session others hold is tried again for up to ``PATIENCE`` heartbeats (a leave of
-  theirs lost in the outage too), then left to them;
+  newer attach elsewhere: the last of them writes it as it leaves, or, if their leave
+  failed too, their process's own queue, or should it die, the survivors' sweep). This
+  process's own connections whose leave failed in the outage are left again first
+  (``SharedPresence.leave_lingering``): else they would count until their heartbeat
+  deadline, and hold the write back;
 - elsewhere, not over a write since the read that decided it
   (``unless_updated_since``).
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from typing import Final
 
@@ -66,19 +65,15 @@ MAX_OWED_BYTES: Final = 16 * 1024 * 1024  # and bytes, as ENTRY_BYTES + ids coun
 # the two strings' headers (CPython 3.11, 64-bit: some 250 bytes; rounded up).
 ENTRY_BYTES: Final = 320
 WRITTEN_AT_ONCE: Final = 32  # writes under way at once in a round
-# Heartbeats a session owed on a shared store is tried again while presence counts
-# connections: another process's whose leave failed count until their deadline.
-PATIENCE: Final = 2
 _PARKED_ONLY = (SessionState.ACTIVE, SessionState.IDLE)
 
 
 class _Owed:
-    __slots__ = ("epoch", "held_since", "size")
+    __slots__ = ("epoch", "size")
 
     def __init__(self, session_id: str, epoch: str | None) -> None:
         self.epoch = epoch
         self.size = ENTRY_BYTES + len(session_id) + len(epoch or "")
-        self.held_since: float | None = None  # when presence first counted connections
 
 
 class OwedStates:
@@ -215,14 +210,7 @@ class OwedStates:
         store = self.presence.store
         await self.presence.leave_lingering(session_id)  # its own, whose leave failed
         try:
-            connections, parked = await store.park(session_id, epoch=owed.epoch)
+            _, parked = await store.park(session_id, epoch=owed.epoch)
         except SessionNotFound:
             return 0
-        if not connections:
-            return int(parked)
-        now = time.monotonic()
-        if owed.held_since is None:
-            owed.held_since = now
-        if now - owed.held_since < PATIENCE * store.heartbeat:
-            return None
-        return 0  # others attached: the last of them to leave writes it
+        return int(parked)  # else others are attached: theirs to write (docstring)

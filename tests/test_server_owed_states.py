@@ -84,8 +84,8 @@ async def test_an_attach_on_another_instance_after_the_outage_is_not_written_ove
 ) -> None:
     """Server A owes the session its park; Redis back, a peer attaches on B (the store
     held it ``active``: B writes nothing, and registers the peer in presence). A's
-    rounds (run by hand here, in that order) leave it ``active`` for as long as B's
-    peer is attached; once it leaves, B parks it, and A's owed state is dropped."""
+    round (run by hand here, after the attach) leaves it ``active``, and drops what it
+    owed: B's to write now, which it does once its peer leaves."""
     redis = start_redis_server(tmp_path / "redis")
     try:
         url = store_url(redis, tmp_path)
@@ -96,19 +96,11 @@ async def test_an_attach_on_another_instance_after_the_outage_is_not_written_ove
             await redis.start_in_loop()
             async with attach(b, "taken") as (_, welcome):
                 assert welcome["session"]["state"] == SessionState.ACTIVE.value
-                for _ in range(3):
-                    assert await owed.write_owed() == 0
-                    assert await stored_state(b, "taken") == "active"
-                assert len(owed) == 1  # tried again: B's peer may be A's own, lapsing
+                assert await owed.write_owed() == 0
+                assert len(owed) == 0
+                assert await stored_state(b, "taken") == "active"
             await eventually(lambda: listed(b, "disconnected"), timeout=20)
-
-            async def dropped() -> bool:
-                await owed.write_owed()
-                return len(owed) == 0
-
-            await eventually(dropped, timeout=20)
             assert owed.written == 0
-            assert await listed(a, "disconnected") == ["taken"]
     finally:
         redis.stop()
 
