@@ -140,8 +140,8 @@ class OwedStates:
 
     async def write_owed(self) -> int:
         """One round: each state owed written, or dropped when nothing is owed any more,
-        the first alone, then in groups of WRITTEN_AT_ONCE, until the store fails. How
-        many were written."""
+        the first alone, then in groups of WRITTEN_AT_ONCE, until the store fails (those
+        that failed are tried last next round). How many were written."""
         written = 0
         pending = list(self._owed.items())
         start, size = 0, 1  # the first alone: a store still failing costs one call
@@ -156,6 +156,7 @@ class OwedStates:
             for (session_id, owed), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, StorageError):
                     failed = failed or outcome
+                    self._to_the_end(session_id, owed)
                     continue
                 if isinstance(outcome, BaseException):  # a fault of ours: not tried again
                     log.error("writing an owed state failed", exc_info=outcome)
@@ -166,11 +167,20 @@ class OwedStates:
             if failed is not None:
                 self.outages.failed("write", "writing an owed state failed", str(failed))
                 break
-            self.outages.worked("write")
+        else:
+            self.outages.worked("write")  # a whole round without a failure
         if written:
             self.written += written
             log.info("owed states written", written=written, owed=len(self._owed))
         return written
+
+    def _to_the_end(self, session_id: str, owed: _Owed) -> None:
+        """Tried last next round: one whose session alone fails (a key of its own
+        that something else wrote over) must not hold up every other round after
+        round, as the first one tried."""
+        if self._owed.get(session_id) is owed:
+            del self._owed[session_id]
+            self._owed[session_id] = owed
 
     def _drop(self, session_id: str, owed: _Owed) -> None:
         if self._owed.get(session_id) is owed:  # not one owed again since

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from structlog.testing import capture_logs
 
 from bamboo_session.persistence import Storage, open_storage
 from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.persistence.redis.layout import Layout
 from bamboo_session.protocol.models import Session, SessionState
 from bamboo_session.server.owed_states import ENTRY_BYTES, OwedStates
 from bamboo_session.server.presence import shared_presence
@@ -146,3 +148,31 @@ async def test_on_redis_a_connection_attached_elsewhere_is_never_written_over(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_session_that_fails_alone_does_not_hold_up_the_others(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """One session's own key written over by something else (a string where the store
+    keeps a hash): its park fails every time, as a store that fails would. A round ends
+    at a failure, and tries what failed last the next time: the others are written."""
+    prefix = prefix_for(tmp_path)
+    store = await open_storage(redis_server.url(prefix=prefix))
+    client = redis.asyncio.Redis.from_url(redis_server.url())
+    try:
+        presence = shared_presence(store, lambda notice: None)
+        owed = OwedStates(store, presence, nothing_live)
+        for session_id in ("broken", "fine"):
+            owed.owe(session_id, await stored_in(store, session_id, SessionState.ACTIVE))
+        await client.set(Layout(prefix).meta("broken"), "not a hash")
+        with capture_logs() as logs:
+            assert await owed.write_owed() == 0  # "broken", first, fails: the round ends
+            assert await owed.write_owed() == 1  # "fine" first now
+            assert await owed.write_owed() == 0
+        assert await state_of(store, "fine") == SessionState.DISCONNECTED
+        assert len(owed) == 1
+        failures = [e for e in logs if e["event"] == "writing an owed state failed"]
+        assert len(failures) == 1, failures  # one outage, however many rounds fail
+    finally:
+        await client.aclose()
+        await store.close()
