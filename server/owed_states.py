@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable
 from typing import Final
 
@@ -120,7 +121,11 @@ class OwedStates:
         self._owed[session_id] = owed
         self.bytes += owed.size
         if self._task is None:
-            self._task = asyncio.create_task(self._rounds(), name="bamboo-owed-states")
+            # A context of its own: not the retiring actor's, whose session id its
+            # lines would carry.
+            self._task = asyncio.create_task(
+                self._rounds(), name="bamboo-owed-states", context=contextvars.Context()
+            )
 
     async def close(self) -> None:
         """Stops the rounds; what is still owed is not written (the store's own
