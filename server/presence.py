@@ -51,7 +51,8 @@ from bamboo_session.tasks import cancel_and_wait
 
 from .outage_log import OutageLog
 
-# Sessions whose failed leaves are remembered at most (see SharedPresence._lingering).
+# Failed leaves remembered at most (SharedPresence._lingering), over every session: each
+# a connection id, a role and an epoch the server made, under 300 bytes with its slot.
 MAX_LINGERING = 65_536
 
 __all__ = [
@@ -122,6 +123,7 @@ class SharedPresence(LocalPresence):
         # the last failed: the store counts them until their heartbeat deadline, which
         # a write that waits for no connection would wait for (leave_lingering).
         self._lingering: dict[str, tuple[float, list[tuple[str, str, str | None]]]] = {}
+        self._lingering_count = 0  # connections in it, over every session
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -205,7 +207,7 @@ class SharedPresence(LocalPresence):
         before a write that waits for none to be left (server/owed_states.py): else
         they count until their heartbeat deadline. StorageError if it fails again."""
         self._forget_lapsed()
-        lingering = self._lingering.pop(session_id, None)
+        lingering = self._pop_lingering(session_id)
         if lingering is None:
             return
         failed_at, connections = lingering
@@ -217,7 +219,9 @@ class SharedPresence(LocalPresence):
                 with contextlib.suppress(SessionNotFound):
                     await self.store.leave_all(session_id, leaving, epoch=epoch)
         except StorageError:
-            self._lingering.setdefault(session_id, (failed_at, connections))
+            if session_id not in self._lingering:
+                self._lingering[session_id] = (failed_at, connections)
+                self._lingering_count += len(connections)
             raise
 
     async def _lingering_left(self, session_id: str) -> None:
@@ -230,23 +234,33 @@ class SharedPresence(LocalPresence):
     def _linger(
         self, session_id: str, connections: Sequence[tuple[str, str]], epoch: str | None
     ) -> None:
-        """Remembers connections whose leave failed (bounded: beyond MAX_LINGERING
-        sessions, they are left to their deadline)."""
+        """Remembers connections whose leave failed (bounded: past MAX_LINGERING, they
+        are left to their deadline), the session's moved last, as failed last."""
         self._forget_lapsed()
-        _, held = self._lingering.pop(session_id, (0.0, []))
-        if len(self._lingering) >= MAX_LINGERING:
-            return
-        held.extend((connection_id, role, epoch) for connection_id, role in connections)
-        self._lingering[session_id] = (time.monotonic(), held)
+        _, held = self._pop_lingering(session_id) or (0.0, [])
+        room = MAX_LINGERING - self._lingering_count - len(held)
+        held.extend((c, role, epoch) for c, role in connections[: max(room, 0)])
+        if held:
+            self._lingering[session_id] = (time.monotonic(), held)
+            self._lingering_count += len(held)
+
+    def _pop_lingering(
+        self, session_id: str
+    ) -> tuple[float, list[tuple[str, str, str | None]]] | None:
+        lingering = self._lingering.pop(session_id, None)
+        if lingering is not None:
+            self._lingering_count -= len(lingering[1])
+        return lingering
 
     def _forget_lapsed(self) -> None:
-        """Forget failed leaves older than a heartbeat: the store dropped those itself."""
+        """Forget failed leaves older than a heartbeat: the store dropped those itself
+        (a session's, by its last failure: its older ones have lapsed since, harmlessly)."""
         lapsed = time.monotonic() - self.store.heartbeat
         while self._lingering:
             session_id, (failed_at, _) = next(iter(self._lingering.items()))
             if failed_at > lapsed:
                 return
-            del self._lingering[session_id]
+            self._pop_lingering(session_id)
 
     def _drop(self, session_id: str, connection_id: str) -> tuple[str, str | None] | None:
         """Forget a connection held; its ``(role, epoch)``, or None if not held."""
