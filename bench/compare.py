@@ -36,12 +36,25 @@ BAMBOO = "bamboo-"
 BEFORE = "before"
 BEFORE_TREE_ENV = "BENCH_BEFORE"
 BEFORE_DURABILITY_ENV = "BENCH_BEFORE_DURABILITY"  # fsync unless it says otherwise
-# Runs the older tree's server: its folders go first on sys.path (a package of
-# symlinks, as pyproject's package-dir maps them), ahead of this tree's editable install.
-_BEFORE_BOOT = (
-    "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
-    "runpy.run_module('bamboo_session.server', run_name='__main__', alter_sys=True)"
-)
+# Runs the older tree's server from a package of symlinks (as pyproject's package-dir
+# maps them), found by a finder put ahead of every other: first on sys.path was not
+# enough, a finder of bamboo_session in sys.meta_path (a sitecustomize's that maps it to
+# a worktree, inherited through PYTHONPATH) ran this tree's server as ``before`` too.
+_BEFORE_BOOT = """
+import runpy, sys
+from importlib.machinery import PathFinder
+root = sys.argv.pop(1)
+class OlderTree:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "bamboo_session":
+            return PathFinder.find_spec(name, [root])
+        if name.startswith("bamboo_session."):
+            return PathFinder.find_spec(name, path)
+        return None
+sys.meta_path.insert(0, OlderTree)
+runpy.run_module("bamboo_session.server", run_name="__main__", alter_sys=True)
+"""
 
 
 # Seconds: the JSONL store's commit_window for fsync-window (BENCH_WINDOW sets another).
