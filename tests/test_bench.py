@@ -263,3 +263,47 @@ def test_cpu_of_another_process_is_read_finer_than_a_clock_tick() -> None:
     finally:
         child.stdin.close()
         child.wait(timeout=10)
+
+
+# A finder of bamboo_session put first in sys.meta_path by a sitecustomize (as a
+# worktree's shim on PYTHONPATH does): it maps the package to this checkout.
+HIJACK = f"""
+import sys
+from importlib.machinery import PathFinder
+
+class ThisTree:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "bamboo_session" or name.startswith("bamboo_session."):
+            return PathFinder.find_spec(name, path or [{str(ROOT)!r}])
+        return None
+
+sys.meta_path.insert(0, ThisTree)
+"""
+
+
+def test_the_before_server_is_the_older_trees_whatever_finder_is_first(tmp_path: Path) -> None:
+    """BENCH_BEFORE's server runs the older tree's code, even in a process where another
+    finder of bamboo_session comes first: with one, ``before`` was this tree's server,
+    and the comparison set this tree against itself."""
+    from bench import compare
+
+    older = tmp_path / "older"
+    for folder in ("bamboo_session", "protocol", "persistence", "server"):
+        (older / folder).mkdir(parents=True)
+        (older / folder / "__init__.py").write_text("")
+    (older / "server" / "__main__.py").write_text("import sys\nprint(__file__, sys.argv[1:])\n")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HIJACK)
+    server = compare.before_server("before", older, tmp_path / "bench")
+    done = subprocess.run(
+        server.argv,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    ran, _, argv = done.stdout.strip().partition(" ")
+    assert Path(ran).resolve() == (older / "server" / "__main__.py").resolve()
+    assert argv.startswith("['serve', '--host'")
