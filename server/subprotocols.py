@@ -2,10 +2,12 @@
 from the client's offer (websockets' ``select_subprotocol`` hook; a refusal names those
 it speaks), and the check of the client's extension offer, which a malformed
 ``Sec-WebSocket-Extensions`` header fails whether compression is on or off (both
-refusals worded for the peer by server/http_refusals.py)."""
+refusals worded for the peer by server/http_refusals.py) and an empty one passes, as
+no offer at all."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from websockets.asyncio.server import ServerConnection
@@ -39,16 +41,37 @@ def check_extension_offer(protocol: ServerProtocol) -> None:
     read. A malformed header is a bad request either way (RFC 9110 15.5.1); an offer
     that parses but that the server does not take (any with compression off, a
     permessage-deflate one whose parameters it declines) is ignored, as RFC 6455 9.1
-    lets a server do, and the upgrade goes on without it. The check runs where
+    lets a server do, and the upgrade goes on without it. A header with no element at
+    all (empty, or only commas and blanks: old ktor clients send the header with
+    nothing after the colon) offers nothing, as no header would, both ways: a recipient
+    ignores empty list elements (RFC 9110 5.6.1.2), and websockets, whose grammar
+    wants at least one, refused it with compression on. The check runs where
     websockets' own would (``process_extensions``, after the key, version and origin
     checks), so a request at fault in two ways gets the same refusal either way."""
-    if protocol.available_extensions:
-        return  # websockets parses the header itself, and refuses what does not parse
     negotiate = protocol.process_extensions
 
     def process_extensions(headers: Headers) -> tuple[str | None, list[Extension]]:
-        for value in headers.get_all("Sec-WebSocket-Extensions"):
-            parse_extension(value)  # raises InvalidHeaderFormat, refused as not well formed
+        values = headers.get_all(EXTENSIONS)
+        offers = [value for value in values if not _NO_ELEMENT.fullmatch(value)]
+        if len(offers) < len(values):
+            headers = _with_extension_offers(headers, offers)
+        if not protocol.available_extensions:
+            for value in offers:  # websockets parses them only when it offers some
+                parse_extension(value)  # raises InvalidHeaderFormat: not well formed
         return negotiate(headers)
 
     protocol.process_extensions = process_extensions  # type: ignore[method-assign]
+
+
+EXTENSIONS = "Sec-WebSocket-Extensions"
+# A list header's value with no element in it: RFC 9110 5.6.1's empty list elements
+# (commas, optional whitespace) and nothing else, an empty value included.
+_NO_ELEMENT = re.compile(r"[ \t,]*")
+
+
+def _with_extension_offers(headers: Headers, offers: list[str]) -> Headers:
+    """A copy of ``headers`` whose ``Sec-WebSocket-Extensions`` values are ``offers``."""
+    kept = [
+        (name, value) for name, value in headers.raw_items() if name.lower() != EXTENSIONS.lower()
+    ]
+    return Headers(kept + [(EXTENSIONS, value) for value in offers])

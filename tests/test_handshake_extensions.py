@@ -3,7 +3,9 @@ in the server's words) whether the server runs with ``--compression`` or without
 that parses, but offers nothing the server takes, is upgraded without it, both ways
 (docs/protocol.md, Handshake). Before, the same malformed request got 400 with
 compression on and 101 with it off: websockets reads the header only to match the
-extensions it offers, and without compression offers none."""
+extensions it offers, and without compression offers none. A header with no element
+(empty: old ktor clients send one) is no offer, both ways: it got 400 once the check
+above ran with compression off too, and always had with it on."""
 
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ MALFORMED_OFFERS = (
     b"permessage-deflate;;",  # an empty parameter
     b'permessage-deflate; client_max_window_bits="15',  # an unclosed quoted string
     b"=",
-    b"",  # an empty list: the header's grammar is 1#extension
+    b", x y",  # empty elements ahead of a malformed one
 )
+# Values with no element: empty, blanks, only commas (RFC 9110 5.6.1.2 has a recipient
+# ignore empty list elements). The header is then as good as absent.
+EMPTY_OFFERS = (b"", b"   ", b"\t", b",", b" , ,\t,")
 # Offers that parse: an extension the server does not speak, permessage-deflate with a
 # parameter it declines (a window of 99 bits), or with one twice. Ignored, not refused.
 DECLINED_OFFERS = (
@@ -78,6 +83,25 @@ async def test_a_malformed_extension_offer_is_refused_with_compression_on_or_off
         head, body = await answer_head(server.port, bad_key)
         message = "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 4.1)"
         assert read_refusal(head + body) == (400, {"code": "bad_request", "message": message})
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "compression"])
+async def test_an_empty_extensions_header_is_no_offer(compression: bool) -> None:
+    async with run_server(compression=compression) as server:
+        for offer in EMPTY_OFFERS:
+            head, _ = await answer_head(server.port, upgrade_offering(offer))
+            assert head.startswith(b"HTTP/1.1 101 "), (offer, head)
+            assert extensions_accepted(head) is None, (offer, head)
+        # Beside a real offer, on a line of its own: the offer is negotiated as alone.
+        for offers in ((b"", DEFLATE), (DEFLATE, b" , ")):
+            head, _ = await answer_head(server.port, upgrade_offering(*offers))
+            assert head.startswith(b"HTTP/1.1 101 "), (offers, head)
+            accepted = extensions_accepted(head) or b""
+            assert accepted.startswith(b"permessage-deflate") is compression, (offers, head)
+        # An empty line does not excuse a malformed one beside it.
+        head, body = await answer_head(server.port, upgrade_offering(b"", b"x y"))
+        error = {"code": "bad_request", "message": NOT_WELL_FORMED}
+        assert read_refusal(head + body) == (400, error)
 
 
 @pytest.mark.parametrize("compression", [False, True], ids=["plain", "compression"])
