@@ -9,14 +9,19 @@ instance too big to park within a heartbeat stays its first sweeper's to the end
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+import urllib.parse
 from pathlib import Path
+
+import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.listing import SessionFilter
 from bamboo_session.persistence.presence import Held
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import Session, SessionState
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 
 HEARTBEAT = 0.3
@@ -39,29 +44,56 @@ async def died_in(url: str, *session_ids: str) -> None:
         await doomed.close()
 
 
-async def died_in_many_sessions(url: str, count: int) -> str:
-    """The name of an instance that registered a connection in each of ``count`` new
-    sessions, then stopped without a leave (its heartbeat stops, as a killed one's).
-    All registered within its heartbeat (``url``'s): a refresh drops its instance's
-    entries whose deadline passed, sessions it no longer holds."""
-    doomed = await open_redis(url)
+@dataclasses.dataclass(frozen=True)
+class Dead:
+    instance: str  # its name
+    heartbeat: float  # seconds: its deadline passes at most this long after it died
+
+
+async def died_in_many_sessions(url: str, count: int) -> Dead:
+    """An instance that registered a connection in each of ``count`` new sessions,
+    then stopped without a leave (its heartbeat stops, as a killed one's). Its
+    heartbeat is ``url``'s, or as long as making the sessions took if that is longer:
+    it registers in all of them within its heartbeat, as a live instance refreshes
+    them, because a refresh drops its instance's entries whose deadline passed
+    (sessions it no longer holds). Registering takes a fifth of the time making them
+    does; on a loaded machine, 16,000 took over the 4 s heartbeat this test had, and
+    the sweep found thousands fewer sessions than it was meant to park."""
+    maker = await open_redis(url)
     try:
-        await registered_in_many_sessions(doomed, count)
-        return doomed.instance
+        began = time.monotonic()
+        sessions = await made(maker, count)
+        heartbeat = max(maker.config.heartbeat, time.monotonic() - began)
+    finally:
+        await maker.close()
+    doomed = await open_redis(with_heartbeat(url, heartbeat))
+    try:
+        await registered_in(doomed, sessions)
+        return Dead(doomed.instance, heartbeat)
     finally:
         await doomed.close()
 
 
-async def registered_in_many_sessions(store: RedisStorage, count: int) -> list[Held]:
-    """A connection of ``store``'s instance registered in each of ``count`` new
-    sessions, the last one last."""
-    held = []
+def with_heartbeat(url: str, heartbeat: float) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query)) | {"heartbeat": f"{heartbeat:.3f}"}
+    return parts._replace(query=urllib.parse.urlencode(query)).geturl()
+
+
+async def made(store: RedisStorage, count: int) -> list[Session]:
+    """``count`` new sessions, ``dead-0`` to ``dead-<count - 1>``."""
+    sessions = [Session.new(f"dead-{i}") for i in range(count)]
     for start in range(0, count, 500):
-        chunk = [f"dead-{i}" for i in range(start, min(start + 500, count))]
-        await asyncio.gather(*(store.create_session(Session.new(i)) for i in chunk))
-        metas = await asyncio.gather(*(store.get_metadata(i) for i in chunk))
-        held += [Held(m.id, [(f"c-{m.id}", "agent")], m.epoch) for m in metas if m]
-    for start in range(0, count, 500):
+        await asyncio.gather(*(store.create_session(s) for s in sessions[start : start + 500]))
+    return sessions
+
+
+async def registered_in(store: RedisStorage, sessions: list[Session]) -> list[Held]:
+    """A connection of ``store``'s instance registered in each of ``sessions``, the
+    last one last; each under the epoch it was made with, which the store serves as
+    long as its generation holds (no restart of Redis here)."""
+    held = [Held(s.id, [(f"c-{s.id}", "agent")], s.metadata.epoch) for s in sessions]
+    for start in range(0, len(held), 500):
         await store.presence.refresh(held[start : start + 500])
     return held
 
@@ -160,28 +192,35 @@ async def test_left_as_it_is_what_changed_since(redis_server: RedisServer, tmp_p
 SWEPT = 16_000  # sessions of the dead instance: their sweep outlasts two heartbeats
 
 
+# Its setup makes 16,000 sessions, then waits out the dead instance's heartbeat, which
+# is as long as making them took: over two minutes in all on a loaded machine.
+@pytest.mark.timeout(600)
 async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """The sweeper renews its claim between batches: the dead instance's deadline
     never passes while it parks, and a second survivor sweeping meanwhile takes up
-    nothing of it (r333: the claim ran out, and each survivor in turn redid it)."""
+    nothing of it (r333: the claim ran out, and each survivor in turn redid it). It
+    holds on a loaded machine too, where a batch of 256 parks took longer than the
+    two thirds of this heartbeat left after a renewal: the sweeper halves its batches
+    when one takes over a sixth of a heartbeat, and renews ahead of a batch by the
+    time the last one took."""
     url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
     a, b = await open_redis(url), await open_redis(url)
     try:
-        # Its own heartbeat longer: all registered before the first deadline passes.
         # 16,000: a quiet machine parked 8,000 within two heartbeats (0.54 s).
         doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=4)
         dead = await died_in_many_sessions(doomed, SWEPT)
-        await asyncio.sleep(4.1)
+        registered = await b.redis.client.zcard(b.layout.instance_sessions(dead.instance))
+        assert registered == SWEPT, "registering outlasted the dead instance's heartbeat"
+        await eventually(lambda: deadline_passed(b, dead.instance), timeout=2 * dead.heartbeat)
         began = time.monotonic()
         sweep = asyncio.create_task(a.presence.sweep_dead())
         lapsed, swept_by_b = [], 0
         while not sweep.done():
             await asyncio.sleep(HEARTBEAT / 3)
-            deadline = await b.redis.client.zscore(b.layout.instances(), dead)
-            seconds, micros = await b.redis.client.time()
-            now_ms = seconds * 1000 + micros // 1000
+            deadline = await b.redis.client.zscore(b.layout.instances(), dead.instance)
+            now_ms = await redis_now_ms(b)
             if deadline is not None and deadline <= now_ms:
                 lapsed.append(round(now_ms - deadline))
             swept_by_b += await b.presence.sweep_dead()
@@ -192,6 +231,17 @@ async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
     finally:
         await a.close()
         await b.close()
+
+
+async def redis_now_ms(store: RedisStorage) -> int:
+    seconds, micros = await store.redis.client.time()
+    return int(seconds * 1000 + micros // 1000)
+
+
+async def deadline_passed(store: RedisStorage, instance: str) -> bool:
+    """Whether ``instance``'s deadline passed by Redis's clock: it died, for the sweep."""
+    deadline = await store.redis.client.zscore(store.layout.instances(), instance)
+    return deadline is not None and deadline < await redis_now_ms(store)
 
 
 async def test_a_claim_is_renewed_only_by_its_holder(
@@ -205,7 +255,7 @@ async def test_a_claim_is_renewed_only_by_its_holder(
     a = await open_redis(url)
     stalled = await open_redis(url)
     try:
-        held = await registered_in_many_sessions(stalled, 2)
+        held = await registered_in(stalled, await made(stalled, 2))
         await asyncio.sleep(HEARTBEAT + 0.1)
         instances, ms = a.layout.instances(), round(HEARTBEAT * 1000)
         name, claimed = await a.redis.run("orphans", [instances], ["claim", ms, 16])

@@ -23,7 +23,7 @@ import websockets
 from bamboo_session.protocol.models import SessionState
 from tests.instances import Instances
 from tests.redis_server import RedisServer, prefix_for
-from tests.test_redis_presence_dead import died_in_many_sessions, open_redis
+from tests.test_redis_presence_dead import died_in_many_sessions, open_redis, redis_now_ms
 
 HEARTBEAT = 1.0
 # The dead connections' deadline (one heartbeat after their last refresh, which came
@@ -156,10 +156,12 @@ async def test_a_survivor_parking_a_big_dead_instance_keeps_its_own_sessions_liv
         peer = await connect(port, "mine")
         # Its own heartbeat longer: all registered before the first deadline passes.
         doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=2 * HEARTBEAT)
-        dead = await died_in_many_sessions(doomed, DEAD_SESSIONS)
+        dead = (await died_in_many_sessions(doomed, DEAD_SESSIONS)).instance
         alive = other_survivor.layout.instances()
         deadline_of_dead = await other_survivor.redis.client.zscore(alive, dead)
-        until = time.monotonic() + 10
+        until = (
+            time.monotonic() + 10 + (deadline_of_dead - await redis_now_ms(other_survivor)) / 1000
+        )
         while await other_survivor.redis.client.zscore(alive, dead) == deadline_of_dead:
             assert time.monotonic() < until, "the server never claimed the dead instance"
             await asyncio.sleep(0.02)
