@@ -155,6 +155,19 @@ def failure_of(exc: BaseException) -> Failure:
     return _UNEXPECTED
 
 
+# A hello's own words for a failure of the store's: the shared ones speak of a
+# publish, which a hello is not (a viewer's has no key at all). The code is the same.
+HELLO_STORAGE_FAILED = "storage failed; retry later"
+
+
+def hello_failure(exc: BaseException) -> Failure:
+    """How to report ``exc`` as the close of a ``hello`` that failed."""
+    failure = failure_of(exc)
+    if failure is _TABLE[StorageError]:
+        return dataclasses.replace(failure, reason=HELLO_STORAGE_FAILED)
+    return failure
+
+
 def is_expected(exc: BaseException) -> bool:
     """Whether ``exc`` is one the table knows (anything else is logged as a bug)."""
     return failure_of(exc) is not _UNEXPECTED

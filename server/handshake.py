@@ -36,7 +36,7 @@ from .auth import (
 from .closing import close_within
 from .config import ServerConfig
 from .connection_end import release_user_count
-from .failures import ServerBusy, failure_of
+from .failures import ServerBusy, hello_failure
 from .flush import WebSocketSink
 from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
@@ -185,7 +185,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             conn.expiry = TokenExpiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:
         services.stored_caps.note_refusal(exc)  # at a stored-session cap: counted, logged
-        failure = failure_of(exc)
+        failure = hello_failure(exc)
         await close_within(ws, failure.close, failure.reason, conn.services.config.close_timeout)
         return False
     except ProtocolError as exc:  # a field of the session it would create over its limit
