@@ -136,7 +136,8 @@ class SessionManager:
         session = Session.new(
             session_id or new_session_id(), user_id, title, ttl, extra, self.storage.now()
         )
-        await self.storage.create_session(session, replace_expired=replace_expired)
+        with self.append_health.creating(session.id):  # /readyz: a failure of the store's
+            await self.storage.create_session(session, replace_expired=replace_expired)
         stored = await self.storage.load_session(session.id)
         return stored or session
 

@@ -11,7 +11,9 @@ another process holds, with reads still answered); and from the
 moment an append fails for a reason of the store's (disk full, I/O error, store
 unreachable; not ``SessionRefused``, a refusal of one session) until appends work
 again: the next append, or a probe, begun after the failure that succeeds (one under
-way when it is reported may have written before it). Not so the failure of one session's
+way when it is reported may have written before it). A session's creation that fails
+so is taken as a failed append (an instance taking only creates while Redis refuses
+writes was ready). Not so the failure of one session's
 own file (``SessionLogFailed``: its log at the file size limit, a file the store may
 not write; on Redis, a key of the session's that something else wrote over) while an
 append of another session succeeded less than ``ALONE_WITHIN`` seconds before: the
@@ -64,13 +66,20 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from bamboo_session.persistence.base import Storage, StorageError
+from bamboo_session.persistence.base import (
+    SessionExists,
+    SessionLogFailed,
+    SessionRefused,
+    Storage,
+    StorageError,
+    StorageFull,
+)
 from bamboo_session.persistence.capabilities import NotReadyReason, WriteLocations, WriteProbe
 from bamboo_session.protocol.models import SessionMetadata
 
@@ -147,12 +156,35 @@ class AppendHealth:
         session's own file, the store says (``SessionLogFailed``). /readyz is 503 until
         appends work, unless the session fails alone; and the log tells of the outage
         (once, then in counts; a failure of the store's also at once)."""
+        of_store = self._write_failed(session_id, reason, own)
+        self.failures.failed(session_id, reason, events, of_store)
+
+    def _write_failed(self, session_id: str, reason: str, own: bool) -> bool:
+        """Whether a failed write is the store's (then /readyz is 503 until appends work)."""
         of_store = not (own and self._another_appended_lately(session_id))
         if of_store:
             self.failure = reason
             self.failed_at = time.monotonic()
             self.reported += 1
-        self.failures.failed(session_id, reason, events, of_store)
+        return of_store
+
+    @contextlib.contextmanager
+    def creating(self, session_id: str) -> Iterator[None]:
+        """Around the store's creation of ``session_id``: one that fails for a reason
+        of the store's (Redis refusing writes: ``MISCONF`` with its disk full, ``OOM``
+        at its ``maxmemory``; a full disk) is taken as a failed append is: /readyz is
+        503 until appends work, and the log tells of it once an outage (``storage
+        failed``, command ``Create``). Before, an instance taking only creates stayed
+        ready while every one failed. Not a refusal of that creation alone: the id
+        taken, the store at its maximum of sessions, a session the store refused."""
+        try:
+            yield
+        except (SessionExists, StorageFull, SessionRefused):
+            raise
+        except StorageError as exc:
+            self._write_failed(session_id, str(exc), isinstance(exc, SessionLogFailed))
+            self.command_failures.failed("Create", str(exc))
+            raise
 
     def _another_appended_lately(self, session_id: str) -> bool:
         """Whether an append of a session other than ``session_id`` succeeded less than
