@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from bamboo_session.persistence.presence import Held
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import Session, SessionState
 from tests.instances import eventually
+from tests.redis_lossy_support import lossy_redis
 from tests.redis_server import RedisServer, prefix_for
 
 HEARTBEAT = 0.3
@@ -196,20 +198,26 @@ SWEPT = 16_000  # sessions of the dead instance: their sweep outlasts two heartb
 # is as long as making them took: over two minutes in all on a loaded machine.
 @pytest.mark.timeout(600)
 async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
-    redis_server: RedisServer, tmp_path: Path
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
 ) -> None:
-    """The sweeper renews its claim between batches: the dead instance's deadline
-    never passes while it parks, and a second survivor sweeping meanwhile takes up
-    nothing of it (r333: the claim ran out, and each survivor in turn redid it). It
-    holds on a loaded machine too, where a batch of 256 parks took longer than the
-    two thirds of this heartbeat left after a renewal: the sweeper halves its batches
-    when one takes over a sixth of a heartbeat, and renews ahead of a batch by the
-    time the last one took."""
-    url = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+    """The sweeper renews its claim while it parks: the dead instance's deadline never
+    passes, and a second survivor sweeping meanwhile takes up nothing of it (r333:
+    the claim ran out, and each survivor in turn redid it). It holds on a loaded
+    machine too, where a batch of parks took longer than the two thirds of this
+    heartbeat left after a renewal made before it: the claim is renewed every third
+    of a heartbeat by a task of its own, whatever the batches.
+
+    On a Redis of its own that keeps nothing on disk: one that syncs each write to
+    disk, as the other tests' does, stalled on a loaded machine's disk for 0.25 to
+    0.75 s at a time (``LATENCY LATEST``: ``aof-fsync-always``), longer than two
+    thirds of this 0.3 s heartbeat, during which Redis runs no renewal, nor anything
+    else (live instances' heartbeats neither). The default heartbeat is 30 s."""
+    server = lossy_redis(start_redis)
+    url = server.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT, accept_lossy="true")
     a, b = await open_redis(url), await open_redis(url)
     try:
         # 16,000: a quiet machine parked 8,000 within two heartbeats (0.54 s).
-        doomed = redis_server.url(prefix=prefix_for(tmp_path), heartbeat=4)
+        doomed = server.url(prefix=prefix_for(tmp_path), heartbeat=4, accept_lossy="true")
         dead = await died_in_many_sessions(doomed, SWEPT)
         registered = await b.redis.client.zcard(b.layout.instance_sessions(dead.instance))
         assert registered == SWEPT, "registering outlasted the dead instance's heartbeat"
