@@ -6,9 +6,9 @@ instance whose deadline passed refreshed nothing for a whole heartbeat: it died 
 stalls). Each survivor's sweep (server/presence.py, a task beside its heartbeat, every
 ``heartbeat / 3``) claims such instances (``orphans.lua``, one heartbeat each, so that
 survivors sweeping at once share them out), and calls ``presence.lua`` in mode
-``park`` on each of their sessions, ``PARKED_AT_ONCE`` in a round trip: it sweeps the
-dead connections out and, should none be left, writes the session ``disconnected`` in
-that same step, as the last connection's leave would have.
+``park`` on each of their sessions, up to ``PARKED_AT_ONCE`` in a round trip: it
+sweeps the dead connections out and, should none be left, writes the session
+``disconnected`` in that same step, as the last connection's leave would have.
 
 While it parks, a task beside it renews its claim every third of a heartbeat, one
 heartbeat more, so that a dead instance too big to park within a heartbeat (0.1 to
@@ -18,11 +18,16 @@ every survivor in turn; the sweep stops where its claim is found to be another's
 keeps time by itself: made before a batch once a third of a heartbeat had passed, it
 let the claim run out whenever one batch took two thirds of a heartbeat (a test's
 0.3 s heartbeat on a loaded machine). Redis runs a round trip's calls one after the
-other, and a renewal only after the batch under way, so a batch that takes more than
-a sixth of a heartbeat also halves the batches for the rest of the sweep (down to
-``PARKED_AT_LEAST``; at the default heartbeat, 5 s, it never does). The claim runs
-out only should Redis, or this process, stall for two thirds of a heartbeat, which
-no sweeper can help.
+other, and a renewal only after the batch under way; and this process sends one only
+between the batch's other steps. So the batches are sized by time: the first of
+``PARKED_AT_LEAST`` parks, each next one twice as big after a batch quicker than a
+24th of a heartbeat (up to ``PARKED_AT_ONCE``: at the default heartbeat, 30 s, in
+four steps), half as big after one slower than a twelfth. On a machine whose load
+was ten times its cores, a first batch of 256 took 0.48 s of a 0.3 s heartbeat, and
+the event loop of the process waited up to 0.4 s for it; batches grown on a quiet
+spell took 15 times longer at the next spike. The claim runs out only should
+Redis, or this process, stall for two thirds of a heartbeat, which no sweeper can
+help.
 
 Without this sweep, a session whose connections were all on the dead instance stayed
 ``active`` with no connection for ever unless a survivor held it (r325).
@@ -45,10 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLAIMED_AT_ONCE: Final = 16  # dead instances one sweep takes up
-# Sessions of one parked in one round trip at first: 25 to 90 ms of Redis's time, far
-# less than a sixth of the default heartbeat (5 s); fewer once a batch took longer.
+# Sessions of one parked in one round trip: the first batch, and the fewest.
+PARKED_AT_LEAST: Final = 16
+# The most: 25 to 90 ms of Redis's time, far less than a sixth of the default
+# heartbeat (5 s).
 PARKED_AT_ONCE: Final = 256
-PARKED_AT_LEAST: Final = 16  # the smallest batch: a round trip must carry some
 
 
 def _text(value: object) -> str:
@@ -89,7 +95,7 @@ async def _sweep_instance(storage: RedisStorage, claim: _Claim) -> int:
     instance = claim.instance
     key = layout.instance_sessions(instance)
     renewing = asyncio.create_task(_keep(storage, claim), name="bamboo-redis-claim")
-    parked, batch, slow = 0, PARKED_AT_ONCE, storage.config.heartbeat / 6
+    parked, batch = 0, PARKED_AT_LEAST
     try:
         while not claim.lost:
             if renewing.done():
@@ -106,13 +112,26 @@ async def _sweep_instance(storage: RedisStorage, claim: _Claim) -> int:
             await storage.redis.run("orphans", [key, layout.instances()], drop)
             if len(entries) < batch:
                 break
-            if time.monotonic() - began > slow:  # Redis runs no renewal amid a batch
-                batch = max(PARKED_AT_LEAST, batch // 2)
+            batch = _next_batch(batch, time.monotonic() - began, storage.config.heartbeat)
     finally:
         claim.done.set()  # a renewal under way ends first: none is cut short
         with contextlib.suppress(StorageError):  # the parks are done: their count stands
             await renewing
     return parked
+
+
+def _next_batch(batch: int, took: float, heartbeat: float) -> int:
+    """The size of the batch after one of ``batch`` parks that took ``took`` seconds:
+    twice as big after one quicker than a 24th of a heartbeat, half as big after one
+    slower than a twelfth (a renewal waits for it, in Redis and in this process: a
+    batch eight times slower than the last, as a loaded machine's were at times,
+    still leaves the claim two thirds of a heartbeat), within ``PARKED_AT_LEAST`` and
+    ``PARKED_AT_ONCE``."""
+    if took > heartbeat / 12:
+        return max(PARKED_AT_LEAST, batch // 2)
+    if took < heartbeat / 24:
+        return min(PARKED_AT_ONCE, batch * 2)
+    return batch
 
 
 async def _keep(storage: RedisStorage, claim: _Claim) -> None:
