@@ -204,8 +204,9 @@ async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
     passes, and a second survivor sweeping meanwhile takes up nothing of it (r333:
     the claim ran out, and each survivor in turn redid it). It holds on a loaded
     machine too, where a batch of parks took longer than the two thirds of this
-    heartbeat left after a renewal made before it: the claim is renewed every third
-    of a heartbeat by a task of its own, whatever the batches.
+    heartbeat left after a renewal made before it: the claim is renewed every sixth
+    of a heartbeat by a task of its own, whatever the batches, which are sized by
+    time.
 
     On a Redis of its own that keeps nothing on disk: one that syncs each write to
     disk, as the other tests' does, stalled on a loaded machine's disk for 0.25 to
@@ -227,8 +228,7 @@ async def test_a_sweep_longer_than_a_heartbeat_keeps_its_claim(
         lapsed, swept_by_b = [], 0
         while not sweep.done():
             await asyncio.sleep(HEARTBEAT / 3)
-            deadline = await b.redis.client.zscore(b.layout.instances(), dead.instance)
-            now_ms = await redis_now_ms(b)
+            deadline, now_ms = await deadline_and_now(b, dead.instance)
             if deadline is not None and deadline <= now_ms:
                 lapsed.append(round(now_ms - deadline))
             swept_by_b += await b.presence.sweep_dead()
@@ -246,10 +246,20 @@ async def redis_now_ms(store: RedisStorage) -> int:
     return int(seconds * 1000 + micros // 1000)
 
 
+async def deadline_and_now(store: RedisStorage, instance: str) -> tuple[float | None, int]:
+    """``instance``'s deadline and Redis's time, read at once (a transaction): read
+    in turn, a renewal between them showed a lapse that was not."""
+    async with store.redis.client.pipeline(transaction=True) as both:
+        deadline, (seconds, micros) = (
+            await both.zscore(store.layout.instances(), instance).time().execute()
+        )
+    return deadline, int(seconds) * 1000 + int(micros) // 1000
+
+
 async def deadline_passed(store: RedisStorage, instance: str) -> bool:
     """Whether ``instance``'s deadline passed by Redis's clock: it died, for the sweep."""
-    deadline = await store.redis.client.zscore(store.layout.instances(), instance)
-    return deadline is not None and deadline < await redis_now_ms(store)
+    deadline, now_ms = await deadline_and_now(store, instance)
+    return deadline is not None and deadline < now_ms
 
 
 async def test_a_claim_is_renewed_only_by_its_holder(

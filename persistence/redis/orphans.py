@@ -10,7 +10,7 @@ survivors sweeping at once share them out), and calls ``presence.lua`` in mode
 sweeps the dead connections out and, should none be left, writes the session
 ``disconnected`` in that same step, as the last connection's leave would have.
 
-While it parks, a task beside it renews its claim every third of a heartbeat, one
+While it parks, a task beside it renews its claim every sixth of a heartbeat, one
 heartbeat more, so that a dead instance too big to park within a heartbeat (0.1 to
 0.35 ms a session: 10,000 take 1 to 3.5 s) stays its alone, not taken up again by
 every survivor in turn; the sweep stops where its claim is found to be another's
@@ -26,7 +26,8 @@ four steps), half as big after one slower than a twelfth. On a machine whose loa
 was ten times its cores, a first batch of 256 took 0.48 s of a 0.3 s heartbeat, and
 the event loop of the process waited up to 0.4 s for it; batches grown on a quiet
 spell took 15 times longer at the next spike. The claim runs out only should
-Redis, or this process, stall for two thirds of a heartbeat, which no sweeper can
+Redis, or this process, stall for five sixths of a heartbeat (a live instance's
+presence, refreshed every third, runs out after two thirds), which no sweeper can
 help.
 
 Without this sweep, a session whose connections were all on the dead instance stayed
@@ -135,9 +136,9 @@ def _next_batch(batch: int, took: float, heartbeat: float) -> int:
 
 
 async def _keep(storage: RedisStorage, claim: _Claim) -> None:
-    """Renews ``claim`` every third of a heartbeat until its sweep is done, or it is
+    """Renews ``claim`` every sixth of a heartbeat until its sweep is done, or it is
     found lost."""
-    every = storage.config.heartbeat / 3
+    every = storage.config.heartbeat / 6
     while True:
         wait = claim.renewed_at + every - time.monotonic()
         with contextlib.suppress(TimeoutError):
