@@ -16,7 +16,9 @@ whatever a crash cuts short, one whole slot is left:
 - a durable one (a session closed or expired, metadata imported) is that ``pwrite``
   plus ``fdatasync``, after which its slot is the synced one;
 - the first write after an open does not know which slot is on disk, so it syncs the
-  file first and then treats the newest slot as the synced one;
+  file first and then treats the newest slot as the synced one; unless the open synced
+  the whole file system (``syncfs``, on Linux: one call, not 100,000), after which
+  every file as it found it is on disk;
 - a checkpoint grown past its slot's size is written as a new, larger file (atomic and
   durable).
 
@@ -231,26 +233,31 @@ def create(path: Path, checkpoint: Checkpoint, generation: int = 1) -> tuple[Slo
 
 
 def update(
-    path: Path, checkpoint: Checkpoint, slots: SlotFile | None, durable: bool
+    path: Path | str,
+    checkpoint: Checkpoint,
+    slots: SlotFile | None,
+    durable: bool,
+    on_disk: bool = False,
 ) -> tuple[SlotFile, FileStamp]:
     """Write ``checkpoint`` over the slot that is not known to be on disk; with
     ``durable``, on disk when this returns. ``slots``: what the last write returned
-    (None after an open). FileNotFoundError when the file is gone (a session
-    deleted meanwhile)."""
+    (None after an open). ``on_disk``: the file as it is was synced since its last
+    write (the open synced the file system), so its newest slot needs no sync of its
+    own. FileNotFoundError when the file is gone (a session deleted meanwhile)."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         if slots is None or slots.synced is None:
-            slots = _sync_current(fd, path)
+            slots = _sync_current(fd, path, sync=not (on_disk and slots is None))
             if slots is None:  # the old format: replaced by the new one
                 os.close(fd)
                 fd = -1
-                return create(path, checkpoint)
+                return create(Path(path), checkpoint)
         generation = slots.generation + 1
         body = encode_slot(checkpoint, generation)
         if len(body) + 1 > slots.capacity:
             os.close(fd)
             fd = -1
-            return create(path, checkpoint, generation)
+            return create(Path(path), checkpoint, generation)
         assert slots.synced is not None
         target = 1 - slots.synced
         pwrite_all(fd, _padded(body, slots.capacity), target * slots.capacity)
@@ -263,9 +270,23 @@ def update(
             os.close(fd)
 
 
-def _sync_current(fd: int, path: Path) -> SlotFile | None:
-    """Sync the file as it is and say which of its slots is the newest (None: the file
-    is in the old format)."""
+def update_many(
+    items: list[tuple[str, Checkpoint, SlotFile | None, bool]],
+) -> list[tuple[SlotFile, FileStamp] | Exception]:
+    """:func:`update` (not durable) of each ``(path, checkpoint, slots, on_disk)``, in
+    one call: each one's result or failure (OSError, CheckpointDamaged) in its place."""
+    results: list[tuple[SlotFile, FileStamp] | Exception] = []
+    for path, checkpoint, slots, on_disk in items:
+        try:
+            results.append(update(path, checkpoint, slots, False, on_disk))
+        except (OSError, StorageError) as exc:
+            results.append(exc)
+    return results
+
+
+def _sync_current(fd: int, path: Path | str, sync: bool = True) -> SlotFile | None:
+    """Sync the file as it is (unless it is known on disk) and say which of its slots
+    is the newest (None: the file is in the old format)."""
     data = read_at(fd, 0, os.fstat(fd).st_size)
     try:
         found = parse(data)
@@ -273,7 +294,8 @@ def _sync_current(fd: int, path: Path) -> SlotFile | None:
         raise CheckpointDamaged(f"checkpoint {path} is damaged: {exc}") from None
     if isinstance(found, LegacyCheckpoint):
         return None
-    datasync(fd)
+    if sync:
+        datasync(fd)
     return found.slots(synced=found.slot)
 
 

@@ -121,6 +121,10 @@ class Layout:
     def checkpoint(self, session_id: str) -> Path:
         return self.sessions / (session_id + CHECKPOINT_SUFFIX)
 
+    def checkpoint_file(self, session_id: str) -> str:
+        """:meth:`checkpoint` as a string: 100,000 of them at a close (pathlib's cost)."""
+        return f"{self.base}/sessions/{session_id}{CHECKPOINT_SUFFIX}"
+
     def tombstone(self, session_id: str) -> Path:
         return self.sessions / (session_id + TOMBSTONE_SUFFIX)
 

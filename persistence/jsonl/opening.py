@@ -3,7 +3,8 @@
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
 time). Then the store's format is checked (``store_format.py``: a newer one is refused
 untouched, a store without the record gets it), recovery (``recovery.py``) runs in a
-worker thread, and its sessions become
+worker thread, the file system is synced once (so that no checkpoint file needs a sync
+of its own before its first write over a slot: ``checkpoint.py``), and its sessions become
 :class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
 the records.
 
@@ -35,6 +36,7 @@ from ..base import StorageError, StorageLocked
 from ..flock import LockWording, StoreFlock
 from . import snapshot
 from .config import JsonlStorageConfig
+from .files import sync_file_system
 from .record import SessionRecord
 from .recovery import RecoveryReport, recover
 from .store_format import check_format
@@ -81,10 +83,26 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
         with gc_paused():
             report = await asyncio.to_thread(recover, config)
         report.format = found
+        if not config.read_only and report.sessions:
+            report.checkpoints_on_disk = await asyncio.to_thread(_sync_checkpoints, config)
         return report
     except BaseException:
         lock_file.release()
         raise
+
+
+def _sync_checkpoints(config: JsonlStorageConfig) -> bool:
+    """One sync of the file system of the checkpoints, so that each session's first
+    checkpoint after the open needs no sync of its file (checkpoint.py): after a
+    restart with 100,000 sessions to park, the close that wrote them took 34 s, a
+    ``fdatasync`` each. It writes whatever else is dirty on that file system too,
+    before the server listens. Whether it was made: not where there is no ``syncfs``,
+    nor when it fails (logged); then the first write of each file syncs it."""
+    try:
+        return sync_file_system(config.layout.sessions)
+    except OSError as exc:
+        log.warning("could not sync the store's file system (%s): syncing file by file", exc)
+        return False
 
 
 def _share(lock_file: StoreFlock, base: Path) -> None:
@@ -123,6 +141,8 @@ def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:
                 session.stamp,
             )
             record.preamble_messages = session.preamble_messages
+            if report.checkpoints_on_disk:  # what the first write needs of the file
+                record.found_on_disk, record.slots = True, session.slots
             yield record
 
 

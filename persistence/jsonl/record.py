@@ -11,7 +11,7 @@
   what ``max_user_bytes`` is checked against): every move of ``log_end`` goes through
   :meth:`SessionRecord.move_end`.
 - The checkpoint: where the last one reaches (``checkpoint_seq`` / ``checkpoint_offset``)
-  and what the writer knows of its file (``slots``).
+  and what the writer knows of its file (``slots``, ``found_on_disk``).
 - The message index: what its file holds (``index``, checked once per process before it
   is trusted), and the entries of the messages written since (``pending``, from the
   place ``pending_seq`` / ``pending_offset`` of the log). Between the two there may be a
@@ -54,6 +54,7 @@ class SessionRecord:
         "checkpoint_pending",
         "checkpoint_seq",
         "delete_undone",
+        "found_on_disk",
         "index",
         "index_checked",
         "lock",
@@ -96,6 +97,10 @@ class SessionRecord:
         self.checkpoint_seq = checkpoint_seq
         self.checkpoint_offset = checkpoint_offset
         self.slots = slots  # None: not known yet (the first write finds out)
+        # The checkpoint file as the open found it is on disk (the open synced the file
+        # system): the first write finds out which slot is newest without a sync of its
+        # own. Cleared by that write, whatever becomes of it.
+        self.found_on_disk = False
         self.stamp = stamp
         self.meta_dirty = False  # metadata changed without a log append (state, activity)
         self.checkpoint_pending = False

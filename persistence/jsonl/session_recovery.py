@@ -25,7 +25,14 @@ from typing import Final
 from bamboo_session.protocol.models import Message, SessionMetadata, new_epoch
 
 from . import checkpoint, message_index, snapshot
-from .checkpoint import Checkpoint, CheckpointDamaged, Coverage, FileStamp, LegacyCheckpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointDamaged,
+    Coverage,
+    FileStamp,
+    LegacyCheckpoint,
+    SlotFile,
+)
 from .config import JsonlStorageConfig
 from .files import file_expected, unlink_quietly
 from .layout import Layout
@@ -52,6 +59,9 @@ class RecoveredSession:
     preamble: int = 0
     stamp: FileStamp | None = None
     preamble_messages: list[Message] | None = None  # read-only: not written anywhere
+    # The checkpoint file's slots as read, its newest taken as the one on disk: true
+    # once the open synced the file system (RecoveryReport.checkpoints_on_disk).
+    slots: SlotFile | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +81,9 @@ class RecoveryReport:
     # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
     deletes_unfinished: int = 0
     format: int = 0  # the store's format (store_format.py), as the open found it
+    # The open synced the store's file system once repaired: every checkpoint file as
+    # it found it is on disk (opening.py).
+    checkpoints_on_disk: bool = False
 
 
 class Directories:
@@ -175,8 +188,9 @@ class SessionRecovery:
         if size == covered or (size is None and covered_seq == 0):
             # Up to date; or created, then a crash before its (empty) log existed.
             return RecoveredSession(
-                meta, covered_seq, covered, covered, saved.index, b"", saved.preamble, stamp
-            )
+                meta, covered_seq, covered, covered, saved.index, b"", saved.preamble, stamp,
+                slots=found.slots(synced=found.slot),
+            )  # fmt: skip
         if size is not None and size > covered:
             tail = _scan(self.layout.log(session_id), covered, covered_seq, size)
             if tail.last_seq > covered_seq or _is_fragment(self.layout, session_id, covered):
@@ -187,6 +201,7 @@ class SessionRecovery:
                 return RecoveredSession(
                     meta, covered_seq, covered, tail.end, saved.index,
                     bytes(tail.entries), saved.preamble, stamp,
+                    slots=found.slots(synced=found.slot),
                 )  # fmt: skip
         # The log is shorter than the checkpoint says, or does not continue where it
         # says: read it all (a new epoch if history the checkpoint had seen is gone).
