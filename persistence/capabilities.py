@@ -1,10 +1,13 @@
 """What a backend may offer beyond the storage contract (persistence/base.py), which the
 server looks for with ``isinstance``: the health of its syncs, the risk that its server
 loses acknowledged writes, the directories it writes in, whether it takes writes now,
-why it is not ready, and the format of what it stores."""
+why it is not ready, the format of what it stores, and the park at a restart of what a
+dead server left attached."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -78,3 +81,23 @@ class StoreFormat(Protocol):
 
     @property
     def store_format(self) -> str: ...
+
+
+@runtime_checkable
+class ParksAttached(Protocol):
+    """A store one process holds (memory, JSONL, SQLite): what a server that died left
+    ``active`` or ``idle`` is parked at the next start (server/restart_park.py) by the
+    store itself, a batch at a time, not a listing and a write per session (100,000
+    sessions on JSONL: a listing of each batch sorted them all, a loop stall of a
+    second and more). A store several processes share (Redis) parks a dead process's
+    sessions by its presence sweep instead, and does not implement it."""
+
+    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+        """Moves to ``disconnected`` every session stored ``active`` or ``idle`` whose
+        ``updated_at`` is before ``since``, unless it has expired (cleanup's): a state
+        write, as ``update_session_state`` makes it (``updated_at`` moves, activity and
+        expiry stay; a store that writes live states lazily writes these so too), each
+        checked in the same step as its move, so that one written since (an attach)
+        is left as that write left it. ``batch`` sessions at most per step, each step
+        yielding how many it parked; the caller's turns go between steps."""
+        ...

@@ -13,7 +13,7 @@ change goes through :meth:`SessionIndex.set_state`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +72,13 @@ class SessionIndex:
             _discard(self._by_state, metadata.state, session_id)
             self._by_state.setdefault(state, set()).add(session_id)
         metadata.state = state
+
+    def ids_in(self, states: Iterable[SessionState]) -> list[str]:
+        """The ids of the sessions in ``states`` now."""
+        if self._secondary:
+            return [session_id for state in states for session_id in self._by_state.get(state, ())]
+        wanted = frozenset(states)
+        return [metadata.id for metadata in self._by_id.values() if metadata.state in wanted]
 
     def of_user(self, user_id: str) -> list[SessionMetadata]:
         """The user's sessions, newest first."""

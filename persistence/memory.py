@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Self
 
@@ -49,6 +49,7 @@ from .feed import CLOSED, DELETED, Feed, FeedSubscription
 from .index import SessionIndex, copy_metadata
 from .keys import split_duplicates
 from .memory_imports import MemoryImports, SessionLog
+from .parking import park_indexed
 from .state_condition import check_condition, updated_since
 from .url import StoreOptions, StoreURL
 
@@ -217,6 +218,10 @@ class MemoryStorage(MemoryImports):
             self._remove(session_id)
         return len(expired)
 
+    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+        self._require_open()  # ParksAttached (persistence/parking.py)
+        return park_indexed(self._index, since, batch)
+
     # -- events ---------------------------------------------------------------------
 
     async def append_events(
@@ -248,12 +253,7 @@ class MemoryStorage(MemoryImports):
             check_user_room(user, self._users.of(user), adding, self.max_user_bytes)
         meta.stored_bytes += adding
         self._users.add(meta.user_id, adding)
-        for event in stored:
-            log_.events.append(event)
-            if event.key is not None:
-                log_.keys.add(event.key, event.seq)
-            if isinstance(event.event, MessageEvent):
-                log_.message_seqs.append(event.seq)
+        log_.add(stored)
         meta.last_seq = stored[-1].seq
         meta.message_count = len(log_.message_seqs)
         log_.keys.forget_before(meta.last_seq)
@@ -279,9 +279,7 @@ class MemoryStorage(MemoryImports):
         events = self._logs[session_id].events
         end = len(events) if limit is None else min(len(events), after_seq + max(limit, 0))
         page = events[max(after_seq, 0) : end]
-        if max_bytes is None:
-            return page
-        return within_bytes(page, max_bytes)
+        return page if max_bytes is None else within_bytes(page, max_bytes)
 
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         meta = self._meta(session_id)

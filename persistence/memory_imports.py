@@ -32,6 +32,14 @@ class SessionLog:
         self.message_seqs: list[int] = []
         self.keys = KeyWindow()
 
+    def add(self, events: Sequence[StoredEvent]) -> None:
+        for event in events:
+            self.events.append(event)
+            if event.key is not None:
+                self.keys.add(event.key, event.seq)
+            if isinstance(event.event, MessageEvent):
+                self.message_seqs.append(event.seq)
+
 
 class MemoryImports:
     """Imports into the memory store's logs and index."""
@@ -58,12 +66,7 @@ class MemoryImports:
             if event.seq != expected:
                 raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
             expected += 1
-        for event in events:
-            log_.events.append(event)
-            if event.key is not None:
-                log_.keys.add(event.key, event.seq)
-            if isinstance(event.event, MessageEvent):
-                log_.message_seqs.append(event.seq)
+        log_.add(events)
         if events:
             self._clock.saw(events[-1].ts)  # the store's clock never goes back behind them
             meta.last_seq = events[-1].seq

@@ -71,6 +71,9 @@ class Checkpointer:
         record.meta_dirty = True
         self.dirty.add(record.session_id)
 
+    def changed_id(self, session_id: str) -> None:
+        self.changed(self._records[session_id])
+
     def appended(self, record: SessionRecord) -> None:
         """Lines were written to the session's log."""
         self.dirty.add(record.session_id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Self
@@ -38,6 +38,7 @@ from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageEr
 from ..close_once import CloseOnce
 from ..feed import CLOSED
 from ..index import copy_metadata
+from ..parking import park_indexed
 from ..state_condition import check_condition, updated_since
 from . import snapshot
 from .appends import Appender, WalKeptFull
@@ -287,6 +288,11 @@ class JsonlStorage(JsonlImports):
             return
         record.meta.touch(self._clock.stamp())
         self._checkpoints.changed(record)
+
+    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+        """ParksAttached (persistence/parking.py): written lazily, as any live state."""
+        self._require_writable()
+        return park_indexed(self._index, since, batch, self._checkpoints.changed_id)
 
     async def cleanup_expired_sessions(self) -> int:
         """Delete the expired sessions; one whose delete fails stays (it is as it was,

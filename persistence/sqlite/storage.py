@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -52,14 +52,14 @@ from ..close_once import CloseOnce
 from ..feed import FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
-from . import reads, writes
+from . import parking, reads, writes
 from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .live import Live
 from .lock import real_file, store_lock
 from .reads import Readers
 from .recount import SqliteRecounter
-from .schema import SCHEMA_VERSION, check_readable, connect_writer
+from .schema import SCHEMA_VERSION, check_readable, connect_writer, time_text
 from .writer import Writer
 from .writes import Batch
 
@@ -257,6 +257,18 @@ class SqliteStorage:
     async def touch(self, session_id: str, *, epoch: str | None = None) -> None:
         session_id = check_session_id(session_id)
         await self._write(functools.partial(writes.touch, session_id=session_id, epoch=epoch))
+
+    async def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+        """ParksAttached (persistence/sqlite/parking.py): a group commit per step."""
+        since_text, limit = time_text(since), max(batch, 1)
+        for state in parking.LEFT_ATTACHED:
+            after: parking.Cursor | None = parking.START
+            while after is not None:
+                work = functools.partial(
+                    parking.park, state=state, after=after, since=since_text, limit=limit
+                )
+                parked, after = await self._write(work)
+                yield parked
 
     async def cleanup_expired_sessions(self) -> int:
         removed = await self._write(writes.cleanup, self._live.removed)

@@ -1,0 +1,150 @@
+"""The park at a restart (``ParksAttached``, persistence/capabilities.py) on every backend
+of tests/storage_backends.py that a process holds alone: what is stored ``active`` or
+``idle``, written before the time given and not expired, becomes ``disconnected`` (a
+state write: ``updated_at`` moves, activity and expiry stay), a batch at a time; what
+is written since the park began is left; a reopened store keeps it. A store several
+processes share (Redis) does not offer it: its presence sweep parks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import Storage
+from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.persistence.capabilities import ParksAttached
+from bamboo_session.protocol.models import Message, SessionMetadata, SessionState, utcnow
+from tests.storage_backends import Backend
+from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
+from tests.storage_contract_support import new_session
+
+
+def parking(store: Storage) -> ParksAttached:
+    if not isinstance(store, ParksAttached):
+        pytest.skip("a store several processes share parks by its presence sweep")
+    return store
+
+
+async def metadata(store: Storage, session_id: str) -> SessionMetadata:
+    found = await store.get_metadata(session_id)
+    assert found is not None
+    return found
+
+
+async def stored_as(store: Storage, state: SessionState, session_id: str) -> SessionMetadata:
+    await new_session(store, session_id, user_id="u", ttl=3600)
+    if state != SessionState.ACTIVE:  # (a new session is active)
+        await store.update_session_state(session_id, state)
+    return await metadata(store, session_id)
+
+
+async def all_steps(steps: AsyncIterator[int]) -> list[int]:
+    return [parked async for parked in steps]
+
+
+async def test_what_was_left_active_or_idle_is_parked_and_nothing_else(store: Storage) -> None:
+    parks = parking(store)
+    before = {
+        session_id: await stored_as(store, state, session_id)
+        for session_id, state in [
+            ("a1", SessionState.ACTIVE),
+            ("a2", SessionState.ACTIVE),
+            ("i1", SessionState.IDLE),
+            ("d1", SessionState.DISCONNECTED),
+            ("c1", SessionState.CLOSED),
+        ]
+    }
+    await new_session(store, "gone", user_id="u", ttl=1)
+    expiry = (await metadata(store, "gone")).expires_at
+    assert expiry is not None
+    # Until it has expired, stored active: cleanup's to remove, not the park's to move.
+    await asyncio.sleep(max((expiry - utcnow()).total_seconds(), 0) + 0.01)
+
+    steps = await all_steps(parks.park_attached(utcnow(), 2))
+
+    assert sum(steps) == 3 and max(steps) <= 2
+    for session_id in ("a1", "a2", "i1"):
+        parked = await metadata(store, session_id)
+        assert parked.state == SessionState.DISCONNECTED
+        assert parked.updated_at > before[session_id].updated_at
+        # A park is no activity: the TTL runs on from the last activity.
+        assert parked.last_activity_at == before[session_id].last_activity_at
+        assert parked.expires_at == before[session_id].expires_at
+    for session_id in ("d1", "c1"):
+        assert await metadata(store, session_id) == before[session_id]
+    assert (await metadata(store, "gone")).state == SessionState.ACTIVE
+
+
+async def test_what_was_written_since_the_time_given_is_left(store: Storage) -> None:
+    parks = parking(store)
+    await stored_as(store, SessionState.ACTIVE, "before")
+    since = utcnow()
+    await asyncio.sleep(0.001)  # (a write in the same microsecond is not after it)
+    await stored_as(store, SessionState.IDLE, "after")
+
+    assert sum(await all_steps(parks.park_attached(since, 100))) == 1
+
+    assert (await metadata(store, "before")).state == SessionState.DISCONNECTED
+    assert (await metadata(store, "after")).state == SessionState.IDLE
+
+
+async def test_a_session_written_between_two_steps_is_left(store: Storage) -> None:
+    """An attach once the server listens, while the park goes on: its write stays."""
+    parks = parking(store)
+    for number in range(6):
+        await stored_as(store, SessionState.ACTIVE, f"s{number}")
+    steps = parks.park_attached(utcnow(), 2)
+    first = await anext(steps)
+    waiting = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE))
+    for session in waiting.sessions:  # every session the first step did not park
+        await store.touch(session.id)
+
+    rest = await all_steps(steps)
+
+    assert first == 2 and sum(rest) == 0
+    still = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE))
+    assert {m.id for m in still.sessions} == {m.id for m in waiting.sessions}
+    assert len(still.sessions) == 4
+
+
+async def test_what_was_parked_is_there_after_a_reopen(backend: Backend, tmp_path: Path) -> None:
+    """Written lazily on JSONL, as any move among the live states, by the close: more
+    sessions than one of its thread jobs writes (persistence/jsonl/checkpointer.py
+    ``CHUNK``), some with messages, whose index entries are appended first."""
+    if not backend.durable:
+        pytest.skip("this backend keeps nothing across a reopen")
+    storage = await backend.open(tmp_path)
+    try:
+        parks = parking(storage)
+        for number in range(150):
+            await stored_as(storage, SessionState.ACTIVE, f"s{number:03}")
+            if number % 10 == 0:
+                await storage.append_message(f"s{number:03}", Message.user(f"m{number}"))
+        assert sum(await all_steps(parks.park_attached(utcnow(), 1000))) == 150
+    finally:
+        await storage.close()
+    storage = await backend.open(tmp_path)
+    try:
+        found = await storage.list_sessions(
+            SessionFilter(state=SessionState.DISCONNECTED, limit=1000)
+        )
+        assert sorted(m.id for m in found.sessions) == [f"s{n:03}" for n in range(150)]
+        history = await storage.get_session_history("s140")
+        assert [message.content for message in history] == ["m140"]
+    finally:
+        await storage.close()
+
+
+async def test_a_store_several_processes_share_does_not_offer_it(
+    backend: Backend, tmp_path: Path
+) -> None:
+    if backend.name != "redis":
+        pytest.skip("a store one process holds parks at a restart")
+    store = await backend.open(tmp_path)
+    try:
+        assert not isinstance(store, ParksAttached)
+    finally:
+        await store.close()
