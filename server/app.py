@@ -14,6 +14,7 @@ import functools
 import http
 import os
 import time
+from collections.abc import Callable
 from typing import Self
 
 import structlog
@@ -69,10 +70,17 @@ class BambooServer:
     """One server instance: ``async with BambooServer(config) as server: ...``."""
 
     def __init__(
-        self, config: ServerConfig, storage: Storage | None = None, *, reuse_port: bool = False
+        self,
+        config: ServerConfig,
+        storage: Storage | None = None,
+        *,
+        reuse_port: bool = False,
+        before_listening: Callable[[], object] | None = None,
     ) -> None:
         self.config = config
         self.reuse_port = reuse_port  # one of several workers on one port (supervisor.py)
+        # Called just before the listener opens: `serve` settles its collector (cli.py).
+        self._before_listening = before_listening
         self.metrics = Metrics()
         self._given_storage = storage
         self.storage: Storage | None = storage
@@ -162,6 +170,8 @@ class BambooServer:
             self.unread_answers,
             ReplayShares(config.memory_budget, config.replay_peer_share, config.replay_total_share),
         )
+        if self._before_listening is not None:
+            self._before_listening()
         self._server = await serve(
             self._handle,
             config.host,

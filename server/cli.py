@@ -338,7 +338,9 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = BambooServer(config, reuse_port=worker is not None)
+    server = BambooServer(
+        config, reuse_port=worker is not None, before_listening=settle_garbage_collector
+    )
     try:
         await server.start()  # logs "listening on HOST:PORT"
     except StoreMisconfigured as exc:
@@ -351,7 +353,6 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
         await server.stop()
         log.error(f"cannot start: {exc}")
         return 1
-    settle_garbage_collector()
     await stop.wait()
     log.info("shutting down")
     await server.stop(exiting=True)

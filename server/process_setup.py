@@ -44,7 +44,9 @@ def settle_garbage_collector() -> None:
     """Once started: what exists now (modules, the index of every stored session) moves
     out of the collector's sight (gc.freeze), and young collections come less often.
     Cyclic garbage is still collected; the collector just stops re-walking objects that
-    live as long as the process."""
+    live as long as the process. ``serve`` settles it before it listens: its one full
+    collection walks the whole index (100,000 sessions: 0.2 s and more, a stall of
+    every peer if it listened already; bench/restart_park.py)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
