@@ -2,7 +2,8 @@
 step is one operation of the group-commit writer (``writer.py``), which parks the next
 sessions of one state in the order of the ``sessions_by_state`` index, from where the
 step before ended (so the sessions a step leaves, expired or written since, are not
-read again), checking each against its row as the writer holds it with the move."""
+read again): one ``UPDATE`` over that stretch of the index, its conditions checked
+against the rows as they are, this batch's writes included (written out first)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from .writes import Batch
 
 LEFT_ATTACHED: Final = (SessionState.ACTIVE.value, SessionState.IDLE.value)
 _PARKED: Final = SessionState.DISCONNECTED.value
-_NEXT: Final = (
+_STRETCH: Final = (
     "SELECT created_at, id FROM sessions WHERE state = ? AND (created_at, id) > (?, ?) "
     "ORDER BY created_at, id LIMIT ?"
+)
+_PARK: Final = (
+    "UPDATE sessions SET state = ?, updated_at = ? "
+    "WHERE state = ? AND (created_at, id) > (?, ?) AND (created_at, id) <= (?, ?) "
+    "AND updated_at < ? AND (expires_at IS NULL OR expires_at > ?) RETURNING id"
 )
 
 Cursor = tuple[str, str]  # (created_at, id) of the last session a step looked at
@@ -29,17 +35,15 @@ def park(
     """Parks the sessions of ``state`` past ``after`` (``limit`` of them looked at) whose
     ``updated_at`` is before ``since`` and that have not expired: how many, and where the
     next step starts (None: none left of that state)."""
-    found = batch.db.execute(_NEXT, (state, *after, limit)).fetchall()
-    parked = 0
-    for _created_at, session_id in found:
-        row = batch.row(session_id)  # this batch's writes of it included
-        if (
-            row is None
-            or row.state not in LEFT_ATTACHED
-            or row.updated_at >= since
-            or row.is_expired(batch.now_text)
-        ):
-            continue
-        row.set(state=_PARKED, updated_at=batch.now_text)
-        parked += 1
-    return parked, (found[-1][0], found[-1][1]) if len(found) == limit else None
+    batch.flush()  # the statements below must see this batch's writes
+    stretch = batch.db.execute(_STRETCH, (state, *after, limit)).fetchall()
+    if not stretch:
+        return 0, None
+    last = (stretch[-1][0], stretch[-1][1])
+    now = batch.now_text
+    parked = batch.db.execute(_PARK, (_PARKED, now, state, *after, *last, since, now)).fetchall()
+    for (session_id,) in parked:  # the copies of the row the writer keeps follow
+        for row in (batch.rows.get(session_id), batch.cache.rows.get(session_id)):
+            if row is not None:
+                row.written(state=_PARKED, updated_at=now)
+    return len(parked), last if len(stretch) == limit else None

@@ -75,6 +75,11 @@ class Row:
             self.values[_COLUMN[name]] = value
         self.dirty = CHANGED
 
+    def written(self, **changes: object) -> None:
+        """Columns a statement of the batch wrote itself: the row follows, clean."""
+        for name, value in changes.items():
+            self.values[_COLUMN[name]] = value
+
     def advance(self, last_seq: int, message_count: int, stored_bytes: int) -> None:
         values = self.values
         values[9] = message_count
