@@ -1,19 +1,26 @@
 """How long a server's start takes to park what a dead server left attached
 (server/restart_park.py), on a store of ``--sessions`` sessions all stored ``active``.
 
-It fills a temporary store (JSONL or SQLite) through the storage API, closes it, opens
-it again as ``serve`` would, and times the park's part before the server would listen
-(``RestartPark.begin``), the whole park (its task), the largest gap between two turns
-of the event loop meanwhile (how long a peer's frame could wait), and the store's close
-(the JSONL store's checkpoints of the parked sessions are written by then).
+It fills a temporary store (JSONL or SQLite) through the storage API, in a process of
+its own, closes it, opens it again as ``serve`` would, and times the open, the park's
+part before the server would listen (``RestartPark.begin``), the settling of the
+garbage collector that ``serve`` does then (one full collection: server/cli.py), the
+whole park (its task), the store's close (the JSONL store's checkpoints of the parked
+sessions are written by then), and the largest gap between two turns of the event
+loop in each (how long a peer's frame could wait); then opens the store once more and
+counts what it holds ``disconnected``. ``--killed``: the JSONL store's index snapshot
+is removed before the open, as a ``kill -9`` leaves none (the open reads every
+checkpoint).
 
-Run: ``python -m bench.restart_park [--store jsonl|sqlite] [--sessions 100000]``
+Run: ``python -m bench.restart_park [--store jsonl|sqlite] [--sessions 100000] [--killed]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +28,7 @@ from pathlib import Path
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, Storage
 from bamboo_session.protocol.models import Session, SessionState
+from bamboo_session.server.process_setup import settle_garbage_collector
 from bamboo_session.server.restart_park import RestartPark
 
 FILL_BATCH = 1000
@@ -30,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=("jsonl", "sqlite"), default="jsonl")
     parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--killed", action="store_true", help="no JSONL index snapshot")
     return parser.parse_args()
 
 
@@ -45,6 +54,18 @@ async def create_active(storage: Storage, number: int) -> None:
     await storage.update_session_state(session.id, SessionState.ACTIVE)
 
 
+def fill_in_child(url: str, sessions: int) -> None:
+    """The fill, in a process of its own: what it leaves in memory would be in the
+    measured process's collections (``serve``'s opens a store it did not fill)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        pool.submit(run_fill, url, sessions).result()
+
+
+def run_fill(url: str, sessions: int) -> None:
+    asyncio.run(fill(url, sessions))
+
+
 async def fill(url: str, sessions: int) -> None:
     storage = await open_storage(url, default_ttl=3600)
     try:
@@ -55,49 +76,70 @@ async def fill(url: str, sessions: int) -> None:
         await storage.close()
 
 
-STALLS: list[float] = []  # the longest gap between two turns of the loop, so far
+class Stalls:
+    """The longest gap between two turns of the loop since the last ``take``."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0)
+            self.longest = max(self.longest, time.monotonic() - before)
+
+    async def take(self) -> str:
+        await asyncio.sleep(0)  # the gap that ends now counted first
+        longest, self.longest = self.longest, 0.0
+        return f"{longest * 1000:.0f} ms"
 
 
-async def longest_stall() -> None:
-    while True:
-        before = time.monotonic()
-        await asyncio.sleep(0)
-        gap = time.monotonic() - before
-        if not STALLS or gap > STALLS[-1]:
-            STALLS.append(gap)
-
-
-async def measure(kind: str, sessions: int) -> None:
+async def measure(kind: str, sessions: int, killed: bool) -> None:
     with tempfile.TemporaryDirectory() as directory:
         url = store_url(kind, Path(directory))
-        await fill(url, sessions)
+        await asyncio.to_thread(fill_in_child, url, sessions)
+        if killed:
+            (Path(directory) / "index" / "snapshot.msgpack").unlink(missing_ok=True)
+        stalls = Stalls()
+        await asyncio.sleep(0)
         opened = time.monotonic()
         storage = await open_storage(url, default_ttl=3600)
+        open_stall = await stalls.take()
         park = RestartPark(storage)
         started = time.monotonic()
         await park.begin()
         listening = time.monotonic()
-        stall = asyncio.create_task(longest_stall())
+        before_stall = await stalls.take()
+        settle_garbage_collector()  # as `serve` does (server/cli.py)
+        settle_stall = await stalls.take()
         if park.task is not None:
             await park.task
         done = time.monotonic()
-        stall.cancel()
-        parked = park.parked
+        park_stall = await stalls.take()
         left = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE, limit=1))
         await storage.close()
         closed = time.monotonic()
+        close_stall = await stalls.take()
+        stalls.task.cancel()
+        storage = await open_storage(url, default_ttl=3600)
+        kept = await storage.list_sessions(SessionFilter(state=SessionState.DISCONNECTED, limit=1))
+        await storage.close()
     print(
-        f"{kind}: {sessions} sessions; open {started - opened:.2f} s, "
-        f"park before listening {listening - started:.2f} s, in all {done - started:.2f} s "
-        f"({parked} parked, {left.total} left active), longest loop stall "
-        f"{STALLS[-1] * 1000 if STALLS else 0:.0f} ms, "
-        f"close {closed - done:.2f} s"
+        f"{kind}{' killed' if killed else ''}: {sessions} sessions; "
+        f"open {started - opened:.2f} s (stall {open_stall}), "
+        f"park before listening {listening - started:.2f} s (stall {before_stall}), "
+        f"serve's collector settled (stall {settle_stall}), "
+        f"in all {done - started:.2f} s ({park.parked} parked, {left.total} left active; "
+        f"longest stall once listening {park_stall}), "
+        f"close {closed - done:.2f} s (stall {close_stall}); "
+        f"reopened: {kept.total} disconnected"
     )
 
 
 def main() -> None:
     args = parse_args()
-    asyncio.run(measure(args.store, args.sessions))
+    asyncio.run(measure(args.store, args.sessions, args.killed))
 
 
 if __name__ == "__main__":
