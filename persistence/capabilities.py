@@ -94,7 +94,9 @@ class ParksAttached(Protocol):
 
     def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
         """Moves to ``disconnected`` every session stored ``active`` or ``idle`` whose
-        ``updated_at`` is before ``since``, unless it has expired (cleanup's): a state
+        ``updated_at`` is at or before ``since``, a time of the store's clock
+        (``Storage.now()``, which stamps every write after it later), unless it has
+        expired by that clock (cleanup's): a state
         write, as ``update_session_state`` makes it (``updated_at`` moves, activity and
         expiry stay; a store that writes live states lazily writes these so too), each
         checked in the same step as its move, so that one written since (an attach)

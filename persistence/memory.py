@@ -220,7 +220,7 @@ class MemoryStorage(MemoryImports):
 
     def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
         self._require_open()  # ParksAttached (persistence/parking.py)
-        return park_indexed(self._index, since, batch)
+        return park_indexed(self._index, self._clock, since, batch)
 
     # -- events ---------------------------------------------------------------------
 

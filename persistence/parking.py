@@ -4,9 +4,12 @@ that hold every session's metadata in a :class:`~.index.SessionIndex` (memory, J
 The ids stored ``active`` or ``idle`` are taken once, from the index's sets by state
 (no sort, no other state looked at), then moved a batch at a time, each checked again
 with no await before its move: one deleted, closed, expired or written since the park
-began (an attach) is left as it is. A batch of 1,000 is a few milliseconds of the
-loop; a listing of each batch took a selection and a sort of every session left in the
-state, up to a second a batch at 100,000 sessions (bench/RESULTS.md).
+began (an attach) is left as it is. A batch of 1,000 is a few milliseconds of the loop;
+a listing of each batch took a selection and a sort of every session left in the
+state, up to a second a batch at 100,000 sessions (bench/RESULTS.md). Times are the
+store's clock's (persistence/clock.py), as ``update_session_state`` stamps and judges
+expiry by: a park is stamped later than every time the store holds, whatever the wall
+clock says after a restart.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from bamboo_session.protocol.models import SessionState, utcnow
+from bamboo_session.protocol.models import SessionState
 
+from .clock import StoreClock
 from .index import SessionIndex
 
 LEFT_ATTACHED: Final = (SessionState.ACTIVE, SessionState.IDLE)
@@ -28,25 +32,27 @@ def _nothing(_session_id: str) -> None:
 
 async def park_indexed(
     index: SessionIndex,
+    clock: StoreClock,
     since: datetime,
     batch: int,
     moved: Callable[[str], None] = _nothing,
 ) -> AsyncIterator[int]:
-    """Parks what ``index`` holds ``active`` or ``idle``, written before ``since``, and
-    not expired, ``batch`` at a time; yields how many each batch parked. ``moved``: told
-    each session parked (the JSONL store's next checkpoint writes it)."""
+    """Parks what ``index`` holds ``active`` or ``idle``, written at or before ``since``
+    (a time of ``clock``: every write after it is stamped later), and not expired,
+    ``batch`` at a time; yields how many each batch parked. ``moved``: told each session
+    parked (the JSONL store's next checkpoint writes it)."""
     if since.tzinfo is None:  # stored times are UTC, as a listing's bounds read them
         since = since.replace(tzinfo=UTC)
     batch = max(batch, 1)
     candidates = index.ids_in(LEFT_ATTACHED)
     for start in range(0, len(candidates), batch):
-        now, parked = utcnow(), 0
+        now, parked = clock.stamp(), 0  # one time for the batch, as an SQLite commit
         for session_id in candidates[start : start + batch]:
             meta = index.get(session_id)
             if (
                 meta is None
                 or meta.state not in LEFT_ATTACHED
-                or meta.updated_at >= since
+                or meta.updated_at > since
                 or meta.is_expired(now)
             ):
                 continue

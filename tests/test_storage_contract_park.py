@@ -1,14 +1,17 @@
 """The park at a restart (``ParksAttached``, persistence/capabilities.py) on every backend
 of tests/storage_backends.py that a process holds alone: what is stored ``active`` or
-``idle``, written before the time given and not expired, becomes ``disconnected`` (a
-state write: ``updated_at`` moves, activity and expiry stay), a batch at a time; what
-is written since the park began is left; a reopened store keeps it. A store several
-processes share (Redis) does not offer it: its presence sweep parks."""
+``idle``, written at or before the time given (the store's clock's, ``Storage.now()``)
+and not expired, becomes ``disconnected`` (a state write: ``updated_at`` moves, activity
+and expiry stay), a batch at a time; what is written since the park began is left,
+closed between two steps stays closed; a reopened store keeps it. Times stored ahead of
+the wall clock (a dead server's clock ahead) are parked and moved forward, never back.
+A store several processes share (Redis) does not offer it: its presence sweep parks."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from bamboo_session.persistence import Storage
 from bamboo_session.persistence.base import SessionFilter
 from bamboo_session.persistence.capabilities import ParksAttached
+from bamboo_session.persistence.importing import SessionImport
 from bamboo_session.protocol.models import Message, SessionMetadata, SessionState, utcnow
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
@@ -63,7 +67,7 @@ async def test_what_was_left_active_or_idle_is_parked_and_nothing_else(store: St
     # Until it has expired, stored active: cleanup's to remove, not the park's to move.
     await asyncio.sleep(max((expiry - utcnow()).total_seconds(), 0) + 0.01)
 
-    steps = await all_steps(parks.park_attached(utcnow(), 2))
+    steps = await all_steps(parks.park_attached(store.now(), 2))
 
     assert sum(steps) == 3 and max(steps) <= 2
     for session_id in ("a1", "a2", "i1"):
@@ -81,8 +85,7 @@ async def test_what_was_left_active_or_idle_is_parked_and_nothing_else(store: St
 async def test_what_was_written_since_the_time_given_is_left(store: Storage) -> None:
     parks = parking(store)
     await stored_as(store, SessionState.ACTIVE, "before")
-    since = utcnow()
-    await asyncio.sleep(0.001)  # (a write in the same microsecond is not after it)
+    since = store.now()  # every write after it is stamped later, in the same microsecond too
     await stored_as(store, SessionState.IDLE, "after")
 
     assert sum(await all_steps(parks.park_attached(since, 100))) == 1
@@ -96,7 +99,7 @@ async def test_a_session_written_between_two_steps_is_left(store: Storage) -> No
     parks = parking(store)
     for number in range(6):
         await stored_as(store, SessionState.ACTIVE, f"s{number}")
-    steps = parks.park_attached(utcnow(), 2)
+    steps = parks.park_attached(store.now(), 2)
     first = await anext(steps)
     waiting = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE))
     for session in waiting.sessions:  # every session the first step did not park
@@ -108,6 +111,60 @@ async def test_a_session_written_between_two_steps_is_left(store: Storage) -> No
     still = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE))
     assert {m.id for m in still.sessions} == {m.id for m in waiting.sessions}
     assert len(still.sessions) == 4
+
+
+async def test_a_session_closed_between_two_steps_stays_closed(store: Storage) -> None:
+    """A peer closes a session the park has not reached yet: the steps go on past it,
+    and park every other one (r345: a close between a listing and its write ended the
+    server's park)."""
+    parks = parking(store)
+    for number in range(30):
+        await stored_as(store, SessionState.ACTIVE, f"s{number:02}")
+    steps = parks.park_attached(store.now(), 10)
+    first = await anext(steps)
+    waiting = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE))
+    closed = waiting.sessions[0].id
+    await store.update_session_state(closed, SessionState.CLOSED)
+
+    rest = await all_steps(steps)
+
+    assert first == 10 and sum(rest) == 19
+    assert (await metadata(store, closed)).state == SessionState.CLOSED
+    left = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE))
+    assert left.total == 0
+
+
+async def test_times_stored_ahead_of_the_wall_clock_are_parked_and_moved_forward(
+    store: Storage,
+) -> None:
+    """The dead server's clock was an hour ahead of the restart's (set back since, or a
+    machine that boots before NTP sets it): the store's clock is never behind what it
+    holds, so what that server wrote last, at the very time the park is fenced by, is
+    parked, stamped after it (not an hour back), and judged expired by that clock."""
+    parks = parking(store)
+    assert isinstance(store, SessionImport)
+    ahead = utcnow() + timedelta(hours=1)
+    before = {}
+    for session_id, expiry in [("a1", timedelta(hours=1)), ("gone", timedelta(minutes=-1))]:
+        stored = await stored_as(store, SessionState.ACTIVE, session_id)
+        stored.updated_at = stored.last_activity_at = ahead
+        stored.expires_at = ahead + expiry  # "gone": after the wall clock, before the store's
+        await store.import_metadata(stored)
+        before[session_id] = await metadata(store, session_id)
+    since = store.now()
+    # The newest time held (memory, JSONL: "a1"'s own, the fence itself; SQLite stamps
+    # its import's commit a microsecond later). After a reopen it is "a1"'s on every
+    # store: tests/test_server_restart_park.py.
+    assert ahead <= since < ahead + timedelta(milliseconds=1)
+
+    assert sum(await all_steps(parks.park_attached(since, 100))) == 1
+
+    parked = await metadata(store, "a1")
+    assert parked.state == SessionState.DISCONNECTED
+    assert parked.updated_at > before["a1"].updated_at
+    assert parked.last_activity_at == before["a1"].last_activity_at
+    assert parked.expires_at == before["a1"].expires_at
+    assert await metadata(store, "gone") == before["gone"]  # expired: cleanup's
 
 
 async def test_what_was_parked_is_there_after_a_reopen(backend: Backend, tmp_path: Path) -> None:
@@ -123,7 +180,7 @@ async def test_what_was_parked_is_there_after_a_reopen(backend: Backend, tmp_pat
             await stored_as(storage, SessionState.ACTIVE, f"s{number:03}")
             if number % 10 == 0:
                 await storage.append_message(f"s{number:03}", Message.user(f"m{number}"))
-        assert sum(await all_steps(parks.park_attached(utcnow(), 1000))) == 150
+        assert sum(await all_steps(parks.park_attached(storage.now(), 1000))) == 150
     finally:
         await storage.close()
     storage = await backend.open(tmp_path)

@@ -292,7 +292,7 @@ class JsonlStorage(JsonlImports):
     def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
         """ParksAttached (persistence/parking.py): written lazily, as any live state."""
         self._require_writable()
-        return park_indexed(self._index, since, batch, self._checkpoints.changed_id)
+        return park_indexed(self._index, self._clock, since, batch, self._checkpoints.changed_id)
 
     async def cleanup_expired_sessions(self) -> int:
         """Delete the expired sessions; one whose delete fails stays (it is as it was,

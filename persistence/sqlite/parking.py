@@ -22,7 +22,7 @@ _STRETCH: Final = (
 _PARK: Final = (
     "UPDATE sessions SET state = ?, updated_at = ? "
     "WHERE state = ? AND (created_at, id) > (?, ?) AND (created_at, id) <= (?, ?) "
-    "AND updated_at < ? AND (expires_at IS NULL OR expires_at > ?) RETURNING id"
+    "AND updated_at <= ? AND (expires_at IS NULL OR expires_at > ?) RETURNING id"
 )
 
 Cursor = tuple[str, str]  # (created_at, id) of the last session a step looked at
@@ -33,7 +33,7 @@ def park(
     batch: Batch, state: str, after: Cursor, since: str, limit: int
 ) -> tuple[int, Cursor | None]:
     """Parks the sessions of ``state`` past ``after`` (``limit`` of them looked at) whose
-    ``updated_at`` is before ``since`` and that have not expired: how many, and where the
+    ``updated_at`` is at or before ``since`` and that have not expired: how many, and where the
     next step starts (None: none left of that state)."""
     batch.flush()  # the statements below must see this batch's writes
     stretch = batch.db.execute(_STRETCH, (state, *after, limit)).fetchall()
