@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, Storage
+from bamboo_session.persistence.capabilities import ParksAttached
 from bamboo_session.protocol.models import Session, SessionState, utcnow
 from bamboo_session.server import restart_park
 from bamboo_session.server.app import BambooServer
@@ -205,7 +206,9 @@ async def test_a_close_while_the_park_goes_on_does_not_end_it(
     """A peer closes a session (once the server listens) that the park has not reached
     yet: the park goes on past it, and parks every other one (r345: a close between a
     batch's listing and its write raised InvalidTransition, which ended the park's task,
-    and every session of the batches after it stayed ``active`` with no connection)."""
+    and every session of the batches after it stayed ``active`` with no connection).
+    The close comes between the store's first and second steps, whatever the machine's
+    speed: a close timed from the outside met a park already done on a fast one."""
     url = "memory://" if kind == "memory" else store_url(kind, tmp_path)
     storage = await open_storage(url, default_ttl=3600, cleanup_interval=None)
     try:
@@ -213,13 +216,27 @@ async def test_a_close_while_the_park_goes_on_does_not_end_it(
             await storage.create_session(Session.new(f"s{number:03}", user_id="u", ttl=3600))
             await storage.update_session_state(f"s{number:03}", SessionState.ACTIVE)
         monkeypatch.setattr(restart_park, "BATCH", 10)
+        closed: list[str] = []
+        assert isinstance(storage, ParksAttached)
+        park_attached = storage.park_attached
+
+        async def closing_after_the_first_step(since: datetime, batch: int) -> AsyncIterator[int]:
+            steps = park_attached(since, batch)
+            yield await anext(steps)
+            waiting = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE))
+            closed.append(waiting.sessions[0].id)
+            await storage.update_session_state(closed[0], SessionState.CLOSED)
+            async for parked in steps:
+                yield parked
+
+        monkeypatch.setattr(storage, "park_attached", closing_after_the_first_step)
         park = RestartPark(storage)
         await park.begin(foreground=0)  # the first batch, then the task
         assert park.task is not None
-        waiting = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE))
-        await storage.update_session_state(waiting.sessions[0].id, SessionState.CLOSED)
         await asyncio.wait({park.task})
         assert park.task.exception() is None, f"the park's task died: {park.task.exception()!r}"
+        closed_now = await storage.get_metadata(closed[0])
+        assert closed_now is not None and closed_now.state == SessionState.CLOSED
         active = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE))
         assert [metadata.id for metadata in active.sessions] == []
         assert park.parked == 29
