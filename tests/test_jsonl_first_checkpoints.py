@@ -6,21 +6,33 @@ sync made safe (checkpoint.py). A sync per file made the close after a park of 1
 sessions take 34 s.
 
 Whether the snapshot of a clean close is there (the slots read at the first write) or
-not (``kill -9``: the open read every checkpoint, and knows its slots)."""
+not (``kill -9``: the open read every checkpoint, and knows its slots). And where the
+one sync cannot stand for the files' (persistence/jsonl/fs_sync.py), each file is
+synced before its first write, as before: a ``syncfs`` that fails (EIO, injected by
+strace into the real call), a checkpoint symlinked to another file system (tmpfs,
+/dev/shm); a ``sessions/`` symlinked there is synced there, at once."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.persistence.jsonl.fs_sync import (
+    file_system_type,
+    kernel_version,
+    why_not_at_once,
+)
 from bamboo_session.protocol.models import Session, SessionState
 
 SESSIONS = 5
@@ -39,6 +51,10 @@ async def main():
 asyncio.run(main())
 """
 
+CHECKPOINT = r"\d+</[^>]*/s(\d)\.json>"
+STORE_SYNCED = r"syncfs\(\d+</[^>]*/sessions>\)"
+SNAPSHOTS = ["left by a clean close", "none: a kill"]
+
 
 async def stored_active(url: str) -> None:
     storage = await open_storage(url)
@@ -49,14 +65,17 @@ async def stored_active(url: str) -> None:
         await storage.close()
 
 
-def traced(tmp_path: Path, url: str) -> list[str]:
+def traced(tmp_path: Path, url: str, inject: str = "") -> tuple[list[str], str]:
+    """The child's system calls of interest (``-y``: each descriptor's path), and its
+    stderr; ``inject``: strace's ``-e inject=`` of a failure into a real call."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed: apt-get install strace")
     trace = tmp_path / "trace"
     calls = "trace=fsync,fdatasync,syncfs,pwrite64"
     child = [sys.executable, "-c", WRITE_AND_CLOSE, url]
+    injected = ["-e", f"inject={inject}"] if inject else []
     run = subprocess.run(
-        ["strace", "-f", "-y", "-e", calls, "-o", str(trace), *child],
+        ["strace", "-f", "-y", "-e", calls, *injected, "-o", str(trace), *child],
         capture_output=True,
         text=True,
         timeout=120,
@@ -64,31 +83,147 @@ def traced(tmp_path: Path, url: str) -> list[str]:
     if run.returncode != 0 and "ptrace" in run.stderr:
         pytest.skip(f"strace cannot trace here: {run.stderr.strip()}")
     assert run.returncode == 0, run.stderr
-    return trace.read_text().splitlines()
+    return trace.read_text().splitlines(), run.stderr
 
 
-@pytest.mark.parametrize("snapshot", ["left by a clean close", "none: a kill"])
-async def test_the_first_checkpoints_after_an_open_sync_no_file_of_their_own(
-    tmp_path: Path, snapshot: str
-) -> None:
-    url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
-    await stored_active(url)
-    if snapshot.startswith("none"):
-        (tmp_path / "store" / "index" / "snapshot.msgpack").unlink()
+def own_syncs_before_first_writes(lines: list[str]) -> dict[str, bool]:
+    """For each checkpoint written: whether its file was synced on its own before."""
+    synced, first_write_after_sync = set(), {}
+    for line in lines:
+        if found := re.search(rf"f(?:data)?sync\({CHECKPOINT}", line):
+            synced.add(found[1])
+        elif found := re.search(rf"pwrite64\({CHECKPOINT}", line):
+            first_write_after_sync.setdefault(found[1], found[1] in synced)
+    return first_write_after_sync
 
-    lines = await asyncio.to_thread(traced, tmp_path, url)
 
-    checkpoint = r"\d+</[^>]*/sessions/s\d\.json>"
-    store_synced = r"syncfs\(\d+</[^>]*/sessions>\)"
-    syncs = [n for n, line in enumerate(lines) if re.search(store_synced, line)]
-    writes = [n for n, line in enumerate(lines) if re.search(rf"pwrite64\({checkpoint}", line)]
-    own_syncs = [line for line in lines if re.search(rf"f(data)?sync\({checkpoint}", line)]
-    assert len(syncs) == 1, "\n".join(lines)
-    assert len(writes) == SESSIONS and min(writes) > syncs[0], "\n".join(lines)
-    assert own_syncs == []
+async def parked_after(url: str) -> int:
     storage = await open_storage(url)
     try:
         parked = await storage.list_sessions(SessionFilter(state=SessionState.DISCONNECTED))
     finally:
         await storage.close()
-    assert parked.total == SESSIONS
+    return parked.total
+
+
+async def killed_or_closed(url: str, base: Path, snapshot: str) -> None:
+    await stored_active(url)
+    if snapshot.startswith("none"):
+        (base / "index" / "snapshot.msgpack").unlink()
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A directory on tmpfs (/dev/shm), another file system than ``tmp_path``'s."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no /dev/shm on a file system of its own")
+    directory = Path(tempfile.mkdtemp(prefix="bamboo-test-", dir=shm))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("snapshot", SNAPSHOTS)
+async def test_the_first_checkpoints_after_an_open_sync_no_file_of_their_own(
+    tmp_path: Path, snapshot: str
+) -> None:
+    url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
+    await killed_or_closed(url, tmp_path / "store", snapshot)
+
+    lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
+
+    syncs = [n for n, line in enumerate(lines) if re.search(STORE_SYNCED, line)]
+    writes = [n for n, line in enumerate(lines) if re.search(rf"pwrite64\({CHECKPOINT}", line)]
+    assert len(syncs) == 1, "\n".join(lines)
+    assert len(writes) == SESSIONS and min(writes) > syncs[0], "\n".join(lines)
+    assert own_syncs_before_first_writes(lines) == {str(n): False for n in range(SESSIONS)}
+    assert await parked_after(url) == SESSIONS
+
+
+@pytest.mark.parametrize("snapshot", SNAPSHOTS)
+async def test_a_failed_sync_of_the_file_system_syncs_each_file_before_its_first_write(
+    tmp_path: Path, snapshot: str
+) -> None:
+    """``syncfs`` fails (EIO: a writeback the kernel could not do, since the last look):
+    nothing is known on disk, so each checkpoint file is synced before a slot of it is
+    written over (its own sync reports its own failure, if it was its)."""
+    url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
+    await killed_or_closed(url, tmp_path / "store", snapshot)
+
+    lines, stderr = await asyncio.to_thread(traced, tmp_path, url, "syncfs:error=EIO")
+
+    assert [line for line in lines if "syncfs(" in line and "(INJECTED)" in line], lines
+    assert "could not sync the store's file system" in stderr
+    assert own_syncs_before_first_writes(lines) == {str(n): True for n in range(SESSIONS)}
+    assert await parked_after(url) == SESSIONS
+
+
+@pytest.mark.parametrize("snapshot", SNAPSHOTS)
+async def test_a_checkpoint_on_another_file_system_is_synced_on_its_own(
+    tmp_path: Path, other_file_system: Path, snapshot: str
+) -> None:
+    """An operator moved ``s0``'s checkpoint to another file system, a symlink in its
+    place: the sync of the store's file system does not reach it."""
+    url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
+    await killed_or_closed(url, tmp_path / "store", snapshot)
+    moved = other_file_system / "s0.json"
+    placed = tmp_path / "store" / "sessions" / "s0.json"
+    shutil.move(placed, moved)
+    placed.symlink_to(moved)
+
+    lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
+
+    expected = {str(n): n == 0 for n in range(SESSIONS)}
+    assert own_syncs_before_first_writes(lines) == expected, "\n".join(lines)
+    assert await parked_after(url) == SESSIONS
+    assert placed.is_symlink()
+
+
+async def test_a_sessions_directory_on_another_file_system_is_synced_there(
+    tmp_path: Path, other_file_system: Path
+) -> None:
+    """``sessions/`` is a symlink to another file system: that one is synced, once."""
+    base = tmp_path / "store"
+    url = f"jsonl://{base}?durability=fsync"
+    (base / "sessions").parent.mkdir()
+    (other_file_system / "sessions").mkdir()
+    (base / "sessions").symlink_to(other_file_system / "sessions")
+    await killed_or_closed(url, base, "none: a kill")
+
+    lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
+
+    synced = [line for line in lines if re.search(STORE_SYNCED, line)]
+    assert len(synced) == 1 and str(other_file_system) in synced[0], "\n".join(lines)
+    assert own_syncs_before_first_writes(lines) == {str(n): False for n in range(SESSIONS)}
+    assert await parked_after(url) == SESSIONS
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683792k
+41 27 0:45 / /mnt/fuse rw,nosuid,nodev,relatime shared:9 - fuse.sshfs host:/ rw
+42 27 0:46 / /mnt/over rw,relatime - overlay overlay rw,lowerdir=/a,upperdir=/b
+43 27 0:47 / /mnt/nfs rw,relatime - nfs4 host:/export rw
+"""
+
+
+def test_which_file_systems_one_sync_stands_for():
+    assert kernel_version("6.18.44-fc-v1252") == (6, 18)
+    assert kernel_version("5.4.0-150-generic") == (5, 4)
+    assert kernel_version("weird") is None
+    ext4, tmpfs = os.makedev(254, 0), os.makedev(0, 27)
+    assert file_system_type(ext4, MOUNTINFO) == "ext4"
+    assert file_system_type(os.makedev(0, 45), MOUNTINFO) == "fuse.sshfs"
+    assert file_system_type(os.makedev(9, 9), MOUNTINFO) is None
+    assert why_not_at_once(ext4, "5.8.0", MOUNTINFO) is None
+    assert why_not_at_once(tmpfs, "6.1.0-13-amd64", MOUNTINFO) is None
+    # Before 5.8 a failed writeback left syncfs returning 0.
+    assert "5.8" in str(why_not_at_once(ext4, "5.7.19", MOUNTINFO))
+    assert "5.8" in str(why_not_at_once(ext4, "4.19.0-27-amd64", MOUNTINFO))
+    assert why_not_at_once(ext4, "", MOUNTINFO) is not None
+    for minor, kind in [(45, "fuse.sshfs"), (46, "overlay"), (47, "nfs4")]:
+        assert kind in str(why_not_at_once(os.makedev(0, minor), "6.1.0", MOUNTINFO))
+    assert "not in /proc/self/mountinfo" in str(why_not_at_once(os.makedev(9, 9), "6.1", ""))

@@ -18,7 +18,8 @@ whatever a crash cuts short, one whole slot is left:
 - the first write after an open does not know which slot is on disk, so it syncs the
   file first and then treats the newest slot as the synced one; unless the open synced
   the whole file system (``syncfs``, on Linux: one call, not 100,000), after which
-  every file as it found it is on disk;
+  every file on it as it found it is on disk (where one sync can stand for the files':
+  ``fs_sync.py``);
 - a checkpoint grown past its slot's size is written as a new, larger file (atomic and
   durable).
 

@@ -11,11 +11,9 @@ about sessions or log lines.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import stat
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -26,25 +24,6 @@ from .layout import temporary_path
 # fdatasync flushes the data and the size of an appended file, all a reader needs;
 # it skips the timestamp update that a full fsync also writes.
 datasync = getattr(os, "fdatasync", os.fsync)
-
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def sync_file_system(directory: Path) -> bool:
-    """Sync the whole file system ``directory`` is on (Linux's ``syncfs``): one call
-    where a sync of each of 100,000 files costs a disk cache flush each (about a
-    millisecond). True once everything written to it before is on disk; False where
-    there is no ``syncfs`` (not Linux). OSError when it fails."""
-    if _libc is None:
-        return False
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"syncfs of {directory}: {os.strerror(error)}")
-    finally:
-        os.close(fd)
-    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -3,8 +3,9 @@
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
 time). Then the store's format is checked (``store_format.py``: a newer one is refused
 untouched, a store without the record gets it), recovery (``recovery.py``) runs in a
-worker thread, the file system is synced once (so that no checkpoint file needs a sync
-of its own before its first write over a slot: ``checkpoint.py``), and its sessions become
+worker thread, the file system is synced once (so that no checkpoint file on it needs a
+sync of its own before its first write over a slot: ``checkpoint.py``, where that holds:
+``fs_sync.py``), and its sessions become
 :class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
 the records.
 
@@ -36,7 +37,7 @@ from ..base import StorageError, StorageLocked
 from ..flock import LockWording, StoreFlock
 from . import snapshot
 from .config import JsonlStorageConfig
-from .files import sync_file_system
+from .fs_sync import sync_file_system
 from .record import SessionRecord
 from .recovery import RecoveryReport, recover
 from .store_format import check_format
@@ -84,25 +85,26 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
             report = await asyncio.to_thread(recover, config)
         report.format = found
         if not config.read_only and report.sessions:
-            report.checkpoints_on_disk = await asyncio.to_thread(_sync_checkpoints, config)
+            report.synced_device = await asyncio.to_thread(_sync_checkpoints, config)
         return report
     except BaseException:
         lock_file.release()
         raise
 
 
-def _sync_checkpoints(config: JsonlStorageConfig) -> bool:
+def _sync_checkpoints(config: JsonlStorageConfig) -> int | None:
     """One sync of the file system of the checkpoints, so that each session's first
     checkpoint after the open needs no sync of its file (checkpoint.py): after a
     restart with 100,000 sessions to park, the close that wrote them took 34 s, a
     ``fdatasync`` each. It writes whatever else is dirty on that file system too,
-    before the server listens. Whether it was made: not where there is no ``syncfs``,
-    nor when it fails (logged); then the first write of each file syncs it."""
+    before the server listens. The device synced; None where one sync cannot stand
+    for those of the files (fs_sync.py), or when it fails (logged): then the first
+    write of each file syncs it."""
     try:
         return sync_file_system(config.layout.sessions)
     except OSError as exc:
         log.warning("could not sync the store's file system (%s): syncing file by file", exc)
-        return False
+        return None
 
 
 def _share(lock_file: StoreFlock, base: Path) -> None:
@@ -128,6 +130,7 @@ def _make_directory(base: Path) -> None:
 def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:
     """The records of the sessions recovery found (it keeps none of them)."""
     found, report.sessions = report.sessions, []
+    synced = report.synced_device
     with gc_paused():
         for session in found:
             record = SessionRecord(
@@ -141,7 +144,8 @@ def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:
                 session.stamp,
             )
             record.preamble_messages = session.preamble_messages
-            if report.checkpoints_on_disk:  # what the first write needs of the file
+            # On the device synced (or written, durably, by the open): as found, on disk.
+            if synced is not None and session.device in (None, synced):
                 record.found_on_disk, record.slots = True, session.slots
             yield record
 

@@ -98,8 +98,8 @@ class SessionRecord:
         self.checkpoint_offset = checkpoint_offset
         self.slots = slots  # None: not known yet (the first write finds out)
         # The checkpoint file as the open found it is on disk (the open synced the file
-        # system): the first write finds out which slot is newest without a sync of its
-        # own. Cleared by that write, whatever becomes of it.
+        # system it is on: fs_sync.py): the first write finds out which slot is newest
+        # without a sync of its own. Cleared by that write, whatever becomes of it.
         self.found_on_disk = False
         self.stamp = stamp
         self.meta_dirty = False  # metadata changed without a log append (state, activity)

@@ -60,8 +60,11 @@ class RecoveredSession:
     stamp: FileStamp | None = None
     preamble_messages: list[Message] | None = None  # read-only: not written anywhere
     # The checkpoint file's slots as read, its newest taken as the one on disk: true
-    # once the open synced the file system (RecoveryReport.checkpoints_on_disk).
+    # once the open synced the file system (RecoveryReport.synced_device).
     slots: SlotFile | None = None
+    # The device of the checkpoint file as found (read or stat'ed, through a symlink);
+    # None when the open wrote it (durably, in sessions/) or there is none.
+    device: int | None = None
 
 
 @dataclass(slots=True)
@@ -81,9 +84,9 @@ class RecoveryReport:
     # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
     deletes_unfinished: int = 0
     format: int = 0  # the store's format (store_format.py), as the open found it
-    # The open synced the store's file system once repaired: every checkpoint file as
-    # it found it is on disk (opening.py).
-    checkpoints_on_disk: bool = False
+    # The device whose file system the open synced once repaired (opening.py): every
+    # checkpoint file on it, as found, is on disk. None: no such sync (fs_sync.py).
+    synced_device: int | None = None
 
 
 class Directories:
@@ -162,6 +165,7 @@ class SessionRecovery:
             entry.index,
             preamble=entry.preamble,
             stamp=checkpoint.stamp_of(stat),
+            device=stat.st_dev,
         )
 
     def recover(
@@ -170,7 +174,8 @@ class SessionRecovery:
         """The session as its checkpoint and log say. ``acknowledged``: a seq the WAL
         acknowledged but could not restore to the log (``wal_replay``); if the log ends
         before it, a new epoch starts, so that no seq means two events."""
-        found, stamp = self._read_checkpoint(session_id) if has_checkpoint else (None, None)
+        found, stat = self._read_checkpoint(session_id) if has_checkpoint else (None, None)
+        stamp, device = (checkpoint.stamp_of(stat), stat.st_dev) if stat else (None, None)
         size = self.dirs.log_size(session_id)
         if found is None and size is None:
             return None
@@ -189,7 +194,7 @@ class SessionRecovery:
             # Up to date; or created, then a crash before its (empty) log existed.
             return RecoveredSession(
                 meta, covered_seq, covered, covered, saved.index, b"", saved.preamble, stamp,
-                slots=found.slots(synced=found.slot),
+                slots=found.slots(synced=found.slot), device=device,
             )  # fmt: skip
         if size is not None and size > covered:
             tail = _scan(self.layout.log(session_id), covered, covered_seq, size)
@@ -201,7 +206,7 @@ class SessionRecovery:
                 return RecoveredSession(
                     meta, covered_seq, covered, tail.end, saved.index,
                     bytes(tail.entries), saved.preamble, stamp,
-                    slots=found.slots(synced=found.slot),
+                    slots=found.slots(synced=found.slot), device=device,
                 )  # fmt: skip
         # The log is shorter than the checkpoint says, or does not continue where it
         # says: read it all (a new epoch if history the checkpoint had seen is gone).
@@ -209,13 +214,13 @@ class SessionRecovery:
 
     def _read_checkpoint(
         self, session_id: str
-    ) -> tuple[checkpoint.Found | LegacyCheckpoint | None, FileStamp | None]:
+    ) -> tuple[checkpoint.Found | LegacyCheckpoint | None, os.stat_result | None]:
         read = self.dirs.read_checkpoint(session_id)
         if read is None:
             return None, None
         data, stat = read
         try:
-            return checkpoint.parse(data, session_id), checkpoint.stamp_of(stat)
+            return checkpoint.parse(data, session_id), stat
         except CheckpointDamaged as exc:
             path = self.layout.checkpoint(session_id)
             if self.writable:
