@@ -10,7 +10,12 @@ not (``kill -9``: the open read every checkpoint, and knows its slots). And wher
 one sync cannot stand for the files' (persistence/jsonl/fs_sync.py), each file is
 synced before its first write, as before: a ``syncfs`` that fails (EIO, injected by
 strace into the real call), a checkpoint symlinked to another file system (tmpfs,
-/dev/shm); a ``sessions/`` symlinked there is synced there, at once."""
+/dev/shm); a ``sessions/`` symlinked there is synced there, at once.
+
+Each test also reads both runs' calls as a power cut would find them: the run before
+(its close wrote each checkpoint's newest slot, unsynced) and the run after the
+restart. No write may leave both slots of a file unsynced at once: a power cut then
+could leave neither whole (``unsynced_together``)."""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,7 +50,7 @@ from bamboo_session.protocol.models import SessionState
 async def main():
     storage = await open_storage(sys.argv[1])
     for number in range({SESSIONS}):  # written lazily: checkpointed by the close
-        await storage.update_session_state(f"s{{number}}", SessionState.DISCONNECTED)
+        await storage.update_session_state(f"s{{number}}", SessionState(sys.argv[2]))
     await storage.close()
 
 asyncio.run(main())
@@ -54,6 +59,9 @@ asyncio.run(main())
 CHECKPOINT = r"\d+</[^>]*/s(\d)\.json>"
 STORE_SYNCED = r"syncfs\(\d+</[^>]*/sessions>\)"
 SNAPSHOTS = ["left by a clean close", "none: a kill"]
+SYNCED_OR_RENAMED = (
+    r"f(?:data)?sync\(\d+<([^>]*\.json)>\)\s+= 0|rename(?:at2?)?\(.*\"([^\"]*\.json)\""
+)
 
 
 async def stored_active(url: str) -> None:
@@ -65,14 +73,16 @@ async def stored_active(url: str) -> None:
         await storage.close()
 
 
-def traced(tmp_path: Path, url: str, inject: str = "") -> tuple[list[str], str]:
+def traced(
+    tmp_path: Path, url: str, inject: str = "", state: SessionState = SessionState.DISCONNECTED
+) -> tuple[list[str], str]:
     """The child's system calls of interest (``-y``: each descriptor's path), and its
     stderr; ``inject``: strace's ``-e inject=`` of a failure into a real call."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed: apt-get install strace")
     trace = tmp_path / "trace"
-    calls = "trace=fsync,fdatasync,syncfs,pwrite64"
-    child = [sys.executable, "-c", WRITE_AND_CLOSE, url]
+    calls = "trace=fsync,fdatasync,syncfs,pwrite64,rename,renameat,renameat2"
+    child = [sys.executable, "-c", WRITE_AND_CLOSE, url, state.value]
     injected = ["-e", f"inject={inject}"] if inject else []
     run = subprocess.run(
         ["strace", "-f", "-y", "-e", calls, *injected, "-o", str(trace), *child],
@@ -84,6 +94,30 @@ def traced(tmp_path: Path, url: str, inject: str = "") -> tuple[list[str], str]:
         pytest.skip(f"strace cannot trace here: {run.stderr.strip()}")
     assert run.returncode == 0, run.stderr
     return trace.read_text().splitlines(), run.stderr
+
+
+def unsynced_together(*runs: list[str]) -> list[str]:
+    """The writes, in ``runs`` one after the other, that left both slots of a checkpoint
+    file unsynced at once: a power cut then could leave neither whole. A slot is
+    unsynced from its ``pwrite64`` (whole slots: the offset over the size is the slot)
+    until a sync of its file, or a ``syncfs`` of the directory it is in (a file outside
+    it, through a symlink, is on another file system in these tests); a file renamed
+    into place was synced first (``write_atomic``)."""
+    unsynced: dict[str, set[int]] = {}
+    both = []
+    for line in (line for run in runs for line in run):
+        if found := re.search(r"syncfs\(\d+<([^>]*)>\)\s+= 0", line):
+            for path, slots in unsynced.items():
+                if path.startswith(found[1] + "/"):
+                    slots.clear()
+        elif found := re.search(SYNCED_OR_RENAMED, line):
+            unsynced.pop(found[1] or found[2], None)
+        elif found := re.search(r"pwrite64\(\d+<([^>]*\.json)>, .*, (\d+), (\d+)", line):
+            slots = unsynced.setdefault(found[1], set())
+            slots.add(int(found[3]) // int(found[2]))
+            if len(slots) > 1:
+                both.append(line)
+    return both
 
 
 def own_syncs_before_first_writes(lines: list[str]) -> dict[str, bool]:
@@ -106,10 +140,18 @@ async def parked_after(url: str) -> int:
     return parked.total
 
 
-async def killed_or_closed(url: str, base: Path, snapshot: str) -> None:
+async def killed_or_closed(
+    tmp_path: Path, url: str, snapshot: str, moved: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Sessions made (durably), ``moved`` (the operator's moves of their files, synced),
+    then a run whose close writes a slot of each, unsynced (its calls, returned), and
+    then that close's snapshot gone, as after a kill."""
     await stored_active(url)
+    moved()
+    before, _stderr = await asyncio.to_thread(traced, tmp_path, url, "", SessionState.IDLE)
     if snapshot.startswith("none"):
-        (base / "index" / "snapshot.msgpack").unlink()
+        (tmp_path / "store" / "index" / "snapshot.msgpack").unlink()
+    return before
 
 
 @pytest.fixture
@@ -130,10 +172,11 @@ async def test_the_first_checkpoints_after_an_open_sync_no_file_of_their_own(
     tmp_path: Path, snapshot: str
 ) -> None:
     url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
-    await killed_or_closed(url, tmp_path / "store", snapshot)
+    before = await killed_or_closed(tmp_path, url, snapshot)
 
     lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
 
+    assert unsynced_together(before, lines) == []  # what a power cut could find
     syncs = [n for n, line in enumerate(lines) if re.search(STORE_SYNCED, line)]
     writes = [n for n, line in enumerate(lines) if re.search(rf"pwrite64\({CHECKPOINT}", line)]
     assert len(syncs) == 1, "\n".join(lines)
@@ -150,10 +193,11 @@ async def test_a_failed_sync_of_the_file_system_syncs_each_file_before_its_first
     nothing is known on disk, so each checkpoint file is synced before a slot of it is
     written over (its own sync reports its own failure, if it was its)."""
     url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
-    await killed_or_closed(url, tmp_path / "store", snapshot)
+    before = await killed_or_closed(tmp_path, url, snapshot)
 
     lines, stderr = await asyncio.to_thread(traced, tmp_path, url, "syncfs:error=EIO")
 
+    assert unsynced_together(before, lines) == []  # what a power cut could find
     assert [line for line in lines if "syncfs(" in line and "(INJECTED)" in line], lines
     assert "could not sync the store's file system" in stderr
     assert own_syncs_before_first_writes(lines) == {str(n): True for n in range(SESSIONS)}
@@ -167,14 +211,20 @@ async def test_a_checkpoint_on_another_file_system_is_synced_on_its_own(
     """An operator moved ``s0``'s checkpoint to another file system, a symlink in its
     place: the sync of the store's file system does not reach it."""
     url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
-    await killed_or_closed(url, tmp_path / "store", snapshot)
-    moved = other_file_system / "s0.json"
+    elsewhere = other_file_system / "s0.json"
     placed = tmp_path / "store" / "sessions" / "s0.json"
-    shutil.move(placed, moved)
-    placed.symlink_to(moved)
+
+    def move() -> None:
+        shutil.move(placed, elsewhere)
+        with elsewhere.open("rb+") as moved:
+            os.fsync(moved.fileno())
+        placed.symlink_to(elsewhere)
+
+    before = await killed_or_closed(tmp_path, url, snapshot, move)
 
     lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
 
+    assert unsynced_together(before, lines) == []  # what a power cut could find
     expected = {str(n): n == 0 for n in range(SESSIONS)}
     assert own_syncs_before_first_writes(lines) == expected, "\n".join(lines)
     assert await parked_after(url) == SESSIONS
@@ -187,17 +237,33 @@ async def test_a_sessions_directory_on_another_file_system_is_synced_there(
     """``sessions/`` is a symlink to another file system: that one is synced, once."""
     base = tmp_path / "store"
     url = f"jsonl://{base}?durability=fsync"
-    (base / "sessions").parent.mkdir()
+    base.mkdir()
     (other_file_system / "sessions").mkdir()
     (base / "sessions").symlink_to(other_file_system / "sessions")
-    await killed_or_closed(url, base, "none: a kill")
+    before = await killed_or_closed(tmp_path, url, "none: a kill")
 
     lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
 
+    assert unsynced_together(before, lines) == []  # what a power cut could find
     synced = [line for line in lines if re.search(STORE_SYNCED, line)]
     assert len(synced) == 1 and str(other_file_system) in synced[0], "\n".join(lines)
     assert own_syncs_before_first_writes(lines) == {str(n): False for n in range(SESSIONS)}
     assert await parked_after(url) == SESSIONS
+
+
+def test_the_power_cut_reading_of_the_calls() -> None:
+    """``unsynced_together`` on calls written by hand: what it must find, and not."""
+    path = "/s/sessions/s0.json"
+    first = f'1  pwrite64(7<{path}>, "{{\\"gen\\"..."..., 512, 512) = 512'
+    other = f'1  pwrite64(7<{path}>, "{{\\"gen\\"..."..., 512, 0) = 512'
+    synced = f"1  fdatasync(7<{path}>)    = 0"
+    store_synced = "1  syncfs(3</s/sessions>)    = 0"
+    failed = "1  syncfs(3</s/sessions>)    = -1 EIO (Input/output error) (INJECTED)"
+    assert unsynced_together([first], [other]) == [other]
+    assert unsynced_together([first], [failed, other]) == [other]
+    assert unsynced_together([first], [synced, other]) == []
+    assert unsynced_together([first], [store_synced, other]) == []
+    assert unsynced_together([first, first, first]) == []
 
 
 MOUNTINFO = """\
