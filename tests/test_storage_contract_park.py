@@ -10,17 +10,25 @@ A store several processes share (Redis) does not offer it: its presence sweep pa
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from bamboo_session.persistence import Storage
-from bamboo_session.persistence.base import SessionFilter
+from bamboo_session.persistence.base import SessionExpired, SessionFilter, SessionNotFound
 from bamboo_session.persistence.capabilities import ParksAttached
 from bamboo_session.persistence.importing import SessionImport
-from bamboo_session.protocol.models import Message, SessionMetadata, SessionState, utcnow
+from bamboo_session.protocol.errors import InvalidTransition
+from bamboo_session.protocol.models import (
+    AgentEvent,
+    Message,
+    SessionMetadata,
+    SessionState,
+    utcnow,
+)
 from tests.storage_backends import Backend
 from tests.storage_contract_fixtures import backend_fixture, store_fixture  # noqa: F401 (fixtures)
 from tests.storage_contract_support import new_session
@@ -193,6 +201,110 @@ async def test_what_was_parked_is_there_after_a_reopen(backend: Backend, tmp_pat
         assert [message.content for message in history] == ["m140"]
     finally:
         await storage.close()
+
+
+async def made_alike(store: Storage, start: datetime) -> None:
+    """Sessions of every state, written long ago, at ``start`` or an hour ahead of it
+    (the newest time held: the store's clock stands there), expiring never, in three
+    hours, a minute ago, or in half an hour (expired by the store's clock, not by the
+    wall clock), some with events: the same times in every store made so."""
+    assert isinstance(store, SessionImport)
+    hour = timedelta(hours=1)
+    written = {"old": start - 2 * hour, "now": start, "ahead": start + hour}
+    expiries = {"never": None, "later": start + 3 * hour}
+    expiries |= {"gone": start - timedelta(minutes=1), "gone-by-store": start + hour / 2}
+    states = [state for state in SessionState if state != SessionState.EXPIRED]
+    grid = itertools.product(states, written, expiries)
+    for number, (state, when, expiry) in enumerate(grid):
+        session_id = f"{state.value}-{when}-{expiry}"
+        await new_session(store, session_id, user_id="u", ttl=3600)
+        if number % 3 == 0:
+            await store.append_event(session_id, AgentEvent.token("t"))
+        stored = await metadata(store, session_id)
+        stored.state = state
+        stored.updated_at = stored.last_activity_at = written[when]
+        stored.expires_at = expiries[expiry]
+        await store.import_metadata(stored)
+
+
+async def park_by_listing(store: Storage, since: datetime) -> int:
+    """The server's park before the stores parked themselves (r341 to r350): a listing of
+    each live state, and a state write per session, fenced by its epoch and updated_at."""
+    parked = 0
+    for state in (SessionState.ACTIVE, SessionState.IDLE):
+        page = await store.list_sessions(SessionFilter(state=state, limit=1000))
+        for listed in page.sessions:
+            if listed.updated_at > since:
+                continue  # written since the start
+            try:
+                stored = await store.update_session_state(
+                    listed.id,
+                    SessionState.DISCONNECTED,
+                    epoch=listed.epoch,
+                    unless_updated_since=listed.updated_at,
+                )
+            except (SessionExpired, SessionNotFound, InvalidTransition):
+                continue  # expired (cleanup's), deleted, or closed
+            parked += stored.state == SessionState.DISCONNECTED
+    return parked
+
+
+Seen = dict[str, tuple[SessionState, datetime, datetime | None, int]]
+
+
+async def seen(store: Storage) -> Seen:
+    """What a user sees of every session, but the time of its last write (and its
+    epoch, each store's own)."""
+    every = await store.list_sessions(SessionFilter(limit=1000))
+    return {m.id: (m.state, m.last_activity_at, m.expires_at, m.last_seq) for m in every.sessions}
+
+
+async def test_the_store_parks_what_the_listing_path_parked(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The same sessions in two stores: one parked by the listing path, the other by the
+    store; both leave the same states, activity and expiries, after a reopen too, and
+    leave sessions written since the park began (touched: an attach)."""
+    if backend.name == "redis":
+        pytest.skip("a store several processes share parks by its presence sweep")
+    start = utcnow()
+    directories = (tmp_path / "listing", tmp_path / "store")
+    stores = [await backend.open(directory) for directory in directories]
+    try:
+        for store in stores:
+            await made_alike(store, start)
+        fences = [store.now() for store in stores]
+        for fence in fences:  # the newest time held (and a stamp or two past it)
+            assert start + timedelta(hours=1) <= fence < start + timedelta(hours=1, seconds=1)
+        for store in stores:  # attaches once the server listens: written since
+            await store.touch("active-old-never")
+            await store.touch("idle-now-later")
+        before = await seen(stores[1])
+
+        by_listing = await park_by_listing(stores[0], fences[0])
+        by_store = sum(await all_steps(parking(stores[1]).park_attached(fences[1], 7)))
+
+        # active and idle, written at 3 times, of 2 expiries not passed; less 2 touched
+        assert by_store == by_listing == 2 * 3 * 2 - 2
+        after = [await seen(store) for store in stores]
+        assert after[0] == after[1]
+        moved = {session_id for session_id, sees in after[1].items() if sees != before[session_id]}
+        assert len(moved) == by_store
+        assert {before[session_id][0] for session_id in moved} == {
+            SessionState.ACTIVE,
+            SessionState.IDLE,
+        }
+        assert {after[1][session_id][0] for session_id in moved} == {SessionState.DISCONNECTED}
+    finally:
+        for store in stores:
+            await store.close()
+    if backend.durable:
+        reopened = [await backend.open(directory) for directory in directories]
+        try:
+            assert [await seen(store) for store in reopened] == after
+        finally:
+            for store in reopened:
+                await store.close()
 
 
 async def test_a_store_several_processes_share_does_not_offer_it(
