@@ -49,6 +49,7 @@ from bamboo_session.protocol.models import SessionState
 
 async def main():
     storage = await open_storage(sys.argv[1])
+    print("sync failed:", storage.sync_failed, file=sys.stderr)
     for number in range({SESSIONS}):  # written lazily: checkpointed by the close
         await storage.update_session_state(f"s{{number}}", SessionState(sys.argv[2]))
     await storage.close()
@@ -174,9 +175,10 @@ async def test_the_first_checkpoints_after_an_open_sync_no_file_of_their_own(
     url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
     before = await killed_or_closed(tmp_path, url, snapshot)
 
-    lines, _stderr = await asyncio.to_thread(traced, tmp_path, url)
+    lines, stderr = await asyncio.to_thread(traced, tmp_path, url)
 
     assert unsynced_together(before, lines) == []  # what a power cut could find
+    assert "sync failed: False" in stderr
     syncs = [n for n, line in enumerate(lines) if re.search(STORE_SYNCED, line)]
     writes = [n for n, line in enumerate(lines) if re.search(rf"pwrite64\({CHECKPOINT}", line)]
     assert len(syncs) == 1, "\n".join(lines)
@@ -200,6 +202,7 @@ async def test_a_failed_sync_of_the_file_system_syncs_each_file_before_its_first
     assert unsynced_together(before, lines) == []  # what a power cut could find
     assert [line for line in lines if "syncfs(" in line and "(INJECTED)" in line], lines
     assert "could not sync the store's file system" in stderr
+    assert "sync failed: True" in stderr  # as after any failed sync: WAL kept, the gauge 1
     assert own_syncs_before_first_writes(lines) == {str(n): True for n in range(SESSIONS)}
     assert await parked_after(url) == SESSIONS
 

@@ -85,26 +85,33 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
             report = await asyncio.to_thread(recover, config)
         report.format = found
         if not config.read_only and report.sessions:
-            report.synced_device = await asyncio.to_thread(_sync_checkpoints, config)
+            await asyncio.to_thread(_sync_checkpoints, config, report)
         return report
     except BaseException:
         lock_file.release()
         raise
 
 
-def _sync_checkpoints(config: JsonlStorageConfig) -> int | None:
+def _sync_checkpoints(config: JsonlStorageConfig, report: RecoveryReport) -> None:
     """One sync of the file system of the checkpoints, so that each session's first
     checkpoint after the open needs no sync of its file (checkpoint.py): after a
     restart with 100,000 sessions to park, the close that wrote them took 34 s, a
     ``fdatasync`` each. It writes whatever else is dirty on that file system too,
-    before the server listens. The device synced; None where one sync cannot stand
-    for those of the files (fs_sync.py), or when it fails (logged): then the first
-    write of each file syncs it."""
+    before the server listens. ``report.synced_device``: the device synced; None
+    where one sync cannot stand for those of the files (fs_sync.py), or when it fails:
+    then the first write of each file syncs it. A failure is a write the kernel could
+    not do since the last look (EIO, ENOSPC), maybe of this store's files: logged, and
+    the store's syncs are distrusted as after any failed sync (``sync_failed``)."""
     try:
-        return sync_file_system(config.layout.sessions)
+        report.synced_device = sync_file_system(config.layout.sessions)
     except OSError as exc:
-        log.warning("could not sync the store's file system (%s): syncing file by file", exc)
-        return None
+        log.error(
+            "could not sync the store's file system (%s): a write to it failed since it "
+            "was last synced, maybe of what this store holds; its checkpoints are synced "
+            "file by file, and every WAL segment is kept until a restart (check the disk)",
+            exc,
+        )
+        report.file_system_sync_failed = True
 
 
 def _share(lock_file: StoreFlock, base: Path) -> None:

@@ -87,6 +87,7 @@ class RecoveryReport:
     # The device whose file system the open synced once repaired (opening.py): every
     # checkpoint file on it, as found, is on disk. None: no such sync (fs_sync.py).
     synced_device: int | None = None
+    file_system_sync_failed: bool = False  # that sync failed: the store distrusts its syncs
 
 
 class Directories:

@@ -116,6 +116,8 @@ class JsonlStorage(JsonlImports):
         if self._read_only:
             return
         self._writer.start()
+        if self.recovery.file_system_sync_failed:  # (opening.py: as a failed sync here)
+            self._writer.distrust_syncs()
         loops: list[tuple[float, Callable[[], Awaitable[object]], str]] = [
             (self.config.checkpoint_interval, self._checkpoints.write_dirty, "checkpoints")
         ]
