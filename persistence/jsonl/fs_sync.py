@@ -39,7 +39,10 @@ from typing import Final
 
 log = logging.getLogger(__name__)
 
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# glibc 2.14 and later, musl: None elsewhere (then every file is synced on its own).
+_syncfs = (
+    getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None) if sys.platform == "linux" else None
+)
 
 REPORTS_ERRORS_SINCE: Final = (5, 8)  # the first Linux whose syncfs reports writeback errors
 SYNCED_AS_EACH_FILE: Final = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
@@ -80,9 +83,9 @@ def why_not_at_once(device: int, release: str, mountinfo: str) -> str | None:
 def sync_file_system(directory: Path) -> int | None:
     """Sync the file system ``directory`` is on, once, where that stands for a sync of
     each of its files (the module's docstring): its device (``st_dev``), everything
-    written to it before now on disk. None where it does not (logged): no ``syncfs``
-    (not Linux), an older Linux, another file system. OSError when it fails."""
-    if _libc is None:
+    written to it before now on disk. None where it does not: no ``syncfs`` (not
+    Linux), or (logged) an older Linux, another file system. OSError when it fails."""
+    if _syncfs is None:
         return None
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -91,7 +94,7 @@ def sync_file_system(directory: Path) -> int | None:
         if why_not is not None:
             log.info("checkpoint files are synced one by one at their first write: %s", why_not)
             return None
-        if _libc.syncfs(fd) != 0:
+        if _syncfs(fd) != 0:
             error = ctypes.get_errno()
             raise OSError(error, f"syncfs of {directory}: {os.strerror(error)}")
     finally:
