@@ -292,8 +292,7 @@ class JsonlStorage(JsonlImports):
         self._checkpoints.changed(record)
 
     def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
-        """ParksAttached (persistence/parking.py): written lazily, as any live state."""
-        self._require_writable()
+        self._require_writable()  # ParksAttached (persistence/parking.py): written lazily
         return park_indexed(self._index, self._clock, since, batch, self._checkpoints.changed_id)
 
     async def cleanup_expired_sessions(self) -> int:
