@@ -397,5 +397,6 @@ class SessionManager:
             self.append_health.failures.flush()
             self.append_health.command_failures.flush()
         await self.owed_states.close()  # what is still owed then is not written
+        await self.restart_park.park_at_stop()  # the states the closes above left
         if self.shared_presence is not None:
             await self.shared_presence.stop()

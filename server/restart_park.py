@@ -17,6 +17,13 @@ that write left it. The server listens once they are all parked, or after
 (100,000 sessions: bench/restart_park.py, bench/RESULTS.md). An actor spawned before
 its session's turn holds it ``disconnected`` already (server/status.py ``held_state``).
 A store that cannot park (none of those a process holds alone) is not parked.
+
+A graceful stop parks the same way what it leaves attached (``park_at_stop``, once
+every actor retired and before the store closes): its closes (1012) write no state,
+and the store would otherwise say ``active`` until the next start, to offline tools
+and to that start's log, which took the stop for a death. What a park at the start
+left unparked when the server stopped goes with it. Only where the start parked
+(``serve``): an embedder's server parks nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ log = structlog.get_logger("bamboo_session.restart_park")
 
 BATCH = 1000  # sessions parked at once: one SQLite group commit, and one turn of the loop
 FOREGROUND = 0.5  # seconds of parking a start waits for before the server listens
+AT_START = "the sessions a dead server left attached"
+AT_STOP = "the sessions left attached at the stop"
 
 
 class RestartPark:
@@ -46,9 +55,11 @@ class RestartPark:
         self.parked = 0
         self.started = time.monotonic()
         self.task: asyncio.Task[None] | None = None
+        self.begun = False
 
     async def begin(self, foreground: float = FOREGROUND) -> None:
         """Parks for up to ``foreground`` seconds; the batches left go on in a task."""
+        self.begun = True
         batches = self._batches()
         deadline = time.monotonic() + foreground
         async for _ in batches:
@@ -58,15 +69,26 @@ class RestartPark:
         self._done()
 
     async def stop(self) -> None:
-        """Ends the batches left, if any (the server stops): the next start parks them."""
+        """Ends the batches left, if any (the server stops): :meth:`park_at_stop`, or
+        the next start, parks them."""
         await cancel_and_wait(self.task)
+
+    async def park_at_stop(self) -> None:
+        """Parks, to the end, what the server leaves attached as it stops (after
+        :meth:`stop`, once no actor is left); only if :meth:`begin` ran."""
+        if not self.begun:
+            return
+        self.parked = 0
+        async for _ in self._batches(AT_STOP):
+            pass
+        self._done(AT_STOP)
 
     async def _finish(self, batches: AsyncIterator[None]) -> None:
         async for _ in batches:
             await asyncio.sleep(0)  # the loop's other work between batches
         self._done()
 
-    async def _batches(self) -> AsyncIterator[None]:
+    async def _batches(self, what: str = AT_START) -> AsyncIterator[None]:
         """One step per batch parked. A store that fails (or is read-only) ends them:
         logged; the sessions left are parked as their actors load, or at the next
         start."""
@@ -80,14 +102,14 @@ class RestartPark:
                 self.parked += parked
                 yield
         except StorageError as exc:
-            log.warning("parking the sessions a dead server left attached failed", error=str(exc))
+            log.warning(f"parking {what} failed", error=str(exc))
         except Exception:  # a defect: told, and the server goes on without the park
-            log.exception("parking the sessions a dead server left attached failed")
+            log.exception(f"parking {what} failed")
 
-    def _done(self) -> None:
+    def _done(self, what: str = AT_START) -> None:
         if self.parked:
             log.info(
-                "parked the sessions a dead server left attached",
+                f"parked {what}",
                 sessions=self.parked,
                 seconds=round(time.monotonic() - self.started, 3),
             )

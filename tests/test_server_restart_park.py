@@ -100,6 +100,43 @@ async def test_sessions_attached_at_a_kill_are_listed_disconnected_after_the_res
     assert_no_tracebacks(server.log_records())
 
 
+@pytest.mark.parametrize("kind", STORES)
+async def test_a_graceful_stop_leaves_its_sessions_disconnected_in_the_store(
+    kind: str, tmp_path: Path
+) -> None:
+    # Its closes (1012) wrote no state: the store said `active` until the next start,
+    # whose log took the stop for a death.
+    flags = ("--store", store_url(kind, tmp_path), "--default-ttl", "3600")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    server.start()
+    try:
+        attached = [await hello(server.port, f"chat-{n}") for n in range(3)]
+        before = await asyncio.to_thread(listed, server.port, state="active")
+        assert set(before) == {"chat-0", "chat-1", "chat-2"}
+        assert await asyncio.to_thread(server.stop) == 0
+        for ws, _ in attached:
+            ws.transport.abort()
+        stored = await open_storage(store_url(kind, tmp_path), default_ttl=3600)
+        try:
+            listing = await stored.list_sessions(SessionFilter(limit=10))
+        finally:
+            await stored.close()
+        states = {meta.id: meta.state for meta in listing.sessions}
+        assert states == dict.fromkeys(before, SessionState.DISCONNECTED)
+        for meta in listing.sessions:  # a park is no activity
+            listed_before = datetime.fromisoformat(before[meta.id]["last_activity_at"])
+            assert meta.last_activity_at <= listed_before
+        await server.start_in_loop()
+        server.stop()
+    finally:
+        server.kill()
+    records = server.log_records()
+    at_stop = "parked the sessions left attached at the stop"
+    assert [r["sessions"] for r in records if r.get("event") == at_stop] == [3]
+    assert not [r for r in records if "a dead server" in r.get("event", "")]
+    assert_no_tracebacks(records)
+
+
 @pytest.fixture(params=("memory", *STORES))
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     url = "memory://" if request.param == "memory" else store_url(request.param, tmp_path)
