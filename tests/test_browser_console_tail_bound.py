@@ -18,64 +18,26 @@ from tests.browser import eventually, watch_page
 from tests.console_support import DASH, console_url, ws_url
 from tests.proxies import HttpProxy
 from tests.support import run_server
+from tests.tail_support import (
+    BLOCKS,
+    EARLIER_PAGE,
+    IN_VIEW,
+    MAX_BLOCKS,
+    MAX_TAIL_CHARS,
+    at_end,
+    next_frame,
+    show_earlier_until_all,
+)
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=20_000)
 
-MAX_TAIL_CHARS = 500_000  # tail.js
-MAX_BLOCKS = 300  # tail.js
-EARLIER_PAGE = 1000  # tail.js: events a "Show earlier" reads
-
-# The tail's blocks, each as [first seq, last seq (text blocks), its characters].
-BLOCKS = """el => [...el.querySelectorAll(":scope > .ev")].map(b => [
-  Number(b.dataset.from ?? 0), Number(b.dataset.to ?? b.dataset.from ?? 0), b.textContent.length,
-])"""
-# Whether "Show earlier" is done reading (or there is nothing more to read).
-READ_DONE = """() => {
-  const h = document.getElementById("tail-earlier");
-  return h === null || !h.textContent.includes("reading");
-}"""
-# How far the tail is from its end, in px.
-FROM_END = "el => el.scrollHeight - el.scrollTop - el.clientHeight"
-# The first block in the tail's view (not its first line), and where it is in the view.
-IN_VIEW = """el => {
-  const top = el.getBoundingClientRect().top;
-  for (const b of el.querySelectorAll(":scope > .ev")) {
-    const rect = b.getBoundingClientRect();
-    if (rect.bottom > top) return [Number(b.dataset.from), Math.round(rect.top - top)];
-  }
-  return null;
-}"""
-
-
-async def at_end(tail: Any) -> bool:
-    return bool(await tail.evaluate(f"el => ({FROM_END})(el) < 2"))
-
 
 def token(i: int) -> str:
     """A token of 100 characters that says which it is."""
     return f"{i:06d} " + "abcdefghi " * 9 + "xyz "
-
-
-async def show_earlier_until_all(page: Any) -> int:
-    """Click "Show earlier" (without scrolling to it, as a viewer's place is kept) until
-    the tail shows every event; the clicks."""
-    header = page.locator("#tail-earlier")
-    clicks = 0
-    while await header.count() > 0:
-        assert clicks < 20, await header.text_content()
-        button = header.get_by_role("button", name="Show earlier")
-        await button.evaluate("b => b.click()")
-        clicks += 1
-        await eventually(lambda: page.evaluate(READ_DONE), "the read of earlier events")
-        await next_frame(page)
-    return clicks
-
-
-async def next_frame(page: Any) -> None:
-    await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done()))")
 
 
 async def test_a_stream_past_the_bound_shows_its_characters_and_brings_back_the_rest(
