@@ -4,7 +4,10 @@
  * Consecutive `token` events grow one block of text (and `thinking` ones another),
  * tool calls are collapsible blocks that their result or error completes, and
  * everything else is one block. Each block of an event says its first seq
- * (`data-from`), so that the tail knows which events it no longer shows.
+ * (`data-from`), so that the tail knows which events it no longer shows, and a tool
+ * call's block the seq of the result it holds (`data-result`); a result shown without
+ * its call (its call's block had left the tail) is `data-kind="result"`, which
+ * joinResult puts into the call's block when "Show earlier" brings that back.
  *
  * Events come from any peer of the session, so what they cost the page is bounded:
  * a block shows at most MAX_CHARS characters (a growing text block goes on in a new
@@ -61,6 +64,13 @@ export class Blocks {
     this.open = null;
   }
 
+  /** A running tool call's block brought back into the tail, with no block of its id
+   * after it there: its result, when it comes, completes it. @param {HTMLElement} call */
+  adopt(call) {
+    const id = /** @type {string} */ (call.dataset.tool);
+    if (!this.tools.has(id)) this.tools.set(id, /** @type {HTMLDetailsElement} */ (call));
+  }
+
   /** A block that left the tail: nothing grows it or completes it any more.
    * @param {HTMLElement} block */
   forget(block) {
@@ -111,6 +121,7 @@ function completed(details, { seq, event }) {
   const ok = event.type === "tool_complete" && event.result?.success;
   const body = toolBody(event);
   details.dataset.status = ok ? "done" : "failed";
+  details.dataset.result = String(seq); // (so that the tail knows which result it holds)
   const status = details.querySelector(".status");
   const before = status?.textContent?.length ?? 0;
   if (status) status.textContent = ok ? `done (#${seq})` : `failed (#${seq})`;
@@ -121,6 +132,25 @@ function completed(details, { seq, event }) {
     grown: details,
     chars: body.reduce((n, el) => n + size(el), chars),
   };
+}
+
+/**
+ * A tool call's block brought back (by the tail's "Show earlier") above a block of its
+ * result alone (the call's block had left the tail when the result came): the result
+ * goes into the call's block, as it would have had the call's block stayed, and its
+ * own block is left empty for the tail to drop. The characters the call's block gained.
+ * @param {HTMLElement} call @param {HTMLElement} result @returns {number}
+ */
+export function joinResult(call, result) {
+  const status = call.querySelector("summary .status");
+  const before = status?.textContent?.length ?? 0;
+  const done = result.querySelector("summary .status")?.textContent ?? "";
+  if (status) status.textContent = `${done} (#${result.dataset.from})`;
+  call.dataset.status = result.dataset.status;
+  call.dataset.result = result.dataset.from;
+  const body = [...result.children].filter((child) => child.tagName !== "SUMMARY");
+  call.append(...body);
+  return body.reduce((n, el) => n + size(el), (status?.textContent?.length ?? 0) - before);
 }
 
 /** @param {Node} node */
@@ -184,6 +214,7 @@ function eventBlock({ seq, event }) {
             ...from,
             tool: event.tool_call_id,
             status: ok ? "done" : "failed",
+            kind: "result", // a result shown without its call
           },
         },
         h(

@@ -25,7 +25,7 @@
  * inserted above it.
  */
 
-import { Blocks } from "./blocks.js";
+import { Blocks, joinResult } from "./blocks.js";
 import { fill, h } from "./dom.js";
 
 /** @typedef {import("./blocks.js").Item} Item */
@@ -55,11 +55,22 @@ export class Tail {
   /** @type {ReadEvents | null} how "Show earlier" reads: none, no button */
   read = null;
   reading = false;
+  /** @type {Map<number, number>} the seq of a tool call whose block left the tail with
+   * its result in it while events between the two stayed, to the result's seq (which
+   * "Show earlier" reads with the call); at most the blocks the tail holds */
+  results = new Map();
 
   /** @param {HTMLElement} el */
   constructor(el) {
     this.el = el;
     this.blocks = new Blocks();
+    el.addEventListener("scroll", () => this.#scrolled(), { passive: true });
+  }
+
+  /** Events 1 to `seq` are not shown (the tail starts after them), with "Show earlier"
+   * to read them: call before the first event is added. @param {number} seq */
+  startAfter(seq) {
+    if (seq > this.hidden) this.#hide(seq);
   }
 
   /**
@@ -137,6 +148,8 @@ export class Tail {
       );
       this.#changing(true);
       hidden = Math.max(hidden, Number(oldest.dataset.to ?? oldest.dataset.from ?? 0));
+      if (oldest.dataset.result !== undefined)
+        this.results.set(Number(oldest.dataset.from), Number(oldest.dataset.result));
       this.#drop(oldest);
     }
     if (hidden !== this.hidden) this.#hide(hidden);
@@ -146,6 +159,8 @@ export class Tail {
    * @param {number} upTo @param {string} [state] what a read of them did */
   #hide(upTo, state = "") {
     this.hidden = upTo;
+    // Results up to it are among the events "Show earlier" reads.
+    for (const [call, result] of this.results) if (result <= upTo) this.results.delete(call);
     if (upTo <= 0) {
       this.header?.remove();
       this.header = null;
@@ -168,17 +183,24 @@ export class Tail {
     fill(this.header, ...parts);
   }
 
-  /** "Show earlier": the page of events before the first shown, read, into the top. */
+  /** "Show earlier": the page of events before the first shown, read, into the top,
+   * with the results of its tool calls that left the tail in their calls' blocks. */
   async #showEarlier() {
     const read = this.read;
     if (read === null || this.reading || this.hidden <= 0) return;
     const upTo = this.hidden;
+    const after = Math.max(0, upTo - EARLIER_PAGE);
     this.reading = true;
     this.#hide(upTo, "reading…");
-    /** @type {Item[]} */
-    let items;
+    const page = new Page();
     try {
-      items = await read(Math.max(0, upTo - EARLIER_PAGE), upTo);
+      for (const item of await read(after, upTo)) if (item.seq <= upTo) page.add(item);
+      for (const call of page.blocks.tools.values()) {
+        const seq = this.results.get(Number(call.dataset.from));
+        if (seq === undefined) continue;
+        const result = (await read(seq - 1, seq)).find((item) => item.seq === seq);
+        if (result !== undefined) page.add(result); // (it completes the call)
+      }
     } catch (error) {
       this.reading = false;
       const why = error instanceof Error ? error.message : String(error);
@@ -188,26 +210,16 @@ export class Tail {
     this.reading = false;
     // More were dropped meanwhile: this page would leave a gap below it. Ask again.
     if (this.hidden !== upTo) this.#hide(this.hidden);
-    else
-      this.#insert(
-        Math.max(0, upTo - EARLIER_PAGE),
-        items.filter((item) => item.seq <= upTo),
-      );
+    else this.#insert(after, page);
   }
 
-  /** Events before the first shown, oldest first (every one after `after`), into the
-   * top: the newest of them that fit in what a tail scrolled up keeps.
-   * @param {number} after @param {Item[]} items */
-  #insert(after, items) {
-    const page = new Blocks();
-    /** @type {Map<Element, number>} the page's blocks, in order, and their characters */
-    const built = new Map();
-    for (const item of items) {
-      const shown = page.add(item);
-      if (shown.block !== null) built.set(shown.block, 0);
-      if (shown.grown !== null) built.set(shown.grown, (built.get(shown.grown) ?? 0) + shown.chars);
-    }
-    const blocks = [...built];
+  /** Events before the first shown (every one after `after`), built as `page`, into
+   * the top: the newest of them that fit in what a tail scrolled up keeps. Their tool
+   * calls still running are completed by a result the tail shows alone (its call's
+   * block was dropped before it came), which then goes, or by a result to come.
+   * @param {number} after @param {Page} page */
+  #insert(after, page) {
+    const blocks = [...page.built];
     let from = blocks.length;
     let chars = this.chars;
     while (
@@ -223,15 +235,47 @@ export class Tail {
       return;
     }
     this.#changing(true);
+    const shown = blocks.slice(from);
+    const inserted = new Set(shown.map(([block]) => block));
+    // Each call still running, and the first block of its id below (before they go in).
+    const running = [...page.blocks.tools.values()]
+      .filter((call) => inserted.has(call))
+      .map((call) => ({ call, next: this.#firstOf(/** @type {string} */ (call.dataset.tool)) }));
     const first = this.header?.nextSibling ?? null;
-    for (const [block, size] of blocks.slice(from)) {
+    for (const [block, size] of shown) {
       this.el.insertBefore(block, first);
       this.sizes.set(block, size);
       this.count += 1;
+      this.results.delete(Number(block.dataset.from)); // (read with its call)
     }
     this.chars = chars;
+    for (const { call, next } of running) {
+      if (next === null) this.blocks.adopt(call);
+      else if (next.dataset.kind === "result") {
+        this.#grew(call, joinResult(call, next));
+        this.#drop(next);
+      } // (another call of its id comes first: the result is that one's)
+    }
     const oldest = /** @type {HTMLElement | undefined} */ (blocks[from]?.[0]);
     this.#hide(from === 0 ? after : Number(oldest?.dataset.from ?? this.hidden + 1) - 1);
+  }
+
+  /** The first block of the tool call `id` the tail shows. @param {string} id */
+  #firstOf(id) {
+    return /** @type {HTMLElement | null} */ (
+      this.el.querySelector(`:scope > [data-tool="${CSS.escape(id)}"]`)
+    );
+  }
+
+  /** The viewer scrolled: back at the end, a tail that kept more than its bound while
+   * they were up drops it now, not at the next event (the session may be quiet, or
+   * over). */
+  #scrolled() {
+    if (this.frame !== null || (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS)) return;
+    const el = this.el;
+    if (el.scrollHeight - el.scrollTop - el.clientHeight >= END_SLACK) return;
+    this.#changing();
+    this.#trim();
   }
 
   /** Something in the tail changes: settle its scroll once this frame is drawn. `above`:
@@ -278,5 +322,21 @@ export class Tail {
   /** Where a block is, from the top of the view. @param {Element} block */
   #top(block) {
     return block.getBoundingClientRect().top - this.el.getBoundingClientRect().top;
+  }
+}
+
+/** Events read by "Show earlier", as blocks not in the tail yet, each with its
+ * characters. */
+class Page {
+  blocks = new Blocks();
+  /** @type {Map<HTMLElement, number>} the page's blocks, in order, and their characters */
+  built = new Map();
+
+  /** @param {Item} item */
+  add(item) {
+    const shown = this.blocks.add(item);
+    if (shown.block !== null) this.built.set(shown.block, 0);
+    const grown = shown.grown;
+    if (grown !== null) this.built.set(grown, (this.built.get(grown) ?? 0) + shown.chars);
   }
 }
