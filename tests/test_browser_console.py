@@ -202,7 +202,9 @@ async def test_a_closed_session_pages_back_to_the_first_message(browser: Any) ->
 
 async def test_a_closed_session_shows_its_newest_events(browser: Any) -> None:
     # What storage keeps of its log, the newest 200 events, read over HTTP: the page
-    # cannot attach to a closed session for them.
+    # cannot attach to a closed session for them. The tail's first line says which
+    # are not shown, with "Show earlier", as a live session's tail does (before, a line
+    # of its own, "Events 1-50 are not shown (GET .../events has them)", no button).
     async with run_server() as server:
         async with await BambooClient.connect(ws_url(server), "over", create=True) as agent:
             await asyncio.gather(
@@ -214,12 +216,18 @@ async def test_a_closed_session_shows_its_newest_events(browser: Any) -> None:
         await page.goto(console_url(server.port, "#/s/over"))
         await expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed")
         notes = page.locator("#tail .ev-note")
-        await expect(notes.last).to_contain_text("This session is closed")
-        await expect(notes.first).to_contain_text("Events 1\u201350 are not shown")
+        await expect(notes).to_have_text(["This session is closed: no live events."])
+        header = page.locator("#tail-earlier")
+        await expect(header).to_have_text("Events 1\u201350 not shown \u00b7 Show earlier")
         steps = page.locator("#tail .ev-custom")
         await expect(steps).to_have_count(200)
         await expect(steps.first.locator(".seq")).to_have_text("#51")
         await expect(steps.last.locator(".seq")).to_have_text("#250")
+        await header.get_by_role("button", name="Show earlier").click()
+        await expect(header).to_have_count(0)
+        await expect(steps).to_have_count(250)
+        seqs = await steps.locator(".seq").all_text_contents()
+        assert seqs == [f"#{i}" for i in range(1, 251)]
         assert problems == []
 
 

@@ -208,3 +208,32 @@ async def test_a_viewer_scrolled_up_keeps_their_place_as_the_oldest_go(browser: 
             await next_frame(page)
             assert await tail.evaluate(IN_VIEW) == place
     assert problems == []
+
+
+async def test_a_live_session_opens_with_show_earlier_for_what_it_does_not_replay(
+    browser: Any,
+) -> None:
+    """A page opened on a live session of 250 events replays the newest 200: its first
+    line says events 1-50 are not shown, and "Show earlier" brings them back, as it
+    does for a closed session's and for what a tail dropped (before, nothing said so)."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "opened", create=True, role="agent")
+        async with await connect as agent:
+            await asyncio.gather(
+                *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(1, 251))
+            )
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/opened"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", "250")
+            header = page.locator("#tail-earlier")
+            await expect(header).to_have_text(f"Events 1{DASH}50 not shown \u00b7 Show earlier")
+            await header.get_by_role("button", name="Show earlier").click()
+            await expect(header).to_have_count(0)
+            await agent.publish(AgentEvent.custom("step", {"i": 251}))
+            await expect(tail).to_have_attribute("data-last-seq", "251")
+            blocks = await tail.evaluate(BLOCKS)
+    assert [seq for seq, _, _ in blocks] == list(range(1, 252))
+    assert problems == []

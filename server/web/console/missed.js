@@ -194,8 +194,8 @@ export function replacedNotice(after) {
 /**
  * The newest `count` events of a session that is over (it cannot be attached to), as
  * storage keeps them, in `tail`: read over HTTP with the epoch checked (readMissed),
- * after a line saying which older ones are not shown. A failed read is a line too.
- * Resolves to the read's error, or null.
+ * the tail's first line saying which older ones are not shown, with its "Show earlier"
+ * (as a live tail's). A failed read is a line. Resolves to the read's error, or null.
  * @param {import("./tail.js").Tail} tail @param {string} path @param {any} metadata
  * @param {number} count @param {() => boolean} alive
  * @returns {Promise<unknown>}
@@ -209,8 +209,7 @@ export async function showStoredTail(tail, path, metadata, count, alive) {
       tail.note("The session was replaced while this page read it.");
     else {
       const notShown = read.leftOut ?? after; // (more than `after` when too long to show)
-      if (notShown > 0 && read.events.length > 0)
-        tail.note(`Events 1–${notShown} are not shown (GET ${path}/events has them).`);
+      if (read.events.length > 0) tail.startAfter(notShown);
       for (const item of read.events) tail.add(item);
     }
     return null;

@@ -119,11 +119,12 @@ class SessionView {
   async #attach(metadata, stored) {
     let client;
     this.streamToken = getToken();
+    const replayAfter = Math.max(0, metadata.last_seq - TAIL_REPLAY);
     try {
       client = await BambooClient.connect(location.origin, {
         sessionId: this.id,
         token: this.streamToken ?? undefined,
-        lastSeq: Math.max(0, metadata.last_seq - TAIL_REPLAY),
+        lastSeq: replayAfter,
         epoch: metadata.epoch,
       });
     } catch (error) {
@@ -139,6 +140,7 @@ class SessionView {
     }
     this.client = client;
     this.#readEarlier(client.epoch ?? metadata.epoch);
+    this.tail.startAfter(replayAfter); // the events before the replay: "Show earlier"
     const session = /** @type {any} */ (client.session);
     const attachedAt = session.last_seq; // message events after this are new messages
     this.#showMeta(session);
