@@ -9,10 +9,12 @@
  * cost half a core (bench/RESULTS.md). The tail drops its oldest blocks while its text
  * passes MAX_TAIL_CHARS or its blocks MAX_BLOCKS, counted as they are added (a sum
  * kept, never a walk of the page). A viewer scrolled up keeps what they read: the tail
- * then waits until twice the bound before it drops anything (what is dropped later
- * goes when they are back at the end). Its first line then says which events it does
- * not show, with "Show earlier", which reads them over HTTP (`read`), a page at a
- * time, into its top.
+ * then waits until twice the bound before it drops anything, and never holds more
+ * (what it held past its bound goes once they scroll back to the end, not at the
+ * next event, which a quiet or closed session may never send). Its first line then
+ * says which events it does not show, with "Show earlier", which reads them over
+ * HTTP (`read`), a page at a time, into its top; a page opened after events it does
+ * not replay starts so (`startAfter`).
  *
  * Following the end is a state: whether the viewer was at the end (within END_SLACK)
  * when a frame's changes began, which the frame before left at the end if it was
