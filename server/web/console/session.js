@@ -15,13 +15,16 @@
  * none of its events in the old one's tail; so is one the client found replaced when
  * its resume was refused (its reset, then the end, with none of the new log's events).
  * Should that read fail, the page says which events may be missing, and its Reload
- * reads them again, into the tail as it is. The read and those notices are missed.js's.
+ * reads them again, into the tail as it is. That catch-up is catchup.js's, which calls
+ * the page's public methods (show, ended, replaced, …); its read and notices are
+ * missed.js's.
  */
 
 import { BambooClient, ConnectionLost, SessionEnded } from "/client/bamboo.js";
 import { getJson, getToken } from "./api.js";
 import { actions, detached, presence } from "./attached.js";
 import { connBadge, setBadge } from "./badge.js";
+import { CatchUp } from "./catchup.js";
 import { breakable, fill, h, notice } from "./dom.js";
 import { deniesSession, layOut, refusalText } from "./layout.js";
 import { MessageList, PAGE } from "./messages.js";
@@ -50,9 +53,6 @@ class SessionView {
   peers = new Map();
   /** @type {Set<number>} seqs of the events this page published (shown already) */
   own = new Set();
-  /** @type {HTMLElement[]} lines of the tail that a read of the missed events that
-   * failed added, taken back when a Reload reads them */
-  unread = [];
   /** @type {ReconnectNotes | null} what the tail says of the connection, once attached */
   reconnects = null;
   /** @type {string | null} the token the stream was opened with, which a 4401 refuses */
@@ -69,10 +69,11 @@ class SessionView {
     this.meta = h("dl", { id: "meta", class: "meta" });
     this.presence = h("div", { id: "presence" });
     this.actions = h("div", { id: "actions" });
-    const unauthorized = (/** @type {unknown} */ error) => this.#unauthorized(error);
+    const unauthorized = (/** @type {unknown} */ error) => this.unauthorized(error);
     this.messages = new MessageList(this.status, () => this.alive, unauthorized);
     this.tailEl = h("div", { id: "tail", class: "tail", "aria-live": "off" });
     this.tail = new Tail(this.tailEl);
+    this.catchUp = new CatchUp(this);
     this.connState = connBadge();
     this.cards = layOut(root, sessionId, {
       badge: this.connState,
@@ -95,9 +96,9 @@ class SessionView {
     try {
       // The metadata and the newest page: without a limit the answer would be the
       // whole history, however long.
-      stored = await getJson(this.#path(), { limit: PAGE }, { alive: () => this.alive });
+      stored = await getJson(this.path(), { limit: PAGE }, { alive: () => this.alive });
     } catch (error) {
-      if (this.alive && !this.#unauthorized(error)) this.#refused(error, true);
+      if (this.alive && !this.unauthorized(error)) this.#refused(error, true);
       return;
     }
     if (!this.alive) return;
@@ -111,7 +112,7 @@ class SessionView {
   }
 
   /** app.js's, told the token a stream's 4401 refuses. @param {unknown} error */
-  #unauthorized(error) {
+  unauthorized(error) {
     return this.context.unauthorized(error, this.streamToken);
   }
 
@@ -128,7 +129,7 @@ class SessionView {
         epoch: metadata.epoch,
       });
     } catch (error) {
-      if (!this.alive || this.#unauthorized(error)) return;
+      if (!this.alive || this.unauthorized(error)) return;
       if (error instanceof SessionEnded)
         this.#showStored(stored, "This session is closed: no live events.");
       else this.#refused(error, true);
@@ -144,11 +145,11 @@ class SessionView {
     const session = /** @type {any} */ (client.session);
     const attachedAt = session.last_seq; // message events after this are new messages
     this.#showMeta(session);
-    this.#setConnState(client.state);
+    this.setConnState(client.state);
     const reconnects = new ReconnectNotes(this.tail);
     this.reconnects = reconnects;
     client.on("state", (change) => {
-      this.#setConnState(change.state);
+      this.setConnState(change.state);
       // Back after a drop: the peers presence told of were the connections before it.
       if (reconnects.state(client, change)) {
         this.peers.clear();
@@ -181,7 +182,7 @@ class SessionView {
           }
           continue;
         }
-        this.#show(item, attachedAt);
+        this.show(item, attachedAt);
       }
       if (!this.alive) return;
       // Replaced, and the session now under this id ended with no event of it shown
@@ -194,10 +195,10 @@ class SessionView {
       const reason = ended ?? client.closedReason ?? "client closed";
       if (replaced !== null) {
         this.tail.remove(replaced.line);
-        this.#replaced(replaced.after, reason);
-      } else this.#ended(reason);
+        this.replaced(replaced.after, reason);
+      } else this.ended(reason);
     } catch (error) {
-      if (!this.alive || this.#unauthorized(error)) return;
+      if (!this.alive || this.unauthorized(error)) return;
       // The session ended while this page was behind: the events after `afterSeq`
       // never came, and only the HTTP API has them now.
       if (
@@ -206,7 +207,7 @@ class SessionView {
         error.cause instanceof SessionEnded
       ) {
         const epoch = /** @type {string} */ (client.epoch);
-        await this.#catchUp(error.afterSeq, attachedAt, error.cause.reason, epoch);
+        await this.catchUp.run(error.afterSeq, attachedAt, error.cause.reason, epoch);
       } else {
         // The stream ended for good (deleted, refused): no controls of a live session.
         this.#refused(error);
@@ -222,76 +223,13 @@ class SessionView {
    * @param {{ seq: number, ts: string, event: any }} item
    * @param {number} attachedAt message events after this seq are new messages
    */
-  #show(item, attachedAt) {
+  show(item, attachedAt) {
     this.tail.add(item);
     this.#put("meta-last_seq", String(item.seq));
     showActivity(item.ts);
     if (item.event.type === "message" && item.seq > attachedAt)
       this.messages.add(item.event.message);
     if (item.event.type === "state_change") this.#put("meta-state", item.event.to);
-  }
-
-  /**
-   * The session ended with the events after `after` not delivered to this page: read
-   * them over HTTP (see readMissed, missed.js), then, when they are of the log this
-   * page's stream had (`epoch`), show them as the live path does, and that the session
-   * ended; when they are another log's, that the session was replaced. If the read
-   * fails, say which events may be missing, with a Reload that reads them again: the
-   * tail stays as it is (the lines that said they may be missing go) and gets them,
-   * and the message list is read again from storage.
-   * @param {number} after @param {number} attachedAt @param {string} reason
-   * @param {string} epoch @param {boolean} [again] a Reload's read
-   */
-  async #catchUp(after, attachedAt, reason, epoch, again = false) {
-    this.#setConnState("closed");
-    let read;
-    try {
-      read = await missed.readMissed(this.#path(), after, epoch, () => this.alive);
-    } catch (error) {
-      if (!this.alive || this.#unauthorized(error)) return;
-      this.#takeBackUnread();
-      this.unread.push(this.#ended(reason));
-      this.#missing(after, error, () => this.#catchUp(after, attachedAt, reason, epoch, true));
-      return;
-    }
-    if (!this.alive) return;
-    this.#takeBackUnread();
-    fill(this.status);
-    if (read.metadata.epoch !== epoch) {
-      this.#replaced(after, reason);
-      return;
-    }
-    if (read.leftOut !== null) {
-      // More than the tail holds: its newest, after a line saying what is not shown.
-      this.tail.note(
-        `Events ${after + 1}–${read.leftOut} are not shown (the session ended while this` +
-          ` page was behind; GET ${this.#path()}/events?after_seq=${after} has them).`,
-      );
-    }
-    // This page's own publishes are shown already (the stream does not echo them).
-    for (const item of read.events) if (!this.own.has(item.seq)) this.#show(item, attachedAt);
-    this.#ended(reason, read.metadata);
-    // Messages among the events left out are not in the list: show the stored ones. So
-    // does a Reload, which shows the session as the server has it.
-    if (read.leftOut !== null || again) this.messages.reload(this.#path());
-  }
-
-  /**
-   * Events after `after` may be missing from the tail (a read of them failed): a line
-   * in the tail, and a notice with a Reload that calls `retry`.
-   * @param {number} after @param {unknown} error @param {() => Promise<void>} retry
-   */
-  #missing(after, error, retry) {
-    const why = error instanceof Error ? error.message : String(error);
-    this.unread.push(
-      this.tail.note(`Events after #${after} may be missing: reading them failed (${why}).`),
-    );
-    fill(this.status, missed.missingNotice(after, why, retry));
-  }
-
-  /** The lines a failed read of the missed events added to the tail, gone. */
-  #takeBackUnread() {
-    for (const line of this.unread.splice(0)) this.tail.remove(line);
   }
 
   /**
@@ -302,8 +240,8 @@ class SessionView {
    * now under this id.
    * @param {number} after @param {string} reason
    */
-  #replaced(after, reason) {
-    this.#setConnState("closed");
+  replaced(after, reason) {
+    this.setConnState("closed");
     this.reconnects?.noteEnd();
     this.#put("meta-state", "closed"); // the stream ended as the earlier session closed
     this.tail.note(`Session closed: ${reason}`);
@@ -320,17 +258,17 @@ class SessionView {
    * @param {any} stored the answer of the HTTP API @param {string} text
    */
   #showStored(stored, text) {
-    this.#setConnState("closed");
+    this.setConnState("closed");
     fill(this.actions, h("p", { class: "muted" }, "No actions on a closed session."));
     fill(this.presence, h("p", { class: "muted" }, "Nobody can attach."));
-    this.messages.showStored(this.#path(), stored);
+    this.messages.showStored(this.path(), stored);
     const alive = () => this.alive;
-    const path = this.#path();
+    const path = this.path();
     this.#readEarlier(stored.metadata.epoch);
     void missed
       .showStoredTail(this.tail, path, stored.metadata, TAIL_REPLAY, alive)
       .then((error) => {
-        if (error !== null && this.#unauthorized(error)) return;
+        if (error !== null && this.unauthorized(error)) return;
         if (this.alive) this.tail.note(text);
       });
   }
@@ -339,10 +277,10 @@ class SessionView {
    * shows). @param {string} epoch */
   #readEarlier(epoch) {
     const alive = () => this.alive;
-    this.tail.read = (after, upTo) => missed.readEarlier(this.#path(), after, upTo, epoch, alive);
+    this.tail.read = (after, upTo) => missed.readEarlier(this.path(), after, upTo, epoch, alive);
   }
 
-  #path() {
+  path() {
     return `/api/v1/sessions/${encodeURIComponent(this.id)}`;
   }
 
@@ -350,14 +288,14 @@ class SessionView {
    * The session ended: say so, and show its metadata (as given, else as read).
    * @param {string} reason @param {any} [metadata] @returns {HTMLElement} the tail's line
    */
-  #ended(reason, metadata) {
-    this.#setConnState("closed");
+  ended(reason, metadata) {
+    this.setConnState("closed");
     this.reconnects?.noteEnd();
     const line = this.tail.note(`Session closed: ${reason}`);
     detached(this.presence, this.actions, true);
     if (metadata !== undefined) this.#showMeta(metadata);
     else
-      void getJson(this.#path(), { limit: 1 }, { alive: () => this.alive }) // its metadata
+      void getJson(this.path(), { limit: 1 }, { alive: () => this.alive }) // its metadata
         .then((stored) => {
           if (this.alive) this.#showMeta(stored.metadata);
         })
@@ -372,14 +310,14 @@ class SessionView {
    * @param {boolean} [opening] the page was refused as it opened, nothing shown yet
    */
   #refused(error, opening = false) {
-    this.#setConnState("refused"); // not "closed": the session may well be live
+    this.setConnState("refused"); // not "closed": the session may well be live
     notice(this.status, refusalText(error));
     // No session to show this token (403, 404): empty cards would say there is one.
     if (opening && deniesSession(error)) this.cards.remove();
   }
 
   /** @param {string} state */
-  #setConnState(state) {
+  setConnState(state) {
     setBadge(this.connState, state, this.client?.reconnects ?? 0);
   }
 
