@@ -51,7 +51,7 @@ from .browser_soak_checks import (
     check_tail,
     get_json,
     growth,
-    max_blocks,
+    projected_at_bound,
     read_log,
 )
 from .browser_soak_pages import (
@@ -73,7 +73,10 @@ CATCH_UP = 120.0  # seconds the pages may take to catch up once the chaos stoppe
 CLICK_PATIENCE = 30.0  # seconds a click's effect may take (a restart may be under way)
 # The last seq the console's tail shows.
 SHOWN_LAST_SEQ = "() => Number(document.getElementById('tail')?.dataset.lastSeq ?? 0)"
-FIELDS = ("heap_mb", "dom_heap_mb", "nodes", "listeners", "timers", "sockets", "tailBlocks")
+FIELDS = (
+    *("heap_mb", "dom_heap_mb", "nodes", "listeners", "timers", "sockets"),
+    *("tailBlocks", "tailChars"),
+)
 
 
 class BrowserSoak:
@@ -329,15 +332,9 @@ class BrowserSoak:
             clicks = [s["click_ms"] for s in page.samples if "click_ms" in s]
             if clicks:
                 summary["click_ms_max"] = max(clicks)
-            last = page.samples[-1] if page.samples else {}
-            if last.get("tailBlocks"):
-                # What the tail would hold at its bound, as its blocks cost now.
-                blocks = max_blocks()
-                summary["projected_at_bound"] = {
-                    "blocks": blocks,
-                    "nodes": round(last["nodes"] / last["tailBlocks"] * blocks),
-                    "dom_heap_mb": round(last["dom_heap_mb"] / last["tailBlocks"] * blocks),
-                }
+            projected = projected_at_bound(page.samples[-1] if page.samples else {})
+            if projected is not None:
+                summary["projected_at_bound"] = projected
             pages[page.name] = summary
         self.figures["pages"] = pages
         self.figures["browser"] = self.browser_samples[:: max(1, len(self.browser_samples) // 12)]

@@ -56,10 +56,33 @@ def read_log(port: int, session_id: str) -> dict[int, dict[str, Any]]:
             return log
 
 
-def max_blocks() -> int:
-    """The console tail's bound on blocks, as tail.js has it."""
-    found = re.search(r"MAX_BLOCKS = ([0-9_]+)", TAIL_JS.read_text())
+def tail_bound(name: str) -> int:
+    """One of the console tail's bounds (``MAX_BLOCKS``, ``MAX_TAIL_CHARS``), as tail.js
+    has it."""
+    found = re.search(rf"{name} = ([0-9_]+)", TAIL_JS.read_text())
     return int(found.group(1).replace("_", "")) if found else 0
+
+
+def projected_at_bound(sample: dict[str, Any]) -> dict[str, Any] | None:
+    """What the console's tail would hold at its bound, as its blocks cost in
+    ``sample``: it stops at MAX_BLOCKS blocks or MAX_TAIL_CHARS characters, whichever
+    its blocks reach first at their size in the sample (``bound`` says which), and its
+    nodes and Blink heap are scaled by the blocks it would hold. None without blocks."""
+    blocks, chars = sample.get("tailBlocks"), sample.get("tailChars")
+    if not blocks or chars is None:
+        return None
+    max_blocks, max_chars = tail_bound("MAX_BLOCKS"), tail_bound("MAX_TAIL_CHARS")
+    per_block = chars / blocks
+    by_chars = max_chars / per_block if per_block > 0 else float("inf")
+    held = min(float(max_blocks), by_chars)
+    scale = held / blocks
+    return {
+        "bound": "blocks" if max_blocks <= by_chars else "characters",
+        "blocks": round(held),
+        "chars": round(per_block * held),
+        "nodes": round(sample["nodes"] * scale),
+        "dom_heap_mb": round(sample["dom_heap_mb"] * scale, 1),
+    }
 
 
 def digest(log: dict[int, dict[str, Any]]) -> int:

@@ -54,13 +54,16 @@
     let intervals = 0;
     for (const kind of pending.values()) if (kind === "interval") intervals += 1;
     const tail = document.getElementById("tail");
+    // The tail's blocks and their characters, as tail.js bounds them (its first line,
+    // which says which events it does not show, is not one).
+    const blocks = tail ? [...tail.querySelectorAll(":scope > .ev")] : null;
     return {
       timers: pending.size,
       intervals,
       sockets: open.size,
       socketsMade: made,
-      tailBlocks: tail ? tail.childElementCount : null,
-      tailChars: tail ? tail.textContent.length : null,
+      tailBlocks: blocks ? blocks.length : null,
+      tailChars: blocks ? blocks.reduce((n, b) => n + b.textContent.length, 0) : null,
       messages: document.querySelectorAll("#messages > li").length,
     };
   };
