@@ -1,8 +1,8 @@
 """The console's tail while its viewer is scrolled up through a long stream, in a real
 headless Chromium: it keeps more than its bound then (so that what they read stays),
 never more than twice it, in characters and in blocks, at any moment the page could
-be seen; and once the viewer is back at the end it holds its bound again, without
-waiting for the next event.
+be seen; a viewer whose block goes sees the one that followed it; and once the viewer
+is back at the end it holds its bound again, without waiting for the next event.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bamboo_session.protocol.client import BambooClient
 from tests.browser import eventually, watch_page
 from tests.console_support import console_url, ws_url
 from tests.support import run_server
-from tests.tail_support import BLOCKS, MAX_BLOCKS, MAX_TAIL_CHARS, at_end, next_frame
+from tests.tail_support import BLOCKS, IN_VIEW, MAX_BLOCKS, MAX_TAIL_CHARS, at_end, next_frame
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -36,7 +36,6 @@ WATCH_MOST = """el => {
     mostHeld.blocks = Math.max(mostHeld.blocks, blocks.length);
   }).observe(el, { childList: true, subtree: true, characterData: true });
 }"""
-TO_MIDDLE = "el => { el.scrollTop = el.scrollHeight / 2; }"
 
 
 async def held(tail: Any) -> tuple[int, int]:
@@ -47,11 +46,12 @@ async def held(tail: Any) -> tuple[int, int]:
 async def test_a_tail_scrolled_up_keeps_at_most_twice_its_bound_and_drops_to_it_at_the_end(
     browser: Any,
 ) -> None:
-    """310 steps, then the viewer scrolls to the middle of the tail and stays there
-    (scrolled back there after every 100 events) while 1,200 tokens of 1,000
-    characters (1.2 million) and then 700 steps arrive: the tail holds more than its
-    bound, up to twice it and never more, in characters and then in blocks. Scrolled to
-    the end, with no event after, it drops to its bound; it follows the end again."""
+    """310 steps, then the viewer scrolls to the middle of the tail and does not scroll
+    while 1,200 tokens of 1,000 characters (1.2 million) and then 700 steps arrive: the
+    tail holds more than its bound, up to twice it and never more, in characters and
+    then in blocks, and the viewer stays scrolled up. Scrolled to the end, with no event
+    after, it drops to its bound (before, it kept what it held until the next event); it
+    follows the end again."""
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "reading", create=True, role="agent")
         async with await connect as agent:
@@ -69,13 +69,15 @@ async def test_a_tail_scrolled_up_keeps_at_most_twice_its_bound_and_drops_to_it_
                     await asyncio.gather(*(agent.publish(event) for event in batch))
                     seq += len(batch)
                     await expect(tail).to_have_attribute("data-last-seq", str(seq))
-                    await tail.evaluate(TO_MIDDLE)
                     await next_frame(page)
-                    assert not await at_end(tail)
+                    assert not await at_end(tail), seq  # still scrolled up
 
-            await publish([AgentEvent.custom("step", {"i": i}) for i in range(310)])
+            steps = [AgentEvent.custom("step", {"i": i}) for i in range(310)]
+            await asyncio.gather(*(agent.publish(event) for event in steps))
+            seq = len(steps)
+            await expect(tail).to_have_attribute("data-last-seq", str(seq))
             assert await held(tail) <= (MAX_TAIL_CHARS, MAX_BLOCKS)
-            await tail.evaluate(TO_MIDDLE)
+            await tail.evaluate("el => { el.scrollTop = el.scrollHeight / 2; }")
             await next_frame(page)
             await tail.evaluate(WATCH_MOST)
             await publish([AgentEvent.token(f"{i:05d} " + "x" * 994) for i in range(1200)])
@@ -98,4 +100,44 @@ async def test_a_tail_scrolled_up_keeps_at_most_twice_its_bound_and_drops_to_it_
     # Back at the end: the bound, before and after the next event.
     assert at_the_end[0] <= MAX_TAIL_CHARS and at_the_end[1] <= MAX_BLOCKS, at_the_end
     assert after[0] <= MAX_TAIL_CHARS and after[1] <= MAX_BLOCKS, after
+    assert problems == []
+
+
+async def test_a_viewer_whose_block_goes_sees_what_followed_it(browser: Any) -> None:
+    """Scrolled up with step #21 at the top of the view, 320 steps arrive: the tail, past
+    twice its bound, drops #11-#30, the viewer's block among them. The first block in
+    view is then #31, the first kept after it, not far below (before, the view stayed
+    where it was in pixels, so what came into it was 10 blocks further on, #41)."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "passed", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/passed"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+
+            async def publish(start: int, end: int) -> None:
+                await asyncio.gather(
+                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
+                )
+
+            await publish(1, MAX_BLOCKS + 11)
+            tail = page.locator("#tail")
+            await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS + 10))
+            await expect(tail.locator(".ev-custom").first.locator(".seq")).to_have_text("#11")
+            await tail.evaluate(
+                """el => {
+                  const b = el.querySelector(':scope > .ev[data-from="21"]');
+                  el.scrollTop += b.getBoundingClientRect().top - el.getBoundingClientRect().top;
+                }"""
+            )
+            await next_frame(page)
+            assert (await tail.evaluate(IN_VIEW))[0] == 21
+            last = 2 * MAX_BLOCKS + 30
+            await publish(MAX_BLOCKS + 11, last + 1)
+            await expect(tail).to_have_attribute("data-last-seq", str(last))
+            await expect(tail.locator(".ev-custom").first.locator(".seq")).to_have_text("#31")
+            await next_frame(page)
+            assert (await tail.evaluate(IN_VIEW))[0] == 31
+            assert not await at_end(tail)
     assert problems == []

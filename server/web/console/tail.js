@@ -152,6 +152,7 @@ export class Tail {
       hidden = Math.max(hidden, Number(oldest.dataset.to ?? oldest.dataset.from ?? 0));
       if (oldest.dataset.result !== undefined)
         this.results.set(Number(oldest.dataset.from), Number(oldest.dataset.result));
+      if (this.frame?.anchor?.block === oldest) this.#passAnchor(this.frame.anchor, oldest);
       this.#drop(oldest);
     }
     if (hidden !== this.hidden) this.#hide(hidden);
@@ -303,7 +304,19 @@ export class Tail {
     else if (frame?.anchor && frame.anchor.block.parentElement === this.el) {
       const top = this.#top(frame.anchor.block);
       this.el.scrollTop += top - frame.anchor.top;
-    } // (a viewer whose block was dropped: its place went with it)
+    } // (a viewer whose block and every one after it were dropped: nothing to keep)
+  }
+
+  /** The block the viewer reads (`anchor`) goes: the one after it is kept where it was
+   * instead (how far below the one that goes it is does not change as blocks above go),
+   * so the view stays on what follows rather than jump by what went (to the end, even,
+   * which made the tail follow again and drop to its bound).
+   * @param {{ block: Element, top: number }} anchor @param {Element} block */
+  #passAnchor(anchor, block) {
+    const next = block.nextElementSibling;
+    if (next === null) return; // (the settle finds it gone: nothing to keep)
+    anchor.top += this.#top(next) - this.#top(block);
+    anchor.block = next;
   }
 
   /** The first block (not the first line) in view, and where it is in the view. */
