@@ -5,7 +5,8 @@ the WebSocket layer is built on this same API. Each live session is a
 :class:`SessionActor`, which the manager's :class:`ActorRegistry` spawns, evicts and
 retires (server/actors.py). The manager also creates the session a ``hello`` asks
 for (server/handshake.py resolves which one), closes and deletes sessions
-(server/endings.py), and relays other processes' presence notices.
+(server/endings.py); other processes' presence notices reach the actors through a
+PresenceRelay (server/presence_relay.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import AccessRefusal, Announce, Detach, RegisteredAgain, in_process_batch
+from .commands import AccessRefusal, Detach, in_process_batch
 from .creations import Creations
 from .endings import SessionEndings
 from .failures import ServerBusy
@@ -47,7 +48,8 @@ from .metrics import Metrics
 from .outbox import Outbox
 from .owed_states import OwedStates
 from .pages import PageReads
-from .presence import LOCAL, PresenceNotice, overlay_live, shared_presence
+from .presence import LOCAL, overlay_live, shared_presence
+from .presence_relay import PresenceRelay
 from .quotas import Admission, check_fields
 from .readiness import AppendHealth
 from .receiver import Receiver
@@ -80,7 +82,8 @@ class SessionManager:
         self.creations = Creations(self.stored_metadata, self.page_reads, storage.now)
         self.endings = SessionEndings(self.actors, storage, self.page_reads)
         # Session-wide presence when the store is shared by several processes.
-        self.shared_presence = shared_presence(storage, self._announce, self._registered_again)
+        relay = PresenceRelay(self.actors)  # other processes' notices, to the actors here
+        self.shared_presence = shared_presence(storage, relay.announce, relay.registered_again)
         self.owed_states = OwedStates(storage, self.shared_presence, self.actors.get)
         self.append_health.owed_states = self.owed_states  # retiring actors hand theirs there
         self.restart_park = RestartPark(storage)
@@ -367,18 +370,6 @@ class SessionManager:
 
     async def _overlay_live(self, found: list[SessionMetadata]) -> None:
         await overlay_live(found, self.shared_presence, self.actors.connections)
-
-    def _announce(self, notice: PresenceNotice) -> None:
-        """Another process's peer joined or left a session: its peers here hear it."""
-        actor = self.actors.get(notice.session_id)
-        if actor is not None and actor.accepting and actor.room.outboxes:
-            actor.post(
-                Announce(notice.connection_id, notice.role, notice.joined, notice.connections)
-            )
-
-    def _registered_again(self, session_id: str) -> None:
-        if (actor := self.actors.get(session_id)) is not None and actor.accepting:
-            actor.post(RegisteredAgain())
 
     # -- shutdown ----------------------------------------------------------------
 
