@@ -387,7 +387,12 @@ class SessionManager:
         finally:  # an outage under way is told, not lost, however the close ends
             self.append_health.failures.flush()
             self.append_health.command_failures.flush()
-        await self.owed_states.close()  # what is still owed then is not written
+        await self.owed_states.close()  # a last round; what is left, the store's to park
         await self.restart_park.park_at_stop()  # the states the closes above left
         if self.shared_presence is not None:
             await self.shared_presence.stop()
+        # Outages still on are told with their counts, which a call that works would have.
+        self.append_health.parked_looks.at_stop()
+        self.owed_states.outages.at_stop()
+        if self.shared_presence is not None:
+            self.shared_presence.outages.at_stop()

@@ -1,15 +1,18 @@
 """OutageLog: what the log says of a store's calls of some kinds while the store fails:
 the first failure of each kind is logged, the others only counted, until a call of
-that kind works again, which is said once, with how many failed meanwhile.
+that kind works again, which is said once, with how many failed meanwhile; or, should
+the process stop first, at its stop (:meth:`OutageLog.at_stop`), once.
 
 A store that fails (Redis away, or refusing writes; a full disk) fails every call of a
 kind that repeats: each presence heartbeat, each attach's join, each parked session's
 look. A line per call would flood the log just when an operator reads it (three or
 four lines a second per instance for presence, bench/redis_disk_full.py; a line per
 parked session per look, 10,000 sessions a look each), so an outage of each kind is
-two lines: when it began, and when it ended with its count. Presence (server/
-presence.py) and the parked sessions' looks (server/status.py, one log per process,
-the manager's) tell theirs so.
+two lines: when it began, and when it ended with its count (or, still on as the
+process stops, a line then with the count so far: else the log of a stopped instance
+told an outage's start and never how long it went on). Presence (server/presence.py),
+the parked sessions' looks (server/status.py, one log per process, the manager's) and
+the owed states (server/owed_states.py) tell theirs so.
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ class OutageLog:
             failed = self._failing.pop(kind, None)
             if failed is not None:
                 self._log.info(f"{self.subject} {kind} works again", failed=failed)
+
+    def at_stop(self) -> None:
+        """The process stops: each kind still failing is said, with how many of its
+        calls failed, once (its count is forgotten: a second stop says nothing)."""
+        failing, self._failing = self._failing, {}
+        for kind, failed in failing.items():
+            self._log.warning(f"{self.subject} {kind} still failing at stop", failed=failed)
 
     def failing(self, kind: str) -> int:
         """Calls of ``kind`` failed since the first of the outage under way (0: none)."""
