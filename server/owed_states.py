@@ -14,6 +14,16 @@ log tells the outage once, server/outage_log.py). Bounded in count and in bytes:
 either, a state is not kept (the log says so), and the store keeps what it has until
 the session's next attach, or on a store one process holds, the next start's park.
 
+A graceful stop writes what is still owed in one last round, within
+``LAST_ROUND_SECONDS`` (:meth:`OwedStates.close`; logged with how many were written
+and left). What is left then (the store still away), or at a kill, the store sets right
+itself: SQLite's next start parks what it holds ``active`` or ``idle``; on Redis, the
+sessions this process registered connections in stay recorded under its instance
+(persistence/redis/orphans.py) until a survivor's dead-instance sweep, or the next
+instance to start, parks them, a heartbeat after this process's last refresh. Not if
+Redis came back long enough for this process's heartbeat to run (each refresh drops
+its own entries past their deadline) but not a round (one a second) before it died.
+
 Each write is fenced as the actor's own would be, so that it never lands over what
 came since:
 - not while this process has an actor for the session again (spawned by a later
@@ -66,7 +76,10 @@ MAX_OWED_BYTES: Final = 16 * 1024 * 1024  # and bytes, as ENTRY_BYTES + ids coun
 # the two strings' headers (CPython 3.11, 64-bit: some 250 bytes; rounded up).
 ENTRY_BYTES: Final = 320
 WRITTEN_AT_ONCE: Final = 32  # writes under way at once in a round
+# Seconds a graceful stop gives its last round: a store that hangs holds the stop no longer.
+LAST_ROUND_SECONDS: Final = 3.0
 _PARKED_ONLY = (SessionState.ACTIVE, SessionState.IDLE)
+_LEFT_TO = "parked by the store's next start (SQLite), or a dead-instance sweep (Redis)"
 
 
 class _Owed:
@@ -127,13 +140,25 @@ class OwedStates:
                 self._rounds(), name="bamboo-owed-states", context=contextvars.Context()
             )
 
-    async def close(self) -> None:
-        """Stops the rounds; what is still owed is not written (the store's own
-        recovery at the next start, or the next attach, sets it right)."""
+    async def close(self, last_round: float = LAST_ROUND_SECONDS) -> None:
+        """Stops the rounds, after a last one within ``last_round`` seconds; what is
+        still owed then is left to the store's own recovery (module docstring)."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
+        if not self._owed:
+            return
+        owed, written = len(self._owed), self.written
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(last_round):  # not wait_for: 3.11's drops a cancel
+                await self.write_owed()
+        left = len(self._owed)
+        fields = {"owed": owed, "written": self.written - written, "left": left}
+        if left:
+            log.warning("owed states left at stop", **fields, then=_LEFT_TO)
+        else:
+            log.info("owed states written at stop", **fields)
 
     async def _rounds(self) -> None:
         try:

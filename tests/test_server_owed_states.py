@@ -18,7 +18,7 @@ from bamboo_session.protocol.models import SessionState
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for, start_redis_server
-from tests.support import attach, get, run_server
+from tests.support import attach, get, opened, run_server
 
 # Parked for a second, looked at every 0.3 s: an outage of a few seconds outlasts it.
 OPTIONS: dict[str, Any] = {"disconnect_retention": 1.0, "idle_timeout": 0.3}
@@ -132,5 +132,27 @@ async def test_an_attach_on_this_instance_after_the_outage_is_not_written_over(
 
             await eventually(dropped, timeout=20)
             assert await listed(server, "disconnected") == ["back"]
+    finally:
+        redis.stop()
+
+
+async def test_a_stop_writes_what_is_still_owed_in_a_last_round(tmp_path: Path) -> None:
+    """Redis back, and the server stops before a round wrote the state (no round runs
+    here but the stop's): its last round writes it, and says so. Read back after by a
+    store that sweeps nothing, so that only this server's write can have parked it."""
+    redis = start_redis_server(tmp_path / "redis")
+    try:
+        url = store_url(redis, tmp_path)
+        with capture_logs() as logs:
+            async with run_server(store=url, **OPTIONS) as server:
+                server.manager.owed_states.retry_every = 3600.0
+                await parked_through_an_outage(server, redis, "stopping")
+                await redis.start_in_loop()
+                assert await stored_state(server, "stopping") == "active"
+        (written,) = [e for e in logs if e["event"] == "owed states written at stop"]
+        assert (written["owed"], written["written"], written["left"]) == (1, 1, 0)
+        async with opened(url) as store:
+            metadata = await store.get_metadata("stopping")
+            assert metadata is not None and metadata.state == SessionState.DISCONNECTED
     finally:
         redis.stop()

@@ -1,0 +1,115 @@
+"""Sessions a ``serve`` process on Redis still owes ``disconnected`` as it stops (they
+were parked while Redis was away, past ``--disconnect-retention``: their actors
+retired owing the state, server/owed_states.py). The stop's last round cannot write
+them while Redis is still away, and says so; the sessions stay recorded under the
+stopped instance in Redis (presence.lua), and a survivor's dead-instance sweep, or the
+next instance to start, parks them once the stopped one's heartbeat lapsed. A user
+lists them ``disconnected``, not ``active`` until some later attach.
+
+Real processes throughout: a redis-server stopped and started again on its port with
+its append-only file, ``serve`` processes stopped by SIGTERM or SIGKILL by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.instances import eventually
+from tests.redis_server import RedisServer, prefix_for
+from tests.server_process import ServerProcess, assert_no_tracebacks
+
+SESSIONS = 5
+# Parked a second, looked at every 0.3 s; a 2 s heartbeat, so that the stopped
+# instance's sessions are swept within seconds, not the default 30.
+RETENTION = ("--disconnect-retention", "1", "--idle-timeout", "0.3")
+
+
+def http_text(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def no_live_actors(port: int) -> bool:
+    found = re.search(r"^bamboo_live_actors (\S+)$", http_text(port, "/metrics"), re.M)
+    assert found is not None
+    return float(found.group(1)) == 0
+
+
+def listed(port: int, state: str) -> set[str]:
+    page = json.loads(http_text(port, f"/api/v1/sessions?limit=1000&state={state}"))
+    return {metadata["id"] for metadata in page["sessions"]}
+
+
+async def attached(server: ServerProcess, session_id: str) -> ClientConnection:
+    ws = await connect(server.url(session_id), open_timeout=10)
+    await ws.send(json.dumps({"type": "hello", "create": True}))
+    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert frame["type"] == "welcome", frame
+    return ws
+
+
+def events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
+    return [record for record in server.log_records() if record["event"] == event]
+
+
+@pytest.mark.parametrize(
+    ("stop", "after"),
+    [("SIGTERM", "survivor"), ("SIGTERM", "restart"), ("SIGKILL", "survivor")],
+)
+async def test_states_owed_at_a_stop_with_redis_away_are_listed_disconnected_after(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, stop: str, after: str
+) -> None:
+    """Peers of five sessions leave while Redis is stopped; their actors retire owing
+    the park; the server stops (Redis still away); Redis starts again, then another
+    instance (``survivor``), or the stopped one again (``restart``): every session is
+    listed ``disconnected`` within a bounded wait."""
+    redis = start_redis("redis")
+    options = ("--store", redis.url(prefix=prefix_for(tmp_path), heartbeat=2), *RETENTION)
+    first = ServerProcess(tmp_path / "first", tmp_path / "first.log", *options)
+    await first.start_in_loop()
+    ids = [f"owed-{i}" for i in range(SESSIONS)]
+    try:
+        peers = [await attached(first, session_id) for session_id in ids]
+        redis.stop()
+        for peer in peers:
+            await peer.close()
+        # Every actor retired (each owing its park): none is left in memory.
+        await eventually(lambda: asyncio.to_thread(no_live_actors, first.port), timeout=30)
+        if stop == "SIGKILL":
+            first.kill()
+        else:
+            assert await asyncio.to_thread(first.stop) == 0
+            (left,) = events(first, "owed states left at stop")
+            assert (left["owed"], left["written"], left["left"]) == (SESSIONS, 0, SESSIONS)
+            assert left["level"] == "warning"
+            # The looks' outage, still on, is told with its count as the process stops.
+            (looks,) = events(first, "parked session look still failing at stop")
+            assert looks["failed"] >= 1
+            assert_no_tracebacks(first.log_records())
+        await redis.start_in_loop()
+        if after == "restart":
+            reader = first
+        else:
+            reader = ServerProcess(tmp_path / "second", tmp_path / "second.log", *options)
+        await reader.start_in_loop()
+        try:
+            def all_parked() -> bool:
+                return listed(reader.port, "disconnected") == set(ids)
+
+            await eventually(lambda: asyncio.to_thread(all_parked), timeout=30)
+            assert await asyncio.to_thread(listed, reader.port, "active") == set()
+            assert await asyncio.to_thread(listed, reader.port, "idle") == set()
+        finally:
+            reader.stop()
+    finally:
+        first.kill()
