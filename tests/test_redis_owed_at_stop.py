@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
