@@ -36,7 +36,9 @@ came since:
   failed too, their process's own queue, or should it die, the survivors' sweep). This
   process's own connections whose leave failed in the outage are left again first
   (``SharedPresence.leave_lingering``): else they would count until their heartbeat
-  deadline, and hold the write back;
+  deadline, and hold the write back. Those it could not remember (past its cap) do
+  count until then: while some may, a write they hold back is tried again, not taken
+  for another process's to write (which left the session ``active`` for good);
 - elsewhere, not over a write since the read that decided it
   (``unless_updated_since``).
 
@@ -250,7 +252,9 @@ class OwedStates:
         store = self.presence.store
         await self.presence.leave_lingering(session_id)  # its own, whose leave failed
         try:
-            _, parked = await store.park(session_id, epoch=owed.epoch)
+            count, parked = await store.park(session_id, epoch=owed.epoch)
         except SessionNotFound:
             return 0
+        if not parked and count and self.presence.unremembered_lately():
+            return None  # maybe this process's own, past its cap: they expire soon
         return int(parked)  # else others are attached: theirs to write (docstring)

@@ -18,12 +18,15 @@ heartbeat registers a connection whose join failed, and one whose leave failed e
 after the heartbeat, unless a later call for its session, once the store answers, leaves
 it again first (a leave that failed is remembered for a heartbeat: until then it would
 swell the session's count, and keep a state write that waits for no connection,
-server/owed_states.py, waiting). A store that fails (Redis away, or refusing writes:
-``MISCONF`` when its disk is full) fails every join and leave, each heartbeat and each
-sweep: the first failure of each kind is logged, the others only counted
-(server/outage_log.py), until a call of that kind works again, which is said once too. A
-warning per attach and per heartbeat would flood the log just when the store is in
-trouble (bench/redis_disk_full.py: three or four lines a second for each instance).
+server/owed_states.py, waiting). A bounded number of them (server/failed_leaves.py):
+past it, one more is not remembered, and the log says so once an outage (``failed
+presence leaves not remembered``); it counts until its deadline. A store that fails
+(Redis away, or refusing writes: ``MISCONF`` when its disk is full) fails every join
+and leave, each heartbeat and each sweep: the first failure of each kind is logged,
+the others only counted (server/outage_log.py), until a call of that kind works
+again, which is said once too (or, still failing, at the stop). A warning per attach
+and per heartbeat would flood the log just when the store is in trouble
+(bench/redis_disk_full.py: three or four lines a second for each instance).
 Without a PresenceStore (memory, jsonl, sqlite) the server has none of this, and each
 room counts its own connections.
 
@@ -39,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -49,11 +51,8 @@ from bamboo_session.persistence.presence import Held, PresenceNotice, PresenceSt
 from bamboo_session.protocol.models import SessionMetadata
 from bamboo_session.tasks import cancel_and_wait
 
+from .failed_leaves import FailedLeaves
 from .outage_log import OutageLog
-
-# Failed leaves remembered at most (SharedPresence._lingering), over every session: each
-# a connection id, a role and an epoch the server made, under 300 bytes with its slot.
-MAX_LINGERING = 65_536
 
 __all__ = [
     "LOCAL",
@@ -119,11 +118,10 @@ class SharedPresence(LocalPresence):
         # Kinds of call ("join", "leave", "heartbeat", "sweep") failing now: the first
         # failure of each logged, the others counted (server/outage_log.py).
         self.outages = OutageLog("presence", log)
-        # Connections whose leave the store failed, by session, oldest first, with when
-        # the last failed: the store counts them until their heartbeat deadline, which
-        # a write that waits for no connection would wait for (leave_lingering).
-        self._lingering: dict[str, tuple[float, list[tuple[str, str, str | None]]]] = {}
-        self._lingering_count = 0  # connections in it, over every session
+        # Connections whose leave the store failed: the store counts them until their
+        # heartbeat deadline, which a write that waits for no connection would wait
+        # for (leave_lingering).
+        self.failed_leaves = FailedLeaves(store.heartbeat)
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -206,8 +204,8 @@ class SharedPresence(LocalPresence):
         """Leave again the session's connections whose leave failed (the store away),
         before a write that waits for none to be left (server/owed_states.py): else
         they count until their heartbeat deadline. StorageError if it fails again."""
-        self._forget_lapsed()
-        lingering = self._pop_lingering(session_id)
+        self.failed_leaves.forget_lapsed()
+        lingering = self.failed_leaves.pop(session_id)
         if lingering is None:
             return
         failed_at, connections = lingering
@@ -219,48 +217,33 @@ class SharedPresence(LocalPresence):
                 with contextlib.suppress(SessionNotFound):
                     await self.store.leave_all(session_id, leaving, epoch=epoch)
         except StorageError:
-            if session_id not in self._lingering:
-                self._lingering[session_id] = (failed_at, connections)
-                self._lingering_count += len(connections)
+            self.failed_leaves.put_back(session_id, failed_at, connections)
             raise
 
     async def _lingering_left(self, session_id: str) -> None:
         """The session's connections whose leave failed, left again before a call
         whose count they would swell (quietly: that call fails alike)."""
-        if session_id in self._lingering:
+        if session_id in self.failed_leaves:
             with contextlib.suppress(StorageError):
                 await self.leave_lingering(session_id)
 
     def _linger(
         self, session_id: str, connections: Sequence[tuple[str, str]], epoch: str | None
     ) -> None:
-        """Remembers connections whose leave failed (bounded: past MAX_LINGERING, they
-        are left to their deadline), the session's moved last, as failed last."""
-        self._forget_lapsed()
-        _, held = self._pop_lingering(session_id) or (0.0, [])
-        room = MAX_LINGERING - self._lingering_count - len(held)
-        held.extend((c, role, epoch) for c, role in connections[: max(room, 0)])
-        if held:
-            self._lingering[session_id] = (time.monotonic(), held)
-            self._lingering_count += len(held)
+        """Remembers connections whose leave failed, as many as fit (FailedLeaves);
+        those that do not are told once an outage."""
+        left_out = self.failed_leaves.add(session_id, connections, epoch)
+        if left_out:
+            held = f"{self.failed_leaves.count} remembered, {left_out} more not"
+            message = "failed presence leaves not remembered: they count until the heartbeat"
+            self.outages.failed("remember", message, held)
+        else:
+            self.outages.worked("remember")
 
-    def _pop_lingering(
-        self, session_id: str
-    ) -> tuple[float, list[tuple[str, str, str | None]]] | None:
-        lingering = self._lingering.pop(session_id, None)
-        if lingering is not None:
-            self._lingering_count -= len(lingering[1])
-        return lingering
-
-    def _forget_lapsed(self) -> None:
-        """Forget failed leaves older than a heartbeat: the store dropped those itself
-        (a session's, by its last failure: its older ones have lapsed since, harmlessly)."""
-        lapsed = time.monotonic() - self.store.heartbeat
-        while self._lingering:
-            session_id, (failed_at, _) = next(iter(self._lingering.items()))
-            if failed_at > lapsed:
-                return
-            self._pop_lingering(session_id)
+    def unremembered_lately(self) -> bool:
+        """Whether the store may still count a connection of this process whose leave
+        failed and was not remembered (server/failed_leaves.py)."""
+        return self.failed_leaves.unremembered_lately()
 
     def _drop(self, session_id: str, connection_id: str) -> tuple[str, str | None] | None:
         """Forget a connection held; its ``(role, epoch)``, or None if not held."""

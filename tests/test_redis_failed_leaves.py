@@ -1,0 +1,70 @@
+"""The bound on this process's connections whose presence leave failed in a Redis
+outage (server/failed_leaves.py): past it, a failed leave is not remembered, the log
+says so once, and the store counts that connection until its heartbeat deadline. The
+session's owed park waits for them (tried again each round) rather than taking them
+for another instance's peers and dropping the write, which left it ``active``.
+
+A real redis-server, stopped and started again on its port; an in-process server
+whose cap is set low (the default is 65,536); what a user sees read over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from tests.instances import eventually
+from tests.redis_server import prefix_for, start_redis_server
+from tests.support import attach, get, run_server
+
+CAP = 2
+PEERS = 5  # of one session: 3 past the cap
+# Long enough that the connections not remembered still count once Redis is back
+# (their deadline: two thirds of a heartbeat after their leave at the soonest).
+HEARTBEAT = 15
+
+
+async def test_failed_leaves_past_the_cap_are_told_and_counted_until_their_deadline(
+    tmp_path: Path,
+) -> None:
+    redis = start_redis_server(tmp_path / "redis")
+    try:
+        url = redis.url(prefix=prefix_for(tmp_path), heartbeat=HEARTBEAT)
+        async with run_server(store=url, disconnect_retention=1.0, idle_timeout=0.3) as server:
+            manager = server.manager
+            presence = manager.shared_presence
+            assert presence is not None
+            presence.failed_leaves.max_count = CAP
+
+            async def seen() -> tuple[str, int]:
+                status, body = await get(server, "/api/v1/sessions/capped")
+                assert status == 200, body
+                return body["metadata"]["state"], body["metadata"]["connections"]
+
+            with capture_logs() as logs:
+                async with contextlib.AsyncExitStack() as peers:
+                    for _ in range(PEERS):
+                        await peers.enter_async_context(attach(server, "capped", create=True))
+                    assert await seen() == ("active", PEERS)
+                    redis.stop()
+                # Every leave failed: CAP remembered, the rest not, and the log says so once.
+                await eventually(lambda: manager.live_actor("capped") is None, timeout=20)
+                assert presence.failed_leaves.count == CAP
+                told = [e for e in logs if e["event"].startswith("failed presence leaves not")]
+                assert [e["error"] for e in told] == [f"{CAP} remembered, 1 more not"]
+                assert told[0]["log_level"] == "warning"
+                assert len(manager.owed_states) == 1
+
+                await redis.start_in_loop()
+                # The owed park's round leaves the remembered ones again; the others
+                # still count, and hold the park back, until their deadline.
+                await eventually(lambda: presence.failed_leaves.count == 0, timeout=10)
+                assert await seen() == ("active", PEERS - CAP)
+                assert len(manager.owed_states) == 1
+                await eventually(lambda: len(manager.owed_states) == 0, timeout=3 * HEARTBEAT)
+                assert await seen() == ("disconnected", 0)
+            assert len([e for e in logs if e["event"].startswith("failed presence leaves")]) == 1
+            assert [e["written"] for e in logs if e["event"] == "owed states written"] == [1]
+    finally:
+        redis.stop()
