@@ -102,6 +102,7 @@ async def test_states_owed_at_a_stop_with_redis_away_are_listed_disconnected_aft
             reader = ServerProcess(tmp_path / "second", tmp_path / "second.log", *options)
         await reader.start_in_loop()
         try:
+
             def all_parked() -> bool:
                 return listed(reader.port, "disconnected") == set(ids)
 
