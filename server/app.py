@@ -25,6 +25,7 @@ from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
+from .answer_admission import admit_answer
 from .arriving_frames import FRAME_SLACK, ArrivingFrames
 from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
@@ -52,13 +53,13 @@ from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
 from .replay_shares import ReplayShares
-from .responses import StreamedResponse, error_response, last_on_its_connection
+from .responses import error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
 from .store_stats import StoreStats, build_labels
 from .stored_caps import StoredCaps
 from .subprotocols import select_subprotocol
-from .unread_answers import SMALL_ANSWER_BYTES, UnreadAnswers, is_charged
+from .unread_answers import UnreadAnswers
 from .user_connections import LocalUserConnections, user_connections_for
 
 log = structlog.get_logger("bamboo_session.server")
@@ -305,39 +306,9 @@ class BambooServer:
             raise
         if response is None:
             return None
-        streamed = isinstance(response, StreamedResponse)
-        # The page the answer carries, if it is one: a body, or the first piece of a
-        # streamed answer (its later pieces are charged as they are read).
-        page = response.held if isinstance(response, StreamedResponse) else len(response.body)
-        if isinstance(response, StreamedResponse) and request.protocol != "HTTP/1.1":
-            # No Transfer-Encoding in an answer to HTTP/1.0 (RFC 9112 6.1): its body
-            # ends with the connection, and one cut short lacks its closing "]}".
-            del response.headers["Transfer-Encoding"]
-            response.chunked = False
-        if request.method == "HEAD" and (response.body or streamed):
-            # The same status and headers as a GET, without the body (RFC 9110 9.3.2):
-            # refused as the GET would be for the bytes it would hold, nothing charged
-            # and no room made (the answer holds none), so that a HEAD says what its
-            # GET would get, and reads no page a GET would be refused before.
-            if page > SMALL_ANSWER_BYTES:
-                share = self.unread_answers.share(peer.key)
-                response = share.refusal(page, make_room=False) or response
-            response = Response(response.status_code, response.reason_phrase, response.headers, b"")
-        elif isinstance(response, StreamedResponse) and response.pieces is not None:
-            # Its body follows its head, a piece at a time, each charged from its read
-            # on; its first piece, read already, is charged now, or refused as any
-            # answer that does not fit.
-            share = self.unread_answers.share(peer.key)
-            refusal = share.refusal(response.held)
-            if refusal is None:
-                share.charge(response.held)
-                config = self.config
-                page_timeout, close_timeout = config.answer_page_timeout, config.close_timeout
-                connection.stream_answer(share, response, page_timeout, close_timeout)
-            else:
-                response = refusal
-        elif is_charged(connection, response):
-            response = self.unread_answers.share(peer.key).admit(connection, response)
+        response, page = admit_answer(
+            self.unread_answers, self.config, connection, request, peer, response
+        )
         # The page was read (a HEAD's too): it costs its peer's reads whether the unread
         # answers let it out or refused it (429, 503). A refused read that cost nothing
         # could be had again and again: a peer that kept its part nearly full had some
