@@ -203,7 +203,8 @@ class SharedPresence(LocalPresence):
     async def leave_lingering(self, session_id: str) -> None:
         """Leave again the session's connections whose leave failed (the store away),
         before a write that waits for none to be left (server/owed_states.py): else
-        they count until their heartbeat deadline. StorageError if it fails again."""
+        they count until their heartbeat deadline. StorageError if it fails again (they
+        are remembered again, as when it is cancelled)."""
         self.failed_leaves.forget_lapsed()
         lingering = self.failed_leaves.pop(session_id)
         if lingering is None:
@@ -216,7 +217,10 @@ class SharedPresence(LocalPresence):
             for epoch, leaving in by_epoch.items():
                 with contextlib.suppress(SessionNotFound):
                     await self.store.leave_all(session_id, leaving, epoch=epoch)
-        except StorageError:
+        except (StorageError, asyncio.CancelledError):
+            # Cancelled too (a stop cancels the owed states' round): else the leave
+            # that may not have reached the store was forgotten, and the stop's last
+            # round took the connections for another process's, dropping the write.
             self.failed_leaves.put_back(session_id, failed_at, connections)
             raise
 
