@@ -9,14 +9,19 @@ whose cap is set low (the default is 65,536); what a user sees read over HTTP.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from bamboo_session.persistence.redis.storage import RedisStorage
+from bamboo_session.protocol.models import Session
+from bamboo_session.server.presence import SharedPresence
 from tests.instances import eventually
-from tests.redis_server import prefix_for, start_redis_server
-from tests.support import attach, get, run_server
+from tests.proxies import RedisProxy
+from tests.redis_server import RedisServer, prefix_for, start_redis_server
+from tests.support import attach, get, opened, run_server
 
 CAP = 2
 PEERS = 5  # of one session: 3 past the cap
@@ -68,3 +73,39 @@ async def test_failed_leaves_past_the_cap_are_told_and_counted_until_their_deadl
             assert [e["written"] for e in logs if e["event"] == "owed states written"] == [1]
     finally:
         redis.stop()
+
+
+async def test_a_failed_leave_whose_retry_is_cancelled_is_remembered_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A stop cancels the owed states' round, maybe in the middle of leaving again a
+    connection whose leave failed: it stays remembered, so the stop's last round
+    leaves it before the park (forgotten, the park counted it as another process's
+    and dropped the write). Redis runs the leave; its reply is held until after the
+    cancel (tests/proxies.py)."""
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    try:
+        async with opened(f"redis://127.0.0.1:{port}/0?prefix={prefix_for(tmp_path)}") as store:
+            assert isinstance(store, RedisStorage)
+            await store.create_session(Session.new("left"))
+            metadata = await store.get_metadata("left")
+            assert metadata is not None
+            epoch = metadata.epoch
+            assert await store.presence.join("left", "c1", "client", epoch=epoch) == 1
+            presence = SharedPresence(store.presence, lambda notice: None)
+            # As a leave that failed in an outage leaves it.
+            assert presence.failed_leaves.add("left", [("c1", "client")], epoch) == 0
+            proxy.hold_reply_to(b"leave")
+            leaving = asyncio.create_task(presence.leave_lingering("left"))
+            await eventually(lambda: proxy.replies_held == 1)
+            leaving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leaving
+            assert presence.failed_leaves.count == 1
+            proxy.release_replies()
+            assert await presence.count("left") == 0  # left again first, then counted
+            assert presence.failed_leaves.count == 0
+    finally:
+        proxy.release_replies()
+        await proxy.close()
