@@ -13,10 +13,20 @@ server's log lines from the stop to ``--settle`` seconds after the restart, by e
 how many the store still holds ``active`` or ``idle`` (a quiet session is ``idle`` after
 ``--look`` seconds).
 
+With ``--stop``, the server is stopped (SIGTERM) once the outage has lasted
+``--outage`` seconds: ``away``, before Redis starts again; ``back``, right after.
+Another ``serve`` process (a new instance) then starts on the store, and what is
+measured is how long the stop took, what its log said of the states still owed
+(``owed states ... at stop``: written, left), how many sessions the new instance
+lists ``disconnected`` as it starts (the keeper's among them), and how long after
+Redis's start until it lists them all (by then a sweep of dead instances may have
+parked what the stop left, a ``--heartbeat`` after the stopped one's last refresh).
+
 Which tree serves is the one ``python -m bamboo_session.server`` imports: run it twice,
 with PYTHONPATH set to each tree's import shim, for a before and an after.
 
     python -m bench.parked_outage --sessions 500 --outage 8 --retention 3
+    python -m bench.parked_outage --sessions 2000 --stop back --heartbeat 10 --settle 40
 """
 
 from __future__ import annotations
@@ -126,11 +136,11 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     redis.directory.mkdir()
     redis.start()
     log = work / "server.log"
-    url = f"redis://{HOST}:{redis.port}/0?prefix=bench"
-    server = bamboo_server(work / "data", log, "--store", url, "--log-level", "info")
-    server.argv += ["--disconnect-retention", str(args.retention)]
-    server.argv += ["--idle-timeout", str(args.look)]
+    url = f"redis://{HOST}:{redis.port}/0?prefix=bench&heartbeat={args.heartbeat:g}"
+    options = ["--disconnect-retention", str(args.retention), "--idle-timeout", str(args.look)]
+    server = bamboo_server(work / "data", log, "--store", url, "--log-level", "info", *options)
     server.start()
+    stop: dict[str, Any] = {}
     try:
         ids = [f"s{n}" for n in range(args.sessions)]
         await gather_bounded([leave(server.port, i, create=True) for i in ids], 32)
@@ -153,15 +163,27 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         redis.stop()
         await gather_bounded([ws.close() for ws in peers], 64)
         await asyncio.sleep(args.outage)
+        if args.stop == "away":
+            stop = stop_server(server, log)
         redis.start()
         back = time.monotonic()
+        if args.stop == "back":
+            stop = stop_server(server, log)
+        if args.stop != "none":  # a new instance reads, and sweeps what the stop left
+            await keeper.close()
+            server = bamboo_server(work / "data", work / "next.log", "--store", url, *options)
+            server.start()
+            stop["listed_as_next_starts"] = listed(server.port, "disconnected")
         reached = None
+        # Stopped, the keeper's session is parked too (by the stop, or what it left).
+        expected = args.sessions + (args.stop != "none")
         while time.monotonic() - back < args.settle:
-            if listed(server.port, "disconnected") == args.sessions and reached is None:
+            if listed(server.port, "disconnected") == expected and reached is None:
                 reached = time.monotonic() - back
             await asyncio.sleep(0.25)
         settled = datetime.now(UTC)
-        active = listed(server.port, "active") + listed(server.port, "idle") - 1  # keeper
+        keeper_count = 1 if args.stop == "none" else 0  # its session is active until then
+        active = listed(server.port, "active") + listed(server.port, "idle") - keeper_count
         await keeper.close()
     finally:
         server.terminate()
@@ -177,7 +199,21 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "events": dict(events.most_common()),
         "listed_disconnected_after_s": None if reached is None else round(reached, 2),
         "still_active_or_idle": active,
+        "stop": stop,
     }
+
+
+def stop_server(server: Any, log: Path) -> dict[str, Any]:
+    """SIGTERM and the wait for the exit: how long it took, and what the log said of
+    the states still owed."""
+    began = time.monotonic()
+    server.terminate()
+    taken: dict[str, Any] = {"seconds": round(time.monotonic() - began, 2)}
+    for line in log.read_bytes().splitlines():
+        record = json.loads(line) if line.startswith(b"{") else {}
+        if str(record.get("event", "")).startswith("owed states") and "at stop" in record["event"]:
+            taken |= {key: record[key] for key in ("event", "owed", "written", "left")}
+    return taken
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -198,6 +234,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--retention", type=float, default=2.0, help="--disconnect-retention")
     parser.add_argument("--look", type=float, default=1.0, help="--idle-timeout: a look each")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds watched after")
+    parser.add_argument("--heartbeat", type=float, default=30.0, help="the store's presence")
+    parser.add_argument("--stop", choices=("none", "away", "back"), default="none")
     add_common_args(parser)
     return parser.parse_args()
 
