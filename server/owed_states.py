@@ -38,7 +38,7 @@ came since:
   (``SharedPresence.leave_lingering``): else they would count until their heartbeat
   deadline, and hold the write back. Those it could not remember (past its cap) do
   count until then: while some may, a write they hold back is tried again, not taken
-  for another process's to write (which left the session ``active`` for good);
+  for another process's to write (which left it ``active`` until its next attach);
 - elsewhere, not over a write since the read that decided it
   (``unless_updated_since``).
 
@@ -108,6 +108,7 @@ class OwedStates:
         self.presence = presence
         self._live = live  # session id -> this process's actor of it, or None
         self.retry_every = retry_every
+        self.last_round = LAST_ROUND_SECONDS  # seconds a graceful stop gives what is owed
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -142,7 +143,7 @@ class OwedStates:
                 self._rounds(), name="bamboo-owed-states", context=contextvars.Context()
             )
 
-    async def close(self, last_round: float = LAST_ROUND_SECONDS) -> None:
+    async def close(self) -> None:
         """Stops the rounds, after a last one within ``last_round`` seconds; what is
         still owed then is left to the store's own recovery (module docstring)."""
         self._closed = True
@@ -153,7 +154,7 @@ class OwedStates:
             return
         owed, written = len(self._owed), self.written
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(last_round):  # not wait_for: 3.11's drops a cancel
+            async with asyncio.timeout(self.last_round):  # not wait_for: 3.11's drops a cancel
                 await self.write_owed()
         left = len(self._owed)
         fields = {"owed": owed, "written": self.written - written, "left": left}
@@ -195,6 +196,7 @@ class OwedStates:
                     outcome = 0
                 if outcome is not None:
                     written += outcome
+                    self.written += outcome  # as it goes: a stop's last round may be cut short
                     self._drop(session_id, owed)
             if failed is not None:
                 self.outages.failed("write", "writing an owed state failed", str(failed))
@@ -202,7 +204,6 @@ class OwedStates:
         else:
             self.outages.worked("write")  # a whole round without a failure
         if written:
-            self.written += written
             log.info("owed states written", written=written, owed=len(self._owed))
         return written
 

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.instances import eventually
+from tests.proxies import RedisProxy
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.support import attach, run_server
 
 SESSIONS = 5
 # Parked a second, looked at every 0.3 s; a 2 s heartbeat, so that the stopped
@@ -113,3 +116,33 @@ async def test_states_owed_at_a_stop_with_redis_away_are_listed_disconnected_aft
             reader.stop()
     finally:
         first.kill()
+
+
+async def test_the_last_round_of_a_stop_gives_up_after_its_bound(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis runs the owed park and its reply never comes (tests/proxies.py holds it):
+    the stop's last round gives up after its bound (half a second here; 3 s by
+    default), says what it left, and the stop goes on (a hang would fail the test)."""
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    try:
+        url = f"redis://127.0.0.1:{port}/0?prefix={prefix_for(tmp_path)}"
+        with capture_logs() as logs:
+            async with run_server(store=url, disconnect_retention=1.0, idle_timeout=0.3) as server:
+                owed = server.manager.owed_states
+                owed.retry_every = 3600.0  # no round but the stop's
+                owed.last_round = 0.5
+                async with attach(server, "held", create=True):
+                    proxy.refusing = True  # Redis unreachable: the park fails
+                    proxy.reset()
+                await eventually(lambda: server.manager.live_actor("held") is None, timeout=20)
+                assert len(owed) == 1
+                proxy.refusing = False
+                proxy.hold_reply_to(b"park")
+        (left,) = [e for e in logs if e["event"] == "owed states left at stop"]
+        assert (left["owed"], left["written"], left["left"]) == (1, 0, 1)
+        assert proxy.replies_held == 1
+    finally:
+        proxy.release_replies()
+        await proxy.close()
