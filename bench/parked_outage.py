@@ -209,10 +209,20 @@ def stop_server(server: Any, log: Path) -> dict[str, Any]:
     began = time.monotonic()
     server.terminate()
     taken: dict[str, Any] = {"seconds": round(time.monotonic() - began, 2)}
+    shutting_down = None
     for line in log.read_bytes().splitlines():
         record = json.loads(line) if line.startswith(b"{") else {}
-        if str(record.get("event", "")).startswith("owed states") and "at stop" in record["event"]:
+        event = str(record.get("event", ""))
+        if event == "shutting down":
+            shutting_down = datetime.fromisoformat(record["timestamp"])
+        if shutting_down is None:
+            continue
+        since = (datetime.fromisoformat(record["timestamp"]) - shutting_down).total_seconds()
+        if event.startswith("owed states") and "at stop" in event:
             taken |= {key: record[key] for key in ("event", "owed", "written", "left")}
+            taken["owed_line_s"] = round(since, 2)  # from "shutting down"
+        elif event == "stopped":
+            taken["stopped_line_s"] = round(since, 2)
     return taken
 
 
