@@ -7,10 +7,13 @@ part before the server would listen (``RestartPark.begin``), the settling of the
 garbage collector that ``serve`` does then (one full collection: server/cli.py), the
 whole park (its task), the store's close (the JSONL store's checkpoints of the parked
 sessions are written by then), and the largest gap between two turns of the event
-loop in each (how long a peer's frame could wait); then opens the store once more and
-counts what it holds ``disconnected``. ``--killed``: the JSONL store's index snapshot
-is removed before the open, as a ``kill -9`` leaves none (the open reads every
-checkpoint).
+loop in each (how long a peer's frame could wait); then starts once more on the store
+(the restart right after a stop whose close wrote the park's checkpoints: on JSONL
+they are dirty in the page cache then), timing its way to listening (open, park,
+settle) and its close, and counts what it holds ``disconnected``. Time to listening
+is the open, the park's part before listening and the settle. ``--killed``: the JSONL
+store's index snapshot is removed before the open, as a ``kill -9`` leaves none (the
+open reads every checkpoint).
 
 Run: ``python -m bench.restart_park [--store jsonl|sqlite] [--sessions 100000] [--killed]``
 """
@@ -76,6 +79,13 @@ async def fill(url: str, sessions: int) -> None:
         await storage.close()
 
 
+def open_sync_seconds(storage: Storage) -> str:
+    """How long the JSONL open's sync of the file system took, where it runs once the
+    open returned (persistence/jsonl/open_sync.py); before, it was part of the open."""
+    seconds = getattr(getattr(storage, "_open_sync", None), "seconds", None)
+    return "" if seconds is None else f", its syncfs {seconds:.2f} s after the open"
+
+
 class Stalls:
     """The longest gap between two turns of the loop since the last ``take``."""
 
@@ -112,6 +122,7 @@ async def measure(kind: str, sessions: int, killed: bool) -> None:
         listening = time.monotonic()
         before_stall = await stalls.take()
         settle_garbage_collector()  # as `serve` does (server/cli.py)
+        settled = time.monotonic()
         settle_stall = await stalls.take()
         if park.task is not None:
             await park.task
@@ -121,19 +132,36 @@ async def measure(kind: str, sessions: int, killed: bool) -> None:
         await storage.close()
         closed = time.monotonic()
         close_stall = await stalls.take()
-        stalls.task.cancel()
+        synced = open_sync_seconds(storage)
+        restarted = time.monotonic()
         storage = await open_storage(url, default_ttl=3600)
+        reopen_stall = await stalls.take()
+        reopened = time.monotonic()
+        again = RestartPark(storage)
+        await again.begin()
+        settle_garbage_collector()
+        relistening = time.monotonic()
+        relisten_stall = await stalls.take()
         kept = await storage.list_sessions(SessionFilter(state=SessionState.DISCONNECTED, limit=1))
+        reclosing = time.monotonic()
         await storage.close()
+        reclosed = time.monotonic()
+        reclose_stall = await stalls.take()
+        resynced = open_sync_seconds(storage)
+        stalls.task.cancel()
     print(
         f"{kind}{' killed' if killed else ''}: {sessions} sessions; "
+        f"to listening {settled - opened:.2f} s; "
         f"open {started - opened:.2f} s (stall {open_stall}), "
         f"park before listening {listening - started:.2f} s (stall {before_stall}), "
         f"serve's collector settled (stall {settle_stall}), "
         f"in all {done - started:.2f} s ({park.parked} parked, {left.total} left active; "
         f"longest stall once listening {park_stall}), "
-        f"close {closed - done:.2f} s (stall {close_stall}); "
-        f"reopened: {kept.total} disconnected"
+        f"close {closed - done:.2f} s (stall {close_stall}){synced}; "
+        f"restart after that close: open {reopened - restarted:.2f} s (stall {reopen_stall}), "
+        f"to listening {relistening - restarted:.2f} s (stall {relisten_stall}), "
+        f"{again.parked} parked, {kept.total} disconnected, "
+        f"close {reclosed - reclosing:.2f} s (stall {reclose_stall}){resynced}"
     )
 
 

@@ -3,7 +3,9 @@ real open, state writes (as a park makes them) and close (``strace``; skipped wh
 is missing or not allowed): the open syncs the file system once (``syncfs``), and no
 checkpoint file is synced on its own before its first write over a slot, which that
 sync made safe (checkpoint.py). A sync per file made the close after a park of 100,000
-sessions take 34 s.
+sessions take 34 s. That sync runs in a worker thread once the open returned
+(persistence/jsonl/open_sync.py): made to start late (strace delays its entry), the
+open returns before it does, and no first write goes over a slot before it returned.
 
 Whether the snapshot of a clean close is there (the slots read at the first write) or
 not (``kill -9``: the open read every checkpoint, and knows its slots). And where the
@@ -42,17 +44,21 @@ from bamboo_session.protocol.models import Session, SessionState
 
 SESSIONS = 5
 
+OPENED = "/bamboo-test-the-open-returned"
+
 WRITE_AND_CLOSE = f"""
-import asyncio, sys
+import asyncio, os, sys
 from bamboo_session.persistence import open_storage
-from bamboo_session.protocol.models import SessionState
+from bamboo_session.protocol.models import AgentEvent, SessionState
 
 async def main():
     storage = await open_storage(sys.argv[1])
-    print("sync failed:", storage.sync_failed, file=sys.stderr)
+    os.access({OPENED!r}, os.F_OK)  # a call in the trace: the open returned
     for number in range({SESSIONS}):  # written lazily: checkpointed by the close
         await storage.update_session_state(f"s{{number}}", SessionState(sys.argv[2]))
+    await storage.append_event("s0", AgentEvent.token("t"))  # through the WAL
     await storage.close()
+    print("sync failed:", storage.sync_failed, file=sys.stderr)
 
 asyncio.run(main())
 """
@@ -82,7 +88,7 @@ def traced(
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed: apt-get install strace")
     trace = tmp_path / "trace"
-    calls = "trace=fsync,fdatasync,syncfs,pwrite64,rename,renameat,renameat2"
+    calls = "trace=fsync,fdatasync,syncfs,pwrite64,rename,renameat,renameat2,access,faccessat2"
     child = [sys.executable, "-c", WRITE_AND_CLOSE, url, state.value]
     injected = ["-e", f"inject={inject}"] if inject else []
     run = subprocess.run(
@@ -94,7 +100,29 @@ def traced(
     if run.returncode != 0 and "ptrace" in run.stderr:
         pytest.skip(f"strace cannot trace here: {run.stderr.strip()}")
     assert run.returncode == 0, run.stderr
-    return trace.read_text().splitlines(), run.stderr
+    return as_done(trace.read_text().splitlines()), run.stderr
+
+
+def as_done(lines: list[str]) -> list[str]:
+    """strace's lines (``-f``: each led by its thread's id), a call that another
+    thread's calls cut in two (``<unfinished ...>``, then ``<... call resumed>``) made
+    whole again, in the place where it counts for a power cut: a write where it began
+    (its bytes may reach the file from then on), any other call where it returned (a
+    sync stands for nothing before that)."""
+    begun: dict[str, str] = {}
+    done = []
+    for line in lines:
+        if found := re.fullmatch(r"(\d+)\s+(.*) <unfinished \.\.\.>", line):
+            begun[found[1]] = found[2]
+            if found[2].startswith("pwrite64("):
+                done.append(line)
+        elif found := re.fullmatch(r"(\d+)\s+<\.\.\. (\w+) resumed>(.*)", line):
+            call = begun.pop(found[1])
+            if not call.startswith("pwrite64("):
+                done.append(f"{found[1]}  {call}{found[3]}")
+        else:
+            done.append(line)
+    return done
 
 
 def unsynced_together(*runs: list[str]) -> list[str]:
@@ -187,22 +215,62 @@ async def test_the_first_checkpoints_after_an_open_sync_no_file_of_their_own(
     assert await parked_after(url) == SESSIONS
 
 
+def returned_before(lines: list[str], first: str, then: str) -> bool:
+    """Whether the call ``first`` matches (its return: ``as_done``) comes before every
+    one ``then`` matches, and each is there."""
+    firsts = [n for n, line in enumerate(lines) if re.search(first, line)]
+    thens = [n for n, line in enumerate(lines) if re.search(then, line)]
+    return len(firsts) == 1 and bool(thens) and firsts[0] < min(thens)
+
+
+# Its entry put off (strace), so that the open, the state writes and the close all come
+# while it has not returned: what a slow disk makes of it (4.97 s after a close that
+# wrote 100,000 checkpoints). Not a timing the test waits for: nothing would be written
+# early if it were shorter, only no longer shown not to be.
+LATE = "syncfs:delay_enter=2s"
+OPEN_RETURNED = re.escape(OPENED)
+FIRST_WRITES = rf"pwrite64\({CHECKPOINT}"
+
+
+@pytest.mark.parametrize("snapshot", SNAPSHOTS)
+async def test_the_open_returns_before_its_sync_and_no_first_write_comes_before_it(
+    tmp_path: Path, snapshot: str
+) -> None:
+    url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
+    before = await killed_or_closed(tmp_path, url, snapshot)
+
+    lines, stderr = await asyncio.to_thread(traced, tmp_path, url, LATE)
+
+    assert unsynced_together(before, lines) == []  # what a power cut could find
+    assert "sync failed: False" in stderr
+    assert not list((tmp_path / "store" / "wal").iterdir())  # retired by the close
+    assert returned_before(lines, OPEN_RETURNED, STORE_SYNCED), "\n".join(lines)
+    assert returned_before(lines, STORE_SYNCED, FIRST_WRITES), "\n".join(lines)
+    assert own_syncs_before_first_writes(lines) == {str(n): False for n in range(SESSIONS)}
+    assert await parked_after(url) == SESSIONS
+
+
 @pytest.mark.parametrize("snapshot", SNAPSHOTS)
 async def test_a_failed_sync_of_the_file_system_syncs_each_file_before_its_first_write(
     tmp_path: Path, snapshot: str
 ) -> None:
-    """``syncfs`` fails (EIO: a writeback the kernel could not do, since the last look):
-    nothing is known on disk, so each checkpoint file is synced before a slot of it is
-    written over (its own sync reports its own failure, if it was its)."""
+    """``syncfs`` fails (EIO: a writeback the kernel could not do, since the last look),
+    once the open returned: nothing is known on disk, so each checkpoint file is synced
+    before a slot of it is written over (its own sync reports its own failure, if it
+    was its), and the store's syncs are distrusted as after any failed sync: every WAL
+    segment is kept for the next open (the gauge ``bamboo_store_sync_failed`` 1)."""
     url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
     before = await killed_or_closed(tmp_path, url, snapshot)
 
-    lines, stderr = await asyncio.to_thread(traced, tmp_path, url, "syncfs:error=EIO")
+    lines, stderr = await asyncio.to_thread(traced, tmp_path, url, f"{LATE}:error=EIO")
 
     assert unsynced_together(before, lines) == []  # what a power cut could find
-    assert [line for line in lines if "syncfs(" in line and "(INJECTED)" in line], lines
+    failed = r"syncfs\(.*\(INJECTED\)"
+    assert returned_before(lines, OPEN_RETURNED, failed), "\n".join(lines)
+    assert returned_before(lines, failed, FIRST_WRITES), "\n".join(lines)
     assert "could not sync the store's file system" in stderr
-    assert "sync failed: True" in stderr  # as after any failed sync: WAL kept, the gauge 1
+    assert "sync failed: True" in stderr
+    assert list((tmp_path / "store" / "wal").iterdir())  # kept for the next open
     assert own_syncs_before_first_writes(lines) == {str(n): True for n in range(SESSIONS)}
     assert await parked_after(url) == SESSIONS
 
@@ -267,6 +335,15 @@ def test_the_power_cut_reading_of_the_calls() -> None:
     assert unsynced_together([first], [synced, other]) == []
     assert unsynced_together([first], [store_synced, other]) == []
     assert unsynced_together([first, first, first]) == []
+    # A sync counts where it returned, a write where it began.
+    begun = "1  syncfs(3</s/sessions> <unfinished ...>"
+    write_begun = f'2  pwrite64(7<{path}>, "{{\\"gen\\"..."..., 512, 0 <unfinished ...>'
+    returned = "1  <... syncfs resumed>)    = 0"
+    write_returned = "2  <... pwrite64 resumed>)    = 512"
+    cut = as_done([begun, write_begun, returned, write_returned])
+    assert cut == [write_begun, "1  syncfs(3</s/sessions>)    = 0"]
+    assert unsynced_together([first], cut) == [write_begun]
+    assert unsynced_together([first], as_done([begun, returned, other])) == []
 
 
 MOUNTINFO = """\

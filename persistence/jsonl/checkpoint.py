@@ -16,10 +16,11 @@ whatever a crash cuts short, one whole slot is left:
 - a durable one (a session closed or expired, metadata imported) is that ``pwrite``
   plus ``fdatasync``, after which its slot is the synced one;
 - the first write after an open does not know which slot is on disk, so it syncs the
-  file first and then treats the newest slot as the synced one; unless the open synced
-  the whole file system (``syncfs``, on Linux: one call, not 100,000), after which
-  every file on it as it found it is on disk (where one sync can stand for the files':
-  ``fs_sync.py``);
+  file first and then treats the newest slot as the synced one; unless the open's sync
+  of the whole file system (``syncfs``, on Linux: one call, not 100,000) returned
+  first, after which every file on it as the open found it is on disk (where one sync
+  can stand for the files': ``fs_sync.py``). That sync runs in a worker thread once
+  the open returned, and the first write waits for it (``open_sync.py``);
 - a checkpoint grown past its slot's size is written as a new, larger file (atomic and
   durable).
 
@@ -243,8 +244,8 @@ def update(
     """Write ``checkpoint`` over the slot that is not known to be on disk; with
     ``durable``, on disk when this returns. ``slots``: what the last write returned
     (None after an open). ``on_disk``: the file as it is was synced since its last
-    write (the open synced the file system), so its newest slot needs no sync of its
-    own. FileNotFoundError when the file is gone (a session deleted meanwhile)."""
+    write (the open's sync of the file system returned), so its newest slot needs no
+    sync of its own. FileNotFoundError when the file is gone (a session deleted meanwhile)."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         if slots is None or slots.synced is None:

@@ -14,6 +14,10 @@ the loop's work and a thread's each, written one by one (bench/restart_park.py).
 Durable checkpoints are for what no log line can bring back: a session's creation
 (``create``) and its moves to ``closed`` or ``expired``, and imported metadata
 (``write(durable=True)``); they are on disk when they return.
+
+A file's first write after the open waits for the open's sync of the file system
+(``open_sync.py``), before it takes anything of the record: it goes over a slot only
+once the other one is known on disk, by that sync or by its own file's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from . import checkpoint, message_index
 from .checkpoint import Checkpoint, Coverage, FileStamp, SlotFile
 from .config import JsonlStorageConfig
 from .files import fsync_dir
+from .open_sync import OpenSync
 from .reads import HistoryReader
 from .record import SessionRecord, check_settled
 from .tasks import FileJobs, to_completion
@@ -55,6 +60,7 @@ class Checkpointer:
         history: HistoryReader,
         spawn: Spawn,
         jobs: FileJobs,
+        open_sync: OpenSync,
     ) -> None:
         self.config = config
         self.layout = config.layout
@@ -62,6 +68,7 @@ class Checkpointer:
         self._history = history
         self._spawn = spawn
         self._jobs = jobs
+        self._open_sync = open_sync
         self.dirty: set[str] = set()
 
     # -- what the storage reports ----------------------------------------------------
@@ -121,6 +128,8 @@ class Checkpointer:
 
     async def _write(self, record: SessionRecord, durable: bool) -> None:
         session_id = record.session_id
+        if record.found_on_disk:
+            await self._open_sync.settled()
         async with record.checkpoint_lock():
             if self._records.get(session_id) is not record:
                 return
@@ -140,8 +149,7 @@ class Checkpointer:
                 preamble=record.preamble,
             )  # fmt: skip
             record.meta_dirty = False
-            # Once written to (or maybe, if this fails), the file is no longer as found.
-            on_disk, record.found_on_disk = record.found_on_disk, False
+            on_disk = self._take_found_on_disk(record)
             try:
                 record.slots, record.stamp = await self._jobs.run(
                     checkpoint.update, self.layout.checkpoint(session_id), saved, record.slots,
@@ -153,6 +161,18 @@ class Checkpointer:
             record.checkpoint_seq, record.checkpoint_offset = meta.last_seq, saved.log_offset
             if not record.is_dirty():
                 self.dirty.discard(session_id)
+
+    def _take_found_on_disk(self, record: SessionRecord) -> bool:
+        """Whether the file is known on disk as the open found it, for its write now;
+        called once the open's sync returned (awaited before: this does not wait, so
+        the write cannot be cancelled between the two). Once written to (or maybe, if
+        the write fails), the file is no longer as found. Should that sync have failed,
+        nothing of the file is known on disk: its first write syncs it first."""
+        on_disk, record.found_on_disk = record.found_on_disk, False
+        if on_disk and not self._open_sync.succeeded:  # (failed, or, by a defect, pending)
+            record.slots = None  # (read again, and synced, by the write)
+            return False
+        return on_disk
 
     async def _flush_index(self, record: SessionRecord) -> None:
         """Append the pending message index entries to the file (derived data: a
@@ -216,6 +236,8 @@ class Checkpointer:
         one by one."""
         taken: list[tuple[SessionRecord, Checkpoint, bool]] = []
         others = []
+        if any((r := self._records.get(i)) is not None and r.found_on_disk for i in session_ids):
+            await self._open_sync.settled()  # before anything is taken: it may be cancelled
         for session_id in session_ids:
             record = self._records.get(session_id)
             if record is None or not record.is_dirty():
@@ -237,8 +259,7 @@ class Checkpointer:
                 index=record.index, preamble=record.preamble,
             )  # fmt: skip
             record.meta_dirty = False
-            on_disk, record.found_on_disk = record.found_on_disk, False
-            taken.append((record, saved, on_disk))
+            taken.append((record, saved, self._take_found_on_disk(record)))
         if taken:
             await to_completion(self._write_taken(taken))
         return others

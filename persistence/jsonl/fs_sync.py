@@ -21,7 +21,10 @@ synced before its first write, as before:
   to another file system) is synced on its own (the caller compares devices). A
   symlinked ``sessions/`` is no such case: the file system synced is its target's.
 
-A failed ``syncfs`` (OSError) is the caller's to log; it then syncs file by file.
+The store finds the device at its open (:func:`device_to_sync`, before it listens) and
+syncs it in a worker thread (:func:`sync_file_system`, ``open_sync.py``), off the way
+to listening. A failed ``syncfs`` (OSError) is the caller's to log; it then syncs file
+by file.
 Not covered, as ``fdatasync`` does not cover it either: a writeback error that another
 ``syncfs`` of the same file system (say ``sync -f``) saw before this open is reported
 to that caller only.
@@ -80,26 +83,42 @@ def why_not_at_once(device: int, release: str, mountinfo: str) -> str | None:
     return None
 
 
-def sync_file_system(directory: Path) -> int | None:
-    """Sync the file system ``directory`` is on, once, where that stands for a sync of
-    each of its files (the module's docstring): its device (``st_dev``), everything
-    written to it before now on disk. None where it does not: no ``syncfs`` (not
-    Linux), or (logged) an older Linux, another file system. OSError when it fails."""
+def device_to_sync(directory: Path) -> int | None:
+    """The device (``st_dev``) of the file system ``directory`` is on, if one ``syncfs``
+    of it stands for a sync of each of its files (the module's docstring). None where
+    it does not: no ``syncfs`` (not Linux), or (logged) an older Linux, another file
+    system. OSError when the directory cannot be opened."""
     if _syncfs is None:
         return None
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         device = os.fstat(fd).st_dev
-        why_not = why_not_at_once(device, os.uname().release, _mountinfo())
-        if why_not is not None:
-            log.info("checkpoint files are synced one by one at their first write: %s", why_not)
-            return None
+    finally:
+        os.close(fd)
+    why_not = why_not_at_once(device, os.uname().release, _mountinfo())
+    if why_not is not None:
+        log.info("checkpoint files are synced one by one at their first write: %s", why_not)
+        return None
+    return device
+
+
+def sync_file_system(directory: Path, device: int) -> bool:
+    """Sync the file system ``directory`` is on, once: True, everything written to it
+    before the call is on disk. False (logged) when ``directory`` is no longer on
+    ``device`` (:func:`device_to_sync`'s: an operator moved it meanwhile), so the sync
+    stands for nothing the caller knows of. OSError when it fails."""
+    assert _syncfs is not None, "device_to_sync found no syncfs"
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_dev != device:
+            log.warning("%s moved to another file system since the open: not synced", directory)
+            return False
         if _syncfs(fd) != 0:
             error = ctypes.get_errno()
             raise OSError(error, f"syncfs of {directory}: {os.strerror(error)}")
     finally:
         os.close(fd)
-    return device
+    return True
 
 
 def _mountinfo() -> str:

@@ -3,11 +3,11 @@
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
 time). Then the store's format is checked (``store_format.py``: a newer one is refused
 untouched, a store without the record gets it), recovery (``recovery.py``) runs in a
-worker thread, the file system is synced once (so that no checkpoint file on it needs a
-sync of its own before its first write over a slot: ``checkpoint.py``, where that holds:
-``fs_sync.py``), and its sessions become
-:class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
-the records.
+worker thread, the file system to sync once is found (so that no checkpoint file on it
+needs a sync of its own before its first write over a slot: ``checkpoint.py``, where
+that holds: ``fs_sync.py``; the sync runs once the open returned: ``open_sync.py``), and
+its sessions become :class:`~.record.SessionRecord` objects. A clean close writes the
+index snapshot from the records.
 
 Read-only (``JsonlStorageConfig.read_only``, ``open_storage(url, read_only=True)``) is
 for offline tools. It opens an existing store only (a directory without ``sessions/``
@@ -37,7 +37,7 @@ from ..base import StorageError, StorageLocked
 from ..flock import LockWording, StoreFlock
 from . import snapshot
 from .config import JsonlStorageConfig
-from .fs_sync import sync_file_system
+from .fs_sync import device_to_sync
 from .record import SessionRecord
 from .recovery import RecoveryReport, recover
 from .store_format import check_format
@@ -85,30 +85,29 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
             report = await asyncio.to_thread(recover, config)
         report.format = found
         if not config.read_only and report.sessions:
-            await asyncio.to_thread(_sync_checkpoints, config, report)
+            await asyncio.to_thread(_find_device_to_sync, config, report)
         return report
     except BaseException:
         lock_file.release()
         raise
 
 
-def _sync_checkpoints(config: JsonlStorageConfig, report: RecoveryReport) -> None:
-    """One sync of the file system of the checkpoints, so that each session's first
-    checkpoint after the open needs no sync of its file (checkpoint.py): after a
-    restart with 100,000 sessions to park, the close that wrote them took 34 s, a
-    ``fdatasync`` each. It writes whatever else is dirty on that file system too,
-    before the server listens. ``report.synced_device``: the device synced; None
-    where one sync cannot stand for those of the files (fs_sync.py), or when it fails:
-    then the first write of each file syncs it. A failure is a write the kernel could
-    not do since the last look (EIO, ENOSPC), maybe of this store's files: logged, and
-    the store's syncs are distrusted as after any failed sync (``sync_failed``)."""
+def _find_device_to_sync(config: JsonlStorageConfig, report: RecoveryReport) -> None:
+    """The device whose one sync (``syncfs``) stands for a sync of each checkpoint file
+    on it (``report.device_to_sync``), so that each session's first checkpoint after
+    the open needs no sync of its file (checkpoint.py): after a restart with 100,000
+    sessions to park, the close that wrote them took 34 s, a ``fdatasync`` each. The
+    sync itself runs once the open returned (``open_sync.py``). None where one sync
+    cannot stand for those of the files (fs_sync.py), or when the directory cannot be
+    opened: then the first write of each file syncs it, and the failure (a directory
+    of the store unreadable) is the store's failed sync (``sync_failed``), logged."""
     try:
-        report.synced_device = sync_file_system(config.layout.sessions)
+        report.device_to_sync = device_to_sync(config.layout.sessions)
     except OSError as exc:
         log.error(
-            "could not sync the store's file system (%s): a write to it failed since it "
-            "was last synced, maybe of what this store holds; its checkpoints are synced "
-            "file by file, and every WAL segment is kept until a restart (check the disk)",
+            "could not open the store's sessions directory to sync its file system (%s): "
+            "its checkpoints are synced file by file, and every WAL segment is kept "
+            "until a restart",
             exc,
         )
         report.file_system_sync_failed = True
@@ -137,7 +136,7 @@ def _make_directory(base: Path) -> None:
 def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:
     """The records of the sessions recovery found (it keeps none of them)."""
     found, report.sessions = report.sessions, []
-    synced = report.synced_device
+    to_sync = report.device_to_sync
     with gc_paused():
         for session in found:
             record = SessionRecord(
@@ -151,8 +150,9 @@ def records_of(report: RecoveryReport) -> Iterator[SessionRecord]:
                 session.stamp,
             )
             record.preamble_messages = session.preamble_messages
-            # On the device synced (or written, durably, by the open): as found, on disk.
-            if synced is not None and session.device in (None, synced):
+            # On the device the open syncs (or written, durably, by the open): as found,
+            # on disk once that sync returned (the first write waits: open_sync.py).
+            if to_sync is not None and session.device in (None, to_sync):
                 record.found_on_disk, record.slots = True, session.slots
             yield record
 

@@ -97,9 +97,11 @@ class SessionRecord:
         self.checkpoint_seq = checkpoint_seq
         self.checkpoint_offset = checkpoint_offset
         self.slots = slots  # None: not known yet (the first write finds out)
-        # The checkpoint file as the open found it is on disk (the open synced the file
-        # system it is on: fs_sync.py): the first write finds out which slot is newest
-        # without a sync of its own. Cleared by that write, whatever becomes of it.
+        # The checkpoint file as the open found it is on disk once the open's sync of
+        # the file system it is on returned (open_sync.py, fs_sync.py): the first write
+        # waits for it, then finds out which slot is newest without a sync of its own
+        # (or, should it have failed, with one). Cleared by that write, whatever
+        # becomes of it.
         self.found_on_disk = False
         self.stamp = stamp
         self.meta_dirty = False  # metadata changed without a log append (state, activity)

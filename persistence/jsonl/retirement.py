@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .files import datasync, fsync_dir
@@ -36,6 +37,13 @@ class Retirement:
         self._queue: list[Segment] = []
         self.kept_bytes = 0  # of the segments in the queue
         self._task: asyncio.Task[None] | None = None
+        self._held_until: Callable[[], Awaitable[object]] | None = None
+
+    def hold_until(self, settled: Callable[[], Awaitable[object]]) -> None:
+        """No segment is deleted before ``settled()`` returned: the open's sync of the
+        file system (``open_sync.py``), whose failure stops retirement, as it did when
+        the open ran it before any segment could be retired."""
+        self._held_until = settled
 
     @property
     def stopped(self) -> bool:
@@ -69,6 +77,8 @@ class Retirement:
         synced. On failure the segment stays, and so do the newer ones, for the rest of
         this process (``LogFiles.sync_failed``): replayed at the next open."""
         loop = asyncio.get_running_loop()
+        if self._held_until is not None:
+            await self._held_until()
         while self._queue and not self._files.sync_failed:
             segment = self._queue[0]
             try:

@@ -60,7 +60,7 @@ class RecoveredSession:
     stamp: FileStamp | None = None
     preamble_messages: list[Message] | None = None  # read-only: not written anywhere
     # The checkpoint file's slots as read, its newest taken as the one on disk: true
-    # once the open synced the file system (RecoveryReport.synced_device).
+    # once the open's sync of the file system returned (RecoveryReport.device_to_sync).
     slots: SlotFile | None = None
     # The device of the checkpoint file as found (read or stat'ed, through a symlink);
     # None when the open wrote it (durably, in sessions/) or there is none.
@@ -84,10 +84,12 @@ class RecoveryReport:
     # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
     deletes_unfinished: int = 0
     format: int = 0  # the store's format (store_format.py), as the open found it
-    # The device whose file system the open synced once repaired (opening.py): every
+    # The device whose file system the open syncs once repaired (opening.py, in a
+    # worker thread once it returned: open_sync.py): once that sync returned, every
     # checkpoint file on it, as found, is on disk. None: no such sync (fs_sync.py).
-    synced_device: int | None = None
-    file_system_sync_failed: bool = False  # that sync failed: the store distrusts its syncs
+    device_to_sync: int | None = None
+    # The sessions directory could not be opened for it: the store distrusts its syncs.
+    file_system_sync_failed: bool = False
 
 
 class Directories:

@@ -47,6 +47,7 @@ from .config import JsonlStorageConfig
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
 from .membership import Membership
+from .open_sync import OpenSync
 from .opening import open_files, records_of, snapshot_entries, store_lock
 from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
@@ -71,8 +72,9 @@ class JsonlStorage(JsonlImports):
         super().__init__(config)  # the records, index, feed and caches reads use
         self._lock_file = store_lock(config)
         self._tasks = BackgroundTasks()
+        self._open_sync = OpenSync()  # of the checkpoints' file system, once open
         self._checkpoints = Checkpointer(
-            config, self._records, self._history, self._tasks.spawn, self._jobs
+            config, self._records, self._history, self._tasks.spawn, self._jobs, self._open_sync
         )
         self._appends = Appender(
             config,
@@ -118,6 +120,9 @@ class JsonlStorage(JsonlImports):
         self._writer.start()
         if self.recovery.file_system_sync_failed:  # (opening.py: as a failed sync here)
             self._writer.distrust_syncs()
+        if (device := self.recovery.device_to_sync) is not None:
+            self._writer.retirement.hold_until(self._open_sync.settled)
+            self._open_sync.start(self.layout.sessions, device, self._writer.distrust_syncs)
         loops: list[tuple[float, Callable[[], Awaitable[object]], str]] = [
             (self.config.checkpoint_interval, self._checkpoints.write_dirty, "checkpoints")
         ]
@@ -155,6 +160,7 @@ class JsonlStorage(JsonlImports):
                 await self._writer.flush()
                 await self._tasks.wait()
                 await self._checkpoints.write_dirty()
+                await self._open_sync.settled()  # (no thread of the store outlives it)
             finally:
                 await self._writer.close()
             # A session whose index entries alone failed is checkpointed all the same.
