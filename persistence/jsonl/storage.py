@@ -3,12 +3,13 @@
 Appends go through ``appends.py`` (seqs in call order, keys, the group-commit writer),
 checkpoints through ``checkpointer.py`` (off the acknowledgement path, but creation, a
 move to closed or expired, and imported metadata are on disk when they return); every
-read is :class:`~.queries.JsonlQueries`'s (through ``reads.py``), and every import
-(``SessionImport``) :class:`~.imports.JsonlImports`'s, its bases; the history is the
-log's ``message`` events. A session's files come and go through ``lifecycle.py``, what
-is kept of it in memory through ``membership.py``. Expired sessions (sliding TTL)
-refuse ``load_session``, histories and appends with :class:`SessionExpired`; their
-metadata and events stay readable until cleanup.
+read is :class:`~.queries.JsonlQueries`'s (through ``reads.py``), every import
+(``SessionImport``) :class:`~.imports.JsonlImports`'s, and deletes, cleanup, the
+restart's park and the damaged files :class:`~.upkeep.JsonlUpkeep`'s, its bases; the
+history is the log's ``message`` events. A session's files come and go through
+``lifecycle.py``, what is kept of it in memory through ``membership.py``. Expired
+sessions (sliding TTL) refuse ``load_session``, histories and appends with
+:class:`SessionExpired`; their metadata and events stay readable until cleanup.
 
 Read-only (``open_storage(url, read_only=True)``): no lock, nothing created, changed or
 repaired, every write refused; a best-effort view beside a running server
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Self
@@ -38,14 +39,12 @@ from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageEr
 from ..close_once import CloseOnce
 from ..feed import CLOSED
 from ..index import copy_metadata
-from ..parking import park_indexed
 from ..state_condition import check_condition, updated_since
 from . import snapshot
-from .appends import Appender, WalKeptFull
+from .appends import Appender
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
-from .imports import JsonlImports
-from .lifecycle import SessionFiles, remove_damaged
+from .lifecycle import SessionFiles
 from .membership import Membership
 from .open_sync import OpenSync
 from .opening import open_files, records_of, snapshot_entries, store_lock
@@ -53,6 +52,7 @@ from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
 from .store_format import FORMAT
 from .tasks import BackgroundTasks, every, to_completion
+from .upkeep import JsonlUpkeep
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 _FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
 
 
-class JsonlStorage(JsonlImports):
+class JsonlStorage(JsonlUpkeep):
     """Sessions, histories and event logs in plain files under one directory.
 
     Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
@@ -253,11 +253,6 @@ class JsonlStorage(JsonlImports):
             self._appends.deleted(old)
         self._members.admit(record, new_log=True)
 
-    async def delete_session(self, session_id: str) -> None:
-        self._require_writable()
-        self._record(session_id)
-        await self._remove(session_id)
-
     async def update_session_state(
         self,
         session_id: str,
@@ -297,35 +292,6 @@ class JsonlStorage(JsonlImports):
         record.meta.touch(self._clock.stamp())
         self._checkpoints.changed(record)
 
-    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
-        self._require_writable()  # ParksAttached (persistence/parking.py): written lazily
-        return park_indexed(self._index, self._clock, since, batch, self._checkpoints.changed_id)
-
-    async def cleanup_expired_sessions(self) -> int:
-        """Delete the expired sessions; one whose delete fails stays (it is as it was,
-        or its tombstone is finished by the next open), is logged, and is tried again
-        at the next round, after the others: in the order of the index, the same one
-        failing every round held up every session after it. Once the WAL kept since a
-        failed sync passes its bound no delete is made, and the round ends."""
-        self._require_writable()
-        now = self._clock.now()
-        expired = [meta.id for meta in self._index if meta.is_expired(now)]
-        removed = 0
-        for session_id in expired:
-            record = self._records.get(session_id)
-            if record is not None and record.meta.is_expired(now):
-                try:
-                    await self._remove(session_id)
-                except WalKeptFull:
-                    break  # (logged once: no delete is made until the next open)
-                except StorageError as exc:
-                    log.error("could not delete the expired session %r: %s", session_id, exc)
-                    continue
-                removed += 1
-        if removed:
-            log.info("removed %d expired sessions", removed)
-        return removed
-
     # -- events ---------------------------------------------------------------------
 
     async def append_event(
@@ -361,47 +327,6 @@ class JsonlStorage(JsonlImports):
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(record)
         return record
-
-    # -- damaged files --------------------------------------------------------------
-
-    async def damaged_files(self) -> list[Path]:
-        """Files kept aside because they held damage (not an ordinary crash's torn or
-        unacknowledged tail): for an operator to inspect, then clear."""
-        return await asyncio.to_thread(self.layout.damaged_files)
-
-    async def clear_damaged(self) -> list[Path]:
-        """Removes the files :meth:`damaged_files` lists; returns them."""
-        self._require_writable()
-        return await self._jobs.run(remove_damaged, self.layout)
-
-    # -- delete ---------------------------------------------------------------------
-
-    async def _remove(self, session_id: str) -> None:
-        """Forget the session, then delete its files once its queued appends and any
-        checkpoint in progress are done (so neither can recreate a file). Refused
-        before anything changes past the WAL's bound after a failed sync."""
-        self._appends.check_wal_kept()
-        record = self._members.forget(session_id)
-        self._appends.deleting_now(record)
-        try:
-            await self._files.delete(record)
-        except BaseException:
-            await self._restore(record)
-            raise
-        finally:
-            self._appends.deleted(record)
-
-    async def _restore(self, record: SessionRecord) -> None:
-        """After a delete (or a replacement) that failed: the session is still there on
-        disk (the WAL could not record its deletion, or its files stay), so it is in
-        memory and the index again, and the WAL cancels the deletion it may have
-        recorded: the caller is told the delete failed, so no open may finish it."""
-        session_id = record.session_id
-        if session_id not in self._records and self.layout.checkpoint(session_id).exists():
-            self._members.admit(record)
-            self._checkpoints.changed(record)
-            # Awaited at once: queued before any append to the session can be.
-            await self._files.cancel_deletion(record)
 
     # -- helpers --------------------------------------------------------------------
 

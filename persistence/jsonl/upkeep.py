@@ -1,0 +1,108 @@
+"""What the JSONL store does to its sessions besides serving them: deletes (one, or the
+expired ones at cleanup), and the undoing of one that failed; the park at a restart of
+what a dead server left attached (``ParksAttached``); the files kept aside as damaged.
+A base of :class:`~.storage.JsonlStorage`, which sets what it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+from ..base import StorageError
+from ..parking import park_indexed
+from .appends import WalKeptFull
+from .imports import JsonlImports
+from .lifecycle import SessionFiles, remove_damaged
+from .membership import Membership
+from .record import SessionRecord
+
+log = logging.getLogger(__name__)
+
+
+class JsonlUpkeep(JsonlImports):
+    """Deletes, cleanup, the restart's park and the damaged files, through the storage's
+    session files, membership, appender and checkpointer."""
+
+    _files: SessionFiles
+    _members: Membership
+
+    # -- deletes and cleanup --------------------------------------------------------
+
+    async def delete_session(self, session_id: str) -> None:
+        self._require_writable()
+        self._record(session_id)
+        await self._remove(session_id)
+
+    async def cleanup_expired_sessions(self) -> int:
+        """Delete the expired sessions; one whose delete fails stays (it is as it was,
+        or its tombstone is finished by the next open), is logged, and is tried again
+        at the next round, after the others: in the order of the index, the same one
+        failing every round held up every session after it. Once the WAL kept since a
+        failed sync passes its bound no delete is made, and the round ends."""
+        self._require_writable()
+        now = self._clock.now()
+        expired = [meta.id for meta in self._index if meta.is_expired(now)]
+        removed = 0
+        for session_id in expired:
+            record = self._records.get(session_id)
+            if record is not None and record.meta.is_expired(now):
+                try:
+                    await self._remove(session_id)
+                except WalKeptFull:
+                    break  # (logged once: no delete is made until the next open)
+                except StorageError as exc:
+                    log.error("could not delete the expired session %r: %s", session_id, exc)
+                    continue
+                removed += 1
+        if removed:
+            log.info("removed %d expired sessions", removed)
+        return removed
+
+    async def _remove(self, session_id: str) -> None:
+        """Forget the session, then delete its files once its queued appends and any
+        checkpoint in progress are done (so neither can recreate a file). Refused
+        before anything changes past the WAL's bound after a failed sync."""
+        self._appends.check_wal_kept()
+        record = self._members.forget(session_id)
+        self._appends.deleting_now(record)
+        try:
+            await self._files.delete(record)
+        except BaseException:
+            await self._restore(record)
+            raise
+        finally:
+            self._appends.deleted(record)
+
+    async def _restore(self, record: SessionRecord) -> None:
+        """After a delete (or a replacement) that failed: the session is still there on
+        disk (the WAL could not record its deletion, or its files stay), so it is in
+        memory and the index again, and the WAL cancels the deletion it may have
+        recorded: the caller is told the delete failed, so no open may finish it."""
+        session_id = record.session_id
+        if session_id not in self._records and self.layout.checkpoint(session_id).exists():
+            self._members.admit(record)
+            self._checkpoints.changed(record)
+            # Awaited at once: queued before any append to the session can be.
+            await self._files.cancel_deletion(record)
+
+    # -- the park at a restart ------------------------------------------------------
+
+    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+        self._require_writable()  # ParksAttached (persistence/parking.py): written lazily
+        return park_indexed(self._index, self._clock, since, batch, self._checkpoints.changed_id)
+
+    # -- damaged files --------------------------------------------------------------
+
+    async def damaged_files(self) -> list[Path]:
+        """Files kept aside because they held damage (not an ordinary crash's torn or
+        unacknowledged tail): for an operator to inspect, then clear."""
+        return await asyncio.to_thread(self.layout.damaged_files)
+
+    async def clear_damaged(self) -> list[Path]:
+        """Removes the files :meth:`damaged_files` lists; returns them."""
+        self._require_writable()
+        return await self._jobs.run(remove_damaged, self.layout)
