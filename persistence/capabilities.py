@@ -101,5 +101,6 @@ class ParksAttached(Protocol):
         expiry stay; a store that writes live states lazily writes these so too), each
         checked in the same step as its move, so that one written since (an attach)
         is left as that write left it. ``batch`` sessions at most per step, each step
-        yielding how many it parked; the caller's turns go between steps."""
+        yielding how many it parked; the caller's turns go between steps. In an order
+        of the store's choosing (persistence/parking.py says why none is promised)."""
         ...

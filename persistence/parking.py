@@ -10,6 +10,21 @@ state, up to a second a batch at 100,000 sessions (bench/RESULTS.md). Times are 
 store's clock's (persistence/clock.py), as ``update_session_state`` stamps and judges
 expiry by: a park is stamped later than every time the store holds, whatever the wall
 clock says after a restart.
+
+In no promised order (the index's sets; SQLite walks ``(created_at, id)``), where the
+listing path before the stores parked themselves (6345d73 to 14e2d77) went oldest
+``updated_at`` first: that order was its paging, not a promise (sorted so, the
+sessions written since the park began came last, where a page could stop, and only
+the expired ones stayed in front for the next page to skip), and neither the
+contract (``ParksAttached``) nor docs/protocol.md ever named one. No user sees the
+order: before the server listens nobody looks; once it listens, an attach to a
+session not parked yet spawns its actor, which holds it ``disconnected`` already
+(server/status.py ``held_state``) until the attach writes it, a write the park is
+fenced off from whenever its turn comes; a read or a listing during the park's
+seconds shows some still ``active`` or ``idle``, which ones mattering to no one (no
+connection holds any of them). A crash during it leaves the rest to the next start's
+park; on JSONL what reached the disk is what the checkpoints wrote, in their own
+order (the park's writes are lazy).
 """
 
 from __future__ import annotations

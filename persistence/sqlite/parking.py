@@ -3,7 +3,9 @@ step is one operation of the group-commit writer (``writer.py``), which parks th
 sessions of one state in the order of the ``sessions_by_state`` index, from where the
 step before ended (so the sessions a step leaves, expired or written since, are not
 read again): one ``UPDATE`` over that stretch of the index, its conditions checked
-against the rows as they are, this batch's writes included (written out first)."""
+against the rows as they are, this batch's writes included (written out first). Each
+state's oldest created first, which no caller relies on (persistence/parking.py says
+why no order is promised): an order by ``updated_at`` would take an index of its own."""
 
 from __future__ import annotations
 
