@@ -5,7 +5,8 @@ checkpoint file is synced on its own before its first write over a slot, which t
 sync made safe (checkpoint.py). A sync per file made the close after a park of 100,000
 sessions take 34 s. That sync runs in a worker thread once the open returned
 (persistence/jsonl/open_sync.py): made to start late (strace delays its entry), the
-open returns before it does, and no first write goes over a slot before it returned.
+open returns before it does, and the close's writes wait for it; a checkpoint written
+alone meanwhile (a session closed) syncs its own file first instead.
 
 Whether the snapshot of a clean close is there (the slots read at the first write) or
 not (``kill -9``: the open read every checkpoint, and knows its slots). And where the
@@ -56,7 +57,8 @@ async def main():
     os.access({OPENED!r}, os.F_OK)  # a call in the trace: the open returned
     for number in range({SESSIONS}):  # written lazily: checkpointed by the close
         await storage.update_session_state(f"s{{number}}", SessionState(sys.argv[2]))
-    await storage.append_event("s0", AgentEvent.token("t"))  # through the WAL
+    if sys.argv[2] != "closed":
+        await storage.append_event("s0", AgentEvent.token("t"))  # through the WAL
     await storage.close()
     print("sync failed:", storage.sync_failed, file=sys.stderr)
 
@@ -248,6 +250,25 @@ async def test_the_open_returns_before_its_sync_and_no_first_write_comes_before_
     assert returned_before(lines, STORE_SYNCED, FIRST_WRITES), "\n".join(lines)
     assert own_syncs_before_first_writes(lines) == {str(n): False for n in range(SESSIONS)}
     assert await parked_after(url) == SESSIONS
+
+
+async def test_a_checkpoint_written_alone_before_the_sync_returned_syncs_its_file(
+    tmp_path: Path,
+) -> None:
+    """Sessions closed while the open's sync has not returned: each close's checkpoint
+    is on disk when it returns, without waiting for the whole file system, so its file
+    is synced on its own before its first write over a slot."""
+    url = f"jsonl://{tmp_path / 'store'}?durability=fsync"
+    before = await killed_or_closed(tmp_path, url, SNAPSHOTS[0])
+
+    lines, stderr = await asyncio.to_thread(traced, tmp_path, url, LATE, SessionState.CLOSED)
+
+    assert unsynced_together(before, lines) == []  # what a power cut could find
+    assert "sync failed: False" in stderr
+    writes = [n for n, line in enumerate(lines) if re.search(FIRST_WRITES, line)]
+    synced = [n for n, line in enumerate(lines) if re.search(STORE_SYNCED, line)]
+    assert len(writes) == SESSIONS and max(writes) < synced[0], "\n".join(lines)  # no wait
+    assert own_syncs_before_first_writes(lines) == {str(n): True for n in range(SESSIONS)}
 
 
 @pytest.mark.parametrize("snapshot", SNAPSHOTS)

@@ -20,7 +20,7 @@ whatever a crash cuts short, one whole slot is left:
   of the whole file system (``syncfs``, on Linux: one call, not 100,000) returned
   first, after which every file on it as the open found it is on disk (where one sync
   can stand for the files': ``fs_sync.py``). That sync runs in a worker thread once
-  the open returned, and the first write waits for it (``open_sync.py``);
+  the open returned; a first write before it returned syncs its file (``open_sync.py``);
 - a checkpoint grown past its slot's size is written as a new, larger file (atomic and
   durable).
 

@@ -15,9 +15,12 @@ Durable checkpoints are for what no log line can bring back: a session's creatio
 (``create``) and its moves to ``closed`` or ``expired``, and imported metadata
 (``write(durable=True)``); they are on disk when they return.
 
-A file's first write after the open waits for the open's sync of the file system
-(``open_sync.py``), before it takes anything of the record: it goes over a slot only
-once the other one is known on disk, by that sync or by its own file's.
+A file's first write after the open goes over a slot only once the other one is known
+on disk: by the open's sync of the file system (``open_sync.py``), which the writes of
+many (``write_dirty``: a park's, a close's) wait for, or, for one written alone while
+that sync has not returned (a session closed right after a restart), by a sync of its
+own file first, as where no such sync is trusted: no single write waits seconds for
+the whole file system.
 """
 
 from __future__ import annotations
@@ -128,8 +131,6 @@ class Checkpointer:
 
     async def _write(self, record: SessionRecord, durable: bool) -> None:
         session_id = record.session_id
-        if record.found_on_disk:
-            await self._open_sync.settled()
         async with record.checkpoint_lock():
             if self._records.get(session_id) is not record:
                 return
@@ -163,14 +164,14 @@ class Checkpointer:
                 self.dirty.discard(session_id)
 
     def _take_found_on_disk(self, record: SessionRecord) -> bool:
-        """Whether the file is known on disk as the open found it, for its write now;
-        called once the open's sync returned (awaited before: this does not wait, so
-        the write cannot be cancelled between the two). Once written to (or maybe, if
-        the write fails), the file is no longer as found. Should that sync have failed,
-        nothing of the file is known on disk: its first write syncs it first."""
+        """Whether the file is known on disk as the open found it, for its write now
+        (no await here: nothing comes between this and the write). Once written to (or
+        maybe, if the write fails), the file is no longer as found. Unless the open's
+        sync returned and succeeded, nothing of the file is known on disk: the write
+        reads its slots again and syncs it first."""
         on_disk, record.found_on_disk = record.found_on_disk, False
-        if on_disk and not self._open_sync.succeeded:  # (failed, or, by a defect, pending)
-            record.slots = None  # (read again, and synced, by the write)
+        if on_disk and not self._open_sync.succeeded:  # (under way, or failed)
+            record.slots = None
             return False
         return on_disk
 
@@ -237,7 +238,9 @@ class Checkpointer:
         taken: list[tuple[SessionRecord, Checkpoint, bool]] = []
         others = []
         if any((r := self._records.get(i)) is not None and r.found_on_disk for i in session_ids):
-            await self._open_sync.settled()  # before anything is taken: it may be cancelled
+            # Many files' first writes: one sync of them all beats a sync each. Before
+            # anything is taken (the close cancels the periodic round).
+            await self._open_sync.settled()
         for session_id in session_ids:
             record = self._records.get(session_id)
             if record is None or not record.is_dirty():

@@ -8,10 +8,12 @@ before the open returned, it held the start up for as long as the kernel took to
 whatever was dirty on that file system: 0.30 s after a fill, 4.97 s right after a close
 that wrote 100,000 checkpoints (bench/RESULTS.md). Now the open returns at once, and:
 
-- a checkpoint's first write after the open waits for it (``Checkpointer``), and then
-  goes over the other slot with no sync of its file if it succeeded, or syncs its file
-  first if it did not (as where it is not run at all): no first write goes over a slot
-  whose counterpart is not known to be on disk;
+- no checkpoint file's first write after the open goes over a slot whose counterpart
+  is not known to be on disk (``Checkpointer``): the writes of many (``write_dirty``:
+  the park's, the close's) wait for this sync and then go with no sync of their files
+  if it succeeded; one written alone before it returned (a session closed or expired)
+  syncs its own file first, and so does every first write if it failed (as where it
+  is not run at all);
 - a failure is what it was when the open ran it: logged, and the store's syncs
   distrusted (``on_failure``: every WAL segment kept until a restart,
   ``bamboo_store_sync_failed`` 1); no WAL segment is deleted before the sync returned

@@ -98,9 +98,9 @@ class SessionRecord:
         self.checkpoint_offset = checkpoint_offset
         self.slots = slots  # None: not known yet (the first write finds out)
         # The checkpoint file as the open found it is on disk once the open's sync of
-        # the file system it is on returned (open_sync.py, fs_sync.py): the first write
-        # waits for it, then finds out which slot is newest without a sync of its own
-        # (or, should it have failed, with one). Cleared by that write, whatever
+        # the file system it is on returned (open_sync.py, fs_sync.py): a first write
+        # after that finds out which slot is newest without a sync of its own (one
+        # before it, or after it failed, with one). Cleared by that write, whatever
         # becomes of it.
         self.found_on_disk = False
         self.stamp = stamp
