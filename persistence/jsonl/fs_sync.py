@@ -25,6 +25,7 @@ The store finds the device at its open (:func:`device_to_sync`, before it listen
 syncs it in a worker thread (:func:`sync_file_system`, ``open_sync.py``), off the way
 to listening. A failed ``syncfs`` (OSError) is the caller's to log; it then syncs file
 by file.
+
 Not covered, as ``fdatasync`` does not cover it either: a writeback error that another
 ``syncfs`` of the same file system (say ``sync -f``) saw before this open is reported
 to that caller only.
