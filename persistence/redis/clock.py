@@ -1,7 +1,8 @@
 """RedisClock: Redis's clock as this process reads it (``RedisStorage.now``).
 
 A Redis store stamps ``updated_at``, ``last_activity_at``, ``expires_at`` and events'
-``ts`` with Redis's clock (``TIME`` in its scripts, common.lua ``clock``), and judges
+``ts`` with Redis's clock (``TIME`` in its scripts, common.lua ``clock``; a session
+made at this clock's ``now``, its ``created_at`` too, in create.lua), and judges
 expiry by it; every instance of the server reads those times, on machines whose clocks
 may be seconds or hours from Redis's. An instance that compared them with its own
 clock took a session for expired when Redis did not (4404 to every attach of a session
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How far a creator's clock may be from Redis's before a new session's times are Redis's:
+# How far the clock of a creator that gave a new session times of its own (an import's,
+# an embedder's) may be from Redis's before its activity and expiry are Redis's:
 # created by a clock an hour behind, with a TTL of an hour, it expired before its first
 # append; by one an hour ahead, it outlived its TTL by that hour.
 CREATOR_CLOCK_OFF: Final = timedelta(seconds=1)
@@ -60,17 +62,30 @@ class RedisClock:
         self._round_trip = 0.0  # of the reading taken, seconds
         self._taken_at = 0.0  # when, on the monotonic clock
         self._task: asyncio.Task[None] | None = None
+        # The last time ``now`` gave: a session made at it is made now, and create.lua
+        # stamps it with Redis's TIME itself (this reading is off by up to half a
+        # round trip, the TIME in the script by nothing).
+        self.last_given: datetime | None = None
 
     def now(self) -> datetime:
         """Redis's clock now, as last read (this machine's wall clock before any read)."""
         if self._offset is None:
-            return utcnow()
-        return datetime.fromtimestamp(time.monotonic() + self._offset, UTC)
+            now = utcnow()
+        else:
+            now = datetime.fromtimestamp(time.monotonic() + self._offset, UTC)
+        self.last_given = now
+        return now
+
+    def made_now(self, meta: SessionMetadata) -> bool:
+        """Whether a new session was made at this clock's ``now`` (``Session.new(...,
+        now=storage.now())``, as the server makes its sessions): then create.lua
+        stamps it with Redis's TIME; times given otherwise are the creator's."""
+        return meta.created_at == meta.updated_at == self.last_given
 
     def restamp(self, meta: SessionMetadata) -> None:
-        """A new session's activity (and expiry) at Redis's now, if the clock that
-        stamped it is more than ``CREATOR_CLOCK_OFF`` from Redis's; its ``created_at``
-        stays the creator's."""
+        """A new session of times of its own: its activity (and expiry) at Redis's
+        now, if the clock that stamped it is more than ``CREATOR_CLOCK_OFF`` from
+        Redis's; its ``created_at`` stays the creator's."""
         now = self.now()
         if abs(meta.updated_at - now) > CREATOR_CLOCK_OFF:
             meta.touch(now)

@@ -5,7 +5,14 @@
 -- the new one takes its place in this same script.
 -- KEYS: meta, log, keys, msgs, conns
 -- ARGV: id, index prefix, max sessions ('' : no limit), replace ('expired' or ''),
---       publish command ('' : the caller publishes), channel, then HSET field/value pairs
+--       publish command ('' : the caller publishes), channel, the creator's now ('' : the
+--       times are kept as given), then HSET field/value pairs
+-- Made now (the server's sessions: RedisClock.made_now), a session's times are Redis's:
+-- 'updated' becomes this script's TIME, and 'created', 'active' and 'expires' move with
+-- it (a TTL stays a TTL, a session made expired stays so), to the microsecond, not its
+-- creator's reading of Redis's clock (off by up to half a round trip). Never behind
+-- the replaced session's 'updated': an updated_since cursor that saw that one sees
+-- this one too, whatever Redis's clock did meanwhile.
 -- The epoch is stored with the store's generation token of now, if it has one
 -- (common.lua epoch_parts): served as given until that token changes.
 -- Returns the replaced session's epoch (or 1, if it had none) if it replaced an
@@ -13,7 +20,7 @@
 
 local meta = KEYS[1]
 local id, idx, max, replace, publish, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local old = redis.call('HMGET', meta, 'user', 'state', 'expires', 'epoch', 'bytes')
+local old = redis.call('HMGET', meta, 'user', 'state', 'expires', 'epoch', 'bytes', 'updated')
 local replaced = 0
 if old[2] then
   if replace ~= 'expired' or not has_expired(old[2], old[3], clock()) then fail('EXISTS') end
@@ -22,7 +29,18 @@ elseif max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then
   fail('FULL')
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[7] ~= '' then
+  local now = tonumber(clock())
+  if replaced ~= 0 and old[6] and tonumber(old[6]) >= now then now = tonumber(old[6]) + 1 end
+  local moved = now - tonumber(ARGV[7])
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if name == 'created' or name == 'updated' or name == 'active' or name == 'expires' then
+      fields[i + 1] = int(tonumber(fields[i + 1]) + moved)
+    end
+  end
+end
 local token = redis.call('HGET', idx .. 'generation', 'token')
 for i = 1, #fields, 2 do
   if fields[i] == 'epoch' and token and token ~= '' then

@@ -64,6 +64,7 @@ from .layout import (
     Layout,
     metadata_fields,
     metadata_from,
+    to_micros,
 )
 from .live import Live
 from .pool import CheckedPool
@@ -187,7 +188,9 @@ class RedisStorage(StoreReports):
         if meta.ttl is None and self.config.default_ttl is not None:
             meta.ttl = self.config.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
-        self.clock.restamp(meta)  # times by Redis's clock, as every later write's
+        made_now = self.clock.made_now(meta)  # then create.lua stamps it with TIME
+        if not made_now:
+            self.clock.restamp(meta)  # times by Redis's clock, as every later write's
         maximum = self.config.max_sessions
         channel = self.layout.channel(session_id)
         replaced = await self.redis.write(
@@ -200,6 +203,7 @@ class RedisStorage(StoreReports):
                 "expired" if replace_expired else "",
                 self.redis.publish,
                 channel,
+                to_micros(meta.updated_at) if made_now else "",
                 *metadata_fields(meta),
             ],
             notice=DELETED_NOTICE,  # published by the caller (replicas) only if replaced
