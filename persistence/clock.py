@@ -9,85 +9,132 @@ an event's ``ts`` came before the one it follows, and a server started with its 
 behind the times its store held took the sessions a dead server left ``active`` for
 written since its own start, and never parked them (server/restart_park.py; measured
 with bench/clock_jump.py, bench/RESULTS.md). So each time it gives is the wall
-clock's, or just past the newest time it gave or found stored (``saw``, from the
-store's open), when the wall clock is behind that: after a step back it stands still,
-a microsecond a stamp, until the wall clock catches up. Durations measured against
-it (a TTL's) then run late by at most the step, never early. Thread-safe: the SQLite
-store stamps on its writer's thread.
+clock's, or, when the wall clock is behind the newest time it gave or found stored
+(``saw``, from the store's open), one past that newest time.
 
-Held back by more than ``HELD_BACK_WARNING``, it says so once, until the wall clock
-has caught up: a clock an hour ahead for a moment (a machine that booted with it
-wrong, then NTP's step) leaves times an hour ahead in the store, and for that hour
-every new time is that one plus a few microseconds and no session expires; the log is
-where an operator learns why.
+Held ahead of the wall clock, it runs at ``HELD_RATE`` (half speed, on the monotonic
+clock) until the wall clock catches up, and each stamp is at least a microsecond past
+the one before. It stood still instead (a microsecond a stamp), and a clock a day
+ahead for a moment (a machine booted with it wrong, then NTP's step back) left a day of
+identical times: every event's ``ts`` and every session's activity the same instant,
+and, since expiry is judged by this clock, not one session expired that day. At half
+speed the times keep their order and their spacing (halved), sessions expire (TTLs
+run up to twice as long, late by at most the step, never early), and a step of G is
+absorbed in 2G: a day ahead, two days. Which clock was right cannot be told here (the
+wall clock stepped back wrongly, or wrong before and corrected): half speed is the
+middle between keeping the store's time and going back to the wall's. Durations
+measured against it run late, never early. Thread-safe: the SQLite store stamps on
+its writer's thread.
+
+Held back by more than ``HELD_BACK_WARNING``, it says so, with the gap and when the
+wall clock will have caught up, then again every ``WARN_EVERY`` seconds while it
+lasts, and once when it has caught up: the log is where an operator learns why times
+run ahead.
+
+A store that may lose, at a crash, a time it gave (JSONL's state moves, written
+lazily) keeps a ``mark``: told every time given, it keeps on disk a time past them all,
+which the store's next open ``saw`` (persistence/jsonl/clock_mark.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 from bamboo_session.protocol.models import utcnow
 
 log = logging.getLogger(__name__)
 
 _TICK: Final = timedelta(microseconds=1)  # the finest step a stored time shows
+_NO_STEP: Final = timedelta(0)
 # How far behind the newest time held the wall clock may be before it is said: past
 # NTP's slews and the microseconds a burst of stamps runs ahead, a step or a clock
 # that was wrong.
 HELD_BACK_WARNING: Final = timedelta(seconds=60)
+# How fast the clock runs, against the monotonic clock, while held ahead of the wall
+# clock: the wall clock gains 1 - HELD_RATE seconds a second on it.
+HELD_RATE: Final = 0.5
+WARN_EVERY: Final = 600.0  # seconds between two warnings while held back, monotonic
+
+
+class ClockMark(Protocol):
+    """Keeps, where a crash does not lose it, a time past every time given."""
+
+    def given(self, moment: datetime) -> None:
+        """``moment`` was given (on the thread that asked for it)."""
+        ...
 
 
 class StoreClock:
     """The wall clock, held to never give a time earlier than one it gave or saw."""
 
-    __slots__ = ("_held_back", "_lock", "_newest")
+    __slots__ = ("_held_since", "_lock", "_newest", "_warned_at", "mark")
 
     def __init__(self) -> None:
         self._newest = datetime.min.replace(tzinfo=UTC)
         self._lock = threading.Lock()
-        self._held_back = False  # said: the wall clock is far behind the newest time
+        # When the wall clock fell behind (monotonic), and the newest time then.
+        self._held_since: tuple[float, datetime] | None = None
+        self._warned_at: float | None = None  # the last warning (monotonic), if held back
+        self.mark: ClockMark | None = None
 
     def now(self) -> datetime:
         """The present on this clock, for comparing stored times with: never behind a
         time given before, and every stamp after it is later (a restart's fence)."""
-        wall = utcnow()
-        with self._lock:
-            if wall > self._newest:
-                self._newest = wall
-                self._held_back = False
-                return wall
-            now = self._newest
-        self._check_held_back(wall, now)
-        return now
+        return self._give(_NO_STEP)
 
     def stamp(self) -> datetime:
         """A time to store: later than every time stamped or seen before, so that a
         write is told from the one before it by its time alone (``updated_since``)."""
+        return self._give(_TICK)
+
+    def _give(self, step: timedelta) -> datetime:
         wall = utcnow()
         with self._lock:
             if wall > self._newest:
-                self._newest = wall
-                self._held_back = False
-                return wall
-            now = self._newest = self._newest + _TICK
-        self._check_held_back(wall, now)
-        return now
+                self._newest = given = wall
+                self._held_since = None
+                caught_up, self._warned_at = self._warned_at is not None, None
+                warn = False
+            else:
+                caught_up = False
+                given, warn = self._held(wall, step)
+        if warn:
+            self._warn(wall, given)
+        elif caught_up:
+            log.info("the store's clock has caught up with this machine's")
+        if self.mark is not None:
+            self.mark.given(given)
+        return given
 
-    def _check_held_back(self, wall: datetime, now: datetime) -> None:
-        """Says once, until the wall clock catches up, that it is far behind."""
-        if self._held_back or now - wall <= HELD_BACK_WARNING:
-            return
-        self._held_back = True
+    def _held(self, wall: datetime, step: timedelta) -> tuple[datetime, bool]:
+        """The time to give with the wall clock behind the newest (under the lock), and
+        whether to warn of it."""
+        moment = time.monotonic()
+        if self._held_since is None:
+            self._held_since = (moment, self._newest)
+        since, held = self._held_since
+        running = held + timedelta(seconds=(moment - since) * HELD_RATE)
+        self._newest = given = max(running, self._newest + step)
+        if given - wall <= HELD_BACK_WARNING:
+            return given, False
+        if self._warned_at is not None and moment - self._warned_at < WARN_EVERY:
+            return given, False
+        self._warned_at = moment
+        return given, True
+
+    def _warn(self, wall: datetime, given: datetime) -> None:
+        gap = given - wall
         log.warning(
             "the store holds times up to %s ahead of this machine's clock (the newest "
-            "%s): until the clock reaches it, new times are that one plus a "
-            "microsecond a write, and TTLs run late by as much (docs/protocol.md, "
-            "Clocks)",
-            now - wall,
-            now.isoformat(),
+            "%s): until the clock reaches it, in about %s, the store's clock runs at "
+            "half speed, and TTLs run late by up to as much (docs/protocol.md, Clocks)",
+            gap,
+            given.isoformat(),
+            gap / (1 - HELD_RATE),
         )
 
     def saw(self, *moments: datetime | None) -> None:
@@ -97,3 +144,4 @@ class StoreClock:
             for moment in moments:
                 if moment is not None and moment > self._newest:
                     self._newest = moment
+                    self._held_since = None  # held (if it is) from this one on
