@@ -168,6 +168,7 @@ def test_no_stray_files(tmp_path: Path) -> None:
     asyncio.run(scenario())
     names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert names == [
+        "CLOCK",
         "FORMAT",
         "LOCK",
         "events/s.idx",

@@ -6,6 +6,7 @@
     LOCK                    flock'ed while a storage has the store open for writing
                             (exclusive), or an offline reader (shared: migrate's source)
     FORMAT                  the store's format, {"format": 1}: a newer one is refused
+    CLOCK                   a time past every time the store's clock gave (clock_mark)
     sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
     sessions/<id>.preamble  history from the old format that has no log line (rare)
     events/<id>.jsonl       the event log, one StoredEvent per line: the truth
@@ -39,6 +40,8 @@ The modules, one concern each:
   ``tasks``: the storage's per-session state, its memory caches, its reads, its
   append path, its checkpoint scheduling, its sessions' files coming and going, and
   its work off the event loop;
+- ``clock_mark``: the mark of the store's clock on disk, which its next open starts
+  from (a state written lazily and lost at a crash was read at its time);
 - ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too),
   on ``imports`` (its side of ``SessionImport``), on ``queries``: what it holds in
   memory and every read.
