@@ -21,7 +21,7 @@ import redis.asyncio
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionExpired, SessionFilter, SortBy
-from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.redis_server import RedisServer, prefix_for
@@ -107,4 +107,29 @@ async def test_a_session_made_expired_stays_expired_at_redis_time(
             await storage.append_event("gone", AgentEvent.token("x"))
     finally:
         await admin.aclose()
+        await storage.close()
+
+
+async def test_a_session_made_in_place_of_an_expired_one_is_not_stamped_behind_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The expired session's ``updated_at`` an hour ahead of Redis's clock (Redis's
+    clock stepped back since): the new one under its id is stamped just past it, so
+    that a reader's ``updated_since`` cursor that saw the old one sees the new one."""
+    url = redis_server.url(prefix=prefix_for(tmp_path))
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        await storage.create_session(Session.new("s", ttl=60, now=storage.now()))
+        old = await storage.get_metadata("s")
+        assert old is not None
+        old.state = SessionState.EXPIRED
+        old.updated_at = storage.now() + timedelta(hours=1)
+        await storage.import_metadata(old)
+        session = Session.new("s", ttl=60, now=storage.now())
+        await storage.create_session(session, replace_expired=True)
+        new = await storage.get_metadata("s")
+        assert new is not None and new.epoch != old.epoch
+        assert new.updated_at == old.updated_at + timedelta(microseconds=1)
+        assert new.created_at == new.last_activity_at == new.updated_at
+    finally:
         await storage.close()
