@@ -31,9 +31,8 @@ wall clock will have caught up, then again every ``WARN_EVERY`` seconds while it
 lasts, and once when it has caught up: the log is where an operator learns why times
 run ahead.
 
-A store that may lose, at a crash, a time it gave (JSONL's state moves, written
-lazily) keeps a ``mark``: told every time given, it keeps on disk a time past them all,
-which the store's next open ``saw`` (persistence/jsonl/clock_mark.py).
+A store that may lose at a crash a time it gave (JSONL's state moves, written lazily)
+keeps it elsewhere too, for its next open to ``saw`` (persistence/jsonl/clock_mark.py).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import Final
 
 from bamboo_session.protocol.models import utcnow
 
@@ -60,18 +59,10 @@ HELD_RATE: Final = 0.5
 WARN_EVERY: Final = 600.0  # seconds between two warnings while held back, monotonic
 
 
-class ClockMark(Protocol):
-    """Keeps, where a crash does not lose it, a time past every time given."""
-
-    def given(self, moment: datetime) -> None:
-        """``moment`` was given (on the thread that asked for it)."""
-        ...
-
-
 class StoreClock:
     """The wall clock, held to never give a time earlier than one it gave or saw."""
 
-    __slots__ = ("_held_since", "_lock", "_newest", "_warned_at", "mark")
+    __slots__ = ("_held_since", "_lock", "_newest", "_warned_at")
 
     def __init__(self) -> None:
         self._newest = datetime.min.replace(tzinfo=UTC)
@@ -79,7 +70,6 @@ class StoreClock:
         # When the wall clock fell behind (monotonic), and the newest time then.
         self._held_since: tuple[float, datetime] | None = None
         self._warned_at: float | None = None  # the last warning (monotonic), if held back
-        self.mark: ClockMark | None = None
 
     def now(self) -> datetime:
         """The present on this clock, for comparing stored times with: never behind a
@@ -106,8 +96,6 @@ class StoreClock:
             self._warn(wall, given)
         elif caught_up:
             log.info("the store's clock has caught up with this machine's")
-        if self.mark is not None:
-            self.mark.given(given)
         return given
 
     def _held(self, wall: datetime, step: timedelta) -> tuple[datetime, bool]:

@@ -6,7 +6,7 @@
     LOCK                    flock'ed while a storage has the store open for writing
                             (exclusive), or an offline reader (shared: migrate's source)
     FORMAT                  the store's format, {"format": 1}: a newer one is refused
-    CLOCK                   a time past every time the store's clock gave (clock_mark)
+    CLOCK                   the time of the newest change written lazily (clock_mark)
     sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
     sessions/<id>.preamble  history from the old format that has no log line (rare)
     events/<id>.jsonl       the event log, one StoredEvent per line: the truth

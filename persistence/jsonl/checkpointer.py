@@ -21,6 +21,9 @@ many (``write_dirty``: a park's, a close's) wait for, or, for one written alone 
 that sync has not returned (a session closed right after a restart), by a sync of its
 own file first, as where no such sync is trusted: no single write waits seconds for
 the whole file system.
+
+Every lazy change's time goes to the store's clock mark (clock_mark.py) as it is made,
+which each round syncs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..base import StorageError
 from ..index import copy_metadata
 from . import checkpoint, message_index
 from .checkpoint import Checkpoint, Coverage, FileStamp, SlotFile
+from .clock_mark import ClockMarkFile
 from .config import JsonlStorageConfig
 from .files import fsync_dir
 from .open_sync import OpenSync
@@ -73,11 +77,14 @@ class Checkpointer:
         self._jobs = jobs
         self._open_sync = open_sync
         self.dirty: set[str] = set()
+        # The newest time of a change written lazily: the next open's clock starts there.
+        self.mark = ClockMarkFile(self.layout.base)
 
     # -- what the storage reports ----------------------------------------------------
 
     def changed(self, record: SessionRecord) -> None:
         """The session's metadata moved without a log line (state, activity)."""
+        self.mark.wrote(record.meta.updated_at)  # before the caller goes on
         record.meta_dirty = True
         self.dirty.add(record.session_id)
 
@@ -230,6 +237,7 @@ class Checkpointer:
                         log.exception("checkpoint of session %r failed", session_id)
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        await self._jobs.run(self.mark.sync)  # (its failure is the mark's own to say)
 
     async def _write_chunk(self, session_ids: list[str]) -> list[str]:
         """Checkpoints, in one thread job, those of the sessions whose checkpoint is

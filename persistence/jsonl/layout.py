@@ -6,8 +6,8 @@ file names, and reads names back into session ids.
     <base>/LOCK                   flock'ed while a storage has the store open for writing
                                   (exclusive), or an offline reader (shared)
     <base>/FORMAT                 the store's format, {"format": 1} (store_format.py)
-    <base>/CLOCK                  a time past every time the store's clock gave
-                                  (clock_mark.py)
+    <base>/CLOCK                  the time of the newest change written lazily, which
+                                  the next open's clock starts from (clock_mark.py)
     <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
     <base>/sessions/<id>.preamble history from the old format that has no log line
     <base>/sessions/<id>.json.replacing  the checkpoint of a session replacing an expired

@@ -43,7 +43,6 @@ from ..state_condition import check_condition, updated_since
 from . import snapshot
 from .appends import Appender
 from .checkpointer import Checkpointer
-from .clock_mark import start_mark, stop_mark
 from .config import JsonlStorageConfig
 from .lifecycle import SessionFiles
 from .membership import Membership
@@ -118,7 +117,7 @@ class JsonlStorage(JsonlUpkeep):
                 self._checkpoints.dirty.add(record.session_id)
         if self._read_only:
             return
-        await start_mark(self._clock, self.layout.base)  # (lazy states' times: clock_mark.py)
+        self._clock.saw(await asyncio.to_thread(self._checkpoints.mark.open))  # clock_mark.py
         self._writer.start()
         if self.recovery.file_system_sync_failed:  # (opening.py: as a failed sync here)
             self._writer.distrust_syncs()
@@ -174,8 +173,8 @@ class JsonlStorage(JsonlUpkeep):
             else:
                 log.error("%d sessions could not be checkpointed on close", len(behind))
         finally:
-            try:  # (past every time given, whatever the close reached)
-                await to_completion(stop_mark(self._clock))
+            try:  # (whatever the close reached)
+                await to_completion(asyncio.to_thread(self._checkpoints.mark.close))
             finally:
                 self._lock_file.release()
                 # Not waited for: a job of a disk that stalls would hold the close as long.
