@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +157,25 @@ async def test_a_mark_that_does_not_read_is_left_out(
         await storage.close()
     said = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert any("not a time: left out" in line for line in said), said
+
+
+async def test_an_older_time_written_lazily_does_not_move_the_mark_back(tmp_path: Path) -> None:
+    """The mark the last process left stands against an older time (an import's): the
+    lazy changes it stands for may be lost, and the next open starts from it."""
+    url = f"jsonl://{tmp_path}"
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        await storage.create_session(Session.new("s", now=storage.now()))
+        await storage.touch("s")
+        left = read_mark(tmp_path)
+    finally:
+        await storage.close()
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        metadata = await storage.get_metadata("s")
+        assert metadata is not None and left is not None
+        metadata.updated_at = metadata.last_activity_at = left - timedelta(days=1)
+        await storage.import_metadata(metadata)
+        assert read_mark(tmp_path) == left
+    finally:
+        await storage.close()

@@ -74,6 +74,8 @@ class ClockMarkFile:
         """The mark the store's last process left, if one reads; then the file opened
         (or created) for this one's. Blocking, on a thread."""
         left = read_mark(self._path.parent)
+        if left is not None:  # never written over with less: an older import's time
+            self._written = self._synced = left
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
