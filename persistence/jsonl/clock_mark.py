@@ -14,7 +14,8 @@ are in the log, which the open reads them back from.
 So each such change writes its time here, before the call returns: one ``pwrite`` of
 the same 21 bytes (a write a ``kill -9`` cannot tear, to the page cache: a couple of
 microseconds on the loop, once per state move or touch, once per batch of a park),
-only when later than the time written before. It is synced with each round of
+only when later than the time written before; its room is taken when the file is
+made, so that a disk that fills later still takes it. It is synced with each round of
 checkpoints and at the close, off the loop: a power loss may lose the marks since, as
 it loses the lazy changes themselves. The mark is the exact time (a mark kept ahead
 of the times given, written less often, started the clock ahead after every crash,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 MARK_NAME: Final = "CLOCK"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NEVER: Final = datetime.min.replace(tzinfo=UTC)
+_MARK_BYTES: Final = 21  # 20 digits and a newline
 
 
 def _micros(moment: datetime) -> int:
@@ -51,6 +53,7 @@ def read_mark(base: Path) -> datetime | None:
     except OSError as exc:
         log.warning("cannot read the store's clock mark %s: %s", path, exc)
         return None
+    text = text.strip(b"\0")  # (its room, taken at its making)
     if not text:
         return None  # made, and no change written lazily since
     try:
@@ -78,6 +81,8 @@ class ClockMarkFile:
             self._written = self._synced = left
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Its room taken now: a disk that fills later still takes every mark.
+            os.posix_fallocate(self._fd, 0, _MARK_BYTES)
         except OSError as exc:
             self._fail(exc)
         return left
