@@ -25,6 +25,7 @@ warned of once, and the store goes on without it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import UTC, datetime, timedelta
@@ -81,10 +82,13 @@ class ClockMarkFile:
             self._written = self._synced = left
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-            # Its room taken now: a disk that fills later still takes every mark.
-            os.posix_fallocate(self._fd, 0, _MARK_BYTES)
         except OSError as exc:
             self._fail(exc)
+            return left
+        # Its room taken now: a disk that fills later still takes every mark. (A full
+        # one takes none now: then the first mark tries.)
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(self._fd, 0, _MARK_BYTES)
         return left
 
     def wrote(self, moment: datetime) -> None:
