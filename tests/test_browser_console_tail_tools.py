@@ -15,10 +15,10 @@ import pytest
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.protocol.models import ToolResult
-from tests.browser import watch_page
+from tests.browser import eventually, watch_page
 from tests.console_support import DASH, console_url, ws_url
 from tests.support import run_server
-from tests.tail_support import MAX_BLOCKS, next_frame, show_earlier_until_all
+from tests.tail_support import MAX_BLOCKS, READ_DONE, next_frame, show_earlier_until_all
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -86,4 +86,43 @@ async def test_show_earlier_pairs_tool_calls_with_their_completions(browser: Any
                 "el => [...el.querySelectorAll(':scope > .ev')].map(b => Number(b.dataset.from))"
             )
     assert seqs == [1, 2, 3, 4, *range(6, MAX_BLOCKS + 5)]  # #5, #305, #306: in the calls'
+    assert problems == []
+
+
+async def test_a_call_show_earlier_leaves_out_keeps_its_result(browser: Any) -> None:
+    """Call x (#1), a step (#2), x's result (#3, 9,500 characters, into x's block), and
+    steps of 9,000 characters up to #112: the tail (MAX_TAIL_CHARS) keeps #58-#112.
+    "Show earlier" reads #1-#57 and has room for its steps but not for x's block with
+    its result: it leaves it out, and says event 1 is not shown. The next one reads #1
+    again: x with its result, which still does not fit. Before, the page left out took
+    x's result with it: the next read brought x back alone, running for good, and the
+    tail said it showed every event, #3 among them."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "tool-left", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/tool-left"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            big = {"t": "s" * 9_000}
+            await agent.publish(AgentEvent.tool_start("call-x", "tool_x", {}))
+            await agent.publish(AgentEvent.custom("step", big))
+            result = ToolResult(True, "r" * 9_500)
+            await agent.publish(AgentEvent.tool_complete("call-x", result))
+            for _ in range(4, 113):
+                await agent.publish(AgentEvent.custom("step", big))
+            tail = page.locator("#tail")
+            header = page.locator("#tail-earlier")
+            await expect(tail).to_have_attribute("data-last-seq", "112")
+            await expect(header).to_contain_text(f"Events 1{DASH}57 not shown")
+
+            await tail.evaluate("el => { el.scrollTop = 0; }")  # up, to "Show earlier"
+            await next_frame(page)
+            for _ in range(2):
+                await header.get_by_role("button", name="Show earlier").evaluate("b => b.click()")
+                await eventually(lambda: page.evaluate(READ_DONE), "the read of earlier events")
+                await next_frame(page)
+                assert await tail.evaluate(TOOLS) == []
+                await expect(header).to_contain_text("Event 1 not shown")
+            await expect(header).to_contain_text("the tail holds no more")
     assert problems == []

@@ -57,9 +57,10 @@ export class Tail {
   /** @type {ReadEvents | null} how "Show earlier" reads: none, no button */
   read = null;
   reading = false;
-  /** @type {Map<number, number>} the seq of a tool call whose block left the tail with
-   * its result in it while events between the two stayed, to the result's seq (which
-   * "Show earlier" reads with the call); at most the blocks the tail holds */
+  /** @type {Map<number, number>} the seq of a tool call whose block left the tail (or
+   * that "Show earlier" left out) with its result in it while events between the two
+   * stayed, to the result's seq (which "Show earlier" reads with the call); at most the
+   * blocks the tail holds and a page */
   results = new Map();
 
   /** @param {HTMLElement} el */
@@ -252,6 +253,12 @@ export class Tail {
       this.results.delete(Number(block.dataset.from)); // (read with its call)
     }
     this.chars = chars;
+    // A call left out with a result it holds: "Show earlier" reads that with the call
+    // (the result's seq may be past the events it then says are not shown).
+    for (const [block] of blocks.slice(0, from)) {
+      const result = block.dataset.result;
+      if (result !== undefined) this.results.set(Number(block.dataset.from), Number(result));
+    }
     for (const { call, next } of running) {
       if (next === null) this.blocks.adopt(call);
       else if (next.dataset.kind === "result") {
