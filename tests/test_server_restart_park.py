@@ -169,6 +169,19 @@ async def test_the_first_attach_to_a_session_stored_active_with_no_connection_re
         assert read["metadata"]["state"] == "disconnected"
 
 
+async def test_a_store_handed_in_is_not_parked_at_the_stop_either(storage: Storage) -> None:
+    """The stop parks only where the start did (``serve``'s own store): an embedder's
+    store keeps what the server found in it, as its start left it."""
+    await storage.create_session(Session.new("left", user_id="u1", ttl=3600))
+    await storage.update_session_state("left", SessionState.ACTIVE)
+    config = ServerConfig(host="127.0.0.1", port=0, log_format="console", rate_limit=0)
+    async with BambooServer(config, storage) as server:
+        status, read = await get(server, "/api/v1/sessions/left?limit=1")
+        assert (status, read["metadata"]["state"]) == (200, "active")
+    meta = await storage.get_metadata("left")
+    assert meta is not None and meta.state == SessionState.ACTIVE
+
+
 @pytest.mark.parametrize("kind", STORES)
 async def test_what_a_dead_server_stamped_ahead_of_the_restarts_clock_is_parked(
     kind: str, tmp_path: Path
