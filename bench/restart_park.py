@@ -13,9 +13,13 @@ they are dirty in the page cache then), timing its way to listening (open, park,
 settle) and its close, and counts what it holds ``disconnected``. Time to listening
 is the open, the park's part before listening and the settle. ``--killed``: the JSONL
 store's index snapshot is removed before the open, as a ``kill -9`` leaves none (the
-open reads every checkpoint).
+open reads every checkpoint). ``--at-stop``: the graceful stop's park instead
+(``park_at_stop``, after the actors retired, before the store closes): the same store
+closed as the stop did before it (no park), then opened again and closed after the
+stop's park, both timed.
 
-Run: ``python -m bench.restart_park [--store jsonl|sqlite] [--sessions 100000] [--killed]``
+Run: ``python -m bench.restart_park [--store jsonl|sqlite] [--sessions 100000] [--killed]
+[--at-stop]``
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--store", choices=("jsonl", "sqlite"), default="jsonl")
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--killed", action="store_true", help="no JSONL index snapshot")
+    parser.add_argument("--at-stop", action="store_true", help="the stop's park, not the start's")
     return parser.parse_args()
 
 
@@ -165,9 +170,48 @@ async def measure(kind: str, sessions: int, killed: bool) -> None:
     )
 
 
+async def measure_at_stop(kind: str, sessions: int) -> None:
+    """A stop of a store whose ``sessions`` are all left attached: its close alone (the
+    stop before ``park_at_stop``), then, opened again, the stop's park and its close."""
+    with tempfile.TemporaryDirectory() as directory:
+        url = store_url(kind, Path(directory))
+        await asyncio.to_thread(fill_in_child, url, sessions)
+        storage = await open_storage(url, default_ttl=3600)
+        stalls = Stalls()
+        stopping = time.monotonic()
+        await storage.close()
+        before = time.monotonic() - stopping
+        before_stall = await stalls.take()
+        storage = await open_storage(url, default_ttl=3600)
+        park = RestartPark(storage)
+        park.begun = True  # as `serve`'s start leaves it
+        await stalls.take()
+        stopping = time.monotonic()
+        await park.park_at_stop()
+        parked = time.monotonic()
+        park_stall = await stalls.take()
+        await storage.close()
+        closed = time.monotonic()
+        close_stall = await stalls.take()
+        stalls.task.cancel()
+        storage = await open_storage(url, default_ttl=3600)
+        kept = await storage.list_sessions(SessionFilter(state=SessionState.DISCONNECTED, limit=1))
+        await storage.close()
+    print(
+        f"{kind} at stop: {sessions} sessions attached; "
+        f"stop before (close alone) {before:.2f} s (stall {before_stall}); "
+        f"stop after {closed - stopping:.2f} s: park {parked - stopping:.2f} s "
+        f"({park.parked} parked, stall {park_stall}), close {closed - parked:.2f} s "
+        f"(stall {close_stall}); reopened: {kept.total} disconnected"
+    )
+
+
 def main() -> None:
     args = parse_args()
-    asyncio.run(measure(args.store, args.sessions, args.killed))
+    if args.at_stop:
+        asyncio.run(measure_at_stop(args.store, args.sessions))
+    else:
+        asyncio.run(measure(args.store, args.sessions, args.killed))
 
 
 if __name__ == "__main__":
