@@ -22,15 +22,17 @@ A graceful stop parks the same way what it leaves attached (``park_at_stop``, on
 every actor retired and before the store closes): its closes (1012) write no state,
 and the store would otherwise say ``active`` until the next start, to offline tools
 and to that start's log, which took the stop for a death. What a park at the start
-left unparked when the server stopped goes with it. Only where the start parked
-(``serve``): an embedder's server parks nothing.
+left unparked when the server stopped goes with it. Up to ``STOP_MOST`` sessions or
+``STOP_SECONDS``: past that the rest is the next start's, as before. Only where the
+start parked (``serve``): an embedder's server parks nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
 
@@ -42,6 +44,11 @@ log = structlog.get_logger("bamboo_session.restart_park")
 
 BATCH = 1000  # sessions parked at once: one SQLite group commit, and one turn of the loop
 FOREGROUND = 0.5  # seconds of parking a start waits for before the server listens
+# A stop parks this much at most: on JSONL each parked session is a checkpoint its
+# close writes (100,000 took a stop 0.85 -> 43 s, SQLite's park 12 s: bench/RESULTS.md),
+# and a stop must end well within a supervisor's wait (docker stop's 10 s).
+STOP_MOST = 5 * BATCH
+STOP_SECONDS = 1.0
 AT_START = "the sessions a dead server left attached"
 AT_STOP = "the sessions left attached at the stop"
 
@@ -74,21 +81,25 @@ class RestartPark:
         await cancel_and_wait(self.task)
 
     async def park_at_stop(self) -> None:
-        """Parks, to the end, what the server leaves attached as it stops (after
-        :meth:`stop`, once no actor is left); only if :meth:`begin` ran."""
+        """Parks what the server leaves attached as it stops (after :meth:`stop`, once
+        no actor is left), up to ``STOP_MOST`` sessions or ``STOP_SECONDS``; only if
+        :meth:`begin` ran. What is left is the next start's park, as after a kill."""
         if not self.begun:
             return
-        self.parked = 0
-        async for _ in self._batches(AT_STOP):
-            pass
-        self._done(AT_STOP)
+        self.parked, deadline, cut = 0, time.monotonic() + STOP_SECONDS, False
+        async with contextlib.aclosing(self._batches(AT_STOP)) as batches:
+            async for _ in batches:
+                if self.parked >= STOP_MOST or time.monotonic() >= deadline:
+                    cut = True
+                    break
+        self._done(AT_STOP, stopped_at_bound=cut)
 
     async def _finish(self, batches: AsyncIterator[None]) -> None:
         async for _ in batches:
             await asyncio.sleep(0)  # the loop's other work between batches
         self._done()
 
-    async def _batches(self, what: str = AT_START) -> AsyncIterator[None]:
+    async def _batches(self, what: str = AT_START) -> AsyncGenerator[None, None]:
         """One step per batch parked. A store that fails (or is read-only) ends them:
         logged; the sessions left are parked as their actors load, or at the next
         start."""
@@ -106,10 +117,11 @@ class RestartPark:
         except Exception:  # a defect: told, and the server goes on without the park
             log.exception(f"parking {what} failed")
 
-    def _done(self, what: str = AT_START) -> None:
+    def _done(self, what: str = AT_START, **more: object) -> None:
         if self.parked:
             log.info(
                 f"parked {what}",
                 sessions=self.parked,
                 seconds=round(time.monotonic() - self.started, 3),
+                **more,
             )
