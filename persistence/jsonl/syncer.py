@@ -136,12 +136,14 @@ class Syncer:
     async def close(self) -> None:
         """Close the socket: the helper sees the end of its stream and exits. One that
         never answered a sync is killed instead (see the module's docstring)."""
+        # Killed before its stream ends: once ended, one that has started by then would
+        # exit of itself, and which of the two came first would depend on the load.
+        if not self._answered and self._process.poll() is None:
+            self._process.kill()
         if not self.broken:
             self._loop.remove_reader(self._channel.fileno())
             self.broken = True
             self._channel.close()
-        if not self._answered and self._process.poll() is None:
-            self._process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(self._process.wait, 10.0)
         if self._process.poll() is None:
