@@ -52,6 +52,14 @@ def listed(port: int, **query: str) -> dict[str, dict[str, Any]]:
     return {metadata["id"]: metadata for metadata in page["sessions"]}
 
 
+def serving(kind: str, tmp_path: Path) -> ServerProcess:
+    """``serve`` started on a store of ``kind`` in ``tmp_path``, in a process of its own."""
+    flags = ("--store", store_url(kind, tmp_path), "--default-ttl", "3600")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    server.start()
+    return server
+
+
 async def hello(port: int, session_id: str) -> tuple[Any, dict[str, Any]]:
     ws = await connect(f"ws://127.0.0.1:{port}/api/v1/stream/{session_id}", open_timeout=10)
     await ws.send(json.dumps({"type": "hello", "create": True, "user_id": "u1"}))
@@ -64,9 +72,7 @@ async def hello(port: int, session_id: str) -> tuple[Any, dict[str, Any]]:
 async def test_sessions_attached_at_a_kill_are_listed_disconnected_after_the_restart(
     kind: str, tmp_path: Path
 ) -> None:
-    flags = ("--store", store_url(kind, tmp_path), "--default-ttl", "3600")
-    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
-    server.start()
+    server = serving(kind, tmp_path)
     try:
         attached = [await hello(server.port, f"chat-{n}") for n in range(3)]
         left, _ = await hello(server.port, "left")
@@ -106,9 +112,7 @@ async def test_a_graceful_stop_leaves_its_sessions_disconnected_in_the_store(
 ) -> None:
     # Its closes (1012) wrote no state: the store said `active` until the next start,
     # whose log took the stop for a death.
-    flags = ("--store", store_url(kind, tmp_path), "--default-ttl", "3600")
-    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
-    server.start()
+    server = serving(kind, tmp_path)
     try:
         attached = [await hello(server.port, f"chat-{n}") for n in range(3)]
         before = await asyncio.to_thread(listed, server.port, state="active")
