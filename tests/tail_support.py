@@ -5,8 +5,10 @@ viewer is (tests/test_browser_console_tail_*.py).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from bamboo_session.protocol.models import AgentEvent
 from tests.browser import eventually
 
 MAX_TAIL_CHARS = 500_000  # tail.js
@@ -56,3 +58,10 @@ async def show_earlier_until_all(page: Any) -> int:
 
 async def next_frame(page: Any) -> None:
     await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done()))")
+
+
+async def publish_steps(agent: Any, start: int, end: int) -> None:
+    """Steps ``start`` to ``end - 1`` (a block each in the tail), published at once."""
+    await asyncio.gather(
+        *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
+    )

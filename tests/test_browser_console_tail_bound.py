@@ -26,6 +26,7 @@ from tests.tail_support import (
     MAX_TAIL_CHARS,
     at_end,
     next_frame,
+    publish_steps,
     show_earlier_until_all,
 )
 
@@ -94,12 +95,7 @@ async def test_a_viewer_scrolled_up_keeps_their_place(browser: Any) -> None:
             await page.goto(console_url(server.port, "#/s/steps"))
             await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
 
-            async def publish(start: int, end: int) -> None:
-                await asyncio.gather(
-                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
-                )
-
-            await publish(1, 401)
+            await publish_steps(agent, 1, 401)
             tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", "400")
             await expect(tail.locator(".ev-custom")).to_have_count(MAX_BLOCKS)
@@ -111,7 +107,7 @@ async def test_a_viewer_scrolled_up_keeps_their_place(browser: Any) -> None:
             place = await tail.evaluate(IN_VIEW)
             assert place is not None and place[0] > 200, place
 
-            await publish(401, 501)
+            await publish_steps(agent, 401, 501)
             await expect(tail).to_have_attribute("data-last-seq", "500")
             await next_frame(page)
             assert await tail.evaluate(IN_VIEW) == place  # events arrived below
@@ -124,7 +120,7 @@ async def test_a_viewer_scrolled_up_keeps_their_place(browser: Any) -> None:
             await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # back at the end
             await next_frame(page)
             await eventually(lambda: at_end(tail), "the tail at its end")
-            await publish(501, 511)
+            await publish_steps(agent, 501, 511)
             await expect(tail).to_have_attribute("data-last-seq", "510")
             await expect(tail.locator(".ev-custom")).to_have_count(MAX_BLOCKS)
             await expect(page.locator("#tail-earlier")).to_contain_text(
@@ -185,12 +181,7 @@ async def test_a_viewer_scrolled_up_keeps_their_place_as_the_oldest_go(browser: 
             await page.goto(console_url(server.port, "#/s/steps"))
             await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
 
-            async def publish(start: int, end: int) -> None:
-                await asyncio.gather(
-                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
-                )
-
-            await publish(1, MAX_BLOCKS + 1)
+            await publish_steps(agent, 1, MAX_BLOCKS + 1)
             tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS))
             await tail.evaluate("el => { el.scrollTop = el.scrollHeight / 2; }")
@@ -199,7 +190,7 @@ async def test_a_viewer_scrolled_up_keeps_their_place_as_the_oldest_go(browser: 
             assert place is not None and place[0] > 100, place
 
             last = 2 * MAX_BLOCKS + 50  # 50 past twice the bound
-            await publish(MAX_BLOCKS + 1, last + 1)
+            await publish_steps(agent, MAX_BLOCKS + 1, last + 1)
             await expect(tail).to_have_attribute("data-last-seq", str(last))
             await expect(tail.locator(".ev-custom")).to_have_count(2 * MAX_BLOCKS)
             await expect(page.locator("#tail-earlier")).to_contain_text(

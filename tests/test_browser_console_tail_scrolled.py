@@ -17,7 +17,15 @@ from bamboo_session.protocol.client import BambooClient
 from tests.browser import eventually, watch_page
 from tests.console_support import console_url, ws_url
 from tests.support import run_server
-from tests.tail_support import BLOCKS, IN_VIEW, MAX_BLOCKS, MAX_TAIL_CHARS, at_end, next_frame
+from tests.tail_support import (
+    BLOCKS,
+    IN_VIEW,
+    MAX_BLOCKS,
+    MAX_TAIL_CHARS,
+    at_end,
+    next_frame,
+    publish_steps,
+)
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -116,12 +124,7 @@ async def test_a_viewer_whose_block_goes_sees_what_followed_it(browser: Any) -> 
             await page.goto(console_url(server.port, "#/s/passed"))
             await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
 
-            async def publish(start: int, end: int) -> None:
-                await asyncio.gather(
-                    *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
-                )
-
-            await publish(1, MAX_BLOCKS + 11)
+            await publish_steps(agent, 1, MAX_BLOCKS + 11)
             tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS + 10))
             await expect(tail.locator(".ev-custom").first.locator(".seq")).to_have_text("#11")
@@ -134,7 +137,7 @@ async def test_a_viewer_whose_block_goes_sees_what_followed_it(browser: Any) -> 
             await next_frame(page)
             assert (await tail.evaluate(IN_VIEW))[0] == 21
             last = 2 * MAX_BLOCKS + 30
-            await publish(MAX_BLOCKS + 11, last + 1)
+            await publish_steps(agent, MAX_BLOCKS + 11, last + 1)
             await expect(tail).to_have_attribute("data-last-seq", str(last))
             await expect(tail.locator(".ev-custom").first.locator(".seq")).to_have_text("#31")
             await next_frame(page)
