@@ -30,6 +30,9 @@ class HttpProxy:
     partition (a phone in a tunnel): the connections through the proxy stop carrying
     bytes either way, with no FIN and no RST, while new ones go through (the client
     found another network); ``thaw()`` heals it, and what was held goes on, in order.
+    ``hold()`` keeps new connections waiting, accepted and unanswered, until
+    ``release()`` (a client's reconnection held off until something happened, in one
+    attempt).
     With ``uplink_rate``, what clients send reaches the server at that many bytes a
     second at most (a slow uplink: a large frame takes seconds to cross while the
     server sends nothing); the proxy's side of each connection then offers a small
@@ -54,6 +57,8 @@ class HttpProxy:
         self.before_events_read: Callable[[], Awaitable[None]] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing: set[asyncio.Event] = set()  # one per connection: set while it flows
+        self._admitting = asyncio.Event()  # set unless new connections are held
+        self._admitting.set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -79,6 +84,12 @@ class HttpProxy:
     def mend(self) -> None:
         self.down = False
 
+    def hold(self) -> None:
+        self._admitting.clear()
+
+    def release(self) -> None:
+        self._admitting.set()
+
     def freeze(self) -> int:
         """Stop every connection through the proxy, silently; how many there were."""
         for flowing in self._flowing:
@@ -98,6 +109,7 @@ class HttpProxy:
             writer.transport.abort()
             return
         try:
+            await self._admitting.wait()
             head = await reader.readuntil(b"\r\n\r\n")
             if self.refusing and b"upgrade: websocket" not in head.lower():
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")

@@ -178,10 +178,14 @@ async def closed_while_away(
     the publisher resumes first, publishes ``added`` more events and closes the session;
     the viewer's resume is refused with 4409. What its events() yields after 1..5, what
     ended it, the seqs stored after 5, and what a request then raises (the end of the
-    client, SessionEnded or ConnectionLost). ``refuse_http``: the viewer reaches the
-    server through a proxy that then answers its HTTP request with 503. ``auth``: the
-    server checks tokens, and both clients have one of their own (the viewer's from a
-    function, asked before each connection and before the HTTP request);
+    client, SessionEnded or ConnectionLost). The viewer reaches the server through a
+    proxy that holds its reconnection until the session is closed: with only its
+    backoff to hold it off, a loaded machine's restart outlasted it, and the viewer came
+    back to an open session. It is held at the proxy, in one attempt, so that under auth
+    it asks its token function once for it. ``refuse_http``: the proxy then answers its
+    HTTP request with 503. ``auth``: the server checks tokens, and both clients have one
+    of their own (the viewer's from a function, asked before each connection and before
+    the HTTP request);
     ``bad_http_token``: that function's third token, the one the HTTP request carries,
     is signed with another key, so the HTTP API refuses it (401)."""
     tokens: list[str] = []
@@ -203,7 +207,7 @@ async def closed_while_away(
         server = BambooServer(config)
         await server.start()
         proxy = HttpProxy(server.port)
-        viewer_url = f"ws://127.0.0.1:{await proxy.start()}" if refuse_http else url(server)
+        viewer_url = f"ws://127.0.0.1:{await proxy.start()}"
         pub = await BambooClient.connect(
             url(server),
             receive_events=False,
@@ -214,7 +218,8 @@ async def closed_while_away(
         viewer = await BambooClient.connect(
             viewer_url,
             pub.session_id,
-            backoff_initial=3.0,
+            backoff_initial=0.2,
+            open_timeout=60,  # its reconnection is held at the proxy meanwhile
             token=viewer_token if auth else None,
         )
         try:
@@ -222,6 +227,7 @@ async def closed_while_away(
                 await pub.publish(Token("before"))
             assert [e.seq for e in await take(viewer, 5, timeout=5)] == [1, 2, 3, 4, 5]
             port = server.port
+            proxy.hold()  # its reconnection waits; the connection open sees the 1012
             await server.stop()
             server = BambooServer(config.replace(port=port))
             await server.start()
@@ -229,7 +235,8 @@ async def closed_while_away(
             for _ in range(added):
                 await pub.publish(Token("after"))
             await pub.set_state("closed")
-            proxy.refusing = True
+            proxy.refusing = refuse_http
+            proxy.release()  # the viewer comes back to a closed session
             seqs, error = await read_to_the_end(viewer, 15)
             ended: Exception | None = None
             try:
