@@ -34,7 +34,10 @@ FOUND_WITHIN = PING_INTERVAL + PING_TIMEOUT
 SERVER = {"ping_interval": 0.5, "ping_timeout": 1.0, "close_timeout": 0.5}
 SERVER_ENDS_WITHIN = sum(SERVER.values())
 CLOSE_TIMEOUT = 2.0  # the client's wait for the server's close frame (handshake.py)
-SLACK = 1.5  # a loaded two-core machine's scheduling, and the reconnect's backoff
+# A bound's margin for a loaded two-core machine's scheduling and the reconnect's
+# backoff: CI beside other suites ran past 1.5 s. A dead link never found (the bug these
+# tests guard) stays for good, so the margin costs the tests nothing of what they show.
+SLACK = 8.0
 CLIENT = {
     "ping_interval": PING_INTERVAL,
     "ping_timeout": PING_TIMEOUT,

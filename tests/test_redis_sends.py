@@ -24,18 +24,20 @@ from tests.redis_server import RedisServer
 from tests.store_stalls_support import frozen
 
 BOUND = 1.0  # the client's socket timeout here
-# Seconds past the bound a call may take to fail: a test process that gets a quarter
-# of a core still makes it; a send without a bound never ends.
-SLACK = 4.0
+# Seconds past the bound a call may take to fail: a test process that gets a sliver of
+# a core on a loaded CI machine still makes it; a send without a bound never ends.
+SLACK = 8.0
 # Far more than loopback's socket buffers hold (4 MiB sent, up to 32 MiB received);
 # made by each test that sends it, not held by the module for the whole run.
 LARGE_SIZE = 64 * 1024 * 1024
 
 
 @contextlib.asynccontextmanager
-async def store_commands(redis: RedisServer) -> AsyncIterator[tuple[Commands, Redis]]:
+async def store_commands(
+    redis: RedisServer, socket_timeout: float = BOUND
+) -> AsyncIterator[tuple[Commands, Redis]]:
     config = RedisConfig(url=redis.url())
-    client = connect(config, socket_timeout=BOUND)
+    client = connect(config, socket_timeout=socket_timeout)
     try:
         assert await client.ping()  # one connection made, and pooled
         yield Commands(client, config, sharded=False), client
@@ -84,15 +86,16 @@ async def test_a_send_cancelled_while_it_waits_ends_cancelled(
 ) -> None:
     """Cancelled before its bound, the send ends cancelled (not a timeout, which a
     caller would take for Redis's failure), and its connection is dropped, so the
-    partial command is never completed by the next one."""
+    partial command is never completed by the next one. Its bound is far longer than
+    the test's waits, so that a loaded machine's stall cannot make it a timeout."""
     redis = start_redis("cancel")
-    async with store_commands(redis) as (commands, _):
+    async with store_commands(redis, socket_timeout=BOUND + 2 * SLACK) as (commands, _):
         with frozen(redis):
             send = asyncio.create_task(commands.call("SET", "large", b"x" * LARGE_SIZE))
             await asyncio.sleep(BOUND / 4)
             assert not send.done()  # waiting for Redis to read
             send.cancel()
-            done, _ = await asyncio.wait({send}, timeout=BOUND / 2)
+            done, _ = await asyncio.wait({send}, timeout=SLACK)
             assert send in done and send.cancelled()
         assert await commands.call("GET", "large") is None
         assert await commands.call("SET", "small", b"v")
