@@ -71,8 +71,8 @@ export class Blocks {
     if (!this.tools.has(id)) this.tools.set(id, /** @type {HTMLDetailsElement} */ (call));
   }
 
-  /** A block that left the tail: nothing grows it or completes it any more.
-   * @param {HTMLElement} block */
+  /** A block that left the tail, or a call's block that a result read back completed
+   * (earlier.js): nothing grows it or completes it any more. @param {HTMLElement} block */
   forget(block) {
     if (this.open?.block === block) this.open = null;
     const tool = block.dataset.tool;

@@ -5,12 +5,15 @@
  * its `afterSeq` never came), only the HTTP API has the rest: the catch-up reads them
  * (missed.js's readMissed) and, when they are of the log the page's stream had (its
  * epoch), shows them as the live path does, then that the session ended; when they
- * are another log's, that the session was replaced. Should the read fail, the tail
+ * are another log's, that the session was replaced. When more were missed than the
+ * tail shows, a line before them says which are not (a Gap: its "Show them" reads
+ * them in, as "Show earlier" does the tail's first ones). Should the read fail, the tail
  * says which events may be missing and a notice has a Reload that reads them again,
  * into the tail as it is (the lines that said they may be missing go).
  */
 
 import { fill } from "./dom.js";
+import { Gap } from "./earlier.js";
 import * as missed from "./missed.js";
 
 /** @typedef {import("./blocks.js").Item} Item */
@@ -71,11 +74,10 @@ export class CatchUp {
       return;
     }
     if (read.leftOut !== null) {
-      // More than the tail holds: its newest, after a line saying what is not shown.
-      page.tail.note(
-        `Events ${after + 1}–${read.leftOut} are not shown (the session ended while this` +
-          ` page was behind; GET ${page.path()}/events?after_seq=${after} has them).`,
-      );
+      // More than the tail holds: its newest, after a line saying what is not shown,
+      // whose "Show them" reads those in as "Show earlier" does the tail's first ones.
+      const why = "the session ended while this page was behind";
+      new Gap(page.tail, after, read.leftOut, why, (seq) => page.own.has(seq));
     }
     // The page's own publishes are shown already (the stream does not echo them).
     for (const item of read.events) if (!page.own.has(item.seq)) page.show(item, attachedAt);

@@ -13,8 +13,9 @@
  * (what it held past its bound goes once they scroll back to the end, not at the
  * next event, which a quiet or closed session may never send). Its first line then
  * says which events it does not show, with "Show earlier", which reads them over
- * HTTP (`read`), a page at a time, into its top; a page opened after events it does
- * not replay starts so (`startAfter`).
+ * HTTP (`read`), a page at a time, into its top (earlier.js, which reads a gap's
+ * events in its middle the same way); a page opened after events it does not replay
+ * starts so (`startAfter`). A gap's line dropped makes its events the first line's.
  *
  * Following the end is a state: whether the viewer was at the end (within END_SLACK)
  * when a frame's changes began, which the frame before left at the end if it was
@@ -27,8 +28,9 @@
  * inserted above it.
  */
 
-import { Blocks, joinResult } from "./blocks.js";
+import { Blocks } from "./blocks.js";
 import { fill, h } from "./dom.js";
+import { lineParts, readInto } from "./earlier.js";
 
 /** @typedef {import("./blocks.js").Item} Item */
 /** The events after `after` up to `upTo`, oldest first, of the log the tail shows.
@@ -37,7 +39,6 @@ import { fill, h } from "./dom.js";
 export const MAX_BLOCKS = 300;
 export const MAX_TAIL_CHARS = 500_000;
 const SCROLLED_UP = 2; // times the bound a tail scrolled up keeps
-const EARLIER_PAGE = 1000; // events read by a "Show earlier"
 const END_SLACK = 40; // px from the end that still are the end
 
 export class Tail {
@@ -54,14 +55,28 @@ export class Tail {
   frame = null;
   /** @type {HTMLElement | null} the first line, saying which events are not shown */
   header = null;
-  /** @type {ReadEvents | null} how "Show earlier" reads: none, no button */
+  /** @type {ReadEvents | null} how "Show earlier" (and a gap's "Show them") reads:
+   * none, no button */
   read = null;
-  reading = false;
   /** @type {Map<number, number>} the seq of a tool call whose block left the tail (or
-   * that "Show earlier" left out) with its result in it while events between the two
-   * stayed, to the result's seq (which "Show earlier" reads with the call); at most the
-   * blocks the tail holds and a page */
+   * that a read of earlier events left out) with its result in it while events between
+   * the two stayed, to the result's seq (which a read of the call reads with it); at
+   * most the blocks the tail holds and a page (bench/RESULTS.md measures it) */
   results = new Map();
+  /** What a tail scrolled up keeps at most, which a read of earlier events fills. */
+  keeps = { chars: MAX_TAIL_CHARS * SCROLLED_UP, blocks: MAX_BLOCKS * SCROLLED_UP };
+  /** The first line, as what "Show earlier" reads into (earlier.js).
+   * @type {import("./earlier.js").Spot} */
+  head = {
+    reading: false,
+    after: 0,
+    line: () => /** @type {HTMLElement} */ (this.header),
+    upTo: () => this.hidden,
+    stands: (upTo) => this.hidden === upTo,
+    say: (state) => this.hide(this.hidden, state),
+    shrink: (upTo) => this.hide(upTo),
+    shown: () => false,
+  };
 
   /** @param {HTMLElement} el */
   constructor(el) {
@@ -73,7 +88,7 @@ export class Tail {
   /** Events 1 to `seq` are not shown (the tail starts after them), with "Show earlier"
    * to read them: call before the first event is added. @param {number} seq */
   startAfter(seq) {
-    if (seq > this.hidden) this.#hide(seq);
+    if (seq > this.hidden) this.hide(seq);
   }
 
   /**
@@ -81,14 +96,14 @@ export class Tail {
    * @param {Item} item @param {boolean} [own]
    */
   add(item, own = false) {
-    this.#changing();
+    this.changing();
     const shown = this.blocks.add(item);
     if (shown.block !== null) {
       if (own) shown.block.classList.add("own");
       this.el.append(shown.block);
       this.count += 1;
     }
-    if (shown.grown !== null) this.#grew(shown.grown, shown.chars);
+    if (shown.grown !== null) this.grew(shown.grown, shown.chars);
     this.#trim();
     this.lastSeq = Math.max(this.lastSeq, item.seq);
     this.el.dataset.lastSeq = String(this.lastSeq);
@@ -97,12 +112,12 @@ export class Tail {
   /** A line saying that events were skipped or the stream changed.
    * @param {string} text @returns {HTMLElement} the line (to take it back: `remove`) */
   note(text) {
-    this.#changing();
+    this.changing();
     this.blocks.close();
     const line = h("div", { class: "ev ev-note" }, text);
     this.el.append(line);
     this.count += 1;
-    this.#grew(line, text.length);
+    this.grew(line, text.length);
     this.#trim();
     return line;
   }
@@ -110,26 +125,37 @@ export class Tail {
   /** Take back a line `note` added, if it is still shown. @param {HTMLElement} line */
   remove(line) {
     if (line.parentElement !== this.el || line === this.header) return;
-    this.#changing(true);
-    this.#drop(line);
+    this.changing(true);
+    this.drop(line);
   }
 
   /** A line `note` added says `text` now. @param {HTMLElement} line @param {string} text */
   retext(line, text) {
     if (line.parentElement !== this.el) return;
-    this.#changing(true);
-    this.#grew(line, text.length - (line.textContent?.length ?? 0));
+    this.changing(true);
+    this.grew(line, text.length - (line.textContent?.length ?? 0));
     line.textContent = text;
   }
 
-  /** @param {Element} block @param {number} chars */
-  #grew(block, chars) {
+  /** A line `note` added holds `parts` now. @param {HTMLElement} line
+   * @param {Array<Node | string>} parts */
+  refill(line, ...parts) {
+    if (line.parentElement !== this.el) return;
+    this.changing(true);
+    const before = line.textContent?.length ?? 0;
+    fill(line, ...parts);
+    this.grew(line, (line.textContent?.length ?? 0) - before);
+  }
+
+  /** A block (or line) shown has `chars` more characters (earlier.js's too).
+   * @param {Element} block @param {number} chars */
+  grew(block, chars) {
     this.sizes.set(block, (this.sizes.get(block) ?? 0) + chars);
     this.chars += chars;
   }
 
-  /** @param {HTMLElement} block */
-  #drop(block) {
+  /** A block (or line) shown goes (earlier.js's too). @param {HTMLElement} block */
+  drop(block) {
     this.chars -= this.sizes.get(block) ?? 0;
     this.count -= 1;
     this.blocks.forget(block);
@@ -149,19 +175,19 @@ export class Tail {
       const oldest = /** @type {HTMLElement} */ (
         this.header === null ? this.el.firstElementChild : this.header.nextElementSibling
       );
-      this.#changing(true);
+      this.changing(true);
       hidden = Math.max(hidden, Number(oldest.dataset.to ?? oldest.dataset.from ?? 0));
       if (oldest.dataset.result !== undefined)
         this.results.set(Number(oldest.dataset.from), Number(oldest.dataset.result));
       if (this.frame?.anchor?.block === oldest) this.#passAnchor(this.frame.anchor, oldest);
-      this.#drop(oldest);
+      this.drop(oldest);
     }
-    if (hidden !== this.hidden) this.#hide(hidden);
+    if (hidden !== this.hidden) this.hide(hidden);
   }
 
-  /** Events 1 to `upTo` are not shown: the first line says so (none: no line).
-   * @param {number} upTo @param {string} [state] what a read of them did */
-  #hide(upTo, state = "") {
+  /** Events 1 to `upTo` are not shown: the first line says so (none: no line); a read
+   * of them (earlier.js) did `state`. @param {number} upTo @param {string} [state] what a read of them did */
+  hide(upTo, state = "") {
     this.hidden = upTo;
     // Results up to it are among the events "Show earlier" reads.
     for (const [call, result] of this.results) if (result <= upTo) this.results.delete(call);
@@ -176,105 +202,9 @@ export class Tail {
       this.el.prepend(this.header);
     }
     const what = upTo === 1 ? "Event 1 not shown" : `Events 1–${upTo} not shown`;
-    /** @type {Array<Node | string>} */
-    const parts = [h("span", { class: "what" }, what)];
-    if (state) parts.push(" · ", h("span", { class: "state" }, state));
-    if (this.read !== null && !this.reading) {
-      const button = h("button", { type: "button", class: "link" }, "Show earlier");
-      button.addEventListener("click", () => void this.#showEarlier());
-      parts.push(" · ", button);
-    }
-    fill(this.header, ...parts);
-  }
-
-  /** "Show earlier": the page of events before the first shown, read, into the top,
-   * with the results of its tool calls that left the tail in their calls' blocks. */
-  async #showEarlier() {
-    const read = this.read;
-    if (read === null || this.reading || this.hidden <= 0) return;
-    const upTo = this.hidden;
-    const after = Math.max(0, upTo - EARLIER_PAGE);
-    this.reading = true;
-    this.#hide(upTo, "reading…");
-    const page = new Page();
-    try {
-      for (const item of await read(after, upTo)) if (item.seq <= upTo) page.add(item);
-      for (const call of page.blocks.tools.values()) {
-        const seq = this.results.get(Number(call.dataset.from));
-        if (seq === undefined) continue;
-        const result = (await read(seq - 1, seq)).find((item) => item.seq === seq);
-        if (result !== undefined) page.add(result); // (it completes the call)
-      }
-    } catch (error) {
-      this.reading = false;
-      const why = error instanceof Error ? error.message : String(error);
-      this.#hide(this.hidden, `reading them failed (${why})`);
-      return;
-    }
-    this.reading = false;
-    // More were dropped meanwhile: this page would leave a gap below it. Ask again.
-    if (this.hidden !== upTo) this.#hide(this.hidden);
-    else this.#insert(after, page);
-  }
-
-  /** Events before the first shown (every one after `after`), built as `page`, into
-   * the top: the newest of them that fit in what a tail scrolled up keeps. Their tool
-   * calls still running are completed by a result the tail shows alone (its call's
-   * block was dropped before it came), which then goes, or by a result to come.
-   * @param {number} after @param {Page} page */
-  #insert(after, page) {
-    const blocks = [...page.built];
-    let from = blocks.length;
-    let chars = this.chars;
-    while (
-      from > 0 &&
-      chars + blocks[from - 1][1] <= MAX_TAIL_CHARS * SCROLLED_UP &&
-      this.count + blocks.length - from < MAX_BLOCKS * SCROLLED_UP
-    ) {
-      from -= 1;
-      chars += blocks[from][1];
-    }
-    if (from === blocks.length && blocks.length > 0) {
-      this.#hide(this.hidden, "the tail holds no more: scroll to its end first");
-      return;
-    }
-    this.#changing(true);
-    const shown = blocks.slice(from);
-    const inserted = new Set(shown.map(([block]) => block));
-    // Each call still running, and the first block of its id below (before they go in).
-    const running = [...page.blocks.tools.values()]
-      .filter((call) => inserted.has(call))
-      .map((call) => ({ call, next: this.#firstOf(/** @type {string} */ (call.dataset.tool)) }));
-    const first = this.header?.nextSibling ?? null;
-    for (const [block, size] of shown) {
-      this.el.insertBefore(block, first);
-      this.sizes.set(block, size);
-      this.count += 1;
-      this.results.delete(Number(block.dataset.from)); // (read with its call)
-    }
-    this.chars = chars;
-    // A call left out with a result it holds: "Show earlier" reads that with the call
-    // (the result's seq may be past the events it then says are not shown).
-    for (const [block] of blocks.slice(0, from)) {
-      const result = block.dataset.result;
-      if (result !== undefined) this.results.set(Number(block.dataset.from), Number(result));
-    }
-    for (const { call, next } of running) {
-      if (next === null) this.blocks.adopt(call);
-      else if (next.dataset.kind === "result") {
-        this.#grew(call, joinResult(call, next));
-        this.#drop(next);
-      } // (another call of its id comes first: the result is that one's)
-    }
-    const oldest = /** @type {HTMLElement | undefined} */ (blocks[from]?.[0]);
-    this.#hide(from === 0 ? after : Number(oldest?.dataset.from ?? this.hidden + 1) - 1);
-  }
-
-  /** The first block of the tool call `id` the tail shows. @param {string} id */
-  #firstOf(id) {
-    return /** @type {HTMLElement | null} */ (
-      this.el.querySelector(`:scope > [data-tool="${CSS.escape(id)}"]`)
-    );
+    const read = () => void readInto(this, this.head);
+    const click = this.read === null || this.head.reading ? null : read;
+    fill(this.header, ...lineParts(what, state, "Show earlier", click));
   }
 
   /** The viewer scrolled: back at the end, a tail that kept more than its bound while
@@ -284,14 +214,14 @@ export class Tail {
     if (this.frame !== null || (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS)) return;
     const el = this.el;
     if (el.scrollHeight - el.scrollTop - el.clientHeight >= END_SLACK) return;
-    this.#changing();
+    this.changing();
     this.#trim();
   }
 
   /** Something in the tail changes: settle its scroll once this frame is drawn. `above`:
    * it moves what is above the view, so a viewer scrolled up needs to keep their place
    * (measured now, before it moves: once a frame). @param {boolean} [above] */
-  #changing(above = false) {
+  changing(above = false) {
     if (this.frame === null) {
       const el = this.el;
       this.following = el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK;
@@ -344,21 +274,5 @@ export class Tail {
   /** Where a block is, from the top of the view. @param {Element} block */
   #top(block) {
     return block.getBoundingClientRect().top - this.el.getBoundingClientRect().top;
-  }
-}
-
-/** Events read by "Show earlier", as blocks not in the tail yet, each with its
- * characters. */
-class Page {
-  blocks = new Blocks();
-  /** @type {Map<HTMLElement, number>} the page's blocks, in order, and their characters */
-  built = new Map();
-
-  /** @param {Item} item */
-  add(item) {
-    const shown = this.blocks.add(item);
-    if (shown.block !== null) this.built.set(shown.block, 0);
-    const grown = shown.grown;
-    if (grown !== null) this.built.set(grown, (this.built.get(grown) ?? 0) + shown.chars);
   }
 }
