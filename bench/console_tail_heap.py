@@ -81,7 +81,7 @@ SETUP = """async (shape) => {
     await frame();
   };
   state.fillView = async () => {
-    while (el.scrollHeight < 3 * el.clientHeight) await state.feed(50);
+    while (el.clientHeight === 0 || el.scrollHeight < 3 * el.clientHeight) await state.feed(50);
     return state.seq;
   };
   state.up = async () => { el.scrollTop = 0; await frame(); };
