@@ -11,8 +11,9 @@ in a console page of a real server in Debian's headless Chromium, ``--events`` e
 of one shape, its viewer at the end (``end``) or scrolled up (``up``: to the top once
 the tail is three views long, the tail then keeping its place); then, scrolled up,
 ``--rounds`` rounds of: "Show earlier" until the tail holds no more (3 at most), back
-to the end (the tail drops to its bound), up again. Its reads are answered in the page, from the same
-shape (no HTTP: what is measured is what the tail holds). Shapes:
+to the end (the tail drops to its bound), up again, and a last "Show earlier". Its
+reads are answered in the page, from the same shape (no HTTP: what is measured is
+what the tail holds). Shapes:
 
 - ``stream``: tokens of 8 characters (blocks of 10,000 characters): the character
   bound.
