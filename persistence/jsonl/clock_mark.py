@@ -21,7 +21,18 @@ it loses the lazy changes themselves. The mark is the exact time (a mark kept ah
 of the times given, written less often, started the clock ahead after every crash,
 and sessions made then lived longer than their TTL). A mark that cannot be read
 (damaged, or written by hand) is warned of and left out; one that cannot be written is
-warned of once, and the store goes on without it."""
+warned of once, and the store goes on without it.
+
+A mark more than ``AHEAD_MOST`` past both the machine's clock and the newest time the
+store's files hold is an error logged and left out (the next change written lazily
+writes over it): a change the mark stands for was made at most a round of checkpoints
+after the newest one on disk, and such a mark is a clock that was wrong once (a
+machine booted years ahead), or a file written by hand. Taken, it held the store's
+clock ahead at half speed for twice as long: a mark ten years on, twenty years of
+times in the future. The file is opened with ``O_NOFOLLOW`` (a symlink in its place
+is refused, not written through: a pwrite over another file's first bytes), read up to
+a few bytes, and cut to its size when found longer (a longer file never read again
+once a mark was written over its start)."""
 
 from __future__ import annotations
 
@@ -38,6 +49,11 @@ MARK_NAME: Final = "CLOCK"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NEVER: Final = datetime.min.replace(tzinfo=UTC)
 _MARK_BYTES: Final = 21  # 20 digits and a newline
+_READ_MOST: Final = 64  # what a read takes of the file: past a mark and its padding
+# How far past both the machine's clock and the newest time the store's files hold a
+# mark is taken: its changes are at most a round of checkpoints (5 s by default) past
+# the newest on disk.
+AHEAD_MOST: Final = timedelta(hours=1)
 
 
 def _micros(moment: datetime) -> int:
@@ -48,12 +64,19 @@ def read_mark(base: Path) -> datetime | None:
     """The time the store's last process marked, if it left one that reads."""
     path = base / MARK_NAME
     try:
-        text = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
         log.warning("cannot read the store's clock mark %s: %s", path, exc)
         return None
+    try:
+        text = os.read(fd, _READ_MOST)
+    except OSError as exc:
+        log.warning("cannot read the store's clock mark %s: %s", path, exc)
+        return None
+    finally:
+        os.close(fd)
     text = text.strip(b"\0")  # (its room, taken at its making)
     if not text:
         return None  # made, and no change written lazily since
@@ -74,14 +97,29 @@ class ClockMarkFile:
         self._synced = _NEVER
         self._failed = False  # said once; not tried again (every change would)
 
-    def open(self) -> datetime | None:
-        """The mark the store's last process left, if one reads; then the file opened
-        (or created) for this one's. Blocking, on a thread."""
+    def open(self, now: datetime) -> datetime | None:
+        """The mark the store's last process left, if one reads and is at most
+        ``AHEAD_MOST`` past ``now`` (the store's clock: the machine's, or the newest
+        time its files hold); then the file opened (or created) for this one's.
+        Blocking, on a thread."""
         left = read_mark(self._path.parent)
+        if left is not None and left - now > AHEAD_MOST:
+            log.error(
+                "the store's clock mark %s is %s ahead of this machine's clock and of "
+                "every time the store holds (%s): left out, as a clock that was wrong "
+                "once; if it is this machine's clock that is wrong, set it right and "
+                "restart (docs/design.md)",
+                self._path,
+                left - now,
+                left.isoformat(),
+            )
+            left = None  # and written over by the first change written lazily
         if left is not None:  # never written over with less: an older import's time
             self._written = self._synced = left
         try:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            if os.fstat(self._fd).st_size > _MARK_BYTES:  # (a mark reads whole, or not)
+                os.ftruncate(self._fd, _MARK_BYTES)
         except OSError as exc:
             self._fail(exc)
             return left

@@ -117,7 +117,9 @@ class JsonlStorage(JsonlUpkeep):
                 self._checkpoints.dirty.add(record.session_id)
         if self._read_only:
             return
-        self._clock.saw(await asyncio.to_thread(self._checkpoints.mark.open))  # clock_mark.py
+        # (clock_mark.py: a mark far past the machine's clock and the files' is left out)
+        mark = await asyncio.to_thread(self._checkpoints.mark.open, self._clock.now())
+        self._clock.saw(mark)
         self._writer.start()
         if self.recovery.file_system_sync_failed:  # (opening.py: as a failed sync here)
             self._writer.distrust_syncs()
