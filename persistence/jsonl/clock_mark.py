@@ -43,6 +43,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
+from bamboo_session.protocol.models import utcnow
+
 log = logging.getLogger(__name__)
 
 MARK_NAME: Final = "CLOCK"
@@ -97,11 +99,12 @@ class ClockMarkFile:
         self._synced = _NEVER
         self._failed = False  # said once; not tried again (every change would)
 
-    def open(self, now: datetime) -> datetime | None:
+    def open(self, now: datetime | None = None) -> datetime | None:
         """The mark the store's last process left, if one reads and is at most
         ``AHEAD_MOST`` past ``now`` (the store's clock: the machine's, or the newest
-        time its files hold); then the file opened (or created) for this one's.
-        Blocking, on a thread."""
+        time its files hold; by default the machine's); then the file opened (or
+        created) for this one's. Blocking, on a thread."""
+        now = utcnow() if now is None else now
         left = read_mark(self._path.parent)
         if left is not None and left - now > AHEAD_MOST:
             log.error(
