@@ -128,3 +128,16 @@ async def test_a_mark_file_longer_than_a_mark_reads_after_the_next_mark(tmp_path
     assert_no_tracebacks(records)
     left = read_mark(data)
     assert left is not None and left >= time_of(found["updated_at"])
+
+
+async def test_a_mark_within_the_bound_is_taken(tmp_path: Path) -> None:
+    """Half an hour ahead (the clock set back while the server was down, a change lost
+    at a kill): taken, with the warning of a clock held ahead, and no error."""
+    data = tmp_path / "data"
+    data.mkdir()
+    ahead = utcnow() + timedelta(minutes=30)
+    (data / MARK_NAME).write_bytes(mark_bytes(ahead))
+    found, records = await served_once(data, tmp_path / "serve.log")
+    assert time_of(found["updated_at"]) > ahead
+    assert_no_tracebacks(records)
+    assert any("ahead of this machine's clock" in str(r["event"]) for r in records), records
