@@ -41,8 +41,9 @@ SERVE_HELP: dict[str, str] = {
     "store": "the store's URL: jsonl:///path, sqlite:///path, redis://host:port/db, memory://",
     "data_dir": "directory of the embedded JSONL store when --store is not given (~ expands)",
     "durability": "of the JSONL store in --data-dir: fsync (ack after fsync) or os (after write)",
-    "default_ttl": "seconds of inactivity after which a session expires (none: never, and "
-    "closed sessions then stay, counted by --max-stored-sessions, until deleted)",
+    "default_ttl": "seconds of inactivity after which a session expires, at most 100 years "
+    "(none: never, and closed sessions then stay, counted by --max-stored-sessions, until "
+    "deleted)",
     "cleanup_interval": "seconds between removals of expired sessions",
     "log_format": "auto (JSON unless stderr is a terminal), json or console",
     "log_level": "debug, info, warning or error",

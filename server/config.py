@@ -247,7 +247,8 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "workers": (1, 256),
     "redis_wait_replicas": (0, None),
     "redis_wait_timeout_ms": (1, None),
-    "default_ttl": (1, None),
+    # 100 years: past the year 9999, every create failed 1011 (OverflowError; r372).
+    "default_ttl": (1, 100 * 365 * 86400),
     "cleanup_interval": (0.001, None),
     "backlog": (1, None),
     "max_frame_bytes": (64, None),
@@ -341,7 +342,9 @@ def _check_bounds(name: str, number: float) -> None:
         raise ValueError(f"expected a finite number, not {number!r}")
     low, high = _BOUNDS.get(name, (0, None))
     if number < low or (high is not None and number > high):
-        span = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        span = f"at least {low:g}"
+        if high is not None:  # (an integer whole: 3153600000, not 3.1536e+09)
+            span = f"between {low:g} and {f'{high:.0f}' if high == int(high) else f'{high:g}'}"
         raise ValueError(f"must be {span}, not {number:g}")
 
 

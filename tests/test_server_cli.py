@@ -139,7 +139,7 @@ def test_bad_flag_values_fail_with_one_line_and_status_2() -> None:
         ("--hello-timeout", "0", "must be at least 0.001, not 0"),
         ("--max-frame-bytes", "1.5", "expected an integer, not '1.5'"),
         ("--compression", "maybe", "expected true or false, not 'maybe'"),
-        ("--default-ttl", "0", "must be at least 1, not 0"),
+        ("--default-ttl", "0", "must be between 1 and 3153600000, not 0"),
         ("--read-slots", "1", "must be between 2 and 256, not 1"),
         ("--read-slots", "257", "must be between 2 and 256, not 257"),
         ("--read-slots", "4.5", "expected an integer, not '4.5'"),

@@ -223,8 +223,8 @@ class JsonlStorage(JsonlUpkeep):
         limit = self.config.max_sessions
         if not replacing and limit is not None and len(self._records) + len(creating) >= limit:
             raise StorageFull(f"the storage holds its maximum of {limit} sessions")
-        self._files.reserve(session_id)
-        meta = new_metadata(session.metadata, self.config.default_ttl)
+        meta = new_metadata(session.metadata, self.config.default_ttl)  # (before: it may fail)
+        self._files.reserve(session_id)  # released by the create, however it ends
         self._clock.saw(meta.updated_at, meta.last_activity_at)  # the creator's times stay
         if old is not None:
             await to_completion(self._replace(old, meta))
