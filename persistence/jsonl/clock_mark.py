@@ -30,15 +30,19 @@ after the newest one on disk, and such a mark is a clock that was wrong once (a
 machine booted years ahead), or a file written by hand. Taken, it held the store's
 clock ahead at half speed for twice as long: a mark ten years on, twenty years of
 times in the future. The file is opened with ``O_NOFOLLOW`` (a symlink in its place
-is refused, not written through: a pwrite over another file's first bytes), read up to
-a few bytes, and cut to its size when found longer (a longer file never read again
-once a mark was written over its start)."""
+is refused, not written through: a pwrite over another file's first bytes), written
+only if a regular file (a FIFO or a device is refused), read up to a few bytes without
+waiting (a FIFO hung the start; a file of a terabyte was read whole), and cut to its
+size when found longer (a longer file never read again once a mark was written over
+its start)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -120,12 +124,19 @@ class ClockMarkFile:
         if left is not None:  # never written over with less: an older import's time
             self._written = self._synced = left
         try:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            if os.fstat(self._fd).st_size > _MARK_BYTES:  # (a mark reads whole, or not)
-                os.ftruncate(self._fd, _MARK_BYTES)
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
             self._fail(exc)
             return left
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):  # a FIFO, a device: not written to
+            os.close(fd)
+            self._fail(OSError(errno.EINVAL, "not a regular file"))
+            return left
+        self._fd = fd
+        if found.st_size > _MARK_BYTES:  # (a mark reads whole, or not)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, _MARK_BYTES)
         # Its room taken now: a disk that fills later still takes every mark. (A full
         # one takes none now: then the first mark tries.)
         with contextlib.suppress(OSError):
