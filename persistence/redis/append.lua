@@ -15,6 +15,9 @@
 -- every append, import, delete and replacement; a session without a user is not
 -- counted): fail USERFULL <stored> <adding> <cap> <bytes of user> <user>, nothing
 -- written (Redis adds the script's name after the user).
+-- The batch's ts (its events', and the session's updated_at and last_activity_at) is
+-- Redis's TIME, or just past the session's updated_at if that is not behind it
+-- (common.lua stamp_after): events' ts never go back within a session.
 -- Returns: {ts, batch payload or '', then per item its seq, negated for a duplicate}
 -- The batch: [[0, 0, epoch, null], [seq, ts, key, event], ...], its first entry
 -- naming the log's epoch as served (an older listener skips it as an event of seq 0).
@@ -22,13 +25,14 @@
 local meta, log, keys, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, idx, window, publish, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local cap, user_cap = tonumber(ARGV[7]), tonumber(ARGV[8])
-local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes', 'user')
+local s = redis.call('HMGET', meta, 'state', 'expires', 'seq', 'msgs', 'ttl', 'epoch', 'bytes', 'user', 'updated')
 if not s[1] then fail('NOTFOUND') end
 local served = served_epoch(s[6], idx .. 'generation')
 check_served(ARGV[6], s[6], served)
 if s[1] == 'closed' then fail('CLOSED') end
 local now = clock()
 if has_expired(s[1], s[2], now) then fail('EXPIRED') end
+now = stamp_after(s[9], now)
 
 -- First what each item becomes, writing nothing: the cap is checked before any write.
 local first_seq, count = tonumber(s[3]), tonumber(s[4])

@@ -11,6 +11,18 @@ local function clock()
   return t[1] .. string.format('%06d', tonumber(t[2]))
 end
 
+-- The time to stamp a session's change with: Redis's clock, or a microsecond past the
+-- session's stored 'updated' where that is not behind it: Redis's clock stepped back
+-- since, a failover went to a replica whose clock is behind, or an earlier writer's
+-- clock was ahead. So a session's updated_at never goes back, and each change is later
+-- than the one before (an updated_since cursor that saw one sees the next). Expiry
+-- is still judged by clock(): a TTL from a stamp held ahead runs late, never early.
+local function stamp_after(updated, now)
+  local held = updated and tonumber(updated)
+  if held and held >= tonumber(now) then return int(held + 1) end
+  return now
+end
+
 -- A typed error: the client maps the word after BAMBOO_ to an exception. Scripts
 -- check everything before their first write, since Redis does not roll a script back.
 local function fail(code)

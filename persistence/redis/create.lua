@@ -31,8 +31,7 @@ end
 local fields = {}
 for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 if ARGV[7] ~= '' then
-  local now = tonumber(clock())
-  if replaced ~= 0 and old[6] and tonumber(old[6]) >= now then now = tonumber(old[6]) + 1 end
+  local now = tonumber(stamp_after(replaced ~= 0 and old[6] or nil, clock()))
   local moved = now - tonumber(ARGV[7])
   for i = 1, #fields, 2 do
     local name = fields[i]

@@ -49,10 +49,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A session no connection is left in, of instances that died: disconnected, as the
 -- last one's leave would have written it; not one closed, expired or parked already.
 local function park(meta, session, idx)
-  local s = redis.call('HMGET', meta, 'state', 'expires', 'created')
+  local s = redis.call('HMGET', meta, 'state', 'expires', 'created', 'updated')
   local at = clock()
   if (s[1] ~= 'active' and s[1] ~= 'idle') or has_expired(s[1], s[2], at) then return 0 end
-  write_state(meta, idx, session, s[1], 'disconnected', s[3], at)
+  write_state(meta, idx, session, s[1], 'disconnected', s[3], stamp_after(s[4], at))
   return 1
 end
 

@@ -9,6 +9,8 @@
 --       it is GENERATION, left as it is too), the updated time the caller read
 --       ('' : any; else a session updated since, by activity or a state, is left
 --       as it is, checked after everything that fails)
+-- The state's updated_at is Redis's TIME, or just past the one stored if that is not
+-- behind it (common.lua stamp_after).
 -- Returns the metadata hash (HGETALL).
 
 local meta = KEYS[1]
@@ -24,6 +26,6 @@ local now = clock()
 if target ~= 'expired' and has_expired(current, s[2], now) then fail('EXPIRED') end
 local read_updated = ARGV[8] or ''
 if read_updated ~= '' and read_updated ~= s[5] then return redis.call('HGETALL', meta) end
-write_state(meta, idx, id, current, target, s[3], now)
+write_state(meta, idx, id, current, target, s[3], stamp_after(s[5], now))
 if current ~= target and target == 'closed' then notify(publish, channel, 'closed', s[4]) end
 return redis.call('HGETALL', meta)
