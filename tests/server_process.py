@@ -40,12 +40,15 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.env: dict[str, str] | None = None  # its environment (None: this process's)
+        # The module run (``python -m``): bench.faketime_server for a server under
+        # libfaketime, whose time.sleep that library breaks (see that module).
+        self.module = "bamboo_session.server"
 
     def argv(self) -> list[str]:
         return [
             sys.executable,
             "-m",
-            "bamboo_session.server",
+            self.module,
             "serve",
             "--port",
             "0",
