@@ -104,3 +104,9 @@ class ParksAttached(Protocol):
         yielding how many it parked; the caller's turns go between steps. In an order
         of the store's choosing (persistence/parking.py says why none is promised)."""
         ...
+
+    async def attached_left(self, since: datetime) -> bool:
+        """Whether a session that :meth:`park_attached` ``(since, …)`` would move is
+        still stored: what a park stopped at a bound (a graceful stop's) left for the
+        next start. A read: it moves nothing."""
+        ...

@@ -49,7 +49,7 @@ from .feed import CLOSED, DELETED, Feed, FeedSubscription
 from .index import SessionIndex, copy_metadata
 from .keys import split_duplicates
 from .memory_imports import MemoryImports, SessionLog
-from .parking import park_indexed
+from .parking import attached_left_indexed, park_indexed
 from .state_condition import check_condition, updated_since
 from .url import StoreOptions, StoreURL
 
@@ -221,6 +221,10 @@ class MemoryStorage(MemoryImports):
     def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
         self._require_open()  # ParksAttached (persistence/parking.py)
         return park_indexed(self._index, self._clock, since, batch)
+
+    async def attached_left(self, since: datetime) -> bool:
+        self._require_open()
+        return attached_left_indexed(self._index, self._clock, since)
 
     # -- events ---------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from bamboo_session.protocol.models import SessionState
+from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .clock import StoreClock
 from .index import SessionIndex
@@ -56,23 +56,38 @@ async def park_indexed(
     (a time of ``clock``: every write after it is stamped later), and not expired,
     ``batch`` at a time; yields how many each batch parked. ``moved``: told each session
     parked (the JSONL store's next checkpoint writes it)."""
-    if since.tzinfo is None:  # stored times are UTC, as a listing's bounds read them
-        since = since.replace(tzinfo=UTC)
+    since = _utc(since)
     batch = max(batch, 1)
     candidates = index.ids_in(LEFT_ATTACHED)
     for start in range(0, len(candidates), batch):
         now, parked = clock.stamp(), 0  # one time for the batch, as an SQLite commit
         for session_id in candidates[start : start + batch]:
             meta = index.get(session_id)
-            if (
-                meta is None
-                or meta.state not in LEFT_ATTACHED
-                or meta.updated_at > since
-                or meta.is_expired(now)
-            ):
+            if meta is None or not _to_park(meta, since, now):
                 continue
             index.set_state(session_id, SessionState.DISCONNECTED)
             meta.updated_at = now
             moved(session_id)
             parked += 1
         yield parked
+
+
+def attached_left_indexed(index: SessionIndex, clock: StoreClock, since: datetime) -> bool:
+    """Whether :func:`park_indexed` ``(index, clock, since, …)`` would park a session now
+    (``ParksAttached.attached_left``): the first one found answers."""
+    since, now = _utc(since), clock.now()
+    for session_id in index.ids_in(LEFT_ATTACHED):
+        meta = index.get(session_id)
+        if meta is not None and _to_park(meta, since, now):
+            return True
+    return False
+
+
+def _to_park(meta: SessionMetadata, since: datetime, now: datetime) -> bool:
+    """Left attached, written at or before ``since``, not expired at ``now``."""
+    return meta.state in LEFT_ATTACHED and meta.updated_at <= since and not meta.is_expired(now)
+
+
+def _utc(when: datetime) -> datetime:
+    # Stored times are UTC, as a listing's bounds read them.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -92,6 +92,9 @@ SERVE_HELP: dict[str, str] = {
     "compression": "permessage-deflate (true/false)",
     "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",
+    "max_parked_at_stop": "sessions a graceful stop (JSONL, SQLite) moves from active or "
+    "idle to disconnected at most, in about a second at most; the next start parks the "
+    "rest (0: none)",
     "idle_timeout": "seconds without traffic after which a connected session is idle",
     "disconnect_retention": "seconds a session with no connection stays in memory",
     "max_sessions": "live sessions in memory at most (parked ones are evicted first)",

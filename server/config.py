@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from bamboo_session.protocol.frames import MAX_BATCH_ITEMS
 
-from .manager_config import DEFAULT_READ_SLOTS, SessionManagerConfig
+from .manager_config import DEFAULT_MAX_PARKED_AT_STOP, DEFAULT_READ_SLOTS, SessionManagerConfig
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -92,6 +92,7 @@ class ServerConfig:
     compression: bool = False
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
+    max_parked_at_stop: int = DEFAULT_MAX_PARKED_AT_STOP  # (manager_config.py: why)
     # Sessions (SessionManagerConfig).
     idle_timeout: float = 300.0
     disconnect_retention: float = 3600.0
@@ -177,6 +178,7 @@ class ServerConfig:
             store_read_timeout=self.store_read_timeout,
             read_slots=self.read_slots,
             max_session_connections=self.max_session_connections,
+            max_parked_at_stop=self.max_parked_at_stop,
         )
 
     def store_url(self) -> str:

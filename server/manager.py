@@ -86,7 +86,7 @@ class SessionManager:
         self.shared_presence = shared_presence(storage, relay.announce, relay.registered_again)
         self.owed_states = OwedStates(storage, self.shared_presence, self.actors.get)
         self.append_health.owed_states = self.owed_states  # retiring actors hand theirs there
-        self.restart_park = RestartPark(storage)
+        self.restart_park = RestartPark(storage, config.max_parked_at_stop)
         self.metrics.watch_actors(
             lambda: len(self.actors), self.actors.parked_count, lambda: self.budget.used
         )

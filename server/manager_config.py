@@ -9,6 +9,11 @@ MIB: Final = 1024 * 1024
 # Pages read from the store at once, by default (server/pages.py PageReads): each is
 # decoded in memory outside the memory budget, several times its bytes.
 DEFAULT_READ_SLOTS: Final = 8
+# Sessions a graceful stop parks at most, by default (server/restart_park.py): on JSONL
+# each is a checkpoint its close writes (100,000 took a stop 0.85 -> 43 s, SQLite's park
+# 12 s: bench/RESULTS.md), and a stop must end well within a supervisor's wait (docker
+# stop's 10 s). Five of the park's batches.
+DEFAULT_MAX_PARKED_AT_STOP: Final = 5000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,6 +44,8 @@ class SessionManagerConfig:
     histories take at most half of them; server/pages.py).
     ``max_session_connections``: connections attached to one session at once on this
     process (0: no cap); one more is refused (``TooManySessionConnections``).
+    ``max_parked_at_stop``: sessions a graceful stop of ``serve`` parks at most (0:
+    none); the rest are the next start's (server/restart_park.py).
     """
 
     idle_timeout: float = 300
@@ -59,6 +66,7 @@ class SessionManagerConfig:
     # Each attach and leave sends presence to every other connection of the session:
     # filling it costs N²/2 frames, some 0.5 s of the loop at 256, 8 s at 1,000.
     max_session_connections: int = 256
+    max_parked_at_stop: int = DEFAULT_MAX_PARKED_AT_STOP
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "send_queue_frames", "inbox_limit"):
@@ -70,6 +78,7 @@ class SessionManagerConfig:
             "ring_bytes",
             "inbox_bytes",
             "max_session_connections",
+            "max_parked_at_stop",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative (0: no limit)")

@@ -22,9 +22,11 @@ A graceful stop parks the same way what it leaves attached (``park_at_stop``, on
 every actor retired and before the store closes): its closes (1012) write no state,
 and the store would otherwise say ``active`` until the next start, to offline tools
 and to that start's log, which took the stop for a death. What a park at the start
-left unparked when the server stopped goes with it. Up to ``STOP_MOST`` sessions or
-``STOP_SECONDS``: past that the rest is the next start's, as before. Only where the
-start parked (``serve``): an embedder's server parks nothing.
+left unparked when the server stopped goes with it. Up to ``--max-parked-at-stop``
+sessions (``STOP_MOST`` by default) or ``STOP_SECONDS``: past that the rest is the
+next start's, as before, and the log says so (``stopped_at_bound``) only if the store
+still holds some. Only where the start parked (``serve``): an embedder's server parks
+nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
 
 import structlog
 
@@ -40,14 +43,13 @@ from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.persistence.capabilities import ParksAttached
 from bamboo_session.tasks import cancel_and_wait
 
+from .manager_config import DEFAULT_MAX_PARKED_AT_STOP
+
 log = structlog.get_logger("bamboo_session.restart_park")
 
 BATCH = 1000  # sessions parked at once: one SQLite group commit, and one turn of the loop
 FOREGROUND = 0.5  # seconds of parking a start waits for before the server listens
-# A stop parks this much at most: on JSONL each parked session is a checkpoint its
-# close writes (100,000 took a stop 0.85 -> 43 s, SQLite's park 12 s: bench/RESULTS.md),
-# and a stop must end well within a supervisor's wait (docker stop's 10 s).
-STOP_MOST = 5 * BATCH
+STOP_MOST = DEFAULT_MAX_PARKED_AT_STOP  # a stop's, unless --max-parked-at-stop (why: there)
 STOP_SECONDS = 1.0
 AT_START = "the sessions a dead server left attached"
 AT_STOP = "the sessions left attached at the stop"
@@ -57,10 +59,12 @@ class RestartPark:
     """The park of what a dead server left attached, begun before the server listens
     and finished, past ``FOREGROUND``, in a task of its own."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, stop_most: int = STOP_MOST) -> None:
         self.storage = storage
+        self.stop_most = stop_most  # --max-parked-at-stop
         self.parked = 0
         self.started = time.monotonic()
+        self.since: datetime | None = None  # the store's time the park's fence is at
         self.task: asyncio.Task[None] | None = None
         self.begun = False
 
@@ -82,24 +86,46 @@ class RestartPark:
 
     async def park_at_stop(self) -> None:
         """Parks what the server leaves attached as it stops (after :meth:`stop`, once
-        no actor is left), up to ``STOP_MOST`` sessions or ``STOP_SECONDS``; only if
-        :meth:`begin` ran. What is left is the next start's park, as after a kill."""
-        if not self.begun:
+        no actor is left), up to ``stop_most`` sessions (in batches of ``BATCH`` at
+        most) or ``STOP_SECONDS``; only if :meth:`begin` ran. What is left is the next
+        start's park, as after a kill: ``stopped_at_bound`` says whether any is, asked
+        of the store once the bound was reached (a park that reached it with the last
+        session attached left none)."""
+        if not self.begun or not isinstance(self.storage, ParksAttached):
             return
-        self.parked, deadline, cut = 0, time.monotonic() + STOP_SECONDS, False
-        async with contextlib.aclosing(self._batches(AT_STOP)) as batches:
-            async for _ in batches:
-                if self.parked >= STOP_MOST or time.monotonic() >= deadline:
-                    cut = True
-                    break
-        self._done(AT_STOP, stopped_at_bound=cut)
+        self.parked, deadline, cut = 0, time.monotonic() + STOP_SECONDS, True
+        self.since = None  # (the start's fence is not the stop's)
+        if self.stop_most > 0:
+            batch = min(BATCH, self.stop_most)
+            async with contextlib.aclosing(self._batches(AT_STOP, batch)) as batches:
+                async for _ in batches:
+                    if self.parked >= self.stop_most or time.monotonic() >= deadline:
+                        break
+                else:
+                    cut = False  # every batch ran (or the store failed: logged)
+        self._done(AT_STOP, stopped_at_bound=cut and await self._left_attached())
+
+    async def _left_attached(self) -> bool:
+        """Whether the store still holds a session the stop's park would have parked
+        (a failure to tell: logged, and taken for yes)."""
+        assert isinstance(self.storage, ParksAttached)
+        since = self.since if self.since is not None else self.storage.now()
+        try:
+            return await self.storage.attached_left(since)
+        except StorageError as exc:
+            log.warning("could not tell whether the stop left sessions attached", error=str(exc))
+        except Exception:  # a defect: told, and the stop goes on
+            log.exception("could not tell whether the stop left sessions attached")
+        return True
 
     async def _finish(self, batches: AsyncIterator[None]) -> None:
         async for _ in batches:
             await asyncio.sleep(0)  # the loop's other work between batches
         self._done()
 
-    async def _batches(self, what: str = AT_START) -> AsyncGenerator[None, None]:
+    async def _batches(
+        self, what: str = AT_START, batch: int | None = None
+    ) -> AsyncGenerator[None, None]:
         """One step per batch parked. A store that fails (or is read-only) ends them:
         logged; the sessions left are parked as their actors load, or at the next
         start."""
@@ -107,9 +133,9 @@ class RestartPark:
             return
         # The store's clock, which gives every write after this read a later time,
         # whatever the wall clock does (a machine that boots with its clock behind).
-        self.started, since = time.monotonic(), self.storage.now()
+        self.started, self.since = time.monotonic(), self.storage.now()
         try:
-            async for parked in self.storage.park_attached(since, BATCH):
+            async for parked in self.storage.park_attached(self.since, batch or BATCH):
                 self.parked += parked
                 yield
         except StorageError as exc:
@@ -118,7 +144,7 @@ class RestartPark:
             log.exception(f"parking {what} failed")
 
     def _done(self, what: str = AT_START, **more: object) -> None:
-        if self.parked:
+        if self.parked or any(more.values()):
             log.info(
                 f"parked {what}",
                 sessions=self.parked,

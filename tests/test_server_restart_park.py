@@ -261,16 +261,16 @@ async def test_a_stop_parks_up_to_its_bound_and_leaves_the_rest_to_the_next_star
 ) -> None:
     """A stop with more attached than it parks (each one a checkpoint a JSONL close
     writes: 100,000 took 43 s) parks a bound's worth, in whole batches, and leaves the
-    rest ``active`` for the next start's park."""
+    rest ``active`` for the next start's park. (Through ``serve``, and what its log says:
+    tests/test_server_stop_park_bound.py.)"""
     monkeypatch.setattr(restart_park, "BATCH", 100)
-    monkeypatch.setattr(restart_park, "STOP_MOST", 200)
     url = "memory://" if kind == "memory" else store_url(kind, tmp_path)
     storage = await open_storage(url, default_ttl=3600, cleanup_interval=None)
     try:
         total = 450
         for number in range(total):
             await storage.create_session(Session.new(f"s{number:05}", user_id="u", ttl=3600))
-        park = RestartPark(storage)
+        park = RestartPark(storage, stop_most=200)
         await park.begin()  # nothing attached yet: nothing parked
         for number in range(total):
             await storage.update_session_state(f"s{number:05}", SessionState.ACTIVE)
@@ -278,6 +278,21 @@ async def test_a_stop_parks_up_to_its_bound_and_leaves_the_rest_to_the_next_star
         active = await storage.list_sessions(SessionFilter(state=SessionState.ACTIVE, limit=total))
         assert park.parked == 200
         assert len(active.sessions) == total - 200
+    finally:
+        await storage.close()
+
+
+async def test_a_stop_bound_of_none_parks_nothing_at_the_stop(tmp_path: Path) -> None:
+    """``--max-parked-at-stop 0``: the stop leaves every session to the next start."""
+    storage = await open_storage("memory://", default_ttl=3600)
+    try:
+        await storage.create_session(Session.new("left", user_id="u", ttl=3600))
+        park = RestartPark(storage, stop_most=0)
+        await park.begin()
+        await storage.update_session_state("left", SessionState.ACTIVE)  # an attach
+        await park.park_at_stop()
+        meta = await storage.get_metadata("left")
+        assert park.parked == 0 and meta is not None and meta.state == SessionState.ACTIVE
     finally:
         await storage.close()
 

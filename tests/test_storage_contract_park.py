@@ -102,6 +102,27 @@ async def test_what_was_written_since_the_time_given_is_left(store: Storage) -> 
     assert (await metadata(store, "after")).state == SessionState.IDLE
 
 
+async def test_attached_left_says_whether_a_park_would_move_a_session(store: Storage) -> None:
+    """What a park stopped at a bound (a graceful stop's) left for the next start: only
+    what ``park_attached`` would move counts, and asking moves nothing."""
+    parks = parking(store)
+    assert not await parks.attached_left(store.now())
+    for session_id, state in [("d1", SessionState.DISCONNECTED), ("c1", SessionState.CLOSED)]:
+        await stored_as(store, state, session_id)
+    await new_session(store, "gone", user_id="u", ttl=1)  # active, once expired: cleanup's
+    expiry = (await metadata(store, "gone")).expires_at
+    assert expiry is not None
+    await asyncio.sleep(max((expiry - utcnow()).total_seconds(), 0) + 0.01)
+    assert not await parks.attached_left(store.now())
+    since = store.now()
+    await stored_as(store, SessionState.IDLE, "i1")  # written since
+    assert not await parks.attached_left(since)
+    assert await parks.attached_left(store.now())
+    assert (await metadata(store, "i1")).state == SessionState.IDLE  # (not moved)
+    assert sum(await all_steps(parks.park_attached(store.now(), 10))) == 1
+    assert not await parks.attached_left(store.now())
+
+
 async def test_a_session_written_between_two_steps_is_left(store: Storage) -> None:
     """An attach once the server listens, while the park goes on: its write stays."""
     parks = parking(store)

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..base import StorageError
-from ..parking import park_indexed
+from ..parking import attached_left_indexed, park_indexed
 from .appends import WalKeptFull
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
@@ -94,6 +94,9 @@ class JsonlUpkeep(JsonlImports):
     def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
         self._require_writable()  # ParksAttached (persistence/parking.py): written lazily
         return park_indexed(self._index, self._clock, since, batch, self._checkpoints.changed_id)
+
+    async def attached_left(self, since: datetime) -> bool:
+        return attached_left_indexed(self._index, self._clock, since)
 
     # -- damaged files --------------------------------------------------------------
 

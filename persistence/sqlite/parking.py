@@ -9,6 +9,7 @@ why no order is promised): an order by ``updated_at`` would take an index of its
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Final
 
 from bamboo_session.protocol.models import SessionState
@@ -25,6 +26,11 @@ _PARK: Final = (
     "UPDATE sessions SET state = ?, updated_at = ? "
     "WHERE state = ? AND (created_at, id) > (?, ?) AND (created_at, id) <= (?, ?) "
     "AND updated_at <= ? AND (expires_at IS NULL OR expires_at > ?) RETURNING id"
+)
+
+_LEFT: Final = (
+    "SELECT 1 FROM sessions WHERE state IN (?, ?) AND updated_at <= ? "
+    "AND (expires_at IS NULL OR expires_at > ?) LIMIT 1"
 )
 
 Cursor = tuple[str, str]  # (created_at, id) of the last session a step looked at
@@ -49,3 +55,9 @@ def park(
             if row is not None:
                 row.written(state=_PARKED, updated_at=now)
     return len(parked), last if len(stretch) == limit else None
+
+
+def attached_left(db: sqlite3.Connection, since: str, now: str) -> bool:
+    """Whether :func:`park` would park a session of either state (``since`` and ``now``
+    as it takes them): ``ParksAttached.attached_left``."""
+    return db.execute(_LEFT, (*LEFT_ATTACHED, since, now)).fetchone() is not None

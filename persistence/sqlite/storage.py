@@ -270,6 +270,10 @@ class SqliteStorage:
                 parked, after = await self._write(work)
                 yield parked
 
+    async def attached_left(self, since: datetime) -> bool:
+        """ParksAttached: one read of the ``sessions_by_state`` index."""
+        return await self._read(parking.attached_left, time_text(since), time_text(self.now()))
+
     async def cleanup_expired_sessions(self) -> int:
         removed = await self._write(writes.cleanup, self._live.removed)
         return len(removed)
