@@ -112,7 +112,11 @@ def sync_file_system(directory: Path, device: int) -> bool:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         if os.fstat(fd).st_dev != device:
-            log.warning("%s moved to another file system since the open: not synced", directory)
+            log.warning(
+                "%s moved to another file system since the open: not synced as a whole; "
+                "each checkpoint file is synced on its own before its first write",
+                directory,
+            )
             return False
         if _syncfs(fd) != 0:
             error = ctypes.get_errno()

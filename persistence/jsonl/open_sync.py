@@ -82,4 +82,5 @@ class OpenSync:
         except Exception:  # a defect: nothing known on disk, each file synced on its own
             log.exception("the sync of the store's file system failed")
         else:
-            log.debug("synced the store's file system in %.3f s", self.seconds)
+            if self.succeeded:  # (else fs_sync.py said why not)
+                log.debug("synced the store's file system in %.3f s", self.seconds)
