@@ -80,6 +80,14 @@ class SessionIndex:
         wanted = frozenset(states)
         return [metadata.id for metadata in self._by_id.values() if metadata.state in wanted]
 
+    def each_in(self, states: Iterable[SessionState]) -> Iterator[str]:
+        """The ids of the sessions in ``states``, one at a time: for a caller that may
+        stop at the first (no list of 100,000 made for it); none may change meanwhile."""
+        if self._secondary:
+            return (session_id for state in states for session_id in self._by_state.get(state, ()))
+        wanted = frozenset(states)
+        return (metadata.id for metadata in self._by_id.values() if metadata.state in wanted)
+
     def of_user(self, user_id: str) -> list[SessionMetadata]:
         """The user's sessions, newest first."""
         matches = self._select(SessionFilter(user_id=user_id))

@@ -76,7 +76,7 @@ def attached_left_indexed(index: SessionIndex, clock: StoreClock, since: datetim
     """Whether :func:`park_indexed` ``(index, clock, since, …)`` would park a session now
     (``ParksAttached.attached_left``): the first one found answers."""
     since, now = _utc(since), clock.now()
-    for session_id in index.ids_in(LEFT_ATTACHED):
+    for session_id in index.each_in(LEFT_ATTACHED):  # (no list: the first may answer)
         meta = index.get(session_id)
         if meta is not None and _to_park(meta, since, now):
             return True
