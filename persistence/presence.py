@@ -32,6 +32,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
+from .errors import StorageError
+
 
 class PresenceNotice(msgspec.Struct, frozen=True):
     """A connection joined or left a session; ``connections`` is the session-wide
@@ -55,6 +57,25 @@ class Held(NamedTuple):
     session_id: str
     connections: Sequence[tuple[str, str]]
     epoch: str | None = None
+
+
+class Park(NamedTuple):
+    """A state this instance owes a session (:meth:`PresenceStore.park_many`): the
+    session of ``epoch`` (None: whichever has the id), and this instance's connections
+    to it whose leave failed, ``(connection_id, role)``, left first in the same step."""
+
+    session_id: str
+    epoch: str | None = None
+    leaving: Sequence[tuple[str, str]] = ()
+
+
+class Parked(NamedTuple):
+    """What a park found: the session's connections then (on every instance), whether
+    it wrote the session ``disconnected``, and the session's stored state after."""
+
+    connections: int
+    wrote: bool
+    state: str
 
 
 @runtime_checkable
@@ -123,12 +144,20 @@ class PresenceStore(Protocol):
         nor one closed, expired or deleted. How many it wrote."""
         ...
 
-    async def park(self, session_id: str, *, epoch: str | None = None) -> tuple[int, bool]:
-        """Write the session ``disconnected`` if no connection of any instance is
-        registered (dead ones swept first), in one step with that check: never over a
-        connection registered meanwhile. Only over ``active`` or ``idle``, and not an
-        expired session. The count of connections, and whether it wrote. With ``epoch``,
-        SessionNotFound for a session of another epoch (nothing touched)."""
+    async def park_many(self, parks: Sequence[Park]) -> list[Parked | StorageError]:
+        """For each park, in one round trip: its ``leaving`` left, then the session
+        written ``disconnected`` if no connection of any instance is registered (dead
+        ones swept first), in one step with that check: never over a connection
+        registered meanwhile. Only over ``active`` or ``idle``, and not an expired
+        session. Each one's outcome in order, or the error of that park alone
+        (SessionNotFound for a session of another epoch than its ``epoch``, nothing
+        touched); StorageError raised if the store fails the whole call."""
+        ...
+
+    async def hold(self, sessions: Sequence[tuple[str, str | None]]) -> None:
+        """Record the sessions ``(session_id, epoch)`` as this instance's again, one
+        heartbeat on, as a join does, though no connection of it is left there: it
+        owes them a state, which a survivor's sweep writes should it die first."""
         ...
 
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:

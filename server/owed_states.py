@@ -49,6 +49,7 @@ checkpoint), so its actors owe none; SQLite's and Redis's fail with the store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 from collections.abc import Callable
@@ -67,6 +68,7 @@ from bamboo_session.protocol.models import SessionState
 from bamboo_session.tasks import cancel_and_wait
 
 from .outage_log import OutageLog
+from .owed_parks import ALREADY_PARKED, DROPPED, OUTCOMES, PARKED_AT_ONCE, WRITTEN, park_owed
 from .presence import SharedPresence
 
 log = structlog.get_logger("bamboo_session.actor")
@@ -78,6 +80,9 @@ MAX_OWED_BYTES: Final = 16 * 1024 * 1024  # and bytes, as ENTRY_BYTES + ids coun
 # the two strings' headers (CPython 3.11, 64-bit: some 250 bytes; rounded up).
 ENTRY_BYTES: Final = 320
 WRITTEN_AT_ONCE: Final = 32  # writes under way at once in a round
+# Groups of parks under way at once on a shared store (server/owed_parks.py): this
+# process packs the next while the store runs one.
+GROUPS_IN_FLIGHT: Final = 2
 # Seconds a graceful stop gives its last round: a store that hangs holds the stop no longer.
 LAST_ROUND_SECONDS: Final = 3.0
 _PARKED_ONLY = (SessionState.ACTIVE, SessionState.IDLE)
@@ -90,6 +95,9 @@ class _Owed:
     def __init__(self, session_id: str, epoch: str | None) -> None:
         self.epoch = epoch
         self.size = ENTRY_BYTES + len(session_id) + len(epoch or "")
+
+
+_Group = list[tuple[str, _Owed]]
 
 
 class OwedStates:
@@ -112,14 +120,30 @@ class OwedStates:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.written = 0  # states written so far
+        # How the owed settled so far, by outcome (server/owed_parks.py: WRITTEN,
+        # ALREADY_PARKED, DROPPED), counted as they go: a stop's last round may be cut
+        # short, and its log adds them up.
+        self.settled: collections.Counter[str] = collections.Counter()
         self._owed: dict[str, _Owed] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.outages = OutageLog("owed state", log)
+        if presence is not None:  # recorded as this process's at each heartbeat until written
+            presence.owed = self.entries
 
     def __len__(self) -> int:
         return len(self._owed)
+
+    @property
+    def written(self) -> int:
+        """States written so far."""
+        return self.settled[WRITTEN]
+
+    def entries(self) -> list[tuple[str, str | None]]:
+        """The sessions owed, each ``(session_id, epoch)``: recorded as this process's
+        at each presence heartbeat (server/presence.py), for a survivor to park should
+        it die before it writes them."""
+        return [(session_id, owed.epoch) for session_id, owed in self._owed.items()]
 
     def owe(self, session_id: str, epoch: str | None) -> None:
         """A retiring actor's session is owed ``disconnected``: written once the store
@@ -152,12 +176,14 @@ class OwedStates:
             await cancel_and_wait(task)
         if not self._owed:
             return
-        owed, written = len(self._owed), self.written
+        owed, before = len(self._owed), self.settled.copy()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.last_round):  # not wait_for: 3.11's drops a cancel
                 await self.write_owed()
         left = len(self._owed)
-        fields = {"owed": owed, "written": self.written - written, "left": left}
+        # owed == written + already_parked + dropped + left
+        fields = {outcome: self.settled[outcome] - before[outcome] for outcome in OUTCOMES}
+        fields = {"owed": owed, **fields, "left": left}
         if left:
             log.warning("owed states left at stop", **fields, then=_LEFT_TO)
         else:
@@ -173,39 +199,68 @@ class OwedStates:
 
     async def write_owed(self) -> int:
         """One round: each state owed written, or dropped when nothing is owed any more,
-        the first alone, then in groups of WRITTEN_AT_ONCE, until the store fails (those
-        that failed are tried last next round). How many were written."""
-        written = 0
+        the first alone, then in groups (on a shared store, of PARKED_AT_ONCE in one
+        call, GROUPS_IN_FLIGHT under way at once, so that this process packs one while
+        the store runs another; else WRITTEN_AT_ONCE under way at once), until the
+        store fails (those that failed are tried last next round). How many were
+        written."""
+        settled: collections.Counter[str] = collections.Counter()
         pending = list(self._owed.items())
-        start, size = 0, 1  # the first alone: a store still failing costs one call
-        while start < len(pending):
-            group = pending[start : start + size]
-            start, size = start + size, WRITTEN_AT_ONCE
-            outcomes = await asyncio.gather(
-                *(self._settle(session_id, owed) for session_id, owed in group),
-                return_exceptions=True,
-            )
-            failed: StorageError | None = None
-            for (session_id, owed), outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, StorageError):
-                    failed = failed or outcome
-                    self._to_the_end(session_id, owed)
-                    continue
-                if isinstance(outcome, BaseException):  # a fault of ours: not tried again
-                    log.error("writing an owed state failed", exc_info=outcome)
-                    outcome = 0
-                if outcome is not None:
-                    written += outcome
-                    self.written += outcome  # as it goes: a stop's last round may be cut short
-                    self._drop(session_id, owed)
-            if failed is not None:
-                self.outages.failed("write", "writing an owed state failed", str(failed))
-                break
+        shared = self.presence is not None
+        at_once = PARKED_AT_ONCE if shared else WRITTEN_AT_ONCE
+        start, size, at_most = 0, 1, 1  # the first alone: a store still failing costs one call
+        running: collections.deque[tuple[_Group, asyncio.Task[list[object]]]] = collections.deque()
+        failed: StorageError | None = None
+        try:
+            while running or (failed is None and start < len(pending)):
+                while failed is None and start < len(pending) and len(running) < at_most:
+                    group = pending[start : start + size]
+                    start, size = start + size, at_once
+                    running.append((group, asyncio.create_task(self._settle_group(group))))
+                group, task = running.popleft()
+                failed = self._settled(group, await task, settled) or failed
+                at_most = GROUPS_IN_FLIGHT if shared else 1
+        finally:
+            await cancel_and_wait(*(task for _, task in running))  # a stop cut the round short
+        if failed is not None:
+            self.outages.failed("write", "writing an owed state failed", str(failed))
         else:
             self.outages.worked("write")  # a whole round without a failure
-        if written:
-            log.info("owed states written", written=written, owed=len(self._owed))
+        if written := settled[WRITTEN]:
+            fields = {outcome: settled[outcome] for outcome in OUTCOMES}
+            log.info("owed states written", **fields, owed=len(self._owed))
         return written
+
+    def _settled(
+        self, group: _Group, outcomes: list[object], settled: collections.Counter[str]
+    ) -> StorageError | None:
+        """Each one of ``group`` dropped as its outcome says, or put last if the store
+        failed it (the first such failure, returned)."""
+        failed: StorageError | None = None
+        for (session_id, owed), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, StorageError):
+                failed = failed or outcome
+                self._to_the_end(session_id, owed)
+                continue
+            if isinstance(outcome, BaseException):  # a fault of ours: not tried again
+                log.error("writing an owed state failed", exc_info=outcome)
+                outcome = DROPPED
+            if isinstance(outcome, str):
+                settled[outcome] += 1
+                self.settled[outcome] += 1  # as it goes: a stop's last round may be cut short
+                self._drop(session_id, owed)
+        return failed
+
+    async def _settle_group(self, group: _Group) -> list[object]:
+        """Each one's outcome (server/owed_parks.py), or the exception it raised."""
+        if self.presence is not None:
+            pairs = [(session_id, owed.epoch) for session_id, owed in group]
+            try:
+                return list(await park_owed(self.presence, self._live, pairs))
+            except StorageError as exc:
+                return [exc] * len(group)
+        settling = (self._settle(session_id, owed) for session_id, owed in group)
+        return list(await asyncio.gather(*settling, return_exceptions=True))
 
     def _to_the_end(self, session_id: str, owed: _Owed) -> None:
         """Tried last next round: one whose session alone fails (a key of its own
@@ -220,20 +275,20 @@ class OwedStates:
             del self._owed[session_id]
             self.bytes -= owed.size
 
-    async def _settle(self, session_id: str, owed: _Owed) -> int | None:
-        """Writes the state owed if the fence lets it: 1 if written, 0 if nothing is
-        owed any more, None to try again at the next round. StorageError if the store
-        fails."""
+    async def _settle(self, session_id: str, owed: _Owed) -> str | None:
+        """On a store one process holds: writes the state owed if the fence lets it;
+        its outcome (server/owed_parks.py), None to try again at the next round.
+        StorageError if the store fails."""
         if self._live(session_id) is not None:
             return None  # its actor now: the state is its own to write
-        if self.presence is not None:
-            return await self._park_shared(session_id, owed)
         storage = self.storage
         metadata = await storage.get_metadata(session_id)
         if metadata is None or (owed.epoch is not None and metadata.epoch != owed.epoch):
-            return 0
+            return DROPPED
+        if metadata.state == SessionState.DISCONNECTED:
+            return ALREADY_PARKED
         if metadata.state not in _PARKED_ONLY or metadata.is_expired(storage.now()):
-            return 0
+            return DROPPED
         if self._live(session_id) is not None:
             return None  # spawned during the read
         with contextlib.suppress(SessionExpired, SessionNotFound, InvalidTransition):
@@ -243,19 +298,5 @@ class OwedStates:
                 epoch=owed.epoch,
                 unless_updated_since=metadata.updated_at,
             )
-            return int(stored.state == SessionState.DISCONNECTED)
-        return 0
-
-    async def _park_shared(self, session_id: str, owed: _Owed) -> int | None:
-        """Parked in one step with the session's presence: written only if no
-        connection of any process is registered (module docstring)."""
-        assert self.presence is not None
-        store = self.presence.store
-        await self.presence.leave_lingering(session_id)  # its own, whose leave failed
-        try:
-            count, parked = await store.park(session_id, epoch=owed.epoch)
-        except SessionNotFound:
-            return 0
-        if not parked and count and self.presence.unremembered_lately():
-            return None  # maybe this process's own, past its cap: they expire soon
-        return int(parked)  # else others are attached: theirs to write (docstring)
+            return WRITTEN if stored.state == SessionState.DISCONNECTED else DROPPED
+        return DROPPED

@@ -122,6 +122,10 @@ class SharedPresence(LocalPresence):
         # heartbeat deadline, which a write that waits for no connection would wait
         # for (leave_lingering).
         self.failed_leaves = FailedLeaves(store.heartbeat)
+        # The sessions this process owes a state, ``(id, epoch)`` (the manager's
+        # OwedStates.entries): recorded as its own at each heartbeat, before the
+        # refresh drops its entries past their deadline (refresh).
+        self.owed: Callable[[], Sequence[tuple[str, str | None]]] = tuple
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -272,7 +276,7 @@ class SharedPresence(LocalPresence):
         interval = self.store.heartbeat / 3
         while True:
             await asyncio.sleep(interval)
-            if self._held:
+            if self._held or self.owed():
                 await self.refresh()
 
     async def _sweeps(self) -> None:
@@ -295,7 +299,11 @@ class SharedPresence(LocalPresence):
             self._worked("sweep")
 
     async def refresh(self) -> None:
-        """Refresh every connection this process holds, in one round trip."""
+        """Refresh every connection this process holds, in one round trip; the
+        sessions it owes a state first, in one more (else a refresh after an outage
+        dropped their entries, past their deadline, and a kill before their write left
+        them ``active``, no survivor's sweep knowing of them)."""
+        owed = self.owed()
         done = self._refreshing = asyncio.Event()
         by_epoch: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
         for session_id, held in self._held.items():
@@ -304,7 +312,10 @@ class SharedPresence(LocalPresence):
         snapshot = [Held(sid, conns, epoch) for (sid, epoch), conns in by_epoch.items()]
         again: Sequence[str] = ()
         try:
-            again = await self.store.refresh(snapshot)
+            if owed:
+                await self.store.hold(owed)
+            if snapshot:
+                again = await self.store.refresh(snapshot)
             self.refreshes += 1
             self._worked("heartbeat")
         except StorageError as exc:

@@ -19,7 +19,7 @@ import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.listing import SessionFilter
-from bamboo_session.persistence.presence import Held
+from bamboo_session.persistence.presence import Held, Parked
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import Session, SessionState
 from tests.instances import eventually
@@ -139,13 +139,13 @@ async def test_one_park_however_many_run_it(redis_server: RedisServer, tmp_path:
         entry = f"twice {(await a.get_metadata('twice')).epoch}"  # type: ignore[union-attr]
         await died_in(url, "twice")
         await asyncio.sleep(HEARTBEAT + 0.1)
-        calls = [a.presence.park_call(entry), b.presence.park_call(entry)]
-        assert None not in calls
+        park = a.presence.orphan_park(entry)
+        assert park is not None
         answers = await asyncio.gather(
-            a.redis.run_many("presence", calls[:1] * 2),  # type: ignore[list-item]
-            b.redis.run_many("presence", calls[1:] * 2),  # type: ignore[list-item]
+            a.presence.park_many([park, park]), b.presence.park_many([park, park])
         )
-        assert sorted(int(answer[1]) for pair in answers for answer in pair) == [0, 0, 0, 1]
+        wrote = [p.wrote for pair in answers for p in pair if isinstance(p, Parked)]
+        assert sorted(wrote) == [False, False, False, True]
         assert (await a.get_metadata("twice")).state == SessionState.DISCONNECTED  # type: ignore[union-attr]
     finally:
         await a.close()

@@ -13,6 +13,11 @@
 -- Mode 'take' (KEYS: one instance's sessions; ARGV: mode, at most how many): its
 --   entries '<id> <epoch>' whose deadline passed, each followed by its score (an
 --   entry refreshed since, its instance alive after all, is not among them).
+-- Mode 'hold' (KEYS: one instance's sessions, the instances; ARGV: mode, heartbeat
+--   ms, the instance, then entries '<id> <epoch>'): the entries recorded again, one
+--   heartbeat away, as presence.lua's join records one, and the instance by that
+--   deadline: sessions the instance owes a state with none of its connections left
+--   in them (server/owed_states.py), which a survivor parks should it die first.
 -- Mode 'drop' (KEYS: one instance's sessions, the instances; ARGV: mode, the
 --   instance, then pairs of an entry and the score 'take' read): the entries parked,
 --   those refreshed since kept; the instance goes once none is left.
@@ -35,6 +40,14 @@ if mode == 'renew' then
   end
   redis.call('ZADD', KEYS[1], 'XX', int(now + tonumber(ARGV[2])), ARGV[3])
   return redis.call('ZSCORE', KEYS[1], ARGV[3])
+end
+if mode == 'hold' then
+  local deadline = int(now + tonumber(ARGV[2]))
+  for i = 4, #ARGV do
+    redis.call('ZADD', KEYS[1], deadline, ARGV[i])
+  end
+  redis.call('ZADD', KEYS[2], 'GT', deadline, ARGV[3])
+  return 0
 end
 if mode == 'take' then
   return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,

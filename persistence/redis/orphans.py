@@ -6,7 +6,7 @@ instance whose deadline passed refreshed nothing for a whole heartbeat: it died 
 stalls). Each survivor's sweep (server/presence.py, a task beside its heartbeat, every
 ``heartbeat / 3``) claims such instances (``orphans.lua``, one heartbeat each, so that
 survivors sweeping at once share them out), and calls ``presence.lua`` in mode
-``park`` on each of their sessions, up to ``PARKED_AT_ONCE`` in a round trip: it
+``park`` on their sessions, up to ``PARKED_AT_ONCE`` in one call: it
 sweeps the dead connections out and, should none be left, writes the session
 ``disconnected`` in that same step, as the last connection's leave would have.
 
@@ -43,7 +43,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
-from ..errors import StorageError
+from ..errors import SessionNotFound, StorageError
+from ..presence import Parked
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -105,9 +106,12 @@ async def _sweep_instance(storage: RedisStorage, claim: _Claim) -> int:
             began = time.monotonic()
             flat = await storage.redis.run("orphans", [key], ["take", batch])
             entries = [_text(entry) for entry in flat[::2]]
-            calls = [c for c in map(storage.presence.park_call, entries) if c is not None]
-            answers = await storage.redis.run_many("presence", calls)
-            parked += sum(1 for a in answers if isinstance(a, list) and int(a[1]) == 1)
+            parks = [p for p in map(storage.presence.orphan_park, entries) if p is not None]
+            answers = await storage.presence.park_many(parks)
+            for answer in answers:  # one that failed is not dropped: the next sweep's
+                if isinstance(answer, StorageError) and not isinstance(answer, SessionNotFound):
+                    raise answer
+            parked += sum(1 for a in answers if isinstance(a, Parked) and a.wrote)
             # Dropped only once parked: a sweeper that dies first leaves them to the next.
             drop = ["drop", instance, *flat]
             await storage.redis.run("orphans", [key, layout.instances()], drop)

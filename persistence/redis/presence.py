@@ -18,8 +18,8 @@ import msgspec
 from bamboo_session.protocol.ids import check_session_id, is_valid_session_id
 from bamboo_session.protocol.models import SessionState
 
-from ..base import SessionNotFound
-from ..presence import Held, PresenceNotice
+from ..base import SessionNotFound, StorageError
+from ..presence import Held, Park, Parked, PresenceNotice
 from .orphans import sweep_dead_instances
 from .scripts import HistoryLost
 
@@ -43,8 +43,23 @@ EARLIER_GENERATION: Final = -2  # its reply for this session as an earlier gener
 PARKED: Final = SessionState.DISCONNECTED.value
 
 
+# Entries one 'hold' records (orphans.lua): some 4,000 a millisecond of Redis's time.
+HELD_AT_ONCE: Final = 4096
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parked(session_id: str, answer: object) -> Parked | StorageError:
+    """A park's three values in presence.lua's reply (or its error) as its outcome."""
+    if isinstance(answer, StorageError):
+        return answer
+    assert isinstance(answer, list)
+    count, wrote, state = answer[:3]
+    if int(count) == OTHER_EPOCH:
+        return SessionNotFound(f"session {session_id!r} not found")
+    return Parked(int(count), int(wrote) == 1, _text(state))
 
 
 class RedisPresence:
@@ -111,24 +126,53 @@ class RedisPresence:
     async def sweep_dead(self) -> int:
         return await sweep_dead_instances(self._storage)
 
-    async def park(self, session_id: str, *, epoch: str | None = None) -> tuple[int, bool]:
-        answer = await self._storage.redis.run("presence", *self._park_call(session_id, epoch))
-        if not isinstance(answer, list):  # OTHER_EPOCH
-            raise SessionNotFound(f"session {session_id!r} not found")
-        return int(answer[0]), int(answer[1]) == 1
+    async def park_many(self, parks: Sequence[Park]) -> list[Parked | StorageError]:
+        # One script call for them all: a call each cost this process a command to
+        # pack and a reply to read per session (bench/RESULTS.md).
+        if not parks:
+            return []
+        run_many = self._storage.redis.run_many
+        (answer,) = await run_many("presence", [self._park_call(parks)], each_error=True)
+        if isinstance(answer, StorageError):
+            # Some session's keys failed the script (another type written over one),
+            # which ran the parks before it: each one on its own, so that it fails alone.
+            calls = [self._park_call([park]) for park in parks]
+            answers = await run_many("presence", calls, each_error=True)
+            return [_parked(p.session_id, a) for p, a in zip(parks, answers, strict=True)]
+        return [_parked(p.session_id, answer[3 * i : 3 * i + 3]) for i, p in enumerate(parks)]
 
-    def park_call(self, entry: str) -> tuple[list[str], list[str | int]] | None:
-        """The park (presence.lua) of one session a dead instance was in, its entry
-        ``<id> <epoch>`` as presence.lua recorded it; None for one that names no
-        session id."""
+    async def hold(self, sessions: Sequence[tuple[str, str | None]]) -> None:
+        storage = self._storage
+        keys = [storage.layout.instance_sessions(self._instance), storage.layout.instances()]
+        head: list[str | int] = ["hold", round(self.heartbeat * 1000), self._instance]
+        entries = [f"{check_session_id(sid)} {epoch or ''}" for sid, epoch in sessions]
+        calls = [
+            (keys, [*head, *entries[at : at + HELD_AT_ONCE]])
+            for at in range(0, len(entries), HELD_AT_ONCE)
+        ]
+        await storage.redis.run_many("orphans", calls)
+
+    @staticmethod
+    def orphan_park(entry: str) -> Park | None:
+        """The park of one session a dead instance was in, its entry ``<id> <epoch>``
+        as presence.lua recorded it; None for one that names no session id."""
         session_id, _, epoch = entry.partition(" ")
-        if not is_valid_session_id(session_id):
-            return None
-        return self._park_call(session_id, epoch)
+        return Park(session_id, epoch) if is_valid_session_id(session_id) else None
 
-    def _park_call(self, session_id: str, epoch: str | None) -> tuple[list[str], list[str | int]]:
-        keys, args = self._call(session_id, "park", [], epoch)
-        return keys, [*args, self._storage.layout.index]
+    def _park_call(self, parks: Sequence[Park]) -> tuple[list[str], list[str | int]]:
+        """presence.lua's call in mode ``park`` of each session of ``parks``."""
+        storage = self._storage
+        layout = storage.layout
+        keys: list[str] = []
+        args: list[str | int] = ["", self._instance, round(self.heartbeat * 1000)]
+        args += [storage.redis.publish_command, "", "park", "", storage.generation.key]
+        args.append(layout.index)
+        for park in parks:
+            session_id = check_session_id(park.session_id)
+            keys += (layout.conns(session_id), layout.meta(session_id), layout.gone(session_id))
+            args += (session_id, layout.channel(session_id), park.epoch or "", len(park.leaving))
+            args += (f"{role}|{connection_id}" for connection_id, role in park.leaving)
+        return keys, args
 
     def on_presence(self, callback: Callable[[PresenceNotice], object] | None) -> None:
         self._callback = callback
