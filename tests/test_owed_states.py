@@ -17,6 +17,7 @@ from bamboo_session.persistence.redis.layout import Layout
 from bamboo_session.protocol.models import Session, SessionState
 from bamboo_session.server.owed_states import ENTRY_BYTES, OwedStates
 from bamboo_session.server.presence import shared_presence
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.storage_backends import BACKENDS
 
@@ -176,3 +177,70 @@ async def test_a_session_that_fails_alone_does_not_hold_up_the_others(
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_session_that_fails_within_a_group_fails_alone(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """On Redis a group of parks is one script call: one session's key written over
+    (a string where the store keeps a hash) fails that session's park alone, which is
+    tried again last; the others of its group, before and after it, are written."""
+    prefix = prefix_for(tmp_path)
+    store = await open_storage(redis_server.url(prefix=prefix))
+    client = redis.asyncio.Redis.from_url(redis_server.url())
+    try:
+        presence = shared_presence(store, lambda notice: None)
+        owed = OwedStates(store, presence, nothing_live)
+        ids = ("first", "before", "broken", "after")  # the first alone, then one group
+        for session_id in ids:
+            owed.owe(session_id, await stored_in(store, session_id, SessionState.ACTIVE))
+        await client.set(Layout(prefix).meta("broken"), "not a hash")
+        assert await owed.write_owed() == 3
+        for session_id in ("first", "before", "after"):
+            assert await state_of(store, session_id) == SessionState.DISCONNECTED
+        assert owed.entries() == [("broken", owed.entries()[0][1])]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_a_stops_numbers_add_up_with_what_its_own_sweep_parked_first(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """What a stop's last round settles adds up to what was owed: one written; one its
+    own sweep of dead instances parked first (an outage outlasted its heartbeat: it
+    claims itself, and parks a session it owes), ``already_parked``; two with nothing
+    to write (deleted; attached on another instance), ``dropped``; one with an actor
+    here again, ``left``."""
+    prefix = prefix_for(tmp_path)
+    store = await open_storage(redis_server.url(prefix=prefix, heartbeat=0.3))
+    other = await open_storage(redis_server.url(prefix=prefix, heartbeat=60))
+    try:
+        presence = shared_presence(store, lambda notice: None)
+        elsewhere = shared_presence(other, lambda notice: None)
+        assert presence is not None and elsewhere is not None
+        owed = OwedStates(store, presence, lambda session_id: session_id == "again" or None)
+        owed.retry_every = 3600.0  # no round but the stop's
+        epochs = {
+            session_id: await stored_in(store, session_id, SessionState.ACTIVE)
+            for session_id in ("written", "swept", "deleted", "elsewhere", "again")
+        }
+        await presence.store.join("swept", "c_here", "client", epoch=epochs["swept"])
+        await elsewhere.store.join("elsewhere", "c_there", "client", epoch=epochs["elsewhere"])
+        await store.delete_session("deleted")
+        for session_id, epoch in epochs.items():
+            owed.owe(session_id, epoch)
+        # Its connection's heartbeat lapsed: its own sweep parks the session.
+        await eventually(presence.store.sweep_dead, timeout=20)
+        assert await state_of(store, "swept") == SessionState.DISCONNECTED
+        with capture_logs() as logs:
+            await owed.close()
+        (stop,) = [e for e in logs if e["event"] == "owed states left at stop"]
+        counts = {key: stop[key] for key in ("written", "already_parked", "dropped", "left")}
+        assert counts == {"written": 1, "already_parked": 1, "dropped": 2, "left": 1}
+        assert stop["owed"] == sum(counts.values()) == 5
+        assert await state_of(store, "written") == SessionState.DISCONNECTED
+        assert await state_of(store, "elsewhere") == SessionState.ACTIVE
+    finally:
+        await store.close()
+        await other.close()

@@ -259,19 +259,12 @@ class Commands:
         return await run(self.client, name, keys, args, self.before_reload, self.eval_ro)
 
     async def run_many(
-        self,
-        name: str,
-        calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
-        *,
-        each_error: bool = False,
+        self, name: str, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
     ) -> list[Any]:
-        """A script run once per ``(keys, args)`` in one round trip (scripts.run_many;
-        ``each_error``: a call's own error in its place, not raised)."""
+        """A script run once per ``(keys, args)`` in one round trip (scripts.run_many)."""
         if not calls:
             return []
-        return await run_many(
-            self.client, name, calls, self.before_reload, self.eval_ro, each_error=each_error
-        )
+        return await run_many(self.client, name, calls, self.before_reload, self.eval_ro)
 
     async def write(
         self,

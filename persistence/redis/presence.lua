@@ -41,7 +41,8 @@
 -- replacing a session removes its conns). A park returns three values a session in
 -- turn: the count (-1 as above: a park of a session of an earlier generation is of
 -- the same session, and goes on), 1 if it wrote the session disconnected, else 0, and
--- the session's stored state after ('' if none, or if connections are left).
+-- the session's stored state after ('' if none, or if connections are left); or -3,
+-- 0 and the error Redis raised in that session's park alone (its keys of another type).
 
 local GONE_MAX = 1024  -- marks kept per session: the newest, which a late call may meet
 local instance, heartbeat, publish, mode = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[6]
@@ -126,15 +127,25 @@ local function presence(conns, meta, gone, id, channel, epoch, first, last)
   return count, again
 end
 
+-- The park of the session whose id is ARGV[at] and whose keys follow KEYS[k].
+local function park_one(at, k, n)
+  local id, channel, epoch, meta = ARGV[at], ARGV[at + 1], ARGV[at + 2], KEYS[k + 2]
+  local count = presence(KEYS[k + 1], meta, KEYS[k + 3], id, channel, epoch, at + 4, at + 3 + n)
+  if count ~= 0 then return count, 0, '' end
+  return count, park(meta, id, ARGV[9])
+end
+
 if mode == 'park' then
   local parked = {}
   local at, k = 10, 0
   while at <= #ARGV do
-    local id, channel, epoch, n = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
-    local meta = KEYS[k + 2]
-    local count = presence(KEYS[k + 1], meta, KEYS[k + 3], id, channel, epoch, at + 4, at + 3 + n)
-    local wrote, state = 0, ''
-    if count == 0 then wrote, state = park(meta, id, ARGV[9]) end
+    local n = tonumber(ARGV[at + 3])
+    -- One session's keys that something else wrote over (another type) fail its park
+    -- alone: -3 and Redis's error, what it wrote before it kept, as a call of its own.
+    local ok, count, wrote, state = pcall(park_one, at, k, n)
+    if not ok then
+      count, wrote, state = -3, 0, type(count) == 'table' and count.err or tostring(count)
+    end
     parked[#parked + 1] = count
     parked[#parked + 1] = wrote
     parked[#parked + 1] = state

@@ -11,9 +11,10 @@ given an epoch is checked against the session's ``epoch`` field in the same scri
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+import redis.exceptions
 
 from bamboo_session.protocol.ids import check_session_id, is_valid_session_id
 from bamboo_session.protocol.models import SessionState
@@ -21,7 +22,7 @@ from bamboo_session.protocol.models import SessionState
 from ..base import SessionNotFound, StorageError
 from ..presence import Held, Park, Parked, PresenceNotice
 from .orphans import sweep_dead_instances
-from .scripts import HistoryLost
+from .scripts import HistoryLost, translate
 
 if TYPE_CHECKING:
     from .storage import RedisStorage
@@ -40,6 +41,7 @@ class _Wire(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Wire)
 OTHER_EPOCH: Final = -1  # presence.lua's reply for a session of another epoch
 EARLIER_GENERATION: Final = -2  # its reply for this session as an earlier generation served it
+FAILED_ALONE: Final = -3  # a park's, for a session whose own keys failed it (another type)
 PARKED: Final = SessionState.DISCONNECTED.value
 
 
@@ -51,14 +53,13 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _parked(session_id: str, answer: object) -> Parked | StorageError:
-    """A park's three values in presence.lua's reply (or its error) as its outcome."""
-    if isinstance(answer, StorageError):
-        return answer
-    assert isinstance(answer, list)
-    count, wrote, state = answer[:3]
+def _parked(session_id: str, answer: list[Any]) -> Parked | StorageError:
+    """A park's three values in presence.lua's reply as its outcome."""
+    count, wrote, state = answer
     if int(count) == OTHER_EPOCH:
         return SessionNotFound(f"session {session_id!r} not found")
+    if int(count) == FAILED_ALONE:
+        return translate(redis.exceptions.ResponseError(_text(state)))
     return Parked(int(count), int(wrote) == 1, _text(state))
 
 
@@ -131,14 +132,7 @@ class RedisPresence:
         # pack and a reply to read per session (bench/RESULTS.md).
         if not parks:
             return []
-        run_many = self._storage.redis.run_many
-        (answer,) = await run_many("presence", [self._park_call(parks)], each_error=True)
-        if isinstance(answer, StorageError):
-            # Some session's keys failed the script (another type written over one),
-            # which ran the parks before it: each one on its own, so that it fails alone.
-            calls = [self._park_call([park]) for park in parks]
-            answers = await run_many("presence", calls, each_error=True)
-            return [_parked(p.session_id, a) for p, a in zip(parks, answers, strict=True)]
+        answer = await self._storage.redis.run("presence", *self._park_call(parks))
         return [_parked(p.session_id, answer[3 * i : 3 * i + 3]) for i, p in enumerate(parks)]
 
     async def hold(self, sessions: Sequence[tuple[str, str | None]]) -> None:

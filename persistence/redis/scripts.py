@@ -146,14 +146,9 @@ async def run_many(
     calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
     before_reload: BeforeReload = None,
     eval_ro: bool = False,
-    each_error: bool = False,
 ) -> list[Any]:
     """Run script ``name`` once per ``(keys, args)``, in one round trip (not atomic as
-    a whole); the replies in order. A failed call raises, as :func:`run` would; with
-    ``each_error``, a call Redis answered with an error has that error, as the
-    contract's exception, in its place instead (the others ran: a caller that settles
-    each call on its own keeps their replies), and only a failure of the whole round
-    trip (Redis unreachable) raises."""
+    a whole); the replies in order. A failed call raises, as :func:`run` would."""
     script = SCRIPTS[name]
     by_sha = eval_commands(name, eval_ro)[0]
 
@@ -179,11 +174,9 @@ async def run_many(
 
     try:
         replies = await attempt(client, once, only_reads=name in READING_SCRIPTS)
-        for i, reply in enumerate(replies):
+        for reply in replies:
             if isinstance(reply, redis.exceptions.ResponseError):
-                if not each_error:
-                    raise translate(reply)
-                replies[i] = translate(reply)
+                raise translate(reply)
             elif isinstance(reply, Exception):
                 raise reply
         return replies
