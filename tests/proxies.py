@@ -202,6 +202,7 @@ class _Link:
     subscriber: bool = False  # the client sent a (S)SUBSCRIBE on it
     losing: bool = False  # the reply to the command sent last is to be lost
     held: asyncio.Event | None = None  # replies wait until it is set
+    withholding: bool = False  # nothing more the client sends is passed on
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -215,6 +216,9 @@ class RedisProxy:
     ``hold_reply_to(marker)``: the next command that holds ``marker`` reaches Redis
     and runs, and its reply (with whatever else Redis sends on its connection) waits
     until ``release_replies()``; ``replies_held`` counts the commands so met.
+    ``withhold(marker)``: from then on, a command that holds ``marker`` never reaches
+    Redis, nor does anything its client sends after it on that connection (the call
+    waits for its reply until the client gives up); ``withheld`` counts them.
     ``reset()`` resets every connection through it, on both sides.
     While ``refusing``, a new connection is closed at once (Redis unreachable to new
     connections, the open ones working on); while ``hanging``, a new connection is
@@ -238,6 +242,8 @@ class RedisProxy:
         self._garble: tuple[bytes, bytes] | None = None
         self._marker: bytes | None = None
         self._hold_marker: bytes | None = None
+        self._withhold_marker: bytes | None = None
+        self.withheld = 0
         self._release = asyncio.Event()
         self.replies_held = 0
         self._links: set[_Link] = set()
@@ -259,6 +265,9 @@ class RedisProxy:
 
     def hold_reply_to(self, marker: bytes) -> None:
         self._hold_marker = marker
+
+    def withhold(self, marker: bytes) -> None:
+        self._withhold_marker = marker
 
     def release_replies(self) -> None:
         """Every reply held goes on to its client; those held later wait again."""
@@ -335,6 +344,12 @@ class RedisProxy:
             while data := await reader.read(65536):
                 if link.dropped:
                     break
+                if link.withholding or (
+                    self._withhold_marker is not None and self._withhold_marker in data
+                ):
+                    self.withheld += not link.withholding
+                    link.withholding = True
+                    continue
                 if self._marker is not None and self._marker in data:
                     self._marker, link.losing = None, True
                 if self._hold_marker is not None and self._hold_marker in data:

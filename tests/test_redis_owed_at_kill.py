@@ -1,0 +1,100 @@
+"""A ``serve`` process on Redis that owes sessions ``disconnected`` (their peers left
+while Redis was away, past ``--disconnect-retention``: server/owed_states.py), killed
+with SIGKILL right after Redis came back: after its presence heartbeat ran again, before
+its owed states were written. That refresh drops the process's own presence entries
+past their deadline; it used to drop the owed sessions' among them, and no survivor's
+sweep of dead instances knew of those sessions: they stayed ``active`` until some later
+attach. The heartbeat records the sessions it owes again first (orphans.lua ``hold``):
+a survivor parks them.
+
+Real processes throughout: a redis-server stopped and started again on its port, the
+owing instance reaching it through tests/proxies.py's proxy, which withholds its parks
+(so that it cannot write them before it is killed, however the machine schedules it),
+and a second instance on Redis itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis.asyncio
+
+from bamboo_session.persistence.redis.layout import Layout
+from tests.instances import eventually
+from tests.proxies import RedisProxy
+from tests.redis_server import RedisServer, prefix_for
+from tests.server_process import ServerProcess
+from tests.test_redis_owed_at_stop import RETENTION, attached, events, http_text, listed
+
+SESSIONS = 5
+HEARTBEAT = 2  # seconds: the owing instance's entries lapse within the outage
+# What presence.lua's park mode carries among its arguments, as RESP sends it.
+PARK_MARKER = b"$4\r\npark\r\n"
+
+
+def only_the_keeper_live(port: int) -> bool:
+    for line in http_text(port, "/metrics").splitlines():
+        if line.startswith("bamboo_live_actors "):
+            return float(line.split()[1]) == 1
+    raise AssertionError("no bamboo_live_actors in /metrics")
+
+
+async def test_states_owed_at_a_kill_right_after_redis_returns_are_parked_by_a_survivor(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis_server = start_redis("redis")
+    prefix = prefix_for(tmp_path)
+    proxy = RedisProxy(redis_server.port)
+    through_proxy = f"redis://127.0.0.1:{await proxy.start()}/0?prefix={prefix}"
+    owing = ServerProcess(
+        tmp_path / "owing",
+        tmp_path / "owing.log",
+        *("--store", f"{through_proxy}&heartbeat={HEARTBEAT}", *RETENTION),
+    )
+    await owing.start_in_loop()
+    reader = redis.asyncio.Redis.from_url(redis_server.url())
+    ids = [f"owed-{n}" for n in range(SESSIONS)]
+    survivor: ServerProcess | None = None
+    try:
+        # A session attached throughout: the instance keeps refreshing its presence.
+        keeper = await attached(owing, "keeper")
+        peers = [await attached(owing, session_id) for session_id in ids]
+        redis_server.stop()
+        stopped = time.monotonic()
+        for peer in peers:
+            await peer.close()
+        # Every actor of theirs retired owing its park; the keeper's is left.
+        await eventually(lambda: asyncio.to_thread(only_the_keeper_live, owing.port), timeout=30)
+        # The outage outlasts the heartbeat: the sessions' entries are past their deadline.
+        await eventually(lambda: time.monotonic() - stopped > HEARTBEAT * 1.5, timeout=30)
+        proxy.withhold(PARK_MARKER)  # its owed parks (and its sweeps') never reach Redis
+        await redis_server.start_in_loop()
+        await eventually(lambda: events(owing, "presence heartbeat works again"), timeout=30)
+        owing.kill()
+        layout = Layout(prefix)
+        states = [await reader.hget(layout.meta(session_id), "state") for session_id in ids]
+        assert states == [b"active"] * SESSIONS  # owed still: not written before the kill
+        await keeper.close()
+
+        survivor = ServerProcess(
+            tmp_path / "survivor",
+            tmp_path / "survivor.log",
+            *("--store", redis_server.url(prefix=prefix, heartbeat=HEARTBEAT), *RETENTION),
+        )
+        await survivor.start_in_loop()
+        port = survivor.port
+
+        def all_parked() -> bool:
+            return set(ids) <= listed(port, "disconnected")
+
+        # A heartbeat after the killed one's last refresh, and the survivor's sweep.
+        await eventually(lambda: asyncio.to_thread(all_parked), timeout=30)
+        assert await asyncio.to_thread(listed, port, "active") == set()
+    finally:
+        owing.kill()
+        if survivor is not None:
+            survivor.stop()
+        await reader.aclose()
+        await proxy.close()
