@@ -12,6 +12,7 @@ PresenceRelay (server/presence_relay.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Self
 
@@ -46,7 +47,7 @@ from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .outbox import Outbox
-from .owed_states import OwedStates
+from .owed_states import OwedStates, owed_by
 from .pages import PageReads
 from .presence import LOCAL, overlay_live, shared_presence
 from .presence_relay import PresenceRelay
@@ -86,6 +87,7 @@ class SessionManager:
         self.shared_presence = shared_presence(storage, relay.announce, relay.registered_again)
         self.owed_states = OwedStates(storage, self.shared_presence, self.actors.get)
         self.append_health.owed_states = self.owed_states  # retiring actors hand theirs there
+        self.owed_states.owed_by_actors = functools.partial(owed_by, self.actors)
         self.restart_park = RestartPark(storage, config.max_parked_at_stop)
         self.metrics.watch_actors(
             lambda: len(self.actors), self.actors.parked_count, lambda: self.budget.used

@@ -52,8 +52,8 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -70,6 +70,9 @@ from bamboo_session.tasks import cancel_and_wait
 from .outage_log import OutageLog
 from .owed_parks import ALREADY_PARKED, DROPPED, OUTCOMES, PARKED_AT_ONCE, WRITTEN, park_owed
 from .presence import SharedPresence
+
+if TYPE_CHECKING:
+    from .actor import SessionActor
 
 log = structlog.get_logger("bamboo_session.actor")
 
@@ -100,6 +103,16 @@ class _Owed:
 _Group = list[tuple[str, _Owed]]
 
 
+def owed_by(actors: Iterable[SessionActor]) -> list[tuple[str, str | None]]:
+    """``(session_id, epoch)`` of each session parked by its actor here whose state the
+    store is still owed (its write failed: written at a later look)."""
+    return [
+        (actor.status.session_id, actor.status.epoch)
+        for actor in actors
+        if actor.status.owed and not actor.room.outboxes
+    ]
+
+
 class OwedStates:
     """States owed to the store by actors that retired (module docstring)."""
 
@@ -128,8 +141,11 @@ class OwedStates:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.outages = OutageLog("owed state", log)
+        # The sessions whose live actors here parked them and still owe the store their
+        # state (the manager's, by owed_by), recorded as this process's too.
+        self.owed_by_actors: Callable[[], list[tuple[str, str | None]]] = list
         if presence is not None:  # recorded as this process's at each heartbeat until written
-            presence.owed = self.entries
+            presence.owed = self.owing
 
     def __len__(self) -> int:
         return len(self._owed)
@@ -140,10 +156,14 @@ class OwedStates:
         return self.settled[WRITTEN]
 
     def entries(self) -> list[tuple[str, str | None]]:
-        """The sessions owed, each ``(session_id, epoch)``: recorded as this process's
-        at each presence heartbeat (server/presence.py), for a survivor to park should
-        it die before it writes them."""
+        """The sessions owed here, each ``(session_id, epoch)``."""
         return [(session_id, owed.epoch) for session_id, owed in self._owed.items()]
+
+    def owing(self) -> list[tuple[str, str | None]]:
+        """Every session this process owes a state, here or by a live actor: recorded
+        as this process's at each presence heartbeat (server/presence.py), for a
+        survivor to park should it die before it writes them."""
+        return self.entries() + self.owed_by_actors()
 
     def owe(self, session_id: str, epoch: str | None) -> None:
         """A retiring actor's session is owed ``disconnected``: written once the store
