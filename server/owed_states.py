@@ -20,9 +20,17 @@ and left). What is left then (the store still away), or at a kill, the store set
 itself: SQLite's next start parks what it holds ``active`` or ``idle``; on Redis, the
 sessions this process registered connections in stay recorded under its instance
 (persistence/redis/orphans.py) until a survivor's dead-instance sweep, or the next
-instance to start, parks them, a heartbeat after this process's last refresh. Not if
-Redis came back long enough for this process's heartbeat to run (each refresh drops
-its own entries past their deadline) but not a round (one a second) before it died.
+instance to start, parks them, a heartbeat after this process's last refresh. A
+refresh drops this process's own entries past their deadline, so each heartbeat
+records those it owes (:meth:`OwedStates.owing`: the queue's, and its parked actors'
+not yet written) again first: killed right after Redis came back, before a round
+wrote them, it leaves them to that sweep too. (Not one owed by an actor that retired
+between a heartbeat's record and its refresh, one round trip, should the process die
+before its next heartbeat and its next round.)
+
+What each owed state settled as is counted (``settled``; server/owed_parks.py):
+``written``, ``already_parked`` (a sweep parked it first), ``dropped`` (nothing to
+write), and the stop's line adds them up with what it ``left``.
 
 Each write is fenced as the actor's own would be, so that it never lands over what
 came since:
@@ -31,11 +39,12 @@ came since:
 - only on the session of the retired actor's epoch (one deleted or replaced is owed
   nothing), only over ``active`` or ``idle``, and not on an expired session;
 - on a store processes share (Redis), in one step with its presence
-  (``PresenceStore.park``): not while another process's connections are attached (a
-  newer attach elsewhere: the last of them writes it as it leaves, or, if their leave
-  failed too, their process's own queue, or should it die, the survivors' sweep). This
-  process's own connections whose leave failed in the outage are left again first
-  (``SharedPresence.leave_lingering``): else they would count until their heartbeat
+  (``PresenceStore.park_many``, many in one call: server/owed_parks.py): not while
+  another process's connections are attached (a newer attach elsewhere: the last of
+  them writes it as it leaves, or, if their leave failed too, their process's own
+  queue, or should it die, the survivors' sweep). This process's own connections
+  whose leave failed in the outage are left again first, in the same step
+  (``SharedPresence.failed_leaves``): else they would count until their heartbeat
   deadline, and hold the write back. Those it could not remember (past its cap) do
   count until then: while some may, a write they hold back is tried again, not taken
   for another process's to write (which left it ``active`` until its next attach);

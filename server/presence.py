@@ -120,10 +120,10 @@ class SharedPresence(LocalPresence):
         self.outages = OutageLog("presence", log)
         # Connections whose leave the store failed: the store counts them until their
         # heartbeat deadline, which a write that waits for no connection would wait
-        # for (leave_lingering).
+        # for (leave_lingering; the owed states' parks leave them in their own step).
         self.failed_leaves = FailedLeaves(store.heartbeat)
         # The sessions this process owes a state, ``(id, epoch)`` (the manager's
-        # OwedStates.entries): recorded as its own at each heartbeat, before the
+        # OwedStates.owing): recorded as its own at each heartbeat, before the
         # refresh drops its entries past their deadline (refresh).
         self.owed: Callable[[], Sequence[tuple[str, str | None]]] = tuple
 
@@ -206,8 +206,9 @@ class SharedPresence(LocalPresence):
 
     async def leave_lingering(self, session_id: str) -> None:
         """Leave again the session's connections whose leave failed (the store away),
-        before a write that waits for none to be left (server/owed_states.py): else
-        they count until their heartbeat deadline. StorageError if it fails again (they
+        before a call whose count they would swell (the owed states' parks leave them
+        in their own step: server/owed_parks.py): else they count until their
+        heartbeat deadline. StorageError if it fails again (they
         are remembered again, as when it is cancelled)."""
         self.failed_leaves.forget_lapsed()
         lingering = self.failed_leaves.pop(session_id)

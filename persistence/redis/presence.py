@@ -59,7 +59,8 @@ def _parked(session_id: str, answer: list[Any]) -> Parked | StorageError:
     if int(count) == OTHER_EPOCH:
         return SessionNotFound(f"session {session_id!r} not found")
     if int(count) == FAILED_ALONE:
-        return translate(redis.exceptions.ResponseError(_text(state)))
+        error = translate(redis.exceptions.ResponseError(_text(state)))
+        return error if isinstance(error, StorageError) else StorageError(str(error))
     return Parked(int(count), int(wrote) == 1, _text(state))
 
 
