@@ -246,8 +246,10 @@ class OwedStates:
                     group = pending[start : start + size]
                     start, size = start + size, at_once
                     running.append((group, asyncio.create_task(self._settle_group(group))))
-                group, task = running.popleft()
-                failed = self._settled(group, await task, settled) or failed
+                group, task = running[0]  # still among them if cancelled while awaited
+                outcomes = await task
+                running.popleft()
+                failed = self._settled(group, outcomes, settled) or failed
                 at_most = GROUPS_IN_FLIGHT if shared else 1
         finally:
             await cancel_and_wait(*(task for _, task in running))  # a stop cut the round short
