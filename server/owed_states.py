@@ -268,14 +268,16 @@ class OwedStates:
         """Each one of ``group`` dropped as its outcome says, or put last if the store
         failed it (the first such failure, returned)."""
         failed: StorageError | None = None
+        logged: object = None
         for (session_id, owed), outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, StorageError):
                 failed = failed or outcome
                 self._to_the_end(session_id, owed)
                 continue
             if isinstance(outcome, BaseException):  # a fault of ours: not tried again
-                log.error("writing an owed state failed", exc_info=outcome)
-                outcome = DROPPED
+                if outcome is not logged:  # a group's, once
+                    log.error("writing an owed state failed", exc_info=outcome)
+                logged, outcome = outcome, DROPPED
             if isinstance(outcome, str):
                 settled[outcome] += 1
                 self.settled[outcome] += 1  # as it goes: a stop's last round may be cut short
@@ -288,7 +290,7 @@ class OwedStates:
             pairs = [(session_id, owed.epoch) for session_id, owed in group]
             try:
                 return list(await park_owed(self.presence, self._live, pairs))
-            except StorageError as exc:
+            except Exception as exc:  # the store's failure, or a fault of ours: each one's
                 return [exc] * len(group)
         settling = (self._settle(session_id, owed) for session_id, owed in group)
         return list(await asyncio.gather(*settling, return_exceptions=True))
