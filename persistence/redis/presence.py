@@ -4,7 +4,9 @@ persistence/presence.py): each session's connections in a sorted set
 which also sweeps out dead instances' connections and publishes every join and leave
 on the session's channel. The store's listener hands the notices back here. The
 sessions of instances that died are parked by the survivors' heartbeats
-(orphans.py). A call
+(orphans.py), and the states a process owes by it (server/owed_parks.py), each by
+``park_many``, many sessions to one call; ``hold`` records the sessions a process owes
+as its own again at its heartbeat (orphans.lua), for a survivor to park. A call
 given an epoch is checked against the session's ``epoch`` field in the same script
 (its reply -1: another epoch, nothing done)."""
 
