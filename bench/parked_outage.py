@@ -219,7 +219,8 @@ def stop_server(server: Any, log: Path) -> dict[str, Any]:
             continue
         since = (datetime.fromisoformat(record["timestamp"]) - shutting_down).total_seconds()
         if event.startswith("owed states") and "at stop" in event:
-            taken |= {key: record[key] for key in ("event", "owed", "written", "left")}
+            keys = ("event", "owed", "written", "already_parked", "dropped", "left")
+            taken |= {key: record[key] for key in keys if key in record}  # as each tree logs
             taken["owed_line_s"] = round(since, 2)  # from "shutting down"
         elif event == "stopped":
             taken["stopped_line_s"] = round(since, 2)
