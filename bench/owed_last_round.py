@@ -68,7 +68,8 @@ async def owing(url: str, count: int) -> tuple[Any, OwedStates]:
 async def script_seconds(storage: Any) -> float:
     """Seconds Redis spent running scripts since its stats were reset."""
     stats = await storage.redis.call("INFO", "commandstats")
-    return sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_eval")) / 1e6
+    usec = sum(int(v["usec"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
+    return usec / 1e6
 
 
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
