@@ -22,6 +22,7 @@ import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, SortBy, SortOrder
+from bamboo_session.persistence.presence import Park, Parked
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.persistence.redis.layout import to_micros
 from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata, SessionState
@@ -142,7 +143,8 @@ async def test_a_dead_instance_park_never_moves_a_session_updated_at_back(
     """A survivor parks a session a dead instance left ``active`` (presence.lua)."""
     await held_ahead(storage, "between", timedelta(minutes=30))
     ahead = await held_ahead(storage, "ahead", timedelta(hours=1))
-    assert await storage.presence.park("ahead", epoch=ahead.epoch) == (0, True)
+    [parked_one] = await storage.presence.park_many([Park("ahead", ahead.epoch)])
+    assert parked_one == Parked(connections=0, wrote=True, state="disconnected")
     parked = await metadata_of(storage, "ahead")
     assert parked.state == SessionState.DISCONNECTED
     assert parked.updated_at == ahead.updated_at + TICK
