@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.instances import eventually
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.test_redis_owed_at_stop import RETENTION, attached, listed, no_live_actors
+from tests.test_redis_owed_at_stop import listed, owing_after_an_outage
 
 SESSIONS = 20
 
@@ -30,16 +30,8 @@ async def test_a_stop_killed_in_its_last_round_of_owed_states_leaves_none_attach
     start_redis: Callable[[str], RedisServer], tmp_path: Path, cut: float | str
 ) -> None:
     redis = start_redis("redis")
-    options = ("--store", redis.url(prefix=prefix_for(tmp_path), heartbeat=2), *RETENTION)
-    first = ServerProcess(tmp_path / "first", tmp_path / "first.log", *options)
-    await first.start_in_loop()
-    ids = [f"owed-{i}" for i in range(SESSIONS)]
+    options, first, ids = await owing_after_an_outage(redis, tmp_path, SESSIONS)
     try:
-        peers = [await attached(first, session_id) for session_id in ids]
-        redis.stop()
-        for peer in peers:
-            await peer.close()
-        await eventually(lambda: asyncio.to_thread(no_live_actors, first.port), timeout=30)
         await redis.start_in_loop()
         assert first.proc is not None
         first.proc.send_signal(signal.SIGTERM)

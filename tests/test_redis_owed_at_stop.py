@@ -60,6 +60,28 @@ async def attached(server: ServerProcess, session_id: str) -> ClientConnection:
     return ws
 
 
+async def owing_after_an_outage(
+    redis: RedisServer, tmp_path: Path, sessions: int
+) -> tuple[tuple[str, ...], ServerProcess, list[str]]:
+    """A ``serve`` on ``redis`` whose peers of ``sessions`` sessions left while Redis
+    was stopped, every actor retired owing its park (none left in memory); Redis
+    still stopped. Its options (for another instance too), it, and the session ids."""
+    options = ("--store", redis.url(prefix=prefix_for(tmp_path), heartbeat=2), *RETENTION)
+    first = ServerProcess(tmp_path / "first", tmp_path / "first.log", *options)
+    await first.start_in_loop()
+    ids = [f"owed-{i}" for i in range(sessions)]
+    try:
+        peers = [await attached(first, session_id) for session_id in ids]
+        redis.stop()
+        for peer in peers:
+            await peer.close()
+        await eventually(lambda: asyncio.to_thread(no_live_actors, first.port), timeout=30)
+    except BaseException:
+        first.kill()
+        raise
+    return options, first, ids
+
+
 def events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
     return [record for record in server.log_records() if record["event"] == event]
 
@@ -76,17 +98,8 @@ async def test_states_owed_at_a_stop_with_redis_away_are_listed_disconnected_aft
     instance (``survivor``), or the stopped one again (``restart``): every session is
     listed ``disconnected`` within a bounded wait."""
     redis = start_redis("redis")
-    options = ("--store", redis.url(prefix=prefix_for(tmp_path), heartbeat=2), *RETENTION)
-    first = ServerProcess(tmp_path / "first", tmp_path / "first.log", *options)
-    await first.start_in_loop()
-    ids = [f"owed-{i}" for i in range(SESSIONS)]
+    options, first, ids = await owing_after_an_outage(redis, tmp_path, SESSIONS)
     try:
-        peers = [await attached(first, session_id) for session_id in ids]
-        redis.stop()
-        for peer in peers:
-            await peer.close()
-        # Every actor retired (each owing its park): none is left in memory.
-        await eventually(lambda: asyncio.to_thread(no_live_actors, first.port), timeout=30)
         if stop == "SIGKILL":
             first.kill()
         else:
