@@ -344,9 +344,8 @@ def _check_bounds(name: str, number: float) -> None:
         raise ValueError(f"expected a finite number, not {number!r}")
     low, high = _BOUNDS.get(name, (0, None))
     if number < low or (high is not None and number > high):
-        span = f"at least {low:g}"
-        if high is not None:  # (an integer whole: 3153600000, not 3.1536e+09)
-            span = f"between {low:g} and {f'{high:.0f}' if high == int(high) else f'{high:g}'}"
+        # .15g: a high bound whole (3153600000), not 3.1536e+09
+        span = f"between {low:g} and {high:.15g}" if high is not None else f"at least {low:g}"
         raise ValueError(f"must be {span}, not {number:g}")
 
 
