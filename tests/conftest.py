@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,19 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[[str], RedisServer]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A directory on tmpfs (/dev/shm), another file system than ``tmp_path``'s."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no /dev/shm on a file system of its own")
+    directory = Path(tempfile.mkdtemp(prefix="bamboo-test-", dir=shm))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -183,19 +182,6 @@ async def killed_or_closed(
     if snapshot.startswith("none"):
         (tmp_path / "store" / "index" / "snapshot.msgpack").unlink()
     return before
-
-
-@pytest.fixture
-def other_file_system(tmp_path: Path) -> Iterator[Path]:
-    """A directory on tmpfs (/dev/shm), another file system than ``tmp_path``'s."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no /dev/shm on a file system of its own")
-    directory = Path(tempfile.mkdtemp(prefix="bamboo-test-", dir=shm))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize("snapshot", SNAPSHOTS)

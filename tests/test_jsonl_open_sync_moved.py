@@ -22,9 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 
@@ -71,19 +69,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-@pytest.fixture
-def on_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A directory on /dev/shm (tmpfs): another device than ``tmp_path``'s."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no /dev/shm on a file system of its own")
-    directory = Path(tempfile.mkdtemp(prefix="bamboo-test-", dir=shm))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def lines_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -117,13 +102,17 @@ def store_process(base: Path, moved: Path, out: Path, err: Path, trace: Path | N
 
 @pytest.mark.parametrize("traced", [False, True], ids=["untraced", "strace"])
 async def test_sessions_moved_before_the_open_sync_each_checkpoint_synced_and_nothing_lost(
-    tmp_path: Path, on_tmpfs: Path, traced: bool
+    tmp_path: Path, other_file_system: Path, traced: bool
 ) -> None:
     """``strace``: the calls show each checkpoint file synced on its own before its
     first write (skipped where strace is missing or not allowed)."""
     if traced and shutil.which("strace") is None:
         pytest.skip("strace is not installed: apt-get install strace")
-    base, here, moved = tmp_path / "store", tmp_path / "sessions-here", on_tmpfs / "sessions"
+    base, here, moved = (
+        tmp_path / "store",
+        tmp_path / "sessions-here",
+        other_file_system / "sessions",
+    )
     base.mkdir()
     here.mkdir()
     (base / "sessions").symlink_to(here)
