@@ -4,6 +4,7 @@ their states over, are tests/test_server_owed_states.py's (Redis stopped and sta
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -151,21 +152,34 @@ async def test_on_redis_a_connection_attached_elsewhere_is_never_written_over(
         await b.close()
 
 
+@contextlib.asynccontextmanager
+async def owing_with_one_broken(
+    redis_server: RedisServer, tmp_path: Path, ids: tuple[str, ...]
+) -> AsyncIterator[tuple[Storage, OwedStates]]:
+    """A Redis store and its owed states, owing ``disconnected`` to each of ``ids``
+    (stored ``active``), of which ``broken``'s own key is written over by something else
+    (a string where the store keeps a hash): its park fails every time."""
+    prefix = prefix_for(tmp_path)
+    store = await open_storage(redis_server.url(prefix=prefix))
+    client = redis.asyncio.Redis.from_url(redis_server.url())
+    try:
+        owed = OwedStates(store, shared_presence(store, lambda notice: None), nothing_live)
+        for session_id in ids:
+            owed.owe(session_id, await stored_in(store, session_id, SessionState.ACTIVE))
+        await client.set(Layout(prefix).meta("broken"), "not a hash")
+        yield store, owed
+    finally:
+        await client.aclose()
+        await store.close()
+
+
 async def test_a_session_that_fails_alone_does_not_hold_up_the_others(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """One session's own key written over by something else (a string where the store
     keeps a hash): its park fails every time, as a store that fails would. A round ends
     at a failure, and tries what failed last the next time: the others are written."""
-    prefix = prefix_for(tmp_path)
-    store = await open_storage(redis_server.url(prefix=prefix))
-    client = redis.asyncio.Redis.from_url(redis_server.url())
-    try:
-        presence = shared_presence(store, lambda notice: None)
-        owed = OwedStates(store, presence, nothing_live)
-        for session_id in ("broken", "fine"):
-            owed.owe(session_id, await stored_in(store, session_id, SessionState.ACTIVE))
-        await client.set(Layout(prefix).meta("broken"), "not a hash")
+    async with owing_with_one_broken(redis_server, tmp_path, ("broken", "fine")) as (store, owed):
         with capture_logs() as logs:
             assert await owed.write_owed() == 0  # "broken", first, fails: the round ends
             assert await owed.write_owed() == 1  # "fine" first now
@@ -174,9 +188,6 @@ async def test_a_session_that_fails_alone_does_not_hold_up_the_others(
         assert len(owed) == 1
         failures = [e for e in logs if e["event"] == "writing an owed state failed"]
         assert len(failures) == 1, failures  # one outage, however many rounds fail
-    finally:
-        await client.aclose()
-        await store.close()
 
 
 async def test_a_session_that_fails_within_a_group_fails_alone(
@@ -185,23 +196,12 @@ async def test_a_session_that_fails_within_a_group_fails_alone(
     """On Redis a group of parks is one script call: one session's key written over
     (a string where the store keeps a hash) fails that session's park alone, which is
     tried again last; the others of its group, before and after it, are written."""
-    prefix = prefix_for(tmp_path)
-    store = await open_storage(redis_server.url(prefix=prefix))
-    client = redis.asyncio.Redis.from_url(redis_server.url())
-    try:
-        presence = shared_presence(store, lambda notice: None)
-        owed = OwedStates(store, presence, nothing_live)
-        ids = ("first", "before", "broken", "after")  # the first alone, then one group
-        for session_id in ids:
-            owed.owe(session_id, await stored_in(store, session_id, SessionState.ACTIVE))
-        await client.set(Layout(prefix).meta("broken"), "not a hash")
+    ids = ("first", "before", "broken", "after")  # the first alone, then one group
+    async with owing_with_one_broken(redis_server, tmp_path, ids) as (store, owed):
         assert await owed.write_owed() == 3
         for session_id in ("first", "before", "after"):
             assert await state_of(store, session_id) == SessionState.DISCONNECTED
         assert owed.entries() == [("broken", owed.entries()[0][1])]
-    finally:
-        await client.aclose()
-        await store.close()
 
 
 async def test_a_stops_numbers_add_up_with_what_its_own_sweep_parked_first(
