@@ -23,10 +23,11 @@ sessions this process registered connections in stay recorded under its instance
 instance to start, parks them, a heartbeat after this process's last refresh. A
 refresh drops this process's own entries past their deadline, so each heartbeat
 records those it owes (:meth:`OwedStates.owing`: the queue's, and its parked actors'
-not yet written) again first: killed right after Redis came back, before a round
-wrote them, it leaves them to that sweep too. (Not one owed by an actor that retired
-between a heartbeat's record and its refresh, one round trip, should the process die
-before its next heartbeat and its next round.)
+not yet written, or under way) again first, with those whose leave is under way
+(server/presence.py): killed right after Redis came back, before a round wrote them,
+or while a last peer's leave or its park hung, it leaves them to that sweep too. One
+list read before both calls: an actor that retires meanwhile hands its state to the
+queue in the same step as it leaves the list of live ones, and was listed already.
 
 What each owed state settled as is counted (``settled``; server/owed_parks.py):
 ``written``, ``already_parked`` (a sweep parked it first), ``dropped`` (nothing to

@@ -6,12 +6,11 @@ registered in the store (the one owner of that), one heartbeat task that refresh
 them all every ``heartbeat / 3`` seconds, and the notices of other processes' joins
 and leaves, handed on (the manager posts each to the session's actor, whose room sends
 a ``presence`` frame). A task of its own, as often, sweeps other processes that died,
-parking the sessions none of their connections is left in
-(persistence/redis/orphans.py): not the heartbeat's, since parking a big dead instance
-takes seconds (0.1 to 0.35 ms a session), and a heartbeat waiting on it let this
-process's own connections run out, its live sessions then parked by the others (r333).
-Actors register a connection when it attaches and unregister it when it leaves; the
-counts the store answers go into ``welcome`` and ``presence``.
+parking the sessions none of their connections is left in (persistence/redis/orphans.py):
+not the heartbeat's, since parking a big dead instance takes seconds, and a heartbeat
+waiting on it let this process's own connections run out, its live sessions then parked
+by the others (r333). Actors register a connection when it attaches and unregister it
+when it leaves; the counts the store answers go into ``welcome`` and ``presence``.
 
 A failure of the store here never fails an attach: the room's own count stands in, the
 heartbeat registers a connection whose join failed, and one whose leave failed expires
@@ -41,8 +40,9 @@ session); its leaves are no-ops, and its refreshes register nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import structlog
 
@@ -126,6 +126,9 @@ class SharedPresence(LocalPresence):
         # OwedStates.owing): recorded as its own at each heartbeat, before the
         # refresh drops its entries past their deadline (refresh).
         self.owed: Callable[[], Sequence[tuple[str, str | None]]] = tuple
+        # Sessions, ``(id, epoch)``, with a leave under way (how many): out of
+        # ``_held``, not yet owed (the actor parks after), recorded too (refresh).
+        self._leaving: collections.Counter[tuple[str, str | None]] = collections.Counter()
 
     def start(self) -> None:
         self.store.on_presence(self._on_notice)
@@ -166,19 +169,19 @@ class SharedPresence(LocalPresence):
     async def leave(self, session_id: str, connection_id: str, role: str) -> int | None:
         """Unregister a connection; the session-wide count, or None if the store failed
         (or the connection's session is gone: no count of another session's)."""
-        held = self._drop(session_id, connection_id)
-        if held is None:
+        if (held := self._drop(session_id, connection_id)) is None:
             return None
-        await self._refreshed()
-        await self._lingering_left(session_id)
-        try:
-            count = await self.store.leave(session_id, connection_id, role, epoch=held[1])
-        except SessionNotFound:
-            return None  # deleted or replaced: nothing of its connections is left there
-        except StorageError as exc:
-            self._failed("leave", "presence leave failed; it expires after the heartbeat", exc)
-            self._linger(session_id, [(connection_id, role)], held[1])
-            return None
+        with self._left_under_way(session_id, held[1]):
+            await self._refreshed()
+            await self._lingering_left(session_id)
+            try:
+                count = await self.store.leave(session_id, connection_id, role, epoch=held[1])
+            except SessionNotFound:
+                return None  # deleted or replaced: nothing of its connections is left there
+            except StorageError as exc:
+                self._failed("leave", "presence leave failed; it expires after the heartbeat", exc)
+                self._linger(session_id, [(connection_id, role)], held[1])
+                return None
         self._worked("leave")
         return count
 
@@ -193,16 +196,32 @@ class SharedPresence(LocalPresence):
             return
         for connection_id, _ in leaving:
             self._drop(session_id, connection_id)
-        await self._refreshed()
-        try:
-            await self.store.leave_all(session_id, leaving, epoch=epoch)
-        except SessionNotFound:
-            return
-        except StorageError as exc:
-            self._failed("leave", "presence leave failed; they expire after the heartbeat", exc)
-            self._linger(session_id, leaving, epoch)
-            return
+        with self._left_under_way(session_id, epoch):
+            await self._refreshed()
+            try:
+                await self.store.leave_all(session_id, leaving, epoch=epoch)
+            except SessionNotFound:
+                return
+            except StorageError as exc:
+                message = "presence leave failed; they expire after the heartbeat"
+                self._failed("leave", message, exc)
+                self._linger(session_id, leaving, epoch)
+                return
         self._worked("leave")
+
+    @contextlib.contextmanager
+    def _left_under_way(self, session_id: str, epoch: str | None) -> Iterator[None]:
+        """The session recorded as this process's at each heartbeat while its
+        connections' leave is under way (refresh)."""
+        key = (session_id, epoch)
+        self._leaving[key] += 1
+        try:
+            yield
+        finally:
+            if self._leaving[key] == 1:
+                del self._leaving[key]
+            else:
+                self._leaving[key] -= 1
 
     async def leave_lingering(self, session_id: str) -> None:
         """Leave again the session's connections whose leave failed (the store away),
@@ -277,7 +296,7 @@ class SharedPresence(LocalPresence):
         interval = self.store.heartbeat / 3
         while True:
             await asyncio.sleep(interval)
-            if self._held or self.owed():
+            if self._held or self._leaving or self.owed():
                 await self.refresh()
 
     async def _sweeps(self) -> None:
@@ -300,11 +319,12 @@ class SharedPresence(LocalPresence):
             self._worked("sweep")
 
     async def refresh(self) -> None:
-        """Refresh every connection this process holds, in one round trip; the
-        sessions it owes a state first, in one more (else a refresh after an outage
-        dropped their entries, past their deadline, and a kill before their write left
-        them ``active``, no survivor's sweep knowing of them)."""
-        owed = self.owed()
+        """Refresh every connection this process holds, in one round trip; first, in
+        one more, the sessions it owes a state or has a leave under way in (else a
+        refresh dropped their entries past their deadline, and a kill before their
+        park left them ``active``, no survivor's sweep knowing of them; a park under
+        way is owed, server/status.py: from a leave to its park, always recorded)."""
+        owed = [*self.owed(), *self._leaving]
         done = self._refreshing = asyncio.Event()
         by_epoch: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
         for session_id, held in self._held.items():

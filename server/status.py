@@ -148,6 +148,12 @@ class SessionStatus:
             self.state = SessionState.DISCONNECTED
             self.owed = True
             return None
+        if self.state in (SessionState.ACTIVE, SessionState.IDLE):
+            # Owed while the write is under way (become clears it once the store took
+            # it): the presence heartbeat records the session as this process's
+            # meanwhile, for a survivor to park should the process die before it lands
+            # (server/presence.py refresh); a stop that cancels it owes it so too.
+            self.owed = True
         try:
             stored = await self.become(SessionState.DISCONNECTED)
             if stored is not None:  # a state write is no activity: it expires as it would

@@ -216,7 +216,7 @@ class RedisProxy:
     ``hold_reply_to(marker)``: the next command that holds ``marker`` reaches Redis
     and runs, and its reply (with whatever else Redis sends on its connection) waits
     until ``release_replies()``; ``replies_held`` counts the commands so met.
-    ``withhold(marker)``: from then on, a command that holds ``marker`` never reaches
+    ``withhold(*markers)``: from then on, a command that holds one of them never reaches
     Redis, nor does anything its client sends after it on that connection (the call
     waits for its reply until the client gives up); ``withheld`` counts them.
     ``reset()`` resets every connection through it, on both sides.
@@ -242,7 +242,7 @@ class RedisProxy:
         self._garble: tuple[bytes, bytes] | None = None
         self._marker: bytes | None = None
         self._hold_marker: bytes | None = None
-        self._withhold_marker: bytes | None = None
+        self._withhold_markers: tuple[bytes, ...] = ()
         self.withheld = 0
         self._release = asyncio.Event()
         self.replies_held = 0
@@ -266,8 +266,9 @@ class RedisProxy:
     def hold_reply_to(self, marker: bytes) -> None:
         self._hold_marker = marker
 
-    def withhold(self, marker: bytes) -> None:
-        self._withhold_marker = marker
+    def withhold(self, *markers: bytes) -> None:
+        """From then on, a command that holds any of ``markers`` is withheld."""
+        self._withhold_markers = markers
 
     def release_replies(self) -> None:
         """Every reply held goes on to its client; those held later wait again."""
@@ -344,9 +345,7 @@ class RedisProxy:
             while data := await reader.read(65536):
                 if link.dropped:
                     break
-                if link.withholding or (
-                    self._withhold_marker is not None and self._withhold_marker in data
-                ):
+                if link.withholding or any(marker in data for marker in self._withhold_markers):
                     self.withheld += not link.withholding
                     link.withholding = True
                     continue
