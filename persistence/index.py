@@ -13,6 +13,7 @@ change goes through :meth:`SessionIndex.set_state`.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,9 @@ class SessionIndex:
         self._secondary = secondary
         self._by_id: dict[str, SessionMetadata] = {}
         self._by_user: dict[str | None, set[str]] = {}
-        self._by_state: dict[SessionState, set[str]] = {}
+        # Each state's ids as a dict (values None): in the order they came into it, so
+        # that a park can take them a step at a time from the front (first_in).
+        self._by_state: dict[SessionState, dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -57,7 +60,7 @@ class SessionIndex:
         self._by_id[metadata.id] = metadata
         if self._secondary:
             self._by_user.setdefault(metadata.user_id, set()).add(metadata.id)
-            self._by_state.setdefault(metadata.state, set()).add(metadata.id)
+            self._by_state.setdefault(metadata.state, {})[metadata.id] = None
 
     def remove(self, session_id: str) -> SessionMetadata | None:
         metadata = self._by_id.pop(session_id, None)
@@ -70,8 +73,30 @@ class SessionIndex:
         metadata = self._by_id[session_id]
         if self._secondary:
             _discard(self._by_state, metadata.state, session_id)
-            self._by_state.setdefault(state, set()).add(session_id)
+            self._by_state.setdefault(state, {})[session_id] = None
         metadata.state = state
+
+    @property
+    def ordered_by_state(self) -> bool:
+        """Whether :meth:`first_in` and :meth:`to_back` serve (secondary indexes)."""
+        return self._secondary
+
+    def count_in(self, state: SessionState) -> int:
+        """How many sessions are in ``state`` (secondary indexes only)."""
+        return len(self._by_state.get(state, ()))
+
+    def first_in(self, state: SessionState, count: int) -> list[str]:
+        """Up to ``count`` ids of the sessions in ``state``, from the front: those
+        longest in it, unless moved back (:meth:`to_back`). A step's work, not a
+        copy of the whole state (secondary indexes only)."""
+        return list(itertools.islice(self._by_state.get(state, ()), max(count, 0)))
+
+    def to_back(self, session_id: str) -> None:
+        """Moves the session behind the others of its state (as though it came into it
+        now): a park has looked at it and left it (secondary indexes only)."""
+        members = self._by_state[self._by_id[session_id].state]
+        del members[session_id]
+        members[session_id] = None
 
     def ids_in(self, states: Iterable[SessionState]) -> list[str]:
         """The ids of the sessions in ``states`` now."""
@@ -131,11 +156,11 @@ class SessionIndex:
     def _candidates(self, query: SessionFilter) -> Collection[SessionMetadata]:
         if not self._secondary:
             return self._by_id.values()
-        sets: list[set[str]] = []
+        sets: list[Collection[str]] = []
         if query.user_id is not None:
             sets.append(self._by_user.get(query.user_id, set()))
         if query.state is not None:
-            sets.append(self._by_state.get(query.state, set()))
+            sets.append(self._by_state.get(query.state, {}))
         if not sets:
             return self._by_id.values()
         smallest = min(sets, key=len)
@@ -171,10 +196,15 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _discard(sets: dict[Any, set[str]], key: Any, session_id: str) -> None:
+def _discard(
+    sets: dict[Any, set[str]] | dict[Any, dict[str, None]], key: Any, session_id: str
+) -> None:
     members = sets.get(key)
     if members is not None:
-        members.discard(session_id)
+        if isinstance(members, dict):
+            members.pop(session_id, None)
+        else:
+            members.discard(session_id)
         if not members:
             del sets[key]
 

@@ -142,6 +142,27 @@ async def test_a_session_written_between_two_steps_is_left(store: Storage) -> No
     assert len(still.sessions) == 4
 
 
+async def test_sessions_a_step_leaves_among_the_rest_cost_no_step_more(store: Storage) -> None:
+    """Half the sessions written since the park's time, every other one: the others are
+    parked, and the steps are as many as the sessions need, a batch a step (the stores
+    that take each step's ids from their index as it begins move those it leaves
+    behind the rest: none is looked at twice)."""
+    parks = parking(store)
+    for number in range(20):
+        await stored_as(store, SessionState.ACTIVE, f"s{number:02}")
+    since = store.now()
+    written = [f"s{number:02}" for number in range(0, 20, 2)]
+    for session_id in written:
+        await store.touch(session_id)
+
+    steps = await all_steps(parks.park_attached(since, 3))
+
+    assert sum(steps) == 10 and max(steps) <= 3
+    assert len(steps) <= 7 + 1  # 20, 3 a step (SQLite: and an empty one past the last)
+    left = await store.list_sessions(SessionFilter(state=SessionState.ACTIVE, limit=100))
+    assert {m.id for m in left.sessions} == set(written)
+
+
 async def test_a_session_closed_between_two_steps_stays_closed(store: Storage) -> None:
     """A peer closes a session the park has not reached yet: the steps go on past it,
     and park every other one (r345: a close between a listing and its write ended the
