@@ -11,9 +11,9 @@ sweeps the dead connections out and, should none be left, writes the session
 ``disconnected`` in that same step, as the last connection's leave would have.
 
 While it parks, a task beside it renews its claim every sixth of a heartbeat, one
-heartbeat more, so that a dead instance too big to park within a heartbeat (0.1 to
-0.35 ms a session: 10,000 take 1 to 3.5 s) stays its alone, not taken up again by
-every survivor in turn; the sweep stops where its claim is found to be another's
+heartbeat more, so that a dead instance too big to park within a heartbeat (what a
+session costs: bench/dead_sweep.py, bench/RESULTS.md) stays its alone, not taken up
+again by every survivor in turn; the sweep stops where its claim is found to be another's
 (taken up after it ran out, or the instance refreshed: alive after all). The renewal
 keeps time by itself: made before a batch once a third of a heartbeat had passed, it
 let the claim run out whenever one batch took two thirds of a heartbeat (a test's
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 CLAIMED_AT_ONCE: Final = 16  # dead instances one sweep takes up
 # Sessions of one parked in one round trip: the first batch, and the fewest.
 PARKED_AT_LEAST: Final = 16
-# The most: 25 to 90 ms of Redis's time, far less than a sixth of the default
-# heartbeat (5 s).
+# The most: far less than a sixth of the default heartbeat (5 s) of Redis's time
+# (bench/dead_sweep.py).
 PARKED_AT_ONCE: Final = 256
 
 
