@@ -22,6 +22,14 @@ lists ``disconnected`` as it starts (the keeper's among them), and how long afte
 Redis's start until it lists them all (by then a sweep of dead instances may have
 parked what the stop left, a ``--heartbeat`` after the stopped one's last refresh).
 
+``--look`` is the server's ``--idle-timeout``: each attached session looks at the store
+that often (a read of its metadata), so the peers attached before the outage cost the
+server ``--sessions / --look`` reads a second. At ``--look 1`` and a few thousand
+sessions that fills its loop: the set-up's attaches, one after another, went at 7 to
+25 a second, and one that waited past the store read timeout (5 s) closed 1011
+``storage unavailable`` (bench/RESULTS.md). Past a thousand sessions give ``--look
+30`` or more.
+
 Which tree serves is the one ``python -m bamboo_session.server`` imports: run it twice,
 with PYTHONPATH set to each tree's import shim, for a before and an after.
 
@@ -44,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from .common import (
     HOST,
@@ -153,7 +162,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for session_id in ids:  # attached again, each left once Redis is away
             ws = await connect(f"ws://{HOST}:{server.port}/api/v1/stream/{session_id}")
             await ws.send(json.dumps({"type": "hello"}))
-            json.loads(await ws.recv())
+            try:
+                json.loads(await ws.recv())
+            except ConnectionClosed as closed:  # (docstring: --look)
+                raise SystemExit(f"attach {len(peers) + 1} of {args.sessions}: {closed}") from None
             peers.append(ws)
         deadline = time.monotonic() + 30  # the attaches' state writes, then the listing
         while listed(server.port, "disconnected") != 0:  # active, or idle after --look
