@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from .common import (
@@ -158,7 +158,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         keeper = await connect(f"ws://{HOST}:{server.port}/api/v1/stream/keeper")
         await keeper.send(json.dumps({"type": "hello", "create": True}))
         json.loads(await keeper.recv())
-        peers = []
+        peers: list[ClientConnection] = []
         for session_id in ids:  # attached again, each left once Redis is away
             ws = await connect(f"ws://{HOST}:{server.port}/api/v1/stream/{session_id}")
             await ws.send(json.dumps({"type": "hello"}))
