@@ -71,6 +71,7 @@ async def test_a_new_session_is_stamped_with_redis_time_not_the_instance_reading
     try:
         assert storage.clock._offset is not None  # read at the open
         storage.clock._offset -= 0.6  # the seam: this instance's reading, made wrong
+        storage.clock._wall_offset -= 0.6  # (carried by either local clock)
         assert await redis_time(admin) - storage.now() > timedelta(seconds=0.5)
         before = await redis_time(admin)
         await storage.create_session(Session.new("s", ttl=600, now=storage.now()))

@@ -9,16 +9,29 @@ clock took a session for expired when Redis did not (4404 to every attach of a s
 Redis held alive, its live peers closed with ``session expired``, every HTTP read 404,
 with the instance's clock an hour ahead and a TTL of an hour), and for quiet when its
 peers had spoken (bench/clock_jump.py, bench/RESULTS.md). So the server compares them
-with this: the offset of Redis's ``TIME`` from this process's monotonic clock, read at
-the open and every ``READ_EVERY`` seconds after, added to the monotonic clock (a
-reading whose round trip a busy Redis held up is left: ``SLOW_ROUND_TRIP``). A step of
-this machine's wall clock moves nothing here; one of Redis's is seen at the next
-reading. Until the first reading, and where it fails, it is this machine's wall clock
-(an ACL that refuses ``TIME`` fails every script too: docs/storage-redis.md, Scripts)."""
+with this: Redis's ``TIME``, read at the open and every ``READ_EVERY`` seconds after,
+carried from the reading by this process's monotonic clock (a reading whose round trip
+a busy Redis held up is left: ``SLOW_ROUND_TRIP``). A step of Redis's clock is seen at
+the next reading.
+
+Carried by one local clock, a jump of that clock alone moved it: with the monotonic
+clock 2 h on (a VM resumed; bench/clock_jump.py --monotonic), a look the jump fired ran
+before the next reading and closed a live session's peer 4404 ``session expired``. So
+the reading is carried by the wall clock too, and ``now`` gives the lesser of the two:
+one local clock jumping forward alone moves nothing, and where the two disagree (a
+jump of either, a step back of the wall clock, a suspend) Redis is read again at once,
+a round trip later, not ``READ_EVERY``; meanwhile expiry comes late, never early. A
+reading older than ``READ_EVERY`` + ``STALE`` on the monotonic clock (both local
+clocks jumped together, an event loop held up, Redis away) carries nothing: the clock
+stands at the newest time it gave until a new reading (``now`` asks for one), late,
+never early. Until the first reading, and where it fails, it is this machine's wall
+clock (an ACL that refuses ``TIME`` fails every script too: docs/storage-redis.md,
+Scripts)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -46,22 +59,36 @@ READ_EVERY: Final = 10.0
 # A reading is off by up to half its round trip (Redis's TIME is taken somewhere in
 # it): one held up by a busy Redis (a slow script, a fork, a CLIENT PAUSE, a retry on
 # a new connection) is not taken, and the last one stands, if its round trip took
-# longer than this and than twice the last one's, unless the last is STALE old: a
-# Redis slower for good (a farther network) is read at its new pace.
+# longer than this and than twice the last one's, unless the last is stale (older than
+# the interval and STALE) or the local clocks disagree since it.
 SLOW_ROUND_TRIP: Final = 0.1
-STALE: Final = 60.0
+# Seconds past the interval after which a reading carries nothing: the loop reads at
+# the interval, and a reading that old means it could not (Redis away, the event loop
+# held up) or the monotonic clock jumped. Small: both local clocks jumping together by
+# less than this past the reading's age show as that much early until the next reading.
+STALE: Final = 3.0
+# Seconds by which the two local clocks' carryings of one reading may part before they
+# are taken to disagree (a clock jumped): both are slewed alike by NTP.
+DISAGREE: Final = 0.05
+# Seconds between two readings at the least, however often ``now`` asks for one (a
+# Redis away fails each).
+READ_AGAIN_AFTER: Final = 1.0
 
 
 class RedisClock:
-    """Redis's ``TIME``, carried between readings by this process's monotonic clock."""
+    """Redis's ``TIME``, carried between readings by the lesser of this process's
+    monotonic and wall clocks."""
 
     def __init__(self, redis: Commands, interval: float = READ_EVERY) -> None:
         self._redis = redis
         self.interval = interval
         self._offset: float | None = None  # Redis's time less the monotonic clock, seconds
+        self._wall_offset = 0.0  # Redis's time less the wall clock, at the same reading
         self._round_trip = 0.0  # of the reading taken, seconds
         self._taken_at = 0.0  # when, on the monotonic clock
+        self._newest = 0.0  # the newest time given from a reading, seconds since the epoch
         self._task: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()  # ``now`` asks for a reading before the interval
         # The last time ``now`` gave: a session made at it is made now, and create.lua
         # stamps it with Redis's TIME itself (this reading is off by up to half a
         # round trip, the TIME in the script by nothing).
@@ -69,12 +96,56 @@ class RedisClock:
 
     def now(self) -> datetime:
         """Redis's clock now, as last read (this machine's wall clock before any read)."""
-        if self._offset is None:
-            now = utcnow()
-        else:
-            now = datetime.fromtimestamp(time.monotonic() + self._offset, UTC)
+        carried = None if self._offset is None else self._carried()
+        now = utcnow() if carried is None else datetime.fromtimestamp(carried, UTC)
         self.last_given = now
         return now
+
+    def _carried(self) -> float:
+        """The last reading carried to now, seconds since the epoch; asks for a new
+        reading where it cannot be trusted."""
+        assert self._offset is not None
+        carried = self._carry()
+        if carried is None:  # stale: standing still
+            self._want_reading()
+            return max(self._taken_at + self._offset, self._newest)
+        by_monotonic, by_wall = carried
+        if abs(by_monotonic - by_wall) > DISAGREE:
+            self._want_reading()
+        self._newest = max(self._newest, min(by_monotonic, by_wall))
+        return min(by_monotonic, by_wall)
+
+    def _carry(self) -> tuple[float, float] | None:
+        """The reading carried to now by the monotonic and by the wall clock; None if
+        it is stale."""
+        assert self._offset is not None
+        moment = time.monotonic()
+        if moment - self._taken_at > self.interval + STALE:
+            return None
+        return moment + self._offset, time.time() + self._wall_offset
+
+    def _want_reading(self) -> None:
+        if self._wanted.is_set() or self._task is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another thread's call: the loop reads at its interval
+            return
+        self._wanted.set()
+
+    def _unsure(self) -> bool:
+        """Whether the reading held cannot be carried as it is: none, stale, or the
+        local clocks disagree since it."""
+        carried = None if self._offset is None else self._carry()
+        return carried is None or abs(carried[0] - carried[1]) > DISAGREE
+
+    async def settle(self) -> None:
+        """Reads Redis's clock now if the reading held cannot be trusted, before a
+        decision that stamps (``restamp``): a wall clock stepped back held ``now``
+        behind by the step until the next reading. A Redis away leaves it as it is."""
+        if self._unsure():
+            with contextlib.suppress(StorageError):
+                await self.read()
 
     def made_now(self, meta: SessionMetadata) -> bool:
         """Whether a new session was made at this clock's ``now`` (``Session.new(...,
@@ -91,32 +162,34 @@ class RedisClock:
             meta.touch(now)
 
     async def read(self) -> None:
-        """Reads Redis's ``TIME``: the offset, taken at the middle of the round trip,
+        """Reads Redis's ``TIME``: the offsets, taken at the middle of the round trip,
         unless that was slow (``SLOW_ROUND_TRIP``) and the reading held is good."""
-        before = time.monotonic()
+        before, wall_before = time.monotonic(), time.time()
         answer = await self._redis.read("TIME")
-        after = time.monotonic()
+        after, wall_after = time.monotonic(), time.time()
         try:  # (a proxy in between may answer anything: the loop must go on)
             seconds, micros = int(answer[0]), int(answer[1])
         except (TypeError, ValueError, IndexError, KeyError) as exc:
             raise StorageError(f"Redis answered TIME with {answer!r:.80}") from exc
         round_trip = after - before
-        if self._holds_better(round_trip, after) and round_trip > SLOW_ROUND_TRIP:
+        if self._holds_better(round_trip) and round_trip > SLOW_ROUND_TRIP:
             log.debug("Redis's clock read in %.3f s: the last reading stands", round_trip)
             return
-        self._offset = seconds + micros / 1_000_000 - (before + after) / 2
+        redis_time = seconds + micros / 1_000_000
+        self._offset = redis_time - (before + after) / 2
+        self._wall_offset = redis_time - (wall_before + wall_after) / 2
         self._round_trip, self._taken_at = round_trip, after
 
-    def _holds_better(self, round_trip: float, now: float) -> bool:
-        """Whether the reading held is better than one of ``round_trip`` made ``now``:
-        one there is, not ``STALE``, of a round trip less than half as long."""
-        if self._offset is None or now - self._taken_at >= STALE:
+    def _holds_better(self, round_trip: float) -> bool:
+        """Whether the reading held is better than one of ``round_trip`` made now: one
+        there is, to be trusted, of a round trip less than half as long."""
+        if self._unsure():
             return False
         return round_trip > 2 * self._round_trip
 
     async def start(self) -> None:
         """The first reading (a Redis that refuses ``TIME`` is said once), then one
-        every ``interval`` seconds."""
+        every ``interval`` seconds, or sooner when ``now`` asks."""
         try:
             await self.read()
         except StorageError as exc:
@@ -129,7 +202,11 @@ class RedisClock:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(READ_AGAIN_AFTER)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(self.interval - READ_AGAIN_AFTER, 0.0)):
+                    await self._wanted.wait()
+            self._wanted.clear()
             try:
                 await self.read()
             except StorageError as exc:  # Redis away: the last reading stands meanwhile

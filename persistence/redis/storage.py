@@ -190,6 +190,7 @@ class RedisStorage(StoreReports):
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
         made_now = self.clock.made_now(meta)  # then create.lua stamps it with TIME
         if not made_now:
+            await self.clock.settle()  # a reading a local clock's jump left unsure: anew
             self.clock.restamp(meta)  # times by Redis's clock, as every later write's
         maximum = self.config.max_sessions
         channel = self.layout.channel(session_id)
