@@ -31,9 +31,9 @@ import pytest
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.jsonl.clock_mark import MARK_NAME, read_mark
 from bamboo_session.protocol.models import Session, SessionState
+from tests.faketime_support import needs_libfaketime, under_faketime
 from tests.instances import eventually
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.test_redis_clock_skew import LIBFAKETIME
 from tests.test_store_clock_restart import attached
 
 CHILD = Path(__file__).with_name("clock_mark_child.py")
@@ -89,7 +89,7 @@ def time_of(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)")
+@needs_libfaketime
 async def test_a_park_lost_at_a_kill_is_not_stamped_behind_the_time_read_before(
     tmp_path: Path,
 ) -> None:
@@ -106,18 +106,9 @@ async def test_a_park_lost_at_a_kill_is_not_stamped_behind_the_time_read_before(
     second = ServerProcess(
         tmp_path / "serve", tmp_path / "second.log", "--store", f"jsonl://{data}"
     )
-    second.env = {
-        **os.environ,
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME": "-1h",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
-    # Its CLI with a sleep through select: libfaketime 0.9.10 fails Python's time.sleep
-    # (clock_nanosleep on the monotonic clock to an absolute time) with EINVAL whatever
-    # its settings, and the close's wait for the WAL sync helper sleeps; the server was
-    # killed for it (the evidence: bench/faketime_server.py).
-    second.module = "bench.faketime_server"
-    await second.start_in_loop()
+    # Its CLI with a sleep through select (tests/faketime_support.py): the close's wait
+    # for the WAL sync helper sleeps, which libfaketime 0.9.10 fails with EINVAL.
+    await under_faketime(second, FAKETIME="-1h").start_in_loop()
     try:
         read_after = await parked_metadata(second.port, "s")  # parked again by the start
     finally:

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.faketime_support import LIBFAKETIME, needs_libfaketime
 from tests.redis_server import RedisServer, prefix_for
-from tests.test_redis_clock_skew import LIBFAKETIME
 
-pytestmark = pytest.mark.skipif(
-    LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)"
-)
+pytestmark = needs_libfaketime
 CHILD = Path(__file__).with_name("redis_clock_jump_child.py")
 CLOSE = timedelta(seconds=1)  # as near Redis's clock as a reading is, and then some
 

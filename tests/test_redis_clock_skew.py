@@ -6,14 +6,13 @@ expired`), with `create` too, and every HTTP read 404; an hour behind, a session
 created was expired before its first append, and a quiet one never went `idle`.
 
 The server runs in a child process under libfaketime, its wall clock two hours from
-the test's and Redis's (skipped without it: apt-get install faketime); a real
-redis-server on the real clock."""
+the test's and Redis's (skipped without it: apt-get install faketime), and is stopped
+gracefully (tests/faketime_support.py); a real redis-server on the real clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,26 +21,12 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.faketime_support import needs_libfaketime, under_faketime
 from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
-LIBFAKETIME = next(
-    (
-        path
-        for path in (
-            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-            "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-            "/usr/lib/faketime/libfaketime.so.1",
-            "/usr/local/lib/faketime/libfaketime.so.1",
-        )
-        if os.path.exists(path)
-    ),
-    None,
-)
-pytestmark = pytest.mark.skipif(
-    LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)"
-)
+pytestmark = needs_libfaketime
 
 
 async def skewed_server(
@@ -52,17 +37,11 @@ async def skewed_server(
     url = redis_server.url(prefix=prefix_for(tmp_path))
     flags = ("--store", url, "--default-ttl", "3600", "--idle-timeout", "0.5")
     server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", *flags)
-    server.env = {
-        **os.environ,
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME": offset,
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
-    await server.start_in_loop()
+    await under_faketime(server, FAKETIME=offset).start_in_loop()
     try:
         yield server
     finally:
-        server.kill()
+        assert await asyncio.to_thread(server.stop) == 0  # a graceful stop, as in service
     assert_no_tracebacks(server.log_records())
 
 

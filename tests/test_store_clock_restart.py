@@ -8,7 +8,8 @@ what it says (docs/protocol.md, Clocks).
   ``updated_at`` later than its activity) and attached again after the restart had its
   ``updated_at`` moved back, and was listed behind a session parked after it and
   quiet since. The first server runs on the real clock and stops; the second under
-  libfaketime an hour behind it (skipped without it: apt-get install faketime).
+  libfaketime an hour behind it (skipped without it: apt-get install faketime), and
+  stops gracefully too.
 - A store holding times far ahead says, once, that its clock stands still.
 
 Real servers, real stores in temp dirs."""
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -28,14 +28,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, SortBy, SortOrder
 from bamboo_session.protocol.models import Session, SessionMetadata, utcnow
+from tests.faketime_support import needs_libfaketime, under_faketime
 from tests.instances import eventually
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.test_redis_clock_skew import LIBFAKETIME
 from tests.test_store_clock import url_of
-
-needs_libfaketime = pytest.mark.skipif(
-    LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)"
-)
 
 
 async def attached(server: ServerProcess, session_id: str, **hello: object) -> ClientConnection:
@@ -96,17 +92,11 @@ async def test_a_session_parked_at_the_stop_and_attached_after_a_restart_an_hour
     assert parked_again.state == parked_quiet.state == "disconnected"
 
     second = ServerProcess(tmp_path / "data", tmp_path / "second.log", *flags)
-    second.env = {
-        **os.environ,
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME": "-1h",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
-    await second.start_in_loop()
+    await under_faketime(second, FAKETIME="-1h").start_in_loop()
     try:
         await (await attached(second, "again")).close()
     finally:
-        second.kill()
+        assert await asyncio.to_thread(second.stop) == 0  # a graceful stop, an hour behind
     assert_no_tracebacks(second.log_records())
     (again,), order = await stored(url, "again")
     assert again.updated_at > parked_again.updated_at  # it was moved back to its activity

@@ -4,13 +4,13 @@ the ``hello`` for the seconds left then, on the monotonic clock, which the step 
 move, and the connection stayed open that long past ``exp`` (bench/clock_jump.py).
 
 The server runs in a child process under libfaketime, its wall clock read from a file
-the test rewrites (skipped without it: apt-get install faketime)."""
+the test rewrites (skipped without it: apt-get install faketime), and is stopped
+gracefully an hour on (tests/faketime_support.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,18 +19,10 @@ from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.server.token_expiry import LOOK
 from tests.auth_support import SECRET, make_token
+from tests.faketime_support import needs_libfaketime, set_offset, under_faketime
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.test_redis_clock_skew import LIBFAKETIME
 
-pytestmark = pytest.mark.skipif(
-    LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)"
-)
-
-
-def set_offset(path: Path, seconds: int) -> None:
-    spare = path.with_suffix(".new")  # written whole: the library reads it at every call
-    spare.write_text(f"{seconds:+d}\n")
-    spare.replace(path)
+pytestmark = needs_libfaketime
 
 
 async def test_a_step_of_the_clock_past_the_tokens_exp_closes_the_connection(
@@ -40,14 +32,8 @@ async def test_a_step_of_the_clock_past_the_tokens_exp_closes_the_connection(
     set_offset(offset, 0)
     flags = ("--store", "memory://", "--auth-secret", SECRET, "--auth-leeway", "0")
     server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", *flags)
-    server.env = {
-        **os.environ,
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME_TIMESTAMP_FILE": str(offset),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
-    await server.start_in_loop()
+    settings = {"FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    await under_faketime(server, **settings).start_in_loop()
     try:
         async with connect(server.url("s"), open_timeout=10) as ws:
             token = make_token("alice", ttl=600)  # ten minutes left, by every clock
@@ -60,5 +46,5 @@ async def test_a_step_of_the_clock_past_the_tokens_exp_closes_the_connection(
             assert closed.value.rcvd is not None
             assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token expired")
     finally:
-        server.kill()
+        assert await asyncio.to_thread(server.stop) == 0  # a graceful stop, an hour on
     assert_no_tracebacks(server.log_records())
