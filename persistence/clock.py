@@ -33,6 +33,12 @@ run ahead.
 
 A store that may lose at a crash a time it gave (JSONL's state moves, written lazily)
 keeps it elsewhere too, for its next open to ``saw`` (persistence/jsonl/clock_mark.py).
+
+A time more than ``FAR_AHEAD`` (100 years) past the wall clock is left out, with an
+error naming where it was: no clock stamped it (a hand edit, a bad import), and held
+against one in the year 9999 every stamp, and every expiry a TTL put past it,
+overflowed (r372: every write failed, OverflowError). Short of that bound the clock
+follows what the store holds, however far ahead (see above).
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeAlias
 
 from bamboo_session.protocol.models import utcnow
 
@@ -57,6 +64,17 @@ HELD_BACK_WARNING: Final = timedelta(seconds=60)
 # clock: the wall clock gains 1 - HELD_RATE seconds a second on it.
 HELD_RATE: Final = 0.5
 WARN_EVERY: Final = 600.0  # seconds between two warnings while held back, monotonic
+# How far past the wall clock a time the store holds may be before the clock leaves it
+# out: as far as a TTL may run (server/config.py), so that a stamp's expiry, and a
+# time held at half speed, stay far from the year 9999.
+FAR_AHEAD: Final = timedelta(days=36525)
+# Where a time came from, or what says it when asked (a path is made only then).
+Where: TypeAlias = str | Callable[[], str]
+
+
+def far_ahead() -> datetime:
+    """The latest time a store's clock takes from what the store holds, now."""
+    return utcnow() + FAR_AHEAD
 
 
 class StoreClock:
@@ -125,11 +143,28 @@ class StoreClock:
             gap / (1 - HELD_RATE),
         )
 
-    def saw(self, *moments: datetime | None) -> None:
+    def saw(self, *moments: datetime | None, where: Where = "a session's times as given") -> bool:
         """Times the store holds (read at its open, imported, or a new session's as its
-        creator stamped them): the clock never goes back behind them."""
+        creator stamped them): the clock never goes back behind them, unless they are
+        more than ``FAR_AHEAD`` past the wall clock: then they are left out, said with
+        ``where`` they are (a file, a session), and the answer is False."""
+        bound, taken = None, True
         with self._lock:
             for moment in moments:
-                if moment is not None and moment > self._newest:
-                    self._newest = moment
-                    self._held_since = None  # held (if it is) from this one on
+                if moment is None or moment <= self._newest:
+                    continue
+                bound = bound or far_ahead()  # (the wall clock read only past the newest)
+                if moment > bound:
+                    taken = False
+                    continue
+                self._newest = moment
+                self._held_since = None  # held (if it is) from this one on
+        if not taken:
+            log.error(
+                "%s: a time more than 100 years past this machine's clock (%s), left "
+                "out of the store's clock, which it would hold there (no clock stamped "
+                "it: a hand edit or a bad import; docs/protocol.md, Clocks)",
+                where if isinstance(where, str) else where(),
+                max(moment for moment in moments if moment is not None).isoformat(),
+            )
+        return taken

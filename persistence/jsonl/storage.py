@@ -112,7 +112,8 @@ class JsonlStorage(JsonlUpkeep):
         self.store_format = f"jsonl/{self.recovery.format}"
         for record in records_of(self.recovery):
             self._members.admit(record)  # (each user's sum, rebuilt from the logs)
-            self._clock.saw(record.meta.updated_at, record.meta.last_activity_at)
+            meta = record.meta
+            self._clock.saw(meta.updated_at, meta.last_activity_at, where=self._files_of(meta.id))
             if record.is_dirty() and not self._read_only:
                 self._checkpoints.dirty.add(record.session_id)
         if self._read_only:
@@ -324,6 +325,10 @@ class JsonlStorage(JsonlUpkeep):
                 record = self._appendable(session_id, epoch)  # checked again: it may have gone
                 break
         return await self._appends.append(record, items, window)
+
+    def _files_of(self, session_id: str) -> Callable[[], str]:
+        """What names a session's files, when asked (a time in them is said)."""
+        return lambda: f"{self.layout.checkpoint(session_id)} (session {session_id!r}, or its log)"
 
     def _appendable(self, session_id: str, epoch: str | None = None) -> SessionRecord:
         """The session's record, if it takes appends now (to the log of ``epoch``, if

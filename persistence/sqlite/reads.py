@@ -129,6 +129,17 @@ def newest_times(db: sqlite3.Connection) -> list[datetime]:
     return [datetime.fromisoformat(text) for text in found if text is not None]
 
 
+def sessions_after(db: sqlite3.Connection, bound: str, most: int = 5) -> list[str]:
+    """Ids of sessions holding a time the clock takes past ``bound`` (at most ``most``),
+    for the error that names them (persistence/clock.py, ``FAR_AHEAD``): one pass."""
+    rows = db.execute(
+        "SELECT id FROM sessions WHERE updated_at > ?1 OR last_activity_at > ?1 "
+        "OR created_at > ?1 LIMIT ?2",
+        (bound, most),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def metadata(db: sqlite3.Connection, session_id: str) -> SessionMetadata | None:
     row = session_row(db, session_id)
     return None if row is None else metadata_of(row)

@@ -47,7 +47,7 @@ from ..base import (
     SessionListResult,
     StorageError,
 )
-from ..clock import StoreClock
+from ..clock import StoreClock, far_ahead
 from ..close_once import CloseOnce
 from ..feed import FeedSubscription
 from ..importing import check_importable
@@ -98,6 +98,16 @@ class SqliteStorage:
         await storage._open()
         return storage
 
+    async def _clock_from_newest(self) -> None:
+        """The clock starts from the newest times the store holds; one the clock leaves
+        out (persistence/clock.py, ``FAR_AHEAD``) is said with the sessions that hold it."""
+        newest, bound = await self._readers.run(reads.newest_times), far_ahead()
+        where = f"the SQLite store {self.config.path}"
+        if any(moment > bound for moment in newest):
+            ids = await self._readers.run(reads.sessions_after, time_text(bound))
+            where += " (sessions " + ", ".join(map(repr, ids)) + ")"
+        self._clock.saw(*newest, where=where)
+
     async def _open(self) -> None:
         path = self.config.path
         if await asyncio.to_thread(path.is_dir):
@@ -122,7 +132,7 @@ class SqliteStorage:
             if self._checkpointer is not None:
                 await self._checkpointer.start()
             await self._readers.start()
-            self._clock.saw(*await self._readers.run(reads.newest_times))
+            await self._clock_from_newest()
         except BaseException as exc:
             await self._readers.close()
             if self._checkpointer is not None:
