@@ -1,6 +1,6 @@
 """``python -m bench.faketime_server serve …``: the server's command line, for a process
 run under libfaketime with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` (bench/clock_jump.py,
-tests/test_jsonl_clock_mark.py).
+tests/faketime_support.py).
 
 libfaketime 0.9.10 (Debian 12's) fails ``clock_nanosleep(CLOCK_MONOTONIC,
 TIMER_ABSTIME)`` with EINVAL when it leaves the monotonic clock alone, and CPython's

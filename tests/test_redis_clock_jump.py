@@ -9,11 +9,14 @@ no session is stamped behind by it.
 
 The store runs in a child process (tests/redis_clock_jump_child.py) under libfaketime,
 its clocks moved by a file it rewrites itself, so that the judgment comes before its
-event loop runs again: as early as a look the jump fired can come (skipped without
-libfaketime: apt-get install faketime). A real redis-server on the real clock."""
+event loop runs again: as early as a look the jump fired can come; and ``serve`` runs
+under it with peers attached, its clocks moved by the test, and stopped gracefully
+(skipped without libfaketime: apt-get install faketime). A real redis-server on the
+real clock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -23,8 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faketime_support import LIBFAKETIME, needs_libfaketime
+from tests.faketime_support import LIBFAKETIME, needs_libfaketime, set_offset, under_faketime
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.test_redis_clock_skew import hello, read, request
 
 pytestmark = needs_libfaketime
 CHILD = Path(__file__).with_name("redis_clock_jump_child.py")
@@ -77,3 +83,49 @@ def test_a_session_is_not_judged_expired_early_after_a_local_clock_jump(
     # store to a clock the jump left behind (an hour behind, a TTL of an hour: expired).
     kept, given = time_of(found, "imported_updated_at"), time_of(found, "imported_given")
     assert abs(kept - given) <= CLOSE, found
+
+
+async def test_served_sessions_outlive_a_jump_of_both_of_the_servers_clocks(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What peers saw (bench/clock_jump.py --monotonic, h369): ``serve`` with both its
+    clocks 2 h on, a peer on a session of a one-hour TTL was closed 4404 ``session
+    expired`` by the look the jump fired, though Redis held the session alive. A race
+    of that look with the next reading of Redis's clock (which the jump brought on
+    too), so several sessions: before the fix, some of the looks ran first in most runs
+    (tests/redis_clock_jump_child.py shows the clock itself, every time)."""
+    offset = tmp_path / "offset"
+    set_offset(offset, 0)
+    url = redis_server.url(prefix=prefix_for(tmp_path))
+    flags = ("--store", url, "--default-ttl", "3600", "--idle-timeout", "0.5")
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", *flags)
+    settings = {"FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    under_faketime(server, **settings, FAKETIME_DONT_FAKE_MONOTONIC="0")
+    await server.start_in_loop()
+    ids = [f"s{n}" for n in range(SESSIONS)]
+    try:
+        peers = [await hello(server, session_id, create=True) for session_id in ids]
+        await eventually(lambda: all_idle(server, ids), timeout=10)  # looks at work
+        set_offset(offset, 7200)
+        for n, peer in enumerate(peers, 1):
+            frame = {"type": "event", "id": n, "event": {"type": "token", "content": "x"}}
+            assert await request(peer, frame) == {"type": "ack", "id": n, "seq": 1}
+        await eventually(lambda: all_idle(server, ids), timeout=10)  # looks since
+        for peer in peers:
+            assert await request(peer, {"type": "ping", "id": 0}) == {"type": "pong", "id": 0}
+            await peer.close()
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0
+    assert_no_tracebacks(server.log_records())
+
+
+SESSIONS = 6
+
+
+async def all_idle(server: ServerProcess, ids: list[str]) -> bool:
+    for session_id in ids:
+        status, metadata = await asyncio.to_thread(read, server, session_id)
+        assert status == 200 and metadata is not None, status  # alive, by Redis's clock
+        if metadata["state"] != "idle":
+            return False
+    return True
