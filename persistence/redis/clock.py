@@ -64,8 +64,8 @@ READ_EVERY: Final = 10.0
 SLOW_ROUND_TRIP: Final = 0.1
 # Seconds past the interval after which a reading carries nothing: the loop reads at
 # the interval, and a reading that old means it could not (Redis away, the event loop
-# held up) or the monotonic clock jumped. Small: both local clocks jumping together by
-# less than this past the reading's age show as that much early until the next reading.
+# held up) or the monotonic clock jumped. Small: both local clocks jumping together, by
+# too little to make the reading stale, show as that much ahead until the next reading.
 STALE: Final = 3.0
 # Seconds by which the two local clocks' carryings of one reading may part before they
 # are taken to disagree (a clock jumped): both are slewed alike by NTP.
