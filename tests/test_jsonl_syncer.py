@@ -14,7 +14,7 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
 from bamboo_session.persistence.jsonl import syncer
-from bamboo_session.persistence.jsonl.syncer import Syncer
+from bamboo_session.persistence.jsonl.syncer import SyncCancelled, Syncer
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.jsonl_support import wal_records
 
@@ -62,6 +62,34 @@ async def test_the_helper_syncs_a_file_and_reports_a_failure(tmp_path: Path) -> 
         for descriptor in (fd, read_end, write_end):
             os.close(descriptor)
     assert helper_pids() == []
+
+
+async def test_a_cancelled_sync_ends_with_its_answer_not_the_next_ones(tmp_path: Path) -> None:
+    """The writer awaits the helper in its own task: a cancellation while the helper
+    syncs comes once the answer is in, with that answer, and leaves the helper up."""
+    syncer = Syncer.start()
+    assert syncer is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    read_end, write_end = os.pipe()
+    try:
+        for key, target, failed in (("pipe", read_end, errno.EINVAL), ("file", fd, None)):
+            waiting = asyncio.ensure_future(syncer.sync(key, target))
+            await asyncio.sleep(0)  # it asked the helper, and awaits the answer
+            waiting.cancel()
+            with pytest.raises(SyncCancelled) as cancelled:
+                await waiting
+            assert waiting.cancelled()
+            error = cancelled.value.error
+            assert (error.errno if error is not None else None) == failed
+            assert not syncer.broken
+        os.write(fd, b"x")
+        assert await syncer.sync("file", fd) is None
+        error = await syncer.sync("pipe", read_end)
+        assert isinstance(error, OSError) and error.errno == errno.EINVAL
+    finally:
+        await syncer.close()
+        for descriptor in (fd, read_end, write_end):
+            os.close(descriptor)
 
 
 async def test_a_store_has_one_helper_and_it_ends_with_the_store(tmp_path: Path) -> None:

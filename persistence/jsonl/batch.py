@@ -1,10 +1,12 @@
 """What the log writer passes around for one group commit: an append's encoded lines
 (``Batch``), one log file's share of the commit (``Group``), a session's deletion
-(``Forget``), an open log descriptor (``OpenLog``), and the commit between the halves
-that run on the event loop's thread and on the I/O thread (``Commit``)."""
+(``Forget``), an open log descriptor (``OpenLog``), the commit between the halves
+that run on the event loop's thread and on the I/O thread (``Commit``), and what waits
+in the writer's queue (``QueuedAppend``, ``QueuedControl``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,3 +98,23 @@ class Commit:
         return bool(self.cuts or self.wal_data or self.sync_logs or self.failed) or (
             self.wal_before is not None
         )
+
+
+@dataclass(slots=True)
+class QueuedAppend:
+    """An append in the writer's queue; ``generation``: its session's when submitted
+    (a failure starts a new one, and fails what was queued behind it)."""
+
+    session_id: str
+    batch: Batch
+    generation: int
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class QueuedControl:
+    """A marker in the queue: done once every append queued before it is processed;
+    with ``forget``, that session's deletion is recorded and its descriptor closed."""
+
+    future: asyncio.Future[None]
+    forget: Forget | None = None

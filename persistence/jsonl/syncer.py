@@ -13,6 +13,10 @@ writer's commits are done), and it may still be starting its interpreter, which 
 store opened and closed without a synced commit (a CLI tool, a read) would wait for,
 and for its exit. One that answered is up: it sees the end of its stream and exits.
 
+A sync, once asked for, runs to its answer: a cancellation of the task that awaits it
+comes once the answer is in (:class:`SyncCancelled` carries it), so that the writer
+knows its commit's outcome without a task and a shield around each commit.
+
 The helper is optional: where it cannot start (no ``SOCK_SEQPACKET`` or descriptor
 passing on this platform), or once it failed, the writer syncs on its I/O thread.
 """
@@ -28,10 +32,29 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 _HELPER = Path(__file__).with_name("sync_helper.py")
+
+
+class SyncCancelled(asyncio.CancelledError):
+    """The awaiting task was cancelled while the helper synced: raised once its answer
+    came, which ``error`` holds (as :meth:`Syncer.sync` would have returned it)."""
+
+    def __init__(self, error: OSError | None) -> None:
+        super().__init__()
+        self.error = error
+
+
+class _Answer(asyncio.Future[int]):
+    """The helper's answer to one sync. A task cancelled while it awaits one tries to
+    cancel it, and is refused: asyncio then raises the cancellation in the task once
+    the answer is set, so the answer is never lost to a cancellation."""
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
 
 
 class Syncer:
@@ -86,26 +109,28 @@ class Syncer:
 
     async def sync(self, key: object, fd: int) -> OSError | None:
         """``fdatasync`` the file ``fd`` refers to. The error, when the sync failed or
-        the helper is gone (then nothing may be assumed synced). A cancelled sync drops
-        the helper: its answer may still come, and would be taken for the next one's."""
+        the helper is gone (then nothing may be assumed synced). A cancellation while
+        the helper syncs is raised once it answered, as :class:`SyncCancelled`."""
         if fd < 0:  # no file: an "S" now would sync the previous one and say so
             return OSError(errno.EBADF, "no file to sync")
         self.use(key, fd)
         if self.broken:
             return OSError(errno.EIO, "the WAL sync helper stopped")
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = _Answer(loop=self._loop)
         try:
             self._channel.send(b"S")
             code = await waiter
         except OSError as exc:
             self._break(exc)
             return OSError(errno.EIO, f"the WAL sync helper stopped: {exc}")
-        except asyncio.CancelledError:
-            self._break(RuntimeError("a sync was cancelled"))
-            raise
+        except asyncio.CancelledError as exc:
+            if not waiter.done():  # (the answer refuses to be cancelled: not expected)
+                self._break(RuntimeError("a sync was cancelled"))
+                raise
+            raise SyncCancelled(_outcome(waiter)) from exc
         finally:
             self._waiter = None
-        return OSError(code, os.strerror(code)) if code else None
+        return _error(code)
 
     def _on_readable(self) -> None:
         error: OSError | None = None
@@ -149,3 +174,16 @@ class Syncer:
         if self._process.poll() is None:
             self._process.kill()
             await asyncio.to_thread(self._process.wait)
+
+
+def _error(code: int) -> OSError | None:
+    return OSError(code, os.strerror(code)) if code else None
+
+
+def _outcome(answer: asyncio.Future[int]) -> OSError | None:
+    """What a sync whose waiter was cancelled returns: the helper's answer, or the
+    error it ended with."""
+    error = answer.exception()
+    if error is None:
+        return _error(answer.result())
+    return error if isinstance(error, OSError) else OSError(errno.EIO, str(error))

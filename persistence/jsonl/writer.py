@@ -40,20 +40,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 from bamboo_session.wakeup import Wakeup
 
 from ..base import SessionLogFailed, StorageError
 from .background_syncs import BackgroundSyncs
-from .batch import Batch, Commit, Forget, Group
+from .batch import Batch, Commit, Forget, Group, QueuedAppend, QueuedControl
 from .commits import Committer
 from .config import Durability
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .retirement import Retirement
-from .syncer import Syncer
+from .syncer import SyncCancelled, Syncer
 from .tasks import IoThread, to_completion
 from .wal import SegmentFile
 
@@ -66,23 +65,6 @@ T = TypeVar("T")
 WrittenCallback = Callable[[str, list[tuple[int, Batch]], int], None]
 # (session id, the error, bytes of failed lines its log still holds: a cut that failed)
 FailedCallback = Callable[[str, OSError, int], None]
-
-
-@dataclass(slots=True)
-class _Append:
-    session_id: str
-    batch: Batch
-    generation: int
-    future: asyncio.Future[None]
-
-
-@dataclass(slots=True)
-class _Control:
-    """A marker in the queue: done once every append queued before it is processed;
-    with ``forget``, that session's deletion is recorded and its descriptor closed."""
-
-    future: asyncio.Future[None]
-    forget: Forget | None = None
 
 
 class LogWriter:
@@ -111,7 +93,7 @@ class LogWriter:
         self._carried = False
         self._on_written = on_written
         self._on_failed = on_failed
-        self._queue: list[_Append | _Control] = []
+        self._queue: list[QueuedAppend | QueuedControl] = []
         self._generations: dict[str, int] = {}
         self._wakeup = Wakeup()  # by submit, while idle: once per group commit
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,7 +133,7 @@ class LogWriter:
         assert self._loop is not None, "start() the writer first"
         future = self._loop.create_future()
         generation = self._generations.get(session_id, 0)
-        self._queue.append(_Append(session_id, batch, generation, future))
+        self._queue.append(QueuedAppend(session_id, batch, generation, future))
         self._wakeup.set()
         return future
 
@@ -223,7 +205,7 @@ class LogWriter:
             # ever (a delete, or a replacement, still under way when the store closed).
             raise StorageError("storage is closed")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Control(future, forget))
+        self._queue.append(QueuedControl(future, forget))
         self._wakeup.set()
         return future
 
@@ -259,14 +241,14 @@ class LogWriter:
             now = self._loop.time()
         self._last_commit = now
 
-    def _take_batch(self) -> list[_Append | _Control]:
+    def _take_batch(self) -> list[QueuedAppend | QueuedControl]:
         """The longest prefix of the queue that touches at most ``max_open`` files, so
         a batch never needs more descriptors than the bound (a prefix keeps each
         session's appends in order)."""
         queue, limit = self._queue, self._files.max_open
         sessions: set[str] = set()
         for i, item in enumerate(queue):
-            if isinstance(item, _Append) and item.session_id not in sessions:
+            if isinstance(item, QueuedAppend) and item.session_id not in sessions:
                 if len(sessions) == limit:
                     self._queue = queue[i:]
                     return queue[:i]
@@ -274,11 +256,11 @@ class LogWriter:
         self._queue = []
         return queue
 
-    async def _process(self, batch: list[_Append | _Control]) -> None:
-        groups: dict[str, tuple[Group, list[_Append]]] = {}
-        controls: list[_Control] = []
+    async def _process(self, batch: list[QueuedAppend | QueuedControl]) -> None:
+        groups: dict[str, tuple[Group, list[QueuedAppend]]] = {}
+        controls: list[QueuedControl] = []
         for item in batch:
-            if isinstance(item, _Control):
+            if isinstance(item, QueuedControl):
                 controls.append(item)
             elif item.generation != self._generations.get(item.session_id, 0):
                 _fail(item.future, _stale_error(item.session_id))
@@ -312,7 +294,7 @@ class LogWriter:
         try:
             if commits.on_loop(groups):
                 commits.write(commit)
-                if commit.blocks:
+                if commit.blocks and not await self._synced_by_helper(commit):
                     await to_completion(self._finish(commit))
             else:
                 await to_completion(self._finish(commit, whole=True))
@@ -320,23 +302,37 @@ class LogWriter:
             self.batches += 1
             commits.conclude(commit)
 
+    async def _synced_by_helper(self, commit: Commit) -> bool:
+        """The common commit's one blocking step, the WAL's sync by the helper, awaited
+        in this task (a task and a shield, ``to_completion``, cost two more turns of the
+        loop a commit): whether it finished the commit. A cancellation comes once the
+        helper answered (syncer.py), a failed sync cut back first, as before."""
+        syncer, wal = self._syncer, self._wal
+        if syncer is None or wal is None or syncer.broken or not commit.only_wal_sync:
+            return False
+        try:
+            commit.wal_error = await syncer.sync(wal.current, wal.fd)
+        except SyncCancelled as cancelled:
+            commit.wal_error = cancelled.error
+            if commit.wal_error is not None:
+                await to_completion(self._finish(commit))
+            raise
+        except asyncio.CancelledError:  # before the answer (not expected): outcome unknown
+            commit.failed = True
+            raise
+        except Exception:
+            log.exception("log writer failed")
+            commit.failed = True
+            return True
+        return commit.wal_error is None
+
     async def _finish(self, commit: Commit, whole: bool = False) -> None:
-        """What blocks: in the common commit only the WAL's sync, by the helper process;
-        anything else, or a failed sync (then the batch is cut back), on the I/O thread;
-        with ``whole``, a batch too large for the loop is written and finished there in
-        one hand-off. A cancelled sync fails the commit (``conclude`` then marks it for
-        cutting): its answer is unknown, and the helper is dropped, since the answer may
-        still come."""
-        syncer = self._syncer
+        """What blocks but the helper's sync, or a failed one (the batch cut back), on
+        the I/O thread; ``whole``: a batch too large for the loop, written there too."""
         try:
             if whole:
                 await self._in_thread(self._commits.write_and_finish, commit)
                 return
-            if syncer is not None and not syncer.broken and commit.only_wal_sync:
-                assert self._wal is not None
-                commit.wal_error = await syncer.sync(self._wal.current, self._wal.fd)
-                if commit.wal_error is None:
-                    return
             await self._in_thread(self._commits.finish, commit)
         except Exception:
             log.exception("log writer failed")
@@ -350,7 +346,9 @@ class LogWriter:
         loop = self._loop or asyncio.get_running_loop()
         return await to_completion(self._io.run(loop, function, *args))
 
-    def _settle(self, groups: list[tuple[Group, list[_Append]]], controls: list[_Control]) -> None:
+    def _settle(
+        self, groups: list[tuple[Group, list[QueuedAppend]]], controls: list[QueuedControl]
+    ) -> None:
         for group, appends in groups:
             if group.ok:
                 written, offset = [], group.size_before
