@@ -145,6 +145,12 @@ async def test_an_instance_started_after_the_only_one_died_parks_its_sessions(
 DEAD_SESSIONS = 10_000  # 1 to 4 s of parking (0.1 to 0.4 ms each): heartbeats of it
 
 
+# A guard against a hang, not a speed. Its set-up makes 10,000 sessions, then waits out
+# the dead instance's heartbeat, which is as long as making them took (as
+# tests/test_redis_presence_dead.py's 16,000 do): 9 s in all quiet, 99-112 s at load
+# 16-17, 200 s at load 24 (96 s making them, 76 s waiting, 16 s the sweep). The
+# default 120 s ended it in loaded suite runs.
+@pytest.mark.timeout(600)
 async def test_a_survivor_parking_a_big_dead_instance_keeps_its_own_sessions_live(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
