@@ -26,14 +26,10 @@ machine is shared: the times are for comparing rows of one invocation.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from .chromium import browser_missing, launch
-from .soak_server import Server
+from .chromium import console_page, run_if_browser, served_to_chromium
 
 CHECKPOINTS = (10, 100, 250, 500, 1000)
 SHAPES = {"stream": (1250, False), "agent": (150, True)}  # tokens a block, a line after it
@@ -93,12 +89,7 @@ async def measure(
     browser: Any, port: int, shape: str, checkpoints: list[int], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     per_block, line = SHAPES[shape]
-    context = await browser.new_context()
-    try:
-        page = await context.new_page()
-        cdp = await context.new_cdp_session(page)
-        await cdp.send("Performance.enable")
-        await page.goto(f"http://127.0.0.1:{port}/console#/s/%")  # no session: no request
+    async with console_page(browser, port) as (page, cdp):
         await page.evaluate(SETUP, args.css)
         rows = []
         for blocks in checkpoints:
@@ -127,23 +118,15 @@ async def measure(
             )
             print(json.dumps(rows[-1]), flush=True)
         return rows
-    finally:
-        await context.close()
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
-    with tempfile.TemporaryDirectory(prefix="console-tail-") as tmp:
-        server = Server(Path(tmp) / "data", Path(tmp) / "server.log", ())
-        await asyncio.to_thread(server.start)
-        try:
-            async with launch() as browser:
-                rows = []
-                for shape in args.shapes.split(","):
-                    rows += await measure(browser, server.port, shape, checkpoints, args)
-                return rows
-        finally:
-            await asyncio.to_thread(server.stop)
+    async with served_to_chromium("console-tail-") as (server, browser):
+        rows = []
+        for shape in args.shapes.split(","):
+            rows += await measure(browser, server.port, shape, checkpoints, args)
+        return rows
 
 
 def main() -> int:
@@ -154,12 +137,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="of live stream")
     parser.add_argument("--css", default="", help="a stylesheet added to the page, to try")
     args = parser.parse_args()
-    missing = browser_missing()
-    if missing is not None:
-        print(f"console tail cost skipped: {missing}")
-        return 0
-    asyncio.run(run(args))
-    return 0
+    return run_if_browser("console tail cost", lambda: run(args))
 
 
 if __name__ == "__main__":

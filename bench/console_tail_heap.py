@@ -31,14 +31,10 @@ GC, the page's DOM nodes, its JS heap and Blink's (``Runtime.getHeapUsage``:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from .chromium import browser_missing, launch
-from .soak_server import Server
+from .chromium import console_page, run_if_browser, served_to_chromium
 
 SHAPES = ("stream", "tools-50", "tools-290", "tools-590", "tools-2000")
 
@@ -116,12 +112,7 @@ SETUP = """async (shape) => {
 async def measure(
     browser: Any, port: int, shape: str, view: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    context = await browser.new_context()
-    try:
-        page = await context.new_page()
-        cdp = await context.new_cdp_session(page)
-        await cdp.send("Performance.enable")
-        await page.goto(f"http://127.0.0.1:{port}/console#/s/%")  # no session: no request
+    async with console_page(browser, port) as (page, cdp):
         await page.evaluate(SETUP, shape)
         events = args.events if shape != "stream" else args.tokens
         fed = await page.evaluate("() => window.__tail.fillView()")  # (so that it scrolls)
@@ -142,8 +133,6 @@ async def measure(
             row["after_rounds"]["dom_heap_mb"] = after["dom_heap_mb"]
         print(json.dumps(row), flush=True)
         return row
-    finally:
-        await context.close()
 
 
 async def heap_row(page: Any, cdp: Any) -> dict[str, Any]:
@@ -161,18 +150,12 @@ async def heap_row(page: Any, cdp: Any) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="console-heap-") as tmp:
-        server = Server(Path(tmp) / "data", Path(tmp) / "server.log", ())
-        await asyncio.to_thread(server.start)
-        try:
-            async with launch() as browser:
-                rows = []
-                for shape in args.shapes.split(","):
-                    for view in args.views.split(","):
-                        rows.append(await measure(browser, server.port, shape, view, args))
-                return rows
-        finally:
-            await asyncio.to_thread(server.stop)
+    async with served_to_chromium("console-heap-") as (server, browser):
+        rows = []
+        for shape in args.shapes.split(","):
+            for view in args.views.split(","):
+                rows.append(await measure(browser, server.port, shape, view, args))
+        return rows
 
 
 def main() -> int:
@@ -183,12 +166,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=250_000, help="of the stream shape")
     parser.add_argument("--rounds", type=int, default=5, help="of Show earlier, scrolled up")
     args = parser.parse_args()
-    missing = browser_missing()
-    if missing is not None:
-        print(f"console tail heap skipped: {missing}")
-        return 0
-    asyncio.run(run(args))
-    return 0
+    return run_if_browser("console tail heap", lambda: run(args))
 
 
 if __name__ == "__main__":
