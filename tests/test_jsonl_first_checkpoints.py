@@ -72,10 +72,11 @@ SYNCED_OR_RENAMED = (
 )
 
 
-async def stored_active(url: str) -> None:
+async def stored_active(url: str, sessions: int = SESSIONS) -> None:
+    """``sessions`` sessions ``s0``, ``s1``... made in the store, ``active``."""
     storage = await open_storage(url)
     try:
-        for number in range(SESSIONS):
+        for number in range(sessions):
             await storage.create_session(Session.new(f"s{number}", user_id="u"))  # active
     finally:
         await storage.close()

@@ -30,10 +30,14 @@ import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.jsonl.fs_sync import device_to_sync
-from bamboo_session.protocol.models import Session, SessionState
+from bamboo_session.protocol.models import SessionState
 from tests.parent_death import ending_with_this_process
 from tests.server_process import ROOT
-from tests.test_jsonl_first_checkpoints import as_done, own_syncs_before_first_writes
+from tests.test_jsonl_first_checkpoints import (
+    as_done,
+    own_syncs_before_first_writes,
+    stored_active,
+)
 
 SESSIONS = 4
 EVENTS = 40
@@ -119,12 +123,7 @@ async def test_sessions_moved_before_the_open_sync_each_checkpoint_synced_and_no
     if device_to_sync(here) is None:
         pytest.skip("no syncfs that stands for each file here: no open sync to fall back from")
     url = f"jsonl://{base}?durability=fsync"
-    storage = await open_storage(url)
-    try:
-        for number in range(SESSIONS):
-            await storage.create_session(Session.new(f"s{number}", user_id="u"))  # active
-    finally:
-        await storage.close()
+    await stored_active(url, SESSIONS)
 
     out, err, trace = tmp_path / "child.out", tmp_path / "child.err", tmp_path / "trace"
     child = store_process(base, moved, out, err, trace if traced else None)
