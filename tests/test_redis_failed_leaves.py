@@ -76,7 +76,15 @@ async def test_failed_leaves_past_the_cap_are_told_and_counted_until_their_deadl
                 await eventually(lambda: len(manager.owed_states) == 0, timeout=3 * HEARTBEAT)
                 assert await seen() == ("disconnected", 0)
             assert len(told()) == 1
-            assert [e["written"] for e in logs if e["event"] == "owed states written"] == [1]
+            # Written by the owed park, and said so. Once, in a loaded suite run, the
+            # line was missing and the session parked all the same: how the owed state
+            # settled says by what (already_parked: a sweep, or a retry of a park
+            # whose reply was lost; not reproduced in 19 runs at load 16-28).
+            settled = dict(manager.owed_states.settled)
+            written = [e["written"] for e in logs if e["event"] == "owed states written"]
+            assert (settled, written) == ({"written": 1}, [1]), [
+                e for e in logs if "owed" in e["event"] or "presence" in e["event"]
+            ]
     finally:
         redis.stop()
 
