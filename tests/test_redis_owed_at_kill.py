@@ -28,7 +28,15 @@ from tests.instances import eventually
 from tests.proxies import RedisProxy
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess
-from tests.test_redis_owed_at_stop import RETENTION, attached, events, http_text, listed
+from tests.test_redis_owed_at_stop import (
+    RETENTION,
+    a_survivor,
+    attached,
+    events,
+    http_text,
+    listed,
+    served_through,
+)
 
 SESSIONS = 5
 HEARTBEAT = 2  # seconds: the owing instance's entries lapse within the outage
@@ -64,15 +72,8 @@ async def test_states_owed_at_a_kill_right_after_redis_returns_are_parked_by_a_s
     retired = owed_by == "retired actors"
     options = RETENTION if retired else KEPT
     redis_server = start_redis("redis")
-    prefix = prefix_for(tmp_path)
     proxy = RedisProxy(redis_server.port)
-    through_proxy = f"redis://127.0.0.1:{await proxy.start()}/0?prefix={prefix}"
-    owing_server = ServerProcess(
-        tmp_path / "owing",
-        tmp_path / "owing.log",
-        *("--store", f"{through_proxy}&heartbeat={HEARTBEAT}", *options),
-    )
-    await owing_server.start_in_loop()
+    owing_server = await served_through(proxy, tmp_path, "owing", HEARTBEAT, *options)
     reader = redis.asyncio.Redis.from_url(redis_server.url())
     ids = [f"owed-{n}" for n in range(SESSIONS)]
     survivor: ServerProcess | None = None
@@ -91,17 +92,12 @@ async def test_states_owed_at_a_kill_right_after_redis_returns_are_parked_by_a_s
         await redis_server.start_in_loop()
         await eventually(lambda: events(owing_server, "presence heartbeat works again"), timeout=30)
         owing_server.kill()
-        layout = Layout(prefix)
+        layout = Layout(prefix_for(tmp_path))
         states = [await reader.hget(layout.meta(session_id), "state") for session_id in ids]
         assert states == [b"active"] * SESSIONS  # owed still: not written before the kill
         await keeper.close()
 
-        survivor = ServerProcess(
-            tmp_path / "survivor",
-            tmp_path / "survivor.log",
-            *("--store", redis_server.url(prefix=prefix, heartbeat=HEARTBEAT), *RETENTION),
-        )
-        await survivor.start_in_loop()
+        survivor = await a_survivor(redis_server, tmp_path, HEARTBEAT)
         port = survivor.port
 
         def all_parked() -> bool:

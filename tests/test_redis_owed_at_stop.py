@@ -82,6 +82,32 @@ async def owing_after_an_outage(
     return options, first, ids
 
 
+async def served_through(
+    proxy: RedisProxy, tmp_path: Path, name: str, heartbeat: float, *options: str
+) -> ServerProcess:
+    """A started ``serve`` named ``name`` whose Redis is reached through ``proxy`` (its
+    prefix the test's), with a heartbeat of ``heartbeat`` seconds."""
+    through_proxy = f"redis://127.0.0.1:{await proxy.start()}/0?prefix={prefix_for(tmp_path)}"
+    server = ServerProcess(
+        tmp_path / name,
+        tmp_path / f"{name}.log",
+        *("--store", f"{through_proxy}&heartbeat={heartbeat}", *options),
+    )
+    await server.start_in_loop()
+    return server
+
+
+async def a_survivor(redis: RedisServer, tmp_path: Path, heartbeat: float) -> ServerProcess:
+    """A started ``serve`` on ``redis`` directly, parking what a dead instance left."""
+    survivor = ServerProcess(
+        tmp_path / "survivor",
+        tmp_path / "survivor.log",
+        *("--store", redis.url(prefix=prefix_for(tmp_path), heartbeat=heartbeat), *RETENTION),
+    )
+    await survivor.start_in_loop()
+    return survivor
+
+
 def events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
     return [record for record in server.log_records() if record["event"] == event]
 

@@ -30,7 +30,7 @@ from tests.proxies import RedisProxy
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess
 from tests.test_redis_owed_at_kill import KEPT
-from tests.test_redis_owed_at_stop import RETENTION, attached, listed
+from tests.test_redis_owed_at_stop import a_survivor, attached, listed, served_through
 
 HEARTBEAT = 2  # seconds; redis-py gives up on a withheld call after 10
 # What presence.lua's leave carries among its arguments, and state.lua's write of a park.
@@ -53,16 +53,9 @@ async def test_a_kill_while_a_session_is_left_leaves_it_to_a_survivor(
     start_redis: Callable[[str], RedisServer], tmp_path: Path, under_way: str
 ) -> None:
     redis_server = start_redis("redis")
-    prefix = prefix_for(tmp_path)
-    layout = Layout(prefix)
+    layout = Layout(prefix_for(tmp_path))
     proxy = RedisProxy(redis_server.port)
-    through_proxy = f"redis://127.0.0.1:{await proxy.start()}/0?prefix={prefix}"
-    killed = ServerProcess(
-        tmp_path / "killed",
-        tmp_path / "killed.log",
-        *("--store", f"{through_proxy}&heartbeat={HEARTBEAT}", *KEPT),
-    )
-    await killed.start_in_loop()
+    killed = await served_through(proxy, tmp_path, "killed", HEARTBEAT, *KEPT)
     reader = redis.asyncio.Redis.from_url(redis_server.url())
     survivor: ServerProcess | None = None
     try:
@@ -90,12 +83,7 @@ async def test_a_kill_while_a_session_is_left_leaves_it_to_a_survivor(
         assert await reader.hget(layout.meta("left"), "state") == b"active"
         await keeper.close()
 
-        survivor = ServerProcess(
-            tmp_path / "survivor",
-            tmp_path / "survivor.log",
-            *("--store", redis_server.url(prefix=prefix, heartbeat=HEARTBEAT), *RETENTION),
-        )
-        await survivor.start_in_loop()
+        survivor = await a_survivor(redis_server, tmp_path, HEARTBEAT)
         port = survivor.port
         # A heartbeat after the killed one's last refresh, and the survivor's sweep.
         await eventually(
