@@ -60,7 +60,8 @@ READ_EVERY: Final = 10.0
 # it): one held up by a busy Redis (a slow script, a fork, a CLIENT PAUSE, a retry on
 # a new connection) is not taken, and the last one stands, if its round trip took
 # longer than this and than twice the last one's, unless the last is stale (older than
-# the interval and STALE) or the local clocks disagree since it.
+# the interval and STALE) or the local clocks disagree since it: then it is taken as
+# at the end of its round trip (late, never early), not at its middle.
 SLOW_ROUND_TRIP: Final = 0.1
 # Seconds past the interval after which a reading carries nothing: the loop reads at
 # the interval, and a reading that old means it could not (Redis away, the event loop
@@ -163,7 +164,11 @@ class RedisClock:
 
     async def read(self) -> None:
         """Reads Redis's ``TIME``: the offsets, taken at the middle of the round trip,
-        unless that was slow (``SLOW_ROUND_TRIP``) and the reading held is good."""
+        unless that was slow (``SLOW_ROUND_TRIP``): then the reading held stands if it
+        is good, else this one is taken as at the end of its round trip (Redis answered
+        somewhere in it: late by up to the round trip, never early; a pause of 5 s
+        after a stale reading set the clock 2.5 s ahead at the middle, and a session
+        Redis held alive was refused 4404, tests/test_redis_clock_held_stale.py)."""
         before, wall_before = time.monotonic(), time.time()
         answer = await self._redis.read("TIME")
         after, wall_after = time.monotonic(), time.time()
@@ -176,8 +181,11 @@ class RedisClock:
             log.debug("Redis's clock read in %.3f s: the last reading stands", round_trip)
             return
         redis_time = seconds + micros / 1_000_000
-        self._offset = redis_time - (before + after) / 2
-        self._wall_offset = redis_time - (wall_before + wall_after) / 2
+        if round_trip > SLOW_ROUND_TRIP:  # taken as the held one is unsure: at the end
+            self._offset, self._wall_offset = redis_time - after, redis_time - wall_after
+        else:
+            self._offset = redis_time - (before + after) / 2
+            self._wall_offset = redis_time - (wall_before + wall_after) / 2
         self._round_trip, self._taken_at = round_trip, after
 
     def _holds_better(self, round_trip: float) -> bool:
