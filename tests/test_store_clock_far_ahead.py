@@ -84,3 +84,58 @@ async def test_a_store_holding_a_time_in_the_year_9999_opens_and_writes(
     assert any(str(held_in) in line and "100 years" in line for line in said), said
     if kind == "sqlite":
         assert any("'edited'" in line for line in said), said
+
+
+def edit_other_checkpoint(path: Path, moment: datetime) -> None:
+    found = checkpoint.read(path)
+    assert isinstance(found, Found)
+    metadata = found.checkpoint.metadata
+    metadata.updated_at = metadata.last_activity_at = moment
+    checkpoint.create(path, found.checkpoint, found.generation + 1)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_a_time_in_the_year_9999_hides_no_other_time_ahead_from_the_clock(
+    kind: str, tmp_path: Path
+) -> None:
+    """Beside the session edited to the year 9999, one written by a clock an hour ahead
+    (since set right): the store's clock still never goes back behind that one's times,
+    and its next write is not stamped behind them. SQLite's open read only the newest
+    of each column, the year 9999's, left out: the hour ahead went unseen."""
+    ahead = utcnow() + timedelta(hours=1)
+    if kind == "jsonl":
+        url = f"jsonl://{tmp_path}"
+        await made(url)
+        storage = await open_storage(url, cleanup_interval=None)
+        try:
+            await storage.create_session(Session.new("ahead", ttl=7200, now=storage.now()))
+        finally:
+            await storage.close()
+        edit_checkpoint(tmp_path / "sessions" / "edited.json")
+        edit_other_checkpoint(tmp_path / "sessions" / "ahead.json", ahead)
+    else:
+        url = f"sqlite://{tmp_path / 'sessions.db'}"
+        await made(url)
+        storage = await open_storage(url, cleanup_interval=None)
+        try:
+            await storage.create_session(Session.new("ahead", ttl=7200, now=storage.now()))
+        finally:
+            await storage.close()
+        edit_database(tmp_path / "sessions.db")
+        with sqlite3.connect(tmp_path / "sessions.db") as db:
+            text = time_text(ahead)
+            db.execute(
+                "UPDATE sessions SET updated_at = ?, last_activity_at = ? WHERE id = 'ahead'",
+                (text, text),
+            )
+        db.close()
+
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        assert storage.now() >= ahead
+        await storage.append_event("ahead", AgentEvent.token("x"))
+        metadata = await storage.get_metadata("ahead")
+        assert metadata is not None and metadata.updated_at >= ahead  # not back behind
+        assert (await storage.read_events("ahead"))[-1].ts >= ahead
+    finally:
+        await storage.close()

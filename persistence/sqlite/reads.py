@@ -112,7 +112,7 @@ def session_row(db: sqlite3.Connection, session_id: str) -> SessionRow | None:
     return row
 
 
-def newest_times(db: sqlite3.Connection) -> list[datetime]:
+def newest_times(db: sqlite3.Connection, bound: str | None = None) -> list[datetime]:
     """The newest times the store holds, for its clock (persistence/clock.py): of
     activity (events share it) and of creations, through their indexes, and of state
     writes, every session's: a park (at a peer's close, or a restart's) or a close is
@@ -120,12 +120,15 @@ def newest_times(db: sqlite3.Connection) -> list[datetime]:
     was attached again after a restart with the clock set back. ``updated_at`` has no
     index: one pass over the table, about 21 ms an open per 100,000 sessions
     (bench/sqlite_newest_times.py; the ``active`` and ``idle`` ones alone, read through
-    the state's index, took 0.5 ms with 1% of them so, 73 ms with all)."""
-    found = db.execute(
-        "SELECT (SELECT max(last_activity_at) FROM sessions), "
-        "(SELECT max(created_at) FROM sessions), "
-        "(SELECT max(updated_at) FROM sessions)"
-    ).fetchone()
+    the state's index, took 0.5 ms with 1% of them so, 73 ms with all). Those not
+    past ``bound`` (a time's text): the newest short of one the clock leaves out."""
+    subqueries = ", ".join(
+        f"(SELECT max({column}) FROM sessions"
+        + ("" if bound is None else f" WHERE {column} <= ?1")
+        + ")"
+        for column in ("last_activity_at", "created_at", "updated_at")
+    )
+    found = db.execute(f"SELECT {subqueries}", () if bound is None else (bound,)).fetchone()
     return [datetime.fromisoformat(text) for text in found if text is not None]
 
 

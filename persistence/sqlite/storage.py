@@ -100,12 +100,16 @@ class SqliteStorage:
 
     async def _clock_from_newest(self) -> None:
         """The clock starts from the newest times the store holds; one the clock leaves
-        out (persistence/clock.py, ``FAR_AHEAD``) is said with the sessions that hold it."""
+        out (persistence/clock.py, ``FAR_AHEAD``) is said with the sessions that hold it,
+        and the newest short of it read again: a column's newest alone, left out, hid
+        every other (one an hour ahead, the clock went back behind)."""
         newest, bound = await self._readers.run(reads.newest_times), far_ahead()
         where = f"the SQLite store {self.config.path}"
         if any(moment > bound for moment in newest):
             ids = await self._readers.run(reads.sessions_after, time_text(bound))
             where += " (sessions " + ", ".join(map(repr, ids)) + ")"
+            self._clock.saw(*newest, where=where)  # (said, and left out)
+            newest = await self._readers.run(reads.newest_times, time_text(bound))
         self._clock.saw(*newest, where=where)
 
     async def _open(self) -> None:
