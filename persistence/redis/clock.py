@@ -21,12 +21,12 @@ the reading is carried by the wall clock too, and ``now`` gives the lesser of th
 one local clock jumping forward alone moves nothing, and where the two disagree (a
 jump of either, a step back of the wall clock, a suspend) Redis is read again at once
 (``READ_AGAIN_AFTER`` after the last reading at the least), not ``READ_EVERY`` on;
-meanwhile expiry comes late, never early. A reading older than ``READ_EVERY`` + ``STALE`` on the monotonic clock (both local
-clocks jumped together, an event loop held up, Redis away) carries nothing: the clock
-stands at the newest time it gave until a new reading (``now`` asks for one), late,
-never early. Until the first reading, and where it fails, it is this machine's wall
-clock (an ACL that refuses ``TIME`` fails every script too: docs/storage-redis.md,
-Scripts)."""
+meanwhile expiry comes late, never early. A reading older than ``READ_EVERY`` +
+``STALE`` on the monotonic clock (both local clocks jumped together, an event loop held
+up, Redis away) carries nothing: the clock stands at the newest time it gave until a
+new reading (``now`` asks for one), late, never early. Until the first reading, and
+where it fails, it is this machine's wall clock (an ACL that refuses ``TIME`` fails
+every script too: docs/storage-redis.md, Scripts)."""
 
 from __future__ import annotations
 
