@@ -23,8 +23,8 @@ jump of either, a step back of the wall clock, a suspend) Redis is read again at
 (``READ_AGAIN_AFTER`` after the last reading at the least), not ``READ_EVERY`` on;
 meanwhile expiry comes late, never early. A reading older than ``READ_EVERY`` +
 ``STALE`` on the monotonic clock (both local clocks jumped together, an event loop held
-up, Redis away) carries nothing: the clock stands at the newest time it gave until a
-new reading (``now`` asks for one), late, never early. Until the first reading, and
+up, Redis away) carries nothing: the clock stands at the newest time it gave from it
+until a new reading (``now`` asks for one), late, never early. Until the first reading, and
 where it fails, it is this machine's wall clock (an ACL that refuses ``TIME`` fails
 every script too: docs/storage-redis.md, Scripts)."""
 
@@ -87,7 +87,9 @@ class RedisClock:
         self._wall_offset = 0.0  # Redis's time less the wall clock, at the same reading
         self._round_trip = 0.0  # of the reading taken, seconds
         self._taken_at = 0.0  # when, on the monotonic clock
-        self._newest = 0.0  # the newest time given from a reading, seconds since the epoch
+        # The newest time given from the reading held, seconds since the epoch: not from
+        # an earlier one, which a step back of Redis's clock left ahead of it.
+        self._newest = 0.0
         self._task: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()  # ``now`` asks for a reading before the interval
         # The last time ``now`` gave: a session made at it is made now, and create.lua
@@ -187,6 +189,9 @@ class RedisClock:
             self._offset = redis_time - (before + after) / 2
             self._wall_offset = redis_time - (wall_before + wall_after) / 2
         self._round_trip, self._taken_at = round_trip, after
+        # Stale, it stands at what this reading gave: a Redis an hour back since the last
+        # one left it an hour ahead (tests/test_redis_clock_step_back_stale.py).
+        self._newest = 0.0
 
     def _holds_better(self, round_trip: float) -> bool:
         """Whether the reading held is better than one of ``round_trip`` made now: one
