@@ -14,7 +14,7 @@ store opened and closed without a synced commit (a CLI tool, a read) would wait 
 and for its exit. One that answered is up: it sees the end of its stream and exits.
 
 A sync, once asked for, runs to its answer: a cancellation of the task that awaits it
-comes once the answer is in (:class:`SyncCancelled` carries it), so that the writer
+comes once the answer is in (kept in ``Syncer.cancelled_answer``), so that the writer
 knows its commit's outcome without a task and a shield around each commit.
 
 The helper is optional: where it cannot start (no ``SOCK_SEQPACKET`` or descriptor
@@ -31,6 +31,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,12 @@ log = logging.getLogger(__name__)
 _HELPER = Path(__file__).with_name("sync_helper.py")
 
 
-class SyncCancelled(asyncio.CancelledError):
-    """The awaiting task was cancelled while the helper synced: raised once its answer
-    came, which ``error`` holds (as :meth:`Syncer.sync` would have returned it)."""
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The answer to a sync whose task was cancelled meanwhile: ``error`` as
+    :meth:`Syncer.sync` would have returned it."""
 
-    def __init__(self, error: OSError | None) -> None:
-        super().__init__()
-        self.error = error
+    error: OSError | None
 
 
 class _Answer(asyncio.Future[int]):
@@ -68,6 +68,10 @@ class Syncer:
         self._file: object = None  # what the helper syncs: set by ``sync``'s ``key``
         self._answered = False  # it answered a sync: its interpreter is up
         self.broken = False
+        # The last sync's answer, when its task was cancelled while it awaited it (the
+        # cancellation is asyncio's own: 3.11's ``asyncio.timeout`` and ``TaskGroup``
+        # take no subclass of it for theirs, and would let one through).
+        self.cancelled_answer: Answered | None = None
         self._loop.add_reader(channel.fileno(), self._on_readable)
 
     @classmethod
@@ -110,24 +114,33 @@ class Syncer:
     async def sync(self, key: object, fd: int) -> OSError | None:
         """``fdatasync`` the file ``fd`` refers to. The error, when the sync failed or
         the helper is gone (then nothing may be assumed synced). A cancellation while
-        the helper syncs is raised once it answered, as :class:`SyncCancelled`."""
+        the helper syncs is raised once it answered, and ``cancelled_answer`` holds
+        the answer then."""
+        self.cancelled_answer = None
         if fd < 0:  # no file: an "S" now would sync the previous one and say so
             return OSError(errno.EBADF, "no file to sync")
         self.use(key, fd)
         if self.broken:
             return OSError(errno.EIO, "the WAL sync helper stopped")
-        waiter = self._waiter = _Answer(loop=self._loop)
         try:
             self._channel.send(b"S")
-            code = await waiter
         except OSError as exc:
             self._break(exc)
             return OSError(errno.EIO, f"the WAL sync helper stopped: {exc}")
-        except asyncio.CancelledError as exc:
+        # Made after the send: the answer is read in a later turn of the loop at the
+        # soonest, and a failed send leaves no waiter for ``_break`` to fail unawaited.
+        waiter = self._waiter = _Answer(loop=self._loop)
+        try:
+            code = await waiter
+        except OSError as exc:  # the helper stopped, or the syncer closed, meanwhile
+            return OSError(errno.EIO, f"the WAL sync helper stopped: {exc}")
+        except asyncio.CancelledError:
             if not waiter.done():  # (the answer refuses to be cancelled: not expected)
+                self._waiter = None  # (not failed by the break: nobody awaits it now)
                 self._break(RuntimeError("a sync was cancelled"))
                 raise
-            raise SyncCancelled(_outcome(waiter)) from exc
+            self.cancelled_answer = Answered(_outcome(waiter))
+            raise
         finally:
             self._waiter = None
         return _error(code)
@@ -143,8 +156,6 @@ class Syncer:
         waiter = self._waiter
         if len(answer) != 4:
             self._break(error or EOFError("the helper closed its end"))
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(OSError(errno.EIO, "the WAL sync helper stopped"))
             return
         self._answered = True
         if waiter is not None and not waiter.done():
@@ -154,9 +165,18 @@ class Syncer:
         if not self.broken:
             self.broken = True
             log.error("the WAL sync helper failed (%s); syncing on a thread from now on", cause)
-            self._loop.remove_reader(self._channel.fileno())
-            self._channel.close()  # a helper still running sees the end and exits
+            self._stop_reading()  # a helper still running sees the end and exits
             self._process.poll()  # reaped now if it is already gone
+
+    def _stop_reading(self) -> None:
+        """No answer is read any more: a sync that awaits one fails now (EIO), so that
+        nothing waits for ever for an answer that cannot come."""
+        self.broken = True
+        self._loop.remove_reader(self._channel.fileno())
+        self._channel.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(OSError(errno.EIO, "the WAL sync helper stopped"))
 
     async def close(self) -> None:
         """Close the socket: the helper sees the end of its stream and exits. One that
@@ -166,9 +186,7 @@ class Syncer:
         if not self._answered and self._process.poll() is None:
             self._process.kill()
         if not self.broken:
-            self._loop.remove_reader(self._channel.fileno())
-            self.broken = True
-            self._channel.close()
+            self._stop_reading()
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(self._process.wait, 10.0)
         if self._process.poll() is None:

@@ -113,13 +113,16 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 async def to_completion(work: Awaitable[T]) -> T:
     """Run ``work`` (a coroutine, or a future such as an ``IoThread`` call) to its end
     even if the caller is cancelled meanwhile (then the cancellation is raised after it
-    ends): for file work that must not stop halfway."""
+    ends): for file work that must not stop halfway. However often it is cancelled: a
+    second cancellation that let the caller go on would have it act on an outcome not
+    known yet (the log writer acknowledging a commit whose sync still runs)."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        if not task.done():
-            await asyncio.wait({task})
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):  # raised once, below
+                await asyncio.wait({task})
         if not task.cancelled() and task.exception() is not None:
             log.error("storage operation failed after its caller left: %r", task.exception())
         raise

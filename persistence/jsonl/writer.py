@@ -31,7 +31,10 @@ too: each append records the session's *generation* when submitted, and a failur
 starts a new generation. An append fails with ``SessionLogFailed`` when the error is its
 log's alone (its open or write: ``files.of_its_own``; not its directory's) or it was
 queued behind a failed one, else with a plain StorageError: the store's, as a failure
-of the WAL is.
+of the WAL is. Whatever ends the writer's task (a cancellation at a teardown that did
+not close the store), every append is answered (``answers.py``): the commit under way
+runs its steps to their end first and is answered by its outcome (acknowledged only
+if synced), and what is still queued fails, as does any later one.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from typing import TypeVar
 
 from bamboo_session.wakeup import Wakeup
 
-from ..base import SessionLogFailed, StorageError
+from ..base import StorageError
+from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, Group, QueuedAppend, QueuedControl
 from .commits import Committer
@@ -52,19 +56,13 @@ from .config import Durability
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .retirement import Retirement
-from .syncer import SyncCancelled, Syncer
+from .syncer import Syncer
 from .tasks import IoThread, to_completion
 from .wal import SegmentFile
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-# (session id, [(where the batch's lines start in the log, batch)], new log size)
-WrittenCallback = Callable[[str, list[tuple[int, Batch]], int], None]
-# (session id, the error, bytes of failed lines its log still holds: a cut that failed)
-FailedCallback = Callable[[str, OSError, int], None]
 
 
 class LogWriter:
@@ -91,10 +89,7 @@ class LogWriter:
         # What the last batch left in the queue (past its bound of open files) was
         # queued before that commit started: the window does not pace its commit.
         self._carried = False
-        self._on_written = on_written
-        self._on_failed = on_failed
         self._queue: list[QueuedAppend | QueuedControl] = []
-        self._generations: dict[str, int] = {}
         self._wakeup = Wakeup()  # by submit, while idle: once per group commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -103,6 +98,7 @@ class LogWriter:
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
         self._files = LogFiles(layout, max_open, self._sync_pool, self._wal is not None)
         self._commits = Committer(self._files, self._wal, durability)
+        self._answers = Answers(self._files, on_written, on_failed)
         # The files have one user at a time: a commit's steps, or the background sync
         # handing out descriptors (``os`` mode, the WAL's retirement), even while a
         # step runs on a thread.
@@ -132,7 +128,7 @@ class LogWriter:
             raise StorageError("storage is closed")
         assert self._loop is not None, "start() the writer first"
         future = self._loop.create_future()
-        generation = self._generations.get(session_id, 0)
+        generation = self._answers.generations.get(session_id, 0)
         self._queue.append(QueuedAppend(session_id, batch, generation, future))
         self._wakeup.set()
         return future
@@ -145,7 +141,7 @@ class LogWriter:
         """Finish the session's queued appends, record its deletion in the WAL, then
         close its descriptor (before the log is deleted)."""
         await self._enqueue(Forget(session_id, epoch))
-        self._generations.pop(session_id, None)
+        self._answers.generations.pop(session_id, None)
 
     def distrust_syncs(self) -> None:
         """A sync failed outside the writer (a directory's, ``lifecycle.py``): after it
@@ -200,32 +196,46 @@ class LogWriter:
         self._sync_pool.shutdown()
 
     def _enqueue(self, forget: Forget | None) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
         if self._closing and (self._runner is None or self._runner.done()):
+            if forget is None and self._close_task is None:
+                # The task ended unclosed (cancelled): what was queued was answered
+                # then, and the store's close flushes before it closes the writer.
+                future.set_result(None)
+                return future
             # Closed: nothing takes the queue any more, and the marker would wait for
             # ever (a delete, or a replacement, still under way when the store closed).
             raise StorageError("storage is closed")
-        future = asyncio.get_running_loop().create_future()
         self._queue.append(QueuedControl(future, forget))
         self._wakeup.set()
         return future
 
     async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                await self._wakeup.wait()
-                continue
-            if self._commit_window:
-                await self._pace()
-            batch = self._take_batch()
-            self._carried = bool(self._queue)
-            await self._process(batch)
-            # Not kept while the next append is awaited: a burst of big appends followed
-            # by quiet would have its last group commit (every line and event of it,
-            # over all its sessions) kept for as long as the quiet lasts, counted by no
-            # bound.
-            del batch
+        batch: list[QueuedAppend | QueuedControl] = []
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    await self._wakeup.wait()
+                    continue
+                if self._commit_window:
+                    await self._pace()
+                batch = self._take_batch()
+                self._carried = bool(self._queue)
+                await self._process(batch)
+                # Not kept while the next append is awaited: a burst of big appends
+                # followed by quiet would have its last group commit (every line and
+                # event of it, over all its sessions) kept for as long as the quiet
+                # lasts, counted by no bound.
+                batch = []
+        except BaseException as exc:
+            # Cancelled (a teardown that did not close the store) or failed: nothing
+            # takes the queue any more, and its callers would wait for ever.
+            self._closing = True
+            left, self._queue = [*batch, *self._queue], []
+            self._answers.fail_unanswered(left, repr(exc))
+            raise
 
     async def _pace(self) -> None:
         """With a commit window, group commits start at most once per window: what comes
@@ -262,9 +272,7 @@ class LogWriter:
         for item in batch:
             if isinstance(item, QueuedControl):
                 controls.append(item)
-            elif item.generation != self._generations.get(item.session_id, 0):
-                _fail(item.future, _stale_error(item.session_id))
-            else:
+            elif not self._answers.stale(item):
                 entry = groups.get(item.session_id)
                 if entry is None:
                     entry = groups[item.session_id] = (Group(item.session_id, []), [])
@@ -273,8 +281,12 @@ class LogWriter:
         ordered = list(groups.values())
         forgets = [control.forget for control in controls if control.forget is not None]
         async with self._files_in_use:
-            await self._commit([group for group, _ in ordered], forgets)
-            self._settle(ordered, controls)
+            try:
+                await self._commit([group for group, _ in ordered], forgets)
+            finally:
+                # Cancelled too: the commit's outcome is known by then (its steps run to
+                # their end, a cancellation raised after them), and answered now.
+                self._answers.settle(ordered, controls)
             # After the acknowledgements, before the next batch opens more descriptors.
             released = self._files.take_released()
             if released:
@@ -312,13 +324,14 @@ class LogWriter:
             return False
         try:
             commit.wal_error = await syncer.sync(wal.current, wal.fd)
-        except SyncCancelled as cancelled:
-            commit.wal_error = cancelled.error
+        except asyncio.CancelledError:
+            answered = syncer.cancelled_answer
+            if answered is None:  # before the answer (not expected): outcome unknown
+                commit.failed = True
+                raise
+            commit.wal_error = answered.error
             if commit.wal_error is not None:
                 await to_completion(self._finish(commit))
-            raise
-        except asyncio.CancelledError:  # before the answer (not expected): outcome unknown
-            commit.failed = True
             raise
         except Exception:
             log.exception("log writer failed")
@@ -345,53 +358,3 @@ class LogWriter:
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = self._loop or asyncio.get_running_loop()
         return await to_completion(self._io.run(loop, function, *args))
-
-    def _settle(
-        self, groups: list[tuple[Group, list[QueuedAppend]]], controls: list[QueuedControl]
-    ) -> None:
-        for group, appends in groups:
-            if group.ok:
-                written, offset = [], group.size_before
-                for batch in group.batches:
-                    written.append((offset, batch))
-                    offset += len(batch.data)
-                self._on_written(group.session_id, written, group.new_size)
-                for append in appends:
-                    if not append.future.done():
-                        append.future.set_result(None)
-            else:
-                sid = group.session_id
-                cause = group.error or OSError("the log writer failed")
-                self._generations[sid] = self._generations.get(sid, 0) + 1
-                self._on_failed(sid, cause, self._files.uncut.get(sid, 0))
-                failure = SessionLogFailed if group.alone else StorageError
-                error = failure(
-                    f"could not append to the log of session {sid!r}: {cause}; "
-                    "nothing of this append was stored"
-                )
-                for append in appends:
-                    _fail(append.future, error)
-        for control in controls:
-            if control.future.done():
-                continue
-            forget = control.forget
-            failed = forget.error if forget is not None else None
-            if forget is not None and failed is not None:
-                what = "cancellation of a deletion" if forget.cancel else "deletion"
-                control.future.set_exception(
-                    StorageError(f"could not record the {what} in the WAL: {failed}")
-                )
-            else:
-                control.future.set_result(None)
-
-
-def _fail(future: asyncio.Future[None], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _stale_error(session_id: str) -> StorageError:
-    return SessionLogFailed(
-        f"could not append to the log of session {session_id!r}: an earlier append to it "
-        "failed, so this one was not stored either; retry"
-    )
