@@ -14,7 +14,7 @@ import errno
 import os
 import signal
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +66,25 @@ def synced_file(tmp_path: Path) -> Any:
     os.close(fd)
 
 
+@contextlib.asynccontextmanager
+async def syncer_up(synced_file: int) -> AsyncIterator[tuple[Syncer, int]]:
+    """A started syncer whose helper has answered one sync, and the helper's pid;
+    closed after."""
+    syncer = Syncer.start()
+    assert syncer is not None
+    try:
+        assert await syncer.sync("file", synced_file) is None  # the helper is up
+        yield syncer, syncer._process.pid
+    finally:
+        await syncer.close()
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_sync_cancelled_twice_ends_once_its_answer_is_in_with_it(
     loop: str, synced_file: int
 ) -> None:
     async def scenario() -> None:
-        syncer = Syncer.start()
-        assert syncer is not None
-        try:
-            assert await syncer.sync("file", synced_file) is None  # the helper is up
-            helper = syncer._process.pid
+        async with syncer_up(synced_file) as (syncer, helper):
             os.kill(helper, signal.SIGSTOP)
             try:
                 waiting = asyncio.ensure_future(syncer.sync("file", synced_file))
@@ -92,8 +101,6 @@ def test_a_sync_cancelled_twice_ends_once_its_answer_is_in_with_it(
             assert not syncer.broken
             os.write(synced_file, b"y")
             assert await syncer.sync("file", synced_file) is None  # its own answer
-        finally:
-            await syncer.close()
 
     run(loop, scenario)
 
@@ -103,11 +110,7 @@ def test_a_timeout_around_a_sync_ends_as_a_timeout_once_the_answer_is_in(
     loop: str, synced_file: int
 ) -> None:
     async def scenario() -> None:
-        syncer = Syncer.start()
-        assert syncer is not None
-        try:
-            assert await syncer.sync("file", synced_file) is None
-            helper = syncer._process.pid
+        async with syncer_up(synced_file) as (syncer, helper):
 
             async def timed() -> int:
                 with pytest.raises(TimeoutError):
@@ -127,8 +130,6 @@ def test_a_timeout_around_a_sync_ends_as_a_timeout_once_the_answer_is_in(
                 os.kill(helper, signal.SIGCONT)
             assert await timing == 0
             assert not syncer.broken and await syncer.sync("file", synced_file) is None
-        finally:
-            await syncer.close()
 
     run(loop, scenario)
 
@@ -138,11 +139,7 @@ def test_a_cancelled_sync_whose_helper_is_killed_ends_with_the_helper_s_failure(
     loop: str, synced_file: int
 ) -> None:
     async def scenario() -> None:
-        syncer = Syncer.start()
-        assert syncer is not None
-        try:
-            assert await syncer.sync("file", synced_file) is None
-            helper = syncer._process.pid
+        async with syncer_up(synced_file) as (syncer, helper):
             os.kill(helper, signal.SIGSTOP)
             waiting = asyncio.ensure_future(syncer.sync("file", synced_file))
             await until(lambda: syncer._waiter is not None)
@@ -155,8 +152,6 @@ def test_a_cancelled_sync_whose_helper_is_killed_ends_with_the_helper_s_failure(
             error = syncer.cancelled_answer.error
             assert error is not None and error.errno == errno.EIO
             assert syncer.broken
-        finally:
-            await syncer.close()
 
     run(loop, scenario)
 

@@ -103,24 +103,17 @@ async def test_a_time_in_the_year_9999_hides_no_other_time_ahead_from_the_clock(
     and its next write is not stamped behind them. SQLite's open read only the newest
     of each column, the year 9999's, left out: the hour ahead went unseen."""
     ahead = utcnow() + timedelta(hours=1)
+    url = f"jsonl://{tmp_path}" if kind == "jsonl" else f"sqlite://{tmp_path / 'sessions.db'}"
+    await made(url)
+    storage = await open_storage(url, cleanup_interval=None)
+    try:
+        await storage.create_session(Session.new("ahead", ttl=7200, now=storage.now()))
+    finally:
+        await storage.close()
     if kind == "jsonl":
-        url = f"jsonl://{tmp_path}"
-        await made(url)
-        storage = await open_storage(url, cleanup_interval=None)
-        try:
-            await storage.create_session(Session.new("ahead", ttl=7200, now=storage.now()))
-        finally:
-            await storage.close()
         edit_checkpoint(tmp_path / "sessions" / "edited.json")
         edit_other_checkpoint(tmp_path / "sessions" / "ahead.json", ahead)
     else:
-        url = f"sqlite://{tmp_path / 'sessions.db'}"
-        await made(url)
-        storage = await open_storage(url, cleanup_interval=None)
-        try:
-            await storage.create_session(Session.new("ahead", ttl=7200, now=storage.now()))
-        finally:
-            await storage.close()
         edit_database(tmp_path / "sessions.db")
         with sqlite3.connect(tmp_path / "sessions.db") as db:
             text = time_text(ahead)
