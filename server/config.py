@@ -32,8 +32,7 @@ MIB = 1024 * 1024
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
-    # The store: a URL (persistence/url.py), else the JSONL store in ``data_dir`` with
-    # ``durability``.
+    # The store: a URL (persistence/url.py), else JSONL in ``data_dir``, ``durability``.
     store: str | None = None
     data_dir: str = "~/.bamboo/sessions"
     durability: Durability = "fsync"
