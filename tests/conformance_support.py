@@ -2,7 +2,8 @@
 tests/test_conformance_java.py): real ``bamboo-session serve`` processes started for a
 client in another language and stopped by their pid (the ``servers`` fixture, which a
 test module takes in by importing it), and the reading of that client's report: no FAIL
-line, exit 0, the " N held, 0 failed" summary, and a server log without a traceback.
+line (shown with the STACK lines that follow one, if any), exit 0, the " N held, 0
+failed" summary, and a server log without a traceback.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ def base_url(server: ServerProcess) -> str:
 
 
 def assert_client_passed(mode: str, returncode: int, report: str) -> None:
-    failures = [line for line in report.splitlines() if line.startswith("FAIL")]
-    assert not failures, f"mode {mode}: {len(failures)} FAIL\n" + "\n".join(failures)
+    """Shown on a failure: the FAIL lines, and the STACK lines a client prints after a
+    section that ended on an exception of its own (the Java client's)."""
+    lines = report.splitlines()
+    failures = [line for line in lines if line.startswith("FAIL")]
+    shown = [line for line in lines if line.startswith(("FAIL", "STACK"))]
+    assert not failures, f"mode {mode}: {len(failures)} FAIL\n" + "\n".join(shown)
     assert returncode == 0, f"mode {mode} exited {returncode}:\n{report}"
     assert " held, 0 failed" in report, report
 

@@ -16,10 +16,13 @@
  * tells the second; restart1 prints READY when the server may be stopped.
  *
  * It prints one line per check, HELD or FAIL, NOTE lines for what the contract leaves
- * open, then "N held, M failed", and exits 1 when a check failed.
+ * open, STACK lines (the whole stack) after a section ended by an exception no check
+ * foresaw, then "N held, M failed", and exits 1 when a check failed.
  */
 
 import java.io.ByteArrayOutputStream;
+import java.io.PrintWriter;
+import java.io.StringWriter;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -950,11 +953,15 @@ public final class Conformance {
         for (int i = 0; i < replay; i++) {
             order.add(type(resumer.next()));
         }
+        // A copy: frames still arrive (the live events, the joiners' presence), and a
+        // view (subList) of the list the listener thread appends to threw
+        // ConcurrentModificationException when one came between its making and its printing.
+        List<String> arrived = List.copyOf(resumer.arrivals);
         check("a resumed connection gets welcome, then its replay's " + replay + " events with "
                 + "no other frame among them, while others join and publish",
                 replay >= 200 && order.stream().allMatch("event"::equals) && "welcome".equals(
-                resumer.arrivals.get(0)), resumer.arrivals.subList(0,
-                Math.min(resumer.arrivals.size(), 12)) + "... types after welcome: "
+                arrived.get(0)), arrived.subList(0, Math.min(arrived.size(), 12))
+                + "... types after welcome: "
                 + order.stream().filter(t -> !t.equals("event")).toList());
         closeAll();
     }
@@ -2191,8 +2198,22 @@ public final class Conformance {
             body.run();
         } catch (Throwable problem) {
             check(name + ": ran to its end", false, describe(problem));
+            printStack(problem);
             closeAll();
         }
+    }
+
+    /** The whole stack of what no check foresaw (a Problem says all in its message),
+     *  each line prefixed STACK: its top frame alone did not say where in this file a
+     *  ConcurrentModificationException came from. */
+    static void printStack(Throwable problem) {
+        if (problem instanceof Problem) {
+            return;
+        }
+        StringWriter trace = new StringWriter();
+        problem.printStackTrace(new PrintWriter(trace));
+        trace.toString().lines().forEach(line -> System.out.println("STACK " + line));
+        System.out.flush();
     }
 
     static boolean check(String what, boolean ok, Object detail) {
