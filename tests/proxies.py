@@ -357,6 +357,7 @@ class RedisProxy:
                 if not link.subscriber and b"SUBSCRIBE" in data:
                     link.subscriber = True
                     self.subscribers += 1
+                self._sending(link, data)
                 link.redis.write(data)
                 await link.redis.drain()
         link.client.transport.abort()
@@ -374,11 +375,18 @@ class RedisProxy:
                 if link.subscriber and self._garble is not None and self._garble[0] in data:
                     self.garbled += data.count(self._garble[0])
                     data = data.replace(*self._garble)
-                link.client.write(data)
+                link.client.write(self._replying(link, data))
                 await link.client.drain()
         if not link.dropped:
             link.client.transport.abort()
             link.redis.transport.abort()
+
+    def _sending(self, link: _Link, data: bytes) -> None:
+        """A subclass's look at what a client sends on ``link``, as it goes to Redis."""
+
+    def _replying(self, link: _Link, data: bytes) -> bytes:
+        """What goes to the client of ``link`` of ``data``, which Redis sent: a subclass's."""
+        return data
 
     async def close(self) -> None:
         if self._server is not None:

@@ -26,7 +26,13 @@ meanwhile expiry comes late, never early. A reading older than ``READ_EVERY`` +
 up, Redis away) carries nothing: the clock stands at the newest time it gave from it
 until a new reading (``now`` asks for one), late, never early. Until the first reading, and
 where it fails, it is this machine's wall clock (an ACL that refuses ``TIME`` fails
-every script too: docs/storage-redis.md, Scripts)."""
+every script too: docs/storage-redis.md, Scripts).
+
+An answer more than ``FAR_AHEAD`` (100 years, the local stores' bound:
+persistence/clock.py) from this machine's clock, ahead or behind, is a failed reading:
+taken, one 9,500 years on (a proxy's, a broken Redis's) made ``now`` raise (year 11533
+is out of range), and every request failed. It is said once, as is the first sane
+answer after it (tests/test_redis_clock_absurd.py)."""
 
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING, Final
 from bamboo_session.protocol.models import SessionMetadata, utcnow
 
 from ..base import StorageError
+from ..clock import FAR_AHEAD
 from .client import stop_task
 
 if TYPE_CHECKING:
@@ -92,6 +99,7 @@ class RedisClock:
         self._newest = 0.0
         self._task: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()  # ``now`` asks for a reading before the interval
+        self._absurd = False  # the last answer was too far from this machine's clock
         # The last time ``now`` gave: a session made at it is made now, and create.lua
         # stamps it with Redis's TIME itself (this reading is off by up to half a
         # round trip, the TIME in the script by nothing).
@@ -175,14 +183,14 @@ class RedisClock:
         answer = await self._redis.read("TIME")
         after, wall_after = time.monotonic(), time.time()
         try:  # (a proxy in between may answer anything: the loop must go on)
-            seconds, micros = int(answer[0]), int(answer[1])
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            redis_time = int(answer[0]) + int(answer[1]) / 1_000_000
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise StorageError(f"Redis answered TIME with {answer!r:.80}") from exc
+        self._check_sane(redis_time, answer)
         round_trip = after - before
         if self._holds_better(round_trip) and round_trip > SLOW_ROUND_TRIP:
             log.debug("Redis's clock read in %.3f s: the last reading stands", round_trip)
             return
-        redis_time = seconds + micros / 1_000_000
         if round_trip > SLOW_ROUND_TRIP:  # taken as the held one is unsure: at the end
             self._offset, self._wall_offset = redis_time - after, redis_time - wall_after
         else:
@@ -192,6 +200,25 @@ class RedisClock:
         # Stale, it stands at what this reading gave: a Redis an hour back since the last
         # one left it an hour ahead (tests/test_redis_clock_step_back_stale.py).
         self._newest = 0.0
+
+    def _check_sane(self, redis_time: float, answer: object) -> None:
+        """StorageError if ``redis_time`` is more than ``FAR_AHEAD`` from this machine's
+        clock, said the first time of a run of them; the end of a run is said too."""
+        if abs(redis_time - time.time()) <= FAR_AHEAD.total_seconds():
+            if self._absurd:
+                self._absurd = False
+                log.info("Redis's clock is within 100 years of this machine's again")
+            return
+        message = f"Redis answered TIME with {answer!r:.80}, more than 100 years from "
+        message += "this machine's clock"
+        if not self._absurd:
+            self._absurd = True
+            log.warning(
+                "%s: the reading is not taken, the last one stands (this machine's clock "
+                "before any), until an answer within 100 years",
+                message,
+            )
+        raise StorageError(message)
 
     def _holds_better(self, round_trip: float) -> bool:
         """Whether the reading held is better than one of ``round_trip`` made now: one
@@ -206,7 +233,8 @@ class RedisClock:
         try:
             await self.read()
         except StorageError as exc:
-            log.warning("cannot read Redis's clock, this machine's is used: %s", exc)
+            if not self._absurd:  # (an absurd answer is said already)
+                log.warning("cannot read Redis's clock, this machine's is used: %s", exc)
         self._task = asyncio.create_task(self._loop(), name="bamboo-redis-clock")
 
     async def stop(self) -> None:
