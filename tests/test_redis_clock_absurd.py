@@ -25,6 +25,7 @@ import pytest
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.redis import clock
+from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import Session, utcnow
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
@@ -78,7 +79,8 @@ async def server_through(
     store = f"redis://127.0.0.1:{port}/0?prefix={prefix_for(tmp_path)}"
     try:
         async with run_server(store=store, default_ttl=3600) as server:
-            server.storage.clock.interval = 0.5  # type: ignore[attr-defined]  # the seam
+            assert isinstance(server.storage, RedisStorage)
+            server.storage.clock.interval = 0.5  # the seam: a reading about every second
             yield server, proxy
     finally:
         await proxy.close()
