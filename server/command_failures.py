@@ -1,6 +1,6 @@
 """CommandFailures: what the log says of session commands other than appends (an
-attach, a state change, a timer's tick) that the store failed, once per outage and then
-in counts.
+attach, a state change, a timer's tick, a ``hello`` the store did not answer in time)
+that the store failed, once per outage and then in counts.
 
 A store that fails (disk full, Redis down) fails the attach of every ``hello`` that
 comes: a thousand viewers reconnecting would write a thousand lines. So, as for appends

@@ -4,7 +4,9 @@ session-creation quotas, which session (created where asked), the connection's o
 and a close when its token expires.
 
 A refusal closes the connection as server/failures.py says; a frame that is not a
-valid ``hello`` gets an ``error`` frame first, then close 1008.
+valid ``hello`` gets an ``error`` frame first, then close 1008. A ``hello`` given up
+on at its read deadline (1011 ``storage unavailable``) is told in the log as the
+store's failed commands are (server/command_failures.py, command ``Hello``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .flush import WebSocketSink
 from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
+from .pages import StoreTimeout
 from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
 from .token_expiry import TokenExpiry
 
@@ -185,6 +188,10 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             conn.expiry = TokenExpiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:
         services.stored_caps.note_refusal(exc)  # at a stored-session cap: counted, logged
+        if isinstance(exc, StoreTimeout):
+            # Told nowhere else (the actor or the creation tells a failure the store
+            # raised): once an outage, then counted, as theirs. Before, the log was silent.
+            manager.append_health.command_failures.failed("Hello", str(exc))
         failure = hello_failure(exc)
         await close_within(ws, failure.close, failure.reason, conn.services.config.close_timeout)
         return False
