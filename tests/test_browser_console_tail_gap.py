@@ -19,7 +19,7 @@ from bamboo_session.protocol.models import ToolResult
 from tests.browser import eventually
 from tests.console_missed_support import closed_while_the_page_is_away
 from tests.console_support import DASH
-from tests.tail_support import MAX_BLOCKS, next_frame
+from tests.tail_support import MAX_BLOCKS, next_frame, show_earlier_until_all
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -32,6 +32,12 @@ BLOCKS = """el => [...el.querySelectorAll(":scope > .ev[data-from]")].map(b => [
   Number(b.dataset.from), Number(b.dataset.to ?? b.dataset.from), Number(b.dataset.result ?? 0),
   b.dataset.tool ?? "", b.dataset.status ?? "", b.dataset.kind === "result",
 ])"""
+# The tail's lines (not its events' blocks), in order.
+LINES = """el => [...el.children].filter(c => c.dataset.from === undefined)
+  .map(c => c.textContent)"""
+# The tail's children in order: a block's first seq, a line's text.
+CHILDREN = """el => [...el.children].map(
+  c => c.dataset.from === undefined ? c.textContent : Number(c.dataset.from))"""
 GAP_DONE = """() => {
   const gap = document.querySelector("#tail .tail-gap");
   return gap === null || !gap.textContent.includes("reading");
@@ -112,26 +118,36 @@ async def test_show_them_fills_the_gap_in_order_once_with_calls_paired(browser: 
 async def test_a_gap_larger_than_the_room_shrinks_then_goes_to_the_first_line(
     browser: Any,
 ) -> None:
-    """1,200 steps missed: the gap (#6 to about #906) is more than a tail scrolled up
-    has room for. "Show them" reads in its newest that fit (up to twice MAX_BLOCKS in
-    all), the line now saying "Events 6-K" with #K+1 the block right after it; the next
-    says the tail holds no more. Back at the end, the tail drops to its bound, the line
-    with the oldest blocks, and its first line says those events are not shown."""
+    """1,200 steps missed while the viewer is scrolled up, reading the first 40 events
+    (which the tail then keeps, so the gap stands between them and the newest; a tail
+    at its end would drop them and say the run from #1 to the gap's last in its first
+    line: test_one_line_says_a_run_of_events_not_shown_across_a_reconnect): the gap
+    (#41 to about #946) is more than a tail scrolled up has room for. "Show them" reads
+    in its newest that fit (up to twice MAX_BLOCKS in all), the line now saying "Events
+    41-K" with #K+1 the block right after it; the next says the tail holds no more. Back
+    at the end, the tail drops to its bound, the line with the oldest blocks, and its
+    first line says those events are not shown."""
     async with closed_while_the_page_is_away(
-        browser, "gap-part", False, 1200, lambda i: AgentEvent.custom("away", {"i": i})
+        browser,
+        "gap-part",
+        False,
+        1200,
+        lambda i: AgentEvent.custom("away", {"i": i}),
+        first=FIRST,
+        while_away=scroll_up,
     ) as (page, problems, stored):
         last_seq = stored["last_seq"]
         tail = page.locator("#tail")
         await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
         gap = tail.locator(".tail-gap")
-        await expect(gap).to_contain_text(f"Events 6{DASH}{last_seq - 298} are not shown")
+        await expect(gap).to_contain_text(f"Events 41{DASH}{last_seq - 298} are not shown")
 
         await gap.get_by_role("button", name="Show them").click()
         await eventually(lambda: page.evaluate(GAP_DONE), "the read of the gap's events")
         text = await gap.text_content()
         assert text is not None
         top = int(text.split(DASH)[1].split(" ")[0])
-        assert 6 < top < last_seq - 298, text
+        assert 41 < top < last_seq - 298, text
         after_gap = await gap.evaluate("g => Number(g.nextElementSibling.dataset.from)")
         assert after_gap == top + 1
         count = await tail.evaluate("el => el.querySelectorAll(':scope > .ev').length")
@@ -150,4 +166,54 @@ async def test_a_gap_larger_than_the_room_shrinks_then_goes_to_the_first_line(
             f"Events 1{DASH}{first[0][0] - 1} not shown"
         )
     assert first[0][0] - 1 >= top  # (the gap's events among them)
+    assert problems == []
+
+
+def away_then_two_tokens(count: int) -> Any:
+    """Steps published while the page is away, the last two of them tokens (one block)."""
+    return lambda i: (
+        AgentEvent.token(f"t{i} ") if i >= count - 2 else AgentEvent.custom("away", {"i": i})
+    )
+
+
+async def test_one_line_says_a_run_of_events_not_shown_across_a_reconnect(browser: Any) -> None:
+    """The page shows #1-#5 (one block of tokens) and is disconnected while 400 more
+    events come and the session closes: the catch-up shows the newest 298 after the line
+    saying which are not shown, and the tail, past its bound by one block, drops its
+    oldest (#1-#5). Before, the tail then said "Events 1-5 not shown · Show earlier",
+    "Disconnected after #5", "Events 6-K are not shown (…) · Show them": two lines for
+    one run of events, split by the note. Now one line says the run, the note below it;
+    "Show earlier" shows every event once, in order, the note in its place between #5
+    and #6."""
+    count = 400
+    async with closed_while_the_page_is_away(
+        browser, "gap-joined", False, count, away_then_two_tokens(count)
+    ) as (page, problems, stored):
+        last_seq = stored["last_seq"]
+        tail = page.locator("#tail")
+        await expect(tail.locator(".ev-note").last).to_contain_text("Session closed")
+        left_out = last_seq - 298
+        disconnected = (
+            "Disconnected after #5 (connection lost): reconnecting\N{HORIZONTAL ELLIPSIS}"
+        )
+        assert await tail.evaluate(LINES) == [
+            f"Events 1{DASH}{left_out} not shown \u00b7 Show earlier",
+            disconnected,
+            "Connection ended: 4409 session closed.",
+            "Session closed: session closed",
+        ]
+        await expect(tail.locator(".tail-gap")).to_have_count(0)
+        first = await tail.evaluate(
+            "el => Number(el.querySelector(':scope > [data-from]').dataset.from)"
+        )
+        assert first == left_out + 1
+
+        await scroll_up(page)  # to "Show earlier" (at the end, the tail keeps its bound)
+        await show_earlier_until_all(page)
+        blocks = await tail.evaluate(BLOCKS)
+        children = await tail.evaluate(CHILDREN)
+    seqs = [s for f, t, r, *_ in blocks for s in (*range(f, t + 1), *([r] if r else []))]
+    assert seqs == list(range(1, last_seq + 1)), "each event once, in order"
+    at = children.index(disconnected)
+    assert children[at - 1 : at + 2] == [1, disconnected, 6]  # after #1-#5, before #6
     assert problems == []

@@ -9,7 +9,9 @@
  * it; those the tail remembers of calls that left it with them, `results`, read with
  * their call; a result whose call the tail shows above the line, still running), and
  * put below the line the newest of those blocks that fit in what a tail scrolled up
- * keeps. The line then says which are still not shown, or goes once none is.
+ * keeps, each after the notes under the line that came before it (a note says the seq
+ * it came after: a "Disconnected after #5" goes between #5 and #6, and no text block
+ * runs across it). The line then says which are still not shown, or goes once none is.
  */
 
 import { Blocks, joinResult } from "./blocks.js";
@@ -60,10 +62,12 @@ export async function readInto(tail, spot) {
   const after = Math.max(spot.after, upTo - EARLIER_PAGE);
   spot.reading = true;
   spot.say("reading…");
-  const page = new Page();
+  /** @type {Page} */
+  let page;
   try {
-    for (const item of await read(after, upTo))
-      if (item.seq <= upTo && !spot.shown(item.seq)) page.add(item);
+    const events = await read(after, upTo);
+    page = new Page(notesAfter(spot.line()).map((note) => Number(note.dataset.after)));
+    for (const item of events) if (item.seq <= upTo && !spot.shown(item.seq)) page.add(item);
     // The results of its calls the tail remembers: each completes its call.
     for (const result of await resultsOf(tail, page, read)) page.add(result);
   } catch (error) {
@@ -140,9 +144,17 @@ function insert(tail, spot, after, page) {
   const alone = shown
     .filter(([block]) => block.dataset.kind === "result")
     .map(([result]) => ({ result, call: lastBefore(tail, line, result) }));
-  const first = line.nextSibling;
+  // Each goes after the notes under the line that came before it (by the seq each
+  // came after: a "Disconnected after #5" between #5 and #6), before the others.
+  const notes = notesAfter(line);
+  let next = line.nextElementSibling;
   for (const [block, size] of shown) {
-    tail.el.insertBefore(block, first);
+    const from = Number(block.dataset.from);
+    while (next !== null && next === notes[0] && Number(notes[0].dataset.after) < from) {
+      notes.shift();
+      next = next.nextElementSibling;
+    }
+    tail.el.insertBefore(block, next);
     tail.sizes.set(block, size);
     tail.count += 1;
     tail.results.delete(Number(block.dataset.from)); // (read with its call)
@@ -170,6 +182,19 @@ function insert(tail, spot, after, page) {
   }
   const oldest = /** @type {HTMLElement | undefined} */ (blocks[from]?.[0]);
   spot.shrink(from === 0 ? after : Number(oldest?.dataset.from ?? spot.upTo() + 1) - 1);
+}
+
+/** The notes right under `line` (before any event's block or a gap's line), in order:
+ * lines that say the seq they came after (tail.js's `note`). @param {HTMLElement | null} line
+ * @returns {HTMLElement[]} */
+function notesAfter(line) {
+  const notes = [];
+  for (let el = line?.nextElementSibling; el instanceof HTMLElement; el = el.nextElementSibling) {
+    const { from, after } = el.dataset;
+    if (from !== undefined || after === undefined || el.classList.contains("tail-gap")) break;
+    notes.push(el);
+  }
+  return notes;
 }
 
 /** The first block of the tool call `call`'s id after `line`. @param {Tail} tail
@@ -218,7 +243,9 @@ export class Gap {
     this.shown = shown;
     this.el = tail.note("");
     this.el.classList.add("tail-gap");
+    this.el.dataset.after = String(after);
     this.say("");
+    tail.joinGap(); // (no event shown between the first line and it: one run, one line)
   }
 
   line() {
@@ -266,8 +293,17 @@ class Page {
   /** @type {Map<HTMLElement, number>} the page's blocks, in order, and their characters */
   built = new Map();
 
+  /** @param {number[]} breaks the seqs after which a note of the tail stands: no text
+   * block runs across one (it goes between, as in the live tail) */
+  constructor(breaks) {
+    this.breaks = breaks.sort((a, b) => a - b);
+    this.next = 0; // the first of `breaks` no event added has passed
+  }
+
   /** @param {Item} item */
   add(item) {
+    for (; this.next < this.breaks.length && item.seq > this.breaks[this.next]; this.next += 1)
+      this.blocks.close();
     const shown = this.blocks.add(item);
     if (shown.block !== null) this.built.set(shown.block, 0);
     const grown = shown.grown;

@@ -15,7 +15,10 @@
  * says which events it does not show, with "Show earlier", which reads them over
  * HTTP (`read`), a page at a time, into its top (earlier.js, which reads a gap's
  * events in its middle the same way); a page opened after events it does not replay
- * starts so (`startAfter`). A gap's line dropped makes its events the first line's.
+ * starts so (`startAfter`). A gap's line dropped makes its events the first line's;
+ * so does one with no event shown between the first line and it (only notes, as a
+ * "Disconnected" one): one line for one run of events not shown. A note says the seq it
+ * came after, and the events read back go round it by that (earlier.js).
  *
  * Following the end is a state: whether the viewer was at the end (within END_SLACK)
  * when a frame's changes began, which the frame before left at the end if it was
@@ -110,12 +113,14 @@ export class Tail {
     this.el.dataset.lastSeq = String(this.lastSeq);
   }
 
-  /** A line saying that events were skipped or the stream changed.
+  /** A line saying that events were skipped or the stream changed. It says the seq it
+   * came after (`data-after`), where events read back above it go round it.
    * @param {string} text @returns {HTMLElement} the line (to take it back: `remove`) */
   note(text) {
     this.changing();
     this.blocks.close();
-    const line = h("div", { class: "ev ev-note" }, text);
+    const after = Math.max(this.lastSeq, this.hidden);
+    const line = h("div", { class: "ev ev-note", dataset: { after } }, text);
     this.el.append(line);
     this.count += 1;
     this.grew(line, text.length);
@@ -206,6 +211,26 @@ export class Tail {
     const read = () => void readInto(this, this.head);
     const click = this.read === null || this.head.reading ? null : read;
     fill(this.header, ...lineParts(what, state, "Show earlier", click));
+    this.joinGap();
+  }
+
+  /** A gap's line (earlier.js) with no event shown between the first line and it, only
+   * lines (a "Disconnected" note): its events run on from the first line's, so the
+   * first line says them all, and the gap's line goes (two lines for one run, split by
+   * a note, read as two runs). The notes stay under the first line; "Show earlier" puts
+   * the events it reads round them by the seq each came after. */
+  joinGap() {
+    /** @type {HTMLElement | null} */
+    let line = this.header;
+    while ((line = /** @type {HTMLElement | null} */ (line?.nextElementSibling ?? null))) {
+      if (line.dataset.from !== undefined) return; // an event shown between
+      if (!line.classList.contains("tail-gap")) continue;
+      this.changing(true);
+      const upTo = Math.max(this.hidden, Number(line.dataset.to));
+      this.drop(line);
+      this.hide(upTo);
+      return;
+    }
   }
 
   /** The viewer scrolled: back at the end, a tail that kept more than its bound while
