@@ -207,6 +207,8 @@ async def test_one_line_says_a_run_of_events_not_shown_across_a_reconnect(browse
             "el => Number(el.querySelector(':scope > [data-from]').dataset.from)"
         )
         assert first == left_out + 1
+        held = await tail.evaluate("el => el.querySelectorAll(':scope > .ev').length")
+        assert held <= MAX_BLOCKS  # (the first line is not among them, nor counted)
 
         await scroll_up(page)  # to "Show earlier" (at the end, the tail keeps its bound)
         await show_earlier_until_all(page)
