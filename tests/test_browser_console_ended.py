@@ -75,3 +75,41 @@ async def test_a_session_closed_during_a_restart_ends_the_tail_as_closed(
         server.kill()
         other.kill()
     assert_no_tracebacks(server.log_records())
+
+
+async def test_a_page_cut_before_any_event_says_so(browser: Any, tmp_path: Path) -> None:
+    """A page watching a session with no event yet, through a restart: its notes say
+    "before any event", not "after #0" (there is no event 0), and the resume settles
+    on the first event that comes."""
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    await server.start_in_loop()
+    server.extra = ("--port", str(server.port))  # the restart comes back on the same port
+    try:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "empty", create=True):
+            pass
+        page = await browser.new_page()
+        problems = watch_page(page)
+        await page.goto(console_url(server.port, "#/s/empty"))
+        state = page.locator("#conn-state")
+        await expect(state).to_have_attribute("data-state", "open")
+        notes = page.locator("#tail .ev-note")
+
+        assert await asyncio.to_thread(server.stop) == 0
+        await expect(notes.first).to_have_text(
+            "Disconnected before any event (1012 server restarting): reconnecting" + ELLIPSIS
+        )
+        await server.start_in_loop()
+        await expect(state).to_have_attribute("data-state", "open")
+        async with await BambooClient.connect(url, "empty") as agent:
+            await agent.publish(AgentEvent.custom("step", 1))
+        await expect(notes).to_have_text(
+            [
+                "Disconnected before any event (1012 server restarting): reconnecting" + ELLIPSIS,
+                "Reconnected before any event: resumed, no event missed (#1 follows).",
+            ]
+        )
+        assert [p for p in problems if "ERR_CONNECTION_REFUSED" not in p] == []
+    finally:
+        server.kill()
+    assert_no_tracebacks(server.log_records())

@@ -50,7 +50,9 @@ export class ReconnectNotes {
       this.lost = true;
       this.pending = null;
       const why = closeText(code, reason);
-      this.tail.note(`Disconnected after #${this.tail.lastSeq} (${why}): reconnecting…`);
+      this.tail.note(
+        `Disconnected${since(this.tail.lastSeq)} (${why}): reconnecting…`,
+      );
       return false;
     }
     if (state !== "open" || !this.lost) return state === "open";
@@ -60,7 +62,7 @@ export class ReconnectNotes {
     // resume was refused, was queued last (or handed over already when none waited).
     this.pending = {
       after,
-      line: this.tail.note(`Reconnected after #${after}: resuming…`),
+      line: this.tail.note(`Reconnected${since(after)}: resuming…`),
       left: client.queuedEvents,
     };
     return true;
@@ -75,14 +77,17 @@ export class ReconnectNotes {
     const pending = this.pending;
     if (pending === null) return;
     if ("reset" in item) {
-      this.tail.retext(pending.line, `Reconnected after #${pending.after}: could not resume.`);
+      this.tail.retext(
+        pending.line,
+        `Reconnected${since(pending.after)}: could not resume.`,
+      );
       this.pending = null;
     } else if (pending.left > 0) {
       pending.left -= 1; // queued before the reconnect
     } else {
       this.tail.retext(
         pending.line,
-        `Reconnected after #${pending.after}: resumed, no event missed (#${item.seq} follows).`,
+        `Reconnected${since(pending.after)}: resumed, no event missed (#${item.seq} follows).`,
       );
       this.pending = null;
     }
@@ -96,8 +101,19 @@ export class ReconnectNotes {
   noteEnd() {
     if (this.closed === null || this.endNoted) return;
     this.endNoted = true;
-    this.tail.note(`Connection ended: ${closeText(this.closed.code, this.closed.reason)}.`);
+    this.tail.note(
+      `Connection ended: ${closeText(this.closed.code, this.closed.reason)}.`,
+    );
   }
+}
+
+/**
+ * Where in the stream a connection note falls: " after #5", or " before any event" on a
+ * page that has shown none (not "after #0": there is no event 0).
+ * @param {number} lastSeq @returns {string}
+ */
+function since(lastSeq) {
+  return lastSeq > 0 ? ` after #${lastSeq}` : " before any event";
 }
 
 /**
