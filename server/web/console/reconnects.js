@@ -50,9 +50,7 @@ export class ReconnectNotes {
       this.lost = true;
       this.pending = null;
       const why = closeText(code, reason);
-      this.tail.note(
-        `Disconnected${since(this.tail.lastSeq)} (${why}): reconnecting…`,
-      );
+      this.tail.note(`Disconnected${since(this.tail.lastSeq)} (${why}): reconnecting…`);
       return false;
     }
     if (state !== "open" || !this.lost) return state === "open";
@@ -77,10 +75,7 @@ export class ReconnectNotes {
     const pending = this.pending;
     if (pending === null) return;
     if ("reset" in item) {
-      this.tail.retext(
-        pending.line,
-        `Reconnected${since(pending.after)}: could not resume.`,
-      );
+      this.tail.retext(pending.line, `Reconnected${since(pending.after)}: could not resume.`);
       this.pending = null;
     } else if (pending.left > 0) {
       pending.left -= 1; // queued before the reconnect
@@ -101,9 +96,7 @@ export class ReconnectNotes {
   noteEnd() {
     if (this.closed === null || this.endNoted) return;
     this.endNoted = true;
-    this.tail.note(
-      `Connection ended: ${closeText(this.closed.code, this.closed.reason)}.`,
-    );
+    this.tail.note(`Connection ended: ${closeText(this.closed.code, this.closed.reason)}.`);
   }
 }
 
