@@ -53,6 +53,11 @@ class Hello(ClientFrameBase, tag="hello"):
             sent.create = False
         if sent.role is None:
             sent.role = "client"
+        # An empty user id names nobody, as an empty token is none: clients that fill an
+        # unset string with "" (Go without omitempty) would otherwise all be one user,
+        # sharing its connection cap and quotas server-wide.
+        if sent.user_id == "":
+            sent.user_id = None
 
 
 class PublishEvent(ClientFrameBase, tag="event"):
