@@ -26,7 +26,7 @@ from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOC
 from bamboo_session.protocol.errors import CloseCode
 
 from .answer_admission import admit_answer
-from .arriving_frames import FRAME_SLACK, ArrivingFrames
+from .arriving_frames import MESSAGE_SLACK, ArrivingFrames
 from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
@@ -113,7 +113,7 @@ class BambooServer:
         unanswered = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
         self.unanswered_requests = UnansweredRequests(unanswered)
         # Messages still arriving: a sixteenth too, and one of the largest always fits.
-        arriving = max(config.memory_budget // 16, config.max_frame_bytes + FRAME_SLACK)
+        arriving = max(config.memory_budget // 16, config.max_frame_bytes + MESSAGE_SLACK)
         self.arriving_frames = ArrivingFrames(arriving if config.memory_budget > 0 else NO_LIMIT)
         self.guard = RequestGuard(
             config.host,

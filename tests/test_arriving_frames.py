@@ -84,10 +84,13 @@ async def test_the_fragments_of_a_message_not_ended_are_charged_too() -> None:
         first, second = message[: 60 * KIB], message[60 * KIB :]
         head, payload = masked_frame(first, fin=False)
         peer.ws.transport.write(head + payload)
-        await until(lambda: arriving(server) == 60 * KIB)
+        # The first fragment is held whole till the message ends: its payload and its
+        # frame object (FRAGMENT_BYTES); the second is charged as it comes.
+        fragment = arriving_frames.FRAGMENT_BYTES
+        await until(lambda: arriving(server) == 60 * KIB + fragment)
         head, payload = masked_frame(second, opcode=0x0)
         peer.ws.transport.write(head + payload[: 10 * KIB])
-        await until(lambda: arriving(server) == 70 * KIB)
+        await until(lambda: arriving(server) == 70 * KIB + fragment)
         peer.ws.transport.write(payload[10 * KIB :])
         assert (await peer.recv_type("ack"))["seq"] == 1
         assert arriving(server) == 0
@@ -137,12 +140,13 @@ async def close_of(peer: Peer) -> tuple[int | None, str | None]:
 
 async def test_slow_frames_past_their_share_are_closed_oldest_first_and_others_served() -> None:
     # A budget of 2 MiB: frames arriving may hold a sixteenth, but one of the largest
-    # (256 KiB) always fits. Ten peers trickle 200 KB frames at 8 KB/s, above the
-    # floor of rate: 80 KB/s together, past the share within 4 s.
+    # (256 KiB, in as many fragments as websockets allows) always fits. Ten peers
+    # trickle 200 KB frames at 32 KB/s, above the floor of rate: 320 KB/s together,
+    # past the share within 4 s.
     overrides: dict[str, Any] = {"memory_budget": 2 * 1024 * KIB, "max_frame_bytes": 256 * KIB}
     async with run_server(durability="os", **overrides) as server:
         share = server.arriving_frames.limit
-        assert share == 256 * KIB + arriving_frames.FRAME_SLACK
+        assert share == 256 * KIB + arriving_frames.MESSAGE_SLACK
         async with attach(server, role="agent") as (client, _):
             tricklers: list[Peer] = []
             contexts = [attach(server, role="agent") for _ in range(10)]
@@ -152,7 +156,7 @@ async def test_slow_frames_past_their_share_are_closed_oldest_first_and_others_s
                 # One after another, 0.1 s apart: their order of age is known.
                 trickles = [
                     asyncio.ensure_future(
-                        trickle(peer, event_frame(200 * KIB), 8 * KIB, 8.0, after=index / 10)
+                        trickle(peer, event_frame(200 * KIB), 32 * KIB, 8.0, after=index / 10)
                     )
                     for index, peer in enumerate(tricklers)
                 ]
@@ -193,8 +197,8 @@ async def test_slow_frames_past_their_share_are_closed_oldest_first_and_others_s
 
 async def test_a_peer_holding_the_most_is_closed_before_an_older_slow_upload() -> None:
     """An honest client uploads a 300 KB frame at 60 KB/s; 2 s in, another address
-    starts five 300 KB frames, sends 250 KB of each at once and stalls. The share
-    (1 MiB and a head, the default frame size's) cannot hold both: the stalling peer's
+    starts 300 KB frames, sends 250 KB of each at once and stalls, two more than the
+    share (the default frame size's, 1 MiB and its slack) holds: the stalling peer's
     own connections are closed, oldest first, and the upload is acknowledged. Closing
     the oldest holder of all closed the honest upload instead (r306)."""
     async with run_server(durability="os", memory_budget=16 * 1024 * KIB) as server:
@@ -203,7 +207,10 @@ async def test_a_peer_holding_the_most_is_closed_before_an_older_slow_upload() -
                 trickle(honest, event_frame(300 * KIB), 60_000, 20.0, whole=True)
             )
             await asyncio.sleep(2.0)
-            contexts = [attach(server, role="agent", local_addr=("127.0.0.2", 0)) for _ in range(5)]
+            stalls = (server.arriving_frames.limit - 300 * KIB) // (250 * KIB) + 2
+            contexts = [
+                attach(server, role="agent", local_addr=("127.0.0.2", 0)) for _ in range(stalls)
+            ]
             stalling = [(await context.__aenter__())[0] for context in contexts]
             try:
                 assert stalling[0].ws.local_address[0] == "127.0.0.2"
@@ -274,7 +281,7 @@ async def test_pongs_between_fragments_do_not_keep_a_stalled_message_arriving(
             transport = peer.ws.transport
             head, payload = masked_frame(event_frame(8 * KIB)[:KIB], fin=False)
             transport.write(head + payload)
-            await until(lambda: arriving(server) == KIB)
+            await until(lambda: arriving(server) == KIB + arriving_frames.FRAGMENT_BYTES)
             opened = time.monotonic()
             ponging = asyncio.ensure_future(send_pongs(transport, 4 * MIN_LINK_RATE))
             try:
@@ -333,12 +340,14 @@ async def test_a_message_of_the_largest_size_fits_the_share_with_the_next_head()
             message = event_of_exactly(256 * KIB)
             head, payload = masked_frame(message[: 200 * KIB], fin=False)
             transport.write(head + payload)
-            await until(lambda: arriving(server) == 200 * KIB)
+            fragment = arriving_frames.FRAGMENT_BYTES
+            await until(lambda: arriving(server) == 200 * KIB + fragment)
             last_head, _ = masked_frame(b"", opcode=0x0)
             head, payload = masked_frame(message[200 * KIB :], opcode=0x0, fin=False)
             transport.write(head + payload + last_head[:3])
             # Its head's first two bytes are parsed, the third waits with the mask's.
-            await until(lambda: arriving(server) == 256 * KIB + 1 or transport.is_closing())
+            held = 256 * KIB + 1 + 2 * fragment
+            await until(lambda: arriving(server) == held or transport.is_closing())
             assert not transport.is_closing(), "closed for a message of the largest size"
             transport.write(last_head[3:])
             assert (await peer.recv_type("ack"))["seq"] == 1
@@ -355,7 +364,7 @@ async def test_a_peer_that_never_answers_the_close_is_cut_at_the_close_timeout(
             transport = peer.ws.transport
             head, payload = masked_frame(event_frame(8 * KIB)[: 2 * KIB], fin=False)
             transport.write(head + payload)
-            await until(lambda: arriving(server) == 2 * KIB)
+            await until(lambda: arriving(server) == 2 * KIB + arriving_frames.FRAGMENT_BYTES)
             transport.pause_reading()  # it never sees the 4429, nor answers it
             head, payload = masked_frame(b"a" * KIB, opcode=0x0)
             transport.write(head)
