@@ -195,8 +195,9 @@ async def _session_resource(
 ) -> Response:
     # Authentication comes first (401 even for a missing session), then 404, then 403.
     principal = peer.principal()
-    session_id, _, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
-    if not is_valid_session_id(session_id) or tail not in ("", "events"):
+    session_id, slash, tail = (urllib.parse.unquote(part) for part in rest.partition("/"))
+    # "{id}" or "{id}/events": "{id}/" is no path of the API (it was served as "{id}").
+    if not is_valid_session_id(session_id) or (tail, slash) not in (("", ""), ("events", "/")):
         return error_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
     # The request's own terms before what its peer may read, as for the list: a bad
     # parameter is 400 whatever the peer's debt (a 429 first would have it retry, only

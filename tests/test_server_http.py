@@ -195,3 +195,19 @@ async def test_unknown_sessions_and_paths_are_404() -> None:
         ):
             status, body = await get(server, path)
             assert status == 404 and body["error"]["code"] == "not_found", path
+
+
+async def test_paths_with_a_trailing_slash_are_404_as_any_other() -> None:
+    # docs/protocol.md: the three session paths, and "any other path is 404". A slash
+    # after a session's id was served as the session, though not after its events nor
+    # after the list: a client's URL joined wrong must not work on one path only.
+    async with run_server() as server, attach(server, "there", create=True):
+        assert (await get(server, "/api/v1/sessions/there"))[0] == 200
+        for path in (
+            "/api/v1/sessions/there/",
+            "/api/v1/sessions/there/events/",
+            "/api/v1/sessions/",
+            "/api/v1/sessions/there//",
+        ):
+            status, body = await get(server, path)
+            assert status == 404 and body["error"]["code"] == "not_found", path
