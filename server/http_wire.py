@@ -126,6 +126,8 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
 
     def process_event(self, event: Any) -> None:
         if isinstance(event, Frame):
+            if not event.fin or self._fragments:
+                self.count_fragment(event)  # a message in fragments (arriving_frames.py)
             if self._meter is not None:
                 self._debt = self._meter.charge(len(event.data) + FRAME_BYTES)
             event = handed_on(event)  # not kept by the parser till the next frame
