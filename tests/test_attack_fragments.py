@@ -82,3 +82,11 @@ async def test_a_message_of_empty_fragments_is_charged_and_held_to_the_floor(
             await asyncio.wait([closed], timeout=0.2)
         assert closed.result() == (CloseCode.TOO_SLOW, arriving_frames.TOO_SLOW)
     assert arriving(server) == 0 and not server.arriving_frames._holders
+
+
+async def test_a_message_of_more_fragments_than_allowed_closes_1009() -> None:
+    # docs/protocol.md: at most 4,096 fragments (websockets' bound), one more is 1009.
+    async with run_server(durability="os") as server, attach(server, role="agent") as (peer, _):
+        peer.ws.transport.write(fragments(MAX_FRAGMENTS + 1))
+        assert await close_of(peer) == (CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+    assert arriving(server) == 0 and not server.arriving_frames._holders
