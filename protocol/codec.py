@@ -73,6 +73,9 @@ _PLAIN_EVENTS: Final = (Token, Thinking, ToolError, Complete, ErrorEvent, StateC
 # The same, for a lookup by exact type: what a decoder builds. A caller's subclass of
 # one takes the longer way, to the same answer.
 _PLAIN_EVENT_TYPES: Final = frozenset(_PLAIN_EVENTS)
+# The zero value of Go's time.Time (and .NET's DateTimeOffset), which Go's omitempty
+# never leaves out: no message was created then, and a publisher's is read as none.
+ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def check_content(
@@ -102,7 +105,12 @@ def check_content(
                 reason = problem
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id)
         count += values
-    if message is None or (created := message.created_at) is None or created.tzinfo is UTC:
+    if message is None or (created := message.created_at) is None:
+        return count
+    if to_utc and created == ZERO_TIME:
+        message.created_at = None  # filled in by the server as an absent one (completed)
+        return count
+    if created.tzinfo is UTC:
         return count  # a time in UTC (as decoded from a "Z") is seen so without a call
     if created.utcoffset():
         try:  # times travel in UTC; the decoder has already refused naive ones
