@@ -25,7 +25,7 @@ from bamboo_session.persistence.jsonl.caches import (
 from bamboo_session.persistence.keys import KEY_OVERHEAD_BYTES, KeyWindow, key_cost
 from bamboo_session.protocol.codec import free_form_values
 from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
-from bamboo_session.protocol.models import AgentEvent, Message, Session
+from bamboo_session.protocol.models import AgentEvent, Message, Session, ToolCall
 
 
 def messages(*texts: str) -> list[tuple[Message, int]]:
@@ -65,6 +65,27 @@ def test_the_message_cache_weighs_the_values_a_messages_bytes_do_not_bound() -> 
     assert cache.bytes == TAIL_BYTES
     cache.extend("a", 1, messages("light"))
     assert cache.get("a", 1, 2) is not None
+
+
+@pytest.mark.parametrize("where", ["content", "metadata", "arguments", "metadata key"])
+def test_the_message_cache_weighs_what_wide_strings_hold(where: str) -> None:
+    """One emoji makes 100,000 ASCII characters a str of 4 bytes each: some 400 KB held
+    for 100 KB of JSON. Weighed by its bytes, a cache of 32 MiB held 3.3 times that of
+    such messages (40 of 900 KB: 267 MB of RSS, where ASCII ones took 109 MB)."""
+    wide = ("a" * 100_000 + "\U0001f600").encode().decode()
+    fields: dict[str, object] = {
+        "content": {"content": wide},
+        "metadata": {"metadata": {"k": [wide]}},
+        "arguments": {"tool_calls": [ToolCall(id="t", name="f", arguments={"k": wide})]},
+        "metadata key": {"metadata": {wide: 1}},
+    }[where]
+    message = msgspec.structs.replace(Message.user("x"), **fields)
+    size = len(msgspec.json.encode(message))
+    assert sys.getsizeof(wide) > 3 * size
+    cache = MessageCache(SESSION_SHARE * 1024 * 1024)
+    cache.extend("a", 0, [(message, size)])
+    assert cache.get("a", 0, 1) is not None
+    assert cache.bytes - TAIL_BYTES >= sys.getsizeof(wide)
 
 
 def test_the_message_cache_drops_whole_sessions_past_its_budget() -> None:
