@@ -1,12 +1,13 @@
 """What a backend may offer beyond the storage contract (persistence/base.py), which the
 server looks for with ``isinstance``: the health of its syncs, the risk that its server
 loses acknowledged writes, the directories it writes in, whether it takes writes now,
-why it is not ready, the format of what it stores, and the park at a restart of what a
-dead server left attached."""
+why it is not ready, the format of what it stores, the park at a restart of what a
+dead server left attached, and what it still owes its disk (a stop that cannot end)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -110,3 +111,34 @@ class ParksAttached(Protocol):
         still stored: what a park stopped at a bound (a graceful stop's) left for the
         next start. A read: it moves nothing."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class DiskDebt:
+    """Appends a store has taken and not answered yet, because the disk has not said
+    they are durable: ``waiting`` names the step the oldest waits on (the JSONL WAL's
+    sync by its helper process, the writer's I/O thread), for ``seconds``."""
+
+    appends: int = 0
+    events: int = 0
+    bytes: int = 0
+    waiting: str = ""
+    seconds: float = 0.0
+
+    def fields(self) -> dict[str, object]:
+        """For a log line: what is owed, and what it waits on."""
+        return {
+            "appends_owed": self.appends,
+            "events_owed": self.events,
+            "bytes_owed": self.bytes,
+            "waiting_on": self.waiting or None,
+            "waiting_seconds": round(self.seconds, 3),
+        }
+
+
+@runtime_checkable
+class OwesTheDisk(Protocol):
+    """A store whose appends wait on a disk (JSONL): what a stop that cannot end in its
+    bound leaves unacknowledged, for the log to name (server/stop_bounds.py)."""
+
+    def disk_debt(self) -> DiskDebt: ...

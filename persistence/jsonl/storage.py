@@ -36,6 +36,7 @@ from bamboo_session.protocol.models import (
 )
 
 from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageError, StorageFull
+from ..capabilities import DiskDebt
 from ..close_once import CloseOnce
 from ..feed import CLOSED
 from ..index import copy_metadata
@@ -199,6 +200,9 @@ class JsonlStorage(JsonlUpkeep):
         """A sync failed in this process (``SyncHealth``): from then on every WAL
         segment stays, growing until the next open replays them; a restart brings it."""
         return self._writer.retirement.stopped
+
+    def disk_debt(self) -> DiskDebt:  # OwesTheDisk: what a stop that cannot end names
+        return self._writer.disk_debt()
 
     def write_locations(self) -> tuple[Path, ...]:  # WriteLocations: what /readyz probes
         return self.config.append_directories

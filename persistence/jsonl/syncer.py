@@ -99,6 +99,10 @@ class Syncer:
         ours.setblocking(False)
         return cls(ours, process)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def use(self, key: object, fd: int) -> None:
         """Have the helper sync the file ``fd`` refers to from now on (``key`` names it;
         the helper closes its descriptor of the previous one)."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -48,6 +49,7 @@ from typing import TypeVar
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
+from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, Group, QueuedAppend, QueuedControl
@@ -107,6 +109,11 @@ class LogWriter:
         self.retirement = Retirement(layout, self._files, self._files_in_use, self._sync_pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
+        # The group commit under way, since when, and the step it waits on: what a stop
+        # that cannot end names as owed to the disk (``disk_debt``).
+        self._in_flight: list[QueuedAppend | QueuedControl] = []
+        self._in_flight_since = 0.0
+        self._waiting_on = ""
         self._sync_helper = sync_helper
         self._syncer: Syncer | None = None
         self.batches = 0  # for tests and benchmarks: how many batches were written
@@ -195,6 +202,27 @@ class LogWriter:
         self._io.shutdown()
         self._sync_pool.shutdown()
 
+    def disk_debt(self) -> DiskDebt:
+        """The appends taken and not answered yet: the commit under way, and the queue
+        (one whose caller left, its future cancelled, is still the disk's to finish)."""
+        appends = [
+            item
+            for item in (*self._in_flight, *self._queue)
+            if isinstance(item, QueuedAppend)
+            and (not item.future.done() or item.future.cancelled())
+        ]
+        if not appends:
+            return DiskDebt()
+        waiting = self._waiting_on if self._in_flight else "the group commit under way"
+        since = self._in_flight_since if self._in_flight else time.monotonic()
+        return DiskDebt(
+            len(appends),
+            sum(len(item.batch.events) for item in appends),
+            sum(len(item.batch.data) for item in appends),
+            waiting,
+            time.monotonic() - since,
+        )
+
     def _enqueue(self, forget: Forget | None) -> asyncio.Future[None]:
         future = asyncio.get_running_loop().create_future()
         if self._closing and (self._runner is None or self._runner.done()):
@@ -221,9 +249,11 @@ class LogWriter:
                     continue
                 if self._commit_window:
                     await self._pace()
-                batch = self._take_batch()
+                batch = self._in_flight = self._take_batch()
+                self._in_flight_since, self._waiting_on = time.monotonic(), "the writer's task"
                 self._carried = bool(self._queue)
                 await self._process(batch)
+                self._in_flight = []
                 # Not kept while the next append is awaited: a burst of big appends
                 # followed by quiet would have its last group commit (every line and
                 # event of it, over all its sessions) kept for as long as the quiet
@@ -322,6 +352,7 @@ class LogWriter:
         syncer, wal = self._syncer, self._wal
         if syncer is None or wal is None or syncer.broken or not commit.only_wal_sync:
             return False
+        self._waiting_on = f"the WAL's fdatasync by the sync helper (pid {syncer.pid})"
         try:
             commit.wal_error = await syncer.sync(wal.current, wal.fd)
         except asyncio.CancelledError:
@@ -357,4 +388,5 @@ class LogWriter:
 
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = self._loop or asyncio.get_running_loop()
+        self._waiting_on = f"the writer's I/O thread ({getattr(function, '__name__', '?')})"
         return await to_completion(self._io.run(loop, function, *args))
