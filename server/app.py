@@ -2,9 +2,9 @@
 
 Shutdown follows uvicorn's order: stop accepting, send ``closed`` and close every
 connection with 1012, let actors flush and checkpoint within a grace period, cancel the
-rest, close storage. From its start, what peers send is dropped unread, and once every
-peer has its last bytes the server goes: close replies are not waited for
-(server/shutdown.py).
+rest, close storage (within ``--store-close-timeout``: server/stop_bounds.py). From its
+start, what peers send is dropped unread, and once every peer has its last bytes the
+server goes: close replies are not waited for (server/shutdown.py).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from .replay_shares import ReplayShares
 from .responses import error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
+from .stop_bounds import close_store_within
 from .store_stats import StoreStats, build_labels
 from .stored_caps import StoredCaps
 from .subprotocols import select_subprotocol
@@ -88,6 +89,8 @@ class BambooServer:
         self._manager: SessionManager | None = None
         self._services: Services | None = None
         self._server: Server | None = None
+        self.stop_phase = ""  # where a stop is at, for the log of one that cannot end
+        self.store_closed = True  # False: the stop's close of the store did not end
         # Every connection from accept to end, upgraded or not (BambooConnection).
         self._open_connections: set[BambooConnection] = set()
         # Checked here, before any storage is opened: a bad config changes nothing.
@@ -231,18 +234,23 @@ class BambooServer:
         count = len(connections)
         # Nothing a peer sends is answered any more: its close reply least of all.
         discard_input(connections)
+        self.stop_phase = "closing the sessions"
         await self.manager.close(CloseCode.SERVICE_RESTART, reason, grace)
         closing = close_unattached(connections, reason)
+        self.stop_phase = "delivering the peers' last bytes"
         owed = await bytes_delivered(connections, grace)
         if owed:
             log.warning("peers still owed their close after the grace period", peers=owed)
         delivered = time.monotonic()
         if not exiting:
             await self._end_connections(server, closing, grace)
+        self.stop_phase = "ending the background work"
         await self.user_connections.stop(grace)
         await self.services.store_stats.stop()
         if self._given_storage is None and self.storage is not None:
-            await self.storage.close()
+            self.stop_phase = "closing the store"
+            timeout = self.config.store_close_timeout
+            self.store_closed = await close_store_within(self.storage, timeout)
         log.info(
             "stopped",
             connections=count,

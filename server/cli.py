@@ -92,6 +92,8 @@ SERVE_HELP: dict[str, str] = {
     "compression": "permessage-deflate (true/false)",
     "hello_timeout": "seconds a new connection has to send hello (else close 4408)",
     "shutdown_grace": "seconds connections and sessions get to finish on shutdown",
+    "store_close_timeout": "seconds the store's close gets on shutdown; past that (a disk "
+    "that hangs) the stop logs what the store still owes its disk and serve exits 1",
     "max_parked_at_stop": "sessions a graceful stop (JSONL, SQLite) moves from active or "
     "idle to disconnected at most, in about a second at most; the next start parks the "
     "rest (0: none)",
@@ -335,6 +337,7 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     from bamboo_session.persistence.base import StorageError, StoreMisconfigured
 
     from .app import BambooServer
+    from .stop_bounds import exit_status_of_stop
     from .supervisor import CONFIG_ERROR
 
     log = structlog.get_logger("bamboo_session.server")
@@ -359,8 +362,7 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
         return 1
     await stop.wait()
     log.info("shutting down")
-    await server.stop(exiting=True)
-    leave_process(0)
+    leave_process(await exit_status_of_stop(server, config))  # (server/stop_bounds.py)
 
 
 def fail(reason: str) -> None:

@@ -40,15 +40,13 @@ class ServerConfig:
     cleanup_interval: float = 3600.0
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
-    # Server processes on one port (server/supervisor.py); more than one needs a store
-    # that several processes share (redis://).
+    # Processes on one port (server/supervisor.py); more than one needs a shared store.
     workers: int = 1
     # Redis store options (persistence/redis/config.py), set in its URL unless None.
     redis_wait_replicas: int | None = None
     redis_wait_timeout_ms: int | None = None
-    # WebSocket limits, set explicitly on websockets.
-    # Pending connections the kernel queues for accept (capped by net.core.somaxconn):
-    # asyncio's default of 100 makes a reconnect storm wait on SYN retransmits.
+    # WebSocket limits, set explicitly on websockets. Connections the kernel queues for
+    # accept (net.core.somaxconn caps it): asyncio's 100 has reconnect storms wait on SYNs.
     backlog: int = 4096
     max_frame_bytes: int = MIB
     # Incoming frames websockets buffers before it stops reading (not in the memory
@@ -91,6 +89,7 @@ class ServerConfig:
     compression: bool = False
     hello_timeout: float = 10.0
     shutdown_grace: float = 5.0
+    store_close_timeout: float = 30.0  # (server/stop_bounds.py)
     max_parked_at_stop: int = DEFAULT_MAX_PARKED_AT_STOP  # (manager_config.py: why)
     # Sessions (SessionManagerConfig).
     idle_timeout: float = 300.0
@@ -241,8 +240,8 @@ def with_redis_options(url: str, options: Mapping[str, int]) -> str:
 _HINTS: dict[str, Any] = typing.get_type_hints(ServerConfig)
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ServerConfig))
 
-# Inclusive bounds of the numbers; a number without an entry must be >= 0. Times are
-# seconds, sizes bytes; 0 turns off what the help of the flag says it turns off.
+# Inclusive bounds of the numbers, else >= 0. Times are seconds, sizes bytes; 0 turns
+# off what the help of the flag says it turns off.
 _BOUNDS: dict[str, tuple[float, float | None]] = {
     "port": (0, 65535),
     "workers": (1, 256),
@@ -265,6 +264,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "replay_peer_share": (0.001, 1),
     "replay_total_share": (0.001, 1),
     "store_read_timeout": (0.001, None),
+    "store_close_timeout": (0.001, None),
     # At least 2, so that whole histories, which take at most half, always leave one to
     # other pages; at most 256: each page being read is decoded in memory, outside
     # --memory-budget, several times its bytes (up to --max-page-bytes).

@@ -26,7 +26,9 @@ left unparked when the server stopped goes with it. Up to ``--max-parked-at-stop
 sessions (``STOP_MOST`` by default) or ``STOP_SECONDS``: past that the rest is the
 next start's, as before, and the log says so (``stopped_at_bound``) only if the store
 still holds some. Only where the start parked (``serve``): an embedder's server parks
-nothing.
+nothing. A batch the store does not finish (a disk that hangs) holds the stop
+``STOP_BOUND`` seconds at most: the park is then given up (and logged), for the next
+start to do.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ BATCH = 1000  # sessions parked at once: one SQLite group commit, and one turn o
 FOREGROUND = 0.5  # seconds of parking a start waits for before the server listens
 STOP_MOST = DEFAULT_MAX_PARKED_AT_STOP  # a stop's, unless --max-parked-at-stop (why: there)
 STOP_SECONDS = 1.0
+STOP_BOUND = STOP_SECONDS + 2.0  # and a last batch's time, on a store that answers
 AT_START = "the sessions a dead server left attached"
 AT_STOP = "the sessions left attached at the stop"
 
@@ -85,6 +88,21 @@ class RestartPark:
         await cancel_and_wait(self.task)
 
     async def park_at_stop(self) -> None:
+        """:meth:`parked_at_stop`, given up after ``STOP_BOUND`` seconds (its store's
+        call cancelled, and not waited for: a disk that hangs may never answer)."""
+        parking = asyncio.ensure_future(self.parked_at_stop())
+        try:
+            done, _ = await asyncio.wait({parking}, timeout=STOP_BOUND)
+        except asyncio.CancelledError:
+            parking.cancel()  # as when it was awaited here
+            raise
+        if not done:
+            parking.cancel()
+            log.warning(f"parking {AT_STOP} did not end in time", seconds=STOP_BOUND)
+        elif not parking.cancelled() and (error := parking.exception()) is not None:
+            raise error
+
+    async def parked_at_stop(self) -> None:
         """Parks what the server leaves attached as it stops (after :meth:`stop`, once
         no actor is left), up to ``stop_most`` sessions (in batches of ``BATCH`` at
         most) or ``STOP_SECONDS``; only if :meth:`begin` ran. What is left is the next

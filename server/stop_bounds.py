@@ -1,0 +1,123 @@
+"""The bounds of a graceful stop, for a disk that stops answering (an NFS mount gone, a
+dying drive: an ``fsync`` that never returns), and the exit status of ``serve``'s stop.
+
+The JSONL store acknowledges an append only once its sync is known, and waits for that
+through any cancellation (persistence/jsonl/tasks.py ``to_completion``): its close
+would wait for ever on a sync that never ends. So the stop does not wait for the
+store's close past ``--store-close-timeout``: it logs what the store still owes its
+disk (``DiskDebt``: appends taken and not acknowledged, and the step they wait on)
+and goes on; ``serve`` then exits with ``STORE_UNFINISHED``. Nothing is claimed
+durable that was not: those appends were never acknowledged (their peers got 1012
+and no ack), and every acknowledged one was synced before its ack.
+
+Each phase of the stop has its bound (``--shutdown-grace`` for the connections and
+sessions, about a second for the park, ``--store-close-timeout`` for the store);
+``stop_bound`` adds them up, with some slack, as a last bound on the whole, which
+``exit_status_of_stop`` holds a stop to whatever keeps it (a thread of the store stuck
+in a system call). A second SIGTERM or SIGINT during the stop ends it at once,
+status 128 + the signal's number: what that leaves is in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+import structlog
+
+from bamboo_session.persistence.base import Storage
+from bamboo_session.persistence.capabilities import OwesTheDisk
+
+from .restart_park import STOP_BOUND
+
+if TYPE_CHECKING:
+    from .app import BambooServer
+    from .config import ServerConfig
+
+log = structlog.get_logger("bamboo_session.server")
+
+STORE_UNFINISHED = 1  # serve's exit status when the store could not finish its close
+SLACK = 5.0  # seconds the stop's other steps (and a loaded machine) get on top
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def disk_debt(storage: Storage | None) -> dict[str, object]:
+    """What ``storage`` still owes its disk, as log fields (none for a store that
+    cannot say)."""
+    if isinstance(storage, OwesTheDisk):
+        return storage.disk_debt().fields()
+    return {}
+
+
+async def close_store_within(storage: Storage, seconds: float) -> bool:
+    """Closes ``storage``, waiting ``seconds`` at most: whether it closed. A close past
+    that is left to go on (it may never end), and the log names what it still owed."""
+    closing = asyncio.ensure_future(storage.close())
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=seconds)
+    except asyncio.CancelledError:
+        closing.cancel()  # as when it was awaited here
+        raise
+    if not done:
+        log.error(
+            "the store did not close in time: appends still owed to the disk stay "
+            "unacknowledged (their peers got 1012), and the next start recovers the rest",
+            seconds=seconds,
+            **disk_debt(storage),
+        )
+        return False
+    if closing.cancelled():
+        raise asyncio.CancelledError
+    if (error := closing.exception()) is not None:
+        log.error("the store could not close", error=repr(error), **disk_debt(storage))
+        return False
+    return True
+
+
+def stop_bound(config: ServerConfig) -> float:
+    """Seconds a stop of ``serve`` may take at most, whatever hangs: its phases'
+    bounds (the connections and sessions, their last bytes and the user counts,
+    each ``--shutdown-grace``; the park; the store's close), and ``SLACK``."""
+    return 3 * config.shutdown_grace + STOP_BOUND + config.store_close_timeout + SLACK
+
+
+async def exit_status_of_stop(server: BambooServer, config: ServerConfig) -> int:
+    """Stops ``server`` for ``serve``'s exit, within :func:`stop_bound`; a second
+    SIGTERM or SIGINT ends the wait at once. The exit status: 0 when the store closed,
+    ``STORE_UNFINISHED`` when it did not (or the stop did not end in its bound), 128 +
+    the signal's number after a second signal."""
+    loop = asyncio.get_running_loop()
+    second: asyncio.Future[int] = loop.create_future()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, _first_only, second, int(signum))
+    stopping = asyncio.ensure_future(server.stop(exiting=True))
+    bound = stop_bound(config)
+    await asyncio.wait({stopping, second}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+    if stopping.done():
+        if (error := stopping.exception()) is not None:
+            log.error("the stop failed", error=repr(error), exc_info=error)
+            return STORE_UNFINISHED
+        return 0 if server.store_closed else STORE_UNFINISHED
+    fields = {"phase": server.stop_phase, **disk_debt(server.storage)}
+    if second.done():
+        signum = second.result()
+        log.warning(
+            "a second signal: stopping at once; the store is not closed (the next start "
+            "recovers it), and appends still owed to the disk stay unacknowledged",
+            signal=signal.Signals(signum).name,
+            **fields,
+        )
+        return 128 + signum
+    log.error(
+        "the stop did not end in time: exiting with it unfinished; appends still owed "
+        "to the disk stay unacknowledged, and the next start recovers the store",
+        seconds=bound,
+        **fields,
+    )
+    return STORE_UNFINISHED
+
+
+def _first_only(second: asyncio.Future[int], signum: int) -> None:
+    if not second.done():
+        second.set_result(signum)
