@@ -362,7 +362,8 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
         return 1
     await stop.wait()
     log.info("shutting down")
-    leave_process(await exit_status_of_stop(server, config))  # (server/stop_bounds.py)
+    status = await exit_status_of_stop(server, config, second_signal_ends=worker is None)
+    leave_process(status)  # (server/stop_bounds.py)
 
 
 def fail(reason: str) -> None:

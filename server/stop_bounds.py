@@ -82,15 +82,22 @@ def stop_bound(config: ServerConfig) -> float:
     return 3 * config.shutdown_grace + STOP_BOUND + config.store_close_timeout + SLACK
 
 
-async def exit_status_of_stop(server: BambooServer, config: ServerConfig) -> int:
+async def exit_status_of_stop(
+    server: BambooServer, config: ServerConfig, *, second_signal_ends: bool = True
+) -> int:
     """Stops ``server`` for ``serve``'s exit, within :func:`stop_bound`; a second
-    SIGTERM or SIGINT ends the wait at once. The exit status: 0 when the store closed,
-    ``STORE_UNFINISHED`` when it did not (or the stop did not end in its bound), 128 +
-    the signal's number after a second signal."""
+    SIGTERM or SIGINT ends the wait at once, unless not ``second_signal_ends`` (a
+    worker of ``--workers``: a Ctrl-C reaches it from the terminal and again from its
+    supervisor, which kills it at a second signal of its own). The exit status: 0 when
+    the store closed, ``STORE_UNFINISHED`` when it did not (or the stop did not end in
+    its bound), 128 + the signal's number after a second signal."""
     loop = asyncio.get_running_loop()
     second: asyncio.Future[int] = loop.create_future()
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, _first_only, second, int(signum))
+        if second_signal_ends:
+            loop.add_signal_handler(signum, _first_only, second, int(signum))
+        else:
+            loop.add_signal_handler(signum, _ignored)
     stopping = asyncio.ensure_future(server.stop(exiting=True))
     bound = stop_bound(config)
     await asyncio.wait({stopping, second}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
@@ -121,3 +128,7 @@ async def exit_status_of_stop(server: BambooServer, config: ServerConfig) -> int
 def _first_only(second: asyncio.Future[int], signum: int) -> None:
     if not second.done():
         second.set_result(signum)
+
+
+def _ignored() -> None:
+    """A signal that changes nothing (the stop is under way already)."""

@@ -37,7 +37,8 @@ async def test_a_stop_killed_in_its_last_round_of_owed_states_leaves_none_attach
         first.proc.send_signal(signal.SIGTERM)
         if cut == "twice":
             first.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(first.proc.wait, 60) == 0
+            # 143: the second came once the stop began, and ended it at once (as a kill).
+            assert await asyncio.to_thread(first.proc.wait, 60) in (0, 128 + signal.SIGTERM)
         else:
             assert isinstance(cut, float)
             await asyncio.sleep(cut)  # the instant of the kill: what is tried, not a wait
