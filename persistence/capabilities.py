@@ -121,7 +121,7 @@ class DiskDebt:
 
     appends: int = 0
     events: int = 0
-    bytes: int = 0
+    owed_bytes: int = 0
     waiting: str = ""
     seconds: float = 0.0
 
@@ -130,7 +130,7 @@ class DiskDebt:
         return {
             "appends_owed": self.appends,
             "events_owed": self.events,
-            "bytes_owed": self.bytes,
+            "bytes_owed": self.owed_bytes,
             "waiting_on": self.waiting or None,
             "waiting_seconds": round(self.seconds, 3),
         }

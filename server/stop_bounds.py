@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -45,9 +45,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def disk_debt(storage: Storage | None) -> dict[str, object]:
     """What ``storage`` still owes its disk, as log fields (none for a store that
     cannot say)."""
-    if isinstance(storage, OwesTheDisk):
-        return storage.disk_debt().fields()
-    return {}
+    if storage is None:  # (first: mypy narrows no ``Storage | None`` to a protocol)
+        return {}
+    return storage.disk_debt().fields() if isinstance(storage, OwesTheDisk) else {}
 
 
 async def close_store_within(storage: Storage, seconds: float) -> bool:
@@ -100,7 +100,8 @@ async def exit_status_of_stop(
             loop.add_signal_handler(signum, _ignored)
     stopping = asyncio.ensure_future(server.stop(exiting=True))
     bound = stop_bound(config)
-    await asyncio.wait({stopping, second}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+    either: set[asyncio.Future[Any]] = {stopping, second}
+    await asyncio.wait(either, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
     if stopping.done():
         if (error := stopping.exception()) is not None:
             log.error("the stop failed", error=repr(error), exc_info=error)
@@ -108,14 +109,14 @@ async def exit_status_of_stop(
         return 0 if server.store_closed else STORE_UNFINISHED
     fields = {"phase": server.stop_phase, **disk_debt(server.storage)}
     if second.done():
-        signum = second.result()
+        number = second.result()
         log.warning(
             "a second signal: stopping at once; the store is not closed (the next start "
             "recovers it), and appends still owed to the disk stay unacknowledged",
-            signal=signal.Signals(signum).name,
+            signal=signal.Signals(number).name,
             **fields,
         )
-        return 128 + signum
+        return 128 + number
     log.error(
         "the stop did not end in time: exiting with it unfinished; appends still owed "
         "to the disk stay unacknowledged, and the next start recovers the store",
