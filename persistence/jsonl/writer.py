@@ -55,6 +55,7 @@ from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, Group, QueuedAppend, QueuedControl
 from .commits import Committer
 from .config import Durability
+from .debt import Step, debt_of
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .retirement import Retirement
@@ -113,7 +114,9 @@ class LogWriter:
         # that cannot end names as owed to the disk (``disk_debt``).
         self._in_flight: list[QueuedAppend | QueuedControl] = []
         self._in_flight_since = 0.0
-        self._waiting_on = ""
+        # The helper, or the I/O thread's call; None: the loop (kept as is, not a text:
+        # set at every commit, read only by a stop that cannot end).
+        self._waiting_on: Step = None
         self._sync_helper = sync_helper
         self._syncer: Syncer | None = None
         self.batches = 0  # for tests and benchmarks: how many batches were written
@@ -203,25 +206,8 @@ class LogWriter:
         self._sync_pool.shutdown()
 
     def disk_debt(self) -> DiskDebt:
-        """The appends taken and not answered yet: the commit under way, and the queue
-        (one whose caller left, its future cancelled, is still the disk's to finish)."""
-        appends = [
-            item
-            for item in (*self._in_flight, *self._queue)
-            if isinstance(item, QueuedAppend)
-            and (not item.future.done() or item.future.cancelled())
-        ]
-        if not appends:
-            return DiskDebt()
-        waiting = self._waiting_on if self._in_flight else "the group commit under way"
-        since = self._in_flight_since if self._in_flight else time.monotonic()
-        return DiskDebt(
-            len(appends),
-            sum(len(item.batch.events) for item in appends),
-            sum(len(item.batch.data) for item in appends),
-            waiting,
-            time.monotonic() - since,
-        )
+        """The appends taken and not answered yet: the commit under way, and the queue."""
+        return debt_of(self._in_flight, self._queue, self._waiting_on, self._in_flight_since)
 
     def _enqueue(self, forget: Forget | None) -> asyncio.Future[None]:
         future = asyncio.get_running_loop().create_future()
@@ -250,7 +236,7 @@ class LogWriter:
                 if self._commit_window:
                     await self._pace()
                 batch = self._in_flight = self._take_batch()
-                self._in_flight_since, self._waiting_on = time.monotonic(), "the writer's task"
+                self._in_flight_since, self._waiting_on = time.monotonic(), None
                 self._carried = bool(self._queue)
                 await self._process(batch)
                 self._in_flight = []
@@ -352,7 +338,7 @@ class LogWriter:
         syncer, wal = self._syncer, self._wal
         if syncer is None or wal is None or syncer.broken or not commit.only_wal_sync:
             return False
-        self._waiting_on = f"the WAL's fdatasync by the sync helper (pid {syncer.pid})"
+        self._waiting_on = syncer
         try:
             commit.wal_error = await syncer.sync(wal.current, wal.fd)
         except asyncio.CancelledError:
@@ -388,5 +374,5 @@ class LogWriter:
 
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = self._loop or asyncio.get_running_loop()
-        self._waiting_on = f"the writer's I/O thread ({getattr(function, '__name__', '?')})"
+        self._waiting_on = function
         return await to_completion(self._io.run(loop, function, *args))
