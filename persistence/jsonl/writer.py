@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -112,7 +112,7 @@ class LogWriter:
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
         # The group commit under way, since when, and the step it waits on: what a stop
         # that cannot end names as owed to the disk (``disk_debt``).
-        self._in_flight: list[QueuedAppend | QueuedControl] = []
+        self._in_flight: Sequence[QueuedAppend | QueuedControl] = ()
         self._in_flight_since = 0.0
         # The helper, or the I/O thread's call; None: the loop (kept as is, not a text:
         # set at every commit, read only by a stop that cannot end).
@@ -239,7 +239,7 @@ class LogWriter:
                 self._in_flight_since, self._waiting_on = time.monotonic(), None
                 self._carried = bool(self._queue)
                 await self._process(batch)
-                self._in_flight = []
+                self._in_flight = ()
                 # Not kept while the next append is awaited: a burst of big appends
                 # followed by quiet would have its last group commit (every line and
                 # event of it, over all its sessions) kept for as long as the quiet
