@@ -11,10 +11,9 @@ listening, so that a worker started again finds the same port, even one picked w
 ``--port 0``), restarts a worker that dies (after a backoff that grows while workers
 keep dying young, and at most ``RESTART_BURST`` restarts a minute), and passes SIGTERM
 and SIGINT on to every worker for a graceful shutdown, exiting once all have exited
-(status 1 if one of them exited non-zero then: a store that did not close in time,
-server/stop_bounds.py; a second signal kills the workers). A worker that exits with
-status 2 (a configuration error) is not restarted: the supervisor stops the others and
-exits 2.
+(a second signal kills them; a worker takes no second signal as the end of its stop,
+server/stop_bounds.py). A worker that exits with status 2 (a configuration error) is
+not restarted: the supervisor stops the others and exits 2.
 
 A worker ends with its supervisor (Linux): killed with SIGKILL (the OOM killer, an
 operator's ``kill -9``, a crash), the supervisor leaves no worker serving on the port
@@ -167,8 +166,6 @@ class Supervisor:
         now = time.monotonic()
         if self.stopping:
             log.info("worker exited", worker=slot.number, status=code)
-            if code != 0 and self.status == 0:  # a store that did not close, a forced stop
-                self.status = 1
             return
         if code == CONFIG_ERROR:
             log.error("worker refused its configuration; stopping", worker=slot.number)
