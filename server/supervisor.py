@@ -11,8 +11,9 @@ listening, so that a worker started again finds the same port, even one picked w
 ``--port 0``), restarts a worker that dies (after a backoff that grows while workers
 keep dying young, and at most ``RESTART_BURST`` restarts a minute), and passes SIGTERM
 and SIGINT on to every worker for a graceful shutdown, exiting once all have exited
-(a second signal kills them; a worker takes no second signal as the end of its stop,
-server/stop_bounds.py). A worker that exits with status 2 (a configuration error) is
+(a second signal kills those still stopping, and the supervisor then exits 128 + that
+signal, as ``serve`` alone does; a worker takes no second signal as the end of its
+stop, server/stop_bounds.py). A worker that exits with status 2 (a configuration error) is
 not restarted: the supervisor stops the others and exits 2.
 
 A worker ends with its supervisor (Linux): killed with SIGKILL (the OOM killer, an
@@ -142,6 +143,10 @@ class Supervisor:
         """First signal: pass it on (a graceful shutdown). Another: kill the workers."""
         forced = self.stopping
         self.stopping = True
+        if forced and self.status == 0 and any(slot.pid is not None for slot in self.slots):
+            # Workers killed in their stop: 128 + the signal, as serve alone exits at a
+            # second one (stop_bounds.py), not 0, which says the stop ended cleanly.
+            self.status = 128 + signum
         for slot in self.slots:
             slot.restart_at = None
             if slot.pid is not None:

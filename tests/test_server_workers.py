@@ -298,3 +298,26 @@ def test_a_redis_that_may_lose_acknowledged_writes_stops_serve_with_status_2(
     assert refusals and all(r["level"] == "error" for r in refusals), records
     assert "or add accept_lossy=true to the store URL" in str(refusals[0]["event"])
     assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_second_signal_that_kills_the_workers_is_in_the_supervisors_status(
+    workers: Workers,
+) -> None:
+    """Ctrl-C twice, or SIGTERM twice, on ``serve --workers``: the supervisor SIGKILLs
+    workers still stopping, and exits 128 + the signal, as ``serve`` alone does
+    (docs/operations.md): not 0, which told a process manager the stop was clean. The
+    workers are held (SIGSTOP) so that the second signal finds them stopping."""
+    pids = workers.listening(2)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    workers.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20  # (two signals at once would be taken as one)
+    while not any(r.get("event") == "stopping workers" for r in workers.records()):
+        assert time.monotonic() < deadline, workers.log_path.read_text()
+        time.sleep(0.02)
+    workers.proc.send_signal(signal.SIGTERM)
+    assert workers.proc.wait(20) == 128 + signal.SIGTERM
+    records = workers.records()
+    exits = {(r["worker"], r["status"]) for r in records if r.get("event") == "worker exited"}
+    assert exits == {(1, -signal.SIGKILL), (2, -signal.SIGKILL)}
+    assert [r["status"] for r in records if r.get("event") == "workers stopped"] == [143]
