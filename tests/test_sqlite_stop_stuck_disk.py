@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,11 +76,31 @@ async def test_a_stop_on_a_sqlite_store_whose_syncs_hang_ends(tmp_path: Path) ->
         assert "parking the sessions left attached at the stop did not end in time" in events
         ws.transport.abort()
         reading.cancel()
+        # The disk comes back (strace gone): the held threads go on, the process exits
+        # with the status of a store close not finished, and the next start has every
+        # acknowledged event.
+        tracer.kill()
+        tracer.wait(10)
+        assert await asyncio.to_thread(server.proc.wait, HANG_GUARD) == 1
+        assert acked and acked <= stored_ids(store, tmp_path)
     finally:
         if tracer is not None:
             tracer.kill()  # the held threads go on, and the process ends
             tracer.wait(10)
         server.kill()
+
+
+def stored_ids(store: str, tmp_path: Path) -> set[int]:
+    """The ids of the events the next start of the store finds stored."""
+    again = ServerProcess(tmp_path / "data", tmp_path / "again.log", "--store", store)
+    again.start()
+    try:
+        url = f"http://127.0.0.1:{again.port}/api/v1/sessions/stuck/events?after_seq=0"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            found = json.loads(answer.read())
+    finally:
+        assert again.stop(HANG_GUARD) == 0
+    return {int(record["event"]["content"].split()[-1]) for record in found["events"]}
 
 
 def held_or_acked(held: Callable[[], bool], acked: set[int], number: int) -> bool:
