@@ -50,7 +50,7 @@ def stored(server: ServerProcess, session: str) -> list[tuple[int, str]]:
     url = f"http://127.0.0.1:{server.port}/api/v1/sessions/{session}/events?after_seq=0"
     with urllib.request.urlopen(url, timeout=30) as reply:
         found = json.loads(reply.read())
-    return [(r["seq"], r["event"]["content"]) for r in found["events"]]
+    return [(r["seq"], r["event"].get("content", "")) for r in found["events"]]
 
 
 async def test_what_peers_were_told_holds_after_a_stop_past_its_store_bound(
@@ -70,10 +70,12 @@ async def test_what_peers_were_told_holds_after_a_stop_past_its_store_bound(
         ws = await attach(server, STUCK, create=True)
         for number in (1, 2, 3):
             assert (await answer(ws, keyed(number)))["seq"] == number
+        said = {"type": "message", "id": 7, "message": {"role": "user", "content": "hi"}}
+        assert (await answer(ws, json.dumps(said)))["seq"] == 4
         os.kill(helper, signal.SIGSTOP)
-        await ws.send(keyed(4))
+        await ws.send(keyed(5))
         log = data / "events" / f"{STUCK}.jsonl"
-        await until(lambda: b"event 4" in log.read_bytes(), "the unsynced append's write")
+        await until(lambda: b"event 5" in log.read_bytes(), "the unsynced append's write")
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.proc.wait, HANG_GUARD) == 1
     finally:
@@ -87,9 +89,15 @@ async def test_what_peers_were_told_holds_after_a_stop_past_its_store_bound(
         for number in (1, 2, 3):
             retry = await answer(ws, keyed(number))
             assert (retry["seq"], retry.get("duplicate")) == (number, True), retry
-        assert (await answer(ws, keyed(4)))["seq"] == 4
         assert (await answer(ws, keyed(5)))["seq"] == 5
-        assert stored(again, STUCK) == [(n, f"event {n}") for n in range(1, 6)]
+        assert (await answer(ws, keyed(6)))["seq"] == 6
+        await ws.send(json.dumps({"type": "history", "id": 8}))
+        while (history := json.loads(await asyncio.wait_for(ws.recv(), 30)))["id"] != 8:
+            pass
+        assert [m["content"] for m in history["messages"]] == ["hi"], history
+        events = stored(again, STUCK)
+        assert [seq for seq, _ in events] == list(range(1, 7))
+        assert [text for seq, text in events if seq != 4] == [f"event {n}" for n in (1, 2, 3, 5, 6)]
         late = await connect(again.url(CLOSED), open_timeout=30)
         await late.send(json.dumps({"type": "hello"}))
         try:
