@@ -1,9 +1,10 @@
 """What peers were told before a stop whose store close was left at its bound (the WAL
 sync helper held by SIGSTOP while an append waits on its sync) holds at the next
 start: a session closed by an acknowledged ``state: closed`` stays closed (4409), an
-acknowledged keyed append answers its retry as a duplicate of the same seq, and an
-unacknowledged one retried after the restart is stored once, whether or not the disk
-kept it; the next open finds nothing damaged."""
+acknowledged keyed append answers its retry as a duplicate of the same seq, an
+acknowledged ``message`` is in the history, and an unacknowledged append retried after
+the restart is stored once, whether or not the disk kept it; the next open finds
+nothing damaged."""
 
 from __future__ import annotations
 
