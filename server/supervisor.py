@@ -93,6 +93,7 @@ class Supervisor:
         self.slots = [Slot(number) for number in range(1, config.workers + 1)]
         self.restarts: collections.deque[float] = collections.deque()
         self.stopping = False
+        self._forced_by = 0  # the second signal, which SIGKILLs the workers still stopping
         self.status = 0
         self._port_holder: socket.socket | None = None
 
@@ -143,10 +144,8 @@ class Supervisor:
         """First signal: pass it on (a graceful shutdown). Another: kill the workers."""
         forced = self.stopping
         self.stopping = True
-        if forced and self.status == 0 and any(slot.pid is not None for slot in self.slots):
-            # Workers killed in their stop: 128 + the signal, as serve alone exits at a
-            # second one (stop_bounds.py), not 0, which says the stop ended cleanly.
-            self.status = 128 + signum
+        if forced:
+            self._forced_by = signum
         for slot in self.slots:
             slot.restart_at = None
             if slot.pid is not None:
@@ -171,6 +170,10 @@ class Supervisor:
         now = time.monotonic()
         if self.stopping:
             log.info("worker exited", worker=slot.number, status=code)
+            if code == -signal.SIGKILL and self._forced_by and self.status == 0:
+                # Killed in its stop: 128 + the signal, as serve alone exits at a second
+                # one (stop_bounds.py), not 0, which says the stop ended cleanly.
+                self.status = 128 + self._forced_by
             return
         if code == CONFIG_ERROR:
             log.error("worker refused its configuration; stopping", worker=slot.number)
