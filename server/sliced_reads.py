@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import NoReturn
 
+from websockets.asyncio.messages import Assembler
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame
 
@@ -65,39 +66,43 @@ class SlicedReads(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._queued_sizes = []
+        # The queue's hooks are bound methods of the connection, not closures: a
+        # closure's function, its cells and what they held were some 900 bytes on every
+        # idle connection (h383). websockets calls put for data frames only, as
+        # process_event queues them: counting there tests no event's type per frame.
         assembler = self.recv_messages
-        put_frame, resume_for_count = assembler.put, assembler.maybe_resume
-        pause_for_count = assembler.pause
-        # websockets' put is called for data frames only, as process_event queues
-        # them: counting there costs no test of the event's type on every frame.
+        assembler.put = self._frame_put  # type: ignore[method-assign]
+        assembler.pause = self._paused_for_count
+        assembler.maybe_resume = self._frame_handed  # type: ignore[method-assign]
+
+    def _frame_put(self, frame: Frame) -> None:
+        # websockets' own put raises, and nothing is counted, once the queue is closed.
+        Assembler.put(self.recv_messages, frame)
+        size = len(frame.data)
+        self._queued_sizes.append(size)
+        self._queued_bytes += size
+
+    def _frame_handed(self) -> None:
+        """websockets calls it (as its ``maybe_resume``) as the handler takes a frame."""
+        assembler = self.recv_messages
         frames = assembler.frames.queue  # SimpleQueue's deque: no __len__ call
-
-        def frame_put(frame: Frame) -> None:
-            put_frame(frame)  # raises, and nothing is counted, once the queue is closed
-            size = len(frame.data)
-            self._queued_sizes.append(size)
-            self._queued_bytes += size
-
-        def frame_taken() -> None:  # websockets calls it as the handler takes a frame
-            bound = self.max_queue_bytes
-            if not assembler.paused and (bound is None or self._queued_bytes < bound):
-                # Far from both bounds (most frames): nothing was full, so nothing
-                # is to resume, and websockets' maybe_resume does nothing unpaused.
-                self._frame_taken(frames)
-                return
-            was_full = self._queue_full()
+        bound = self.max_queue_bytes
+        if not assembler.paused and (bound is None or self._queued_bytes < bound):
+            # Far from both bounds (most frames): nothing was full, so nothing is to
+            # resume, and websockets' maybe_resume does nothing unpaused.
             self._frame_taken(frames)
-            resume_for_count()
-            if was_full and not self._queue_full():
-                self._resume_reading()  # the bytes held it: websockets' count did not
+            return
+        was_full = self._queue_full()
+        self._frame_taken(frames)
+        Assembler.maybe_resume(assembler)
+        if was_full and not self._queue_full():
+            self._resume_reading()  # the bytes held it: websockets' count did not
 
-        def paused_for_count() -> None:  # websockets' queue went past --max-queue
-            pause_for_count()
-            self._begin_queue_wait()
-
-        assembler.put = frame_put  # type: ignore[method-assign]
-        assembler.pause = paused_for_count
-        assembler.maybe_resume = frame_taken  # type: ignore[method-assign]
+    def _paused_for_count(self) -> None:
+        """websockets' queue went past ``--max-queue``: its own pause (the transport's
+        pause_reading, as websockets' connection_made gives it), and the wait counted."""
+        self.transport.pause_reading()
+        self._begin_queue_wait()
 
     def _frame_taken(self, frames: deque[Frame]) -> None:
         if not frames:
@@ -259,13 +264,21 @@ class SlicedReads(ServerConnection):
         try:
             while True:
                 await asyncio.sleep(self.ping_interval - latency)
-                # Before the Ping is written: where it ends in the output is known then.
-                progress = LinkProgress(self.transport, self)
-                pong = await self._ping_unless_stalled()
-                if self.ping_timeout is not None:
-                    latency = await self._pong_in_time(pong, self.ping_timeout, progress)
+                latency = await self._ping_once()
         except Exception:
             self.logger.error("keepalive ping failed", exc_info=True)
+
+    async def _ping_once(self) -> float:
+        """One Ping, and its Pong's latency once read (0 with no ``ping_timeout``). Its
+        own coroutine so that the wait's objects (the link's progress, the Pong's
+        future) go with it, not held through the sleep to the next Ping on every idle
+        connection."""
+        # Before the Ping is written: where it ends in the output is known then.
+        progress = LinkProgress(self.transport, self)
+        pong = await self._ping_unless_stalled()
+        if self.ping_timeout is None:
+            return 0.0
+        return await self._pong_in_time(pong, self.ping_timeout, progress)
 
     async def _ping_unless_stalled(self) -> Awaitable[float]:
         """websockets' ``ping()``, which waits for room in the connection's buffer (below
