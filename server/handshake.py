@@ -203,16 +203,19 @@ async def attach(conn: Connection, hello: Hello) -> bool:
 
 def _noting_creation(admit: Admission, created: list[float]) -> Admission:
     """``admit``, noting in ``created`` when the creation it wrapped ended, if it did."""
+    return functools.partial(_noted_creation, admit, created)
 
-    @contextlib.asynccontextmanager
-    async def noting(
-        owner: str | None, replacing: SessionMetadata | None = None
-    ) -> AsyncIterator[None]:
-        async with admit(owner, replacing):
-            yield
-        created.append(asyncio.get_running_loop().time())
 
-    return noting
+@contextlib.asynccontextmanager
+async def _noted_creation(
+    admit: Admission,
+    created: list[float],
+    owner: str | None,
+    replacing: SessionMetadata | None = None,
+) -> AsyncIterator[None]:
+    async with admit(owner, replacing):
+        yield
+    created.append(asyncio.get_running_loop().time())
 
 
 def batch_items(config: ServerConfig) -> int:
