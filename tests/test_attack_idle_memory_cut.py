@@ -226,6 +226,15 @@ async def test_the_upgrade_reads_what_follows_the_request_and_refuses_as_before(
         assert (await welcome_after(peer))["type"] == "welcome"
         peer.abort()
 
+        # The hello pipelined, then the peer's end of stream: upgraded, then closed
+        # at once, the hello unanswered (1006 for the peer, as before the cut).
+        peer = await RawPeer.connect(port)
+        await peer.send(upgrade_request(port) + HELLO)
+        peer.writer.write_eof()
+        assert (await peer.head())[0] == 101
+        assert await peer.ended() == b""
+        peer.abort()
+
         # The request a byte at a time, the hello's first byte in the request's last
         # segment, the rest of the frame a byte at a time after the answer.
         peer = await RawPeer.connect(port)
