@@ -6,8 +6,10 @@ Pongs that answer nothing pending, and leaves nothing behind when connections cl
 mid-Ping or a stop ends two thousand of them; the upgrade reads what was pipelined
 behind the request, however the request was split, and refuses as before; hellos of
 two creators at once at the creation rate are counted each to its own (a server in
-this process for the last two, to look at its tasks and its store). Each passes on
-the code before the cut (42f9b15) as after it."""
+this process for two of them, to look at its tasks and its store); and a flood behind
+a hello its handler is stuck on (a frozen redis-server) is left unread past
+``--max-queue`` frames or ``--max-queue-bytes``, counted from the kernel's queues.
+Each passes on the code before the cut (42f9b15) as after it."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests.redis_server import RedisServer, available, prefix_for
 from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.store_stalls_support import frozen
 from tests.support import attach, open_peer, run_server
 
 PING, PONG, CLOSE, TEXT = 0x9, 0xA, 0x8, 0x1
@@ -36,8 +41,10 @@ def masked(opcode: int, payload: bytes) -> bytes:
     size = len(payload)
     if size < 126:
         head = bytes([0x80 | opcode, 0x80 | size])
-    else:
+    elif size < 1 << 16:
         head = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", size)
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", size)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
@@ -339,3 +346,73 @@ async def test_a_connection_closed_while_its_ping_waits_leaves_no_task() -> None
             assert not pending, ending
             assert keepalive_tasks() == [], ending
             peer.abort()
+
+
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
+    """The kernel's send and receive queues of the loopback socket between the ports."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
+        if int(local, 16) == local_port and int(remote, 16) == remote_port:
+            tx, rx = fields[4].split(":")
+            return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no socket {local_port} -> {remote_port}")
+
+
+FLOOD_FRAME = 256 * 1024
+FLOOD = 192  # 48 MiB of frames behind a hello the handler is stuck on
+
+
+async def test_a_flood_behind_a_stuck_hello_is_paused_at_the_queue_bounds(
+    tmp_path: Path,
+) -> None:
+    # The handler waits on a frozen redis-server for the hello's session, so nobody
+    # takes a frame: reading pauses once --max-queue frames (4) wait, or once they hold
+    # --max-queue-bytes (600 KiB: three frames of 256 KiB), and the rest of the flood
+    # stays in the peer's buffers and the kernel's, not in the server.
+    if not available():
+        pytest.skip("no redis-server")
+    redis = RedisServer(tmp_path / "redis")
+    await redis.start_in_loop()
+    try:
+        # websockets pauses past --max-queue: with 5 frames queued.
+        for max_queue_bytes, held_frames in ((str(64 << 20), 5), (str(600 * 1024), 3)):
+            name = f"flood-{max_queue_bytes}"
+            server = started(
+                tmp_path, name, "--store", redis.url(prefix=prefix_for(tmp_path / name)),
+                "--store-read-timeout", "120", "--max-queue", "4",
+                "--max-queue-bytes", max_queue_bytes, "--rate-limit", "0",
+                "--rate-limit-bytes", "0",
+            )  # fmt: skip
+            await server.start_in_loop()
+            try:
+                with frozen(redis):
+                    peer = await RawPeer.connect(server.port)
+                    await peer.upgraded(server.port)
+                    client_port = peer.writer.get_extra_info("sockname")[1]
+                    pad = b'{"type":"zzz","pad":"' + b"a" * (FLOOD_FRAME - 23) + b'"}'
+                    frame = masked(TEXT, pad)
+                    peer.writer.write(HELLO + frame * FLOOD)
+                    sent = len(HELLO) + len(frame) * FLOOD
+                    transport = peer.writer.transport
+                    read_by_server = sent
+                    for _ in range(600):  # until the server reads no more (60 s at most)
+                        client_tx, _ = tcp_queues(client_port, server.port)
+                        _, server_rx = tcp_queues(server.port, client_port)
+                        waiting = transport.get_write_buffer_size() + client_tx + server_rx
+                        if sent - waiting == read_by_server and server_rx > 0:
+                            break
+                        read_by_server = sent - waiting
+                        await asyncio.sleep(0.1)
+                    # What the server took off the socket: the hello, the frames queued,
+                    # and at most a slice (4 KiB) and a frame in the making beside them.
+                    assert read_by_server <= len(HELLO) + (held_frames + 1) * len(frame) + 8192, (
+                        read_by_server / len(frame)
+                    )
+                peer.abort()
+                assert server.stop() == 0
+                assert_no_tracebacks(server.log_records(), allowed=("connection closed",))
+            finally:
+                server.kill()
+    finally:
+        redis.stop()
