@@ -277,8 +277,20 @@ class SlicedReads(ServerConnection):
         progress = LinkProgress(self.transport, self)
         pong = await self._ping_unless_stalled()
         if self.ping_timeout is None:
+            self._forget_pings_before(pong)
             return 0.0
         return await self._pong_in_time(pong, self.ping_timeout, progress)
+
+    def _forget_pings_before(self, latest: Awaitable[float]) -> None:
+        """With no ``ping_timeout`` nothing waits for a Pong, and websockets kept every
+        unanswered Ping (its payload, future and time, some 300 bytes) for the
+        connection's life: a peer that never answers grew it by one each interval. A
+        Pong acknowledges every Ping before its own, so the latest alone is kept."""
+        pending = self.pending_pings
+        for payload, (pong, _) in list(pending.items()):
+            if pong is not latest:
+                del pending[payload]
+                pong.cancel()  # nobody awaits it: nothing to tell
 
     async def _ping_unless_stalled(self) -> Awaitable[float]:
         """websockets' ``ping()``, which waits for room in the connection's buffer (below

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from tests.redis_server import RedisServer, available, prefix_for
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.store_stalls_support import frozen
 from tests.support import attach, open_peer, run_server
+from tests.test_incoming_queue import traced
 
 PING, PONG, CLOSE, TEXT = 0x9, 0xA, 0x8, 0x1
 PING_TIMEOUT = 1.0
@@ -416,3 +418,23 @@ async def test_a_flood_behind_a_stuck_hello_is_paused_at_the_queue_bounds(
                 server.kill()
     finally:
         redis.stop()
+
+
+async def test_with_no_ping_timeout_unanswered_pings_hold_no_growing_memory() -> None:
+    # --ping-timeout none keeps the Pings, with no limit for the Pong. A peer that never
+    # answers one had each Ping's payload, future and timestamp kept by websockets
+    # (pending_pings) for the connection's life: some 300 bytes a Ping, 1.3 MB a day
+    # at the 20 s interval, per connection. A Pong acknowledges every Ping before its
+    # own, so only the latest needs keeping.
+    async with run_server(ping_interval=0.001, ping_timeout=None, hello_timeout=600.0) as server:
+        peer = await RawPeer.connect(server.port)
+        await peer.upgraded(server.port)
+        with traced():
+            for _ in range(100):
+                assert (await peer.frame())[0] == PING
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(2000):
+                assert (await peer.frame())[0] == PING
+            grown = tracemalloc.get_traced_memory()[0] - before
+        assert grown < 100_000, grown  # 2,000 Pings kept were some 590 KB
+        peer.abort()
