@@ -13,6 +13,10 @@ class StorageError(Exception):
     """Storage failed (I/O error, disk full, corrupt file, store unreachable). The failed
     call was not acknowledged; see ``append_events`` for whether it took effect."""
 
+    # Whether the server's log told of it already (server/command_failures.py), so that
+    # a hello it then ends (1011) tells it no second time.
+    told = False
+
 
 class SessionNotFound(StorageError):
     pass

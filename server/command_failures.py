@@ -19,6 +19,8 @@ from typing import Final
 
 import structlog
 
+from bamboo_session.persistence.errors import StorageError
+
 from .append_failures import SUMMARY_EVERY, process_wide
 
 log = structlog.get_logger("bamboo_session.actor")
@@ -62,6 +64,11 @@ class CommandFailures:
         self._last_error = error
         if now - self._logged_at >= self.every:
             self.flush()
+
+    def store_failed(self, command: str, exc: StorageError) -> None:
+        """:meth:`failed`, ``exc`` marked as told: a hello it ends tells it no more."""
+        exc.told = True
+        self.failed(command, str(exc))
 
     def flush(self) -> None:
         """Tells what no line told yet, if anything."""

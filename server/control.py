@@ -137,7 +137,7 @@ def feed_repeated(actor: SessionActor, events: list[StoredEvent], repeated: int)
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:
     """The store failed under a command (Redis away, a full disk): it fails, the session
     goes on; the log tells the first of an outage, then counts (not a line per hello)."""
-    actor.health.command_failures.failed(type(command).__name__, str(exc))
+    actor.health.command_failures.store_failed(type(command).__name__, exc)
     if isinstance(command, Attach):
         if not actor.room.outboxes:
             actor.unfollow()

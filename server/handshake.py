@@ -5,8 +5,10 @@ and a close when its token expires.
 
 A refusal closes the connection as server/failures.py says; a frame that is not a
 valid ``hello`` gets an ``error`` frame first, then close 1008. A ``hello`` given up
-on at its read deadline (1011 ``storage unavailable``) is told in the log as the
-store's failed commands are (server/command_failures.py, command ``Hello``).
+on at its read deadline (1011 ``storage unavailable``), or whose own reads the store
+failed (1011 ``storage failed; retry later``), is told in the log as the store's failed
+commands are (server/command_failures.py, command ``Hello``), unless the actor or the
+creation told it already (``StorageError.told``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .auth import (
 from .closing import close_within
 from .config import ServerConfig
 from .connection_end import release_user_count
-from .failures import ServerBusy, hello_failure
+from .failures import HELLO_STORAGE_FAILED, ServerBusy, hello_failure
 from .flush import WebSocketSink
 from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
@@ -188,11 +190,14 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             conn.expiry = TokenExpiry(principal.valid_until, outbox)
     except _ATTACH_FAILURES as exc:
         services.stored_caps.note_refusal(exc)  # at a stored-session cap: counted, logged
-        if isinstance(exc, StoreTimeout):
-            # Told nowhere else (the actor or the creation tells a failure the store
-            # raised): once an outage, then counted, as theirs. Before, the log was silent.
-            manager.append_health.command_failures.failed("Hello", str(exc))
         failure = hello_failure(exc)
+        storage_failed = isinstance(exc, StoreTimeout) or failure.reason == HELLO_STORAGE_FAILED
+        if storage_failed and isinstance(exc, StorageError) and not exc.told:
+            # A timeout, or a failure of the hello's own reads (the session's metadata,
+            # the user's count on Redis), is told nowhere else; one the actor or the
+            # creation told is marked so: once an outage, then counted, as theirs.
+            # Before, the log said only "connection closed".
+            manager.append_health.command_failures.failed("Hello", str(exc))
         await close_within(ws, failure.close, failure.reason, conn.services.config.close_timeout)
         return False
     except ProtocolError as exc:  # a field of the session it would create over its limit

@@ -183,7 +183,7 @@ class AppendHealth:
             raise
         except StorageError as exc:
             self._write_failed(session_id, str(exc), isinstance(exc, SessionLogFailed))
-            self.command_failures.failed("Create", str(exc))
+            self.command_failures.store_failed("Create", exc)
             raise
 
     def _another_appended_lately(self, session_id: str) -> bool:
