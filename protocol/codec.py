@@ -28,6 +28,7 @@ from .free_form import (
     MAX_FREE_VALUES,
     UNCOUNTED,
     free_form_problem,
+    held_by_strings,
     walk_free_form,
 )
 from .leap_seconds import INVALID_TIME, LeapSecondReader
@@ -242,15 +243,24 @@ class Codec:
         return self.decode_request(data)[0]
 
     def decode_request(self, data: bytes | str) -> tuple[ClientFrame, int]:
-        """:meth:`decode_frame`, and what the frame weighs decoded: its bytes, and
-        ``FREE_VALUE_BYTES`` per free-form value (what every byte bound of the requests
-        a server holds counts)."""
+        """:meth:`decode_frame`, and what the frame weighs decoded (what every byte
+        bound of the requests a server holds counts): :meth:`decode_weighed`."""
+        frame, _, weight = self.decode_weighed(data)
+        return frame, weight
+
+    def decode_weighed(self, data: bytes | str) -> tuple[ClientFrame, int, int]:
+        """:meth:`decode_frame`; its bytes and ``FREE_VALUE_BYTES`` per free-form value
+        (what its decode cost, as the byte rate counts it); and what it weighs decoded:
+        the same, its bytes replaced by what its strings' characters hold where that is
+        more (a str is as wide as its widest character: 4 bytes each with an emoji)."""
         if isinstance(data, str) != self.text:
             kind = "binary" if self.text else "text"
             message = f"a {kind} frame on the {self.subprotocol} subprotocol"
             raise ProtocolError(ErrorCode.BAD_REQUEST, message, _id_of_any_kind(data))
         frame, values = self._decode(data)
-        return frame, len(data) + values * FREE_VALUE_BYTES
+        size = len(data)
+        held = size if _narrow_strings_only(data) else max(size, held_by_strings(frame))
+        return frame, size + values * FREE_VALUE_BYTES, held + values * FREE_VALUE_BYTES
 
     def refused_weight(self, data: bytes | str) -> int:
         """The most a frame that :meth:`decode_request` refused may have weighed
@@ -281,6 +291,16 @@ class Codec:
             return request_id
         except (msgspec.DecodeError, RecursionError, UnicodeError):
             return None
+
+
+def _narrow_strings_only(data: bytes | str) -> bool:
+    """Whether the strings a frame decodes to hold a byte a character, as its bytes
+    do: plain ASCII with no ``\\u`` escape (the common frame, a token; both tests run
+    at C speed, a str's ``isascii`` at once). MessagePack is never plain ASCII (its
+    headers are bytes above 0x7f): its frames are weighed by their strings."""
+    if isinstance(data, str):
+        return data.isascii() and "\\u" not in data
+    return data.isascii() and b"\\u" not in data
 
 
 _json_id = msgspec.json.Decoder(_RequestIdOnly)

@@ -25,16 +25,18 @@ REFUSED_DECODE_BYTES_PER_SECOND = 2 << 30
 
 
 def decode_charged(codec: Codec, reads: SlicedReads, data: str | bytes) -> tuple[ClientFrame, int]:
-    """``codec.decode_request(data)``, the weight beyond the bytes (charged as read)
-    charged to ``reads``: many small values cost far more to decode than long strings.
-    A refused frame, its values not counted to its end, is charged for the time its
-    decode took, at most what the most values its bytes could hold would cost."""
+    """``codec.decode_request(data)``, what its free-form values cost beyond its bytes
+    (charged as read) charged to ``reads``: many small values cost far more to decode
+    than long strings. (What its strings hold decoded beyond its bytes is in the weight
+    it is queued with, not in the rate: wide characters decode no slower.) A refused
+    frame, its values not counted to its end, is charged for the time its decode took,
+    at most what the most values its bytes could hold would cost."""
     started = perf_counter()
     try:
-        frame, weight = codec.decode_request(data)
+        frame, cost, weight = codec.decode_weighed(data)
     except ProtocolError:
         took = round((perf_counter() - started) * REFUSED_DECODE_BYTES_PER_SECOND)
         reads.charge_decoded(min(took, codec.refused_weight(data) - len(data)))
         raise
-    reads.charge_decoded(weight - len(data))
+    reads.charge_decoded(cost - len(data))
     return frame, weight

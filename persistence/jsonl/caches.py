@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import collections
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from bamboo_session.protocol.codec import free_form_values
-from bamboo_session.protocol.free_form import FREE_VALUE_BYTES
+from bamboo_session.protocol.free_form import FREE_VALUE_BYTES, held_by_strings
 from bamboo_session.protocol.models import Message
 
 from ..keys import KeyWindow
@@ -34,28 +32,6 @@ SESSION_SHARE = 32  # a session's tail holds at most 1/SESSION_SHARE of the budg
 WINDOW_BYTES = 1536
 TAIL_BYTES = 1024
 MESSAGE_BYTES = 256
-
-
-def held_by_strings(message: Message) -> int:
-    """What the message's strings hold decoded: its content, and the strings (values
-    and keys) of its metadata and tool calls' arguments. A str is as wide as its widest
-    character, 1, 2 or 4 bytes each: one emoji made a content of 900,000 ASCII
-    characters hold 3.6 MB for its 0.9 MB of JSON, and a cache weighing messages by
-    their bytes alone held 3.3 times its budget of them (r381)."""
-    held = sys.getsizeof(message.content)
-    values: list[Any] = [message.metadata]
-    values += [call.arguments for call in message.tool_calls or ()]
-    while values:
-        value = values.pop()
-        kind = type(value)
-        if kind is str:
-            held += sys.getsizeof(value)
-        elif kind is dict:
-            held += sum(map(sys.getsizeof, value))
-            values.extend(value.values())
-        elif kind is list:
-            values.extend(value)
-    return held
 
 
 class KeyWindows:
