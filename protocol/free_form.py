@@ -95,7 +95,7 @@ def held_by_strings(value: Any) -> int:
         elif kind is list:
             values.extend(value)
         elif isinstance(value, msgspec.Struct):
-            values.extend(getattr(value, name) for name in value.__struct_fields__)
+            values.extend(msgspec.structs.astuple(value))
     return held
 
 
