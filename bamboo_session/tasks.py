@@ -49,3 +49,16 @@ async def cancel_and_wait(
         for task in running:
             task.cancel()
         _, running = await asyncio.wait(running, timeout=again_after)
+
+
+async def ended_within(future: asyncio.Future[Any], seconds: float) -> bool:
+    """Waits ``seconds`` at most for ``future``: whether it ended. Past that it is left
+    as it is, for the caller to cancel or leave running (a store's call on a disk that
+    hangs may never end). A cancellation of the waiting task cancels ``future`` too, as
+    awaiting it would have."""
+    try:
+        done, _ = await asyncio.wait({future}, timeout=seconds)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    return bool(done)

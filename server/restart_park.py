@@ -43,7 +43,7 @@ import structlog
 
 from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.persistence.capabilities import ParksAttached
-from bamboo_session.tasks import cancel_and_wait
+from bamboo_session.tasks import cancel_and_wait, ended_within
 
 from .manager_config import DEFAULT_MAX_PARKED_AT_STOP
 
@@ -91,12 +91,7 @@ class RestartPark:
         """:meth:`parked_at_stop`, given up after ``STOP_BOUND`` seconds (its store's
         call cancelled, and not waited for: a disk that hangs may never answer)."""
         parking = asyncio.ensure_future(self.parked_at_stop())
-        try:
-            done, _ = await asyncio.wait({parking}, timeout=STOP_BOUND)
-        except asyncio.CancelledError:
-            parking.cancel()  # as when it was awaited here
-            raise
-        if not done:
+        if not await ended_within(parking, STOP_BOUND):
             parking.cancel()
             log.warning(f"parking {AT_STOP} did not end in time", seconds=STOP_BOUND)
         elif not parking.cancelled() and (error := parking.exception()) is not None:

@@ -28,6 +28,7 @@ import structlog
 
 from bamboo_session.persistence.base import Storage
 from bamboo_session.persistence.capabilities import OwesTheDisk
+from bamboo_session.tasks import ended_within
 
 from .restart_park import STOP_BOUND
 
@@ -54,12 +55,7 @@ async def close_store_within(storage: Storage, seconds: float) -> bool:
     """Closes ``storage``, waiting ``seconds`` at most: whether it closed. A close past
     that is left to go on (it may never end), and the log names what it still owed."""
     closing = asyncio.ensure_future(storage.close())
-    try:
-        done, _ = await asyncio.wait({closing}, timeout=seconds)
-    except asyncio.CancelledError:
-        closing.cancel()  # as when it was awaited here
-        raise
-    if not done:
+    if not await ended_within(closing, seconds):
         log.error(
             "the store did not close in time: appends still owed to the disk stay "
             "unacknowledged (their peers got 1012), and the next start recovers the rest",
