@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bamboo_session.persistence import SessionFilter, Storage, open_storage
 from bamboo_session.persistence.jsonl.files import datasync
-from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.log_lines import encode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Session, StoredEvent
 
 LIST_GOAL_MS = 5.0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
-from bamboo_session.protocol.codec import decode_stored_event
+from bamboo_session.protocol.log_lines import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, MessageEvent
 from tests import kills
 from tests.jsonl_support import JSONL_CHILD, killed_child

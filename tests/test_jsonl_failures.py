@@ -26,7 +26,7 @@ from bamboo_session.persistence import (
     StorageError,
 )
 from bamboo_session.persistence.jsonl import wal
-from bamboo_session.protocol.codec import decode_stored_event
+from bamboo_session.protocol.log_lines import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Session, utcnow
 from tests.support import NOBODY, unprivileged
 from tests.write_failures import assert_told_once, check_report

@@ -21,7 +21,7 @@ from bamboo_session.persistence import (
     SessionFilter,
     StorageError,
 )
-from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.log_lines import encode_stored_event
 from bamboo_session.protocol.models import (
     AgentEvent,
     Message,

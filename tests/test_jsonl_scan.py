@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence.jsonl import scan
-from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.log_lines import encode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Message, StoredEvent, utcnow
 
 

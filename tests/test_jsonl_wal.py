@@ -20,7 +20,7 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl import wal
-from bamboo_session.protocol.codec import decode_stored_event
+from bamboo_session.protocol.log_lines import decode_stored_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests.jsonl_support import crash_with_segments, save_segments, segments, wal_records
 from tests.test_jsonl_crash import Acked, run_and_kill, verify

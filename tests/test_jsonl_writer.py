@@ -22,7 +22,7 @@ from bamboo_session.persistence.jsonl.config import Durability
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.persistence.jsonl.wal import SegmentFile
 from bamboo_session.persistence.jsonl.writer import LogWriter
-from bamboo_session.protocol.codec import decode_stored_event, encode_stored_event
+from bamboo_session.protocol.log_lines import decode_stored_event, encode_stored_event
 from bamboo_session.protocol.models import AgentEvent, StoredEvent, utcnow
 
 

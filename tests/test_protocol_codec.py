@@ -42,8 +42,6 @@ from bamboo_session.protocol.codec import (
     MSGPACK,
     SUBPROTOCOLS,
     Codec,
-    decode_stored_event,
-    encode_stored_event,
 )
 from bamboo_session.protocol.frames import (
     Ack,
@@ -64,6 +62,7 @@ from bamboo_session.protocol.frames import (
     StateRequest,
     Welcome,
 )
+from bamboo_session.protocol.log_lines import decode_stored_event, encode_stored_event
 from tests.codec_support import CODECS
 
 INT64 = st.integers(-(2**63), 2**63 - 1)

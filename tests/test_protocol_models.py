@@ -31,7 +31,7 @@ from bamboo_session.protocol import (
     ToolStart,
     utcnow,
 )
-from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.log_lines import encode_stored_event
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

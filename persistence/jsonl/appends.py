@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-from bamboo_session.protocol.codec import encode_stored_event
+from bamboo_session.protocol.log_lines import encode_stored_event
 from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
 
 from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError

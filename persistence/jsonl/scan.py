@@ -29,7 +29,7 @@ from typing import BinaryIO, Final, Protocol, TypeVar
 
 import msgspec
 
-from bamboo_session.protocol.codec import decode_stored_event
+from bamboo_session.protocol.log_lines import decode_stored_event
 
 from ..base import StorageError
 from .files import read_at
