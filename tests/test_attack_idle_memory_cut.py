@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.redis_server import RedisServer, available, prefix_for
+from tests.redis_server import INSTALL_HINT, RedisServer, available, prefix_for
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.store_stalls_support import frozen
 from tests.support import attach, open_peer, run_server
@@ -373,7 +373,7 @@ async def test_a_flood_behind_a_stuck_hello_is_paused_at_the_queue_bounds(
     # --max-queue-bytes (600 KiB: three frames of 256 KiB), and the rest of the flood
     # stays in the peer's buffers and the kernel's, not in the server.
     if not available():
-        pytest.skip("no redis-server")
+        pytest.skip(INSTALL_HINT)
     redis = RedisServer(tmp_path / "redis")
     await redis.start_in_loop()
     try:

@@ -32,7 +32,9 @@ from websockets.exceptions import ConnectionClosed
 from tests.server_process import ServerProcess
 from tests.test_jsonl_stop_stuck_disk import HANG_GUARD, event, until
 
-pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+pytestmark = pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace is not installed: apt-get install strace"
+)
 
 HELD = HANG_GUARD * 2  # seconds each sync is held: past the guard, so only the fix ends it
 
