@@ -47,6 +47,16 @@ async def answer(ws: ClientConnection, frame: str) -> dict[str, Any]:
     return reply  # type: ignore[no-any-return]
 
 
+async def append_held(helper: int, ws: ClientConnection, data: Path, number: int) -> None:
+    """The sync helper stopped (SIGSTOP), then event ``number`` sent to ``STUCK``: back
+    once its line is written, its sync waiting (the writer writes before it syncs)."""
+    os.kill(helper, signal.SIGSTOP)
+    await ws.send(keyed(number))
+    log = data / "events" / f"{STUCK}.jsonl"
+    line = f"event {number}".encode()
+    await until(lambda: line in log.read_bytes(), "the unsynced append's write")
+
+
 def stored(server: ServerProcess, session: str) -> list[tuple[int, str]]:
     url = f"http://127.0.0.1:{server.port}/api/v1/sessions/{session}/events?after_seq=0"
     with urllib.request.urlopen(url, timeout=30) as reply:
@@ -73,10 +83,7 @@ async def test_what_peers_were_told_holds_after_a_stop_past_its_store_bound(
             assert (await answer(ws, keyed(number)))["seq"] == number
         said = {"type": "message", "id": 7, "message": {"role": "user", "content": "hi"}}
         assert (await answer(ws, json.dumps(said)))["seq"] == 4
-        os.kill(helper, signal.SIGSTOP)
-        await ws.send(keyed(5))
-        log = data / "events" / f"{STUCK}.jsonl"
-        await until(lambda: b"event 5" in log.read_bytes(), "the unsynced append's write")
+        await append_held(helper, ws, data, 5)
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.proc.wait, HANG_GUARD) == 1
     finally:
@@ -130,10 +137,7 @@ async def test_a_second_signal_while_the_sessions_close_loses_nothing_acknowledg
         ws = await attach(server, STUCK, create=True)
         for number in (1, 2, 3):
             assert (await answer(ws, keyed(number)))["seq"] == number
-        os.kill(helper, signal.SIGSTOP)
-        await ws.send(keyed(4))
-        log = data / "events" / f"{STUCK}.jsonl"
-        await until(lambda: b"event 4" in log.read_bytes(), "the unsynced append's write")
+        await append_held(helper, ws, data, 4)
         server.proc.send_signal(signal.SIGTERM)
         await until(lambda: b"shutting down" in server.log_path.read_bytes(), "the stop")
         server.proc.send_signal(signal.SIGTERM)
