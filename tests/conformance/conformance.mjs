@@ -1,5 +1,6 @@
 // An independent conformance client for Bamboo session protocol v1, written from
-// PROTOCOL.md alone. Usage: node conformance.mjs <mode> <http-base>   mode: open|auth|limits
+// PROTOCOL.md alone (extensions() and replayComesWhole() from docs/protocol.md, which
+// extends it: the batch frames, and what it says of replies and replay). Usage: node conformance.mjs <mode> <http-base>   mode: open|auth|limits
 import net from "node:net";
 import crypto from "node:crypto";
 import { createRequire } from "node:module";
@@ -33,6 +34,7 @@ class Conn {
     this.ws = ws;
     this.proto = proto;
     this.frames = [];
+    this.arrived = []; // every frame, in order of arrival (frames loses what next() takes)
     this.kinds = [];
     this.waiters = [];
     this.closed = new Promise((resolve) => {
@@ -51,6 +53,7 @@ class Conn {
       }
       this.kinds.push(isBinary ? "binary" : "text");
       this.frames.push(obj);
+      this.arrived.push(obj);
       this._wake();
     });
   }
@@ -605,6 +608,95 @@ async function edges() {
   await pub.close();
 }
 
+// From docs/protocol.md, which extends PROTOCOL.md: the batch extension, the `ack` of a
+// `state`, the `events` reply's epoch, and what may come between welcome and the replay.
+async function extensions(proto) {
+  const P = ` [${proto || "json"}]`;
+  const o = proto ? { proto } : {};
+  const a = await attach("/api/v1/stream", { role: "agent" }, o);
+  const w = a.welcome;
+  const sid = w.session.id;
+  const v = await attach(`/api/v1/stream/${sid}`, {}, o);
+  await a.type("presence");
+  check("welcome lists the batch extension and its bounds" + P, J(w.extensions) === J(["batch"]) && Number.isInteger(w.max_batch_items) && w.max_batch_items >= 1 && Number.isInteger(w.max_batch_bytes) && w.max_batch_bytes >= 1024, J({ ...w, session: undefined }));
+  const b1 = await a.request({ type: "batch", id: "b1", items: [
+    { event: { type: "token", content: "t1" }, key: "bk1" },
+    { message: { role: "assistant", content: "m1" } },
+    { event: { type: "custom", name: "n", data: [1, { x: null }] }, key: null },
+  ] });
+  check("batch -> acks with consecutive seqs, its id, no duplicates field" + P, b1 && b1.type === "acks" && b1.id === "b1" && J(b1.seqs) === "[1,2,3]" && !("duplicates" in b1), J(b1));
+  const seen = [await v.type("event"), await v.type("event"), await v.type("event")];
+  check("viewer gets each batch item as its own event, in seq order" + P, J(seen.map((f) => f && f.seq)) === "[1,2,3]" && seen[0].event.content === "t1" && seen[1].event.type === "message" && typeof seen[1].event.message.id === "string" && J(seen[2].event.data) === J([1, { x: null }]), J(seen));
+  const h = await a.request({ type: "history", id: "bh" });
+  check("a batch's message item joins the history" + P, h && h.messages.length === 1 && h.messages[0].content === "m1", J(h));
+  const k = await a.request({ type: "event", id: "k", key: "bk2", event: { type: "token", content: "t4" } });
+  const b2 = await a.request({ type: "batch", id: "b2", items: [
+    { event: { type: "token", content: "again" }, key: "bk1" },
+    { event: { type: "token", content: "t5" }, key: "bk3" },
+    { event: { type: "token", content: "t6" } },
+    { event: { type: "token", content: "t5 again" }, key: "bk3" },
+    { message: { role: "user", content: "dup of an event frame's key" }, key: "bk2" },
+  ] });
+  check("batch duplicates: seq of the first append, indexes listed" + P, k && k.seq === 4 && b2 && b2.type === "acks" && J(b2.seqs) === "[1,5,6,5,4]" && J(b2.duplicates) === "[0,3,4]", J([k, b2]));
+  const more = [await v.type("event"), await v.type("event"), await v.type("event")];
+  await sleep(100);
+  check("viewer gets no event for a batch's duplicates" + P, J(more.map((f) => f && f.seq)) === "[4,5,6]" && !v.frames.some((f) => f.type === "event"), J([more, v.frames]));
+  for (const [name, items] of [
+    ["one bad item", [{ event: { type: "token", content: "ok" } }, { event: { type: "weird" } }]],
+    ["an item with both event and message", [{ event: { type: "token", content: "x" }, message: { role: "user", content: "x" } }]],
+    ["an item with neither", [{ key: "only" }]],
+    ["an item key over 128", [{ event: { type: "token", content: "x" }, key: "k".repeat(129) }]],
+    ["empty items", []],
+  ]) {
+    const e = await a.request({ type: "batch", id: name, items });
+    check(`batch with ${name} -> bad_request with its id` + P, e && e.type === "error" && e.code === "bad_request" && e.id === name, J(e));
+  }
+  const over = await a.request({ type: "batch", id: "over", items: Array.from({ length: w.max_batch_items + 1 }, () => ({ event: { type: "token", content: "x" } })) });
+  check("batch over max_batch_items -> bad_request" + P, over && over.type === "error" && over.code === "bad_request" && over.id === "over", J(over));
+  const log = await a.request({ type: "events", id: "log" });
+  check("a refused batch appends nothing" + P, log && log.last_seq === 6 && log.events.length === 6 && !v.frames.some((f) => f.type === "event"), J(log && { last_seq: log.last_seq, n: log.events.length }));
+  check("events reply carries the connection's epoch" + P, log && log.epoch === w.epoch, J(log && log.epoch));
+  const st = await a.request({ type: "state", id: "st", state: "idle" });
+  check("state ack carries the session's last_seq as seq" + P, st && st.type === "ack" && st.seq === 6 && st.id === "st", J(st));
+  await Promise.all([v.close(), a.close()]);
+}
+
+// Between `welcome` and its last replayed event no other frame comes: a presence of a
+// peer joining meanwhile, and the replies to requests sent right after hello (an append
+// among them), wait behind the replay. The replay is some 8 MiB, twice what the socket
+// buffers took of it on Linux (some 4 MiB when the resumer reads nothing), and the
+// resumer reads nothing until the peer has joined and another event was appended, so
+// they happen while the replay is still on its way.
+async function replayComesWhole() {
+  const a = await attach("/api/v1/stream", { role: "agent" });
+  const sid = a.welcome.session.id;
+  const content = "r".repeat(10000);
+  for (let i = 0; i < 9; i++) a.send({ type: "batch", id: "rb" + i, items: Array.from({ length: 90 }, () => ({ event: { type: "token", content } })) });
+  for (let i = 0; i < 9; i++) await a.next((f) => f.id === "rb" + i, 10000);
+  const r = await Conn.open(`/api/v1/stream/${sid}`);
+  r.ws._socket.pause();
+  r.send({ type: "hello", last_seq: 0, epoch: a.welcome.epoch });
+  r.send({ type: "event", id: "early", key: "early", event: { type: "token", content: "sent before welcome" } });
+  r.send({ type: "ping", id: "early-ping" });
+  await a.type("presence", 10000); // r is attached: its welcome and replay are on their way
+  const j = await attach(`/api/v1/stream/${sid}`, { role: "agent" });
+  const live = await a.request({ type: "event", id: "live", event: { type: "token", content: "live" } });
+  r.ws._socket.resume();
+  await r.next((f) => f.type === "event" && f.seq === live.seq, 15000);
+  await r.type("presence", 5000);
+  await r.type("pong", 5000);
+  await r.next((f) => f.id === "early", 5000);
+  const w = r.arrived[0] || {};
+  const replay = r.arrived.slice(1, 1 + (w.replay || 0));
+  const rest = r.arrived.slice(1 + (w.replay || 0));
+  check("resume: welcome, then exactly the replay, nothing between", w.type === "welcome" && w.resumed === true && w.replay === 810 && replay.every((f, i) => f.type === "event" && f.seq === i + 1), J({ w: { ...w, session: undefined }, kinds: [...new Set(replay.map((f) => f.type))] }));
+  const ack = rest.find((f) => f.id === "early");
+  const liveSeqs = rest.filter((f) => f.type === "event").map((f) => f.seq);
+  check("resume: presence, pong and the ack of a publish sent before welcome come after the replay", ack && ack.type === "ack" && ack.seq > 810 && rest.some((f) => f.type === "presence" && f.joined === j.welcome.connection_id) && rest.some((f) => f.type === "pong" && f.id === "early-ping"), J(rest.map((f) => f.type)));
+  check("resume: live events after the replay, gap-free with the resumer's own ack", J([...liveSeqs, ack && ack.seq].sort((x, y) => x - y)) === J([811, 812]), J({ liveSeqs, ack }));
+  await Promise.all([r.close(), j.close(), a.close()]);
+}
+
 async function handshakeAndTransport() {
   // first frame not hello
   const c1 = await Conn.open("/api/v1/stream");
@@ -893,6 +985,8 @@ try {
     for (const proto of [undefined, "bamboo.v1", "bamboo.v1.msgpack"]) await openMode(proto);
     await listing();
     await listing2();
+    for (const proto of ["bamboo.v1", "bamboo.v1.msgpack"]) await extensions(proto);
+    await replayComesWhole();
   } else if (mode === "auth") await authMode();
   else if (mode === "limits") await limitsMode();
   else if (mode === "cross") await crossMode(process.argv[4]);
