@@ -658,7 +658,42 @@ async function extensions(proto) {
   check("events reply carries the connection's epoch" + P, log && log.epoch === w.epoch, J(log && log.epoch));
   const st = await a.request({ type: "state", id: "st", state: "idle" });
   check("state ack carries the session's last_seq as seq" + P, st && st.type === "ack" && st.seq === 6 && st.id === "st", J(st));
-  await Promise.all([v.close(), a.close()]);
+  // what a publisher may omit, and what viewers then get (docs/protocol.md's tables)
+  const omitted = [
+    [{ type: "complete" }, { type: "complete" }],
+    [{ type: "error", message: "m" }, { type: "error", message: "m" }],
+    [{ type: "custom", name: "n" }, { type: "custom", name: "n", data: null }],
+    [{ type: "tool_start", tool_call_id: "c", tool_name: "t" }, { type: "tool_start", tool_call_id: "c", tool_name: "t", arguments: null }],
+    [{ type: "tool_complete", tool_call_id: "c", result: { success: true } }, { type: "tool_complete", tool_call_id: "c", result: { success: true, content: "", error: null } }],
+  ];
+  for (const [sent, want] of omitted) {
+    const ack = await a.request({ type: "event", id: "o", event: sent });
+    const got = await v.type("event");
+    const same = got && got.seq === (ack && ack.seq) && J(Object.keys(got.event).sort()) === J(Object.keys(want).sort()) && Object.keys(want).every((f) => J(got.event[f]) === J(want[f]));
+    check(`${sent.type} with its optional fields left out: viewers get the defaults` + P, same, J([sent, got]));
+  }
+  const viaEvent = await a.request({ type: "event", id: "ve", event: { type: "message", message: { role: "assistant", content: "via event" } } });
+  const h2 = await a.request({ type: "history", id: "h2" });
+  const last = h2 && h2.messages[h2.messages.length - 1];
+  check("an event of type message joins the history too, id and created_at filled in" + P, viaEvent && viaEvent.type === "ack" && last && last.content === "via event" && typeof last.id === "string" && last.id.length > 0 && RFC3339_UTC.test(last.created_at), J(last));
+  for (const [name, frame] of [["history limit 0", { type: "history", limit: 0 }], ["history before -1", { type: "history", before: -1 }], ["events after_seq -1", { type: "events", after_seq: -1 }], ["events limit 0", { type: "events", limit: 0 }]]) {
+    const e = await a.request({ ...frame, id: name });
+    check(`${name} -> bad_request` + P, e && e.type === "error" && e.code === "bad_request" && e.id === name, J(e));
+  }
+  if (!proto || proto === "bamboo.v1") {
+    // A name given twice: the last one counts; `type` twice with two values is refused.
+    a.ws.send('{"type": "ping", "id": "first", "id": "last"}');
+    const twice = await a.type("pong");
+    check("a name given twice in a frame: the last counts", twice && twice.id === "last", J(twice));
+    a.ws.send('{"type": "ping", "type": "history", "id": "tt"}');
+    const tt = await a.next((f) => f.id === "tt");
+    check("type given twice with two values -> bad_request with the id", tt && tt.type === "error" && tt.code === "bad_request", J(tt));
+  }
+  const epochAlone = await attach(`/api/v1/stream/${sid}`, { epoch: w.epoch }, o);
+  check("hello with epoch but no last_seq: live only, resumed false, replay 0" + P, epochAlone.welcome.type === "welcome" && epochAlone.welcome.resumed === false && epochAlone.welcome.replay === 0, J({ ...epochAlone.welcome, session: undefined }));
+  await sleep(100);
+  check("… and nothing replayed" + P, !epochAlone.frames.some((f) => f.type === "event"), J(epochAlone.frames));
+  await Promise.all([epochAlone.close(), v.close(), a.close()]);
 }
 
 // Between `welcome` and its last replayed event no other frame comes: a presence of a
@@ -935,6 +970,13 @@ async function limitsMode() {
   const after = await http(`/api/v1/sessions/${m.id}`);
   const m2 = after.json.metadata;
   check("activity slides expires_at", Date.parse(m2.expires_at) > Date.parse(m.expires_at) && (Date.parse(m2.expires_at) - Date.parse(m2.last_activity_at)) / 1000 === 600, J([m2.last_activity_at, m2.expires_at]));
+  // docs/protocol.md: max_batch_items is never more than the rate's burst, and a batch
+  // with more items than the tokens left is refused whole with rate_limited.
+  check("max_batch_items is at most the frame-rate burst (2)", a.welcome.max_batch_items === 2, J(a.welcome.max_batch_items));
+  a.send({ type: "ping", id: "spend" });
+  a.send({ type: "batch", id: "over-rate", items: [{ event: { type: "token", content: "1" } }, { event: { type: "token", content: "2" } }] });
+  const overRate = await a.next((f) => f.id === "over-rate");
+  check("a batch over the tokens left -> rate_limited whole", overRate && overRate.type === "error" && overRate.code === "rate_limited", J(overRate));
   const b = await attach("/api/v1/stream", {});
   const bc = await b.waitClose(3000);
   check("session limit -> 1013", bc && bc.code === 1013, J([b.welcome, bc]));
