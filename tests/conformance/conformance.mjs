@@ -732,6 +732,22 @@ async function replayComesWhole() {
   await Promise.all([r.close(), j.close(), a.close()]);
 }
 
+// docs/protocol.md: requests sent behind a refused hello are not read: no reply, no append.
+async function refusedHelloDropsPipelined() {
+  const missing = uid("gone");
+  const nf = await Conn.open(`/api/v1/stream/${missing}`);
+  nf.send({ type: "hello" });
+  nf.send({ type: "message", id: "m", key: "behind", message: { role: "user", content: "behind a refused hello" } });
+  const nfc = await nf.waitClose();
+  const gone = await http(`/api/v1/sessions/${missing}`);
+  check("requests behind a hello refused 4404: no frame, nothing created", nfc && nfc.code === 4404 && nf.arrived.length === 0 && gone.status === 404, J([nf.arrived, nfc, gone.status]));
+  const bad = await Conn.open("/api/v1/stream");
+  bad.send({ type: "hello", id: "h", role: "owner" });
+  bad.send({ type: "ping", id: "behind" });
+  const badc = await bad.waitClose();
+  check("requests behind an invalid hello: its error, then 1008, nothing else", badc && badc.code === 1008 && bad.arrived.length === 1 && bad.arrived[0].type === "error" && bad.arrived[0].id === "h", J([bad.arrived, badc]));
+}
+
 async function handshakeAndTransport() {
   // first frame not hello
   const c1 = await Conn.open("/api/v1/stream");
@@ -1029,6 +1045,7 @@ try {
     await listing2();
     for (const proto of ["bamboo.v1", "bamboo.v1.msgpack"]) await extensions(proto);
     await replayComesWhole();
+    await refusedHelloDropsPipelined();
   } else if (mode === "auth") await authMode();
   else if (mode === "limits") await limitsMode();
   else if (mode === "cross") await crossMode(process.argv[4]);
