@@ -59,7 +59,7 @@ SERVER_FLAGS: dict[str, tuple[str, ...]] = {
     # What the client's limitsMode says it expects.
     "limits": (
         *("--max-sessions", "1", "--rate-limit", "2", "--rate-limit-burst", "2"),
-        *("--rate-limit-refusals", "5", "--default-ttl", "600"),
+        *("--rate-limit-refusals", "5", "--default-ttl", "600", "--max-session-bytes", "20000"),
     ),
 }
 

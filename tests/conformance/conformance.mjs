@@ -977,6 +977,7 @@ async function authMode() {
 
 async function limitsMode() {
   // server started with --max-sessions 1 --rate-limit 2 --rate-limit-burst 2 --rate-limit-refusals 5 --default-ttl 600
+  // --max-session-bytes 20000
   const a = await attach("/api/v1/stream", { user_id: "ttl" });
   const m = a.welcome.session;
   const diff = (Date.parse(m.expires_at) - Date.parse(m.last_activity_at)) / 1000;
@@ -993,6 +994,14 @@ async function limitsMode() {
   a.send({ type: "batch", id: "over-rate", items: [{ event: { type: "token", content: "1" } }, { event: { type: "token", content: "2" } }] });
   const overRate = await a.next((f) => f.id === "over-rate");
   check("a batch over the tokens left -> rate_limited whole", overRate && overRate.type === "error" && overRate.code === "rate_limited", J(overRate));
+  // docs/protocol.md: an append past the session's stored bytes (--max-session-bytes
+  // 20000) is too_large and stores nothing. A second connection: a bucket of its own.
+  const c = await attach(`/api/v1/stream/${m.id}`, {});
+  const fits = await c.request({ type: "event", id: "fits", key: "fits", event: { type: "token", content: "f".repeat(15000) } });
+  const tooBig = await c.request({ type: "event", id: "too-big", event: { type: "token", content: "o".repeat(6000) } });
+  const log = await http(`/api/v1/sessions/${m.id}/events`);
+  check("an append past the session's stored bytes -> too_large, nothing stored", fits && fits.type === "ack" && tooBig && tooBig.type === "error" && tooBig.code === "too_large" && tooBig.id === "too-big" && log.json && log.json.last_seq === fits.seq, J([fits, tooBig, log.json && log.json.last_seq]));
+  await c.close();
   const b = await attach("/api/v1/stream", {});
   const bc = await b.waitClose(3000);
   check("session limit -> 1013", bc && bc.code === 1013, J([b.welcome, bc]));
