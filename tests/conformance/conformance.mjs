@@ -787,6 +787,19 @@ async function handshakeAndTransport() {
   }
   const ok = await rawHttp("/api/v1/stream/" + "a".repeat(128), upgradeHeaders);
   check("128-char id upgrades (101)", ok.status === 101, ok.head.split("\r\n")[0]);
+  // docs/protocol.md (Origins and hosts): without auth, a page of another site, or a
+  // Host that is not a loopback name or the server's address, is refused with 403.
+  const port = new URL(BASE).port;
+  for (const [name, headers, want] of [
+    ["Origin of another site", { ...upgradeHeaders, Origin: "https://evil.example" }, 403],
+    ["loopback Origin", { ...upgradeHeaders, Origin: `http://localhost:${port}` }, 101],
+    ["Host not loopback", { ...upgradeHeaders, Host: `evil.example:${port}` }, 403],
+  ]) {
+    const r = await rawHttp("/api/v1/stream/origin-check", headers);
+    check(`upgrade with ${name} -> ${want}`, r.status === want, r.head.split("\r\n")[0]);
+  }
+  const hostHttp = await rawHttp("/api/v1/sessions", { Host: "evil.example" });
+  check("HTTP GET with a Host not loopback -> 403", hostHttp.status === 403, hostHttp.head.split("\r\n")[0]);
   // unknown subprotocol only
   try {
     const u = await Conn.open("/api/v1/stream", { proto: "bogus" });
