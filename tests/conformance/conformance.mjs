@@ -618,6 +618,8 @@ async function extensions(proto) {
   const sid = w.session.id;
   const v = await attach(`/api/v1/stream/${sid}`, {}, o);
   await a.type("presence");
+  // `ws` offers permessage-deflate by default: without --compression it is declined.
+  check("compression offered by the client is declined by default" + P, a.ws.extensions === "", J(a.ws.extensions));
   check("welcome lists the batch extension and its bounds" + P, J(w.extensions) === J(["batch"]) && Number.isInteger(w.max_batch_items) && w.max_batch_items >= 1 && Number.isInteger(w.max_batch_bytes) && w.max_batch_bytes >= 1024, J({ ...w, session: undefined }));
   const b1 = await a.request({ type: "batch", id: "b1", items: [
     { event: { type: "token", content: "t1" }, key: "bk1" },
