@@ -100,13 +100,15 @@ class StoreClock:
         return self._give(_TICK)
 
     def _give(self, step: timedelta) -> datetime:
-        wall = utcnow()
+        wall = datetime.now(UTC)  # utcnow(), without its call: three times an append
         with self._lock:
             if wall > self._newest:
-                self._newest = given = wall
+                self._newest = wall
+                if self._held_since is None and self._warned_at is None:
+                    return wall  # the wall clock ahead, as it was: nothing to clear
                 self._held_since = None
                 caught_up, self._warned_at = self._warned_at is not None, None
-                warn = False
+                given, warn = wall, False
             else:
                 caught_up = False
                 given, warn = self._held(wall, step)

@@ -332,7 +332,10 @@ class MemoryStorage(MemoryImports):
         return self._clock.now()
 
     def _check_not_expired(self, meta: SessionMetadata) -> None:
-        if meta.is_expired(self._clock.now()):
+        # The clock is read only for a session that can expire by time (one with a
+        # TTL): every append checks, and most sessions have none.
+        now = None if meta.expires_at is None else self._clock.now()
+        if meta.is_expired(now):
             raise SessionExpired(f"session {meta.id!r} has expired")
 
     def _require_open(self) -> None:
