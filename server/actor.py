@@ -321,7 +321,7 @@ class SessionActor:
             # Nobody watches: the ring would miss these events, so it starts after them.
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
         self.metrics.events_appended.inc(fresh)
-        self.note_traffic()
+        self.timer.note_traffic()
 
     def refuse(self, command: Request, exc: BaseException) -> None:
         """Answers a request with the error it failed with, and counts the error."""
@@ -380,10 +380,6 @@ class SessionActor:
         self.accepting = False
 
     # -- timers: idleness while connected, the end of parking when not -----------
-
-    def note_traffic(self) -> None:
-        """A peer sent a frame: the session is not idle."""
-        self.timer.note_traffic()
 
     def arm_timer(self) -> None:
         """Look again after a while: for idleness while connections are attached; when

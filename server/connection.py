@@ -228,10 +228,10 @@ class Connection:
             frame, size = decode(data)
             del data
             if type(frame) is not Ping or frame.keepalive is not True:
-                actor.note_traffic()
+                actor.timer.note_traffic()
             await self._dispatch(frame, size, actor, outbox)
         except ProtocolError as exc:
-            actor.note_traffic()
+            actor.timer.note_traffic()
             self._push_error(exc.code, exc.message, exc.request_id)
             return True
         return False

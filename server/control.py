@@ -235,7 +235,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     welcome = actor.room.join(outbox, command.last_seq, command.epoch, metadata, connections)
     if welcome.replay:
         actor.metrics.events_replayed.inc(welcome.replay)
-    actor.note_traffic()
+    actor.timer.note_traffic()
     if len(actor.room.outboxes) == 1:
         actor.arm_timer()  # parked until now: from here on, watch for idleness
     command.future.set_result(welcome)

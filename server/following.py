@@ -21,14 +21,21 @@ log = structlog.get_logger("bamboo_session.actor")
 Ending = tuple[CloseCode, str, str | None]  # the close, and how the feed ended
 
 
+def _not_following() -> bool:
+    return False
+
+
 class Following:
-    __slots__ = ("_on_ready", "_session_id", "_storage", "subscription")
+    __slots__ = ("_on_ready", "_session_id", "_storage", "ready", "subscription")
 
     def __init__(self, storage: Storage, session_id: str, on_ready: Callable[[], object]) -> None:
         self._storage = storage
         self._session_id = session_id
         self._on_ready = on_ready  # wakes the actor: events wait, or the feed ended
         self.subscription: Subscription | None = None
+        # Whether events wait, or the feed ended: the subscription's own ``ready``
+        # while there is one (no call in between: the actor asks three times an event).
+        self.ready: Callable[[], bool] = _not_following
 
     @property
     def active(self) -> bool:
@@ -41,14 +48,11 @@ class Following:
         ended = None if subscription is None else subscription.ended
         return otherwise if ended is None else ended
 
-    def ready(self) -> bool:
-        subscription = self.subscription
-        return subscription is not None and subscription.ready()
-
     async def start(self, after_seq: int) -> None:
         subscription = await self._storage.subscribe(self._session_id, after_seq)
         subscription.on_ready(self._on_ready)
         self.subscription = subscription
+        self.ready = subscription.ready
 
     def stored_up_to(self, seq: int) -> None:
         """The store holds events up to ``seq``: they are ready to take, whether or not
@@ -59,6 +63,7 @@ class Following:
 
     def stop(self) -> None:
         subscription, self.subscription = self.subscription, None
+        self.ready = _not_following
         if subscription is not None:
             subscription.on_ready(None)
             subscription.close()

@@ -55,6 +55,9 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+_bisect_left = bisect.bisect_left  # one global read an observe, not two (four an append)
+
+
 class Histogram(Collector):
     """A histogram for one event loop's hot path: ``observe`` is not thread-safe, and
     needs no lock since only the loop's thread calls it (and renders it)."""
@@ -67,7 +70,7 @@ class Histogram(Collector):
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[_bisect_left(self.bounds, value)] += 1
         self.sum += value
 
     @property
