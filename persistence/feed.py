@@ -219,8 +219,13 @@ class FeedSubscription:
             self._buffered_bytes -= buffer.popleft().size
         if not buffer or buffer[0].seq != self._position + 1:
             return []
-        batch = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-        self._buffered_bytes -= sum(event.size for event in batch)
+        batch: list[StoredEvent] = []
+        taken = 0
+        for _ in range(min(limit, len(buffer))):  # one pass, no comprehension's frame
+            event = buffer.popleft()
+            taken += event.size
+            batch.append(event)
+        self._buffered_bytes -= taken
         return batch
 
     async def _read_behind(self, limit: int) -> list[StoredEvent]:

@@ -225,7 +225,8 @@ class StoredEvent(msgspec.Struct):
     @property
     def size(self) -> int:
         """Bytes of the encoded event: what memory and page budgets count."""
-        return len(self.event_json)
+        data = self._json  # as event_json, without its call once encoded: 3 an append
+        return len(data if data is not None else self.event_json)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StoredEvent):

@@ -25,8 +25,12 @@ def _not_following() -> bool:
     return False
 
 
+def _nothing_at_hand(limit: int) -> list[StoredEvent]:
+    return []
+
+
 class Following:
-    __slots__ = ("_on_ready", "_session_id", "_storage", "ready", "subscription")
+    __slots__ = ("_on_ready", "_session_id", "_storage", "ready", "subscription", "take_buffered")
 
     def __init__(self, storage: Storage, session_id: str, on_ready: Callable[[], object]) -> None:
         self._storage = storage
@@ -36,6 +40,11 @@ class Following:
         # Whether events wait, or the feed ended: the subscription's own ``ready``
         # while there is one (no call in between: the actor asks three times an event).
         self.ready: Callable[[], bool] = _not_following
+        # The next events if they are at hand (no read of the store, no wait): the
+        # events this process appended come this way, with no coroutine made to take
+        # them; else none, and :meth:`take` is the way on. The subscription's own
+        # while there is one, as ``ready``.
+        self.take_buffered: Callable[[int], list[StoredEvent]] = _nothing_at_hand
 
     @property
     def active(self) -> bool:
@@ -53,6 +62,7 @@ class Following:
         subscription.on_ready(self._on_ready)
         self.subscription = subscription
         self.ready = subscription.ready
+        self.take_buffered = subscription.take_buffered
 
     def stored_up_to(self, seq: int) -> None:
         """The store holds events up to ``seq``: they are ready to take, whether or not
@@ -64,16 +74,10 @@ class Following:
     def stop(self) -> None:
         subscription, self.subscription = self.subscription, None
         self.ready = _not_following
+        self.take_buffered = _nothing_at_hand
         if subscription is not None:
             subscription.on_ready(None)
             subscription.close()
-
-    def take_buffered(self, limit: int) -> list[StoredEvent]:
-        """The next events if they are at hand (no read of the store, no wait): the
-        events this process appended come this way, with no coroutine made to take
-        them; else none, and :meth:`take` is the way on."""
-        subscription = self.subscription
-        return [] if subscription is None else subscription.take_buffered(limit)
 
     async def take(self, limit: int) -> list[StoredEvent] | Ending | None:
         """The next events; or, once the feed ended, how to close the connections
