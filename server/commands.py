@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from msgspec import Struct
+
 from bamboo_session.persistence.base import (
     Appended,
     SessionClosed,
@@ -79,8 +81,10 @@ class _Request:
         return error.code.value
 
 
-@dataclass(slots=True)
-class Append(_Request):
+class Append(Struct, _Request):
+    """An append (an ``event`` or ``message`` frame, an item of a ``batch``, an
+    in-process call). A Struct, made in C: one for every event appended."""
+
     event: AnyAgentEvent
     key: str | None = None
     origin: Outbox | None = None

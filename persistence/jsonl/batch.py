@@ -2,19 +2,24 @@
 (``Batch``), one log file's share of the commit (``Group``), a session's deletion
 (``Forget``), an open log descriptor (``OpenLog``), the commit between the halves
 that run on the event loop's thread and on the I/O thread (``Commit``), and what waits
-in the writer's queue (``QueuedAppend``, ``QueuedControl``)."""
+in the writer's queue (``QueuedAppend``, ``QueuedControl``).
+
+Structs rather than dataclasses: made in C, with no Python ``__init__`` to run. An
+append with fsync makes a Batch, a Group, a Commit and a QueuedAppend: their
+dataclass ``__init__`` were 109 of its 7,000 bytecode instructions (bench/RESULTS.md,
+the fortieth round)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from bamboo_session.protocol.models import StoredEvent
 
 
-@dataclass(slots=True)
-class Batch:
+class Batch(Struct):
     """The events of one append call, encoded (``data``: whole lines) and as objects."""
 
     events: list[StoredEvent]
@@ -24,8 +29,7 @@ class Batch:
     imported: bool = False  # carried over from another store: not activity
 
 
-@dataclass(slots=True)
-class Group:
+class Group(Struct):
     """One log file's share of a batch."""
 
     session_id: str
@@ -42,8 +46,7 @@ class Group:
     size_before: int = 0  # the log's good size before this batch: where a cut goes
 
 
-@dataclass(slots=True)
-class Forget:
+class Forget(Struct):
     """A session deleted: its deletion goes to the WAL, its descriptor is closed.
     ``error``: the deletion could not be recorded (then the delete must not go on, or
     a crash could feed the old events into a new session of the same id).
@@ -60,15 +63,13 @@ class Forget:
     uncut: int = 0
 
 
-@dataclass(slots=True)
-class OpenLog:
+class OpenLog(Struct):
     fd: int
     size: int  # bytes known good: every acknowledged line, nothing torn
     unsynced: bool = False
 
 
-@dataclass(slots=True)
-class Commit:
+class Commit(Struct):
     """One batch between its steps (``commits.py``): what ``write`` did, and what
     ``finish`` must still do, on the I/O thread or in the sync helper."""
 
@@ -100,8 +101,7 @@ class Commit:
         )
 
 
-@dataclass(slots=True)
-class QueuedAppend:
+class QueuedAppend(Struct):
     """An append in the writer's queue; ``generation``: its session's when submitted
     (a failure starts a new one, and fails what was queued behind it)."""
 
@@ -111,8 +111,7 @@ class QueuedAppend:
     future: asyncio.Future[None]
 
 
-@dataclass(slots=True)
-class QueuedControl:
+class QueuedControl(Struct):
     """A marker in the queue: done once every append queued before it is processed;
     with ``forget``, that session's deletion is recorded and its descriptor closed."""
 
