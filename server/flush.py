@@ -83,6 +83,31 @@ class DirectSink(Protocol):
         ...
 
 
+def can_write_now(ws: ServerConnection) -> bool:
+    """Whether frames may go to ``ws``'s socket without awaiting: the connection open,
+    its write buffer below the high-water mark, no extension (compression) to transform
+    them, and no fragmented message of websockets' own under way."""
+    protocol = ws.protocol
+    return (
+        protocol.state is OPEN
+        and not ws.paused
+        and not protocol.extensions
+        and not protocol.expect_continuation_frame
+    )
+
+
+def write_now(ws: ServerConnection, frames: list[bytes]) -> bool:
+    """Writes already framed ``frames`` at once, in one ``writelines``, when ``ws`` can
+    take them without awaiting (:func:`can_write_now`, and its transport not closing);
+    whether it did. What websockets itself has queued (a pong) goes first."""
+    if not can_write_now(ws) or ws.transport.is_closing():
+        return False
+    chunks = ws.protocol.data_to_send()
+    chunks.extend(frames)
+    ws.transport.writelines(chunks)
+    return True
+
+
 class WebSocketSink:
     """A connection's socket, written to as websockets' ``send()`` would, minus the
     await: only while the connection is open, its write buffer below the high-water
@@ -103,14 +128,7 @@ class WebSocketSink:
         self.start_writer = start_writer
 
     def can_write(self) -> bool:
-        ws = self.ws
-        protocol = ws.protocol
-        return (
-            protocol.state is OPEN
-            and not ws.paused
-            and not protocol.extensions
-            and not protocol.expect_continuation_frame
-        )
+        return can_write_now(self.ws)
 
     def write(self, frames: list[Outbound]) -> None:
         ws = self.ws
@@ -199,7 +217,15 @@ async def send_frames(ws: ServerConnection, frames: list[bytes]) -> None:
     context around one ``writelines`` instead of a frame at a time. The writer task's
     way, when it must await room in the socket's buffer; server/flush.py writes the same
     bytes without awaiting when there is room. With an extension (compression) frames
-    are left to websockets to transform."""
+    are left to websockets to transform.
+
+    Frames that the socket has room for are written at once (:func:`write_now`): what
+    ``send()``'s context would await then is nothing. Written past the high-water mark,
+    they are in the socket's buffer, and what is left is the wait for room."""
+    if write_now(ws, frames):
+        if not ws.paused:
+            return
+        frames = []  # written: the context below only waits for the buffer to drain
     protocol = ws.protocol
     async with ws.send_context():
         if protocol.extensions:

@@ -37,7 +37,7 @@ from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode
 
 from .failures import failure_of
-from .flush import send_frames
+from .flush import send_frames, write_now
 from .metrics import Metrics
 from .outbound import BYTES_HEADER, Outbound
 from .outbox import Outbox
@@ -321,8 +321,15 @@ async def _send_page(
 
     Progress is what left the process or the kernel: a deadline for the whole page
     would close slow but steady readers, because the kernel reports a full socket
-    writable again only once a good part of its buffer (megabytes, autotuned) drained."""
-    sending = asyncio.ensure_future(send_frames(ws, frames))
+    writable again only once a good part of its buffer (megabytes, autotuned) drained.
+
+    A page the socket has room for (a resume's few missed events, mostly) is written at
+    once, and is taken as soon as its buffer stays below the high-water mark: no task,
+    no wait and no look at the kernel's queue for what needs none."""
+    written = write_now(ws, frames)
+    if written and not ws.paused:
+        return True
+    sending = asyncio.ensure_future(send_frames(ws, [] if written else frames))
     waiting = _Waiting(ws)
     check = min(1.0, stall_timeout / 4)
     try:
