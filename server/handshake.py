@@ -155,8 +155,9 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             # with 1011 once the session existed, leaving on /api/v1/stream a session
             # whose id its client never learned.
             deadline = max(deadline, created[0] + services.page_reads.timeout)
-        conn.session_id = session_id
-        conn.bind_log_ids(session_id=session_id)
+        if session_id != conn.session_id:  # a new session's: run() bound the path's
+            conn.session_id = session_id
+            conn.bind_log_ids(session_id=session_id)
         outbox = Outbox(
             conn.connection_id,
             hello.role,

@@ -30,6 +30,9 @@ import urllib.parse
 from .auth import is_loopback
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+# Host values whose verdict a guard keeps (RequestGuard.host_allowed): a header line is
+# at most 8 KiB, so the kept ones hold at most 512 KiB.
+HOST_VERDICTS = 64
 MALFORMED_AUTHORITY = (
     "the Host header (or the request target's host) is not host or host:port, a port "
     "being digits up to 65535 and an IPv6 address in brackets (RFC 9110 7.2, RFC 3986 3.2)"
@@ -175,10 +178,23 @@ class RequestGuard:
         self.hosts = frozenset(_host_and_authority(h)[1] for h in allowed_hosts if h.strip())
         self.any_origin = "*" in self.origins or (auth_enabled and not self.origins)
         self.any_host = "*" in self.hosts or (auth_enabled and not self.hosts)
+        self._host_verdicts: dict[str, bool] = {}
 
     def host_allowed(self, host_header: str | None) -> bool:
         if self.any_host or host_header is None:
             return True
+        # Every request's Host is judged, and a server's clients send one or a few: the
+        # verdict is kept, for HOST_VERDICTS values at most (each within a header line).
+        verdicts = self._host_verdicts
+        verdict = verdicts.get(host_header)
+        if verdict is None:
+            verdict = self._judge_host(host_header)
+            if len(verdicts) >= HOST_VERDICTS:
+                verdicts.clear()
+            verdicts[host_header] = verdict
+        return verdict
+
+    def _judge_host(self, host_header: str) -> bool:
         host, value = _host_and_authority(host_header)
         if value in self.hosts or host in self.hosts or _is_loopback_name(host):
             return True

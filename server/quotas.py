@@ -98,6 +98,19 @@ def creator_key(user: str | None, address: str | None) -> str | None:
         return "user:" + user
     if address is None:
         return None
+    return _address_key(address)
+
+
+# Addresses whose key is kept: a connect asks for its peer's, and most peers connect
+# many times (every viewer of one machine, a storm of resumes), so each is parsed once.
+# An address is the socket's (http_answer.py ``peer_host``), at most 45 characters:
+# the cache holds well under 1 MiB.
+ADDRESS_KEYS: Final = 4096
+
+
+@functools.lru_cache(maxsize=ADDRESS_KEYS)
+def _address_key(address: str) -> str:
+    """``addr:`` and the address, an IPv6 one as its /64, an IPv4-mapped one as IPv4."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
