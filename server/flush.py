@@ -128,7 +128,16 @@ class WebSocketSink:
         self.start_writer = start_writer
 
     def can_write(self) -> bool:
-        return can_write_now(self.ws)
+        # can_write_now's checks, inline: this runs for every connection a fan-out
+        # writes to, where a call more is a call per connection per event.
+        ws = self.ws
+        protocol = ws.protocol
+        return (
+            protocol.state is OPEN
+            and not ws.paused
+            and not protocol.extensions
+            and not protocol.expect_continuation_frame
+        )
 
     def write(self, frames: list[Outbound]) -> None:
         ws = self.ws
