@@ -117,11 +117,12 @@ async def attach(conn: Connection, hello: Hello) -> bool:
     try:
         request = ws.request
         authorization = request.headers.get("Authorization") if request else None
-        if request is not None:
+        if request is not None and (request.headers or ws.response is not None):
             # Nothing reads the handshake's headers past here, and websockets would
             # keep them, the request's and the response's, for as long as the
             # connection stays open: about 3.5 KiB of an idle connection. (A
-            # request stays: websockets reads None as "no handshake yet".)
+            # request stays: websockets reads None as "no handshake yet".) Most come
+            # here with nothing left to drop (http_wire.py kept only Authorization).
             ws.request = Request(request.path, Headers())
             ws.response = None
         principal = services.access.authenticate_hello(hello, authorization)
