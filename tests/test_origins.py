@@ -108,6 +108,18 @@ def test_the_bound_address_passes_and_any_ip_when_bound_everywhere() -> None:
     assert not everywhere.host_allowed("rebound.evil.example:8765")
 
 
+def test_a_guard_that_has_judged_many_hosts_judges_each_as_a_new_one_would() -> None:
+    # Its verdicts are kept for a few Host values (origins.HOST_VERDICTS): asked of many
+    # more, twice over, it answers each as a guard that has judged nothing yet.
+    guard = RequestGuard("127.0.0.1", auth_enabled=False)
+    hosts = [f"127.0.0.{i}:8765" for i in range(1, 100)] + [f"h{i}.example" for i in range(100)]
+    for _ in range(2):
+        for host in hosts:
+            fresh = RequestGuard("127.0.0.1", auth_enabled=False)
+            assert guard.host_allowed(host) is fresh.host_allowed(host), host
+            assert guard.host_allowed(host) is host.startswith("127."), host
+
+
 def test_with_auth_any_host_and_origin_pass_unless_listed() -> None:
     open_guard = RequestGuard("0.0.0.0", auth_enabled=True)
     assert open_guard.host_allowed("bamboo.example.com")
