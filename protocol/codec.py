@@ -28,7 +28,7 @@ from .free_form import (
     MAX_FREE_VALUES,
     UNCOUNTED,
     free_form_problem,
-    held_by_strings,
+    held_at_most,
     walk_free_form,
 )
 from .leap_seconds import INVALID_TIME, LeapSecondReader
@@ -183,9 +183,6 @@ class Codec:
         self.name = name
         self.subprotocol = subprotocol
         self.text = text  # whether frames go out as WebSocket text frames
-        # In a frame of this codec's type (str or bytes):
-        self._backslash: Any = "\\" if text else b"\\"
-        self._escape: Any = "\\u" if text else b"\\u"
         self._encode = encoder.encode
         self._to_wire = to_wire  # turns an object into what the encoder must see, if set
         self._client = make_decoder(ClientFrame)
@@ -253,8 +250,9 @@ class Codec:
     def decode_weighed(self, data: bytes | str) -> tuple[ClientFrame, int, int]:
         """:meth:`decode_frame`; its bytes and ``FREE_VALUE_BYTES`` per free-form value
         (what its decode cost, as the byte rate counts it); and what it weighs decoded:
-        the same, its bytes replaced by what its strings' characters hold where that is
-        more (a str is as wide as its widest character: 4 bytes each with an emoji)."""
+        the same, its bytes replaced by what its strings' characters hold at most where
+        that may be more (a str is as wide as its widest character: 4 bytes each with an
+        emoji), free_form.py ``held_at_most``."""
         if isinstance(data, str) != self.text:
             kind = "binary" if self.text else "text"
             message = f"a {kind} frame on the {self.subprotocol} subprotocol"
@@ -262,15 +260,9 @@ class Codec:
         frame, values = self._decode(data)
         size = len(data)
         cost = size + values * FREE_VALUE_BYTES
-        # Plain ASCII without a \u escape decodes to strings of a byte a character, as
-        # its bytes spell them: the common frame (a token) weighs no more, told at C
-        # speed (a str's isascii at once; a backslash looked for as memchr does, ~40
-        # ns a KiB here, the two characters of an escape only where one is: some
-        # 1,500 ns a KiB). MessagePack is never plain ASCII (its headers are bytes above
-        # 0x7f): its frames are weighed by their strings.
-        if data.isascii() and (self._backslash not in data or self._escape not in data):
-            return frame, cost, cost
-        return frame, cost, cost - size + max(size, held_by_strings(frame))
+        # Its strings bounded by its bytes where that is cheap (plain ASCII JSON; a small
+        # frame, MessagePack's every one included), walked where not (free_form.py).
+        return frame, cost, cost - size + held_at_most(data, frame)
 
     def refused_weight(self, data: bytes | str) -> int:
         """The most a frame that :meth:`decode_request` refused may have weighed

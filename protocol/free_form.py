@@ -1,7 +1,45 @@
 """Free-form values: what a published event or message carries in its ``Any`` fields
 (custom ``data``, tool ``arguments``, message ``metadata``), checked as every codec
 carries it, and counted, since a frame's bytes do not bound what its values take once
-decoded."""
+decoded; and what the strings of a frame or message hold decoded (``held_by_strings``,
+a walk), or at most (``held_at_most``: a bound from the frame's bytes, no walk for
+small frames).
+
+Why the bound is sound. ``held_by_strings`` counts, for each str, ``getsizeof(s) -
+getsizeof("")``: an ASCII str of c characters holds c; any other is a wider header
+plus ``w`` bytes a character (and its terminator), ``w`` the width of its widest
+character: 1 (U+0080..U+00FF), 2 (..U+FFFF) or 4. With this interpreter (3.11, 64-bit)
+that is ``X + wc`` with X = 24, 25, 27: 25, 27 and 31 bytes for a string of one
+character (``'é'``, ``'Ā'``, an emoji). What each str costs in a frame is at least its
+UTF-8 bytes n and one byte more: in MessagePack a str header (fixstr, 1 byte; str8/16/32
+more), in JSON two quotes and the ``:``, ``,``, ``]`` or ``}`` that follows it. A string
+of width w holds one character of at least u UTF-8 bytes (u = 2, 2, 4), so
+c <= n - u + 1, and what it holds per byte of the frame, ``(X + w(n - u + 1)) / (n +
+1)``, is w plus a term that falls as n grows: it is most for a string of that one
+character, 25/3, 27/3 (U+0100..U+07FF in MessagePack) and 31/5, and tends to w <= 4.
+In JSON read as a str (a text frame: its length counts characters), a character costs
+at least one and a string at least three more, so at most 31/4; an escape (``\\u00e9``,
+6 characters; a surrogate pair, 12) costs more of the frame for the same character.
+MessagePack ``bin`` and ``ext`` decode to no str (a timestamp to a datetime; bytes and
+extensions in a free-form value are refused). So the strings of any frame hold at most
+``WIDEST_PER_BYTE`` (9) times its bytes, however many tiny strings it holds. Their
+headers (``getsizeof("")``, 49 bytes each) and the decoded structs, dicts and lists
+are not in that count: they are what ``FREE_VALUE_BYTES`` per free-form value (and per
+``batch`` item) pays for, and, for the few fixed fields of a frame, what the count
+bound of a session's queue (``--inbox-limit``) bounds.
+
+Does the bound hold a client back? A frame of at most ``SMALL_FRAME_BYTES`` (224) is
+weighed 9 times its bytes, at most 2,016 bytes, without a walk; a larger one is walked
+as before. With the defaults, a session's queue holds 4,096 requests and 8 MiB (2,048
+bytes a request): 4,096 small frames weigh at most 8,257,536 bytes, so the count is what
+binds first for them, as it was. Decoded, such a frame takes more than its bytes anyway
+(tracemalloc: a 54-byte MessagePack token 165 bytes, a 227-byte CJK message 411, the
+queue's command aside): the bound weighs the token 486, where its bytes said 54. A
+session's queue fills only while the store stalls; then 4,096 small frames weigh 2.0
+to 7.9 MiB where their bytes said 0.2 to 0.9 MiB, and the memory budget (256 MiB by
+default) is reached with 32 to 128 such full queues instead of 290 to 1,210: rings keep
+nothing and backed-up connections close, as they would at any budget reached.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +68,17 @@ _TOO_MANY: Final = f"more than {MAX_FREE_VALUES} free-form values in one frame"
 _FREE_INT_MIN: Final = -(2**63)
 _FREE_INT_MAX: Final = 2**64 - 1
 _EMPTY_STR: Final = sys.getsizeof("")  # a str's header: its characters hold the rest
+# The most the strings of a frame hold decoded per byte of the frame (the module's
+# docstring): a string of one character of each width, over what it costs in the frame
+# at least (its UTF-8 and a header byte), rounded up; 9 with CPython 3.11 and 3.12.
+WIDEST_PER_BYTE: Final = max(
+    -(-(sys.getsizeof(one) - _EMPTY_STR) // (len(one.encode()) + 1))
+    for one in ("\xe9", "\u0100", "\U0001f600")
+)
+# Frames of at most this many bytes are weighed WIDEST_PER_BYTE times their bytes,
+# without a walk: 224 * 9 * --inbox-limit (4,096) stays within --inbox-bytes (8 MiB),
+# so at the defaults a session's queue of small frames is bound by its count first.
+SMALL_FRAME_BYTES: Final = 224
 
 
 def free_form_problem(value: Any) -> str | None:
@@ -97,6 +146,27 @@ def held_by_strings(value: Any) -> int:
         elif isinstance(value, msgspec.Struct):
             values.extend(msgspec.structs.astuple(value))
     return held
+
+
+def held_at_most(data: bytes | str, value: Any) -> int:
+    """Never less than ``data``'s bytes (characters, for a str) nor than
+    ``held_by_strings(value)``, ``value`` being decoded from ``data`` (JSON or
+    MessagePack): plain ASCII JSON without a ``\\u`` escape holds no more than its
+    bytes; a frame of at most ``SMALL_FRAME_BYTES`` is bound by ``WIDEST_PER_BYTE`` times
+    its bytes (the module's docstring proves it); a larger one is walked."""
+    size = len(data)
+    # Told at C speed: a str's isascii at once, a backslash as memchr finds it (~40 ns
+    # a KiB), the two characters of an escape only where one is. MessagePack is never
+    # plain ASCII: its first byte, a map's header, is above 0x7f.
+    if data.isascii():
+        if isinstance(data, str):
+            if "\\" not in data or "\\u" not in data:
+                return size
+        elif b"\\" not in data or b"\\u" not in data:
+            return size
+    if size <= SMALL_FRAME_BYTES:
+        return WIDEST_PER_BYTE * size
+    return max(size, held_by_strings(value))
 
 
 def _scalar_problem(value: Any) -> str | None:
