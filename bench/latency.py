@@ -21,6 +21,7 @@ up shows.
     BENCH_FULL=1 python -m bench.latency       # 10,000 events/s over 1,000 sessions, 20 s
     python -m bench.latency --rate 200 --sessions 4 --seconds 1 --warmup 0.2   # smoke
     python -m bench.latency --peers relay --durability fsync    # the pre-Socket.IO line-up
+    python -m bench.latency --codec msgpack    # Bamboo's agents publish in MessagePack
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def drivers_for(
             "seconds": args.seconds,
             "warmup": args.warmup,
             "samples_path": str(tmp / f"{kind}-{index}.f64"),
+            "codec": args.codec,
         }
         name = f"{kind}[{index}]"
         if kind == compare.SOCKETIO:
@@ -257,6 +259,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help=f"driver processes (default: one per {RATE_PER_DRIVER:,} events/s)",
+    )
+    parser.add_argument(
+        "--codec",
+        choices=("json", "msgpack"),
+        default="json",
+        help="what Bamboo's agents publish in (viewers read JSON; the relay and "
+        "Socket.IO carry JSON)",
     )
     compare.add_args(parser)
     common.add_common_args(parser)

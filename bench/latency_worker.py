@@ -5,7 +5,8 @@ Run by bench/latency.py (``python -m bench.latency_worker``), never by hand: it 
 the JSON lines of bench/workers.py on stdin/stdout. Config: ``kind`` ("bamboo" or
 "relay"), ``url`` (ws://host:port), ``sessions`` (names), ``rate`` (this process's
 events/s), ``seconds``, ``warmup``, ``samples_path`` (where the latencies go, native
-float64 seconds). The Socket.IO peer has the same driver in bench/socketio/driver.js.
+float64 seconds), ``codec`` ("json", or "msgpack": Bamboo's agents publish in
+MessagePack; viewers read JSON). The Socket.IO peer has the same driver in bench/socketio/driver.js.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from bamboo_session.server.process_setup import raise_open_file_limit
 
 from . import common
-from .peers import bamboo_attach, decode_frame, open_ws, timed_frame
+from .peers import bamboo_attach, decode_frame, open_ws, timed_frame, timed_frame_packed
 
 CONNECT_CONCURRENCY = 50
 TICK = 0.001  # the scheduler wakes this often and sends every event that is due
@@ -51,8 +52,11 @@ class Offer:
     """The open loop: ``rate`` events a second for ``seconds`` from ``start``,
     round-robin over the agents, each stamped with its scheduled send time."""
 
-    def __init__(self, rate: float, seconds: float, start: float, measure_from: float) -> None:
+    def __init__(
+        self, rate: float, seconds: float, start: float, measure_from: float, msgpack: bool
+    ) -> None:
         self.rate = rate
+        self.msgpack = msgpack  # the agents publish in MessagePack (binary frames)
         self.start = start
         self.measure_from = measure_from
         self.total = int(rate * seconds)
@@ -80,7 +84,10 @@ class Offer:
                 if scheduled >= self.measure_from:  # lags at start-up are warm-up too
                     self.expected += 1
                     self.send_lags.append(now - scheduled)
-                await agents[self.sent % count].send(timed_frame(scheduled), text=True)
+                if self.msgpack:
+                    await agents[self.sent % count].send(timed_frame_packed(scheduled))
+                else:
+                    await agents[self.sent % count].send(timed_frame(scheduled), text=True)
                 self.sent += 1
             self.last_send = now
             await asyncio.sleep(TICK)
@@ -97,6 +104,12 @@ class Offer:
         }
 
 
+def publishes_msgpack(config: dict[str, Any]) -> bool:
+    """Whether the agents publish in MessagePack: Bamboo's, when asked (the relay
+    forwards what it gets to viewers that read JSON)."""
+    return config["kind"] == "bamboo" and config.get("codec") == "msgpack"
+
+
 async def connect(config: dict[str, Any]) -> tuple[list[ClientConnection], list[ClientConnection]]:
     """(agents, viewers), one of each per session."""
     url, names = config["url"], config["sessions"]
@@ -109,8 +122,10 @@ async def connect(config: dict[str, Any]) -> tuple[list[ClientConnection], list[
         )
         await asyncio.sleep(0.2)  # let the relay register every subscriber
         return agents, viewers
+    packed = publishes_msgpack(config)
     attached = await common.gather_bounded(
-        [bamboo_attach(url, n, role="agent", create=True) for n in names], CONNECT_CONCURRENCY
+        [bamboo_attach(url, n, role="agent", create=True, msgpack=packed) for n in names],
+        CONNECT_CONCURRENCY,
     )
     watching = await common.gather_bounded(
         [bamboo_attach(url, n) for n in names], CONNECT_CONCURRENCY
@@ -139,7 +154,7 @@ async def main() -> None:
     latencies: array.array[float] = array.array("d")
     tasks = [asyncio.ensure_future(watch(v, latencies, measure_from)) for v in viewers]
     tasks += [asyncio.ensure_future(drain(a)) for a in agents]
-    offer = Offer(config["rate"], config["seconds"], start, measure_from)
+    offer = Offer(config["rate"], config["seconds"], start, measure_from, publishes_msgpack(config))
     try:
         async with asyncio.timeout(config["seconds"] + 60):
             await offer.run(agents)

@@ -15,7 +15,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from bamboo_session.protocol.codec import JSON_SUBPROTOCOL
+from bamboo_session.protocol.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 
 CONNECT_TIMEOUT = 30.0
 
@@ -48,6 +48,8 @@ class Frame(msgspec.Struct):
 
 decode_frame = msgspec.json.Decoder(Frame).decode
 _encode = msgspec.json.Encoder().encode
+_decode_packed = msgspec.msgpack.Decoder(Frame).decode
+_pack = msgspec.msgpack.Encoder().encode
 
 
 def token_frame(index: int, key: str | None = None) -> bytes:
@@ -78,16 +80,23 @@ def timed_frame(sent_at: float) -> bytes:
     return b'{"type":"event","event":{"type":"custom","name":"t","data":{"t":%r}}}' % sent_at
 
 
+def timed_frame_packed(sent_at: float) -> bytes:
+    """:func:`timed_frame` in MessagePack."""
+    data = {"t": sent_at}
+    return _pack({"type": "event", "event": {"type": "custom", "name": "t", "data": data}})
+
+
 def token_index(frame: Frame) -> int:
     """The index a ``token_frame`` put in its content."""
     assert frame.event is not None
     return int(frame.event.content.split()[1])
 
 
-async def open_ws(url: str, subprotocol: bool = True) -> ClientConnection:
+async def open_ws(url: str, subprotocol: bool = True, msgpack: bool = False) -> ClientConnection:
+    chosen = MSGPACK_SUBPROTOCOL if msgpack else JSON_SUBPROTOCOL
     return await connect(
         url,
-        subprotocols=[Subprotocol(JSON_SUBPROTOCOL)] if subprotocol else None,
+        subprotocols=[Subprotocol(chosen)] if subprotocol else None,
         compression=None,
         open_timeout=CONNECT_TIMEOUT,
         close_timeout=5,
@@ -104,15 +113,18 @@ async def bamboo_attach(
     create: bool = False,
     last_seq: int | None = None,
     epoch: str | None = None,
+    msgpack: bool = False,
 ) -> tuple[ClientConnection, Frame]:
-    """A connection that sent ``hello`` and read ``welcome``."""
-    ws = await open_ws(f"{base}/api/v1/stream/{session_id}")
+    """A connection that sent ``hello`` and read ``welcome`` (in MessagePack with
+    ``msgpack``)."""
+    ws = await open_ws(f"{base}/api/v1/stream/{session_id}", msgpack=msgpack)
     hello: dict[str, Any] = {"type": "hello", "role": role, "create": create}
     if last_seq is not None:
         hello["last_seq"] = last_seq
         hello["epoch"] = epoch
-    await ws.send(_encode(hello), text=True)
-    welcome = decode_frame(await ws.recv(decode=False))
+    await ws.send(_pack(hello) if msgpack else _encode(hello), text=not msgpack)
+    decode = _decode_packed if msgpack else decode_frame
+    welcome = decode(await ws.recv(decode=False))
     if welcome.type != "welcome":
         await ws.close()
         raise RuntimeError(f"expected welcome, got {welcome}")
