@@ -33,8 +33,8 @@ weighed 9 times its bytes, at most 2,016 bytes, without a walk; a larger one is 
 as before. With the defaults, a session's queue holds 4,096 requests and 8 MiB (2,048
 bytes a request): 4,096 small frames weigh at most 8,257,536 bytes, so the count is what
 binds first for them, as it was. Decoded, such a frame takes more than its bytes anyway
-(tracemalloc: a 54-byte MessagePack token 165 bytes, a 227-byte CJK message 411, the
-queue's command aside): the bound weighs the token 486, where its bytes said 54. A
+(tracemalloc: a 54-byte MessagePack token 165 bytes, a 55-byte CJK one 187, the
+queue's command aside): the bound weighs the first 486, where its bytes said 54. A
 session's queue fills only while the store stalls; then 4,096 small frames weigh 2.0
 to 7.9 MiB where their bytes said 0.2 to 0.9 MiB, and the memory budget (256 MiB by
 default) is reached with 32 to 128 such full queues instead of 290 to 1,210: rings keep
