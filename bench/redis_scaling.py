@@ -274,6 +274,7 @@ def latency_args(args: Any) -> argparse.Namespace:
         seconds=args.seconds,
         warmup=args.warmup,
         drivers=args.drivers,
+        codec="json",
     )
 
 
