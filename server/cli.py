@@ -338,7 +338,7 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
 
     from .app import BambooServer
     from .stop_bounds import exit_status_of_stop
-    from .supervisor import CONFIG_ERROR
+    from .supervisor import CONFIG_ERROR, NOT_STARTED
 
     log = structlog.get_logger("bamboo_session.server")
     stop = asyncio.Event()
@@ -359,7 +359,8 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     except (StorageError, OSError) as exc:
         await server.stop()
         log.error(f"cannot start: {exc}")
-        return 1
+        # A worker's own status, for its supervisor to tell from a stop that failed.
+        return 1 if worker is None else NOT_STARTED
     await stop.wait()
     log.info("shutting down")
     status = await exit_status_of_stop(server, config, second_signal_ends=worker is None)

@@ -11,10 +11,20 @@ listening, so that a worker started again finds the same port, even one picked w
 ``--port 0``), restarts a worker that dies (after a backoff that grows while workers
 keep dying young, and at most ``RESTART_BURST`` restarts a minute), and passes SIGTERM
 and SIGINT on to every worker for a graceful shutdown, exiting once all have exited
-(a second signal kills those still stopping, and the supervisor then exits 128 + that
-signal, as ``serve`` alone does; a worker takes no second signal as the end of its
-stop, server/stop_bounds.py). A worker that exits with status 2 (a configuration error) is
-not restarted: the supervisor stops the others and exits 2.
+(a second signal kills those still stopping; a worker takes no second signal as the end
+of its stop, server/stop_bounds.py). A worker that exits with status 2 (a configuration
+error) is not restarted: the supervisor stops the others and exits 2.
+
+A worker's exit status says how it ended: 0 a clean stop; 1 (``STOP_UNFINISHED``) a
+stop that did not end cleanly, as ``serve`` alone exits 1 (its store's close left at
+``--store-close-timeout`` with appends owed to the disk, or the stop past its bound);
+2 (``CONFIG_ERROR``) a configuration refused; 3 (``NOT_STARTED``) a start that failed
+(the store unreachable, say), restarted like any death. The supervisor's own status,
+after a graceful stop (``status_at_stop``, docs/operations.md): 128 + the second signal
+when that killed a worker still stopping; else 1 when a worker's stop did not end
+cleanly (it exited 1, or died of a signal or a crash in its stop); else 0: every worker
+stopped cleanly or was not serving (one that had not started, or was still starting
+and ended with the signal, owed nothing). 2 stays 2.
 
 A worker ends with its supervisor (Linux): killed with SIGKILL (the OOM killer, an
 operator's ``kill -9``, a crash), the supervisor leaves no worker serving on the port
@@ -45,6 +55,7 @@ import structlog
 from bamboo_session.persistence.url import parse_store_url
 
 from .config import ServerConfig
+from .stop_bounds import STORE_UNFINISHED
 
 log = structlog.get_logger("bamboo_session.supervisor")
 
@@ -54,7 +65,13 @@ BACKOFF_MAX: Final = 30.0
 STABLE_AFTER: Final = 10.0  # a worker that lived this long died of something new
 RESTART_BURST: Final = 10  # restarts within RESTART_WINDOW at most, over all workers
 RESTART_WINDOW: Final = 60.0
+STOP_UNFINISHED: Final = STORE_UNFINISHED  # a worker's (and serve's) unclean stop: 1
 CONFIG_ERROR: Final = 2  # a worker's exit status for a bad configuration: not retried
+NOT_STARTED: Final = 3  # a worker's exit status when it could not start: restarted
+# What a worker still starting when the stop came ends with: not a failed stop.
+_NOT_SERVING: Final = frozenset(
+    {0, CONFIG_ERROR, NOT_STARTED, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT}
+)
 _SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -170,10 +187,9 @@ class Supervisor:
         now = time.monotonic()
         if self.stopping:
             log.info("worker exited", worker=slot.number, status=code)
-            if code == -signal.SIGKILL and self._forced_by and self.status == 0:
-                # Killed in its stop: 128 + the signal, as serve alone exits at a second
-                # one (stop_bounds.py), not 0, which says the stop ended cleanly.
-                self.status = 128 + self._forced_by
+            if code not in _NOT_SERVING and not (code == -signal.SIGKILL and self._forced_by):
+                log.error("a worker's stop did not end cleanly", worker=slot.number, status=code)
+            self.status = status_at_stop(self.status, code, self._forced_by)
             return
         if code == CONFIG_ERROR:
             log.error("worker refused its configuration; stopping", worker=slot.number)
@@ -243,6 +259,23 @@ class Supervisor:
         except OSError as exc:
             log.warning("worker will outlive a killed supervisor", worker=number, error=str(exc))
             return True
+
+
+def status_at_stop(status: int, code: int, forced_by: int) -> int:
+    """The supervisor's exit status once a worker exited with ``code`` in a graceful
+    stop, from ``status`` so far; ``forced_by``: the second signal, if one came (it
+    SIGKILLs the workers still stopping). A configuration error stays; a worker killed
+    by the second signal makes it 128 + that signal, as ``serve`` alone exits at a
+    second one (stop_bounds.py); a worker whose stop did not end cleanly makes it
+    ``STOP_UNFINISHED`` (before, 0: a service manager took such a stop for a clean one);
+    a worker that was not serving leaves it as it is."""
+    if status == CONFIG_ERROR or status > 128:
+        return status
+    if code == -signal.SIGKILL and forced_by:
+        return 128 + forced_by
+    if code not in _NOT_SERVING:
+        return STOP_UNFINISHED
+    return status
 
 
 def end_with_parent(parent_pid: int) -> bool:
