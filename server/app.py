@@ -56,7 +56,14 @@ from .replay_shares import ReplayShares
 from .responses import error_response, last_on_its_connection
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
-from .stop_bounds import close_store_within
+from .stop_bounds import (
+    CLOSING_THE_SESSIONS,
+    CLOSING_THE_STORE,
+    DELIVERING,
+    ENDING_THE_BACKGROUND,
+    PARKING,
+    close_store_within,
+)
 from .store_stats import StoreStats, build_labels
 from .stored_caps import StoredCaps
 from .subprotocols import select_subprotocol
@@ -234,21 +241,22 @@ class BambooServer:
         count = len(connections)
         # Nothing a peer sends is answered any more: its close reply least of all.
         discard_input(connections)
-        self.stop_phase = "closing the sessions"
+        self._stop_phase(CLOSING_THE_SESSIONS)
+        self.manager.restart_park.on_stop_park = functools.partial(self._stop_phase, PARKING)
         await self.manager.close(CloseCode.SERVICE_RESTART, reason, grace)
         closing = close_unattached(connections, reason)
-        self.stop_phase = "delivering the peers' last bytes"
+        self._stop_phase(DELIVERING)
         owed = await bytes_delivered(connections, grace)
         if owed:
             log.warning("peers still owed their close after the grace period", peers=owed)
         delivered = time.monotonic()
         if not exiting:
             await self._end_connections(server, closing, grace)
-        self.stop_phase = "ending the background work"
+        self._stop_phase(ENDING_THE_BACKGROUND)
         await self.user_connections.stop(grace)
         await self.services.store_stats.stop()
         if self._given_storage is None and self.storage is not None:
-            self.stop_phase = "closing the store"
+            self._stop_phase(CLOSING_THE_STORE)
             timeout = self.config.store_close_timeout
             self.store_closed = await close_store_within(self.storage, timeout)
         log.info(
@@ -257,6 +265,10 @@ class BambooServer:
             connections_seconds=round(delivered - started, 3),
             storage_seconds=round(time.monotonic() - delivered, 3),
         )
+
+    def _stop_phase(self, phase: str) -> None:
+        self.stop_phase = phase
+        log.debug("stop phase", phase=phase)
 
     async def _end_connections(
         self, server: Server, closing: list[asyncio.Task[None]], grace: float

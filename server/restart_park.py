@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 
 import structlog
@@ -70,6 +70,8 @@ class RestartPark:
         self.since: datetime | None = None  # the store's time the park's fence is at
         self.task: asyncio.Task[None] | None = None
         self.begun = False
+        # Called as the stop's park begins, if one does: a phase of the stop of its own.
+        self.on_stop_park: Callable[[], None] = lambda: None
 
     async def begin(self, foreground: float = FOREGROUND) -> None:
         """Parks for up to ``foreground`` seconds; the batches left go on in a task."""
@@ -106,6 +108,7 @@ class RestartPark:
         session attached left none)."""
         if not self.begun or not isinstance(self.storage, ParksAttached):
             return
+        self.on_stop_park()
         self.parked, deadline, cut = 0, time.monotonic() + STOP_SECONDS, True
         self.since = None  # (the start's fence is not the stop's)
         if self.stop_most > 0:

@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bamboo_session.server")
 
 STORE_UNFINISHED = 1  # serve's exit status when the store could not finish its close
+# The phases of a stop, in order, as the log names them (``phase``, and the debug line
+# ``stop phase`` as each begins) and docs/operations.md lists them with their bounds.
+CLOSING_THE_SESSIONS = "closing the sessions"
+PARKING = "parking the sessions left attached"
+DELIVERING = "delivering the peers' last bytes"
+ENDING_THE_BACKGROUND = "ending the background work"
+CLOSING_THE_STORE = "closing the store"
 SLACK = 5.0  # seconds the stop's other steps (and a loaded machine) get on top
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -66,3 +66,36 @@ async def test_the_stop_says_it_stopped_at_its_bound_only_when_it_left_sessions(
     assert at_start == ([beyond] if beyond else [])
     assert set((await stored_states(url)).values()) == {SessionState.DISCONNECTED}
     assert_no_tracebacks(records)
+
+
+PHASES = [
+    "closing the sessions",
+    "parking the sessions left attached",
+    "delivering the peers' last bytes",
+    "ending the background work",
+    "closing the store",
+]
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_the_park_is_a_phase_of_the_stop_of_its_own_in_the_log(
+    kind: str, tmp_path: Path
+) -> None:
+    """The phases a stop logs as each begins (``stop phase``, debug), by the names its
+    other lines give them (``phase``: a second signal, a stop past its bound) and
+    docs/operations.md lists: the park of the sessions left attached is its own, not
+    part of ``closing the sessions`` (the log named it so until h389)."""
+    url = store_url(kind, tmp_path)
+    flags = ("--store", url, "--log-level", "debug")
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *flags)
+    await server.start_in_loop()
+    try:
+        ws, _ = await hello(server.port, "chat")
+        assert await asyncio.to_thread(server.stop) == 0
+        ws.transport.abort()
+    finally:
+        server.kill()
+    records = server.log_records()
+    assert [r["phase"] for r in records if r.get("event") == "stop phase"] == PHASES
+    phases = [r.get("event") for r in records if r.get("event") in ("stop phase", AT_STOP)]
+    assert phases.index(AT_STOP) == 2  # the park's own line, within its phase
