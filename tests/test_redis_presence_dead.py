@@ -253,6 +253,11 @@ async def redis_now_ms(store: RedisStorage) -> int:
     return int(seconds * 1000 + micros // 1000)
 
 
+async def clock_past(store: RedisStorage, ms: float) -> bool:
+    """Whether Redis's clock is past millisecond ``ms``."""
+    return await redis_now_ms(store) > ms
+
+
 async def deadline_and_now(store: RedisStorage, instance: str) -> tuple[float | None, int]:
     """``instance``'s deadline and Redis's time, read at once (a transaction): read
     in turn, a renewal between them showed a lapse that was not."""
@@ -286,12 +291,18 @@ async def test_a_claim_is_renewed_only_by_its_holder(
         name, claimed = await a.redis.run("orphans", [instances], ["claim", ms, 16])
         assert name.decode() == stalled.instance
         renew = ["renew", ms, stalled.instance]
-        await asyncio.sleep(0.005)  # a renewal in the claim's own millisecond changes nothing
+        # A renewal in the claim's own millisecond changes nothing: Redis's clock first
+        # leaves it (a claim's deadline is half a millisecond short: orphans.lua).
+        claimed_at = float(claimed) + 0.5 - ms
+        await eventually(lambda: clock_past(a, claimed_at))
         renewed = await a.redis.run("orphans", [instances], [*renew, claimed])
-        assert int(renewed) > int(claimed)
+        assert float(renewed) > float(claimed)
         assert await a.redis.run("orphans", [instances], [*renew, claimed]) is None  # stale
-        await stalled.presence.refresh(held)  # it goes on
+        # It goes on: taken back even in the renewal's own millisecond (which left the
+        # sweeper its claim while deadlines were whole milliseconds: 1 run in 200).
+        await stalled.presence.refresh(held)
         mine = await a.redis.client.zscore(instances, stalled.instance)
+        assert mine is not None and mine > float(renewed)
         assert await a.redis.run("orphans", [instances], [*renew, renewed]) is None
         assert await a.redis.client.zscore(instances, stalled.instance) == mine
         assert await a.presence.sweep_dead() == 0

@@ -21,14 +21,22 @@
 -- Mode 'drop' (KEYS: one instance's sessions, the instances; ARGV: mode, the
 --   instance, then pairs of an entry and the score 'take' read): the entries parked,
 --   those refreshed since kept; the instance goes once none is left.
+-- A claim's deadline (and a renewal's) is half a millisecond short of the one a refresh
+-- (presence.lua) or a 'hold' of the same millisecond gives: these take the instance
+-- back with ZADD GT even then, and 'renew' finds it another's. At a whole millisecond
+-- the two were equal: a refresh in the renewal's own millisecond left the sweeper its
+-- claim on an instance alive after all (tests/test_redis_presence_dead.py, 1 run in 200).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
+local function claim_deadline()
+  return int(now + tonumber(ARGV[2]) - 1) .. '.5'
+end
 if mode == 'claim' then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
   local claimed = {}
   for _, name in ipairs(dead) do
-    redis.call('ZADD', KEYS[1], 'XX', int(now + tonumber(ARGV[2])), name)
+    redis.call('ZADD', KEYS[1], 'XX', claim_deadline(), name)
     claimed[#claimed + 1] = name
     claimed[#claimed + 1] = redis.call('ZSCORE', KEYS[1], name)
   end
@@ -38,7 +46,7 @@ if mode == 'renew' then
   if redis.call('ZSCORE', KEYS[1], ARGV[3]) ~= ARGV[4] then
     return false
   end
-  redis.call('ZADD', KEYS[1], 'XX', int(now + tonumber(ARGV[2])), ARGV[3])
+  redis.call('ZADD', KEYS[1], 'XX', claim_deadline(), ARGV[3])
   return redis.call('ZSCORE', KEYS[1], ARGV[3])
 end
 if mode == 'hold' then
