@@ -1,7 +1,9 @@
 """What the keepalive (sliced_reads.py) takes for a peer's signs of life while it waits
 for a Pong: :class:`LinkProgress`, the bytes the peer sends, and the bytes of the
 server's output the peer's TCP acknowledges, each counted only at
-:data:`MIN_LINK_RATE` or more, and the latter only until the Ping itself is through.
+:data:`MIN_LINK_RATE` or more, and the latter only until the Ping itself is through
+(its own way through counted too: the Pong has a whole ``ping_timeout`` from the look
+that finds it through, if what lay ahead of it went at that rate).
 
 The Pong is late, on a working link, only for what lies ahead of one of its two legs:
 the rest of a large frame the peer is uploading (its Pong goes out behind it), or what
@@ -93,8 +95,15 @@ class LinkProgress:
         floor = MIN_LINK_RATE * (now - self._since)
         acked = bytes_acked(self._sock)
         took = 0 if acked is None or self._acked is None else acked - self._acked
-        # The Ping waits behind what the server wrote before it, taken steadily.
-        downlink = took >= floor and self._ping_behind(acked)
+        # The Ping waits behind what the server wrote before it, taken steadily: what
+        # of that went since the previous look counts, the Ping's own way through
+        # included. Counted only while the Ping was still behind at the look, a Ping
+        # through just before it left its Pong the rest of that time: a slow
+        # reader's link, 0.25 s of bytes held between the peer's TCP and the peer,
+        # was closed 1011 with the whole replay through and the Pong on its way
+        # (tests/test_keepalive_slow_download.py, 6 runs in 16 under load).
+        ahead = self._taken_ahead_of_ping(acked)
+        downlink = ahead > 0 and ahead >= floor
         # The Pong waits behind what the peer sends, but only from a peer that takes
         # what it is sent: one that reads nothing holds the server's output unread.
         reading = took > 0 or self._owed() == 0
@@ -104,9 +113,12 @@ class LinkProgress:
             return True
         return False
 
-    def _ping_behind(self, acked: int | None) -> bool:
-        """Whether the Ping has yet to reach the peer's TCP, bytes ahead of it."""
-        return acked is not None and self._ping_end is not None and acked < self._ping_end
+    def _taken_ahead_of_ping(self, acked: int | None) -> int:
+        """The bytes of the output up to the Ping's end that the peer's TCP acknowledged
+        since the previous look (``acked`` now): none once the Ping was through then."""
+        if acked is None or self._acked is None or self._ping_end is None:
+            return 0
+        return min(acked, self._ping_end) - self._acked
 
     def _owed(self) -> int:
         """The server's output not yet acknowledged: in the transport's buffer, and in
