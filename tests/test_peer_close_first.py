@@ -16,6 +16,7 @@ import json
 import socket
 import struct
 import time
+from typing import Any
 
 from websockets.asyncio.client import connect
 
@@ -27,6 +28,7 @@ FAR = 3600.0  # a hello timeout and a ping interval no wait of these tests reach
 CLOSE_TIMEOUT = 0.3
 WAIT = 30.0  # for a condition; the connection would last FAR without the bound
 CLOSE, TEXT, PING = 0x8, 0x1, 0x9
+SUBPROTOCOLS: Any = ["bamboo.v1"]
 
 
 def close_payload(code: int, reason: str) -> bytes:
@@ -83,7 +85,7 @@ def close_and_stay(port: int, session_id: str, *, hello: bool) -> tuple[list[int
 
 async def test_a_websockets_client_closing_before_its_hello_gets_its_close_back() -> None:
     async with run_server(hello_timeout=FAR, close_timeout=CLOSE_TIMEOUT) as server:
-        async with connect(stream_url(server, "s1"), subprotocols=["bamboo.v1"]) as ws:  # type: ignore[list-item]
+        async with connect(stream_url(server, "s1"), subprotocols=SUBPROTOCOLS) as ws:
             await asyncio.wait_for(ws.close(4000, "leaving"), WAIT)
         assert ws.protocol.close_sent is not None and ws.protocol.close_rcvd is not None
         assert (ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason) == (4000, "leaving")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from bamboo_session.server.supervisor import NOT_STARTED, STOP_UNFINISHED, status_at_stop
 from tests.parent_death import ending_with_this_process
@@ -66,9 +66,8 @@ class Supervised:
 
     def listening(self) -> int:
         """The port, once both workers listen."""
-        found = self.until(lambda: len(_LISTENING.findall(self.log_path.read_text())) >= 2, "")
-        assert found
-        return int(_LISTENING.findall(self.log_path.read_text())[0][0])
+        found = self.until(lambda: _LISTENING.findall(self.log_path.read_text())[1:], "two")
+        return int(found[0][0])
 
     def worker_pids(self) -> dict[int, int]:
         started = [r for r in self.records() if r.get("event") == "worker started"]
@@ -105,9 +104,12 @@ def supervised(tmp_path: Path) -> Iterator[Supervised]:
         server.kill()
 
 
-async def append_held_on_some_worker(supervised: Supervised, port: int) -> tuple[int, int]:
+async def append_held_on_some_worker(
+    supervised: Supervised, port: int
+) -> tuple[int, int, ClientConnection]:
     """A publisher's append waiting on a sync that does not end: the sync helper of the
-    worker its connection reached is stopped (SIGSTOP) first. (That worker, the helper's pid)."""
+    worker its connection reached stopped (SIGSTOP) first: that worker, the helper, the
+    publisher."""
     ws = await connect(f"ws://127.0.0.1:{port}/api/v1/stream/{SESSION}", open_timeout=30)
     await ws.send(json.dumps({"type": "hello", "create": True}))
     assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "welcome"
@@ -121,21 +123,20 @@ async def append_held_on_some_worker(supervised: Supervised, port: int) -> tuple
     await ws.send(event(ACKED + 1))
     written = f"event {ACKED + 1}".encode()
     supervised.until(lambda: written in logs[worker].read_bytes(), "the unsynced write")
-    supervised.publisher = ws  # type: ignore[attr-defined]
-    return worker, helper
+    return worker, helper, ws
 
 
 async def test_a_worker_whose_stop_left_its_store_unfinished_makes_the_supervisor_exit_1(
     supervised: Supervised,
 ) -> None:
     port = await asyncio.to_thread(supervised.listening)
-    stuck, helper = await append_held_on_some_worker(supervised, port)
+    stuck, helper, publisher = await append_held_on_some_worker(supervised, port)
     other = 3 - stuck
     try:
         assert await asyncio.to_thread(supervised.stop) == STOP_UNFINISHED
     finally:
         os.kill(helper, signal.SIGCONT)  # it syncs, sees its stream's end, and exits
-        supervised.publisher.transport.abort()  # type: ignore[attr-defined]
+        publisher.transport.abort()
     assert supervised.exits() == {(stuck, STOP_UNFINISHED), (other, 0)}
     records = supervised.records()
     owed = [r for r in records if str(r.get("event")).startswith("the store did not close")]
