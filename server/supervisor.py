@@ -68,8 +68,9 @@ RESTART_WINDOW: Final = 60.0
 STOP_UNFINISHED: Final = STORE_UNFINISHED  # a worker's (and serve's) unclean stop: 1
 CONFIG_ERROR: Final = 2  # a worker's exit status for a bad configuration: not retried
 NOT_STARTED: Final = 3  # a worker's exit status when it could not start: restarted
-# What a worker still starting when the stop came ends with: not a failed stop.
-_NOT_SERVING: Final = frozenset(
+# A worker's exits at a stop that are no failed stop: a clean one, and those of a worker
+# not serving (its start failed, or the stop's signal came while it was starting).
+_NOT_A_FAILED_STOP: Final = frozenset(
     {0, CONFIG_ERROR, NOT_STARTED, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT}
 )
 _SIGNALS: Final = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
@@ -187,7 +188,7 @@ class Supervisor:
         now = time.monotonic()
         if self.stopping:
             log.info("worker exited", worker=slot.number, status=code)
-            if code not in _NOT_SERVING and not (code == -signal.SIGKILL and self._forced_by):
+            if status_at_stop(0, code, self._forced_by) == STOP_UNFINISHED:
                 log.error("a worker's stop did not end cleanly", worker=slot.number, status=code)
             self.status = status_at_stop(self.status, code, self._forced_by)
             return
@@ -273,7 +274,7 @@ def status_at_stop(status: int, code: int, forced_by: int) -> int:
         return status
     if code == -signal.SIGKILL and forced_by:
         return 128 + forced_by
-    if code not in _NOT_SERVING:
+    if code not in _NOT_A_FAILED_STOP:
         return STOP_UNFINISHED
     return status
 
