@@ -69,6 +69,9 @@ _UPDATE_SESSION: Final = (
 _USER_BYTES: Final = "SELECT coalesce(sum(stored_bytes), 0) FROM sessions WHERE user_id = ?"
 _FINAL_CLOSED: Final = SessionState.CLOSED.value
 _EXPIRED: Final = SessionState.EXPIRED.value
+# Expired sessions one write of a cleanup removes: the writes of live sessions wait
+# behind one such step at most, not behind the whole round.
+CLEANUP_STEP: Final = 256
 
 
 class Batch:
@@ -354,15 +357,16 @@ def delete(batch: Batch, session_id: str) -> None:
     _remove(batch, session_id)
 
 
-def cleanup(batch: Batch) -> list[str]:
-    """Remove every expired session; their ids."""
+def cleanup(batch: Batch, limit: int) -> list[str]:
+    """Remove up to ``limit`` expired sessions; their ids (fewer than ``limit``: no
+    other expired session is left)."""
     batch.flush()  # the query below must see this batch's activity
     expired = [
         session_id
         for (session_id,) in batch.db.execute(
             "SELECT id FROM sessions WHERE state = ? UNION "
-            "SELECT id FROM sessions WHERE expires_at <= ?",
-            (_EXPIRED, batch.now_text),
+            "SELECT id FROM sessions WHERE expires_at <= ? LIMIT ?",
+            (_EXPIRED, batch.now_text, limit),
         ).fetchall()
     ]
     for session_id in expired:
