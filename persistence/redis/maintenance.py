@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH: Final = 500
+# Deletes a cleanup keeps under way at once (each its own script: atomic on its own).
+DELETES_AT_ONCE: Final = 16
 
 
 def instance_name() -> str:
@@ -101,22 +103,43 @@ class Maintenance:
         layout, redis = storage.layout, storage.redis
         lease_key, token = fence or ("", "")
         mode = "expired" if only_expired else "any"
+        pending = iter(session_ids)
         removed = 0
-        for session_id in session_ids:
-            channel = layout.channel(session_id)
-            done = await redis.write(
-                "delete",
-                layout.session_keys(session_id),
-                [session_id, layout.index, redis.publish, channel, mode, lease_key, token],
-                notice=DELETED_NOTICE,
-                epoch_of=removed_epoch,
-                channel=channel,
-            )
-            if done:
-                removed += 1
-                storage.live.feed.end(
-                    session_id, DELETED, storage.served_epoch(removed_epoch(done))
-                )
+        failures: list[BaseException] = []
+
+        async def remove_pending() -> None:
+            nonlocal removed
+            for session_id in pending:
+                if failures:
+                    return
+                channel = layout.channel(session_id)
+                try:
+                    done = await redis.write(
+                        "delete",
+                        layout.session_keys(session_id),
+                        [session_id, layout.index, redis.publish, channel, mode, lease_key, token],
+                        notice=DELETED_NOTICE,
+                        epoch_of=removed_epoch,
+                        channel=channel,
+                    )
+                except Exception as exc:  # the first stops the others (Fenced, Redis away)
+                    failures.append(exc)
+                    return
+                if done:
+                    removed += 1
+                    storage.live.feed.end(
+                        session_id, DELETED, storage.served_epoch(removed_epoch(done))
+                    )
+
+        # Several under way at once: one at a time, each waited for its own round trip
+        # and Redis's sync of it (appendfsync always), some 10 deletes a second on a
+        # loaded machine, hours for 50,000 (bench/RESULTS.md, Mass expiry under live
+        # load); together they share Redis's syncs.
+        await asyncio.gather(
+            *(remove_pending() for _ in range(min(DELETES_AT_ONCE, len(session_ids))))
+        )
+        if failures:
+            raise failures[0]
         return removed
 
     async def _loop(self, interval: float) -> None:
