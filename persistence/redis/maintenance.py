@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH: Final = 500
-# Deletes a cleanup keeps under way at once (each its own script: atomic on its own).
+# Deletes a cleanup keeps under way at once (each its own script: atomic on its own):
+# at most this many, and an eighth of the instance's pool of connections to Redis
+# (max_connections), so that live sessions' appends keep the rest.
 DELETES_AT_ONCE: Final = 16
 
 
@@ -135,9 +137,8 @@ class Maintenance:
         # and Redis's sync of it (appendfsync always), some 10 deletes a second on a
         # loaded machine, hours for 50,000 (bench/RESULTS.md, Mass expiry under live
         # load); together they share Redis's syncs.
-        await asyncio.gather(
-            *(remove_pending() for _ in range(min(DELETES_AT_ONCE, len(session_ids))))
-        )
+        at_once = min(DELETES_AT_ONCE, storage.config.max_connections // 8, len(session_ids))
+        await asyncio.gather(*(remove_pending() for _ in range(max(1, at_once))))
         if failures:
             raise failures[0]
         return removed
