@@ -16,7 +16,7 @@ from bamboo_session.persistence import SessionFilter, open_storage
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.persistence.redis.lease import Lease, LeaseRecord
 from bamboo_session.persistence.redis.scripts import Fenced
-from bamboo_session.protocol.models import Session
+from bamboo_session.protocol.models import Session, SessionState
 from tests.redis_server import RedisServer, prefix_for
 
 
@@ -129,3 +129,36 @@ async def test_two_stores_clean_up_under_the_lease(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_round_that_outlasts_the_lease_renews_it_and_ends_whole(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # 5,000 expired sessions take the round longer than the lease (2 s) here: unrenewed
+    # meanwhile, the round's deletes were fenced at the lease's end, it was given up
+    # ("lost the cleanup lease during a cleanup"), and the lease granted again.
+    url = redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=2.0)
+    store = await open_storage(url, cleanup_interval=0.5)
+    assert isinstance(store, RedisStorage)
+    try:
+        count = 5000
+
+        async def expired(i: int) -> None:
+            await store.create_session(Session.new(f"gone-{i}"))
+            await store.update_session_state(f"gone-{i}", SessionState.EXPIRED)
+
+        for start in range(0, count, 500):
+            await asyncio.gather(*(expired(i) for i in range(start, start + 500)))
+        await store.create_session(Session.new("lasting"))
+        for _ in range(1200):  # every expired session gone (within a minute)
+            listed = await store.list_sessions(SessionFilter(limit=10))
+            if [m.id for m in listed.sessions] == ["lasting"]:
+                break
+            await asyncio.sleep(0.05)
+        assert [m.id for m in listed.sessions] == ["lasting"]
+        records = await store.maintenance.lease.records()
+        grants = [r.at_ms - records[0].at_ms for r in records if r.op == "grant"]
+        assert grants == [0], grants
+        check_never_held_twice(records)
+    finally:
+        await store.close()

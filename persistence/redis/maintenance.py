@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+from bamboo_session.tasks import cancel_and_wait
+
 from ..base import StorageError
 from ..feed import DELETED
 from .client import stop_task
@@ -155,7 +157,7 @@ class Maintenance:
                 if time.monotonic() < next_run:
                     continue
                 next_run = time.monotonic() + interval
-                removed = await self.cleanup(fence=lease.fence_args())
+                removed = await self._round_under_lease()
                 self.runs += 1
                 if removed:
                     log.info("removed %d expired sessions", removed)
@@ -164,3 +166,23 @@ class Maintenance:
                 lease.token = None
             except StorageError as exc:
                 log.warning("cleanup failed: %s", exc)
+
+    async def _round_under_lease(self) -> int:
+        """A cleanup round, fenced by the lease, which is renewed every third of its ttl
+        meanwhile: a round of many sessions outlasts the lease (30 s), and unrenewed,
+        its deletes were fenced at the lease's end, the round given up, and the rest
+        left for the round an interval later, itself cut short the same way."""
+        lease = self.lease
+        round_ = asyncio.create_task(self.cleanup(fence=lease.fence_args()))
+        try:
+            while not round_.done():
+                await asyncio.wait([round_], timeout=lease.ttl / 3)
+                if not round_.done():
+                    # Lost (False), or Redis away (raises): the round's next delete is
+                    # fenced, or fails, and ends it.
+                    with contextlib.suppress(StorageError):
+                        await lease.renew()
+            return round_.result()
+        finally:
+            if not round_.done():  # this loop was stopped: the round with it
+                await cancel_and_wait(round_)
