@@ -45,7 +45,7 @@ class JsonlUpkeep(JsonlImports):
     async def cleanup_expired_sessions(self) -> int:
         """Delete the expired sessions, ``CLEANUP_DELETES_AT_ONCE`` at a time: one at a
         time, each waited on two syncs of its own (its deletion in the WAL, its
-        directory's rename), and a round of 50,000 took some 14 minutes (bench/RESULTS.md,
+        directory's rename), 33 a second went: 25 minutes for 50,000 (bench/RESULTS.md,
         "Mass expiry under live load"); deletes under way together share the WAL's
         group commit and the directory's syncs. One whose delete fails stays (it is as
         it was, or its tombstone is finished by the next open), is logged, and is tried
