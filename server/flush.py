@@ -64,8 +64,9 @@ class DirectSink(Protocol):
         """Whether frames may be written now (connection open, buffer not full)."""
         ...
 
-    def write(self, frames: list[Outbound]) -> None:
-        """Write ``frames`` to the socket, in order, in one go."""
+    def write(self, frames: list[bytes]) -> bool:
+        """Write already framed ``frames`` to the socket, in order, in one go, if it can
+        take them now (``can_write``); whether it did."""
         ...
 
     def close_at_once(self, frames: list[Outbound], code: int, reason: str) -> bool:
@@ -139,14 +140,22 @@ class WebSocketSink:
             and not protocol.expect_continuation_frame
         )
 
-    def write(self, frames: list[Outbound]) -> None:
+    def write(self, frames: list[bytes]) -> bool:
+        # can_write's checks, inline: this runs for every connection a turn wrote to.
         ws = self.ws
-        # Whatever websockets itself has queued (a pong) goes first, as send() would.
-        chunks = ws.protocol.data_to_send()
-        codec = self.codec
-        chunks += [out.framed(codec) for out in frames]
-        ws.transport.writelines(chunks)
+        protocol = ws.protocol
+        if (
+            protocol.state is not OPEN
+            or ws.paused
+            or protocol.extensions
+            or protocol.expect_continuation_frame
+        ):
+            return False
+        if protocol.writes:  # what websockets itself has queued (a pong) goes first
+            frames[:0] = protocol.data_to_send()
+        ws.transport.writelines(frames)
         self._count(len(frames))
+        return True
 
     def close_at_once(self, frames: list[Outbound], code: int, reason: str) -> bool:
         """A stopping server's close (its input discarded: server/shutdown.py), written

@@ -42,9 +42,10 @@ class Outbound(msgspec.Struct):
     event_size: int = 0
     held: int = 0
     ring: weakref.ReferenceType[FrameKeeper] | None = None
-    # Framed for each codec at most once (two fields: cheaper than a dict per frame).
-    _json: bytes | None = None
-    _msgpack: bytes | None = None
+    # Framed for each codec at most once (two fields: cheaper than a dict per frame);
+    # read by the flush (server/writer_life.py) before it asks ``framed``.
+    json_frame: bytes | None = None
+    msgpack_frame: bytes | None = None
 
     @classmethod
     def for_event(cls, stored: StoredEvent) -> EventOutbound:
@@ -67,23 +68,23 @@ class Outbound(msgspec.Struct):
     def framed(self, codec: Codec) -> bytes:
         """The frame as ``codec`` encodes it, in one unmasked WebSocket frame: the same
         bytes for every connection of that codec."""
-        data = self._json if codec.text else self._msgpack
+        text = codec.text
+        data = self.json_frame if text else self.msgpack_frame
         if data is None:
             frame = self.frame
             assert frame is not None, "a reply is framed for its one connection's codec"
-            data = websocket_frame(codec.encode(frame), codec.text)
-            if codec.text:
-                self._json = data
+            data = websocket_frame(codec.encode(frame), text)
+            if text:
+                self.json_frame = data
             else:
-                self._msgpack = data
-            self._keep(len(data) + BYTES_HEADER)
+                self.msgpack_frame = data
+            # What it keeps, counted by the ring that keeps it, if one does.
+            size = len(data) + BYTES_HEADER
+            self.held += size
+            keeper = self.ring() if self.ring is not None else None
+            if keeper is not None:
+                keeper.frame_kept(size)
         return data
-
-    def _keep(self, size: int) -> None:
-        self.held += size
-        keeper = self.ring() if self.ring is not None else None
-        if keeper is not None:
-            keeper.frame_kept(size)
 
     def size(self, codec: Codec) -> int:
         """The bytes this frame takes in a queue: an event's as stored plus its

@@ -5,9 +5,10 @@ bounded in frames and in bytes and charged to the process's memory budget: produ
 never wait on it; when it is full, the connection is closed (4429) and the client
 resumes from the log, unless a replay is being sent and making progress: then the
 events queued behind it are read back with it (server/read_back.py). When the
-connection's writer task runs to send what it holds is server/writer_life.py's, the
-outbox's base; what it has handed its socket of the session's events, and the check of
-each frame on its way there, server/sent_events.py's, its base's.
+connection's writer task runs to send what it holds, and what one write takes of it,
+is server/writer_life.py's, the outbox's base; what it has handed its socket of the
+session's events, and the check of each frame on its way there,
+server/sent_events.py's, its base's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from bamboo_session.protocol.codec import JSON, Codec
 from bamboo_session.protocol.errors import CloseCode
@@ -53,10 +54,6 @@ OutboxItem = Outbound | Replay | CloseRequest
 
 
 _COMPACT_AFTER = 1024
-# One write to a socket: at most this many bytes of frames (one frame at least), and
-# FLUSH_FRAMES frames (server/writer_life.py); the rest waits in the queue (counted,
-# bounded) for the next one.
-WRITE_BYTES: Final = 256 * 1024
 
 
 class Outbox(WriterLife):
@@ -67,13 +64,8 @@ class Outbox(WriterLife):
     __slots__ = (
         "_backed_up",
         "_closing_wakeup",
-        "_head",
-        "_items",
         "_settled",
-        "budget",
-        "bytes",
         "closing",
-        "codec",
         "connection_id",
         "handed_over",
         "in_flight",
@@ -180,11 +172,23 @@ class Outbox(WriterLife):
         size = 0
         if isinstance(item, Outbound):
             size = item.event_size or len(item.framed(self.codec))
-        if len(self._items) > self._head and self._full(size):
+        items = self._items
+        if len(items) > self._head and self._full(size):
             if not self._read_back(item, size):
                 self.overflow()
             return
-        self._queue(item, size)
+        items.append(item)
+        self.bytes += size
+        self.budget.used += size
+        # _notify's common case, inline: a frame for a connection whose writer is
+        # absent goes to the flusher, once per turn.
+        if self._scheduled:
+            return
+        if self._writer_absent and self.flusher is not None:
+            self._scheduled = True
+            self.flusher.add(self)
+        else:
+            self._notify()
 
     def _full(self, size: int) -> bool:
         """Whether one more frame of ``size`` bytes would overflow the queue."""
@@ -370,28 +374,3 @@ class Outbox(WriterLife):
         if item is None:
             self._writer_ended()
         return item
-
-    def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]:
-        """``first`` (if given) and the frames queued right behind it, up to ``limit``
-        frames and about :data:`WRITE_BYTES`, so that they go to the socket together (it
-        stops at a replay or the close). What is taken leaves the queue's count of bytes
-        and the budget's; bounding a write keeps what sits in the socket's buffer,
-        uncounted, to about one write past its high-water mark."""
-        codec, items, head = self.codec, self._items, self._head
-        frames = [] if first is None else [first]
-        written = 0 if first is None else first.event_size or len(first.framed(codec))
-        end = min(len(items), head + limit - len(frames))
-        index, taken = head, 0
-        # Each frame's size is read once, and the queue's count updated once for all.
-        while index < end and written < WRITE_BYTES:
-            item = items[index]
-            if not isinstance(item, Outbound):
-                break
-            size = item.event_size or len(item.framed(codec))
-            written += size
-            taken += size
-            frames.append(item)
-            index += 1
-        if index != head:
-            self._taken(index, taken)
-        return frames

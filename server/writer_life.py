@@ -5,8 +5,10 @@ turn, through the :class:`~server.flush.Flusher`, with no task involved. A write
 runs only for what must be awaited (a replay read from the store, the close, a socket
 whose buffer is full; a stopping server's close is written with the frames ahead of it,
 by the flusher): the outbox starts it when such work is queued and none runs,
-and it ends once the outbox is empty, so an idle connection holds no task. The
-outbox's queue itself, its bounds and its close are server/outbox.py's.
+and it ends once the outbox is empty, so an idle connection holds no task. What one
+write takes from the queue is here too: the flusher's write of a turn's frames, one
+loop over them (``flush``), and the writer's (``take_frames``). The outbox's queue
+itself, its bounds and its close are server/outbox.py's.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from .outbound import Outbound
 from .sent_events import FLUSH, SentEvents
 
 if TYPE_CHECKING:
+    from bamboo_session.protocol.codec import Codec
+
+    from .budget import MemoryBudget
     from .metrics import Metrics
     from .outbox import OutboxItem
 
-# One write to a socket: at most FLUSH_FRAMES frames (and WRITE_BYTES, outbox.py).
+# One write to a socket: at most FLUSH_FRAMES frames and WRITE_BYTES bytes of frames (one
+# frame at least); the rest waits in the queue (counted, bounded) for the next one.
 FLUSH_FRAMES: Final = 256
+WRITE_BYTES: Final = 256 * 1024
 
 
 class WriterLife(SentEvents):
@@ -37,14 +44,33 @@ class WriterLife(SentEvents):
     same step as it ends: nothing can be queued between the two. Its base checks what
     goes to the socket (server/sent_events.py)."""
 
-    __slots__ = ("_loop", "_scheduled", "_waiter", "_writer_absent", "flusher", "sink")
+    __slots__ = (
+        "_head",
+        "_items",
+        "_loop",
+        "_scheduled",
+        "_waiter",
+        "_writer_absent",
+        "budget",
+        "bytes",
+        "codec",
+        "flusher",
+        "sink",
+    )
 
-    if TYPE_CHECKING:  # the connection's id and its queue, kept by the Outbox
+    # The queue and its counts, which the flush takes from: set by the Outbox.
+    _items: list[OutboxItem]
+    _head: int
+    codec: Codec
+    bytes: int
+    budget: MemoryBudget
+
+    if TYPE_CHECKING:  # the connection's id and the queue's ways, kept by the Outbox
         connection_id: str
 
         def __len__(self) -> int: ...
         def _head_item(self) -> OutboxItem: ...
-        def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]: ...
+        def _taken(self, head: int, size: int) -> None: ...
         def close_with(self, frames: list[Outbound]) -> bool: ...
 
     def __init__(self, session_id: str | None = None, metrics: Metrics | None = None) -> None:
@@ -124,20 +150,92 @@ class WriterLife(SentEvents):
     def flush(self) -> None:
         """Writes the queued frames to the sink while the writer is idle, and the close
         behind them where the sink can end the connection at once (a stopping server);
-        what needs the writer (a replay, the close, a socket that is full) wakes it."""
+        what needs the writer (a replay, the close, a socket that is full) wakes it.
+
+        The live case is one loop: each frame's size, its seq checked as to_socket
+        would, its bytes; then the queue's and the budget's counts, the last seq sent
+        and the write once for all of them. Anything else (a frame to hold back, a
+        close asked for) takes the general way: take_frames, to_socket, close_with."""
         self._scheduled = False
-        if not (self._writer_absent or self._writer_idle()):
+        if not self._writer_absent:
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                return  # the writer is at work: it takes what was queued
+        items, head = self._items, self._head
+        if len(items) == head:
             return
-        if len(self):
-            sink = self.sink
-            assert sink is not None
-            if sink.can_write():
-                # None when a close is next; every frame passes to_socket on its way.
-                frames = self.to_socket(self.take_frames(None, FLUSH_FRAMES), FLUSH)
-                if (self.closing is None or not self.close_with(frames)) and frames:
-                    sink.write(frames)
-        if len(self):
+        sink = self.sink
+        assert sink is not None
+        if self.closing is not None:
+            self._flush_checked(sink)  # the close may go behind the frames
+        else:
+            text, sent, gaps_expected = self.codec.text, self.sent_seq, self.expects_gaps
+            chunks: list[bytes] = []
+            end = min(len(items), head + FLUSH_FRAMES)
+            index, size, held = head, 0, False
+            while index < end and size < WRITE_BYTES:
+                out = items[index]
+                if not isinstance(out, Outbound):
+                    break  # a replay: the writer's
+                seq = out.seq
+                if seq:  # an event, checked as to_socket checks it
+                    if seq - sent != 1 and (seq <= sent or not gaps_expected):
+                        held = True  # to_socket holds it back, or closes at a gap
+                        break
+                    sent = seq
+                data = out.json_frame if text else out.msgpack_frame
+                if data is None:
+                    data = out.framed(self.codec)
+                size += out.event_size or len(data)
+                chunks.append(data)
+                index += 1
+            if held:
+                self._flush_checked(sink)
+            elif chunks and sink.write(chunks):
+                self.sent_seq = sent
+                if index == len(items):  # drained, the common case: _taken's, inline
+                    items.clear()
+                    self._head = 0
+                    self.bytes -= size
+                    self.budget.used -= size
+                else:
+                    self._taken(index, size)
+        if len(self._items) != self._head:
             self._rouse_writer()
+
+    def _flush_checked(self, sink: DirectSink) -> None:
+        """:meth:`flush`'s general way: frames taken, then checked (to_socket), then
+        written, or written with the close behind them (close_with)."""
+        if sink.can_write():
+            frames = self.to_socket(self.take_frames(None, FLUSH_FRAMES), FLUSH)
+            if (self.closing is None or not self.close_with(frames)) and frames:
+                codec = self.codec
+                sink.write([out.framed(codec) for out in frames])
+
+    def take_frames(self, first: Outbound | None, limit: int) -> list[Outbound]:
+        """``first`` (if given) and the frames queued right behind it, up to ``limit``
+        frames and about :data:`WRITE_BYTES`, so that they go to the socket together (it
+        stops at a replay or the close). What is taken leaves the queue's count of bytes
+        and the budget's; bounding a write keeps what sits in the socket's buffer,
+        uncounted, to about one write past its high-water mark."""
+        codec, items, head = self.codec, self._items, self._head
+        frames = [] if first is None else [first]
+        written = 0 if first is None else first.event_size or len(first.framed(codec))
+        end = min(len(items), head + limit - len(frames))
+        index, taken = head, 0
+        # Each frame's size is read once, and the queue's count updated once for all.
+        while index < end and written < WRITE_BYTES:
+            item = items[index]
+            if not isinstance(item, Outbound):
+                break
+            size = item.event_size or len(item.framed(codec))
+            written += size
+            taken += size
+            frames.append(item)
+            index += 1
+        if index != head:
+            self._taken(index, taken)
+        return frames
 
     async def _work_queued(self) -> None:
         """Waits (the writer, run by ``get``) until something is queued."""

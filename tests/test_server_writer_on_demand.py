@@ -261,12 +261,12 @@ async def test_a_fault_writing_one_connections_frames_drops_it_and_spares_the_ot
     faulty: set[int] = set()  # the client port of the connection whose write fails once
     write = WebSocketSink.write
 
-    def write_or_fail(sink: WebSocketSink, frames: list[Any]) -> None:
+    def write_or_fail(sink: WebSocketSink, frames: list[Any]) -> bool:
         port = sink.ws.remote_address[1]
         if port in faulty:
             faulty.discard(port)
             raise RuntimeError("a fault injected into one connection's write")
-        write(sink, frames)
+        return write(sink, frames)
 
     monkeypatch.setattr(WebSocketSink, "write", write_or_fail)
     async with run_server() as server:
