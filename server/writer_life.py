@@ -162,7 +162,8 @@ class WriterLife(SentEvents):
             if waiter is None or waiter.done():
                 return  # the writer is at work: it takes what was queued
         items, head = self._items, self._head
-        if len(items) == head:
+        queued = len(items)
+        if queued == head:
             return
         sink = self.sink
         assert sink is not None
@@ -171,7 +172,7 @@ class WriterLife(SentEvents):
         else:
             text, sent, gaps_expected = self.codec.text, self.sent_seq, self.expects_gaps
             chunks: list[bytes] = []
-            end = min(len(items), head + FLUSH_FRAMES)
+            end = min(queued, head + FLUSH_FRAMES)
             index, size, held = head, 0, False
             while index < end and size < WRITE_BYTES:
                 out = items[index]
@@ -193,7 +194,7 @@ class WriterLife(SentEvents):
                 self._flush_checked(sink)
             elif chunks and sink.write(chunks):
                 self.sent_seq = sent
-                if index == len(items):  # drained, the common case: _taken's, inline
+                if index == queued:  # drained, the common case: _taken's, inline
                     items.clear()
                     self._head = 0
                     self.bytes -= size
