@@ -51,11 +51,12 @@ class Committer:
         """Whether ``write`` may run on the loop's thread: a small batch to logs that
         are open (opening one may block), and nothing an earlier failure left to cut
         first (a cut syncs)."""
-        size, open_logs = 0, self.files.open_logs
+        size, open_logs, needs_truncate = 0, self.files.open_logs, self.files.needs_truncate
         for group in groups:
-            if group.session_id not in open_logs or group.session_id in self.files.needs_truncate:
+            if group.session_id not in open_logs or group.session_id in needs_truncate:
                 return False
-            size += sum(len(batch.data) for batch in group.batches)
+            for batch in group.batches:
+                size += len(batch.data)
         return size <= LOOP_WRITE_BYTES
 
     def cut_again(self, forgets: Sequence[Forget]) -> None:
@@ -70,7 +71,11 @@ class Committer:
         """The first step: the lines and the WAL records to the page cache."""
         try:
             for group in commit.groups:
-                group.data = b"".join(batch.data for batch in group.batches)
+                batches = group.batches
+                if len(batches) == 1:  # most groups: one append to the session
+                    group.data = batches[0].data
+                else:
+                    group.data = b"".join([batch.data for batch in batches])
                 self._write_group(group, commit)
             if self._durability == "fsync" and self.wal is None:
                 commit.sync_logs = bool(commit.written)
@@ -138,7 +143,8 @@ class Committer:
         for forget in commit.forgets:
             if not forget.cancel:  # a session back from a failed delete keeps its file
                 self.files.forget(forget.session_id)
-        self.files.trim()
+        if len(self.files.open_logs) > self.files.max_open:
+            self.files.trim()
 
     def _write_group(self, group: Group, commit: Commit) -> None:
         """Write one file's lines; a failure is recorded, and cut back by ``finish``."""
@@ -161,28 +167,30 @@ class Committer:
     def _write_wal(self, wal: SegmentFile, commit: Commit) -> None:
         """The written groups' records (and deletions), written to the WAL now when the
         current segment takes them, else kept for ``finish`` to start a new one."""
-        # Cancellations first: one was queued before any append to its session in this
-        # commit (its deletion is in an earlier one), and replay takes a record of lines
-        # after a deletion for a new session's, forgetting the earlier records for good.
-        cancels = [
-            encode_undeleted(forget.session_id, forget.epoch)
-            for forget in commit.forgets
-            if forget.cancel
-        ]
-        records = [
-            encode_lines(
-                group.session_id, group.batches[0].events[0].seq, group.size_before, group.data
-            )
-            for group in commit.written
-        ]
-        deletes = [
-            encode_deleted(forget.session_id, forget.epoch)
-            for forget in commit.forgets
-            if not forget.cancel
-        ]
-        if not cancels and not records and not deletes:
+        written, forgets = commit.written, commit.forgets
+        if forgets:
+            # Cancellations first: one was queued before any append to its session in
+            # this commit (its deletion is in an earlier one), and replay takes a record
+            # of lines after a deletion for a new session's, forgetting the earlier
+            # records for good.
+            records = [
+                encode_undeleted(forget.session_id, forget.epoch)
+                for forget in forgets
+                if forget.cancel
+            ]
+            records += [_record_of(group) for group in written]
+            records += [
+                encode_deleted(forget.session_id, forget.epoch)
+                for forget in forgets
+                if not forget.cancel
+            ]
+            data = b"".join(records)
+        elif len(written) == 1:  # a lone commit: one record, no list
+            data = _record_of(written[0])
+        else:
+            data = b"".join([_record_of(group) for group in written])
+        if not data:
             return
-        data = b"".join([*cancels, *records, *deletes])
         if not wal.ready(time.monotonic(), len(data)):
             commit.wal_data = data
             return
@@ -221,6 +229,13 @@ class Committer:
         else:
             if old is not None:
                 self.rotated.append(old)
+
+
+def _record_of(group: Group) -> bytes:
+    """The WAL record of the lines the group wrote to its log."""
+    return encode_lines(
+        group.session_id, group.batches[0].events[0].seq, group.size_before, group.data
+    )
 
 
 def _fail(commit: Commit, exc: OSError | None) -> None:

@@ -99,7 +99,10 @@ def of_its_own(error: OSError, opened: str | None = None) -> bool:
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is written: a write may be short (disk almost full,
     file size limit) and the rest then fails with the real error."""
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):  # nearly always: no view, no loop
+        return
+    view = memoryview(data)[max(written, 0) :]
     while view:
         written = os.write(fd, view)
         if written <= 0:  # pragma: no cover - os.write raises rather than return 0
@@ -109,7 +112,10 @@ def write_all(fd: int, data: bytes) -> None:
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
     """``os.pwrite`` at ``offset`` until every byte is written (see ``write_all``)."""
-    view = memoryview(data)
+    written = os.pwrite(fd, data, offset)
+    if written == len(data):  # nearly always: no view, no loop
+        return
+    view, offset = memoryview(data)[max(written, 0) :], offset + max(written, 0)
     while view:
         written = os.pwrite(fd, view, offset)
         if written <= 0:  # pragma: no cover - os.pwrite raises rather than return 0

@@ -123,7 +123,8 @@ class Syncer:
         self.cancelled_answer = None
         if fd < 0:  # no file: an "S" now would sync the previous one and say so
             return OSError(errno.EBADF, "no file to sync")
-        self.use(key, fd)
+        if key is not self._file:  # a new segment since the last sync
+            self.use(key, fd)
         if self.broken:
             return OSError(errno.EIO, "the WAL sync helper stopped")
         try:

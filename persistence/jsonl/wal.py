@@ -208,11 +208,18 @@ class SegmentFile:
         """Whether the next batch can go in without first starting a segment, cutting
         a failed record away or allocating room ahead: each syncs, so they belong on
         the I/O thread."""
-        return (
-            self.needs_truncate is None
-            and self.size + incoming <= self.room_end
-            and not self.due(now, incoming)
-        )
+        # ``due``'s checks, inline: this runs at every group commit, on the loop.
+        size = self.size
+        if self.needs_truncate is not None or size + incoming > self.room_end:
+            return False
+        if self.current is None:
+            return False
+        if size == 0:  # an empty segment is never left for a new one
+            return True
+        if size >= self.segment_bytes or now - self._started >= self.segment_age:
+            return False
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return limit == resource.RLIM_INFINITY or size + incoming <= limit
 
     def append(self, data: bytes) -> None:
         """Write and sync ``data``; on failure the segment is cut back to where it was

@@ -272,6 +272,9 @@ class LogWriter:
         a batch never needs more descriptors than the bound (a prefix keeps each
         session's appends in order)."""
         queue, limit = self._queue, self._files.max_open
+        if len(queue) <= limit:  # no more items than the bound: no more files either
+            self._queue = []
+            return queue
         sessions: set[str] = set()
         for i, item in enumerate(queue):
             if isinstance(item, QueuedAppend) and item.session_id not in sessions:
@@ -285,17 +288,26 @@ class LogWriter:
     async def _process(self, batch: list[QueuedAppend | QueuedControl]) -> None:
         groups: dict[str, tuple[Group, list[QueuedAppend]]] = {}
         controls: list[QueuedControl] = []
+        # No session failed yet (most of the time): no append is stale.
+        generations = self._answers.generations
         for item in batch:
-            if isinstance(item, QueuedControl):
+            if type(item) is QueuedControl:
                 controls.append(item)
-            elif not self._answers.stale(item):
+            elif (generations or item.generation) and self._answers.stale(item):
+                continue
+            else:
                 entry = groups.get(item.session_id)
                 if entry is None:
-                    entry = groups[item.session_id] = (Group(item.session_id, []), [])
-                entry[0].batches.append(item.batch)
-                entry[1].append(item)
+                    groups[item.session_id] = (Group(item.session_id, [item.batch]), [item])
+                else:
+                    entry[0].batches.append(item.batch)
+                    entry[1].append(item)
         ordered = list(groups.values())
-        forgets = [control.forget for control in controls if control.forget is not None]
+        forgets = (
+            [control.forget for control in controls if control.forget is not None]
+            if controls
+            else []
+        )
         async with self._files_in_use:
             try:
                 await self._commit([group for group, _ in ordered], forgets)
@@ -304,8 +316,8 @@ class LogWriter:
                 # their end, a cancellation raised after them), and answered now.
                 self._answers.settle(ordered, controls)
             # After the acknowledgements, before the next batch opens more descriptors.
-            released = self._files.take_released()
-            if released:
+            if self._files.released:
+                released = self._files.take_released()
                 syncs = self._syncs.on_sync_threads(self._files.sync_and_close, released)
                 await to_completion(syncs)
         rotated = self._commits.rotated
@@ -318,7 +330,8 @@ class LogWriter:
 
     async def _commit(self, groups: list[Group], forgets: list[Forget]) -> None:
         commits, commit = self._commits, Commit(groups, forgets)
-        commits.cut_again(forgets)  # before this commit's appends to a session back
+        if forgets:
+            commits.cut_again(forgets)  # before this commit's appends to a session back
         try:
             if commits.on_loop(groups):
                 commits.write(commit)
