@@ -15,7 +15,7 @@ import errno
 from collections.abc import Callable, Iterable
 
 from ..base import SessionLogFailed, StorageError
-from .batch import Batch, Group, QueuedAppend, QueuedControl
+from .batch import Batch, Group, QueuedControl
 from .logfiles import LogFiles
 
 # (session id, [(where the batch's lines start in the log, batch)], new log size)
@@ -35,7 +35,7 @@ class Answers:
         self._on_failed = on_failed
         self.generations: dict[str, int] = {}
 
-    def stale(self, append: QueuedAppend) -> bool:
+    def stale(self, append: Batch) -> bool:
         """Queued before a failure of its session's: failed without being written."""
         if append.generation == self.generations.get(append.session_id, 0):
             return False
@@ -48,22 +48,25 @@ class Answers:
         )
         return True
 
-    def settle(
-        self, groups: list[tuple[Group, list[QueuedAppend]]], controls: list[QueuedControl]
-    ) -> None:
+    def settle(self, groups: list[Group], controls: list[QueuedControl]) -> None:
         """Answer a group commit's appends and markers, once its outcome is known: the
         owner is told first (``on_written``, ``on_failed``), so its metadata describes
         the log by the time a caller hears."""
-        for group, appends in groups:
+        for group in groups:
+            appends = group.batches
             if group.ok:
-                written, offset = [], group.size_before
-                for batch in group.batches:
-                    written.append((offset, batch))
-                    offset += len(batch.data)
+                if len(appends) == 1:  # most groups: one append to the session
+                    written = [(group.size_before, appends[0])]
+                else:
+                    written, offset = [], group.size_before
+                    for batch in appends:
+                        written.append((offset, batch))
+                        offset += len(batch.data)
                 self._on_written(group.session_id, written, group.new_size)
                 for append in appends:
-                    if not append.future.done():
-                        append.future.set_result(None)
+                    future = append.future
+                    if future is not None and not future.done():
+                        future.set_result(None)
             else:
                 cause = group.error or OSError("the log writer failed")
                 failure = SessionLogFailed if group.alone else StorageError
@@ -87,14 +90,14 @@ class Answers:
             else:
                 control.future.set_result(None)
 
-    def fail_unanswered(self, items: Iterable[QueuedAppend | QueuedControl], why: str) -> None:
+    def fail_unanswered(self, items: Iterable[Batch | QueuedControl], why: str) -> None:
         """The writer's task ended (``why``) with these in its queue or its batch, not
         written (a commit that ran answered its own): each not answered yet fails, and
         its session's seqs are handed out again from its last written one."""
         cause = OSError(errno.ECANCELED, f"the log writer stopped ({why})")
         failed_sessions: set[str] = set()
         for item in items:
-            if item.future.done():
+            if item.future is None or item.future.done():
                 continue
             if isinstance(item, QueuedControl):
                 what = "the deletion" if item.forget is not None else "what was queued"
@@ -116,6 +119,6 @@ class Answers:
         self._on_failed(session_id, cause, self._files.uncut.get(session_id, 0))
 
 
-def _fail(future: asyncio.Future[None], error: BaseException) -> None:
-    if not future.done():
+def _fail(future: asyncio.Future[None] | None, error: BaseException) -> None:
+    if future is not None and not future.done():
         future.set_exception(error)

@@ -2,12 +2,12 @@
 (``Batch``), one log file's share of the commit (``Group``), a session's deletion
 (``Forget``), an open log descriptor (``OpenLog``), the commit between the halves
 that run on the event loop's thread and on the I/O thread (``Commit``), and what waits
-in the writer's queue (``QueuedAppend``, ``QueuedControl``).
+in the writer's queue (a ``Batch`` per append, ``QueuedControl``).
 
 Structs rather than dataclasses: made in C, with no Python ``__init__`` to run. An
-append with fsync makes a Batch, a Group, a Commit and a QueuedAppend: their
-dataclass ``__init__`` were 109 of its 7,000 bytecode instructions (bench/RESULTS.md,
-the fortieth round)."""
+append with fsync makes a Batch, a Group and a Commit (and made a QueuedAppend
+besides, before the Batch was queued itself): their dataclass ``__init__`` were 109 of
+its 7,000 bytecode instructions (bench/RESULTS.md, the fortieth round)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,24 @@ from bamboo_session.protocol.models import StoredEvent
 
 
 class Batch(Struct):
-    """The events of one append call, encoded (``data``: whole lines) and as objects."""
+    """The events of one append call, encoded (``data``: whole lines) and as objects.
+    Queued (``LogWriter.submit``), it is also the append in the writer's queue: its
+    session, the session's ``generation`` then (a failure starts a new one, and fails
+    what was queued behind it), and the ``future`` its caller awaits. One object per
+    append, not a second one to hold it in the queue."""
 
     events: list[StoredEvent]
     data: bytes
     # (seq, offset in data, length without the newline) of each ``message`` event
     messages: list[tuple[int, int, int]] = field(default_factory=list)
     imported: bool = False  # carried over from another store: not activity
+    session_id: str = ""
+    generation: int = 0
+    future: asyncio.Future[None] | None = None  # set when queued
 
 
 class Group(Struct):
-    """One log file's share of a batch."""
+    """One log file's share of a group commit: its session's queued appends, in order."""
 
     session_id: str
     batches: list[Batch]
@@ -99,16 +106,6 @@ class Commit(Struct):
         return bool(self.cuts or self.wal_data or self.sync_logs or self.failed) or (
             self.wal_before is not None
         )
-
-
-class QueuedAppend(Struct):
-    """An append in the writer's queue; ``generation``: its session's when submitted
-    (a failure starts a new one, and fails what was queued behind it)."""
-
-    session_id: str
-    batch: Batch
-    generation: int
-    future: asyncio.Future[None]
 
 
 class QueuedControl(Struct):

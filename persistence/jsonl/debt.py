@@ -8,15 +8,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..capabilities import DiskDebt
-from .batch import QueuedAppend, QueuedControl
+from .batch import Batch, QueuedControl
 from .syncer import Syncer
 
 Step = Syncer | Callable[..., object] | None  # the helper, the I/O thread's call, the loop
 
 
 def debt_of(
-    in_flight: Sequence[QueuedAppend | QueuedControl],
-    queue: Sequence[QueuedAppend | QueuedControl],
+    in_flight: Sequence[Batch | QueuedControl],
+    queue: Sequence[Batch | QueuedControl],
     waiting_on: Step,
     since: float,
 ) -> DiskDebt:
@@ -26,15 +26,17 @@ def debt_of(
     appends = [
         item
         for item in (*in_flight, *queue)
-        if isinstance(item, QueuedAppend) and (not item.future.done() or item.future.cancelled())
+        if isinstance(item, Batch)
+        and item.future is not None
+        and (not item.future.done() or item.future.cancelled())
     ]
     if not appends:
         return DiskDebt()
     now = time.monotonic()
     return DiskDebt(
         len(appends),
-        sum(len(item.batch.events) for item in appends),
-        sum(len(item.batch.data) for item in appends),
+        sum(len(item.events) for item in appends),
+        sum(len(item.data) for item in appends),
         step_name(waiting_on) if in_flight else "the writer's queue",
         now - (since if in_flight else now),
     )

@@ -52,7 +52,7 @@ from ..base import StorageError
 from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
-from .batch import Batch, Commit, Forget, Group, QueuedAppend, QueuedControl
+from .batch import Batch, Commit, Forget, Group, QueuedControl
 from .commits import Committer
 from .config import Durability
 from .debt import Step, debt_of
@@ -92,7 +92,7 @@ class LogWriter:
         # What the last batch left in the queue (past its bound of open files) was
         # queued before that commit started: the window does not pace its commit.
         self._carried = False
-        self._queue: list[QueuedAppend | QueuedControl] = []
+        self._queue: list[Batch | QueuedControl] = []
         self._wakeup = Wakeup()  # by submit, while idle: once per group commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -112,7 +112,7 @@ class LogWriter:
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
         # The group commit under way, since when, and the step it waits on: what a stop
         # that cannot end names as owed to the disk (``disk_debt``).
-        self._in_flight: Sequence[QueuedAppend | QueuedControl] = ()
+        self._in_flight: Sequence[Batch | QueuedControl] = ()
         self._in_flight_since = 0.0
         # The helper, or the I/O thread's call; None: the loop (kept as is, not a text:
         # set at every commit, read only by a stop that cannot end).
@@ -137,9 +137,12 @@ class LogWriter:
         if self._closing:
             raise StorageError("storage is closed")
         assert self._loop is not None, "start() the writer first"
-        future = self._loop.create_future()
-        generation = self._answers.generations.get(session_id, 0)
-        self._queue.append(QueuedAppend(session_id, batch, generation, future))
+        future = batch.future = self._loop.create_future()
+        batch.session_id = session_id
+        generations = self._answers.generations
+        if generations:  # (empty until a session's append fails: 0)
+            batch.generation = generations.get(session_id, 0)
+        self._queue.append(batch)
         self._wakeup.set()
         return future
 
@@ -225,7 +228,7 @@ class LogWriter:
         return future
 
     async def _run(self) -> None:
-        batch: list[QueuedAppend | QueuedControl] = []
+        batch: list[Batch | QueuedControl] = []
         try:
             while True:
                 if not self._queue:
@@ -267,7 +270,7 @@ class LogWriter:
             now = self._loop.time()
         self._last_commit = now
 
-    def _take_batch(self) -> list[QueuedAppend | QueuedControl]:
+    def _take_batch(self) -> list[Batch | QueuedControl]:
         """The longest prefix of the queue that touches at most ``max_open`` files, so
         a batch never needs more descriptors than the bound (a prefix keeps each
         session's appends in order)."""
@@ -277,7 +280,7 @@ class LogWriter:
             return queue
         sessions: set[str] = set()
         for i, item in enumerate(queue):
-            if isinstance(item, QueuedAppend) and item.session_id not in sessions:
+            if type(item) is Batch and item.session_id not in sessions:
                 if len(sessions) == limit:
                     self._queue = queue[i:]
                     return queue[:i]
@@ -285,23 +288,22 @@ class LogWriter:
         self._queue = []
         return queue
 
-    async def _process(self, batch: list[QueuedAppend | QueuedControl]) -> None:
-        groups: dict[str, tuple[Group, list[QueuedAppend]]] = {}
+    async def _process(self, batch: list[Batch | QueuedControl]) -> None:
+        groups: dict[str, Group] = {}
         controls: list[QueuedControl] = []
         # No session failed yet (most of the time): no append is stale.
         generations = self._answers.generations
         for item in batch:
-            if type(item) is QueuedControl:
+            if isinstance(item, QueuedControl):
                 controls.append(item)
             elif (generations or item.generation) and self._answers.stale(item):
                 continue
             else:
-                entry = groups.get(item.session_id)
-                if entry is None:
-                    groups[item.session_id] = (Group(item.session_id, [item.batch]), [item])
+                group = groups.get(item.session_id)
+                if group is None:
+                    groups[item.session_id] = Group(item.session_id, [item])
                 else:
-                    entry[0].batches.append(item.batch)
-                    entry[1].append(item)
+                    group.batches.append(item)
         ordered = list(groups.values())
         forgets = (
             [control.forget for control in controls if control.forget is not None]
@@ -310,7 +312,7 @@ class LogWriter:
         )
         async with self._files_in_use:
             try:
-                await self._commit([group for group, _ in ordered], forgets)
+                await self._commit(ordered, forgets)
             finally:
                 # Cancelled too: the commit's outcome is known by then (its steps run to
                 # their end, a cancellation raised after them), and answered now.
