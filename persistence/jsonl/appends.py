@@ -112,7 +112,8 @@ class Appender:
         written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
         acknowledgement's."""
         check_settled(record)
-        self.check_wal_kept()
+        if self.writer.wal_kept_bytes > self.wal_kept_max_bytes:
+            self.check_wal_kept()  # refused
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window or _NO_KEYS, self._clock.stamp())
         if stored:

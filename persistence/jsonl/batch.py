@@ -103,8 +103,8 @@ class Commit(Struct):
     @property
     def blocks(self) -> bool:
         """Whether ``finish`` has anything to do (in ``os`` mode, only after a failure)."""
-        return bool(self.cuts or self.wal_data or self.sync_logs or self.failed) or (
-            self.wal_before is not None
+        return self.wal_before is not None or bool(
+            self.cuts or self.wal_data or self.sync_logs or self.failed
         )
 
 

@@ -94,7 +94,9 @@ class Checkpointer:
     def appended(self, record: SessionRecord) -> None:
         """Lines were written to the session's log."""
         self.dirty.add(record.session_id)
-        if self._behind(record) and not record.checkpoint_pending:
+        # ``_behind``, inline: this runs at every append written.
+        behind = record.meta.last_seq - record.checkpoint_seq >= self.config.checkpoint_every
+        if behind and not record.checkpoint_pending:
             record.checkpoint_pending = True
             self._spawn(self._catch_up(record))
 

@@ -148,7 +148,7 @@ class Syncer:
             raise
         finally:
             self._waiter = None
-        return _error(code)
+        return _error(code) if code else None  # (no call for the common answer)
 
     def _on_readable(self) -> None:
         error: OSError | None = None
