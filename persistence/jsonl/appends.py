@@ -345,6 +345,9 @@ def _to_store(
     its own so that nothing of the split outlives it: what an append in flight holds
     until its commit, the cycle collector walks again and again."""
     fresh, results = split_duplicates(items, next_seq, window)
+    if len(fresh) == 1:  # most appends: one event (no comprehension's frame)
+        seq, event, key = fresh[0]
+        return [StoredEvent(seq, now, completed_event(event), key)], results
     stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
     return stored, results
 

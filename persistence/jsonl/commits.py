@@ -148,11 +148,17 @@ class Committer:
 
     def _write_group(self, group: Group, commit: Commit) -> None:
         """Write one file's lines; a failure is recorded, and cut back by ``finish``."""
-        try:
-            open_log = self.files.open(group.session_id)
-        except OSError as exc:
-            group.error, group.alone = exc, of_its_own(exc, self.files.path(group.session_id))
-            return
+        open_logs = self.files.open_logs
+        open_log = open_logs.get(group.session_id)
+        if open_log is not None:  # open already (always, for a batch on the loop)
+            open_logs.move_to_end(group.session_id)
+        else:
+            try:
+                open_log = self.files.open(group.session_id)
+            except OSError as exc:
+                group.error = exc
+                group.alone = of_its_own(exc, self.files.path(group.session_id))
+                return
         group.open_log, group.size_before = open_log, open_log.size
         try:
             write_all(open_log.fd, group.data)
