@@ -99,7 +99,7 @@ async def test_js_client_on_node() -> None:
         f"the Node tests took over {NODE_TIMEOUT} s:\n{report}"
     )
     assert process.returncode == 0, report
-    assert "# pass 57" in report and "# fail 0" in report, report
+    assert "# pass 58" in report and "# fail 0" in report, report
 
 
 def js_tool(name: str) -> Path:

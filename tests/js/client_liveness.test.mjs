@@ -39,8 +39,13 @@ function busyFor(ms) {
   while (performance.now() < end);
 }
 
-// Long enough for a check to run well after it was due (liveness.js's LATE, 1 s).
-const BUSY = 1600;
+// liveness.js's LATE: a check this late (ms) pings again before its verdict.
+const LATE = 1000;
+// The pingTimeout of a link meant to live: a live server's pong comes well within it
+// however loaded the machine (a process there may wait 100s of ms for a core), so
+// that no scheduling delay gives such a link up. 200 ms did not (tests/test_js.py
+// under -n 4 beside busy loops).
+const LIVE_TIMEOUT = 2000;
 
 /** How many timers the process sets during `ms`. */
 async function timersSetDuring(ms) {
@@ -87,33 +92,40 @@ test("a ping interval or timeout past 2^31 - 1 ms waits, rather than spinning on
   }
 });
 
-test("a check that runs late, its pong waiting unread, does not give up a live link", async () => {
-  const timeout = 200;
-  // The process is busy for over a second right after the first ping: the pong comes
-  // meanwhile, and the check, overdue, runs before it is read, as in a page that was
-  // frozen in the background, or running a long task.
-  const busy = pingWatching(() => {
-    if (busy.seen.pings === 1) setImmediate(() => busyFor(BUSY));
-    return true;
+// The check runs late by a second or more (it pings again, and waits again), or by
+// less (it reads what came before its verdict): a page frozen in the background, or
+// running a long task, a process on a loaded machine.
+for (const [late, lateBy] of [
+  ["by a second or more", LATE + 600],
+  ["by less than a second", LATE - 600],
+]) {
+  test(`a check that runs late ${late}, its pong waiting unread, does not give up a live link`, async () => {
+    // The process is busy right after the first ping until `lateBy` after the check
+    // was due: the pong comes meanwhile, and the check, overdue, runs before it is read
+    // (Node's loop runs timers, then I/O).
+    const busy = pingWatching(() => {
+      if (busy.seen.pings === 1) setImmediate(() => busyFor(LIVE_TIMEOUT + lateBy));
+      return true;
+    });
+    const client = await BambooClient.connect(url, {
+      sessionId: `liveness-late-${lateBy}`,
+      create: true,
+      pingInterval: 100,
+      pingTimeout: LIVE_TIMEOUT,
+      WebSocket: busy.WebSocket,
+    });
+    /** @type {(string | null)[]} */
+    const reasons = [];
+    client.on("state", ({ state, reason }) => reasons.push(`${state} ${reason}`));
+    try {
+      await until(() => busy.seen.pings >= 3, 10_000 + 2 * LIVE_TIMEOUT);
+      assert.deepEqual(reasons, []);
+      assert.equal(client.reconnects, 0);
+    } finally {
+      await client.close();
+    }
   });
-  const client = await BambooClient.connect(url, {
-    sessionId: "liveness-late",
-    create: true,
-    pingInterval: 100,
-    pingTimeout: timeout,
-    WebSocket: busy.WebSocket,
-  });
-  /** @type {(string | null)[]} */
-  const reasons = [];
-  client.on("state", ({ state, reason }) => reasons.push(`${state} ${reason}`));
-  try {
-    await until(() => busy.seen.pings >= 3, 10_000);
-    assert.deepEqual(reasons, []);
-    assert.equal(client.reconnects, 0);
-  } finally {
-    await client.close();
-  }
-});
+}
 
 test("a link whose pongs never come is still given up after a late check", async () => {
   const timeout = 200;
@@ -121,7 +133,7 @@ test("a link whose pongs never come is still given up after a late check", async
   const silent = pingWatching(() => {
     if (!blocked) {
       blocked = true; // once: the first check runs late, the one after on time
-      setImmediate(() => busyFor(BUSY));
+      setImmediate(() => busyFor(200 + LATE + 600));
     }
     return false;
   });
@@ -137,7 +149,8 @@ test("a link whose pongs never come is still given up after a late check", async
   const reasons = [];
   client.on("state", ({ state, code, reason }) => reasons.push(`${state} ${code} ${reason}`));
   try {
-    await until(() => client.reconnects === 1 && client.state === "open", 10_000);
+    // Every connection is silent: the next is given up too, some 300 ms after it opens.
+    await until(() => reasons.length >= 2, 10_000);
     assert.deepEqual(reasons.slice(0, 2), [
       "reconnecting null connection silent",
       "open undefined undefined",
@@ -152,7 +165,11 @@ test("a link whose pongs never come is still given up after a late check", async
  * frames stop with it, as nothing the page sent is answered. The connections after it
  * work. */
 function dyingUplink() {
-  const link = { dead: false, first: /** @type {WebSocket | null} */ (null), swallowed: 0 };
+  const link = {
+    dead: false,
+    first: /** @type {WebSocket | null} */ (null),
+    swallowed: /** @type {string[]} */ ([]), // the types of the frames that went nowhere
+  };
   class Dying extends WebSocket {
     /** @param {string | URL} address @param {string | string[]} [protocols] */
     constructor(address, protocols) {
@@ -163,7 +180,7 @@ function dyingUplink() {
     /** @param {string} data */
     send(data) {
       if (link.dead && this === link.first) {
-        link.swallowed += 1;
+        link.swallowed.push(JSON.parse(data).type);
         return;
       }
       super.send(data);
@@ -173,9 +190,10 @@ function dyingUplink() {
 }
 
 test("a ping behind a large frame waits for it at minUplinkRate, and a dead link is still found", async () => {
-  // 100 ms of silence brings the ping; the verdict comes 200 ms after what the frame
-  // sent before it would take to cross at minUplinkRate: 1 s for 100 kB at 100 kB/s.
-  const [interval, timeout, rate, size] = [100, 200, 100_000, 100_000];
+  // 100 ms of silence brings the ping; the verdict comes pingTimeout after what the
+  // frame sent before it would take to cross at minUplinkRate: 1 s for 100 kB at
+  // 100 kB/s. The connection after it lives: its timeout is a live link's.
+  const [interval, timeout, rate, size] = [100, LIVE_TIMEOUT, 100_000, 100_000];
   const uplink = dyingUplink();
   const client = await BambooClient.connect(url, {
     sessionId: "liveness-uplink",
@@ -198,13 +216,21 @@ test("a ping behind a large frame waits for it at minUplinkRate, and a dead link
     uplink.die(); // the publish, then the ping, go nowhere
     const content = "x".repeat(size);
     const published = client.publish({ type: "token", content });
-    await until(() => givenUpAfter !== null, 10_000);
-    // Without the allowance, interval + timeout: some 300 ms.
+    // Without the allowance, interval + timeout. A check that runs late only adds to
+    // it (a second late, it pings again and waits timeout more), so the least is what
+    // is asserted: when the verdict came after it is the machine's load.
     const least = (size / rate) * 1000 + timeout;
+    await until(() => givenUpAfter !== null, least + 10_000);
     const elapsed = /** @type {number} */ (givenUpAfter);
     assert.ok(elapsed >= least - 50, `given up after ${elapsed} ms, before ${least} ms`);
-    assert.ok(elapsed < least + 1500, `given up after ${elapsed} ms, long after ${least} ms`);
-    assert.equal(uplink.link.swallowed, 2); // the publish and one ping
+    // The publish and one ping (and one more where the check ran a second late).
+    const [publish, ...pings] = uplink.link.swallowed;
+    assert.equal(publish, "event");
+    assert.ok(pings.length >= 1 && pings.length <= 2, String(uplink.link.swallowed));
+    assert.ok(
+      pings.every((type) => type === "ping"),
+      String(uplink.link.swallowed),
+    );
     // Resumed on a working connection, the publish resent there and stored once.
     assert.equal(await published, 1);
     assert.equal(client.reconnects, 1);
@@ -216,8 +242,9 @@ test("a ping behind a large frame waits for it at minUplinkRate, and a dead link
 test("a large publish answered before the link dies adds nothing to the wait for the ping", async () => {
   // The publish crossed (its ack says so) long before the link went: the ping behind no
   // bytes of the page's, the link is given up interval + timeout after its last frame.
-  // Counting the publish as still queued at minUplinkRate gave it up 3 s later.
-  const [interval, timeout, rate, size] = [100, 200, 100_000, 300_000];
+  // Counting the publish as still queued at minUplinkRate gave it up 30 s later: the
+  // bound below, half that, is far from both, whatever the machine's load.
+  const [interval, timeout, rate, size] = [100, 200, 10_000, 300_000];
   const uplink = dyingUplink();
   const client = await BambooClient.connect(url, {
     sessionId: "liveness-answered",
@@ -240,12 +267,17 @@ test("a large publish answered before the link dies adds nothing to the wait for
     assert.equal(await client.publish({ type: "token", content: "x".repeat(size) }), 1);
     start = performance.now();
     uplink.die(); // the tunnel, right after the ack
-    await until(() => givenUpAfter !== null, 10_000);
-    const elapsed = /** @type {number} */ (givenUpAfter);
     const crossing = (size / rate) * 1000; // what the queue alone would have added
+    await until(() => givenUpAfter !== null, interval + timeout + crossing / 2);
+    const elapsed = /** @type {number} */ (givenUpAfter);
     assert.ok(elapsed >= interval + timeout - 50, `given up after ${elapsed} ms`);
-    assert.ok(elapsed < interval + timeout + crossing / 2, `given up after ${elapsed} ms`);
-    assert.equal(uplink.link.swallowed, 1); // the ping
+    // The ping (and one more where the check ran a second late).
+    const { swallowed } = uplink.link;
+    assert.ok(swallowed.length >= 1 && swallowed.length <= 2, String(swallowed));
+    assert.ok(
+      swallowed.every((type) => type === "ping"),
+      String(swallowed),
+    );
   } finally {
     await client.close();
   }
@@ -266,6 +298,6 @@ test("a minUplinkRate too small to divide by still waits pingTimeout for an idle
     );
   });
   const elapsed = /** @type {number} */ (await givenUp);
-  assert.equal(pings, 1);
+  assert.ok(pings === 1 || pings === 2, `${pings} pings`); // 2: a check ran a second late
   assert.ok(elapsed >= interval + timeout - 20, `given up after ${elapsed} ms`);
 });

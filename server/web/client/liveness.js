@@ -28,11 +28,16 @@
  * publish acked a moment before the link died, or a page that publishes faster than
  * `uplinkRate` for minutes: the queue alone grew by the difference, without end).
  *
- * A check that runs well after it was due (a page frozen in the background, or busy
- * with a long task) may run before frames that came meanwhile are read: it pings
- * again and waits its while more, once per silence, rather than give up a live
- * connection. A wait longer than a timer can hold (2^31 - 1 ms: one set longer fires
- * at once) is made of several timers.
+ * A check may run late (the process busy, or not given the CPU, on a loaded machine),
+ * and a timer that is due runs before the frames that came meanwhile are read (Node
+ * runs timers, then I/O; so may a page): a check that finds the wait over gives the
+ * page one more turn to read them (a 0 ms timer) before its verdict, so that a pong
+ * that came in time and waits unread keeps the connection, however little late the
+ * check ran. A check that runs well after it was due (a page frozen in the background,
+ * or busy with a long task, may not have the frames yet) pings again and waits its
+ * while more, once per silence, rather than give up a live connection. A wait longer
+ * than a timer can hold (2^31 - 1 ms: one set longer fires at once) is made of several
+ * timers.
  *
  * @module bamboo/liveness
  */
@@ -98,6 +103,7 @@ export class Liveness {
   #probedAt = null;
   #wait = 0; // ms of silence after the ping before the connection is dead
   #probedAgain = false; // a late check pinged again in this silence
+  #readFirst = false; // the wait is over: what came by then is read before the verdict
   /** @type {ReturnType<typeof setTimeout> | null} */
   #timer = null;
   #dueAt = 0; // performance.now() when the timer is due
@@ -137,6 +143,7 @@ export class Liveness {
     // Answered: an idle connection is pinged every `interval`, whatever the timeout.
     this.#probedAt = null;
     this.#probedAgain = false;
+    this.#readFirst = false;
     this.stop();
     this.#schedule(this.#interval);
   }
@@ -184,6 +191,14 @@ export class Liveness {
       this.#probedAgain = true; // what came meanwhile is read before the next check
       return this.#ping(now);
     }
+    if (!this.#readFirst) {
+      // This timer may have run late, behind a busy loop or a process not given the
+      // CPU, before the frames that came meanwhile: a verdict taken now gave up a live
+      // link whose pong waited unread (a loaded machine, a check late by 300 ms).
+      // A 0 ms timer set now runs after the sockets are read.
+      this.#readFirst = true;
+      return this.#schedule(0);
+    }
     this.#dead();
   }
 
@@ -196,6 +211,7 @@ export class Liveness {
     // (5e-324 / 1000 is 0) made 0 / 0, a NaN wait, and an idle link given up at once.
     this.#wait = this.#timeout + (ahead > 0 ? (ahead * 1000) / this.#uplinkRate : 0);
     this.#probedAt = now;
+    this.#readFirst = false;
     this.#probe();
     this.#schedule(this.#wait);
   }
