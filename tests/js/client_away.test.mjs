@@ -38,9 +38,11 @@ test(
       });
       assert.equal(await publisher.publish({ type: "token", content: "mine" }), 1);
       await agent.publish({ type: "token", content: "theirs" });
+      proxy.holdNew(); // its resume comes once the session is closed
       proxy.drop(4429); // as the server closes a connection over the frame rate
       await until(() => publisher.state === "reconnecting");
       await agent.setState("closed");
+      proxy.letIn();
       const { seqs, error } = await readToTheEnd(publisher);
       assert.deepEqual(seqs, [], "a publish-only client gets no events");
       assert.equal(error, null, `nothing was due to it: ${error}`);
@@ -91,11 +93,13 @@ async function closedWhileAway(
     });
     await publishMany(agent, 5);
     assert.deepEqual(await take(viewer, 5), range(5));
+    proxy.holdNew(); // its resume comes once the session is closed
     proxy.drop(1012);
     await until(() => viewer.state === "reconnecting");
     await publishMany(agent, added);
     await agent.setState("closed");
     if (refuseHttp) proxy.refuseHttp();
+    proxy.letIn();
     const outcome = await readToTheEnd(viewer);
     const stored = await storedSeqs(sessionId, 5, {
       server,

@@ -81,13 +81,14 @@ test("a resume refused as the session closed while the client was away: 4409", a
   const proxy = await droppingProxy(url);
   const options = { sessionId: "closed-why-3" };
   const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
-  // It waits at least 500 ms before it reconnects: the session is closed by then.
   const viewer = await BambooClient.connect(proxy.url, { ...options, backoffInitial: 1000 });
   try {
     const closed = closedOf(viewer);
+    proxy.holdNew(); // its resume comes once the session is closed
     proxy.cut();
     await until(() => viewer.state === "reconnecting");
     await agent.setState("closed");
+    proxy.letIn();
     const seen = await closed;
     assert.ok(seen.error instanceof SessionEnded, String(seen.error));
     assert.deepEqual([seen.code, seen.reason], [4409, "session closed"]);
@@ -137,10 +138,12 @@ test("a resume refused with 4409 after a restart's closed frame: the refusal's r
     const reconnecting = new Promise((resolve) => {
       viewer.on("state", (change) => change.state === "reconnecting" && resolve(change));
     });
+    proxy.holdNew(); // its resume comes once the session is closed
     proxy.drop(1012, "server restarting", "server restarting");
     const restarted = await reconnecting;
     assert.deepEqual([restarted.code, restarted.reason], [1012, "server restarting"]);
     await agent.setState("closed");
+    proxy.letIn();
     const seen = await closed;
     assert.ok(seen.error instanceof SessionEnded, String(seen.error));
     assert.deepEqual([seen.code, seen.reason], [4409, "session closed"]);

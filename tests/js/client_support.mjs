@@ -156,14 +156,19 @@ export async function holdingProxy(target) {
  * every connection through it as the server does when it closes one: a close frame with
  * `code` (and `reason`) to the client, and the server's side cut; `cut()` ends them with
  * no close frame, as a network failure does. After `refuseHttp()`, a plain HTTP
- * request through it (no WebSocket upgrade) gets 503.
+ * request through it (no WebSocket upgrade) gets 503. After `holdNew()`, a new
+ * connection waits, unanswered, until `letIn()`: a client's resume comes once the test
+ * has done what it must find done, whatever its backoff and the machine's load.
  */
 export async function droppingProxy(target) {
   const { hostname, port } = new URL(target);
   /** @type {Set<{ upstream: net.Socket, client: net.Socket }>} */
   const pairs = new Set();
   const state = { refuseHttp: false };
-  const proxy = net.createServer((client) => {
+  /** @type {Map<net.Socket, () => void> | null} the connections held, and how to let each in */
+  let held = null;
+  /** @param {net.Socket} client */
+  const through = (client) => {
     const upstream = net.connect(Number(port), hostname);
     const pair = { upstream, client };
     pairs.add(pair);
@@ -186,6 +191,14 @@ export async function droppingProxy(target) {
       socket.on("close", drop);
       socket.on("error", drop);
     }
+  };
+  const proxy = net.createServer((client) => {
+    if (held === null) return through(client);
+    const waiting = held;
+    client.pause(); // what it sends waits in its socket, to be read once let in
+    waiting.set(client, () => (client.destroyed ? undefined : through(client)));
+    client.on("error", () => client.destroy());
+    client.on("close", () => waiting.delete(client));
   });
   await new Promise((resolve) => proxy.listen(0, "127.0.0.1", () => resolve(null)));
   return {
@@ -193,6 +206,19 @@ export async function droppingProxy(target) {
     /** Answer 503 to every new request through it but WebSocket upgrades. */
     refuseHttp() {
       state.refuseHttp = true;
+    },
+    /** Hold every new connection, unanswered, until `letIn()`. */
+    holdNew() {
+      held ??= new Map();
+    },
+    /** Put the held connections through, and the new ones from now on. */
+    letIn() {
+      const waiting = held ?? new Map();
+      held = null;
+      for (const [client, letThrough] of waiting) {
+        letThrough();
+        client.resume();
+      }
     },
     /**
      * @param {number} code @param {string} [reason] short: one frame of < 126 bytes
@@ -223,6 +249,7 @@ export async function droppingProxy(target) {
         client.destroy();
         upstream.destroy();
       }
+      for (const client of held?.keys() ?? []) client.destroy();
       return new Promise((resolve) => proxy.close(() => resolve(null)));
     },
   };
