@@ -7,17 +7,22 @@ The signal comes when the *thread* that forked the child ends, not its process: 
 asked only of children forked by the main thread (a worker thread of
 ``asyncio.to_thread`` ends before its process does, and would take the child with it).
 tests/fork_server.py asks it of its own children with :func:`end_with`; :func:`ended`
-tells the tests that check it whether a process is gone."""
+tells the tests that check it whether a process is gone. The signal reaches the child
+only, not the children it starts: :func:`group_ending_with_this_process` kills a whole
+process group when this process ends (tests/node_runs.py: ``node --test``'s file
+processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -54,6 +59,40 @@ def ending_with_this_process(
             then()
 
     return end_with_this_process
+
+
+# Waits for the end of its stdin, then kills the group named by its first argument.
+_GROUP_WATCHER = 'read -r _; kill -s KILL -- "-$0"'
+
+
+@contextlib.contextmanager
+def group_ending_with_this_process(pgid: int) -> Iterator[None]:
+    """While within, process group ``pgid`` is killed (SIGKILL) should this process end,
+    however it ends: a watcher (``sh``) waits for the end of a pipe whose only writer
+    is this process, which the kernel closes with it. The watcher has a session of its
+    own, out of reach of a terminal's SIGINT and of the group it watches. On the way
+    out it is stopped by its pid, without acting: the caller ends the group then,
+    before it reaps the group's leader, whose pid could be another's afterwards."""
+    read_end, write_end = os.pipe()  # close-on-exec: no child started later holds it
+    try:
+        watcher = subprocess.Popen(
+            ["sh", "-c", _GROUP_WATCHER, str(pgid)],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    try:
+        yield
+    finally:
+        watcher.kill()
+        watcher.wait()
+        os.close(write_end)
 
 
 def ended(pid: int, wait: float = 10.0) -> bool:

@@ -12,17 +12,15 @@ skips with one line saying so."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.parent_death import ending_with_this_process
+from tests.node_runs import run_node_tests
 from tests.support import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,32 +71,13 @@ async def test_js_client_on_node() -> None:
             "BAMBOO_QUICK_CLOSE_URL": f"ws://127.0.0.1:{quick_close.port}",
             "BAMBOO_QUICK_CLOSE_TIMEOUT": str(QUICK_CLOSE_TIMEOUT),
         }
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            "--test",
-            "--test-reporter=tap",
-            # All files at once (the default is one fewer than the cores: one, on two).
-            f"--test-concurrency={len(TEST_FILES)}",
-            *map(str, TEST_FILES),
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # node --test runs the file in a child of its own
-            preexec_fn=ending_with_this_process(),  # no node left by a killed test process
+        returncode, report = await run_node_tests(
+            command, TEST_FILES, cwd=ROOT, env=env, timeout=NODE_TIMEOUT
         )
-        assert process.stdout is not None
-        reading = asyncio.create_task(process.stdout.read())
-        try:
-            await asyncio.wait_for(process.wait(), NODE_TIMEOUT)
-        except TimeoutError:
-            os.killpg(process.pid, signal.SIGKILL)  # a client that never ends keeps Node alive
-            await process.wait()
-        report = (await reading).decode(errors="replace")
-    assert process.returncode is not None and process.returncode >= 0, (
+    assert returncode is not None and returncode >= 0, (
         f"the Node tests took over {NODE_TIMEOUT} s:\n{report}"
     )
-    assert process.returncode == 0, report
+    assert returncode == 0, report
     assert "# pass 58" in report and "# fail 0" in report, report
 
 

@@ -9,13 +9,11 @@ It stops every one by pid. Without ``node`` it skips with one line."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import pytest
 
 from bamboo_session.server.cli import build_parser, config_from_args
 from bamboo_session.server.config import ServerConfig
-from tests.parent_death import ending_with_this_process
+from tests.node_runs import run_node_tests
 from tests.support import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,30 +81,4 @@ async def run_node(node: str, ports: dict[str, int]) -> tuple[int | None, str]:
         "BAMBOO_PYTHON": sys.executable,
         "BAMBOO_OUTSIDE_PORTS": json.dumps(ports),
     }
-    process = await asyncio.create_subprocess_exec(
-        node,
-        "--test",
-        "--test-reporter=tap",
-        # Every file at once, each with any servers of its own: the 10 s hello
-        # deadline of protocol_frames (awaited by its last test) no longer waits after
-        # the others.
-        f"--test-concurrency={len(TEST_FILES)}",
-        *map(str, TEST_FILES),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its servers are in its process group: one kill ends all
-        preexec_fn=ending_with_this_process(),  # no node left by a killed test process
-    )
-    assert process.stdout is not None
-    reading = asyncio.create_task(process.stdout.read())
-    try:
-        await asyncio.wait_for(process.wait(), NODE_TIMEOUT)
-    except TimeoutError:
-        pass  # killed below; the report says how far it got
-    finally:
-        if process.returncode is None:  # over its time, or the test was cancelled
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    return process.returncode, (await reading).decode(errors="replace")
+    return await run_node_tests([node], TEST_FILES, cwd=ROOT, env=env, timeout=NODE_TIMEOUT)
