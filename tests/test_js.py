@@ -1,8 +1,9 @@
 """The JavaScript on Node: the client's tests (tests/js/client*.test.mjs, node:test)
 against real servers (one without auth, one with auth and no leeway, so that tokens
 expire on time, one whose sessions expire 2 s after their last activity, so that a
-session can be replaced under its id, and one whose close bound is 1 s, so that a test
-outlives it soon), a type check of the JSDoc of server/web/ (tsc),
+session can be replaced under its id, one whose close bound is 1 s, so that a test
+outlives it soon, and one whose close bound is 30 s, so that a loaded machine moves a
+replay of megabytes within it), a type check of the JSDoc of server/web/ (tsc),
 and its format (prettier). The test files run side by side, each in a Node process of
 its own: most of their time goes in waiting for tokens, sessions and close bounds to
 run out, which they can do together. Node 22+ has a global WebSocket; Node 20.10+ gets
@@ -37,6 +38,9 @@ NODE_TIMEOUT = 120
 EXPIRING_TTL = 2
 # The quick server's --close-timeout (seconds): client_replay_cut waits past it.
 QUICK_CLOSE_TIMEOUT = 1
+# The slow server's --close-timeout: client_replay_cut reads a 12 MB replay within it
+# after the close, through a proxy; a load of 27 on two cores took over the default 5 s.
+SLOW_CLOSE_TIMEOUT = 30
 
 
 @functools.cache
@@ -61,6 +65,7 @@ async def test_js_client_on_node() -> None:
         run_server(auth_secret=AUTH_SECRET, auth_leeway=0) as authed,
         run_server(default_ttl=EXPIRING_TTL) as expiring,
         run_server(close_timeout=QUICK_CLOSE_TIMEOUT) as quick_close,
+        run_server(close_timeout=SLOW_CLOSE_TIMEOUT) as slow_close,
     ):
         env = {
             **os.environ,
@@ -70,6 +75,7 @@ async def test_js_client_on_node() -> None:
             "BAMBOO_EXPIRING_URL": f"ws://127.0.0.1:{expiring.port}",
             "BAMBOO_QUICK_CLOSE_URL": f"ws://127.0.0.1:{quick_close.port}",
             "BAMBOO_QUICK_CLOSE_TIMEOUT": str(QUICK_CLOSE_TIMEOUT),
+            "BAMBOO_SLOW_CLOSE_URL": f"ws://127.0.0.1:{slow_close.port}",
         }
         returncode, report = await run_node_tests(
             command, TEST_FILES, cwd=ROOT, env=env, timeout=NODE_TIMEOUT

@@ -13,6 +13,9 @@ export const secret = process.env.BAMBOO_AUTH_SECRET;
 // A server whose close bound (--close-timeout) is short, and that bound in ms.
 export const quickCloseUrl = process.env.BAMBOO_QUICK_CLOSE_URL;
 export const quickCloseTimeoutMs = Number(process.env.BAMBOO_QUICK_CLOSE_TIMEOUT) * 1000;
+// A server whose close bound is long: time for a loaded machine to move megabytes after
+// a close, which the default 5 s is not.
+export const slowCloseUrl = process.env.BAMBOO_SLOW_CLOSE_URL;
 
 /** The life (s) of a token meant to expire on an open connection: time for a hello to
  * arrive on a loaded machine (a token expired at the handshake ends the client, by
