@@ -30,13 +30,16 @@ const BIG = "r".repeat(4000);
 
 // How long past the close bound a read waits, for the server to act on it under load.
 const BOUND_MARGIN_MS = 1000;
+// A bound on each test, against a hang: publishing the 12 MB took up to 27 s of it on a
+// loaded machine (load 30 on two cores), reading it back 4 s.
+const TEST_TIMEOUT_MS = 80000;
 
 for (const waits of [false, true]) {
   test(
     waits
       ? "a session closed during a resume's replay not read in time: events() says which seq to read after"
       : "a session closed during a resume's replay read in time: the whole replay, then the end",
-    { timeout: 40000 },
+    { timeout: TEST_TIMEOUT_MS },
     async () => {
       // Read in time on the server whose bound is long (30 s): room for the whole
       // replay on a loaded machine, where the default 5 s cut it (2,470 of 3,000 came,
