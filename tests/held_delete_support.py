@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
-from bamboo_session.persistence.jsonl import lifecycle, logfiles
+from bamboo_session.persistence.jsonl import deletes, logfiles
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.manager import SessionManager
@@ -46,10 +46,10 @@ async def embedded(config: JsonlStorageConfig, **overrides: Any) -> AsyncIterato
 def held_directory_sync(
     monkeypatch: pytest.MonkeyPatch, directory: Path, fails: bool = True
 ) -> tuple[threading.Event, threading.Event]:
-    """``lifecycle.fsync_dir`` of ``directory``, once: says it started (the first
+    """``deletes.fsync_dir`` of ``directory``, once: says it started (the first
     event), waits for the second, then fails with EIO (the file job's thread waits), or
     syncs unless ``fails``."""
-    real, started, release = lifecycle.fsync_dir, threading.Event(), threading.Event()
+    real, started, release = deletes.fsync_dir, threading.Event(), threading.Event()
 
     def fsync_dir(path: Path) -> None:
         if Path(path) != directory or started.is_set():
@@ -61,7 +61,7 @@ def held_directory_sync(
             raise OSError(errno.EIO, "injected EIO")
         real(path)
 
-    monkeypatch.setattr(lifecycle, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(deletes, "fsync_dir", fsync_dir)
     return started, release
 
 

@@ -63,7 +63,7 @@ from bamboo_session.persistence import (
     SessionNotFound,
     StorageError,
 )
-from bamboo_session.persistence.jsonl import lifecycle, wal
+from bamboo_session.persistence.jsonl import deletes, wal
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 
@@ -214,7 +214,7 @@ async def undonedelete(base: str, acked: int, midway: bool) -> None:
     storage = await JsonlStorage.open(config)
     await _d_and_o(storage, acked)
     if midway:  # the rename to the tombstone done, its sync failed, nothing undone yet
-        lifecycle._undo_unsynced_delete = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+        deletes._undo_unsynced_delete = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
     say(await _told(storage.delete_session("d"), _no_descriptor_left()))
     try:
         await storage.append_event("d", AgentEvent.token("after"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
-from bamboo_session.persistence.jsonl import lifecycle, logfiles, wal
+from bamboo_session.persistence.jsonl import deletes, lifecycle, logfiles, wal
 from bamboo_session.protocol.models import AgentEvent, Session
 
 USER_CAP = 10_000_000
@@ -71,7 +71,7 @@ async def main(base: str, point: str, durability: str) -> None:
     else:
         await asyncio.sleep(1.1)  # "e" expires
         if point == "replace-delete":
-            lifecycle.delete_session_files = die  # type: ignore[assignment]
+            deletes.delete_sessions_files = die  # type: ignore[assignment]
         else:
             lifecycle.install_replacement = die  # type: ignore[assignment]
         await storage.create_session(Session.new("e", user_id="u"), replace_expired=True)
@@ -80,20 +80,20 @@ async def main(base: str, point: str, durability: str) -> None:
 
 def _arm_delete(point: str) -> None:
     if point == "delete-start":
-        lifecycle.delete_session_files = die  # type: ignore[assignment]
+        deletes.delete_sessions_files = die  # type: ignore[assignment]
     elif point == "delete-renamed":
-        lifecycle.fsync_dir = die  # type: ignore[assignment]
+        deletes.fsync_dir = die  # type: ignore[assignment]
     elif point == "delete-files":
-        lifecycle.finish_delete = die  # type: ignore[assignment]
+        deletes.finish_deletes = die  # type: ignore[assignment]
     else:
-        unlink = lifecycle.unlink_quietly
+        unlink = deletes.unlink_quietly
 
         def unlink_unless_tombstone(path: Path) -> bool:
             if path.name.endswith(".deleted"):
                 die()
             return unlink(path)
 
-        lifecycle.unlink_quietly = unlink_unless_tombstone  # type: ignore[assignment]
+        deletes.unlink_quietly = unlink_unless_tombstone  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.persistence.jsonl import lifecycle
+from bamboo_session.persistence.jsonl import deletes
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
 from tests.browser import watch_page
@@ -36,7 +36,7 @@ async def test_a_failed_store_sync_is_a_warning_until_the_server_restarts(
     """The warning appears while the page is open (its figures are read every two
     seconds), stays while the server is away (its last word was the failure) and goes
     once the server, restarted on the same data and port, reports no failed sync."""
-    real = lifecycle.fsync_dir
+    real = deletes.fsync_dir
     failed: list[Path] = []
 
     def failing_once(path: Path) -> None:
@@ -56,7 +56,7 @@ async def test_a_failed_store_sync_is_a_warning_until_the_server_restarts(
         await expect(page.locator("#stat-live")).to_have_text("1")
         await expect(warning).to_be_hidden()
 
-        monkeypatch.setattr(lifecycle, "fsync_dir", failing_once)
+        monkeypatch.setattr(deletes, "fsync_dir", failing_once)
         await server.manager.delete_session("doomed")  # acknowledged: it is in the WAL
         assert failed
         assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 1

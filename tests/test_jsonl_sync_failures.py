@@ -24,7 +24,7 @@ from bamboo_session.persistence import (
     JsonlStorageConfig,
     StorageError,
 )
-from bamboo_session.persistence.jsonl import lifecycle, retirement
+from bamboo_session.persistence.jsonl import deletes, retirement
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 from tests.jsonl_support import killed_child, segments
 from tests.test_jsonl_wal_room import Lines, crash_image_with, record
@@ -69,7 +69,7 @@ async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await storage.append_event("s", AgentEvent.token("kept"))
@@ -103,7 +103,7 @@ async def test_a_power_cut_after_an_undone_delete_takes_nothing_acknowledged(
     back (neither synced): the next open then finishes the delete. So nothing is
     acknowledged for the session in between, or it would go with it."""
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await storage.append_event("s", AgentEvent.token("kept"))
@@ -127,7 +127,7 @@ async def test_an_undone_delete_takes_no_close_expiry_or_imported_metadata_eithe
     for, as it would an append's. Nothing of a refused one changes. A move among the
     live states and activity promise nothing on disk, and go on."""
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await undone_delete(storage, failing)
@@ -154,7 +154,7 @@ async def test_after_an_undone_delete_an_open_takes_a_close_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         await undone_delete(storage, failing)
@@ -172,7 +172,7 @@ async def test_in_os_mode_a_delete_whose_directory_sync_fails_stands(
     """``os`` mode promises nothing on a power cut: the delete is acknowledged as the
     mode's writes are, once done (a kill -9 now leaves it deleted)."""
     config = JsonlStorageConfig(tmp_path, durability="os")
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         await storage.create_session(Session.new("s"))
         failing["left"] = 1
@@ -186,7 +186,7 @@ async def test_with_the_wal_a_delete_whose_directory_sync_fails_keeps_its_record
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path).with_wal(segment_age=0.05)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with await JsonlStorage.open(config) as storage:
         for session_id in ("gone", "kept"):
             await storage.create_session(Session.new(session_id))

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bamboo_session.persistence.jsonl import lifecycle
+from bamboo_session.persistence.jsonl import deletes
 from bamboo_session.protocol.models import Session
 from bamboo_session.server.metrics import Histogram, HotCounter
 from bamboo_session.server.store_stats import bytes_on_disk
@@ -171,7 +171,7 @@ async def test_a_failed_sync_of_the_store_shows_until_a_restart(
 ) -> None:
     """After a failed fsync, later ones prove nothing: the JSONL store keeps its WAL
     whole, growing, until it is opened again; /metrics says so for an operator."""
-    real = lifecycle.fsync_dir
+    real = deletes.fsync_dir
 
     def failing_once(path: Path) -> None:
         if Path(path).name == "sessions" and not failed:
@@ -185,7 +185,7 @@ async def test_a_failed_sync_of_the_store_shows_until_a_restart(
         assert (await get(server, "/api/v1/stats"))[1]["store_sync_failed"] == 0
         assert server.storage is not None
         await server.storage.create_session(Session.new("s"))
-        monkeypatch.setattr(lifecycle, "fsync_dir", failing_once)
+        monkeypatch.setattr(deletes, "fsync_dir", failing_once)
         await server.storage.delete_session("s")  # acknowledged: its deletion is in the WAL
         assert failed
         # The console's figures too, read with no scrape of /metrics before them.

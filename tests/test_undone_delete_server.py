@@ -24,7 +24,7 @@ from bamboo_session.persistence import (
     JsonlStorageConfig,
     StorageError,
 )
-from bamboo_session.persistence.jsonl import lifecycle
+from bamboo_session.persistence.jsonl import deletes
 from bamboo_session.protocol.models import AgentEvent
 from tests.auth_support import SECRET, make_token
 from tests.held_delete_support import EVENT_A, closed_with, embedded, held_log_sync, scene
@@ -41,7 +41,7 @@ async def test_appends_after_an_undone_delete_wait_for_the_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     retry = {"type": "event", "id": 2, "key": "k2", "event": token("b")}
     async with embedded(config) as server:
         async with attach(server, role="agent") as (agent, welcome):
@@ -76,7 +76,7 @@ async def test_the_clients_of_a_session_whose_delete_failed_resume_it(
     still there, with every event it acknowledged. Its delete that succeeds later
     tells them 4404."""
     config = JsonlStorageConfig(tmp_path).with_wal(enabled=False)
-    failing = failing_directory_sync(monkeypatch, lifecycle, config.layout.sessions)
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
     async with embedded(config) as server:
         assert server._manager is not None
         async with attach(server, role="agent") as (agent, welcome):

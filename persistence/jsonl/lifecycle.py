@@ -7,7 +7,9 @@ written and its deletion is in the WAL (so a crash cannot feed the old events in
 new session of the same id), and until any checkpoint in progress is done (so nothing
 recreates a file); then the checkpoint becomes a tombstone in one atomic rename
 (synced), the other files go, then the tombstone: a crash midway leaves a delete the
-next open finishes (``recovery.py``), never a half-deleted session. The rename decides:
+next open finishes (``recovery.py``), never a half-deleted session; the deletes under
+way together take these steps as one batch, each directory synced once for all of them
+(``deletes.py``). The rename decides:
 a delete fails only if it fails (or comes before it), and then leaves the session back,
 and the WAL cancels the deletion (:meth:`SessionFiles.cancel_deletion`): no open
 finishes a delete its caller was told failed. Once it is done the delete has taken
@@ -40,7 +42,6 @@ blocked (``expired_stays``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -48,9 +49,10 @@ from pathlib import Path
 from bamboo_session.protocol.models import SessionMetadata
 
 from ..base import StorageError
-from . import checkpoint
+from . import checkpoint, deletes
 from .checkpoint import Checkpoint, FileStamp, SlotFile
 from .checkpointer import Checkpointer
+from .deletes import DeleteBatches, DeleteUndone, Outcome, delete_session_files, finish_delete
 from .files import fsync_dir, unlink_quietly
 from .layout import Layout
 from .record import SessionRecord
@@ -58,11 +60,6 @@ from .tasks import FileJobs, to_completion
 from .writer import LogWriter
 
 log = logging.getLogger(__name__)
-
-
-class DeleteUndone(StorageError):
-    """A delete failed at its rename's directory sync, and was undone by a rename back
-    whose own durability nobody knows (``_undo_unsynced_delete``)."""
 
 
 class SessionFiles:
@@ -85,6 +82,7 @@ class SessionFiles:
         # Ids whose failed replacement could not be undone: no create until the next open.
         self.blocked: set[str] = set()
         self._deleting: dict[str, asyncio.Future[None]] = {}
+        self._batches = DeleteBatches(self._delete_batch)
         self._ended = asyncio.Event()  # set whenever a create, replacement or delete ends
 
     async def wait_deleted(self, session_id: str) -> None:
@@ -221,9 +219,7 @@ class SessionFiles:
         await self._writer.forget(record.session_id, record.meta.epoch)
         async with record.checkpoint_lock():
             try:
-                synced = await self._jobs.run(
-                    delete_session_files, self.layout, record.session_id, self._sync_decides_delete
-                )
+                synced = await self._batches.delete(record.session_id)
             except DeleteUndone:
                 record.delete_undone = True  # before the caller can bring the record back
                 self._writer.distrust_syncs()  # (sync_failed: a restart's open settles it)
@@ -234,6 +230,12 @@ class SessionFiles:
             # kernel forgets a reported error): the WAL keeps the deletion until the
             # next open replays it, and no segment is deleted in this process.
             self._writer.distrust_syncs()
+
+    async def _delete_batch(self, session_ids: list[str]) -> dict[str, Outcome]:
+        """The file work of the deletes waiting together (``deletes.py``)."""
+        return await self._jobs.run(
+            deletes.delete_sessions_files, self.layout, session_ids, self._sync_decides_delete
+        )
 
     async def _record_deletion_again(self, record: SessionRecord) -> None:
         """The delete took effect but its rename is not synced: the WAL records the
@@ -284,93 +286,6 @@ def abandon_replacement(layout: Layout, session_id: str) -> None:
         delete_session_files(layout, session_id)
         fsync_dir(layout.events)
     fsync_dir(layout.sessions)
-
-
-def delete_session_files(
-    layout: Layout, session_id: str, sync_decides_delete: bool = False
-) -> bool:
-    """Raises when the checkpoint cannot become the tombstone: the delete failed and
-    the session is as it was. Once renamed the delete has taken effect (a kill -9 then
-    leaves the tombstone, which the next open finishes): a file that cannot be removed
-    is logged (the tombstone stays: the next open tries again), and so is a failed sync
-    of the directory, which returns False (the module says what each mode does then),
-    unless ``sync_decides_delete``: then the tombstone is renamed back, nothing else
-    removed, and :class:`DeleteUndone` raised. The session is back (or, if even that
-    rename fails, deleted: the next open finishes its tombstone), never half-deleted."""
-    tombstone = layout.tombstone(session_id)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(layout.checkpoint(session_id), tombstone)
-    synced = True
-    try:
-        fsync_dir(layout.sessions)
-    except OSError as exc:
-        if sync_decides_delete:
-            _undo_unsynced_delete(layout, session_id, exc)
-        synced = False
-        log.error(
-            "session %r is deleted (its checkpoint is the tombstone %s), but the sync of "
-            "its directory failed: %s",
-            session_id,
-            tombstone,
-            exc,
-        )
-    for path, error in finish_delete(layout, session_id):
-        log.error(
-            "session %r is deleted, but %s could not be removed (%s): the tombstone %s "
-            "stays, and the next open tries again",
-            session_id,
-            path,
-            error,
-            tombstone,
-        )
-    return synced
-
-
-def _undo_unsynced_delete(layout: Layout, session_id: str, error: OSError) -> None:
-    """The delete's rename is not known durable and nothing else records it: the
-    checkpoint back in its place (unsynced: a power cut leaves it or the tombstone,
-    and an open finishes the latter, whole), and the delete fails."""
-    try:
-        os.replace(layout.tombstone(session_id), layout.checkpoint(session_id))
-    except OSError as undo_error:
-        log.error(
-            "session %r: the sync of its tombstone's rename failed (%s), and so did the "
-            "rename back (%s): it is deleted, and the next open finishes the delete",
-            session_id,
-            error,
-            undo_error,
-        )
-        raise StorageError(
-            f"session {session_id!r}: the sync of its directory failed ({error}), and "
-            "undoing its delete too: it is deleted, not durably until the next open"
-        ) from error
-    raise DeleteUndone(
-        f"session {session_id!r} was not deleted: the sync of its directory failed "
-        f"({error}); it takes no appends until the store is opened again"
-    ) from error
-
-
-def finish_delete(layout: Layout, session_id: str) -> list[tuple[Path, OSError]]:
-    """Once the session's checkpoint is its tombstone: its other files removed (synced),
-    then the tombstone, unless one of them stays; what could not be removed. The
-    tombstone outlives any file of the session, so that no open takes a leftover log
-    for a session of its own (an open finishes the delete again)."""
-    failed: list[tuple[Path, OSError]] = []
-    for path in layout.session_files(session_id):
-        try:
-            unlink_quietly(path)
-        except OSError as exc:  # a directory in the way, a file the system keeps
-            failed.append((path, exc))
-    if not failed:
-        try:
-            # The log's removal durable before the tombstone's: a power cut that kept
-            # only the latter left the log alone, which an open reads as a session of
-            # its own (the deleted history back, under no user).
-            fsync_dir(layout.events)
-            unlink_quietly(layout.tombstone(session_id))
-        except OSError as exc:
-            failed.append((layout.tombstone(session_id), exc))
-    return failed
 
 
 def clear_unfinished_delete(layout: Layout, session_id: str) -> None:
