@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
+from bamboo_session.protocol.models import SessionState
+
 from ..base import StorageError
 from ..parking import attached_left_indexed, park_indexed
 from .appends import WalKeptFull
@@ -51,7 +53,8 @@ class JsonlUpkeep(JsonlImports):
         expiry under live load"); deletes under way together share the WAL's group
         commit, and their file work is one batch, one sync of each directory for all
         (``deletes.py``; 16 at once, each syncing alone, took 169 to 366 s for 50,000).
-        One whose delete fails stays (it is as
+        One whose TTL ran out with an append under way is left to the next round
+        (the append, taken before, renews it). One whose delete fails stays (it is as
         it was, or its tombstone is finished by the next open), is logged, and is tried
         again at the next round, after the others. Once the WAL kept since a failed sync
         passes its bound no delete is made, and the round ends."""
@@ -68,6 +71,14 @@ class JsonlUpkeep(JsonlImports):
                     return
                 record = self._records.get(session_id)
                 if record is None or not record.meta.is_expired(now):
+                    continue
+                in_flight = record.next_seq != record.meta.last_seq
+                if in_flight and record.meta.state != SessionState.EXPIRED:
+                    # An append taken before the TTL ran out is being written:
+                    # acknowledged, it renews the session (its activity is recorded as
+                    # it is written), so deleting it now would lose an acknowledged
+                    # event. The next round finds it renewed, or expired still if that
+                    # append failed. (The state ``expired`` is final: nothing renews it.)
                     continue
                 try:
                     await self._remove(session_id)
