@@ -95,8 +95,9 @@ def delete_sessions_files(
             with contextlib.suppress(FileNotFoundError):
                 os.replace(layout.checkpoint(session_id), layout.tombstone(session_id))
         except OSError as exc:  # the delete failed: the session is as it was
-            outcomes[session_id] = StorageError(f"storage I/O failed: {exc}")
-            outcomes[session_id].__cause__ = exc
+            failed = StorageError(f"storage I/O failed: {exc}")
+            failed.__cause__ = exc
+            outcomes[session_id] = failed
             continue
         renamed.append(session_id)
     sync_error: OSError | None = None

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
-from . import checkpoint, damaged_wal, lifecycle, snapshot, wal_replay
+from . import checkpoint, damaged_wal, deletes, lifecycle, snapshot, wal_replay
 from .checkpoint import CheckpointDamaged, LegacyCheckpoint
 from .config import JsonlStorageConfig
 from .files import fsync_dir, unlink_quietly
@@ -245,7 +245,7 @@ class _Recovery:
     def _finish_delete(self, session_id: str) -> None:
         """The session's checkpoint is its tombstone: the delete took effect; its files
         go (the tombstone stays while one of them does, for the next open)."""
-        failed = lifecycle.finish_delete(self.layout, session_id)
+        failed = deletes.finish_delete(self.layout, session_id)
         for path, exc in failed:
             log.error(
                 "session %r is deleted, but %s could not be removed (%s): its tombstone "
