@@ -56,7 +56,7 @@ async def main(base: str, point: str) -> None:
     syncs = {"sessions": 0}
     real_sync, real_finish, real_unlink = (
         deletes.fsync_dir,
-        deletes.finish_deletes,
+        deletes.remove_files,
         deletes.unlink_quietly,
     )
 
@@ -67,7 +67,7 @@ async def main(base: str, point: str) -> None:
                 die_saying_what_is_renamed(sessions)
         real_sync(path)
 
-    def finish_deletes(layout: Any, session_ids: list[str]) -> Any:
+    def remove_files(layout: Any, session_ids: list[str]) -> Any:
         if point == "files":
             die_saying_what_is_renamed(sessions)
         return real_finish(layout, session_ids)
@@ -78,7 +78,7 @@ async def main(base: str, point: str) -> None:
         return real_unlink(path)
 
     deletes.fsync_dir = fsync_dir  # type: ignore[assignment]
-    deletes.finish_deletes = finish_deletes  # type: ignore[assignment]
+    deletes.remove_files = remove_files  # type: ignore[assignment]
     deletes.unlink_quietly = unlink_quietly  # type: ignore[assignment]
     await storage.cleanup_expired_sessions()
     print("not killed", flush=True)

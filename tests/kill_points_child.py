@@ -71,7 +71,7 @@ async def main(base: str, point: str, durability: str) -> None:
     else:
         await asyncio.sleep(1.1)  # "e" expires
         if point == "replace-delete":
-            deletes.delete_sessions_files = die  # type: ignore[assignment]
+            deletes.rename_to_tombstones = die  # type: ignore[assignment]
         else:
             lifecycle.install_replacement = die  # type: ignore[assignment]
         await storage.create_session(Session.new("e", user_id="u"), replace_expired=True)
@@ -80,11 +80,11 @@ async def main(base: str, point: str, durability: str) -> None:
 
 def _arm_delete(point: str) -> None:
     if point == "delete-start":
-        deletes.delete_sessions_files = die  # type: ignore[assignment]
+        deletes.rename_to_tombstones = die  # type: ignore[assignment]
     elif point == "delete-renamed":
         deletes.fsync_dir = die  # type: ignore[assignment]
     elif point == "delete-files":
-        deletes.finish_deletes = die  # type: ignore[assignment]
+        deletes.remove_files = die  # type: ignore[assignment]
     else:
         unlink = deletes.unlink_quietly
 

@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ..base import StorageError
 from .files import fsync_dir, unlink_quietly
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # Sessions one job deletes at most: a bound on the job's time on a file thread (two
 # renames and a few unlinks each, and two syncs in all), so reads wait behind little.
 DELETES_PER_BATCH: Final = 256
+
+# Sessions a step's share holds at least: fewer are not worth a job of their own.
+SHARE_LEAST: Final = 16
 
 # A session's outcome in a batch: whether its rename is synced, or why it failed.
 Outcome = bool | BaseException
@@ -82,30 +85,102 @@ class DeleteBatches:
             self._task = None
 
 
+async def delete_in_shares(
+    run: Callable[..., Awaitable[Any]],
+    layout: Layout,
+    session_ids: list[str],
+    sync_decides_delete: bool,
+    threads: int,
+) -> dict[str, Outcome]:
+    """:func:`delete_sessions_files`, each step's file work shared among up to
+    ``threads`` jobs run by ``run`` (a job each), the syncs one job each between the
+    steps: one thread unlinking a batch's files took three times as long as 16 deletes
+    on the store's threads under load (bench/RESULTS.md, "Cleanup, second pass")."""
+    shares = _shares(session_ids, threads)
+    renames = await asyncio.gather(
+        *(run(rename_to_tombstones, layout, ids) for ids in shares), return_exceptions=True
+    )
+    outcomes: dict[str, Outcome] = {}
+    renamed: list[str] = []
+    for ids, result in zip(shares, renames, strict=True):
+        if isinstance(result, BaseException):  # the job did not run: nothing renamed
+            outcomes.update(dict.fromkeys(ids, result))
+            continue
+        failed, done = result
+        outcomes.update(failed)
+        renamed += done
+    settled, finishing = await run(settle_renames, layout, renamed, sync_decides_delete)
+    outcomes.update(settled)
+    removals = await asyncio.gather(
+        *(run(remove_files, layout, ids) for ids in _shares(finishing, threads))
+    )
+    failed_files = [failure for _emptied, failures in removals for failure in failures]
+    emptied = [session_id for ids, _failures in removals for session_id in ids]
+    unsynced = await run(sync_events, layout, emptied)
+    if unsynced:  # every tombstone stays
+        failed_files += unsynced
+    else:
+        for failures in await asyncio.gather(
+            *(run(remove_tombstones, layout, ids) for ids in _shares(emptied, threads))
+        ):
+            failed_files += failures
+    _log_left(layout, failed_files)
+    return outcomes
+
+
+def _shares(session_ids: list[str], threads: int) -> list[list[str]]:
+    """``session_ids`` in up to ``threads`` shares of at least ``SHARE_LEAST`` each."""
+    count = max(1, min(threads, len(session_ids) // SHARE_LEAST))
+    return [share for share in (session_ids[i::count] for i in range(count)) if share]
+
+
 def delete_sessions_files(
     layout: Layout, session_ids: list[str], sync_decides_delete: bool = False
 ) -> dict[str, Outcome]:
     """:func:`delete_session_files` for each of ``session_ids``, a step at a time for
-    all, each directory synced once: each one's outcome, a raised error as its value
-    (an ``OSError`` as the :class:`StorageError` a file job makes of it)."""
-    outcomes: dict[str, Outcome] = {}
+    all, each directory synced once, in this thread: each one's outcome, a raised error
+    as its value (an ``OSError`` as the :class:`StorageError` a file job makes of it)."""
+    outcomes, renamed = rename_to_tombstones(layout, session_ids)
+    settled, finishing = settle_renames(layout, renamed, sync_decides_delete)
+    outcomes.update(settled)
+    _log_left(layout, finish_deletes(layout, finishing))
+    return outcomes
+
+
+def rename_to_tombstones(
+    layout: Layout, session_ids: list[str]
+) -> tuple[dict[str, Outcome], list[str]]:
+    """The first step: each checkpoint renamed to its tombstone; the sessions whose
+    rename failed (as it was: their delete failed) with why, and those renamed."""
+    failed: dict[str, Outcome] = {}
     renamed: list[str] = []
     for session_id in session_ids:
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(layout.checkpoint(session_id), layout.tombstone(session_id))
-        except OSError as exc:  # the delete failed: the session is as it was
-            failed = StorageError(f"storage I/O failed: {exc}")
-            failed.__cause__ = exc
-            outcomes[session_id] = failed
+        except OSError as exc:
+            error = StorageError(f"storage I/O failed: {exc}")
+            error.__cause__ = exc
+            failed[session_id] = error
             continue
         renamed.append(session_id)
+    return failed, renamed
+
+
+def settle_renames(
+    layout: Layout, renamed: list[str], sync_decides_delete: bool
+) -> tuple[dict[str, Outcome], list[str]]:
+    """The sessions directory synced once for every rename: each renamed session's
+    outcome, and those whose delete goes on (all but the undone, see
+    :func:`delete_session_files`)."""
+    outcomes: dict[str, Outcome] = {}
+    if not renamed:
+        return outcomes, []
     sync_error: OSError | None = None
-    if renamed:
-        try:
-            fsync_dir(layout.sessions)
-        except OSError as exc:
-            sync_error = exc
+    try:
+        fsync_dir(layout.sessions)
+    except OSError as exc:
+        sync_error = exc
     finishing: list[str] = []
     for session_id in renamed:
         if sync_error is not None:
@@ -124,7 +199,11 @@ def delete_sessions_files(
             )
         outcomes[session_id] = sync_error is None
         finishing.append(session_id)
-    for session_id, path, error in finish_deletes(layout, finishing):
+    return outcomes, finishing
+
+
+def _log_left(layout: Layout, failed: list[tuple[str, Path, OSError]]) -> None:
+    for session_id, path, error in failed:
         log.error(
             "session %r is deleted, but %s could not be removed (%s): the tombstone %s "
             "stays, and the next open tries again",
@@ -133,7 +212,6 @@ def delete_sessions_files(
             error,
             layout.tombstone(session_id),
         )
-    return outcomes
 
 
 def delete_session_files(
@@ -184,6 +262,16 @@ def finish_deletes(layout: Layout, session_ids: list[str]) -> list[tuple[str, Pa
     went; what could not be removed, of which session. A tombstone outlives every file
     of its session, so that no open takes a leftover log for a session of its own (an
     open finishes the delete again)."""
+    emptied, failed = remove_files(layout, session_ids)
+    left = sync_events(layout, emptied)
+    return failed + (left or remove_tombstones(layout, emptied))
+
+
+def remove_files(
+    layout: Layout, session_ids: list[str]
+) -> tuple[list[str], list[tuple[str, Path, OSError]]]:
+    """Each session's files but its tombstone removed: the sessions whose files all
+    went, and what could not be removed."""
     failed: list[tuple[str, Path, OSError]] = []
     emptied: list[str] = []
     for session_id in session_ids:
@@ -195,15 +283,25 @@ def finish_deletes(layout: Layout, session_ids: list[str]) -> list[tuple[str, Pa
                 failed.append((session_id, path, exc))
         if len(failed) == failures:
             emptied.append(session_id)
+    return emptied, failed
+
+
+def sync_events(layout: Layout, emptied: list[str]) -> list[tuple[str, Path, OSError]]:
+    """The logs' removal made durable before the tombstones': a power cut that kept
+    only the latter left a log alone, which an open reads as a session of its own (the
+    deleted history back, under no user). On failure every tombstone stays."""
     if not emptied:
-        return failed
+        return []
     try:
-        # The logs' removal durable before the tombstones': a power cut that kept only
-        # the latter left a log alone, which an open reads as a session of its own (the
-        # deleted history back, under no user).
         fsync_dir(layout.events)
     except OSError as exc:
-        return failed + [(session_id, layout.tombstone(session_id), exc) for session_id in emptied]
+        return [(session_id, layout.tombstone(session_id), exc) for session_id in emptied]
+    return []
+
+
+def remove_tombstones(layout: Layout, emptied: list[str]) -> list[tuple[str, Path, OSError]]:
+    """The last step: the tombstones removed; those that could not be."""
+    failed: list[tuple[str, Path, OSError]] = []
     for session_id in emptied:
         try:
             unlink_quietly(layout.tombstone(session_id))

@@ -233,8 +233,10 @@ class SessionFiles:
 
     async def _delete_batch(self, session_ids: list[str]) -> dict[str, Outcome]:
         """The file work of the deletes waiting together (``deletes.py``)."""
-        return await self._jobs.run(
-            deletes.delete_sessions_files, self.layout, session_ids, self._sync_decides_delete
+        # All the store's file threads but one, which stays for the reads of live sessions.
+        threads = max(1, self._jobs.threads - 1)
+        return await deletes.delete_in_shares(
+            self._jobs.run, self.layout, session_ids, self._sync_decides_delete, threads
         )
 
     async def _record_deletion_again(self, record: SessionRecord) -> None:
