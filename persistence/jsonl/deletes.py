@@ -1,16 +1,18 @@
 """A delete's file work (``lifecycle.py`` says what a delete is and why in this order),
-for many sessions at once: the deletes under way together share one job, and in it one
-sync of each directory (:class:`DeleteBatches`).
+for many sessions at once: the deletes under way together make one batch
+(:class:`DeleteBatches`), with one sync of each directory for all of them.
 
 Each session of a batch goes through the same steps as it would alone: its checkpoint
 becomes its tombstone; the sessions directory is synced; its other files go; the events
 directory is synced; its tombstone goes. A batch only makes every session take each
 step before any takes the next, so that one sync serves all of them: a crash at any
 instant leaves each session whole (its checkpoint, or a tombstone whose delete the next
-open finishes) or gone, as it left the one. One at a time, two directory syncs per
-delete made a cleanup round of 50,000 expired sessions take 169 to 366 s here
-(bench/RESULTS.md, "Cleanup, second pass"). A session whose rename fails fails alone;
-a failed sync of the sessions directory is each renamed session's, handled as alone.
+open finishes) or gone, as it left the one. A step's renames and unlinks are shared
+among the store's file threads (:func:`delete_in_shares`): under load the unlinks, not
+the syncs, were most of a round, and one thread doing them all took three times as
+long as the 16 deletes at once before batches (bench/RESULTS.md, "Cleanup, second
+pass"). A session whose rename fails fails alone; a failed sync of the sessions
+directory is each renamed session's, handled as alone.
 """
 
 from __future__ import annotations
