@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from .http_wire import BambooConnection
     from .outbound import Outbound
+    from .read_back import Replay
     from .writer_life import WriterLife
 
 log = structlog.get_logger("bamboo_session.connection")
@@ -74,6 +75,12 @@ class DirectSink(Protocol):
         without awaiting anything; whether they were written."""
         ...
 
+    def replay_at_once(self, replay: Replay, ahead: list[bytes]) -> bool:
+        """Write already framed ``ahead`` and the whole of ``replay`` behind it, in one
+        go, if the replay needs nothing awaited (server/replay_now.py); whether they
+        were written (else nothing was, and the writer is to send the replay)."""
+        ...
+
     def start_writer(self) -> None:
         """Start the connection's writer task: its outbox has work that must await
         (a replay, the close, a socket that is full), and no writer runs."""
@@ -114,7 +121,7 @@ class WebSocketSink:
     await: only while the connection is open, its write buffer below the high-water
     mark, and no extension (compression) transforms frames."""
 
-    __slots__ = ("_count", "codec", "start_writer", "ws")
+    __slots__ = ("_count", "codec", "replay_at_once", "start_writer", "ws")
 
     def __init__(
         self,
@@ -122,11 +129,13 @@ class WebSocketSink:
         codec: Codec,
         count: Callable[[int], None],
         start_writer: Callable[[], None],
+        replay_at_once: Callable[[Replay, list[bytes]], bool] | None = None,
     ) -> None:
         self.ws = ws
         self.codec = codec  # the connection's: what its frames are framed with
         self._count = count
         self.start_writer = start_writer
+        self.replay_at_once = replay_at_once or _never_at_once
 
     def can_write(self) -> bool:
         # can_write_now's checks, inline: this runs for every connection a fan-out
@@ -186,6 +195,11 @@ class WebSocketSink:
 
     def abort(self) -> None:
         self.ws.transport.abort()
+
+
+def _never_at_once(replay: Replay, ahead: list[bytes]) -> bool:
+    """A sink's ``replay_at_once`` where nothing can send a replay but the writer."""
+    return False
 
 
 class Flusher:

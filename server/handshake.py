@@ -47,6 +47,7 @@ from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
 from .pages import StoreTimeout
 from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
+from .replay_now import replay_now
 from .token_expiry import TokenExpiry
 
 if TYPE_CHECKING:
@@ -173,7 +174,9 @@ async def attach(conn: Connection, hello: Hello) -> bool:
         if services.config.batch_frames:
             outbox.max_batch_items = batch_items(services.config)
             outbox.max_batch_bytes = services.config.max_frame_bytes
-        outbox.sink = WebSocketSink(ws, conn.codec, conn.count_out, conn.start_writer)
+        outbox.sink = WebSocketSink(
+            ws, conn.codec, conn.count_out, conn.start_writer, functools.partial(replay_now, conn)
+        )
         outbox.flusher = services.flusher
         try:
             # Asked again of what the actor finds: resolve_session may have found no

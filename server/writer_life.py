@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from .flush import DirectSink, Flusher
 from .outbound import Outbound
+from .read_back import Replay
 from .sent_events import FLUSH, SentEvents
 
 if TYPE_CHECKING:
@@ -190,8 +191,13 @@ class WriterLife(SentEvents):
                 size += out.event_size or len(data)
                 chunks.append(data)
                 index += 1
+            stop = items[index] if index < queued else None
             if held:
                 self._flush_checked(sink)
+            elif type(stop) is Replay and self._replay_at_once(
+                sink, stop, chunks, sent, index, size
+            ):
+                return  # written with the replay behind them
             elif chunks and sink.write(chunks):
                 self.sent_seq = sent
                 if index == queued:  # drained, the common case: _taken's, inline
@@ -203,6 +209,22 @@ class WriterLife(SentEvents):
                     self._taken(index, size)
         if len(self._items) != self._head:
             self._rouse_writer()
+
+    def _replay_at_once(
+        self, sink: DirectSink, replay: Replay, ahead: list[bytes], sent: int, index: int, size: int
+    ) -> bool:
+        """``ahead`` (the frames before ``replay``, to ``index``, ``size`` bytes) and the
+        replay written together, when the replay needs nothing awaited (a resume a few
+        events behind, from the ring: server/replay_now.py); then what is queued behind
+        it, as :meth:`flush` would. False, nothing changed, when the writer must send it."""
+        before, self.sent_seq = self.sent_seq, sent
+        if not sink.replay_at_once(replay, ahead):
+            self.sent_seq = before
+            return False
+        self._taken(index + 1, size)  # the frames ahead and the replay
+        if len(self._items) != self._head:
+            self.flush()  # what was queued behind the replay (presence, live events)
+        return True
 
     def _flush_checked(self, sink: DirectSink) -> None:
         """:meth:`flush`'s general way: frames taken, then checked (to_socket), then
