@@ -35,6 +35,12 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]+")
+# A header line that every check of HeadChecks.header_line passes as it is, in one
+# match: a token, its colon, a value without control characters, CRLF; not a
+# Content-Length, which is rewritten. The checks run one by one only on the others.
+_PLAIN_HEADER_LINE = re.compile(
+    rb"(?!(?i:content-length):)[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\t\x20-\x7e\x80-\xff]*\r\n"
+)
 _HTTP_VERSION = re.compile(rb"HTTP/[0-9](\.[0-9])?")
 # HTTP/1.2 to 1.9: a later minor version of the major version served here, answered as
 # the highest minor version it serves, HTTP/1.1 (RFC 9112 2.3, RFC 9110 6.2).
@@ -139,6 +145,8 @@ class HeadChecks:
     def header_line(self, line: bytes | bytearray) -> bytes | bytearray:
         """Raises :class:`MalformedHead` unless ``line`` (CRLF included) is a valid
         header line, or the empty line that ends the head."""
+        if _PLAIN_HEADER_LINE.fullmatch(line):
+            return line  # the common case: 7 to 9 calls of the checks below in one
         if not line.endswith(b"\r\n"):
             raise MalformedHead(BARE_LF)
         whole, line = line, line[:-2]
