@@ -201,7 +201,16 @@ class _HeadReader:
         while True:
             if self.left < limit:
                 limit, too_long = self.left, RequestHeadTooLarge
-            line = yield from self.protocol.reader.read_line(limit, too_long)
+            reader = self.protocol.reader
+            buffer = reader.buffer
+            end = buffer.find(b"\n") + 1
+            if 0 < end <= limit:
+                # The line is all there (a head comes in one packet, mostly): taken as
+                # websockets' read_line would take it, without its generator.
+                line = buffer[:end]
+                del buffer[:end]
+            else:  # it waits for more, or refuses what is too long
+                line = yield from reader.read_line(limit, too_long)
             self.left -= len(line)
             if self.first_line:
                 return self.checks.header_line(line)
