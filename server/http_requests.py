@@ -186,10 +186,10 @@ class _HeadReader:
     first as the request line and the connection was dropped without an answer. One
     more is read as the request line: not HTTP, dropped as any other."""
 
-    __slots__ = ("checks", "first_line", "left", "protocol", "skipped")
+    __slots__ = ("checks", "first_line", "left", "reader", "skipped")
 
     def __init__(self, protocol: ServerProtocol) -> None:
-        self.protocol = protocol
+        self.reader = protocol.reader
         self.left = MAX_HEAD_BYTES
         self.first_line: list[bytes] = []
         self.skipped = 0  # empty lines before the request line
@@ -201,8 +201,7 @@ class _HeadReader:
         while True:
             if self.left < limit:
                 limit, too_long = self.left, RequestHeadTooLarge
-            reader = self.protocol.reader
-            buffer = reader.buffer
+            buffer = self.reader.buffer
             end = buffer.find(b"\n") + 1
             if 0 < end <= limit:
                 # The line is all there (a head comes in one packet, mostly): taken as
@@ -210,7 +209,7 @@ class _HeadReader:
                 line = buffer[:end]
                 del buffer[:end]
             else:  # it waits for more, or refuses what is too long
-                line = yield from reader.read_line(limit, too_long)
+                line = yield from self.reader.read_line(limit, too_long)
             self.left -= len(line)
             if self.first_line:
                 return self.checks.header_line(line)
