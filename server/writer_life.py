@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 FLUSH_FRAMES: Final = 256
 WRITE_BYTES: Final = 256 * 1024
 
+# Frames as written, in a write's order (named here: in the class below, ``bytes`` is
+# the queue's count of them).
+Framed = list[bytes]
+
 
 class WriterLife(SentEvents):
     """Whether a connection's writer runs, waits or is absent, and what wakes or starts
@@ -211,7 +215,7 @@ class WriterLife(SentEvents):
             self._rouse_writer()
 
     def _replay_at_once(
-        self, sink: DirectSink, replay: Replay, ahead: list[bytes], sent: int, index: int, size: int
+        self, sink: DirectSink, replay: Replay, ahead: Framed, sent: int, index: int, size: int
     ) -> bool:
         """``ahead`` (the frames before ``replay``, to ``index``, ``size`` bytes) and the
         replay written together, when the replay needs nothing awaited (a resume a few
