@@ -17,7 +17,7 @@ import pytest
 
 from bamboo_session.persistence import StorageError
 from bamboo_session.persistence.jsonl import logfiles
-from bamboo_session.persistence.jsonl.batch import Batch
+from bamboo_session.persistence.jsonl.batch import Batch, Group
 from bamboo_session.persistence.jsonl.config import Durability
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.persistence.jsonl.wal import SegmentFile
@@ -31,10 +31,12 @@ class Reports:
     written: list[tuple[str, list[tuple[int, int]], int]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
-    def on_written(self, session_id: str, batches: list[tuple[int, Batch]], size: int) -> None:
-        self.written.append(
-            (session_id, [(offset, batch.events[0].seq) for offset, batch in batches], size)
-        )
+    def on_written(self, group: Group) -> None:
+        offsets, offset = [], group.size_before
+        for appended in group.batches:
+            offsets.append((offset, appended.events[0].seq))
+            offset += len(appended.data)
+        self.written.append((group.session_id, offsets, group.new_size))
 
     def on_failed(self, session_id: str, error: OSError, uncut: int) -> None:
         self.failed.append(session_id)

@@ -15,11 +15,13 @@ import errno
 from collections.abc import Callable, Iterable
 
 from ..base import SessionLogFailed, StorageError
-from .batch import Batch, Group, QueuedControl
+from .batch import Batch, Commit, Group, QueuedControl
 from .logfiles import LogFiles
 
-# (session id, [(where the batch's lines start in the log, batch)], new log size)
-WrittenCallback = Callable[[str, list[tuple[int, Batch]], int], None]
+# A group written (and synced as the mode says): its session's appends (``batches``),
+# where the first one's lines start in the log (``size_before``; each next one's
+# follow), and the log's size after them (``new_size``).
+WrittenCallback = Callable[[Group], None]
 # (session id, the error, bytes of failed lines its log still holds: a cut that failed)
 FailedCallback = Callable[[str, OSError, int], None]
 
@@ -48,22 +50,16 @@ class Answers:
         )
         return True
 
-    def settle(self, groups: list[Group], controls: list[QueuedControl]) -> None:
-        """Answer a group commit's appends and markers, once its outcome is known: the
-        owner is told first (``on_written``, ``on_failed``), so its metadata describes
-        the log by the time a caller hears."""
-        for group in groups:
-            appends = group.batches
+    def settle(self, commit: Commit) -> None:
+        """Answer a group commit's appends and markers, once its outcome is known, in
+        one pass over its groups: for each written whole (``ok``), the owner is told
+        first (``on_written``), so its metadata describes the log by the time a caller
+        hears; for each that failed, the owner too (``on_failed``), then its callers."""
+        on_written = self._on_written
+        for group in commit.groups:
             if group.ok:
-                if len(appends) == 1:  # most groups: one append to the session
-                    written = [(group.size_before, appends[0])]
-                else:
-                    written, offset = [], group.size_before
-                    for batch in appends:
-                        written.append((offset, batch))
-                        offset += len(batch.data)
-                self._on_written(group.session_id, written, group.new_size)
-                for append in appends:
+                on_written(group)
+                for append in group.batches:
                     future = append.future
                     if future is not None and not future.done():
                         future.set_result(None)
@@ -75,9 +71,9 @@ class Answers:
                     "nothing of this append was stored"
                 )
                 self._failed(group.session_id, cause)
-                for append in appends:
+                for append in group.batches:
                     _fail(append.future, error)
-        for control in controls:
+        for control in commit.controls:
             if control.future.done():
                 continue
             forget = control.forget

@@ -31,7 +31,7 @@ from ..events import UserBytes, check_room, check_user_room, completed_event
 from ..failure_log import FailureLog
 from ..feed import Feed
 from ..keys import KeyWindow, split_duplicates
-from .batch import Batch
+from .batch import Batch, Group
 from .caches import KeyWindows, MessageCache
 from .checkpointer import Checkpointer
 from .config import JsonlStorageConfig
@@ -278,7 +278,9 @@ class Appender:
 
     # -- the writer's reports -------------------------------------------------------
 
-    def _on_written(self, session_id: str, written: list[tuple[int, Batch]], size: int) -> None:
+    def _on_written(self, group: Group) -> None:
+        """The writer wrote (and synced) the group's appends, before it answers them."""
+        session_id = group.session_id
         self._failures.succeeded(session_id)
         record = self._records.get(session_id)
         known = record is not None
@@ -289,16 +291,22 @@ class Appender:
             if record is None:
                 return
         meta = record.meta
-        if len(written) == 1:
-            events = written[0][1].events
-        else:
-            events = [event for _offset, batch in written for event in batch.events]
-        for offset, batch in written:
+        batches = group.batches
+        if len(batches) == 1:  # most groups: one append to the session
+            batch = batches[0]
+            events = batch.events
             if batch.messages:
-                self._add_messages(record, offset, batch, cache=known)
+                self._add_messages(record, group.size_before, batch, cache=known)
+        else:
+            events, offset = [], group.size_before
+            for batch in batches:
+                events += batch.events
+                if batch.messages:
+                    self._add_messages(record, offset, batch, cache=known)
+                offset += len(batch.data)
         last = events[-1]
-        record.written(last.seq, size)
-        if not written[-1][1].imported:
+        record.written(last.seq, group.new_size)
+        if not batch.imported:  # (the last append's)
             meta.touch(max(last.ts, meta.last_activity_at))
         if not known:
             return  # no cache, checkpoint or subscriber of it is left to tell

@@ -37,7 +37,8 @@ class Batch(Struct):
 
 
 class Group(Struct):
-    """One log file's share of a group commit: its session's queued appends, in order."""
+    """One log file's share of a group commit: its session's queued appends, in order,
+    and their lines (``data``: the lone append's own, or joined by ``write``)."""
 
     session_id: str
     batches: list[Batch]
@@ -48,7 +49,9 @@ class Group(Struct):
     # directory's or the batch's (the WAL's write or sync): other sessions' appends are
     # not affected.
     alone: bool = False
-    ok: bool = False  # written (and synced, in fsync mode): may be acknowledged
+    # Written whole (set by ``write``; cleared by a failure of the commit's later
+    # steps): once the commit's outcome is known, it is acknowledged.
+    ok: bool = False
     open_log: OpenLog | None = None  # the descriptor written to
     size_before: int = 0  # the log's good size before this batch: where a cut goes
 
@@ -77,11 +80,15 @@ class OpenLog(Struct):
 
 
 class Commit(Struct):
-    """One batch between its steps (``commits.py``): what ``write`` did, and what
-    ``finish`` must still do, on the I/O thread or in the sync helper."""
+    """One batch between its steps (``commits.py``): its groups and markers as
+    ``gather`` took them from the queue, what ``write`` did, and what ``finish`` must
+    still do, on the I/O thread or in the sync helper."""
 
-    groups: list[Group]
-    forgets: Sequence[Forget]
+    groups: list[Group] = field(default_factory=list)  # in queue order
+    controls: list[QueuedControl] = field(default_factory=list)  # flushes, deletions
+    forgets: Sequence[Forget] = ()  # the deletions' records
+    # Small, to logs open already, nothing to cut first: ``write`` may run on the loop.
+    on_loop: bool = True
     written: list[Group] = field(default_factory=list)  # whole in their logs
     cuts: list[Group] = field(default_factory=list)  # to cut back to their size_before
     # The WAL records went into the segment (unsynced; when ``wal_error``, perhaps in
@@ -92,20 +99,6 @@ class Commit(Struct):
     sync_logs: bool = False  # ``fsync`` without the WAL: every written log
     failed: bool = False  # something unexpected: nothing of the batch may stay
     cut_done: bool = False  # ``finish`` ran: whatever failed is cut back
-
-    @property
-    def only_wal_sync(self) -> bool:
-        """All that is left is syncing the WAL records written (the common commit)."""
-        return self.wal_before is not None and not (
-            self.cuts or self.wal_error or self.wal_data or self.sync_logs or self.failed
-        )
-
-    @property
-    def blocks(self) -> bool:
-        """Whether ``finish`` has anything to do (in ``os`` mode, only after a failure)."""
-        return self.wal_before is not None or bool(
-            self.cuts or self.wal_data or self.sync_logs or self.failed
-        )
 
 
 class QueuedControl(Struct):

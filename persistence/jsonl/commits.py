@@ -1,5 +1,8 @@
-"""One group commit of the log writer, in three steps that the writer's task runs one
-after the other (so the files and the WAL segment have one user at a time):
+"""One group commit of the log writer: the queue's batch taken as one commit
+(``gather``), then three steps that the writer's task runs one after the other (so the
+files and the WAL segment have one user at a time), then the answers (``answers.py``).
+The common commit (a few lone appends from many sessions) walks its groups three times:
+once to gather them, once to write, once to answer.
 
 - ``write``: each session's share of the batch goes to its log with one ``write``, and
   the batch's WAL records to the current segment with one more. A small batch
@@ -15,9 +18,10 @@ after the other (so the files and the WAL segment have one user at a time):
   every written log synced (``fsync`` without the WAL), and whatever failed cut
   back to the log's last good size, so that no torn or unacknowledged line survives a
   failed append. In ``os`` mode a batch that did not fail has nothing to finish.
-- ``conclude``, on the loop's thread: what succeeded may be acknowledged; whatever
-  failed and could not be cut back is marked to be cut before its file's next write;
-  the descriptors of cut-back, deleted and least recently used logs are closed.
+- ``conclude``, on the loop's thread: whatever failed is no longer ``ok`` (``write``
+  marks what it wrote whole, a failure of a later step unmarks it), and what could not
+  be cut back is marked to be cut before its file's next write; the descriptors of
+  cut-back, deleted and least recently used logs are closed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from .batch import Commit, Forget, Group
+from .answers import Answers
+from .batch import Batch, Commit, Forget, Group, QueuedControl
 from .config import Durability
 from .files import of_its_own, write_all
 from .logfiles import LogFiles
@@ -37,6 +42,13 @@ log = logging.getLogger(__name__)
 
 LOOP_WRITE_BYTES: Final = 64 * 1024
 
+# What ``write`` leaves to do: nothing (``os`` mode), the WAL's sync alone (the common
+# commit: the sync helper's, or the I/O thread's), or ``finish`` on the I/O thread.
+Left = int
+NOTHING: Final = 0
+WAL_SYNC: Final = 1
+FINISH: Final = 2
+
 
 class Committer:
     """The steps of a group commit over the writer's files and WAL segment."""
@@ -45,19 +57,44 @@ class Committer:
         self.files = files
         self.wal = wal
         self._durability = durability
+        # Whether ``write`` leaves its logs unsynced (the WAL's retirement or ``os``
+        # mode's rounds sync them), or ``finish`` syncs each (``fsync`` without the WAL).
+        self._logs_synced_later = wal is not None or durability != "fsync"
         self.rotated: list[Segment] = []  # WAL segments left behind, for retirement
 
-    def on_loop(self, groups: list[Group]) -> bool:
-        """Whether ``write`` may run on the loop's thread: a small batch to logs that
-        are open (opening one may block), and nothing an earlier failure left to cut
+    def gather(self, items: list[Batch | QueuedControl], answers: Answers) -> Commit:
+        """The writer's batch as one commit, in one pass: each session's appends in a
+        group of their own, in queue order (an append queued before a failure of its
+        session's fails now: ``Answers.stale``), the markers aside; and whether
+        ``write`` may run on the loop's thread (``on_loop``): a small batch to logs that
+        are open (opening one may block), nothing an earlier failure left to cut
         first (a cut syncs)."""
-        size, open_logs, needs_truncate = 0, self.files.open_logs, self.files.needs_truncate
-        for group in groups:
-            if group.session_id not in open_logs or group.session_id in needs_truncate:
-                return False
-            for batch in group.batches:
-                size += len(batch.data)
-        return size <= LOOP_WRITE_BYTES
+        commit = Commit()
+        groups: dict[str, Group] = {}
+        ordered = commit.groups
+        open_logs, needs_truncate = self.files.open_logs, self.files.needs_truncate
+        generations = answers.generations  # empty until a session's append fails
+        size, on_loop = 0, True
+        for item in items:
+            if isinstance(item, QueuedControl):
+                commit.controls.append(item)
+                continue
+            if (generations or item.generation) and answers.stale(item):
+                continue
+            session_id = item.session_id
+            group = groups.get(session_id)
+            if group is None:
+                group = groups[session_id] = Group(session_id, [item], item.data)
+                ordered.append(group)
+                if session_id not in open_logs or session_id in needs_truncate:
+                    on_loop = False
+            else:
+                group.batches.append(item)
+            size += len(item.data)
+        commit.on_loop = on_loop and size <= LOOP_WRITE_BYTES
+        if commit.controls:
+            commit.forgets = [c.forget for c in commit.controls if c.forget is not None]
+        return commit
 
     def cut_again(self, forgets: Sequence[Forget]) -> None:
         """A session back from a failed delete: failed lines a failed cut left in its log
@@ -67,34 +104,63 @@ class Committer:
                 self.files.needs_truncate.setdefault(forget.session_id, forget.cut_to)
                 self.files.uncut.setdefault(forget.session_id, forget.uncut)
 
-    def write(self, commit: Commit) -> None:
-        """The first step: the lines and the WAL records to the page cache."""
+    def write(self, commit: Commit) -> Left:
+        """The first step, in one pass over the groups: each group's lines to its log,
+        its log marked (unsynced, covered by the WAL's segment), its WAL record made;
+        then the records to the segment. All to the page cache. What is left to do."""
+        wal, files = self.wal, self.files
+        open_logs = files.open_logs
+        logs_synced_later = self._logs_synced_later
+        records: list[bytes] = []
+        touched = wal.current.touched if wal is not None and wal.current is not None else None
         try:
             for group in commit.groups:
-                batches = group.batches
-                if len(batches) == 1:  # most groups: one append to the session
-                    group.data = batches[0].data
-                else:
+                session_id, batches = group.session_id, group.batches
+                if len(batches) > 1:  # (most groups hold one append: its lines as they are)
                     group.data = b"".join([batch.data for batch in batches])
-                self._write_group(group, commit)
-            if self._durability == "fsync" and self.wal is None:
+                open_log = open_logs.get(session_id)
+                if open_log is not None:  # open already (always, for a batch on the loop)
+                    open_logs.move_to_end(session_id)
+                else:
+                    try:
+                        open_log = files.open(session_id)
+                    except OSError as exc:
+                        group.error = exc
+                        group.alone = of_its_own(exc, files.path(session_id))
+                        continue
+                data, before = group.data, open_log.size
+                group.open_log, group.size_before = open_log, before
+                try:
+                    write_all(open_log.fd, data)
+                except OSError as exc:  # recorded, and cut back by ``finish``
+                    group.error, group.alone = exc, of_its_own(exc)
+                    commit.cuts.append(group)
+                    continue
+                open_log.size = group.new_size = before + len(data)
+                group.ok = True
+                commit.written.append(group)
+                if logs_synced_later:
+                    open_log.unsynced = True
+                if wal is not None:
+                    records.append(encode_lines(session_id, batches[0].events[0].seq, before, data))
+                    if touched is not None:  # (else ``finish`` starts the first segment)
+                        touched.add(session_id)
+            if not logs_synced_later:
                 commit.sync_logs = bool(commit.written)
-            else:  # synced later: the WAL's retirement, or ``os`` mode's rounds
-                for group in commit.written:
-                    assert group.open_log is not None
-                    group.open_log.unsynced = True
-            if self.wal is not None:
-                self._write_wal(self.wal, commit)
+            elif wal is not None:
+                self._write_wal(wal, commit, records)
         except Exception:
             # Unexpected (a bug, MemoryError): whatever was written is cut away.
             log.exception("log writer failed")
             commit.failed = True
+        if commit.failed or commit.cuts or commit.wal_error or commit.wal_data or commit.sync_logs:
+            return FINISH
+        return NOTHING if commit.wal_before is None else WAL_SYNC
 
     def write_and_finish(self, commit: Commit) -> None:
         """Both steps at once, on the I/O thread, for a batch too large for the loop:
         one hand-off, and its sync right there."""
-        self.write(commit)
-        if commit.blocks:
+        if self.write(commit):
             self.finish(commit)
 
     def finish(self, commit: Commit) -> None:
@@ -121,14 +187,10 @@ class Committer:
             commit.cut_done = True
 
     def conclude(self, commit: Commit) -> None:
-        """The last step, on the loop's thread; never raises, so that every append of
-        the batch is settled whatever happens here."""
-        wal = self.wal
-        touched = wal.current.touched if wal is not None and wal.current else None
-        for group in commit.written:
-            group.ok = group.error is None and not commit.failed
-            if group.ok and touched is not None:
-                touched.add(group.session_id)
+        """The last step but the answers, on the loop's thread; never raises, so that
+        every append of the batch is settled whatever happens here. A commit that
+        wrote what it took (``ok``) has nothing left to do here but the bound of open
+        logs, when it opened one."""
         if commit.failed and not commit.cut_done:
             # ``finish`` never ran (its thread could not start, or it was cancelled):
             # what the batch wrote is cut before its file's next write.
@@ -136,65 +198,32 @@ class Committer:
             for group in commit.cuts:
                 self.files.needs_truncate.setdefault(group.session_id, group.size_before)
                 self.files.uncut.setdefault(group.session_id, len(group.data))  # at most
-            if wal is not None and commit.wal_before is not None:
-                wal.needs_truncate = commit.wal_before
+            if self.wal is not None and commit.wal_before is not None:
+                self.wal.needs_truncate = commit.wal_before
         for group in commit.cuts:
             self.files.drop(group)
         for forget in commit.forgets:
             if not forget.cancel:  # a session back from a failed delete keeps its file
                 self.files.forget(forget.session_id)
-        if len(self.files.open_logs) > self.files.max_open:
+        # (A commit on the loop opened no log: every one it wrote was open.)
+        if not commit.on_loop and len(self.files.open_logs) > self.files.max_open:
             self.files.trim()
 
-    def _write_group(self, group: Group, commit: Commit) -> None:
-        """Write one file's lines; a failure is recorded, and cut back by ``finish``."""
-        open_logs = self.files.open_logs
-        open_log = open_logs.get(group.session_id)
-        if open_log is not None:  # open already (always, for a batch on the loop)
-            open_logs.move_to_end(group.session_id)
-        else:
-            try:
-                open_log = self.files.open(group.session_id)
-            except OSError as exc:
-                group.error = exc
-                group.alone = of_its_own(exc, self.files.path(group.session_id))
-                return
-        group.open_log, group.size_before = open_log, open_log.size
-        try:
-            write_all(open_log.fd, group.data)
-        except OSError as exc:
-            group.error, group.alone = exc, of_its_own(exc)
-            commit.cuts.append(group)
-            return
-        open_log.size = group.size_before + len(group.data)
-        group.new_size = open_log.size
-        commit.written.append(group)
-
-    def _write_wal(self, wal: SegmentFile, commit: Commit) -> None:
+    def _write_wal(self, wal: SegmentFile, commit: Commit, records: list[bytes]) -> None:
         """The written groups' records (and deletions), written to the WAL now when the
         current segment takes them, else kept for ``finish`` to start a new one."""
-        written, forgets = commit.written, commit.forgets
+        forgets = commit.forgets
         if forgets:
             # Cancellations first: one was queued before any append to its session in
             # this commit (its deletion is in an earlier one), and replay takes a record
             # of lines after a deletion for a new session's, forgetting the earlier
             # records for good.
             records = [
-                encode_undeleted(forget.session_id, forget.epoch)
-                for forget in forgets
-                if forget.cancel
+                *[encode_undeleted(f.session_id, f.epoch) for f in forgets if f.cancel],
+                *records,
+                *[encode_deleted(f.session_id, f.epoch) for f in forgets if not f.cancel],
             ]
-            records += [_record_of(group) for group in written]
-            records += [
-                encode_deleted(forget.session_id, forget.epoch)
-                for forget in forgets
-                if not forget.cancel
-            ]
-            data = b"".join(records)
-        elif len(written) == 1:  # a lone commit: one record, no list
-            data = _record_of(written[0])
-        else:
-            data = b"".join([_record_of(group) for group in written])
+        data = b"".join(records)  # (one record: that record itself, not a copy)
         if not data:
             return
         if not wal.ready(time.monotonic(), len(data)):
@@ -219,6 +248,8 @@ class Committer:
             elif commit.wal_data:
                 self._rotate_if_due(wal, len(commit.wal_data))
                 wal.append(commit.wal_data)
+                if wal.current is not None:  # the segment that holds the records now
+                    wal.current.touched.update(group.session_id for group in commit.written)
         except OSError as exc:
             _fail(commit, exc)
 
@@ -237,13 +268,6 @@ class Committer:
                 self.rotated.append(old)
 
 
-def _record_of(group: Group) -> bytes:
-    """The WAL record of the lines the group wrote to its log."""
-    return encode_lines(
-        group.session_id, group.batches[0].events[0].seq, group.size_before, group.data
-    )
-
-
 def _fail(commit: Commit, exc: OSError | None) -> None:
     """Every written group (and deletion) of the batch failed: each is to be cut back."""
     error = exc or OSError("the log writer failed")
@@ -251,5 +275,6 @@ def _fail(commit: Commit, exc: OSError | None) -> None:
         forget.error = forget.error or error
     for group in commit.written:
         group.error = group.error or error
+        group.ok = False
         commit.cuts.append(group)
     commit.written.clear()

@@ -85,7 +85,7 @@ class LogFiles:
             errors = [sync(group) for group in written]
         for group, error in zip(written, errors, strict=True):
             if error is not None:
-                group.error = error
+                group.error, group.ok = error, False
                 commit.cuts.append(group)
 
     def path(self, session_id: str) -> str:

@@ -52,8 +52,8 @@ from ..base import StorageError
 from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
-from .batch import Batch, Commit, Forget, Group, QueuedControl
-from .commits import Committer
+from .batch import Batch, Commit, Forget, QueuedControl
+from .commits import NOTHING, WAL_SYNC, Committer
 from .config import Durability
 from .debt import Step, debt_of
 from .layout import Layout
@@ -289,38 +289,20 @@ class LogWriter:
         return queue
 
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
-        groups: dict[str, Group] = {}
-        controls: list[QueuedControl] = []
-        # No session failed yet (most of the time): no append is stale.
-        generations = self._answers.generations
-        for item in batch:
-            if isinstance(item, QueuedControl):
-                controls.append(item)
-            elif (generations or item.generation) and self._answers.stale(item):
-                continue
-            else:
-                group = groups.get(item.session_id)
-                if group is None:
-                    groups[item.session_id] = Group(item.session_id, [item])
-                else:
-                    group.batches.append(item)
-        ordered = list(groups.values())
-        forgets = (
-            [control.forget for control in controls if control.forget is not None]
-            if controls
-            else []
-        )
+        commits = self._commits
+        commit = commits.gather(batch, self._answers)
         async with self._files_in_use:
             # The commit's steps (``commits.py``), here rather than in a coroutine of
             # their own: one frame fewer to make, enter and resume at every commit.
-            commits, commit = self._commits, Commit(ordered, forgets)
             try:
-                if forgets:
-                    commits.cut_again(forgets)  # before this commit's appends to a session back
+                if commit.forgets:  # before this commit's appends to a session back
+                    commits.cut_again(commit.forgets)
                 try:
-                    if commits.on_loop(ordered):
-                        commits.write(commit)
-                        if commit.blocks and not await self._synced_by_helper(commit):
+                    if commit.on_loop:
+                        left = commits.write(commit)
+                        if left == WAL_SYNC and await self._synced_by_helper(commit):
+                            left = NOTHING
+                        if left:
                             await to_completion(self._finish(commit))
                     else:
                         await to_completion(self._finish(commit, whole=True))
@@ -330,7 +312,7 @@ class LogWriter:
             finally:
                 # Cancelled too: the commit's outcome is known by then (its steps run to
                 # their end, a cancellation raised after them), and answered now.
-                self._answers.settle(ordered, controls)
+                self._answers.settle(commit)
             # After the acknowledgements, before the next batch opens more descriptors.
             if self._files.released:
                 released = self._files.take_released()
@@ -345,12 +327,13 @@ class LogWriter:
                 self._syncer.use(self._wal.current, self._wal.fd)
 
     async def _synced_by_helper(self, commit: Commit) -> bool:
-        """The common commit's one blocking step, the WAL's sync by the helper, awaited
-        in this task (a task and a shield, ``to_completion``, cost two more turns of the
-        loop a commit): whether it finished the commit. A cancellation comes once the
-        helper answered (syncer.py), a failed sync cut back first, as before."""
+        """The common commit's one blocking step (all ``write`` left: ``WAL_SYNC``), the
+        WAL's sync by the helper, awaited in this task (a task and a shield,
+        ``to_completion``, cost two more turns of the loop a commit): whether it
+        finished the commit. A cancellation comes once the helper answered (syncer.py),
+        a failed sync cut back first, as before."""
         syncer, wal = self._syncer, self._wal
-        if syncer is None or wal is None or syncer.broken or not commit.only_wal_sync:
+        if syncer is None or wal is None or syncer.broken:
             return False
         self._waiting_on = syncer
         try:
