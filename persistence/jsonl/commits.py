@@ -145,17 +145,19 @@ class Committer:
                     records.append(encode_lines(session_id, batches[0].events[0].seq, before, data))
                     if touched is not None:  # (else ``finish`` starts the first segment)
                         touched.add(session_id)
-            if not logs_synced_later:
+            if wal is not None:
+                left = self._write_wal(wal, commit, records)
+            elif logs_synced_later:  # ``os`` mode
+                left = NOTHING
+            else:
                 commit.sync_logs = bool(commit.written)
-            elif wal is not None:
-                self._write_wal(wal, commit, records)
+                left = FINISH if commit.sync_logs else NOTHING
         except Exception:
             # Unexpected (a bug, MemoryError): whatever was written is cut away.
             log.exception("log writer failed")
             commit.failed = True
-        if commit.failed or commit.cuts or commit.wal_error or commit.wal_data or commit.sync_logs:
             return FINISH
-        return NOTHING if commit.wal_before is None else WAL_SYNC
+        return FINISH if commit.cuts else left
 
     def write_and_finish(self, commit: Commit) -> None:
         """Both steps at once, on the I/O thread, for a batch too large for the loop:
@@ -209,7 +211,7 @@ class Committer:
         if not commit.on_loop and len(self.files.open_logs) > self.files.max_open:
             self.files.trim()
 
-    def _write_wal(self, wal: SegmentFile, commit: Commit, records: list[bytes]) -> None:
+    def _write_wal(self, wal: SegmentFile, commit: Commit, records: list[bytes]) -> Left:
         """The written groups' records (and deletions), written to the WAL now when the
         current segment takes them, else kept for ``finish`` to start a new one."""
         forgets = commit.forgets
@@ -225,15 +227,17 @@ class Committer:
             ]
         data = b"".join(records)  # (one record: that record itself, not a copy)
         if not data:
-            return
+            return NOTHING
         if not wal.ready(time.monotonic(), len(data)):
             commit.wal_data = data
-            return
+            return FINISH
         commit.wal_before = wal.size
         try:
             wal.write(data)
         except OSError as exc:
             commit.wal_error = exc
+            return FINISH
+        return WAL_SYNC
 
     def _commit_wal(self, wal: SegmentFile, commit: Commit) -> None:
         """Sync the WAL once for the batch (after starting a new segment if due). If that
