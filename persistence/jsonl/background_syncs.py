@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+from .in_use import FilesInUse
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles, sync_dups, sync_trimmed
 
@@ -27,7 +28,7 @@ class BackgroundSyncs:
         self,
         layout: Layout,
         files: LogFiles,
-        files_in_use: asyncio.Lock,
+        files_in_use: FilesInUse,
         sync_pool: ThreadPoolExecutor,
     ) -> None:
         self._layout = layout

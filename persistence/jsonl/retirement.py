@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .files import datasync, fsync_dir
+from .in_use import FilesInUse
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .wal import Segment, remove_segment
@@ -27,7 +28,7 @@ class Retirement:
         self,
         layout: Layout,
         files: LogFiles,
-        files_in_use: asyncio.Lock,
+        files_in_use: FilesInUse,
         sync_pool: ThreadPoolExecutor,
     ) -> None:
         self._layout = layout

@@ -56,6 +56,7 @@ from .batch import Batch, Commit, Forget, QueuedControl
 from .commits import NOTHING, WAL_SYNC, Committer
 from .config import Durability
 from .debt import Step, debt_of
+from .in_use import FilesInUse
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .retirement import Retirement
@@ -105,7 +106,7 @@ class LogWriter:
         # The files have one user at a time: a commit's steps, or the background sync
         # handing out descriptors (``os`` mode, the WAL's retirement), even while a
         # step runs on a thread.
-        self._files_in_use = asyncio.Lock()
+        self._files_in_use = FilesInUse()
         self._syncs = BackgroundSyncs(layout, self._files, self._files_in_use, self._sync_pool)
         self.retirement = Retirement(layout, self._files, self._files_in_use, self._sync_pool)
         self._tasks: list[asyncio.Task[None]] = []
@@ -291,7 +292,10 @@ class LogWriter:
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
         commits = self._commits
         commit = commits.gather(batch, self._answers)
-        async with self._files_in_use:
+        in_use = self._files_in_use
+        if not in_use.take_now():  # (a background sync holds the files)
+            await in_use.take()
+        try:
             # The commit's steps (``commits.py``), here rather than in a coroutine of
             # their own: one frame fewer to make, enter and resume at every commit.
             try:
@@ -318,6 +322,8 @@ class LogWriter:
                 released = self._files.take_released()
                 syncs = self._syncs.on_sync_threads(self._files.sync_and_close, released)
                 await to_completion(syncs)
+        finally:
+            in_use.give_back()
         rotated = self._commits.rotated
         if rotated:
             self.retirement.add(rotated)
