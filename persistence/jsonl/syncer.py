@@ -48,7 +48,7 @@ class Answered:
     error: OSError | None
 
 
-class _Answer(asyncio.Future[int]):
+class _Answer(asyncio.Future[bytes]):
     """The helper's answer to one sync. A task cancelled while it awaits one tries to
     cancel it, and is refused: asyncio then raises the cancellation in the task once
     the answer is set, so the answer is never lost to a cancellation."""
@@ -64,7 +64,7 @@ class Syncer:
         self._channel = channel
         self._process = process
         self._loop = asyncio.get_running_loop()
-        self._waiter: asyncio.Future[int] | None = None
+        self._waiter: asyncio.Future[bytes] | None = None
         self._file: object = None  # what the helper syncs: set by ``sync``'s ``key``
         self._answered = False  # it answered a sync: its interpreter is up
         self.broken = False
@@ -136,7 +136,7 @@ class Syncer:
         # soonest, and a failed send leaves no waiter for ``_break`` to fail unawaited.
         waiter = self._waiter = _Answer(loop=self._loop)
         try:
-            code = await waiter
+            answer = await waiter
         except OSError as exc:  # the helper stopped, or the syncer closed, meanwhile
             return OSError(errno.EIO, f"the WAL sync helper stopped: {exc}")
         except asyncio.CancelledError:
@@ -148,7 +148,7 @@ class Syncer:
             raise
         finally:
             self._waiter = None
-        return _error(code) if code else None  # (no call for the common answer)
+        return None if answer == _SYNCED else _error(answer)  # (no call for the common one)
 
     def _on_readable(self) -> None:
         error: OSError | None = None
@@ -164,7 +164,7 @@ class Syncer:
             return
         self._answered = True
         if waiter is not None and not waiter.done():
-            waiter.set_result(int.from_bytes(answer, "little"))
+            waiter.set_result(answer)
 
     def _break(self, cause: BaseException) -> None:
         if not self.broken:
@@ -199,11 +199,16 @@ class Syncer:
             await asyncio.to_thread(self._process.wait)
 
 
-def _error(code: int) -> OSError | None:
+_SYNCED = bytes(4)  # the answer to a sync that succeeded: errno 0
+
+
+def _error(answer: bytes) -> OSError | None:
+    """The error a helper's answer (an ``errno``, 4 bytes little-endian) says, if any."""
+    code = int.from_bytes(answer, "little")
     return OSError(code, os.strerror(code)) if code else None
 
 
-def _outcome(answer: asyncio.Future[int]) -> OSError | None:
+def _outcome(answer: asyncio.Future[bytes]) -> OSError | None:
     """What a sync whose waiter was cancelled returns: the helper's answer, or the
     error it ended with."""
     error = answer.exception()

@@ -56,10 +56,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from resource import RLIM_INFINITY, RLIMIT_FSIZE, getrlimit
 from typing import Final
 
 import msgspec
@@ -168,8 +168,8 @@ class SegmentFile:
             return True
         # A per-file size limit (RLIMIT_FSIZE) must not make the one shared file fail
         # where the session logs, each far smaller, would not.
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        return limit != resource.RLIM_INFINITY and self.size + incoming > limit
+        limit = getrlimit(RLIMIT_FSIZE)[0]
+        return limit != RLIM_INFINITY and self.size + incoming > limit
 
     def rotate(self, now: float) -> Segment | None:
         """Start a new segment (durably: its directory entry is synced); returns the old
@@ -210,7 +210,7 @@ class SegmentFile:
         the I/O thread."""
         # ``due``'s checks, inline: this runs at every group commit, on the loop.
         size = self.size
-        if self.needs_truncate is not None or size + incoming > self.room_end:
+        if size + incoming > self.room_end or self.needs_truncate is not None:
             return False
         if self.current is None:
             return False
@@ -218,8 +218,8 @@ class SegmentFile:
             return True
         if size >= self.segment_bytes or now - self._started >= self.segment_age:
             return False
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        return limit == resource.RLIM_INFINITY or size + incoming <= limit
+        limit = getrlimit(RLIMIT_FSIZE)[0]
+        return limit == RLIM_INFINITY or size + incoming <= limit
 
     def append(self, data: bytes) -> None:
         """Write and sync ``data``; on failure the segment is cut back to where it was

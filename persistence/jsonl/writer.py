@@ -241,7 +241,6 @@ class LogWriter:
                     await self._pace()
                 batch = self._in_flight = self._take_batch()
                 self._in_flight_since, self._waiting_on = time.monotonic(), None
-                self._carried = bool(self._queue)
                 await self._process(batch)
                 self._in_flight = ()
                 # Not kept while the next append is awaited: a burst of big appends
@@ -277,16 +276,17 @@ class LogWriter:
         session's appends in order)."""
         queue, limit = self._queue, self._files.max_open
         if len(queue) <= limit:  # no more items than the bound: no more files either
-            self._queue = []
+            self._queue, self._carried = [], False
             return queue
         sessions: set[str] = set()
         for i, item in enumerate(queue):
             if type(item) is Batch and item.session_id not in sessions:
                 if len(sessions) == limit:
-                    self._queue = queue[i:]
+                    # What is left was queued before this commit: not paced by the window.
+                    self._queue, self._carried = queue[i:], True
                     return queue[:i]
                 sessions.add(item.session_id)
-        self._queue = []
+        self._queue, self._carried = [], False
         return queue
 
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
