@@ -89,7 +89,6 @@ class Commit(Struct):
     forgets: Sequence[Forget] = ()  # the deletions' records
     # Small, to logs open already, nothing to cut first: ``write`` may run on the loop.
     on_loop: bool = True
-    written: list[Group] = field(default_factory=list)  # whole in their logs
     cuts: list[Group] = field(default_factory=list)  # to cut back to their size_before
     # The WAL records went into the segment (unsynced; when ``wal_error``, perhaps in
     # part): its size before them, to sync from or to cut back to.
@@ -99,6 +98,12 @@ class Commit(Struct):
     sync_logs: bool = False  # ``fsync`` without the WAL: every written log
     failed: bool = False  # something unexpected: nothing of the batch may stay
     cut_done: bool = False  # ``finish`` ran: whatever failed is cut back
+
+    @property
+    def written(self) -> list[Group]:
+        """The groups written whole, and not failed since (``ok``): a list made when
+        asked, on the paths of a failure or of the logs' own syncs only."""
+        return [group for group in self.groups if group.ok]
 
 
 class QueuedControl(Struct):

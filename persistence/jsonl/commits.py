@@ -138,7 +138,6 @@ class Committer:
                     continue
                 open_log.size = group.new_size = before + len(data)
                 group.ok = True
-                commit.written.append(group)
                 if logs_synced_later:
                     open_log.unsynced = True
                 if wal is not None:
@@ -278,7 +277,5 @@ def _fail(commit: Commit, exc: OSError | None) -> None:
     for forget in commit.forgets:
         forget.error = forget.error or error
     for group in commit.written:
-        group.error = group.error or error
-        group.ok = False
+        group.error, group.ok = group.error or error, False
         commit.cuts.append(group)
-    commit.written.clear()
