@@ -89,7 +89,7 @@ from .errors import (
     StoreTooNew,
     UserFull,
 )
-from .listing import SessionFilter, SessionListResult, SortBy, SortOrder
+from .listing import ListPosition, SessionFilter, SessionListResult, SortBy, SortOrder
 
 __all__ = [
     "KEY_WINDOW",
@@ -100,6 +100,7 @@ __all__ = [
     "HistoryPage",
     "InvalidSessionId",
     "InvalidTransition",
+    "ListPosition",
     "ListingChangedTooLarge",
     "ListingTooLarge",
     "SessionClosed",

@@ -127,8 +127,17 @@ class SessionIndex:
             total = self._count(query)
             return SessionListResult(sessions=[], total=total, offset=offset, limit=limit)
         matches = self._select(query)
+        total = len(matches)
         key = _SORT_KEYS[query.sort_by]
         descending = query.sort_order == SortOrder.DESC
+        if query.after is not None:
+            # Keyset: only what comes after the position, so a deep page orders
+            # ``limit`` of them, not everything before it.
+            place = (_aware_key(query.after.key), query.after.id)
+            if descending:
+                matches = [m for m in matches if key(m) < place]
+            else:
+                matches = [m for m in matches if key(m) > place]
         if wanted < len(matches) // 4:
             # A small page of a large result: a heap beats sorting everything.
             pick = heapq.nlargest if descending else heapq.nsmallest
@@ -136,7 +145,7 @@ class SessionIndex:
         else:
             ordered = sorted(matches, key=key, reverse=descending)
         return SessionListResult(
-            sessions=ordered[offset:wanted], total=len(matches), offset=offset, limit=limit
+            sessions=ordered[offset:wanted], total=total, offset=offset, limit=limit
         )
 
     def _count(self, query: SessionFilter) -> int:
@@ -194,6 +203,10 @@ def _aware(moment: datetime) -> datetime:
     """Stored times are UTC; a bound without a zone is read as UTC too (comparing
     naive with aware datetimes would raise)."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _aware_key(key: datetime | int) -> datetime | int:
+    return _aware(key) if isinstance(key, datetime) else key
 
 
 def _discard(

@@ -1,5 +1,6 @@
 """What ``list_sessions`` is asked and what it answers: :class:`SessionFilter` (the
-fields to match, the page, the order), its sort keys, and :class:`SessionListResult`.
+fields to match, the page, the order, and where a keyset page starts: :class:`ListPosition`),
+its sort keys, and :class:`SessionListResult`.
 
 Part of the storage contract (persistence/base.py re-exports all of it); every backend
 reads a filter the same way, and ``tests/test_storage_contract_listing.py`` holds them
@@ -16,7 +17,14 @@ import msgspec
 
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
-__all__ = ["NonNegative64", "SessionFilter", "SessionListResult", "SortBy", "SortOrder"]
+__all__ = [
+    "ListPosition",
+    "NonNegative64",
+    "SessionFilter",
+    "SessionListResult",
+    "SortBy",
+    "SortOrder",
+]
 
 
 class SortBy(enum.StrEnum):
@@ -35,6 +43,16 @@ class SortOrder(enum.StrEnum):
 NonNegative64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
+class ListPosition(msgspec.Struct, frozen=True):
+    """A place in a listing's order: a session's sort key (a time for the time sorts,
+    a count for ``message_count``) and its id. A page that starts ``after`` one holds
+    only the sessions whose (key, id) come after it in the listing's direction: keyset
+    paging, which sessions coming and going before it cannot shift."""
+
+    key: datetime | int
+    id: str
+
+
 class SessionFilter(msgspec.Struct, kw_only=True):
     """A ``list_sessions`` query: every given field must match; times are inclusive
     lower bounds (``*_after``) and exclusive upper bounds (``created_before``)."""
@@ -49,6 +67,9 @@ class SessionFilter(msgspec.Struct, kw_only=True):
     offset: NonNegative64 = 0
     sort_by: SortBy = SortBy.CREATED_AT
     sort_order: SortOrder = SortOrder.DESC
+    # Keyset paging: only the matches after this place (``offset`` counts from it).
+    # ``total`` still counts every match.
+    after: ListPosition | None = None
 
 
 class SessionListResult(msgspec.Struct):

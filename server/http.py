@@ -28,6 +28,7 @@ from .failures import failure_of
 from .http_pages import as_page, paced, refused_before_read
 from .http_peer import HttpPeer
 from .http_requests import ALLOWED_METHODS
+from .list_cursor import BadCursor, ListingPage, cursor_after, position_of
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import history_page, page_and_last_seq, within_bytes
 from .responses import error_response, json_response, text_response
@@ -154,15 +155,26 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
     principal = peer.principal()
     try:
         filter = listing_terms(params, services.config.max_list_page)
-    except BadParameter as exc:
+        filter = services.access.listing_filter(principal, filter)
+        if "cursor" in params:
+            if filter.offset != 0:
+                raise BadParameter("cursor and a non-zero offset cannot be used together")
+            filter.after = position_of(params["cursor"], filter)
+    except (BadParameter, BadCursor) as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
-    filter = services.access.listing_filter(principal, filter)
     refusal = refused_before_read(services, peer)
     if refusal is not None:
         return refusal
-    result = await services.page_reads.lookup(lambda: services.manager.list_sessions(filter))
-    result.sessions = within_bytes(result.sessions, services.config.max_page_bytes)
-    return as_page(services, peer, json_response(http.HTTPStatus.OK, result))
+    # One more than the page, to know whether another follows (a cursor, or null).
+    limit = filter.limit
+    asked = msgspec.structs.replace(filter, limit=limit + 1)
+    result = await services.page_reads.lookup(lambda: services.manager.list_sessions(asked))
+    more = len(result.sessions) > limit
+    sessions = within_bytes(result.sessions[:limit], services.config.max_page_bytes)
+    more = more or len(sessions) < len(result.sessions[:limit])
+    next_cursor = cursor_after(filter, sessions[-1]) if more and sessions else None
+    page = ListingPage(sessions, result.total, result.offset, limit, next_cursor)
+    return as_page(services, peer, json_response(http.HTTPStatus.OK, page))
 
 
 def listing_terms(params: dict[str, str], max_page: int) -> SessionFilter:
@@ -174,6 +186,8 @@ def listing_terms(params: dict[str, str], max_page: int) -> SessionFilter:
     # The integers go in as read here: msgspec's own reading of a string refuses
     # some plain digits ("05") that the other endpoints take.
     values: dict[str, object] = dict(params)
+    # Keyset paging's place is read from ``cursor`` (list_cursor.py), never given here.
+    values.pop("after", None)
     # Without a limit, the default page, or the most --max-list-page allows when
     # it is set lower: a listing was refused for a size it never asked for.
     default_limit = min(_DEFAULT_LIST_PAGE, max_page)

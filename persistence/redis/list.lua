@@ -32,8 +32,15 @@
 -- ARGV: index prefix, key prefix ('<prefix>:'), then each optional as '' (absent) or
 --       '=' .. value: user, state, created_after, created_before, active_after,
 --       title_contains; then sort set (created, updated, active, msgs), order (asc,
---       desc), offset, limit, step; then, after the first call, the source, the
---       cursor (score, id), bound, phase and top it returned (6 x '' for the first call)
+--       desc), offset, limit, step; the keyset position (sort score, id: the page
+--       starts after it in the listing's order; both '' for none); then, after the
+--       first call, the source, the cursor (score, id), bound, phase and top it
+--       returned (6 x '' for the first call)
+--
+-- With a keyset position, the straight page is read by rank from where the position
+-- falls (found in O(log n), the members of its score searched by id), not by a LIMIT
+-- offset that walks every member before it; the other ways keep only the matches
+-- after it for the page (the steps' caller does that), counting every match in total.
 
 local idx, prefix = ARGV[1], ARGV[2]
 local function opt(v) if v == '' then return nil end return string.sub(v, 2) end
@@ -43,8 +50,9 @@ local title = opt(ARGV[8])
 local sort, desc = ARGV[9], ARGV[10] == 'desc'
 local offset, limit = math.max(tonumber(ARGV[11]), 0), math.max(tonumber(ARGV[12]), 0)
 local step = math.max(tonumber(ARGV[13]), 1)
-local source, cursor_score, cursor_id = ARGV[14], ARGV[15], ARGV[16]
-local bound, phase, top = ARGV[17], tonumber(ARGV[18]), ARGV[19]
+local after_score, after_id = ARGV[14], ARGV[15]
+local source, cursor_score, cursor_id = ARGV[16], ARGV[17], ARGV[18]
+local bound, phase, top = ARGV[19], tonumber(ARGV[20]), ARGV[21]
 -- Phases of a walk over activity times read in steps, the last one whole: each after
 -- the first reads the sessions touched during the one before, so they shrink fast;
 -- the last bounds the calls of a listing whose sessions are touched faster than read.
@@ -134,6 +142,61 @@ local function page_of(total, ids)
   return result
 end
 
+-- Whether a match of sort score <score> and id <id> comes after the keyset position.
+local function beyond(score, id)
+  if after_score == '' then return true end
+  local mine, theirs = tonumber(score), tonumber(after_score)
+  if mine ~= theirs then
+    if desc then return mine < theirs end
+    return mine > theirs
+  end
+  if id == after_id then return false end
+  if desc then return id_not_after(id, after_id) end
+  return not id_not_after(id, after_id)
+end
+
+-- The first rank of <name> whose (score, id) is at or past the position, ascending:
+-- past it (ids after) when <past>, else at it (ids not before).
+local function rank_of_position(name, past)
+  local first = redis.call('ZCOUNT', idx .. name, '-inf', '(' .. after_score)
+  local last = redis.call('ZCOUNT', idx .. name, '-inf', after_score)
+  while first < last do
+    local middle = math.floor((first + last) / 2)
+    local id = redis.call('ZRANGE', idx .. name, middle, middle)[1]
+    local ahead = id_not_after(id, after_id)
+    if past and ahead or not past and ahead and id ~= after_id then
+      first = middle + 1
+    else
+      last = middle
+    end
+  end
+  return first
+end
+
+-- A straight page after the keyset position: its ranks from the position on, within
+-- the source's range [low, high).
+local function straight_after()
+  local low_rank = 0
+  if low ~= '-inf' then low_rank = redis.call('ZCOUNT', idx .. source, '-inf', '(' .. low) end
+  local high_rank = redis.call('ZCOUNT', idx .. source, '-inf', high)
+  local first, last
+  if desc then
+    last = math.min(rank_of_position(source, false), high_rank) - 1 - offset
+    first = math.max(last - limit + 1, low_rank)
+  else
+    first = math.max(rank_of_position(source, true), low_rank) + offset
+    last = math.min(first + limit, high_rank) - 1
+  end
+  if limit == 0 or last < first then return {} end
+  local ids = redis.call('ZRANGE', idx .. source, first, last)
+  if desc then
+    local reversed = {}
+    for i = #ids, 1, -1 do reversed[#reversed + 1] = ids[i] end
+    ids = reversed
+  end
+  return ids
+end
+
 if cursor_score == '' then
   local straight = in_sort_order and not title
   if user and not covered('user:' .. user) then straight = false end
@@ -141,7 +204,9 @@ if cursor_score == '' then
   for name, _ in pairs(ranges) do if not covered(name) then straight = false end end
   if straight then
     local ids = {}
-    if limit > 0 then
+    if after_score ~= '' then
+      ids = straight_after()
+    elseif limit > 0 then
       if desc then ids = redis.call('ZREVRANGEBYSCORE', idx .. source, high, low, 'LIMIT', offset, limit)
       else ids = redis.call('ZRANGEBYSCORE', idx .. source, low, high, 'LIMIT', offset, limit) end
     end
@@ -166,9 +231,16 @@ if cursor_score == '' then
       if desc then return a[2] > b[2] end
       return a[2] < b[2]
     end)
-    local ids = {}
+    local ids, total = {}, #scored
+    if after_score ~= '' then
+      local kept = {}
+      for _, entry in ipairs(scored) do
+        if beyond(entry[1], entry[2]) then kept[#kept + 1] = entry end
+      end
+      scored = kept
+    end
     for i = offset + 1, math.min(offset + limit, #scored) do ids[#ids + 1] = scored[i][2] end
-    return page_of(#scored, ids)
+    return page_of(total, ids)
   end
 
   -- A range of activity times: walked up to the highest score it has now.

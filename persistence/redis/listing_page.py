@@ -51,9 +51,17 @@ class HoleInPage(Exception):
 class PageKeeper:
     """The first ``size`` matches of a listing in steps, and how many match."""
 
-    def __init__(self, size: int, descending: bool, max_bytes: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        descending: bool,
+        max_bytes: int,
+        after: tuple[float, bytes] | None = None,
+    ) -> None:
         self.size = size
         self.descending = descending
+        # A keyset page: only entries after this join the page (every match counts).
+        self.after = after
         self.max_bytes = max_bytes
         self.candidates: list[tuple[float, bytes]] = []
         self.candidate_bytes = 0
@@ -67,8 +75,10 @@ class PageKeeper:
         for position in range(0, len(matches), 2):
             id_, score = matches[position], matches[position + 1]
             if position // 2 < early:
-                self.candidates.append((float(score), id_))
-                self.candidate_bytes += ENTRY_BYTES + len(id_)
+                entry = (float(score), id_)
+                if beyond(entry, self.after, self.descending):
+                    self.candidates.append(entry)
+                    self.candidate_bytes += ENTRY_BYTES + len(id_)
                 self.seen.append(hash(id_))
                 continue
             if id_ not in self.late:
@@ -105,7 +115,7 @@ class PageKeeper:
         present = [(score, id_) for id_, score in self.late.items() if score is not None]
         entries = [entry for entry in self.candidates if entry[1] not in self.late]
         replaced = len(entries) < len(self.candidates)
-        entries += present
+        entries += [entry for entry in present if beyond(entry, self.after, self.descending)]
         line = self.cut_line
         if replaced and line is not None and self._ahead_of(entries, line) < self.size:
             raise HoleInPage
@@ -120,8 +130,9 @@ class EveryMatch:
     """Every match's id and sort key, as the last step that read it saw it: what a
     listing holds when a late reading left a hole in its page."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, after: tuple[float, bytes] | None = None) -> None:
         self.max_bytes = max_bytes
+        self.after = after
         self.found: dict[bytes, float] = {}
         self.bytes = 0
 
@@ -142,8 +153,18 @@ class EveryMatch:
             )
 
     def result(self, size: int, descending: bool) -> tuple[list[bytes], int]:
-        ordered = sorted(((score, id_) for id_, score in self.found.items()), reverse=descending)
+        entries = ((score, id_) for id_, score in self.found.items())
+        kept = (entry for entry in entries if beyond(entry, self.after, descending))
+        ordered = sorted(kept, reverse=descending)
         return [id_ for _, id_ in ordered[:size]], len(self.found)
+
+
+def beyond(entry: tuple[float, bytes], after: tuple[float, bytes] | None, descending: bool) -> bool:
+    """Whether ``entry`` comes after the keyset position ``after`` (if any) in the
+    listing's order (ids compare byte by byte, as Redis orders a score's members)."""
+    if after is None:
+        return True
+    return entry < after if descending else entry > after
 
 
 def too_large(held: int, max_bytes: int) -> ListingTooLarge:

@@ -75,7 +75,7 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
         # One listing in steps at a time on this process (the first step aside, taken
         # before anyone knew it would be one), first come first served.
         async with storage.stepped_listing:
-            kept = await _steps_kept(storage, args, reply, size, descending)
+            kept = await _steps_kept(storage, query, args, reply)
             if kept is not None:
                 ids, total = kept
             else:
@@ -83,7 +83,7 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
                 # beside every match, a listing would hold up to twice list_bytes.
                 reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
                 if reply[0] != 0:
-                    every = EveryMatch(storage.list_bytes)
+                    every = EveryMatch(storage.list_bytes, after_entry(query))
                     await _steps_whole(storage, args, reply, every)
                     ids, total = every.result(size, descending)
     if reply[0] == 0:  # one call's listing: the page's metadata, read with it
@@ -96,13 +96,15 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
 
 
 async def _steps_kept(
-    storage: RedisStorage, args: list[str | int], reply: list[Any], size: int, descending: bool
+    storage: RedisStorage, query: SessionFilter, args: list[str | int], reply: list[Any]
 ) -> tuple[list[bytes], int] | None:
     """The page's ids (from the start) and the total of a listing in steps from its
     first step's ``reply`` on, keeping only what sorts into the page; None if a late
     reading left a hole in it. What it kept goes with this call's frame (the HoleInPage
     caught here, whose traceback holds that frame, included)."""
-    keeper = PageKeeper(size, descending, storage.list_bytes)
+    size = max(query.offset, 0) + max(query.limit, 0)
+    descending = query.sort_order is SortOrder.DESC
+    keeper = PageKeeper(size, descending, storage.list_bytes, after_entry(query))
     try:
         while True:
             early, matches = _matches_of(reply)
@@ -147,7 +149,23 @@ def list_args(layout: Layout, query: SessionFilter, step: int) -> list[str | int
         min(max(query.offset, 0), SCRIPT_INDEX_MAX),
         min(max(query.limit, 0), SCRIPT_INDEX_MAX),
         step,
+        *_position(query),
     ]
+
+
+def _position(query: SessionFilter) -> tuple[str, str]:
+    """The keyset position as list.lua takes it: the sort score (microseconds for a
+    time, as the sort sets hold them) and the id, or two ''."""
+    if query.after is None:
+        return "", ""
+    key = query.after.key
+    return str(to_micros(key) if isinstance(key, datetime) else key), query.after.id
+
+
+def after_entry(query: SessionFilter) -> tuple[float, bytes] | None:
+    """The keyset position as the steps' caller compares its (score, id) entries."""
+    score, id_ = _position(query)
+    return None if score == "" else (float(score), id_.encode())
 
 
 def _optional(value: str | None) -> str:

@@ -264,10 +264,20 @@ def list_sessions(
     direction = "DESC" if query.sort_order == SortOrder.DESC else "ASC"
     db.execute("BEGIN")
     total: int = db.execute(f"SELECT count(*) FROM sessions{where}", params).fetchone()[0]
+    page_where, page_params = where, params
+    if query.after is not None:
+        # Keyset: a row-value comparison that the sort column's index (which holds the
+        # id too, the table being WITHOUT ROWID) seeks to, rather than stepping over
+        # every row before it as OFFSET does.
+        after = query.after.key
+        key = time_text(after) if isinstance(after, datetime) else after
+        beyond = f"({column}, id) {'<' if direction == 'DESC' else '>'} (?, ?)"
+        page_where = f"{where} AND {beyond}" if where else f" WHERE {beyond}"
+        page_params = [*params, key, query.after.id]
     rows = db.execute(
-        f"SELECT {SESSION_COLUMNS} FROM sessions{where} "
+        f"SELECT {SESSION_COLUMNS} FROM sessions{page_where} "
         f"ORDER BY {column} {direction}, id {direction} LIMIT ? OFFSET ?",
-        [*params, max(query.limit, 0), max(query.offset, 0)],
+        [*page_params, max(query.limit, 0), max(query.offset, 0)],
     )
     return [metadata_of(row) for row in rows], total
 
