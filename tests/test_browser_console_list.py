@@ -96,6 +96,11 @@ async def test_list_filters_sorts_and_pages(browser: Any) -> None:
         await expect(page.locator("#range")).to_have_text(f"11{DASH}13 of 13")
         await expect(rows).to_have_count(3)
         await expect(page.locator("#next")).to_be_disabled()
+        assert "cursor=" in page.url and "offset=" not in page.url  # by the listing's cursor
+        await page.click("#prev")  # by offset, from the cursor's page
+        await expect(page.locator("#range")).to_have_text(f"1{DASH}10 of 13")
+        await page.go_back()
+        await expect(page.locator("#range")).to_have_text(f"11{DASH}13 of 13")
         await page.go_back()
         await expect(page.locator("#range")).to_have_text(f"1{DASH}10 of 13")
         # A page past the end (an old link, sessions gone since) offers the last one.

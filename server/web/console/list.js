@@ -2,7 +2,10 @@
 /**
  * list.js: the session list. Its filters, sort and page live in the URL's hash
  * (`#/?state=active&offset=50`), so a view can be bookmarked and the back button
- * works; the times are the form's local ones, sent to the API as UTC.
+ * works; the times are the form's local ones, sent to the API as UTC. "Next" follows
+ * the listing's `next_cursor` (`#/?cursor=…&from=50`: `from` only numbers the rows
+ * shown), so sessions created or removed meanwhile neither repeat a row nor skip
+ * one; "Previous" and the last-page link go by `offset`.
  */
 
 import { ApiError, getJson } from "./api.js";
@@ -21,6 +24,7 @@ const TIME_FILTERS = ["created_after", "created_before", "active_after"];
 export function showList(root, params, context) {
   const limit = PAGE_SIZES.includes(params.get("limit") ?? "") ? Number(params.get("limit")) : 25;
   const offset = Math.max(0, Number(params.get("offset")) || 0);
+  const cursor = params.get("cursor");
   const results = h("section", { id: "results", class: "results", "aria-live": "polite" });
   fill(root, h("h1", {}, "Sessions"), filterForm(params), results);
   let alive = true;
@@ -28,7 +32,9 @@ export function showList(root, params, context) {
   const load = async () => {
     notice(results, "Loading…", "info");
     /** @type {Record<string, string | number>} */
-    const query = { limit, offset, sort_by: params.get("sort_by") || SORTS[0] };
+    const query = { limit, sort_by: params.get("sort_by") || SORTS[0] };
+    if (cursor) query.cursor = cursor;
+    else query.offset = offset;
     query.sort_order = params.get("sort_order") === "asc" ? "asc" : "desc";
     for (const name of [...TEXT_FILTERS, "state"]) {
       const value = params.get(name);
@@ -181,6 +187,8 @@ function table(sessions) {
  */
 function pastTheEnd({ total, limit }, params) {
   const next = new URLSearchParams(params);
+  next.delete("cursor");
+  next.delete("from");
   const last = Math.floor((total - 1) / limit) * limit;
   if (last > 0) next.set("offset", String(last));
   else next.delete("offset");
@@ -192,15 +200,28 @@ function pastTheEnd({ total, limit }, params) {
   );
 }
 
-/** @param {{ total: number, offset: number, limit: number, sessions: any[] }} page @param {URLSearchParams} params */
+/**
+ * @param {{ total: number, offset: number, limit: number, sessions: any[], next_cursor: string | null }} page
+ * @param {URLSearchParams} params
+ */
 function pager(page, params) {
-  const { total, offset, limit } = page;
+  const { total, limit } = page;
+  const offset = params.get("cursor") ? Math.max(0, Number(params.get("from")) || 0) : page.offset;
   const shown = page.sessions.length;
   /** @param {number} to */
-  const go = (to) => () => {
+  const back = (to) => () => {
     const next = new URLSearchParams(params);
+    next.delete("cursor");
+    next.delete("from");
     if (to > 0) next.set("offset", String(to));
     else next.delete("offset");
+    navigate(next);
+  };
+  const forward = () => {
+    const next = new URLSearchParams(params);
+    next.delete("offset");
+    next.set("cursor", page.next_cursor ?? "");
+    next.set("from", String(offset + shown));
     navigate(next);
   };
   return h(
@@ -212,7 +233,7 @@ function pager(page, params) {
         type: "button",
         id: "prev",
         disabled: offset === 0,
-        onclick: go(Math.max(0, offset - limit)),
+        onclick: back(Math.max(0, offset - limit)),
       },
       "← Previous",
     ),
@@ -226,8 +247,8 @@ function pager(page, params) {
       {
         type: "button",
         id: "next",
-        disabled: offset + shown >= total,
-        onclick: go(offset + limit),
+        disabled: page.next_cursor === null,
+        onclick: forward,
       },
       "Next →",
     ),
