@@ -260,11 +260,17 @@ def list_sessions(
 ) -> tuple[list[SessionMetadata], int]:
     """One page of the sessions matching ``query``, and how many match in all."""
     where, params = _where(query)
-    column = _SORT_COLUMNS[query.sort_by]
-    direction = "DESC" if query.sort_order == SortOrder.DESC else "ASC"
     db.execute("BEGIN")
     total: int = db.execute(f"SELECT count(*) FROM sessions{where}", params).fetchone()[0]
-    page_where, page_params = where, params
+    rows = db.execute(*page_query(query))
+    return [metadata_of(row) for row in rows], total
+
+
+def page_query(query: SessionFilter) -> tuple[str, list[object]]:
+    """The SQL of a listing's page, and its parameters."""
+    where, params = _where(query)
+    column = _SORT_COLUMNS[query.sort_by]
+    direction = "DESC" if query.sort_order == SortOrder.DESC else "ASC"
     if query.after is not None:
         # Keyset: a row-value comparison that the sort column's index (which holds the
         # id too, the table being WITHOUT ROWID) seeks to, rather than stepping over
@@ -272,14 +278,13 @@ def list_sessions(
         after = query.after.key
         key = time_text(after) if isinstance(after, datetime) else after
         beyond = f"({column}, id) {'<' if direction == 'DESC' else '>'} (?, ?)"
-        page_where = f"{where} AND {beyond}" if where else f" WHERE {beyond}"
-        page_params = [*params, key, query.after.id]
-    rows = db.execute(
-        f"SELECT {SESSION_COLUMNS} FROM sessions{page_where} "
-        f"ORDER BY {column} {direction}, id {direction} LIMIT ? OFFSET ?",
-        [*page_params, max(query.limit, 0), max(query.offset, 0)],
+        where = f"{where} AND {beyond}" if where else f" WHERE {beyond}"
+        params = [*params, key, query.after.id]
+    sql = (
+        f"SELECT {SESSION_COLUMNS} FROM sessions{where} "
+        f"ORDER BY {column} {direction}, id {direction} LIMIT ? OFFSET ?"
     )
-    return [metadata_of(row) for row in rows], total
+    return sql, [*params, max(query.limit, 0), max(query.offset, 0)]
 
 
 def user_sessions(db: sqlite3.Connection, user_id: str) -> list[SessionMetadata]:
