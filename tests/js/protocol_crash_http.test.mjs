@@ -162,7 +162,16 @@ test("HTTP: health, readiness, metrics, sessions, one session, its events", asyn
 
   const list = await getJSON(main.port, "/api/v1/sessions?user_id=http-user");
   assert.equal(list.status, 200);
-  assert.deepEqual(Object.keys(list.json).sort(), ["limit", "offset", "sessions", "total"]);
+  // The contract's four fields, and this server's extension beside them (docs/protocol.md,
+  // "Paging by cursor"): the last page's next_cursor is null.
+  assert.deepEqual(Object.keys(list.json).sort(), [
+    "limit",
+    "next_cursor",
+    "offset",
+    "sessions",
+    "total",
+  ]);
+  assert.equal(list.json.next_cursor, null);
   assert.equal(list.json.total, 1);
   assert.equal(list.json.offset, 0);
   assert.equal(list.json.limit, 100);
