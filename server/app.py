@@ -320,7 +320,7 @@ class BambooServer:
         assert isinstance(connection, BambooConnection)  # serve()'s create_connection
         peer = HttpPeer.of(self.access, request, connection)
         try:
-            response = await self._answer_request(request, peer)
+            response = await self._answer_request(request, peer, connection)
         except BaseException:
             peer.settle(0)  # what its page's read was charged ahead, given back
             raise
@@ -337,8 +337,11 @@ class BambooServer:
         # A page of an origin that may open a WebSocket here may read the answer too.
         return last_on_its_connection(with_cors(self.guard, request, response))
 
-    async def _answer_request(self, request: Request, peer: HttpPeer) -> Response | None:
-        """The answer to a request that does not become a WebSocket, else None."""
+    async def _answer_request(
+        self, request: Request, peer: HttpPeer, connection: BambooConnection
+    ) -> Response | None:
+        """The answer to a request that does not become a WebSocket, else None (the
+        upgrade's route then kept on ``connection`` for its handler)."""
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 message = f"more than one {name} header"
@@ -361,7 +364,7 @@ class BambooServer:
             # once the request is authenticated (http_pages.py refused_before_read).
             return await handle_get(self.services, request, peer)
         try:
-            stream_route(request.path)
+            connection.route = stream_route(request.path)
         except BadRoute as exc:
             code = "not_found" if exc.status == http.HTTPStatus.NOT_FOUND else "bad_request"
             return error_response(exc.status, code, exc.message)
@@ -369,7 +372,8 @@ class BambooServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, BambooConnection)  # create_connection makes no other
-        route = stream_route(ws.request.path if ws.request is not None else "")
+        route = ws.route  # set by _answer_request: no upgrade reaches here without it
+        assert route is not None
         codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
         await Connection(self.services, ws, codec, route.session_id).run()
 

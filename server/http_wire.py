@@ -35,6 +35,8 @@ from bamboo_session.protocol.parsed_frames import handed_on
 
 from .arriving_frames import ArrivingFrames, ChargedArrivals
 from .close_bound import ClosingBound
+from .deadlines import Deadline
+from .http import Route
 from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
@@ -67,6 +69,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
     # connection holds for its peer is let go before the peer can see the close (the
     # handler ends only when the socket does, up to the close timeout later).
     on_close_sent: Callable[[], None] | None = None
+    # The upgrade's route, parsed once as its request is checked (app.py), for the
+    # handler: the path is not parsed again.
+    route: Route | None = None
 
     def __init__(
         self,
@@ -212,7 +217,7 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         # is measured against it (AnsweringConnection.behind_pace).
         self.answer_deadline = self.loop.time() + OPEN_TIMEOUT
         try:
-            async with asyncio.timeout(OPEN_TIMEOUT):
+            async with Deadline(self.loop, self.answer_deadline):
                 await super().handshake(*args, **kwargs)
         except BaseException:
             if self._stream is not None:
