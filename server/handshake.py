@@ -40,6 +40,7 @@ from .auth import (
 from .closing import close_within
 from .config import ServerConfig
 from .connection_end import release_user_count
+from .deadlines import Deadline
 from .failures import HELLO_STORAGE_FAILED, ServerBusy, hello_failure
 from .flush import WebSocketSink
 from .http_wire import BambooConnection
@@ -73,8 +74,10 @@ async def read_hello(conn: Connection) -> Hello | None:
     timeout = conn.services.config.hello_timeout
     try:
         # Text frames arrive as str, checked as UTF-8 (else websockets closes 1007).
-        # asyncio.timeout, not wait_for: on Python 3.11 that makes a task per hello.
-        async with asyncio.timeout(timeout):
+        # Not wait_for: on Python 3.11 that makes a task per hello. Not asyncio.timeout:
+        # its three look-ups of the running loop are three getpid syscalls on 3.11.
+        loop = conn.ws.loop
+        async with Deadline(loop, loop.time() + timeout):
             data = await conn.ws.recv()
     except TimeoutError:
         await close_within(
