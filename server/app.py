@@ -68,6 +68,7 @@ from .store_stats import StoreStats, build_labels
 from .stored_caps import StoredCaps
 from .subprotocols import select_subprotocol
 from .unread_answers import UnreadAnswers
+from .upgrade_task import handler_task
 from .user_connections import LocalUserConnections, user_connections_for
 
 log = structlog.get_logger("bamboo_session.server")
@@ -183,11 +184,10 @@ class BambooServer:
         )
         if self._before_listening is not None:
             self._before_listening()
-        self._server = await serve(
+        server = serve(
             self._handle,
             config.host,
             config.port,
-            process_request=self._process_request,
             create_connection=functools.partial(  # type: ignore[arg-type]
                 BambooConnection,
                 open_connections=self._open_connections,
@@ -208,12 +208,14 @@ class BambooServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
-            # Applied by BambooConnection.handshake instead (http_wire.OPEN_TIMEOUT),
-            # around the request and its answer's head, not a streamed body.
-            open_timeout=None,
+            open_timeout=None,  # BambooConnection's (OPEN_TIMEOUT), not a streamed body's
             backlog=config.backlog,
             reuse_port=self.reuse_port,
         )
+        # Each connection's task, set before any can come: websockets' less what is
+        # not used here, process_request ours (upgrade_task.py).
+        server.handler = handler_task(server, self._process_request, self._handle)  # type: ignore[assignment]
+        self._server = await server
         self.user_connections.start()  # its heartbeat, once nothing can fail the start
         self.services.store_stats.start()  # the count nearing --max-stored-sessions
         # One line that says where, whatever the log format and level: scripts wait for it.

@@ -42,6 +42,7 @@ from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 from .subprotocols import check_extension_offer
+from .upgrade_task import ProcessRequest, answer
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
@@ -69,6 +70,8 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
     # connection holds for its peer is let go before the peer can see the close (the
     # handler ends only when the socket does, up to the close timeout later).
     on_close_sent: Callable[[], None] | None = None
+    # What the handshake awaits while neither the request nor the loss has come.
+    _handshake_waiter: asyncio.Future[None] | None = None
     # The upgrade's route, parsed once as its request is checked (app.py), for the
     # handler: the path is not parsed again.
     route: Route | None = None
@@ -121,6 +124,8 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
             self.transport.abort()
             return
         super().data_received(data)
+        if self.request is not None:
+            self._wake_handshake()
         if (
             self.protocol.state is State.CONNECTING
             and len(self.protocol.reader.buffer) > EARLY_BYTES
@@ -212,13 +217,16 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         if self.response is not None:
             self.response.body = b""
 
-    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+    async def run_handshake(self, process_request: ProcessRequest) -> None:
+        """The request read and answered (upgrade_task.answer, websockets' handshake)
+        within OPEN_TIMEOUT; a streamed answer's body after it; frames that came with
+        an upgrade read."""
         # A plain answer not taken by then is dropped with the connection: its pace
         # is measured against it (AnsweringConnection.behind_pace).
         self.answer_deadline = self.loop.time() + OPEN_TIMEOUT
         try:
             async with Deadline(self.loop, self.answer_deadline):
-                await super().handshake(*args, **kwargs)
+                await answer(self, process_request)
         except BaseException:
             if self._stream is not None:
                 self._stream.abandon()  # its first piece's charge
@@ -242,6 +250,23 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
             # An upgrade whose peer ended its stream with the request: closed at once,
             # as one that ends it right after the upgrade (1006, no handler).
             self._pass_on_eof()
+
+    async def request_or_loss(self) -> None:
+        """Returns once the request is read or the connection lost: websockets'
+        handshake awaited both futures with asyncio.wait; here one future, woken by
+        whichever comes first (_wake_handshake), and made only if it must be waited."""
+        if self.request is not None or self.connection_lost_waiter.done():
+            return
+        waiter = self._handshake_waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._handshake_waiter = None
+
+    def _wake_handshake(self) -> None:
+        waiter = self._handshake_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _forget_headers(self) -> None:
         """Keeps of the upgrade's request its path and the one header the ``hello`` may
@@ -312,6 +337,7 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         try:
             super().connection_lost(exc)
         finally:
+            self._wake_handshake()
             self._release_request()
             if self._open_connections is not None:
                 self._open_connections.discard(self)
