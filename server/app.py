@@ -37,7 +37,6 @@ from .http import (
     BadRoute,
     handle_get,
     is_stream_path,
-    is_upgrade,
     stream_route,
     upgrade_required,
 )
@@ -344,11 +343,15 @@ class BambooServer:
     ) -> Response | None:
         """The answer to a request that does not become a WebSocket, else None (the
         upgrade's route then kept on ``connection`` for its handler)."""
+        # Each header that decides something read once, here: its one value, or None.
+        single: list[str | None] = []
         for name in _SINGLE_HEADERS:
-            if len(request.headers.get_all(name)) > 1:
+            values = request.headers.get_all(name)
+            if len(values) > 1:
                 message = f"more than one {name} header"
                 return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
-        host = request.headers.get("Host")
+            single.append(values[0] if values else None)
+        host, origin, _, upgrade = single
         fault = host_fault(host, request.protocol)
         if fault is not None:
             # Whatever the host checks allow: a server refuses an invalid Host (RFC
@@ -359,7 +362,7 @@ class BambooServer:
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
         if is_preflight(request):
             return preflight(self.guard, request)
-        if not is_upgrade(request):
+        if upgrade is None or "websocket" not in upgrade.lower():  # http.is_upgrade
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
             # A page the unread answers could not take is refused before it is read,
@@ -370,7 +373,9 @@ class BambooServer:
         except BadRoute as exc:
             code = "not_found" if exc.status == http.HTTPStatus.NOT_FOUND else "bad_request"
             return error_response(exc.status, code, exc.message)
-        return self.authorize_upgrade(request)
+        if not self.guard.origin_allowed(origin):
+            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
+        return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, BambooConnection)  # create_connection makes no other
@@ -378,11 +383,6 @@ class BambooServer:
         assert route is not None
         codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
         await Connection(self.services, ws, codec, route.session_id).run()
-
-    def authorize_upgrade(self, request: Request) -> Response | None:
-        if not self.guard.origin_allowed(request.headers.get("Origin")):
-            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
-        return None
 
 
 async def open_configured_storage(config: ServerConfig) -> Storage:
