@@ -117,7 +117,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
     # One read deadline for the whole attach, from the hello's arrival: the reads of its
     # session (and of its user's count, for a new one) and the session taking it in.
     # Each had a deadline of its own: a hello could wait about twice the time.
-    deadline = services.page_reads.deadline()
+    deadline = services.page_reads.deadline(ws.loop)  # the loop held: no getpid (3.11)
     try:
         request = ws.request
         authorization = request.headers.get("Authorization") if request else None

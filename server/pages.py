@@ -77,9 +77,10 @@ class PageReads:
         self.timeout = timeout
         self.abandoned = 0  # reads given up on whose store call has not ended yet
 
-    def deadline(self) -> float:
-        """When a read that starts now must end (the event loop's clock)."""
-        return asyncio.get_running_loop().time() + self.timeout
+    def deadline(self, loop: asyncio.AbstractEventLoop | None = None) -> float:
+        """When a read that starts now must end (the event loop's clock). ``loop``: the
+        running loop, if the caller holds it (its look-up is a getpid syscall on 3.11)."""
+        return (loop or asyncio.get_running_loop()).time() + self.timeout
 
     async def read(self, read: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
         """``read()`` in a slot, by ``deadline`` (default: ``timeout`` from now)."""
@@ -138,7 +139,7 @@ class PageReads:
         by then: for an answer that an actor gives after store calls of its own.
         Whoever gave up on it sees that it is done, and the actor that finds it done
         skips or undoes the work (server/control.py ``attach``)."""
-        return asyncio.get_running_loop().call_at(deadline, self._expire, answer)
+        return answer.get_loop().call_at(deadline, self._expire, answer)  # no look-up
 
     async def within(self, deadline: float, waiting: Awaitable[T]) -> T:
         """``waiting`` by ``deadline`` (cancelled then), or :class:`StoreTimeout`."""
