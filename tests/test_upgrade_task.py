@@ -70,7 +70,7 @@ async def test_every_connection_s_task_ends_however_its_peer_left() -> None:
         await eventually(lambda: len(server._open_connections) == 1)
         silent.close()
         # Attached to a session, then gone.
-        async with attach(server, "left", create=True) as (peer, welcome):
+        async with attach(server, "left", create=True) as (_peer, welcome):
             assert welcome["type"] == "welcome"
             ws_server = server._server
             assert ws_server is not None
