@@ -31,7 +31,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from bamboo_session.protocol.parsed_frames import handed_on
+from bamboo_session.protocol.parsed_frames import PARSER_KEEPS_BYTES, handed_on
 
 from .arriving_frames import ArrivingFrames, ChargedArrivals
 from .close_bound import ClosingBound
@@ -138,9 +138,11 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         if isinstance(event, Frame):
             if not event.fin or self._fragments:
                 self.count_fragment(event)  # a message in fragments (arriving_frames.py)
+            size = len(event.data)
             if self._meter is not None:
-                self._debt = self._meter.charge(len(event.data) + FRAME_BYTES)
-            event = handed_on(event)  # not kept by the parser till the next frame
+                self._debt = self._meter.charge(size + FRAME_BYTES)
+            if size > PARSER_KEEPS_BYTES:
+                event = handed_on(event)  # not kept by the parser till the next frame
             if self._close_sent and event.opcode in DATA_OPCODES:
                 return  # nothing can answer it now (RFC 6455 5.5.1): not queued
         super().process_event(event)
@@ -167,6 +169,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
 
     def send_data(self) -> None:
         super().send_data()
+        protocol = self.protocol
+        if protocol.close_sent is None and not protocol.eof_sent:
+            return  # open both ways (every frame read comes here): nothing below applies
         if self.on_close_sent is not None and self.protocol.close_sent is not None:
             self.close_frame_out()
         if self.protocol.close_sent is not None and not self._close_sent and self._closing_first():

@@ -45,9 +45,15 @@ class TokenBucket:
 
     def take(self, count: float = 1.0) -> bool:
         """Spends ``count`` tokens if there are that many, else none."""
-        if self.rate <= 0:
+        rate = self.rate
+        if rate <= 0:
             return True
-        tokens = self._refilled()
+        # _refilled's arithmetic written out: this runs for every frame read.
+        now = self._clock()
+        tokens = self._tokens + (now - self._stamp) * rate
+        self._stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
         if tokens >= count:
             self._tokens = tokens - count
             return True
@@ -85,10 +91,18 @@ class ByteRate(TokenBucket):
     def charge(self, size: int) -> float:
         """Counts ``size`` bytes; the seconds until the debt is repaid (0.0 when within
         the allowance)."""
-        if self.rate <= 0:
+        rate = self.rate
+        if rate <= 0:
             return 0.0
-        self._tokens = tokens = self._refilled() - size
-        return 0.0 if tokens >= 0 else -tokens / self.rate
+        # _refilled's arithmetic written out (no call, no min()): a frame read is
+        # charged here, and again once decoded (sliced_reads.py).
+        now = self._clock()
+        tokens = self._tokens + (now - self._stamp) * rate
+        self._stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        self._tokens = tokens = tokens - size
+        return 0.0 if tokens >= 0 else -tokens / rate
 
     def refund(self, size: int) -> None:
         """Gives back ``size`` bytes charged ahead of a use that turned out smaller (or

@@ -130,8 +130,10 @@ class SlicedReads(ServerConnection):
             self._held += data
             return
         size = DEFLATE_PARSE_SLICE if self.protocol.extensions else PARSE_SLICE
-        # b"" too: the parser must go on from the handshake even with no early frame.
-        for start in range(0, len(data), size) if data else (0,):
+        # One slice mostly (a lone request's read), no range() made for it; b"" too:
+        # the parser must go on from the handshake even with no early frame.
+        starts = (0,) if len(data) <= size else range(0, len(data), size)
+        for start in starts:
             if self._debt > 0:
                 self._hold(data[start:])
                 return
