@@ -43,6 +43,7 @@ from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 from .subprotocols import check_extension_offer
 from .upgrade_task import ProcessRequest, answer
+from .whole_frames import WholeFramesProtocol
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
@@ -90,6 +91,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         arriving_frames: ArrivingFrames | None = None,
         **kwargs: Any,
     ) -> None:
+        # Whole data frames read without websockets' generator parser (whole_frames.py):
+        # the class's receive_data, no object more on the connection.
+        protocol.__class__ = WholeFramesProtocol
         protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
         check_extension_offer(protocol)
         protocol.parser = parse_request(protocol)
