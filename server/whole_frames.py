@@ -23,7 +23,7 @@ from types import CodeType
 from typing import Final
 
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, Side
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - websockets' own fallback, as frames.py
 # The first byte of a frame taken here: FIN, no reserved bit, a text or a binary opcode.
 _WHOLE_TEXT: Final = 0x80 | Opcode.TEXT
 _WHOLE_BINARY: Final = 0x80 | Opcode.BINARY
+_TEXT: Final = Opcode.TEXT
+_BINARY: Final = Opcode.BINARY
 # The second byte's mask bit: a client's frames are masked (websockets refuses others).
 _MASKED: Final = 0x80
 # Where websockets' parser waits between frames: in its reader's at_eof, from parse.
@@ -43,12 +45,14 @@ _AT_EOF_CODE: Final[CodeType] = StreamReader.at_eof.__code__
 _SERVER_PARSE_CODE: Final[CodeType] = ServerProtocol.parse.__code__
 
 
-def take_whole_frames(protocol: Protocol, data: bytes | bytearray) -> int:
+def take_whole_frames(protocol: ServerProtocol, data: bytes | bytearray) -> int:
     """Appends to ``protocol.events`` the whole, unfragmented, unextended, masked text
     and binary frames at the start of ``data`` within its size limit, as websockets'
     parser would, and returns how many bytes of ``data`` they took; 0 unless the parser
     waits between frames (the connection open, no message in fragments, nothing
-    buffered, no extension, no debug log, the server's side)."""
+    buffered, no extension, no debug log). A server's protocol: a client's frames are
+    masked. Past the peer's end of stream or a failure, websockets' parser is its
+    ``discard`` (no longer waiting in ``parse``): nothing is taken then either."""
     parser = protocol.parser
     waiting = parser.gi_yieldfrom  # type: ignore[attr-defined]
     if parser.gi_code is not _PARSE_CODE:  # type: ignore[attr-defined]
@@ -65,9 +69,7 @@ def take_whole_frames(protocol: Protocol, data: bytes | bytearray) -> int:
         or protocol.current_size is not None
         or protocol.extensions
         or protocol.reader.buffer
-        or protocol.reader.eof
         or protocol.debug
-        or protocol.side is not Side.SERVER  # a client's frames are unmasked
     ):
         return 0
     max_size = protocol.max_message_size  # as Protocol.parse has it, between messages
@@ -98,7 +100,7 @@ def take_whole_frames(protocol: Protocol, data: bytes | bytearray) -> int:
         if stop > end:
             break  # not whole in this read (at + 4 > end too)
         payload = apply_mask(data[at + 4 : stop], data[at : at + 4])
-        events.append(Frame(Opcode.TEXT if head == _WHOLE_TEXT else Opcode.BINARY, payload))
+        events.append(Frame(_TEXT if head == _WHOLE_TEXT else _BINARY, payload))
         start = stop
     return start
 
