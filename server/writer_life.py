@@ -195,11 +195,12 @@ class WriterLife(SentEvents):
                 size += out.event_size or len(data)
                 chunks.append(data)
                 index += 1
-            stop = items[index] if index < queued else None
             if held:
                 self._flush_checked(sink)
-            elif type(stop) is Replay and self._replay_at_once(
-                sink, stop, chunks, sent, index, size
+            elif (
+                index < queued  # (drained, the common case, asks nothing more)
+                and type(stop := items[index]) is Replay
+                and self._replay_at_once(sink, stop, chunks, sent, index, size)
             ):
                 return  # written with the replay behind them
             elif chunks and sink.write(chunks):
