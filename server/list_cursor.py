@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
 
 from bamboo_session.persistence.base import ListPosition, SessionFilter, SortBy
 from bamboo_session.protocol.ids import is_valid_session_id
+from bamboo_session.protocol.micros import from_micros, to_micros
 from bamboo_session.protocol.models import SessionMetadata
 
 __all__ = ["MAX_CURSOR_CHARS", "BadCursor", "ListingPage", "cursor_after", "position_of"]
@@ -32,7 +32,6 @@ __all__ = ["MAX_CURSOR_CHARS", "BadCursor", "ListingPage", "cursor_after", "posi
 MAX_CURSOR_CHARS: Final = 256
 
 _VERSION: Final = 1
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_MICROS: Final = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 _MAX_MICROS: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 _INT64_MAX: Final = 2**63 - 1
@@ -62,7 +61,7 @@ class _Cursor(msgspec.Struct, array_like=True):
 def cursor_after(query: SessionFilter, last: SessionMetadata) -> str:
     """The cursor of the page after ``last`` (the last session of a page of ``query``)."""
     raw = getattr(last, query.sort_by.value)
-    key = raw if isinstance(raw, int) else _micros(raw)
+    key = raw if isinstance(raw, int) else to_micros(raw)
     packed = msgspec.msgpack.encode(_Cursor(_VERSION, _fingerprint(query), key, last.id))
     return base64.urlsafe_b64encode(packed).rstrip(b"=").decode()
 
@@ -91,14 +90,7 @@ def position_of(cursor: str, query: SessionFilter) -> ListPosition:
         return ListPosition(decoded.key, decoded.id)
     if not _MIN_MICROS <= decoded.key <= _MAX_MICROS:
         raise BadCursor("cursor is not one this server made (time out of range)")
-    return ListPosition(_EPOCH + timedelta(microseconds=decoded.key), decoded.id)
-
-
-def _micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return ListPosition(from_micros(decoded.key), decoded.id)
 
 
 def _fingerprint(query: SessionFilter) -> bytes:
@@ -107,7 +99,7 @@ def _fingerprint(query: SessionFilter) -> bytes:
     terms = (
         query.user_id,
         None if query.state is None else query.state.value,
-        *(None if moment is None else _micros(moment) for moment in times),
+        *(None if moment is None else to_micros(moment) for moment in times),
         query.title_contains,
         query.sort_by.value,
         query.sort_order.value,

@@ -24,7 +24,7 @@ from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, SortBy, SortOrder
 from bamboo_session.persistence.presence import Park, Parked
 from bamboo_session.persistence.redis import RedisStorage
-from bamboo_session.persistence.redis.layout import to_micros
+from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata, SessionState
 from tests.redis_server import RedisServer, prefix_for
 

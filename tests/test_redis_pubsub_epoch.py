@@ -19,7 +19,7 @@ import redis.asyncio
 from bamboo_session.persistence import Storage, open_storage
 from bamboo_session.persistence.feed import CLOSED, DELETED, Feed
 from bamboo_session.persistence.redis import RedisStorage
-from bamboo_session.persistence.redis.layout import from_micros
+from bamboo_session.protocol.micros import from_micros
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState, StoredEvent
 from tests.redis_server import RedisServer, link_replica, prefix_for
 

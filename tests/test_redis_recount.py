@@ -21,8 +21,8 @@ from bamboo_session.persistence.events import stored_size
 from bamboo_session.persistence.recount import recount
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.persistence.redis import recount as redis_recount
-from bamboo_session.persistence.redis.layout import to_micros
 from bamboo_session.protocol.events import encode_event
+from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import AgentEvent, Message, Session, new_epoch, utcnow
 from tests.redis_server import RedisServer, prefix_for
 from tests.support import Peer, attach, run_server, token

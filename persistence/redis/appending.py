@@ -12,11 +12,12 @@ import msgspec
 
 from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.micros import from_micros
 from bamboo_session.protocol.models import StoredEvent
 
 from ..base import KEY_WINDOW, Appended, AppendItem, SessionLogFailed
 from ..events import completed_event
-from .layout import flags_of, from_micros
+from .layout import flags_of
 from .scripts import HistoryLost, KeyOfWrongType, optional_arg
 
 if TYPE_CHECKING:

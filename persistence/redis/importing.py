@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import SessionMetadata, StoredEvent
 
 from ..base import KEY_WINDOW
 from ..feed import CLOSED
 from ..importing import check_importable
-from .layout import CLOSED_NOTICE, flags_of, to_micros
+from .layout import CLOSED_NOTICE, flags_of
 from .scripts import removed_epoch
 
 if TYPE_CHECKING:

@@ -52,11 +52,11 @@ Times are integers, microseconds since the Unix epoch, in hashes and scores alik
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
+from bamboo_session.protocol.micros import from_micros, to_micros
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
     MessageEvent,
@@ -65,8 +65,6 @@ from bamboo_session.protocol.models import (
     StoredEvent,
 )
 
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
 # Control messages on a session's channel; event batches start with "[". A script
 # that closes or deletes a session publishes the notice of its epoch, b"deleted " +
 # epoch, then the bare notice, which a listener that heard the first one skips (an
@@ -74,17 +72,6 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 CLOSED_NOTICE: Final = b"closed"
 DELETED_NOTICE: Final = b"deleted"
 PRESENCE_NOTICE: Final = b"p"  # b"p" + JSON of a presence notice
-
-
-def to_micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(micros: int) -> datetime:
-    return EPOCH + timedelta(microseconds=micros)
 
 
 class Layout:

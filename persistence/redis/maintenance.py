@@ -21,12 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+from bamboo_session.protocol.micros import to_micros
 from bamboo_session.tasks import cancel_and_wait
 
 from ..base import StorageError
 from ..feed import DELETED
 from .client import stop_task
-from .layout import DELETED_NOTICE, to_micros
+from .layout import DELETED_NOTICE
 from .lease import Lease
 from .scripts import Fenced, removed_epoch
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from bamboo_session.protocol.micros import to_micros
+
 from ..base import SessionFilter, SessionListResult, SortBy, SortOrder
-from .layout import Layout, to_micros
+from .layout import Layout
 from .listing_page import EveryMatch, HoleInPage, PageKeeper
 
 if TYPE_CHECKING:

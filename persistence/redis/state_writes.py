@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from ..feed import CLOSED
 from ..state_condition import check_condition
-from .layout import CLOSED_NOTICE, to_micros
+from .layout import CLOSED_NOTICE
 from .scripts import HistoryLost, epoch_in_hash
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from typing import Final, Self
 from redis.asyncio import Redis
 
 from bamboo_session.protocol.ids import check_session_id
+from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import (
     AnyAgentEvent,
     Message,
@@ -59,13 +60,7 @@ from .config import RedisConfig
 from .durability import DurabilityWatch
 from .eviction import warn_of_eviction
 from .generation import CREATED_UNDER, Generation
-from .layout import (
-    DELETED_NOTICE,
-    Layout,
-    metadata_fields,
-    metadata_from,
-    to_micros,
-)
+from .layout import DELETED_NOTICE, Layout, metadata_fields, metadata_from
 from .live import Live
 from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
