@@ -4,10 +4,11 @@
 It fills a temporary store (JSONL or SQLite) through the storage API, in a process of
 its own, closes it, opens it again as ``serve`` would, and times the open, the park's
 part before the server would listen (``RestartPark.begin``), the settling of the
-garbage collector that ``serve`` does then (one full collection: server/cli.py), the
-whole park (its task), the store's close (the JSONL store's checkpoints of the parked
-sessions are written by then), and the largest gap between two turns of the event
-loop in each (how long a peer's frame could wait); then starts once more on the store
+garbage collector that ``serve`` does then (its young generations collected, then all
+frozen: server/process_setup.py), the whole park (its task), the store's close (the
+JSONL store's checkpoints of the parked sessions are written by then), and the
+largest gap between two turns of the event loop in each (how long a peer's frame could
+wait); then starts once more on the store
 (the restart right after a stop whose close wrote the park's checkpoints: on JSONL
 they are dirty in the page cache then), timing its way to listening (open, park,
 settle) and its close, and counts what it holds ``disconnected``. Time to listening
