@@ -264,13 +264,19 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
         """Returns once the request is read or the connection lost: websockets'
         handshake awaited both futures with asyncio.wait; here one future, woken by
         whichever comes first (_wake_handshake), and made only if it must be waited."""
-        if self.request is not None or self.connection_lost_waiter.done():
-            return
-        waiter = self._handshake_waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._handshake_waiter = None
+        if self.request is None and not self.connection_lost_waiter.done():
+            waiter = self._handshake_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._handshake_waiter = None
+        if self.request is not None and self.protocol.reader.buffer and not self._eof_held:
+            # Bytes came behind the request (a client that did not wait for the 101):
+            # one turn of the loop reads what came with them, so that an end of stream
+            # sent with them is known before they are acted on (docs/protocol.md: frames
+            # that reach the server together with the end of stream are not), as
+            # websockets' wait on two futures gave it; a client that waits pays nothing.
+            await asyncio.sleep(0)
 
     def _wake_handshake(self) -> None:
         waiter = self._handshake_waiter
