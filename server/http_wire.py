@@ -270,12 +270,12 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
                 await waiter
             finally:
                 self._handshake_waiter = None
-        if self.request is not None and self.protocol.reader.buffer and not self._eof_held:
-            # Bytes came behind the request (a client that did not wait for the 101):
-            # one turn of the loop reads what came with them, so that an end of stream
-            # sent with them is known before they are acted on (docs/protocol.md: frames
-            # that reach the server together with the end of stream are not), as
-            # websockets' wait on two futures gave it; a client that waits pays nothing.
+        if self.request is not None and not self._eof_held:
+            # One turn of the loop reads what came with the request, as websockets'
+            # wait on two futures gave it: an end of stream in the request's segment is
+            # known before the answer, with frames behind the request or without them
+            # (docs/protocol.md: an upgrade sent with its end of stream ends after its
+            # 101, no handler run, no frame sent with it acted on).
             await asyncio.sleep(0)
 
     def _wake_handshake(self) -> None:

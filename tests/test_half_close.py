@@ -131,6 +131,22 @@ async def test_an_upgrade_followed_by_the_peers_end_of_stream_gets_its_101_then_
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
+async def test_an_upgrade_alone_followed_by_the_peers_end_of_stream_runs_no_handler() -> None:
+    # No frame behind the request: the FIN in its segment is read before the answer
+    # all the same (websockets' handshake gave the loop that turn), so the upgrade ends
+    # after its 101 with no handler: no connection counted, no session looked up.
+    async with run_server() as server:
+        request = UPGRADE.format(session="alone").encode()
+        for _ in range(3):
+            answer = await asyncio.wait_for(asyncio.to_thread(half_closed, server.port, request), 5)
+            assert answer.startswith(b"HTTP/1.1 101 "), answer
+            assert answer.endswith(b"\r\n\r\n")
+        await eventually(lambda: not server._open_connections)
+        assert server._server is not None
+        await eventually(lambda: not server._server.handler_tasks)
+        assert server.metrics.figures()["connections_opened"] == 0
+
+
 async def test_a_half_closed_peer_in_debt_is_taken_for_gone_at_its_first_wait() -> None:
     # The rule of a whole history's wait for its peer's debt (http_pages.py): a peer
     # whose end of stream has come, with its request too, cannot be told from one that
