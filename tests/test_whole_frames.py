@@ -141,6 +141,51 @@ def test_random_streams_give_the_same_frames_errors_and_closes(
     assert sum(n > 0 for n in taken) > 30  # the comparison was not all websockets' parser
 
 
+@pytest.mark.parametrize("step", ["close", "ping", "fail"])
+def test_after_the_server_s_own_close_ping_or_failure_the_same_frames_and_states(
+    step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's close frame (CLOSING: the peer's data frames still parsed), a ping
+    # of its own, or its failing the connection, between two reads of random streams.
+    taken_after: list[int] = []  # what ours took itself once the step was made
+    stepped = False
+
+    def counted(protocol: ServerProtocol, data: bytes) -> int:
+        taken = take_whole_frames(protocol, data)
+        if stepped:
+            taken_after.append(taken)
+        return taken
+
+    monkeypatch.setattr(whole_frames, "take_whole_frames", counted)
+    rng = random.Random(f"whole-frames-after-{step}")
+    for _ in range(300):
+        max_size = rng.choice(SIZES)
+        theirs, ours = both(max_size)
+        limit = max_size[0] if isinstance(max_size, tuple) else max_size or 2**20
+        data, ends = stream(rng, limit)
+        pieces = chunks(rng, data, ends)
+        at = rng.randrange(len(pieces) + 1)
+        stepped = False
+        for index, piece in enumerate([*pieces, b""]):
+            if index == at and theirs.state is State.OPEN:
+                for protocol in (theirs, ours):
+                    if step == "close":
+                        protocol.send_close(1001, "going away")
+                    elif step == "ping":
+                        protocol.send_ping(b"p")
+                    else:
+                        protocol.fail(1011, "internal")
+                stepped = True
+                assert seen(ours) == seen(theirs)
+            if piece:
+                theirs.receive_data(piece)
+                ours.receive_data(piece)
+                assert seen(ours) == seen(theirs), (data.hex(), piece.hex())
+    # Frames were taken without websockets' parser after a close or a ping of the
+    # server's; after a failure, never (its parser is discard then).
+    assert (sum(n > 0 for n in taken_after) > 10) is (step != "fail")
+
+
 def test_boundary_lengths_whole_and_split_byte_by_byte() -> None:
     for length in (0, 1, 125, 126, 127, 65535, 65536):
         for max_size in (length - 1, length, None):
