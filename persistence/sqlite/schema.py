@@ -148,6 +148,23 @@ def connect_reader(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def prepare_path(path: Path, read_only: bool) -> None:
+    """Before an open: ``path`` names a file, not a directory; read-only, a store of a
+    version we read (:func:`check_readable`); else its directory made if missing."""
+    if path.is_dir():
+        raise StorageError(
+            f"{path} is a directory; an SQLite store is a file: name one in it, "
+            f"e.g. sqlite://{path / 'bamboo.db'}"
+        )
+    try:
+        if read_only:
+            check_readable(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
+
+
 def check_readable(path: Path) -> None:
     """For a read-only open: the file exists, is ours, and is of a version we read."""
     if not path.is_file():

@@ -59,7 +59,7 @@ from .live import Live
 from .lock import real_file, store_lock
 from .reads import Readers
 from .recount import SqliteRecounter
-from .schema import SCHEMA_VERSION, check_readable, connect_writer, time_text
+from .schema import SCHEMA_VERSION, connect_writer, prepare_path, time_text
 from .writer import Writer
 from .writes import Batch
 
@@ -114,18 +114,7 @@ class SqliteStorage:
 
     async def _open(self) -> None:
         path = self.config.path
-        if await asyncio.to_thread(path.is_dir):
-            raise StorageError(
-                f"{path} is a directory; an SQLite store is a file: name one in it, "
-                f"e.g. sqlite://{path / 'bamboo.db'}"
-            )
-        try:
-            if self.config.read_only:
-                await asyncio.to_thread(check_readable, path)
-            else:
-                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
+        await asyncio.to_thread(prepare_path, path, self.config.read_only)
         if self.config.read_only:
             self._lock.take_shared()
         else:
