@@ -14,7 +14,10 @@ from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .schema import SESSION_COLUMNS, metadata_of
 
-CLEAN, MOVED, CHANGED = 0, 1, 2  # a row's state of writing: nothing, activity, anything
+# A row's state of writing: nothing; its activity (seq, times, bytes); that and its
+# message count; anything. Each is written by a statement naming only those columns,
+# so that SQLite rewrites the entries of no index on a column that did not move.
+CLEAN, MOVED, COUNTED, CHANGED = 0, 1, 2, 3
 _EXPIRED: Final = SessionState.EXPIRED.value
 
 
@@ -82,10 +85,11 @@ class Row:
 
     def advance(self, last_seq: int, message_count: int, stored_bytes: int) -> None:
         values = self.values
+        moved = COUNTED if message_count != values[9] else MOVED
         values[9] = message_count
         values[10] = last_seq
         values[13] = stored_bytes
-        self.dirty = max(self.dirty, MOVED)
+        self.dirty = max(self.dirty, moved)
 
     def touch(self, now: str, expires_at: str | None) -> None:
         values = self.values

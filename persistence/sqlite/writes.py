@@ -46,7 +46,7 @@ from ..base import (
 )
 from ..events import check_room, check_user_room, completed_event, stored_size
 from ..state_condition import check_condition, updated_since
-from .rows import CLEAN, MOVED, Row, RowCache
+from .rows import CLEAN, COUNTED, MOVED, Row, RowCache
 from .schema import SESSION_COLUMNS, encode_extra, row_of, time_text
 
 _INSERT_EVENT: Final = (
@@ -56,9 +56,14 @@ _INSERT_EVENT: Final = (
 _NEWEST_OF_KEY: Final = (
     "SELECT seq FROM events WHERE session_id = ? AND key = ? ORDER BY seq DESC LIMIT 1"
 )
-# An append moves only these columns: naming no other keeps SQLite from rewriting the
-# entries of indexes on columns it did not change (state's, for one).
+# An append moves only these columns (and message_count, with a message): naming no
+# other keeps SQLite from rewriting the entries of indexes on columns it did not change
+# (state's, for one; message_count's three, for an append of tokens).
 _UPDATE_ACTIVITY: Final = (
+    "UPDATE sessions SET updated_at = ?, last_activity_at = ?, expires_at = ?, "
+    "last_seq = ?, stored_bytes = ? WHERE id = ?"
+)
+_UPDATE_COUNTED: Final = (
     "UPDATE sessions SET updated_at = ?, last_activity_at = ?, expires_at = ?, "
     "message_count = ?, last_seq = ?, stored_bytes = ? WHERE id = ?"
 )
@@ -157,18 +162,22 @@ class Batch:
         if self.inserts:
             self.db.executemany(_INSERT_EVENT, self.inserts)
             self.inserts = []
-        moved, changed = [], []
+        moved, counted, changed = [], [], []
         for row in self.rows.values():
             if row is None or row.dirty == CLEAN:
                 continue
             v = row.values
             if row.dirty == MOVED:
-                moved.append((v[5], v[6], v[7], v[9], v[10], v[13], v[0]))
+                moved.append((v[5], v[6], v[7], v[10], v[13], v[0]))
+            elif row.dirty == COUNTED:
+                counted.append((v[5], v[6], v[7], v[9], v[10], v[13], v[0]))
             else:
                 changed.append((v[3], v[5], v[6], v[7], v[8], v[9], v[10], v[12], v[13], v[0]))
             row.dirty = CLEAN
         if moved:
             self.db.executemany(_UPDATE_ACTIVITY, moved)
+        if counted:
+            self.db.executemany(_UPDATE_COUNTED, counted)
         if changed:
             self.db.executemany(_UPDATE_SESSION, changed)
 
