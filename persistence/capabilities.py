@@ -77,7 +77,7 @@ class WriteProbe(Protocol):
 class StoreFormat(Protocol):
     """A store that records its format (JSONL, SQLite, Redis: docs/upgrading.md): which
     one it holds, ``<kind>/<number>`` as its open found or wrote it (``jsonl/1``,
-    ``sqlite/2``), for an operator to tell (the ``listening`` line,
+    ``sqlite/3``), for an operator to tell (the ``listening`` line,
     ``bamboo_build_info``). A store that keeps nothing (memory) has none."""
 
     @property

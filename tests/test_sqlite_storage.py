@@ -23,7 +23,11 @@ from bamboo_session.persistence import (
     open_storage,
 )
 from bamboo_session.persistence.sqlite import SqliteStorage, SqliteStorageConfig
-from bamboo_session.persistence.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
+from bamboo_session.persistence.sqlite.schema import (
+    APPLICATION_ID,
+    LISTING_INDEXES_V3,
+    SCHEMA_VERSION,
+)
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState
 from tests.support import unprivileged
 
@@ -363,7 +367,7 @@ async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "storage-sqlite.md").read_text()
     documented = sqlite3.connect(":memory:")
     documented.executescript(
-        doc.split("## Schema (version 2)")[1].split("```sql")[1].split("```")[0]
+        doc.split(f"## Schema (version {SCHEMA_VERSION})")[1].split("```sql")[1].split("```")[0]
     )
     path = tmp_path / "store.db"
     await filled(path)
@@ -381,7 +385,7 @@ async def test_the_documented_schema_is_the_schema(tmp_path: Path) -> None:
         return found
 
     assert shape(documented) == shape(real)
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_store_in_a_read_only_directory_opens_read_only() -> None:
@@ -430,6 +434,8 @@ async def test_a_file_of_version_1_gets_its_stored_bytes_counted_once(tmp_path: 
         before = {meta.id: meta.stored_bytes for meta in await storage.list_user_sessions("u1")}
         assert before["s1"] > 0
     db = sqlite3.connect(path)
+    for index in LISTING_INDEXES_V3:  # version 3's
+        db.execute(f"DROP INDEX {index}")
     db.execute("ALTER TABLE sessions DROP COLUMN stored_bytes")
     db.execute("PRAGMA user_version = 1")
     db.commit()

@@ -23,9 +23,12 @@ import redis
 
 from bamboo_session.persistence import StoreMisconfigured, open_storage
 from bamboo_session.persistence.base import StoreTooNew
+from bamboo_session.persistence.sqlite.schema import SCHEMA_VERSION
 from bamboo_session.protocol import AgentEvent, Session
 from tests.redis_server import INSTALL_HINT, RedisServer, available
 from tests.test_failures import refused_start
+
+NEWER = SCHEMA_VERSION + 1  # what a later version would write
 
 
 def tree_digest(base: Path) -> dict[str, str]:
@@ -123,14 +126,16 @@ async def test_an_sqlite_file_of_a_newer_schema_exits_2_and_is_left_as_it_is(
     storage = await open_storage(f"sqlite://{path}")
     await storage.close()
     with sqlite3.connect(path) as connection:
-        connection.execute("PRAGMA user_version = 3")
+        connection.execute(f"PRAGMA user_version = {NEWER}")
     connection.close()
     before = path.read_bytes()
     for read_only in (False, True):
-        with pytest.raises(StoreTooNew, match=r"schema version 3, newer than .* reads \(2\)"):
+        with pytest.raises(
+            StoreTooNew, match=rf"schema version {NEWER}, newer than .* reads \({SCHEMA_VERSION}\)"
+        ):
             await open_storage(f"sqlite://{path}", read_only=read_only)
     event = await refused_start(tmp_path / "data", 2, "--store", f"sqlite://{path}")
-    assert "schema version 3" in event and "a newer version" in event, event
+    assert f"schema version {NEWER}" in event and "a newer version" in event, event
     assert path.read_bytes() == before
 
 

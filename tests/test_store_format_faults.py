@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from bamboo_session.persistence import StorageError, StoreMisconfigured, open_storage
 from bamboo_session.persistence.base import StoreTooNew
+from bamboo_session.persistence.sqlite.schema import SCHEMA_VERSION
 from tests.disk_full_support import mounted_tmpfs
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_process import ServerProcess
@@ -166,7 +167,7 @@ async def test_an_sqlite_file_refused_at_a_writable_open_is_left_as_it_was(
     WAL mode first (its header's bytes 18 and 19), then refused it, changing a file of
     another program, or one a later version wrote in a mode of its own."""
     path = tmp_path / "other.db"
-    before = sqlite_file(path, application_id, 3)
+    before = sqlite_file(path, application_id, SCHEMA_VERSION + 1)
     with pytest.raises(refusal):
         await open_storage(f"sqlite://{path}")
     assert path.read_bytes() == before

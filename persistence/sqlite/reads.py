@@ -117,11 +117,11 @@ def newest_times(db: sqlite3.Connection, bound: str | None = None) -> list[datet
     activity (events share it) and of creations, through their indexes, and of state
     writes, every session's: a park (at a peer's close, or a restart's) or a close is
     later than any activity, and a session's ``updated_at`` went back when the session
-    was attached again after a restart with the clock set back. ``updated_at`` has no
-    index: one pass over the table, about 21 ms an open per 100,000 sessions
-    (bench/sqlite_newest_times.py; the ``active`` and ``idle`` ones alone, read through
-    the state's index, took 0.5 ms with 1% of them so, 73 ms with all). Those not
-    past ``bound`` (a time's text): the newest short of one the clock leaves out."""
+    was attached again after a restart with the clock set back. Each is one probe of
+    its index (``updated_at``'s since schema version 3; before, one pass over the
+    table, about 21 ms an open per 100,000 sessions: bench/sqlite_newest_times.py).
+    Those not past ``bound`` (a time's text): the newest short of one the clock leaves
+    out."""
     subqueries = ", ".join(
         f"(SELECT max({column}) FROM sessions"
         + ("" if bound is None else f" WHERE {column} <= ?1")

@@ -25,7 +25,7 @@ from ..base import StorageError, StoreTooNew
 
 # 'Bamb': PRAGMA application_id, so that a file of another program is never taken over.
 APPLICATION_ID: Final = 0x42616D62
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # The WAL's bound, in bytes: past it the writer checkpoints at its next commit (should
 # the checkpointer beside it have fallen behind), and a WAL restarted from its start is
 # cut back to it. Every page in the WAL may need a page of the database file when it is
@@ -52,10 +52,10 @@ _V1: Final = (
         extra            TEXT NOT NULL DEFAULT '{}'
     ) WITHOUT ROWID
     """,
-    "CREATE INDEX sessions_by_user ON sessions (user_id, created_at)",
-    "CREATE INDEX sessions_by_state ON sessions (state, created_at)",
-    "CREATE INDEX sessions_by_created ON sessions (created_at)",
-    "CREATE INDEX sessions_by_activity ON sessions (last_activity_at)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, created_at)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_at)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (last_activity_at)",
     "CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL",
     """
     CREATE TABLE events (
@@ -86,8 +86,27 @@ _V2: Final = (
            FROM events WHERE events.session_id = sessions.id)""",
 )
 
+# The listings by update time and by message count, as those by creation time: all,
+# one user's, one state's, each an index that a page (and a cursor's page) seeks in
+# rather than a scan and a sort of every match. Every append moves updated_at, and
+# every message message_count, so those appends rewrite these entries too
+# (docs/storage-sqlite.md has the cost). IF NOT EXISTS: a file rolled back by its
+# user_version alone (an older server writes to it with the indexes kept) migrates again.
+LISTING_INDEXES_V3: Final = {
+    "sessions_by_updated": "updated_at",
+    "sessions_by_user_updated": "user_id, updated_at",
+    "sessions_by_state_updated": "state, updated_at",
+    "sessions_by_message_count": "message_count",
+    "sessions_by_user_message_count": "user_id, message_count",
+    "sessions_by_state_message_count": "state, message_count",
+}
+_V3: Final = tuple(
+    f"CREATE INDEX IF NOT EXISTS {name} ON sessions ({columns})"
+    for name, columns in LISTING_INDEXES_V3.items()
+)
+
 # MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2, _V3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 SESSION_COLUMNS: Final = (
