@@ -48,7 +48,7 @@ class ListingPage(msgspec.Struct):
     total: int
     offset: int
     limit: int
-    next_cursor: str | None
+    next_cursor: str | None = None  # a server before cursors sent none
 
 
 class _Cursor(msgspec.Struct, array_like=True):

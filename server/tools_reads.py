@@ -1,5 +1,6 @@
 """``ls`` and ``show``: sessions and their history, read offline from a store (read-only)
-or from a running server's HTTP API (which pages a history; all its pages are read)."""
+or from a running server's HTTP API (which pages a history; all its pages are read).
+``ls``'s pages, and its ``--cursor`` and ``--all``, are tools_listing.py's."""
 
 from __future__ import annotations
 
@@ -9,25 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bamboo_session.persistence.base import (
-    SessionFilter,
-    SessionListResult,
-    SessionStorage,
-    SortBy,
-    SortOrder,
-)
+from bamboo_session.persistence.base import SessionFilter, SessionStorage, SortBy, SortOrder
 from bamboo_session.protocol.models import Message, Session, SessionMetadata, SessionState
 
+from .list_cursor import MAX_CURSOR_CHARS
 from .tools import (
     ToolError,
     non_negative,
     positive,
-    print_table,
     runner,
     session_id_argument,
     short_time,
     time_argument,
 )
+from .tools_listing import list_sessions
 from .tools_store import add_store_options, get_json, offline_store
 
 if TYPE_CHECKING:
@@ -65,6 +61,17 @@ def add_commands(commands: SubParsers) -> None:
     )
     ls.add_argument("--limit", type=positive, default=100, help="most sessions (default: 100)")
     ls.add_argument("--offset", type=non_negative, default=0, help="sessions to skip first")
+    ls.add_argument(
+        "--cursor",
+        type=cursor_argument,
+        help="the page after the one that printed this cursor ('next page: --cursor ...', "
+        "or next_cursor in --json); with the same filter and sort",
+    )
+    ls.add_argument(
+        "--all",
+        action="store_true",
+        help="every page to the listing's end, by cursor (--limit sessions a read)",
+    )
     ls.set_defaults(run=runner(_ls))
 
     show = commands.add_parser(
@@ -91,35 +98,15 @@ def _filter(args: argparse.Namespace) -> SessionFilter:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    filter = _filter(args)
-    if args.url:
-        fields = msgspec.to_builtins(filter).items()
-        query = {k: v if isinstance(v, str) else str(v) for k, v in fields if v is not None}
-        found = await get_json(args, "/api/v1/sessions", query)
-        result = msgspec.convert(found, SessionListResult, strict=False)
-    else:
-        async with offline_store(args, read_only=True) as storage:
-            result = await storage.list_sessions(filter)
-    if args.json:
-        print(msgspec.json.encode(result).decode())
-        return 0
-    rows = [
-        [
-            m.id,
-            m.user_id or "-",
-            m.state.value,
-            str(m.message_count),
-            str(m.last_seq),
-            short_time(m.last_activity_at),
-            m.title or "",
-        ]
-        for m in result.sessions
-    ]
-    print_table(["ID", "USER", "STATE", "MESSAGES", "LAST_SEQ", "LAST ACTIVITY", "TITLE"], rows)
-    shown = len(result.sessions)
-    first = result.offset + 1 if shown else result.offset
-    print(f"{first}-{result.offset + shown} of {result.total} sessions")
-    return 0
+    return await list_sessions(args, _filter(args))
+
+
+def cursor_argument(text: str) -> str:
+    if not text or len(text) > MAX_CURSOR_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"a cursor is 1 to {MAX_CURSOR_CHARS} characters, as a listing printed it"
+        )
+    return text
 
 
 async def _show(args: argparse.Namespace) -> int:
