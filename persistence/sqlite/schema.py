@@ -52,10 +52,10 @@ _V1: Final = (
         extra            TEXT NOT NULL DEFAULT '{}'
     ) WITHOUT ROWID
     """,
-    "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state, created_at)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_at)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (last_activity_at)",
+    "CREATE INDEX sessions_by_user ON sessions (user_id, created_at)",
+    "CREATE INDEX sessions_by_state ON sessions (state, created_at)",
+    "CREATE INDEX sessions_by_created ON sessions (created_at)",
+    "CREATE INDEX sessions_by_activity ON sessions (last_activity_at)",
     "CREATE INDEX sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL",
     """
     CREATE TABLE events (
