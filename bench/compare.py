@@ -40,7 +40,7 @@ BEFORE_DURABILITY_ENV = "BENCH_BEFORE_DURABILITY"  # fsync unless it says otherw
 # maps them), found by a finder put ahead of every other: first on sys.path was not
 # enough, a finder of bamboo_session in sys.meta_path (a sitecustomize's that maps it to
 # a worktree, inherited through PYTHONPATH) ran this tree's server as ``before`` too.
-_BEFORE_BOOT = """
+BEFORE_BOOT = """
 import runpy, sys
 from importlib.machinery import PathFinder
 root = sys.argv.pop(1)
@@ -150,13 +150,7 @@ def before_server(kind: str, tree: Path, tmp: Path, *extra: str) -> common.Serve
     """The server of an older checkout at ``tree``, fsync (or BENCH_BEFORE_DURABILITY),
     with the flags it had and ``extra`` (later flags win: ``--data-dir`` for another data
     directory)."""
-    package = tmp / f"{kind}-package" / "bamboo_session"
-    package.mkdir(parents=True)
-    for module in (tree / "bamboo_session").glob("*.py"):  # the root's (wakeup.py since 2f93b72)
-        (package / module.name).write_bytes(module.read_bytes())
-    for folder in ("protocol", "persistence", "server"):
-        (package / folder).symlink_to(tree.resolve() / folder)
-    argv = [sys.executable, "-c", _BEFORE_BOOT, str(package.parent), "serve"]
+    argv = [sys.executable, "-c", BEFORE_BOOT, str(older_package(tree, tmp / kind)), "serve"]
     data = tmp / f"data-{kind}"
     durability = os.environ.get(BEFORE_DURABILITY_ENV, "fsync")
     if durability not in DURABILITIES:
@@ -165,6 +159,18 @@ def before_server(kind: str, tree: Path, tmp: Path, *extra: str) -> common.Serve
     argv += [*store_flags(durability, data), "--log-format", "json", "--log-level", "warning"]
     argv += ["--max-sessions", "1000000", *extra]
     return common.ServerProcess(kind, argv, tmp / f"{kind}.log")
+
+
+def older_package(tree: Path, place: Path) -> Path:
+    """A folder at ``place`` holding ``bamboo_session`` as the checkout at ``tree`` has
+    it, for BEFORE_BOOT: its root modules copied, its packages symlinked."""
+    package = place.with_name(f"{place.name}-package") / "bamboo_session"
+    package.mkdir(parents=True)
+    for module in (tree / "bamboo_session").glob("*.py"):  # the root's (wakeup.py since 2f93b72)
+        (package / module.name).write_bytes(module.read_bytes())
+    for folder in ("protocol", "persistence", "server"):
+        (package / folder).symlink_to(tree.resolve() / folder)
+    return package.parent
 
 
 def pairs(lineup: Sequence[str]) -> list[tuple[str, str]]:

@@ -307,3 +307,20 @@ def test_the_before_server_is_the_older_trees_whatever_finder_is_first(tmp_path:
     ran, _, argv = done.stdout.strip().partition(" ")
     assert Path(ran).resolve() == (older / "server" / "__main__.py").resolve()
     assert argv.startswith("['serve', '--host'")
+
+
+def test_bytecode_count_counts_the_measured_lone_events_by_layer(tmp_path: Path) -> None:
+    """The probe of issue 14's lone events: a traced server of this tree and one of an
+    "other" checkout (this one again, booted as an older tree is), each counted between
+    its two signals; every layer a lone event crosses shows, and the layers add up."""
+    out = tmp_path / "bytecodes.json"
+    args = ["--sessions", "2", "--events", "10", "--warmup", "4", "--against", str(ROOT)]
+    stdout = run_bench("bytecode_count", out, args)
+    assert "RATIO bytecodes this/against" in stdout
+    assert "server/actor.py:SessionActor.append" in stdout  # among the costliest
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(runs) == ["against", "this"]
+    for (run,) in runs.values():
+        for layer in ("reading", "actor", "outbox", "store", "websockets send"):
+            assert run["layers"][layer] > 0, (layer, run)
+        assert abs(sum(run["layers"].values()) - run["total"]) < 1e-6 * run["total"]
