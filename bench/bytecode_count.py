@@ -188,21 +188,25 @@ async def count_once(
 
 
 def counted(path: Path) -> list[list[Any]]:
-    """The tracer's rows: file, function, first line, bytecodes."""
+    """The tracer's rows: file, function, first line, bytecodes, calls."""
     rows: list[list[Any]] = json.loads(path.read_text())["functions"]
     return rows
 
 
 def per_event(rows: list[list[Any]], events: int) -> dict[str, Any]:
     functions: defaultdict[str, float] = defaultdict(float)
+    calls: defaultdict[str, float] = defaultdict(float)
     layers: defaultdict[str, float] = defaultdict(float)
-    for path, function, _line, count in rows:
-        functions[f"{short_name(path)}:{function}"] += count / events
+    for path, function, _line, count, entered in rows:
+        name = f"{short_name(path)}:{function}"
+        functions[name] += count / events
+        calls[name] += entered / events
         layers[layer_of(path, function)] += count / events
     return {
         "total": sum(layers.values()),
         "layers": {name: layers.get(name, 0.0) for name in LAYER_NAMES},
         "functions": dict(functions),
+        "calls": dict(calls),
     }
 
 
@@ -232,12 +236,27 @@ def report(runs: dict[str, list[dict[str, Any]]], top: int) -> dict[str, Any]:
         ratio = medians[labels[0]]["total"] / max(medians[labels[1]]["total"], 1e-9)
         ratios["bytecodes per lone event"] = ratio
         print(common.ratio_line("bytecodes", f"{labels[0]}/{labels[1]}", ratio, "< 1"))
+    if len(labels) == 2:
+        print_changed(medians[labels[0]]["functions"], medians[labels[1]]["functions"], top)
     for label in labels:
         costly = sorted(medians[label]["functions"].items(), key=lambda kv: -kv[1])[:top]
-        print(f"\n{label}: the {top} costliest functions (bytecodes per lone event)")
+        calls = medians[label]["calls"]
+        print(f"\n{label}: the {top} costliest functions (bytecodes and calls per lone event)")
         for name, value in costly:
-            print(f"  {value:8.1f}  {name}")
+            print(f"  {value:8.1f} {calls[name]:6.2f}  {name}")
     return {"medians": medians, "ratios": ratios}
+
+
+def print_changed(this: dict[str, float], other: dict[str, float], top: int) -> None:
+    """The functions whose bytecodes per lone event differ most between the two trees."""
+    names = set(this) | set(other)
+    changes = sorted(
+        ((this.get(n, 0.0) - other.get(n, 0.0), n) for n in names), key=lambda c: -abs(c[0])
+    )
+    print(f"\nthe {top} functions that changed most (this - against, bytecodes per lone event)")
+    for change, name in changes[:top]:
+        if abs(change) >= 0.5:
+            print(f"  {change:+8.1f}  {name}")
 
 
 def _median_run(found: list[dict[str, Any]]) -> dict[str, Any]:

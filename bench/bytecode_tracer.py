@@ -26,6 +26,7 @@ from typing import Any
 ENV = "BAMBOO_OPCODES"
 
 _counts: defaultdict[CodeType, int] = defaultdict(int)
+_calls: defaultdict[CodeType, int] = defaultdict(int)  # entries, a coroutine's resumptions too
 
 
 def _in_frame(frame: FrameType, event: str, arg: Any) -> Any:
@@ -36,6 +37,7 @@ def _in_frame(frame: FrameType, event: str, arg: Any) -> Any:
 
 def _on_call(frame: FrameType, event: str, arg: Any) -> Any:
     # Every frame the thread enters or resumes (a coroutine's step is a "call" too).
+    _calls[frame.f_code] += 1
     frame.f_trace_opcodes = True
     frame.f_trace_lines = False
     return _in_frame
@@ -43,6 +45,7 @@ def _on_call(frame: FrameType, event: str, arg: Any) -> Any:
 
 def _start(path: str) -> None:
     _counts.clear()
+    _calls.clear()
     with open(path + ".started", "w") as marker:
         marker.write(str(os.getpid()))
     sys.settrace(_on_call)
@@ -51,7 +54,7 @@ def _start(path: str) -> None:
 def _stop(path: str) -> None:
     sys.settrace(None)
     rows = [
-        [code.co_filename, code.co_qualname, code.co_firstlineno, count]
+        [code.co_filename, code.co_qualname, code.co_firstlineno, count, _calls[code]]
         for code, count in _counts.items()
         if code.co_filename != __file__
     ]
